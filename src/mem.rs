@@ -146,6 +146,30 @@ pub unsafe trait PageAllocator {
     }
 }
 
+// SAFETY: forwards to `A`, which upholds the contract.
+unsafe impl<A: PageAllocator + ?Sized> PageAllocator for &A {
+    #[inline]
+    fn alloc(&self, size_log2: u32) -> Option<Page> {
+        (**self).alloc(size_log2)
+    }
+
+    #[inline]
+    unsafe fn free(&self, page: Page, size_log2: u32) {
+        // SAFETY: the caller upholds `free`'s contract for `A`.
+        unsafe { (**self).free(page, size_log2) }
+    }
+
+    #[inline]
+    fn phys_to_virt(&self, pa: PhysAddr) -> Option<NonNull<u8>> {
+        (**self).phys_to_virt(pa)
+    }
+
+    #[inline]
+    fn sync_for_device(&self, va: NonNull<u8>, len: usize) {
+        (**self).sync_for_device(va, len)
+    }
+}
+
 /// Whether the hardware walker snoops CPU caches (VT-d `ECAP.C`, SMMUv3 `IDR0.COHACC`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WalkerCoherency {
@@ -173,7 +197,10 @@ mod tests {
     fn checked_arithmetic_never_wraps() {
         assert_eq!(Iova::new(u64::MAX).checked_add(1), None);
         assert_eq!(PhysAddr::new(0).checked_sub(1), None);
-        assert_eq!(Iova::new(0x1000).checked_add(0x1000), Some(Iova::new(0x2000)));
+        assert_eq!(
+            Iova::new(0x1000).checked_add(0x1000),
+            Some(Iova::new(0x2000))
+        );
     }
 
     #[test]

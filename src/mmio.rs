@@ -262,6 +262,26 @@ mod arch {
     }
 }
 
+/// Default number of register polls before a wait on hardware gives up.
+///
+/// A poll is one uncached register read (roughly 0.1-1 us on real hardware), so the default
+/// bounds a wait at a few tens of milliseconds to a few seconds; units let the embedder choose.
+pub const DEFAULT_POLL_BUDGET: u32 = 1_000_000;
+
+/// Calls `probe` until it returns `Some`, at most `budget` times; `None` means the wait timed out.
+///
+/// Every wait on hardware in the crate goes through this function, so none is unbounded.
+#[inline]
+pub fn poll<T>(budget: u32, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
+    for _ in 0..budget {
+        if let Some(v) = probe() {
+            return Some(v);
+        }
+        core::hint::spin_loop();
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -281,24 +301,4 @@ mod tests {
         assert_eq!(w.read64(usize::MAX - 3), u64::MAX);
         assert_eq!(regs, [0, 0x1122_3344_5566_7788, 0, 0]);
     }
-}
-
-/// Default number of register polls before a wait on hardware gives up.
-///
-/// A poll is one uncached register read (roughly 0.1-1 us on real hardware), so the default
-/// bounds a wait at a few tens of milliseconds to a few seconds; units let the embedder choose.
-pub const DEFAULT_POLL_BUDGET: u32 = 1_000_000;
-
-/// Calls `probe` until it returns `Some`, at most `budget` times; `None` means the wait timed out.
-///
-/// Every wait on hardware in the crate goes through this function, so none is unbounded.
-#[inline]
-pub fn poll<T>(budget: u32, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
-    for _ in 0..budget {
-        if let Some(v) = probe() {
-            return Some(v);
-        }
-        core::hint::spin_loop();
-    }
-    None
 }

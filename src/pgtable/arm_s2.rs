@@ -1,0 +1,234 @@
+//! Arm VMSAv8-64 stage-2 translation tables, as an SMMUv3 walks them for an STE's S2TTB.
+//!
+//! Arm ARM (DDI 0487 K.a) D8.3.1 (descriptor formats), D8.5.3 "Stage 2 memory type and
+//! Cacheability attributes" (MemAttr, and with FEAT_S2FWB the FWB encoding), D8.4.2 (S2AP),
+//! D8.2.8 "Concatenated translation tables for the initial stage 2 lookup"; SMMUv3 (IHI 0070
+//! G.b) §5.2 STE fields S2T0SZ/S2SL0/S2TG/S2PS that describe this table.
+//!
+//! Levels (this crate -> Arm lookup level, 4 KiB granule, 48-bit IAS): 0 -> 3 (page),
+//! 1 -> 2 (2 MiB block), 2 -> 1 (1 GiB block), 3 -> 0. The start level is chosen with up to 16
+//! concatenated tables, so that the walk is as short as the architecture allows.
+//!
+//! Leaf bits: MemAttr (5:2), S2AP (7:6: bit 6 read, bit 7 write), SH (9:8), AF (10), DBM (51),
+//! Contiguous (52, never set by the engine), XN (54:53).
+
+use super::arm_vmsa::{self as vmsa, AF, DBM, SH_INNER, SH_OUTER, SH_SHIFT};
+use super::{Error, Format, Geometry, Prot};
+use crate::mem::PhysAddr;
+
+const S2AP_R: u64 = 1 << 6;
+const S2AP_W: u64 = 1 << 7;
+const MEMATTR_SHIFT: u32 = 2;
+const XN: u64 = 0b10 << 53;
+const XN_MASK: u64 = 0b11 << 53;
+
+/// The memory attributes every leaf gets, fixed by the domain's snoop policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum S2Attributes {
+    /// Normal, Inner and Outer Non-cacheable (MemAttr = 0b0101), Outer Shareable: DMA is not
+    /// forced coherent (the stage-1 or device attributes decide).
+    NonCoherent,
+    /// Normal, Inner and Outer Write-Back (MemAttr = 0b1111), Inner Shareable: combined with
+    /// the device's attributes, coherent where stage 1 or the transaction is cacheable.
+    WriteBack,
+    /// FEAT_S2FWB (`IDR3.FWB`, STE.S2FWB = 1): MemAttr = 0b0110 forces Normal Write-Back
+    /// whatever the transaction or stage 1 says: coherency enforced.
+    ForcedWriteBack,
+}
+
+/// Configuration of an Arm stage-2 table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ArmS2Config {
+    /// Log2 of the granule: 12, 14 or 16 (`IDR5.GRAN4K/16K/64K`).
+    pub granule_log2: u32,
+    /// Input (IPA) size in bits, 32..=48 (52 with the 64 KiB granule): STE.S2T0SZ = 64 - ias.
+    pub ias: u32,
+    /// Output size in bits (`IDR5.OAS`, STE.S2PS): 32..=48, 52 with the 64 KiB granule.
+    pub oas: u32,
+    /// Allow block leaves (2 MiB/1 GiB, 32 MiB, 512 MiB).
+    pub blocks: bool,
+    /// Leaf memory attributes.
+    pub attributes: S2Attributes,
+    /// Set DBM on writable leaves: the SMMU marks them dirty (`IDR0.HTTU` = 2, STE.S2HD).
+    pub dirty_tracking: bool,
+    /// Replacing a block by a table needs no break-before-make (`IDR3.BBML` = 2).
+    pub bbml2: bool,
+}
+
+/// The Arm stage-2 format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ArmS2 {
+    cfg: ArmS2Config,
+    geometry: Geometry,
+}
+
+impl ArmS2 {
+    /// Builds the format, choosing the start level with concatenated root tables.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] for an unsupported granule, IAS or OAS.
+    pub fn new(cfg: ArmS2Config) -> Result<Self, Error> {
+        vmsa::check_granule_oas(cfg.granule_log2, cfg.oas)?;
+        let max_ias = if cfg.granule_log2 == 16 { 52 } else { 48 };
+        if !(32..=max_ias).contains(&cfg.ias) {
+            return Err(Error::InvalidConfig {
+                what: "ias",
+                value: cfg.ias.into(),
+            });
+        }
+        let mut pages = 1 << cfg.granule_log2;
+        if cfg.blocks {
+            pages |= vmsa::block_sizes(cfg.granule_log2);
+        }
+        let natural = vmsa::natural_geometry(cfg.granule_log2, cfg.ias, cfg.oas)?;
+        let bits = cfg.granule_log2 - 3;
+        // Fold a root of at most 16 entries into 16 concatenated next-level tables.
+        let (levels, top_bits) = if natural.levels > 1 && natural.top_bits <= 4 {
+            (natural.levels - 1, natural.top_bits + bits)
+        } else {
+            (natural.levels, natural.top_bits)
+        };
+        let probe = Geometry {
+            granule_log2: cfg.granule_log2,
+            levels,
+            top_bits,
+            ias: cfg.ias,
+            oas: cfg.oas,
+            page_sizes: 0,
+        };
+        let valid = (0..levels).fold(0u64, |m, l| m | 1 << probe.level_shift(l));
+        let geometry = Geometry::with_levels(
+            cfg.granule_log2,
+            cfg.ias,
+            cfg.oas,
+            levels,
+            top_bits,
+            pages & valid,
+        )?;
+        Ok(Self { cfg, geometry })
+    }
+
+    /// The configuration.
+    pub const fn config(&self) -> &ArmS2Config {
+        &self.cfg
+    }
+
+    /// Arm lookup level of the root (0..=3), as in "starting level" of D8.2.
+    pub const fn start_level(&self) -> u32 {
+        4 - self.geometry.levels
+    }
+
+    /// Number of concatenated root tables (1 to 16).
+    pub const fn concatenated(&self) -> u32 {
+        1 << self
+            .geometry
+            .top_bits
+            .saturating_sub(self.cfg.granule_log2 - 3)
+    }
+
+    fn leaf_attributes(&self) -> u64 {
+        let (memattr, sh) = match self.cfg.attributes {
+            S2Attributes::NonCoherent => (0b0101, SH_OUTER),
+            S2Attributes::WriteBack => (0b1111, SH_INNER),
+            S2Attributes::ForcedWriteBack => (0b0110, SH_INNER),
+        };
+        memattr << MEMATTR_SHIFT | sh << SH_SHIFT | AF
+    }
+}
+
+impl Format for ArmS2 {
+    #[inline]
+    fn geometry(&self) -> &Geometry {
+        &self.geometry
+    }
+
+    #[inline]
+    fn is_present(&self, raw: u64) -> bool {
+        raw & vmsa::VALID != 0
+    }
+
+    #[inline]
+    fn is_table(&self, level: u32, raw: u64) -> bool {
+        vmsa::is_table(level, raw)
+    }
+
+    #[inline]
+    fn table_address(&self, raw: u64) -> PhysAddr {
+        PhysAddr::new(vmsa::decode_addr(
+            self.cfg.granule_log2,
+            raw,
+            self.cfg.granule_log2,
+        ))
+    }
+
+    #[inline]
+    fn encode_table(&self, _level: u32, table: PhysAddr) -> u64 {
+        vmsa::encode_addr(self.cfg.granule_log2, table.get()) | vmsa::VALID | vmsa::TABLE_OR_PAGE
+    }
+
+    fn check_prot(&self, prot: Prot) -> Result<(), Error> {
+        if prot.intersects(Prot::READ | Prot::WRITE) && !prot.contains(Prot::PRIV) {
+            Ok(())
+        } else {
+            Err(Error::UnsupportedProt { prot })
+        }
+    }
+
+    #[inline]
+    fn encode_leaf(&self, level: u32, pa: PhysAddr, prot: Prot) -> u64 {
+        let mut e = vmsa::encode_addr(self.cfg.granule_log2, pa.get())
+            | vmsa::leaf_type(level)
+            | self.leaf_attributes();
+        if prot.contains(Prot::READ) {
+            e |= S2AP_R;
+        }
+        if prot.contains(Prot::WRITE) {
+            // With DBM a writable page starts dirty: S2AP write set, DBM marks it trackable.
+            e |= S2AP_W;
+            if self.cfg.dirty_tracking {
+                e |= DBM;
+            }
+        }
+        if !prot.contains(Prot::EXEC) {
+            e |= XN;
+        }
+        e
+    }
+
+    #[inline]
+    fn leaf_address(&self, level: u32, raw: u64) -> PhysAddr {
+        let shift = self.geometry.level_shift(level);
+        PhysAddr::new(vmsa::decode_addr(self.cfg.granule_log2, raw, shift))
+    }
+
+    #[inline]
+    fn leaf_prot(&self, _level: u32, raw: u64) -> Prot {
+        let mut p = Prot::empty();
+        p.set(Prot::READ, raw & S2AP_R != 0);
+        p.set(Prot::WRITE, raw & (S2AP_W | DBM) != 0);
+        p.set(Prot::EXEC, raw & XN_MASK == 0);
+        p
+    }
+
+    fn relevel_leaf(&self, raw: u64, _from: u32, to: u32, pa: PhysAddr) -> u64 {
+        vmsa::relevel(self.cfg.granule_log2, raw, to, pa)
+    }
+
+    fn hitless_split(&self) -> bool {
+        self.cfg.bbml2
+    }
+
+    fn dirty_tracking(&self) -> bool {
+        self.cfg.dirty_tracking
+    }
+
+    #[inline]
+    fn leaf_is_dirty(&self, raw: u64) -> bool {
+        raw & (DBM | S2AP_W) == DBM | S2AP_W
+    }
+
+    #[inline]
+    fn leaf_clear_dirty(&self, raw: u64) -> u64 {
+        raw & !S2AP_W
+    }
+}

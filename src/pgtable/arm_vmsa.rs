@@ -1,0 +1,100 @@
+//! Descriptor bits shared by the Arm VMSAv8-64 stage-1 and stage-2 formats.
+//!
+//! Arm Architecture Reference Manual for A-profile (DDI 0487 K.a), D8.3 "Translation table
+//! descriptor formats": bits 1:0 tell invalid / block / table-or-page; the next-level table
+//! address and the output address sit in bits 47:granule, and with the 64 KiB granule and a
+//! 52-bit output size (FEAT_LPA) OA[51:48] sit in bits 15:12.
+
+use super::{Error, Geometry};
+use crate::mem::PhysAddr;
+
+pub(super) const VALID: u64 = 1 << 0;
+/// Bit 1: table (levels 0-2 of the spec) or page (level 3) when set; block when clear.
+pub(super) const TABLE_OR_PAGE: u64 = 1 << 1;
+pub(super) const AF: u64 = 1 << 10;
+pub(super) const SH_SHIFT: u32 = 8;
+pub(super) const SH_OUTER: u64 = 0b10;
+pub(super) const SH_INNER: u64 = 0b11;
+pub(super) const DBM: u64 = 1 << 51;
+pub(super) const CONTIGUOUS: u64 = 1 << 52;
+const ADDR_47_12: u64 = 0x0000_ffff_ffff_f000;
+const OA_51_48_LOW: u64 = 0xf << 12;
+
+/// Whether `raw` at `level` points to a table (a page at level 0 has the same bits).
+#[inline]
+pub(super) const fn is_table(level: u32, raw: u64) -> bool {
+    level > 0 && raw & TABLE_OR_PAGE != 0
+}
+
+/// Encodes an output or table address for the granule (OA[51:48] in bits 15:12 for 64 KiB).
+#[inline]
+pub(super) const fn encode_addr(granule_log2: u32, pa: u64) -> u64 {
+    if granule_log2 == 16 {
+        (pa & ADDR_47_12) | (pa >> 48 & 0xf) << 12
+    } else {
+        pa & ADDR_47_12
+    }
+}
+
+/// Decodes the address of a descriptor whose address field starts at bit `shift`.
+#[inline]
+pub(super) const fn decode_addr(granule_log2: u32, raw: u64, shift: u32) -> u64 {
+    let low = raw & ADDR_47_12 & !((1u64 << shift) - 1);
+    if granule_log2 == 16 {
+        (low & !OA_51_48_LOW) | (raw & OA_51_48_LOW) >> 12 << 48
+    } else {
+        low
+    }
+}
+
+/// The descriptor type bits of a leaf at `level`: page (0b11) at level 0, block (0b01) above.
+#[inline]
+pub(super) const fn leaf_type(level: u32) -> u64 {
+    if level == 0 {
+        VALID | TABLE_OR_PAGE
+    } else {
+        VALID
+    }
+}
+
+/// Block sizes each granule allows (Arm ARM D8.2.7): 4K: 1G, 2M; 16K: 32M (64G needs
+/// FEAT_LPA2); 64K: 512M (4T needs FEAT_LPA).
+pub(super) const fn block_sizes(granule_log2: u32) -> u64 {
+    match granule_log2 {
+        12 => 1 << 21 | 1 << 30,
+        14 => 1 << 25,
+        _ => 1 << 29,
+    }
+}
+
+/// Checks granule and output size: 52 bits only with the 64 KiB granule (FEAT_LPA; the 4K/16K
+/// 52-bit descriptors of FEAT_LPA2 are not supported).
+pub(super) fn check_granule_oas(granule_log2: u32, oas: u32) -> Result<(), Error> {
+    if !matches!(granule_log2, 12 | 14 | 16) {
+        return Err(Error::InvalidConfig {
+            what: "granule_log2",
+            value: granule_log2.into(),
+        });
+    }
+    let max = if granule_log2 == 16 { 52 } else { 48 };
+    if !(32..=max).contains(&oas) {
+        return Err(Error::InvalidConfig {
+            what: "oas",
+            value: oas.into(),
+        });
+    }
+    Ok(())
+}
+
+/// Clears the leaf type and address of `raw` and re-encodes it at `to` for `pa`.
+#[inline]
+pub(super) const fn relevel(granule_log2: u32, raw: u64, to: u32, pa: PhysAddr) -> u64 {
+    // The pieces of a split block are no longer part of a contiguous run.
+    let attrs = raw & !(ADDR_47_12 | VALID | TABLE_OR_PAGE | CONTIGUOUS);
+    attrs | encode_addr(granule_log2, pa.get()) | leaf_type(to)
+}
+
+/// Level count and root width for a table of `ias` bits.
+pub(super) fn natural_geometry(granule_log2: u32, ias: u32, oas: u32) -> Result<Geometry, Error> {
+    Geometry::new(granule_log2, ias, oas, 1 << granule_log2)
+}

@@ -1,0 +1,211 @@
+//! The `Format` trait: what a hardware page-table format tells the generic walker.
+
+use super::{Error, Prot};
+use crate::mem::PhysAddr;
+
+/// The shape of a table: granule, levels, address sizes and the page sizes leaves may have.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Geometry {
+    /// Log2 of the granule: the smallest page and the size of every non-root table (12, 14, 16).
+    pub granule_log2: u32,
+    /// Number of levels; the root is level `levels - 1`.
+    pub levels: u32,
+    /// Index bits of the root level. More than `granule_log2 - 3` means concatenated root tables
+    /// (Arm stage 2, up to 16); fewer means a partially used root.
+    pub top_bits: u32,
+    /// Input address size in bits: IOVAs are below `1 << ias`.
+    pub ias: u32,
+    /// Output address size in bits: physical addresses are below `1 << oas`.
+    pub oas: u32,
+    /// Bit `n` set: a leaf may map `1 << n` bytes. Always includes the granule.
+    pub page_sizes: u64,
+}
+
+impl Geometry {
+    /// Geometry for `ias` input bits with the fewest levels that cover them and no concatenation.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] when a parameter is out of range (see [`Geometry::validate`]).
+    pub fn new(granule_log2: u32, ias: u32, oas: u32, page_sizes: u64) -> Result<Self, Error> {
+        let bits = granule_log2.saturating_sub(3).max(1);
+        let above = ias.saturating_sub(granule_log2);
+        let levels = above.div_ceil(bits).max(1);
+        let top_bits = above.saturating_sub((levels - 1) * bits);
+        Self::with_levels(granule_log2, ias, oas, levels, top_bits, page_sizes)
+    }
+
+    /// Geometry with an explicit level count and root width (for concatenated roots).
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] when a parameter is out of range (see [`Geometry::validate`]).
+    pub fn with_levels(
+        granule_log2: u32,
+        ias: u32,
+        oas: u32,
+        levels: u32,
+        top_bits: u32,
+        page_sizes: u64,
+    ) -> Result<Self, Error> {
+        let g = Self {
+            granule_log2,
+            levels,
+            top_bits,
+            ias,
+            oas,
+            page_sizes,
+        };
+        g.validate()?;
+        Ok(g)
+    }
+
+    /// Checks the invariants the walker relies on.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] naming the first parameter out of range.
+    pub fn validate(&self) -> Result<(), Error> {
+        let bad = |what, value: u32| {
+            Err(Error::InvalidConfig {
+                what,
+                value: value.into(),
+            })
+        };
+        if !matches!(self.granule_log2, 12 | 14 | 16) {
+            return bad("granule_log2", self.granule_log2);
+        }
+        if !(1..=6).contains(&self.levels) {
+            return bad("levels", self.levels);
+        }
+        let bits = self.granule_log2 - 3;
+        if self.top_bits == 0 || self.top_bits > bits + 4 {
+            return bad("top_bits", self.top_bits);
+        }
+        if self.granule_log2 + (self.levels - 1) * bits + self.top_bits != self.ias || self.ias > 64
+        {
+            return bad("ias", self.ias);
+        }
+        if !(32..=64).contains(&self.oas) {
+            return bad("oas", self.oas);
+        }
+        if self.page_sizes & (1 << self.granule_log2) == 0 {
+            return bad("page_sizes (granule missing)", self.granule_log2);
+        }
+        let valid = (0..self.levels).fold(0u64, |m, l| m | 1 << self.level_shift(l));
+        if self.page_sizes & !valid != 0 {
+            return Err(Error::InvalidConfig {
+                what: "page_sizes",
+                value: self.page_sizes,
+            });
+        }
+        Ok(())
+    }
+
+    /// Log2 of the span of one entry at `level`.
+    #[inline]
+    pub const fn level_shift(&self, level: u32) -> u32 {
+        self.granule_log2 + level * (self.granule_log2 - 3)
+    }
+
+    /// Index bits at `level`.
+    #[inline]
+    pub const fn level_bits(&self, level: u32) -> u32 {
+        if level + 1 == self.levels {
+            self.top_bits
+        } else {
+            self.granule_log2 - 3
+        }
+    }
+
+    /// Index of `iova`'s entry in its table at `level`.
+    #[inline]
+    pub const fn index(&self, level: u32, iova: u64) -> usize {
+        ((iova >> self.level_shift(level)) & ((1 << self.level_bits(level)) - 1)) as usize
+    }
+
+    /// Whether a leaf may sit at `level`.
+    #[inline]
+    pub const fn leaf_allowed(&self, level: u32) -> bool {
+        self.page_sizes >> self.level_shift(level) & 1 != 0
+    }
+
+    /// Log2 of the root table's allocation: at least one granule, more when concatenated.
+    #[inline]
+    pub const fn root_size_log2(&self) -> u32 {
+        let bytes_log2 = self.top_bits + 3;
+        if bytes_log2 > self.granule_log2 {
+            bytes_log2
+        } else {
+            self.granule_log2
+        }
+    }
+
+    /// The top level.
+    #[inline]
+    pub const fn top_level(&self) -> u32 {
+        self.levels - 1
+    }
+}
+
+/// A hardware page-table format: how entries are encoded and decoded.
+///
+/// Implementations are small and `#[inline]`: the walker calls them in its inner loops.
+///
+/// Contract shared by every format: a raw entry whose bits 3:0 are zero is not present. The
+/// engine relies on it to link freed table pages into a list through their first word while the
+/// hardware may still walk them (see [`super::Gather`]).
+pub trait Format {
+    /// The table's shape.
+    fn geometry(&self) -> &Geometry;
+
+    /// Whether `raw` is a present entry (a table pointer or a leaf).
+    fn is_present(&self, raw: u64) -> bool;
+
+    /// Whether the present entry `raw` at `level` points to a next-level table.
+    fn is_table(&self, level: u32, raw: u64) -> bool;
+
+    /// The table address in a table entry.
+    fn table_address(&self, raw: u64) -> PhysAddr;
+
+    /// Encodes a pointer to the table at `table` from an entry at `level`.
+    fn encode_table(&self, level: u32, table: PhysAddr) -> u64;
+
+    /// Checks that `prot` can be expressed by a leaf of this format and configuration.
+    ///
+    /// # Errors
+    /// [`Error::UnsupportedProt`] with `prot`.
+    fn check_prot(&self, prot: Prot) -> Result<(), Error>;
+
+    /// Encodes a leaf at `level` mapping `pa` with `prot` (already checked).
+    fn encode_leaf(&self, level: u32, pa: PhysAddr, prot: Prot) -> u64;
+
+    /// The output address of the leaf `raw` at `level`.
+    fn leaf_address(&self, level: u32, raw: u64) -> PhysAddr;
+
+    /// The permissions of the leaf `raw`.
+    fn leaf_prot(&self, level: u32, raw: u64) -> Prot;
+
+    /// The leaf `raw` at `from` re-encoded at level `to` for output address `pa`, keeping every
+    /// attribute (including accessed/dirty state): used to split a larger page.
+    fn relevel_leaf(&self, raw: u64, from: u32, to: u32, pa: PhysAddr) -> u64;
+
+    /// Whether a leaf can be replaced by an equivalent table in one store with no
+    /// break-before-make (Arm: FEAT_BBM level 2; VT-d: always).
+    fn hitless_split(&self) -> bool {
+        true
+    }
+
+    /// Whether leaves carry hardware-maintained dirty state in this configuration.
+    fn dirty_tracking(&self) -> bool {
+        false
+    }
+
+    /// Whether the leaf `raw` is dirty.
+    fn leaf_is_dirty(&self, raw: u64) -> bool {
+        let _ = raw;
+        false
+    }
+
+    /// `raw` with its dirty state cleaned (the write that hardware will mark dirty again).
+    fn leaf_clear_dirty(&self, raw: u64) -> u64 {
+        raw
+    }
+}

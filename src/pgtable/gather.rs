@@ -1,0 +1,282 @@
+//! `Gather`: what an unmap must tell the hardware, and the pages it may free once told.
+//!
+//! An unmap records here every IOVA range it cleared, the page sizes involved, whether only
+//! leaves changed, and the table pages it unlinked. A driver turns that into the fewest
+//! invalidation commands, waits for their completion once, and only then calls
+//! [`Gather::release`] (DESIGN.md invariant 1: no table page returns to the allocator before the
+//! invalidation covering it has completed).
+//!
+//! Freed pages are chained through their own first 64-bit word, so the gather needs no memory
+//! of its own however many pages it holds. The hardware may still walk such a page through a
+//! stale walk cache until the invalidation completes; the link word is a page-aligned address
+//! with a size code in bits 11:4 and bits 3:0 zero, which every supported format decodes as a
+//! non-present entry, and the page was unlinked as part of an unmap of its whole span.
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use super::Error;
+use crate::mem::{Iova, Page, PageAllocator, PhysAddr};
+
+/// How many disjoint IOVA ranges a gather keeps before it widens them into one covering range
+/// (over-invalidation is always safe).
+pub const GATHER_RANGES: usize = 4;
+
+/// A half-open IOVA range `[start, end)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct IovaRange {
+    /// First IOVA.
+    pub start: Iova,
+    /// One past the last IOVA.
+    pub end: Iova,
+}
+
+impl IovaRange {
+    /// Length in bytes.
+    pub const fn len(&self) -> u64 {
+        self.end.get() - self.start.get()
+    }
+
+    /// Whether the range is empty.
+    pub const fn is_empty(&self) -> bool {
+        self.end.get() == self.start.get()
+    }
+}
+
+/// Proof that the invalidation covering a gather has completed.
+///
+/// The crate's drivers create it after their completion wait; an embedder that drives its own
+/// hardware creates it with the unsafe [`InvalidationComplete::assume`].
+#[derive(Debug)]
+pub struct InvalidationComplete(());
+
+impl InvalidationComplete {
+    /// Asserts that the invalidation covering the gather about to be released has completed.
+    ///
+    /// # Safety
+    ///
+    /// The IOTLB and paging-structure caches of every unit that can walk the gather's table have
+    /// been invalidated for every range the gather holds, and that invalidation has completed.
+    pub const unsafe fn assume() -> Self {
+        Self(())
+    }
+}
+
+/// The invalidation and freed pages one or more unmaps produced.
+#[derive(Debug)]
+#[must_use = "a gather holds pending invalidations and freed pages: flush it, then release it"]
+pub struct Gather {
+    ranges: [IovaRange; GATHER_RANGES],
+    nranges: usize,
+    page_sizes: u64,
+    leaf_only: bool,
+    /// First freed page and its size code, or 0.
+    freed_head: u64,
+    freed: usize,
+}
+
+impl Default for Gather {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A freed page's link: its address with the size's log2 in bits 11:4 (bits 3:0 stay zero).
+const fn link(pa: PhysAddr, size_log2: u32) -> u64 {
+    pa.get() | (size_log2 as u64) << 4
+}
+
+const fn unlink(word: u64) -> (PhysAddr, u32) {
+    (PhysAddr::new(word & !0xfff), ((word >> 4) & 0xff) as u32)
+}
+
+impl Gather {
+    /// An empty gather.
+    pub const fn new() -> Self {
+        Self {
+            ranges: [IovaRange {
+                start: Iova::ZERO,
+                end: Iova::ZERO,
+            }; GATHER_RANGES],
+            nranges: 0,
+            page_sizes: 0,
+            leaf_only: true,
+            freed_head: 0,
+            freed: 0,
+        }
+    }
+
+    /// Whether nothing needs invalidating and no page is held.
+    pub const fn is_empty(&self) -> bool {
+        self.nranges == 0 && self.freed == 0
+    }
+
+    /// The IOVA ranges to invalidate, disjoint, in the order they were first recorded.
+    pub fn ranges(&self) -> &[IovaRange] {
+        self.ranges.get(..self.nranges).unwrap_or(&[])
+    }
+
+    /// One range covering every recorded range, or `None` if there is none.
+    pub fn span(&self) -> Option<IovaRange> {
+        let r = self.ranges();
+        let start = r.iter().map(|r| r.start).min()?;
+        let end = r.iter().map(|r| r.end).max()?;
+        Some(IovaRange { start, end })
+    }
+
+    /// Bit `n` set: a leaf of `1 << n` bytes was changed.
+    pub const fn page_sizes(&self) -> u64 {
+        self.page_sizes
+    }
+
+    /// Whether only leaf entries changed (no table was unlinked or split): invalidations may
+    /// then spare the paging-structure caches (VT-d IH, Arm TLBI LEAF).
+    pub const fn leaf_only(&self) -> bool {
+        self.leaf_only
+    }
+
+    /// Number of table pages held for freeing.
+    pub const fn freed_pages(&self) -> usize {
+        self.freed
+    }
+
+    /// Records that leaves of `1 << size_log2` bytes in `[start, start + len)` changed.
+    #[inline]
+    pub(crate) fn add_leaves(&mut self, start: u64, len: u64, size_log2: u32) {
+        self.page_sizes |= 1u64.checked_shl(size_log2).unwrap_or(0);
+        self.add_range(start, start.saturating_add(len));
+    }
+
+    /// Records that leaves of `1 << size_log2` bytes changed inside an already recorded range.
+    #[inline]
+    pub(crate) fn note_page_size(&mut self, size_log2: u32) {
+        self.page_sizes |= 1u64.checked_shl(size_log2).unwrap_or(0);
+    }
+
+    /// Records that a non-leaf entry covering `[start, start + len)` changed.
+    #[inline]
+    pub(crate) fn add_table_change(&mut self, start: u64, len: u64) {
+        self.leaf_only = false;
+        self.add_range(start, start.saturating_add(len));
+    }
+
+    /// Records a change over every IOVA below `1 << ias` (the table is being destroyed).
+    pub(crate) fn add_everything(&mut self, ias: u32) {
+        self.leaf_only = false;
+        self.add_range(0, 1u64.checked_shl(ias).unwrap_or(u64::MAX));
+    }
+
+    fn add_range(&mut self, start: u64, end: u64) {
+        let n = self.nranges.min(GATHER_RANGES);
+        // Extending the newest range is the common case: unmaps walk upwards.
+        if let Some(last) = self.ranges[..n].last_mut() {
+            if last.end.get() == start {
+                last.end = Iova::new(end);
+                return;
+            }
+        }
+        for r in &mut self.ranges[..n] {
+            if start <= r.end.get() && r.start.get() <= end {
+                r.start = r.start.min(Iova::new(start));
+                r.end = r.end.max(Iova::new(end));
+                return;
+            }
+        }
+        if n < GATHER_RANGES {
+            self.ranges[n] = IovaRange {
+                start: Iova::new(start),
+                end: Iova::new(end),
+            };
+            self.nranges = n + 1;
+        } else {
+            let all = self.span().unwrap_or_default();
+            self.ranges[0] = IovaRange {
+                start: all.start.min(Iova::new(start)),
+                end: all.end.max(Iova::new(end)),
+            };
+            self.nranges = 1;
+        }
+    }
+
+    /// Takes `page` (of `1 << size_log2` bytes), already unlinked from every table, for freeing
+    /// after the invalidation.
+    pub(crate) fn add_freed(&mut self, page: Page, size_log2: u32) {
+        self.leaf_only = false;
+        let word = page.va.as_ptr().cast::<AtomicU64>();
+        // SAFETY: `page` is a live table page (aligned, at least 4 KiB) the engine just unlinked;
+        // its first word is written atomically with a non-present encoding (module docs).
+        unsafe { (*word).store(self.freed_head, Ordering::Relaxed) };
+        self.freed_head = link(page.pa, size_log2);
+        self.freed += 1;
+    }
+
+    /// Returns every held page to `alloc` and empties the gather.
+    ///
+    /// # Errors
+    /// [`Error::UnknownTable`] if `alloc` does not know a held page (it came from another
+    /// allocator); the pages not yet returned are kept, so the call can be repeated with the
+    /// right allocator.
+    pub fn release<A: PageAllocator + ?Sized>(
+        &mut self,
+        alloc: &A,
+        _done: InvalidationComplete,
+    ) -> Result<(), Error> {
+        while self.freed_head != 0 {
+            let (pa, size_log2) = unlink(self.freed_head);
+            let va = alloc.phys_to_virt(pa).ok_or(Error::UnknownTable { pa })?;
+            // SAFETY: `va` is the page's first word (a live page the allocator just mapped).
+            let next = unsafe { (*va.as_ptr().cast::<AtomicU64>()).load(Ordering::Relaxed) };
+            // SAFETY: the page came from `alloc` (phys_to_virt knows it), was unlinked by an
+            // unmap, and `_done` proves the invalidation covering it completed.
+            unsafe { alloc.free(Page { pa, va }, size_log2) };
+            self.freed_head = next;
+            self.freed -= 1;
+        }
+        self.nranges = 0;
+        self.page_sizes = 0;
+        self.leaf_only = true;
+        Ok(())
+    }
+
+    /// Forgets the recorded ranges after the caller invalidated them, keeping held pages.
+    pub fn clear_ranges(&mut self) {
+        self.nranges = 0;
+        self.page_sizes = 0;
+        self.leaf_only = self.freed == 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn adjacent_ranges_merge_and_overflow_widens() {
+        let mut g = Gather::new();
+        g.add_leaves(0x1000, 0x1000, 12);
+        g.add_leaves(0x2000, 0x1000, 12);
+        assert_eq!(
+            g.ranges(),
+            &[IovaRange {
+                start: Iova::new(0x1000),
+                end: Iova::new(0x3000)
+            }]
+        );
+        for i in 0..GATHER_RANGES as u64 {
+            g.add_leaves(0x10_0000 * (i + 1), 0x1000, 12);
+        }
+        assert_eq!(g.ranges().len(), 1);
+        assert_eq!(g.span().unwrap().start, Iova::new(0x1000));
+        assert_eq!(g.span().unwrap().end, Iova::new(0x40_1000));
+        assert!(g.leaf_only());
+        assert_eq!(g.page_sizes(), 1 << 12);
+        g.add_table_change(0, 0x20_0000);
+        assert!(!g.leaf_only());
+    }
+
+    #[test]
+    fn link_word_is_not_present_in_any_format() {
+        let w = link(PhysAddr::new(0xdead_b000), 20);
+        assert_eq!(w & 0xf, 0);
+        assert_eq!(unlink(w), (PhysAddr::new(0xdead_b000), 20));
+    }
+}

@@ -1,0 +1,89 @@
+//! The format-agnostic radix page-table engine.
+//!
+//! One walker, written once in [`table`] and monomorphised per [`Format`]: map, unmap, query,
+//! dirty read-and-clear and enumeration over whole IOVA ranges. Each hardware format lives in
+//! one file ([`vtd_ss`], [`vtd_fs`], [`arm_s2`], [`arm_s1`]) as a handful of small primitives.
+//!
+//! ## Level numbering
+//! Level 0 is the leaf-most level, whose entries map one granule (4 KiB, 16 KiB or 64 KiB); the
+//! root is level `levels - 1`. Each format file maps these numbers to its spec's names (VT-d's
+//! SL-PTE is level 0 and its PML4E level 3; Arm's lookup level 3 is level 0).
+//!
+//! ## Concurrency
+//! [`PageTable::map`] and [`PageTable::unmap`] take `&self`: tables are installed with
+//! compare-and-swap and live entries are written with 64-bit atomic stores. Callers must not run
+//! operations on *overlapping* IOVA ranges at the same time; operations on disjoint ranges may run
+//! concurrently from any number of threads.
+//!
+//! ## Freeing tables
+//! A table is unlinked and given to the [`Gather`] when an unmap covers its whole span. A table
+//! emptied by smaller unmaps stays linked (all its entries are non-present, so it translates
+//! nothing): freeing it would race with a concurrent map into the rest of its span, which the
+//! concurrency contract allows. It is reused by later maps and freed by a later covering unmap or
+//! by [`PageTable::destroy`].
+
+mod error;
+mod format;
+mod gather;
+mod spares;
+mod table;
+
+pub mod arm_s1;
+pub mod arm_s2;
+mod arm_vmsa;
+pub mod vtd_fs;
+pub mod vtd_ss;
+
+pub use error::Error;
+pub use format::{Format, Geometry};
+pub use gather::{Gather, InvalidationComplete, IovaRange, GATHER_RANGES};
+pub use table::{PageTable, SplitPolicy};
+
+use crate::mem::PhysAddr;
+
+bitflags::bitflags! {
+    /// Access permissions of a mapping, as the owner asks for them.
+    ///
+    /// Memory attributes (snooping, cacheability) are not here: they are fixed per table by its
+    /// format configuration, so that one IOASID's policy applies to every mapping in it.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub struct Prot: u8 {
+        /// Device reads (DMA from memory).
+        const READ = 1 << 0;
+        /// Device writes (DMA to memory).
+        const WRITE = 1 << 1;
+        /// Instruction fetch (execute requests); without it formats that can say so set XN/XD.
+        const EXEC = 1 << 2;
+        /// Privileged (supervisor) access only; first-stage and stage-1 formats only.
+        const PRIV = 1 << 3;
+    }
+}
+
+/// What [`PageTable::query`] finds at an IOVA.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mapping {
+    /// The physical address the queried IOVA translates to.
+    pub pa: PhysAddr,
+    /// The leaf's permissions.
+    pub prot: Prot,
+    /// Log2 of the leaf's size (12 for 4 KiB, 21 for 2 MiB, ...).
+    pub size_log2: u32,
+}
+
+/// A leaf found by [`PageTable::for_each_mapping`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Leaf {
+    /// First IOVA the leaf maps.
+    pub iova: crate::mem::Iova,
+    /// Physical address of the leaf's first byte.
+    pub pa: PhysAddr,
+    /// The leaf's permissions.
+    pub prot: Prot,
+    /// Log2 of the leaf's size.
+    pub size_log2: u32,
+}
+
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+mod testutil;

@@ -1,0 +1,724 @@
+//! `PageTable`: the generic walker, written once and monomorphised per [`Format`].
+//!
+//! Every operation validates its whole range first and either completes or leaves the table
+//! exactly as it was: `map` checks for overlap and reserves every table page it will need in a
+//! read-only first pass; `unmap` checks the larger pages its ends would cut and reserves the
+//! pages a split needs before it clears anything.
+
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use super::spares::Spares;
+use super::{Error, Format, Gather, Geometry, Leaf, Mapping, Prot};
+use crate::mem::{Iova, Page, PageAllocator, PhysAddr, WalkerCoherency};
+
+/// What `unmap` does when its range cuts a larger page.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum SplitPolicy {
+    /// Replace the larger page by a fully populated table in one atomic store, then remove the
+    /// asked part.
+    #[default]
+    Split,
+    /// Fail with [`Error::SplitRefused`] and change nothing.
+    Refuse,
+}
+
+/// How many times a compare-and-swap on a leaf is retried while hardware updates its
+/// accessed/dirty bits. Those bits only ever get set, so a handful of retries always suffices.
+const HW_UPDATE_RETRIES: u32 = 8;
+
+/// A page table of format `F` whose pages come from `A`.
+///
+/// Dropping a `PageTable` leaks its pages: they may only be freed after the hardware has been
+/// told, so call [`PageTable::destroy`] and release the gather after the invalidation.
+pub struct PageTable<F: Format, A: PageAllocator> {
+    format: F,
+    alloc: A,
+    root: Page,
+    coherency: WalkerCoherency,
+    split: SplitPolicy,
+}
+
+// SAFETY: the table's memory is only accessed through atomics, and the page pointers are owned
+// by the table; sending it moves that ownership.
+unsafe impl<F: Format + Send, A: PageAllocator + Send> Send for PageTable<F, A> {}
+// SAFETY: every `&self` method accesses table memory through atomic operations, and installs
+// tables with compare-and-swap; concurrent callers on disjoint ranges cannot corrupt it.
+unsafe impl<F: Format + Sync, A: PageAllocator + Sync> Sync for PageTable<F, A> {}
+
+impl<F: Format, A: PageAllocator> core::fmt::Debug for PageTable<F, A> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("PageTable")
+            .field("root", &self.root.pa)
+            .field("geometry", self.format.geometry())
+            .field("coherency", &self.coherency)
+            .field("split", &self.split)
+            .finish()
+    }
+}
+
+/// The entry slots of a table page.
+#[derive(Clone, Copy)]
+pub(super) struct Table(NonNull<u8>);
+
+impl Table {
+    /// # Safety
+    /// `self` is a live table page with more than `index` entries.
+    #[inline]
+    unsafe fn slot<'t>(self, index: usize) -> &'t AtomicU64 {
+        // SAFETY: the caller guarantees the entry lies inside a live, 8-byte aligned table page;
+        // table memory is only ever accessed atomically.
+        unsafe { &*self.0.as_ptr().cast::<AtomicU64>().add(index) }
+    }
+
+    #[inline]
+    fn entry_ptr(self, index: usize) -> NonNull<u8> {
+        // SAFETY: in-bounds offset of a live table page (callers pass valid indices).
+        unsafe { self.0.add(index * 8) }
+    }
+}
+
+impl<F: Format, A: PageAllocator> PageTable<F, A> {
+    /// Creates an empty table: allocates and (for a non-coherent walker) cleans its root.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] for an invalid geometry, [`Error::NoMemory`].
+    pub fn new(format: F, alloc: A, coherency: WalkerCoherency) -> Result<Self, Error> {
+        let g = *format.geometry();
+        g.validate()?;
+        let size = g.root_size_log2();
+        let root = alloc.alloc(size).ok_or(Error::NoMemory)?;
+        coherency.sync(&alloc, root.va, 1 << size);
+        Ok(Self {
+            format,
+            alloc,
+            root,
+            coherency,
+            split: SplitPolicy::default(),
+        })
+    }
+
+    /// Physical address of the root table (what the context entry, PASID entry, STE or CD
+    /// points at).
+    pub fn root(&self) -> PhysAddr {
+        self.root.pa
+    }
+
+    /// The format and its configuration.
+    pub fn format(&self) -> &F {
+        &self.format
+    }
+
+    /// The allocator the table's pages come from.
+    pub fn allocator(&self) -> &A {
+        &self.alloc
+    }
+
+    /// The table's geometry.
+    pub fn geometry(&self) -> &Geometry {
+        self.format.geometry()
+    }
+
+    /// What `unmap` does when it would cut a larger page.
+    pub fn split_policy(&self) -> SplitPolicy {
+        self.split
+    }
+
+    /// Sets what `unmap` does when it would cut a larger page.
+    pub fn set_split_policy(&mut self, split: SplitPolicy) {
+        self.split = split;
+    }
+
+    #[inline]
+    fn geo(&self) -> &Geometry {
+        self.format.geometry()
+    }
+
+    #[inline]
+    pub(super) fn root_table(&self) -> Table {
+        Table(self.root.va)
+    }
+
+    /// The table a table entry points to.
+    #[inline]
+    fn child(&self, raw: u64) -> Result<Table, Error> {
+        let pa = self.format.table_address(raw);
+        self.alloc
+            .phys_to_virt(pa)
+            .map(Table)
+            .ok_or(Error::UnknownTable { pa })
+    }
+
+    #[inline]
+    fn sync(&self, va: NonNull<u8>, len: usize) {
+        self.coherency.sync(&self.alloc, va, len);
+    }
+
+    /// Checks an IOVA range: non-empty, no overflow, granule-aligned, inside the input size.
+    fn check_iova_range(&self, iova: Iova, len: u64) -> Result<(), Error> {
+        let g = self.geo();
+        if len == 0 {
+            return Err(Error::ZeroLength);
+        }
+        let last = iova.checked_add(len - 1).ok_or(Error::Overflow {
+            start: iova.get(),
+            len,
+        })?;
+        if !iova.is_aligned(g.granule_log2) {
+            return Err(Error::MisalignedIova {
+                iova,
+                granule_log2: g.granule_log2,
+            });
+        }
+        if len & ((1 << g.granule_log2) - 1) != 0 {
+            return Err(Error::MisalignedLength {
+                len,
+                granule_log2: g.granule_log2,
+            });
+        }
+        if !last.fits_in(g.ias) {
+            return Err(Error::IovaOutOfRange { last, ias: g.ias });
+        }
+        Ok(())
+    }
+
+    fn check_pa_range(&self, pa: PhysAddr, len: u64) -> Result<(), Error> {
+        let g = self.geo();
+        let last = pa.checked_add(len - 1).ok_or(Error::Overflow {
+            start: pa.get(),
+            len,
+        })?;
+        if !pa.is_aligned(g.granule_log2) {
+            return Err(Error::MisalignedPa {
+                pa,
+                granule_log2: g.granule_log2,
+            });
+        }
+        if !last.fits_in(g.oas) {
+            return Err(Error::PaOutOfRange { last, oas: g.oas });
+        }
+        Ok(())
+    }
+
+    /// Whether a leaf at `level` can map `[iova, iova + len)` to `pa` entirely.
+    #[inline]
+    fn leaf_fits(&self, level: u32, iova: u64, pa: u64, len: u64) -> bool {
+        let shift = self.geo().level_shift(level);
+        let mask = (1u64 << shift) - 1;
+        self.geo().leaf_allowed(level) && (iova | pa) & mask == 0 && len > mask
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // map
+
+    /// Maps `[iova, iova + len)` to `[pa, pa + len)` with `prot`, using the largest pages that
+    /// alignment, length and the configured page sizes allow.
+    ///
+    /// Either the whole range is mapped or nothing changed. Concurrent calls on disjoint ranges
+    /// are allowed; on overlapping ranges they are not.
+    ///
+    /// # Errors
+    /// [`Error::Overlap`] naming the first mapped IOVA in the range; range and alignment errors;
+    /// [`Error::UnsupportedProt`]; [`Error::NoMemory`].
+    pub fn map(&self, iova: Iova, pa: PhysAddr, len: u64, prot: Prot) -> Result<(), Error> {
+        self.check_iova_range(iova, len)?;
+        self.check_pa_range(pa, len)?;
+        self.format.check_prot(prot)?;
+        let top = self.geo().top_level();
+        let need = self.plan_map(self.root_table(), top, iova.get(), pa.get(), len)?;
+        let granule = self.geo().granule_log2;
+        let mut spares = Spares::reserve(&self.alloc, need, granule)?;
+        let r = self.map_level(
+            self.root_table(),
+            top,
+            iova.get(),
+            pa.get(),
+            len,
+            prot,
+            &mut spares,
+        );
+        spares.release(&self.alloc);
+        r
+    }
+
+    /// First pass of `map`: fails on overlap, returns the number of tables to allocate.
+    fn plan_map(&self, t: Table, level: u32, iova: u64, pa: u64, len: u64) -> Result<usize, Error> {
+        let size = 1u64 << self.geo().level_shift(level);
+        let (mut iova, mut pa, mut left, mut need) = (iova, pa, len, 0);
+        let mut idx = self.geo().index(level, iova);
+        while left > 0 {
+            let chunk = left.min(size - (iova & (size - 1)));
+            // SAFETY: `t` is a live table at `level` and `idx` indexes it (derived from an IOVA
+            // inside the table's span).
+            let raw = unsafe { t.slot(idx) }.load(Ordering::Acquire);
+            if self.format.is_present(raw) {
+                if level == 0 || !self.format.is_table(level, raw) {
+                    return Err(Error::Overlap {
+                        iova: Iova::new(iova),
+                    });
+                }
+                need += self.plan_map(self.child(raw)?, level - 1, iova, pa, chunk)?;
+            } else if !self.leaf_fits(level, iova, pa, chunk) {
+                need += 1 + self.count_new(level - 1, iova, pa, chunk);
+            }
+            (iova, pa, left, idx) = (iova + chunk, pa + chunk, left - chunk, idx + 1);
+        }
+        Ok(need)
+    }
+
+    /// Tables needed beneath a new table at `level` to map `[iova, iova + len)`.
+    fn count_new(&self, level: u32, iova: u64, pa: u64, len: u64) -> usize {
+        if level == 0 {
+            return 0;
+        }
+        let size = 1u64 << self.geo().level_shift(level);
+        let (mut iova, mut pa, mut left, mut need) = (iova, pa, len, 0);
+        while left > 0 {
+            let chunk = left.min(size - (iova & (size - 1)));
+            if !self.leaf_fits(level, iova, pa, chunk) {
+                need += 1 + self.count_new(level - 1, iova, pa, chunk);
+            }
+            (iova, pa, left) = (iova + chunk, pa + chunk, left - chunk);
+        }
+        need
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn map_level(
+        &self,
+        t: Table,
+        level: u32,
+        iova: u64,
+        pa: u64,
+        len: u64,
+        prot: Prot,
+        spares: &mut Spares,
+    ) -> Result<(), Error> {
+        let size = 1u64 << self.geo().level_shift(level);
+        let (mut iova, mut pa, mut left) = (iova, pa, len);
+        let mut idx = self.geo().index(level, iova);
+        let first = idx;
+        let mut result = Ok(());
+        while left > 0 {
+            let chunk = left.min(size - (iova & (size - 1)));
+            // SAFETY: as in `plan_map`.
+            let slot = unsafe { t.slot(idx) };
+            let raw = slot.load(Ordering::Acquire);
+            if !self.format.is_present(raw) && self.leaf_fits(level, iova, pa, chunk) {
+                slot.store(
+                    self.format.encode_leaf(level, PhysAddr::new(pa), prot),
+                    Ordering::Relaxed,
+                );
+            } else {
+                let child = match self.table_at(slot, level, raw, iova, spares) {
+                    Ok(child) => child,
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
+                };
+                if let Err(e) = self.map_level(child, level - 1, iova, pa, chunk, prot, spares) {
+                    result = Err(e);
+                    break;
+                }
+            }
+            (iova, pa, left, idx) = (iova + chunk, pa + chunk, left - chunk, idx + 1);
+        }
+        self.sync(t.entry_ptr(first), (idx - first) * 8);
+        result
+    }
+
+    /// The table below `slot`, installing one from `spares` if the slot is empty.
+    fn table_at(
+        &self,
+        slot: &AtomicU64,
+        level: u32,
+        raw: u64,
+        iova: u64,
+        spares: &mut Spares,
+    ) -> Result<Table, Error> {
+        if self.format.is_present(raw) {
+            return if level > 0 && self.format.is_table(level, raw) {
+                self.child(raw)
+            } else {
+                Err(Error::Overlap {
+                    iova: Iova::new(iova),
+                })
+            };
+        }
+        if level == 0 {
+            return Err(Error::Overlap {
+                iova: Iova::new(iova),
+            });
+        }
+        let page = spares.take(&self.alloc).ok_or(Error::NoMemory)?;
+        // The zeroed table must reach memory before the entry that links it.
+        self.sync(page.va, 1 << self.geo().granule_log2);
+        let new = self.format.encode_table(level, page.pa);
+        match slot.compare_exchange(raw, new, Ordering::Release, Ordering::Acquire) {
+            Ok(_) => Ok(Table(page.va)),
+            Err(now) => {
+                // A concurrent map of a disjoint range installed a table first: use it.
+                spares.put(page);
+                self.table_at(slot, level, now, iova, spares)
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // unmap
+
+    /// Unmaps every page in `[iova, iova + len)` and returns the number of bytes unmapped
+    /// (holes count for nothing). The cleared ranges and unlinked tables go into `gather`.
+    ///
+    /// A larger page that reaches outside the range is split (or, with
+    /// [`SplitPolicy::Refuse`], the call fails). Either the whole range is unmapped or nothing
+    /// changed.
+    ///
+    /// # Errors
+    /// Range and alignment errors; [`Error::SplitRefused`], [`Error::SplitUnsupported`];
+    /// [`Error::NoMemory`] for a split.
+    pub fn unmap(&self, iova: Iova, len: u64, gather: &mut Gather) -> Result<u64, Error> {
+        self.check_iova_range(iova, len)?;
+        let end = iova.get() + len;
+        let need = self.plan_split(iova.get(), iova.get(), end)?
+            + self.plan_split(end, iova.get(), end)?;
+        let mut spares = Spares::reserve(&self.alloc, need, self.geo().granule_log2)?;
+        let top = self.geo().top_level();
+        let r = self.unmap_level(self.root_table(), top, iova.get(), len, gather, &mut spares);
+        spares.release(&self.alloc);
+        r
+    }
+
+    /// Tables needed to split the leaf that contains the cut at `cut` (if it straddles the
+    /// range `[start, end)`), or the reason it cannot be split.
+    fn plan_split(&self, cut: u64, start: u64, end: u64) -> Result<usize, Error> {
+        let g = *self.geo();
+        if g.ias < 64 && cut >> g.ias != 0 {
+            return Ok(0);
+        }
+        let mut t = self.root_table();
+        for level in (0..g.levels).rev() {
+            // SAFETY: `t` is a live table at `level` and the index comes from an in-range IOVA.
+            let raw = unsafe { t.slot(g.index(level, cut)) }.load(Ordering::Acquire);
+            if !self.format.is_present(raw) {
+                return Ok(0);
+            }
+            if level > 0 && self.format.is_table(level, raw) {
+                t = self.child(raw)?;
+                continue;
+            }
+            let shift = g.level_shift(level);
+            let base = cut & !((1u64 << shift) - 1);
+            let leaf_end = base.saturating_add(1 << shift);
+            if base == cut || (start <= base && leaf_end <= end) {
+                return Ok(0);
+            }
+            let iova = Iova::new(cut);
+            if self.split == SplitPolicy::Refuse {
+                return Err(Error::SplitRefused { iova });
+            }
+            // One new table per level from the leaf down to the level the cut is aligned to.
+            let aligned = (0..level)
+                .rev()
+                .find(|&l| cut & ((1u64 << g.level_shift(l)) - 1) == 0);
+            let lowest = aligned.unwrap_or(0);
+            if !self.format.hitless_split() || (lowest..level).any(|l| !g.leaf_allowed(l)) {
+                return Err(Error::SplitUnsupported { iova });
+            }
+            return Ok((level - lowest) as usize);
+        }
+        Ok(0)
+    }
+
+    fn unmap_level(
+        &self,
+        t: Table,
+        level: u32,
+        iova: u64,
+        len: u64,
+        gather: &mut Gather,
+        spares: &mut Spares,
+    ) -> Result<u64, Error> {
+        let shift = self.geo().level_shift(level);
+        let size = 1u64 << shift;
+        let (mut iova, mut left, mut unmapped) = (iova, len, 0);
+        let mut idx = self.geo().index(level, iova);
+        while left > 0 {
+            let chunk = left.min(size - (iova & (size - 1)));
+            // SAFETY: `t` is a live table at `level`; `idx` comes from an IOVA in its span.
+            let slot = unsafe { t.slot(idx) };
+            let raw = slot.load(Ordering::Acquire);
+            if !self.format.is_present(raw) {
+                // Nothing mapped here.
+            } else if level > 0 && self.format.is_table(level, raw) {
+                let child = self.child(raw)?;
+                if chunk == size {
+                    self.store_synced(t, idx, 0);
+                    gather.add_table_change(iova, size);
+                    unmapped += self.reap(child, level - 1, raw, gather)?;
+                } else {
+                    unmapped += self.unmap_level(child, level - 1, iova, chunk, gather, spares)?;
+                }
+            } else if chunk == size {
+                self.store_synced(t, idx, 0);
+                gather.add_leaves(iova, size, shift);
+                unmapped += size;
+            } else {
+                let child = self.split_leaf(t, idx, level, raw, iova, gather, spares)?;
+                unmapped += self.unmap_level(child, level - 1, iova, chunk, gather, spares)?;
+            }
+            (iova, left, idx) = (iova + chunk, left - chunk, idx + 1);
+        }
+        Ok(unmapped)
+    }
+
+    #[inline]
+    fn store_synced(&self, t: Table, idx: usize, raw: u64) {
+        // SAFETY: callers pass a live table and an index inside it.
+        unsafe { t.slot(idx) }.store(raw, Ordering::Release);
+        self.sync(t.entry_ptr(idx), 8);
+    }
+
+    /// Hands the unlinked table `t` (at `level`, linked by `raw`) and every table under it to
+    /// `gather`, recording the sizes of the leaves they held; returns the bytes those leaves
+    /// mapped.
+    fn reap(&self, t: Table, level: u32, raw: u64, gather: &mut Gather) -> Result<u64, Error> {
+        let shift = self.geo().level_shift(level);
+        let (mut bytes, mut leaves) = (0, false);
+        for idx in 0..1usize << self.geo().level_bits(level) {
+            // SAFETY: `idx` is below the table's entry count.
+            let e = unsafe { t.slot(idx) }.load(Ordering::Acquire);
+            if !self.format.is_present(e) {
+                continue;
+            }
+            if level > 0 && self.format.is_table(level, e) {
+                bytes += self.reap(self.child(e)?, level - 1, e, gather)?;
+            } else {
+                bytes += 1 << shift;
+                leaves = true;
+            }
+        }
+        if leaves {
+            gather.note_page_size(shift);
+        }
+        let pa = self.format.table_address(raw);
+        gather.add_freed(Page { pa, va: t.0 }, self.geo().granule_log2);
+        Ok(bytes)
+    }
+
+    /// Replaces the leaf `raw` in slot `idx` of `t` by a fully populated table of next-level
+    /// leaves with the same translation and attributes.
+    #[allow(clippy::too_many_arguments)]
+    fn split_leaf(
+        &self,
+        t: Table,
+        idx: usize,
+        level: u32,
+        raw: u64,
+        iova: u64,
+        gather: &mut Gather,
+        spares: &mut Spares,
+    ) -> Result<Table, Error> {
+        let page = spares.take(&self.alloc).ok_or(Error::NoMemory)?;
+        let new = Table(page.va);
+        let child_size = 1u64 << self.geo().level_shift(level - 1);
+        let entries = 1usize << self.geo().level_bits(level - 1);
+        let table_entry = self.format.encode_table(level, page.pa);
+        let mut raw = raw;
+        for _ in 0..HW_UPDATE_RETRIES {
+            let base = self.format.leaf_address(level, raw).get();
+            for i in 0..entries {
+                let pa = PhysAddr::new(base + i as u64 * child_size);
+                let e = self.format.relevel_leaf(raw, level, level - 1, pa);
+                // SAFETY: `i` is below the new table's entry count; the page is still private.
+                unsafe { new.slot(i) }.store(e, Ordering::Relaxed);
+            }
+            self.sync(page.va, 1 << self.geo().granule_log2);
+            // SAFETY: `idx` indexes the live table `t`.
+            match unsafe { t.slot(idx) }.compare_exchange(
+                raw,
+                table_entry,
+                Ordering::Release,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    self.sync(t.entry_ptr(idx), 8);
+                    let shift = self.geo().level_shift(level);
+                    gather.add_table_change(iova & !((1u64 << shift) - 1), 1 << shift);
+                    return Ok(new);
+                }
+                // Hardware set accessed/dirty bits meanwhile: rebuild from the new value.
+                Err(now) => raw = now,
+            }
+        }
+        spares.put(page);
+        Err(Error::EntryUnstable {
+            iova: Iova::new(iova),
+        })
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // query, enumeration, dirty tracking
+
+    /// The translation of `iova`, or `None` if it is not mapped (or outside the input range).
+    pub fn query(&self, iova: Iova) -> Option<Mapping> {
+        let g = self.geo();
+        if !iova.fits_in(g.ias) {
+            return None;
+        }
+        let mut t = self.root_table();
+        for level in (0..g.levels).rev() {
+            // SAFETY: `t` is a live table at `level` and the index comes from an in-range IOVA.
+            let raw = unsafe { t.slot(g.index(level, iova.get())) }.load(Ordering::Acquire);
+            if !self.format.is_present(raw) {
+                return None;
+            }
+            if level > 0 && self.format.is_table(level, raw) {
+                t = self.child(raw).ok()?;
+                continue;
+            }
+            let shift = g.level_shift(level);
+            let offset = iova.get() & ((1u64 << shift) - 1);
+            return Some(Mapping {
+                pa: self.format.leaf_address(level, raw).checked_add(offset)?,
+                prot: self.format.leaf_prot(level, raw),
+                size_log2: shift,
+            });
+        }
+        None
+    }
+
+    /// Calls `f` for every leaf that intersects `[iova, iova + len)`, in IOVA order.
+    ///
+    /// # Errors
+    /// Range errors; [`Error::UnknownTable`] for a corrupt table.
+    pub fn for_each_mapping(
+        &self,
+        iova: Iova,
+        len: u64,
+        mut f: impl FnMut(Leaf),
+    ) -> Result<(), Error> {
+        self.check_iova_range(iova, len)?;
+        let top = self.geo().top_level();
+        self.visit(
+            self.root_table(),
+            top,
+            iova.get(),
+            len,
+            &mut |_, leaf, _| {
+                f(leaf);
+                Ok(())
+            },
+        )
+    }
+
+    /// Walks the leaves intersecting a range; `f` gets the slot, the leaf and its raw value.
+    pub(super) fn visit(
+        &self,
+        t: Table,
+        level: u32,
+        iova: u64,
+        len: u64,
+        f: &mut impl FnMut(&AtomicU64, Leaf, u64) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        let shift = self.geo().level_shift(level);
+        let size = 1u64 << shift;
+        let (mut iova, mut left) = (iova, len);
+        let mut idx = self.geo().index(level, iova);
+        while left > 0 {
+            let chunk = left.min(size - (iova & (size - 1)));
+            // SAFETY: `t` is a live table at `level`; `idx` comes from an IOVA in its span.
+            let slot = unsafe { t.slot(idx) };
+            let raw = slot.load(Ordering::Acquire);
+            if !self.format.is_present(raw) {
+                // hole
+            } else if level > 0 && self.format.is_table(level, raw) {
+                self.visit(self.child(raw)?, level - 1, iova, chunk, f)?;
+            } else {
+                let leaf = Leaf {
+                    iova: Iova::new(iova & !(size - 1)),
+                    pa: self.format.leaf_address(level, raw),
+                    prot: self.format.leaf_prot(level, raw),
+                    size_log2: shift,
+                };
+                f(slot, leaf, raw)?;
+            }
+            (iova, left, idx) = (iova + chunk, left - chunk, idx + 1);
+        }
+        Ok(())
+    }
+
+    /// Reports every dirty leaf intersecting `[iova, iova + len)` to `sink` (its IOVA and log2
+    /// size) and cleans it; the cleaned ranges go into `gather`, which must be flushed before
+    /// the hardware reliably marks them dirty again.
+    ///
+    /// # Errors
+    /// [`Error::NoDirtyTracking`] when the format is configured without it; range errors;
+    /// [`Error::EntryUnstable`] if hardware kept rewriting an entry.
+    pub fn read_and_clear_dirty(
+        &self,
+        iova: Iova,
+        len: u64,
+        mut sink: impl FnMut(Iova, u32),
+        gather: &mut Gather,
+    ) -> Result<(), Error> {
+        if !self.format.dirty_tracking() {
+            return Err(Error::NoDirtyTracking);
+        }
+        self.check_iova_range(iova, len)?;
+        let top = self.geo().top_level();
+        self.visit(
+            self.root_table(),
+            top,
+            iova.get(),
+            len,
+            &mut |slot, leaf, raw| {
+                let mut raw = raw;
+                for _ in 0..HW_UPDATE_RETRIES {
+                    if !self.format.leaf_is_dirty(raw) {
+                        return Ok(());
+                    }
+                    let clean = self.format.leaf_clear_dirty(raw);
+                    match slot.compare_exchange(raw, clean, Ordering::AcqRel, Ordering::Acquire) {
+                        Ok(_) => {
+                            self.sync(NonNull::from(slot).cast(), 8);
+                            sink(leaf.iova, leaf.size_log2);
+                            gather.add_leaves(leaf.iova.get(), 1 << leaf.size_log2, leaf.size_log2);
+                            return Ok(());
+                        }
+                        Err(now) => raw = now,
+                    }
+                }
+                Err(Error::EntryUnstable { iova: leaf.iova })
+            },
+        )
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // teardown
+
+    /// Unlinks nothing but hands every page of the table, root included, to `gather`, which
+    /// records an invalidation of the whole input range. Call it once no context, PASID entry,
+    /// STE or CD points at the table any more; release the gather after the invalidation.
+    ///
+    /// # Errors
+    /// [`Error::UnknownTable`] for a corrupt table (the pages found so far are in `gather`).
+    pub fn destroy(self, gather: &mut Gather) -> Result<(), Error> {
+        let g = *self.geo();
+        gather.add_everything(g.ias);
+        let root = self.root_table();
+        let top = g.top_level();
+        if top > 0 {
+            for idx in 0..1usize << g.level_bits(top) {
+                // SAFETY: `idx` is below the root's entry count.
+                let e = unsafe { root.slot(idx) }.load(Ordering::Acquire);
+                if self.format.is_present(e) && self.format.is_table(top, e) {
+                    self.reap(self.child(e)?, top - 1, e, gather)?;
+                }
+            }
+        }
+        gather.add_freed(self.root, g.root_size_log2());
+        Ok(())
+    }
+}

@@ -1,0 +1,361 @@
+//! Unit tests of the generic walker through the VT-d second-stage and Arm stage-2 formats.
+//! The format-by-configuration conformance suite with the reference walkers is in `tests/`.
+
+extern crate std;
+
+use std::collections::BTreeMap;
+
+use super::arm_s2::{ArmS2, ArmS2Config, S2Attributes};
+use super::testutil::TestAlloc;
+use super::vtd_ss::{VtdSs, VtdSsConfig};
+use super::*;
+use crate::mem::{Iova, PhysAddr, WalkerCoherency};
+
+const K4: u64 = 1 << 12;
+const M2: u64 = 1 << 21;
+const G1: u64 = 1 << 30;
+const RW: Prot = Prot::READ.union(Prot::WRITE);
+
+fn vtd(agaw: u32) -> PageTable<VtdSs, TestAlloc> {
+    let cfg = VtdSsConfig {
+        agaw,
+        haw: 46,
+        page_2m: true,
+        page_1g: true,
+        snoop: false,
+        dirty_tracking: true,
+    };
+    PageTable::new(
+        VtdSs::new(cfg).unwrap(),
+        TestAlloc::new(),
+        WalkerCoherency::Coherent,
+    )
+    .unwrap()
+}
+
+fn done() -> InvalidationComplete {
+    // SAFETY: no hardware walks the test tables.
+    unsafe { InvalidationComplete::assume() }
+}
+
+fn iova(v: u64) -> Iova {
+    Iova::new(v)
+}
+fn pa(v: u64) -> PhysAddr {
+    PhysAddr::new(v)
+}
+
+#[test]
+fn largest_page_is_chosen() {
+    let t = vtd(48);
+    // 1 GiB + 2 MiB + 4 KiB starting at 1 GiB: one 1G leaf, one 2M leaf, one 4K leaf.
+    t.map(iova(G1), pa(2 * G1), G1 + M2 + K4, RW).unwrap();
+    assert_eq!(t.query(iova(G1 + 5)).unwrap().size_log2, 30);
+    assert_eq!(t.query(iova(G1 + 5)).unwrap().pa, pa(2 * G1 + 5));
+    assert_eq!(t.query(iova(2 * G1)).unwrap().size_log2, 21);
+    assert_eq!(t.query(iova(2 * G1 + M2)).unwrap().size_log2, 12);
+    assert_eq!(t.query(iova(2 * G1 + M2 + K4)), None);
+    // root + PDPT + PD + PT
+    assert_eq!(t.allocator().live(), 4);
+    let mut leaves = std::vec::Vec::new();
+    t.for_each_mapping(iova(0), 1 << 40, |l| {
+        leaves.push((l.iova.get(), l.size_log2))
+    })
+    .unwrap();
+    assert_eq!(leaves, [(G1, 30), (2 * G1, 21), (2 * G1 + M2, 12)]);
+}
+
+#[test]
+fn misaligned_pa_forces_small_pages() {
+    let t = vtd(39);
+    t.map(iova(0), pa(K4), M2, Prot::READ).unwrap();
+    assert_eq!(t.query(iova(M2 - 1)).unwrap().size_log2, 12);
+    assert_eq!(t.query(iova(M2 - 1)).unwrap().pa, pa(M2 + K4 - 1));
+    assert_eq!(t.query(iova(0)).unwrap().prot, Prot::READ);
+}
+
+#[test]
+fn bad_arguments_change_nothing() {
+    let t = vtd(39);
+    t.map(iova(0x1000), pa(0x1000), K4, RW).unwrap();
+    let before = t.allocator().live();
+    assert_eq!(t.map(iova(0), pa(0), 0, RW), Err(Error::ZeroLength));
+    assert!(matches!(
+        t.map(iova(0x800), pa(0), K4, RW),
+        Err(Error::MisalignedIova { .. })
+    ));
+    assert!(matches!(
+        t.map(iova(0), pa(0x800), K4, RW),
+        Err(Error::MisalignedPa { .. })
+    ));
+    assert!(matches!(
+        t.map(iova(0), pa(0), 0x800, RW),
+        Err(Error::MisalignedLength { .. })
+    ));
+    assert!(matches!(
+        t.map(iova(u64::MAX - 0xfff), pa(0), 0x2000, RW),
+        Err(Error::Overflow { .. })
+    ));
+    assert!(matches!(
+        t.map(iova(1 << 39), pa(0), K4, RW),
+        Err(Error::IovaOutOfRange { .. })
+    ));
+    assert!(matches!(
+        t.map(iova(0), pa(1 << 46), K4, RW),
+        Err(Error::PaOutOfRange { .. })
+    ));
+    assert!(matches!(
+        t.map(iova(0), pa(0), K4, Prot::EXEC),
+        Err(Error::UnsupportedProt { .. })
+    ));
+    // Overlap in the middle of a large range: nothing of the range gets mapped.
+    assert_eq!(
+        t.map(iova(0), pa(0), 64 * M2, RW),
+        Err(Error::Overlap { iova: iova(0x1000) })
+    );
+    assert_eq!(t.query(iova(0)), None);
+    assert_eq!(t.query(iova(M2)), None);
+    assert_eq!(t.allocator().live(), before);
+    assert_eq!(t.query(iova(0x1000)).unwrap().pa, pa(0x1000));
+}
+
+#[test]
+fn no_memory_changes_nothing() {
+    let t = vtd(48);
+    *t.allocator().fail_after.lock().unwrap() = Some(2);
+    assert_eq!(t.map(iova(0), pa(0), K4, RW), Err(Error::NoMemory));
+    assert_eq!(t.allocator().live(), 1);
+    assert_eq!(t.query(iova(0)), None);
+}
+
+#[test]
+fn unmap_everything_frees_all_but_root_after_release() {
+    let t = vtd(48);
+    t.map(iova(0), pa(0), 3 * G1 + 7 * M2 + 9 * K4, RW).unwrap();
+    t.map(iova(1 << 40), pa(K4), 300 * K4, RW).unwrap();
+    let mut g = Gather::new();
+    let bytes = t.unmap(iova(0), 1 << 48, &mut g).unwrap();
+    assert_eq!(bytes, 3 * G1 + 7 * M2 + 9 * K4 + 300 * K4);
+    assert!(!g.leaf_only());
+    assert_eq!(g.page_sizes(), K4 | M2 | G1);
+    // Pages are held, not freed, until the gather is released.
+    let held = g.freed_pages();
+    assert_eq!(t.allocator().live(), 1 + held);
+    g.release(t.allocator(), done()).unwrap();
+    assert_eq!(t.allocator().live(), 1);
+    assert!(g.is_empty());
+}
+
+#[test]
+fn partial_unmap_leaves_tables_and_is_leaf_only() {
+    let t = vtd(48);
+    t.map(iova(0), pa(0), 16 * K4, RW).unwrap();
+    let mut g = Gather::new();
+    assert_eq!(t.unmap(iova(4 * K4), 4 * K4, &mut g).unwrap(), 4 * K4);
+    assert!(g.leaf_only());
+    assert_eq!(
+        g.ranges(),
+        &[IovaRange {
+            start: iova(4 * K4),
+            end: iova(8 * K4)
+        }]
+    );
+    assert_eq!(g.freed_pages(), 0);
+    assert_eq!(t.query(iova(3 * K4)).unwrap().pa, pa(3 * K4));
+    assert_eq!(t.query(iova(4 * K4)), None);
+    assert_eq!(t.query(iova(8 * K4)).unwrap().pa, pa(8 * K4));
+    g.release(t.allocator(), done()).unwrap();
+}
+
+#[test]
+fn partial_superpage_unmap_splits_or_refuses() {
+    let mut t = vtd(48);
+    t.map(iova(G1), pa(G1), G1, RW).unwrap();
+    t.set_split_policy(SplitPolicy::Refuse);
+    let mut g = Gather::new();
+    assert_eq!(
+        t.unmap(iova(G1 + M2 + K4), K4, &mut g),
+        Err(Error::SplitRefused {
+            iova: iova(G1 + M2 + K4)
+        })
+    );
+    assert!(g.is_empty());
+    assert_eq!(t.query(iova(G1 + M2 + K4)).unwrap().size_log2, 30);
+    t.set_split_policy(SplitPolicy::Split);
+    let live = t.allocator().live();
+    assert_eq!(t.unmap(iova(G1 + M2 + K4), K4, &mut g).unwrap(), K4);
+    // 1G -> 512 x 2M, then one 2M -> 512 x 4K: two new tables.
+    assert_eq!(t.allocator().live(), live + 2);
+    assert_eq!(t.query(iova(G1 + M2 + K4)), None);
+    assert_eq!(t.query(iova(G1 + M2)).unwrap().size_log2, 12);
+    assert_eq!(
+        t.query(iova(G1 + 2 * M2 - 1)).unwrap().pa,
+        pa(G1 + 2 * M2 - 1)
+    );
+    assert_eq!(t.query(iova(G1)).unwrap().size_log2, 21);
+    assert_eq!(t.query(iova(2 * G1 - 1)).unwrap().pa, pa(2 * G1 - 1));
+    assert!(!g.leaf_only());
+    g.release(t.allocator(), done()).unwrap();
+}
+
+#[test]
+fn arm_split_needs_bbml2() {
+    let cfg = ArmS2Config {
+        granule_log2: 12,
+        ias: 40,
+        oas: 40,
+        blocks: true,
+        attributes: S2Attributes::WriteBack,
+        dirty_tracking: false,
+        bbml2: false,
+    };
+    let f = ArmS2::new(cfg).unwrap();
+    // IAS 40 with 4K: start level 1 with two concatenated tables (Arm ARM D8.2.8).
+    assert_eq!((f.start_level(), f.concatenated()), (1, 2));
+    let t = PageTable::new(f, TestAlloc::new(), WalkerCoherency::Coherent).unwrap();
+    t.map(iova(0), pa(0), M2, RW).unwrap();
+    let mut g = Gather::new();
+    assert_eq!(
+        t.unmap(iova(K4), K4, &mut g),
+        Err(Error::SplitUnsupported { iova: iova(K4) })
+    );
+    assert!(g.is_empty());
+}
+
+#[test]
+fn dirty_bits_are_read_and_cleared() {
+    let t = vtd(48);
+    t.map(iova(0), pa(0), 4 * K4, RW).unwrap();
+    // Play the hardware: set D (bit 9) on the second PTE.
+    let leaf = t.query(iova(K4)).unwrap();
+    assert_eq!(leaf.size_log2, 12);
+    let mut pt: Option<*const core::sync::atomic::AtomicU64> = None;
+    t.visit(t.root_table(), 3, K4, K4, &mut |slot, _, _| {
+        pt = Some(slot as *const _);
+        Ok(())
+    })
+    .unwrap();
+    // SAFETY: the slot belongs to the live table `t`.
+    unsafe { &*pt.unwrap() }.fetch_or(1 << 9, core::sync::atomic::Ordering::Relaxed);
+    let mut dirty = std::vec::Vec::new();
+    let mut g = Gather::new();
+    t.read_and_clear_dirty(iova(0), 4 * K4, |i, s| dirty.push((i.get(), s)), &mut g)
+        .unwrap();
+    assert_eq!(dirty, [(K4, 12)]);
+    assert!(g.leaf_only());
+    dirty.clear();
+    t.read_and_clear_dirty(iova(0), 4 * K4, |i, s| dirty.push((i.get(), s)), &mut g)
+        .unwrap();
+    assert!(dirty.is_empty());
+    g.release(t.allocator(), done()).unwrap();
+}
+
+#[test]
+fn random_sequences_match_a_model() {
+    let t = vtd(39);
+    let mut model: BTreeMap<u64, u64> = BTreeMap::new(); // 4K page -> pa
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut rnd = |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let window = 4 * 512; // 4 x 2 MiB of 4K pages
+    for _ in 0..if cfg!(miri) { 60 } else { 2000 } {
+        let page = rnd(window);
+        let big = rnd(4) == 0;
+        let pages = 1 + rnd(if big { 1024 } else { 8 });
+        let pages = pages.min(window - page);
+        let (start, len) = (page * K4, pages * K4);
+        let do_map = rnd(2) == 0;
+        let aligned = rnd(2);
+        if do_map {
+            let target = rnd(1 << 20) * M2 + (page % 512) * K4 * aligned;
+            let r = t.map(iova(start), pa(target), len, RW);
+            let overlaps = (page..page + pages).any(|p| model.contains_key(&p));
+            assert_eq!(r.is_err(), overlaps, "map {start:#x}+{len:#x}: {r:?}");
+            if r.is_ok() {
+                for i in 0..pages {
+                    model.insert(page + i, target + i * K4);
+                }
+            }
+        } else {
+            let mut g = Gather::new();
+            let bytes = t.unmap(iova(start), len, &mut g).unwrap();
+            let removed = (page..page + pages)
+                .filter(|p| model.remove(p).is_some())
+                .count();
+            assert_eq!(bytes, removed as u64 * K4);
+            g.release(t.allocator(), done()).unwrap();
+        }
+    }
+    for p in 0..window {
+        assert_eq!(
+            t.query(iova(p * K4)).map(|m| m.pa.get()),
+            model.get(&p).copied()
+        );
+    }
+}
+
+#[test]
+fn concurrent_disjoint_maps() {
+    let t = vtd(48);
+    std::thread::scope(|s| {
+        for th in 0..4u64 {
+            let t = &t;
+            s.spawn(move || {
+                for i in 0..256 {
+                    let at = (i * 4 + th) * K4;
+                    t.map(iova(at), pa(at + G1), K4, RW).unwrap();
+                }
+            });
+        }
+    });
+    for p in 0..1024 {
+        assert_eq!(t.query(iova(p * K4)).unwrap().pa, pa(p * K4 + G1));
+    }
+    // root + PDPT + PD + two PTs: no table was installed twice.
+    assert_eq!(t.allocator().live(), 5);
+}
+
+#[test]
+fn destroy_hands_every_page_to_the_gather() {
+    let t = vtd(48);
+    t.map(iova(0), pa(0), 5 * M2 + K4, RW).unwrap();
+    let live = t.allocator().live();
+    let mut g = Gather::new();
+    let alloc_ptr: *const TestAlloc = t.allocator();
+    // Keep the allocator alive across destroy: the table owns it, so destroy a borrowed one.
+    let _ = alloc_ptr;
+    let t2 = PageTable::new(*t.format(), t.allocator(), WalkerCoherency::Coherent).unwrap();
+    t2.map(iova(0), pa(0), 5 * M2 + K4, RW).unwrap();
+    let after = t.allocator().live();
+    t2.destroy(&mut g).unwrap();
+    assert_eq!(g.freed_pages(), after - live);
+    g.release(t.allocator(), done()).unwrap();
+    assert_eq!(t.allocator().live(), live);
+}
+
+#[test]
+fn non_coherent_walker_is_told_about_every_write() {
+    let cfg = VtdSsConfig {
+        agaw: 48,
+        haw: 46,
+        page_2m: true,
+        page_1g: false,
+        snoop: true,
+        dirty_tracking: false,
+    };
+    let t = PageTable::new(
+        VtdSs::new(cfg).unwrap(),
+        TestAlloc::new(),
+        WalkerCoherency::NonCoherent,
+    )
+    .unwrap();
+    t.map(iova(0), pa(0), M2 + 3 * K4, RW).unwrap();
+    let synced = t.allocator().synced.lock().unwrap().clone();
+    // Root at creation, then 3 new tables, then entry ranges.
+    assert!(synced.iter().filter(|(_, len)| *len == 4096).count() >= 4);
+    assert!(!synced.is_empty());
+}
