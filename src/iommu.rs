@@ -1,0 +1,330 @@
+//! The `Iommu` trait: what the IOASID layer asks of one hardware unit, whatever its architecture.
+//!
+//! A unit (a VT-d remapping unit, an SMMUv3) owns hardware domains: a page table of a format the
+//! unit chooses from a [`DomainConfig`], plus the tag the hardware caches translations under
+//! (VT-d domain ID, SMMUv3 VMID/ASID). Devices are named by [`DeviceId`] (the PCI requester ID on
+//! VT-d, the StreamID on SMMUv3) and optionally a [`Pasid`] (a SubstreamID on SMMUv3).
+//!
+//! The trait is object safe so that one IOASID can span units of different architectures.
+
+use core::fmt;
+
+use crate::mem::{Iova, PhysAddr};
+use crate::pgtable::{self, Gather, IovaRange, Leaf, Mapping, Prot};
+
+/// A device on a unit: PCI requester ID (bus << 8 | devfn) on VT-d, StreamID on SMMUv3.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DeviceId(pub u32);
+
+/// A PCIe process address space ID (20 bits); an SMMUv3 SubstreamID.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Pasid(u32);
+
+impl Pasid {
+    /// Largest PASID width, in bits (PCIe).
+    pub const BITS: u32 = 20;
+
+    /// A PASID, or `None` if it does not fit in 20 bits.
+    pub const fn new(raw: u32) -> Option<Self> {
+        if raw >> Self::BITS == 0 {
+            Some(Self(raw))
+        } else {
+            None
+        }
+    }
+
+    /// The raw value.
+    pub const fn get(self) -> u32 {
+        self.0
+    }
+}
+
+impl fmt::Display for Pasid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:#x}", self.0)
+    }
+}
+
+/// A hardware domain of one unit, as the unit numbers them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct DomainHandle(pub u16);
+
+/// What a unit can do. Reported by [`Iommu::capabilities`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Largest input (IOVA) width, in bits, a domain can have.
+    pub ias: u32,
+    /// Output (physical) address width, in bits.
+    pub oas: u32,
+    /// Bit `n` set: pages of `1 << n` bytes.
+    pub page_sizes: u64,
+    /// PASID width in bits (0: no PASID support).
+    pub pasid_bits: u32,
+    /// The unit can force every DMA of a domain to snoop CPU caches (VT-d `ECAP.SC`; SMMUv3:
+    /// coherent access plus `IDR3.FWB`).
+    pub enforce_snoop: bool,
+    /// Hardware dirty tracking (VT-d `ECAP.SLADS`; SMMUv3 `IDR0.HTTU` = 2).
+    pub dirty_tracking: bool,
+    /// Nested translation (VT-d `ECAP.NEST`; SMMUv3 `IDR0.S1P` and `S2P`).
+    pub nesting: bool,
+    /// The table walker snoops CPU caches (VT-d `ECAP.C`; SMMUv3 `IDR0.COHACC`).
+    pub coherent_walk: bool,
+}
+
+/// A capability a unit lacks, named when an operation needs it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Missing {
+    /// Cannot enforce snooping.
+    SnoopControl,
+    /// No dirty tracking.
+    DirtyTracking,
+    /// No nested translation.
+    Nesting,
+    /// No PASID support, or the PASID does not fit the unit's width.
+    Pasid {
+        /// PASID width of the unit, in bits.
+        bits: u32,
+    },
+    /// The address space needs more input bits than the unit's domains have.
+    AddressWidth {
+        /// Bits needed.
+        need: u32,
+        /// Bits the unit offers.
+        have: u32,
+    },
+    /// A page size in use is not supported by the unit.
+    PageSize {
+        /// Log2 of the page size.
+        size_log2: u32,
+    },
+    /// A translation mode the unit was not set up for (for example first-stage only).
+    Mode {
+        /// Which mode.
+        what: &'static str,
+    },
+}
+
+impl fmt::Display for Missing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Missing::SnoopControl => write!(f, "the unit cannot enforce snooping"),
+            Missing::DirtyTracking => write!(f, "the unit has no dirty tracking"),
+            Missing::Nesting => write!(f, "the unit has no nested translation"),
+            Missing::Pasid { bits } => write!(f, "the unit supports {bits}-bit PASIDs"),
+            Missing::AddressWidth { need, have } => {
+                write!(f, "{need} address bits needed, the unit offers {have}")
+            }
+            Missing::PageSize { size_log2 } => {
+                write!(f, "2^{size_log2}-byte pages not supported")
+            }
+            Missing::Mode { what } => write!(f, "translation mode not available: {what}"),
+        }
+    }
+}
+
+/// Errors of an [`Iommu`] operation. Each variant carries the offending value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Error {
+    /// The page-table engine refused.
+    PageTable(pgtable::Error),
+    /// The unit lacks a capability the operation needs.
+    Unsupported(Missing),
+    /// No memory for a table, queue or configuration page.
+    NoMemory,
+    /// The object is in use (a domain with devices attached, a present PASID entry, ...).
+    Busy,
+    /// Every domain ID / VMID / ASID is in use.
+    NoDomainIds,
+    /// No such domain.
+    InvalidDomain(DomainHandle),
+    /// The device ID is outside what the unit's tables cover.
+    InvalidDevice(DeviceId),
+    /// The PASID is outside what the unit or the device supports.
+    InvalidPasid(Pasid),
+    /// The device (and PASID) is not attached.
+    NotAttached(DeviceId),
+    /// Waiting on the hardware timed out.
+    Timeout {
+        /// What was waited for.
+        what: &'static str,
+    },
+    /// The hardware reported an error.
+    Hardware {
+        /// What failed.
+        what: &'static str,
+        /// The raw error code or register value.
+        code: u64,
+    },
+}
+
+impl From<pgtable::Error> for Error {
+    fn from(e: pgtable::Error) -> Self {
+        match e {
+            pgtable::Error::NoMemory => Error::NoMemory,
+            e => Error::PageTable(e),
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::PageTable(e) => write!(f, "page table: {e}"),
+            Error::Unsupported(m) => write!(f, "unsupported: {m}"),
+            Error::NoMemory => write!(f, "no memory"),
+            Error::Busy => write!(f, "busy"),
+            Error::NoDomainIds => write!(f, "no free domain ID"),
+            Error::InvalidDomain(d) => write!(f, "no domain {}", d.0),
+            Error::InvalidDevice(d) => write!(f, "device {:#x} out of range", d.0),
+            Error::InvalidPasid(p) => write!(f, "PASID {p} out of range"),
+            Error::NotAttached(d) => write!(f, "device {:#x} not attached", d.0),
+            Error::Timeout { what } => write!(f, "timed out waiting for {what}"),
+            Error::Hardware { what, code } => write!(f, "hardware error: {what} ({code:#x})"),
+        }
+    }
+}
+
+/// Which translation a domain performs for its devices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Stage {
+    /// Let the unit choose (VT-d second stage, SMMUv3 stage 2 when it has one).
+    #[default]
+    Any,
+    /// A VM's IPA/GPA space: VT-d second stage, SMMUv3 stage 2.
+    Second,
+    /// A process address space: VT-d first stage, SMMUv3 stage 1.
+    First,
+}
+
+/// What a hardware domain must be: chosen once, from the IOASID's flags.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct DomainConfig {
+    /// Input bits the domain needs at least (mappings already made reach this high).
+    pub min_ias: u32,
+    /// Force every DMA through the domain to snoop (VT-d SNP, SMMUv3 FWB write-back).
+    pub enforce_snoop: bool,
+    /// Hardware dirty tracking.
+    pub dirty_tracking: bool,
+    /// The domain will be the parent (second stage) of nested translation.
+    pub nest_parent: bool,
+    /// Which translation stage.
+    pub stage: Stage,
+}
+
+/// One IOMMU unit as the IOASID layer drives it.
+///
+/// Every method takes `&self`: units lock internally. Map and unmap on one domain may run
+/// concurrently on disjoint ranges (the page-table engine's contract); configuration changes
+/// (domain allocation, attach, detach) serialise inside the unit.
+pub trait Iommu: Sync {
+    /// What the unit can do.
+    fn capabilities(&self) -> Capabilities;
+
+    /// IOVA ranges no domain on this unit may map (VT-d: the interrupt window
+    /// 0xFEE0_0000-0xFEEF_FFFF).
+    fn reserved_regions(&self) -> &[IovaRange];
+
+    /// Creates a domain: page table, tag, attributes. Fails with [`Error::Unsupported`] naming
+    /// the capability the configuration needs and the unit lacks.
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`], [`Error::NoDomainIds`], [`Error::NoMemory`].
+    fn domain_alloc(&self, cfg: &DomainConfig) -> Result<DomainHandle, Error>;
+
+    /// The input width (bits) and page sizes of a domain.
+    ///
+    /// # Errors
+    /// [`Error::InvalidDomain`].
+    fn domain_geometry(&self, domain: DomainHandle) -> Result<(u32, u64), Error>;
+
+    /// Destroys a domain with no device attached: its tag is invalidated and freed, its pages
+    /// returned after the invalidation completed.
+    ///
+    /// # Errors
+    /// [`Error::Busy`] while devices are attached; [`Error::InvalidDomain`]; hardware errors.
+    fn domain_free(&self, domain: DomainHandle) -> Result<(), Error>;
+
+    /// Maps a range in a domain (see [`crate::pgtable::PageTable::map`]), doing what the unit
+    /// needs on map (VT-d caching mode, write-buffer flush).
+    ///
+    /// # Errors
+    /// [`Error::PageTable`], [`Error::NoMemory`], [`Error::InvalidDomain`], hardware errors.
+    fn map(
+        &self,
+        domain: DomainHandle,
+        iova: Iova,
+        pa: PhysAddr,
+        len: u64,
+        prot: Prot,
+    ) -> Result<(), Error>;
+
+    /// Unmaps a range in a domain, recording what must be invalidated in `gather`.
+    ///
+    /// # Errors
+    /// [`Error::PageTable`], [`Error::InvalidDomain`].
+    fn unmap(
+        &self,
+        domain: DomainHandle,
+        iova: Iova,
+        len: u64,
+        gather: &mut Gather,
+    ) -> Result<u64, Error>;
+
+    /// Invalidates what `gather` recorded with the fewest commands, waits once for completion,
+    /// then returns the gathered pages to the allocator.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`], [`Error::Hardware`]; on error the pages stay in the gather.
+    fn flush(&self, domain: DomainHandle, gather: &mut Gather) -> Result<(), Error>;
+
+    /// The translation of `iova` in a domain.
+    fn query(&self, domain: DomainHandle, iova: Iova) -> Option<Mapping>;
+
+    /// Calls `f` for every leaf intersecting the range.
+    ///
+    /// # Errors
+    /// [`Error::PageTable`], [`Error::InvalidDomain`].
+    fn for_each_mapping(
+        &self,
+        domain: DomainHandle,
+        iova: Iova,
+        len: u64,
+        f: &mut dyn FnMut(Leaf),
+    ) -> Result<(), Error>;
+
+    /// Reports and cleans dirty leaves (see
+    /// [`crate::pgtable::PageTable::read_and_clear_dirty`]).
+    ///
+    /// # Errors
+    /// [`Error::PageTable`] (`NoDirtyTracking`), [`Error::InvalidDomain`].
+    fn read_and_clear_dirty(
+        &self,
+        domain: DomainHandle,
+        iova: Iova,
+        len: u64,
+        sink: &mut dyn FnMut(Iova, u32),
+        gather: &mut Gather,
+    ) -> Result<(), Error>;
+
+    /// Points a device (or a device's PASID) at a domain, replacing what it pointed at in the
+    /// way that is hitless where the hardware allows, and invalidates the configuration caches.
+    ///
+    /// # Errors
+    /// [`Error::InvalidDevice`], [`Error::InvalidPasid`], [`Error::Unsupported`],
+    /// [`Error::NoMemory`], hardware errors.
+    fn attach(
+        &self,
+        device: DeviceId,
+        pasid: Option<Pasid>,
+        domain: DomainHandle,
+    ) -> Result<(), Error>;
+
+    /// Blocks a device's (or PASID's) DMA again and invalidates configuration caches and the
+    /// IOTLB entries it may have used.
+    ///
+    /// # Errors
+    /// [`Error::NotAttached`], hardware errors.
+    fn detach(&self, device: DeviceId, pasid: Option<Pasid>) -> Result<(), Error>;
+}
