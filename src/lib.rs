@@ -11,6 +11,7 @@
 #[cfg(feature = "std")]
 extern crate std;
 
+pub mod ioasid;
 pub mod iommu;
 pub mod mem;
 pub mod mmio;

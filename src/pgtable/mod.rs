@@ -86,4 +86,4 @@ pub struct Leaf {
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
-mod testutil;
+pub(crate) mod testutil;

@@ -1,0 +1,293 @@
+//! Attaching devices and (device, PASID) pairs to IOASIDs; the hardware domains behind them.
+
+use super::ctx::{Ioasid, IoasidCtx, PasidAttachment, State, UnitDomain};
+use super::registry::UnitId;
+use super::{DeviceHandle, Error, Incompatibility, IoasidFlags, IoasidId};
+use crate::iommu::{self, DomainConfig, DomainHandle, Iommu, Missing, Pasid, Stage};
+use crate::mem::{Iova, PageAllocator};
+use crate::pgtable::Leaf;
+
+use super::record::RECORD_IAS;
+
+/// Turns a unit's refusal into the reason an attach is incompatible, when it is one.
+fn incompatible(device: DeviceHandle, e: iommu::Error) -> Error {
+    match e {
+        iommu::Error::Unsupported(m) => Error::Incompatible {
+            device,
+            reason: Incompatibility::Missing(m),
+        },
+        e => Error::from(e),
+    }
+}
+
+impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
+    /// Attaches a device to an IOASID. If the device is attached elsewhere, its unit switches it
+    /// to the new domain in one step where the hardware allows, and the old attachment ends.
+    ///
+    /// The IOASID's hardware domain on the device's unit is reused; if there is none, one is
+    /// built with the attributes the IOASID's flags fix, and the IOASID's mappings are copied
+    /// into it.
+    ///
+    /// # Errors
+    /// [`Error::Incompatible`] naming what the unit lacks (snoop control, dirty tracking,
+    /// nesting, address width, page size) or the mapping it cannot take; nothing changed.
+    pub fn attach(&self, device: DeviceHandle, ioasid: IoasidId) -> Result<(), Error> {
+        let mut st = self.state.write();
+        let dev = st.device(device)?;
+        let (label, old) = (dev.label, dev.attached);
+        if old == Some(ioasid) {
+            return Ok(());
+        }
+        let unit = self.unit(label.unit)?;
+        let (handle, created) = self.domain_for(&mut st, device, ioasid, label.unit)?;
+        if let Err(e) = unit.attach(label.id, None, handle) {
+            if created {
+                self.release_domain(&mut st, ioasid, label.unit);
+            }
+            return Err(e.into());
+        }
+        self.add_user(&mut st, ioasid, label.unit);
+        st.device_mut(device)?.attached = Some(ioasid);
+        if let Some(old) = old {
+            self.release_domain(&mut st, old, label.unit);
+        }
+        Ok(())
+    }
+
+    /// Detaches a device: its DMA is blocked, its configuration and TLB entries invalidated.
+    ///
+    /// # Errors
+    /// [`Error::NotAttached`]; unit errors (the device then stays attached).
+    pub fn detach(&self, device: DeviceHandle) -> Result<(), Error> {
+        let mut st = self.state.write();
+        let dev = st.device(device)?;
+        let (label, old) = (dev.label, dev.attached.ok_or(Error::NotAttached(device))?);
+        self.unit(label.unit)?.detach(label.id, None)?;
+        st.device_mut(device)?.attached = None;
+        self.release_domain(&mut st, old, label.unit);
+        Ok(())
+    }
+
+    /// Attaches a (device, PASID) pair to an IOASID allocated with [`IoasidFlags::PASID`]. The
+    /// PASID must be held by this context.
+    ///
+    /// # Errors
+    /// [`Error::PasidNotOwned`]; [`Error::Incompatible`] (not a PASID IOASID, PASID too wide for
+    /// the unit, or as for [`IoasidCtx::attach`]); [`Error::Capacity`].
+    pub fn attach_pasid(
+        &self,
+        device: DeviceHandle,
+        pasid: Pasid,
+        ioasid: IoasidId,
+    ) -> Result<(), Error> {
+        let mut st = self.state.write();
+        if !st.pasids.contains(&Some(pasid)) {
+            return Err(Error::PasidNotOwned(pasid));
+        }
+        let label = st.device(device)?.label;
+        if !st.ioasid(ioasid)?.flags.contains(IoasidFlags::PASID) {
+            return Err(Error::Incompatible {
+                device,
+                reason: Incompatibility::NotPasidCapable,
+            });
+        }
+        let unit = self.unit(label.unit)?;
+        let bits = unit.capabilities().pasid_bits;
+        if bits == 0 || pasid.get() >> bits != 0 {
+            let reason = Incompatibility::Missing(Missing::Pasid { bits });
+            return Err(Error::Incompatible { device, reason });
+        }
+        let existing = st
+            .pasid_attachments
+            .iter()
+            .position(|a| a.is_some_and(|a| a.device == device && a.pasid == pasid));
+        let old = existing
+            .and_then(|i| st.pasid_attachments[i])
+            .map(|a| a.ioasid);
+        if old == Some(ioasid) {
+            return Ok(());
+        }
+        let slot = existing
+            .or_else(|| st.pasid_attachments.iter().position(Option::is_none))
+            .ok_or(Error::Capacity("PASID attachments"))?;
+        let (handle, created) = self.domain_for(&mut st, device, ioasid, label.unit)?;
+        if let Err(e) = unit.attach(label.id, Some(pasid), handle) {
+            if created {
+                self.release_domain(&mut st, ioasid, label.unit);
+            }
+            return Err(e.into());
+        }
+        self.add_user(&mut st, ioasid, label.unit);
+        st.pasid_attachments[slot] = Some(PasidAttachment {
+            device,
+            pasid,
+            ioasid,
+        });
+        if let Some(old) = old {
+            self.release_domain(&mut st, old, label.unit);
+        }
+        Ok(())
+    }
+
+    /// Detaches a (device, PASID) pair.
+    ///
+    /// # Errors
+    /// [`Error::NotAttached`]; unit errors (the pair then stays attached).
+    pub fn detach_pasid(&self, device: DeviceHandle, pasid: Pasid) -> Result<(), Error> {
+        let mut st = self.state.write();
+        let label = st.device(device)?.label;
+        let slot = st
+            .pasid_attachments
+            .iter()
+            .position(|a| a.is_some_and(|a| a.device == device && a.pasid == pasid))
+            .ok_or(Error::NotAttached(device))?;
+        let ioasid = st.pasid_attachments[slot]
+            .map(|a| a.ioasid)
+            .ok_or(Error::NotAttached(device))?;
+        self.unit(label.unit)?.detach(label.id, Some(pasid))?;
+        st.pasid_attachments[slot] = None;
+        self.release_domain(&mut st, ioasid, label.unit);
+        Ok(())
+    }
+
+    /// The IOASID's domain on `unit_id`, built and filled if it does not exist yet. Returns
+    /// whether it was built (it then has no user yet).
+    fn domain_for(
+        &self,
+        st: &mut State<'a, A>,
+        device: DeviceHandle,
+        ioasid: IoasidId,
+        unit_id: UnitId,
+    ) -> Result<(DomainHandle, bool), Error> {
+        let io = st.ioasid(ioasid)?;
+        if let Some(d) = io.domains.iter().flatten().find(|d| d.unit == unit_id) {
+            return Ok((d.handle, false));
+        }
+        let slot = io
+            .domains
+            .iter()
+            .position(Option::is_none)
+            .ok_or(Error::Capacity("units per IOASID"))?;
+        let unit = self.unit(unit_id)?;
+        let cfg = DomainConfig {
+            min_ias: needed_ias(io)?,
+            enforce_snoop: io.flags.contains(IoasidFlags::ENFORCE_SNOOP),
+            dirty_tracking: io.flags.contains(IoasidFlags::DIRTY_TRACKING),
+            nest_parent: io.flags.contains(IoasidFlags::NEST_PARENT),
+            stage: if io.flags.contains(IoasidFlags::PASID) {
+                Stage::First
+            } else {
+                Stage::Any
+            },
+        };
+        let handle = unit
+            .domain_alloc(&cfg)
+            .map_err(|e| incompatible(device, e))?;
+        if let Err(e) = fill_domain(unit, handle, io, device) {
+            // Nothing points at the new domain: freeing it cannot fail for a reason we can fix.
+            let _ = unit.domain_free(handle);
+            return Err(e);
+        }
+        st.ioasid_mut(ioasid)?.domains[slot] = Some(UnitDomain {
+            unit: unit_id,
+            handle,
+            users: 0,
+        });
+        Ok((handle, true))
+    }
+
+    fn add_user(&self, st: &mut State<'a, A>, ioasid: IoasidId, unit_id: UnitId) {
+        if let Ok(io) = st.ioasid_mut(ioasid) {
+            if let Some(d) = io.domains.iter_mut().flatten().find(|d| d.unit == unit_id) {
+                d.users += 1;
+            }
+        }
+    }
+
+    /// Drops one user of the IOASID's domain on `unit_id`; frees the domain with the last one.
+    /// The unit invalidates the domain's tag before it can be reused.
+    pub(super) fn release_domain(&self, st: &mut State<'a, A>, ioasid: IoasidId, unit_id: UnitId) {
+        let Ok(io) = st.ioasid_mut(ioasid) else {
+            return;
+        };
+        let Some(slot) = io
+            .domains
+            .iter_mut()
+            .find(|d| d.is_some_and(|d| d.unit == unit_id))
+        else {
+            return;
+        };
+        let Some(d) = slot.as_mut() else { return };
+        d.users = d.users.saturating_sub(1);
+        if d.users == 0 {
+            let handle = d.handle;
+            if let Ok(unit) = self.unit(unit_id) {
+                // A domain whose free failed stays recorded, and is retried when the IOASID goes.
+                if unit.domain_free(handle).is_ok() {
+                    *slot = None;
+                }
+            }
+        }
+    }
+}
+
+/// Input bits a domain needs for the IOASID's existing mappings (at least 32).
+fn needed_ias<A: PageAllocator>(io: &Ioasid<'_, A>) -> Result<u32, Error> {
+    let mut end = 0u64;
+    io.record
+        .for_each_mapping(Iova::ZERO, 1 << RECORD_IAS, |l| {
+            end = end.max(l.iova.get() + (1u64 << l.size_log2));
+        })?;
+    Ok((64 - end.saturating_sub(1).leading_zeros()).max(32))
+}
+
+/// Checks that a new domain can hold the IOASID's mappings, and copies them in.
+fn fill_domain<A: PageAllocator>(
+    unit: &dyn Iommu,
+    handle: DomainHandle,
+    io: &Ioasid<'_, A>,
+    device: DeviceHandle,
+) -> Result<(), Error> {
+    let (ias, page_sizes) = unit.domain_geometry(handle)?;
+    let granule_log2 = page_sizes.trailing_zeros();
+    let mut result = Ok(());
+    let mut copy = |l: Leaf| {
+        if result.is_err() {
+            return;
+        }
+        let (start, len) = (l.iova.get(), 1u64 << l.size_log2);
+        let end = start + len;
+        let reason = if let Some(r) = unit
+            .reserved_regions()
+            .iter()
+            .find(|r| super::overlaps(r, start, end))
+        {
+            Some(Incompatibility::ReservedRegionMapped(*r))
+        } else if !(l.iova.is_aligned(granule_log2)
+            && l.pa.is_aligned(granule_log2)
+            && l.size_log2 >= granule_log2)
+        {
+            Some(Incompatibility::Alignment {
+                iova: l.iova,
+                granule_log2,
+            })
+        } else if ias < 64 && (end - 1) >> ias != 0 {
+            let need = 64 - (end - 1).leading_zeros();
+            Some(Incompatibility::Missing(Missing::AddressWidth {
+                need,
+                have: ias,
+            }))
+        } else {
+            None
+        };
+        result = match reason {
+            Some(reason) => Err(Error::Incompatible { device, reason }),
+            None => unit
+                .map(handle, l.iova, l.pa, len, l.prot)
+                .map_err(Error::from),
+        };
+    };
+    io.record
+        .for_each_mapping(Iova::ZERO, 1 << RECORD_IAS, &mut copy)?;
+    result
+}

@@ -1,0 +1,466 @@
+//! `IoasidCtx`: what a process or VM holds. Devices, IOASIDs, PASIDs and grants.
+
+use core::sync::atomic::{AtomicU32, Ordering};
+
+use super::record::Record;
+use super::registry::{DeviceLabel, Registry, UnitId};
+use super::{
+    DeviceHandle, Error, IoasidFlags, IoasidId, MAX_DEVICES, MAX_IOASIDS, MAX_IOVA_RESERVATIONS,
+    MAX_PASID_ATTACHMENTS, MAX_RESERVED, MAX_UNITS,
+};
+use crate::iommu::{Capabilities, DomainHandle, Iommu, Pasid};
+use crate::mem::{Iova, PageAllocator};
+use crate::pgtable::{Gather, InvalidationComplete, IovaRange, PageTable};
+
+/// What [`IoasidCtx::device_info`] reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// The device's label.
+    pub label: DeviceLabel,
+    /// What the device's unit can do: address widths, page sizes, PASID width, snoop control,
+    /// dirty tracking, nesting.
+    pub capabilities: Capabilities,
+    /// The device declares it may issue no-snoop transactions.
+    pub no_snoop_capable: bool,
+}
+
+pub(super) struct Device {
+    pub(super) label: DeviceLabel,
+    pub(super) no_snoop_capable: bool,
+    pub(super) attached: Option<IoasidId>,
+}
+
+/// A hardware domain behind an IOASID on one unit, with the attachments that use it.
+#[derive(Clone, Copy)]
+pub(super) struct UnitDomain {
+    pub(super) unit: UnitId,
+    pub(super) handle: DomainHandle,
+    pub(super) users: u32,
+}
+
+pub(super) struct Ioasid<'a, A: PageAllocator> {
+    pub(super) flags: IoasidFlags,
+    pub(super) record: PageTable<Record, &'a A>,
+    pub(super) domains: [Option<UnitDomain>; MAX_UNITS],
+    pub(super) reservations: spin::Mutex<[Option<IovaRange>; MAX_IOVA_RESERVATIONS]>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) struct PasidAttachment {
+    pub(super) device: DeviceHandle,
+    pub(super) pasid: Pasid,
+    pub(super) ioasid: IoasidId,
+}
+
+pub(super) struct State<'a, A: PageAllocator> {
+    pub(super) devices: [Option<Device>; MAX_DEVICES],
+    pub(super) ioasids: [Option<Ioasid<'a, A>>; MAX_IOASIDS],
+    pub(super) pasid_attachments: [Option<PasidAttachment>; MAX_PASID_ATTACHMENTS],
+    pub(super) pasids: [Option<Pasid>; MAX_PASID_ATTACHMENTS],
+    pub(super) reserved: [Option<IovaRange>; MAX_RESERVED],
+}
+
+impl<'a, A: PageAllocator> State<'a, A> {
+    pub(super) fn device(&self, d: DeviceHandle) -> Result<&Device, Error> {
+        self.devices
+            .get(usize::from(d.0))
+            .and_then(Option::as_ref)
+            .ok_or(Error::NoSuchDevice(d))
+    }
+
+    pub(super) fn device_mut(&mut self, d: DeviceHandle) -> Result<&mut Device, Error> {
+        self.devices
+            .get_mut(usize::from(d.0))
+            .and_then(Option::as_mut)
+            .ok_or(Error::NoSuchDevice(d))
+    }
+
+    pub(super) fn ioasid(&self, id: IoasidId) -> Result<&Ioasid<'a, A>, Error> {
+        self.ioasids
+            .get(usize::from(id.0))
+            .and_then(Option::as_ref)
+            .ok_or(Error::NoSuchIoasid(id))
+    }
+
+    pub(super) fn ioasid_mut(&mut self, id: IoasidId) -> Result<&mut Ioasid<'a, A>, Error> {
+        self.ioasids
+            .get_mut(usize::from(id.0))
+            .and_then(Option::as_mut)
+            .ok_or(Error::NoSuchIoasid(id))
+    }
+
+    /// Whether anything is attached to `id`.
+    pub(super) fn in_use(&self, id: IoasidId) -> bool {
+        self.devices
+            .iter()
+            .flatten()
+            .any(|d| d.attached == Some(id))
+            || self
+                .pasid_attachments
+                .iter()
+                .flatten()
+                .any(|a| a.ioasid == id)
+    }
+}
+
+/// An IOASID context: one per process or VM.
+///
+/// Borrow-checked lifetimes tie it to the [`Registry`] (`'r`) and to the units and allocator
+/// (`'a`). Dropping it detaches every device, frees every hardware domain and IOASID, returns
+/// its PASIDs and releases its devices.
+pub struct IoasidCtx<'r, 'a, A: PageAllocator> {
+    pub(super) registry: &'r Registry<'a>,
+    pub(super) alloc: &'a A,
+    pub(super) id: u32,
+    pub(super) pasid_quota: u32,
+    pub(super) state: spin::RwLock<State<'a, A>>,
+    grants: [AtomicU32; MAX_DEVICES],
+}
+
+impl<A: PageAllocator> core::fmt::Debug for IoasidCtx<'_, '_, A> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("IoasidCtx")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Permission for a device to issue non-snooped DMA, held for as long as the value lives.
+///
+/// A hypervisor checks [`IoasidCtx::incoherent_dma_allowed`] before it honours a guest's
+/// WBINVD; dropping the grant revokes it.
+#[derive(Debug)]
+#[must_use = "dropping the grant revokes it"]
+pub struct IncoherentDmaGrant<'c> {
+    counter: &'c AtomicU32,
+    device: DeviceHandle,
+}
+
+impl IncoherentDmaGrant<'_> {
+    /// The device the grant was made for.
+    pub fn device(&self) -> DeviceHandle {
+        self.device
+    }
+}
+
+impl Drop for IncoherentDmaGrant<'_> {
+    fn drop(&mut self) {
+        self.counter.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
+    /// A new, empty context drawing record pages from `alloc` and at most `pasid_quota` PASIDs
+    /// (at most [`MAX_PASID_ATTACHMENTS`]) from the registry.
+    pub fn new(registry: &'r Registry<'a>, alloc: &'a A, pasid_quota: u32) -> Self {
+        Self {
+            registry,
+            alloc,
+            id: registry.new_context_id(),
+            pasid_quota: pasid_quota.min(MAX_PASID_ATTACHMENTS as u32),
+            state: spin::RwLock::new(State {
+                devices: [const { None }; MAX_DEVICES],
+                ioasids: [const { None }; MAX_IOASIDS],
+                pasid_attachments: [None; MAX_PASID_ATTACHMENTS],
+                pasids: [None; MAX_PASID_ATTACHMENTS],
+                reserved: [None; MAX_RESERVED],
+            }),
+            grants: [const { AtomicU32::new(0) }; MAX_DEVICES],
+        }
+    }
+
+    pub(super) fn unit(&self, id: UnitId) -> Result<&'a dyn Iommu, Error> {
+        self.registry.unit(id)
+    }
+
+    // -------------------------------------------------------------------------------------------
+    // devices
+
+    /// Binds a device to this context. `no_snoop_capable` is the device's own declaration that it
+    /// may issue no-snoop transactions.
+    ///
+    /// # Errors
+    /// [`Error::Busy`] if the device is bound to any context; [`Error::NoSuchUnit`];
+    /// [`Error::Capacity`].
+    pub fn bind(&self, label: DeviceLabel, no_snoop_capable: bool) -> Result<DeviceHandle, Error> {
+        let mut st = self.state.write();
+        let slot = st
+            .devices
+            .iter()
+            .position(Option::is_none)
+            .ok_or(Error::Capacity("devices"))?;
+        self.registry.claim(label, self.id)?;
+        st.devices[slot] = Some(Device {
+            label,
+            no_snoop_capable,
+            attached: None,
+        });
+        Ok(DeviceHandle(slot as u16))
+    }
+
+    /// Releases a detached device with no outstanding grant.
+    ///
+    /// # Errors
+    /// [`Error::Busy`] while it is attached (to an IOASID or by PASID) or holds a grant.
+    pub fn unbind(&self, device: DeviceHandle) -> Result<(), Error> {
+        let mut st = self.state.write();
+        let dev = st.device(device)?;
+        let pasid_attached = st
+            .pasid_attachments
+            .iter()
+            .flatten()
+            .any(|a| a.device == device);
+        if dev.attached.is_some() || pasid_attached || self.grant_count(device) != 0 {
+            return Err(Error::Busy);
+        }
+        self.registry.release(dev.label, self.id);
+        st.devices[usize::from(device.0)] = None;
+        Ok(())
+    }
+
+    /// What the device's unit can do, and whether the device is no-snoop capable.
+    ///
+    /// # Errors
+    /// [`Error::NoSuchDevice`].
+    pub fn device_info(&self, device: DeviceHandle) -> Result<DeviceInfo, Error> {
+        let st = self.state.read();
+        let dev = st.device(device)?;
+        Ok(DeviceInfo {
+            label: dev.label,
+            capabilities: self.unit(dev.label.unit)?.capabilities(),
+            no_snoop_capable: dev.no_snoop_capable,
+        })
+    }
+
+    // -------------------------------------------------------------------------------------------
+    // IOASIDs
+
+    /// Allocates an IOASID whose flags are fixed for its life.
+    ///
+    /// # Errors
+    /// [`Error::Capacity`]; [`Error::PageTable`] (no memory for its record).
+    pub fn alloc(&self, flags: IoasidFlags) -> Result<IoasidId, Error> {
+        let mut st = self.state.write();
+        let slot = st
+            .ioasids
+            .iter()
+            .position(Option::is_none)
+            .ok_or(Error::Capacity("IOASIDs"))?;
+        let record = PageTable::new(
+            Record::new(),
+            self.alloc,
+            crate::mem::WalkerCoherency::Coherent,
+        )?;
+        st.ioasids[slot] = Some(Ioasid {
+            flags,
+            record,
+            domains: [None; MAX_UNITS],
+            reservations: spin::Mutex::new([None; MAX_IOVA_RESERVATIONS]),
+        });
+        Ok(IoasidId(slot as u16))
+    }
+
+    /// The flags an IOASID was allocated with.
+    ///
+    /// # Errors
+    /// [`Error::NoSuchIoasid`].
+    pub fn flags(&self, ioasid: IoasidId) -> Result<IoasidFlags, Error> {
+        Ok(self.state.read().ioasid(ioasid)?.flags)
+    }
+
+    /// Frees an IOASID with nothing attached, and its mappings.
+    ///
+    /// # Errors
+    /// [`Error::Busy`] while devices or PASIDs are attached.
+    pub fn free(&self, ioasid: IoasidId) -> Result<(), Error> {
+        let mut st = self.state.write();
+        st.ioasid(ioasid)?;
+        if st.in_use(ioasid) {
+            return Err(Error::Busy);
+        }
+        let io = st.ioasids[usize::from(ioasid.0)].take();
+        if let Some(io) = io {
+            self.destroy_ioasid(io)?;
+        }
+        Ok(())
+    }
+
+    /// Frees what remains of an IOASID: domains without users (none, normally) and the record.
+    pub(super) fn destroy_ioasid(&self, io: Ioasid<'a, A>) -> Result<(), Error> {
+        let mut first_err = Ok(());
+        for d in io.domains.iter().flatten() {
+            let r = self
+                .unit(d.unit)
+                .and_then(|u| u.domain_free(d.handle).map_err(Error::from));
+            first_err = first_err.and(r);
+        }
+        let mut gather = Gather::new();
+        io.record.destroy(&mut gather)?;
+        // SAFETY: the record is a software table: no hardware ever walks it.
+        gather.release(self.alloc, unsafe { InvalidationComplete::assume() })?;
+        first_err
+    }
+
+    /// Declares an IOVA range no IOASID of this context may map (beyond the units' own).
+    ///
+    /// # Errors
+    /// [`Error::Capacity`].
+    pub fn reserve_region(&self, range: IovaRange) -> Result<(), Error> {
+        let mut st = self.state.write();
+        let slot = st
+            .reserved
+            .iter_mut()
+            .find(|r| r.is_none())
+            .ok_or(Error::Capacity("reserved regions"))?;
+        *slot = Some(range);
+        Ok(())
+    }
+
+    // -------------------------------------------------------------------------------------------
+    // PASIDs
+
+    /// Allocates a PASID from the registry, within this context's quota.
+    ///
+    /// # Errors
+    /// [`Error::Quota`], [`Error::PasidExhausted`].
+    pub fn alloc_pasid(&self) -> Result<Pasid, Error> {
+        let mut st = self.state.write();
+        let held = st.pasids.iter().flatten().count() as u32;
+        if held >= self.pasid_quota {
+            return Err(Error::Quota(self.pasid_quota));
+        }
+        let slot = st
+            .pasids
+            .iter()
+            .position(Option::is_none)
+            .ok_or(Error::Quota(self.pasid_quota))?;
+        let pasid = self
+            .registry
+            .pasids()
+            .alloc()
+            .ok_or(Error::PasidExhausted)?;
+        st.pasids[slot] = Some(pasid);
+        Ok(pasid)
+    }
+
+    /// Returns a PASID that nothing is attached with.
+    ///
+    /// # Errors
+    /// [`Error::PasidNotOwned`]; [`Error::Busy`] while it is attached.
+    pub fn free_pasid(&self, pasid: Pasid) -> Result<(), Error> {
+        let mut st = self.state.write();
+        let slot = st
+            .pasids
+            .iter()
+            .position(|p| *p == Some(pasid))
+            .ok_or(Error::PasidNotOwned(pasid))?;
+        if st
+            .pasid_attachments
+            .iter()
+            .flatten()
+            .any(|a| a.pasid == pasid)
+        {
+            return Err(Error::Busy);
+        }
+        st.pasids[slot] = None;
+        self.registry.pasids().free(pasid);
+        Ok(())
+    }
+
+    // -------------------------------------------------------------------------------------------
+    // incoherent DMA
+
+    /// Grants a device of this context the right to issue non-snooped DMA.
+    ///
+    /// # Errors
+    /// [`Error::NoSuchDevice`] if the device is not bound to this context;
+    /// [`Error::NotNoSnoopCapable`] if it did not declare itself no-snoop capable.
+    pub fn allow_incoherent_dma(
+        &self,
+        device: DeviceHandle,
+    ) -> Result<IncoherentDmaGrant<'_>, Error> {
+        let st = self.state.read();
+        if !st.device(device)?.no_snoop_capable {
+            return Err(Error::NotNoSnoopCapable(device));
+        }
+        let counter = &self.grants[usize::from(device.0)];
+        counter.fetch_add(1, Ordering::AcqRel);
+        Ok(IncoherentDmaGrant { counter, device })
+    }
+
+    /// Whether any grant of incoherent DMA is outstanding (a hypervisor must then honour
+    /// WBINVD).
+    pub fn incoherent_dma_allowed(&self) -> bool {
+        self.grants.iter().any(|g| g.load(Ordering::Acquire) != 0)
+    }
+
+    fn grant_count(&self, device: DeviceHandle) -> u32 {
+        self.grants
+            .get(usize::from(device.0))
+            .map_or(0, |g| g.load(Ordering::Acquire))
+    }
+
+    /// The IOVA reservations of an IOASID and the regions it may never map, for `map`.
+    pub(super) fn reserved_overlap(
+        &self,
+        st: &State<'a, A>,
+        io: &Ioasid<'a, A>,
+        start: u64,
+        end: u64,
+    ) -> Option<IovaRange> {
+        let own = st.reserved.iter().flatten().copied();
+        let units = io
+            .domains
+            .iter()
+            .flatten()
+            .filter_map(|d| self.unit(d.unit).ok());
+        own.chain(units.flat_map(|u| u.reserved_regions().iter().copied()))
+            .find(|r| super::overlaps(r, start, end))
+    }
+}
+
+impl<A: PageAllocator> Drop for IoasidCtx<'_, '_, A> {
+    fn drop(&mut self) {
+        let handles: [Option<DeviceHandle>; MAX_DEVICES] = {
+            let st = self.state.read();
+            core::array::from_fn(|i| st.devices[i].as_ref().map(|_| DeviceHandle(i as u16)))
+        };
+        // Errors cannot be reported from drop: each step is still attempted.
+        let pasid_pairs: [Option<(DeviceHandle, Pasid)>; MAX_PASID_ATTACHMENTS] = {
+            let st = self.state.read();
+            core::array::from_fn(|i| st.pasid_attachments[i].map(|a| (a.device, a.pasid)))
+        };
+        for (d, p) in pasid_pairs.iter().flatten() {
+            let _ = self.detach_pasid(*d, *p);
+        }
+        for d in handles.iter().flatten() {
+            let _ = self.detach(*d);
+        }
+        let mut st = self.state.write();
+        for io in st.ioasids.iter_mut() {
+            if let Some(io) = io.take() {
+                let _ = self.destroy_ioasid(io);
+            }
+        }
+        for p in st.pasids.iter_mut() {
+            if let Some(p) = p.take() {
+                self.registry.pasids().free(p);
+            }
+        }
+        for d in st.devices.iter_mut() {
+            if let Some(d) = d.take() {
+                self.registry.release(d.label, self.id);
+            }
+        }
+    }
+}
+
+/// Rounds `v` up to a multiple of `align` (a power of two), or `None` on overflow.
+pub(super) fn align_up(v: u64, align: u64) -> Option<u64> {
+    Some(v.checked_add(align - 1)? & !(align - 1))
+}
+
+/// The IOVA `v`.
+pub(super) fn iova(v: u64) -> Iova {
+    Iova::new(v)
+}

@@ -1,0 +1,209 @@
+//! The IOASID layer: address spaces for DMA, devices attached to them, and the snoop policy.
+//!
+//! In the spirit of the `/dev/ioasid` proposal (what became Linux iommufd): a process or VM
+//! holds an [`IoasidCtx`]; devices are bound to it (each device to one context at most, system
+//! wide, through the [`Registry`]); IOASIDs are allocated with [`IoasidFlags`] that are fixed for
+//! their life; devices and (device, PASID) pairs are attached to IOASIDs; mappings made in an
+//! IOASID reach every hardware domain behind it, on every unit.
+//!
+//! ## Snoop policy
+//! [`IoasidFlags::ENFORCE_SNOOP`] ("block no-snoop") is chosen once, at allocation. It fixes the
+//! leaf attributes of every hardware domain built for the IOASID (VT-d SNP in every
+//! second-stage leaf; SMMUv3 stage-2 forced write-back with FWB). Attaching a device whose unit
+//! cannot build such a domain fails with [`Error::Incompatible`] naming the missing capability;
+//! nothing is ever downgraded. Incoherent DMA, which a hypervisor must know about before it lets
+//! a guest run WBINVD, is only granted by [`IoasidCtx::allow_incoherent_dma`] for a device bound
+//! to the context that declares itself no-snoop capable.
+//!
+//! ## Locking
+//! [`IoasidCtx`] is `Sync`. Configuration (bind, alloc, attach, detach, free, PASIDs) takes the
+//! context's lock for writing and serialises. [`IoasidCtx::map`] and [`IoasidCtx::unmap`] take it
+//! for reading: any number may run at once on *disjoint* IOVA ranges of one IOASID; callers must
+//! not map or unmap overlapping ranges concurrently (the page-table engine's contract). No call
+//! sleeps; all of them spin at most for bounded hardware waits, so none may be made from a
+//! context that must not spin for that long (hard interrupt handlers).
+
+mod attach;
+mod ctx;
+mod map;
+mod pasid;
+mod record;
+mod registry;
+
+#[cfg(test)]
+mod tests;
+
+pub use ctx::{DeviceInfo, IncoherentDmaGrant, IoasidCtx};
+pub use pasid::PasidAllocator;
+pub use record::RECORD_IAS;
+pub use registry::{DeviceLabel, Registry, UnitId};
+
+use core::fmt;
+
+use crate::iommu::{self, Missing, Pasid};
+use crate::pgtable::{self, IovaRange};
+
+/// Most devices one context can hold.
+pub const MAX_DEVICES: usize = 32;
+/// Most IOASIDs one context can hold.
+pub const MAX_IOASIDS: usize = 32;
+/// Most units a registry can hold (and so hardware domains behind one IOASID).
+pub const MAX_UNITS: usize = 8;
+/// Most (device, PASID) attachments one context can hold.
+pub const MAX_PASID_ATTACHMENTS: usize = 64;
+/// Most reserved IOVA regions the embedder can declare per context.
+pub const MAX_RESERVED: usize = 8;
+/// Most outstanding [`IoasidCtx::alloc_iova`] reservations per IOASID.
+pub const MAX_IOVA_RESERVATIONS: usize = 32;
+/// Most devices bound across all contexts of a registry.
+pub const MAX_BOUND: usize = 256;
+
+bitflags::bitflags! {
+    /// Properties of an IOASID, fixed when it is allocated.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub struct IoasidFlags: u32 {
+        /// Block no-snoop: every DMA through the IOASID snoops CPU caches.
+        const ENFORCE_SNOOP = 1 << 0;
+        /// The IOASID is the parent (second stage) of nested translation.
+        const NEST_PARENT = 1 << 1;
+        /// Hardware dirty tracking on every domain behind the IOASID.
+        const DIRTY_TRACKING = 1 << 2;
+        /// A PASID-granular address space (first stage): may be attached to (device, PASID).
+        const PASID = 1 << 3;
+    }
+}
+
+/// A bound device, as its context numbers it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct DeviceHandle(pub u16);
+
+/// An IOASID, as its context numbers it. Invalid after [`IoasidCtx::free`]; the number may be
+/// reused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct IoasidId(pub u16);
+
+/// Why a device cannot be attached to an IOASID.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Incompatibility {
+    /// The device's unit lacks a capability the IOASID's flags need.
+    Missing(Missing),
+    /// An existing mapping lies in a region the device's unit reserves.
+    ReservedRegionMapped(IovaRange),
+    /// An existing mapping is not aligned to the unit's smallest page.
+    Alignment {
+        /// The mapping's IOVA.
+        iova: crate::mem::Iova,
+        /// Log2 of the unit's smallest page.
+        granule_log2: u32,
+    },
+    /// Only an IOASID allocated with [`IoasidFlags::PASID`] may be attached to a PASID.
+    NotPasidCapable,
+}
+
+impl fmt::Display for Incompatibility {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Incompatibility::Missing(m) => write!(f, "{m}"),
+            Incompatibility::ReservedRegionMapped(r) => {
+                write!(f, "mapping inside reserved region {}..{}", r.start, r.end)
+            }
+            Incompatibility::Alignment { iova, granule_log2 } => {
+                write!(
+                    f,
+                    "mapping at {iova} not aligned to the unit's 2^{granule_log2} page"
+                )
+            }
+            Incompatibility::NotPasidCapable => write!(f, "IOASID not allocated with PASID"),
+        }
+    }
+}
+
+/// Errors of the IOASID layer. Every variant carries the offending value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Error {
+    /// The device cannot be attached to the IOASID.
+    Incompatible {
+        /// The device.
+        device: DeviceHandle,
+        /// Why.
+        reason: Incompatibility,
+    },
+    /// The object is in use: a device bound elsewhere, an IOASID with attachments, a device
+    /// attached or holding a grant, a PASID attached.
+    Busy,
+    /// No such device in this context.
+    NoSuchDevice(DeviceHandle),
+    /// No such IOASID in this context.
+    NoSuchIoasid(IoasidId),
+    /// No such unit in the registry.
+    NoSuchUnit(UnitId),
+    /// The device (or PASID) is not attached.
+    NotAttached(DeviceHandle),
+    /// The device does not declare itself no-snoop capable.
+    NotNoSnoopCapable(DeviceHandle),
+    /// The range overlaps a reserved IOVA region.
+    Reserved(IovaRange),
+    /// A fixed-capacity table is full.
+    Capacity(&'static str),
+    /// The context's PASID quota is used up.
+    Quota(u32),
+    /// Every PASID is in use.
+    PasidExhausted,
+    /// The PASID is not held by this context.
+    PasidNotOwned(Pasid),
+    /// No free IOVA range of this size and alignment.
+    NoIovaSpace {
+        /// Size asked for.
+        size: u64,
+    },
+    /// The page-table engine refused.
+    PageTable(pgtable::Error),
+    /// A unit refused.
+    Iommu(iommu::Error),
+}
+
+impl From<pgtable::Error> for Error {
+    fn from(e: pgtable::Error) -> Self {
+        Error::PageTable(e)
+    }
+}
+
+impl From<iommu::Error> for Error {
+    fn from(e: iommu::Error) -> Self {
+        match e {
+            iommu::Error::PageTable(p) => Error::PageTable(p),
+            e => Error::Iommu(e),
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Incompatible { device, reason } => {
+                write!(f, "device {} cannot attach: {reason}", device.0)
+            }
+            Error::Busy => write!(f, "busy"),
+            Error::NoSuchDevice(d) => write!(f, "no device {}", d.0),
+            Error::NoSuchIoasid(i) => write!(f, "no IOASID {}", i.0),
+            Error::NoSuchUnit(u) => write!(f, "no unit {}", u.0),
+            Error::NotAttached(d) => write!(f, "device {} not attached", d.0),
+            Error::NotNoSnoopCapable(d) => write!(f, "device {} is not no-snoop capable", d.0),
+            Error::Reserved(r) => write!(f, "range overlaps reserved {}..{}", r.start, r.end),
+            Error::Capacity(what) => write!(f, "too many {what}"),
+            Error::Quota(q) => write!(f, "PASID quota of {q} used up"),
+            Error::PasidExhausted => write!(f, "no free PASID"),
+            Error::PasidNotOwned(p) => write!(f, "PASID {p} not held by this context"),
+            Error::NoIovaSpace { size } => write!(f, "no free IOVA range of {size:#x} bytes"),
+            Error::PageTable(e) => write!(f, "page table: {e}"),
+            Error::Iommu(e) => write!(f, "IOMMU: {e}"),
+        }
+    }
+}
+
+/// Whether two half-open ranges intersect.
+pub(crate) fn overlaps(a: &IovaRange, start: u64, end: u64) -> bool {
+    a.start.get() < end && start < a.end.get()
+}

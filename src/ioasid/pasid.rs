@@ -1,0 +1,100 @@
+//! The PASID allocator: one per system, over the 20-bit PASID space, with per-context quotas.
+//!
+//! PASIDs are system-wide on PCIe (a device's PASID means the same to every unit behind it), so
+//! contexts draw from one allocator and each is limited by a quota. PASID 0 is never handed
+//! out: VT-d scalable mode uses it as RID_PASID for requests without a PASID, and SMMUv3
+//! substream 0 serves requests without a SubstreamID.
+
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use crate::iommu::Pasid;
+
+const WORDS: usize = 1 << (Pasid::BITS - 6);
+
+/// A lock-free bitmap over the PASID space.
+pub struct PasidAllocator {
+    bits: [AtomicU64; WORDS],
+    /// Next word to search from, so allocation does not rescan the used prefix.
+    hint: AtomicU32,
+    limit: u32,
+}
+
+impl core::fmt::Debug for PasidAllocator {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("PasidAllocator")
+            .field("limit", &self.limit)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PasidAllocator {
+    /// An allocator handing out PASIDs `1..(1 << bits)`; `bits` is clamped to 1..=20 (the
+    /// narrowest PASID width of the system's units and devices).
+    pub const fn new(bits: u32) -> Self {
+        let bits = if bits == 0 {
+            1
+        } else if bits > Pasid::BITS {
+            Pasid::BITS
+        } else {
+            bits
+        };
+        Self {
+            bits: [const { AtomicU64::new(0) }; WORDS],
+            hint: AtomicU32::new(0),
+            limit: 1 << bits,
+        }
+    }
+
+    /// A free PASID, or `None` when the space is exhausted.
+    pub fn alloc(&self) -> Option<Pasid> {
+        let words = (self.limit as usize).div_ceil(64);
+        let start = self.hint.load(Ordering::Relaxed) as usize % words;
+        for n in 0..words {
+            let w = (start + n) % words;
+            let word = &self.bits[w];
+            let mut cur = word.load(Ordering::Relaxed);
+            loop {
+                // PASID 0 is reserved; bits at or above the limit do not exist.
+                let mut taken = cur | u64::from(w == 0);
+                let base = (w * 64) as u32;
+                if base + 64 > self.limit {
+                    taken |= !0u64 << (self.limit - base);
+                }
+                if taken == u64::MAX {
+                    break;
+                }
+                let bit = (!taken).trailing_zeros();
+                match word.compare_exchange_weak(
+                    cur,
+                    cur | 1 << bit,
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => {
+                        self.hint.store(w as u32, Ordering::Relaxed);
+                        return Pasid::new(base + bit);
+                    }
+                    Err(now) => cur = now,
+                }
+            }
+        }
+        None
+    }
+
+    /// Returns a PASID; `false` if it was not allocated.
+    pub fn free(&self, pasid: Pasid) -> bool {
+        let (w, bit) = ((pasid.get() / 64) as usize, pasid.get() % 64);
+        match self.bits.get(w) {
+            Some(word) => word.fetch_and(!(1 << bit), Ordering::AcqRel) & 1 << bit != 0,
+            None => false,
+        }
+    }
+
+    /// Whether `pasid` is allocated.
+    pub fn is_allocated(&self, pasid: Pasid) -> bool {
+        let (w, bit) = ((pasid.get() / 64) as usize, pasid.get() % 64);
+        self.bits
+            .get(w)
+            .is_some_and(|word| word.load(Ordering::Acquire) & 1 << bit != 0)
+    }
+}

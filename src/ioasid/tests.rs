@@ -1,0 +1,542 @@
+//! Rules of the IOASID layer against a unit built on the engine with configurable capabilities.
+//! The same flows run against the VT-d and SMMUv3 models in `tests/ioasid_*.rs`.
+
+extern crate std;
+
+use std::sync::Mutex;
+use std::vec::Vec;
+
+use super::*;
+use crate::iommu::{
+    Capabilities, DeviceId, DomainConfig, DomainHandle, Error as IommuError, Iommu, Stage,
+};
+use crate::mem::{Iova, PhysAddr, WalkerCoherency};
+use crate::pgtable::testutil::TestAlloc;
+use crate::pgtable::vtd_ss::{VtdSs, VtdSsConfig};
+use crate::pgtable::{Gather, InvalidationComplete, Leaf, Mapping, PageTable, Prot};
+
+const K4: u64 = 1 << 12;
+const M2: u64 = 1 << 21;
+const RW: Prot = Prot::READ.union(Prot::WRITE);
+
+type Table<'a> = PageTable<VtdSs, &'a TestAlloc>;
+
+struct FakeUnit<'a> {
+    alloc: &'a TestAlloc,
+    caps: Capabilities,
+    reserved: Vec<IovaRange>,
+    domains: Mutex<Vec<Option<(Table<'a>, DomainConfig)>>>,
+    attached: Mutex<Vec<(DeviceId, Option<Pasid>, DomainHandle)>>,
+    flushes: Mutex<u32>,
+    fail_map_at: Mutex<Option<u64>>,
+}
+
+impl<'a> FakeUnit<'a> {
+    fn new(alloc: &'a TestAlloc, snoop: bool) -> Self {
+        Self {
+            alloc,
+            caps: Capabilities {
+                ias: 48,
+                oas: 46,
+                page_sizes: 1 << 12 | 1 << 21 | 1 << 30,
+                pasid_bits: 20,
+                enforce_snoop: snoop,
+                dirty_tracking: false,
+                nesting: false,
+                coherent_walk: true,
+            },
+            reserved: std::vec![IovaRange {
+                start: Iova::new(0xfee0_0000),
+                end: Iova::new(0xfef0_0000)
+            }],
+            domains: Mutex::new(Vec::new()),
+            attached: Mutex::new(Vec::new()),
+            flushes: Mutex::new(0),
+            fail_map_at: Mutex::new(None),
+        }
+    }
+
+    fn with<R>(&self, d: DomainHandle, f: impl FnOnce(&Table<'a>) -> R) -> Result<R, IommuError> {
+        let doms = self.domains.lock().unwrap();
+        let (t, _) = doms
+            .get(usize::from(d.0))
+            .and_then(Option::as_ref)
+            .ok_or(IommuError::InvalidDomain(d))?;
+        Ok(f(t))
+    }
+
+    fn live_domains(&self) -> usize {
+        self.domains.lock().unwrap().iter().flatten().count()
+    }
+
+    fn domain_of(&self, dev: DeviceId) -> Option<DomainHandle> {
+        self.attached
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|a| a.0 == dev && a.1.is_none())
+            .map(|a| a.2)
+    }
+
+    fn snoop_of(&self, d: DomainHandle) -> bool {
+        self.domains.lock().unwrap()[usize::from(d.0)]
+            .as_ref()
+            .unwrap()
+            .1
+            .enforce_snoop
+    }
+}
+
+impl Iommu for FakeUnit<'_> {
+    fn capabilities(&self) -> Capabilities {
+        self.caps
+    }
+    fn reserved_regions(&self) -> &[IovaRange] {
+        &self.reserved
+    }
+    fn domain_alloc(&self, cfg: &DomainConfig) -> Result<DomainHandle, IommuError> {
+        if cfg.enforce_snoop && !self.caps.enforce_snoop {
+            return Err(IommuError::Unsupported(Missing::SnoopControl));
+        }
+        if cfg.dirty_tracking && !self.caps.dirty_tracking {
+            return Err(IommuError::Unsupported(Missing::DirtyTracking));
+        }
+        if cfg.min_ias > self.caps.ias {
+            return Err(IommuError::Unsupported(Missing::AddressWidth {
+                need: cfg.min_ias,
+                have: self.caps.ias,
+            }));
+        }
+        let _ = Stage::Any;
+        let f = VtdSs::new(VtdSsConfig {
+            agaw: 48,
+            haw: 46,
+            page_2m: true,
+            page_1g: true,
+            snoop: cfg.enforce_snoop,
+            dirty_tracking: false,
+        })?;
+        let t = PageTable::new(f, self.alloc, WalkerCoherency::Coherent)?;
+        let mut doms = self.domains.lock().unwrap();
+        let i = doms.iter().position(Option::is_none).unwrap_or(doms.len());
+        if i == doms.len() {
+            doms.push(None);
+        }
+        doms[i] = Some((t, *cfg));
+        Ok(DomainHandle(i as u16))
+    }
+    fn domain_geometry(&self, d: DomainHandle) -> Result<(u32, u64), IommuError> {
+        self.with(d, |t| (t.geometry().ias, t.geometry().page_sizes))
+    }
+    fn domain_free(&self, d: DomainHandle) -> Result<(), IommuError> {
+        if self.attached.lock().unwrap().iter().any(|a| a.2 == d) {
+            return Err(IommuError::Busy);
+        }
+        let (t, _) = self.domains.lock().unwrap()[usize::from(d.0)]
+            .take()
+            .ok_or(IommuError::InvalidDomain(d))?;
+        let mut g = Gather::new();
+        t.destroy(&mut g)?;
+        self.flush(d, &mut g)
+    }
+    fn map(
+        &self,
+        d: DomainHandle,
+        iova: Iova,
+        pa: PhysAddr,
+        len: u64,
+        prot: Prot,
+    ) -> Result<(), IommuError> {
+        if *self.fail_map_at.lock().unwrap() == Some(iova.get()) {
+            return Err(IommuError::NoMemory);
+        }
+        self.with(d, |t| t.map(iova, pa, len, prot))?
+            .map_err(Into::into)
+    }
+    fn unmap(
+        &self,
+        d: DomainHandle,
+        iova: Iova,
+        len: u64,
+        g: &mut Gather,
+    ) -> Result<u64, IommuError> {
+        self.with(d, |t| t.unmap(iova, len, g))?.map_err(Into::into)
+    }
+    fn flush(&self, _d: DomainHandle, g: &mut Gather) -> Result<(), IommuError> {
+        *self.flushes.lock().unwrap() += 1;
+        // SAFETY: nothing walks the fake unit's tables.
+        g.release(self.alloc, unsafe { InvalidationComplete::assume() })
+            .map_err(Into::into)
+    }
+    fn query(&self, d: DomainHandle, iova: Iova) -> Option<Mapping> {
+        self.with(d, |t| t.query(iova)).ok().flatten()
+    }
+    fn for_each_mapping(
+        &self,
+        d: DomainHandle,
+        iova: Iova,
+        len: u64,
+        f: &mut dyn FnMut(Leaf),
+    ) -> Result<(), IommuError> {
+        self.with(d, |t| t.for_each_mapping(iova, len, f))?
+            .map_err(Into::into)
+    }
+    fn read_and_clear_dirty(
+        &self,
+        d: DomainHandle,
+        iova: Iova,
+        len: u64,
+        sink: &mut dyn FnMut(Iova, u32),
+        g: &mut Gather,
+    ) -> Result<(), IommuError> {
+        self.with(d, |t| t.read_and_clear_dirty(iova, len, sink, g))?
+            .map_err(Into::into)
+    }
+    fn attach(
+        &self,
+        dev: DeviceId,
+        pasid: Option<Pasid>,
+        d: DomainHandle,
+    ) -> Result<(), IommuError> {
+        self.with(d, |_| ())?;
+        let mut at = self.attached.lock().unwrap();
+        at.retain(|a| !(a.0 == dev && a.1 == pasid));
+        at.push((dev, pasid, d));
+        Ok(())
+    }
+    fn detach(&self, dev: DeviceId, pasid: Option<Pasid>) -> Result<(), IommuError> {
+        let mut at = self.attached.lock().unwrap();
+        let n = at.len();
+        at.retain(|a| !(a.0 == dev && a.1 == pasid));
+        if at.len() == n {
+            return Err(IommuError::NotAttached(dev));
+        }
+        Ok(())
+    }
+}
+
+fn label(unit: u8, id: u32) -> DeviceLabel {
+    DeviceLabel {
+        unit: UnitId(unit),
+        id: DeviceId(id),
+    }
+}
+
+#[test]
+fn seed_flow_enforce_snoop() {
+    let alloc = TestAlloc::new();
+    let snoopy = FakeUnit::new(&alloc, true);
+    let plain = FakeUnit::new(&alloc, false);
+    let reg = Registry::new(&[&snoopy, &plain], 20).unwrap();
+    {
+        let ctx = IoasidCtx::new(&reg, &alloc, 4);
+        let dev = ctx.bind(label(0, 0x20), false).unwrap();
+        let info = ctx.device_info(dev).unwrap();
+        assert!(info.capabilities.enforce_snoop);
+        let io = ctx.alloc(IoasidFlags::ENFORCE_SNOOP).unwrap();
+        ctx.attach(dev, io).unwrap();
+        ctx.map(io, Iova::new(0x10_0000), PhysAddr::new(0x8000_0000), M2, RW)
+            .unwrap();
+        let d = snoopy.domain_of(DeviceId(0x20)).unwrap();
+        assert!(snoopy.snoop_of(d));
+        assert_eq!(
+            snoopy.query(d, Iova::new(0x10_0000)).unwrap().pa,
+            PhysAddr::new(0x8000_0000)
+        );
+
+        // A device behind a unit without snoop control cannot join: nothing changes.
+        let other = ctx.bind(label(1, 0x30), true).unwrap();
+        let live = alloc.live();
+        let e = ctx.attach(other, io).unwrap_err();
+        assert_eq!(
+            e,
+            Error::Incompatible {
+                device: other,
+                reason: Incompatibility::Missing(Missing::SnoopControl)
+            }
+        );
+        assert_eq!(plain.live_domains(), 0);
+        assert_eq!(alloc.live(), live);
+
+        // Freeing an attached IOASID fails; the context's drop cleans everything.
+        assert_eq!(ctx.free(io), Err(Error::Busy));
+    }
+    assert_eq!(snoopy.live_domains(), 0);
+    assert_eq!(alloc.live(), 0);
+}
+
+#[test]
+fn one_device_one_context() {
+    let alloc = TestAlloc::new();
+    let unit = FakeUnit::new(&alloc, true);
+    let reg = Registry::new(&[&unit], 20).unwrap();
+    let a = IoasidCtx::new(&reg, &alloc, 0);
+    let b = IoasidCtx::new(&reg, &alloc, 0);
+    a.bind(label(0, 1), false).unwrap();
+    assert_eq!(b.bind(label(0, 1), false), Err(Error::Busy));
+    assert_eq!(a.bind(label(0, 1), false), Err(Error::Busy));
+    drop(a);
+    b.bind(label(0, 1), false).unwrap();
+    assert_eq!(
+        b.bind(label(3, 1), false),
+        Err(Error::NoSuchUnit(UnitId(3)))
+    );
+}
+
+#[test]
+fn mappings_reach_every_unit_and_late_domains_get_copies() {
+    let alloc = TestAlloc::new();
+    let (u0, u1) = (FakeUnit::new(&alloc, true), FakeUnit::new(&alloc, true));
+    let reg = Registry::new(&[&u0, &u1], 20).unwrap();
+    let ctx = IoasidCtx::new(&reg, &alloc, 0);
+    let (d0, d1) = (
+        ctx.bind(label(0, 1), false).unwrap(),
+        ctx.bind(label(1, 1), false).unwrap(),
+    );
+    let io = ctx.alloc(IoasidFlags::empty()).unwrap();
+    // Mapped before any attach: the record holds it.
+    ctx.map(
+        io,
+        Iova::new(0x40_0000),
+        PhysAddr::new(0x1_0000_0000),
+        3 * M2 + K4,
+        RW,
+    )
+    .unwrap();
+    ctx.attach(d0, io).unwrap();
+    ctx.map(
+        io,
+        Iova::new(0x100_0000),
+        PhysAddr::new(0x2000),
+        K4,
+        Prot::READ,
+    )
+    .unwrap();
+    ctx.attach(d1, io).unwrap();
+    for u in [&u0, &u1] {
+        let d = u.domain_of(DeviceId(1)).unwrap();
+        assert_eq!(
+            u.query(d, Iova::new(0x40_0000 + 3 * M2)).unwrap().pa,
+            PhysAddr::new(0x1_0000_0000 + 3 * M2)
+        );
+        assert_eq!(u.query(d, Iova::new(0x100_0000)).unwrap().prot, Prot::READ);
+    }
+    // One unmap: one flush per unit.
+    let before = (*u0.flushes.lock().unwrap(), *u1.flushes.lock().unwrap());
+    assert_eq!(
+        ctx.unmap(io, Iova::new(0), 1 << 32).unwrap(),
+        3 * M2 + 2 * K4
+    );
+    assert_eq!(*u0.flushes.lock().unwrap(), before.0 + 1);
+    assert_eq!(*u1.flushes.lock().unwrap(), before.1 + 1);
+    assert_eq!(ctx.translate(io, Iova::new(0x40_0000)).unwrap(), None);
+}
+
+#[test]
+fn failed_map_rolls_back_everywhere() {
+    let alloc = TestAlloc::new();
+    let (u0, u1) = (FakeUnit::new(&alloc, true), FakeUnit::new(&alloc, true));
+    let reg = Registry::new(&[&u0, &u1], 20).unwrap();
+    let ctx = IoasidCtx::new(&reg, &alloc, 0);
+    let io = ctx.alloc(IoasidFlags::empty()).unwrap();
+    ctx.attach(ctx.bind(label(0, 1), false).unwrap(), io)
+        .unwrap();
+    ctx.attach(ctx.bind(label(1, 1), false).unwrap(), io)
+        .unwrap();
+    *u1.fail_map_at.lock().unwrap() = Some(0x10_0000);
+    assert!(ctx
+        .map(io, Iova::new(0x10_0000), PhysAddr::new(0), K4, RW)
+        .is_err());
+    assert_eq!(ctx.translate(io, Iova::new(0x10_0000)).unwrap(), None);
+    assert_eq!(
+        u0.query(u0.domain_of(DeviceId(1)).unwrap(), Iova::new(0x10_0000)),
+        None
+    );
+    *u1.fail_map_at.lock().unwrap() = None;
+    ctx.map(io, Iova::new(0x10_0000), PhysAddr::new(0), K4, RW)
+        .unwrap();
+}
+
+#[test]
+fn reserved_regions_are_refused() {
+    let alloc = TestAlloc::new();
+    let u = FakeUnit::new(&alloc, true);
+    let reg = Registry::new(&[&u], 20).unwrap();
+    let ctx = IoasidCtx::new(&reg, &alloc, 0);
+    let io = ctx.alloc(IoasidFlags::empty()).unwrap();
+    // Before any attach the unit's MSI window is not yet known to the IOASID...
+    ctx.map(io, Iova::new(0xfee0_0000), PhysAddr::new(0), K4, RW)
+        .unwrap();
+    // ...and attaching a device of that unit is then incompatible.
+    let d = ctx.bind(label(0, 1), false).unwrap();
+    assert!(matches!(
+        ctx.attach(d, io),
+        Err(Error::Incompatible {
+            reason: Incompatibility::ReservedRegionMapped(_),
+            ..
+        })
+    ));
+    ctx.unmap(io, Iova::new(0xfee0_0000), K4).unwrap();
+    ctx.attach(d, io).unwrap();
+    assert!(matches!(
+        ctx.map(io, Iova::new(0xfeef_f000), PhysAddr::new(0), K4, RW),
+        Err(Error::Reserved(_))
+    ));
+    let r = IovaRange {
+        start: Iova::new(0x1000_0000),
+        end: Iova::new(0x2000_0000),
+    };
+    ctx.reserve_region(r).unwrap();
+    assert_eq!(
+        ctx.map(io, Iova::new(0x1800_0000), PhysAddr::new(0), K4, RW),
+        Err(Error::Reserved(r))
+    );
+}
+
+#[test]
+fn iova_allocation_skips_mappings_and_reservations() {
+    let alloc = TestAlloc::new();
+    let u = FakeUnit::new(&alloc, true);
+    let reg = Registry::new(&[&u], 20).unwrap();
+    let ctx = IoasidCtx::new(&reg, &alloc, 0);
+    let io = ctx.alloc(IoasidFlags::empty()).unwrap();
+    ctx.map(io, Iova::new(0x1000), PhysAddr::new(0), 0x3000, RW)
+        .unwrap();
+    let a = ctx.alloc_iova(io, 0x2000, 0x1000).unwrap();
+    assert_eq!(a, Iova::new(0x4000));
+    let b = ctx.alloc_iova(io, M2, M2).unwrap();
+    assert_eq!(b, Iova::new(M2));
+    let c = ctx.alloc_iova(io, 0x1000, 0x1000).unwrap();
+    assert_eq!(c, Iova::new(0x6000));
+    assert!(ctx.free_iova(io, a).unwrap());
+    assert_eq!(
+        ctx.alloc_iova(io, 0x1000, 0x1000).unwrap(),
+        Iova::new(0x4000)
+    );
+    assert_eq!(
+        ctx.alloc_iova(io, 1 << 60, 0x1000),
+        Err(Error::NoIovaSpace { size: 1 << 60 })
+    );
+}
+
+#[test]
+fn pasids_quota_and_attachment() {
+    let alloc = TestAlloc::new();
+    let u = FakeUnit::new(&alloc, true);
+    let reg = Registry::new(&[&u], 20).unwrap();
+    let ctx = IoasidCtx::new(&reg, &alloc, 2);
+    let p1 = ctx.alloc_pasid().unwrap();
+    let p2 = ctx.alloc_pasid().unwrap();
+    assert_ne!(p1, p2);
+    assert_ne!(p1.get(), 0);
+    assert_eq!(ctx.alloc_pasid(), Err(Error::Quota(2)));
+    let dev = ctx.bind(label(0, 1), false).unwrap();
+    let plain = ctx.alloc(IoasidFlags::empty()).unwrap();
+    assert_eq!(
+        ctx.attach_pasid(dev, p1, plain),
+        Err(Error::Incompatible {
+            device: dev,
+            reason: Incompatibility::NotPasidCapable
+        })
+    );
+    let io = ctx.alloc(IoasidFlags::PASID).unwrap();
+    ctx.attach_pasid(dev, p1, io).unwrap();
+    assert_eq!(ctx.free_pasid(p1), Err(Error::Busy));
+    assert_eq!(ctx.free(io), Err(Error::Busy));
+    ctx.detach_pasid(dev, p1).unwrap();
+    ctx.free_pasid(p1).unwrap();
+    ctx.free(io).unwrap();
+    assert!(reg.pasids().is_allocated(p2));
+    let other = IoasidCtx::new(&reg, &alloc, 1);
+    assert_eq!(other.free_pasid(p2), Err(Error::PasidNotOwned(p2)));
+    drop(ctx);
+    assert!(!reg.pasids().is_allocated(p2));
+}
+
+#[test]
+fn incoherent_dma_needs_proof() {
+    let alloc = TestAlloc::new();
+    let u = FakeUnit::new(&alloc, false);
+    let reg = Registry::new(&[&u], 20).unwrap();
+    let ctx = IoasidCtx::new(&reg, &alloc, 0);
+    let other = IoasidCtx::new(&reg, &alloc, 0);
+    let coherent = ctx.bind(label(0, 1), false).unwrap();
+    let nosnoop = ctx.bind(label(0, 2), true).unwrap();
+    let foreign = other.bind(label(0, 3), true).unwrap();
+    assert_eq!(
+        ctx.allow_incoherent_dma(coherent).unwrap_err(),
+        Error::NotNoSnoopCapable(coherent)
+    );
+    // A handle of another context names no device here (slot 2 is empty in `ctx`).
+    assert_eq!(
+        ctx.allow_incoherent_dma(DeviceHandle(2)).unwrap_err(),
+        Error::NoSuchDevice(DeviceHandle(2))
+    );
+    let _ = foreign;
+    assert!(!ctx.incoherent_dma_allowed());
+    let g = ctx.allow_incoherent_dma(nosnoop).unwrap();
+    assert_eq!(g.device(), nosnoop);
+    assert!(ctx.incoherent_dma_allowed());
+    assert_eq!(ctx.unbind(nosnoop), Err(Error::Busy));
+    drop(g);
+    assert!(!ctx.incoherent_dma_allowed());
+    ctx.unbind(nosnoop).unwrap();
+}
+
+#[test]
+fn reattach_switches_domains_and_frees_the_old_one() {
+    let alloc = TestAlloc::new();
+    let u = FakeUnit::new(&alloc, true);
+    let reg = Registry::new(&[&u], 20).unwrap();
+    let ctx = IoasidCtx::new(&reg, &alloc, 0);
+    let dev = ctx.bind(label(0, 7), false).unwrap();
+    let a = ctx.alloc(IoasidFlags::empty()).unwrap();
+    let b = ctx.alloc(IoasidFlags::ENFORCE_SNOOP).unwrap();
+    ctx.attach(dev, a).unwrap();
+    let da = u.domain_of(DeviceId(7)).unwrap();
+    ctx.attach(dev, b).unwrap();
+    let db = u.domain_of(DeviceId(7)).unwrap();
+    assert_ne!(da, db);
+    assert!(u.snoop_of(db));
+    assert_eq!(u.live_domains(), 1);
+    ctx.free(a).unwrap();
+    assert_eq!(ctx.free(b), Err(Error::Busy));
+    ctx.detach(dev).unwrap();
+    assert_eq!(u.live_domains(), 0);
+    assert_eq!(ctx.detach(dev), Err(Error::NotAttached(dev)));
+    ctx.free(b).unwrap();
+}
+
+#[test]
+fn concurrent_maps_of_disjoint_ranges() {
+    let alloc = TestAlloc::new();
+    let (u0, u1) = (FakeUnit::new(&alloc, true), FakeUnit::new(&alloc, true));
+    let reg = Registry::new(&[&u0, &u1], 20).unwrap();
+    let ctx = IoasidCtx::new(&reg, &alloc, 0);
+    let io = ctx.alloc(IoasidFlags::empty()).unwrap();
+    ctx.attach(ctx.bind(label(0, 1), false).unwrap(), io)
+        .unwrap();
+    ctx.attach(ctx.bind(label(1, 1), false).unwrap(), io)
+        .unwrap();
+    std::thread::scope(|s| {
+        for t in 0..4u64 {
+            let ctx = &ctx;
+            s.spawn(move || {
+                for i in 0..64 {
+                    let at = (i * 4 + t) * K4;
+                    ctx.map(io, Iova::new(at + M2), PhysAddr::new(at), K4, RW)
+                        .unwrap();
+                }
+            });
+        }
+    });
+    for u in [&u0, &u1] {
+        let d = u.domain_of(DeviceId(1)).unwrap();
+        for p in 0..256 {
+            assert_eq!(
+                u.query(d, Iova::new(M2 + p * K4)).unwrap().pa,
+                PhysAddr::new(p * K4)
+            );
+        }
+    }
+}
