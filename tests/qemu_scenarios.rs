@@ -244,18 +244,18 @@ fn run(sc: &Scenario) {
     let banner = format!("SCENARIO {} {}", sc.id, sc.name);
     let pass = format!("PASS {}", sc.name);
     let problem = if let Some(fail) = lines.iter().find(|l| l.starts_with("FAIL")) {
-        Some(format!("guest reported: {fail} (exit {status})"))
+        Some(format!("guest reported: {fail} (QEMU {status})"))
     } else if status.code().is_none() {
         Some(format!("QEMU crashed: {status}"))
     } else if !lines.contains(&banner.as_str()) {
         Some(format!(
-            "guest did not run `{banner}` (runner and guest tables disagree?); exit {status}"
+            "guest did not run `{banner}` (runner and guest tables disagree?); QEMU {status}"
         ))
     } else if !lines.contains(&pass.as_str()) {
-        Some(format!("no `{pass}` line; exit {status}"))
+        Some(format!("no `{pass}` line; QEMU {status}"))
     } else if status.code() != Some(EXIT_PASS) {
         Some(format!(
-            "exit status {status}, expected {EXIT_PASS} (guest pass)"
+            "QEMU {status}, expected exit status {EXIT_PASS} (guest pass)"
         ))
     } else {
         None
