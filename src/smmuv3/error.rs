@@ -138,6 +138,11 @@ pub enum SmmuError {
         /// Its index (StreamID or SubstreamID).
         index: u32,
     },
+    /// The allocator could not translate the physical address of a table the crate linked.
+    NotMapped {
+        /// The physical address.
+        address: u64,
+    },
     /// An STE or CD combination the driver refuses to build.
     InvalidConfig {
         /// What is wrong, in the spec's terms.
@@ -195,6 +200,7 @@ impl fmt::Display for SmmuError {
                 write!(f, "{kind} at command queue index {index} (opcode {opcode:#04x})")
             }
             Self::DescriptorLive { what, index } => write!(f, "{what} {index:#x} is live"),
+            Self::NotMapped { address } => write!(f, "table at {address:#x} is not mapped"),
             Self::InvalidConfig { reason } => write!(f, "invalid configuration: {reason}"),
         }
     }

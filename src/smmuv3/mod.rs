@@ -13,7 +13,7 @@
 mod error;
 pub mod field;
 
-//TMP pub mod cd;
+pub mod cd;
 pub mod cmd;
 //TMP pub mod cmdq;
 //TMP pub mod event;
@@ -23,7 +23,7 @@ pub mod queue;
 pub mod regs;
 pub mod ste;
 pub mod ste_update;
-//TMP pub mod strtab;
+pub mod strtab;
 
 #[cfg(test)]
 mod testutil;
