@@ -15,7 +15,7 @@ pub mod field;
 
 pub mod cd;
 pub mod cmd;
-//TMP pub mod cmdq;
+pub mod cmdq;
 //TMP pub mod event;
 //TMP pub mod eventq;
 pub mod idr;

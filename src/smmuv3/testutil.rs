@@ -137,7 +137,8 @@ impl ModelSmmu {
         let base = self.get64(CMDQ_BASE);
         let log2 = (base & 0x1f) as u32;
         let addr = base & 0x000f_ffff_ffff_ffe0;
-        if addr == 0 || self.stalled.get() {
+        // CR0.CMDQEN (bit 3) gates the consumer, as on hardware.
+        if addr == 0 || self.stalled.get() || self.get32(CR0) & (1 << 3) == 0 {
             return;
         }
         let mask = (2u32 << log2) - 1;
