@@ -18,59 +18,59 @@ use super::ste::{Cacheability, S1Fmt};
 use super::{Asid, SmmuError, StreamId, SubstreamId};
 use crate::mem::{Page, PageAllocator, PhysAddr, WalkerCoherency, PAGE_SHIFT_4K};
 
-/// CD[5:0]: 64 - VA bits of TTB0's region.
+/// `CD[5:0]`: 64 - VA bits of TTB0's region.
 pub const T0SZ: Field = Field::new("T0SZ", 5, 0);
-/// CD[7:6]: TTB0 granule.
+/// `CD[7:6]`: TTB0 granule.
 pub const TG0: Field = Field::new("TG0", 7, 6);
-/// CD[9:8]: inner cacheability of TTB0 walks.
+/// `CD[9:8]`: inner cacheability of TTB0 walks.
 pub const IR0: Field = Field::new("IR0", 9, 8);
-/// CD[11:10]: outer cacheability of TTB0 walks.
+/// `CD[11:10]`: outer cacheability of TTB0 walks.
 pub const OR0: Field = Field::new("OR0", 11, 10);
-/// CD[13:12]: shareability of TTB0 walks.
+/// `CD[13:12]`: shareability of TTB0 walks.
 pub const SH0: Field = Field::new("SH0", 13, 12);
-/// CD[14]: TTB0 walks disabled.
+/// `CD[14]`: TTB0 walks disabled.
 pub const EPD0: u64 = 1 << 14;
-/// CD[15]: big-endian walks.
+/// `CD[15]`: big-endian walks.
 pub const ENDI: u64 = 1 << 15;
-/// CD[30]: TTB1 walks disabled.
+/// `CD[30]`: TTB1 walks disabled.
 pub const EPD1: u64 = 1 << 30;
-/// CD[31]: valid.
+/// `CD[31]`: valid.
 pub const V: u64 = 1 << 31;
-/// CD[34:32]: intermediate (output) physical size, OAS encoding.
+/// `CD[34:32]`: intermediate (output) physical size, OAS encoding.
 pub const IPS: Field = Field::new("IPS", 34, 32);
-/// CD[35]: access flag fault disable.
+/// `CD[35]`: access flag fault disable.
 pub const AFFD: u64 = 1 << 35;
-/// CD[36]: write implies execute-never.
+/// `CD[36]`: write implies execute-never.
 pub const WXN: u64 = 1 << 36;
-/// CD[37]: unprivileged write implies privileged execute-never.
+/// `CD[37]`: unprivileged write implies privileged execute-never.
 pub const UWXN: u64 = 1 << 37;
-/// CD[38]: top byte ignore for TTB0 addresses.
+/// `CD[38]`: top byte ignore for TTB0 addresses.
 pub const TBI0: u64 = 1 << 38;
-/// CD[41]: AArch64 tables.
+/// `CD[41]`: AArch64 tables.
 pub const AA64: u64 = 1 << 41;
-/// CD[42]: hardware dirty update.
+/// `CD[42]`: hardware dirty update.
 pub const HD: u64 = 1 << 42;
-/// CD[43]: hardware access flag update.
+/// `CD[43]`: hardware access flag update.
 pub const HA: u64 = 1 << 43;
-/// CD[44]: stall on faults.
+/// `CD[44]`: stall on faults.
 pub const S: u64 = 1 << 44;
-/// CD[45]: record faults.
+/// `CD[45]`: record faults.
 pub const R: u64 = 1 << 45;
-/// CD[46]: abort (terminate) faulting transactions rather than RAZ/WI.
+/// `CD[46]`: abort (terminate) faulting transactions rather than RAZ/WI.
 pub const A: u64 = 1 << 46;
-/// CD[47]: ASID set (1: not shared with broadcast TLBI).
+/// `CD[47]`: ASID set (1: not shared with broadcast TLBI).
 pub const ASET: u64 = 1 << 47;
-/// CD[63:48].
+/// `CD[63:48]`.
 pub const ASID: Field = Field::new("ASID", 63, 48);
-/// CD[64], word 1 bit 0: TTB0 walks non-secure.
+/// `CD[64]`, word 1 bit 0: TTB0 walks non-secure.
 pub const NSCFG0: u64 = 1 << 0;
-/// CD[65], word 1 bit 1: hierarchical attribute disable for TTB0 (with `IDR3.HAD`).
+/// `CD[65]`, word 1 bit 1: hierarchical attribute disable for TTB0 (with `IDR3.HAD`).
 pub const HAD0: u64 = 1 << 1;
-/// CD[115:68], word 1 bits 51:4.
+/// `CD[115:68]`, word 1 bits 51:4.
 pub const TTB0: Field = Field::new("TTB0", 51, 4);
-/// CD[223:192], word 3 bits 31:0.
+/// `CD[223:192]`, word 3 bits 31:0.
 pub const MAIR0: Field = Field::new("MAIR0", 31, 0);
-/// CD[255:224], word 3 bits 63:32.
+/// `CD[255:224]`, word 3 bits 63:32.
 pub const MAIR1: Field = Field::new("MAIR1", 63, 32);
 /// L1CD bit 0.
 pub const L1CD_V: u64 = 1;
@@ -156,7 +156,10 @@ impl Stage1Context {
     /// A field error for T0SZ > 63, IPS > 6 or a misaligned or too wide TTB0.
     pub fn encode(&self) -> Result<Cd, SmmuError> {
         if self.ips > 6 {
-            return Err(SmmuError::FieldOutOfRange { field: "IPS", value: self.ips as u64 });
+            return Err(SmmuError::FieldOutOfRange {
+                field: "IPS",
+                value: self.ips as u64,
+            });
         }
         let mut w0 = T0SZ.set(0, self.t0sz as u64)?;
         w0 = TG0.set_masked(w0, self.tg0 as u64);
@@ -190,7 +193,9 @@ impl Stage1Context {
         if self.had0 {
             w1 |= HAD0;
         }
-        Ok(Cd { words: [w0, w1, 0, self.mair, 0, 0, 0, 0] })
+        Ok(Cd {
+            words: [w0, w1, 0, self.mair, 0, 0, 0, 0],
+        })
     }
 }
 
@@ -231,18 +236,40 @@ impl<'a, A: PageAllocator + ?Sized> CdTable<'a, A> {
     /// # Errors
     ///
     /// [`SmmuError::SizeUnsupported`] for `cdmax > 20`, [`SmmuError::NoMemory`].
-    pub fn new(alloc: &'a A, fmt: S1Fmt, cdmax: u32, coherency: WalkerCoherency) -> Result<Self, SmmuError> {
+    pub fn new(
+        alloc: &'a A,
+        fmt: S1Fmt,
+        cdmax: u32,
+        coherency: WalkerCoherency,
+    ) -> Result<Self, SmmuError> {
         if cdmax > 20 {
-            return Err(SmmuError::SizeUnsupported { what: "CD table", log2: cdmax, max_log2: 20 });
+            return Err(SmmuError::SizeUnsupported {
+                what: "CD table",
+                log2: cdmax,
+                max_log2: 20,
+            });
         }
-        let fmt = if cdmax <= split(fmt) { S1Fmt::Linear } else { fmt };
+        let fmt = if cdmax <= split(fmt) {
+            S1Fmt::Linear
+        } else {
+            fmt
+        };
         let entries_log2 = match fmt {
             S1Fmt::Linear => cdmax + CD_LOG2,
             _ => cdmax - split(fmt) + 3,
         };
         let root_log2 = entries_log2.max(PAGE_SHIFT_4K);
-        let root = alloc.alloc(root_log2).ok_or(SmmuError::NoMemory { size_log2: root_log2 })?;
-        let table = Self { alloc, coherency, fmt, cdmax, root, root_log2 };
+        let root = alloc.alloc(root_log2).ok_or(SmmuError::NoMemory {
+            size_log2: root_log2,
+        })?;
+        let table = Self {
+            alloc,
+            coherency,
+            fmt,
+            cdmax,
+            root,
+            root_log2,
+        };
         address_bits(super::ste::S1CONTEXTPTR, root.pa.get())?;
         Ok(table)
     }
@@ -263,18 +290,30 @@ impl<'a, A: PageAllocator + ?Sized> CdTable<'a, A> {
     fn words_at(&self, va: NonNull<u8>, index: usize, stride: usize) -> &[AtomicU64] {
         // SAFETY: callers pass an index inside a live table page of this object whose entries
         // are `stride` words; the memory is 8-byte aligned and accessed only atomically.
-        unsafe { core::slice::from_raw_parts(va.as_ptr().cast::<AtomicU64>().add(index * stride), stride) }
+        unsafe {
+            core::slice::from_raw_parts(va.as_ptr().cast::<AtomicU64>().add(index * stride), stride)
+        }
     }
 
     /// The CD slot of `ssid`, allocating its leaf table if `create`; with whether an L1CD was
     /// published.
-    fn slot(&self, ssid: SubstreamId, create: bool) -> Result<Option<(&[AtomicU64], bool)>, SmmuError> {
+    fn slot(
+        &self,
+        ssid: SubstreamId,
+        create: bool,
+    ) -> Result<Option<(&[AtomicU64], bool)>, SmmuError> {
         let index = ssid.get();
         if index >> self.cdmax != 0 {
-            return Err(SmmuError::SubstreamIdOutOfRange { ssid: index, log2: self.cdmax });
+            return Err(SmmuError::SubstreamIdOutOfRange {
+                ssid: index,
+                log2: self.cdmax,
+            });
         }
         if self.fmt == S1Fmt::Linear {
-            return Ok(Some((self.words_at(self.root.va, index as usize, 8), false)));
+            return Ok(Some((
+                self.words_at(self.root.va, index as usize, 8),
+                false,
+            )));
         }
         let split = split(self.fmt);
         let l1 = &self.words_at(self.root.va, (index >> split) as usize, 1)[0];
@@ -285,7 +324,9 @@ impl<'a, A: PageAllocator + ?Sized> CdTable<'a, A> {
                 return Ok(None);
             }
             let leaf_log2 = (split + CD_LOG2).max(PAGE_SHIFT_4K);
-            let leaf = self.alloc.alloc(leaf_log2).ok_or(SmmuError::NoMemory { size_log2: leaf_log2 })?;
+            let leaf = self.alloc.alloc(leaf_log2).ok_or(SmmuError::NoMemory {
+                size_log2: leaf_log2,
+            })?;
             self.coherency.sync(self.alloc, leaf.va, 1 << leaf_log2);
             desc = address_bits(L1CD_L2PTR, leaf.pa.get())? | L1CD_V;
             // The zeroed leaf is visible before the descriptor that links it.
@@ -297,7 +338,9 @@ impl<'a, A: PageAllocator + ?Sized> CdTable<'a, A> {
         let va = self
             .alloc
             .phys_to_virt(leaf_pa)
-            .ok_or(SmmuError::NotMapped { address: leaf_pa.get() })?;
+            .ok_or(SmmuError::NotMapped {
+                address: leaf_pa.get(),
+            })?;
         let local = (index & ((1 << split) - 1)) as usize;
         Ok(Some((self.words_at(va, local, 8), published)))
     }
@@ -310,10 +353,19 @@ impl<'a, A: PageAllocator + ?Sized> CdTable<'a, A> {
     /// [`SmmuError::SubstreamIdOutOfRange`], [`SmmuError::NoMemory`].
     pub fn install(&mut self, ssid: SubstreamId, cd: &Cd) -> Result<CdSync, SmmuError> {
         let Some((slot, published)) = self.slot(ssid, true)? else {
-            return Err(SmmuError::SubstreamIdOutOfRange { ssid: ssid.get(), log2: self.cdmax });
+            return Err(SmmuError::SubstreamIdOutOfRange {
+                ssid: ssid.get(),
+                log2: self.cdmax,
+            });
         };
-        if slot.first().is_some_and(|w| w.load(Ordering::Acquire) & V != 0) {
-            return Err(SmmuError::DescriptorLive { what: "CD", index: ssid.get() });
+        if slot
+            .first()
+            .is_some_and(|w| w.load(Ordering::Acquire) & V != 0)
+        {
+            return Err(SmmuError::DescriptorLive {
+                what: "CD",
+                index: ssid.get(),
+            });
         }
         for (w, v) in slot.iter().zip(cd.words.iter()).skip(1) {
             w.store(*v, Ordering::Relaxed);
@@ -323,7 +375,10 @@ impl<'a, A: PageAllocator + ?Sized> CdTable<'a, A> {
             w0.store(cd.words[0], Ordering::Release);
         }
         self.flush(slot);
-        Ok(CdSync { ssid, leaf: !published })
+        Ok(CdSync {
+            ssid,
+            leaf: !published,
+        })
     }
 
     /// Makes the CD of `ssid` invalid by clearing V (word 0) first; the other words are left as
@@ -359,7 +414,8 @@ impl<'a, A: PageAllocator + ?Sized> CdTable<'a, A> {
 
     fn flush(&self, slot: &[AtomicU64]) {
         if let Some(first) = slot.first() {
-            self.coherency.sync(self.alloc, NonNull::from(first).cast(), 64);
+            self.coherency
+                .sync(self.alloc, NonNull::from(first).cast(), 64);
         }
     }
 }
@@ -440,7 +496,12 @@ mod tests {
         assert_eq!(cd.words[1], 0x8_1234_5000);
         assert_eq!(cd.words[3], 0x44_ff04);
         assert!(Stage1Context { ips: 7, ..ctx() }.encode().is_err());
-        assert!(Stage1Context { ttb0: PhysAddr::new(0x1008), ..ctx() }.encode().is_err());
+        assert!(Stage1Context {
+            ttb0: PhysAddr::new(0x1008),
+            ..ctx()
+        }
+        .encode()
+        .is_err());
     }
 
     #[test]
@@ -452,12 +513,18 @@ mod tests {
         let ssid = SubstreamId::new(3).unwrap();
         let s = t.install(ssid, &cd).unwrap();
         assert_eq!(s, CdSync { ssid, leaf: true });
-        assert_eq!(s.command(StreamId(9)), Command::cfgi_cd(StreamId(9), ssid, true));
+        assert_eq!(
+            s.command(StreamId(9)),
+            Command::cfgi_cd(StreamId(9), ssid, true)
+        );
         assert_eq!(t.read(ssid).unwrap(), cd);
         assert!(alloc.syncs.get() >= 2);
         assert_eq!(
             t.install(ssid, &cd),
-            Err(SmmuError::DescriptorLive { what: "CD", index: 3 })
+            Err(SmmuError::DescriptorLive {
+                what: "CD",
+                index: 3
+            })
         );
         let _ = t.remove(ssid).unwrap();
         assert_eq!(t.read(ssid).unwrap().words[0] & V, 0);
@@ -472,7 +539,8 @@ mod tests {
     fn two_level_allocates_leaves_on_demand() {
         let alloc = VecAllocator::default();
         {
-            let mut t = CdTable::new(&alloc, S1Fmt::TwoLevel4K, 12, WalkerCoherency::Coherent).unwrap();
+            let mut t =
+                CdTable::new(&alloc, S1Fmt::TwoLevel4K, 12, WalkerCoherency::Coherent).unwrap();
             assert_eq!(alloc.live_pages(), 1);
             let cd = ctx().encode().unwrap();
             let a = SubstreamId::new(0x41).unwrap();
@@ -487,7 +555,10 @@ mod tests {
             // L1CD 1 (SSIDs 64..127): V | L2Ptr.
             let l1 = t.words_at(t.root.va, 1, 1)[0].load(Ordering::Relaxed);
             assert_eq!(l1 & L1CD_V, 1);
-            assert_eq!(t.read(SubstreamId::new(0xfff).unwrap()).unwrap().words[0], 0);
+            assert_eq!(
+                t.read(SubstreamId::new(0xfff).unwrap()).unwrap().words[0],
+                0
+            );
             let _ = t.remove(SubstreamId::new(0x800).unwrap()).unwrap();
             assert_eq!(alloc.live_pages(), 2);
         }

@@ -194,7 +194,9 @@ impl Command {
 
     /// `CMD_PREFETCH_CONFIG`: fetch the configuration of `sid` (and `ssid`) into the caches.
     pub const fn prefetch_config(sid: StreamId, ssid: Option<SubstreamId>) -> Self {
-        Self { words: [ssid_word0(sid_word0(Opcode::PrefetchConfig, sid), ssid), 0] }
+        Self {
+            words: [ssid_word0(sid_word0(Opcode::PrefetchConfig, sid), ssid), 0],
+        }
     }
 
     /// `CMD_PREFETCH_ADDR`: prefetch translations of `2^size` 4 KiB-granule blocks with stride
@@ -220,7 +222,9 @@ impl Command {
     /// `CMD_CFGI_STE`: invalidate cached configuration of `sid`; `leaf` keeps the cached L1
     /// stream table descriptor.
     pub const fn cfgi_ste(sid: StreamId, leaf: bool) -> Self {
-        Self { words: [sid_word0(Opcode::CfgiSte, sid), leaf as u64] }
+        Self {
+            words: [sid_word0(Opcode::CfgiSte, sid), leaf as u64],
+        }
     }
 
     /// `CMD_CFGI_STE_RANGE`: invalidate `2^(range + 1)` StreamIDs from `sid` rounded down.
@@ -230,36 +234,51 @@ impl Command {
     /// [`SmmuError::FieldOutOfRange`] if `range > 31`.
     pub const fn cfgi_ste_range(sid: StreamId, range: u8) -> Result<Self, SmmuError> {
         match RANGE.set(0, range as u64) {
-            Ok(w1) => Ok(Self { words: [sid_word0(Opcode::CfgiSteRange, sid), w1] }),
+            Ok(w1) => Ok(Self {
+                words: [sid_word0(Opcode::CfgiSteRange, sid), w1],
+            }),
             Err(e) => Err(e),
         }
     }
 
     /// `CMD_CFGI_ALL`: CFGI_STE_RANGE with Range = 31, every StreamID.
     pub const fn cfgi_all() -> Self {
-        Self { words: [Opcode::CfgiSteRange as u64, 31] }
+        Self {
+            words: [Opcode::CfgiSteRange as u64, 31],
+        }
     }
 
     /// `CMD_CFGI_CD`: invalidate the cached CD of (`sid`, `ssid`).
     pub const fn cfgi_cd(sid: StreamId, ssid: SubstreamId, leaf: bool) -> Self {
         let w0 = SUBSTREAM_ID.set_masked(sid_word0(Opcode::CfgiCd, sid), ssid.get() as u64);
-        Self { words: [w0, leaf as u64] }
+        Self {
+            words: [w0, leaf as u64],
+        }
     }
 
     /// `CMD_CFGI_CD_ALL`: invalidate every cached CD of `sid`.
     pub const fn cfgi_cd_all(sid: StreamId) -> Self {
-        Self { words: [sid_word0(Opcode::CfgiCdAll, sid), 0] }
+        Self {
+            words: [sid_word0(Opcode::CfgiCdAll, sid), 0],
+        }
     }
 
     /// `CMD_TLBI_NH_ALL`: every stage-1 entry of `vmid`.
     pub const fn tlbi_nh_all(vmid: Vmid) -> Self {
-        Self { words: [TLBI_VMID.set_masked(Opcode::TlbiNhAll as u64, vmid.0 as u64), 0] }
+        Self {
+            words: [
+                TLBI_VMID.set_masked(Opcode::TlbiNhAll as u64, vmid.0 as u64),
+                0,
+            ],
+        }
     }
 
     /// `CMD_TLBI_NH_ASID`: every stage-1 entry of `asid` in `vmid`.
     pub const fn tlbi_nh_asid(vmid: Vmid, asid: Asid) -> Self {
         let w0 = TLBI_VMID.set_masked(Opcode::TlbiNhAsid as u64, vmid.0 as u64);
-        Self { words: [TLBI_ASID.set_masked(w0, asid.0 as u64), 0] }
+        Self {
+            words: [TLBI_ASID.set_masked(w0, asid.0 as u64), 0],
+        }
     }
 
     /// `CMD_TLBI_NH_VA`: stage-1 entries for `va` (or a range) in (`vmid`, `asid`).
@@ -277,7 +296,9 @@ impl Command {
         let w0 = TLBI_VMID.set_masked(Opcode::TlbiNhVa as u64, vmid.0 as u64);
         let w0 = TLBI_ASID.set_masked(w0, asid.0 as u64);
         let w1 = address_bits(TLBI_VA, va.get())? | leaf as u64;
-        Ok(Self { words: range_words(w0, w1, range)? })
+        Ok(Self {
+            words: range_words(w0, w1, range)?,
+        })
     }
 
     /// `CMD_TLBI_S2_IPA`: stage-2 entries for `ipa` (or a range) in `vmid`.
@@ -294,17 +315,26 @@ impl Command {
     ) -> Result<Self, SmmuError> {
         let w0 = TLBI_VMID.set_masked(Opcode::TlbiS2Ipa as u64, vmid.0 as u64);
         let w1 = address_bits(TLBI_IPA, ipa.get())? | leaf as u64;
-        Ok(Self { words: range_words(w0, w1, range)? })
+        Ok(Self {
+            words: range_words(w0, w1, range)?,
+        })
     }
 
     /// `CMD_TLBI_S12_VMALL`: every stage-1 and stage-2 entry of `vmid`.
     pub const fn tlbi_s12_vmall(vmid: Vmid) -> Self {
-        Self { words: [TLBI_VMID.set_masked(Opcode::TlbiS12Vmall as u64, vmid.0 as u64), 0] }
+        Self {
+            words: [
+                TLBI_VMID.set_masked(Opcode::TlbiS12Vmall as u64, vmid.0 as u64),
+                0,
+            ],
+        }
     }
 
     /// `CMD_TLBI_NSNH_ALL`: every non-secure, non-hypervisor entry.
     pub const fn tlbi_nsnh_all() -> Self {
-        Self { words: [Opcode::TlbiNsnhAll as u64, 0] }
+        Self {
+            words: [Opcode::TlbiNsnhAll as u64, 0],
+        }
     }
 
     /// `CMD_ATC_INV`: invalidate a device's ATC for `2^size` 4 KiB pages at `address` (which
@@ -321,12 +351,19 @@ impl Command {
         global: bool,
     ) -> Result<Self, SmmuError> {
         if size > 52 {
-            return Err(SmmuError::FieldOutOfRange { field: "Size", value: size as u64 });
+            return Err(SmmuError::FieldOutOfRange {
+                field: "Size",
+                value: size as u64,
+            });
         }
         let align_log2 = 12 + size as u32;
         if !address.is_aligned(align_log2) {
             let address = address.get();
-            return Err(SmmuError::AddressMisaligned { field: "Address", address, align_log2 });
+            return Err(SmmuError::AddressMisaligned {
+                field: "Address",
+                address,
+                align_log2,
+            });
         }
         let mut w0 = ssid_word0(sid_word0(Opcode::AtcInv, sid), ssid);
         if global {
@@ -357,7 +394,9 @@ impl Command {
 
     /// A CMD_SYNC with no signal and no MSI: the harmless command that replaces a faulting one.
     pub const fn plain_sync() -> Self {
-        Self { words: [Opcode::Sync as u64, 0] }
+        Self {
+            words: [Opcode::Sync as u64, 0],
+        }
     }
 }
 
@@ -372,7 +411,10 @@ mod tests {
     #[test]
     fn configuration_invalidation() {
         // CFGI_STE: 0x03 | SID 0x1234 << 32 = 0x0000_1234_0000_0003; Leaf in word 1 bit 0.
-        assert_eq!(Command::cfgi_ste(sid(0x1234), true).words, [0x0000_1234_0000_0003, 1]);
+        assert_eq!(
+            Command::cfgi_ste(sid(0x1234), true).words,
+            [0x0000_1234_0000_0003, 1]
+        );
         // CFGI_STE_RANGE: 0x04 | 0x100 << 32; Range = 7 (256 StreamIDs) in word 1.
         let c = Command::cfgi_ste_range(sid(0x100), 7).unwrap();
         assert_eq!(c.words, [0x0000_0100_0000_0004, 7]);
@@ -383,7 +425,10 @@ mod tests {
         let c = Command::cfgi_cd(sid(7), SubstreamId::new(0x2a).unwrap(), false);
         assert_eq!(c.words, [0x0000_0007_0002_a005, 0]);
         // CFGI_CD_ALL: 0x06 | SID 0xffff_ffff << 32.
-        assert_eq!(Command::cfgi_cd_all(sid(u32::MAX)).words, [0xffff_ffff_0000_0006, 0]);
+        assert_eq!(
+            Command::cfgi_cd_all(sid(u32::MAX)).words,
+            [0xffff_ffff_0000_0006, 0]
+        );
     }
 
     #[test]
@@ -399,32 +444,54 @@ mod tests {
     #[test]
     fn tlb_invalidation() {
         // TLBI_NH_ALL: 0x10 | VMID 5 << 32.
-        assert_eq!(Command::tlbi_nh_all(Vmid(5)).words, [0x0000_0005_0000_0010, 0]);
+        assert_eq!(
+            Command::tlbi_nh_all(Vmid(5)).words,
+            [0x0000_0005_0000_0010, 0]
+        );
         // TLBI_NH_ASID: 0x11 | VMID 1 << 32 | ASID 0xbeef << 48.
         assert_eq!(
             Command::tlbi_nh_asid(Vmid(1), Asid(0xbeef)).words,
             [0xbeef_0001_0000_0011, 0]
         );
         // TLBI_NH_VA, no range: 0x12 | VMID 0 | ASID 3 << 48; word 1 = VA | Leaf.
-        let c = Command::tlbi_nh_va(Vmid(0), Asid(3), Iova::new(0xffff_8000_1234_5000), true, None)
-            .unwrap();
+        let c = Command::tlbi_nh_va(
+            Vmid(0),
+            Asid(3),
+            Iova::new(0xffff_8000_1234_5000),
+            true,
+            None,
+        )
+        .unwrap();
         assert_eq!(c.words, [0x0003_0000_0000_0012, 0xffff_8000_1234_5001]);
         // Range: NUM 31 (31 << 12 = 0x1f000), SCALE 1 (1 << 20 = 0x10_0000); TG 4K (1 << 10 =
         // 0x400), TTL 3 (3 << 8 = 0x300): word 0 0x0003_0000_0011_f012, word 1 VA | 0x701.
-        let r = TlbiRange { tg: RangeGranule::Size4K, scale: 1, num: 31, ttl: 3 };
+        let r = TlbiRange {
+            tg: RangeGranule::Size4K,
+            scale: 1,
+            num: 31,
+            ttl: 3,
+        };
         let c = Command::tlbi_nh_va(Vmid(0), Asid(3), Iova::new(0x20_0000), true, Some(r)).unwrap();
         assert_eq!(c.words, [0x0003_0000_0011_f012, 0x20_0701]);
         assert!(Command::tlbi_nh_va(Vmid(0), Asid(0), Iova::new(0x1001), false, None).is_err());
         let bad = TlbiRange { num: 32, ..r };
         assert!(Command::tlbi_nh_va(Vmid(0), Asid(0), Iova::new(0), false, Some(bad)).is_err());
         // TLBI_S2_IPA with a 64K range: NUM 1 (0x1000), SCALE 0; TG 3 (0xc00), TTL 0; VMID 9.
-        let r = TlbiRange { tg: RangeGranule::Size64K, scale: 0, num: 1, ttl: 0 };
+        let r = TlbiRange {
+            tg: RangeGranule::Size64K,
+            scale: 0,
+            num: 1,
+            ttl: 0,
+        };
         let c = Command::tlbi_s2_ipa(Vmid(9), Iova::new(0x8_0000_0000), false, Some(r)).unwrap();
         assert_eq!(c.words, [0x0000_0009_0000_102a, 0x8_0000_0c00]);
         // IPA field ends at bit 51.
         assert!(Command::tlbi_s2_ipa(Vmid(9), Iova::new(1 << 52), false, None).is_err());
         // TLBI_S12_VMALL: 0x28 | VMID 0xffff << 32; TLBI_NSNH_ALL: 0x30.
-        assert_eq!(Command::tlbi_s12_vmall(Vmid(0xffff)).words, [0x0000_ffff_0000_0028, 0]);
+        assert_eq!(
+            Command::tlbi_s12_vmall(Vmid(0xffff)).words,
+            [0x0000_ffff_0000_0028, 0]
+        );
         assert_eq!(Command::tlbi_nsnh_all().words, [0x30, 0]);
     }
 
@@ -446,15 +513,29 @@ mod tests {
     #[test]
     fn sync() {
         // CS = SEV: 2 << 12 = 0x2000 | 0x46.
-        assert_eq!(Command::sync(SyncSignal::Sev, None).unwrap().words, [0x2046, 0]);
+        assert_eq!(
+            Command::sync(SyncSignal::Sev, None).unwrap().words,
+            [0x2046, 0]
+        );
         // CS = IRQ: 0x1046.
-        assert_eq!(Command::sync(SyncSignal::Irq, None).unwrap().words, [0x1046, 0]);
+        assert_eq!(
+            Command::sync(SyncSignal::Irq, None).unwrap().words,
+            [0x1046, 0]
+        );
         // MSI: MSH 3 (3 << 22 = 0xc0_0000), MSIATTR 0xf (0xf << 24 = 0xf00_0000), data
         // 0xcafe << 32; address 0x8000_0040 kept in bits 51:2.
-        let msi = SyncMsi { address: PhysAddr::new(0x8000_0040), data: 0xcafe, msh: 3, msiattr: 0xf };
+        let msi = SyncMsi {
+            address: PhysAddr::new(0x8000_0040),
+            data: 0xcafe,
+            msh: 3,
+            msiattr: 0xf,
+        };
         let c = Command::sync(SyncSignal::None, Some(msi)).unwrap();
         assert_eq!(c.words, [0x0000_cafe_0fc0_0046, 0x8000_0040]);
-        let bad = SyncMsi { address: PhysAddr::new(0x8000_0042), ..msi };
+        let bad = SyncMsi {
+            address: PhysAddr::new(0x8000_0042),
+            ..msi
+        };
         assert!(Command::sync(SyncSignal::None, Some(bad)).is_err());
         assert_eq!(Command::plain_sync().opcode(), 0x46);
     }

@@ -69,17 +69,34 @@ impl<'a, A: PageAllocator + ?Sized> CommandQueue<'a, A> {
         budget: u32,
     ) -> Result<Self, SmmuError> {
         if mode == SyncMode::Msi && coherency == WalkerCoherency::NonCoherent {
-            return Err(SmmuError::InvalidConfig { reason: "MSI completion needs IDR0.COHACC" });
+            return Err(SmmuError::InvalidConfig {
+                reason: "MSI completion needs IDR0.COHACC",
+            });
         }
-        let mem = QueueMemory::new(alloc, "command queue", log2, max_log2, ENTRY_LOG2, coherency)?;
+        let mem = QueueMemory::new(
+            alloc,
+            "command queue",
+            log2,
+            max_log2,
+            ENTRY_LOG2,
+            coherency,
+        )?;
         let msi = match mode {
-            SyncMode::Msi => Some(
-                alloc.alloc(PAGE_SHIFT_4K).ok_or(SmmuError::NoMemory { size_log2: PAGE_SHIFT_4K })?,
-            ),
+            SyncMode::Msi => Some(alloc.alloc(PAGE_SHIFT_4K).ok_or(SmmuError::NoMemory {
+                size_log2: PAGE_SHIFT_4K,
+            })?),
             _ => None,
         };
         let zero = QueuePointer::zero(log2);
-        Ok(Self { mem, prod: zero, cons: zero, mode, msi, msi_sequence: 0, budget })
+        Ok(Self {
+            mem,
+            prod: zero,
+            cons: zero,
+            mode,
+            msi,
+            msi_sequence: 0,
+            budget,
+        })
     }
 
     /// The CMDQ_BASE value.
@@ -196,7 +213,10 @@ impl<'a, A: PageAllocator + ?Sized> CommandQueue<'a, A> {
         if done {
             Ok(())
         } else {
-            Err(SmmuError::SyncTimeout { prod: target.register(), cons: self.cons.register() })
+            Err(SmmuError::SyncTimeout {
+                prod: target.register(),
+                cons: self.cons.register(),
+            })
         }
     }
 
@@ -218,7 +238,12 @@ impl<'a, A: PageAllocator + ?Sized> CommandQueue<'a, A> {
         match (self.mode, self.msi) {
             (SyncMode::Msi, Some(page)) => {
                 self.msi_sequence = self.msi_sequence.wrapping_add(1);
-                let msi = SyncMsi { address: page.pa, data: self.msi_sequence, msh: 3, msiattr: 0xf };
+                let msi = SyncMsi {
+                    address: page.pa,
+                    data: self.msi_sequence,
+                    msh: 3,
+                    msiattr: 0xf,
+                };
                 Command::sync(SyncSignal::None, Some(msi))
             }
             (SyncMode::Sev, _) => Command::sync(SyncSignal::Sev, None),
@@ -323,8 +348,14 @@ mod tests {
     use crate::smmuv3::StreamId;
     use std::vec::Vec;
 
-    fn queue<'a>(alloc: &'a VecAllocator, m: &ModelSmmu, log2: u32, mode: SyncMode) -> CommandQueue<'a, VecAllocator> {
-        let mut q = CommandQueue::new(alloc, log2, 19, WalkerCoherency::Coherent, mode, 1000).unwrap();
+    fn queue<'a>(
+        alloc: &'a VecAllocator,
+        m: &ModelSmmu,
+        log2: u32,
+        mode: SyncMode,
+    ) -> CommandQueue<'a, VecAllocator> {
+        let mut q =
+            CommandQueue::new(alloc, log2, 19, WalkerCoherency::Coherent, mode, 1000).unwrap();
         regs::write_cr0(m, 0, 10).unwrap();
         q.program(m);
         regs::write_cr0(m, regs::Cr0::CMDQEN.bits(), 10).unwrap();
@@ -336,7 +367,9 @@ mod tests {
     fn batching_uses_one_prod_write() {
         let (alloc, m) = (VecAllocator::default(), ModelSmmu::new());
         let mut q = queue(&alloc, &m, 4, SyncMode::PollCons);
-        let cmds: Vec<_> = (0..10).map(|i| Command::cfgi_ste(StreamId(i), true)).collect();
+        let cmds: Vec<_> = (0..10)
+            .map(|i| Command::cfgi_ste(StreamId(i), true))
+            .collect();
         m.stalled.set(true);
         q.submit(&m, &cmds).unwrap();
         assert_eq!(m.prod_writes.get(), 1);
@@ -353,12 +386,18 @@ mod tests {
         let (alloc, m) = (VecAllocator::default(), ModelSmmu::new());
         let mut q = queue(&alloc, &m, 3, SyncMode::PollCons);
         m.consume_batch.set(3);
-        let cmds: Vec<_> = (0..5000).map(|i| Command::cfgi_ste(StreamId(i), false)).collect();
+        let cmds: Vec<_> = (0..5000)
+            .map(|i| Command::cfgi_ste(StreamId(i), false))
+            .collect();
         for chunk in cmds.chunks(37) {
             q.submit_and_sync(&m, chunk).unwrap();
         }
         let executed = m.executed.borrow();
-        let ste: Vec<_> = executed.iter().filter(|c| c[0] & 0xff == 0x03).map(|c| (c[0] >> 32) as u32).collect();
+        let ste: Vec<_> = executed
+            .iter()
+            .filter(|c| c[0] & 0xff == 0x03)
+            .map(|c| (c[0] >> 32) as u32)
+            .collect();
         assert_eq!(ste, (0..5000).collect::<Vec<_>>());
         assert_eq!(executed.len(), 5000 + cmds.chunks(37).count());
     }
@@ -370,7 +409,10 @@ mod tests {
         m.stalled.set(true);
         let cmds = [Command::tlbi_nsnh_all(); 5];
         // Four fit; the fifth finds PROD (index 0, wrap 1) against CONS 0.
-        assert_eq!(q.submit(&m, &cmds), Err(SmmuError::CommandQueueFull { prod: 4, cons: 0 }));
+        assert_eq!(
+            q.submit(&m, &cmds),
+            Err(SmmuError::CommandQueueFull { prod: 4, cons: 0 })
+        );
         m.stalled.set(false);
         q.sync(&m).unwrap();
         m.stalled.set(true);
@@ -387,10 +429,29 @@ mod tests {
         let mut s = queue(&alloc, &m, 4, SyncMode::Sev);
         s.sync(&m).unwrap();
         assert_eq!(m.sevs.get(), 1);
-        assert!(CommandQueue::new(&alloc, 4, 19, WalkerCoherency::NonCoherent, SyncMode::Msi, 1).is_err());
+        assert!(CommandQueue::new(
+            &alloc,
+            4,
+            19,
+            WalkerCoherency::NonCoherent,
+            SyncMode::Msi,
+            1
+        )
+        .is_err());
         assert!(matches!(
-            CommandQueue::new(&alloc, 20, 19, WalkerCoherency::Coherent, SyncMode::PollCons, 1),
-            Err(SmmuError::SizeUnsupported { log2: 20, max_log2: 19, .. })
+            CommandQueue::new(
+                &alloc,
+                20,
+                19,
+                WalkerCoherency::Coherent,
+                SyncMode::PollCons,
+                1
+            ),
+            Err(SmmuError::SizeUnsupported {
+                log2: 20,
+                max_log2: 19,
+                ..
+            })
         ));
     }
 
@@ -401,11 +462,22 @@ mod tests {
             let mut q = queue(&alloc, &m, 3, mode);
             q.submit_and_sync(&m, &[Command::cfgi_all(); 6]).unwrap();
             let bad = Command { words: [0xff, 0] };
-            let err = q.submit_and_sync(&m, &[Command::cfgi_cd_all(StreamId(1)), bad, Command::cfgi_cd_all(StreamId(2))]);
+            let err = q.submit_and_sync(
+                &m,
+                &[
+                    Command::cfgi_cd_all(StreamId(1)),
+                    bad,
+                    Command::cfgi_cd_all(StreamId(2)),
+                ],
+            );
             // Six commands and a sync (indexes 0-6), then CFGI_CD_ALL at 7, the bad one at 0.
             assert_eq!(
                 err,
-                Err(SmmuError::CommandError { index: 0, opcode: 0xff, kind: CommandErrorKind::Illegal })
+                Err(SmmuError::CommandError {
+                    index: 0,
+                    opcode: 0xff,
+                    kind: CommandErrorKind::Illegal
+                })
             );
             assert!(Gerror::active(&m).is_empty());
             // The commands after the bad one ran, the bad one became a CMD_SYNC.

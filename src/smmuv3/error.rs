@@ -168,10 +168,21 @@ impl fmt::Display for SmmuError {
             Self::FieldOutOfRange { field, value } => {
                 write!(f, "value {value:#x} does not fit field {field}")
             }
-            Self::AddressMisaligned { field, address, align_log2 } => {
-                write!(f, "{field} address {address:#x} is not 2^{align_log2}-aligned")
+            Self::AddressMisaligned {
+                field,
+                address,
+                align_log2,
+            } => {
+                write!(
+                    f,
+                    "{field} address {address:#x} is not 2^{align_log2}-aligned"
+                )
             }
-            Self::AddressTooWide { field, address, bits } => {
+            Self::AddressTooWide {
+                field,
+                address,
+                bits,
+            } => {
                 write!(f, "{field} address {address:#x} is wider than {bits} bits")
             }
             Self::Cr0AckTimeout { wanted, last } => {
@@ -181,14 +192,27 @@ impl fmt::Display for SmmuError {
                 write!(f, "IRQ_CTRLACK stayed {last:#x}, expected {wanted:#x}")
             }
             Self::GbpaUpdateTimeout { last } => write!(f, "GBPA.UPDATE stuck ({last:#x})"),
-            Self::SizeUnsupported { what, log2, max_log2 } => {
-                write!(f, "{what} of 2^{log2} entries exceeds the maximum 2^{max_log2}")
+            Self::SizeUnsupported {
+                what,
+                log2,
+                max_log2,
+            } => {
+                write!(
+                    f,
+                    "{what} of 2^{log2} entries exceeds the maximum 2^{max_log2}"
+                )
             }
             Self::StreamIdOutOfRange { sid, log2 } => {
-                write!(f, "StreamID {sid:#x} outside the 2^{log2}-entry stream table")
+                write!(
+                    f,
+                    "StreamID {sid:#x} outside the 2^{log2}-entry stream table"
+                )
             }
             Self::SubstreamIdOutOfRange { ssid, log2 } => {
-                write!(f, "SubstreamID {ssid:#x} outside the 2^{log2}-entry CD table")
+                write!(
+                    f,
+                    "SubstreamID {ssid:#x} outside the 2^{log2}-entry CD table"
+                )
             }
             Self::CommandQueueFull { prod, cons } => {
                 write!(f, "command queue full (PROD {prod:#x}, CONS {cons:#x})")
@@ -196,8 +220,15 @@ impl fmt::Display for SmmuError {
             Self::SyncTimeout { prod, cons } => {
                 write!(f, "CMD_SYNC timed out (PROD {prod:#x}, CONS {cons:#x})")
             }
-            Self::CommandError { index, opcode, kind } => {
-                write!(f, "{kind} at command queue index {index} (opcode {opcode:#04x})")
+            Self::CommandError {
+                index,
+                opcode,
+                kind,
+            } => {
+                write!(
+                    f,
+                    "{kind} at command queue index {index} (opcode {opcode:#04x})"
+                )
             }
             Self::DescriptorLive { what, index } => write!(f, "{what} {index:#x} is live"),
             Self::NotMapped { address } => write!(f, "table at {address:#x} is not mapped"),

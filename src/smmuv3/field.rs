@@ -52,7 +52,10 @@ impl Field {
     /// [`SmmuError::FieldOutOfRange`] when `value` exceeds [`Field::max`].
     pub const fn set(self, word: u64, value: u64) -> Result<u64, SmmuError> {
         if value > self.max() {
-            return Err(SmmuError::FieldOutOfRange { field: self.name, value });
+            return Err(SmmuError::FieldOutOfRange {
+                field: self.name,
+                value,
+            });
         }
         Ok((word & !self.mask()) | (value << self.lo))
     }
@@ -74,10 +77,18 @@ impl Field {
 pub const fn address_bits(field: Field, pa: u64) -> Result<u64, SmmuError> {
     let low = (1u64 << field.lo) - 1;
     if pa & low != 0 {
-        return Err(SmmuError::AddressMisaligned { field: field.name, address: pa, align_log2: field.lo });
+        return Err(SmmuError::AddressMisaligned {
+            field: field.name,
+            address: pa,
+            align_log2: field.lo,
+        });
     }
     if field.hi < 63 && pa >> (field.hi + 1) != 0 {
-        return Err(SmmuError::AddressTooWide { field: field.name, address: pa, bits: field.hi + 1 });
+        return Err(SmmuError::AddressTooWide {
+            field: field.name,
+            address: pa,
+            bits: field.hi + 1,
+        });
     }
     Ok(pa)
 }
@@ -92,7 +103,13 @@ mod tests {
         assert_eq!(f.mask(), 0x3f << 32);
         assert_eq!(f.set(0, 0x19), Ok(0x19 << 32));
         assert_eq!(f.get(0x19 << 32), 0x19);
-        assert_eq!(f.set(0, 0x40), Err(SmmuError::FieldOutOfRange { field: "X", value: 0x40 }));
+        assert_eq!(
+            f.set(0, 0x40),
+            Err(SmmuError::FieldOutOfRange {
+                field: "X",
+                value: 0x40
+            })
+        );
         let full = Field::new("Y", 63, 0);
         assert_eq!(full.max(), u64::MAX);
         assert_eq!(full.set(0, u64::MAX), Ok(u64::MAX));
@@ -102,7 +119,13 @@ mod tests {
     fn address_checks() {
         let f = Field::new("TTB", 51, 4);
         assert_eq!(address_bits(f, 0x8000_1000), Ok(0x8000_1000));
-        assert!(matches!(address_bits(f, 0x8000_1008), Err(SmmuError::AddressMisaligned { .. })));
-        assert!(matches!(address_bits(f, 1 << 52), Err(SmmuError::AddressTooWide { .. })));
+        assert!(matches!(
+            address_bits(f, 0x8000_1008),
+            Err(SmmuError::AddressMisaligned { .. })
+        ));
+        assert!(matches!(
+            address_bits(f, 1 << 52),
+            Err(SmmuError::AddressTooWide { .. })
+        ));
     }
 }

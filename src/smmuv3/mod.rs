@@ -16,8 +16,8 @@ pub mod field;
 pub mod cd;
 pub mod cmd;
 pub mod cmdq;
-//TMP pub mod event;
-//TMP pub mod eventq;
+pub mod event;
+pub mod eventq;
 pub mod idr;
 pub mod queue;
 pub mod regs;
@@ -49,7 +49,10 @@ impl SubstreamId {
     /// [`SmmuError::SubstreamIdOutOfRange`] otherwise.
     pub const fn new(raw: u32) -> Result<Self, SmmuError> {
         if raw > Self::MAX {
-            return Err(SmmuError::SubstreamIdOutOfRange { ssid: raw, log2: 20 });
+            return Err(SmmuError::SubstreamIdOutOfRange {
+                ssid: raw,
+                log2: 20,
+            });
         }
         Ok(Self(raw))
     }

@@ -33,7 +33,10 @@ impl QueuePointer {
 
     /// Position zero of a `2^log2`-entry queue; `log2` is clamped to [`Self::MAX_LOG2`].
     pub const fn zero(log2: u32) -> Self {
-        Self { log2: Self::clamp(log2), value: 0 }
+        Self {
+            log2: Self::clamp(log2),
+            value: 0,
+        }
     }
 
     const fn clamp(log2: u32) -> u32 {
@@ -47,7 +50,10 @@ impl QueuePointer {
     /// The position held in a PROD/CONS register; other bits (ERR, OVFLG) are dropped.
     pub const fn from_register(log2: u32, raw: u32) -> Self {
         let log2 = Self::clamp(log2);
-        Self { log2, value: raw & Self::wrap_mask(log2) }
+        Self {
+            log2,
+            value: raw & Self::wrap_mask(log2),
+        }
     }
 
     const fn wrap_mask(log2: u32) -> u32 {
@@ -71,7 +77,10 @@ impl QueuePointer {
 
     /// Moves `n` entries forward, flipping the wrap flag each time the index wraps.
     pub const fn advance(self, n: u32) -> Self {
-        Self { log2: self.log2, value: self.value.wrapping_add(n) & Self::wrap_mask(self.log2) }
+        Self {
+            log2: self.log2,
+            value: self.value.wrapping_add(n) & Self::wrap_mask(self.log2),
+        }
     }
 
     /// Entries between `cons` and `self` (as producer): 0 when empty, `2^log2` when full.
@@ -113,14 +122,27 @@ impl<'a, A: PageAllocator + ?Sized> QueueMemory<'a, A> {
         // LOG2SIZE is a 5-bit field and the architecture caps queues at 2^19 entries.
         let max = max_log2.min(QueuePointer::MAX_LOG2);
         if log2 > max {
-            return Err(SmmuError::SizeUnsupported { what, log2, max_log2: max });
+            return Err(SmmuError::SizeUnsupported {
+                what,
+                log2,
+                max_log2: max,
+            });
         }
         // The base must be aligned to the queue size (at least 32 bytes); a 4K page is the
         // allocator's smallest unit and satisfies that for small queues.
         let size_log2 = (log2 + entry_log2).max(PAGE_SHIFT_4K);
-        let page = alloc.alloc(size_log2).ok_or(SmmuError::NoMemory { size_log2 })?;
+        let page = alloc
+            .alloc(size_log2)
+            .ok_or(SmmuError::NoMemory { size_log2 })?;
         address_bits(Q_BASE_ADDR, page.pa.get())?;
-        Ok(Self { alloc, page, size_log2, log2, entry_log2, coherency })
+        Ok(Self {
+            alloc,
+            page,
+            size_log2,
+            log2,
+            entry_log2,
+            coherency,
+        })
     }
 
     /// The `*_BASE` register value, with the allocate hint set.
@@ -144,7 +166,8 @@ impl<'a, A: PageAllocator + ?Sized> QueueMemory<'a, A> {
         let entry = self.entry(index);
         let len = entry.len() * 8;
         if let Some(first) = entry.first() {
-            self.coherency.sync(self.alloc, NonNull::from(first).cast(), len);
+            self.coherency
+                .sync(self.alloc, NonNull::from(first).cast(), len);
         }
     }
 }
@@ -175,7 +198,10 @@ mod tests {
         assert_eq!(prod.used_since(cons), 1);
         assert_eq!(prod.free_before(cons), 3);
         // Two full laps bring the wrap flag back.
-        assert_eq!(QueuePointer::zero(log2).advance(8), QueuePointer::zero(log2));
+        assert_eq!(
+            QueuePointer::zero(log2).advance(8),
+            QueuePointer::zero(log2)
+        );
         // ERR / OVFLG bits are not part of the position.
         let r = QueuePointer::from_register(log2, 0x8000_0005 | (1 << 24));
         assert_eq!((r.index(), r.wrap()), (1, true));

@@ -297,7 +297,10 @@ pub fn write_cr0<W: RegisterWindow + ?Sized>(
         last = regs.read32(CR0ACK);
         (last == value).then_some(())
     })
-    .ok_or(SmmuError::Cr0AckTimeout { wanted: value, last })
+    .ok_or(SmmuError::Cr0AckTimeout {
+        wanted: value,
+        last,
+    })
 }
 
 /// Writes `value` to IRQ_CTRL and waits, at most `budget` polls, for IRQ_CTRLACK to match.

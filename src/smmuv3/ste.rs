@@ -14,77 +14,77 @@ use super::regs::Shareability;
 use super::{SmmuError, Vmid};
 use crate::mem::PhysAddr;
 
-/// STE[0], word 0 bit 0: valid.
+/// `STE[0]`, word 0 bit 0: valid.
 pub const V: u64 = 1 << 0;
-/// STE[3:1], word 0 bits 3:1.
+/// `STE[3:1]`, word 0 bits 3:1.
 pub const CONFIG: Field = Field::new("Config", 3, 1);
-/// STE[5:4], word 0 bits 5:4.
+/// `STE[5:4]`, word 0 bits 5:4.
 pub const S1FMT: Field = Field::new("S1Fmt", 5, 4);
-/// STE[51:6], word 0 bits 51:6: the CD table (or the single CD).
+/// `STE[51:6]`, word 0 bits 51:6: the CD table (or the single CD).
 pub const S1CONTEXTPTR: Field = Field::new("S1ContextPtr", 51, 6);
-/// STE[63:59], word 0 bits 63:59: log2 of the number of CDs.
+/// `STE[63:59]`, word 0 bits 63:59: log2 of the number of CDs.
 pub const S1CDMAX: Field = Field::new("S1CDMax", 63, 59);
-/// STE[65:64], word 1 bits 1:0.
+/// `STE[65:64]`, word 1 bits 1:0.
 pub const S1DSS: Field = Field::new("S1DSS", 1, 0);
-/// STE[67:66], word 1 bits 3:2: inner cacheability of CD fetches.
+/// `STE[67:66]`, word 1 bits 3:2: inner cacheability of CD fetches.
 pub const S1CIR: Field = Field::new("S1CIR", 3, 2);
-/// STE[69:68], word 1 bits 5:4: outer cacheability of CD fetches.
+/// `STE[69:68]`, word 1 bits 5:4: outer cacheability of CD fetches.
 pub const S1COR: Field = Field::new("S1COR", 5, 4);
-/// STE[71:70], word 1 bits 7:6: shareability of CD fetches.
+/// `STE[71:70]`, word 1 bits 7:6: shareability of CD fetches.
 pub const S1CSH: Field = Field::new("S1CSH", 7, 6);
-/// STE[83], word 1 bit 19: merge events for this stream.
+/// `STE[83]`, word 1 bit 19: merge events for this stream.
 pub const MEV: u64 = 1 << 19;
-/// STE[89], word 1 bit 25: stage-2 forced write-back (with `IDR3.FWB`).
+/// `STE[89]`, word 1 bit 25: stage-2 forced write-back (with `IDR3.FWB`).
 pub const S2FWB: u64 = 1 << 25;
-/// STE[91], word 1 bit 27: stage-1 stall disable.
+/// `STE[91]`, word 1 bit 27: stage-1 stall disable.
 pub const S1STALLD: u64 = 1 << 27;
-/// STE[93:92], word 1 bits 29:28: ATS translated-request handling.
+/// `STE[93:92]`, word 1 bits 29:28: ATS translated-request handling.
 pub const EATS: Field = Field::new("EATS", 29, 28);
-/// STE[95:94], word 1 bits 31:30: stream world (translation regime).
+/// `STE[95:94]`, word 1 bits 31:30: stream world (translation regime).
 pub const STRW: Field = Field::new("STRW", 31, 30);
-/// STE[109:108], word 1 bits 45:44: shareability override.
+/// `STE[109:108]`, word 1 bits 45:44: shareability override.
 pub const SHCFG: Field = Field::new("SHCFG", 45, 44);
 /// Word 1 bits 51:32: the incoming attribute overrides (MemAttr, MTCFG, ALLOCCFG, SHCFG,
 /// NSCFG, PRIVCFG, INSTCFG), used whenever stage 1 does not supply attributes.
 pub const ATTR_OVERRIDES: u64 = 0x000f_ffff_0000_0000;
-/// STE[143:128], word 2 bits 15:0.
+/// `STE[143:128]`, word 2 bits 15:0.
 pub const S2VMID: Field = Field::new("S2VMID", 15, 0);
-/// STE[165:160], word 2 bits 37:32: 64 - IPA size.
+/// `STE[165:160]`, word 2 bits 37:32: 64 - IPA size.
 pub const S2T0SZ: Field = Field::new("S2T0SZ", 37, 32);
-/// STE[167:166], word 2 bits 39:38: starting level.
+/// `STE[167:166]`, word 2 bits 39:38: starting level.
 pub const S2SL0: Field = Field::new("S2SL0", 39, 38);
-/// STE[169:168], word 2 bits 41:40.
+/// `STE[169:168]`, word 2 bits 41:40.
 pub const S2IR0: Field = Field::new("S2IR0", 41, 40);
-/// STE[171:170], word 2 bits 43:42.
+/// `STE[171:170]`, word 2 bits 43:42.
 pub const S2OR0: Field = Field::new("S2OR0", 43, 42);
-/// STE[173:172], word 2 bits 45:44.
+/// `STE[173:172]`, word 2 bits 45:44.
 pub const S2SH0: Field = Field::new("S2SH0", 45, 44);
-/// STE[175:174], word 2 bits 47:46: granule.
+/// `STE[175:174]`, word 2 bits 47:46: granule.
 pub const S2TG: Field = Field::new("S2TG", 47, 46);
-/// STE[178:176], word 2 bits 50:48: output size (OAS encoding).
+/// `STE[178:176]`, word 2 bits 50:48: output size (OAS encoding).
 pub const S2PS: Field = Field::new("S2PS", 50, 48);
-/// STE[179], word 2 bit 51: AArch64 table format.
+/// `STE[179]`, word 2 bit 51: AArch64 table format.
 pub const S2AA64: u64 = 1 << 51;
-/// STE[180], word 2 bit 52: big-endian walks.
+/// `STE[180]`, word 2 bit 52: big-endian walks.
 pub const S2ENDI: u64 = 1 << 52;
-/// STE[181], word 2 bit 53: access flag fault disable.
+/// `STE[181]`, word 2 bit 53: access flag fault disable.
 pub const S2AFFD: u64 = 1 << 53;
-/// STE[182], word 2 bit 54: protected table walk.
+/// `STE[182]`, word 2 bit 54: protected table walk.
 pub const S2PTW: u64 = 1 << 54;
-/// STE[183], word 2 bit 55: hardware dirty update.
+/// `STE[183]`, word 2 bit 55: hardware dirty update.
 pub const S2HD: u64 = 1 << 55;
-/// STE[184], word 2 bit 56: hardware access flag update.
+/// `STE[184]`, word 2 bit 56: hardware access flag update.
 pub const S2HA: u64 = 1 << 56;
-/// STE[185], word 2 bit 57: stage-2 fault behaviour, stall.
+/// `STE[185]`, word 2 bit 57: stage-2 fault behaviour, stall.
 pub const S2S: u64 = 1 << 57;
-/// STE[186], word 2 bit 58: stage-2 fault record.
+/// `STE[186]`, word 2 bit 58: stage-2 fault record.
 pub const S2R: u64 = 1 << 58;
 /// Every stage-2 field of word 2 (S2VMID through S2R).
 pub const WORD2_STAGE2: u64 = 0x07ff_ffff_0000_ffff;
-/// STE[243:196], word 3 bits 51:4: stage-2 table base.
+/// `STE[243:196]`, word 3 bits 51:4: stage-2 table base.
 pub const S2TTB: Field = Field::new("S2TTB", 51, 4);
 
-/// `Config` (STE[3:1]): what the stream gets.
+/// `Config` (`STE[3:1]`): what the stream gets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Config {
@@ -258,7 +258,9 @@ impl Ste {
     /// V = 0: the unit raises C_BAD_STE for the stream.
     pub const INVALID: Self = Self { words: [0; 8] };
     /// V = 1, Config = abort: transactions are silently terminated.
-    pub const ABORT: Self = Self { words: [V, 0, 0, 0, 0, 0, 0, 0] };
+    pub const ABORT: Self = Self {
+        words: [V, 0, 0, 0, 0, 0, 0, 0],
+    };
 
     /// Whether V is set.
     pub const fn valid(&self) -> bool {
@@ -285,7 +287,15 @@ pub struct SteBuilder {
 
 impl SteBuilder {
     const fn with(config: Config, s1: Option<Stage1>, s2: Option<Stage2>) -> Self {
-        Self { config, s1, s2, eats: Eats::Abort, strw: Strw::NsEl1, mev: false, shcfg: Shcfg::UseIncoming }
+        Self {
+            config,
+            s1,
+            s2,
+            eats: Eats::Abort,
+            strw: Strw::NsEl1,
+            mev: false,
+            shcfg: Shcfg::UseIncoming,
+        }
     }
     /// Config = abort.
     pub const fn abort() -> Self {
@@ -338,9 +348,14 @@ impl SteBuilder {
     pub fn build(&self) -> Result<Ste, SmmuError> {
         let mut w = [0u64; 8];
         w[0] = V | CONFIG.set_masked(0, self.config as u64);
-        let translates = matches!(self.config, Config::S1Translate | Config::S2Translate | Config::Nested);
+        let translates = matches!(
+            self.config,
+            Config::S1Translate | Config::S2Translate | Config::Nested
+        );
         if self.eats != Eats::Abort && !translates {
-            return Err(SmmuError::InvalidConfig { reason: "EATS needs a translating Config" });
+            return Err(SmmuError::InvalidConfig {
+                reason: "EATS needs a translating Config",
+            });
         }
         if self.config == Config::Bypass || (self.config as u8 & 0b110) == 0b110 {
             w[1] = SHCFG.set_masked(w[1], self.shcfg as u64);
@@ -364,7 +379,10 @@ impl SteBuilder {
 
 fn encode_stage1(w: &mut [u64; 8], s1: &Stage1, shcfg: Shcfg) -> Result<(), SmmuError> {
     if s1.cdmax > 20 {
-        return Err(SmmuError::FieldOutOfRange { field: "S1CDMax", value: s1.cdmax as u64 });
+        return Err(SmmuError::FieldOutOfRange {
+            field: "S1CDMax",
+            value: s1.cdmax as u64,
+        });
     }
     w[0] |= address_bits(S1CONTEXTPTR, s1.context_ptr.get())?;
     w[0] = S1FMT.set_masked(w[0], s1.fmt as u64);
@@ -389,7 +407,10 @@ fn encode_stage2(w: &mut [u64; 8], s2: &Stage2) -> Result<(), SmmuError> {
     w2 = S2SH0.set_masked(w2, s2.sh0 as u64);
     w2 = S2TG.set_masked(w2, s2.tg as u64);
     if s2.ps > 6 {
-        return Err(SmmuError::FieldOutOfRange { field: "S2PS", value: s2.ps as u64 });
+        return Err(SmmuError::FieldOutOfRange {
+            field: "S2PS",
+            value: s2.ps as u64,
+        });
     }
     w2 = S2PS.set_masked(w2, s2.ps as u64) | S2AA64;
     for (on, bit) in [
@@ -478,23 +499,40 @@ pub(crate) mod tests {
         assert!(SteBuilder::stage2(bad).build().is_err());
         bad.ttb = PhysAddr::new(1 << 52);
         assert!(SteBuilder::stage2(bad).build().is_err());
-        let bad = Stage2 { t0sz: 64, ..s2(0x1000, 1) };
+        let bad = Stage2 {
+            t0sz: 64,
+            ..s2(0x1000, 1)
+        };
         assert!(SteBuilder::stage2(bad).build().is_err());
-        let fwb = Stage2 { fwb: true, ..s2(0x1000, 1) };
-        assert_eq!(SteBuilder::stage2(fwb).build().unwrap().words[1] & S2FWB, S2FWB);
+        let fwb = Stage2 {
+            fwb: true,
+            ..s2(0x1000, 1)
+        };
+        assert_eq!(
+            SteBuilder::stage2(fwb).build().unwrap().words[1] & S2FWB,
+            S2FWB
+        );
     }
 
     #[test]
     fn stage1_and_nested_words() {
-        let ste = SteBuilder::stage1(s1(0x4_0000)).eats(Eats::Translate).build().unwrap();
+        let ste = SteBuilder::stage1(s1(0x4_0000))
+            .eats(Eats::Translate)
+            .build()
+            .unwrap();
         // V | 0b101 << 1 = 0xb; S1ContextPtr 0x4_0000; S1CDMax 4 << 59 = 0x2000_0000_0000_0000.
         assert_eq!(ste.words[0], 0x2000_0000_0004_000b);
         // S1DSS 2; S1CIR 1 << 2; S1COR 1 << 4; S1CSH 3 << 6: 0xd6; EATS 1 << 28.
         assert_eq!(ste.words[1], 0x1000_00d6);
-        let n = SteBuilder::nested(s1(0x4_0000), s2(0x8000, 3)).build().unwrap();
+        let n = SteBuilder::nested(s1(0x4_0000), s2(0x8000, 3))
+            .build()
+            .unwrap();
         assert_eq!(n.config_raw(), Config::Nested as u8);
         assert_eq!(n.words[3], 0x8000);
-        let bad = Stage1 { cdmax: 21, ..s1(0x4_0000) };
+        let bad = Stage1 {
+            cdmax: 21,
+            ..s1(0x4_0000)
+        };
         assert!(SteBuilder::stage1(bad).build().is_err());
         assert!(SteBuilder::stage1(s1(0x4_0020)).build().is_err());
     }

@@ -50,7 +50,10 @@ pub struct UpdatePlan {
 
 impl UpdatePlan {
     const fn empty() -> Self {
-        Self { steps: [UpdateStep::Sync; MAX_STEPS], len: 0 }
+        Self {
+            steps: [UpdateStep::Sync; MAX_STEPS],
+            len: 0,
+        }
     }
 
     fn push(&mut self, step: UpdateStep) {
@@ -67,7 +70,10 @@ impl UpdatePlan {
         let mut wrote = false;
         for (i, (f, t)) in from.iter_mut().zip(to).enumerate() {
             if *f != *t {
-                self.push(UpdateStep::Write { word: i as u8, value: *t });
+                self.push(UpdateStep::Write {
+                    word: i as u8,
+                    value: *t,
+                });
                 *f = *t;
                 wrote = true;
             }
@@ -84,7 +90,10 @@ impl UpdatePlan {
 
     /// How many sync points the plan has.
     pub fn sync_count(&self) -> usize {
-        self.steps().iter().filter(|s| matches!(s, UpdateStep::Sync)).count()
+        self.steps()
+            .iter()
+            .filter(|s| matches!(s, UpdateStep::Sync))
+            .count()
     }
 
     /// Performs the plan on a live STE: each write is one atomic store with release ordering
@@ -168,7 +177,9 @@ pub fn plan_update(current: &Ste, target: &Ste) -> UpdatePlan {
         let only_target = tgt_used[i] & !cur_used[i];
         prepared[i] = (cur[i] & !only_target) | (tgt[i] & only_target);
     }
-    let critical = (0..8).filter(|&i| (prepared[i] ^ tgt[i]) & tgt_used[i] != 0).count();
+    let critical = (0..8)
+        .filter(|&i| (prepared[i] ^ tgt[i]) & tgt_used[i] != 0)
+        .count();
 
     if critical <= 1 {
         plan.group(&mut state, &prepared);
@@ -198,7 +209,7 @@ pub fn plan_update(current: &Ste, target: &Ste) -> UpdatePlan {
 mod tests {
     use super::*;
     use crate::smmuv3::ste::tests::{s1, s2};
-    use crate::smmuv3::ste::{SteBuilder, Ste};
+    use crate::smmuv3::ste::{Ste, SteBuilder};
 
     /// What the unit would see if it read `w` now: the used bits only.
     fn view(w: &[u64; 8]) -> [u64; 8] {
@@ -215,7 +226,10 @@ mod tests {
         for step in plan.steps() {
             if let UpdateStep::Write { word, value } = *step {
                 state[word as usize] = value;
-                assert!(allowed.contains(&view(&state)), "torn STE {state:x?} in {plan:?}");
+                assert!(
+                    allowed.contains(&view(&state)),
+                    "torn STE {state:x?} in {plan:?}"
+                );
             }
         }
         assert_eq!(state, tgt.words);
@@ -240,7 +254,9 @@ mod tests {
         let s2b = SteBuilder::stage2(s2(0x20_0000, 1)).build().unwrap();
         let s2c = SteBuilder::stage2(s2(0x30_0000, 2)).build().unwrap();
         let st1 = SteBuilder::stage1(s1(0x4_0000)).build().unwrap();
-        let nested = SteBuilder::nested(s1(0x4_0000), s2(0x10_0000, 0)).build().unwrap();
+        let nested = SteBuilder::nested(s1(0x4_0000), s2(0x10_0000, 0))
+            .build()
+            .unwrap();
 
         // Word 1 (SHCFG) is prepared, then word 0 switches: two syncs.
         assert_eq!(syncs(abort, bypass), 2);
@@ -276,7 +292,9 @@ mod tests {
             SteBuilder::stage2(s2(0x10_0000, 1)).build().unwrap(),
             SteBuilder::stage2(s2(0x20_0000, 9)).build().unwrap(),
             SteBuilder::stage1(s1(0x4_0000)).build().unwrap(),
-            SteBuilder::nested(s1(0x8_0000), s2(0x10_0000, 1)).build().unwrap(),
+            SteBuilder::nested(s1(0x8_0000), s2(0x10_0000, 1))
+                .build()
+                .unwrap(),
         ];
         for a in all {
             for b in all {

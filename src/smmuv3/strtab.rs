@@ -68,22 +68,44 @@ impl<'a, A: PageAllocator + ?Sized> StreamTable<'a, A> {
     ///
     /// [`SmmuError::SizeUnsupported`] for `log2 > 32`, a split other than 6/8/10 or above
     /// `log2`; [`SmmuError::NoMemory`].
-    pub fn new(alloc: &'a A, fmt: StrtabFormat, log2: u32, coherency: WalkerCoherency) -> Result<Self, SmmuError> {
+    pub fn new(
+        alloc: &'a A,
+        fmt: StrtabFormat,
+        log2: u32,
+        coherency: WalkerCoherency,
+    ) -> Result<Self, SmmuError> {
         if log2 > 32 {
-            return Err(SmmuError::SizeUnsupported { what: "stream table", log2, max_log2: 32 });
+            return Err(SmmuError::SizeUnsupported {
+                what: "stream table",
+                log2,
+                max_log2: 32,
+            });
         }
         let root_bytes_log2 = match fmt {
             StrtabFormat::Linear => log2 + STE_LOG2,
             StrtabFormat::TwoLevel { split } => {
                 if !matches!(split, 6 | 8 | 10) || split > log2 {
-                    return Err(SmmuError::SizeUnsupported { what: "SPLIT", log2: split, max_log2: log2.min(10) });
+                    return Err(SmmuError::SizeUnsupported {
+                        what: "SPLIT",
+                        log2: split,
+                        max_log2: log2.min(10),
+                    });
                 }
                 log2 - split + 3
             }
         };
         let root_log2 = root_bytes_log2.max(PAGE_SHIFT_4K);
-        let root = alloc.alloc(root_log2).ok_or(SmmuError::NoMemory { size_log2: root_log2 })?;
-        let table = Self { alloc, coherency, fmt, log2, root, root_log2 };
+        let root = alloc.alloc(root_log2).ok_or(SmmuError::NoMemory {
+            size_log2: root_log2,
+        })?;
+        let table = Self {
+            alloc,
+            coherency,
+            fmt,
+            log2,
+            root,
+            root_log2,
+        };
         address_bits(STRTAB_BASE_ADDR, root.pa.get())?;
         if fmt == StrtabFormat::Linear {
             fill_abort(root.va, 1 << log2);
@@ -116,7 +138,10 @@ impl<'a, A: PageAllocator + ?Sized> StreamTable<'a, A> {
 
     fn check(&self, sid: StreamId) -> Result<u32, SmmuError> {
         if self.log2 < 32 && sid.0 >> self.log2 != 0 {
-            return Err(SmmuError::StreamIdOutOfRange { sid: sid.0, log2: self.log2 });
+            return Err(SmmuError::StreamIdOutOfRange {
+                sid: sid.0,
+                log2: self.log2,
+            });
         }
         Ok(sid.0)
     }
@@ -124,7 +149,9 @@ impl<'a, A: PageAllocator + ?Sized> StreamTable<'a, A> {
     fn words(va: NonNull<u8>, index: usize, stride: usize) -> &'a [AtomicU64] {
         // SAFETY: callers pass an index inside a live table page owned by the table, whose
         // entries are `stride` words; 8-byte aligned, accessed only atomically.
-        unsafe { core::slice::from_raw_parts(va.as_ptr().cast::<AtomicU64>().add(index * stride), stride) }
+        unsafe {
+            core::slice::from_raw_parts(va.as_ptr().cast::<AtomicU64>().add(index * stride), stride)
+        }
     }
 
     /// The live STE words of `sid`, allocating its L2 table if `create`.
@@ -145,7 +172,10 @@ impl<'a, A: PageAllocator + ?Sized> StreamTable<'a, A> {
                     self.coherency.sync(self.alloc, NonNull::from(l1).cast(), 8);
                 }
                 let pa = PhysAddr::new(L1STD_L2PTR.get(desc) << 6);
-                let va = self.alloc.phys_to_virt(pa).ok_or(SmmuError::NotMapped { address: pa.get() })?;
+                let va = self
+                    .alloc
+                    .phys_to_virt(pa)
+                    .ok_or(SmmuError::NotMapped { address: pa.get() })?;
                 (va, (index & ((1 << split) - 1)) as usize)
             }
         };
@@ -154,9 +184,12 @@ impl<'a, A: PageAllocator + ?Sized> StreamTable<'a, A> {
 
     fn new_leaf(&self, split: u32) -> Result<u64, SmmuError> {
         let leaf_log2 = (split + STE_LOG2).max(PAGE_SHIFT_4K);
-        let leaf = self.alloc.alloc(leaf_log2).ok_or(SmmuError::NoMemory { size_log2: leaf_log2 })?;
+        let leaf = self.alloc.alloc(leaf_log2).ok_or(SmmuError::NoMemory {
+            size_log2: leaf_log2,
+        })?;
         fill_abort(leaf.va, 1 << split);
-        self.coherency.sync(self.alloc, leaf.va, 1 << (split + STE_LOG2));
+        self.coherency
+            .sync(self.alloc, leaf.va, 1 << (split + STE_LOG2));
         let l2ptr = address_bits(L1STD_L2PTR, leaf.pa.get())?;
         Ok(l2ptr | L1STD_SPAN.set_masked(0, (split + 1) as u64))
     }
@@ -168,7 +201,9 @@ impl<'a, A: PageAllocator + ?Sized> StreamTable<'a, A> {
     /// [`SmmuError::StreamIdOutOfRange`], [`SmmuError::NotMapped`].
     pub fn read(&self, sid: StreamId) -> Result<Ste, SmmuError> {
         Ok(match self.entry(sid, false)? {
-            Some(e) => Ste { words: core::array::from_fn(|i| e[i].load(Ordering::Acquire)) },
+            Some(e) => Ste {
+                words: core::array::from_fn(|i| e[i].load(Ordering::Acquire)),
+            },
             None => Ste::ABORT,
         })
     }
@@ -186,8 +221,15 @@ impl<'a, A: PageAllocator + ?Sized> StreamTable<'a, A> {
         target: &Ste,
         mut sync: impl FnMut() -> Result<(), SmmuError>,
     ) -> Result<UpdatePlan, SmmuError> {
-        let entry = self.entry(sid, true)?.ok_or(SmmuError::StreamIdOutOfRange { sid: sid.0, log2: self.log2 })?;
-        let current = Ste { words: core::array::from_fn(|i| entry[i].load(Ordering::Acquire)) };
+        let entry = self
+            .entry(sid, true)?
+            .ok_or(SmmuError::StreamIdOutOfRange {
+                sid: sid.0,
+                log2: self.log2,
+            })?;
+        let current = Ste {
+            words: core::array::from_fn(|i| entry[i].load(Ordering::Acquire)),
+        };
         let plan = plan_update(&current, target);
         let (alloc, coherency) = (self.alloc, self.coherency);
         plan.apply(entry, || {
@@ -240,23 +282,44 @@ mod tests {
     #[test]
     fn base_cfg_encoding() {
         let alloc = VecAllocator::default();
-        let t = StreamTable::new(&alloc, StrtabFormat::TwoLevel { split: 8 }, 16, WalkerCoherency::Coherent).unwrap();
+        let t = StreamTable::new(
+            &alloc,
+            StrtabFormat::TwoLevel { split: 8 },
+            16,
+            WalkerCoherency::Coherent,
+        )
+        .unwrap();
         // FMT 1 (1 << 16 = 0x1_0000) | SPLIT 8 (8 << 6 = 0x200) | LOG2SIZE 16 (0x10).
         assert_eq!(t.base_cfg_register(), 0x1_0210);
         assert_eq!(t.base_register(), (1 << 62) | t.root.pa.get());
         let m = ModelSmmu::new();
         t.program(&m);
         assert_eq!(m.read32(regs::STRTAB_BASE_CFG), 0x1_0210);
-        let l = StreamTable::new(&alloc, StrtabFormat::Linear, 5, WalkerCoherency::Coherent).unwrap();
+        let l =
+            StreamTable::new(&alloc, StrtabFormat::Linear, 5, WalkerCoherency::Coherent).unwrap();
         assert_eq!(l.base_cfg_register(), 5);
-        assert!(StreamTable::new(&alloc, StrtabFormat::TwoLevel { split: 7 }, 16, WalkerCoherency::Coherent).is_err());
-        assert!(StreamTable::new(&alloc, StrtabFormat::Linear, 33, WalkerCoherency::Coherent).is_err());
+        assert!(StreamTable::new(
+            &alloc,
+            StrtabFormat::TwoLevel { split: 7 },
+            16,
+            WalkerCoherency::Coherent
+        )
+        .is_err());
+        assert!(
+            StreamTable::new(&alloc, StrtabFormat::Linear, 33, WalkerCoherency::Coherent).is_err()
+        );
     }
 
     #[test]
     fn linear_table_starts_aborting() {
         let alloc = VecAllocator::default();
-        let mut t = StreamTable::new(&alloc, StrtabFormat::Linear, 4, WalkerCoherency::NonCoherent).unwrap();
+        let mut t = StreamTable::new(
+            &alloc,
+            StrtabFormat::Linear,
+            4,
+            WalkerCoherency::NonCoherent,
+        )
+        .unwrap();
         assert_eq!(t.read(StreamId(15)).unwrap(), Ste::ABORT);
         assert!(t.read(StreamId(16)).is_err());
         let ste = SteBuilder::bypass().build().unwrap();
@@ -274,19 +337,27 @@ mod tests {
     fn two_level_leaves_on_demand() {
         let alloc = VecAllocator::default();
         {
-            let mut t = StreamTable::new(&alloc, StrtabFormat::TwoLevel { split: 6 }, 12, WalkerCoherency::Coherent)
-                .unwrap();
+            let mut t = StreamTable::new(
+                &alloc,
+                StrtabFormat::TwoLevel { split: 6 },
+                12,
+                WalkerCoherency::Coherent,
+            )
+            .unwrap();
             assert_eq!(alloc.live_pages(), 1);
             assert_eq!(t.read(StreamId(0x123)).unwrap(), Ste::ABORT);
             let ste = SteBuilder::stage2(s2(0x20_0000, 4)).build().unwrap();
             t.write(StreamId(0x123), &ste, || Ok(())).unwrap();
             assert_eq!(alloc.live_pages(), 2);
             // L1STD 4 (SIDs 0x100..0x13f): SPAN = 7, L2Ptr = the leaf.
-            let desc = StreamTable::<VecAllocator>::words(t.root.va, 4, 1)[0].load(Ordering::Relaxed);
+            let desc =
+                StreamTable::<VecAllocator>::words(t.root.va, 4, 1)[0].load(Ordering::Relaxed);
             assert_eq!(desc & 0x1f, 7);
             assert_eq!(t.read(StreamId(0x123)).unwrap(), ste);
             assert_eq!(t.read(StreamId(0x124)).unwrap(), Ste::ABORT);
-            let err = t.write(StreamId(0x13f), &ste, || Err(SmmuError::SyncTimeout { prod: 1, cons: 0 }));
+            let err = t.write(StreamId(0x13f), &ste, || {
+                Err(SmmuError::SyncTimeout { prod: 1, cons: 0 })
+            });
             assert_eq!(err, Err(SmmuError::SyncTimeout { prod: 1, cons: 0 }));
         }
         assert_eq!(alloc.live_pages(), 0);

@@ -43,23 +43,36 @@ unsafe impl PageAllocator for VecAllocator {
         // SAFETY: the layout has a non-zero size.
         let p = NonNull::new(unsafe { alloc_zeroed(layout) })?;
         self.live.borrow_mut().push((p.as_ptr() as usize, size));
-        Some(Page { pa: PhysAddr::new(p.as_ptr() as u64), va: p })
+        Some(Page {
+            pa: PhysAddr::new(p.as_ptr() as u64),
+            va: p,
+        })
     }
 
     unsafe fn free(&self, page: Page, size_log2: u32) {
         let size = 1usize << size_log2;
         let addr = page.va.as_ptr() as usize;
         let mut live = self.live.borrow_mut();
-        let pos = live.iter().position(|&(a, s)| a == addr && s == size).expect("double free");
+        let pos = live
+            .iter()
+            .position(|&(a, s)| a == addr && s == size)
+            .expect("double free");
         live.swap_remove(pos);
         // SAFETY: the block was allocated with this layout and is freed once.
-        unsafe { dealloc(page.va.as_ptr(), Layout::from_size_align(size, size).unwrap()) }
+        unsafe {
+            dealloc(
+                page.va.as_ptr(),
+                Layout::from_size_align(size, size).unwrap(),
+            )
+        }
     }
 
     fn phys_to_virt(&self, pa: PhysAddr) -> Option<NonNull<u8>> {
         let a = pa.get() as usize;
         let live = self.live.borrow();
-        live.iter().find(|&&(b, s)| a >= b && a < b + s).and_then(|_| NonNull::new(a as *mut u8))
+        live.iter()
+            .find(|&&(b, s)| a >= b && a < b + s)
+            .and_then(|_| NonNull::new(a as *mut u8))
     }
 
     fn sync_for_device(&self, _va: NonNull<u8>, _len: usize) {
@@ -202,7 +215,11 @@ impl ModelSmmu {
         let cons = self.get32(EVENTQ_CONS) & mask;
         let full = (prod ^ cons) == 1 << log2;
         if full {
-            self.set32(EVENTQ_PROD, prod_raw ^ (1 << 31));
+            // OVFLG toggles once per overflow episode: only while it equals CONS.OVACKFLG.
+            let acked = (prod_raw ^ self.get32(EVENTQ_CONS)) >> 31 == 0;
+            if acked {
+                self.set32(EVENTQ_PROD, prod_raw ^ (1 << 31));
+            }
             return;
         }
         let index = prod & ((1 << log2) - 1);
@@ -236,7 +253,11 @@ impl RegisterWindow for ModelSmmu {
                 self.set32(IRQ_CTRLACK, value);
             }
             GBPA => {
-                let v = if self.gbpa_stuck.get() { value } else { value & !(1 << 31) };
+                let v = if self.gbpa_stuck.get() {
+                    value
+                } else {
+                    value & !(1 << 31)
+                };
                 self.set32(GBPA, v);
             }
             CMDQ_PROD => {
