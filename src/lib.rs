@@ -16,3 +16,4 @@ pub mod iommu;
 pub mod mem;
 pub mod mmio;
 pub mod pgtable;
+pub mod smmuv3;

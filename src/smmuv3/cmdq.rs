@@ -1,0 +1,489 @@
+//! The command queue: submission with space checks, batching, CMD_SYNC completion, CERROR
+//! recovery.
+//!
+//! Arm IHI 0070 G.b §3.5 (queues, PROD/CONS with wrap flags), §4.7 (CMD_SYNC: completion
+//! signalled by CONS moving past it, by an MSI write of MSIData to MSIAddress, or by SEV),
+//! §6.3.26-6.3.28 (CMDQ_BASE, CMDQ_PROD, CMDQ_CONS with ERR in bits 30:24), §7.1 (command
+//! errors: the unit stops at the faulting command with CONS pointing at it and toggles
+//! GERROR.CMDQ_ERR; software fixes or replaces the command, then toggles GERRORN.CMDQ_ERR and
+//! the unit resumes from CONS).
+//!
+//! The queue is owned by one `&mut` user at a time; the producer index lives here and is written
+//! to CMDQ_PROD once per batch through the doorbell barrier. Every wait is bounded.
+
+use core::sync::atomic::{AtomicU32, Ordering};
+
+use super::cmd::{Command, SyncMsi, SyncSignal};
+use super::queue::{QueueMemory, QueuePointer};
+use super::regs::{self, Gerror};
+use super::{CommandErrorKind, SmmuError};
+use crate::mem::{Page, PageAllocator, WalkerCoherency, PAGE_SHIFT_4K};
+use crate::mmio::{dma_read_barrier, dma_write_barrier, poll, RegisterWindow};
+
+/// `CMDQ_CONS.ERR`, bits 30:24.
+pub const CMDQ_CONS_ERR: super::field::Field = super::field::Field::new("ERR", 30, 24);
+
+const ENTRY_LOG2: u32 = 4;
+/// Polls between checks of GERROR while waiting on an MSI word in memory.
+const MSI_ERROR_CHECK_INTERVAL: u32 = 64;
+
+/// How CMD_SYNC completion is observed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncMode {
+    /// CS = SIG_NONE; poll CMDQ_CONS until it passes the CMD_SYNC.
+    PollCons,
+    /// CS = SIG_NONE with an MSI to a word the queue owns; poll that word in memory (no MMIO
+    /// reads while waiting). Needs `IDR0.MSI` and a coherent unit.
+    Msi,
+    /// CS = SIG_SEV; the CPU could sleep in WFE, but an event can be lost, so the wait falls
+    /// back to polling CMDQ_CONS within the budget. Needs `IDR0.SEV`.
+    Sev,
+}
+
+/// The command queue of one unit.
+pub struct CommandQueue<'a, A: PageAllocator + ?Sized> {
+    mem: QueueMemory<'a, A>,
+    prod: QueuePointer,
+    cons: QueuePointer,
+    mode: SyncMode,
+    msi: Option<Page>,
+    msi_sequence: u32,
+    budget: u32,
+}
+
+impl<'a, A: PageAllocator + ?Sized> CommandQueue<'a, A> {
+    /// Allocates a queue of `2^log2` commands; `max_log2` is `IDR1.CMDQS`. `budget` bounds
+    /// every wait (in polls).
+    ///
+    /// # Errors
+    ///
+    /// [`SmmuError::SizeUnsupported`], [`SmmuError::NoMemory`], or
+    /// [`SmmuError::InvalidConfig`] for MSI completion on a non-coherent unit (the CPU would
+    /// read a stale cached copy of the MSI word).
+    pub fn new(
+        alloc: &'a A,
+        log2: u32,
+        max_log2: u32,
+        coherency: WalkerCoherency,
+        mode: SyncMode,
+        budget: u32,
+    ) -> Result<Self, SmmuError> {
+        if mode == SyncMode::Msi && coherency == WalkerCoherency::NonCoherent {
+            return Err(SmmuError::InvalidConfig {
+                reason: "MSI completion needs IDR0.COHACC",
+            });
+        }
+        let mem = QueueMemory::new(
+            alloc,
+            "command queue",
+            log2,
+            max_log2,
+            ENTRY_LOG2,
+            coherency,
+        )?;
+        let msi = match mode {
+            SyncMode::Msi => Some(alloc.alloc(PAGE_SHIFT_4K).ok_or(SmmuError::NoMemory {
+                size_log2: PAGE_SHIFT_4K,
+            })?),
+            _ => None,
+        };
+        let zero = QueuePointer::zero(log2);
+        Ok(Self {
+            mem,
+            prod: zero,
+            cons: zero,
+            mode,
+            msi,
+            msi_sequence: 0,
+            budget,
+        })
+    }
+
+    /// The CMDQ_BASE value.
+    pub fn base_register(&self) -> u64 {
+        self.mem.base_register()
+    }
+
+    /// Writes CMDQ_BASE and zeroes PROD and CONS. Only while `CR0.CMDQEN = 0` (§6.3.26).
+    pub fn program<W: RegisterWindow + ?Sized>(&mut self, regs: &W) {
+        regs.write64(regs::CMDQ_BASE, self.base_register());
+        regs.write32(regs::CMDQ_PROD, 0);
+        regs.write32(regs::CMDQ_CONS, 0);
+        self.prod = QueuePointer::zero(self.mem.log2);
+        self.cons = self.prod;
+    }
+
+    /// The producer position.
+    pub fn prod(&self) -> QueuePointer {
+        self.prod
+    }
+
+    /// Reads CMDQ_CONS; on a command error recovers it and returns the error.
+    fn refresh_cons<W: RegisterWindow + ?Sized>(&mut self, regs: &W) -> Result<(), SmmuError> {
+        if let Some(err) = self.recover(regs) {
+            return Err(err);
+        }
+        self.cons = QueuePointer::from_register(self.mem.log2, regs.read32(regs::CMDQ_CONS));
+        Ok(())
+    }
+
+    /// Queues `commands`, as many per CMDQ_PROD write as there is room for, waiting (bounded)
+    /// for the unit to consume older entries. Never overwrites an unconsumed entry.
+    ///
+    /// # Errors
+    ///
+    /// [`SmmuError::CommandQueueFull`] if no room appears within the budget (the commands
+    /// before the failing one are queued); [`SmmuError::CommandError`] if the unit stopped at a
+    /// command meanwhile (it was replaced and the queue restarted).
+    pub fn submit<W: RegisterWindow + ?Sized>(
+        &mut self,
+        regs: &W,
+        commands: &[Command],
+    ) -> Result<(), SmmuError> {
+        let mut rest = commands;
+        while !rest.is_empty() {
+            let free = self.wait_for_space(regs)?;
+            let (batch, tail) = rest.split_at(rest.len().min(free as usize));
+            for cmd in batch {
+                self.write_entry(self.prod.index(), cmd);
+                self.prod = self.prod.advance(1);
+            }
+            // One doorbell per batch; it orders the entries before the PROD write.
+            regs.doorbell32(regs::CMDQ_PROD, self.prod.register());
+            rest = tail;
+        }
+        Ok(())
+    }
+
+    fn wait_for_space<W: RegisterWindow + ?Sized>(&mut self, regs: &W) -> Result<u32, SmmuError> {
+        let free = self.prod.free_before(self.cons);
+        if free > 0 {
+            return Ok(free);
+        }
+        let mut failure = None;
+        let found = poll(self.budget, || match self.refresh_cons(regs) {
+            Err(e) => {
+                failure = Some(e);
+                Some(0)
+            }
+            Ok(()) => {
+                let free = self.prod.free_before(self.cons);
+                (free > 0).then_some(free)
+            }
+        });
+        match (failure, found) {
+            (Some(e), _) => Err(e),
+            (None, Some(free)) => Ok(free),
+            (None, None) => Err(SmmuError::CommandQueueFull {
+                prod: self.prod.register(),
+                cons: self.cons.register(),
+            }),
+        }
+    }
+
+    fn write_entry(&self, index: u32, cmd: &Command) {
+        let entry = self.mem.entry(index);
+        for (w, v) in entry.iter().zip(cmd.words.iter()) {
+            w.store(*v, Ordering::Relaxed);
+        }
+        self.mem.sync_entry(index);
+    }
+
+    /// Queues a CMD_SYNC and waits, within the budget, until it completes: every command queued
+    /// before it has then taken effect.
+    ///
+    /// # Errors
+    ///
+    /// [`SmmuError::SyncTimeout`]; [`SmmuError::CommandError`] (the first command error seen
+    /// while waiting, after the queue was recovered and the CMD_SYNC still completed);
+    /// the errors of [`submit`](Self::submit).
+    pub fn sync<W: RegisterWindow + ?Sized>(&mut self, regs: &W) -> Result<(), SmmuError> {
+        let cmd = self.sync_command()?;
+        self.submit(regs, &[cmd])?;
+        let sync_at = self.prod.advance((1u32 << self.mem.log2) * 2 - 1);
+        let target = self.prod;
+        let mut first_error = None;
+        let done = match self.mode {
+            SyncMode::Msi => self.wait_msi(regs, sync_at, &mut first_error),
+            SyncMode::PollCons | SyncMode::Sev => self.wait_cons(regs, target, &mut first_error),
+        };
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        if done {
+            Ok(())
+        } else {
+            Err(SmmuError::SyncTimeout {
+                prod: target.register(),
+                cons: self.cons.register(),
+            })
+        }
+    }
+
+    /// Queues `commands` then a CMD_SYNC, and waits for it.
+    ///
+    /// # Errors
+    ///
+    /// As [`submit`](Self::submit) and [`sync`](Self::sync).
+    pub fn submit_and_sync<W: RegisterWindow + ?Sized>(
+        &mut self,
+        regs: &W,
+        commands: &[Command],
+    ) -> Result<(), SmmuError> {
+        self.submit(regs, commands)?;
+        self.sync(regs)
+    }
+
+    fn sync_command(&mut self) -> Result<Command, SmmuError> {
+        match (self.mode, self.msi) {
+            (SyncMode::Msi, Some(page)) => {
+                self.msi_sequence = self.msi_sequence.wrapping_add(1);
+                let msi = SyncMsi {
+                    address: page.pa,
+                    data: self.msi_sequence,
+                    msh: 3,
+                    msiattr: 0xf,
+                };
+                Command::sync(SyncSignal::None, Some(msi))
+            }
+            (SyncMode::Sev, _) => Command::sync(SyncSignal::Sev, None),
+            _ => Ok(Command::plain_sync()),
+        }
+    }
+
+    /// Whether the unit has consumed everything up to `target`.
+    fn wait_cons<W: RegisterWindow + ?Sized>(
+        &mut self,
+        regs: &W,
+        target: QueuePointer,
+        first_error: &mut Option<SmmuError>,
+    ) -> bool {
+        poll(self.budget, || {
+            if let Err(e) = self.refresh_cons(regs) {
+                first_error.get_or_insert(e);
+            }
+            (self.cons == target).then_some(())
+        })
+        .is_some()
+    }
+
+    /// Waits for the MSI word to hold the sequence number; if the CMD_SYNC itself faulted (and
+    /// was replaced by one without MSI), falls back to CONS.
+    fn wait_msi<W: RegisterWindow + ?Sized>(
+        &mut self,
+        regs: &W,
+        sync_at: QueuePointer,
+        first_error: &mut Option<SmmuError>,
+    ) -> bool {
+        let Some(page) = self.msi else { return false };
+        // SAFETY: the page is live while the queue is, 4 KiB aligned, and the unit writes the
+        // word only through DMA; the CPU reads it atomically.
+        let word = unsafe { &*page.va.as_ptr().cast::<AtomicU32>() };
+        let want = self.msi_sequence;
+        let target = self.prod;
+        let mut polls = 0u32;
+        let mut sync_faulted = false;
+        poll(self.budget, || {
+            if word.load(Ordering::Acquire) == want {
+                dma_read_barrier();
+                return Some(());
+            }
+            polls = polls.wrapping_add(1);
+            if polls % MSI_ERROR_CHECK_INTERVAL != 0 && !sync_faulted {
+                return None;
+            }
+            if let Err(e) = self.refresh_cons(regs) {
+                if let SmmuError::CommandError { index, .. } = e {
+                    sync_faulted |= index == sync_at.index();
+                }
+                first_error.get_or_insert(e);
+            }
+            (sync_faulted && self.cons == target).then_some(())
+        })
+        .is_some()
+    }
+
+    /// Handles an active GERROR.CMDQ_ERR: reads the reason from CMDQ_CONS.ERR, replaces the
+    /// command at CONS with a CMD_SYNC (no signal, no MSI), acknowledges through GERRORN, and
+    /// returns the error. `None` if no command error was active.
+    pub fn recover<W: RegisterWindow + ?Sized>(&mut self, regs: &W) -> Option<SmmuError> {
+        if !Gerror::active(regs).contains(Gerror::CMDQ_ERR) {
+            return None;
+        }
+        let raw = regs.read32(regs::CMDQ_CONS);
+        let code = CMDQ_CONS_ERR.get(raw as u64) as u8;
+        let at = QueuePointer::from_register(self.mem.log2, raw);
+        let entry = self.mem.entry(at.index());
+        let opcode = entry.first().map_or(0, |w| w.load(Ordering::Relaxed) as u8);
+        self.write_entry(at.index(), &Command::plain_sync());
+        // The replacement must be in memory before the unit restarts from CONS.
+        dma_write_barrier();
+        Gerror::acknowledge(regs, Gerror::CMDQ_ERR);
+        self.cons = at;
+        Some(SmmuError::CommandError {
+            index: at.index(),
+            opcode,
+            kind: CommandErrorKind::from_code(code),
+        })
+    }
+}
+
+impl<A: PageAllocator + ?Sized> Drop for CommandQueue<'_, A> {
+    /// Frees the MSI page (the queue memory frees itself). The unit must have stopped using
+    /// the queue (`CR0.CMDQEN = 0` acknowledged) first.
+    fn drop(&mut self) {
+        if let Some(page) = self.msi.take() {
+            // SAFETY: allocated in `new` with PAGE_SHIFT_4K; the drop contract says the unit no
+            // longer writes MSIs to it.
+            unsafe { self.mem.alloc.free(page, PAGE_SHIFT_4K) };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use crate::smmuv3::testutil::{ModelSmmu, VecAllocator};
+    use crate::smmuv3::StreamId;
+    use std::vec::Vec;
+
+    fn queue<'a>(
+        alloc: &'a VecAllocator,
+        m: &ModelSmmu,
+        log2: u32,
+        mode: SyncMode,
+    ) -> CommandQueue<'a, VecAllocator> {
+        let mut q =
+            CommandQueue::new(alloc, log2, 19, WalkerCoherency::Coherent, mode, 1000).unwrap();
+        regs::write_cr0(m, 0, 10).unwrap();
+        q.program(m);
+        regs::write_cr0(m, regs::Cr0::CMDQEN.bits(), 10).unwrap();
+        m.prod_writes.set(0);
+        q
+    }
+
+    #[test]
+    fn batching_uses_one_prod_write() {
+        let (alloc, m) = (VecAllocator::default(), ModelSmmu::new());
+        let mut q = queue(&alloc, &m, 4, SyncMode::PollCons);
+        let cmds: Vec<_> = (0..10)
+            .map(|i| Command::cfgi_ste(StreamId(i), true))
+            .collect();
+        m.stalled.set(true);
+        q.submit(&m, &cmds).unwrap();
+        assert_eq!(m.prod_writes.get(), 1);
+        m.stalled.set(false);
+        q.sync(&m).unwrap();
+        assert_eq!(m.executed.borrow().len(), 11);
+        // CMDQ_BASE: allocate hint, address, LOG2SIZE 4.
+        assert_eq!(q.base_register() & 0x1f, 4);
+        assert_eq!(q.base_register() >> 62, 1);
+    }
+
+    #[test]
+    fn wraps_over_thousands_of_commands() {
+        let (alloc, m) = (VecAllocator::default(), ModelSmmu::new());
+        let mut q = queue(&alloc, &m, 3, SyncMode::PollCons);
+        m.consume_batch.set(3);
+        let cmds: Vec<_> = (0..5000)
+            .map(|i| Command::cfgi_ste(StreamId(i), false))
+            .collect();
+        for chunk in cmds.chunks(37) {
+            q.submit_and_sync(&m, chunk).unwrap();
+        }
+        let executed = m.executed.borrow();
+        let ste: Vec<_> = executed
+            .iter()
+            .filter(|c| c[0] & 0xff == 0x03)
+            .map(|c| (c[0] >> 32) as u32)
+            .collect();
+        assert_eq!(ste, (0..5000).collect::<Vec<_>>());
+        assert_eq!(executed.len(), 5000 + cmds.chunks(37).count());
+    }
+
+    #[test]
+    fn stalled_consumer_times_out() {
+        let (alloc, m) = (VecAllocator::default(), ModelSmmu::new());
+        let mut q = queue(&alloc, &m, 2, SyncMode::PollCons);
+        m.stalled.set(true);
+        let cmds = [Command::tlbi_nsnh_all(); 5];
+        // Four fit; the fifth finds PROD (index 0, wrap 1) against CONS 0.
+        assert_eq!(
+            q.submit(&m, &cmds),
+            Err(SmmuError::CommandQueueFull { prod: 4, cons: 0 })
+        );
+        m.stalled.set(false);
+        q.sync(&m).unwrap();
+        m.stalled.set(true);
+        assert!(matches!(q.sync(&m), Err(SmmuError::SyncTimeout { .. })));
+    }
+
+    #[test]
+    fn msi_and_sev_completion() {
+        let (alloc, m) = (VecAllocator::default(), ModelSmmu::new());
+        let mut q = queue(&alloc, &m, 4, SyncMode::Msi);
+        q.submit_and_sync(&m, &[Command::cfgi_all()]).unwrap();
+        q.sync(&m).unwrap();
+        assert_eq!(m.msis.get(), 2);
+        let mut s = queue(&alloc, &m, 4, SyncMode::Sev);
+        s.sync(&m).unwrap();
+        assert_eq!(m.sevs.get(), 1);
+        assert!(CommandQueue::new(
+            &alloc,
+            4,
+            19,
+            WalkerCoherency::NonCoherent,
+            SyncMode::Msi,
+            1
+        )
+        .is_err());
+        assert!(matches!(
+            CommandQueue::new(
+                &alloc,
+                20,
+                19,
+                WalkerCoherency::Coherent,
+                SyncMode::PollCons,
+                1
+            ),
+            Err(SmmuError::SizeUnsupported {
+                log2: 20,
+                max_log2: 19,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn illegal_command_is_replaced_and_the_queue_recovers() {
+        for mode in [SyncMode::PollCons, SyncMode::Msi] {
+            let (alloc, m) = (VecAllocator::default(), ModelSmmu::new());
+            let mut q = queue(&alloc, &m, 3, mode);
+            q.submit_and_sync(&m, &[Command::cfgi_all(); 6]).unwrap();
+            let bad = Command { words: [0xff, 0] };
+            let err = q.submit_and_sync(
+                &m,
+                &[
+                    Command::cfgi_cd_all(StreamId(1)),
+                    bad,
+                    Command::cfgi_cd_all(StreamId(2)),
+                ],
+            );
+            // Six commands and a sync (indexes 0-6), then CFGI_CD_ALL at 7, the bad one at 0.
+            assert_eq!(
+                err,
+                Err(SmmuError::CommandError {
+                    index: 0,
+                    opcode: 0xff,
+                    kind: CommandErrorKind::Illegal
+                })
+            );
+            assert!(Gerror::active(&m).is_empty());
+            // The commands after the bad one ran, the bad one became a CMD_SYNC.
+            let ops: Vec<u8> = m.executed.borrow().iter().map(|c| c[0] as u8).collect();
+            assert_eq!(&ops[7..], &[0x06, 0x46, 0x06, 0x46]);
+            q.submit_and_sync(&m, &[Command::cfgi_all()]).unwrap();
+        }
+    }
+}

@@ -1,0 +1,72 @@
+//! Arm SMMUv3: registers, stream table, context descriptors, command and event queues.
+//!
+//! Implements Arm System Memory Management Unit Architecture Specification, SMMU architecture
+//! version 3 (Arm IHI 0070, issue G.b): chapter 3 (operation: queues, configuration structures),
+//! chapter 4 (commands), chapter 5 (STE and CD), chapter 6 (registers), chapter 7 (events and
+//! errors). One file per structure, named as the spec names it.
+//!
+//! Every structure the unit walks lives in pages from a [`PageAllocator`](crate::mem::PageAllocator)
+//! and is changed only with 64-bit atomic stores in the order the spec requires; every register
+//! access goes through [`RegisterWindow`](crate::mmio::RegisterWindow); every wait is bounded by a
+//! poll budget and ends in a typed [`SmmuError`].
+
+mod error;
+pub mod field;
+
+pub mod cd;
+pub mod cmd;
+pub mod cmdq;
+pub mod event;
+pub mod eventq;
+pub mod idr;
+pub mod queue;
+pub mod regs;
+pub mod ste;
+pub mod ste_update;
+pub mod strtab;
+
+#[cfg(test)]
+mod testutil;
+
+pub use error::{CommandErrorKind, SmmuError};
+
+/// A StreamID: the 32-bit identifier of a device's transactions (IHI 0070 G.b §3.2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct StreamId(pub u32);
+
+/// A SubstreamID (PASID): 20 bits at most (IHI 0070 G.b §3.3.2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SubstreamId(u32);
+
+impl SubstreamId {
+    /// Largest SubstreamID the architecture defines (`SSIDSIZE` ≤ 20).
+    pub const MAX: u32 = (1 << 20) - 1;
+
+    /// Checks that `raw` fits 20 bits.
+    ///
+    /// # Errors
+    ///
+    /// [`SmmuError::SubstreamIdOutOfRange`] otherwise.
+    pub const fn new(raw: u32) -> Result<Self, SmmuError> {
+        if raw > Self::MAX {
+            return Err(SmmuError::SubstreamIdOutOfRange {
+                ssid: raw,
+                log2: 20,
+            });
+        }
+        Ok(Self(raw))
+    }
+
+    /// The raw value.
+    pub const fn get(self) -> u32 {
+        self.0
+    }
+}
+
+/// An address space identifier for stage-1 contexts (16 bits with `IDR0.ASID16`, else 8).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Asid(pub u16);
+
+/// A virtual machine identifier tagging stage-2 translations (16 bits with `IDR0.VMID16`, else 8).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Vmid(pub u16);

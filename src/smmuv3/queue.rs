@@ -1,0 +1,209 @@
+//! The circular queue mechanics shared by the command and event queues.
+//!
+//! Arm IHI 0070 G.b §3.5 "Command and Event queues": a queue of `2^LOG2SIZE` entries has PROD and
+//! CONS registers holding an index in bits `[LOG2SIZE-1:0]` and a wrap flag in bit `LOG2SIZE`; the
+//! queue is empty when index and wrap are equal, full when the indexes are equal and the wraps
+//! differ. §6.3.26 / §6.3.29 give the `*_BASE` layout: RA/WA bit 62, ADDR `51:5`, LOG2SIZE `4:0`.
+
+use core::ptr::NonNull;
+use core::sync::atomic::AtomicU64;
+
+use super::field::{address_bits, Field};
+use super::SmmuError;
+use crate::mem::{Page, PageAllocator, WalkerCoherency, PAGE_SHIFT_4K};
+
+/// `*_BASE.ADDR`, bits 51:5.
+pub const Q_BASE_ADDR: Field = Field::new("Q_BASE.ADDR", 51, 5);
+/// `*_BASE.LOG2SIZE`, bits 4:0.
+pub const Q_BASE_LOG2SIZE: Field = Field::new("LOG2SIZE", 4, 0);
+/// `*_BASE.RA` / `WA`, bit 62: read- or write-allocate hint.
+pub const Q_BASE_ALLOCATE: u64 = 1 << 62;
+
+/// A producer or consumer position: index plus wrap flag, for a queue of `2^log2` entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueuePointer {
+    log2: u32,
+    /// `wrap << log2 | index`; never more than `log2 + 1` bits.
+    value: u32,
+}
+
+impl QueuePointer {
+    /// The largest queue the architecture allows, log2 entries (`CMDQS`/`EVENTQS` ≤ 19).
+    pub const MAX_LOG2: u32 = 19;
+
+    /// Position zero of a `2^log2`-entry queue; `log2` is clamped to [`Self::MAX_LOG2`].
+    pub const fn zero(log2: u32) -> Self {
+        Self {
+            log2: Self::clamp(log2),
+            value: 0,
+        }
+    }
+
+    const fn clamp(log2: u32) -> u32 {
+        if log2 > Self::MAX_LOG2 {
+            Self::MAX_LOG2
+        } else {
+            log2
+        }
+    }
+
+    /// The position held in a PROD/CONS register; other bits (ERR, OVFLG) are dropped.
+    pub const fn from_register(log2: u32, raw: u32) -> Self {
+        let log2 = Self::clamp(log2);
+        Self {
+            log2,
+            value: raw & Self::wrap_mask(log2),
+        }
+    }
+
+    const fn wrap_mask(log2: u32) -> u32 {
+        (2u32 << log2) - 1
+    }
+
+    /// The index bits.
+    pub const fn index(self) -> u32 {
+        self.value & ((1 << self.log2) - 1)
+    }
+
+    /// The wrap flag.
+    pub const fn wrap(self) -> bool {
+        self.value >> self.log2 & 1 == 1
+    }
+
+    /// The register encoding (index and wrap).
+    pub const fn register(self) -> u32 {
+        self.value
+    }
+
+    /// Moves `n` entries forward, flipping the wrap flag each time the index wraps.
+    pub const fn advance(self, n: u32) -> Self {
+        Self {
+            log2: self.log2,
+            value: self.value.wrapping_add(n) & Self::wrap_mask(self.log2),
+        }
+    }
+
+    /// Entries between `cons` and `self` (as producer): 0 when empty, `2^log2` when full.
+    pub const fn used_since(self, cons: Self) -> u32 {
+        self.value.wrapping_sub(cons.value) & Self::wrap_mask(self.log2)
+    }
+
+    /// Free entries for a producer at `self` with the consumer at `cons`.
+    pub const fn free_before(self, cons: Self) -> u32 {
+        (1u32 << self.log2).saturating_sub(self.used_since(cons))
+    }
+
+    /// Whether a producer at `self` has filled the queue up to `cons`.
+    pub const fn is_full(self, cons: Self) -> bool {
+        self.index() == cons.index() && self.wrap() != cons.wrap()
+    }
+}
+
+/// Queue memory from the allocator: `2^log2` entries of `2^entry_log2` bytes, aligned to its size.
+pub(crate) struct QueueMemory<'a, A: PageAllocator + ?Sized> {
+    pub(crate) alloc: &'a A,
+    pub(crate) page: Page,
+    pub(crate) size_log2: u32,
+    pub(crate) log2: u32,
+    pub(crate) entry_log2: u32,
+    pub(crate) coherency: WalkerCoherency,
+}
+
+impl<'a, A: PageAllocator + ?Sized> QueueMemory<'a, A> {
+    /// Allocates a zeroed queue; `max_log2` is the unit's limit (`IDR1.CMDQS`/`EVENTQS`).
+    pub(crate) fn new(
+        alloc: &'a A,
+        what: &'static str,
+        log2: u32,
+        max_log2: u32,
+        entry_log2: u32,
+        coherency: WalkerCoherency,
+    ) -> Result<Self, SmmuError> {
+        // LOG2SIZE is a 5-bit field and the architecture caps queues at 2^19 entries.
+        let max = max_log2.min(QueuePointer::MAX_LOG2);
+        if log2 > max {
+            return Err(SmmuError::SizeUnsupported {
+                what,
+                log2,
+                max_log2: max,
+            });
+        }
+        // The base must be aligned to the queue size (at least 32 bytes); a 4K page is the
+        // allocator's smallest unit and satisfies that for small queues.
+        let size_log2 = (log2 + entry_log2).max(PAGE_SHIFT_4K);
+        let page = alloc
+            .alloc(size_log2)
+            .ok_or(SmmuError::NoMemory { size_log2 })?;
+        address_bits(Q_BASE_ADDR, page.pa.get())?;
+        Ok(Self {
+            alloc,
+            page,
+            size_log2,
+            log2,
+            entry_log2,
+            coherency,
+        })
+    }
+
+    /// The `*_BASE` register value, with the allocate hint set.
+    pub(crate) fn base_register(&self) -> u64 {
+        Q_BASE_ALLOCATE | self.page.pa.get() | self.log2 as u64
+    }
+
+    /// The 64-bit words of entry `index` (taken modulo the queue size).
+    pub(crate) fn entry(&self, index: u32) -> &[AtomicU64] {
+        let words = 1usize << (self.entry_log2 - 3);
+        let index = (index & ((1 << self.log2) - 1)) as usize;
+        let base = self.page.va.as_ptr().cast::<AtomicU64>();
+        // SAFETY: the page holds 2^(log2 + entry_log2) bytes, so entry `index` (masked below
+        // 2^log2) lies inside it; the page is 8-byte aligned, live until `drop`, and only
+        // accessed through atomics.
+        unsafe { core::slice::from_raw_parts(base.add(index * words), words) }
+    }
+
+    /// Cleans entry `index` to memory for a non-coherent unit.
+    pub(crate) fn sync_entry(&self, index: u32) {
+        let entry = self.entry(index);
+        let len = entry.len() * 8;
+        if let Some(first) = entry.first() {
+            self.coherency
+                .sync(self.alloc, NonNull::from(first).cast(), len);
+        }
+    }
+}
+
+impl<A: PageAllocator + ?Sized> Drop for QueueMemory<'_, A> {
+    fn drop(&mut self) {
+        // SAFETY: the page came from `alloc(size_log2)` in `new` and is freed once. The owner
+        // must have disabled the queue (CR0.CMDQEN/EVENTQEN = 0) before dropping it; the queue
+        // types document that requirement.
+        unsafe { self.alloc.free(self.page, self.size_log2) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrap_semantics() {
+        let log2 = 2; // 4 entries
+        let cons = QueuePointer::zero(log2);
+        let prod = cons.advance(4);
+        assert_eq!((prod.index(), prod.wrap()), (0, true));
+        assert!(prod.is_full(cons));
+        assert_eq!(prod.used_since(cons), 4);
+        assert_eq!(prod.free_before(cons), 0);
+        let cons = cons.advance(3);
+        assert_eq!(prod.used_since(cons), 1);
+        assert_eq!(prod.free_before(cons), 3);
+        // Two full laps bring the wrap flag back.
+        assert_eq!(
+            QueuePointer::zero(log2).advance(8),
+            QueuePointer::zero(log2)
+        );
+        // ERR / OVFLG bits are not part of the position.
+        let r = QueuePointer::from_register(log2, 0x8000_0005 | (1 << 24));
+        assert_eq!((r.index(), r.wrap()), (1, true));
+    }
+}

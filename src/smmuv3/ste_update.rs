@@ -1,0 +1,305 @@
+//! Changing a live STE: the sequence of 64-bit writes and sync points between two STEs.
+//!
+//! Arm IHI 0070 G.b §3.21.3 "Configuration structures and configuration invalidation" and
+//! §5.2 (STE): the unit may read an STE at any time, one 64-bit word at a time, in any order,
+//! and may cache it until a `CMD_CFGI_STE` completes (a CMD_SYNC after it). A change is safe
+//! ("hitless") when at every moment each word the unit could read gives either the old or the new
+//! configuration. This module plans such a sequence from the two STEs alone:
+//!
+//! 1. The *used bits* of an STE are the fields the unit reads under its V/Config (an aborting
+//!    STE uses only V and Config; a stage-2 STE uses word 2, word 3 and some of word 1; ...).
+//! 2. Bits the target uses and the current STE does not are written first: the unit ignores them.
+//! 3. If after that at most one word still differs in the target's used bits, writing that word
+//!    switches configuration atomically. Otherwise the STE is made to abort (V = 1, Config =
+//!    abort) first, the other words are written, then word 0 (V and Config) last.
+//! 4. Bits neither uses are cleaned last, so the table holds exactly the target.
+//!
+//! Each group of writes is followed by a sync point (CMD_CFGI_STE + CMD_SYNC): the unit may
+//! have cached the STE and must see one state before the next group.
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use super::ste::{
+    Config, Ste, ATTR_OVERRIDES, CONFIG, EATS, MEV, S1CDMAX, S1CIR, S1CONTEXTPTR, S1COR, S1CSH,
+    S1DSS, S1FMT, S1STALLD, S2FWB, S2TTB, S2VMID, STRW, V, WORD2_STAGE2,
+};
+
+/// One step of an update.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpdateStep {
+    /// Store `value` into word `word` (0..=7) with one 64-bit atomic store.
+    Write {
+        /// Word index.
+        word: u8,
+        /// The new value.
+        value: u64,
+    },
+    /// Invalidate the unit's copy (CMD_CFGI_STE) and wait for it (CMD_SYNC).
+    Sync,
+}
+
+/// The most steps a plan can have: three groups of eight writes, three syncs.
+pub const MAX_STEPS: usize = 27;
+
+/// A planned STE update: writes and sync points in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UpdatePlan {
+    steps: [UpdateStep; MAX_STEPS],
+    len: usize,
+}
+
+impl UpdatePlan {
+    const fn empty() -> Self {
+        Self {
+            steps: [UpdateStep::Sync; MAX_STEPS],
+            len: 0,
+        }
+    }
+
+    fn push(&mut self, step: UpdateStep) {
+        // Capacity is proven by construction (at most 8 writes + 1 sync per group, three
+        // groups); `get_mut` keeps a logic error from becoming a panic.
+        if let Some(slot) = self.steps.get_mut(self.len) {
+            *slot = step;
+            self.len += 1;
+        }
+    }
+
+    /// Appends the writes that turn `from` into `to`, then a sync if anything was written.
+    fn group(&mut self, from: &mut [u64; 8], to: &[u64; 8]) {
+        let mut wrote = false;
+        for (i, (f, t)) in from.iter_mut().zip(to).enumerate() {
+            if *f != *t {
+                self.push(UpdateStep::Write {
+                    word: i as u8,
+                    value: *t,
+                });
+                *f = *t;
+                wrote = true;
+            }
+        }
+        if wrote {
+            self.push(UpdateStep::Sync);
+        }
+    }
+
+    /// The steps.
+    pub fn steps(&self) -> &[UpdateStep] {
+        self.steps.get(..self.len).unwrap_or(&[])
+    }
+
+    /// How many sync points the plan has.
+    pub fn sync_count(&self) -> usize {
+        self.steps()
+            .iter()
+            .filter(|s| matches!(s, UpdateStep::Sync))
+            .count()
+    }
+
+    /// Performs the plan on a live STE: each write is one atomic store with release ordering
+    /// (earlier words are visible first); at each sync point `sync` is called, and must clean
+    /// the entry for a non-coherent unit and issue CFGI_STE + CMD_SYNC.
+    ///
+    /// # Errors
+    ///
+    /// The first error `sync` returns; the entry is then left in a state the plan passed
+    /// through, which the unit interprets as either the old or the new configuration (or abort).
+    pub fn apply<E>(
+        &self,
+        entry: &[AtomicU64; 8],
+        mut sync: impl FnMut() -> Result<(), E>,
+    ) -> Result<(), E> {
+        for step in self.steps() {
+            match *step {
+                UpdateStep::Write { word, value } => {
+                    if let Some(w) = entry.get(word as usize) {
+                        w.store(value, Ordering::Release);
+                    }
+                }
+                UpdateStep::Sync => sync()?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The bits of `ste` the unit reads, given its V and Config (IHI 0070 G.b §5.2, the field
+/// descriptions' "ignored when" clauses).
+pub fn used_bits(ste: &[u64; 8]) -> [u64; 8] {
+    let mut used = [0u64; 8];
+    used[0] = V;
+    if ste[0] & V == 0 {
+        return used;
+    }
+    used[0] |= CONFIG.mask();
+    let config = CONFIG.get(ste[0]) as u8;
+    if config & 0b100 == 0 {
+        // Every 0b0xx encoding aborts.
+        return used;
+    }
+    let stage1 = config & 0b001 != 0;
+    let stage2 = config & 0b010 != 0;
+    if config == Config::Bypass as u8 {
+        used[1] |= ATTR_OVERRIDES;
+    }
+    if stage1 {
+        used[0] |= S1FMT.mask() | S1CONTEXTPTR.mask() | S1CDMAX.mask();
+        used[1] |= S1DSS.mask() | S1CIR.mask() | S1COR.mask() | S1CSH.mask() | S1STALLD;
+        used[1] |= EATS.mask() | STRW.mask() | MEV;
+        if S1DSS.get(ste[1]) == 1 {
+            used[1] |= ATTR_OVERRIDES;
+        }
+        // Without stage 2, an NS-EL1 stream still tags its TLB entries with S2VMID.
+        if !stage2 && STRW.get(ste[1]) == 0 {
+            used[2] |= S2VMID.mask();
+        }
+    }
+    if stage2 {
+        used[1] |= EATS.mask() | STRW.mask() | MEV | S2FWB | ATTR_OVERRIDES;
+        used[2] |= WORD2_STAGE2;
+        used[3] |= S2TTB.mask();
+    }
+    used
+}
+
+/// Plans the change of a live STE from `current` to `target`.
+pub fn plan_update(current: &Ste, target: &Ste) -> UpdatePlan {
+    let cur = current.words;
+    let tgt = target.words;
+    let cur_used = used_bits(&cur);
+    let tgt_used = used_bits(&tgt);
+    let mut plan = UpdatePlan::empty();
+    let mut state = cur;
+
+    // Step 1: bits only the target uses; the unit ignores them under the current Config.
+    let mut prepared = cur;
+    for i in 0..8 {
+        let only_target = tgt_used[i] & !cur_used[i];
+        prepared[i] = (cur[i] & !only_target) | (tgt[i] & only_target);
+    }
+    let critical = (0..8)
+        .filter(|&i| (prepared[i] ^ tgt[i]) & tgt_used[i] != 0)
+        .count();
+
+    if critical <= 1 {
+        plan.group(&mut state, &prepared);
+        // The one word still different in used bits switches the configuration atomically.
+        let mut switched = state;
+        for i in 0..8 {
+            if (state[i] ^ tgt[i]) & tgt_used[i] != 0 {
+                switched[i] = tgt[i];
+            }
+        }
+        plan.group(&mut state, &switched);
+    } else {
+        // Break: abort first, so no transaction sees a mix of the two configurations.
+        let mut aborting = state;
+        aborting[0] = Ste::ABORT.words[0];
+        plan.group(&mut state, &aborting);
+        let mut body = tgt;
+        body[0] = state[0];
+        plan.group(&mut state, &body);
+    }
+    // Last: word 0 if still pending, and bits neither configuration uses.
+    plan.group(&mut state, &tgt);
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::smmuv3::ste::tests::{s1, s2};
+    use crate::smmuv3::ste::{Ste, SteBuilder};
+
+    /// What the unit would see if it read `w` now: the used bits only.
+    fn view(w: &[u64; 8]) -> [u64; 8] {
+        let u = used_bits(w);
+        core::array::from_fn(|i| w[i] & u[i])
+    }
+
+    /// Plans, replays write by write and checks that every intermediate state reads as the
+    /// old configuration, the new one or abort; returns the number of syncs.
+    fn syncs(cur: Ste, tgt: Ste) -> usize {
+        let plan = plan_update(&cur, &tgt);
+        let mut state = cur.words;
+        let allowed = [view(&cur.words), view(&tgt.words), view(&Ste::ABORT.words)];
+        for step in plan.steps() {
+            if let UpdateStep::Write { word, value } = *step {
+                state[word as usize] = value;
+                assert!(
+                    allowed.contains(&view(&state)),
+                    "torn STE {state:x?} in {plan:?}"
+                );
+            }
+        }
+        assert_eq!(state, tgt.words);
+        // `apply` performs exactly the same writes.
+        let live: [AtomicU64; 8] = core::array::from_fn(|i| AtomicU64::new(cur.words[i]));
+        let mut n = 0;
+        plan.apply(&live, || -> Result<(), ()> {
+            n += 1;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(live.map(|w| w.into_inner()), tgt.words);
+        assert_eq!(n, plan.sync_count());
+        n
+    }
+
+    #[test]
+    fn transition_sync_counts() {
+        let abort = SteBuilder::abort().build().unwrap();
+        let bypass = SteBuilder::bypass().build().unwrap();
+        let s2a = SteBuilder::stage2(s2(0x10_0000, 1)).build().unwrap();
+        let s2b = SteBuilder::stage2(s2(0x20_0000, 1)).build().unwrap();
+        let s2c = SteBuilder::stage2(s2(0x30_0000, 2)).build().unwrap();
+        let st1 = SteBuilder::stage1(s1(0x4_0000)).build().unwrap();
+        let nested = SteBuilder::nested(s1(0x4_0000), s2(0x10_0000, 0))
+            .build()
+            .unwrap();
+
+        // Word 1 (SHCFG) is prepared, then word 0 switches: two syncs.
+        assert_eq!(syncs(abort, bypass), 2);
+        // Words 1-3 prepared (unused in bypass), then word 0: two syncs.
+        assert_eq!(syncs(bypass, s2a), 2);
+        // Only S2TTB differs: one write, one sync.
+        assert_eq!(syncs(s2a, s2b), 1);
+        assert_eq!(plan_update(&s2a, &s2b).steps().len(), 2);
+        // New table and new VMID: two words in use change, so abort, write, enable.
+        assert_eq!(syncs(s2b, s2c), 3);
+        // S2 (VMID 1) -> S1 (S2VMID 0 tags its TLB entries): word 0 and word 2 both change in
+        // used bits, so the update breaks.
+        assert_eq!(syncs(s2a, st1), 3);
+        // S1 -> nested: stage-2 words are unused by S1 and prepared; word 0 switches.
+        assert_eq!(syncs(st1, nested), 2);
+        // Anything -> abort: word 0 first, then the rest is cleaned.
+        for from in [bypass, s2a, st1, nested] {
+            let plan = plan_update(&from, &abort);
+            assert_eq!(plan.steps()[0], UpdateStep::Write { word: 0, value: V });
+            assert!(syncs(from, abort) <= 2);
+        }
+        assert_eq!(syncs(abort, abort), 0);
+        // From an invalid STE everything but word 0 is unused: prepare, then enable.
+        assert_eq!(syncs(Ste::INVALID, nested), 2);
+    }
+
+    #[test]
+    fn every_pair_is_safe() {
+        let all = [
+            Ste::INVALID,
+            SteBuilder::abort().build().unwrap(),
+            SteBuilder::bypass().build().unwrap(),
+            SteBuilder::stage2(s2(0x10_0000, 1)).build().unwrap(),
+            SteBuilder::stage2(s2(0x20_0000, 9)).build().unwrap(),
+            SteBuilder::stage1(s1(0x4_0000)).build().unwrap(),
+            SteBuilder::nested(s1(0x8_0000), s2(0x10_0000, 1))
+                .build()
+                .unwrap(),
+        ];
+        for a in all {
+            for b in all {
+                assert!(syncs(a, b) <= 3);
+            }
+        }
+    }
+}

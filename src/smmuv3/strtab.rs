@@ -1,0 +1,365 @@
+//! The stream table: one STE per StreamID, linear or two-level, and STRTAB_BASE(_CFG).
+//!
+//! Arm IHI 0070 G.b §3.3 "Data structures and translation procedure": §3.3.1 (linear stream
+//! table), §3.3.2 (two-level: an L1 table of L1STDs, each pointing at `2^(SPAN-1)` STEs);
+//! §5.1 "Level 1 Stream Table Descriptor" (SPAN bits 4:0, L2Ptr bits 51:6); §6.3.23/§6.3.24
+//! (STRTAB_BASE: RA bit 62, ADDR 51:6; STRTAB_BASE_CFG: FMT 17:16, SPLIT 10:6, LOG2SIZE 5:0).
+//!
+//! Level-2 tables are allocated when a StreamID in their span is first written, filled with
+//! aborting STEs (V = 1, Config = abort: no C_BAD_STE event storm from neighbours), made visible,
+//! and only then linked by their L1STD.
+
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use super::field::{address_bits, Field};
+use super::regs;
+use super::ste::Ste;
+use super::ste_update::{plan_update, UpdatePlan};
+use super::{SmmuError, StreamId};
+use crate::mem::{Page, PageAllocator, PhysAddr, WalkerCoherency, PAGE_SHIFT_4K};
+use crate::mmio::RegisterWindow;
+
+/// STRTAB_BASE.ADDR, bits 51:6.
+pub const STRTAB_BASE_ADDR: Field = Field::new("STRTAB_BASE.ADDR", 51, 6);
+/// STRTAB_BASE.RA, bit 62: read-allocate hint.
+pub const STRTAB_BASE_RA: u64 = 1 << 62;
+/// STRTAB_BASE_CFG.LOG2SIZE, bits 5:0.
+pub const CFG_LOG2SIZE: Field = Field::new("LOG2SIZE", 5, 0);
+/// STRTAB_BASE_CFG.SPLIT, bits 10:6.
+pub const CFG_SPLIT: Field = Field::new("SPLIT", 10, 6);
+/// STRTAB_BASE_CFG.FMT, bits 17:16 (0 linear, 1 two-level).
+pub const CFG_FMT: Field = Field::new("FMT", 17, 16);
+/// L1STD.SPAN, bits 4:0: the L2 table holds `2^(SPAN-1)` STEs; 0 means invalid.
+pub const L1STD_SPAN: Field = Field::new("SPAN", 4, 0);
+/// L1STD.L2Ptr, bits 51:6.
+pub const L1STD_L2PTR: Field = Field::new("L2Ptr", 51, 6);
+
+const STE_LOG2: u32 = 6;
+
+/// Layout of the stream table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StrtabFormat {
+    /// One array of STEs.
+    Linear,
+    /// L1STDs pointing at L2 tables of `2^split` STEs; the spec allows split 6, 8 or 10
+    /// (4, 16 or 64 KiB leaves).
+    TwoLevel {
+        /// SPLIT.
+        split: u32,
+    },
+}
+
+/// A stream table in allocator memory.
+pub struct StreamTable<'a, A: PageAllocator + ?Sized> {
+    alloc: &'a A,
+    coherency: WalkerCoherency,
+    fmt: StrtabFormat,
+    log2: u32,
+    root: Page,
+    root_log2: u32,
+}
+
+impl<'a, A: PageAllocator + ?Sized> StreamTable<'a, A> {
+    /// A table for StreamIDs below `2^log2` (`log2` ≤ `IDR1.SIDSIZE` ≤ 32). A linear table is
+    /// filled with aborting STEs.
+    ///
+    /// # Errors
+    ///
+    /// [`SmmuError::SizeUnsupported`] for `log2 > 32`, a split other than 6/8/10 or above
+    /// `log2`; [`SmmuError::NoMemory`].
+    pub fn new(
+        alloc: &'a A,
+        fmt: StrtabFormat,
+        log2: u32,
+        coherency: WalkerCoherency,
+    ) -> Result<Self, SmmuError> {
+        if log2 > 32 {
+            return Err(SmmuError::SizeUnsupported {
+                what: "stream table",
+                log2,
+                max_log2: 32,
+            });
+        }
+        let root_bytes_log2 = match fmt {
+            StrtabFormat::Linear => log2 + STE_LOG2,
+            StrtabFormat::TwoLevel { split } => {
+                if !matches!(split, 6 | 8 | 10) || split > log2 {
+                    return Err(SmmuError::SizeUnsupported {
+                        what: "SPLIT",
+                        log2: split,
+                        max_log2: log2.min(10),
+                    });
+                }
+                log2 - split + 3
+            }
+        };
+        let root_log2 = root_bytes_log2.max(PAGE_SHIFT_4K);
+        let root = alloc.alloc(root_log2).ok_or(SmmuError::NoMemory {
+            size_log2: root_log2,
+        })?;
+        let table = Self {
+            alloc,
+            coherency,
+            fmt,
+            log2,
+            root,
+            root_log2,
+        };
+        address_bits(STRTAB_BASE_ADDR, root.pa.get())?;
+        if fmt == StrtabFormat::Linear {
+            fill_abort(root.va, 1 << log2);
+            coherency.sync(alloc, root.va, 1 << root_bytes_log2);
+        }
+        Ok(table)
+    }
+
+    /// The STRTAB_BASE value.
+    pub fn base_register(&self) -> u64 {
+        STRTAB_BASE_RA | self.root.pa.get()
+    }
+
+    /// The STRTAB_BASE_CFG value.
+    pub fn base_cfg_register(&self) -> u32 {
+        let (fmt, split) = match self.fmt {
+            StrtabFormat::Linear => (0, 0),
+            StrtabFormat::TwoLevel { split } => (1, split),
+        };
+        let w = CFG_LOG2SIZE.set_masked(0, self.log2 as u64);
+        let w = CFG_SPLIT.set_masked(w, split as u64);
+        CFG_FMT.set_masked(w, fmt) as u32
+    }
+
+    /// Writes STRTAB_BASE and STRTAB_BASE_CFG. Only while `CR0.SMMUEN = 0` (§6.3.23).
+    pub fn program<W: RegisterWindow + ?Sized>(&self, regs: &W) {
+        regs.write64(regs::STRTAB_BASE, self.base_register());
+        regs.write32(regs::STRTAB_BASE_CFG, self.base_cfg_register());
+    }
+
+    fn check(&self, sid: StreamId) -> Result<u32, SmmuError> {
+        if self.log2 < 32 && sid.0 >> self.log2 != 0 {
+            return Err(SmmuError::StreamIdOutOfRange {
+                sid: sid.0,
+                log2: self.log2,
+            });
+        }
+        Ok(sid.0)
+    }
+
+    fn words(va: NonNull<u8>, index: usize, stride: usize) -> &'a [AtomicU64] {
+        // SAFETY: callers pass an index inside a live table page owned by the table, whose
+        // entries are `stride` words; 8-byte aligned, accessed only atomically.
+        unsafe {
+            core::slice::from_raw_parts(va.as_ptr().cast::<AtomicU64>().add(index * stride), stride)
+        }
+    }
+
+    /// The live STE words of `sid`, allocating its L2 table if `create`.
+    fn entry(&self, sid: StreamId, create: bool) -> Result<Option<&[AtomicU64; 8]>, SmmuError> {
+        let index = self.check(sid)?;
+        let (va, local) = match self.fmt {
+            StrtabFormat::Linear => (self.root.va, index as usize),
+            StrtabFormat::TwoLevel { split } => {
+                let l1 = &Self::words(self.root.va, (index >> split) as usize, 1)[0];
+                let mut desc = l1.load(Ordering::Acquire);
+                if L1STD_SPAN.get(desc) == 0 {
+                    if !create {
+                        return Ok(None);
+                    }
+                    desc = self.new_leaf(split)?;
+                    // The filled leaf is visible before the descriptor that links it.
+                    l1.store(desc, Ordering::Release);
+                    self.coherency.sync(self.alloc, NonNull::from(l1).cast(), 8);
+                }
+                let pa = PhysAddr::new(L1STD_L2PTR.get(desc) << 6);
+                let va = self
+                    .alloc
+                    .phys_to_virt(pa)
+                    .ok_or(SmmuError::NotMapped { address: pa.get() })?;
+                (va, (index & ((1 << split) - 1)) as usize)
+            }
+        };
+        Ok(Self::words(va, local, 8).try_into().ok())
+    }
+
+    fn new_leaf(&self, split: u32) -> Result<u64, SmmuError> {
+        let leaf_log2 = (split + STE_LOG2).max(PAGE_SHIFT_4K);
+        let leaf = self.alloc.alloc(leaf_log2).ok_or(SmmuError::NoMemory {
+            size_log2: leaf_log2,
+        })?;
+        fill_abort(leaf.va, 1 << split);
+        self.coherency
+            .sync(self.alloc, leaf.va, 1 << (split + STE_LOG2));
+        let l2ptr = address_bits(L1STD_L2PTR, leaf.pa.get())?;
+        Ok(l2ptr | L1STD_SPAN.set_masked(0, (split + 1) as u64))
+    }
+
+    /// The STE of `sid` as it is in memory (abort if its L2 table does not exist).
+    ///
+    /// # Errors
+    ///
+    /// [`SmmuError::StreamIdOutOfRange`], [`SmmuError::NotMapped`].
+    pub fn read(&self, sid: StreamId) -> Result<Ste, SmmuError> {
+        Ok(match self.entry(sid, false)? {
+            Some(e) => Ste {
+                words: core::array::from_fn(|i| e[i].load(Ordering::Acquire)),
+            },
+            None => Ste::ABORT,
+        })
+    }
+
+    /// Changes the live STE of `sid` to `target` following [`plan_update`]; at each sync point
+    /// the entry is cleaned for a non-coherent unit and `sync` is called, which must issue
+    /// `CMD_CFGI_STE(sid, Leaf = 0)` and a CMD_SYNC and wait for it. Returns the plan performed.
+    ///
+    /// # Errors
+    ///
+    /// [`SmmuError::StreamIdOutOfRange`], [`SmmuError::NoMemory`], or the first error of `sync`.
+    pub fn write(
+        &mut self,
+        sid: StreamId,
+        target: &Ste,
+        mut sync: impl FnMut() -> Result<(), SmmuError>,
+    ) -> Result<UpdatePlan, SmmuError> {
+        let entry = self
+            .entry(sid, true)?
+            .ok_or(SmmuError::StreamIdOutOfRange {
+                sid: sid.0,
+                log2: self.log2,
+            })?;
+        let current = Ste {
+            words: core::array::from_fn(|i| entry[i].load(Ordering::Acquire)),
+        };
+        let plan = plan_update(&current, target);
+        let (alloc, coherency) = (self.alloc, self.coherency);
+        plan.apply(entry, || {
+            coherency.sync(alloc, NonNull::from(entry).cast(), 64);
+            sync()
+        })?;
+        Ok(plan)
+    }
+}
+
+fn fill_abort(va: NonNull<u8>, count: usize) {
+    let base = va.as_ptr().cast::<AtomicU64>();
+    for i in 0..count {
+        // SAFETY: `va` is a fresh page of at least `count` STEs that no walker sees yet.
+        unsafe { (*base.add(i * 8)).store(Ste::ABORT.words[0], Ordering::Relaxed) };
+    }
+}
+
+impl<A: PageAllocator + ?Sized> Drop for StreamTable<'_, A> {
+    /// Frees L2 tables and the root. The owner must have disabled the unit (SMMUEN = 0) or
+    /// pointed STRTAB_BASE elsewhere first.
+    fn drop(&mut self) {
+        if let StrtabFormat::TwoLevel { split } = self.fmt {
+            let leaf_log2 = (split + STE_LOG2).max(PAGE_SHIFT_4K);
+            for i in 0..(1usize << (self.log2 - split)) {
+                let desc = Self::words(self.root.va, i, 1)[0].load(Ordering::Acquire);
+                let pa = PhysAddr::new(L1STD_L2PTR.get(desc) << 6);
+                if L1STD_SPAN.get(desc) == 0 {
+                    continue;
+                }
+                if let Some(va) = self.alloc.phys_to_virt(pa) {
+                    // SAFETY: allocated by `new_leaf` with `leaf_log2`, linked once, unreachable
+                    // by the unit per the drop contract.
+                    unsafe { self.alloc.free(Page { pa, va }, leaf_log2) };
+                }
+            }
+        }
+        // SAFETY: allocated in `new`; unreachable per the drop contract.
+        unsafe { self.alloc.free(self.root, self.root_log2) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::smmuv3::ste::tests::s2;
+    use crate::smmuv3::ste::SteBuilder;
+    use crate::smmuv3::testutil::{ModelSmmu, VecAllocator};
+
+    #[test]
+    fn base_cfg_encoding() {
+        let alloc = VecAllocator::default();
+        let t = StreamTable::new(
+            &alloc,
+            StrtabFormat::TwoLevel { split: 8 },
+            16,
+            WalkerCoherency::Coherent,
+        )
+        .unwrap();
+        // FMT 1 (1 << 16 = 0x1_0000) | SPLIT 8 (8 << 6 = 0x200) | LOG2SIZE 16 (0x10).
+        assert_eq!(t.base_cfg_register(), 0x1_0210);
+        assert_eq!(t.base_register(), (1 << 62) | t.root.pa.get());
+        let m = ModelSmmu::new();
+        t.program(&m);
+        assert_eq!(m.read32(regs::STRTAB_BASE_CFG), 0x1_0210);
+        let l =
+            StreamTable::new(&alloc, StrtabFormat::Linear, 5, WalkerCoherency::Coherent).unwrap();
+        assert_eq!(l.base_cfg_register(), 5);
+        assert!(StreamTable::new(
+            &alloc,
+            StrtabFormat::TwoLevel { split: 7 },
+            16,
+            WalkerCoherency::Coherent
+        )
+        .is_err());
+        assert!(
+            StreamTable::new(&alloc, StrtabFormat::Linear, 33, WalkerCoherency::Coherent).is_err()
+        );
+    }
+
+    #[test]
+    fn linear_table_starts_aborting() {
+        let alloc = VecAllocator::default();
+        let mut t = StreamTable::new(
+            &alloc,
+            StrtabFormat::Linear,
+            4,
+            WalkerCoherency::NonCoherent,
+        )
+        .unwrap();
+        assert_eq!(t.read(StreamId(15)).unwrap(), Ste::ABORT);
+        assert!(t.read(StreamId(16)).is_err());
+        let ste = SteBuilder::bypass().build().unwrap();
+        let mut n = 0;
+        t.write(StreamId(3), &ste, || {
+            n += 1;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(n, 2);
+        assert_eq!(t.read(StreamId(3)).unwrap(), ste);
+    }
+
+    #[test]
+    fn two_level_leaves_on_demand() {
+        let alloc = VecAllocator::default();
+        {
+            let mut t = StreamTable::new(
+                &alloc,
+                StrtabFormat::TwoLevel { split: 6 },
+                12,
+                WalkerCoherency::Coherent,
+            )
+            .unwrap();
+            assert_eq!(alloc.live_pages(), 1);
+            assert_eq!(t.read(StreamId(0x123)).unwrap(), Ste::ABORT);
+            let ste = SteBuilder::stage2(s2(0x20_0000, 4)).build().unwrap();
+            t.write(StreamId(0x123), &ste, || Ok(())).unwrap();
+            assert_eq!(alloc.live_pages(), 2);
+            // L1STD 4 (SIDs 0x100..0x13f): SPAN = 7, L2Ptr = the leaf.
+            let desc =
+                StreamTable::<VecAllocator>::words(t.root.va, 4, 1)[0].load(Ordering::Relaxed);
+            assert_eq!(desc & 0x1f, 7);
+            assert_eq!(t.read(StreamId(0x123)).unwrap(), ste);
+            assert_eq!(t.read(StreamId(0x124)).unwrap(), Ste::ABORT);
+            let err = t.write(StreamId(0x13f), &ste, || {
+                Err(SmmuError::SyncTimeout { prod: 1, cons: 0 })
+            });
+            assert_eq!(err, Err(SmmuError::SyncTimeout { prod: 1, cons: 0 }));
+        }
+        assert_eq!(alloc.live_pages(), 0);
+    }
+}
