@@ -13,3 +13,4 @@ extern crate std;
 
 pub mod mem;
 pub mod mmio;
+pub mod vtd;
