@@ -24,7 +24,11 @@ impl Field {
             return 0;
         }
         let width = self.hi - self.lo + 1;
-        let ones = if width == 64 { u64::MAX } else { (1u64 << width) - 1 };
+        let ones = if width == 64 {
+            u64::MAX
+        } else {
+            (1u64 << width) - 1
+        };
         ones << self.lo
     }
 

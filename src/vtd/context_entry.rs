@@ -32,7 +32,10 @@ impl TryFrom<u64> for TranslationType {
             0 => Ok(Self::UntranslatedOnly),
             1 => Ok(Self::DeviceTlb),
             2 => Ok(Self::PassThrough),
-            _ => Err(Error::InvalidArgument { what: "context-entry TT", value: raw }),
+            _ => Err(Error::InvalidArgument {
+                what: "context-entry TT",
+                value: raw,
+            }),
         }
     }
 }
@@ -68,13 +71,18 @@ impl TryFrom<u64> for AddressWidth {
             1 => Ok(Self::Agaw39),
             2 => Ok(Self::Agaw48),
             3 => Ok(Self::Agaw57),
-            _ => Err(Error::InvalidArgument { what: "AW", value: raw }),
+            _ => Err(Error::InvalidArgument {
+                what: "AW",
+                value: raw,
+            }),
         }
     }
 }
 
 /// Legacy context entry (§9.3).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
 #[repr(C)]
 pub struct ContextEntry {
     /// Bits 63:0: `P` (0), `FPD` (1), `TT` (3:2), `SLPTPTR` (63:12).
@@ -112,7 +120,10 @@ impl ContextEntry {
         fpd: bool,
     ) -> Result<Self, Error> {
         if !slptptr.is_aligned(12) {
-            return Err(Error::InvalidArgument { what: "SLPTPTR (4 KiB aligned)", value: slptptr.get() });
+            return Err(Error::InvalidArgument {
+                what: "SLPTPTR (4 KiB aligned)",
+                value: slptptr.get(),
+            });
         }
         let fpd = if fpd { Self::FPD } else { 0 };
         Ok(Self {
@@ -146,7 +157,9 @@ impl ContextEntry {
 }
 
 /// Scalable-mode context entry (§9.4). Bits 255:128 are reserved.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
 #[repr(C)]
 pub struct ScalableContextEntry {
     /// Bits 63:0: `P` (0), `FPD` (1), `DTE` (2), `PASIDE` (3), `PRE` (4), `PDTS` (11:9),
@@ -204,10 +217,16 @@ impl ScalableContextEntry {
         flags: ScalableContextFlags,
     ) -> Result<Self, Error> {
         if !pasid_dir.is_aligned(12) {
-            return Err(Error::InvalidArgument { what: "PASID directory pointer (4 KiB aligned)", value: pasid_dir.get() });
+            return Err(Error::InvalidArgument {
+                what: "PASID directory pointer (4 KiB aligned)",
+                value: pasid_dir.get(),
+            });
         }
         if pdts > 7 {
-            return Err(Error::InvalidArgument { what: "PDTS (0..=7)", value: pdts as u64 });
+            return Err(Error::InvalidArgument {
+                what: "PDTS (0..=7)",
+                value: pdts as u64,
+            });
         }
         let mut lo = Self::P | pasid_dir.get() | Self::PDTS.place(pdts as u64);
         if flags.fpd {
@@ -222,7 +241,11 @@ impl ScalableContextEntry {
         if flags.pre {
             lo |= Self::PRE;
         }
-        Ok(Self { lo, hi: Self::RID_PASID.place(rid_pasid.get() as u64), reserved: [0; 2] })
+        Ok(Self {
+            lo,
+            hi: Self::RID_PASID.place(rid_pasid.get() as u64),
+            reserved: [0; 2],
+        })
     }
     /// The `PDTS` that makes a directory cover every PASID below `2^pasid_bits` (each
     /// directory entry covers 64 PASIDs), or `None` if `pasid_bits > 20`.
@@ -268,11 +291,23 @@ mod tests {
         assert_eq!(c.translation_type(), Ok(TranslationType::DeviceTlb));
         assert_eq!(c.slptptr(), PhysAddr::new(0x8_7654_3000));
         // Pass-through with FPD: P | FPD (0x2) | TT 10b<<2 (0x8) = 0xb; AW 011b, DID 0xffff<<8.
-        let pt = ContextEntry::new(TranslationType::PassThrough, PhysAddr::ZERO, AddressWidth::Agaw57, DomainId::new(0xffff), true)
-            .unwrap();
+        let pt = ContextEntry::new(
+            TranslationType::PassThrough,
+            PhysAddr::ZERO,
+            AddressWidth::Agaw57,
+            DomainId::new(0xffff),
+            true,
+        )
+        .unwrap();
         assert_eq!(pt.words(), [0xb, 0xff_ff03]);
-        assert!(ContextEntry::new(TranslationType::PassThrough, PhysAddr::new(0x10), AddressWidth::Agaw39, DomainId::new(1), false)
-            .is_err());
+        assert!(ContextEntry::new(
+            TranslationType::PassThrough,
+            PhysAddr::new(0x10),
+            AddressWidth::Agaw39,
+            DomainId::new(1),
+            false
+        )
+        .is_err());
         assert!(TranslationType::try_from(3).is_err());
         assert_eq!(AddressWidth::Agaw48.bits(), 48);
         assert_eq!(AddressWidth::Agaw57.levels(), 5);
@@ -282,8 +317,14 @@ mod tests {
     fn scalable_entry() {
         // lo: P | DTE (0x4) | PASIDE (0x8) | PDTS 7<<9 (0xe00) | 0x4000_0000 = 0x4000_0e0d
         // hi: RID_PASID 0x5
-        let flags = ScalableContextFlags { dte: true, paside: true, ..Default::default() };
-        let c = ScalableContextEntry::new(PhysAddr::new(0x4000_0000), 7, Pasid::new(5).unwrap(), flags).unwrap();
+        let flags = ScalableContextFlags {
+            dte: true,
+            paside: true,
+            ..Default::default()
+        };
+        let c =
+            ScalableContextEntry::new(PhysAddr::new(0x4000_0000), 7, Pasid::new(5).unwrap(), flags)
+                .unwrap();
         assert_eq!(c.words(), [0x4000_0e0d, 0x5, 0, 0]);
         assert_eq!(c.pasid_dir(), PhysAddr::new(0x4000_0000));
         assert!(ScalableContextEntry::new(PhysAddr::new(0x1000), 8, Pasid::ZERO, flags).is_err());

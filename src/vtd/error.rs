@@ -86,7 +86,7 @@ pub enum Error {
         /// Most descriptors one batch can hold.
         capacity: usize,
     },
-    /// An entry that must be non-present before it is written is present (§6.5.3.3 forbids
+    /// An entry that must be non-present before it is written is present (§6.5.3 forbids
     /// changing a present entry in place); `word0` is its first word.
     EntryPresent {
         /// The live entry's word 0.
@@ -110,7 +110,11 @@ impl fmt::Display for Wait {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             Wait::GlobalStatus { status, set } => {
-                write!(f, "GSTS bit {status:#x} to become {}", if set { "set" } else { "clear" })
+                write!(
+                    f,
+                    "GSTS bit {status:#x} to become {}",
+                    if set { "set" } else { "clear" }
+                )
             }
             Wait::ContextCommand => f.write_str("CCMD.ICC to clear"),
             Wait::IotlbInvalidate => f.write_str("IOTLB_REG.IVT to clear"),
@@ -136,17 +140,27 @@ impl fmt::Display for QueueErrorKind {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
-            Error::Timeout { what, polls } => write!(f, "timed out after {polls} polls waiting for {what}"),
+            Error::Timeout { what, polls } => {
+                write!(f, "timed out after {polls} polls waiting for {what}")
+            }
             Error::QueueError { kind, head } => write!(f, "{kind} at descriptor {head}"),
-            Error::Unsupported { what, value } => write!(f, "unsupported: {what} (value {value:#x})"),
+            Error::Unsupported { what, value } => {
+                write!(f, "unsupported: {what} (value {value:#x})")
+            }
             Error::NoMemory => f.write_str("out of memory for VT-d structures"),
             Error::InvalidArgument { what, value } => write!(f, "invalid {what}: {value:#x}"),
             Error::BatchTooLarge { len, capacity } => {
-                write!(f, "batch of {len} descriptors exceeds queue capacity {capacity}")
+                write!(
+                    f,
+                    "batch of {len} descriptors exceeds queue capacity {capacity}"
+                )
             }
             Error::EntryPresent { word0 } => write!(f, "entry already present (word 0 {word0:#x})"),
             Error::InvalidationRejected { register } => {
-                write!(f, "hardware ignored the invalidation request (register {register:#x})")
+                write!(
+                    f,
+                    "hardware ignored the invalidation request (register {register:#x})"
+                )
             }
             Error::UnexpectedState { register, value } => {
                 write!(f, "unexpected hardware state: {register} = {value:#x}")

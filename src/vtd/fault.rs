@@ -1,5 +1,5 @@
-//! Primary fault recording: Intel VT-d specification rev. 4.1, §7.1 (remapping-hardware fault
-//! reporting, the fault-reason tables), §9.9 Fault Record and the Fault Recording Registers
+//! Primary fault recording: Intel VT-d specification rev. 4.1, §7 (Address Translation Faults,
+//! the non-recoverable fault-reason tables), §9.9 Fault Record and the Fault Recording Registers
 //! (§11.4, at `CAP.FRO * 16`, `CAP.NFR + 1` registers of 128 bits).
 //!
 //! Hardware writes a record into the next register and sets its `F` bit (127, write-1-to-clear);
@@ -17,7 +17,9 @@ use super::{Field, Pasid, SourceId};
 use crate::mmio::RegisterWindow;
 
 /// A 128-bit primary fault record (§9.9).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
 #[repr(C)]
 pub struct FaultRecord {
     /// Bits 63:0: `FI` (63:12), the faulting page (for interrupt faults, 63:48 the index).
@@ -108,7 +110,7 @@ impl FaultRecord {
 
 macro_rules! fault_reasons {
     ($( $(#[$doc:meta])* $name:ident = $code:literal, )*) => {
-        /// Non-recoverable fault reasons (§7.1, fault-reason tables; legacy 0x1-0xD, interrupt
+        /// Non-recoverable fault reasons (§7 fault-reason tables; legacy 0x1-0xD, interrupt
         /// remapping 0x20-0x26, scalable mode 0x30-0x90).
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
         #[repr(u8)]
@@ -292,7 +294,10 @@ pub fn drain_primary_faults<W: RegisterWindow + ?Sized>(
     mut report: impl FnMut(u16, FaultRecord),
 ) -> DrainSummary {
     let (status, fri) = fsts(regs);
-    let mut summary = DrainSummary { overflowed: status.contains(Fsts::PFO), ..DrainSummary::default() };
+    let mut summary = DrainSummary {
+        overflowed: status.contains(Fsts::PFO),
+        ..DrainSummary::default()
+    };
     let count = cap.fault_recording_count();
     let base = cap.fault_recording_offset();
     if status.contains(Fsts::PPF) {
@@ -303,7 +308,10 @@ pub fn drain_primary_faults<W: RegisterWindow + ?Sized>(
             if hi & FaultRecord::F == 0 {
                 break;
             }
-            let record = FaultRecord { lo: regs.read64(offset), hi };
+            let record = FaultRecord {
+                lo: regs.read64(offset),
+                hi,
+            };
             // F is bit 31 of the top dword; the other bits there are read-only.
             regs.write32(offset + 12, 1 << 31);
             report(index, record);
@@ -334,7 +342,10 @@ mod tests {
 
     #[test]
     fn record_fields() {
-        let r = FaultRecord { lo: 0xdead_b123, hi: HI };
+        let r = FaultRecord {
+            lo: 0xdead_b123,
+            hi: HI,
+        };
         assert!(r.fault());
         assert_eq!(r.fault_info(), 0xdead_b000);
         assert_eq!(r.source_id(), SourceId::new(0x10));
@@ -343,7 +354,10 @@ mod tests {
         assert_eq!(r.reason(), Ok(FaultReason::ReadNotPermitted));
         assert!(!r.t2());
         assert_eq!(r.address_type(), 0);
-        let unknown = FaultRecord { lo: 0, hi: 0xEE << 32 };
+        let unknown = FaultRecord {
+            lo: 0,
+            hi: 0xEE << 32,
+        };
         assert_eq!(unknown.reason(), Err(0xEE));
         assert_eq!(unknown.pasid(), None);
         assert_eq!(unknown.request_kind(), RequestKind::Write);
@@ -351,7 +365,9 @@ mod tests {
 
     #[test]
     fn every_named_reason_round_trips() {
-        let known = (0..=255u8).filter_map(|c| FaultReason::try_from(c).ok()).collect::<Vec<_>>();
+        let known = (0..=255u8)
+            .filter_map(|c| FaultReason::try_from(c).ok())
+            .collect::<Vec<_>>();
         assert_eq!(known.len(), 13 + 7 + 3 + 3 + 9 + 3 + 6 + 13 + 8 + 1);
         for r in known {
             assert_eq!(FaultReason::try_from(r as u8), Ok(r));
@@ -376,7 +392,14 @@ mod tests {
         seen.clear();
         let s = drain_primary_faults(&m, cap, |i, r| seen.push((i, r.lo)));
         assert_eq!(seen, [(2, 0x1000), (3, 0x2000)]);
-        assert_eq!(s, DrainSummary { records: 2, overflowed: false, still_pending: false });
+        assert_eq!(
+            s,
+            DrainSummary {
+                records: 2,
+                overflowed: false,
+                still_pending: false
+            }
+        );
     }
 
     #[test]

@@ -37,12 +37,20 @@ impl SourceId {
     /// [`Error::InvalidArgument`] naming the out-of-range part.
     pub const fn from_bdf(bus: u8, device: u8, function: u8) -> Result<Self, Error> {
         if device >= 32 {
-            return Err(Error::InvalidArgument { what: "PCI device number", value: device as u64 });
+            return Err(Error::InvalidArgument {
+                what: "PCI device number",
+                value: device as u64,
+            });
         }
         if function >= 8 {
-            return Err(Error::InvalidArgument { what: "PCI function number", value: function as u64 });
+            return Err(Error::InvalidArgument {
+                what: "PCI function number",
+                value: function as u64,
+            });
         }
-        Ok(Self((bus as u16) << 8 | (device as u16) << 3 | function as u16))
+        Ok(Self(
+            (bus as u16) << 8 | (device as u16) << 3 | function as u16,
+        ))
     }
     /// The raw id.
     pub const fn get(self) -> u16 {
@@ -60,7 +68,13 @@ impl SourceId {
 
 impl fmt::Debug for SourceId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SourceId({:02x}:{:02x}.{})", self.bus(), self.devfn() >> 3, self.devfn() & 7)
+        write!(
+            f,
+            "SourceId({:02x}:{:02x}.{})",
+            self.bus(),
+            self.devfn() >> 3,
+            self.devfn() & 7
+        )
     }
 }
 
@@ -80,7 +94,10 @@ impl Pasid {
     /// [`Error::InvalidArgument`] with the value if it has more than 20 bits.
     pub const fn new(raw: u32) -> Result<Self, Error> {
         if raw >> Self::BITS != 0 {
-            return Err(Error::InvalidArgument { what: "PASID (20 bits)", value: raw as u64 });
+            return Err(Error::InvalidArgument {
+                what: "PASID (20 bits)",
+                value: raw as u64,
+            });
         }
         Ok(Self(raw))
     }
@@ -102,7 +119,10 @@ mod tests {
         assert_eq!(Pasid::new(0xf_ffff).map(Pasid::get), Ok(0xf_ffff));
         assert_eq!(
             Pasid::new(0x10_0000),
-            Err(Error::InvalidArgument { what: "PASID (20 bits)", value: 0x10_0000 })
+            Err(Error::InvalidArgument {
+                what: "PASID (20 bits)",
+                value: 0x10_0000
+            })
         );
     }
 }

@@ -96,15 +96,32 @@ impl<W: RegisterWindow> InvalidationQueue<W> {
     /// [`Error::InvalidArgument`] for `qs > 7`; [`Error::NoMemory`]; [`Error::Timeout`] if the
     /// unit does not drain or acknowledge `QIE`; [`Error::UnexpectedState`] if `IQH` is not 0
     /// once enabled.
-    pub fn enable<A: PageAllocator + ?Sized>(regs: W, alloc: &A, config: QueueConfig) -> Result<Self, Error> {
+    pub fn enable<A: PageAllocator + ?Sized>(
+        regs: W,
+        alloc: &A,
+        config: QueueConfig,
+    ) -> Result<Self, Error> {
         if config.qs > IQA_QS_MAX {
-            return Err(Error::InvalidArgument { what: "IQA.QS (0..=7)", value: config.qs as u64 });
+            return Err(Error::InvalidArgument {
+                what: "IQA.QS (0..=7)",
+                value: config.qs as u64,
+            });
         }
         let budget = config.poll_budget;
         if regs::gsts(&regs).contains(Gsts::QIES) {
-            let drained = poll(budget, || (regs.read64(regs::IQH_REG) == regs.read64(regs::IQT_REG)).then_some(()));
-            drained.ok_or(Error::Timeout { what: Wait::QueueDrain, polls: budget })?;
-            set_persistent(&regs, PersistentCommand::QueuedInvalidationEnable, false, budget)?;
+            let drained = poll(budget, || {
+                (regs.read64(regs::IQH_REG) == regs.read64(regs::IQT_REG)).then_some(())
+            });
+            drained.ok_or(Error::Timeout {
+                what: Wait::QueueDrain,
+                polls: budget,
+            })?;
+            set_persistent(
+                &regs,
+                PersistentCommand::QueuedInvalidationEnable,
+                false,
+                budget,
+            )?;
         }
         let ring_log2 = PAGE_SHIFT_4K + config.qs as u32;
         let ring = alloc.alloc(ring_log2).ok_or(Error::NoMemory)?;
@@ -115,14 +132,34 @@ impl<W: RegisterWindow> InvalidationQueue<W> {
         };
         let entries = 1u32 << (8 + config.qs as u32 - config.width as u32);
         regs.write64(regs::IQT_REG, 0);
-        let dw = if config.width == DescriptorWidth::Bits256 { IQA_DW } else { 0 };
+        let dw = if config.width == DescriptorWidth::Bits256 {
+            IQA_DW
+        } else {
+            0
+        };
         regs.write64(regs::IQA_REG, ring.pa.get() | dw | config.qs as u64);
-        set_persistent(&regs, PersistentCommand::QueuedInvalidationEnable, true, budget)?;
+        set_persistent(
+            &regs,
+            PersistentCommand::QueuedInvalidationEnable,
+            true,
+            budget,
+        )?;
         let head = regs.read64(regs::IQH_REG);
         if head != 0 {
-            return Err(Error::UnexpectedState { register: "IQH after enabling queued invalidation", value: head });
+            return Err(Error::UnexpectedState {
+                register: "IQH after enabling queued invalidation",
+                value: head,
+            });
         }
-        Ok(Self { regs, ring, status, config, entries, tail: 0, sequence: 0 })
+        Ok(Self {
+            regs,
+            ring,
+            status,
+            config,
+            entries,
+            tail: 0,
+            sequence: 0,
+        })
     }
 
     /// Number of descriptor slots.
@@ -183,7 +220,10 @@ impl<W: RegisterWindow> InvalidationQueue<W> {
     pub fn submit_and_wait(&mut self, descriptors: &[Descriptor]) -> Result<(), Error> {
         self.check_batch(descriptors, 1)?;
         let sequence = self.sequence.wrapping_add(1);
-        let wait = Descriptor::wait(WaitFlags::default(), Some((sequence, self.status_pa(STATUS_OFFSET))))?;
+        let wait = Descriptor::wait(
+            WaitFlags::default(),
+            Some((sequence, self.status_pa(STATUS_OFFSET))),
+        )?;
         self.reserve(descriptors.len() as u32 + 1)?;
         for d in descriptors {
             self.push(d);
@@ -204,8 +244,16 @@ impl<W: RegisterWindow> InvalidationQueue<W> {
             Ok(head) => (head == self.tail).then_some(Ok(())),
             Err(e) => Some(Err(e)),
         })
-        .unwrap_or(Err(Error::Timeout { what: Wait::QueueDrain, polls: budget }))?;
-        set_persistent(&self.regs, PersistentCommand::QueuedInvalidationEnable, false, budget)
+        .unwrap_or(Err(Error::Timeout {
+            what: Wait::QueueDrain,
+            polls: budget,
+        }))?;
+        set_persistent(
+            &self.regs,
+            PersistentCommand::QueuedInvalidationEnable,
+            false,
+            budget,
+        )
     }
 
     /// Gives the ring and status pages back to `alloc` once queued invalidation is off.
@@ -218,7 +266,10 @@ impl<W: RegisterWindow> InvalidationQueue<W> {
     pub unsafe fn release<A: PageAllocator + ?Sized>(self, alloc: &A) -> Result<(), (Self, Error)> {
         let gsts = regs::gsts(&self.regs);
         if gsts.contains(Gsts::QIES) {
-            let e = Error::UnexpectedState { register: "GSTS (QIES still set)", value: gsts.bits() as u64 };
+            let e = Error::UnexpectedState {
+                register: "GSTS (QIES still set)",
+                value: gsts.bits() as u64,
+            };
             return Err((self, e));
         }
         // SAFETY: both pages came from `alloc` (caller's promise) with these sizes, and the unit
@@ -233,24 +284,38 @@ impl<W: RegisterWindow> InvalidationQueue<W> {
     fn check_batch(&self, descriptors: &[Descriptor], extra: usize) -> Result<(), Error> {
         let len = descriptors.len() + extra;
         if len > self.batch_capacity() {
-            return Err(Error::BatchTooLarge { len, capacity: self.batch_capacity() });
+            return Err(Error::BatchTooLarge {
+                len,
+                capacity: self.batch_capacity(),
+            });
         }
         if self.config.width == DescriptorWidth::Bits128 {
             if let Some(d) = descriptors.iter().find(|d| d.qw[2] != 0 || d.qw[3] != 0) {
-                return Err(Error::InvalidArgument { what: "256-bit descriptor in a 128-bit queue", value: d.qw[0] });
+                return Err(Error::InvalidArgument {
+                    what: "256-bit descriptor in a 128-bit queue",
+                    value: d.qw[0],
+                });
             }
         }
         Ok(())
     }
 
     fn status_pa(&self, offset: usize) -> PhysAddr {
-        PhysAddr::new(self.status.pa.get() + offset as u64)
+        // The page is 4 KiB aligned and the offsets are below 4 KiB: OR cannot overflow.
+        PhysAddr::new(self.status.pa.get() | offset as u64)
     }
 
     fn status_word(&self) -> &AtomicU32 {
         // SAFETY: the status page is a live, 4 KiB-aligned page owned by this queue until
         // `release`; the word at offset 0 is aligned, and hardware writes it whole.
-        unsafe { &*self.status.va.as_ptr().add(STATUS_OFFSET).cast::<AtomicU32>() }
+        unsafe {
+            &*self
+                .status
+                .va
+                .as_ptr()
+                .add(STATUS_OFFSET)
+                .cast::<AtomicU32>()
+        }
     }
 
     /// Reads `IQH` as an index, after checking for queue errors.
@@ -263,7 +328,10 @@ impl<W: RegisterWindow> InvalidationQueue<W> {
         let raw = self.regs.read64(regs::IQH_REG);
         let index = raw >> self.config.width.shift();
         if index >= self.entries as u64 {
-            return Err(Error::UnexpectedState { register: "IQH", value: raw });
+            return Err(Error::UnexpectedState {
+                register: "IQH",
+                value: raw,
+            });
         }
         Ok(index as u32)
     }
@@ -277,7 +345,10 @@ impl<W: RegisterWindow> InvalidationQueue<W> {
             Ok(head) => ((head + entries - self.tail - 1) % entries >= needed).then_some(Ok(())),
             Err(e) => Some(Err(e)),
         })
-        .unwrap_or(Err(Error::Timeout { what: Wait::QueueSpace { needed }, polls: budget }))
+        .unwrap_or(Err(Error::Timeout {
+            what: Wait::QueueSpace { needed },
+            polls: budget,
+        }))
     }
 
     fn slot(&self, index: u32) -> NonNull<u64> {
@@ -288,7 +359,11 @@ impl<W: RegisterWindow> InvalidationQueue<W> {
 
     /// Writes `d` at `index` (the words the width carries).
     fn write_slot(&self, index: u32, d: &Descriptor) {
-        let words = if self.config.width == DescriptorWidth::Bits256 { 4 } else { 2 };
+        let words = if self.config.width == DescriptorWidth::Bits256 {
+            4
+        } else {
+            2
+        };
         let p = self.slot(index);
         for (i, &w) in d.qw.iter().take(words).enumerate() {
             // SAFETY: `slot` points at a descriptor-aligned slot of `words` u64s inside the ring,
@@ -316,7 +391,10 @@ impl<W: RegisterWindow> InvalidationQueue<W> {
             }
             self.check_errors().err().map(Err)
         })
-        .unwrap_or(Err(Error::Timeout { what: Wait::InvalidationWait { sequence }, polls: budget }))
+        .unwrap_or(Err(Error::Timeout {
+            what: Wait::InvalidationWait { sequence },
+            polls: budget,
+        }))
     }
 
     /// Turns a pending `FSTS` queue error into [`Error::QueueError`] after clearing it (and, for
@@ -343,7 +421,10 @@ impl<W: RegisterWindow> InvalidationQueue<W> {
     /// Replaces the descriptor at `index` with a wait whose status write lands in the scratch
     /// word: valid for every unit, and without effect on the caller's completion tracking.
     fn neutralise(&self, index: u32) -> Result<(), Error> {
-        let harmless = Descriptor::wait(WaitFlags::default(), Some((RECOVERY_MARK, self.status_pa(SCRATCH_OFFSET))))?;
+        let harmless = Descriptor::wait(
+            WaitFlags::default(),
+            Some((RECOVERY_MARK, self.status_pa(SCRATCH_OFFSET))),
+        )?;
         self.write_slot(index, &harmless);
         // The write must be visible before IQE is cleared and the unit re-fetches the slot.
         crate::mmio::dma_write_barrier();

@@ -90,10 +90,16 @@ impl<'a> LiveEntry<'a> {
         alloc: &A,
     ) -> Result<(), Error> {
         let (Some(slot0), Some((&word0, rest))) = (self.words.first(), new.split_first()) else {
-            return Err(Error::InvalidArgument { what: "entry length (words)", value: new.len() as u64 });
+            return Err(Error::InvalidArgument {
+                what: "entry length (words)",
+                value: new.len() as u64,
+            });
         };
         if new.len() != self.words.len() {
-            return Err(Error::InvalidArgument { what: "entry length (words)", value: new.len() as u64 });
+            return Err(Error::InvalidArgument {
+                what: "entry length (words)",
+                value: new.len() as u64,
+            });
         }
         let current = slot0.load(Ordering::Acquire);
         if current & PRESENT != 0 {
@@ -113,7 +119,12 @@ impl<'a> LiveEntry<'a> {
     /// Tears the entry down by clearing word 0 (and `P`) in one store, keeping `keep` bits of
     /// it (for example `FPD`, so that faults on the now non-present entry stay suppressed).
     /// The other words stay until [`scrub`](Self::scrub), after the invalidation completes.
-    pub fn retire<A: PageAllocator + ?Sized>(&self, keep: u64, coherency: WalkerCoherency, alloc: &A) {
+    pub fn retire<A: PageAllocator + ?Sized>(
+        &self,
+        keep: u64,
+        coherency: WalkerCoherency,
+        alloc: &A,
+    ) {
         if let Some(slot0) = self.words.first() {
             let old = slot0.load(Ordering::Acquire);
             slot0.store(old & keep & !PRESENT, Ordering::Release);
@@ -126,7 +137,11 @@ impl<'a> LiveEntry<'a> {
     ///
     /// # Errors
     /// [`Error::EntryPresent`] if the entry is present.
-    pub fn scrub<A: PageAllocator + ?Sized>(&self, coherency: WalkerCoherency, alloc: &A) -> Result<(), Error> {
+    pub fn scrub<A: PageAllocator + ?Sized>(
+        &self,
+        coherency: WalkerCoherency,
+        alloc: &A,
+    ) -> Result<(), Error> {
         let word0 = self.word(0).unwrap_or(0);
         if word0 & PRESENT != 0 {
             return Err(Error::EntryPresent { word0 });
@@ -176,17 +191,28 @@ mod tests {
         let mem: [AtomicU64; 4] = Default::default();
         let e = LiveEntry::new(&mem);
         let rec = Recorder::default();
-        e.publish(&[0x1001, 2, 3, 4], WalkerCoherency::NonCoherent, &rec).unwrap();
+        e.publish(&[0x1001, 2, 3, 4], WalkerCoherency::NonCoherent, &rec)
+            .unwrap();
         let base = &mem[0] as *const _ as usize;
         // Body (words 1..3, 24 bytes) cleaned before word 0 (all 32 bytes) is.
         assert_eq!(*rec.synced.borrow(), [(base + 8, 24), (base, 32)]);
         assert!(e.is_present());
-        assert_eq!(e.publish(&[1, 0, 0, 0], WalkerCoherency::Coherent, &rec), Err(Error::EntryPresent { word0: 0x1001 }));
+        assert_eq!(
+            e.publish(&[1, 0, 0, 0], WalkerCoherency::Coherent, &rec),
+            Err(Error::EntryPresent { word0: 0x1001 })
+        );
         assert!(e.publish(&[1, 0], WalkerCoherency::Coherent, &rec).is_err());
-        assert_eq!(e.scrub(WalkerCoherency::Coherent, &rec), Err(Error::EntryPresent { word0: 0x1001 }));
+        assert_eq!(
+            e.scrub(WalkerCoherency::Coherent, &rec),
+            Err(Error::EntryPresent { word0: 0x1001 })
+        );
         e.retire(0x2, WalkerCoherency::Coherent, &rec);
         assert_eq!(e.word(0), Some(0));
-        assert_eq!(e.word(1), Some(2), "body stays until the invalidation completes");
+        assert_eq!(
+            e.word(1),
+            Some(2),
+            "body stays until the invalidation completes"
+        );
         e.scrub(WalkerCoherency::Coherent, &rec).unwrap();
         assert_eq!([e.word(1), e.word(2), e.word(3)], [Some(0); 3]);
         let empty = LiveEntry::new(&[]);

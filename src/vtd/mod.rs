@@ -2,7 +2,8 @@
 //!
 //! Implements the structures and interfaces of the *Intel Virtualization Technology for Directed
 //! I/O Architecture Specification*, **revision 4.1** (all section numbers in this module tree
-//! refer to that revision):
+//! refer to that revision; sub-sections of §6.5.3, §7 and §11.4 beyond §11.4.8 are named by
+//! title rather than number until checked against the PDF):
 //!
 //! | file | spec |
 //! |---|---|
@@ -12,10 +13,10 @@
 //! | [`root_entry`] | §9.1 Root Entry, §9.2 Scalable-Mode Root Entry |
 //! | [`context_entry`] | §9.3 Context Entry, §9.4 Scalable-Mode Context-Entry |
 //! | [`pasid_entry`] | §9.5 PASID Directory Entry, §9.6 PASID Table Entry |
-//! | [`live_entry`] | §6.5.3.3 / §9: ordering of writes to entries hardware may be walking |
+//! | [`live_entry`] | §6.5.3 / §9: ordering of writes to entries hardware may be walking |
 //! | [`inv_desc`] | §6.5.2.1-§6.5.2.8 invalidation descriptors |
 //! | [`inv_queue`] | §6.5.2 Queued Invalidation Interface, §6.5.2.10 error handling |
-//! | [`fault`] | §7.1 / §7.2 fault reporting, §9.9 Fault Record, §11.4.14 Fault Recording Registers |
+//! | [`fault`] | §7 fault reporting, §9.9 Fault Record, §11.4 Fault Recording Registers |
 //!
 //! Register access goes through [`crate::mmio::RegisterWindow`]; every wait is bounded by a poll
 //! budget and fails with [`Error::Timeout`].

@@ -21,7 +21,9 @@ pub const fn pasid_indices(pasid: Pasid) -> (usize, usize) {
 }
 
 /// PASID directory entry (§9.5): `P` (0), `FPD` (1), `SMPTBLPTR` (63:12).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
 #[repr(transparent)]
 pub struct PasidDirEntry(pub u64);
 
@@ -37,7 +39,10 @@ impl PasidDirEntry {
     /// [`Error::InvalidArgument`] if `table` is not 4 KiB aligned.
     pub const fn new(table: PhysAddr, fpd: bool) -> Result<Self, Error> {
         if !table.is_aligned(12) {
-            return Err(Error::InvalidArgument { what: "PASID table pointer (4 KiB aligned)", value: table.get() });
+            return Err(Error::InvalidArgument {
+                what: "PASID table pointer (4 KiB aligned)",
+                value: table.get(),
+            });
         }
         Ok(Self(table.get() | if fpd { 0b11 } else { 0b01 }))
     }
@@ -73,7 +78,10 @@ impl TryFrom<u64> for Pgtt {
             2 => Ok(Self::SecondStage),
             3 => Ok(Self::Nested),
             4 => Ok(Self::PassThrough),
-            _ => Err(Error::InvalidArgument { what: "PGTT", value: raw }),
+            _ => Err(Error::InvalidArgument {
+                what: "PGTT",
+                value: raw,
+            }),
         }
     }
 }
@@ -138,7 +146,9 @@ pub enum PasidTranslation {
 }
 
 /// Scalable-mode PASID-table entry (§9.6), 512 bits.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
 #[repr(C)]
 pub struct PasidEntry {
     /// Words 0-2: `P`, `FPD`, `AW`, `PGTT`, `SSADE`, `SSPTPTR` / `DID`, `PWSNP`, `PGSNP` /
@@ -193,22 +203,34 @@ impl PasidEntry {
         flags: PasidEntryFlags,
     ) -> Result<Self, Error> {
         let (pgtt, ss, fs) = match translation {
-            PasidTranslation::FirstStage { fsptptr, flpm } => (Pgtt::FirstStage, None, Some((fsptptr, flpm))),
+            PasidTranslation::FirstStage { fsptptr, flpm } => {
+                (Pgtt::FirstStage, None, Some((fsptptr, flpm)))
+            }
             PasidTranslation::SecondStage { ssptptr } => (Pgtt::SecondStage, Some(ssptptr), None),
-            PasidTranslation::Nested { fsptptr, flpm, ssptptr } => (Pgtt::Nested, Some(ssptptr), Some((fsptptr, flpm))),
+            PasidTranslation::Nested {
+                fsptptr,
+                flpm,
+                ssptptr,
+            } => (Pgtt::Nested, Some(ssptptr), Some((fsptptr, flpm))),
             PasidTranslation::PassThrough => (Pgtt::PassThrough, None, None),
         };
         let mut w0 = Self::P | Self::AW.place(aw as u64) | Self::PGTT.place(pgtt as u64);
         if let Some(ss) = ss {
             if !ss.is_aligned(12) {
-                return Err(Error::InvalidArgument { what: "SSPTPTR (4 KiB aligned)", value: ss.get() });
+                return Err(Error::InvalidArgument {
+                    what: "SSPTPTR (4 KiB aligned)",
+                    value: ss.get(),
+                });
             }
             w0 |= ss.get();
         }
         let mut w2 = 0;
         if let Some((fs, flpm)) = fs {
             if !fs.is_aligned(12) {
-                return Err(Error::InvalidArgument { what: "FSPTPTR (4 KiB aligned)", value: fs.get() });
+                return Err(Error::InvalidArgument {
+                    what: "FSPTPTR (4 KiB aligned)",
+                    value: fs.get(),
+                });
             }
             w2 |= fs.get() | Self::FLPM.place(flpm as u64);
         }
@@ -235,7 +257,10 @@ impl PasidEntry {
         if f.contains(PasidEntryFlags::EAFE) {
             w2 |= Self::EAFE;
         }
-        Ok(Self { qw: [w0, w1, w2], reserved: [0; 5] })
+        Ok(Self {
+            qw: [w0, w1, w2],
+            reserved: [0; 5],
+        })
     }
     /// Whether `P` is set.
     pub const fn present(&self) -> bool {
@@ -263,7 +288,9 @@ impl PasidEntry {
     /// The eight words, word 0 (with `P`) first.
     pub const fn words(&self) -> [u64; 8] {
         let r = self.reserved;
-        [self.qw[0], self.qw[1], self.qw[2], r[0], r[1], r[2], r[3], r[4]]
+        [
+            self.qw[0], self.qw[1], self.qw[2], r[0], r[1], r[2], r[3], r[4],
+        ]
     }
 }
 
@@ -287,7 +314,9 @@ mod tests {
         //   = 0x1_0000_0289
         // w1: DID 0x77 | PGSNP 1<<24 = 0x100_0077
         let e = PasidEntry::new(
-            PasidTranslation::SecondStage { ssptptr: PhysAddr::new(0x1_0000_0000) },
+            PasidTranslation::SecondStage {
+                ssptptr: PhysAddr::new(0x1_0000_0000),
+            },
             DomainId::new(0x77),
             AddressWidth::Agaw48,
             PasidEntryFlags::SSADE | PasidEntryFlags::PGSNP,
@@ -304,7 +333,10 @@ mod tests {
         // w0: P | AW 011b<<2 (0xc) | PGTT 001b<<6 (0x40) = 0x4d
         // w1: DID 9 | PWSNP 1<<23 = 0x80_0009
         // w2: 0x2000 | FLPM 01b<<2 (0x4) | SRE (0x1) | WPE (0x10) = 0x2015
-        let fs = PasidTranslation::FirstStage { fsptptr: PhysAddr::new(0x2000), flpm: FirstStagePagingMode::Level5 };
+        let fs = PasidTranslation::FirstStage {
+            fsptptr: PhysAddr::new(0x2000),
+            flpm: FirstStagePagingMode::Level5,
+        };
         let flags = PasidEntryFlags::SRE | PasidEntryFlags::WPE | PasidEntryFlags::PWSNP;
         let e = PasidEntry::new(fs, DomainId::new(9), AddressWidth::Agaw57, flags).unwrap();
         assert_eq!(e.words()[..3], [0x4d, 0x80_0009, 0x2015]);
@@ -316,18 +348,37 @@ mod tests {
             flpm: FirstStagePagingMode::Level4,
             ssptptr: PhysAddr::new(0x5000),
         };
-        let e = PasidEntry::new(n, DomainId::new(1), AddressWidth::Agaw48, PasidEntryFlags::empty()).unwrap();
+        let e = PasidEntry::new(
+            n,
+            DomainId::new(1),
+            AddressWidth::Agaw48,
+            PasidEntryFlags::empty(),
+        )
+        .unwrap();
         assert_eq!(e.words()[..3], [0x50c9, 1, 0x3000]);
         assert_eq!(e.ssptptr(), PhysAddr::new(0x5000));
 
         // Pass-through with FPD: P | FPD | AW 010b<<2 | PGTT 100b<<6 (0x100) = 0x10b.
-        let e = PasidEntry::new(PasidTranslation::PassThrough, DomainId::new(2), AddressWidth::Agaw48, PasidEntryFlags::FPD)
-            .unwrap();
+        let e = PasidEntry::new(
+            PasidTranslation::PassThrough,
+            DomainId::new(2),
+            AddressWidth::Agaw48,
+            PasidEntryFlags::FPD,
+        )
+        .unwrap();
         assert_eq!(e.words()[..3], [0x10b, 2, 0]);
         assert_eq!(e.pgtt(), Ok(Pgtt::PassThrough));
 
-        let bad = PasidTranslation::SecondStage { ssptptr: PhysAddr::new(0x10) };
-        assert!(PasidEntry::new(bad, DomainId::new(1), AddressWidth::Agaw48, PasidEntryFlags::empty()).is_err());
+        let bad = PasidTranslation::SecondStage {
+            ssptptr: PhysAddr::new(0x10),
+        };
+        assert!(PasidEntry::new(
+            bad,
+            DomainId::new(1),
+            AddressWidth::Agaw48,
+            PasidEntryFlags::empty()
+        )
+        .is_err());
         assert!(Pgtt::try_from(0).is_err());
     }
 }

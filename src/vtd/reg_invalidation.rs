@@ -81,7 +81,10 @@ impl ContextInvalidation {
             Self::Device { did, sid, fm } => (3, did.get(), sid.get(), fm),
         };
         if fm > 3 {
-            return Err(Error::InvalidArgument { what: "CCMD.FM (0..=3)", value: fm as u64 });
+            return Err(Error::InvalidArgument {
+                what: "CCMD.FM (0..=3)",
+                value: fm as u64,
+            });
         }
         Ok(ccmd::ICC
             | ccmd::CIRG.place(g)
@@ -115,10 +118,16 @@ pub enum IotlbInvalidation {
 /// Checks a page-selective range: `am` fits 5:0 and `addr` is aligned to `2^(12 + am)`.
 pub(crate) const fn check_page_range(addr: Iova, am: u8) -> Result<(), Error> {
     if am > 63 - 12 {
-        return Err(Error::InvalidArgument { what: "address mask", value: am as u64 });
+        return Err(Error::InvalidArgument {
+            what: "address mask",
+            value: am as u64,
+        });
     }
     if !addr.is_aligned(12 + am as u32) {
-        return Err(Error::InvalidArgument { what: "address not aligned to 2^(12+AM)", value: addr.get() });
+        return Err(Error::InvalidArgument {
+            what: "address not aligned to 2^(12+AM)",
+            value: addr.get(),
+        });
     }
     Ok(())
 }
@@ -137,11 +146,21 @@ pub fn invalidate_context<W: RegisterWindow + ?Sized>(
     budget: u32,
 ) -> Result<u8, Error> {
     let value = request.encode()?;
-    let idle = || poll(budget, || (regs.read64(CCMD_REG) & ccmd::ICC == 0).then_some(()));
+    let idle = || {
+        poll(budget, || {
+            (regs.read64(CCMD_REG) & ccmd::ICC == 0).then_some(())
+        })
+    };
     // A command still in flight must finish first: CCMD holds one request at a time.
-    idle().ok_or(Error::Timeout { what: Wait::ContextCommand, polls: budget })?;
+    idle().ok_or(Error::Timeout {
+        what: Wait::ContextCommand,
+        polls: budget,
+    })?;
     regs.write64(CCMD_REG, value);
-    idle().ok_or(Error::Timeout { what: Wait::ContextCommand, polls: budget })?;
+    idle().ok_or(Error::Timeout {
+        what: Wait::ContextCommand,
+        polls: budget,
+    })?;
     let done = regs.read64(CCMD_REG);
     match ccmd::CAIG.get(done) as u8 {
         0 => Err(Error::InvalidationRejected { register: done }),
@@ -171,17 +190,33 @@ pub fn invalidate_iotlb<W: RegisterWindow + ?Sized>(
         IotlbInvalidation::Page { did, .. } => (3, did.get()),
     };
     let reg = iotlb_reg(iotlb_register_offset);
-    let idle = || poll(budget, || (regs.read64(reg) & iotlb::IVT == 0).then_some(()));
-    idle().ok_or(Error::Timeout { what: Wait::IotlbInvalidate, polls: budget })?;
+    let idle = || {
+        poll(budget, || {
+            (regs.read64(reg) & iotlb::IVT == 0).then_some(())
+        })
+    };
+    idle().ok_or(Error::Timeout {
+        what: Wait::IotlbInvalidate,
+        polls: budget,
+    })?;
     if let IotlbInvalidation::Page { addr, am, ih, .. } = request {
         check_page_range(addr, am)?;
         let ih = if ih { iotlb::IH } else { 0 };
         // IVA_REG must hold the range before IVT is set (§11.4.8.2).
-        regs.write64(iva_reg(iotlb_register_offset), addr.get() | ih | iotlb::AM.place(am as u64));
+        regs.write64(
+            iva_reg(iotlb_register_offset),
+            addr.get() | ih | iotlb::AM.place(am as u64),
+        );
     }
     let drain = if drain { iotlb::DR | iotlb::DW } else { 0 };
-    regs.write64(reg, iotlb::IVT | iotlb::IIRG.place(g) | drain | iotlb::DID.place(did as u64));
-    idle().ok_or(Error::Timeout { what: Wait::IotlbInvalidate, polls: budget })?;
+    regs.write64(
+        reg,
+        iotlb::IVT | iotlb::IIRG.place(g) | drain | iotlb::DID.place(did as u64),
+    );
+    idle().ok_or(Error::Timeout {
+        what: Wait::IotlbInvalidate,
+        polls: budget,
+    })?;
     let done = regs.read64(reg);
     match iotlb::IAIG.get(done) as u8 {
         0 => Err(Error::InvalidationRejected { register: done }),
@@ -199,41 +234,74 @@ mod tests {
         // Device-selective: ICC (1<<63) | CIRG 11b<<61 (0x6000..) | FM 2<<32 | SID 0x00f8<<16 |
         // DID 0x0042 = 0x8000_0000_0000_0000 + 0x6000_0000_0000_0000 + 0x2_0000_0000
         //            + 0x00f8_0000 + 0x42 = 0xe000_0002_00f8_0042
-        let d = ContextInvalidation::Device { did: DomainId::new(0x42), sid: SourceId::new(0xf8), fm: 2 };
+        let d = ContextInvalidation::Device {
+            did: DomainId::new(0x42),
+            sid: SourceId::new(0xf8),
+            fm: 2,
+        };
         assert_eq!(d.encode(), Ok(0xe000_0002_00f8_0042));
         // Global: ICC | 01b<<61 = 0xa000_0000_0000_0000
-        assert_eq!(ContextInvalidation::Global.encode(), Ok(0xa000_0000_0000_0000));
-        let bad = ContextInvalidation::Device { did: DomainId::new(1), sid: SourceId::new(1), fm: 4 };
+        assert_eq!(
+            ContextInvalidation::Global.encode(),
+            Ok(0xa000_0000_0000_0000)
+        );
+        let bad = ContextInvalidation::Device {
+            did: DomainId::new(1),
+            sid: SourceId::new(1),
+            fm: 4,
+        };
         assert!(bad.encode().is_err());
     }
 
     #[test]
     fn context_invalidation_completes_and_times_out() {
         let m = Model::new();
-        assert_eq!(invalidate_context(&m, ContextInvalidation::Domain(DomainId::new(5)), 10), Ok(2));
+        assert_eq!(
+            invalidate_context(&m, ContextInvalidation::Domain(DomainId::new(5)), 10),
+            Ok(2)
+        );
         m.freeze_commands(true);
         assert_eq!(
             invalidate_context(&m, ContextInvalidation::Global, 5),
-            Err(Error::Timeout { what: Wait::ContextCommand, polls: 5 })
+            Err(Error::Timeout {
+                what: Wait::ContextCommand,
+                polls: 5
+            })
         );
     }
 
     #[test]
     fn page_selective_iotlb() {
         let m = Model::new();
-        let req = IotlbInvalidation::Page { did: DomainId::new(3), addr: Iova::new(0x20_0000), am: 9, ih: true };
+        let req = IotlbInvalidation::Page {
+            did: DomainId::new(3),
+            addr: Iova::new(0x20_0000),
+            am: 9,
+            ih: true,
+        };
         assert_eq!(invalidate_iotlb(&m, MODEL_IRO, req, false, 10), Ok(3));
         // IVA: 0x20_0000 | IH (0x40) | AM 9 = 0x20_0049
         assert_eq!(m.read64(MODEL_IRO), 0x20_0049);
         // IOTLB_REG after completion: IIRG 11b<<60 | IAIG 11b<<57 | DID 3<<32
         //   = 0x3000_0000_0000_0000 | 0x0600_0000_0000_0000 | 0x3_0000_0000
         assert_eq!(m.read64(MODEL_IRO + 8), 0x3600_0003_0000_0000);
-        let misaligned = IotlbInvalidation::Page { did: DomainId::new(3), addr: Iova::new(0x1000), am: 1, ih: false };
-        assert!(matches!(invalidate_iotlb(&m, MODEL_IRO, misaligned, false, 10), Err(Error::InvalidArgument { .. })));
+        let misaligned = IotlbInvalidation::Page {
+            did: DomainId::new(3),
+            addr: Iova::new(0x1000),
+            am: 1,
+            ih: false,
+        };
+        assert!(matches!(
+            invalidate_iotlb(&m, MODEL_IRO, misaligned, false, 10),
+            Err(Error::InvalidArgument { .. })
+        ));
         m.freeze_commands(true);
         assert!(matches!(
             invalidate_iotlb(&m, MODEL_IRO, IotlbInvalidation::Global, true, 4),
-            Err(Error::Timeout { what: Wait::IotlbInvalidate, polls: 4 })
+            Err(Error::Timeout {
+                what: Wait::IotlbInvalidate,
+                polls: 4
+            })
         ));
     }
 }

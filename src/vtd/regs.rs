@@ -1,8 +1,9 @@
 //! Remapping-hardware registers: Intel VT-d specification rev. 4.1, §11.4 Register Descriptions.
 //!
-//! Offsets (Table 51 "Address Mapping for Remapping Hardware Registers"), the Global Command /
+//! Offsets (the register address map of §11), the Global Command /
 //! Global Status handshake (§11.4.4, §11.4.5), the Root Table Address Register (§11.4.6) and the
-//! fault / invalidation status bits (§11.4.9, §11.4.24-§11.4.26).
+//! fault / invalidation status bits (§11.4: Fault Status, Invalidation Completion Status and
+//! Event Control registers).
 //!
 //! `GCMD_REG` is write-only and its one-shot command bits (SRTP, SFL, WBF, SIRTP) must not be
 //! re-issued by accident, so §11.4.4 prescribes: read `GSTS_REG`, clear the one-shot bits with
@@ -94,12 +95,12 @@ pub const fn iva_reg(iotlb_register_offset: usize) -> usize {
 
 /// Offset of `IOTLB_REG` (IOTLB Invalidate Register): `ECAP.IRO * 16 + 8`.
 pub const fn iotlb_reg(iotlb_register_offset: usize) -> usize {
-    iotlb_register_offset + 8
+    iotlb_register_offset.saturating_add(8)
 }
 
 /// Offset of fault-recording register `index` (128 bits each) at `CAP.FRO * 16`.
 pub const fn frcd_reg(fault_recording_offset: usize, index: u16) -> usize {
-    fault_recording_offset + index as usize * 16
+    fault_recording_offset.saturating_add(index as usize * 16)
 }
 
 bitflags! {
@@ -190,14 +191,31 @@ pub fn gsts<W: RegisterWindow + ?Sized>(regs: &W) -> Gsts {
 /// `command` set (`on`) or cleared.
 fn issue<W: RegisterWindow + ?Sized>(regs: &W, command: Gcmd, on: bool) {
     let current = regs.read32(GSTS_REG) & GSTS_ONE_SHOT_CLEAR_MASK;
-    let value = if on { current | command.bits() } else { current & !command.bits() };
+    let value = if on {
+        current | command.bits()
+    } else {
+        current & !command.bits()
+    };
     regs.write32(GCMD_REG, value);
 }
 
 /// Polls `GSTS` until `status` reads as `set`.
-fn await_status<W: RegisterWindow + ?Sized>(regs: &W, status: Gsts, set: bool, budget: u32) -> Result<(), Error> {
-    poll(budget, || (gsts(regs).contains(status) == set).then_some(()))
-        .ok_or(Error::Timeout { what: Wait::GlobalStatus { status: status.bits(), set }, polls: budget })
+fn await_status<W: RegisterWindow + ?Sized>(
+    regs: &W,
+    status: Gsts,
+    set: bool,
+    budget: u32,
+) -> Result<(), Error> {
+    poll(budget, || {
+        (gsts(regs).contains(status) == set).then_some(())
+    })
+    .ok_or(Error::Timeout {
+        what: Wait::GlobalStatus {
+            status: status.bits(),
+            set,
+        },
+        polls: budget,
+    })
 }
 
 /// Turns a persistent command on or off and waits (at most `budget` polls) for `GSTS` to agree.
@@ -221,7 +239,10 @@ pub fn set_persistent<W: RegisterWindow + ?Sized>(
 ///
 /// # Errors
 /// [`Error::Timeout`] if `RTPS` does not set within `budget` polls.
-pub fn set_root_table_pointer<W: RegisterWindow + ?Sized>(regs: &W, budget: u32) -> Result<(), Error> {
+pub fn set_root_table_pointer<W: RegisterWindow + ?Sized>(
+    regs: &W,
+    budget: u32,
+) -> Result<(), Error> {
     issue(regs, Gcmd::SRTP, true);
     await_status(regs, Gsts::RTPS, true, budget)
 }
@@ -230,7 +251,10 @@ pub fn set_root_table_pointer<W: RegisterWindow + ?Sized>(regs: &W, budget: u32)
 ///
 /// # Errors
 /// [`Error::Timeout`] if `IRTPS` does not set within `budget` polls.
-pub fn set_interrupt_remap_table_pointer<W: RegisterWindow + ?Sized>(regs: &W, budget: u32) -> Result<(), Error> {
+pub fn set_interrupt_remap_table_pointer<W: RegisterWindow + ?Sized>(
+    regs: &W,
+    budget: u32,
+) -> Result<(), Error> {
     issue(regs, Gcmd::SIRTP, true);
     await_status(regs, Gsts::IRTPS, true, budget)
 }
@@ -264,7 +288,10 @@ impl TryFrom<u64> for TranslationTableMode {
             0 => Ok(Self::Legacy),
             1 => Ok(Self::Scalable),
             3 => Ok(Self::AbortDma),
-            _ => Err(Error::InvalidArgument { what: "RTADDR.TTM", value: raw }),
+            _ => Err(Error::InvalidArgument {
+                what: "RTADDR.TTM",
+                value: raw,
+            }),
         }
     }
 }
@@ -285,7 +312,10 @@ impl RootTableAddress {
     /// [`Error::InvalidArgument`] if `root` is not 4 KiB aligned.
     pub const fn new(root: PhysAddr, ttm: TranslationTableMode) -> Result<Self, Error> {
         if !root.is_aligned(12) {
-            return Err(Error::InvalidArgument { what: "root table address (4 KiB aligned)", value: root.get() });
+            return Err(Error::InvalidArgument {
+                what: "root table address (4 KiB aligned)",
+                value: root.get(),
+            });
         }
         Ok(Self(root.get() | Self::TTM.place(ttm as u64)))
     }
@@ -304,13 +334,17 @@ impl RootTableAddress {
 ///
 /// # Errors
 /// [`Error::Timeout`] if `GSTS.RTPS` does not set within `budget` polls.
-pub fn write_root_table<W: RegisterWindow + ?Sized>(regs: &W, rta: RootTableAddress, budget: u32) -> Result<(), Error> {
+pub fn write_root_table<W: RegisterWindow + ?Sized>(
+    regs: &W,
+    rta: RootTableAddress,
+    budget: u32,
+) -> Result<(), Error> {
     regs.write64(RTADDR_REG, rta.get());
     set_root_table_pointer(regs, budget)
 }
 
 bitflags! {
-    /// Fault Status Register bits (§11.4.9). All but `PPF` and `FRI` are write-1-to-clear.
+    /// Fault Status Register bits (§11.4, Fault Status Register). All but `PPF` and `FRI` are write-1-to-clear.
     #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
     pub struct Fsts: u32 {
         /// 0: Primary Fault Overflow (RW1C).
@@ -362,7 +396,10 @@ mod tests {
         // 0x96FF_FFFF = 1001_0110_1111_..: bits 31 (TES), 28 (AFLS), 26 (QIES), 25 (IRES),
         // 23:0 kept; 30 (RTPS), 29 (FLS), 27 (WBFS), 24 (IRTPS) dropped.
         let kept = Gsts::from_bits_truncate(GSTS_ONE_SHOT_CLEAR_MASK);
-        assert_eq!(kept, Gsts::TES | Gsts::AFLS | Gsts::QIES | Gsts::IRES | Gsts::CFIS);
+        assert_eq!(
+            kept,
+            Gsts::TES | Gsts::AFLS | Gsts::QIES | Gsts::IRES | Gsts::CFIS
+        );
     }
 
     #[test]
@@ -380,7 +417,8 @@ mod tests {
     #[test]
     fn root_table_pointer_and_timeouts() {
         let m = Model::new();
-        let rta = RootTableAddress::new(PhysAddr::new(0x1234_5000), TranslationTableMode::Scalable).unwrap();
+        let rta = RootTableAddress::new(PhysAddr::new(0x1234_5000), TranslationTableMode::Scalable)
+            .unwrap();
         assert_eq!(rta.get(), 0x1234_5400); // TTM 01b at 11:10 = 0x400
         write_root_table(&m, rta, 10).unwrap();
         assert_eq!(m.read64(RTADDR_REG), 0x1234_5400);
@@ -388,12 +426,29 @@ mod tests {
         m.freeze_gcmd(true);
         assert_eq!(
             set_persistent(&m, PersistentCommand::QueuedInvalidationEnable, true, 7),
-            Err(Error::Timeout { what: Wait::GlobalStatus { status: Gsts::QIES.bits(), set: true }, polls: 7 })
+            Err(Error::Timeout {
+                what: Wait::GlobalStatus {
+                    status: Gsts::QIES.bits(),
+                    set: true
+                },
+                polls: 7
+            })
         );
         m.set_gsts(Gsts::WBFS);
-        assert!(matches!(write_buffer_flush(&m, 3), Err(Error::Timeout { polls: 3, .. })));
-        assert!(RootTableAddress::new(PhysAddr::new(0x1001), TranslationTableMode::Legacy).is_err());
-        assert_eq!(TranslationTableMode::try_from(2), Err(Error::InvalidArgument { what: "RTADDR.TTM", value: 2 }));
+        assert!(matches!(
+            write_buffer_flush(&m, 3),
+            Err(Error::Timeout { polls: 3, .. })
+        ));
+        assert!(
+            RootTableAddress::new(PhysAddr::new(0x1001), TranslationTableMode::Legacy).is_err()
+        );
+        assert_eq!(
+            TranslationTableMode::try_from(2),
+            Err(Error::InvalidArgument {
+                what: "RTADDR.TTM",
+                value: 2
+            })
+        );
     }
 
     #[test]

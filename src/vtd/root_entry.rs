@@ -20,13 +20,18 @@ pub const CTP: Field = Field::new(63, 12);
 
 const fn pointer(pa: PhysAddr, what: &'static str) -> Result<u64, Error> {
     if !pa.is_aligned(12) {
-        return Err(Error::InvalidArgument { what, value: pa.get() });
+        return Err(Error::InvalidArgument {
+            what,
+            value: pa.get(),
+        });
     }
     Ok(pa.get() | 1)
 }
 
 /// Legacy root entry (§9.1): `P` (0), `CTP` (63:12); bits 127:64 reserved.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
 #[repr(C)]
 pub struct RootEntry {
     /// Bits 63:0: `P` and `CTP`.
@@ -65,7 +70,9 @@ impl RootEntry {
 
 /// Scalable-mode root entry (§9.2): `LP` (0), `LCTP` (63:12) for devfn 0-127; `UP` (64), `UCTP`
 /// (127:76) for devfn 128-255.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
 #[repr(C)]
 pub struct ScalableRootEntry {
     /// Bits 63:0: `LP`, `LCTP`.
@@ -138,7 +145,10 @@ mod tests {
 
         let s = ScalableRootEntry::new(None, Some(PhysAddr::new(0xabc_d000))).unwrap();
         assert_eq!((s.lo, s.hi), (0, 0xabc_d001));
-        assert_eq!((s.lower(), s.upper()), (None, Some(PhysAddr::new(0xabc_d000))));
+        assert_eq!(
+            (s.lower(), s.upper()),
+            (None, Some(PhysAddr::new(0xabc_d000)))
+        );
         assert_eq!(ScalableRootEntry::half_for(0x85), (1, 5));
         assert_eq!(ScalableRootEntry::half_for(0x10), (0, 0x10));
         assert!(ScalableRootEntry::new(Some(PhysAddr::new(8)), None).is_err());

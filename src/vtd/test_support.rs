@@ -42,7 +42,10 @@ unsafe impl PageAllocator for TestAlloc {
         // SAFETY: the layout has a non-zero size.
         let p = NonNull::new(unsafe { alloc_zeroed(layout) })?;
         self.live.borrow_mut().push((p.as_ptr() as usize, size));
-        Some(Page { pa: PhysAddr::new(p.as_ptr() as u64), va: p })
+        Some(Page {
+            pa: PhysAddr::new(p.as_ptr() as u64),
+            va: p,
+        })
     }
 
     unsafe fn free(&self, page: Page, size_log2: u32) {
@@ -50,13 +53,19 @@ unsafe impl PageAllocator for TestAlloc {
         let addr = page.va.as_ptr() as usize;
         self.live.borrow_mut().retain(|&(a, _)| a != addr);
         // SAFETY: the caller gives back a page `alloc(size_log2)` returned, with this layout.
-        unsafe { dealloc(page.va.as_ptr(), Layout::from_size_align_unchecked(size, size)) }
+        unsafe {
+            dealloc(
+                page.va.as_ptr(),
+                Layout::from_size_align_unchecked(size, size),
+            )
+        }
     }
 
     fn phys_to_virt(&self, pa: PhysAddr) -> Option<NonNull<u8>> {
         let a = usize::try_from(pa.get()).ok()?;
         let live = self.live.borrow();
-        live.iter().find(|&&(base, size)| a >= base && a < base + size)?;
+        live.iter()
+            .find(|&&(base, size)| a >= base && a < base + size)?;
         NonNull::new(a as *mut u8)
     }
 }
@@ -87,7 +96,12 @@ pub struct Model {
 impl Model {
     /// QEMU-like unit: `CAP` = QEMU's default with `NFR = nfr`, ECAP with QI and IRO = 0xf.
     pub fn with_nfr(nfr: u8) -> Self {
-        let m = Model { st: RefCell::new(State { rate: 4, ..State::default() }) };
+        let m = Model {
+            st: RefCell::new(State {
+                rate: 4,
+                ..State::default()
+            }),
+        };
         let cap = 0x00d2_008c_222f_0606u64 | (nfr as u64) << 40;
         m.put64(regs::CAP_REG, cap);
         m.put64(regs::ECAP_REG, 0x00f0_0f5e);
@@ -159,7 +173,8 @@ impl Model {
         ((self.get64(regs::CAP_REG) >> 40) & 0xff) as u16
     }
     fn update_ppf(&self) {
-        let first = (0..=self.nfr()).find(|&i| self.get32(regs::frcd_reg(MODEL_FRO, i) + 12) >> 31 != 0);
+        let first =
+            (0..=self.nfr()).find(|&i| self.get32(regs::frcd_reg(MODEL_FRO, i) + 12) >> 31 != 0);
         let mut f = self.get32(regs::FSTS_REG) & !(Fsts::PPF.bits() | 0xff00);
         if let Some(i) = first {
             f |= Fsts::PPF.bits() | (i as u32) << 8;
@@ -175,7 +190,8 @@ impl Model {
         let old = Gsts::from_bits_retain(self.get32(regs::GSTS_REG));
         let persistent = Gcmd::TE | Gcmd::EAFL | Gcmd::QIE | Gcmd::IRE | Gcmd::CFI;
         // Status bits sit at the same positions as their command bits.
-        let mut new = Gsts::from_bits_retain((old.bits() & !persistent.bits()) | (v & persistent.bits()));
+        let mut new =
+            Gsts::from_bits_retain((old.bits() & !persistent.bits()) | (v & persistent.bits()));
         if v & Gcmd::SRTP.bits() != 0 {
             new |= Gsts::RTPS;
         }
@@ -300,7 +316,7 @@ impl RegisterWindow for Model {
                 let v = self.get32(offset) & !(value & 1);
                 self.put32(offset, v);
             }
-            o if o >= MODEL_FRO && o < MODEL_FRO + 16 * 256 && o % 16 == 12 => {
+            o if (MODEL_FRO..MODEL_FRO + 16 * 256).contains(&o) && o % 16 == 12 => {
                 if value >> 31 != 0 && !self.st.borrow().stuck_faults {
                     let v = self.get32(o) & !(1 << 31);
                     self.put32(o, v);
@@ -318,7 +334,7 @@ impl RegisterWindow for Model {
         match offset {
             regs::CCMD_REG => self.on_command64(offset, value),
             o if o == regs::iotlb_reg(MODEL_IRO) => self.on_command64(offset, value),
-            o if o >= MODEL_FRO && o < MODEL_FRO + 16 * 256 => {
+            o if (MODEL_FRO..MODEL_FRO + 16 * 256).contains(&o) => {
                 self.put32(o, value as u32);
                 self.write32(o + 4, (value >> 32) as u32);
             }
