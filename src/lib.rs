@@ -17,3 +17,4 @@ pub mod mem;
 pub mod mmio;
 pub mod pgtable;
 pub mod smmuv3;
+pub mod vtd;

@@ -144,6 +144,14 @@ pub unsafe trait PageAllocator {
     fn sync_for_device(&self, va: NonNull<u8>, len: usize) {
         let _ = (va, len);
     }
+
+    /// Makes `len` bytes at `va`, which a device that does not snoop the CPU caches wrote
+    /// (event queue records, a completion word), visible to the CPU: invalidate the cache lines
+    /// (Arm `DC IVAC`). The crate calls it before reading such memory, only for non-coherent
+    /// units; the default does nothing.
+    fn sync_for_cpu(&self, va: NonNull<u8>, len: usize) {
+        let _ = (va, len);
+    }
 }
 
 // SAFETY: forwards to `A`, which upholds the contract.
@@ -167,6 +175,11 @@ unsafe impl<A: PageAllocator + ?Sized> PageAllocator for &A {
     #[inline]
     fn sync_for_device(&self, va: NonNull<u8>, len: usize) {
         (**self).sync_for_device(va, len)
+    }
+
+    #[inline]
+    fn sync_for_cpu(&self, va: NonNull<u8>, len: usize) {
+        (**self).sync_for_cpu(va, len)
     }
 }
 

@@ -1,13 +1,13 @@
 //! Arm VMSAv8-64 stage-1 translation tables, as an SMMUv3 walks them for a CD's TTB0.
 //!
 //! Arm ARM (DDI 0487 K.a) D8.3.1 (descriptor formats), D8.4.1 (stage 1 data access
-//! permissions, AP[2:1]), D8.5.2 (AttrIndx and MAIR), D8.4.5 (PXN/UXN); SMMUv3 (IHI 0070 G.b)
+//! permissions, AP\[2:1\]), D8.5.2 (AttrIndx and MAIR), D8.4.5 (PXN/UXN); SMMUv3 (IHI 0070 G.b)
 //! §5.4 CD fields T0SZ/TG0/IPS/MAIR that describe this table.
 //!
 //! Levels (this crate -> Arm lookup level, 4 KiB granule, 48-bit VA): 0 -> 3, 1 -> 2, 2 -> 1,
 //! 3 -> 0. Stage 1 has no concatenation: a short VA leaves the root partly used.
 //!
-//! Leaf bits: AttrIndx (4:2), AP (7:6: AP[1] = EL0 access, AP[2] = read-only), SH (9:8), AF
+//! Leaf bits: AttrIndx (4:2), AP (7:6: AP\[1\] = EL0 access, AP\[2\] = read-only), SH (9:8), AF
 //! (10), nG (11, set: translations are tagged with the CD's ASID), DBM (51), Contiguous (52,
 //! never set by the engine), PXN (53), UXN (54).
 
@@ -126,7 +126,7 @@ impl Format for ArmS1 {
     }
 
     fn check_prot(&self, prot: Prot) -> Result<(), Error> {
-        // AP[2:1] has no write-only or no-access encoding for a valid descriptor.
+        // AP\[2:1\] has no write-only or no-access encoding for a valid descriptor.
         if prot.contains(Prot::READ) {
             Ok(())
         } else {

@@ -1,6 +1,6 @@
 //! The format-agnostic radix page-table engine.
 //!
-//! One walker, written once in [`table`] and monomorphised per [`Format`]: map, unmap, query,
+//! One walker, written once (`table.rs`) and monomorphised per [`Format`]: map, unmap, query,
 //! dirty read-and-clear and enumeration over whole IOVA ranges. Each hardware format lives in
 //! one file ([`vtd_ss`], [`vtd_fs`], [`arm_s2`], [`arm_s1`]) as a handful of small primitives.
 //!

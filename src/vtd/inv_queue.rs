@@ -1,0 +1,436 @@
+//! The invalidation queue: Intel VT-d specification rev. 4.1, §6.5.2 Queued Invalidation
+//! Interface, §6.5.2.10 Hardware Handling of Queued Invalidation Interface Errors, and the
+//! registers `IQH_REG` / `IQT_REG` / `IQA_REG` (§11.4).
+//!
+//! The queue is a ring of `2^QS` 4 KiB pages from the [`PageAllocator`]: `2^(QS+8)` 128-bit
+//! descriptors, or `2^(QS+7)` 256-bit ones when `IQA.DW = 1` (scalable mode). Software owns the
+//! tail (`IQT`), hardware the head (`IQH`); both hold byte offsets (`index << 4` or `<< 5`). One
+//! slot always stays empty so that `head == tail` means empty.
+//!
+//! Rules kept here:
+//! - never overwrite a descriptor hardware has not consumed: free space is computed from `IQH`
+//!   before every batch, and waiting for space is bounded;
+//! - one `IQT` write (a doorbell, ordered after the descriptor stores) per batch;
+//! - exactly one invalidation wait descriptor per synchronisation; it writes a sequence number to
+//!   a status word the queue owns, polled with a bound;
+//! - queue errors (`FSTS.IQE/ITE/ICE`) become [`Error::QueueError`] with the `IQH` index, and are
+//!   cleared so later submissions proceed. For IQE, §6.5.2.10: hardware stops at the offending
+//!   descriptor, leaves `IQH` on it, and fetches nothing until `IQE` is cleared; the queue
+//!   replaces that descriptor with a harmless wait (status write to a scratch word) before
+//!   clearing, so hardware resumes past it.
+//!
+//! The descriptor ring and the status words are plain memory the unit reads and writes directly;
+//! this module assumes those accesses are coherent with the CPU caches (`ECAP.C` covers the
+//! translation structures; queue accesses are treated as snooped, as common drivers do).
+
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicU32, Ordering};
+
+use super::inv_desc::{Descriptor, WaitFlags};
+use super::regs::{self, clear_fsts, set_persistent, Fsts, Gsts, PersistentCommand};
+use super::{Error, QueueErrorKind, Wait};
+use crate::mem::{Page, PageAllocator, PhysAddr, PAGE_SHIFT_4K};
+use crate::mmio::{dma_read_barrier, poll, RegisterWindow};
+
+/// `IQA.DW`: descriptor width.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum DescriptorWidth {
+    /// 128-bit descriptors (legacy mode, or scalable mode by choice).
+    Bits128 = 0,
+    /// 256-bit descriptors (scalable mode; needs `ECAP.SMTS`).
+    Bits256 = 1,
+}
+
+impl DescriptorWidth {
+    /// log2 of the descriptor size in bytes, the shift between index and `IQH`/`IQT` value.
+    pub const fn shift(self) -> u32 {
+        4 + self as u32
+    }
+}
+
+/// `IQA` bit 11: Descriptor Width.
+pub const IQA_DW: u64 = 1 << 11;
+/// `IQA` 2:0: Queue Size, `2^QS` pages.
+pub const IQA_QS_MAX: u8 = 7;
+
+/// Offset of the wait status word in the status page.
+const STATUS_OFFSET: usize = 0;
+/// Offset of the scratch word that recovery waits write.
+const SCRATCH_OFFSET: usize = 4;
+/// What a recovery wait writes to the scratch word.
+const RECOVERY_MARK: u32 = 0x1be0_0e0e;
+
+/// Queue geometry and wait bound.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueConfig {
+    /// `IQA.QS` (0..=7): the queue is `2^qs` pages.
+    pub qs: u8,
+    /// `IQA.DW`.
+    pub width: DescriptorWidth,
+    /// Register polls before any wait gives up.
+    pub poll_budget: u32,
+}
+
+/// A running invalidation queue over the register window `W`.
+#[derive(Debug)]
+pub struct InvalidationQueue<W: RegisterWindow> {
+    regs: W,
+    ring: Page,
+    status: Page,
+    config: QueueConfig,
+    entries: u32,
+    tail: u32,
+    sequence: u32,
+}
+
+impl<W: RegisterWindow> InvalidationQueue<W> {
+    /// Allocates the ring and status page, programs `IQT = 0` and `IQA`, and sets `GCMD.QIE`.
+    /// If queued invalidation is already on (left by firmware or a previous kernel), it is
+    /// drained and turned off first, since `IQA` may only change while it is off.
+    ///
+    /// On a hardware time-out the pages are leaked rather than freed: the unit may still hold
+    /// their address.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for `qs > 7`; [`Error::NoMemory`]; [`Error::Timeout`] if the
+    /// unit does not drain or acknowledge `QIE`; [`Error::UnexpectedState`] if `IQH` is not 0
+    /// once enabled.
+    pub fn enable<A: PageAllocator + ?Sized>(
+        regs: W,
+        alloc: &A,
+        config: QueueConfig,
+    ) -> Result<Self, Error> {
+        if config.qs > IQA_QS_MAX {
+            return Err(Error::InvalidArgument {
+                what: "IQA.QS (0..=7)",
+                value: config.qs as u64,
+            });
+        }
+        let budget = config.poll_budget;
+        if regs::gsts(&regs).contains(Gsts::QIES) {
+            let drained = poll(budget, || {
+                (regs.read64(regs::IQH_REG) == regs.read64(regs::IQT_REG)).then_some(())
+            });
+            drained.ok_or(Error::Timeout {
+                what: Wait::QueueDrain,
+                polls: budget,
+            })?;
+            set_persistent(
+                &regs,
+                PersistentCommand::QueuedInvalidationEnable,
+                false,
+                budget,
+            )?;
+        }
+        let ring_log2 = PAGE_SHIFT_4K + config.qs as u32;
+        let ring = alloc.alloc(ring_log2).ok_or(Error::NoMemory)?;
+        let Some(status) = alloc.alloc(PAGE_SHIFT_4K) else {
+            // SAFETY: `ring` came from `alloc` just now and the unit never saw it.
+            unsafe { alloc.free(ring, ring_log2) };
+            return Err(Error::NoMemory);
+        };
+        let entries = 1u32 << (8 + config.qs as u32 - config.width as u32);
+        regs.write64(regs::IQT_REG, 0);
+        let dw = if config.width == DescriptorWidth::Bits256 {
+            IQA_DW
+        } else {
+            0
+        };
+        regs.write64(regs::IQA_REG, ring.pa.get() | dw | config.qs as u64);
+        set_persistent(
+            &regs,
+            PersistentCommand::QueuedInvalidationEnable,
+            true,
+            budget,
+        )?;
+        let head = regs.read64(regs::IQH_REG);
+        if head != 0 {
+            return Err(Error::UnexpectedState {
+                register: "IQH after enabling queued invalidation",
+                value: head,
+            });
+        }
+        Ok(Self {
+            regs,
+            ring,
+            status,
+            config,
+            entries,
+            tail: 0,
+            sequence: 0,
+        })
+    }
+
+    /// Number of descriptor slots.
+    pub const fn entries(&self) -> u32 {
+        self.entries
+    }
+
+    /// The most descriptors one [`submit_and_wait`](Self::submit_and_wait) batch may carry (one
+    /// slot stays empty and one holds the wait).
+    pub const fn batch_capacity(&self) -> usize {
+        self.entries as usize - 2
+    }
+
+    /// The software tail index.
+    pub const fn tail(&self) -> u32 {
+        self.tail
+    }
+
+    /// The register window.
+    pub const fn regs(&self) -> &W {
+        &self.regs
+    }
+
+    /// Queues `descriptors` and rings the doorbell once, without waiting for completion.
+    ///
+    /// # Errors
+    /// [`Error::BatchTooLarge`]; [`Error::InvalidArgument`] for a 256-bit descriptor in a 128-bit
+    /// queue; [`Error::QueueError`] if the unit reports a queue error; [`Error::Timeout`] if
+    /// space does not free up within the poll budget.
+    pub fn submit(&mut self, descriptors: &[Descriptor]) -> Result<(), Error> {
+        if descriptors.is_empty() {
+            return Ok(());
+        }
+        self.check_batch(descriptors, 0)?;
+        self.reserve(descriptors.len() as u32)?;
+        for d in descriptors {
+            self.push(d);
+        }
+        self.ring_doorbell();
+        Ok(())
+    }
+
+    /// Queues one invalidation wait and polls until hardware writes its status, which means
+    /// every descriptor queued before it has completed.
+    ///
+    /// # Errors
+    /// [`Error::QueueError`] (the error is cleared first); [`Error::Timeout`] naming the
+    /// sequence number if the status write does not arrive within the poll budget.
+    pub fn wait(&mut self) -> Result<(), Error> {
+        self.submit_and_wait(&[])
+    }
+
+    /// Queues `descriptors` followed by one invalidation wait, rings the doorbell once, and
+    /// polls for the wait's status write.
+    ///
+    /// # Errors
+    /// As [`submit`](Self::submit) and [`wait`](Self::wait).
+    pub fn submit_and_wait(&mut self, descriptors: &[Descriptor]) -> Result<(), Error> {
+        self.check_batch(descriptors, 1)?;
+        let sequence = self.sequence.wrapping_add(1);
+        let wait = Descriptor::wait(
+            WaitFlags::default(),
+            Some((sequence, self.status_pa(STATUS_OFFSET))),
+        )?;
+        self.reserve(descriptors.len() as u32 + 1)?;
+        for d in descriptors {
+            self.push(d);
+        }
+        self.push(&wait);
+        self.sequence = sequence;
+        self.ring_doorbell();
+        self.await_status(sequence)
+    }
+
+    /// Waits for the unit to consume everything queued, then clears `GCMD.QIE`.
+    ///
+    /// # Errors
+    /// [`Error::QueueError`] or [`Error::Timeout`].
+    pub fn disable(&mut self) -> Result<(), Error> {
+        let budget = self.config.poll_budget;
+        poll(budget, || match self.probe_head() {
+            Ok(head) => (head == self.tail).then_some(Ok(())),
+            Err(e) => Some(Err(e)),
+        })
+        .unwrap_or(Err(Error::Timeout {
+            what: Wait::QueueDrain,
+            polls: budget,
+        }))?;
+        set_persistent(
+            &self.regs,
+            PersistentCommand::QueuedInvalidationEnable,
+            false,
+            budget,
+        )
+    }
+
+    /// Gives the ring and status pages back to `alloc` once queued invalidation is off.
+    ///
+    /// # Errors
+    /// Returns the queue with [`Error::UnexpectedState`] if `GSTS.QIES` is still set.
+    ///
+    /// # Safety
+    /// `alloc` is the allocator [`enable`](Self::enable) was given.
+    pub unsafe fn release<A: PageAllocator + ?Sized>(self, alloc: &A) -> Result<(), (Self, Error)> {
+        let gsts = regs::gsts(&self.regs);
+        if gsts.contains(Gsts::QIES) {
+            let e = Error::UnexpectedState {
+                register: "GSTS (QIES still set)",
+                value: gsts.bits() as u64,
+            };
+            return Err((self, e));
+        }
+        // SAFETY: both pages came from `alloc` (caller's promise) with these sizes, and the unit
+        // no longer fetches from them: queued invalidation is off.
+        unsafe {
+            alloc.free(self.ring, PAGE_SHIFT_4K + self.config.qs as u32);
+            alloc.free(self.status, PAGE_SHIFT_4K);
+        }
+        Ok(())
+    }
+
+    fn check_batch(&self, descriptors: &[Descriptor], extra: usize) -> Result<(), Error> {
+        let len = descriptors.len() + extra;
+        if len > self.batch_capacity() {
+            return Err(Error::BatchTooLarge {
+                len,
+                capacity: self.batch_capacity(),
+            });
+        }
+        if self.config.width == DescriptorWidth::Bits128 {
+            if let Some(d) = descriptors.iter().find(|d| d.qw[2] != 0 || d.qw[3] != 0) {
+                return Err(Error::InvalidArgument {
+                    what: "256-bit descriptor in a 128-bit queue",
+                    value: d.qw[0],
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn status_pa(&self, offset: usize) -> PhysAddr {
+        // The page is 4 KiB aligned and the offsets are below 4 KiB: OR cannot overflow.
+        PhysAddr::new(self.status.pa.get() | offset as u64)
+    }
+
+    fn status_word(&self) -> &AtomicU32 {
+        // SAFETY: the status page is a live, 4 KiB-aligned page owned by this queue until
+        // `release`; the word at offset 0 is aligned, and hardware writes it whole.
+        unsafe {
+            &*self
+                .status
+                .va
+                .as_ptr()
+                .add(STATUS_OFFSET)
+                .cast::<AtomicU32>()
+        }
+    }
+
+    /// Reads `IQH` as an index, after checking for queue errors.
+    fn probe_head(&mut self) -> Result<u32, Error> {
+        self.check_errors()?;
+        self.head_index()
+    }
+
+    fn head_index(&self) -> Result<u32, Error> {
+        let raw = self.regs.read64(regs::IQH_REG);
+        let index = raw >> self.config.width.shift();
+        if index >= self.entries as u64 {
+            return Err(Error::UnexpectedState {
+                register: "IQH",
+                value: raw,
+            });
+        }
+        Ok(index as u32)
+    }
+
+    /// Polls until `needed` slots are free, never counting the slot that must stay empty.
+    fn reserve(&mut self, needed: u32) -> Result<(), Error> {
+        let budget = self.config.poll_budget;
+        let entries = self.entries;
+        poll(budget, || match self.probe_head() {
+            // head, tail < entries <= 2^15: no overflow.
+            Ok(head) => ((head + entries - self.tail - 1) % entries >= needed).then_some(Ok(())),
+            Err(e) => Some(Err(e)),
+        })
+        .unwrap_or(Err(Error::Timeout {
+            what: Wait::QueueSpace { needed },
+            polls: budget,
+        }))
+    }
+
+    fn slot(&self, index: u32) -> NonNull<u64> {
+        let offset = (index as usize) << self.config.width.shift();
+        // SAFETY: `index < entries`, so the offset lies inside the 2^(12+QS)-byte ring.
+        unsafe { self.ring.va.add(offset).cast::<u64>() }
+    }
+
+    /// Writes `d` at `index` (the words the width carries).
+    fn write_slot(&self, index: u32, d: &Descriptor) {
+        let words = if self.config.width == DescriptorWidth::Bits256 {
+            4
+        } else {
+            2
+        };
+        let p = self.slot(index);
+        for (i, &w) in d.qw.iter().take(words).enumerate() {
+            // SAFETY: `slot` points at a descriptor-aligned slot of `words` u64s inside the ring,
+            // which only this queue writes; volatile, as the unit reads it asynchronously.
+            unsafe { p.as_ptr().add(i).write_volatile(w) }
+        }
+    }
+
+    fn push(&mut self, d: &Descriptor) {
+        self.write_slot(self.tail, d);
+        self.tail = (self.tail + 1) % self.entries;
+    }
+
+    fn ring_doorbell(&self) {
+        let value = (self.tail as u64) << self.config.width.shift();
+        self.regs.doorbell64(regs::IQT_REG, value);
+    }
+
+    fn await_status(&mut self, sequence: u32) -> Result<(), Error> {
+        let budget = self.config.poll_budget;
+        poll(budget, || {
+            dma_read_barrier();
+            if self.status_word().load(Ordering::Acquire) == sequence {
+                return Some(Ok(()));
+            }
+            self.check_errors().err().map(Err)
+        })
+        .unwrap_or(Err(Error::Timeout {
+            what: Wait::InvalidationWait { sequence },
+            polls: budget,
+        }))
+    }
+
+    /// Turns a pending `FSTS` queue error into [`Error::QueueError`] after clearing it (and, for
+    /// IQE, neutralising the offending descriptor).
+    fn check_errors(&mut self) -> Result<(), Error> {
+        let (fsts, _) = regs::fsts(&self.regs);
+        let (kind, bit) = if fsts.contains(Fsts::IQE) {
+            (QueueErrorKind::InvalidQueueEntry, Fsts::IQE)
+        } else if fsts.contains(Fsts::ITE) {
+            (QueueErrorKind::InvalidationTimeout, Fsts::ITE)
+        } else if fsts.contains(Fsts::ICE) {
+            (QueueErrorKind::InvalidationCompletion, Fsts::ICE)
+        } else {
+            return Ok(());
+        };
+        let head = self.head_index()?;
+        if bit == Fsts::IQE && head != self.tail {
+            self.neutralise(head)?;
+        }
+        clear_fsts(&self.regs, bit);
+        Err(Error::QueueError { kind, head })
+    }
+
+    /// Replaces the descriptor at `index` with a wait whose status write lands in the scratch
+    /// word: valid for every unit, and without effect on the caller's completion tracking.
+    fn neutralise(&self, index: u32) -> Result<(), Error> {
+        let harmless = Descriptor::wait(
+            WaitFlags::default(),
+            Some((RECOVERY_MARK, self.status_pa(SCRATCH_OFFSET))),
+        )?;
+        self.write_slot(index, &harmless);
+        // The write must be visible before IQE is cleared and the unit re-fetches the slot.
+        crate::mmio::dma_write_barrier();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;
