@@ -13,3 +13,5 @@ extern crate std;
 
 pub mod mem;
 pub mod mmio;
+#[cfg(feature = "sim")]
+pub mod sim;
