@@ -173,7 +173,10 @@ mod tests {
     fn checked_arithmetic_never_wraps() {
         assert_eq!(Iova::new(u64::MAX).checked_add(1), None);
         assert_eq!(PhysAddr::new(0).checked_sub(1), None);
-        assert_eq!(Iova::new(0x1000).checked_add(0x1000), Some(Iova::new(0x2000)));
+        assert_eq!(
+            Iova::new(0x1000).checked_add(0x1000),
+            Some(Iova::new(0x2000))
+        );
     }
 
     #[test]

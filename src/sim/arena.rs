@@ -64,7 +64,10 @@ pub struct ArenaConfig {
 
 impl Default for ArenaConfig {
     fn default() -> Self {
-        Self { base_pa: 0x8000_0000, capacity: 64 << 20 }
+        Self {
+            base_pa: 0x8000_0000,
+            capacity: 64 << 20,
+        }
     }
 }
 
@@ -86,7 +89,9 @@ impl core::fmt::Display for ArenaError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             Self::UnalignedBase(b) => write!(f, "arena base {b:#x} is not 1 MiB aligned"),
-            Self::BadCapacity(c) => write!(f, "arena capacity {c:#x} is not a non-zero MiB multiple"),
+            Self::BadCapacity(c) => {
+                write!(f, "arena capacity {c:#x} is not a non-zero MiB multiple")
+            }
             Self::AddressOverflow => write!(f, "arena base + capacity overflows 64 bits"),
             Self::HostOutOfMemory => write!(f, "host allocation for the arena failed"),
         }
@@ -203,7 +208,11 @@ impl Inner {
     }
 
     fn bad_free(&mut self, pa: u64, size_log2: u32, kind: BadFreeKind) {
-        self.bad_frees.push(BadFree { pa, size_log2, kind });
+        self.bad_frees.push(BadFree {
+            pa,
+            size_log2,
+            kind,
+        });
         self.stats.bad_frees = self.bad_frees.len();
     }
 }
@@ -249,7 +258,13 @@ impl Arena {
         // SAFETY: `layout` has a non-zero size (checked above).
         let raw = unsafe { alloc_zeroed(layout) };
         let buf = NonNull::new(raw).ok_or(ArenaError::HostOutOfMemory)?;
-        Ok(Self { buf, layout, base_pa: config.base_pa, capacity, inner: Mutex::default() })
+        Ok(Self {
+            buf,
+            layout,
+            base_pa: config.base_pa,
+            capacity,
+            inner: Mutex::default(),
+        })
     }
 
     /// An arena with [`ArenaConfig::default`].
@@ -279,7 +294,11 @@ impl Arena {
     /// Every live page: (physical address, size log2), by address.
     pub fn live_pages(&self) -> Vec<(PhysAddr, u32)> {
         let inner = self.lock();
-        inner.live.iter().map(|(&off, p)| (PhysAddr::new(self.base_pa + off), p.size_log2)).collect()
+        inner
+            .live
+            .iter()
+            .map(|(&off, p)| (PhysAddr::new(self.base_pa + off), p.size_log2))
+            .collect()
     }
 
     /// Sets when allocations fail on purpose, and restarts the attempt count.
@@ -292,7 +311,9 @@ impl Arena {
     /// Writes the 64-bit word at `pa` inside a live page (for tests that hand-build tables). Not
     /// reported to the sync recorder. Returns `false` if `pa` is unaligned or not in a live page.
     pub fn write_u64(&self, pa: u64, value: u64) -> bool {
-        let Some(off) = self.live_word(pa) else { return false };
+        let Some(off) = self.live_word(pa) else {
+            return false;
+        };
         self.word(off).store(value, Ordering::Release);
         true
     }
@@ -332,7 +353,10 @@ impl Arena {
         let covered = merge_ranges(inner.sync_log.as_deref().unwrap_or_default());
         let mut missing = Vec::new();
         for (&off, page) in &inner.live {
-            let old = before.pages.get(&off).filter(|(generation, _)| *generation == page.generation);
+            let old = before
+                .pages
+                .get(&off)
+                .filter(|(generation, _)| *generation == page.generation);
             for i in 0..(1u64 << page.size_log2) / 8 {
                 let now = self.word(off + i * 8).load(Ordering::Acquire);
                 let changed = old.and_then(|(_, words)| words.get(i as usize)) != Some(&now);
@@ -361,7 +385,9 @@ impl Arena {
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panicking test thread must not hide the books from the others.
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The word at byte offset `off` of the buffer. `off` must be 8-aligned and inside the
@@ -391,7 +417,8 @@ impl Arena {
     }
 
     fn offset_of(&self, pa: u64) -> Option<u64> {
-        pa.checked_sub(self.base_pa).filter(|&off| off < self.capacity)
+        pa.checked_sub(self.base_pa)
+            .filter(|&off| off < self.capacity)
     }
 
     fn va_of(&self, off: u64) -> NonNull<u8> {
@@ -439,11 +466,12 @@ impl PhysMem for Arena {
 unsafe impl PageAllocator for Arena {
     fn alloc(&self, size_log2: u32) -> Option<Page> {
         let mut inner = self.lock();
-        let block = if (MIN_PAGE_LOG2..=MAX_PAGE_LOG2).contains(&size_log2) && !inner.injected_failure() {
-            self.take_block(&mut inner, size_log2)
-        } else {
-            None
-        };
+        let block =
+            if (MIN_PAGE_LOG2..=MAX_PAGE_LOG2).contains(&size_log2) && !inner.injected_failure() {
+                self.take_block(&mut inner, size_log2)
+            } else {
+                None
+            };
         let Some(off) = block else {
             inner.stats.failed_allocs += 1;
             return None;
@@ -451,14 +479,23 @@ unsafe impl PageAllocator for Arena {
         self.fill(off, size_log2, 0);
         inner.generation += 1;
         let generation = inner.generation;
-        inner.live.insert(off, LivePage { size_log2, generation });
+        inner.live.insert(
+            off,
+            LivePage {
+                size_log2,
+                generation,
+            },
+        );
         let stats = &mut inner.stats;
         stats.allocs += 1;
         stats.live_pages += 1;
         stats.live_bytes += 1u64 << size_log2;
         stats.peak_live_pages = stats.peak_live_pages.max(stats.live_pages);
         stats.peak_live_bytes = stats.peak_live_bytes.max(stats.live_bytes);
-        Some(Page { pa: PhysAddr::new(self.base_pa + off), va: self.va_of(off) })
+        Some(Page {
+            pa: PhysAddr::new(self.base_pa + off),
+            va: self.va_of(off),
+        })
     }
 
     unsafe fn free(&self, page: Page, size_log2: u32) {
@@ -468,9 +505,9 @@ unsafe impl PageAllocator for Arena {
             return inner.bad_free(pa, size_log2, BadFreeKind::Unknown);
         };
         let kind = match inner.live.get(&off) {
-            Some(live) if live.size_log2 != size_log2 => {
-                BadFreeKind::SizeMismatch { allocated_log2: live.size_log2 }
-            }
+            Some(live) if live.size_log2 != size_log2 => BadFreeKind::SizeMismatch {
+                allocated_log2: live.size_log2,
+            },
             Some(_) if page.va != self.va_of(off) => BadFreeKind::WrongVirtual,
             Some(_) => {
                 inner.live.remove(&off);
@@ -494,7 +531,9 @@ unsafe impl PageAllocator for Arena {
     }
 
     fn sync_for_device(&self, va: NonNull<u8>, len: usize) {
-        let off = (va.as_ptr() as usize).checked_sub(self.buf.as_ptr() as usize).map(|o| o as u64);
+        let off = (va.as_ptr() as usize)
+            .checked_sub(self.buf.as_ptr() as usize)
+            .map(|o| o as u64);
         let mut inner = self.lock();
         inner.stats.syncs += 1;
         let inside = off.and_then(|off| {
@@ -516,8 +555,10 @@ unsafe impl PageAllocator for Arena {
 
 /// Sorts and merges (start, length) ranges into disjoint (start, end) intervals.
 fn merge_ranges(ranges: &[(u64, u64)]) -> Vec<(u64, u64)> {
-    let mut sorted: Vec<(u64, u64)> =
-        ranges.iter().map(|&(pa, len)| (pa, pa.saturating_add(len))).collect();
+    let mut sorted: Vec<(u64, u64)> = ranges
+        .iter()
+        .map(|&(pa, len)| (pa, pa.saturating_add(len)))
+        .collect();
     sorted.sort_unstable();
     let mut merged: Vec<(u64, u64)> = Vec::new();
     for (start, end) in sorted {
@@ -535,135 +576,4 @@ fn is_covered(merged: &[(u64, u64)], pa: u64, len: u64) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn arena() -> Arena {
-        Arena::new(ArenaConfig { base_pa: 0x8000_0000, capacity: 4 << 20 }).expect("arena")
-    }
-
-    #[test]
-    fn pages_are_aligned_zeroed_and_distinct_from_host_addresses() {
-        let a = arena();
-        for log2 in MIN_PAGE_LOG2..=MAX_PAGE_LOG2 {
-            let page = a.alloc(log2).expect("page");
-            assert!(page.pa.is_aligned(log2) && page.pa.get() >= 0x8000_0000);
-            assert_eq!(page.va.as_ptr() as usize % (1usize << log2), 0);
-            assert_ne!(page.pa.get(), page.va.as_ptr() as u64);
-            let last = page.pa.get() + (1u64 << log2) - 8;
-            assert_eq!(a.read_u64(last), Some(0));
-            assert_eq!(a.phys_to_virt(PhysAddr::new(last + 4)), Some(
-                // SAFETY: the offset stays inside the page just allocated.
-                unsafe { page.va.add((1usize << log2) - 4) }
-            ));
-        }
-        assert_eq!(a.alloc(11), None);
-        assert_eq!(a.alloc(21), None);
-        assert_eq!(a.stats().failed_allocs, 2);
-    }
-
-    #[test]
-    fn books_and_bad_frees() {
-        let a = arena();
-        let p = a.alloc(12).expect("page");
-        let q = a.alloc(16).expect("page");
-        assert_eq!(a.stats().live_pages, 2);
-        // SAFETY: `p` and `q` came from `a` and no walker can reach them.
-        unsafe {
-            a.free(q, 12);
-            a.free(p, 12);
-            a.free(p, 12);
-            a.free(Page { pa: PhysAddr::new(0x1000), va: p.va }, 12);
-            a.free(q, 16);
-        }
-        let kinds: Vec<_> = a.bad_frees().iter().map(|b| b.kind).collect();
-        assert_eq!(
-            kinds,
-            [
-                BadFreeKind::SizeMismatch { allocated_log2: 16 },
-                BadFreeKind::DoubleFree,
-                BadFreeKind::Unknown
-            ]
-        );
-        let s = a.stats();
-        assert_eq!((s.live_pages, s.allocs, s.frees, s.peak_live_pages, s.bad_frees), (0, 2, 2, 2, 3));
-        assert_eq!(a.read_u64(p.pa.get()), None, "a walker cannot read a freed page");
-        // The freed page comes back zeroed, not poisoned.
-        let again = a.alloc(12).expect("page");
-        assert_eq!(again.pa, p.pa);
-        assert_eq!(a.read_u64(again.pa.get() + 8), Some(0));
-    }
-
-    #[test]
-    fn failure_injection() {
-        let a = arena();
-        a.set_fail_policy(FailPolicy::Nth(2));
-        assert!(a.alloc(12).is_some());
-        assert!(a.alloc(12).is_none());
-        assert!(a.alloc(12).is_some());
-        a.set_fail_policy(FailPolicy::AfterN(1));
-        assert!(a.alloc(12).is_some());
-        assert!(a.alloc(12).is_none());
-        assert!(a.alloc(12).is_none());
-        a.set_fail_policy(FailPolicy::Never);
-        assert!(a.alloc(12).is_some());
-        assert_eq!(a.stats().failed_allocs, 3);
-    }
-
-    #[test]
-    fn exhaustion_fails_cleanly() {
-        let a = Arena::new(ArenaConfig { base_pa: 1 << 20, capacity: 1 << 20 }).expect("arena");
-        assert!(a.alloc(20).is_some());
-        assert!(a.alloc(12).is_none());
-    }
-
-    #[test]
-    fn config_is_checked() {
-        let bad = |base_pa, capacity| Arena::new(ArenaConfig { base_pa, capacity }).err();
-        assert_eq!(bad(0x1000, 1 << 20), Some(ArenaError::UnalignedBase(0x1000)));
-        assert_eq!(bad(0, 0), Some(ArenaError::BadCapacity(0)));
-        assert_eq!(bad(u64::MAX - (1 << 20) + 1, 2 << 20), Some(ArenaError::AddressOverflow));
-        // A base above 2^48 for 52-bit output address tests.
-        assert!(bad(1 << 50, 1 << 20).is_none());
-    }
-
-    #[test]
-    fn sync_recorder_finds_unreported_writes() {
-        let a = arena();
-        let old = a.alloc(12).expect("page");
-        let before = a.start_sync_recording();
-        let new = a.alloc(12).expect("page");
-        // The engine would write through `va`; the test stands in for it.
-        assert!(a.write_u64(old.pa.get() + 0x10, 7));
-        assert!(a.write_u64(old.pa.get() + 0x18, 9));
-        a.sync_for_device(new.va, 4096);
-        // SAFETY: 0x10 is inside the 4 KiB page.
-        a.sync_for_device(unsafe { old.va.add(0x10) }, 8);
-        assert_eq!(a.unsynced_words(&before), [old.pa.get() + 0x18]);
-        assert_eq!(a.sync_log(), [(new.pa.get(), 4096), (old.pa.get() + 0x10, 8)]);
-        // A range that spills out of its page is counted, not recorded.
-        // SAFETY: the pointer stays inside the arena's buffer.
-        a.sync_for_device(unsafe { old.va.add(4088) }, 16);
-        assert_eq!(a.stats().syncs_outside_live, 1);
-        assert_eq!(a.stop_sync_recording().len(), 2);
-    }
-
-    #[test]
-    fn shared_between_threads() {
-        let a = arena();
-        std::thread::scope(|s| {
-            for _ in 0..4 {
-                s.spawn(|| {
-                    for _ in 0..16 {
-                        let p = a.alloc(12).expect("page");
-                        assert!(a.write_u64(p.pa.get(), 1));
-                        // SAFETY: `p` came from `a` and nothing else refers to it.
-                        unsafe { a.free(p, 12) };
-                    }
-                });
-            }
-        });
-        let s = a.stats();
-        assert_eq!((s.allocs, s.frees, s.live_pages, s.bad_frees), (64, 64, 0, 0));
-    }
-}
+mod tests;

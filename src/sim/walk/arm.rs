@@ -6,11 +6,11 @@
 //! - "Translation table walk": lookup levels, the input address bits each level resolves per
 //!   granule (4 KiB: 9 bits a level, 16 KiB: 11, 64 KiB: 13), start levels and, for stage 2,
 //!   concatenated initial tables (up to 16);
-//! - "Translation table descriptor formats": bits[1:0] (0b11 table below level 3, 0b01 block,
+//! - "Translation table descriptor formats": `bits[1:0]` (0b11 table below level 3, 0b01 block,
 //!   0b11 page at level 3, 0bx0 invalid, 0b01 at level 3 reserved and treated as invalid), the
-//!   next-level table address / output address in bits[47:granule], and with the 64 KiB granule
-//!   and a 52-bit output address size (FEAT_LPA) OA[51:48] in bits[15:12];
-//! - "Memory region attributes": MAIR_ELx.Attr<n> encodings, stage-2 MemAttr with and without
+//!   next-level table address / output address in `bits[47:granule]`, and with the 64 KiB granule
+//!   and a 52-bit output address size (FEAT_LPA) `OA[51:48]` in `bits[15:12]`;
+//! - "Memory region attributes": `MAIR_ELx.Attr<n>` encodings, stage-2 MemAttr with and without
 //!   FEAT_S2FWB.
 //!
 //! Blocks are allowed at: level 1 and 2 with 4 KiB, level 2 with 16 KiB, level 2 with 64 KiB,
@@ -19,8 +19,8 @@
 //! size is an address size fault at the level of the descriptor that holds it.
 //!
 //! Not modelled: FEAT_LPA2 (`DS = 1`: 52-bit with 4 KiB / 16 KiB, level -1, level 0 blocks),
-//! FEAT_TTST (start level 3 / IAS below 25), FEAT_D128, and bits[15:12] on a 64 KiB-granule
-//! system without FEAT_LPA (they are always read as OA[51:48] here, so a set bit with OAS < 52 is
+//! FEAT_TTST (start level 3 / IAS below 25), FEAT_D128, and `bits[15:12]` on a 64 KiB-granule
+//! system without FEAT_LPA (they are always read as `OA[51:48]` here, so a set bit with OAS < 52 is
 //! an address size fault).
 
 use super::{bits, first_set, Fault};
@@ -106,7 +106,7 @@ pub enum MemType {
     Reserved(u8),
 }
 
-/// Shareability, SH[1:0] of a leaf.
+/// Shareability, `SH[1:0]` of a leaf.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Shareability {
     /// 0b00.
@@ -119,7 +119,7 @@ pub enum Shareability {
     Inner,
 }
 
-/// SH, bits[9:8] of a block or page descriptor (without FEAT_LPA2).
+/// SH, `bits[9:8]` of a block or page descriptor (without FEAT_LPA2).
 pub(crate) fn shareability(desc: u64) -> Shareability {
     match (desc >> 8) & 3 {
         0 => Shareability::NonShareable,
@@ -134,7 +134,11 @@ pub(crate) fn shareability(desc: u64) -> Shareability {
 pub(crate) fn mair_mem_type(attr: u8) -> MemType {
     let (outer, inner) = (attr >> 4, attr & 0xf);
     if outer == 0 {
-        return if inner & 3 == 0 { MemType::Device(DeviceType::from_bits(u64::from(inner >> 2))) } else { MemType::Reserved(attr) };
+        return if inner & 3 == 0 {
+            MemType::Device(DeviceType::from_bits(u64::from(inner >> 2)))
+        } else {
+            MemType::Reserved(attr)
+        };
     }
     match (mair_cacheability(outer), mair_cacheability(inner)) {
         (Some(outer), Some(inner)) => MemType::Normal { inner, outer },
@@ -154,7 +158,7 @@ fn mair_cacheability(nibble: u8) -> Option<Cacheability> {
     }
 }
 
-/// The stage-2 MemAttr[3:2] / [1:0] cacheability field: 0b01 NC, 0b10 WT, 0b11 WB; 0b00 is not
+/// The stage-2 `MemAttr[3:2]` / [1:0] cacheability field: 0b01 NC, 0b10 WT, 0b11 WB; 0b00 is not
 /// a Normal cacheability.
 pub(crate) fn s2_cacheability(two: u64) -> Option<Cacheability> {
     match two & 3 {
@@ -212,18 +216,27 @@ impl Geometry {
     /// inside the output size).
     pub fn check(&self) -> Result<(), Fault> {
         if !OUTPUT_SIZES.contains(&self.oas) {
-            return Err(Fault::BadConfig("output address size is not a PS/IPS encoding"));
+            return Err(Fault::BadConfig(
+                "output address size is not a PS/IPS encoding",
+            ));
         }
         if self.oas == 52 && self.granule != Granule::K64 {
-            return Err(Fault::BadConfig("52-bit output needs the 64 KiB granule (FEAT_LPA2 not modelled)"));
+            return Err(Fault::BadConfig(
+                "52-bit output needs the 64 KiB granule (FEAT_LPA2 not modelled)",
+            ));
         }
         // A table of 2^n descriptors is 2^(n+3) bytes and aligned to that, at least 64 bytes.
         let align = (self.root_bits + 3).max(6);
         if self.root & ((1u64 << align) - 1) != 0 {
-            return Err(Fault::BadConfig("translation table base not aligned to the root table size"));
+            return Err(Fault::BadConfig(
+                "translation table base not aligned to the root table size",
+            ));
         }
         if self.root >> self.oas != 0 {
-            return Err(Fault::AddressSize { level: self.start_level as i8, address: self.root });
+            return Err(Fault::AddressSize {
+                level: self.start_level as i8,
+                address: self.root,
+            });
         }
         Ok(())
     }
@@ -236,10 +249,14 @@ impl Geometry {
         }
     }
 
-    /// The address in a descriptor whose address field starts at bit `lo`: bits[47:lo], plus
-    /// OA[51:48] from bits[15:12] with the 64 KiB granule.
+    /// The address in a descriptor whose address field starts at bit `lo`: `bits[47:lo]`, plus
+    /// `OA[51:48]` from `bits[15:12]` with the 64 KiB granule.
     fn address(&self, desc: u64, lo: u32) -> u64 {
-        let high = if self.granule == Granule::K64 { ((desc >> 12) & 0xf) << 48 } else { 0 };
+        let high = if self.granule == Granule::K64 {
+            ((desc >> 12) & 0xf) << 48
+        } else {
+            0
+        };
         desc & bits(47, lo) | high
     }
 }
@@ -252,9 +269,14 @@ pub(crate) enum Kind {
 }
 
 /// Decodes the type and address of `desc` at `level`. With `strict`, RES0 bits of the address
-/// field (bits[49:48], and the low bits of a block's output address) raise
+/// field (`bits[49:48]`, and the low bits of a block's output address) raise
 /// [`Fault::ReservedBit`]; hardware does not check them.
-pub(crate) fn classify(geometry: &Geometry, level: u32, desc: u64, strict: bool) -> Result<Kind, Fault> {
+pub(crate) fn classify(
+    geometry: &Geometry,
+    level: u32,
+    desc: u64,
+    strict: bool,
+) -> Result<Kind, Fault> {
     let fault_level = level as i8;
     if desc & 1 == 0 {
         return Ok(Kind::Invalid);
@@ -264,7 +286,11 @@ pub(crate) fn classify(geometry: &Geometry, level: u32, desc: u64, strict: bool)
         return Err(Fault::Translation { level: fault_level });
     }
     let granule_log2 = geometry.granule.log2();
-    let lo = if is_table_or_page { granule_log2 } else { geometry.shift(level) };
+    let lo = if is_table_or_page {
+        granule_log2
+    } else {
+        geometry.shift(level)
+    };
     if strict {
         let mut res0 = bits(49, 48);
         if geometry.granule == Granule::K16 {
@@ -276,14 +302,27 @@ pub(crate) fn classify(geometry: &Geometry, level: u32, desc: u64, strict: bool)
             res0 |= bits(lo - 1, granule_log2) & !(1 << 16);
         }
         if let Some(bit) = first_set(desc, res0) {
-            return Err(Fault::ReservedBit { level: fault_level, bit });
+            return Err(Fault::ReservedBit {
+                level: fault_level,
+                bit,
+            });
         }
     }
     let address = geometry.address(desc, lo);
     if address >> geometry.oas != 0 {
-        return Err(Fault::AddressSize { level: fault_level, address });
+        return Err(Fault::AddressSize {
+            level: fault_level,
+            address,
+        });
     }
-    Ok(if is_table_or_page && level < 3 { Kind::Table(address) } else { Kind::Leaf { oa: address, size_log2: lo } })
+    Ok(if is_table_or_page && level < 3 {
+        Kind::Table(address)
+    } else {
+        Kind::Leaf {
+            oa: address,
+            size_log2: lo,
+        }
+    })
 }
 
 /// Input address bits the level-`level` table resolves when the walk covers `ias` bits.

@@ -4,7 +4,7 @@
 //!
 //! Arm ARM DDI 0487 K.a, chapter D8, "Translation table walk" (start level from T0SZ),
 //! "Translation table descriptor formats" (stage-1 table, block and page descriptors), "Memory
-//! access control" (AP[2:1], PXN, UXN, WXN, hierarchical APTable / PXNTable / UXNTable, and
+//! access control" (`AP[2:1]`, PXN, UXN, WXN, hierarchical APTable / PXNTable / UXNTable, and
 //! "writable at EL0 implies PXN"), "Memory region attributes" (AttrIndx through MAIR).
 //! SMMUv3 (IHI 0070) CD fields follow the same definitions.
 //!
@@ -14,8 +14,8 @@
 //!
 //! Table descriptor bits read: PXNTable 59, UXNTable 60, APTable 62:61 (bit 61: no EL0 access
 //! below, bit 62: no write below), NSTable 63. With `hierarchical_permissions` false (HPD = 1)
-//! bits 59 to 62 are ignored. Leaf bits read: AttrIndx[2:0] = bits[4:2], NS 5, AP[2:1] =
-//! bits[7:6] (bit 6: EL0 access, bit 7: read-only), SH 9:8, AF 10, nG 11, DBM 51, Contiguous 52,
+//! bits 59 to 62 are ignored. Leaf bits read: `AttrIndx[2:0]` = `bits[4:2]`, NS 5, `AP[2:1]` =
+//! `bits[7:6]` (bit 6: EL0 access, bit 7: read-only), SH 9:8, AF 10, nG 11, DBM 51, Contiguous 52,
 //! PXN 53, UXN 54.
 //!
 //! Not modelled: TTB1 and the upper VA range, top-byte ignore, PAN/EPAN, permission indirection
@@ -23,7 +23,9 @@
 
 use std::vec::Vec;
 
-use super::arm::{classify, mair_mem_type, shareability, Geometry, Granule, Kind, MemType, Shareability};
+use super::arm::{
+    classify, mair_mem_type, shareability, Geometry, Granule, Kind, MemType, Shareability,
+};
 use super::{Access, AccessKind, Entry, Fault, Perms, Radix, Translation, WalkError};
 use crate::mem::{Iova, PhysAddr};
 use crate::sim::arena::PhysMem;
@@ -64,8 +66,8 @@ pub struct ArmS1Config {
     pub wxn: bool,
     /// CD.HA / TCR.HA: hardware sets AF, so AF = 0 does not fault.
     pub hardware_access_flag: bool,
-    /// CD.HD / TCR.HD: a DBM leaf marked read-only (AP[2] = 1) is writable (hardware would clear
-    /// AP[2] on the first write).
+    /// CD.HD / TCR.HD: a DBM leaf marked read-only (`AP[2]` = 1) is writable (hardware would clear
+    /// `AP[2]` on the first write).
     pub hardware_dirty: bool,
     /// Report RES0 address-field bits as reserved-bit faults (a model-only check).
     pub strict_res0: bool,
@@ -80,7 +82,7 @@ pub struct ArmS1Attrs {
     pub mair_attr: u8,
     /// Memory type decoded from `mair_attr`.
     pub mem_type: MemType,
-    /// SH[1:0].
+    /// `SH[1:0]`.
     pub shareability: Shareability,
     /// NS of the leaf, or NSTable of a table above it.
     pub non_secure: bool,
@@ -90,7 +92,7 @@ pub struct ArmS1Attrs {
     pub accessed: bool,
     /// DBM.
     pub dbm: bool,
-    /// AP[2] itself: with DBM, the page is dirty once this is clear.
+    /// `AP[2]` itself: with DBM, the page is dirty once this is clear.
     pub read_only: bool,
     /// Contiguous hint.
     pub contiguous: bool,
@@ -132,7 +134,13 @@ fn geometry(cfg: &ArmS1Config) -> Result<Geometry, Fault> {
     let levels = (ias - granule_log2).div_ceil(stride);
     let start_level = 4 - levels;
     let root_bits = ias - (granule_log2 + (levels - 1) * stride);
-    let geometry = Geometry { granule: cfg.granule, start_level, root_bits, oas: cfg.oas, root: cfg.ttb.get() };
+    let geometry = Geometry {
+        granule: cfg.granule,
+        start_level,
+        root_bits,
+        oas: cfg.oas,
+        root: cfg.ttb.get(),
+    };
     geometry.check()?;
     Ok(geometry)
 }
@@ -158,12 +166,21 @@ impl Walker<'_> {
         let el0_write = el0_read && !read_only;
         let el1_write = !read_only;
         // AP[2:1] = 0b00 with UXN = 0 is EL0 execute-only memory: execute does not need read.
-        let el0_exec = desc & UXN == 0 && !limits.uxn && !(cfg.wxn && el0_write);
+        let el0_never = desc & UXN != 0 || limits.uxn || cfg.wxn && el0_write;
         // A region writable at EL0 is never executable at EL1.
-        let el1_exec = desc & PXN == 0 && !limits.pxn && !el0_write && !(cfg.wxn && el1_write);
+        let el1_never = desc & PXN != 0 || limits.pxn || el0_write || cfg.wxn && el1_write;
+        let (el0_exec, el1_exec) = (!el0_never, !el1_never);
         (
-            Perms { read: el0_read, write: el0_write, exec: el0_exec },
-            Perms { read: true, write: el1_write, exec: el1_exec },
+            Perms {
+                read: el0_read,
+                write: el0_write,
+                exec: el0_exec,
+            },
+            Perms {
+                read: true,
+                write: el1_write,
+                exec: el1_exec,
+            },
         )
     }
 
@@ -185,7 +202,11 @@ impl Walker<'_> {
             unprivileged,
             privileged,
         };
-        Leaf { oa, size_log2, attrs }
+        Leaf {
+            oa,
+            size_log2,
+            attrs,
+        }
     }
 }
 
@@ -214,16 +235,24 @@ impl Radix for Walker<'_> {
 
     fn decode(&self, depth: usize, desc: u64, above: Limits) -> Result<Entry<Limits, Leaf>, Fault> {
         let level = self.geometry.level(depth);
-        Ok(match classify(&self.geometry, level, desc, self.cfg.strict_res0)? {
-            Kind::Invalid => Entry::Invalid,
-            Kind::Table(next) => Entry::Table { next, state: self.limits(desc, above) },
-            Kind::Leaf { oa, size_log2 } => Entry::Leaf(self.leaf(desc, oa, size_log2, above)),
-        })
+        Ok(
+            match classify(&self.geometry, level, desc, self.cfg.strict_res0)? {
+                Kind::Invalid => Entry::Invalid,
+                Kind::Table(next) => Entry::Table {
+                    next,
+                    state: self.limits(desc, above),
+                },
+                Kind::Leaf { oa, size_log2 } => Entry::Leaf(self.leaf(desc, oa, size_log2, above)),
+            },
+        )
     }
 }
 
 fn walker(cfg: &ArmS1Config) -> Result<Walker<'_>, Fault> {
-    Ok(Walker { cfg, geometry: geometry(cfg)? })
+    Ok(Walker {
+        cfg,
+        geometry: geometry(cfg)?,
+    })
 }
 
 /// Translates the VA `iova` for `access` as an SMMU's stage-1 walker would.
@@ -233,7 +262,12 @@ fn walker(cfg: &ArmS1Config) -> Result<Walker<'_>, Fault> {
 /// [`Fault::InputRange`] at or above 2^IAS, [`Fault::Translation`], [`Fault::AddressSize`],
 /// [`Fault::AccessFlag`] (before permissions), [`Fault::Permission`], [`Fault::ExternalAbort`],
 /// [`Fault::BadConfig`], and [`Fault::ReservedBit`] with `strict_res0`.
-pub fn translate(mem: &impl PhysMem, cfg: &ArmS1Config, iova: Iova, access: Access) -> Result<Translation<ArmS1Attrs>, Fault> {
+pub fn translate(
+    mem: &impl PhysMem,
+    cfg: &ArmS1Config,
+    iova: Iova,
+    access: Access,
+) -> Result<Translation<ArmS1Attrs>, Fault> {
     let walker = walker(cfg)?;
     let input = iova.get();
     if input.checked_shr(64 - u32::from(cfg.t0sz)).unwrap_or(0) != 0 {
@@ -244,7 +278,11 @@ pub fn translate(mem: &impl PhysMem, cfg: &ArmS1Config, iova: Iova, access: Acce
     if !leaf.attrs.accessed && !cfg.hardware_access_flag {
         return Err(Fault::AccessFlag { level });
     }
-    let perms = if access.privileged { leaf.attrs.privileged } else { leaf.attrs.unprivileged };
+    let perms = if access.privileged {
+        leaf.attrs.privileged
+    } else {
+        leaf.attrs.unprivileged
+    };
     let denied = if access.read && !perms.read {
         Some(AccessKind::Read)
     } else if access.write && !perms.write {
@@ -278,12 +316,21 @@ fn translation(leaf: &Leaf, perms: Perms, pa: u64) -> Translation<ArmS1Attrs> {
 /// # Errors
 ///
 /// [`WalkError::Fault`] at the first descriptor that faults, [`WalkError::TableReachedTwice`].
-pub fn walk_all(mem: &impl PhysMem, cfg: &ArmS1Config) -> Result<Vec<(Iova, Translation<ArmS1Attrs>)>, WalkError> {
-    let walker = walker(cfg).map_err(|fault| WalkError::Fault { iova: Iova::ZERO, fault })?;
+pub fn walk_all(
+    mem: &impl PhysMem,
+    cfg: &ArmS1Config,
+) -> Result<Vec<(Iova, Translation<ArmS1Attrs>)>, WalkError> {
+    let walker = walker(cfg).map_err(|fault| WalkError::Fault {
+        iova: Iova::ZERO,
+        fault,
+    })?;
     let mut out = Vec::new();
     super::for_each_leaf(mem, &walker, |found| {
         let leaf = &found.leaf;
-        out.push((Iova::new(found.input), translation(leaf, leaf.attrs.unprivileged, leaf.oa)));
+        out.push((
+            Iova::new(found.input),
+            translation(leaf, leaf.attrs.unprivileged, leaf.oa),
+        ));
         Ok(())
     })
     .map_err(|(input, kind)| kind.into_error(Iova::new(input)))?;
@@ -296,6 +343,10 @@ pub fn walk_all(mem: &impl PhysMem, cfg: &ArmS1Config) -> Result<Vec<(Iova, Tran
 ///
 /// As [`walk_all`].
 pub fn table_pages(mem: &impl PhysMem, cfg: &ArmS1Config) -> Result<Vec<PhysAddr>, WalkError> {
-    let walker = walker(cfg).map_err(|fault| WalkError::Fault { iova: Iova::ZERO, fault })?;
-    super::for_each_leaf(mem, &walker, |_| Ok(())).map_err(|(input, kind)| kind.into_error(Iova::new(input)))
+    let walker = walker(cfg).map_err(|fault| WalkError::Fault {
+        iova: Iova::ZERO,
+        fault,
+    })?;
+    super::for_each_leaf(mem, &walker, |_| Ok(()))
+        .map_err(|(input, kind)| kind.into_error(Iova::new(input)))
 }

@@ -13,9 +13,9 @@
 //! combination is the translation fault hardware raises for an inconsistent SL0/T0SZ (an SMMU
 //! reports `C_BAD_STE`); here it is [`Fault::BadConfig`].
 //!
-//! Leaf bits read here: MemAttr[3:0] = bits[5:2], S2AP[1:0] = bits[7:6] (bit 6 read, bit 7
-//! write), SH = bits[9:8], AF = bit 10, DBM = bit 51, Contiguous = bit 52, XN = bit 54 (with
-//! FEAT_XNX XN[1:0] = bits[54:53]). Table descriptors of stage 2 carry no attributes.
+//! Leaf bits read here: `MemAttr[3:0]` = `bits[5:2]`, `S2AP[1:0]` = `bits[7:6]` (bit 6 read, bit 7
+//! write), SH = `bits[9:8]`, AF = bit 10, DBM = bit 51, Contiguous = bit 52, XN = bit 54 (with
+//! FEAT_XNX `XN[1:0]` = `bits[54:53]`). Table descriptors of stage 2 carry no attributes.
 //!
 //! With `strict_res0`, RES0 bits hardware ignores are reported as [`Fault::ReservedBit`]:
 //! address-field RES0 bits (see [`super::arm`]), bit 11 of a leaf, and bit 53 without FEAT_XNX.
@@ -26,7 +26,10 @@
 
 use std::vec::Vec;
 
-use super::arm::{bits_at, classify, device, s2_cacheability, shareability, Cacheability, Geometry, Granule, Kind, MemType, Shareability};
+use super::arm::{
+    bits_at, classify, device, s2_cacheability, shareability, Cacheability, Geometry, Granule,
+    Kind, MemType, Shareability,
+};
 use super::{Access, AccessKind, Entry, Fault, Radix, Translation, WalkError};
 use crate::mem::{Iova, PhysAddr};
 use crate::sim::arena::PhysMem;
@@ -60,12 +63,12 @@ pub struct ArmS2Config {
     pub oas: u32,
     /// HCR_EL2.FWB / STE.S2FWB: MemAttr uses the FEAT_S2FWB encoding.
     pub fwb: bool,
-    /// FEAT_XNX: bits[54:53] are XN[1:0]; otherwise bit 54 is XN and bit 53 RES0.
+    /// FEAT_XNX: `bits[54:53]` are `XN[1:0]`; otherwise bit 54 is XN and bit 53 RES0.
     pub xnx: bool,
     /// VTCR_EL2.HA / STE.S2HA: hardware sets AF, so AF = 0 does not fault.
     pub hardware_access_flag: bool,
     /// VTCR_EL2.HD / STE.S2HD: a DBM leaf without write permission is writable (hardware would
-    /// set S2AP[1] on the first write).
+    /// set `S2AP[1]` on the first write).
     pub hardware_dirty: bool,
     /// Report RES0 bits hardware ignores as reserved-bit faults (a model-only check that catches
     /// encoders writing bits they should not).
@@ -77,19 +80,19 @@ pub struct ArmS2Config {
 pub struct ArmS2Attrs {
     /// Memory type from MemAttr (and FWB).
     pub mem_type: MemType,
-    /// MemAttr[3:0], raw.
+    /// `MemAttr[3:0]`, raw.
     pub memattr: u8,
-    /// SH[1:0].
+    /// `SH[1:0]`.
     pub shareability: Shareability,
     /// AF.
     pub accessed: bool,
     /// DBM.
     pub dbm: bool,
-    /// S2AP[1] itself: with DBM, the page is dirty once this is set.
+    /// `S2AP[1]` itself: with DBM, the page is dirty once this is set.
     pub s2ap_write: bool,
     /// Contiguous hint.
     pub contiguous: bool,
-    /// XN[1:0] (bit 53 is 0 in the value without FEAT_XNX).
+    /// `XN[1:0]` (bit 53 is 0 in the value without FEAT_XNX).
     pub xn: u8,
     /// Instruction fetches allowed for a privileged request.
     pub privileged_exec: bool,
@@ -136,7 +139,8 @@ fn input_size(cfg: &ArmS2Config) -> Result<u32, Fault> {
 /// The start level and the input bits the (possibly concatenated) root resolves.
 fn start_and_root_bits(cfg: &ArmS2Config) -> Result<(u32, u32), Fault> {
     let ias = input_size(cfg)?;
-    let start = start_level(cfg.granule, cfg.sl0).ok_or(Fault::BadConfig("reserved SL0 encoding"))?;
+    let start =
+        start_level(cfg.granule, cfg.sl0).ok_or(Fault::BadConfig("reserved SL0 encoding"))?;
     let root_bits = bits_at(cfg.granule, start, ias).unwrap_or(0);
     if root_bits == 0 || root_bits > cfg.granule.stride() + MAX_CONCATENATION_BITS {
         return Err(Fault::BadConfig("SL0 inconsistent with T0SZ"));
@@ -146,13 +150,19 @@ fn start_and_root_bits(cfg: &ArmS2Config) -> Result<(u32, u32), Fault> {
 
 fn geometry(cfg: &ArmS2Config) -> Result<Geometry, Fault> {
     let (start_level, root_bits) = start_and_root_bits(cfg)?;
-    let geometry = Geometry { granule: cfg.granule, start_level, root_bits, oas: cfg.oas, root: cfg.ttb.get() };
+    let geometry = Geometry {
+        granule: cfg.granule,
+        start_level,
+        root_bits,
+        oas: cfg.oas,
+        root: cfg.ttb.get(),
+    };
     geometry.check()?;
     Ok(geometry)
 }
 
 impl Walker<'_> {
-    /// MemAttr[3:0] as a memory type (without FWB: [3:2] outer or 0b00 = Device, [1:0] inner or
+    /// `MemAttr[3:0]` as a memory type (without FWB: [3:2] outer or 0b00 = Device, [1:0] inner or
     /// device kind; with FWB: [2] = 0 Device, 0b101 Normal NC, 0b110 Normal WB, 0b111 stage-1
     /// attributes, 0b100 and [3] = 1 reserved).
     fn mem_type(&self, memattr: u64) -> MemType {
@@ -160,8 +170,14 @@ impl Walker<'_> {
         if self.cfg.fwb {
             return match memattr {
                 0..=3 => device(memattr),
-                5 => MemType::Normal { inner: Cacheability::NonCacheable, outer: Cacheability::NonCacheable },
-                6 => MemType::Normal { inner: Cacheability::WriteBack, outer: Cacheability::WriteBack },
+                5 => MemType::Normal {
+                    inner: Cacheability::NonCacheable,
+                    outer: Cacheability::NonCacheable,
+                },
+                6 => MemType::Normal {
+                    inner: Cacheability::WriteBack,
+                    outer: Cacheability::WriteBack,
+                },
                 7 => MemType::Stage1,
                 _ => MemType::Reserved(raw),
             };
@@ -177,7 +193,11 @@ impl Walker<'_> {
 
     fn leaf(&self, desc: u64, oa: u64, size_log2: u32) -> Leaf {
         let memattr = (desc & MEMATTR_MASK) >> MEMATTR_SHIFT;
-        let xn = if self.cfg.xnx { ((desc >> XN_SHIFT) & 3) as u8 } else { u8::from(desc & XN_HIGH != 0) << 1 };
+        let xn = if self.cfg.xnx {
+            ((desc >> XN_SHIFT) & 3) as u8
+        } else {
+            u8::from(desc & XN_HIGH != 0) << 1
+        };
         // XN[1:0]: 0b00 both execute, 0b01 EL0 only, 0b10 neither, 0b11 EL1 only.
         let (privileged_exec, unprivileged_exec) = (xn == 0 || xn == 3, xn == 0 || xn == 1);
         let s2ap_write = desc & S2AP_WRITE != 0;
@@ -236,7 +256,10 @@ impl Radix for Walker<'_> {
                     res0 |= XN_LOW;
                 }
                 match super::first_set(desc, res0) {
-                    Some(bit) if self.cfg.strict_res0 => Err(Fault::ReservedBit { level: level as i8, bit }),
+                    Some(bit) if self.cfg.strict_res0 => Err(Fault::ReservedBit {
+                        level: level as i8,
+                        bit,
+                    }),
                     _ => Ok(Entry::Leaf(self.leaf(desc, oa, size_log2))),
                 }
             }
@@ -245,7 +268,10 @@ impl Radix for Walker<'_> {
 }
 
 fn walker(cfg: &ArmS2Config) -> Result<Walker<'_>, Fault> {
-    Ok(Walker { cfg, geometry: geometry(cfg)? })
+    Ok(Walker {
+        cfg,
+        geometry: geometry(cfg)?,
+    })
 }
 
 /// Translates the IPA `iova` for `access` as the walker of an SMMU or a CPU would.
@@ -256,7 +282,12 @@ fn walker(cfg: &ArmS2Config) -> Result<Walker<'_>, Fault> {
 /// [`Fault::AccessFlag`] (before permissions, as the architecture orders them),
 /// [`Fault::Permission`], [`Fault::ExternalAbort`], [`Fault::BadConfig`], and
 /// [`Fault::ReservedBit`] with `strict_res0`.
-pub fn translate(mem: &impl PhysMem, cfg: &ArmS2Config, iova: Iova, access: Access) -> Result<Translation<ArmS2Attrs>, Fault> {
+pub fn translate(
+    mem: &impl PhysMem,
+    cfg: &ArmS2Config,
+    iova: Iova,
+    access: Access,
+) -> Result<Translation<ArmS2Attrs>, Fault> {
     let walker = walker(cfg)?;
     let input = iova.get();
     if input >> input_size(cfg)? != 0 {
@@ -267,7 +298,11 @@ pub fn translate(mem: &impl PhysMem, cfg: &ArmS2Config, iova: Iova, access: Acce
     if !leaf.attrs.accessed && !cfg.hardware_access_flag {
         return Err(Fault::AccessFlag { level });
     }
-    let exec = if access.privileged { leaf.attrs.privileged_exec } else { leaf.unprivileged_exec };
+    let exec = if access.privileged {
+        leaf.attrs.privileged_exec
+    } else {
+        leaf.unprivileged_exec
+    };
     let denied = if access.read && !leaf.read {
         Some(AccessKind::Read)
     } else if access.write && !leaf.write {
@@ -302,12 +337,21 @@ fn translation(leaf: &Leaf, exec: bool, pa: u64) -> Translation<ArmS2Attrs> {
 ///
 /// [`WalkError::Fault`] at the first descriptor that faults (a block at a level without blocks,
 /// an address size fault, a bad configuration at IOVA 0), [`WalkError::TableReachedTwice`].
-pub fn walk_all(mem: &impl PhysMem, cfg: &ArmS2Config) -> Result<Vec<(Iova, Translation<ArmS2Attrs>)>, WalkError> {
-    let walker = walker(cfg).map_err(|fault| WalkError::Fault { iova: Iova::ZERO, fault })?;
+pub fn walk_all(
+    mem: &impl PhysMem,
+    cfg: &ArmS2Config,
+) -> Result<Vec<(Iova, Translation<ArmS2Attrs>)>, WalkError> {
+    let walker = walker(cfg).map_err(|fault| WalkError::Fault {
+        iova: Iova::ZERO,
+        fault,
+    })?;
     let mut out = Vec::new();
     super::for_each_leaf(mem, &walker, |found| {
         let leaf = &found.leaf;
-        out.push((Iova::new(found.input), translation(leaf, leaf.unprivileged_exec, leaf.oa)));
+        out.push((
+            Iova::new(found.input),
+            translation(leaf, leaf.unprivileged_exec, leaf.oa),
+        ));
         Ok(())
     })
     .map_err(|(input, kind)| kind.into_error(Iova::new(input)))?;
@@ -320,8 +364,12 @@ pub fn walk_all(mem: &impl PhysMem, cfg: &ArmS2Config) -> Result<Vec<(Iova, Tran
 ///
 /// As [`walk_all`].
 pub fn table_pages(mem: &impl PhysMem, cfg: &ArmS2Config) -> Result<Vec<PhysAddr>, WalkError> {
-    let walker = walker(cfg).map_err(|fault| WalkError::Fault { iova: Iova::ZERO, fault })?;
-    super::for_each_leaf(mem, &walker, |_| Ok(())).map_err(|(input, kind)| kind.into_error(Iova::new(input)))
+    let walker = walker(cfg).map_err(|fault| WalkError::Fault {
+        iova: Iova::ZERO,
+        fault,
+    })?;
+    super::for_each_leaf(mem, &walker, |_| Ok(()))
+        .map_err(|(input, kind)| kind.into_error(Iova::new(input)))
 }
 
 /// The start level and the number of concatenated root tables `cfg` selects, for tests that

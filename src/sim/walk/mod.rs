@@ -17,7 +17,7 @@
 //!   reachable from the root, the root first (a concatenated Arm root is one entry).
 //!
 //! The descent itself (index, read, decide, recurse) is written once here in terms of
-//! [`Radix`]; what an entry *means* is entirely the format file's business.
+//! a private `Radix` trait; what an entry *means* is entirely the format file's business.
 
 pub mod arm;
 pub mod arm_s1;
@@ -47,15 +47,33 @@ pub struct Access {
 
 impl Access {
     /// An unprivileged read.
-    pub const READ: Self = Self { read: true, write: false, exec: false, privileged: false };
+    pub const READ: Self = Self {
+        read: true,
+        write: false,
+        exec: false,
+        privileged: false,
+    };
     /// An unprivileged write.
-    pub const WRITE: Self = Self { read: false, write: true, exec: false, privileged: false };
+    pub const WRITE: Self = Self {
+        read: false,
+        write: true,
+        exec: false,
+        privileged: false,
+    };
     /// An unprivileged instruction fetch.
-    pub const EXEC: Self = Self { read: false, write: false, exec: true, privileged: false };
+    pub const EXEC: Self = Self {
+        read: false,
+        write: false,
+        exec: true,
+        privileged: false,
+    };
 
     /// The same request made with privilege.
     pub const fn privileged(self) -> Self {
-        Self { privileged: true, ..self }
+        Self {
+            privileged: true,
+            ..self
+        }
     }
 }
 
@@ -203,10 +221,21 @@ pub(crate) trait Radix {
     /// The state a walk starts with.
     fn initial(&self) -> Self::State;
     /// Decodes `entry`, read at `depth`, given the state accumulated above it.
-    fn decode(&self, depth: usize, entry: u64, state: Self::State) -> Result<Entry<Self::State, Self::Leaf>, Fault>;
+    fn decode(
+        &self,
+        depth: usize,
+        entry: u64,
+        state: Self::State,
+    ) -> Result<Entry<Self::State, Self::Leaf>, Fault>;
 }
 
-fn read_entry<R: Radix>(mem: &impl PhysMem, fmt: &R, table: u64, depth: usize, index: u64) -> Result<u64, Fault> {
+fn read_entry<R: Radix>(
+    mem: &impl PhysMem,
+    fmt: &R,
+    table: u64,
+    depth: usize,
+    index: u64,
+) -> Result<u64, Fault> {
     let level = fmt.level(depth);
     let pa = index.checked_mul(8).and_then(|off| table.checked_add(off));
     let pa = pa.ok_or(Fault::ExternalAbort { level, pa: table })?;
@@ -220,13 +249,21 @@ fn index_at<R: Radix>(fmt: &R, depth: usize, input: u64) -> u64 {
 
 /// One lookup of `input` (already range-checked by the format): the leaf's depth and the leaf
 /// (which folds in whatever the walk accumulated above it).
-pub(crate) fn lookup<R: Radix>(mem: &impl PhysMem, fmt: &R, input: u64) -> Result<(usize, R::Leaf), Fault> {
+pub(crate) fn lookup<R: Radix>(
+    mem: &impl PhysMem,
+    fmt: &R,
+    input: u64,
+) -> Result<(usize, R::Leaf), Fault> {
     let mut table = fmt.root();
     let mut state = fmt.initial();
     for depth in 0..fmt.depths() {
         let entry = read_entry(mem, fmt, table, depth, index_at(fmt, depth, input))?;
         match fmt.decode(depth, entry, state)? {
-            Entry::Invalid => return Err(Fault::Translation { level: fmt.level(depth) }),
+            Entry::Invalid => {
+                return Err(Fault::Translation {
+                    level: fmt.level(depth),
+                })
+            }
             Entry::Leaf(leaf) => return Ok((depth, leaf)),
             Entry::Table { next, state: below } => {
                 table = next;
@@ -236,7 +273,9 @@ pub(crate) fn lookup<R: Radix>(mem: &impl PhysMem, fmt: &R, input: u64) -> Resul
     }
     // The last level's decoder never returns `Table`; if one does, it is a model bug, which the
     // hardware equivalent would report as a translation fault at the last level.
-    Err(Fault::Translation { level: fmt.level(fmt.depths() - 1) })
+    Err(Fault::Translation {
+        level: fmt.level(fmt.depths() - 1),
+    })
 }
 
 /// A leaf found by [`for_each_leaf`].
@@ -254,7 +293,17 @@ pub(crate) fn for_each_leaf<R: Radix>(
 ) -> Result<Vec<PhysAddr>, (u64, WalkErrorKind)> {
     let mut seen = BTreeSet::new();
     let mut tables = Vec::new();
-    visit(mem, fmt, fmt.root(), 0, 0, fmt.initial(), &mut seen, &mut tables, &mut f)?;
+    visit(
+        mem,
+        fmt,
+        fmt.root(),
+        0,
+        0,
+        fmt.initial(),
+        &mut seen,
+        &mut tables,
+        &mut f,
+    )?;
     Ok(tables)
 }
 
@@ -269,7 +318,9 @@ impl WalkErrorKind {
     pub(crate) fn into_error(self, iova: Iova) -> WalkError {
         match self {
             Self::Fault(fault) => WalkError::Fault { iova, fault },
-            Self::TableReachedTwice(pa) => WalkError::TableReachedTwice { table: PhysAddr::new(pa) },
+            Self::TableReachedTwice(pa) => WalkError::TableReachedTwice {
+                table: PhysAddr::new(pa),
+            },
         }
     }
 }
@@ -300,7 +351,11 @@ fn visit<R: Radix>(
             Entry::Table { next, state: below } if depth + 1 < fmt.depths() => {
                 visit(mem, fmt, next, depth + 1, input, below, seen, tables, f)?;
             }
-            Entry::Table { .. } => return Err(fault(Fault::Translation { level: fmt.level(depth) })),
+            Entry::Table { .. } => {
+                return Err(fault(Fault::Translation {
+                    level: fmt.level(depth),
+                }))
+            }
         }
     }
     Ok(())

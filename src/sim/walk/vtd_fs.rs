@@ -25,7 +25,9 @@
 
 use std::vec::Vec;
 
-use super::{bits, first_set, Access, AccessKind, Entry, Fault, Perms, Radix, Translation, WalkError};
+use super::{
+    bits, first_set, Access, AccessKind, Entry, Fault, Perms, Radix, Translation, WalkError,
+};
 use crate::mem::{Iova, PhysAddr};
 use crate::sim::arena::PhysMem;
 
@@ -122,18 +124,24 @@ impl Walker<'_> {
 
     fn leaf(&self, level: u32, entry: u64, rights: Rights) -> Leaf {
         let size_log2 = PAGE_SHIFT + INDEX_BITS * (level - 1);
-        let pat = if level == 1 { entry & PAT_PTE != 0 } else { entry & PAT_LARGE != 0 };
-        let pat_index = u8::from(pat) << 2 | u8::from(entry & PCD != 0) << 1 | u8::from(entry & PWT != 0);
+        let pat = if level == 1 {
+            entry & PAT_PTE != 0
+        } else {
+            entry & PAT_LARGE != 0
+        };
+        let pat_index =
+            u8::from(pat) << 2 | u8::from(entry & PCD != 0) << 1 | u8::from(entry & PWT != 0);
         let cfg = self.0;
         let user = Perms {
             read: rights.user,
             write: rights.user && rights.write,
             exec: rights.user && !rights.execute_disable,
         };
+        let smep_blocks = cfg.smep && rights.user;
         let supervisor = Perms {
             read: true,
             write: rights.write || !cfg.write_protect,
-            exec: !rights.execute_disable && !(cfg.smep && rights.user),
+            exec: !(rights.execute_disable || smep_blocks),
         };
         let attrs = VtdFsAttrs {
             user,
@@ -143,7 +151,11 @@ impl Walker<'_> {
             global: entry & G != 0,
             pat_index,
         };
-        Leaf { oa: entry & bits(51, size_log2), size_log2, attrs }
+        Leaf {
+            oa: entry & bits(51, size_log2),
+            size_log2,
+            attrs,
+        }
     }
 }
 
@@ -167,16 +179,28 @@ impl Radix for Walker<'_> {
         INDEX_BITS
     }
     fn initial(&self) -> Rights {
-        Rights { write: true, user: true, execute_disable: false }
+        Rights {
+            write: true,
+            user: true,
+            execute_disable: false,
+        }
     }
 
-    fn decode(&self, depth: usize, entry: u64, above: Rights) -> Result<Entry<Rights, Leaf>, Fault> {
+    fn decode(
+        &self,
+        depth: usize,
+        entry: u64,
+        above: Rights,
+    ) -> Result<Entry<Rights, Leaf>, Fault> {
         if entry & P == 0 {
             return Ok(Entry::Invalid);
         }
         let level = self.level_of(depth);
         if let Some(bit) = first_set(entry, self.reserved(level, entry)) {
-            return Err(Fault::ReservedBit { level: level as i8, bit });
+            return Err(Fault::ReservedBit {
+                level: level as i8,
+                bit,
+            });
         }
         let rights = Rights {
             write: above.write && entry & RW != 0,
@@ -186,7 +210,10 @@ impl Radix for Walker<'_> {
         if level == 1 || entry & PS != 0 {
             Ok(Entry::Leaf(self.leaf(level, entry, rights)))
         } else {
-            Ok(Entry::Table { next: entry & ADDRESS, state: rights })
+            Ok(Entry::Table {
+                next: entry & ADDRESS,
+                state: rights,
+            })
         }
     }
 }
@@ -199,7 +226,9 @@ fn check_config(cfg: &VtdFsConfig) -> Result<(), Fault> {
         return Err(Fault::BadConfig("host address width outside 32..=52"));
     }
     if !cfg.root.is_aligned(PAGE_SHIFT) || cfg.root.get() >> cfg.haw != 0 {
-        return Err(Fault::BadConfig("FSPTPTR not 4 KiB aligned or above the host address width"));
+        return Err(Fault::BadConfig(
+            "FSPTPTR not 4 KiB aligned or above the host address width",
+        ));
     }
     Ok(())
 }
@@ -222,7 +251,12 @@ fn canonical(cfg: &VtdFsConfig, input: u64) -> u64 {
 /// [`Fault::InputRange`] for a non-canonical address, [`Fault::Translation`] for a non-present
 /// entry, [`Fault::ReservedBit`], [`Fault::Permission`], [`Fault::ExternalAbort`], or
 /// [`Fault::BadConfig`].
-pub fn translate(mem: &impl PhysMem, cfg: &VtdFsConfig, iova: Iova, access: Access) -> Result<Translation<VtdFsAttrs>, Fault> {
+pub fn translate(
+    mem: &impl PhysMem,
+    cfg: &VtdFsConfig,
+    iova: Iova,
+    access: Access,
+) -> Result<Translation<VtdFsAttrs>, Fault> {
     check_config(cfg)?;
     let input = iova.get();
     if canonical(cfg, input) != input {
@@ -230,7 +264,11 @@ pub fn translate(mem: &impl PhysMem, cfg: &VtdFsConfig, iova: Iova, access: Acce
     }
     let walker = Walker(cfg);
     let (depth, leaf) = super::lookup(mem, &walker, input)?;
-    let perms = if access.privileged { leaf.attrs.supervisor } else { leaf.attrs.user };
+    let perms = if access.privileged {
+        leaf.attrs.supervisor
+    } else {
+        leaf.attrs.user
+    };
     let denied = if access.read && !perms.read {
         Some(AccessKind::Read)
     } else if access.write && !perms.write {
@@ -241,7 +279,10 @@ pub fn translate(mem: &impl PhysMem, cfg: &VtdFsConfig, iova: Iova, access: Acce
         None
     };
     if let Some(denied) = denied {
-        return Err(Fault::Permission { level: walker.level(depth), denied });
+        return Err(Fault::Permission {
+            level: walker.level(depth),
+            denied,
+        });
     }
     let offset = input & ((1u64 << leaf.size_log2) - 1);
     Ok(translation(&leaf, perms, leaf.oa | offset))
@@ -265,12 +306,21 @@ fn translation(leaf: &Leaf, perms: Perms, pa: u64) -> Translation<VtdFsAttrs> {
 ///
 /// [`WalkError::Fault`] at the first entry that faults, [`WalkError::TableReachedTwice`] for a
 /// shared or cyclic table.
-pub fn walk_all(mem: &impl PhysMem, cfg: &VtdFsConfig) -> Result<Vec<(Iova, Translation<VtdFsAttrs>)>, WalkError> {
-    check_config(cfg).map_err(|fault| WalkError::Fault { iova: Iova::ZERO, fault })?;
+pub fn walk_all(
+    mem: &impl PhysMem,
+    cfg: &VtdFsConfig,
+) -> Result<Vec<(Iova, Translation<VtdFsAttrs>)>, WalkError> {
+    check_config(cfg).map_err(|fault| WalkError::Fault {
+        iova: Iova::ZERO,
+        fault,
+    })?;
     let mut out = Vec::new();
     super::for_each_leaf(mem, &Walker(cfg), |found| {
         let leaf = &found.leaf;
-        out.push((Iova::new(canonical(cfg, found.input)), translation(leaf, leaf.attrs.user, leaf.oa)));
+        out.push((
+            Iova::new(canonical(cfg, found.input)),
+            translation(leaf, leaf.attrs.user, leaf.oa),
+        ));
         Ok(())
     })
     .map_err(|(input, kind)| kind.into_error(Iova::new(canonical(cfg, input))))?;
@@ -283,7 +333,10 @@ pub fn walk_all(mem: &impl PhysMem, cfg: &VtdFsConfig) -> Result<Vec<(Iova, Tran
 ///
 /// As [`walk_all`].
 pub fn table_pages(mem: &impl PhysMem, cfg: &VtdFsConfig) -> Result<Vec<PhysAddr>, WalkError> {
-    check_config(cfg).map_err(|fault| WalkError::Fault { iova: Iova::ZERO, fault })?;
+    check_config(cfg).map_err(|fault| WalkError::Fault {
+        iova: Iova::ZERO,
+        fault,
+    })?;
     super::for_each_leaf(mem, &Walker(cfg), |_| Ok(()))
         .map_err(|(input, kind)| kind.into_error(Iova::new(canonical(cfg, input))))
 }

@@ -141,10 +141,18 @@ impl Radix for Walker<'_> {
         INDEX_BITS
     }
     fn initial(&self) -> Rights {
-        Rights { read: true, write: true }
+        Rights {
+            read: true,
+            write: true,
+        }
     }
 
-    fn decode(&self, depth: usize, entry: u64, above: Rights) -> Result<Entry<Rights, Leaf>, Fault> {
+    fn decode(
+        &self,
+        depth: usize,
+        entry: u64,
+        above: Rights,
+    ) -> Result<Entry<Rights, Leaf>, Fault> {
         if entry & (R | W) == 0 {
             return Ok(Entry::Invalid);
         }
@@ -158,11 +166,20 @@ impl Radix for Walker<'_> {
             reserved |= PS;
         }
         if let Some(bit) = first_set(entry, reserved) {
-            return Err(Fault::ReservedBit { level: fault_level, bit });
+            return Err(Fault::ReservedBit {
+                level: fault_level,
+                bit,
+            });
         }
-        let state = Rights { read: above.read && entry & R != 0, write: above.write && entry & W != 0 };
+        let state = Rights {
+            read: above.read && entry & R != 0,
+            write: above.write && entry & W != 0,
+        };
         if !leaf {
-            return Ok(Entry::Table { next: entry & ADDRESS, state });
+            return Ok(Entry::Table {
+                next: entry & ADDRESS,
+                state,
+            });
         }
         let size_log2 = self.shift(depth);
         let attrs = VtdSsAttrs {
@@ -172,20 +189,29 @@ impl Radix for Walker<'_> {
             emt: ((entry & EMT_MASK) >> EMT_SHIFT) as u8,
             ipat: entry & IPAT != 0,
         };
-        Ok(Entry::Leaf(Leaf { oa: entry & bits(51, size_log2), size_log2, rights: state, attrs }))
+        Ok(Entry::Leaf(Leaf {
+            oa: entry & bits(51, size_log2),
+            size_log2,
+            rights: state,
+            attrs,
+        }))
     }
 }
 
 fn check_config(cfg: &VtdSsConfig) -> Result<(), Fault> {
     if !(3..=5).contains(&cfg.levels) {
-        return Err(Fault::BadConfig("second-stage tables have 3, 4 or 5 levels"));
+        return Err(Fault::BadConfig(
+            "second-stage tables have 3, 4 or 5 levels",
+        ));
     }
     if !(32..=52).contains(&cfg.haw) {
         return Err(Fault::BadConfig("host address width outside 32..=52"));
     }
     let root = cfg.root.get();
     if !cfg.root.is_aligned(PAGE_SHIFT) || root >> cfg.haw != 0 {
-        return Err(Fault::BadConfig("SSPTPTR not 4 KiB aligned or above the host address width"));
+        return Err(Fault::BadConfig(
+            "SSPTPTR not 4 KiB aligned or above the host address width",
+        ));
     }
     Ok(())
 }
@@ -202,7 +228,12 @@ fn input_bits(cfg: &VtdSsConfig) -> u32 {
 /// [`Fault::Translation`] for a non-present entry, [`Fault::ReservedBit`],
 /// [`Fault::Permission`], [`Fault::ExternalAbort`] for unreadable table memory, or
 /// [`Fault::BadConfig`].
-pub fn translate(mem: &impl PhysMem, cfg: &VtdSsConfig, iova: Iova, access: super::Access) -> Result<Translation<VtdSsAttrs>, Fault> {
+pub fn translate(
+    mem: &impl PhysMem,
+    cfg: &VtdSsConfig,
+    iova: Iova,
+    access: super::Access,
+) -> Result<Translation<VtdSsAttrs>, Fault> {
     check_config(cfg)?;
     let input = iova.get();
     if input >> input_bits(cfg) != 0 {
@@ -245,11 +276,20 @@ fn translation(leaf: Leaf, pa: u64) -> Translation<VtdSsAttrs> {
 ///
 /// [`WalkError::Fault`] at the first entry that faults, [`WalkError::TableReachedTwice`] for a
 /// shared or cyclic table.
-pub fn walk_all(mem: &impl PhysMem, cfg: &VtdSsConfig) -> Result<Vec<(Iova, Translation<VtdSsAttrs>)>, WalkError> {
-    check_config(cfg).map_err(|fault| WalkError::Fault { iova: Iova::ZERO, fault })?;
+pub fn walk_all(
+    mem: &impl PhysMem,
+    cfg: &VtdSsConfig,
+) -> Result<Vec<(Iova, Translation<VtdSsAttrs>)>, WalkError> {
+    check_config(cfg).map_err(|fault| WalkError::Fault {
+        iova: Iova::ZERO,
+        fault,
+    })?;
     let mut out = Vec::new();
     super::for_each_leaf(mem, &Walker(cfg), |found| {
-        out.push((Iova::new(found.input), translation(found.leaf, found.leaf.oa)));
+        out.push((
+            Iova::new(found.input),
+            translation(found.leaf, found.leaf.oa),
+        ));
         Ok(())
     })
     .map_err(|(input, kind)| kind.into_error(Iova::new(input)))?;
@@ -262,6 +302,10 @@ pub fn walk_all(mem: &impl PhysMem, cfg: &VtdSsConfig) -> Result<Vec<(Iova, Tran
 ///
 /// As [`walk_all`].
 pub fn table_pages(mem: &impl PhysMem, cfg: &VtdSsConfig) -> Result<Vec<PhysAddr>, WalkError> {
-    check_config(cfg).map_err(|fault| WalkError::Fault { iova: Iova::ZERO, fault })?;
-    super::for_each_leaf(mem, &Walker(cfg), |_| Ok(())).map_err(|(input, kind)| kind.into_error(Iova::new(input)))
+    check_config(cfg).map_err(|fault| WalkError::Fault {
+        iova: Iova::ZERO,
+        fault,
+    })?;
+    super::for_each_leaf(mem, &Walker(cfg), |_| Ok(()))
+        .map_err(|(input, kind)| kind.into_error(Iova::new(input)))
 }

@@ -12,7 +12,11 @@ use crate::sim::arena::{Arena, ArenaConfig};
 
 /// An arena whose physical addresses start at `base`.
 fn arena_at(base: u64) -> Arena {
-    Arena::new(ArenaConfig { base_pa: base, capacity: 16 << 20 }).expect("arena")
+    Arena::new(ArenaConfig {
+        base_pa: base,
+        capacity: 16 << 20,
+    })
+    .expect("arena")
 }
 
 /// A zeroed table of `1 << size_log2` bytes; returns its physical address.
@@ -22,7 +26,10 @@ fn table(arena: &Arena, size_log2: u32) -> u64 {
 
 /// Writes descriptor `value` at `index` of the table at `table`.
 fn put(arena: &Arena, table: u64, index: u64, value: u64) {
-    assert!(arena.write_u64(table + 8 * index, value), "descriptor outside a live page");
+    assert!(
+        arena.write_u64(table + 8 * index, value),
+        "descriptor outside a live page"
+    );
 }
 
 #[test]

@@ -31,7 +31,12 @@ struct Fixture {
 
 fn fixture() -> Fixture {
     let arena = arena_at(0x8000_0000);
-    let (pml4, pdpt, pd, pt) = (table(&arena, 12), table(&arena, 12), table(&arena, 12), table(&arena, 12));
+    let (pml4, pdpt, pd, pt) = (
+        table(&arena, 12),
+        table(&arena, 12),
+        table(&arena, 12),
+        table(&arena, 12),
+    );
     // Non-leaf entries: next table's address in 51:12, R and W so the leaves decide.
     put(&arena, pml4, 0, pdpt | R | W);
     put(&arena, pdpt, 0, pd | R | W);
@@ -50,22 +55,38 @@ fn fixture() -> Fixture {
         large_1g: true,
         snoop_control: true,
     };
-    Fixture { arena, cfg, pml4, pdpt, pd, pt }
+    Fixture {
+        arena,
+        cfg,
+        pml4,
+        pdpt,
+        pd,
+        pt,
+    }
 }
 
 #[test]
 fn leaves_of_each_size_translate() {
     let f = fixture();
     let t = translate(&f.arena, &f.cfg, Iova::new(0x3abc), Access::READ).expect("4K");
-    assert_eq!((t.pa, t.page_size_log2, t.read, t.write), (PhysAddr::new(0x1234_5abc), 12, true, true));
+    assert_eq!(
+        (t.pa, t.page_size_log2, t.read, t.write),
+        (PhysAddr::new(0x1234_5abc), 12, true, true)
+    );
     assert!(t.attrs.accessed && t.attrs.dirty && !t.attrs.snoop);
 
     let t = translate(&f.arena, &f.cfg, Iova::new(0x21_2345), Access::WRITE).expect("2M");
-    assert_eq!((t.pa, t.page_size_log2), (PhysAddr::new(0x20_0021_2345), 21));
+    assert_eq!(
+        (t.pa, t.page_size_log2),
+        (PhysAddr::new(0x20_0021_2345), 21)
+    );
     assert!(t.attrs.snoop);
 
     let t = translate(&f.arena, &f.cfg, Iova::new(0x4123_4567), Access::READ).expect("1G");
-    assert_eq!((t.pa, t.page_size_log2, t.write), (PhysAddr::new(0x1_4123_4567), 30, false));
+    assert_eq!(
+        (t.pa, t.page_size_log2, t.write),
+        (PhysAddr::new(0x1_4123_4567), 30, false)
+    );
 }
 
 #[test]
@@ -73,7 +94,13 @@ fn faults() {
     let f = fixture();
     let write = |iova| translate(&f.arena, &f.cfg, Iova::new(iova), Access::WRITE).err();
     // The 1 GiB leaf is read-only; the fault names the SS-PDPE level.
-    assert_eq!(write(0x4000_0000), Some(Fault::Permission { level: 3, denied: AccessKind::Write }));
+    assert_eq!(
+        write(0x4000_0000),
+        Some(Fault::Permission {
+            level: 3,
+            denied: AccessKind::Write
+        })
+    );
     // PT index 2 is empty: not present at the SS-PTE.
     assert_eq!(write(0x2000), Some(Fault::Translation { level: 1 }));
     // PML4 index 1 is empty.
@@ -82,41 +109,87 @@ fn faults() {
     assert_eq!(write(1 << 48), Some(Fault::InputRange { iova: 1 << 48 }));
     // Execute requests are not supported.
     let exec = translate(&f.arena, &f.cfg, Iova::new(0x3000), Access::EXEC).err();
-    assert_eq!(exec, Some(Fault::Permission { level: 1, denied: AccessKind::Exec }));
+    assert_eq!(
+        exec,
+        Some(Fault::Permission {
+            level: 1,
+            denied: AccessKind::Exec
+        })
+    );
     // A write-only leaf refuses reads (R = 0, W = 1 is present).
     put(&f.arena, f.pt, 4, 0x5000 | W);
     let read = translate(&f.arena, &f.cfg, Iova::new(0x4000), Access::READ).err();
-    assert_eq!(read, Some(Fault::Permission { level: 1, denied: AccessKind::Read }));
+    assert_eq!(
+        read,
+        Some(Fault::Permission {
+            level: 1,
+            denied: AccessKind::Read
+        })
+    );
     // A non-leaf entry without W takes write away from everything below it.
     put(&f.arena, f.pd, 0, f.pt | R);
-    assert_eq!(write(0x3000), Some(Fault::Permission { level: 1, denied: AccessKind::Write }));
+    assert_eq!(
+        write(0x3000),
+        Some(Fault::Permission {
+            level: 1,
+            denied: AccessKind::Write
+        })
+    );
 }
 
 #[test]
 fn reserved_bits() {
     let f = fixture();
-    let read = |cfg: &VtdSsConfig, iova| translate(&f.arena, cfg, Iova::new(iova), Access::READ).err();
+    let read =
+        |cfg: &VtdSsConfig, iova| translate(&f.arena, cfg, Iova::new(iova), Access::READ).err();
     // SNP is reserved when the unit has no snoop control.
-    let no_sc = VtdSsConfig { snoop_control: false, ..f.cfg };
-    assert_eq!(read(&no_sc, 0x20_0000), Some(Fault::ReservedBit { level: 2, bit: 11 }));
+    let no_sc = VtdSsConfig {
+        snoop_control: false,
+        ..f.cfg
+    };
+    assert_eq!(
+        read(&no_sc, 0x20_0000),
+        Some(Fault::ReservedBit { level: 2, bit: 11 })
+    );
     // Without SLLPS 1 GiB, PS in an SS-PDPE is reserved.
-    let no_1g = VtdSsConfig { large_1g: false, ..f.cfg };
-    assert_eq!(read(&no_1g, 0x4000_0000), Some(Fault::ReservedBit { level: 3, bit: 7 }));
+    let no_1g = VtdSsConfig {
+        large_1g: false,
+        ..f.cfg
+    };
+    assert_eq!(
+        read(&no_1g, 0x4000_0000),
+        Some(Fault::ReservedBit { level: 3, bit: 7 })
+    );
     // Address bits at or above the HAW are reserved: 0x20_0020_0000 has bit 37 set.
     let narrow = VtdSsConfig { haw: 36, ..f.cfg };
-    assert_eq!(read(&narrow, 0x20_0000), Some(Fault::ReservedBit { level: 2, bit: 37 }));
+    assert_eq!(
+        read(&narrow, 0x20_0000),
+        Some(Fault::ReservedBit { level: 2, bit: 37 })
+    );
     // PS in an SS-PML4E is always reserved.
     put(&f.arena, f.pml4, 2, 0x1_0000_0000 | PS | R);
-    assert_eq!(read(&f.cfg, 2 << 39), Some(Fault::ReservedBit { level: 4, bit: 7 }));
+    assert_eq!(
+        read(&f.cfg, 2 << 39),
+        Some(Fault::ReservedBit { level: 4, bit: 7 })
+    );
     // SNP in a non-leaf entry is reserved even with snoop control.
     put(&f.arena, f.pml4, 3, f.pdpt | R | SNP);
-    assert_eq!(read(&f.cfg, 3 << 39), Some(Fault::ReservedBit { level: 4, bit: 11 }));
+    assert_eq!(
+        read(&f.cfg, 3 << 39),
+        Some(Fault::ReservedBit { level: 4, bit: 11 })
+    );
     // A 2 MiB leaf whose address is not 2 MiB aligned: bit 12 is reserved there.
     put(&f.arena, f.pd, 2, 0x40_1000 | PS | R);
-    assert_eq!(read(&f.cfg, 0x40_0000), Some(Fault::ReservedBit { level: 2, bit: 12 }));
+    assert_eq!(
+        read(&f.cfg, 0x40_0000),
+        Some(Fault::ReservedBit { level: 2, bit: 12 })
+    );
     // Bit 62 is reserved everywhere.
     put(&f.arena, f.pt, 5, 0x9000 | R | 1 << 62);
-    assert_eq!(read(&f.cfg, 0x5000), Some(Fault::ReservedBit { level: 1, bit: 62 }));
+    assert_eq!(
+        read(&f.cfg, 0x5000),
+        Some(Fault::ReservedBit { level: 1, bit: 62 })
+    );
     // A non-present entry is not checked at all.
     put(&f.arena, f.pt, 6, 1 << 62 | SNP | PS);
     assert_eq!(read(&f.cfg, 0x6000), Some(Fault::Translation { level: 1 }));
@@ -138,7 +211,11 @@ fn walk_all_lists_every_leaf_and_table() {
             (0x4000_0000, 0x1_4000_0000, 30, false),
         ]
     );
-    let tables: Vec<u64> = table_pages(&f.arena, &f.cfg).expect("tables").iter().map(|p| p.get()).collect();
+    let tables: Vec<u64> = table_pages(&f.arena, &f.cfg)
+        .expect("tables")
+        .iter()
+        .map(|p| p.get())
+        .collect();
     assert_eq!(tables, [f.pml4, f.pdpt, f.pd, f.pt]);
 }
 
@@ -148,12 +225,26 @@ fn walk_all_reports_malformed_tables() {
     // The same SS-PT linked twice.
     put(&f.arena, f.pd, 5, f.pt | R | W);
     let err = walk_all(&f.arena, &f.cfg).err();
-    assert_eq!(err, Some(WalkError::TableReachedTwice { table: PhysAddr::new(f.pt) }));
+    assert_eq!(
+        err,
+        Some(WalkError::TableReachedTwice {
+            table: PhysAddr::new(f.pt)
+        })
+    );
     // A link to memory that is not a live page: the walk would abort there.
     put(&f.arena, f.pd, 5, 0x7000_0000 | R | W);
     let err = walk_all(&f.arena, &f.cfg).err();
-    let fault = Fault::ExternalAbort { level: 1, pa: 0x7000_0000 };
-    assert_eq!(err, Some(WalkError::Fault { iova: Iova::new(5 << 21), fault }));
+    let fault = Fault::ExternalAbort {
+        level: 1,
+        pa: 0x7000_0000,
+    };
+    assert_eq!(
+        err,
+        Some(WalkError::Fault {
+            iova: Iova::new(5 << 21),
+            fault
+        })
+    );
 }
 
 #[test]
@@ -163,12 +254,25 @@ fn three_and_five_levels() {
     let (pdpt, pd) = (table(&arena, 12), table(&arena, 12));
     put(&arena, pdpt, 511, pd | R | W);
     put(&arena, pd, 0, 0x60_0000 | PS | R | W);
-    let cfg = VtdSsConfig { root: PhysAddr::new(pdpt), levels: 3, haw: 39, large_2m: true, large_1g: false, snoop_control: false };
+    let cfg = VtdSsConfig {
+        root: PhysAddr::new(pdpt),
+        levels: 3,
+        haw: 39,
+        large_2m: true,
+        large_1g: false,
+        snoop_control: false,
+    };
     let t = translate(&arena, &cfg, Iova::new(511 << 30 | 0x1234), Access::READ).expect("3-level");
     assert_eq!((t.pa.get(), t.page_size_log2), (0x60_1234, 21));
-    assert_eq!(translate(&arena, &cfg, Iova::new(1 << 39), Access::READ).err(), Some(Fault::InputRange { iova: 1 << 39 }));
+    assert_eq!(
+        translate(&arena, &cfg, Iova::new(1 << 39), Access::READ).err(),
+        Some(Fault::InputRange { iova: 1 << 39 })
+    );
     // Without SLLPS 2 MiB, the same PS is a reserved bit.
-    let no_2m = VtdSsConfig { large_2m: false, ..cfg };
+    let no_2m = VtdSsConfig {
+        large_2m: false,
+        ..cfg
+    };
     let err = translate(&arena, &no_2m, Iova::new(511 << 30), Access::READ).err();
     assert_eq!(err, Some(Fault::ReservedBit { level: 2, bit: 7 }));
 
@@ -179,17 +283,37 @@ fn three_and_five_levels() {
     put(&arena, tables[2], 0, tables[3] | R | W);
     put(&arena, tables[3], 0, tables[4] | R | W);
     put(&arena, tables[4], 1, 0xabc_d000 | R);
-    let cfg = VtdSsConfig { root: PhysAddr::new(tables[0]), levels: 5, haw: 52, ..cfg };
+    let cfg = VtdSsConfig {
+        root: PhysAddr::new(tables[0]),
+        levels: 5,
+        haw: 52,
+        ..cfg
+    };
     let t = translate(&arena, &cfg, Iova::new(1 << 56 | 0x1008), Access::READ).expect("5-level");
     assert_eq!(t.pa.get(), 0xabc_d008);
-    assert_eq!(walk_all(&arena, &cfg).expect("walk")[0].0, Iova::new(1 << 56 | 0x1000));
+    assert_eq!(
+        walk_all(&arena, &cfg).expect("walk")[0].0,
+        Iova::new(1 << 56 | 0x1000)
+    );
 }
 
 #[test]
 fn bad_configs() {
     let f = fixture();
     let bad = |cfg: VtdSsConfig| translate(&f.arena, &cfg, Iova::ZERO, Access::READ).err();
-    assert!(matches!(bad(VtdSsConfig { levels: 2, ..f.cfg }), Some(Fault::BadConfig(_))));
-    assert!(matches!(bad(VtdSsConfig { root: PhysAddr::new(f.pml4 + 8), ..f.cfg }), Some(Fault::BadConfig(_))));
-    assert!(matches!(bad(VtdSsConfig { haw: 53, ..f.cfg }), Some(Fault::BadConfig(_))));
+    assert!(matches!(
+        bad(VtdSsConfig { levels: 2, ..f.cfg }),
+        Some(Fault::BadConfig(_))
+    ));
+    assert!(matches!(
+        bad(VtdSsConfig {
+            root: PhysAddr::new(f.pml4 + 8),
+            ..f.cfg
+        }),
+        Some(Fault::BadConfig(_))
+    ));
+    assert!(matches!(
+        bad(VtdSsConfig { haw: 53, ..f.cfg }),
+        Some(Fault::BadConfig(_))
+    ));
 }
