@@ -98,6 +98,8 @@ impl core::fmt::Display for ArenaError {
     }
 }
 
+impl std::error::Error for ArenaError {}
+
 /// When [`Arena::alloc`](PageAllocator::alloc) fails on purpose. Attempts are counted from the
 /// moment the policy is set.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

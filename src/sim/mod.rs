@@ -29,4 +29,6 @@
 pub mod arena;
 pub mod walk;
 
-pub use arena::{Arena, ArenaConfig, ArenaStats, BadFree, BadFreeKind, FailPolicy, PhysMem};
+pub use arena::{
+    Arena, ArenaConfig, ArenaError, ArenaStats, BadFree, BadFreeKind, FailPolicy, PhysMem, Snapshot,
+};
