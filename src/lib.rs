@@ -16,5 +16,7 @@ pub mod iommu;
 pub mod mem;
 pub mod mmio;
 pub mod pgtable;
+#[cfg(feature = "sim")]
+pub mod sim;
 pub mod smmuv3;
 pub mod vtd;
