@@ -85,6 +85,11 @@ impl ArmS1 {
         &self.cfg
     }
 
+    /// CD.T0SZ / TCR.T0SZ: 64 minus the input size.
+    pub const fn t0sz(&self) -> u64 {
+        (64 - self.cfg.ias) as u64
+    }
+
     fn leaf_attributes(&self) -> u64 {
         let (index, sh) = if self.cfg.coherent {
             (ATTR_INDEX_WB, SH_INNER)

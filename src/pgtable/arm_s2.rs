@@ -118,6 +118,18 @@ impl ArmS2 {
         4 - self.geometry.levels
     }
 
+    /// STE.S2SL0 / VTCR_EL2.SL0 for the start level: with the 4 KiB granule 0, 1, 2 select
+    /// levels 2, 1, 0; with 16 KiB and 64 KiB they select levels 3, 2, 1 (IHI 0070 G.b §5.2).
+    pub const fn sl0(&self) -> u64 {
+        let top = if self.cfg.granule_log2 == 12 { 2 } else { 3 };
+        (top - self.start_level()) as u64
+    }
+
+    /// STE.S2T0SZ / VTCR_EL2.T0SZ: 64 minus the input size.
+    pub const fn t0sz(&self) -> u64 {
+        (64 - self.cfg.ias) as u64
+    }
+
     /// Number of concatenated root tables (1 to 16).
     pub const fn concatenated(&self) -> u32 {
         1 << self

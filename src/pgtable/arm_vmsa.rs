@@ -67,7 +67,7 @@ pub(super) const fn block_sizes(granule_log2: u32) -> u64 {
     }
 }
 
-/// Checks granule and output size: 52 bits only with the 64 KiB granule (FEAT_LPA; the 4K/16K
+/// Checks granule and output size (a PS/IPS encoding): 52 bits only with the 64 KiB granule (FEAT_LPA; the 4K/16K
 /// 52-bit descriptors of FEAT_LPA2 are not supported).
 pub(super) fn check_granule_oas(granule_log2: u32, oas: u32) -> Result<(), Error> {
     if !matches!(granule_log2, 12 | 14 | 16) {
@@ -77,7 +77,8 @@ pub(super) fn check_granule_oas(granule_log2: u32, oas: u32) -> Result<(), Error
         });
     }
     let max = if granule_log2 == 16 { 52 } else { 48 };
-    if !(32..=max).contains(&oas) {
+    // Only the sizes VTCR_EL2.PS / STE.S2PS / CD.IPS can encode.
+    if !matches!(oas, 32 | 36 | 40 | 42 | 44 | 48 | 52) || oas > max {
         return Err(Error::InvalidConfig {
             what: "oas",
             value: oas.into(),

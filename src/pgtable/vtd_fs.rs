@@ -4,6 +4,8 @@
 //! "First-Stage Paging Entries"; the entry layout is the Intel SDM vol. 3A §4.5 IA-32e paging
 //! layout.
 //!
+//! Input addresses are canonical lower-half addresses: 47 bits with 4 levels, 56 with 5.
+//!
 //! Levels (this crate -> spec): 0 = PTE (4 KiB), 1 = PDE (2 MiB with PS), 2 = PDPE (1 GiB with
 //! PS, needs `CAP.FL1GP`), 3 = PML4E, 4 = PML5E (`CAP.FL5LP`, PASID entry FLPM = 1).
 //!
@@ -64,7 +66,10 @@ impl VtdFs {
             });
         }
         let sizes = 1 << 12 | 1 << 21 | u64::from(cfg.page_1g) << 30;
-        let geometry = Geometry::new(12, 12 + 9 * cfg.levels, cfg.haw, sizes)?;
+        // Input addresses must be canonical (bits above the top one copy it); DMA addresses are
+        // the lower half, so the root's upper 256 entries stay unused: 47 or 56 input bits.
+        let ias = 12 + 9 * cfg.levels - 1;
+        let geometry = Geometry::with_levels(12, ias, cfg.haw, cfg.levels, 8, sizes)?;
         Ok(Self { cfg, geometry })
     }
 

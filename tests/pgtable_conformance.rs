@@ -1,0 +1,805 @@
+//! Conformance of the page-table engine: every format x configuration, checked through the
+//! independent reference walkers of `sim::walk` over the `sim::Arena`.
+//!
+//! For each configuration: every page size maps and translates at IOVA 0 and at the top of the
+//! input range with the output address at the top of the output range; every argument error is
+//! typed and leaves memory untouched; a partial superpage unmap splits or refuses; unmapping
+//! everything leaves only the root, with pages held until the gather is released and no bad
+//! free; random sequences match a `BTreeMap` model; a non-coherent walker was told about every
+//! word written.
+
+use std::collections::BTreeMap;
+
+use iommu_engine::mem::{Iova, PhysAddr, WalkerCoherency};
+use iommu_engine::pgtable::arm_s1::{self, ArmS1, ArmS1Config};
+use iommu_engine::pgtable::arm_s2::{ArmS2, ArmS2Config, S2Attributes};
+use iommu_engine::pgtable::vtd_fs::{VtdFs, VtdFsConfig};
+use iommu_engine::pgtable::vtd_ss::{VtdSs, VtdSsConfig};
+use iommu_engine::pgtable::{
+    Error, Format, Gather, InvalidationComplete, PageTable, Prot, SplitPolicy,
+};
+use iommu_engine::sim::arena::{Arena, ArenaConfig};
+use iommu_engine::sim::walk::{self, Access, Fault};
+
+/// What a reference walker reports for one leaf, reduced to what every format has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Seen {
+    pa: u64,
+    size_log2: u32,
+    read: bool,
+    write: bool,
+}
+
+/// One format configuration under test, with the walker that checks it.
+trait Case {
+    type F: Format + Copy;
+    fn name(&self) -> String;
+    fn format(&self) -> Self::F;
+    /// Translates a read of `iova`; `Err` carries the walker's fault.
+    fn translate(&self, mem: &Arena, root: PhysAddr, iova: u64) -> Result<Seen, Fault>;
+    fn walk_all(&self, mem: &Arena, root: PhysAddr) -> Vec<(u64, Seen)>;
+    fn table_pages(&self, mem: &Arena, root: PhysAddr) -> usize;
+    /// Checks the format-specific attributes of the leaf at `iova` (snoop, memory type).
+    fn check_attributes(&self, mem: &Arena, root: PhysAddr, iova: u64);
+    /// Permissions the format can express for a read-write mapping.
+    fn rw(&self) -> Prot {
+        Prot::READ | Prot::WRITE
+    }
+}
+
+fn seen<A>(t: &walk::Translation<A>) -> Seen {
+    Seen {
+        pa: t.pa.get(),
+        size_log2: t.page_size_log2,
+        read: t.read,
+        write: t.write,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// the four formats
+
+struct VtdSsCase(VtdSsConfig);
+
+impl VtdSsCase {
+    fn walker(&self, root: PhysAddr) -> walk::vtd_ss::VtdSsConfig {
+        walk::vtd_ss::VtdSsConfig {
+            root,
+            levels: ((self.0.agaw - 12) / 9) as u8,
+            haw: self.0.haw,
+            large_2m: self.0.page_2m,
+            large_1g: self.0.page_1g,
+            snoop_control: self.0.snoop,
+        }
+    }
+}
+
+impl Case for VtdSsCase {
+    type F = VtdSs;
+    fn name(&self) -> String {
+        format!(
+            "vtd-ss agaw{} snoop={} sllps=({},{})",
+            self.0.agaw, self.0.snoop, self.0.page_2m, self.0.page_1g
+        )
+    }
+    fn format(&self) -> VtdSs {
+        VtdSs::new(self.0).unwrap()
+    }
+    fn translate(&self, mem: &Arena, root: PhysAddr, iova: u64) -> Result<Seen, Fault> {
+        walk::vtd_ss::translate(mem, &self.walker(root), Iova::new(iova), Access::READ)
+            .map(|t| seen(&t))
+    }
+    fn walk_all(&self, mem: &Arena, root: PhysAddr) -> Vec<(u64, Seen)> {
+        let all = walk::vtd_ss::walk_all(mem, &self.walker(root)).unwrap();
+        all.iter().map(|(i, t)| (i.get(), seen(t))).collect()
+    }
+    fn table_pages(&self, mem: &Arena, root: PhysAddr) -> usize {
+        walk::vtd_ss::table_pages(mem, &self.walker(root))
+            .unwrap()
+            .len()
+    }
+    fn check_attributes(&self, mem: &Arena, root: PhysAddr, iova: u64) {
+        let t = walk::vtd_ss::translate(mem, &self.walker(root), Iova::new(iova), Access::READ)
+            .unwrap();
+        assert_eq!(t.attrs.snoop, self.0.snoop, "{}: SNP in leaf", self.name());
+    }
+}
+
+struct VtdFsCase(VtdFsConfig);
+
+impl VtdFsCase {
+    fn walker(&self, root: PhysAddr) -> walk::vtd_fs::VtdFsConfig {
+        walk::vtd_fs::VtdFsConfig {
+            root,
+            levels: self.0.levels as u8,
+            haw: self.0.haw,
+            large_1g: self.0.page_1g,
+            execute_disable: self.0.execute_disable,
+            write_protect: true,
+            smep: false,
+        }
+    }
+}
+
+impl Case for VtdFsCase {
+    type F = VtdFs;
+    fn name(&self) -> String {
+        format!("vtd-fs levels{} 1g={}", self.0.levels, self.0.page_1g)
+    }
+    fn format(&self) -> VtdFs {
+        VtdFs::new(self.0).unwrap()
+    }
+    fn translate(&self, mem: &Arena, root: PhysAddr, iova: u64) -> Result<Seen, Fault> {
+        walk::vtd_fs::translate(mem, &self.walker(root), Iova::new(iova), Access::READ)
+            .map(|t| seen(&t))
+    }
+    fn walk_all(&self, mem: &Arena, root: PhysAddr) -> Vec<(u64, Seen)> {
+        let all = walk::vtd_fs::walk_all(mem, &self.walker(root)).unwrap();
+        all.iter().map(|(i, t)| (i.get(), seen(t))).collect()
+    }
+    fn table_pages(&self, mem: &Arena, root: PhysAddr) -> usize {
+        walk::vtd_fs::table_pages(mem, &self.walker(root))
+            .unwrap()
+            .len()
+    }
+    fn check_attributes(&self, mem: &Arena, root: PhysAddr, iova: u64) {
+        let t = walk::vtd_fs::translate(mem, &self.walker(root), Iova::new(iova), Access::READ)
+            .unwrap();
+        assert!(t.attrs.user.read, "{}: user-accessible leaf", self.name());
+    }
+}
+
+fn granule(log2: u32) -> walk::arm::Granule {
+    match log2 {
+        12 => walk::arm::Granule::K4,
+        14 => walk::arm::Granule::K16,
+        _ => walk::arm::Granule::K64,
+    }
+}
+
+struct ArmS2Case(ArmS2Config);
+
+impl ArmS2Case {
+    fn walker(&self, root: PhysAddr) -> walk::arm_s2::ArmS2Config {
+        let f = ArmS2::new(self.0).unwrap();
+        walk::arm_s2::ArmS2Config {
+            ttb: root,
+            granule: granule(self.0.granule_log2),
+            t0sz: f.t0sz() as u8,
+            sl0: f.sl0() as u8,
+            oas: self.0.oas,
+            fwb: self.0.attributes == S2Attributes::ForcedWriteBack,
+            xnx: false,
+            hardware_access_flag: false,
+            hardware_dirty: self.0.dirty_tracking,
+            strict_res0: true,
+        }
+    }
+}
+
+impl Case for ArmS2Case {
+    type F = ArmS2;
+    fn name(&self) -> String {
+        let f = ArmS2::new(self.0).unwrap();
+        format!(
+            "arm-s2 {}K ias{} oas{} {:?} start{} x{}",
+            1 << (self.0.granule_log2 - 10),
+            self.0.ias,
+            self.0.oas,
+            self.0.attributes,
+            f.start_level(),
+            f.concatenated()
+        )
+    }
+    fn format(&self) -> ArmS2 {
+        ArmS2::new(self.0).unwrap()
+    }
+    fn translate(&self, mem: &Arena, root: PhysAddr, iova: u64) -> Result<Seen, Fault> {
+        walk::arm_s2::translate(mem, &self.walker(root), Iova::new(iova), Access::READ)
+            .map(|t| seen(&t))
+    }
+    fn walk_all(&self, mem: &Arena, root: PhysAddr) -> Vec<(u64, Seen)> {
+        let all = walk::arm_s2::walk_all(mem, &self.walker(root)).unwrap();
+        all.iter().map(|(i, t)| (i.get(), seen(t))).collect()
+    }
+    fn table_pages(&self, mem: &Arena, root: PhysAddr) -> usize {
+        walk::arm_s2::table_pages(mem, &self.walker(root))
+            .unwrap()
+            .len()
+    }
+    fn check_attributes(&self, mem: &Arena, root: PhysAddr, iova: u64) {
+        use walk::arm::{Cacheability, MemType};
+        let t = walk::arm_s2::translate(mem, &self.walker(root), Iova::new(iova), Access::READ)
+            .unwrap();
+        let wb = MemType::Normal {
+            inner: Cacheability::WriteBack,
+            outer: Cacheability::WriteBack,
+        };
+        let nc = MemType::Normal {
+            inner: Cacheability::NonCacheable,
+            outer: Cacheability::NonCacheable,
+        };
+        let want = match self.0.attributes {
+            S2Attributes::NonCoherent => nc,
+            S2Attributes::WriteBack | S2Attributes::ForcedWriteBack => wb,
+        };
+        assert_eq!(t.attrs.mem_type, want, "{}: memory type", self.name());
+    }
+}
+
+struct ArmS1Case(ArmS1Config);
+
+impl ArmS1Case {
+    fn walker(&self, root: PhysAddr) -> walk::arm_s1::ArmS1Config {
+        walk::arm_s1::ArmS1Config {
+            ttb: root,
+            granule: granule(self.0.granule_log2),
+            t0sz: (64 - self.0.ias) as u8,
+            oas: self.0.oas,
+            mair: arm_s1::MAIR,
+            hierarchical_permissions: true,
+            wxn: false,
+            hardware_access_flag: false,
+            hardware_dirty: self.0.dirty_tracking,
+            strict_res0: true,
+        }
+    }
+}
+
+impl Case for ArmS1Case {
+    type F = ArmS1;
+    fn name(&self) -> String {
+        format!(
+            "arm-s1 {}K ias{} oas{}",
+            1 << (self.0.granule_log2 - 10),
+            self.0.ias,
+            self.0.oas
+        )
+    }
+    fn format(&self) -> ArmS1 {
+        ArmS1::new(self.0).unwrap()
+    }
+    fn translate(&self, mem: &Arena, root: PhysAddr, iova: u64) -> Result<Seen, Fault> {
+        walk::arm_s1::translate(mem, &self.walker(root), Iova::new(iova), Access::READ)
+            .map(|t| seen(&t))
+    }
+    fn walk_all(&self, mem: &Arena, root: PhysAddr) -> Vec<(u64, Seen)> {
+        let all = walk::arm_s1::walk_all(mem, &self.walker(root)).unwrap();
+        all.iter().map(|(i, t)| (i.get(), seen(t))).collect()
+    }
+    fn table_pages(&self, mem: &Arena, root: PhysAddr) -> usize {
+        walk::arm_s1::table_pages(mem, &self.walker(root))
+            .unwrap()
+            .len()
+    }
+    fn check_attributes(&self, mem: &Arena, root: PhysAddr, iova: u64) {
+        use walk::arm::{Cacheability, MemType};
+        let t = walk::arm_s1::translate(mem, &self.walker(root), Iova::new(iova), Access::READ)
+            .unwrap();
+        let want = if self.0.coherent {
+            MemType::Normal {
+                inner: Cacheability::WriteBack,
+                outer: Cacheability::WriteBack,
+            }
+        } else {
+            MemType::Normal {
+                inner: Cacheability::NonCacheable,
+                outer: Cacheability::NonCacheable,
+            }
+        };
+        assert_eq!(t.attrs.mem_type, want, "{}: memory type", self.name());
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// the conformance checks, written once
+
+fn arena(oas: u32) -> Arena {
+    // Table pages live high in the output range, so PA != VA and wide addresses are exercised.
+    let base = (1u64 << oas.min(48)) - (1 << 30);
+    Arena::new(ArenaConfig {
+        base_pa: base,
+        capacity: 64 << 20,
+    })
+    .unwrap()
+}
+
+fn done() -> InvalidationComplete {
+    // SAFETY: no hardware walks these tables.
+    unsafe { InvalidationComplete::assume() }
+}
+
+fn run<C: Case>(case: &C) {
+    every_page_size_at_the_edges(case);
+    errors_are_typed_and_change_nothing(case);
+    partial_superpage_unmap(case);
+    unmap_everything_leaves_the_root(case);
+    random_sequences_match_a_model(case);
+    non_coherent_walker_sees_every_write(case);
+}
+
+fn table<'a, C: Case>(case: &C, mem: &'a Arena) -> PageTable<C::F, &'a Arena> {
+    PageTable::new(case.format(), mem, WalkerCoherency::Coherent).unwrap()
+}
+
+fn every_page_size_at_the_edges<C: Case>(case: &C) {
+    let f = case.format();
+    let g = *f.geometry();
+    let mem = arena(g.oas);
+    for size_log2 in (0..64).filter(|s| g.page_sizes >> s & 1 != 0) {
+        // A fresh table per size: a smaller page's emptied table stays linked and would make
+        // the larger size descend into it (documented engine behaviour).
+        let t = table(case, &mem);
+        let size = 1u64 << size_log2;
+        let top_iova = (1u64 << g.ias) - size;
+        let top_pa = (1u64 << g.oas) - size;
+        for (iova, pa) in [(0, top_pa), (top_iova, top_pa), (top_iova, 0)] {
+            t.map(Iova::new(iova), PhysAddr::new(pa), size, case.rw())
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "{}: map 2^{size_log2} at {iova:#x} -> {pa:#x}: {e}",
+                        case.name()
+                    )
+                });
+            let probe = iova + size / 2 + 8;
+            let s = case.translate(&mem, t.root(), probe).unwrap_or_else(|e| {
+                panic!(
+                    "{}: walker on 2^{size_log2} at {probe:#x}: {e:?}",
+                    case.name()
+                )
+            });
+            assert_eq!(
+                s.pa,
+                pa + size / 2 + 8,
+                "{}: 2^{size_log2} at {iova:#x}",
+                case.name()
+            );
+            assert_eq!(
+                s.size_log2,
+                size_log2,
+                "{}: leaf size at {iova:#x}",
+                case.name()
+            );
+            assert!(s.read && s.write, "{}: permissions", case.name());
+            case.check_attributes(&mem, t.root(), probe);
+            let m = t.query(Iova::new(probe)).unwrap();
+            assert_eq!(
+                (m.pa.get(), m.size_log2),
+                (s.pa, s.size_log2),
+                "{}: query",
+                case.name()
+            );
+            let mut gather = Gather::new();
+            assert_eq!(t.unmap(Iova::new(iova), size, &mut gather).unwrap(), size);
+            gather.release(&mem, done()).unwrap();
+            assert!(
+                case.translate(&mem, t.root(), probe).is_err(),
+                "{}: still mapped",
+                case.name()
+            );
+        }
+    }
+}
+
+fn errors_are_typed_and_change_nothing<C: Case>(case: &C) {
+    let f = case.format();
+    let g = *f.geometry();
+    let gran = 1u64 << g.granule_log2;
+    let mem = arena(g.oas);
+    let t = table(case, &mem);
+    t.map(Iova::new(4 * gran), PhysAddr::new(0), gran, case.rw())
+        .unwrap();
+    let before = (mem.stats().live_pages, case.walk_all(&mem, t.root()));
+    let rw = case.rw();
+    let io = Iova::new;
+    let pa = PhysAddr::new;
+    let cases: Vec<(Result<(), Error>, fn(&Error) -> bool)> = vec![
+        (t.map(io(0), pa(0), 0, rw), |e| *e == Error::ZeroLength),
+        (t.map(io(gran / 2), pa(0), gran, rw), |e| {
+            matches!(e, Error::MisalignedIova { .. })
+        }),
+        (t.map(io(0), pa(gran / 2), gran, rw), |e| {
+            matches!(e, Error::MisalignedPa { .. })
+        }),
+        (t.map(io(0), pa(0), gran + 8, rw), |e| {
+            matches!(e, Error::MisalignedLength { .. })
+        }),
+        (t.map(io(u64::MAX - gran + 1), pa(0), 2 * gran, rw), |e| {
+            matches!(e, Error::Overflow { .. })
+        }),
+        (t.map(io(0), pa(u64::MAX - gran + 1), 2 * gran, rw), |e| {
+            matches!(e, Error::Overflow { .. })
+        }),
+        (t.map(io(1 << g.ias), pa(0), gran, rw), |e| {
+            matches!(e, Error::IovaOutOfRange { .. })
+        }),
+        (t.map(io((1 << g.ias) - gran), pa(0), 2 * gran, rw), |e| {
+            matches!(e, Error::IovaOutOfRange { .. })
+        }),
+        (t.map(io(0), pa(1 << g.oas), gran, rw), |e| {
+            matches!(e, Error::PaOutOfRange { .. })
+        }),
+        (t.map(io(0), pa(0), gran, Prot::empty()), |e| {
+            matches!(e, Error::UnsupportedProt { .. })
+        }),
+        (t.map(io(0), pa(0), 8 * gran, rw), |e| {
+            matches!(e, Error::Overlap { .. })
+        }),
+        (t.map(io(4 * gran), pa(0), gran, rw), |e| {
+            matches!(e, Error::Overlap { .. })
+        }),
+    ];
+    let overlap = Err(Error::Overlap {
+        iova: Iova::new(4 * gran),
+    });
+    assert_eq!(
+        t.map(io(0), pa(0), 8 * gran, rw),
+        overlap,
+        "{}",
+        case.name()
+    );
+    for (i, (r, ok)) in cases.iter().enumerate() {
+        let e = r.expect_err(&format!("{}: case {i} succeeded", case.name()));
+        assert!(ok(&e), "{}: case {i} gave {e:?}", case.name());
+    }
+    let mut gather = Gather::new();
+    assert_eq!(
+        t.unmap(Iova::new(0), 0, &mut gather),
+        Err(Error::ZeroLength)
+    );
+    assert!(matches!(
+        t.unmap(Iova::new(1 << g.ias), gran, &mut gather),
+        Err(Error::IovaOutOfRange { .. })
+    ));
+    assert!(gather.is_empty());
+    assert_eq!(
+        (mem.stats().live_pages, case.walk_all(&mem, t.root())),
+        before,
+        "{}",
+        case.name()
+    );
+}
+
+fn partial_superpage_unmap<C: Case>(case: &C) {
+    let f = case.format();
+    let g = *f.geometry();
+    // The smallest size above the granule, if the configuration has one.
+    let Some(big_log2) = (g.granule_log2 + 1..64).find(|s| g.page_sizes >> s & 1 != 0) else {
+        return;
+    };
+    let (big, gran) = (1u64 << big_log2, 1u64 << g.granule_log2);
+    if big_log2 >= g.ias {
+        return;
+    }
+    let mem = arena(g.oas);
+    let mut t = table(case, &mem);
+    t.map(Iova::new(big), PhysAddr::new(big), big, case.rw())
+        .unwrap();
+    let before = (mem.stats().live_pages, case.walk_all(&mem, t.root()));
+    let cut = Iova::new(big + gran);
+    let mut gather = Gather::new();
+    t.set_split_policy(SplitPolicy::Refuse);
+    assert_eq!(
+        t.unmap(cut, gran, &mut gather),
+        Err(Error::SplitRefused { iova: cut }),
+        "{}",
+        case.name()
+    );
+    assert!(gather.is_empty());
+    assert_eq!(
+        (mem.stats().live_pages, case.walk_all(&mem, t.root())),
+        before
+    );
+    t.set_split_policy(SplitPolicy::Split);
+    match t.unmap(cut, gran, &mut gather) {
+        Ok(bytes) => {
+            assert_eq!(bytes, gran);
+            assert!(case.translate(&mem, t.root(), cut.get()).is_err());
+            let s = case.translate(&mem, t.root(), big).unwrap();
+            assert_eq!(
+                (s.pa, s.size_log2),
+                (big, g.granule_log2),
+                "{}: split pieces",
+                case.name()
+            );
+            let s = case.translate(&mem, t.root(), 2 * big - 8).unwrap();
+            assert_eq!(s.pa, 2 * big - 8);
+            assert!(!gather.leaf_only());
+            // Every byte but the hole is still mapped.
+            let total: u64 = case
+                .walk_all(&mem, t.root())
+                .iter()
+                .map(|(_, s)| 1u64 << s.size_log2)
+                .sum();
+            assert_eq!(total, big - gran, "{}", case.name());
+        }
+        Err(Error::SplitUnsupported { iova }) => {
+            // Arm without FEAT_BBM level 2: refused, nothing changed.
+            assert_eq!(iova, cut);
+            assert!(!f.hitless_split(), "{}: split refused", case.name());
+            assert_eq!(
+                (mem.stats().live_pages, case.walk_all(&mem, t.root())),
+                before
+            );
+        }
+        Err(e) => panic!("{}: split gave {e:?}", case.name()),
+    }
+    gather.release(&mem, done()).unwrap();
+}
+
+fn unmap_everything_leaves_the_root<C: Case>(case: &C) {
+    let f = case.format();
+    let g = *f.geometry();
+    let gran = 1u64 << g.granule_log2;
+    let mem = arena(g.oas);
+    let t = table(case, &mem);
+    let top = 1u64 << g.ias;
+    let mut mapped = 0;
+    for (iova, len) in [
+        (0, 3 * gran),
+        (top / 2 + 5 * gran, 40 * gran),
+        (top - 2 * gran, 2 * gran),
+    ] {
+        t.map(
+            Iova::new(iova),
+            PhysAddr::new(iova % (1 << 30)),
+            len,
+            case.rw(),
+        )
+        .unwrap();
+        mapped += len;
+    }
+    let tables = case.table_pages(&mem, t.root());
+    assert_eq!(
+        tables,
+        mem.stats().live_pages,
+        "{}: live pages are the tables",
+        case.name()
+    );
+    let mut gather = Gather::new();
+    assert_eq!(t.unmap(Iova::new(0), top, &mut gather).unwrap(), mapped);
+    // Held, not yet freed: the hardware has not been told.
+    assert_eq!(mem.stats().live_pages, tables);
+    assert_eq!(gather.freed_pages(), tables - 1);
+    assert!(case.walk_all(&mem, t.root()).is_empty());
+    gather.release(&mem, done()).unwrap();
+    assert_eq!(
+        mem.stats().live_pages,
+        1,
+        "{}: only the root remains",
+        case.name()
+    );
+    assert!(
+        mem.bad_frees().is_empty(),
+        "{}: {:?}",
+        case.name(),
+        mem.bad_frees()
+    );
+    let mut gather = Gather::new();
+    t.destroy(&mut gather).unwrap();
+    gather.release(&mem, done()).unwrap();
+    assert_eq!(mem.stats().live_pages, 0);
+    assert!(mem.bad_frees().is_empty());
+}
+
+fn random_sequences_match_a_model<C: Case>(case: &C) {
+    let f = case.format();
+    let g = *f.geometry();
+    let gran_log2 = g.granule_log2;
+    let gran = 1u64 << gran_log2;
+    let mem = arena(g.oas);
+    let t = table(case, &mem);
+    // A window of four of the smallest superpages (or 2048 granules).
+    let big_log2 = (gran_log2 + 1..64)
+        .find(|s| g.page_sizes >> s & 1 != 0)
+        .unwrap_or(gran_log2 + 9);
+    let window = (4u64 << big_log2 >> gran_log2).min(1 << (g.ias - gran_log2));
+    let base_pa = 1u64 << (g.oas - 2);
+    let mut model: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ u64::from(g.ias) << 32 ^ u64::from(gran_log2);
+    let mut rnd = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n.max(1)
+    };
+    for step in 0..400 {
+        let page = rnd(window);
+        let big = rnd(4) == 0;
+        let pages = (1 + rnd(if big { window / 2 } else { 8 })).min(window - page);
+        let (start, len) = (page * gran, pages * gran);
+        if rnd(3) != 0 {
+            let aligned = rnd(2) == 0;
+            let pa = base_pa
+                + if aligned {
+                    page * gran
+                } else {
+                    (page + 1) * gran
+                };
+            let r = t.map(Iova::new(start), PhysAddr::new(pa), len, case.rw());
+            let overlaps = model.range(page..page + pages).next().is_some();
+            assert_eq!(
+                r.is_err(),
+                overlaps,
+                "{} step {step}: map {start:#x}+{len:#x}: {r:?}",
+                case.name()
+            );
+            if r.is_ok() {
+                model.extend((0..pages).map(|i| (page + i, pa + i * gran)));
+            }
+        } else {
+            let mut gather = Gather::new();
+            match t.unmap(Iova::new(start), len, &mut gather) {
+                Ok(bytes) => {
+                    let removed: Vec<u64> =
+                        model.range(page..page + pages).map(|(k, _)| *k).collect();
+                    for k in &removed {
+                        model.remove(k);
+                    }
+                    assert_eq!(
+                        bytes,
+                        removed.len() as u64 * gran,
+                        "{} step {step}",
+                        case.name()
+                    );
+                }
+                Err(Error::SplitUnsupported { .. }) => assert!(!f.hitless_split()),
+                Err(e) => panic!("{} step {step}: unmap: {e:?}", case.name()),
+            }
+            gather.release(&mem, done()).unwrap();
+        }
+        if step % 50 == 49 {
+            check_against_model(case, &mem, &t, &model, gran_log2);
+        }
+    }
+    check_against_model(case, &mem, &t, &model, gran_log2);
+    assert!(mem.bad_frees().is_empty());
+}
+
+fn check_against_model<C: Case>(
+    case: &C,
+    mem: &Arena,
+    t: &PageTable<C::F, &Arena>,
+    model: &BTreeMap<u64, u64>,
+    gran_log2: u32,
+) {
+    let mut seen = BTreeMap::new();
+    for (iova, s) in case.walk_all(mem, t.root()) {
+        for i in 0..1u64 << (s.size_log2 - gran_log2) {
+            seen.insert((iova >> gran_log2) + i, s.pa + (i << gran_log2));
+        }
+    }
+    assert_eq!(
+        &seen,
+        model,
+        "{}: walker disagrees with the model",
+        case.name()
+    );
+}
+
+fn non_coherent_walker_sees_every_write<C: Case>(case: &C) {
+    let f = case.format();
+    let g = *f.geometry();
+    let gran = 1u64 << g.granule_log2;
+    let mem = arena(g.oas);
+    let snap = mem.start_sync_recording();
+    let t = PageTable::new(case.format(), &mem, WalkerCoherency::NonCoherent).unwrap();
+    let big = (g.granule_log2 + 1..64)
+        .find(|s| g.page_sizes >> s & 1 != 0)
+        .map_or(gran * 8, |s| 1 << s);
+    t.map(
+        Iova::new(big - 3 * gran),
+        PhysAddr::new(0),
+        2 * big + 6 * gran,
+        case.rw(),
+    )
+    .unwrap();
+    let mut gather = Gather::new();
+    t.unmap(Iova::new(big), gran, &mut gather).ok();
+    gather.release(&mem, done()).unwrap();
+    let missed = mem.unsynced_words(&snap);
+    assert!(
+        missed.is_empty(),
+        "{}: words written but never synced: {missed:x?}",
+        case.name()
+    );
+    mem.stop_sync_recording();
+}
+
+// ---------------------------------------------------------------------------------------------
+// the configurations
+
+#[test]
+fn vtd_second_stage() {
+    for agaw in [39, 48, 57] {
+        for (page_2m, page_1g) in [(false, false), (true, false), (true, true)] {
+            for snoop in [false, true] {
+                run(&VtdSsCase(VtdSsConfig {
+                    agaw,
+                    haw: 46,
+                    page_2m,
+                    page_1g,
+                    snoop,
+                    dirty_tracking: false,
+                }));
+            }
+        }
+    }
+    run(&VtdSsCase(VtdSsConfig {
+        agaw: 48,
+        haw: 52,
+        page_2m: true,
+        page_1g: true,
+        snoop: true,
+        dirty_tracking: true,
+    }));
+}
+
+#[test]
+fn vtd_first_stage() {
+    for levels in [4, 5] {
+        for page_1g in [false, true] {
+            let cfg = VtdFsConfig {
+                levels,
+                haw: 46,
+                page_1g,
+                execute_disable: true,
+                dirty_tracking: false,
+            };
+            run(&VtdFsCase(cfg));
+        }
+    }
+}
+
+#[test]
+fn arm_stage2() {
+    let attrs = [
+        S2Attributes::NonCoherent,
+        S2Attributes::WriteBack,
+        S2Attributes::ForcedWriteBack,
+    ];
+    for (granule_log2, ias_set, oas) in [
+        (12, &[32, 36, 40, 42, 44, 48][..], 48),
+        (14, &[32, 36, 40, 47, 48][..], 48),
+        (16, &[32, 40, 42, 48, 52][..], 52),
+    ] {
+        for &ias in ias_set {
+            for (i, attributes) in attrs.iter().enumerate() {
+                let cfg = ArmS2Config {
+                    granule_log2,
+                    ias,
+                    oas: if i == 0 && ias <= 40 { 40 } else { oas },
+                    blocks: i != 1 || ias != 32,
+                    attributes: *attributes,
+                    dirty_tracking: i == 2,
+                    bbml2: i != 0,
+                };
+                run(&ArmS2Case(cfg));
+            }
+        }
+    }
+}
+
+#[test]
+fn arm_stage1() {
+    for (granule_log2, ias_set, oas) in [
+        (12, &[32, 39, 48][..], 48),
+        (14, &[36, 47][..], 48),
+        (16, &[42, 48, 52][..], 52),
+    ] {
+        for &ias in ias_set {
+            for coherent in [false, true] {
+                let cfg = ArmS1Config {
+                    granule_log2,
+                    ias,
+                    oas,
+                    blocks: true,
+                    coherent,
+                    dirty_tracking: coherent,
+                    bbml2: true,
+                };
+                run(&ArmS1Case(cfg));
+            }
+        }
+    }
+}
