@@ -381,6 +381,9 @@ fn every_page_size_at_the_edges<C: Case>(case: &C) {
     }
 }
 
+/// A predicate on the error one bad call must return.
+type ErrorCheck = fn(&Error) -> bool;
+
 fn errors_are_typed_and_change_nothing<C: Case>(case: &C) {
     let f = case.format();
     let g = *f.geometry();
@@ -393,7 +396,7 @@ fn errors_are_typed_and_change_nothing<C: Case>(case: &C) {
     let rw = case.rw();
     let io = Iova::new;
     let pa = PhysAddr::new;
-    let cases: Vec<(Result<(), Error>, fn(&Error) -> bool)> = vec![
+    let cases: Vec<(Result<(), Error>, ErrorCheck)> = vec![
         (t.map(io(0), pa(0), 0, rw), |e| *e == Error::ZeroLength),
         (t.map(io(gran / 2), pa(0), gran, rw), |e| {
             matches!(e, Error::MisalignedIova { .. })
