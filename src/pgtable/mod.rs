@@ -19,8 +19,9 @@
 //! A table is unlinked and given to the [`Gather`] when an unmap covers its whole span. A table
 //! emptied by smaller unmaps stays linked (all its entries are non-present, so it translates
 //! nothing): freeing it would race with a concurrent map into the rest of its span, which the
-//! concurrency contract allows. It is reused by later maps and freed by a later covering unmap or
-//! by [`PageTable::destroy`].
+//! concurrency contract allows. It is reused by later maps and freed by a later covering unmap,
+//! by [`PageTable::reclaim_empty`] (which takes `&mut self`, so no map can be in flight) or by
+//! [`PageTable::destroy`].
 
 mod error;
 mod format;

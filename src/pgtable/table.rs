@@ -696,6 +696,65 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     }
 
     // ---------------------------------------------------------------------------------------
+    // compaction
+
+    /// Unlinks every table whose entries are all non-present (left behind by unmaps that did not
+    /// cover a whole table), handing their pages to `gather`. Returns how many were unlinked.
+    ///
+    /// `&mut self` proves that no map runs concurrently, which is what makes unlinking a table
+    /// that a concurrent map could be filling safe; `unmap` alone never does it for that reason.
+    ///
+    /// # Errors
+    /// [`Error::UnknownTable`] for a corrupt table.
+    pub fn reclaim_empty(&mut self, gather: &mut Gather) -> Result<usize, Error> {
+        let top = self.geo().top_level();
+        let mut count = 0;
+        self.reclaim_level(self.root_table(), top, 0, gather, &mut count)?;
+        Ok(count)
+    }
+
+    /// Reclaims below `t` (at `level`, spanning from `base`); returns whether `t` is now empty.
+    fn reclaim_level(
+        &self,
+        t: Table,
+        level: u32,
+        base: u64,
+        gather: &mut Gather,
+        count: &mut usize,
+    ) -> Result<bool, Error> {
+        let shift = self.geo().level_shift(level);
+        let mut empty = true;
+        for idx in 0..1usize << self.geo().level_bits(level) {
+            // SAFETY: `idx` is below the table's entry count.
+            let raw = unsafe { t.slot(idx) }.load(Ordering::Acquire);
+            if !self.format.is_present(raw) {
+                continue;
+            }
+            if level == 0 || !self.format.is_table(level, raw) {
+                empty = false;
+                continue;
+            }
+            let iova = base + ((idx as u64) << shift);
+            if self.reclaim_level(self.child(raw)?, level - 1, iova, gather, count)? {
+                self.store_synced(t, idx, 0);
+                gather.add_table_change(iova, 1 << shift);
+                let pa = self.format.table_address(raw);
+                gather.add_freed(
+                    Page {
+                        pa,
+                        va: self.child(raw)?.0,
+                    },
+                    self.geo().granule_log2,
+                );
+                *count += 1;
+            } else {
+                empty = false;
+            }
+        }
+        Ok(empty)
+    }
+
+    // ---------------------------------------------------------------------------------------
     // teardown
 
     /// Unlinks nothing but hands every page of the table, root included, to `gather`, which

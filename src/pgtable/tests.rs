@@ -359,3 +359,27 @@ fn non_coherent_walker_is_told_about_every_write() {
     assert!(synced.iter().filter(|(_, len)| *len == 4096).count() >= 4);
     assert!(!synced.is_empty());
 }
+
+#[test]
+fn reclaim_empty_unlinks_tables_left_by_partial_unmaps() {
+    let mut t = vtd(48);
+    t.map(iova(0), pa(0), 4 * K4, RW).unwrap();
+    t.map(iova(G1), pa(0), K4, RW).unwrap();
+    let mut g = Gather::new();
+    // Page-by-page unmaps empty the tables without covering them: they stay linked.
+    for i in 0..4 {
+        t.unmap(iova(i * K4), K4, &mut g).unwrap();
+    }
+    assert_eq!(g.freed_pages(), 0);
+    g.release(t.allocator(), done()).unwrap();
+    assert_eq!(t.allocator().live(), 6); // root, PDPT, PD + PT for 0, PD + PT for 1G
+    assert_eq!(t.reclaim_empty(&mut g).unwrap(), 2);
+    assert!(!g.leaf_only());
+    g.release(t.allocator(), done()).unwrap();
+    assert_eq!(t.allocator().live(), 4);
+    assert_eq!(t.query(iova(G1)).unwrap().pa, pa(0));
+    // A 2 MiB map at 0 now gets a 2 MiB leaf again.
+    t.map(iova(0), pa(0), M2, RW).unwrap();
+    assert_eq!(t.query(iova(0)).unwrap().size_log2, 21);
+    g.release(t.allocator(), done()).unwrap();
+}
