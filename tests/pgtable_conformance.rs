@@ -18,7 +18,7 @@ use iommu_engine::pgtable::vtd_ss::{VtdSs, VtdSsConfig};
 use iommu_engine::pgtable::{
     Error, Format, Gather, InvalidationComplete, PageTable, Prot, SplitPolicy,
 };
-use iommu_engine::sim::arena::{Arena, ArenaConfig};
+use iommu_engine::sim::arena::{Arena, ArenaConfig, Snapshot};
 use iommu_engine::sim::walk::{self, Access, Fault};
 
 /// What a reference walker reports for one leaf, reduced to what every format has.
@@ -41,6 +41,8 @@ trait Case {
     fn table_pages(&self, mem: &Arena, root: PhysAddr) -> usize;
     /// Checks the format-specific attributes of the leaf at `iova` (snoop, memory type).
     fn check_attributes(&self, mem: &Arena, root: PhysAddr, iova: u64);
+    /// The walker's view of the leaf at `iova`: (carries the contiguous hint, is dirty).
+    fn hint_and_dirty(&self, mem: &Arena, root: PhysAddr, iova: u64) -> (bool, bool);
     /// Permissions the format can express for a read-write mapping.
     fn rw(&self) -> Prot {
         Prot::READ | Prot::WRITE
@@ -75,6 +77,11 @@ impl VtdSsCase {
 }
 
 impl Case for VtdSsCase {
+    fn hint_and_dirty(&self, mem: &Arena, root: PhysAddr, iova: u64) -> (bool, bool) {
+        let t = walk::vtd_ss::translate(mem, &self.walker(root), Iova::new(iova), Access::READ)
+            .unwrap();
+        (false, t.attrs.dirty)
+    }
     type F = VtdSs;
     fn name(&self) -> String {
         format!(
@@ -122,6 +129,11 @@ impl VtdFsCase {
 }
 
 impl Case for VtdFsCase {
+    fn hint_and_dirty(&self, mem: &Arena, root: PhysAddr, iova: u64) -> (bool, bool) {
+        let t = walk::vtd_fs::translate(mem, &self.walker(root), Iova::new(iova), Access::READ)
+            .unwrap();
+        (false, t.attrs.dirty)
+    }
     type F = VtdFs;
     fn name(&self) -> String {
         format!("vtd-fs levels{} 1g={}", self.0.levels, self.0.page_1g)
@@ -178,6 +190,11 @@ impl ArmS2Case {
 }
 
 impl Case for ArmS2Case {
+    fn hint_and_dirty(&self, mem: &Arena, root: PhysAddr, iova: u64) -> (bool, bool) {
+        let t = walk::arm_s2::translate(mem, &self.walker(root), Iova::new(iova), Access::READ)
+            .unwrap();
+        (t.attrs.contiguous, t.attrs.dbm && t.attrs.s2ap_write)
+    }
     type F = ArmS2;
     fn name(&self) -> String {
         let f = ArmS2::new(self.0).unwrap();
@@ -247,6 +264,11 @@ impl ArmS1Case {
 }
 
 impl Case for ArmS1Case {
+    fn hint_and_dirty(&self, mem: &Arena, root: PhysAddr, iova: u64) -> (bool, bool) {
+        let t = walk::arm_s1::translate(mem, &self.walker(root), Iova::new(iova), Access::READ)
+            .unwrap();
+        (t.attrs.contiguous, t.attrs.dbm && !t.attrs.read_only)
+    }
     type F = ArmS1;
     fn name(&self) -> String {
         format!(
@@ -316,6 +338,14 @@ fn run<C: Case>(case: &C) {
     unmap_everything_leaves_the_root(case);
     random_sequences_match_a_model(case);
     non_coherent_walker_sees_every_write(case);
+    contiguous_runs(case);
+    dirty_state(case);
+}
+
+/// Physical addresses of the words of live table memory that differ from `before` (no sync
+/// recording is running, so every changed word counts).
+fn changed_words(mem: &Arena, before: &Snapshot) -> Vec<u64> {
+    mem.unsynced_words(before)
 }
 
 fn table<'a, C: Case>(case: &C, mem: &'a Arena) -> PageTable<C::F, &'a Arena> {
@@ -393,6 +423,7 @@ fn errors_are_typed_and_change_nothing<C: Case>(case: &C) {
     t.map(Iova::new(4 * gran), PhysAddr::new(0), gran, case.rw())
         .unwrap();
     let before = (mem.stats().live_pages, case.walk_all(&mem, t.root()));
+    let bytes_before = mem.snapshot();
     let rw = case.rw();
     let io = Iova::new;
     let pa = PhysAddr::new;
@@ -461,6 +492,8 @@ fn errors_are_typed_and_change_nothing<C: Case>(case: &C) {
         "{}",
         case.name()
     );
+    let changed = changed_words(&mem, &bytes_before);
+    assert!(changed.is_empty(), "{}: wrote {changed:x?}", case.name());
 }
 
 fn partial_superpage_unmap<C: Case>(case: &C) {
@@ -479,6 +512,7 @@ fn partial_superpage_unmap<C: Case>(case: &C) {
     t.map(Iova::new(big), PhysAddr::new(big), big, case.rw())
         .unwrap();
     let before = (mem.stats().live_pages, case.walk_all(&mem, t.root()));
+    let bytes_before = mem.snapshot();
     let cut = Iova::new(big + gran);
     let mut gather = Gather::new();
     t.set_split_policy(SplitPolicy::Refuse);
@@ -493,6 +527,7 @@ fn partial_superpage_unmap<C: Case>(case: &C) {
         (mem.stats().live_pages, case.walk_all(&mem, t.root())),
         before
     );
+    assert!(changed_words(&mem, &bytes_before).is_empty());
     t.set_split_policy(SplitPolicy::Split);
     match t.unmap(cut, gran, &mut gather) {
         Ok(bytes) => {
@@ -709,6 +744,154 @@ fn non_coherent_walker_sees_every_write<C: Case>(case: &C) {
     mem.stop_sync_recording();
 }
 
+/// Runs of leaves under the contiguous hint: set on whole aligned runs a map covers, cleared
+/// from the rest of a run before part of it is unmapped (or the unmap refused), never left on an
+/// incomplete run (the Arm walkers' `walk_all` checks every run).
+fn contiguous_runs<C: Case>(case: &C) {
+    let f = case.format();
+    let g = *f.geometry();
+    let gran = 1u64 << g.granule_log2;
+    let mem = arena(g.oas);
+    let mut t = table(case, &mem);
+    let n_log2 = f.contiguous_log2(0);
+    if n_log2 == 0 {
+        t.map(Iova::new(0), PhysAddr::new(0), 32 * gran, case.rw())
+            .unwrap();
+        for (iova, _) in case.walk_all(&mem, t.root()) {
+            assert!(
+                !case.hint_and_dirty(&mem, t.root(), iova).0,
+                "{}",
+                case.name()
+            );
+        }
+        return;
+    }
+    // Two runs of pages and one page more, output aligned to a run.
+    let run = gran << n_log2;
+    let (start, pa) = (run, 3 * run);
+    t.map(
+        Iova::new(start),
+        PhysAddr::new(pa),
+        2 * run + gran,
+        case.rw(),
+    )
+    .unwrap();
+    let hints = |t: &PageTable<C::F, &Arena>| -> Vec<bool> {
+        case.walk_all(&mem, t.root())
+            .iter()
+            .map(|(iova, _)| case.hint_and_dirty(&mem, t.root(), *iova).0)
+            .collect()
+    };
+    let mut want = vec![true; 2 << n_log2];
+    want.push(false);
+    assert_eq!(hints(&t), want, "{}: hints after map", case.name());
+    // Every leaf level with a hint gets it, blocks included.
+    for level in 1..g.levels {
+        let n = f.contiguous_log2(level);
+        let block_run = 1u64 << (g.level_shift(level) + n);
+        if n == 0
+            || block_run
+                .checked_mul(4)
+                .is_none_or(|e| e > 1 << g.ias.min(g.oas))
+        {
+            continue;
+        }
+        t.map(
+            Iova::new(2 * block_run),
+            PhysAddr::new(block_run),
+            block_run,
+            case.rw(),
+        )
+        .unwrap();
+        let (hint, _) = case.hint_and_dirty(&mem, t.root(), 3 * block_run - gran);
+        assert!(hint, "{}: level {level} run", case.name());
+        let mut gather = Gather::new();
+        t.unmap(Iova::new(2 * block_run), block_run, &mut gather)
+            .unwrap();
+        gather.release(&mem, done()).unwrap();
+    }
+    // Refused: nothing changes.
+    let cut = Iova::new(start + 5 * gran);
+    let bytes_before = mem.snapshot();
+    let mut gather = Gather::new();
+    t.set_split_policy(SplitPolicy::Refuse);
+    assert_eq!(
+        t.unmap(cut, gran, &mut gather),
+        Err(Error::SplitRefused { iova: cut })
+    );
+    assert!(gather.is_empty() && changed_words(&mem, &bytes_before).is_empty());
+    // Split: the first run loses its hint, the second keeps it, the walker finds no broken run.
+    t.set_split_policy(SplitPolicy::Split);
+    assert_eq!(t.unmap(cut, gran, &mut gather), Ok(gran), "{}", case.name());
+    assert!(case.translate(&mem, t.root(), cut.get()).is_err());
+    let mut want = vec![false; (1 << n_log2) - 1];
+    want.extend(vec![true; 1 << n_log2]);
+    want.push(false);
+    assert_eq!(
+        hints(&t),
+        want,
+        "{}: hints after a partial unmap",
+        case.name()
+    );
+    // The whole first run is invalidated (a TLB may hold it as one entry); only leaves changed.
+    assert!(gather.leaf_only());
+    let span = gather.span().unwrap();
+    assert!(span.start.get() <= start && start + run <= span.end.get());
+    gather.release(&mem, done()).unwrap();
+    // Unmapping a whole run needs no split.
+    let mut gather = Gather::new();
+    assert_eq!(t.unmap(Iova::new(start + run), run, &mut gather), Ok(run));
+    gather.release(&mem, done()).unwrap();
+    assert!(mem.bad_frees().is_empty());
+}
+
+/// Dirty state as the walker sees it: `read_and_clear_dirty` reports exactly the leaves the
+/// walker finds dirty and leaves every one clean; tables without dirty tracking refuse.
+fn dirty_state<C: Case>(case: &C) {
+    let f = case.format();
+    let g = *f.geometry();
+    let gran = 1u64 << g.granule_log2;
+    let mem = arena(g.oas);
+    let t = table(case, &mem);
+    t.map(Iova::new(0), PhysAddr::new(0), 4 * gran, case.rw())
+        .unwrap();
+    t.map(Iova::new(4 * gran), PhysAddr::new(0), gran, Prot::READ)
+        .unwrap();
+    // What the walker sees as dirty before (Arm DBM leaves start writable-dirty; VT-d leaves
+    // start with D clear).
+    let expected: Vec<(u64, u32)> = (0..5)
+        .filter(|i| case.hint_and_dirty(&mem, t.root(), i * gran).1)
+        .map(|i| (i * gran, g.granule_log2))
+        .collect();
+    let mut gather = Gather::new();
+    let mut reported = Vec::new();
+    let r = t.read_and_clear_dirty(
+        Iova::new(0),
+        8 * gran,
+        |iova, size_log2| reported.push((iova.get(), size_log2)),
+        &mut gather,
+    );
+    if !f.dirty_tracking() {
+        assert_eq!(r, Err(Error::NoDirtyTracking), "{}", case.name());
+        assert!(gather.is_empty());
+        return;
+    }
+    r.unwrap();
+    assert_eq!(reported, expected, "{}: reported dirty", case.name());
+    for i in 0..5 {
+        let (_, dirty) = case.hint_and_dirty(&mem, t.root(), i * gran);
+        assert!(!dirty, "{}: page {i} still dirty", case.name());
+    }
+    assert!(gather.leaf_only());
+    gather.release(&mem, done()).unwrap();
+    let mut again = 0;
+    let mut gather = Gather::new();
+    t.read_and_clear_dirty(Iova::new(0), 8 * gran, |_, _| again += 1, &mut gather)
+        .unwrap();
+    assert_eq!(again, 0, "{}", case.name());
+    gather.release(&mem, done()).unwrap();
+}
+
 // ---------------------------------------------------------------------------------------------
 // the configurations
 
@@ -746,12 +929,19 @@ fn vtd_first_stage() {
                 levels,
                 haw: 46,
                 page_1g,
-                execute_disable: true,
-                dirty_tracking: false,
+                execute_disable: page_1g,
+                dirty_tracking: !page_1g,
             };
             run(&VtdFsCase(cfg));
         }
     }
+    run(&VtdFsCase(VtdFsConfig {
+        levels: 4,
+        haw: 52,
+        page_1g: true,
+        execute_disable: true,
+        dirty_tracking: true,
+    }));
 }
 
 #[test]

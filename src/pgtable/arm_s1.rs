@@ -8,8 +8,8 @@
 //! 3 -> 0. Stage 1 has no concatenation: a short VA leaves the root partly used.
 //!
 //! Leaf bits: AttrIndx (4:2), AP (7:6: AP\[1\] = EL0 access, AP\[2\] = read-only), SH (9:8), AF
-//! (10), nG (11, set: translations are tagged with the CD's ASID), DBM (51), Contiguous (52,
-//! never set by the engine), PXN (53), UXN (54).
+//! (10), nG (11, set: translations are tagged with the CD's ASID), DBM (51), Contiguous (52),
+//! PXN (53), UXN (54). Contiguous is set as for stage 2 (see [`super::arm_s2`]).
 
 use super::arm_vmsa::{self as vmsa, AF, DBM, SH_INNER, SH_OUTER, SH_SHIFT};
 use super::{Error, Format, Geometry, Prot};
@@ -45,7 +45,8 @@ pub struct ArmS1Config {
     pub coherent: bool,
     /// Set DBM on writable leaves: the SMMU marks them dirty (CD.HD).
     pub dirty_tracking: bool,
-    /// Replacing a block by a table needs no break-before-make (`IDR3.BBML` = 2).
+    /// Replacing a block by a table, or changing the Contiguous bit of live leaves, needs no
+    /// break-before-make (FEAT_BBM level 2, `IDR3.BBML` = 2). Also enables the contiguous hint.
     pub bbml2: bool,
 }
 
@@ -181,6 +182,20 @@ impl Format for ArmS1 {
 
     fn hitless_split(&self) -> bool {
         self.cfg.bbml2
+    }
+
+    fn contiguous_bit(&self) -> u64 {
+        vmsa::CONTIGUOUS
+    }
+
+    fn contiguous_log2(&self, level: u32) -> u32 {
+        if vmsa::use_contiguous(self.cfg.bbml2, self.cfg.dirty_tracking)
+            && self.geometry.leaf_allowed(level)
+        {
+            vmsa::contiguous_log2(self.cfg.granule_log2, level)
+        } else {
+            0
+        }
     }
 
     fn dirty_tracking(&self) -> bool {

@@ -10,7 +10,9 @@
 //! concatenated tables, so that the walk is as short as the architecture allows.
 //!
 //! Leaf bits: MemAttr (5:2), S2AP (7:6: bit 6 read, bit 7 write), SH (9:8), AF (10), DBM (51),
-//! Contiguous (52, never set by the engine), XN (54:53).
+//! Contiguous (52), XN (54:53). The engine sets Contiguous on every naturally aligned run of
+//! leaves a map covers (Arm ARM "The Contiguous bit") when the configuration has `bbml2` and no
+//! dirty tracking; a partial unmap clears it from the rest of the run first.
 
 use super::arm_vmsa::{self as vmsa, AF, DBM, SH_INNER, SH_OUTER, SH_SHIFT};
 use super::{Error, Format, Geometry, Prot};
@@ -51,7 +53,8 @@ pub struct ArmS2Config {
     pub attributes: S2Attributes,
     /// Set DBM on writable leaves: the SMMU marks them dirty (`IDR0.HTTU` = 2, STE.S2HD).
     pub dirty_tracking: bool,
-    /// Replacing a block by a table needs no break-before-make (`IDR3.BBML` = 2).
+    /// Replacing a block by a table, or changing the Contiguous bit of live leaves, needs no
+    /// break-before-make (FEAT_BBM level 2, `IDR3.BBML` = 2). Also enables the contiguous hint.
     pub bbml2: bool,
 }
 
@@ -228,6 +231,20 @@ impl Format for ArmS2 {
 
     fn hitless_split(&self) -> bool {
         self.cfg.bbml2
+    }
+
+    fn contiguous_bit(&self) -> u64 {
+        vmsa::CONTIGUOUS
+    }
+
+    fn contiguous_log2(&self, level: u32) -> u32 {
+        if vmsa::use_contiguous(self.cfg.bbml2, self.cfg.dirty_tracking)
+            && self.geometry.leaf_allowed(level)
+        {
+            vmsa::contiguous_log2(self.cfg.granule_log2, level)
+        } else {
+            0
+        }
     }
 
     fn dirty_tracking(&self) -> bool {

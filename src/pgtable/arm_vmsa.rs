@@ -57,6 +57,26 @@ pub(super) const fn leaf_type(level: u32) -> u64 {
     }
 }
 
+/// Log2 of the number of entries one Contiguous bit spans at engine `level` (0 = Arm lookup
+/// level 3), Arm ARM "The Contiguous bit": 4 KiB granule: 16 entries at levels 3, 2 and 1;
+/// 16 KiB: 128 pages, 32 level-2 blocks; 64 KiB: 32 pages, 32 level-2 blocks. 0 elsewhere.
+pub(super) const fn contiguous_log2(granule_log2: u32, level: u32) -> u32 {
+    match (granule_log2, level) {
+        (12, 0..=2) => 4,
+        (14, 0) => 7,
+        (14, 1) | (16, 0) | (16, 1) => 5,
+        _ => 0,
+    }
+}
+
+/// Whether the engine sets the Contiguous bit: only if a run can later be broken in place
+/// (FEAT_BBM level 2: changing the hint of live entries needs no break-before-make) and hardware
+/// does not track dirty state (with DBM it may record a write in any one entry of a contiguous
+/// run, so the dirty state of each page could no longer be told apart).
+pub(super) const fn use_contiguous(bbml2: bool, dirty_tracking: bool) -> bool {
+    bbml2 && !dirty_tracking
+}
+
 /// Block sizes each granule allows (Arm ARM D8.2.7): 4K: 1G, 2M; 16K: 32M (64G needs
 /// FEAT_LPA2); 64K: 512M (4T needs FEAT_LPA).
 pub(super) const fn block_sizes(granule_log2: u32) -> u64 {

@@ -193,6 +193,22 @@ pub trait Format {
         true
     }
 
+    /// The contiguous-hint bit of a leaf (Arm's Contiguous, bit 52), or 0 for formats without
+    /// one. A run of leaves carrying it must be complete and consistent (same attributes,
+    /// contiguous output aligned to the run) for as long as any of them carries it.
+    fn contiguous_bit(&self) -> u64 {
+        0
+    }
+
+    /// Log2 of the number of leaves at `level` that one contiguous hint spans (Arm: 16 pages of
+    /// 4 KiB, ...), or 0 where this format or configuration sets no hint. Non-zero only where
+    /// [`Self::contiguous_bit`] is, and only if a run can be broken without break-before-make
+    /// ([`Self::hitless_split`]), since a partial unmap has to clear the hint of the rest of it.
+    fn contiguous_log2(&self, level: u32) -> u32 {
+        let _ = level;
+        0
+    }
+
     /// Whether leaves carry hardware-maintained dirty state in this configuration.
     fn dirty_tracking(&self) -> bool {
         false

@@ -23,6 +23,7 @@
 //! by [`PageTable::reclaim_empty`] (which takes `&mut self`, so no map can be in flight) or by
 //! [`PageTable::destroy`].
 
+mod contiguous;
 mod error;
 mod format;
 mod gather;

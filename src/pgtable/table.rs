@@ -65,14 +65,14 @@ impl Table {
     /// # Safety
     /// `self` is a live table page with more than `index` entries.
     #[inline]
-    unsafe fn slot<'t>(self, index: usize) -> &'t AtomicU64 {
+    pub(super) unsafe fn slot<'t>(self, index: usize) -> &'t AtomicU64 {
         // SAFETY: the caller guarantees the entry lies inside a live, 8-byte aligned table page;
         // table memory is only ever accessed atomically.
         unsafe { &*self.0.as_ptr().cast::<AtomicU64>().add(index) }
     }
 
     #[inline]
-    fn entry_ptr(self, index: usize) -> NonNull<u8> {
+    pub(super) fn entry_ptr(self, index: usize) -> NonNull<u8> {
         // SAFETY: in-bounds offset of a live table page (callers pass valid indices).
         unsafe { self.0.add(index * 8) }
     }
@@ -150,7 +150,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     }
 
     #[inline]
-    fn sync(&self, va: NonNull<u8>, len: usize) {
+    pub(super) fn sync(&self, va: NonNull<u8>, len: usize) {
         self.coherency.sync(&self.alloc, va, len);
     }
 
@@ -305,10 +305,12 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
             let slot = unsafe { t.slot(idx) };
             let raw = slot.load(Ordering::Acquire);
             if !self.format.is_present(raw) && self.leaf_fits(level, iova, pa, chunk) {
-                slot.store(
-                    self.format.encode_leaf(level, PhysAddr::new(pa), prot),
-                    Ordering::Relaxed,
-                );
+                // One leaf, or a whole run of them under the contiguous hint.
+                let run = self.contiguous_run(t, level, idx, iova, pa, left);
+                self.write_leaves(t, level, idx, pa, prot, run);
+                let bytes = (run as u64) << self.geo().level_shift(level);
+                (iova, pa, left, idx) = (iova + bytes, pa + bytes, left - bytes, idx + run);
+                continue;
             } else {
                 let child = match self.table_at(slot, level, raw, iova, spares) {
                     Ok(child) => child,
@@ -409,14 +411,24 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
                 continue;
             }
             let shift = g.level_shift(level);
-            let base = cut & !((1u64 << shift) - 1);
-            let leaf_end = base.saturating_add(1 << shift);
-            if base == cut || (start <= base && leaf_end <= end) {
+            // A contiguous run is cut like a larger page: its hint must go first.
+            let run_log2 = shift + self.contiguous_span_log2(level, raw);
+            let run_base = cut & !((1u64 << run_log2) - 1);
+            let run_end = run_base.saturating_add(1 << run_log2);
+            if run_base == cut || (start <= run_base && run_end <= end) {
                 return Ok(0);
             }
             let iova = Iova::new(cut);
             if self.split == SplitPolicy::Refuse {
                 return Err(Error::SplitRefused { iova });
+            }
+            if !self.format.hitless_split() {
+                return Err(Error::SplitUnsupported { iova });
+            }
+            let base = cut & !((1u64 << shift) - 1);
+            if base == cut {
+                // The cut falls between leaves of the run: only the hint is cleared.
+                return Ok(0);
             }
             // One new table per level from the leaf down to the level the cut is aligned to.
             let aligned = (0..level)
@@ -442,13 +454,17 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     ) -> Result<u64, Error> {
         let shift = self.geo().level_shift(level);
         let size = 1u64 << shift;
+        let start = iova;
         let (mut iova, mut left, mut unmapped) = (iova, len, 0);
         let mut idx = self.geo().index(level, iova);
         while left > 0 {
             let chunk = left.min(size - (iova & (size - 1)));
             // SAFETY: `t` is a live table at `level`; `idx` comes from an IOVA in its span.
             let slot = unsafe { t.slot(idx) };
-            let raw = slot.load(Ordering::Acquire);
+            let mut raw = slot.load(Ordering::Acquire);
+            if self.format.is_present(raw) && self.is_contiguous_leaf(level, raw) {
+                raw = self.break_contiguous(t, level, idx, iova, (start, start + len), gather);
+            }
             if !self.format.is_present(raw) {
                 // Nothing mapped here.
             } else if level > 0 && self.format.is_table(level, raw) {
