@@ -11,7 +11,7 @@ use crate::iommu::{
     Capabilities, DeviceId, DomainConfig, DomainHandle, Error as IommuError, Iommu, Stage,
 };
 use crate::mem::{Iova, PhysAddr, WalkerCoherency};
-use crate::pgtable::testutil::TestAlloc;
+use crate::pgtable::testutil::{test_alloc, TestAlloc};
 use crate::pgtable::vtd_ss::{VtdSs, VtdSsConfig};
 use crate::pgtable::{Gather, InvalidationComplete, Leaf, Mapping, PageTable, Prot};
 
@@ -224,7 +224,7 @@ fn label(unit: u8, id: u32) -> DeviceLabel {
 
 #[test]
 fn seed_flow_enforce_snoop() {
-    let alloc = TestAlloc::new();
+    let alloc = test_alloc();
     let snoopy = FakeUnit::new(&alloc, true);
     let plain = FakeUnit::new(&alloc, false);
     let reg = Registry::new(&[&snoopy, &plain], 20).unwrap();
@@ -246,7 +246,7 @@ fn seed_flow_enforce_snoop() {
 
         // A device behind a unit without snoop control cannot join: nothing changes.
         let other = ctx.bind(label(1, 0x30), true).unwrap();
-        let live = alloc.live();
+        let live = alloc.stats().live_pages;
         let e = ctx.attach(other, io).unwrap_err();
         assert_eq!(
             e,
@@ -256,18 +256,18 @@ fn seed_flow_enforce_snoop() {
             }
         );
         assert_eq!(plain.live_domains(), 0);
-        assert_eq!(alloc.live(), live);
+        assert_eq!(alloc.stats().live_pages, live);
 
         // Freeing an attached IOASID fails; the context's drop cleans everything.
         assert_eq!(ctx.free(io), Err(Error::Busy));
     }
     assert_eq!(snoopy.live_domains(), 0);
-    assert_eq!(alloc.live(), 0);
+    assert_eq!(alloc.stats().live_pages, 0);
 }
 
 #[test]
 fn one_device_one_context() {
-    let alloc = TestAlloc::new();
+    let alloc = test_alloc();
     let unit = FakeUnit::new(&alloc, true);
     let reg = Registry::new(&[&unit], 20).unwrap();
     let a = IoasidCtx::new(&reg, &alloc, 0);
@@ -285,7 +285,7 @@ fn one_device_one_context() {
 
 #[test]
 fn mappings_reach_every_unit_and_late_domains_get_copies() {
-    let alloc = TestAlloc::new();
+    let alloc = test_alloc();
     let (u0, u1) = (FakeUnit::new(&alloc, true), FakeUnit::new(&alloc, true));
     let reg = Registry::new(&[&u0, &u1], 20).unwrap();
     let ctx = IoasidCtx::new(&reg, &alloc, 0);
@@ -334,7 +334,7 @@ fn mappings_reach_every_unit_and_late_domains_get_copies() {
 
 #[test]
 fn failed_map_rolls_back_everywhere() {
-    let alloc = TestAlloc::new();
+    let alloc = test_alloc();
     let (u0, u1) = (FakeUnit::new(&alloc, true), FakeUnit::new(&alloc, true));
     let reg = Registry::new(&[&u0, &u1], 20).unwrap();
     let ctx = IoasidCtx::new(&reg, &alloc, 0);
@@ -359,7 +359,7 @@ fn failed_map_rolls_back_everywhere() {
 
 #[test]
 fn reserved_regions_are_refused() {
-    let alloc = TestAlloc::new();
+    let alloc = test_alloc();
     let u = FakeUnit::new(&alloc, true);
     let reg = Registry::new(&[&u], 20).unwrap();
     let ctx = IoasidCtx::new(&reg, &alloc, 0);
@@ -395,7 +395,7 @@ fn reserved_regions_are_refused() {
 
 #[test]
 fn iova_allocation_skips_mappings_and_reservations() {
-    let alloc = TestAlloc::new();
+    let alloc = test_alloc();
     let u = FakeUnit::new(&alloc, true);
     let reg = Registry::new(&[&u], 20).unwrap();
     let ctx = IoasidCtx::new(&reg, &alloc, 0);
@@ -421,7 +421,7 @@ fn iova_allocation_skips_mappings_and_reservations() {
 
 #[test]
 fn pasids_quota_and_attachment() {
-    let alloc = TestAlloc::new();
+    let alloc = test_alloc();
     let u = FakeUnit::new(&alloc, true);
     let reg = Registry::new(&[&u], 20).unwrap();
     let ctx = IoasidCtx::new(&reg, &alloc, 2);
@@ -455,7 +455,7 @@ fn pasids_quota_and_attachment() {
 
 #[test]
 fn incoherent_dma_needs_proof() {
-    let alloc = TestAlloc::new();
+    let alloc = test_alloc();
     let u = FakeUnit::new(&alloc, false);
     let reg = Registry::new(&[&u], 20).unwrap();
     let ctx = IoasidCtx::new(&reg, &alloc, 0);
@@ -485,7 +485,7 @@ fn incoherent_dma_needs_proof() {
 
 #[test]
 fn reattach_switches_domains_and_frees_the_old_one() {
-    let alloc = TestAlloc::new();
+    let alloc = test_alloc();
     let u = FakeUnit::new(&alloc, true);
     let reg = Registry::new(&[&u], 20).unwrap();
     let ctx = IoasidCtx::new(&reg, &alloc, 0);
@@ -509,7 +509,7 @@ fn reattach_switches_domains_and_frees_the_old_one() {
 
 #[test]
 fn concurrent_maps_of_disjoint_ranges() {
-    let alloc = TestAlloc::new();
+    let alloc = test_alloc();
     let (u0, u1) = (FakeUnit::new(&alloc, true), FakeUnit::new(&alloc, true));
     let reg = Registry::new(&[&u0, &u1], 20).unwrap();
     let ctx = IoasidCtx::new(&reg, &alloc, 0);

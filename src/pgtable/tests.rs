@@ -6,10 +6,11 @@ extern crate std;
 use std::collections::BTreeMap;
 
 use super::arm_s2::{ArmS2, ArmS2Config, S2Attributes};
-use super::testutil::TestAlloc;
+use super::testutil::{test_alloc, TestAlloc};
 use super::vtd_ss::{VtdSs, VtdSsConfig};
 use super::*;
 use crate::mem::{Iova, PhysAddr, WalkerCoherency};
+use crate::sim::arena::FailPolicy;
 
 const K4: u64 = 1 << 12;
 const M2: u64 = 1 << 21;
@@ -27,7 +28,7 @@ fn vtd(agaw: u32) -> PageTable<VtdSs, TestAlloc> {
     };
     PageTable::new(
         VtdSs::new(cfg).unwrap(),
-        TestAlloc::new(),
+        test_alloc(),
         WalkerCoherency::Coherent,
     )
     .unwrap()
@@ -56,7 +57,7 @@ fn largest_page_is_chosen() {
     assert_eq!(t.query(iova(2 * G1 + M2)).unwrap().size_log2, 12);
     assert_eq!(t.query(iova(2 * G1 + M2 + K4)), None);
     // root + PDPT + PD + PT
-    assert_eq!(t.allocator().live(), 4);
+    assert_eq!(t.allocator().stats().live_pages, 4);
     let mut leaves = std::vec::Vec::new();
     t.for_each_mapping(iova(0), 1 << 40, |l| {
         leaves.push((l.iova.get(), l.size_log2))
@@ -78,7 +79,7 @@ fn misaligned_pa_forces_small_pages() {
 fn bad_arguments_change_nothing() {
     let t = vtd(39);
     t.map(iova(0x1000), pa(0x1000), K4, RW).unwrap();
-    let before = t.allocator().live();
+    let before = t.allocator().stats().live_pages;
     assert_eq!(t.map(iova(0), pa(0), 0, RW), Err(Error::ZeroLength));
     assert!(matches!(
         t.map(iova(0x800), pa(0), K4, RW),
@@ -115,16 +116,16 @@ fn bad_arguments_change_nothing() {
     );
     assert_eq!(t.query(iova(0)), None);
     assert_eq!(t.query(iova(M2)), None);
-    assert_eq!(t.allocator().live(), before);
+    assert_eq!(t.allocator().stats().live_pages, before);
     assert_eq!(t.query(iova(0x1000)).unwrap().pa, pa(0x1000));
 }
 
 #[test]
 fn no_memory_changes_nothing() {
     let t = vtd(48);
-    *t.allocator().fail_after.lock().unwrap() = Some(2);
+    t.allocator().set_fail_policy(FailPolicy::AfterN(2));
     assert_eq!(t.map(iova(0), pa(0), K4, RW), Err(Error::NoMemory));
-    assert_eq!(t.allocator().live(), 1);
+    assert_eq!(t.allocator().stats().live_pages, 1);
     assert_eq!(t.query(iova(0)), None);
 }
 
@@ -140,9 +141,9 @@ fn unmap_everything_frees_all_but_root_after_release() {
     assert_eq!(g.page_sizes(), K4 | M2 | G1);
     // Pages are held, not freed, until the gather is released.
     let held = g.freed_pages();
-    assert_eq!(t.allocator().live(), 1 + held);
+    assert_eq!(t.allocator().stats().live_pages, 1 + held);
     g.release(t.allocator(), done()).unwrap();
-    assert_eq!(t.allocator().live(), 1);
+    assert_eq!(t.allocator().stats().live_pages, 1);
     assert!(g.is_empty());
 }
 
@@ -182,10 +183,10 @@ fn partial_superpage_unmap_splits_or_refuses() {
     assert!(g.is_empty());
     assert_eq!(t.query(iova(G1 + M2 + K4)).unwrap().size_log2, 30);
     t.set_split_policy(SplitPolicy::Split);
-    let live = t.allocator().live();
+    let live = t.allocator().stats().live_pages;
     assert_eq!(t.unmap(iova(G1 + M2 + K4), K4, &mut g).unwrap(), K4);
     // 1G -> 512 x 2M, then one 2M -> 512 x 4K: two new tables.
-    assert_eq!(t.allocator().live(), live + 2);
+    assert_eq!(t.allocator().stats().live_pages, live + 2);
     assert_eq!(t.query(iova(G1 + M2 + K4)), None);
     assert_eq!(t.query(iova(G1 + M2)).unwrap().size_log2, 12);
     assert_eq!(
@@ -212,7 +213,7 @@ fn arm_split_needs_bbml2() {
     let f = ArmS2::new(cfg).unwrap();
     // IAS 40 with 4K: start level 1 with two concatenated tables (Arm ARM D8.2.8).
     assert_eq!((f.start_level(), f.concatenated()), (1, 2));
-    let t = PageTable::new(f, TestAlloc::new(), WalkerCoherency::Coherent).unwrap();
+    let t = PageTable::new(f, test_alloc(), WalkerCoherency::Coherent).unwrap();
     t.map(iova(0), pa(0), M2, RW).unwrap();
     let mut g = Gather::new();
     assert_eq!(
@@ -316,25 +317,25 @@ fn concurrent_disjoint_maps() {
         assert_eq!(t.query(iova(p * K4)).unwrap().pa, pa(p * K4 + G1));
     }
     // root + PDPT + PD + two PTs: no table was installed twice.
-    assert_eq!(t.allocator().live(), 5);
+    assert_eq!(t.allocator().stats().live_pages, 5);
 }
 
 #[test]
 fn destroy_hands_every_page_to_the_gather() {
     let t = vtd(48);
     t.map(iova(0), pa(0), 5 * M2 + K4, RW).unwrap();
-    let live = t.allocator().live();
+    let live = t.allocator().stats().live_pages;
     let mut g = Gather::new();
     let alloc_ptr: *const TestAlloc = t.allocator();
     // Keep the allocator alive across destroy: the table owns it, so destroy a borrowed one.
     let _ = alloc_ptr;
     let t2 = PageTable::new(*t.format(), t.allocator(), WalkerCoherency::Coherent).unwrap();
     t2.map(iova(0), pa(0), 5 * M2 + K4, RW).unwrap();
-    let after = t.allocator().live();
+    let after = t.allocator().stats().live_pages;
     t2.destroy(&mut g).unwrap();
     assert_eq!(g.freed_pages(), after - live);
     g.release(t.allocator(), done()).unwrap();
-    assert_eq!(t.allocator().live(), live);
+    assert_eq!(t.allocator().stats().live_pages, live);
 }
 
 #[test]
@@ -347,17 +348,23 @@ fn non_coherent_walker_is_told_about_every_write() {
         snoop: true,
         dirty_tracking: false,
     };
+    let alloc = test_alloc();
+    let before = alloc.start_sync_recording();
     let t = PageTable::new(
         VtdSs::new(cfg).unwrap(),
-        TestAlloc::new(),
+        &alloc,
         WalkerCoherency::NonCoherent,
     )
     .unwrap();
     t.map(iova(0), pa(0), M2 + 3 * K4, RW).unwrap();
-    let synced = t.allocator().synced.lock().unwrap().clone();
-    // Root at creation, then 3 new tables, then entry ranges.
-    assert!(synced.iter().filter(|(_, len)| *len == 4096).count() >= 4);
-    assert!(!synced.is_empty());
+    let mut g = Gather::new();
+    t.unmap(iova(M2), K4, &mut g).unwrap();
+    g.release(&alloc, done()).unwrap();
+    // Root, PDPT, PD (holding the 2 MiB leaf) and one PT: every word of each new table and
+    // every entry written since was reported to the hook.
+    assert_eq!(alloc.stats().live_pages, 4);
+    assert_eq!(alloc.unsynced_words(&before), std::vec::Vec::<u64>::new());
+    assert_eq!(alloc.stats().syncs_outside_live, 0);
 }
 
 #[test]
@@ -372,11 +379,11 @@ fn reclaim_empty_unlinks_tables_left_by_partial_unmaps() {
     }
     assert_eq!(g.freed_pages(), 0);
     g.release(t.allocator(), done()).unwrap();
-    assert_eq!(t.allocator().live(), 6); // root, PDPT, PD + PT for 0, PD + PT for 1G
+    assert_eq!(t.allocator().stats().live_pages, 6); // root, PDPT, PD + PT for 0, PD + PT for 1G
     assert_eq!(t.reclaim_empty(&mut g).unwrap(), 2);
     assert!(!g.leaf_only());
     g.release(t.allocator(), done()).unwrap();
-    assert_eq!(t.allocator().live(), 4);
+    assert_eq!(t.allocator().stats().live_pages, 4);
     assert_eq!(t.query(iova(G1)).unwrap().pa, pa(0));
     // A 2 MiB map at 0 now gets a 2 MiB leaf again.
     t.map(iova(0), pa(0), M2, RW).unwrap();
