@@ -53,6 +53,8 @@ pub(super) struct PasidAttachment {
 }
 
 pub(super) struct State<'a, A: PageAllocator> {
+    /// The context's number: handles carry it, and only its own are accepted.
+    pub(super) ctx: u32,
     pub(super) devices: [Option<Device>; MAX_DEVICES],
     pub(super) ioasids: [Option<Ioasid<'a, A>>; MAX_IOASIDS],
     pub(super) pasid_attachments: [Option<PasidAttachment>; MAX_PASID_ATTACHMENTS],
@@ -63,28 +65,32 @@ pub(super) struct State<'a, A: PageAllocator> {
 impl<'a, A: PageAllocator> State<'a, A> {
     pub(super) fn device(&self, d: DeviceHandle) -> Result<&Device, Error> {
         self.devices
-            .get(usize::from(d.0))
+            .get(usize::from(d.slot()))
+            .filter(|_| d.of(self.ctx))
             .and_then(Option::as_ref)
             .ok_or(Error::NoSuchDevice(d))
     }
 
     pub(super) fn device_mut(&mut self, d: DeviceHandle) -> Result<&mut Device, Error> {
         self.devices
-            .get_mut(usize::from(d.0))
+            .get_mut(usize::from(d.slot()))
+            .filter(|_| d.of(self.ctx))
             .and_then(Option::as_mut)
             .ok_or(Error::NoSuchDevice(d))
     }
 
     pub(super) fn ioasid(&self, id: IoasidId) -> Result<&Ioasid<'a, A>, Error> {
         self.ioasids
-            .get(usize::from(id.0))
+            .get(usize::from(id.slot()))
+            .filter(|_| id.of(self.ctx))
             .and_then(Option::as_ref)
             .ok_or(Error::NoSuchIoasid(id))
     }
 
     pub(super) fn ioasid_mut(&mut self, id: IoasidId) -> Result<&mut Ioasid<'a, A>, Error> {
         self.ioasids
-            .get_mut(usize::from(id.0))
+            .get_mut(usize::from(id.slot()))
+            .filter(|_| id.of(self.ctx))
             .and_then(Option::as_mut)
             .ok_or(Error::NoSuchIoasid(id))
     }
@@ -153,12 +159,14 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
     /// A new, empty context drawing record pages from `alloc` and at most `pasid_quota` PASIDs
     /// (at most [`MAX_PASID_ATTACHMENTS`]) from the registry.
     pub fn new(registry: &'r Registry<'a>, alloc: &'a A, pasid_quota: u32) -> Self {
+        let id = registry.new_context_id();
         Self {
             registry,
             alloc,
-            id: registry.new_context_id(),
+            id,
             pasid_quota: pasid_quota.min(MAX_PASID_ATTACHMENTS as u32),
             state: spin::RwLock::new(State {
+                ctx: id,
                 devices: [const { None }; MAX_DEVICES],
                 ioasids: [const { None }; MAX_IOASIDS],
                 pasid_attachments: [None; MAX_PASID_ATTACHMENTS],
@@ -195,7 +203,7 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
             no_snoop_capable,
             attached: None,
         });
-        Ok(DeviceHandle(slot as u16))
+        Ok(DeviceHandle::new(self.id, slot as u16))
     }
 
     /// Releases a detached device with no outstanding grant.
@@ -214,7 +222,7 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
             return Err(Error::Busy);
         }
         self.registry.release(dev.label, self.id);
-        st.devices[usize::from(device.0)] = None;
+        st.devices[usize::from(device.slot())] = None;
         Ok(())
     }
 
@@ -257,7 +265,7 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
             domains: [None; MAX_UNITS],
             reservations: spin::Mutex::new([None; MAX_IOVA_RESERVATIONS]),
         });
-        Ok(IoasidId(slot as u16))
+        Ok(IoasidId::new(self.id, slot as u16))
     }
 
     /// The flags an IOASID was allocated with.
@@ -278,7 +286,7 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
         if st.in_use(ioasid) {
             return Err(Error::Busy);
         }
-        let io = st.ioasids[usize::from(ioasid.0)].take();
+        let io = st.ioasids[usize::from(ioasid.slot())].take();
         if let Some(io) = io {
             self.destroy_ioasid(io)?;
         }
@@ -383,7 +391,10 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
         if !st.device(device)?.no_snoop_capable {
             return Err(Error::NotNoSnoopCapable(device));
         }
-        let counter = &self.grants[usize::from(device.0)];
+        let counter = self
+            .grants
+            .get(usize::from(device.slot()))
+            .ok_or(Error::NoSuchDevice(device))?;
         counter.fetch_add(1, Ordering::AcqRel);
         Ok(IncoherentDmaGrant { counter, device })
     }
@@ -396,7 +407,7 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
 
     fn grant_count(&self, device: DeviceHandle) -> u32 {
         self.grants
-            .get(usize::from(device.0))
+            .get(usize::from(device.slot()))
             .map_or(0, |g| g.load(Ordering::Acquire))
     }
 
@@ -423,7 +434,11 @@ impl<A: PageAllocator> Drop for IoasidCtx<'_, '_, A> {
     fn drop(&mut self) {
         let handles: [Option<DeviceHandle>; MAX_DEVICES] = {
             let st = self.state.read();
-            core::array::from_fn(|i| st.devices[i].as_ref().map(|_| DeviceHandle(i as u16)))
+            core::array::from_fn(|i| {
+                st.devices[i]
+                    .as_ref()
+                    .map(|_| DeviceHandle::new(self.id, i as u16))
+            })
         };
         // Errors cannot be reported from drop: each step is still attempted.
         let pasid_pairs: [Option<(DeviceHandle, Pasid)>; MAX_PASID_ATTACHMENTS] = {
