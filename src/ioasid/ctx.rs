@@ -395,7 +395,10 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
             .grants
             .get(usize::from(device.slot()))
             .ok_or(Error::NoSuchDevice(device))?;
-        counter.fetch_add(1, Ordering::AcqRel);
+        // A count that wrapped to zero would report no grant while grants exist.
+        counter
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_add(1))
+            .map_err(|_| Error::Capacity("incoherent DMA grants"))?;
         Ok(IncoherentDmaGrant { counter, device })
     }
 

@@ -832,3 +832,33 @@ fn the_context_is_sync() {
     assert_sync::<IoasidCtx<'static, 'static, TestAlloc>>();
     assert_sync::<Registry<'static>>();
 }
+
+/// A range ending at the top of the 64-bit physical space maps and unmaps without overflow.
+#[test]
+fn mapping_the_last_physical_page() {
+    let alloc = test_alloc();
+    let u = FakeUnit::new(&alloc, true);
+    let reg = Registry::new(&[&u], 20).unwrap();
+    let ctx = IoasidCtx::new(&reg, &alloc, 0);
+    let io = ctx.alloc(IoasidFlags::empty()).unwrap();
+    let top = PhysAddr::new(u64::MAX - (2 * K4 - 1));
+    ctx.map(io, Iova::new(M2), top, 2 * K4, RW).unwrap();
+    assert_eq!(
+        ctx.translate(io, Iova::new(M2 + K4 + 8))
+            .unwrap()
+            .unwrap()
+            .pa,
+        PhysAddr::new(u64::MAX - K4 + 9)
+    );
+    assert_eq!(ctx.unmap(io, Iova::new(M2), 2 * K4), Ok(2 * K4));
+    assert!(matches!(
+        ctx.map(
+            io,
+            Iova::new(M2),
+            PhysAddr::new(u64::MAX - K4 + 1),
+            2 * K4,
+            RW
+        ),
+        Err(Error::PageTable(crate::pgtable::Error::Overflow { .. }))
+    ));
+}

@@ -261,7 +261,12 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
             } else if !self.leaf_fits(level, iova, pa, chunk) {
                 need += 1 + self.count_new(level - 1, iova, pa, chunk);
             }
-            (iova, pa, left, idx) = (iova + chunk, pa + chunk, left - chunk, idx + 1);
+            (iova, pa, left, idx) = (
+                iova.wrapping_add(chunk),
+                pa.wrapping_add(chunk),
+                left - chunk,
+                idx + 1,
+            );
         }
         Ok(need)
     }
@@ -278,7 +283,11 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
             if !self.leaf_fits(level, iova, pa, chunk) {
                 need += 1 + self.count_new(level - 1, iova, pa, chunk);
             }
-            (iova, pa, left) = (iova + chunk, pa + chunk, left - chunk);
+            (iova, pa, left) = (
+                iova.wrapping_add(chunk),
+                pa.wrapping_add(chunk),
+                left - chunk,
+            );
         }
         need
     }
@@ -309,7 +318,12 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
                 let run = self.contiguous_run(t, level, idx, iova, pa, left);
                 self.write_leaves(t, level, idx, pa, prot, run);
                 let bytes = (run as u64) << self.geo().level_shift(level);
-                (iova, pa, left, idx) = (iova + bytes, pa + bytes, left - bytes, idx + run);
+                (iova, pa, left, idx) = (
+                    iova.wrapping_add(bytes),
+                    pa.wrapping_add(bytes),
+                    left - bytes,
+                    idx + run,
+                );
                 continue;
             } else {
                 let child = match self.table_at(slot, level, raw, iova, spares) {
@@ -324,7 +338,12 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
                     break;
                 }
             }
-            (iova, pa, left, idx) = (iova + chunk, pa + chunk, left - chunk, idx + 1);
+            (iova, pa, left, idx) = (
+                iova.wrapping_add(chunk),
+                pa.wrapping_add(chunk),
+                left - chunk,
+                idx + 1,
+            );
         }
         self.sync(t.entry_ptr(first), (idx - first) * 8);
         result
@@ -382,7 +401,10 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     /// [`Error::NoMemory`] for a split.
     pub fn unmap(&self, iova: Iova, len: u64, gather: &mut Gather) -> Result<u64, Error> {
         self.check_iova_range(iova, len)?;
-        let end = iova.get() + len;
+        let end = iova.get().checked_add(len).ok_or(Error::Overflow {
+            start: iova.get(),
+            len,
+        })?;
         let need = self.plan_split(iova.get(), iova.get(), end)?
             + self.plan_split(end, iova.get(), end)?;
         let mut spares = Spares::reserve(&self.alloc, need, self.geo().granule_log2)?;
@@ -484,7 +506,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
                 let child = self.split_leaf(t, idx, level, raw, iova, gather, spares)?;
                 unmapped += self.unmap_level(child, level - 1, iova, chunk, gather, spares)?;
             }
-            (iova, left, idx) = (iova + chunk, left - chunk, idx + 1);
+            (iova, left, idx) = (iova.wrapping_add(chunk), left - chunk, idx + 1);
         }
         Ok(unmapped)
     }
@@ -660,7 +682,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
                 };
                 f(slot, leaf, raw)?;
             }
-            (iova, left, idx) = (iova + chunk, left - chunk, idx + 1);
+            (iova, left, idx) = (iova.wrapping_add(chunk), left - chunk, idx + 1);
         }
         Ok(())
     }
