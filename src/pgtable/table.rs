@@ -745,18 +745,46 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     /// # Errors
     /// [`Error::UnknownTable`] for a corrupt table.
     pub fn reclaim_empty(&mut self, gather: &mut Gather) -> Result<usize, Error> {
+        self.reclaim_range(0, u64::MAX, gather)
+    }
+
+    /// [`PageTable::unmap`] for a caller with exclusive access: it also unlinks every table
+    /// along `[iova, iova + len)` that the unmap left empty (not only those it covered whole),
+    /// so that unmapping everything piece by piece leaves only the root. The tables go into
+    /// `gather` with the cleared ranges.
+    ///
+    /// # Errors
+    /// As [`PageTable::unmap`] (nothing changed); [`Error::UnknownTable`] for a corrupt table
+    /// found while reclaiming (the unmap is done, `gather` holds what was unlinked).
+    pub fn unmap_exclusive(
+        &mut self,
+        iova: Iova,
+        len: u64,
+        gather: &mut Gather,
+    ) -> Result<u64, Error> {
+        let bytes = self.unmap(iova, len, gather)?;
+        // `unmap` checked that `len` is non-zero and the range does not overflow.
+        self.reclaim_range(iova.get(), iova.get() + (len - 1), gather)?;
+        Ok(bytes)
+    }
+
+    /// Unlinks the empty tables whose span meets `[first, last]`; returns how many.
+    fn reclaim_range(&self, first: u64, last: u64, gather: &mut Gather) -> Result<usize, Error> {
         let top = self.geo().top_level();
         let mut count = 0;
-        self.reclaim_level(self.root_table(), top, 0, gather, &mut count)?;
+        let range = (first, last);
+        self.reclaim_level(self.root_table(), top, 0, range, gather, &mut count)?;
         Ok(count)
     }
 
-    /// Reclaims below `t` (at `level`, spanning from `base`); returns whether `t` is now empty.
+    /// Reclaims below `t` (at `level`, spanning from `base`) inside the inclusive `range`;
+    /// returns whether `t` is now empty.
     fn reclaim_level(
         &self,
         t: Table,
         level: u32,
         base: u64,
+        range: (u64, u64),
         gather: &mut Gather,
         count: &mut usize,
     ) -> Result<bool, Error> {
@@ -768,12 +796,13 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
             if !self.format.is_present(raw) {
                 continue;
             }
-            if level == 0 || !self.format.is_table(level, raw) {
+            let iova = base + ((idx as u64) << shift);
+            let outside = iova > range.1 || iova + ((1u64 << shift) - 1) < range.0;
+            if level == 0 || !self.format.is_table(level, raw) || outside {
                 empty = false;
                 continue;
             }
-            let iova = base + ((idx as u64) << shift);
-            if self.reclaim_level(self.child(raw)?, level - 1, iova, gather, count)? {
+            if self.reclaim_level(self.child(raw)?, level - 1, iova, range, gather, count)? {
                 self.store_synced(t, idx, 0);
                 gather.add_table_change(iova, 1 << shift);
                 let pa = self.format.table_address(raw);

@@ -390,3 +390,26 @@ fn reclaim_empty_unlinks_tables_left_by_partial_unmaps() {
     assert_eq!(t.query(iova(0)).unwrap().size_log2, 21);
     g.release(t.allocator(), done()).unwrap();
 }
+
+#[test]
+fn unmap_exclusive_unlinks_the_tables_it_empties() {
+    let mut t = vtd(48);
+    t.map(iova(0), pa(0), K4, RW).unwrap();
+    t.map(iova(2 * G1), pa(0), K4, RW).unwrap();
+    // Root, PDPT, then a PD and a PT for each page.
+    assert_eq!(t.allocator().stats().live_pages, 6);
+    let mut g = Gather::new();
+    // The range covers a sliver of the PT only; the PT and then its PD are left empty.
+    assert_eq!(t.unmap_exclusive(iova(0), 2 * K4, &mut g), Ok(K4));
+    assert_eq!(g.freed_pages(), 2);
+    assert!(!g.leaf_only());
+    assert_eq!(t.allocator().stats().live_pages, 6, "held until released");
+    g.release(t.allocator(), done()).unwrap();
+    assert_eq!(t.allocator().stats().live_pages, 4);
+    assert_eq!(t.query(iova(2 * G1)).unwrap().pa, pa(0));
+    // The last page: PT, PD and PDPT go; the root stays.
+    assert_eq!(t.unmap_exclusive(iova(2 * G1), K4, &mut g), Ok(K4));
+    g.release(t.allocator(), done()).unwrap();
+    assert_eq!(t.allocator().stats().live_pages, 1);
+    assert!(t.allocator().bad_frees().is_empty());
+}
