@@ -126,7 +126,15 @@ fn main() {
             strict_res0: true,
         };
         walk::arm_s2::translate(&arena, &cfg, iova, walk::Access::READ)
-            .map(|t| format!("{} {} {:?}", t.pa, size(t.page_size_log2), t.attrs.mem_type))
+            .map(|t| {
+                let hint = if t.attrs.contiguous {
+                    " contiguous"
+                } else {
+                    ""
+                };
+                let (pa, sz, mt) = (t.pa, size(t.page_size_log2), t.attrs.mem_type);
+                format!("{pa} {sz} {mt:?}{hint}")
+            })
             .map_err(|f| format!("{f:?}"))
     });
 
@@ -158,7 +166,15 @@ fn main() {
                 strict_res0: true,
             };
             walk::arm_s1::translate(&arena, &cfg, iova, walk::Access::READ)
-                .map(|t| format!("{} {} {:?}", t.pa, size(t.page_size_log2), t.attrs.mem_type))
+                .map(|t| {
+                    let hint = if t.attrs.contiguous {
+                        " contiguous"
+                    } else {
+                        ""
+                    };
+                    let (pa, sz, mt) = (t.pa, size(t.page_size_log2), t.attrs.mem_type);
+                    format!("{pa} {sz} {mt:?}{hint}")
+                })
                 .map_err(|f| format!("{f:?}"))
         },
     );
