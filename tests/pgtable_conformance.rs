@@ -817,7 +817,7 @@ fn contiguous_runs<C: Case>(case: &C) {
         if n == 0
             || block_run
                 .checked_mul(4)
-                .is_none_or(|e| e > 1 << g.ias.min(g.oas))
+                .map_or(true, |e| e > 1 << g.ias.min(g.oas))
         {
             continue;
         }

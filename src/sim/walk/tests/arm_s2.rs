@@ -476,7 +476,7 @@ fn contiguous_runs_must_be_whole_and_consistent() {
         0x60_0000 | BLOCK | memattr(0b0101) | S2AP_R | S2AP_W,
     );
     // Sixteen 4 KiB pages at IPA (1 << 39) + 64 KiB, output 0x4010_0000 (64 KiB aligned).
-    let leaf = |k: u64| 0x4010_0000 + (k << 12) | PAGE | memattr(0b1111) | S2AP_R | AF | CONT;
+    let leaf = |k: u64| (0x4010_0000 + (k << 12)) | PAGE | memattr(0b1111) | S2AP_R | AF | CONT;
     for k in 0..16 {
         put(&c.arena, c.l3, 16 + k, leaf(k));
     }
