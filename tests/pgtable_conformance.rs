@@ -19,6 +19,7 @@ use iommu_engine::pgtable::{
     Error, Format, Gather, InvalidationComplete, PageTable, Prot, SplitPolicy,
 };
 use iommu_engine::sim::arena::{Arena, ArenaConfig, Snapshot};
+use iommu_engine::sim::walk::arm::Shareability;
 use iommu_engine::sim::walk::{self, Access, Fault};
 
 /// What a reference walker reports for one leaf, reduced to what every format has.
@@ -41,6 +42,9 @@ trait Case {
     fn table_pages(&self, mem: &Arena, root: PhysAddr) -> usize;
     /// Checks the format-specific attributes of the leaf at `iova` (snoop, memory type).
     fn check_attributes(&self, mem: &Arena, root: PhysAddr, iova: u64);
+    /// The walker's view of the leaf at `iova`: (unprivileged read, privileged read,
+    /// unprivileged execute).
+    fn views(&self, mem: &Arena, root: PhysAddr, iova: u64) -> (bool, bool, bool);
     /// The walker's view of the leaf at `iova`: (carries the contiguous hint, is dirty).
     fn hint_and_dirty(&self, mem: &Arena, root: PhysAddr, iova: u64) -> (bool, bool);
     /// Permissions the format can express for a read-write mapping.
@@ -109,6 +113,12 @@ impl Case for VtdSsCase {
         let t = walk::vtd_ss::translate(mem, &self.walker(root), Iova::new(iova), Access::READ)
             .unwrap();
         assert_eq!(t.attrs.snoop, self.0.snoop, "{}: SNP in leaf", self.name());
+        assert!(!t.exec, "{}: no execute", self.name());
+    }
+    fn views(&self, mem: &Arena, root: PhysAddr, iova: u64) -> (bool, bool, bool) {
+        let t = walk::vtd_ss::translate(mem, &self.walker(root), Iova::new(iova), Access::READ)
+            .unwrap();
+        (t.read, t.read, t.exec)
     }
 }
 
@@ -157,7 +167,26 @@ impl Case for VtdFsCase {
     fn check_attributes(&self, mem: &Arena, root: PhysAddr, iova: u64) {
         let t = walk::vtd_fs::translate(mem, &self.walker(root), Iova::new(iova), Access::READ)
             .unwrap();
-        assert!(t.attrs.user.read, "{}: user-accessible leaf", self.name());
+        let name = self.name();
+        assert!(
+            t.attrs.user.read && t.attrs.user.write,
+            "{name}: U/S and R/W"
+        );
+        assert!(t.attrs.supervisor.write, "{name}: supervisor R/W");
+        assert_eq!(t.attrs.user.exec, !self.0.execute_disable, "{name}: XD");
+        assert!(t.attrs.accessed, "{name}: A set by the engine");
+        // D is preset on writable leaves unless the walker is to report writes.
+        assert_eq!(t.attrs.dirty, !self.0.dirty_tracking, "{name}: D");
+    }
+    fn views(&self, mem: &Arena, root: PhysAddr, iova: u64) -> (bool, bool, bool) {
+        // A privileged read reaches every leaf; the attributes tell both privileges apart.
+        let read = Access::READ.privileged();
+        let t = walk::vtd_fs::translate(mem, &self.walker(root), Iova::new(iova), read).unwrap();
+        (
+            t.attrs.user.read,
+            t.attrs.supervisor.read,
+            t.attrs.user.exec,
+        )
     }
 }
 
@@ -240,7 +269,26 @@ impl Case for ArmS2Case {
             S2Attributes::NonCoherent => nc,
             S2Attributes::WriteBack | S2Attributes::ForcedWriteBack => wb,
         };
-        assert_eq!(t.attrs.mem_type, want, "{}: memory type", self.name());
+        let name = self.name();
+        assert_eq!(t.attrs.mem_type, want, "{name}: memory type");
+        let (memattr, sh) = match self.0.attributes {
+            S2Attributes::NonCoherent => (0b0101, Shareability::Outer),
+            S2Attributes::WriteBack => (0b1111, Shareability::Inner),
+            S2Attributes::ForcedWriteBack => (0b0110, Shareability::Inner),
+        };
+        assert_eq!(
+            (t.attrs.memattr, t.attrs.shareability),
+            (memattr, sh),
+            "{name}"
+        );
+        assert!(t.attrs.accessed, "{name}: AF");
+        assert!(!t.exec && !t.attrs.privileged_exec, "{name}: XN");
+        assert_eq!(t.attrs.dbm, self.0.dirty_tracking, "{name}: DBM");
+    }
+    fn views(&self, mem: &Arena, root: PhysAddr, iova: u64) -> (bool, bool, bool) {
+        let t = walk::arm_s2::translate(mem, &self.walker(root), Iova::new(iova), Access::READ)
+            .unwrap();
+        (t.read, t.read, t.exec)
     }
 }
 
@@ -309,7 +357,31 @@ impl Case for ArmS1Case {
                 outer: Cacheability::NonCacheable,
             }
         };
-        assert_eq!(t.attrs.mem_type, want, "{}: memory type", self.name());
+        let name = self.name();
+        assert_eq!(t.attrs.mem_type, want, "{name}: memory type");
+        let sh = if self.0.coherent {
+            Shareability::Inner
+        } else {
+            Shareability::Outer
+        };
+        assert_eq!(t.attrs.shareability, sh, "{name}: SH");
+        assert!(t.attrs.accessed && t.attrs.not_global, "{name}: AF, nG");
+        assert!(
+            t.attrs.unprivileged.write && t.attrs.privileged.write,
+            "{name}: AP"
+        );
+        assert!(
+            !t.attrs.unprivileged.exec && !t.attrs.privileged.exec,
+            "{name}: XN"
+        );
+        assert_eq!(t.attrs.dbm, self.0.dirty_tracking, "{name}: DBM");
+    }
+    fn views(&self, mem: &Arena, root: PhysAddr, iova: u64) -> (bool, bool, bool) {
+        // A privileged read reaches every leaf; the attributes tell both privileges apart.
+        let read = Access::READ.privileged();
+        let t = walk::arm_s1::translate(mem, &self.walker(root), Iova::new(iova), read).unwrap();
+        let a = t.attrs;
+        (a.unprivileged.read, a.privileged.read, a.unprivileged.exec)
     }
 }
 
@@ -340,6 +412,36 @@ fn run<C: Case>(case: &C) {
     non_coherent_walker_sees_every_write(case);
     contiguous_runs(case);
     dirty_state(case);
+    privilege_and_execute(case);
+}
+
+/// Privileged-only and executable leaves, where the format can express them (U/S, AP\[1\],
+/// XD, XN); elsewhere the map is refused with `UnsupportedProt` and changes nothing.
+fn privilege_and_execute<C: Case>(case: &C) {
+    let f = case.format();
+    let gran = 1u64 << f.geometry().granule_log2;
+    let mem = arena(f.geometry().oas);
+    let t = table(case, &mem);
+    let cases = [
+        (Prot::READ | Prot::PRIV, (false, true, false)),
+        (Prot::READ | Prot::EXEC, (true, true, true)),
+    ];
+    for (i, (prot, want)) in cases.into_iter().enumerate() {
+        let iova = i as u64 * gran;
+        match f.check_prot(prot) {
+            Ok(()) => {
+                t.map(Iova::new(iova), PhysAddr::new(0), gran, prot)
+                    .unwrap();
+                let seen = case.views(&mem, t.root(), iova);
+                assert_eq!(seen, want, "{}: {prot:?}", case.name());
+            }
+            Err(e) => {
+                let live = mem.stats().live_pages;
+                assert_eq!(t.map(Iova::new(iova), PhysAddr::new(0), gran, prot), Err(e));
+                assert_eq!(mem.stats().live_pages, live);
+            }
+        }
+    }
 }
 
 /// Physical addresses of the words of live table memory that differ from `before` (no sync
