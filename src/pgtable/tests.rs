@@ -9,7 +9,7 @@ use super::arm_s2::{ArmS2, ArmS2Config, S2Attributes};
 use super::testutil::{test_alloc, TestAlloc};
 use super::vtd_ss::{VtdSs, VtdSsConfig};
 use super::*;
-use crate::mem::{Iova, PhysAddr, WalkerCoherency};
+use crate::mem::{Iova, PageAllocator, PhysAddr, WalkerCoherency};
 use crate::sim::arena::FailPolicy;
 
 const K4: u64 = 1 << 12;
@@ -412,4 +412,71 @@ fn unmap_exclusive_unlinks_the_tables_it_empties() {
     g.release(t.allocator(), done()).unwrap();
     assert_eq!(t.allocator().stats().live_pages, 1);
     assert!(t.allocator().bad_frees().is_empty());
+}
+
+/// An allocator that, the first time the engine cleans a whole new table page (which it does
+/// after reading the empty slot and before publishing the table with compare-and-swap), maps
+/// a disjoint range through the same table: that map installs the table first, so the outer
+/// compare-and-swap deterministically loses.
+struct Racer<'a> {
+    arena: &'a TestAlloc,
+    table: std::sync::OnceLock<&'a PageTable<VtdSs, &'a Racer<'a>>>,
+    fired: std::sync::atomic::AtomicBool,
+}
+
+// SAFETY: forwards to the arena, which upholds the contract; the hook only adds a map.
+unsafe impl PageAllocator for Racer<'_> {
+    fn alloc(&self, size_log2: u32) -> Option<crate::mem::Page> {
+        self.arena.alloc(size_log2)
+    }
+    unsafe fn free(&self, page: crate::mem::Page, size_log2: u32) {
+        // SAFETY: the caller upholds `free`'s contract for the arena the page came from.
+        unsafe { self.arena.free(page, size_log2) }
+    }
+    fn phys_to_virt(&self, pa: PhysAddr) -> Option<core::ptr::NonNull<u8>> {
+        self.arena.phys_to_virt(pa)
+    }
+    fn sync_for_device(&self, va: core::ptr::NonNull<u8>, len: usize) {
+        self.arena.sync_for_device(va, len);
+        if len == 4096 {
+            if let Some(t) = self.table.get() {
+                if !self.fired.swap(true, core::sync::atomic::Ordering::Relaxed) {
+                    t.map(iova(G1 + M2 + K4), pa(0x5000), K4, RW).unwrap();
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn the_loser_of_a_table_install_returns_its_page() {
+    let arena = test_alloc();
+    let racer = Racer {
+        arena: &arena,
+        table: std::sync::OnceLock::new(),
+        fired: false.into(),
+    };
+    let cfg = VtdSsConfig {
+        agaw: 48,
+        haw: 46,
+        page_2m: true,
+        page_1g: true,
+        snoop: false,
+        dirty_tracking: false,
+    };
+    let f = VtdSs::new(cfg).unwrap();
+    let t = PageTable::new(f, &racer, WalkerCoherency::NonCoherent).unwrap();
+    assert!(racer.table.set(&t).is_ok());
+    // Needs a PDPT, a PD and a PT; the racer installs all three first (for its own page in the
+    // same PT), so every one of this map's reserved tables loses or goes unused.
+    t.map(iova(G1 + M2), pa(0x4000), K4, RW).unwrap();
+    assert!(racer.fired.load(core::sync::atomic::Ordering::Relaxed));
+    assert_eq!(t.query(iova(G1 + M2)).unwrap().pa, pa(0x4000));
+    assert_eq!(t.query(iova(G1 + M2 + K4)).unwrap().pa, pa(0x5000));
+    let stats = arena.stats();
+    // Root, PDPT, PD, PT: the loser's pages all went back.
+    assert_eq!(stats.live_pages, 4);
+    assert_eq!(stats.allocs - stats.frees, 4);
+    assert!(stats.frees >= 3);
+    assert!(arena.bad_frees().is_empty());
 }
