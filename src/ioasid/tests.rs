@@ -864,3 +864,26 @@ fn mapping_the_last_physical_page() {
         Err(Error::PageTable(crate::pgtable::Error::Overflow { .. }))
     ));
 }
+
+/// Two devices of one unit attached to one IOASID share its domain there; the domain goes with
+/// the last of them.
+#[test]
+fn devices_of_one_unit_share_the_domain() {
+    let alloc = test_alloc();
+    let u = FakeUnit::new(&alloc, true);
+    let reg = Registry::new(&[&u], 20).unwrap();
+    let ctx = IoasidCtx::new(&reg, &alloc, 0);
+    let io = ctx.alloc(IoasidFlags::ENFORCE_SNOOP).unwrap();
+    let (a, b) = (
+        ctx.bind(label(0, 1), false).unwrap(),
+        ctx.bind(label(0, 2), false).unwrap(),
+    );
+    ctx.attach(a, io).unwrap();
+    ctx.attach(b, io).unwrap();
+    assert_eq!(u.live_domains(), 1);
+    assert_eq!(u.domain_of(DeviceId(1)), u.domain_of(DeviceId(2)));
+    ctx.detach(a).unwrap();
+    assert_eq!(u.live_domains(), 1);
+    ctx.detach(b).unwrap();
+    assert_eq!(u.live_domains(), 0);
+}
