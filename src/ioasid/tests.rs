@@ -887,3 +887,11 @@ fn devices_of_one_unit_share_the_domain() {
     ctx.detach(b).unwrap();
     assert_eq!(u.live_domains(), 0);
 }
+
+#[test]
+fn the_record_geometry_is_valid() {
+    use crate::pgtable::Format;
+    let r = super::record::Record::new();
+    assert_eq!(r.geometry().validate(), Ok(()));
+    assert_eq!(r.geometry().ias, RECORD_IAS);
+}

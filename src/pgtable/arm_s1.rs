@@ -101,7 +101,11 @@ impl ArmS1 {
     }
 }
 
-impl Format for ArmS1 {
+// SAFETY: the geometry is validated in `new` and never changes. A table entry is its address
+// with bits 1:0 = 0b11, and every leaf above level 0 is a block (bit 1 clear); AF and AP\[2\]
+// (bits 10, 7), the only bits the walker sets, lie outside the address field. Bit 0 clear is
+// invalid.
+unsafe impl Format for ArmS1 {
     #[inline]
     fn geometry(&self) -> &Geometry {
         &self.geometry

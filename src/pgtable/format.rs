@@ -149,10 +149,20 @@ impl Geometry {
 ///
 /// Implementations are small and `#[inline]`: the walker calls them in its inner loops.
 ///
-/// Contract shared by every format: a raw entry whose bits 3:0 are zero is not present. The
-/// engine relies on it to link freed table pages into a list through their first word while the
-/// hardware may still walk them (see [`super::Gather`]).
-pub trait Format {
+/// # Safety
+///
+/// The engine dereferences table memory on the strength of these answers, so an implementation
+/// guarantees:
+/// - [`geometry`](Self::geometry) is valid ([`Geometry::validate`]) and the same on every call;
+/// - for every `level > 0` and table address `pa`, `raw = encode_table(level, pa)` is present,
+///   `is_table(level, raw)` holds and `table_address(raw) == pa`, also after the walker set any
+///   of the bits it may set (accessed, dirty);
+/// - a leaf from [`encode_leaf`](Self::encode_leaf) or [`relevel_leaf`](Self::relevel_leaf) at
+///   level `l > 0` is present and not a table (`is_table(l, leaf)` is false);
+/// - a raw entry whose bits 3:0 are zero is not present. The engine relies on it to link freed
+///   table pages into a list through their first word while the hardware may still walk them
+///   (see [`super::Gather`]).
+pub unsafe trait Format {
     /// The table's shape.
     fn geometry(&self) -> &Geometry;
 

@@ -33,6 +33,8 @@ const HW_UPDATE_RETRIES: u32 = 8;
 /// told, so call [`PageTable::destroy`] and release the gather after the invalidation.
 pub struct PageTable<F: Format, A: PageAllocator> {
     format: F,
+    /// The format's geometry, validated once: every index into table memory is derived from it.
+    geometry: Geometry,
     alloc: A,
     root: Page,
     coherency: WalkerCoherency,
@@ -50,7 +52,7 @@ impl<F: Format, A: PageAllocator> core::fmt::Debug for PageTable<F, A> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("PageTable")
             .field("root", &self.root.pa)
-            .field("geometry", self.format.geometry())
+            .field("geometry", &self.geometry)
             .field("coherency", &self.coherency)
             .field("split", &self.split)
             .finish()
@@ -91,6 +93,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         coherency.sync(&alloc, root.va, 1 << size);
         Ok(Self {
             format,
+            geometry: g,
             alloc,
             root,
             coherency,
@@ -116,7 +119,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
 
     /// The table's geometry.
     pub fn geometry(&self) -> &Geometry {
-        self.format.geometry()
+        &self.geometry
     }
 
     /// What `unmap` does when it would cut a larger page.
@@ -131,7 +134,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
 
     #[inline]
     fn geo(&self) -> &Geometry {
-        self.format.geometry()
+        &self.geometry
     }
 
     #[inline]
