@@ -133,6 +133,9 @@ scenarios! {
     x86_64_vtd_regs => (X86_64, 4, "vtd_regs", "q35", ["-device", "intel-iommu,aw-bits=48"]);
     x86_64_vtd_regs_scalable => (X86_64, 4, "vtd_regs", "q35", ["-device", "intel-iommu,x-scalable-mode=on,snoop-control=on"]);
 
+    // VT-d: guest numbers 100-199 from tests/qemu/x86_64/src/vtd_scenarios.rs.
+    x86_64_vtd_fault_no_root => (X86_64, 113, "vtd_fault_no_root", "q35", ["-device", "intel-iommu"]);
+
     // virt: guest numbers from tests/qemu/aarch64/src/scenarios.rs.
     aarch64_boot_ok => (Aarch64, 1, "boot_ok", "virt,iommu=smmuv3", []);
     aarch64_page_alloc => (Aarch64, 2, "page_alloc", "virt,iommu=smmuv3", []);

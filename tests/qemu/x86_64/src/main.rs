@@ -13,7 +13,11 @@
 
 mod arch;
 mod boot;
+mod dma_check;
 mod scenarios;
+mod vtd_faults;
+mod vtd_scenarios;
+mod vtd_unit;
 
 #[path = "../../common/alloc.rs"]
 #[allow(dead_code)] // shared with the aarch64 guest
@@ -112,7 +116,13 @@ extern "C" fn kmain(start_info: u32) -> ! {
     if let Err(e) = &ctx.edu {
         println!("note: {e}");
     }
-    let status = scenario::run(scenarios::TABLE, selector, &mut ctx);
+    // VT-d scenarios are numbered 100-199 and live in their own table.
+    let table = if (100..200).contains(&selector) {
+        vtd_scenarios::VTD_TABLE
+    } else {
+        scenarios::TABLE
+    };
+    let status = scenario::run(table, selector, &mut ctx);
     arch::exit(status)
 }
 
