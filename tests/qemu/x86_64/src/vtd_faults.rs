@@ -12,7 +12,8 @@
 //!   before the reserved-bit check -- and 0xC for a reserved bit, e.g. SNP with `ECAP.SC = 0`
 //!   in legacy mode); first-stage walks (`x-flts=on`) report 0x71 (entry not present), 0x85
 //!   (write to a read-only page), 0x81 (U/S clear), 0x72 (reserved bit), 0x80 (non-canonical);
-//!   a not-present context entry is 0x2 in both modes, a not-present PASID entry 0x59.
+//!   a not-present context entry is 0x2 in both modes; a PASID entry is type-checked before its
+//   `P` bit, so a cleared entry (PGTT 0) gives 0x5B rather than 0x59.
 
 use core::ptr::NonNull;
 
@@ -107,6 +108,11 @@ impl FaultReader {
     /// The extended capability register.
     pub fn ecap(&self) -> Ecap {
         self.ecap
+    }
+
+    /// Whether the unit has scalable mode (`ECAP.SMTS`), which the scenarios then use.
+    pub fn scalable(&self) -> bool {
+        self.ecap.flags().contains(EcapFlags::SMTS)
     }
 
     /// Which walk the model uses for requests without PASID, from `ECAP`: QEMU's `x-flts=on`
@@ -211,10 +217,22 @@ impl FaultReader {
             "{when}: fault request kind {:?}, expected {kind:?}",
             r.request_kind()
         );
+        // QEMU records a translation fault of a request without PASID in scalable mode with PP
+        // set and the context entry's RID_PASID (0) as PV; faults found before the PASID entry
+        // was read (root, context, PASID-table entries) and every legacy-mode fault without.
+        let pasid = r.pasid().map(|p| p.get());
+        let config_fault = matches!(
+            reason,
+            Ok(FaultReason::RootEntryNotPresent
+                | FaultReason::ContextEntryNotPresent
+                | FaultReason::SmPasidDirectoryNotPresent
+                | FaultReason::SmPasidEntryNotPresent
+                | FaultReason::SmPasidEntryInvalid)
+        );
+        let want = (self.scalable() && !config_fault).then_some(0);
         ensure!(
-            r.pasid().is_none(),
-            "{when}: fault carries a PASID {:?}",
-            r.pasid()
+            pasid == want,
+            "{when}: fault PASID {pasid:?}, expected {want:?}"
         );
         Ok(*r)
     }
