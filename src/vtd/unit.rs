@@ -5,12 +5,32 @@
 //! [`VtdUnit`] owns the register window, the root table and every table below it, the
 //! invalidation queue and a fixed number of domains; it implements [`crate::iommu::Iommu`].
 //!
-//! ```text
-//! let unit = VtdUnit::new(regs, alloc, VtdConfig::legacy())?;   // reads CAP/ECAP, root table
-//! unit.enable()?;                                               // RTADDR, SRTP, QI, flushes, TE
+//! ```
+//! # fn main() -> Result<(), iommu_engine::iommu::Error> {
+//! use iommu_engine::iommu::{DeviceId, DomainConfig, Iommu};
+//! use iommu_engine::mem::{Iova, PhysAddr};
+//! use iommu_engine::pgtable::{Gather, Prot};
+//! use iommu_engine::sim::vtd::{VtdModel, VtdModelConfig};
+//! use iommu_engine::sim::Arena;
+//! use iommu_engine::vtd::{VtdConfig, VtdUnit};
+//!
+//! // On hardware: `Mmio::new(base, len)` as the window and the kernel's page allocator.
+//! let mem = Arena::with_defaults().expect("host memory");
+//! let regs = VtdModel::new(&mem, VtdModelConfig::qemu_default());
+//! // `vtd::Error` converts into `iommu::Error` with `?`.
+//! let unit = VtdUnit::new(&regs, &mem, VtdConfig::legacy())?; // reads CAP/ECAP, root table
+//! unit.enable()?; // RTADDR + SRTP, queued invalidation, global flushes, TE
+//!
 //! let d = unit.domain_alloc(&DomainConfig::default())?;
-//! unit.attach(DeviceId(0x20), None, d)?;                        // bus 0, device 4, function 0
-//! unit.map(d, iova, pa, len, Prot::READ | Prot::WRITE)?;
+//! unit.attach(DeviceId(0x20), None, d)?; // 00:04.0
+//! let rw = Prot::READ | Prot::WRITE;
+//! unit.map(d, Iova::new(0x10_0000), PhysAddr::new(0x8000_0000), 0x1000, rw)?;
+//!
+//! let mut gather = Gather::new();
+//! unit.unmap(d, Iova::new(0x10_0000), 0x1000, &mut gather)?;
+//! unit.flush(d, &mut gather)?; // one page-selective invalidation, one wait
+//! # Ok(())
+//! # }
 //! ```
 //!
 //! Locking (always taken in this order, never the reverse): the configuration lock (root,
