@@ -736,3 +736,36 @@ fn concurrent_maps_on_one_domain() {
         .unwrap();
     assert_eq!(n, 256);
 }
+
+#[test]
+fn pasid_tables_on_demand_and_dirty_entries() {
+    let a = TestAlloc::default();
+    // Scalable ECAP plus SLADS (bit 45).
+    let m = Model::with_caps(QEMU_CAP, SCALABLE_ECAP | 1 << 45);
+    let u = unit(&m, &a, Mode::Scalable);
+    let d = u
+        .domain_alloc(&DomainConfig {
+            dirty_tracking: true,
+            ..DomainConfig::default()
+        })
+        .unwrap();
+    let before = a.live_pages();
+    // First attach of a device: context table, PASID directory, PASID table 0.
+    u.attach(DEV, None, d).unwrap();
+    assert_eq!(a.live_pages(), before + 3);
+    // PASIDs 1..=63 share table 0; 64 needs table 1; another device needs its own directory.
+    u.attach(DEV, IommuPasid::new(63), d).unwrap();
+    assert_eq!(a.live_pages(), before + 3);
+    u.attach(DEV, IommuPasid::new(64), d).unwrap();
+    assert_eq!(a.live_pages(), before + 4);
+    u.attach(DeviceId(0x28), None, d).unwrap();
+    assert_eq!(a.live_pages(), before + 6, "same context table, new directory and table");
+    // SSADE (bit 9) in the second-stage PASID entry of a dirty-tracking domain.
+    let (_, pe) = scalable_entries(&m, 0x20, 64);
+    assert_eq!(pe[0] & (1 << 9 | 0x1c0), 1 << 9 | 2 << 6);
+    assert!(u.capabilities().dirty_tracking);
+    // Detaching leaves the tables (they may be cached) but clears the entries.
+    u.detach(DEV, IommuPasid::new(64)).unwrap();
+    assert_eq!(scalable_entries(&m, 0x20, 64).1, [0; 3]);
+    assert_eq!(a.live_pages(), before + 6);
+}
