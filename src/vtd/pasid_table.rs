@@ -1,4 +1,4 @@
-//! PASID directory and PASID tables of one device: Intel VT-d specification rev. 4.1, §3.4.3
+//! PASID directory and PASID tables of one device: Intel VT-d specification rev. 4.1, §3.4
 //! (scalable-mode PASID translation), §9.5 (PASID Directory Entry) and §9.6 (PASID Table Entry).
 //!
 //! The directory has `2^(PDTS + 7)` 64-bit entries, each pointing at a 4 KiB table of 64

@@ -1,4 +1,4 @@
-//! The root table a unit owns: Intel VT-d specification rev. 4.1, §3.4.1/§3.4.2 (root and
+//! The root table a unit owns: Intel VT-d specification rev. 4.1, §3.4 (root and
 //! context tables in legacy and scalable mode), §9.1 Root Entry and §9.2 Scalable-Mode Root
 //! Entry.
 //!
