@@ -541,3 +541,37 @@ fn dirty_tracking_domain_in_scalable_mode() {
         Err(Error::Unsupported(Missing::DirtyTracking))
     );
 }
+
+#[test]
+fn disable_and_release_return_every_page() {
+    for (cfg, mode) in [
+        (VtdModelConfig::qemu_default(), Mode::Legacy),
+        (VtdModelConfig::scalable(), Mode::Scalable),
+    ] {
+        let a = arena();
+        let m = VtdModel::new(&a, cfg);
+        let u = unit(&m, &a, mode);
+        let d1 = u.domain_alloc(&DomainConfig::default()).unwrap();
+        let d2 = u.domain_alloc(&DomainConfig::default()).unwrap();
+        u.attach(DEV, None, d1).unwrap();
+        u.attach(DEV_HI, None, d2).unwrap();
+        if mode == Mode::Scalable {
+            u.attach(DEV, Pasid::new(200), d2).unwrap();
+        }
+        u.map(d1, Iova::new(0x10_0000), PhysAddr::new(0), 64 * K4, RW)
+            .unwrap();
+        u.map(d2, Iova::new(G1), PhysAddr::new(0), M2 + K4, RW)
+            .unwrap();
+        assert_eq!(u.domain_id(d2), Some(vtd::DomainId::new(1)));
+        // Still on: refused, and the unit is handed back intact.
+        let (u, e) = u.release().err().expect("refused while enabled");
+        assert!(matches!(e, vtd::Error::UnexpectedState { .. }));
+        ok(m.translate(sid(DEV), None, 0x10_0000, Access::READ));
+        u.disable().unwrap();
+        assert!(!u.is_enabled());
+        let released = u.release().map_err(|(_, e)| e).unwrap();
+        assert_eq!(released.leaked, None);
+        assert_eq!(a.live_pages(), [], "{mode:?}");
+        assert_eq!(a.bad_frees(), []);
+    }
+}

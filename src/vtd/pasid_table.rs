@@ -43,6 +43,44 @@ pub fn alloc_directory<A: PageAllocator + ?Sized>(
     Ok(page)
 }
 
+/// Gives the PASID directory at `dir` (with `2^(pdts + 7)` entries) and every PASID table it
+/// points at back to `alloc`.
+///
+/// # Errors
+/// [`Error::UnexpectedState`] for a pointer to memory `alloc` does not know (the rest leaks).
+///
+/// # Safety
+/// Translation is off: hardware walks none of these tables; they came from `alloc`.
+pub unsafe fn release_directory<A: PageAllocator + ?Sized>(
+    alloc: &A,
+    dir: crate::mem::PhysAddr,
+    pdts: u8,
+) -> Result<(), Error> {
+    let va = resolve(alloc, dir, "scalable-mode context entry")?;
+    let entries = 1usize << (u32::from(pdts) + 7);
+    for i in 0..entries {
+        // SAFETY: `i < entries`: inside the directory allocation, accessed atomically.
+        let e = unsafe { LiveEntry::from_ptr(va.add(i * 8), 1) };
+        let raw = PasidDirEntry(e.word(0).unwrap_or(0));
+        if raw.present() {
+            let table = resolve(alloc, raw.table(), "PASID directory entry")?;
+            // SAFETY: a 4 KiB PASID table from `alloc` (`PasidDirectory::entry`), unwalked.
+            unsafe {
+                alloc.free(
+                    Page {
+                        pa: raw.table(),
+                        va: table,
+                    },
+                    PAGE_SHIFT_4K,
+                )
+            };
+        }
+    }
+    // SAFETY: the directory came from `alloc_directory` with this size and is unwalked.
+    unsafe { alloc.free(Page { pa: dir, va }, directory_size_log2(pdts)) };
+    Ok(())
+}
+
 /// A view of a device's PASID directory.
 #[derive(Clone, Copy, Debug)]
 pub struct PasidDirectory<'t> {

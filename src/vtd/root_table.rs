@@ -134,6 +134,48 @@ impl RootTable {
     }
 }
 
+impl RootTable {
+    /// Gives every context table, then the root table, back to `alloc`, calling `each` on every
+    /// context table first (to free what its entries point at).
+    ///
+    /// # Errors
+    /// [`Error::UnexpectedState`] for a root entry pointing at memory `alloc` does not know (the
+    /// pages not yet freed are leaked).
+    ///
+    /// # Safety
+    /// Translation is off and no invalidation is pending: hardware walks none of these tables,
+    /// and `alloc` is the allocator they came from.
+    pub unsafe fn release<A: PageAllocator + ?Sized>(
+        self,
+        alloc: &A,
+        scalable: bool,
+        mut each: impl FnMut(ContextTable<'_>) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        let slots: &[RootSlot] = if scalable {
+            &[RootSlot::ScalableLower, RootSlot::ScalableUpper]
+        } else {
+            &[RootSlot::Legacy]
+        };
+        for bus in 0..=u8::MAX {
+            for &slot in slots {
+                let raw = self.word(bus, slot).word(0).unwrap_or(0);
+                if raw & 1 == 0 {
+                    continue;
+                }
+                let pa = PhysAddr::new(raw & CTP.mask());
+                let va = resolve(alloc, pa, "root entry")?;
+                each(ContextTable::new(va, scalable))?;
+                // SAFETY: the caller guarantees nothing walks the table; it came from `alloc`
+                // as one 4 KiB page (`context_table`).
+                unsafe { alloc.free(Page { pa, va }, PAGE_SHIFT_4K) };
+            }
+        }
+        // SAFETY: as above, for the root page allocated in `new`.
+        unsafe { alloc.free(self.page, PAGE_SHIFT_4K) };
+        Ok(())
+    }
+}
+
 /// The CPU address of a table the hardware structures point at.
 pub(crate) fn resolve<A: PageAllocator + ?Sized>(
     alloc: &A,

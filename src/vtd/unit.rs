@@ -63,10 +63,12 @@ use crate::pgtable::IovaRange;
 mod attach;
 mod invalidate;
 mod iommu_impl;
+mod release;
 #[cfg(test)]
 mod tests;
 
 pub use attach::AttachOptions;
+pub use release::Released;
 
 /// Domains a [`VtdUnit`] holds unless told otherwise.
 pub const DEFAULT_DOMAINS: usize = 64;
@@ -280,7 +282,8 @@ impl ConfigState {
 /// from; page tables get clones of `A`, so a clone must hand out and take back pages of the
 /// same pool (a reference, or a handle). `VtdUnit` is `Send + Sync` when `W` and `A` are.
 ///
-/// Dropping a unit leaks its pages: hardware may still hold their addresses. Disable it first.
+/// Dropping a unit leaks its pages: hardware may still hold their addresses. To get them back,
+/// [`disable`](Self::disable) it, then [`release`](Self::release) it.
 pub struct VtdUnit<
     W: RegisterWindow,
     A: PageAllocator + Clone,
