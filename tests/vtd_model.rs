@@ -564,7 +564,9 @@ fn disable_and_release_return_every_page() {
             .unwrap();
         assert_eq!(u.domain_id(d2), Some(vtd::DomainId::new(1)));
         // Still on: refused, and the unit is handed back intact.
-        let (u, e) = u.release().err().expect("refused while enabled");
+        let Err((u, e)) = u.release() else {
+            panic!("released while enabled")
+        };
         assert!(matches!(e, vtd::Error::UnexpectedState { .. }));
         ok(m.translate(sid(DEV), None, 0x10_0000, Access::READ));
         u.disable().unwrap();
