@@ -151,8 +151,8 @@ fn with_vtd(g: &mut Ctx, f: impl FnOnce(&Vtd<'_, '_, '_>) -> Result<(), Fail>) -
     );
     faults.expect_none("before enable")?;
     let edu = g.edu()?;
-    let unit = vtd_unit::create(g)?;
     let live_before = g.alloc.live_frames();
+    let unit = vtd_unit::create(g)?;
     {
         let units: [&dyn Iommu; 1] = [&unit];
         let registry = Registry::new(&units, 0).or_fail("registry")?;
@@ -181,9 +181,13 @@ fn with_vtd(g: &mut Ctx, f: impl FnOnce(&Vtd<'_, '_, '_>) -> Result<(), Fail>) -
     if let Some(h) = (0..64u16).find(|&h| unit.domain_geometry(DomainHandle(h)).is_ok()) {
         bail!("domain {h} still allocated after the IOASID context was dropped");
     }
-    let kept = g.alloc.live_frames().saturating_sub(live_before);
-    println!("teardown: unit keeps {kept} configuration page(s) (context/PASID tables)");
-    vtd_unit::destroy(unit)
+    vtd_unit::destroy(unit)?;
+    let leaked = g.alloc.live_frames().saturating_sub(live_before);
+    ensure!(
+        leaked == 0,
+        "{leaked} page frame(s) not returned after teardown"
+    );
+    Ok(())
 }
 
 impl Vtd<'_, '_, '_> {

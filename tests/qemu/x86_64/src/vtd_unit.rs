@@ -1,105 +1,88 @@
-//! TEMPORARY stand-in until `VtdUnit` lands: every operation fails.
+//! Bringing the crate's [`VtdUnit`] up and down on q35, as a kernel would at boot.
+//!
+//! The mode follows the hardware: scalable when `ECAP.SMTS` says the unit has it (QEMU's
+//! `x-scalable-mode=on`), legacy otherwise. Everything else (queued invalidation, domain
+//! format, AGAW, large pages) the unit decides from `CAP`/`ECAP`.
 
-use iommu_engine::iommu::{
-    Capabilities, DeviceId, DomainConfig, DomainHandle, Error, Iommu, Pasid,
-};
-use iommu_engine::mem::{Iova, PhysAddr};
-use iommu_engine::pgtable::{Gather, IovaRange, Leaf, Mapping, Prot};
+use core::ptr::NonNull;
 
+use iommu_engine::mmio::{Mmio, RegisterWindow};
+use iommu_engine::vtd::ecap::{Ecap, EcapFlags};
+use iommu_engine::vtd::regs::ECAP_REG;
+use iommu_engine::vtd::unit::{VtdConfig, VtdUnit};
+
+use crate::alloc::PageArena;
 use crate::scenario::{Ctx, Fail};
+use crate::{bail, println};
 
-pub struct Unit;
-
-const NO: Error = Error::Hardware {
-    what: "no VtdUnit yet",
-    code: 0,
-};
-
-impl Iommu for Unit {
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            ias: 48,
-            oas: 48,
-            page_sizes: 0x1000,
-            pasid_bits: 0,
-            enforce_snoop: false,
-            dirty_tracking: false,
-            nesting: false,
-            coherent_walk: true,
-        }
-    }
-    fn reserved_regions(&self) -> &[IovaRange] {
-        &[]
-    }
-    fn domain_alloc(&self, _: &DomainConfig) -> Result<DomainHandle, Error> {
-        Err(NO)
-    }
-    fn domain_geometry(&self, _: DomainHandle) -> Result<(u32, u64), Error> {
-        Err(NO)
-    }
-    fn domain_free(&self, _: DomainHandle) -> Result<(), Error> {
-        Err(NO)
-    }
-    fn map(&self, _: DomainHandle, _: Iova, _: PhysAddr, _: u64, _: Prot) -> Result<(), Error> {
-        Err(NO)
-    }
-    fn unmap(&self, _: DomainHandle, _: Iova, _: u64, _: &mut Gather) -> Result<u64, Error> {
-        Err(NO)
-    }
-    fn flush(&self, _: DomainHandle, _: &mut Gather) -> Result<(), Error> {
-        Err(NO)
-    }
-    fn query(&self, _: DomainHandle, _: Iova) -> Option<Mapping> {
-        None
-    }
-    fn for_each_mapping(
-        &self,
-        _: DomainHandle,
-        _: Iova,
-        _: u64,
-        _: &mut dyn FnMut(Leaf),
-    ) -> Result<(), Error> {
-        Err(NO)
-    }
-    fn read_and_clear_dirty(
-        &self,
-        _: DomainHandle,
-        _: Iova,
-        _: u64,
-        _: &mut dyn FnMut(Iova, u32),
-        _: &mut Gather,
-    ) -> Result<(), Error> {
-        Err(NO)
-    }
-    fn attach(&self, _: DeviceId, _: Option<Pasid>, _: DomainHandle) -> Result<(), Error> {
-        Err(NO)
-    }
-    fn detach(&self, _: DeviceId, _: Option<Pasid>) -> Result<(), Error> {
-        Err(NO)
-    }
-}
-
-pub fn create(_g: &Ctx) -> Result<Unit, Fail> {
-    crate::bail!("VtdUnit not merged yet")
-}
-pub fn destroy(_u: Unit) -> Result<(), Fail> {
-    Ok(())
-}
-pub fn disable(_u: &Unit) -> Result<(), Fail> {
-    crate::bail!("no unit")
-}
-pub fn enable(_u: &Unit) -> Result<(), Fail> {
-    crate::bail!("no unit")
-}
-pub fn translating(_u: &Unit) -> bool {
-    false
-}
+/// The unit type the scenarios use.
+pub type Unit = VtdUnit<Mmio, &'static PageArena>;
 
 /// The VT-d register window as an `Mmio` (the crate's `RegisterWindow`).
-pub fn regs(g: &Ctx) -> Result<iommu_engine::mmio::Mmio, Fail> {
-    let Some(base) = core::ptr::NonNull::new(g.arch.vtd_base as *mut u8) else {
-        crate::bail!("VT-d base is null");
+pub fn regs(g: &Ctx) -> Result<Mmio, Fail> {
+    let Some(base) = NonNull::new(g.arch.vtd_base as *mut u8) else {
+        bail!("VT-d base is null");
     };
-    // SAFETY: the VT-d window is identity-mapped uncached by boot.rs, 4 KiB long.
-    Ok(unsafe { iommu_engine::mmio::Mmio::new(base, 0x1000) })
+    // SAFETY: the VT-d window is identity-mapped uncached by boot.rs, 4 KiB long, and the unit
+    // is the only driver of its command registers.
+    Ok(unsafe { Mmio::new(base, 0x1000) })
+}
+
+/// Creates the unit (legacy or scalable mode, as `ECAP.SMTS` allows) and enables it.
+pub fn create(g: &Ctx) -> Result<Unit, Fail> {
+    let regs = regs(g)?;
+    let scalable = Ecap(regs.read64(ECAP_REG))
+        .flags()
+        .contains(EcapFlags::SMTS);
+    let config = if scalable {
+        VtdConfig::scalable()
+    } else {
+        VtdConfig::legacy()
+    };
+    let unit = match Unit::new(regs, g.alloc, config) {
+        Ok(u) => u,
+        Err(e) => bail!("VtdUnit::new ({config:?}): {e}"),
+    };
+    println!(
+        "unit: {:?} mode, HAW {}, MGAW {}, first DID {}",
+        unit.info().mode,
+        unit.info().haw,
+        unit.info().mgaw,
+        unit.info().did_base
+    );
+    enable(&unit)?;
+    Ok(unit)
+}
+
+/// Turns translation off and releases the unit: every page it took goes back to the allocator.
+pub fn destroy(unit: Unit) -> Result<(), Fail> {
+    disable(&unit)?;
+    match unit.release() {
+        Ok(r) => match r.leaked {
+            None => Ok(()),
+            Some(e) => bail!("VtdUnit::release leaked: {e}"),
+        },
+        Err((_unit, e)) => bail!("VtdUnit::release: {e}"),
+    }
+}
+
+/// `VtdUnit::disable`.
+pub fn disable(unit: &Unit) -> Result<(), Fail> {
+    match unit.disable() {
+        Ok(()) => Ok(()),
+        Err(e) => bail!("VtdUnit::disable: {e}"),
+    }
+}
+
+/// `VtdUnit::enable`.
+pub fn enable(unit: &Unit) -> Result<(), Fail> {
+    match unit.enable() {
+        Ok(()) => Ok(()),
+        Err(e) => bail!("VtdUnit::enable: {e}"),
+    }
+}
+
+/// Whether the hardware says translation is on (`GSTS.TES`).
+pub fn translating(unit: &Unit) -> bool {
+    unit.is_enabled()
 }
