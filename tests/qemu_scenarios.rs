@@ -148,17 +148,22 @@ scenarios! {
     x86_64_vtd_legacy_unit_disable => (X86_64, 111, "vtd_unit_disable", "q35", ["-device", "intel-iommu"]);
     x86_64_vtd_legacy_unmap_range => (X86_64, 112, "vtd_unmap_range", "q35", ["-device", "intel-iommu"]);
     x86_64_vtd_legacy_fault_no_root => (X86_64, 113, "vtd_fault_no_root", "q35", ["-device", "intel-iommu"]);
+    x86_64_vtd_legacy_map_invalidations => (X86_64, 114, "vtd_map_invalidations", "q35", ["-device", "intel-iommu"]);
+    x86_64_vtd_legacy_address_width => (X86_64, 115, "vtd_address_width", "q35", ["-device", "intel-iommu"]);
+    x86_64_vtd_legacy_split_2m => (X86_64, 116, "vtd_split_2m", "q35", ["-device", "intel-iommu"]);
     // Legacy mode, 3-level tables.
     x86_64_vtd_legacy_aw39_dma_4k => (X86_64, 100, "vtd_dma_4k", "q35", ["-device", "intel-iommu,aw-bits=39"]);
     x86_64_vtd_legacy_aw39_dma_1g => (X86_64, 102, "vtd_dma_1g", "q35", ["-device", "intel-iommu,aw-bits=39"]);
     x86_64_vtd_legacy_aw39_fault_unmapped => (X86_64, 103, "vtd_fault_unmapped", "q35", ["-device", "intel-iommu,aw-bits=39"]);
     x86_64_vtd_legacy_aw39_unmap_flush => (X86_64, 105, "vtd_unmap_flush", "q35", ["-device", "intel-iommu,aw-bits=39"]);
+    x86_64_vtd_legacy_aw39_address_width => (X86_64, 115, "vtd_address_width", "q35", ["-device", "intel-iommu,aw-bits=39"]);
     // Legacy mode with snoop control, caching mode, device-IOTLB capability.
     x86_64_vtd_legacy_sc_snoop_enforced => (X86_64, 108, "vtd_snoop_enforced", "q35", ["-device", "intel-iommu,snoop-control=on"]);
     x86_64_vtd_legacy_sc_dma_4k => (X86_64, 100, "vtd_dma_4k", "q35", ["-device", "intel-iommu,snoop-control=on"]);
     x86_64_vtd_legacy_cm_dma_4k => (X86_64, 100, "vtd_dma_4k", "q35", ["-device", "intel-iommu,caching-mode=on"]);
     x86_64_vtd_legacy_cm_unmap_flush => (X86_64, 105, "vtd_unmap_flush", "q35", ["-device", "intel-iommu,caching-mode=on"]);
     x86_64_vtd_legacy_cm_reattach_replaces => (X86_64, 110, "vtd_reattach_replaces", "q35", ["-device", "intel-iommu,caching-mode=on"]);
+    x86_64_vtd_legacy_cm_map_invalidations => (X86_64, 114, "vtd_map_invalidations", "q35", ["-device", "intel-iommu,caching-mode=on"]);
     x86_64_vtd_legacy_dt_dma_4k => (X86_64, 100, "vtd_dma_4k", "q35", ["-device", "intel-iommu,device-iotlb=on"]);
     // Scalable mode, second-stage translation.
     x86_64_vtd_sm_ss_dma_4k => (X86_64, 100, "vtd_dma_4k", "q35", ["-device", "intel-iommu,x-scalable-mode=on"]);
@@ -173,9 +178,12 @@ scenarios! {
     x86_64_vtd_sm_ss_reattach_replaces => (X86_64, 110, "vtd_reattach_replaces", "q35", ["-device", "intel-iommu,x-scalable-mode=on"]);
     x86_64_vtd_sm_ss_unit_disable => (X86_64, 111, "vtd_unit_disable", "q35", ["-device", "intel-iommu,x-scalable-mode=on"]);
     x86_64_vtd_sm_ss_unmap_range => (X86_64, 112, "vtd_unmap_range", "q35", ["-device", "intel-iommu,x-scalable-mode=on"]);
+    x86_64_vtd_sm_ss_address_width => (X86_64, 115, "vtd_address_width", "q35", ["-device", "intel-iommu,x-scalable-mode=on"]);
+    x86_64_vtd_sm_ss_split_2m => (X86_64, 116, "vtd_split_2m", "q35", ["-device", "intel-iommu,x-scalable-mode=on"]);
     x86_64_vtd_sm_ss_aw39_dma_4k => (X86_64, 100, "vtd_dma_4k", "q35", ["-device", "intel-iommu,x-scalable-mode=on,aw-bits=39"]);
     x86_64_vtd_sm_ss_sc_snoop_enforced => (X86_64, 108, "vtd_snoop_enforced", "q35", ["-device", "intel-iommu,x-scalable-mode=on,snoop-control=on"]);
     x86_64_vtd_sm_ss_cm_unmap_flush => (X86_64, 105, "vtd_unmap_flush", "q35", ["-device", "intel-iommu,x-scalable-mode=on,caching-mode=on"]);
+    x86_64_vtd_sm_ss_cm_map_invalidations => (X86_64, 114, "vtd_map_invalidations", "q35", ["-device", "intel-iommu,x-scalable-mode=on,caching-mode=on"]);
     // Scalable mode, first-stage translation (x-flts turns second stage off).
     x86_64_vtd_sm_fs_dma_4k => (X86_64, 100, "vtd_dma_4k", "q35", ["-device", "intel-iommu,x-scalable-mode=on,x-flts=on"]);
     x86_64_vtd_sm_fs_dma_2m => (X86_64, 101, "vtd_dma_2m", "q35", ["-device", "intel-iommu,x-scalable-mode=on,x-flts=on"]);
@@ -184,9 +192,13 @@ scenarios! {
     x86_64_vtd_sm_fs_fault_readonly => (X86_64, 104, "vtd_fault_readonly", "q35", ["-device", "intel-iommu,x-scalable-mode=on,x-flts=on"]);
     x86_64_vtd_sm_fs_unmap_flush => (X86_64, 105, "vtd_unmap_flush", "q35", ["-device", "intel-iommu,x-scalable-mode=on,x-flts=on"]);
     x86_64_vtd_sm_fs_remap_new_pa => (X86_64, 106, "vtd_remap_new_pa", "q35", ["-device", "intel-iommu,x-scalable-mode=on,x-flts=on"]);
+    x86_64_vtd_sm_fs_snoop_refused => (X86_64, 107, "vtd_snoop_refused", "q35", ["-device", "intel-iommu,x-scalable-mode=on,x-flts=on"]);
     x86_64_vtd_sm_fs_detach_faults => (X86_64, 109, "vtd_detach_faults", "q35", ["-device", "intel-iommu,x-scalable-mode=on,x-flts=on"]);
     x86_64_vtd_sm_fs_reattach_replaces => (X86_64, 110, "vtd_reattach_replaces", "q35", ["-device", "intel-iommu,x-scalable-mode=on,x-flts=on"]);
     x86_64_vtd_sm_fs_unmap_range => (X86_64, 112, "vtd_unmap_range", "q35", ["-device", "intel-iommu,x-scalable-mode=on,x-flts=on"]);
+    x86_64_vtd_sm_fs_address_width => (X86_64, 115, "vtd_address_width", "q35", ["-device", "intel-iommu,x-scalable-mode=on,x-flts=on"]);
+    x86_64_vtd_sm_fs_split_2m => (X86_64, 116, "vtd_split_2m", "q35", ["-device", "intel-iommu,x-scalable-mode=on,x-flts=on"]);
+    x86_64_vtd_sm_fs_cm_map_invalidations => (X86_64, 114, "vtd_map_invalidations", "q35", ["-device", "intel-iommu,x-scalable-mode=on,x-flts=on,caching-mode=on"]);
 
     // virt: guest numbers from tests/qemu/aarch64/src/scenarios.rs.
     aarch64_boot_ok => (Aarch64, 1, "boot_ok", "virt,iommu=smmuv3", []);

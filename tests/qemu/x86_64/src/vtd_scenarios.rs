@@ -101,6 +101,21 @@ pub static VTD_TABLE: &[Scenario] = &[
         name: "vtd_fault_no_root",
         run: fault_no_root,
     },
+    Scenario {
+        id: 114,
+        name: "vtd_map_invalidations",
+        run: map_invalidations,
+    },
+    Scenario {
+        id: 115,
+        name: "vtd_address_width",
+        run: address_width,
+    },
+    Scenario {
+        id: 116,
+        name: "vtd_split_2m",
+        run: split_2m,
+    },
 ];
 
 /// Low IOVAs (below 4 GiB, far from any guest PA, outside the interrupt window).
@@ -255,6 +270,18 @@ impl Vtd<'_, '_, '_> {
             self.unit.domain_geometry(d).ok()?;
             self.unit.query(d, Iova::new(iova)).map(|m| m.size_log2)
         })
+    }
+
+    /// The unit's only live domain (the one behind the attached IOASID) and its input width.
+    fn only_domain(&self) -> Result<(DomainHandle, u32), Fail> {
+        let mut found = None;
+        for h in 0..=64u16 {
+            if let Ok((bits, _)) = self.unit.domain_geometry(DomainHandle(h)) {
+                ensure!(found.is_none(), "more than one live domain");
+                found = Some((DomainHandle(h), bits));
+            }
+        }
+        found.ok_or_else(|| Fail::new(format_args!("no live domain")))
     }
 
     /// An IOVA near the top of what the unit's domains take, to exercise the top-level index:
@@ -577,11 +604,20 @@ fn reattach_replaces(g: &mut Ctx) -> Result<(), Fail> {
             v.map(io, IOVA_A, src.pa(), 4096, Prot::READ)?;
             v.map(io, IOVA_B, dst.pa(), 4096, Prot::READ | Prot::WRITE)?;
         }
+        let mut last_did = None;
         for (round, (io, dst, other)) in [(a, &in_a, &in_b), (b, &in_b, &in_a), (a, &in_a, &in_b)]
             .into_iter()
             .enumerate()
         {
             v.attach(io)?;
+            let (h, _) = v.only_domain()?;
+            let did = v.unit.domain_id(h).map(|d| d.get());
+            println!("attached to IOASID {} (domain {}, DID {did:?})", io.0, h.0);
+            ensure!(
+                did.is_some() && did != last_did,
+                "the new domain reuses DID {did:?}"
+            );
+            last_did = did;
             other.fill(GUARD);
             roundtrip(
                 v.edu,
@@ -739,4 +775,139 @@ fn fault_no_root(g: &mut Ctx) -> Result<(), Fail> {
     );
     faults.expect_none("translation off")?;
     Ok(())
+}
+
+/// Invalidations a map costs: none on a unit without caching mode (a not-present entry is
+/// never cached, and QEMU has no `CAP.RWBF`); at least one (with its wait) under `CAP.CM`,
+/// where not-present entries may be cached. QEMU does not model that caching, so the unit's
+/// own counters are what is checked; the DMA afterwards shows the map is usable either way.
+fn map_invalidations(g: &mut Ctx) -> Result<(), Fail> {
+    use iommu_engine::vtd::cap::CapFlags;
+    with_vtd(g, |v| {
+        let io = v.alloc(IoasidFlags::empty())?;
+        v.attach(io)?;
+        let (src, dst) = (v.buf()?, v.buf()?);
+        let before = v.unit.stats();
+        v.map(io, IOVA_A, src.pa(), 4096, Prot::READ)?;
+        v.map(io, IOVA_B, dst.pa(), 4096, Prot::READ | Prot::WRITE)?;
+        let after = v.unit.stats();
+        let (descs, waits) = (
+            after.descriptors - before.descriptors + after.register_commands
+                - before.register_commands,
+            after.waits - before.waits,
+        );
+        println!("two maps: {descs} invalidation(s), {waits} wait(s)");
+        if v.faults.cap().flags().contains(CapFlags::CM) {
+            ensure!(
+                descs >= 2 && waits >= 2,
+                "caching mode: two maps issued {descs} invalidations and {waits} waits"
+            );
+        } else {
+            ensure!(
+                descs == 0 && waits == 0,
+                "no caching mode: two maps issued {descs} invalidations and {waits} waits"
+            );
+        }
+        roundtrip(v.edu, &src, IOVA_A, 0, &dst, IOVA_B, 0, LEN, 24)?;
+        // One unmap: one flush with one wait, whatever the mode.
+        let before = v.unit.stats();
+        v.unmap(io, IOVA_B, 4096)?;
+        let waits = v.unit.stats().waits - before.waits;
+        ensure!(waits == 1, "one unmap waited {waits} times");
+        v.unmap(io, IOVA_A, 4096)?;
+        Ok(())
+    })
+}
+
+/// The top page of the domain's input range maps and works; one page above is refused by the
+/// unit and the IOASID keeps nothing of it; a DMA there faults the way QEMU reports an address
+/// beyond the width (0x4 on second stage, 0x80 non-canonical on first stage). So the width the
+/// unit claims is the width the hardware walks.
+fn address_width(g: &mut Ctx) -> Result<(), Fail> {
+    with_vtd(g, |v| {
+        let io = v.alloc(IoasidFlags::empty())?;
+        v.attach(io)?;
+        let (_, bits) = v.only_domain()?;
+        println!("domain input width {bits} bits");
+        let (src, dst) = (v.buf()?, v.buf()?);
+        let top = (1u64 << bits) - 4096;
+        let beyond = 1u64 << bits;
+        v.map(io, IOVA_A, src.pa(), 4096, Prot::READ)?;
+        v.map(io, top, dst.pa(), 4096, Prot::READ | Prot::WRITE)?;
+        roundtrip(v.edu, &src, IOVA_A, 0, &dst, top + 0x80, 0x80, LEN, 25)?;
+        match v.ctx.map(
+            io,
+            Iova::new(beyond),
+            PhysAddr::new(dst.pa()),
+            4096,
+            Prot::READ | Prot::WRITE,
+        ) {
+            Err(e) => println!("map at {beyond:#x} refused: {e}"),
+            Ok(()) => bail!("map at {beyond:#x}, beyond the domain's {bits} bits, succeeded"),
+        }
+        let kept = v
+            .ctx
+            .translate(io, Iova::new(beyond))
+            .or_fail("translate")?;
+        ensure!(
+            kept.is_none(),
+            "the refused map left {kept:?} in the IOASID"
+        );
+        let reason = match v.walk() {
+            Walk::Second => FaultReason::AddressBeyondMgaw,
+            Walk::First => FaultReason::SmNonCanonicalAddress,
+        };
+        v.write_faults("write beyond the input width", beyond, &[reason], &dst)?;
+        v.unmap(io, IOVA_A, 4096)?;
+        v.unmap(io, top, 4096)?;
+        Ok(())
+    })
+}
+
+/// A 2 MiB leaf, used (QEMU caches the 2 MiB translation), then one 4 KiB page unmapped from
+/// its middle: the unit splits the leaf into a table and invalidates the cached 2 MiB entry, so
+/// DMA to that page faults while DMA to its neighbours still lands.
+fn split_2m(g: &mut Ctx) -> Result<(), Fail> {
+    with_vtd(g, |v| {
+        let io = v.alloc(IoasidFlags::empty())?;
+        v.attach(io)?;
+        let (src, dst) = (v.buf()?, v.buf()?);
+        const M2: u64 = 1 << 21;
+        let base = dst.pa() & !(M2 - 1);
+        let d = IOVA_2M + (dst.pa() - base);
+        v.map(io, IOVA_A, src.pa(), 4096, Prot::READ)?;
+        v.map(io, IOVA_2M, base, M2, Prot::READ | Prot::WRITE)?;
+        ensure!(
+            v.leaf_size(IOVA_2M) == Some(21),
+            "leaf at {IOVA_2M:#x}: {:?} (want 2 MiB)",
+            v.leaf_size(IOVA_2M)
+        );
+        roundtrip(v.edu, &src, IOVA_A, 0, &dst, d + 0x100, 0x100, LEN, 26)?;
+        // The page after `dst` (inside the same 2 MiB unless dst is its last page).
+        let hole = if d + 4096 < IOVA_2M + M2 {
+            d + 4096
+        } else {
+            d - 4096
+        };
+        v.unmap(io, hole, 4096)?;
+        ensure!(
+            v.leaf_size(d) == Some(12),
+            "after the split the leaf at {d:#x} is {:?} (want 4 KiB)",
+            v.leaf_size(d)
+        );
+        let hole_pa = base + (hole - IOVA_2M);
+        println!("hole at iova {hole:#x} (pa {hole_pa:#x})");
+        dma_check::from_device(v.edu, hole, 64)?;
+        v.faults.expect_one(
+            "write into the page unmapped from a 2 MiB leaf",
+            v.walk().write_unmapped(),
+            hole,
+            RequestKind::Write,
+        )?;
+        roundtrip(v.edu, &src, IOVA_A, 0, &dst, d + 0x200, 0x200, LEN, 27)?;
+        v.unmap(io, IOVA_2M, hole - IOVA_2M)?;
+        v.unmap(io, hole + 4096, IOVA_2M + M2 - hole - 4096)?;
+        v.unmap(io, IOVA_A, 4096)?;
+        Ok(())
+    })
 }
