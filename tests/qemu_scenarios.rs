@@ -195,9 +195,11 @@ scenarios! {
     x86_64_vtd_sm_fs_snoop_refused => (X86_64, 107, "vtd_snoop_refused", "q35", ["-device", "intel-iommu,x-scalable-mode=on,x-flts=on"]);
     x86_64_vtd_sm_fs_detach_faults => (X86_64, 109, "vtd_detach_faults", "q35", ["-device", "intel-iommu,x-scalable-mode=on,x-flts=on"]);
     x86_64_vtd_sm_fs_reattach_replaces => (X86_64, 110, "vtd_reattach_replaces", "q35", ["-device", "intel-iommu,x-scalable-mode=on,x-flts=on"]);
+    x86_64_vtd_sm_fs_unit_disable => (X86_64, 111, "vtd_unit_disable", "q35", ["-device", "intel-iommu,x-scalable-mode=on,x-flts=on"]);
     x86_64_vtd_sm_fs_unmap_range => (X86_64, 112, "vtd_unmap_range", "q35", ["-device", "intel-iommu,x-scalable-mode=on,x-flts=on"]);
     x86_64_vtd_sm_fs_address_width => (X86_64, 115, "vtd_address_width", "q35", ["-device", "intel-iommu,x-scalable-mode=on,x-flts=on"]);
     x86_64_vtd_sm_fs_split_2m => (X86_64, 116, "vtd_split_2m", "q35", ["-device", "intel-iommu,x-scalable-mode=on,x-flts=on"]);
+    x86_64_vtd_sm_fs_no1g_dma_1g => (X86_64, 102, "vtd_dma_1g", "q35", ["-device", "intel-iommu,x-scalable-mode=on,x-flts=on,fs1gp=off"]);
     x86_64_vtd_sm_fs_cm_map_invalidations => (X86_64, 114, "vtd_map_invalidations", "q35", ["-device", "intel-iommu,x-scalable-mode=on,x-flts=on,caching-mode=on"]);
 
     // virt: guest numbers from tests/qemu/aarch64/src/scenarios.rs.

@@ -19,6 +19,7 @@ use iommu_engine::ioasid::{
 use iommu_engine::iommu::{DeviceId, DomainHandle, Iommu, Missing};
 use iommu_engine::mem::{Iova, PageAllocator, PhysAddr};
 use iommu_engine::pgtable::Prot;
+use iommu_engine::vtd::cap::{CapFlags, Sllps};
 use iommu_engine::vtd::fault::{FaultReason, RequestKind};
 
 use crate::alloc::PageArena;
@@ -338,6 +339,42 @@ fn dma_4k(g: &mut Ctx) -> Result<(), Fail> {
             LEN,
             2,
         )?;
+        // An IOVA the IOASID layer picks (as a DMA API would), below every domain's limit and
+        // outside the reserved interrupt window.
+        let picked = v
+            .ctx
+            .alloc_iova(io, 0x2000, 0x1000)
+            .or_fail("alloc_iova")?
+            .get();
+        ensure!(
+            picked != 0 && picked != src.pa(),
+            "alloc_iova gave {picked:#x}"
+        );
+        v.map(
+            io,
+            picked + 0x1000,
+            src.pa(),
+            4096,
+            Prot::READ | Prot::WRITE,
+        )?;
+        roundtrip(
+            v.edu,
+            &dst,
+            high,
+            0,
+            &src,
+            picked + 0x1000 + 0x20,
+            0x20,
+            LEN,
+            28,
+        )?;
+        v.unmap(io, picked + 0x1000, 4096)?;
+        ensure!(
+            v.ctx
+                .free_iova(io, Iova::new(picked))
+                .or_fail("free_iova")?,
+            "free_iova did not find the reservation at {picked:#x}"
+        );
         ensure!(
             v.leaf_size(IOVA_A) == Some(12),
             "leaf at {IOVA_A:#x}: {:?}",
@@ -374,7 +411,9 @@ fn dma_2m(g: &mut Ctx) -> Result<(), Fail> {
 }
 
 /// A 1 GiB IOVA range mapped onto guest-physical 0-1 GiB (which holds all of the guest's RAM):
-/// the unit's table must hold one 1 GiB leaf, and DMA through it lands at the right offset.
+/// the unit's table must hold one 1 GiB leaf when the domain has 1 GiB pages (`CAP.SLLPS`, or
+/// `CAP.FS1GP` for first stage -- QEMU's `fs1gp=off` clears it) and 2 MiB leaves otherwise;
+/// DMA through it lands at the right offset either way.
 fn dma_1g(g: &mut Ctx) -> Result<(), Fail> {
     with_vtd(g, |v| {
         let io = v.alloc(IoasidFlags::empty())?;
@@ -382,12 +421,22 @@ fn dma_1g(g: &mut Ctx) -> Result<(), Fail> {
         let (src, dst) = (v.buf()?, v.buf()?);
         const G1: u64 = 1 << 30;
         ensure!(dst.pa() < G1 && src.pa() < G1, "buffers above 1 GiB");
+        // What the hardware offers decides, not what the unit says about its domain.
+        let cap = v.faults.cap();
+        let has_1g = match v.walk() {
+            Walk::Second => cap.sllps().contains(Sllps::SIZE_1G),
+            Walk::First => cap.flags().contains(CapFlags::FL1GP),
+        };
+        let want = if has_1g { 30 } else { 21 };
+        println!("1 GiB pages in CAP: {has_1g}: expecting 2^{want} leaves");
         v.map(io, IOVA_1G, 0, G1, Prot::READ | Prot::WRITE)?;
-        ensure!(
-            v.leaf_size(IOVA_1G) == Some(30),
-            "leaf at {IOVA_1G:#x}: {:?} (want 1 GiB)",
-            v.leaf_size(IOVA_1G)
-        );
+        for probe in [IOVA_1G, IOVA_1G + src.pa(), IOVA_1G + G1 - 4096] {
+            ensure!(
+                v.leaf_size(probe) == Some(want),
+                "leaf at {probe:#x}: {:?} (want 2^{want})",
+                v.leaf_size(probe)
+            );
+        }
         let (s, d) = (IOVA_1G + src.pa(), IOVA_1G + dst.pa());
         roundtrip(
             v.edu,
@@ -782,7 +831,6 @@ fn fault_no_root(g: &mut Ctx) -> Result<(), Fail> {
 /// where not-present entries may be cached. QEMU does not model that caching, so the unit's
 /// own counters are what is checked; the DMA afterwards shows the map is usable either way.
 fn map_invalidations(g: &mut Ctx) -> Result<(), Fail> {
-    use iommu_engine::vtd::cap::CapFlags;
     with_vtd(g, |v| {
         let io = v.alloc(IoasidFlags::empty())?;
         v.attach(io)?;
@@ -844,6 +892,18 @@ fn address_width(g: &mut Ctx) -> Result<(), Fail> {
         ) {
             Err(e) => println!("map at {beyond:#x} refused: {e}"),
             Ok(()) => bail!("map at {beyond:#x}, beyond the domain's {bits} bits, succeeded"),
+        }
+        // The interrupt window is reserved on VT-d: the IOASID layer refuses to map it.
+        match v.ctx.map(
+            io,
+            Iova::new(0xFEE0_0000),
+            PhysAddr::new(dst.pa()),
+            4096,
+            Prot::READ | Prot::WRITE,
+        ) {
+            Err(IoError::Reserved(r)) => println!("interrupt window refused: {r:?}"),
+            Err(e) => bail!("map of 0xfee00000 failed with {e}, expected Reserved"),
+            Ok(()) => bail!("the interrupt window 0xfee00000 was mapped"),
         }
         let kept = v
             .ctx
