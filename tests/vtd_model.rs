@@ -377,6 +377,17 @@ fn injected_errors_return_errors_and_the_unit_keeps_working() {
     );
     assert!(m.translate(sid(DEV), None, 0x3000, Access::READ).is_err());
 
+    // Invalidation completion error (ICE): reported once, the retry completes.
+    map(0x4000);
+    let mut g = Gather::new();
+    u.unmap(d, Iova::new(0x4000), K4, &mut g).unwrap();
+    m.inject(Injection::CompletionError);
+    assert!(
+        matches!(u.flush(d, &mut g), Err(Error::Hardware { what, .. }) if what.contains("ICE"))
+    );
+    u.flush(d, &mut g).unwrap();
+    assert!(m.translate(sid(DEV), None, 0x4000, Access::READ).is_err());
+
     // And ordinary work goes on.
     map(0x5000);
     unmap_and_flush(&u, d, 0x5000, K4);
@@ -576,4 +587,43 @@ fn disable_and_release_return_every_page() {
         assert_eq!(a.live_pages(), [], "{mode:?}");
         assert_eq!(a.bad_frees(), []);
     }
+}
+
+#[test]
+fn caching_mode_in_scalable_mode() {
+    let a = arena();
+    let m = VtdModel::new(&a, VtdModelConfig::scalable().with_caching_mode(true));
+    let u = unit(&m, &a, Mode::Scalable);
+    let ss = u.domain_alloc(&DomainConfig::default()).unwrap();
+    let fs = u
+        .domain_alloc(&DomainConfig {
+            stage: Stage::First,
+            ..DomainConfig::default()
+        })
+        .unwrap();
+    let p3 = Pasid::new(3).unwrap();
+    // Requests before anything is set up cache not-present context and PASID entries.
+    assert!(m.translate(sid(DEV), None, 0x6000, Access::READ).is_err());
+    assert!(m
+        .translate(sid(DEV), Some(3), 0x6000, Access::READ)
+        .is_err());
+    u.attach(DEV, None, ss).unwrap();
+    u.attach(DEV, Some(p3), fs).unwrap();
+    // And requests before the pages are mapped cache not-present translations.
+    assert!(m.translate(sid(DEV), None, 0x6000, Access::READ).is_err());
+    assert!(m
+        .translate(sid(DEV), Some(3), 0x6000, Access::READ)
+        .is_err());
+    u.map(ss, Iova::new(0x6000), PhysAddr::new(0x6000_0000), K4, RW)
+        .unwrap();
+    u.map(fs, Iova::new(0x6000), PhysAddr::new(0x7000_0000), K4, RW)
+        .unwrap();
+    assert_eq!(
+        ok(m.translate(sid(DEV), None, 0x6000, Access::READ)).pa,
+        0x6000_0000
+    );
+    assert_eq!(
+        ok(m.translate(sid(DEV), Some(3), 0x6000, Access::READ)).pa,
+        0x7000_0000
+    );
 }
