@@ -627,3 +627,39 @@ fn caching_mode_in_scalable_mode() {
         0x7000_0000
     );
 }
+
+#[test]
+fn concurrent_map_unmap_flush_and_attach() {
+    let a = arena();
+    let m = VtdModel::new(&a, VtdModelConfig::scalable());
+    let u = unit(&m, &a, Mode::Scalable);
+    let d = u.domain_alloc(&DomainConfig::default()).unwrap();
+    let other = u.domain_alloc(&DomainConfig::default()).unwrap();
+    u.attach(DEV, None, d).unwrap();
+    std::thread::scope(|s| {
+        for t in 0..3u64 {
+            let (u, m) = (&u, &m);
+            s.spawn(move || {
+                for i in 0..100u64 {
+                    let iova = t * G1 + (i % 16) * K4;
+                    let pa = 0x1000_0000 + t * M2 + (i % 16) * K4;
+                    u.map(d, Iova::new(iova), PhysAddr::new(pa), K4, RW)
+                        .unwrap();
+                    assert_eq!(ok(m.translate(sid(DEV), None, iova, Access::READ)).pa, pa);
+                    unmap_and_flush(u, d, iova, K4);
+                    assert!(m.translate(sid(DEV), None, iova, Access::READ).is_err());
+                }
+            });
+        }
+        // Meanwhile another device's PASIDs come and go.
+        let u = &u;
+        s.spawn(move || {
+            for i in 1..100u32 {
+                let p = Pasid::new(i);
+                u.attach(DEV_HI, p, other).unwrap();
+                u.detach(DEV_HI, p).unwrap();
+            }
+        });
+    });
+    assert_eq!(m.stats().iotlb_page, 300);
+}
