@@ -9,7 +9,8 @@
 //!   With CAP.CM a not-present context entry is cached too, tagged with domain-id 0 (§6.2.1:
 //!   entries cached for not-present context entries use domain-id 0 in caching mode). In
 //!   scalable mode the context entry carries no domain-id and the descriptors' DID is ignored.
-//! - PASID-cache: keyed by (source-id, PASID), tagged with the PASID entry's DID.
+//! - PASID-cache: keyed by (source-id, PASID), tagged with the PASID entry's DID; it holds
+//!   present entries only.
 //! - IOTLB: keyed by (DID, PASID tag, page size, page number). Entries remember which kind of
 //!   translation built them: the IOTLB invalidate descriptor (type 2) removes second-stage,
 //!   nested and pass-through entries; the PASID-based IOTLB descriptor (type 6) removes

@@ -9,7 +9,7 @@ fn identity_reserved_offsets_and_window() {
     assert_eq!(m.read32(0x00), 0x10);
     assert_eq!(m.read64(0x08), 0x00d2_008c_222f_0606);
     assert_eq!(m.read32(0x0c), 0x00d2_008c, "upper half of CAP");
-    assert_eq!(m.read64(0x10) >> 8 & 0x3ff, 0xf, "IRO");
+    assert_eq!(m.read64(0x10), 0xf42, "QI, PT, IRO 0xf");
     m.write64(0x08, 0);
     assert_eq!(m.read64(0x08), 0x00d2_008c_222f_0606, "CAP is read-only");
     // Reserved offsets read 0 and ignore writes; GCMD is write-only.
