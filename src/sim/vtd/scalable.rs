@@ -100,7 +100,7 @@ impl State<'_> {
             _ => {}
         }
         let (bus, devfn) = (u64::from(sid >> 8), u64::from(sid & 0xff));
-        let entry = root + bus * 16 + if devfn < 128 { 0 } else { 8 };
+        let entry = root.wrapping_add(bus * 16 + if devfn < 128 { 0 } else { 8 });
         let Some(half) = self.read(entry) else {
             return Err(Fail::new(SM_ROOT_ENTRY_ACCESS_ERROR, false));
         };
@@ -110,11 +110,11 @@ impl State<'_> {
         if half & (bits(11, 1) | self.above_haw()) != 0 {
             return Err(Fail::new(SM_ROOT_ENTRY_RESERVED, false));
         }
-        let entry = (half & bits(63, 12)) + (devfn & 0x7f) * 32;
+        let entry = (half & bits(63, 12)).wrapping_add((devfn & 0x7f) * 32);
         let mut q = [0u64; 4];
         for (i, w) in q.iter_mut().enumerate() {
             *w = self
-                .read(entry + 8 * i as u64)
+                .read(entry.wrapping_add(8 * i as u64))
                 .ok_or(Fail::new(SM_CONTEXT_ENTRY_ACCESS_ERROR, false))?;
         }
         let fpd = q[0] & 2 != 0;
@@ -167,7 +167,7 @@ impl State<'_> {
             return Ok(*pe);
         }
         let dir = self
-            .read(ctx.pasid_dir + dir_index * 8)
+            .read(ctx.pasid_dir.wrapping_add(dir_index * 8))
             .ok_or(Fail::new(SM_PASID_DIR_ACCESS_ERROR, ctx.fpd))?;
         let fpd = ctx.fpd || dir & 2 != 0;
         if dir & 1 == 0 {
@@ -176,11 +176,11 @@ impl State<'_> {
         if dir & (bits(11, 2) | self.above_haw()) != 0 {
             return Err(Fail::new(SM_PASID_DIR_RESERVED, fpd));
         }
-        let entry = (dir & bits(63, 12)) + u64::from(pasid & 0x3f) * 64;
+        let entry = (dir & bits(63, 12)).wrapping_add(u64::from(pasid & 0x3f) * 64);
         let mut q = [0u64; 8];
         for (i, w) in q.iter_mut().enumerate() {
             *w = self
-                .read(entry + 8 * i as u64)
+                .read(entry.wrapping_add(8 * i as u64))
                 .ok_or(Fail::new(SM_PASID_ENTRY_ACCESS_ERROR, fpd))?;
         }
         let fpd = fpd || q[0] & 2 != 0;

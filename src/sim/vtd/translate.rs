@@ -182,7 +182,8 @@ impl State<'_> {
         ((1..=3).contains(&aw) && sagaw & 1 << aw != 0).then_some(aw as u8 + 2)
     }
 
-    /// Reads the 64-bit word at `pa` of table memory.
+    /// Reads the 64-bit word at `pa` of table memory. Callers compute `pa` with wrapping
+    /// arithmetic: an address that wraps reads nothing and becomes an access-error fault.
     pub(crate) fn read(&self, pa: u64) -> Option<u64> {
         self.mem.read_u64(pa)
     }
@@ -221,7 +222,7 @@ impl State<'_> {
             return Err(Fail::new(SM_TTM0_REQUEST_WITH_PASID, false));
         }
         let ctx = self.legacy_context(root, sid)?;
-        if iova >> self.mgaw() != 0 {
+        if iova.checked_shr(self.mgaw()).unwrap_or(0) != 0 {
             return Err(Fail::new(ADDRESS_BEYOND_MGAW, ctx.fpd));
         }
         let look = Lookup {
@@ -246,9 +247,9 @@ impl State<'_> {
             _ => {}
         }
         let (bus, devfn) = (u64::from(sid >> 8), u64::from(sid & 0xff));
-        let entry = root + bus * 16;
+        let entry = root.wrapping_add(bus * 16);
         let root_fail = |r| Fail::new(r, false);
-        let (Some(lo), Some(hi)) = (self.read(entry), self.read(entry + 8)) else {
+        let (Some(lo), Some(hi)) = (self.read(entry), self.read(entry.wrapping_add(8))) else {
             return Err(root_fail(ROOT_TABLE_ACCESS_ERROR));
         };
         if lo & 1 == 0 {
@@ -257,8 +258,8 @@ impl State<'_> {
         if lo & (bits(11, 1) | self.above_haw()) != 0 || hi != 0 {
             return Err(root_fail(ROOT_ENTRY_RESERVED));
         }
-        let entry = (lo & bits(63, 12)) + devfn * 16;
-        let (Some(lo), Some(hi)) = (self.read(entry), self.read(entry + 8)) else {
+        let entry = (lo & bits(63, 12)).wrapping_add(devfn * 16);
+        let (Some(lo), Some(hi)) = (self.read(entry), self.read(entry.wrapping_add(8))) else {
             return Err(root_fail(CONTEXT_TABLE_ACCESS_ERROR));
         };
         let fpd = lo & 2 != 0;

@@ -76,3 +76,77 @@ fn model_is_send_and_sync() {
     fn check<T: Send + Sync>() {}
     check::<VtdModel<'static>>();
 }
+
+/// A small deterministic generator (xorshift64*), so the test needs no crate and replays.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+#[test]
+fn arbitrary_registers_tables_and_requests_never_panic() {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    for round in 0..20 {
+        let a = arena();
+        let pages: std::vec::Vec<u64> = (0..8).map(|_| page(&a)).collect();
+        // Tables full of noise, with pointers into the arena now and then.
+        for &p in &pages {
+            for i in 0..512 {
+                let v = match rng.next() % 4 {
+                    0 => pages[(rng.next() % 8) as usize] | rng.next() & 0xfff,
+                    1 => 0,
+                    _ => rng.next(),
+                };
+                put(&a, p + 8 * i, v);
+            }
+        }
+        let mut cfg = if round % 2 == 0 {
+            VtdModelConfig::qemu_default()
+        } else {
+            VtdModelConfig::scalable()
+        };
+        if round >= 10 {
+            cfg.cap = rng.next();
+            cfg.ecap = rng.next();
+            cfg.haw = (rng.next() % 80) as u32;
+        }
+        let m = VtdModel::new(&a, cfg);
+        for _ in 0..300 {
+            let off = (rng.next() % 0x1100) as usize & !3;
+            let v = match rng.next() % 3 {
+                0 => pages[(rng.next() % 8) as usize] | rng.next() & 0xfff,
+                _ => rng.next(),
+            };
+            match rng.next() % 4 {
+                0 => m.write32(off, v as u32),
+                1 => m.write64(off & !7, v),
+                2 => {
+                    m.read32(off);
+                }
+                _ => {
+                    let pasid = (rng.next() % 2 == 0).then(|| rng.next() as u32);
+                    let access = Access {
+                        read: rng.next() % 2 == 0,
+                        write: rng.next() % 2 == 0,
+                        exec: rng.next() % 4 == 0,
+                        privileged: rng.next() % 2 == 0,
+                    };
+                    let _ = m.translate(rng.next() as u16, pasid, rng.next(), access);
+                }
+            }
+            // Keep the unit interesting: translation and queue on, root at a page.
+            if rng.next() % 16 == 0 {
+                m.write64(R_RTADDR, pages[0] | (rng.next() % 2) << 10);
+                m.write32(R_GCMD, TE | SRTP | QIE);
+                m.write64(R_IQA, pages[1] | rng.next() & 0x807);
+            }
+        }
+        let _ = (m.stats(), m.descriptor_log().len(), m.cache_sizes());
+    }
+}
