@@ -27,10 +27,11 @@ pub const QEMU_CAP: u64 = 0x00d2_008c_222f_0606;
 pub const QEMU_ECAP: u64 = ECAP_QI | ECAP_PT | 0xf << ECAP_IRO_SHIFT;
 
 impl VtdModelConfig {
-    /// QEMU 10 `intel-iommu` defaults: VER 1.0, [`QEMU_CAP`], [`QEMU_ECAP`], HAW 48.
+    /// QEMU 10 `intel-iommu` defaults: VER 3.0 (QEMU reports 3.0 since scalable mode was
+    /// added), [`QEMU_CAP`], [`QEMU_ECAP`], HAW 48.
     pub const fn qemu_default() -> Self {
         Self {
-            ver: 0x10,
+            ver: 0x30,
             cap: QEMU_CAP,
             ecap: QEMU_ECAP,
             haw: 48,

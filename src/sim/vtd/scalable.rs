@@ -16,7 +16,8 @@
 //!
 //! Requests without PASID use the context entry's RID_PASID. IOTLB and PASID-cache entries are
 //! tagged with the PASID used. FPD of the context, PASID directory and PASID entries each
-//! suppress recording of the faults found below them.
+//! suppress recording of the faults found below them, except errors reading a table (those
+//! are not qualified faults: the FPD that would apply is in the entry that could not be read).
 //!
 //! Nested: the first-stage walk reads its tables, and its output, through the second stage; a
 //! second-stage fault while reading a first-stage table is reported as a first-stage access
@@ -168,7 +169,7 @@ impl State<'_> {
         }
         let dir = self
             .read(ctx.pasid_dir.wrapping_add(dir_index * 8))
-            .ok_or(Fail::new(SM_PASID_DIR_ACCESS_ERROR, ctx.fpd))?;
+            .ok_or(Fail::new(SM_PASID_DIR_ACCESS_ERROR, false))?;
         let fpd = ctx.fpd || dir & 2 != 0;
         if dir & 1 == 0 {
             return Err(Fail::new(SM_PASID_DIR_NOT_PRESENT, fpd));
@@ -181,7 +182,7 @@ impl State<'_> {
         for (i, w) in q.iter_mut().enumerate() {
             *w = self
                 .read(entry.wrapping_add(8 * i as u64))
-                .ok_or(Fail::new(SM_PASID_ENTRY_ACCESS_ERROR, fpd))?;
+                .ok_or(Fail::new(SM_PASID_ENTRY_ACCESS_ERROR, false))?;
         }
         let fpd = fpd || q[0] & 2 != 0;
         if q[0] & 1 == 0 {

@@ -6,7 +6,7 @@ use super::*;
 fn identity_reserved_offsets_and_window() {
     let a = arena();
     let m = VtdModel::new(&a, VtdModelConfig::qemu_default());
-    assert_eq!(m.read32(0x00), 0x10);
+    assert_eq!(m.read32(0x00), 0x30);
     assert_eq!(m.read64(0x08), 0x00d2_008c_222f_0606);
     assert_eq!(m.read32(0x0c), 0x00d2_008c, "upper half of CAP");
     assert_eq!(m.read64(0x10), 0xf42, "QI, PT, IRO 0xf");
