@@ -106,6 +106,14 @@ impl VtdModelConfig {
     pub const fn with_ir(self, on: bool) -> Self {
         self.with_ecap_bit(ECAP_IR, on)
     }
+    /// ECAP.NEST: nested translation.
+    pub const fn with_nest(self, on: bool) -> Self {
+        self.with_ecap_bit(ECAP_NEST, on)
+    }
+    /// CAP.FS5LP: 5-level first-stage paging.
+    pub const fn with_fs5lp(self, on: bool) -> Self {
+        self.with_cap_bit(CAP_FS5LP, on)
+    }
     /// CAP.RWBF: write-buffer flushing required.
     pub const fn with_rwbf(self, on: bool) -> Self {
         self.with_cap_bit(CAP_RWBF, on)

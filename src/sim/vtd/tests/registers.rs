@@ -150,3 +150,34 @@ fn arbitrary_registers_tables_and_requests_never_panic() {
         let _ = (m.stats(), m.descriptor_log().len(), m.cache_sizes());
     }
 }
+
+#[test]
+fn fault_events_respect_the_interrupt_mask() {
+    let a = arena();
+    let m = VtdModel::new(&a, VtdModelConfig::qemu_default().with_nfr(3));
+    m.write32(R_GCMD, TE); // translation on, no root table: every request faults (0x8)
+    let fault = || m.translate(SID, None, 0, Access::READ).unwrap_err().reason;
+    assert_eq!(fault(), fault::ROOT_TABLE_ACCESS_ERROR);
+    assert_eq!(m.read32(0x38), 1 << 31 | 1 << 30, "masked: IP pending");
+    assert_eq!(m.stats().fault_interrupts, 0);
+    m.write32(0x38, 0);
+    assert_eq!(
+        (m.read32(0x38), m.stats().fault_interrupts),
+        (0, 1),
+        "unmasking delivers"
+    );
+    // A second fault while PPF is still set is not a new event.
+    fault();
+    assert_eq!(m.stats().fault_interrupts, 1);
+    assert_eq!(
+        m.read32(R_FSTS) >> 8 & 0xff,
+        0,
+        "FRI names the first pending record"
+    );
+    // Clear both records; the next fault raises an event and FRI points at record 2.
+    m.write32(R_FRCD + 12, 1 << 31);
+    m.write32(R_FRCD + 16 + 12, 1 << 31);
+    fault();
+    assert_eq!(m.stats().fault_interrupts, 2);
+    assert_eq!(m.read32(R_FSTS), 2 << 8 | 2);
+}
