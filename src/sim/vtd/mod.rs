@@ -19,12 +19,12 @@
 //!
 //! What is modelled: every register a driver touches; queued and register-based invalidation
 //! with every granularity; caches that keep entries until invalidated (negative entries under
-//! CAP.CM); legacy and scalable translation with FPD; fault recording with overflow; fault
+//! CAP.CM), including a paging-structure cache that IH spares; legacy and scalable translation with FPD; fault recording with overflow; fault
 //! injection ([`Injection`]).
 //!
 //! What is not: interrupt remapping (IRTA is latched, interrupt-entry-cache descriptors only
 //! counted), ATS / device-TLBs and page requests, advanced fault logging, protected memory
-//! regions, paging-structure caches (IH has no effect), accessed/dirty updates, performance
+//! regions, accessed/dirty updates, performance
 //! monitoring. Interrupts are counted in [`VtdModelStats`] instead of being delivered.
 
 mod cache;
@@ -228,6 +228,8 @@ pub struct CacheSizes {
     pub pasid: usize,
     /// IOTLB entries (negative ones included).
     pub iotlb: usize,
+    /// Paging-structure cache entries (non-leaf entries).
+    pub paging_structure: usize,
 }
 
 /// Root table mode latched by SRTP (RTADDR.TTM).
@@ -404,6 +406,7 @@ impl<'m> VtdModel<'m> {
             context: st.caches.context.len(),
             pasid: st.caches.pasid.len(),
             iotlb: st.caches.iotlb.len(),
+            paging_structure: st.caches.psc.len(),
         }
     }
 

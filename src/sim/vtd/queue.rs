@@ -236,7 +236,7 @@ impl State<'_> {
                 if u64::from(am) > self.mamv() {
                     return Outcome::Invalid(Iqei::ReservedBit);
                 }
-                self.page_or_domain(did, hi & bits(63, 12), am)
+                self.page_or_domain(did, hi & bits(63, 12), am, hi & 1 << 6 != 0)
             }
             _ => return Outcome::Invalid(Iqei::ReservedBit),
         };
@@ -337,8 +337,9 @@ impl State<'_> {
                 if hi & IOTLB_HI_RESERVED != 0 || u64::from(am) > self.mamv() {
                     return Outcome::Invalid(Iqei::ReservedBit);
                 }
+                let ih = hi & 1 << 6 != 0;
                 self.caches
-                    .invalidate_piotlb(did, pasid, Some((hi & bits(63, 12), am)));
+                    .invalidate_piotlb(did, pasid, Some((hi & bits(63, 12), am, ih)));
                 self.stats.piotlb_page += 1;
             }
             _ => return Outcome::Invalid(Iqei::ReservedBit),
@@ -371,9 +372,9 @@ impl State<'_> {
     }
 
     /// Page-selective when CAP.PSI, else the domain-selective invalidation hardware does instead.
-    pub(crate) fn page_or_domain(&self, did: u16, addr: u64, am: u8) -> IotlbGranularity {
+    pub(crate) fn page_or_domain(&self, did: u16, addr: u64, am: u8, ih: bool) -> IotlbGranularity {
         if self.cfg.cap & CAP_PSI != 0 {
-            IotlbGranularity::Page { did, addr, am }
+            IotlbGranularity::Page { did, addr, am, ih }
         } else {
             IotlbGranularity::Domain(did)
         }

@@ -262,11 +262,13 @@ impl State<'_> {
             EntryKind::FirstStage
         };
         let pgsnp = pe.pgsnp;
-        self.through_iotlb(look, iova, access, kind, |st| {
+        // Nested walks bypass the paging-structure cache (their reads mix both stages).
+        let levels = if nested.is_some() { 0 } else { pe.fs_levels };
+        self.through_iotlb(look, iova, access, (kind, levels), |st, mem| {
             let fs_fail = |f| walk_fail(f, access, &SCALABLE_FS, look.fpd);
             let input = Iova::new(iova);
             let t = match nested {
-                None => vtd_fs::translate(&st.mem, &cfg, input, Access::default()),
+                None => vtd_fs::translate(mem, &cfg, input, Access::default()),
                 Some(ss) => {
                     let mem = NestedMem { mem: &st.mem, ss };
                     vtd_fs::translate(&mem, &cfg, input, Access::default())
