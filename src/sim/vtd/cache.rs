@@ -1,12 +1,13 @@
 //! The translation caches of the model (VT-d spec rev 4.1, chapter 6 "Caching Translation
-//! Information": §6.2.1 context-cache, §6.2.2 PASID-cache, §6.2.3 IOTLB; §6.5 invalidation).
+//! Information": §6.2 the context-cache, PASID-cache, IOTLB and paging-structure caches; §6.5
+//! their invalidation).
 //!
 //! Entries stay until an invalidation covers them, so a driver that forgets an invalidation,
 //! or issues one that is too narrow (wrong DID, wrong PASID, an address mask that misses the
 //! page), keeps translating through the stale entry -- which is what a test must catch.
 //!
 //! - Context-cache: keyed by source-id, tagged with the domain-id of the entry (legacy mode).
-//!   With CAP.CM a not-present context entry is cached too, tagged with domain-id 0 (§6.2.1:
+//!   With CAP.CM a not-present context entry is cached too, tagged with domain-id 0 (§6.2:
 //!   entries cached for not-present context entries use domain-id 0 in caching mode). In
 //!   scalable mode the context entry carries no domain-id and the descriptors' DID is ignored.
 //! - PASID-cache: keyed by (source-id, PASID), tagged with the PASID entry's DID; it holds

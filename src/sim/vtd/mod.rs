@@ -10,22 +10,21 @@
 //! |---|---|---|
 //! | `config.rs` | VER / CAP / ECAP, QEMU defaults | §11.4.1-§11.4.3 |
 //! | `regs.rs` | register offsets and fields | §11.4 |
-//! | `window.rs` | register semantics: GCMD/GSTS handshakes, RTADDR, CCMD, IOTLB, FSTS, queue registers | §10.4, §11.4 |
+//! | `window.rs` | register semantics: GCMD/GSTS handshakes, RTADDR, CCMD, IOTLB, FSTS, queue registers | §11.4 |
 //! | `queue.rs` | queued invalidation: descriptor decode, execution, IQE / ITE / ICE | §6.5.2 |
 //! | `cache.rs` | context-cache, PASID-cache, IOTLB and their invalidation | §6.2, §6.5 |
 //! | `translate.rs` | legacy root / context entries, second-stage walk, IOTLB fill | §3.4, §3.7, §9.1, §9.3 |
 //! | `scalable.rs` | scalable root / context / PASID entries, first-stage and nested walks | §3.4.3, §3.6, §3.8, §9.2, §9.4-§9.6 |
-//! | `fault.rs` | fault reason codes and primary fault recording | §7.1.3, §7.2, §11.4.14 |
+//! | `fault.rs` | fault reason codes and primary fault recording | chapter 7, §11.4 |
 //!
 //! What is modelled: every register a driver touches; queued and register-based invalidation
 //! with every granularity; caches that keep entries until invalidated (negative entries under
-//! CAP.CM), including a paging-structure cache that IH spares; legacy and scalable translation with FPD; fault recording with overflow; fault
-//! injection ([`Injection`]).
+//! CAP.CM), including a paging-structure cache that IH spares; legacy and scalable
+//! translation with FPD; fault recording with overflow; fault injection ([`Injection`]).
 //!
 //! What is not: interrupt remapping (IRTA is latched, interrupt-entry-cache descriptors only
 //! counted), ATS / device-TLBs and page requests, advanced fault logging, protected memory
-//! regions, accessed/dirty updates, performance
-//! monitoring. Interrupts are counted in [`VtdModelStats`] instead of being delivered.
+//! regions, accessed/dirty updates, performance monitoring. Interrupts are counted in [`VtdModelStats`] instead of being delivered.
 
 mod cache;
 mod config;
@@ -105,7 +104,7 @@ pub struct DmaFault {
 }
 
 /// What the IQERCD.IQEI field reports after an invalidation queue error. The numbering is the
-/// model's reading of §11.4.9.x (Invalidation Queue Error Record Register); a driver should
+/// model's reading of the Invalidation Queue Error Record Register (§11.4); a driver should
 /// treat it as diagnostic only.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]

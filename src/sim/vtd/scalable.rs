@@ -27,9 +27,9 @@ use super::arena::PhysMem;
 use super::cache::{CachedContext, EntryKind, IotlbEntry, PasidEntry, Pgtt, ScalableContext};
 use super::fault::*;
 use super::regs::*;
-use super::translate::{vtd_fs, walk_fail, Fail, Lookup, SCALABLE_FS, SCALABLE_SS};
-use super::walk::{vtd_ss, Access, Perms};
-use super::{bits, RootMode, State};
+use super::translate::{walk_fail, Fail, Lookup, SCALABLE_FS, SCALABLE_SS};
+use super::walk::{vtd_fs, vtd_ss, Access, Perms};
+use super::{bits, DmaOk, RootMode, State};
 use crate::mem::{Iova, PhysAddr};
 
 /// Memory as a nested first-stage walk sees it: guest-physical addresses translated by the
@@ -304,5 +304,3 @@ impl State<'_> {
         })
     }
 }
-
-use super::DmaOk;

@@ -14,18 +14,17 @@
 //! applies to every fault found from the context entry on (the "qualified" faults); faults at
 //! the root table or root entry are always recorded.
 
-use super::arena::PhysMem;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::vec::Vec;
 
+use super::arena::{Arena, PhysMem};
 use super::cache::{CachedContext, EntryKind, IotlbEntry, LegacyContext, PscEntry, PscKey};
 use super::fault::*;
 use super::regs::*;
-use super::walk::{self, vtd_ss, Access, AccessKind, Fault, Perms};
+use super::walk::{vtd_ss, Access, AccessKind, Fault, Perms};
 use super::{bits, DmaOk, RootMode, State};
 use crate::mem::{Iova, PhysAddr};
-use crate::sim::arena::Arena;
 
 /// A fault found by a translation, before recording.
 #[derive(Clone, Copy, Debug)]
@@ -63,7 +62,7 @@ pub(crate) struct Codes {
     pub non_canonical: u8,
 }
 
-/// Legacy mode (§7.1.3, reasons 0x1-0xD).
+/// Legacy mode (chapter 7 reason table, 0x1-0xD).
 pub(crate) const LEGACY: Codes = Codes {
     beyond: ADDRESS_BEYOND_MGAW,
     not_present_read: READ_NOT_ALLOWED,
@@ -510,9 +509,6 @@ impl State<'_> {
         })
     }
 }
-
-/// Re-export for the scalable path.
-pub(crate) use walk::vtd_fs;
 
 const PAGE_SHIFT: u32 = 12;
 

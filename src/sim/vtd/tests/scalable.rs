@@ -333,7 +333,6 @@ fn pasid_cache_keeps_an_entry_until_invalidated() {
     assert_eq!(m.cache_sizes().context, 1);
     q.submit(&m, &f.arena, &[cc_device(123, SID, 0)]);
     assert_eq!(m.cache_sizes().context, 0);
-    let _ = f.dir;
 }
 
 #[test]
