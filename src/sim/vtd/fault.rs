@@ -1,6 +1,6 @@
-//! Fault reasons and primary fault recording (VT-d spec rev 4.1, chapter 7 "DMA Remapping Fault
-//! Reporting" / "Address Translation Faults": the non-recoverable fault conditions and
-//! reason-code tables, and primary fault logging; the Fault Recording Registers in §11.4).
+//! Fault reasons and primary fault recording (VT-d spec rev 4.1, chapter 7 "Address Translation
+//! Faults": the non-recoverable fault conditions and reason-code tables, and primary fault
+//! logging; the Fault Recording Registers in §11.4).
 //!
 //! # Reason codes
 //!
