@@ -663,3 +663,31 @@ fn concurrent_map_unmap_flush_and_attach() {
     });
     assert_eq!(m.stats().iotlb_page, 300);
 }
+
+#[test]
+fn freed_tables_leave_no_stale_paging_structure_entries() {
+    let a = arena();
+    let m = VtdModel::new(&a, VtdModelConfig::qemu_default());
+    let u = unit(&m, &a, Mode::Legacy);
+    let d = u.domain_alloc(&DomainConfig::default()).unwrap();
+    u.attach(DEV, None, d).unwrap();
+    // 4 KiB pages under one leaf table; a walk caches the entries above it.
+    u.map(d, Iova::new(G1), PhysAddr::new(0x1000_0000), K4, RW)
+        .unwrap();
+    u.map(
+        d,
+        Iova::new(G1 + K4),
+        PhysAddr::new(0x1000_1000),
+        M2 - K4,
+        RW,
+    )
+    .unwrap();
+    ok(m.translate(sid(DEV), None, G1 + 0x5000, Access::READ));
+    // The whole 2 MiB goes: the leaf table is freed (IH must be clear), then a 2 MiB page
+    // takes its place. A stale directory entry would still lead to the freed table.
+    unmap_and_flush(&u, d, G1, M2);
+    u.map(d, Iova::new(G1), PhysAddr::new(0x4000_0000), M2, RW)
+        .unwrap();
+    let t = ok(m.translate(sid(DEV), None, G1 + 0x5000, Access::READ));
+    assert_eq!((t.pa, t.page_size_log2), (0x4000_5000, 21));
+}
