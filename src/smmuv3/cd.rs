@@ -229,6 +229,11 @@ pub struct CdTable<A: PageAllocator> {
 
 const CD_LOG2: u32 = 6;
 
+// SAFETY: the raw page pointers are owned by the CdTable (the table's pages, freed only by its `Drop`);
+// moving it to another thread moves that ownership, and the memory is accessed only through
+// atomics.
+unsafe impl<A: PageAllocator + Send> Send for CdTable<A> {}
+
 impl<A: PageAllocator> CdTable<A> {
     /// Allocates an empty table for `2^cdmax` SubstreamIDs (`cdmax` ≤ `IDR1.SSIDSIZE` ≤ 20).
     /// A two-level format with `cdmax` not above its leaf size is built linear.

@@ -51,6 +51,11 @@ pub struct CommandQueue<A: PageAllocator> {
     budget: u32,
 }
 
+// SAFETY: the raw page pointers are owned by the CommandQueue (the queue and MSI pages, freed only by its `Drop`);
+// moving it to another thread moves that ownership, and the memory is accessed only through
+// atomics.
+unsafe impl<A: PageAllocator + Send> Send for CommandQueue<A> {}
+
 impl<A: PageAllocator> CommandQueue<A> {
     /// Allocates a queue of `2^log2` commands; `max_log2` is `IDR1.CMDQS`. `budget` bounds
     /// every wait (in polls).

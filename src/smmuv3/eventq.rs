@@ -40,6 +40,11 @@ pub struct EventQueue<A: PageAllocator> {
     cons_offset: usize,
 }
 
+// SAFETY: the raw page pointers are owned by the EventQueue (the queue page, freed only by its `Drop`);
+// moving it to another thread moves that ownership, and the memory is accessed only through
+// atomics.
+unsafe impl<A: PageAllocator + Send> Send for EventQueue<A> {}
+
 impl<A: PageAllocator> EventQueue<A> {
     /// Allocates a queue of `2^log2` records; `max_log2` is `IDR1.EVENTQS`.
     ///

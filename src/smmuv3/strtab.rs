@@ -60,6 +60,11 @@ pub struct StreamTable<A: PageAllocator> {
     root_log2: u32,
 }
 
+// SAFETY: the raw page pointers are owned by the StreamTable (the table's pages, freed only by its `Drop`);
+// moving it to another thread moves that ownership, and the memory is accessed only through
+// atomics.
+unsafe impl<A: PageAllocator + Send> Send for StreamTable<A> {}
+
 impl<A: PageAllocator> StreamTable<A> {
     /// A table for StreamIDs below `2^log2` (`log2` ≤ `IDR1.SIDSIZE` ≤ 32). A linear table is
     /// filled with aborting STEs.
