@@ -80,3 +80,6 @@ pub struct Asid(pub u16);
 /// A virtual machine identifier tagging stage-2 translations (16 bits with `IDR0.VMID16`, else 8).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Vmid(pub u16);
+
+#[cfg(test)]
+mod tests;

@@ -178,10 +178,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
                 f.oas,
                 Vmid(vmid),
             )
-            .map_err(|e| {
-                config.vmids.free(vmid);
-                e
-            })?
+            .inspect_err(|_| config.vmids.free(vmid))?
         } else {
             let asid = config.asids.alloc().ok_or(Error::NoDomainIds)?;
             Domain::new_stage1(
@@ -192,10 +189,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
                 Vmid(0),
                 Asid(asid),
             )
-            .map_err(|e| {
-                config.asids.free(asid);
-                e
-            })?
+            .inspect_err(|_| config.asids.free(asid))?
         };
         match self.install_domain(built) {
             Ok(h) => Ok(h),
