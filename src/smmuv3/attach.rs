@@ -192,14 +192,15 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
     ) -> Result<(), Error> {
         let sid = self.check_sid(device)?;
         let ssid = pasid.map(|p| self.check_ssid(p)).transpose()?;
+        let mut guard = self.config.lock();
+        let config = &mut *guard;
+        // Under the configuration lock: the domain cannot be freed meanwhile.
         let stage2 = self.domain_is_stage2(d)?;
         if ssid.is_some() && stage2 {
             return Err(Error::Unsupported(Missing::Mode {
                 what: "a PASID needs a stage-1 domain",
             }));
         }
-        let mut guard = self.config.lock();
-        let config = &mut *guard;
         if config.strtab.is_none() {
             return Err(NOT_ENABLED);
         }

@@ -40,9 +40,14 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         }
     }
 
-    /// Stores `dom` in a free slot; `release` gives its tag back if there is none.
+    /// Stores `dom` in a free slot, or gives it back with [`Error::NoDomainIds`].
     fn install_domain(&self, dom: Domain<A>) -> Result<DomainHandle, (Error, Domain<A>)> {
+        // Callers hold the configuration lock, so no other install races for a free slot; the
+        // read check does not wait for maps in flight on other domains.
         for (i, slot) in self.domains.iter().take(self.cfg.max_domains).enumerate() {
+            if slot.read().is_some() {
+                continue;
+            }
             let mut s = slot.write();
             if s.is_none() {
                 *s = Some(dom);
