@@ -448,3 +448,67 @@ fn injected_command_error_is_recovered_and_pages_kept_until_a_good_flush() {
     u.flush(d, &mut g).unwrap();
     assert_eq!(g.freed_pages(), 0);
 }
+
+#[test]
+fn non_coherent_unit_gets_every_write_cleaned() {
+    let mem = arena();
+    let model = SmmuModel::new(&mem, SmmuModelConfig::qemu_like().with_cohacc(false));
+    // Every word the driver writes from now on, in new or live pages, must be cleaned.
+    let before = mem.start_sync_recording();
+    let u = unit(&model, &mem, cfg());
+    assert!(!u.capabilities().coherent_walk);
+    assert!(!u.capabilities().enforce_snoop);
+    let (a, b) = (
+        u.domain_alloc(&s2()).unwrap(),
+        u.domain_alloc(&s1()).unwrap(),
+    );
+    u.map(
+        a,
+        Iova::new(0x20_0000),
+        PhysAddr::new(0x4000_0000),
+        M2 + K4,
+        RW,
+    )
+    .unwrap();
+    u.map(b, Iova::new(0x1000), PhysAddr::new(0x5000_0000), K4, RW)
+        .unwrap();
+    u.attach(DeviceId(SID), None, a).unwrap();
+    u.attach(DeviceId(0x300), None, b).unwrap();
+    assert_eq!(pa_of(&model, SID, None, 0x40_0000), Some(0x4020_0000));
+    assert_eq!(pa_of(&model, 0x300, None, 0x1000), Some(0x5000_0000));
+    let mut g = Gather::new();
+    u.unmap(a, Iova::new(0x20_0000), M2 + K4, &mut g).unwrap();
+    u.flush(a, &mut g).unwrap();
+    u.attach(DeviceId(SID), None, b).unwrap();
+    assert_eq!(mem.unsynced_words(&before), Vec::<u64>::new());
+    mem.stop_sync_recording();
+}
+
+#[test]
+fn concurrent_maps_and_flushes_on_one_domain() {
+    let mem = arena();
+    let model = SmmuModel::new(&mem, SmmuModelConfig::qemu_like());
+    let u = unit(&model, &mem, cfg());
+    let d = u.domain_alloc(&s2()).unwrap();
+    u.attach(DeviceId(SID), None, d).unwrap();
+    model.reset_stats();
+    std::thread::scope(|s| {
+        for t in 0..4u64 {
+            let (u, model) = (&u, &model);
+            s.spawn(move || {
+                for i in 0..50u64 {
+                    let iova = t << 30 | i * 4 * K4;
+                    let pa = 0x4000_0000 + (t * 64 + i) * K4;
+                    u.map(d, Iova::new(iova), PhysAddr::new(pa), 2 * K4, RW)
+                        .unwrap();
+                    assert_eq!(pa_of(model, SID, None, iova), Some(pa));
+                    let mut g = Gather::new();
+                    u.unmap(d, Iova::new(iova), 2 * K4, &mut g).unwrap();
+                    u.flush(d, &mut g).unwrap();
+                    assert!(model.translate(SID, None, iova, Access::READ).is_err());
+                }
+            });
+        }
+    });
+    assert_eq!(model.stats().syncs, 200);
+}
