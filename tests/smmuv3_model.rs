@@ -512,3 +512,50 @@ fn concurrent_maps_and_flushes_on_one_domain() {
     });
     assert_eq!(model.stats().syncs, 200);
 }
+
+#[test]
+fn msi_and_sev_completion() {
+    use iommu_engine::smmuv3::cmdq::SyncMode;
+    for (sync, model_cfg) in [
+        (SyncMode::Msi, SmmuModelConfig::qemu_like().with_msi(true)),
+        (SyncMode::Sev, SmmuModelConfig::qemu_like().with_sev(true)),
+    ] {
+        let mem = arena();
+        let model = SmmuModel::new(&mem, model_cfg);
+        // Without the ID bit the mode is refused.
+        assert!(SmmuUnit::new(
+            &model,
+            &mem,
+            SmmuConfig {
+                sync: if sync == SyncMode::Msi {
+                    SyncMode::Sev
+                } else {
+                    SyncMode::Msi
+                },
+                ..cfg()
+            }
+        )
+        .is_err());
+        let u = unit(&model, &mem, SmmuConfig { sync, ..cfg() });
+        let d = u.domain_alloc(&s2()).unwrap();
+        u.attach(DeviceId(SID), None, d).unwrap();
+        u.map(d, Iova::new(0), PhysAddr::new(0x4000_0000), K4, RW)
+            .unwrap();
+        assert!(model.translate(SID, None, 0, Access::READ).is_ok());
+        let mut g = Gather::new();
+        u.unmap(d, Iova::new(0), K4, &mut g).unwrap();
+        model.reset_stats();
+        u.flush(d, &mut g).unwrap();
+        let st = model.stats();
+        assert_eq!(st.syncs, 1);
+        assert_eq!(
+            (st.sync_msi_writes, st.sync_sevs),
+            if sync == SyncMode::Msi {
+                (1, 0)
+            } else {
+                (0, 1)
+            }
+        );
+        assert!(model.translate(SID, None, 0, Access::READ).is_err());
+    }
+}
