@@ -793,3 +793,74 @@ fn domains_are_bounded_and_reject_what_the_unit_lacks() {
         Err(Error::Unsupported(Missing::Nesting))
     );
 }
+
+#[test]
+fn replacing_between_stages_retires_the_old_configuration() {
+    let (m, alloc) = (model(IDR0, 0), VecAllocator::default());
+    let u = enabled(&m, &alloc);
+    let (x, y, s) = (
+        u.domain_alloc(&s1()).unwrap(),
+        u.domain_alloc(&s1()).unwrap(),
+        u.domain_alloc(&s2()).unwrap(),
+    );
+    u.attach(DeviceId(2), None, s).unwrap();
+    take_ops(&m);
+    // Stage 2 -> stage 1: CD 0 installed before the STE points at it (no CFGI_CD needed);
+    // word 0 and S2VMID both change, so the STE breaks (three syncs); then VMID invalidated.
+    u.attach(DeviceId(2), None, x).unwrap();
+    assert_eq!(
+        take_ops(&m),
+        [
+            CFGI_STE,
+            SYNC,
+            CFGI_STE,
+            SYNC,
+            CFGI_STE,
+            SYNC,
+            TLBI_S12_VMALL,
+            SYNC
+        ]
+    );
+    assert_eq!(ste_of(&u, 2).config_raw(), 0b101);
+    // Stage 1 -> stage 1: CD 0 goes invalid, then valid with the new ASID (CFGI_CD each), the
+    // STE is unchanged, then the old ASID is invalidated.
+    u.attach(DeviceId(2), None, y).unwrap();
+    assert_eq!(
+        take_ops(&m),
+        [CFGI_CD, SYNC, CFGI_CD, SYNC, TLBI_NH_ASID, SYNC]
+    );
+    // Stage 1 -> stage 2: the STE switches, then CD 0 is retired with the old ASID.
+    u.attach(DeviceId(2), None, s).unwrap();
+    let ops = take_ops(&m);
+    assert_eq!(&ops[ops.len() - 3..], [CFGI_CD, TLBI_NH_ASID, SYNC]);
+    assert_eq!(ste_of(&u, 2).config_raw(), 0b110);
+    for d in [x, y] {
+        u.domain_free(d).unwrap();
+    }
+    assert_eq!(u.domain_free(s), Err(Error::Busy));
+}
+
+#[test]
+fn concurrent_map_unmap_flush_from_threads() {
+    let (m, alloc) = (model(IDR0, RIL), VecAllocator::default());
+    let u = enabled(&m, &alloc);
+    let d = u.domain_alloc(&s2()).unwrap();
+    std::thread::scope(|s| {
+        for t in 0..4u64 {
+            let u = &u;
+            s.spawn(move || {
+                for i in 0..64u64 {
+                    let iova = Iova::new(t << 32 | i * M2);
+                    u.map(d, iova, PhysAddr::new(0x1_0000_0000 + i * K4), 16 * K4, RW)
+                        .unwrap();
+                    let mut g = Gather::new();
+                    assert_eq!(u.unmap(d, iova, 16 * K4, &mut g).unwrap(), 16 * K4);
+                    u.flush(d, &mut g).unwrap();
+                }
+            });
+        }
+    });
+    // 256 flushes, one range command and one sync each.
+    let ops = take_ops(&m);
+    assert_eq!((count(&ops, TLBI_S2_IPA), count(&ops, SYNC)), (256, 256));
+}
