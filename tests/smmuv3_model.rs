@@ -559,3 +559,35 @@ fn msi_and_sev_completion() {
         assert!(model.translate(SID, None, 0, Access::READ).is_err());
     }
 }
+
+#[test]
+fn splitting_a_cached_block_invalidates_it() {
+    for ril in [false, true] {
+        let mem = arena();
+        let model = SmmuModel::new(&mem, SmmuModelConfig::qemu_like().with_ril(ril));
+        let u = unit(&model, &mem, cfg());
+        for stage in [s2(), s1()] {
+            let d = u.domain_alloc(&stage).unwrap();
+            let sid = if stage.stage == Stage::Second {
+                0x40
+            } else {
+                0x41
+            };
+            u.attach(DeviceId(sid), None, d).unwrap();
+            u.map(d, Iova::new(0x20_0000), PhysAddr::new(0x6000_0000), M2, RW)
+                .unwrap();
+            // The TLB now holds the 2 MiB block.
+            let hit = model.translate(sid, None, 0x20_5000, Access::READ).unwrap();
+            assert_eq!(hit.page_size_log2, 21);
+            let mut g = Gather::new();
+            u.unmap(d, Iova::new(0x20_5000), K4, &mut g).unwrap();
+            u.flush(d, &mut g).unwrap();
+            assert!(
+                model.translate(sid, None, 0x20_5000, Access::READ).is_err(),
+                "RIL {ril}: the block survived its split"
+            );
+            let next = model.translate(sid, None, 0x20_6000, Access::READ).unwrap();
+            assert_eq!((next.pa, next.page_size_log2), (0x6000_6000, 12));
+        }
+    }
+}
