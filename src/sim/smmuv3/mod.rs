@@ -36,6 +36,7 @@ pub mod cmdq;
 pub mod config;
 pub mod event;
 mod regs;
+mod stage;
 mod ste;
 mod strtab;
 mod tlb;
