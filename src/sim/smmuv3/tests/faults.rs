@@ -156,3 +156,43 @@ fn fetch_aborts() {
         [(F_WALK_EABT, 0x1000), (F_CD_FETCH, 0x4000)]
     );
 }
+
+#[test]
+fn injected_atc_inv_sync_timeout_retries_the_sync() {
+    let rig = Rig::new();
+    let m = rig.model(SmmuModelConfig::qemu_like().with_sev(true));
+    m.inject(Injection::AtcInvSyncTimeout);
+    let atc_inv = [0x40 | 9 << 32, 0];
+    rig.submit(&m, &[atc_inv, [0x46 | 2 << 12, 0]]);
+    assert_eq!(
+        m.read32(CMDQ_CONS),
+        u32::from(cerror::ATC_INV_SYNC) << 24 | 1
+    );
+    assert_eq!(m.stats().sync_sevs, 0);
+    m.write32(GERRORN, m.read32(GERROR));
+    assert_eq!(m.read32(CMDQ_CONS) & 0xff, 2);
+    let s = m.stats();
+    assert_eq!(
+        (
+            s.syncs,
+            s.sync_sevs,
+            s.commands_of(crate::sim::smmuv3::op::ATC_INV)
+        ),
+        (1, 1, 1)
+    );
+}
+
+#[test]
+fn prefetch_config_caches_the_ste() {
+    let rig = Rig::new();
+    let (_, pa, _) = s2_setup(&rig);
+    let m = rig.model(SmmuModelConfig::qemu_like());
+    rig.submit(&m, &[[0x01 | 3 << 32, 0], cmd::sync()]);
+    assert_eq!(m.cache_sizes().2, 1);
+    // Changed without CFGI_STE: the prefetched STE is still used.
+    rig.ste(3, [1 | 4 << 1, 0, 0, 0]);
+    assert_eq!(
+        m.translate(3, None, 0x1234_5000, Access::READ).unwrap().pa,
+        pa
+    );
+}
