@@ -1,9 +1,10 @@
 //! Event records and the event queue producer: Arm IHI 0070 G.b §7.2 (event queue, overflow)
 //! and §7.3 (event record formats and type codes).
 //!
-//! A record is 32 bytes: `dw0` type[7:0], SSV[11], SubstreamID[31:12], StreamID[63:32];
-//! `dw1` PnU[33], InD[34], RnW[35], S2[39], CLASS[41:40]; `dw2` the input address; `dw3` the
-//! IPA (`bits[51:12]`) of a stage-2 fault, or the fetch address (`bits[51:3]`) of a fetch abort.
+//! A record is 32 bytes: `dw0` `type[7:0]`, `SSV[11]`, `SubstreamID[31:12]`,
+//! `StreamID[63:32]`; `dw1` `PnU[33]`, `InD[34]`, `RnW[35]`, `S2[39]`, `CLASS[41:40]`; `dw2` the
+//! input address; `dw3` the IPA (`bits[51:12]`) of a stage-2 fault, or the fetch address
+//! (`bits[51:3]`) of a fetch abort.
 
 use super::regs::{cr0, gerror, QueueShape, EVENTQ_OVFLG};
 use super::State;

@@ -150,7 +150,11 @@ impl Scope {
                 by_addr,
             } => {
                 // By address, global entries match every ASID; TLBI_NH_ASID leaves them alone.
-                let asid_ok = r.asid() == Some(asid) && !(global && !by_addr) || global && by_addr;
+                let asid_ok = if global {
+                    by_addr
+                } else {
+                    r.asid() == Some(asid)
+                };
                 r.is_nh() && r.vmid() == vmid && asid_ok
             }
             Scope::S2(vmid) => matches!(*r, Regime::S2 { vmid: v } if v == vmid),
@@ -189,6 +193,11 @@ impl AddrRange {
     }
 }
 
+/// A CD cache key: (StreamID, SubstreamID).
+pub(crate) type CdKey = (u32, u32);
+/// A cached CD: the S1ContextPtr it was found through, and its words.
+pub(crate) type CachedCd = (u64, [u64; 8]);
+
 /// All the model's caches.
 #[derive(Debug, Default)]
 pub(crate) struct Caches {
@@ -196,9 +205,9 @@ pub(crate) struct Caches {
     pub walk: Vec<WalkEntry>,
     /// STE words by StreamID.
     pub ste: BTreeMap<u32, [u64; 8]>,
-    /// CD words by (StreamID, SubstreamID), with the CD's address (so an STE pointing at
-    /// another CD table misses).
-    pub cd: BTreeMap<(u32, u32), (u64, [u64; 8])>,
+    /// CD words by (StreamID, SubstreamID), with the S1ContextPtr they were fetched through
+    /// (so an STE pointing at another CD table misses).
+    pub cd: BTreeMap<CdKey, CachedCd>,
 }
 
 impl Caches {
