@@ -497,7 +497,7 @@ fn concurrent_maps_and_flushes_on_one_domain() {
             let (u, model) = (&u, &model);
             s.spawn(move || {
                 for i in 0..50u64 {
-                    let iova = t << 30 | i * 4 * K4;
+                    let iova = (t << 30) | (i * 4 * K4);
                     let pa = 0x4000_0000 + (t * 64 + i) * K4;
                     u.map(d, Iova::new(iova), PhysAddr::new(pa), 2 * K4, RW)
                         .unwrap();

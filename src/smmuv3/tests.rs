@@ -850,7 +850,7 @@ fn concurrent_map_unmap_flush_from_threads() {
             let u = &u;
             s.spawn(move || {
                 for i in 0..64u64 {
-                    let iova = Iova::new(t << 32 | i * M2);
+                    let iova = Iova::new((t << 32) | (i * M2));
                     u.map(d, iova, PhysAddr::new(0x1_0000_0000 + i * K4), 16 * K4, RW)
                         .unwrap();
                     let mut g = Gather::new();
