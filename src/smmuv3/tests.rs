@@ -864,3 +864,31 @@ fn concurrent_map_unmap_flush_from_threads() {
     let ops = take_ops(&m);
     assert_eq!((count(&ops, TLBI_S2_IPA), count(&ops, SYNC)), (256, 256));
 }
+
+#[test]
+fn a_failed_sync_during_attach_keeps_both_domains_alive() {
+    let (m, alloc) = (model(IDR0, 0), VecAllocator::default());
+    let u = enabled(&m, &alloc);
+    let (a, b) = (
+        u.domain_alloc(&s2()).unwrap(),
+        u.domain_alloc(&s2()).unwrap(),
+    );
+    u.attach(DeviceId(8), None, a).unwrap();
+    m.stalled.set(true);
+    assert_eq!(
+        u.attach(DeviceId(8), None, b),
+        Err(Error::Timeout { what: "CMD_SYNC" })
+    );
+    m.stalled.set(false);
+    // The STE may reference either domain: neither can be freed.
+    assert_eq!(u.domain_free(a), Err(Error::Busy));
+    assert_eq!(u.domain_free(b), Err(Error::Busy));
+    // A refusal before any write changes nothing.
+    let c = u.domain_alloc(&s1()).unwrap();
+    u.attach(DeviceId(9), Some(Pasid::new(1).unwrap()), c)
+        .unwrap();
+    assert!(u.attach(DeviceId(9), None, b).is_err());
+    assert_eq!(ste_of(&u, 9).words[1] & 3, 0);
+    u.detach(DeviceId(9), Some(Pasid::new(1).unwrap())).unwrap();
+    u.domain_free(c).unwrap();
+}
