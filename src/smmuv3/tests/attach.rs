@@ -410,3 +410,49 @@ fn a_failed_sync_during_attach_keeps_both_domains_alive() {
     u.detach(DeviceId(9), Some(Pasid::new(1).unwrap())).unwrap();
     u.domain_free(c).unwrap();
 }
+
+#[test]
+fn dirty_tracking_sets_the_hardware_update_bits() {
+    // HTTU = 2 (2 << 6): access and dirty state.
+    let (m, alloc) = (model(IDR0 | 2 << 6, 0), VecAllocator::default());
+    let u = enabled(&m, &alloc);
+    assert!(u.capabilities().dirty_tracking);
+    let dirty = |stage| DomainConfig {
+        dirty_tracking: true,
+        stage,
+        ..DomainConfig::default()
+    };
+    let (a, b) = (
+        u.domain_alloc(&dirty(Stage::Second)).unwrap(),
+        u.domain_alloc(&dirty(Stage::First)).unwrap(),
+    );
+    u.attach(DeviceId(1), None, a).unwrap();
+    u.attach(DeviceId(2), None, b).unwrap();
+    // STE.S2HD (word 2 bit 55) and S2HA (bit 56).
+    assert_eq!((ste_of(&u, 1).words[2] >> 55) & 3, 3);
+    let config = u.config.lock();
+    let cd = config
+        .streams
+        .iter()
+        .flatten()
+        .find(|s| s.sid == StreamId(2))
+        .and_then(|s| s.cd.as_ref())
+        .map(|t| t.read(SubstreamId::new(0).unwrap()).unwrap())
+        .unwrap();
+    drop(config);
+    // CD.HD (bit 42) and HA (bit 43).
+    assert_eq!((cd.words[0] >> 42) & 3, 3);
+    // A writable leaf carries DBM (bit 51): hardware marks it dirty by granting write.
+    u.map(a, Iova::new(0x1000), PhysAddr::new(0x8000_0000), K4, RW)
+        .unwrap();
+    assert_eq!((leaf_of(&u, a, 0x1000) >> 51) & 1, 1);
+    let mut g = Gather::new();
+    let mut seen = 0;
+    u.read_and_clear_dirty(a, Iova::new(0), M2, &mut |_, _| seen += 1, &mut g)
+        .unwrap();
+    // Mapped writable counts as dirty; cleaning it must be flushed like an unmap.
+    assert_eq!(seen, 1);
+    take_ops(&m);
+    u.flush(a, &mut g).unwrap();
+    assert_eq!(take_ops(&m), [TLBI_S2_IPA, SYNC]);
+}
