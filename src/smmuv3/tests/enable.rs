@@ -225,3 +225,11 @@ fn domains_are_bounded_and_reject_what_the_unit_lacks() {
         Err(Error::Unsupported(Missing::Nesting))
     );
 }
+
+#[test]
+fn unit_size_is_bounded() {
+    // The unit holds its fixed arrays inline; embedders place it in a static or on the heap.
+    let size = core::mem::size_of::<Unit<'static>>();
+    std::println!("SmmuUnit: {size} bytes");
+    assert!(size < 64 * 1024, "{size}");
+}
