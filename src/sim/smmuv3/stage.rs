@@ -223,6 +223,8 @@ pub(super) fn stage2(
         privileged,
         base,
         size_log2: size,
+        leaf_base: base,
+        leaf_size_log2: size,
         level: level_of(size, granule_log2),
         granule_log2,
         out: t.pa.get() - (ipa - base),

@@ -65,6 +65,10 @@ pub(crate) struct TlbEntry {
     /// Input address of the first byte the entry maps, aligned to its size.
     pub base: u64,
     pub size_log2: u32,
+    /// The span a TLBI by address matches: the stage-1 leaf of a combined entry (a stage-1 block
+    /// splintered by smaller stage-2 pages goes with the whole block), else `base`/`size_log2`.
+    pub leaf_base: u64,
+    pub leaf_size_log2: u32,
     /// Lookup level of the leaf (stage 1 for combined entries), for TTL.
     pub level: u32,
     pub granule_log2: u32,
@@ -234,7 +238,7 @@ impl Caches {
         let before = (self.tlb.len(), self.walk.len());
         self.tlb.retain(|e| {
             let addr_ok = inv.range.as_ref().map_or(true, |r| {
-                r.hits(e.base, e.size_log2)
+                r.hits(e.leaf_base, e.leaf_size_log2)
                     && r.granule_log2.map_or(true, |g| g == e.granule_log2)
                     && r.ttl_level.map_or(true, |l| l == e.level)
             });

@@ -152,6 +152,8 @@ fn stage1(
         privileged: req.access.privileged,
         base,
         size_log2: size,
+        leaf_base: base,
+        leaf_size_log2: size,
         level: level_of(size, granule_log2),
         granule_log2,
         out: t.pa.get() - (req.iova - base),

@@ -3,7 +3,7 @@
 use super::translate::s2_setup;
 use super::*;
 use crate::sim::smmuv3::event::*;
-use crate::sim::smmuv3::{cerror, Injection};
+use crate::sim::smmuv3::{cerror, EventRecord, Injection};
 use crate::sim::walk::Access;
 
 #[test]
@@ -195,4 +195,39 @@ fn prefetch_config_caches_the_ste() {
         m.translate(3, None, 0x1234_5000, Access::READ).unwrap().pa,
         pa
     );
+}
+
+#[test]
+fn event_record_words_match_the_spec_layout() {
+    let rec = EventRecord {
+        kind: F_TRANSLATION,
+        sid: 0x1234,
+        ssid: Some(0x5),
+        s2: true,
+        class: crate::sim::smmuv3::FaultClass::Tt,
+        read: true,
+        privileged: false,
+        instruction: false,
+        input_addr: 0xdead_b000,
+        addr2: 0x4000_1234,
+    };
+    // dw0: 0x10 | SSV (1 << 11) | 5 << 12 | 0x1234 << 32; dw1: RnW (1 << 35) | S2 (1 << 39) |
+    // CLASS 0b01 << 40; dw3: IPA[51:12] only.
+    let words = rec.encode();
+    assert_eq!(
+        words,
+        [
+            0x0000_1234_0000_5810,
+            0x0000_0188_0000_0000,
+            0xdead_b000,
+            0x4000_1000
+        ]
+    );
+    let fetch = EventRecord {
+        kind: F_WALK_EABT,
+        addr2: 0x4000_1238,
+        ..rec
+    };
+    assert_eq!(fetch.encode()[3], 0x4000_1238);
+    assert_eq!(EventRecord::decode(words).sid, 0x1234);
 }

@@ -79,3 +79,104 @@ fn model_is_send_and_sync() {
     fn check<T: Send + Sync>() {}
     check::<SmmuModel<'static>>();
 }
+
+/// Random register writes, commands, table words and transactions: the model answers every
+/// one without panicking.
+#[test]
+fn random_inputs_never_panic() {
+    let rig = Rig::new();
+    let (root, pa) = (rig.page(), rig.page());
+    rig.map(root, 1, 0x1234_5000, pa, 12, S2_RW_WB);
+    let m = rig.model(
+        SmmuModelConfig::qemu_like()
+            .with_msi(true)
+            .with_ssid_bits(8),
+    );
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let offsets = [
+        CR0,
+        GBPA,
+        GERRORN,
+        STRTAB_BASE,
+        STRTAB_BASE_CFG,
+        CMDQ_BASE,
+        CMDQ_PROD,
+        CMDQ_CONS,
+        EVENTQ_BASE,
+        EVENTQ_PROD,
+        EVENTQ_CONS,
+        0x50,
+        0x28,
+        0x2c,
+    ];
+    for i in 0..3000u64 {
+        let r = next();
+        match i % 4 {
+            0 => {
+                let off = offsets[(r % offsets.len() as u64) as usize];
+                // Keep queue and table bases inside the arena most of the time.
+                let v = match off {
+                    STRTAB_BASE => rig.strtab | (r >> 60),
+                    CMDQ_BASE => rig.cmdq | u64::from(rig.cmdq_log2),
+                    EVENTQ_BASE => rig.eventq | (r >> 59),
+                    _ => next(),
+                };
+                if r & 1 == 0 {
+                    m.write32(off, v as u32);
+                } else {
+                    m.write64(off & !7, v);
+                }
+            }
+            1 => {
+                let op = [
+                    0x01, 0x03, 0x04, 0x05, 0x06, 0x10, 0x11, 0x12, 0x2a, 0x28, 0x46, 0x40,
+                ];
+                let opcode = op[(r % op.len() as u64) as usize];
+                let c = [
+                    opcode | next() & !0xff & if r & 2 == 0 { 0 } else { u64::MAX },
+                    next() & 0xfff_ffff_ffff,
+                ];
+                rig.submit(&m, &[c]);
+                if m.read32(GERROR) != m.read32(GERRORN) {
+                    // Recover as a driver does: replace the bad command by a CMD_SYNC.
+                    let slot = rig.cmdq + u64::from(m.read32(CMDQ_CONS) & 0xf) * 16;
+                    rig.w(slot, cmd::sync()[0]);
+                    rig.w(slot + 8, 0);
+                    m.write32(GERRORN, m.read32(GERROR));
+                }
+            }
+            2 => {
+                let sid = (r % 8) as u32;
+                let w = [next() | 1, next(), next(), next() & 0xf_ffff_ffff_fff0];
+                rig.ste(sid, if r & 4 == 0 { ste_s2(1, root) } else { w });
+            }
+            _ => {
+                let ssid = (r & 8 != 0).then_some((r >> 8) as u32 & 0xff);
+                let access = crate::sim::walk::Access {
+                    read: r & 16 != 0,
+                    write: r & 32 != 0,
+                    exec: r & 64 != 0,
+                    privileged: r & 128 != 0,
+                };
+                let iova = if r & 0x100 == 0 {
+                    0x1234_5000
+                } else {
+                    next() >> (r % 64)
+                };
+                if r & 0xe00 == 0 {
+                    m.write32(CR0, SMMUEN | EVENTQEN | CMDQEN);
+                }
+                let _ = m.translate((r >> 40) as u32 % 10, ssid, iova, access);
+                let _ = m.translated_transaction((r >> 40) as u32 % 10, next(), access);
+            }
+        }
+    }
+    let _ = m.pending_events();
+    assert!(m.stats().translations >= 750);
+}

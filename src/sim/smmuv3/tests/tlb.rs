@@ -228,3 +228,48 @@ fn cd_cache_is_stale_until_cfgi_cd() {
     );
     assert_eq!(m.stats().cd_invalidated, 2);
 }
+
+#[test]
+fn tlbi_by_va_removes_every_splinter_of_a_stage1_block() {
+    let rig = Rig::new();
+    let s2root = rig.page();
+    let mut next = 0x1000_0000u64;
+    let mut ipa_page = |rig: &Rig| {
+        let pa = rig.page();
+        rig.map(s2root, 1, next, pa, 12, S2_RW_WB);
+        next += 0x1000;
+        (next - 0x1000, pa)
+    };
+    let (cd_ipa, cd_pa) = ipa_page(&rig);
+    let (root_ipa, root_pa) = ipa_page(&rig);
+    let (l2_ipa, l2_pa) = ipa_page(&rig);
+    // Stage 1: VA 0x4000_0000 is a 2 MiB block at IPA 0x2000_0000; stage 2 maps two 4 KiB
+    // pages of it.
+    rig.w(root_pa + 8, l2_ipa | 3);
+    rig.w(l2_pa, 0x2000_0000 | S1_RW | 1);
+    let (a, b) = (rig.page(), rig.page());
+    rig.map(s2root, 1, 0x2000_0000, a, 12, S2_RW_WB);
+    rig.map(s2root, 1, 0x2000_1000, b, 12, S2_RW_WB);
+    write_cd(&rig, cd_pa, cd(5, root_ipa));
+    rig.ste(11, [1 | 7 << 1 | cd_ipa, 1 << 44, s2_dw2(9), s2root]);
+    let m = rig.model(SmmuModelConfig::qemu_like());
+    let ok = m.translate(11, None, 0x4000_0010, Access::READ).unwrap();
+    assert_eq!((ok.pa, ok.page_size_log2), (a + 0x10, 12));
+    assert_eq!(pa_of(&m, 11, None, 0x4000_1000), b);
+    // One TLBI_NH_VA at the block's first page removes both combined entries.
+    let before = m.stats().tlb_entries_invalidated;
+    rig.submit(&m, &[cmd::tlbi_nh_va(9, 5, 0x4000_0000, true), cmd::sync()]);
+    assert_eq!(m.stats().tlb_entries_invalidated - before, 2);
+    // TLBI_S2_IPA leaves combined entries: stage-2 changes need TLBI_NH_* or S12_VMALL.
+    pa_of(&m, 11, None, 0x4000_0000);
+    let c = rig.page();
+    rig.w(rig.slot(s2root, 1, 0x2000_0000, 3), c | S2_RW_WB | 3);
+    rig.submit(&m, &[cmd::tlbi_s2_ipa(9, 0x2000_0000, true), cmd::sync()]);
+    assert_eq!(
+        pa_of(&m, 11, None, 0x4000_0000),
+        a,
+        "combined entry survives"
+    );
+    rig.submit(&m, &[cmd::tlbi_nh_all(9), cmd::sync()]);
+    assert_eq!(pa_of(&m, 11, None, 0x4000_0000), c);
+}
