@@ -167,7 +167,7 @@ impl SmmuConfig {
             return invalid("IDR0: neither stage 1 nor stage 2");
         }
         let sid_bits = bounded("stream table", self.sid_bits, 16, f.sid_bits)?;
-        let ssid_bits = if f.s1p {
+        let ssid_bits = if f.stage1_usable() {
             bounded("CD table", self.ssid_bits, 10, f.ssid_bits)?
         } else {
             0
