@@ -185,6 +185,12 @@ impl UnitInfo {
             Some(n) => n,
             None => return unsupported("CAP.ND (reserved encoding)", cap.0),
         };
+        if config.poll_budget == 0 {
+            return Err(Error::InvalidArgument {
+                what: "poll_budget (at least 1)",
+                value: 0,
+            });
+        }
         if config.queue_pages_log2 > IQA_QS_MAX {
             return Err(Error::InvalidArgument {
                 what: "queue_pages_log2 (IQA.QS, 0..=7)",

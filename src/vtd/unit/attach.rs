@@ -228,7 +228,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
             if current == new {
                 return Ok(());
             }
-            if opts.exclusive {
+            if opts.exclusive && current.did() != dom.did {
                 return Err(Error::EntryPresent { word0: current.lo });
             }
         }
@@ -275,7 +275,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
             if current == new {
                 return Ok(());
             }
-            if opts.exclusive {
+            if opts.exclusive && current.did() != dom.did {
                 return Err(Error::EntryPresent {
                     word0: current.qw[0],
                 });
