@@ -77,6 +77,23 @@ fn setup_edu() -> Result<edu::Edu, Fail> {
     let Some(bdf) = pci::find(&Cf8, pci::EDU_VENDOR, pci::EDU_DEVICE, (0, 4, 0)) else {
         crate::bail!("edu (1234:11e8) not found on bus 0");
     };
+    edu_at(bdf)
+}
+
+/// A second `edu` at 00:05.0 (scenarios that need two requesters add
+/// `-device edu,addr=05.0,...`).
+pub fn second_edu() -> Result<edu::Edu, Fail> {
+    let bdf = (0, 5, 0);
+    let want = u32::from(pci::EDU_DEVICE) << 16 | u32::from(pci::EDU_VENDOR);
+    let id = pci::ConfigSpace::read32(&Cf8, bdf, 0);
+    if id != want {
+        crate::bail!("no second edu at 00:05.0 (id {id:#x})");
+    }
+    edu_at(bdf)
+}
+
+/// Enables decoding and bus mastering of the `edu` at `bdf` and maps its BAR0.
+fn edu_at(bdf: pci::Bdf) -> Result<edu::Edu, Fail> {
     let bar = match pci::bar0(&Cf8, bdf)? {
         Some(b) if b < 1 << 32 && (1u64 << 31..0xFEC0_0000).contains(&b) => b,
         Some(b) => crate::bail!("edu BAR0 {b:#x} outside the uncached 2-4 GiB window"),

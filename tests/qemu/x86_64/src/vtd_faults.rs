@@ -30,6 +30,8 @@ use crate::{bail, ensure, println};
 
 /// Source-id (requester ID) of `edu` at 00:04.0.
 pub const EDU_SID: u16 = 0x20;
+/// Source-id of the second `edu`, at 00:05.0, in the scenarios that add one.
+pub const EDU2_SID: u16 = 0x28;
 
 /// Most records one drain keeps (QEMU has one register; a real unit may have more).
 const MAX_RECORDS: usize = 16;
@@ -179,6 +181,18 @@ impl FaultReader {
         iova: u64,
         kind: RequestKind,
     ) -> Result<FaultRecord, Fail> {
+        self.expect_from(EDU_SID, when, reasons, iova, kind)
+    }
+
+    /// As [`FaultReader::expect_one_of`], for the requester `sid`.
+    pub fn expect_from(
+        &self,
+        sid: u16,
+        when: &str,
+        reasons: &[FaultReason],
+        iova: u64,
+        kind: RequestKind,
+    ) -> Result<FaultRecord, Fail> {
         let f = self.drain();
         let Some(r) = f.first() else {
             bail!(
@@ -202,8 +216,8 @@ impl FaultReader {
             reasons
         );
         ensure!(
-            r.source_id().get() == EDU_SID,
-            "{when}: fault source-id {:#06x}, expected {EDU_SID:#06x}",
+            r.source_id().get() == sid,
+            "{when}: fault source-id {:#06x}, expected {sid:#06x}",
             r.source_id().get()
         );
         ensure!(

@@ -16,17 +16,18 @@ use iommu_engine::ioasid::{
     DeviceHandle, DeviceLabel, Error as IoError, Incompatibility, IoasidCtx, IoasidFlags, IoasidId,
     Registry, UnitId,
 };
-use iommu_engine::iommu::{DeviceId, DomainHandle, Iommu, Missing};
+use iommu_engine::iommu::{DeviceId, DomainHandle, Iommu, Missing, Pasid};
 use iommu_engine::mem::{Iova, PageAllocator, PhysAddr};
 use iommu_engine::pgtable::Prot;
 use iommu_engine::vtd::cap::{CapFlags, Sllps};
+use iommu_engine::vtd::ecap::EcapFlags;
 use iommu_engine::vtd::fault::{FaultReason, RequestKind};
 
 use crate::alloc::PageArena;
 use crate::dma_check::{self, roundtrip, Buf, GUARD, PAGE};
 use crate::edu::Edu;
 use crate::scenario::{Ctx, Fail, Scenario};
-use crate::vtd_faults::{FaultReader, Walk, EDU_SID};
+use crate::vtd_faults::{FaultReader, Walk, EDU2_SID, EDU_SID};
 use crate::vtd_unit::{self, Unit};
 use crate::{bail, ensure, println};
 
@@ -117,6 +118,16 @@ pub static VTD_TABLE: &[Scenario] = &[
         name: "vtd_split_2m",
         run: split_2m,
     },
+    Scenario {
+        id: 117,
+        name: "vtd_two_devices",
+        run: two_devices,
+    },
+    Scenario {
+        id: 118,
+        name: "vtd_pasid_attach",
+        run: pasid_attach,
+    },
 ];
 
 /// Low IOVAs (below 4 GiB, far from any guest PA, outside the interrupt window).
@@ -171,8 +182,8 @@ fn with_vtd(g: &mut Ctx, f: impl FnOnce(&Vtd<'_, '_, '_>) -> Result<(), Fail>) -
     let unit = vtd_unit::create(g)?;
     {
         let units: [&dyn Iommu; 1] = [&unit];
-        let registry = Registry::new(&units, 0).or_fail("registry")?;
-        let ctx = IoasidCtx::new(&registry, g.alloc, 0);
+        let registry = Registry::new(&units, Pasid::BITS).or_fail("registry")?;
+        let ctx = IoasidCtx::new(&registry, g.alloc, 4);
         let dev = ctx
             .bind(
                 DeviceLabel {
@@ -968,6 +979,132 @@ fn split_2m(g: &mut Ctx) -> Result<(), Fail> {
         v.unmap(io, IOVA_2M, hole - IOVA_2M)?;
         v.unmap(io, hole + 4096, IOVA_2M + M2 - hole - 4096)?;
         v.unmap(io, IOVA_A, 4096)?;
+        Ok(())
+    })
+}
+
+/// Two requesters (a second `edu` at 00:05.0, RID 0x28): first sharing one IOASID (one domain),
+/// then on two IOASIDs at once (two live domains, two DIDs). Each DMA lands in the page of its
+/// own device's IOASID; an unmap in one domain blocks only that device; detaching one device
+/// blocks it (its fault record names its RID) and leaves the other working.
+fn two_devices(g: &mut Ctx) -> Result<(), Fail> {
+    with_vtd(g, |v| {
+        let edu2 = crate::second_edu()?;
+        let dev2 = v
+            .ctx
+            .bind(
+                DeviceLabel {
+                    unit: UnitId(0),
+                    id: DeviceId(u32::from(EDU2_SID)),
+                },
+                false,
+            )
+            .or_fail("bind the second edu")?;
+        let (src, in_a, in_b) = (v.buf()?, v.buf()?, v.buf()?);
+        let a = v.alloc(IoasidFlags::empty())?;
+        v.map(a, IOVA_A, src.pa(), 4096, Prot::READ)?;
+        v.map(a, IOVA_B, in_a.pa(), 4096, Prot::READ | Prot::WRITE)?;
+        v.attach(a)?;
+        v.ctx.attach(dev2, a).or_fail("attach the second edu")?;
+        v.only_domain()?;
+        roundtrip(v.edu, &src, IOVA_A, 0, &in_a, IOVA_B, 0, LEN, 29)?;
+        roundtrip(&edu2, &src, IOVA_A, 0, &in_a, IOVA_B + 0x10, 0x10, LEN, 30)?;
+
+        let b = v.alloc(IoasidFlags::empty())?;
+        v.map(b, IOVA_A, src.pa(), 4096, Prot::READ)?;
+        v.map(b, IOVA_B, in_b.pa(), 4096, Prot::READ | Prot::WRITE)?;
+        v.ctx.attach(dev2, b).or_fail("move the second edu")?;
+        let dids: [Option<u16>; 2] =
+            core::array::from_fn(|h| v.unit.domain_id(DomainHandle(h as u16)).map(|d| d.get()));
+        println!("two live domains, DIDs {dids:?}");
+        ensure!(
+            dids[0].is_some() && dids[1].is_some() && dids[0] != dids[1],
+            "two IOASIDs attached at once should have two DIDs: {dids:?}"
+        );
+        for round in 0..2u8 {
+            in_b.fill(GUARD);
+            roundtrip(v.edu, &src, IOVA_A, 0, &in_a, IOVA_B, 0, LEN, 31 + round)?;
+            in_b.check_all("B's page after edu 1's DMA", GUARD)?;
+            in_a.fill(GUARD);
+            roundtrip(&edu2, &src, IOVA_A, 0, &in_b, IOVA_B, 0, LEN, 33 + round)?;
+            in_a.check_all("A's page after edu 2's DMA", GUARD)?;
+        }
+
+        // An unmap in A blocks edu 1 only.
+        v.unmap(a, IOVA_B, 4096)?;
+        v.write_faults(
+            "edu 1 after A's unmap",
+            IOVA_B,
+            &[v.walk().write_unmapped()],
+            &in_a,
+        )?;
+        roundtrip(&edu2, &src, IOVA_A, 0, &in_b, IOVA_B + 0x20, 0x20, LEN, 35)?;
+
+        // Detaching edu 2 blocks it, with its own RID in the record; edu 1 keeps working.
+        v.ctx.detach(dev2).or_fail("detach the second edu")?;
+        in_b.fill(GUARD);
+        dma_check::from_device(&edu2, IOVA_B, 64)?;
+        v.faults.expect_from(
+            EDU2_SID,
+            "edu 2 after detach",
+            BLOCKED,
+            IOVA_B,
+            RequestKind::Write,
+        )?;
+        in_b.check_all("edu 2's write after detach", GUARD)?;
+        v.map(a, IOVA_B, in_a.pa(), 4096, Prot::READ | Prot::WRITE)?;
+        roundtrip(v.edu, &src, IOVA_A, 0, &in_a, IOVA_B + 0x30, 0x30, LEN, 36)?;
+        v.ctx.unbind(dev2).or_fail("unbind the second edu")?;
+        Ok(())
+    })
+}
+
+/// A PASID attachment next to the device's RID attachment. Where the unit cannot take it
+/// (legacy mode; no PASID support, QEMU's `x-pasid-mode=off`; no first stage for a PASID
+/// IOASID) the attach is refused as `Incompatible`; where it can (`x-flts=on,x-pasid-mode=on`)
+/// it is made and undone. Either way requests without PASID (all `edu` makes) keep landing in
+/// the RID's IOASID: the PASID entry written beside `RID_PASID`'s must not disturb it.
+fn pasid_attach(g: &mut Ctx) -> Result<(), Fail> {
+    with_vtd(g, |v| {
+        let (src, in_rid, in_pasid) = (v.buf()?, v.buf()?, v.buf()?);
+        let rid = v.alloc(IoasidFlags::empty())?;
+        v.map(rid, IOVA_A, src.pa(), 4096, Prot::READ)?;
+        v.map(rid, IOVA_B, in_rid.pa(), 4096, Prot::READ | Prot::WRITE)?;
+        v.attach(rid)?;
+        roundtrip(v.edu, &src, IOVA_A, 0, &in_rid, IOVA_B, 0, LEN, 37)?;
+
+        let caps = v
+            .ctx
+            .device_info(v.dev)
+            .or_fail("device_info")?
+            .capabilities;
+        let first_stage = v.faults.ecap().flags().contains(EcapFlags::FLTS);
+        let expect_ok = caps.pasid_bits > 0 && first_stage;
+        println!(
+            "unit PASID bits {}, first stage {first_stage}: attach expected to {}",
+            caps.pasid_bits,
+            if expect_ok { "work" } else { "be refused" }
+        );
+        let pasid = v.ctx.alloc_pasid().or_fail("alloc_pasid")?;
+        let pio = v.alloc(IoasidFlags::PASID)?;
+        v.map(pio, IOVA_B, in_pasid.pa(), 4096, Prot::READ | Prot::WRITE)?;
+        let r = v.ctx.attach_pasid(v.dev, pasid, pio);
+        match (&r, expect_ok) {
+            (Ok(()), true) => println!("PASID {} attached", pasid.get()),
+            (Err(IoError::Incompatible { device, reason }), false) if *device == v.dev => {
+                println!("PASID {} refused: {reason}", pasid.get())
+            }
+            (r, _) => bail!("attach_pasid({}) gave {r:?}", pasid.get()),
+        }
+        for round in 0..2u8 {
+            in_pasid.fill(GUARD);
+            roundtrip(v.edu, &src, IOVA_A, 0, &in_rid, IOVA_B, 0, LEN, 38 + round)?;
+            in_pasid.check_all("the PASID IOASID's page", GUARD)?;
+            if r.is_ok() && round == 0 {
+                v.ctx.detach_pasid(v.dev, pasid).or_fail("detach_pasid")?;
+            }
+        }
+        v.ctx.free_pasid(pasid).or_fail("free_pasid")?;
         Ok(())
     })
 }
