@@ -92,6 +92,27 @@ pub fn second_edu() -> Result<edu::Edu, Fail> {
     edu_at(bdf)
 }
 
+/// An `edu` behind the PCIe root port at 00:06.0, at function 0 of the port's secondary bus
+/// (scenarios that need a requester on another bus add `-device pcie-root-port,id=rp1,...,
+/// addr=06.0 -device edu,bus=rp1,addr=00.0,...`). The port forwards the device's DMA only with
+/// its own bus mastering on.
+pub fn edu_behind_root_port() -> Result<edu::Edu, Fail> {
+    let port = (0, 6, 0);
+    let secondary = (pci::ConfigSpace::read32(&Cf8, port, 0x18) >> 8) as u8;
+    if secondary == 0 {
+        crate::bail!("no bridge with a secondary bus at 00:06.0");
+    }
+    let cmd = pci::enable_mem_and_master(&Cf8, port);
+    println!("root port 00:06.0: secondary bus {secondary}, command {cmd:#06x}");
+    let bdf = (secondary, 0, 0);
+    let want = u32::from(pci::EDU_DEVICE) << 16 | u32::from(pci::EDU_VENDOR);
+    let id = pci::ConfigSpace::read32(&Cf8, bdf, 0);
+    if id != want {
+        crate::bail!("no edu at {secondary:02x}:00.0 (id {id:#x})");
+    }
+    edu_at(bdf)
+}
+
 /// Enables decoding and bus mastering of the `edu` at `bdf` and maps its BAR0.
 fn edu_at(bdf: pci::Bdf) -> Result<edu::Edu, Fail> {
     let bar = match pci::bar0(&Cf8, bdf)? {

@@ -128,6 +128,11 @@ pub static VTD_TABLE: &[Scenario] = &[
         name: "vtd_pasid_attach",
         run: pasid_attach,
     },
+    Scenario {
+        id: 119,
+        name: "vtd_other_bus",
+        run: other_bus,
+    },
 ];
 
 /// Low IOVAs (below 4 GiB, far from any guest PA, outside the interrupt window).
@@ -271,6 +276,24 @@ impl Vtd<'_, '_, '_> {
         dma_check::from_device(self.edu, iova, 64)?;
         self.faults
             .expect_one_of(when, reasons, iova, RequestKind::Write)?;
+        victim.check_all(when, GUARD)
+    }
+
+    /// A write DMA by `edu` (RID `sid`) to `iova` must fault with one of `reasons` and leave
+    /// `victim` untouched.
+    fn write_faults_from(
+        &self,
+        edu: &Edu,
+        sid: u16,
+        when: &str,
+        iova: u64,
+        reasons: &[FaultReason],
+        victim: &Buf,
+    ) -> Result<(), Fail> {
+        victim.fill(GUARD);
+        dma_check::from_device(edu, iova, 64)?;
+        self.faults
+            .expect_from(sid, when, reasons, iova, RequestKind::Write)?;
         victim.check_all(when, GUARD)
     }
 
@@ -1105,6 +1128,101 @@ fn pasid_attach(g: &mut Ctx) -> Result<(), Fail> {
             }
         }
         v.ctx.free_pasid(pasid).or_fail("free_pasid")?;
+        Ok(())
+    })
+}
+
+/// A requester on another bus (an `edu` behind a PCIe root port, RID bus:00.0): its DMA goes
+/// through the root entry of its own bus. It works once attached, faults with its own RID in
+/// the record, and the bus-0 `edu` on another IOASID is not affected by either.
+fn other_bus(g: &mut Ctx) -> Result<(), Fail> {
+    with_vtd(g, |v| {
+        let far = crate::edu_behind_root_port()?;
+        let (bus, dev, func) = far.bdf;
+        let sid = u16::from(bus) << 8 | u16::from(dev) << 3 | u16::from(func);
+        let dev_far = v
+            .ctx
+            .bind(
+                DeviceLabel {
+                    unit: UnitId(0),
+                    id: DeviceId(u32::from(sid)),
+                },
+                false,
+            )
+            .or_fail("bind the edu behind the root port")?;
+        let (src, near_page, far_page) = (v.buf()?, v.buf()?, v.buf()?);
+        let (near, far_io) = (
+            v.alloc(IoasidFlags::empty())?,
+            v.alloc(IoasidFlags::empty())?,
+        );
+        for (io, page) in [(near, &near_page), (far_io, &far_page)] {
+            v.map(io, IOVA_A, src.pa(), 4096, Prot::READ)?;
+            v.map(io, IOVA_B, page.pa(), 4096, Prot::READ | Prot::WRITE)?;
+        }
+        // Not attached yet: blocked, and the record names the far RID.
+        far_page.fill(GUARD);
+        dma_check::from_device(&far, IOVA_B, 64)?;
+        v.faults.expect_from(
+            sid,
+            "far edu before attach",
+            BLOCKED,
+            IOVA_B,
+            RequestKind::Write,
+        )?;
+        far_page.check_all("far edu's write before attach", GUARD)?;
+        v.attach(near)?;
+        v.ctx
+            .attach(dev_far, far_io)
+            .or_fail("attach the far edu")?;
+        println!("far edu RID {sid:#06x} attached");
+        for round in 0..2u8 {
+            near_page.fill(GUARD);
+            roundtrip(&far, &src, IOVA_A, 0, &far_page, IOVA_B, 0, LEN, 40 + round)?;
+            near_page.check_all("the near edu's page", GUARD)?;
+            far_page.fill(GUARD);
+            roundtrip(
+                v.edu,
+                &src,
+                IOVA_A,
+                0,
+                &near_page,
+                IOVA_B,
+                0,
+                LEN,
+                42 + round,
+            )?;
+            far_page.check_all("the far edu's page", GUARD)?;
+        }
+        v.unmap(far_io, IOVA_B, 4096)?;
+        v.write_faults_from(
+            &far,
+            sid,
+            "far edu after unmap",
+            IOVA_B,
+            &[v.walk().write_unmapped()],
+            &far_page,
+        )?;
+        v.ctx.detach(dev_far).or_fail("detach the far edu")?;
+        v.write_faults_from(
+            &far,
+            sid,
+            "far edu after detach",
+            IOVA_B,
+            BLOCKED,
+            &far_page,
+        )?;
+        roundtrip(
+            v.edu,
+            &src,
+            IOVA_A,
+            0,
+            &near_page,
+            IOVA_B + 0x40,
+            0x40,
+            LEN,
+            44,
+        )?;
+        v.ctx.unbind(dev_far).or_fail("unbind the far edu")?;
         Ok(())
     })
 }
