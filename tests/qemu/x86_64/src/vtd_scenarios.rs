@@ -22,6 +22,7 @@ use iommu_engine::pgtable::Prot;
 use iommu_engine::vtd::cap::{CapFlags, Sllps};
 use iommu_engine::vtd::ecap::EcapFlags;
 use iommu_engine::vtd::fault::{FaultReason, RequestKind};
+use iommu_engine::vtd::unit::DEFAULT_DOMAINS;
 
 use crate::alloc::PageArena;
 use crate::dma_check::{self, roundtrip, Buf, GUARD, PAGE};
@@ -31,7 +32,7 @@ use crate::vtd_faults::{FaultReader, Walk, EDU2_SID, EDU_SID};
 use crate::vtd_unit::{self, Unit};
 use crate::{bail, ensure, println};
 
-/// The VT-d scenarios, appended to the guest's table.
+/// The VT-d scenarios; `main.rs` looks numbers 100-199 up here.
 pub static VTD_TABLE: &[Scenario] = &[
     Scenario {
         id: 100,
@@ -157,6 +158,11 @@ impl<T, E: Display> OrFail<T> for Result<T, E> {
     }
 }
 
+/// Every handle a unit with the default number of domains can give out.
+fn handles() -> impl Iterator<Item = DomainHandle> {
+    (0..DEFAULT_DOMAINS as u16).map(DomainHandle)
+}
+
 /// What a scenario holds once the unit is up and `edu` is bound.
 struct Vtd<'c, 'r, 'a> {
     unit: &'a Unit,
@@ -210,8 +216,11 @@ fn with_vtd(g: &mut Ctx, f: impl FnOnce(&Vtd<'_, '_, '_>) -> Result<(), Fail>) -
         faults.expect_none("end of scenario")?;
     }
     // Dropping the context detached edu and freed every domain it built.
-    if let Some(h) = (0..64u16).find(|&h| unit.domain_geometry(DomainHandle(h)).is_ok()) {
-        bail!("domain {h} still allocated after the IOASID context was dropped");
+    if let Some(h) = handles().find(|&h| unit.domain_geometry(h).is_ok()) {
+        bail!(
+            "domain {} still allocated after the IOASID context was dropped",
+            h.0
+        );
     }
     vtd_unit::destroy(unit)?;
     let leaked = g.alloc.live_frames().saturating_sub(live_before);
@@ -300,8 +309,7 @@ impl Vtd<'_, '_, '_> {
     /// The leaf size, in log2 bytes, the unit's table holds at `iova` (found through the
     /// `Iommu` trait on every domain handle the unit knows).
     fn leaf_size(&self, iova: u64) -> Option<u32> {
-        (0..=64u16).find_map(|h| {
-            let d = DomainHandle(h);
+        handles().find_map(|d| {
             self.unit.domain_geometry(d).ok()?;
             self.unit.query(d, Iova::new(iova)).map(|m| m.size_log2)
         })
@@ -310,10 +318,10 @@ impl Vtd<'_, '_, '_> {
     /// The unit's only live domain (the one behind the attached IOASID) and its input width.
     fn only_domain(&self) -> Result<(DomainHandle, u32), Fail> {
         let mut found = None;
-        for h in 0..=64u16 {
-            if let Ok((bits, _)) = self.unit.domain_geometry(DomainHandle(h)) {
+        for h in handles() {
+            if let Ok((bits, _)) = self.unit.domain_geometry(h) {
                 ensure!(found.is_none(), "more than one live domain");
-                found = Some((DomainHandle(h), bits));
+                found = Some((h, bits));
             }
         }
         found.ok_or_else(|| Fail::new(format_args!("no live domain")))
@@ -1037,11 +1045,16 @@ fn two_devices(g: &mut Ctx) -> Result<(), Fail> {
         v.map(b, IOVA_A, src.pa(), 4096, Prot::READ)?;
         v.map(b, IOVA_B, in_b.pa(), 4096, Prot::READ | Prot::WRITE)?;
         v.ctx.attach(dev2, b).or_fail("move the second edu")?;
-        let dids: [Option<u16>; 2] =
-            core::array::from_fn(|h| v.unit.domain_id(DomainHandle(h as u16)).map(|d| d.get()));
+        let mut dids = [None; 3];
+        for (slot, did) in dids
+            .iter_mut()
+            .zip(handles().filter_map(|h| v.unit.domain_id(h)))
+        {
+            *slot = Some(did.get());
+        }
         println!("two live domains, DIDs {dids:?}");
         ensure!(
-            dids[0].is_some() && dids[1].is_some() && dids[0] != dids[1],
+            dids[0].is_some() && dids[1].is_some() && dids[2].is_none() && dids[0] != dids[1],
             "two IOASIDs attached at once should have two DIDs: {dids:?}"
         );
         for round in 0..2u8 {
