@@ -5,15 +5,20 @@
 //! - while a record from a source-id is pending (`F` set), further faults from that source-id
 //!   are *collapsed* (dropped), so a scenario drains after every faulting DMA;
 //! - when the register is full and a fault from another requester arrives, `FSTS.PFO` is set;
-//! - `T` (bit 126) is set for reads, clear for writes; `FI` is the faulting page; `PP`/`PV` are
-//!   set only for requests with PASID (never for `edu`);
+//! - `T` (bit 126) is set for reads, clear for writes; `FI` is the faulting page;
+//! - in scalable mode a translation fault (found while walking the page table) of a request
+//!   without PASID -- the only kind `edu` makes -- has `PP` set and `PV` = the context entry's
+//!   `RID_PASID`; faults found earlier (root, context, PASID entries) and legacy-mode faults
+//!   have `PP` clear;
 //! - reason codes: second-stage walks report the legacy codes in both legacy and scalable mode
 //!   (0x5 write / 0x6 read for a not-present or read-only entry -- the permission check comes
-//!   before the reserved-bit check -- and 0xC for a reserved bit, e.g. SNP with `ECAP.SC = 0`
-//!   in legacy mode); first-stage walks (`x-flts=on`) report 0x71 (entry not present), 0x85
-//!   (write to a read-only page), 0x81 (U/S clear), 0x72 (reserved bit), 0x80 (non-canonical);
-//!   a not-present context entry is 0x2 in both modes; a PASID entry is type-checked before its
-//   `P` bit, so a cleared entry (PGTT 0) gives 0x5B rather than 0x59.
+//!   before the reserved-bit check -- 0x4 beyond the address width, and 0xC for a reserved bit,
+//!   e.g. SNP with `ECAP.SC = 0` in legacy mode); first-stage walks (`x-flts=on`) report 0x71
+//!   (entry not present), 0x85 (write to a read-only page), 0x81 (U/S clear), 0x72 (reserved
+//!   bit), 0x80 (non-canonical); a not-present root entry is 0x1 and a not-present context
+//!   entry 0x2 in both modes; a PASID entry is type-checked before its `P` bit, so a cleared
+//!   entry (PGTT 0) gives 0x5B rather than 0x59;
+//! - a write through a read-only translation already in its IOTLB is dropped without a record.
 
 use core::ptr::NonNull;
 
