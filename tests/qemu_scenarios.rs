@@ -140,6 +140,13 @@ scenarios! {
     aarch64_edu_dma_identity_smmu_off => (Aarch64, 3, "edu_dma_identity", "virt,iommu=smmuv3", []);
     aarch64_smmu_regs => (Aarch64, 4, "smmu_regs", "virt,iommu=smmuv3", []);
     aarch64_smmu_regs_stage2 => (Aarch64, 4, "smmu_regs", "virt-9.1,iommu=smmuv3", ["-global", "arm-smmuv3.stage=2"]);
+
+    // SMMUv3: guest numbers 200-299 from tests/qemu/aarch64/src/smmu_scenarios.rs. Machines:
+    // `virt` (10.0: stage=nested forced, S1P+S2P), `virt-9.1` (stage 1 only),
+    // `virt-9.1` + `-global arm-smmuv3.stage=2` (stage 2 only).
+    aarch64_smmu_idr_nested => (Aarch64, 200, "smmu_idr", "virt,iommu=smmuv3", []);
+    aarch64_smmu_idr_s1 => (Aarch64, 200, "smmu_idr", "virt-9.1,iommu=smmuv3", []);
+    aarch64_smmu_idr_s2 => (Aarch64, 200, "smmu_idr", "virt-9.1,iommu=smmuv3", ["-global", "arm-smmuv3.stage=2"]);
 }
 
 /// Why an architecture's guest cannot run.

@@ -12,7 +12,10 @@
 
 mod arch;
 mod boot;
+mod dma;
+mod events;
 mod scenarios;
+mod smmu_scenarios;
 
 #[path = "../../common/alloc.rs"]
 #[allow(dead_code)] // shared with the x86_64 guest

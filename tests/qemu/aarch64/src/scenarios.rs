@@ -27,6 +27,12 @@ pub static TABLE: &[Scenario] = &[
         name: "smmu_regs",
         run: smmu_regs,
     },
+    // SMMUv3 scenarios: 200-299 (smmu_scenarios.rs).
+    Scenario {
+        id: 200,
+        name: "smmu_idr",
+        run: crate::smmu_scenarios::smmu_idr,
+    },
 ];
 
 /// The SMMUv3 register window answers (Device memory): IDR0/1/5, the SMMU is disabled and lets
