@@ -100,3 +100,442 @@ pub fn smmu_idr(ctx: &mut Ctx) -> Result<(), Fail> {
     );
     check_gerror(&r, "at boot")
 }
+
+// -----------------------------------------------------------------------------------------------
+// DMA through the crate's IOASID layer.
+
+use iommu_engine::ioasid::{Error as IoError, Incompatibility, IoasidFlags};
+use iommu_engine::iommu::Missing;
+use iommu_engine::mem::Iova;
+use iommu_engine::pgtable::Prot;
+use iommu_engine::smmuv3::event::EventType;
+
+use crate::dma::{load_then_write, pattern, read_iova, roundtrip, write_iova, DmaBuf, GUARD};
+use crate::events::Expect;
+use crate::smmu_env::{run, Env, StreamTableFormat};
+
+const RO: Prot = Prot::READ;
+const RW: Prot = Prot::READ.union(Prot::WRITE);
+/// Length of transfers that must fault: short, since QEMU records one event per 4 bytes.
+const FAULT_LEN: usize = 16;
+
+/// IOVAs far from any guest physical address (RAM is 0x4000_0000-0x4800_0000), below 2^39 so
+/// every stage and start level QEMU accepts can hold them, and in different level-1 and
+/// level-2 slots so that several table pages are built.
+const IOVA_SRC: u64 = 0x12_3456_0000;
+const IOVA_DST: u64 = 0x0_9abc_d000;
+const IOVA_BLOCK: u64 = 0x23_4560_0000;
+const IOVA_HOLE: u64 = 0x31_0000_0000;
+
+fn iova(v: u64) -> Iova {
+    Iova::new(v)
+}
+
+fn io<T>(what: &str, r: Result<T, IoError>) -> Result<T, Fail> {
+    r.map_err(|e| Fail::new(format_args!("{what}: {e}")))
+}
+
+/// A fault the device's StreamID must have caused at `[addr, addr + FAULT_LEN)`.
+fn fault(env: &Env<'_, '_, '_>, what: &'static str, kind: EventType, addr: u64, read: bool) -> Expect {
+    Expect {
+        what,
+        kind,
+        sid: env.sid,
+        addr,
+        len: FAULT_LEN as u64,
+        read,
+        stage2: Some(env.stage2),
+    }
+}
+
+fn linear(ctx: &mut Ctx, body: fn(&Env<'_, '_, '_>) -> Result<(), Fail>) -> Result<(), Fail> {
+    run(ctx, StreamTableFormat::Linear, body)
+}
+
+fn two_level(ctx: &mut Ctx, body: fn(&Env<'_, '_, '_>) -> Result<(), Fail>) -> Result<(), Fail> {
+    run(ctx, StreamTableFormat::TwoLevel, body)
+}
+
+/// 4 KiB pages, both directions, at IOVA != PA: a transfer crossing an IOVA page boundary
+/// whose two pages map to physical pages in the opposite order lands split exactly there; one
+/// mapping made before the attach (copied into the new domain), one after; no event.
+pub fn smmu_dma_4k(ctx: &mut Ctx) -> Result<(), Fail> {
+    linear(ctx, dma_4k)
+}
+
+/// [`smmu_dma_4k`] with a two-level stream table.
+pub fn smmu_dma_4k_2lvl(ctx: &mut Ctx) -> Result<(), Fail> {
+    two_level(ctx, dma_4k)
+}
+
+fn dma_4k(env: &Env<'_, '_, '_>) -> Result<(), Fail> {
+    let (src, dst) = (env.buf(12)?, env.buf(12)?);
+    // Two destination pages, mapped in reverse physical order at IOVA_DST and IOVA_DST + 4K.
+    let (lo, hi) = (env.buf(12)?, env.buf(12)?);
+    let a = io("alloc", env.io.alloc(IoasidFlags::empty()))?;
+    io("map src", env.io.map(a, iova(IOVA_SRC), src.pa(0), 4096, RO))?;
+    io("attach", env.io.attach(env.dev, a))?;
+    io("map dst", env.io.map(a, iova(IOVA_DST), hi.pa(0), 4096, RW))?;
+    io(
+        "map dst+4K",
+        env.io.map(a, iova(IOVA_DST + 4096), lo.pa(0), 4096, RW),
+    )?;
+    io("map dst2", env.io.map(a, iova(IOVA_HOLE), dst.pa(0), 4096, RW))?;
+
+    // Inside one page, odd offsets and length.
+    roundtrip(
+        env.edu,
+        &src,
+        0x123,
+        iova(IOVA_SRC + 0x123),
+        &dst,
+        0x456,
+        iova(IOVA_HOLE + 0x456),
+        0x9a7,
+        1,
+    )?;
+    // Across the IOVA page boundary: the first 0x300 bytes land at the end of `hi`, the rest at
+    // the start of `lo`.
+    let (off, len) = (0xd00usize, 0x800usize);
+    src.fill(0, len, 2);
+    hi.guard_all();
+    lo.guard_all();
+    read_iova(env.edu, iova(IOVA_SRC), len)?;
+    write_iova(env.edu, iova(IOVA_DST + off as u64), len)?;
+    let first = 4096 - off;
+    for i in 0..4096 {
+        let want_hi = if i >= off { pattern(2, i - off) } else { GUARD };
+        let want_lo = if i < len - first { pattern(2, first + i) } else { GUARD };
+        let (got_hi, got_lo) = (hi.get(i), lo.get(i));
+        ensure!(
+            got_hi == want_hi && got_lo == want_lo,
+            "byte {i:#x}: page at IOVA_DST {got_hi:#04x} (want {want_hi:#04x}), at IOVA_DST+4K {got_lo:#04x} (want {want_lo:#04x})"
+        );
+    }
+    dst.expect(0x456, 0x9a7, 1, true)?;
+    env.events("4K transfers")?.expect_none("4K transfers")?;
+    Ok(())
+}
+
+/// A 2 MiB mapping (a block where the domain allows it): transfers at its start, middle and
+/// end land at the block's physical address plus the offset; unmapping one 4 KiB page inside
+/// it (after a transfer there filled QEMU's TLB with the block) splits the block: the hole
+/// faults with a translation event, its neighbours still land.
+pub fn smmu_dma_2m(ctx: &mut Ctx) -> Result<(), Fail> {
+    linear(ctx, dma_2m)
+}
+
+fn dma_2m(env: &Env<'_, '_, '_>) -> Result<(), Fail> {
+    const BLOCK: u64 = 1 << 21;
+    let big = env.buf(21)?;
+    let src = env.buf(12)?;
+    let a = io("alloc", env.io.alloc(IoasidFlags::empty()))?;
+    io("attach", env.io.attach(env.dev, a))?;
+    io("map block", env.io.map(a, iova(IOVA_BLOCK), big.pa(0), BLOCK, RW))?;
+    io("map src", env.io.map(a, iova(IOVA_SRC), src.pa(0), 4096, RO))?;
+    match io("translate", env.io.translate(a, iova(IOVA_BLOCK + 0x12_3456)))? {
+        Some(m) if m.size_log2 == 21 && m.pa == big.pa(0x12_3000) => {}
+        other => crate::bail!("IOASID says {other:x?} for the block"),
+    }
+    big.guard_all();
+    let hole = 0x10_0000usize;
+    let spots: [(usize, usize, u8); 4] = [
+        (0, 0x100, 10),
+        (hole + 0x800, 0x400, 11),
+        (0x1f_ff00 - 0x40, 0x140, 12), // up to the block's last byte
+        (0x0f_fe00, 0x400, 13),        // across a 4K boundary inside the block
+    ];
+    for &(off, len, seed) in &spots {
+        load_then_write(env.edu, &src, 0, iova(IOVA_SRC), iova(IOVA_BLOCK + off as u64), len, seed)?;
+    }
+    for &(off, len, seed) in &spots {
+        big.expect(off, len, seed, false)?;
+    }
+    env.events("block transfers")?.expect_none("block transfers")?;
+
+    // Punch a 4K hole in the middle of the block.
+    let n = io("unmap 4K in block", env.io.unmap(a, iova(IOVA_BLOCK + hole as u64), 4096))?;
+    ensure!(n == 4096, "unmap of one page inside the block removed {n:#x} bytes");
+    big.guard_all();
+    load_then_write(env.edu, &src, 0, iova(IOVA_SRC), iova(IOVA_BLOCK + hole as u64 + 0x40), FAULT_LEN, 14)?;
+    let ev = env.events("write into the hole")?;
+    ev.expect_faults(&fault(env, "write into the hole", EventType::FTranslation, IOVA_BLOCK + hole as u64 + 0x40, false))?;
+    big.expect_untouched()?;
+    // Both neighbours of the hole still translate.
+    load_then_write(env.edu, &src, 0, iova(IOVA_SRC), iova(IOVA_BLOCK + hole as u64 - 0x80), 0x80, 15)?;
+    load_then_write(env.edu, &src, 0, iova(IOVA_SRC), iova(IOVA_BLOCK + hole as u64 + 0x1000), 0x80, 16)?;
+    big.expect(hole - 0x80, 0x80, 15, false)?;
+    big.expect(hole + 0x1000, 0x80, 16, false)?;
+    for i in hole..hole + 0x1000 {
+        ensure!(big.get(i) == GUARD, "byte {i:#x} of the hole was written");
+    }
+    env.events("around the hole")?.expect_none("around the hole")?;
+    Ok(())
+}
+
+/// A write and a read at IOVAs nothing maps produce translation-fault records naming edu's
+/// StreamID, the faulting input address, the direction, and the stage the unit uses.
+pub fn smmu_fault_unmapped(ctx: &mut Ctx) -> Result<(), Fail> {
+    linear(ctx, fault_unmapped)
+}
+
+fn fault_unmapped(env: &Env<'_, '_, '_>) -> Result<(), Fail> {
+    let src = env.buf(12)?;
+    let a = io("alloc", env.io.alloc(IoasidFlags::empty()))?;
+    io("map src", env.io.map(a, iova(IOVA_SRC), src.pa(0), 4096, RO))?;
+    io("attach", env.io.attach(env.dev, a))?;
+    load_then_write(env.edu, &src, 0, iova(IOVA_SRC), iova(IOVA_HOLE + 0x80), FAULT_LEN, 3)?;
+    let ev = env.events("write to unmapped IOVA")?;
+    ev.print("write to unmapped IOVA");
+    ev.expect_faults(&fault(env, "write to unmapped IOVA", EventType::FTranslation, IOVA_HOLE + 0x80, false))?;
+    // The page right after a mapped one.
+    read_iova(env.edu, iova(IOVA_SRC + 0x1000), FAULT_LEN)?;
+    let ev = env.events("read from unmapped IOVA")?;
+    ev.print("read from unmapped IOVA");
+    ev.expect_faults(&fault(env, "read from unmapped IOVA", EventType::FTranslation, IOVA_SRC + 0x1000, true))?;
+    Ok(())
+}
+
+/// A read-only mapping can be read; a write to it produces a permission-fault record (edu's
+/// StreamID, the address, RnW = 0) and leaves the page unchanged.
+pub fn smmu_fault_readonly(ctx: &mut Ctx) -> Result<(), Fail> {
+    linear(ctx, fault_readonly)
+}
+
+fn fault_readonly(env: &Env<'_, '_, '_>) -> Result<(), Fail> {
+    let (ro, dst) = (env.buf(12)?, env.buf(12)?);
+    let a = io("alloc", env.io.alloc(IoasidFlags::empty()))?;
+    io("attach", env.io.attach(env.dev, a))?;
+    io("map ro", env.io.map(a, iova(IOVA_SRC), ro.pa(0), 4096, RO))?;
+    io("map dst", env.io.map(a, iova(IOVA_DST), dst.pa(0), 4096, RW))?;
+    // Readable (this also puts the read-only translation in QEMU's TLB).
+    roundtrip(env.edu, &ro, 0x40, iova(IOVA_SRC + 0x40), &dst, 0x40, iova(IOVA_DST + 0x40), 0x200, 4)?;
+    env.events("read of read-only page")?.expect_none("read of read-only page")?;
+    // Not writable: write what edu holds back to the read-only page.
+    ro.guard_all();
+    write_iova(env.edu, iova(IOVA_SRC + 0x100), FAULT_LEN)?;
+    let ev = env.events("write to read-only page")?;
+    ev.print("write to read-only page");
+    ev.expect_faults(&fault(env, "write to read-only page", EventType::FPermission, IOVA_SRC + 0x100, false))?;
+    ro.expect_untouched()
+}
+
+/// After unmap (which flushes), a transfer to the IOVA faults even though QEMU had the
+/// translation in its TLB; after remapping the same IOVA to another page, transfers in both
+/// directions use the new page and never the old one.
+pub fn smmu_unmap_remap(ctx: &mut Ctx) -> Result<(), Fail> {
+    linear(ctx, unmap_remap)
+}
+
+/// [`smmu_unmap_remap`] with a two-level stream table.
+pub fn smmu_unmap_remap_2lvl(ctx: &mut Ctx) -> Result<(), Fail> {
+    two_level(ctx, unmap_remap)
+}
+
+fn unmap_remap(env: &Env<'_, '_, '_>) -> Result<(), Fail> {
+    let (src1, src2, dst1, dst2) = (env.buf(12)?, env.buf(12)?, env.buf(12)?, env.buf(12)?);
+    let a = io("alloc", env.io.alloc(IoasidFlags::empty()))?;
+    io("attach", env.io.attach(env.dev, a))?;
+    io("map src1", env.io.map(a, iova(IOVA_SRC), src1.pa(0), 4096, RO))?;
+    io("map dst1", env.io.map(a, iova(IOVA_DST), dst1.pa(0), 4096, RW))?;
+    roundtrip(env.edu, &src1, 0, iova(IOVA_SRC), &dst1, 0x10, iova(IOVA_DST + 0x10), 0x100, 5)?;
+
+    // Unmap the destination: the write must fault, not use QEMU's cached translation.
+    let n = io("unmap dst1", env.io.unmap(a, iova(IOVA_DST), 4096))?;
+    ensure!(n == 4096, "unmap removed {n:#x} bytes");
+    dst1.guard_all();
+    write_iova(env.edu, iova(IOVA_DST + 0x10), FAULT_LEN)?;
+    let ev = env.events("write after unmap")?;
+    ev.expect_faults(&fault(env, "write after unmap", EventType::FTranslation, IOVA_DST + 0x10, false))?;
+    dst1.expect_untouched()?;
+
+    // Remap both IOVAs to other pages; the old translations must be gone.
+    io("unmap src1", env.io.unmap(a, iova(IOVA_SRC), 4096))?;
+    io("map src2", env.io.map(a, iova(IOVA_SRC), src2.pa(0), 4096, RO))?;
+    io("map dst2", env.io.map(a, iova(IOVA_DST), dst2.pa(0), 4096, RW))?;
+    src1.fill(0, 4096, 0x55); // what a stale read would fetch
+    dst1.guard_all();
+    roundtrip(env.edu, &src2, 0, iova(IOVA_SRC), &dst2, 0x10, iova(IOVA_DST + 0x10), 0x100, 6)?;
+    dst1.expect_untouched()?;
+    env.events("after remap")?.expect_none("after remap")?;
+    Ok(())
+}
+
+/// Range invalidation: 16 pages are mapped and all of them used (QEMU caches each), then one
+/// unmap removes all 16 with one flush (range TLBI when the unit has RIL, which QEMU
+/// advertises); the first, a middle and the last page all fault afterwards.
+pub fn smmu_range_inval(ctx: &mut Ctx) -> Result<(), Fail> {
+    linear(ctx, range_inval)
+}
+
+fn range_inval(env: &Env<'_, '_, '_>) -> Result<(), Fail> {
+    const PAGES: usize = 16;
+    let big = env.buf(16)?; // 64 KiB
+    let src = env.buf(12)?;
+    let a = io("alloc", env.io.alloc(IoasidFlags::empty()))?;
+    io("attach", env.io.attach(env.dev, a))?;
+    io("map src", env.io.map(a, iova(IOVA_SRC), src.pa(0), 4096, RO))?;
+    io(
+        "map 16 pages",
+        env.io.map(a, iova(IOVA_DST), big.pa(0), (PAGES * 4096) as u64, RW),
+    )?;
+    big.guard_all();
+    src.fill(0, 4096, 7);
+    read_iova(env.edu, iova(IOVA_SRC), 4096)?;
+    // Each 4K write at +2K spans two pages: 8 writes touch all 16.
+    for i in 0..PAGES / 2 {
+        write_iova(env.edu, iova(IOVA_DST + (i * 0x2000 + 0x800) as u64), 4096)?;
+    }
+    for i in 0..PAGES / 2 {
+        big.expect(i * 0x2000 + 0x800, 4096, 7, false)?;
+    }
+    env.events("16 pages")?.expect_none("16 pages")?;
+    let stats_before = env.commands();
+    let n = io("unmap 16 pages", env.io.unmap(a, iova(IOVA_DST), (PAGES * 4096) as u64))?;
+    ensure!(n == (PAGES * 4096) as u64, "unmap removed {n:#x} bytes");
+    let stats_after = env.commands();
+    println!("commands for the unmap: {}", stats_after.since(&stats_before));
+    big.guard_all();
+    for page in [0usize, 7, 15] {
+        let at = IOVA_DST + (page * 4096 + 0x20) as u64;
+        write_iova(env.edu, iova(at), FAULT_LEN)?;
+        let ev = env.events("write after range unmap")?;
+        ev.expect_faults(&fault(env, "write after range unmap", EventType::FTranslation, at, false))?;
+    }
+    big.expect_untouched()?;
+    env.check_range_commands(&stats_before, &stats_after, PAGES)
+}
+
+/// The driver's STE changes reach the device: detached, its DMA is blocked; attached to
+/// another IOASID (same IOVA, other page), it lands there; switched straight back (no detach in
+/// between), it lands in the first page again; and after the second IOASID's domain was freed,
+/// a third IOASID (whose domain may reuse its tag) never sees its stale translations.
+pub fn smmu_detach_reattach(ctx: &mut Ctx) -> Result<(), Fail> {
+    linear(ctx, detach_reattach)
+}
+
+/// [`smmu_detach_reattach`] with a two-level stream table.
+pub fn smmu_detach_reattach_2lvl(ctx: &mut Ctx) -> Result<(), Fail> {
+    two_level(ctx, detach_reattach)
+}
+
+fn detach_reattach(env: &Env<'_, '_, '_>) -> Result<(), Fail> {
+    let src = env.buf(12)?;
+    let (d1, d2, d3) = (env.buf(12)?, env.buf(12)?, env.buf(12)?);
+    let all = [&d1, &d2, &d3];
+    let a = io("alloc a", env.io.alloc(IoasidFlags::empty()))?;
+    let b = io("alloc b", env.io.alloc(IoasidFlags::empty()))?;
+    for (id, d) in [(a, &d1), (b, &d2)] {
+        io("map src", env.io.map(id, iova(IOVA_SRC), src.pa(0), 4096, RO))?;
+        io("map dst", env.io.map(id, iova(IOVA_DST), d.pa(0), 4096, RW))?;
+    }
+    let write = |seed: u8| -> Result<(), Fail> {
+        for d in all {
+            d.guard_all();
+        }
+        load_then_write(env.edu, &src, 0, iova(IOVA_SRC), iova(IOVA_DST + 0x30), 0x80, seed)
+    };
+    let landed_in = |which: usize, seed: u8| -> Result<(), Fail> {
+        for (k, d) in all.iter().enumerate() {
+            if k == which {
+                d.expect(0x30, 0x80, seed, true)?;
+            } else {
+                d.expect_untouched()?;
+            }
+        }
+        Ok(())
+    };
+
+    io("attach a", env.io.attach(env.dev, a))?;
+    write(20)?;
+    landed_in(0, 20)?;
+
+    io("detach", env.io.detach(env.dev))?;
+    for d in all {
+        d.guard_all();
+    }
+    write_iova(env.edu, iova(IOVA_DST + 0x30), FAULT_LEN)?;
+    for d in all {
+        d.expect_untouched()?;
+    }
+    let ev = env.events("DMA while detached")?;
+    ev.print("DMA while detached");
+    // A blocking STE aborts silently (Config = abort) or names the stream (C_BAD_STE).
+    for e in ev.iter() {
+        ensure!(
+            e.event_type == Ok(EventType::CBadSte) && e.stream_id == env.sid,
+            "detached: unexpected event {:?} sid {:#x}",
+            e.event_type,
+            e.stream_id.0
+        );
+    }
+
+    io("attach b", env.io.attach(env.dev, b))?;
+    write(21)?;
+    landed_in(1, 21)?;
+    io("switch to a", env.io.attach(env.dev, a))?;
+    write(22)?;
+    landed_in(0, 22)?;
+    // b's domain was freed when its last device left; c's domain may reuse its tag.
+    io("free b", env.io.free(b))?;
+    let c = io("alloc c", env.io.alloc(IoasidFlags::empty()))?;
+    io("map c src", env.io.map(c, iova(IOVA_SRC), src.pa(0), 4096, RO))?;
+    io("map c dst", env.io.map(c, iova(IOVA_DST), d3.pa(0), 4096, RW))?;
+    io("attach c", env.io.attach(env.dev, c))?;
+    write(23)?;
+    landed_in(2, 23)?;
+    env.events("re-attached")?.expect_none("re-attached")?;
+    Ok(())
+}
+
+/// `ENFORCE_SNOOP`: QEMU's SMMUv3 has no `IDR3.FWB`, so (unless the unit can otherwise
+/// guarantee snooping) attaching to an enforce-snoop IOASID is refused with `Incompatible` /
+/// `Missing::SnoopControl`, and nothing changes: the device stays attached where it was and its
+/// DMA still lands there. If the unit says it can enforce snooping, the attach must work.
+pub fn smmu_enforce_snoop(ctx: &mut Ctx) -> Result<(), Fail> {
+    linear(ctx, enforce_snoop)
+}
+
+fn enforce_snoop(env: &Env<'_, '_, '_>) -> Result<(), Fail> {
+    let src = env.buf(12)?;
+    let (d1, d2) = (env.buf(12)?, env.buf(12)?);
+    let caps = io("device_info", env.io.device_info(env.dev))?.capabilities;
+    println!("capabilities: {caps:?}");
+    let a = io("alloc a", env.io.alloc(IoasidFlags::empty()))?;
+    let s = io("alloc snoop", env.io.alloc(IoasidFlags::ENFORCE_SNOOP))?;
+    for (id, d) in [(a, &d1), (s, &d2)] {
+        io("map src", env.io.map(id, iova(IOVA_SRC), src.pa(0), 4096, RO))?;
+        io("map dst", env.io.map(id, iova(IOVA_DST), d.pa(0), 4096, RW))?;
+    }
+    io("attach a", env.io.attach(env.dev, a))?;
+    let frames = env.alloc.live_frames();
+    let r = env.io.attach(env.dev, s);
+    let target = if caps.enforce_snoop {
+        io("attach enforce-snoop", r)?;
+        &d2
+    } else {
+        match r {
+            Err(IoError::Incompatible {
+                device,
+                reason: Incompatibility::Missing(Missing::SnoopControl),
+            }) if device == env.dev => {}
+            other => crate::bail!(
+                "attach to an ENFORCE_SNOOP IOASID without FWB: {other:?}, expected Incompatible(SnoopControl)"
+            ),
+        }
+        ensure!(
+            env.alloc.live_frames() == frames,
+            "refused attach left {} page frame(s) allocated",
+            env.alloc.live_frames() as isize - frames as isize
+        );
+        &d1
+    };
+    d1.guard_all();
+    d2.guard_all();
+    load_then_write(env.edu, &src, 0, iova(IOVA_SRC), iova(IOVA_DST + 0x8), 0x40, 30)?;
+    target.expect(0x8, 0x40, 30, true)?;
+    let other = if caps.enforce_snoop { &d1 } else { &d2 };
+    other.expect_untouched()?;
+    env.events("after enforce-snoop attach")?.expect_none("after enforce-snoop attach")?;
+    Ok(())
+}
