@@ -27,6 +27,7 @@
 //! - Each walker's own `//!` documentation lists the features of its format it leaves out.
 
 pub mod arena;
+pub mod smmuv3;
 pub mod walk;
 
 pub use arena::{
