@@ -147,6 +147,29 @@ scenarios! {
     aarch64_smmu_idr_nested => (Aarch64, 200, "smmu_idr", "virt,iommu=smmuv3", []);
     aarch64_smmu_idr_s1 => (Aarch64, 200, "smmu_idr", "virt-9.1,iommu=smmuv3", []);
     aarch64_smmu_idr_s2 => (Aarch64, 200, "smmu_idr", "virt-9.1,iommu=smmuv3", ["-global", "arm-smmuv3.stage=2"]);
+    aarch64_smmu_s2_dma_4k => (Aarch64, 201, "smmu_dma_4k", "virt-9.1,iommu=smmuv3", ["-global", "arm-smmuv3.stage=2"]);
+    aarch64_smmu_s1_dma_4k => (Aarch64, 201, "smmu_dma_4k", "virt-9.1,iommu=smmuv3", []);
+    aarch64_smmu_s2_dma_2m => (Aarch64, 202, "smmu_dma_2m", "virt-9.1,iommu=smmuv3", ["-global", "arm-smmuv3.stage=2"]);
+    aarch64_smmu_s1_dma_2m => (Aarch64, 202, "smmu_dma_2m", "virt-9.1,iommu=smmuv3", []);
+    aarch64_smmu_s2_fault_unmapped => (Aarch64, 203, "smmu_fault_unmapped", "virt-9.1,iommu=smmuv3", ["-global", "arm-smmuv3.stage=2"]);
+    aarch64_smmu_s1_fault_unmapped => (Aarch64, 203, "smmu_fault_unmapped", "virt-9.1,iommu=smmuv3", []);
+    aarch64_smmu_s2_fault_readonly => (Aarch64, 204, "smmu_fault_readonly", "virt-9.1,iommu=smmuv3", ["-global", "arm-smmuv3.stage=2"]);
+    aarch64_smmu_s1_fault_readonly => (Aarch64, 204, "smmu_fault_readonly", "virt-9.1,iommu=smmuv3", []);
+    aarch64_smmu_s2_unmap_remap => (Aarch64, 205, "smmu_unmap_remap", "virt-9.1,iommu=smmuv3", ["-global", "arm-smmuv3.stage=2"]);
+    aarch64_smmu_s1_unmap_remap => (Aarch64, 205, "smmu_unmap_remap", "virt-9.1,iommu=smmuv3", []);
+    aarch64_smmu_s2_range_inval => (Aarch64, 206, "smmu_range_inval", "virt-9.1,iommu=smmuv3", ["-global", "arm-smmuv3.stage=2"]);
+    aarch64_smmu_s1_range_inval => (Aarch64, 206, "smmu_range_inval", "virt-9.1,iommu=smmuv3", []);
+    aarch64_smmu_s2_detach_reattach => (Aarch64, 207, "smmu_detach_reattach", "virt-9.1,iommu=smmuv3", ["-global", "arm-smmuv3.stage=2"]);
+    aarch64_smmu_s1_detach_reattach => (Aarch64, 207, "smmu_detach_reattach", "virt-9.1,iommu=smmuv3", []);
+    aarch64_smmu_s2_enforce_snoop => (Aarch64, 208, "smmu_enforce_snoop", "virt-9.1,iommu=smmuv3", ["-global", "arm-smmuv3.stage=2"]);
+    aarch64_smmu_s1_enforce_snoop => (Aarch64, 208, "smmu_enforce_snoop", "virt-9.1,iommu=smmuv3", []);
+    aarch64_smmu_nested_dma_4k => (Aarch64, 201, "smmu_dma_4k", "virt,iommu=smmuv3", []);
+    aarch64_smmu_nested_enforce_snoop => (Aarch64, 208, "smmu_enforce_snoop", "virt,iommu=smmuv3", []);
+    aarch64_smmu_s2_dma_4k_2lvl => (Aarch64, 221, "smmu_dma_4k_2lvl", "virt-9.1,iommu=smmuv3", ["-global", "arm-smmuv3.stage=2"]);
+    aarch64_smmu_s1_dma_4k_2lvl => (Aarch64, 221, "smmu_dma_4k_2lvl", "virt-9.1,iommu=smmuv3", []);
+    aarch64_smmu_s2_unmap_remap_2lvl => (Aarch64, 225, "smmu_unmap_remap_2lvl", "virt-9.1,iommu=smmuv3", ["-global", "arm-smmuv3.stage=2"]);
+    aarch64_smmu_s1_detach_reattach_2lvl => (Aarch64, 227, "smmu_detach_reattach_2lvl", "virt-9.1,iommu=smmuv3", []);
+    aarch64_smmu_nested_detach_reattach_2lvl => (Aarch64, 227, "smmu_detach_reattach_2lvl", "virt,iommu=smmuv3", []);
 }
 
 /// Why an architecture's guest cannot run.

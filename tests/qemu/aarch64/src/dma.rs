@@ -116,7 +116,7 @@ impl Drop for DmaBuf<'_> {
 }
 
 /// Offset in edu's buffer that transfers use.
-pub const EDU_OFF: u64 = 0x200;
+pub const EDU_OFF: u64 = 0;
 
 /// Device read: `len` bytes from `iova` into edu's buffer.
 pub fn read_iova(edu: &Edu, iova: Iova, len: usize) -> Result<(), Fail> {

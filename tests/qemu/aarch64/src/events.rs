@@ -121,6 +121,8 @@ pub struct Expect {
     pub read: bool,
     /// `Some(s2)`: the `S2` flag must equal `s2`.
     pub stage2: Option<bool>,
+    /// Stage 1 is bypassed: a stage-2 fault's IPA is the input address.
+    pub ipa_is_input: bool,
 }
 
 fn check_one(e: &Event, w: &Expect) -> Result<(), Fail> {
@@ -164,6 +166,16 @@ fn check_one(e: &Event, w: &Expect) -> Result<(), Fail> {
             "{}: event S2 flag {got}, expected {s2}",
             w.what
         );
+        // A stage-2 fault names the IPA (bits 51:12); without stage 1 it is the input address.
+        if s2 && w.ipa_is_input {
+            ensure!(
+                e.ipa == Some(addr & !0xfff),
+                "{}: event IPA {:x?}, expected {:#x}",
+                w.what,
+                e.ipa,
+                addr & !0xfff
+            );
+        }
     }
     ensure!(
         e.substream_id.is_none(),

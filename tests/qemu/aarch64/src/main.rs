@@ -15,6 +15,7 @@ mod boot;
 mod dma;
 mod events;
 mod scenarios;
+mod smmu_env;
 mod smmu_scenarios;
 
 #[path = "../../common/alloc.rs"]

@@ -33,6 +33,61 @@ pub static TABLE: &[Scenario] = &[
         name: "smmu_idr",
         run: crate::smmu_scenarios::smmu_idr,
     },
+    Scenario {
+        id: 201,
+        name: "smmu_dma_4k",
+        run: crate::smmu_scenarios::smmu_dma_4k,
+    },
+    Scenario {
+        id: 202,
+        name: "smmu_dma_2m",
+        run: crate::smmu_scenarios::smmu_dma_2m,
+    },
+    Scenario {
+        id: 203,
+        name: "smmu_fault_unmapped",
+        run: crate::smmu_scenarios::smmu_fault_unmapped,
+    },
+    Scenario {
+        id: 204,
+        name: "smmu_fault_readonly",
+        run: crate::smmu_scenarios::smmu_fault_readonly,
+    },
+    Scenario {
+        id: 205,
+        name: "smmu_unmap_remap",
+        run: crate::smmu_scenarios::smmu_unmap_remap,
+    },
+    Scenario {
+        id: 206,
+        name: "smmu_range_inval",
+        run: crate::smmu_scenarios::smmu_range_inval,
+    },
+    Scenario {
+        id: 207,
+        name: "smmu_detach_reattach",
+        run: crate::smmu_scenarios::smmu_detach_reattach,
+    },
+    Scenario {
+        id: 208,
+        name: "smmu_enforce_snoop",
+        run: crate::smmu_scenarios::smmu_enforce_snoop,
+    },
+    Scenario {
+        id: 221,
+        name: "smmu_dma_4k_2lvl",
+        run: crate::smmu_scenarios::smmu_dma_4k_2lvl,
+    },
+    Scenario {
+        id: 225,
+        name: "smmu_unmap_remap_2lvl",
+        run: crate::smmu_scenarios::smmu_unmap_remap_2lvl,
+    },
+    Scenario {
+        id: 227,
+        name: "smmu_detach_reattach_2lvl",
+        run: crate::smmu_scenarios::smmu_detach_reattach_2lvl,
+    },
 ];
 
 /// The SMMUv3 register window answers (Device memory): IDR0/1/5, the SMMU is disabled and lets

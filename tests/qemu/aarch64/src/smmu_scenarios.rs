@@ -110,7 +110,7 @@ use iommu_engine::mem::Iova;
 use iommu_engine::pgtable::Prot;
 use iommu_engine::smmuv3::event::EventType;
 
-use crate::dma::{load_then_write, pattern, read_iova, roundtrip, write_iova, DmaBuf, GUARD};
+use crate::dma::{load_then_write, pattern, read_iova, roundtrip, write_iova, GUARD};
 use crate::events::Expect;
 use crate::smmu_env::{run, Env, StreamTableFormat};
 
@@ -145,6 +145,7 @@ fn fault(env: &Env<'_, '_, '_>, what: &'static str, kind: EventType, addr: u64, 
         len: FAULT_LEN as u64,
         read,
         stage2: Some(env.stage2),
+        ipa_is_input: true,
     }
 }
 
@@ -234,7 +235,7 @@ fn dma_2m(env: &Env<'_, '_, '_>) -> Result<(), Fail> {
     io("map block", env.io.map(a, iova(IOVA_BLOCK), big.pa(0), BLOCK, RW))?;
     io("map src", env.io.map(a, iova(IOVA_SRC), src.pa(0), 4096, RO))?;
     match io("translate", env.io.translate(a, iova(IOVA_BLOCK + 0x12_3456)))? {
-        Some(m) if m.size_log2 == 21 && m.pa == big.pa(0x12_3000) => {}
+        Some(m) if m.size_log2 == 21 && m.pa == big.pa(0x12_3456) => {}
         other => crate::bail!("IOASID says {other:x?} for the block"),
     }
     big.guard_all();
@@ -296,8 +297,13 @@ fn fault_unmapped(env: &Env<'_, '_, '_>) -> Result<(), Fail> {
     Ok(())
 }
 
-/// A read-only mapping can be read; a write to it produces a permission-fault record (edu's
-/// StreamID, the address, RnW = 0) and leaves the page unchanged.
+/// A read-only mapping: a write to it produces a permission-fault record (edu's StreamID, the
+/// address, RnW = 0, the stage in use) and leaves the page unchanged; a read works; a second
+/// write, now that QEMU has the read-only translation in its TLB, is still refused.
+///
+/// QEMU 10.0 bug: a write hitting a *cached* read-only stage-2-only translation is reported as a
+/// stage-1 fault and therefore recorded only if `CD.R` were set (there is no CD): no record. So
+/// the second write's record is required only for stage 1; its data must never land either way.
 pub fn smmu_fault_readonly(ctx: &mut Ctx) -> Result<(), Fail> {
     linear(ctx, fault_readonly)
 }
@@ -308,16 +314,30 @@ fn fault_readonly(env: &Env<'_, '_, '_>) -> Result<(), Fail> {
     io("attach", env.io.attach(env.dev, a))?;
     io("map ro", env.io.map(a, iova(IOVA_SRC), ro.pa(0), 4096, RO))?;
     io("map dst", env.io.map(a, iova(IOVA_DST), dst.pa(0), 4096, RW))?;
-    // Readable (this also puts the read-only translation in QEMU's TLB).
-    roundtrip(env.edu, &ro, 0x40, iova(IOVA_SRC + 0x40), &dst, 0x40, iova(IOVA_DST + 0x40), 0x200, 4)?;
-    env.events("read of read-only page")?.expect_none("read of read-only page")?;
-    // Not writable: write what edu holds back to the read-only page.
+    // Put known bytes in edu's buffer, then try to write them to the read-only page.
+    dst.fill(0, 4096, 8);
+    read_iova(env.edu, iova(IOVA_DST), FAULT_LEN)?;
     ro.guard_all();
     write_iova(env.edu, iova(IOVA_SRC + 0x100), FAULT_LEN)?;
     let ev = env.events("write to read-only page")?;
     ev.print("write to read-only page");
     ev.expect_faults(&fault(env, "write to read-only page", EventType::FPermission, IOVA_SRC + 0x100, false))?;
-    ro.expect_untouched()
+    ro.expect_untouched()?;
+    // Readable (this also puts the read-only translation in QEMU's TLB).
+    roundtrip(env.edu, &ro, 0x40, iova(IOVA_SRC + 0x40), &dst, 0x40, iova(IOVA_DST + 0x40), 0x200, 4)?;
+    env.events("read of read-only page")?.expect_none("read of read-only page")?;
+    // Written again through the cached translation.
+    ro.guard_all();
+    write_iova(env.edu, iova(IOVA_SRC + 0x200), FAULT_LEN)?;
+    ro.expect_untouched()?;
+    let ev = env.events("write to cached read-only page")?;
+    ev.print("write to cached read-only page");
+    if env.stage2 && ev.count() == 0 {
+        println!("no record for the cached stage-2 permission fault (QEMU 10.0 attributes it to stage 1)");
+    } else {
+        ev.expect_faults(&fault(env, "write to cached read-only page", EventType::FPermission, IOVA_SRC + 0x200, false))?;
+    }
+    Ok(())
 }
 
 /// After unmap (which flushes), a transfer to the IOVA faults even though QEMU had the
@@ -390,11 +410,11 @@ fn range_inval(env: &Env<'_, '_, '_>) -> Result<(), Fail> {
         big.expect(i * 0x2000 + 0x800, 4096, 7, false)?;
     }
     env.events("16 pages")?.expect_none("16 pages")?;
-    let stats_before = env.commands();
+    let prod = env.cmdq_prod();
     let n = io("unmap 16 pages", env.io.unmap(a, iova(IOVA_DST), (PAGES * 4096) as u64))?;
     ensure!(n == (PAGES * 4096) as u64, "unmap removed {n:#x} bytes");
-    let stats_after = env.commands();
-    println!("commands for the unmap: {}", stats_after.since(&stats_before));
+    let commands = env.commands_between(prod, env.cmdq_prod());
+    println!("unmap of {PAGES} pages issued {commands} command(s) (RIL {})", env.ril);
     big.guard_all();
     for page in [0usize, 7, 15] {
         let at = IOVA_DST + (page * 4096 + 0x20) as u64;
@@ -403,7 +423,14 @@ fn range_inval(env: &Env<'_, '_, '_>) -> Result<(), Fail> {
         ev.expect_faults(&fault(env, "write after range unmap", EventType::FTranslation, at, false))?;
     }
     big.expect_untouched()?;
-    env.check_range_commands(&stats_before, &stats_after, PAGES)
+    // With RIL one range TLBI covers the 16 pages (plus CMD_SYNC); without, one per page.
+    let most = if env.ril { 2 } else { PAGES as u32 + 1 };
+    ensure!(
+        (2..=most).contains(&commands),
+        "unmap of {PAGES} pages issued {commands} command(s), expected 2..={most} (RIL {})",
+        env.ril
+    );
+    Ok(())
 }
 
 /// The driver's STE changes reach the device: detached, its DMA is blocked; attached to
