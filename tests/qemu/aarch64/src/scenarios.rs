@@ -74,6 +74,11 @@ pub static TABLE: &[Scenario] = &[
         run: crate::smmu_scenarios::smmu_enforce_snoop,
     },
     Scenario {
+        id: 209,
+        name: "smmu_nested",
+        run: crate::smmu_scenarios::smmu_nested,
+    },
+    Scenario {
         id: 221,
         name: "smmu_dma_4k_2lvl",
         run: crate::smmu_scenarios::smmu_dma_4k_2lvl,

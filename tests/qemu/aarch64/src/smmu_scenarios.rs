@@ -110,7 +110,7 @@ use iommu_engine::mem::Iova;
 use iommu_engine::pgtable::Prot;
 use iommu_engine::smmuv3::event::EventType;
 
-use crate::dma::{load_then_write, pattern, read_iova, roundtrip, write_iova, GUARD};
+use crate::dma::{load_then_write, pattern, read_iova, roundtrip, write_iova, DmaBuf, GUARD};
 use crate::events::Expect;
 use crate::smmu_env::{run, Env, StreamTableFormat};
 
@@ -564,5 +564,156 @@ fn enforce_snoop(env: &Env<'_, '_, '_>) -> Result<(), Fail> {
     let other = if caps.enforce_snoop { &d1 } else { &d2 };
     other.expect_untouched()?;
     env.events("after enforce-snoop attach")?.expect_none("after enforce-snoop attach")?;
+    Ok(())
+}
+
+// -----------------------------------------------------------------------------------------------
+// Nested translation: below the IOASID layer, through the unit's `Iommu` trait and
+// `SmmuUnit::domain_alloc_nested` (the IOASID layer has no nested-domain call yet).
+
+use iommu_engine::iommu::{DeviceId, DomainConfig, DomainHandle, Error as UnitError, Iommu, Stage};
+use iommu_engine::mem::PhysAddr;
+use iommu_engine::pgtable::Gather;
+
+/// Intermediate physical addresses the stage-1 domain outputs: far from RAM, so only the
+/// parent's stage 2 can make them reach it.
+const IPA_SRC: u64 = 0x7_1000_0000;
+const IPA_DST: u64 = 0x7_2000_0000;
+const IPA_NOWHERE: u64 = 0x7_3000_0000;
+
+fn unit_op<T>(what: &str, r: Result<T, UnitError>) -> Result<T, Fail> {
+    r.map_err(|e| Fail::new(format_args!("{what}: {e}")))
+}
+
+fn unmap_flush(unit: &dyn Iommu, d: DomainHandle, at: u64, len: u64) -> Result<u64, Fail> {
+    let mut g = Gather::new();
+    let r = unit.unmap(d, iova(at), len, &mut g);
+    unit_op("flush", unit.flush(d, &mut g))?;
+    unit_op("unmap", r)
+}
+
+/// Nested translation (QEMU `virt`: stage=nested): a stage-1 domain over a nest-parent stage-2
+/// domain. IOVA -> IPA (stage 1) -> PA (stage 2, which also maps the page allocator's arena at
+/// IPA = PA so the unit can walk the CD and stage-1 tables). Transfers land at the end of both
+/// translations; a stage-1 hole and a stage-2 hole fault with the S2 flag telling which; an
+/// unmap in the parent (after QEMU cached the combined translation) faults, and remapping the
+/// parent's IPA moves the device's transfers to the new page. On a unit without both stages a
+/// nest parent is refused with `Missing::Nesting`.
+pub fn smmu_nested(ctx: &mut Ctx) -> Result<(), Fail> {
+    linear(ctx, nested)
+}
+
+fn nested(env: &Env<'_, '_, '_>) -> Result<(), Fail> {
+    let unit: &dyn Iommu = env.unit;
+    let parent_cfg = DomainConfig {
+        min_ias: 36,
+        nest_parent: true,
+        stage: Stage::Second,
+        ..DomainConfig::default()
+    };
+    if !env.nested {
+        match unit.domain_alloc(&parent_cfg) {
+            Err(UnitError::Unsupported(Missing::Nesting | Missing::Mode { .. })) => {}
+            other => crate::bail!("nest parent on a single-stage unit: {other:?}"),
+        }
+        ensure!(
+            !unit.capabilities().nesting,
+            "single-stage unit reports nesting"
+        );
+        return Ok(());
+    }
+    ensure!(unit.capabilities().nesting, "S1P+S2P unit without nesting");
+    let (src, d1, d2) = (env.buf(12)?, env.buf(12)?, env.buf(12)?);
+    let parent = unit_op("parent", unit.domain_alloc(&parent_cfg))?;
+    // IPA = PA for the whole arena: CD and stage-1 table pages come from it.
+    let arena = PhysAddr::new(env.alloc.base() as u64);
+    unit_op(
+        "identity-map the arena",
+        unit.map(parent, iova(arena.get()), arena, env.alloc.size() as u64, RW),
+    )?;
+    unit_op("map IPA_SRC", unit.map(parent, iova(IPA_SRC), src.pa(0), 4096, RO))?;
+    unit_op("map IPA_DST", unit.map(parent, iova(IPA_DST), d1.pa(0), 4096, RW))?;
+    let child = unit_op(
+        "nested stage-1 domain",
+        env.unit.domain_alloc_nested(&DomainConfig::default(), parent),
+    )?;
+    let ipa = |v: u64| PhysAddr::new(v);
+    unit_op("S1 src", unit.map(child, iova(IOVA_SRC), ipa(IPA_SRC), 4096, RO))?;
+    unit_op("S1 dst", unit.map(child, iova(IOVA_DST), ipa(IPA_DST), 4096, RW))?;
+    unit_op("S1 to nowhere", unit.map(child, iova(IOVA_HOLE), ipa(IPA_NOWHERE), 4096, RW))?;
+    let sid = DeviceId(env.sid.0);
+    unit_op("attach nested", unit.attach(sid, None, child))?;
+    let result = nested_dma(env, unit, parent, child, &src, &d1, &d2);
+    // Tear down below the IOASID layer ourselves: it does not know about these domains.
+    let detach = unit_op("detach", unit.detach(sid, None));
+    let free_child = unit_op("free child", unit.domain_free(child));
+    let free_parent = unit_op("free parent", unit.domain_free(parent));
+    result.and(detach).and(free_child).and(free_parent)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn nested_dma(
+    env: &Env<'_, '_, '_>,
+    unit: &dyn Iommu,
+    parent: DomainHandle,
+    child: DomainHandle,
+    src: &DmaBuf<'_>,
+    d1: &DmaBuf<'_>,
+    d2: &DmaBuf<'_>,
+) -> Result<(), Fail> {
+    roundtrip(env.edu, src, 0x20, iova(IOVA_SRC + 0x20), d1, 0x40, iova(IOVA_DST + 0x40), 0x300, 40)?;
+    env.events("nested transfers")?.expect_none("nested transfers")?;
+
+    // Stage-1 hole: S2 = 0.
+    write_iova(env.edu, iova(IOVA_SRC + 0x1000), FAULT_LEN)?;
+    let ev = env.events("stage-1 hole")?;
+    ev.print("stage-1 hole");
+    let mut want = fault(env, "stage-1 hole", EventType::FTranslation, IOVA_SRC + 0x1000, false);
+    want.stage2 = Some(false);
+    ev.expect_faults(&want)?;
+    // Stage-2 hole: stage 1 translates to an IPA nothing maps. S2 = 1, IPA named.
+    d1.guard_all();
+    write_iova(env.edu, iova(IOVA_HOLE + 0x10), FAULT_LEN)?;
+    let ev = env.events("stage-2 hole")?;
+    ev.print("stage-2 hole");
+    let mut want = fault(env, "stage-2 hole", EventType::FTranslation, IOVA_HOLE + 0x10, false);
+    want.stage2 = Some(true);
+    want.ipa_is_input = false;
+    ev.expect_faults(&want)?;
+    for e in ev.iter() {
+        ensure!(
+            e.ipa == Some(IPA_NOWHERE),
+            "stage-2 hole: event IPA {:x?}, expected {IPA_NOWHERE:#x}",
+            e.ipa
+        );
+    }
+
+    // Unmap the destination in the parent: the combined translation QEMU cached must go.
+    let n = unmap_flush(unit, parent, IPA_DST, 4096)?;
+    ensure!(n == 4096, "parent unmap removed {n:#x} bytes");
+    d1.guard_all();
+    write_iova(env.edu, iova(IOVA_DST + 0x40), FAULT_LEN)?;
+    d1.expect_untouched()?;
+    let ev = env.events("after parent unmap")?;
+    let mut want = fault(env, "after parent unmap", EventType::FTranslation, IOVA_DST + 0x40, false);
+    want.stage2 = Some(true);
+    want.ipa_is_input = false;
+    ev.expect_faults(&want)?;
+    // The parent maps the IPA to another page: the device follows.
+    unit_op("remap IPA_DST", unit.map(parent, iova(IPA_DST), d2.pa(0), 4096, RW))?;
+    d1.guard_all();
+    roundtrip(env.edu, src, 0, iova(IOVA_SRC), d2, 0x80, iova(IOVA_DST + 0x80), 0x100, 41)?;
+    d1.expect_untouched()?;
+
+    // Unmap in the child: a stage-1 fault.
+    let n = unmap_flush(unit, child, IOVA_DST, 4096)?;
+    ensure!(n == 4096, "child unmap removed {n:#x} bytes");
+    d2.guard_all();
+    write_iova(env.edu, iova(IOVA_DST + 0x80), FAULT_LEN)?;
+    d2.expect_untouched()?;
+    let ev = env.events("after child unmap")?;
+    let mut want = fault(env, "after child unmap", EventType::FTranslation, IOVA_DST + 0x80, false);
+    want.stage2 = Some(false);
+    ev.expect_faults(&want)?;
     Ok(())
 }
