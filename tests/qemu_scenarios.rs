@@ -163,6 +163,15 @@ scenarios! {
     aarch64_smmu_s1_detach_reattach => (Aarch64, 207, "smmu_detach_reattach", "virt-9.1,iommu=smmuv3", []);
     aarch64_smmu_s2_enforce_snoop => (Aarch64, 208, "smmu_enforce_snoop", "virt-9.1,iommu=smmuv3", ["-global", "arm-smmuv3.stage=2"]);
     aarch64_smmu_s1_enforce_snoop => (Aarch64, 208, "smmu_enforce_snoop", "virt-9.1,iommu=smmuv3", []);
+    aarch64_smmu_s2_dma_1g => (Aarch64, 210, "smmu_dma_1g", "virt-9.1,iommu=smmuv3", ["-global", "arm-smmuv3.stage=2"]);
+    aarch64_smmu_s1_dma_1g => (Aarch64, 210, "smmu_dma_1g", "virt-9.1,iommu=smmuv3", []);
+    aarch64_smmu_s2_two_devices => (Aarch64, 211, "smmu_two_devices", "virt-9.1,iommu=smmuv3", ["-global", "arm-smmuv3.stage=2", "-device", "edu,addr=08.0,dma_mask=0xffffffffffffffff"]);
+    aarch64_smmu_s1_two_devices => (Aarch64, 211, "smmu_two_devices", "virt-9.1,iommu=smmuv3", ["-device", "edu,addr=08.0,dma_mask=0xffffffffffffffff"]);
+    aarch64_smmu_s2_event_flood => (Aarch64, 212, "smmu_event_flood", "virt-9.1,iommu=smmuv3", ["-global", "arm-smmuv3.stage=2"]);
+    aarch64_smmu_s1_disable_enable => (Aarch64, 213, "smmu_disable_enable", "virt-9.1,iommu=smmuv3", []);
+    aarch64_smmu_nested_disable_enable => (Aarch64, 213, "smmu_disable_enable", "virt,iommu=smmuv3", []);
+    aarch64_smmu_s2_write_only => (Aarch64, 214, "smmu_write_only", "virt-9.1,iommu=smmuv3", ["-global", "arm-smmuv3.stage=2"]);
+    aarch64_smmu_s1_write_only => (Aarch64, 214, "smmu_write_only", "virt-9.1,iommu=smmuv3", []);
     aarch64_smmu_nested => (Aarch64, 209, "smmu_nested", "virt,iommu=smmuv3", []);
     aarch64_smmu_s2_nested_refused => (Aarch64, 209, "smmu_nested", "virt-9.1,iommu=smmuv3", ["-global", "arm-smmuv3.stage=2"]);
     aarch64_smmu_s1_nested_refused => (Aarch64, 209, "smmu_nested", "virt-9.1,iommu=smmuv3", []);

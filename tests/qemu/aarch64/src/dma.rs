@@ -90,7 +90,11 @@ impl<'a> DmaBuf<'a> {
             if !inside && !guards {
                 continue;
             }
-            let want = if inside { pattern(seed, i - off) } else { GUARD };
+            let want = if inside {
+                pattern(seed, i - off)
+            } else {
+                GUARD
+            };
             let got = self.get(i);
             ensure!(
                 got == want,

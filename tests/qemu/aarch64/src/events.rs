@@ -61,7 +61,11 @@ impl EventLog {
         println!(
             "{what}: {} event(s){}",
             self.count(),
-            if self.overflowed { ", queue overflowed" } else { "" }
+            if self.overflowed {
+                ", queue overflowed"
+            } else {
+                ""
+            }
         );
         for (i, e) in self.iter().enumerate().take(4) {
             println!(
@@ -161,11 +165,7 @@ fn check_one(e: &Event, w: &Expect) -> Result<(), Fail> {
     );
     if let Some(s2) = w.stage2 {
         let got = e.flags.contains(EventFlags::S2);
-        ensure!(
-            got == s2,
-            "{}: event S2 flag {got}, expected {s2}",
-            w.what
-        );
+        ensure!(got == s2, "{}: event S2 flag {got}, expected {s2}", w.what);
         // A stage-2 fault names the IPA (bits 51:12); without stage 1 it is the input address.
         if s2 && w.ipa_is_input {
             ensure!(

@@ -79,6 +79,31 @@ pub static TABLE: &[Scenario] = &[
         run: crate::smmu_scenarios::smmu_nested,
     },
     Scenario {
+        id: 210,
+        name: "smmu_dma_1g",
+        run: crate::smmu_scenarios::smmu_dma_1g,
+    },
+    Scenario {
+        id: 211,
+        name: "smmu_two_devices",
+        run: crate::smmu_scenarios::smmu_two_devices,
+    },
+    Scenario {
+        id: 212,
+        name: "smmu_event_flood",
+        run: crate::smmu_scenarios::smmu_event_flood,
+    },
+    Scenario {
+        id: 213,
+        name: "smmu_disable_enable",
+        run: crate::smmu_scenarios::smmu_disable_enable,
+    },
+    Scenario {
+        id: 214,
+        name: "smmu_write_only",
+        run: crate::smmu_scenarios::smmu_write_only,
+    },
+    Scenario {
         id: 221,
         name: "smmu_dma_4k_2lvl",
         run: crate::smmu_scenarios::smmu_dma_4k_2lvl,

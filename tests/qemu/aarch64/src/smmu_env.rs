@@ -33,6 +33,31 @@ pub enum StreamTableFormat {
     Linear,
     /// 2^16 StreamIDs: a 256-entry level-1 table, 256-STE leaves allocated on attach.
     TwoLevel,
+    /// 2^16 StreamIDs: a 1024-entry level-1 table, 64-STE leaves (4 KiB) allocated on attach;
+    /// `spans` leaves are expected to exist at the end.
+    TwoLevelSplit6 {
+        /// Level-1 spans the scenario attaches devices in.
+        spans: usize,
+    },
+}
+
+impl StreamTableFormat {
+    fn split(self) -> Option<u32> {
+        match self {
+            StreamTableFormat::Linear => None,
+            StreamTableFormat::TwoLevel => Some(8),
+            StreamTableFormat::TwoLevelSplit6 { .. } => Some(6),
+        }
+    }
+
+    /// Page frames of level-2 stream tables the unit keeps once devices were attached.
+    fn kept_frames(self) -> usize {
+        match self {
+            StreamTableFormat::Linear => 0,
+            StreamTableFormat::TwoLevel => (256 * 64) >> 12,
+            StreamTableFormat::TwoLevelSplit6 { spans } => spans * ((64 * 64) >> 12),
+        }
+    }
 }
 
 /// Everything a scenario uses.
@@ -43,6 +68,8 @@ pub struct Env<'e, 'r, 'a> {
     pub dev: DeviceHandle,
     /// The device.
     pub edu: &'e Edu,
+    /// A second edu (at 00:08.0), for the scenarios that start one; not bound.
+    pub edu2: Option<&'e Edu>,
     /// edu's StreamID (its RID: 00:04.0 = 0x20).
     pub sid: StreamId,
     /// The unit translates `Stage::Any` domains with stage 2 (`IDR0.S2P`).
@@ -111,14 +138,11 @@ pub fn edu_sid(edu: &Edu) -> StreamId {
 /// Builds and enables a unit with the given stream table layout.
 pub fn new_unit(ctx: &Ctx, format: StreamTableFormat) -> Result<Unit, Fail> {
     let cfg = SmmuConfig {
-        stream_table: match format {
-            StreamTableFormat::Linear => StreamTableLayout::Linear,
-            StreamTableFormat::TwoLevel => StreamTableLayout::TwoLevel { split: 8 },
+        stream_table: match format.split() {
+            None => StreamTableLayout::Linear,
+            Some(split) => StreamTableLayout::TwoLevel { split },
         },
-        sid_bits: Some(match format {
-            StreamTableFormat::Linear => 8,
-            StreamTableFormat::TwoLevel => 16,
-        }),
+        sid_bits: Some(if format.split().is_some() { 16 } else { 8 }),
         ..SmmuConfig::default()
     };
     let unit = Unit::new(smmu_regs(ctx)?, ctx.alloc, cfg)
@@ -135,6 +159,16 @@ pub fn run(
     format: StreamTableFormat,
     body: fn(&Env<'_, '_, '_>) -> Result<(), Fail>,
 ) -> Result<(), Fail> {
+    run_with(ctx, format, None, body)
+}
+
+/// [`run`], with a second edu for the body to bind.
+pub fn run_with(
+    ctx: &mut Ctx,
+    format: StreamTableFormat,
+    edu2: Option<&Edu>,
+    body: fn(&Env<'_, '_, '_>) -> Result<(), Fail>,
+) -> Result<(), Fail> {
     let edu = ctx.edu()?;
     let alloc = ctx.alloc;
     let sid = edu_sid(edu);
@@ -144,9 +178,9 @@ pub fn run(
     // The layout asked for is the one programmed: STRTAB_BASE_CFG.FMT (17:16), SPLIT (10:6),
     // LOG2SIZE (5:0).
     let cfg = unit.registers().read32(regs::STRTAB_BASE_CFG);
-    let want = match format {
-        StreamTableFormat::Linear => 8,
-        StreamTableFormat::TwoLevel => 1 << 16 | 8 << 6 | 16,
+    let want = match format.split() {
+        None => 8,
+        Some(split) => 1 << 16 | split << 6 | 16,
     };
     ensure!(
         cfg == want,
@@ -164,8 +198,8 @@ pub fn run(
     );
     let result = {
         let units: [&dyn Iommu; 1] = [&unit];
-        let registry = Registry::new(&units, 0)
-            .map_err(|e| Fail::new(format_args!("Registry::new: {e}")))?;
+        let registry =
+            Registry::new(&units, 0).map_err(|e| Fail::new(format_args!("Registry::new: {e}")))?;
         let io = IoasidCtx::new(&registry, alloc, 0);
         let label = DeviceLabel {
             unit: UnitId(0),
@@ -178,6 +212,7 @@ pub fn run(
             io: &io,
             dev,
             edu,
+            edu2,
             sid,
             stage2,
             nested: f0.contains(Idr0Flags::S1P | Idr0Flags::S2P),
@@ -199,11 +234,8 @@ pub fn run(
         leftover.print("unread events");
         bail!("{} event(s) left unread at the end", leftover.count());
     }
-    // The unit keeps the level-2 stream table it allocated for edu's StreamID (256 STEs).
-    let kept = match format {
-        StreamTableFormat::Linear => 0,
-        StreamTableFormat::TwoLevel => (256 * 64) >> 12,
-    };
+    // The unit keeps the level-2 stream tables it allocated on attach.
+    let kept = format.kept_frames();
     let frames_end = alloc.live_frames();
     ensure!(
         frames_end == frames_unit + kept,

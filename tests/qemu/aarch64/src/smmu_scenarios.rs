@@ -136,7 +136,13 @@ fn io<T>(what: &str, r: Result<T, IoError>) -> Result<T, Fail> {
 }
 
 /// A fault the device's StreamID must have caused at `[addr, addr + FAULT_LEN)`.
-fn fault(env: &Env<'_, '_, '_>, what: &'static str, kind: EventType, addr: u64, read: bool) -> Expect {
+fn fault(
+    env: &Env<'_, '_, '_>,
+    what: &'static str,
+    kind: EventType,
+    addr: u64,
+    read: bool,
+) -> Expect {
     Expect {
         what,
         kind,
@@ -174,14 +180,20 @@ fn dma_4k(env: &Env<'_, '_, '_>) -> Result<(), Fail> {
     // Two destination pages, mapped in reverse physical order at IOVA_DST and IOVA_DST + 4K.
     let (lo, hi) = (env.buf(12)?, env.buf(12)?);
     let a = io("alloc", env.io.alloc(IoasidFlags::empty()))?;
-    io("map src", env.io.map(a, iova(IOVA_SRC), src.pa(0), 4096, RO))?;
+    io(
+        "map src",
+        env.io.map(a, iova(IOVA_SRC), src.pa(0), 4096, RO),
+    )?;
     io("attach", env.io.attach(env.dev, a))?;
     io("map dst", env.io.map(a, iova(IOVA_DST), hi.pa(0), 4096, RW))?;
     io(
         "map dst+4K",
         env.io.map(a, iova(IOVA_DST + 4096), lo.pa(0), 4096, RW),
     )?;
-    io("map dst2", env.io.map(a, iova(IOVA_HOLE), dst.pa(0), 4096, RW))?;
+    io(
+        "map dst2",
+        env.io.map(a, iova(IOVA_HOLE), dst.pa(0), 4096, RW),
+    )?;
 
     // Inside one page, odd offsets and length.
     roundtrip(
@@ -206,7 +218,11 @@ fn dma_4k(env: &Env<'_, '_, '_>) -> Result<(), Fail> {
     let first = 4096 - off;
     for i in 0..4096 {
         let want_hi = if i >= off { pattern(2, i - off) } else { GUARD };
-        let want_lo = if i < len - first { pattern(2, first + i) } else { GUARD };
+        let want_lo = if i < len - first {
+            pattern(2, first + i)
+        } else {
+            GUARD
+        };
         let (got_hi, got_lo) = (hi.get(i), lo.get(i));
         ensure!(
             got_hi == want_hi && got_lo == want_lo,
@@ -232,9 +248,18 @@ fn dma_2m(env: &Env<'_, '_, '_>) -> Result<(), Fail> {
     let src = env.buf(12)?;
     let a = io("alloc", env.io.alloc(IoasidFlags::empty()))?;
     io("attach", env.io.attach(env.dev, a))?;
-    io("map block", env.io.map(a, iova(IOVA_BLOCK), big.pa(0), BLOCK, RW))?;
-    io("map src", env.io.map(a, iova(IOVA_SRC), src.pa(0), 4096, RO))?;
-    match io("translate", env.io.translate(a, iova(IOVA_BLOCK + 0x12_3456)))? {
+    io(
+        "map block",
+        env.io.map(a, iova(IOVA_BLOCK), big.pa(0), BLOCK, RW),
+    )?;
+    io(
+        "map src",
+        env.io.map(a, iova(IOVA_SRC), src.pa(0), 4096, RO),
+    )?;
+    match io(
+        "translate",
+        env.io.translate(a, iova(IOVA_BLOCK + 0x12_3456)),
+    )? {
         Some(m) if m.size_log2 == 21 && m.pa == big.pa(0x12_3456) => {}
         other => crate::bail!("IOASID says {other:x?} for the block"),
     }
@@ -247,30 +272,76 @@ fn dma_2m(env: &Env<'_, '_, '_>) -> Result<(), Fail> {
         (0x0f_fe00, 0x400, 13),        // across a 4K boundary inside the block
     ];
     for &(off, len, seed) in &spots {
-        load_then_write(env.edu, &src, 0, iova(IOVA_SRC), iova(IOVA_BLOCK + off as u64), len, seed)?;
+        load_then_write(
+            env.edu,
+            &src,
+            0,
+            iova(IOVA_SRC),
+            iova(IOVA_BLOCK + off as u64),
+            len,
+            seed,
+        )?;
     }
     for &(off, len, seed) in &spots {
         big.expect(off, len, seed, false)?;
     }
-    env.events("block transfers")?.expect_none("block transfers")?;
+    env.events("block transfers")?
+        .expect_none("block transfers")?;
 
     // Punch a 4K hole in the middle of the block.
-    let n = io("unmap 4K in block", env.io.unmap(a, iova(IOVA_BLOCK + hole as u64), 4096))?;
-    ensure!(n == 4096, "unmap of one page inside the block removed {n:#x} bytes");
+    let n = io(
+        "unmap 4K in block",
+        env.io.unmap(a, iova(IOVA_BLOCK + hole as u64), 4096),
+    )?;
+    ensure!(
+        n == 4096,
+        "unmap of one page inside the block removed {n:#x} bytes"
+    );
     big.guard_all();
-    load_then_write(env.edu, &src, 0, iova(IOVA_SRC), iova(IOVA_BLOCK + hole as u64 + 0x40), FAULT_LEN, 14)?;
+    load_then_write(
+        env.edu,
+        &src,
+        0,
+        iova(IOVA_SRC),
+        iova(IOVA_BLOCK + hole as u64 + 0x40),
+        FAULT_LEN,
+        14,
+    )?;
     let ev = env.events("write into the hole")?;
-    ev.expect_faults(&fault(env, "write into the hole", EventType::FTranslation, IOVA_BLOCK + hole as u64 + 0x40, false))?;
+    ev.expect_faults(&fault(
+        env,
+        "write into the hole",
+        EventType::FTranslation,
+        IOVA_BLOCK + hole as u64 + 0x40,
+        false,
+    ))?;
     big.expect_untouched()?;
     // Both neighbours of the hole still translate.
-    load_then_write(env.edu, &src, 0, iova(IOVA_SRC), iova(IOVA_BLOCK + hole as u64 - 0x80), 0x80, 15)?;
-    load_then_write(env.edu, &src, 0, iova(IOVA_SRC), iova(IOVA_BLOCK + hole as u64 + 0x1000), 0x80, 16)?;
+    load_then_write(
+        env.edu,
+        &src,
+        0,
+        iova(IOVA_SRC),
+        iova(IOVA_BLOCK + hole as u64 - 0x80),
+        0x80,
+        15,
+    )?;
+    load_then_write(
+        env.edu,
+        &src,
+        0,
+        iova(IOVA_SRC),
+        iova(IOVA_BLOCK + hole as u64 + 0x1000),
+        0x80,
+        16,
+    )?;
     big.expect(hole - 0x80, 0x80, 15, false)?;
     big.expect(hole + 0x1000, 0x80, 16, false)?;
     for i in hole..hole + 0x1000 {
         ensure!(big.get(i) == GUARD, "byte {i:#x} of the hole was written");
     }
-    env.events("around the hole")?.expect_none("around the hole")?;
+    env.events("around the hole")?
+        .expect_none("around the hole")?;
     Ok(())
 }
 
@@ -283,17 +354,40 @@ pub fn smmu_fault_unmapped(ctx: &mut Ctx) -> Result<(), Fail> {
 fn fault_unmapped(env: &Env<'_, '_, '_>) -> Result<(), Fail> {
     let src = env.buf(12)?;
     let a = io("alloc", env.io.alloc(IoasidFlags::empty()))?;
-    io("map src", env.io.map(a, iova(IOVA_SRC), src.pa(0), 4096, RO))?;
+    io(
+        "map src",
+        env.io.map(a, iova(IOVA_SRC), src.pa(0), 4096, RO),
+    )?;
     io("attach", env.io.attach(env.dev, a))?;
-    load_then_write(env.edu, &src, 0, iova(IOVA_SRC), iova(IOVA_HOLE + 0x80), FAULT_LEN, 3)?;
+    load_then_write(
+        env.edu,
+        &src,
+        0,
+        iova(IOVA_SRC),
+        iova(IOVA_HOLE + 0x80),
+        FAULT_LEN,
+        3,
+    )?;
     let ev = env.events("write to unmapped IOVA")?;
     ev.print("write to unmapped IOVA");
-    ev.expect_faults(&fault(env, "write to unmapped IOVA", EventType::FTranslation, IOVA_HOLE + 0x80, false))?;
+    ev.expect_faults(&fault(
+        env,
+        "write to unmapped IOVA",
+        EventType::FTranslation,
+        IOVA_HOLE + 0x80,
+        false,
+    ))?;
     // The page right after a mapped one.
     read_iova(env.edu, iova(IOVA_SRC + 0x1000), FAULT_LEN)?;
     let ev = env.events("read from unmapped IOVA")?;
     ev.print("read from unmapped IOVA");
-    ev.expect_faults(&fault(env, "read from unmapped IOVA", EventType::FTranslation, IOVA_SRC + 0x1000, true))?;
+    ev.expect_faults(&fault(
+        env,
+        "read from unmapped IOVA",
+        EventType::FTranslation,
+        IOVA_SRC + 0x1000,
+        true,
+    ))?;
     Ok(())
 }
 
@@ -313,7 +407,10 @@ fn fault_readonly(env: &Env<'_, '_, '_>) -> Result<(), Fail> {
     let a = io("alloc", env.io.alloc(IoasidFlags::empty()))?;
     io("attach", env.io.attach(env.dev, a))?;
     io("map ro", env.io.map(a, iova(IOVA_SRC), ro.pa(0), 4096, RO))?;
-    io("map dst", env.io.map(a, iova(IOVA_DST), dst.pa(0), 4096, RW))?;
+    io(
+        "map dst",
+        env.io.map(a, iova(IOVA_DST), dst.pa(0), 4096, RW),
+    )?;
     // Put known bytes in edu's buffer, then try to write them to the read-only page.
     dst.fill(0, 4096, 8);
     read_iova(env.edu, iova(IOVA_DST), FAULT_LEN)?;
@@ -321,11 +418,28 @@ fn fault_readonly(env: &Env<'_, '_, '_>) -> Result<(), Fail> {
     write_iova(env.edu, iova(IOVA_SRC + 0x100), FAULT_LEN)?;
     let ev = env.events("write to read-only page")?;
     ev.print("write to read-only page");
-    ev.expect_faults(&fault(env, "write to read-only page", EventType::FPermission, IOVA_SRC + 0x100, false))?;
+    ev.expect_faults(&fault(
+        env,
+        "write to read-only page",
+        EventType::FPermission,
+        IOVA_SRC + 0x100,
+        false,
+    ))?;
     ro.expect_untouched()?;
     // Readable (this also puts the read-only translation in QEMU's TLB).
-    roundtrip(env.edu, &ro, 0x40, iova(IOVA_SRC + 0x40), &dst, 0x40, iova(IOVA_DST + 0x40), 0x200, 4)?;
-    env.events("read of read-only page")?.expect_none("read of read-only page")?;
+    roundtrip(
+        env.edu,
+        &ro,
+        0x40,
+        iova(IOVA_SRC + 0x40),
+        &dst,
+        0x40,
+        iova(IOVA_DST + 0x40),
+        0x200,
+        4,
+    )?;
+    env.events("read of read-only page")?
+        .expect_none("read of read-only page")?;
     // Written again through the cached translation.
     ro.guard_all();
     write_iova(env.edu, iova(IOVA_SRC + 0x200), FAULT_LEN)?;
@@ -335,7 +449,13 @@ fn fault_readonly(env: &Env<'_, '_, '_>) -> Result<(), Fail> {
     if env.stage2 && ev.count() == 0 {
         println!("no record for the cached stage-2 permission fault (QEMU 10.0 attributes it to stage 1)");
     } else {
-        ev.expect_faults(&fault(env, "write to cached read-only page", EventType::FPermission, IOVA_SRC + 0x200, false))?;
+        ev.expect_faults(&fault(
+            env,
+            "write to cached read-only page",
+            EventType::FPermission,
+            IOVA_SRC + 0x200,
+            false,
+        ))?;
     }
     Ok(())
 }
@@ -356,9 +476,25 @@ fn unmap_remap(env: &Env<'_, '_, '_>) -> Result<(), Fail> {
     let (src1, src2, dst1, dst2) = (env.buf(12)?, env.buf(12)?, env.buf(12)?, env.buf(12)?);
     let a = io("alloc", env.io.alloc(IoasidFlags::empty()))?;
     io("attach", env.io.attach(env.dev, a))?;
-    io("map src1", env.io.map(a, iova(IOVA_SRC), src1.pa(0), 4096, RO))?;
-    io("map dst1", env.io.map(a, iova(IOVA_DST), dst1.pa(0), 4096, RW))?;
-    roundtrip(env.edu, &src1, 0, iova(IOVA_SRC), &dst1, 0x10, iova(IOVA_DST + 0x10), 0x100, 5)?;
+    io(
+        "map src1",
+        env.io.map(a, iova(IOVA_SRC), src1.pa(0), 4096, RO),
+    )?;
+    io(
+        "map dst1",
+        env.io.map(a, iova(IOVA_DST), dst1.pa(0), 4096, RW),
+    )?;
+    roundtrip(
+        env.edu,
+        &src1,
+        0,
+        iova(IOVA_SRC),
+        &dst1,
+        0x10,
+        iova(IOVA_DST + 0x10),
+        0x100,
+        5,
+    )?;
 
     // Unmap the destination: the write must fault, not use QEMU's cached translation.
     let n = io("unmap dst1", env.io.unmap(a, iova(IOVA_DST), 4096))?;
@@ -366,16 +502,38 @@ fn unmap_remap(env: &Env<'_, '_, '_>) -> Result<(), Fail> {
     dst1.guard_all();
     write_iova(env.edu, iova(IOVA_DST + 0x10), FAULT_LEN)?;
     let ev = env.events("write after unmap")?;
-    ev.expect_faults(&fault(env, "write after unmap", EventType::FTranslation, IOVA_DST + 0x10, false))?;
+    ev.expect_faults(&fault(
+        env,
+        "write after unmap",
+        EventType::FTranslation,
+        IOVA_DST + 0x10,
+        false,
+    ))?;
     dst1.expect_untouched()?;
 
     // Remap both IOVAs to other pages; the old translations must be gone.
     io("unmap src1", env.io.unmap(a, iova(IOVA_SRC), 4096))?;
-    io("map src2", env.io.map(a, iova(IOVA_SRC), src2.pa(0), 4096, RO))?;
-    io("map dst2", env.io.map(a, iova(IOVA_DST), dst2.pa(0), 4096, RW))?;
+    io(
+        "map src2",
+        env.io.map(a, iova(IOVA_SRC), src2.pa(0), 4096, RO),
+    )?;
+    io(
+        "map dst2",
+        env.io.map(a, iova(IOVA_DST), dst2.pa(0), 4096, RW),
+    )?;
     src1.fill(0, 4096, 0x55); // what a stale read would fetch
     dst1.guard_all();
-    roundtrip(env.edu, &src2, 0, iova(IOVA_SRC), &dst2, 0x10, iova(IOVA_DST + 0x10), 0x100, 6)?;
+    roundtrip(
+        env.edu,
+        &src2,
+        0,
+        iova(IOVA_SRC),
+        &dst2,
+        0x10,
+        iova(IOVA_DST + 0x10),
+        0x100,
+        6,
+    )?;
     dst1.expect_untouched()?;
     env.events("after remap")?.expect_none("after remap")?;
     Ok(())
@@ -394,10 +552,14 @@ fn range_inval(env: &Env<'_, '_, '_>) -> Result<(), Fail> {
     let src = env.buf(12)?;
     let a = io("alloc", env.io.alloc(IoasidFlags::empty()))?;
     io("attach", env.io.attach(env.dev, a))?;
-    io("map src", env.io.map(a, iova(IOVA_SRC), src.pa(0), 4096, RO))?;
+    io(
+        "map src",
+        env.io.map(a, iova(IOVA_SRC), src.pa(0), 4096, RO),
+    )?;
     io(
         "map 16 pages",
-        env.io.map(a, iova(IOVA_DST), big.pa(0), (PAGES * 4096) as u64, RW),
+        env.io
+            .map(a, iova(IOVA_DST), big.pa(0), (PAGES * 4096) as u64, RW),
     )?;
     big.guard_all();
     src.fill(0, 4096, 7);
@@ -411,16 +573,28 @@ fn range_inval(env: &Env<'_, '_, '_>) -> Result<(), Fail> {
     }
     env.events("16 pages")?.expect_none("16 pages")?;
     let prod = env.cmdq_prod();
-    let n = io("unmap 16 pages", env.io.unmap(a, iova(IOVA_DST), (PAGES * 4096) as u64))?;
+    let n = io(
+        "unmap 16 pages",
+        env.io.unmap(a, iova(IOVA_DST), (PAGES * 4096) as u64),
+    )?;
     ensure!(n == (PAGES * 4096) as u64, "unmap removed {n:#x} bytes");
     let commands = env.commands_between(prod, env.cmdq_prod());
-    println!("unmap of {PAGES} pages issued {commands} command(s) (RIL {})", env.ril);
+    println!(
+        "unmap of {PAGES} pages issued {commands} command(s) (RIL {})",
+        env.ril
+    );
     big.guard_all();
     for page in [0usize, 7, 15] {
         let at = IOVA_DST + (page * 4096 + 0x20) as u64;
         write_iova(env.edu, iova(at), FAULT_LEN)?;
         let ev = env.events("write after range unmap")?;
-        ev.expect_faults(&fault(env, "write after range unmap", EventType::FTranslation, at, false))?;
+        ev.expect_faults(&fault(
+            env,
+            "write after range unmap",
+            EventType::FTranslation,
+            at,
+            false,
+        ))?;
     }
     big.expect_untouched()?;
     // With RIL one range TLBI covers the 16 pages (plus CMD_SYNC); without, one per page.
@@ -453,14 +627,25 @@ fn detach_reattach(env: &Env<'_, '_, '_>) -> Result<(), Fail> {
     let a = io("alloc a", env.io.alloc(IoasidFlags::empty()))?;
     let b = io("alloc b", env.io.alloc(IoasidFlags::empty()))?;
     for (id, d) in [(a, &d1), (b, &d2)] {
-        io("map src", env.io.map(id, iova(IOVA_SRC), src.pa(0), 4096, RO))?;
+        io(
+            "map src",
+            env.io.map(id, iova(IOVA_SRC), src.pa(0), 4096, RO),
+        )?;
         io("map dst", env.io.map(id, iova(IOVA_DST), d.pa(0), 4096, RW))?;
     }
     let write = |seed: u8| -> Result<(), Fail> {
         for d in all {
             d.guard_all();
         }
-        load_then_write(env.edu, &src, 0, iova(IOVA_SRC), iova(IOVA_DST + 0x30), 0x80, seed)
+        load_then_write(
+            env.edu,
+            &src,
+            0,
+            iova(IOVA_SRC),
+            iova(IOVA_DST + 0x30),
+            0x80,
+            seed,
+        )
     };
     let landed_in = |which: usize, seed: u8| -> Result<(), Fail> {
         for (k, d) in all.iter().enumerate() {
@@ -506,8 +691,14 @@ fn detach_reattach(env: &Env<'_, '_, '_>) -> Result<(), Fail> {
     // b's domain was freed when its last device left; c's domain may reuse its tag.
     io("free b", env.io.free(b))?;
     let c = io("alloc c", env.io.alloc(IoasidFlags::empty()))?;
-    io("map c src", env.io.map(c, iova(IOVA_SRC), src.pa(0), 4096, RO))?;
-    io("map c dst", env.io.map(c, iova(IOVA_DST), d3.pa(0), 4096, RW))?;
+    io(
+        "map c src",
+        env.io.map(c, iova(IOVA_SRC), src.pa(0), 4096, RO),
+    )?;
+    io(
+        "map c dst",
+        env.io.map(c, iova(IOVA_DST), d3.pa(0), 4096, RW),
+    )?;
     io("attach c", env.io.attach(env.dev, c))?;
     write(23)?;
     landed_in(2, 23)?;
@@ -531,7 +722,10 @@ fn enforce_snoop(env: &Env<'_, '_, '_>) -> Result<(), Fail> {
     let a = io("alloc a", env.io.alloc(IoasidFlags::empty()))?;
     let s = io("alloc snoop", env.io.alloc(IoasidFlags::ENFORCE_SNOOP))?;
     for (id, d) in [(a, &d1), (s, &d2)] {
-        io("map src", env.io.map(id, iova(IOVA_SRC), src.pa(0), 4096, RO))?;
+        io(
+            "map src",
+            env.io.map(id, iova(IOVA_SRC), src.pa(0), 4096, RO),
+        )?;
         io("map dst", env.io.map(id, iova(IOVA_DST), d.pa(0), 4096, RW))?;
     }
     io("attach a", env.io.attach(env.dev, a))?;
@@ -559,11 +753,20 @@ fn enforce_snoop(env: &Env<'_, '_, '_>) -> Result<(), Fail> {
     };
     d1.guard_all();
     d2.guard_all();
-    load_then_write(env.edu, &src, 0, iova(IOVA_SRC), iova(IOVA_DST + 0x8), 0x40, 30)?;
+    load_then_write(
+        env.edu,
+        &src,
+        0,
+        iova(IOVA_SRC),
+        iova(IOVA_DST + 0x8),
+        0x40,
+        30,
+    )?;
     target.expect(0x8, 0x40, 30, true)?;
     let other = if caps.enforce_snoop { &d1 } else { &d2 };
     other.expect_untouched()?;
-    env.events("after enforce-snoop attach")?.expect_none("after enforce-snoop attach")?;
+    env.events("after enforce-snoop attach")?
+        .expect_none("after enforce-snoop attach")?;
     Ok(())
 }
 
@@ -629,18 +832,40 @@ fn nested(env: &Env<'_, '_, '_>) -> Result<(), Fail> {
     let arena = PhysAddr::new(env.alloc.base() as u64);
     unit_op(
         "identity-map the arena",
-        unit.map(parent, iova(arena.get()), arena, env.alloc.size() as u64, RW),
+        unit.map(
+            parent,
+            iova(arena.get()),
+            arena,
+            env.alloc.size() as u64,
+            RW,
+        ),
     )?;
-    unit_op("map IPA_SRC", unit.map(parent, iova(IPA_SRC), src.pa(0), 4096, RO))?;
-    unit_op("map IPA_DST", unit.map(parent, iova(IPA_DST), d1.pa(0), 4096, RW))?;
+    unit_op(
+        "map IPA_SRC",
+        unit.map(parent, iova(IPA_SRC), src.pa(0), 4096, RO),
+    )?;
+    unit_op(
+        "map IPA_DST",
+        unit.map(parent, iova(IPA_DST), d1.pa(0), 4096, RW),
+    )?;
     let child = unit_op(
         "nested stage-1 domain",
-        env.unit.domain_alloc_nested(&DomainConfig::default(), parent),
+        env.unit
+            .domain_alloc_nested(&DomainConfig::default(), parent),
     )?;
     let ipa = |v: u64| PhysAddr::new(v);
-    unit_op("S1 src", unit.map(child, iova(IOVA_SRC), ipa(IPA_SRC), 4096, RO))?;
-    unit_op("S1 dst", unit.map(child, iova(IOVA_DST), ipa(IPA_DST), 4096, RW))?;
-    unit_op("S1 to nowhere", unit.map(child, iova(IOVA_HOLE), ipa(IPA_NOWHERE), 4096, RW))?;
+    unit_op(
+        "S1 src",
+        unit.map(child, iova(IOVA_SRC), ipa(IPA_SRC), 4096, RO),
+    )?;
+    unit_op(
+        "S1 dst",
+        unit.map(child, iova(IOVA_DST), ipa(IPA_DST), 4096, RW),
+    )?;
+    unit_op(
+        "S1 to nowhere",
+        unit.map(child, iova(IOVA_HOLE), ipa(IPA_NOWHERE), 4096, RW),
+    )?;
     let sid = DeviceId(env.sid.0);
     unit_op("attach nested", unit.attach(sid, None, child))?;
     let result = nested_dma(env, unit, parent, child, &src, &d1, &d2);
@@ -661,14 +886,31 @@ fn nested_dma(
     d1: &DmaBuf<'_>,
     d2: &DmaBuf<'_>,
 ) -> Result<(), Fail> {
-    roundtrip(env.edu, src, 0x20, iova(IOVA_SRC + 0x20), d1, 0x40, iova(IOVA_DST + 0x40), 0x300, 40)?;
-    env.events("nested transfers")?.expect_none("nested transfers")?;
+    roundtrip(
+        env.edu,
+        src,
+        0x20,
+        iova(IOVA_SRC + 0x20),
+        d1,
+        0x40,
+        iova(IOVA_DST + 0x40),
+        0x300,
+        40,
+    )?;
+    env.events("nested transfers")?
+        .expect_none("nested transfers")?;
 
     // Stage-1 hole: S2 = 0.
     write_iova(env.edu, iova(IOVA_SRC + 0x1000), FAULT_LEN)?;
     let ev = env.events("stage-1 hole")?;
     ev.print("stage-1 hole");
-    let mut want = fault(env, "stage-1 hole", EventType::FTranslation, IOVA_SRC + 0x1000, false);
+    let mut want = fault(
+        env,
+        "stage-1 hole",
+        EventType::FTranslation,
+        IOVA_SRC + 0x1000,
+        false,
+    );
     want.stage2 = Some(false);
     ev.expect_faults(&want)?;
     // Stage-2 hole: stage 1 translates to an IPA nothing maps. S2 = 1, IPA named.
@@ -676,7 +918,13 @@ fn nested_dma(
     write_iova(env.edu, iova(IOVA_HOLE + 0x10), FAULT_LEN)?;
     let ev = env.events("stage-2 hole")?;
     ev.print("stage-2 hole");
-    let mut want = fault(env, "stage-2 hole", EventType::FTranslation, IOVA_HOLE + 0x10, false);
+    let mut want = fault(
+        env,
+        "stage-2 hole",
+        EventType::FTranslation,
+        IOVA_HOLE + 0x10,
+        false,
+    );
     want.stage2 = Some(true);
     want.ipa_is_input = false;
     ev.expect_faults(&want)?;
@@ -695,14 +943,33 @@ fn nested_dma(
     write_iova(env.edu, iova(IOVA_DST + 0x40), FAULT_LEN)?;
     d1.expect_untouched()?;
     let ev = env.events("after parent unmap")?;
-    let mut want = fault(env, "after parent unmap", EventType::FTranslation, IOVA_DST + 0x40, false);
+    let mut want = fault(
+        env,
+        "after parent unmap",
+        EventType::FTranslation,
+        IOVA_DST + 0x40,
+        false,
+    );
     want.stage2 = Some(true);
     want.ipa_is_input = false;
     ev.expect_faults(&want)?;
     // The parent maps the IPA to another page: the device follows.
-    unit_op("remap IPA_DST", unit.map(parent, iova(IPA_DST), d2.pa(0), 4096, RW))?;
+    unit_op(
+        "remap IPA_DST",
+        unit.map(parent, iova(IPA_DST), d2.pa(0), 4096, RW),
+    )?;
     d1.guard_all();
-    roundtrip(env.edu, src, 0, iova(IOVA_SRC), d2, 0x80, iova(IOVA_DST + 0x80), 0x100, 41)?;
+    roundtrip(
+        env.edu,
+        src,
+        0,
+        iova(IOVA_SRC),
+        d2,
+        0x80,
+        iova(IOVA_DST + 0x80),
+        0x100,
+        41,
+    )?;
     d1.expect_untouched()?;
 
     // Unmap in the child: a stage-1 fault.
@@ -712,8 +979,411 @@ fn nested_dma(
     write_iova(env.edu, iova(IOVA_DST + 0x80), FAULT_LEN)?;
     d2.expect_untouched()?;
     let ev = env.events("after child unmap")?;
-    let mut want = fault(env, "after child unmap", EventType::FTranslation, IOVA_DST + 0x80, false);
+    let mut want = fault(
+        env,
+        "after child unmap",
+        EventType::FTranslation,
+        IOVA_DST + 0x80,
+        false,
+    );
     want.stage2 = Some(false);
     ev.expect_faults(&want)?;
+    Ok(())
+}
+
+// -----------------------------------------------------------------------------------------------
+// A 1 GiB block, two devices, an event flood.
+
+/// 1 GiB-aligned IOVA for the 1 GiB block.
+const IOVA_GIG: u64 = 0x40_0000_0000;
+/// The block's output: guest RAM starts here (virt), so every arena page is inside it.
+const RAM_BASE: u64 = 0x4000_0000;
+
+/// A 1 GiB mapping (a level-1 block) of all guest RAM at `IOVA_GIG`: transfers to the IOVA of
+/// an arena buffer land in it. Unmapping one 4 KiB page of it (after QEMU cached the 1 GiB
+/// entry) splits the block twice (1G -> 2M -> 4K): that page faults, the next one still lands.
+pub fn smmu_dma_1g(ctx: &mut Ctx) -> Result<(), Fail> {
+    linear(ctx, dma_1g)
+}
+
+fn dma_1g(env: &Env<'_, '_, '_>) -> Result<(), Fail> {
+    const GIG: u64 = 1 << 30;
+    let src = env.buf(12)?;
+    let dst = env.buf(13)?; // two pages: the first is unmapped later, the second stays
+    let at = |b: &DmaBuf<'_>, off: usize| iova(IOVA_GIG + (b.pa(off).get() - RAM_BASE));
+    let a = io("alloc", env.io.alloc(IoasidFlags::empty()))?;
+    io("attach", env.io.attach(env.dev, a))?;
+    io(
+        "map 1 GiB",
+        env.io
+            .map(a, iova(IOVA_GIG), PhysAddr::new(RAM_BASE), GIG, RW),
+    )?;
+    match io("translate", env.io.translate(a, at(&dst, 0x10)))? {
+        Some(m) if m.size_log2 == 30 && m.pa == dst.pa(0x10) => {}
+        other => crate::bail!("IOASID says {other:x?} for the 1 GiB block"),
+    }
+    // Across the two destination pages.
+    roundtrip(
+        env.edu,
+        &src,
+        0x10,
+        at(&src, 0x10),
+        &dst,
+        0xf00,
+        at(&dst, 0xf00),
+        0x400,
+        50,
+    )?;
+    env.events("1 GiB block")?.expect_none("1 GiB block")?;
+
+    let n = io(
+        "unmap 4K of the 1 GiB block",
+        env.io.unmap(a, at(&dst, 0), 4096),
+    )?;
+    ensure!(
+        n == 4096,
+        "unmap of one page inside the 1 GiB block removed {n:#x}"
+    );
+    match io("translate split", env.io.translate(a, at(&dst, 0x1010)))? {
+        Some(m) if m.size_log2 == 12 && m.pa == dst.pa(0x1010) => {}
+        other => crate::bail!("after the split the IOASID says {other:x?}"),
+    }
+    dst.guard_all();
+    let hole = at(&dst, 0x80).get();
+    write_iova(env.edu, iova(hole), FAULT_LEN)?;
+    let ev = env.events("write into the hole")?;
+    ev.expect_faults(&fault(
+        env,
+        "write into the hole",
+        EventType::FTranslation,
+        hole,
+        false,
+    ))?;
+    dst.expect_untouched()?;
+    load_then_write(env.edu, &src, 0, at(&src, 0), at(&dst, 0x1080), 0x100, 51)?;
+    dst.expect(0x1080, 0x100, 51, true)?;
+    env.events("after the split")?
+        .expect_none("after the split")?;
+    Ok(())
+}
+
+/// `edu`'s second instance, at 00:08.0 (StreamID 0x40): BAR0 placed after the first one's.
+fn second_edu() -> Result<crate::edu::Edu, Fail> {
+    use crate::pci::{self, ConfigSpace};
+    struct Ecam;
+    impl ConfigSpace for Ecam {
+        fn read32(&self, (b, d, f): pci::Bdf, off: u8) -> u32 {
+            crate::arch::pci_read32(b, d, f, off)
+        }
+        fn write32(&self, (b, d, f): pci::Bdf, off: u8, v: u32) {
+            crate::arch::pci_write32(b, d, f, off, v)
+        }
+    }
+    let bdf = (0, 8, 0);
+    let want = u32::from(pci::EDU_DEVICE) << 16 | u32::from(pci::EDU_VENDOR);
+    ensure!(
+        Ecam.read32(bdf, 0) == want,
+        "no second edu at 00:08.0 (row needs -device edu,addr=08.0)"
+    );
+    pci::disable_decode(&Ecam, bdf);
+    let size = u64::from(pci::bar0_size32(&Ecam, bdf)?);
+    let bar = (crate::arch::PCI_MMIO32.start + (1 << 20)).next_multiple_of(size);
+    pci::set_bar0_32(&Ecam, bdf, bar as u32);
+    pci::enable_mem_and_master(&Ecam, bdf);
+    let Some(base) = core::ptr::NonNull::new(bar as usize as *mut u8) else {
+        crate::bail!("second edu BAR0 is zero");
+    };
+    // SAFETY: BAR0 is in the 32-bit PCI window (identity-mapped Device-nGnRnE), after the first
+    // edu's 1 MiB BAR; decoding is enabled and only this scenario drives the device.
+    Ok(unsafe { crate::edu::Edu::new(base, bdf) })
+}
+
+/// Two devices (StreamIDs 0x20 and 0x40, in different level-1 spans of a two-level stream
+/// table with 64-STE leaves): each lands in its own IOASID at the same IOVA; moved into the
+/// other's IOASID (a domain shared by two STEs) it lands there; detaching one leaves the other
+/// working; an unmap in the shared IOASID makes the remaining device fault under its own
+/// StreamID.
+pub fn smmu_two_devices(ctx: &mut Ctx) -> Result<(), Fail> {
+    let edu2 = second_edu()?;
+    crate::smmu_env::run_with(
+        ctx,
+        StreamTableFormat::TwoLevelSplit6 { spans: 2 },
+        Some(&edu2),
+        two_devices,
+    )
+}
+
+fn two_devices(env: &Env<'_, '_, '_>) -> Result<(), Fail> {
+    use iommu_engine::ioasid::{DeviceLabel, UnitId};
+    let Some(edu2) = env.edu2 else {
+        crate::bail!("no second edu");
+    };
+    let sid2 = crate::smmu_env::edu_sid(edu2);
+    ensure!(sid2.0 == 0x40, "second edu has StreamID {:#x}", sid2.0);
+    let label = DeviceLabel {
+        unit: UnitId(0),
+        id: DeviceId(sid2.0),
+    };
+    let dev2 = io("bind edu2", env.io.bind(label, false))?;
+    let src = env.buf(12)?;
+    let (d1, d2) = (env.buf(12)?, env.buf(12)?);
+    let a = io("alloc a", env.io.alloc(IoasidFlags::empty()))?;
+    let b = io("alloc b", env.io.alloc(IoasidFlags::empty()))?;
+    for (id, d) in [(a, &d1), (b, &d2)] {
+        io(
+            "map src",
+            env.io.map(id, iova(IOVA_SRC), src.pa(0), 4096, RO),
+        )?;
+        io("map dst", env.io.map(id, iova(IOVA_DST), d.pa(0), 4096, RW))?;
+    }
+    let write = |edu: &crate::edu::Edu, seed: u8| -> Result<(), Fail> {
+        d1.guard_all();
+        d2.guard_all();
+        load_then_write(
+            edu,
+            &src,
+            0,
+            iova(IOVA_SRC),
+            iova(IOVA_DST + 0x100),
+            0x80,
+            seed,
+        )
+    };
+    io("attach edu a", env.io.attach(env.dev, a))?;
+    io("attach edu2 b", env.io.attach(dev2, b))?;
+    write(env.edu, 60)?;
+    d1.expect(0x100, 0x80, 60, true)?;
+    d2.expect_untouched()?;
+    write(edu2, 61)?;
+    d2.expect(0x100, 0x80, 61, true)?;
+    d1.expect_untouched()?;
+    // Both in a: one domain behind two STEs.
+    io("attach edu2 a", env.io.attach(dev2, a))?;
+    write(edu2, 62)?;
+    d1.expect(0x100, 0x80, 62, true)?;
+    d2.expect_untouched()?;
+    io("detach edu", env.io.detach(env.dev))?;
+    write(edu2, 63)?;
+    d1.expect(0x100, 0x80, 63, true)?;
+    d1.guard_all();
+    write_iova(env.edu, iova(IOVA_DST + 0x100), FAULT_LEN)?;
+    d1.expect_untouched()?;
+    env.events("two devices")?.expect_none("two devices")?;
+    // An unmap in the shared IOASID: the device still attached faults, under its StreamID.
+    io("unmap dst", env.io.unmap(a, iova(IOVA_DST), 4096))?;
+    write_iova(edu2, iova(IOVA_DST + 0x100), FAULT_LEN)?;
+    d1.expect_untouched()?;
+    let ev = env.events("edu2 after unmap")?;
+    let mut want = fault(
+        env,
+        "edu2 after unmap",
+        EventType::FTranslation,
+        IOVA_DST + 0x100,
+        false,
+    );
+    want.sid = sid2;
+    ev.expect_faults(&want)?;
+    io("detach edu2", env.io.detach(dev2))?;
+    io("unbind edu2", env.io.unbind(dev2))?;
+    Ok(())
+}
+
+/// A fault storm: one 4 KiB transfer to an unmapped IOVA makes QEMU try 1024 records into a
+/// 128-entry queue. The unit's event handling reports the loss (QEMU signals a full queue as
+/// GERROR.EVENTQ_ABT_ERR, the architecture as EVENTQ_PROD.OVFLG), acknowledges it, and the
+/// next fault is recorded normally, exactly once per access.
+pub fn smmu_event_flood(ctx: &mut Ctx) -> Result<(), Fail> {
+    linear(ctx, event_flood)
+}
+
+fn event_flood(env: &Env<'_, '_, '_>) -> Result<(), Fail> {
+    use iommu_engine::smmuv3::regs::Gerror;
+    let src = env.buf(12)?;
+    let a = io("alloc", env.io.alloc(IoasidFlags::empty()))?;
+    io(
+        "map src",
+        env.io.map(a, iova(IOVA_SRC), src.pa(0), 4096, RO),
+    )?;
+    io("attach", env.io.attach(env.dev, a))?;
+    load_then_write(env.edu, &src, 0, iova(IOVA_SRC), iova(IOVA_HOLE), 4096, 70)?;
+    let (mut consumed, mut lost, mut wrong) = (0usize, false, 0usize);
+    for _ in 0..64 {
+        let r = env.unit.handle_events(64, |e| {
+            if e.event_type != Ok(EventType::FTranslation) || e.stream_id != env.sid {
+                wrong += 1;
+            }
+        });
+        consumed += r.events.consumed;
+        lost |= r.events.overflowed || r.gerror.contains(Gerror::EVENTQ_ABT_ERR);
+        ensure!(
+            (r.gerror - Gerror::EVENTQ_ABT_ERR).is_empty() && r.command_error.is_none(),
+            "flood: global errors {:?}, command error {:?}",
+            r.gerror,
+            r.command_error
+        );
+        if !r.events.more {
+            break;
+        }
+    }
+    println!("flood: {consumed} record(s) read, loss reported: {lost}");
+    ensure!(wrong == 0, "flood: {wrong} record(s) of another kind");
+    ensure!(
+        (120..=128).contains(&consumed),
+        "flood: {consumed} records read from a 128-entry queue"
+    );
+    ensure!(
+        lost,
+        "flood: 1024 faults into 128 entries, but no loss reported"
+    );
+    check_gerror(env.unit.registers(), "after the flood")?;
+    // Recovered: the next fault is recorded, once per 4-byte access.
+    write_iova(env.edu, iova(IOVA_HOLE + 0x40), FAULT_LEN)?;
+    let ev = env.events("after the flood")?;
+    let n = ev.expect_faults(&fault(
+        env,
+        "after the flood",
+        EventType::FTranslation,
+        IOVA_HOLE + 0x40,
+        false,
+    ))?;
+    ensure!(
+        n == FAULT_LEN / 4,
+        "after the flood: {n} records for {FAULT_LEN} bytes"
+    );
+    Ok(())
+}
+
+/// Translation off and on again: after `SmmuUnit::disable` (GBPA aborts) a transfer does not
+/// land and records nothing; an unmap made meanwhile is still invalidated (the command queue
+/// stays on); after `enable` the attached device's STE is used again: mapped IOVAs land, the
+/// IOVA unmapped while disabled faults.
+pub fn smmu_disable_enable(ctx: &mut Ctx) -> Result<(), Fail> {
+    linear(ctx, disable_enable)
+}
+
+fn disable_enable(env: &Env<'_, '_, '_>) -> Result<(), Fail> {
+    let (src, d1, d2) = (env.buf(12)?, env.buf(12)?, env.buf(12)?);
+    let a = io("alloc", env.io.alloc(IoasidFlags::empty()))?;
+    io("attach", env.io.attach(env.dev, a))?;
+    io(
+        "map src",
+        env.io.map(a, iova(IOVA_SRC), src.pa(0), 4096, RO),
+    )?;
+    io("map d1", env.io.map(a, iova(IOVA_DST), d1.pa(0), 4096, RW))?;
+    io("map d2", env.io.map(a, iova(IOVA_HOLE), d2.pa(0), 4096, RW))?;
+    roundtrip(
+        env.edu,
+        &src,
+        0,
+        iova(IOVA_SRC),
+        &d1,
+        0,
+        iova(IOVA_DST),
+        0x100,
+        80,
+    )?;
+    roundtrip(
+        env.edu,
+        &src,
+        0,
+        iova(IOVA_SRC),
+        &d2,
+        0,
+        iova(IOVA_HOLE),
+        0x100,
+        81,
+    )?;
+    env.unit
+        .disable()
+        .map_err(|e| Fail::new(format_args!("disable: {e}")))?;
+    ensure!(!env.unit.is_enabled(), "unit still enabled after disable");
+    d1.guard_all();
+    write_iova(env.edu, iova(IOVA_DST), FAULT_LEN)?;
+    // With SMMUEN = 0 and GBPA.ABORT the untranslated address (an IOVA) must not be used either.
+    d1.expect_untouched()?;
+    env.events("while disabled")?
+        .expect_none("while disabled")?;
+    io(
+        "unmap d2 while disabled",
+        env.io.unmap(a, iova(IOVA_HOLE), 4096),
+    )?;
+    env.unit
+        .enable()
+        .map_err(|e| Fail::new(format_args!("re-enable: {e}")))?;
+    roundtrip(
+        env.edu,
+        &src,
+        0,
+        iova(IOVA_SRC),
+        &d1,
+        0x20,
+        iova(IOVA_DST + 0x20),
+        0x100,
+        82,
+    )?;
+    d2.guard_all();
+    write_iova(env.edu, iova(IOVA_HOLE + 0x20), FAULT_LEN)?;
+    d2.expect_untouched()?;
+    let ev = env.events("unmapped while disabled")?;
+    ev.expect_faults(&fault(
+        env,
+        "unmapped while disabled",
+        EventType::FTranslation,
+        IOVA_HOLE + 0x20,
+        false,
+    ))?;
+    Ok(())
+}
+
+/// Write-only mappings: stage 2 can express them (S2AP = 0b10): the device's read is a
+/// permission fault (RnW = 1), its write lands. Stage 1 cannot (AP has no write-only encoding): the
+/// map is refused and nothing is mapped, in the IOASID either.
+pub fn smmu_write_only(ctx: &mut Ctx) -> Result<(), Fail> {
+    linear(ctx, write_only)
+}
+
+fn write_only(env: &Env<'_, '_, '_>) -> Result<(), Fail> {
+    let (src, wo) = (env.buf(12)?, env.buf(12)?);
+    let a = io("alloc", env.io.alloc(IoasidFlags::empty()))?;
+    io("attach", env.io.attach(env.dev, a))?;
+    io(
+        "map src",
+        env.io.map(a, iova(IOVA_SRC), src.pa(0), 4096, RO),
+    )?;
+    let r = env.io.map(a, iova(IOVA_DST), wo.pa(0), 4096, Prot::WRITE);
+    if !env.stage2 {
+        ensure!(r.is_err(), "write-only map accepted by a stage-1 domain");
+        println!("stage 1 refuses write-only: {:?}", r);
+        ensure!(
+            io("translate", env.io.translate(a, iova(IOVA_DST)))?.is_none(),
+            "refused write-only map left a mapping in the IOASID"
+        );
+        return Ok(());
+    }
+    io("map write-only", r)?;
+    // Read first: once QEMU 10.0 caches the write-only translation it no longer checks reads
+    // against it (its TLB hit path checks write permission only).
+    read_iova(env.edu, iova(IOVA_DST + 0x300), FAULT_LEN)?;
+    let ev = env.events("read of write-only page")?;
+    ev.expect_faults(&fault(
+        env,
+        "read of write-only page",
+        EventType::FPermission,
+        IOVA_DST + 0x300,
+        true,
+    ))?;
+    wo.guard_all();
+    load_then_write(
+        env.edu,
+        &src,
+        0,
+        iova(IOVA_SRC),
+        iova(IOVA_DST + 0x300),
+        0x100,
+        90,
+    )?;
+    wo.expect(0x300, 0x100, 90, true)?;
+    env.events("write to write-only page")?
+        .expect_none("write to write-only page")?;
     Ok(())
 }
