@@ -172,6 +172,9 @@ scenarios! {
     aarch64_smmu_nested_disable_enable => (Aarch64, 213, "smmu_disable_enable", "virt,iommu=smmuv3", []);
     aarch64_smmu_s2_write_only => (Aarch64, 214, "smmu_write_only", "virt-9.1,iommu=smmuv3", ["-global", "arm-smmuv3.stage=2"]);
     aarch64_smmu_s1_write_only => (Aarch64, 214, "smmu_write_only", "virt-9.1,iommu=smmuv3", []);
+    aarch64_smmu_nested_switch_stages => (Aarch64, 215, "smmu_switch_stages", "virt,iommu=smmuv3", []);
+    aarch64_smmu_s2_ias_edges => (Aarch64, 216, "smmu_ias_edges", "virt-9.1,iommu=smmuv3", ["-global", "arm-smmuv3.stage=2"]);
+    aarch64_smmu_s1_ias_edges => (Aarch64, 216, "smmu_ias_edges", "virt-9.1,iommu=smmuv3", []);
     aarch64_smmu_nested => (Aarch64, 209, "smmu_nested", "virt,iommu=smmuv3", []);
     aarch64_smmu_s2_nested_refused => (Aarch64, 209, "smmu_nested", "virt-9.1,iommu=smmuv3", ["-global", "arm-smmuv3.stage=2"]);
     aarch64_smmu_s1_nested_refused => (Aarch64, 209, "smmu_nested", "virt-9.1,iommu=smmuv3", []);

@@ -104,6 +104,16 @@ pub static TABLE: &[Scenario] = &[
         run: crate::smmu_scenarios::smmu_write_only,
     },
     Scenario {
+        id: 215,
+        name: "smmu_switch_stages",
+        run: crate::smmu_scenarios::smmu_switch_stages,
+    },
+    Scenario {
+        id: 216,
+        name: "smmu_ias_edges",
+        run: crate::smmu_scenarios::smmu_ias_edges,
+    },
+    Scenario {
         id: 221,
         name: "smmu_dma_4k_2lvl",
         run: crate::smmu_scenarios::smmu_dma_4k_2lvl,
