@@ -70,7 +70,28 @@ impl Arch {
     fn cpu_args(self) -> &'static [&'static str] {
         match self {
             Arch::X86_64 => &[],
-            Arch::Aarch64 => &["-cpu", "cortex-a57", "-semihosting"],
+            // `-d guest_errors,unimp`: QEMU's SMMUv3 then logs every malformed STE/CD, illegal
+            // command, unexpected register access or GERRORN misuse on stderr (see
+            // `unexpected_log`).
+            Arch::Aarch64 => &[
+                "-cpu",
+                "cortex-a57",
+                "-semihosting",
+                "-d",
+                "guest_errors,unimp",
+            ],
+        }
+    }
+
+    /// Whether a QEMU stderr line is a guest error the scenario did not cause on purpose. A
+    /// faulting DMA logs one "translation failed" line per access; anything else the SMMUv3
+    /// model logs is a driver mistake.
+    fn unexpected_log(self, line: &str) -> bool {
+        match self {
+            Arch::X86_64 => false,
+            Arch::Aarch64 => {
+                !line.trim().is_empty() && !line.contains("translation failed for iova")
+            }
         }
     }
 
@@ -175,6 +196,8 @@ scenarios! {
     aarch64_smmu_nested_switch_stages => (Aarch64, 215, "smmu_switch_stages", "virt,iommu=smmuv3", []);
     aarch64_smmu_s2_ias_edges => (Aarch64, 216, "smmu_ias_edges", "virt-9.1,iommu=smmuv3", ["-global", "arm-smmuv3.stage=2"]);
     aarch64_smmu_s1_ias_edges => (Aarch64, 216, "smmu_ias_edges", "virt-9.1,iommu=smmuv3", []);
+    aarch64_smmu_s2_refusals => (Aarch64, 217, "smmu_refusals", "virt-9.1,iommu=smmuv3", ["-global", "arm-smmuv3.stage=2"]);
+    aarch64_smmu_nested_refusals => (Aarch64, 217, "smmu_refusals", "virt,iommu=smmuv3", []);
     aarch64_smmu_nested => (Aarch64, 209, "smmu_nested", "virt,iommu=smmuv3", []);
     aarch64_smmu_s2_nested_refused => (Aarch64, 209, "smmu_nested", "virt-9.1,iommu=smmuv3", ["-global", "arm-smmuv3.stage=2"]);
     aarch64_smmu_s1_nested_refused => (Aarch64, 209, "smmu_nested", "virt-9.1,iommu=smmuv3", []);
@@ -302,6 +325,8 @@ fn run(sc: &Scenario) {
         Some(format!(
             "QEMU {status}, expected exit status {EXIT_PASS} (guest pass)"
         ))
+    } else if let Some(line) = stderr.lines().find(|l| sc.arch.unexpected_log(l)) {
+        Some(format!("QEMU logged a guest error: {line}"))
     } else {
         None
     };

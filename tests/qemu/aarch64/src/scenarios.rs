@@ -114,6 +114,11 @@ pub static TABLE: &[Scenario] = &[
         run: crate::smmu_scenarios::smmu_ias_edges,
     },
     Scenario {
+        id: 217,
+        name: "smmu_refusals",
+        run: crate::smmu_scenarios::smmu_refusals,
+    },
+    Scenario {
         id: 221,
         name: "smmu_dma_4k_2lvl",
         run: crate::smmu_scenarios::smmu_dma_4k_2lvl,

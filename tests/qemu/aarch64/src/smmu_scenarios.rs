@@ -1569,3 +1569,70 @@ fn ias_edges(env: &Env<'_, '_, '_>) -> Result<(), Fail> {
     }
     Ok(())
 }
+
+/// What QEMU's SMMUv3 lacks is refused at attach with `Incompatible` naming it, and a refusal
+/// changes nothing (no page frame kept, the device still attached where it was, its DMA still
+/// landing there): `DIRTY_TRACKING` (no `IDR0.HTTU`), and `NEST_PARENT` on a single-stage unit.
+pub fn smmu_refusals(ctx: &mut Ctx) -> Result<(), Fail> {
+    linear(ctx, refusals)
+}
+
+fn refusals(env: &Env<'_, '_, '_>) -> Result<(), Fail> {
+    let caps = io("device_info", env.io.device_info(env.dev))?.capabilities;
+    ensure!(!caps.dirty_tracking, "QEMU has no HTTU, unit says {caps:?}");
+    ensure!(
+        caps.pasid_bits == 0,
+        "QEMU has no SubstreamIDs, unit says {caps:?}"
+    );
+    ensure!(
+        caps.nesting == env.nested,
+        "nesting {} on this machine",
+        caps.nesting
+    );
+    let (src, d1) = (env.buf(12)?, env.buf(12)?);
+    let a = io("alloc a", env.io.alloc(IoasidFlags::empty()))?;
+    io(
+        "map src",
+        env.io.map(a, iova(IOVA_SRC), src.pa(0), 4096, RO),
+    )?;
+    io("map dst", env.io.map(a, iova(IOVA_DST), d1.pa(0), 4096, RW))?;
+    io("attach a", env.io.attach(env.dev, a))?;
+    let mut cases: [(IoasidFlags, Option<Missing>); 2] = [
+        (IoasidFlags::DIRTY_TRACKING, Some(Missing::DirtyTracking)),
+        (IoasidFlags::NEST_PARENT, None),
+    ];
+    if !env.nested {
+        cases[1].1 = Some(Missing::Nesting);
+    }
+    for (flags, missing) in cases {
+        let Some(missing) = missing else { continue };
+        let x = io("alloc", env.io.alloc(flags))?;
+        io("map x", env.io.map(x, iova(IOVA_DST), src.pa(0), 4096, RW))?;
+        let frames = env.alloc.live_frames();
+        match env.io.attach(env.dev, x) {
+            Err(IoError::Incompatible {
+                device,
+                reason: Incompatibility::Missing(m),
+            }) if device == env.dev && m == missing => {}
+            other => crate::bail!("attach to a {flags:?} IOASID: {other:?}, expected {missing:?}"),
+        }
+        ensure!(
+            env.alloc.live_frames() == frames,
+            "refused {flags:?} attach kept page frames"
+        );
+        d1.guard_all();
+        load_then_write(
+            env.edu,
+            &src,
+            0,
+            iova(IOVA_SRC),
+            iova(IOVA_DST + 0x20),
+            0x40,
+            120,
+        )?;
+        d1.expect(0x20, 0x40, 120, true)?;
+        io("free x", env.io.free(x))?;
+    }
+    env.events("refusals")?.expect_none("refusals")?;
+    Ok(())
+}
