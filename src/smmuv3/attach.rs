@@ -7,6 +7,11 @@
 //! still hold TLB entries tagged by the old domain's VMID or ASID: they are invalidated
 //! (CMD_TLBI_S12_VMALL / CMD_TLBI_NH_ASID, and CMD_ATC_INV for ATS streams) and the sync
 //! completes before the call returns, so the tag is clean before it can be reused.
+//!
+//! Refusals (an STE that cannot express the combination, no memory for a CD table) change
+//! nothing. A failure once the unit's memory is being changed (a CMD_SYNC that times out)
+//! leaves the unit's books describing the new state while every domain the STE may still
+//! reference keeps a user: such domains stay busy rather than be freed under the hardware.
 
 use core::sync::atomic::Ordering;
 
@@ -248,14 +253,33 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
             }
         }
         let created_cd = !stage2 && stream.cd.is_none();
-        let r = self.apply_attach(strtab, stream, ssid, d, stage2, previous);
-        if r.is_err() {
+        if let Err(e) = self.prepare_attach(stream, stage2) {
             (stream.rid, stream.pasids) = saved;
             if created_cd {
                 stream.cd = None;
             }
+            return Err(e);
         }
-        r
+        // From here on the unit's memory changes. A failure (a sync that times out) leaves the
+        // state describing the new attachment, and the previous domain keeps its user: the STE
+        // may reference either, so neither may be freed.
+        self.add_user(d, stream.ats, true);
+        self.apply_attach(strtab, stream, ssid, d, stage2, previous)
+    }
+
+    /// Allocates the stream's CD table if a stage-1 domain needs one, and checks that the STE
+    /// can express the new attachments. Changes nothing the unit can see.
+    fn prepare_attach(&self, stream: &mut StreamState<A>, stage2: bool) -> Result<(), Error> {
+        if !stage2 && stream.cd.is_none() {
+            stream.cd = Some(CdTable::new(
+                self.alloc.clone(),
+                self.cfg.cd_format,
+                self.cfg.ssid_bits,
+                self.features.coherency(),
+            )?);
+        }
+        stream.ste(self.features.coherency(), |x| self.shape(x))?;
+        Ok(())
     }
 
     fn apply_attach(
@@ -268,16 +292,6 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         previous: Option<DomainHandle>,
     ) -> Result<(), Error> {
         let sid = stream.sid;
-        if !stage2 && stream.cd.is_none() {
-            stream.cd = Some(CdTable::new(
-                self.alloc.clone(),
-                self.cfg.cd_format,
-                self.cfg.ssid_bits,
-                self.features.coherency(),
-            )?);
-        }
-        // Refuse a combination the STE cannot express before anything is written.
-        stream.ste(self.features.coherency(), |x| self.shape(x))?;
         let current = strtab.read(sid)?;
         // Config 0b1x1: the unit may be using (and caching) CDs of this stream now.
         let uses_cd_now = current.valid() && current.config_raw() & 0b101 == 0b101;
@@ -303,7 +317,6 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
             }
         }
         self.write_ste(strtab, stream)?;
-        self.add_user(d, stream.ats, true);
         let Some(p) = previous else { return Ok(()) };
         // A stage-1 RID domain replaced by a stage-2 one: its CD 0 is unused now, retire it.
         let mut retired = None;

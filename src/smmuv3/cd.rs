@@ -276,6 +276,9 @@ impl<A: PageAllocator> CdTable<A> {
             root_log2,
         };
         address_bits(super::ste::S1CONTEXTPTR, root.pa.get())?;
+        // The zeroed table (every CD or L1CD invalid) must reach memory before an STE points
+        // at it: a non-coherent unit would otherwise read whatever memory held.
+        coherency.sync(&table.alloc, root.va, 1 << root_log2);
         Ok(table)
     }
 

@@ -147,9 +147,10 @@ pub struct TlbiRange {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum SyncSignal {
-    /// `SIG_NONE`: no interrupt; an MSI write if MSIAddress is non-zero.
+    /// `SIG_NONE`: no signal; completion is seen only as CONS passing the command.
     None = 0,
-    /// `SIG_IRQ`: an interrupt (MSI or wired) on completion.
+    /// `SIG_IRQ`: an interrupt on completion; with `IDR0.MSI` and a non-zero MSIAddress, the
+    /// MSI write of MSIData to MSIAddress (what MSI-based completion polls for).
     Irq = 1,
     /// `SIG_SEV`: a wake-up event on completion.
     Sev = 2,
@@ -541,8 +542,9 @@ mod tests {
             msh: 3,
             msiattr: 0xf,
         };
-        let c = Command::sync(SyncSignal::None, Some(msi)).unwrap();
-        assert_eq!(c.words, [0x0000_cafe_0fc0_0046, 0x8000_0040]);
+        let c = Command::sync(SyncSignal::Irq, Some(msi)).unwrap();
+        // CS = SIG_IRQ (1 << 12 = 0x1000).
+        assert_eq!(c.words, [0x0000_cafe_0fc0_1046, 0x8000_0040]);
         let bad = SyncMsi {
             address: PhysAddr::new(0x8000_0042),
             ..msi

@@ -32,7 +32,7 @@ const MSI_ERROR_CHECK_INTERVAL: u32 = 64;
 pub enum SyncMode {
     /// CS = SIG_NONE; poll CMDQ_CONS until it passes the CMD_SYNC.
     PollCons,
-    /// CS = SIG_NONE with an MSI to a word the queue owns; poll that word in memory (no MMIO
+    /// CS = SIG_IRQ with an MSI to a word the queue owns; poll that word in memory (no MMIO
     /// reads while waiting). Needs `IDR0.MSI` and a coherent unit.
     Msi,
     /// CS = SIG_SEV; the CPU could sleep in WFE, but an event can be lost, so the wait falls
@@ -249,7 +249,7 @@ impl<A: PageAllocator> CommandQueue<A> {
                     msh: 3,
                     msiattr: 0xf,
                 };
-                Command::sync(SyncSignal::None, Some(msi))
+                Command::sync(SyncSignal::Irq, Some(msi))
             }
             (SyncMode::Sev, _) => Command::sync(SyncSignal::Sev, None),
             _ => Ok(Command::plain_sync()),

@@ -5,6 +5,10 @@
 //! chapter 4 (commands), chapter 5 (STE and CD), chapter 6 (registers), chapter 7 (events and
 //! errors). One file per structure, named as the spec names it.
 //!
+//! [`SmmuUnit`] puts them together and implements [`Iommu`](crate::iommu::Iommu): construct
+//! it from a register window, a page allocator and an [`SmmuConfig`], call
+//! [`SmmuUnit::enable`], then drive it through the trait.
+//!
 //! Every structure the unit walks lives in pages from a [`PageAllocator`](crate::mem::PageAllocator)
 //! and is changed only with 64-bit atomic stores in the order the spec requires; every register
 //! access goes through [`RegisterWindow`](crate::mmio::RegisterWindow); every wait is bounded by a

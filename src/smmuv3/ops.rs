@@ -14,7 +14,9 @@
 //!   the FWB MemAttr encoding); otherwise [`Missing::SnoopControl`], never a weaker domain;
 //! - `dirty_tracking` with `IDR0.HTTU` = 2 (DBM leaves, STE.S2HD/CD.HD);
 //! - `nest_parent` on stage 2 of a unit with both stages; stage-1 domains nest on it through
-//!   [`SmmuUnit::domain_alloc_nested`].
+//!   [`SmmuUnit::domain_alloc_nested`];
+//! - no stage 1 on a unit with `IDR0.STALL_MODEL` = 2 (CD.S would have to be 1, and this driver
+//!   does not resume stalled transactions).
 
 use core::sync::atomic::Ordering;
 
@@ -96,7 +98,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         cfg: &DomainConfig,
         parent: DomainHandle,
     ) -> Result<DomainHandle, Error> {
-        if !(self.features.s1p && self.features.s2p) {
+        if !(self.features.stage1_usable() && self.features.s2p) {
             return Err(Error::Unsupported(Missing::Nesting));
         }
         self.check_common(cfg, self.features.s1_ias())?;
@@ -152,14 +154,19 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
             Stage::Second if !f.s2p => {
                 return Err(Error::Unsupported(Missing::Mode { what: "stage 2" }))
             }
-            Stage::First if !f.s1p => {
-                return Err(Error::Unsupported(Missing::Mode { what: "stage 1" }))
-            }
             Stage::Second => true,
             Stage::First => false,
             Stage::Any => f.s2p,
         };
-        if cfg.nest_parent && !(f.s1p && f.s2p) {
+        if !stage2 && !f.s1p {
+            return Err(Error::Unsupported(Missing::Mode { what: "stage 1" }));
+        }
+        if !stage2 && f.stall_forced {
+            return Err(Error::Unsupported(Missing::Mode {
+                what: "stage 1 on a unit that forces stalls (IDR0.STALL_MODEL = 2)",
+            }));
+        }
+        if cfg.nest_parent && !(f.stage1_usable() && f.s2p) {
             return Err(Error::Unsupported(Missing::Nesting));
         }
         if cfg.nest_parent && !stage2 {

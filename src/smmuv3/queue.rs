@@ -134,15 +134,19 @@ impl<A: PageAllocator> QueueMemory<A> {
         let page = alloc
             .alloc(size_log2)
             .ok_or(SmmuError::NoMemory { size_log2 })?;
-        address_bits(Q_BASE_ADDR, page.pa.get())?;
-        Ok(Self {
+        let queue = Self {
             alloc,
             page,
             size_log2,
             log2,
             entry_log2,
             coherency,
-        })
+        };
+        address_bits(Q_BASE_ADDR, page.pa.get())?;
+        // Clean the zeroed page once: a dirty line evicted later would overwrite what a
+        // non-coherent unit wrote (event records) or show it stale data.
+        coherency.sync(&queue.alloc, page.va, 1 << size_log2);
+        Ok(queue)
     }
 
     /// The `*_BASE` register value, with the allocate hint set.

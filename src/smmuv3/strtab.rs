@@ -114,8 +114,13 @@ impl<A: PageAllocator> StreamTable<A> {
         address_bits(STRTAB_BASE_ADDR, root.pa.get())?;
         if fmt == StrtabFormat::Linear {
             fill_abort(root.va, 1 << log2);
-            coherency.sync(&table.alloc, root.va, 1 << root_bytes_log2);
         }
+        // Aborting STEs, or invalid L1 descriptors, reach memory before STRTAB_BASE is written.
+        coherency.sync(
+            &table.alloc,
+            root.va,
+            1 << root_bytes_log2.max(PAGE_SHIFT_4K),
+        );
         Ok(table)
     }
 

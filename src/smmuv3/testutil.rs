@@ -223,7 +223,8 @@ impl ModelSmmu {
         if op == 0x46 {
             let cs = (cmd[0] >> 12) & 3;
             let msi = cmd[1] & 0x000f_ffff_ffff_fffc;
-            if cs == 0 && msi != 0 {
+            // CS = SIG_IRQ with an address: the MSI write (IHI 0070 G.b §4.7.3).
+            if cs == 1 && msi != 0 {
                 // SAFETY: the MSI target is a live VecAllocator page (PA == VA).
                 unsafe { (msi as *mut u32).write_volatile((cmd[0] >> 32) as u32) };
                 self.msis.set(self.msis.get() + 1);

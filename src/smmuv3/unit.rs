@@ -167,7 +167,7 @@ impl SmmuConfig {
             return invalid("IDR0: neither stage 1 nor stage 2");
         }
         let sid_bits = bounded("stream table", self.sid_bits, 16, f.sid_bits)?;
-        let ssid_bits = if f.s1p {
+        let ssid_bits = if f.stage1_usable() {
             bounded("CD table", self.ssid_bits, 10, f.ssid_bits)?
         } else {
             0
@@ -411,6 +411,10 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
     /// Handles at most `max` event records with `handler` and acknowledges global errors: a
     /// command error is recovered (the faulting command replaced by a CMD_SYNC); the others are
     /// acknowledged and reported. For the embedder's interrupt handler, or to poll.
+    ///
+    /// It takes the event queue's and the command queue's spin locks: call it from a context
+    /// that cannot interrupt a unit operation on the same CPU (a threaded handler, or with the
+    /// unit's other calls made with that interrupt masked).
     pub fn handle_events(&self, max: usize, handler: impl FnMut(Event)) -> EventReport {
         let events = match self.eventq.lock().as_mut() {
             Some(q) => q.drain(&self.regs, max, handler),

@@ -365,6 +365,9 @@ fn sync(
     if state.injections.sync_stall {
         return Ok(Outcome::Stalled);
     }
+    if core::mem::take(&mut state.injections.atc_inv_sync_timeout) {
+        return Err(cerror::ATC_INV_SYNC);
+    }
     state.stats.syncs += 1;
     let msi_addr = dw1 & SYNC_MSIADDR;
     if cs == CS_SIG_IRQ && cfg.has0(idr0::MSI) && msi_addr != 0 {

@@ -261,8 +261,12 @@ impl SmmuModelConfig {
         (self.idr[0] >> idr0::ST_LEVEL_SHIFT) & 3 == 1
     }
 
+    pub(crate) const fn stall_model(&self) -> u32 {
+        (self.idr[0] >> idr0::STALL_MODEL_SHIFT) & 3
+    }
+
     pub(crate) const fn stall_supported(&self) -> bool {
-        (self.idr[0] >> idr0::STALL_MODEL_SHIFT) & 3 != 1
+        self.stall_model() != 1
     }
 
     /// Whether the granule of `log2` bytes (12, 14, 16) is supported.

@@ -1,9 +1,10 @@
 //! Event records and the event queue producer: Arm IHI 0070 G.b §7.2 (event queue, overflow)
 //! and §7.3 (event record formats and type codes).
 //!
-//! A record is 32 bytes: `dw0` type[7:0], SSV[11], SubstreamID[31:12], StreamID[63:32];
-//! `dw1` PnU[33], InD[34], RnW[35], S2[39], CLASS[41:40]; `dw2` the input address; `dw3` the
-//! IPA (`bits[51:12]`) of a stage-2 fault, or the fetch address (`bits[51:3]`) of a fetch abort.
+//! A record is 32 bytes: `dw0` `type[7:0]`, `SSV[11]`, `SubstreamID[31:12]`,
+//! `StreamID[63:32]`; `dw1` `PnU[33]`, `InD[34]`, `RnW[35]`, `S2[39]`, `CLASS[41:40]`; `dw2` the
+//! input address; `dw3` the IPA (`bits[51:12]`) of a stage-2 fault, or the fetch address
+//! (`bits[51:3]`) of a fetch abort.
 
 use super::regs::{cr0, gerror, QueueShape, EVENTQ_OVFLG};
 use super::State;
@@ -83,7 +84,8 @@ pub struct EventRecord {
     pub instruction: bool,
     /// Input address.
     pub input_addr: u64,
-    /// IPA of a stage-2 fault, or the fetch address of a fetch abort.
+    /// IPA of a stage-2 fault (`bits[51:12]` are recorded), or the fetch address of a fetch
+    /// abort (`bits[51:3]`).
     pub addr2: u64,
 }
 
@@ -93,7 +95,10 @@ const IND: u64 = 1 << 34;
 const RNW: u64 = 1 << 35;
 const S2: u64 = 1 << 39;
 const CLASS_SHIFT: u32 = 40;
-const ADDR2_MASK: u64 = ((1 << 52) - 1) & !0x7;
+/// FetchAddr[51:3] of a fetch abort.
+const FETCH_ADDR_MASK: u64 = ((1 << 52) - 1) & !0x7;
+/// IPA[51:12] of a stage-2 fault.
+const IPA_MASK: u64 = ((1 << 52) - 1) & !0xfff;
 
 impl EventRecord {
     /// The four words of the record.
@@ -118,7 +123,12 @@ impl EventRecord {
                 dw1 |= bit;
             }
         }
-        [dw0, dw1, self.input_addr, self.addr2 & ADDR2_MASK]
+        let fetch = matches!(
+            self.kind,
+            F_STE_FETCH | F_CD_FETCH | F_WALK_EABT | F_VMS_FETCH
+        );
+        let mask = if fetch { FETCH_ADDR_MASK } else { IPA_MASK };
+        [dw0, dw1, self.input_addr, self.addr2 & mask]
     }
 
     /// Decodes a record as [`encode`](Self::encode) writes it.

@@ -36,6 +36,7 @@ pub mod cmdq;
 pub mod config;
 pub mod event;
 mod regs;
+mod stage;
 mod ste;
 mod strtab;
 mod tlb;
@@ -154,11 +155,15 @@ pub enum Injection {
     SyncStall,
     /// CR0ACK stops following CR0 until [`SmmuModel::clear_injections`].
     Cr0AckStuck,
+    /// The next CMD_SYNC reports an ATC invalidation completion timeout: CERROR_ATC_INV_SYNC
+    /// with CONS on the CMD_SYNC, which runs again once GERRORN acknowledges the error.
+    AtcInvSyncTimeout,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
 struct Injections {
     next_command: Option<Injection>,
+    atc_inv_sync_timeout: bool,
     sync_stall: bool,
     cr0ack_stuck: bool,
 }
@@ -282,6 +287,7 @@ impl<'m> SmmuModel<'m> {
             }
             Injection::SyncStall => st.injections.sync_stall = true,
             Injection::Cr0AckStuck => st.injections.cr0ack_stuck = true,
+            Injection::AtcInvSyncTimeout => st.injections.atc_inv_sync_timeout = true,
         }
     }
 

@@ -2,7 +2,7 @@
 //! failure is C_BAD_STE (§7.3.5).
 //!
 //! Words read: `dw0` V[0], Config[3:1], S1Fmt[5:4], S1ContextPtr[51:6], S1CDMax[63:59];
-//! `dw1` S1DSS[1:0], S2FWB[25], EATS[29:28], STRW[31:30], SHCFG[45:44]; `dw2` S2VMID[15:0],
+//! `dw1` S1DSS[1:0], S2FWB[25], S1STALLD[27], EATS[29:28], STRW[31:30], SHCFG[45:44]; `dw2` S2VMID[15:0],
 //! S2T0SZ[37:32], S2SL0[39:38], S2IR0[41:40], S2OR0[43:42], S2SH0[45:44], S2TG[47:46],
 //! S2PS[50:48], S2AA64[51], S2ENDI[52], S2AFFD[53], S2PTW[54], S2HD[55], S2HA[56], S2S[57],
 //! S2R[58]; `dw3` S2TTB[51:4].
@@ -19,6 +19,7 @@ const fn bits(hi: u32, lo: u32) -> u64 {
 const V: u64 = 1;
 const S1_CONTEXT_PTR: u64 = bits(51, 6);
 const S2FWB: u64 = 1 << 25;
+const S1STALLD: u64 = 1 << 27;
 const S2TTB: u64 = bits(51, 4);
 const S2AA64: u64 = 1 << 51;
 const S2ENDI: u64 = 1 << 52;
@@ -143,6 +144,10 @@ fn s1_context(cfg: &SmmuModelConfig, dw0: u64, dw1: u64) -> Result<S1Context, ()
         return Err(());
     }
     if ptr >> cfg.oas() != 0 {
+        return Err(());
+    }
+    // S1STALLD is ILLEGAL unless stalls are configurable (IDR0.STALL_MODEL = 0b00).
+    if dw1 & S1STALLD != 0 && cfg.stall_model() != 0 {
         return Err(());
     }
     Ok(S1Context {

@@ -65,6 +65,10 @@ pub(crate) struct TlbEntry {
     /// Input address of the first byte the entry maps, aligned to its size.
     pub base: u64,
     pub size_log2: u32,
+    /// The span a TLBI by address matches: the stage-1 leaf of a combined entry (a stage-1 block
+    /// splintered by smaller stage-2 pages goes with the whole block), else `base`/`size_log2`.
+    pub leaf_base: u64,
+    pub leaf_size_log2: u32,
     /// Lookup level of the leaf (stage 1 for combined entries), for TTL.
     pub level: u32,
     pub granule_log2: u32,
@@ -150,7 +154,11 @@ impl Scope {
                 by_addr,
             } => {
                 // By address, global entries match every ASID; TLBI_NH_ASID leaves them alone.
-                let asid_ok = r.asid() == Some(asid) && !(global && !by_addr) || global && by_addr;
+                let asid_ok = if global {
+                    by_addr
+                } else {
+                    r.asid() == Some(asid)
+                };
                 r.is_nh() && r.vmid() == vmid && asid_ok
             }
             Scope::S2(vmid) => matches!(*r, Regime::S2 { vmid: v } if v == vmid),
@@ -189,6 +197,11 @@ impl AddrRange {
     }
 }
 
+/// A CD cache key: (StreamID, SubstreamID).
+pub(crate) type CdKey = (u32, u32);
+/// A cached CD: the S1ContextPtr it was found through, and its words.
+pub(crate) type CachedCd = (u64, [u64; 8]);
+
 /// All the model's caches.
 #[derive(Debug, Default)]
 pub(crate) struct Caches {
@@ -196,9 +209,9 @@ pub(crate) struct Caches {
     pub walk: Vec<WalkEntry>,
     /// STE words by StreamID.
     pub ste: BTreeMap<u32, [u64; 8]>,
-    /// CD words by (StreamID, SubstreamID), with the CD's address (so an STE pointing at
-    /// another CD table misses).
-    pub cd: BTreeMap<(u32, u32), (u64, [u64; 8])>,
+    /// CD words by (StreamID, SubstreamID), with the S1ContextPtr they were fetched through
+    /// (so an STE pointing at another CD table misses).
+    pub cd: BTreeMap<CdKey, CachedCd>,
 }
 
 impl Caches {
@@ -225,7 +238,7 @@ impl Caches {
         let before = (self.tlb.len(), self.walk.len());
         self.tlb.retain(|e| {
             let addr_ok = inv.range.as_ref().map_or(true, |r| {
-                r.hits(e.base, e.size_log2)
+                r.hits(e.leaf_base, e.leaf_size_log2)
                     && r.granule_log2.map_or(true, |g| g == e.granule_log2)
                     && r.ttl_level.map_or(true, |l| l == e.level)
             });

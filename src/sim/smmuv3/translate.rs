@@ -7,25 +7,28 @@
 //! finds is collected in a [`Pending`] set and added to the caches when the translation ends, so
 //! that the walk itself only needs shared access to them.
 
-use core::cell::{Cell, RefCell};
-use std::vec::Vec;
+use core::cell::RefCell;
 
 use super::cd::{self, Cd};
 use super::config::SmmuModelConfig;
 use super::event::{self, EventRecord, FaultClass};
 use super::event::{
-    C_BAD_CD, C_BAD_STE, C_BAD_SUBSTREAMID, EVENT_NONE, F_ACCESS, F_ADDR_SIZE, F_CD_FETCH,
-    F_PERMISSION, F_STREAM_DISABLED, F_TRANSLATION, F_WALK_EABT,
+    C_BAD_CD, C_BAD_STE, C_BAD_SUBSTREAMID, EVENT_NONE, F_ADDR_SIZE, F_CD_FETCH, F_PERMISSION,
+    F_STREAM_DISABLED, F_TRANSLATION, F_WALK_EABT,
 };
 use super::regs::{cr0, gbpa};
+use super::stage::{
+    combine, fault_event, level_of, low_mask, mt, stage2, stage2_fail, stage2_read, Env, Fail,
+    Inner, Pending, StageMem,
+};
 use super::ste::{self, S1Context, S2Context, Ste, StreamConfig};
 use super::strtab::{self, Miss};
-use super::tlb::{Caches, Mt, Regime, TlbEntry, WalkEntry};
+use super::tlb::{Mt, Regime, TlbEntry};
 use super::{DmaFault, DmaOk, State};
 use crate::mem::Iova;
 use crate::sim::arena::{Arena, PhysMem};
-use crate::sim::walk::arm::{Cacheability, MemType};
-use crate::sim::walk::{arm_s1, arm_s2, Access, Fault};
+
+use crate::sim::walk::{arm_s1, Access};
 
 /// One transaction.
 #[derive(Clone, Copy, Debug)]
@@ -34,251 +37,6 @@ pub(crate) struct Request {
     pub ssid: Option<u32>,
     pub iova: u64,
     pub access: Access,
-}
-
-/// What a translation adds to the caches once it ends.
-#[derive(Default)]
-struct Pending {
-    tlb: Vec<TlbEntry>,
-    walk: Vec<WalkEntry>,
-    ste: Option<(u32, [u64; 8])>,
-    cd: Option<((u32, u32), (u64, [u64; 8]))>,
-    tlb_hit: bool,
-}
-
-/// A failed translation before it becomes an event.
-#[derive(Clone, Copy, Debug)]
-struct Fail {
-    event: u8,
-    record: bool,
-    s2: bool,
-    class: FaultClass,
-    addr2: u64,
-}
-
-impl Fail {
-    /// A configuration or fetch error: always recorded.
-    fn config(event: u8, addr2: u64) -> Self {
-        Self {
-            event,
-            record: event != EVENT_NONE,
-            s2: false,
-            class: FaultClass::In,
-            addr2,
-        }
-    }
-}
-
-struct Env<'a> {
-    caches: &'a Caches,
-    mem: &'a Arena,
-    cfg: &'a SmmuModelConfig,
-    pending: RefCell<Pending>,
-}
-
-/// Why memory under a walk could not be read: an external abort at a PA, or a stage-2 fault
-/// translating an IPA.
-#[derive(Clone, Copy, Debug)]
-enum Inner {
-    Abort(u64),
-    Stage2 { event: u8, ipa: u64, fetch: u64 },
-}
-
-type Reader<'a> = dyn Fn(u64) -> Result<u64, Inner> + 'a;
-
-/// Memory as one walk sees it: the walk cache of `regime` first (if any), then `base`.
-struct StageMem<'a> {
-    env: &'a Env<'a>,
-    regime: Option<Regime>,
-    base: &'a Reader<'a>,
-    log: RefCell<Vec<(u64, u64, bool)>>,
-    err: Cell<Option<Inner>>,
-}
-
-impl<'a> StageMem<'a> {
-    fn new(env: &'a Env<'a>, regime: Option<Regime>, base: &'a Reader<'a>) -> Self {
-        Self {
-            env,
-            regime,
-            base,
-            log: RefCell::new(Vec::new()),
-            err: Cell::new(None),
-        }
-    }
-
-    /// Caches the table descriptors of a successful walk of `input` whose leaf is
-    /// `2^leaf_log2` bytes, with `stride` index bits a level.
-    fn remember(&self, input: u64, leaf_log2: u32, stride: u32) {
-        let Some(regime) = self.regime else { return };
-        let log = self.log.borrow();
-        let tables = log.len().saturating_sub(1);
-        let mut pending = self.env.pending.borrow_mut();
-        for (i, &(pa, value, cached)) in log.iter().take(tables).enumerate() {
-            let size_log2 = (leaf_log2 + (tables - i) as u32 * stride).min(64);
-            if !cached {
-                pending.walk.push(WalkEntry {
-                    regime,
-                    entry_pa: pa,
-                    value,
-                    base: input & !low_mask(size_log2),
-                    size_log2,
-                });
-            }
-        }
-    }
-}
-
-impl PhysMem for StageMem<'_> {
-    fn read_u64(&self, pa: u64) -> Option<u64> {
-        let cached = self
-            .regime
-            .and_then(|r| self.env.caches.walk_lookup(&r, pa));
-        let value = match cached {
-            Some(v) => v,
-            None => match (self.base)(pa) {
-                Ok(v) => v,
-                Err(e) => {
-                    self.err.set(Some(e));
-                    return None;
-                }
-            },
-        };
-        self.log.borrow_mut().push((pa, value, cached.is_some()));
-        Some(value)
-    }
-}
-
-fn low_mask(log2: u32) -> u64 {
-    if log2 >= 64 {
-        u64::MAX
-    } else {
-        (1u64 << log2) - 1
-    }
-}
-
-fn mt(mem_type: MemType) -> Mt {
-    let level = |c: Cacheability| match c {
-        Cacheability::NonCacheable => Mt::NonCacheable,
-        Cacheability::WriteThrough => Mt::WriteThrough,
-        Cacheability::WriteBack => Mt::WriteBack,
-    };
-    match mem_type {
-        MemType::Normal { inner, outer } => level(inner).min(level(outer)),
-        MemType::Stage1 => Mt::PassThrough,
-        _ => Mt::Device,
-    }
-}
-
-/// The memory type after stage 2: with FWB, stage 2 decides unless it passes stage 1 through;
-/// without, the weaker of the two wins.
-fn combine(s1: Mt, s2: Mt, fwb: bool) -> Mt {
-    match (fwb, s2) {
-        (true, Mt::PassThrough) => s1,
-        (true, s2) => s2,
-        (false, s2) => s1.min(s2),
-    }
-}
-
-/// The event a walker fault raises; `bad_config` for a configuration the walker refuses.
-fn fault_event(fault: Fault, bad_config: u8) -> u8 {
-    match fault {
-        Fault::AddressSize { .. } => F_ADDR_SIZE,
-        Fault::AccessFlag { .. } => F_ACCESS,
-        Fault::Permission { .. } => F_PERMISSION,
-        Fault::ExternalAbort { .. } => F_WALK_EABT,
-        Fault::BadConfig(_) => bad_config,
-        _ => F_TRANSLATION,
-    }
-}
-
-fn level_of(size_log2: u32, granule_log2: u32) -> u32 {
-    let stride = granule_log2 - 3;
-    3u32.saturating_sub(size_log2.saturating_sub(granule_log2) / stride)
-}
-
-/// Stage 2 of `ipa`, from the TLB or a walk (whose results are pending).
-fn stage2(env: &Env<'_>, s2: &S2Context, ipa: u64, privileged: bool) -> Result<TlbEntry, Inner> {
-    let regime = Regime::S2 { vmid: s2.vmid };
-    if let Some(e) = env.caches.lookup(&regime, privileged, ipa) {
-        return Ok(e);
-    }
-    let read = |pa: u64| env.mem.read_u64(pa).ok_or(Inner::Abort(pa));
-    let mem = StageMem::new(env, Some(regime), &read);
-    let access = Access {
-        privileged,
-        ..Access::default()
-    };
-    let t = match arm_s2::translate(&mem, &s2.walk, Iova::new(ipa), access) {
-        Ok(t) => t,
-        Err(fault) => {
-            if let Some(Inner::Abort(pa)) = mem.err.get() {
-                return Err(Inner::Stage2 {
-                    event: F_WALK_EABT,
-                    ipa,
-                    fetch: pa,
-                });
-            }
-            let event = fault_event(fault, C_BAD_STE);
-            return Err(Inner::Stage2 {
-                event,
-                ipa,
-                fetch: 0,
-            });
-        }
-    };
-    let size = t.page_size_log2;
-    let granule_log2 = s2.walk.granule.log2();
-    mem.remember(ipa, size, granule_log2 - 3);
-    let base = ipa & !low_mask(size);
-    let entry = TlbEntry {
-        regime,
-        global: false,
-        privileged,
-        base,
-        size_log2: size,
-        level: level_of(size, granule_log2),
-        granule_log2,
-        out: t.pa.get() - (ipa - base),
-        read: t.read,
-        write: t.write,
-        exec: t.exec,
-        s2_perms: None,
-        mem: mt(t.attrs.mem_type),
-        s2_memattr: Some(t.attrs.memattr),
-    };
-    env.pending.borrow_mut().tlb.push(entry);
-    Ok(entry)
-}
-
-/// Stage 2 of an IPA the SMMU reads (a CD or a stage-1 table): it must grant reads.
-fn stage2_read(env: &Env<'_>, s2: &S2Context, ipa: u64) -> Result<u64, Inner> {
-    let e = stage2(env, s2, ipa, false)?;
-    if !e.read {
-        return Err(Inner::Stage2 {
-            event: F_PERMISSION,
-            ipa,
-            fetch: 0,
-        });
-    }
-    let pa = e.out + (ipa - e.base);
-    env.mem.read_u64(pa).ok_or(Inner::Abort(pa))
-}
-
-/// A stage-2 failure as the fault it reports, for a fetch of `class`.
-fn stage2_fail(inner: Inner, s2: &S2Context, class: FaultClass, abort_event: u8) -> Fail {
-    match inner {
-        Inner::Abort(pa) => Fail::config(abort_event, pa),
-        Inner::Stage2 { event, ipa, fetch } => {
-            let recordable = matches!(event, F_TRANSLATION | F_ADDR_SIZE | F_ACCESS | F_PERMISSION);
-            Fail {
-                event,
-                record: !recordable || s2.record,
-                s2: true,
-                class,
-                addr2: if event == F_WALK_EABT { fetch } else { ipa },
-            }
-        }
-    }
 }
 
 /// Which CD a transaction uses (§5.2 S1CDMax, S1DSS), or `None` to bypass stage 1.
@@ -394,6 +152,8 @@ fn stage1(
         privileged: req.access.privileged,
         base,
         size_log2: size,
+        leaf_base: base,
+        leaf_size_log2: size,
         level: level_of(size, granule_log2),
         granule_log2,
         out: t.pa.get() - (req.iova - base),

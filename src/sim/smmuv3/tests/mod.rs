@@ -9,7 +9,7 @@ mod translate;
 
 use std::vec::Vec;
 
-use super::{SmmuModel, SmmuModelConfig};
+use super::{op, SmmuModel, SmmuModelConfig};
 use crate::mem::PageAllocator;
 use crate::mmio::RegisterWindow;
 use crate::sim::arena::{Arena, PhysMem};
