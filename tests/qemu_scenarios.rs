@@ -325,10 +325,11 @@ fn run(sc: &Scenario) {
         Some(format!(
             "QEMU {status}, expected exit status {EXIT_PASS} (guest pass)"
         ))
-    } else if let Some(line) = stderr.lines().find(|l| sc.arch.unexpected_log(l)) {
-        Some(format!("QEMU logged a guest error: {line}"))
     } else {
-        None
+        stderr
+            .lines()
+            .find(|l| sc.arch.unexpected_log(l))
+            .map(|line| format!("QEMU logged a guest error: {line}"))
     };
     if let Some(problem) = problem {
         panic!("{}", report(&problem, &serial, &stderr));

@@ -55,7 +55,8 @@ impl StreamTableFormat {
         match self {
             StreamTableFormat::Linear => 0,
             StreamTableFormat::TwoLevel => (256 * 64) >> 12,
-            StreamTableFormat::TwoLevelSplit6 { spans } => spans * ((64 * 64) >> 12),
+            // 64 STEs of 64 bytes: one 4 KiB page per span.
+            StreamTableFormat::TwoLevelSplit6 { spans } => spans,
         }
     }
 }
@@ -221,7 +222,7 @@ pub fn run_with(
             unit: &unit,
         };
         let r = body(&env);
-        drop(env);
+        // Dropping the context detaches edu and frees every IOASID and domain.
         drop(io);
         r
     };
