@@ -198,6 +198,8 @@ scenarios! {
     aarch64_smmu_s1_ias_edges => (Aarch64, 216, "smmu_ias_edges", "virt-9.1,iommu=smmuv3", []);
     aarch64_smmu_s2_refusals => (Aarch64, 217, "smmu_refusals", "virt-9.1,iommu=smmuv3", ["-global", "arm-smmuv3.stage=2"]);
     aarch64_smmu_nested_refusals => (Aarch64, 217, "smmu_refusals", "virt,iommu=smmuv3", []);
+    aarch64_smmu_nested_dma_4k_default => (Aarch64, 218, "smmu_dma_4k_default", "virt,iommu=smmuv3", []);
+    aarch64_smmu_s2_bypass_when_disabled => (Aarch64, 219, "smmu_bypass_when_disabled", "virt-9.1,iommu=smmuv3", ["-global", "arm-smmuv3.stage=2"]);
     aarch64_smmu_nested => (Aarch64, 209, "smmu_nested", "virt,iommu=smmuv3", []);
     aarch64_smmu_s2_nested_refused => (Aarch64, 209, "smmu_nested", "virt-9.1,iommu=smmuv3", ["-global", "arm-smmuv3.stage=2"]);
     aarch64_smmu_s1_nested_refused => (Aarch64, 209, "smmu_nested", "virt-9.1,iommu=smmuv3", []);

@@ -119,6 +119,16 @@ pub static TABLE: &[Scenario] = &[
         run: crate::smmu_scenarios::smmu_refusals,
     },
     Scenario {
+        id: 218,
+        name: "smmu_dma_4k_default",
+        run: crate::smmu_scenarios::smmu_dma_4k_default,
+    },
+    Scenario {
+        id: 219,
+        name: "smmu_bypass_when_disabled",
+        run: crate::smmu_scenarios::smmu_bypass_when_disabled,
+    },
+    Scenario {
         id: 221,
         name: "smmu_dma_4k_2lvl",
         run: crate::smmu_scenarios::smmu_dma_4k_2lvl,

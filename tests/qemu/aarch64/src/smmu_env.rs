@@ -13,7 +13,7 @@ use iommu_engine::mmio::{Mmio, RegisterWindow};
 use iommu_engine::smmuv3::idr::Idr0Flags;
 use iommu_engine::smmuv3::idr::Idr3Flags;
 use iommu_engine::smmuv3::regs;
-use iommu_engine::smmuv3::{SmmuConfig, SmmuUnit, StreamId, StreamTableLayout};
+use iommu_engine::smmuv3::{DisabledTraffic, SmmuConfig, SmmuUnit, StreamId, StreamTableLayout};
 
 use crate::alloc::PageArena;
 use crate::dma::DmaBuf;
@@ -39,13 +39,19 @@ pub enum StreamTableFormat {
         /// Level-1 spans the scenario attaches devices in.
         spans: usize,
     },
+    /// `SmmuConfig::default()`, what a kernel gets without choosing: on QEMU (16-bit
+    /// StreamIDs, ST_LEVEL = 1) a two-level table with 256-STE leaves.
+    Default,
+    /// [`StreamTableFormat::Linear`] with `DisabledTraffic::Bypass`: DMA passes untranslated
+    /// while the unit is disabled.
+    LinearBypass,
 }
 
 impl StreamTableFormat {
     fn split(self) -> Option<u32> {
         match self {
-            StreamTableFormat::Linear => None,
-            StreamTableFormat::TwoLevel => Some(8),
+            StreamTableFormat::Linear | StreamTableFormat::LinearBypass => None,
+            StreamTableFormat::TwoLevel | StreamTableFormat::Default => Some(8),
             StreamTableFormat::TwoLevelSplit6 { .. } => Some(6),
         }
     }
@@ -53,8 +59,8 @@ impl StreamTableFormat {
     /// Page frames of level-2 stream tables the unit keeps once devices were attached.
     fn kept_frames(self) -> usize {
         match self {
-            StreamTableFormat::Linear => 0,
-            StreamTableFormat::TwoLevel => (256 * 64) >> 12,
+            StreamTableFormat::Linear | StreamTableFormat::LinearBypass => 0,
+            StreamTableFormat::TwoLevel | StreamTableFormat::Default => (256 * 64) >> 12,
             // 64 STEs of 64 bytes: one 4 KiB page per span.
             StreamTableFormat::TwoLevelSplit6 { spans } => spans,
         }
@@ -138,13 +144,21 @@ pub fn edu_sid(edu: &Edu) -> StreamId {
 
 /// Builds and enables a unit with the given stream table layout.
 pub fn new_unit(ctx: &Ctx, format: StreamTableFormat) -> Result<Unit, Fail> {
-    let cfg = SmmuConfig {
-        stream_table: match format.split() {
-            None => StreamTableLayout::Linear,
-            Some(split) => StreamTableLayout::TwoLevel { split },
+    let cfg = match format {
+        StreamTableFormat::Default => SmmuConfig::default(),
+        _ => SmmuConfig {
+            stream_table: match format.split() {
+                None => StreamTableLayout::Linear,
+                Some(split) => StreamTableLayout::TwoLevel { split },
+            },
+            sid_bits: Some(if format.split().is_some() { 16 } else { 8 }),
+            when_disabled: if format == StreamTableFormat::LinearBypass {
+                DisabledTraffic::Bypass
+            } else {
+                DisabledTraffic::Abort
+            },
+            ..SmmuConfig::default()
         },
-        sid_bits: Some(if format.split().is_some() { 16 } else { 8 }),
-        ..SmmuConfig::default()
     };
     let unit = Unit::new(smmu_regs(ctx)?, ctx.alloc, cfg)
         .map_err(|e| Fail::new(format_args!("SmmuUnit::new: {e}")))?;

@@ -1636,3 +1636,84 @@ fn refusals(env: &Env<'_, '_, '_>) -> Result<(), Fail> {
     env.events("refusals")?.expect_none("refusals")?;
     Ok(())
 }
+
+/// [`smmu_dma_4k`] with `SmmuConfig::default()`: the configuration a kernel gets without
+/// choosing (two-level stream table, default queue sizes).
+pub fn smmu_dma_4k_default(ctx: &mut Ctx) -> Result<(), Fail> {
+    run(ctx, StreamTableFormat::Default, dma_4k)
+}
+
+/// `DisabledTraffic::Bypass`: while the unit is disabled a transfer uses its address as a
+/// physical address (GBPA.ABORT = 0, written with GBPA.UPDATE); enabled again, the IOVA
+/// translates and the physical address no longer does.
+pub fn smmu_bypass_when_disabled(ctx: &mut Ctx) -> Result<(), Fail> {
+    run(ctx, StreamTableFormat::LinearBypass, bypass_when_disabled)
+}
+
+fn bypass_when_disabled(env: &Env<'_, '_, '_>) -> Result<(), Fail> {
+    let (src, dst) = (env.buf(12)?, env.buf(12)?);
+    let a = io("alloc", env.io.alloc(IoasidFlags::empty()))?;
+    io("attach", env.io.attach(env.dev, a))?;
+    io(
+        "map src",
+        env.io.map(a, iova(IOVA_SRC), src.pa(0), 4096, RO),
+    )?;
+    io(
+        "map dst",
+        env.io.map(a, iova(IOVA_DST), dst.pa(0), 4096, RW),
+    )?;
+    roundtrip(
+        env.edu,
+        &src,
+        0,
+        iova(IOVA_SRC),
+        &dst,
+        0x10,
+        iova(IOVA_DST + 0x10),
+        0x80,
+        130,
+    )?;
+    env.unit
+        .disable()
+        .map_err(|e| Fail::new(format_args!("disable: {e}")))?;
+    // Physical addresses now.
+    roundtrip(
+        env.edu,
+        &src,
+        0,
+        iova(src.pa(0).get()),
+        &dst,
+        0x20,
+        iova(dst.pa(0x20).get()),
+        0x80,
+        131,
+    )?;
+    env.events("bypassed")?.expect_none("bypassed")?;
+    env.unit
+        .enable()
+        .map_err(|e| Fail::new(format_args!("re-enable: {e}")))?;
+    roundtrip(
+        env.edu,
+        &src,
+        0,
+        iova(IOVA_SRC),
+        &dst,
+        0x30,
+        iova(IOVA_DST + 0x30),
+        0x80,
+        132,
+    )?;
+    // The physical address is not mapped in the domain: it faults again.
+    dst.guard_all();
+    write_iova(env.edu, iova(dst.pa(0x40).get()), FAULT_LEN)?;
+    dst.expect_untouched()?;
+    let ev = env.events("physical address after enable")?;
+    ev.expect_faults(&fault(
+        env,
+        "physical address after enable",
+        EventType::FTranslation,
+        dst.pa(0x40).get(),
+        false,
+    ))?;
+    Ok(())
+}
