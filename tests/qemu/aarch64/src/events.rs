@@ -166,6 +166,13 @@ fn check_one(e: &Event, w: &Expect) -> Result<(), Fail> {
     if let Some(s2) = w.stage2 {
         let got = e.flags.contains(EventFlags::S2);
         ensure!(got == s2, "{}: event S2 flag {got}, expected {s2}", w.what);
+        // A stage-1 fault has no IPA (the crate decodes none).
+        ensure!(
+            s2 || e.ipa.is_none(),
+            "{}: stage-1 fault decoded with an IPA {:x?}",
+            w.what,
+            e.ipa
+        );
         // A stage-2 fault names the IPA (bits 51:12); without stage 1 it is the input address.
         if s2 && w.ipa_is_input {
             ensure!(
