@@ -11,6 +11,8 @@
 #[cfg(feature = "std")]
 extern crate std;
 
+#[cfg(feature = "capi")]
+pub mod capi;
 pub mod ioasid;
 pub mod iommu;
 pub mod mem;
