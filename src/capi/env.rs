@@ -11,15 +11,15 @@ use super::status::IeStatus;
 
 /// Returns a zeroed page of `1 << size_log2` bytes aligned to its size, stores its physical
 /// address in `*pa`, and returns its CPU address; NULL when out of memory.
-pub type IeAllocPageFn =
+pub(super) type IeAllocPageFn =
     unsafe extern "C" fn(ctx: *mut c_void, size_log2: u32, pa: *mut u64) -> *mut c_void;
 /// Takes back a page `alloc_page(size_log2)` returned.
-pub type IeFreePageFn =
+pub(super) type IeFreePageFn =
     unsafe extern "C" fn(ctx: *mut c_void, va: *mut c_void, pa: u64, size_log2: u32);
 /// The CPU address of physical address `pa` inside a live page; NULL outside every live page.
-pub type IePhysToVirtFn = unsafe extern "C" fn(ctx: *mut c_void, pa: u64) -> *mut c_void;
+pub(super) type IePhysToVirtFn = unsafe extern "C" fn(ctx: *mut c_void, pa: u64) -> *mut c_void;
 /// Cache maintenance over `len` bytes at `va` (clean for the device, or invalidate for the CPU).
-pub type IeSyncFn = unsafe extern "C" fn(ctx: *mut c_void, va: *mut c_void, len: usize);
+pub(super) type IeSyncFn = unsafe extern "C" fn(ctx: *mut c_void, va: *mut c_void, len: usize);
 
 /// The memory services an embedder lends to the crate.
 ///
@@ -32,16 +32,19 @@ pub struct IeEnv {
     /// Passed to every function.
     pub ctx: *mut c_void,
     /// Required: page allocation (4 KiB up to 1 MiB, zeroed, size-aligned).
-    pub alloc_page: Option<IeAllocPageFn>,
+    pub alloc_page:
+        Option<unsafe extern "C" fn(ctx: *mut c_void, size_log2: u32, pa: *mut u64) -> *mut c_void>,
     /// Required: page release.
-    pub free_page: Option<IeFreePageFn>,
+    pub free_page:
+        Option<unsafe extern "C" fn(ctx: *mut c_void, va: *mut c_void, pa: u64, size_log2: u32)>,
     /// Required: physical to CPU address, for pages from `alloc_page`.
-    pub phys_to_virt: Option<IePhysToVirtFn>,
+    pub phys_to_virt: Option<unsafe extern "C" fn(ctx: *mut c_void, pa: u64) -> *mut c_void>,
     /// Optional (NULL: nothing to do): clean `len` bytes of table memory to the point of
     /// coherency for a walker that does not snoop CPU caches.
-    pub sync_for_device: Option<IeSyncFn>,
+    pub sync_for_device:
+        Option<unsafe extern "C" fn(ctx: *mut c_void, va: *mut c_void, len: usize)>,
     /// Optional (NULL: nothing to do): invalidate `len` bytes a non-snooping device wrote.
-    pub sync_for_cpu: Option<IeSyncFn>,
+    pub sync_for_cpu: Option<unsafe extern "C" fn(ctx: *mut c_void, va: *mut c_void, len: usize)>,
 }
 
 /// A validated [`IeEnv`]: the [`PageAllocator`] the crate's objects use.
@@ -128,13 +131,13 @@ unsafe impl PageAllocator for CEnv {
 }
 
 /// Reads a 32-bit register at byte offset `off`.
-pub type IeRead32Fn = unsafe extern "C" fn(ctx: *mut c_void, off: usize) -> u32;
+pub(super) type IeRead32Fn = unsafe extern "C" fn(ctx: *mut c_void, off: usize) -> u32;
 /// Writes a 32-bit register at byte offset `off`.
-pub type IeWrite32Fn = unsafe extern "C" fn(ctx: *mut c_void, off: usize, value: u32);
+pub(super) type IeWrite32Fn = unsafe extern "C" fn(ctx: *mut c_void, off: usize, value: u32);
 /// Reads a 64-bit register at byte offset `off`.
-pub type IeRead64Fn = unsafe extern "C" fn(ctx: *mut c_void, off: usize) -> u64;
+pub(super) type IeRead64Fn = unsafe extern "C" fn(ctx: *mut c_void, off: usize) -> u64;
 /// Writes a 64-bit register at byte offset `off`.
-pub type IeWrite64Fn = unsafe extern "C" fn(ctx: *mut c_void, off: usize, value: u64);
+pub(super) type IeWrite64Fn = unsafe extern "C" fn(ctx: *mut c_void, off: usize, value: u64);
 
 /// A unit's register window: either mapped MMIO (`base` non-NULL: the crate accesses it with
 /// single loads and stores) or four accessor functions (`base` NULL), e.g. for a hypervisor
@@ -149,13 +152,13 @@ pub struct IeRegs {
     /// Passed to the functions.
     pub ctx: *mut c_void,
     /// 32-bit read (used when `base` is NULL).
-    pub read32: Option<IeRead32Fn>,
+    pub read32: Option<unsafe extern "C" fn(ctx: *mut c_void, off: usize) -> u32>,
     /// 32-bit write.
-    pub write32: Option<IeWrite32Fn>,
+    pub write32: Option<unsafe extern "C" fn(ctx: *mut c_void, off: usize, value: u32)>,
     /// 64-bit read.
-    pub read64: Option<IeRead64Fn>,
+    pub read64: Option<unsafe extern "C" fn(ctx: *mut c_void, off: usize) -> u64>,
     /// 64-bit write.
-    pub write64: Option<IeWrite64Fn>,
+    pub write64: Option<unsafe extern "C" fn(ctx: *mut c_void, off: usize, value: u64)>,
 }
 
 /// A validated [`IeRegs`].

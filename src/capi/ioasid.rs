@@ -308,24 +308,29 @@ pub unsafe extern "C" fn ie_ctx_device_info(
     })())
 }
 
-/// `ie_ctx_alloc` flag: block no-snoop (every DMA through the IOASID snoops CPU caches).
-pub const IE_IOASID_ENFORCE_SNOOP: u32 = 1 << 0;
-/// `ie_ctx_alloc` flag: the IOASID is the parent (second stage) of nested translation.
-pub const IE_IOASID_NEST_PARENT: u32 = 1 << 1;
-/// `ie_ctx_alloc` flag: hardware dirty tracking.
-pub const IE_IOASID_DIRTY_TRACKING: u32 = 1 << 2;
-/// `ie_ctx_alloc` flag: a PASID-granular (first-stage) address space.
-pub const IE_IOASID_PASID: u32 = 1 << 3;
+/// Flags of [`ie_ctx_alloc`], fixed for the IOASID's life; OR them together.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IeIoasidFlag {
+    /// Block no-snoop: every DMA through the IOASID snoops CPU caches.
+    EnforceSnoop = 1 << 0,
+    /// The IOASID is the parent (second stage) of nested translation.
+    NestParent = 1 << 1,
+    /// Hardware dirty tracking on every domain behind the IOASID.
+    DirtyTracking = 1 << 2,
+    /// A PASID-granular (first-stage) address space.
+    Pasid = 1 << 3,
+}
 
-// The C values are literals (cbindgen evaluates no expressions); they must be the flags' bits.
+// The C values must be the flags' bits.
 const _: () = assert!(
-    IE_IOASID_ENFORCE_SNOOP == IoasidFlags::ENFORCE_SNOOP.bits()
-        && IE_IOASID_NEST_PARENT == IoasidFlags::NEST_PARENT.bits()
-        && IE_IOASID_DIRTY_TRACKING == IoasidFlags::DIRTY_TRACKING.bits()
-        && IE_IOASID_PASID == IoasidFlags::PASID.bits()
+    IeIoasidFlag::EnforceSnoop as u32 == IoasidFlags::ENFORCE_SNOOP.bits()
+        && IeIoasidFlag::NestParent as u32 == IoasidFlags::NEST_PARENT.bits()
+        && IeIoasidFlag::DirtyTracking as u32 == IoasidFlags::DIRTY_TRACKING.bits()
+        && IeIoasidFlag::Pasid as u32 == IoasidFlags::PASID.bits()
 );
 
-/// Allocates an IOASID with `flags` (`IE_IOASID_*`), fixed for its life; writes its number.
+/// Allocates an IOASID with `flags` (`IE_IOASID_FLAG_*`), fixed for its life; writes its number.
 ///
 /// # Safety
 /// `ctx` is a live context handle; `out` is writable.
@@ -435,20 +440,26 @@ pub unsafe extern "C" fn ie_ctx_detach_pasid(ctx: *mut IeCtx, device: u32, pasid
     })())
 }
 
-/// `ie_ctx_map` permission: device reads.
-pub const IE_PROT_READ: u32 = 1 << 0;
-/// `ie_ctx_map` permission: device writes.
-pub const IE_PROT_WRITE: u32 = 1 << 1;
-/// `ie_ctx_map` permission: instruction fetch.
-pub const IE_PROT_EXEC: u32 = 1 << 2;
-/// `ie_ctx_map` permission: privileged access only (first-stage formats).
-pub const IE_PROT_PRIV: u32 = 1 << 3;
+/// Permissions of [`ie_ctx_map`]; OR them together.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IeProt {
+    /// Device reads (DMA from memory).
+    Read = 1 << 0,
+    /// Device writes (DMA to memory).
+    Write = 1 << 1,
+    /// Instruction fetch.
+    Exec = 1 << 2,
+    /// Privileged access only (first-stage formats).
+    Priv = 1 << 3,
+}
 
+// The C values must be the permission bits.
 const _: () = assert!(
-    IE_PROT_READ == Prot::READ.bits() as u32
-        && IE_PROT_WRITE == Prot::WRITE.bits() as u32
-        && IE_PROT_EXEC == Prot::EXEC.bits() as u32
-        && IE_PROT_PRIV == Prot::PRIV.bits() as u32
+    IeProt::Read as u8 == Prot::READ.bits()
+        && IeProt::Write as u8 == Prot::WRITE.bits()
+        && IeProt::Exec as u8 == Prot::EXEC.bits()
+        && IeProt::Priv as u8 == Prot::PRIV.bits()
 );
 
 /// Maps `[iova, iova + len)` to `[pa, pa + len)` with `prot` (`IE_PROT_*`) in the IOASID and

@@ -24,10 +24,7 @@ mod object;
 mod status;
 mod unit;
 
-pub use env::{
-    CEnv, CRegs, IeAllocPageFn, IeEnv, IeFreePageFn, IePhysToVirtFn, IeRead32Fn, IeRead64Fn,
-    IeRegs, IeSyncFn, IeWrite32Fn, IeWrite64Fn,
-};
+pub use env::{CEnv, CRegs, IeEnv, IeRegs};
 pub use ioasid::*;
 pub use status::{ie_status_errno, IeMissing, IeStatus};
 pub use unit::IeUnit;

@@ -48,39 +48,24 @@ pub enum IeStatus {
     Hardware = 14,
 }
 
-/// Linux errno values (asm-generic/errno-base.h, errno.h) the statuses map to.
-mod errno {
-    pub const ENOENT: i32 = 2;
-    pub const EIO: i32 = 5;
-    pub const ENOMEM: i32 = 12;
-    pub const EBUSY: i32 = 16;
-    pub const EEXIST: i32 = 17;
-    pub const EINVAL: i32 = 22;
-    pub const ENOSPC: i32 = 28;
-    pub const ERANGE: i32 = 34;
-    pub const EPERM: i32 = 1;
-    pub const EOPNOTSUPP: i32 = 95;
-    pub const EADDRINUSE: i32 = 98;
-    pub const ETIMEDOUT: i32 = 110;
-}
-
 impl IeStatus {
     /// The negative errno for this status (0 for [`IeStatus::Ok`]).
     pub const fn errno(self) -> i32 {
+        // Linux errno values (asm-generic/errno-base.h, errno.h).
         -match self {
             IeStatus::Ok => 0,
-            IeStatus::InvalidArgument | IeStatus::Incompatible => errno::EINVAL,
-            IeStatus::Busy => errno::EBUSY,
-            IeStatus::NoMemory => errno::ENOMEM,
-            IeStatus::NotFound | IeStatus::NotAttached => errno::ENOENT,
-            IeStatus::Exists => errno::EEXIST,
-            IeStatus::OutOfRange => errno::ERANGE,
-            IeStatus::Reserved => errno::EADDRINUSE,
-            IeStatus::NoSpace => errno::ENOSPC,
-            IeStatus::NotPermitted => errno::EPERM,
-            IeStatus::Unsupported => errno::EOPNOTSUPP,
-            IeStatus::Timeout => errno::ETIMEDOUT,
-            IeStatus::Hardware => errno::EIO,
+            IeStatus::InvalidArgument | IeStatus::Incompatible => 22, /* EINVAL */,
+            IeStatus::Busy => 16,                                     /* EBUSY */,
+            IeStatus::NoMemory => 12,                                 /* ENOMEM */,
+            IeStatus::NotFound | IeStatus::NotAttached => 2,          /* ENOENT */,
+            IeStatus::Exists => 17,                                   /* EEXIST */,
+            IeStatus::OutOfRange => 34,                               /* ERANGE */,
+            IeStatus::Reserved => 98,                                 /* EADDRINUSE */,
+            IeStatus::NoSpace => 28,                                  /* ENOSPC */,
+            IeStatus::NotPermitted => 1,                              /* EPERM */,
+            IeStatus::Unsupported => 95,                              /* EOPNOTSUPP */,
+            IeStatus::Timeout => 110,                                 /* ETIMEDOUT */,
+            IeStatus::Hardware => 5,                                  /* EIO */,
         }
     }
 }
@@ -197,7 +182,7 @@ impl From<ioasid::Error> for IeStatus {
 /// a value that is no status).
 #[no_mangle]
 pub extern "C" fn ie_status_errno(status: i32) -> i32 {
-    IeStatus::from_raw(status).map_or(-errno::EINVAL, IeStatus::errno)
+    IeStatus::from_raw(status).map_or(-22 /* EINVAL */, IeStatus::errno)
 }
 
 impl IeStatus {
