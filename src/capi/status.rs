@@ -54,7 +54,7 @@ impl IeStatus {
         // Linux errno values (asm-generic/errno-base.h, errno.h).
         -match self {
             IeStatus::Ok => 0,
-            IeStatus::InvalidArgument | IeStatus::Incompatible => 22, /* EINVAL */,
+            IeStatus::InvalidArgument | IeStatus::Incompatible => 22, // EINVAL
             IeStatus::Busy => 16,                                     /* EBUSY */,
             IeStatus::NoMemory => 12,                                 /* ENOMEM */,
             IeStatus::NotFound | IeStatus::NotAttached => 2,          /* ENOENT */,
