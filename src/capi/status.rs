@@ -55,17 +55,17 @@ impl IeStatus {
         -match self {
             IeStatus::Ok => 0,
             IeStatus::InvalidArgument | IeStatus::Incompatible => 22, // EINVAL
-            IeStatus::Busy => 16,                                     /* EBUSY */,
-            IeStatus::NoMemory => 12,                                 /* ENOMEM */,
-            IeStatus::NotFound | IeStatus::NotAttached => 2,          /* ENOENT */,
-            IeStatus::Exists => 17,                                   /* EEXIST */,
-            IeStatus::OutOfRange => 34,                               /* ERANGE */,
-            IeStatus::Reserved => 98,                                 /* EADDRINUSE */,
-            IeStatus::NoSpace => 28,                                  /* ENOSPC */,
-            IeStatus::NotPermitted => 1,                              /* EPERM */,
-            IeStatus::Unsupported => 95,                              /* EOPNOTSUPP */,
-            IeStatus::Timeout => 110,                                 /* ETIMEDOUT */,
-            IeStatus::Hardware => 5,                                  /* EIO */,
+            IeStatus::Busy => 16,                                     // EBUSY
+            IeStatus::NoMemory => 12,                                 // ENOMEM
+            IeStatus::NotFound | IeStatus::NotAttached => 2,          // ENOENT
+            IeStatus::Exists => 17,                                   // EEXIST
+            IeStatus::OutOfRange => 34,                               // ERANGE
+            IeStatus::Reserved => 98,                                 // EADDRINUSE
+            IeStatus::NoSpace => 28,                                  // ENOSPC
+            IeStatus::NotPermitted => 1,                              // EPERM
+            IeStatus::Unsupported => 95,                              // EOPNOTSUPP
+            IeStatus::Timeout => 110,                                 // ETIMEDOUT
+            IeStatus::Hardware => 5,                                  // EIO
         }
     }
 }
