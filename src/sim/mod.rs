@@ -10,6 +10,8 @@
 //! - [`arena`]: [`Arena`], a [`PageAllocator`](crate::mem::PageAllocator) over one host buffer
 //!   with fake physical addresses, allocation accounting, double-free detection, failure
 //!   injection and a recorder for the cache-maintenance hook.
+//! - [`vtd`]: a behavioural model of a VT-d remapping unit (registers, invalidation queue, caches,
+//!   translation, fault recording, fault injection).
 //! - [`walk`]: one reference walker per table format: VT-d second stage and first stage, Arm
 //!   VMSAv8-64 stage 2 and stage 1. Each offers `translate`, `walk_all` and `table_pages`.
 //!
@@ -27,6 +29,7 @@
 //! - Each walker's own `//!` documentation lists the features of its format it leaves out.
 
 pub mod arena;
+pub mod vtd;
 pub mod walk;
 
 pub use arena::{
