@@ -29,6 +29,7 @@
 //! - Each walker's own `//!` documentation lists the features of its format it leaves out.
 
 pub mod arena;
+pub mod smmuv3;
 pub mod vtd;
 pub mod walk;
 

@@ -37,6 +37,8 @@ pub enum Opcode {
     TlbiNhVa = 0x12,
     /// `CMD_TLBI_NH_VAA`.
     TlbiNhVaa = 0x13,
+    /// `CMD_TLBI_EL2_ALL`.
+    TlbiEl2All = 0x20,
     /// `CMD_TLBI_S12_VMALL`.
     TlbiS12Vmall = 0x28,
     /// `CMD_TLBI_S2_IPA`.
@@ -126,13 +128,14 @@ pub enum RangeGranule {
     Size64K = 3,
 }
 
-/// The range fields of a TLBI (with `IDR3.RIL`): `(NUM + 1) * 2^(5 * SCALE + 1)` pages of the
-/// granule `tg`, starting at the address; `ttl` is the leaf level hint (0: any level).
+/// The range fields of a TLBI (with `IDR3.RIL`, IHI 0070 G.b §4.4.1): `(NUM + 1) * 2^SCALE`
+/// pages of the granule `tg`, starting at the address; `ttl` is the leaf level hint (0: any
+/// level). Unlike the PE's TLBI RVA, SCALE is a plain 5-bit exponent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TlbiRange {
     /// Granule of the pages.
     pub tg: RangeGranule,
-    /// SCALE, 0..=31 (encoded in 5 bits; the architecture uses 0..=3).
+    /// SCALE, 0..=31: the range counts `2^SCALE`-page chunks.
     pub scale: u8,
     /// NUM, 0..=31.
     pub num: u8,
@@ -330,6 +333,13 @@ impl Command {
         }
     }
 
+    /// `CMD_TLBI_EL2_ALL`: every EL2 entry (units with `IDR0.HYP`).
+    pub const fn tlbi_el2_all() -> Self {
+        Self {
+            words: [Opcode::TlbiEl2All as u64, 0],
+        }
+    }
+
     /// `CMD_TLBI_NSNH_ALL`: every non-secure, non-hypervisor entry.
     pub const fn tlbi_nsnh_all() -> Self {
         Self {
@@ -493,6 +503,7 @@ mod tests {
             [0x0000_ffff_0000_0028, 0]
         );
         assert_eq!(Command::tlbi_nsnh_all().words, [0x30, 0]);
+        assert_eq!(Command::tlbi_el2_all().words, [0x20, 0]);
     }
 
     #[test]

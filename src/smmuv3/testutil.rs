@@ -8,8 +8,8 @@
 extern crate std;
 
 use std::alloc::{alloc_zeroed, dealloc, Layout};
-use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
 use std::vec::Vec;
 
 use core::ptr::NonNull;
@@ -17,12 +17,40 @@ use core::ptr::NonNull;
 use crate::mem::{Page, PageAllocator, PhysAddr};
 use crate::mmio::RegisterWindow;
 
+/// A `Cell` that is `Sync` (the unit under test is shared across threads).
+#[derive(Default, Debug)]
+pub struct Cell<T: Copy>(Mutex<T>);
+
+impl<T: Copy> Cell<T> {
+    pub fn get(&self) -> T {
+        *self.0.lock().unwrap()
+    }
+    pub fn set(&self, v: T) {
+        *self.0.lock().unwrap() = v;
+    }
+}
+
+/// A `RefCell` that is `Sync`; a nested borrow deadlocks where `RefCell` would panic.
+#[derive(Default, Debug)]
+pub struct RefCell<T>(Mutex<T>);
+
+impl<T> RefCell<T> {
+    pub fn borrow(&self) -> MutexGuard<'_, T> {
+        self.0.lock().unwrap()
+    }
+    pub fn borrow_mut(&self) -> MutexGuard<'_, T> {
+        self.0.lock().unwrap()
+    }
+}
+
 /// Heap pages whose physical address is their CPU address.
 #[derive(Default)]
 pub struct VecAllocator {
     live: RefCell<Vec<(usize, usize)>>,
     pub syncs: Cell<usize>,
     pub fail: Cell<bool>,
+    /// Pages handed back, in order.
+    pub frees: Cell<usize>,
 }
 
 impl VecAllocator {
@@ -58,6 +86,7 @@ unsafe impl PageAllocator for VecAllocator {
             .position(|&(a, s)| a == addr && s == size)
             .expect("double free");
         live.swap_remove(pos);
+        self.frees.set(self.frees.get() + 1);
         // SAFETY: the block was allocated with this layout and is freed once.
         unsafe {
             dealloc(
@@ -114,6 +143,8 @@ pub struct ModelSmmu {
     pub msis: Cell<usize>,
     /// Writes to CMDQ_PROD.
     pub prod_writes: Cell<usize>,
+    /// Every register write, in order: (offset, value).
+    pub writes: RefCell<Vec<(usize, u64)>>,
 }
 
 impl ModelSmmu {
@@ -184,7 +215,7 @@ impl ModelSmmu {
         let op = (cmd[0] & 0xff) as u8;
         let known = matches!(
             op,
-            0x01..=0x06 | 0x10..=0x13 | 0x28 | 0x2a | 0x30 | 0x40 | 0x41 | 0x44..=0x46
+            0x01..=0x06 | 0x10..=0x13 | 0x20 | 0x28 | 0x2a | 0x30 | 0x40 | 0x41 | 0x44..=0x46
         );
         if !known {
             return false;
@@ -241,6 +272,7 @@ impl RegisterWindow for ModelSmmu {
     }
 
     fn write32(&self, offset: usize, value: u32) {
+        self.writes.borrow_mut().push((offset, value.into()));
         match offset {
             CR0 => {
                 self.set32(CR0, value);
@@ -282,6 +314,7 @@ impl RegisterWindow for ModelSmmu {
     }
 
     fn write64(&self, offset: usize, value: u64) {
+        self.writes.borrow_mut().push((offset, value));
         self.regs64.borrow_mut().insert(offset, value);
     }
 }
