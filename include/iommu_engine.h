@@ -17,6 +17,16 @@
 #include <stddef.h>
 #include <stdint.h>
 
+// The stream table layout of an SMMUv3 unit.
+typedef enum {
+  // Two-level when the unit supports it and more than 256 StreamIDs are covered.
+  IE_STREAM_TABLE_AUTO = 0,
+  // One array of STEs.
+  IE_STREAM_TABLE_LINEAR = 1,
+  // Two-level with 256-STE leaves allocated on demand.
+  IE_STREAM_TABLE_TWO_LEVEL = 2,
+} IeStreamTable;
+
 // The result of a C ABI call.
 typedef enum {
   // Success.
@@ -111,6 +121,16 @@ typedef struct IeCtx IeCtx;
 // A registry: the system's units, which context owns each device, the PASID space.
 typedef struct IeRegistry IeRegistry;
 
+#if defined(IOMMU_ENGINE_SIM)
+// An arena of fake physical memory (a host buffer) handing out pages.
+typedef struct IeSimArena IeSimArena;
+#endif
+
+#if defined(IOMMU_ENGINE_SIM)
+// A model of a VT-d unit or an SMMUv3.
+typedef struct IeSimModel IeSimModel;
+#endif
+
 // One IOMMU unit (a VT-d remapping unit or an SMMUv3).
 typedef struct IeUnit IeUnit;
 
@@ -160,6 +180,87 @@ typedef struct {
   // The device declared itself no-snoop capable.
   bool no_snoop_capable;
 } IeDeviceInfo;
+
+#if defined(IOMMU_ENGINE_SIM)
+// What the VT-d model reports in CAP/ECAP.
+typedef struct {
+  // Scalable mode (ECAP.SMTS, PASID, first stage) rather than a legacy-only unit.
+  bool scalable;
+  // ECAP.SC: the unit can enforce snooping.
+  bool snoop_control;
+  // CAP.CM: caching mode (not-present entries may be cached).
+  bool caching_mode;
+} IeSimVtdConfig;
+#endif
+
+#if defined(IOMMU_ENGINE_SIM)
+// What the SMMUv3 model reports in its ID registers.
+typedef struct {
+  // IDR3.FWB: stage-2 forced write-back.
+  bool fwb;
+  // IDR0.COHACC: coherent table walks and queue accesses.
+  bool cohacc;
+  // IDR3.RIL: range invalidation.
+  bool ril;
+} IeSimSmmuConfig;
+#endif
+
+// A unit's register window: either mapped MMIO (`base` non-NULL: the crate accesses it with
+// single loads and stores) or four accessor functions (`base` NULL), e.g. for a hypervisor
+// that traps or a model.
+typedef struct {
+  // CPU address of the registers, mapped as device memory; NULL to use the functions.
+  void *base;
+  // Length of the window in bytes (VT-d: 4 KiB at least; SMMUv3: 128 KiB).
+  size_t len;
+  // Passed to the functions.
+  void *ctx;
+  // 32-bit read (used when `base` is NULL).
+  uint32_t (*read32)(void *ctx, size_t off);
+  // 32-bit write.
+  void (*write32)(void *ctx, size_t off, uint32_t value);
+  // 64-bit read.
+  uint64_t (*read64)(void *ctx, size_t off);
+  // 64-bit write.
+  void (*write64)(void *ctx, size_t off, uint64_t value);
+} IeRegs;
+
+#if defined(IOMMU_ENGINE_SIM)
+// What a DMA translated to through a model.
+typedef struct {
+  // The physical address.
+  uint64_t pa;
+  // The access snoops CPU caches (VT-d SNP / PGSNP; SMMUv3: write-back cacheable).
+  bool snoop;
+} IeSimDma;
+#endif
+
+// How to run a VT-d unit ([`ie_vtd_config_default`] fills in the defaults).
+typedef struct {
+  // Scalable mode (PASID tables, first-stage domains); needs `ECAP.SMTS` and `ECAP.QI`.
+  bool scalable;
+  // Register polls before a wait on the hardware fails with `IE_STATUS_TIMEOUT`.
+  uint32_t poll_budget;
+  // The invalidation queue is `2^queue_pages_log2` 4 KiB pages (0..=7).
+  uint8_t queue_pages_log2;
+  // PASID width offered in scalable mode (capped by `ECAP.PSS`).
+  uint32_t pasid_bits;
+  // Host address width from the ACPI DMAR table; 0 to use `CAP.MGAW`.
+  uint32_t host_address_width;
+} IeVtdConfig;
+
+// How to run an SMMUv3 ([`ie_smmu_config_default`] fills in the defaults).
+typedef struct {
+  // Stream table layout.
+  IeStreamTable stream_table;
+  // StreamIDs covered: `2^sid_bits`; 0 for the default (`min(IDR1.SIDSIZE, 16)`).
+  uint32_t sid_bits;
+  // Register polls before a wait on the unit fails with `IE_STATUS_TIMEOUT`.
+  uint32_t poll_budget;
+  // While translation is off (and after `ie_unit_disable`), let DMA through untranslated
+  // instead of aborting it.
+  bool bypass_when_disabled;
+} IeSmmuConfig;
 
 #ifdef __cplusplus
 extern "C" {
@@ -322,9 +423,149 @@ int32_t ie_ctx_revoke_incoherent_dma(IeCtx *ctx, uint32_t device);
 // `ctx` is NULL or a live context handle.
 bool ie_ctx_incoherent_dma_allowed(IeCtx *ctx);
 
+#if defined(IOMMU_ENGINE_SIM)
+// Creates an arena of `bytes` (a multiple of 1 MiB) at physical address 2 GiB.
+//
+// # Safety
+// `out` is writable.
+int32_t ie_sim_arena_create(uint64_t bytes, IeSimArena **out);
+#endif
+
+#if defined(IOMMU_ENGINE_SIM)
+// Destroys an arena with no model left.
+//
+// # Safety
+// `arena` is NULL or a live arena handle, not used again after success.
+int32_t ie_sim_arena_destroy(IeSimArena *arena);
+#endif
+
+#if defined(IOMMU_ENGINE_SIM)
+// Pages allocated from the arena and not yet freed (0 for a NULL handle).
+//
+// # Safety
+// `arena` is NULL or a live arena handle.
+uint64_t ie_sim_arena_live_pages(IeSimArena *arena);
+#endif
+
+#if defined(IOMMU_ENGINE_SIM)
+// Fills `*env` with the arena's page services.
+//
+// # Safety
+// `arena` is a live arena handle; `env` is writable. The env is valid while the arena lives.
+int32_t ie_sim_arena_env(IeSimArena *arena, IeEnv *env);
+#endif
+
+#if defined(IOMMU_ENGINE_SIM)
+// Creates a VT-d model over the arena's memory.
+//
+// # Safety
+// `arena` is a live arena handle; `config` is readable; `out` is writable.
+int32_t ie_sim_vtd_model_create(IeSimArena *arena, const IeSimVtdConfig *config, IeSimModel **out);
+#endif
+
+#if defined(IOMMU_ENGINE_SIM)
+// Creates an SMMUv3 model over the arena's memory.
+//
+// # Safety
+// `arena` is a live arena handle; `config` is readable; `out` is writable.
+int32_t ie_sim_smmu_model_create(IeSimArena *arena,
+                                 const IeSimSmmuConfig *config,
+                                 IeSimModel **out);
+#endif
+
+#if defined(IOMMU_ENGINE_SIM)
+// Destroys a model whose unit is destroyed.
+//
+// # Safety
+// `model` is NULL or a live model handle, not used again (nor its register window).
+int32_t ie_sim_model_destroy(IeSimModel *model);
+#endif
+
+#if defined(IOMMU_ENGINE_SIM)
+// Fills `*regs` with the model's register window (accessor functions).
+//
+// # Safety
+// `model` is a live model handle; `regs` is writable. The window is valid while the model
+// lives.
+int32_t ie_sim_model_regs(IeSimModel *model, IeRegs *regs);
+#endif
+
+#if defined(IOMMU_ENGINE_SIM)
+// Translates a DMA of device `device_id` (RID / StreamID) at `iova` through the model, as the
+// hardware would (its caches included); `IE_STATUS_NOT_FOUND` when the hardware would fault.
+//
+// # Safety
+// `model` is a live model handle; `out` is writable.
+int32_t ie_sim_model_translate(IeSimModel *model,
+                               uint32_t device_id,
+                               uint64_t iova,
+                               bool write,
+                               IeSimDma *out);
+#endif
+
 // The negative errno a Linux module would return for `status` (0 for success; `-EINVAL` for
 // a value that is no status).
 int32_t ie_status_errno(int32_t status);
+
+// Fills `*out` with the default VT-d configuration (legacy mode).
+//
+// # Safety
+// `out` is NULL or writable.
+int32_t ie_vtd_config_default(IeVtdConfig *out);
+
+// Fills `*out` with the default SMMUv3 configuration.
+//
+// # Safety
+// `out` is NULL or writable.
+int32_t ie_smmu_config_default(IeSmmuConfig *out);
+
+// Creates a VT-d unit on `regs` (not yet enabled: see [`ie_unit_enable`]). Reads CAP/ECAP
+// and refuses a configuration the unit cannot run (`IE_STATUS_UNSUPPORTED`).
+//
+// # Safety
+// `env` is a valid `IeEnv`; `regs` a valid `IeRegs` whose window stays mapped while the unit
+// lives; `config` readable; `out` writable.
+int32_t ie_vtd_create(const IeEnv *env,
+                      const IeRegs *regs,
+                      const IeVtdConfig *config,
+                      IeUnit **out);
+
+// Creates an SMMUv3 unit on `regs` (a 128 KiB window; not yet enabled: see
+// [`ie_unit_enable`]).
+//
+// # Safety
+// As for [`ie_vtd_create`].
+int32_t ie_smmu_create(const IeEnv *env,
+                       const IeRegs *regs,
+                       const IeSmmuConfig *config,
+                       IeUnit **out);
+
+// Turns translation on: tables, queues, global invalidation, then the enable bit, in the
+// order the specification requires.
+//
+// # Safety
+// `unit` is a live unit handle.
+int32_t ie_unit_enable(IeUnit *unit);
+
+// Turns translation off (an SMMUv3 then aborts or bypasses DMA per its configuration).
+//
+// # Safety
+// `unit` is a live unit handle.
+int32_t ie_unit_disable(IeUnit *unit);
+
+// Reports and clears pending fault records (VT-d) or events (SMMUv3), at most `max`; writes
+// how many were seen to `*count` (if not NULL). For the embedder's fault interrupt handler.
+//
+// # Safety
+// `unit` is a live unit handle; `count` is NULL or writable.
+int32_t ie_unit_drain_faults(IeUnit *unit, uint32_t max, uint32_t *count);
+
+// Destroys a unit that no registry uses. Disable it first: a unit dropped while enabled leaks
+// its tables (the hardware may still read them).
+//
+// # Safety
+// `unit` is NULL or a live unit handle, not used again after success.
+int32_t ie_unit_destroy(IeUnit *unit);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -46,7 +46,15 @@ fn run_c_program(name: &str) {
     let lib = build_staticlib();
     let exe = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
     let out = Command::new("gcc")
-        .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-O1", "-I"])
+        .args([
+            "-std=c11",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-O1",
+            "-DIOMMU_ENGINE_SIM",
+            "-I",
+        ])
         .arg(root.join("include"))
         .arg(root.join("tests/c").join(format!("{name}.c")))
         .arg(&lib)

@@ -477,7 +477,10 @@ fn concurrent_maps_and_translations() {
 fn non_coherent_walker_sees_every_table_write_cleaned() {
     for (cfg, mode) in [
         (VtdModelConfig::qemu_default(), Mode::Legacy),
-        (VtdModelConfig::scalable().with_coherent(false), Mode::Scalable),
+        (
+            VtdModelConfig::scalable().with_coherent(false),
+            Mode::Scalable,
+        ),
     ] {
         let a = arena();
         let m = VtdModel::new(&a, cfg);
@@ -489,8 +492,14 @@ fn non_coherent_walker_sees_every_table_write_cleaned() {
         if mode == Mode::Scalable {
             u.attach(DEV, Pasid::new(100), d).unwrap();
         }
-        u.map(d, Iova::new(0x10_0000), PhysAddr::new(0x1234_5000), 8 * K4, RW)
-            .unwrap();
+        u.map(
+            d,
+            Iova::new(0x10_0000),
+            PhysAddr::new(0x1234_5000),
+            8 * K4,
+            RW,
+        )
+        .unwrap();
         u.map(d, Iova::new(G1), PhysAddr::new(0), M2, RW).unwrap();
         assert_eq!(a.unsynced_words(&before), Vec::<u64>::new(), "{mode:?}");
         a.stop_sync_recording();
@@ -511,7 +520,8 @@ fn dirty_tracking_domain_in_scalable_mode() {
         })
         .unwrap();
     u.attach(DEV, None, d).unwrap();
-    u.map(d, Iova::new(0x4000), PhysAddr::new(0x7000), K4, RW).unwrap();
+    u.map(d, Iova::new(0x4000), PhysAddr::new(0x7000), K4, RW)
+        .unwrap();
     ok(m.translate(sid(DEV), None, 0x4000, Access::WRITE));
     // Nothing dirty yet (the model does not set D bits); the call works and flushes nothing.
     let mut g = Gather::new();

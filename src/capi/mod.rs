@@ -21,10 +21,14 @@
 mod env;
 mod ioasid;
 mod object;
+#[cfg(feature = "sim")]
+mod sim;
 mod status;
 mod unit;
 
 pub use env::{CEnv, CRegs, IeEnv, IeRegs};
 pub use ioasid::*;
+#[cfg(feature = "sim")]
+pub use sim::*;
 pub use status::{ie_status_errno, IeMissing, IeStatus};
-pub use unit::IeUnit;
+pub use unit::*;

@@ -188,7 +188,11 @@ pub struct IeSimSmmuConfig {
     pub ril: bool,
 }
 
-fn new_model(arena: *mut IeSimArena, out: *mut *mut IeSimModel, make: impl FnOnce(&'static Arena) -> ModelObj) -> Result<(), IeStatus> {
+fn new_model(
+    arena: *mut IeSimArena,
+    out: *mut *mut IeSimModel,
+    make: impl FnOnce(&'static Arena) -> ModelObj,
+) -> Result<(), IeStatus> {
     let a = arena_obj(arena)?;
     // SAFETY: the C contract.
     let out = unsafe { out.as_mut() }.ok_or(IeStatus::InvalidArgument)?;
@@ -222,7 +226,9 @@ pub unsafe extern "C" fn ie_sim_vtd_model_create(
         } else {
             VtdModelConfig::qemu_default()
         };
-        let cfg = base.with_sc(c.snoop_control).with_caching_mode(c.caching_mode);
+        let cfg = base
+            .with_sc(c.snoop_control)
+            .with_caching_mode(c.caching_mode);
         new_model(arena, out, |a| ModelObj::Vtd(VtdModel::new(a, cfg)))
     })())
 }

@@ -38,7 +38,7 @@ int main(void)
     IeSimArena *arena = NULL;
     OK(ie_sim_arena_create(64u << 20, &arena));
     IeEnv env;
-    ie_sim_arena_env(arena, &env);
+    OK(ie_sim_arena_env(arena, &env));
     uint64_t pages_at_start = ie_sim_arena_live_pages(arena);
 
     /* Two units: a VT-d unit with snoop control and one without. */
@@ -48,8 +48,8 @@ int main(void)
     OK(ie_sim_vtd_model_create(arena, &with_sc, &snoop_model));
     OK(ie_sim_vtd_model_create(arena, &without_sc, &plain_model));
     IeRegs regs_sc, regs_plain;
-    ie_sim_model_regs(snoop_model, &regs_sc);
-    ie_sim_model_regs(plain_model, &regs_plain);
+    OK(ie_sim_model_regs(snoop_model, &regs_sc));
+    OK(ie_sim_model_regs(plain_model, &regs_plain));
 
     IeVtdConfig vcfg;
     ie_vtd_config_default(&vcfg);
@@ -138,6 +138,8 @@ int main(void)
     OK(ie_ctx_free(ctx, ioasid));
     OK(ie_ctx_destroy(ctx));
     OK(ie_registry_destroy(registry));
+    OK(ie_unit_disable(units[0]));
+    OK(ie_unit_disable(units[1]));
     OK(ie_unit_destroy(units[0]));
     OK(ie_unit_destroy(units[1]));
     OK(ie_sim_model_destroy(snoop_model));

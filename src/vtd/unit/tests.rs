@@ -759,7 +759,11 @@ fn pasid_tables_on_demand_and_dirty_entries() {
     u.attach(DEV, IommuPasid::new(64), d).unwrap();
     assert_eq!(a.live_pages(), before + 4);
     u.attach(DeviceId(0x28), None, d).unwrap();
-    assert_eq!(a.live_pages(), before + 6, "same context table, new directory and table");
+    assert_eq!(
+        a.live_pages(),
+        before + 6,
+        "same context table, new directory and table"
+    );
     // SSADE (bit 9) in the second-stage PASID entry of a dirty-tracking domain.
     let (_, pe) = scalable_entries(&m, 0x20, 64);
     assert_eq!(pe[0] & (1 << 9 | 0x1c0), 1 << 9 | 2 << 6);
