@@ -16,6 +16,10 @@ pub struct IeUnit {
 }
 
 /// The unit behind an [`IeUnit`] handle.
+///
+/// Each lives alone in a page sized for it, so the difference between variants costs at most
+/// one page order, and there is no heap to box the larger one in.
+#[allow(clippy::large_enum_variant)]
 pub(super) enum UnitObj {
     Vtd(VtdUnit<CRegs, CEnv>),
     Smmu(SmmuUnit<CRegs, CEnv>),
