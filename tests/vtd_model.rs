@@ -377,6 +377,17 @@ fn injected_errors_return_errors_and_the_unit_keeps_working() {
     );
     assert!(m.translate(sid(DEV), None, 0x3000, Access::READ).is_err());
 
+    // Invalidation completion error (ICE): reported once, the retry completes.
+    map(0x4000);
+    let mut g = Gather::new();
+    u.unmap(d, Iova::new(0x4000), K4, &mut g).unwrap();
+    m.inject(Injection::CompletionError);
+    assert!(
+        matches!(u.flush(d, &mut g), Err(Error::Hardware { what, .. }) if what.contains("ICE"))
+    );
+    u.flush(d, &mut g).unwrap();
+    assert!(m.translate(sid(DEV), None, 0x4000, Access::READ).is_err());
+
     // And ordinary work goes on.
     map(0x5000);
     unmap_and_flush(&u, d, 0x5000, K4);
@@ -540,4 +551,143 @@ fn dirty_tracking_domain_in_scalable_mode() {
         }),
         Err(Error::Unsupported(Missing::DirtyTracking))
     );
+}
+
+#[test]
+fn disable_and_release_return_every_page() {
+    for (cfg, mode) in [
+        (VtdModelConfig::qemu_default(), Mode::Legacy),
+        (VtdModelConfig::scalable(), Mode::Scalable),
+    ] {
+        let a = arena();
+        let m = VtdModel::new(&a, cfg);
+        let u = unit(&m, &a, mode);
+        let d1 = u.domain_alloc(&DomainConfig::default()).unwrap();
+        let d2 = u.domain_alloc(&DomainConfig::default()).unwrap();
+        u.attach(DEV, None, d1).unwrap();
+        u.attach(DEV_HI, None, d2).unwrap();
+        if mode == Mode::Scalable {
+            u.attach(DEV, Pasid::new(200), d2).unwrap();
+        }
+        u.map(d1, Iova::new(0x10_0000), PhysAddr::new(0), 64 * K4, RW)
+            .unwrap();
+        u.map(d2, Iova::new(G1), PhysAddr::new(0), M2 + K4, RW)
+            .unwrap();
+        assert_eq!(u.domain_id(d2), Some(vtd::DomainId::new(1)));
+        // Still on: refused, and the unit is handed back intact.
+        let Err((u, e)) = u.release() else {
+            panic!("released while enabled")
+        };
+        assert!(matches!(e, vtd::Error::UnexpectedState { .. }));
+        ok(m.translate(sid(DEV), None, 0x10_0000, Access::READ));
+        u.disable().unwrap();
+        assert!(!u.is_enabled());
+        let released = u.release().map_err(|(_, e)| e).unwrap();
+        assert_eq!(released.leaked, None);
+        assert_eq!(a.live_pages(), [], "{mode:?}");
+        assert_eq!(a.bad_frees(), []);
+    }
+}
+
+#[test]
+fn caching_mode_in_scalable_mode() {
+    let a = arena();
+    let m = VtdModel::new(&a, VtdModelConfig::scalable().with_caching_mode(true));
+    let u = unit(&m, &a, Mode::Scalable);
+    let ss = u.domain_alloc(&DomainConfig::default()).unwrap();
+    let fs = u
+        .domain_alloc(&DomainConfig {
+            stage: Stage::First,
+            ..DomainConfig::default()
+        })
+        .unwrap();
+    let p3 = Pasid::new(3).unwrap();
+    // Requests before anything is set up cache not-present context and PASID entries.
+    assert!(m.translate(sid(DEV), None, 0x6000, Access::READ).is_err());
+    assert!(m
+        .translate(sid(DEV), Some(3), 0x6000, Access::READ)
+        .is_err());
+    u.attach(DEV, None, ss).unwrap();
+    u.attach(DEV, Some(p3), fs).unwrap();
+    // And requests before the pages are mapped cache not-present translations.
+    assert!(m.translate(sid(DEV), None, 0x6000, Access::READ).is_err());
+    assert!(m
+        .translate(sid(DEV), Some(3), 0x6000, Access::READ)
+        .is_err());
+    u.map(ss, Iova::new(0x6000), PhysAddr::new(0x6000_0000), K4, RW)
+        .unwrap();
+    u.map(fs, Iova::new(0x6000), PhysAddr::new(0x7000_0000), K4, RW)
+        .unwrap();
+    assert_eq!(
+        ok(m.translate(sid(DEV), None, 0x6000, Access::READ)).pa,
+        0x6000_0000
+    );
+    assert_eq!(
+        ok(m.translate(sid(DEV), Some(3), 0x6000, Access::READ)).pa,
+        0x7000_0000
+    );
+}
+
+#[test]
+fn concurrent_map_unmap_flush_and_attach() {
+    let a = arena();
+    let m = VtdModel::new(&a, VtdModelConfig::scalable());
+    let u = unit(&m, &a, Mode::Scalable);
+    let d = u.domain_alloc(&DomainConfig::default()).unwrap();
+    let other = u.domain_alloc(&DomainConfig::default()).unwrap();
+    u.attach(DEV, None, d).unwrap();
+    std::thread::scope(|s| {
+        for t in 0..3u64 {
+            let (u, m) = (&u, &m);
+            s.spawn(move || {
+                for i in 0..100u64 {
+                    let iova = t * G1 + (i % 16) * K4;
+                    let pa = 0x1000_0000 + t * M2 + (i % 16) * K4;
+                    u.map(d, Iova::new(iova), PhysAddr::new(pa), K4, RW)
+                        .unwrap();
+                    assert_eq!(ok(m.translate(sid(DEV), None, iova, Access::READ)).pa, pa);
+                    unmap_and_flush(u, d, iova, K4);
+                    assert!(m.translate(sid(DEV), None, iova, Access::READ).is_err());
+                }
+            });
+        }
+        // Meanwhile another device's PASIDs come and go.
+        let u = &u;
+        s.spawn(move || {
+            for i in 1..100u32 {
+                let p = Pasid::new(i);
+                u.attach(DEV_HI, p, other).unwrap();
+                u.detach(DEV_HI, p).unwrap();
+            }
+        });
+    });
+    assert_eq!(m.stats().iotlb_page, 300);
+}
+
+#[test]
+fn freed_tables_leave_no_stale_paging_structure_entries() {
+    let a = arena();
+    let m = VtdModel::new(&a, VtdModelConfig::qemu_default());
+    let u = unit(&m, &a, Mode::Legacy);
+    let d = u.domain_alloc(&DomainConfig::default()).unwrap();
+    u.attach(DEV, None, d).unwrap();
+    // 4 KiB pages under one leaf table; a walk caches the entries above it.
+    u.map(d, Iova::new(G1), PhysAddr::new(0x1000_0000), K4, RW)
+        .unwrap();
+    u.map(
+        d,
+        Iova::new(G1 + K4),
+        PhysAddr::new(0x1000_1000),
+        M2 - K4,
+        RW,
+    )
+    .unwrap();
+    ok(m.translate(sid(DEV), None, G1 + 0x5000, Access::READ));
+    // The whole 2 MiB goes: the leaf table is freed (IH must be clear), then a 2 MiB page
+    // takes its place. A stale directory entry would still lead to the freed table.
+    unmap_and_flush(&u, d, G1, M2);
+    u.map(d, Iova::new(G1), PhysAddr::new(0x4000_0000), M2, RW)
+        .unwrap();
+    let t = ok(m.translate(sid(DEV), None, G1 + 0x5000, Access::READ));
+    assert_eq!((t.pa, t.page_size_log2), (0x4000_5000, 21));
 }

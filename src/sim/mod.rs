@@ -2,7 +2,8 @@
 //! engine against.
 //!
 //! Nothing here runs on a target. The module imports nothing from the crate except [`crate::mem`]
-//! (addresses and the [`PageAllocator`](crate::mem::PageAllocator) trait it implements); in
+//! (addresses and the [`PageAllocator`](crate::mem::PageAllocator) trait it implements) and the
+//! [`RegisterWindow`](crate::mmio::RegisterWindow) trait the unit models implement; in
 //! particular it never calls the page-table encoders. Every walker in [`walk`] decodes raw table
 //! memory with its own constants, written from its own reading of the specification, so that an
 //! encoder bug cannot hide behind a helper the encoder and the check share.
@@ -17,8 +18,9 @@
 //!
 //! # What the models do not model
 //!
-//! - Caching: there is no TLB, paging-structure cache or walk cache. A walker reads memory as it is
-//!   now, so a test of invalidation ordering needs a model with caches on top of these walkers.
+//! - Caching: the walkers have no TLB, paging-structure cache or walk cache; a walker reads memory
+//!   as it is now. [`vtd::VtdModel`] puts the unit's context-, PASID- and IOTLB caches on top of
+//!   them for tests of invalidation.
 //! - Hardware updates: walkers never write. Accessed/dirty bits are reported, and where the
 //!   configuration says hardware would manage them (Arm `HA`/`HD`), the walker reports the access
 //!   hardware would allow instead of faulting; it does not set the bits.

@@ -1,6 +1,6 @@
-//! Context tables: Intel VT-d specification rev. 4.1, §3.4.1 (legacy: 256 entries of 128 bits,
-//! one per devfn, §9.3) and §3.4.2 (scalable mode: 128 entries of 256 bits per half of the devfn
-//! space, §9.4).
+//! Context tables: Intel VT-d specification rev. 4.1, §3.4 (legacy: 256 entries of 128 bits,
+//! one per devfn, §9.3; scalable mode: 128 entries of 256 bits per half of the devfn space,
+//! §9.4).
 //!
 //! A [`ContextTable`] is a view of a table page the [`super::root_table::RootTable`] owns; it
 //! hands out the entry of one device as a [`LiveEntry`] so that every write follows §6.5.3's

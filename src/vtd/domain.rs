@@ -1,6 +1,6 @@
 //! Domains of a unit: Intel VT-d specification rev. 4.1, §3.6 (first-stage translation), §3.7
-//! (second-stage translation), §3.9 (snoop behaviour), §11.4.2/§11.4.3 (the `CAP`/`ECAP` fields
-//! that decide a domain's format) and §9.3/§9.6 (`DID`).
+//! (second-stage translation), §11.4.2/§11.4.3 (the `CAP`/`ECAP` fields that decide a domain's
+//! format, snoop control included) and §9.3/§9.6 (`DID`).
 //!
 //! A domain is a page table of one format plus the domain-ID the hardware tags its cached
 //! translations with. [`choose`] turns a [`DomainConfig`] and the unit's capabilities into a
@@ -9,7 +9,7 @@
 //! tables need scalable mode and `ECAP.FLTS`, dirty tracking `ECAP.SLADS` (scalable mode, second
 //! stage), nesting `ECAP.NEST`.
 //!
-//! Domain IDs are the domain's slot plus one when `CAP.CM` reserves DID 0 (§6.1: with caching
+//! Domain IDs are the domain's slot plus one when `CAP.CM` reserves DID 0 (Caching Mode, §6: with caching
 //! mode, hardware tags cached not-present entries with DID 0), and must stay below the
 //! `CAP.ND` count.
 

@@ -79,7 +79,7 @@ pub struct PlanLimits {
 pub fn plan(ranges: &[IovaRange], leaf_only: bool, limits: PlanLimits) -> FlushPlan {
     let mut blocks = [Block::default(); PAGE_SELECTIVE_LIMIT];
     let mut len = 0;
-    for r in ranges.iter().filter(|r| !r.is_empty()) {
+    for r in ranges.iter().filter(|r| r.end > r.start) {
         if !limits.page_selective {
             return FlushPlan::Everything;
         }
@@ -112,7 +112,7 @@ pub fn plan(ranges: &[IovaRange], leaf_only: bool, limits: PlanLimits) -> FlushP
 fn pages(r: IovaRange) -> (u64, u64) {
     (
         r.start.get() >> PAGE_SHIFT_4K,
-        (r.end.get() - 1) >> PAGE_SHIFT_4K,
+        r.end.get().saturating_sub(1) >> PAGE_SHIFT_4K,
     )
 }
 

@@ -499,7 +499,10 @@ impl QueueCore {
         poll(budget, || {
             dma_read_barrier();
             if self.status_word().load(Ordering::Acquire) == sequence {
-                return Some(Ok(()));
+                // A wait completes even when a device-TLB invalidation before it ended with
+                // an invalidation completion error (ICE): that invalidation may not have taken
+                // effect, so the batch is not complete.
+                return Some(self.check_errors(regs));
             }
             self.check_errors(regs).err().map(Err)
         })

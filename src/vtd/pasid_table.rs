@@ -1,4 +1,4 @@
-//! PASID directory and PASID tables of one device: Intel VT-d specification rev. 4.1, §3.4.3
+//! PASID directory and PASID tables of one device: Intel VT-d specification rev. 4.1, §3.4
 //! (scalable-mode PASID translation), §9.5 (PASID Directory Entry) and §9.6 (PASID Table Entry).
 //!
 //! The directory has `2^(PDTS + 7)` 64-bit entries, each pointing at a 4 KiB table of 64
@@ -41,6 +41,44 @@ pub fn alloc_directory<A: PageAllocator + ?Sized>(
     let page = alloc.alloc(size).ok_or(Error::NoMemory)?;
     coherency.sync(alloc, page.va, 1 << size);
     Ok(page)
+}
+
+/// Gives the PASID directory at `dir` (with `2^(pdts + 7)` entries) and every PASID table it
+/// points at back to `alloc`.
+///
+/// # Errors
+/// [`Error::UnexpectedState`] for a pointer to memory `alloc` does not know (the rest leaks).
+///
+/// # Safety
+/// Translation is off: hardware walks none of these tables; they came from `alloc`.
+pub unsafe fn release_directory<A: PageAllocator + ?Sized>(
+    alloc: &A,
+    dir: crate::mem::PhysAddr,
+    pdts: u8,
+) -> Result<(), Error> {
+    let va = resolve(alloc, dir, "scalable-mode context entry")?;
+    let entries = 1usize << (u32::from(pdts) + 7);
+    for i in 0..entries {
+        // SAFETY: `i < entries`: inside the directory allocation, accessed atomically.
+        let e = unsafe { LiveEntry::from_ptr(va.add(i * 8), 1) };
+        let raw = PasidDirEntry(e.word(0).unwrap_or(0));
+        if raw.present() {
+            let table = resolve(alloc, raw.table(), "PASID directory entry")?;
+            // SAFETY: a 4 KiB PASID table from `alloc` (`PasidDirectory::entry`), unwalked.
+            unsafe {
+                alloc.free(
+                    Page {
+                        pa: raw.table(),
+                        va: table,
+                    },
+                    PAGE_SHIFT_4K,
+                )
+            };
+        }
+    }
+    // SAFETY: the directory came from `alloc_directory` with this size and is unwalked.
+    unsafe { alloc.free(Page { pa: dir, va }, directory_size_log2(pdts)) };
+    Ok(())
 }
 
 /// A view of a device's PASID directory.

@@ -1,4 +1,4 @@
-//! The root table a unit owns: Intel VT-d specification rev. 4.1, §3.4.1/§3.4.2 (root and
+//! The root table a unit owns: Intel VT-d specification rev. 4.1, §3.4 (root and
 //! context tables in legacy and scalable mode), §9.1 Root Entry and §9.2 Scalable-Mode Root
 //! Entry.
 //!
@@ -131,6 +131,48 @@ impl RootTable {
             return Err(e);
         }
         Ok(Some(ContextTable::new(page.va, slot != RootSlot::Legacy)))
+    }
+}
+
+impl RootTable {
+    /// Gives every context table, then the root table, back to `alloc`, calling `each` on every
+    /// context table first (to free what its entries point at).
+    ///
+    /// # Errors
+    /// [`Error::UnexpectedState`] for a root entry pointing at memory `alloc` does not know (the
+    /// pages not yet freed are leaked).
+    ///
+    /// # Safety
+    /// Translation is off and no invalidation is pending: hardware walks none of these tables,
+    /// and `alloc` is the allocator they came from.
+    pub unsafe fn release<A: PageAllocator + ?Sized>(
+        self,
+        alloc: &A,
+        scalable: bool,
+        mut each: impl FnMut(ContextTable<'_>) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        let slots: &[RootSlot] = if scalable {
+            &[RootSlot::ScalableLower, RootSlot::ScalableUpper]
+        } else {
+            &[RootSlot::Legacy]
+        };
+        for bus in 0..=u8::MAX {
+            for &slot in slots {
+                let raw = self.word(bus, slot).word(0).unwrap_or(0);
+                if raw & 1 == 0 {
+                    continue;
+                }
+                let pa = PhysAddr::new(raw & CTP.mask());
+                let va = resolve(alloc, pa, "root entry")?;
+                each(ContextTable::new(va, scalable))?;
+                // SAFETY: the caller guarantees nothing walks the table; it came from `alloc`
+                // as one 4 KiB page (`context_table`).
+                unsafe { alloc.free(Page { pa, va }, PAGE_SHIFT_4K) };
+            }
+        }
+        // SAFETY: as above, for the root page allocated in `new`.
+        unsafe { alloc.free(self.page, PAGE_SHIFT_4K) };
+        Ok(())
     }
 }
 

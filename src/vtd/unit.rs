@@ -1,6 +1,7 @@
-//! One DMA-remapping hardware unit: Intel VT-d specification rev. 4.1, §10.4 / §6.5 (enabling
-//! translation and invalidating caches), §11.4 (registers), §3.4 (root, context and PASID
-//! tables), §6.5.3 (invalidation considerations) and §7 (fault recording).
+//! One DMA-remapping hardware unit: Intel VT-d specification rev. 4.1, §11.4 (registers; the
+//! Global Command Register's SRTP, QIE and TE handshakes enable it), §3.4 (root, context and
+//! PASID tables), §6.5 (invalidation, with §6.5.3 Invalidation Considerations) and §7 (fault
+//! recording).
 //!
 //! [`VtdUnit`] owns the register window, the root table and every table below it, the
 //! invalidation queue and a fixed number of domains; it implements [`crate::iommu::Iommu`].
@@ -62,10 +63,12 @@ use crate::pgtable::IovaRange;
 mod attach;
 mod invalidate;
 mod iommu_impl;
+mod release;
 #[cfg(test)]
 mod tests;
 
 pub use attach::AttachOptions;
+pub use release::Released;
 
 /// Domains a [`VtdUnit`] holds unless told otherwise.
 pub const DEFAULT_DOMAINS: usize = 64;
@@ -76,7 +79,8 @@ pub const MAX_ATTACHMENTS: usize = 256;
 pub const DEFAULT_PASID_BITS: u32 = 15;
 /// Default `IQA.QS`: a one-page invalidation queue (256 or 128 descriptors).
 pub const DEFAULT_QUEUE_PAGES_LOG2: u8 = 0;
-/// The interrupt address window (§3.15 / §5.1): DMA writes there are interrupt requests, so no
+/// The interrupt address range (`0xFEEx_xxxx`, the spec's "Handling Requests to Interrupt
+/// Address Range"): DMA writes there are interrupt requests, so no
 /// domain may map it.
 pub const INTERRUPT_WINDOW: IovaRange = IovaRange {
     start: Iova::new(0xFEE0_0000),
@@ -181,6 +185,12 @@ impl UnitInfo {
             Some(n) => n,
             None => return unsupported("CAP.ND (reserved encoding)", cap.0),
         };
+        if config.poll_budget == 0 {
+            return Err(Error::InvalidArgument {
+                what: "poll_budget (at least 1)",
+                value: 0,
+            });
+        }
         if config.queue_pages_log2 > IQA_QS_MAX {
             return Err(Error::InvalidArgument {
                 what: "queue_pages_log2 (IQA.QS, 0..=7)",
@@ -278,7 +288,8 @@ impl ConfigState {
 /// from; page tables get clones of `A`, so a clone must hand out and take back pages of the
 /// same pool (a reference, or a handle). `VtdUnit` is `Send + Sync` when `W` and `A` are.
 ///
-/// Dropping a unit leaks its pages: hardware may still hold their addresses. Disable it first.
+/// Dropping a unit leaks its pages: hardware may still hold their addresses. To get them back,
+/// [`disable`](Self::disable) it, then [`release`](Self::release) it.
 pub struct VtdUnit<
     W: RegisterWindow,
     A: PageAllocator + Clone,
@@ -351,7 +362,8 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
         self.counters.snapshot()
     }
 
-    /// Turns DMA remapping on (§10.4 / §6.5.3.3): translation off if firmware left it on,
+    /// Turns DMA remapping on (§11.4 Global Command Register, §6.5.3): translation off if
+    /// firmware left it on,
     /// `RTADDR` (root table and mode) with `SRTP`, the invalidation queue when `ECAP.QI` (else
     /// register-based invalidation), global context-cache, PASID-cache (scalable mode) and
     /// IOTLB invalidation, a write-buffer flush when `CAP.RWBF`, then `TE`. May be called again
@@ -472,7 +484,8 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
         Batch::new(&self.regs, inv, params, &self.counters)
     }
 
-    /// Flushes the write buffer when `CAP.RWBF` requires it after table updates (§6.8) and
+    /// Flushes the write buffer when `CAP.RWBF` requires it after table updates (the spec's
+    /// "Write Buffer Flushing") and
     /// translation is on.
     pub(crate) fn flush_write_buffer(&self) -> Result<(), Error> {
         if !self.info.cap.flags().contains(CapFlags::RWBF) {

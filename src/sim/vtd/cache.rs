@@ -1,23 +1,32 @@
 //! The translation caches of the model (VT-d spec rev 4.1, chapter 6 "Caching Translation
-//! Information": §6.2.1 context-cache, §6.2.2 PASID-cache, §6.2.3 IOTLB; §6.5 invalidation).
+//! Information": §6.2 the context-cache, PASID-cache, IOTLB and paging-structure caches; §6.5
+//! their invalidation).
 //!
 //! Entries stay until an invalidation covers them, so a driver that forgets an invalidation,
 //! or issues one that is too narrow (wrong DID, wrong PASID, an address mask that misses the
 //! page), keeps translating through the stale entry -- which is what a test must catch.
 //!
 //! - Context-cache: keyed by source-id, tagged with the domain-id of the entry (legacy mode).
-//!   With CAP.CM a not-present context entry is cached too, tagged with domain-id 0 (§6.2.1:
+//!   With CAP.CM a not-present context entry is cached too, tagged with domain-id 0 (§6.2:
 //!   entries cached for not-present context entries use domain-id 0 in caching mode). In
 //!   scalable mode the context entry carries no domain-id and the descriptors' DID is ignored.
-//! - PASID-cache: keyed by (source-id, PASID), tagged with the PASID entry's DID.
+//! - PASID-cache: keyed by (source-id, PASID), tagged with the PASID entry's DID; it holds
+//!   present entries only.
 //! - IOTLB: keyed by (DID, PASID tag, page size, page number). Entries remember which kind of
 //!   translation built them: the IOTLB invalidate descriptor (type 2) removes second-stage,
 //!   nested and pass-through entries; the PASID-based IOTLB descriptor (type 6) removes
 //!   first-stage and nested ones; a global invalidation removes everything. With CAP.CM a
 //!   not-present result is cached as a negative 4 KiB entry.
 //!
-//! Not modelled: paging-structure caches (so IH, which only spares them, changes nothing), and
-//! device-TLBs (ATS translations are not requested from the model).
+//! - Paging-structure cache: every non-leaf entry a successful second-stage or first-stage walk
+//!   read is kept, keyed by (DID, PASID tag, address of the entry), with the input range it
+//!   maps. Later walks of that domain use the cached value instead of memory, as hardware does,
+//!   so a table freed or replaced without an invalidation that covers it is walked stale (and a
+//!   freed table reads nothing: an access-error fault). Page-selective invalidations remove the
+//!   overlapping entries unless IH is set; domain-selective, PASID-selective and global ones
+//!   remove them all. Nested walks are not cached here.
+//!
+//! Not modelled: device-TLBs (ATS translations are not requested from the model).
 
 use std::collections::BTreeMap;
 
@@ -128,12 +137,28 @@ type IotlbKey = (u16, Option<u32>, u32, u64);
 /// Page sizes an IOTLB entry can have.
 const PAGE_SIZES: [u32; 3] = [12, 21, 30];
 
+/// A cached non-leaf paging entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct PscEntry {
+    pub kind: EntryKind,
+    /// The entry as read.
+    pub value: u64,
+    /// Lowest input address the entry maps.
+    pub base: u64,
+    /// Log2 of the input range it maps.
+    pub span: u32,
+}
+
+/// Paging-structure cache key: (DID, PASID tag, physical address of the entry).
+pub(crate) type PscKey = (u16, Option<u32>, u64);
+
 /// All caches of the unit.
 #[derive(Debug, Default)]
 pub(crate) struct Caches {
     pub context: BTreeMap<u16, CachedContext>,
     pub pasid: BTreeMap<(u16, u32), PasidEntry>,
     pub iotlb: BTreeMap<IotlbKey, IotlbEntry>,
+    pub psc: BTreeMap<PscKey, PscEntry>,
 }
 
 /// Function-mask: which low bits of the source-id a device-selective context invalidation
@@ -193,25 +218,52 @@ impl Caches {
     pub(crate) fn invalidate_iotlb(&mut self, g: IotlbGranularity) {
         let second_stage = |k: EntryKind| k != EntryKind::FirstStage;
         match g {
-            IotlbGranularity::Global => self.iotlb.clear(),
-            IotlbGranularity::Domain(did) => self
-                .iotlb
-                .retain(|k, e| !(k.0 == did && second_stage(e.kind))),
-            IotlbGranularity::Page { did, addr, am } => self
-                .iotlb
-                .retain(|k, e| !(k.0 == did && second_stage(e.kind) && overlaps(k, addr, am))),
+            IotlbGranularity::Global => {
+                self.iotlb.clear();
+                self.psc.clear();
+            }
+            IotlbGranularity::Domain(did) => {
+                self.iotlb
+                    .retain(|k, e| !(k.0 == did && second_stage(e.kind)));
+                self.psc
+                    .retain(|k, e| !(k.0 == did && second_stage(e.kind)));
+            }
+            IotlbGranularity::Page { did, addr, am, ih } => {
+                self.iotlb.retain(|k, e| {
+                    let start = k.3 << k.2;
+                    !(k.0 == did && second_stage(e.kind) && overlaps(start, k.2, addr, am))
+                });
+                if !ih {
+                    self.psc.retain(|k, e| {
+                        let hit = overlaps(e.base, e.span, addr, am);
+                        !(k.0 == did && second_stage(e.kind) && hit)
+                    });
+                }
+            }
         }
     }
 
     /// PASID-based IOTLB invalidation (type 6): first-stage and nested entries of (DID, PASID).
-    /// `range`: `None` for PASID-selective, `Some((addr, am))` for page-selective-within-PASID.
-    pub(crate) fn invalidate_piotlb(&mut self, did: u16, pasid: u32, range: Option<(u64, u8)>) {
+    /// `range`: `None` for PASID-selective, `Some((addr, am, ih))` for
+    /// page-selective-within-PASID.
+    pub(crate) fn invalidate_piotlb(
+        &mut self,
+        did: u16,
+        pasid: u32,
+        range: Option<(u64, u8, bool)>,
+    ) {
+        let ours = |did_k: u16, tag: Option<u32>, kind: EntryKind| {
+            did_k == did && tag == Some(pasid) && kind != EntryKind::SecondStage
+        };
         self.iotlb.retain(|k, e| {
-            let hit = k.0 == did
-                && k.1 == Some(pasid)
-                && e.kind != EntryKind::SecondStage
-                && range.map_or(true, |(addr, am)| overlaps(k, addr, am));
-            !hit
+            let in_range = range.map_or(true, |(addr, am, _)| overlaps(k.3 << k.2, k.2, addr, am));
+            !(ours(k.0, k.1, e.kind) && in_range)
+        });
+        self.psc.retain(|k, e| {
+            let in_range = range.map_or(true, |(addr, am, ih)| {
+                !ih && overlaps(e.base, e.span, addr, am)
+            });
+            !(ours(k.0, k.1, e.kind) && in_range)
         });
     }
 
@@ -227,13 +279,12 @@ impl Caches {
     }
 }
 
-/// Whether the IOTLB entry `key` overlaps the 2^AM pages at `addr` (naturally aligned: the
-/// low AM bits of the page number are ignored, as hardware ignores them).
-fn overlaps(key: &IotlbKey, addr: u64, am: u8) -> bool {
+/// Whether the `1 << size` bytes at `entry_start` overlap the 2^AM pages at `addr` (naturally
+/// aligned: the low AM bits of the page number are ignored, as hardware ignores them).
+fn overlaps(entry_start: u64, size: u32, addr: u64, am: u8) -> bool {
     let span = 12 + u32::from(am);
-    let (size, page) = (key.2, key.3);
-    let entry_start = page.checked_shl(size).unwrap_or(u64::MAX);
-    let entry_end = entry_start.saturating_add((1u64 << size) - 1);
+    let entry_end =
+        entry_start.saturating_add(1u64.checked_shl(size).unwrap_or(u64::MAX).wrapping_sub(1));
     let start = addr
         .checked_shr(span)
         .unwrap_or(0)
@@ -256,7 +307,12 @@ pub(crate) enum ContextGranularity {
 pub(crate) enum IotlbGranularity {
     Global,
     Domain(u16),
-    Page { did: u16, addr: u64, am: u8 },
+    Page {
+        did: u16,
+        addr: u64,
+        am: u8,
+        ih: bool,
+    },
 }
 
 /// PASID-cache invalidation granularity.

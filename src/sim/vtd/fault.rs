@@ -1,6 +1,6 @@
-//! Fault reasons and primary fault recording (VT-d spec rev 4.1, chapter 7 "DMA Remapping Fault
-//! Reporting": §7.1.3 fault conditions and reason codes, §7.2.1 primary fault logging; §11.4.14
-//! fault recording registers).
+//! Fault reasons and primary fault recording (VT-d spec rev 4.1, chapter 7 "Address Translation
+//! Faults": the non-recoverable fault conditions and reason-code tables, and primary fault
+//! logging; the Fault Recording Registers in §11.4).
 //!
 //! # Reason codes
 //!
@@ -198,7 +198,7 @@ impl State<'_> {
         self.records.iter().any(|r| r.hi & FRCD_HI_F != 0)
     }
 
-    /// Records a fault as §7.2.1 describes; returns whether a record was written.
+    /// Records a fault as primary fault logging (chapter 7) describes; returns whether a record was written.
     ///
     /// A fault is dropped while PFO is set, and sets PFO when the next record to write still
     /// holds an unread fault. The first fault recorded while PPF was clear sets FRI.

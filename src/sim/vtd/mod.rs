@@ -8,25 +8,26 @@
 //!
 //! | file | what | spec |
 //! |---|---|---|
+//! | `config.rs` | VER / CAP / ECAP, QEMU defaults | §11.4.1-§11.4.3 |
 //! | `regs.rs` | register offsets and fields | §11.4 |
-//! | `window.rs` | register semantics: GCMD/GSTS handshakes, RTADDR, CCMD, IOTLB, FSTS, queue registers | §10.4, §11.4 |
+//! | `window.rs` | register semantics: GCMD/GSTS handshakes, RTADDR, CCMD, IOTLB, FSTS, queue registers | §11.4 |
 //! | `queue.rs` | queued invalidation: descriptor decode, execution, IQE / ITE / ICE | §6.5.2 |
 //! | `cache.rs` | context-cache, PASID-cache, IOTLB and their invalidation | §6.2, §6.5 |
 //! | `translate.rs` | legacy root / context entries, second-stage walk, IOTLB fill | §3.4, §3.7, §9.1, §9.3 |
 //! | `scalable.rs` | scalable root / context / PASID entries, first-stage and nested walks | §3.4.3, §3.6, §3.8, §9.2, §9.4-§9.6 |
-//! | `fault.rs` | fault reason codes and primary fault recording | §7.1.3, §7.2, §11.4.14 |
+//! | `fault.rs` | fault reason codes and primary fault recording | chapter 7, §11.4 |
 //!
 //! What is modelled: every register a driver touches; queued and register-based invalidation
 //! with every granularity; caches that keep entries until invalidated (negative entries under
-//! CAP.CM); legacy and scalable translation with FPD; fault recording with overflow; fault
-//! injection ([`Injection`]).
+//! CAP.CM), including a paging-structure cache that IH spares; legacy and scalable
+//! translation with FPD; fault recording with overflow; fault injection ([`Injection`]).
 //!
 //! What is not: interrupt remapping (IRTA is latched, interrupt-entry-cache descriptors only
 //! counted), ATS / device-TLBs and page requests, advanced fault logging, protected memory
-//! regions, paging-structure caches (IH has no effect), accessed/dirty updates, performance
-//! monitoring. Interrupts are counted in [`VtdModelStats`] instead of being delivered.
+//! regions, accessed/dirty updates, performance monitoring. Interrupts are counted in [`VtdModelStats`] instead of being delivered.
 
 mod cache;
+mod config;
 pub mod fault;
 mod queue;
 pub mod regs;
@@ -45,6 +46,7 @@ use crate::sim::arena::Arena;
 use crate::sim::{arena, walk};
 
 use cache::Caches;
+pub use config::{VtdModelConfig, QEMU_CAP, QEMU_ECAP};
 use fault::FaultInfo;
 pub use fault::FaultRecord;
 use regs::*;
@@ -52,139 +54,6 @@ use regs::*;
 /// Bits `hi:lo` set, as the spec writes fields.
 pub(crate) const fn bits(hi: u32, lo: u32) -> u64 {
     (u64::MAX >> (63 - hi)) & (u64::MAX << lo)
-}
-
-/// The unit's identity: VER, CAP and ECAP as software reads them, and the host address width.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct VtdModelConfig {
-    /// VER register (7:4 major, 3:0 minor).
-    pub ver: u32,
-    /// CAP register.
-    pub cap: u64,
-    /// ECAP register.
-    pub ecap: u64,
-    /// Host address width (the DMAR table's HAW): table-pointer and output bits at or above it
-    /// are reserved. Defaults to CAP.MGAW.
-    pub haw: u32,
-}
-
-/// QEMU 10 `intel-iommu` CAP with `aw-bits=48` (the default): ND 6 (65536 domains), SAGAW 39 and
-/// 48 bit, MGAW 48, FRO 0x22 (fault records at 0x220), SLLPS 2 MiB + 1 GiB, PSI, NFR 0 (one
-/// record), MAMV 18, DWD, DRD.
-pub const QEMU_CAP: u64 = 0x00d2_008c_222f_0606;
-/// QEMU 10 `intel-iommu` ECAP with default properties: QI, PT (the `pt` property defaults to
-/// on), IRO 0xf (IOTLB registers at 0xf0); IR off (`intremap` off), SC off, DT off.
-pub const QEMU_ECAP: u64 = ECAP_QI | ECAP_PT | 0xf << ECAP_IRO_SHIFT;
-
-impl VtdModelConfig {
-    /// QEMU 10 `intel-iommu` defaults: VER 1.0, [`QEMU_CAP`], [`QEMU_ECAP`], HAW 48.
-    pub const fn qemu_default() -> Self {
-        Self {
-            ver: 0x10,
-            cap: QEMU_CAP,
-            ecap: QEMU_ECAP,
-            haw: 48,
-        }
-    }
-
-    /// A scalable-mode unit: [`QEMU_CAP`] plus FS1GP and 5-level SAGAW off; ECAP with C, QI, DT,
-    /// PT, SC, IRO 0xf, NEST, ERS, SRS, PSS 19 (20-bit PASIDs), PASID, SMTS, SLADS, SLTS, FLTS.
-    /// VER 4.0.
-    pub const fn scalable() -> Self {
-        Self {
-            ver: 0x40,
-            cap: QEMU_CAP | CAP_FS1GP,
-            ecap: ECAP_C
-                | ECAP_QI
-                | ECAP_DT
-                | ECAP_PT
-                | ECAP_SC
-                | 0xf << ECAP_IRO_SHIFT
-                | ECAP_NEST
-                | ECAP_ERS
-                | ECAP_SRS
-                | 19 << ECAP_PSS_SHIFT
-                | ECAP_PASID
-                | ECAP_SMTS
-                | ECAP_SLADS
-                | ECAP_SLTS
-                | ECAP_FLTS,
-            haw: 48,
-        }
-    }
-
-    const fn with_cap_bit(mut self, bit: u64, on: bool) -> Self {
-        self.cap = if on { self.cap | bit } else { self.cap & !bit };
-        self
-    }
-
-    const fn with_ecap_bit(mut self, bit: u64, on: bool) -> Self {
-        self.ecap = if on {
-            self.ecap | bit
-        } else {
-            self.ecap & !bit
-        };
-        self
-    }
-
-    /// ECAP.SC: snoop control.
-    pub const fn with_sc(self, on: bool) -> Self {
-        self.with_ecap_bit(ECAP_SC, on)
-    }
-    /// CAP.CM: caching mode (not-present entries may be cached).
-    pub const fn with_caching_mode(self, on: bool) -> Self {
-        self.with_cap_bit(CAP_CM, on)
-    }
-    /// ECAP.C: page-walk coherency.
-    pub const fn with_coherent(self, on: bool) -> Self {
-        self.with_ecap_bit(ECAP_C, on)
-    }
-    /// ECAP.QI: queued invalidation.
-    pub const fn with_qi(self, on: bool) -> Self {
-        self.with_ecap_bit(ECAP_QI, on)
-    }
-    /// ECAP.DT: device-TLB support.
-    pub const fn with_dt(self, on: bool) -> Self {
-        self.with_ecap_bit(ECAP_DT, on)
-    }
-    /// ECAP.PT: pass-through.
-    pub const fn with_pt(self, on: bool) -> Self {
-        self.with_ecap_bit(ECAP_PT, on)
-    }
-    /// ECAP.IR: interrupt remapping (enables interrupt-entry-cache descriptors).
-    pub const fn with_ir(self, on: bool) -> Self {
-        self.with_ecap_bit(ECAP_IR, on)
-    }
-    /// CAP.RWBF: write-buffer flushing required.
-    pub const fn with_rwbf(self, on: bool) -> Self {
-        self.with_cap_bit(CAP_RWBF, on)
-    }
-    /// CAP.PSI: page-selective IOTLB invalidation.
-    pub const fn with_psi(self, on: bool) -> Self {
-        self.with_cap_bit(CAP_PSI, on)
-    }
-    /// CAP.NFR: number of fault recording registers minus one.
-    pub const fn with_nfr(mut self, nfr: u8) -> Self {
-        self.cap = self.cap & !(0xff << CAP_NFR_SHIFT) | (nfr as u64) << CAP_NFR_SHIFT;
-        self
-    }
-    /// CAP.MAMV: largest address mask of a page-selective invalidation (6 bits).
-    pub const fn with_mamv(mut self, mamv: u8) -> Self {
-        self.cap = self.cap & !(0x3f << CAP_MAMV_SHIFT) | ((mamv & 0x3f) as u64) << CAP_MAMV_SHIFT;
-        self
-    }
-    /// CAP.SAGAW (5 bits: bit 1 = 39-bit, bit 2 = 48-bit, bit 3 = 57-bit).
-    pub const fn with_sagaw(mut self, sagaw: u8) -> Self {
-        self.cap =
-            self.cap & !(0x1f << CAP_SAGAW_SHIFT) | ((sagaw & 0x1f) as u64) << CAP_SAGAW_SHIFT;
-        self
-    }
-    /// The host address width (32..=52).
-    pub const fn with_haw(mut self, haw: u32) -> Self {
-        self.haw = haw;
-        self
-    }
 }
 
 /// A successful translation.
@@ -235,7 +104,7 @@ pub struct DmaFault {
 }
 
 /// What the IQERCD.IQEI field reports after an invalidation queue error. The numbering is the
-/// model's reading of §11.4.9.x (Invalidation Queue Error Record Register); a driver should
+/// model's reading of the Invalidation Queue Error Record Register (§11.4); a driver should
 /// treat it as diagnostic only.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
@@ -358,6 +227,8 @@ pub struct CacheSizes {
     pub pasid: usize,
     /// IOTLB entries (negative ones included).
     pub iotlb: usize,
+    /// Paging-structure cache entries (non-leaf entries).
+    pub paging_structure: usize,
 }
 
 /// Root table mode latched by SRTP (RTADDR.TTM).
@@ -534,6 +405,7 @@ impl<'m> VtdModel<'m> {
             context: st.caches.context.len(),
             pasid: st.caches.pasid.len(),
             iotlb: st.caches.iotlb.len(),
+            paging_structure: st.caches.psc.len(),
         }
     }
 

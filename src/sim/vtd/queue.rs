@@ -1,5 +1,6 @@
 //! The invalidation queue processor (VT-d spec rev 4.1, §6.5.2 "Queued Invalidation Interface";
-//! descriptor formats §6.5.2.1-§6.5.2.9; errors §6.5.2.10 and FSTS / IQERCD, §11.4.9).
+//! descriptor formats in its subsections; errors in "Hardware Handling of Queued Invalidation
+//! Interface Errors"; FSTS and IQERCD in §11.4).
 //!
 //! On every write to IQT (and when queued invalidation is enabled, or a queue error is cleared)
 //! the model fetches and executes the descriptors from IQH up to IQT at once, in order.
@@ -32,7 +33,7 @@ use super::cache::{ContextGranularity, IotlbGranularity, PasidCacheGranularity};
 use super::regs::*;
 use super::{bits, Iqei, State};
 
-/// Offset of the high descriptor qword fields.
+// Reserved bits of each descriptor type: low qword, or high qword (`_HI`).
 const CC_RESERVED: u64 = bits(8, 6) | bits(15, 12) | bits(63, 50);
 const IOTLB_RESERVED: u64 = 1 << 8 | bits(15, 12) | bits(63, 32);
 const IOTLB_HI_RESERVED: u64 = bits(11, 7);
@@ -236,7 +237,7 @@ impl State<'_> {
                 if u64::from(am) > self.mamv() {
                     return Outcome::Invalid(Iqei::ReservedBit);
                 }
-                self.page_or_domain(did, hi & bits(63, 12), am)
+                self.page_or_domain(did, hi & bits(63, 12), am, hi & 1 << 6 != 0)
             }
             _ => return Outcome::Invalid(Iqei::ReservedBit),
         };
@@ -337,8 +338,9 @@ impl State<'_> {
                 if hi & IOTLB_HI_RESERVED != 0 || u64::from(am) > self.mamv() {
                     return Outcome::Invalid(Iqei::ReservedBit);
                 }
+                let ih = hi & 1 << 6 != 0;
                 self.caches
-                    .invalidate_piotlb(did, pasid, Some((hi & bits(63, 12), am)));
+                    .invalidate_piotlb(did, pasid, Some((hi & bits(63, 12), am, ih)));
                 self.stats.piotlb_page += 1;
             }
             _ => return Outcome::Invalid(Iqei::ReservedBit),
@@ -371,9 +373,9 @@ impl State<'_> {
     }
 
     /// Page-selective when CAP.PSI, else the domain-selective invalidation hardware does instead.
-    pub(crate) fn page_or_domain(&self, did: u16, addr: u64, am: u8) -> IotlbGranularity {
+    pub(crate) fn page_or_domain(&self, did: u16, addr: u64, am: u8, ih: bool) -> IotlbGranularity {
         if self.cfg.cap & CAP_PSI != 0 {
-            IotlbGranularity::Page { did, addr, am }
+            IotlbGranularity::Page { did, addr, am, ih }
         } else {
             IotlbGranularity::Domain(did)
         }

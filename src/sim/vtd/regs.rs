@@ -174,7 +174,7 @@ pub const IVA_IH: u64 = 1 << 6;
 /// IVA_REG 5:0 AM: address mask.
 pub const IVA_AM: u64 = bits(5, 0);
 
-// --- FSTS (§11.4.9.1), FECTL (§11.4.9.2), IECTL ---
+// --- FSTS, FECTL, IECTL (§11.4: Fault Status, Fault Event Control, Invalidation Event Control) ---
 
 /// FSTS 0 PFO: primary fault overflow (RW1C).
 pub const FSTS_PFO: u32 = 1 << 0;
@@ -195,7 +195,7 @@ pub const EVENT_IM: u32 = 1 << 31;
 /// FECTL / IECTL 30 IP: interrupt pending (read-only).
 pub const EVENT_IP: u32 = 1 << 30;
 
-// --- Invalidation queue registers (§11.4.9.x) ---
+// --- Invalidation queue registers (§11.4: IQH, IQT, IQA, ICS, IQERCD) ---
 
 /// IQH / IQT 18:4: offset of the next descriptor, in bytes (128-bit aligned).
 pub const IQ_OFFSET: u64 = bits(18, 4);
@@ -214,7 +214,7 @@ pub const IQERCD_ITESID_SHIFT: u32 = 32;
 /// IQERCD 63:48 ICESID: source-id of the device-TLB invalidation with a completion error.
 pub const IQERCD_ICESID_SHIFT: u32 = 48;
 
-// --- Fault recording registers (§11.4.14, 128 bits each) ---
+// --- Fault Recording Registers (§11.4, at CAP.FRO * 16, 128 bits each) ---
 
 /// FRCD bits 63:12 FI: the faulting page address (low qword).
 pub const FRCD_FI: u64 = bits(63, 12);

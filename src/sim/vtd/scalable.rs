@@ -16,7 +16,8 @@
 //!
 //! Requests without PASID use the context entry's RID_PASID. IOTLB and PASID-cache entries are
 //! tagged with the PASID used. FPD of the context, PASID directory and PASID entries each
-//! suppress recording of the faults found below them.
+//! suppress recording of the faults found below them, except errors reading a table (those
+//! are not qualified faults: the FPD that would apply is in the entry that could not be read).
 //!
 //! Nested: the first-stage walk reads its tables, and its output, through the second stage; a
 //! second-stage fault while reading a first-stage table is reported as a first-stage access
@@ -26,9 +27,9 @@ use super::arena::PhysMem;
 use super::cache::{CachedContext, EntryKind, IotlbEntry, PasidEntry, Pgtt, ScalableContext};
 use super::fault::*;
 use super::regs::*;
-use super::translate::{vtd_fs, walk_fail, Fail, Lookup, SCALABLE_FS, SCALABLE_SS};
-use super::walk::{vtd_ss, Access, Perms};
-use super::{bits, RootMode, State};
+use super::translate::{walk_fail, Fail, Lookup, SCALABLE_FS, SCALABLE_SS};
+use super::walk::{vtd_fs, vtd_ss, Access, Perms};
+use super::{bits, DmaOk, RootMode, State};
 use crate::mem::{Iova, PhysAddr};
 
 /// Memory as a nested first-stage walk sees it: guest-physical addresses translated by the
@@ -100,7 +101,7 @@ impl State<'_> {
             _ => {}
         }
         let (bus, devfn) = (u64::from(sid >> 8), u64::from(sid & 0xff));
-        let entry = root + bus * 16 + if devfn < 128 { 0 } else { 8 };
+        let entry = root.wrapping_add(bus * 16 + if devfn < 128 { 0 } else { 8 });
         let Some(half) = self.read(entry) else {
             return Err(Fail::new(SM_ROOT_ENTRY_ACCESS_ERROR, false));
         };
@@ -110,11 +111,11 @@ impl State<'_> {
         if half & (bits(11, 1) | self.above_haw()) != 0 {
             return Err(Fail::new(SM_ROOT_ENTRY_RESERVED, false));
         }
-        let entry = (half & bits(63, 12)) + (devfn & 0x7f) * 32;
+        let entry = (half & bits(63, 12)).wrapping_add((devfn & 0x7f) * 32);
         let mut q = [0u64; 4];
         for (i, w) in q.iter_mut().enumerate() {
             *w = self
-                .read(entry + 8 * i as u64)
+                .read(entry.wrapping_add(8 * i as u64))
                 .ok_or(Fail::new(SM_CONTEXT_ENTRY_ACCESS_ERROR, false))?;
         }
         let fpd = q[0] & 2 != 0;
@@ -167,8 +168,8 @@ impl State<'_> {
             return Ok(*pe);
         }
         let dir = self
-            .read(ctx.pasid_dir + dir_index * 8)
-            .ok_or(Fail::new(SM_PASID_DIR_ACCESS_ERROR, ctx.fpd))?;
+            .read(ctx.pasid_dir.wrapping_add(dir_index * 8))
+            .ok_or(Fail::new(SM_PASID_DIR_ACCESS_ERROR, false))?;
         let fpd = ctx.fpd || dir & 2 != 0;
         if dir & 1 == 0 {
             return Err(Fail::new(SM_PASID_DIR_NOT_PRESENT, fpd));
@@ -176,12 +177,12 @@ impl State<'_> {
         if dir & (bits(11, 2) | self.above_haw()) != 0 {
             return Err(Fail::new(SM_PASID_DIR_RESERVED, fpd));
         }
-        let entry = (dir & bits(63, 12)) + u64::from(pasid & 0x3f) * 64;
+        let entry = (dir & bits(63, 12)).wrapping_add(u64::from(pasid & 0x3f) * 64);
         let mut q = [0u64; 8];
         for (i, w) in q.iter_mut().enumerate() {
             *w = self
-                .read(entry + 8 * i as u64)
-                .ok_or(Fail::new(SM_PASID_ENTRY_ACCESS_ERROR, fpd))?;
+                .read(entry.wrapping_add(8 * i as u64))
+                .ok_or(Fail::new(SM_PASID_ENTRY_ACCESS_ERROR, false))?;
         }
         let fpd = fpd || q[0] & 2 != 0;
         if q[0] & 1 == 0 {
@@ -261,11 +262,13 @@ impl State<'_> {
             EntryKind::FirstStage
         };
         let pgsnp = pe.pgsnp;
-        self.through_iotlb(look, iova, access, kind, |st| {
+        // Nested walks bypass the paging-structure cache (their reads mix both stages).
+        let levels = if nested.is_some() { 0 } else { pe.fs_levels };
+        self.through_iotlb(look, iova, access, (kind, levels), |st, mem| {
             let fs_fail = |f| walk_fail(f, access, &SCALABLE_FS, look.fpd);
             let input = Iova::new(iova);
             let t = match nested {
-                None => vtd_fs::translate(&st.mem, &cfg, input, Access::default()),
+                None => vtd_fs::translate(mem, &cfg, input, Access::default()),
                 Some(ss) => {
                     let mem = NestedMem { mem: &st.mem, ss };
                     vtd_fs::translate(&mem, &cfg, input, Access::default())
@@ -301,5 +304,3 @@ impl State<'_> {
         })
     }
 }
-
-use super::DmaOk;

@@ -14,11 +14,15 @@
 //! applies to every fault found from the context entry on (the "qualified" faults); faults at
 //! the root table or root entry are always recorded.
 
-use super::arena::PhysMem;
-use super::cache::{CachedContext, EntryKind, IotlbEntry, LegacyContext};
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::vec::Vec;
+
+use super::arena::{Arena, PhysMem};
+use super::cache::{CachedContext, EntryKind, IotlbEntry, LegacyContext, PscEntry, PscKey};
 use super::fault::*;
 use super::regs::*;
-use super::walk::{self, vtd_ss, Access, AccessKind, Fault, Perms};
+use super::walk::{vtd_ss, Access, AccessKind, Fault, Perms};
 use super::{bits, DmaOk, RootMode, State};
 use crate::mem::{Iova, PhysAddr};
 
@@ -58,7 +62,7 @@ pub(crate) struct Codes {
     pub non_canonical: u8,
 }
 
-/// Legacy mode (§7.1.3, reasons 0x1-0xD).
+/// Legacy mode (chapter 7 reason table, 0x1-0xD).
 pub(crate) const LEGACY: Codes = Codes {
     beyond: ADDRESS_BEYOND_MGAW,
     not_present_read: READ_NOT_ALLOWED,
@@ -182,7 +186,8 @@ impl State<'_> {
         ((1..=3).contains(&aw) && sagaw & 1 << aw != 0).then_some(aw as u8 + 2)
     }
 
-    /// Reads the 64-bit word at `pa` of table memory.
+    /// Reads the 64-bit word at `pa` of table memory. Callers compute `pa` with wrapping
+    /// arithmetic: an address that wraps reads nothing and becomes an access-error fault.
     pub(crate) fn read(&self, pa: u64) -> Option<u64> {
         self.mem.read_u64(pa)
     }
@@ -221,7 +226,7 @@ impl State<'_> {
             return Err(Fail::new(SM_TTM0_REQUEST_WITH_PASID, false));
         }
         let ctx = self.legacy_context(root, sid)?;
-        if iova >> self.mgaw() != 0 {
+        if iova.checked_shr(self.mgaw()).unwrap_or(0) != 0 {
             return Err(Fail::new(ADDRESS_BEYOND_MGAW, ctx.fpd));
         }
         let look = Lookup {
@@ -246,9 +251,9 @@ impl State<'_> {
             _ => {}
         }
         let (bus, devfn) = (u64::from(sid >> 8), u64::from(sid & 0xff));
-        let entry = root + bus * 16;
+        let entry = root.wrapping_add(bus * 16);
         let root_fail = |r| Fail::new(r, false);
-        let (Some(lo), Some(hi)) = (self.read(entry), self.read(entry + 8)) else {
+        let (Some(lo), Some(hi)) = (self.read(entry), self.read(entry.wrapping_add(8))) else {
             return Err(root_fail(ROOT_TABLE_ACCESS_ERROR));
         };
         if lo & 1 == 0 {
@@ -257,8 +262,8 @@ impl State<'_> {
         if lo & (bits(11, 1) | self.above_haw()) != 0 || hi != 0 {
             return Err(root_fail(ROOT_ENTRY_RESERVED));
         }
-        let entry = (lo & bits(63, 12)) + devfn * 16;
-        let (Some(lo), Some(hi)) = (self.read(entry), self.read(entry + 8)) else {
+        let entry = (lo & bits(63, 12)).wrapping_add(devfn * 16);
+        let (Some(lo), Some(hi)) = (self.read(entry), self.read(entry.wrapping_add(8))) else {
             return Err(root_fail(CONTEXT_TABLE_ACCESS_ERROR));
         };
         let fpd = lo & 2 != 0;
@@ -319,7 +324,7 @@ impl State<'_> {
         snoop: bool,
     ) -> Result<DmaOk, Fail> {
         let haw = self.cfg.haw.clamp(32, 52);
-        self.through_iotlb(look, iova, access, EntryKind::SecondStage, |_| {
+        self.through_iotlb(look, iova, access, (EntryKind::SecondStage, 0), |_, _| {
             if iova >> haw != 0 {
                 return Err(Fail::new(look.codes.beyond, look.fpd));
             }
@@ -364,8 +369,9 @@ impl State<'_> {
         pgsnp: bool,
     ) -> Result<DmaOk, Fail> {
         let cfg = self.ss_config(root, levels);
-        self.through_iotlb(look, iova, access, EntryKind::SecondStage, |st| {
-            let t = vtd_ss::translate(&st.mem, &cfg, Iova::new(iova), Access::default())
+        let kind = (EntryKind::SecondStage, levels);
+        self.through_iotlb(look, iova, access, kind, |_, mem| {
+            let t = vtd_ss::translate(mem, &cfg, Iova::new(iova), Access::default())
                 .map_err(|f| walk_fail(f, access, &look.codes, look.fpd))?;
             let rights = Perms {
                 read: t.read,
@@ -387,13 +393,17 @@ impl State<'_> {
 
     /// Looks `iova` up in the IOTLB; on a miss runs `walk` and caches its result (and, with
     /// CAP.CM, a not-present result). Then checks the request's rights.
+    ///
+    /// `levels` is the level of the root table the walk starts at (0: no table walk, or one the
+    /// paging-structure cache does not hold); the non-leaf entries a successful walk read are
+    /// cached with the input range each maps.
     pub(crate) fn through_iotlb(
         &mut self,
         look: Lookup,
         iova: u64,
         access: Access,
-        kind: EntryKind,
-        walk: impl FnOnce(&Self) -> Result<(u32, IotlbEntry), Fail>,
+        (kind, levels): (EntryKind, u8),
+        walk: impl FnOnce(&Self, &WalkMem<'_>) -> Result<(u32, IotlbEntry), Fail>,
     ) -> Result<DmaOk, Fail> {
         let (size, entry, hit) = match self.caches.iotlb_lookup(look.did, look.tag, iova) {
             Some((size, entry)) => {
@@ -402,8 +412,18 @@ impl State<'_> {
             }
             None => {
                 self.stats.iotlb_misses += 1;
-                match walk(self) {
+                let mem = WalkMem {
+                    mem: self.mem,
+                    psc: &self.caches.psc,
+                    did: look.did,
+                    tag: look.tag,
+                    reads: RefCell::new(Vec::new()),
+                };
+                let result = walk(self, &mem);
+                let reads = mem.reads.into_inner();
+                match result {
                     Ok((size, entry)) => {
+                        self.cache_walk(look, iova, kind, levels, &reads);
                         self.caches
                             .iotlb_insert(look.did, look.tag, iova, size, entry);
                         (size, entry, false)
@@ -432,6 +452,47 @@ impl State<'_> {
         if let Some(reason) = check_rights(&entry, access, &look.codes) {
             return Err(Fail::new(reason, look.fpd));
         }
+        self.done(look, entry, size, iova, hit, access)
+    }
+
+    /// Keeps the non-leaf entries of a successful walk (all reads but the last).
+    fn cache_walk(
+        &mut self,
+        look: Lookup,
+        iova: u64,
+        kind: EntryKind,
+        levels: u8,
+        reads: &[(u64, u64)],
+    ) {
+        if levels == 0 {
+            return;
+        }
+        let non_leaf = reads.len().saturating_sub(1);
+        for (i, &(pa, value)) in reads.iter().enumerate().take(non_leaf) {
+            let Some(level) = u32::from(levels).checked_sub(i as u32).filter(|&l| l >= 2) else {
+                return;
+            };
+            let span = PAGE_SHIFT + 9 * (level - 1);
+            let base = iova & !((1u64 << span) - 1);
+            let entry = PscEntry {
+                kind,
+                value,
+                base,
+                span,
+            };
+            self.caches.psc.insert((look.did, look.tag, pa), entry);
+        }
+    }
+
+    fn done(
+        &self,
+        look: Lookup,
+        entry: IotlbEntry,
+        size: u32,
+        iova: u64,
+        hit: bool,
+        access: Access,
+    ) -> Result<DmaOk, Fail> {
         let rights = if access.privileged {
             entry.supervisor
         } else {
@@ -449,5 +510,25 @@ impl State<'_> {
     }
 }
 
-/// Re-export for the scalable path.
-pub(crate) use walk::vtd_fs;
+const PAGE_SHIFT: u32 = 12;
+
+/// Table memory as a walk sees it: cached non-leaf entries of the walk's domain first, then
+/// memory; every word read is recorded, in order, for the paging-structure cache.
+pub(crate) struct WalkMem<'a> {
+    mem: &'a Arena,
+    psc: &'a BTreeMap<PscKey, PscEntry>,
+    did: u16,
+    tag: Option<u32>,
+    reads: RefCell<Vec<(u64, u64)>>,
+}
+
+impl PhysMem for WalkMem<'_> {
+    fn read_u64(&self, pa: u64) -> Option<u64> {
+        let value = match self.psc.get(&(self.did, self.tag, pa)) {
+            Some(e) => e.value,
+            None => self.mem.read_u64(pa)?,
+        };
+        self.reads.borrow_mut().push((pa, value));
+        Some(value)
+    }
+}

@@ -258,7 +258,8 @@ impl State<'_> {
             1 => Some(IotlbGranularity::Global),
             2 => Some(IotlbGranularity::Domain(did)),
             3 if u64::from(am) <= self.mamv() => {
-                Some(self.page_or_domain(did, self.iva & IVA_ADDR, am))
+                let ih = self.iva & IVA_IH != 0;
+                Some(self.page_or_domain(did, self.iva & IVA_ADDR, am, ih))
             }
             _ => None,
         };

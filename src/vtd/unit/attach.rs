@@ -1,6 +1,6 @@
 //! Pointing devices and PASIDs at domains: Intel VT-d specification rev. 4.1, §9.3 and §9.4
 //! (context entries), §9.6 (PASID-table entries), §6.5.3 (invalidation considerations: what to
-//! invalidate when an entry is made present or torn down) and §6.1 (caching mode).
+//! invalidate when an entry is made present or torn down) and the Caching Mode rules of §6.
 //!
 //! Legacy mode writes the device's 128-bit context entry. Scalable mode gives each device a
 //! context entry (made present once, pointing at its PASID directory) and writes the 512-bit
@@ -228,7 +228,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
             if current == new {
                 return Ok(());
             }
-            if opts.exclusive {
+            if opts.exclusive && current.did() != dom.did {
                 return Err(Error::EntryPresent { word0: current.lo });
             }
         }
@@ -275,7 +275,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
             if current == new {
                 return Ok(());
             }
-            if opts.exclusive {
+            if opts.exclusive && current.did() != dom.did {
                 return Err(Error::EntryPresent {
                     word0: current.qw[0],
                 });

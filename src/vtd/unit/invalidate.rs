@@ -1,5 +1,5 @@
 //! Turning a gather into invalidations for one domain: Intel VT-d specification rev. 4.1,
-//! §6.5.2.3-§6.5.2.6 and §6.1 (caching mode). The planning itself is [`crate::vtd::flush`].
+//! §6.5.2.3-§6.5.2.6 and the Caching Mode rules of §6. The planning itself is [`crate::vtd::flush`].
 //!
 //! Second-stage domains are invalidated by domain-ID (IOTLB descriptor or `IOTLB_REG`); a
 //! first-stage domain's entries are tagged with (domain-ID, PASID), so each PASID the domain is

@@ -460,3 +460,48 @@ fn register_based_invalidation() {
     assert_eq!(m.read64(R_IOTLB) >> 57 & 3, 0);
     assert_eq!(m.stats().register_invalidations_refused, 1);
 }
+
+#[test]
+fn paging_structure_cache_survives_ih_and_catches_a_freed_table() {
+    use crate::mem::{Page, PhysAddr};
+    let f = legacy();
+    let m = model(&f, qemu());
+    let mut q = Queue::enable(&m, &f.arena, false);
+    assert_eq!(
+        m.translate(SID, None, 0x1000, Access::READ).unwrap().pa,
+        0x1234_5000
+    );
+    assert_eq!(m.cache_sizes().paging_structure, 3, "PML4E, PDPE, PDE");
+    // Replace the page table under the PDE and free the old one, as an unmap + remap might.
+    let pt2 = page(&f.arena);
+    put(&f.arena, pt2 + 8, 0x9999_9000 | 3);
+    put(&f.arena, f.pd, pt2 | 3);
+    let va = f.arena.phys_to_virt(PhysAddr::new(f.pt)).expect("live");
+    // SAFETY: the old page table was allocated from this arena and nothing uses it any more.
+    unsafe {
+        f.arena.free(
+            Page {
+                pa: PhysAddr::new(f.pt),
+                va,
+            },
+            12,
+        )
+    };
+    // IH = 1 claims only leaves changed: the cached PDE still points at the freed table.
+    q.submit(
+        &m,
+        &f.arena,
+        &[[iotlb_page(DID, 0x1000, 0)[0], 0x1000 | 1 << 6]],
+    );
+    let e = m.translate(SID, None, 0x1000, Access::READ).unwrap_err();
+    assert_eq!(e.reason, PAGING_ENTRY_ACCESS_ERROR);
+    // IH = 0 drops the paging-structure entries over the page: the new table is walked.
+    q.submit(&m, &f.arena, &[iotlb_page(DID, 0x1000, 0)]);
+    assert_eq!(
+        m.translate(SID, None, 0x1000, Access::READ).unwrap().pa,
+        0x9999_9000
+    );
+    // A domain-selective invalidation empties it for the domain.
+    q.submit(&m, &f.arena, &[iotlb_domain(DID)]);
+    assert_eq!(m.cache_sizes().paging_structure, 0);
+}

@@ -72,11 +72,20 @@ fn unknown_and_unsupported_types_and_bad_tails_raise_iqe() {
         recover(&mut q, 16 * i as u64);
     }
     assert_eq!(m.stats().iqe, 4);
+    // IQT beyond a one-page queue.
+    m.write64(R_IQT, 0x1000);
+    assert_eq!(m.read64(R_IQERCD) & 0xf, Iqei::TailBeyondQueue as u64);
     // A 256-bit queue: IQT with bit 4 set is misaligned.
     let m = VtdModel::new(&a, VtdModelConfig::scalable());
     let _q = Queue::enable(&m, &a, true);
     m.write64(R_IQT, 16);
     assert_eq!(m.read64(R_IQERCD) & 0xf, Iqei::TailMisaligned as u64);
+    // A scalable unit with a 128-bit queue: PASID-based descriptors need the 256-bit form.
+    let m = VtdModel::new(&a, VtdModelConfig::scalable());
+    let mut q = Queue::enable(&m, &a, false);
+    q.submit(&m, &a, &[piotlb_pasid(1, 1)]);
+    assert_eq!(m.read64(R_IQERCD) & 0xf, Iqei::InvalidType as u64);
+    assert_eq!(m.read64(R_IQH), 0);
 }
 
 #[test]

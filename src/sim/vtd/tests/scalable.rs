@@ -34,6 +34,7 @@ struct Scalable {
     dir: u64,
     table: u64,
     pt: u64,
+    fs_pd: u64,
     fs_pt: u64,
 }
 
@@ -95,6 +96,7 @@ fn scalable() -> Scalable {
         dir,
         table,
         pt,
+        fs_pd,
         fs_pt,
     }
 }
@@ -331,5 +333,31 @@ fn pasid_cache_keeps_an_entry_until_invalidated() {
     assert_eq!(m.cache_sizes().context, 1);
     q.submit(&m, &f.arena, &[cc_device(123, SID, 0)]);
     assert_eq!(m.cache_sizes().context, 0);
-    let _ = f.dir;
+}
+
+#[test]
+fn first_stage_paging_structure_cache_and_ih() {
+    let f = scalable();
+    let m = model(&f);
+    let mut q = Queue::enable(&m, &f.arena, true);
+    assert_eq!(
+        m.translate(SID, Some(1), 0x1000, Access::READ).unwrap().pa,
+        0x3456_7000
+    );
+    let pt2 = page(&f.arena);
+    put(&f.arena, pt2 + 8, 0x7777_7000 | P | RW | US);
+    put(&f.arena, f.fs_pd, pt2 | P | RW | US);
+    let [lo, hi] = piotlb_page(FS_DID, 1, 0x1000, 0);
+    q.submit(&m, &f.arena, &[[lo, hi | 1 << 6]]);
+    let t = m.translate(SID, Some(1), 0x1000, Access::READ).unwrap();
+    assert_eq!(
+        (t.pa, t.from_iotlb),
+        (0x3456_7000, false),
+        "walked through the cached PDE"
+    );
+    q.submit(&m, &f.arena, &[[lo, hi]]);
+    assert_eq!(
+        m.translate(SID, Some(1), 0x1000, Access::READ).unwrap().pa,
+        0x7777_7000
+    );
 }
