@@ -560,8 +560,9 @@ int32_t ie_unit_disable(IeUnit *unit);
 // `unit` is a live unit handle; `count` is NULL or writable.
 int32_t ie_unit_drain_faults(IeUnit *unit, uint32_t max, uint32_t *count);
 
-// Destroys a unit that no registry uses. Disable it first: a unit dropped while enabled leaks
-// its tables (the hardware may still read them).
+// Destroys a disabled unit that no registry uses and returns every page it holds
+// (`IE_STATUS_BUSY` while it is enabled or in a registry: the hardware may still walk its
+// tables).
 //
 // # Safety
 // `unit` is NULL or a live unit handle, not used again after success.

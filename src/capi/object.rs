@@ -85,6 +85,43 @@ impl<T> Obj<T> {
     }
 }
 
+impl<T> Obj<T> {
+    /// Moves the object out to `finish`, which consumes it (or hands it back with an error, and
+    /// the object stays as it was), then returns the page; refused while something uses it.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` came from [`Obj::create`] and is not used again after this returns `Ok`.
+    pub(super) unsafe fn destroy_with(
+        ptr: NonNull<Self>,
+        finish: impl FnOnce(T) -> Result<(), (T, IeStatus)>,
+    ) -> Result<(), IeStatus> {
+        // SAFETY: the caller guarantees `ptr` is a live object.
+        let obj = unsafe { ptr.as_ref() };
+        if obj.users.load(Ordering::Acquire) != 0 {
+            return Err(IeStatus::Busy);
+        }
+        let (env, page, size_log2) = (obj.env, obj.page, obj.size_log2);
+        // SAFETY: `ptr` is live (the caller's contract); no reference to the value is held.
+        let value_ptr = unsafe { core::ptr::addr_of_mut!((*ptr.as_ptr()).value) };
+        // SAFETY: the value is live; it is either consumed by `finish` or written back below,
+        // so it is never dropped twice nor used after the move.
+        let value = unsafe { value_ptr.read() };
+        match finish(value) {
+            Ok(()) => {
+                // SAFETY: the other fields need no drop; the page is ours and unused now.
+                unsafe { env.free(page, size_log2) };
+                Ok(())
+            }
+            Err((value, status)) => {
+                // SAFETY: puts back the value moved out above.
+                unsafe { value_ptr.write(value) };
+                Err(status)
+            }
+        }
+    }
+}
+
 /// The smallest page order that holds a `T`.
 const fn page_log2_for<T>() -> Option<u32> {
     let size = if size_of::<T>() > align_of::<T>() {

@@ -289,8 +289,9 @@ pub unsafe extern "C" fn ie_unit_drain_faults(unit: *mut IeUnit, max: u32, count
     })())
 }
 
-/// Destroys a unit that no registry uses. Disable it first: a unit dropped while enabled leaks
-/// its tables (the hardware may still read them).
+/// Destroys a disabled unit that no registry uses and returns every page it holds
+/// (`IE_STATUS_BUSY` while it is enabled or in a registry: the hardware may still walk its
+/// tables).
 ///
 /// # Safety
 /// `unit` is NULL or a live unit handle, not used again after success.
@@ -299,6 +300,21 @@ pub unsafe extern "C" fn ie_unit_destroy(unit: *mut IeUnit) -> i32 {
     code((|| {
         let obj = NonNull::new(unit.cast::<Obj<UnitObj>>()).ok_or(IeStatus::InvalidArgument)?;
         // SAFETY: a live handle (the caller's contract); refused while a registry uses it.
-        unsafe { Obj::destroy(obj) }
+        unsafe {
+            Obj::destroy_with(obj, |value| match value {
+                // A table that pointed outside the allocator (`leaked`) cannot be given back by
+                // anyone: the rest is freed and the handle is gone either way.
+                UnitObj::Vtd(u) => u
+                    .release()
+                    .map(drop)
+                    .map_err(|(u, _)| (UnitObj::Vtd(u), IeStatus::Busy)),
+                UnitObj::Smmu(u) if u.is_enabled() => Err((UnitObj::Smmu(u), IeStatus::Busy)),
+                // Its stream table, CD tables and queues return their pages when dropped.
+                UnitObj::Smmu(u) => {
+                    drop(u);
+                    Ok(())
+                }
+            })
+        }
     })())
 }

@@ -32,6 +32,53 @@ static int checks;
 
 enum { KIB4 = 4096, MIB2 = 2 * 1024 * 1024 };
 
+/* The same flow on an SMMUv3 model: stage 2 with FWB enforces snooping (write-back). */
+static void smmu_flow(IeSimArena *arena, const IeEnv *env)
+{
+    int32_t st;
+    IeSimModel *model = NULL;
+    IeSimSmmuConfig mcfg = { .fwb = true, .cohacc = true, .ril = true };
+    OK(ie_sim_smmu_model_create(arena, &mcfg, &model));
+    IeRegs regs;
+    OK(ie_sim_model_regs(model, &regs));
+    IeSmmuConfig scfg;
+    OK(ie_smmu_config_default(&scfg));
+    scfg.stream_table = IE_STREAM_TABLE_TWO_LEVEL;
+    IeUnit *unit = NULL;
+    OK(ie_smmu_create(env, &regs, &scfg, &unit));
+    OK(ie_unit_enable(unit));
+    IeRegistry *registry = NULL;
+    OK(ie_registry_create(env, (IeUnit *const *)&unit, 1, 20, &registry));
+    IeCtx *ctx = NULL;
+    OK(ie_ctx_create(registry, 0, &ctx));
+
+    uint32_t dev = 0, ioasid = 0, reason = 0;
+    OK(ie_ctx_bind(ctx, 0, 0x20, false, &dev));
+    IeDeviceInfo info;
+    OK(ie_ctx_device_info(ctx, dev, &info));
+    CHECK(info.enforce_snoop && !info.no_snoop_capable, "smmu: snoop %d", info.enforce_snoop);
+    OK(ie_ctx_alloc(ctx, IE_IOASID_FLAG_ENFORCE_SNOOP, &ioasid));
+    OK(ie_ctx_attach(ctx, dev, ioasid, &reason));
+    OK(ie_ctx_map(ctx, ioasid, 0x40000000, 0x80000000, MIB2, IE_PROT_READ));
+    IeSimDma dma;
+    OK(ie_sim_model_translate(model, 0x20, 0x40000010, false, &dma));
+    CHECK(dma.pa == 0x80000010 && dma.snoop, "smmu: pa %#" PRIx64 " snoop %d", dma.pa,
+          dma.snoop);
+    CHECK(ie_sim_model_translate(model, 0x20, 0x40000010, true, &dma) == IE_STATUS_NOT_FOUND,
+          "smmu: write to a read-only mapping must fault");
+    CHECK(ie_ctx_allow_incoherent_dma(ctx, dev) == IE_STATUS_NOT_PERMITTED, "smmu: not capable");
+    uint64_t unmapped = 0;
+    OK(ie_ctx_unmap(ctx, ioasid, 0x40000000, MIB2, &unmapped));
+    CHECK(ie_sim_model_translate(model, 0x20, 0x40000010, false, &dma) == IE_STATUS_NOT_FOUND,
+          "smmu: DMA after unmap must fault");
+
+    OK(ie_ctx_destroy(ctx)); /* detaches and frees what is left */
+    OK(ie_registry_destroy(registry));
+    OK(ie_unit_disable(unit));
+    OK(ie_unit_destroy(unit));
+    OK(ie_sim_model_destroy(model));
+}
+
 int main(void)
 {
     int32_t st;
@@ -138,12 +185,14 @@ int main(void)
     OK(ie_ctx_free(ctx, ioasid));
     OK(ie_ctx_destroy(ctx));
     OK(ie_registry_destroy(registry));
+    CHECK(ie_unit_destroy(units[0]) == IE_STATUS_BUSY, "unit still enabled");
     OK(ie_unit_disable(units[0]));
     OK(ie_unit_disable(units[1]));
     OK(ie_unit_destroy(units[0]));
     OK(ie_unit_destroy(units[1]));
     OK(ie_sim_model_destroy(snoop_model));
     OK(ie_sim_model_destroy(plain_model));
+    smmu_flow(arena, &env);
     CHECK(ie_sim_arena_live_pages(arena) == pages_at_start, "pages leaked: %" PRIu64 " live",
           ie_sim_arena_live_pages(arena) - pages_at_start);
     OK(ie_sim_arena_destroy(arena));
