@@ -27,9 +27,14 @@
 //!   without IDR3.RIL, and NUM/SCALE/TTL with TG = 0.
 //! - Incoming transactions are Normal Non-cacheable (a no-snoop DMA) unless stage 1 gives them a
 //!   type: `DmaOk::cacheable_wb` says whether the SMMU made the access write-back anyway.
+//! - Hardware updates (IDR0.HTTU with CD.HA/HD, STE.S2HA/S2HD): AF is set when a walk uses a
+//!   leaf; a writable-clean DBM leaf is made dirty (stage 1 clears `AP[2]`, stage 2 sets
+//!   `S2AP[1]`) on the first write through its TLB entry, and not again until that entry is
+//!   invalidated -- so cleaning dirty state without a TLBI loses later writes, as on hardware.
+//!   Updates are read-modify-write through the arena, not atomic against a concurrent CPU write.
 //! - Not modelled: Secure state, stalls and PRI, ATS translation requests, STE.STRW = EL2,
-//!   AArch32 and big-endian tables, hardware updates of AF/dirty state (the walkers report
-//!   what HTTU would allow), MSIs for events and GERROR.
+//!   AArch32 and big-endian tables, MSIs for events and GERROR, cache maintenance for
+//!   IDR0.COHACC = 0 (the model reads memory as it is; the arena's sync recorder checks that).
 
 mod cd;
 pub mod cmdq;

@@ -82,6 +82,17 @@ pub(crate) struct TlbEntry {
     /// Memory type: of the stage's own leaf, or the combined one for a nested entry.
     pub mem: Mt,
     pub s2_memattr: Option<u8>,
+    /// Dirty-state updates the entry still owes its stage-1 and stage-2 leaves: made on the
+    /// first write through the entry, then forgotten (the entry is dirty from then on).
+    pub dirty: [Option<DirtyUpdate>; 2],
+}
+
+/// A hardware update of a leaf descriptor (HTTU): set `set` and clear `clear` at `pa`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct DirtyUpdate {
+    pub pa: u64,
+    pub set: u64,
+    pub clear: u64,
 }
 
 /// A memory type reduced to what the model reports, weakest first.
@@ -223,6 +234,15 @@ impl Caches {
                 e.privileged == privileged && e.regime.serves(e.global, regime) && e.covers(addr)
             })
             .copied()
+    }
+
+    /// Forgets the dirty-state updates of the entry serving `addr` (it has made them).
+    pub fn dirty_done(&mut self, regime: &Regime, privileged: bool, addr: u64) {
+        if let Some(e) = self.tlb.iter_mut().find(|e| {
+            e.privileged == privileged && e.regime.serves(e.global, regime) && e.covers(addr)
+        }) {
+            e.dirty = [None; 2];
+        }
     }
 
     /// A cached table descriptor at `entry_pa` in `regime`.
