@@ -18,8 +18,9 @@
 //!
 //! # Model choices (where the architecture allows more than one behaviour)
 //! - Caches never evict. Invalid or illegal STEs/CDs are not cached. A cached CD is used only
-//!   while the STE still points at the same CD table. Level-1 stream-table and CD-table
-//!   descriptors are not cached.
+//!   while the STE still points at the same CD table. Valid level-1 stream-table and CD-table
+//!   descriptors are cached (by address) until CFGI_STE / CFGI_CD with Leaf = 0,
+//!   CFGI_STE_RANGE, CFGI_CD_ALL or CFGI_ALL covers them.
 //! - TLBI_S2_IPA removes stage-2-only entries; combined (nested) entries need TLBI_NH_* or
 //!   TLBI_S12_VMALL. TLBI_NH_ASID leaves global (nG = 0) entries. A range TLBI removes only
 //!   entries of the TG granule and, with a TTL hint, of that leaf level.
@@ -127,6 +128,8 @@ pub struct SmmuModelStats {
     pub ste_invalidated: usize,
     /// CD cache entries removed by commands.
     pub cd_invalidated: usize,
+    /// Level-1 stream table and CD table descriptors removed by commands.
+    pub l1_invalidated: usize,
     /// Event records written.
     pub events_written: u64,
     /// Events lost to a full queue (overflow).

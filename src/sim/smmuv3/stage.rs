@@ -12,7 +12,7 @@ use super::event::{
     F_WALK_EABT,
 };
 use super::ste::S2Context;
-use super::tlb::{CachedCd, Caches, CdKey, DirtyUpdate, Mt, Regime, TlbEntry, WalkEntry};
+use super::tlb::{CachedCd, Caches, CdKey, DirtyUpdate, L1Entry, Mt, Regime, TlbEntry, WalkEntry};
 use crate::mem::Iova;
 use crate::sim::arena::{Arena, PhysMem};
 use crate::sim::walk::arm::{Cacheability, MemType};
@@ -26,6 +26,8 @@ pub(super) struct Pending {
     pub(super) ste: Option<(u32, [u64; 8])>,
     pub(super) cd: Option<(CdKey, CachedCd)>,
     pub(super) tlb_hit: bool,
+    pub(super) l1std: Option<(u64, L1Entry)>,
+    pub(super) l1cd: Option<((u32, u64), L1Entry)>,
     /// Entries (regime, privileged, address) whose dirty-state updates were made.
     pub(super) dirty_done: Vec<(Regime, bool, u64)>,
 }

@@ -223,6 +223,25 @@ pub(crate) struct Caches {
     /// CD words by (StreamID, SubstreamID), with the S1ContextPtr they were fetched through
     /// (so an STE pointing at another CD table misses).
     pub cd: BTreeMap<CdKey, CachedCd>,
+    /// Valid level-1 stream table descriptors, by address.
+    pub l1std: BTreeMap<u64, L1Entry>,
+    /// Valid level-1 CD descriptors, by StreamID and address.
+    pub l1cd: BTreeMap<(u32, u64), L1Entry>,
+}
+
+/// A cached level-1 descriptor and the IDs (StreamIDs or SubstreamIDs) it locates.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct L1Entry {
+    pub desc: u64,
+    pub first: u64,
+    pub count: u64,
+}
+
+impl L1Entry {
+    /// Whether any of `first .. first + count` is located through this descriptor.
+    pub fn overlaps(&self, first: u64, count: u64) -> bool {
+        first < self.first.saturating_add(self.count) && self.first < first.saturating_add(count)
+    }
 }
 
 impl Caches {

@@ -7,7 +7,7 @@
 //! finds is collected in a [`Pending`] set and added to the caches when the translation ends, so
 //! that the walk itself only needs shared access to them.
 
-use core::cell::RefCell;
+use core::cell::{Cell, RefCell};
 
 use super::cd::{self, Cd};
 use super::config::SmmuModelConfig;
@@ -22,8 +22,8 @@ use super::stage::{
     Fail, Inner, Pending, StageMem, AF,
 };
 use super::ste::{self, S1Context, S2Context, Ste, StreamConfig};
-use super::strtab::{self, Miss};
-use super::tlb::{DirtyUpdate, Mt, Regime, TlbEntry};
+use super::strtab::{self, L1Mem, Miss};
+use super::tlb::{DirtyUpdate, L1Entry, Mt, Regime, TlbEntry};
 use super::{DmaFault, DmaOk, State};
 use crate::mem::Iova;
 use crate::sim::arena::{Arena, PhysMem};
@@ -59,10 +59,26 @@ fn fetch_ste(env: &Env<'_>, regs: &super::regs::Regs, sid: u32) -> Result<Ste, F
     let words = match env.caches.ste.get(&sid) {
         Some(w) => *w,
         None => {
-            let addr = strtab::ste_address(env.cfg, regs, env.mem, sid).map_err(miss)?;
+            let cached = |pa: u64| env.caches.l1std.get(&pa).map(|e| e.desc);
+            let l1 = L1Mem {
+                cached: &cached,
+                inner: env.mem,
+                fetched: Cell::new(None),
+            };
+            let addr = strtab::ste_address(env.cfg, regs, &l1, sid).map_err(miss)?;
             let w = strtab::fetch_ste(env.mem, addr).map_err(miss)?;
             let ste = ste::decode(env.cfg, &w).map_err(|()| Fail::config(C_BAD_STE, 0))?;
-            env.pending.borrow_mut().ste = Some((sid, w));
+            let mut pending = env.pending.borrow_mut();
+            pending.ste = Some((sid, w));
+            if let Some((pa, desc)) = l1.fetched.get() {
+                let split = strtab::strtab_split(regs);
+                let entry = L1Entry {
+                    desc,
+                    first: u64::from(sid >> split << split),
+                    count: 1 << split,
+                };
+                pending.l1std = Some((pa, entry));
+            }
             return Ok(ste);
         }
     };
@@ -85,7 +101,13 @@ fn fetch_cd(env: &Env<'_>, ste: &Ste, s1: &S1Context, sid: u32, index: u32) -> R
         None => env.mem.read_u64(a).ok_or(Inner::Abort(a)),
     };
     let mem = StageMem::new(env, None, &read);
-    let fetched = strtab::cd_address(s1, &mem, index, F_CD_FETCH)
+    let cached = |a: u64| env.caches.l1cd.get(&(sid, a)).map(|e| e.desc);
+    let l1 = L1Mem {
+        cached: &cached,
+        inner: &mem,
+        fetched: Cell::new(None),
+    };
+    let fetched = strtab::cd_address(s1, &l1, index, F_CD_FETCH)
         .and_then(|addr| strtab::fetch_cd(&mem, addr, F_CD_FETCH));
     let words = match (fetched, mem.err.get(), &nested) {
         (Ok(w), _, _) => w,
@@ -96,7 +118,17 @@ fn fetch_cd(env: &Env<'_>, ste: &Ste, s1: &S1Context, sid: u32, index: u32) -> R
         (Err(m), _, _) => return Err(miss(m)),
     };
     let cd = cd::decode(env.cfg, &words).map_err(|()| Fail::config(C_BAD_CD, 0))?;
-    env.pending.borrow_mut().cd = Some(((sid, index), (s1.ptr, words)));
+    let mut pending = env.pending.borrow_mut();
+    pending.cd = Some(((sid, index), (s1.ptr, words)));
+    if let Some((a, desc)) = l1.fetched.get() {
+        let split = strtab::cd_split(s1.fmt);
+        let entry = L1Entry {
+            desc,
+            first: u64::from(index >> split << split),
+            count: 1 << split,
+        };
+        pending.l1cd = Some(((sid, a), entry));
+    }
     Ok(cd)
 }
 
@@ -412,6 +444,12 @@ fn apply(state: &mut State, pending: Pending) {
     if let Some((key, value)) = pending.cd {
         caches.cd.insert(key, value);
     }
+    if let Some((key, value)) = pending.l1std {
+        caches.l1std.insert(key, value);
+    }
+    if let Some((key, value)) = pending.l1cd {
+        caches.l1cd.insert(key, value);
+    }
 }
 
 fn report(
@@ -459,6 +497,9 @@ pub(crate) fn prefetch_config(state: &mut State, mem: &Arena, cfg: &SmmuModelCon
     let pending = env.pending.into_inner();
     if let Some((sid, words)) = pending.ste {
         state.caches.ste.insert(sid, words);
+    }
+    if let Some((key, value)) = pending.l1std {
+        state.caches.l1std.insert(key, value);
     }
 }
 
