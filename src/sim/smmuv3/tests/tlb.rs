@@ -351,3 +351,51 @@ fn stage1_httu_clears_ap2_on_first_write() {
         F_PERMISSION
     );
 }
+
+#[test]
+fn nh_vaa_and_nh_va_range_forms() {
+    let rig = Rig::new();
+    let (cdtab, ..) = s1_setup(&rig);
+    let root = rig.page();
+    let old: Vec<u64> = (0..4).map(|_| rig.page()).collect();
+    for (i, pa) in old.iter().enumerate() {
+        rig.map(root, 1, IOVA + i as u64 * 0x1000, *pa, 12, S1_RW);
+    }
+    write_cd(&rig, cdtab + 64, cd(21, root));
+    write_cd(&rig, cdtab + 3 * 64, cd(22, root));
+    let m = rig.model(SmmuModelConfig::qemu_like().with_ssid_bits(4));
+    let va = |i: u64| IOVA + i * 0x1000;
+    for i in 0..4 {
+        pa_of(&m, 9, Some(1), va(i));
+        pa_of(&m, 9, Some(3), va(i));
+    }
+    let new: Vec<u64> = (0..4).map(|_| rig.page()).collect();
+    for (i, pa) in new.iter().enumerate() {
+        rig.w(rig.slot(root, 1, va(i as u64), 3), pa | S1_RW | 3);
+    }
+    // TLBI_NH_VAA: page 0 for every ASID of VMID 0.
+    rig.submit(&m, &[[0x13, va(0) | 1], cmd::sync()]);
+    assert_eq!(pa_of(&m, 9, Some(1), va(0)), new[0]);
+    assert_eq!(pa_of(&m, 9, Some(3), va(0)), new[0]);
+    // TLBI_NH_VA, range: ASID 21, TG = 4 KiB, NUM = 1, SCALE = 0 (2 pages from page 1), TTL 3.
+    rig.submit(
+        &m,
+        &[
+            [0x12 | 1 << 12 | 21 << 48, va(1) | 1 << 10 | 3 << 8 | 1],
+            cmd::sync(),
+        ],
+    );
+    assert_eq!(pa_of(&m, 9, Some(1), va(1)), new[1]);
+    assert_eq!(pa_of(&m, 9, Some(1), va(2)), new[2]);
+    assert_eq!(pa_of(&m, 9, Some(1), va(3)), old[3], "outside the range");
+    assert_eq!(pa_of(&m, 9, Some(3), va(1)), old[1], "other ASID");
+    // A range in the wrong granule (TG = 64 KiB) misses these 4 KiB entries.
+    rig.submit(
+        &m,
+        &[
+            [0x12 | 22 << 48, va(0) & !0xffff | 3 << 10 | 1],
+            cmd::sync(),
+        ],
+    );
+    assert_eq!(pa_of(&m, 9, Some(3), va(1)), old[1]);
+}
