@@ -163,6 +163,9 @@ pub enum Injection {
     SyncStall,
     /// CR0ACK stops following CR0 until [`SmmuModel::clear_injections`].
     Cr0AckStuck,
+    /// GBPA updates never complete: a write with UPDATE leaves UPDATE set and the old fields in
+    /// force until [`SmmuModel::clear_injections`], which completes it.
+    GbpaUpdateStuck,
     /// The next CMD_SYNC reports an ATC invalidation completion timeout: CERROR_ATC_INV_SYNC
     /// with CONS on the CMD_SYNC, which runs again once GERRORN acknowledges the error.
     AtcInvSyncTimeout,
@@ -174,6 +177,9 @@ struct Injections {
     atc_inv_sync_timeout: bool,
     sync_stall: bool,
     cr0ack_stuck: bool,
+    gbpa_stuck: bool,
+    /// A GBPA write waiting for its UPDATE to complete.
+    gbpa_pending: Option<u32>,
 }
 
 /// Everything behind the model's lock.
@@ -296,6 +302,7 @@ impl<'m> SmmuModel<'m> {
             Injection::SyncStall => st.injections.sync_stall = true,
             Injection::Cr0AckStuck => st.injections.cr0ack_stuck = true,
             Injection::AtcInvSyncTimeout => st.injections.atc_inv_sync_timeout = true,
+            Injection::GbpaUpdateStuck => st.injections.gbpa_stuck = true,
         }
     }
 
@@ -303,6 +310,9 @@ impl<'m> SmmuModel<'m> {
     /// catches up with CR0.
     pub fn clear_injections(&self) {
         let mut st = self.lock();
+        if let Some(v) = st.injections.gbpa_pending {
+            st.regs.gbpa = v;
+        }
         st.injections = Injections::default();
         st.sync_stalled = false;
         st.regs.cr0ack = st.regs.cr0;
@@ -351,7 +361,14 @@ impl<'m> SmmuModel<'m> {
             }
             regs::CR1 if !r.enabled(cr0::SMMUEN | cr0::CMDQEN | cr0::EVENTQEN) => r.cr1 = value,
             regs::CR2 if !r.enabled(cr0::SMMUEN) => r.cr2 = value,
-            regs::GBPA if value & gbpa::UPDATE != 0 => r.gbpa = value & gbpa::FIELDS,
+            regs::GBPA if value & gbpa::UPDATE != 0 => {
+                if st.injections.gbpa_stuck {
+                    r.gbpa |= gbpa::UPDATE;
+                    st.injections.gbpa_pending = Some(value & gbpa::FIELDS);
+                } else {
+                    r.gbpa = value & gbpa::FIELDS;
+                }
+            }
             regs::IRQ_CTRL => {
                 r.irq_ctrl = value & 0x7;
                 r.irq_ctrlack = r.irq_ctrl;
