@@ -237,7 +237,7 @@ scenarios! {
     x86_64_vtd_sm_fs_split_2m => (X86_64, 116, "vtd_split_2m", "q35", ["-device", "intel-iommu,x-scalable-mode=on,x-flts=on"]);
     x86_64_vtd_sm_fs_no1g_dma_1g => (X86_64, 102, "vtd_dma_1g", "q35", ["-device", "intel-iommu,x-scalable-mode=on,x-flts=on,fs1gp=off"]);
     x86_64_vtd_sm_fs_cm_map_invalidations => (X86_64, 114, "vtd_map_invalidations", "q35", ["-device", "intel-iommu,x-scalable-mode=on,x-flts=on,caching-mode=on"]);
-    // Two requesters (a second edu at 00:05.0), one on bus 1 (behind a root port), PASIDs.
+    // Two requesters (a second edu at 00:05.0), one on bus 1 (behind a root port), PASIDs, taking over a running unit.
     x86_64_vtd_legacy_two_devices => (X86_64, 117, "vtd_two_devices", "q35", ["-device", "intel-iommu", "-device", "edu,addr=05.0,dma_mask=0xffffffffffffffff"]);
     x86_64_vtd_sm_ss_two_devices => (X86_64, 117, "vtd_two_devices", "q35", ["-device", "intel-iommu,x-scalable-mode=on", "-device", "edu,addr=05.0,dma_mask=0xffffffffffffffff"]);
     x86_64_vtd_sm_fs_two_devices => (X86_64, 117, "vtd_two_devices", "q35", ["-device", "intel-iommu,x-scalable-mode=on,x-flts=on", "-device", "edu,addr=05.0,dma_mask=0xffffffffffffffff"]);
@@ -245,6 +245,9 @@ scenarios! {
     x86_64_vtd_sm_ss_other_bus => (X86_64, 119, "vtd_other_bus", "q35", ["-device", "intel-iommu,x-scalable-mode=on", "-device", "pcie-root-port,id=rp1,bus=pcie.0,chassis=1,addr=06.0", "-device", "edu,bus=rp1,addr=00.0,dma_mask=0xffffffffffffffff"]);
     x86_64_vtd_sm_fs_other_bus => (X86_64, 119, "vtd_other_bus", "q35", ["-device", "intel-iommu,x-scalable-mode=on,x-flts=on", "-device", "pcie-root-port,id=rp1,bus=pcie.0,chassis=1,addr=06.0", "-device", "edu,bus=rp1,addr=00.0,dma_mask=0xffffffffffffffff"]);
     x86_64_vtd_legacy_pasid_attach => (X86_64, 118, "vtd_pasid_attach", "q35", ["-device", "intel-iommu"]);
+    x86_64_vtd_legacy_takeover => (X86_64, 120, "vtd_takeover", "q35", ["-device", "intel-iommu"]);
+    x86_64_vtd_sm_ss_takeover => (X86_64, 120, "vtd_takeover", "q35", ["-device", "intel-iommu,x-scalable-mode=on"]);
+    x86_64_vtd_sm_fs_takeover => (X86_64, 120, "vtd_takeover", "q35", ["-device", "intel-iommu,x-scalable-mode=on,x-flts=on"]);
     x86_64_vtd_sm_ss_pasidmode_pasid_attach => (X86_64, 118, "vtd_pasid_attach", "q35", ["-device", "intel-iommu,x-scalable-mode=on,x-pasid-mode=on"]);
     x86_64_vtd_sm_fs_pasidmode_pasid_attach => (X86_64, 118, "vtd_pasid_attach", "q35", ["-device", "intel-iommu,x-scalable-mode=on,x-flts=on,x-pasid-mode=on"]);
 

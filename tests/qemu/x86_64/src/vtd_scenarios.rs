@@ -134,6 +134,11 @@ pub static VTD_TABLE: &[Scenario] = &[
         name: "vtd_other_bus",
         run: other_bus,
     },
+    Scenario {
+        id: 120,
+        name: "vtd_takeover",
+        run: takeover,
+    },
 ];
 
 /// Low IOVAs (below 4 GiB, far from any guest PA, outside the interrupt window).
@@ -1238,4 +1243,83 @@ fn other_bus(g: &mut Ctx) -> Result<(), Fail> {
         v.ctx.unbind(dev_far).or_fail("unbind the far edu")?;
         Ok(())
     })
+}
+
+/// A unit left running by a previous owner (firmware, or a kernel before kexec): translation
+/// on, queued invalidation on, edu attached and its translations cached. A new `VtdUnit` over
+/// the same registers must take over: turn translation off, drain and turn off the old queue
+/// (QEMU refuses to turn it off unless the last descriptor was a wait), install its own root
+/// table and queue, invalidate globally and turn translation on. Then edu is blocked until the
+/// new owner attaches it, and its DMA lands where the new owner maps.
+fn takeover(g: &mut Ctx) -> Result<(), Fail> {
+    let g: &Ctx = g;
+    // SAFETY: the VT-d window is identity-mapped uncached by boot.rs.
+    let faults = unsafe { FaultReader::new(g.arch.vtd_base) }?;
+    let edu = g.edu()?;
+    let (src, old_page, new_page) = (Buf::new(g)?, Buf::new(g)?, Buf::new(g)?);
+    let map = |ctx: &IoasidCtx<'_, '_, PageArena>, io, iova: u64, pa: u64, prot| {
+        ctx.map(io, Iova::new(iova), PhysAddr::new(pa), 4096, prot)
+            .or_fail("map")
+    };
+    let label = DeviceLabel {
+        unit: UnitId(0),
+        id: DeviceId(u32::from(EDU_SID)),
+    };
+    // The previous owner.
+    let old = vtd_unit::create(g)?;
+    {
+        let units: [&dyn Iommu; 1] = [&old];
+        let registry = Registry::new(&units, 0).or_fail("registry")?;
+        let ctx = IoasidCtx::new(&registry, g.alloc, 0);
+        let dev = ctx.bind(label, false).or_fail("bind edu")?;
+        let io = ctx.alloc(IoasidFlags::empty()).or_fail("alloc")?;
+        map(&ctx, io, IOVA_A, src.pa(), Prot::READ)?;
+        map(&ctx, io, IOVA_B, old_page.pa(), Prot::READ | Prot::WRITE)?;
+        ctx.attach(dev, io).or_fail("attach")?;
+        roundtrip(edu, &src, IOVA_A, 0, &old_page, IOVA_B, 0, LEN, 45)?;
+        // Gone without a word: nothing is torn down, its pages stay where the hardware
+        // points.
+        core::mem::forget(ctx);
+    }
+    ensure!(
+        vtd_unit::translating(&old),
+        "the old unit is not translating"
+    );
+    core::mem::forget(old);
+    println!("previous owner gone with translation and queued invalidation on");
+
+    let live_before = g.alloc.live_frames();
+    let unit = vtd_unit::create(g)?;
+    {
+        let units: [&dyn Iommu; 1] = [&unit];
+        let registry = Registry::new(&units, 0).or_fail("registry")?;
+        let ctx = IoasidCtx::new(&registry, g.alloc, 0);
+        // Nothing attached on the new unit: blocked, the old translation is not used.
+        old_page.fill(GUARD);
+        dma_check::from_device(edu, IOVA_B, 64)?;
+        faults.expect_one_of(
+            "write before the new owner attaches",
+            BLOCKED,
+            IOVA_B,
+            RequestKind::Write,
+        )?;
+        old_page.check_all("the old owner's page", GUARD)?;
+        let dev = ctx.bind(label, false).or_fail("bind edu")?;
+        let io = ctx.alloc(IoasidFlags::empty()).or_fail("alloc")?;
+        map(&ctx, io, IOVA_A, src.pa(), Prot::READ)?;
+        map(&ctx, io, IOVA_B, new_page.pa(), Prot::READ | Prot::WRITE)?;
+        ctx.attach(dev, io).or_fail("attach")?;
+        for round in 0..2u8 {
+            roundtrip(edu, &src, IOVA_A, 0, &new_page, IOVA_B, 0, LEN, 46 + round)?;
+            old_page.check_all("the old owner's page", GUARD)?;
+        }
+        faults.expect_none("after takeover")?;
+    }
+    vtd_unit::destroy(unit)?;
+    let leaked = g.alloc.live_frames().saturating_sub(live_before);
+    ensure!(
+        leaked == 0,
+        "{leaked} page frame(s) of the new unit not returned"
+    );
+    Ok(())
 }
