@@ -192,16 +192,14 @@ pub unsafe extern "C" fn ie_ctx_destroy(ctx: *mut IeCtx) -> i32 {
     })())
 }
 
-fn device(d: u32) -> Result<DeviceHandle, IeStatus> {
-    u16::try_from(d)
-        .map(DeviceHandle)
-        .map_err(|_| IeStatus::NotFound)
+fn device(ctx: *mut IeCtx, d: u32) -> Result<DeviceHandle, IeStatus> {
+    let slot = u16::try_from(d).map_err(|_| IeStatus::NotFound)?;
+    Ok(ctx_obj(ctx)?.value.ctx.device_handle(slot))
 }
 
-fn ioasid(i: u32) -> Result<IoasidId, IeStatus> {
-    u16::try_from(i)
-        .map(IoasidId)
-        .map_err(|_| IeStatus::NotFound)
+fn ioasid(ctx: *mut IeCtx, i: u32) -> Result<IoasidId, IeStatus> {
+    let slot = u16::try_from(i).map_err(|_| IeStatus::NotFound)?;
+    Ok(ctx_obj(ctx)?.value.ctx.ioasid_id(slot))
 }
 
 fn pasid(p: u32) -> Result<Pasid, IeStatus> {
@@ -233,7 +231,7 @@ pub unsafe extern "C" fn ie_ctx_bind(
             return Err(IeStatus::InvalidArgument);
         }
         let h = c.value.ctx.bind(label, no_snoop_capable)?;
-        put(out, u32::from(h.0))
+        put(out, u32::from(h.slot()))
     })())
 }
 
@@ -244,7 +242,7 @@ pub unsafe extern "C" fn ie_ctx_bind(
 #[no_mangle]
 pub unsafe extern "C" fn ie_ctx_unbind(ctx: *mut IeCtx, device: u32) -> i32 {
     code((|| {
-        Ok(ctx_obj(ctx)?.value.ctx.unbind(self::device(device)?)?)
+        Ok(ctx_obj(ctx)?.value.ctx.unbind(self::device(ctx, device)?)?)
     })())
 }
 
@@ -287,7 +285,10 @@ pub unsafe extern "C" fn ie_ctx_device_info(
     out: *mut IeDeviceInfo,
 ) -> i32 {
     code((|| {
-        let info = ctx_obj(ctx)?.value.ctx.device_info(self::device(device)?)?;
+        let info = ctx_obj(ctx)?
+            .value
+            .ctx
+            .device_info(self::device(ctx, device)?)?;
         let c = info.capabilities;
         put(
             out,
@@ -343,7 +344,7 @@ pub unsafe extern "C" fn ie_ctx_alloc(ctx: *mut IeCtx, flags: u32, out: *mut u32
             return Err(IeStatus::InvalidArgument);
         }
         let id = c.value.ctx.alloc(flags)?;
-        put(out, u32::from(id.0))
+        put(out, u32::from(id.slot()))
     })())
 }
 
@@ -354,7 +355,7 @@ pub unsafe extern "C" fn ie_ctx_alloc(ctx: *mut IeCtx, flags: u32, out: *mut u32
 #[no_mangle]
 pub unsafe extern "C" fn ie_ctx_free(ctx: *mut IeCtx, ioasid: u32) -> i32 {
     code((|| {
-        Ok(ctx_obj(ctx)?.value.ctx.free(self::ioasid(ioasid)?)?)
+        Ok(ctx_obj(ctx)?.value.ctx.free(self::ioasid(ctx, ioasid)?)?)
     })())
 }
 
@@ -384,7 +385,11 @@ pub unsafe extern "C" fn ie_ctx_attach(
     ioasid: u32,
     reason: *mut u32,
 ) -> i32 {
-    match (ctx_obj(ctx), self::device(device), self::ioasid(ioasid)) {
+    match (
+        ctx_obj(ctx),
+        self::device(ctx, device),
+        self::ioasid(ctx, ioasid),
+    ) {
         (Ok(c), Ok(d), Ok(i)) => attach_result(c.value.ctx.attach(d, i), reason),
         (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => e as i32,
     }
@@ -405,9 +410,9 @@ pub unsafe extern "C" fn ie_ctx_attach_pasid(
 ) -> i32 {
     let args = (
         ctx_obj(ctx),
-        self::device(device),
+        self::device(ctx, device),
         self::pasid(pasid),
-        self::ioasid(ioasid),
+        self::ioasid(ctx, ioasid),
     );
     match args {
         (Ok(c), Ok(d), Ok(p), Ok(i)) => attach_result(c.value.ctx.attach_pasid(d, p, i), reason),
@@ -422,7 +427,7 @@ pub unsafe extern "C" fn ie_ctx_attach_pasid(
 #[no_mangle]
 pub unsafe extern "C" fn ie_ctx_detach(ctx: *mut IeCtx, device: u32) -> i32 {
     code((|| {
-        Ok(ctx_obj(ctx)?.value.ctx.detach(self::device(device)?)?)
+        Ok(ctx_obj(ctx)?.value.ctx.detach(self::device(ctx, device)?)?)
     })())
 }
 
@@ -436,7 +441,7 @@ pub unsafe extern "C" fn ie_ctx_detach_pasid(ctx: *mut IeCtx, device: u32, pasid
         let c = ctx_obj(ctx)?;
         Ok(c.value
             .ctx
-            .detach_pasid(self::device(device)?, self::pasid(pasid)?)?)
+            .detach_pasid(self::device(ctx, device)?, self::pasid(pasid)?)?)
     })())
 }
 
@@ -482,7 +487,7 @@ pub unsafe extern "C" fn ie_ctx_map(
             .ok()
             .and_then(Prot::from_bits)
             .ok_or(IeStatus::InvalidArgument)?;
-        let id = self::ioasid(ioasid)?;
+        let id = self::ioasid(ctx, ioasid)?;
         Ok(c.value
             .ctx
             .map(id, Iova::new(iova), PhysAddr::new(pa), len, prot)?)
@@ -508,7 +513,7 @@ pub unsafe extern "C" fn ie_ctx_unmap(
         let n = c
             .value
             .ctx
-            .unmap(self::ioasid(ioasid)?, Iova::new(iova), len)?;
+            .unmap(self::ioasid(ctx, ioasid)?, Iova::new(iova), len)?;
         // SAFETY: the C contract: NULL or writable.
         if let Some(out) = unsafe { unmapped.as_mut() } {
             *out = n;
@@ -534,7 +539,7 @@ pub unsafe extern "C" fn ie_ctx_translate(
         let m = c
             .value
             .ctx
-            .translate(self::ioasid(ioasid)?, Iova::new(iova))?;
+            .translate(self::ioasid(ctx, ioasid)?, Iova::new(iova))?;
         put(pa, m.ok_or(IeStatus::NotFound)?.pa.get())
     })())
 }
@@ -574,9 +579,11 @@ pub unsafe extern "C" fn ie_ctx_free_pasid(ctx: *mut IeCtx, pasid: u32) -> i32 {
 pub unsafe extern "C" fn ie_ctx_allow_incoherent_dma(ctx: *mut IeCtx, device: u32) -> i32 {
     code((|| {
         let c = ctx_obj(ctx)?;
-        let d = self::device(device)?;
+        let d = self::device(ctx, device)?;
         let mut grants = c.value.grants.lock();
-        let slot = grants.get_mut(usize::from(d.0)).ok_or(IeStatus::NotFound)?;
+        let slot = grants
+            .get_mut(usize::from(d.slot()))
+            .ok_or(IeStatus::NotFound)?;
         if slot.is_none() {
             // SAFETY: the grant borrows the context, which lives in the same object and is
             // dropped after `grants` (field order): `'static` stands for that.
@@ -596,9 +603,11 @@ pub unsafe extern "C" fn ie_ctx_allow_incoherent_dma(ctx: *mut IeCtx, device: u3
 pub unsafe extern "C" fn ie_ctx_revoke_incoherent_dma(ctx: *mut IeCtx, device: u32) -> i32 {
     code((|| {
         let c = ctx_obj(ctx)?;
-        let d = self::device(device)?;
+        let d = self::device(ctx, device)?;
         let mut grants = c.value.grants.lock();
-        let slot = grants.get_mut(usize::from(d.0)).ok_or(IeStatus::NotFound)?;
+        let slot = grants
+            .get_mut(usize::from(d.slot()))
+            .ok_or(IeStatus::NotFound)?;
         slot.take().map(drop).ok_or(IeStatus::NotFound)
     })())
 }

@@ -177,6 +177,19 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
         }
     }
 
+    /// The handle this context gives the device in `slot` ([`DeviceHandle::slot`]), for
+    /// callers that carry slots across a boundary (the C ABI). Every call still checks that a
+    /// device is bound there.
+    pub fn device_handle(&self, slot: u16) -> DeviceHandle {
+        DeviceHandle::new(self.id, slot)
+    }
+
+    /// The id this context gives the IOASID in `slot` ([`IoasidId::slot`]); as
+    /// [`IoasidCtx::device_handle`].
+    pub fn ioasid_id(&self, slot: u16) -> IoasidId {
+        IoasidId::new(self.id, slot)
+    }
+
     pub(super) fn unit(&self, id: UnitId) -> Result<&'a dyn Iommu, Error> {
         self.registry.unit(id)
     }

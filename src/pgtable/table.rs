@@ -33,8 +33,6 @@ const HW_UPDATE_RETRIES: u32 = 8;
 /// told, so call [`PageTable::destroy`] and release the gather after the invalidation.
 pub struct PageTable<F: Format, A: PageAllocator> {
     format: F,
-    /// The format's geometry, validated once: every index into table memory is derived from it.
-    geometry: Geometry,
     alloc: A,
     root: Page,
     coherency: WalkerCoherency,
@@ -52,7 +50,7 @@ impl<F: Format, A: PageAllocator> core::fmt::Debug for PageTable<F, A> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("PageTable")
             .field("root", &self.root.pa)
-            .field("geometry", &self.geometry)
+            .field("geometry", self.format.geometry())
             .field("coherency", &self.coherency)
             .field("split", &self.split)
             .finish()
@@ -93,7 +91,6 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         coherency.sync(&alloc, root.va, 1 << size);
         Ok(Self {
             format,
-            geometry: g,
             alloc,
             root,
             coherency,
@@ -119,7 +116,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
 
     /// The table's geometry.
     pub fn geometry(&self) -> &Geometry {
-        &self.geometry
+        self.format.geometry()
     }
 
     /// What `unmap` does when it would cut a larger page.
@@ -132,9 +129,11 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         self.split = split;
     }
 
+    /// The format's geometry: validated in `new`, and the same on every call (a requirement of
+    /// the unsafe trait [`Format`]), so every index derived from it stays inside its table.
     #[inline]
     fn geo(&self) -> &Geometry {
-        &self.geometry
+        self.format.geometry()
     }
 
     #[inline]
