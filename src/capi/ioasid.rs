@@ -197,9 +197,10 @@ fn device(ctx: *mut IeCtx, d: u32) -> Result<DeviceHandle, IeStatus> {
     Ok(ctx_obj(ctx)?.value.ctx.device_handle(slot))
 }
 
-fn ioasid(ctx: *mut IeCtx, i: u32) -> Result<IoasidId, IeStatus> {
-    let slot = u16::try_from(i).map_err(|_| IeStatus::NotFound)?;
-    Ok(ctx_obj(ctx)?.value.ctx.ioasid_id(slot))
+fn ioasid(i: u32) -> Result<IoasidId, IeStatus> {
+    u16::try_from(i)
+        .map(IoasidId)
+        .map_err(|_| IeStatus::NotFound)
 }
 
 fn pasid(p: u32) -> Result<Pasid, IeStatus> {
@@ -344,7 +345,7 @@ pub unsafe extern "C" fn ie_ctx_alloc(ctx: *mut IeCtx, flags: u32, out: *mut u32
             return Err(IeStatus::InvalidArgument);
         }
         let id = c.value.ctx.alloc(flags)?;
-        put(out, u32::from(id.slot()))
+        put(out, u32::from(id.0))
     })())
 }
 
@@ -355,7 +356,7 @@ pub unsafe extern "C" fn ie_ctx_alloc(ctx: *mut IeCtx, flags: u32, out: *mut u32
 #[no_mangle]
 pub unsafe extern "C" fn ie_ctx_free(ctx: *mut IeCtx, ioasid: u32) -> i32 {
     code((|| {
-        Ok(ctx_obj(ctx)?.value.ctx.free(self::ioasid(ctx, ioasid)?)?)
+        Ok(ctx_obj(ctx)?.value.ctx.free(self::ioasid(ioasid)?)?)
     })())
 }
 
@@ -388,7 +389,7 @@ pub unsafe extern "C" fn ie_ctx_attach(
     match (
         ctx_obj(ctx),
         self::device(ctx, device),
-        self::ioasid(ctx, ioasid),
+        self::ioasid(ioasid),
     ) {
         (Ok(c), Ok(d), Ok(i)) => attach_result(c.value.ctx.attach(d, i), reason),
         (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => e as i32,
@@ -412,7 +413,7 @@ pub unsafe extern "C" fn ie_ctx_attach_pasid(
         ctx_obj(ctx),
         self::device(ctx, device),
         self::pasid(pasid),
-        self::ioasid(ctx, ioasid),
+        self::ioasid(ioasid),
     );
     match args {
         (Ok(c), Ok(d), Ok(p), Ok(i)) => attach_result(c.value.ctx.attach_pasid(d, p, i), reason),
@@ -487,7 +488,7 @@ pub unsafe extern "C" fn ie_ctx_map(
             .ok()
             .and_then(Prot::from_bits)
             .ok_or(IeStatus::InvalidArgument)?;
-        let id = self::ioasid(ctx, ioasid)?;
+        let id = self::ioasid(ioasid)?;
         Ok(c.value
             .ctx
             .map(id, Iova::new(iova), PhysAddr::new(pa), len, prot)?)
@@ -513,7 +514,7 @@ pub unsafe extern "C" fn ie_ctx_unmap(
         let n = c
             .value
             .ctx
-            .unmap(self::ioasid(ctx, ioasid)?, Iova::new(iova), len)?;
+            .unmap(self::ioasid(ioasid)?, Iova::new(iova), len)?;
         // SAFETY: the C contract: NULL or writable.
         if let Some(out) = unsafe { unmapped.as_mut() } {
             *out = n;
@@ -539,7 +540,7 @@ pub unsafe extern "C" fn ie_ctx_translate(
         let m = c
             .value
             .ctx
-            .translate(self::ioasid(ctx, ioasid)?, Iova::new(iova))?;
+            .translate(self::ioasid(ioasid)?, Iova::new(iova))?;
         put(pa, m.ok_or(IeStatus::NotFound)?.pa.get())
     })())
 }

@@ -81,16 +81,14 @@ impl<'a, A: PageAllocator> State<'a, A> {
 
     pub(super) fn ioasid(&self, id: IoasidId) -> Result<&Ioasid<'a, A>, Error> {
         self.ioasids
-            .get(usize::from(id.slot()))
-            .filter(|_| id.of(self.ctx))
+            .get(usize::from(id.0))
             .and_then(Option::as_ref)
             .ok_or(Error::NoSuchIoasid(id))
     }
 
     pub(super) fn ioasid_mut(&mut self, id: IoasidId) -> Result<&mut Ioasid<'a, A>, Error> {
         self.ioasids
-            .get_mut(usize::from(id.slot()))
-            .filter(|_| id.of(self.ctx))
+            .get_mut(usize::from(id.0))
             .and_then(Option::as_mut)
             .ok_or(Error::NoSuchIoasid(id))
     }
@@ -184,12 +182,6 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
         DeviceHandle::new(self.id, slot)
     }
 
-    /// The id this context gives the IOASID in `slot` ([`IoasidId::slot`]); as
-    /// [`IoasidCtx::device_handle`].
-    pub fn ioasid_id(&self, slot: u16) -> IoasidId {
-        IoasidId::new(self.id, slot)
-    }
-
     pub(super) fn unit(&self, id: UnitId) -> Result<&'a dyn Iommu, Error> {
         self.registry.unit(id)
     }
@@ -278,7 +270,7 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
             domains: [None; MAX_UNITS],
             reservations: spin::Mutex::new([None; MAX_IOVA_RESERVATIONS]),
         });
-        Ok(IoasidId::new(self.id, slot as u16))
+        Ok(IoasidId(slot as u16))
     }
 
     /// The flags an IOASID was allocated with.
@@ -299,7 +291,7 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
         if st.in_use(ioasid) {
             return Err(Error::Busy);
         }
-        let io = st.ioasids[usize::from(ioasid.slot())].take();
+        let io = st.ioasids[usize::from(ioasid.0)].take();
         if let Some(io) = io {
             self.destroy_ioasid(io)?;
         }

@@ -99,27 +99,15 @@ impl DeviceHandle {
     }
 }
 
-/// An IOASID, as its context numbers it. Like [`DeviceHandle`], only meaningful to the context
-/// that returned it. Invalid after [`IoasidCtx::free`]; its slot may be reused.
+/// An IOASID, as its context numbers it: like a file descriptor, it names an IOASID of the
+/// context it is used with. Invalid after [`IoasidCtx::free`]; the number may be reused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct IoasidId {
-    ctx: u32,
-    slot: u16,
-}
+pub struct IoasidId(pub u16);
 
 impl IoasidId {
-    pub(crate) const fn new(ctx: u32, slot: u16) -> Self {
-        Self { ctx, slot }
-    }
-
     /// The IOASID's slot in its context.
     pub const fn slot(self) -> u16 {
-        self.slot
-    }
-
-    /// Whether the id was made by context `ctx`.
-    pub(crate) const fn of(self, ctx: u32) -> bool {
-        self.ctx == ctx
+        self.0
     }
 }
 
@@ -228,7 +216,7 @@ impl fmt::Display for Error {
             }
             Error::Busy => write!(f, "busy"),
             Error::NoSuchDevice(d) => write!(f, "no device {}", d.slot),
-            Error::NoSuchIoasid(i) => write!(f, "no IOASID {}", i.slot),
+            Error::NoSuchIoasid(i) => write!(f, "no IOASID {}", i.0),
             Error::NoSuchUnit(u) => write!(f, "no unit {}", u.0),
             Error::NotAttached(d) => write!(f, "device {} not attached", d.slot),
             Error::NotNoSnoopCapable(d) => write!(f, "device {} is not no-snoop capable", d.slot),
