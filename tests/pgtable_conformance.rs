@@ -862,6 +862,26 @@ fn non_coherent_walker_sees_every_write<C: Case>(case: &C) {
     let mut gather = Gather::new();
     t.unmap(Iova::new(big), gran, &mut gather).ok();
     gather.release(&mem, done()).unwrap();
+    // Dirty cleaning, a broken contiguous run, and tables unlinked because they went empty.
+    let mut t = t;
+    let mut gather = Gather::new();
+    if f.dirty_tracking() {
+        t.read_and_clear_dirty(Iova::new(0), 4 * big, |_, _| {}, &mut gather)
+            .unwrap();
+    }
+    let run = gran << f.contiguous_log2(0);
+    if run > gran {
+        let at = 4 * big.max(run);
+        t.map(Iova::new(at), PhysAddr::new(at), run, case.rw())
+            .unwrap();
+        t.unmap(Iova::new(at + gran), gran, &mut gather).unwrap();
+    }
+    t.unmap_exclusive(Iova::new(big - 3 * gran), big + 3 * gran, &mut gather)
+        .ok();
+    t.unmap_exclusive(Iova::new(0), 1 << g.ias.min(48), &mut gather)
+        .unwrap();
+    gather.release(&mem, done()).unwrap();
+    assert_eq!(mem.stats().live_pages, 1, "{}", case.name());
     let missed = mem.unsynced_words(&snap);
     assert!(
         missed.is_empty(),
