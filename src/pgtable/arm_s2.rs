@@ -156,34 +156,7 @@ impl ArmS2 {
 // (bits 10, 7), the only bits the walker sets, lie outside the address field. Bit 0 clear is
 // invalid.
 unsafe impl Format for ArmS2 {
-    #[inline]
-    fn geometry(&self) -> &Geometry {
-        &self.geometry
-    }
-
-    #[inline]
-    fn is_present(&self, raw: u64) -> bool {
-        raw & vmsa::VALID != 0
-    }
-
-    #[inline]
-    fn is_table(&self, level: u32, raw: u64) -> bool {
-        vmsa::is_table(level, raw)
-    }
-
-    #[inline]
-    fn table_address(&self, raw: u64) -> PhysAddr {
-        PhysAddr::new(vmsa::decode_addr(
-            self.cfg.granule_log2,
-            raw,
-            self.cfg.granule_log2,
-        ))
-    }
-
-    #[inline]
-    fn encode_table(&self, _level: u32, table: PhysAddr) -> u64 {
-        vmsa::encode_addr(self.cfg.granule_log2, table.get()) | vmsa::VALID | vmsa::TABLE_OR_PAGE
-    }
+    vmsa::vmsa_shared_format_methods!();
 
     fn check_prot(&self, prot: Prot) -> Result<(), Error> {
         if prot.intersects(Prot::READ | Prot::WRITE) && !prot.contains(Prot::PRIV) {
@@ -215,44 +188,12 @@ unsafe impl Format for ArmS2 {
     }
 
     #[inline]
-    fn leaf_address(&self, level: u32, raw: u64) -> PhysAddr {
-        let shift = self.geometry.level_shift(level);
-        PhysAddr::new(vmsa::decode_addr(self.cfg.granule_log2, raw, shift))
-    }
-
-    #[inline]
     fn leaf_prot(&self, _level: u32, raw: u64) -> Prot {
         let mut p = Prot::empty();
         p.set(Prot::READ, raw & S2AP_R != 0);
         p.set(Prot::WRITE, raw & (S2AP_W | DBM) != 0);
         p.set(Prot::EXEC, raw & XN_MASK == 0);
         p
-    }
-
-    fn relevel_leaf(&self, raw: u64, _from: u32, to: u32, pa: PhysAddr) -> u64 {
-        vmsa::relevel(self.cfg.granule_log2, raw, to, pa)
-    }
-
-    fn hitless_split(&self) -> bool {
-        self.cfg.bbml2
-    }
-
-    fn contiguous_bit(&self) -> u64 {
-        vmsa::CONTIGUOUS
-    }
-
-    fn contiguous_log2(&self, level: u32) -> u32 {
-        if vmsa::use_contiguous(self.cfg.bbml2, self.cfg.dirty_tracking)
-            && self.geometry.leaf_allowed(level)
-        {
-            vmsa::contiguous_log2(self.cfg.granule_log2, level)
-        } else {
-            0
-        }
-    }
-
-    fn dirty_tracking(&self) -> bool {
-        self.cfg.dirty_tracking
     }
 
     #[inline]

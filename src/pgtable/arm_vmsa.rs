@@ -119,3 +119,69 @@ pub(super) const fn relevel(granule_log2: u32, raw: u64, to: u32, pa: PhysAddr) 
 pub(super) fn natural_geometry(granule_log2: u32, ias: u32, oas: u32) -> Result<Geometry, Error> {
     Geometry::new(granule_log2, ias, oas, 1 << granule_log2)
 }
+
+/// The [`super::Format`] methods stage 1 and stage 2 share, for a type with fields `geometry`
+/// and `cfg` (with `granule_log2`, `bbml2` and `dirty_tracking`).
+macro_rules! vmsa_shared_format_methods {
+    () => {
+        #[inline]
+        fn geometry(&self) -> &Geometry {
+            &self.geometry
+        }
+
+        #[inline]
+        fn is_present(&self, raw: u64) -> bool {
+            raw & vmsa::VALID != 0
+        }
+
+        #[inline]
+        fn is_table(&self, level: u32, raw: u64) -> bool {
+            vmsa::is_table(level, raw)
+        }
+
+        #[inline]
+        fn table_address(&self, raw: u64) -> PhysAddr {
+            let g = self.cfg.granule_log2;
+            PhysAddr::new(vmsa::decode_addr(g, raw, g))
+        }
+
+        #[inline]
+        fn encode_table(&self, _level: u32, table: PhysAddr) -> u64 {
+            let addr = vmsa::encode_addr(self.cfg.granule_log2, table.get());
+            addr | vmsa::VALID | vmsa::TABLE_OR_PAGE
+        }
+
+        #[inline]
+        fn leaf_address(&self, level: u32, raw: u64) -> PhysAddr {
+            let shift = self.geometry.level_shift(level);
+            PhysAddr::new(vmsa::decode_addr(self.cfg.granule_log2, raw, shift))
+        }
+
+        fn relevel_leaf(&self, raw: u64, _from: u32, to: u32, pa: PhysAddr) -> u64 {
+            vmsa::relevel(self.cfg.granule_log2, raw, to, pa)
+        }
+
+        fn hitless_split(&self) -> bool {
+            self.cfg.bbml2
+        }
+
+        fn contiguous_bit(&self) -> u64 {
+            vmsa::CONTIGUOUS
+        }
+
+        fn contiguous_log2(&self, level: u32) -> u32 {
+            if vmsa::use_contiguous(self.cfg.bbml2, self.cfg.dirty_tracking)
+                && self.geometry.leaf_allowed(level)
+            {
+                vmsa::contiguous_log2(self.cfg.granule_log2, level)
+            } else {
+                0
+            }
+        }
+
+        fn dirty_tracking(&self) -> bool {
+            self.cfg.dirty_tracking
+        }
+    };
+}
+pub(super) use vmsa_shared_format_methods;
