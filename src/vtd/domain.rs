@@ -231,11 +231,11 @@ impl<A: PageAllocator> Domain<A> {
     ) -> Result<Self, Error> {
         let (table, input_bits) = match choice {
             Choice::Second(c) => {
-                let t = PageTable::new(VtdSs::new(c)?, alloc, info.coherency)?;
+                let t = PageTable::new(VtdSs::new(c)?, alloc, info.page_walk_coherency)?;
                 (DomainTable::Second(t), c.agaw.min(info.mgaw))
             }
             Choice::First(c) => {
-                let t = PageTable::new(VtdFs::new(c)?, alloc, info.coherency)?;
+                let t = PageTable::new(VtdFs::new(c)?, alloc, info.page_walk_coherency)?;
                 let bits = t.geometry().ias;
                 (DomainTable::First(t), bits)
             }

@@ -372,6 +372,11 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
     /// The PASID entry that points at `dom`.
     fn pasid_entry_for(&self, dom: &Domain<A>) -> Result<PasidEntry, Error> {
         let mut flags = PasidEntryFlags::empty();
+        // Page walks through this entry snoop only with PWSNP, which needs ECAP.SMPWCS; the
+        // domain's table was built for `UnitInfo::page_walk_coherency`, which says the same.
+        if self.info.ecap.flags().contains(EcapFlags::SMPWCS) {
+            flags |= PasidEntryFlags::PWSNP;
+        }
         if dom.snoop {
             flags |= PasidEntryFlags::PGSNP;
         }

@@ -16,8 +16,11 @@ use crate::vtd::test_support::{Model, TestAlloc, MODEL_FRO};
 const QEMU_CAP: u64 = 0x00d2_008c_222f_0606;
 /// QI, DT, IR, EIM, PT; IRO 0xf. No SC, no C.
 const LEGACY_ECAP: u64 = 0x00f0_0f5e;
-/// C, QI, DT, SC, PASID (PSS 19), SMTS, SLTS, FLTS; IRO 0xf.
-const SCALABLE_ECAP: u64 = 1 << 47 | 1 << 46 | 1 << 43 | 1 << 40 | 19 << 35 | 0xf << 8 | 0x87;
+/// C, QI, DT, SC, PASID (PSS 19), SMTS, SLTS, FLTS, SMPWCS; IRO 0xf.
+const SCALABLE_ECAP: u64 =
+    SMPWCS | 1 << 47 | 1 << 46 | 1 << 43 | 1 << 40 | 19 << 35 | 0xf << 8 | 0x87;
+/// ECAP bit 48: page walks through scalable-mode PASID entries may snoop (with PWSNP).
+const SMPWCS: u64 = 1 << 48;
 const CM: u64 = 1 << 7;
 const RWBF: u64 = 1 << 4;
 const PSI: u64 = 1 << 39;
@@ -355,14 +358,18 @@ fn attach_scalable_rid_and_pasid() {
     // Context: P | PASIDE (bit 3) | PDTS 2 (<< 9); RID_PASID 0.
     assert_eq!(ctx[0] & 0xfff, 1 | 1 << 3 | 2 << 9);
     assert_eq!(ctx[1], 0);
-    // PASID entry 0: SSPTPTR | PGTT 010b | AW 010b | P; DID 0 | PGSNP (bit 88).
-    assert_eq!(pe, [ss_root(&u, ss) | 2 << 6 | 2 << 2 | 1, 1 << 24, 0]);
+    // PASID entry 0: SSPTPTR | PGTT 010b | AW 010b | P; DID 0 | PWSNP (bit 87, ECAP.SMPWCS) |
+    // PGSNP (bit 88).
+    assert_eq!(
+        pe,
+        [ss_root(&u, ss) | 2 << 6 | 2 << 2 | 1, 1 << 23 | 1 << 24, 0]
+    );
 
     let p5 = IommuPasid::new(5).unwrap();
     u.attach(DEV2, Some(p5), fs).unwrap();
     let (_, pe) = scalable_entries(&m, 0x108, 5);
-    // First stage: PGTT 001b, AW 010b (widest SAGAW), DID 1, FSPTPTR with FLPM 00b.
-    assert_eq!(pe, [1 << 6 | 2 << 2 | 1, 1, ss_root(&u, fs)]);
+    // First stage: PGTT 001b, AW 010b (widest SAGAW), DID 1 | PWSNP, FSPTPTR with FLPM 00b.
+    assert_eq!(pe, [1 << 6 | 2 << 2 | 1, 1 << 23 | 1, ss_root(&u, fs)]);
     assert!(types(&m).is_empty());
     // PASID 0 is RID_PASID; PASIDs beyond the offered width are refused.
     assert_eq!(
@@ -391,7 +398,7 @@ fn attach_scalable_rid_and_pasid() {
     assert_eq!(words(&m)[0].0, 0x7 | 1 << 4 | 1 << 16 | 5 << 32);
     assert_eq!(words(&m)[1], (0x6 | 2 << 4 | 1 << 16 | 5 << 32, 0));
     let (_, pe) = scalable_entries(&m, 0x108, 5);
-    assert_eq!(pe[1], 1 << 24, "now DID 0 with PGSNP");
+    assert_eq!(pe[1], 1 << 23 | 1 << 24, "now DID 0 with PWSNP and PGSNP");
 
     // Detach the RID: PASID cache for PASID 0, IOTLB domain-selective, wait.
     m.clear_logs();
@@ -400,7 +407,7 @@ fn attach_scalable_rid_and_pasid() {
     assert_eq!(scalable_entries(&m, 0x108, 0).1, [0; 3]);
     assert_eq!(
         scalable_entries(&m, 0x108, 5).1[1],
-        1 << 24,
+        1 << 23 | 1 << 24,
         "PASID 5 untouched"
     );
 }
@@ -772,4 +779,54 @@ fn pasid_tables_on_demand_and_dirty_entries() {
     u.detach(DEV, IommuPasid::new(64)).unwrap();
     assert_eq!(scalable_entries(&m, 0x20, 64).1, [0; 3]);
     assert_eq!(a.live_pages(), before + 6);
+}
+
+/// In scalable mode `ECAP.C` covers only root, context and PASID structures; page-table walks
+/// snoop only through `PWSNP`, which needs `ECAP.SMPWCS`. A unit with `C` but without `SMPWCS`
+/// walks page tables without snooping, so every page-table write must be cleaned to memory.
+#[test]
+fn scalable_page_walk_coherency_follows_smpwcs() {
+    use core::sync::atomic::Ordering::Relaxed;
+    for (smpwcs, stage) in [
+        (false, Stage::Second),
+        (false, Stage::First),
+        (true, Stage::Second),
+        (true, Stage::First),
+    ] {
+        let ecap = if smpwcs {
+            SCALABLE_ECAP
+        } else {
+            SCALABLE_ECAP & !SMPWCS
+        };
+        let (m, a) = (Model::with_caps(QEMU_CAP, ecap), TestAlloc::default());
+        let u = unit(&m, &a, Mode::Scalable);
+        let cfg = DomainConfig {
+            stage,
+            ..DomainConfig::default()
+        };
+        let d = u.domain_alloc(&cfg).unwrap();
+        u.attach(DEV, None, d).unwrap();
+        let (_, pe) = scalable_entries(&m, 0x20, 0);
+        assert_eq!(
+            pe[1] & 1 << 23 != 0,
+            smpwcs,
+            "PWSNP with SMPWCS ({stage:?})"
+        );
+        assert_eq!(u.capabilities().coherent_walk, smpwcs);
+        let before = a.synced.load(Relaxed);
+        u.map(d, Iova::new(0x10_0000), PhysAddr::new(0x8000_0000), K4, RW)
+            .unwrap();
+        let synced = a.synced.load(Relaxed) - before;
+        if smpwcs {
+            assert_eq!(
+                synced, 0,
+                "coherent page walks need no cache cleaning ({stage:?})"
+            );
+        } else {
+            assert!(
+                synced > 0,
+                "non-snooped page walks need cleaned tables ({stage:?})"
+            );
+        }
+    }
 }
