@@ -830,3 +830,38 @@ fn scalable_page_walk_coherency_follows_smpwcs() {
         }
     }
 }
+
+/// Scalable mode sets `DTE` once, when the device's context entry is first made present. An
+/// attachment of the same device that does not ask for ATS still has a device TLB that may
+/// cache its translations, so its flushes must invalidate it.
+#[test]
+fn device_tlb_follows_the_context_entry_dte() {
+    let (m, a) = (scalable_model(), TestAlloc::default());
+    let u = unit(&m, &a, Mode::Scalable);
+    let d1 = u.domain_alloc(&DomainConfig::default()).unwrap();
+    let d2 = u.domain_alloc(&DomainConfig::default()).unwrap();
+    let ats = AttachOptions {
+        ats: true,
+        ..AttachOptions::default()
+    };
+    u.attach_with(DEV, None, d1, ats).unwrap();
+    assert_eq!(scalable_entries(&m, 0x20, 0).0[0] & 1 << 2, 1 << 2, "DTE");
+    let p5 = IommuPasid::new(5).unwrap();
+    u.attach(DEV, Some(p5), d2).unwrap();
+    u.map(d2, Iova::new(0x10_0000), PhysAddr::new(0), K4, RW)
+        .unwrap();
+    m.clear_logs();
+    let mut g = Gather::new();
+    u.unmap(d2, Iova::new(0x10_0000), K4, &mut g).unwrap();
+    u.flush(d2, &mut g).unwrap();
+    // IOTLB PSI (DID 1), PASID-based device-TLB (SID 0x20, PASID 5, one page), wait.
+    assert_eq!(types(&m), [2, 8, 5]);
+    assert_eq!(
+        words(&m)[1],
+        (0x8 | 0x20 << 16 | 5 << 32 | 0x2 << 52, 0x10_0000)
+    );
+    // Its tear-down also invalidates the device TLB (PASID cache, IOTLB, device TLB, wait).
+    m.clear_logs();
+    u.detach(DEV, Some(p5)).unwrap();
+    assert_eq!(types(&m), [7, 2, 8, 5]);
+}
