@@ -490,7 +490,8 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
         let cap = self.info.cap.flags();
         let params = BatchParams {
             iotlb_register_offset: self.info.ecap.iotlb_register_offset(),
-            drain: cap.contains(CapFlags::DRD | CapFlags::DWD),
+            drain_reads: cap.contains(CapFlags::DRD),
+            drain_writes: cap.contains(CapFlags::DWD),
             poll_budget: self.info.poll_budget,
         };
         Batch::new(&self.regs, inv, params, &self.counters)

@@ -865,3 +865,32 @@ fn device_tlb_follows_the_context_entry_dte() {
     u.detach(DEV, Some(p5)).unwrap();
     assert_eq!(types(&m), [7, 2, 8, 5]);
 }
+
+/// `CAP.DRD` and `CAP.DWD` are separate capabilities: a unit with only one of them still gets
+/// that drain on every IOTLB invalidation (queued: `DR` bit 7, `DW` bit 6 of word 0).
+#[test]
+fn read_and_write_draining_follow_their_own_cap_bits() {
+    const DRD: u64 = 1 << 55;
+    const DWD: u64 = 1 << 54;
+    for (cap_bits, dr, dw) in [(DRD, true, false), (DWD, false, true), (0, false, false)] {
+        let (m, a) = (
+            Model::with_caps(QEMU_CAP & !(DRD | DWD) | cap_bits, LEGACY_ECAP),
+            TestAlloc::default(),
+        );
+        let u = unit(&m, &a, Mode::Legacy);
+        let d = u.domain_alloc(&DomainConfig::default()).unwrap();
+        u.attach(DEV, None, d).unwrap();
+        u.map(d, Iova::new(0), PhysAddr::new(0), K4, RW).unwrap();
+        m.clear_logs();
+        let mut g = Gather::new();
+        u.unmap(d, Iova::new(0), K4, &mut g).unwrap();
+        u.flush(d, &mut g).unwrap();
+        let w0 = words(&m)[0].0;
+        assert_eq!(w0 & 0xf, 2, "IOTLB descriptor");
+        assert_eq!(
+            (w0 & 1 << 7 != 0, w0 & 1 << 6 != 0),
+            (dr, dw),
+            "CAP {cap_bits:#x}"
+        );
+    }
+}
