@@ -894,3 +894,137 @@ fn read_and_write_draining_follow_their_own_cap_bits() {
         );
     }
 }
+
+/// Hostile arguments through the public API: every call returns, none panics.
+#[test]
+fn hostile_arguments_never_panic() {
+    let iovas = [
+        0,
+        K4,
+        0xFEE0_0000,
+        (1 << 48) - K4,
+        1 << 48,
+        1 << 57,
+        u64::MAX & !0xfff,
+        u64::MAX,
+    ];
+    let lens = [0, 1, K4, 2 * K4, M2, G1, 1 << 48, u64::MAX - K4, u64::MAX];
+    for (mode, m) in [
+        (Mode::Legacy, legacy_model()),
+        (Mode::Scalable, scalable_model()),
+    ] {
+        let a = TestAlloc::default();
+        let u = unit(&m, &a, mode);
+        for stage in [Stage::Second, Stage::First] {
+            let Ok(d) = u.domain_alloc(&DomainConfig {
+                stage,
+                ..DomainConfig::default()
+            }) else {
+                continue;
+            };
+            u.attach(DEV, None, d).unwrap();
+            for &iova in &iovas {
+                for &len in &lens {
+                    let _ = u.map(d, Iova::new(iova), PhysAddr::new(0), len, RW);
+                    let _ = u.map(
+                        d,
+                        Iova::new(iova),
+                        PhysAddr::new(u64::MAX & !0xfff),
+                        len,
+                        RW,
+                    );
+                    let mut g = Gather::new();
+                    let _ = u.unmap(d, Iova::new(iova), len, &mut g);
+                    u.flush(d, &mut g).unwrap();
+                    let _ = u.for_each_mapping(d, Iova::new(iova), len, &mut |_| {});
+                    let _ = u.query(d, Iova::new(iova));
+                }
+            }
+            u.detach(DEV, None).unwrap();
+            u.domain_free(d).unwrap();
+        }
+        let _ = u.attach(DeviceId(u32::MAX), None, DomainHandle(0));
+        let _ = u.attach(DEV, IommuPasid::new(0xf_ffff), DomainHandle(u16::MAX));
+        let _ = u.detach(DeviceId(u32::MAX), IommuPasid::new(0xf_ffff));
+    }
+}
+
+/// A window that reads all ones once `dead` is set (a unit that fell off the bus).
+struct Dying<'a> {
+    inner: &'a Model,
+    dead: crate::vtd::test_support::Flag,
+}
+
+impl RegisterWindow for Dying<'_> {
+    fn read32(&self, offset: usize) -> u32 {
+        if self.dead.get() {
+            u32::MAX
+        } else {
+            self.inner.read32(offset)
+        }
+    }
+    fn write32(&self, offset: usize, value: u32) {
+        self.inner.write32(offset, value)
+    }
+    fn read64(&self, offset: usize) -> u64 {
+        if self.dead.get() {
+            u64::MAX
+        } else {
+            self.inner.read64(offset)
+        }
+    }
+    fn write64(&self, offset: usize, value: u64) {
+        self.inner.write64(offset, value)
+    }
+}
+
+/// Registers reading all ones (every capability, every status bit) bound every operation.
+#[test]
+fn all_ones_registers_never_panic_or_hang() {
+    // Every CAP/ECAP bit set but a valid ND: widest everything.
+    let all = Model::with_caps(u64::MAX & !7 | 6, u64::MAX);
+    let a = TestAlloc::default();
+    for mode in [Mode::Legacy, Mode::Scalable] {
+        let cfg = VtdConfig {
+            mode,
+            poll_budget: 50,
+            ..VtdConfig::legacy()
+        };
+        let u: VtdUnit<&Model, &TestAlloc> = VtdUnit::new(&all, &a, cfg).unwrap();
+        let _ = u.enable();
+        let d = u.domain_alloc(&DomainConfig::default()).unwrap();
+        let _ = u.attach(DEV, None, d);
+        let _ = u.map(d, Iova::new(0), PhysAddr::new(0), M2, RW);
+        let mut g = Gather::new();
+        let _ = u.unmap(d, Iova::new(0), M2, &mut g);
+        let _ = u.flush(d, &mut g);
+        let _ = u.drain_faults(|_, _| {});
+        let _ = u.disable();
+    }
+    for mode in [Mode::Legacy, Mode::Scalable] {
+        let (m, a) = (scalable_model(), TestAlloc::default());
+        let w = Dying {
+            inner: &m,
+            dead: Default::default(),
+        };
+        let cfg = VtdConfig {
+            mode,
+            poll_budget: 50,
+            ..VtdConfig::legacy()
+        };
+        let u = VtdUnit::new(&w, &a, cfg).unwrap();
+        u.enable().unwrap();
+        let d = u.domain_alloc(&DomainConfig::default()).unwrap();
+        u.attach(DEV, None, d).unwrap();
+        u.map(d, Iova::new(0), PhysAddr::new(0), K4, RW).unwrap();
+        w.dead.set(true);
+        let mut g = Gather::new();
+        u.unmap(d, Iova::new(0), K4, &mut g).unwrap();
+        assert!(u.flush(d, &mut g).is_err());
+        assert!(u.detach(DEV, None).is_err());
+        let s = u.drain_faults(|_, _| {});
+        assert!(s.records <= 256);
+        assert!(u.disable().is_err());
+        assert!(u.enable().is_err());
+    }
+}
