@@ -125,13 +125,18 @@ pub fn second_stage_max_bits(info: &UnitInfo) -> u32 {
     agaws(info).max().unwrap_or(0).min(info.mgaw)
 }
 
-/// Largest input width a first-stage domain can have.
+/// Largest input width a first-stage domain can have: the lower canonical half of the paging
+/// mode, and of the `CAP.MGAW`-bit space. The unit blocks every request at or above
+/// `2^MGAW` (§11.4.2), and an implementation narrower than its paging mode checks that first-stage
+/// inputs are canonical at its own width (QEMU with `aw-bits=39` faults 2^38 as non-canonical);
+/// Linux bounds first-stage domains the same way.
 pub fn first_stage_max_bits(info: &UnitInfo) -> u32 {
-    if info.cap.flags().contains(CapFlags::FL5LP) {
+    let paging = if info.cap.flags().contains(CapFlags::FL5LP) {
         FIRST_STAGE_5LEVEL_BITS
     } else {
         FIRST_STAGE_4LEVEL_BITS
-    }
+    };
+    paging.min(info.mgaw.saturating_sub(1))
 }
 
 fn second_stage(info: &UnitInfo, cfg: &DomainConfig) -> Result<VtdSsConfig, Error> {
@@ -162,15 +167,16 @@ fn second_stage(info: &UnitInfo, cfg: &DomainConfig) -> Result<VtdSsConfig, Erro
 
 fn first_stage(info: &UnitInfo, cfg: &DomainConfig) -> Result<VtdFsConfig, Error> {
     let have = first_stage_max_bits(info);
-    let levels = if cfg.min_ias <= FIRST_STAGE_4LEVEL_BITS {
-        4
-    } else if cfg.min_ias <= have {
-        5
-    } else {
+    if cfg.min_ias > have {
         return Err(Error::Unsupported(Missing::AddressWidth {
             need: cfg.min_ias,
             have,
         }));
+    }
+    let levels = if cfg.min_ias <= FIRST_STAGE_4LEVEL_BITS {
+        4
+    } else {
+        5
     };
     Ok(VtdFsConfig {
         levels,
@@ -236,7 +242,7 @@ impl<A: PageAllocator> Domain<A> {
             }
             Choice::First(c) => {
                 let t = PageTable::new(VtdFs::new(c)?, alloc, info.page_walk_coherency)?;
-                let bits = t.geometry().ias;
+                let bits = t.geometry().ias.min(first_stage_max_bits(info));
                 (DomainTable::First(t), bits)
             }
         };

@@ -1028,3 +1028,46 @@ fn all_ones_registers_never_panic_or_hang() {
         assert!(u.enable().is_err());
     }
 }
+
+/// `CAP.MGAW` bounds first-stage domains too: a 39-bit unit (QEMU `aw-bits=39`) blocks every
+/// request at or above 2^39, and checks first-stage inputs for canonicality at 39 bits, so a
+/// first-stage domain offers 38 bits, not the 47 of 4-level paging.
+#[test]
+fn first_stage_width_is_bounded_by_mgaw() {
+    let mgaw39 = QEMU_CAP & !(0x3f << 16) | 38 << 16;
+    let (m, a) = (
+        Model::with_caps(mgaw39, SCALABLE_ECAP),
+        TestAlloc::default(),
+    );
+    let u = unit(&m, &a, Mode::Scalable);
+    let fs = u
+        .domain_alloc(&DomainConfig {
+            stage: Stage::First,
+            ..DomainConfig::default()
+        })
+        .unwrap();
+    assert_eq!(u.domain_geometry(fs).map(|g| g.0), Ok(38));
+    u.map(fs, Iova::new((1 << 38) - K4), PhysAddr::new(0), K4, RW)
+        .unwrap();
+    assert!(matches!(
+        u.map(fs, Iova::new(1 << 38), PhysAddr::new(0), K4, RW),
+        Err(iommu::Error::PageTable(_))
+    ));
+    assert_eq!(
+        u.domain_alloc(&DomainConfig {
+            stage: Stage::First,
+            min_ias: 39,
+            ..DomainConfig::default()
+        }),
+        Err(iommu::Error::Unsupported(Missing::AddressWidth {
+            need: 39,
+            have: 38
+        }))
+    );
+    // A first-stage-only unit reports the same width.
+    let (m, a) = (
+        Model::with_caps(mgaw39, SCALABLE_ECAP & !(1 << 46)),
+        TestAlloc::default(),
+    );
+    assert_eq!(unit(&m, &a, Mode::Scalable).capabilities().ias, 38);
+}
