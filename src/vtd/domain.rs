@@ -19,7 +19,7 @@ use super::pasid_entry::FirstStagePagingMode;
 use super::unit::UnitInfo;
 use super::DomainId;
 use crate::iommu::{DomainConfig, Error, Missing, Stage};
-use crate::mem::PageAllocator;
+use crate::mem::{PageAllocator, WalkerCoherency};
 use crate::pgtable::vtd_fs::{VtdFs, VtdFsConfig};
 use crate::pgtable::vtd_ss::{VtdSs, VtdSsConfig};
 use crate::pgtable::{Geometry, PageTable};
@@ -78,7 +78,7 @@ pub fn choose(info: &UnitInfo, cfg: &DomainConfig) -> Result<Choice, Error> {
         return first_stage(info, cfg).map(Choice::First);
     }
     check_second_stage(info)?;
-    if cfg.dirty_tracking && !(info.scalable() && ecap.contains(EcapFlags::SLADS)) {
+    if cfg.dirty_tracking && !second_stage_dirty_tracking(info) {
         return Err(Error::Unsupported(Missing::DirtyTracking));
     }
     second_stage(info, cfg).map(Choice::Second)
@@ -105,6 +105,19 @@ fn check_second_stage(info: &UnitInfo) -> Result<(), Error> {
         }));
     }
     Ok(())
+}
+
+/// Whether second-stage domains can track dirty pages: scalable mode with `ECAP.SLADS` (and
+/// `ECAP.SLTS`), and page walks that snoop (`ECAP.SMPWCS`, `PWSNP`): hardware refuses to set
+/// A/D bits through a non-snooped walk (fault reason 0x7C, "A/D bit update needed in
+/// second-stage entry when set up in no snoop"), so without it every DMA write would fault.
+pub fn second_stage_dirty_tracking(info: &UnitInfo) -> bool {
+    info.scalable()
+        && info
+            .ecap
+            .flags()
+            .contains(EcapFlags::SLADS | EcapFlags::SLTS)
+        && info.page_walk_coherency == WalkerCoherency::Coherent
 }
 
 /// The AGAWs `CAP.SAGAW` offers, in bits, ascending.

@@ -56,7 +56,7 @@ where
             page_sizes,
             pasid_bits: info.pasid_bits,
             enforce_snoop: e.contains(EcapFlags::SC),
-            dirty_tracking: info.scalable() && e.contains(EcapFlags::SLADS | EcapFlags::SLTS),
+            dirty_tracking: domain::second_stage_dirty_tracking(info),
             nesting: e.contains(EcapFlags::NEST),
             coherent_walk: info.page_walk_coherency == WalkerCoherency::Coherent,
         }

@@ -1071,3 +1071,27 @@ fn first_stage_width_is_bounded_by_mgaw() {
     );
     assert_eq!(unit(&m, &a, Mode::Scalable).capabilities().ias, 38);
 }
+
+/// Hardware sets second-stage A/D bits only through a snooped walk (fault reason 0x7C
+/// otherwise): without `ECAP.SMPWCS` (so no `PWSNP`) dirty tracking is refused, not offered.
+#[test]
+fn dirty_tracking_needs_snooped_page_walks() {
+    const SLADS: u64 = 1 << 45;
+    for (ecap, offered) in [
+        (SCALABLE_ECAP | SLADS, true),
+        ((SCALABLE_ECAP | SLADS) & !SMPWCS, false),
+    ] {
+        let (m, a) = (Model::with_caps(QEMU_CAP, ecap), TestAlloc::default());
+        let u = unit(&m, &a, Mode::Scalable);
+        assert_eq!(u.capabilities().dirty_tracking, offered, "ECAP {ecap:#x}");
+        let r = u.domain_alloc(&DomainConfig {
+            dirty_tracking: true,
+            ..DomainConfig::default()
+        });
+        if offered {
+            assert!(r.is_ok());
+        } else {
+            assert_eq!(r, Err(iommu::Error::Unsupported(Missing::DirtyTracking)));
+        }
+    }
+}
