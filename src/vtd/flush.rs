@@ -247,7 +247,7 @@ mod tests {
     fn edge_cases_by_hand() {
         type Case = (&'static [(u64, u64)], u8, Option<&'static [(u64, u8)]>);
         const TOP48: u64 = 1 << 48;
-        const TOP64_PAGE: u64 = u64::MAX & !0xfff;
+        const TOP64_PAGE: u64 = !0xfff;
         let cases: &[Case] = &[
             // Straddling a 2 MiB boundary (pages 511 and 512): the covering block is pages
             // 0..=1023 (AM 10) when MAMV allows it...
