@@ -11,8 +11,9 @@
 //! ```
 //!
 //! Enable follows the initialisation sequence of §6.3.9 (and the order CR0 bits may be set):
-//! 1. CR0 = 0 and wait for CR0ACK (firmware may have left queues or translation on); GBPA set
-//!    to the configured behaviour for while SMMUEN = 0;
+//! 1. GBPA set to the configured behaviour for while SMMUEN = 0, then CR0 = 0 and wait for
+//!    CR0ACK (firmware may have left queues or translation on; in the other order its traffic
+//!    would follow the reset GBPA, bypass, between the two writes);
 //! 2. allocate the stream table (every STE aborts), command and event queues;
 //! 3. CR1 (cacheability of table and queue accesses, from `IDR0.COHACC`), CR2 (RECINVSID);
 //! 4. STRTAB_BASE, STRTAB_BASE_CFG; CMDQ_BASE/PROD/CONS; CR0.CMDQEN, CR0ACK;
@@ -328,9 +329,12 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         let mut eventq = self.eventq.lock();
         let budget = self.cfg.budget;
         let coherency = self.features.coherency();
+        // GBPA first: it governs traffic only once SMMUEN is clear, so setting it while a
+        // previous owner's translation is still on is harmless, and clearing CR0 after it
+        // never lets DMA through untranslated under the reset GBPA (bypass).
+        regs::update_gbpa(&self.regs, self.gbpa_value(), budget)?;
         regs::write_cr0(&self.regs, 0, budget)?;
         self.enabled.store(false, Ordering::Release);
-        regs::update_gbpa(&self.regs, self.gbpa_value(), budget)?;
         if config.strtab.is_none() {
             config.strtab = Some(StreamTable::new(
                 self.alloc.clone(),

@@ -31,8 +31,8 @@ fn enable_follows_the_documented_order() {
     assert_eq!(
         offsets,
         [
-            regs::CR0,
             regs::GBPA,
+            regs::CR0,
             regs::CR1,
             regs::CR2,
             regs::STRTAB_BASE,
@@ -232,4 +232,27 @@ fn unit_size_is_bounded() {
     let size = core::mem::size_of::<Unit<'static>>();
     std::println!("SmmuUnit: {size} bytes");
     assert!(size < 64 * 1024, "{size}");
+}
+
+#[test]
+fn taking_over_a_translating_unit_never_opens_a_bypass_window() {
+    // Firmware (or a previous kernel) left translation on and GBPA at its reset value:
+    // bypass while SMMUEN = 0. GBPA only matters once SMMUEN is clear, so it must say abort
+    // before the write that clears SMMUEN, or DMA passes untranslated in between.
+    let (m, alloc) = (model(IDR0, 0), VecAllocator::default());
+    m.set32(regs::CR0, 1);
+    m.set32(regs::CR0ACK, 1);
+    m.set32(regs::GBPA, 0);
+    let u = SmmuUnit::new(&m, &alloc, config()).unwrap();
+    u.enable().unwrap();
+    let writes: Vec<(usize, u64)> = m.writes.borrow().clone();
+    let smmuen_off = writes
+        .iter()
+        .position(|w| w.0 == regs::CR0 && w.1 & 1 == 0)
+        .unwrap();
+    let gbpa_abort = writes
+        .iter()
+        .position(|w| w.0 == regs::GBPA && w.1 & 1 << 20 != 0)
+        .unwrap();
+    assert!(gbpa_abort < smmuen_off, "{writes:x?}");
 }
