@@ -260,8 +260,9 @@ fn pasids_go_through_the_cd_table() {
     assert_eq!(ste_of(&u, 9).words[1] & 3, 2);
     take_ops(&m);
     u.detach(DeviceId(9), Some(p(0x41))).unwrap();
-    // CFGI_CD + TLBI_NH_ASID of `a`, one sync (the STE did not change).
-    assert_eq!(take_ops(&m), [CFGI_CD, TLBI_NH_ASID, SYNC]);
+    // CFGI_CD and its sync (the STE did not change and still reaches the CD table), then
+    // TLBI_NH_ASID of `a` and a sync.
+    assert_eq!(take_ops(&m), [CFGI_CD, SYNC, TLBI_NH_ASID, SYNC]);
     assert_eq!(
         u.detach(DeviceId(9), Some(p(0x41))),
         Err(Error::NotAttached(DeviceId(9)))
@@ -455,4 +456,62 @@ fn dirty_tracking_sets_the_hardware_update_bits() {
     take_ops(&m);
     u.flush(a, &mut g).unwrap();
     assert_eq!(take_ops(&m), [TLBI_S2_IPA, SYNC]);
+}
+
+/// Only a CMD_SYNC orders the completion of earlier commands (IHI 0070 G.b §4.7): a TLBI queued
+/// right after a CFGI_CD may complete first, and a transaction still using the cached CD
+/// (reachable while the STE keeps stage 1) would refill the TLB under the ASID that is about to
+/// be freed. So whenever the STE still points at the CD table, the CFGI_CD is synced on its
+/// own before the ASID is invalidated.
+#[test]
+fn a_retired_cd_is_invalidated_and_synced_before_its_asid() {
+    let (m, alloc) = (model(IDR0, 0), VecAllocator::default());
+    let u = enabled(&m, &alloc);
+    let p = |v| Pasid::new(v).unwrap();
+    let (a, b, c) = (
+        u.domain_alloc(&s1()).unwrap(),
+        u.domain_alloc(&s1()).unwrap(),
+        u.domain_alloc(&s1()).unwrap(),
+    );
+    u.attach(DeviceId(9), Some(p(1)), a).unwrap();
+    u.attach(DeviceId(9), Some(p(2)), c).unwrap();
+    u.attach(DeviceId(9), None, b).unwrap();
+    take_ops(&m);
+    // A PASID goes; the STE does not change.
+    u.detach(DeviceId(9), Some(p(1))).unwrap();
+    assert_eq!(take_ops(&m), [CFGI_CD, SYNC, TLBI_NH_ASID, SYNC]);
+    // The RID domain goes while a PASID stays: S1DSS changes, and CD 0 stays reachable through
+    // SubstreamID 0.
+    u.detach(DeviceId(9), None).unwrap();
+    let ops = take_ops(&m);
+    assert_eq!(&ops[ops.len() - 4..], [CFGI_CD, SYNC, TLBI_NH_ASID, SYNC]);
+    assert_eq!(ste_of(&u, 9).config_raw(), 0b101);
+    // The last one: the STE aborts first, so one batch suffices.
+    u.detach(DeviceId(9), Some(p(2))).unwrap();
+    let ops = take_ops(&m);
+    assert_eq!(&ops[ops.len() - 4..], [CFGI_CD, 0x06, TLBI_NH_ASID, SYNC]);
+    // Nested: a stage-2 RID domain replaces a stage-1 one while a nested PASID stays, so the
+    // STE keeps its CD table and CD 0 is retired under the same rule.
+    let parent = u
+        .domain_alloc(&DomainConfig {
+            nest_parent: true,
+            ..s2()
+        })
+        .unwrap();
+    let (n0, n1) = (
+        u.domain_alloc_nested(&s1(), parent).unwrap(),
+        u.domain_alloc_nested(&s1(), parent).unwrap(),
+    );
+    u.attach(DeviceId(0x30), None, n0).unwrap();
+    u.attach(DeviceId(0x30), Some(p(1)), n1).unwrap();
+    take_ops(&m);
+    u.attach(DeviceId(0x30), None, parent).unwrap();
+    let ops = take_ops(&m);
+    assert_eq!(&ops[ops.len() - 4..], [CFGI_CD, SYNC, TLBI_NH_ASID, SYNC]);
+    assert_eq!(ste_of(&u, 0x30).config_raw(), 0b111);
+    u.detach(DeviceId(0x30), Some(p(1))).unwrap();
+    u.detach(DeviceId(0x30), None).unwrap();
+    for d in [a, b, c, n0, n1, parent] {
+        u.domain_free(d).unwrap();
+    }
 }
