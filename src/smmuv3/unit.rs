@@ -242,7 +242,8 @@ pub struct EventReport {
 ///
 /// `A` is cloned for every table the unit builds (stream table, queues, one per domain): every
 /// clone must hand out and take back pages of the same pool, as `&Allocator` does. The unit is
-/// `Send + Sync` when `W` and `A` are.
+/// `Send + Sync` when `W` and `A` are. Dropping a unit whose CR0ACK does not read 0 leaks its
+/// stream table, CD tables and queues (the hardware may still use them); see its `Drop`.
 pub struct SmmuUnit<W: RegisterWindow, A: PageAllocator + Clone> {
     pub(crate) regs: W,
     pub(crate) alloc: A,
@@ -472,6 +473,29 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
             return Err(Error::InvalidDomain(d));
         }
         self.domains.get(i).ok_or(Error::InvalidDomain(d))
+    }
+}
+
+impl<W: RegisterWindow, A: PageAllocator + Clone> Drop for SmmuUnit<W, A> {
+    /// Gives the stream table, the CD tables and the queues back to the allocator only if
+    /// CR0ACK reads 0: then the unit walks no table, reads no command and writes no event
+    /// record or CMD_SYNC MSI. Otherwise (translating, or only [`disable`](Self::disable)d,
+    /// which leaves the queues on) it leaks them, since DMA into or out of freed pages is worse
+    /// than lost memory. Domain page tables are never freed by a drop: free the domains first.
+    fn drop(&mut self) {
+        let config = self.config.get_mut();
+        if config.strtab.is_none() && self.cmdq.get_mut().is_none() {
+            return;
+        }
+        if self.regs.read32(regs::CR0ACK) == 0 {
+            return;
+        }
+        core::mem::forget(config.strtab.take());
+        for stream in config.streams.iter_mut().flatten() {
+            core::mem::forget(stream.cd.take());
+        }
+        core::mem::forget(self.cmdq.get_mut().take());
+        core::mem::forget(self.eventq.get_mut().take());
     }
 }
 

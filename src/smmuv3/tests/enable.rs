@@ -256,3 +256,28 @@ fn taking_over_a_translating_unit_never_opens_a_bypass_window() {
         .unwrap();
     assert!(gbpa_abort < smmuen_off, "{writes:x?}");
 }
+
+#[test]
+fn dropping_a_live_unit_leaks_what_the_hardware_may_still_use() {
+    // Translating, with a stage-1 stream (stream table, CD table, both queues in use): the
+    // unit may still walk the tables and write event records, so nothing may go back.
+    let (m, alloc) = (model(IDR0, 0), VecAllocator::default());
+    let u = enabled(&m, &alloc);
+    let d = u.domain_alloc(&s1()).unwrap();
+    u.attach(DeviceId(3), None, d).unwrap();
+    let live = alloc.live_pages();
+    drop(u);
+    assert_eq!(alloc.live_pages(), live);
+    // `disable` leaves the queues on: still leaked.
+    let (m, alloc) = (model(IDR0, 0), VecAllocator::default());
+    let u = enabled(&m, &alloc);
+    u.disable().unwrap();
+    drop(u);
+    assert_eq!(alloc.live_pages(), 3);
+    // Once CR0ACK reads 0 the unit uses none of it: dropping frees the tables and queues.
+    let (m, alloc) = (model(IDR0, 0), VecAllocator::default());
+    let u = enabled(&m, &alloc);
+    regs::write_cr0(&m, 0, 10).unwrap();
+    drop(u);
+    assert_eq!(alloc.live_pages(), 0);
+}
