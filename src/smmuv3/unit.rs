@@ -164,6 +164,9 @@ impl SmmuConfig {
         if !f.aarch64_tables {
             return invalid("IDR0.TTF: the unit walks no AArch64 tables");
         }
+        if !f.little_endian_tables {
+            return invalid("IDR0.TTENDIAN: the unit walks no little-endian tables");
+        }
         if !f.s1p && !f.s2p {
             return invalid("IDR0: neither stage 1 nor stage 2");
         }

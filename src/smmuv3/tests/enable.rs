@@ -145,6 +145,13 @@ fn configuration_is_checked_against_the_id_registers() {
     assert_eq!(lin.read32(regs::STRTAB_BASE_CFG), 6);
     // No AArch64 tables (TTF = 1): refused.
     assert!(SmmuUnit::new(&model(IDR0 & !0xc | 0x4, 0), &alloc, config()).is_err());
+    // Big-endian walks only (TTENDIAN = 3, bits 22:21): the tables are little-endian, and
+    // STE.S2ENDI / CD.ENDI = 0 would be illegal there. Little-endian only (2) is fine.
+    assert!(matches!(
+        SmmuUnit::new(&model(IDR0 | 3 << 21, 0), &alloc, config()),
+        Err(SmmuError::InvalidConfig { .. })
+    ));
+    assert!(SmmuUnit::new(&model(IDR0 | 2 << 21, 0), &alloc, config()).is_ok());
 }
 
 #[test]
