@@ -14,12 +14,14 @@
 //! 1. GBPA set to the configured behaviour for while SMMUEN = 0, then CR0 = 0 and wait for
 //!    CR0ACK (firmware may have left queues or translation on; in the other order its traffic
 //!    would follow the reset GBPA, bypass, between the two writes);
-//! 2. allocate the stream table (every STE aborts), command and event queues;
-//! 3. CR1 (cacheability of table and queue accesses, from `IDR0.COHACC`), CR2 (RECINVSID);
-//! 4. STRTAB_BASE, STRTAB_BASE_CFG; CMDQ_BASE/PROD/CONS; CR0.CMDQEN, CR0ACK;
-//! 5. CMD_CFGI_ALL, CMD_TLBI_EL2_ALL (with `IDR0.HYP`), CMD_TLBI_NSNH_ALL, CMD_SYNC;
-//! 6. EVENTQ_BASE/PROD/CONS; CR0.EVENTQEN, CR0ACK;
-//! 7. CR0.SMMUEN, CR0ACK.
+//! 2. IRQ_CTRL = 0 and wait for IRQ_CTRLACK, then (with `IDR0.MSI`) the `*_IRQ_CFG0` MSI
+//!    addresses cleared: their reset value is UNKNOWN;
+//! 3. allocate the stream table (every STE aborts), command and event queues;
+//! 4. CR1 (cacheability of table and queue accesses, from `IDR0.COHACC`), CR2 (RECINVSID);
+//! 5. STRTAB_BASE, STRTAB_BASE_CFG; CMDQ_BASE/PROD/CONS; CR0.CMDQEN, CR0ACK;
+//! 6. CMD_CFGI_ALL, CMD_TLBI_EL2_ALL (with `IDR0.HYP`), CMD_TLBI_NSNH_ALL, CMD_SYNC;
+//! 7. EVENTQ_BASE/PROD/CONS; CR0.EVENTQEN, CR0ACK; IRQ_CTRL as configured;
+//! 8. CR0.SMMUEN, CR0ACK.
 //!
 //! Locks (`spin`): configuration (stream table, streams, tag allocators) before a domain slot
 //! before the command queue. Map and unmap take only their domain's slot for reading, so they
@@ -36,7 +38,7 @@ use super::event::Event;
 use super::eventq::{DrainReport, EventQueue};
 use super::features::Features;
 use super::flush::DEFAULT_FLUSH_THRESHOLD;
-use super::idr::Idr;
+use super::idr::{Idr, Idr0Flags};
 use super::regs::{self, Cr0, Cr1, Cr2, Gbpa, Gerror, IrqCtrl};
 use super::ste::S1Fmt;
 use super::stream::{StreamState, MAX_STREAMS};
@@ -339,6 +341,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         regs::update_gbpa(&self.regs, self.gbpa_value(), budget)?;
         regs::write_cr0(&self.regs, 0, budget)?;
         self.enabled.store(false, Ordering::Release);
+        self.quiesce_interrupts(budget)?;
         if config.strtab.is_none() {
             config.strtab = Some(StreamTable::new(
                 self.alloc.clone(),
@@ -397,6 +400,23 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         cr0 |= Cr0::SMMUEN;
         regs::write_cr0(&self.regs, cr0.bits(), budget)?;
         self.enabled.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Turns every interrupt off (a previous owner may have left them on) and, on a unit that
+    /// signals them by MSI (`IDR0.MSI`), clears the MSI addresses: their reset value is
+    /// UNKNOWN, and 0 means no MSI write (§6.3.16, §6.3.19). The `*_IRQ_CFG0` registers may
+    /// only change while their interrupt is disabled, hence the order.
+    fn quiesce_interrupts(&self, budget: u32) -> Result<(), SmmuError> {
+        regs::write_irq_ctrl(&self.regs, IrqCtrl::empty(), budget)?;
+        let f0 = self.idr.idr0.flags();
+        if f0.contains(Idr0Flags::MSI) {
+            self.regs.write64(regs::GERROR_IRQ_CFG0, 0);
+            self.regs.write64(regs::EVENTQ_IRQ_CFG0, 0);
+            if f0.contains(Idr0Flags::PRI) {
+                self.regs.write64(regs::PRIQ_IRQ_CFG0, 0);
+            }
+        }
         Ok(())
     }
 

@@ -33,6 +33,7 @@ fn enable_follows_the_documented_order() {
         [
             regs::GBPA,
             regs::CR0,
+            regs::IRQ_CTRL,
             regs::CR1,
             regs::CR2,
             regs::STRTAB_BASE,
@@ -287,4 +288,39 @@ fn dropping_a_live_unit_leaks_what_the_hardware_may_still_use() {
     regs::write_cr0(&m, 0, 10).unwrap();
     drop(u);
     assert_eq!(alloc.live_pages(), 0);
+}
+
+#[test]
+fn interrupts_left_on_by_firmware_are_turned_off_and_msi_addresses_cleared() {
+    // IDR0.MSI (1 << 13): the unit signals its interrupts by writing CFG1 to the address in
+    // *_IRQ_CFG0, whose reset value is UNKNOWN. A previous owner left the event and GERROR
+    // interrupts on with a stale MSI address: enable must turn them off and clear the
+    // addresses (0: no MSI) while they are off, or the unit writes to memory nobody owns.
+    let (m, alloc) = (model(IDR0 | 1 << 13, 0), VecAllocator::default());
+    m.set32(regs::IRQ_CTRL, 0b101);
+    m.set32(regs::IRQ_CTRLACK, 0b101);
+    m.write64(regs::GERROR_IRQ_CFG0, 0xdead_0000);
+    m.write64(regs::EVENTQ_IRQ_CFG0, 0xdead_1000);
+    m.writes.borrow_mut().clear();
+    let u = SmmuUnit::new(&m, &alloc, config()).unwrap();
+    u.enable().unwrap();
+    assert_eq!(m.read32(regs::IRQ_CTRLACK), 0);
+    assert_eq!(m.read64(regs::GERROR_IRQ_CFG0), 0);
+    assert_eq!(m.read64(regs::EVENTQ_IRQ_CFG0), 0);
+    let writes: Vec<(usize, u64)> = m.writes.borrow().clone();
+    let pos = |off: usize| writes.iter().position(|w| w.0 == off).unwrap();
+    let smmuen = writes
+        .iter()
+        .position(|w| w.0 == regs::CR0 && w.1 & 1 == 1)
+        .unwrap();
+    assert!(pos(regs::IRQ_CTRL) < pos(regs::EVENTQ_IRQ_CFG0));
+    assert!(pos(regs::EVENTQ_IRQ_CFG0) < smmuen);
+    // Interrupts asked for are enabled after the addresses were cleared.
+    let (m, alloc) = (model(IDR0 | 1 << 13, 0), VecAllocator::default());
+    let cfg = SmmuConfig {
+        interrupts: regs::IrqCtrl::EVENTQ_IRQEN,
+        ..config()
+    };
+    SmmuUnit::new(&m, &alloc, cfg).unwrap().enable().unwrap();
+    assert_eq!(m.read32(regs::IRQ_CTRLACK), 0b100);
 }
