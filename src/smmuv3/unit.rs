@@ -14,8 +14,8 @@
 //! 1. GBPA set to the configured behaviour for while SMMUEN = 0, then CR0 = 0 and wait for
 //!    CR0ACK (firmware may have left queues or translation on; in the other order its traffic
 //!    would follow the reset GBPA, bypass, between the two writes);
-//! 2. IRQ_CTRL = 0 and wait for IRQ_CTRLACK, then (with `IDR0.MSI`) the `*_IRQ_CFG0` MSI
-//!    addresses cleared: their reset value is UNKNOWN;
+//! 2. IRQ_CTRL = 0 and wait for IRQ_CTRLACK; stale GERROR bits acknowledged; then (with
+//!    `IDR0.MSI`) the `*_IRQ_CFG0` MSI addresses cleared: their reset value is UNKNOWN;
 //! 3. allocate the stream table (every STE aborts), command and event queues;
 //! 4. CR1 (cacheability of table and queue accesses, from `IDR0.COHACC`), CR2 (RECINVSID);
 //! 5. STRTAB_BASE, STRTAB_BASE_CFG; CMDQ_BASE/PROD/CONS; CR0.CMDQEN, CR0ACK;
@@ -403,12 +403,19 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         Ok(())
     }
 
-    /// Turns every interrupt off (a previous owner may have left them on) and, on a unit that
+    /// Turns every interrupt off (a previous owner may have left them on), acknowledges the
+    /// global errors it left active and, on a unit that
     /// signals them by MSI (`IDR0.MSI`), clears the MSI addresses: their reset value is
     /// UNKNOWN, and 0 means no MSI write (§6.3.16, §6.3.19). The `*_IRQ_CFG0` registers may
     /// only change while their interrupt is disabled, hence the order.
     fn quiesce_interrupts(&self, budget: u32) -> Result<(), SmmuError> {
         regs::write_irq_ctrl(&self.regs, IrqCtrl::empty(), budget)?;
+        // Errors a previous owner left active: an unacknowledged CMDQ_ERR keeps the command
+        // queue stopped, and the first command queued here would be taken for the culprit.
+        let stale = Gerror::active(&self.regs);
+        if !stale.is_empty() {
+            Gerror::acknowledge(&self.regs, stale);
+        }
         let f0 = self.idr.idr0.flags();
         if f0.contains(Idr0Flags::MSI) {
             self.regs.write64(regs::GERROR_IRQ_CFG0, 0);

@@ -1,6 +1,7 @@
 //! Construction, enable/disable, configuration checks, events, domain limits.
 
 use super::*;
+use crate::smmuv3::regs::Gerror;
 
 #[test]
 fn unit_is_send_and_sync() {
@@ -323,4 +324,17 @@ fn interrupts_left_on_by_firmware_are_turned_off_and_msi_addresses_cleared() {
     };
     SmmuUnit::new(&m, &alloc, cfg).unwrap().enable().unwrap();
     assert_eq!(m.read32(regs::IRQ_CTRLACK), 0b100);
+}
+
+#[test]
+fn global_errors_left_active_by_a_previous_owner_are_acknowledged_at_enable() {
+    // GERROR.CMDQ_ERR (bit 0) and EVENTQ_ABT_ERR (bit 2) active (GERROR != GERRORN): the
+    // command queue would not run, and enable's first command would be taken for the culprit
+    // and replaced by a CMD_SYNC.
+    let (m, alloc) = (model(IDR0, 0), VecAllocator::default());
+    m.set32(regs::GERROR, 0b101);
+    let u = SmmuUnit::new(&m, &alloc, config()).unwrap();
+    u.enable().unwrap();
+    assert!(Gerror::active(&m).is_empty());
+    assert_eq!(m.executed.borrow()[0], Command::cfgi_all().words);
 }
