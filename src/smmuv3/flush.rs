@@ -535,7 +535,7 @@ mod tests {
         };
         let mut n = 0;
         plan_tlbi(S2, &gather, &policy, |c| {
-            assert_eq!(c.words[1], (1 << 52) - (1 << 16) | 1);
+            assert_eq!(c.words[1], ((1 << 52) - (1 << 16)) | 1);
             n += 1;
             Ok(())
         })
