@@ -342,9 +342,17 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
                     self.with_cmdq(|q, r| q.submit_and_sync(r, &[gone.command(sid)]))?;
                 }
             }
-            let installed = table.install(at, &cd)?;
             if uses_cd_now {
-                self.with_cmdq(|q, r| q.submit_and_sync(r, &[installed.command(sid)]))?;
+                // The unit may be fetching this slot: words with V = 0, CFGI_CD and sync, then
+                // V = 1, CFGI_CD and sync (§3.21.3.1).
+                let cfgi = |s: super::cd::CdSync| {
+                    self.with_cmdq(|q, r| q.submit_and_sync(r, &[s.command(sid)]))
+                };
+                let installed = table.install_live(at, &cd, cfgi)?;
+                cfgi(installed)?;
+            } else {
+                // No STE reaches the table yet: the CFGI_STE of the switch covers the CD.
+                let _ = table.install(at, &cd)?;
             }
         }
         self.write_ste(strtab, stream)?;

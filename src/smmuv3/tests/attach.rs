@@ -245,10 +245,10 @@ fn pasids_go_through_the_cd_table() {
     assert_eq!(ste.config_raw(), 0b101);
     assert_eq!(ste.words[1] & 3, 0);
     take_ops(&m);
-    // A second PASID in the same CD leaf: the STE already uses the table, so CFGI_CD + sync,
-    // and the STE does not change.
+    // A second PASID in the same CD leaf: the STE already uses the table, so the words with
+    // V = 0 then CFGI_CD + sync, V = 1 then CFGI_CD + sync; the STE does not change.
     u.attach(DeviceId(9), Some(p(0x42)), b).unwrap();
-    assert_eq!(take_ops(&m), [CFGI_CD, SYNC]);
+    assert_eq!(take_ops(&m), [CFGI_CD, SYNC, CFGI_CD, SYNC]);
     // The RID domain is a stage-1 domain without a parent: S1DSS SUBSTREAM0, CD 0.
     u.attach(DeviceId(9), None, b).unwrap();
     assert_eq!(ste_of(&u, 9).words[1] & 3, 2);
@@ -366,12 +366,21 @@ fn replacing_between_stages_retires_the_old_configuration() {
         ]
     );
     assert_eq!(ste_of(&u, 2).config_raw(), 0b101);
-    // Stage 1 -> stage 1: CD 0 goes invalid, then valid with the new ASID (CFGI_CD each), the
-    // STE is unchanged, then the old ASID is invalidated.
+    // Stage 1 -> stage 1: CD 0 goes invalid, is filled with V = 0, then made valid with the
+    // new ASID (CFGI_CD and sync each), the STE is unchanged, then the old ASID is invalidated.
     u.attach(DeviceId(2), None, y).unwrap();
     assert_eq!(
         take_ops(&m),
-        [CFGI_CD, SYNC, CFGI_CD, SYNC, TLBI_NH_ASID, SYNC]
+        [
+            CFGI_CD,
+            SYNC,
+            CFGI_CD,
+            SYNC,
+            CFGI_CD,
+            SYNC,
+            TLBI_NH_ASID,
+            SYNC
+        ]
     );
     // Stage 1 -> stage 2: the STE switches, then CD 0 is retired with the old ASID.
     u.attach(DeviceId(2), None, s).unwrap();
@@ -512,6 +521,48 @@ fn a_retired_cd_is_invalidated_and_synced_before_its_asid() {
     u.detach(DeviceId(0x30), Some(p(1))).unwrap();
     u.detach(DeviceId(0x30), None).unwrap();
     for d in [a, b, c, n0, n1, parent] {
+        u.domain_free(d).unwrap();
+    }
+}
+
+/// A CD slot the live STE reaches may be fetched at any time, its words in any order (IHI 0070
+/// G.b §3.21.3.1): the unit could pair a new V = 1 with the slot's old TTB0 (a removed domain's,
+/// or 0 in a fresh leaf) and fill the TLB with that under the new ASID. So the words go in with
+/// V = 0, CFGI_CD + CMD_SYNC, and only then V = 1, CFGI_CD + CMD_SYNC.
+#[test]
+fn a_cd_in_a_live_table_is_filled_and_invalidated_before_it_is_made_valid() {
+    let (m, alloc) = (model(IDR0, 0), VecAllocator::default());
+    let u = enabled(&m, &alloc);
+    let p = |v| Pasid::new(v).unwrap();
+    let (a, b, c) = (
+        u.domain_alloc(&s1()).unwrap(),
+        u.domain_alloc(&s1()).unwrap(),
+        u.domain_alloc(&s1()).unwrap(),
+    );
+    u.attach(DeviceId(9), Some(p(1)), a).unwrap();
+    take_ops(&m);
+    // A second PASID: the STE already reaches the table.
+    u.attach(DeviceId(9), Some(p(2)), b).unwrap();
+    assert_eq!(take_ops(&m), [CFGI_CD, SYNC, CFGI_CD, SYNC]);
+    // Replacing the domain of a PASID: V cleared (CFGI_CD, sync), words written (CFGI_CD,
+    // sync), V set (CFGI_CD, sync), then the old ASID.
+    u.attach(DeviceId(9), Some(p(2)), c).unwrap();
+    assert_eq!(
+        take_ops(&m),
+        [
+            CFGI_CD,
+            SYNC,
+            CFGI_CD,
+            SYNC,
+            CFGI_CD,
+            SYNC,
+            TLBI_NH_ASID,
+            SYNC
+        ]
+    );
+    u.detach(DeviceId(9), Some(p(1))).unwrap();
+    u.detach(DeviceId(9), Some(p(2))).unwrap();
+    for d in [a, b, c] {
         u.domain_free(d).unwrap();
     }
 }
