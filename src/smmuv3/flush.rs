@@ -116,6 +116,12 @@ fn emit_ranges<E: From<SmmuError>>(
     let g = policy.granule_log2;
     let leaf = gather.leaf_only();
     let ttl = ttl(gather, g);
+    // With a TTL naming a block level the range must start on a block boundary, or the range
+    // invalidated is UNPREDICTABLE (§4.4.1). A non-zero TTL means every changed leaf had that
+    // one size, and the engine records a leaf from its aligned start for its whole size, so
+    // `r` starts and ends on block boundaries; every chunk below is then a multiple of the
+    // block's page count (SCALE is the lowest set bit of what is left) and keeps `addr`
+    // aligned.
     let mut addr = r.start.get() & !((1u64 << g) - 1);
     let mut pages = r.end.get().saturating_sub(addr).div_ceil(1 << g);
     // NUM = 0 and SCALE = 0 with TTL = 0 is a single page at an unknown level, which the
