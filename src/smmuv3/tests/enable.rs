@@ -338,3 +338,66 @@ fn global_errors_left_active_by_a_previous_owner_are_acknowledged_at_enable() {
     assert!(Gerror::active(&m).is_empty());
     assert_eq!(m.executed.borrow()[0], Command::cfgi_all().words);
 }
+
+/// A register window over the model whose chosen registers read all ones (a broken unit, or
+/// a hostile virtual SMMU): every call returns, with an error where a wait cannot complete.
+struct AllOnes<'a> {
+    inner: &'a ModelSmmu,
+    offsets: &'a [usize],
+}
+
+impl RegisterWindow for AllOnes<'_> {
+    fn read32(&self, offset: usize) -> u32 {
+        if self.offsets.contains(&offset) {
+            u32::MAX
+        } else {
+            self.inner.read32(offset)
+        }
+    }
+    fn write32(&self, offset: usize, value: u32) {
+        self.inner.write32(offset, value)
+    }
+    fn read64(&self, offset: usize) -> u64 {
+        self.inner.read64(offset)
+    }
+    fn write64(&self, offset: usize, value: u64) {
+        self.inner.write64(offset, value)
+    }
+}
+
+#[test]
+fn registers_reading_all_ones_give_errors_not_panics() {
+    let alloc = VecAllocator::default();
+    // Every ID register all ones: TTENDIAN says big-endian only, refused.
+    let m = model(IDR0, 0);
+    let ids = [regs::IDR0, regs::IDR1, regs::IDR3, regs::IDR5];
+    let w = AllOnes {
+        inner: &m,
+        offsets: &ids,
+    };
+    assert!(SmmuUnit::new(&w, &alloc, config()).is_err());
+    // Acknowledgements that never come.
+    for stuck in [regs::CR0ACK, regs::GBPA, regs::IRQ_CTRLACK] {
+        let m = model(IDR0, 0);
+        let offsets = [stuck];
+        let w = AllOnes {
+            inner: &m,
+            offsets: &offsets,
+        };
+        let u = SmmuUnit::new(&w, &alloc, config()).unwrap();
+        assert!(u.enable().is_err(), "{stuck:#x}");
+    }
+    // CONS and the event queue's PROD all ones: waits time out, draining is bounded.
+    let m = model(IDR0, 0);
+    let offsets = [regs::CMDQ_CONS, regs::EVENTQ_PROD, regs::GERROR];
+    let w = AllOnes {
+        inner: &m,
+        offsets: &offsets,
+    };
+    let u = SmmuUnit::new(&w, &alloc, config()).unwrap();
+    assert!(u.enable().is_err());
+    let r = u.handle_events(1000, |_| {});
+    assert!(r.events.consumed <= 1000);
+    let d = u.domain_alloc(&s2()).unwrap();
+    assert!(u.attach(DeviceId(1), None, d).is_err());
+}
