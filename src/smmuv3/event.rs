@@ -237,7 +237,7 @@ impl Event {
                 .contains(EventFlags::STALL)
                 .then_some(STAG.get(w1) as u16),
             input_address: l.input.then_some(w2),
-            // §7.3.12: for a stage-1 fault (S2 = 0) the IPA field is UNKNOWN.
+            // §7.3.12-7.3.15: the IPA is only meaningful for a stage-2 fault (S2 = 1).
             ipa: (l.ipa && flags.contains(EventFlags::S2)).then_some(IPA.get(w3) << 12),
             fetch_address: l.fetch.then_some(FETCH_ADDR.get(w3) << 3),
             raw,
@@ -287,6 +287,9 @@ mod tests {
             (e.ipa, e.fetch_address, e.class, e.substream_id),
             (None, None, None, None)
         );
+        // A stage-1 translation fault (S2 = 0) has no IPA, whatever word 3 holds.
+        let e = Event::decode([0x0000_0020_0000_0010, 0, 0x1000, 0x5000]);
+        assert_eq!((e.input_address, e.ipa), (Some(0x1000), None));
         // Stalled permission fault: Stall (1 << 31) with STAG 0x77.
         let e = Event::decode([0x13, 0x8000_0077, 0x1000, 0]);
         assert_eq!(e.stag, Some(0x77));
