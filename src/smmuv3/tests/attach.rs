@@ -566,3 +566,59 @@ fn a_cd_in_a_live_table_is_filled_and_invalidated_before_it_is_made_valid() {
         u.domain_free(d).unwrap();
     }
 }
+
+/// A device with ATS caches the final (stage 1 + stage 2) translations of a nested domain in
+/// its ATC, tagged by the stage-1 input address. Unmapping from the nest parent changes those
+/// translations, so the flush must reach the ATCs of streams attached through the parent's
+/// children too, and since an IPA range says nothing about the addresses the ATC is indexed
+/// by, it must invalidate them whole.
+#[test]
+fn flushing_a_nest_parent_invalidates_the_atcs_of_nested_ats_streams() {
+    let (m, alloc) = (model(IDR0, 0), VecAllocator::default());
+    let u = enabled(&m, &alloc);
+    let parent = u
+        .domain_alloc(&DomainConfig {
+            nest_parent: true,
+            ..s2()
+        })
+        .unwrap();
+    let child = u.domain_alloc_nested(&s1(), parent).unwrap();
+    u.set_ats(DeviceId(4), true).unwrap();
+    u.attach(DeviceId(4), None, child).unwrap();
+    u.map(
+        parent,
+        Iova::new(0x10_0000),
+        PhysAddr::new(0x8000_0000),
+        K4,
+        RW,
+    )
+    .unwrap();
+    let mut g = Gather::new();
+    u.unmap(parent, Iova::new(0x10_0000), K4, &mut g).unwrap();
+    take_ops(&m);
+    u.flush(parent, &mut g).unwrap();
+    let cmds: Vec<[u64; 2]> = m.executed.borrow().clone();
+    assert_eq!(
+        take_ops(&m),
+        [TLBI_S2_IPA, 0x10, SYNC, ATC_INV, SYNC],
+        "the stream's ATC holds translations through the parent"
+    );
+    // The whole ATC of the stream: Size 52 from 0, every SubstreamID.
+    assert_eq!(
+        cmds[3],
+        Command::atc_inv(StreamId(4), None, Iova::ZERO, 52, true)
+            .unwrap()
+            .words
+    );
+    // A flush of the child itself still invalidates by range.
+    u.map(child, Iova::new(0x4000), PhysAddr::new(0x10_0000), K4, RW)
+        .unwrap();
+    let mut g = Gather::new();
+    u.unmap(child, Iova::new(0x4000), K4, &mut g).unwrap();
+    take_ops(&m);
+    u.flush(child, &mut g).unwrap();
+    assert_eq!(take_ops(&m), [TLBI_NH_VA, SYNC, ATC_INV, SYNC]);
+    u.detach(DeviceId(4), None).unwrap();
+    u.domain_free(child).unwrap();
+    u.domain_free(parent).unwrap();
+}
