@@ -170,6 +170,10 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
     }
 
     /// The commands that remove what `d` may have left in the TLBs and ATC of `sid`.
+    ///
+    /// Called with the command queue locked, it reads `d`'s slot: against the module's lock
+    /// order, but harmless, since callers hold the configuration lock and every slot writer
+    /// (domain install and free) takes that lock first, so the read never waits.
     fn forget(
         &self,
         d: DomainHandle,
