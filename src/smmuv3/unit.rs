@@ -247,8 +247,8 @@ pub struct EventReport {
 ///
 /// `A` is cloned for every table the unit builds (stream table, queues, one per domain): every
 /// clone must hand out and take back pages of the same pool, as `&Allocator` does. The unit is
-/// `Send + Sync` when `W` and `A` are. Dropping a unit whose CR0ACK does not read 0 leaks its
-/// stream table, CD tables and queues (the hardware may still use them); see its `Drop`.
+/// `Send + Sync` when `W` and `A` are. Dropping a unit that still translates leaks its stream
+/// table, CD tables and queues (the hardware may still use them); see its `Drop`.
 pub struct SmmuUnit<W: RegisterWindow, A: PageAllocator + Clone> {
     pub(crate) regs: W,
     pub(crate) alloc: A,
@@ -507,17 +507,23 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
 }
 
 impl<W: RegisterWindow, A: PageAllocator + Clone> Drop for SmmuUnit<W, A> {
-    /// Gives the stream table, the CD tables and the queues back to the allocator only if
+    /// Gives the stream table, the CD tables and the queues back to the allocator only once
     /// CR0ACK reads 0: then the unit walks no table, reads no command and writes no event
-    /// record or CMD_SYNC MSI. Otherwise (translating, or only [`disable`](Self::disable)d,
-    /// which leaves the queues on) it leaks them, since DMA into or out of freed pages is worse
-    /// than lost memory. Domain page tables are never freed by a drop: free the domains first.
+    /// record or CMD_SYNC MSI. A unit that was [`disable`](Self::disable)d (translation off,
+    /// queues still on) gets its queues turned off first, within the poll budget. A unit still
+    /// translating, or one whose queues do not acknowledge, keeps them: they are leaked, since
+    /// DMA into or out of freed pages is worse than lost memory. Domain page tables are never
+    /// freed by a drop: free the domains first.
     fn drop(&mut self) {
         let config = self.config.get_mut();
         if config.strtab.is_none() && self.cmdq.get_mut().is_none() {
             return;
         }
-        if self.regs.read32(regs::CR0ACK) == 0 {
+        let ack = self.regs.read32(regs::CR0ACK);
+        let quiet = ack == 0
+            || (ack & Cr0::SMMUEN.bits() == 0
+                && regs::write_cr0(&self.regs, 0, self.cfg.budget).is_ok());
+        if quiet {
             return;
         }
         core::mem::forget(config.strtab.take());

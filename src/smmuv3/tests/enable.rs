@@ -277,18 +277,26 @@ fn dropping_a_live_unit_leaks_what_the_hardware_may_still_use() {
     let live = alloc.live_pages();
     drop(u);
     assert_eq!(alloc.live_pages(), live);
-    // `disable` leaves the queues on: still leaked.
-    let (m, alloc) = (model(IDR0, 0), VecAllocator::default());
-    let u = enabled(&m, &alloc);
-    u.disable().unwrap();
-    drop(u);
-    assert_eq!(alloc.live_pages(), 3);
     // Once CR0ACK reads 0 the unit uses none of it: dropping frees the tables and queues.
     let (m, alloc) = (model(IDR0, 0), VecAllocator::default());
     let u = enabled(&m, &alloc);
     regs::write_cr0(&m, 0, 10).unwrap();
     drop(u);
     assert_eq!(alloc.live_pages(), 0);
+    // `disable` leaves the queues on: the drop turns them off, then frees.
+    let (m, alloc) = (model(IDR0, 0), VecAllocator::default());
+    let u = enabled(&m, &alloc);
+    u.disable().unwrap();
+    drop(u);
+    assert_eq!(m.read32(regs::CR0ACK), 0);
+    assert_eq!(alloc.live_pages(), 0);
+    // ... unless they do not acknowledge: leaked.
+    let (m, alloc) = (model(IDR0, 0), VecAllocator::default());
+    let u = enabled(&m, &alloc);
+    u.disable().unwrap();
+    m.set_cr0_stuck(true);
+    drop(u);
+    assert_eq!(alloc.live_pages(), 3);
 }
 
 #[test]
