@@ -251,7 +251,9 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
             return Err(NOT_ENABLED);
         };
         let r = self.attach_locked(strtab, stream, ssid, d, stage2);
-        if stream.is_empty() && !stream.ats {
+        // A CD table still here on an empty stream is one a failed detach left: the unit may
+        // still reach it through a cached STE, so the stream (and the table) stays.
+        if stream.is_empty() && !stream.ats && stream.cd.is_none() {
             if let Some(slot) = config.streams.get_mut(i) {
                 *slot = None;
             }
@@ -413,10 +415,14 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         let all = (empty && stream.cd.is_some()).then(|| Command::cfgi_cd_all(sid));
         self.retire(strtab, sid, [cfgi, all], (d, ssid, ats))?;
         self.add_user(d, ats, false);
-        if empty && !ats {
-            // The STE aborts and the CD caches are clean: the CD table can go.
-            if let Some(slot) = config.streams.get_mut(i) {
-                *slot = None;
+        if empty {
+            // The STE aborts and the CD caches are clean: the CD table can go (an empty stream
+            // keeps one only after a detach that failed, see `attach_impl`).
+            stream.cd = None;
+            if !ats {
+                if let Some(slot) = config.streams.get_mut(i) {
+                    *slot = None;
+                }
             }
         }
         Ok(())
@@ -450,7 +456,9 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
             return Err(Error::Busy);
         }
         stream.ats = enabled;
-        if !enabled {
+        // A CD table on an empty stream is one a failed detach left (the unit may still reach
+        // it): keep the stream, and the table, until an attach and detach complete.
+        if !enabled && stream.cd.is_none() {
             if let Some(slot) = config.streams.get_mut(i) {
                 *slot = None;
             }

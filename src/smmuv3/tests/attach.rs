@@ -622,3 +622,31 @@ fn flushing_a_nest_parent_invalidates_the_atcs_of_nested_ats_streams() {
     u.domain_free(child).unwrap();
     u.domain_free(parent).unwrap();
 }
+
+/// After a detach whose CMD_SYNC timed out, the unit may still hold the old STE, and with it
+/// the stream's CD table: nothing may free that table until a later change completes.
+#[test]
+fn a_cd_table_outlives_a_detach_that_timed_out() {
+    let (m, alloc) = (model(IDR0, 0), VecAllocator::default());
+    let u = enabled(&m, &alloc);
+    let d = u.domain_alloc(&s1()).unwrap();
+    u.set_ats(DeviceId(4), true).unwrap();
+    u.attach(DeviceId(4), None, d).unwrap();
+    m.stalled.set(true);
+    assert_eq!(
+        u.detach(DeviceId(4), None),
+        Err(Error::Timeout { what: "CMD_SYNC" })
+    );
+    m.stalled.set(false);
+    let live = alloc.live_pages();
+    // Turning ATS off on the (now empty) stream must not free the CD table.
+    u.set_ats(DeviceId(4), false).unwrap();
+    assert_eq!(alloc.live_pages(), live);
+    assert_eq!(u.domain_free(d), Err(Error::Busy));
+    // A later attach and detach that complete release it.
+    let e = u.domain_alloc(&s1()).unwrap();
+    u.attach(DeviceId(4), None, e).unwrap();
+    u.detach(DeviceId(4), None).unwrap();
+    assert!(alloc.live_pages() < live + 2);
+    u.domain_free(e).unwrap();
+}
