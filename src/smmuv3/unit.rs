@@ -21,7 +21,7 @@
 //! 5. STRTAB_BASE, STRTAB_BASE_CFG; CMDQ_BASE/PROD/CONS; CR0.CMDQEN, CR0ACK;
 //! 6. CMD_CFGI_ALL, CMD_TLBI_EL2_ALL (with `IDR0.HYP`), CMD_TLBI_NSNH_ALL, CMD_SYNC;
 //! 7. EVENTQ_BASE/PROD/CONS; CR0.EVENTQEN, CR0ACK; IRQ_CTRL as configured;
-//! 8. CR0.SMMUEN, CR0ACK.
+//! 8. CR0.SMMUEN (with CR0.ATSCHK on a unit with `IDR0.ATS`), CR0ACK.
 //!
 //! Locks (`spin`): configuration (stream table, streams, tag allocators) before a domain slot
 //! before the command queue. Map and unmap take only their domain's slot for reading, so they
@@ -398,6 +398,13 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
             regs::write_irq_ctrl(&self.regs, self.cfg.interrupts, budget)?;
         }
         cr0 |= Cr0::SMMUEN;
+        if self.features.ats {
+            // Otherwise every ATS Translated transaction passes unchecked (§3.9.1): any
+            // device, even one whose STE aborts, could reach any address by claiming its
+            // requests were translated. Set with SMMUEN, as CR0.ATSCHK may only change while
+            // translation is off.
+            cr0 |= Cr0::ATSCHK;
+        }
         regs::write_cr0(&self.regs, cr0.bits(), budget)?;
         self.enabled.store(true, Ordering::Release);
         Ok(())

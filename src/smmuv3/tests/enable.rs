@@ -28,7 +28,7 @@ fn enable_follows_the_documented_order() {
         .map(|w| w.0)
         .filter(|&o| o != regs::CMDQ_PROD)
         .collect();
-    let (cmdqen, eventqen, smmuen) = (1 << 3, 1 << 2, 1);
+    let (cmdqen, eventqen, smmuen, atschk) = (1 << 3, 1 << 2, 1, 1 << 4);
     assert_eq!(
         offsets,
         [
@@ -56,7 +56,12 @@ fn enable_follows_the_documented_order() {
         .collect();
     assert_eq!(
         cr0,
-        [0, cmdqen, cmdqen | eventqen, cmdqen | eventqen | smmuen]
+        [
+            0,
+            cmdqen,
+            cmdqen | eventqen,
+            cmdqen | eventqen | smmuen | atschk
+        ]
     );
     // GBPA: abort while disabled, written with UPDATE.
     let gbpa = writes.iter().find(|w| w.0 == regs::GBPA).unwrap().1;
@@ -83,7 +88,7 @@ fn enable_follows_the_documented_order() {
         w.iter().map(|w| w.0).collect::<Vec<_>>(),
         [regs::GBPA, regs::CR0]
     );
-    assert_eq!(w[1].1, cmdqen | eventqen);
+    assert_eq!(w[1].1, cmdqen | eventqen | atschk);
     assert!(!u.is_enabled());
     // Re-enable reuses the tables.
     u.enable().unwrap();
@@ -408,4 +413,19 @@ fn registers_reading_all_ones_give_errors_not_panics() {
     assert!(r.events.consumed <= 1000);
     let d = u.domain_alloc(&s2()).unwrap();
     assert!(u.attach(DeviceId(1), None, d).is_err());
+}
+
+#[test]
+fn ats_capable_units_check_translated_transactions() {
+    // With CR0.ATSCHK = 0 every ATS Translated transaction passes unchecked (IHI 0070 G.b
+    // §3.9.1): any device, even one whose STE aborts, could DMA anywhere by marking its
+    // requests Translated. With IDR0.ATS the unit is enabled with ATSCHK = 1, so only streams
+    // whose STE has EATS != 0 may send them.
+    let (m, alloc) = (model(IDR0, 0), VecAllocator::default());
+    let _u = enabled(&m, &alloc);
+    assert_eq!(m.read32(regs::CR0ACK) & regs::Cr0::ATSCHK.bits(), 0x10);
+    // Without IDR0.ATS (bit 10) there is nothing to check.
+    let (m, alloc) = (model(IDR0 & !(1 << 10), 0), VecAllocator::default());
+    let _u = enabled(&m, &alloc);
+    assert_eq!(m.read32(regs::CR0ACK) & regs::Cr0::ATSCHK.bits(), 0);
 }
