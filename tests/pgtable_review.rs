@@ -176,3 +176,70 @@ fn table_pages_just_below_oas_are_used() {
     let seen = walk::vtd_ss::translate(&alloc, &cfg, Iova::new(0x10), Access::READ).unwrap();
     assert_eq!(seen.pa, PhysAddr::new(0x4000_0010));
 }
+
+/// Every stage-2 granule x IAS: the start level and concatenation the format picks are the ones
+/// the reference walker derives from the S2SL0 / S2T0SZ it reports, the walk is as short as 16
+/// concatenated tables allow, and the start level is one the Arm ARM's `S2InvalidSL` accepts for
+/// a unit whose PAMax is at least the IAS (4 KiB level 0 and 64 KiB level 1 need PAMax >= 44,
+/// 16 KiB level 1 needs PAMax >= 42).
+#[test]
+fn arm_s2_start_level_and_concatenation_for_every_ias() {
+    use walk::arm::Granule;
+    for (granule_log2, granule, max_ias) in [
+        (12, Granule::K4, 48),
+        (14, Granule::K16, 48),
+        (16, Granule::K64, 52),
+    ] {
+        let stride = granule_log2 - 3;
+        for ias in 32..=max_ias {
+            let f = ArmS2::new(ArmS2Config {
+                granule_log2,
+                ias,
+                oas: if max_ias == 52 { 52 } else { 48 },
+                ..*arm_s2_4k().config()
+            })
+            .unwrap();
+            let cfg = walk::arm_s2::ArmS2Config {
+                ttb: PhysAddr::new(0),
+                granule,
+                t0sz: f.t0sz() as u8,
+                sl0: f.sl0() as u8,
+                oas: f.config().oas,
+                fwb: false,
+                xnx: false,
+                hardware_access_flag: false,
+                hardware_dirty: false,
+                strict_res0: true,
+            };
+            let shape = walk::arm_s2::root_shape(&cfg);
+            assert_eq!(
+                shape,
+                Ok((f.start_level(), f.concatenated())),
+                "granule 2^{granule_log2}, IAS {ias}"
+            );
+            // Shortest walk: one level deeper would need more than 16 tables.
+            let deeper = f.start_level() + 1;
+            assert!(
+                deeper > 3 || ias - (granule_log2 + (3 - deeper) * stride) > stride + 4,
+                "granule 2^{granule_log2}, IAS {ias}: start level {} is not the deepest",
+                f.start_level()
+            );
+            let pamax_needed = match (granule_log2, f.start_level()) {
+                (12, 0) | (16, 1) => 44,
+                (14, 1) => 42,
+                (14, 0) => u32::MAX, // needs FEAT_LPA2
+                _ => 0,
+            };
+            // A stage-2 IPA cannot exceed PAMax (S2MinTxSZ), and PAMax is a PS encoding.
+            let least_pamax = [32, 36, 40, 42, 44, 48, 52]
+                .into_iter()
+                .find(|&ps| ps >= ias)
+                .unwrap();
+            assert!(
+                least_pamax >= pamax_needed,
+                "granule 2^{granule_log2}, IAS {ias}: start level {} needs PAMax {pamax_needed}",
+                f.start_level()
+            );
+        }
+    }
+}
