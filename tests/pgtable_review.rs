@@ -243,3 +243,31 @@ fn arm_s2_start_level_and_concatenation_for_every_ias() {
         }
     }
 }
+
+/// `Geometry`'s fields are public and its helpers are public `const fn`s: on values `validate`
+/// would refuse they answer nonsense, but they must not panic (before the fix: subtraction and
+/// shift overflows).
+#[test]
+fn geometry_helpers_never_panic() {
+    use iommu_engine::pgtable::Geometry;
+    for granule_log2 in [0, 2, 3, 12, 63, 64, u32::MAX] {
+        for levels in [0, 1, 6, u32::MAX] {
+            for top_bits in [0, 9, 64, u32::MAX] {
+                let g = Geometry {
+                    granule_log2,
+                    levels,
+                    top_bits,
+                    ias: 48,
+                    oas: 48,
+                    page_sizes: u64::MAX,
+                };
+                assert!(g.validate().is_err());
+                for level in [0, 1, 5, 63, 64, u32::MAX] {
+                    let _ = (g.level_shift(level), g.level_bits(level));
+                    let _ = (g.index(level, u64::MAX), g.leaf_allowed(level));
+                }
+                let _ = (g.root_size_log2(), g.top_level());
+            }
+        }
+    }
+}
