@@ -3,15 +3,15 @@
 use core::ptr::NonNull;
 
 use crate::ioasid::{
-    DeviceHandle, DeviceLabel, IncoherentDmaGrant, IoasidCtx, IoasidFlags, IoasidId, Registry,
-    UnitId, MAX_DEVICES, MAX_UNITS,
+    DeviceHandle, DeviceLabel, IncoherentDmaGrant, IoasidCtx, IoasidFlags, IoasidId,
+    PasidAllocator, Registry, UnitId, MAX_DEVICES, MAX_UNITS,
 };
 use crate::iommu::{DeviceId, Iommu, Pasid};
 use crate::mem::{Iova, PhysAddr};
 use crate::pgtable::Prot;
 
 use super::env::CEnv;
-use super::object::{handle, Obj};
+use super::object::{handle, Obj, PasidPage};
 use super::status::{code, IeMissing, IeStatus};
 use super::unit::{IeUnit, UnitObj};
 
@@ -26,7 +26,10 @@ pub struct IeCtx {
 }
 
 pub(super) struct RegistryObj {
+    // Declared before `_pasids`, which it borrows, so that it drops first.
     registry: Registry<'static>,
+    /// Owns the page the registry's PASID allocator lives in.
+    _pasids: PasidPage,
     units: [Option<NonNull<Obj<UnitObj>>>; MAX_UNITS],
 }
 
@@ -104,11 +107,16 @@ pub unsafe extern "C" fn ie_registry_create(
             objs[i] = Some(u);
             list[i] = iommu_of(u);
         }
-        let registry = Registry::new(&list[..n_units], pasid_bits)?;
+        let pasids = PasidPage::new(env, pasid_bits)?;
+        // SAFETY: the allocator lives in its own page, which the registry object owns and
+        // frees only after the registry is dropped: `'static` stands for that.
+        let allocator: &'static PasidAllocator = unsafe { &*(pasids.allocator() as *const _) };
+        let registry = Registry::new(&list[..n_units], allocator)?;
         let obj = Obj::create(
             env,
             RegistryObj {
                 registry,
+                _pasids: pasids,
                 units: objs,
             },
         )?;

@@ -261,7 +261,8 @@ fn seed_flow_enforce_snoop() {
     let alloc = test_alloc();
     let snoopy = FakeUnit::new(&alloc, true);
     let plain = FakeUnit::new(&alloc, false);
-    let reg = Registry::new(&[&snoopy, &plain], 20).unwrap();
+    let pasids = PasidAllocator::new(20);
+    let reg = Registry::new(&[&snoopy, &plain], &pasids).unwrap();
     {
         let ctx = IoasidCtx::new(&reg, &alloc, 4);
         let dev = ctx.bind(label(0, 0x20), false).unwrap();
@@ -303,7 +304,8 @@ fn seed_flow_enforce_snoop() {
 fn one_device_one_context() {
     let alloc = test_alloc();
     let unit = FakeUnit::new(&alloc, true);
-    let reg = Registry::new(&[&unit], 20).unwrap();
+    let pasids = PasidAllocator::new(20);
+    let reg = Registry::new(&[&unit], &pasids).unwrap();
     let a = IoasidCtx::new(&reg, &alloc, 0);
     let b = IoasidCtx::new(&reg, &alloc, 0);
     a.bind(label(0, 1), false).unwrap();
@@ -321,7 +323,8 @@ fn one_device_one_context() {
 fn mappings_reach_every_unit_and_late_domains_get_copies() {
     let alloc = test_alloc();
     let (u0, u1) = (FakeUnit::new(&alloc, true), FakeUnit::new(&alloc, true));
-    let reg = Registry::new(&[&u0, &u1], 20).unwrap();
+    let pasids = PasidAllocator::new(20);
+    let reg = Registry::new(&[&u0, &u1], &pasids).unwrap();
     let ctx = IoasidCtx::new(&reg, &alloc, 0);
     let (d0, d1) = (
         ctx.bind(label(0, 1), false).unwrap(),
@@ -370,7 +373,8 @@ fn mappings_reach_every_unit_and_late_domains_get_copies() {
 fn failed_map_rolls_back_everywhere() {
     let alloc = test_alloc();
     let (u0, u1) = (FakeUnit::new(&alloc, true), FakeUnit::new(&alloc, true));
-    let reg = Registry::new(&[&u0, &u1], 20).unwrap();
+    let pasids = PasidAllocator::new(20);
+    let reg = Registry::new(&[&u0, &u1], &pasids).unwrap();
     let ctx = IoasidCtx::new(&reg, &alloc, 0);
     let io = ctx.alloc(IoasidFlags::empty()).unwrap();
     ctx.attach(ctx.bind(label(0, 1), false).unwrap(), io)
@@ -395,7 +399,8 @@ fn failed_map_rolls_back_everywhere() {
 fn reserved_regions_are_refused() {
     let alloc = test_alloc();
     let u = FakeUnit::new(&alloc, true);
-    let reg = Registry::new(&[&u], 20).unwrap();
+    let pasids = PasidAllocator::new(20);
+    let reg = Registry::new(&[&u], &pasids).unwrap();
     let ctx = IoasidCtx::new(&reg, &alloc, 0);
     let io = ctx.alloc(IoasidFlags::empty()).unwrap();
     // Before any attach the unit's MSI window is not yet known to the IOASID...
@@ -431,7 +436,8 @@ fn reserved_regions_are_refused() {
 fn iova_allocation_skips_mappings_and_reservations() {
     let alloc = test_alloc();
     let u = FakeUnit::new(&alloc, true);
-    let reg = Registry::new(&[&u], 20).unwrap();
+    let pasids = PasidAllocator::new(20);
+    let reg = Registry::new(&[&u], &pasids).unwrap();
     let ctx = IoasidCtx::new(&reg, &alloc, 0);
     let io = ctx.alloc(IoasidFlags::empty()).unwrap();
     ctx.map(io, Iova::new(0x1000), PhysAddr::new(0), 0x3000, RW)
@@ -457,7 +463,8 @@ fn iova_allocation_skips_mappings_and_reservations() {
 fn pasids_quota_and_attachment() {
     let alloc = test_alloc();
     let u = FakeUnit::new(&alloc, true);
-    let reg = Registry::new(&[&u], 20).unwrap();
+    let pasids = PasidAllocator::new(20);
+    let reg = Registry::new(&[&u], &pasids).unwrap();
     let ctx = IoasidCtx::new(&reg, &alloc, 2);
     let p1 = ctx.alloc_pasid().unwrap();
     let p2 = ctx.alloc_pasid().unwrap();
@@ -491,7 +498,8 @@ fn pasids_quota_and_attachment() {
 fn incoherent_dma_needs_proof() {
     let alloc = test_alloc();
     let u = FakeUnit::new(&alloc, false);
-    let reg = Registry::new(&[&u], 20).unwrap();
+    let pasids = PasidAllocator::new(20);
+    let reg = Registry::new(&[&u], &pasids).unwrap();
     let ctx = IoasidCtx::new(&reg, &alloc, 0);
     let other = IoasidCtx::new(&reg, &alloc, 0);
     let coherent = ctx.bind(label(0, 1), false).unwrap();
@@ -522,7 +530,8 @@ fn incoherent_dma_needs_proof() {
 fn reattach_switches_domains_and_frees_the_old_one() {
     let alloc = test_alloc();
     let u = FakeUnit::new(&alloc, true);
-    let reg = Registry::new(&[&u], 20).unwrap();
+    let pasids = PasidAllocator::new(20);
+    let reg = Registry::new(&[&u], &pasids).unwrap();
     let ctx = IoasidCtx::new(&reg, &alloc, 0);
     let dev = ctx.bind(label(0, 7), false).unwrap();
     let a = ctx.alloc(IoasidFlags::empty()).unwrap();
@@ -557,7 +566,8 @@ fn concurrent_maps_of_disjoint_ranges() {
     const PER_THREAD: u64 = if cfg!(miri) { 6 } else { 64 };
     let alloc = test_alloc();
     let (u0, u1) = (FakeUnit::new(&alloc, true), FakeUnit::new(&alloc, true));
-    let reg = Registry::new(&[&u0, &u1], 20).unwrap();
+    let pasids = PasidAllocator::new(20);
+    let reg = Registry::new(&[&u0, &u1], &pasids).unwrap();
     let ctx = IoasidCtx::new(&reg, &alloc, 0);
     let io = ctx.alloc(IoasidFlags::empty()).unwrap();
     ctx.attach(ctx.bind(label(0, 1), false).unwrap(), io)
@@ -602,7 +612,8 @@ fn device_info_reports_the_unit_and_the_device() {
         nesting: true,
         coherent_walk: false,
     };
-    let reg = Registry::new(&[&unit], 20).unwrap();
+    let pasids = PasidAllocator::new(20);
+    let reg = Registry::new(&[&unit], &pasids).unwrap();
     let ctx = IoasidCtx::new(&reg, &alloc, 0);
     let dev = ctx.bind(label(0, 0x42), true).unwrap();
     assert_eq!(
@@ -621,7 +632,8 @@ fn device_info_reports_the_unit_and_the_device() {
 fn device_handles_of_another_context_are_refused() {
     let alloc = test_alloc();
     let unit = FakeUnit::new(&alloc, true);
-    let reg = Registry::new(&[&unit], 20).unwrap();
+    let pasids = PasidAllocator::new(20);
+    let reg = Registry::new(&[&unit], &pasids).unwrap();
     let (a, b) = (
         IoasidCtx::new(&reg, &alloc, 0),
         IoasidCtx::new(&reg, &alloc, 0),
@@ -658,7 +670,8 @@ fn incompatible_attach_names_the_reason_and_changes_nothing() {
     narrow.caps.ias = 39;
     let mut coarse = FakeUnit::new(&alloc, true);
     coarse.geometry = Some((48, 1 << 16));
-    let reg = Registry::new(&[&plain, &narrow, &coarse], 20).unwrap();
+    let pasids = PasidAllocator::new(20);
+    let reg = Registry::new(&[&plain, &narrow, &coarse], &pasids).unwrap();
     let ctx = IoasidCtx::new(&reg, &alloc, 0);
     let on = |unit: u8| ctx.bind(label(unit, 9), false).unwrap();
     let (dp, dn, dc) = (on(0), on(1), on(2));
@@ -724,7 +737,8 @@ fn incompatible_attach_names_the_reason_and_changes_nothing() {
 fn failed_unmap_puts_back_what_was_removed() {
     let alloc = test_alloc();
     let (u0, u1) = (FakeUnit::new(&alloc, true), FakeUnit::new(&alloc, true));
-    let reg = Registry::new(&[&u0, &u1], 20).unwrap();
+    let pasids = PasidAllocator::new(20);
+    let reg = Registry::new(&[&u0, &u1], &pasids).unwrap();
     let ctx = IoasidCtx::new(&reg, &alloc, 0);
     let io = ctx.alloc(IoasidFlags::empty()).unwrap();
     ctx.attach(ctx.bind(label(0, 1), false).unwrap(), io)
@@ -749,7 +763,8 @@ fn failed_unmap_puts_back_what_was_removed() {
 fn iova_sizes_are_rounded_to_pages() {
     let alloc = test_alloc();
     let u = FakeUnit::new(&alloc, true);
-    let reg = Registry::new(&[&u], 20).unwrap();
+    let pasids = PasidAllocator::new(20);
+    let reg = Registry::new(&[&u], &pasids).unwrap();
     let ctx = IoasidCtx::new(&reg, &alloc, 0);
     let io = ctx.alloc(IoasidFlags::empty()).unwrap();
     assert_eq!(
@@ -771,7 +786,8 @@ fn iova_sizes_are_rounded_to_pages() {
 fn dropping_a_context_tears_everything_down_in_order() {
     let alloc = test_alloc();
     let (u0, u1) = (FakeUnit::new(&alloc, true), FakeUnit::new(&alloc, true));
-    let reg = Registry::new(&[&u0, &u1], 20).unwrap();
+    let pasids = PasidAllocator::new(20);
+    let reg = Registry::new(&[&u0, &u1], &pasids).unwrap();
     let empty = alloc.stats().live_pages;
     {
         let ctx = IoasidCtx::new(&reg, &alloc, 4);
@@ -841,7 +857,8 @@ fn the_context_is_sync() {
 fn mapping_the_last_physical_page() {
     let alloc = test_alloc();
     let u = FakeUnit::new(&alloc, true);
-    let reg = Registry::new(&[&u], 20).unwrap();
+    let pasids = PasidAllocator::new(20);
+    let reg = Registry::new(&[&u], &pasids).unwrap();
     let ctx = IoasidCtx::new(&reg, &alloc, 0);
     let io = ctx.alloc(IoasidFlags::empty()).unwrap();
     let top = PhysAddr::new(u64::MAX - (2 * K4 - 1));
@@ -872,7 +889,8 @@ fn mapping_the_last_physical_page() {
 fn devices_of_one_unit_share_the_domain() {
     let alloc = test_alloc();
     let u = FakeUnit::new(&alloc, true);
-    let reg = Registry::new(&[&u], 20).unwrap();
+    let pasids = PasidAllocator::new(20);
+    let reg = Registry::new(&[&u], &pasids).unwrap();
     let ctx = IoasidCtx::new(&reg, &alloc, 0);
     let io = ctx.alloc(IoasidFlags::ENFORCE_SNOOP).unwrap();
     let (a, b) = (
@@ -895,4 +913,15 @@ fn the_record_geometry_is_valid() {
     let r = super::record::Record::new();
     assert_eq!(r.geometry().validate(), Ok(()));
     assert_eq!(r.geometry().ias, RECORD_IAS);
+}
+
+/// The registry is what every embedder builds first, often on a kernel stack: it must stay
+/// small (the PASID bitmap lives outside it, in a static).
+#[test]
+fn the_registry_fits_a_kernel_stack() {
+    assert!(
+        core::mem::size_of::<Registry<'static>>() <= 8 << 10,
+        "Registry is {} bytes",
+        core::mem::size_of::<Registry<'static>>()
+    );
 }
