@@ -368,6 +368,16 @@ pub unsafe extern "C" fn ie_ctx_free(ctx: *mut IeCtx, ioasid: u32) -> i32 {
     })())
 }
 
+/// An attach refused before it reached the context: `*reason` (if not NULL) is
+/// `IeMissing::None`, as after every call that did not fail with `IE_STATUS_INCOMPATIBLE`.
+fn refused(e: IeStatus, reason: *mut u32) -> i32 {
+    // SAFETY: the C contract: `reason` is NULL or writable.
+    if let Some(out) = unsafe { reason.as_mut() } {
+        *out = IeMissing::None as u32;
+    }
+    e as i32
+}
+
 /// Writes why an attach failed to `reason` (if not NULL) and returns the status.
 fn attach_result(r: Result<(), crate::ioasid::Error>, reason: *mut u32) -> i32 {
     let missing = match r {
@@ -394,13 +404,10 @@ pub unsafe extern "C" fn ie_ctx_attach(
     ioasid: u32,
     reason: *mut u32,
 ) -> i32 {
-    match (
-        ctx_obj(ctx),
-        self::device(ctx, device),
-        self::ioasid(ioasid),
-    ) {
-        (Ok(c), Ok(d), Ok(i)) => attach_result(c.value.ctx.attach(d, i), reason),
-        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => e as i32,
+    let r = ctx_obj(ctx).and_then(|c| Ok((c, self::device(ctx, device)?, self::ioasid(ioasid)?)));
+    match r {
+        Ok((c, d, i)) => attach_result(c.value.ctx.attach(d, i), reason),
+        Err(e) => refused(e, reason),
     }
 }
 
@@ -417,15 +424,17 @@ pub unsafe extern "C" fn ie_ctx_attach_pasid(
     ioasid: u32,
     reason: *mut u32,
 ) -> i32 {
-    let args = (
-        ctx_obj(ctx),
-        self::device(ctx, device),
-        self::pasid(pasid),
-        self::ioasid(ioasid),
-    );
-    match args {
-        (Ok(c), Ok(d), Ok(p), Ok(i)) => attach_result(c.value.ctx.attach_pasid(d, p, i), reason),
-        (Err(e), ..) | (_, Err(e), ..) | (_, _, Err(e), _) | (.., Err(e)) => e as i32,
+    let r = ctx_obj(ctx).and_then(|c| {
+        Ok((
+            c,
+            self::device(ctx, device)?,
+            self::pasid(pasid)?,
+            self::ioasid(ioasid)?,
+        ))
+    });
+    match r {
+        Ok((c, d, p, i)) => attach_result(c.value.ctx.attach_pasid(d, p, i), reason),
+        Err(e) => refused(e, reason),
     }
 }
 
@@ -545,6 +554,9 @@ pub unsafe extern "C" fn ie_ctx_translate(
 ) -> i32 {
     code((|| {
         let c = ctx_obj(ctx)?;
+        if pa.is_null() {
+            return Err(IeStatus::InvalidArgument);
+        }
         let m = c
             .value
             .ctx
