@@ -17,16 +17,6 @@
 #include <stddef.h>
 #include <stdint.h>
 
-// The stream table layout of an SMMUv3 unit.
-typedef enum {
-  // Two-level when the unit supports it and more than 256 StreamIDs are covered.
-  IE_STREAM_TABLE_AUTO = 0,
-  // One array of STEs.
-  IE_STREAM_TABLE_LINEAR = 1,
-  // Two-level with 256-STE leaves allocated on demand.
-  IE_STREAM_TABLE_TWO_LEVEL = 2,
-} IeStreamTable;
-
 // The result of a C ABI call.
 typedef enum {
   // Success.
@@ -114,6 +104,16 @@ typedef enum {
   // Privileged access only (first-stage formats).
   IE_PROT_PRIV = (1 << 3),
 } IeProt;
+
+// The stream table layout of an SMMUv3 unit.
+typedef enum {
+  // Two-level when the unit supports it and more than 256 StreamIDs are covered.
+  IE_STREAM_TABLE_AUTO = 0,
+  // One array of STEs.
+  IE_STREAM_TABLE_LINEAR = 1,
+  // Two-level with 256-STE leaves allocated on demand.
+  IE_STREAM_TABLE_TWO_LEVEL = 2,
+} IeStreamTable;
 
 // An IOASID context: what one process or VM holds.
 typedef struct IeCtx IeCtx;
@@ -251,8 +251,10 @@ typedef struct {
 
 // How to run an SMMUv3 ([`ie_smmu_config_default`] fills in the defaults).
 typedef struct {
-  // Stream table layout.
-  IeStreamTable stream_table;
+  // Stream table layout: an `IeStreamTable` value. A `uint32_t` rather than the enum type
+  // so that any value a C caller stores is a valid Rust value; others are refused with
+  // `IE_STATUS_INVALID_ARGUMENT`.
+  uint32_t stream_table;
   // StreamIDs covered: `2^sid_bits`; 0 for the default (`min(IDR1.SIDSIZE, 16)`).
   uint32_t sid_bits;
   // Register polls before a wait on the unit fails with `IE_STATUS_TIMEOUT`.

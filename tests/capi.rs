@@ -87,3 +87,8 @@ fn run_c_program(name: &str) {
 fn c_seed_flow() {
     run_c_program("seed_flow");
 }
+
+#[test]
+fn c_error_paths() {
+    run_c_program("error_paths");
+}

@@ -110,8 +110,10 @@ pub enum IeStreamTable {
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct IeSmmuConfig {
-    /// Stream table layout.
-    pub stream_table: IeStreamTable,
+    /// Stream table layout: an `IeStreamTable` value. A `uint32_t` rather than the enum type
+    /// so that any value a C caller stores is a valid Rust value; others are refused with
+    /// `IE_STATUS_INVALID_ARGUMENT`.
+    pub stream_table: u32,
     /// StreamIDs covered: `2^sid_bits`; 0 for the default (`min(IDR1.SIDSIZE, 16)`).
     pub sid_bits: u32,
     /// Register polls before a wait on the unit fails with `IE_STATUS_TIMEOUT`.
@@ -121,12 +123,16 @@ pub struct IeSmmuConfig {
     pub bypass_when_disabled: bool,
 }
 
-fn smmu_config(c: &IeSmmuConfig) -> SmmuConfig {
-    SmmuConfig {
+fn smmu_config(c: &IeSmmuConfig) -> Result<SmmuConfig, IeStatus> {
+    const AUTO: u32 = IeStreamTable::Auto as u32;
+    const LINEAR: u32 = IeStreamTable::Linear as u32;
+    const TWO_LEVEL: u32 = IeStreamTable::TwoLevel as u32;
+    Ok(SmmuConfig {
         stream_table: match c.stream_table {
-            IeStreamTable::Auto => StreamTableLayout::Auto,
-            IeStreamTable::Linear => StreamTableLayout::Linear,
-            IeStreamTable::TwoLevel => StreamTableLayout::TwoLevel { split: 8 },
+            AUTO => StreamTableLayout::Auto,
+            LINEAR => StreamTableLayout::Linear,
+            TWO_LEVEL => StreamTableLayout::TwoLevel { split: 8 },
+            _ => return Err(IeStatus::InvalidArgument),
         },
         sid_bits: (c.sid_bits != 0).then_some(c.sid_bits),
         poll_budget: c.poll_budget,
@@ -136,7 +142,7 @@ fn smmu_config(c: &IeSmmuConfig) -> SmmuConfig {
             DisabledTraffic::Abort
         },
         ..SmmuConfig::default()
-    }
+    })
 }
 
 /// Fills `*out` with the default SMMUv3 configuration.
@@ -150,7 +156,7 @@ pub unsafe extern "C" fn ie_smmu_config_default(out: *mut IeSmmuConfig) -> i32 {
     match unsafe { out.as_mut() } {
         Some(out) => {
             *out = IeSmmuConfig {
-                stream_table: IeStreamTable::Auto,
+                stream_table: IeStreamTable::Auto as u32,
                 sid_bits: 0,
                 poll_budget: d.poll_budget,
                 bypass_when_disabled: false,
@@ -226,7 +232,7 @@ pub unsafe extern "C" fn ie_smmu_create(
     code((|| {
         // SAFETY: the caller's contract.
         let (env, regs, config) = unsafe { unit_args(env, regs, config, out) }?;
-        let unit = SmmuUnit::new(regs, env, smmu_config(&config)).map_err(status)?;
+        let unit = SmmuUnit::new(regs, env, smmu_config(&config)?).map_err(status)?;
         publish(env, UnitObj::Smmu(unit), out)
     })())
 }
