@@ -11,7 +11,7 @@ use crate::mem::{Iova, PhysAddr};
 use crate::pgtable::Prot;
 
 use super::env::CEnv;
-use super::object::{handle, Obj, PasidPage};
+use super::object::{checked, handle, Obj, PasidPage, Tagged};
 use super::status::{code, IeMissing, IeStatus};
 use super::unit::{IeUnit, UnitObj};
 
@@ -38,6 +38,14 @@ pub(super) struct CtxObj {
     grants: spin::Mutex<[Option<IncoherentDmaGrant<'static>>; MAX_DEVICES]>,
     ctx: IoasidCtx<'static, 'static, CEnv>,
     registry: NonNull<Obj<RegistryObj>>,
+}
+
+impl Tagged for RegistryObj {
+    const TAG: u64 = u64::from_le_bytes(*b"ie-regis");
+}
+
+impl Tagged for CtxObj {
+    const TAG: u64 = u64::from_le_bytes(*b"ie-ctx\0\0");
 }
 
 // SAFETY: the pointers name objects whose lifetime the user counts guard; the objects
@@ -89,9 +97,9 @@ pub unsafe extern "C" fn ie_registry_create(
             return Err(IeStatus::InvalidArgument);
         }
         let unit_at = |i: usize| -> Result<NonNull<Obj<UnitObj>>, IeStatus> {
-            // SAFETY: `units` has `n_units` readable entries (the caller's contract).
-            NonNull::new(unsafe { *units.add(i) }.cast::<Obj<UnitObj>>())
-                .ok_or(IeStatus::InvalidArgument)
+            // SAFETY: `units` has `n_units` readable entries, each NULL or a handle (the
+            // caller's contract).
+            unsafe { checked((*units.add(i)).cast::<Obj<UnitObj>>()) }
         };
         // SAFETY (for the `'static` below): a live unit; the registry holds a user count on
         // it, so the unit outlives the registry.
@@ -135,8 +143,8 @@ pub unsafe extern "C" fn ie_registry_create(
 #[no_mangle]
 pub unsafe extern "C" fn ie_registry_destroy(registry: *mut IeRegistry) -> i32 {
     code((|| {
-        let obj =
-            NonNull::new(registry.cast::<Obj<RegistryObj>>()).ok_or(IeStatus::InvalidArgument)?;
+        // SAFETY: the caller's contract: NULL or a handle.
+        let obj = unsafe { checked(registry.cast::<Obj<RegistryObj>>()) }?;
         // SAFETY: a live handle (the caller's contract).
         let units = unsafe { obj.as_ref() }.value.units;
         // SAFETY: as above; `destroy` refuses while contexts use it.
@@ -189,7 +197,8 @@ pub unsafe extern "C" fn ie_ctx_create(
 #[no_mangle]
 pub unsafe extern "C" fn ie_ctx_destroy(ctx: *mut IeCtx) -> i32 {
     code((|| {
-        let obj = NonNull::new(ctx.cast::<Obj<CtxObj>>()).ok_or(IeStatus::InvalidArgument)?;
+        // SAFETY: the caller's contract: NULL or a handle.
+        let obj = unsafe { checked(ctx.cast::<Obj<CtxObj>>()) }?;
         // SAFETY: a live handle (the caller's contract).
         let registry = unsafe { obj.as_ref() }.value.registry;
         // SAFETY: as above.

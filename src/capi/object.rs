@@ -1,11 +1,15 @@
 //! Objects the C ABI hands out, placed in pages from the embedder's allocator (the crate has no
 //! heap). Each starts with a header holding the allocator and a count of the objects that borrow
 //! it, so that destroying an object something still uses fails with `Busy` instead of leaving a
-//! dangling reference.
+//! dangling reference. The header also holds a tag naming the object's type, checked on every
+//! handle and cleared by destroy: a handle of the wrong type (a cast in C), or one destroyed
+//! twice while its page has not been reused, is refused with `IE_STATUS_INVALID_ARGUMENT` rather
+//! than reinterpreted. The check is a backstop, not a guarantee: a destroyed handle stays invalid
+//! to use.
 
 use core::mem::{align_of, size_of};
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use crate::ioasid::PasidAllocator;
 use crate::mem::{Page, PageAllocator};
@@ -18,9 +22,20 @@ const MIN_PAGE_LOG2: u32 = 12;
 /// Largest page the embedder must hand out (the `PageAllocator` contract).
 const MAX_PAGE_LOG2: u32 = 20;
 
+/// A type the C ABI hands out as a handle, with the tag its objects carry while alive.
+pub(super) trait Tagged {
+    /// Eight bytes no other handle type uses, never 0.
+    const TAG: u64;
+}
+
+/// The tag of a destroyed object (and of a page that held none).
+const DEAD: u64 = 0;
+
 /// An object of type `T` in its own page.
 #[repr(C)]
 pub(super) struct Obj<T> {
+    /// `T::TAG` while the object is alive; first, so that checking it reads nothing else.
+    tag: AtomicU64,
     env: CEnv,
     page: Page,
     size_log2: u32,
@@ -29,7 +44,7 @@ pub(super) struct Obj<T> {
     pub(super) value: T,
 }
 
-impl<T> Obj<T> {
+impl<T: Tagged> Obj<T> {
     /// Moves `value` into a new page from `env`.
     pub(super) fn create(env: CEnv, value: T) -> Result<NonNull<Self>, IeStatus> {
         let size_log2 = page_log2_for::<Self>().ok_or(IeStatus::NoMemory)?;
@@ -39,6 +54,7 @@ impl<T> Obj<T> {
         // at least 4 KiB, more than `align_of::<Self>()`), and ours alone.
         unsafe {
             ptr.as_ptr().write(Obj {
+                tag: AtomicU64::new(T::TAG),
                 env,
                 page,
                 size_log2,
@@ -72,9 +88,7 @@ impl<T> Obj<T> {
     pub(super) unsafe fn destroy(ptr: NonNull<Self>) -> Result<(), IeStatus> {
         // SAFETY: the caller guarantees `ptr` is a live object.
         let obj = unsafe { ptr.as_ref() };
-        if obj.users.load(Ordering::Acquire) != 0 {
-            return Err(IeStatus::Busy);
-        }
+        obj.claim()?;
         let (env, page, size_log2) = (obj.env, obj.page, obj.size_log2);
         // SAFETY: the object is live and nobody uses it any more (the caller's contract and the
         // count above); it is dropped once, then its page returned.
@@ -86,7 +100,19 @@ impl<T> Obj<T> {
     }
 }
 
-impl<T> Obj<T> {
+impl<T: Tagged> Obj<T> {
+    /// Marks the object destroyed, unless something uses it (`Busy`) or another destroy got
+    /// there first (`InvalidArgument`).
+    fn claim(&self) -> Result<(), IeStatus> {
+        if self.users.load(Ordering::Acquire) != 0 {
+            return Err(IeStatus::Busy);
+        }
+        self.tag
+            .compare_exchange(T::TAG, DEAD, Ordering::AcqRel, Ordering::Acquire)
+            .map(drop)
+            .map_err(|_| IeStatus::InvalidArgument)
+    }
+
     /// Moves the object out to `finish`, which consumes it (or hands it back with an error, and
     /// the object stays as it was), then returns the page; refused while something uses it.
     ///
@@ -99,9 +125,7 @@ impl<T> Obj<T> {
     ) -> Result<(), IeStatus> {
         // SAFETY: the caller guarantees `ptr` is a live object.
         let obj = unsafe { ptr.as_ref() };
-        if obj.users.load(Ordering::Acquire) != 0 {
-            return Err(IeStatus::Busy);
-        }
+        obj.claim()?;
         let (env, page, size_log2) = (obj.env, obj.page, obj.size_log2);
         // SAFETY: `ptr` is live (the caller's contract); no reference to the value is held.
         let value_ptr = unsafe { core::ptr::addr_of_mut!((*ptr.as_ptr()).value) };
@@ -117,6 +141,8 @@ impl<T> Obj<T> {
             Err((value, status)) => {
                 // SAFETY: puts back the value moved out above.
                 unsafe { value_ptr.write(value) };
+                // SAFETY: as above; the object is whole again.
+                unsafe { ptr.as_ref() }.tag.store(T::TAG, Ordering::Release);
                 Err(status)
             }
         }
@@ -140,14 +166,30 @@ const fn page_log2_for<T>() -> Option<u32> {
     None
 }
 
+/// Checks a C handle: not NULL, and tagged as a live `T`.
+///
+/// # Safety
+///
+/// `ptr` is NULL or a live handle the crate returned (of any type: the tag tells them apart).
+pub(super) unsafe fn checked<T: Tagged>(ptr: *mut Obj<T>) -> Result<NonNull<Obj<T>>, IeStatus> {
+    let ptr = NonNull::new(ptr).ok_or(IeStatus::InvalidArgument)?;
+    // SAFETY: every handle starts with the tag (`repr(C)`, first field), whatever its type; only
+    // the tag is read before it has been checked.
+    let tag = unsafe { &*core::ptr::addr_of!((*ptr.as_ptr()).tag) };
+    if tag.load(Ordering::Acquire) != T::TAG {
+        return Err(IeStatus::InvalidArgument);
+    }
+    Ok(ptr)
+}
+
 /// Borrows the object behind a C handle.
 ///
 /// # Safety
 ///
-/// `ptr` is NULL or a live handle of type `T` the crate returned.
-pub(super) unsafe fn handle<'h, T>(ptr: *mut Obj<T>) -> Result<&'h Obj<T>, IeStatus> {
-    // SAFETY: the caller guarantees `ptr` is null or live.
-    unsafe { ptr.as_ref() }.ok_or(IeStatus::InvalidArgument)
+/// As for [`checked`].
+pub(super) unsafe fn handle<'h, T: Tagged>(ptr: *mut Obj<T>) -> Result<&'h Obj<T>, IeStatus> {
+    // SAFETY: the caller's contract; `checked` saw a live `T`.
+    unsafe { checked(ptr).map(|p| p.as_ref()) }
 }
 
 /// The system's PASID allocator, built in place in a zeroed page of its own: its 128 KiB bitmap

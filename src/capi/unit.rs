@@ -1,13 +1,11 @@
 //! Units over C: creation of VT-d and SMMUv3 units on the embedder's register window.
 
-use core::ptr::NonNull;
-
 use crate::iommu::{self, Iommu};
 use crate::smmuv3::{DisabledTraffic, SmmuConfig, SmmuUnit, StreamTableLayout};
 use crate::vtd::unit::{Mode, VtdConfig, VtdUnit};
 
 use super::env::{CEnv, CRegs, IeEnv, IeRegs};
-use super::object::{handle, Obj};
+use super::object::{checked, handle, Obj, Tagged};
 use super::status::{code, IeStatus};
 
 /// One IOMMU unit (a VT-d remapping unit or an SMMUv3).
@@ -23,6 +21,10 @@ pub struct IeUnit {
 pub(super) enum UnitObj {
     Vtd(VtdUnit<CRegs, CEnv>),
     Smmu(SmmuUnit<CRegs, CEnv>),
+}
+
+impl Tagged for UnitObj {
+    const TAG: u64 = u64::from_le_bytes(*b"ie-unit\0");
 }
 
 impl UnitObj {
@@ -306,7 +308,8 @@ pub unsafe extern "C" fn ie_unit_drain_faults(unit: *mut IeUnit, max: u32, count
 #[no_mangle]
 pub unsafe extern "C" fn ie_unit_destroy(unit: *mut IeUnit) -> i32 {
     code((|| {
-        let obj = NonNull::new(unit.cast::<Obj<UnitObj>>()).ok_or(IeStatus::InvalidArgument)?;
+        // SAFETY: the caller's contract: NULL or a handle.
+        let obj = unsafe { checked(unit.cast::<Obj<UnitObj>>()) }?;
         // SAFETY: a live handle (the caller's contract); refused while a registry uses it.
         unsafe {
             Obj::destroy_with(obj, |value| match value {

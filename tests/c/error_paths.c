@@ -219,17 +219,34 @@ static void scalable_flow(IeSimArena *arena, const IeEnv *env)
     CHECK(faults == 0, "faults left after a drain: %u", faults);
     OK(ie_unit_drain_faults(unit, 16, NULL));
 
+    /* A handle of the wrong type (a cast) is refused, not reinterpreted. */
+    IS(ie_unit_enable((IeUnit *)ctx), IE_STATUS_INVALID_ARGUMENT);
+    IS(ie_unit_destroy((IeUnit *)registry), IE_STATUS_INVALID_ARGUMENT);
+    IS(ie_ctx_map((IeCtx *)unit, 0, 0, 0, KIB4, IE_PROT_READ), IE_STATUS_INVALID_ARGUMENT);
+    IS(ie_ctx_destroy((IeCtx *)registry), IE_STATUS_INVALID_ARGUMENT);
+    IS(ie_ctx_create((IeRegistry *)ctx, 0, NULL), IE_STATUS_INVALID_ARGUMENT);
+    IS(ie_registry_destroy((IeRegistry *)unit), IE_STATUS_INVALID_ARGUMENT);
+    IeUnit *const not_units[1] = { (IeUnit *)ctx };
+    IeRegistry *other = NULL;
+    IS(ie_registry_create(env, not_units, 1, 20, &other), IE_STATUS_INVALID_ARGUMENT);
+    CHECK(!ie_ctx_incoherent_dma_allowed((IeCtx *)unit), "a unit is no context");
+
     /* Destroy order: every out-of-order destroy is refused and changes nothing. */
     IS(ie_ctx_unbind(ctx, dev), IE_STATUS_BUSY);
     IS(ie_registry_destroy(registry), IE_STATUS_BUSY);
     IS(ie_unit_destroy(unit), IE_STATUS_BUSY);
     OK(ie_ctx_destroy(ctx));
+    /* A second destroy is a contract violation; while the page is not reused (the arena here
+     * hands out a different one first) the cleared tag catches it. */
+    IS(ie_ctx_destroy(ctx), IE_STATUS_INVALID_ARGUMENT);
     IS(ie_unit_destroy(unit), IE_STATUS_BUSY);
     OK(ie_registry_destroy(registry));
+    IS(ie_registry_destroy(registry), IE_STATUS_INVALID_ARGUMENT);
     IS(ie_unit_destroy(unit), IE_STATUS_BUSY); /* still enabled */
     IS(ie_sim_arena_destroy(arena), IE_STATUS_BUSY); /* a model is left */
     OK(ie_unit_disable(unit));
     OK(ie_unit_destroy(unit));
+    IS(ie_unit_destroy(unit), IE_STATUS_INVALID_ARGUMENT);
     OK(ie_sim_model_destroy(model));
 }
 
