@@ -1,6 +1,6 @@
 //! The IOASID layer over C: a registry of units, contexts, and every context operation.
 
-use core::ptr::NonNull;
+use core::ptr::{addr_of_mut, NonNull};
 
 use crate::ioasid::{
     DeviceHandle, DeviceLabel, IncoherentDmaGrant, IoasidCtx, IoasidFlags, IoasidId,
@@ -175,15 +175,20 @@ pub unsafe extern "C" fn ie_ctx_create(
         // SAFETY: the context holds a user count on the registry, which therefore outlives it:
         // `'static` stands for that.
         let reg_static: &'static Obj<RegistryObj> = unsafe { &*(reg as *const Obj<RegistryObj>) };
-        let ctx = IoasidCtx::new(&reg_static.value.registry, reg_static.env(), pasid_quota);
-        let obj = Obj::create(
-            *reg.env(),
-            CtxObj {
-                grants: spin::Mutex::new([const { None }; MAX_DEVICES]),
-                ctx,
-                registry: NonNull::from(reg),
-            },
-        )?;
+        let obj = Obj::create_with(*reg.env(), |slot: *mut CtxObj| {
+            // SAFETY: `slot` is writable and aligned (`create_with`); each field is written
+            // once, in place, so the context never exists on the stack as part of a `CtxObj`.
+            unsafe {
+                addr_of_mut!((*slot).grants).write(spin::Mutex::new([const { None }; MAX_DEVICES]));
+                addr_of_mut!((*slot).registry).write(NonNull::from(reg));
+                addr_of_mut!((*slot).ctx).write(IoasidCtx::new(
+                    &reg_static.value.registry,
+                    reg_static.env(),
+                    pasid_quota,
+                ));
+            }
+            Ok(())
+        })?;
         reg.acquire();
         put(out, obj.as_ptr().cast())
     })())
@@ -264,7 +269,7 @@ pub unsafe extern "C" fn ie_ctx_unbind(ctx: *mut IeCtx, device: u32) -> i32 {
     })())
 }
 
-/// What a device's unit can do, as [`ie_ctx_device_info`] reports it.
+/// What a device's unit can do, as ie_ctx_device_info() reports it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct IeDeviceInfo {
@@ -327,7 +332,7 @@ pub unsafe extern "C" fn ie_ctx_device_info(
     })())
 }
 
-/// Flags of [`ie_ctx_alloc`], fixed for the IOASID's life; OR them together.
+/// Flags of ie_ctx_alloc(), fixed for the IOASID's life; OR them together.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IeIoasidFlag {
@@ -420,8 +425,8 @@ pub unsafe extern "C" fn ie_ctx_attach(
     }
 }
 
-/// Attaches a (device, PASID) pair to an IOASID allocated with `IE_IOASID_PASID`; `reason` as
-/// for [`ie_ctx_attach`].
+/// Attaches a (device, PASID) pair to an IOASID allocated with `IE_IOASID_FLAG_PASID`; `reason` as
+/// for ie_ctx_attach().
 ///
 /// # Safety
 /// `ctx` is a live context handle; `reason` is NULL or writable.
@@ -472,7 +477,7 @@ pub unsafe extern "C" fn ie_ctx_detach_pasid(ctx: *mut IeCtx, device: u32, pasid
     })())
 }
 
-/// Permissions of [`ie_ctx_map`]; OR them together.
+/// Permissions of ie_ctx_map(); OR them together.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IeProt {

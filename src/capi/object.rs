@@ -47,22 +47,39 @@ pub(super) struct Obj<T> {
 impl<T: Tagged> Obj<T> {
     /// Moves `value` into a new page from `env`.
     pub(super) fn create(env: CEnv, value: T) -> Result<NonNull<Self>, IeStatus> {
+        // SAFETY: `slot` is writable (`create_with`'s contract).
+        Self::create_with(env, |slot| Ok(unsafe { slot.write(value) }))
+    }
+
+    /// Has `make` write the value into a new page from `env`: the page is taken first, so that
+    /// the value can be built straight into it rather than moved through the stack once more
+    /// (large values: a context is tens of KiB). `make` receives a writable, aligned, uninitialised
+    /// slot and must have written a whole `T` when it returns `Ok`; if it fails, the page goes
+    /// back.
+    pub(super) fn create_with(
+        env: CEnv,
+        make: impl FnOnce(*mut T) -> Result<(), IeStatus>,
+    ) -> Result<NonNull<Self>, IeStatus> {
         let size_log2 = page_log2_for::<Self>().ok_or(IeStatus::NoMemory)?;
         let page = env.alloc(size_log2).ok_or(IeStatus::NoMemory)?;
-        let ptr = page.va.cast::<Self>();
+        let obj = page.va.cast::<Self>();
+        let ptr = obj.as_ptr();
         // SAFETY: the page is at least `size_of::<Self>()` bytes, aligned to its size (which is
-        // at least 4 KiB, more than `align_of::<Self>()`), and ours alone.
+        // at least 4 KiB, and at least `align_of::<Self>()`: `page_log2_for`), and ours alone.
+        // Every field is written once before the object is handed out; the tag last, so that
+        // nothing takes a half-built object for a live one.
         unsafe {
-            ptr.as_ptr().write(Obj {
-                tag: AtomicU64::new(T::TAG),
-                env,
-                page,
-                size_log2,
-                users: AtomicU32::new(0),
-                value,
-            })
-        };
-        Ok(ptr)
+            if let Err(e) = make(core::ptr::addr_of_mut!((*ptr).value)) {
+                env.free(page, size_log2);
+                return Err(e);
+            }
+            core::ptr::addr_of_mut!((*ptr).env).write(env);
+            core::ptr::addr_of_mut!((*ptr).page).write(page);
+            core::ptr::addr_of_mut!((*ptr).size_log2).write(size_log2);
+            core::ptr::addr_of_mut!((*ptr).users).write(AtomicU32::new(0));
+            core::ptr::addr_of_mut!((*ptr).tag).write(AtomicU64::new(T::TAG));
+        }
+        Ok(obj)
     }
 
     /// Counts one more user of this object.

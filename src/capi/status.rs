@@ -1,7 +1,7 @@
 //! Status codes of the C ABI and their errno mapping.
 //!
 //! Every `ie_*` function returns an [`IeStatus`] as `int32_t`: 0 on success, a positive code
-//! otherwise. [`ie_status_errno`] turns a code into the negative errno a Linux module would
+//! otherwise. ie_status_errno() turns a code into the negative errno a Linux module would
 //! return for the same failure, so a C embedder can hand it straight to its callers.
 
 use crate::ioasid;
@@ -49,7 +49,7 @@ pub enum IeStatus {
 }
 
 impl IeStatus {
-    /// The negative errno for this status (0 for [`IeStatus::Ok`]).
+    /// The negative errno for this status (0 for `IE_STATUS_OK`).
     pub const fn errno(self) -> i32 {
         // Linux errno values (asm-generic/errno-base.h, errno.h).
         -match self {
@@ -70,7 +70,7 @@ impl IeStatus {
     }
 }
 
-/// Which capability an [`IeStatus::Incompatible`] attach lacked (`reason` out-parameters).
+/// Which capability an `IE_STATUS_INCOMPATIBLE` attach lacked (`reason` out-parameters).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IeMissing {

@@ -41,7 +41,7 @@ fn status<E: Into<iommu::Error>>(e: E) -> IeStatus {
     IeStatus::from(e.into())
 }
 
-/// How to run a VT-d unit ([`ie_vtd_config_default`] fills in the defaults).
+/// How to run a VT-d unit (ie_vtd_config_default() fills in the defaults).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct IeVtdConfig {
@@ -108,7 +108,7 @@ pub enum IeStreamTable {
     TwoLevel = 2,
 }
 
-/// How to run an SMMUv3 ([`ie_smmu_config_default`] fills in the defaults).
+/// How to run an SMMUv3 (ie_smmu_config_default() fills in the defaults).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct IeSmmuConfig {
@@ -172,7 +172,7 @@ pub unsafe extern "C" fn ie_smmu_config_default(out: *mut IeSmmuConfig) -> i32 {
 /// Validates the common arguments of unit creation.
 ///
 /// # Safety
-/// As for [`ie_vtd_create`].
+/// As for ie_vtd_create().
 unsafe fn unit_args<C: Copy>(
     env: *const IeEnv,
     regs: *const IeRegs,
@@ -191,14 +191,20 @@ unsafe fn unit_args<C: Copy>(
     Ok((env, regs, config))
 }
 
-fn publish(env: CEnv, unit: UnitObj, out: *mut *mut IeUnit) -> Result<(), IeStatus> {
-    let obj = Obj::create(env, unit)?;
+/// Builds a unit straight into its page (a unit is 13-18 KiB: not one more copy on the stack).
+fn publish(
+    env: CEnv,
+    make: impl FnOnce() -> Result<UnitObj, IeStatus>,
+    out: *mut *mut IeUnit,
+) -> Result<(), IeStatus> {
+    // SAFETY: `slot` is writable and aligned (`create_with`).
+    let obj = Obj::create_with(env, |slot: *mut UnitObj| Ok(unsafe { slot.write(make()?) }))?;
     // SAFETY: checked non-null and writable by the caller's contract.
     unsafe { *out = obj.as_ptr().cast() };
     Ok(())
 }
 
-/// Creates a VT-d unit on `regs` (not yet enabled: see [`ie_unit_enable`]). Reads CAP/ECAP
+/// Creates a VT-d unit on `regs` (not yet enabled: see ie_unit_enable()). Reads CAP/ECAP
 /// and refuses a configuration the unit cannot run (`IE_STATUS_UNSUPPORTED`).
 ///
 /// # Safety
@@ -214,16 +220,20 @@ pub unsafe extern "C" fn ie_vtd_create(
     code((|| {
         // SAFETY: the caller's contract.
         let (env, regs, config) = unsafe { unit_args(env, regs, config, out) }?;
-        let unit = VtdUnit::new(regs, env, config.into()).map_err(status)?;
-        publish(env, UnitObj::Vtd(unit), out)
+        let make = || {
+            Ok(UnitObj::Vtd(
+                VtdUnit::new(regs, env, config.into()).map_err(status)?,
+            ))
+        };
+        publish(env, make, out)
     })())
 }
 
 /// Creates an SMMUv3 unit on `regs` (a 128 KiB window; not yet enabled: see
-/// [`ie_unit_enable`]).
+/// ie_unit_enable()).
 ///
 /// # Safety
-/// As for [`ie_vtd_create`].
+/// As for ie_vtd_create().
 #[no_mangle]
 pub unsafe extern "C" fn ie_smmu_create(
     env: *const IeEnv,
@@ -234,8 +244,13 @@ pub unsafe extern "C" fn ie_smmu_create(
     code((|| {
         // SAFETY: the caller's contract.
         let (env, regs, config) = unsafe { unit_args(env, regs, config, out) }?;
-        let unit = SmmuUnit::new(regs, env, smmu_config(&config)?).map_err(status)?;
-        publish(env, UnitObj::Smmu(unit), out)
+        let config = smmu_config(&config)?;
+        let make = || {
+            Ok(UnitObj::Smmu(
+                SmmuUnit::new(regs, env, config).map_err(status)?,
+            ))
+        };
+        publish(env, make, out)
     })())
 }
 
