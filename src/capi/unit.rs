@@ -1,5 +1,7 @@
 //! Units over C: creation of VT-d and SMMUv3 units on the embedder's register window.
 
+use core::ptr::NonNull;
+
 use crate::iommu::{self, Iommu};
 use crate::smmuv3::{DisabledTraffic, SmmuConfig, SmmuUnit, StreamTableLayout};
 use crate::vtd::unit::{Mode, VtdConfig, VtdUnit};
@@ -325,22 +327,47 @@ pub unsafe extern "C" fn ie_unit_destroy(unit: *mut IeUnit) -> i32 {
     code((|| {
         // SAFETY: the caller's contract: NULL or a handle.
         let obj = unsafe { checked(unit.cast::<Obj<UnitObj>>()) }?;
-        // SAFETY: a live handle (the caller's contract); refused while a registry uses it.
-        unsafe {
-            Obj::destroy_with(obj, |value| match value {
-                // A table that pointed outside the allocator (`leaked`) cannot be given back by
-                // anyone: the rest is freed and the handle is gone either way.
-                UnitObj::Vtd(u) => u
-                    .release()
-                    .map(drop)
-                    .map_err(|(u, _)| (UnitObj::Vtd(u), IeStatus::Busy)),
-                UnitObj::Smmu(u) if u.is_enabled() => Err((UnitObj::Smmu(u), IeStatus::Busy)),
-                // Its stream table, CD tables and queues return their pages when dropped.
-                UnitObj::Smmu(u) => {
-                    drop(u);
-                    Ok(())
-                }
-            })
+        // SAFETY: `checked` saw a live unit.
+        let (enabled, smmu) = match &unsafe { obj.as_ref() }.value {
+            UnitObj::Vtd(u) => (u.is_enabled(), false),
+            UnitObj::Smmu(u) => (u.is_enabled(), true),
+        };
+        if enabled {
+            // Refused by reference: moving a unit (13-18 KiB) out and back costs kernel stack.
+            return Err(IeStatus::Busy);
         }
+        if smmu {
+            // Its stream table, CD tables and queues return their pages when dropped in place.
+            // SAFETY: a live handle (the caller's contract); refused while a registry uses it.
+            return unsafe { Obj::destroy(obj) };
+        }
+        // SAFETY: as above.
+        unsafe { release_vtd(obj) }
     })())
+}
+
+/// Releases a disabled VT-d unit and returns its page. Out of line: `VtdUnit::release` takes
+/// the unit by value, so this frame holds it (and the error that would hand it back) -- the
+/// other calls need not pay that stack.
+///
+/// # Safety
+/// `obj` is a live unit handle, not used again after success.
+#[inline(never)]
+#[allow(clippy::result_large_err)]
+unsafe fn release_vtd(obj: NonNull<Obj<UnitObj>>) -> Result<(), IeStatus> {
+    // SAFETY: the caller's contract; refused while a registry uses it.
+    unsafe {
+        Obj::destroy_with(obj, |value| match value {
+            // A table that pointed outside the allocator (`leaked`) cannot be given back by
+            // anyone: the rest is freed and the handle is gone either way.
+            UnitObj::Vtd(u) => u
+                .release()
+                .map(drop)
+                .map_err(|(u, _)| (UnitObj::Vtd(u), IeStatus::Busy)),
+            UnitObj::Smmu(u) => {
+                drop(u);
+                Ok(())
+            }
+        })
+    }
 }
