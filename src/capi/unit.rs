@@ -3,7 +3,7 @@
 use core::ptr::NonNull;
 
 use crate::iommu::{self, Iommu};
-use crate::smmuv3::{DisabledTraffic, SmmuConfig, SmmuUnit, StreamTableLayout};
+use crate::smmuv3::{DisabledTraffic, SmmuConfig, SmmuError, SmmuUnit, StreamTableLayout};
 use crate::vtd::unit::{Mode, VtdConfig, VtdUnit};
 
 use super::env::{CEnv, CRegs, IeEnv, IeRegs};
@@ -41,6 +41,16 @@ impl UnitObj {
 
 fn status<E: Into<iommu::Error>>(e: E) -> IeStatus {
     IeStatus::from(e.into())
+}
+
+/// An SMMUv3 creation error: a size the configuration asks for and the unit's ID registers do
+/// not offer (`sid_bits` above `IDR1.SIDSIZE`, ...) is a configuration the unit cannot run,
+/// `IE_STATUS_UNSUPPORTED` as documented, not a hardware error.
+fn smmu_create_status(e: SmmuError) -> IeStatus {
+    match e {
+        SmmuError::SizeUnsupported { .. } => IeStatus::Unsupported,
+        e => status(e),
+    }
 }
 
 /// How to run a VT-d unit (ie_vtd_config_default() fills in the defaults).
@@ -232,7 +242,9 @@ pub unsafe extern "C" fn ie_vtd_create(
 }
 
 /// Creates an SMMUv3 unit on `regs` (a 128 KiB window; not yet enabled: see
-/// ie_unit_enable()).
+/// ie_unit_enable()). Reads the ID registers and refuses a configuration the unit cannot run
+/// (`IE_STATUS_UNSUPPORTED`, e.g. `sid_bits` above `IDR1.SIDSIZE`) or an invalid one
+/// (`IE_STATUS_INVALID_ARGUMENT`).
 ///
 /// # Safety
 /// As for ie_vtd_create().
@@ -249,7 +261,7 @@ pub unsafe extern "C" fn ie_smmu_create(
         let config = smmu_config(&config)?;
         let make = || {
             Ok(UnitObj::Smmu(
-                SmmuUnit::new(regs, env, config).map_err(status)?,
+                SmmuUnit::new(regs, env, config).map_err(smmu_create_status)?,
             ))
         };
         publish(env, make, out)

@@ -127,6 +127,17 @@ static void bad_smmu_config(IeSimArena *arena, const IeEnv *env)
     IS(ie_smmu_create(env, &regs, &scfg, &unit), IE_STATUS_INVALID_ARGUMENT);
     if (unit != NULL)
         ie_unit_destroy(unit);
+    /* Extreme widths: refused or clamped, never a panic (an abort of the whole kernel). */
+    static const uint32_t sid_bits[] = { 32, 33, 64, 255, UINT32_MAX };
+    for (size_t i = 0; i < sizeof sid_bits / sizeof sid_bits[0]; i++) {
+        OK(ie_smmu_config_default(&scfg));
+        scfg.sid_bits = sid_bits[i];
+        unit = NULL;
+        st = ie_smmu_create(env, &regs, &scfg, &unit);
+        CHECK(st == IE_STATUS_UNSUPPORTED, "sid_bits %u: status %d", sid_bits[i], (int)st);
+        if (unit != NULL)
+            ie_unit_destroy(unit);
+    }
     OK(ie_sim_model_destroy(model));
 }
 
@@ -143,9 +154,41 @@ static void scalable_flow(IeSimArena *arena, const IeEnv *env)
     OK(ie_vtd_config_default(&vcfg));
     vcfg.scalable = true;
     IeUnit *unit = NULL;
+    static const uint32_t widths[] = { 1, 64, 65, 255, UINT32_MAX };
+    for (size_t i = 0; i < sizeof widths / sizeof widths[0]; i++) {
+        IeVtdConfig odd = vcfg;
+        odd.queue_pages_log2 = (uint8_t)(widths[i] > 255 ? 255 : widths[i] + 7);
+        odd.pasid_bits = widths[i];
+        odd.host_address_width = widths[i];
+        odd.poll_budget = widths[i] == 1 ? 0 : UINT32_MAX;
+        st = ie_vtd_create(env, &regs, &odd, &unit);
+        CHECK(st != IE_STATUS_OK || unit != NULL, "width %u: status %d", widths[i], (int)st);
+        if (unit != NULL) {
+            ie_unit_destroy(unit);
+            unit = NULL;
+        }
+    }
     OK(ie_vtd_create(env, &regs, &vcfg, &unit));
     OK(ie_unit_enable(unit));
     IeRegistry *registry = NULL;
+    IeUnit *const one[1] = { unit };
+    static const uint32_t pasid_bits[] = { 0, 21, 32, UINT32_MAX };
+    for (size_t i = 0; i < sizeof pasid_bits / sizeof pasid_bits[0]; i++) {
+        st = ie_registry_create(env, one, 1, pasid_bits[i], &registry);
+        if (st == IE_STATUS_OK) {
+            IeCtx *big = NULL;
+            OK(ie_ctx_create(registry, UINT32_MAX, &big));
+            uint32_t p = 0;
+            st = ie_ctx_alloc_pasid(big, &p);
+            CHECK(st == IE_STATUS_OK || st == IE_STATUS_NO_SPACE, "pasid_bits %u: %d",
+                  pasid_bits[i], (int)st);
+            OK(ie_ctx_destroy(big));
+            OK(ie_registry_destroy(registry));
+        } else {
+            CHECK(st == IE_STATUS_INVALID_ARGUMENT, "pasid_bits %u: %d", pasid_bits[i], (int)st);
+        }
+        registry = NULL;
+    }
     IeUnit *const units[1] = { unit };
     IS(ie_registry_create(env, units, 0, 20, &registry), IE_STATUS_INVALID_ARGUMENT);
     IS(ie_registry_create(env, units, 9, 20, &registry), IE_STATUS_INVALID_ARGUMENT);
