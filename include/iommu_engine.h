@@ -1,11 +1,35 @@
 /*
  * iommu-engine: C ABI. SPDX-License-Identifier: MIT OR Apache-2.0
  *
- * Every function returns an IeStatus as int32_t (0 = IE_STATUS_OK); ie_status_errno() maps it to
- * the negative errno a Linux module would return. Objects (units, registries, contexts) live in
- * pages from the embedder's IeEnv; destroy them in reverse order of creation (a destroy that would
- * leave a dangling user returns IE_STATUS_BUSY). See src/capi/mod.rs for the embedder's
- * obligations: locking, memory ordering and which calls may be made where.
+ * Results: every function returns an IeStatus as int32_t (0 = IE_STATUS_OK); ie_status_errno()
+ * maps it to the negative errno a Linux module would return. Enum values (IeStatus, IeMissing,
+ * IeIoasidFlag, IeProt, IeStreamTable) always cross the boundary as int32_t / uint32_t, never as
+ * the enum type, so that any integer a caller passes is checked, not undefined. bool is C99
+ * _Bool (one byte, 0 or 1), the same as Rust's bool.
+ *
+ * Symbols: the library needs none from the embedder; its services come in as the function
+ * pointers of IeEnv (memory) and IeRegs (registers).
+ *
+ * Objects: units, registries and contexts live in pages from the embedder's IeEnv. Destroy them
+ * in reverse order of creation: contexts, then registries, then units (after ie_unit_disable()),
+ * then the memory and register windows behind IeEnv / IeRegs. A destroy that would strand a user
+ * returns IE_STATUS_BUSY and changes nothing. A handle of the wrong type, or one already
+ * destroyed, is refused with IE_STATUS_INVALID_ARGUMENT as long as its page has not been reused:
+ * a backstop, not a licence to use a destroyed handle.
+ *
+ * Threads: every function may be called from any CPU; map/unmap on disjoint ranges run
+ * concurrently, configuration calls serialise on the library's spin locks. A handle must not be
+ * used concurrently with, or after, its own destroy.
+ *
+ * Interrupt context: no function sleeps or masks interrupts; calls spin on the library's locks
+ * and on bounded hardware waits (poll_budget). Never call into the library from an interrupt
+ * handler that can interrupt a call into it on the same CPU (a lock held there would deadlock):
+ * drain faults with ie_unit_drain_faults() from a threaded handler or bottom half.
+ *
+ * Stack: most calls use well under 4 KiB. Object creation and VT-d unit destruction move large
+ * objects: x86_64 release builds need about 13 KiB (ie_registry_create), 32 KiB (ie_ctx_create),
+ * 56 KiB (ie_vtd_create, ie_smmu_create) and 64 KiB (ie_unit_destroy of a VT-d unit); debug
+ * builds more. Make these calls at initialisation or from a thread with a large stack.
  */
 
 #ifndef IOMMU_ENGINE_H
@@ -55,7 +79,7 @@ typedef enum {
   IE_STATUS_HARDWARE = 14,
 } IeStatus;
 
-// Which capability an [`IeStatus::Incompatible`] attach lacked (`reason` out-parameters).
+// Which capability an `IE_STATUS_INCOMPATIBLE` attach lacked (`reason` out-parameters).
 typedef enum {
   // Nothing is missing (the call did not fail with `Incompatible`).
   IE_MISSING_NONE = 0,
@@ -81,7 +105,7 @@ typedef enum {
   IE_MISSING_NOT_PASID_CAPABLE = 10,
 } IeMissing;
 
-// Flags of [`ie_ctx_alloc`], fixed for the IOASID's life; OR them together.
+// Flags of ie_ctx_alloc(), fixed for the IOASID's life; OR them together.
 typedef enum {
   // Block no-snoop: every DMA through the IOASID snoops CPU caches.
   IE_IOASID_FLAG_ENFORCE_SNOOP = (1 << 0),
@@ -93,7 +117,7 @@ typedef enum {
   IE_IOASID_FLAG_PASID = (1 << 3),
 } IeIoasidFlag;
 
-// Permissions of [`ie_ctx_map`]; OR them together.
+// Permissions of ie_ctx_map(); OR them together.
 typedef enum {
   // Device reads (DMA from memory).
   IE_PROT_READ = (1 << 0),
@@ -155,7 +179,7 @@ typedef struct {
   void (*sync_for_cpu)(void *ctx, void *va, size_t len);
 } IeEnv;
 
-// What a device's unit can do, as [`ie_ctx_device_info`] reports it.
+// What a device's unit can do, as ie_ctx_device_info() reports it.
 typedef struct {
   // The unit number the device was bound behind.
   uint32_t unit;
@@ -235,7 +259,7 @@ typedef struct {
 } IeSimDma;
 #endif
 
-// How to run a VT-d unit ([`ie_vtd_config_default`] fills in the defaults).
+// How to run a VT-d unit (ie_vtd_config_default() fills in the defaults).
 typedef struct {
   // Scalable mode (PASID tables, first-stage domains); needs `ECAP.SMTS` and `ECAP.QI`.
   bool scalable;
@@ -249,7 +273,7 @@ typedef struct {
   uint32_t host_address_width;
 } IeVtdConfig;
 
-// How to run an SMMUv3 ([`ie_smmu_config_default`] fills in the defaults).
+// How to run an SMMUv3 (ie_smmu_config_default() fills in the defaults).
 typedef struct {
   // Stream table layout: an `IeStreamTable` value. A `uint32_t` rather than the enum type
   // so that any value a C caller stores is a valid Rust value; others are refused with
@@ -343,8 +367,8 @@ int32_t ie_ctx_free(IeCtx *ctx, uint32_t ioasid);
 // `ctx` is a live context handle; `reason` is NULL or writable.
 int32_t ie_ctx_attach(IeCtx *ctx, uint32_t device, uint32_t ioasid, uint32_t *reason);
 
-// Attaches a (device, PASID) pair to an IOASID allocated with `IE_IOASID_PASID`; `reason` as
-// for [`ie_ctx_attach`].
+// Attaches a (device, PASID) pair to an IOASID allocated with `IE_IOASID_FLAG_PASID`; `reason` as
+// for ie_ctx_attach().
 //
 // # Safety
 // `ctx` is a live context handle; `reason` is NULL or writable.
@@ -521,7 +545,7 @@ int32_t ie_vtd_config_default(IeVtdConfig *out);
 // `out` is NULL or writable.
 int32_t ie_smmu_config_default(IeSmmuConfig *out);
 
-// Creates a VT-d unit on `regs` (not yet enabled: see [`ie_unit_enable`]). Reads CAP/ECAP
+// Creates a VT-d unit on `regs` (not yet enabled: see ie_unit_enable()). Reads CAP/ECAP
 // and refuses a configuration the unit cannot run (`IE_STATUS_UNSUPPORTED`).
 //
 // # Safety
@@ -533,10 +557,12 @@ int32_t ie_vtd_create(const IeEnv *env,
                       IeUnit **out);
 
 // Creates an SMMUv3 unit on `regs` (a 128 KiB window; not yet enabled: see
-// [`ie_unit_enable`]).
+// ie_unit_enable()). Reads the ID registers and refuses a configuration the unit cannot run
+// (`IE_STATUS_UNSUPPORTED`, e.g. `sid_bits` above `IDR1.SIDSIZE`) or an invalid one
+// (`IE_STATUS_INVALID_ARGUMENT`).
 //
 // # Safety
-// As for [`ie_vtd_create`].
+// As for ie_vtd_create().
 int32_t ie_smmu_create(const IeEnv *env,
                        const IeRegs *regs,
                        const IeSmmuConfig *config,
@@ -555,8 +581,10 @@ int32_t ie_unit_enable(IeUnit *unit);
 // `unit` is a live unit handle.
 int32_t ie_unit_disable(IeUnit *unit);
 
-// Reports and clears pending fault records (VT-d) or events (SMMUv3), at most `max`; writes
-// how many were seen to `*count` (if not NULL). For the embedder's fault interrupt handler.
+// Reports and clears pending fault records (VT-d: every pending record, at most `CAP.NFR`;
+// SMMUv3: at most `max` events) and writes how many were seen to `*count` (if not NULL). For
+// the embedder's fault handling: a threaded interrupt handler, a bottom half or a poll loop,
+// not a hard interrupt handler that may interrupt another call into the library.
 //
 // # Safety
 // `unit` is a live unit handle; `count` is NULL or writable.

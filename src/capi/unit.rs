@@ -298,8 +298,10 @@ pub unsafe extern "C" fn ie_unit_disable(unit: *mut IeUnit) -> i32 {
     })())
 }
 
-/// Reports and clears pending fault records (VT-d) or events (SMMUv3), at most `max`; writes
-/// how many were seen to `*count` (if not NULL). For the embedder's fault interrupt handler.
+/// Reports and clears pending fault records (VT-d: every pending record, at most `CAP.NFR`;
+/// SMMUv3: at most `max` events) and writes how many were seen to `*count` (if not NULL). For
+/// the embedder's fault handling: a threaded interrupt handler, a bottom half or a poll loop,
+/// not a hard interrupt handler that may interrupt another call into the library.
 ///
 /// # Safety
 /// `unit` is a live unit handle; `count` is NULL or writable.
