@@ -40,6 +40,12 @@ pub(super) struct CtxObj {
     registry: NonNull<Obj<RegistryObj>>,
 }
 
+// Both fit in one page of at most 1 MiB (`IeEnv::alloc_page`'s contract).
+const _: () = assert!(
+    super::object::page_log2_for::<Obj<RegistryObj>>().is_some()
+        && super::object::page_log2_for::<Obj<CtxObj>>().is_some()
+);
+
 impl Tagged for RegistryObj {
     const TAG: u64 = u64::from_le_bytes(*b"ie-regis");
 }

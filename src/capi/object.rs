@@ -166,8 +166,9 @@ impl<T: Tagged> Obj<T> {
     }
 }
 
-/// The smallest page order that holds a `T`.
-const fn page_log2_for<T>() -> Option<u32> {
+/// The smallest page order that holds a `T` (`None` above the largest page the embedder
+/// must hand out: the object types assert at compile time that they fit).
+pub(super) const fn page_log2_for<T>() -> Option<u32> {
     let size = if size_of::<T>() > align_of::<T>() {
         size_of::<T>()
     } else {

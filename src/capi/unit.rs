@@ -25,6 +25,9 @@ pub(super) enum UnitObj {
     Smmu(SmmuUnit<CRegs, CEnv>),
 }
 
+// A unit fits in one page of at most 1 MiB (`IeEnv::alloc_page`'s contract).
+const _: () = assert!(super::object::page_log2_for::<Obj<UnitObj>>().is_some());
+
 impl Tagged for UnitObj {
     const TAG: u64 = u64::from_le_bytes(*b"ie-unit\0");
 }

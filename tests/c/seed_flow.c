@@ -71,6 +71,17 @@ static void smmu_flow(IeSimArena *arena, const IeEnv *env)
     OK(ie_ctx_unmap(ctx, ioasid, 0x40000000, MIB2, &unmapped));
     CHECK(ie_sim_model_translate(model, 0x20, 0x40000010, false, &dma) == IE_STATUS_NOT_FOUND,
           "smmu: DMA after unmap must fault");
+    uint32_t events = 0;
+    OK(ie_unit_drain_faults(unit, 1, &events));
+    CHECK(events == 1, "smmu: events drained with max 1: %u", events);
+    OK(ie_unit_drain_faults(unit, 64, &events));
+    CHECK(events >= 1, "smmu: the rest of the events: %u", events);
+    OK(ie_unit_drain_faults(unit, 64, &events));
+    CHECK(events == 0, "smmu: events left after a drain: %u", events);
+    OK(ie_ctx_detach(ctx, dev));
+    OK(ie_ctx_unbind(ctx, dev));
+    CHECK(ie_ctx_device_info(ctx, dev, &info) == IE_STATUS_NOT_FOUND, "smmu: unbound");
+    OK(ie_ctx_bind(ctx, 0, 0x20, false, &dev));
 
     OK(ie_ctx_destroy(ctx)); /* detaches and frees what is left */
     OK(ie_registry_destroy(registry));
