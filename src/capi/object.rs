@@ -47,8 +47,11 @@ pub(super) struct Obj<T> {
 impl<T: Tagged> Obj<T> {
     /// Moves `value` into a new page from `env`.
     pub(super) fn create(env: CEnv, value: T) -> Result<NonNull<Self>, IeStatus> {
-        // SAFETY: `slot` is writable (`create_with`'s contract).
-        Self::create_with(env, |slot| Ok(unsafe { slot.write(value) }))
+        Self::create_with(env, |slot| {
+            // SAFETY: `slot` is writable (`create_with`'s contract).
+            unsafe { slot.write(value) };
+            Ok(())
+        })
     }
 
     /// Has `make` write the value into a new page from `env`: the page is taken first, so that

@@ -212,8 +212,12 @@ fn publish(
     make: impl FnOnce() -> Result<UnitObj, IeStatus>,
     out: *mut *mut IeUnit,
 ) -> Result<(), IeStatus> {
-    // SAFETY: `slot` is writable and aligned (`create_with`).
-    let obj = Obj::create_with(env, |slot: *mut UnitObj| Ok(unsafe { slot.write(make()?) }))?;
+    let obj = Obj::create_with(env, |slot: *mut UnitObj| {
+        let unit = make()?;
+        // SAFETY: `slot` is writable and aligned (`create_with`).
+        unsafe { slot.write(unit) };
+        Ok(())
+    })?;
     // SAFETY: checked non-null and writable by the caller's contract.
     unsafe { *out = obj.as_ptr().cast() };
     Ok(())
