@@ -235,7 +235,8 @@ typedef struct {
 typedef struct {
   // CPU address of the registers, mapped as device memory; NULL to use the functions.
   void *base;
-  // Length of the window in bytes (VT-d: 4 KiB at least; SMMUv3: 128 KiB).
+  // Length of the mapped window in bytes (VT-d: 4 KiB at least; SMMUv3: 128 KiB, pages 0
+  // and 1); a shorter one is refused. Ignored for accessor functions.
   size_t len;
   // Passed to the functions.
   void *ctx;
@@ -546,7 +547,8 @@ int32_t ie_vtd_config_default(IeVtdConfig *out);
 int32_t ie_smmu_config_default(IeSmmuConfig *out);
 
 // Creates a VT-d unit on `regs` (not yet enabled: see ie_unit_enable()). Reads CAP/ECAP
-// and refuses a configuration the unit cannot run (`IE_STATUS_UNSUPPORTED`).
+// and refuses a configuration the unit cannot run (`IE_STATUS_UNSUPPORTED`), or a mapped
+// window shorter than 4 KiB (`IE_STATUS_INVALID_ARGUMENT`).
 //
 // # Safety
 // `env` is a valid `IeEnv`; `regs` a valid `IeRegs` whose window stays mapped while the unit
@@ -558,8 +560,8 @@ int32_t ie_vtd_create(const IeEnv *env,
 
 // Creates an SMMUv3 unit on `regs` (a 128 KiB window; not yet enabled: see
 // ie_unit_enable()). Reads the ID registers and refuses a configuration the unit cannot run
-// (`IE_STATUS_UNSUPPORTED`, e.g. `sid_bits` above `IDR1.SIDSIZE`) or an invalid one
-// (`IE_STATUS_INVALID_ARGUMENT`).
+// (`IE_STATUS_UNSUPPORTED`, e.g. `sid_bits` above `IDR1.SIDSIZE`) or an invalid one, or a
+// mapped window shorter than 128 KiB (`IE_STATUS_INVALID_ARGUMENT`).
 //
 // # Safety
 // As for ie_vtd_create().

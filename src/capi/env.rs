@@ -147,7 +147,8 @@ pub(super) type IeWrite64Fn = unsafe extern "C" fn(ctx: *mut c_void, off: usize,
 pub struct IeRegs {
     /// CPU address of the registers, mapped as device memory; NULL to use the functions.
     pub base: *mut c_void,
-    /// Length of the window in bytes (VT-d: 4 KiB at least; SMMUv3: 128 KiB).
+    /// Length of the mapped window in bytes (VT-d: 4 KiB at least; SMMUv3: 128 KiB, pages 0
+    /// and 1); a shorter one is refused. Ignored for accessor functions.
     pub len: usize,
     /// Passed to the functions.
     pub ctx: *mut c_void,

@@ -184,6 +184,12 @@ pub unsafe extern "C" fn ie_smmu_config_default(out: *mut IeSmmuConfig) -> i32 {
     }
 }
 
+/// The smallest mapped window of a VT-d unit: one 4 KiB register page (VT-d spec rev. 4.1,
+/// §10.4; the DRHD structure gives the real size).
+const VTD_MIN_WINDOW: usize = 0x1000;
+/// The window of an SMMUv3: register pages 0 and 1 (Arm IHI 0070 G.b, §6.1).
+const SMMU_WINDOW: usize = 0x2_0000;
+
 /// Validates the common arguments of unit creation.
 ///
 /// # Safety
@@ -191,6 +197,7 @@ pub unsafe extern "C" fn ie_smmu_config_default(out: *mut IeSmmuConfig) -> i32 {
 unsafe fn unit_args<C: Copy>(
     env: *const IeEnv,
     regs: *const IeRegs,
+    min_window: usize,
     config: *const C,
     out: *mut *mut IeUnit,
 ) -> Result<(CEnv, CRegs, C), IeStatus> {
@@ -198,6 +205,11 @@ unsafe fn unit_args<C: Copy>(
     let env = unsafe { CEnv::from_raw(env) }?;
     // SAFETY: the caller's contract.
     let regs = unsafe { CRegs::from_raw(regs) }?;
+    // A short mapped window would not fault: accesses beyond it read all-ones and drop writes,
+    // and the unit would run on made-up registers (an SMMUv3's event queue is in page 1).
+    if matches!(&regs, CRegs::Mmio(m) if m.len() < min_window) {
+        return Err(IeStatus::InvalidArgument);
+    }
     // SAFETY: the caller's contract.
     let config = *unsafe { config.as_ref() }.ok_or(IeStatus::InvalidArgument)?;
     if out.is_null() {
@@ -224,7 +236,8 @@ fn publish(
 }
 
 /// Creates a VT-d unit on `regs` (not yet enabled: see ie_unit_enable()). Reads CAP/ECAP
-/// and refuses a configuration the unit cannot run (`IE_STATUS_UNSUPPORTED`).
+/// and refuses a configuration the unit cannot run (`IE_STATUS_UNSUPPORTED`), or a mapped
+/// window shorter than 4 KiB (`IE_STATUS_INVALID_ARGUMENT`).
 ///
 /// # Safety
 /// `env` is a valid `IeEnv`; `regs` a valid `IeRegs` whose window stays mapped while the unit
@@ -238,7 +251,7 @@ pub unsafe extern "C" fn ie_vtd_create(
 ) -> i32 {
     code((|| {
         // SAFETY: the caller's contract.
-        let (env, regs, config) = unsafe { unit_args(env, regs, config, out) }?;
+        let (env, regs, config) = unsafe { unit_args(env, regs, VTD_MIN_WINDOW, config, out) }?;
         let make = || {
             Ok(UnitObj::Vtd(
                 VtdUnit::new(regs, env, config.into()).map_err(status)?,
@@ -250,8 +263,8 @@ pub unsafe extern "C" fn ie_vtd_create(
 
 /// Creates an SMMUv3 unit on `regs` (a 128 KiB window; not yet enabled: see
 /// ie_unit_enable()). Reads the ID registers and refuses a configuration the unit cannot run
-/// (`IE_STATUS_UNSUPPORTED`, e.g. `sid_bits` above `IDR1.SIDSIZE`) or an invalid one
-/// (`IE_STATUS_INVALID_ARGUMENT`).
+/// (`IE_STATUS_UNSUPPORTED`, e.g. `sid_bits` above `IDR1.SIDSIZE`) or an invalid one, or a
+/// mapped window shorter than 128 KiB (`IE_STATUS_INVALID_ARGUMENT`).
 ///
 /// # Safety
 /// As for ie_vtd_create().
@@ -264,7 +277,7 @@ pub unsafe extern "C" fn ie_smmu_create(
 ) -> i32 {
     code((|| {
         // SAFETY: the caller's contract.
-        let (env, regs, config) = unsafe { unit_args(env, regs, config, out) }?;
+        let (env, regs, config) = unsafe { unit_args(env, regs, SMMU_WINDOW, config, out) }?;
         let config = smmu_config(&config)?;
         let make = || {
             Ok(UnitObj::Smmu(

@@ -74,6 +74,13 @@ static void null_handles(const IeEnv *env, const IeRegs *regs)
     IeEnv no_alloc = *env;
     no_alloc.alloc_page = NULL;
     IS(ie_vtd_create(&no_alloc, regs, &vcfg, &unit), IE_STATUS_INVALID_ARGUMENT);
+    /* A mapped window too short for the unit is refused before any access. */
+    static uint64_t page[512];
+    IeRegs short_window = { .base = page, .len = sizeof page };
+    IS(ie_smmu_create(env, &short_window, &scfg, &unit), IE_STATUS_INVALID_ARGUMENT);
+    short_window.len = 2048;
+    IS(ie_vtd_create(env, &short_window, &vcfg, &unit), IE_STATUS_INVALID_ARGUMENT);
+    CHECK(unit == NULL, "no unit on a short window");
     IeRegs no_read = *regs;
     no_read.read32 = NULL;
     IS(ie_vtd_create(env, &no_read, &vcfg, &unit), IE_STATUS_INVALID_ARGUMENT);
