@@ -92,12 +92,14 @@ impl CEnv {
 // `PageAllocator` contract; a page whose address is misaligned is refused here as a double check.
 unsafe impl PageAllocator for CEnv {
     fn alloc(&self, size_log2: u32) -> Option<Page> {
+        // No page is as large as the address space: refuse rather than shift out of range.
+        let align = 1usize.checked_shl(size_log2)?;
         let mut pa = 0u64;
         // SAFETY: `pa` is a valid out-parameter; the function follows the header's contract.
         let va = unsafe { (self.alloc_page)(self.ctx, size_log2, &mut pa) };
         let va = NonNull::new(va.cast::<u8>())?;
         let pa = PhysAddr::new(pa);
-        if !pa.is_aligned(size_log2) || (va.as_ptr() as usize) % (1usize << size_log2) != 0 {
+        if !pa.is_aligned(size_log2) || (va.as_ptr() as usize) % align != 0 {
             // SAFETY: the page came from `alloc_page(size_log2)` and nothing references it.
             unsafe { (self.free_page)(self.ctx, va.as_ptr().cast(), pa.get(), size_log2) };
             return None;
