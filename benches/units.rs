@@ -447,11 +447,50 @@ fn time_unmap(t: &Target<'_, '_, '_>, w: &Work, per_page: bool, iters: u64) -> D
     total
 }
 
+/// What timing one register access costs: (the bias each measured interval carries, the whole
+/// cost the wrapper adds to the wall time), in nanoseconds. The report subtracts both, per
+/// access, so that neither the model's share nor the total is inflated by the clock reads.
+fn calibrate() -> (f64, f64) {
+    struct Nothing;
+    impl RegisterWindow for Nothing {
+        fn read32(&self, _: usize) -> u32 {
+            black_box(0)
+        }
+        fn write32(&self, _: usize, v: u32) {
+            black_box(v);
+        }
+        fn read64(&self, _: usize) -> u64 {
+            black_box(0)
+        }
+        fn write64(&self, _: usize, v: u64) {
+            black_box(v);
+        }
+    }
+    const N: u32 = 200_000;
+    let nothing = Nothing;
+    let timed = Timed::new(&nothing);
+    let run = |w: &dyn RegisterWindow| {
+        let start = Instant::now();
+        for i in 0..N {
+            black_box(w.read32(black_box(i as usize)));
+        }
+        start.elapsed().as_nanos() as f64 / f64::from(N)
+    };
+    let plain = run(&nothing);
+    timed.start();
+    let wrapped = run(&timed);
+    let (inside, _) = timed.stop();
+    (inside as f64 / f64::from(N), (wrapped - plain).max(0.0))
+}
+
 /// One map and one unmap of the workload with the models timed: prints the commands per call
-/// sequence and the share of the time spent in the models.
-fn report(t: &Target<'_, '_, '_>, w: &Work, per_page: bool) {
+/// sequence and the share of the time spent in the models. `clock` is [`calibrate`]'s.
+fn report(t: &Target<'_, '_, '_>, w: &Work, per_page: bool, clock: (f64, f64)) {
     let reps = if w.big() { 1 } else { w.batch().max(8) };
     let mode = if per_page { "per-page" } else { "one-call" };
+    // Fault in the host pages of the tables first: the arena reserves its buffer lazily.
+    w.map_copy(t, 0, false);
+    w.unmap_copy(t, 0, false);
     for (op, is_map) in [("map", true), ("unmap+flush", false)] {
         let (mut wall, mut model, mut accesses) = (Duration::ZERO, 0, 0);
         let mut commands = String::new();
@@ -478,17 +517,17 @@ fn report(t: &Target<'_, '_, '_>, w: &Work, per_page: bool) {
                 w.unmap_copy(t, 0, false);
             }
         }
-        let wall = wall.as_nanos() as u64 / reps;
-        let model = model / reps;
+        let n = accesses as f64 / reps as f64;
+        let wall = (wall.as_nanos() as f64 / reps as f64 - n * clock.1).max(1.0);
+        let model = (model as f64 / reps as f64 - n * clock.0).max(0.0);
         println!(
             "units-report {}/{op}/{}/{mode}: {} per call sequence, {} in the model \
-             ({:.0}%, {} register accesses); commands: {commands}",
+             ({:.0}%, {n:.0} register accesses); commands: {commands}",
             t.name,
             w.name,
-            show_ns(wall),
-            show_ns(model),
-            100.0 * model as f64 / wall.max(1) as f64,
-            accesses / reps,
+            show_ns(wall as u64),
+            show_ns(model as u64),
+            100.0 * model / wall,
         );
     }
     t.reset_stats();
@@ -543,12 +582,12 @@ fn selected(t: &Target<'_, '_, '_>, w: &Work, mode: &str) -> bool {
         })
 }
 
-fn bench_target(c: &mut Criterion, t: &Target<'_, '_, '_>) {
+fn bench_target(c: &mut Criterion, t: &Target<'_, '_, '_>, clock: (f64, f64)) {
     for w in WORK {
         let modes: &[bool] = if w.per_page { &[false, true] } else { &[false] };
         for &per_page in modes {
             if selected(t, w, if per_page { "per-page" } else { "one-call" }) {
-                report(t, w, per_page);
+                report(t, w, per_page, clock);
             }
         }
         for (op, is_map) in [("unit-map", true), ("unit-unmap-flush", false)] {
@@ -618,7 +657,7 @@ fn domain(unit: &dyn Iommu, stage: Stage) -> DomainHandle {
     d
 }
 
-fn vtd_alone(c: &mut Criterion) {
+fn vtd_alone(c: &mut Criterion, clock: (f64, f64)) {
     let mem = arena();
     let model = VtdModel::new(&mem, vtd_identity());
     let window = Timed::new(&model);
@@ -629,10 +668,10 @@ fn vtd_alone(c: &mut Criterion) {
         space: Space::Domain(&unit, d),
         models: vec![&window],
     };
-    bench_target(c, &t);
+    bench_target(c, &t, clock);
 }
 
-fn smmu_alone(c: &mut Criterion, ril: bool) {
+fn smmu_alone(c: &mut Criterion, clock: (f64, f64), ril: bool) {
     let mem = arena();
     let model = SmmuModel::new(&mem, SmmuModelConfig::qemu_like().with_ril(ril));
     let window = Timed::new(&model);
@@ -643,10 +682,10 @@ fn smmu_alone(c: &mut Criterion, ril: bool) {
         space: Space::Domain(&unit, d),
         models: vec![&window],
     };
-    bench_target(c, &t);
+    bench_target(c, &t, clock);
 }
 
-fn ioasid_two_units(c: &mut Criterion) {
+fn ioasid_two_units(c: &mut Criterion, clock: (f64, f64)) {
     let mem = arena();
     let vmodel = VtdModel::new(&mem, vtd_identity());
     let vwindow = Timed::new(&vmodel);
@@ -669,14 +708,20 @@ fn ioasid_two_units(c: &mut Criterion) {
         space: Space::Ioasid(&ctx, io),
         models: vec![&vwindow, &swindow],
     };
-    bench_target(c, &t);
+    bench_target(c, &t, clock);
 }
 
 fn units(c: &mut Criterion) {
-    vtd_alone(c);
-    smmu_alone(c, false);
-    smmu_alone(c, true);
-    ioasid_two_units(c);
+    let clock = calibrate();
+    println!(
+        "units-report clock: {:.1} ns of each timed register access is clock reads, \
+         {:.1} ns added to the wall time (both subtracted below)",
+        clock.0, clock.1
+    );
+    vtd_alone(c, clock);
+    smmu_alone(c, clock, false);
+    smmu_alone(c, clock, true);
+    ioasid_two_units(c, clock);
 }
 
 fn config() -> Criterion {
