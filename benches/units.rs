@@ -23,12 +23,18 @@
 //! model's work (decoding and executing the queue, its TLB bookkeeping) happens inside a register
 //! access of the driver, so [`Timed`] measures the model's share by timing those accesses.
 //!
-//! Run: `cargo bench --bench units` (a few minutes on two shared cores); results in
-//! `BENCHMARKS.md`.
+//! Criterion's samples are the thread's CPU time (`UNITS_CLOCK=wall` for wall time), so that
+//! other processes on a shared machine do not count; the report's shares are ratios of wall
+//! times measured together, with the cost of the clock reads subtracted (see [`calibrate`]).
+//!
+//! Run: `cargo bench --bench units` (about two minutes on two shared cores); results in
+//! `BENCHMARKS.md`. A plain substring filter (`cargo bench --bench units -- 256x4K/vtd-ss`)
+//! selects benches and reports alike; a regex filter selects benches only.
 
 use std::cell::Cell;
 use std::hint::black_box;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode};
@@ -60,6 +66,48 @@ const ARENA_BYTES: usize = 128 << 20;
 /// The device on each unit: 00:04.0 on VT-d, StreamID 0x20 on SMMUv3.
 const DEV: DeviceId = DeviceId(0x20);
 const RW: Prot = Prot::READ.union(Prot::WRITE);
+
+// ---------------------------------------------------------------------------------------------
+// clocks
+
+/// Whether criterion's samples are CPU time of this thread (the default) or wall time
+/// (`UNITS_CLOCK=wall`). On a machine shared with other busy processes the wall time of a
+/// sample includes whatever time the scheduler gave to others; the thread's CPU time does not.
+fn wall_clock() -> bool {
+    static WALL: OnceLock<bool> = OnceLock::new();
+    *WALL.get_or_init(|| std::env::var("UNITS_CLOCK").is_ok_and(|v| v == "wall"))
+}
+
+/// A point in time on the clock [`wall_clock`] picks.
+#[derive(Clone, Copy)]
+enum Stamp {
+    Wall(Instant),
+    Cpu(Duration),
+}
+
+impl Stamp {
+    fn now() -> Self {
+        if wall_clock() {
+            return Stamp::Wall(Instant::now());
+        }
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `ts` is a valid, writable timespec; the clock id is a constant Linux knows.
+        let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
+        Stamp::Cpu(Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
+    }
+
+    fn elapsed(self) -> Duration {
+        match (self, Stamp::now()) {
+            (Stamp::Wall(start), _) => start.elapsed(),
+            (Stamp::Cpu(start), Stamp::Cpu(now)) => now.saturating_sub(start),
+            (Stamp::Cpu(_), Stamp::Wall(_)) => Duration::ZERO,
+        }
+    }
+}
 
 // ---------------------------------------------------------------------------------------------
 // timing the model
@@ -415,7 +463,7 @@ fn time_map(t: &Target<'_, '_, '_>, w: &Work, per_page: bool, iters: u64) -> Dur
     let mut left = iters;
     while left > 0 {
         let k = left.min(w.batch());
-        let start = Instant::now();
+        let start = Stamp::now();
         for i in 0..k {
             w.map_copy(t, i, per_page);
         }
@@ -437,7 +485,7 @@ fn time_unmap(t: &Target<'_, '_, '_>, w: &Work, per_page: bool, iters: u64) -> D
         for i in 0..k {
             w.map_copy(t, i, false);
         }
-        let start = Instant::now();
+        let start = Stamp::now();
         for i in 0..k {
             w.unmap_copy(t, i, per_page);
         }
