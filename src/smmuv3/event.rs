@@ -150,7 +150,8 @@ pub struct Event {
     pub stag: Option<u16>,
     /// Input address.
     pub input_address: Option<u64>,
-    /// Intermediate physical address of a stage-2 fault.
+    /// Intermediate physical address of a stage-2 fault (`None` for a stage-1 fault, whose
+    /// record holds no IPA).
     pub ipa: Option<u64>,
     /// Address of the failed configuration or table fetch.
     pub fetch_address: Option<u64>,
@@ -255,6 +256,9 @@ mod tests {
         // RnW (1 << 35 = 0x8_0000_0000) | S2 (1 << 39 = 0x80_0000_0000) | CLASS 1 (1 << 40).
         let w1 = 0x0000_0188_0000_0000;
         let e = Event::decode([w0, w1, 0xdead_b000, 0x0000_0012_3456_7000]);
+        // A stage-1 fault (S2 = 0) has no IPA: word 3 is UNKNOWN there.
+        let s1 = Event::decode([w0, w1 & !(1 << 39), 0xdead_b000, 0x0000_0012_3456_7000]);
+        assert_eq!(s1.ipa, None);
         assert_eq!(e.event_type, Ok(EventType::FTranslation));
         assert_eq!(e.stream_id, StreamId(0x42));
         assert_eq!(e.substream_id, Some(5));

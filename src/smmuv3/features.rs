@@ -5,7 +5,9 @@
 //! §6.3.6 (IDR5: OAS, granules). The driver reads the registers through [`Idr`] and keeps only
 //! the decisions here, so the rest of the unit never re-decodes a register.
 
-use super::idr::{Httu, Idr, Idr0Flags, Idr3Flags, Idr5Granules, StLevel, StallModel, Ttf};
+use super::idr::{
+    Httu, Idr, Idr0Flags, Idr3Flags, Idr5Granules, StLevel, StallModel, TtEndian, Ttf,
+};
 use crate::iommu::Capabilities;
 use crate::mem::WalkerCoherency;
 
@@ -38,6 +40,9 @@ pub struct Features {
     pub two_level_strtab: bool,
     /// AArch64 translation tables (`IDR0.TTF` includes AArch64).
     pub aarch64_tables: bool,
+    /// Little-endian table walks (`IDR0.TTENDIAN` mixed or little-endian): the engine writes
+    /// little-endian tables and the driver sets `STE.S2ENDI` / `CD.ENDI` = 0.
+    pub little_endian_tables: bool,
     /// Stage-1 faults must stall (`IDR0.STALL_MODEL` = 2): CD.S must be 1, and this driver
     /// does not resume stalled transactions, so it builds no stage-1 context on such a unit.
     pub stall_forced: bool,
@@ -84,6 +89,7 @@ impl Features {
             cd2l: f0.contains(Idr0Flags::CD2L),
             two_level_strtab: idr.idr0.st_level() == StLevel::TwoLevel,
             aarch64_tables: matches!(idr.idr0.ttf(), Ttf::AArch64 | Ttf::Both),
+            little_endian_tables: matches!(idr.idr0.ttendian(), TtEndian::Mixed | TtEndian::Little),
             stall_forced: idr.idr0.stall_model() == StallModel::StallForced,
             bbml2: idr.idr3.bbml() == 2,
             sid_bits: idr.idr1.sidsize().min(32),
