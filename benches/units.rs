@@ -39,7 +39,9 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode};
 
-use iommu_engine::ioasid::{DeviceLabel, IoasidCtx, IoasidFlags, IoasidId, Registry, UnitId};
+use iommu_engine::ioasid::{
+    DeviceLabel, IoasidCtx, IoasidFlags, IoasidId, PasidAllocator, Registry, UnitId,
+};
 use iommu_engine::iommu::{DeviceId, DomainConfig, DomainHandle, Iommu, Stage};
 use iommu_engine::mem::{Iova, PhysAddr};
 use iommu_engine::mmio::RegisterWindow;
@@ -748,7 +750,8 @@ fn ioasid_two_units(c: &mut Criterion, clock: (f64, f64)) {
     let swindow = Timed::new(&smodel);
     let smmu = smmu_unit(&swindow, &mem);
     let units: [&dyn Iommu; 2] = [&vtd, &smmu];
-    let registry = Registry::new(&units, 20).expect("registry");
+    static PASIDS: PasidAllocator = PasidAllocator::new(20);
+    let registry = Registry::new(&units, &PASIDS).expect("registry");
     let ctx = IoasidCtx::new(&registry, &mem, 0);
     let io = ctx.alloc(IoasidFlags::empty()).expect("IOASID");
     for unit in [UnitId(0), UnitId(1)] {
