@@ -99,38 +99,45 @@ impl Geometry {
         Ok(())
     }
 
+    // The helpers below are meaningful for a geometry that passed `validate` and levels below
+    // `levels`; the fields are public, so for any other value they answer nonsense but never
+    // panic (wrapping arithmetic, shift amounts taken modulo 64: the plain instruction).
+
     /// Log2 of the span of one entry at `level`.
     #[inline]
     pub const fn level_shift(&self, level: u32) -> u32 {
-        self.granule_log2 + level * (self.granule_log2 - 3)
+        self.granule_log2
+            .wrapping_add(level.wrapping_mul(self.granule_log2.wrapping_sub(3)))
     }
 
     /// Index bits at `level`.
     #[inline]
     pub const fn level_bits(&self, level: u32) -> u32 {
-        if level + 1 == self.levels {
+        if level.wrapping_add(1) == self.levels {
             self.top_bits
         } else {
-            self.granule_log2 - 3
+            self.granule_log2.wrapping_sub(3)
         }
     }
 
     /// Index of `iova`'s entry in its table at `level`.
     #[inline]
     pub const fn index(&self, level: u32, iova: u64) -> usize {
-        ((iova >> self.level_shift(level)) & ((1 << self.level_bits(level)) - 1)) as usize
+        let mask = 1u64.wrapping_shl(self.level_bits(level)).wrapping_sub(1);
+        (iova.wrapping_shr(self.level_shift(level)) & mask) as usize
     }
 
     /// Whether a leaf may sit at `level`.
     #[inline]
     pub const fn leaf_allowed(&self, level: u32) -> bool {
-        self.page_sizes >> self.level_shift(level) & 1 != 0
+        self.level_shift(level) < 64
+            && self.page_sizes.wrapping_shr(self.level_shift(level)) & 1 != 0
     }
 
     /// Log2 of the root table's allocation: at least one granule, more when concatenated.
     #[inline]
     pub const fn root_size_log2(&self) -> u32 {
-        let bytes_log2 = self.top_bits + 3;
+        let bytes_log2 = self.top_bits.saturating_add(3);
         if bytes_log2 > self.granule_log2 {
             bytes_log2
         } else {
@@ -141,7 +148,7 @@ impl Geometry {
     /// The top level.
     #[inline]
     pub const fn top_level(&self) -> u32 {
-        self.levels - 1
+        self.levels.saturating_sub(1)
     }
 }
 

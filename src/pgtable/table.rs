@@ -8,7 +8,7 @@
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use super::spares::Spares;
+use super::spares::{self, Spares};
 use super::{Error, Format, Gather, Geometry, Leaf, Mapping, Prot};
 use crate::mem::{Iova, Page, PageAllocator, PhysAddr, WalkerCoherency};
 
@@ -82,12 +82,14 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     /// Creates an empty table: allocates and (for a non-coherent walker) cleans its root.
     ///
     /// # Errors
-    /// [`Error::InvalidConfig`] for an invalid geometry, [`Error::NoMemory`].
+    /// [`Error::InvalidConfig`] for an invalid geometry, [`Error::NoMemory`],
+    /// [`Error::TableOutOfRange`] if the allocator's root page lies beyond the output size.
     pub fn new(format: F, alloc: A, coherency: WalkerCoherency) -> Result<Self, Error> {
         let g = *format.geometry();
         g.validate()?;
         let size = g.root_size_log2();
         let root = alloc.alloc(size).ok_or(Error::NoMemory)?;
+        let root = spares::reachable(&alloc, root, size, g.oas)?;
         coherency.sync(&alloc, root.va, 1 << size);
         Ok(Self {
             format,
@@ -221,7 +223,8 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     ///
     /// # Errors
     /// [`Error::Overlap`] naming the first mapped IOVA in the range; range and alignment errors;
-    /// [`Error::UnsupportedProt`]; [`Error::NoMemory`].
+    /// [`Error::UnsupportedProt`]; [`Error::NoMemory`]; [`Error::TableOutOfRange`] if the
+    /// allocator gave a table page the hardware cannot address.
     pub fn map(&self, iova: Iova, pa: PhysAddr, len: u64, prot: Prot) -> Result<(), Error> {
         self.check_iova_range(iova, len)?;
         self.check_pa_range(pa, len)?;
@@ -229,7 +232,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         let top = self.geo().top_level();
         let need = self.plan_map(self.root_table(), top, iova.get(), pa.get(), len)?;
         let granule = self.geo().granule_log2;
-        let mut spares = Spares::reserve(&self.alloc, need, granule)?;
+        let mut spares = Spares::reserve(&self.alloc, need, granule, self.geo().oas)?;
         let r = self.map_level(
             self.root_table(),
             top,
@@ -400,7 +403,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     ///
     /// # Errors
     /// Range and alignment errors; [`Error::SplitRefused`], [`Error::SplitUnsupported`];
-    /// [`Error::NoMemory`] for a split.
+    /// [`Error::NoMemory`] or [`Error::TableOutOfRange`] for a split.
     pub fn unmap(&self, iova: Iova, len: u64, gather: &mut Gather) -> Result<u64, Error> {
         self.check_iova_range(iova, len)?;
         let end = iova.get().checked_add(len).ok_or(Error::Overflow {
@@ -409,7 +412,8 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         })?;
         let need = self.plan_split(iova.get(), iova.get(), end)?
             + self.plan_split(end, iova.get(), end)?;
-        let mut spares = Spares::reserve(&self.alloc, need, self.geo().granule_log2)?;
+        let g = self.geo();
+        let mut spares = Spares::reserve(&self.alloc, need, g.granule_log2, g.oas)?;
         let top = self.geo().top_level();
         let r = self.unmap_level(self.root_table(), top, iova.get(), len, gather, &mut spares);
         spares.release(&self.alloc);
