@@ -187,11 +187,12 @@ pub unsafe extern "C" fn ie_ctx_create(
             unsafe {
                 addr_of_mut!((*slot).grants).write(spin::Mutex::new([const { None }; MAX_DEVICES]));
                 addr_of_mut!((*slot).registry).write(NonNull::from(reg));
-                addr_of_mut!((*slot).ctx).write(IoasidCtx::new(
+                IoasidCtx::init_in_place(
+                    NonNull::new_unchecked(addr_of_mut!((*slot).ctx)),
                     &reg_static.value.registry,
                     reg_static.env(),
                     pasid_quota,
-                ));
+                );
             }
             Ok(())
         })?;

@@ -133,35 +133,36 @@ impl<T: Tagged> Obj<T> {
             .map_err(|_| IeStatus::InvalidArgument)
     }
 
-    /// Moves the object out to `finish`, which consumes it (or hands it back with an error, and
-    /// the object stays as it was), then returns the page; refused while something uses it.
+    /// Has `finish` consume the object where it lies (or fail, and the object stays as it
+    /// was), then returns the page; refused while something uses it. Nothing is moved: a unit
+    /// is released in its page, not through the stack.
     ///
     /// # Safety
     ///
     /// `ptr` came from [`Obj::create`] and is not used again after this returns `Ok`.
-    pub(super) unsafe fn destroy_with(
+    /// `finish` receives the live value, unshared; when it returns `Ok` it has consumed it
+    /// (the value is not dropped again), when it returns `Err` it left it live and whole.
+    pub(super) unsafe fn destroy_in_place(
         ptr: NonNull<Self>,
-        finish: impl FnOnce(T) -> Result<(), (T, IeStatus)>,
+        finish: impl FnOnce(NonNull<T>) -> Result<(), IeStatus>,
     ) -> Result<(), IeStatus> {
         // SAFETY: the caller guarantees `ptr` is a live object.
         let obj = unsafe { ptr.as_ref() };
         obj.claim()?;
         let (env, page, size_log2) = (obj.env, obj.page, obj.size_log2);
-        // SAFETY: `ptr` is live (the caller's contract); no reference to the value is held.
-        let value_ptr = unsafe { core::ptr::addr_of_mut!((*ptr.as_ptr()).value) };
-        // SAFETY: the value is live; it is either consumed by `finish` or written back below,
-        // so it is never dropped twice nor used after the move.
-        let value = unsafe { value_ptr.read() };
+        // SAFETY: `ptr` is live (the caller's contract); no reference to the value is held,
+        // and the claim above keeps every other destroy away from it.
+        let value =
+            unsafe { NonNull::new_unchecked(core::ptr::addr_of_mut!((*ptr.as_ptr()).value)) };
         match finish(value) {
             Ok(()) => {
-                // SAFETY: the other fields need no drop; the page is ours and unused now.
+                // SAFETY: the value was consumed, the other fields need no drop; the page is
+                // ours and unused now.
                 unsafe { env.free(page, size_log2) };
                 Ok(())
             }
-            Err((value, status)) => {
-                // SAFETY: puts back the value moved out above.
-                unsafe { value_ptr.write(value) };
-                // SAFETY: as above; the object is whole again.
+            Err(status) => {
+                // SAFETY: `finish` left the object whole; it is live again.
                 unsafe { ptr.as_ref() }.tag.store(T::TAG, Ordering::Release);
                 Err(status)
             }

@@ -1,6 +1,6 @@
 //! Units over C: creation of VT-d and SMMUv3 units on the embedder's register window.
 
-use core::ptr::NonNull;
+use core::ptr::{addr_of_mut, NonNull};
 
 use crate::iommu::{self, Iommu};
 use crate::smmuv3::{DisabledTraffic, SmmuConfig, SmmuError, SmmuUnit, StreamTableLayout};
@@ -19,10 +19,35 @@ pub struct IeUnit {
 ///
 /// Each lives alone in a page sized for it, so the difference between variants costs at most
 /// one page order, and there is no heap to box the larger one in.
-#[allow(clippy::large_enum_variant)]
+///
+/// `repr(u32)` fixes the layout (the Reference, "Primitive representation of enums with
+/// fields"): each variant is laid out as the `repr(C)` struct of its discriminant and its unit
+/// ([`VtdVariant`], [`SmmuVariant`]), so that a unit can be built straight into the variant.
+// The variants are built in place through their layouts, never by naming them.
+#[allow(clippy::large_enum_variant, dead_code)]
+#[repr(u32)]
 pub(super) enum UnitObj {
-    Vtd(VtdUnit<CRegs, CEnv>),
-    Smmu(SmmuUnit<CRegs, CEnv>),
+    Vtd(VtdUnit<CRegs, CEnv>) = VTD,
+    Smmu(SmmuUnit<CRegs, CEnv>) = SMMU,
+}
+
+/// Discriminant of [`UnitObj::Vtd`].
+const VTD: u32 = 0;
+/// Discriminant of [`UnitObj::Smmu`].
+const SMMU: u32 = 1;
+
+/// The layout of [`UnitObj::Vtd`].
+#[repr(C)]
+struct VtdVariant {
+    tag: u32,
+    unit: VtdUnit<CRegs, CEnv>,
+}
+
+/// The layout of [`UnitObj::Smmu`].
+#[repr(C)]
+struct SmmuVariant {
+    tag: u32,
+    unit: SmmuUnit<CRegs, CEnv>,
 }
 
 // A unit fits in one page of at most 1 MiB (`IeEnv::alloc_page`'s contract).
@@ -218,17 +243,21 @@ unsafe fn unit_args<C: Copy>(
     Ok((env, regs, config))
 }
 
-/// Builds a unit straight into its page (a unit is 13-18 KiB: not one more copy on the stack).
-fn publish(
+/// Builds a unit straight into its page with `init` (a unit is 13-18 KiB: not one copy on the
+/// stack) and hands it out.
+///
+/// # Safety
+/// `init` is given a writable, aligned, uninitialised `UnitObj` slot and, when it returns
+/// `Ok`, has made it a whole `UnitObj`; when it fails it wrote nothing that needs a drop.
+/// `out` is writable.
+unsafe fn publish(
     env: CEnv,
-    make: impl FnOnce() -> Result<UnitObj, IeStatus>,
+    init: impl FnOnce(NonNull<UnitObj>) -> Result<(), IeStatus>,
     out: *mut *mut IeUnit,
 ) -> Result<(), IeStatus> {
+    // SAFETY: `create_with` hands out a non-null slot.
     let obj = Obj::create_with(env, |slot: *mut UnitObj| {
-        let unit = make()?;
-        // SAFETY: `slot` is writable and aligned (`create_with`).
-        unsafe { slot.write(unit) };
-        Ok(())
+        init(unsafe { NonNull::new_unchecked(slot) })
     })?;
     // SAFETY: checked non-null and writable by the caller's contract.
     unsafe { *out = obj.as_ptr().cast() };
@@ -252,12 +281,20 @@ pub unsafe extern "C" fn ie_vtd_create(
     code((|| {
         // SAFETY: the caller's contract.
         let (env, regs, config) = unsafe { unit_args(env, regs, VTD_MIN_WINDOW, config, out) }?;
-        let make = || {
-            Ok(UnitObj::Vtd(
-                VtdUnit::new(regs, env, config.into()).map_err(status)?,
-            ))
+        let init = |slot: NonNull<UnitObj>| {
+            let slot = slot.cast::<VtdVariant>().as_ptr();
+            // SAFETY: `slot` is a writable, aligned `UnitObj`, laid out as `VtdVariant` for
+            // the `Vtd` variant (`repr(u32)`); the unit is built first and the discriminant
+            // written only once it is whole, so a failure leaves nothing behind.
+            unsafe {
+                let unit = NonNull::new_unchecked(addr_of_mut!((*slot).unit));
+                VtdUnit::init_in_place(unit, regs, env, config.into()).map_err(status)?;
+                addr_of_mut!((*slot).tag).write(VTD);
+            }
+            Ok(())
         };
-        publish(env, make, out)
+        // SAFETY: `init` keeps `publish`'s contract; `out` was checked by `unit_args`.
+        unsafe { publish(env, init, out) }
     })())
 }
 
@@ -279,12 +316,18 @@ pub unsafe extern "C" fn ie_smmu_create(
         // SAFETY: the caller's contract.
         let (env, regs, config) = unsafe { unit_args(env, regs, SMMU_WINDOW, config, out) }?;
         let config = smmu_config(&config)?;
-        let make = || {
-            Ok(UnitObj::Smmu(
-                SmmuUnit::new(regs, env, config).map_err(smmu_create_status)?,
-            ))
+        let init = |slot: NonNull<UnitObj>| {
+            let slot = slot.cast::<SmmuVariant>().as_ptr();
+            // SAFETY: as in ie_vtd_create(), for the `Smmu` variant.
+            unsafe {
+                let unit = NonNull::new_unchecked(addr_of_mut!((*slot).unit));
+                SmmuUnit::init_in_place(unit, regs, env, config).map_err(smmu_create_status)?;
+                addr_of_mut!((*slot).tag).write(SMMU);
+            }
+            Ok(())
         };
-        publish(env, make, out)
+        // SAFETY: `init` keeps `publish`'s contract; `out` was checked by `unit_args`.
+        unsafe { publish(env, init, out) }
     })())
 }
 
@@ -354,8 +397,6 @@ pub unsafe extern "C" fn ie_unit_drain_faults(unit: *mut IeUnit, max: u32, count
 ///
 /// # Safety
 /// `unit` is NULL or a live unit handle, not used again after success.
-// The unit comes back in the error when it cannot go (no heap to box it in).
-#[allow(clippy::result_large_err)]
 #[no_mangle]
 pub unsafe extern "C" fn ie_unit_destroy(unit: *mut IeUnit) -> i32 {
     code((|| {
@@ -380,26 +421,22 @@ pub unsafe extern "C" fn ie_unit_destroy(unit: *mut IeUnit) -> i32 {
     })())
 }
 
-/// Releases a disabled VT-d unit and returns its page. Out of line: `VtdUnit::release` takes
-/// the unit by value, so this frame holds it (and the error that would hand it back) -- the
-/// other calls need not pay that stack.
+/// Releases a disabled VT-d unit where it lies and returns its page.
 ///
 /// # Safety
 /// `obj` is a live unit handle, not used again after success.
-#[inline(never)]
-#[allow(clippy::result_large_err)]
 unsafe fn release_vtd(obj: NonNull<Obj<UnitObj>>) -> Result<(), IeStatus> {
     // SAFETY: the caller's contract; refused while a registry uses it.
     unsafe {
-        Obj::destroy_with(obj, |value| match value {
+        Obj::destroy_in_place(obj, |mut value| match value.as_mut() {
             // A table that pointed outside the allocator (`leaked`) cannot be given back by
-            // anyone: the rest is freed and the handle is gone either way.
-            UnitObj::Vtd(u) => u
-                .release()
+            // anyone: the rest is freed and the handle is gone either way. The register
+            // window and allocator handed back need no drop.
+            UnitObj::Vtd(u) => VtdUnit::release_in_place(NonNull::from(u))
                 .map(drop)
-                .map_err(|(u, _)| (UnitObj::Vtd(u), IeStatus::Busy)),
-            UnitObj::Smmu(u) => {
-                drop(u);
+                .map_err(|_| IeStatus::Busy),
+            UnitObj::Smmu(_) => {
+                value.as_ptr().drop_in_place();
                 Ok(())
             }
         })

@@ -1,5 +1,7 @@
 //! `IoasidCtx`: what a process or VM holds. Devices, IOASIDs, PASIDs and grants.
 
+use core::mem::MaybeUninit;
+use core::ptr::{addr_of_mut, NonNull};
 use core::sync::atomic::{AtomicU32, Ordering};
 
 use super::record::Record;
@@ -156,22 +158,63 @@ impl Drop for IncoherentDmaGrant<'_> {
 impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
     /// A new, empty context drawing record pages from `alloc` and at most `pasid_quota` PASIDs
     /// (at most [`MAX_PASID_ATTACHMENTS`]) from the registry.
+    ///
+    /// A context is about 32 KiB: where stack is short, build it in place with
+    /// [`init_in_place`](Self::init_in_place).
     pub fn new(registry: &'r Registry<'a>, alloc: &'a A, pasid_quota: u32) -> Self {
+        let mut slot = MaybeUninit::<Self>::uninit();
+        // SAFETY: `slot` is ours, aligned and `size_of::<Self>()` bytes; `init_in_place`
+        // writes every field.
+        unsafe {
+            Self::init_in_place(
+                NonNull::from(&mut slot).cast(),
+                registry,
+                alloc,
+                pasid_quota,
+            );
+            slot.assume_init()
+        }
+    }
+
+    /// As [`IoasidCtx::new`], building the context straight into `slot`. Every field is
+    /// written through its own pointer and the grant counters one at a time; the record
+    /// tables (devices, IOASIDs, PASIDs, reserved regions: almost all of the context) are
+    /// written as one lock-protected value, which the compiler builds at its destination.
+    /// Nothing relies on the memory's previous contents. Cannot fail.
+    ///
+    /// # Safety
+    /// `slot` is valid for writes of `size_of::<Self>()` bytes, aligned, and not in use: what
+    /// it held is overwritten without being dropped. On return it holds a context the caller
+    /// must eventually drop in place (which detaches and releases what it holds).
+    pub unsafe fn init_in_place(
+        slot: NonNull<Self>,
+        registry: &'r Registry<'a>,
+        alloc: &'a A,
+        pasid_quota: u32,
+    ) {
         let id = registry.new_context_id();
-        Self {
-            registry,
-            alloc,
-            id,
-            pasid_quota: pasid_quota.min(MAX_PASID_ATTACHMENTS as u32),
-            state: spin::RwLock::new(State {
+        let p = slot.as_ptr();
+        // SAFETY: the caller guarantees `slot` is writable and aligned; each field is written
+        // exactly once.
+        unsafe {
+            addr_of_mut!((*p).registry).write(registry);
+            addr_of_mut!((*p).alloc).write(alloc);
+            addr_of_mut!((*p).id).write(id);
+            addr_of_mut!((*p).pasid_quota).write(pasid_quota.min(MAX_PASID_ATTACHMENTS as u32));
+            addr_of_mut!((*p).state).write(spin::RwLock::new(State {
                 ctx: id,
                 devices: [const { None }; MAX_DEVICES],
                 ioasids: [const { None }; MAX_IOASIDS],
                 pasid_attachments: [None; MAX_PASID_ATTACHMENTS],
                 pasids: [None; MAX_PASID_ATTACHMENTS],
                 reserved: [None; MAX_RESERVED],
-            }),
-            grants: [const { AtomicU32::new(0) }; MAX_DEVICES],
+            }));
+            // An array is laid out as `MAX_DEVICES` consecutive elements (the Reference, "Type
+            // layout"): each is written in turn.
+            let grants = addr_of_mut!((*p).grants).cast::<AtomicU32>();
+            for i in 0..MAX_DEVICES {
+                grants.add(i).write(AtomicU32::new(0));
+            }
         }
     }
 

@@ -27,6 +27,8 @@
 //! before the command queue. Map and unmap take only their domain's slot for reading, so they
 //! run concurrently on one domain and never wait on another domain or on configuration.
 
+use core::mem::MaybeUninit;
+use core::ptr::{addr_of_mut, NonNull};
 use core::sync::atomic::{AtomicBool, Ordering};
 
 use spin::{Mutex, RwLock};
@@ -271,26 +273,66 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
     /// feature the configuration needs and the unit lacks; [`SmmuError::SizeUnsupported`] for a
     /// table or queue beyond the unit's limits.
     pub fn new(regs: W, alloc: A, cfg: SmmuConfig) -> Result<Self, SmmuError> {
+        let mut slot = MaybeUninit::<Self>::uninit();
+        // SAFETY: `slot` is ours, aligned and `size_of::<Self>()` bytes; it is read only after
+        // `init_in_place` returned `Ok`, which means every field was written.
+        unsafe {
+            Self::init_in_place(NonNull::from(&mut slot).cast(), regs, alloc, cfg)?;
+            Ok(slot.assume_init())
+        }
+    }
+
+    /// As [`SmmuUnit::new`], building the unit straight into `slot` (a unit is about 18 KiB:
+    /// a kernel stack should hold no copy of it). Every field is written through its own
+    /// pointer; the domain slots one at a time, so that no part larger than the configuration
+    /// state (its per-stream array) is ever built as a temporary. Nothing relies on the
+    /// memory's previous contents.
+    ///
+    /// The ID registers are read and `cfg` checked before the first write, and nothing is
+    /// allocated: on error `slot` is left uninitialised and `regs` and `alloc` are dropped.
+    ///
+    /// # Errors
+    /// As [`SmmuUnit::new`].
+    ///
+    /// # Safety
+    /// `slot` is valid for writes of `size_of::<Self>()` bytes, aligned, and not in use: what
+    /// it held is overwritten without being dropped. After `Ok` it holds a unit the caller
+    /// must eventually drop in place.
+    pub unsafe fn init_in_place(
+        slot: NonNull<Self>,
+        regs: W,
+        alloc: A,
+        cfg: SmmuConfig,
+    ) -> Result<(), SmmuError> {
         let idr = Idr::read(&regs);
         let features = Features::from_idr(&idr);
         let cfg = cfg.resolve(&features)?;
-        Ok(Self {
-            regs,
-            alloc,
-            idr,
-            features,
-            cfg,
-            config: Mutex::new(ConfigState {
+        let p = slot.as_ptr();
+        // SAFETY: the caller guarantees `slot` is writable and aligned; each field is written
+        // exactly once, and nothing can fail from here on, so the unit is whole on return.
+        unsafe {
+            addr_of_mut!((*p).regs).write(regs);
+            addr_of_mut!((*p).alloc).write(alloc);
+            addr_of_mut!((*p).idr).write(idr);
+            addr_of_mut!((*p).features).write(features);
+            addr_of_mut!((*p).cfg).write(cfg);
+            addr_of_mut!((*p).config).write(Mutex::new(ConfigState {
                 strtab: None,
-                streams: core::array::from_fn(|_| None),
+                streams: [const { None }; MAX_STREAMS],
                 vmids: TagAllocator::new(),
                 asids: TagAllocator::new(),
-            }),
-            cmdq: Mutex::new(None),
-            eventq: Mutex::new(None),
-            domains: core::array::from_fn(|_| RwLock::new(None)),
-            enabled: AtomicBool::new(false),
-        })
+            }));
+            addr_of_mut!((*p).cmdq).write(Mutex::new(None));
+            addr_of_mut!((*p).eventq).write(Mutex::new(None));
+            // An array is laid out as `MAX_DOMAINS` consecutive elements (the Reference, "Type
+            // layout"): each is written in turn.
+            let domains = addr_of_mut!((*p).domains).cast::<RwLock<Option<Domain<A>>>>();
+            for i in 0..MAX_DOMAINS {
+                domains.add(i).write(RwLock::new(None));
+            }
+            addr_of_mut!((*p).enabled).write(AtomicBool::new(false));
+        }
+        Ok(())
     }
 
     /// The ID registers as read at construction.

@@ -40,6 +40,8 @@
 //! then the invalidation lock (queue or registers). No lock is held across a call into the
 //! embedder other than the page allocator.
 
+use core::mem::MaybeUninit;
+use core::ptr::{addr_of_mut, NonNull};
 use core::sync::atomic::Ordering;
 
 use super::cap::{Cap, CapFlags};
@@ -336,22 +338,64 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
     /// # Errors
     /// As [`VtdUnit::new`].
     pub fn with_capacity(regs: W, alloc: A, config: VtdConfig) -> Result<Self, Error> {
+        let mut slot = MaybeUninit::<Self>::uninit();
+        // SAFETY: `slot` is ours, aligned and `size_of::<Self>()` bytes; it is read only after
+        // `init_in_place` returned `Ok`, which means every field was written.
+        unsafe {
+            Self::init_in_place(NonNull::from(&mut slot).cast(), regs, alloc, config)?;
+            Ok(slot.assume_init())
+        }
+    }
+
+    /// As [`VtdUnit::with_capacity`], building the unit straight into `slot` (a unit is about
+    /// 13 KiB: a kernel stack should hold no copy of it). Every field is written through its
+    /// own pointer; the domain slots one at a time, so that no part larger than the
+    /// configuration state (root table and attachment list, about 6 KiB) is ever built as a
+    /// temporary. Nothing relies on the memory's previous contents.
+    ///
+    /// Everything that can fail (`CAP`/`ECAP` decoding, the root table's page) happens before
+    /// the first write: on error `slot` is left uninitialised, the root table's page is not
+    /// allocated, and `regs` and `alloc` are dropped.
+    ///
+    /// # Errors
+    /// As [`VtdUnit::new`].
+    ///
+    /// # Safety
+    /// `slot` is valid for writes of `size_of::<Self>()` bytes, aligned, and not in use: what
+    /// it held is overwritten without being dropped. After `Ok` it holds a unit the caller
+    /// must eventually drop or [`release`](Self::release) (or
+    /// [`release_in_place`](Self::release_in_place)).
+    pub unsafe fn init_in_place(
+        slot: NonNull<Self>,
+        regs: W,
+        alloc: A,
+        config: VtdConfig,
+    ) -> Result<(), Error> {
         let cap = Cap(regs.read64(regs::CAP_REG));
         let ecap = Ecap(regs.read64(regs::ECAP_REG));
         let info = UnitInfo::decode(cap, ecap, &config)?;
         let root = RootTable::new(&alloc, info.coherency)?;
-        Ok(Self {
-            regs,
-            alloc,
-            info,
-            config: spin::Mutex::new(ConfigState {
+        let p = slot.as_ptr();
+        // SAFETY: the caller guarantees `slot` is writable and aligned; each field is written
+        // exactly once, and nothing can fail from here on, so the unit is whole on return.
+        unsafe {
+            addr_of_mut!((*p).regs).write(regs);
+            addr_of_mut!((*p).alloc).write(alloc);
+            addr_of_mut!((*p).info).write(info);
+            addr_of_mut!((*p).config).write(spin::Mutex::new(ConfigState {
                 root,
                 attachments: [None; MAX_ATTACHMENTS],
-            }),
-            domains: core::array::from_fn(|_| spin::RwLock::new(None)),
-            inval: spin::Mutex::new(Invalidator::Off),
-            counters: Counters::default(),
-        })
+            }));
+            // An array is laid out as `DOMAINS` consecutive elements (the Reference, "Type
+            // layout"): each is written in turn.
+            let domains = addr_of_mut!((*p).domains).cast::<spin::RwLock<Option<Domain<A>>>>();
+            for i in 0..DOMAINS {
+                domains.add(i).write(spin::RwLock::new(None));
+            }
+            addr_of_mut!((*p).inval).write(spin::Mutex::new(Invalidator::Off));
+            addr_of_mut!((*p).counters).write(Counters::default());
+        }
+        Ok(())
     }
 
     /// What the unit decoded from its capability registers.

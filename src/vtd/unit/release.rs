@@ -3,13 +3,17 @@
 //! are off (Intel VT-d specification rev. 4.1, §11.4 Global Status Register: TES and QIES
 //! clear), because then hardware walks none of it.
 
-use super::{UnitInfo, VtdUnit};
+use core::mem::MaybeUninit;
+use core::ptr::NonNull;
+
+use super::{ConfigState, UnitInfo, VtdUnit};
 use crate::iommu::DomainHandle;
 use crate::mem::{PageAllocator, PhysAddr};
 use crate::mmio::RegisterWindow;
 use crate::pgtable::{Gather, InvalidationComplete};
 use crate::vtd::context_entry::ScalableContextEntry;
 use crate::vtd::domain::with_table;
+use crate::vtd::invalidation::Counters;
 use crate::vtd::invalidation::Invalidator;
 use crate::vtd::pasid_table::release_directory;
 use crate::vtd::regs::{self, Gsts};
@@ -23,37 +27,56 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
 
     /// Frees every page the unit holds and gives back its register window and allocator.
     ///
+    /// Moves the unit (about 13 KiB) in and, on error, out again: where stack is short, use
+    /// [`release_in_place`](Self::release_in_place).
+    ///
     /// # Errors
     /// [`Error::UnexpectedState`], with the unit, while translation or queued invalidation is
     /// on: call [`disable`](Self::disable) first.
     // The error hands the unit itself back (no allocator to box it in): it is large by nature.
     #[allow(clippy::result_large_err)]
     pub fn release(self) -> Result<Released<W, A>, (Self, Error)> {
-        let gsts = regs::gsts(&self.regs);
-        let queue_on = !matches!(*self.inval.lock(), Invalidator::Off);
+        let mut slot = MaybeUninit::new(self);
+        // SAFETY: `slot` holds a live unit that nothing else references; on `Ok` it was
+        // consumed and is never read again, on `Err` it is untouched and handed back.
+        match unsafe { Self::release_in_place(NonNull::from(&mut slot).cast()) } {
+            Ok(released) => Ok(released),
+            // SAFETY: as above: the unit is whole.
+            Err(e) => Err((unsafe { slot.assume_init() }, e)),
+        }
+    }
+
+    /// As [`release`](Self::release), without moving the unit: on `Ok` the unit at `this` is
+    /// gone (its pages freed, its register window and allocator moved into the result) and
+    /// the memory may be reused; on `Err` it is untouched and still live.
+    ///
+    /// # Errors
+    /// As [`release`](Self::release).
+    ///
+    /// # Safety
+    /// `this` points to a live unit that nothing else references for the duration of the
+    /// call; after `Ok` it is treated as uninitialised (neither used nor dropped again).
+    pub unsafe fn release_in_place(this: NonNull<Self>) -> Result<Released<W, A>, Error> {
+        // SAFETY: the caller guarantees a live, unshared unit.
+        let unit = unsafe { &mut *this.as_ptr() };
+        let gsts = regs::gsts(&unit.regs);
+        let queue_on = !matches!(*unit.inval.get_mut(), Invalidator::Off);
         if gsts.intersects(Gsts::TES | Gsts::QIES) || queue_on {
-            let e = Error::UnexpectedState {
+            return Err(Error::UnexpectedState {
                 register: "GSTS (translation or queued invalidation still on)",
                 value: u64::from(gsts.bits()),
-            };
-            return Err((self, e));
+            });
         }
-        let Self {
-            regs,
-            alloc,
-            info,
-            config,
-            domains,
-            ..
-        } = self;
+        let info = unit.info;
         let mut leaked = None;
-        for lock in domains {
-            if let Some(d) = lock.into_inner() {
+        for lock in unit.domains.iter_mut() {
+            // One domain at a time: each leaves its slot empty.
+            if let Some(d) = lock.get_mut().take() {
                 let mut gather = Gather::new();
                 let destroyed = with_table!(d.table, t => t.destroy(&mut gather));
                 // SAFETY: translation is off, so no walker can reach the table.
                 let done = unsafe { InvalidationComplete::assume() };
-                if destroyed.and(gather.release(&alloc, done)).is_err() {
+                if destroyed.and(gather.release(&unit.alloc, done)).is_err() {
                     leaked = Some(Error::UnexpectedState {
                         register: "domain page table (pages unknown to the allocator)",
                         value: u64::from(d.did.get()),
@@ -61,10 +84,24 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
                 }
             }
         }
-        let cfg = config.into_inner();
+        // SAFETY: the unit is live and unshared (the caller); the register window, allocator
+        // and root table are moved out once, and the fields left behind need no drop
+        // (asserted below), so nothing is dropped twice and the memory may be reused.
+        let (regs, alloc, root) = unsafe {
+            (
+                core::ptr::read(&unit.regs),
+                core::ptr::read(&unit.alloc),
+                core::ptr::read(&unit.config.get_mut().root),
+            )
+        };
+        const {
+            assert!(!core::mem::needs_drop::<ConfigState>());
+            assert!(!core::mem::needs_drop::<Invalidator>());
+            assert!(!core::mem::needs_drop::<Counters>());
+        }
         // SAFETY: translation and queued invalidation are off; every table came from `alloc`.
         let tables = unsafe {
-            cfg.root.release(&alloc, info.scalable(), |ct| {
+            root.release(&alloc, info.scalable(), |ct| {
                 free_directories(&alloc, &info, ct)
             })
         };

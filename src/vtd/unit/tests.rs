@@ -1098,3 +1098,56 @@ fn dirty_tracking_needs_snooped_page_walks() {
         }
     }
 }
+
+/// In-place construction and release (no copy of the unit on the stack): the unit is built in
+/// an uninitialised heap slot, used, and released there; every page comes back.
+#[test]
+fn init_in_place_and_release_in_place_free_every_page() {
+    let a = TestAlloc::default();
+    let m = legacy_model();
+    let mut slot = std::boxed::Box::new(core::mem::MaybeUninit::<Unit<'_>>::uninit());
+    let ptr = NonNull::from(&mut *slot).cast::<Unit<'_>>();
+    // SAFETY: the slot is ours, aligned, uninitialised and unshared.
+    unsafe { VtdUnit::init_in_place(ptr, &m, &a, VtdConfig::legacy()) }.unwrap();
+    // SAFETY: initialised above; no other reference exists while this one lives.
+    let u = unsafe { ptr.as_ref() };
+    assert_eq!(a.live_pages(), 1, "the root table");
+    u.enable().unwrap();
+    let d = u.domain_alloc(&DomainConfig::default()).unwrap();
+    u.map(d, Iova::new(0), PhysAddr::new(0), K4, RW).unwrap();
+    u.attach(DEV, None, d).unwrap();
+    assert!(a.live_pages() > 1);
+    // Refused while translating, and the unit stays whole and usable.
+    // SAFETY: a live, unshared unit.
+    let e = unsafe { VtdUnit::release_in_place(ptr) }.err();
+    assert!(matches!(e, Some(Error::UnexpectedState { .. })), "{e:?}");
+    u.disable().unwrap();
+    // SAFETY: as above; not used again after `Ok`.
+    let released = unsafe { VtdUnit::release_in_place(ptr) };
+    assert!(matches!(released, Ok(Released { leaked: None, .. })));
+    assert_eq!(a.live_pages(), 0);
+}
+
+/// A failed in-place construction allocates nothing and leaves the slot as it was.
+#[test]
+fn init_in_place_failure_leaves_the_slot_uninitialised() {
+    let a = TestAlloc::default();
+    let m = legacy_model();
+    let mut slot = std::boxed::Box::new(core::mem::MaybeUninit::<Unit<'_>>::uninit());
+    let ptr = NonNull::from(&mut *slot).cast::<Unit<'_>>();
+    a.fail.set(true);
+    // SAFETY: the slot is ours, aligned, uninitialised and unshared.
+    let e = unsafe { VtdUnit::init_in_place(ptr, &m, &a, VtdConfig::legacy()) }.unwrap_err();
+    assert!(matches!(e, Error::NoMemory), "{e:?}");
+    assert_eq!(a.live_pages(), 0);
+    // Scalable mode on a unit without SMTS: refused before anything is allocated.
+    a.fail.set(false);
+    let cfg = VtdConfig {
+        mode: Mode::Scalable,
+        ..VtdConfig::legacy()
+    };
+    // SAFETY: as above (the slot is still uninitialised).
+    let e = unsafe { VtdUnit::init_in_place(ptr, &m, &a, cfg) }.unwrap_err();
+    assert!(matches!(e, Error::Unsupported { .. }), "{e:?}");
+    assert_eq!(a.live_pages(), 0);
+}
