@@ -106,3 +106,4 @@ pub(super) fn s1() -> DomainConfig {
 mod attach;
 mod enable;
 mod flush;
+mod in_place;
