@@ -28,6 +28,8 @@ mod object;
 #[cfg(feature = "sim")]
 mod sim;
 mod status;
+#[cfg(all(test, feature = "sim"))]
+mod tests;
 mod unit;
 
 pub use env::{CEnv, CRegs, IeEnv, IeRegs};

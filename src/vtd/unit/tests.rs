@@ -1109,19 +1109,22 @@ fn init_in_place_and_release_in_place_free_every_page() {
     let ptr = NonNull::from(&mut *slot).cast::<Unit<'_>>();
     // SAFETY: the slot is ours, aligned, uninitialised and unshared.
     unsafe { VtdUnit::init_in_place(ptr, &m, &a, VtdConfig::legacy()) }.unwrap();
-    // SAFETY: initialised above; no other reference exists while this one lives.
-    let u = unsafe { ptr.as_ref() };
     assert_eq!(a.live_pages(), 1, "the root table");
-    u.enable().unwrap();
-    let d = u.domain_alloc(&DomainConfig::default()).unwrap();
-    u.map(d, Iova::new(0), PhysAddr::new(0), K4, RW).unwrap();
-    u.attach(DEV, None, d).unwrap();
-    assert!(a.live_pages() > 1);
+    {
+        // SAFETY: initialised above; the only reference while it lives.
+        let u = unsafe { ptr.as_ref() };
+        u.enable().unwrap();
+        let d = u.domain_alloc(&DomainConfig::default()).unwrap();
+        u.map(d, Iova::new(0), PhysAddr::new(0), K4, RW).unwrap();
+        u.attach(DEV, None, d).unwrap();
+        assert!(a.live_pages() > 1);
+    }
     // Refused while translating, and the unit stays whole and usable.
     // SAFETY: a live, unshared unit.
     let e = unsafe { VtdUnit::release_in_place(ptr) }.err();
     assert!(matches!(e, Some(Error::UnexpectedState { .. })), "{e:?}");
-    u.disable().unwrap();
+    // SAFETY: still live (the release was refused); the only reference while it lives.
+    unsafe { ptr.as_ref() }.disable().unwrap();
     // SAFETY: as above; not used again after `Ok`.
     let released = unsafe { VtdUnit::release_in_place(ptr) };
     assert!(matches!(released, Ok(Released { leaked: None, .. })));

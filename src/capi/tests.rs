@@ -1,0 +1,142 @@
+//! The C ABI's object life cycle from Rust (so that Miri checks it): units and contexts built
+//! in place in their pages, a VT-d unit released in place, every page given back.
+
+extern crate std;
+
+use core::mem::MaybeUninit;
+use core::ptr::null_mut;
+
+use super::env::{IeEnv, IeRegs};
+use super::ioasid::{
+    ie_ctx_create, ie_ctx_destroy, ie_registry_create, ie_registry_destroy, IeCtx, IeRegistry,
+};
+use super::sim::{
+    ie_sim_arena_create, ie_sim_arena_destroy, ie_sim_arena_env, ie_sim_arena_live_pages,
+    ie_sim_model_destroy, ie_sim_model_regs, ie_sim_smmu_model_create, ie_sim_vtd_model_create,
+    IeSimArena, IeSimModel, IeSimSmmuConfig, IeSimVtdConfig,
+};
+use super::status::IeStatus;
+use super::unit::{
+    ie_smmu_config_default, ie_smmu_create, ie_unit_destroy, ie_unit_disable, ie_unit_enable,
+    ie_vtd_config_default, ie_vtd_create, IeSmmuConfig, IeUnit, IeVtdConfig,
+};
+
+const OK: i32 = IeStatus::Ok as i32;
+const BUSY: i32 = IeStatus::Busy as i32;
+
+/// An arena, its allocator and the pages it holds before any object is made.
+fn arena() -> (*mut IeSimArena, IeEnv) {
+    let mut arena = null_mut();
+    // SAFETY: `arena` is writable.
+    assert_eq!(unsafe { ie_sim_arena_create(4 << 20, &mut arena) }, OK);
+    let mut env = MaybeUninit::<IeEnv>::uninit();
+    // SAFETY: a live arena; `env` is writable.
+    assert_eq!(unsafe { ie_sim_arena_env(arena, env.as_mut_ptr()) }, OK);
+    // SAFETY: written above.
+    (arena, unsafe { env.assume_init() })
+}
+
+/// Registry and context over `unit`, then both destroyed.
+///
+/// # Safety
+/// `env` is the arena's; `unit` a live, enabled unit handle.
+unsafe fn with_context(env: &IeEnv, unit: *mut IeUnit) {
+    let units = [unit];
+    let mut registry: *mut IeRegistry = null_mut();
+    // SAFETY: valid arguments (the caller's contract).
+    let st = unsafe { ie_registry_create(env, units.as_ptr(), 1, 20, &mut registry) };
+    assert_eq!(st, OK);
+    let mut ctx: *mut IeCtx = null_mut();
+    // SAFETY: a live registry; `ctx` is writable.
+    assert_eq!(unsafe { ie_ctx_create(registry, 4, &mut ctx) }, OK);
+    // The registry uses the unit, the context the registry.
+    // SAFETY: live handles.
+    unsafe {
+        assert_eq!(ie_unit_destroy(unit), BUSY);
+        assert_eq!(ie_registry_destroy(registry), BUSY);
+        assert_eq!(ie_ctx_destroy(ctx), OK);
+        assert_eq!(ie_registry_destroy(registry), OK);
+    }
+}
+
+#[test]
+fn vtd_unit_and_context_built_and_released_in_place() {
+    let (arena, env) = arena();
+    let mut model: *mut IeSimModel = null_mut();
+    let mcfg = IeSimVtdConfig {
+        scalable: false,
+        snoop_control: true,
+        caching_mode: false,
+    };
+    // SAFETY: a live arena, readable config, writable out.
+    assert_eq!(
+        unsafe { ie_sim_vtd_model_create(arena, &mcfg, &mut model) },
+        OK
+    );
+    let mut regs = MaybeUninit::<IeRegs>::uninit();
+    let mut cfg = MaybeUninit::<IeVtdConfig>::uninit();
+    // SAFETY: a live model; writable outs.
+    unsafe {
+        assert_eq!(ie_sim_model_regs(model, regs.as_mut_ptr()), OK);
+        assert_eq!(ie_vtd_config_default(cfg.as_mut_ptr()), OK);
+    }
+    // SAFETY: a live arena.
+    let before = unsafe { ie_sim_arena_live_pages(arena) };
+    let mut unit: *mut IeUnit = null_mut();
+    // SAFETY: valid arguments; `regs` and `cfg` were written above.
+    unsafe {
+        assert_eq!(
+            ie_vtd_create(&env, regs.as_ptr(), cfg.as_ptr(), &mut unit),
+            OK
+        );
+        assert_eq!(ie_unit_enable(unit), OK);
+        with_context(&env, unit);
+        // Enabled: refused, and the unit stays usable.
+        assert_eq!(ie_unit_destroy(unit), BUSY);
+        assert_eq!(ie_unit_disable(unit), OK);
+        assert_eq!(ie_unit_destroy(unit), OK);
+        assert_eq!(ie_sim_arena_live_pages(arena), before);
+        assert_eq!(ie_sim_model_destroy(model), OK);
+        assert_eq!(ie_sim_arena_destroy(arena), OK);
+    }
+}
+
+#[test]
+fn smmu_unit_built_in_place_and_destroyed() {
+    let (arena, env) = arena();
+    let mut model: *mut IeSimModel = null_mut();
+    let mcfg = IeSimSmmuConfig {
+        fwb: false,
+        cohacc: true,
+        ril: false,
+    };
+    // SAFETY: a live arena, readable config, writable out.
+    assert_eq!(
+        unsafe { ie_sim_smmu_model_create(arena, &mcfg, &mut model) },
+        OK
+    );
+    let mut regs = MaybeUninit::<IeRegs>::uninit();
+    let mut cfg = MaybeUninit::<IeSmmuConfig>::uninit();
+    // SAFETY: a live model; writable outs.
+    unsafe {
+        assert_eq!(ie_sim_model_regs(model, regs.as_mut_ptr()), OK);
+        assert_eq!(ie_smmu_config_default(cfg.as_mut_ptr()), OK);
+    }
+    // SAFETY: a live arena.
+    let before = unsafe { ie_sim_arena_live_pages(arena) };
+    let mut unit: *mut IeUnit = null_mut();
+    // SAFETY: valid arguments; `regs` and `cfg` were written above.
+    unsafe {
+        assert_eq!(
+            ie_smmu_create(&env, regs.as_ptr(), cfg.as_ptr(), &mut unit),
+            OK
+        );
+        assert_eq!(ie_unit_enable(unit), OK);
+        with_context(&env, unit);
+        assert_eq!(ie_unit_disable(unit), OK);
+        assert_eq!(ie_unit_destroy(unit), OK);
+        assert_eq!(ie_sim_arena_live_pages(arena), before);
+        assert_eq!(ie_sim_model_destroy(model), OK);
+        assert_eq!(ie_sim_arena_destroy(arena), OK);
+    }
+}
