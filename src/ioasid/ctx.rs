@@ -65,6 +65,17 @@ pub(super) struct State<'a, A: PageAllocator> {
 }
 
 impl<'a, A: PageAllocator> State<'a, A> {
+    /// An unlocked, empty state numbered 0: a constant, so that writing it copies from
+    /// read-only data rather than from a 30 KiB temporary built on the stack.
+    const EMPTY: spin::RwLock<Self> = spin::RwLock::new(State {
+        ctx: 0,
+        devices: [const { None }; MAX_DEVICES],
+        ioasids: [const { None }; MAX_IOASIDS],
+        pasid_attachments: [None; MAX_PASID_ATTACHMENTS],
+        pasids: [None; MAX_PASID_ATTACHMENTS],
+        reserved: [None; MAX_RESERVED],
+    });
+
     pub(super) fn device(&self, d: DeviceHandle) -> Result<&Device, Error> {
         self.devices
             .get(usize::from(d.slot()))
@@ -201,14 +212,10 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
             addr_of_mut!((*p).alloc).write(alloc);
             addr_of_mut!((*p).id).write(id);
             addr_of_mut!((*p).pasid_quota).write(pasid_quota.min(MAX_PASID_ATTACHMENTS as u32));
-            addr_of_mut!((*p).state).write(spin::RwLock::new(State {
-                ctx: id,
-                devices: [const { None }; MAX_DEVICES],
-                ioasids: [const { None }; MAX_IOASIDS],
-                pasid_attachments: [None; MAX_PASID_ATTACHMENTS],
-                pasids: [None; MAX_PASID_ATTACHMENTS],
-                reserved: [None; MAX_RESERVED],
-            }));
+            // Copied from a constant (no temporary on the stack), then numbered.
+            let state = addr_of_mut!((*p).state);
+            state.write(State::EMPTY);
+            (*state).get_mut().ctx = id;
             // An array is laid out as `MAX_DEVICES` consecutive elements (the Reference, "Type
             // layout"): each is written in turn.
             let grants = addr_of_mut!((*p).grants).cast::<AtomicU32>();

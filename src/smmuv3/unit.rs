@@ -232,6 +232,17 @@ pub(crate) struct ConfigState<A: PageAllocator> {
     pub(crate) asids: TagAllocator,
 }
 
+impl<A: PageAllocator> ConfigState<A> {
+    /// Unlocked, no stream table, no stream, no tag taken: a constant, so that writing it
+    /// copies from read-only data rather than from a temporary built on the stack.
+    const EMPTY: Mutex<Self> = Mutex::new(ConfigState {
+        strtab: None,
+        streams: [const { None }; MAX_STREAMS],
+        vmids: TagAllocator::new(),
+        asids: TagAllocator::new(),
+    });
+}
+
 /// What [`SmmuUnit::handle_events`] found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EventReport {
@@ -316,12 +327,8 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
             addr_of_mut!((*p).idr).write(idr);
             addr_of_mut!((*p).features).write(features);
             addr_of_mut!((*p).cfg).write(cfg);
-            addr_of_mut!((*p).config).write(Mutex::new(ConfigState {
-                strtab: None,
-                streams: [const { None }; MAX_STREAMS],
-                vmids: TagAllocator::new(),
-                asids: TagAllocator::new(),
-            }));
+            // Copied from a constant: no temporary on the stack.
+            addr_of_mut!((*p).config).write(ConfigState::EMPTY);
             addr_of_mut!((*p).cmdq).write(Mutex::new(None));
             addr_of_mut!((*p).eventq).write(Mutex::new(None));
             // An array is laid out as `MAX_DOMAINS` consecutive elements (the Reference, "Type

@@ -69,6 +69,15 @@ unsafe impl Send for RootTable {}
 unsafe impl Sync for RootTable {}
 
 impl RootTable {
+    /// A table that owns no page: a stand-in for a constant initialiser, overwritten with a
+    /// real table before anything reads it (`VtdUnit::init_in_place`). Never use or release it.
+    pub(crate) const PLACEHOLDER: Self = Self {
+        page: Page {
+            pa: PhysAddr::new(0),
+            va: NonNull::dangling(),
+        },
+    };
+
     /// Allocates an empty (all non-present) root table.
     ///
     /// # Errors

@@ -282,6 +282,13 @@ pub(crate) struct ConfigState {
 }
 
 impl ConfigState {
+    /// Unlocked, nothing attached, a placeholder root table: a constant, so that writing it
+    /// copies from read-only data rather than from a temporary built on the stack.
+    const EMPTY: spin::Mutex<Self> = spin::Mutex::new(ConfigState {
+        root: RootTable::PLACEHOLDER,
+        attachments: [None; MAX_ATTACHMENTS],
+    });
+
     pub fn find(&self, sid: SourceId, pasid: Option<Pasid>) -> Option<usize> {
         self.attachments
             .iter()
@@ -382,10 +389,11 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
             addr_of_mut!((*p).regs).write(regs);
             addr_of_mut!((*p).alloc).write(alloc);
             addr_of_mut!((*p).info).write(info);
-            addr_of_mut!((*p).config).write(spin::Mutex::new(ConfigState {
-                root,
-                attachments: [None; MAX_ATTACHMENTS],
-            }));
+            // Copied from a constant (no temporary on the stack), then given its root table;
+            // the placeholder is overwritten, not dropped (it owns nothing).
+            let config = addr_of_mut!((*p).config);
+            config.write(ConfigState::EMPTY);
+            addr_of_mut!((*config).get_mut().root).write(root);
             // An array is laid out as `DOMAINS` consecutive elements (the Reference, "Type
             // layout"): each is written in turn.
             let domains = addr_of_mut!((*p).domains).cast::<spin::RwLock<Option<Domain<A>>>>();
