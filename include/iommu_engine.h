@@ -26,10 +26,11 @@
  * handler that can interrupt a call into it on the same CPU (a lock held there would deadlock):
  * drain faults with ie_unit_drain_faults() from a threaded handler or bottom half.
  *
- * Stack: most calls use well under 4 KiB. Object creation and VT-d unit destruction move large
- * objects: x86_64 release builds need about 13 KiB (ie_registry_create), 32 KiB (ie_ctx_create),
- * 56 KiB (ie_vtd_create, ie_smmu_create) and 64 KiB (ie_unit_destroy of a VT-d unit); debug
- * builds more. Make these calls at initialisation or from a thread with a large stack.
+ * Stack: units and contexts are built and released in their pages, never copied through the
+ * stack. x86_64 release builds need at most about 0.5 KiB (ie_vtd_create), 0.6 KiB
+ * (ie_smmu_create, ie_ctx_create), 1.1 KiB (ie_unit_destroy), 3 KiB (ie_unit_enable,
+ * ie_ctx_destroy) and 13 KiB (ie_registry_create); other calls under 2 KiB. Debug builds need
+ * more: make creation and destruction calls where a debug kernel has the stack for them.
  */
 
 #ifndef IOMMU_ENGINE_H

@@ -54,8 +54,15 @@
 //!   a VT-d unit about 13 KiB, an SMMUv3 unit about 18 KiB, and the system's one
 //!   [`ioasid::PasidAllocator`] 128 KiB (its bitmap; make it a `static`, or build it in zeroed
 //!   memory with [`ioasid::PasidAllocator::init_zeroed`]). Put contexts and units in statics or
-//!   in memory the kernel allocated, not on a small kernel stack; the C ABI places each in pages
-//!   from the embedder's allocator.
+//!   in memory the kernel allocated, not on a small kernel stack. The by-value constructors
+//!   (`new`) are for hosted users; a kernel builds in place with
+//!   [`vtd::unit::VtdUnit::init_in_place`], [`smmuv3::SmmuUnit::init_in_place`] and
+//!   [`ioasid::IoasidCtx::init_in_place`] (any memory: nothing relies on it being zeroed), and
+//!   frees a disabled VT-d unit's pages with [`vtd::unit::VtdUnit::release_in_place`]. The C
+//!   ABI does so in pages from the embedder's allocator: in an x86_64 release build the deepest
+//!   stack of `ie_vtd_create` is about 0.5 KiB, `ie_smmu_create` 0.6 KiB, `ie_ctx_create`
+//!   0.6 KiB, `ie_unit_destroy` 1.1 KiB (53, 56, 31 and 63 KiB when built by value); the
+//!   largest left are `ie_registry_create` (13 KiB) and `ie_ctx_destroy` (3 KiB).
 //!
 //! ## Example
 //! A VT-d second-stage table over the host-side arena, read back by the independent reference
