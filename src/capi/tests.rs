@@ -69,10 +69,8 @@ fn vtd_unit_and_context_built_and_released_in_place() {
         caching_mode: false,
     };
     // SAFETY: a live arena, readable config, writable out.
-    assert_eq!(
-        unsafe { ie_sim_vtd_model_create(arena, &mcfg, &mut model) },
-        OK
-    );
+    let st = unsafe { ie_sim_vtd_model_create(arena, &mcfg, &mut model) };
+    assert_eq!(st, OK);
     let mut regs = MaybeUninit::<IeRegs>::uninit();
     let mut cfg = MaybeUninit::<IeVtdConfig>::uninit();
     // SAFETY: a live model; writable outs.
@@ -111,10 +109,8 @@ fn smmu_unit_built_in_place_and_destroyed() {
         ril: false,
     };
     // SAFETY: a live arena, readable config, writable out.
-    assert_eq!(
-        unsafe { ie_sim_smmu_model_create(arena, &mcfg, &mut model) },
-        OK
-    );
+    let st = unsafe { ie_sim_smmu_model_create(arena, &mcfg, &mut model) };
+    assert_eq!(st, OK);
     let mut regs = MaybeUninit::<IeRegs>::uninit();
     let mut cfg = MaybeUninit::<IeSmmuConfig>::uninit();
     // SAFETY: a live model; writable outs.

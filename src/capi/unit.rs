@@ -255,8 +255,8 @@ unsafe fn publish(
     init: impl FnOnce(NonNull<UnitObj>) -> Result<(), IeStatus>,
     out: *mut *mut IeUnit,
 ) -> Result<(), IeStatus> {
-    // SAFETY: `create_with` hands out a non-null slot.
     let obj = Obj::create_with(env, |slot: *mut UnitObj| {
+        // SAFETY: `create_with` hands out a slot in its page: never null.
         init(unsafe { NonNull::new_unchecked(slot) })
     })?;
     // SAFETY: checked non-null and writable by the caller's contract.

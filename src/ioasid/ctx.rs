@@ -67,6 +67,8 @@ pub(super) struct State<'a, A: PageAllocator> {
 impl<'a, A: PageAllocator> State<'a, A> {
     /// An unlocked, empty state numbered 0: a constant, so that writing it copies from
     /// read-only data rather than from a 30 KiB temporary built on the stack.
+    // Each use is a fresh value written once into a new object: no lock is shared.
+    #[allow(clippy::declare_interior_mutable_const)]
     const EMPTY: spin::RwLock<Self> = spin::RwLock::new(State {
         ctx: 0,
         devices: [const { None }; MAX_DEVICES],

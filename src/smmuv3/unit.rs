@@ -235,6 +235,8 @@ pub(crate) struct ConfigState<A: PageAllocator> {
 impl<A: PageAllocator> ConfigState<A> {
     /// Unlocked, no stream table, no stream, no tag taken: a constant, so that writing it
     /// copies from read-only data rather than from a temporary built on the stack.
+    // Each use is a fresh value written once into a new object: no lock is shared.
+    #[allow(clippy::declare_interior_mutable_const)]
     const EMPTY: Mutex<Self> = Mutex::new(ConfigState {
         strtab: None,
         streams: [const { None }; MAX_STREAMS],

@@ -284,6 +284,8 @@ pub(crate) struct ConfigState {
 impl ConfigState {
     /// Unlocked, nothing attached, a placeholder root table: a constant, so that writing it
     /// copies from read-only data rather than from a temporary built on the stack.
+    // Each use is a fresh value written once into a new object: no lock is shared.
+    #[allow(clippy::declare_interior_mutable_const)]
     const EMPTY: spin::Mutex<Self> = spin::Mutex::new(ConfigState {
         root: RootTable::PLACEHOLDER,
         attachments: [None; MAX_ATTACHMENTS],
