@@ -224,6 +224,11 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         self.check_iova_range(iova, len)?;
         self.check_pa_range(pa, len)?;
         self.format.check_prot(prot)?;
+        if let Some(leaf) = self.leaf_table_for(iova.get(), len) {
+            // The general walk would descend the same existing tables and need no new one.
+            self.plan_leaves(leaf, iova.get(), len)?;
+            return self.map_leaves(leaf, iova.get(), pa.get(), len, prot);
+        }
         let top = self.geo().top_level();
         let need = self.plan_map(self.root_table(), top, iova.get(), pa.get(), len)?;
         let granule = self.geo().granule_log2;
@@ -241,8 +246,38 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         r
     }
 
+    /// The existing leaf (level-0) table whose span holds all of `[iova, iova + len)` with room
+    /// to spare, if every entry on the way down is a table pointer. Then the general walks of
+    /// `map` and `unmap` would only descend to it (no larger page can be placed or cut, no
+    /// table needs allocating, unlinking or splitting), so the operation is done on it
+    /// directly: the fast path of small maps and unmaps.
+    #[inline]
+    fn leaf_table_for(&self, iova: u64, len: u64) -> Option<Table> {
+        let g = self.geo();
+        if g.levels < 2 {
+            return None;
+        }
+        let span_log2 = g.level_shift(1);
+        if len >> span_log2 != 0 || iova >> span_log2 != (iova + (len - 1)) >> span_log2 {
+            return None;
+        }
+        let mut t = self.root_table();
+        for level in (1..g.levels).rev() {
+            // SAFETY: `t` is a live table at `level`; the index comes from an in-range IOVA.
+            let raw = unsafe { t.slot(g.index(level, iova)) }.load(Ordering::Acquire);
+            if !self.format.is_present(raw) || !self.format.is_table(level, raw) {
+                return None;
+            }
+            t = self.child(raw).ok()?;
+        }
+        Some(t)
+    }
+
     /// First pass of `map`: fails on overlap, returns the number of tables to allocate.
     fn plan_map(&self, t: Table, level: u32, iova: u64, pa: u64, len: u64) -> Result<usize, Error> {
+        if level == 0 {
+            return self.plan_leaves(t, iova, len);
+        }
         let size = 1u64 << self.geo().level_shift(level);
         let (mut iova, mut pa, mut left, mut need) = (iova, pa, len, 0);
         let mut idx = self.geo().index(level, iova);
@@ -264,6 +299,25 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
             (iova, pa, left, idx) = (iova + chunk, pa + chunk, left - chunk, idx + 1);
         }
         Ok(need)
+    }
+
+    /// `plan_map` at level 0, where every entry is one granule and needs no table: only the
+    /// overlap check, as one tight loop (the hot path of small maps).
+    #[inline]
+    fn plan_leaves(&self, t: Table, iova: u64, len: u64) -> Result<usize, Error> {
+        let shift = self.geo().granule_log2;
+        let first = self.geo().index(0, iova);
+        for i in 0..(len >> shift) as usize {
+            // SAFETY: `t` is a live leaf table and `[iova, iova + len)` lies inside its span
+            // (callers split ranges per entry of the level above), so `first + i` indexes it.
+            let raw = unsafe { t.slot(first + i) }.load(Ordering::Acquire);
+            if self.format.is_present(raw) {
+                return Err(Error::Overlap {
+                    iova: Iova::new(iova + ((i as u64) << shift)),
+                });
+            }
+        }
+        Ok(0)
     }
 
     /// Tables needed beneath a new table at `level` to map `[iova, iova + len)`.
@@ -294,6 +348,9 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         prot: Prot,
         spares: &mut Spares,
     ) -> Result<(), Error> {
+        if level == 0 {
+            return self.map_leaves(t, iova, pa, len, prot);
+        }
         let size = 1u64 << self.geo().level_shift(level);
         let (mut iova, mut pa, mut left) = (iova, pa, len);
         let mut idx = self.geo().index(level, iova);
@@ -325,6 +382,35 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
             (iova, pa, left, idx) = (iova + chunk, pa + chunk, left - chunk, idx + 1);
         }
         self.sync(t.entry_ptr(first), (idx - first) * 8);
+        result
+    }
+
+    /// `map_level` at level 0: one granule-sized leaf per entry, written in one tight loop,
+    /// then one cache-maintenance call for the entries written.
+    #[inline]
+    fn map_leaves(&self, t: Table, iova: u64, pa: u64, len: u64, prot: Prot) -> Result<(), Error> {
+        let shift = self.geo().granule_log2;
+        let first = self.geo().index(0, iova);
+        let n = (len >> shift) as usize;
+        let mut result = Ok(());
+        let mut written = 0;
+        while written < n {
+            let offset = (written as u64) << shift;
+            // SAFETY: as in `plan_leaves`.
+            let slot = unsafe { t.slot(first + written) };
+            if self.format.is_present(slot.load(Ordering::Acquire)) {
+                result = Err(Error::Overlap {
+                    iova: Iova::new(iova + offset),
+                });
+                break;
+            }
+            slot.store(
+                self.format.encode_leaf(0, PhysAddr::new(pa + offset), prot),
+                Ordering::Relaxed,
+            );
+            written += 1;
+        }
+        self.sync(t.entry_ptr(first), written * 8);
         result
     }
 
@@ -380,6 +466,9 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     /// [`Error::NoMemory`] for a split.
     pub fn unmap(&self, iova: Iova, len: u64, gather: &mut Gather) -> Result<u64, Error> {
         self.check_iova_range(iova, len)?;
+        if let Some(leaf) = self.leaf_table_for(iova.get(), len) {
+            return Ok(self.unmap_leaves(leaf, iova.get(), len, gather));
+        }
         let end = iova.get() + len;
         let need = self.plan_split(iova.get(), iova.get(), end)?
             + self.plan_split(end, iova.get(), end)?;
@@ -440,6 +529,9 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         gather: &mut Gather,
         spares: &mut Spares,
     ) -> Result<u64, Error> {
+        if level == 0 {
+            return Ok(self.unmap_leaves(t, iova, len, gather));
+        }
         let shift = self.geo().level_shift(level);
         let size = 1u64 << shift;
         let (mut iova, mut left, mut unmapped) = (iova, len, 0);
@@ -471,6 +563,51 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
             (iova, left, idx) = (iova + chunk, left - chunk, idx + 1);
         }
         Ok(unmapped)
+    }
+
+    /// `unmap_level` at level 0: clears every present entry in one tight loop; each run of
+    /// cleared entries gets one cache-maintenance call and one gather record (the same bytes and
+    /// ranges as entry by entry, in fewer calls). Returns the bytes unmapped.
+    #[inline]
+    fn unmap_leaves(&self, t: Table, iova: u64, len: u64, gather: &mut Gather) -> u64 {
+        let shift = self.geo().granule_log2;
+        let first = self.geo().index(0, iova);
+        let n = (len >> shift) as usize;
+        let mut cleared = 0u64;
+        let mut run: Option<usize> = None;
+        for i in 0..n {
+            // SAFETY: as in `plan_leaves`.
+            let slot = unsafe { t.slot(first + i) };
+            if self.format.is_present(slot.load(Ordering::Acquire)) {
+                slot.store(0, Ordering::Release);
+                run.get_or_insert(i);
+                cleared += 1;
+            } else if let Some(start) = run.take() {
+                self.cleared_run(t, first, start, i, iova, gather);
+            }
+        }
+        if let Some(start) = run {
+            self.cleared_run(t, first, start, n, iova, gather);
+        }
+        cleared << shift
+    }
+
+    /// Reports entries `first + start .. first + end` of the leaf table `t` (mapping from
+    /// `iova`, the IOVA of entry `first`) as cleared: cache maintenance and gather.
+    #[inline]
+    fn cleared_run(
+        &self,
+        t: Table,
+        first: usize,
+        start: usize,
+        end: usize,
+        iova: u64,
+        gather: &mut Gather,
+    ) {
+        let shift = self.geo().granule_log2;
+        self.sync(t.entry_ptr(first + start), (end - start) * 8);
+        let run_iova = iova + ((start as u64) << shift);
+        gather.add_leaves(run_iova, ((end - start) as u64) << shift, shift);
     }
 
     #[inline]
