@@ -367,14 +367,18 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
                     Ordering::Relaxed,
                 );
             } else {
-                let child = match self.table_at(slot, level, raw, iova, spares) {
+                let (child, fresh) = match self.table_at(slot, level, raw, iova, spares) {
                     Ok(child) => child,
                     Err(e) => {
                         result = Err(e);
                         break;
                     }
                 };
-                if let Err(e) = self.map_level(child, level - 1, iova, pa, chunk, prot, spares) {
+                if fresh && level == 1 {
+                    self.fill_leaves(child, iova, pa, chunk, prot);
+                } else if let Err(e) =
+                    self.map_level(child, level - 1, iova, pa, chunk, prot, spares)
+                {
                     result = Err(e);
                     break;
                 }
@@ -414,7 +418,29 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         result
     }
 
-    /// The table below `slot`, installing one from `spares` if the slot is empty.
+    /// `map_leaves` into a leaf table this call has just installed: every entry is empty (only
+    /// concurrent maps of disjoint ranges can write into it, never at these indices), so the
+    /// entries are written without reading them first.
+    #[inline]
+    fn fill_leaves(&self, t: Table, iova: u64, pa: u64, len: u64, prot: Prot) {
+        let shift = self.geo().granule_log2;
+        let first = self.geo().index(0, iova);
+        let n = (len >> shift) as usize;
+        let mut pa = pa;
+        for i in 0..n {
+            // SAFETY: as in `plan_leaves`.
+            let slot = unsafe { t.slot(first + i) };
+            slot.store(
+                self.format.encode_leaf(0, PhysAddr::new(pa), prot),
+                Ordering::Relaxed,
+            );
+            pa += 1 << shift;
+        }
+        self.sync(t.entry_ptr(first), n * 8);
+    }
+
+    /// The table below `slot`, installing one from `spares` if the slot is empty; whether it
+    /// was installed by this call.
     fn table_at(
         &self,
         slot: &AtomicU64,
@@ -422,10 +448,10 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         raw: u64,
         iova: u64,
         spares: &mut Spares,
-    ) -> Result<Table, Error> {
+    ) -> Result<(Table, bool), Error> {
         if self.format.is_present(raw) {
             return if level > 0 && self.format.is_table(level, raw) {
-                self.child(raw)
+                self.child(raw).map(|t| (t, false))
             } else {
                 Err(Error::Overlap {
                     iova: Iova::new(iova),
@@ -442,7 +468,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         self.sync(page.va, 1 << self.geo().granule_log2);
         let new = self.format.encode_table(level, page.pa);
         match slot.compare_exchange(raw, new, Ordering::Release, Ordering::Acquire) {
-            Ok(_) => Ok(Table(page.va)),
+            Ok(_) => Ok((Table(page.va), true)),
             Err(now) => {
                 // A concurrent map of a disjoint range installed a table first: use it.
                 spares.put(page);
