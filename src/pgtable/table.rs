@@ -226,8 +226,11 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         self.format.check_prot(prot)?;
         if let Some(leaf) = self.leaf_table_for(iova.get(), len) {
             // The general walk would descend the same existing tables and need no new one.
+            // Once `plan_leaves` found every entry empty, only a concurrent map of an
+            // overlapping range, which the contract forbids, could fill one.
             self.plan_leaves(leaf, iova.get(), len)?;
-            return self.map_leaves(leaf, iova.get(), pa.get(), len, prot);
+            self.fill_leaves(leaf, iova.get(), pa.get(), len, prot);
+            return Ok(());
         }
         let top = self.geo().top_level();
         let need = self.plan_map(self.root_table(), top, iova.get(), pa.get(), len)?;
@@ -418,9 +421,9 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         result
     }
 
-    /// `map_leaves` into a leaf table this call has just installed: every entry is empty (only
-    /// concurrent maps of disjoint ranges can write into it, never at these indices), so the
-    /// entries are written without reading them first.
+    /// `map_leaves` where every entry is known to be empty (a leaf table this call has just
+    /// installed, into which only concurrent maps of disjoint ranges can write; or entries
+    /// `plan_leaves` has just checked), so the entries are written without reading them.
     #[inline]
     fn fill_leaves(&self, t: Table, iova: u64, pa: u64, len: u64, prot: Prot) {
         let shift = self.geo().granule_log2;
