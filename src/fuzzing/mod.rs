@@ -12,11 +12,14 @@
 //! | `pgtable_vtd_ss`, `pgtable_vtd_fs`, `pgtable_arm_s2_4k`, `pgtable_arm_s2_16k`, `pgtable_arm_s2_64k`, `pgtable_arm_s1` | [`pgtable`]: arbitrary configurations and sequences of map / unmap / query / hardware dirty marking / read-and-clear-dirty / gather release / reclaim / allocation failure | a shadow `BTreeMap` model, the engine's own enumeration and the independent reference walkers of [`crate::sim::walk`] after every step; no page leaked, none freed before its gather is released, none freed twice ([`crate::sim::Arena`] books) |
 //! | `decode_vtd`, `decode_smmuv3` | [`decode`]: every decoder of what hardware writes or reports | never panics; decoded fields re-encode to the raw bits they came from |
 //!
-//! The queue targets (VT-d invalidation queue, SMMUv3 command queue) need a model unit that
-//! consumes descriptors; they come with the unit models (see `fuzz/README.md`).
+//! | `queue_vtd` | [`queue`]: the VT-d invalidation queue under arbitrary submissions, waits, hardware progress and injected IQE/ITE/ICE | no unconsumed descriptor overwritten, a successful wait means everything before it completed, errors only when injected and cleared after |
+//!
+//! The SMMUv3 command-queue and IOASID targets come with the unit models (see
+//! `fuzz/README.md`).
 
 pub mod decode;
 pub mod pgtable;
+pub mod queue;
 
 /// A fuzz target: its name (the directory of its corpus) and its body.
 pub type Target = (&'static str, fn(&[u8]));
@@ -31,6 +34,7 @@ pub const TARGETS: &[Target] = &[
     ("pgtable_arm_s1", pgtable::arm_s1),
     ("decode_vtd", decode::vtd),
     ("decode_smmuv3", decode::smmuv3),
+    ("queue_vtd", queue::vtd),
 ];
 
 /// The body of the target called `name`, if there is one.
