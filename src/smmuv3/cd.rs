@@ -218,8 +218,8 @@ impl CdSync {
 }
 
 /// A CD table in allocator memory: `2^S1CDMax` CDs, linear or two-level.
-pub struct CdTable<'a, A: PageAllocator + ?Sized> {
-    alloc: &'a A,
+pub struct CdTable<A: PageAllocator> {
+    alloc: A,
     coherency: WalkerCoherency,
     fmt: S1Fmt,
     cdmax: u32,
@@ -229,7 +229,12 @@ pub struct CdTable<'a, A: PageAllocator + ?Sized> {
 
 const CD_LOG2: u32 = 6;
 
-impl<'a, A: PageAllocator + ?Sized> CdTable<'a, A> {
+// SAFETY: the raw page pointers are owned by the CdTable (the table's pages, freed only by its `Drop`);
+// moving it to another thread moves that ownership, and the memory is accessed only through
+// atomics.
+unsafe impl<A: PageAllocator + Send> Send for CdTable<A> {}
+
+impl<A: PageAllocator> CdTable<A> {
     /// Allocates an empty table for `2^cdmax` SubstreamIDs (`cdmax` ≤ `IDR1.SSIDSIZE` ≤ 20).
     /// A two-level format with `cdmax` not above its leaf size is built linear.
     ///
@@ -237,7 +242,7 @@ impl<'a, A: PageAllocator + ?Sized> CdTable<'a, A> {
     ///
     /// [`SmmuError::SizeUnsupported`] for `cdmax > 20`, [`SmmuError::NoMemory`].
     pub fn new(
-        alloc: &'a A,
+        alloc: A,
         fmt: S1Fmt,
         cdmax: u32,
         coherency: WalkerCoherency,
@@ -271,6 +276,9 @@ impl<'a, A: PageAllocator + ?Sized> CdTable<'a, A> {
             root_log2,
         };
         address_bits(super::ste::S1CONTEXTPTR, root.pa.get())?;
+        // The zeroed table (every CD or L1CD invalid) must reach memory before an STE points
+        // at it: a non-coherent unit would otherwise read whatever memory held.
+        coherency.sync(&table.alloc, root.va, 1 << root_log2);
         Ok(table)
     }
 
@@ -327,11 +335,12 @@ impl<'a, A: PageAllocator + ?Sized> CdTable<'a, A> {
             let leaf = self.alloc.alloc(leaf_log2).ok_or(SmmuError::NoMemory {
                 size_log2: leaf_log2,
             })?;
-            self.coherency.sync(self.alloc, leaf.va, 1 << leaf_log2);
+            self.coherency.sync(&self.alloc, leaf.va, 1 << leaf_log2);
             desc = address_bits(L1CD_L2PTR, leaf.pa.get())? | L1CD_V;
             // The zeroed leaf is visible before the descriptor that links it.
             l1.store(desc, Ordering::Release);
-            self.coherency.sync(self.alloc, NonNull::from(l1).cast(), 8);
+            self.coherency
+                .sync(&self.alloc, NonNull::from(l1).cast(), 8);
             published = true;
         }
         let leaf_pa = PhysAddr::new(L1CD_L2PTR.get(desc) << 12);
@@ -345,13 +354,64 @@ impl<'a, A: PageAllocator + ?Sized> CdTable<'a, A> {
         Ok(Some((self.words_at(va, local, 8), published)))
     }
 
-    /// Installs `cd` for `ssid`: words 1-7 first, then word 0 (which holds V).
+    /// Installs `cd` for `ssid` in a table no STE points at yet: words 1-7 first, then word 0
+    /// (which holds V). The unit cannot have fetched the slot, so nothing it caches is torn;
+    /// for a table the unit may be reading, use [`install_live`](Self::install_live).
     ///
     /// # Errors
     ///
     /// [`SmmuError::DescriptorLive`] if a valid CD is there (remove it first),
     /// [`SmmuError::SubstreamIdOutOfRange`], [`SmmuError::NoMemory`].
     pub fn install(&mut self, ssid: SubstreamId, cd: &Cd) -> Result<CdSync, SmmuError> {
+        let (slot, published) = self.fill(ssid, cd)?;
+        if let Some(w0) = slot.first() {
+            w0.store(cd.words[0], Ordering::Release);
+        }
+        self.flush(slot);
+        Ok(CdSync {
+            ssid,
+            leaf: !published,
+        })
+    }
+
+    /// Installs `cd` for `ssid` in a table a live STE points at, by the procedure of §3.21.3.1:
+    /// the unit may fetch the slot at any time and its words in any order, so it could pair the
+    /// new V = 1 with the slot's old words (a removed domain's TTB0, or zeroes) and fill its TLB
+    /// from that. Every word is written with V = 0, then `sync` must issue the given
+    /// [`CdSync`] command and a CMD_SYNC and wait (dropping any torn copy), and only then is V
+    /// set. The returned [`CdSync`] is for that last write.
+    ///
+    /// # Errors
+    ///
+    /// As [`install`](Self::install), or the error of `sync` (the CD is then left invalid).
+    pub fn install_live<E: From<SmmuError>>(
+        &mut self,
+        ssid: SubstreamId,
+        cd: &Cd,
+        mut sync: impl FnMut(CdSync) -> Result<(), E>,
+    ) -> Result<CdSync, E> {
+        let (slot, published) = self.fill(ssid, cd)?;
+        let Some(w0) = slot.first() else {
+            return Err(SmmuError::SubstreamIdOutOfRange {
+                ssid: ssid.get(),
+                log2: self.cdmax,
+            }
+            .into());
+        };
+        w0.store(cd.words[0] & !V, Ordering::Release);
+        self.flush(slot);
+        sync(CdSync {
+            ssid,
+            leaf: !published,
+        })?;
+        w0.store(cd.words[0], Ordering::Release);
+        self.flush(slot);
+        Ok(CdSync { ssid, leaf: true })
+    }
+
+    /// Writes words 1-7 of `cd` into the (invalid) slot of `ssid` and cleans them for a
+    /// non-coherent unit; returns the slot and whether an L1CD was published.
+    fn fill(&self, ssid: SubstreamId, cd: &Cd) -> Result<(&[AtomicU64], bool), SmmuError> {
         let Some((slot, published)) = self.slot(ssid, true)? else {
             return Err(SmmuError::SubstreamIdOutOfRange {
                 ssid: ssid.get(),
@@ -370,15 +430,8 @@ impl<'a, A: PageAllocator + ?Sized> CdTable<'a, A> {
         for (w, v) in slot.iter().zip(cd.words.iter()).skip(1) {
             w.store(*v, Ordering::Relaxed);
         }
-        if let Some(w0) = slot.first() {
-            self.flush(slot);
-            w0.store(cd.words[0], Ordering::Release);
-        }
         self.flush(slot);
-        Ok(CdSync {
-            ssid,
-            leaf: !published,
-        })
+        Ok((slot, published))
     }
 
     /// Makes the CD of `ssid` invalid by clearing V (word 0) first; the other words are left as
@@ -415,7 +468,7 @@ impl<'a, A: PageAllocator + ?Sized> CdTable<'a, A> {
     fn flush(&self, slot: &[AtomicU64]) {
         if let Some(first) = slot.first() {
             self.coherency
-                .sync(self.alloc, NonNull::from(first).cast(), 64);
+                .sync(&self.alloc, NonNull::from(first).cast(), 64);
         }
     }
 }
@@ -427,7 +480,7 @@ const fn split(fmt: S1Fmt) -> u32 {
     }
 }
 
-impl<A: PageAllocator + ?Sized> Drop for CdTable<'_, A> {
+impl<A: PageAllocator> Drop for CdTable<A> {
     /// Frees the leaves and the root. The owner must have made every STE pointing here
     /// invalid (or pointing elsewhere) and synced before dropping the table.
     fn drop(&mut self) {
@@ -568,5 +621,77 @@ mod tests {
             CdTable::new(&alloc, S1Fmt::Linear, 0, WalkerCoherency::Coherent),
             Err(SmmuError::NoMemory { .. })
         ));
+    }
+
+    #[test]
+    fn live_install_syncs_with_v_clear_then_sets_v() {
+        let alloc = VecAllocator::default();
+        let mut t = CdTable::new(&alloc, S1Fmt::TwoLevel4K, 12, WalkerCoherency::Coherent).unwrap();
+        let cd = ctx().encode().unwrap();
+        let ssid = SubstreamId::new(0x81).unwrap();
+        // The slot holds an old CD's words (V clear), as after `remove`.
+        let old = Stage1Context {
+            ttb0: PhysAddr::new(0x7_0000_0000),
+            asid: Asid(9),
+            ..ctx()
+        };
+        let _ = t.install(ssid, &old.encode().unwrap()).unwrap();
+        let _ = t.remove(ssid).unwrap();
+        let mut seen = [None; 2];
+        let mut n = 0;
+        let done = t
+            .install_live(ssid, &cd, |s| -> Result<(), SmmuError> {
+                seen[n] = Some(s);
+                n += 1;
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(done, CdSync { ssid, leaf: true });
+        // One sync point, before V: the leaf existed already, so leaf-only.
+        assert_eq!(seen, [Some(CdSync { ssid, leaf: true }), None]);
+        assert_eq!(t.read(ssid).unwrap(), cd);
+        // What the unit could read at the sync point: every new word, V clear.
+        let _ = t.remove(ssid).unwrap();
+        let _ = t.install(ssid, &old.encode().unwrap()).unwrap();
+        let _ = t.remove(ssid).unwrap();
+        let words = t.slot(ssid, false).unwrap().unwrap().0.as_ptr();
+        let mut at_sync = [0u64; 8];
+        let _ = t
+            .install_live(ssid, &cd, |_| -> Result<(), SmmuError> {
+                for (i, w) in at_sync.iter_mut().enumerate() {
+                    // SAFETY: `words` points at the slot's eight words, in a leaf the table
+                    // keeps alive; only atomics touch it.
+                    *w = unsafe { (*words.add(i)).load(Ordering::Acquire) };
+                }
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(at_sync[0], cd.words[0] & !V);
+        assert_eq!(at_sync[1..], cd.words[1..]);
+        // A failing sync leaves the CD invalid, with the new words.
+        let _ = t.remove(ssid).unwrap();
+        let err = t.install_live(ssid, &cd, |_| {
+            Err(SmmuError::SyncTimeout { prod: 0, cons: 0 })
+        });
+        assert!(err.is_err());
+        let now = t.read(ssid).unwrap();
+        assert_eq!(now.words[0], cd.words[0] & !V);
+        assert_eq!(now.words[1..], cd.words[1..]);
+        // A new leaf publishes an L1CD: the first sync must not be leaf-only.
+        let fresh = SubstreamId::new(0x100).unwrap();
+        let mut first = None;
+        let _ = t
+            .install_live(fresh, &cd, |s| -> Result<(), SmmuError> {
+                first.get_or_insert(s);
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(
+            first,
+            Some(CdSync {
+                ssid: fresh,
+                leaf: false
+            })
+        );
     }
 }

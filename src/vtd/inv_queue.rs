@@ -72,10 +72,101 @@ pub struct QueueConfig {
     pub poll_budget: u32,
 }
 
-/// A running invalidation queue over the register window `W`.
+/// A running invalidation queue over the register window `W`: a [`QueueCore`] with the window it
+/// drives.
 #[derive(Debug)]
 pub struct InvalidationQueue<W: RegisterWindow> {
     regs: W,
+    core: QueueCore,
+}
+
+impl<W: RegisterWindow> InvalidationQueue<W> {
+    /// Allocates the ring and status page, programs `IQT = 0` and `IQA`, and sets `GCMD.QIE`
+    /// (see [`QueueCore::enable`]).
+    ///
+    /// # Errors
+    /// As [`QueueCore::enable`].
+    pub fn enable<A: PageAllocator + ?Sized>(
+        regs: W,
+        alloc: &A,
+        config: QueueConfig,
+    ) -> Result<Self, Error> {
+        let core = QueueCore::enable(&regs, alloc, config)?;
+        Ok(Self { regs, core })
+    }
+
+    /// Number of descriptor slots.
+    pub const fn entries(&self) -> u32 {
+        self.core.entries()
+    }
+
+    /// The most descriptors one [`submit_and_wait`](Self::submit_and_wait) batch may carry.
+    pub const fn batch_capacity(&self) -> usize {
+        self.core.batch_capacity()
+    }
+
+    /// The software tail index.
+    pub const fn tail(&self) -> u32 {
+        self.core.tail()
+    }
+
+    /// The register window.
+    pub const fn regs(&self) -> &W {
+        &self.regs
+    }
+
+    /// Queues `descriptors` and rings the doorbell once (see [`QueueCore::submit`]).
+    ///
+    /// # Errors
+    /// As [`QueueCore::submit`].
+    pub fn submit(&mut self, descriptors: &[Descriptor]) -> Result<(), Error> {
+        self.core.submit(&self.regs, descriptors)
+    }
+
+    /// Queues one invalidation wait and polls for its status write.
+    ///
+    /// # Errors
+    /// As [`QueueCore::wait`].
+    pub fn wait(&mut self) -> Result<(), Error> {
+        self.core.wait(&self.regs)
+    }
+
+    /// Queues `descriptors` and one wait, and polls for the wait's status write.
+    ///
+    /// # Errors
+    /// As [`QueueCore::submit_and_wait`].
+    pub fn submit_and_wait(&mut self, descriptors: &[Descriptor]) -> Result<(), Error> {
+        self.core.submit_and_wait(&self.regs, descriptors)
+    }
+
+    /// Waits for the unit to consume everything queued, then clears `GCMD.QIE`.
+    ///
+    /// # Errors
+    /// [`Error::QueueError`] or [`Error::Timeout`].
+    pub fn disable(&mut self) -> Result<(), Error> {
+        self.core.disable(&self.regs)
+    }
+
+    /// Gives the ring and status pages back to `alloc` once queued invalidation is off.
+    ///
+    /// # Errors
+    /// Returns the queue with [`Error::UnexpectedState`] if `GSTS.QIES` is still set.
+    ///
+    /// # Safety
+    /// `alloc` is the allocator [`enable`](Self::enable) was given.
+    pub unsafe fn release<A: PageAllocator + ?Sized>(self, alloc: &A) -> Result<(), (Self, Error)> {
+        let Self { regs, core } = self;
+        // SAFETY: forwarded contract: `alloc` is the allocator the queue came from.
+        unsafe { core.release(&regs, alloc) }.map_err(|(core, e)| (Self { regs, core }, e))
+    }
+}
+
+/// The state of a running invalidation queue without its register window: ring, status page,
+/// tail and sequence number. Every method that touches hardware takes the window, so a driver
+/// that owns its window elsewhere (the unit, which also uses it for GCMD and faults) can keep
+/// the queue behind its own lock.
+#[derive(Debug)]
+pub struct QueueCore {
     ring: Page,
     status: Page,
     config: QueueConfig,
@@ -84,7 +175,13 @@ pub struct InvalidationQueue<W: RegisterWindow> {
     sequence: u32,
 }
 
-impl<W: RegisterWindow> InvalidationQueue<W> {
+// SAFETY: the ring and status pages are owned by the queue (nothing else writes them from the
+// CPU); moving the queue to another thread moves that ownership.
+unsafe impl Send for QueueCore {}
+// SAFETY: `&self` methods only read plain fields; every access to the pages needs `&mut self`.
+unsafe impl Sync for QueueCore {}
+
+impl QueueCore {
     /// Allocates the ring and status page, programs `IQT = 0` and `IQA`, and sets `GCMD.QIE`.
     /// If queued invalidation is already on (left by firmware or a previous kernel), it is
     /// drained and turned off first, since `IQA` may only change while it is off.
@@ -96,8 +193,8 @@ impl<W: RegisterWindow> InvalidationQueue<W> {
     /// [`Error::InvalidArgument`] for `qs > 7`; [`Error::NoMemory`]; [`Error::Timeout`] if the
     /// unit does not drain or acknowledge `QIE`; [`Error::UnexpectedState`] if `IQH` is not 0
     /// once enabled.
-    pub fn enable<A: PageAllocator + ?Sized>(
-        regs: W,
+    pub fn enable<W: RegisterWindow + ?Sized, A: PageAllocator + ?Sized>(
+        regs: &W,
         alloc: &A,
         config: QueueConfig,
     ) -> Result<Self, Error> {
@@ -108,7 +205,7 @@ impl<W: RegisterWindow> InvalidationQueue<W> {
             });
         }
         let budget = config.poll_budget;
-        if regs::gsts(&regs).contains(Gsts::QIES) {
+        if regs::gsts(regs).contains(Gsts::QIES) {
             let drained = poll(budget, || {
                 (regs.read64(regs::IQH_REG) == regs.read64(regs::IQT_REG)).then_some(())
             });
@@ -117,7 +214,7 @@ impl<W: RegisterWindow> InvalidationQueue<W> {
                 polls: budget,
             })?;
             set_persistent(
-                &regs,
+                regs,
                 PersistentCommand::QueuedInvalidationEnable,
                 false,
                 budget,
@@ -139,7 +236,7 @@ impl<W: RegisterWindow> InvalidationQueue<W> {
         };
         regs.write64(regs::IQA_REG, ring.pa.get() | dw | config.qs as u64);
         set_persistent(
-            &regs,
+            regs,
             PersistentCommand::QueuedInvalidationEnable,
             true,
             budget,
@@ -152,7 +249,6 @@ impl<W: RegisterWindow> InvalidationQueue<W> {
             });
         }
         Ok(Self {
-            regs,
             ring,
             status,
             config,
@@ -178,9 +274,9 @@ impl<W: RegisterWindow> InvalidationQueue<W> {
         self.tail
     }
 
-    /// The register window.
-    pub const fn regs(&self) -> &W {
-        &self.regs
+    /// The descriptor width the queue was programmed with.
+    pub const fn width(&self) -> DescriptorWidth {
+        self.config.width
     }
 
     /// Queues `descriptors` and rings the doorbell once, without waiting for completion.
@@ -189,16 +285,20 @@ impl<W: RegisterWindow> InvalidationQueue<W> {
     /// [`Error::BatchTooLarge`]; [`Error::InvalidArgument`] for a 256-bit descriptor in a 128-bit
     /// queue; [`Error::QueueError`] if the unit reports a queue error; [`Error::Timeout`] if
     /// space does not free up within the poll budget.
-    pub fn submit(&mut self, descriptors: &[Descriptor]) -> Result<(), Error> {
+    pub fn submit<W: RegisterWindow + ?Sized>(
+        &mut self,
+        regs: &W,
+        descriptors: &[Descriptor],
+    ) -> Result<(), Error> {
         if descriptors.is_empty() {
             return Ok(());
         }
         self.check_batch(descriptors, 0)?;
-        self.reserve(descriptors.len() as u32)?;
+        self.reserve(regs, descriptors.len() as u32)?;
         for d in descriptors {
             self.push(d);
         }
-        self.ring_doorbell();
+        self.ring_doorbell(regs);
         Ok(())
     }
 
@@ -208,8 +308,8 @@ impl<W: RegisterWindow> InvalidationQueue<W> {
     /// # Errors
     /// [`Error::QueueError`] (the error is cleared first); [`Error::Timeout`] naming the
     /// sequence number if the status write does not arrive within the poll budget.
-    pub fn wait(&mut self) -> Result<(), Error> {
-        self.submit_and_wait(&[])
+    pub fn wait<W: RegisterWindow + ?Sized>(&mut self, regs: &W) -> Result<(), Error> {
+        self.submit_and_wait(regs, &[])
     }
 
     /// Queues `descriptors` followed by one invalidation wait, rings the doorbell once, and
@@ -217,30 +317,34 @@ impl<W: RegisterWindow> InvalidationQueue<W> {
     ///
     /// # Errors
     /// As [`submit`](Self::submit) and [`wait`](Self::wait).
-    pub fn submit_and_wait(&mut self, descriptors: &[Descriptor]) -> Result<(), Error> {
+    pub fn submit_and_wait<W: RegisterWindow + ?Sized>(
+        &mut self,
+        regs: &W,
+        descriptors: &[Descriptor],
+    ) -> Result<(), Error> {
         self.check_batch(descriptors, 1)?;
         let sequence = self.sequence.wrapping_add(1);
         let wait = Descriptor::wait(
             WaitFlags::default(),
             Some((sequence, self.status_pa(STATUS_OFFSET))),
         )?;
-        self.reserve(descriptors.len() as u32 + 1)?;
+        self.reserve(regs, descriptors.len() as u32 + 1)?;
         for d in descriptors {
             self.push(d);
         }
         self.push(&wait);
         self.sequence = sequence;
-        self.ring_doorbell();
-        self.await_status(sequence)
+        self.ring_doorbell(regs);
+        self.await_status(regs, sequence)
     }
 
     /// Waits for the unit to consume everything queued, then clears `GCMD.QIE`.
     ///
     /// # Errors
     /// [`Error::QueueError`] or [`Error::Timeout`].
-    pub fn disable(&mut self) -> Result<(), Error> {
+    pub fn disable<W: RegisterWindow + ?Sized>(&mut self, regs: &W) -> Result<(), Error> {
         let budget = self.config.poll_budget;
-        poll(budget, || match self.probe_head() {
+        poll(budget, || match self.probe_head(regs) {
             Ok(head) => (head == self.tail).then_some(Ok(())),
             Err(e) => Some(Err(e)),
         })
@@ -249,7 +353,7 @@ impl<W: RegisterWindow> InvalidationQueue<W> {
             polls: budget,
         }))?;
         set_persistent(
-            &self.regs,
+            regs,
             PersistentCommand::QueuedInvalidationEnable,
             false,
             budget,
@@ -263,8 +367,12 @@ impl<W: RegisterWindow> InvalidationQueue<W> {
     ///
     /// # Safety
     /// `alloc` is the allocator [`enable`](Self::enable) was given.
-    pub unsafe fn release<A: PageAllocator + ?Sized>(self, alloc: &A) -> Result<(), (Self, Error)> {
-        let gsts = regs::gsts(&self.regs);
+    pub unsafe fn release<W: RegisterWindow + ?Sized, A: PageAllocator + ?Sized>(
+        self,
+        regs: &W,
+        alloc: &A,
+    ) -> Result<(), (Self, Error)> {
+        let gsts = regs::gsts(regs);
         if gsts.contains(Gsts::QIES) {
             let e = Error::UnexpectedState {
                 register: "GSTS (QIES still set)",
@@ -319,13 +427,13 @@ impl<W: RegisterWindow> InvalidationQueue<W> {
     }
 
     /// Reads `IQH` as an index, after checking for queue errors.
-    fn probe_head(&mut self) -> Result<u32, Error> {
-        self.check_errors()?;
-        self.head_index()
+    fn probe_head<W: RegisterWindow + ?Sized>(&mut self, regs: &W) -> Result<u32, Error> {
+        self.check_errors(regs)?;
+        self.head_index(regs)
     }
 
-    fn head_index(&self) -> Result<u32, Error> {
-        let raw = self.regs.read64(regs::IQH_REG);
+    fn head_index<W: RegisterWindow + ?Sized>(&self, regs: &W) -> Result<u32, Error> {
+        let raw = regs.read64(regs::IQH_REG);
         let index = raw >> self.config.width.shift();
         if index >= self.entries as u64 {
             return Err(Error::UnexpectedState {
@@ -337,10 +445,10 @@ impl<W: RegisterWindow> InvalidationQueue<W> {
     }
 
     /// Polls until `needed` slots are free, never counting the slot that must stay empty.
-    fn reserve(&mut self, needed: u32) -> Result<(), Error> {
+    fn reserve<W: RegisterWindow + ?Sized>(&mut self, regs: &W, needed: u32) -> Result<(), Error> {
         let budget = self.config.poll_budget;
         let entries = self.entries;
-        poll(budget, || match self.probe_head() {
+        poll(budget, || match self.probe_head(regs) {
             // head, tail < entries <= 2^15: no overflow.
             Ok(head) => ((head + entries - self.tail - 1) % entries >= needed).then_some(Ok(())),
             Err(e) => Some(Err(e)),
@@ -377,19 +485,26 @@ impl<W: RegisterWindow> InvalidationQueue<W> {
         self.tail = (self.tail + 1) % self.entries;
     }
 
-    fn ring_doorbell(&self) {
+    fn ring_doorbell<W: RegisterWindow + ?Sized>(&self, regs: &W) {
         let value = (self.tail as u64) << self.config.width.shift();
-        self.regs.doorbell64(regs::IQT_REG, value);
+        regs.doorbell64(regs::IQT_REG, value);
     }
 
-    fn await_status(&mut self, sequence: u32) -> Result<(), Error> {
+    fn await_status<W: RegisterWindow + ?Sized>(
+        &mut self,
+        regs: &W,
+        sequence: u32,
+    ) -> Result<(), Error> {
         let budget = self.config.poll_budget;
         poll(budget, || {
             dma_read_barrier();
             if self.status_word().load(Ordering::Acquire) == sequence {
-                return Some(Ok(()));
+                // A wait completes even when a device-TLB invalidation before it ended with
+                // an invalidation completion error (ICE): that invalidation may not have taken
+                // effect, so the batch is not complete.
+                return Some(self.check_errors(regs));
             }
-            self.check_errors().err().map(Err)
+            self.check_errors(regs).err().map(Err)
         })
         .unwrap_or(Err(Error::Timeout {
             what: Wait::InvalidationWait { sequence },
@@ -399,8 +514,8 @@ impl<W: RegisterWindow> InvalidationQueue<W> {
 
     /// Turns a pending `FSTS` queue error into [`Error::QueueError`] after clearing it (and, for
     /// IQE, neutralising the offending descriptor).
-    fn check_errors(&mut self) -> Result<(), Error> {
-        let (fsts, _) = regs::fsts(&self.regs);
+    fn check_errors<W: RegisterWindow + ?Sized>(&mut self, regs: &W) -> Result<(), Error> {
+        let (fsts, _) = regs::fsts(regs);
         let (kind, bit) = if fsts.contains(Fsts::IQE) {
             (QueueErrorKind::InvalidQueueEntry, Fsts::IQE)
         } else if fsts.contains(Fsts::ITE) {
@@ -410,11 +525,11 @@ impl<W: RegisterWindow> InvalidationQueue<W> {
         } else {
             return Ok(());
         };
-        let head = self.head_index()?;
+        let head = self.head_index(regs)?;
         if bit == Fsts::IQE && head != self.tail {
             self.neutralise(head)?;
         }
-        clear_fsts(&self.regs, bit);
+        clear_fsts(regs, bit);
         Err(Error::QueueError { kind, head })
     }
 

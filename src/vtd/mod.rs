@@ -17,13 +17,23 @@
 //! | [`inv_desc`] | §6.5.2.1-§6.5.2.8 invalidation descriptors |
 //! | [`inv_queue`] | §6.5.2 Queued Invalidation Interface, §6.5.2.10 error handling |
 //! | [`fault`] | §7 fault reporting, §9.9 Fault Record, §11.4 Fault Recording Registers |
+//! | [`unit`](mod@unit) | the unit: enable/disable (§10.4, §6.5), domains, attach/detach, gather flush |
+//! | `root_table`, `context_table`, `pasid_table` | §3.4 the tables a unit owns (§9.1-§9.6) |
+//! | `domain` | §3.6/§3.7 format choice from `CAP`/`ECAP`, domain-IDs |
+//! | `flush`, `invalidation` | §6.5.1/§6.5.2 gather to fewest invalidations, one wait |
 //!
 //! Register access goes through [`crate::mmio::RegisterWindow`]; every wait is bounded by a poll
 //! budget and fails with [`Error::Timeout`].
 
 mod bits;
+mod context_table;
+mod domain;
 mod error;
+mod flush;
 mod ids;
+mod invalidation;
+mod pasid_table;
+mod root_table;
 
 pub mod cap;
 pub mod context_entry;
@@ -36,10 +46,14 @@ pub mod pasid_entry;
 pub mod reg_invalidation;
 pub mod regs;
 pub mod root_entry;
+pub mod unit;
 
 #[cfg(test)]
 mod test_support;
 
 pub use bits::Field;
 pub use error::{Error, QueueErrorKind, Wait};
+pub use flush::PAGE_SELECTIVE_LIMIT;
 pub use ids::{DomainId, Pasid, SourceId};
+pub use invalidation::InvalidationStats;
+pub use unit::{AttachOptions, Mode, VtdConfig, VtdUnit};

@@ -6,27 +6,46 @@
 
 extern crate std;
 
-use core::cell::RefCell;
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
 use std::vec::Vec;
 
 use crate::mem::{Page, PageAllocator, PhysAddr};
 use crate::mmio::RegisterWindow;
 use crate::vtd::regs::{self, Fsts, Gcmd, Gsts};
 
+/// A flag shared between threads (`set`/`get` like a `Cell<bool>`).
+#[derive(Default)]
+pub struct Flag(AtomicBool);
+
+impl Flag {
+    pub fn set(&self, on: bool) {
+        self.0.store(on, Ordering::SeqCst);
+    }
+    pub fn get(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
 /// Heap-backed allocator; a page's physical address is its host address.
 #[derive(Default)]
 pub struct TestAlloc {
-    live: RefCell<Vec<(usize, usize)>>,
-    pub fail: core::cell::Cell<bool>,
+    live: Mutex<Vec<(usize, usize)>>,
+    pub fail: Flag,
+    /// `sync_for_device` calls (cache cleans for a non-coherent walker).
+    pub synced: AtomicUsize,
 }
 
 impl TestAlloc {
     pub fn live_pages(&self) -> usize {
-        self.live.borrow().len()
+        self.live.lock().unwrap().len()
+    }
+    /// Whether `pa` lies in a live page.
+    pub fn is_live(&self, pa: PhysAddr) -> bool {
+        self.phys_to_virt(pa).is_some()
     }
 }
 
@@ -41,7 +60,7 @@ unsafe impl PageAllocator for TestAlloc {
         let layout = Layout::from_size_align(size, size).ok()?;
         // SAFETY: the layout has a non-zero size.
         let p = NonNull::new(unsafe { alloc_zeroed(layout) })?;
-        self.live.borrow_mut().push((p.as_ptr() as usize, size));
+        self.live.lock().unwrap().push((p.as_ptr() as usize, size));
         Some(Page {
             pa: PhysAddr::new(p.as_ptr() as u64),
             va: p,
@@ -51,7 +70,7 @@ unsafe impl PageAllocator for TestAlloc {
     unsafe fn free(&self, page: Page, size_log2: u32) {
         let size = 1usize << size_log2;
         let addr = page.va.as_ptr() as usize;
-        self.live.borrow_mut().retain(|&(a, _)| a != addr);
+        self.live.lock().unwrap().retain(|&(a, _)| a != addr);
         // SAFETY: the caller gives back a page `alloc(size_log2)` returned, with this layout.
         unsafe {
             dealloc(
@@ -61,9 +80,13 @@ unsafe impl PageAllocator for TestAlloc {
         }
     }
 
+    fn sync_for_device(&self, _va: NonNull<u8>, _len: usize) {
+        self.synced.fetch_add(1, Ordering::Relaxed);
+    }
+
     fn phys_to_virt(&self, pa: PhysAddr) -> Option<NonNull<u8>> {
         let a = usize::try_from(pa.get()).ok()?;
-        let live = self.live.borrow();
+        let live = self.live.lock().unwrap();
         live.iter()
             .find(|&&(base, size)| a >= base && a < base + size)?;
         NonNull::new(a as *mut u8)
@@ -86,18 +109,24 @@ struct State {
     ite_on_device_tlb: bool,
     stuck_faults: bool,
     consumed: u64,
+    /// Every descriptor consumed, in order.
+    log: Vec<[u64; 4]>,
+    /// Every register-based invalidation command (CCMD or IOTLB_REG value).
+    reg_log: Vec<(usize, u64)>,
+    /// Every GCMD write.
+    gcmd_log: Vec<u32>,
 }
 
 /// A VT-d register file model.
 pub struct Model {
-    st: RefCell<State>,
+    st: Mutex<State>,
 }
 
 impl Model {
     /// QEMU-like unit: `CAP` = QEMU's default with `NFR = nfr`, ECAP with QI and IRO = 0xf.
     pub fn with_nfr(nfr: u8) -> Self {
         let m = Model {
-            st: RefCell::new(State {
+            st: Mutex::new(State {
                 rate: 4,
                 ..State::default()
             }),
@@ -110,12 +139,42 @@ impl Model {
     pub fn new() -> Self {
         Self::with_nfr(0)
     }
+    /// A unit with the given `CAP` and `ECAP` (IRO and FRO should match `MODEL_IRO`/`MODEL_FRO`).
+    pub fn with_caps(cap: u64, ecap: u64) -> Self {
+        let m = Self::new();
+        m.put64(regs::CAP_REG, cap);
+        m.put64(regs::ECAP_REG, ecap);
+        m
+    }
+
+    fn st(&self) -> MutexGuard<'_, State> {
+        self.st.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    /// Descriptors consumed so far, in order (words 2-3 zero for 128-bit queues).
+    pub fn log(&self) -> Vec<[u64; 4]> {
+        self.st().log.clone()
+    }
+    /// Forgets the descriptor, register-command and GCMD logs.
+    pub fn clear_logs(&self) {
+        let mut s = self.st();
+        s.log.clear();
+        s.reg_log.clear();
+        s.gcmd_log.clear();
+    }
+    /// Register-based invalidation commands written so far: (register offset, value).
+    pub fn reg_log(&self) -> Vec<(usize, u64)> {
+        self.st().reg_log.clone()
+    }
+    /// GCMD values written so far.
+    pub fn gcmd_log(&self) -> Vec<u32> {
+        self.st().gcmd_log.clone()
+    }
 
     fn get32(&self, off: usize) -> u32 {
-        self.st.borrow().regs.get(&off).copied().unwrap_or(0)
+        self.st().regs.get(&off).copied().unwrap_or(0)
     }
     fn put32(&self, off: usize, v: u32) {
-        self.st.borrow_mut().regs.insert(off, v);
+        self.st().regs.insert(off, v);
     }
     fn get64(&self, off: usize) -> u64 {
         self.get32(off) as u64 | (self.get32(off + 4) as u64) << 32
@@ -129,34 +188,34 @@ impl Model {
         self.put32(regs::GSTS_REG, s.bits());
     }
     pub fn last_gcmd(&self) -> Option<u32> {
-        self.st.borrow().last_gcmd
+        self.st().last_gcmd
     }
     /// GCMD writes are recorded but GSTS never follows.
     pub fn freeze_gcmd(&self, on: bool) {
-        self.st.borrow_mut().freeze_gcmd = on;
+        self.st().freeze_gcmd = on;
     }
     /// CCMD / IOTLB register invalidations never complete.
     pub fn freeze_commands(&self, on: bool) {
-        self.st.borrow_mut().freeze_commands = on;
+        self.st().freeze_commands = on;
     }
     /// The queue stops consuming descriptors.
     pub fn stall(&self, on: bool) {
-        self.st.borrow_mut().stalled = on;
+        self.st().stalled = on;
     }
     /// Descriptors consumed per register read.
     pub fn set_rate(&self, rate: u32) {
-        self.st.borrow_mut().rate = rate;
+        self.st().rate = rate;
     }
     /// A device-TLB descriptor raises ITE (and aborts the pending waits).
     pub fn ite_on_device_tlb(&self, on: bool) {
-        self.st.borrow_mut().ite_on_device_tlb = on;
+        self.st().ite_on_device_tlb = on;
     }
     /// Writing `F` to a fault record does not clear it.
     pub fn stuck_faults(&self, on: bool) {
-        self.st.borrow_mut().stuck_faults = on;
+        self.st().stuck_faults = on;
     }
     pub fn consumed(&self) -> u64 {
-        self.st.borrow().consumed
+        self.st().consumed
     }
     pub fn raise_fsts(&self, bits: Fsts) {
         let v = self.get32(regs::FSTS_REG) | bits.bits();
@@ -183,8 +242,9 @@ impl Model {
     }
 
     fn on_gcmd(&self, v: u32) {
-        self.st.borrow_mut().last_gcmd = Some(v);
-        if self.st.borrow().freeze_gcmd {
+        self.st().last_gcmd = Some(v);
+        self.st().gcmd_log.push(v);
+        if self.st().freeze_gcmd {
             return;
         }
         let old = Gsts::from_bits_retain(self.get32(regs::GSTS_REG));
@@ -208,7 +268,10 @@ impl Model {
     }
 
     fn on_command64(&self, off: usize, v: u64) {
-        let frozen = self.st.borrow().freeze_commands;
+        let frozen = self.st().freeze_commands;
+        if v >> 63 != 0 {
+            self.st().reg_log.push((off, v));
+        }
         if off == regs::CCMD_REG && v >> 63 != 0 && !frozen {
             // Completed at the requested granularity: CAIG (60:59) = CIRG (62:61).
             let caig = (v >> 61) & 3;
@@ -224,7 +287,7 @@ impl Model {
     /// Consumes up to `rate` descriptors, as hardware would between two register reads.
     fn step(&self) {
         let (rate, stalled) = {
-            let s = self.st.borrow();
+            let s = self.st();
             (s.rate, s.stalled)
         };
         let qies = self.get32(regs::GSTS_REG) & Gsts::QIES.bits() != 0;
@@ -270,7 +333,7 @@ impl Model {
             self.raise_fsts(Fsts::IQE);
             return false;
         }
-        if (ty == 3 || ty == 8) && self.st.borrow().ite_on_device_tlb {
+        if (ty == 3 || ty == 8) && self.st().ite_on_device_tlb {
             // Time-out: the waits behind it are aborted (no status writes) and fetching stops.
             self.raise_fsts(Fsts::ITE);
             self.put64(regs::IQH_REG, tail_reg);
@@ -280,7 +343,9 @@ impl Model {
             self.complete_wait(words[0], words[1]);
         }
         self.put64(regs::IQH_REG, ((head + 1) % entries) << shift);
-        self.st.borrow_mut().consumed += 1;
+        let mut s = self.st();
+        s.consumed += 1;
+        s.log.push(words);
         true
     }
 
@@ -317,7 +382,7 @@ impl RegisterWindow for Model {
                 self.put32(offset, v);
             }
             o if (MODEL_FRO..MODEL_FRO + 16 * 256).contains(&o) && o % 16 == 12 => {
-                if value >> 31 != 0 && !self.st.borrow().stuck_faults {
+                if value >> 31 != 0 && !self.st().stuck_faults {
                     let v = self.get32(o) & !(1 << 31);
                     self.put32(o, v);
                 }

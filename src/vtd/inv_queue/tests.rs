@@ -40,7 +40,7 @@ fn enable_programs_iqa_and_turns_qi_on() {
     assert_eq!(q.entries(), 256);
     let iqa = m.read64(regs::IQA_REG);
     assert_eq!(iqa & 0xfff, IQA_DW | 1);
-    assert_eq!(iqa & !0xfff, q.ring.pa.get());
+    assert_eq!(iqa & !0xfff, q.core.ring.pa.get());
     assert!(regs::gsts(&m).contains(Gsts::QIES));
     assert_eq!(a.live_pages(), 2);
 }
@@ -78,7 +78,7 @@ fn submit_without_wait_then_one_wait() {
 fn never_overwrites_unconsumed_descriptors() {
     let (m, a) = (Model::new(), TestAlloc::default());
     let mut q = InvalidationQueue::enable(&m, &a, config(0, DescriptorWidth::Bits128)).unwrap();
-    q.config.poll_budget = 50;
+    q.core.config.poll_budget = 50;
     m.stall(true);
     // 255 usable slots: fill 254 with page invalidations (127 batches of 2) and one more.
     for i in 0..127 {
@@ -88,7 +88,7 @@ fn never_overwrites_unconsumed_descriptors() {
     q.submit(&[iotlb_page(9999)]).unwrap();
     // SAFETY: the ring holds 256 16-byte slots, read while the model is stalled.
     let snapshot: Vec<u64> = (0..512)
-        .map(|i| unsafe { q.ring.va.cast::<u64>().as_ptr().add(i).read() })
+        .map(|i| unsafe { q.core.ring.va.cast::<u64>().as_ptr().add(i).read() })
         .collect();
     assert_eq!(
         q.submit(&[iotlb_page(1)]),
@@ -106,11 +106,11 @@ fn never_overwrites_unconsumed_descriptors() {
     );
     // SAFETY: as above.
     let after: Vec<u64> = (0..512)
-        .map(|i| unsafe { q.ring.va.cast::<u64>().as_ptr().add(i).read() })
+        .map(|i| unsafe { q.core.ring.va.cast::<u64>().as_ptr().add(i).read() })
         .collect();
     assert_eq!(snapshot, after);
     m.stall(false);
-    q.config.poll_budget = 10_000;
+    q.core.config.poll_budget = 10_000;
     q.wait().unwrap();
     assert_eq!(m.consumed(), 256);
 }
@@ -160,7 +160,7 @@ fn invalid_descriptor_is_reported_and_skipped() {
 fn stuck_hardware_times_out_then_recovers() {
     let (m, a) = (Model::new(), TestAlloc::default());
     let mut q = InvalidationQueue::enable(&m, &a, config(0, DescriptorWidth::Bits128)).unwrap();
-    q.config.poll_budget = 100;
+    q.core.config.poll_budget = 100;
     m.stall(true);
     assert_eq!(
         q.wait(),

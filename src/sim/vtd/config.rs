@@ -1,0 +1,146 @@
+//! The unit's identity: VER, CAP and ECAP (VT-d spec rev 4.1, §11.4.1-§11.4.3), with the QEMU
+//! defaults the crate's QEMU scenarios run against and a scalable-mode unit.
+
+use super::regs::*;
+
+/// The unit's identity: VER, CAP and ECAP as software reads them, and the host address width.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct VtdModelConfig {
+    /// VER register (7:4 major, 3:0 minor).
+    pub ver: u32,
+    /// CAP register.
+    pub cap: u64,
+    /// ECAP register.
+    pub ecap: u64,
+    /// Host address width (the DMAR table's HAW): table-pointer and output bits at or above it
+    /// are reserved. Defaults to CAP.MGAW.
+    pub haw: u32,
+}
+
+/// QEMU 10 `intel-iommu` CAP with `aw-bits=48` (the default): ND 6 (65536 domains), SAGAW 39 and
+/// 48 bit, MGAW 48, FRO 0x22 (fault records at 0x220), SLLPS 2 MiB + 1 GiB, PSI, NFR 0 (one
+/// record), MAMV 18, DWD, DRD.
+pub const QEMU_CAP: u64 = 0x00d2_008c_222f_0606;
+/// QEMU 10 `intel-iommu` ECAP with default properties: QI, PT (the `pt` property defaults to
+/// on), IRO 0xf (IOTLB registers at 0xf0); IR off (`intremap` off), SC off, DT off.
+pub const QEMU_ECAP: u64 = ECAP_QI | ECAP_PT | 0xf << ECAP_IRO_SHIFT;
+
+impl VtdModelConfig {
+    /// QEMU 10 `intel-iommu` defaults: VER 3.0 (QEMU reports 3.0 since scalable mode was
+    /// added), [`QEMU_CAP`], [`QEMU_ECAP`], HAW 48.
+    pub const fn qemu_default() -> Self {
+        Self {
+            ver: 0x30,
+            cap: QEMU_CAP,
+            ecap: QEMU_ECAP,
+            haw: 48,
+        }
+    }
+
+    /// A scalable-mode unit: [`QEMU_CAP`] plus FS1GP and 5-level SAGAW off; ECAP with C, QI, DT,
+    /// PT, SC, IRO 0xf, NEST, ERS, SRS, PSS 19 (20-bit PASIDs), PASID, SMTS, SLADS, SLTS, FLTS.
+    /// VER 4.0.
+    pub const fn scalable() -> Self {
+        Self {
+            ver: 0x40,
+            cap: QEMU_CAP | CAP_FS1GP,
+            ecap: ECAP_C
+                | ECAP_QI
+                | ECAP_DT
+                | ECAP_PT
+                | ECAP_SC
+                | 0xf << ECAP_IRO_SHIFT
+                | ECAP_NEST
+                | ECAP_ERS
+                | ECAP_SRS
+                | 19 << ECAP_PSS_SHIFT
+                | ECAP_PASID
+                | ECAP_SMTS
+                | ECAP_SLADS
+                | ECAP_SLTS
+                | ECAP_FLTS,
+            haw: 48,
+        }
+    }
+
+    const fn with_cap_bit(mut self, bit: u64, on: bool) -> Self {
+        self.cap = if on { self.cap | bit } else { self.cap & !bit };
+        self
+    }
+
+    const fn with_ecap_bit(mut self, bit: u64, on: bool) -> Self {
+        self.ecap = if on {
+            self.ecap | bit
+        } else {
+            self.ecap & !bit
+        };
+        self
+    }
+
+    /// ECAP.SC: snoop control.
+    pub const fn with_sc(self, on: bool) -> Self {
+        self.with_ecap_bit(ECAP_SC, on)
+    }
+    /// CAP.CM: caching mode (not-present entries may be cached).
+    pub const fn with_caching_mode(self, on: bool) -> Self {
+        self.with_cap_bit(CAP_CM, on)
+    }
+    /// ECAP.C: page-walk coherency.
+    pub const fn with_coherent(self, on: bool) -> Self {
+        self.with_ecap_bit(ECAP_C, on)
+    }
+    /// ECAP.QI: queued invalidation.
+    pub const fn with_qi(self, on: bool) -> Self {
+        self.with_ecap_bit(ECAP_QI, on)
+    }
+    /// ECAP.DT: device-TLB support.
+    pub const fn with_dt(self, on: bool) -> Self {
+        self.with_ecap_bit(ECAP_DT, on)
+    }
+    /// ECAP.PT: pass-through.
+    pub const fn with_pt(self, on: bool) -> Self {
+        self.with_ecap_bit(ECAP_PT, on)
+    }
+    /// ECAP.IR: interrupt remapping (enables interrupt-entry-cache descriptors).
+    pub const fn with_ir(self, on: bool) -> Self {
+        self.with_ecap_bit(ECAP_IR, on)
+    }
+    /// ECAP.NEST: nested translation.
+    pub const fn with_nest(self, on: bool) -> Self {
+        self.with_ecap_bit(ECAP_NEST, on)
+    }
+    /// CAP.FS5LP: 5-level first-stage paging.
+    pub const fn with_fs5lp(self, on: bool) -> Self {
+        self.with_cap_bit(CAP_FS5LP, on)
+    }
+    /// CAP.RWBF: write-buffer flushing required.
+    pub const fn with_rwbf(self, on: bool) -> Self {
+        self.with_cap_bit(CAP_RWBF, on)
+    }
+    /// CAP.PSI: page-selective IOTLB invalidation.
+    pub const fn with_psi(self, on: bool) -> Self {
+        self.with_cap_bit(CAP_PSI, on)
+    }
+    /// CAP.NFR: number of fault recording registers minus one.
+    pub const fn with_nfr(mut self, nfr: u8) -> Self {
+        self.cap = self.cap & !(0xff << CAP_NFR_SHIFT) | (nfr as u64) << CAP_NFR_SHIFT;
+        self
+    }
+    /// CAP.MAMV: largest address mask of a page-selective invalidation (6 bits).
+    pub const fn with_mamv(mut self, mamv: u8) -> Self {
+        self.cap = self.cap & !(0x3f << CAP_MAMV_SHIFT) | ((mamv & 0x3f) as u64) << CAP_MAMV_SHIFT;
+        self
+    }
+    /// CAP.SAGAW (5 bits: bit 1 = 39-bit, bit 2 = 48-bit, bit 3 = 57-bit).
+    pub const fn with_sagaw(mut self, sagaw: u8) -> Self {
+        self.cap =
+            self.cap & !(0x1f << CAP_SAGAW_SHIFT) | ((sagaw & 0x1f) as u64) << CAP_SAGAW_SHIFT;
+        self
+    }
+    /// The host address width (32..=52).
+    pub const fn with_haw(mut self, haw: u32) -> Self {
+        self.haw = haw;
+        self
+    }
+}

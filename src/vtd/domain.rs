@@ -1,0 +1,289 @@
+//! Domains of a unit: Intel VT-d specification rev. 4.1, §3.6 (first-stage translation), §3.7
+//! (second-stage translation), §11.4.2/§11.4.3 (the `CAP`/`ECAP` fields that decide a domain's
+//! format, snoop control included) and §9.3/§9.6 (`DID`).
+//!
+//! A domain is a page table of one format plus the domain-ID the hardware tags its cached
+//! translations with. [`choose`] turns a [`DomainConfig`] and the unit's capabilities into a
+//! format configuration, or names the capability that is missing: snoop enforcement needs
+//! `ECAP.SC` (SNP in second-stage leaves, PGSNP in scalable-mode PASID entries), first-stage
+//! tables need scalable mode and `ECAP.FLTS`, dirty tracking `ECAP.SLADS` (scalable mode, second
+//! stage), nesting `ECAP.NEST`.
+//!
+//! Domain IDs are the domain's slot plus one when `CAP.CM` reserves DID 0 (Caching Mode, §6: with caching
+//! mode, hardware tags cached not-present entries with DID 0), and must stay below the
+//! `CAP.ND` count.
+
+use super::cap::{CapFlags, Sagaw, Sllps};
+use super::ecap::EcapFlags;
+use super::pasid_entry::FirstStagePagingMode;
+use super::unit::UnitInfo;
+use super::DomainId;
+use crate::iommu::{DomainConfig, Error, Missing, Stage};
+use crate::mem::{PageAllocator, WalkerCoherency};
+use crate::pgtable::vtd_fs::{VtdFs, VtdFsConfig};
+use crate::pgtable::vtd_ss::{VtdSs, VtdSsConfig};
+use crate::pgtable::{Geometry, PageTable};
+
+/// Input width of a 4-level first-stage table (canonical lower half, x86-64 4-level paging).
+const FIRST_STAGE_4LEVEL_BITS: u32 = 47;
+/// Input width of a 5-level first-stage table.
+const FIRST_STAGE_5LEVEL_BITS: u32 = 56;
+/// Width a second-stage domain gets when nothing larger is asked: 4 levels (48 bits), which
+/// covers every physical address a device on today's platforms can be given.
+const SECOND_STAGE_DEFAULT_BITS: u32 = 48;
+
+/// The format a domain will use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Choice {
+    /// Second-stage table (legacy context entries, or PGTT = second stage).
+    Second(VtdSsConfig),
+    /// First-stage table (PGTT = first stage, scalable mode only).
+    First(VtdFsConfig),
+}
+
+/// Decides the format of a domain for `cfg` on the unit described by `info`.
+///
+/// # Errors
+/// [`Error::Unsupported`] naming the capability the configuration needs and the unit lacks.
+pub fn choose(info: &UnitInfo, cfg: &DomainConfig) -> Result<Choice, Error> {
+    let ecap = info.ecap.flags();
+    if cfg.enforce_snoop && !ecap.contains(EcapFlags::SC) {
+        return Err(Error::Unsupported(Missing::SnoopControl));
+    }
+    if cfg.nest_parent && !ecap.contains(EcapFlags::NEST) {
+        return Err(Error::Unsupported(Missing::Nesting));
+    }
+    let first = match cfg.stage {
+        Stage::First => {
+            check_first_stage(info)?;
+            true
+        }
+        Stage::Second => {
+            check_second_stage(info)?;
+            false
+        }
+        // Second stage when there is one: it is the only stage legacy mode has, and the one
+        // that can enforce snooping per leaf.
+        Stage::Any => check_second_stage(info).is_err() && check_first_stage(info).is_ok(),
+    };
+    if first {
+        if cfg.nest_parent {
+            return Err(Error::Unsupported(Missing::Mode {
+                what: "a nest parent must be a second-stage table",
+            }));
+        }
+        if cfg.dirty_tracking {
+            return Err(Error::Unsupported(Missing::DirtyTracking));
+        }
+        return first_stage(info, cfg).map(Choice::First);
+    }
+    check_second_stage(info)?;
+    if cfg.dirty_tracking && !second_stage_dirty_tracking(info) {
+        return Err(Error::Unsupported(Missing::DirtyTracking));
+    }
+    second_stage(info, cfg).map(Choice::Second)
+}
+
+fn check_first_stage(info: &UnitInfo) -> Result<(), Error> {
+    if !info.scalable() {
+        return Err(Error::Unsupported(Missing::Mode {
+            what: "first-stage translation needs scalable mode",
+        }));
+    }
+    if !info.ecap.flags().contains(EcapFlags::FLTS) {
+        return Err(Error::Unsupported(Missing::Mode {
+            what: "first-stage translation (ECAP.FLTS)",
+        }));
+    }
+    Ok(())
+}
+
+fn check_second_stage(info: &UnitInfo) -> Result<(), Error> {
+    if info.scalable() && !info.ecap.flags().contains(EcapFlags::SLTS) {
+        return Err(Error::Unsupported(Missing::Mode {
+            what: "second-stage translation (ECAP.SLTS)",
+        }));
+    }
+    Ok(())
+}
+
+/// Whether second-stage domains can track dirty pages: scalable mode with `ECAP.SLADS` (and
+/// `ECAP.SLTS`), and page walks that snoop (`ECAP.SMPWCS`, `PWSNP`): hardware refuses to set
+/// A/D bits through a non-snooped walk (fault reason 0x7C, "A/D bit update needed in
+/// second-stage entry when set up in no snoop"), so without it every DMA write would fault.
+pub fn second_stage_dirty_tracking(info: &UnitInfo) -> bool {
+    info.scalable()
+        && info
+            .ecap
+            .flags()
+            .contains(EcapFlags::SLADS | EcapFlags::SLTS)
+        && info.page_walk_coherency == WalkerCoherency::Coherent
+}
+
+/// The AGAWs `CAP.SAGAW` offers, in bits, ascending.
+fn agaws(info: &UnitInfo) -> impl Iterator<Item = u32> {
+    let sagaw = info.cap.sagaw();
+    [
+        (Sagaw::AGAW39, 39),
+        (Sagaw::AGAW48, 48),
+        (Sagaw::AGAW57, 57),
+    ]
+    .into_iter()
+    .filter(move |(f, _)| sagaw.contains(*f))
+    .map(|(_, bits)| bits)
+}
+
+/// Largest input width a second-stage domain can have: the largest AGAW, capped by MGAW.
+pub fn second_stage_max_bits(info: &UnitInfo) -> u32 {
+    agaws(info).max().unwrap_or(0).min(info.mgaw)
+}
+
+/// Largest input width a first-stage domain can have: the lower canonical half of the paging
+/// mode, and of the `CAP.MGAW`-bit space. The unit blocks every request at or above
+/// `2^MGAW` (§11.4.2), and an implementation narrower than its paging mode checks that first-stage
+/// inputs are canonical at its own width (QEMU with `aw-bits=39` faults 2^38 as non-canonical);
+/// Linux bounds first-stage domains the same way.
+pub fn first_stage_max_bits(info: &UnitInfo) -> u32 {
+    let paging = if info.cap.flags().contains(CapFlags::FL5LP) {
+        FIRST_STAGE_5LEVEL_BITS
+    } else {
+        FIRST_STAGE_4LEVEL_BITS
+    };
+    paging.min(info.mgaw.saturating_sub(1))
+}
+
+fn second_stage(info: &UnitInfo, cfg: &DomainConfig) -> Result<VtdSsConfig, Error> {
+    let have = second_stage_max_bits(info);
+    let too_wide = Error::Unsupported(Missing::AddressWidth {
+        need: cfg.min_ias,
+        have,
+    });
+    if cfg.min_ias > info.mgaw {
+        return Err(too_wide);
+    }
+    let want = cfg.min_ias.max(SECOND_STAGE_DEFAULT_BITS.min(info.mgaw));
+    // The smallest AGAW that covers what is wanted; else the largest that covers what is needed.
+    let agaw = agaws(info)
+        .find(|&a| a >= want)
+        .or_else(|| agaws(info).filter(|&a| a >= cfg.min_ias).max())
+        .ok_or(too_wide)?;
+    let sllps = info.cap.sllps();
+    Ok(VtdSsConfig {
+        agaw,
+        haw: info.haw,
+        page_2m: sllps.contains(Sllps::SIZE_2M),
+        page_1g: sllps.contains(Sllps::SIZE_1G),
+        snoop: cfg.enforce_snoop,
+        dirty_tracking: cfg.dirty_tracking,
+    })
+}
+
+fn first_stage(info: &UnitInfo, cfg: &DomainConfig) -> Result<VtdFsConfig, Error> {
+    let have = first_stage_max_bits(info);
+    if cfg.min_ias > have {
+        return Err(Error::Unsupported(Missing::AddressWidth {
+            need: cfg.min_ias,
+            have,
+        }));
+    }
+    let levels = if cfg.min_ias <= FIRST_STAGE_4LEVEL_BITS {
+        4
+    } else {
+        5
+    };
+    Ok(VtdFsConfig {
+        levels,
+        haw: info.haw,
+        page_1g: info.cap.flags().contains(CapFlags::FL1GP),
+        // Execute requests are refused by the PASID entry (ERE clear), so XD is not needed.
+        execute_disable: false,
+        dirty_tracking: false,
+    })
+}
+
+/// A domain's page table.
+#[derive(Debug)]
+pub enum DomainTable<A: PageAllocator> {
+    /// Second-stage table.
+    Second(PageTable<VtdSs, A>),
+    /// First-stage table.
+    First(PageTable<VtdFs, A>),
+}
+
+/// Runs `$body` with `$t` bound to the domain's table, whatever its format.
+macro_rules! with_table {
+    ($table:expr, $t:ident => $body:expr) => {
+        match $table {
+            $crate::vtd::domain::DomainTable::Second($t) => $body,
+            $crate::vtd::domain::DomainTable::First($t) => $body,
+        }
+    };
+}
+pub(crate) use with_table;
+
+/// One domain: its table, tag and attributes.
+#[derive(Debug)]
+pub struct Domain<A: PageAllocator> {
+    /// The page table.
+    pub table: DomainTable<A>,
+    /// Domain-ID.
+    pub did: DomainId,
+    /// Every access is forced to snoop (SNP leaves; PGSNP in PASID entries).
+    pub snoop: bool,
+    /// Second-stage A/D tracking (SSADE in PASID entries).
+    pub dirty: bool,
+    /// IOVAs must be below `2^input_bits` (the table's width, capped by MGAW).
+    pub input_bits: u32,
+}
+
+impl<A: PageAllocator> Domain<A> {
+    /// Builds the table `choice` describes.
+    ///
+    /// # Errors
+    /// [`Error::NoMemory`], [`Error::PageTable`] for a configuration the engine refuses.
+    pub fn new(
+        choice: Choice,
+        alloc: A,
+        did: DomainId,
+        info: &UnitInfo,
+        cfg: &DomainConfig,
+    ) -> Result<Self, Error> {
+        let (table, input_bits) = match choice {
+            Choice::Second(c) => {
+                let t = PageTable::new(VtdSs::new(c)?, alloc, info.page_walk_coherency)?;
+                (DomainTable::Second(t), c.agaw.min(info.mgaw))
+            }
+            Choice::First(c) => {
+                let t = PageTable::new(VtdFs::new(c)?, alloc, info.page_walk_coherency)?;
+                let bits = t.geometry().ias.min(first_stage_max_bits(info));
+                (DomainTable::First(t), bits)
+            }
+        };
+        Ok(Self {
+            table,
+            did,
+            snoop: cfg.enforce_snoop,
+            dirty: cfg.dirty_tracking,
+            input_bits,
+        })
+    }
+
+    /// Whether the table is first stage.
+    pub const fn is_first_stage(&self) -> bool {
+        matches!(self.table, DomainTable::First(_))
+    }
+
+    /// The table's geometry.
+    pub fn geometry(&self) -> &Geometry {
+        with_table!(&self.table, t => t.geometry())
+    }
+
+    /// The first-stage paging mode, or `None` for a second-stage table.
+    pub fn first_stage_mode(&self) -> Option<FirstStagePagingMode> {
+        match &self.table {
+            DomainTable::First(t) if t.geometry().levels == 5 => Some(FirstStagePagingMode::Level5),
+            DomainTable::First(_) => Some(FirstStagePagingMode::Level4),
+            DomainTable::Second(_) => None,
+        }
+    }
+}

@@ -1,0 +1,278 @@
+//! Issuing invalidations, queued or through registers: Intel VT-d specification rev. 4.1, §6.5.1
+//! (Register-based Invalidation Interface), §6.5.2 (Queued Invalidation Interface) and §6.5.2.8
+//! (Invalidation Wait Descriptor).
+//!
+//! The unit says *what* must be invalidated as [`Request`]s pushed into a [`Batch`]; the batch
+//! turns them into descriptors on the invalidation queue followed by exactly one wait
+//! ([`Batch::finish`]), or, when `ECAP.QI = 0`, into context-command and IOTLB register writes,
+//! each awaited on its own (register commands complete synchronously, so `finish` has nothing
+//! left to wait for). PASID-cache, PASID-based and device-TLB invalidations exist only as
+//! descriptors: a unit without queued invalidation cannot be asked for them (scalable mode and
+//! ATS both need `ECAP.QI`, which the unit checks up front).
+//!
+//! While translation is off ([`Invalidator::Off`]: before `enable`, after `disable`), hardware
+//! walks none of the unit's structures, and enabling invalidates every cache globally; requests
+//! are then dropped and only counted.
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use super::inv_desc::{
+    ContextCacheScope, Descriptor, IotlbScope, PasidCacheScope, PasidIotlbScope,
+};
+use super::inv_queue::QueueCore;
+use super::reg_invalidation::{
+    invalidate_context, invalidate_iotlb, ContextInvalidation, IotlbInvalidation,
+};
+use super::{DomainId, Error, Pasid, SourceId};
+use crate::mem::Iova;
+use crate::mmio::RegisterWindow;
+
+/// Descriptors buffered before they are written to the queue (a flush with more is submitted in
+/// several doorbells and still ends with a single wait).
+const BATCH_DESCRIPTORS: usize = 32;
+
+/// One thing to invalidate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Request {
+    /// Context-cache invalidation (§6.5.2.1).
+    ContextCache(ContextCacheScope),
+    /// IOTLB invalidation (§6.5.2.3).
+    Iotlb(IotlbScope),
+    /// PASID-cache invalidation (§6.5.2.2).
+    PasidCache(PasidCacheScope),
+    /// PASID-based IOTLB invalidation (§6.5.2.4).
+    PasidIotlb {
+        /// Domain.
+        did: DomainId,
+        /// PASID.
+        pasid: Pasid,
+        /// Granularity.
+        scope: PasidIotlbScope,
+    },
+    /// Device-TLB invalidation (§6.5.2.5) of `2^size_log2` bytes at `addr`.
+    DeviceTlb {
+        /// The ATS device.
+        sid: SourceId,
+        /// First address.
+        addr: Iova,
+        /// Log2 of the range (64: everything).
+        size_log2: u32,
+    },
+    /// PASID-based device-TLB invalidation (§6.5.2.6).
+    PasidDeviceTlb {
+        /// The ATS device.
+        sid: SourceId,
+        /// PASID.
+        pasid: Pasid,
+        /// First address.
+        addr: Iova,
+        /// Log2 of the range (64: everything).
+        size_log2: u32,
+    },
+}
+
+impl Request {
+    /// The queued-invalidation descriptor, with `DR`/`DW` on IOTLB invalidations as `params`
+    /// asks.
+    fn descriptor(self, params: &BatchParams) -> Result<Descriptor, Error> {
+        match self {
+            Request::ContextCache(scope) => Descriptor::context_cache(scope),
+            Request::Iotlb(scope) => {
+                Descriptor::iotlb(scope, params.drain_reads, params.drain_writes)
+            }
+            Request::PasidCache(scope) => Ok(Descriptor::pasid_cache(scope)),
+            Request::PasidIotlb { did, pasid, scope } => Descriptor::pasid_iotlb(did, pasid, scope),
+            // A physical function is its own PFSID; MIP 0 asks for no pending-invalidation hint.
+            Request::DeviceTlb {
+                sid,
+                addr,
+                size_log2,
+            } => Descriptor::device_tlb(sid, sid, 0, addr, size_log2),
+            Request::PasidDeviceTlb {
+                sid,
+                pasid,
+                addr,
+                size_log2,
+            } => Descriptor::pasid_device_tlb(sid, sid, 0, pasid, false, addr, size_log2),
+        }
+    }
+}
+
+/// How the unit invalidates, decided by `enable`.
+#[derive(Debug)]
+pub(crate) enum Invalidator {
+    /// Translation off: nothing is walked, nothing needs invalidating.
+    Off,
+    /// `ECAP.QI = 0`: context-command and IOTLB registers.
+    Registers,
+    /// The invalidation queue.
+    Queue(QueueCore),
+}
+
+/// Counts of what the unit asked of the hardware (for tests and diagnostics).
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub descriptors: AtomicU64,
+    pub waits: AtomicU64,
+    pub register_commands: AtomicU64,
+    pub dropped: AtomicU64,
+}
+
+/// What the unit asked of the hardware so far. Counts do not depend on timing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InvalidationStats {
+    /// Invalidation descriptors queued (waits excluded).
+    pub descriptors: u64,
+    /// Invalidation wait descriptors queued (one per flush, attach change or enable).
+    pub waits: u64,
+    /// Register-based invalidation commands (`CCMD`, `IOTLB_REG`) when `ECAP.QI = 0`.
+    pub register_commands: u64,
+    /// Requests dropped because translation was off.
+    pub dropped: u64,
+}
+
+impl Counters {
+    pub fn snapshot(&self) -> InvalidationStats {
+        InvalidationStats {
+            descriptors: self.descriptors.load(Ordering::Relaxed),
+            waits: self.waits.load(Ordering::Relaxed),
+            register_commands: self.register_commands.load(Ordering::Relaxed),
+            dropped: self.dropped.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Parameters a batch needs from the unit.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct BatchParams {
+    /// Byte offset of the IOTLB registers (`ECAP.IRO * 16`).
+    pub iotlb_register_offset: usize,
+    /// Set `DR` on IOTLB invalidations (`CAP.DRD`): in-flight reads drain before completion.
+    pub drain_reads: bool,
+    /// Set `DW` on IOTLB invalidations (`CAP.DWD`): in-flight writes drain before completion.
+    pub drain_writes: bool,
+    /// Poll budget of register commands.
+    pub poll_budget: u32,
+}
+
+/// A sequence of invalidations that ends with one completion wait.
+pub(crate) struct Batch<'a, W: RegisterWindow + ?Sized> {
+    regs: &'a W,
+    inv: &'a mut Invalidator,
+    params: BatchParams,
+    counters: &'a Counters,
+    pending: [Descriptor; BATCH_DESCRIPTORS],
+    len: usize,
+}
+
+impl<'a, W: RegisterWindow + ?Sized> Batch<'a, W> {
+    /// An empty batch on `inv`.
+    pub fn new(
+        regs: &'a W,
+        inv: &'a mut Invalidator,
+        params: BatchParams,
+        counters: &'a Counters,
+    ) -> Self {
+        Self {
+            regs,
+            inv,
+            params,
+            counters,
+            pending: [Descriptor::default(); BATCH_DESCRIPTORS],
+            len: 0,
+        }
+    }
+
+    /// Queues (or, with registers, performs) `request`.
+    ///
+    /// # Errors
+    /// Queue and register errors; [`Error::Unsupported`] for a request only queued
+    /// invalidation can express on a unit without it.
+    pub fn push(&mut self, request: Request) -> Result<(), Error> {
+        match self.inv {
+            Invalidator::Off => {
+                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Invalidator::Registers => self.by_register(request),
+            Invalidator::Queue(q) => {
+                let d = request.descriptor(&self.params)?;
+                if self.len == BATCH_DESCRIPTORS {
+                    q.submit(self.regs, &self.pending)?;
+                    self.counters
+                        .descriptors
+                        .fetch_add(BATCH_DESCRIPTORS as u64, Ordering::Relaxed);
+                    self.len = 0;
+                }
+                if let Some(slot) = self.pending.get_mut(self.len) {
+                    *slot = d;
+                    self.len += 1;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Queues what is pending and one invalidation wait, and waits for its completion.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] if the wait does not complete; [`Error::QueueError`].
+    pub fn finish(self) -> Result<(), Error> {
+        match self.inv {
+            Invalidator::Queue(q) => {
+                let pending = self.pending.get(..self.len).unwrap_or(&[]);
+                self.counters
+                    .descriptors
+                    .fetch_add(pending.len() as u64, Ordering::Relaxed);
+                self.counters.waits.fetch_add(1, Ordering::Relaxed);
+                q.submit_and_wait(self.regs, pending)
+            }
+            // Register commands were awaited one by one.
+            Invalidator::Registers | Invalidator::Off => Ok(()),
+        }
+    }
+
+    fn by_register(&mut self, request: Request) -> Result<(), Error> {
+        let p = self.params;
+        self.counters
+            .register_commands
+            .fetch_add(1, Ordering::Relaxed);
+        match request {
+            Request::ContextCache(scope) => {
+                let r = match scope {
+                    ContextCacheScope::Global => ContextInvalidation::Global,
+                    ContextCacheScope::Domain(d) => ContextInvalidation::Domain(d),
+                    ContextCacheScope::Device { did, sid, fm } => {
+                        ContextInvalidation::Device { did, sid, fm }
+                    }
+                };
+                invalidate_context(self.regs, r, p.poll_budget).map(drop)
+            }
+            Request::Iotlb(scope) => {
+                let r = match scope {
+                    IotlbScope::Global => IotlbInvalidation::Global,
+                    IotlbScope::Domain(d) => IotlbInvalidation::Domain(d),
+                    IotlbScope::Page { did, addr, am, ih } => {
+                        IotlbInvalidation::Page { did, addr, am, ih }
+                    }
+                };
+                invalidate_iotlb(
+                    self.regs,
+                    p.iotlb_register_offset,
+                    r,
+                    p.drain_reads,
+                    p.drain_writes,
+                    p.poll_budget,
+                )
+                .map(drop)
+            }
+            Request::PasidCache(_)
+            | Request::PasidIotlb { .. }
+            | Request::DeviceTlb { .. }
+            | Request::PasidDeviceTlb { .. } => Err(Error::Unsupported {
+                what: "ECAP.QI (PASID and device-TLB invalidations are queued only)",
+                value: 0,
+            }),
+        }
+    }
+}

@@ -1,0 +1,628 @@
+//! One DMA-remapping hardware unit: Intel VT-d specification rev. 4.1, §11.4 (registers; the
+//! Global Command Register's SRTP, QIE and TE handshakes enable it), §3.4 (root, context and
+//! PASID tables), §6.5 (invalidation, with §6.5.3 Invalidation Considerations) and §7 (fault
+//! recording).
+//!
+//! [`VtdUnit`] owns the register window, the root table and every table below it, the
+//! invalidation queue and a fixed number of domains; it implements [`crate::iommu::Iommu`].
+//!
+//! ```
+//! # fn main() -> Result<(), iommu_engine::iommu::Error> {
+//! use iommu_engine::iommu::{DeviceId, DomainConfig, Iommu};
+//! use iommu_engine::mem::{Iova, PhysAddr};
+//! use iommu_engine::pgtable::{Gather, Prot};
+//! use iommu_engine::sim::vtd::{VtdModel, VtdModelConfig};
+//! use iommu_engine::sim::Arena;
+//! use iommu_engine::vtd::{VtdConfig, VtdUnit};
+//!
+//! // On hardware: `Mmio::new(base, len)` as the window and the kernel's page allocator.
+//! let mem = Arena::with_defaults().expect("host memory");
+//! let regs = VtdModel::new(&mem, VtdModelConfig::qemu_default());
+//! // `vtd::Error` converts into `iommu::Error` with `?`.
+//! let unit = VtdUnit::new(&regs, &mem, VtdConfig::legacy())?; // reads CAP/ECAP, root table
+//! unit.enable()?; // RTADDR + SRTP, queued invalidation, global flushes, TE
+//!
+//! let d = unit.domain_alloc(&DomainConfig::default())?;
+//! unit.attach(DeviceId(0x20), None, d)?; // 00:04.0
+//! let rw = Prot::READ | Prot::WRITE;
+//! unit.map(d, Iova::new(0x10_0000), PhysAddr::new(0x8000_0000), 0x1000, rw)?;
+//!
+//! let mut gather = Gather::new();
+//! unit.unmap(d, Iova::new(0x10_0000), 0x1000, &mut gather)?;
+//! unit.flush(d, &mut gather)?; // one page-selective invalidation, one wait
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Locking (always taken in this order, never the reverse): the configuration lock (root,
+//! context and PASID tables, attachments), then one domain's read-write lock (its page table:
+//! map and unmap take it shared, so maps on one domain run concurrently as the engine allows),
+//! then the invalidation lock (queue or registers). No lock is held across a call into the
+//! embedder other than the page allocator.
+
+use core::sync::atomic::Ordering;
+
+use super::cap::{Cap, CapFlags};
+use super::domain::{Choice, Domain};
+use super::ecap::{Ecap, EcapFlags};
+use super::fault::{drain_primary_faults, DrainSummary, FaultRecord};
+use super::inv_desc::{ContextCacheScope, IotlbScope, PasidCacheScope};
+use super::inv_queue::{DescriptorWidth, QueueConfig, QueueCore, IQA_QS_MAX};
+use super::invalidation::{Batch, BatchParams, Counters, InvalidationStats, Invalidator, Request};
+use super::regs::{
+    self, set_persistent, write_buffer_flush, write_root_table, Gsts, PersistentCommand,
+    RootTableAddress, TranslationTableMode,
+};
+use super::root_table::RootTable;
+use super::{DomainId, Error, Pasid, QueueErrorKind, SourceId, Wait};
+use crate::iommu::{self, DomainHandle};
+use crate::mem::{Iova, PageAllocator, WalkerCoherency};
+use crate::mmio::{RegisterWindow, DEFAULT_POLL_BUDGET};
+use crate::pgtable::IovaRange;
+
+mod attach;
+mod invalidate;
+mod iommu_impl;
+mod release;
+#[cfg(test)]
+mod tests;
+
+pub use attach::AttachOptions;
+pub use release::Released;
+
+/// Domains a [`VtdUnit`] holds unless told otherwise.
+pub const DEFAULT_DOMAINS: usize = 64;
+/// Device (and device, PASID) attachments one unit tracks.
+pub const MAX_ATTACHMENTS: usize = 256;
+/// PASID width a scalable-mode unit offers unless told otherwise: 15 bits make each device's
+/// PASID directory exactly one 4 KiB page (512 entries of 64 PASIDs).
+pub const DEFAULT_PASID_BITS: u32 = 15;
+/// Default `IQA.QS`: a one-page invalidation queue (256 or 128 descriptors).
+pub const DEFAULT_QUEUE_PAGES_LOG2: u8 = 0;
+/// The interrupt address range (`0xFEEx_xxxx`, the spec's "Handling Requests to Interrupt
+/// Address Range"): DMA writes there are interrupt requests, so no
+/// domain may map it.
+pub const INTERRUPT_WINDOW: IovaRange = IovaRange {
+    start: Iova::new(0xFEE0_0000),
+    end: Iova::new(0xFEF0_0000),
+};
+/// The PASID requests without PASID use in scalable mode (context entry `RID_PASID`).
+pub const RID_PASID: Pasid = Pasid::ZERO;
+
+/// Root-table format (`RTADDR_REG.TTM`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// Legacy root and context entries (§9.1, §9.3): second-stage tables, no PASIDs.
+    #[default]
+    Legacy,
+    /// Scalable mode (§9.2, §9.4-§9.6): PASID tables, first- or second-stage domains; needs
+    /// `ECAP.SMTS` and `ECAP.QI`.
+    Scalable,
+}
+
+/// How to run a unit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VtdConfig {
+    /// Legacy or scalable mode.
+    pub mode: Mode,
+    /// Register polls before any wait on the hardware fails with [`Error::Timeout`].
+    pub poll_budget: u32,
+    /// `IQA.QS`: the invalidation queue is `2^queue_pages_log2` 4 KiB pages (0..=7).
+    pub queue_pages_log2: u8,
+    /// PASID width to offer in scalable mode, capped by `ECAP.PSS`; each device's PASID
+    /// directory takes `max(4 KiB, 2^(pasid_bits - 3))` bytes.
+    pub pasid_bits: u32,
+    /// Host address width from the ACPI DMAR table, if known; otherwise `CAP.MGAW` (clamped to
+    /// 32..=52). Physical addresses mapped must fit.
+    pub host_address_width: Option<u32>,
+}
+
+impl VtdConfig {
+    /// Legacy mode with the default budget and queue size.
+    pub const fn legacy() -> Self {
+        Self {
+            mode: Mode::Legacy,
+            poll_budget: DEFAULT_POLL_BUDGET,
+            queue_pages_log2: DEFAULT_QUEUE_PAGES_LOG2,
+            pasid_bits: DEFAULT_PASID_BITS,
+            host_address_width: None,
+        }
+    }
+
+    /// Scalable mode with the default budget, queue size and PASID width.
+    pub const fn scalable() -> Self {
+        Self {
+            mode: Mode::Scalable,
+            ..Self::legacy()
+        }
+    }
+}
+
+impl Default for VtdConfig {
+    fn default() -> Self {
+        Self::legacy()
+    }
+}
+
+/// What the unit found in `CAP`/`ECAP` and decided from them and the configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnitInfo {
+    /// `CAP_REG`.
+    pub cap: Cap,
+    /// `ECAP_REG`.
+    pub ecap: Ecap,
+    /// Root-table mode.
+    pub mode: Mode,
+    /// Whether the unit's accesses to root, context and PASID tables snoop (`ECAP.C`).
+    pub coherency: WalkerCoherency,
+    /// Whether page-table walks snoop: `ECAP.C` in legacy mode; in scalable mode `ECAP.SMPWCS`
+    /// (the PASID entry's `PWSNP`, which is set when `SMPWCS` allows it), since there `ECAP.C`
+    /// covers only the root, context and PASID structures.
+    pub page_walk_coherency: WalkerCoherency,
+    /// Output address width of mappings.
+    pub haw: u32,
+    /// `CAP.MGAW + 1`: IOVAs must be below `2^mgaw`.
+    pub mgaw: u32,
+    /// First domain-ID handed out (1 when `CAP.CM` reserves DID 0).
+    pub did_base: u16,
+    /// Number of domain-IDs (`CAP.ND`).
+    pub domain_ids: u32,
+    /// PASID width offered (0 in legacy mode).
+    pub pasid_bits: u32,
+    /// `PDTS` of every PASID directory.
+    pub pdts: u8,
+    /// Register polls per wait.
+    pub poll_budget: u32,
+    /// `IQA.QS`.
+    pub queue_pages_log2: u8,
+}
+
+impl UnitInfo {
+    /// Whether the unit runs in scalable mode.
+    pub const fn scalable(&self) -> bool {
+        matches!(self.mode, Mode::Scalable)
+    }
+
+    fn decode(cap: Cap, ecap: Ecap, config: &VtdConfig) -> Result<Self, Error> {
+        let unsupported = |what, value| Err(Error::Unsupported { what, value });
+        let domain_ids = match cap.domain_count() {
+            Some(n) => n,
+            None => return unsupported("CAP.ND (reserved encoding)", cap.0),
+        };
+        if config.poll_budget == 0 {
+            return Err(Error::InvalidArgument {
+                what: "poll_budget (at least 1)",
+                value: 0,
+            });
+        }
+        if config.queue_pages_log2 > IQA_QS_MAX {
+            return Err(Error::InvalidArgument {
+                what: "queue_pages_log2 (IQA.QS, 0..=7)",
+                value: u64::from(config.queue_pages_log2),
+            });
+        }
+        let e = ecap.flags();
+        if config.mode == Mode::Scalable {
+            if !e.contains(EcapFlags::SMTS) {
+                return unsupported("ECAP.SMTS (scalable mode)", ecap.0);
+            }
+            if !e.contains(EcapFlags::QI) {
+                return unsupported("ECAP.QI (scalable mode needs queued invalidation)", ecap.0);
+            }
+            if !e.intersects(EcapFlags::SLTS | EcapFlags::FLTS) {
+                return unsupported("ECAP.SLTS or ECAP.FLTS", ecap.0);
+            }
+        } else if cap.sagaw().is_empty() {
+            return unsupported("CAP.SAGAW (no second-stage table depth)", cap.0);
+        }
+        let pasid_bits = match config.mode {
+            Mode::Legacy => 0,
+            Mode::Scalable => config
+                .pasid_bits
+                .min(ecap.pasid_bits().map_or(0, u32::from))
+                .min(Pasid::BITS),
+        };
+        let pdts = super::context_entry::ScalableContextEntry::pdts_for(pasid_bits).unwrap_or(0);
+        let mgaw = u32::from(cap.mgaw());
+        let snoops = |flag| {
+            if e.contains(flag) {
+                WalkerCoherency::Coherent
+            } else {
+                WalkerCoherency::NonCoherent
+            }
+        };
+        let page_walk_coherency = match config.mode {
+            Mode::Legacy => snoops(EcapFlags::C),
+            Mode::Scalable => snoops(EcapFlags::SMPWCS),
+        };
+        Ok(Self {
+            cap,
+            ecap,
+            mode: config.mode,
+            coherency: snoops(EcapFlags::C),
+            page_walk_coherency,
+            haw: config.host_address_width.unwrap_or(mgaw).clamp(32, 52),
+            mgaw,
+            did_base: u16::from(cap.flags().contains(CapFlags::CM)),
+            domain_ids,
+            pasid_bits,
+            pdts,
+            poll_budget: config.poll_budget,
+            queue_pages_log2: config.queue_pages_log2,
+        })
+    }
+
+    /// The domain-ID of domain slot `slot`, if the unit has that many.
+    pub(crate) fn did_of(&self, slot: usize) -> Option<DomainId> {
+        let did = u32::try_from(slot)
+            .ok()?
+            .checked_add(u32::from(self.did_base))?;
+        if did >= self.domain_ids {
+            return None;
+        }
+        u16::try_from(did).ok().map(DomainId::new)
+    }
+}
+
+/// One attachment: a device, or a device's PASID, pointing at a domain slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Attachment {
+    pub sid: SourceId,
+    pub pasid: Option<Pasid>,
+    pub slot: usize,
+    pub ats: bool,
+}
+
+/// What the configuration lock protects.
+pub(crate) struct ConfigState {
+    pub root: RootTable,
+    pub attachments: [Option<Attachment>; MAX_ATTACHMENTS],
+}
+
+impl ConfigState {
+    pub fn find(&self, sid: SourceId, pasid: Option<Pasid>) -> Option<usize> {
+        self.attachments
+            .iter()
+            .position(|a| a.is_some_and(|a| a.sid == sid && a.pasid == pasid))
+    }
+
+    pub fn of_domain(&self, slot: usize) -> impl Iterator<Item = &Attachment> {
+        self.attachments
+            .iter()
+            .flatten()
+            .filter(move |a| a.slot == slot)
+    }
+}
+
+/// A VT-d remapping unit with up to `DOMAINS` domains.
+///
+/// `W` is its register window, `A` the allocator every table, queue and page-table page comes
+/// from; page tables get clones of `A`, so a clone must hand out and take back pages of the
+/// same pool (a reference, or a handle). `VtdUnit` is `Send + Sync` when `W` and `A` are.
+///
+/// Dropping a unit leaks its pages: hardware may still hold their addresses. To get them back,
+/// [`disable`](Self::disable) it, then [`release`](Self::release) it.
+pub struct VtdUnit<
+    W: RegisterWindow,
+    A: PageAllocator + Clone,
+    const DOMAINS: usize = DEFAULT_DOMAINS,
+> {
+    regs: W,
+    alloc: A,
+    info: UnitInfo,
+    config: spin::Mutex<ConfigState>,
+    domains: [spin::RwLock<Option<Domain<A>>>; DOMAINS],
+    inval: spin::Mutex<Invalidator>,
+    counters: Counters,
+}
+
+impl<W: RegisterWindow, A: PageAllocator + Clone> VtdUnit<W, A> {
+    /// Reads `CAP`/`ECAP` through `regs`, checks that the unit can run as `config` asks, and
+    /// allocates the (empty) root table. Nothing is written to the hardware until
+    /// [`enable`](Self::enable).
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] naming the missing capability (scalable mode without `ECAP.SMTS`
+    /// or `ECAP.QI`, a reserved `CAP.ND`); [`Error::InvalidArgument`] for a bad queue size;
+    /// [`Error::NoMemory`].
+    pub fn new(regs: W, alloc: A, config: VtdConfig) -> Result<Self, Error> {
+        Self::with_capacity(regs, alloc, config)
+    }
+}
+
+impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<W, A, DOMAINS> {
+    /// As [`VtdUnit::new`], for a unit holding `DOMAINS` domains.
+    ///
+    /// # Errors
+    /// As [`VtdUnit::new`].
+    pub fn with_capacity(regs: W, alloc: A, config: VtdConfig) -> Result<Self, Error> {
+        let cap = Cap(regs.read64(regs::CAP_REG));
+        let ecap = Ecap(regs.read64(regs::ECAP_REG));
+        let info = UnitInfo::decode(cap, ecap, &config)?;
+        let root = RootTable::new(&alloc, info.coherency)?;
+        Ok(Self {
+            regs,
+            alloc,
+            info,
+            config: spin::Mutex::new(ConfigState {
+                root,
+                attachments: [None; MAX_ATTACHMENTS],
+            }),
+            domains: core::array::from_fn(|_| spin::RwLock::new(None)),
+            inval: spin::Mutex::new(Invalidator::Off),
+            counters: Counters::default(),
+        })
+    }
+
+    /// What the unit decoded from its capability registers.
+    pub const fn info(&self) -> &UnitInfo {
+        &self.info
+    }
+
+    /// The register window.
+    pub const fn regs(&self) -> &W {
+        &self.regs
+    }
+
+    /// The page allocator.
+    pub const fn allocator(&self) -> &A {
+        &self.alloc
+    }
+
+    /// Invalidation requests issued so far.
+    pub fn stats(&self) -> InvalidationStats {
+        self.counters.snapshot()
+    }
+
+    /// Turns DMA remapping on (§11.4 Global Command Register, §6.5.3): translation off if
+    /// firmware left it on,
+    /// `RTADDR` (root table and mode) with `SRTP`, the invalidation queue when `ECAP.QI` (else
+    /// register-based invalidation), global context-cache, PASID-cache (scalable mode) and
+    /// IOTLB invalidation, a write-buffer flush when `CAP.RWBF`, then `TE`. May be called again
+    /// after [`disable`](Self::disable).
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] naming the register that did not respond; [`Error::NoMemory`] for
+    /// the queue; queue errors.
+    pub fn enable(&self) -> Result<(), Error> {
+        let cfg = self.config.lock();
+        let mut inv = self.inval.lock();
+        let budget = self.info.poll_budget;
+        if regs::gsts(&self.regs).contains(Gsts::TES) {
+            set_persistent(
+                &self.regs,
+                PersistentCommand::TranslationEnable,
+                false,
+                budget,
+            )?;
+        }
+        self.stop_queue(&mut inv)?;
+        let ttm = match self.info.mode {
+            Mode::Legacy => TranslationTableMode::Legacy,
+            Mode::Scalable => TranslationTableMode::Scalable,
+        };
+        write_root_table(
+            &self.regs,
+            RootTableAddress::new(cfg.root.pa(), ttm)?,
+            budget,
+        )?;
+        *inv = if self.info.ecap.flags().contains(EcapFlags::QI) {
+            let width = match self.info.mode {
+                Mode::Legacy => DescriptorWidth::Bits128,
+                Mode::Scalable => DescriptorWidth::Bits256,
+            };
+            let qc = QueueConfig {
+                qs: self.info.queue_pages_log2,
+                width,
+                poll_budget: budget,
+            };
+            Invalidator::Queue(QueueCore::enable(&self.regs, &self.alloc, qc)?)
+        } else {
+            Invalidator::Registers
+        };
+        let mut batch = self.batch(&mut inv);
+        batch.push(Request::ContextCache(ContextCacheScope::Global))?;
+        if self.info.scalable() {
+            batch.push(Request::PasidCache(PasidCacheScope::Global))?;
+        }
+        batch.push(Request::Iotlb(IotlbScope::Global))?;
+        batch.finish()?;
+        if self.info.cap.flags().contains(CapFlags::RWBF) {
+            write_buffer_flush(&self.regs, budget)?;
+        }
+        set_persistent(
+            &self.regs,
+            PersistentCommand::TranslationEnable,
+            true,
+            budget,
+        )
+    }
+
+    /// Turns DMA remapping off (`TE` clear: DMA is no longer translated), then drains and
+    /// turns off the invalidation queue and returns its pages. Tables, domains and attachments
+    /// stay; [`enable`](Self::enable) turns everything back on.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`]; queue errors.
+    pub fn disable(&self) -> Result<(), Error> {
+        let mut inv = self.inval.lock();
+        set_persistent(
+            &self.regs,
+            PersistentCommand::TranslationEnable,
+            false,
+            self.info.poll_budget,
+        )?;
+        self.stop_queue(&mut inv)
+    }
+
+    /// Whether `GSTS.TES` reads set.
+    pub fn is_enabled(&self) -> bool {
+        regs::gsts(&self.regs).contains(Gsts::TES)
+    }
+
+    /// Reports and clears every pending primary fault record (§7), for the embedder's fault
+    /// interrupt handler or a poll loop. Bounded by `CAP.NFR + 1` records per call.
+    pub fn drain_faults(&self, report: impl FnMut(u16, FaultRecord)) -> DrainSummary {
+        drain_primary_faults(&self.regs, self.info.cap, report)
+    }
+
+    /// Drains and turns off the queue (if any) and returns its pages; the invalidator is off.
+    fn stop_queue(&self, inv: &mut Invalidator) -> Result<(), Error> {
+        match core::mem::replace(inv, Invalidator::Off) {
+            Invalidator::Queue(mut q) => {
+                if let Err(e) = q.disable(&self.regs) {
+                    *inv = Invalidator::Queue(q);
+                    return Err(e);
+                }
+                // SAFETY: the queue came from `QueueCore::enable` with `self.alloc`.
+                if let Err((q, e)) = unsafe { q.release(&self.regs, &self.alloc) } {
+                    *inv = Invalidator::Queue(q);
+                    return Err(e);
+                }
+                Ok(())
+            }
+            Invalidator::Registers | Invalidator::Off => Ok(()),
+        }
+    }
+
+    /// A batch on the locked invalidator.
+    pub(crate) fn batch<'a>(&'a self, inv: &'a mut Invalidator) -> Batch<'a, W> {
+        let cap = self.info.cap.flags();
+        let params = BatchParams {
+            iotlb_register_offset: self.info.ecap.iotlb_register_offset(),
+            drain_reads: cap.contains(CapFlags::DRD),
+            drain_writes: cap.contains(CapFlags::DWD),
+            poll_budget: self.info.poll_budget,
+        };
+        Batch::new(&self.regs, inv, params, &self.counters)
+    }
+
+    /// Flushes the write buffer when `CAP.RWBF` requires it after table updates (the spec's
+    /// "Write Buffer Flushing") and
+    /// translation is on.
+    pub(crate) fn flush_write_buffer(&self) -> Result<(), Error> {
+        if !self.info.cap.flags().contains(CapFlags::RWBF) {
+            return Ok(());
+        }
+        let inv = self.inval.lock();
+        if matches!(*inv, Invalidator::Off) {
+            return Ok(());
+        }
+        self.counters
+            .register_commands
+            .fetch_add(1, Ordering::Relaxed);
+        write_buffer_flush(&self.regs, self.info.poll_budget)
+    }
+
+    /// The slot a handle names, if in range.
+    pub(crate) fn slot(&self, domain: DomainHandle) -> Result<usize, iommu::Error> {
+        let slot = usize::from(domain.0);
+        if slot < DOMAINS {
+            Ok(slot)
+        } else {
+            Err(iommu::Error::InvalidDomain(domain))
+        }
+    }
+
+    /// Builds a domain in a free slot.
+    pub(crate) fn alloc_domain(
+        &self,
+        choice: Choice,
+        cfg: &iommu::DomainConfig,
+    ) -> Result<DomainHandle, iommu::Error> {
+        for (slot, lock) in self.domains.iter().enumerate() {
+            let Some(did) = self.info.did_of(slot) else {
+                break;
+            };
+            let Some(mut guard) = lock.try_write() else {
+                continue;
+            };
+            if guard.is_some() {
+                continue;
+            }
+            let handle = DomainHandle(u16::try_from(slot).map_err(|_| iommu::Error::NoDomainIds)?);
+            *guard = Some(Domain::new(
+                choice,
+                self.alloc.clone(),
+                did,
+                &self.info,
+                cfg,
+            )?);
+            return Ok(handle);
+        }
+        Err(iommu::Error::NoDomainIds)
+    }
+
+    pub(crate) fn domain_lock(
+        &self,
+        domain: DomainHandle,
+    ) -> Result<&spin::RwLock<Option<Domain<A>>>, iommu::Error> {
+        let slot = self.slot(domain)?;
+        self.domains
+            .get(slot)
+            .ok_or(iommu::Error::InvalidDomain(domain))
+    }
+
+    /// Runs `f` on a live domain, its table shared.
+    pub(crate) fn with_domain<R>(
+        &self,
+        domain: DomainHandle,
+        f: impl FnOnce(&Domain<A>) -> R,
+    ) -> Result<R, iommu::Error> {
+        let guard = self.domain_lock(domain)?.read();
+        let d = guard.as_ref().ok_or(iommu::Error::InvalidDomain(domain))?;
+        Ok(f(d))
+    }
+}
+
+/// A bounded wait, named for the `Iommu` layer.
+const fn wait_name(what: Wait) -> &'static str {
+    match what {
+        Wait::GlobalStatus { .. } => "GSTS to reflect a GCMD command",
+        Wait::ContextCommand => "CCMD.ICC to clear",
+        Wait::IotlbInvalidate => "IOTLB_REG.IVT to clear",
+        Wait::InvalidationWait { .. } => "the invalidation wait descriptor's status write",
+        Wait::QueueSpace { .. } => "free invalidation-queue slots",
+        Wait::QueueDrain => "the invalidation queue to drain",
+    }
+}
+
+impl From<Error> for iommu::Error {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Timeout { what, .. } => iommu::Error::Timeout {
+                what: wait_name(what),
+            },
+            Error::QueueError { kind, head } => iommu::Error::Hardware {
+                what: match kind {
+                    QueueErrorKind::InvalidQueueEntry => "invalidation queue error (FSTS.IQE)",
+                    QueueErrorKind::InvalidationTimeout => {
+                        "device-TLB invalidation time-out (FSTS.ITE)"
+                    }
+                    QueueErrorKind::InvalidationCompletion => {
+                        "invalidation completion error (FSTS.ICE)"
+                    }
+                },
+                code: u64::from(head),
+            },
+            Error::Unsupported { what, .. } => {
+                iommu::Error::Unsupported(iommu::Missing::Mode { what })
+            }
+            Error::NoMemory => iommu::Error::NoMemory,
+            Error::EntryPresent { .. } => iommu::Error::Busy,
+            Error::InvalidArgument { what, value } => iommu::Error::Hardware { what, code: value },
+            Error::BatchTooLarge { len, .. } => iommu::Error::Hardware {
+                what: "invalidation batch larger than the queue",
+                code: len as u64,
+            },
+            Error::InvalidationRejected { register } => iommu::Error::Hardware {
+                what: "register-based invalidation ignored (actual granularity 0)",
+                code: register,
+            },
+            Error::UnexpectedState { register, value } => iommu::Error::Hardware {
+                what: register,
+                code: value,
+            },
+        }
+    }
+}

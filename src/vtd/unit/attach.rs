@@ -1,0 +1,510 @@
+//! Pointing devices and PASIDs at domains: Intel VT-d specification rev. 4.1, §9.3 and §9.4
+//! (context entries), §9.6 (PASID-table entries), §6.5.3 (invalidation considerations: what to
+//! invalidate when an entry is made present or torn down) and the Caching Mode rules of §6.
+//!
+//! Legacy mode writes the device's 128-bit context entry. Scalable mode gives each device a
+//! context entry (made present once, pointing at its PASID directory) and writes the 512-bit
+//! PASID entry of `RID_PASID` (requests without PASID) or of the PASID asked for.
+//!
+//! Every entry is written with [`LiveEntry`]: body first, the word holding `P` last. A present
+//! entry is never rewritten in place: replacing the domain tears the old entry down (`P`
+//! cleared in one store, so DMA is blocked rather than translated through a half-written
+//! entry), invalidates what may still be cached of it -- context cache (device-selective) or
+//! PASID cache (PASID-selective), then the IOTLB entries of the old domain (domain-selective for
+//! second stage, PASID-based for first stage), then the device TLB -- waits, and only then
+//! publishes the new entry. Making an entry present needs no invalidation, except under
+//! caching mode (`CAP.CM`), where not-present entries may be cached under DID 0; without it,
+//! `CAP.RWBF` asks for a write-buffer flush.
+
+use super::invalidate::device_tlb;
+use super::{Attachment, Mode, VtdUnit, RID_PASID};
+use crate::iommu::{self, DeviceId, DomainHandle, Missing};
+use crate::mem::{Iova, PageAllocator};
+use crate::mmio::RegisterWindow;
+use crate::vtd::cap::{CapFlags, Sagaw};
+use crate::vtd::context_entry::{
+    AddressWidth, ContextEntry, ScalableContextEntry, ScalableContextFlags, TranslationType,
+};
+use crate::vtd::domain::{Domain, DomainTable};
+use crate::vtd::ecap::EcapFlags;
+use crate::vtd::inv_desc::{ContextCacheScope, IotlbScope, PasidCacheScope, PasidIotlbScope};
+use crate::vtd::invalidation::{Batch, Request};
+use crate::vtd::live_entry::LiveEntry;
+use crate::vtd::pasid_entry::{PasidEntry, PasidEntryFlags, PasidTranslation, Pgtt};
+use crate::vtd::pasid_table::{alloc_directory, directory_size_log2, PasidDirectory};
+use crate::vtd::root_table::{resolve, RootSlot, RootTable};
+use crate::vtd::{DomainId, Error, Pasid, SourceId};
+
+/// How to attach.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AttachOptions {
+    /// The device has ATS enabled: its context entry allows the device TLB (legacy `TT = 01b`,
+    /// scalable `DTE`, set when the device's context entry is first made present), and every
+    /// flush and tear-down of its domain also invalidates its device TLB. Needs `ECAP.DT`.
+    ///
+    /// Scalable mode keeps `DTE` as the device's first attachment set it: a later attachment
+    /// of a device whose `DTE` is set gets device-TLB invalidations even without `ats` (the
+    /// device may cache its translations), and `ats` on a device whose `DTE` is clear leaves
+    /// its translation requests blocked until its context entry is rebuilt.
+    pub ats: bool,
+    /// Fail with [`iommu::Error::Busy`] instead of replacing when the device (or PASID) is
+    /// already attached to another domain.
+    pub exclusive: bool,
+}
+
+/// What a device or PASID pointed at before, for the invalidations of its tear-down.
+#[derive(Clone, Copy, Debug)]
+struct Old {
+    did: DomainId,
+    first_stage: bool,
+    ats: bool,
+}
+
+/// The PCI requester ID of `device`.
+pub(super) fn source_id(device: DeviceId) -> Result<SourceId, iommu::Error> {
+    u16::try_from(device.0)
+        .map(SourceId::new)
+        .map_err(|_| iommu::Error::InvalidDevice(device))
+}
+
+impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<W, A, DOMAINS> {
+    /// Points `device` (or its `pasid`) at `domain`, as [`iommu::Iommu::attach`] does, with
+    /// options.
+    ///
+    /// # Errors
+    /// [`iommu::Error::InvalidDevice`], [`iommu::Error::InvalidPasid`],
+    /// [`iommu::Error::InvalidDomain`], [`iommu::Error::Unsupported`] (a PASID in legacy mode,
+    /// ATS without `ECAP.DT`), [`iommu::Error::Busy`] (`exclusive` and attached elsewhere),
+    /// [`iommu::Error::NoMemory`] (tables, or all [`super::MAX_ATTACHMENTS`] in use),
+    /// hardware errors.
+    pub fn attach_with(
+        &self,
+        device: DeviceId,
+        pasid: Option<iommu::Pasid>,
+        domain: DomainHandle,
+        opts: AttachOptions,
+    ) -> Result<(), iommu::Error> {
+        let sid = source_id(device)?;
+        let pasid = self.check_pasid(pasid)?;
+        if opts.ats
+            && !self
+                .info
+                .ecap
+                .flags()
+                .contains(EcapFlags::DT | EcapFlags::QI)
+        {
+            return Err(iommu::Error::Unsupported(Missing::Mode {
+                what: "device-TLB invalidation (ECAP.DT and ECAP.QI)",
+            }));
+        }
+        let slot = self.slot(domain)?;
+        let mut cfg = self.config.lock();
+        let index = match cfg.find(sid, pasid) {
+            Some(i) => i,
+            None => cfg
+                .attachments
+                .iter()
+                .position(Option::is_none)
+                .ok_or(iommu::Error::NoMemory)?,
+        };
+        let old = cfg
+            .attachments
+            .get(index)
+            .copied()
+            .flatten()
+            .map(|a| self.old_of(&a));
+        let ats = {
+            let guard = self.domain_lock(domain)?.read();
+            let dom = guard.as_ref().ok_or(iommu::Error::InvalidDomain(domain))?;
+            match self.info.mode {
+                Mode::Legacy => self.attach_legacy(&cfg.root, sid, dom, old, opts)?,
+                Mode::Scalable => self.attach_scalable(&cfg.root, sid, pasid, dom, old, opts)?,
+            }
+        };
+        if let Some(a) = cfg.attachments.get_mut(index) {
+            *a = Some(Attachment {
+                sid,
+                pasid,
+                slot,
+                ats,
+            });
+        }
+        Ok(())
+    }
+
+    /// Blocks `device` (or its `pasid`) again, as [`iommu::Iommu::detach`] does.
+    pub(super) fn detach_impl(
+        &self,
+        device: DeviceId,
+        pasid: Option<iommu::Pasid>,
+    ) -> Result<(), iommu::Error> {
+        let sid = source_id(device)?;
+        let pasid = self.check_pasid(pasid)?;
+        let mut cfg = self.config.lock();
+        let index = cfg
+            .find(sid, pasid)
+            .ok_or(iommu::Error::NotAttached(device))?;
+        let Some(Some(att)) = cfg.attachments.get(index).copied() else {
+            return Err(iommu::Error::NotAttached(device));
+        };
+        let old = self.old_of(&att);
+        let entry = match self.info.mode {
+            Mode::Legacy => cfg
+                .root
+                .context_table(
+                    sid.bus(),
+                    RootSlot::Legacy,
+                    &self.alloc,
+                    self.info.coherency,
+                    false,
+                )?
+                .map(|t| t.entry(sid.devfn())),
+            Mode::Scalable => self.existing_pasid_entry(&cfg.root, sid, pasid)?,
+        };
+        self.tear_down(entry, sid, pasid, old)?;
+        if let Some(a) = cfg.attachments.get_mut(index) {
+            *a = None;
+        }
+        Ok(())
+    }
+
+    fn check_pasid(&self, pasid: Option<iommu::Pasid>) -> Result<Option<Pasid>, iommu::Error> {
+        let Some(p) = pasid else {
+            return Ok(None);
+        };
+        let bits = self.info.pasid_bits;
+        if bits == 0 {
+            return Err(iommu::Error::Unsupported(Missing::Pasid { bits }));
+        }
+        // PASID 0 is RID_PASID: requests without PASID use it.
+        if p.get() == RID_PASID.get() || p.get() >> bits != 0 {
+            return Err(iommu::Error::InvalidPasid(p));
+        }
+        Pasid::new(p.get())
+            .map(Some)
+            .map_err(|_| iommu::Error::InvalidPasid(p))
+    }
+
+    /// The tear-down facts of an existing attachment.
+    fn old_of(&self, a: &Attachment) -> Old {
+        let first_stage = self
+            .domains
+            .get(a.slot)
+            .and_then(|l| l.read().as_ref().map(Domain::is_first_stage))
+            .unwrap_or(false);
+        Old {
+            did: self.info.did_of(a.slot).unwrap_or_default(),
+            first_stage,
+            ats: a.ats,
+        }
+    }
+
+    fn attach_legacy(
+        &self,
+        root: &RootTable,
+        sid: SourceId,
+        dom: &Domain<A>,
+        old: Option<Old>,
+        opts: AttachOptions,
+    ) -> Result<bool, Error> {
+        let (co, alloc) = (self.info.coherency, &self.alloc);
+        let DomainTable::Second(table) = &dom.table else {
+            return Err(Error::Unsupported {
+                what: "first-stage domain in legacy mode",
+                value: 0,
+            });
+        };
+        let aw = AddressWidth::try_from(table.format().aw_field())?;
+        let tt = if opts.ats {
+            TranslationType::DeviceTlb
+        } else {
+            TranslationType::UntranslatedOnly
+        };
+        let new = ContextEntry::new(tt, table.root(), aw, dom.did, false)?;
+        let entry = root
+            .context_table(sid.bus(), RootSlot::Legacy, alloc, co, true)?
+            .ok_or(Error::NoMemory)?
+            .entry(sid.devfn());
+        let current = ContextEntry {
+            lo: entry.word(0).unwrap_or(0),
+            hi: entry.word(1).unwrap_or(0),
+        };
+        if current.present() {
+            if current == new {
+                return Ok(opts.ats);
+            }
+            if opts.exclusive && current.did() != dom.did {
+                return Err(Error::EntryPresent { word0: current.lo });
+            }
+        }
+        let old = old.or_else(|| {
+            current.present().then(|| Old {
+                did: current.did(),
+                first_stage: false,
+                ats: current.translation_type() == Ok(TranslationType::DeviceTlb),
+            })
+        });
+        if let Some(old) = old {
+            self.tear_down(Some(entry), sid, None, old)?;
+        }
+        entry.publish(&new.words(), co, alloc)?;
+        self.after_present(|b| {
+            b.push(Request::ContextCache(ContextCacheScope::Device {
+                did: DomainId::new(0),
+                sid,
+                fm: 0,
+            }))?;
+            b.push(Request::Iotlb(IotlbScope::Domain(dom.did)))
+        })?;
+        Ok(opts.ats)
+    }
+
+    /// Returns whether the device's TLB must be invalidated for this attachment: asked for, or
+    /// already allowed by the device's context entry (`DTE` is set only when the entry is first
+    /// made present, so it can be on for an attachment that did not ask for ATS).
+    fn attach_scalable(
+        &self,
+        root: &RootTable,
+        sid: SourceId,
+        pasid: Option<Pasid>,
+        dom: &Domain<A>,
+        old: Option<Old>,
+        opts: AttachOptions,
+    ) -> Result<bool, Error> {
+        let (co, alloc) = (self.info.coherency, &self.alloc);
+        let p = pasid.unwrap_or(RID_PASID);
+        let (ctx, new_context) = self.scalable_context(root, sid, opts.ats)?;
+        let ats = opts.ats || ctx.word(0).unwrap_or(0) & ScalableContextEntry::DTE != 0;
+        let entry = self
+            .directory(&ctx)?
+            .entry(p, alloc, co, true)?
+            .ok_or(Error::NoMemory)?;
+        let new = self.pasid_entry_for(dom)?;
+        let current = read_pasid_entry(&entry);
+        if current.present() {
+            if current == new {
+                return Ok(ats);
+            }
+            if opts.exclusive && current.did() != dom.did {
+                return Err(Error::EntryPresent {
+                    word0: current.qw[0],
+                });
+            }
+        }
+        let old = old.or_else(|| {
+            current.present().then(|| Old {
+                did: current.did(),
+                first_stage: matches!(current.pgtt(), Ok(Pgtt::FirstStage | Pgtt::Nested)),
+                ats,
+            })
+        });
+        if let Some(old) = old {
+            self.tear_down(Some(entry), sid, pasid, old)?;
+        }
+        entry.publish(&new.words(), co, alloc)?;
+        self.after_present(|b| {
+            if new_context {
+                b.push(Request::ContextCache(ContextCacheScope::Device {
+                    did: DomainId::new(0),
+                    sid,
+                    fm: 0,
+                }))?;
+            }
+            b.push(Request::PasidCache(PasidCacheScope::Pasid(dom.did, p)))?;
+            b.push(iotlb_of(dom.did, p, dom.is_first_stage()))
+        })?;
+        Ok(ats)
+    }
+
+    /// The device's scalable-mode context entry, made present (with a new, empty PASID
+    /// directory) if it is not; `true` when it was just made present.
+    fn scalable_context<'r>(
+        &self,
+        root: &'r RootTable,
+        sid: SourceId,
+        ats: bool,
+    ) -> Result<(LiveEntry<'r>, bool), Error> {
+        let (co, alloc) = (self.info.coherency, &self.alloc);
+        let slot = RootSlot::for_devfn(sid.devfn());
+        let ctx = root
+            .context_table(sid.bus(), slot, alloc, co, true)?
+            .ok_or(Error::NoMemory)?
+            .entry(sid.devfn());
+        if ctx.is_present() {
+            return Ok((ctx, false));
+        }
+        let pdts = self.info.pdts;
+        let dir = alloc_directory(alloc, pdts, co)?;
+        let flags = ScalableContextFlags {
+            fpd: false,
+            dte: ats,
+            paside: self.info.pasid_bits > 0,
+            pre: false,
+        };
+        let published = ScalableContextEntry::new(dir.pa, pdts, RID_PASID, flags)
+            .and_then(|e| ctx.publish(&e.words(), co, alloc));
+        if let Err(e) = published {
+            // SAFETY: the directory came from `alloc` just now and was never published.
+            unsafe { alloc.free(dir, directory_size_log2(pdts)) };
+            return Err(e);
+        }
+        Ok((ctx, true))
+    }
+
+    /// The PASID directory a present scalable-mode context entry points at.
+    fn directory<'r>(&self, ctx: &LiveEntry<'r>) -> Result<PasidDirectory<'r>, Error> {
+        let w0 = ctx.word(0).unwrap_or(0);
+        let pa = crate::mem::PhysAddr::new(w0 & ScalableContextEntry::PASIDDIRPTR.mask());
+        let pdts = ScalableContextEntry::PDTS.get(w0) as u8;
+        let va = resolve(&self.alloc, pa, "scalable-mode context entry")?;
+        Ok(PasidDirectory::new(va, pdts))
+    }
+
+    /// The PASID entry of (`sid`, `pasid`) if its tables exist (no allocation).
+    fn existing_pasid_entry<'r>(
+        &self,
+        root: &'r RootTable,
+        sid: SourceId,
+        pasid: Option<Pasid>,
+    ) -> Result<Option<LiveEntry<'r>>, Error> {
+        let (co, alloc) = (self.info.coherency, &self.alloc);
+        let slot = RootSlot::for_devfn(sid.devfn());
+        let Some(table) = root.context_table(sid.bus(), slot, alloc, co, false)? else {
+            return Ok(None);
+        };
+        let ctx = table.entry(sid.devfn());
+        if !ctx.is_present() {
+            return Ok(None);
+        }
+        self.directory(&ctx)?
+            .entry(pasid.unwrap_or(RID_PASID), alloc, co, false)
+    }
+
+    /// The PASID entry that points at `dom`.
+    fn pasid_entry_for(&self, dom: &Domain<A>) -> Result<PasidEntry, Error> {
+        let mut flags = PasidEntryFlags::empty();
+        // Page walks through this entry snoop only with PWSNP, which needs ECAP.SMPWCS; the
+        // domain's table was built for `UnitInfo::page_walk_coherency`, which says the same.
+        if self.info.ecap.flags().contains(EcapFlags::SMPWCS) {
+            flags |= PasidEntryFlags::PWSNP;
+        }
+        if dom.snoop {
+            flags |= PasidEntryFlags::PGSNP;
+        }
+        match &dom.table {
+            DomainTable::Second(t) => {
+                if dom.dirty {
+                    flags |= PasidEntryFlags::SSADE;
+                }
+                let aw = AddressWidth::try_from(t.format().aw_field())?;
+                let tr = PasidTranslation::SecondStage { ssptptr: t.root() };
+                PasidEntry::new(tr, dom.did, aw, flags)
+            }
+            DomainTable::First(t) => {
+                let flpm = dom.first_stage_mode().ok_or(Error::InvalidArgument {
+                    what: "first-stage paging mode",
+                    value: u64::from(t.geometry().levels),
+                })?;
+                let tr = PasidTranslation::FirstStage {
+                    fsptptr: t.root(),
+                    flpm,
+                };
+                PasidEntry::new(tr, dom.did, self.widest_aw(), flags)
+            }
+        }
+    }
+
+    /// The widest second-stage AW the unit supports (what first-stage entries carry).
+    fn widest_aw(&self) -> AddressWidth {
+        let sagaw = self.info.cap.sagaw();
+        if sagaw.contains(Sagaw::AGAW57) {
+            AddressWidth::Agaw57
+        } else if sagaw.contains(Sagaw::AGAW39) && !sagaw.contains(Sagaw::AGAW48) {
+            AddressWidth::Agaw39
+        } else {
+            AddressWidth::Agaw48
+        }
+    }
+
+    /// Clears `P` of `entry` (if any), invalidates what may be cached of the attachment `old`,
+    /// waits, then scrubs the entry's other words.
+    fn tear_down(
+        &self,
+        entry: Option<LiveEntry<'_>>,
+        sid: SourceId,
+        pasid: Option<Pasid>,
+        old: Old,
+    ) -> Result<(), Error> {
+        let (co, alloc) = (self.info.coherency, &self.alloc);
+        if let Some(e) = &entry {
+            e.retire(0, co, alloc);
+        }
+        let mut inv = self.inval.lock();
+        let mut b = self.batch(&mut inv);
+        if self.info.scalable() {
+            let p = pasid.unwrap_or(RID_PASID);
+            b.push(Request::PasidCache(PasidCacheScope::Pasid(old.did, p)))?;
+            b.push(iotlb_of(old.did, p, old.first_stage))?;
+        } else {
+            b.push(Request::ContextCache(ContextCacheScope::Device {
+                did: old.did,
+                sid,
+                fm: 0,
+            }))?;
+            b.push(Request::Iotlb(IotlbScope::Domain(old.did)))?;
+        }
+        if old.ats {
+            let a = Attachment {
+                sid,
+                pasid,
+                slot: 0,
+                ats: true,
+            };
+            b.push(device_tlb(&a, Iova::ZERO, 64))?;
+        }
+        b.finish()?;
+        drop(inv);
+        match entry {
+            Some(e) => e.scrub(co, alloc),
+            None => Ok(()),
+        }
+    }
+
+    /// After an entry became present: under caching mode the invalidations `f` pushes, else a
+    /// write-buffer flush when `CAP.RWBF`.
+    fn after_present(
+        &self,
+        f: impl FnOnce(&mut Batch<'_, W>) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        if !self.info.cap.flags().contains(CapFlags::CM) {
+            return self.flush_write_buffer();
+        }
+        let mut inv = self.inval.lock();
+        let mut b = self.batch(&mut inv);
+        f(&mut b)?;
+        b.finish()
+    }
+}
+
+/// The IOTLB invalidation of everything a domain cached for PASID `p`: domain-selective for a
+/// second-stage domain, PASID-selective for a first-stage one.
+fn iotlb_of(did: DomainId, p: Pasid, first_stage: bool) -> Request {
+    if first_stage {
+        Request::PasidIotlb {
+            did,
+            pasid: p,
+            scope: PasidIotlbScope::AllInPasid,
+        }
+    } else {
+        Request::Iotlb(IotlbScope::Domain(did))
+    }
+}
+
+/// The PASID entry `entry` holds.
+fn read_pasid_entry(entry: &LiveEntry<'_>) -> PasidEntry {
+    let w = |i| entry.word(i).unwrap_or(0);
+    PasidEntry {
+        qw: [w(0), w(1), w(2)],
+        reserved: [w(3), w(4), w(5), w(6), w(7)],
+    }
+}

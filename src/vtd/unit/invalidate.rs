@@ -1,0 +1,175 @@
+//! Turning a gather into invalidations for one domain: Intel VT-d specification rev. 4.1,
+//! §6.5.2.3-§6.5.2.6 and the Caching Mode rules of §6. The planning itself is [`crate::vtd::flush`].
+//!
+//! Second-stage domains are invalidated by domain-ID (IOTLB descriptor or `IOTLB_REG`); a
+//! first-stage domain's entries are tagged with (domain-ID, PASID), so each PASID the domain is
+//! attached through gets PASID-based invalidations. Every ATS-enabled attachment then gets the
+//! same blocks as device-TLB invalidations. One wait ends the batch, and only after it completed
+//! the gathered table pages go back to the allocator.
+
+use super::{Attachment, VtdUnit, RID_PASID};
+use crate::iommu::{self, DomainHandle};
+use crate::mem::{Iova, PageAllocator};
+use crate::mmio::RegisterWindow;
+use crate::pgtable::{Gather, InvalidationComplete};
+use crate::vtd::cap::CapFlags;
+use crate::vtd::flush::{plan, FlushPlan, PlanLimits};
+use crate::vtd::inv_desc::{IotlbScope, PasidIotlbScope};
+use crate::vtd::invalidation::{Batch, Request};
+use crate::vtd::{DomainId, Error, Pasid};
+
+/// Why a gather is flushed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Purpose {
+    /// After unmap (or dirty-bit clearing): IOTLB, paging-structure caches and device TLBs.
+    Unmap,
+    /// After map under caching mode (`CAP.CM`): not-present entries may be cached in the IOTLB
+    /// and paging-structure caches; device TLBs never cache not-present results.
+    Map,
+}
+
+impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<W, A, DOMAINS> {
+    /// Invalidates what `gather` recorded in `domain`, waits once, then releases its pages.
+    pub(crate) fn flush_gather(
+        &self,
+        domain: DomainHandle,
+        gather: &mut Gather,
+        purpose: Purpose,
+    ) -> Result<(), iommu::Error> {
+        if gather.is_empty() {
+            return Ok(());
+        }
+        let slot = self.slot(domain)?;
+        let cfg = self.config.lock();
+        let guard = self.domain_lock(domain)?.read();
+        let dom = guard.as_ref().ok_or(iommu::Error::InvalidDomain(domain))?;
+        let first = dom.is_first_stage();
+        let limits = PlanLimits {
+            page_selective: first || self.info.cap.flags().contains(CapFlags::PSI),
+            mamv: self.info.cap.mamv(),
+        };
+        let plan = plan(gather.ranges(), gather.leaf_only(), limits);
+        let attached = || cfg.attachments.iter().flatten().filter(|a| a.slot == slot);
+        let mut inv = self.inval.lock();
+        let mut batch = self.batch(&mut inv);
+        push_iotlb(&mut batch, dom.did, first, &plan, attached())?;
+        if purpose == Purpose::Unmap {
+            push_device_tlb(&mut batch, &plan, attached())?;
+        }
+        batch.finish()?;
+        drop(inv);
+        drop(guard);
+        drop(cfg);
+        // SAFETY: the batch above invalidated every gathered range in the IOTLB and
+        // paging-structure caches (and device TLBs) of the only unit walking this domain's
+        // table, and its wait descriptor completed (or translation is off and nothing walks).
+        // A first-stage domain with no attachment gets no invalidation here: each detach
+        // cleared its PASID entry, then invalidated everything tagged with its (DID, PASID)
+        // and waited, so no cache can still lead to a table page it held.
+        let done = unsafe { InvalidationComplete::assume() };
+        gather.release(&self.alloc, done)?;
+        Ok(())
+    }
+}
+
+/// The IOTLB (and paging-structure cache) invalidations of `plan`.
+fn push_iotlb<'a, W: RegisterWindow + ?Sized>(
+    batch: &mut Batch<'_, W>,
+    did: DomainId,
+    first_stage: bool,
+    plan: &FlushPlan,
+    attached: impl Iterator<Item = &'a Attachment> + Clone,
+) -> Result<(), Error> {
+    if !first_stage {
+        return match *plan {
+            FlushPlan::Nothing => Ok(()),
+            FlushPlan::Everything => batch.push(Request::Iotlb(IotlbScope::Domain(did))),
+            FlushPlan::Pages { ih, .. } => plan.blocks().iter().try_for_each(|b| {
+                batch.push(Request::Iotlb(IotlbScope::Page {
+                    did,
+                    addr: b.addr,
+                    am: b.am,
+                    ih,
+                }))
+            }),
+        };
+    }
+    let all = attached.clone();
+    for (i, a) in attached.enumerate() {
+        let pasid = a.pasid.unwrap_or(RID_PASID);
+        // Entries are tagged (DID, PASID): two devices on one PASID share them.
+        if all
+            .clone()
+            .take(i)
+            .any(|b| b.pasid.unwrap_or(RID_PASID) == pasid)
+        {
+            continue;
+        }
+        push_pasid_iotlb(batch, did, pasid, plan)?;
+    }
+    Ok(())
+}
+
+fn push_pasid_iotlb<W: RegisterWindow + ?Sized>(
+    batch: &mut Batch<'_, W>,
+    did: DomainId,
+    pasid: Pasid,
+    plan: &FlushPlan,
+) -> Result<(), Error> {
+    match *plan {
+        FlushPlan::Nothing => Ok(()),
+        FlushPlan::Everything => batch.push(Request::PasidIotlb {
+            did,
+            pasid,
+            scope: PasidIotlbScope::AllInPasid,
+        }),
+        FlushPlan::Pages { ih, .. } => plan.blocks().iter().try_for_each(|b| {
+            batch.push(Request::PasidIotlb {
+                did,
+                pasid,
+                scope: PasidIotlbScope::Page {
+                    addr: b.addr,
+                    am: b.am,
+                    ih,
+                },
+            })
+        }),
+    }
+}
+
+/// The device-TLB invalidations of `plan` for every ATS-enabled attachment.
+fn push_device_tlb<'a, W: RegisterWindow + ?Sized>(
+    batch: &mut Batch<'_, W>,
+    plan: &FlushPlan,
+    attached: impl Iterator<Item = &'a Attachment>,
+) -> Result<(), Error> {
+    for a in attached.filter(|a| a.ats) {
+        match *plan {
+            FlushPlan::Nothing => {}
+            FlushPlan::Everything => batch.push(device_tlb(a, Iova::ZERO, 64))?,
+            FlushPlan::Pages { .. } => {
+                for b in plan.blocks() {
+                    batch.push(device_tlb(a, b.addr, b.size_log2()))?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A device-TLB invalidation of `2^size_log2` bytes at `addr` for attachment `a`.
+pub(crate) fn device_tlb(a: &Attachment, addr: Iova, size_log2: u32) -> Request {
+    match a.pasid {
+        None => Request::DeviceTlb {
+            sid: a.sid,
+            addr,
+            size_log2,
+        },
+        Some(pasid) => Request::PasidDeviceTlb {
+            sid: a.sid,
+            pasid,
+            addr,
+            size_log2,
+        },
+    }
+}

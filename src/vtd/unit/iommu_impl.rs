@@ -1,0 +1,188 @@
+//! [`Iommu`] for [`VtdUnit`]: Intel VT-d specification rev. 4.1 (see the parent module for
+//! the sections each operation follows).
+
+use super::invalidate::Purpose;
+use super::{VtdUnit, INTERRUPT_WINDOW};
+use crate::iommu::{Capabilities, DeviceId, DomainConfig, DomainHandle, Error, Iommu, Pasid};
+use crate::mem::{Iova, PageAllocator, PhysAddr, WalkerCoherency};
+use crate::mmio::RegisterWindow;
+use crate::pgtable::{self, Gather, IovaRange, Leaf, Mapping, Prot};
+use crate::vtd::cap::{CapFlags, Sllps};
+use crate::vtd::domain::{self, with_table, Domain};
+use crate::vtd::ecap::EcapFlags;
+use crate::vtd::inv_desc::IotlbScope;
+use crate::vtd::invalidation::Request;
+
+/// The ranges no domain may map.
+static RESERVED: [IovaRange; 1] = [INTERRUPT_WINDOW];
+
+/// Refuses ranges beyond `CAP.MGAW` that the table's depth would still accept.
+fn check_width<A: PageAllocator>(dom: &Domain<A>, iova: Iova, len: u64) -> Result<(), Error> {
+    let Some(limit) = 1u64.checked_shl(dom.input_bits) else {
+        return Ok(());
+    };
+    match iova.get().checked_add(len) {
+        Some(end) if end > limit => Err(Error::PageTable(pgtable::Error::IovaOutOfRange {
+            last: Iova::new(end - 1),
+            ias: dom.input_bits,
+        })),
+        _ => Ok(()),
+    }
+}
+
+impl<W, A, const DOMAINS: usize> Iommu for VtdUnit<W, A, DOMAINS>
+where
+    W: RegisterWindow + Sync,
+    A: PageAllocator + Clone + Send + Sync,
+{
+    fn capabilities(&self) -> Capabilities {
+        let info = &self.info;
+        let e = info.ecap.flags();
+        let second = !info.scalable() || e.contains(EcapFlags::SLTS);
+        let (ias, page_sizes) = if second {
+            let s = info.cap.sllps();
+            let sizes = 1 << 12
+                | u64::from(s.contains(Sllps::SIZE_2M)) << 21
+                | u64::from(s.contains(Sllps::SIZE_1G)) << 30;
+            (domain::second_stage_max_bits(info), sizes)
+        } else {
+            let g1 = info.cap.flags().contains(CapFlags::FL1GP);
+            let sizes = 1 << 12 | 1 << 21 | u64::from(g1) << 30;
+            (domain::first_stage_max_bits(info), sizes)
+        };
+        Capabilities {
+            ias,
+            oas: info.haw,
+            page_sizes,
+            pasid_bits: info.pasid_bits,
+            enforce_snoop: e.contains(EcapFlags::SC),
+            dirty_tracking: domain::second_stage_dirty_tracking(info),
+            nesting: e.contains(EcapFlags::NEST),
+            coherent_walk: info.page_walk_coherency == WalkerCoherency::Coherent,
+        }
+    }
+
+    fn reserved_regions(&self) -> &[IovaRange] {
+        &RESERVED
+    }
+
+    fn domain_alloc(&self, cfg: &DomainConfig) -> Result<DomainHandle, Error> {
+        let choice = domain::choose(&self.info, cfg)?;
+        self.alloc_domain(choice, cfg)
+    }
+
+    fn domain_geometry(&self, domain: DomainHandle) -> Result<(u32, u64), Error> {
+        self.with_domain(domain, |d| (d.input_bits, d.geometry().page_sizes))
+    }
+
+    fn domain_free(&self, domain: DomainHandle) -> Result<(), Error> {
+        let slot = self.slot(domain)?;
+        let cfg = self.config.lock();
+        if cfg.of_domain(slot).next().is_some() {
+            return Err(Error::Busy);
+        }
+        let mut guard = self.domain_lock(domain)?.write();
+        let dom = guard.take().ok_or(Error::InvalidDomain(domain))?;
+        let did = dom.did;
+        let mut gather = Gather::new();
+        let destroyed = with_table!(dom.table, t => t.destroy(&mut gather));
+        // Nothing points at the table any more; the domain-ID must not be reused while the
+        // IOTLB may hold entries tagged with it.
+        let invalidated = {
+            let mut inv = self.inval.lock();
+            let mut b = self.batch(&mut inv);
+            b.push(Request::Iotlb(IotlbScope::Domain(did)))
+                .and_then(|()| b.finish())
+        };
+        drop(guard);
+        drop(cfg);
+        destroyed?;
+        invalidated?;
+        // SAFETY: the table is unreachable (no attachment) and the domain-selective IOTLB
+        // invalidation above completed.
+        let done = unsafe { pgtable::InvalidationComplete::assume() };
+        gather.release(&self.alloc, done)?;
+        Ok(())
+    }
+
+    fn map(
+        &self,
+        domain: DomainHandle,
+        iova: Iova,
+        pa: PhysAddr,
+        len: u64,
+        prot: Prot,
+    ) -> Result<(), Error> {
+        self.with_domain(domain, |d| {
+            check_width(d, iova, len)?;
+            with_table!(&d.table, t => t.map(iova, pa, len, prot)).map_err(Error::from)
+        })??;
+        if self.info.cap.flags().contains(CapFlags::CM) {
+            let mut gather = Gather::new();
+            gather.add_table_change(iova.get(), len);
+            return self.flush_gather(domain, &mut gather, Purpose::Map);
+        }
+        Ok(self.flush_write_buffer()?)
+    }
+
+    fn unmap(
+        &self,
+        domain: DomainHandle,
+        iova: Iova,
+        len: u64,
+        gather: &mut Gather,
+    ) -> Result<u64, Error> {
+        self.with_domain(domain, |d| {
+            with_table!(&d.table, t => t.unmap(iova, len, gather)).map_err(Error::from)
+        })?
+    }
+
+    fn flush(&self, domain: DomainHandle, gather: &mut Gather) -> Result<(), Error> {
+        self.flush_gather(domain, gather, Purpose::Unmap)
+    }
+
+    fn query(&self, domain: DomainHandle, iova: Iova) -> Option<Mapping> {
+        self.with_domain(domain, |d| with_table!(&d.table, t => t.query(iova)))
+            .ok()
+            .flatten()
+    }
+
+    fn for_each_mapping(
+        &self,
+        domain: DomainHandle,
+        iova: Iova,
+        len: u64,
+        f: &mut dyn FnMut(Leaf),
+    ) -> Result<(), Error> {
+        self.with_domain(domain, |d| {
+            with_table!(&d.table, t => t.for_each_mapping(iova, len, &mut *f)).map_err(Error::from)
+        })?
+    }
+
+    fn read_and_clear_dirty(
+        &self,
+        domain: DomainHandle,
+        iova: Iova,
+        len: u64,
+        sink: &mut dyn FnMut(Iova, u32),
+        gather: &mut Gather,
+    ) -> Result<(), Error> {
+        self.with_domain(domain, |d| {
+            with_table!(&d.table, t => t.read_and_clear_dirty(iova, len, &mut *sink, gather))
+                .map_err(Error::from)
+        })?
+    }
+
+    fn attach(
+        &self,
+        device: DeviceId,
+        pasid: Option<Pasid>,
+        domain: DomainHandle,
+    ) -> Result<(), Error> {
+        self.attach_with(device, pasid, domain, super::AttachOptions::default())
+    }
+
+    fn detach(&self, device: DeviceId, pasid: Option<Pasid>) -> Result<(), Error> {
+        self.detach_impl(device, pasid)
+    }
+}

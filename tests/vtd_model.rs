@@ -1,0 +1,696 @@
+//! The VT-d unit driving the behavioural VT-d model (`sim::vtd`): its caches keep context,
+//! PASID and IOTLB entries until they are invalidated, so a missing or too narrow invalidation
+//! shows up as a translation that should have faulted.
+
+use iommu_engine::iommu::{
+    DeviceId, DomainConfig, DomainHandle, Error, Iommu, Missing, Pasid, Stage,
+};
+use iommu_engine::mem::{Iova, PhysAddr};
+use iommu_engine::pgtable::{Gather, Prot};
+use iommu_engine::sim::vtd::{DmaOk, Injection, VtdModel, VtdModelConfig};
+use iommu_engine::sim::walk::Access;
+use iommu_engine::sim::{Arena, ArenaConfig};
+use iommu_engine::vtd::{self, AttachOptions, Mode, VtdConfig, VtdUnit};
+
+const K4: u64 = 0x1000;
+const M2: u64 = 0x20_0000;
+const G1: u64 = 0x4000_0000;
+const RW: Prot = Prot::READ.union(Prot::WRITE);
+/// 00:04.0 (QEMU's edu in the scenarios) and 01:10.0 (upper half of a scalable context table).
+const DEV: DeviceId = DeviceId(0x0020);
+const DEV_HI: DeviceId = DeviceId(0x0180);
+
+type Unit<'a> = VtdUnit<&'a VtdModel<'a>, &'a Arena>;
+
+fn arena() -> Arena {
+    Arena::new(ArenaConfig {
+        base_pa: 0x1_0000_0000,
+        capacity: 32 << 20,
+    })
+    .expect("arena")
+}
+
+fn unit<'a>(m: &'a VtdModel<'a>, a: &'a Arena, mode: Mode) -> Unit<'a> {
+    let cfg = VtdConfig {
+        mode,
+        poll_budget: 10_000,
+        ..VtdConfig::legacy()
+    };
+    let u = VtdUnit::new(m, a, cfg).expect("unit");
+    u.enable().expect("enable");
+    m.reset_stats();
+    u
+}
+
+fn sid(d: DeviceId) -> u16 {
+    d.0 as u16
+}
+
+fn ok(r: Result<DmaOk, iommu_engine::sim::vtd::DmaFault>) -> DmaOk {
+    r.unwrap_or_else(|f| panic!("expected a translation, got fault {:#x}", f.reason))
+}
+
+fn unmap_and_flush(u: &Unit<'_>, d: DomainHandle, iova: u64, len: u64) {
+    let mut g = Gather::new();
+    assert_eq!(u.unmap(d, Iova::new(iova), len, &mut g), Ok(len));
+    u.flush(d, &mut g).expect("flush");
+    assert!(g.is_empty());
+}
+
+/// The type codes of the descriptors the model executed.
+fn types(m: &VtdModel<'_>) -> Vec<u64> {
+    m.descriptor_log().iter().map(|d| d[0] & 0xf).collect()
+}
+
+#[test]
+fn legacy_map_translate_unmap_and_the_invalidation_matters() {
+    let a = arena();
+    let m = VtdModel::new(&a, VtdModelConfig::qemu_default());
+    let u = unit(&m, &a, Mode::Legacy);
+    assert!(u.is_enabled());
+    let d = u.domain_alloc(&DomainConfig::default()).unwrap();
+    u.attach(DEV, None, d).unwrap();
+    u.map(d, Iova::new(0x10_0000), PhysAddr::new(0x1234_5000), K4, RW)
+        .unwrap();
+    let t = ok(m.translate(sid(DEV), None, 0x10_0123, Access::WRITE));
+    assert_eq!((t.pa, t.snoop, t.did), (0x1234_5123, false, 0));
+    assert!(ok(m.translate(sid(DEV), None, 0x10_0008, Access::READ)).from_iotlb);
+
+    // Unmapped but not flushed: the IOTLB still translates.
+    let mut g = Gather::new();
+    u.unmap(d, Iova::new(0x10_0000), K4, &mut g).unwrap();
+    let stale = ok(m.translate(sid(DEV), None, 0x10_0000, Access::READ));
+    assert!(
+        stale.from_iotlb,
+        "without the flush the stale entry is used"
+    );
+    u.flush(d, &mut g).unwrap();
+    assert!(m
+        .translate(sid(DEV), None, 0x10_0000, Access::READ)
+        .is_err());
+    // One page-selective invalidation and one wait.
+    assert_eq!(types(&m), [2, 5]);
+    assert_eq!(m.stats().iotlb_page, 1);
+
+    // Another device was never attached; detach blocks the first one again.
+    assert!(m.translate(0x0028, None, 0x10_0000, Access::READ).is_err());
+    u.map(d, Iova::new(0), PhysAddr::new(0x5000), K4, RW)
+        .unwrap();
+    ok(m.translate(sid(DEV), None, 0, Access::READ));
+    u.detach(DEV, None).unwrap();
+    assert!(m.translate(sid(DEV), None, 0, Access::READ).is_err());
+    let faults = u.drain_faults(|_, _| {});
+    assert!(faults.records >= 1);
+}
+
+#[test]
+fn replacing_the_domain_invalidates_the_context_cache() {
+    let a = arena();
+    let m = VtdModel::new(&a, VtdModelConfig::qemu_default());
+    let u = unit(&m, &a, Mode::Legacy);
+    let d1 = u.domain_alloc(&DomainConfig::default()).unwrap();
+    let d2 = u.domain_alloc(&DomainConfig::default()).unwrap();
+    u.map(d1, Iova::new(0), PhysAddr::new(0x1000_0000), K4, RW)
+        .unwrap();
+    u.map(d2, Iova::new(0), PhysAddr::new(0x2000_0000), K4, RW)
+        .unwrap();
+    u.attach(DEV, None, d1).unwrap();
+    assert_eq!(
+        ok(m.translate(sid(DEV), None, 0, Access::READ)).pa,
+        0x1000_0000
+    );
+    u.attach(DEV, None, d2).unwrap();
+    let t = ok(m.translate(sid(DEV), None, 0, Access::READ));
+    assert_eq!((t.pa, t.did), (0x2000_0000, 1));
+}
+
+#[test]
+fn snoop_control() {
+    let a = arena();
+    let snoop = DomainConfig {
+        enforce_snoop: true,
+        ..DomainConfig::default()
+    };
+    // QEMU's default has no SC: refused, and named.
+    let m = VtdModel::new(&a, VtdModelConfig::qemu_default());
+    let u = unit(&m, &a, Mode::Legacy);
+    assert_eq!(
+        u.domain_alloc(&snoop),
+        Err(Error::Unsupported(Missing::SnoopControl))
+    );
+    let m = VtdModel::new(&a, VtdModelConfig::qemu_default().with_sc(true));
+    let u = unit(&m, &a, Mode::Legacy);
+    let d = u.domain_alloc(&snoop).unwrap();
+    u.attach(DEV, None, d).unwrap();
+    u.map(d, Iova::new(0x20_0000), PhysAddr::new(0x4000_0000), M2, RW)
+        .unwrap();
+    let t = ok(m.translate(sid(DEV), None, 0x20_1000, Access::WRITE));
+    assert_eq!((t.pa, t.snoop, t.page_size_log2), (0x4000_1000, true, 21));
+    // A plain domain on the same unit does not force snooping.
+    let plain = u.domain_alloc(&DomainConfig::default()).unwrap();
+    u.attach(DeviceId(0x28), None, plain).unwrap();
+    u.map(plain, Iova::new(0), PhysAddr::new(0x9000), K4, RW)
+        .unwrap();
+    assert!(!ok(m.translate(0x28, None, 0, Access::READ)).snoop);
+}
+
+#[test]
+fn scalable_rid_and_pasid_second_and_first_stage() {
+    let a = arena();
+    let m = VtdModel::new(&a, VtdModelConfig::scalable());
+    let u = unit(&m, &a, Mode::Scalable);
+    let ss = u
+        .domain_alloc(&DomainConfig {
+            enforce_snoop: true,
+            ..DomainConfig::default()
+        })
+        .unwrap();
+    let fs = u
+        .domain_alloc(&DomainConfig {
+            stage: Stage::First,
+            enforce_snoop: true,
+            ..DomainConfig::default()
+        })
+        .unwrap();
+    let p7 = Pasid::new(7).unwrap();
+    u.attach(DEV_HI, None, ss).unwrap();
+    u.attach(DEV_HI, Some(p7), fs).unwrap();
+    u.map(ss, Iova::new(0x8000), PhysAddr::new(0x3000_0000), K4, RW)
+        .unwrap();
+    u.map(fs, Iova::new(0x8000), PhysAddr::new(0x5000_0000), K4, RW)
+        .unwrap();
+
+    let t = ok(m.translate(sid(DEV_HI), None, 0x8010, Access::WRITE));
+    assert_eq!((t.pa, t.snoop), (0x3000_0010, true));
+    let t = ok(m.translate(sid(DEV_HI), Some(7), 0x8010, Access::WRITE));
+    assert_eq!(
+        (t.pa, t.snoop),
+        (0x5000_0010, true),
+        "PGSNP on the first stage"
+    );
+    assert!(m
+        .translate(sid(DEV_HI), Some(8), 0x8010, Access::READ)
+        .is_err());
+
+    // First stage: unmapped, the IOTLB keeps it until the PASID-based invalidation.
+    let mut g = Gather::new();
+    u.unmap(fs, Iova::new(0x8000), K4, &mut g).unwrap();
+    assert!(ok(m.translate(sid(DEV_HI), Some(7), 0x8000, Access::READ)).from_iotlb);
+    m.reset_stats();
+    u.flush(fs, &mut g).unwrap();
+    assert_eq!(types(&m), [6, 5]);
+    assert!(m
+        .translate(sid(DEV_HI), Some(7), 0x8000, Access::READ)
+        .is_err());
+    // The second-stage RID mapping is untouched.
+    ok(m.translate(sid(DEV_HI), None, 0x8000, Access::READ));
+    unmap_and_flush(&u, ss, 0x8000, K4);
+    assert!(m
+        .translate(sid(DEV_HI), None, 0x8000, Access::READ)
+        .is_err());
+
+    // Replace PASID 7's domain and detach: the PASID cache is invalidated each time.
+    u.map(ss, Iova::new(0x9000), PhysAddr::new(0x3100_0000), K4, RW)
+        .unwrap();
+    u.attach(DEV_HI, Some(p7), ss).unwrap();
+    assert_eq!(
+        ok(m.translate(sid(DEV_HI), Some(7), 0x9000, Access::READ)).pa,
+        0x3100_0000
+    );
+    u.detach(DEV_HI, Some(p7)).unwrap();
+    assert!(m
+        .translate(sid(DEV_HI), Some(7), 0x9000, Access::READ)
+        .is_err());
+    ok(m.translate(sid(DEV_HI), None, 0x9000, Access::READ));
+}
+
+#[test]
+fn exact_descriptor_counts() {
+    let a = arena();
+    let m = VtdModel::new(&a, VtdModelConfig::qemu_default());
+    let u = unit(&m, &a, Mode::Legacy);
+    let d = u.domain_alloc(&DomainConfig::default()).unwrap();
+    u.attach(DEV, None, d).unwrap();
+    // (maps, unmap, expected (AM, IH) of each page-selective invalidation; None: DSI)
+    type Case = (
+        &'static [(u64, u64)],
+        (u64, u64),
+        Option<&'static [(u64, bool)]>,
+    );
+    let cases: [Case; 5] = [
+        // Aligned 16-page run.
+        (
+            &[(0x10_0000, 16 * K4)],
+            (0x10_0000, 16 * K4),
+            Some(&[(4, true)]),
+        ),
+        // Unaligned 3-page run: one AM-2 block.
+        (
+            &[(0x20_1000, 3 * K4)],
+            (0x20_1000, 3 * K4),
+            Some(&[(2, true)]),
+        ),
+        // One 2 MiB leaf.
+        (&[(0x4000_0000, M2)], (0x4000_0000, M2), Some(&[(9, true)])),
+        // 2 MiB of 4 KiB pages: the table is freed, IH clear.
+        (
+            &[(0x8000_0000, K4), (0x8000_1000, M2 - K4)],
+            (0x8000_0000, M2),
+            Some(&[(9, false)]),
+        ),
+        // 64 GiB of 1 GiB pages: past the limit, domain-selective.
+        (&[(64 * G1, 64 * G1)], (64 * G1, 64 * G1), None),
+    ];
+    let (mut flushes, waits_before) = (0, u.stats().waits);
+    for (maps, (iova, len), expect) in cases {
+        for &(i, l) in maps {
+            u.map(d, Iova::new(i), PhysAddr::new(i), l, RW).unwrap();
+        }
+        ok(m.translate(sid(DEV), None, iova, Access::READ));
+        m.reset_stats();
+        let mut g = Gather::new();
+        u.unmap(d, Iova::new(iova), len, &mut g).unwrap();
+        let (live, freed) = (a.live_pages().len(), g.freed_pages());
+        u.flush(d, &mut g).unwrap();
+        assert_eq!(a.live_pages().len(), live - freed);
+        flushes += 1;
+        let log = m.descriptor_log();
+        let (wait, invs) = log.split_last().unwrap();
+        assert_eq!(wait[0] & 0xf, 5, "one wait, last");
+        match expect {
+            Some(blocks) => {
+                let got: Vec<_> = invs
+                    .iter()
+                    .map(|d| (d[1] & 0x3f, d[1] & 0x40 != 0))
+                    .collect();
+                assert_eq!(got, blocks, "case at {iova:#x}");
+                assert!(invs.iter().all(|d| d[0] & 0x3f == 0x32), "page-selective");
+            }
+            None => assert_eq!(invs.iter().map(|d| d[0] & 0x3f).collect::<Vec<_>>(), [0x22]),
+        }
+        assert!(m.translate(sid(DEV), None, iova, Access::READ).is_err());
+    }
+    assert_eq!(u.stats().waits - waits_before, flushes);
+}
+
+#[test]
+fn thousands_of_flushes_wrap_the_queue() {
+    let a = arena();
+    let m = VtdModel::new(&a, VtdModelConfig::qemu_default());
+    let u = unit(&m, &a, Mode::Legacy);
+    let d = u.domain_alloc(&DomainConfig::default()).unwrap();
+    u.attach(DEV, None, d).unwrap();
+    const N: u64 = 3000;
+    for i in 0..N {
+        let iova = (i % 512) * K4;
+        u.map(d, Iova::new(iova), PhysAddr::new(0x10_0000 + iova), K4, RW)
+            .unwrap();
+        ok(m.translate(sid(DEV), None, iova, Access::READ));
+        unmap_and_flush(&u, d, iova, K4);
+        assert!(m.translate(sid(DEV), None, iova, Access::READ).is_err());
+    }
+    let s = m.stats();
+    // 2 descriptors per flush in a 256-slot queue: it wrapped more than 20 times.
+    assert_eq!((s.iotlb_page, s.wait), (N, N));
+    let _ = u.drain_faults(|_, _| {});
+}
+
+#[test]
+fn injected_errors_return_errors_and_the_unit_keeps_working() {
+    let a = arena();
+    let m = VtdModel::new(&a, VtdModelConfig::qemu_default().with_dt(true));
+    let u = unit(&m, &a, Mode::Legacy);
+    let d = u.domain_alloc(&DomainConfig::default()).unwrap();
+    u.attach(DEV, None, d).unwrap();
+    let map = |iova: u64| {
+        u.map(d, Iova::new(iova), PhysAddr::new(0x7000_0000), K4, RW)
+            .unwrap();
+        ok(m.translate(sid(DEV), None, iova, Access::READ));
+    };
+
+    // IQE on the page-selective invalidation: an error, and the gather keeps its range.
+    map(0x1000);
+    let mut g = Gather::new();
+    u.unmap(d, Iova::new(0x1000), K4, &mut g).unwrap();
+    m.inject(Injection::QueueError);
+    assert!(
+        matches!(u.flush(d, &mut g), Err(Error::Hardware { what, .. }) if what.contains("IQE"))
+    );
+    assert!(!g.is_empty());
+    u.flush(d, &mut g).unwrap();
+    assert!(m.translate(sid(DEV), None, 0x1000, Access::READ).is_err());
+
+    // A wait that never completes: Timeout, the freed table stays in the gather.
+    u.map(d, Iova::new(0x4000_0000), PhysAddr::new(0), K4, RW)
+        .unwrap();
+    u.map(d, Iova::new(0x4000_1000), PhysAddr::new(K4), M2 - K4, RW)
+        .unwrap();
+    let mut g = Gather::new();
+    u.unmap(d, Iova::new(0x4000_0000), M2, &mut g).unwrap();
+    assert_eq!(g.freed_pages(), 1);
+    let live = a.live_pages().len();
+    m.inject(Injection::StallWaits);
+    assert!(matches!(u.flush(d, &mut g), Err(Error::Timeout { .. })));
+    assert_eq!((g.freed_pages(), a.live_pages().len()), (1, live));
+    m.clear_injections();
+    u.flush(d, &mut g).unwrap();
+    assert_eq!(a.live_pages().len(), live - 1);
+
+    // Device-TLB time-out (ATS device): ITE, then recovery.
+    let ats = AttachOptions {
+        ats: true,
+        ..AttachOptions::default()
+    };
+    u.attach_with(DeviceId(0x30), None, d, ats).unwrap();
+    map(0x3000);
+    let mut g = Gather::new();
+    u.unmap(d, Iova::new(0x3000), K4, &mut g).unwrap();
+    m.inject(Injection::DeviceTlbTimeout);
+    assert!(
+        matches!(u.flush(d, &mut g), Err(Error::Hardware { what, .. }) if what.contains("ITE"))
+    );
+    m.reset_stats();
+    u.flush(d, &mut g).unwrap();
+    assert_eq!(
+        (m.stats().iotlb_page, m.stats().device_tlb, m.stats().wait),
+        (1, 1, 1)
+    );
+    assert!(m.translate(sid(DEV), None, 0x3000, Access::READ).is_err());
+
+    // Invalidation completion error (ICE): reported once, the retry completes.
+    map(0x4000);
+    let mut g = Gather::new();
+    u.unmap(d, Iova::new(0x4000), K4, &mut g).unwrap();
+    m.inject(Injection::CompletionError);
+    assert!(
+        matches!(u.flush(d, &mut g), Err(Error::Hardware { what, .. }) if what.contains("ICE"))
+    );
+    u.flush(d, &mut g).unwrap();
+    assert!(m.translate(sid(DEV), None, 0x4000, Access::READ).is_err());
+
+    // And ordinary work goes on.
+    map(0x5000);
+    unmap_and_flush(&u, d, 0x5000, K4);
+    assert!(m.translate(sid(DEV), None, 0x5000, Access::READ).is_err());
+    assert_eq!(a.bad_frees(), []);
+}
+
+#[test]
+fn enable_times_out_when_gcmd_is_ignored() {
+    let a = arena();
+    let m = VtdModel::new(&a, VtdModelConfig::qemu_default());
+    let u = VtdUnit::new(
+        &m,
+        &a,
+        VtdConfig {
+            poll_budget: 100,
+            ..VtdConfig::legacy()
+        },
+    )
+    .unwrap();
+    m.inject(Injection::IgnoreGcmd);
+    assert!(matches!(
+        u.enable(),
+        Err(vtd::Error::Timeout { polls: 100, .. })
+    ));
+    m.clear_injections();
+    u.enable().unwrap();
+    assert!(u.is_enabled());
+}
+
+#[test]
+fn caching_mode_invalidates_cached_not_present_entries() {
+    let a = arena();
+    let m = VtdModel::new(&a, VtdModelConfig::qemu_default().with_caching_mode(true));
+    let u = unit(&m, &a, Mode::Legacy);
+    // A request before the device is attached caches a not-present context entry.
+    assert!(m.translate(sid(DEV), None, 0, Access::READ).is_err());
+    let d = u.domain_alloc(&DomainConfig::default()).unwrap();
+    u.attach(DEV, None, d).unwrap();
+    // And one before the page is mapped caches a not-present translation.
+    assert!(m.translate(sid(DEV), None, 0x6000, Access::READ).is_err());
+    u.map(d, Iova::new(0x6000), PhysAddr::new(0x6000_0000), K4, RW)
+        .unwrap();
+    let t = ok(m.translate(sid(DEV), None, 0x6000, Access::READ));
+    assert_eq!(
+        (t.pa, t.did),
+        (0x6000_0000, 1),
+        "DID 0 is reserved under CM"
+    );
+}
+
+#[test]
+fn register_based_invalidation_without_qi() {
+    let a = arena();
+    let m = VtdModel::new(&a, VtdModelConfig::qemu_default().with_qi(false));
+    let u = unit(&m, &a, Mode::Legacy);
+    let d = u.domain_alloc(&DomainConfig::default()).unwrap();
+    u.attach(DEV, None, d).unwrap();
+    u.map(d, Iova::new(0x2000), PhysAddr::new(0x8000), K4, RW)
+        .unwrap();
+    ok(m.translate(sid(DEV), None, 0x2000, Access::READ));
+    unmap_and_flush(&u, d, 0x2000, K4);
+    assert!(m.translate(sid(DEV), None, 0x2000, Access::READ).is_err());
+    assert_eq!(m.stats().register_iotlb_invalidations, 1);
+    assert_eq!(m.stats().wait, 0);
+}
+
+#[test]
+fn concurrent_maps_and_translations() {
+    let a = arena();
+    let m = VtdModel::new(&a, VtdModelConfig::qemu_default());
+    let u = unit(&m, &a, Mode::Legacy);
+    let d = u.domain_alloc(&DomainConfig::default()).unwrap();
+    u.attach(DEV, None, d).unwrap();
+    std::thread::scope(|s| {
+        for t in 0..4u64 {
+            let (u, m) = (&u, &m);
+            s.spawn(move || {
+                for i in 0..32u64 {
+                    let iova = t * G1 + i * K4;
+                    u.map(
+                        d,
+                        Iova::new(iova),
+                        PhysAddr::new(0x1000_0000 + iova),
+                        K4,
+                        RW,
+                    )
+                    .unwrap();
+                    let r = ok(m.translate(sid(DEV), None, iova, Access::READ));
+                    assert_eq!(r.pa, 0x1000_0000 + iova);
+                }
+            });
+        }
+    });
+}
+
+#[test]
+fn non_coherent_walker_sees_every_table_write_cleaned() {
+    for (cfg, mode) in [
+        (VtdModelConfig::qemu_default(), Mode::Legacy),
+        (
+            VtdModelConfig::scalable().with_coherent(false),
+            Mode::Scalable,
+        ),
+    ] {
+        let a = arena();
+        let m = VtdModel::new(&a, cfg);
+        let u = unit(&m, &a, mode);
+        assert!(!u.capabilities().coherent_walk);
+        let before = a.start_sync_recording();
+        let d = u.domain_alloc(&DomainConfig::default()).unwrap();
+        u.attach(DEV, None, d).unwrap();
+        if mode == Mode::Scalable {
+            u.attach(DEV, Pasid::new(100), d).unwrap();
+        }
+        u.map(
+            d,
+            Iova::new(0x10_0000),
+            PhysAddr::new(0x1234_5000),
+            8 * K4,
+            RW,
+        )
+        .unwrap();
+        u.map(d, Iova::new(G1), PhysAddr::new(0), M2, RW).unwrap();
+        assert_eq!(a.unsynced_words(&before), Vec::<u64>::new(), "{mode:?}");
+        a.stop_sync_recording();
+        ok(m.translate(sid(DEV), None, 0x10_3000, Access::READ));
+    }
+}
+
+#[test]
+fn dirty_tracking_domain_in_scalable_mode() {
+    let a = arena();
+    // Second-stage A/D updates need snooped page walks: ECAP.SMPWCS (bit 48), so PWSNP.
+    let mut cfg = VtdModelConfig::scalable();
+    cfg.ecap |= 1 << 48;
+    let m = VtdModel::new(&a, cfg);
+    let u = unit(&m, &a, Mode::Scalable);
+    assert!(u.capabilities().dirty_tracking);
+    let d = u
+        .domain_alloc(&DomainConfig {
+            dirty_tracking: true,
+            ..DomainConfig::default()
+        })
+        .unwrap();
+    u.attach(DEV, None, d).unwrap();
+    u.map(d, Iova::new(0x4000), PhysAddr::new(0x7000), K4, RW)
+        .unwrap();
+    ok(m.translate(sid(DEV), None, 0x4000, Access::WRITE));
+    // Nothing dirty yet (the model does not set D bits); the call works and flushes nothing.
+    let mut g = Gather::new();
+    let mut seen = 0;
+    u.read_and_clear_dirty(d, Iova::new(0), 0x10_0000, &mut |_, _| seen += 1, &mut g)
+        .unwrap();
+    assert_eq!(seen, 0);
+    u.flush(d, &mut g).unwrap();
+    // Legacy mode has no dirty tracking.
+    let m2 = VtdModel::new(&a, VtdModelConfig::qemu_default());
+    let u2 = unit(&m2, &a, Mode::Legacy);
+    assert_eq!(
+        u2.domain_alloc(&DomainConfig {
+            dirty_tracking: true,
+            ..DomainConfig::default()
+        }),
+        Err(Error::Unsupported(Missing::DirtyTracking))
+    );
+}
+
+#[test]
+fn disable_and_release_return_every_page() {
+    for (cfg, mode) in [
+        (VtdModelConfig::qemu_default(), Mode::Legacy),
+        (VtdModelConfig::scalable(), Mode::Scalable),
+    ] {
+        let a = arena();
+        let m = VtdModel::new(&a, cfg);
+        let u = unit(&m, &a, mode);
+        let d1 = u.domain_alloc(&DomainConfig::default()).unwrap();
+        let d2 = u.domain_alloc(&DomainConfig::default()).unwrap();
+        u.attach(DEV, None, d1).unwrap();
+        u.attach(DEV_HI, None, d2).unwrap();
+        if mode == Mode::Scalable {
+            u.attach(DEV, Pasid::new(200), d2).unwrap();
+        }
+        u.map(d1, Iova::new(0x10_0000), PhysAddr::new(0), 64 * K4, RW)
+            .unwrap();
+        u.map(d2, Iova::new(G1), PhysAddr::new(0), M2 + K4, RW)
+            .unwrap();
+        assert_eq!(u.domain_id(d2), Some(vtd::DomainId::new(1)));
+        // Still on: refused, and the unit is handed back intact.
+        let Err((u, e)) = u.release() else {
+            panic!("released while enabled")
+        };
+        assert!(matches!(e, vtd::Error::UnexpectedState { .. }));
+        ok(m.translate(sid(DEV), None, 0x10_0000, Access::READ));
+        u.disable().unwrap();
+        assert!(!u.is_enabled());
+        let released = u.release().map_err(|(_, e)| e).unwrap();
+        assert_eq!(released.leaked, None);
+        assert_eq!(a.live_pages(), [], "{mode:?}");
+        assert_eq!(a.bad_frees(), []);
+    }
+}
+
+#[test]
+fn caching_mode_in_scalable_mode() {
+    let a = arena();
+    let m = VtdModel::new(&a, VtdModelConfig::scalable().with_caching_mode(true));
+    let u = unit(&m, &a, Mode::Scalable);
+    let ss = u.domain_alloc(&DomainConfig::default()).unwrap();
+    let fs = u
+        .domain_alloc(&DomainConfig {
+            stage: Stage::First,
+            ..DomainConfig::default()
+        })
+        .unwrap();
+    let p3 = Pasid::new(3).unwrap();
+    // Requests before anything is set up cache not-present context and PASID entries.
+    assert!(m.translate(sid(DEV), None, 0x6000, Access::READ).is_err());
+    assert!(m
+        .translate(sid(DEV), Some(3), 0x6000, Access::READ)
+        .is_err());
+    u.attach(DEV, None, ss).unwrap();
+    u.attach(DEV, Some(p3), fs).unwrap();
+    // And requests before the pages are mapped cache not-present translations.
+    assert!(m.translate(sid(DEV), None, 0x6000, Access::READ).is_err());
+    assert!(m
+        .translate(sid(DEV), Some(3), 0x6000, Access::READ)
+        .is_err());
+    u.map(ss, Iova::new(0x6000), PhysAddr::new(0x6000_0000), K4, RW)
+        .unwrap();
+    u.map(fs, Iova::new(0x6000), PhysAddr::new(0x7000_0000), K4, RW)
+        .unwrap();
+    assert_eq!(
+        ok(m.translate(sid(DEV), None, 0x6000, Access::READ)).pa,
+        0x6000_0000
+    );
+    assert_eq!(
+        ok(m.translate(sid(DEV), Some(3), 0x6000, Access::READ)).pa,
+        0x7000_0000
+    );
+}
+
+#[test]
+fn concurrent_map_unmap_flush_and_attach() {
+    let a = arena();
+    let m = VtdModel::new(&a, VtdModelConfig::scalable());
+    let u = unit(&m, &a, Mode::Scalable);
+    let d = u.domain_alloc(&DomainConfig::default()).unwrap();
+    let other = u.domain_alloc(&DomainConfig::default()).unwrap();
+    u.attach(DEV, None, d).unwrap();
+    std::thread::scope(|s| {
+        for t in 0..3u64 {
+            let (u, m) = (&u, &m);
+            s.spawn(move || {
+                for i in 0..100u64 {
+                    let iova = t * G1 + (i % 16) * K4;
+                    let pa = 0x1000_0000 + t * M2 + (i % 16) * K4;
+                    u.map(d, Iova::new(iova), PhysAddr::new(pa), K4, RW)
+                        .unwrap();
+                    assert_eq!(ok(m.translate(sid(DEV), None, iova, Access::READ)).pa, pa);
+                    unmap_and_flush(u, d, iova, K4);
+                    assert!(m.translate(sid(DEV), None, iova, Access::READ).is_err());
+                }
+            });
+        }
+        // Meanwhile another device's PASIDs come and go.
+        let u = &u;
+        s.spawn(move || {
+            for i in 1..100u32 {
+                let p = Pasid::new(i);
+                u.attach(DEV_HI, p, other).unwrap();
+                u.detach(DEV_HI, p).unwrap();
+            }
+        });
+    });
+    assert_eq!(m.stats().iotlb_page, 300);
+}
+
+#[test]
+fn freed_tables_leave_no_stale_paging_structure_entries() {
+    let a = arena();
+    let m = VtdModel::new(&a, VtdModelConfig::qemu_default());
+    let u = unit(&m, &a, Mode::Legacy);
+    let d = u.domain_alloc(&DomainConfig::default()).unwrap();
+    u.attach(DEV, None, d).unwrap();
+    // 4 KiB pages under one leaf table; a walk caches the entries above it.
+    u.map(d, Iova::new(G1), PhysAddr::new(0x1000_0000), K4, RW)
+        .unwrap();
+    u.map(
+        d,
+        Iova::new(G1 + K4),
+        PhysAddr::new(0x1000_1000),
+        M2 - K4,
+        RW,
+    )
+    .unwrap();
+    ok(m.translate(sid(DEV), None, G1 + 0x5000, Access::READ));
+    // The whole 2 MiB goes: the leaf table is freed (IH must be clear), then a 2 MiB page
+    // takes its place. A stale directory entry would still lead to the freed table.
+    unmap_and_flush(&u, d, G1, M2);
+    u.map(d, Iova::new(G1), PhysAddr::new(0x4000_0000), M2, RW)
+        .unwrap();
+    let t = ok(m.translate(sid(DEV), None, G1 + 0x5000, Access::READ));
+    assert_eq!((t.pa, t.page_size_log2), (0x4000_5000, 21));
+}
