@@ -602,21 +602,23 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         let shift = self.geo().granule_log2;
         let first = self.geo().index(0, iova);
         let n = (len >> shift) as usize;
+        // SAFETY: as in `plan_leaves`, `first + i` indexes the live leaf table `t` for i < n.
+        let slot = |i: usize| unsafe { t.slot(first + i) };
         let mut cleared = 0u64;
-        let mut run: Option<usize> = None;
-        for i in 0..n {
-            // SAFETY: as in `plan_leaves`.
-            let slot = unsafe { t.slot(first + i) };
-            if self.format.is_present(slot.load(Ordering::Acquire)) {
-                slot.store(0, Ordering::Release);
-                run.get_or_insert(i);
-                cleared += 1;
-            } else if let Some(start) = run.take() {
-                self.cleared_run(t, first, start, i, iova, gather);
+        let mut i = 0;
+        while i < n {
+            while i < n && !self.format.is_present(slot(i).load(Ordering::Acquire)) {
+                i += 1;
             }
-        }
-        if let Some(start) = run {
-            self.cleared_run(t, first, start, n, iova, gather);
+            let start = i;
+            while i < n && self.format.is_present(slot(i).load(Ordering::Acquire)) {
+                slot(i).store(0, Ordering::Release);
+                i += 1;
+            }
+            if i > start {
+                self.cleared_run(t, first, start, i, iova, gather);
+                cleared += (i - start) as u64;
+            }
         }
         cleared << shift
     }
