@@ -331,6 +331,11 @@ pub fn vtd(data: &[u8]) {
             Err(e) => panic!("queue: {e:?}"),
         }
     }
-    drop(q);
+    if q.disable().is_ok() {
+        // SAFETY: `mem` is the allocator `enable` was given.
+        if unsafe { q.release(&mem) }.is_ok() {
+            assert_eq!(mem.stats().live_pages, 0, "ring or status page leaked");
+        }
+    }
     assert!(mem.bad_frees().is_empty());
 }
