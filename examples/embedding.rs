@@ -17,7 +17,7 @@
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use iommu_engine::ioasid::{DeviceLabel, IoasidCtx, IoasidFlags, Registry, UnitId};
+use iommu_engine::ioasid::{DeviceLabel, IoasidCtx, IoasidFlags, PasidAllocator, Registry, UnitId};
 use iommu_engine::iommu::{DeviceId, Iommu};
 use iommu_engine::mem::{Iova, Page, PageAllocator, PhysAddr};
 use iommu_engine::mmio::RegisterWindow;
@@ -191,7 +191,8 @@ fn main() {
 
     // The IOASID layer over it: one registry per system, one context per VM.
     let units: [&dyn Iommu; 1] = [&unit];
-    let registry = Registry::new(&units, 20).expect("registry");
+    static PASIDS: PasidAllocator = PasidAllocator::new(20);
+    let registry = Registry::new(&units, &PASIDS).expect("registry");
     let ctx = IoasidCtx::new(&registry, &pool, 4);
     let nic = ctx
         .bind(

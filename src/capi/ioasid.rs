@@ -3,15 +3,15 @@
 use core::ptr::NonNull;
 
 use crate::ioasid::{
-    DeviceHandle, DeviceLabel, IncoherentDmaGrant, IoasidCtx, IoasidFlags, IoasidId, Registry,
-    UnitId, MAX_DEVICES, MAX_UNITS,
+    DeviceHandle, DeviceLabel, IncoherentDmaGrant, IoasidCtx, IoasidFlags, IoasidId,
+    PasidAllocator, Registry, UnitId, MAX_DEVICES, MAX_UNITS,
 };
 use crate::iommu::{DeviceId, Iommu, Pasid};
 use crate::mem::{Iova, PhysAddr};
 use crate::pgtable::Prot;
 
 use super::env::CEnv;
-use super::object::{handle, Obj};
+use super::object::{handle, Obj, PasidPage};
 use super::status::{code, IeMissing, IeStatus};
 use super::unit::{IeUnit, UnitObj};
 
@@ -26,7 +26,10 @@ pub struct IeCtx {
 }
 
 pub(super) struct RegistryObj {
+    // Declared before `_pasids`, which it borrows, so that it drops first.
     registry: Registry<'static>,
+    /// Owns the page the registry's PASID allocator lives in.
+    _pasids: PasidPage,
     units: [Option<NonNull<Obj<UnitObj>>>; MAX_UNITS],
 }
 
@@ -104,11 +107,16 @@ pub unsafe extern "C" fn ie_registry_create(
             objs[i] = Some(u);
             list[i] = iommu_of(u);
         }
-        let registry = Registry::new(&list[..n_units], pasid_bits)?;
+        let pasids = PasidPage::new(env, pasid_bits)?;
+        // SAFETY: the allocator lives in its own page, which the registry object owns and
+        // frees only after the registry is dropped: `'static` stands for that.
+        let allocator: &'static PasidAllocator = unsafe { &*(pasids.allocator() as *const _) };
+        let registry = Registry::new(&list[..n_units], allocator)?;
         let obj = Obj::create(
             env,
             RegistryObj {
                 registry,
+                _pasids: pasids,
                 units: objs,
             },
         )?;
@@ -192,10 +200,9 @@ pub unsafe extern "C" fn ie_ctx_destroy(ctx: *mut IeCtx) -> i32 {
     })())
 }
 
-fn device(d: u32) -> Result<DeviceHandle, IeStatus> {
-    u16::try_from(d)
-        .map(DeviceHandle)
-        .map_err(|_| IeStatus::NotFound)
+fn device(ctx: *mut IeCtx, d: u32) -> Result<DeviceHandle, IeStatus> {
+    let slot = u16::try_from(d).map_err(|_| IeStatus::NotFound)?;
+    Ok(ctx_obj(ctx)?.value.ctx.device_handle(slot))
 }
 
 fn ioasid(i: u32) -> Result<IoasidId, IeStatus> {
@@ -233,7 +240,7 @@ pub unsafe extern "C" fn ie_ctx_bind(
             return Err(IeStatus::InvalidArgument);
         }
         let h = c.value.ctx.bind(label, no_snoop_capable)?;
-        put(out, u32::from(h.0))
+        put(out, u32::from(h.slot()))
     })())
 }
 
@@ -244,7 +251,7 @@ pub unsafe extern "C" fn ie_ctx_bind(
 #[no_mangle]
 pub unsafe extern "C" fn ie_ctx_unbind(ctx: *mut IeCtx, device: u32) -> i32 {
     code((|| {
-        Ok(ctx_obj(ctx)?.value.ctx.unbind(self::device(device)?)?)
+        Ok(ctx_obj(ctx)?.value.ctx.unbind(self::device(ctx, device)?)?)
     })())
 }
 
@@ -287,7 +294,10 @@ pub unsafe extern "C" fn ie_ctx_device_info(
     out: *mut IeDeviceInfo,
 ) -> i32 {
     code((|| {
-        let info = ctx_obj(ctx)?.value.ctx.device_info(self::device(device)?)?;
+        let info = ctx_obj(ctx)?
+            .value
+            .ctx
+            .device_info(self::device(ctx, device)?)?;
         let c = info.capabilities;
         put(
             out,
@@ -384,7 +394,11 @@ pub unsafe extern "C" fn ie_ctx_attach(
     ioasid: u32,
     reason: *mut u32,
 ) -> i32 {
-    match (ctx_obj(ctx), self::device(device), self::ioasid(ioasid)) {
+    match (
+        ctx_obj(ctx),
+        self::device(ctx, device),
+        self::ioasid(ioasid),
+    ) {
         (Ok(c), Ok(d), Ok(i)) => attach_result(c.value.ctx.attach(d, i), reason),
         (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => e as i32,
     }
@@ -405,7 +419,7 @@ pub unsafe extern "C" fn ie_ctx_attach_pasid(
 ) -> i32 {
     let args = (
         ctx_obj(ctx),
-        self::device(device),
+        self::device(ctx, device),
         self::pasid(pasid),
         self::ioasid(ioasid),
     );
@@ -422,7 +436,7 @@ pub unsafe extern "C" fn ie_ctx_attach_pasid(
 #[no_mangle]
 pub unsafe extern "C" fn ie_ctx_detach(ctx: *mut IeCtx, device: u32) -> i32 {
     code((|| {
-        Ok(ctx_obj(ctx)?.value.ctx.detach(self::device(device)?)?)
+        Ok(ctx_obj(ctx)?.value.ctx.detach(self::device(ctx, device)?)?)
     })())
 }
 
@@ -436,7 +450,7 @@ pub unsafe extern "C" fn ie_ctx_detach_pasid(ctx: *mut IeCtx, device: u32, pasid
         let c = ctx_obj(ctx)?;
         Ok(c.value
             .ctx
-            .detach_pasid(self::device(device)?, self::pasid(pasid)?)?)
+            .detach_pasid(self::device(ctx, device)?, self::pasid(pasid)?)?)
     })())
 }
 
@@ -574,9 +588,11 @@ pub unsafe extern "C" fn ie_ctx_free_pasid(ctx: *mut IeCtx, pasid: u32) -> i32 {
 pub unsafe extern "C" fn ie_ctx_allow_incoherent_dma(ctx: *mut IeCtx, device: u32) -> i32 {
     code((|| {
         let c = ctx_obj(ctx)?;
-        let d = self::device(device)?;
+        let d = self::device(ctx, device)?;
         let mut grants = c.value.grants.lock();
-        let slot = grants.get_mut(usize::from(d.0)).ok_or(IeStatus::NotFound)?;
+        let slot = grants
+            .get_mut(usize::from(d.slot()))
+            .ok_or(IeStatus::NotFound)?;
         if slot.is_none() {
             // SAFETY: the grant borrows the context, which lives in the same object and is
             // dropped after `grants` (field order): `'static` stands for that.
@@ -596,9 +612,11 @@ pub unsafe extern "C" fn ie_ctx_allow_incoherent_dma(ctx: *mut IeCtx, device: u3
 pub unsafe extern "C" fn ie_ctx_revoke_incoherent_dma(ctx: *mut IeCtx, device: u32) -> i32 {
     code((|| {
         let c = ctx_obj(ctx)?;
-        let d = self::device(device)?;
+        let d = self::device(ctx, device)?;
         let mut grants = c.value.grants.lock();
-        let slot = grants.get_mut(usize::from(d.0)).ok_or(IeStatus::NotFound)?;
+        let slot = grants
+            .get_mut(usize::from(d.slot()))
+            .ok_or(IeStatus::NotFound)?;
         slot.take().map(drop).ok_or(IeStatus::NotFound)
     })())
 }

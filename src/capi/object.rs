@@ -7,6 +7,7 @@ use core::mem::{align_of, size_of};
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU32, Ordering};
 
+use crate::ioasid::PasidAllocator;
 use crate::mem::{Page, PageAllocator};
 
 use super::env::CEnv;
@@ -147,4 +148,42 @@ const fn page_log2_for<T>() -> Option<u32> {
 pub(super) unsafe fn handle<'h, T>(ptr: *mut Obj<T>) -> Result<&'h Obj<T>, IeStatus> {
     // SAFETY: the caller guarantees `ptr` is null or live.
     unsafe { ptr.as_ref() }.ok_or(IeStatus::InvalidArgument)
+}
+
+/// The system's PASID allocator, built in place in a zeroed page of its own: its 128 KiB bitmap
+/// never passes through the stack.
+pub(super) struct PasidPage {
+    env: CEnv,
+    page: Page,
+    size_log2: u32,
+}
+
+impl PasidPage {
+    /// An allocator of `bits`-bit PASIDs in a new page from `env`.
+    pub(super) fn new(env: CEnv, bits: u32) -> Result<Self, IeStatus> {
+        let size_log2 = page_log2_for::<PasidAllocator>().ok_or(IeStatus::NoMemory)?;
+        let page = env.alloc(size_log2).ok_or(IeStatus::NoMemory)?;
+        // SAFETY: the page is zeroed, ours, aligned to its size (more than the allocator's
+        // alignment) and large enough.
+        unsafe { PasidAllocator::init_zeroed(page.va.cast(), bits) };
+        Ok(Self {
+            env,
+            page,
+            size_log2,
+        })
+    }
+
+    /// The allocator; it stays where it is until `self` is dropped.
+    pub(super) fn allocator(&self) -> &PasidAllocator {
+        // SAFETY: initialised in `new`, alive until `drop`.
+        unsafe { self.page.va.cast::<PasidAllocator>().as_ref() }
+    }
+}
+
+impl Drop for PasidPage {
+    fn drop(&mut self) {
+        // SAFETY: the page came from `env.alloc(size_log2)`; whoever borrowed the allocator
+        // (the registry) was dropped before this (field order in `RegistryObj`).
+        unsafe { self.env.free(self.page, self.size_log2) };
+    }
 }

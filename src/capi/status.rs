@@ -129,7 +129,9 @@ impl From<pgtable::Error> for IeStatus {
         match e {
             E::NoMemory => IeStatus::NoMemory,
             E::Overlap { .. } => IeStatus::Exists,
-            E::IovaOutOfRange { .. } | E::PaOutOfRange { .. } => IeStatus::OutOfRange,
+            E::IovaOutOfRange { .. } | E::PaOutOfRange { .. } | E::TableOutOfRange { .. } => {
+                IeStatus::OutOfRange
+            }
             E::NoDirtyTracking | E::SplitUnsupported { .. } | E::UnsupportedProt { .. } => {
                 IeStatus::Unsupported
             }

@@ -88,6 +88,16 @@ pub enum Error {
         /// The IOVA the entry maps.
         iova: Iova,
     },
+    /// The allocator gave a table page that the hardware cannot reach: its address does not fit
+    /// in the output address size (VT-d: bits at or above HAW are reserved; Arm: an address size
+    /// fault, and with a 4 KiB / 16 KiB granule bits 51:48 would be dropped). The page was
+    /// returned and nothing was changed.
+    TableOutOfRange {
+        /// Physical address of the page.
+        pa: PhysAddr,
+        /// The output address size in bits.
+        oas: u32,
+    },
     /// The format configuration is not valid.
     InvalidConfig {
         /// Which parameter.
@@ -152,6 +162,9 @@ impl fmt::Display for Error {
             }
             Error::EntryUnstable { iova } => {
                 write!(f, "entry for {iova} kept changing under the engine")
+            }
+            Error::TableOutOfRange { pa, oas } => {
+                write!(f, "table page {pa} beyond the {oas}-bit output range")
             }
             Error::InvalidConfig { what, value } => {
                 write!(f, "invalid configuration: {what} = {value:#x}")

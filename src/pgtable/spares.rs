@@ -19,19 +19,22 @@ impl Spares {
         Self { head: 0, size_log2 }
     }
 
-    /// Reserves `count` zeroed pages, or returns every page taken so far and fails.
+    /// Reserves `count` zeroed pages whose addresses fit in `oas` bits, or returns every page
+    /// taken so far and fails.
     pub(crate) fn reserve<A: PageAllocator>(
         alloc: &A,
         count: usize,
         size_log2: u32,
+        oas: u32,
     ) -> Result<Self, Error> {
         let mut s = Self::none(size_log2);
         for _ in 0..count {
-            match alloc.alloc(size_log2) {
-                Some(page) => s.put(page),
-                None => {
+            let taken = alloc.alloc(size_log2).ok_or(Error::NoMemory);
+            match taken.and_then(|page| reachable(alloc, page, size_log2, oas)) {
+                Ok(page) => s.put(page),
+                Err(e) => {
                     s.release(alloc);
-                    return Err(Error::NoMemory);
+                    return Err(e);
                 }
             }
         }
@@ -61,6 +64,29 @@ impl Spares {
             // SAFETY: the page came from `alloc.alloc(size_log2)` and was never visible to
             // hardware.
             unsafe { alloc.free(page, self.size_log2) };
+        }
+    }
+}
+
+/// `page` if a table there can be linked from an entry of a format with `oas` output bits; else
+/// the page goes back to `alloc` and the error names it.
+///
+/// An entry cannot encode a table address at or above `1 << oas`: VT-d treats those bits as
+/// reserved, an Arm walker raises an address size fault, and the Arm 4 KiB / 16 KiB encoders
+/// would silently drop bits 51:48 and link some other page.
+pub(crate) fn reachable<A: PageAllocator>(
+    alloc: &A,
+    page: Page,
+    size_log2: u32,
+    oas: u32,
+) -> Result<Page, Error> {
+    let last = page.pa.checked_add((1u64 << size_log2) - 1);
+    match last {
+        Some(last) if last.fits_in(oas) => Ok(page),
+        _ => {
+            // SAFETY: the page came from `alloc.alloc(size_log2)` just now and was never linked.
+            unsafe { alloc.free(page, size_log2) };
+            Err(Error::TableOutOfRange { pa: page.pa, oas })
         }
     }
 }

@@ -77,7 +77,7 @@ fn stage2_attach_writes_the_ste_and_detach_aborts_and_invalidates() {
     let d = u.domain_alloc(&DomainConfig::default()).unwrap();
     assert_eq!(
         u.domain_geometry(d).unwrap(),
-        (44, 1 << 12 | 1 << 21 | 1 << 30)
+        (48, 1 << 12 | 1 << 21 | 1 << 30)
     );
     let pages = alloc.live_pages();
     u.attach(DeviceId(0x123), None, d).unwrap();
@@ -86,9 +86,9 @@ fn stage2_attach_writes_the_ste_and_detach_aborts_and_invalidates() {
     let ste = ste_of(&u, 0x123);
     // V | Config 0b110.
     assert_eq!(ste.words[0], 0xd);
-    // VMID 1; S2T0SZ 20 (64 - 44); 44 bits at 4K: start level 0 with a 32-entry root, SL0 2;
-    // IR0/OR0 WBWA (1); SH0 inner (3); TG 4K (0); PS 44 bits (4); S2AA64; S2R.
-    let w2 = 1 | 20 << 32 | 2 << 38 | 1 << 40 | 1 << 42 | 3 << 44 | 4 << 48 | 1 << 51 | 1 << 58;
+    // VMID 1; S2T0SZ 16 (64 - 48); 48 bits at 4K: start level 0 with a 512-entry root, SL0 2;
+    // IR0/OR0 WBWA (1); SH0 inner (3); TG 4K (0); PS 48 bits (5); S2AA64; S2R.
+    let w2 = 1 | 16 << 32 | 2 << 38 | 1 << 40 | 1 << 42 | 3 << 44 | 5 << 48 | 1 << 51 | 1 << 58;
     assert_eq!(ste.words[2], w2);
     let root = u.domains[usize::from(d.0)]
         .read()
@@ -188,7 +188,7 @@ fn stage1_attach_writes_ste_and_cd() {
         table.context_ptr().get()
     );
     let cd = table.read(SubstreamId::new(0).unwrap()).unwrap();
-    // T0SZ 16, TG0 4K, IR0/OR0 WBWA, SH0 inner, EPD1, V, IPS 44 bits (4), AA64, R, A, ASET,
+    // T0SZ 16, TG0 4K, IR0/OR0 WBWA, SH0 inner, EPD1, V, IPS 48 bits (5), AA64, R, A, ASET,
     // ASID 1.
     let w0 = 16
         | 1 << 8
@@ -196,7 +196,7 @@ fn stage1_attach_writes_ste_and_cd() {
         | 3 << 12
         | 1 << 30
         | 1 << 31
-        | 4 << 32
+        | 5 << 32
         | 1 << 41
         | 1 << 45
         | 1 << 46

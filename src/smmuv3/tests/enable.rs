@@ -203,14 +203,14 @@ fn domains_are_bounded_and_reject_what_the_unit_lacks() {
         Err(Error::Unsupported(Missing::DirtyTracking))
     );
     let wide = DomainConfig {
-        min_ias: 48,
+        min_ias: 52,
         ..DomainConfig::default()
     };
     assert_eq!(
         u.domain_alloc(&wide),
         Err(Error::Unsupported(Missing::AddressWidth {
-            need: 48,
-            have: 44
+            need: 52,
+            have: 48
         }))
     );
     let a = u.domain_alloc(&s2()).unwrap();

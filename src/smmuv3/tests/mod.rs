@@ -28,8 +28,9 @@ pub(super) const IDR1: u32 = 16 | 8 << 6 | 8 << 16 | 8 << 21;
 pub(super) const FWB: u32 = 1 << 8;
 /// IDR3: RIL (1 << 10).
 pub(super) const RIL: u32 = 1 << 10;
-/// IDR5: GRAN4K | GRAN16K | GRAN64K, OAS 44 bits (4).
-pub(super) const IDR5: u32 = 0x70 | 4;
+/// IDR5: GRAN4K | GRAN16K | GRAN64K, OAS 48 bits (5): the test allocator hands out host
+/// addresses as physical ones, and tables must lie inside the output size.
+pub(super) const IDR5: u32 = 0x70 | 5;
 
 pub(super) fn model(idr0: u32, idr3: u32) -> ModelSmmu {
     let m = ModelSmmu::new();

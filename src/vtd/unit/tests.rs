@@ -1033,7 +1033,16 @@ fn first_stage_width_is_bounded_by_mgaw() {
         Model::with_caps(mgaw39, SCALABLE_ECAP),
         TestAlloc::default(),
     );
-    let u = unit(&m, &a, Mode::Scalable);
+    // The test allocator hands out host addresses (47 bits) as physical ones: the platform's
+    // HAW (DMAR) must cover them, or the engine refuses to link its tables.
+    let cfg = VtdConfig {
+        mode: Mode::Scalable,
+        poll_budget: 1000,
+        host_address_width: Some(48),
+        ..VtdConfig::legacy()
+    };
+    let u = VtdUnit::new(&m, &a, cfg).unwrap();
+    u.enable().unwrap();
     let fs = u
         .domain_alloc(&DomainConfig {
             stage: Stage::First,

@@ -7,7 +7,9 @@
 //! is pending, if events were left unread, or if page frames other than the unit's own tables
 //! and queues were not given back.
 
-use iommu_engine::ioasid::{DeviceHandle, DeviceLabel, IoasidCtx, Registry, UnitId};
+use iommu_engine::ioasid::{
+    DeviceHandle, DeviceLabel, IoasidCtx, PasidAllocator, Registry, UnitId,
+};
 use iommu_engine::iommu::{DeviceId, Iommu};
 use iommu_engine::mmio::{Mmio, RegisterWindow};
 use iommu_engine::smmuv3::idr::Idr0Flags;
@@ -22,6 +24,9 @@ use crate::events::EventLog;
 use crate::scenario::{Ctx, Fail};
 use crate::smmu_scenarios::{check_gerror, smmu_regs};
 use crate::{bail, ensure, println};
+
+/// The system's one PASID space (in .bss: its bitmap is 128 KiB).
+static PASIDS: PasidAllocator = PasidAllocator::new(20);
 
 /// The unit type the scenarios drive.
 pub type Unit = SmmuUnit<Mmio, &'static PageArena>;
@@ -213,8 +218,8 @@ pub fn run_with(
     );
     let result = {
         let units: [&dyn Iommu; 1] = [&unit];
-        let registry =
-            Registry::new(&units, 0).map_err(|e| Fail::new(format_args!("Registry::new: {e}")))?;
+        let registry = Registry::new(&units, &PASIDS)
+            .map_err(|e| Fail::new(format_args!("Registry::new: {e}")))?;
         let io = IoasidCtx::new(&registry, alloc, 0);
         let label = DeviceLabel {
             unit: UnitId(0),

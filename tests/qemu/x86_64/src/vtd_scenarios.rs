@@ -14,9 +14,9 @@ use core::fmt::Display;
 
 use iommu_engine::ioasid::{
     DeviceHandle, DeviceLabel, Error as IoError, Incompatibility, IoasidCtx, IoasidFlags, IoasidId,
-    Registry, UnitId,
+    PasidAllocator, Registry, UnitId,
 };
-use iommu_engine::iommu::{DeviceId, DomainHandle, Iommu, Missing, Pasid};
+use iommu_engine::iommu::{DeviceId, DomainHandle, Iommu, Missing};
 use iommu_engine::mem::{Iova, PageAllocator, PhysAddr};
 use iommu_engine::pgtable::Prot;
 use iommu_engine::vtd::cap::{CapFlags, Sllps};
@@ -31,6 +31,9 @@ use crate::scenario::{Ctx, Fail, Scenario};
 use crate::vtd_faults::{FaultReader, Walk, EDU2_SID, EDU_SID};
 use crate::vtd_unit::{self, Unit};
 use crate::{bail, ensure, println};
+
+/// The system's one PASID space (in .bss: its bitmap is 128 KiB).
+static PASIDS: PasidAllocator = PasidAllocator::new(20);
 
 /// The VT-d scenarios; `main.rs` looks numbers 100-199 up here.
 pub static VTD_TABLE: &[Scenario] = &[
@@ -198,7 +201,7 @@ fn with_vtd(g: &mut Ctx, f: impl FnOnce(&Vtd<'_, '_, '_>) -> Result<(), Fail>) -
     let unit = vtd_unit::create(g)?;
     {
         let units: [&dyn Iommu; 1] = [&unit];
-        let registry = Registry::new(&units, Pasid::BITS).or_fail("registry")?;
+        let registry = Registry::new(&units, &PASIDS).or_fail("registry")?;
         let ctx = IoasidCtx::new(&registry, g.alloc, 4);
         let dev = ctx
             .bind(
@@ -1269,7 +1272,7 @@ fn takeover(g: &mut Ctx) -> Result<(), Fail> {
     let old = vtd_unit::create(g)?;
     {
         let units: [&dyn Iommu; 1] = [&old];
-        let registry = Registry::new(&units, 0).or_fail("registry")?;
+        let registry = Registry::new(&units, &PASIDS).or_fail("registry")?;
         let ctx = IoasidCtx::new(&registry, g.alloc, 0);
         let dev = ctx.bind(label, false).or_fail("bind edu")?;
         let io = ctx.alloc(IoasidFlags::empty()).or_fail("alloc")?;
@@ -1292,7 +1295,7 @@ fn takeover(g: &mut Ctx) -> Result<(), Fail> {
     let unit = vtd_unit::create(g)?;
     {
         let units: [&dyn Iommu; 1] = [&unit];
-        let registry = Registry::new(&units, 0).or_fail("registry")?;
+        let registry = Registry::new(&units, &PASIDS).or_fail("registry")?;
         let ctx = IoasidCtx::new(&registry, g.alloc, 0);
         // Nothing attached on the new unit: blocked, the old translation is not used.
         old_page.fill(GUARD);
