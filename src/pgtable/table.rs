@@ -229,7 +229,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         self.check_iova_range(iova, len)?;
         self.check_pa_range(pa, len)?;
         self.format.check_prot(prot)?;
-        if let Some(leaf) = self.leaf_table_for(iova.get(), len) {
+        if let Some(leaf) = self.plain_leaf_table_for(iova.get(), len) {
             // The general walk would descend the same existing tables and need no new one.
             // Once `plan_leaves` found every entry empty, only a concurrent map of an
             // overlapping range, which the contract forbids, could fill one.
@@ -259,10 +259,12 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     /// `map` and `unmap` would only descend to it (no larger page can be placed or cut, no
     /// table needs allocating, unlinking or splitting), so the operation is done on it
     /// directly: the fast path of small maps and unmaps.
+    ///
+    /// Only where level-0 leaves carry no contiguous hint (see [`Self::plain_leaves`]).
     #[inline]
-    fn leaf_table_for(&self, iova: u64, len: u64) -> Option<Table> {
+    fn plain_leaf_table_for(&self, iova: u64, len: u64) -> Option<Table> {
         let g = self.geo();
-        if g.levels < 2 {
+        if g.levels < 2 || !self.plain_leaves() {
             return None;
         }
         let span_log2 = g.level_shift(1);
@@ -279,6 +281,14 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
             t = self.child(raw).ok()?;
         }
         Some(t)
+    }
+
+    /// Whether level-0 leaves are written one by one, with no contiguous hint to keep
+    /// consistent across a run: the leaf-table fast paths (`map_leaves`, `fill_leaves`,
+    /// `unmap_leaves`) apply only then; otherwise the general walk handles the runs.
+    #[inline]
+    fn plain_leaves(&self) -> bool {
+        self.format.contiguous_log2(0) == 0
     }
 
     /// First pass of `map`: fails on overlap, returns the number of tables to allocate.
@@ -365,7 +375,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         prot: Prot,
         spares: &mut Spares,
     ) -> Result<(), Error> {
-        if level == 0 {
+        if level == 0 && self.plain_leaves() {
             return self.map_leaves(t, iova, pa, len, prot);
         }
         let size = 1u64 << self.geo().level_shift(level);
@@ -398,7 +408,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
                         break;
                     }
                 };
-                if fresh && level == 1 {
+                if fresh && level == 1 && self.plain_leaves() {
                     self.fill_leaves(child, iova, pa, chunk, prot);
                 } else if let Err(e) =
                     self.map_level(child, level - 1, iova, pa, chunk, prot, spares)
@@ -525,7 +535,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
             start: iova.get(),
             len,
         })?;
-        if let Some(leaf) = self.leaf_table_for(iova.get(), len) {
+        if let Some(leaf) = self.plain_leaf_table_for(iova.get(), len) {
             return Ok(self.unmap_leaves(leaf, iova.get(), len, gather));
         }
         let need = self.plan_split(iova.get(), iova.get(), end)?
@@ -598,7 +608,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         gather: &mut Gather,
         spares: &mut Spares,
     ) -> Result<u64, Error> {
-        if level == 0 {
+        if level == 0 && self.plain_leaves() {
             return Ok(self.unmap_leaves(t, iova, len, gather));
         }
         let shift = self.geo().level_shift(level);

@@ -457,15 +457,32 @@ impl<'a, S: Subject> Harness<'a, S> {
         found
     }
 
+    /// The leaf containing window granule `index`, widened to its whole run if it carries the
+    /// format's contiguous hint: a run is cut like a larger page.
+    fn run_at(&self, index: u64) -> Option<(u64, u64)> {
+        let (start, n) = self.leaf_at(index)?;
+        let f = self.table.format();
+        let raw = self.mem.read_u64(self.leaf_entry(index)?)?;
+        if f.contiguous_bit() == 0 || raw & f.contiguous_bit() == 0 {
+            return Some((start, n));
+        }
+        let level = n.trailing_zeros() / (self.gran_log2 - 3);
+        let run = n << f.contiguous_log2(level);
+        // The window base is block-aligned, so run alignment in the window is IOVA alignment.
+        let run_start = start / run * run;
+        Some((run_start, run))
+    }
+
     fn unmap(&mut self, first: u64, count: u64) {
         let iova = self.iova_of(first);
         let len = count << self.gran_log2;
         let end = first + count;
-        // A leaf that reaches outside the range at either end must be split.
+        // A leaf (or a run of leaves under one contiguous hint) that reaches outside the range
+        // at either end must be split.
         let straddles = |leaf: Option<(u64, u64)>| {
             leaf.is_some_and(|(start, n)| start < first || start + n > end)
         };
-        let cut_leaves: Vec<(u64, u64)> = [self.leaf_at(first), self.leaf_at(end - 1)]
+        let cut_leaves: Vec<(u64, u64)> = [self.run_at(first), self.run_at(end - 1)]
             .into_iter()
             .filter(|&l| straddles(l))
             .flatten()
