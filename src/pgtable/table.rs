@@ -473,7 +473,8 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
                 self.format.encode_leaf(0, PhysAddr::new(pa), prot),
                 Ordering::Relaxed,
             );
-            pa += 1 << shift;
+            // Wraps only past the last page, at the top of a 64-bit output range.
+            pa = pa.wrapping_add(1 << shift);
         }
         self.sync(t.entry_ptr(first), n * 8);
     }
