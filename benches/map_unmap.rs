@@ -12,9 +12,8 @@
 //! kernel's linear map. A page is zeroed when it is handed out again.
 //!
 //! Run: `cargo bench --bench map_unmap` (a few minutes on two shared cores); results and
-//! ratios are in `BENCHMARKS.md`. Benches of flushing through the unit models' queues and of
-//! IOASID fan-out to two units belong in the "unit" group at the end, once the unit models
-//! exist.
+//! ratios are in `BENCHMARKS.md`. Flushing through the unit models' queues and IOASID fan-out
+//! to two units are measured by `benches/units.rs`.
 
 use std::alloc::{alloc_zeroed, Layout};
 use std::cell::{Cell, RefCell};
@@ -600,8 +599,7 @@ fn map_unmap(c: &mut Criterion) {
     }
     memset_bound(c);
     // Unit-level benches (gather flush through the VT-d / SMMUv3 model queues with the number
-    // of commands issued, IOASID map fanning out to two units) go here once the unit models
-    // exist.
+    // of commands issued, IOASID map fanning out to two units) are in `benches/units.rs`.
 }
 
 fn config() -> Criterion {
