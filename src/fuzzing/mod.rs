@@ -13,10 +13,9 @@
 //! | `decode_vtd`, `decode_smmuv3` | [`decode`]: every decoder of what hardware writes or reports | never panics; decoded fields re-encode to the raw bits they came from |
 //!
 //! | `queue_vtd` | [`queue`]: the VT-d invalidation queue under arbitrary submissions, waits, hardware progress and injected IQE/ITE/ICE | no unconsumed descriptor overwritten, a successful wait means everything before it completed, errors only when injected and cleared after |
-//!
-//! The SMMUv3 command-queue and IOASID targets come with the unit models (see
-//! `fuzz/README.md`).
+//! | `queue_smmuv3` | [`cmdq`]: the SMMUv3 command queue (16 entries, wrapping) as a unit's flushes drive it over the SMMUv3 model, with CERROR_ILL / CERROR_ABT / CERROR_ATC_INV_SYNC and stalled CMD_SYNCs injected | a good flush was consumed (the model's TLB forgot every unmapped page) and released its pages; a failed one kept them and happened only under injection; after recovery the queue runs again |
 
+pub mod cmdq;
 pub mod decode;
 pub mod pgtable;
 pub mod queue;
@@ -35,6 +34,7 @@ pub const TARGETS: &[Target] = &[
     ("decode_vtd", decode::vtd),
     ("decode_smmuv3", decode::smmuv3),
     ("queue_vtd", queue::vtd),
+    ("queue_smmuv3", cmdq::smmuv3),
 ];
 
 /// The body of the target called `name`, if there is one.
