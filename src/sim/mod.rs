@@ -15,22 +15,28 @@
 //!   translation, fault recording, fault injection).
 //! - [`walk`]: one reference walker per table format: VT-d second stage and first stage, Arm
 //!   VMSAv8-64 stage 2 and stage 1. Each offers `translate`, `walk_all` and `table_pages`.
+//! - [`smmuv3`]: a behavioural model of an Arm SMMUv3 (registers, command consumer, STE/CD
+//!   caches, TLB and walk cache, stage 1 / stage 2 / nested translation through the walkers,
+//!   event queue, fault injection) that the `smmuv3` driver is tested against.
 //!
 //! # What the models do not model
 //!
-//! - Caching: the walkers have no TLB, paging-structure cache or walk cache; a walker reads memory
 //!   as it is now. [`vtd::VtdModel`] puts the unit's context-, PASID- and IOTLB caches on top of
+//!   now. [`smmuv3`] puts caches on top of the walkers for tests of invalidation ordering.
 //!   them for tests of invalidation.
+//! - Caching: a walker has no TLB, paging-structure cache or walk cache; it reads memory as it is
+//! - Caching: the walkers have no TLB, paging-structure cache or walk cache; a walker reads memory
 //! - Hardware updates: walkers never write. Accessed/dirty bits are reported, and where the
 //!   configuration says hardware would manage them (Arm `HA`/`HD`), the walker reports the access
 //!   hardware would allow instead of faulting; it does not set the bits.
 //! - Memory ordering and tearing: an entry is read with one 64-bit atomic load.
-//! - Nested translation: VT-d nested (first stage over second stage) and Arm stage 1 over stage 2
-//!   are not composed; a test composes two walkers if it needs to. Table addresses are output
-//!   addresses of the walker's own stage.
+//! - Nested translation: the walkers do not compose stages (VT-d nested is not modelled); table
+//!   addresses are output addresses of the walker's own stage. [`smmuv3`] composes Arm stage 1
+//!   over stage 2 by reading stage-1 tables through stage 2.
 //! - Each walker's own `//!` documentation lists the features of its format it leaves out.
 
 pub mod arena;
+pub mod smmuv3;
 pub mod vtd;
 pub mod walk;
 

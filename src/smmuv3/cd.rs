@@ -218,8 +218,8 @@ impl CdSync {
 }
 
 /// A CD table in allocator memory: `2^S1CDMax` CDs, linear or two-level.
-pub struct CdTable<'a, A: PageAllocator + ?Sized> {
-    alloc: &'a A,
+pub struct CdTable<A: PageAllocator> {
+    alloc: A,
     coherency: WalkerCoherency,
     fmt: S1Fmt,
     cdmax: u32,
@@ -229,7 +229,12 @@ pub struct CdTable<'a, A: PageAllocator + ?Sized> {
 
 const CD_LOG2: u32 = 6;
 
-impl<'a, A: PageAllocator + ?Sized> CdTable<'a, A> {
+// SAFETY: the raw page pointers are owned by the CdTable (the table's pages, freed only by its `Drop`);
+// moving it to another thread moves that ownership, and the memory is accessed only through
+// atomics.
+unsafe impl<A: PageAllocator + Send> Send for CdTable<A> {}
+
+impl<A: PageAllocator> CdTable<A> {
     /// Allocates an empty table for `2^cdmax` SubstreamIDs (`cdmax` ≤ `IDR1.SSIDSIZE` ≤ 20).
     /// A two-level format with `cdmax` not above its leaf size is built linear.
     ///
@@ -237,7 +242,7 @@ impl<'a, A: PageAllocator + ?Sized> CdTable<'a, A> {
     ///
     /// [`SmmuError::SizeUnsupported`] for `cdmax > 20`, [`SmmuError::NoMemory`].
     pub fn new(
-        alloc: &'a A,
+        alloc: A,
         fmt: S1Fmt,
         cdmax: u32,
         coherency: WalkerCoherency,
@@ -271,6 +276,9 @@ impl<'a, A: PageAllocator + ?Sized> CdTable<'a, A> {
             root_log2,
         };
         address_bits(super::ste::S1CONTEXTPTR, root.pa.get())?;
+        // The zeroed table (every CD or L1CD invalid) must reach memory before an STE points
+        // at it: a non-coherent unit would otherwise read whatever memory held.
+        coherency.sync(&table.alloc, root.va, 1 << root_log2);
         Ok(table)
     }
 
@@ -327,11 +335,12 @@ impl<'a, A: PageAllocator + ?Sized> CdTable<'a, A> {
             let leaf = self.alloc.alloc(leaf_log2).ok_or(SmmuError::NoMemory {
                 size_log2: leaf_log2,
             })?;
-            self.coherency.sync(self.alloc, leaf.va, 1 << leaf_log2);
+            self.coherency.sync(&self.alloc, leaf.va, 1 << leaf_log2);
             desc = address_bits(L1CD_L2PTR, leaf.pa.get())? | L1CD_V;
             // The zeroed leaf is visible before the descriptor that links it.
             l1.store(desc, Ordering::Release);
-            self.coherency.sync(self.alloc, NonNull::from(l1).cast(), 8);
+            self.coherency
+                .sync(&self.alloc, NonNull::from(l1).cast(), 8);
             published = true;
         }
         let leaf_pa = PhysAddr::new(L1CD_L2PTR.get(desc) << 12);
@@ -415,7 +424,7 @@ impl<'a, A: PageAllocator + ?Sized> CdTable<'a, A> {
     fn flush(&self, slot: &[AtomicU64]) {
         if let Some(first) = slot.first() {
             self.coherency
-                .sync(self.alloc, NonNull::from(first).cast(), 64);
+                .sync(&self.alloc, NonNull::from(first).cast(), 64);
         }
     }
 }
@@ -427,7 +436,7 @@ const fn split(fmt: S1Fmt) -> u32 {
     }
 }
 
-impl<A: PageAllocator + ?Sized> Drop for CdTable<'_, A> {
+impl<A: PageAllocator> Drop for CdTable<A> {
     /// Frees the leaves and the root. The owner must have made every STE pointing here
     /// invalid (or pointing elsewhere) and synced before dropping the table.
     fn drop(&mut self) {

@@ -37,6 +37,8 @@ pub enum Opcode {
     TlbiNhVa = 0x12,
     /// `CMD_TLBI_NH_VAA`.
     TlbiNhVaa = 0x13,
+    /// `CMD_TLBI_EL2_ALL`.
+    TlbiEl2All = 0x20,
     /// `CMD_TLBI_S12_VMALL`.
     TlbiS12Vmall = 0x28,
     /// `CMD_TLBI_S2_IPA`.
@@ -126,13 +128,14 @@ pub enum RangeGranule {
     Size64K = 3,
 }
 
-/// The range fields of a TLBI (with `IDR3.RIL`): `(NUM + 1) * 2^(5 * SCALE + 1)` pages of the
-/// granule `tg`, starting at the address; `ttl` is the leaf level hint (0: any level).
+/// The range fields of a TLBI (with `IDR3.RIL`, IHI 0070 G.b §4.4.1): `(NUM + 1) * 2^SCALE`
+/// pages of the granule `tg`, starting at the address; `ttl` is the leaf level hint (0: any
+/// level). Unlike the PE's TLBI RVA, SCALE is a plain 5-bit exponent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TlbiRange {
     /// Granule of the pages.
     pub tg: RangeGranule,
-    /// SCALE, 0..=31 (encoded in 5 bits; the architecture uses 0..=3).
+    /// SCALE, 0..=31: the range counts `2^SCALE`-page chunks.
     pub scale: u8,
     /// NUM, 0..=31.
     pub num: u8,
@@ -144,9 +147,10 @@ pub struct TlbiRange {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum SyncSignal {
-    /// `SIG_NONE`: no interrupt; an MSI write if MSIAddress is non-zero.
+    /// `SIG_NONE`: no signal; completion is seen only as CONS passing the command.
     None = 0,
-    /// `SIG_IRQ`: an interrupt (MSI or wired) on completion.
+    /// `SIG_IRQ`: an interrupt on completion; with `IDR0.MSI` and a non-zero MSIAddress, the
+    /// MSI write of MSIData to MSIAddress (what MSI-based completion polls for).
     Irq = 1,
     /// `SIG_SEV`: a wake-up event on completion.
     Sev = 2,
@@ -330,6 +334,13 @@ impl Command {
         }
     }
 
+    /// `CMD_TLBI_EL2_ALL`: every EL2 entry (units with `IDR0.HYP`).
+    pub const fn tlbi_el2_all() -> Self {
+        Self {
+            words: [Opcode::TlbiEl2All as u64, 0],
+        }
+    }
+
     /// `CMD_TLBI_NSNH_ALL`: every non-secure, non-hypervisor entry.
     pub const fn tlbi_nsnh_all() -> Self {
         Self {
@@ -493,6 +504,7 @@ mod tests {
             [0x0000_ffff_0000_0028, 0]
         );
         assert_eq!(Command::tlbi_nsnh_all().words, [0x30, 0]);
+        assert_eq!(Command::tlbi_el2_all().words, [0x20, 0]);
     }
 
     #[test]
@@ -530,8 +542,9 @@ mod tests {
             msh: 3,
             msiattr: 0xf,
         };
-        let c = Command::sync(SyncSignal::None, Some(msi)).unwrap();
-        assert_eq!(c.words, [0x0000_cafe_0fc0_0046, 0x8000_0040]);
+        let c = Command::sync(SyncSignal::Irq, Some(msi)).unwrap();
+        // CS = SIG_IRQ (1 << 12 = 0x1000).
+        assert_eq!(c.words, [0x0000_cafe_0fc0_1046, 0x8000_0040]);
         let bad = SyncMsi {
             address: PhysAddr::new(0x8000_0042),
             ..msi

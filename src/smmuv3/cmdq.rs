@@ -32,7 +32,7 @@ const MSI_ERROR_CHECK_INTERVAL: u32 = 64;
 pub enum SyncMode {
     /// CS = SIG_NONE; poll CMDQ_CONS until it passes the CMD_SYNC.
     PollCons,
-    /// CS = SIG_NONE with an MSI to a word the queue owns; poll that word in memory (no MMIO
+    /// CS = SIG_IRQ with an MSI to a word the queue owns; poll that word in memory (no MMIO
     /// reads while waiting). Needs `IDR0.MSI` and a coherent unit.
     Msi,
     /// CS = SIG_SEV; the CPU could sleep in WFE, but an event can be lost, so the wait falls
@@ -41,8 +41,8 @@ pub enum SyncMode {
 }
 
 /// The command queue of one unit.
-pub struct CommandQueue<'a, A: PageAllocator + ?Sized> {
-    mem: QueueMemory<'a, A>,
+pub struct CommandQueue<A: PageAllocator> {
+    mem: QueueMemory<A>,
     prod: QueuePointer,
     cons: QueuePointer,
     mode: SyncMode,
@@ -51,7 +51,12 @@ pub struct CommandQueue<'a, A: PageAllocator + ?Sized> {
     budget: u32,
 }
 
-impl<'a, A: PageAllocator + ?Sized> CommandQueue<'a, A> {
+// SAFETY: the raw page pointers are owned by the CommandQueue (the queue and MSI pages, freed only by its `Drop`);
+// moving it to another thread moves that ownership, and the memory is accessed only through
+// atomics.
+unsafe impl<A: PageAllocator + Send> Send for CommandQueue<A> {}
+
+impl<A: PageAllocator> CommandQueue<A> {
     /// Allocates a queue of `2^log2` commands; `max_log2` is `IDR1.CMDQS`. `budget` bounds
     /// every wait (in polls).
     ///
@@ -61,7 +66,7 @@ impl<'a, A: PageAllocator + ?Sized> CommandQueue<'a, A> {
     /// [`SmmuError::InvalidConfig`] for MSI completion on a non-coherent unit (the CPU would
     /// read a stale cached copy of the MSI word).
     pub fn new(
-        alloc: &'a A,
+        alloc: A,
         log2: u32,
         max_log2: u32,
         coherency: WalkerCoherency,
@@ -82,7 +87,7 @@ impl<'a, A: PageAllocator + ?Sized> CommandQueue<'a, A> {
             coherency,
         )?;
         let msi = match mode {
-            SyncMode::Msi => Some(alloc.alloc(PAGE_SHIFT_4K).ok_or(SmmuError::NoMemory {
+            SyncMode::Msi => Some(mem.alloc.alloc(PAGE_SHIFT_4K).ok_or(SmmuError::NoMemory {
                 size_log2: PAGE_SHIFT_4K,
             })?),
             _ => None,
@@ -244,7 +249,7 @@ impl<'a, A: PageAllocator + ?Sized> CommandQueue<'a, A> {
                     msh: 3,
                     msiattr: 0xf,
                 };
-                Command::sync(SyncSignal::None, Some(msi))
+                Command::sync(SyncSignal::Irq, Some(msi))
             }
             (SyncMode::Sev, _) => Command::sync(SyncSignal::Sev, None),
             _ => Ok(Command::plain_sync()),
@@ -328,7 +333,7 @@ impl<'a, A: PageAllocator + ?Sized> CommandQueue<'a, A> {
     }
 }
 
-impl<A: PageAllocator + ?Sized> Drop for CommandQueue<'_, A> {
+impl<A: PageAllocator> Drop for CommandQueue<A> {
     /// Frees the MSI page (the queue memory frees itself). The unit must have stopped using
     /// the queue (`CR0.CMDQEN = 0` acknowledged) first.
     fn drop(&mut self) {
@@ -353,7 +358,7 @@ mod tests {
         m: &ModelSmmu,
         log2: u32,
         mode: SyncMode,
-    ) -> CommandQueue<'a, VecAllocator> {
+    ) -> CommandQueue<&'a VecAllocator> {
         let mut q =
             CommandQueue::new(alloc, log2, 19, WalkerCoherency::Coherent, mode, 1000).unwrap();
         regs::write_cr0(m, 0, 10).unwrap();

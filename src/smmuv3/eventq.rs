@@ -7,6 +7,7 @@
 //! Each [`EventQueue::drain`] call handles a bounded number of records so that an event storm
 //! cannot hold the CPU.
 
+use core::ptr::NonNull;
 use core::sync::atomic::Ordering;
 
 use super::event::Event;
@@ -31,33 +32,33 @@ pub struct DrainReport {
 }
 
 /// The event queue of one unit.
-pub struct EventQueue<'a, A: PageAllocator + ?Sized> {
-    mem: QueueMemory<'a, A>,
+pub struct EventQueue<A: PageAllocator> {
+    mem: QueueMemory<A>,
     cons: QueuePointer,
     overflow_ack: u32,
     prod_offset: usize,
     cons_offset: usize,
 }
 
-impl<'a, A: PageAllocator + ?Sized> EventQueue<'a, A> {
+// SAFETY: the raw page pointers are owned by the EventQueue (the queue page, freed only by its `Drop`);
+// moving it to another thread moves that ownership, and the memory is accessed only through
+// atomics.
+unsafe impl<A: PageAllocator + Send> Send for EventQueue<A> {}
+
+impl<A: PageAllocator> EventQueue<A> {
     /// Allocates a queue of `2^log2` records; `max_log2` is `IDR1.EVENTQS`.
     ///
     /// # Errors
     ///
-    /// [`SmmuError::SizeUnsupported`], [`SmmuError::NoMemory`], or
-    /// [`SmmuError::InvalidConfig`] for a non-coherent unit: the CPU would need to invalidate
-    /// its cache before reading records, and the allocator has no hook for that yet.
+    /// [`SmmuError::SizeUnsupported`], [`SmmuError::NoMemory`]. For a non-coherent unit every
+    /// record is invalidated from the CPU caches ([`PageAllocator::sync_for_cpu`]) before it is
+    /// read.
     pub fn new(
-        alloc: &'a A,
+        alloc: A,
         log2: u32,
         max_log2: u32,
         coherency: WalkerCoherency,
     ) -> Result<Self, SmmuError> {
-        if coherency == WalkerCoherency::NonCoherent {
-            return Err(SmmuError::InvalidConfig {
-                reason: "event queue reads need IDR0.COHACC",
-            });
-        }
         let mem = QueueMemory::new(alloc, "event queue", log2, max_log2, ENTRY_LOG2, coherency)?;
         Ok(Self {
             mem,
@@ -106,6 +107,14 @@ impl<'a, A: PageAllocator + ?Sized> EventQueue<'a, A> {
         let mut consumed = 0;
         while self.cons != prod && consumed < max {
             let entry = self.mem.entry(self.cons.index());
+            if let (WalkerCoherency::NonCoherent, Some(first)) = (self.mem.coherency, entry.first())
+            {
+                // The unit wrote the record to memory behind the CPU caches.
+                let len = entry.len() * 8;
+                self.mem
+                    .alloc
+                    .sync_for_cpu(NonNull::from(first).cast(), len);
+            }
             let mut raw = [0u64; 4];
             for (r, w) in raw.iter_mut().zip(entry) {
                 *r = w.load(Ordering::Acquire);
@@ -209,6 +218,6 @@ mod tests {
                 more: false
             }
         );
-        assert!(EventQueue::new(&alloc, 2, 19, WalkerCoherency::NonCoherent).is_err());
+        assert!(EventQueue::new(&alloc, 2, 19, WalkerCoherency::NonCoherent).is_ok());
     }
 }

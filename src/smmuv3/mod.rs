@@ -5,6 +5,10 @@
 //! chapter 4 (commands), chapter 5 (STE and CD), chapter 6 (registers), chapter 7 (events and
 //! errors). One file per structure, named as the spec names it.
 //!
+//! [`SmmuUnit`] puts them together and implements [`Iommu`](crate::iommu::Iommu): construct
+//! it from a register window, a page allocator and an [`SmmuConfig`], call
+//! [`SmmuUnit::enable`], then drive it through the trait.
+//!
 //! Every structure the unit walks lives in pages from a [`PageAllocator`](crate::mem::PageAllocator)
 //! and is changed only with 64-bit atomic stores in the order the spec requires; every register
 //! access goes through [`RegisterWindow`](crate::mmio::RegisterWindow); every wait is bounded by a
@@ -13,22 +17,32 @@
 mod error;
 pub mod field;
 
+mod attach;
 pub mod cd;
 pub mod cmd;
 pub mod cmdq;
+mod domain;
 pub mod event;
 pub mod eventq;
+pub mod features;
+pub mod flush;
 pub mod idr;
+mod ops;
 pub mod queue;
 pub mod regs;
 pub mod ste;
 pub mod ste_update;
+mod stream;
 pub mod strtab;
+mod unit;
 
 #[cfg(test)]
 mod testutil;
 
+pub use domain::{TagAllocator, MAX_DOMAINS};
 pub use error::{CommandErrorKind, SmmuError};
+pub use stream::{MAX_PASIDS, MAX_STREAMS};
+pub use unit::{DisabledTraffic, EventReport, SmmuConfig, SmmuUnit, StreamTableLayout};
 
 /// A StreamID: the 32-bit identifier of a device's transactions (IHI 0070 G.b §3.2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -70,3 +84,6 @@ pub struct Asid(pub u16);
 /// A virtual machine identifier tagging stage-2 translations (16 bits with `IDR0.VMID16`, else 8).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Vmid(pub u16);
+
+#[cfg(test)]
+mod tests;

@@ -100,8 +100,8 @@ impl QueuePointer {
 }
 
 /// Queue memory from the allocator: `2^log2` entries of `2^entry_log2` bytes, aligned to its size.
-pub(crate) struct QueueMemory<'a, A: PageAllocator + ?Sized> {
-    pub(crate) alloc: &'a A,
+pub(crate) struct QueueMemory<A: PageAllocator> {
+    pub(crate) alloc: A,
     pub(crate) page: Page,
     pub(crate) size_log2: u32,
     pub(crate) log2: u32,
@@ -109,10 +109,10 @@ pub(crate) struct QueueMemory<'a, A: PageAllocator + ?Sized> {
     pub(crate) coherency: WalkerCoherency,
 }
 
-impl<'a, A: PageAllocator + ?Sized> QueueMemory<'a, A> {
+impl<A: PageAllocator> QueueMemory<A> {
     /// Allocates a zeroed queue; `max_log2` is the unit's limit (`IDR1.CMDQS`/`EVENTQS`).
     pub(crate) fn new(
-        alloc: &'a A,
+        alloc: A,
         what: &'static str,
         log2: u32,
         max_log2: u32,
@@ -134,15 +134,19 @@ impl<'a, A: PageAllocator + ?Sized> QueueMemory<'a, A> {
         let page = alloc
             .alloc(size_log2)
             .ok_or(SmmuError::NoMemory { size_log2 })?;
-        address_bits(Q_BASE_ADDR, page.pa.get())?;
-        Ok(Self {
+        let queue = Self {
             alloc,
             page,
             size_log2,
             log2,
             entry_log2,
             coherency,
-        })
+        };
+        address_bits(Q_BASE_ADDR, page.pa.get())?;
+        // Clean the zeroed page once: a dirty line evicted later would overwrite what a
+        // non-coherent unit wrote (event records) or show it stale data.
+        coherency.sync(&queue.alloc, page.va, 1 << size_log2);
+        Ok(queue)
     }
 
     /// The `*_BASE` register value, with the allocate hint set.
@@ -167,12 +171,12 @@ impl<'a, A: PageAllocator + ?Sized> QueueMemory<'a, A> {
         let len = entry.len() * 8;
         if let Some(first) = entry.first() {
             self.coherency
-                .sync(self.alloc, NonNull::from(first).cast(), len);
+                .sync(&self.alloc, NonNull::from(first).cast(), len);
         }
     }
 }
 
-impl<A: PageAllocator + ?Sized> Drop for QueueMemory<'_, A> {
+impl<A: PageAllocator> Drop for QueueMemory<A> {
     fn drop(&mut self) {
         // SAFETY: the page came from `alloc(size_log2)` in `new` and is freed once. The owner
         // must have disabled the queue (CR0.CMDQEN/EVENTQEN = 0) before dropping it; the queue

@@ -51,8 +51,8 @@ pub enum StrtabFormat {
 }
 
 /// A stream table in allocator memory.
-pub struct StreamTable<'a, A: PageAllocator + ?Sized> {
-    alloc: &'a A,
+pub struct StreamTable<A: PageAllocator> {
+    alloc: A,
     coherency: WalkerCoherency,
     fmt: StrtabFormat,
     log2: u32,
@@ -60,7 +60,12 @@ pub struct StreamTable<'a, A: PageAllocator + ?Sized> {
     root_log2: u32,
 }
 
-impl<'a, A: PageAllocator + ?Sized> StreamTable<'a, A> {
+// SAFETY: the raw page pointers are owned by the StreamTable (the table's pages, freed only by its `Drop`);
+// moving it to another thread moves that ownership, and the memory is accessed only through
+// atomics.
+unsafe impl<A: PageAllocator + Send> Send for StreamTable<A> {}
+
+impl<A: PageAllocator> StreamTable<A> {
     /// A table for StreamIDs below `2^log2` (`log2` ≤ `IDR1.SIDSIZE` ≤ 32). A linear table is
     /// filled with aborting STEs.
     ///
@@ -69,7 +74,7 @@ impl<'a, A: PageAllocator + ?Sized> StreamTable<'a, A> {
     /// [`SmmuError::SizeUnsupported`] for `log2 > 32`, a split other than 6/8/10 or above
     /// `log2`; [`SmmuError::NoMemory`].
     pub fn new(
-        alloc: &'a A,
+        alloc: A,
         fmt: StrtabFormat,
         log2: u32,
         coherency: WalkerCoherency,
@@ -109,8 +114,13 @@ impl<'a, A: PageAllocator + ?Sized> StreamTable<'a, A> {
         address_bits(STRTAB_BASE_ADDR, root.pa.get())?;
         if fmt == StrtabFormat::Linear {
             fill_abort(root.va, 1 << log2);
-            coherency.sync(alloc, root.va, 1 << root_bytes_log2);
         }
+        // Aborting STEs, or invalid L1 descriptors, reach memory before STRTAB_BASE is written.
+        coherency.sync(
+            &table.alloc,
+            root.va,
+            1 << root_bytes_log2.max(PAGE_SHIFT_4K),
+        );
         Ok(table)
     }
 
@@ -146,7 +156,7 @@ impl<'a, A: PageAllocator + ?Sized> StreamTable<'a, A> {
         Ok(sid.0)
     }
 
-    fn words(va: NonNull<u8>, index: usize, stride: usize) -> &'a [AtomicU64] {
+    fn words<'t>(va: NonNull<u8>, index: usize, stride: usize) -> &'t [AtomicU64] {
         // SAFETY: callers pass an index inside a live table page owned by the table, whose
         // entries are `stride` words; 8-byte aligned, accessed only atomically.
         unsafe {
@@ -169,7 +179,8 @@ impl<'a, A: PageAllocator + ?Sized> StreamTable<'a, A> {
                     desc = self.new_leaf(split)?;
                     // The filled leaf is visible before the descriptor that links it.
                     l1.store(desc, Ordering::Release);
-                    self.coherency.sync(self.alloc, NonNull::from(l1).cast(), 8);
+                    self.coherency
+                        .sync(&self.alloc, NonNull::from(l1).cast(), 8);
                 }
                 let pa = PhysAddr::new(L1STD_L2PTR.get(desc) << 6);
                 let va = self
@@ -189,7 +200,7 @@ impl<'a, A: PageAllocator + ?Sized> StreamTable<'a, A> {
         })?;
         fill_abort(leaf.va, 1 << split);
         self.coherency
-            .sync(self.alloc, leaf.va, 1 << (split + STE_LOG2));
+            .sync(&self.alloc, leaf.va, 1 << (split + STE_LOG2));
         let l2ptr = address_bits(L1STD_L2PTR, leaf.pa.get())?;
         Ok(l2ptr | L1STD_SPAN.set_masked(0, (split + 1) as u64))
     }
@@ -231,7 +242,7 @@ impl<'a, A: PageAllocator + ?Sized> StreamTable<'a, A> {
             words: core::array::from_fn(|i| entry[i].load(Ordering::Acquire)),
         };
         let plan = plan_update(&current, target);
-        let (alloc, coherency) = (self.alloc, self.coherency);
+        let (alloc, coherency) = (&self.alloc, self.coherency);
         plan.apply(entry, || {
             coherency.sync(alloc, NonNull::from(entry).cast(), 64);
             sync()
@@ -248,7 +259,7 @@ fn fill_abort(va: NonNull<u8>, count: usize) {
     }
 }
 
-impl<A: PageAllocator + ?Sized> Drop for StreamTable<'_, A> {
+impl<A: PageAllocator> Drop for StreamTable<A> {
     /// Frees L2 tables and the root. The owner must have disabled the unit (SMMUEN = 0) or
     /// pointed STRTAB_BASE elsewhere first.
     fn drop(&mut self) {
@@ -351,7 +362,7 @@ mod tests {
             assert_eq!(alloc.live_pages(), 2);
             // L1STD 4 (SIDs 0x100..0x13f): SPAN = 7, L2Ptr = the leaf.
             let desc =
-                StreamTable::<VecAllocator>::words(t.root.va, 4, 1)[0].load(Ordering::Relaxed);
+                StreamTable::<&VecAllocator>::words(t.root.va, 4, 1)[0].load(Ordering::Relaxed);
             assert_eq!(desc & 0x1f, 7);
             assert_eq!(t.read(StreamId(0x123)).unwrap(), ste);
             assert_eq!(t.read(StreamId(0x124)).unwrap(), Ste::ABORT);

@@ -8,8 +8,8 @@
 extern crate std;
 
 use std::alloc::{alloc_zeroed, dealloc, Layout};
-use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
 use std::vec::Vec;
 
 use core::ptr::NonNull;
@@ -17,12 +17,40 @@ use core::ptr::NonNull;
 use crate::mem::{Page, PageAllocator, PhysAddr};
 use crate::mmio::RegisterWindow;
 
+/// A `Cell` that is `Sync` (the unit under test is shared across threads).
+#[derive(Default, Debug)]
+pub struct Cell<T: Copy>(Mutex<T>);
+
+impl<T: Copy> Cell<T> {
+    pub fn get(&self) -> T {
+        *self.0.lock().unwrap()
+    }
+    pub fn set(&self, v: T) {
+        *self.0.lock().unwrap() = v;
+    }
+}
+
+/// A `RefCell` that is `Sync`; a nested borrow deadlocks where `RefCell` would panic.
+#[derive(Default, Debug)]
+pub struct RefCell<T>(Mutex<T>);
+
+impl<T> RefCell<T> {
+    pub fn borrow(&self) -> MutexGuard<'_, T> {
+        self.0.lock().unwrap()
+    }
+    pub fn borrow_mut(&self) -> MutexGuard<'_, T> {
+        self.0.lock().unwrap()
+    }
+}
+
 /// Heap pages whose physical address is their CPU address.
 #[derive(Default)]
 pub struct VecAllocator {
     live: RefCell<Vec<(usize, usize)>>,
     pub syncs: Cell<usize>,
     pub fail: Cell<bool>,
+    /// Pages handed back, in order.
+    pub frees: Cell<usize>,
 }
 
 impl VecAllocator {
@@ -58,6 +86,7 @@ unsafe impl PageAllocator for VecAllocator {
             .position(|&(a, s)| a == addr && s == size)
             .expect("double free");
         live.swap_remove(pos);
+        self.frees.set(self.frees.get() + 1);
         // SAFETY: the block was allocated with this layout and is freed once.
         unsafe {
             dealloc(
@@ -114,6 +143,8 @@ pub struct ModelSmmu {
     pub msis: Cell<usize>,
     /// Writes to CMDQ_PROD.
     pub prod_writes: Cell<usize>,
+    /// Every register write, in order: (offset, value).
+    pub writes: RefCell<Vec<(usize, u64)>>,
 }
 
 impl ModelSmmu {
@@ -184,7 +215,7 @@ impl ModelSmmu {
         let op = (cmd[0] & 0xff) as u8;
         let known = matches!(
             op,
-            0x01..=0x06 | 0x10..=0x13 | 0x28 | 0x2a | 0x30 | 0x40 | 0x41 | 0x44..=0x46
+            0x01..=0x06 | 0x10..=0x13 | 0x20 | 0x28 | 0x2a | 0x30 | 0x40 | 0x41 | 0x44..=0x46
         );
         if !known {
             return false;
@@ -192,7 +223,8 @@ impl ModelSmmu {
         if op == 0x46 {
             let cs = (cmd[0] >> 12) & 3;
             let msi = cmd[1] & 0x000f_ffff_ffff_fffc;
-            if cs == 0 && msi != 0 {
+            // CS = SIG_IRQ with an address: the MSI write (IHI 0070 G.b §4.7.3).
+            if cs == 1 && msi != 0 {
                 // SAFETY: the MSI target is a live VecAllocator page (PA == VA).
                 unsafe { (msi as *mut u32).write_volatile((cmd[0] >> 32) as u32) };
                 self.msis.set(self.msis.get() + 1);
@@ -241,6 +273,7 @@ impl RegisterWindow for ModelSmmu {
     }
 
     fn write32(&self, offset: usize, value: u32) {
+        self.writes.borrow_mut().push((offset, value.into()));
         match offset {
             CR0 => {
                 self.set32(CR0, value);
@@ -282,6 +315,7 @@ impl RegisterWindow for ModelSmmu {
     }
 
     fn write64(&self, offset: usize, value: u64) {
+        self.writes.borrow_mut().push((offset, value));
         self.regs64.borrow_mut().insert(offset, value);
     }
 }

@@ -1,0 +1,483 @@
+//! A behavioural model of an Arm SMMUv3 (Arm IHI 0070 G.b): the yardstick the `smmuv3` driver is
+//! tested against.
+//!
+//! Written from the specification with its own constants; it imports nothing from the driver or
+//! the page-table engine. Table walks use the independent reference walkers of
+//! [`crate::sim::walk`]. What it models:
+//!
+//! - the register file of §6 (`regs.rs`): ID registers from [`SmmuModelConfig`], CR0/CR0ACK
+//!   (ACK follows at once), GBPA (UPDATE completes at once), GERROR/GERRORN, queue registers
+//!   (EVENTQ_PROD/CONS in page 1), unknown offsets reading 0;
+//! - the command consumer of §4 and §7.1 ([`cmdq`]): commands run synchronously when CMDQ_PROD
+//!   is written; malformed commands raise CERROR_ILL and stop consumption until GERRORN
+//!   acknowledges the error;
+//! - caches that keep entries until invalidated (`tlb.rs`): STEs, CDs, a TLB and a walk cache;
+//! - translation (`translate.rs`, `ste.rs`, `cd.rs`, `strtab.rs`) through STE, CD, stage 1 and stage 2 (nested: stage-1 table
+//!   and CD addresses are IPAs), with the event of §7.3 written to the event queue ([`event`]);
+//! - fault injection ([`Injection`]).
+//!
+//! # Model choices (where the architecture allows more than one behaviour)
+//! - Caches never evict. Invalid or illegal STEs/CDs are not cached. A cached CD is used only
+//!   while the STE still points at the same CD table. Level-1 stream-table and CD-table
+//!   descriptors are not cached.
+//! - TLBI_S2_IPA removes stage-2-only entries; combined (nested) entries need TLBI_NH_* or
+//!   TLBI_S12_VMALL. TLBI_NH_ASID leaves global (nG = 0) entries. A range TLBI removes only
+//!   entries of the TG granule and, with a TTL hint, of that leaf level.
+//! - Reserved command fields must be zero (CERROR_ILL otherwise), including TG/NUM/SCALE/TTL
+//!   without IDR3.RIL, and NUM/SCALE/TTL with TG = 0.
+//! - Incoming transactions are Normal Non-cacheable (a no-snoop DMA) unless stage 1 gives them a
+//!   type: `DmaOk::cacheable_wb` says whether the SMMU made the access write-back anyway.
+//! - Not modelled: Secure state, stalls and PRI, ATS translation requests, STE.STRW = EL2,
+//!   AArch32 and big-endian tables, hardware updates of AF/dirty state (the walkers report
+//!   what HTTU would allow), MSIs for events and GERROR.
+
+mod cd;
+pub mod cmdq;
+pub mod config;
+pub mod event;
+mod regs;
+mod stage;
+mod ste;
+mod strtab;
+mod tlb;
+mod translate;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::sync::{Mutex, MutexGuard};
+use std::vec::Vec;
+
+pub use cmdq::{cerror, op};
+pub use config::SmmuModelConfig;
+pub use event::{EventRecord, FaultClass};
+
+use crate::mmio::RegisterWindow;
+use crate::sim::arena::Arena;
+use crate::sim::walk::Access;
+use regs::{cr0, gbpa, gerror, Regs, EVENTQ_OVFLG};
+
+/// A translation that succeeded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DmaOk {
+    /// Output (physical) address of the byte.
+    pub pa: u64,
+    /// Log2 of the size of the mapping that translated it (the smaller stage when nested).
+    pub page_size_log2: u32,
+    /// The effective memory type after stage 2 (and FWB) is Normal inner and outer Write-Back,
+    /// for a transaction that arrived Non-cacheable (see the module's model choices).
+    pub cacheable_wb: bool,
+    /// Stage-2 `MemAttr[3:0]` of the leaf, when stage 2 translated.
+    pub s2_memattr: Option<u8>,
+    /// The translation came from the TLB.
+    pub tlb_hit: bool,
+}
+
+/// A translation that failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DmaFault {
+    /// Event type code ([`event::F_TRANSLATION`], ...), or [`event::EVENT_NONE`] for a silent
+    /// abort.
+    pub event: u8,
+    /// An event record was written to the event queue.
+    pub recorded: bool,
+    /// A stage-2 fault.
+    pub stage2: bool,
+    /// CLASS of a translation fault.
+    pub class: FaultClass,
+    /// The record's second address: the IPA of a stage-2 fault or the address of a fetch abort.
+    pub addr2: u64,
+}
+
+/// What the model counted since creation or [`SmmuModel::reset_stats`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SmmuModelStats {
+    /// Commands consumed without error, by opcode.
+    pub commands: BTreeMap<u8, u64>,
+    /// CMD_SYNCs completed.
+    pub syncs: u64,
+    /// MSI writes made by CMD_SYNCs.
+    pub sync_msi_writes: u64,
+    /// SEVs sent by CMD_SYNCs.
+    pub sync_sevs: u64,
+    /// Command errors raised.
+    pub cerrors: u64,
+    /// Register writes ignored because the register was not writable then (e.g. CMDQ_BASE with
+    /// CMDQEN set, GBPA without UPDATE).
+    pub ignored_writes: u64,
+    /// Translations requested.
+    pub translations: u64,
+    /// Translations that failed.
+    pub faults: u64,
+    /// Translations served by the TLB.
+    pub tlb_hits: u64,
+    /// Translations that walked.
+    pub tlb_misses: u64,
+    /// TLB entries removed by commands.
+    pub tlb_entries_invalidated: usize,
+    /// Walk-cache entries removed by commands.
+    pub walk_entries_invalidated: usize,
+    /// STE cache entries removed by commands.
+    pub ste_invalidated: usize,
+    /// CD cache entries removed by commands.
+    pub cd_invalidated: usize,
+    /// Event records written.
+    pub events_written: u64,
+    /// Events lost to a full queue (overflow).
+    pub events_lost: u64,
+    /// Events dropped because the queue was disabled or broken.
+    pub events_discarded: u64,
+}
+
+impl SmmuModelStats {
+    /// Commands of `opcode` consumed.
+    pub fn commands_of(&self, opcode: u8) -> u64 {
+        self.commands.get(&opcode).copied().unwrap_or(0)
+    }
+
+    /// Every command consumed.
+    pub fn total_commands(&self) -> u64 {
+        self.commands.values().sum()
+    }
+}
+
+/// A fault to inject.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Injection {
+    /// The next command consumed raises CERROR_ILL whatever it holds.
+    CommandIllegal,
+    /// Fetching the next command aborts: CERROR_ABT.
+    CommandAbort,
+    /// CMD_SYNCs never complete: consumption stops on the first one (CONS stays on it) until
+    /// [`SmmuModel::clear_injections`].
+    SyncStall,
+    /// CR0ACK stops following CR0 until [`SmmuModel::clear_injections`].
+    Cr0AckStuck,
+    /// The next CMD_SYNC reports an ATC invalidation completion timeout: CERROR_ATC_INV_SYNC
+    /// with CONS on the CMD_SYNC, which runs again once GERRORN acknowledges the error.
+    AtcInvSyncTimeout,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Injections {
+    next_command: Option<Injection>,
+    atc_inv_sync_timeout: bool,
+    sync_stall: bool,
+    cr0ack_stuck: bool,
+}
+
+/// Everything behind the model's lock.
+pub(crate) struct State {
+    regs: Regs,
+    caches: tlb::Caches,
+    stats: SmmuModelStats,
+    log: Vec<[u64; 2]>,
+    injections: Injections,
+    /// A CMD_SYNC is stalled (injected): consumption waits.
+    sync_stalled: bool,
+}
+
+impl State {
+    fn take_command_injection(&mut self) -> Option<Injection> {
+        self.injections.next_command.take()
+    }
+}
+
+/// The model: register window, caches and translation over memory in an [`Arena`].
+pub struct SmmuModel<'m> {
+    mem: &'m Arena,
+    cfg: SmmuModelConfig,
+    state: Mutex<State>,
+}
+
+impl<'m> SmmuModel<'m> {
+    /// A model in its reset state, reading and writing memory in `mem`.
+    pub fn new(mem: &'m Arena, cfg: SmmuModelConfig) -> Self {
+        Self {
+            mem,
+            cfg,
+            state: Mutex::new(State {
+                regs: Regs::reset(),
+                caches: tlb::Caches::default(),
+                stats: SmmuModelStats::default(),
+                log: Vec::new(),
+                injections: Injections::default(),
+                sync_stalled: false,
+            }),
+        }
+    }
+
+    /// The ID registers it reports.
+    pub fn config(&self) -> &SmmuModelConfig {
+        &self.cfg
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Translates `iova` for a transaction from StreamID `sid` (and SubstreamID `ssid`).
+    ///
+    /// # Errors
+    ///
+    /// [`DmaFault`] with the event the SMMU raises; the record is in the event queue when
+    /// [`DmaFault::recorded`].
+    pub fn translate(
+        &self,
+        sid: u32,
+        ssid: Option<u32>,
+        iova: u64,
+        access: Access,
+    ) -> Result<DmaOk, DmaFault> {
+        let req = translate::Request {
+            sid,
+            ssid,
+            iova,
+            access,
+        };
+        translate::translate(&mut self.lock(), self.mem, &self.cfg, req)
+    }
+
+    /// A PCIe ATS-translated transaction from `sid` at address `addr` (already translated by
+    /// the device's ATC): passes when STE.EATS allows it, F_TRANSL_FORBIDDEN otherwise.
+    ///
+    /// # Errors
+    ///
+    /// As [`translate`](Self::translate).
+    pub fn translated_transaction(
+        &self,
+        sid: u32,
+        addr: u64,
+        access: Access,
+    ) -> Result<DmaOk, DmaFault> {
+        let req = translate::Request {
+            sid,
+            ssid: None,
+            iova: addr,
+            access,
+        };
+        translate::translated(&mut self.lock(), self.mem, &self.cfg, req)
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> SmmuModelStats {
+        self.lock().stats.clone()
+    }
+
+    /// Every command consumed (raw words), oldest first.
+    pub fn command_log(&self) -> Vec<[u64; 2]> {
+        self.lock().log.clone()
+    }
+
+    /// Clears the counters and the command log.
+    pub fn reset_stats(&self) {
+        let mut st = self.lock();
+        st.stats = SmmuModelStats::default();
+        st.log.clear();
+    }
+
+    /// Arms a fault injection.
+    pub fn inject(&self, injection: Injection) {
+        let mut st = self.lock();
+        match injection {
+            Injection::CommandIllegal | Injection::CommandAbort => {
+                st.injections.next_command = Some(injection)
+            }
+            Injection::SyncStall => st.injections.sync_stall = true,
+            Injection::Cr0AckStuck => st.injections.cr0ack_stuck = true,
+            Injection::AtcInvSyncTimeout => st.injections.atc_inv_sync_timeout = true,
+        }
+    }
+
+    /// Disarms every injection; a stalled CMD_SYNC completes and consumption resumes, and CR0ACK
+    /// catches up with CR0.
+    pub fn clear_injections(&self) {
+        let mut st = self.lock();
+        st.injections = Injections::default();
+        st.sync_stalled = false;
+        st.regs.cr0ack = st.regs.cr0;
+        cmdq::consume(&mut st, self.mem, &self.cfg);
+    }
+
+    /// Number of TLB entries, walk-cache entries, cached STEs and cached CDs.
+    pub fn cache_sizes(&self) -> (usize, usize, usize, usize) {
+        let st = self.lock();
+        let c = &st.caches;
+        (c.tlb.len(), c.walk.len(), c.ste.len(), c.cd.len())
+    }
+
+    /// Event records software has not consumed yet (between EVENTQ_CONS and EVENTQ_PROD),
+    /// read from memory without moving CONS.
+    pub fn pending_events(&self) -> Vec<EventRecord> {
+        let st = self.lock();
+        let q = regs::QueueShape::from_base(st.regs.eventq_base, self.cfg.eventq_max_log2());
+        let (prod, mut cons) = (st.regs.eventq_prod, st.regs.eventq_cons);
+        let mut out = Vec::new();
+        while !q.empty(prod, cons) {
+            let words = q.slot(cons, 32).and_then(|a| {
+                let mut w = [0u64; 4];
+                for (i, word) in w.iter_mut().enumerate() {
+                    *word = crate::sim::arena::PhysMem::read_u64(self.mem, a + 8 * i as u64)?;
+                }
+                Some(w)
+            });
+            let Some(words) = words else { break };
+            out.push(EventRecord::decode(words));
+            cons = q.next(cons);
+        }
+        out
+    }
+
+    fn write_reg32(&self, st: &mut State, offset: usize, value: u32) {
+        let r = &mut st.regs;
+        let mut consume = false;
+        match offset {
+            regs::CR0 => {
+                r.cr0 = value & cr0::ALL;
+                if !st.injections.cr0ack_stuck {
+                    r.cr0ack = r.cr0;
+                }
+                consume = true;
+            }
+            regs::CR1 if !r.enabled(cr0::SMMUEN | cr0::CMDQEN | cr0::EVENTQEN) => r.cr1 = value,
+            regs::CR2 if !r.enabled(cr0::SMMUEN) => r.cr2 = value,
+            regs::GBPA if value & gbpa::UPDATE != 0 => r.gbpa = value & gbpa::FIELDS,
+            regs::IRQ_CTRL => {
+                r.irq_ctrl = value & 0x7;
+                r.irq_ctrlack = r.irq_ctrl;
+            }
+            regs::GERRORN => {
+                r.gerrorn = value & gerror::ALL;
+                consume = true;
+            }
+            regs::GERROR_IRQ_CFG1 => r.gerror_irq_cfg1 = value,
+            regs::GERROR_IRQ_CFG2 => r.gerror_irq_cfg2 = value,
+            regs::STRTAB_BASE_CFG if !r.enabled(cr0::SMMUEN) => r.strtab_base_cfg = value,
+            regs::CMDQ_PROD => {
+                r.cmdq_prod = value & 0xf_ffff;
+                consume = true;
+            }
+            regs::CMDQ_CONS if !r.enabled(cr0::CMDQEN) => r.cmdq_cons = value,
+            regs::EVENTQ_PROD | regs::EVENTQ_PROD_PAGE0 if !r.enabled(cr0::EVENTQEN) => {
+                r.eventq_prod = value
+            }
+            regs::EVENTQ_CONS | regs::EVENTQ_CONS_PAGE0 => {
+                r.eventq_cons = value & (EVENTQ_OVFLG | 0xf_ffff)
+            }
+            regs::EVENTQ_IRQ_CFG1 => r.eventq_irq_cfg1 = value,
+            regs::EVENTQ_IRQ_CFG2 => r.eventq_irq_cfg2 = value,
+            // Halves of 64-bit registers.
+            o if o % 8 == 4 && self.reg64_writable(st, o - 4) => {
+                if let Some(reg) = st.regs.reg64(o - 4) {
+                    *reg = *reg & 0xffff_ffff | u64::from(value) << 32;
+                }
+            }
+            o if self.reg64_writable(st, o) => {
+                if let Some(reg) = st.regs.reg64(o) {
+                    *reg = *reg & !0xffff_ffff | u64::from(value);
+                }
+            }
+            o => {
+                if self.known(o) {
+                    st.stats.ignored_writes += 1;
+                }
+            }
+        }
+        if consume {
+            cmdq::consume(st, self.mem, &self.cfg);
+        }
+    }
+
+    /// Whether the 64-bit register at `offset` exists and may be written now.
+    fn reg64_writable(&self, st: &mut State, offset: usize) -> bool {
+        let r = &st.regs;
+        let ok = match offset {
+            regs::STRTAB_BASE => !r.enabled(cr0::SMMUEN),
+            regs::CMDQ_BASE => !r.enabled(cr0::CMDQEN),
+            regs::EVENTQ_BASE => !r.enabled(cr0::EVENTQEN),
+            regs::GERROR_IRQ_CFG0 | regs::EVENTQ_IRQ_CFG0 => true,
+            _ => false,
+        };
+        ok && st.regs.reg64(offset).is_some()
+    }
+
+    /// Whether software-visible state lives at `offset` (for counting ignored writes).
+    fn known(&self, offset: usize) -> bool {
+        let base = offset & !7;
+        Regs::reset().read32(offset).is_some() || Regs::reset().reg64(base).is_some()
+    }
+
+    fn read_reg32(&self, st: &mut State, offset: usize) -> u32 {
+        match offset {
+            o if (regs::IDR0..=regs::IDR5).contains(&o) && o % 4 == 0 => {
+                self.cfg.idr.get(o / 4).copied().unwrap_or(0)
+            }
+            regs::IIDR => self.cfg.iidr,
+            regs::AIDR => self.cfg.aidr,
+            o => {
+                if let Some(v) = st.regs.read32(o) {
+                    return v;
+                }
+                let half = o % 8 == 4;
+                match st.regs.reg64(o & !7) {
+                    Some(v) if half => (*v >> 32) as u32,
+                    Some(v) => *v as u32,
+                    None => 0,
+                }
+            }
+        }
+    }
+}
+
+impl RegisterWindow for SmmuModel<'_> {
+    fn read32(&self, offset: usize) -> u32 {
+        if offset >= regs::WINDOW_LEN || offset % 4 != 0 {
+            return u32::MAX;
+        }
+        let mut st = self.lock();
+        self.read_reg32(&mut st, offset)
+    }
+
+    fn write32(&self, offset: usize, value: u32) {
+        if offset >= regs::WINDOW_LEN || offset % 4 != 0 {
+            return;
+        }
+        let mut st = self.lock();
+        self.write_reg32(&mut st, offset, value);
+    }
+
+    fn read64(&self, offset: usize) -> u64 {
+        if offset >= regs::WINDOW_LEN || offset % 8 != 0 {
+            return u64::MAX;
+        }
+        let mut st = self.lock();
+        if let Some(v) = st.regs.reg64(offset) {
+            return *v;
+        }
+        let lo = self.read_reg32(&mut st, offset);
+        let hi = self.read_reg32(&mut st, offset + 4);
+        u64::from(lo) | u64::from(hi) << 32
+    }
+
+    fn write64(&self, offset: usize, value: u64) {
+        if offset >= regs::WINDOW_LEN || offset % 8 != 0 {
+            return;
+        }
+        let mut st = self.lock();
+        if st.regs.reg64(offset).is_some() {
+            if self.reg64_writable(&mut st, offset) {
+                if let Some(reg) = st.regs.reg64(offset) {
+                    *reg = value;
+                }
+            } else {
+                st.stats.ignored_writes += 1;
+            }
+            return;
+        }
+        // A 64-bit access to two 32-bit registers: low word first.
+        self.write_reg32(&mut st, offset, value as u32);
+        self.write_reg32(&mut st, offset + 4, (value >> 32) as u32);
+    }
+}

@@ -1,0 +1,433 @@
+//! Attaching and detaching StreamIDs and (StreamID, SubstreamID) pairs.
+//!
+//! Arm IHI 0070 G.b §3.21.3 "Configuration structures and configuration invalidation": a live
+//! STE changes through [`ste_update`](super::ste_update) (hitless where the two STEs allow, each
+//! step followed by CMD_CFGI_STE and CMD_SYNC); a CD is made valid with its V bit last and
+//! invalid with it first, then CMD_CFGI_CD and CMD_SYNC (§5.4). After a detach the unit may
+//! still hold TLB entries tagged by the old domain's VMID or ASID: they are invalidated
+//! (CMD_TLBI_S12_VMALL / CMD_TLBI_NH_ASID, and CMD_ATC_INV for ATS streams) and the sync
+//! completes before the call returns, so the tag is clean before it can be reused.
+//!
+//! Refusals (an STE that cannot express the combination, no memory for a CD table) change
+//! nothing. A failure once the unit's memory is being changed (a CMD_SYNC that times out)
+//! leaves the unit's books describing the new state while every domain the STE may still
+//! reference keeps a user: such domains stay busy rather than be freed under the hardware.
+
+use core::sync::atomic::Ordering;
+
+use super::cd::CdTable;
+use super::cmd::Command;
+use super::cmdq::CommandQueue;
+use super::flush::invalidate_all;
+use super::stream::{DomainShape, StreamState};
+use super::strtab::StreamTable;
+use super::unit::{ConfigState, SmmuUnit};
+use super::{SmmuError, StreamId, SubstreamId};
+use crate::iommu::{DeviceId, DomainHandle, Error, Missing, Pasid};
+use crate::mem::{Iova, PageAllocator};
+use crate::mmio::RegisterWindow;
+
+/// Up to 16 commands per CMDQ_PROD write.
+pub(crate) struct Batch<'q, W: RegisterWindow, A: PageAllocator> {
+    q: &'q mut CommandQueue<A>,
+    regs: &'q W,
+    buf: [Command; 16],
+    len: usize,
+}
+
+impl<'q, W: RegisterWindow, A: PageAllocator> Batch<'q, W, A> {
+    pub(crate) fn new(q: &'q mut CommandQueue<A>, regs: &'q W) -> Self {
+        Self {
+            q,
+            regs,
+            buf: [Command::plain_sync(); 16],
+            len: 0,
+        }
+    }
+
+    pub(crate) fn push(&mut self, c: Command) -> Result<(), SmmuError> {
+        if self.len == self.buf.len() {
+            self.submit()?;
+        }
+        if let Some(slot) = self.buf.get_mut(self.len) {
+            *slot = c;
+            self.len += 1;
+        }
+        Ok(())
+    }
+
+    fn submit(&mut self) -> Result<(), SmmuError> {
+        let cmds = self.buf.get(..self.len).unwrap_or(&[]);
+        self.len = 0;
+        self.q.submit(self.regs, cmds)
+    }
+
+    /// Submits what is buffered and waits for one CMD_SYNC.
+    pub(crate) fn sync(mut self) -> Result<(), SmmuError> {
+        self.submit()?;
+        self.q.sync(self.regs)
+    }
+}
+
+const NOT_ENABLED: Error = Error::Unsupported(Missing::Mode {
+    what: "the SMMU is not enabled",
+});
+
+impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
+    /// What an STE needs to know about domain `d`.
+    fn shape(&self, d: DomainHandle) -> Result<DomainShape, SmmuError> {
+        let missing = SmmuError::InvalidConfig {
+            reason: "attached domain vanished",
+        };
+        let slot = self.slot(d).map_err(|_| missing)?.read();
+        let dom = slot.as_ref().ok_or(missing)?;
+        if dom.is_stage2() {
+            return Ok(DomainShape::Stage2(dom.stage2_fields()?));
+        }
+        let parent = match dom.parent {
+            Some(p) => {
+                let ps = self.slot(p).map_err(|_| missing)?.read();
+                Some(ps.as_ref().ok_or(missing)?.stage2_fields()?)
+            }
+            None => None,
+        };
+        Ok(DomainShape::Stage1(parent))
+    }
+
+    /// Rewrites the live STE of `stream` to match its attachments; returns the syncs used.
+    fn write_ste(
+        &self,
+        strtab: &mut StreamTable<A>,
+        stream: &StreamState<A>,
+    ) -> Result<usize, SmmuError> {
+        let ste = stream.ste(self.features.coherency(), |d| self.shape(d))?;
+        let sid = stream.sid;
+        let plan = strtab.write(sid, &ste, || {
+            self.with_cmdq(|q, r| q.submit_and_sync(r, &[Command::cfgi_ste(sid, false)]))
+        })?;
+        Ok(plan.sync_count())
+    }
+
+    fn check_sid(&self, device: DeviceId) -> Result<StreamId, Error> {
+        if self.cfg.sid_bits < 32 && device.0 >> self.cfg.sid_bits != 0 {
+            return Err(Error::InvalidDevice(device));
+        }
+        Ok(StreamId(device.0))
+    }
+
+    fn check_ssid(&self, pasid: Pasid) -> Result<SubstreamId, Error> {
+        if self.cfg.ssid_bits == 0 {
+            return Err(Error::Unsupported(Missing::Pasid { bits: 0 }));
+        }
+        // SubstreamID 0 is the CD of the RID domain (S1DSS = SUBSTREAM0).
+        if pasid.get() == 0 || pasid.get() >> self.cfg.ssid_bits != 0 {
+            return Err(Error::InvalidPasid(pasid));
+        }
+        SubstreamId::new(pasid.get()).map_err(|_| Error::InvalidPasid(pasid))
+    }
+
+    fn stream_index(config: &mut ConfigState<A>, sid: StreamId, create: bool) -> Option<usize> {
+        if let Some(i) = config
+            .streams
+            .iter()
+            .position(|s| s.as_ref().is_some_and(|s| s.sid == sid))
+        {
+            return Some(i);
+        }
+        if !create {
+            return None;
+        }
+        let i = config.streams.iter().position(Option::is_none)?;
+        if let Some(slot) = config.streams.get_mut(i) {
+            *slot = Some(StreamState::new(sid));
+        }
+        Some(i)
+    }
+
+    fn domain_is_stage2(&self, d: DomainHandle) -> Result<bool, Error> {
+        let slot = self.slot(d)?.read();
+        Ok(slot.as_ref().ok_or(Error::InvalidDomain(d))?.is_stage2())
+    }
+
+    fn add_user(&self, d: DomainHandle, ats: bool, delta_up: bool) {
+        if let Ok(slot) = self.slot(d) {
+            if let Some(dom) = slot.read().as_ref() {
+                let step = |c: &core::sync::atomic::AtomicU32| {
+                    if delta_up {
+                        c.fetch_add(1, Ordering::AcqRel);
+                    } else {
+                        c.fetch_sub(1, Ordering::AcqRel);
+                    }
+                };
+                step(&dom.users);
+                if ats {
+                    step(&dom.ats_users);
+                }
+            }
+        }
+    }
+
+    /// The commands that remove what `d` may have left in the TLBs and ATC of `sid`.
+    fn forget(
+        &self,
+        d: DomainHandle,
+        sid: StreamId,
+        ssid: Option<SubstreamId>,
+        ats: bool,
+        batch: &mut Batch<'_, W, A>,
+    ) -> Result<(), SmmuError> {
+        if let Ok(slot) = self.slot(d) {
+            if let Some(dom) = slot.read().as_ref() {
+                batch.push(invalidate_all(dom.tag))?;
+            }
+        }
+        if ats {
+            // Size 52 from address 0: the whole ATC of the stream (or substream).
+            batch.push(Command::atc_inv(sid, ssid, Iova::ZERO, 52, ssid.is_none())?)?;
+        }
+        Ok(())
+    }
+
+    /// [`crate::iommu::Iommu::attach`].
+    pub(crate) fn attach_impl(
+        &self,
+        device: DeviceId,
+        pasid: Option<Pasid>,
+        d: DomainHandle,
+    ) -> Result<(), Error> {
+        let sid = self.check_sid(device)?;
+        let ssid = pasid.map(|p| self.check_ssid(p)).transpose()?;
+        let mut guard = self.config.lock();
+        let config = &mut *guard;
+        // Under the configuration lock: the domain cannot be freed meanwhile.
+        let stage2 = self.domain_is_stage2(d)?;
+        if ssid.is_some() && stage2 {
+            return Err(Error::Unsupported(Missing::Mode {
+                what: "a PASID needs a stage-1 domain",
+            }));
+        }
+        if config.strtab.is_none() {
+            return Err(NOT_ENABLED);
+        }
+        let i = Self::stream_index(config, sid, true).ok_or(Error::Busy)?;
+        let (Some(Some(stream)), Some(strtab)) =
+            (config.streams.get_mut(i), config.strtab.as_mut())
+        else {
+            return Err(NOT_ENABLED);
+        };
+        let r = self.attach_locked(strtab, stream, ssid, d, stage2);
+        if stream.is_empty() && !stream.ats {
+            if let Some(slot) = config.streams.get_mut(i) {
+                *slot = None;
+            }
+        }
+        r
+    }
+
+    fn attach_locked(
+        &self,
+        strtab: &mut StreamTable<A>,
+        stream: &mut StreamState<A>,
+        ssid: Option<SubstreamId>,
+        d: DomainHandle,
+        stage2: bool,
+    ) -> Result<(), Error> {
+        let previous = match ssid {
+            None => stream.rid,
+            Some(s) => stream.pasid_domain(s),
+        };
+        if previous == Some(d) {
+            return Ok(());
+        }
+        let saved = (stream.rid, stream.pasids);
+        match ssid {
+            None => stream.rid = Some(d),
+            Some(s) => {
+                if let Some(entry) = stream.pasids.iter_mut().flatten().find(|(x, _)| *x == s) {
+                    entry.1 = d;
+                } else if let Some(free) = stream.pasids.iter_mut().find(|p| p.is_none()) {
+                    *free = Some((s, d));
+                } else {
+                    return Err(Error::Busy);
+                }
+            }
+        }
+        let created_cd = !stage2 && stream.cd.is_none();
+        if let Err(e) = self.prepare_attach(stream, stage2) {
+            (stream.rid, stream.pasids) = saved;
+            if created_cd {
+                stream.cd = None;
+            }
+            return Err(e);
+        }
+        // From here on the unit's memory changes. A failure (a sync that times out) leaves the
+        // state describing the new attachment, and the previous domain keeps its user: the STE
+        // may reference either, so neither may be freed.
+        self.add_user(d, stream.ats, true);
+        self.apply_attach(strtab, stream, ssid, d, stage2, previous)
+    }
+
+    /// Allocates the stream's CD table if a stage-1 domain needs one, and checks that the STE
+    /// can express the new attachments. Changes nothing the unit can see.
+    fn prepare_attach(&self, stream: &mut StreamState<A>, stage2: bool) -> Result<(), Error> {
+        if !stage2 && stream.cd.is_none() {
+            stream.cd = Some(CdTable::new(
+                self.alloc.clone(),
+                self.cfg.cd_format,
+                self.cfg.ssid_bits,
+                self.features.coherency(),
+            )?);
+        }
+        stream.ste(self.features.coherency(), |x| self.shape(x))?;
+        Ok(())
+    }
+
+    fn apply_attach(
+        &self,
+        strtab: &mut StreamTable<A>,
+        stream: &mut StreamState<A>,
+        ssid: Option<SubstreamId>,
+        d: DomainHandle,
+        stage2: bool,
+        previous: Option<DomainHandle>,
+    ) -> Result<(), Error> {
+        let sid = stream.sid;
+        let current = strtab.read(sid)?;
+        // Config 0b1x1: the unit may be using (and caching) CDs of this stream now.
+        let uses_cd_now = current.valid() && current.config_raw() & 0b101 == 0b101;
+        let at = ssid.unwrap_or(SubstreamId::new(0)?);
+        if !stage2 {
+            let cd = {
+                let slot = self.slot(d)?.read();
+                slot.as_ref()
+                    .ok_or(Error::InvalidDomain(d))?
+                    .context_descriptor()?
+            };
+            let table = stream.cd.as_mut().ok_or(NOT_ENABLED)?;
+            if table.read(at)?.words[0] & super::cd::V != 0 {
+                // Replacing a stage-1 domain: its CD goes invalid first (not hitless).
+                let gone = table.remove(at)?;
+                if uses_cd_now {
+                    self.with_cmdq(|q, r| q.submit_and_sync(r, &[gone.command(sid)]))?;
+                }
+            }
+            let installed = table.install(at, &cd)?;
+            if uses_cd_now {
+                self.with_cmdq(|q, r| q.submit_and_sync(r, &[installed.command(sid)]))?;
+            }
+        }
+        self.write_ste(strtab, stream)?;
+        let Some(p) = previous else { return Ok(()) };
+        // A stage-1 RID domain replaced by a stage-2 one: its CD 0 is unused now, retire it.
+        let mut retired = None;
+        if stage2 && !self.domain_is_stage2(p).unwrap_or(true) {
+            if let Some(table) = stream.cd.as_mut() {
+                retired = Some(table.remove(at)?.command(sid));
+            }
+        }
+        let ats = stream.ats;
+        self.with_cmdq(|q, r| {
+            let mut b = Batch::new(q, r);
+            if let Some(c) = retired {
+                b.push(c)?;
+            }
+            self.forget(p, sid, ssid, ats, &mut b)?;
+            b.sync()
+        })?;
+        self.add_user(p, ats, false);
+        Ok(())
+    }
+
+    /// [`crate::iommu::Iommu::detach`].
+    pub(crate) fn detach_impl(&self, device: DeviceId, pasid: Option<Pasid>) -> Result<(), Error> {
+        let sid = self.check_sid(device)?;
+        let ssid = pasid.map(|p| self.check_ssid(p)).transpose()?;
+        let mut guard = self.config.lock();
+        let config = &mut *guard;
+        let i = Self::stream_index(config, sid, false).ok_or(Error::NotAttached(device))?;
+        let (Some(Some(stream)), Some(strtab)) =
+            (config.streams.get_mut(i), config.strtab.as_mut())
+        else {
+            return Err(Error::NotAttached(device));
+        };
+        let d = match ssid {
+            None => stream.rid.take(),
+            Some(s) => {
+                let d = stream.pasid_domain(s);
+                for p in stream.pasids.iter_mut() {
+                    if p.is_some_and(|(x, _)| x == s) {
+                        *p = None;
+                    }
+                }
+                d
+            }
+        }
+        .ok_or(Error::NotAttached(device))?;
+        let stage2 = self.domain_is_stage2(d).unwrap_or(true);
+        self.write_ste(strtab, stream)?;
+        let ssid0 = SubstreamId::new(0)?;
+        let mut cfgi = None;
+        if !stage2 {
+            if let Some(table) = stream.cd.as_mut() {
+                cfgi = Some(table.remove(ssid.unwrap_or(ssid0))?.command(sid));
+            }
+        }
+        let empty = stream.is_empty();
+        let ats = stream.ats;
+        self.with_cmdq(|q, r| {
+            let mut b = Batch::new(q, r);
+            if let Some(c) = cfgi {
+                b.push(c)?;
+            }
+            if empty && stream.cd.is_some() {
+                b.push(Command::cfgi_cd_all(sid))?;
+            }
+            self.forget(d, sid, ssid, ats, &mut b)?;
+            b.sync()
+        })?;
+        self.add_user(d, ats, false);
+        if empty && !ats {
+            // The STE aborts and the CD caches are clean: the CD table can go.
+            if let Some(slot) = config.streams.get_mut(i) {
+                *slot = None;
+            }
+        }
+        Ok(())
+    }
+
+    /// Lets `device` use PCIe ATS (`STE.EATS` = 1, and CMD_ATC_INV on every flush of its
+    /// domains). Only while nothing is attached to it, so the domain accounting stays simple.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unsupported`] without `IDR0.ATS`; [`Error::Busy`] while attached or when the
+    /// unit tracks [`MAX_STREAMS`](super::MAX_STREAMS) streams already; [`Error::InvalidDevice`].
+    pub fn set_ats(&self, device: DeviceId, enabled: bool) -> Result<(), Error> {
+        if !self.features.ats {
+            return Err(Error::Unsupported(Missing::Mode {
+                what: "ATS (IDR0.ATS)",
+            }));
+        }
+        let sid = self.check_sid(device)?;
+        let mut guard = self.config.lock();
+        let config = &mut *guard;
+        let i = Self::stream_index(config, sid, enabled).ok_or(if enabled {
+            Error::Busy
+        } else {
+            Error::NotAttached(device)
+        })?;
+        let Some(Some(stream)) = config.streams.get_mut(i) else {
+            return Err(Error::Busy);
+        };
+        if !stream.is_empty() {
+            return Err(Error::Busy);
+        }
+        stream.ats = enabled;
+        if !enabled {
+            if let Some(slot) = config.streams.get_mut(i) {
+                *slot = None;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,354 @@
+//! Hardware domains of an SMMUv3 and the VMID/ASID allocators.
+//!
+//! A domain is an Arm VMSAv8-64 translation table and the tag its TLB entries carry:
+//! - stage 2 (Arm ARM D8 stage 2; IHI 0070 G.b §5.2 STE.S2*): an [`ArmS2`] table tagged by a
+//!   VMID, pointed at by `STE.S2TTB`;
+//! - stage 1 (IHI 0070 G.b §5.4 CD): an [`ArmS1`] table tagged by an ASID, pointed at by
+//!   `CD.TTB0`, under VMID 0, or under its nest parent's VMID when nested (`STE.Config` = 0b111).
+//!
+//! Tags come from small bitmaps: at most [`MAX_DOMAINS`] domains live, so tags below 256 always
+//! suffice and fit the 8-bit VMID/ASID of units without `IDR0.VMID16`/`ASID16`. VMID 0 is kept
+//! for stage-1 domains without a parent and ASID 0 is never used, so a stale entry of tag 0
+//! cannot alias a domain. A tag returns to its bitmap only after the TLBI covering it completed.
+
+use core::sync::atomic::{AtomicU32, Ordering};
+
+use super::cd::{Cd, Stage1Context, Tg0};
+use super::flush::TlbTag;
+use super::idr::bits_to_oas;
+use super::regs::Shareability;
+use super::ste::{Cacheability, S2Tg, Stage2};
+use super::{Asid, SmmuError, Vmid};
+use crate::iommu::{DomainConfig, DomainHandle, Error, Missing};
+use crate::mem::{Iova, PageAllocator, PhysAddr, WalkerCoherency};
+use crate::pgtable::arm_s1::{ArmS1, ArmS1Config, MAIR};
+use crate::pgtable::arm_s2::{ArmS2, ArmS2Config, S2Attributes};
+use crate::pgtable::{Gather, Geometry, Leaf, Mapping, PageTable, Prot};
+
+/// Most domains one unit holds at a time (the unit keeps them in a fixed array).
+pub const MAX_DOMAINS: usize = 64;
+
+/// A bitmap of tags 1..=255.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct TagAllocator {
+    used: [u64; 4],
+}
+
+impl TagAllocator {
+    /// No tag in use.
+    pub const fn new() -> Self {
+        Self { used: [1, 0, 0, 0] }
+    }
+
+    /// The smallest free tag, now in use.
+    pub fn alloc(&mut self) -> Option<u16> {
+        for (i, word) in self.used.iter_mut().enumerate() {
+            if *word != u64::MAX {
+                let bit = (!*word).trailing_zeros();
+                *word |= 1 << bit;
+                return Some((i as u32 * 64 + bit) as u16);
+            }
+        }
+        None
+    }
+
+    /// Returns `tag`; only after every TLB entry it tagged was invalidated.
+    pub fn free(&mut self, tag: u16) {
+        if let Some(word) = self.used.get_mut(usize::from(tag / 64)) {
+            if tag != 0 {
+                *word &= !(1 << (tag % 64));
+            }
+        }
+    }
+}
+
+/// The page table of a domain, in one of the two Arm formats.
+pub(crate) enum DomainTable<A: PageAllocator> {
+    /// Stage 2.
+    Stage2(PageTable<ArmS2, A>),
+    /// Stage 1.
+    Stage1(PageTable<ArmS1, A>),
+}
+
+/// Runs `$body` with `$t` bound to the table whatever its format.
+macro_rules! with_table {
+    ($table:expr, $t:ident => $body:expr) => {
+        match $table {
+            DomainTable::Stage2($t) => $body,
+            DomainTable::Stage1($t) => $body,
+        }
+    };
+}
+
+/// One hardware domain.
+pub(crate) struct Domain<A: PageAllocator> {
+    pub(crate) table: DomainTable<A>,
+    pub(crate) tag: TlbTag,
+    /// The stage-2 domain this stage-1 domain nests on.
+    pub(crate) parent: Option<DomainHandle>,
+    /// Attachments (StreamIDs and (StreamID, SubstreamID) pairs) using the domain.
+    pub(crate) users: AtomicU32,
+    /// Attachments with ATS enabled: flushes also invalidate their ATCs.
+    pub(crate) ats_users: AtomicU32,
+    /// Stage-1 domains nested on this one.
+    pub(crate) children: AtomicU32,
+    coherency: WalkerCoherency,
+}
+
+/// Inputs common to both stages.
+pub(crate) struct DomainParams {
+    pub(crate) granule_log2: u32,
+    pub(crate) coherency: WalkerCoherency,
+    pub(crate) dirty: bool,
+    pub(crate) bbml2: bool,
+}
+
+impl<A: PageAllocator> Domain<A> {
+    fn with(table: DomainTable<A>, tag: TlbTag, p: &DomainParams) -> Self {
+        Self {
+            table,
+            tag,
+            parent: None,
+            users: AtomicU32::new(0),
+            ats_users: AtomicU32::new(0),
+            children: AtomicU32::new(0),
+            coherency: p.coherency,
+        }
+    }
+
+    /// A stage-2 domain of `ias` input bits.
+    ///
+    /// `snoop` selects the leaf attributes: with FWB, MemAttr 0b0110 forces write-back whatever
+    /// the device asks (enforced coherency); without enforcement, write-back (MemAttr 0b1111)
+    /// leaves the device's own attributes in charge, because stage 2 combines with them and
+    /// keeps the weaker.
+    pub(crate) fn new_stage2(
+        alloc: A,
+        p: &DomainParams,
+        cfg: &DomainConfig,
+        ias: u32,
+        oas: u32,
+        vmid: Vmid,
+    ) -> Result<Self, Error> {
+        let fmt = ArmS2::new(ArmS2Config {
+            granule_log2: p.granule_log2,
+            ias,
+            oas,
+            blocks: true,
+            attributes: if cfg.enforce_snoop {
+                S2Attributes::ForcedWriteBack
+            } else {
+                S2Attributes::WriteBack
+            },
+            dirty_tracking: p.dirty && cfg.dirty_tracking,
+            bbml2: p.bbml2,
+        })?;
+        let table = PageTable::new(fmt, alloc, p.coherency)?;
+        let tag = TlbTag::Stage2 {
+            vmid,
+            nest_parent: cfg.nest_parent,
+        };
+        Ok(Self::with(DomainTable::Stage2(table), tag, p))
+    }
+
+    /// A stage-1 domain whose output is `oas` bits wide (the parent's IPA size when nested).
+    pub(crate) fn new_stage1(
+        alloc: A,
+        p: &DomainParams,
+        cfg: &DomainConfig,
+        oas: u32,
+        vmid: Vmid,
+        asid: Asid,
+    ) -> Result<Self, Error> {
+        if cfg.enforce_snoop {
+            // Stage 1 cannot override a device's no-snoop attribute: only stage 2 with FWB can.
+            return Err(Error::Unsupported(Missing::SnoopControl));
+        }
+        let fmt = ArmS1::new(ArmS1Config {
+            granule_log2: p.granule_log2,
+            ias: 48,
+            oas,
+            blocks: true,
+            coherent: p.coherency == WalkerCoherency::Coherent,
+            dirty_tracking: p.dirty && cfg.dirty_tracking,
+            bbml2: p.bbml2,
+        })?;
+        let table = PageTable::new(fmt, alloc, p.coherency)?;
+        Ok(Self::with(
+            DomainTable::Stage1(table),
+            TlbTag::Stage1 { vmid, asid },
+            p,
+        ))
+    }
+
+    /// The geometry of the table.
+    pub(crate) fn geometry(&self) -> &Geometry {
+        with_table!(&self.table, t => t.geometry())
+    }
+
+    /// Whether the domain is stage 2.
+    pub(crate) fn is_stage2(&self) -> bool {
+        matches!(self.table, DomainTable::Stage2(_))
+    }
+
+    fn walk_attributes(&self) -> (Cacheability, Shareability) {
+        match self.coherency {
+            WalkerCoherency::Coherent => (Cacheability::WriteBackAllocate, Shareability::Inner),
+            WalkerCoherency::NonCoherent => (Cacheability::NonCacheable, Shareability::Outer),
+        }
+    }
+
+    /// The stage-2 half of an STE for this domain.
+    ///
+    /// # Errors
+    ///
+    /// [`SmmuError::InvalidConfig`] for a stage-1 domain; field errors.
+    pub(crate) fn stage2_fields(&self) -> Result<Stage2, SmmuError> {
+        let (DomainTable::Stage2(t), TlbTag::Stage2 { vmid, .. }) = (&self.table, self.tag) else {
+            return Err(SmmuError::InvalidConfig {
+                reason: "a stage-1 domain has no stage-2 fields",
+            });
+        };
+        let fmt = t.format();
+        let c = fmt.config();
+        let (cache, sh) = self.walk_attributes();
+        Ok(Stage2 {
+            vmid,
+            t0sz: fmt.t0sz() as u8,
+            sl0: fmt.sl0() as u8,
+            ir0: cache,
+            or0: cache,
+            sh0: sh,
+            tg: match c.granule_log2 {
+                16 => S2Tg::Size64K,
+                14 => S2Tg::Size16K,
+                _ => S2Tg::Size4K,
+            },
+            ps: bits_to_oas(c.oas).ok_or(SmmuError::FieldOutOfRange {
+                field: "S2PS",
+                value: c.oas.into(),
+            })? as u8,
+            endi: false,
+            affd: false,
+            ptw: false,
+            hd: c.dirty_tracking,
+            ha: c.dirty_tracking,
+            s: false,
+            r: true,
+            fwb: c.attributes == S2Attributes::ForcedWriteBack,
+            ttb: t.root(),
+        })
+    }
+
+    /// The context descriptor of a stage-1 domain.
+    ///
+    /// # Errors
+    ///
+    /// [`SmmuError::InvalidConfig`] for a stage-2 domain; field errors.
+    pub(crate) fn context_descriptor(&self) -> Result<Cd, SmmuError> {
+        let (DomainTable::Stage1(t), TlbTag::Stage1 { asid, .. }) = (&self.table, self.tag) else {
+            return Err(SmmuError::InvalidConfig {
+                reason: "a stage-2 domain has no context descriptor",
+            });
+        };
+        let fmt = t.format();
+        let c = fmt.config();
+        let (cache, sh) = self.walk_attributes();
+        Stage1Context {
+            t0sz: fmt.t0sz() as u8,
+            tg0: match c.granule_log2 {
+                16 => Tg0::Size64K,
+                14 => Tg0::Size16K,
+                _ => Tg0::Size4K,
+            },
+            ir0: cache,
+            or0: cache,
+            sh0: sh,
+            endi: false,
+            ips: bits_to_oas(c.oas).ok_or(SmmuError::FieldOutOfRange {
+                field: "IPS",
+                value: c.oas.into(),
+            })? as u8,
+            affd: false,
+            wxn: false,
+            uwxn: false,
+            tbi0: false,
+            hd: c.dirty_tracking,
+            ha: c.dirty_tracking,
+            s: false,
+            r: true,
+            a: true,
+            // Not shared with the CPU's broadcast TLB maintenance: the ASID is the unit's own.
+            aset: true,
+            asid,
+            nscfg0: false,
+            had0: false,
+            ttb0: t.root(),
+            mair: MAIR,
+        }
+        .encode()
+    }
+
+    pub(crate) fn map(&self, iova: Iova, pa: PhysAddr, len: u64, prot: Prot) -> Result<(), Error> {
+        Ok(with_table!(&self.table, t => t.map(iova, pa, len, prot))?)
+    }
+
+    pub(crate) fn unmap(&self, iova: Iova, len: u64, gather: &mut Gather) -> Result<u64, Error> {
+        Ok(with_table!(&self.table, t => t.unmap(iova, len, gather))?)
+    }
+
+    pub(crate) fn query(&self, iova: Iova) -> Option<Mapping> {
+        with_table!(&self.table, t => t.query(iova))
+    }
+
+    pub(crate) fn for_each_mapping(
+        &self,
+        iova: Iova,
+        len: u64,
+        f: &mut dyn FnMut(Leaf),
+    ) -> Result<(), Error> {
+        Ok(with_table!(&self.table, t => t.for_each_mapping(iova, len, f))?)
+    }
+
+    pub(crate) fn read_and_clear_dirty(
+        &self,
+        iova: Iova,
+        len: u64,
+        sink: &mut dyn FnMut(Iova, u32),
+        gather: &mut Gather,
+    ) -> Result<(), Error> {
+        Ok(with_table!(&self.table, t => t.read_and_clear_dirty(iova, len, sink, gather))?)
+    }
+
+    /// Hands every page of the table to `gather`.
+    pub(crate) fn destroy(self, gather: &mut Gather) -> Result<(), Error> {
+        Ok(with_table!(self.table, t => t.destroy(gather))?)
+    }
+
+    /// Whether anything still uses the domain.
+    pub(crate) fn busy(&self) -> bool {
+        self.users.load(Ordering::Acquire) != 0 || self.children.load(Ordering::Acquire) != 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_start_at_one_and_are_reused_after_free() {
+        let mut t = TagAllocator::new();
+        assert_eq!(t.alloc(), Some(1));
+        assert_eq!(t.alloc(), Some(2));
+        t.free(1);
+        assert_eq!(t.alloc(), Some(1));
+        for _ in 3..256 {
+            assert!(t.alloc().is_some());
+        }
+        assert_eq!(t.alloc(), None);
+        t.free(0);
+        assert_eq!(t.alloc(), None);
+        t.free(255);
+        assert_eq!(t.alloc(), Some(255));
+    }
+}

@@ -1,0 +1,184 @@
+//! What one unit can do, decided once from its ID registers.
+//!
+//! Arm IHI 0070 G.b §6.3.1 (IDR0: S1P, S2P, COHACC, HTTU, ATS, HYP, MSI, SEV, CD2L, ST_LEVEL,
+//! TTF), §6.3.2 (IDR1: SIDSIZE, SSIDSIZE, CMDQS, EVENTQS), §6.3.4 (IDR3: RIL, FWB, BBML),
+//! §6.3.6 (IDR5: OAS, granules). The driver reads the registers through [`Idr`] and keeps only
+//! the decisions here, so the rest of the unit never re-decodes a register.
+
+use super::idr::{Httu, Idr, Idr0Flags, Idr3Flags, Idr5Granules, StLevel, Ttf};
+use crate::iommu::Capabilities;
+use crate::mem::WalkerCoherency;
+
+/// The decoded capabilities the driver acts on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Features {
+    /// Stage-1 translation (`IDR0.S1P`).
+    pub s1p: bool,
+    /// Stage-2 translation (`IDR0.S2P`).
+    pub s2p: bool,
+    /// Coherent table walks, queue and MSI accesses (`IDR0.COHACC`).
+    pub cohacc: bool,
+    /// Stage-2 forced write-back (`IDR3.FWB`).
+    pub fwb: bool,
+    /// Range invalidation (`IDR3.RIL`).
+    pub ril: bool,
+    /// Hardware dirty state (`IDR0.HTTU` = 2).
+    pub dirty: bool,
+    /// ATS (`IDR0.ATS`).
+    pub ats: bool,
+    /// EL2 stage-1 contexts (`IDR0.HYP`): `TLBI_EL2_ALL` at reset.
+    pub hyp: bool,
+    /// MSI completion of CMD_SYNC (`IDR0.MSI`).
+    pub msi: bool,
+    /// SEV on CMD_SYNC (`IDR0.SEV`).
+    pub sev: bool,
+    /// Two-level CD tables (`IDR0.CD2L`).
+    pub cd2l: bool,
+    /// Two-level stream tables (`IDR0.ST_LEVEL` = 1).
+    pub two_level_strtab: bool,
+    /// AArch64 translation tables (`IDR0.TTF` includes AArch64).
+    pub aarch64_tables: bool,
+    /// Block-to-table replacement without break-before-make (`IDR3.BBML` = 2).
+    pub bbml2: bool,
+    /// StreamID bits (`IDR1.SIDSIZE`).
+    pub sid_bits: u32,
+    /// SubstreamID bits (`IDR1.SSIDSIZE`).
+    pub ssid_bits: u32,
+    /// Largest command queue, log2 entries (`IDR1.CMDQS`).
+    pub cmdq_max_log2: u32,
+    /// Largest event queue, log2 entries (`IDR1.EVENTQS`).
+    pub eventq_max_log2: u32,
+    /// Output address size in bits (`IDR5.OAS`; 48 for a reserved encoding).
+    pub oas: u32,
+    /// The granule domains use: 4 KiB when `IDR5.GRAN4K`, else 16 KiB, else 64 KiB.
+    pub granule_log2: u32,
+}
+
+impl Features {
+    /// Decides from the ID registers.
+    pub fn from_idr(idr: &Idr) -> Self {
+        let f0 = idr.idr0.flags();
+        let f3 = idr.idr3.flags();
+        let gran = idr.idr5.granules();
+        let granule_log2 = if gran.contains(Idr5Granules::GRAN4K) {
+            12
+        } else if gran.contains(Idr5Granules::GRAN16K) {
+            14
+        } else {
+            16
+        };
+        Self {
+            s1p: f0.contains(Idr0Flags::S1P),
+            s2p: f0.contains(Idr0Flags::S2P),
+            cohacc: f0.contains(Idr0Flags::COHACC),
+            fwb: f3.contains(Idr3Flags::FWB),
+            ril: f3.contains(Idr3Flags::RIL),
+            dirty: idr.idr0.httu() == Httu::AccessDirty,
+            ats: f0.contains(Idr0Flags::ATS),
+            hyp: f0.contains(Idr0Flags::HYP),
+            msi: f0.contains(Idr0Flags::MSI),
+            sev: f0.contains(Idr0Flags::SEV),
+            cd2l: f0.contains(Idr0Flags::CD2L),
+            two_level_strtab: idr.idr0.st_level() == StLevel::TwoLevel,
+            aarch64_tables: matches!(idr.idr0.ttf(), Ttf::AArch64 | Ttf::Both),
+            bbml2: idr.idr3.bbml() == 2,
+            sid_bits: idr.idr1.sidsize().min(32),
+            ssid_bits: idr.idr1.ssidsize().min(20),
+            cmdq_max_log2: idr.idr1.cmdqs(),
+            eventq_max_log2: idr.idr1.eventqs(),
+            oas: idr.idr5.oas_bits().unwrap_or(48),
+            granule_log2,
+        }
+    }
+
+    /// Whether table and queue writes need cleaning to memory (`IDR0.COHACC = 0`).
+    pub const fn coherency(&self) -> WalkerCoherency {
+        if self.cohacc {
+            WalkerCoherency::Coherent
+        } else {
+            WalkerCoherency::NonCoherent
+        }
+    }
+
+    /// Whether a stage-2 domain can force every access write-back cacheable: the walker is
+    /// coherent and FWB makes stage 2 override the device's (no-snoop) attributes.
+    pub const fn can_enforce_snoop(&self) -> bool {
+        self.s2p && self.cohacc && self.fwb
+    }
+
+    /// Largest input size of a stage-2 domain: the IPA may not exceed the output size, nor 48
+    /// bits (52 only with the 64 KiB granule).
+    pub fn s2_ias(&self) -> u32 {
+        let max = if self.granule_log2 == 16 { 52 } else { 48 };
+        self.oas.min(max)
+    }
+
+    /// Input size of a stage-1 domain (48-bit VAs; this driver does not use `IDR5.VAX`).
+    pub const fn s1_ias(&self) -> u32 {
+        48
+    }
+
+    /// Page sizes a domain may use: the granule and the block sizes above it.
+    pub const fn page_sizes(&self) -> u64 {
+        let g = self.granule_log2;
+        let bits = g - 3;
+        let mut sizes = 1u64 << g | 1u64 << (g + bits);
+        if g == 12 {
+            sizes |= 1 << (g + 2 * bits);
+        }
+        sizes
+    }
+
+    /// What the unit reports through [`crate::iommu::Iommu::capabilities`]; `pasid_bits` is
+    /// the CD table size the unit was configured with.
+    pub fn capabilities(&self, pasid_bits: u32) -> Capabilities {
+        Capabilities {
+            ias: if self.s2p {
+                self.s2_ias()
+            } else {
+                self.s1_ias()
+            },
+            oas: self.oas,
+            page_sizes: self.page_sizes(),
+            pasid_bits: if self.s1p { pasid_bits } else { 0 },
+            enforce_snoop: self.can_enforce_snoop(),
+            dirty_tracking: self.dirty,
+            nesting: self.s1p && self.s2p,
+            coherent_walk: self.cohacc,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::smmuv3::idr::{Idr0, Idr1, Idr3, Idr5};
+
+    #[test]
+    fn decisions() {
+        // S1P | S2P | TTF AArch64 (2 << 2) | COHACC (1 << 4) | HTTU 2 (2 << 6) | ST_LEVEL 1.
+        let idr = Idr {
+            idr0: Idr0(0x3 | 0x8 | 0x10 | 0x80 | 1 << 27),
+            idr1: Idr1(16 | 8 << 6 | 8 << 16 | 8 << 21),
+            idr3: Idr3(1 << 8 | 1 << 10),
+            idr5: Idr5(0x70 | 4),
+        };
+        let f = Features::from_idr(&idr);
+        assert!(f.s1p && f.s2p && f.cohacc && f.fwb && f.ril && f.dirty);
+        assert!(f.two_level_strtab && f.aarch64_tables && f.can_enforce_snoop());
+        assert_eq!(
+            (f.sid_bits, f.ssid_bits, f.oas, f.granule_log2),
+            (16, 8, 44, 12)
+        );
+        assert_eq!(f.s2_ias(), 44);
+        assert_eq!(f.page_sizes(), 1 << 12 | 1 << 21 | 1 << 30);
+        let caps = f.capabilities(8);
+        assert!(caps.enforce_snoop && caps.nesting && caps.coherent_walk);
+        // Without FWB, or without COHACC, snooping cannot be enforced.
+        let no_fwb = Features { fwb: false, ..f };
+        assert!(!no_fwb.can_enforce_snoop());
+        let no_coh = Features { cohacc: false, ..f };
+        assert!(!no_coh.can_enforce_snoop());
+        assert_eq!(no_coh.coherency(), WalkerCoherency::NonCoherent);
+    }
+}

@@ -1,0 +1,394 @@
+//! The [`Iommu`] implementation of [`SmmuUnit`]: domains, map/unmap, flush, attach/detach.
+//!
+//! Arm IHI 0070 G.b §3.4 (stages: stage 2 tagged by VMID, stage 1 by ASID through a CD),
+//! §4.4 (TLB invalidation), §4.7 (CMD_SYNC), §6.3.1/§6.3.4/§6.3.6 (the ID fields that decide
+//! what a domain can be).
+//!
+//! Domain choice for a [`DomainConfig`]:
+//! - `Stage::Second`, or `Stage::Any` on a unit with `IDR0.S2P`: stage 2 ([`ArmS2`]
+//!   (crate::pgtable::arm_s2::ArmS2), VMID), input size `min(OAS, 48)`;
+//! - `Stage::First`, or `Stage::Any` on a stage-1-only unit: stage 1
+//!   ([`ArmS1`](crate::pgtable::arm_s1::ArmS1), ASID), 48-bit input;
+//! - granule 4 KiB when `IDR5.GRAN4K` (else 16 KiB, else 64 KiB), with block mappings;
+//! - `enforce_snoop` only on stage 2 of a unit with `IDR0.COHACC` and `IDR3.FWB` (STE.S2FWB and
+//!   the FWB MemAttr encoding); otherwise [`Missing::SnoopControl`], never a weaker domain;
+//! - `dirty_tracking` with `IDR0.HTTU` = 2 (DBM leaves, STE.S2HD/CD.HD);
+//! - `nest_parent` on stage 2 of a unit with both stages; stage-1 domains nest on it through
+//!   [`SmmuUnit::domain_alloc_nested`].
+
+use core::sync::atomic::Ordering;
+
+use super::attach::Batch;
+use super::domain::{Domain, DomainParams};
+use super::flush::{atc_inv_for, invalidate_all, plan_tlbi, FlushPolicy, TlbTag};
+use super::unit::SmmuUnit;
+use super::{Asid, Vmid};
+use crate::iommu::{
+    Capabilities, DeviceId, DomainConfig, DomainHandle, Error, Iommu, Missing, Pasid, Stage,
+};
+use crate::mem::{Iova, PageAllocator, PhysAddr};
+use crate::mmio::RegisterWindow;
+use crate::pgtable::{Gather, InvalidationComplete, IovaRange, Leaf, Mapping, Prot};
+
+impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
+    fn params(&self) -> DomainParams {
+        DomainParams {
+            granule_log2: self.features.granule_log2,
+            coherency: self.features.coherency(),
+            dirty: self.features.dirty,
+            bbml2: self.features.bbml2,
+        }
+    }
+
+    /// Stores `dom` in a free slot, or gives it back with [`Error::NoDomainIds`].
+    fn install_domain(&self, dom: Domain<A>) -> Result<DomainHandle, (Error, Domain<A>)> {
+        // Callers hold the configuration lock, so no other install races for a free slot; the
+        // read check does not wait for maps in flight on other domains.
+        for (i, slot) in self.domains.iter().take(self.cfg.max_domains).enumerate() {
+            if slot.read().is_some() {
+                continue;
+            }
+            let mut s = slot.write();
+            if s.is_none() {
+                *s = Some(dom);
+                return Ok(DomainHandle(i as u16));
+            }
+        }
+        Err((Error::NoDomainIds, dom))
+    }
+
+    fn check_common(&self, cfg: &DomainConfig, ias: u32) -> Result<(), Error> {
+        if cfg.dirty_tracking && !self.features.dirty {
+            return Err(Error::Unsupported(Missing::DirtyTracking));
+        }
+        if cfg.min_ias > ias {
+            return Err(Error::Unsupported(Missing::AddressWidth {
+                need: cfg.min_ias,
+                have: ias,
+            }));
+        }
+        Ok(())
+    }
+
+    /// Frees the table of a domain that never became visible and gives its tag back.
+    fn discard(&self, dom: Domain<A>, tags: impl FnOnce()) {
+        let mut g = Gather::new();
+        if dom.destroy(&mut g).is_ok() {
+            // SAFETY: the domain was never in a slot, so no STE or CD ever pointed at its table
+            // and no walker can have cached any of it.
+            let _ = g.release(&self.alloc, unsafe { InvalidationComplete::assume() });
+        }
+        tags();
+    }
+
+    /// A stage-1 domain whose output addresses are IPAs of `parent`, a stage-2 domain
+    /// allocated with `nest_parent`. Attaching it gives the stream a nested STE (Config =
+    /// 0b111) with the parent's stage 2; its TLB entries carry the parent's VMID. The CD table
+    /// and stage-1 table pages are walked through the parent: they are reached at IPA = PA, so
+    /// the parent must map them that way (a VM usually owns its stage 1 instead).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unsupported`] (`Nesting` without both stages, or a parent that is not a nest
+    /// parent), [`Error::InvalidDomain`], [`Error::NoDomainIds`], [`Error::NoMemory`].
+    pub fn domain_alloc_nested(
+        &self,
+        cfg: &DomainConfig,
+        parent: DomainHandle,
+    ) -> Result<DomainHandle, Error> {
+        if !(self.features.s1p && self.features.s2p) {
+            return Err(Error::Unsupported(Missing::Nesting));
+        }
+        self.check_common(cfg, self.features.s1_ias())?;
+        let mut config = self.config.lock();
+        let pslot = self.slot(parent)?.read();
+        let p = pslot.as_ref().ok_or(Error::InvalidDomain(parent))?;
+        let TlbTag::Stage2 {
+            vmid,
+            nest_parent: true,
+        } = p.tag
+        else {
+            return Err(Error::Unsupported(Missing::Nesting));
+        };
+        let asid = config.asids.alloc().ok_or(Error::NoDomainIds)?;
+        let child_cfg = DomainConfig {
+            stage: Stage::First,
+            nest_parent: false,
+            ..*cfg
+        };
+        let oas = p.geometry().ias;
+        let mut dom = match Domain::new_stage1(
+            self.alloc.clone(),
+            &self.params(),
+            &child_cfg,
+            oas,
+            vmid,
+            Asid(asid),
+        ) {
+            Ok(d) => d,
+            Err(e) => {
+                config.asids.free(asid);
+                return Err(e);
+            }
+        };
+        dom.parent = Some(parent);
+        p.children.fetch_add(1, Ordering::AcqRel);
+        drop(pslot);
+        match self.install_domain(dom) {
+            Ok(h) => Ok(h),
+            Err((e, dom)) => {
+                if let Some(p) = self.slot(parent)?.read().as_ref() {
+                    p.children.fetch_sub(1, Ordering::AcqRel);
+                }
+                self.discard(dom, || config.asids.free(asid));
+                Err(e)
+            }
+        }
+    }
+
+    fn alloc_domain(&self, cfg: &DomainConfig) -> Result<DomainHandle, Error> {
+        let f = self.features;
+        let stage2 = match cfg.stage {
+            Stage::Second if !f.s2p => {
+                return Err(Error::Unsupported(Missing::Mode { what: "stage 2" }))
+            }
+            Stage::First if !f.s1p => {
+                return Err(Error::Unsupported(Missing::Mode { what: "stage 1" }))
+            }
+            Stage::Second => true,
+            Stage::First => false,
+            Stage::Any => f.s2p,
+        };
+        if cfg.nest_parent && !(f.s1p && f.s2p) {
+            return Err(Error::Unsupported(Missing::Nesting));
+        }
+        if cfg.nest_parent && !stage2 {
+            return Err(Error::Unsupported(Missing::Mode {
+                what: "a nest parent is a stage-2 domain",
+            }));
+        }
+        if cfg.enforce_snoop && !(stage2 && f.can_enforce_snoop()) {
+            return Err(Error::Unsupported(Missing::SnoopControl));
+        }
+        let ias = if stage2 { f.s2_ias() } else { f.s1_ias() };
+        self.check_common(cfg, ias)?;
+        let mut config = self.config.lock();
+        let built = if stage2 {
+            let vmid = config.vmids.alloc().ok_or(Error::NoDomainIds)?;
+            Domain::new_stage2(
+                self.alloc.clone(),
+                &self.params(),
+                cfg,
+                ias,
+                f.oas,
+                Vmid(vmid),
+            )
+            .inspect_err(|_| config.vmids.free(vmid))?
+        } else {
+            let asid = config.asids.alloc().ok_or(Error::NoDomainIds)?;
+            Domain::new_stage1(
+                self.alloc.clone(),
+                &self.params(),
+                cfg,
+                f.oas,
+                Vmid(0),
+                Asid(asid),
+            )
+            .inspect_err(|_| config.asids.free(asid))?
+        };
+        match self.install_domain(built) {
+            Ok(h) => Ok(h),
+            Err((e, dom)) => {
+                let tag = dom.tag;
+                self.discard(dom, || free_tag(&mut config, tag));
+                Err(e)
+            }
+        }
+    }
+
+    fn free_domain(&self, d: DomainHandle) -> Result<(), Error> {
+        let mut config = self.config.lock();
+        let dom = {
+            let mut slot = self.slot(d)?.write();
+            match slot.as_ref() {
+                None => return Err(Error::InvalidDomain(d)),
+                Some(x) if x.busy() => return Err(Error::Busy),
+                Some(_) => {}
+            }
+            slot.take().ok_or(Error::InvalidDomain(d))?
+        };
+        let (tag, parent) = (dom.tag, dom.parent);
+        let mut g = Gather::new();
+        dom.destroy(&mut g)?;
+        if self.has_cmdq() {
+            // On failure the tag stays allocated and the pages are leaked: either may still be
+            // cached by the unit.
+            self.with_cmdq(|q, r| q.submit_and_sync(r, &[invalidate_all(tag)]))?;
+        }
+        // SAFETY: no STE or CD points at the table (the domain had no users), and the TLBI of
+        // its whole tag completed (or the unit never had a command queue, so never walked it).
+        g.release(&self.alloc, unsafe { InvalidationComplete::assume() })?;
+        free_tag(&mut config, tag);
+        if let Some(p) = parent {
+            if let Some(pd) = self.slot(p)?.read().as_ref() {
+                pd.children.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        Ok(())
+    }
+
+    fn with_domain<R>(
+        &self,
+        d: DomainHandle,
+        f: impl FnOnce(&Domain<A>) -> Result<R, Error>,
+    ) -> Result<R, Error> {
+        let slot = self.slot(d)?.read();
+        f(slot.as_ref().ok_or(Error::InvalidDomain(d))?)
+    }
+
+    /// [`Iommu::flush`]: the commands of [`super::flush`], one CMD_SYNC (a second one before
+    /// CMD_ATC_INV when the domain has ATS users: the ATC must not refill from a stale TLB),
+    /// then the gathered pages go back to the allocator.
+    fn flush_impl(&self, d: DomainHandle, gather: &mut Gather) -> Result<(), Error> {
+        if gather.is_empty() {
+            return Ok(());
+        }
+        let (tag, granule_log2, ats) = self.with_domain(d, |dom| {
+            Ok((
+                dom.tag,
+                dom.geometry().granule_log2,
+                dom.ats_users.load(Ordering::Acquire) != 0,
+            ))
+        })?;
+        if self.has_cmdq() {
+            let policy = FlushPolicy {
+                ril: self.features.ril,
+                granule_log2,
+                threshold: self.cfg.flush_threshold,
+            };
+            // Lock order: configuration (for the ATS streams) before the command queue.
+            let config = ats.then(|| self.config.lock());
+            let span = gather.span();
+            self.with_cmdq(|q, r| {
+                let mut b = Batch::new(q, r);
+                plan_tlbi(tag, gather, &policy, |c| b.push(c))?;
+                b.sync()?;
+                let (Some(config), Some(span)) = (config.as_ref(), span) else {
+                    return Ok(());
+                };
+                let mut b = Batch::new(q, r);
+                for s in config.streams.iter().flatten().filter(|s| s.ats) {
+                    for (ssid, _) in s.attachments().filter(|(_, x)| *x == d) {
+                        b.push(atc_inv_for(s.sid, ssid, span)?)?;
+                    }
+                }
+                b.sync()
+            })?;
+        }
+        // SAFETY: every range of the gather was invalidated in the domain's tag (or the whole
+        // tag) and the CMD_SYNC after those commands completed; a unit without a command queue
+        // was never enabled and never walked the table.
+        gather.release(&self.alloc, unsafe { InvalidationComplete::assume() })?;
+        Ok(())
+    }
+}
+
+fn free_tag<A: PageAllocator>(config: &mut super::unit::ConfigState<A>, tag: TlbTag) {
+    match tag {
+        TlbTag::Stage2 { vmid, .. } => config.vmids.free(vmid.0),
+        TlbTag::Stage1 { asid, .. } => config.asids.free(asid.0),
+    }
+}
+
+impl<W, A> Iommu for SmmuUnit<W, A>
+where
+    W: RegisterWindow + Sync + Send,
+    A: PageAllocator + Clone + Send + Sync,
+{
+    fn capabilities(&self) -> Capabilities {
+        self.features.capabilities(self.cfg.ssid_bits)
+    }
+
+    /// None: MSI doorbells are declared by the embedder through the IOASID layer.
+    fn reserved_regions(&self) -> &[IovaRange] {
+        &[]
+    }
+
+    fn domain_alloc(&self, cfg: &DomainConfig) -> Result<DomainHandle, Error> {
+        self.alloc_domain(cfg)
+    }
+
+    fn domain_geometry(&self, domain: DomainHandle) -> Result<(u32, u64), Error> {
+        self.with_domain(domain, |d| Ok((d.geometry().ias, d.geometry().page_sizes)))
+    }
+
+    fn domain_free(&self, domain: DomainHandle) -> Result<(), Error> {
+        self.free_domain(domain)
+    }
+
+    fn map(
+        &self,
+        domain: DomainHandle,
+        iova: Iova,
+        pa: PhysAddr,
+        len: u64,
+        prot: Prot,
+    ) -> Result<(), Error> {
+        // No command: the unit caches no invalid entry, so a new mapping needs no invalidation.
+        self.with_domain(domain, |d| d.map(iova, pa, len, prot))
+    }
+
+    fn unmap(
+        &self,
+        domain: DomainHandle,
+        iova: Iova,
+        len: u64,
+        gather: &mut Gather,
+    ) -> Result<u64, Error> {
+        self.with_domain(domain, |d| d.unmap(iova, len, gather))
+    }
+
+    fn flush(&self, domain: DomainHandle, gather: &mut Gather) -> Result<(), Error> {
+        self.flush_impl(domain, gather)
+    }
+
+    fn query(&self, domain: DomainHandle, iova: Iova) -> Option<Mapping> {
+        self.with_domain(domain, |d| Ok(d.query(iova)))
+            .ok()
+            .flatten()
+    }
+
+    fn for_each_mapping(
+        &self,
+        domain: DomainHandle,
+        iova: Iova,
+        len: u64,
+        f: &mut dyn FnMut(Leaf),
+    ) -> Result<(), Error> {
+        self.with_domain(domain, |d| d.for_each_mapping(iova, len, f))
+    }
+
+    fn read_and_clear_dirty(
+        &self,
+        domain: DomainHandle,
+        iova: Iova,
+        len: u64,
+        sink: &mut dyn FnMut(Iova, u32),
+        gather: &mut Gather,
+    ) -> Result<(), Error> {
+        self.with_domain(domain, |d| d.read_and_clear_dirty(iova, len, sink, gather))
+    }
+
+    fn attach(
+        &self,
+        device: DeviceId,
+        pasid: Option<Pasid>,
+        domain: DomainHandle,
+    ) -> Result<(), Error> {
+        self.attach_impl(device, pasid, domain)
+    }
+
+    fn detach(&self, device: DeviceId, pasid: Option<Pasid>) -> Result<(), Error> {
+        self.detach_impl(device, pasid)
+    }
+}

@@ -1,0 +1,175 @@
+//! What the unit has attached to one StreamID, and the STE that follows from it.
+//!
+//! Arm IHI 0070 G.b §5.2 "Stream Table Entry" (Config, S1DSS, S1ContextPtr/S1Fmt/S1CDMax,
+//! S2*, EATS) and §3.3.2 (SubstreamIDs through a CD table). One stream may have:
+//! - a domain for traffic without a SubstreamID (the RID domain), stage 1 or stage 2;
+//! - stage-1 domains for SubstreamIDs (PASIDs), through a CD table that belongs to the stream.
+//!
+//! The STE is computed from that state alone:
+//!
+//! | RID domain | PASID domains | Config   | S1DSS      | CD 0          |
+//! |------------|---------------|----------|------------|---------------|
+//! | none       | none          | abort    | -          | -             |
+//! | stage 2    | none          | stage 2  | -          | -             |
+//! | stage 1    | any           | stage 1 (nested with a parent) | SUBSTREAM0 | the RID domain |
+//! | stage 2 P  | nested on P   | nested   | BYPASS     | -             |
+//! | none       | some          | stage 1 (nested with a parent) | TERMINATE  | -             |
+//!
+//! Every stage-1 domain of one stream shares one stage 2 (none, or the same parent), because
+//! the STE has one. SubstreamID 0 is the RID domain's CD (S1DSS = SUBSTREAM0), so PASID 0
+//! cannot be attached separately.
+
+use super::cd::CdTable;
+use super::regs::Shareability;
+use super::ste::{Cacheability, Eats, S1Dss, Stage1, Stage2, Ste, SteBuilder};
+use super::{SmmuError, StreamId, SubstreamId};
+use crate::iommu::DomainHandle;
+use crate::mem::{PageAllocator, WalkerCoherency};
+
+/// Most streams with something attached at a time.
+pub const MAX_STREAMS: usize = 64;
+/// Most SubstreamIDs attached per stream at a time.
+pub const MAX_PASIDS: usize = 8;
+
+/// The attachments of one stream.
+pub(crate) struct StreamState<A: PageAllocator> {
+    pub(crate) sid: StreamId,
+    pub(crate) rid: Option<DomainHandle>,
+    pub(crate) pasids: [Option<(SubstreamId, DomainHandle)>; MAX_PASIDS],
+    pub(crate) cd: Option<CdTable<A>>,
+    pub(crate) ats: bool,
+}
+
+/// What the STE needs to know about a domain.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum DomainShape {
+    /// A stage-2 domain with its STE half.
+    Stage2(Stage2),
+    /// A stage-1 domain, and the stage-2 half of its nest parent if it has one.
+    Stage1(Option<Stage2>),
+}
+
+impl<A: PageAllocator> StreamState<A> {
+    pub(crate) fn new(sid: StreamId) -> Self {
+        Self {
+            sid,
+            rid: None,
+            pasids: [None; MAX_PASIDS],
+            cd: None,
+            ats: false,
+        }
+    }
+
+    /// Whether nothing is attached.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.rid.is_none() && self.pasids.iter().all(Option::is_none)
+    }
+
+    /// The domain attached for `ssid`.
+    pub(crate) fn pasid_domain(&self, ssid: SubstreamId) -> Option<DomainHandle> {
+        self.pasids
+            .iter()
+            .flatten()
+            .find(|(s, _)| *s == ssid)
+            .map(|(_, d)| *d)
+    }
+
+    /// Every domain attached, with its SubstreamID (`None` for the RID domain).
+    pub(crate) fn attachments(
+        &self,
+    ) -> impl Iterator<Item = (Option<SubstreamId>, DomainHandle)> + '_ {
+        self.rid
+            .map(|d| (None, d))
+            .into_iter()
+            .chain(self.pasids.iter().flatten().map(|(s, d)| (Some(*s), *d)))
+    }
+
+    /// The STE for the current attachments; `shape` describes a domain.
+    ///
+    /// # Errors
+    ///
+    /// [`SmmuError::InvalidConfig`] if stage-1 domains disagree on their stage 2 or a stage-1
+    /// attachment has no CD table; field errors.
+    pub(crate) fn ste(
+        &self,
+        coherency: WalkerCoherency,
+        mut shape: impl FnMut(DomainHandle) -> Result<DomainShape, SmmuError>,
+    ) -> Result<Ste, SmmuError> {
+        const MIXED: SmmuError = SmmuError::InvalidConfig {
+            reason: "stage-1 domains of one stream need the same stage 2",
+        };
+        let mut rid_stage2: Option<Stage2> = None;
+        // The stage 2 every stage-1 domain sits on (`Some(None)`: none of them has one).
+        let mut parent: Option<Option<Stage2>> = None;
+        let mut dss = S1Dss::Terminate;
+        for (ssid, d) in self.attachments() {
+            match (shape(d)?, ssid) {
+                (DomainShape::Stage2(s2), None) => {
+                    rid_stage2 = Some(s2);
+                    dss = S1Dss::Bypass;
+                }
+                (DomainShape::Stage2(_), Some(_)) => {
+                    return Err(SmmuError::InvalidConfig {
+                        reason: "a SubstreamID needs a stage-1 domain",
+                    })
+                }
+                (DomainShape::Stage1(p), ssid) => {
+                    if ssid.is_none() {
+                        dss = S1Dss::Substream0;
+                    }
+                    match parent {
+                        Some(q) if q != p => return Err(MIXED),
+                        _ => parent = Some(p),
+                    }
+                }
+            }
+        }
+        let stage1 = parent.is_some();
+        let stage2 = match (rid_stage2, parent) {
+            (s2, None) => s2,
+            (None, Some(p)) => p,
+            (Some(s2), Some(Some(p))) if s2 == p => Some(s2),
+            (Some(_), Some(_)) => return Err(MIXED),
+        };
+        let builder = match (stage1, stage2) {
+            (false, None) => return Ok(Ste::ABORT),
+            (false, Some(s2)) => SteBuilder::stage2(s2),
+            (true, s2) => {
+                let cd = self.cd.as_ref().ok_or(SmmuError::InvalidConfig {
+                    reason: "stage 1 without a CD table",
+                })?;
+                let s1 = stage1_fields(cd, dss, coherency);
+                match s2 {
+                    Some(s2) => SteBuilder::nested(s1, s2),
+                    None => SteBuilder::stage1(s1),
+                }
+            }
+        };
+        let builder = if self.ats {
+            builder.eats(Eats::Translate)
+        } else {
+            builder
+        };
+        builder.build()
+    }
+}
+
+fn stage1_fields<A: PageAllocator>(
+    cd: &CdTable<A>,
+    dss: S1Dss,
+    coherency: WalkerCoherency,
+) -> Stage1 {
+    let (cache, sh) = match coherency {
+        WalkerCoherency::Coherent => (Cacheability::WriteBackAllocate, Shareability::Inner),
+        WalkerCoherency::NonCoherent => (Cacheability::NonCacheable, Shareability::Outer),
+    };
+    Stage1 {
+        context_ptr: cd.context_ptr(),
+        fmt: cd.fmt(),
+        cdmax: cd.cdmax(),
+        dss,
+        cir: cache,
+        cor: cache,
+        csh: sh,
+    }
+}

@@ -1,0 +1,458 @@
+//! Attach and detach: STE and CD contents, transitions and their syncs, PASIDs, nesting, ATS.
+
+use super::*;
+
+#[test]
+fn snoop_enforcement_needs_fwb_and_cohacc_and_is_never_downgraded() {
+    let alloc = VecAllocator::default();
+    let snoop = DomainConfig {
+        enforce_snoop: true,
+        ..DomainConfig::default()
+    };
+    for (idr0, idr3) in [(IDR0, 0), (IDR0 & !0x10, FWB)] {
+        let m = model(idr0, idr3);
+        let u = SmmuUnit::new(&m, &alloc, config()).unwrap();
+        assert!(!u.capabilities().enforce_snoop);
+        assert_eq!(
+            u.domain_alloc(&snoop),
+            Err(Error::Unsupported(Missing::SnoopControl))
+        );
+    }
+    assert_eq!(alloc.live_pages(), 0);
+    let m = model(IDR0, FWB);
+    let u = enabled(&m, &alloc);
+    assert!(u.capabilities().enforce_snoop);
+    // Stage 1 cannot override a no-snoop attribute.
+    let s1_snoop = DomainConfig {
+        stage: Stage::First,
+        ..snoop
+    };
+    assert_eq!(
+        u.domain_alloc(&s1_snoop),
+        Err(Error::Unsupported(Missing::SnoopControl))
+    );
+    let d = u.domain_alloc(&snoop).unwrap();
+    u.map(d, Iova::new(0x1000), PhysAddr::new(0x8000_0000), K4, RW)
+        .unwrap();
+    u.attach(DeviceId(5), None, d).unwrap();
+    let ste = ste_of(&u, 5);
+    assert_eq!(ste.words[1] & ste::S2FWB, ste::S2FWB);
+    // The leaf: MemAttr 0b0110 (FWB: forced write-back), SH inner (0b11 << 8).
+    let leaf = leaf_of(&u, d, 0x1000);
+    assert_eq!((leaf >> 2) & 0xf, 0b0110);
+    assert_eq!((leaf >> 8) & 3, 3);
+    // Without enforcement, write-back that leaves the device's attributes in charge, no FWB.
+    let plain = u.domain_alloc(&s2()).unwrap();
+    u.map(plain, Iova::new(0x1000), PhysAddr::new(0x8000_0000), K4, RW)
+        .unwrap();
+    assert_eq!((leaf_of(&u, plain, 0x1000) >> 2) & 0xf, 0b1111);
+}
+
+/// The raw leaf mapping `iova` (4 KiB stage-2 walk through the allocator's identity PAs).
+fn leaf_of(u: &Unit<'_>, d: DomainHandle, iova: u64) -> u64 {
+    let slot = u.domains[usize::from(d.0)].read();
+    let dom = slot.as_ref().unwrap();
+    let mut table = match &dom.table {
+        domain::DomainTable::Stage2(t) => t.root().get(),
+        domain::DomainTable::Stage1(t) => t.root().get(),
+    };
+    let levels = dom.geometry().levels;
+    let geo = *dom.geometry();
+    for level in (0..levels).rev() {
+        let idx = geo.index(level, iova) as u64;
+        // SAFETY: PA == VA for VecAllocator pages; the walk stays inside live tables.
+        let e = unsafe { ((table + idx * 8) as *const u64).read_volatile() };
+        if level == 0 || e & 2 == 0 {
+            return e;
+        }
+        table = e & 0x0000_ffff_ffff_f000;
+    }
+    0
+}
+
+#[test]
+fn stage2_attach_writes_the_ste_and_detach_aborts_and_invalidates() {
+    let (m, alloc) = (model(IDR0, 0), VecAllocator::default());
+    let u = enabled(&m, &alloc);
+    let d = u.domain_alloc(&DomainConfig::default()).unwrap();
+    assert_eq!(
+        u.domain_geometry(d).unwrap(),
+        (44, 1 << 12 | 1 << 21 | 1 << 30)
+    );
+    let pages = alloc.live_pages();
+    u.attach(DeviceId(0x123), None, d).unwrap();
+    // The L2 stream table of 256 STEs was allocated on demand.
+    assert_eq!(alloc.live_pages(), pages + 1);
+    let ste = ste_of(&u, 0x123);
+    // V | Config 0b110.
+    assert_eq!(ste.words[0], 0xd);
+    // VMID 1; S2T0SZ 20 (64 - 44); 44 bits at 4K: start level 0 with a 32-entry root, SL0 2;
+    // IR0/OR0 WBWA (1); SH0 inner (3); TG 4K (0); PS 44 bits (4); S2AA64; S2R.
+    let w2 = 1 | 20 << 32 | 2 << 38 | 1 << 40 | 1 << 42 | 3 << 44 | 4 << 48 | 1 << 51 | 1 << 58;
+    assert_eq!(ste.words[2], w2);
+    let root = u.domains[usize::from(d.0)]
+        .read()
+        .as_ref()
+        .unwrap()
+        .stage2_fields()
+        .unwrap()
+        .ttb;
+    assert_eq!(ste.words[3], root.get());
+    // Abort -> stage 2: prepare words 1-3, then word 0: two CFGI_STE + CMD_SYNC pairs.
+    assert_eq!(take_ops(&m), [CFGI_STE, SYNC, CFGI_STE, SYNC]);
+    assert_eq!(u.domain_free(d), Err(Error::Busy));
+    u.detach(DeviceId(0x123), None).unwrap();
+    assert_eq!(ste_of(&u, 0x123), Ste::ABORT);
+    // Word 0 to abort (sync), words 1-3 cleaned (sync), then TLBI_S12_VMALL + one sync.
+    assert_eq!(
+        take_ops(&m),
+        [CFGI_STE, SYNC, CFGI_STE, SYNC, TLBI_S12_VMALL, SYNC]
+    );
+    assert_eq!(
+        u.detach(DeviceId(0x123), None),
+        Err(Error::NotAttached(DeviceId(0x123)))
+    );
+    u.domain_free(d).unwrap();
+    assert_eq!(take_ops(&m), [TLBI_S12_VMALL, SYNC]);
+    // The VMID is free again: the next domain gets VMID 1.
+    let e = u.domain_alloc(&s2()).unwrap();
+    u.attach(DeviceId(0x123), None, e).unwrap();
+    assert_eq!(ste_of(&u, 0x123).words[2] & 0xffff, 1);
+    assert_eq!(
+        u.attach(DeviceId(1 << 16), None, e),
+        Err(Error::InvalidDevice(DeviceId(1 << 16)))
+    );
+}
+
+#[test]
+fn replacing_a_stage2_domain_is_hitless_where_the_ste_allows() {
+    let (m, alloc) = (model(IDR0, 0), VecAllocator::default());
+    let u = enabled(&m, &alloc);
+    let (a, b) = (
+        u.domain_alloc(&s2()).unwrap(),
+        u.domain_alloc(&s2()).unwrap(),
+    );
+    u.attach(DeviceId(7), None, a).unwrap();
+    take_ops(&m);
+    u.attach(DeviceId(7), None, b).unwrap();
+    // VMID and S2TTB both change (words 2 and 3): abort, write, enable = three syncs; then the
+    // old domain's VMID is invalidated with one more.
+    assert_eq!(
+        take_ops(&m),
+        [
+            CFGI_STE,
+            SYNC,
+            CFGI_STE,
+            SYNC,
+            CFGI_STE,
+            SYNC,
+            TLBI_S12_VMALL,
+            SYNC
+        ]
+    );
+    assert_eq!(u.domain_free(a), Ok(()));
+    assert_eq!(u.domain_free(b), Err(Error::Busy));
+    // Attaching the same domain again changes nothing.
+    take_ops(&m);
+    u.attach(DeviceId(7), None, b).unwrap();
+    assert!(take_ops(&m).is_empty());
+}
+
+#[test]
+fn stage1_attach_writes_ste_and_cd() {
+    let (m, alloc) = (model(IDR0, 0), VecAllocator::default());
+    let u = enabled(&m, &alloc);
+    let d = u.domain_alloc(&s1()).unwrap();
+    u.map(
+        d,
+        Iova::new(0x4000),
+        PhysAddr::new(0x9000_0000),
+        K4,
+        Prot::READ,
+    )
+    .unwrap();
+    u.attach(DeviceId(3), None, d).unwrap();
+    let ste = ste_of(&u, 3);
+    // V | Config 0b101 = 0xb; S1CDMax 8 (8 << 59); S1Fmt 2-level 4K (1 << 4): 2^8 CDs need
+    // four 64-CD leaves.
+    assert_eq!(ste.words[0] & 0xff, 0xb | 1 << 4);
+    assert_eq!(ste.words[0] >> 59, 8);
+    // S1DSS SUBSTREAM0 (2), S1CIR/S1COR WBWA, S1CSH inner: 0xd6; VMID 0 in word 2.
+    assert_eq!(ste.words[1] & 0xff, 0xd6);
+    assert_eq!(ste.words[2], 0);
+    let config = u.config.lock();
+    let stream = config.streams.iter().flatten().next().unwrap();
+    let table = stream.cd.as_ref().unwrap();
+    assert_eq!(
+        ste.words[0] & ste::S1CONTEXTPTR.mask(),
+        table.context_ptr().get()
+    );
+    let cd = table.read(SubstreamId::new(0).unwrap()).unwrap();
+    // T0SZ 16, TG0 4K, IR0/OR0 WBWA, SH0 inner, EPD1, V, IPS 44 bits (4), AA64, R, A, ASET,
+    // ASID 1.
+    let w0 = 16
+        | 1 << 8
+        | 1 << 10
+        | 3 << 12
+        | 1 << 30
+        | 1 << 31
+        | 4 << 32
+        | 1 << 41
+        | 1 << 45
+        | 1 << 46
+        | 1 << 47
+        | 1 << 48;
+    assert_eq!(cd.words[0], w0);
+    assert_eq!(cd.words[3], crate::pgtable::arm_s1::MAIR);
+    drop(config);
+    // The STE did not point at the CD table before: no CFGI_CD, two STE steps.
+    assert_eq!(take_ops(&m), [CFGI_STE, SYNC, CFGI_STE, SYNC]);
+    u.detach(DeviceId(3), None).unwrap();
+    // STE to abort, then CFGI_CD(0), CFGI_CD_ALL and TLBI_NH_ASID in one batch and one sync.
+    let ops = take_ops(&m);
+    assert_eq!(&ops[ops.len() - 4..], [CFGI_CD, 0x06, TLBI_NH_ASID, SYNC]);
+    assert_eq!(count(&ops, SYNC), 3);
+    // The stream and its CD table are gone.
+    assert!(u.config.lock().streams.iter().all(Option::is_none));
+}
+
+#[test]
+fn pasids_go_through_the_cd_table() {
+    let (m, alloc) = (model(IDR0, 0), VecAllocator::default());
+    let u = enabled(&m, &alloc);
+    assert_eq!(u.capabilities().pasid_bits, 8);
+    let (a, b, s) = (
+        u.domain_alloc(&s1()).unwrap(),
+        u.domain_alloc(&s1()).unwrap(),
+        u.domain_alloc(&s2()).unwrap(),
+    );
+    let p = |v| Pasid::new(v).unwrap();
+    assert_eq!(
+        u.attach(DeviceId(9), Some(p(0)), a),
+        Err(Error::InvalidPasid(p(0)))
+    );
+    assert_eq!(
+        u.attach(DeviceId(9), Some(p(256)), a),
+        Err(Error::InvalidPasid(p(256)))
+    );
+    assert!(matches!(
+        u.attach(DeviceId(9), Some(p(1)), s),
+        Err(Error::Unsupported(_))
+    ));
+    u.attach(DeviceId(9), Some(p(0x41)), a).unwrap();
+    // Only substream traffic: stage 1 with S1DSS = TERMINATE.
+    let ste = ste_of(&u, 9);
+    assert_eq!(ste.config_raw(), 0b101);
+    assert_eq!(ste.words[1] & 3, 0);
+    take_ops(&m);
+    // A second PASID in the same CD leaf: the STE already uses the table, so CFGI_CD + sync,
+    // and the STE does not change.
+    u.attach(DeviceId(9), Some(p(0x42)), b).unwrap();
+    assert_eq!(take_ops(&m), [CFGI_CD, SYNC]);
+    // The RID domain is a stage-1 domain without a parent: S1DSS SUBSTREAM0, CD 0.
+    u.attach(DeviceId(9), None, b).unwrap();
+    assert_eq!(ste_of(&u, 9).words[1] & 3, 2);
+    // A stage-2 RID domain cannot sit beside un-nested PASID domains.
+    assert!(matches!(
+        u.attach(DeviceId(9), None, s),
+        Err(Error::Unsupported(_))
+    ));
+    assert_eq!(ste_of(&u, 9).words[1] & 3, 2);
+    take_ops(&m);
+    u.detach(DeviceId(9), Some(p(0x41))).unwrap();
+    // CFGI_CD + TLBI_NH_ASID of `a`, one sync (the STE did not change).
+    assert_eq!(take_ops(&m), [CFGI_CD, TLBI_NH_ASID, SYNC]);
+    assert_eq!(
+        u.detach(DeviceId(9), Some(p(0x41))),
+        Err(Error::NotAttached(DeviceId(9)))
+    );
+    u.detach(DeviceId(9), Some(p(0x42))).unwrap();
+    u.detach(DeviceId(9), None).unwrap();
+    assert_eq!(ste_of(&u, 9), Ste::ABORT);
+    for d in [a, b, s] {
+        u.domain_free(d).unwrap();
+    }
+}
+
+#[test]
+fn nested_domain_gets_a_nested_ste() {
+    let (m, alloc) = (model(IDR0, 0), VecAllocator::default());
+    let u = enabled(&m, &alloc);
+    assert!(u.capabilities().nesting);
+    let plain = u.domain_alloc(&s2()).unwrap();
+    assert_eq!(
+        u.domain_alloc_nested(&s1(), plain),
+        Err(Error::Unsupported(Missing::Nesting))
+    );
+    let parent = u
+        .domain_alloc(&DomainConfig {
+            nest_parent: true,
+            ..s2()
+        })
+        .unwrap();
+    let child = u.domain_alloc_nested(&s1(), parent).unwrap();
+    assert_eq!(u.domain_free(parent), Err(Error::Busy));
+    u.attach(DeviceId(0x20), None, child).unwrap();
+    let ste = ste_of(&u, 0x20);
+    assert_eq!(ste.config_raw(), 0b111);
+    // The parent's VMID (2: `plain` has 1) in S2VMID; CD 0 carries the child's ASID.
+    assert_eq!(ste.words[2] & 0xffff, 2);
+    // A PASID domain of the same stream must nest on the same parent.
+    let other = u.domain_alloc(&s1()).unwrap();
+    assert!(u
+        .attach(DeviceId(0x20), Some(Pasid::new(1).unwrap()), other)
+        .is_err());
+    // Flushing the parent also drops combined entries (TLBI_NH_ALL).
+    u.map(parent, Iova::new(0), PhysAddr::new(0x8000_0000), K4, RW)
+        .unwrap();
+    let mut g = Gather::new();
+    u.unmap(parent, Iova::new(0), K4, &mut g).unwrap();
+    take_ops(&m);
+    u.flush(parent, &mut g).unwrap();
+    assert_eq!(take_ops(&m), [TLBI_S2_IPA, 0x10, SYNC]);
+    u.detach(DeviceId(0x20), None).unwrap();
+    u.domain_free(child).unwrap();
+    u.domain_free(parent).unwrap();
+}
+
+#[test]
+fn ats_streams_get_atc_invalidations_after_the_tlbi_completes() {
+    let (m, alloc) = (model(IDR0, 0), VecAllocator::default());
+    let u = enabled(&m, &alloc);
+    let d = u.domain_alloc(&s2()).unwrap();
+    u.set_ats(DeviceId(4), true).unwrap();
+    u.attach(DeviceId(4), None, d).unwrap();
+    assert_eq!(u.set_ats(DeviceId(4), false), Err(Error::Busy));
+    // EATS = 1 (word 1 bits 29:28).
+    assert_eq!((ste_of(&u, 4).words[1] >> 28) & 3, 1);
+    u.map(d, Iova::new(0x3000), PhysAddr::new(0x8000_0000), K4, RW)
+        .unwrap();
+    let mut g = Gather::new();
+    u.unmap(d, Iova::new(0x3000), K4, &mut g).unwrap();
+    take_ops(&m);
+    u.flush(d, &mut g).unwrap();
+    assert_eq!(take_ops(&m), [TLBI_S2_IPA, SYNC, ATC_INV, SYNC]);
+    u.detach(DeviceId(4), None).unwrap();
+    let ops = take_ops(&m);
+    assert_eq!(&ops[ops.len() - 3..], [TLBI_S12_VMALL, ATC_INV, SYNC]);
+}
+
+#[test]
+fn replacing_between_stages_retires_the_old_configuration() {
+    let (m, alloc) = (model(IDR0, 0), VecAllocator::default());
+    let u = enabled(&m, &alloc);
+    let (x, y, s) = (
+        u.domain_alloc(&s1()).unwrap(),
+        u.domain_alloc(&s1()).unwrap(),
+        u.domain_alloc(&s2()).unwrap(),
+    );
+    u.attach(DeviceId(2), None, s).unwrap();
+    take_ops(&m);
+    // Stage 2 -> stage 1: CD 0 installed before the STE points at it (no CFGI_CD needed);
+    // word 0 and S2VMID both change, so the STE breaks (three syncs); then VMID invalidated.
+    u.attach(DeviceId(2), None, x).unwrap();
+    assert_eq!(
+        take_ops(&m),
+        [
+            CFGI_STE,
+            SYNC,
+            CFGI_STE,
+            SYNC,
+            CFGI_STE,
+            SYNC,
+            TLBI_S12_VMALL,
+            SYNC
+        ]
+    );
+    assert_eq!(ste_of(&u, 2).config_raw(), 0b101);
+    // Stage 1 -> stage 1: CD 0 goes invalid, then valid with the new ASID (CFGI_CD each), the
+    // STE is unchanged, then the old ASID is invalidated.
+    u.attach(DeviceId(2), None, y).unwrap();
+    assert_eq!(
+        take_ops(&m),
+        [CFGI_CD, SYNC, CFGI_CD, SYNC, TLBI_NH_ASID, SYNC]
+    );
+    // Stage 1 -> stage 2: the STE switches, then CD 0 is retired with the old ASID.
+    u.attach(DeviceId(2), None, s).unwrap();
+    let ops = take_ops(&m);
+    assert_eq!(&ops[ops.len() - 3..], [CFGI_CD, TLBI_NH_ASID, SYNC]);
+    assert_eq!(ste_of(&u, 2).config_raw(), 0b110);
+    for d in [x, y] {
+        u.domain_free(d).unwrap();
+    }
+    assert_eq!(u.domain_free(s), Err(Error::Busy));
+}
+
+#[test]
+fn a_failed_sync_during_attach_keeps_both_domains_alive() {
+    let (m, alloc) = (model(IDR0, 0), VecAllocator::default());
+    let u = enabled(&m, &alloc);
+    let (a, b) = (
+        u.domain_alloc(&s2()).unwrap(),
+        u.domain_alloc(&s2()).unwrap(),
+    );
+    u.attach(DeviceId(8), None, a).unwrap();
+    m.stalled.set(true);
+    assert_eq!(
+        u.attach(DeviceId(8), None, b),
+        Err(Error::Timeout { what: "CMD_SYNC" })
+    );
+    m.stalled.set(false);
+    // The STE may reference either domain: neither can be freed.
+    assert_eq!(u.domain_free(a), Err(Error::Busy));
+    assert_eq!(u.domain_free(b), Err(Error::Busy));
+    // A refusal before any write changes nothing.
+    let c = u.domain_alloc(&s1()).unwrap();
+    u.attach(DeviceId(9), Some(Pasid::new(1).unwrap()), c)
+        .unwrap();
+    assert!(u.attach(DeviceId(9), None, b).is_err());
+    assert_eq!(ste_of(&u, 9).words[1] & 3, 0);
+    u.detach(DeviceId(9), Some(Pasid::new(1).unwrap())).unwrap();
+    u.domain_free(c).unwrap();
+}
+
+#[test]
+fn dirty_tracking_sets_the_hardware_update_bits() {
+    // HTTU = 2 (2 << 6): access and dirty state.
+    let (m, alloc) = (model(IDR0 | 2 << 6, 0), VecAllocator::default());
+    let u = enabled(&m, &alloc);
+    assert!(u.capabilities().dirty_tracking);
+    let dirty = |stage| DomainConfig {
+        dirty_tracking: true,
+        stage,
+        ..DomainConfig::default()
+    };
+    let (a, b) = (
+        u.domain_alloc(&dirty(Stage::Second)).unwrap(),
+        u.domain_alloc(&dirty(Stage::First)).unwrap(),
+    );
+    u.attach(DeviceId(1), None, a).unwrap();
+    u.attach(DeviceId(2), None, b).unwrap();
+    // STE.S2HD (word 2 bit 55) and S2HA (bit 56).
+    assert_eq!((ste_of(&u, 1).words[2] >> 55) & 3, 3);
+    let config = u.config.lock();
+    let cd = config
+        .streams
+        .iter()
+        .flatten()
+        .find(|s| s.sid == StreamId(2))
+        .and_then(|s| s.cd.as_ref())
+        .map(|t| t.read(SubstreamId::new(0).unwrap()).unwrap())
+        .unwrap();
+    drop(config);
+    // CD.HD (bit 42) and HA (bit 43).
+    assert_eq!((cd.words[0] >> 42) & 3, 3);
+    // A writable leaf carries DBM (bit 51): hardware marks it dirty by granting write.
+    u.map(a, Iova::new(0x1000), PhysAddr::new(0x8000_0000), K4, RW)
+        .unwrap();
+    assert_eq!((leaf_of(&u, a, 0x1000) >> 51) & 1, 1);
+    let mut g = Gather::new();
+    let mut seen = 0;
+    u.read_and_clear_dirty(a, Iova::new(0), M2, &mut |_, _| seen += 1, &mut g)
+        .unwrap();
+    // Mapped writable counts as dirty; cleaning it must be flushed like an unmap.
+    assert_eq!(seen, 1);
+    take_ops(&m);
+    u.flush(a, &mut g).unwrap();
+    assert_eq!(take_ops(&m), [TLBI_S2_IPA, SYNC]);
+}

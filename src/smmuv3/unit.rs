@@ -1,0 +1,551 @@
+//! One SMMUv3: construction, enable/disable, events, and the state every operation shares.
+//!
+//! Arm IHI 0070 G.b §6.3.9 (CR0 and its CR0ACK handshake), §6.3.11/§6.3.12 (CR1, CR2),
+//! §6.3.14 (GBPA), §6.3.23-§6.3.31 (stream table and queue base registers), §3.5 (queues),
+//! §4.3/§4.4 (configuration and TLB invalidation at initialisation), §7.2/§6.3.18 (GERROR).
+//!
+//! ```text
+//! let unit = SmmuUnit::new(regs, &alloc, SmmuConfig::default())?;  // reads IDR0-5
+//! unit.enable()?;                                                   // tables, queues, SMMUEN
+//! // then through the `Iommu` trait: domain_alloc, map, attach, unmap, flush, ...
+//! ```
+//!
+//! Enable follows the initialisation sequence of §6.3.9 (and the order CR0 bits may be set):
+//! 1. CR0 = 0 and wait for CR0ACK (firmware may have left queues or translation on); GBPA set
+//!    to the configured behaviour for while SMMUEN = 0;
+//! 2. allocate the stream table (every STE aborts), command and event queues;
+//! 3. CR1 (cacheability of table and queue accesses, from `IDR0.COHACC`), CR2 (RECINVSID);
+//! 4. STRTAB_BASE, STRTAB_BASE_CFG; CMDQ_BASE/PROD/CONS; CR0.CMDQEN, CR0ACK;
+//! 5. CMD_CFGI_ALL, CMD_TLBI_EL2_ALL (with `IDR0.HYP`), CMD_TLBI_NSNH_ALL, CMD_SYNC;
+//! 6. EVENTQ_BASE/PROD/CONS; CR0.EVENTQEN, CR0ACK;
+//! 7. CR0.SMMUEN, CR0ACK.
+//!
+//! Locks (`spin`): configuration (stream table, streams, tag allocators) before a domain slot
+//! before the command queue. Map and unmap take only their domain's slot for reading, so they
+//! run concurrently on one domain and never wait on another domain or on configuration.
+
+use core::sync::atomic::{AtomicBool, Ordering};
+
+use spin::{Mutex, RwLock};
+
+use super::cmd::Command;
+use super::cmdq::{CommandQueue, SyncMode};
+use super::domain::{Domain, TagAllocator, MAX_DOMAINS};
+use super::event::Event;
+use super::eventq::{DrainReport, EventQueue};
+use super::features::Features;
+use super::flush::DEFAULT_FLUSH_THRESHOLD;
+use super::idr::Idr;
+use super::regs::{self, Cr0, Cr1, Cr2, Gbpa, Gerror, IrqCtrl};
+use super::ste::S1Fmt;
+use super::stream::{StreamState, MAX_STREAMS};
+use super::strtab::{StreamTable, StrtabFormat};
+use super::{CommandErrorKind, SmmuError};
+use crate::iommu::{DomainHandle, Error, Missing, Pasid};
+use crate::mem::PageAllocator;
+use crate::mmio::{RegisterWindow, DEFAULT_POLL_BUDGET};
+
+/// Layout of the stream table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum StreamTableLayout {
+    /// Two-level with 256-STE leaves when the unit has them (`IDR0.ST_LEVEL`) and more than 256
+    /// StreamIDs are covered; linear otherwise.
+    #[default]
+    Auto,
+    /// One array of `2^sid_bits` STEs.
+    Linear,
+    /// L1 descriptors and L2 tables of `2^split` STEs (split 6, 8 or 10), allocated when a
+    /// StreamID in their span is first attached.
+    TwoLevel {
+        /// STRTAB_BASE_CFG.SPLIT.
+        split: u32,
+    },
+}
+
+/// What traffic gets while translation is off (GBPA, §6.3.14).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum DisabledTraffic {
+    /// Every transaction aborts (GBPA.ABORT = 1): nothing reaches memory untranslated.
+    #[default]
+    Abort,
+    /// Transactions pass through untranslated (GBPA.ABORT = 0).
+    Bypass,
+}
+
+/// How a unit is set up. `None` fields take a default that every unit supports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SmmuConfig {
+    /// Stream table layout.
+    pub stream_table: StreamTableLayout,
+    /// StreamIDs covered: `2^sid_bits` (at most `IDR1.SIDSIZE`; default `min(SIDSIZE, 16)`).
+    pub sid_bits: Option<u32>,
+    /// SubstreamIDs per stream: `2^ssid_bits` CDs (at most `IDR1.SSIDSIZE`; default
+    /// `min(SSIDSIZE, 10)`; 0 disables PASIDs).
+    pub ssid_bits: Option<u32>,
+    /// CD table layout when a table outgrows one leaf (two-level needs `IDR0.CD2L`; without it
+    /// the table is linear).
+    pub cd_format: S1Fmt,
+    /// Command queue size, log2 entries (at most `IDR1.CMDQS`; default `min(CMDQS, 8)`).
+    pub cmdq_log2: Option<u32>,
+    /// Event queue size, log2 entries (at most `IDR1.EVENTQS`; default `min(EVENTQS, 7)`).
+    pub eventq_log2: Option<u32>,
+    /// How CMD_SYNC completion is observed (MSI needs `IDR0.MSI` and `COHACC`, SEV `IDR0.SEV`).
+    pub sync: SyncMode,
+    /// Register (or memory) polls before any wait on the unit gives up.
+    pub poll_budget: u32,
+    /// GBPA while translation is off, including after [`SmmuUnit::disable`].
+    pub when_disabled: DisabledTraffic,
+    /// Domains the unit may hold (at most [`MAX_DOMAINS`]).
+    pub max_domains: usize,
+    /// Range invalidation commands per flush before the whole VMID/ASID is invalidated.
+    pub flush_threshold: u32,
+    /// Interrupts to enable (IRQ_CTRL); empty by default: the embedder polls
+    /// [`SmmuUnit::handle_events`] or enables them here and calls it from its handler.
+    pub interrupts: IrqCtrl,
+}
+
+impl Default for SmmuConfig {
+    fn default() -> Self {
+        Self {
+            stream_table: StreamTableLayout::Auto,
+            sid_bits: None,
+            ssid_bits: None,
+            cd_format: S1Fmt::TwoLevel4K,
+            cmdq_log2: None,
+            eventq_log2: None,
+            sync: SyncMode::PollCons,
+            poll_budget: DEFAULT_POLL_BUDGET,
+            when_disabled: DisabledTraffic::Abort,
+            max_domains: MAX_DOMAINS,
+            flush_threshold: DEFAULT_FLUSH_THRESHOLD,
+            interrupts: IrqCtrl::empty(),
+        }
+    }
+}
+
+/// The configuration with every choice made against the unit's features.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Resolved {
+    pub(crate) strtab: StrtabFormat,
+    pub(crate) sid_bits: u32,
+    pub(crate) ssid_bits: u32,
+    pub(crate) cd_format: S1Fmt,
+    pub(crate) cmdq_log2: u32,
+    pub(crate) eventq_log2: u32,
+    pub(crate) sync: SyncMode,
+    pub(crate) budget: u32,
+    pub(crate) when_disabled: DisabledTraffic,
+    pub(crate) max_domains: usize,
+    pub(crate) flush_threshold: u32,
+    pub(crate) interrupts: IrqCtrl,
+}
+
+fn bounded(
+    what: &'static str,
+    wanted: Option<u32>,
+    default: u32,
+    max: u32,
+) -> Result<u32, SmmuError> {
+    match wanted {
+        None => Ok(default.min(max)),
+        Some(log2) if log2 <= max => Ok(log2),
+        Some(log2) => Err(SmmuError::SizeUnsupported {
+            what,
+            log2,
+            max_log2: max,
+        }),
+    }
+}
+
+impl SmmuConfig {
+    pub(crate) fn resolve(&self, f: &Features) -> Result<Resolved, SmmuError> {
+        let invalid = |reason| Err(SmmuError::InvalidConfig { reason });
+        if !f.aarch64_tables {
+            return invalid("IDR0.TTF: the unit walks no AArch64 tables");
+        }
+        if !f.s1p && !f.s2p {
+            return invalid("IDR0: neither stage 1 nor stage 2");
+        }
+        let sid_bits = bounded("stream table", self.sid_bits, 16, f.sid_bits)?;
+        let ssid_bits = if f.s1p {
+            bounded("CD table", self.ssid_bits, 10, f.ssid_bits)?
+        } else {
+            0
+        };
+        let strtab = match self.stream_table {
+            StreamTableLayout::Auto if f.two_level_strtab && sid_bits > 8 => {
+                StrtabFormat::TwoLevel { split: 8 }
+            }
+            StreamTableLayout::Auto | StreamTableLayout::Linear => StrtabFormat::Linear,
+            StreamTableLayout::TwoLevel { .. } if !f.two_level_strtab => {
+                return invalid("a two-level stream table needs IDR0.ST_LEVEL = 1")
+            }
+            StreamTableLayout::TwoLevel { split } => StrtabFormat::TwoLevel { split },
+        };
+        match self.sync {
+            SyncMode::Msi if !f.msi || !f.cohacc => {
+                return invalid("MSI completion needs IDR0.MSI and IDR0.COHACC")
+            }
+            SyncMode::Sev if !f.sev => return invalid("SEV completion needs IDR0.SEV"),
+            _ => {}
+        }
+        if self.max_domains > MAX_DOMAINS {
+            return Err(SmmuError::FieldOutOfRange {
+                field: "max_domains",
+                value: self.max_domains as u64,
+            });
+        }
+        Ok(Resolved {
+            strtab,
+            sid_bits,
+            ssid_bits,
+            cd_format: if f.cd2l {
+                self.cd_format
+            } else {
+                S1Fmt::Linear
+            },
+            cmdq_log2: bounded("command queue", self.cmdq_log2, 8, f.cmdq_max_log2)?,
+            eventq_log2: bounded("event queue", self.eventq_log2, 7, f.eventq_max_log2)?,
+            sync: self.sync,
+            budget: self.poll_budget.max(1),
+            when_disabled: self.when_disabled,
+            max_domains: self.max_domains,
+            flush_threshold: self.flush_threshold,
+            interrupts: self.interrupts,
+        })
+    }
+}
+
+/// Configuration state: changed by enable, attach, detach, domain allocation and free.
+pub(crate) struct ConfigState<A: PageAllocator> {
+    pub(crate) strtab: Option<StreamTable<A>>,
+    pub(crate) streams: [Option<StreamState<A>>; MAX_STREAMS],
+    pub(crate) vmids: TagAllocator,
+    pub(crate) asids: TagAllocator,
+}
+
+/// What [`SmmuUnit::handle_events`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EventReport {
+    /// The event queue drain.
+    pub events: DrainReport,
+    /// Global errors that were active, now acknowledged (`CMDQ_ERR` included when a command
+    /// error was recovered).
+    pub gerror: Gerror,
+    /// The command error recovered, if any: the command was replaced by a CMD_SYNC and the
+    /// queue runs again.
+    pub command_error: Option<SmmuError>,
+}
+
+/// An Arm SMMUv3 driven through the crate's [`Iommu`](crate::iommu::Iommu) trait.
+///
+/// `A` is cloned for every table the unit builds (stream table, queues, one per domain): every
+/// clone must hand out and take back pages of the same pool, as `&Allocator` does. The unit is
+/// `Send + Sync` when `W` and `A` are.
+pub struct SmmuUnit<W: RegisterWindow, A: PageAllocator + Clone> {
+    pub(crate) regs: W,
+    pub(crate) alloc: A,
+    pub(crate) idr: Idr,
+    pub(crate) features: Features,
+    pub(crate) cfg: Resolved,
+    pub(crate) config: Mutex<ConfigState<A>>,
+    pub(crate) cmdq: Mutex<Option<CommandQueue<A>>>,
+    pub(crate) eventq: Mutex<Option<EventQueue<A>>>,
+    pub(crate) domains: [RwLock<Option<Domain<A>>>; MAX_DOMAINS],
+    pub(crate) enabled: AtomicBool,
+}
+
+impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
+    /// Reads IDR0-IDR5 and checks `cfg` against them. Nothing is allocated or written yet.
+    ///
+    /// # Errors
+    ///
+    /// [`SmmuError::InvalidConfig`] for a unit without AArch64 tables or translation, or a
+    /// feature the configuration needs and the unit lacks; [`SmmuError::SizeUnsupported`] for a
+    /// table or queue beyond the unit's limits.
+    pub fn new(regs: W, alloc: A, cfg: SmmuConfig) -> Result<Self, SmmuError> {
+        let idr = Idr::read(&regs);
+        let features = Features::from_idr(&idr);
+        let cfg = cfg.resolve(&features)?;
+        Ok(Self {
+            regs,
+            alloc,
+            idr,
+            features,
+            cfg,
+            config: Mutex::new(ConfigState {
+                strtab: None,
+                streams: core::array::from_fn(|_| None),
+                vmids: TagAllocator::new(),
+                asids: TagAllocator::new(),
+            }),
+            cmdq: Mutex::new(None),
+            eventq: Mutex::new(None),
+            domains: core::array::from_fn(|_| RwLock::new(None)),
+            enabled: AtomicBool::new(false),
+        })
+    }
+
+    /// The ID registers as read at construction.
+    pub fn idr(&self) -> &Idr {
+        &self.idr
+    }
+
+    /// The decisions taken from them.
+    pub fn features(&self) -> &Features {
+        &self.features
+    }
+
+    /// The register window.
+    pub fn registers(&self) -> &W {
+        &self.regs
+    }
+
+    /// Whether [`enable`](Self::enable) completed and [`disable`](Self::disable) was not called.
+    pub fn is_enabled(&self) -> bool {
+        self.enabled.load(Ordering::Acquire)
+    }
+
+    fn gbpa_value(&self) -> Gbpa {
+        let now = Gbpa::from_bits_retain(self.regs.read32(regs::GBPA)) - Gbpa::UPDATE;
+        match self.cfg.when_disabled {
+            DisabledTraffic::Abort => now | Gbpa::ABORT,
+            DisabledTraffic::Bypass => now - Gbpa::ABORT,
+        }
+    }
+
+    /// Allocates the stream table and queues (first call only), programs them and turns
+    /// translation on, in the order of the module documentation. Streams attached before a
+    /// [`disable`](Self::disable) keep their STEs.
+    ///
+    /// # Errors
+    ///
+    /// [`SmmuError::Cr0AckTimeout`], [`SmmuError::GbpaUpdateTimeout`],
+    /// [`SmmuError::IrqCtrlAckTimeout`], [`SmmuError::NoMemory`], command queue errors.
+    pub fn enable(&self) -> Result<(), SmmuError> {
+        let mut config = self.config.lock();
+        let mut cmdq = self.cmdq.lock();
+        let mut eventq = self.eventq.lock();
+        let budget = self.cfg.budget;
+        let coherency = self.features.coherency();
+        regs::write_cr0(&self.regs, 0, budget)?;
+        self.enabled.store(false, Ordering::Release);
+        regs::update_gbpa(&self.regs, self.gbpa_value(), budget)?;
+        if config.strtab.is_none() {
+            config.strtab = Some(StreamTable::new(
+                self.alloc.clone(),
+                self.cfg.strtab,
+                self.cfg.sid_bits,
+                coherency,
+            )?);
+        }
+        if cmdq.is_none() {
+            *cmdq = Some(CommandQueue::new(
+                self.alloc.clone(),
+                self.cfg.cmdq_log2,
+                self.features.cmdq_max_log2,
+                coherency,
+                self.cfg.sync,
+                budget,
+            )?);
+        }
+        if eventq.is_none() {
+            *eventq = Some(EventQueue::new(
+                self.alloc.clone(),
+                self.cfg.eventq_log2,
+                self.features.eventq_max_log2,
+                coherency,
+            )?);
+        }
+        let (Some(strtab), Some(cq), Some(eq)) =
+            (config.strtab.as_ref(), cmdq.as_mut(), eventq.as_mut())
+        else {
+            return Err(SmmuError::InvalidConfig {
+                reason: "tables missing after allocation",
+            });
+        };
+        let cr1 = if self.features.cohacc {
+            Cr1::COHERENT
+        } else {
+            Cr1::NON_COHERENT
+        };
+        self.regs.write32(regs::CR1, cr1.encode());
+        self.regs.write32(regs::CR2, Cr2::RECINVSID.bits());
+        strtab.program(&self.regs);
+        cq.program(&self.regs);
+        let mut cr0 = Cr0::CMDQEN;
+        regs::write_cr0(&self.regs, cr0.bits(), budget)?;
+        cq.submit(&self.regs, &[Command::cfgi_all()])?;
+        if self.features.hyp {
+            cq.submit(&self.regs, &[Command::tlbi_el2_all()])?;
+        }
+        cq.submit_and_sync(&self.regs, &[Command::tlbi_nsnh_all()])?;
+        eq.program(&self.regs);
+        cr0 |= Cr0::EVENTQEN;
+        regs::write_cr0(&self.regs, cr0.bits(), budget)?;
+        if !self.cfg.interrupts.is_empty() {
+            regs::write_irq_ctrl(&self.regs, self.cfg.interrupts, budget)?;
+        }
+        cr0 |= Cr0::SMMUEN;
+        regs::write_cr0(&self.regs, cr0.bits(), budget)?;
+        self.enabled.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Turns translation off: GBPA is set to the configured abort or bypass first, then
+    /// CR0.SMMUEN cleared. The queues stay enabled, so configuration can still be invalidated.
+    ///
+    /// # Errors
+    ///
+    /// [`SmmuError::GbpaUpdateTimeout`], [`SmmuError::Cr0AckTimeout`].
+    pub fn disable(&self) -> Result<(), SmmuError> {
+        let _config = self.config.lock();
+        let budget = self.cfg.budget;
+        regs::update_gbpa(&self.regs, self.gbpa_value(), budget)?;
+        let cr0 = Cr0::from_bits_truncate(self.regs.read32(regs::CR0)) - Cr0::SMMUEN;
+        regs::write_cr0(&self.regs, cr0.bits(), budget)?;
+        self.enabled.store(false, Ordering::Release);
+        Ok(())
+    }
+
+    /// Handles at most `max` event records with `handler` and acknowledges global errors: a
+    /// command error is recovered (the faulting command replaced by a CMD_SYNC); the others are
+    /// acknowledged and reported. For the embedder's interrupt handler, or to poll.
+    ///
+    /// It takes the event queue's and the command queue's spin locks: call it from a context
+    /// that cannot interrupt a unit operation on the same CPU (a threaded handler, or with the
+    /// unit's other calls made with that interrupt masked).
+    pub fn handle_events(&self, max: usize, handler: impl FnMut(Event)) -> EventReport {
+        let events = match self.eventq.lock().as_mut() {
+            Some(q) => q.drain(&self.regs, max, handler),
+            None => DrainReport {
+                consumed: 0,
+                overflowed: false,
+                more: false,
+            },
+        };
+        let gerror = Gerror::active(&self.regs);
+        let command_error = if gerror.contains(Gerror::CMDQ_ERR) {
+            self.cmdq
+                .lock()
+                .as_mut()
+                .and_then(|q| q.recover(&self.regs))
+        } else {
+            None
+        };
+        let others = gerror - Gerror::CMDQ_ERR;
+        if !others.is_empty() {
+            Gerror::acknowledge(&self.regs, others);
+        }
+        EventReport {
+            events,
+            gerror,
+            command_error,
+        }
+    }
+
+    /// Runs `f` with the command queue, or fails if the unit was never enabled.
+    pub(crate) fn with_cmdq<R>(
+        &self,
+        f: impl FnOnce(&mut CommandQueue<A>, &W) -> Result<R, SmmuError>,
+    ) -> Result<R, SmmuError> {
+        let mut q = self.cmdq.lock();
+        let q = q.as_mut().ok_or(SmmuError::InvalidConfig {
+            reason: "the unit is not enabled",
+        })?;
+        f(q, &self.regs)
+    }
+
+    /// Whether the unit has ever had a command queue (tables may be cached only then).
+    pub(crate) fn has_cmdq(&self) -> bool {
+        self.cmdq.lock().is_some()
+    }
+
+    /// The slot of `d`, if it is a handle this unit could have issued.
+    pub(crate) fn slot(&self, d: DomainHandle) -> Result<&RwLock<Option<Domain<A>>>, Error> {
+        let i = usize::from(d.0);
+        if i >= self.cfg.max_domains {
+            return Err(Error::InvalidDomain(d));
+        }
+        self.domains.get(i).ok_or(Error::InvalidDomain(d))
+    }
+}
+
+// SAFETY: every field is `Send` for `W: Send, A: Send` (the tables and queues own their pages,
+// see their `Send` impls); nothing is tied to the creating thread.
+unsafe impl<W: RegisterWindow + Send, A: PageAllocator + Clone + Send> Send for SmmuUnit<W, A> {}
+// SAFETY: shared access goes through `spin` locks (configuration, queues, domain slots) or is
+// read-only (registers as read at construction, features, configuration); the register window
+// is `Sync`, and page-table memory is only touched through atomics (`PageTable` is `Sync`).
+unsafe impl<W: RegisterWindow + Sync, A: PageAllocator + Clone + Send + Sync> Sync
+    for SmmuUnit<W, A>
+{
+}
+
+impl From<SmmuError> for Error {
+    /// Maps the driver's errors onto the trait's, keeping the offending values: waits become
+    /// [`Error::Timeout`]; a recovered command error becomes [`Error::Hardware`] with code
+    /// `index << 16 | opcode << 8 | CERROR`; configuration refusals become
+    /// [`Error::Unsupported`].
+    fn from(e: SmmuError) -> Self {
+        match e {
+            SmmuError::NoMemory { .. } => Error::NoMemory,
+            SmmuError::SyncTimeout { .. } => Error::Timeout { what: "CMD_SYNC" },
+            SmmuError::CommandQueueFull { .. } => Error::Timeout {
+                what: "command queue space",
+            },
+            SmmuError::Cr0AckTimeout { .. } => Error::Timeout { what: "CR0ACK" },
+            SmmuError::IrqCtrlAckTimeout { .. } => Error::Timeout {
+                what: "IRQ_CTRLACK",
+            },
+            SmmuError::GbpaUpdateTimeout { .. } => Error::Timeout {
+                what: "GBPA.UPDATE",
+            },
+            SmmuError::CommandError {
+                index,
+                opcode,
+                kind,
+            } => Error::Hardware {
+                what: "command error (CMDQ_CONS.ERR)",
+                code: u64::from(index) << 16 | u64::from(opcode) << 8 | u64::from(cerror(kind)),
+            },
+            SmmuError::StreamIdOutOfRange { sid, .. } => {
+                Error::InvalidDevice(crate::iommu::DeviceId(sid))
+            }
+            SmmuError::SubstreamIdOutOfRange { ssid, log2 } => match Pasid::new(ssid) {
+                Some(p) => Error::InvalidPasid(p),
+                None => Error::Unsupported(Missing::Pasid { bits: log2 }),
+            },
+            SmmuError::DescriptorLive { .. } => Error::Busy,
+            SmmuError::InvalidConfig { reason } => {
+                Error::Unsupported(Missing::Mode { what: reason })
+            }
+            SmmuError::FieldOutOfRange { field, value } => Error::Hardware {
+                what: field,
+                code: value,
+            },
+            SmmuError::AddressMisaligned { field, address, .. }
+            | SmmuError::AddressTooWide { field, address, .. } => Error::Hardware {
+                what: field,
+                code: address,
+            },
+            SmmuError::SizeUnsupported { what, log2, .. } => Error::Hardware {
+                what,
+                code: log2.into(),
+            },
+            SmmuError::NotMapped { address } => Error::Hardware {
+                what: "table not mapped by the allocator",
+                code: address,
+            },
+        }
+    }
+}
+
+const fn cerror(kind: CommandErrorKind) -> u8 {
+    match kind {
+        CommandErrorKind::Illegal => 1,
+        CommandErrorKind::Abort => 2,
+        CommandErrorKind::AtcInvalidationSync => 3,
+        CommandErrorKind::Other(c) => c,
+    }
+}

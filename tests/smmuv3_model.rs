@@ -1,0 +1,593 @@
+//! The SMMUv3 unit driven against the behavioural model `sim::smmuv3`: what the driver writes
+//! is read back by an independent decoder of STEs, CDs, commands and tables, which translates
+//! DMA, caches what hardware may cache until it is invalidated, and counts commands.
+
+use iommu_engine::iommu::{DeviceId, DomainConfig, Error, Iommu, Pasid, Stage};
+use iommu_engine::mem::{Iova, PhysAddr};
+use iommu_engine::pgtable::{Gather, Prot};
+use iommu_engine::sim::arena::Arena;
+use iommu_engine::sim::smmuv3::{event, op, Injection, SmmuModel, SmmuModelConfig};
+use iommu_engine::sim::walk::Access;
+use iommu_engine::smmuv3::{SmmuConfig, SmmuUnit};
+
+const K4: u64 = 1 << 12;
+const M2: u64 = 1 << 21;
+const RW: Prot = Prot::READ.union(Prot::WRITE);
+const SID: u32 = 0x20;
+
+type Unit<'a> = SmmuUnit<&'a SmmuModel<'a>, &'a Arena>;
+
+fn arena() -> Arena {
+    Arena::with_defaults().unwrap()
+}
+
+fn unit<'a>(model: &'a SmmuModel<'a>, mem: &'a Arena, cfg: SmmuConfig) -> Unit<'a> {
+    let u = SmmuUnit::new(model, mem, cfg).unwrap();
+    u.enable().unwrap();
+    model.reset_stats();
+    u
+}
+
+fn cfg() -> SmmuConfig {
+    SmmuConfig {
+        poll_budget: 1000,
+        ..SmmuConfig::default()
+    }
+}
+
+fn s2() -> DomainConfig {
+    DomainConfig {
+        stage: Stage::Second,
+        ..DomainConfig::default()
+    }
+}
+
+fn s1() -> DomainConfig {
+    DomainConfig {
+        stage: Stage::First,
+        ..DomainConfig::default()
+    }
+}
+
+fn pa_of(model: &SmmuModel<'_>, sid: u32, ssid: Option<u32>, iova: u64) -> Option<u64> {
+    model
+        .translate(sid, ssid, iova, Access::READ)
+        .ok()
+        .map(|t| t.pa)
+}
+
+#[test]
+fn stage2_map_translates_and_unmap_plus_flush_faults() {
+    let mem = arena();
+    let model = SmmuModel::new(&mem, SmmuModelConfig::qemu_like());
+    let u = unit(&model, &mem, cfg());
+    let d = u.domain_alloc(&DomainConfig::default()).unwrap();
+    u.map(
+        d,
+        Iova::new(0x10_0000),
+        PhysAddr::new(0x4000_0000),
+        4 * K4,
+        RW,
+    )
+    .unwrap();
+    u.attach(DeviceId(SID), None, d).unwrap();
+    let ok = model
+        .translate(SID, None, 0x10_2345, Access::WRITE)
+        .unwrap();
+    assert_eq!(ok.pa, 0x4000_2345);
+    // Not enforcing snoop: stage 2 is write-back, which leaves a no-snoop DMA non-cacheable.
+    assert!(!ok.cacheable_wb);
+    assert_eq!(ok.s2_memattr, Some(0b1111));
+    // A device outside any attachment aborts.
+    assert!(model
+        .translate(0x21, None, 0x10_0000, Access::READ)
+        .is_err());
+
+    let mut g = Gather::new();
+    assert_eq!(
+        u.unmap(d, Iova::new(0x10_0000), 4 * K4, &mut g).unwrap(),
+        4 * K4
+    );
+    // Without the flush the model still translates from its TLB.
+    assert_eq!(pa_of(&model, SID, None, 0x10_2000), Some(0x4000_2000));
+    assert!(
+        model
+            .translate(SID, None, 0x10_2000, Access::READ)
+            .unwrap()
+            .tlb_hit
+    );
+    u.flush(d, &mut g).unwrap();
+    let fault = model
+        .translate(SID, None, 0x10_2000, Access::READ)
+        .unwrap_err();
+    assert_eq!(fault.event, event::F_TRANSLATION);
+    assert!(fault.recorded && fault.stage2);
+    let mut events = Vec::new();
+    let report = u.handle_events(16, |e| events.push(e));
+    assert_eq!(report.events.consumed, 1);
+    assert_eq!(events[0].stream_id.0, SID);
+    assert_eq!(events[0].input_address, Some(0x10_2000));
+    // Detach: the stream aborts again.
+    u.detach(DeviceId(SID), None).unwrap();
+    u.domain_free(d).unwrap();
+    assert!(model.translate(SID, None, 0x10_0000, Access::READ).is_err());
+}
+
+#[test]
+fn enforced_snoop_makes_every_access_write_back() {
+    let mem = arena();
+    let model = SmmuModel::new(&mem, SmmuModelConfig::qemu_like().with_fwb(true));
+    let u = unit(&model, &mem, cfg());
+    assert!(u.capabilities().enforce_snoop);
+    let d = u
+        .domain_alloc(&DomainConfig {
+            enforce_snoop: true,
+            ..DomainConfig::default()
+        })
+        .unwrap();
+    u.map(d, Iova::new(0x20_0000), PhysAddr::new(0x6000_0000), M2, RW)
+        .unwrap();
+    u.attach(DeviceId(SID), None, d).unwrap();
+    let ok = model.translate(SID, None, 0x20_1000, Access::READ).unwrap();
+    assert_eq!(ok.pa, 0x6000_1000);
+    assert_eq!(ok.page_size_log2, 21);
+    assert!(ok.cacheable_wb);
+    assert_eq!(ok.s2_memattr, Some(0b0110));
+    // Without FWB the same request is refused, not downgraded.
+    let mem2 = arena();
+    let plain = SmmuModel::new(&mem2, SmmuModelConfig::qemu_like());
+    let u2 = unit(&plain, &mem2, cfg());
+    assert!(u2
+        .domain_alloc(&DomainConfig {
+            enforce_snoop: true,
+            ..DomainConfig::default()
+        })
+        .is_err());
+}
+
+#[test]
+fn stage1_translates_through_the_cd() {
+    let mem = arena();
+    let model = SmmuModel::new(&mem, SmmuModelConfig::qemu_like());
+    let u = unit(&model, &mem, cfg());
+    let d = u.domain_alloc(&s1()).unwrap();
+    u.map(d, Iova::new(0x7000), PhysAddr::new(0x5000_0000), K4, RW)
+        .unwrap();
+    u.attach(DeviceId(SID), None, d).unwrap();
+    let ok = model.translate(SID, None, 0x7010, Access::READ).unwrap();
+    assert_eq!(ok.pa, 0x5000_0010);
+    // Stage 1 gives the access its type: Normal write-back (coherent unit).
+    assert!(ok.cacheable_wb);
+    let mut g = Gather::new();
+    u.unmap(d, Iova::new(0x7000), K4, &mut g).unwrap();
+    assert!(model.translate(SID, None, 0x7010, Access::READ).is_ok());
+    model.reset_stats();
+    u.flush(d, &mut g).unwrap();
+    let st = model.stats();
+    assert_eq!(st.commands_of(op::TLBI_NH_VA), 1);
+    assert_eq!(st.syncs, 1);
+    assert_eq!(
+        model
+            .translate(SID, None, 0x7010, Access::READ)
+            .unwrap_err()
+            .event,
+        event::F_TRANSLATION
+    );
+}
+
+#[test]
+fn nested_stage1_over_a_nest_parent() {
+    let mem = arena();
+    let model = SmmuModel::new(&mem, SmmuModelConfig::qemu_like());
+    let u = unit(&model, &mem, cfg());
+    let parent = u
+        .domain_alloc(&DomainConfig {
+            nest_parent: true,
+            ..s2()
+        })
+        .unwrap();
+    // Stage 1 and its CD are walked as IPAs: the parent maps the arena at IPA = PA.
+    let base = mem.base_pa();
+    u.map(parent, Iova::new(base), PhysAddr::new(base), 64 << 20, RW)
+        .unwrap();
+    u.map(
+        parent,
+        Iova::new(0x1_0000_0000),
+        PhysAddr::new(0x2_0000_0000),
+        M2,
+        RW,
+    )
+    .unwrap();
+    let child = u.domain_alloc_nested(&s1(), parent).unwrap();
+    u.map(
+        child,
+        Iova::new(0x40_0000),
+        PhysAddr::new(0x1_0000_3000),
+        K4,
+        RW,
+    )
+    .unwrap();
+    u.attach(DeviceId(SID), None, child).unwrap();
+    let ok = model.translate(SID, None, 0x40_0008, Access::READ).unwrap();
+    assert_eq!(ok.pa, 0x2_0000_3008);
+    // Unmapping the IPA in the parent and flushing the parent removes the combined entry.
+    let mut g = Gather::new();
+    u.unmap(parent, Iova::new(0x1_0000_0000), M2, &mut g)
+        .unwrap();
+    assert!(model.translate(SID, None, 0x40_0008, Access::READ).is_ok());
+    u.flush(parent, &mut g).unwrap();
+    let fault = model
+        .translate(SID, None, 0x40_0008, Access::READ)
+        .unwrap_err();
+    assert!(fault.stage2);
+    u.detach(DeviceId(SID), None).unwrap();
+    u.domain_free(child).unwrap();
+    u.domain_free(parent).unwrap();
+}
+
+/// Maps `pages` 4 KiB pages at `iova`, unmaps them and flushes; returns (range TLBIs, syncs).
+fn flush_counts(ril: bool, stage: DomainConfig, iova: u64, pages: u64) -> (u64, u64) {
+    let mem = arena();
+    let model = SmmuModel::new(&mem, SmmuModelConfig::qemu_like().with_ril(ril));
+    let u = unit(&model, &mem, cfg());
+    let d = u.domain_alloc(&stage).unwrap();
+    u.attach(DeviceId(SID), None, d).unwrap();
+    u.map(
+        d,
+        Iova::new(iova),
+        PhysAddr::new(0x4000_0000),
+        pages * K4,
+        RW,
+    )
+    .unwrap();
+    // Warm the TLB so that a missing invalidation would show.
+    for i in 0..pages {
+        assert!(model
+            .translate(SID, None, iova + i * K4, Access::READ)
+            .is_ok());
+    }
+    let mut g = Gather::new();
+    u.unmap(d, Iova::new(iova), pages * K4, &mut g).unwrap();
+    model.reset_stats();
+    u.flush(d, &mut g).unwrap();
+    for i in 0..pages {
+        assert!(
+            model
+                .translate(SID, None, iova + i * K4, Access::READ)
+                .is_err(),
+            "page {i} still translates"
+        );
+    }
+    let st = model.stats();
+    let tlbi = st.commands_of(op::TLBI_S2_IPA) + st.commands_of(op::TLBI_NH_VA);
+    (tlbi, st.syncs)
+}
+
+#[test]
+fn exact_command_counts_with_and_without_ril() {
+    // (pages at 0x10_0000, without RIL, with RIL)
+    for (pages, plain, ril) in [(1, 1, 1), (3, 3, 1), (16, 16, 1), (33, 33, 2), (64, 64, 1)] {
+        for stage in [s2(), s1()] {
+            assert_eq!(
+                flush_counts(false, stage, 0x10_0000, pages),
+                (plain, 1),
+                "{pages} pages without RIL"
+            );
+            assert_eq!(
+                flush_counts(true, stage, 0x10_0000, pages),
+                (ril, 1),
+                "{pages} pages with RIL"
+            );
+        }
+    }
+    // 65 pages without RIL: one whole-VMID invalidation instead.
+    assert_eq!(flush_counts(false, s2(), 0x10_0000, 65), (0, 1));
+}
+
+#[test]
+fn hitless_ste_transitions_count_their_syncs() {
+    let mem = arena();
+    let model = SmmuModel::new(&mem, SmmuModelConfig::qemu_like());
+    let u = unit(&model, &mem, cfg());
+    let (a, b) = (
+        u.domain_alloc(&s2()).unwrap(),
+        u.domain_alloc(&s2()).unwrap(),
+    );
+    u.map(a, Iova::new(0), PhysAddr::new(0x4000_0000), K4, RW)
+        .unwrap();
+    u.map(b, Iova::new(0), PhysAddr::new(0x5000_0000), K4, RW)
+        .unwrap();
+    // Abort -> stage 2: prepare the stage-2 words, then switch word 0: two syncs.
+    u.attach(DeviceId(SID), None, a).unwrap();
+    let st = model.stats();
+    assert_eq!((st.commands_of(op::CFGI_STE), st.syncs), (2, 2));
+    assert_eq!(pa_of(&model, SID, None, 0), Some(0x4000_0000));
+    // Stage 2 (VMID 1) -> stage 2 (VMID 2): break to abort, write, make: three syncs, then the
+    // old VMID is invalidated: a fourth.
+    model.reset_stats();
+    u.attach(DeviceId(SID), None, b).unwrap();
+    let st = model.stats();
+    assert_eq!((st.commands_of(op::CFGI_STE), st.syncs), (3, 4));
+    assert_eq!(st.commands_of(op::TLBI_S12_VMALL), 1);
+    assert_eq!(pa_of(&model, SID, None, 0), Some(0x5000_0000));
+    // Stage 2 -> abort on detach: word 0 first, then the rest cleaned, then the TLBI.
+    model.reset_stats();
+    u.detach(DeviceId(SID), None).unwrap();
+    assert_eq!(model.stats().syncs, 3);
+    assert!(model.translate(SID, None, 0, Access::READ).is_err());
+}
+
+#[test]
+fn two_level_stream_and_cd_tables() {
+    let mem = arena();
+    let model = SmmuModel::new(&mem, SmmuModelConfig::qemu_like().with_ssid_bits(10));
+    let u = unit(&model, &mem, cfg());
+    assert_eq!(u.capabilities().pasid_bits, 10);
+    let live = mem.live_pages().len();
+    let (a, b) = (
+        u.domain_alloc(&s1()).unwrap(),
+        u.domain_alloc(&s1()).unwrap(),
+    );
+    u.map(a, Iova::new(0x1000), PhysAddr::new(0x4000_0000), K4, RW)
+        .unwrap();
+    u.map(b, Iova::new(0x1000), PhysAddr::new(0x5000_0000), K4, RW)
+        .unwrap();
+    // StreamIDs in different 256-STE leaves; PASIDs in different 64-CD leaves.
+    let p = |v| Some(Pasid::new(v).unwrap());
+    u.attach(DeviceId(0x20), p(5), a).unwrap();
+    u.attach(DeviceId(0x20), p(0x341), b).unwrap();
+    u.attach(DeviceId(0x1234), None, b).unwrap();
+    assert_eq!(pa_of(&model, 0x20, Some(5), 0x1008), Some(0x4000_0008));
+    assert_eq!(pa_of(&model, 0x20, Some(0x341), 0x1008), Some(0x5000_0008));
+    assert_eq!(pa_of(&model, 0x1234, None, 0x1008), Some(0x5000_0008));
+    // No RID domain on 0x20: traffic without a PASID is terminated; unattached PASIDs fault.
+    assert!(model.translate(0x20, None, 0x1008, Access::READ).is_err());
+    assert!(model
+        .translate(0x20, Some(6), 0x1008, Access::READ)
+        .is_err());
+    assert!(mem.live_pages().len() > live);
+    u.detach(DeviceId(0x20), Some(Pasid::new(5).unwrap()))
+        .unwrap();
+    assert!(model
+        .translate(0x20, Some(5), 0x1008, Access::READ)
+        .is_err());
+    assert_eq!(pa_of(&model, 0x20, Some(0x341), 0x1008), Some(0x5000_0008));
+    assert_eq!(
+        u.attach(DeviceId(0x20), p(1 << 10), a),
+        Err(Error::InvalidPasid(Pasid::new(1 << 10).unwrap()))
+    );
+}
+
+#[test]
+fn queue_wraps_over_thousands_of_flushes() {
+    let mem = arena();
+    let model = SmmuModel::new(&mem, SmmuModelConfig::qemu_like().with_ril(false));
+    let small = SmmuConfig {
+        cmdq_log2: Some(3),
+        ..cfg()
+    };
+    let u = unit(&model, &mem, small);
+    let d = u.domain_alloc(&s2()).unwrap();
+    u.attach(DeviceId(SID), None, d).unwrap();
+    model.reset_stats();
+    let rounds = 2000u64;
+    for i in 0..rounds {
+        let iova = (i % 64) * 4 * K4;
+        u.map(
+            d,
+            Iova::new(iova),
+            PhysAddr::new(0x4000_0000 + i * K4),
+            3 * K4,
+            RW,
+        )
+        .unwrap();
+        assert_eq!(
+            pa_of(&model, SID, None, iova + K4),
+            Some(0x4000_1000 + i * K4)
+        );
+        let mut g = Gather::new();
+        u.unmap(d, Iova::new(iova), 3 * K4, &mut g).unwrap();
+        u.flush(d, &mut g).unwrap();
+        assert!(model.translate(SID, None, iova + K4, Access::READ).is_err());
+    }
+    let st = model.stats();
+    // Three page invalidations and one sync per round, through an 8-entry queue.
+    assert_eq!(st.commands_of(op::TLBI_S2_IPA), 3 * rounds);
+    assert_eq!(st.syncs, rounds);
+    // The faults filled the event queue; draining keeps it usable.
+    let r = u.handle_events(usize::MAX, |_| {});
+    assert!(r.events.consumed > 0);
+}
+
+#[test]
+fn injected_command_error_is_recovered_and_pages_kept_until_a_good_flush() {
+    let mem = arena();
+    let model = SmmuModel::new(&mem, SmmuModelConfig::qemu_like());
+    let u = unit(&model, &mem, cfg());
+    let d = u.domain_alloc(&s2()).unwrap();
+    u.attach(DeviceId(SID), None, d).unwrap();
+    u.map(
+        d,
+        Iova::new(0x40_0000),
+        PhysAddr::new(0x4000_0000),
+        4 * K4,
+        RW,
+    )
+    .unwrap();
+    assert!(model.translate(SID, None, 0x40_0000, Access::READ).is_ok());
+    let mut g = Gather::new();
+    u.unmap(d, Iova::new(0x40_0000), M2, &mut g).unwrap();
+    assert_eq!(g.freed_pages(), 1);
+    let live = mem.live_pages().len();
+    model.inject(Injection::CommandIllegal);
+    let err = u.flush(d, &mut g).unwrap_err();
+    assert!(matches!(err, Error::Hardware { .. }), "{err:?}");
+    // The TLBI was replaced: the page is kept and the stale entry may survive.
+    assert_eq!(g.freed_pages(), 1);
+    assert_eq!(mem.live_pages().len(), live);
+    // The queue runs again; the retry invalidates and releases.
+    u.flush(d, &mut g).unwrap();
+    assert_eq!(g.freed_pages(), 0);
+    assert_eq!(mem.live_pages().len(), live - 1);
+    assert!(model.translate(SID, None, 0x40_0000, Access::READ).is_err());
+    // A CMD_SYNC that never completes: timeout, pages kept.
+    u.map(
+        d,
+        Iova::new(0x40_0000),
+        PhysAddr::new(0x4000_0000),
+        4 * K4,
+        RW,
+    )
+    .unwrap();
+    let mut g = Gather::new();
+    u.unmap(d, Iova::new(0x40_0000), M2, &mut g).unwrap();
+    model.inject(Injection::SyncStall);
+    assert_eq!(u.flush(d, &mut g), Err(Error::Timeout { what: "CMD_SYNC" }));
+    assert_eq!(g.freed_pages(), 1);
+    model.clear_injections();
+    u.flush(d, &mut g).unwrap();
+    assert_eq!(g.freed_pages(), 0);
+}
+
+#[test]
+fn non_coherent_unit_gets_every_write_cleaned() {
+    let mem = arena();
+    let model = SmmuModel::new(&mem, SmmuModelConfig::qemu_like().with_cohacc(false));
+    // Every word the driver writes from now on, in new or live pages, must be cleaned.
+    let before = mem.start_sync_recording();
+    let u = unit(&model, &mem, cfg());
+    assert!(!u.capabilities().coherent_walk);
+    assert!(!u.capabilities().enforce_snoop);
+    let (a, b) = (
+        u.domain_alloc(&s2()).unwrap(),
+        u.domain_alloc(&s1()).unwrap(),
+    );
+    u.map(
+        a,
+        Iova::new(0x20_0000),
+        PhysAddr::new(0x4000_0000),
+        M2 + K4,
+        RW,
+    )
+    .unwrap();
+    u.map(b, Iova::new(0x1000), PhysAddr::new(0x5000_0000), K4, RW)
+        .unwrap();
+    u.attach(DeviceId(SID), None, a).unwrap();
+    u.attach(DeviceId(0x300), None, b).unwrap();
+    assert_eq!(pa_of(&model, SID, None, 0x40_0000), Some(0x4020_0000));
+    assert_eq!(pa_of(&model, 0x300, None, 0x1000), Some(0x5000_0000));
+    let mut g = Gather::new();
+    u.unmap(a, Iova::new(0x20_0000), M2 + K4, &mut g).unwrap();
+    u.flush(a, &mut g).unwrap();
+    u.attach(DeviceId(SID), None, b).unwrap();
+    assert_eq!(mem.unsynced_words(&before), Vec::<u64>::new());
+    mem.stop_sync_recording();
+}
+
+#[test]
+fn concurrent_maps_and_flushes_on_one_domain() {
+    let mem = arena();
+    let model = SmmuModel::new(&mem, SmmuModelConfig::qemu_like());
+    let u = unit(&model, &mem, cfg());
+    let d = u.domain_alloc(&s2()).unwrap();
+    u.attach(DeviceId(SID), None, d).unwrap();
+    model.reset_stats();
+    std::thread::scope(|s| {
+        for t in 0..4u64 {
+            let (u, model) = (&u, &model);
+            s.spawn(move || {
+                for i in 0..50u64 {
+                    let iova = (t << 30) | (i * 4 * K4);
+                    let pa = 0x4000_0000 + (t * 64 + i) * K4;
+                    u.map(d, Iova::new(iova), PhysAddr::new(pa), 2 * K4, RW)
+                        .unwrap();
+                    assert_eq!(pa_of(model, SID, None, iova), Some(pa));
+                    let mut g = Gather::new();
+                    u.unmap(d, Iova::new(iova), 2 * K4, &mut g).unwrap();
+                    u.flush(d, &mut g).unwrap();
+                    assert!(model.translate(SID, None, iova, Access::READ).is_err());
+                }
+            });
+        }
+    });
+    assert_eq!(model.stats().syncs, 200);
+}
+
+#[test]
+fn msi_and_sev_completion() {
+    use iommu_engine::smmuv3::cmdq::SyncMode;
+    for (sync, model_cfg) in [
+        (SyncMode::Msi, SmmuModelConfig::qemu_like().with_msi(true)),
+        (SyncMode::Sev, SmmuModelConfig::qemu_like().with_sev(true)),
+    ] {
+        let mem = arena();
+        let model = SmmuModel::new(&mem, model_cfg);
+        // Without the ID bit the mode is refused.
+        assert!(SmmuUnit::new(
+            &model,
+            &mem,
+            SmmuConfig {
+                sync: if sync == SyncMode::Msi {
+                    SyncMode::Sev
+                } else {
+                    SyncMode::Msi
+                },
+                ..cfg()
+            }
+        )
+        .is_err());
+        let u = unit(&model, &mem, SmmuConfig { sync, ..cfg() });
+        let d = u.domain_alloc(&s2()).unwrap();
+        u.attach(DeviceId(SID), None, d).unwrap();
+        u.map(d, Iova::new(0), PhysAddr::new(0x4000_0000), K4, RW)
+            .unwrap();
+        assert!(model.translate(SID, None, 0, Access::READ).is_ok());
+        let mut g = Gather::new();
+        u.unmap(d, Iova::new(0), K4, &mut g).unwrap();
+        model.reset_stats();
+        u.flush(d, &mut g).unwrap();
+        let st = model.stats();
+        assert_eq!(st.syncs, 1);
+        assert_eq!(
+            (st.sync_msi_writes, st.sync_sevs),
+            if sync == SyncMode::Msi {
+                (1, 0)
+            } else {
+                (0, 1)
+            }
+        );
+        assert!(model.translate(SID, None, 0, Access::READ).is_err());
+    }
+}
+
+#[test]
+fn splitting_a_cached_block_invalidates_it() {
+    for ril in [false, true] {
+        let mem = arena();
+        let model = SmmuModel::new(&mem, SmmuModelConfig::qemu_like().with_ril(ril));
+        let u = unit(&model, &mem, cfg());
+        for stage in [s2(), s1()] {
+            let d = u.domain_alloc(&stage).unwrap();
+            let sid = if stage.stage == Stage::Second {
+                0x40
+            } else {
+                0x41
+            };
+            u.attach(DeviceId(sid), None, d).unwrap();
+            u.map(d, Iova::new(0x20_0000), PhysAddr::new(0x6000_0000), M2, RW)
+                .unwrap();
+            // The TLB now holds the 2 MiB block.
+            let hit = model.translate(sid, None, 0x20_5000, Access::READ).unwrap();
+            assert_eq!(hit.page_size_log2, 21);
+            let mut g = Gather::new();
+            u.unmap(d, Iova::new(0x20_5000), K4, &mut g).unwrap();
+            u.flush(d, &mut g).unwrap();
+            assert!(
+                model.translate(sid, None, 0x20_5000, Access::READ).is_err(),
+                "RIL {ril}: the block survived its split"
+            );
+            let next = model.translate(sid, None, 0x20_6000, Access::READ).unwrap();
+            assert_eq!((next.pa, next.page_size_log2), (0x6000_6000, 12));
+        }
+    }
+}
