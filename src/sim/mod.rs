@@ -21,18 +21,16 @@
 //!
 //! # What the models do not model
 //!
-//!   as it is now. [`vtd::VtdModel`] puts the unit's context-, PASID- and IOTLB caches on top of
-//!   now. [`smmuv3`] puts caches on top of the walkers for tests of invalidation ordering.
-//!   them for tests of invalidation.
 //! - Caching: a walker has no TLB, paging-structure cache or walk cache; it reads memory as it is
-//! - Caching: the walkers have no TLB, paging-structure cache or walk cache; a walker reads memory
+//!   now. [`vtd::VtdModel`] and [`smmuv3`] put the units' caches on top of the walkers for
+//!   tests of invalidation.
 //! - Hardware updates: walkers never write. Accessed/dirty bits are reported, and where the
 //!   configuration says hardware would manage them (Arm `HA`/`HD`), the walker reports the access
 //!   hardware would allow instead of faulting; it does not set the bits.
 //! - Memory ordering and tearing: an entry is read with one 64-bit atomic load.
-//! - Nested translation: the walkers do not compose stages (VT-d nested is not modelled); table
-//!   addresses are output addresses of the walker's own stage. [`smmuv3`] composes Arm stage 1
-//!   over stage 2 by reading stage-1 tables through stage 2.
+//! - Nested translation: the walkers do not compose stages; table addresses are output addresses
+//!   of the walker's own stage. The unit models compose stages themselves (VT-d nested; Arm
+//!   stage 1 over stage 2, reading stage-1 tables through stage 2).
 //! - Each walker's own `//!` documentation lists the features of its format it leaves out.
 
 pub mod arena;
