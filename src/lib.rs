@@ -11,6 +11,8 @@
 #[cfg(feature = "std")]
 extern crate std;
 
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod ioasid;
 pub mod iommu;
 pub mod mem;

@@ -1,0 +1,39 @@
+//! Fuzz-target bodies (feature `fuzzing`, host only).
+//!
+//! Each function here takes the raw bytes a fuzzer produced and panics when it finds a bug; it
+//! is the whole body of one libFuzzer target in `fuzz/fuzz_targets/` and is also what
+//! `tests/fuzz_corpus.rs` runs over the checked-in corpus (`fuzz/corpus/<target>/`), so plain
+//! `cargo test` on stable replays every seed and every crash ever found. Panicking is this
+//! module's way of reporting, unlike the rest of the crate: it is test support, never linked
+//! into a target.
+//!
+//! | target | what it drives | what it checks |
+//! |---|---|---|
+//! | `pgtable_vtd_ss`, `pgtable_vtd_fs`, `pgtable_arm_s2_4k`, `pgtable_arm_s2_16k`, `pgtable_arm_s2_64k`, `pgtable_arm_s1` | [`pgtable`]: arbitrary configurations and sequences of map / unmap / query / hardware dirty marking / read-and-clear-dirty / gather release / reclaim / allocation failure | a shadow `BTreeMap` model, the engine's own enumeration and the independent reference walkers of [`crate::sim::walk`] after every step; no page leaked, none freed before its gather is released, none freed twice ([`crate::sim::Arena`] books) |
+//! | `decode_vtd`, `decode_smmuv3` | [`decode`]: every decoder of what hardware writes or reports | never panics; decoded fields re-encode to the raw bits they came from |
+//!
+//! The queue targets (VT-d invalidation queue, SMMUv3 command queue) need a model unit that
+//! consumes descriptors; they come with the unit models (see `fuzz/README.md`).
+
+pub mod decode;
+pub mod pgtable;
+
+/// A fuzz target: its name (the directory of its corpus) and its body.
+pub type Target = (&'static str, fn(&[u8]));
+
+/// Every target, by name.
+pub const TARGETS: &[Target] = &[
+    ("pgtable_vtd_ss", pgtable::vtd_ss),
+    ("pgtable_vtd_fs", pgtable::vtd_fs),
+    ("pgtable_arm_s2_4k", pgtable::arm_s2_4k),
+    ("pgtable_arm_s2_16k", pgtable::arm_s2_16k),
+    ("pgtable_arm_s2_64k", pgtable::arm_s2_64k),
+    ("pgtable_arm_s1", pgtable::arm_s1),
+    ("decode_vtd", decode::vtd),
+    ("decode_smmuv3", decode::smmuv3),
+];
+
+/// The body of the target called `name`, if there is one.
+pub fn target(name: &str) -> Option<fn(&[u8])> {
+    TARGETS.iter().find(|(n, _)| *n == name).map(|&(_, f)| f)
+}
