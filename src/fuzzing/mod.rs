@@ -10,12 +10,14 @@
 //! | target | what it drives | what it checks |
 //! |---|---|---|
 //! | `pgtable_vtd_ss`, `pgtable_vtd_fs`, `pgtable_arm_s2_4k`, `pgtable_arm_s2_16k`, `pgtable_arm_s2_64k`, `pgtable_arm_s1` | [`pgtable`]: arbitrary configurations and sequences of map / unmap / query / hardware dirty marking / read-and-clear-dirty / gather release / reclaim / allocation failure | a shadow `BTreeMap` model, the engine's own enumeration and the independent reference walkers of [`crate::sim::walk`] after every step; no page leaked, none freed before its gather is released, none freed twice ([`crate::sim::Arena`] books) |
+//! | `ioasid` | [`ioasid`]: bind / alloc / attach / attach_pasid / detach / map / unmap / free / PASIDs / grants / context drops over two contexts, a VT-d unit on the VT-d model and an SMMUv3 unit on the SMMUv3 model, with allocation failures | a shadow of what each owner asked for, read back through both models' translations (caches included) after every step: nothing translates that was not asked for, snoop never downgraded, the rules' results (busy, quota, grants, reserved, refusals without snoop control), one completion per unit per unmap, one domain per (IOASID, unit); every page back after the contexts and units go |
 //! | `decode_vtd`, `decode_smmuv3` | [`decode`]: every decoder of what hardware writes or reports | never panics; decoded fields re-encode to the raw bits they came from |
 //!
 //! The queue targets (VT-d invalidation queue, SMMUv3 command queue) need a model unit that
 //! consumes descriptors; they come with the unit models (see `fuzz/README.md`).
 
 pub mod decode;
+pub mod ioasid;
 pub mod pgtable;
 
 /// A fuzz target: its name (the directory of its corpus) and its body.
@@ -31,6 +33,7 @@ pub const TARGETS: &[Target] = &[
     ("pgtable_arm_s1", pgtable::arm_s1),
     ("decode_vtd", decode::vtd),
     ("decode_smmuv3", decode::smmuv3),
+    ("ioasid", ioasid::ioasid),
 ];
 
 /// The body of the target called `name`, if there is one.
