@@ -162,3 +162,69 @@ fn dropping_a_context_detaches_everything_and_returns_every_page() {
         },
     );
 }
+
+#[test]
+fn an_attach_refused_for_memory_leaves_nothing_behind() {
+    use iommu_engine::sim::arena::FailPolicy;
+    with_rig(
+        VtdSetup::scalable(),
+        SmmuSetup::qemu(true).with_ssid_bits(4),
+        |r| {
+            let ctx = IoasidCtx::new(r.reg, r.arena, 1);
+            let p = ctx.alloc_pasid().unwrap();
+            let rid_io = ctx.alloc(IoasidFlags::ENFORCE_SNOOP).unwrap();
+            let pasid_io = ctx.alloc(IoasidFlags::PASID).unwrap();
+            ctx.map(rid_io, Iova::new(0x1000), PhysAddr::new(0x7000), K4, RW)
+                .unwrap();
+            ctx.map(pasid_io, Iova::new(0x1000), PhysAddr::new(0x8000), K4, RW)
+                .unwrap();
+            // Each device is new to its unit (a new bus, a new stream-table leaf): the attach
+            // allocates a domain, its tables and configuration pages. Fail each allocation in
+            // turn: every refusal leaves no domain, no page and no translation behind.
+            for (k, (label, by_pasid)) in [
+                (vtd_dev(0x300), false),
+                (vtd_dev(0x400), true),
+                (smmu_dev(0x1000), false),
+                (smmu_dev(0x2000), true),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                let dev = ctx.bind(label, false).unwrap();
+                let attach = || match by_pasid {
+                    false => ctx.attach(dev, rid_io),
+                    true => ctx.attach_pasid(dev, p, pasid_io),
+                };
+                let mut n = 1;
+                loop {
+                    let (live, domains) = (r.live(), (r.vtd_domains(), r.smmu_domains()));
+                    r.arena.set_fail_policy(FailPolicy::Nth(n));
+                    let res = attach();
+                    r.arena.set_fail_policy(FailPolicy::Never);
+                    if res.is_ok() {
+                        break;
+                    }
+                    assert_eq!(
+                        (r.vtd_domains(), r.smmu_domains()),
+                        domains,
+                        "device {k}: allocation {n} failed, a domain stayed"
+                    );
+                    assert!(r.live() >= live, "device {k}: freed more than it took");
+                    n += 1;
+                    assert!(n < 16, "device {k}: never attached");
+                }
+                assert!(n > 1, "device {k}: the attach allocated nothing");
+                let id = label.id.0;
+                let pasid = by_pasid.then_some(p.get());
+                let got = if label.unit == VTD {
+                    r.vtd_read(id, pasid, 0x1000)
+                } else {
+                    r.smmu_read(id, pasid, 0x1000)
+                };
+                let want = if by_pasid { 0x8000 } else { 0x7000 };
+                assert_eq!(got.map(|t| t.0), Some(want), "device {k}");
+            }
+            r.drain();
+        },
+    );
+}
