@@ -111,7 +111,7 @@ impl Input {
         self.0.extend(v.to_le_bytes());
     }
     fn variant(&mut self, i: u64) {
-        let v = ((i << 32) + VARIANTS - 1) / VARIANTS;
+        let v = (i << 32).div_ceil(VARIANTS);
         self.0.extend((v as u32).to_le_bytes());
     }
     fn setup(&mut self, s: &Setup) {

@@ -295,7 +295,7 @@ impl<'h, 'm> Harness<'h, 'm> {
         // Bit 15: beyond the SMMUv3 model's 44-bit output size; bit 14: the same offset in a
         // 2 MiB page as the IOVA, so that 2 MiB leaves are possible.
         let page = if pa & 0x4000 != 0 {
-            u64::from(pa & 0x3f) << 9 | (start / K4 & 0x1ff)
+            u64::from(pa & 0x3f) << 9 | ((start / K4) & 0x1ff)
         } else {
             u64::from(pa & 0x3fff)
         };

@@ -14,13 +14,16 @@ pub(super) struct CtxShadow {
     /// Bound devices: handle -> (label index, no-snoop capable, attached IOASID).
     pub(super) devs: BTreeMap<u16, (usize, bool, Option<u16>)>,
     /// IOASIDs: id -> (flags, page IOVA -> (page PA, prot)).
-    pub(super) ios: BTreeMap<u16, (IoasidFlags, BTreeMap<u64, (u64, Prot)>)>,
+    pub(super) ios: BTreeMap<u16, (IoasidFlags, Pages)>,
     pub(super) pasids: BTreeSet<u32>,
     /// (device handle, PASID) -> IOASID.
     pub(super) pasid_att: BTreeMap<(u16, u32), u16>,
     /// Outstanding grants per device handle.
     pub(super) grants: BTreeMap<u16, u32>,
 }
+
+/// Mapped pages of an IOASID: page IOVA -> (page PA, prot).
+pub(super) type Pages = BTreeMap<u64, (u64, Prot)>;
 
 /// A device as the hardware sees it: (label index, PASID).
 pub(super) type Pair = (usize, Option<u32>);
