@@ -1,8 +1,16 @@
-//! Quick start: build page tables in each hardware format, map and unmap ranges, and print what
-//! an independent reference walker (the way the hardware reads memory) sees.
+//! Quick start, in two parts.
+//!
+//! 1. The IOASID flow on the VT-d and SMMUv3 models: units enabled, a context, devices bound,
+//!    an IOASID that blocks no-snoop, attach (and a refused attach), map, DMA translated by the
+//!    models the way the hardware would, unmap, an incoherent-DMA grant, and what it cost:
+//!    invalidation commands issued and pages used.
+//! 2. The engine alone: page tables in each hardware format, ranges mapped and unmapped, and
+//!    what an independent reference walker (the way the hardware reads memory) sees.
 //!
 //! Run with `cargo run --example quickstart`.
 
+use iommu_engine::ioasid::{DeviceLabel, IoasidCtx, IoasidFlags, PasidAllocator, Registry, UnitId};
+use iommu_engine::iommu::{DeviceId, Iommu};
 use iommu_engine::mem::{Iova, PhysAddr, WalkerCoherency};
 use iommu_engine::pgtable::arm_s1::{self, ArmS1, ArmS1Config};
 use iommu_engine::pgtable::arm_s2::{ArmS2, ArmS2Config, S2Attributes};
@@ -10,7 +18,11 @@ use iommu_engine::pgtable::vtd_fs::{VtdFs, VtdFsConfig};
 use iommu_engine::pgtable::vtd_ss::{VtdSs, VtdSsConfig};
 use iommu_engine::pgtable::{Format, Gather, InvalidationComplete, PageTable, Prot};
 use iommu_engine::sim::arena::Arena;
+use iommu_engine::sim::smmuv3::{SmmuModel, SmmuModelConfig};
+use iommu_engine::sim::vtd::{VtdModel, VtdModelConfig};
 use iommu_engine::sim::walk::{self, arm::Granule};
+use iommu_engine::smmuv3::{SmmuConfig, SmmuUnit};
+use iommu_engine::vtd::{VtdConfig, VtdUnit};
 
 const MIB: u64 = 1 << 20;
 const RW: Prot = Prot::READ.union(Prot::WRITE);
@@ -24,6 +36,8 @@ const RANGES: [(u64, u64, u64); 3] = [
 ];
 
 fn main() {
+    ioasid_tour();
+    println!("\n== The engine alone: every format, read back by the reference walkers");
     let arena = Arena::with_defaults().expect("a 64 MiB arena");
 
     let ss = VtdSs::new(VtdSsConfig {
@@ -126,7 +140,15 @@ fn main() {
             strict_res0: true,
         };
         walk::arm_s2::translate(&arena, &cfg, iova, walk::Access::READ)
-            .map(|t| format!("{} {} {:?}", t.pa, size(t.page_size_log2), t.attrs.mem_type))
+            .map(|t| {
+                let hint = if t.attrs.contiguous {
+                    " contiguous"
+                } else {
+                    ""
+                };
+                let (pa, sz, mt) = (t.pa, size(t.page_size_log2), t.attrs.mem_type);
+                format!("{pa} {sz} {mt:?}{hint}")
+            })
             .map_err(|f| format!("{f:?}"))
     });
 
@@ -158,7 +180,15 @@ fn main() {
                 strict_res0: true,
             };
             walk::arm_s1::translate(&arena, &cfg, iova, walk::Access::READ)
-                .map(|t| format!("{} {} {:?}", t.pa, size(t.page_size_log2), t.attrs.mem_type))
+                .map(|t| {
+                    let hint = if t.attrs.contiguous {
+                        " contiguous"
+                    } else {
+                        ""
+                    };
+                    let (pa, sz, mt) = (t.pa, size(t.page_size_log2), t.attrs.mem_type);
+                    format!("{pa} {sz} {mt:?}{hint}")
+                })
                 .map_err(|f| format!("{f:?}"))
         },
     );
@@ -171,6 +201,142 @@ fn main() {
         stats.live_pages,
         arena.bad_frees().is_empty()
     );
+}
+
+/// The seed flow of the IOASID proposal on the VT-d and SMMUv3 models: two units, one context,
+/// devices bound and attached to an IOASID that enforces snooping, mappings seen through the
+/// models the way the hardware would translate DMA, a refused attach, an incoherent-DMA grant,
+/// and what it all cost: commands issued and pages used.
+fn ioasid_tour() {
+    println!("\n== The IOASID flow on the VT-d and SMMUv3 models");
+    let arena = Arena::with_defaults().expect("a 64 MiB arena");
+    let pages = |what: &str| println!("   pages in use {what}: {}", arena.stats().live_pages);
+
+    // Three units: VT-d with snoop control, VT-d without, an SMMUv3 with FWB.
+    let vtd_hw = VtdModel::new(&arena, VtdModelConfig::qemu_default().with_sc(true));
+    let plain_hw = VtdModel::new(&arena, VtdModelConfig::qemu_default());
+    let smmu_hw = SmmuModel::new(&arena, SmmuModelConfig::qemu_like().with_fwb(true));
+    let vtd = VtdUnit::new(&vtd_hw, &arena, VtdConfig::legacy()).expect("VT-d unit");
+    let plain = VtdUnit::new(&plain_hw, &arena, VtdConfig::legacy()).expect("VT-d unit");
+    let smmu = SmmuUnit::new(&smmu_hw, &arena, SmmuConfig::default()).expect("SMMUv3 unit");
+    vtd.enable().expect("enable VT-d");
+    plain.enable().expect("enable VT-d");
+    smmu.enable().expect("enable SMMUv3");
+    pages("by three enabled units");
+
+    let units: [&dyn Iommu; 3] = [&vtd, &plain, &smmu];
+    static PASIDS: PasidAllocator = PasidAllocator::new(20);
+    let registry = Registry::new(&units, &PASIDS).expect("registry");
+    let ctx = IoasidCtx::new(&registry, &arena, 8);
+
+    // Devices: a GPU behind VT-d (no-snoop capable), a NIC behind the SMMUv3, a disk behind
+    // the VT-d unit without snoop control.
+    let label = |unit, id| DeviceLabel {
+        unit: UnitId(unit),
+        id: DeviceId(id),
+    };
+    let gpu = ctx.bind(label(0, 0x0100), true).expect("bind gpu");
+    let nic = ctx.bind(label(2, 0x0040), false).expect("bind nic");
+    let disk = ctx.bind(label(1, 0x0200), false).expect("bind disk");
+    for (name, dev) in [
+        ("gpu 01:00.0 on VT-d", gpu),
+        ("nic sid 0x40 on SMMUv3", nic),
+        ("disk 02:00.0 on VT-d without SC", disk),
+    ] {
+        let i = ctx.device_info(dev).expect("device_info");
+        let c = i.capabilities;
+        println!(
+            "   {name}: {}-bit IOVA, {}-bit PA, pages {:#x}, PASID {} bits, enforce snoop {}, no-snoop capable {}",
+            c.ias, c.oas, c.page_sizes, c.pasid_bits, c.enforce_snoop, i.no_snoop_capable
+        );
+    }
+
+    // One IOASID that blocks no-snoop, shared by the GPU and the NIC.
+    let ioasid = ctx.alloc(IoasidFlags::ENFORCE_SNOOP).expect("alloc");
+    ctx.attach(gpu, ioasid).expect("attach gpu");
+    ctx.attach(nic, ioasid).expect("attach nic");
+    match ctx.attach(disk, ioasid) {
+        Err(e) => println!("   attach disk refused: {e}"),
+        Ok(()) => panic!("a unit without snoop control must be refused"),
+    }
+
+    let (iova, pa, len) = (0x4000_0000u64, 0x1_0000_0000u64, (2 << 20) + 0x1000);
+    ctx.map(
+        ioasid,
+        Iova::new(iova),
+        PhysAddr::new(pa),
+        len,
+        Prot::READ | Prot::WRITE,
+    )
+    .expect("map");
+    println!("   mapped IOVA {iova:#x}+{len:#x} -> PA {pa:#x} on both units");
+    pages("after the map (two page tables + the IOASID's record)");
+    let probe = iova + 0x10;
+    let v = vtd_hw
+        .translate(0x0100, None, probe, walk::Access::WRITE)
+        .expect("VT-d DMA");
+    let s = smmu_hw
+        .translate(0x40, None, probe, walk::Access::WRITE)
+        .expect("SMMU DMA");
+    println!(
+        "   gpu writes {probe:#x}: PA {:#x}, {} KiB page, snoop {}",
+        v.pa,
+        1 << (v.page_size_log2 - 10),
+        v.snoop
+    );
+    println!(
+        "   nic writes {probe:#x}: PA {:#x}, {} KiB page, write-back {}",
+        s.pa,
+        1 << (s.page_size_log2 - 10),
+        s.cacheable_wb
+    );
+
+    vtd_hw.reset_stats();
+    smmu_hw.reset_stats();
+    let n = ctx.unmap(ioasid, Iova::new(iova), len).expect("unmap");
+    let vs = vtd_hw.stats();
+    let ss = smmu_hw.stats();
+    println!(
+        "   unmapped {n:#x} bytes: VT-d ran {} IOTLB + {} wait descriptors, SMMUv3 consumed {} commands ({} CMD_SYNC)",
+        vs.iotlb_page + vs.iotlb_domain + vs.iotlb_global,
+        vs.wait,
+        ss.total_commands(),
+        ss.syncs
+    );
+    let gone = vtd_hw
+        .translate(0x0100, None, probe, walk::Access::WRITE)
+        .is_err()
+        && smmu_hw
+            .translate(0x40, None, probe, walk::Access::WRITE)
+            .is_err();
+    println!("   the same DMAs now fault: {gone}");
+
+    // Incoherent DMA only for a device of this context that declared it.
+    if let Err(e) = ctx.allow_incoherent_dma(nic) {
+        println!("   incoherent DMA for the nic refused: {e}");
+    }
+    let grant = ctx.allow_incoherent_dma(gpu).expect("grant");
+    println!(
+        "   grant for the gpu: WBINVD must be honoured = {}",
+        ctx.incoherent_dma_allowed()
+    );
+    drop(grant);
+    println!(
+        "   grant dropped: WBINVD must be honoured = {}",
+        ctx.incoherent_dma_allowed()
+    );
+
+    drop(ctx);
+    pages("after dropping the context (the units' own tables and queues)");
+    for unit in [&vtd, &plain] {
+        unit.disable().expect("disable VT-d");
+    }
+    smmu.disable().expect("disable SMMUv3");
+    for unit in [vtd, plain] {
+        unit.release().map_err(|(_, e)| e).expect("release VT-d");
+    }
+    drop(smmu);
+    pages("after disabling and releasing the units");
 }
 
 /// Maps the ranges, shows the walker's view, unmaps half, shows it again, tears down.

@@ -67,7 +67,8 @@ pub struct Capabilities {
     pub dirty_tracking: bool,
     /// Nested translation (VT-d `ECAP.NEST`; SMMUv3 `IDR0.S1P` and `S2P`).
     pub nesting: bool,
-    /// The table walker snoops CPU caches (VT-d `ECAP.C`; SMMUv3 `IDR0.COHACC`).
+    /// The table walker snoops CPU caches (VT-d `ECAP.C`, in scalable mode `ECAP.SMPWCS`;
+    /// SMMUv3 `IDR0.COHACC`).
     pub coherent_walk: bool,
 }
 

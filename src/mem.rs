@@ -31,6 +31,17 @@ macro_rules! address_type {
                 Self(raw)
             }
 
+            /// The address, or `None` if it does not fit in `bits` bits (an address width:
+            /// a unit's output size, a table's input size).
+            #[inline]
+            pub const fn try_new(raw: u64, bits: u32) -> Option<Self> {
+                if Self(raw).fits_in(bits) {
+                    Some(Self(raw))
+                } else {
+                    None
+                }
+            }
+
             /// The raw address.
             #[inline]
             pub const fn get(self) -> u64 {
@@ -225,5 +236,11 @@ mod tests {
         assert!(Iova::new((1 << 48) - 1).fits_in(48));
         assert!(!Iova::new(1 << 48).fits_in(48));
         assert!(Iova::new(u64::MAX).fits_in(64));
+        assert_eq!(PhysAddr::try_new(1 << 52, 52), None);
+        assert_eq!(
+            PhysAddr::try_new((1 << 52) - 1, 52),
+            Some(PhysAddr::new((1 << 52) - 1))
+        );
+        assert_eq!(Iova::try_new(u64::MAX, 64), Some(Iova::new(u64::MAX)));
     }
 }

@@ -18,7 +18,8 @@ use iommu_engine::pgtable::vtd_ss::{VtdSs, VtdSsConfig};
 use iommu_engine::pgtable::{
     Error, Format, Gather, InvalidationComplete, PageTable, Prot, SplitPolicy,
 };
-use iommu_engine::sim::arena::{Arena, ArenaConfig};
+use iommu_engine::sim::arena::{Arena, ArenaConfig, Snapshot};
+use iommu_engine::sim::walk::arm::Shareability;
 use iommu_engine::sim::walk::{self, Access, Fault};
 
 /// What a reference walker reports for one leaf, reduced to what every format has.
@@ -41,6 +42,11 @@ trait Case {
     fn table_pages(&self, mem: &Arena, root: PhysAddr) -> usize;
     /// Checks the format-specific attributes of the leaf at `iova` (snoop, memory type).
     fn check_attributes(&self, mem: &Arena, root: PhysAddr, iova: u64);
+    /// The walker's view of the leaf at `iova`: (unprivileged read, privileged read,
+    /// unprivileged execute).
+    fn views(&self, mem: &Arena, root: PhysAddr, iova: u64) -> (bool, bool, bool);
+    /// The walker's view of the leaf at `iova`: (carries the contiguous hint, is dirty).
+    fn hint_and_dirty(&self, mem: &Arena, root: PhysAddr, iova: u64) -> (bool, bool);
     /// Permissions the format can express for a read-write mapping.
     fn rw(&self) -> Prot {
         Prot::READ | Prot::WRITE
@@ -75,6 +81,11 @@ impl VtdSsCase {
 }
 
 impl Case for VtdSsCase {
+    fn hint_and_dirty(&self, mem: &Arena, root: PhysAddr, iova: u64) -> (bool, bool) {
+        let t = walk::vtd_ss::translate(mem, &self.walker(root), Iova::new(iova), Access::READ)
+            .unwrap();
+        (false, t.attrs.dirty)
+    }
     type F = VtdSs;
     fn name(&self) -> String {
         format!(
@@ -102,6 +113,12 @@ impl Case for VtdSsCase {
         let t = walk::vtd_ss::translate(mem, &self.walker(root), Iova::new(iova), Access::READ)
             .unwrap();
         assert_eq!(t.attrs.snoop, self.0.snoop, "{}: SNP in leaf", self.name());
+        assert!(!t.exec, "{}: no execute", self.name());
+    }
+    fn views(&self, mem: &Arena, root: PhysAddr, iova: u64) -> (bool, bool, bool) {
+        let t = walk::vtd_ss::translate(mem, &self.walker(root), Iova::new(iova), Access::READ)
+            .unwrap();
+        (t.read, t.read, t.exec)
     }
 }
 
@@ -122,6 +139,11 @@ impl VtdFsCase {
 }
 
 impl Case for VtdFsCase {
+    fn hint_and_dirty(&self, mem: &Arena, root: PhysAddr, iova: u64) -> (bool, bool) {
+        let t = walk::vtd_fs::translate(mem, &self.walker(root), Iova::new(iova), Access::READ)
+            .unwrap();
+        (false, t.attrs.dirty)
+    }
     type F = VtdFs;
     fn name(&self) -> String {
         format!("vtd-fs levels{} 1g={}", self.0.levels, self.0.page_1g)
@@ -145,7 +167,26 @@ impl Case for VtdFsCase {
     fn check_attributes(&self, mem: &Arena, root: PhysAddr, iova: u64) {
         let t = walk::vtd_fs::translate(mem, &self.walker(root), Iova::new(iova), Access::READ)
             .unwrap();
-        assert!(t.attrs.user.read, "{}: user-accessible leaf", self.name());
+        let name = self.name();
+        assert!(
+            t.attrs.user.read && t.attrs.user.write,
+            "{name}: U/S and R/W"
+        );
+        assert!(t.attrs.supervisor.write, "{name}: supervisor R/W");
+        assert_eq!(t.attrs.user.exec, !self.0.execute_disable, "{name}: XD");
+        assert!(t.attrs.accessed, "{name}: A set by the engine");
+        // D is preset on writable leaves unless the walker is to report writes.
+        assert_eq!(t.attrs.dirty, !self.0.dirty_tracking, "{name}: D");
+    }
+    fn views(&self, mem: &Arena, root: PhysAddr, iova: u64) -> (bool, bool, bool) {
+        // A privileged read reaches every leaf; the attributes tell both privileges apart.
+        let read = Access::READ.privileged();
+        let t = walk::vtd_fs::translate(mem, &self.walker(root), Iova::new(iova), read).unwrap();
+        (
+            t.attrs.user.read,
+            t.attrs.supervisor.read,
+            t.attrs.user.exec,
+        )
     }
 }
 
@@ -178,6 +219,11 @@ impl ArmS2Case {
 }
 
 impl Case for ArmS2Case {
+    fn hint_and_dirty(&self, mem: &Arena, root: PhysAddr, iova: u64) -> (bool, bool) {
+        let t = walk::arm_s2::translate(mem, &self.walker(root), Iova::new(iova), Access::READ)
+            .unwrap();
+        (t.attrs.contiguous, t.attrs.dbm && t.attrs.s2ap_write)
+    }
     type F = ArmS2;
     fn name(&self) -> String {
         let f = ArmS2::new(self.0).unwrap();
@@ -223,7 +269,26 @@ impl Case for ArmS2Case {
             S2Attributes::NonCoherent => nc,
             S2Attributes::WriteBack | S2Attributes::ForcedWriteBack => wb,
         };
-        assert_eq!(t.attrs.mem_type, want, "{}: memory type", self.name());
+        let name = self.name();
+        assert_eq!(t.attrs.mem_type, want, "{name}: memory type");
+        let (memattr, sh) = match self.0.attributes {
+            S2Attributes::NonCoherent => (0b0101, Shareability::Outer),
+            S2Attributes::WriteBack => (0b1111, Shareability::Inner),
+            S2Attributes::ForcedWriteBack => (0b0110, Shareability::Inner),
+        };
+        assert_eq!(
+            (t.attrs.memattr, t.attrs.shareability),
+            (memattr, sh),
+            "{name}"
+        );
+        assert!(t.attrs.accessed, "{name}: AF");
+        assert!(!t.exec && !t.attrs.privileged_exec, "{name}: XN");
+        assert_eq!(t.attrs.dbm, self.0.dirty_tracking, "{name}: DBM");
+    }
+    fn views(&self, mem: &Arena, root: PhysAddr, iova: u64) -> (bool, bool, bool) {
+        let t = walk::arm_s2::translate(mem, &self.walker(root), Iova::new(iova), Access::READ)
+            .unwrap();
+        (t.read, t.read, t.exec)
     }
 }
 
@@ -247,6 +312,11 @@ impl ArmS1Case {
 }
 
 impl Case for ArmS1Case {
+    fn hint_and_dirty(&self, mem: &Arena, root: PhysAddr, iova: u64) -> (bool, bool) {
+        let t = walk::arm_s1::translate(mem, &self.walker(root), Iova::new(iova), Access::READ)
+            .unwrap();
+        (t.attrs.contiguous, t.attrs.dbm && !t.attrs.read_only)
+    }
     type F = ArmS1;
     fn name(&self) -> String {
         format!(
@@ -287,7 +357,31 @@ impl Case for ArmS1Case {
                 outer: Cacheability::NonCacheable,
             }
         };
-        assert_eq!(t.attrs.mem_type, want, "{}: memory type", self.name());
+        let name = self.name();
+        assert_eq!(t.attrs.mem_type, want, "{name}: memory type");
+        let sh = if self.0.coherent {
+            Shareability::Inner
+        } else {
+            Shareability::Outer
+        };
+        assert_eq!(t.attrs.shareability, sh, "{name}: SH");
+        assert!(t.attrs.accessed && t.attrs.not_global, "{name}: AF, nG");
+        assert!(
+            t.attrs.unprivileged.write && t.attrs.privileged.write,
+            "{name}: AP"
+        );
+        assert!(
+            !t.attrs.unprivileged.exec && !t.attrs.privileged.exec,
+            "{name}: XN"
+        );
+        assert_eq!(t.attrs.dbm, self.0.dirty_tracking, "{name}: DBM");
+    }
+    fn views(&self, mem: &Arena, root: PhysAddr, iova: u64) -> (bool, bool, bool) {
+        // A privileged read reaches every leaf; the attributes tell both privileges apart.
+        let read = Access::READ.privileged();
+        let t = walk::arm_s1::translate(mem, &self.walker(root), Iova::new(iova), read).unwrap();
+        let a = t.attrs;
+        (a.unprivileged.read, a.privileged.read, a.unprivileged.exec)
     }
 }
 
@@ -316,6 +410,44 @@ fn run<C: Case>(case: &C) {
     unmap_everything_leaves_the_root(case);
     random_sequences_match_a_model(case);
     non_coherent_walker_sees_every_write(case);
+    contiguous_runs(case);
+    dirty_state(case);
+    privilege_and_execute(case);
+}
+
+/// Privileged-only and executable leaves, where the format can express them (U/S, AP\[1\],
+/// XD, XN); elsewhere the map is refused with `UnsupportedProt` and changes nothing.
+fn privilege_and_execute<C: Case>(case: &C) {
+    let f = case.format();
+    let gran = 1u64 << f.geometry().granule_log2;
+    let mem = arena(f.geometry().oas);
+    let t = table(case, &mem);
+    let cases = [
+        (Prot::READ | Prot::PRIV, (false, true, false)),
+        (Prot::READ | Prot::EXEC, (true, true, true)),
+    ];
+    for (i, (prot, want)) in cases.into_iter().enumerate() {
+        let iova = i as u64 * gran;
+        match f.check_prot(prot) {
+            Ok(()) => {
+                t.map(Iova::new(iova), PhysAddr::new(0), gran, prot)
+                    .unwrap();
+                let seen = case.views(&mem, t.root(), iova);
+                assert_eq!(seen, want, "{}: {prot:?}", case.name());
+            }
+            Err(e) => {
+                let live = mem.stats().live_pages;
+                assert_eq!(t.map(Iova::new(iova), PhysAddr::new(0), gran, prot), Err(e));
+                assert_eq!(mem.stats().live_pages, live);
+            }
+        }
+    }
+}
+
+/// Physical addresses of the words of live table memory that differ from `before` (no sync
+/// recording is running, so every changed word counts).
+fn changed_words(mem: &Arena, before: &Snapshot) -> Vec<u64> {
+    mem.unsynced_words(before)
 }
 
 fn table<'a, C: Case>(case: &C, mem: &'a Arena) -> PageTable<C::F, &'a Arena> {
@@ -393,6 +525,7 @@ fn errors_are_typed_and_change_nothing<C: Case>(case: &C) {
     t.map(Iova::new(4 * gran), PhysAddr::new(0), gran, case.rw())
         .unwrap();
     let before = (mem.stats().live_pages, case.walk_all(&mem, t.root()));
+    let bytes_before = mem.snapshot();
     let rw = case.rw();
     let io = Iova::new;
     let pa = PhysAddr::new;
@@ -461,6 +594,8 @@ fn errors_are_typed_and_change_nothing<C: Case>(case: &C) {
         "{}",
         case.name()
     );
+    let changed = changed_words(&mem, &bytes_before);
+    assert!(changed.is_empty(), "{}: wrote {changed:x?}", case.name());
 }
 
 fn partial_superpage_unmap<C: Case>(case: &C) {
@@ -479,6 +614,7 @@ fn partial_superpage_unmap<C: Case>(case: &C) {
     t.map(Iova::new(big), PhysAddr::new(big), big, case.rw())
         .unwrap();
     let before = (mem.stats().live_pages, case.walk_all(&mem, t.root()));
+    let bytes_before = mem.snapshot();
     let cut = Iova::new(big + gran);
     let mut gather = Gather::new();
     t.set_split_policy(SplitPolicy::Refuse);
@@ -493,6 +629,7 @@ fn partial_superpage_unmap<C: Case>(case: &C) {
         (mem.stats().live_pages, case.walk_all(&mem, t.root())),
         before
     );
+    assert!(changed_words(&mem, &bytes_before).is_empty());
     t.set_split_policy(SplitPolicy::Split);
     match t.unmap(cut, gran, &mut gather) {
         Ok(bytes) => {
@@ -591,7 +728,7 @@ fn random_sequences_match_a_model<C: Case>(case: &C) {
     let gran_log2 = g.granule_log2;
     let gran = 1u64 << gran_log2;
     let mem = arena(g.oas);
-    let t = table(case, &mem);
+    let mut t = table(case, &mem);
     // A window of four of the smallest superpages (or 2048 granules).
     let big_log2 = (gran_log2 + 1..64)
         .find(|s| g.page_sizes >> s & 1 != 0)
@@ -632,7 +769,12 @@ fn random_sequences_match_a_model<C: Case>(case: &C) {
             }
         } else {
             let mut gather = Gather::new();
-            match t.unmap(Iova::new(start), len, &mut gather) {
+            let r = if rnd(2) == 0 {
+                t.unmap(Iova::new(start), len, &mut gather)
+            } else {
+                t.unmap_exclusive(Iova::new(start), len, &mut gather)
+            };
+            match r {
                 Ok(bytes) => {
                     let removed: Vec<u64> =
                         model.range(page..page + pages).map(|(k, _)| *k).collect();
@@ -656,6 +798,26 @@ fn random_sequences_match_a_model<C: Case>(case: &C) {
         }
     }
     check_against_model(case, &mem, &t, &model, gran_log2);
+    // Unmapping everything piece by piece (with exclusive access) leaves only the root.
+    let mut page = 0;
+    while page < window {
+        let pages = (1 + rnd(window / 4)).min(window - page);
+        let mut gather = Gather::new();
+        match t.unmap_exclusive(Iova::new(page * gran), pages * gran, &mut gather) {
+            Ok(_) => page += pages,
+            // Without FEAT_BBM level 2 a cut through a block is refused: cut elsewhere.
+            Err(Error::SplitUnsupported { .. }) => {}
+            Err(e) => panic!("{}: final unmap: {e:?}", case.name()),
+        }
+        gather.release(&mem, done()).unwrap();
+    }
+    assert!(case.walk_all(&mem, t.root()).is_empty());
+    assert_eq!(
+        mem.stats().live_pages,
+        1,
+        "{}: only the root remains",
+        case.name()
+    );
     assert!(mem.bad_frees().is_empty());
 }
 
@@ -700,6 +862,26 @@ fn non_coherent_walker_sees_every_write<C: Case>(case: &C) {
     let mut gather = Gather::new();
     t.unmap(Iova::new(big), gran, &mut gather).ok();
     gather.release(&mem, done()).unwrap();
+    // Dirty cleaning, a broken contiguous run, and tables unlinked because they went empty.
+    let mut t = t;
+    let mut gather = Gather::new();
+    if f.dirty_tracking() {
+        t.read_and_clear_dirty(Iova::new(0), 4 * big, |_, _| {}, &mut gather)
+            .unwrap();
+    }
+    let run = gran << f.contiguous_log2(0);
+    if run > gran {
+        let at = 4 * big.max(run);
+        t.map(Iova::new(at), PhysAddr::new(at), run, case.rw())
+            .unwrap();
+        t.unmap(Iova::new(at + gran), gran, &mut gather).unwrap();
+    }
+    t.unmap_exclusive(Iova::new(big - 3 * gran), big + 3 * gran, &mut gather)
+        .ok();
+    t.unmap_exclusive(Iova::new(0), 1 << g.ias.min(48), &mut gather)
+        .unwrap();
+    gather.release(&mem, done()).unwrap();
+    assert_eq!(mem.stats().live_pages, 1, "{}", case.name());
     let missed = mem.unsynced_words(&snap);
     assert!(
         missed.is_empty(),
@@ -707,6 +889,154 @@ fn non_coherent_walker_sees_every_write<C: Case>(case: &C) {
         case.name()
     );
     mem.stop_sync_recording();
+}
+
+/// Runs of leaves under the contiguous hint: set on whole aligned runs a map covers, cleared
+/// from the rest of a run before part of it is unmapped (or the unmap refused), never left on an
+/// incomplete run (the Arm walkers' `walk_all` checks every run).
+fn contiguous_runs<C: Case>(case: &C) {
+    let f = case.format();
+    let g = *f.geometry();
+    let gran = 1u64 << g.granule_log2;
+    let mem = arena(g.oas);
+    let mut t = table(case, &mem);
+    let n_log2 = f.contiguous_log2(0);
+    if n_log2 == 0 {
+        t.map(Iova::new(0), PhysAddr::new(0), 32 * gran, case.rw())
+            .unwrap();
+        for (iova, _) in case.walk_all(&mem, t.root()) {
+            assert!(
+                !case.hint_and_dirty(&mem, t.root(), iova).0,
+                "{}",
+                case.name()
+            );
+        }
+        return;
+    }
+    // Two runs of pages and one page more, output aligned to a run.
+    let run = gran << n_log2;
+    let (start, pa) = (run, 3 * run);
+    t.map(
+        Iova::new(start),
+        PhysAddr::new(pa),
+        2 * run + gran,
+        case.rw(),
+    )
+    .unwrap();
+    let hints = |t: &PageTable<C::F, &Arena>| -> Vec<bool> {
+        case.walk_all(&mem, t.root())
+            .iter()
+            .map(|(iova, _)| case.hint_and_dirty(&mem, t.root(), *iova).0)
+            .collect()
+    };
+    let mut want = vec![true; 2 << n_log2];
+    want.push(false);
+    assert_eq!(hints(&t), want, "{}: hints after map", case.name());
+    // Every leaf level with a hint gets it, blocks included.
+    for level in 1..g.levels {
+        let n = f.contiguous_log2(level);
+        let block_run = 1u64 << (g.level_shift(level) + n);
+        if n == 0
+            || block_run
+                .checked_mul(4)
+                .map_or(true, |e| e > 1 << g.ias.min(g.oas))
+        {
+            continue;
+        }
+        t.map(
+            Iova::new(2 * block_run),
+            PhysAddr::new(block_run),
+            block_run,
+            case.rw(),
+        )
+        .unwrap();
+        let (hint, _) = case.hint_and_dirty(&mem, t.root(), 3 * block_run - gran);
+        assert!(hint, "{}: level {level} run", case.name());
+        let mut gather = Gather::new();
+        t.unmap(Iova::new(2 * block_run), block_run, &mut gather)
+            .unwrap();
+        gather.release(&mem, done()).unwrap();
+    }
+    // Refused: nothing changes.
+    let cut = Iova::new(start + 5 * gran);
+    let bytes_before = mem.snapshot();
+    let mut gather = Gather::new();
+    t.set_split_policy(SplitPolicy::Refuse);
+    assert_eq!(
+        t.unmap(cut, gran, &mut gather),
+        Err(Error::SplitRefused { iova: cut })
+    );
+    assert!(gather.is_empty() && changed_words(&mem, &bytes_before).is_empty());
+    // Split: the first run loses its hint, the second keeps it, the walker finds no broken run.
+    t.set_split_policy(SplitPolicy::Split);
+    assert_eq!(t.unmap(cut, gran, &mut gather), Ok(gran), "{}", case.name());
+    assert!(case.translate(&mem, t.root(), cut.get()).is_err());
+    let mut want = vec![false; (1 << n_log2) - 1];
+    want.extend(vec![true; 1 << n_log2]);
+    want.push(false);
+    assert_eq!(
+        hints(&t),
+        want,
+        "{}: hints after a partial unmap",
+        case.name()
+    );
+    // The whole first run is invalidated (a TLB may hold it as one entry); only leaves changed.
+    assert!(gather.leaf_only());
+    let span = gather.span().unwrap();
+    assert!(span.start.get() <= start && start + run <= span.end.get());
+    gather.release(&mem, done()).unwrap();
+    // Unmapping a whole run needs no split.
+    let mut gather = Gather::new();
+    assert_eq!(t.unmap(Iova::new(start + run), run, &mut gather), Ok(run));
+    gather.release(&mem, done()).unwrap();
+    assert!(mem.bad_frees().is_empty());
+}
+
+/// Dirty state as the walker sees it: `read_and_clear_dirty` reports exactly the leaves the
+/// walker finds dirty and leaves every one clean; tables without dirty tracking refuse.
+fn dirty_state<C: Case>(case: &C) {
+    let f = case.format();
+    let g = *f.geometry();
+    let gran = 1u64 << g.granule_log2;
+    let mem = arena(g.oas);
+    let t = table(case, &mem);
+    t.map(Iova::new(0), PhysAddr::new(0), 4 * gran, case.rw())
+        .unwrap();
+    t.map(Iova::new(4 * gran), PhysAddr::new(0), gran, Prot::READ)
+        .unwrap();
+    // What the walker sees as dirty before (Arm DBM leaves start writable-dirty; VT-d leaves
+    // start with D clear).
+    let expected: Vec<(u64, u32)> = (0..5)
+        .filter(|i| case.hint_and_dirty(&mem, t.root(), i * gran).1)
+        .map(|i| (i * gran, g.granule_log2))
+        .collect();
+    let mut gather = Gather::new();
+    let mut reported = Vec::new();
+    let r = t.read_and_clear_dirty(
+        Iova::new(0),
+        8 * gran,
+        |iova, size_log2| reported.push((iova.get(), size_log2)),
+        &mut gather,
+    );
+    if !f.dirty_tracking() {
+        assert_eq!(r, Err(Error::NoDirtyTracking), "{}", case.name());
+        assert!(gather.is_empty());
+        return;
+    }
+    r.unwrap();
+    assert_eq!(reported, expected, "{}: reported dirty", case.name());
+    for i in 0..5 {
+        let (_, dirty) = case.hint_and_dirty(&mem, t.root(), i * gran);
+        assert!(!dirty, "{}: page {i} still dirty", case.name());
+    }
+    assert!(gather.leaf_only());
+    gather.release(&mem, done()).unwrap();
+    let mut again = 0;
+    let mut gather = Gather::new();
+    t.read_and_clear_dirty(Iova::new(0), 8 * gran, |_, _| again += 1, &mut gather)
+        .unwrap();
+    assert_eq!(again, 0, "{}", case.name());
+    gather.release(&mem, done()).unwrap();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -746,12 +1076,19 @@ fn vtd_first_stage() {
                 levels,
                 haw: 46,
                 page_1g,
-                execute_disable: true,
-                dirty_tracking: false,
+                execute_disable: page_1g,
+                dirty_tracking: !page_1g,
             };
             run(&VtdFsCase(cfg));
         }
     }
+    run(&VtdFsCase(VtdFsConfig {
+        levels: 4,
+        haw: 52,
+        page_1g: true,
+        execute_disable: true,
+        dirty_tracking: true,
+    }));
 }
 
 #[test]

@@ -521,7 +521,10 @@ fn non_coherent_walker_sees_every_table_write_cleaned() {
 #[test]
 fn dirty_tracking_domain_in_scalable_mode() {
     let a = arena();
-    let m = VtdModel::new(&a, VtdModelConfig::scalable());
+    // Second-stage A/D updates need snooped page walks: ECAP.SMPWCS (bit 48), so PWSNP.
+    let mut cfg = VtdModelConfig::scalable();
+    cfg.ecap |= 1 << 48;
+    let m = VtdModel::new(&a, cfg);
     let u = unit(&m, &a, Mode::Scalable);
     assert!(u.capabilities().dirty_tracking);
     let d = u

@@ -53,6 +53,8 @@ pub(super) struct PasidAttachment {
 }
 
 pub(super) struct State<'a, A: PageAllocator> {
+    /// The context's number: handles carry it, and only its own are accepted.
+    pub(super) ctx: u32,
     pub(super) devices: [Option<Device>; MAX_DEVICES],
     pub(super) ioasids: [Option<Ioasid<'a, A>>; MAX_IOASIDS],
     pub(super) pasid_attachments: [Option<PasidAttachment>; MAX_PASID_ATTACHMENTS],
@@ -63,14 +65,16 @@ pub(super) struct State<'a, A: PageAllocator> {
 impl<'a, A: PageAllocator> State<'a, A> {
     pub(super) fn device(&self, d: DeviceHandle) -> Result<&Device, Error> {
         self.devices
-            .get(usize::from(d.0))
+            .get(usize::from(d.slot()))
+            .filter(|_| d.of(self.ctx))
             .and_then(Option::as_ref)
             .ok_or(Error::NoSuchDevice(d))
     }
 
     pub(super) fn device_mut(&mut self, d: DeviceHandle) -> Result<&mut Device, Error> {
         self.devices
-            .get_mut(usize::from(d.0))
+            .get_mut(usize::from(d.slot()))
+            .filter(|_| d.of(self.ctx))
             .and_then(Option::as_mut)
             .ok_or(Error::NoSuchDevice(d))
     }
@@ -153,12 +157,14 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
     /// A new, empty context drawing record pages from `alloc` and at most `pasid_quota` PASIDs
     /// (at most [`MAX_PASID_ATTACHMENTS`]) from the registry.
     pub fn new(registry: &'r Registry<'a>, alloc: &'a A, pasid_quota: u32) -> Self {
+        let id = registry.new_context_id();
         Self {
             registry,
             alloc,
-            id: registry.new_context_id(),
+            id,
             pasid_quota: pasid_quota.min(MAX_PASID_ATTACHMENTS as u32),
             state: spin::RwLock::new(State {
+                ctx: id,
                 devices: [const { None }; MAX_DEVICES],
                 ioasids: [const { None }; MAX_IOASIDS],
                 pasid_attachments: [None; MAX_PASID_ATTACHMENTS],
@@ -167,6 +173,13 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
             }),
             grants: [const { AtomicU32::new(0) }; MAX_DEVICES],
         }
+    }
+
+    /// The handle this context gives the device in `slot` ([`DeviceHandle::slot`]), for
+    /// callers that carry slots across a boundary (the C ABI). Every call still checks that a
+    /// device is bound there.
+    pub fn device_handle(&self, slot: u16) -> DeviceHandle {
+        DeviceHandle::new(self.id, slot)
     }
 
     pub(super) fn unit(&self, id: UnitId) -> Result<&'a dyn Iommu, Error> {
@@ -195,7 +208,7 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
             no_snoop_capable,
             attached: None,
         });
-        Ok(DeviceHandle(slot as u16))
+        Ok(DeviceHandle::new(self.id, slot as u16))
     }
 
     /// Releases a detached device with no outstanding grant.
@@ -214,7 +227,7 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
             return Err(Error::Busy);
         }
         self.registry.release(dev.label, self.id);
-        st.devices[usize::from(device.0)] = None;
+        st.devices[usize::from(device.slot())] = None;
         Ok(())
     }
 
@@ -383,8 +396,14 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
         if !st.device(device)?.no_snoop_capable {
             return Err(Error::NotNoSnoopCapable(device));
         }
-        let counter = &self.grants[usize::from(device.0)];
-        counter.fetch_add(1, Ordering::AcqRel);
+        let counter = self
+            .grants
+            .get(usize::from(device.slot()))
+            .ok_or(Error::NoSuchDevice(device))?;
+        // A count that wrapped to zero would report no grant while grants exist.
+        counter
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_add(1))
+            .map_err(|_| Error::Capacity("incoherent DMA grants"))?;
         Ok(IncoherentDmaGrant { counter, device })
     }
 
@@ -396,7 +415,7 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
 
     fn grant_count(&self, device: DeviceHandle) -> u32 {
         self.grants
-            .get(usize::from(device.0))
+            .get(usize::from(device.slot()))
             .map_or(0, |g| g.load(Ordering::Acquire))
     }
 
@@ -423,7 +442,11 @@ impl<A: PageAllocator> Drop for IoasidCtx<'_, '_, A> {
     fn drop(&mut self) {
         let handles: [Option<DeviceHandle>; MAX_DEVICES] = {
             let st = self.state.read();
-            core::array::from_fn(|i| st.devices[i].as_ref().map(|_| DeviceHandle(i as u16)))
+            core::array::from_fn(|i| {
+                st.devices[i]
+                    .as_ref()
+                    .map(|_| DeviceHandle::new(self.id, i as u16))
+            })
         };
         // Errors cannot be reported from drop: each step is still attempted.
         let pasid_pairs: [Option<(DeviceHandle, Pasid)>; MAX_PASID_ATTACHMENTS] = {

@@ -115,8 +115,9 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         Ok(())
     }
 
-    /// Finds and reserves `size` bytes of IOVA aligned to `align` (a power of two, at least
-    /// 4 KiB) that nothing maps or reserves, below every domain's input limit. The caller maps
+    /// Finds and reserves `size` bytes (rounded up to whole 4 KiB pages) of IOVA aligned to
+    /// `align` (a power of two; at least 4 KiB is used) that nothing maps or reserves, below
+    /// every domain's input limit. The caller maps
     /// into it and returns it with [`IoasidCtx::free_iova`].
     ///
     /// # Errors
@@ -128,6 +129,9 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         if size == 0 || !align.is_power_of_two() {
             return Err(Error::NoIovaSpace { size });
         }
+        // Whole pages: what is reserved is what can be mapped.
+        let asked = size;
+        let size = align_up(size, 1 << 12).ok_or(Error::NoIovaSpace { size: asked })?;
         let mut limit = 1u64 << RECORD_IAS;
         for d in io.domains.iter().flatten() {
             let (ias, _) = self.unit(d.unit)?.domain_geometry(d.handle)?;
@@ -138,12 +142,12 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
             .iter()
             .position(Option::is_none)
             .ok_or(Error::Capacity("IOVA reservations"))?;
-        let mut at = align_up(IOVA_ALLOC_BASE, align).ok_or(Error::NoIovaSpace { size })?;
+        let mut at = align_up(IOVA_ALLOC_BASE, align).ok_or(Error::NoIovaSpace { size: asked })?;
         loop {
             let end = at
                 .checked_add(size)
                 .filter(|&e| e <= limit)
-                .ok_or(Error::NoIovaSpace { size })?;
+                .ok_or(Error::NoIovaSpace { size: asked })?;
             let mut busy_until = reservations
                 .iter()
                 .flatten()
@@ -158,7 +162,9 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
             })?;
             match busy_until {
                 None => break,
-                Some(next) => at = align_up(next, align).ok_or(Error::NoIovaSpace { size })?,
+                Some(next) => {
+                    at = align_up(next, align).ok_or(Error::NoIovaSpace { size: asked })?
+                }
             }
         }
         reservations[slot] = Some(IovaRange {
@@ -209,7 +215,7 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         len: u64,
     ) -> Result<(), Error> {
         let unit: &dyn Iommu = self.unit(d.unit)?;
-        let (start, end) = (iova.get(), iova.get() + len);
+        let (start, end) = (iova.get(), iova.get().saturating_add(len));
         let mut result = Ok(());
         io.record.for_each_mapping(iova, len, |l| {
             let from = l.iova.get().max(start);

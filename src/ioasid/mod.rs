@@ -73,14 +73,43 @@ bitflags::bitflags! {
     }
 }
 
-/// A bound device, as its context numbers it.
+/// A bound device, as its context numbers it. It names the device only to the context that
+/// returned it: any other context refuses it with [`Error::NoSuchDevice`], so that one context
+/// cannot reach (or grant incoherent DMA to) another's device. Invalid after
+/// [`IoasidCtx::unbind`]; its slot may be reused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct DeviceHandle(pub u16);
+pub struct DeviceHandle {
+    ctx: u32,
+    slot: u16,
+}
 
-/// An IOASID, as its context numbers it. Invalid after [`IoasidCtx::free`]; the number may be
-/// reused.
+impl DeviceHandle {
+    pub(crate) const fn new(ctx: u32, slot: u16) -> Self {
+        Self { ctx, slot }
+    }
+
+    /// The device's slot in its context.
+    pub const fn slot(self) -> u16 {
+        self.slot
+    }
+
+    /// Whether the handle was made by context `ctx`.
+    pub(crate) const fn of(self, ctx: u32) -> bool {
+        self.ctx == ctx
+    }
+}
+
+/// An IOASID, as its context numbers it: like a file descriptor, it names an IOASID of the
+/// context it is used with. Invalid after [`IoasidCtx::free`]; the number may be reused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct IoasidId(pub u16);
+
+impl IoasidId {
+    /// The IOASID's slot in its context.
+    pub const fn slot(self) -> u16 {
+        self.0
+    }
+}
 
 /// Why a device cannot be attached to an IOASID.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -183,14 +212,14 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Incompatible { device, reason } => {
-                write!(f, "device {} cannot attach: {reason}", device.0)
+                write!(f, "device {} cannot attach: {reason}", device.slot)
             }
             Error::Busy => write!(f, "busy"),
-            Error::NoSuchDevice(d) => write!(f, "no device {}", d.0),
+            Error::NoSuchDevice(d) => write!(f, "no device {}", d.slot),
             Error::NoSuchIoasid(i) => write!(f, "no IOASID {}", i.0),
             Error::NoSuchUnit(u) => write!(f, "no unit {}", u.0),
-            Error::NotAttached(d) => write!(f, "device {} not attached", d.0),
-            Error::NotNoSnoopCapable(d) => write!(f, "device {} is not no-snoop capable", d.0),
+            Error::NotAttached(d) => write!(f, "device {} not attached", d.slot),
+            Error::NotNoSnoopCapable(d) => write!(f, "device {} is not no-snoop capable", d.slot),
             Error::Reserved(r) => write!(f, "range overlaps reserved {}..{}", r.start, r.end),
             Error::Capacity(what) => write!(f, "too many {what}"),
             Error::Quota(q) => write!(f, "PASID quota of {q} used up"),

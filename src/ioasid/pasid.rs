@@ -5,6 +5,7 @@
 //! out: VT-d scalable mode uses it as RID_PASID for requests without a PASID, and SMMUv3
 //! substream 0 serves requests without a SubstreamID.
 
+use core::ptr::{addr_of_mut, NonNull};
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use crate::iommu::Pasid;
@@ -30,7 +31,32 @@ impl core::fmt::Debug for PasidAllocator {
 impl PasidAllocator {
     /// An allocator handing out PASIDs `1..(1 << bits)`; `bits` is clamped to 1..=20 (the
     /// narrowest PASID width of the system's units and devices).
+    ///
+    /// The bitmap covers the whole 20-bit space (128 KiB): put the allocator in a `static`
+    /// (`static PASIDS: PasidAllocator = PasidAllocator::new(20);` lands in `.bss`), or build it
+    /// in zeroed memory with [`init_zeroed`](Self::init_zeroed), rather than on a kernel stack.
     pub const fn new(bits: u32) -> Self {
+        Self {
+            bits: [const { AtomicU64::new(0) }; WORDS],
+            hint: AtomicU32::new(0),
+            limit: Self::limit_for(bits),
+        }
+    }
+
+    /// Makes an allocator of `bits` bits out of zero-filled memory, in place.
+    ///
+    /// # Safety
+    ///
+    /// `this` is valid for writes, aligned, `size_of::<PasidAllocator>()` bytes long, all
+    /// zero, and not referenced elsewhere.
+    pub unsafe fn init_zeroed(this: NonNull<Self>, bits: u32) {
+        // All-zero is a valid bitmap (every PASID free) and hint; only the limit is written.
+        // SAFETY: the caller guarantees `this` is valid for writes and aligned.
+        unsafe { addr_of_mut!((*this.as_ptr()).limit).write(Self::limit_for(bits)) };
+    }
+
+    /// One past the largest PASID of a `bits`-bit space, `bits` clamped to 1..=20.
+    const fn limit_for(bits: u32) -> u32 {
         let bits = if bits == 0 {
             1
         } else if bits > Pasid::BITS {
@@ -38,11 +64,7 @@ impl PasidAllocator {
         } else {
             bits
         };
-        Self {
-            bits: [const { AtomicU64::new(0) }; WORDS],
-            hint: AtomicU32::new(0),
-            limit: 1 << bits,
-        }
+        1 << bits
     }
 
     /// A free PASID, or `None` when the space is exhausted.

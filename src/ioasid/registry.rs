@@ -20,10 +20,13 @@ pub struct DeviceLabel {
 }
 
 /// The system-wide state every context shares: one per kernel or hypervisor.
+///
+/// Small enough to build on a kernel stack: the PASID space's bitmap (128 KiB for 20 bits) is
+/// not inside it but borrowed, typically from a `static` (see [`PasidAllocator::new`]).
 pub struct Registry<'a> {
     units: [Option<&'a dyn Iommu>; MAX_UNITS],
     owners: spin::Mutex<[Option<(DeviceLabel, u32)>; MAX_BOUND]>,
-    pasids: PasidAllocator,
+    pasids: &'a PasidAllocator,
     next_ctx: AtomicU32,
 }
 
@@ -37,11 +40,20 @@ impl core::fmt::Debug for Registry<'_> {
 }
 
 impl<'a> Registry<'a> {
-    /// A registry over `units` (at most [`MAX_UNITS`]), with PASIDs of `pasid_bits` bits.
+    /// A registry over `units` (at most [`MAX_UNITS`]), drawing PASIDs from `pasids` (the
+    /// system's one PASID space, sized to the narrowest PASID width of its units and devices).
+    ///
+    /// ```
+    /// use iommu_engine::ioasid::{PasidAllocator, Registry};
+    /// // In .bss: no stack, no heap.
+    /// static PASIDS: PasidAllocator = PasidAllocator::new(20);
+    /// let registry = Registry::new(&[], &PASIDS).unwrap();
+    /// assert_eq!(registry.pasids().alloc().map(|p| p.get()), Some(1));
+    /// ```
     ///
     /// # Errors
     /// [`Error::Capacity`] with more than [`MAX_UNITS`] units.
-    pub fn new(units: &[&'a dyn Iommu], pasid_bits: u32) -> Result<Self, Error> {
+    pub fn new(units: &[&'a dyn Iommu], pasids: &'a PasidAllocator) -> Result<Self, Error> {
         if units.len() > MAX_UNITS {
             return Err(Error::Capacity("units"));
         }
@@ -52,7 +64,7 @@ impl<'a> Registry<'a> {
         Ok(Self {
             units: slots,
             owners: spin::Mutex::new([None; MAX_BOUND]),
-            pasids: PasidAllocator::new(pasid_bits),
+            pasids,
             next_ctx: AtomicU32::new(1),
         })
     }
@@ -70,8 +82,8 @@ impl<'a> Registry<'a> {
     }
 
     /// The PASID allocator.
-    pub fn pasids(&self) -> &PasidAllocator {
-        &self.pasids
+    pub fn pasids(&self) -> &'a PasidAllocator {
+        self.pasids
     }
 
     pub(super) fn new_context_id(&self) -> u32 {

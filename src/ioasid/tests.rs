@@ -11,12 +11,13 @@ use crate::iommu::{
     Capabilities, DeviceId, DomainConfig, DomainHandle, Error as IommuError, Iommu, Stage,
 };
 use crate::mem::{Iova, PhysAddr, WalkerCoherency};
-use crate::pgtable::testutil::TestAlloc;
+use crate::pgtable::testutil::{test_alloc, TestAlloc};
 use crate::pgtable::vtd_ss::{VtdSs, VtdSsConfig};
 use crate::pgtable::{Gather, InvalidationComplete, Leaf, Mapping, PageTable, Prot};
 
 const K4: u64 = 1 << 12;
 const M2: u64 = 1 << 21;
+const G1: u64 = 1 << 30;
 const RW: Prot = Prot::READ.union(Prot::WRITE);
 
 type Table<'a> = PageTable<VtdSs, &'a TestAlloc>;
@@ -29,6 +30,19 @@ struct FakeUnit<'a> {
     attached: Mutex<Vec<(DeviceId, Option<Pasid>, DomainHandle)>>,
     flushes: Mutex<u32>,
     fail_map_at: Mutex<Option<u64>>,
+    fail_unmap_at: Mutex<Option<u64>>,
+    /// Overrides what `domain_geometry` reports (input bits, page sizes).
+    geometry: Option<(u32, u64)>,
+    /// Every attach, detach and domain free, in order.
+    events: Mutex<Vec<Event>>,
+}
+
+/// What the fake unit was asked to do to its configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Event {
+    Attach(DeviceId, Option<Pasid>, DomainHandle),
+    Detach(DeviceId, Option<Pasid>),
+    Free(DomainHandle),
 }
 
 impl<'a> FakeUnit<'a> {
@@ -53,7 +67,14 @@ impl<'a> FakeUnit<'a> {
             attached: Mutex::new(Vec::new()),
             flushes: Mutex::new(0),
             fail_map_at: Mutex::new(None),
+            fail_unmap_at: Mutex::new(None),
+            geometry: None,
+            events: Mutex::new(Vec::new()),
         }
+    }
+
+    fn events(&self) -> Vec<Event> {
+        self.events.lock().unwrap().clone()
     }
 
     fn with<R>(&self, d: DomainHandle, f: impl FnOnce(&Table<'a>) -> R) -> Result<R, IommuError> {
@@ -101,6 +122,9 @@ impl Iommu for FakeUnit<'_> {
         if cfg.dirty_tracking && !self.caps.dirty_tracking {
             return Err(IommuError::Unsupported(Missing::DirtyTracking));
         }
+        if cfg.nest_parent && !self.caps.nesting {
+            return Err(IommuError::Unsupported(Missing::Nesting));
+        }
         if cfg.min_ias > self.caps.ias {
             return Err(IommuError::Unsupported(Missing::AddressWidth {
                 need: cfg.min_ias,
@@ -126,7 +150,8 @@ impl Iommu for FakeUnit<'_> {
         Ok(DomainHandle(i as u16))
     }
     fn domain_geometry(&self, d: DomainHandle) -> Result<(u32, u64), IommuError> {
-        self.with(d, |t| (t.geometry().ias, t.geometry().page_sizes))
+        let real = self.with(d, |t| (t.geometry().ias, t.geometry().page_sizes))?;
+        Ok(self.geometry.unwrap_or(real))
     }
     fn domain_free(&self, d: DomainHandle) -> Result<(), IommuError> {
         if self.attached.lock().unwrap().iter().any(|a| a.2 == d) {
@@ -137,6 +162,7 @@ impl Iommu for FakeUnit<'_> {
             .ok_or(IommuError::InvalidDomain(d))?;
         let mut g = Gather::new();
         t.destroy(&mut g)?;
+        self.events.lock().unwrap().push(Event::Free(d));
         self.flush(d, &mut g)
     }
     fn map(
@@ -160,6 +186,9 @@ impl Iommu for FakeUnit<'_> {
         len: u64,
         g: &mut Gather,
     ) -> Result<u64, IommuError> {
+        if *self.fail_unmap_at.lock().unwrap() == Some(iova.get()) {
+            return Err(IommuError::Timeout { what: "test" });
+        }
         self.with(d, |t| t.unmap(iova, len, g))?.map_err(Into::into)
     }
     fn flush(&self, _d: DomainHandle, g: &mut Gather) -> Result<(), IommuError> {
@@ -202,6 +231,10 @@ impl Iommu for FakeUnit<'_> {
         let mut at = self.attached.lock().unwrap();
         at.retain(|a| !(a.0 == dev && a.1 == pasid));
         at.push((dev, pasid, d));
+        self.events
+            .lock()
+            .unwrap()
+            .push(Event::Attach(dev, pasid, d));
         Ok(())
     }
     fn detach(&self, dev: DeviceId, pasid: Option<Pasid>) -> Result<(), IommuError> {
@@ -211,6 +244,7 @@ impl Iommu for FakeUnit<'_> {
         if at.len() == n {
             return Err(IommuError::NotAttached(dev));
         }
+        self.events.lock().unwrap().push(Event::Detach(dev, pasid));
         Ok(())
     }
 }
@@ -224,10 +258,11 @@ fn label(unit: u8, id: u32) -> DeviceLabel {
 
 #[test]
 fn seed_flow_enforce_snoop() {
-    let alloc = TestAlloc::new();
+    let alloc = test_alloc();
     let snoopy = FakeUnit::new(&alloc, true);
     let plain = FakeUnit::new(&alloc, false);
-    let reg = Registry::new(&[&snoopy, &plain], 20).unwrap();
+    let pasids = PasidAllocator::new(20);
+    let reg = Registry::new(&[&snoopy, &plain], &pasids).unwrap();
     {
         let ctx = IoasidCtx::new(&reg, &alloc, 4);
         let dev = ctx.bind(label(0, 0x20), false).unwrap();
@@ -246,7 +281,7 @@ fn seed_flow_enforce_snoop() {
 
         // A device behind a unit without snoop control cannot join: nothing changes.
         let other = ctx.bind(label(1, 0x30), true).unwrap();
-        let live = alloc.live();
+        let live = alloc.stats().live_pages;
         let e = ctx.attach(other, io).unwrap_err();
         assert_eq!(
             e,
@@ -256,20 +291,21 @@ fn seed_flow_enforce_snoop() {
             }
         );
         assert_eq!(plain.live_domains(), 0);
-        assert_eq!(alloc.live(), live);
+        assert_eq!(alloc.stats().live_pages, live);
 
         // Freeing an attached IOASID fails; the context's drop cleans everything.
         assert_eq!(ctx.free(io), Err(Error::Busy));
     }
     assert_eq!(snoopy.live_domains(), 0);
-    assert_eq!(alloc.live(), 0);
+    assert_eq!(alloc.stats().live_pages, 0);
 }
 
 #[test]
 fn one_device_one_context() {
-    let alloc = TestAlloc::new();
+    let alloc = test_alloc();
     let unit = FakeUnit::new(&alloc, true);
-    let reg = Registry::new(&[&unit], 20).unwrap();
+    let pasids = PasidAllocator::new(20);
+    let reg = Registry::new(&[&unit], &pasids).unwrap();
     let a = IoasidCtx::new(&reg, &alloc, 0);
     let b = IoasidCtx::new(&reg, &alloc, 0);
     a.bind(label(0, 1), false).unwrap();
@@ -285,9 +321,10 @@ fn one_device_one_context() {
 
 #[test]
 fn mappings_reach_every_unit_and_late_domains_get_copies() {
-    let alloc = TestAlloc::new();
+    let alloc = test_alloc();
     let (u0, u1) = (FakeUnit::new(&alloc, true), FakeUnit::new(&alloc, true));
-    let reg = Registry::new(&[&u0, &u1], 20).unwrap();
+    let pasids = PasidAllocator::new(20);
+    let reg = Registry::new(&[&u0, &u1], &pasids).unwrap();
     let ctx = IoasidCtx::new(&reg, &alloc, 0);
     let (d0, d1) = (
         ctx.bind(label(0, 1), false).unwrap(),
@@ -334,9 +371,10 @@ fn mappings_reach_every_unit_and_late_domains_get_copies() {
 
 #[test]
 fn failed_map_rolls_back_everywhere() {
-    let alloc = TestAlloc::new();
+    let alloc = test_alloc();
     let (u0, u1) = (FakeUnit::new(&alloc, true), FakeUnit::new(&alloc, true));
-    let reg = Registry::new(&[&u0, &u1], 20).unwrap();
+    let pasids = PasidAllocator::new(20);
+    let reg = Registry::new(&[&u0, &u1], &pasids).unwrap();
     let ctx = IoasidCtx::new(&reg, &alloc, 0);
     let io = ctx.alloc(IoasidFlags::empty()).unwrap();
     ctx.attach(ctx.bind(label(0, 1), false).unwrap(), io)
@@ -359,9 +397,10 @@ fn failed_map_rolls_back_everywhere() {
 
 #[test]
 fn reserved_regions_are_refused() {
-    let alloc = TestAlloc::new();
+    let alloc = test_alloc();
     let u = FakeUnit::new(&alloc, true);
-    let reg = Registry::new(&[&u], 20).unwrap();
+    let pasids = PasidAllocator::new(20);
+    let reg = Registry::new(&[&u], &pasids).unwrap();
     let ctx = IoasidCtx::new(&reg, &alloc, 0);
     let io = ctx.alloc(IoasidFlags::empty()).unwrap();
     // Before any attach the unit's MSI window is not yet known to the IOASID...
@@ -395,9 +434,10 @@ fn reserved_regions_are_refused() {
 
 #[test]
 fn iova_allocation_skips_mappings_and_reservations() {
-    let alloc = TestAlloc::new();
+    let alloc = test_alloc();
     let u = FakeUnit::new(&alloc, true);
-    let reg = Registry::new(&[&u], 20).unwrap();
+    let pasids = PasidAllocator::new(20);
+    let reg = Registry::new(&[&u], &pasids).unwrap();
     let ctx = IoasidCtx::new(&reg, &alloc, 0);
     let io = ctx.alloc(IoasidFlags::empty()).unwrap();
     ctx.map(io, Iova::new(0x1000), PhysAddr::new(0), 0x3000, RW)
@@ -421,9 +461,10 @@ fn iova_allocation_skips_mappings_and_reservations() {
 
 #[test]
 fn pasids_quota_and_attachment() {
-    let alloc = TestAlloc::new();
+    let alloc = test_alloc();
     let u = FakeUnit::new(&alloc, true);
-    let reg = Registry::new(&[&u], 20).unwrap();
+    let pasids = PasidAllocator::new(20);
+    let reg = Registry::new(&[&u], &pasids).unwrap();
     let ctx = IoasidCtx::new(&reg, &alloc, 2);
     let p1 = ctx.alloc_pasid().unwrap();
     let p2 = ctx.alloc_pasid().unwrap();
@@ -455,9 +496,10 @@ fn pasids_quota_and_attachment() {
 
 #[test]
 fn incoherent_dma_needs_proof() {
-    let alloc = TestAlloc::new();
+    let alloc = test_alloc();
     let u = FakeUnit::new(&alloc, false);
-    let reg = Registry::new(&[&u], 20).unwrap();
+    let pasids = PasidAllocator::new(20);
+    let reg = Registry::new(&[&u], &pasids).unwrap();
     let ctx = IoasidCtx::new(&reg, &alloc, 0);
     let other = IoasidCtx::new(&reg, &alloc, 0);
     let coherent = ctx.bind(label(0, 1), false).unwrap();
@@ -467,12 +509,13 @@ fn incoherent_dma_needs_proof() {
         ctx.allow_incoherent_dma(coherent).unwrap_err(),
         Error::NotNoSnoopCapable(coherent)
     );
-    // A handle of another context names no device here (slot 2 is empty in `ctx`).
+    // A handle of another context names no device here, even one whose slot is taken.
+    assert_eq!(foreign.slot(), coherent.slot());
     assert_eq!(
-        ctx.allow_incoherent_dma(DeviceHandle(2)).unwrap_err(),
-        Error::NoSuchDevice(DeviceHandle(2))
+        ctx.allow_incoherent_dma(foreign).unwrap_err(),
+        Error::NoSuchDevice(foreign)
     );
-    let _ = foreign;
+    let _grant_elsewhere = other.allow_incoherent_dma(foreign).unwrap();
     assert!(!ctx.incoherent_dma_allowed());
     let g = ctx.allow_incoherent_dma(nosnoop).unwrap();
     assert_eq!(g.device(), nosnoop);
@@ -485,9 +528,10 @@ fn incoherent_dma_needs_proof() {
 
 #[test]
 fn reattach_switches_domains_and_frees_the_old_one() {
-    let alloc = TestAlloc::new();
+    let alloc = test_alloc();
     let u = FakeUnit::new(&alloc, true);
-    let reg = Registry::new(&[&u], 20).unwrap();
+    let pasids = PasidAllocator::new(20);
+    let reg = Registry::new(&[&u], &pasids).unwrap();
     let ctx = IoasidCtx::new(&reg, &alloc, 0);
     let dev = ctx.bind(label(0, 7), false).unwrap();
     let a = ctx.alloc(IoasidFlags::empty()).unwrap();
@@ -499,6 +543,16 @@ fn reattach_switches_domains_and_frees_the_old_one() {
     assert_ne!(da, db);
     assert!(u.snoop_of(db));
     assert_eq!(u.live_domains(), 1);
+    // The device went from one domain to the other in one attach, never through "blocked";
+    // the old domain was freed only once nothing pointed at it.
+    assert_eq!(
+        u.events(),
+        [
+            Event::Attach(DeviceId(7), None, da),
+            Event::Attach(DeviceId(7), None, db),
+            Event::Free(da),
+        ]
+    );
     ctx.free(a).unwrap();
     assert_eq!(ctx.free(b), Err(Error::Busy));
     ctx.detach(dev).unwrap();
@@ -509,9 +563,11 @@ fn reattach_switches_domains_and_frees_the_old_one() {
 
 #[test]
 fn concurrent_maps_of_disjoint_ranges() {
-    let alloc = TestAlloc::new();
+    const PER_THREAD: u64 = if cfg!(miri) { 6 } else { 64 };
+    let alloc = test_alloc();
     let (u0, u1) = (FakeUnit::new(&alloc, true), FakeUnit::new(&alloc, true));
-    let reg = Registry::new(&[&u0, &u1], 20).unwrap();
+    let pasids = PasidAllocator::new(20);
+    let reg = Registry::new(&[&u0, &u1], &pasids).unwrap();
     let ctx = IoasidCtx::new(&reg, &alloc, 0);
     let io = ctx.alloc(IoasidFlags::empty()).unwrap();
     ctx.attach(ctx.bind(label(0, 1), false).unwrap(), io)
@@ -522,7 +578,8 @@ fn concurrent_maps_of_disjoint_ranges() {
         for t in 0..4u64 {
             let ctx = &ctx;
             s.spawn(move || {
-                for i in 0..64 {
+                // Fewer under Miri, which interleaves the threads at every atomic access.
+                for i in 0..PER_THREAD {
                     let at = (i * 4 + t) * K4;
                     ctx.map(io, Iova::new(at + M2), PhysAddr::new(at), K4, RW)
                         .unwrap();
@@ -532,11 +589,339 @@ fn concurrent_maps_of_disjoint_ranges() {
     });
     for u in [&u0, &u1] {
         let d = u.domain_of(DeviceId(1)).unwrap();
-        for p in 0..256 {
+        for p in 0..4 * PER_THREAD {
             assert_eq!(
                 u.query(d, Iova::new(M2 + p * K4)).unwrap().pa,
                 PhysAddr::new(p * K4)
             );
         }
     }
+}
+
+#[test]
+fn device_info_reports_the_unit_and_the_device() {
+    let alloc = test_alloc();
+    let mut unit = FakeUnit::new(&alloc, true);
+    unit.caps = Capabilities {
+        ias: 39,
+        oas: 42,
+        page_sizes: 1 << 12 | 1 << 21,
+        pasid_bits: 16,
+        enforce_snoop: true,
+        dirty_tracking: true,
+        nesting: true,
+        coherent_walk: false,
+    };
+    let pasids = PasidAllocator::new(20);
+    let reg = Registry::new(&[&unit], &pasids).unwrap();
+    let ctx = IoasidCtx::new(&reg, &alloc, 0);
+    let dev = ctx.bind(label(0, 0x42), true).unwrap();
+    assert_eq!(
+        ctx.device_info(dev).unwrap(),
+        DeviceInfo {
+            label: label(0, 0x42),
+            capabilities: unit.caps,
+            no_snoop_capable: true,
+        }
+    );
+    let plain = ctx.bind(label(0, 0x43), false).unwrap();
+    assert!(!ctx.device_info(plain).unwrap().no_snoop_capable);
+}
+
+#[test]
+fn device_handles_of_another_context_are_refused() {
+    let alloc = test_alloc();
+    let unit = FakeUnit::new(&alloc, true);
+    let pasids = PasidAllocator::new(20);
+    let reg = Registry::new(&[&unit], &pasids).unwrap();
+    let (a, b) = (
+        IoasidCtx::new(&reg, &alloc, 0),
+        IoasidCtx::new(&reg, &alloc, 0),
+    );
+    let (da, db) = (
+        a.bind(label(0, 1), false).unwrap(),
+        b.bind(label(0, 2), false).unwrap(),
+    );
+    let ia = a.alloc(IoasidFlags::empty()).unwrap();
+    assert_eq!(da.slot(), db.slot());
+    assert_eq!(a.device_info(db), Err(Error::NoSuchDevice(db)));
+    assert_eq!(a.attach(db, ia), Err(Error::NoSuchDevice(db)));
+    assert_eq!(a.unbind(db), Err(Error::NoSuchDevice(db)));
+    assert_eq!(
+        a.allow_incoherent_dma(db).err(),
+        Some(Error::NoSuchDevice(db))
+    );
+    // The context's own handle for that slot works.
+    assert_eq!(a.device_handle(db.slot()), da);
+    assert_eq!(
+        a.device_info(a.device_handle(db.slot())).unwrap().label,
+        label(0, 1)
+    );
+    assert!(unit.events().is_empty());
+}
+
+/// Each capability an IOASID's flags need: a unit without it refuses the attach, naming it, and
+/// nothing changes (no domain, no page, no attachment).
+#[test]
+fn incompatible_attach_names_the_reason_and_changes_nothing() {
+    let alloc = test_alloc();
+    let plain = FakeUnit::new(&alloc, false);
+    let mut narrow = FakeUnit::new(&alloc, true);
+    narrow.caps.ias = 39;
+    let mut coarse = FakeUnit::new(&alloc, true);
+    coarse.geometry = Some((48, 1 << 16));
+    let pasids = PasidAllocator::new(20);
+    let reg = Registry::new(&[&plain, &narrow, &coarse], &pasids).unwrap();
+    let ctx = IoasidCtx::new(&reg, &alloc, 0);
+    let on = |unit: u8| ctx.bind(label(unit, 9), false).unwrap();
+    let (dp, dn, dc) = (on(0), on(1), on(2));
+    let high = ctx.alloc(IoasidFlags::empty()).unwrap();
+    ctx.map(high, Iova::new(1 << 40), PhysAddr::new(0), K4, RW)
+        .unwrap();
+    let missing = |m| Incompatibility::Missing(m);
+    let cases = [
+        (
+            dp,
+            IoasidFlags::ENFORCE_SNOOP,
+            missing(Missing::SnoopControl),
+        ),
+        (
+            dp,
+            IoasidFlags::DIRTY_TRACKING,
+            missing(Missing::DirtyTracking),
+        ),
+        (dp, IoasidFlags::NEST_PARENT, missing(Missing::Nesting)),
+    ];
+    let live = alloc.stats().live_pages;
+    for (dev, flags, reason) in cases {
+        let io = ctx.alloc(flags).unwrap();
+        let live = alloc.stats().live_pages;
+        let e = ctx.attach(dev, io).unwrap_err();
+        assert_eq!(
+            e,
+            Error::Incompatible {
+                device: dev,
+                reason
+            },
+            "{flags:?}"
+        );
+        assert_eq!(alloc.stats().live_pages, live);
+        ctx.free(io).unwrap();
+    }
+    assert_eq!(alloc.stats().live_pages, live);
+    assert_eq!(
+        ctx.attach(dn, high),
+        Err(Error::Incompatible {
+            device: dn,
+            reason: missing(Missing::AddressWidth { need: 41, have: 39 })
+        })
+    );
+    assert_eq!(
+        ctx.attach(dc, high),
+        Err(Error::Incompatible {
+            device: dc,
+            reason: Incompatibility::Alignment {
+                iova: Iova::new(1 << 40),
+                granule_log2: 16
+            }
+        })
+    );
+    assert_eq!(alloc.stats().live_pages, live);
+    for u in [&plain, &narrow, &coarse] {
+        assert_eq!(u.live_domains(), 0);
+        assert!(u.events().iter().all(|e| matches!(e, Event::Free(_))));
+    }
+}
+
+#[test]
+fn failed_unmap_puts_back_what_was_removed() {
+    let alloc = test_alloc();
+    let (u0, u1) = (FakeUnit::new(&alloc, true), FakeUnit::new(&alloc, true));
+    let pasids = PasidAllocator::new(20);
+    let reg = Registry::new(&[&u0, &u1], &pasids).unwrap();
+    let ctx = IoasidCtx::new(&reg, &alloc, 0);
+    let io = ctx.alloc(IoasidFlags::empty()).unwrap();
+    ctx.attach(ctx.bind(label(0, 1), false).unwrap(), io)
+        .unwrap();
+    ctx.attach(ctx.bind(label(1, 1), false).unwrap(), io)
+        .unwrap();
+    ctx.map(io, Iova::new(M2), PhysAddr::new(4 * M2), M2, RW)
+        .unwrap();
+    *u1.fail_unmap_at.lock().unwrap() = Some(M2 + K4);
+    assert!(ctx.unmap(io, Iova::new(M2 + K4), K4).is_err());
+    for u in [&u0, &u1] {
+        let d = u.domain_of(DeviceId(1)).unwrap();
+        let m = u.query(d, Iova::new(M2 + K4)).expect("mapped again");
+        assert_eq!(m.pa, PhysAddr::new(4 * M2 + K4));
+    }
+    assert!(ctx.translate(io, Iova::new(M2 + K4)).unwrap().is_some());
+    *u1.fail_unmap_at.lock().unwrap() = None;
+    assert_eq!(ctx.unmap(io, Iova::new(M2 + K4), K4), Ok(K4));
+}
+
+#[test]
+fn iova_sizes_are_rounded_to_pages() {
+    let alloc = test_alloc();
+    let u = FakeUnit::new(&alloc, true);
+    let pasids = PasidAllocator::new(20);
+    let reg = Registry::new(&[&u], &pasids).unwrap();
+    let ctx = IoasidCtx::new(&reg, &alloc, 0);
+    let io = ctx.alloc(IoasidFlags::empty()).unwrap();
+    assert_eq!(
+        ctx.alloc_iova(io, 0, K4),
+        Err(Error::NoIovaSpace { size: 0 })
+    );
+    let a = ctx.alloc_iova(io, 100, 1).unwrap();
+    let b = ctx.alloc_iova(io, 100, 1).unwrap();
+    assert_eq!(b.get() - a.get(), K4);
+    assert_eq!(
+        ctx.alloc_iova(io, u64::MAX, K4),
+        Err(Error::NoIovaSpace { size: u64::MAX })
+    );
+}
+
+/// Dropping a context detaches every device and PASID before their domains are freed, frees
+/// every domain and IOASID, returns every page and PASID, and releases every device.
+#[test]
+fn dropping_a_context_tears_everything_down_in_order() {
+    let alloc = test_alloc();
+    let (u0, u1) = (FakeUnit::new(&alloc, true), FakeUnit::new(&alloc, true));
+    let pasids = PasidAllocator::new(20);
+    let reg = Registry::new(&[&u0, &u1], &pasids).unwrap();
+    let empty = alloc.stats().live_pages;
+    {
+        let ctx = IoasidCtx::new(&reg, &alloc, 4);
+        let (d0, d1) = (
+            ctx.bind(label(0, 1), false).unwrap(),
+            ctx.bind(label(1, 1), true).unwrap(),
+        );
+        let shared = ctx.alloc(IoasidFlags::ENFORCE_SNOOP).unwrap();
+        let pasid_io = ctx.alloc(IoasidFlags::PASID).unwrap();
+        let _unused = ctx.alloc(IoasidFlags::empty()).unwrap();
+        ctx.attach(d0, shared).unwrap();
+        ctx.attach(d1, shared).unwrap();
+        let p = ctx.alloc_pasid().unwrap();
+        ctx.attach_pasid(d0, p, pasid_io).unwrap();
+        for io in [shared, pasid_io] {
+            ctx.map(
+                io,
+                Iova::new(G1),
+                PhysAddr::new(0),
+                G1 + 3 * M2 + 5 * K4,
+                RW,
+            )
+            .unwrap();
+        }
+        assert!(alloc.stats().live_pages > empty);
+        assert!(reg.pasids().is_allocated(p));
+    }
+    assert_eq!(alloc.stats().live_pages, empty, "every page returned");
+    assert!(alloc.bad_frees().is_empty());
+    for u in [&u0, &u1] {
+        assert_eq!(u.live_domains(), 0);
+        assert!(u.attached.lock().unwrap().is_empty());
+        // No domain is freed while a device or PASID still points at it.
+        let events = u.events();
+        for (i, e) in events.iter().enumerate() {
+            if let Event::Free(d) = e {
+                let mut live = Vec::new();
+                for e in &events[..i] {
+                    match e {
+                        Event::Attach(dev, p, dom) => {
+                            live.retain(|(x, q, _)| !(x == dev && q == p));
+                            live.push((*dev, *p, *dom));
+                        }
+                        Event::Detach(dev, p) => live.retain(|(x, q, _)| !(x == dev && q == p)),
+                        Event::Free(_) => {}
+                    }
+                }
+                assert!(live.iter().all(|(_, _, dom)| dom != d), "{events:?}");
+            }
+        }
+    }
+    // The devices are free for another context.
+    let again = IoasidCtx::new(&reg, &alloc, 0);
+    again.bind(label(0, 1), false).unwrap();
+}
+
+/// The context is shared between threads (documented locking in the module docs).
+#[test]
+fn the_context_is_sync() {
+    fn assert_sync<T: Sync>() {}
+    assert_sync::<IoasidCtx<'static, 'static, TestAlloc>>();
+    assert_sync::<Registry<'static>>();
+}
+
+/// A range ending at the top of the 64-bit physical space maps and unmaps without overflow.
+#[test]
+fn mapping_the_last_physical_page() {
+    let alloc = test_alloc();
+    let u = FakeUnit::new(&alloc, true);
+    let pasids = PasidAllocator::new(20);
+    let reg = Registry::new(&[&u], &pasids).unwrap();
+    let ctx = IoasidCtx::new(&reg, &alloc, 0);
+    let io = ctx.alloc(IoasidFlags::empty()).unwrap();
+    let top = PhysAddr::new(u64::MAX - (2 * K4 - 1));
+    ctx.map(io, Iova::new(M2), top, 2 * K4, RW).unwrap();
+    assert_eq!(
+        ctx.translate(io, Iova::new(M2 + K4 + 8))
+            .unwrap()
+            .unwrap()
+            .pa,
+        PhysAddr::new(u64::MAX - K4 + 9)
+    );
+    assert_eq!(ctx.unmap(io, Iova::new(M2), 2 * K4), Ok(2 * K4));
+    assert!(matches!(
+        ctx.map(
+            io,
+            Iova::new(M2),
+            PhysAddr::new(u64::MAX - K4 + 1),
+            2 * K4,
+            RW
+        ),
+        Err(Error::PageTable(crate::pgtable::Error::Overflow { .. }))
+    ));
+}
+
+/// Two devices of one unit attached to one IOASID share its domain there; the domain goes with
+/// the last of them.
+#[test]
+fn devices_of_one_unit_share_the_domain() {
+    let alloc = test_alloc();
+    let u = FakeUnit::new(&alloc, true);
+    let pasids = PasidAllocator::new(20);
+    let reg = Registry::new(&[&u], &pasids).unwrap();
+    let ctx = IoasidCtx::new(&reg, &alloc, 0);
+    let io = ctx.alloc(IoasidFlags::ENFORCE_SNOOP).unwrap();
+    let (a, b) = (
+        ctx.bind(label(0, 1), false).unwrap(),
+        ctx.bind(label(0, 2), false).unwrap(),
+    );
+    ctx.attach(a, io).unwrap();
+    ctx.attach(b, io).unwrap();
+    assert_eq!(u.live_domains(), 1);
+    assert_eq!(u.domain_of(DeviceId(1)), u.domain_of(DeviceId(2)));
+    ctx.detach(a).unwrap();
+    assert_eq!(u.live_domains(), 1);
+    ctx.detach(b).unwrap();
+    assert_eq!(u.live_domains(), 0);
+}
+
+#[test]
+fn the_record_geometry_is_valid() {
+    use crate::pgtable::Format;
+    let r = super::record::Record::new();
+    assert_eq!(r.geometry().validate(), Ok(()));
+    assert_eq!(r.geometry().ias, RECORD_IAS);
+}
+
+/// The registry is what every embedder builds first, often on a kernel stack: it must stay
+/// small (the PASID bitmap lives outside it, in a static).
+#[test]
+fn the_registry_fits_a_kernel_stack() {
+    assert!(
+        core::mem::size_of::<Registry<'static>>() <= 8 << 10,
+        "Registry is {} bytes",
+        core::mem::size_of::<Registry<'static>>()
+    );
 }

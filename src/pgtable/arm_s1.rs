@@ -8,8 +8,8 @@
 //! 3 -> 0. Stage 1 has no concatenation: a short VA leaves the root partly used.
 //!
 //! Leaf bits: AttrIndx (4:2), AP (7:6: AP\[1\] = EL0 access, AP\[2\] = read-only), SH (9:8), AF
-//! (10), nG (11, set: translations are tagged with the CD's ASID), DBM (51), Contiguous (52,
-//! never set by the engine), PXN (53), UXN (54).
+//! (10), nG (11, set: translations are tagged with the CD's ASID), DBM (51), Contiguous (52),
+//! PXN (53), UXN (54). Contiguous is set as for stage 2 (see [`super::arm_s2`]).
 
 use super::arm_vmsa::{self as vmsa, AF, DBM, SH_INNER, SH_OUTER, SH_SHIFT};
 use super::{Error, Format, Geometry, Prot};
@@ -45,7 +45,8 @@ pub struct ArmS1Config {
     pub coherent: bool,
     /// Set DBM on writable leaves: the SMMU marks them dirty (CD.HD).
     pub dirty_tracking: bool,
-    /// Replacing a block by a table needs no break-before-make (`IDR3.BBML` = 2).
+    /// Replacing a block by a table, or changing the Contiguous bit of live leaves, needs no
+    /// break-before-make (FEAT_BBM level 2, `IDR3.BBML` = 2). Also enables the contiguous hint.
     pub bbml2: bool,
 }
 
@@ -100,35 +101,12 @@ impl ArmS1 {
     }
 }
 
-impl Format for ArmS1 {
-    #[inline]
-    fn geometry(&self) -> &Geometry {
-        &self.geometry
-    }
-
-    #[inline]
-    fn is_present(&self, raw: u64) -> bool {
-        raw & vmsa::VALID != 0
-    }
-
-    #[inline]
-    fn is_table(&self, level: u32, raw: u64) -> bool {
-        vmsa::is_table(level, raw)
-    }
-
-    #[inline]
-    fn table_address(&self, raw: u64) -> PhysAddr {
-        PhysAddr::new(vmsa::decode_addr(
-            self.cfg.granule_log2,
-            raw,
-            self.cfg.granule_log2,
-        ))
-    }
-
-    #[inline]
-    fn encode_table(&self, _level: u32, table: PhysAddr) -> u64 {
-        vmsa::encode_addr(self.cfg.granule_log2, table.get()) | vmsa::VALID | vmsa::TABLE_OR_PAGE
-    }
+// SAFETY: the geometry is validated in `new` and never changes. A table entry is its address
+// with bits 1:0 = 0b11, and every leaf above level 0 is a block (bit 1 clear); AF and AP\[2\]
+// (bits 10, 7), the only bits the walker sets, lie outside the address field. Bit 0 clear is
+// invalid.
+unsafe impl Format for ArmS1 {
+    vmsa::vmsa_shared_format_methods!();
 
     fn check_prot(&self, prot: Prot) -> Result<(), Error> {
         // AP\[2:1\] has no write-only or no-access encoding for a valid descriptor.
@@ -161,30 +139,12 @@ impl Format for ArmS1 {
     }
 
     #[inline]
-    fn leaf_address(&self, level: u32, raw: u64) -> PhysAddr {
-        let shift = self.geometry.level_shift(level);
-        PhysAddr::new(vmsa::decode_addr(self.cfg.granule_log2, raw, shift))
-    }
-
-    #[inline]
     fn leaf_prot(&self, _level: u32, raw: u64) -> Prot {
         let mut p = Prot::READ;
         p.set(Prot::WRITE, raw & AP_RO == 0 || raw & DBM != 0);
         p.set(Prot::PRIV, raw & AP_EL0 == 0);
         p.set(Prot::EXEC, raw & (PXN | UXN) != PXN | UXN);
         p
-    }
-
-    fn relevel_leaf(&self, raw: u64, _from: u32, to: u32, pa: PhysAddr) -> u64 {
-        vmsa::relevel(self.cfg.granule_log2, raw, to, pa)
-    }
-
-    fn hitless_split(&self) -> bool {
-        self.cfg.bbml2
-    }
-
-    fn dirty_tracking(&self) -> bool {
-        self.cfg.dirty_tracking
     }
 
     #[inline]

@@ -10,7 +10,9 @@
 //! concatenated tables, so that the walk is as short as the architecture allows.
 //!
 //! Leaf bits: MemAttr (5:2), S2AP (7:6: bit 6 read, bit 7 write), SH (9:8), AF (10), DBM (51),
-//! Contiguous (52, never set by the engine), XN (54:53).
+//! Contiguous (52), XN (54:53). The engine sets Contiguous on every naturally aligned run of
+//! leaves a map covers (Arm ARM "The Contiguous bit") when the configuration has `bbml2` and no
+//! dirty tracking; a partial unmap clears it from the rest of the run first.
 
 use super::arm_vmsa::{self as vmsa, AF, DBM, SH_INNER, SH_OUTER, SH_SHIFT};
 use super::{Error, Format, Geometry, Prot};
@@ -51,7 +53,8 @@ pub struct ArmS2Config {
     pub attributes: S2Attributes,
     /// Set DBM on writable leaves: the SMMU marks them dirty (`IDR0.HTTU` = 2, STE.S2HD).
     pub dirty_tracking: bool,
-    /// Replacing a block by a table needs no break-before-make (`IDR3.BBML` = 2).
+    /// Replacing a block by a table, or changing the Contiguous bit of live leaves, needs no
+    /// break-before-make (FEAT_BBM level 2, `IDR3.BBML` = 2). Also enables the contiguous hint.
     pub bbml2: bool,
 }
 
@@ -148,35 +151,12 @@ impl ArmS2 {
     }
 }
 
-impl Format for ArmS2 {
-    #[inline]
-    fn geometry(&self) -> &Geometry {
-        &self.geometry
-    }
-
-    #[inline]
-    fn is_present(&self, raw: u64) -> bool {
-        raw & vmsa::VALID != 0
-    }
-
-    #[inline]
-    fn is_table(&self, level: u32, raw: u64) -> bool {
-        vmsa::is_table(level, raw)
-    }
-
-    #[inline]
-    fn table_address(&self, raw: u64) -> PhysAddr {
-        PhysAddr::new(vmsa::decode_addr(
-            self.cfg.granule_log2,
-            raw,
-            self.cfg.granule_log2,
-        ))
-    }
-
-    #[inline]
-    fn encode_table(&self, _level: u32, table: PhysAddr) -> u64 {
-        vmsa::encode_addr(self.cfg.granule_log2, table.get()) | vmsa::VALID | vmsa::TABLE_OR_PAGE
-    }
+// SAFETY: the geometry is validated in `new` and never changes. A table entry is its address
+// with bits 1:0 = 0b11, and every leaf above level 0 is a block (bit 1 clear); AF and S2AP\[1\]
+// (bits 10, 7), the only bits the walker sets, lie outside the address field. Bit 0 clear is
+// invalid.
+unsafe impl Format for ArmS2 {
+    vmsa::vmsa_shared_format_methods!();
 
     fn check_prot(&self, prot: Prot) -> Result<(), Error> {
         if prot.intersects(Prot::READ | Prot::WRITE) && !prot.contains(Prot::PRIV) {
@@ -208,30 +188,12 @@ impl Format for ArmS2 {
     }
 
     #[inline]
-    fn leaf_address(&self, level: u32, raw: u64) -> PhysAddr {
-        let shift = self.geometry.level_shift(level);
-        PhysAddr::new(vmsa::decode_addr(self.cfg.granule_log2, raw, shift))
-    }
-
-    #[inline]
     fn leaf_prot(&self, _level: u32, raw: u64) -> Prot {
         let mut p = Prot::empty();
         p.set(Prot::READ, raw & S2AP_R != 0);
         p.set(Prot::WRITE, raw & (S2AP_W | DBM) != 0);
         p.set(Prot::EXEC, raw & XN_MASK == 0);
         p
-    }
-
-    fn relevel_leaf(&self, raw: u64, _from: u32, to: u32, pa: PhysAddr) -> u64 {
-        vmsa::relevel(self.cfg.granule_log2, raw, to, pa)
-    }
-
-    fn hitless_split(&self) -> bool {
-        self.cfg.bbml2
-    }
-
-    fn dirty_tracking(&self) -> bool {
-        self.cfg.dirty_tracking
     }
 
     #[inline]

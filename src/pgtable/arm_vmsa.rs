@@ -57,6 +57,26 @@ pub(super) const fn leaf_type(level: u32) -> u64 {
     }
 }
 
+/// Log2 of the number of entries one Contiguous bit spans at engine `level` (0 = Arm lookup
+/// level 3), Arm ARM "The Contiguous bit": 4 KiB granule: 16 entries at levels 3, 2 and 1;
+/// 16 KiB: 128 pages, 32 level-2 blocks; 64 KiB: 32 pages, 32 level-2 blocks. 0 elsewhere.
+pub(super) const fn contiguous_log2(granule_log2: u32, level: u32) -> u32 {
+    match (granule_log2, level) {
+        (12, 0..=2) => 4,
+        (14, 0) => 7,
+        (14, 1) | (16, 0) | (16, 1) => 5,
+        _ => 0,
+    }
+}
+
+/// Whether the engine sets the Contiguous bit: only if a run can later be broken in place
+/// (FEAT_BBM level 2: changing the hint of live entries needs no break-before-make) and hardware
+/// does not track dirty state (with DBM it may record a write in any one entry of a contiguous
+/// run, so the dirty state of each page could no longer be told apart).
+pub(super) const fn use_contiguous(bbml2: bool, dirty_tracking: bool) -> bool {
+    bbml2 && !dirty_tracking
+}
+
 /// Block sizes each granule allows (Arm ARM D8.2.7): 4K: 1G, 2M; 16K: 32M (64G needs
 /// FEAT_LPA2); 64K: 512M (4T needs FEAT_LPA).
 pub(super) const fn block_sizes(granule_log2: u32) -> u64 {
@@ -99,3 +119,69 @@ pub(super) const fn relevel(granule_log2: u32, raw: u64, to: u32, pa: PhysAddr) 
 pub(super) fn natural_geometry(granule_log2: u32, ias: u32, oas: u32) -> Result<Geometry, Error> {
     Geometry::new(granule_log2, ias, oas, 1 << granule_log2)
 }
+
+/// The [`super::Format`] methods stage 1 and stage 2 share, for a type with fields `geometry`
+/// and `cfg` (with `granule_log2`, `bbml2` and `dirty_tracking`).
+macro_rules! vmsa_shared_format_methods {
+    () => {
+        #[inline]
+        fn geometry(&self) -> &Geometry {
+            &self.geometry
+        }
+
+        #[inline]
+        fn is_present(&self, raw: u64) -> bool {
+            raw & vmsa::VALID != 0
+        }
+
+        #[inline]
+        fn is_table(&self, level: u32, raw: u64) -> bool {
+            vmsa::is_table(level, raw)
+        }
+
+        #[inline]
+        fn table_address(&self, raw: u64) -> PhysAddr {
+            let g = self.cfg.granule_log2;
+            PhysAddr::new(vmsa::decode_addr(g, raw, g))
+        }
+
+        #[inline]
+        fn encode_table(&self, _level: u32, table: PhysAddr) -> u64 {
+            let addr = vmsa::encode_addr(self.cfg.granule_log2, table.get());
+            addr | vmsa::VALID | vmsa::TABLE_OR_PAGE
+        }
+
+        #[inline]
+        fn leaf_address(&self, level: u32, raw: u64) -> PhysAddr {
+            let shift = self.geometry.level_shift(level);
+            PhysAddr::new(vmsa::decode_addr(self.cfg.granule_log2, raw, shift))
+        }
+
+        fn relevel_leaf(&self, raw: u64, _from: u32, to: u32, pa: PhysAddr) -> u64 {
+            vmsa::relevel(self.cfg.granule_log2, raw, to, pa)
+        }
+
+        fn hitless_split(&self) -> bool {
+            self.cfg.bbml2
+        }
+
+        fn contiguous_bit(&self) -> u64 {
+            vmsa::CONTIGUOUS
+        }
+
+        fn contiguous_log2(&self, level: u32) -> u32 {
+            if vmsa::use_contiguous(self.cfg.bbml2, self.cfg.dirty_tracking)
+                && self.geometry.leaf_allowed(level)
+            {
+                vmsa::contiguous_log2(self.cfg.granule_log2, level)
+            } else {
+                0
+            }
+        }
+
+        fn dirty_tracking(&self) -> bool {
+            self.cfg.dirty_tracking
+        }
+    };
+}
+pub(super) use vmsa_shared_format_methods;

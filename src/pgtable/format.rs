@@ -149,10 +149,20 @@ impl Geometry {
 ///
 /// Implementations are small and `#[inline]`: the walker calls them in its inner loops.
 ///
-/// Contract shared by every format: a raw entry whose bits 3:0 are zero is not present. The
-/// engine relies on it to link freed table pages into a list through their first word while the
-/// hardware may still walk them (see [`super::Gather`]).
-pub trait Format {
+/// # Safety
+///
+/// The engine dereferences table memory on the strength of these answers, so an implementation
+/// guarantees:
+/// - [`geometry`](Self::geometry) is valid ([`Geometry::validate`]) and the same on every call;
+/// - for every `level > 0` and table address `pa`, `raw = encode_table(level, pa)` is present,
+///   `is_table(level, raw)` holds and `table_address(raw) == pa`, also after the walker set any
+///   of the bits it may set (accessed, dirty);
+/// - a leaf from [`encode_leaf`](Self::encode_leaf) or [`relevel_leaf`](Self::relevel_leaf) at
+///   level `l > 0` is present and not a table (`is_table(l, leaf)` is false);
+/// - a raw entry whose bits 3:0 are zero is not present. The engine relies on it to link freed
+///   table pages into a list through their first word while the hardware may still walk them
+///   (see [`super::Gather`]).
+pub unsafe trait Format {
     /// The table's shape.
     fn geometry(&self) -> &Geometry;
 
@@ -191,6 +201,22 @@ pub trait Format {
     /// break-before-make (Arm: FEAT_BBM level 2; VT-d: always).
     fn hitless_split(&self) -> bool {
         true
+    }
+
+    /// The contiguous-hint bit of a leaf (Arm's Contiguous, bit 52), or 0 for formats without
+    /// one. A run of leaves carrying it must be complete and consistent (same attributes,
+    /// contiguous output aligned to the run) for as long as any of them carries it.
+    fn contiguous_bit(&self) -> u64 {
+        0
+    }
+
+    /// Log2 of the number of leaves at `level` that one contiguous hint spans (Arm: 16 pages of
+    /// 4 KiB, ...), or 0 where this format or configuration sets no hint. Non-zero only where
+    /// [`Self::contiguous_bit`] is, and only if a run can be broken without break-before-make
+    /// ([`Self::hitless_split`]), since a partial unmap has to clear the hint of the rest of it.
+    fn contiguous_log2(&self, level: u32) -> u32 {
+        let _ = level;
+        0
     }
 
     /// Whether leaves carry hardware-maintained dirty state in this configuration.

@@ -31,14 +31,14 @@ pub struct IovaRange {
 }
 
 impl IovaRange {
-    /// Length in bytes.
+    /// Length in bytes (0 for a range whose end is below its start).
     pub const fn len(&self) -> u64 {
-        self.end.get() - self.start.get()
+        self.end.get().saturating_sub(self.start.get())
     }
 
     /// Whether the range is empty.
     pub const fn is_empty(&self) -> bool {
-        self.end.get() == self.start.get()
+        self.end.get() <= self.start.get()
     }
 }
 

@@ -19,10 +19,14 @@
 //! A table is unlinked and given to the [`Gather`] when an unmap covers its whole span. A table
 //! emptied by smaller unmaps stays linked (all its entries are non-present, so it translates
 //! nothing): freeing it would race with a concurrent map into the rest of its span, which the
-//! concurrency contract allows. It is reused by later maps and freed by a later covering unmap,
-//! by [`PageTable::reclaim_empty`] (which takes `&mut self`, so no map can be in flight) or by
-//! [`PageTable::destroy`].
+//! concurrency contract allows (and a concurrent map or query may still hold a pointer to it).
+//! It is reused by later maps and freed by a later covering unmap, by
+//! [`PageTable::unmap_exclusive`] (an unmap that also unlinks every table it left empty) or
+//! [`PageTable::reclaim_empty`], both of which take `&mut self` so that no other operation can
+//! be in flight, or by [`PageTable::destroy`]. Unlinked tables always go into the gather; the
+//! engine never frees a table page itself.
 
+mod contiguous;
 mod error;
 mod format;
 mod gather;

@@ -65,14 +65,14 @@ impl Table {
     /// # Safety
     /// `self` is a live table page with more than `index` entries.
     #[inline]
-    unsafe fn slot<'t>(self, index: usize) -> &'t AtomicU64 {
+    pub(super) unsafe fn slot<'t>(self, index: usize) -> &'t AtomicU64 {
         // SAFETY: the caller guarantees the entry lies inside a live, 8-byte aligned table page;
         // table memory is only ever accessed atomically.
         unsafe { &*self.0.as_ptr().cast::<AtomicU64>().add(index) }
     }
 
     #[inline]
-    fn entry_ptr(self, index: usize) -> NonNull<u8> {
+    pub(super) fn entry_ptr(self, index: usize) -> NonNull<u8> {
         // SAFETY: in-bounds offset of a live table page (callers pass valid indices).
         unsafe { self.0.add(index * 8) }
     }
@@ -129,6 +129,8 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         self.split = split;
     }
 
+    /// The format's geometry: validated in `new`, and the same on every call (a requirement of
+    /// the unsafe trait [`Format`]), so every index derived from it stays inside its table.
     #[inline]
     fn geo(&self) -> &Geometry {
         self.format.geometry()
@@ -150,7 +152,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     }
 
     #[inline]
-    fn sync(&self, va: NonNull<u8>, len: usize) {
+    pub(super) fn sync(&self, va: NonNull<u8>, len: usize) {
         self.coherency.sync(&self.alloc, va, len);
     }
 
@@ -261,7 +263,12 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
             } else if !self.leaf_fits(level, iova, pa, chunk) {
                 need += 1 + self.count_new(level - 1, iova, pa, chunk);
             }
-            (iova, pa, left, idx) = (iova + chunk, pa + chunk, left - chunk, idx + 1);
+            (iova, pa, left, idx) = (
+                iova.wrapping_add(chunk),
+                pa.wrapping_add(chunk),
+                left - chunk,
+                idx + 1,
+            );
         }
         Ok(need)
     }
@@ -278,7 +285,11 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
             if !self.leaf_fits(level, iova, pa, chunk) {
                 need += 1 + self.count_new(level - 1, iova, pa, chunk);
             }
-            (iova, pa, left) = (iova + chunk, pa + chunk, left - chunk);
+            (iova, pa, left) = (
+                iova.wrapping_add(chunk),
+                pa.wrapping_add(chunk),
+                left - chunk,
+            );
         }
         need
     }
@@ -305,10 +316,17 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
             let slot = unsafe { t.slot(idx) };
             let raw = slot.load(Ordering::Acquire);
             if !self.format.is_present(raw) && self.leaf_fits(level, iova, pa, chunk) {
-                slot.store(
-                    self.format.encode_leaf(level, PhysAddr::new(pa), prot),
-                    Ordering::Relaxed,
+                // One leaf, or a whole run of them under the contiguous hint.
+                let run = self.contiguous_run(t, level, idx, iova, pa, left);
+                self.write_leaves(t, level, idx, pa, prot, run);
+                let bytes = (run as u64) << self.geo().level_shift(level);
+                (iova, pa, left, idx) = (
+                    iova.wrapping_add(bytes),
+                    pa.wrapping_add(bytes),
+                    left - bytes,
+                    idx + run,
                 );
+                continue;
             } else {
                 let child = match self.table_at(slot, level, raw, iova, spares) {
                     Ok(child) => child,
@@ -322,7 +340,12 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
                     break;
                 }
             }
-            (iova, pa, left, idx) = (iova + chunk, pa + chunk, left - chunk, idx + 1);
+            (iova, pa, left, idx) = (
+                iova.wrapping_add(chunk),
+                pa.wrapping_add(chunk),
+                left - chunk,
+                idx + 1,
+            );
         }
         self.sync(t.entry_ptr(first), (idx - first) * 8);
         result
@@ -380,7 +403,10 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     /// [`Error::NoMemory`] for a split.
     pub fn unmap(&self, iova: Iova, len: u64, gather: &mut Gather) -> Result<u64, Error> {
         self.check_iova_range(iova, len)?;
-        let end = iova.get() + len;
+        let end = iova.get().checked_add(len).ok_or(Error::Overflow {
+            start: iova.get(),
+            len,
+        })?;
         let need = self.plan_split(iova.get(), iova.get(), end)?
             + self.plan_split(end, iova.get(), end)?;
         let mut spares = Spares::reserve(&self.alloc, need, self.geo().granule_log2)?;
@@ -409,14 +435,24 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
                 continue;
             }
             let shift = g.level_shift(level);
-            let base = cut & !((1u64 << shift) - 1);
-            let leaf_end = base.saturating_add(1 << shift);
-            if base == cut || (start <= base && leaf_end <= end) {
+            // A contiguous run is cut like a larger page: its hint must go first.
+            let run_log2 = shift + self.contiguous_span_log2(level, raw);
+            let run_base = cut & !((1u64 << run_log2) - 1);
+            let run_end = run_base.saturating_add(1 << run_log2);
+            if run_base == cut || (start <= run_base && run_end <= end) {
                 return Ok(0);
             }
             let iova = Iova::new(cut);
             if self.split == SplitPolicy::Refuse {
                 return Err(Error::SplitRefused { iova });
+            }
+            if !self.format.hitless_split() {
+                return Err(Error::SplitUnsupported { iova });
+            }
+            let base = cut & !((1u64 << shift) - 1);
+            if base == cut {
+                // The cut falls between leaves of the run: only the hint is cleared.
+                return Ok(0);
             }
             // One new table per level from the leaf down to the level the cut is aligned to.
             let aligned = (0..level)
@@ -442,13 +478,17 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     ) -> Result<u64, Error> {
         let shift = self.geo().level_shift(level);
         let size = 1u64 << shift;
+        let start = iova;
         let (mut iova, mut left, mut unmapped) = (iova, len, 0);
         let mut idx = self.geo().index(level, iova);
         while left > 0 {
             let chunk = left.min(size - (iova & (size - 1)));
             // SAFETY: `t` is a live table at `level`; `idx` comes from an IOVA in its span.
             let slot = unsafe { t.slot(idx) };
-            let raw = slot.load(Ordering::Acquire);
+            let mut raw = slot.load(Ordering::Acquire);
+            if self.format.is_present(raw) && self.is_contiguous_leaf(level, raw) {
+                raw = self.break_contiguous(t, level, idx, iova, (start, start + len), gather);
+            }
             if !self.format.is_present(raw) {
                 // Nothing mapped here.
             } else if level > 0 && self.format.is_table(level, raw) {
@@ -468,7 +508,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
                 let child = self.split_leaf(t, idx, level, raw, iova, gather, spares)?;
                 unmapped += self.unmap_level(child, level - 1, iova, chunk, gather, spares)?;
             }
-            (iova, left, idx) = (iova + chunk, left - chunk, idx + 1);
+            (iova, left, idx) = (iova.wrapping_add(chunk), left - chunk, idx + 1);
         }
         Ok(unmapped)
     }
@@ -644,7 +684,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
                 };
                 f(slot, leaf, raw)?;
             }
-            (iova, left, idx) = (iova + chunk, left - chunk, idx + 1);
+            (iova, left, idx) = (iova.wrapping_add(chunk), left - chunk, idx + 1);
         }
         Ok(())
     }
@@ -707,18 +747,46 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     /// # Errors
     /// [`Error::UnknownTable`] for a corrupt table.
     pub fn reclaim_empty(&mut self, gather: &mut Gather) -> Result<usize, Error> {
+        self.reclaim_range(0, u64::MAX, gather)
+    }
+
+    /// [`PageTable::unmap`] for a caller with exclusive access: it also unlinks every table
+    /// along `[iova, iova + len)` that the unmap left empty (not only those it covered whole),
+    /// so that unmapping everything piece by piece leaves only the root. The tables go into
+    /// `gather` with the cleared ranges.
+    ///
+    /// # Errors
+    /// As [`PageTable::unmap`] (nothing changed); [`Error::UnknownTable`] for a corrupt table
+    /// found while reclaiming (the unmap is done, `gather` holds what was unlinked).
+    pub fn unmap_exclusive(
+        &mut self,
+        iova: Iova,
+        len: u64,
+        gather: &mut Gather,
+    ) -> Result<u64, Error> {
+        let bytes = self.unmap(iova, len, gather)?;
+        // `unmap` checked that `len` is non-zero and the range does not overflow.
+        self.reclaim_range(iova.get(), iova.get() + (len - 1), gather)?;
+        Ok(bytes)
+    }
+
+    /// Unlinks the empty tables whose span meets `[first, last]`; returns how many.
+    fn reclaim_range(&self, first: u64, last: u64, gather: &mut Gather) -> Result<usize, Error> {
         let top = self.geo().top_level();
         let mut count = 0;
-        self.reclaim_level(self.root_table(), top, 0, gather, &mut count)?;
+        let range = (first, last);
+        self.reclaim_level(self.root_table(), top, 0, range, gather, &mut count)?;
         Ok(count)
     }
 
-    /// Reclaims below `t` (at `level`, spanning from `base`); returns whether `t` is now empty.
+    /// Reclaims below `t` (at `level`, spanning from `base`) inside the inclusive `range`;
+    /// returns whether `t` is now empty.
     fn reclaim_level(
         &self,
         t: Table,
         level: u32,
         base: u64,
+        range: (u64, u64),
         gather: &mut Gather,
         count: &mut usize,
     ) -> Result<bool, Error> {
@@ -730,12 +798,13 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
             if !self.format.is_present(raw) {
                 continue;
             }
-            if level == 0 || !self.format.is_table(level, raw) {
+            let iova = base + ((idx as u64) << shift);
+            let outside = iova > range.1 || iova + ((1u64 << shift) - 1) < range.0;
+            if level == 0 || !self.format.is_table(level, raw) || outside {
                 empty = false;
                 continue;
             }
-            let iova = base + ((idx as u64) << shift);
-            if self.reclaim_level(self.child(raw)?, level - 1, iova, gather, count)? {
+            if self.reclaim_level(self.child(raw)?, level - 1, iova, range, gather, count)? {
                 self.store_synced(t, idx, 0);
                 gather.add_table_change(iova, 1 << shift);
                 let pa = self.format.table_address(raw);

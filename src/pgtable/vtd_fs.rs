@@ -79,7 +79,10 @@ impl VtdFs {
     }
 }
 
-impl Format for VtdFs {
+// SAFETY: the geometry is validated in `new` and never changes. A table entry is its address
+// with P set and PS clear, and every leaf above level 0 has PS set; A and D (bits 5, 6), the only
+// bits the walker sets, lie outside ADDR. P = 0 (bit 0) is not present.
+unsafe impl Format for VtdFs {
     #[inline]
     fn geometry(&self) -> &Geometry {
         &self.geometry

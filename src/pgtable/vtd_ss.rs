@@ -81,7 +81,10 @@ impl VtdSs {
     }
 }
 
-impl Format for VtdSs {
+// SAFETY: the geometry is validated in `new` and never changes. A table entry is its address
+// with R and W set and PS clear, and every leaf above level 0 has PS set; A and D (bits 8, 9),
+// the only bits the walker sets, lie outside ADDR. R = W = 0 (bits 1:0) is not present.
+unsafe impl Format for VtdSs {
     #[inline]
     fn geometry(&self) -> &Geometry {
         &self.geometry

@@ -430,18 +430,19 @@ impl Arena {
     }
 
     /// Takes a block of `1 << size_log2` bytes: a freed one of that size (oldest first), or a
-    /// fresh one from the end. Returns its offset.
-    fn take_block(&self, inner: &mut Inner, size_log2: u32) -> Option<u64> {
+    /// fresh one from the end. Returns its offset and whether it is fresh (never handed out, so
+    /// still zero from `alloc_zeroed`: nothing writes outside live pages).
+    fn take_block(&self, inner: &mut Inner, size_log2: u32) -> Option<(u64, bool)> {
         let class = (size_log2 - MIN_PAGE_LOG2) as usize;
         if let Some(off) = inner.free_lists[class].pop_front() {
             inner.freed.remove(&off);
-            return Some(off);
+            return Some((off, false));
         }
         let size = 1u64 << size_log2;
         let off = inner.bump.checked_next_multiple_of(size)?;
         let end = off.checked_add(size).filter(|&end| end <= self.capacity)?;
         inner.bump = end;
-        Some(off)
+        Some((off, true))
     }
 }
 
@@ -461,7 +462,8 @@ impl PhysMem for Arena {
 
 // SAFETY: pages are carved from one buffer the arena owns for its whole life; a block is handed out
 // by `take_block` only when it is not live (fresh, or taken off a free list that `free` fills only
-// after removing it from `live`), is zeroed before it is returned, and is aligned to its size
+// after removing it from `live`), is zero when returned (a fresh block was never written since
+// `alloc_zeroed`, a reused one is refilled), and is aligned to its size
 // physically (base and offsets are size multiples) and virtually (the buffer is 1 MiB aligned).
 // `phys_to_virt` answers only for live pages. Physical addresses are fake, which is the point: the
 // only "hardware" is the reference walkers, which read through `PhysMem` with the same mapping.
@@ -474,11 +476,14 @@ unsafe impl PageAllocator for Arena {
             } else {
                 None
             };
-        let Some(off) = block else {
+        let Some((off, fresh)) = block else {
             inner.stats.failed_allocs += 1;
             return None;
         };
-        self.fill(off, size_log2, 0);
+        if !fresh {
+            // A reused block holds POISON.
+            self.fill(off, size_log2, 0);
+        }
         inner.generation += 1;
         let generation = inner.generation;
         inner.live.insert(

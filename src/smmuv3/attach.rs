@@ -5,8 +5,10 @@
 //! step followed by CMD_CFGI_STE and CMD_SYNC); a CD is made valid with its V bit last and
 //! invalid with it first, then CMD_CFGI_CD and CMD_SYNC (§5.4). After a detach the unit may
 //! still hold TLB entries tagged by the old domain's VMID or ASID: they are invalidated
-//! (CMD_TLBI_S12_VMALL / CMD_TLBI_NH_ASID, and CMD_ATC_INV for ATS streams) and the sync
-//! completes before the call returns, so the tag is clean before it can be reused.
+//! (CMD_TLBI_S12_VMALL / CMD_TLBI_NH_ASID, and CMD_ATC_INV for ATS streams) only after the
+//! configuration invalidation that stops new fills has completed (its own CMD_SYNC, since
+//! commands between syncs may complete in any order), and that sync too completes before the
+//! call returns, so the tag is clean before it can be reused.
 //!
 //! Refusals (an STE that cannot express the combination, no memory for a CD table) change
 //! nothing. A failure once the unit's memory is being changed (a CMD_SYNC that times out)
@@ -168,6 +170,10 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
     }
 
     /// The commands that remove what `d` may have left in the TLBs and ATC of `sid`.
+    ///
+    /// Called with the command queue locked, it reads `d`'s slot: against the module's lock
+    /// order, but harmless, since callers hold the configuration lock and every slot writer
+    /// (domain install and free) takes that lock first, so the read never waits.
     fn forget(
         &self,
         d: DomainHandle,
@@ -186,6 +192,35 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
             batch.push(Command::atc_inv(sid, ssid, Iova::ZERO, 52, ssid.is_none())?)?;
         }
         Ok(())
+    }
+
+    /// Invalidates the retired configuration `cfgi` (CFGI_CD, CFGI_CD_ALL), then what domain
+    /// `d` left in the TLBs and ATC of `sid`, and waits. Only a CMD_SYNC orders the completion
+    /// of earlier commands (§4.7): while the live STE still points at the CD table, a TLBI
+    /// queued right behind the CFGI_CD could complete first and a transaction using the cached
+    /// CD refill the TLB under the tag being retired, so the CFGI_CD gets a sync of its own.
+    fn retire(
+        &self,
+        strtab: &StreamTable<A>,
+        sid: StreamId,
+        cfgi: [Option<Command>; 2],
+        forget: (DomainHandle, Option<SubstreamId>, bool),
+    ) -> Result<(), SmmuError> {
+        let live = strtab.read(sid)?;
+        let cd_reachable = live.valid() && live.config_raw() & 0b101 == 0b101;
+        let (d, ssid, ats) = forget;
+        self.with_cmdq(|q, r| {
+            let mut b = Batch::new(q, r);
+            for c in cfgi.into_iter().flatten() {
+                b.push(c)?;
+            }
+            if cd_reachable && cfgi.iter().any(Option::is_some) {
+                b.sync()?;
+                b = Batch::new(q, r);
+            }
+            self.forget(d, sid, ssid, ats, &mut b)?;
+            b.sync()
+        })
     }
 
     /// [`crate::iommu::Iommu::attach`].
@@ -216,7 +251,9 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
             return Err(NOT_ENABLED);
         };
         let r = self.attach_locked(strtab, stream, ssid, d, stage2);
-        if stream.is_empty() && !stream.ats {
+        // A CD table still here on an empty stream is one a failed detach left: the unit may
+        // still reach it through a cached STE, so the stream (and the table) stays.
+        if stream.is_empty() && !stream.ats && stream.cd.is_none() {
             if let Some(slot) = config.streams.get_mut(i) {
                 *slot = None;
             }
@@ -328,11 +365,25 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
                     self.with_cmdq(|q, r| q.submit_and_sync(r, &[gone.command(sid)]))?;
                 }
             }
-            let mut installed = table.install(at, &cd)?;
-            // The leaf was published by `prepare_attach`: the L1CD changed too.
-            installed.leaf &= !l1cd_published;
             if uses_cd_now {
-                self.with_cmdq(|q, r| q.submit_and_sync(r, &[installed.command(sid)]))?;
+                // The unit may be fetching this slot: words with V = 0, CFGI_CD and sync, then
+                // V = 1, CFGI_CD and sync (§3.21.3.1).
+                let cfgi = |s: super::cd::CdSync| {
+                    self.with_cmdq(|q, r| q.submit_and_sync(r, &[s.command(sid)]))
+                };
+                // The leaf was published by `prepare_attach`: the first CFGI_CD covers the
+                // L1CD too.
+                let first = |s: super::cd::CdSync| {
+                    cfgi(super::cd::CdSync {
+                        leaf: s.leaf && !l1cd_published,
+                        ..s
+                    })
+                };
+                let installed = table.install_live(at, &cd, first)?;
+                cfgi(installed)?;
+            } else {
+                // No STE reaches the table yet: the CFGI_STE of the switch covers the CD.
+                let _ = table.install(at, &cd)?;
             }
         }
         self.write_ste(strtab, stream)?;
@@ -345,14 +396,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
             }
         }
         let ats = stream.ats;
-        self.with_cmdq(|q, r| {
-            let mut b = Batch::new(q, r);
-            if let Some(c) = retired {
-                b.push(c)?;
-            }
-            self.forget(p, sid, ssid, ats, &mut b)?;
-            b.sync()
-        })?;
+        self.retire(strtab, sid, [retired, None], (p, ssid, ats))?;
         self.add_user(p, ats, false);
         Ok(())
     }
@@ -393,22 +437,17 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         }
         let empty = stream.is_empty();
         let ats = stream.ats;
-        self.with_cmdq(|q, r| {
-            let mut b = Batch::new(q, r);
-            if let Some(c) = cfgi {
-                b.push(c)?;
-            }
-            if empty && stream.cd.is_some() {
-                b.push(Command::cfgi_cd_all(sid))?;
-            }
-            self.forget(d, sid, ssid, ats, &mut b)?;
-            b.sync()
-        })?;
+        let all = (empty && stream.cd.is_some()).then(|| Command::cfgi_cd_all(sid));
+        self.retire(strtab, sid, [cfgi, all], (d, ssid, ats))?;
         self.add_user(d, ats, false);
-        if empty && !ats {
-            // The STE aborts and the CD caches are clean: the CD table can go.
-            if let Some(slot) = config.streams.get_mut(i) {
-                *slot = None;
+        if empty {
+            // The STE aborts and the CD caches are clean: the CD table can go (an empty stream
+            // keeps one only after a detach that failed, see `attach_impl`).
+            stream.cd = None;
+            if !ats {
+                if let Some(slot) = config.streams.get_mut(i) {
+                    *slot = None;
+                }
             }
         }
         Ok(())
@@ -442,7 +481,9 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
             return Err(Error::Busy);
         }
         stream.ats = enabled;
-        if !enabled {
+        // A CD table on an empty stream is one a failed detach left (the unit may still reach
+        // it): keep the stream, and the table, until an attach and detach complete.
+        if !enabled && stream.cd.is_none() {
             if let Some(slot) = config.streams.get_mut(i) {
                 *slot = None;
             }

@@ -355,8 +355,9 @@ impl<A: PageAllocator> CdTable<A> {
     }
 
     /// Allocates the leaf table that will hold the CD of `ssid` if there is none yet, so that a
-    /// later [`install`](Self::install) needs no memory. Returns whether an L1CD was published
-    /// (the CFGI_CD after that install must then not be leaf-only).
+    /// later [`install`](Self::install) or [`install_live`](Self::install_live) needs no memory.
+    /// Returns whether an L1CD was published (the first CFGI_CD after that install must then
+    /// not be leaf-only).
     ///
     /// # Errors
     ///
@@ -367,13 +368,64 @@ impl<A: PageAllocator> CdTable<A> {
             .is_some_and(|(_, published)| published))
     }
 
-    /// Installs `cd` for `ssid`: words 1-7 first, then word 0 (which holds V).
+    /// Installs `cd` for `ssid` in a table no STE points at yet: words 1-7 first, then word 0
+    /// (which holds V). The unit cannot have fetched the slot, so nothing it caches is torn;
+    /// for a table the unit may be reading, use [`install_live`](Self::install_live).
     ///
     /// # Errors
     ///
     /// [`SmmuError::DescriptorLive`] if a valid CD is there (remove it first),
     /// [`SmmuError::SubstreamIdOutOfRange`], [`SmmuError::NoMemory`].
     pub fn install(&mut self, ssid: SubstreamId, cd: &Cd) -> Result<CdSync, SmmuError> {
+        let (slot, published) = self.fill(ssid, cd)?;
+        if let Some(w0) = slot.first() {
+            w0.store(cd.words[0], Ordering::Release);
+        }
+        self.flush(slot);
+        Ok(CdSync {
+            ssid,
+            leaf: !published,
+        })
+    }
+
+    /// Installs `cd` for `ssid` in a table a live STE points at, by the procedure of §3.21.3.1:
+    /// the unit may fetch the slot at any time and its words in any order, so it could pair the
+    /// new V = 1 with the slot's old words (a removed domain's TTB0, or zeroes) and fill its TLB
+    /// from that. Every word is written with V = 0, then `sync` must issue the given
+    /// [`CdSync`] command and a CMD_SYNC and wait (dropping any torn copy), and only then is V
+    /// set. The returned [`CdSync`] is for that last write.
+    ///
+    /// # Errors
+    ///
+    /// As [`install`](Self::install), or the error of `sync` (the CD is then left invalid).
+    pub fn install_live<E: From<SmmuError>>(
+        &mut self,
+        ssid: SubstreamId,
+        cd: &Cd,
+        mut sync: impl FnMut(CdSync) -> Result<(), E>,
+    ) -> Result<CdSync, E> {
+        let (slot, published) = self.fill(ssid, cd)?;
+        let Some(w0) = slot.first() else {
+            return Err(SmmuError::SubstreamIdOutOfRange {
+                ssid: ssid.get(),
+                log2: self.cdmax,
+            }
+            .into());
+        };
+        w0.store(cd.words[0] & !V, Ordering::Release);
+        self.flush(slot);
+        sync(CdSync {
+            ssid,
+            leaf: !published,
+        })?;
+        w0.store(cd.words[0], Ordering::Release);
+        self.flush(slot);
+        Ok(CdSync { ssid, leaf: true })
+    }
+
+    /// Writes words 1-7 of `cd` into the (invalid) slot of `ssid` and cleans them for a
+    /// non-coherent unit; returns the slot and whether an L1CD was published.
+    fn fill(&self, ssid: SubstreamId, cd: &Cd) -> Result<(&[AtomicU64], bool), SmmuError> {
         let Some((slot, published)) = self.slot(ssid, true)? else {
             return Err(SmmuError::SubstreamIdOutOfRange {
                 ssid: ssid.get(),
@@ -392,15 +444,8 @@ impl<A: PageAllocator> CdTable<A> {
         for (w, v) in slot.iter().zip(cd.words.iter()).skip(1) {
             w.store(*v, Ordering::Relaxed);
         }
-        if let Some(w0) = slot.first() {
-            self.flush(slot);
-            w0.store(cd.words[0], Ordering::Release);
-        }
         self.flush(slot);
-        Ok(CdSync {
-            ssid,
-            leaf: !published,
-        })
+        Ok((slot, published))
     }
 
     /// Makes the CD of `ssid` invalid by clearing V (word 0) first; the other words are left as
@@ -590,5 +635,77 @@ mod tests {
             CdTable::new(&alloc, S1Fmt::Linear, 0, WalkerCoherency::Coherent),
             Err(SmmuError::NoMemory { .. })
         ));
+    }
+
+    #[test]
+    fn live_install_syncs_with_v_clear_then_sets_v() {
+        let alloc = VecAllocator::default();
+        let mut t = CdTable::new(&alloc, S1Fmt::TwoLevel4K, 12, WalkerCoherency::Coherent).unwrap();
+        let cd = ctx().encode().unwrap();
+        let ssid = SubstreamId::new(0x81).unwrap();
+        // The slot holds an old CD's words (V clear), as after `remove`.
+        let old = Stage1Context {
+            ttb0: PhysAddr::new(0x7_0000_0000),
+            asid: Asid(9),
+            ..ctx()
+        };
+        let _ = t.install(ssid, &old.encode().unwrap()).unwrap();
+        let _ = t.remove(ssid).unwrap();
+        let mut seen = [None; 2];
+        let mut n = 0;
+        let done = t
+            .install_live(ssid, &cd, |s| -> Result<(), SmmuError> {
+                seen[n] = Some(s);
+                n += 1;
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(done, CdSync { ssid, leaf: true });
+        // One sync point, before V: the leaf existed already, so leaf-only.
+        assert_eq!(seen, [Some(CdSync { ssid, leaf: true }), None]);
+        assert_eq!(t.read(ssid).unwrap(), cd);
+        // What the unit could read at the sync point: every new word, V clear.
+        let _ = t.remove(ssid).unwrap();
+        let _ = t.install(ssid, &old.encode().unwrap()).unwrap();
+        let _ = t.remove(ssid).unwrap();
+        let words = t.slot(ssid, false).unwrap().unwrap().0.as_ptr();
+        let mut at_sync = [0u64; 8];
+        let _ = t
+            .install_live(ssid, &cd, |_| -> Result<(), SmmuError> {
+                for (i, w) in at_sync.iter_mut().enumerate() {
+                    // SAFETY: `words` points at the slot's eight words, in a leaf the table
+                    // keeps alive; only atomics touch it.
+                    *w = unsafe { (*words.add(i)).load(Ordering::Acquire) };
+                }
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(at_sync[0], cd.words[0] & !V);
+        assert_eq!(at_sync[1..], cd.words[1..]);
+        // A failing sync leaves the CD invalid, with the new words.
+        let _ = t.remove(ssid).unwrap();
+        let err = t.install_live(ssid, &cd, |_| {
+            Err(SmmuError::SyncTimeout { prod: 0, cons: 0 })
+        });
+        assert!(err.is_err());
+        let now = t.read(ssid).unwrap();
+        assert_eq!(now.words[0], cd.words[0] & !V);
+        assert_eq!(now.words[1..], cd.words[1..]);
+        // A new leaf publishes an L1CD: the first sync must not be leaf-only.
+        let fresh = SubstreamId::new(0x100).unwrap();
+        let mut first = None;
+        let _ = t
+            .install_live(fresh, &cd, |s| -> Result<(), SmmuError> {
+                first.get_or_insert(s);
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(
+            first,
+            Some(CdSync {
+                ssid: fresh,
+                leaf: false
+            })
+        );
     }
 }

@@ -150,7 +150,8 @@ pub struct Event {
     pub stag: Option<u16>,
     /// Input address.
     pub input_address: Option<u64>,
-    /// Intermediate physical address of a stage-2 fault.
+    /// Intermediate physical address of a stage-2 fault (`None` for a stage-1 fault, whose
+    /// record holds no IPA).
     pub ipa: Option<u64>,
     /// Address of the failed configuration or table fetch.
     pub fetch_address: Option<u64>,
@@ -236,7 +237,8 @@ impl Event {
                 .contains(EventFlags::STALL)
                 .then_some(STAG.get(w1) as u16),
             input_address: l.input.then_some(w2),
-            ipa: l.ipa.then_some(IPA.get(w3) << 12),
+            // §7.3.12-7.3.15: the IPA is only meaningful for a stage-2 fault (S2 = 1).
+            ipa: (l.ipa && flags.contains(EventFlags::S2)).then_some(IPA.get(w3) << 12),
             fetch_address: l.fetch.then_some(FETCH_ADDR.get(w3) << 3),
             raw,
         }
@@ -254,6 +256,9 @@ mod tests {
         // RnW (1 << 35 = 0x8_0000_0000) | S2 (1 << 39 = 0x80_0000_0000) | CLASS 1 (1 << 40).
         let w1 = 0x0000_0188_0000_0000;
         let e = Event::decode([w0, w1, 0xdead_b000, 0x0000_0012_3456_7000]);
+        // A stage-1 fault (S2 = 0) has no IPA: word 3 is UNKNOWN there.
+        let s1 = Event::decode([w0, w1 & !(1 << 39), 0xdead_b000, 0x0000_0012_3456_7000]);
+        assert_eq!(s1.ipa, None);
         assert_eq!(e.event_type, Ok(EventType::FTranslation));
         assert_eq!(e.stream_id, StreamId(0x42));
         assert_eq!(e.substream_id, Some(5));
@@ -282,6 +287,9 @@ mod tests {
             (e.ipa, e.fetch_address, e.class, e.substream_id),
             (None, None, None, None)
         );
+        // A stage-1 translation fault (S2 = 0) has no IPA, whatever word 3 holds.
+        let e = Event::decode([0x0000_0020_0000_0010, 0, 0x1000, 0x5000]);
+        assert_eq!((e.input_address, e.ipa), (Some(0x1000), None));
         // Stalled permission fault: Stall (1 << 31) with STAG 0x77.
         let e = Event::decode([0x13, 0x8000_0077, 0x1000, 0]);
         assert_eq!(e.stag, Some(0x77));

@@ -5,7 +5,9 @@
 //! §6.3.6 (IDR5: OAS, granules). The driver reads the registers through [`Idr`] and keeps only
 //! the decisions here, so the rest of the unit never re-decodes a register.
 
-use super::idr::{Httu, Idr, Idr0Flags, Idr3Flags, Idr5Granules, StLevel, Ttf};
+use super::idr::{
+    Httu, Idr, Idr0Flags, Idr3Flags, Idr5Granules, StLevel, StallModel, TtEndian, Ttf,
+};
 use crate::iommu::Capabilities;
 use crate::mem::WalkerCoherency;
 
@@ -38,6 +40,12 @@ pub struct Features {
     pub two_level_strtab: bool,
     /// AArch64 translation tables (`IDR0.TTF` includes AArch64).
     pub aarch64_tables: bool,
+    /// Little-endian table walks (`IDR0.TTENDIAN` mixed or little-endian): the engine writes
+    /// little-endian tables and the driver sets `STE.S2ENDI` / `CD.ENDI` = 0.
+    pub little_endian_tables: bool,
+    /// Stage-1 faults must stall (`IDR0.STALL_MODEL` = 2): CD.S must be 1, and this driver
+    /// does not resume stalled transactions, so it builds no stage-1 context on such a unit.
+    pub stall_forced: bool,
     /// Block-to-table replacement without break-before-make (`IDR3.BBML` = 2).
     pub bbml2: bool,
     /// StreamID bits (`IDR1.SIDSIZE`).
@@ -81,6 +89,8 @@ impl Features {
             cd2l: f0.contains(Idr0Flags::CD2L),
             two_level_strtab: idr.idr0.st_level() == StLevel::TwoLevel,
             aarch64_tables: matches!(idr.idr0.ttf(), Ttf::AArch64 | Ttf::Both),
+            little_endian_tables: matches!(idr.idr0.ttendian(), TtEndian::Mixed | TtEndian::Little),
+            stall_forced: idr.idr0.stall_model() == StallModel::StallForced,
             bbml2: idr.idr3.bbml() == 2,
             sid_bits: idr.idr1.sidsize().min(32),
             ssid_bits: idr.idr1.ssidsize().min(20),
@@ -89,6 +99,11 @@ impl Features {
             oas: idr.idr5.oas_bits().unwrap_or(48),
             granule_log2,
         }
+    }
+
+    /// Whether the driver builds stage-1 contexts here (`IDR0.S1P`, and faults need not stall).
+    pub const fn stage1_usable(&self) -> bool {
+        self.s1p && !self.stall_forced
     }
 
     /// Whether table and queue writes need cleaning to memory (`IDR0.COHACC = 0`).
@@ -140,10 +155,10 @@ impl Features {
             },
             oas: self.oas,
             page_sizes: self.page_sizes(),
-            pasid_bits: if self.s1p { pasid_bits } else { 0 },
+            pasid_bits: if self.stage1_usable() { pasid_bits } else { 0 },
             enforce_snoop: self.can_enforce_snoop(),
             dirty_tracking: self.dirty,
-            nesting: self.s1p && self.s2p,
+            nesting: self.stage1_usable() && self.s2p,
             coherent_walk: self.cohacc,
         }
     }

@@ -116,6 +116,12 @@ fn emit_ranges<E: From<SmmuError>>(
     let g = policy.granule_log2;
     let leaf = gather.leaf_only();
     let ttl = ttl(gather, g);
+    // With a TTL naming a block level the range must start on a block boundary, or the range
+    // invalidated is UNPREDICTABLE (§4.4.1). A non-zero TTL means every changed leaf had that
+    // one size, and the engine records a leaf from its aligned start for its whole size, so
+    // `r` starts and ends on block boundaries; every chunk below is then a multiple of the
+    // block's page count (SCALE is the lowest set bit of what is left) and keeps `addr`
+    // aligned.
     let mut addr = r.start.get() & !((1u64 << g) - 1);
     let mut pages = r.end.get().saturating_sub(addr).div_ceil(1 << g);
     // NUM = 0 and SCALE = 0 with TTL = 0 is a single page at an unknown level, which the
@@ -410,5 +416,136 @@ mod tests {
         assert_eq!(c.words[1], 3);
         let c = atc_inv_for(StreamId(1), None, span(0, u64::MAX)).unwrap();
         assert_eq!(c.words[1], 52);
+    }
+
+    /// Decodes a range-form TLBI into (start, bytes, ttl, leaf), checking TG against `g`.
+    fn decode_range(c: &Command, g: u32) -> (u64, u64, u64, bool) {
+        let [w0, w1] = c.words;
+        let tg = (w1 >> 10) & 3;
+        assert_eq!(tg, u64::from((g - 10) / 2), "TG for granule 2^{g}");
+        let (num, scale) = ((w0 >> 12) & 0x1f, (w0 >> 20) & 0x1f);
+        let ttl = (w1 >> 8) & 3;
+        // NUM = SCALE = 0 with TTL = 0 is not defined for the range form.
+        assert!(num | scale | ttl != 0, "{c:x?}");
+        (
+            (w1 & !0xfff) & ((1 << 52) - 1),
+            (num + 1) << scale << g,
+            ttl,
+            w1 & 1 == 1,
+        )
+    }
+
+    /// Table of edge cases for the range form: unaligned to any SCALE, huge, at the top of
+    /// the input space, every granule. The commands must tile `[start rounded down to the
+    /// granule, end)` without gaps, overshooting by at most the one page added to avoid the
+    /// undefined NUM = SCALE = TTL = 0 encoding, and stay within five bits of the page count.
+    #[test]
+    fn range_form_tiles_every_edge_case() {
+        // (granule, start, len, leaf size log2 or None for a table-only change, TTL expected)
+        let cases: &[(u32, u64, u64, Option<u32>, u64)] = &[
+            (12, 0x1000, 33 * K4, Some(12), 3),
+            (12, 0x3000, 31 * K4, Some(12), 3),
+            (12, 0x1000, ((1 << 15) - 1) * K4, Some(12), 3),
+            (12, 0x1800, 0x1000, Some(12), 3),
+            (12, 0, 1 << 48, Some(12), 3),
+            (12, (1 << 48) - 0x5000, 0x5000, Some(12), 3),
+            (12, 0x4000_0000, 1 << 30, Some(30), 1),
+            (12, 0x40_0000, K4, None, 0),
+            (12, 0x40_1000, 3 * K4, None, 0),
+            (14, 3 << 14, 97 << 14, Some(14), 3),
+            (14, 1 << 25, 1 << 25, Some(25), 2),
+            (14, (1 << 48) - (1 << 14), 1 << 14, None, 0),
+            (16, (1 << 52) - (3 << 16), 3 << 16, Some(16), 3),
+            (16, 0, 1 << 52, Some(16), 3),
+            (16, 1 << 29, 1 << 29, Some(29), 2),
+            (16, 5 << 16, 1 << 16, None, 0),
+        ];
+        for &(g, start, len, leaf, want_ttl) in cases {
+            let mut gather = Gather::new();
+            match leaf {
+                Some(size) => gather.add_leaves(start, len, size),
+                None => gather.add_table_change(start, len),
+            }
+            let policy = FlushPolicy {
+                ril: true,
+                granule_log2: g,
+                threshold: DEFAULT_FLUSH_THRESHOLD,
+            };
+            let mut cmds = Vec::new();
+            plan_tlbi(S2, &gather, &policy, |c| {
+                cmds.push(c);
+                Ok(())
+            })
+            .unwrap();
+            let first = start & !((1 << g) - 1);
+            let end = (start + len).div_ceil(1 << g) << g;
+            let mut at = first;
+            for c in &cmds {
+                let (addr, bytes, ttl, leaf_bit) = decode_range(c, g);
+                assert_eq!(addr, at, "gap or overlap in {cmds:x?}");
+                assert_eq!(ttl, want_ttl, "TTL in {cmds:x?}");
+                assert_eq!(leaf_bit, leaf.is_some());
+                at += bytes;
+            }
+            assert!(at >= end, "{start:#x}+{len:#x} not covered: {cmds:x?}");
+            let slack = if want_ttl == 0 { 1u64 << g } else { 0 };
+            assert!(
+                at - end <= slack,
+                "{start:#x}+{len:#x} overshoots: {cmds:x?}"
+            );
+            // One command per 5-bit group of the page count, at most.
+            let pages = (end - first).div_ceil(1 << g) + (slack >> g);
+            let groups = (64 - pages.leading_zeros()).div_ceil(5) as usize + 1;
+            assert!(cmds.len() <= groups, "{} > {groups}: {cmds:x?}", cmds.len());
+        }
+    }
+
+    /// Without RIL: one command per page of the smallest leaf, aligned, up to the threshold.
+    #[test]
+    fn per_granule_fallback_for_every_granule() {
+        for g in [12u32, 14, 16] {
+            let policy = |threshold| FlushPolicy {
+                ril: false,
+                granule_log2: g,
+                threshold,
+            };
+            let mut gather = Gather::new();
+            // Starts half-way into a page: the page holding the start is included.
+            gather.add_leaves((3 << g) + 0x800, 5 << g, g);
+            let mut cmds = Vec::new();
+            plan_tlbi(S1, &gather, &policy(6), |c| {
+                cmds.push(c);
+                Ok(())
+            })
+            .unwrap();
+            let addrs: Vec<u64> = cmds.iter().map(|c| c.words[1] & !0xfff).collect();
+            let want: Vec<u64> = (3..9).map(|p| p << g).collect();
+            assert_eq!(addrs, want, "granule 2^{g}");
+            assert!(cmds.iter().all(|c| c.words[1] & 0xf01 == 1));
+            // One past the threshold: TLBI_NH_ASID instead.
+            let mut cmds = Vec::new();
+            plan_tlbi(S1, &gather, &policy(5), |c| {
+                cmds.push(c);
+                Ok(())
+            })
+            .unwrap();
+            assert_eq!(cmds, [Command::tlbi_nh_asid(Vmid(0), Asid(7))]);
+        }
+        // The top page of a 52-bit IPA space is still encodable.
+        let mut gather = Gather::new();
+        gather.add_leaves((1 << 52) - (1 << 16), 1 << 16, 16);
+        let policy = FlushPolicy {
+            ril: false,
+            granule_log2: 16,
+            threshold: 1,
+        };
+        let mut n = 0;
+        plan_tlbi(S2, &gather, &policy, |c| {
+            assert_eq!(c.words[1], ((1 << 52) - (1 << 16)) | 1);
+            n += 1;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(n, 1);
     }
 }

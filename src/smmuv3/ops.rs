@@ -14,11 +14,14 @@
 //!   the FWB MemAttr encoding); otherwise [`Missing::SnoopControl`], never a weaker domain;
 //! - `dirty_tracking` with `IDR0.HTTU` = 2 (DBM leaves, STE.S2HD/CD.HD);
 //! - `nest_parent` on stage 2 of a unit with both stages; stage-1 domains nest on it through
-//!   [`SmmuUnit::domain_alloc_nested`].
+//!   [`SmmuUnit::domain_alloc_nested`];
+//! - no stage 1 on a unit with `IDR0.STALL_MODEL` = 2 (CD.S would have to be 1, and this driver
+//!   does not resume stalled transactions).
 
 use core::sync::atomic::Ordering;
 
 use super::attach::Batch;
+use super::cmd::Command;
 use super::domain::{Domain, DomainParams};
 use super::flush::{atc_inv_for, invalidate_all, plan_tlbi, FlushPolicy, TlbTag};
 use super::unit::SmmuUnit;
@@ -96,7 +99,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         cfg: &DomainConfig,
         parent: DomainHandle,
     ) -> Result<DomainHandle, Error> {
-        if !(self.features.s1p && self.features.s2p) {
+        if !(self.features.stage1_usable() && self.features.s2p) {
             return Err(Error::Unsupported(Missing::Nesting));
         }
         self.check_common(cfg, self.features.s1_ias())?;
@@ -152,14 +155,19 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
             Stage::Second if !f.s2p => {
                 return Err(Error::Unsupported(Missing::Mode { what: "stage 2" }))
             }
-            Stage::First if !f.s1p => {
-                return Err(Error::Unsupported(Missing::Mode { what: "stage 1" }))
-            }
             Stage::Second => true,
             Stage::First => false,
             Stage::Any => f.s2p,
         };
-        if cfg.nest_parent && !(f.s1p && f.s2p) {
+        if !stage2 && !f.s1p {
+            return Err(Error::Unsupported(Missing::Mode { what: "stage 1" }));
+        }
+        if !stage2 && f.stall_forced {
+            return Err(Error::Unsupported(Missing::Mode {
+                what: "stage 1 on a unit that forces stalls (IDR0.STALL_MODEL = 2)",
+            }));
+        }
+        if cfg.nest_parent && !(f.stage1_usable() && f.s2p) {
             return Err(Error::Unsupported(Missing::Nesting));
         }
         if cfg.nest_parent && !stage2 {
@@ -248,7 +256,8 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
 
     /// [`Iommu::flush`]: the commands of [`super::flush`], one CMD_SYNC (a second one before
     /// CMD_ATC_INV when the domain has ATS users: the ATC must not refill from a stale TLB),
-    /// then the gathered pages go back to the allocator.
+    /// then the gathered pages go back to the allocator. A nest parent's ATS users include the
+    /// streams attached through its stage-1 children: their ATCs are invalidated whole.
     fn flush_impl(&self, d: DomainHandle, gather: &mut Gather) -> Result<(), Error> {
         if gather.is_empty() {
             return Ok(());
@@ -260,14 +269,27 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
                 dom.ats_users.load(Ordering::Acquire) != 0,
             ))
         })?;
+        let nest_parent = matches!(
+            tag,
+            TlbTag::Stage2 {
+                nest_parent: true,
+                ..
+            }
+        );
         if self.has_cmdq() {
             let policy = FlushPolicy {
                 ril: self.features.ril,
                 granule_log2,
                 threshold: self.cfg.flush_threshold,
             };
-            // Lock order: configuration (for the ATS streams) before the command queue.
-            let config = ats.then(|| self.config.lock());
+            // Lock order: configuration (for the ATS streams), then domain slots (for the
+            // children of a nest parent), then the command queue.
+            let config = (ats || nest_parent).then(|| self.config.lock());
+            let children = if config.is_some() && nest_parent {
+                self.children_of(d)
+            } else {
+                0
+            };
             let span = gather.span();
             self.with_cmdq(|q, r| {
                 let mut b = Batch::new(q, r);
@@ -277,12 +299,27 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
                     return Ok(());
                 };
                 let mut b = Batch::new(q, r);
+                let mut pushed = false;
                 for s in config.streams.iter().flatten().filter(|s| s.ats) {
-                    for (ssid, _) in s.attachments().filter(|(_, x)| *x == d) {
-                        b.push(atc_inv_for(s.sid, ssid, span)?)?;
+                    for (ssid, x) in s.attachments() {
+                        let cmd = if x == d {
+                            atc_inv_for(s.sid, ssid, span)?
+                        } else if children & 1u64.checked_shl(x.0.into()).unwrap_or(0) != 0 {
+                            // The ATC holds stage-1 input addresses translated through this
+                            // stage 2: an IPA range does not say which, so all of them.
+                            Command::atc_inv(s.sid, ssid, Iova::ZERO, 52, ssid.is_none())?
+                        } else {
+                            continue;
+                        };
+                        b.push(cmd)?;
+                        pushed = true;
                     }
                 }
-                b.sync()
+                if pushed {
+                    b.sync()
+                } else {
+                    Ok(())
+                }
             })?;
         }
         // SAFETY: every range of the gather was invalidated in the domain's tag (or the whole
@@ -290,6 +327,23 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         // was never enabled and never walked the table.
         gather.release(&self.alloc, unsafe { InvalidationComplete::assume() })?;
         Ok(())
+    }
+}
+
+impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
+    /// The stage-1 domains nested on `parent`, as a bitmap of handles (`MAX_DOMAINS` ≤ 64).
+    fn children_of(&self, parent: DomainHandle) -> u64 {
+        let mut mask = 0u64;
+        for (i, slot) in self.domains.iter().enumerate().take(self.cfg.max_domains) {
+            if slot
+                .read()
+                .as_ref()
+                .is_some_and(|x| x.parent == Some(parent))
+            {
+                mask |= 1u64.checked_shl(i as u32).unwrap_or(0);
+            }
+        }
+        mask
     }
 }
 

@@ -85,6 +85,8 @@ pub const EVENTQ_IRQ_CFG1: usize = 0xb8;
 pub const EVENTQ_IRQ_CFG2: usize = 0xbc;
 /// `SMMU_PRIQ_BASE` (64-bit).
 pub const PRIQ_BASE: usize = 0xc0;
+/// `SMMU_PRIQ_IRQ_CFG0` (64-bit MSI address, with `IDR0.PRI`).
+pub const PRIQ_IRQ_CFG0: usize = 0xd0;
 /// `SMMU_PRIQ_PROD`, in page 1.
 pub const PRIQ_PROD: usize = PAGE1 + 0xc8;
 /// `SMMU_PRIQ_CONS`, in page 1.

@@ -11,14 +11,17 @@
 //! ```
 //!
 //! Enable follows the initialisation sequence of §6.3.9 (and the order CR0 bits may be set):
-//! 1. CR0 = 0 and wait for CR0ACK (firmware may have left queues or translation on); GBPA set
-//!    to the configured behaviour for while SMMUEN = 0;
-//! 2. allocate the stream table (every STE aborts), command and event queues;
-//! 3. CR1 (cacheability of table and queue accesses, from `IDR0.COHACC`), CR2 (RECINVSID);
-//! 4. STRTAB_BASE, STRTAB_BASE_CFG; CMDQ_BASE/PROD/CONS; CR0.CMDQEN, CR0ACK;
-//! 5. CMD_CFGI_ALL, CMD_TLBI_EL2_ALL (with `IDR0.HYP`), CMD_TLBI_NSNH_ALL, CMD_SYNC;
-//! 6. EVENTQ_BASE/PROD/CONS; CR0.EVENTQEN, CR0ACK;
-//! 7. CR0.SMMUEN, CR0ACK.
+//! 1. GBPA set to the configured behaviour for while SMMUEN = 0, then CR0 = 0 and wait for
+//!    CR0ACK (firmware may have left queues or translation on; in the other order its traffic
+//!    would follow the reset GBPA, bypass, between the two writes);
+//! 2. IRQ_CTRL = 0 and wait for IRQ_CTRLACK; stale GERROR bits acknowledged; then (with
+//!    `IDR0.MSI`) the `*_IRQ_CFG0` MSI addresses cleared: their reset value is UNKNOWN;
+//! 3. allocate the stream table (every STE aborts), command and event queues;
+//! 4. CR1 (cacheability of table and queue accesses, from `IDR0.COHACC`), CR2 (RECINVSID);
+//! 5. STRTAB_BASE, STRTAB_BASE_CFG; CMDQ_BASE/PROD/CONS; CR0.CMDQEN, CR0ACK;
+//! 6. CMD_CFGI_ALL, CMD_TLBI_EL2_ALL (with `IDR0.HYP`), CMD_TLBI_NSNH_ALL, CMD_SYNC;
+//! 7. EVENTQ_BASE/PROD/CONS; CR0.EVENTQEN, CR0ACK; IRQ_CTRL as configured;
+//! 8. CR0.SMMUEN (with CR0.ATSCHK on a unit with `IDR0.ATS`), CR0ACK.
 //!
 //! Locks (`spin`): configuration (stream table, streams, tag allocators) before a domain slot
 //! before the command queue. Map and unmap take only their domain's slot for reading, so they
@@ -35,7 +38,7 @@ use super::event::Event;
 use super::eventq::{DrainReport, EventQueue};
 use super::features::Features;
 use super::flush::DEFAULT_FLUSH_THRESHOLD;
-use super::idr::Idr;
+use super::idr::{Idr, Idr0Flags};
 use super::regs::{self, Cr0, Cr1, Cr2, Gbpa, Gerror, IrqCtrl};
 use super::ste::S1Fmt;
 use super::stream::{StreamState, MAX_STREAMS};
@@ -163,11 +166,14 @@ impl SmmuConfig {
         if !f.aarch64_tables {
             return invalid("IDR0.TTF: the unit walks no AArch64 tables");
         }
+        if !f.little_endian_tables {
+            return invalid("IDR0.TTENDIAN: the unit walks no little-endian tables");
+        }
         if !f.s1p && !f.s2p {
             return invalid("IDR0: neither stage 1 nor stage 2");
         }
         let sid_bits = bounded("stream table", self.sid_bits, 16, f.sid_bits)?;
-        let ssid_bits = if f.s1p {
+        let ssid_bits = if f.stage1_usable() {
             bounded("CD table", self.ssid_bits, 10, f.ssid_bits)?
         } else {
             0
@@ -241,7 +247,8 @@ pub struct EventReport {
 ///
 /// `A` is cloned for every table the unit builds (stream table, queues, one per domain): every
 /// clone must hand out and take back pages of the same pool, as `&Allocator` does. The unit is
-/// `Send + Sync` when `W` and `A` are.
+/// `Send + Sync` when `W` and `A` are. Dropping a unit that still translates leaks its stream
+/// table, CD tables and queues (the hardware may still use them); see its `Drop`.
 pub struct SmmuUnit<W: RegisterWindow, A: PageAllocator + Clone> {
     pub(crate) regs: W,
     pub(crate) alloc: A,
@@ -328,9 +335,13 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         let mut eventq = self.eventq.lock();
         let budget = self.cfg.budget;
         let coherency = self.features.coherency();
+        // GBPA first: it governs traffic only once SMMUEN is clear, so setting it while a
+        // previous owner's translation is still on is harmless, and clearing CR0 after it
+        // never lets DMA through untranslated under the reset GBPA (bypass).
+        regs::update_gbpa(&self.regs, self.gbpa_value(), budget)?;
         regs::write_cr0(&self.regs, 0, budget)?;
         self.enabled.store(false, Ordering::Release);
-        regs::update_gbpa(&self.regs, self.gbpa_value(), budget)?;
+        self.quiesce_interrupts(budget)?;
         if config.strtab.is_none() {
             config.strtab = Some(StreamTable::new(
                 self.alloc.clone(),
@@ -387,8 +398,39 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
             regs::write_irq_ctrl(&self.regs, self.cfg.interrupts, budget)?;
         }
         cr0 |= Cr0::SMMUEN;
+        if self.features.ats {
+            // Otherwise every ATS Translated transaction passes unchecked (§3.9.1): any
+            // device, even one whose STE aborts, could reach any address by claiming its
+            // requests were translated. Set with SMMUEN, as CR0.ATSCHK may only change while
+            // translation is off.
+            cr0 |= Cr0::ATSCHK;
+        }
         regs::write_cr0(&self.regs, cr0.bits(), budget)?;
         self.enabled.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Turns every interrupt off (a previous owner may have left them on), acknowledges the
+    /// global errors it left active and, on a unit that
+    /// signals them by MSI (`IDR0.MSI`), clears the MSI addresses: their reset value is
+    /// UNKNOWN, and 0 means no MSI write (§6.3.16, §6.3.19). The `*_IRQ_CFG0` registers may
+    /// only change while their interrupt is disabled, hence the order.
+    fn quiesce_interrupts(&self, budget: u32) -> Result<(), SmmuError> {
+        regs::write_irq_ctrl(&self.regs, IrqCtrl::empty(), budget)?;
+        // Errors a previous owner left active: an unacknowledged CMDQ_ERR keeps the command
+        // queue stopped, and the first command queued here would be taken for the culprit.
+        let stale = Gerror::active(&self.regs);
+        if !stale.is_empty() {
+            Gerror::acknowledge(&self.regs, stale);
+        }
+        let f0 = self.idr.idr0.flags();
+        if f0.contains(Idr0Flags::MSI) {
+            self.regs.write64(regs::GERROR_IRQ_CFG0, 0);
+            self.regs.write64(regs::EVENTQ_IRQ_CFG0, 0);
+            if f0.contains(Idr0Flags::PRI) {
+                self.regs.write64(regs::PRIQ_IRQ_CFG0, 0);
+            }
+        }
         Ok(())
     }
 
@@ -468,6 +510,35 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
             return Err(Error::InvalidDomain(d));
         }
         self.domains.get(i).ok_or(Error::InvalidDomain(d))
+    }
+}
+
+impl<W: RegisterWindow, A: PageAllocator + Clone> Drop for SmmuUnit<W, A> {
+    /// Gives the stream table, the CD tables and the queues back to the allocator only once
+    /// CR0ACK reads 0: then the unit walks no table, reads no command and writes no event
+    /// record or CMD_SYNC MSI. A unit that was [`disable`](Self::disable)d (translation off,
+    /// queues still on) gets its queues turned off first, within the poll budget. A unit still
+    /// translating, or one whose queues do not acknowledge, keeps them: they are leaked, since
+    /// DMA into or out of freed pages is worse than lost memory. Domain page tables are never
+    /// freed by a drop: free the domains first.
+    fn drop(&mut self) {
+        let config = self.config.get_mut();
+        if config.strtab.is_none() && self.cmdq.get_mut().is_none() {
+            return;
+        }
+        let ack = self.regs.read32(regs::CR0ACK);
+        let quiet = ack == 0
+            || (ack & Cr0::SMMUEN.bits() == 0
+                && regs::write_cr0(&self.regs, 0, self.cfg.budget).is_ok());
+        if quiet {
+            return;
+        }
+        core::mem::forget(config.strtab.take());
+        for stream in config.streams.iter_mut().flatten() {
+            core::mem::forget(stream.cd.take());
+        }
+        core::mem::forget(self.cmdq.get_mut().take());
+        core::mem::forget(self.eventq.get_mut().take());
     }
 }
 

@@ -19,7 +19,7 @@ use super::pasid_entry::FirstStagePagingMode;
 use super::unit::UnitInfo;
 use super::DomainId;
 use crate::iommu::{DomainConfig, Error, Missing, Stage};
-use crate::mem::PageAllocator;
+use crate::mem::{PageAllocator, WalkerCoherency};
 use crate::pgtable::vtd_fs::{VtdFs, VtdFsConfig};
 use crate::pgtable::vtd_ss::{VtdSs, VtdSsConfig};
 use crate::pgtable::{Geometry, PageTable};
@@ -78,7 +78,7 @@ pub fn choose(info: &UnitInfo, cfg: &DomainConfig) -> Result<Choice, Error> {
         return first_stage(info, cfg).map(Choice::First);
     }
     check_second_stage(info)?;
-    if cfg.dirty_tracking && !(info.scalable() && ecap.contains(EcapFlags::SLADS)) {
+    if cfg.dirty_tracking && !second_stage_dirty_tracking(info) {
         return Err(Error::Unsupported(Missing::DirtyTracking));
     }
     second_stage(info, cfg).map(Choice::Second)
@@ -107,6 +107,19 @@ fn check_second_stage(info: &UnitInfo) -> Result<(), Error> {
     Ok(())
 }
 
+/// Whether second-stage domains can track dirty pages: scalable mode with `ECAP.SLADS` (and
+/// `ECAP.SLTS`), and page walks that snoop (`ECAP.SMPWCS`, `PWSNP`): hardware refuses to set
+/// A/D bits through a non-snooped walk (fault reason 0x7C, "A/D bit update needed in
+/// second-stage entry when set up in no snoop"), so without it every DMA write would fault.
+pub fn second_stage_dirty_tracking(info: &UnitInfo) -> bool {
+    info.scalable()
+        && info
+            .ecap
+            .flags()
+            .contains(EcapFlags::SLADS | EcapFlags::SLTS)
+        && info.page_walk_coherency == WalkerCoherency::Coherent
+}
+
 /// The AGAWs `CAP.SAGAW` offers, in bits, ascending.
 fn agaws(info: &UnitInfo) -> impl Iterator<Item = u32> {
     let sagaw = info.cap.sagaw();
@@ -125,13 +138,18 @@ pub fn second_stage_max_bits(info: &UnitInfo) -> u32 {
     agaws(info).max().unwrap_or(0).min(info.mgaw)
 }
 
-/// Largest input width a first-stage domain can have.
+/// Largest input width a first-stage domain can have: the lower canonical half of the paging
+/// mode, and of the `CAP.MGAW`-bit space. The unit blocks every request at or above
+/// `2^MGAW` (§11.4.2), and an implementation narrower than its paging mode checks that first-stage
+/// inputs are canonical at its own width (QEMU with `aw-bits=39` faults 2^38 as non-canonical);
+/// Linux bounds first-stage domains the same way.
 pub fn first_stage_max_bits(info: &UnitInfo) -> u32 {
-    if info.cap.flags().contains(CapFlags::FL5LP) {
+    let paging = if info.cap.flags().contains(CapFlags::FL5LP) {
         FIRST_STAGE_5LEVEL_BITS
     } else {
         FIRST_STAGE_4LEVEL_BITS
-    }
+    };
+    paging.min(info.mgaw.saturating_sub(1))
 }
 
 fn second_stage(info: &UnitInfo, cfg: &DomainConfig) -> Result<VtdSsConfig, Error> {
@@ -162,15 +180,16 @@ fn second_stage(info: &UnitInfo, cfg: &DomainConfig) -> Result<VtdSsConfig, Erro
 
 fn first_stage(info: &UnitInfo, cfg: &DomainConfig) -> Result<VtdFsConfig, Error> {
     let have = first_stage_max_bits(info);
-    let levels = if cfg.min_ias <= FIRST_STAGE_4LEVEL_BITS {
-        4
-    } else if cfg.min_ias <= have {
-        5
-    } else {
+    if cfg.min_ias > have {
         return Err(Error::Unsupported(Missing::AddressWidth {
             need: cfg.min_ias,
             have,
         }));
+    }
+    let levels = if cfg.min_ias <= FIRST_STAGE_4LEVEL_BITS {
+        4
+    } else {
+        5
     };
     Ok(VtdFsConfig {
         levels,
@@ -231,12 +250,12 @@ impl<A: PageAllocator> Domain<A> {
     ) -> Result<Self, Error> {
         let (table, input_bits) = match choice {
             Choice::Second(c) => {
-                let t = PageTable::new(VtdSs::new(c)?, alloc, info.coherency)?;
+                let t = PageTable::new(VtdSs::new(c)?, alloc, info.page_walk_coherency)?;
                 (DomainTable::Second(t), c.agaw.min(info.mgaw))
             }
             Choice::First(c) => {
-                let t = PageTable::new(VtdFs::new(c)?, alloc, info.coherency)?;
-                let bits = t.geometry().ias;
+                let t = PageTable::new(VtdFs::new(c)?, alloc, info.page_walk_coherency)?;
+                let bits = t.geometry().ias.min(first_stage_max_bits(info));
                 (DomainTable::First(t), bits)
             }
         };

@@ -233,4 +233,138 @@ mod tests {
             FlushPlan::Everything
         );
     }
+
+    fn limits(mamv: u8) -> PlanLimits {
+        PlanLimits {
+            page_selective: true,
+            mamv,
+        }
+    }
+
+    /// Edge cases, each with the blocks planned by hand: (ranges, MAMV, expected blocks as
+    /// (address, AM), or `None` for one domain-/PASID-selective invalidation).
+    #[test]
+    fn edge_cases_by_hand() {
+        type Case = (&'static [(u64, u64)], u8, Option<&'static [(u64, u8)]>);
+        const TOP48: u64 = 1 << 48;
+        const TOP64_PAGE: u64 = !0xfff;
+        let cases: &[Case] = &[
+            // Straddling a 2 MiB boundary (pages 511 and 512): the covering block is pages
+            // 0..=1023 (AM 10) when MAMV allows it...
+            (&[(0x1f_f000, 0x20_1000)], 18, Some(&[(0, 10)])),
+            // ...else the two pages on their own.
+            (
+                &[(0x1f_f000, 0x20_1000)],
+                9,
+                Some(&[(0x1f_f000, 0), (0x20_0000, 0)]),
+            ),
+            // AM exactly MAMV: one block; twice as large: two blocks of MAMV.
+            (&[(0, 1 << 30)], 18, Some(&[(0, 18)])),
+            (&[(0, 1 << 31)], 18, Some(&[(0, 18), (1 << 30, 18)])),
+            // MAMV 0: one descriptor per page.
+            (
+                &[(0x3000, 0x6000)],
+                0,
+                Some(&[(0x3000, 0), (0x4000, 0), (0x5000, 0)]),
+            ),
+            // The last page below 2^48, and the last 4 KiB page of the 64-bit space.
+            (&[(TOP48 - 0x1000, TOP48)], 18, Some(&[(TOP48 - 0x1000, 0)])),
+            (&[(TOP64_PAGE, u64::MAX)], 18, Some(&[(TOP64_PAGE, 0)])),
+            // The top 2 MiB below 2^48 straddled by a range ending at 2^48: aligned block.
+            (
+                &[(TOP48 - 0x20_0000 + 0x1000, TOP48)],
+                18,
+                Some(&[(TOP48 - 0x20_0000, 9)]),
+            ),
+            // An unaligned range that needs several blocks under a small MAMV: pages 3..=20.
+            (
+                &[(0x3000, 0x1_5000)],
+                2,
+                Some(&[
+                    (0x3000, 0),
+                    (0x4000, 2),
+                    (0x8000, 2),
+                    (0xc000, 2),
+                    (0x1_0000, 2),
+                    (0x1_4000, 0),
+                ]),
+            ),
+            // Several ranges: one block each, in order; empty ranges ignored.
+            (
+                &[(0x5000, 0x5000), (0x40_0000, 0x60_0000), (0x1000, 0x2000)],
+                18,
+                Some(&[(0x40_0000, 9), (0x1000, 0)]),
+            ),
+            // Exactly PAGE_SELECTIVE_LIMIT blocks, then one more: everything.
+            (
+                &[(0, 16 << 12)],
+                0,
+                Some(&[
+                    (0, 0),
+                    (0x1000, 0),
+                    (0x2000, 0),
+                    (0x3000, 0),
+                    (0x4000, 0),
+                    (0x5000, 0),
+                    (0x6000, 0),
+                    (0x7000, 0),
+                    (0x8000, 0),
+                    (0x9000, 0),
+                    (0xa000, 0),
+                    (0xb000, 0),
+                    (0xc000, 0),
+                    (0xd000, 0),
+                    (0xe000, 0),
+                    (0xf000, 0),
+                ]),
+            ),
+            (&[(0, 17 << 12)], 0, None),
+            // The whole 64-bit space: more blocks than allowed under any real MAMV.
+            (&[(0, u64::MAX)], 18, None),
+        ];
+        for &(ranges, mamv, expected) in cases {
+            let ranges: std::vec::Vec<_> = ranges.iter().map(|&(s, e)| range(s, e)).collect();
+            let p = plan(&ranges, true, limits(mamv));
+            match expected {
+                Some(want) => assert_eq!(blocks(&p), want, "{ranges:x?} MAMV {mamv}"),
+                None => assert_eq!(p, FlushPlan::Everything, "{ranges:x?} MAMV {mamv}"),
+            }
+        }
+    }
+
+    /// Every page of every range is covered by an aligned block within MAMV, for all ranges of
+    /// up to 40 pages starting in the first 40 pages and every MAMV up to 6.
+    #[test]
+    fn blocks_cover_aligned_and_within_mamv() {
+        for mamv in 0..=6u8 {
+            for first in 0..40u64 {
+                for count in 1..=40u64 {
+                    let r = range(first << 12, (first + count) << 12);
+                    let p = plan(&[r], false, limits(mamv));
+                    let bs = p.blocks();
+                    if p == FlushPlan::Everything {
+                        assert!(
+                            count > PAGE_SELECTIVE_LIMIT as u64,
+                            "{first} {count} {mamv}"
+                        );
+                        continue;
+                    }
+                    for b in bs {
+                        assert!(b.am <= mamv);
+                        assert!(b.addr.is_aligned(b.size_log2()), "{b:?}");
+                    }
+                    for page in first..first + count {
+                        let a = page << 12;
+                        assert!(
+                            bs.iter().any(|b| {
+                                a >= b.addr.get() && a - b.addr.get() < 1 << b.size_log2()
+                            }),
+                            "page {page:#x} uncovered: {first} {count} {mamv} {bs:?}"
+                        );
+                    }
+                    assert!(matches!(p, FlushPlan::Pages { ih: false, .. }));
+                }
+            }
+        }
+    }
 }

@@ -361,8 +361,9 @@ impl Descriptor {
     }
 
     /// PASID-based device-TLB invalidate (§6.5.2.6): word 0 = type 8, `MIP` 8:4, `PFSID[3:0]`
-    /// 15:12, `SID` 31:16, `PASID` 51:32, `PFSID[15:4]` 63:52; word 1 = `G` 0 (all PASIDs,
-    /// global mappings included), `S` 11, `ADDR` 63:12.
+    /// 15:12, `SID` 31:16, `PASID` 51:32, `PFSID[15:4]` 63:52; word 1 = `G` 0, `S` 11, `ADDR`
+    /// 63:12. `global` sets `G`, the PCIe ATS Global Invalidate bit: the range's global
+    /// translations are invalidated for every PASID, not only for `pasid`.
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] if `mip > 31` or the range is misaligned or out of 12..=64.

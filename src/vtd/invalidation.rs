@@ -72,11 +72,14 @@ pub(crate) enum Request {
 }
 
 impl Request {
-    /// The queued-invalidation descriptor; `drain` sets `DR`/`DW` on IOTLB invalidations.
-    fn descriptor(self, drain: bool) -> Result<Descriptor, Error> {
+    /// The queued-invalidation descriptor, with `DR`/`DW` on IOTLB invalidations as `params`
+    /// asks.
+    fn descriptor(self, params: &BatchParams) -> Result<Descriptor, Error> {
         match self {
             Request::ContextCache(scope) => Descriptor::context_cache(scope),
-            Request::Iotlb(scope) => Descriptor::iotlb(scope, drain, drain),
+            Request::Iotlb(scope) => {
+                Descriptor::iotlb(scope, params.drain_reads, params.drain_writes)
+            }
             Request::PasidCache(scope) => Ok(Descriptor::pasid_cache(scope)),
             Request::PasidIotlb { did, pasid, scope } => Descriptor::pasid_iotlb(did, pasid, scope),
             // A physical function is its own PFSID; MIP 0 asks for no pending-invalidation hint.
@@ -144,8 +147,10 @@ impl Counters {
 pub(crate) struct BatchParams {
     /// Byte offset of the IOTLB registers (`ECAP.IRO * 16`).
     pub iotlb_register_offset: usize,
-    /// Set `DR`/`DW` on IOTLB invalidations (`CAP.DRD` and `CAP.DWD`).
-    pub drain: bool,
+    /// Set `DR` on IOTLB invalidations (`CAP.DRD`): in-flight reads drain before completion.
+    pub drain_reads: bool,
+    /// Set `DW` on IOTLB invalidations (`CAP.DWD`): in-flight writes drain before completion.
+    pub drain_writes: bool,
     /// Poll budget of register commands.
     pub poll_budget: u32,
 }
@@ -191,7 +196,7 @@ impl<'a, W: RegisterWindow + ?Sized> Batch<'a, W> {
             }
             Invalidator::Registers => self.by_register(request),
             Invalidator::Queue(q) => {
-                let d = request.descriptor(self.params.drain)?;
+                let d = request.descriptor(&self.params)?;
                 if self.len == BATCH_DESCRIPTORS {
                     q.submit(self.regs, &self.pending)?;
                     self.counters
@@ -255,7 +260,8 @@ impl<'a, W: RegisterWindow + ?Sized> Batch<'a, W> {
                     self.regs,
                     p.iotlb_register_offset,
                     r,
-                    p.drain,
+                    p.drain_reads,
+                    p.drain_writes,
                     p.poll_budget,
                 )
                 .map(drop)

@@ -104,7 +104,9 @@ bitflags! {
         const FPD = 1 << 0;
         /// 9: Second Stage Access/Dirty Enable (needs `ECAP.SLADS`).
         const SSADE = 1 << 1;
-        /// 87: Page-Walk Snoop: table walks snoop even if `ECAP.SMPWCS` would allow not to.
+        /// 87: Page-Walk Snoop: walks of the first- and second-stage tables this entry points
+        /// at snoop CPU caches (needs `ECAP.SMPWCS`; `ECAP.C` does not cover these walks in
+        /// scalable mode).
         const PWSNP = 1 << 2;
         /// 88: Page Snoop: every access through this entry is snooped (enforce snooping).
         const PGSNP = 1 << 3;

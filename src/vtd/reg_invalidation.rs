@@ -169,8 +169,8 @@ pub fn invalidate_context<W: RegisterWindow + ?Sized>(
 }
 
 /// Invalidates the IOTLB through the IOTLB registers at `iotlb_register_offset`
-/// (`ECAP.IRO * 16`) and waits for `IVT` to clear. `drain` sets both `DR` and `DW` (use only
-/// when `CAP.DRD` / `CAP.DWD`).
+/// (`ECAP.IRO * 16`) and waits for `IVT` to clear. `drain_reads` sets `DR` and `drain_writes`
+/// `DW` (use them as `CAP.DRD` and `CAP.DWD` allow, each on its own).
 ///
 /// Returns the actual granularity (`IAIG`: 1 global, 2 domain, 3 page).
 ///
@@ -181,7 +181,8 @@ pub fn invalidate_iotlb<W: RegisterWindow + ?Sized>(
     regs: &W,
     iotlb_register_offset: usize,
     request: IotlbInvalidation,
-    drain: bool,
+    drain_reads: bool,
+    drain_writes: bool,
     budget: u32,
 ) -> Result<u8, Error> {
     let (g, did) = match request {
@@ -208,7 +209,7 @@ pub fn invalidate_iotlb<W: RegisterWindow + ?Sized>(
             addr.get() | ih | iotlb::AM.place(am as u64),
         );
     }
-    let drain = if drain { iotlb::DR | iotlb::DW } else { 0 };
+    let drain = if drain_reads { iotlb::DR } else { 0 } | if drain_writes { iotlb::DW } else { 0 };
     regs.write64(
         reg,
         iotlb::IVT | iotlb::IIRG.place(g) | drain | iotlb::DID.place(did as u64),
@@ -279,7 +280,10 @@ mod tests {
             am: 9,
             ih: true,
         };
-        assert_eq!(invalidate_iotlb(&m, MODEL_IRO, req, false, 10), Ok(3));
+        assert_eq!(
+            invalidate_iotlb(&m, MODEL_IRO, req, false, false, 10),
+            Ok(3)
+        );
         // IVA: 0x20_0000 | IH (0x40) | AM 9 = 0x20_0049
         assert_eq!(m.read64(MODEL_IRO), 0x20_0049);
         // IOTLB_REG after completion: IIRG 11b<<60 | IAIG 11b<<57 | DID 3<<32
@@ -292,12 +296,12 @@ mod tests {
             ih: false,
         };
         assert!(matches!(
-            invalidate_iotlb(&m, MODEL_IRO, misaligned, false, 10),
+            invalidate_iotlb(&m, MODEL_IRO, misaligned, false, false, 10),
             Err(Error::InvalidArgument { .. })
         ));
         m.freeze_commands(true);
         assert!(matches!(
-            invalidate_iotlb(&m, MODEL_IRO, IotlbInvalidation::Global, true, 4),
+            invalidate_iotlb(&m, MODEL_IRO, IotlbInvalidation::Global, true, true, 4),
             Err(Error::Timeout {
                 what: Wait::IotlbInvalidate,
                 polls: 4

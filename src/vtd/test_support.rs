@@ -7,7 +7,7 @@
 extern crate std;
 
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
@@ -35,6 +35,8 @@ impl Flag {
 pub struct TestAlloc {
     live: Mutex<Vec<(usize, usize)>>,
     pub fail: Flag,
+    /// `sync_for_device` calls (cache cleans for a non-coherent walker).
+    pub synced: AtomicUsize,
 }
 
 impl TestAlloc {
@@ -76,6 +78,10 @@ unsafe impl PageAllocator for TestAlloc {
                 Layout::from_size_align_unchecked(size, size),
             )
         }
+    }
+
+    fn sync_for_device(&self, _va: NonNull<u8>, _len: usize) {
+        self.synced.fetch_add(1, Ordering::Relaxed);
     }
 
     fn phys_to_virt(&self, pa: PhysAddr) -> Option<NonNull<u8>> {

@@ -153,8 +153,12 @@ pub struct UnitInfo {
     pub ecap: Ecap,
     /// Root-table mode.
     pub mode: Mode,
-    /// Whether table walks snoop (`ECAP.C`).
+    /// Whether the unit's accesses to root, context and PASID tables snoop (`ECAP.C`).
     pub coherency: WalkerCoherency,
+    /// Whether page-table walks snoop: `ECAP.C` in legacy mode; in scalable mode `ECAP.SMPWCS`
+    /// (the PASID entry's `PWSNP`, which is set when `SMPWCS` allows it), since there `ECAP.C`
+    /// covers only the root, context and PASID structures.
+    pub page_walk_coherency: WalkerCoherency,
     /// Output address width of mappings.
     pub haw: u32,
     /// `CAP.MGAW + 1`: IOVAs must be below `2^mgaw`.
@@ -220,15 +224,23 @@ impl UnitInfo {
         };
         let pdts = super::context_entry::ScalableContextEntry::pdts_for(pasid_bits).unwrap_or(0);
         let mgaw = u32::from(cap.mgaw());
+        let snoops = |flag| {
+            if e.contains(flag) {
+                WalkerCoherency::Coherent
+            } else {
+                WalkerCoherency::NonCoherent
+            }
+        };
+        let page_walk_coherency = match config.mode {
+            Mode::Legacy => snoops(EcapFlags::C),
+            Mode::Scalable => snoops(EcapFlags::SMPWCS),
+        };
         Ok(Self {
             cap,
             ecap,
             mode: config.mode,
-            coherency: if e.contains(EcapFlags::C) {
-                WalkerCoherency::Coherent
-            } else {
-                WalkerCoherency::NonCoherent
-            },
+            coherency: snoops(EcapFlags::C),
+            page_walk_coherency,
             haw: config.host_address_width.unwrap_or(mgaw).clamp(32, 52),
             mgaw,
             did_base: u16::from(cap.flags().contains(CapFlags::CM)),
@@ -478,7 +490,8 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
         let cap = self.info.cap.flags();
         let params = BatchParams {
             iotlb_register_offset: self.info.ecap.iotlb_register_offset(),
-            drain: cap.contains(CapFlags::DRD | CapFlags::DWD),
+            drain_reads: cap.contains(CapFlags::DRD),
+            drain_writes: cap.contains(CapFlags::DWD),
             poll_budget: self.info.poll_budget,
         };
         Batch::new(&self.regs, inv, params, &self.counters)

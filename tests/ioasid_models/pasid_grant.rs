@@ -1,7 +1,7 @@
 //! PASIDs (quotas, attach by PASID on the scalable VT-d model and on SMMUv3 substreams, busy
 //! PASIDs) and incoherent-DMA grants, on the hardware models.
 
-use iommu_engine::ioasid::{DeviceHandle, Error, Incompatibility, IoasidCtx, IoasidFlags};
+use iommu_engine::ioasid::{Error, Incompatibility, IoasidCtx, IoasidFlags};
 use iommu_engine::iommu::Missing;
 use iommu_engine::mem::{Iova, PhysAddr};
 use iommu_engine::pgtable::Prot;
@@ -166,19 +166,21 @@ fn incoherent_dma_grants_need_a_bound_no_snoop_capable_device() {
         let other = IoasidCtx::new(r.reg, r.arena, 0);
         let coherent = ctx.bind(vtd_dev(RID_A), false).unwrap();
         let nosnoop = ctx.bind(vtd_dev(RID_B), true).unwrap();
-        for sid in [SID_A, SID_B, 0x400] {
-            other.bind(smmu_dev(sid), true).unwrap();
-        }
+        let foreign: Vec<_> = [SID_A, SID_B]
+            .map(|sid| other.bind(smmu_dev(sid), true).unwrap())
+            .to_vec();
         assert_eq!(
             ctx.allow_incoherent_dma(coherent).unwrap_err(),
             Error::NotNoSnoopCapable(coherent)
         );
-        // The other context's third device has no counterpart here.
-        let foreign = DeviceHandle(2);
-        assert_eq!(
-            ctx.allow_incoherent_dma(foreign).unwrap_err(),
-            Error::NoSuchDevice(foreign)
-        );
+        // The other context's no-snoop devices (in the same slots as this context's) are
+        // not this context's to grant.
+        for f in foreign {
+            assert_eq!(
+                ctx.allow_incoherent_dma(f).unwrap_err(),
+                Error::NoSuchDevice(f)
+            );
+        }
         assert!(!ctx.incoherent_dma_allowed());
 
         let io = ctx.alloc(IoasidFlags::empty()).unwrap();

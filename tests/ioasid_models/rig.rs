@@ -1,7 +1,7 @@
 //! The rig every test runs on: one arena, a VT-d model and an SMMUv3 model over it, a driver
 //! unit on each (unit 0 is the VT-d unit, unit 1 the SMMUv3 unit) and a registry over both.
 
-use iommu_engine::ioasid::{DeviceLabel, Registry, UnitId};
+use iommu_engine::ioasid::{DeviceLabel, PasidAllocator, Registry, UnitId};
 use iommu_engine::iommu::{DeviceId, DomainHandle, Iommu};
 use iommu_engine::sim::smmuv3::{SmmuModel, SmmuModelConfig};
 use iommu_engine::sim::vtd::{VtdModel, VtdModelConfig};
@@ -111,8 +111,9 @@ pub fn with_rig<R>(v: VtdSetup, s: SmmuSetup, f: impl FnOnce(&Rig<'_, '_>) -> R)
     smmu.enable().expect("SMMUv3 enable");
     vm.reset_stats();
     sm.reset_stats();
+    let pasids = PasidAllocator::new(20);
     let units: [&dyn Iommu; 2] = [&vtd, &smmu];
-    let reg = Registry::new(&units, 20).expect("registry");
+    let reg = Registry::new(&units, &pasids).expect("registry");
     let rig = Rig {
         arena: &arena,
         vm: &vm,

@@ -39,7 +39,7 @@ use arbitrary::{Arbitrary, Unstructured};
 
 use crate::ioasid::{
     DeviceHandle, DeviceLabel, Error, IncoherentDmaGrant, Incompatibility, IoasidCtx, IoasidFlags,
-    IoasidId, Registry, UnitId,
+    IoasidId, PasidAllocator, Registry, UnitId,
 };
 use crate::iommu::{Capabilities, DeviceId, DomainHandle, Iommu, Missing, Pasid};
 use crate::mem::{Iova, PhysAddr};
@@ -278,7 +278,8 @@ fn run(setup: &Setup, ops: &[Op]) {
     smmu.enable().expect("SMMUv3 enable");
     {
         let units: [&dyn Iommu; 2] = [&vtd, &smmu];
-        let reg = Registry::new(&units, PASID_BITS).expect("registry");
+        let pasids = PasidAllocator::new(PASID_BITS);
+        let reg = Registry::new(&units, &pasids).expect("registry");
         let mut h = Harness {
             arena: &arena,
             vm: &vm,
@@ -404,12 +405,21 @@ impl Harness<'_, '_> {
         usize::from(ctx) % CONTEXTS
     }
 
-    /// The handle of the context's device bound with label index `dev % LABELS`, or one that
-    /// names no device.
-    fn handle(&self, c: usize, dev: u8) -> (usize, DeviceHandle) {
+    /// A handle for device `dev % LABELS` as context `c` would be given it: its own handle if
+    /// the device is bound to `c`, the other context's if bound there (which `c` must refuse),
+    /// else one that names nothing. With the shadow key of the device in `c` (`u16::MAX` for
+    /// none).
+    fn handle(&self, ctxs: &[Ctx<'_, '_>], c: usize, dev: u8) -> (usize, DeviceHandle, u16) {
         let l = usize::from(dev) % LABELS.len();
-        let h = self.shadow[c].handle_of(l).unwrap_or(31);
-        (l, DeviceHandle(h))
+        if let Some(slot) = self.shadow[c].handle_of(l) {
+            return (l, ctxs[c].device_handle(slot), slot);
+        }
+        let foreign = self.owner[l].and_then(|o| Some((o, self.shadow[o].handle_of(l)?)));
+        let h = match foreign {
+            Some((o, slot)) => ctxs[o].device_handle(slot),
+            None => ctxs[c].device_handle(31),
+        };
+        (l, h, u16::MAX)
     }
 
     /// The context's `io % (n + 1)`-th IOASID, or one that does not exist.

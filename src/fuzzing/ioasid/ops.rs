@@ -25,8 +25,8 @@ impl<'h, 'm> Harness<'h, 'm> {
             (Err(Error::Busy), Some(_)) => {}
             (Ok(h), None) => {
                 self.owner[l] = Some(c);
-                let prev = self.shadow[c].devs.insert(h.0, (l, no_snoop, None));
-                assert!(prev.is_none(), "bind reused live handle {}", h.0);
+                let prev = self.shadow[c].devs.insert(h.slot(), (l, no_snoop, None));
+                assert!(prev.is_none(), "bind reused live slot {}", h.slot());
             }
             (r, owner) => panic!("bind {l} in {c} (owner {owner:?}): {r:?}"),
         }
@@ -35,17 +35,17 @@ impl<'h, 'm> Harness<'h, 'm> {
 
     pub(super) fn unbind(&mut self, ctxs: &[Ctx<'_, '_>], ctx: u8, dev: u8) -> Touched {
         let c = Self::ctx_index(ctx);
-        let (l, h) = self.handle(c, dev);
+        let (l, h, k) = self.handle(ctxs, c, dev);
         let s = &self.shadow[c];
-        let busy = s.devs.get(&h.0).is_some_and(|d| d.2.is_some())
-            || s.pasid_att.keys().any(|k| k.0 == h.0)
-            || s.grants.get(&h.0).is_some_and(|&g| g > 0);
+        let busy = s.devs.get(&k).is_some_and(|d| d.2.is_some())
+            || s.pasid_att.keys().any(|a| a.0 == k)
+            || s.grants.get(&k).is_some_and(|&g| g > 0);
         let r = ctxs[c].unbind(h);
         match r {
-            Err(Error::NoSuchDevice(_)) if !s.devs.contains_key(&h.0) => {}
+            Err(Error::NoSuchDevice(_)) if !s.devs.contains_key(&k) => {}
             Err(Error::Busy) if busy => {}
-            Ok(()) if s.devs.contains_key(&h.0) && !busy => {
-                self.shadow[c].devs.remove(&h.0);
+            Ok(()) if s.devs.contains_key(&k) && !busy => {
+                self.shadow[c].devs.remove(&k);
                 self.owner[l] = None;
             }
             r => panic!("unbind {l} in {c} (busy {busy}): {r:?}"),
@@ -102,11 +102,11 @@ impl<'h, 'm> Harness<'h, 'm> {
 
     pub(super) fn attach(&mut self, ctxs: &[Ctx<'_, '_>], ctx: u8, dev: u8, io: u8) -> Touched {
         let c = Self::ctx_index(ctx);
-        let (l, h) = self.handle(c, dev);
+        let (l, h, k) = self.handle(ctxs, c, dev);
         let id = self.ioasid(c, io);
         let r = ctxs[c].attach(h, id);
         let s = &self.shadow[c];
-        let Some(&(_, _, old)) = s.devs.get(&h.0) else {
+        let Some(&(_, _, old)) = s.devs.get(&k) else {
             assert_eq!(r, Err(Error::NoSuchDevice(h)));
             return Touched::Nothing;
         };
@@ -123,7 +123,7 @@ impl<'h, 'm> Harness<'h, 'm> {
                     refuse.is_none(),
                     "attach of {l} succeeded despite {refuse:?}"
                 );
-                if let Some(d) = self.shadow[c].devs.get_mut(&h.0) {
+                if let Some(d) = self.shadow[c].devs.get_mut(&k) {
                     d.2 = Some(id.0);
                 }
             }
@@ -151,17 +151,17 @@ impl<'h, 'm> Harness<'h, 'm> {
         io: u8,
     ) -> Touched {
         let c = Self::ctx_index(ctx);
-        let (l, h) = self.handle(c, dev);
+        let (l, h, k) = self.handle(ctxs, c, dev);
         let id = self.ioasid(c, io);
         let p = self.pasid(c, pasid);
         let r = ctxs[c].attach_pasid(h, p, id);
         let s = &self.shadow[c];
-        let old = s.pasid_att.get(&(h.0, p.get())).copied();
+        let old = s.pasid_att.get(&(k, p.get())).copied();
         if !s.pasids.contains(&p.get()) {
             assert_eq!(r, Err(Error::PasidNotOwned(p)));
             return Touched::Nothing;
         }
-        if !s.devs.contains_key(&h.0) {
+        if !s.devs.contains_key(&k) {
             assert_eq!(r, Err(Error::NoSuchDevice(h)));
             return Touched::Nothing;
         }
@@ -190,7 +190,7 @@ impl<'h, 'm> Harness<'h, 'm> {
                     must.is_none(),
                     "attach_pasid of {l} succeeded despite {must:?}"
                 );
-                self.shadow[c].pasid_att.insert((h.0, p.get()), id.0);
+                self.shadow[c].pasid_att.insert((k, p.get()), id.0);
             }
             Err(e) => assert_ne!(old, Some(id.0), "attach_pasid to the same IOASID: {e:?}"),
         }
@@ -199,9 +199,9 @@ impl<'h, 'm> Harness<'h, 'm> {
 
     pub(super) fn detach(&mut self, ctxs: &[Ctx<'_, '_>], ctx: u8, dev: u8) -> Touched {
         let c = Self::ctx_index(ctx);
-        let (l, h) = self.handle(c, dev);
+        let (l, h, k) = self.handle(ctxs, c, dev);
         let r = ctxs[c].detach(h);
-        match self.shadow[c].devs.get_mut(&h.0) {
+        match self.shadow[c].devs.get_mut(&k) {
             None => assert_eq!(r, Err(Error::NoSuchDevice(h))),
             Some(d) if d.2.is_none() => assert_eq!(r, Err(Error::NotAttached(h))),
             Some(d) => {
@@ -220,13 +220,13 @@ impl<'h, 'm> Harness<'h, 'm> {
         pasid: u8,
     ) -> Touched {
         let c = Self::ctx_index(ctx);
-        let (l, h) = self.handle(c, dev);
+        let (l, h, k) = self.handle(ctxs, c, dev);
         let p = self.pasid(c, pasid);
         let r = ctxs[c].detach_pasid(h, p);
         let s = &mut self.shadow[c];
-        if !s.devs.contains_key(&h.0) {
+        if !s.devs.contains_key(&k) {
             assert_eq!(r, Err(Error::NoSuchDevice(h)));
-        } else if s.pasid_att.remove(&(h.0, p.get())).is_some() {
+        } else if s.pasid_att.remove(&(k, p.get())).is_some() {
             assert_eq!(r, Ok(()), "detach_pasid {l} {p}");
         } else {
             assert_eq!(r, Err(Error::NotAttached(h)));
@@ -434,16 +434,16 @@ impl<'h, 'm> Harness<'h, 'm> {
         it: &mut core::slice::Iter<'_, Op>,
     ) {
         let c = Self::ctx_index(ctx);
-        let (l, h) = self.handle(c, dev);
+        let (l, h, k) = self.handle(ctxs, c, dev);
         let r: Result<IncoherentDmaGrant<'c>, Error> = ctxs[c].allow_incoherent_dma(h);
-        let g = match (r, self.shadow[c].devs.get(&h.0)) {
+        let g = match (r, self.shadow[c].devs.get(&k)) {
             (Err(Error::NoSuchDevice(_)), None) => return,
             (Err(Error::NotNoSnoopCapable(_)), Some(d)) if !d.1 => return,
             (Ok(g), Some(d)) if d.1 => g,
             (r, d) => panic!("grant for {l} in {c} ({d:?}): {r:?}"),
         };
         assert_eq!(g.device(), h);
-        *self.shadow[c].grants.entry(h.0).or_default() += 1;
+        *self.shadow[c].grants.entry(k).or_default() += 1;
         self.after_step(ctxs);
         for _ in 0..hold % 8 {
             let Some(op) = it.next() else { break };
@@ -456,7 +456,7 @@ impl<'h, 'm> Harness<'h, 'm> {
             self.after_step(ctxs);
         }
         drop(g);
-        *self.shadow[c].grants.entry(h.0).or_default() -= 1;
+        *self.shadow[c].grants.entry(k).or_default() -= 1;
     }
 
     /// The shadow side of dropping context `c` (the caller replaced it).

@@ -171,6 +171,10 @@ fn execute(
         op::CFGI_STE => {
             only(cmd, [SID, LEAF])?;
             state.stats.ste_invalidated += usize::from(state.caches.ste.remove(&sid).is_some());
+            if dw1 & LEAF == 0 {
+                // Leaf = 0: the level-1 descriptor locating the STE goes too.
+                drop_l1std(state, u64::from(sid), 1);
+            }
             Outcome::Done
         }
         op::CFGI_STE_RANGE => {
@@ -184,10 +188,13 @@ fn execute(
                 .ste
                 .retain(|&s, _| !(first..first.saturating_add(span)).contains(&u64::from(s)));
             state.stats.ste_invalidated += before - state.caches.ste.len();
+            drop_l1std(state, first, span);
             if range == 31 {
                 // CFGI_ALL: every configuration structure, CDs included.
                 state.stats.cd_invalidated += state.caches.cd.len();
+                state.stats.l1_invalidated += state.caches.l1cd.len();
                 state.caches.cd.clear();
+                state.caches.l1cd.clear();
             }
             Outcome::Done
         }
@@ -198,6 +205,16 @@ fn execute(
             only(cmd, [SSID | SID, LEAF])?;
             state.stats.cd_invalidated +=
                 usize::from(state.caches.cd.remove(&(sid, ssid)).is_some());
+            if dw1 & LEAF == 0 {
+                // Leaf = 0: the level-1 CD descriptor locating the CD goes too.
+                let before = state.caches.l1cd.len();
+                let ssid = u64::from(ssid);
+                state
+                    .caches
+                    .l1cd
+                    .retain(|&(s, _), e| !(s == sid && e.overlaps(ssid, 1)));
+                state.stats.l1_invalidated += before - state.caches.l1cd.len();
+            }
             Outcome::Done
         }
         op::CFGI_CD_ALL => {
@@ -208,6 +225,9 @@ fn execute(
             let before = state.caches.cd.len();
             state.caches.cd.retain(|&(s, _), _| s != sid);
             state.stats.cd_invalidated += before - state.caches.cd.len();
+            let before = state.caches.l1cd.len();
+            state.caches.l1cd.retain(|&(s, _), _| s != sid);
+            state.stats.l1_invalidated += before - state.caches.l1cd.len();
             Outcome::Done
         }
         op::TLBI_NH_ALL if s1 => {
@@ -336,6 +356,13 @@ fn tlbi_range(cfg: &SmmuModelConfig, dw0: u64, dw1: u64, mask: u64) -> Result<Ad
         granule_log2: Some(granule_log2),
         ttl_level: (ttl != 0).then_some(ttl),
     })
+}
+
+/// Drops the cached level-1 stream table descriptors locating any of `first .. first + count`.
+fn drop_l1std(state: &mut State, first: u64, count: u64) {
+    let before = state.caches.l1std.len();
+    state.caches.l1std.retain(|_, e| !e.overlaps(first, count));
+    state.stats.l1_invalidated += before - state.caches.l1std.len();
 }
 
 fn tlbi(state: &mut State, scope: Scope, range: Option<AddrRange>, leaf: bool) -> Outcome {

@@ -18,8 +18,9 @@
 //!
 //! # Model choices (where the architecture allows more than one behaviour)
 //! - Caches never evict. Invalid or illegal STEs/CDs are not cached. A cached CD is used only
-//!   while the STE still points at the same CD table. Level-1 stream-table and CD-table
-//!   descriptors are not cached.
+//!   while the STE still points at the same CD table. Valid level-1 stream-table and CD-table
+//!   descriptors are cached (by address) until CFGI_STE / CFGI_CD with Leaf = 0,
+//!   CFGI_STE_RANGE, CFGI_CD_ALL or CFGI_ALL covers them.
 //! - TLBI_S2_IPA removes stage-2-only entries; combined (nested) entries need TLBI_NH_* or
 //!   TLBI_S12_VMALL. TLBI_NH_ASID leaves global (nG = 0) entries. A range TLBI removes only
 //!   entries of the TG granule and, with a TTL hint, of that leaf level.
@@ -27,9 +28,14 @@
 //!   without IDR3.RIL, and NUM/SCALE/TTL with TG = 0.
 //! - Incoming transactions are Normal Non-cacheable (a no-snoop DMA) unless stage 1 gives them a
 //!   type: `DmaOk::cacheable_wb` says whether the SMMU made the access write-back anyway.
+//! - Hardware updates (IDR0.HTTU with CD.HA/HD, STE.S2HA/S2HD): AF is set when a walk uses a
+//!   leaf; a writable-clean DBM leaf is made dirty (stage 1 clears `AP[2]`, stage 2 sets
+//!   `S2AP[1]`) on the first write through its TLB entry, and not again until that entry is
+//!   invalidated -- so cleaning dirty state without a TLBI loses later writes, as on hardware.
+//!   Updates are read-modify-write through the arena, not atomic against a concurrent CPU write.
 //! - Not modelled: Secure state, stalls and PRI, ATS translation requests, STE.STRW = EL2,
-//!   AArch32 and big-endian tables, hardware updates of AF/dirty state (the walkers report
-//!   what HTTU would allow), MSIs for events and GERROR.
+//!   AArch32 and big-endian tables, MSIs for events and GERROR, cache maintenance for
+//!   IDR0.COHACC = 0 (the model reads memory as it is; the arena's sync recorder checks that).
 
 mod cd;
 pub mod cmdq;
@@ -122,6 +128,8 @@ pub struct SmmuModelStats {
     pub ste_invalidated: usize,
     /// CD cache entries removed by commands.
     pub cd_invalidated: usize,
+    /// Level-1 stream table and CD table descriptors removed by commands.
+    pub l1_invalidated: usize,
     /// Event records written.
     pub events_written: u64,
     /// Events lost to a full queue (overflow).
@@ -155,6 +163,9 @@ pub enum Injection {
     SyncStall,
     /// CR0ACK stops following CR0 until [`SmmuModel::clear_injections`].
     Cr0AckStuck,
+    /// GBPA updates never complete: a write with UPDATE leaves UPDATE set and the old fields in
+    /// force until [`SmmuModel::clear_injections`], which completes it.
+    GbpaUpdateStuck,
     /// The next CMD_SYNC reports an ATC invalidation completion timeout: CERROR_ATC_INV_SYNC
     /// with CONS on the CMD_SYNC, which runs again once GERRORN acknowledges the error.
     AtcInvSyncTimeout,
@@ -166,6 +177,9 @@ struct Injections {
     atc_inv_sync_timeout: bool,
     sync_stall: bool,
     cr0ack_stuck: bool,
+    gbpa_stuck: bool,
+    /// A GBPA write waiting for its UPDATE to complete.
+    gbpa_pending: Option<u32>,
 }
 
 /// Everything behind the model's lock.
@@ -288,6 +302,7 @@ impl<'m> SmmuModel<'m> {
             Injection::SyncStall => st.injections.sync_stall = true,
             Injection::Cr0AckStuck => st.injections.cr0ack_stuck = true,
             Injection::AtcInvSyncTimeout => st.injections.atc_inv_sync_timeout = true,
+            Injection::GbpaUpdateStuck => st.injections.gbpa_stuck = true,
         }
     }
 
@@ -295,6 +310,9 @@ impl<'m> SmmuModel<'m> {
     /// catches up with CR0.
     pub fn clear_injections(&self) {
         let mut st = self.lock();
+        if let Some(v) = st.injections.gbpa_pending {
+            st.regs.gbpa = v;
+        }
         st.injections = Injections::default();
         st.sync_stalled = false;
         st.regs.cr0ack = st.regs.cr0;
@@ -343,7 +361,14 @@ impl<'m> SmmuModel<'m> {
             }
             regs::CR1 if !r.enabled(cr0::SMMUEN | cr0::CMDQEN | cr0::EVENTQEN) => r.cr1 = value,
             regs::CR2 if !r.enabled(cr0::SMMUEN) => r.cr2 = value,
-            regs::GBPA if value & gbpa::UPDATE != 0 => r.gbpa = value & gbpa::FIELDS,
+            regs::GBPA if value & gbpa::UPDATE != 0 => {
+                if st.injections.gbpa_stuck {
+                    r.gbpa |= gbpa::UPDATE;
+                    st.injections.gbpa_pending = Some(value & gbpa::FIELDS);
+                } else {
+                    r.gbpa = value & gbpa::FIELDS;
+                }
+            }
             regs::IRQ_CTRL => {
                 r.irq_ctrl = value & 0x7;
                 r.irq_ctrlack = r.irq_ctrl;

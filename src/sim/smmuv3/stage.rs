@@ -12,7 +12,7 @@ use super::event::{
     F_WALK_EABT,
 };
 use super::ste::S2Context;
-use super::tlb::{CachedCd, Caches, CdKey, Mt, Regime, TlbEntry, WalkEntry};
+use super::tlb::{CachedCd, Caches, CdKey, DirtyUpdate, L1Entry, Mt, Regime, TlbEntry, WalkEntry};
 use crate::mem::Iova;
 use crate::sim::arena::{Arena, PhysMem};
 use crate::sim::walk::arm::{Cacheability, MemType};
@@ -26,6 +26,10 @@ pub(super) struct Pending {
     pub(super) ste: Option<(u32, [u64; 8])>,
     pub(super) cd: Option<(CdKey, CachedCd)>,
     pub(super) tlb_hit: bool,
+    pub(super) l1std: Option<(u64, L1Entry)>,
+    pub(super) l1cd: Option<((u32, u64), L1Entry)>,
+    /// Entries (regime, privileged, address) whose dirty-state updates were made.
+    pub(super) dirty_done: Vec<(Regime, bool, u64)>,
 }
 
 /// A failed translation before it becomes an event.
@@ -90,6 +94,11 @@ impl<'a> StageMem<'a> {
 
     /// Caches the table descriptors of a successful walk of `input` whose leaf is
     /// `2^leaf_log2` bytes, with `stride` index bits a level.
+    /// Address of the leaf descriptor of the last walk (an IPA for a nested stage-1 walk).
+    pub(super) fn leaf_address(&self) -> Option<u64> {
+        self.log.borrow().last().map(|&(pa, ..)| pa)
+    }
+
     pub(super) fn remember(&self, input: u64, leaf_log2: u32, stride: u32) {
         let Some(regime) = self.regime else { return };
         let log = self.log.borrow();
@@ -216,6 +225,23 @@ pub(super) fn stage2(
     let size = t.page_size_log2;
     let granule_log2 = s2.walk.granule.log2();
     mem.remember(ipa, size, granule_log2 - 3);
+    let leaf = mem.leaf_address().unwrap_or(0);
+    if s2.walk.hardware_access_flag && !t.attrs.accessed {
+        hw_update(
+            env,
+            DirtyUpdate {
+                pa: leaf,
+                set: AF,
+                clear: 0,
+            },
+        );
+    }
+    let dirty =
+        (s2.walk.hardware_dirty && t.attrs.dbm && !t.attrs.s2ap_write).then_some(DirtyUpdate {
+            pa: leaf,
+            set: S2AP_WRITE,
+            clear: 0,
+        });
     let base = ipa & !low_mask(size);
     let entry = TlbEntry {
         regime,
@@ -234,9 +260,25 @@ pub(super) fn stage2(
         s2_perms: None,
         mem: mt(t.attrs.mem_type),
         s2_memattr: Some(t.attrs.memattr),
+        dirty: [None, dirty],
     };
     env.pending.borrow_mut().tlb.push(entry);
     Ok(entry)
+}
+
+/// Access flag, `bits[10]` of a leaf.
+pub(super) const AF: u64 = 1 << 10;
+/// Stage-2 `S2AP[1]` (write permission): set by hardware when a DBM page becomes dirty.
+const S2AP_WRITE: u64 = 1 << 7;
+
+/// A hardware update of a descriptor (HTTU, §3.13): applied to a still-valid descriptor.
+/// Read-modify-write through the arena, so not atomic against a concurrent CPU write.
+pub(super) fn hw_update(env: &Env<'_>, u: DirtyUpdate) {
+    if let Some(old) = env.mem.read_u64(u.pa) {
+        if old & 1 != 0 {
+            env.mem.write_u64(u.pa, (old | u.set) & !u.clear);
+        }
+    }
 }
 
 /// Stage 2 of an IPA the SMMU reads (a CD or a stage-1 table): it must grant reads.

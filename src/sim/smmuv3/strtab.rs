@@ -3,11 +3,46 @@
 //! table descriptor: Span[4:0], L2Ptr[51:6]), §3.3.2 and §5.3 (CD tables: linear, 2-level with
 //! 4 KiB or 64 KiB leaf tables; level-1 CD descriptor: V[0], L2Ptr[51:12]).
 
+use core::cell::Cell;
+
 use super::config::SmmuModelConfig;
 use super::event::{C_BAD_STREAMID, C_BAD_SUBSTREAMID, F_STE_FETCH};
 use super::regs::{strtab_cfg, Regs, STRTAB_ADDR_MASK};
 use super::ste::S1Context;
 use crate::sim::arena::PhysMem;
+
+/// Memory for a level-1 descriptor read: the descriptor cache (`cached`) answers first; a
+/// read that misses it is remembered in `fetched` so the caller can cache it.
+pub(crate) struct L1Mem<'a> {
+    pub cached: &'a dyn Fn(u64) -> Option<u64>,
+    pub inner: &'a dyn PhysMem,
+    pub fetched: Cell<Option<(u64, u64)>>,
+}
+
+impl PhysMem for L1Mem<'_> {
+    fn read_u64(&self, pa: u64) -> Option<u64> {
+        if let Some(v) = (self.cached)(pa) {
+            return Some(v);
+        }
+        let v = self.inner.read_u64(pa)?;
+        self.fetched.set(Some((pa, v)));
+        Some(v)
+    }
+}
+
+/// SPLIT of a 2-level stream table: StreamIDs one level-1 descriptor covers are 2^SPLIT.
+pub(crate) fn strtab_split(regs: &Regs) -> u32 {
+    (regs.strtab_base_cfg >> strtab_cfg::SPLIT_SHIFT) & strtab_cfg::SPLIT_MASK
+}
+
+/// SubstreamIDs one level-1 CD descriptor covers (log2), for S1Fmt.
+pub(crate) fn cd_split(fmt: u8) -> u32 {
+    if fmt == 1 {
+        6
+    } else {
+        10
+    }
+}
 
 const STE_BYTES: u64 = 64;
 const CD_BYTES: u64 = 64;
@@ -54,7 +89,7 @@ pub(crate) fn ste_address(
     match fmt {
         0 => Ok(base + u64::from(sid) * STE_BYTES),
         1 if cfg.two_level_strtab() => {
-            let split = (regs.strtab_base_cfg >> strtab_cfg::SPLIT_SHIFT) & strtab_cfg::SPLIT_MASK;
+            let split = strtab_split(regs);
             if !matches!(split, 6 | 8 | 10) {
                 return Err(miss(C_BAD_STREAMID, 0));
             }
@@ -87,11 +122,10 @@ pub(crate) fn cd_address(
     abort: u8,
 ) -> Result<u64, Miss> {
     let index = u64::from(index);
-    let split = match s1.fmt {
-        0 => return Ok(s1.ptr + index * CD_BYTES),
-        1 => 6,
-        _ => 10,
-    };
+    if s1.fmt == 0 {
+        return Ok(s1.ptr + index * CD_BYTES);
+    }
+    let split = cd_split(s1.fmt);
     let l1 = s1.ptr + (index >> split) * 8;
     let desc = mem.read_u64(l1).ok_or(miss(abort, l1))?;
     if desc & 1 == 0 {

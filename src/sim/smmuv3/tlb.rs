@@ -82,6 +82,17 @@ pub(crate) struct TlbEntry {
     /// Memory type: of the stage's own leaf, or the combined one for a nested entry.
     pub mem: Mt,
     pub s2_memattr: Option<u8>,
+    /// Dirty-state updates the entry still owes its stage-1 and stage-2 leaves: made on the
+    /// first write through the entry, then forgotten (the entry is dirty from then on).
+    pub dirty: [Option<DirtyUpdate>; 2],
+}
+
+/// A hardware update of a leaf descriptor (HTTU): set `set` and clear `clear` at `pa`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct DirtyUpdate {
+    pub pa: u64,
+    pub set: u64,
+    pub clear: u64,
 }
 
 /// A memory type reduced to what the model reports, weakest first.
@@ -212,6 +223,25 @@ pub(crate) struct Caches {
     /// CD words by (StreamID, SubstreamID), with the S1ContextPtr they were fetched through
     /// (so an STE pointing at another CD table misses).
     pub cd: BTreeMap<CdKey, CachedCd>,
+    /// Valid level-1 stream table descriptors, by address.
+    pub l1std: BTreeMap<u64, L1Entry>,
+    /// Valid level-1 CD descriptors, by StreamID and address.
+    pub l1cd: BTreeMap<(u32, u64), L1Entry>,
+}
+
+/// A cached level-1 descriptor and the IDs (StreamIDs or SubstreamIDs) it locates.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct L1Entry {
+    pub desc: u64,
+    pub first: u64,
+    pub count: u64,
+}
+
+impl L1Entry {
+    /// Whether any of `first .. first + count` is located through this descriptor.
+    pub fn overlaps(&self, first: u64, count: u64) -> bool {
+        first < self.first.saturating_add(self.count) && self.first < first.saturating_add(count)
+    }
 }
 
 impl Caches {
@@ -223,6 +253,15 @@ impl Caches {
                 e.privileged == privileged && e.regime.serves(e.global, regime) && e.covers(addr)
             })
             .copied()
+    }
+
+    /// Forgets the dirty-state updates of the entry serving `addr` (it has made them).
+    pub fn dirty_done(&mut self, regime: &Regime, privileged: bool, addr: u64) {
+        if let Some(e) = self.tlb.iter_mut().find(|e| {
+            e.privileged == privileged && e.regime.serves(e.global, regime) && e.covers(addr)
+        }) {
+            e.dirty = [None; 2];
+        }
     }
 
     /// A cached table descriptor at `entry_pa` in `regime`.

@@ -7,7 +7,7 @@
 //! finds is collected in a [`Pending`] set and added to the caches when the translation ends, so
 //! that the walk itself only needs shared access to them.
 
-use core::cell::RefCell;
+use core::cell::{Cell, RefCell};
 
 use super::cd::{self, Cd};
 use super::config::SmmuModelConfig;
@@ -18,12 +18,12 @@ use super::event::{
 };
 use super::regs::{cr0, gbpa};
 use super::stage::{
-    combine, fault_event, level_of, low_mask, mt, stage2, stage2_fail, stage2_read, Env, Fail,
-    Inner, Pending, StageMem,
+    combine, fault_event, hw_update, level_of, low_mask, mt, stage2, stage2_fail, stage2_read, Env,
+    Fail, Inner, Pending, StageMem, AF,
 };
 use super::ste::{self, S1Context, S2Context, Ste, StreamConfig};
-use super::strtab::{self, Miss};
-use super::tlb::{Mt, Regime, TlbEntry};
+use super::strtab::{self, L1Mem, Miss};
+use super::tlb::{DirtyUpdate, L1Entry, Mt, Regime, TlbEntry};
 use super::{DmaFault, DmaOk, State};
 use crate::mem::Iova;
 use crate::sim::arena::{Arena, PhysMem};
@@ -59,10 +59,26 @@ fn fetch_ste(env: &Env<'_>, regs: &super::regs::Regs, sid: u32) -> Result<Ste, F
     let words = match env.caches.ste.get(&sid) {
         Some(w) => *w,
         None => {
-            let addr = strtab::ste_address(env.cfg, regs, env.mem, sid).map_err(miss)?;
+            let cached = |pa: u64| env.caches.l1std.get(&pa).map(|e| e.desc);
+            let l1 = L1Mem {
+                cached: &cached,
+                inner: env.mem,
+                fetched: Cell::new(None),
+            };
+            let addr = strtab::ste_address(env.cfg, regs, &l1, sid).map_err(miss)?;
             let w = strtab::fetch_ste(env.mem, addr).map_err(miss)?;
             let ste = ste::decode(env.cfg, &w).map_err(|()| Fail::config(C_BAD_STE, 0))?;
-            env.pending.borrow_mut().ste = Some((sid, w));
+            let mut pending = env.pending.borrow_mut();
+            pending.ste = Some((sid, w));
+            if let Some((pa, desc)) = l1.fetched.get() {
+                let split = strtab::strtab_split(regs);
+                let entry = L1Entry {
+                    desc,
+                    first: u64::from(sid >> split << split),
+                    count: 1 << split,
+                };
+                pending.l1std = Some((pa, entry));
+            }
             return Ok(ste);
         }
     };
@@ -85,7 +101,13 @@ fn fetch_cd(env: &Env<'_>, ste: &Ste, s1: &S1Context, sid: u32, index: u32) -> R
         None => env.mem.read_u64(a).ok_or(Inner::Abort(a)),
     };
     let mem = StageMem::new(env, None, &read);
-    let fetched = strtab::cd_address(s1, &mem, index, F_CD_FETCH)
+    let cached = |a: u64| env.caches.l1cd.get(&(sid, a)).map(|e| e.desc);
+    let l1 = L1Mem {
+        cached: &cached,
+        inner: &mem,
+        fetched: Cell::new(None),
+    };
+    let fetched = strtab::cd_address(s1, &l1, index, F_CD_FETCH)
         .and_then(|addr| strtab::fetch_cd(&mem, addr, F_CD_FETCH));
     let words = match (fetched, mem.err.get(), &nested) {
         (Ok(w), _, _) => w,
@@ -96,7 +118,17 @@ fn fetch_cd(env: &Env<'_>, ste: &Ste, s1: &S1Context, sid: u32, index: u32) -> R
         (Err(m), _, _) => return Err(miss(m)),
     };
     let cd = cd::decode(env.cfg, &words).map_err(|()| Fail::config(C_BAD_CD, 0))?;
-    env.pending.borrow_mut().cd = Some(((sid, index), (s1.ptr, words)));
+    let mut pending = env.pending.borrow_mut();
+    pending.cd = Some(((sid, index), (s1.ptr, words)));
+    if let Some((a, desc)) = l1.fetched.get() {
+        let split = strtab::cd_split(s1.fmt);
+        let entry = L1Entry {
+            desc,
+            first: u64::from(index >> split << split),
+            count: 1 << split,
+        };
+        pending.l1cd = Some(((sid, a), entry));
+    }
     Ok(cd)
 }
 
@@ -145,6 +177,7 @@ fn stage1(
     let size = t.page_size_log2;
     let granule_log2 = cd.walk.granule.log2();
     mem.remember(req.iova, size, granule_log2 - 3);
+    let dirty = s1_hardware_updates(env, cd, nested, mem.leaf_address(), &t.attrs);
     let base = req.iova & !low_mask(size);
     Ok(TlbEntry {
         regime,
@@ -163,8 +196,48 @@ fn stage1(
         s2_perms: None,
         mem: mt(t.attrs.mem_type),
         s2_memattr: None,
+        dirty: [dirty, None],
     })
 }
+
+/// Stage-1 HTTU (CD.HA, CD.HD): sets AF now; a writable-clean DBM leaf (`AP[2]` = 1) owes
+/// clearing `AP[2]` on the first write. A nested leaf's IPA is translated by stage 2 first.
+fn s1_hardware_updates(
+    env: &Env<'_>,
+    cd: &Cd,
+    nested: Option<&S2Context>,
+    leaf: Option<u64>,
+    attrs: &arm_s1::ArmS1Attrs,
+) -> Option<DirtyUpdate> {
+    let af = cd.walk.hardware_access_flag && !attrs.accessed;
+    let dirty = cd.walk.hardware_dirty && attrs.dbm && attrs.read_only;
+    if !af && !dirty {
+        return None;
+    }
+    let mut pa = leaf?;
+    if let Some(s2) = nested {
+        let e = stage2(env, s2, pa, false).ok()?;
+        pa = e.out + (pa - e.base);
+    }
+    if af {
+        hw_update(
+            env,
+            DirtyUpdate {
+                pa,
+                set: AF,
+                clear: 0,
+            },
+        );
+    }
+    dirty.then_some(DirtyUpdate {
+        pa,
+        set: 0,
+        clear: AP_READ_ONLY,
+    })
+}
+
+/// Stage-1 `AP[2]` (read-only): cleared by hardware when a DBM page becomes dirty.
+const AP_READ_ONLY: u64 = 1 << 7;
 
 /// The combined entry of a stage-1 entry and the stage-2 entry of its output.
 fn nest(s1: &TlbEntry, s2e: &TlbEntry, fwb: bool, iova: u64) -> TlbEntry {
@@ -176,6 +249,7 @@ fn nest(s1: &TlbEntry, s2e: &TlbEntry, fwb: bool, iova: u64) -> TlbEntry {
         size_log2: size,
         out: pa & !low_mask(size),
         s2_perms: Some([s2e.read, s2e.write, s2e.exec]),
+        dirty: [s1.dirty[0], s2e.dirty[1]],
         mem: combine(s1.mem, s2e.mem, fwb),
         s2_memattr: s2e.s2_memattr,
         ..*s1
@@ -296,6 +370,13 @@ fn finish(
             addr2: 0,
         });
     }
+    if req.access.write && e.dirty.iter().any(Option::is_some) {
+        for u in e.dirty.iter().flatten() {
+            hw_update(env, *u);
+        }
+        let done = (e.regime, req.access.privileged, req.iova);
+        env.pending.borrow_mut().dirty_done.push(done);
+    }
     let hit = env.pending.borrow().tlb_hit;
     let pa = e.out + (req.iova - e.base);
     Ok(ok(pa, e.size_log2, mem, e.s2_memattr, hit))
@@ -349,6 +430,9 @@ fn apply(state: &mut State, pending: Pending) {
         state.stats.tlb_misses += 1;
     }
     caches.tlb.extend(pending.tlb);
+    for (regime, privileged, addr) in pending.dirty_done {
+        caches.dirty_done(&regime, privileged, addr);
+    }
     for w in pending.walk {
         if caches.walk_lookup(&w.regime, w.entry_pa).is_none() {
             caches.walk.push(w);
@@ -359,6 +443,12 @@ fn apply(state: &mut State, pending: Pending) {
     }
     if let Some((key, value)) = pending.cd {
         caches.cd.insert(key, value);
+    }
+    if let Some((key, value)) = pending.l1std {
+        caches.l1std.insert(key, value);
+    }
+    if let Some((key, value)) = pending.l1cd {
+        caches.l1cd.insert(key, value);
     }
 }
 
@@ -407,6 +497,9 @@ pub(crate) fn prefetch_config(state: &mut State, mem: &Arena, cfg: &SmmuModelCon
     let pending = env.pending.into_inner();
     if let Some((sid, words)) = pending.ste {
         state.caches.ste.insert(sid, words);
+    }
+    if let Some((key, value)) = pending.l1std {
+        state.caches.l1std.insert(key, value);
     }
 }
 

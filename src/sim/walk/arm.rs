@@ -23,7 +23,10 @@
 //! system without FEAT_LPA (they are always read as `OA[51:48]` here, so a set bit with OAS < 52 is
 //! an address size fault).
 
-use super::{bits, first_set, Fault};
+use std::collections::BTreeMap;
+
+use super::{bits, first_set, Fault, Translation, WalkError};
+use crate::mem::Iova;
 
 /// A translation granule.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -328,4 +331,61 @@ pub(crate) fn classify(
 /// Input address bits the level-`level` table resolves when the walk covers `ias` bits.
 pub(crate) fn bits_at(granule: Granule, level: u32, ias: u32) -> Option<u32> {
     ias.checked_sub(granule.log2() + (3 - level) * granule.stride())
+}
+
+/// Log2 of the number of entries one Contiguous bit spans at lookup `level` (Arm ARM "The
+/// Contiguous bit"): 4 KiB granule: 16 at levels 1, 2 and 3; 16 KiB: 128 at level 3, 32 at
+/// level 2; 64 KiB: 32 at levels 2 and 3. `None` where the bit is not defined here.
+pub(crate) fn contiguous_entries_log2(granule: Granule, level: u32) -> Option<u32> {
+    match (granule, level) {
+        (Granule::K4, 1..=3) => Some(4),
+        (Granule::K16, 3) => Some(7),
+        (Granule::K16, 2) | (Granule::K64, 2 | 3) => Some(5),
+        _ => None,
+    }
+}
+
+/// Checks every run of leaves carrying the Contiguous bit among `leaves` (all leaves of a walk,
+/// each translated at its base): the run is complete, at one level, all with the bit and with
+/// `same` attributes, mapping consecutive output aligned to the run.
+///
+/// # Errors
+///
+/// [`Fault::ContiguousMisprogrammed`] at the base of the first bad run.
+pub(crate) fn check_contiguous<A>(
+    granule: Granule,
+    leaves: &[(Iova, Translation<A>)],
+    contiguous: impl Fn(&A) -> bool,
+    same: impl Fn(&Translation<A>, &Translation<A>) -> bool,
+) -> Result<(), WalkError> {
+    let by_input: BTreeMap<u64, &Translation<A>> =
+        leaves.iter().map(|(iova, t)| (iova.get(), t)).collect();
+    for (iova, leaf) in leaves.iter().filter(|(_, t)| contiguous(&t.attrs)) {
+        let size_log2 = leaf.page_size_log2;
+        let level = 3 - (size_log2 - granule.log2()) / granule.stride();
+        let bad = |base: u64| WalkError::Fault {
+            iova: Iova::new(base),
+            fault: Fault::ContiguousMisprogrammed { level: level as i8 },
+        };
+        let n_log2 = contiguous_entries_log2(granule, level).ok_or(bad(iova.get()))?;
+        let run_log2 = size_log2 + n_log2;
+        let base = iova.get() & !((1u64 << run_log2) - 1);
+        let first = by_input.get(&base).ok_or(bad(base))?;
+        if first.pa.get() & ((1u64 << run_log2) - 1) != 0 {
+            return Err(bad(base));
+        }
+        for k in 0..1u64 << n_log2 {
+            let at = base + (k << size_log2);
+            let ok = by_input.get(&at).is_some_and(|t| {
+                t.page_size_log2 == size_log2
+                    && contiguous(&t.attrs)
+                    && t.pa.get() == first.pa.get() + (k << size_log2)
+                    && same(first, t)
+            });
+            if !ok {
+                return Err(bad(base));
+            }
+        }
+    }
+    Ok(())
 }

@@ -315,7 +315,8 @@ fn translation(leaf: &Leaf, perms: Perms, pa: u64) -> Translation<ArmS1Attrs> {
 ///
 /// # Errors
 ///
-/// [`WalkError::Fault`] at the first descriptor that faults, [`WalkError::TableReachedTwice`].
+/// [`WalkError::Fault`] at the first descriptor that faults, [`WalkError::TableReachedTwice`], and [`Fault::ContiguousMisprogrammed`] for a run of leaves
+/// carrying the Contiguous bit that is not whole and consistent.
 pub fn walk_all(
     mem: &impl PhysMem,
     cfg: &ArmS1Config,
@@ -334,7 +335,24 @@ pub fn walk_all(
         Ok(())
     })
     .map_err(|(input, kind)| kind.into_error(Iova::new(input)))?;
+    super::arm::check_contiguous(cfg.granule, &out, |a| a.contiguous, same_run_attributes)?;
     Ok(out)
+}
+
+/// Whether two leaves of one contiguous run agree on everything but the state hardware updates
+/// per entry (AF, and `AP[2]` of a DBM leaf).
+fn same_run_attributes(a: &Translation<ArmS1Attrs>, b: &Translation<ArmS1Attrs>) -> bool {
+    let norm = |t: &Translation<ArmS1Attrs>| {
+        let mut attrs = t.attrs;
+        attrs.accessed = false;
+        if attrs.dbm {
+            attrs.read_only = false;
+            attrs.unprivileged.write = false;
+            attrs.privileged.write = false;
+        }
+        (t.read, t.write || attrs.dbm, t.exec, attrs)
+    };
+    norm(a) == norm(b)
 }
 
 /// The base of every table reachable from the root, the root first.

@@ -336,7 +336,8 @@ fn translation(leaf: &Leaf, exec: bool, pa: u64) -> Translation<ArmS2Attrs> {
 /// # Errors
 ///
 /// [`WalkError::Fault`] at the first descriptor that faults (a block at a level without blocks,
-/// an address size fault, a bad configuration at IOVA 0), [`WalkError::TableReachedTwice`].
+/// an address size fault, a bad configuration at IOVA 0), [`WalkError::TableReachedTwice`], and [`Fault::ContiguousMisprogrammed`] for a run of leaves
+/// carrying the Contiguous bit that is not whole and consistent.
 pub fn walk_all(
     mem: &impl PhysMem,
     cfg: &ArmS2Config,
@@ -355,7 +356,22 @@ pub fn walk_all(
         Ok(())
     })
     .map_err(|(input, kind)| kind.into_error(Iova::new(input)))?;
+    super::arm::check_contiguous(cfg.granule, &out, |a| a.contiguous, same_run_attributes)?;
     Ok(out)
+}
+
+/// Whether two leaves of one contiguous run agree on everything but the state hardware updates
+/// per entry (AF, and `S2AP[1]` of a DBM leaf).
+fn same_run_attributes(a: &Translation<ArmS2Attrs>, b: &Translation<ArmS2Attrs>) -> bool {
+    let norm = |t: &Translation<ArmS2Attrs>| {
+        let mut attrs = t.attrs;
+        attrs.accessed = false;
+        if attrs.dbm {
+            attrs.s2ap_write = false;
+        }
+        (t.read, t.write || attrs.dbm, t.exec, attrs)
+    };
+    norm(a) == norm(b)
 }
 
 /// The base of every table reachable from the root, the (concatenated) root first.

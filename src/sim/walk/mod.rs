@@ -163,6 +163,15 @@ pub enum Fault {
         /// Level of the leaf.
         level: i8,
     },
+    /// A leaf carries the Arm Contiguous bit but the naturally aligned run it belongs to is not
+    /// complete and consistent: every entry of the run valid, at the same level, carrying the
+    /// bit, with the same attributes, mapping consecutive output aligned to the run. Arm ARM
+    /// "The Contiguous bit" calls this misprogramming: a TLB may then use any entry of the run
+    /// for all of it. Hardware raises no fault; `walk_all` of the Arm walkers reports it.
+    ContiguousMisprogrammed {
+        /// Lookup level of the run.
+        level: i8,
+    },
     /// The table memory could not be read (an external abort / bus error on the walk).
     ExternalAbort {
         /// Level of the table being read.

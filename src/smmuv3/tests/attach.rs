@@ -245,10 +245,10 @@ fn pasids_go_through_the_cd_table() {
     assert_eq!(ste.config_raw(), 0b101);
     assert_eq!(ste.words[1] & 3, 0);
     take_ops(&m);
-    // A second PASID in the same CD leaf: the STE already uses the table, so CFGI_CD + sync,
-    // and the STE does not change.
+    // A second PASID in the same CD leaf: the STE already uses the table, so the words with
+    // V = 0 then CFGI_CD + sync, V = 1 then CFGI_CD + sync; the STE does not change.
     u.attach(DeviceId(9), Some(p(0x42)), b).unwrap();
-    assert_eq!(take_ops(&m), [CFGI_CD, SYNC]);
+    assert_eq!(take_ops(&m), [CFGI_CD, SYNC, CFGI_CD, SYNC]);
     // The RID domain is a stage-1 domain without a parent: S1DSS SUBSTREAM0, CD 0.
     u.attach(DeviceId(9), None, b).unwrap();
     assert_eq!(ste_of(&u, 9).words[1] & 3, 2);
@@ -260,8 +260,9 @@ fn pasids_go_through_the_cd_table() {
     assert_eq!(ste_of(&u, 9).words[1] & 3, 2);
     take_ops(&m);
     u.detach(DeviceId(9), Some(p(0x41))).unwrap();
-    // CFGI_CD + TLBI_NH_ASID of `a`, one sync (the STE did not change).
-    assert_eq!(take_ops(&m), [CFGI_CD, TLBI_NH_ASID, SYNC]);
+    // CFGI_CD and its sync (the STE did not change and still reaches the CD table), then
+    // TLBI_NH_ASID of `a` and a sync.
+    assert_eq!(take_ops(&m), [CFGI_CD, SYNC, TLBI_NH_ASID, SYNC]);
     assert_eq!(
         u.detach(DeviceId(9), Some(p(0x41))),
         Err(Error::NotAttached(DeviceId(9)))
@@ -365,12 +366,21 @@ fn replacing_between_stages_retires_the_old_configuration() {
         ]
     );
     assert_eq!(ste_of(&u, 2).config_raw(), 0b101);
-    // Stage 1 -> stage 1: CD 0 goes invalid, then valid with the new ASID (CFGI_CD each), the
-    // STE is unchanged, then the old ASID is invalidated.
+    // Stage 1 -> stage 1: CD 0 goes invalid, is filled with V = 0, then made valid with the
+    // new ASID (CFGI_CD and sync each), the STE is unchanged, then the old ASID is invalidated.
     u.attach(DeviceId(2), None, y).unwrap();
     assert_eq!(
         take_ops(&m),
-        [CFGI_CD, SYNC, CFGI_CD, SYNC, TLBI_NH_ASID, SYNC]
+        [
+            CFGI_CD,
+            SYNC,
+            CFGI_CD,
+            SYNC,
+            CFGI_CD,
+            SYNC,
+            TLBI_NH_ASID,
+            SYNC
+        ]
     );
     // Stage 1 -> stage 2: the STE switches, then CD 0 is retired with the old ASID.
     u.attach(DeviceId(2), None, s).unwrap();
@@ -455,4 +465,188 @@ fn dirty_tracking_sets_the_hardware_update_bits() {
     take_ops(&m);
     u.flush(a, &mut g).unwrap();
     assert_eq!(take_ops(&m), [TLBI_S2_IPA, SYNC]);
+}
+
+/// Only a CMD_SYNC orders the completion of earlier commands (IHI 0070 G.b §4.7): a TLBI queued
+/// right after a CFGI_CD may complete first, and a transaction still using the cached CD
+/// (reachable while the STE keeps stage 1) would refill the TLB under the ASID that is about to
+/// be freed. So whenever the STE still points at the CD table, the CFGI_CD is synced on its
+/// own before the ASID is invalidated.
+#[test]
+fn a_retired_cd_is_invalidated_and_synced_before_its_asid() {
+    let (m, alloc) = (model(IDR0, 0), VecAllocator::default());
+    let u = enabled(&m, &alloc);
+    let p = |v| Pasid::new(v).unwrap();
+    let (a, b, c) = (
+        u.domain_alloc(&s1()).unwrap(),
+        u.domain_alloc(&s1()).unwrap(),
+        u.domain_alloc(&s1()).unwrap(),
+    );
+    u.attach(DeviceId(9), Some(p(1)), a).unwrap();
+    u.attach(DeviceId(9), Some(p(2)), c).unwrap();
+    u.attach(DeviceId(9), None, b).unwrap();
+    take_ops(&m);
+    // A PASID goes; the STE does not change.
+    u.detach(DeviceId(9), Some(p(1))).unwrap();
+    assert_eq!(take_ops(&m), [CFGI_CD, SYNC, TLBI_NH_ASID, SYNC]);
+    // The RID domain goes while a PASID stays: S1DSS changes, and CD 0 stays reachable through
+    // SubstreamID 0.
+    u.detach(DeviceId(9), None).unwrap();
+    let ops = take_ops(&m);
+    assert_eq!(&ops[ops.len() - 4..], [CFGI_CD, SYNC, TLBI_NH_ASID, SYNC]);
+    assert_eq!(ste_of(&u, 9).config_raw(), 0b101);
+    // The last one: the STE aborts first, so one batch suffices.
+    u.detach(DeviceId(9), Some(p(2))).unwrap();
+    let ops = take_ops(&m);
+    assert_eq!(&ops[ops.len() - 4..], [CFGI_CD, 0x06, TLBI_NH_ASID, SYNC]);
+    // Nested: a stage-2 RID domain replaces a stage-1 one while a nested PASID stays, so the
+    // STE keeps its CD table and CD 0 is retired under the same rule.
+    let parent = u
+        .domain_alloc(&DomainConfig {
+            nest_parent: true,
+            ..s2()
+        })
+        .unwrap();
+    let (n0, n1) = (
+        u.domain_alloc_nested(&s1(), parent).unwrap(),
+        u.domain_alloc_nested(&s1(), parent).unwrap(),
+    );
+    u.attach(DeviceId(0x30), None, n0).unwrap();
+    u.attach(DeviceId(0x30), Some(p(1)), n1).unwrap();
+    take_ops(&m);
+    u.attach(DeviceId(0x30), None, parent).unwrap();
+    let ops = take_ops(&m);
+    assert_eq!(&ops[ops.len() - 4..], [CFGI_CD, SYNC, TLBI_NH_ASID, SYNC]);
+    assert_eq!(ste_of(&u, 0x30).config_raw(), 0b111);
+    u.detach(DeviceId(0x30), Some(p(1))).unwrap();
+    u.detach(DeviceId(0x30), None).unwrap();
+    for d in [a, b, c, n0, n1, parent] {
+        u.domain_free(d).unwrap();
+    }
+}
+
+/// A CD slot the live STE reaches may be fetched at any time, its words in any order (IHI 0070
+/// G.b §3.21.3.1): the unit could pair a new V = 1 with the slot's old TTB0 (a removed domain's,
+/// or 0 in a fresh leaf) and fill the TLB with that under the new ASID. So the words go in with
+/// V = 0, CFGI_CD + CMD_SYNC, and only then V = 1, CFGI_CD + CMD_SYNC.
+#[test]
+fn a_cd_in_a_live_table_is_filled_and_invalidated_before_it_is_made_valid() {
+    let (m, alloc) = (model(IDR0, 0), VecAllocator::default());
+    let u = enabled(&m, &alloc);
+    let p = |v| Pasid::new(v).unwrap();
+    let (a, b, c) = (
+        u.domain_alloc(&s1()).unwrap(),
+        u.domain_alloc(&s1()).unwrap(),
+        u.domain_alloc(&s1()).unwrap(),
+    );
+    u.attach(DeviceId(9), Some(p(1)), a).unwrap();
+    take_ops(&m);
+    // A second PASID: the STE already reaches the table.
+    u.attach(DeviceId(9), Some(p(2)), b).unwrap();
+    assert_eq!(take_ops(&m), [CFGI_CD, SYNC, CFGI_CD, SYNC]);
+    // Replacing the domain of a PASID: V cleared (CFGI_CD, sync), words written (CFGI_CD,
+    // sync), V set (CFGI_CD, sync), then the old ASID.
+    u.attach(DeviceId(9), Some(p(2)), c).unwrap();
+    assert_eq!(
+        take_ops(&m),
+        [
+            CFGI_CD,
+            SYNC,
+            CFGI_CD,
+            SYNC,
+            CFGI_CD,
+            SYNC,
+            TLBI_NH_ASID,
+            SYNC
+        ]
+    );
+    u.detach(DeviceId(9), Some(p(1))).unwrap();
+    u.detach(DeviceId(9), Some(p(2))).unwrap();
+    for d in [a, b, c] {
+        u.domain_free(d).unwrap();
+    }
+}
+
+/// A device with ATS caches the final (stage 1 + stage 2) translations of a nested domain in
+/// its ATC, tagged by the stage-1 input address. Unmapping from the nest parent changes those
+/// translations, so the flush must reach the ATCs of streams attached through the parent's
+/// children too, and since an IPA range says nothing about the addresses the ATC is indexed
+/// by, it must invalidate them whole.
+#[test]
+fn flushing_a_nest_parent_invalidates_the_atcs_of_nested_ats_streams() {
+    let (m, alloc) = (model(IDR0, 0), VecAllocator::default());
+    let u = enabled(&m, &alloc);
+    let parent = u
+        .domain_alloc(&DomainConfig {
+            nest_parent: true,
+            ..s2()
+        })
+        .unwrap();
+    let child = u.domain_alloc_nested(&s1(), parent).unwrap();
+    u.set_ats(DeviceId(4), true).unwrap();
+    u.attach(DeviceId(4), None, child).unwrap();
+    u.map(
+        parent,
+        Iova::new(0x10_0000),
+        PhysAddr::new(0x8000_0000),
+        K4,
+        RW,
+    )
+    .unwrap();
+    let mut g = Gather::new();
+    u.unmap(parent, Iova::new(0x10_0000), K4, &mut g).unwrap();
+    take_ops(&m);
+    u.flush(parent, &mut g).unwrap();
+    let cmds: Vec<[u64; 2]> = m.executed.borrow().clone();
+    assert_eq!(
+        take_ops(&m),
+        [TLBI_S2_IPA, 0x10, SYNC, ATC_INV, SYNC],
+        "the stream's ATC holds translations through the parent"
+    );
+    // The whole ATC of the stream: Size 52 from 0, every SubstreamID.
+    assert_eq!(
+        cmds[3],
+        Command::atc_inv(StreamId(4), None, Iova::ZERO, 52, true)
+            .unwrap()
+            .words
+    );
+    // A flush of the child itself still invalidates by range.
+    u.map(child, Iova::new(0x4000), PhysAddr::new(0x10_0000), K4, RW)
+        .unwrap();
+    let mut g = Gather::new();
+    u.unmap(child, Iova::new(0x4000), K4, &mut g).unwrap();
+    take_ops(&m);
+    u.flush(child, &mut g).unwrap();
+    assert_eq!(take_ops(&m), [TLBI_NH_VA, SYNC, ATC_INV, SYNC]);
+    u.detach(DeviceId(4), None).unwrap();
+    u.domain_free(child).unwrap();
+    u.domain_free(parent).unwrap();
+}
+
+/// After a detach whose CMD_SYNC timed out, the unit may still hold the old STE, and with it
+/// the stream's CD table: nothing may free that table until a later change completes.
+#[test]
+fn a_cd_table_outlives_a_detach_that_timed_out() {
+    let (m, alloc) = (model(IDR0, 0), VecAllocator::default());
+    let u = enabled(&m, &alloc);
+    let d = u.domain_alloc(&s1()).unwrap();
+    u.set_ats(DeviceId(4), true).unwrap();
+    u.attach(DeviceId(4), None, d).unwrap();
+    m.stalled.set(true);
+    assert_eq!(
+        u.detach(DeviceId(4), None),
+        Err(Error::Timeout { what: "CMD_SYNC" })
+    );
+    m.stalled.set(false);
+    let live = alloc.live_pages();
+    // Turning ATS off on the (now empty) stream must not free the CD table.
+    u.set_ats(DeviceId(4), false).unwrap();
+    assert_eq!(alloc.live_pages(), live);
+    assert_eq!(u.domain_free(d), Err(Error::Busy));
+    // A later attach and detach that complete release it.
+    let e = u.domain_alloc(&s1()).unwrap();
+    u.attach(DeviceId(4), None, e).unwrap();
+    u.detach(DeviceId(4), None).unwrap();
+    assert!(alloc.live_pages() < live + 2);
+    u.domain_free(e).unwrap();
 }

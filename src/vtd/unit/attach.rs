@@ -41,6 +41,11 @@ pub struct AttachOptions {
     /// The device has ATS enabled: its context entry allows the device TLB (legacy `TT = 01b`,
     /// scalable `DTE`, set when the device's context entry is first made present), and every
     /// flush and tear-down of its domain also invalidates its device TLB. Needs `ECAP.DT`.
+    ///
+    /// Scalable mode keeps `DTE` as the device's first attachment set it: a later attachment
+    /// of a device whose `DTE` is set gets device-TLB invalidations even without `ats` (the
+    /// device may cache its translations), and `ats` on a device whose `DTE` is clear leaves
+    /// its translation requests blocked until its context entry is rebuilt.
     pub ats: bool,
     /// Fail with [`iommu::Error::Busy`] instead of replacing when the device (or PASID) is
     /// already attached to another domain.
@@ -108,20 +113,20 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
             .copied()
             .flatten()
             .map(|a| self.old_of(&a));
-        {
+        let ats = {
             let guard = self.domain_lock(domain)?.read();
             let dom = guard.as_ref().ok_or(iommu::Error::InvalidDomain(domain))?;
             match self.info.mode {
                 Mode::Legacy => self.attach_legacy(&cfg.root, sid, dom, old, opts)?,
                 Mode::Scalable => self.attach_scalable(&cfg.root, sid, pasid, dom, old, opts)?,
             }
-        }
+        };
         if let Some(a) = cfg.attachments.get_mut(index) {
             *a = Some(Attachment {
                 sid,
                 pasid,
                 slot,
-                ats: opts.ats,
+                ats,
             });
         }
         Ok(())
@@ -201,7 +206,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
         dom: &Domain<A>,
         old: Option<Old>,
         opts: AttachOptions,
-    ) -> Result<(), Error> {
+    ) -> Result<bool, Error> {
         let (co, alloc) = (self.info.coherency, &self.alloc);
         let DomainTable::Second(table) = &dom.table else {
             return Err(Error::Unsupported {
@@ -226,7 +231,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
         };
         if current.present() {
             if current == new {
-                return Ok(());
+                return Ok(opts.ats);
             }
             if opts.exclusive && current.did() != dom.did {
                 return Err(Error::EntryPresent { word0: current.lo });
@@ -250,9 +255,13 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
                 fm: 0,
             }))?;
             b.push(Request::Iotlb(IotlbScope::Domain(dom.did)))
-        })
+        })?;
+        Ok(opts.ats)
     }
 
+    /// Returns whether the device's TLB must be invalidated for this attachment: asked for, or
+    /// already allowed by the device's context entry (`DTE` is set only when the entry is first
+    /// made present, so it can be on for an attachment that did not ask for ATS).
     fn attach_scalable(
         &self,
         root: &RootTable,
@@ -261,10 +270,11 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
         dom: &Domain<A>,
         old: Option<Old>,
         opts: AttachOptions,
-    ) -> Result<(), Error> {
+    ) -> Result<bool, Error> {
         let (co, alloc) = (self.info.coherency, &self.alloc);
         let p = pasid.unwrap_or(RID_PASID);
         let (ctx, new_context) = self.scalable_context(root, sid, opts.ats)?;
+        let ats = opts.ats || ctx.word(0).unwrap_or(0) & ScalableContextEntry::DTE != 0;
         let entry = self
             .directory(&ctx)?
             .entry(p, alloc, co, true)?
@@ -273,7 +283,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
         let current = read_pasid_entry(&entry);
         if current.present() {
             if current == new {
-                return Ok(());
+                return Ok(ats);
             }
             if opts.exclusive && current.did() != dom.did {
                 return Err(Error::EntryPresent {
@@ -285,7 +295,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
             current.present().then(|| Old {
                 did: current.did(),
                 first_stage: matches!(current.pgtt(), Ok(Pgtt::FirstStage | Pgtt::Nested)),
-                ats: ctx.word(0).unwrap_or(0) & ScalableContextEntry::DTE != 0,
+                ats,
             })
         });
         if let Some(old) = old {
@@ -302,7 +312,8 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
             }
             b.push(Request::PasidCache(PasidCacheScope::Pasid(dom.did, p)))?;
             b.push(iotlb_of(dom.did, p, dom.is_first_stage()))
-        })
+        })?;
+        Ok(ats)
     }
 
     /// The device's scalable-mode context entry, made present (with a new, empty PASID
@@ -372,6 +383,11 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
     /// The PASID entry that points at `dom`.
     fn pasid_entry_for(&self, dom: &Domain<A>) -> Result<PasidEntry, Error> {
         let mut flags = PasidEntryFlags::empty();
+        // Page walks through this entry snoop only with PWSNP, which needs ECAP.SMPWCS; the
+        // domain's table was built for `UnitInfo::page_walk_coherency`, which says the same.
+        if self.info.ecap.flags().contains(EcapFlags::SMPWCS) {
+            flags |= PasidEntryFlags::PWSNP;
+        }
         if dom.snoop {
             flags |= PasidEntryFlags::PGSNP;
         }

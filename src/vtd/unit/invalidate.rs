@@ -63,6 +63,9 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
         // SAFETY: the batch above invalidated every gathered range in the IOTLB and
         // paging-structure caches (and device TLBs) of the only unit walking this domain's
         // table, and its wait descriptor completed (or translation is off and nothing walks).
+        // A first-stage domain with no attachment gets no invalidation here: each detach
+        // cleared its PASID entry, then invalidated everything tagged with its (DID, PASID)
+        // and waited, so no cache can still lead to a table page it held.
         let done = unsafe { InvalidationComplete::assume() };
         gather.release(&self.alloc, done)?;
         Ok(())

@@ -4,7 +4,7 @@
 use super::invalidate::Purpose;
 use super::{VtdUnit, INTERRUPT_WINDOW};
 use crate::iommu::{Capabilities, DeviceId, DomainConfig, DomainHandle, Error, Iommu, Pasid};
-use crate::mem::{Iova, PageAllocator, PhysAddr};
+use crate::mem::{Iova, PageAllocator, PhysAddr, WalkerCoherency};
 use crate::mmio::RegisterWindow;
 use crate::pgtable::{self, Gather, IovaRange, Leaf, Mapping, Prot};
 use crate::vtd::cap::{CapFlags, Sllps};
@@ -56,9 +56,9 @@ where
             page_sizes,
             pasid_bits: info.pasid_bits,
             enforce_snoop: e.contains(EcapFlags::SC),
-            dirty_tracking: info.scalable() && e.contains(EcapFlags::SLADS | EcapFlags::SLTS),
+            dirty_tracking: domain::second_stage_dirty_tracking(info),
             nesting: e.contains(EcapFlags::NEST),
-            coherent_walk: e.contains(EcapFlags::C),
+            coherent_walk: info.page_walk_coherency == WalkerCoherency::Coherent,
         }
     }
 

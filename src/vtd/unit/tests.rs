@@ -16,8 +16,11 @@ use crate::vtd::test_support::{Model, TestAlloc, MODEL_FRO};
 const QEMU_CAP: u64 = 0x00d2_008c_222f_0606;
 /// QI, DT, IR, EIM, PT; IRO 0xf. No SC, no C.
 const LEGACY_ECAP: u64 = 0x00f0_0f5e;
-/// C, QI, DT, SC, PASID (PSS 19), SMTS, SLTS, FLTS; IRO 0xf.
-const SCALABLE_ECAP: u64 = 1 << 47 | 1 << 46 | 1 << 43 | 1 << 40 | 19 << 35 | 0xf << 8 | 0x87;
+/// C, QI, DT, SC, PASID (PSS 19), SMTS, SLTS, FLTS, SMPWCS; IRO 0xf.
+const SCALABLE_ECAP: u64 =
+    SMPWCS | 1 << 47 | 1 << 46 | 1 << 43 | 1 << 40 | 19 << 35 | 0xf << 8 | 0x87;
+/// ECAP bit 48: page walks through scalable-mode PASID entries may snoop (with PWSNP).
+const SMPWCS: u64 = 1 << 48;
 const CM: u64 = 1 << 7;
 const RWBF: u64 = 1 << 4;
 const PSI: u64 = 1 << 39;
@@ -355,14 +358,18 @@ fn attach_scalable_rid_and_pasid() {
     // Context: P | PASIDE (bit 3) | PDTS 2 (<< 9); RID_PASID 0.
     assert_eq!(ctx[0] & 0xfff, 1 | 1 << 3 | 2 << 9);
     assert_eq!(ctx[1], 0);
-    // PASID entry 0: SSPTPTR | PGTT 010b | AW 010b | P; DID 0 | PGSNP (bit 88).
-    assert_eq!(pe, [ss_root(&u, ss) | 2 << 6 | 2 << 2 | 1, 1 << 24, 0]);
+    // PASID entry 0: SSPTPTR | PGTT 010b | AW 010b | P; DID 0 | PWSNP (bit 87, ECAP.SMPWCS) |
+    // PGSNP (bit 88).
+    assert_eq!(
+        pe,
+        [ss_root(&u, ss) | 2 << 6 | 2 << 2 | 1, 1 << 23 | 1 << 24, 0]
+    );
 
     let p5 = IommuPasid::new(5).unwrap();
     u.attach(DEV2, Some(p5), fs).unwrap();
     let (_, pe) = scalable_entries(&m, 0x108, 5);
-    // First stage: PGTT 001b, AW 010b (widest SAGAW), DID 1, FSPTPTR with FLPM 00b.
-    assert_eq!(pe, [1 << 6 | 2 << 2 | 1, 1, ss_root(&u, fs)]);
+    // First stage: PGTT 001b, AW 010b (widest SAGAW), DID 1 | PWSNP, FSPTPTR with FLPM 00b.
+    assert_eq!(pe, [1 << 6 | 2 << 2 | 1, 1 << 23 | 1, ss_root(&u, fs)]);
     assert!(types(&m).is_empty());
     // PASID 0 is RID_PASID; PASIDs beyond the offered width are refused.
     assert_eq!(
@@ -391,7 +398,7 @@ fn attach_scalable_rid_and_pasid() {
     assert_eq!(words(&m)[0].0, 0x7 | 1 << 4 | 1 << 16 | 5 << 32);
     assert_eq!(words(&m)[1], (0x6 | 2 << 4 | 1 << 16 | 5 << 32, 0));
     let (_, pe) = scalable_entries(&m, 0x108, 5);
-    assert_eq!(pe[1], 1 << 24, "now DID 0 with PGSNP");
+    assert_eq!(pe[1], 1 << 23 | 1 << 24, "now DID 0 with PWSNP and PGSNP");
 
     // Detach the RID: PASID cache for PASID 0, IOTLB domain-selective, wait.
     m.clear_logs();
@@ -400,7 +407,7 @@ fn attach_scalable_rid_and_pasid() {
     assert_eq!(scalable_entries(&m, 0x108, 0).1, [0; 3]);
     assert_eq!(
         scalable_entries(&m, 0x108, 5).1[1],
-        1 << 24,
+        1 << 23 | 1 << 24,
         "PASID 5 untouched"
     );
 }
@@ -772,4 +779,313 @@ fn pasid_tables_on_demand_and_dirty_entries() {
     u.detach(DEV, IommuPasid::new(64)).unwrap();
     assert_eq!(scalable_entries(&m, 0x20, 64).1, [0; 3]);
     assert_eq!(a.live_pages(), before + 6);
+}
+
+/// In scalable mode `ECAP.C` covers only root, context and PASID structures; page-table walks
+/// snoop only through `PWSNP`, which needs `ECAP.SMPWCS`. A unit with `C` but without `SMPWCS`
+/// walks page tables without snooping, so every page-table write must be cleaned to memory.
+#[test]
+fn scalable_page_walk_coherency_follows_smpwcs() {
+    use core::sync::atomic::Ordering::Relaxed;
+    for (smpwcs, stage) in [
+        (false, Stage::Second),
+        (false, Stage::First),
+        (true, Stage::Second),
+        (true, Stage::First),
+    ] {
+        let ecap = if smpwcs {
+            SCALABLE_ECAP
+        } else {
+            SCALABLE_ECAP & !SMPWCS
+        };
+        let (m, a) = (Model::with_caps(QEMU_CAP, ecap), TestAlloc::default());
+        let u = unit(&m, &a, Mode::Scalable);
+        let cfg = DomainConfig {
+            stage,
+            ..DomainConfig::default()
+        };
+        let d = u.domain_alloc(&cfg).unwrap();
+        u.attach(DEV, None, d).unwrap();
+        let (_, pe) = scalable_entries(&m, 0x20, 0);
+        assert_eq!(
+            pe[1] & 1 << 23 != 0,
+            smpwcs,
+            "PWSNP with SMPWCS ({stage:?})"
+        );
+        assert_eq!(u.capabilities().coherent_walk, smpwcs);
+        let before = a.synced.load(Relaxed);
+        u.map(d, Iova::new(0x10_0000), PhysAddr::new(0x8000_0000), K4, RW)
+            .unwrap();
+        let synced = a.synced.load(Relaxed) - before;
+        if smpwcs {
+            assert_eq!(
+                synced, 0,
+                "coherent page walks need no cache cleaning ({stage:?})"
+            );
+        } else {
+            assert!(
+                synced > 0,
+                "non-snooped page walks need cleaned tables ({stage:?})"
+            );
+        }
+    }
+}
+
+/// Scalable mode sets `DTE` once, when the device's context entry is first made present. An
+/// attachment of the same device that does not ask for ATS still has a device TLB that may
+/// cache its translations, so its flushes must invalidate it.
+#[test]
+fn device_tlb_follows_the_context_entry_dte() {
+    let (m, a) = (scalable_model(), TestAlloc::default());
+    let u = unit(&m, &a, Mode::Scalable);
+    let d1 = u.domain_alloc(&DomainConfig::default()).unwrap();
+    let d2 = u.domain_alloc(&DomainConfig::default()).unwrap();
+    let ats = AttachOptions {
+        ats: true,
+        ..AttachOptions::default()
+    };
+    u.attach_with(DEV, None, d1, ats).unwrap();
+    assert_eq!(scalable_entries(&m, 0x20, 0).0[0] & 1 << 2, 1 << 2, "DTE");
+    let p5 = IommuPasid::new(5).unwrap();
+    u.attach(DEV, Some(p5), d2).unwrap();
+    u.map(d2, Iova::new(0x10_0000), PhysAddr::new(0), K4, RW)
+        .unwrap();
+    m.clear_logs();
+    let mut g = Gather::new();
+    u.unmap(d2, Iova::new(0x10_0000), K4, &mut g).unwrap();
+    u.flush(d2, &mut g).unwrap();
+    // IOTLB PSI (DID 1), PASID-based device-TLB (SID 0x20, PASID 5, one page), wait.
+    assert_eq!(types(&m), [2, 8, 5]);
+    assert_eq!(
+        words(&m)[1],
+        (0x8 | 0x20 << 16 | 5 << 32 | 0x2 << 52, 0x10_0000)
+    );
+    // Its tear-down also invalidates the device TLB (PASID cache, IOTLB, device TLB, wait).
+    m.clear_logs();
+    u.detach(DEV, Some(p5)).unwrap();
+    assert_eq!(types(&m), [7, 2, 8, 5]);
+}
+
+/// `CAP.DRD` and `CAP.DWD` are separate capabilities: a unit with only one of them still gets
+/// that drain on every IOTLB invalidation (queued: `DR` bit 7, `DW` bit 6 of word 0).
+#[test]
+fn read_and_write_draining_follow_their_own_cap_bits() {
+    const DRD: u64 = 1 << 55;
+    const DWD: u64 = 1 << 54;
+    for (cap_bits, dr, dw) in [(DRD, true, false), (DWD, false, true), (0, false, false)] {
+        let (m, a) = (
+            Model::with_caps(QEMU_CAP & !(DRD | DWD) | cap_bits, LEGACY_ECAP),
+            TestAlloc::default(),
+        );
+        let u = unit(&m, &a, Mode::Legacy);
+        let d = u.domain_alloc(&DomainConfig::default()).unwrap();
+        u.attach(DEV, None, d).unwrap();
+        u.map(d, Iova::new(0), PhysAddr::new(0), K4, RW).unwrap();
+        m.clear_logs();
+        let mut g = Gather::new();
+        u.unmap(d, Iova::new(0), K4, &mut g).unwrap();
+        u.flush(d, &mut g).unwrap();
+        let w0 = words(&m)[0].0;
+        assert_eq!(w0 & 0xf, 2, "IOTLB descriptor");
+        assert_eq!(
+            (w0 & 1 << 7 != 0, w0 & 1 << 6 != 0),
+            (dr, dw),
+            "CAP {cap_bits:#x}"
+        );
+    }
+}
+
+/// Hostile arguments through the public API: every call returns, none panics.
+#[test]
+fn hostile_arguments_never_panic() {
+    let iovas = [
+        0,
+        K4,
+        0xFEE0_0000,
+        (1 << 48) - K4,
+        1 << 48,
+        1 << 57,
+        !0xfff,
+        u64::MAX,
+    ];
+    let lens = [0, 1, K4, 2 * K4, M2, G1, 1 << 48, u64::MAX - K4, u64::MAX];
+    for (mode, m) in [
+        (Mode::Legacy, legacy_model()),
+        (Mode::Scalable, scalable_model()),
+    ] {
+        let a = TestAlloc::default();
+        let u = unit(&m, &a, mode);
+        for stage in [Stage::Second, Stage::First] {
+            let Ok(d) = u.domain_alloc(&DomainConfig {
+                stage,
+                ..DomainConfig::default()
+            }) else {
+                continue;
+            };
+            u.attach(DEV, None, d).unwrap();
+            for &iova in &iovas {
+                for &len in &lens {
+                    let _ = u.map(d, Iova::new(iova), PhysAddr::new(0), len, RW);
+                    let _ = u.map(d, Iova::new(iova), PhysAddr::new(!0xfff), len, RW);
+                    let mut g = Gather::new();
+                    let _ = u.unmap(d, Iova::new(iova), len, &mut g);
+                    u.flush(d, &mut g).unwrap();
+                    let _ = u.for_each_mapping(d, Iova::new(iova), len, &mut |_| {});
+                    let _ = u.query(d, Iova::new(iova));
+                }
+            }
+            u.detach(DEV, None).unwrap();
+            u.domain_free(d).unwrap();
+        }
+        let _ = u.attach(DeviceId(u32::MAX), None, DomainHandle(0));
+        let _ = u.attach(DEV, IommuPasid::new(0xf_ffff), DomainHandle(u16::MAX));
+        let _ = u.detach(DeviceId(u32::MAX), IommuPasid::new(0xf_ffff));
+    }
+}
+
+/// A window that reads all ones once `dead` is set (a unit that fell off the bus).
+struct Dying<'a> {
+    inner: &'a Model,
+    dead: crate::vtd::test_support::Flag,
+}
+
+impl RegisterWindow for Dying<'_> {
+    fn read32(&self, offset: usize) -> u32 {
+        if self.dead.get() {
+            u32::MAX
+        } else {
+            self.inner.read32(offset)
+        }
+    }
+    fn write32(&self, offset: usize, value: u32) {
+        self.inner.write32(offset, value)
+    }
+    fn read64(&self, offset: usize) -> u64 {
+        if self.dead.get() {
+            u64::MAX
+        } else {
+            self.inner.read64(offset)
+        }
+    }
+    fn write64(&self, offset: usize, value: u64) {
+        self.inner.write64(offset, value)
+    }
+}
+
+/// Registers reading all ones (every capability, every status bit) bound every operation.
+#[test]
+fn all_ones_registers_never_panic_or_hang() {
+    // Every CAP/ECAP bit set but a valid ND: widest everything.
+    let all = Model::with_caps(!7 | 6, u64::MAX);
+    let a = TestAlloc::default();
+    for mode in [Mode::Legacy, Mode::Scalable] {
+        let cfg = VtdConfig {
+            mode,
+            poll_budget: 50,
+            ..VtdConfig::legacy()
+        };
+        let u: VtdUnit<&Model, &TestAlloc> = VtdUnit::new(&all, &a, cfg).unwrap();
+        let _ = u.enable();
+        let d = u.domain_alloc(&DomainConfig::default()).unwrap();
+        let _ = u.attach(DEV, None, d);
+        let _ = u.map(d, Iova::new(0), PhysAddr::new(0), M2, RW);
+        let mut g = Gather::new();
+        let _ = u.unmap(d, Iova::new(0), M2, &mut g);
+        let _ = u.flush(d, &mut g);
+        let _ = u.drain_faults(|_, _| {});
+        let _ = u.disable();
+    }
+    for mode in [Mode::Legacy, Mode::Scalable] {
+        let (m, a) = (scalable_model(), TestAlloc::default());
+        let w = Dying {
+            inner: &m,
+            dead: Default::default(),
+        };
+        let cfg = VtdConfig {
+            mode,
+            poll_budget: 50,
+            ..VtdConfig::legacy()
+        };
+        let u = VtdUnit::new(&w, &a, cfg).unwrap();
+        u.enable().unwrap();
+        let d = u.domain_alloc(&DomainConfig::default()).unwrap();
+        u.attach(DEV, None, d).unwrap();
+        u.map(d, Iova::new(0), PhysAddr::new(0), K4, RW).unwrap();
+        w.dead.set(true);
+        let mut g = Gather::new();
+        u.unmap(d, Iova::new(0), K4, &mut g).unwrap();
+        assert!(u.flush(d, &mut g).is_err());
+        assert!(u.detach(DEV, None).is_err());
+        let s = u.drain_faults(|_, _| {});
+        assert!(s.records <= 256);
+        assert!(u.disable().is_err());
+        assert!(u.enable().is_err());
+    }
+}
+
+/// `CAP.MGAW` bounds first-stage domains too: a 39-bit unit (QEMU `aw-bits=39`) blocks every
+/// request at or above 2^39, and checks first-stage inputs for canonicality at 39 bits, so a
+/// first-stage domain offers 38 bits, not the 47 of 4-level paging.
+#[test]
+fn first_stage_width_is_bounded_by_mgaw() {
+    let mgaw39 = QEMU_CAP & !(0x3f << 16) | 38 << 16;
+    let (m, a) = (
+        Model::with_caps(mgaw39, SCALABLE_ECAP),
+        TestAlloc::default(),
+    );
+    let u = unit(&m, &a, Mode::Scalable);
+    let fs = u
+        .domain_alloc(&DomainConfig {
+            stage: Stage::First,
+            ..DomainConfig::default()
+        })
+        .unwrap();
+    assert_eq!(u.domain_geometry(fs).map(|g| g.0), Ok(38));
+    u.map(fs, Iova::new((1 << 38) - K4), PhysAddr::new(0), K4, RW)
+        .unwrap();
+    assert!(matches!(
+        u.map(fs, Iova::new(1 << 38), PhysAddr::new(0), K4, RW),
+        Err(iommu::Error::PageTable(_))
+    ));
+    assert_eq!(
+        u.domain_alloc(&DomainConfig {
+            stage: Stage::First,
+            min_ias: 39,
+            ..DomainConfig::default()
+        }),
+        Err(iommu::Error::Unsupported(Missing::AddressWidth {
+            need: 39,
+            have: 38
+        }))
+    );
+    // A first-stage-only unit reports the same width.
+    let (m, a) = (
+        Model::with_caps(mgaw39, SCALABLE_ECAP & !(1 << 46)),
+        TestAlloc::default(),
+    );
+    assert_eq!(unit(&m, &a, Mode::Scalable).capabilities().ias, 38);
+}
+
+/// Hardware sets second-stage A/D bits only through a snooped walk (fault reason 0x7C
+/// otherwise): without `ECAP.SMPWCS` (so no `PWSNP`) dirty tracking is refused, not offered.
+#[test]
+fn dirty_tracking_needs_snooped_page_walks() {
+    const SLADS: u64 = 1 << 45;
+    for (ecap, offered) in [
+        (SCALABLE_ECAP | SLADS, true),
+        ((SCALABLE_ECAP | SLADS) & !SMPWCS, false),
+    ] {
+        let (m, a) = (Model::with_caps(QEMU_CAP, ecap), TestAlloc::default());
+        let u = unit(&m, &a, Mode::Scalable);
+        assert_eq!(u.capabilities().dirty_tracking, offered, "ECAP {ecap:#x}");
+        let r = u.domain_alloc(&DomainConfig {
+            dirty_tracking: true,
+            ..DomainConfig::default()
+        });
+        if offered {
+            assert!(r.is_ok());
+        } else {
+            assert_eq!(r, Err(iommu::Error::Unsupported(Missing::DirtyTracking)));
+        }
+    }
 }

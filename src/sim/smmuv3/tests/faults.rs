@@ -231,3 +231,69 @@ fn event_record_words_match_the_spec_layout() {
     assert_eq!(fetch.encode()[3], 0x4000_1238);
     assert_eq!(EventRecord::decode(words).sid, 0x1234);
 }
+
+#[test]
+fn level1_descriptors_stay_cached_until_a_non_leaf_cfgi() {
+    let rig = Rig::new();
+    let (root, pa, _) = s2_setup(&rig);
+    let m = SmmuModel::new(&rig.arena, SmmuModelConfig::qemu_like());
+    let (l1, old_l2, new_l2) = (rig.page(), rig.page(), rig.page());
+    rig.w(l1 + 8, old_l2 | 9);
+    for (i, w) in ste_s2(7, root).iter().enumerate().rev() {
+        rig.w(old_l2 + 3 * 64 + 8 * i as u64, *w);
+    }
+    // The new level-2 table makes StreamID 0x103 bypass.
+    rig.w(new_l2 + 3 * 64, 1 | 4 << 1);
+    m.write64(STRTAB_BASE, l1);
+    m.write32(STRTAB_BASE_CFG, 1 << 16 | 8 << 6 | 16);
+    m.write64(CMDQ_BASE, rig.cmdq | u64::from(rig.cmdq_log2));
+    m.write32(CR0, SMMUEN | CMDQEN);
+    let iova = 0x1234_5000;
+    assert_eq!(m.translate(0x103, None, iova, Access::READ).unwrap().pa, pa);
+    rig.w(l1 + 8, new_l2 | 9);
+    // Leaf = 1 refetches the STE through the cached level-1 descriptor: the old table.
+    rig.submit(&m, &[cmd::cfgi_ste(0x103), cmd::sync()]);
+    assert_eq!(m.translate(0x103, None, iova, Access::READ).unwrap().pa, pa);
+    rig.submit(&m, &[[0x03 | 0x103 << 32, 0], cmd::sync()]);
+    assert_eq!(
+        m.translate(0x103, None, iova, Access::READ).unwrap().pa,
+        iova
+    );
+    assert_eq!(m.stats().l1_invalidated, 1);
+}
+
+#[test]
+fn level1_cd_descriptors_stay_cached_until_a_non_leaf_cfgi_cd() {
+    let rig = Rig::new();
+    let (l1, old_l2, new_l2, root) = (rig.page(), rig.page(), rig.page(), rig.page());
+    let (pa_old, pa_new) = (rig.page(), rig.page());
+    let iova = 0x1234_5000;
+    rig.map(root, 1, iova, pa_old, 12, S1_RW);
+    let root2 = rig.page();
+    rig.map(root2, 1, iova, pa_new, 12, S1_RW);
+    rig.w(l1 + 8, old_l2 | 1);
+    write_cd(&rig, old_l2 + 6 * 64, cd(3, root));
+    write_cd(&rig, new_l2 + 6 * 64, cd(4, root2));
+    rig.ste(9, [1 | 5 << 1 | 1 << 4 | l1 | 8 << 59, 2, 0, 0]);
+    let m = rig.model(SmmuModelConfig::qemu_like().with_ssid_bits(8));
+    assert_eq!(
+        m.translate(9, Some(70), iova, Access::READ).unwrap().pa,
+        pa_old
+    );
+    rig.w(l1 + 8, new_l2 | 1);
+    rig.submit(&m, &[cmd::cfgi_cd(9, 70), cmd::sync()]);
+    assert_eq!(
+        m.translate(9, Some(70), iova, Access::READ).unwrap().pa,
+        pa_old
+    );
+    rig.submit(&m, &[[0x05 | 70 << 12 | 9 << 32, 0], cmd::sync()]);
+    assert_eq!(
+        m.translate(9, Some(70), iova, Access::READ).unwrap().pa,
+        pa_new
+    );
+    // CFGI_CD_ALL drops every level-1 CD descriptor of the stream.
+    rig.w(l1 + 8, 0);
+    rig.submit(&m, &[cmd::cfgi_cd_all(9), cmd::sync()]);
+    let f = m.translate(9, Some(70), iova, Access::READ).unwrap_err();
+    assert_eq!(f.event, C_BAD_SUBSTREAMID);
+}

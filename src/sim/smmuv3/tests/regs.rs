@@ -56,6 +56,12 @@ fn handshakes_and_unknown_offsets() {
     assert_eq!(m.read32(CR0ACK), SMMUEN | CMDQEN, "ACK stuck");
     m.clear_injections();
     assert_eq!(m.read32(CR0ACK), SMMUEN);
+    // An injected stuck update keeps UPDATE set and the old fields until cleared.
+    m.inject(Injection::GbpaUpdateStuck);
+    m.write32(GBPA, 1 << 31);
+    assert_eq!(m.read32(GBPA), 1 << 31 | 1 << 20);
+    m.clear_injections();
+    assert_eq!(m.read32(GBPA), 0);
     // Unknown offsets read 0; outside the two pages, all ones.
     assert_eq!(m.read32(0x3c), 0);
     m.write32(0x3c, 5);

@@ -273,3 +273,129 @@ fn tlbi_by_va_removes_every_splinter_of_a_stage1_block() {
     rig.submit(&m, &[cmd::tlbi_nh_all(9), cmd::sync()]);
     assert_eq!(pa_of(&m, 11, None, 0x4000_0000), c);
 }
+
+const DBM: u64 = 1 << 51;
+
+#[test]
+fn stage2_httu_sets_af_and_dirty_once_per_tlb_entry() {
+    let rig = Rig::new();
+    let root = rig.page();
+    let pa = rig.page();
+    // Writable-clean DBM page (S2AP[1] = 0) with AF = 0.
+    rig.map(
+        root,
+        1,
+        IOVA,
+        pa,
+        12,
+        (S2_RW_WB & !(1 << 7) & !(1 << 10)) | DBM,
+    );
+    let [dw0, dw1, dw2, dw3] = ste_s2(7, root);
+    rig.ste(3, [dw0, dw1, dw2 | 1 << 55 | 1 << 56, dw3]);
+    // Without HTTU, S2HA/S2HD do nothing: access flag fault.
+    let m = rig.model(SmmuModelConfig::qemu_like());
+    assert_eq!(
+        m.translate(3, None, IOVA, Access::READ).unwrap_err().event,
+        F_ACCESS
+    );
+    let m = rig.model(SmmuModelConfig::qemu_like().with_httu(true, true));
+    let slot = rig.slot(root, 1, IOVA, 3);
+    assert_eq!(pa_of(&m, 3, None, IOVA), pa);
+    assert_eq!(
+        rig.r(slot) & (1 << 10 | 1 << 7),
+        1 << 10,
+        "AF set, still clean"
+    );
+    m.translate(3, None, IOVA, Access::WRITE).unwrap();
+    assert_eq!(rig.r(slot) & 1 << 7, 1 << 7, "dirty");
+    // Software cleans the page. Without a TLBI the cached entry is already dirty: a write is
+    // not recorded.
+    rig.w(slot, rig.r(slot) & !(1 << 7));
+    m.translate(3, None, IOVA, Access::WRITE).unwrap();
+    assert_eq!(rig.r(slot) & 1 << 7, 0, "stale TLB entry hides the write");
+    rig.submit(&m, &[cmd::tlbi_s2_ipa(7, IOVA, true), cmd::sync()]);
+    m.translate(3, None, IOVA, Access::WRITE).unwrap();
+    assert_eq!(rig.r(slot) & 1 << 7, 1 << 7);
+}
+
+#[test]
+fn stage1_httu_clears_ap2_on_first_write() {
+    let rig = Rig::new();
+    let (cdtab, ..) = s1_setup(&rig);
+    let root = rig.page();
+    let pa = rig.page();
+    rig.map(root, 1, IOVA, pa, 12, S1_RW | 1 << 7 | DBM);
+    let [dw0, dw1, dw2, dw3] = cd(9, root);
+    write_cd(&rig, cdtab + 64, [dw0 | 1 << 42 | 1 << 43, dw1, dw2, dw3]);
+    let m = rig.model(
+        SmmuModelConfig::qemu_like()
+            .with_ssid_bits(4)
+            .with_httu(true, true),
+    );
+    let slot = rig.slot(root, 1, IOVA, 3);
+    assert_eq!(pa_of(&m, 9, Some(1), IOVA), pa);
+    assert_eq!(rig.r(slot) & 1 << 7, 1 << 7, "a read leaves it clean");
+    m.translate(9, Some(1), IOVA, Access::WRITE).unwrap();
+    assert_eq!(rig.r(slot) & 1 << 7, 0, "AP[2] cleared: dirty");
+    // Without CD.HD the same page refuses writes.
+    write_cd(&rig, cdtab + 64, [dw0, dw1, dw2, dw3]);
+    rig.w(slot, rig.r(slot) | 1 << 7);
+    rig.submit(
+        &m,
+        &[cmd::cfgi_cd(9, 1), cmd::tlbi_nh_asid(0, 9), cmd::sync()],
+    );
+    assert_eq!(
+        m.translate(9, Some(1), IOVA, Access::WRITE)
+            .unwrap_err()
+            .event,
+        F_PERMISSION
+    );
+}
+
+#[test]
+fn nh_vaa_and_nh_va_range_forms() {
+    let rig = Rig::new();
+    let (cdtab, ..) = s1_setup(&rig);
+    let root = rig.page();
+    let old: Vec<u64> = (0..4).map(|_| rig.page()).collect();
+    for (i, pa) in old.iter().enumerate() {
+        rig.map(root, 1, IOVA + i as u64 * 0x1000, *pa, 12, S1_RW);
+    }
+    write_cd(&rig, cdtab + 64, cd(21, root));
+    write_cd(&rig, cdtab + 3 * 64, cd(22, root));
+    let m = rig.model(SmmuModelConfig::qemu_like().with_ssid_bits(4));
+    let va = |i: u64| IOVA + i * 0x1000;
+    for i in 0..4 {
+        pa_of(&m, 9, Some(1), va(i));
+        pa_of(&m, 9, Some(3), va(i));
+    }
+    let new: Vec<u64> = (0..4).map(|_| rig.page()).collect();
+    for (i, pa) in new.iter().enumerate() {
+        rig.w(rig.slot(root, 1, va(i as u64), 3), pa | S1_RW | 3);
+    }
+    // TLBI_NH_VAA: page 0 for every ASID of VMID 0.
+    rig.submit(&m, &[[0x13, va(0) | 1], cmd::sync()]);
+    assert_eq!(pa_of(&m, 9, Some(1), va(0)), new[0]);
+    assert_eq!(pa_of(&m, 9, Some(3), va(0)), new[0]);
+    // TLBI_NH_VA, range: ASID 21, TG = 4 KiB, NUM = 1, SCALE = 0 (2 pages from page 1), TTL 3.
+    rig.submit(
+        &m,
+        &[
+            [0x12 | 1 << 12 | 21 << 48, va(1) | 1 << 10 | 3 << 8 | 1],
+            cmd::sync(),
+        ],
+    );
+    assert_eq!(pa_of(&m, 9, Some(1), va(1)), new[1]);
+    assert_eq!(pa_of(&m, 9, Some(1), va(2)), new[2]);
+    assert_eq!(pa_of(&m, 9, Some(1), va(3)), old[3], "outside the range");
+    assert_eq!(pa_of(&m, 9, Some(3), va(1)), old[1], "other ASID");
+    // A range in the wrong granule (TG = 64 KiB) misses these 4 KiB entries.
+    rig.submit(
+        &m,
+        &[
+            [0x12 | 22 << 48, va(0) & !0xffff | 3 << 10 | 1],
+            cmd::sync(),
+        ],
+    );
+    assert_eq!(pa_of(&m, 9, Some(3), va(1)), old[1]);
+}

@@ -277,6 +277,20 @@ fn memattr_with_and_without_fwb() {
 #[test]
 fn walk_all_and_table_pages() {
     let c = concatenated();
+    // The 2 MiB block carries the Contiguous bit alone: its 32 MiB run is incomplete.
+    assert_eq!(
+        walk_all(&c.arena, &c.cfg).err(),
+        Some(WalkError::Fault {
+            iova: Iova::new(1 << 39),
+            fault: Fault::ContiguousMisprogrammed { level: 2 },
+        })
+    );
+    put(
+        &c.arena,
+        c.l2,
+        1,
+        0x60_0000 | BLOCK | memattr(0b0101) | S2AP_R | S2AP_W,
+    );
     let leaves: Vec<_> = walk_all(&c.arena, &c.cfg)
         .expect("walk")
         .into_iter()
@@ -295,7 +309,7 @@ fn walk_all_and_table_pages() {
         [
             (1 << 30, 0xc000_0000, 30, false, false),
             (1 << 39 | 0x1000, 0x4000_1000, 12, true, false),
-            (1 << 39 | 0x20_0000, 0x60_0000, 21, true, true),
+            (1 << 39 | 0x20_0000, 0x60_0000, 21, true, false),
         ]
     );
     let tables: Vec<u64> = table_pages(&c.arena, &c.cfg)
@@ -450,4 +464,41 @@ fn granule_64k_oa_high_bits_beyond_a_48_bit_oas() {
         go(&arena, &cfg, 1 << 42, Access::READ),
         Err(Fault::Translation { level: 1 })
     );
+}
+
+#[test]
+fn contiguous_runs_must_be_whole_and_consistent() {
+    let c = concatenated();
+    put(
+        &c.arena,
+        c.l2,
+        1,
+        0x60_0000 | BLOCK | memattr(0b0101) | S2AP_R | S2AP_W,
+    );
+    // Sixteen 4 KiB pages at IPA (1 << 39) + 64 KiB, output 0x4010_0000 (64 KiB aligned).
+    let leaf = |k: u64| (0x4010_0000 + (k << 12)) | PAGE | memattr(0b1111) | S2AP_R | AF | CONT;
+    for k in 0..16 {
+        put(&c.arena, c.l3, 16 + k, leaf(k));
+    }
+    let run: Vec<_> = walk_all(&c.arena, &c.cfg)
+        .expect("a whole run")
+        .into_iter()
+        .filter(|(_, t)| t.attrs.contiguous)
+        .map(|(ipa, t)| (ipa.get(), t.pa.get()))
+        .collect();
+    assert_eq!(run.len(), 16);
+    assert_eq!(run[15], (1 << 39 | 0x1f000, 0x4010_f000));
+    let misprogrammed = Some(WalkError::Fault {
+        iova: Iova::new(1 << 39 | 0x10000),
+        fault: Fault::ContiguousMisprogrammed { level: 3 },
+    });
+    // Each of these breaks the run: a hole, a non-consecutive output, other permissions.
+    for (k, bad) in [(5, 0), (7, leaf(8)), (15, leaf(15) | S2AP_W)] {
+        put(&c.arena, c.l3, 16 + k, bad);
+        assert_eq!(walk_all(&c.arena, &c.cfg).err(), misprogrammed, "entry {k}");
+        put(&c.arena, c.l3, 16 + k, leaf(k));
+    }
+    // The access flag is per entry: hardware may set it in any one of them.
+    put(&c.arena, c.l3, 16 + 3, leaf(3) & !AF);
+    assert!(walk_all(&c.arena, &c.cfg).is_ok());
 }

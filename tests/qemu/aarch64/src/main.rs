@@ -12,7 +12,11 @@
 
 mod arch;
 mod boot;
+mod dma;
+mod events;
 mod scenarios;
+mod smmu_env;
+mod smmu_scenarios;
 
 #[path = "../../common/alloc.rs"]
 #[allow(dead_code)] // shared with the x86_64 guest

@@ -27,6 +27,122 @@ pub static TABLE: &[Scenario] = &[
         name: "smmu_regs",
         run: smmu_regs,
     },
+    // SMMUv3 scenarios: 200-299 (smmu_scenarios.rs).
+    Scenario {
+        id: 200,
+        name: "smmu_idr",
+        run: crate::smmu_scenarios::smmu_idr,
+    },
+    Scenario {
+        id: 201,
+        name: "smmu_dma_4k",
+        run: crate::smmu_scenarios::smmu_dma_4k,
+    },
+    Scenario {
+        id: 202,
+        name: "smmu_dma_2m",
+        run: crate::smmu_scenarios::smmu_dma_2m,
+    },
+    Scenario {
+        id: 203,
+        name: "smmu_fault_unmapped",
+        run: crate::smmu_scenarios::smmu_fault_unmapped,
+    },
+    Scenario {
+        id: 204,
+        name: "smmu_fault_readonly",
+        run: crate::smmu_scenarios::smmu_fault_readonly,
+    },
+    Scenario {
+        id: 205,
+        name: "smmu_unmap_remap",
+        run: crate::smmu_scenarios::smmu_unmap_remap,
+    },
+    Scenario {
+        id: 206,
+        name: "smmu_range_inval",
+        run: crate::smmu_scenarios::smmu_range_inval,
+    },
+    Scenario {
+        id: 207,
+        name: "smmu_detach_reattach",
+        run: crate::smmu_scenarios::smmu_detach_reattach,
+    },
+    Scenario {
+        id: 208,
+        name: "smmu_enforce_snoop",
+        run: crate::smmu_scenarios::smmu_enforce_snoop,
+    },
+    Scenario {
+        id: 209,
+        name: "smmu_nested",
+        run: crate::smmu_scenarios::smmu_nested,
+    },
+    Scenario {
+        id: 210,
+        name: "smmu_dma_1g",
+        run: crate::smmu_scenarios::smmu_dma_1g,
+    },
+    Scenario {
+        id: 211,
+        name: "smmu_two_devices",
+        run: crate::smmu_scenarios::smmu_two_devices,
+    },
+    Scenario {
+        id: 212,
+        name: "smmu_event_flood",
+        run: crate::smmu_scenarios::smmu_event_flood,
+    },
+    Scenario {
+        id: 213,
+        name: "smmu_disable_enable",
+        run: crate::smmu_scenarios::smmu_disable_enable,
+    },
+    Scenario {
+        id: 214,
+        name: "smmu_write_only",
+        run: crate::smmu_scenarios::smmu_write_only,
+    },
+    Scenario {
+        id: 215,
+        name: "smmu_switch_stages",
+        run: crate::smmu_scenarios::smmu_switch_stages,
+    },
+    Scenario {
+        id: 216,
+        name: "smmu_ias_edges",
+        run: crate::smmu_scenarios::smmu_ias_edges,
+    },
+    Scenario {
+        id: 217,
+        name: "smmu_refusals",
+        run: crate::smmu_scenarios::smmu_refusals,
+    },
+    Scenario {
+        id: 218,
+        name: "smmu_dma_4k_default",
+        run: crate::smmu_scenarios::smmu_dma_4k_default,
+    },
+    Scenario {
+        id: 219,
+        name: "smmu_bypass_when_disabled",
+        run: crate::smmu_scenarios::smmu_bypass_when_disabled,
+    },
+    Scenario {
+        id: 221,
+        name: "smmu_dma_4k_2lvl",
+        run: crate::smmu_scenarios::smmu_dma_4k_2lvl,
+    },
+    Scenario {
+        id: 225,
+        name: "smmu_unmap_remap_2lvl",
+        run: crate::smmu_scenarios::smmu_unmap_remap_2lvl,
+    },
+    Scenario {
+        id: 227,
+        name: "smmu_detach_reattach_2lvl",
+        run: crate::smmu_scenarios::smmu_detach_reattach_2lvl,
+    },
 ];
 
 /// The SMMUv3 register window answers (Device memory): IDR0/1/5, the SMMU is disabled and lets

@@ -22,7 +22,8 @@ global_asm!(
 boot_pml4:  .skip 4096
 boot_pdpt:  .skip 4096
 boot_pd:    .skip 4096 * 4
-boot_stack: .skip 65536
+/* 1 MiB: the crate keeps its fixed-size tables inline (a VtdUnit and an IoasidCtx are tens of KiB). */
+boot_stack: .skip 0x100000
 boot_stack_top:
 
     .section .rodata.boot, "a"

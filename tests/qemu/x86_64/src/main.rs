@@ -13,7 +13,11 @@
 
 mod arch;
 mod boot;
+mod dma_check;
 mod scenarios;
+mod vtd_faults;
+mod vtd_scenarios;
+mod vtd_unit;
 
 #[path = "../../common/alloc.rs"]
 #[allow(dead_code)] // shared with the aarch64 guest
@@ -73,6 +77,44 @@ fn setup_edu() -> Result<edu::Edu, Fail> {
     let Some(bdf) = pci::find(&Cf8, pci::EDU_VENDOR, pci::EDU_DEVICE, (0, 4, 0)) else {
         crate::bail!("edu (1234:11e8) not found on bus 0");
     };
+    edu_at(bdf)
+}
+
+/// A second `edu` at 00:05.0 (scenarios that need two requesters add
+/// `-device edu,addr=05.0,...`).
+pub fn second_edu() -> Result<edu::Edu, Fail> {
+    let bdf = (0, 5, 0);
+    let want = u32::from(pci::EDU_DEVICE) << 16 | u32::from(pci::EDU_VENDOR);
+    let id = pci::ConfigSpace::read32(&Cf8, bdf, 0);
+    if id != want {
+        crate::bail!("no second edu at 00:05.0 (id {id:#x})");
+    }
+    edu_at(bdf)
+}
+
+/// An `edu` behind the PCIe root port at 00:06.0, at function 0 of the port's secondary bus
+/// (scenarios that need a requester on another bus add `-device pcie-root-port,id=rp1,...,
+/// addr=06.0 -device edu,bus=rp1,addr=00.0,...`). The port forwards the device's DMA only with
+/// its own bus mastering on.
+pub fn edu_behind_root_port() -> Result<edu::Edu, Fail> {
+    let port = (0, 6, 0);
+    let secondary = (pci::ConfigSpace::read32(&Cf8, port, 0x18) >> 8) as u8;
+    if secondary == 0 {
+        crate::bail!("no bridge with a secondary bus at 00:06.0");
+    }
+    let cmd = pci::enable_mem_and_master(&Cf8, port);
+    println!("root port 00:06.0: secondary bus {secondary}, command {cmd:#06x}");
+    let bdf = (secondary, 0, 0);
+    let want = u32::from(pci::EDU_DEVICE) << 16 | u32::from(pci::EDU_VENDOR);
+    let id = pci::ConfigSpace::read32(&Cf8, bdf, 0);
+    if id != want {
+        crate::bail!("no edu at {secondary:02x}:00.0 (id {id:#x})");
+    }
+    edu_at(bdf)
+}
+
+/// Enables decoding and bus mastering of the `edu` at `bdf` and maps its BAR0.
+fn edu_at(bdf: pci::Bdf) -> Result<edu::Edu, Fail> {
     let bar = match pci::bar0(&Cf8, bdf)? {
         Some(b) if b < 1 << 32 && (1u64 << 31..0xFEC0_0000).contains(&b) => b,
         Some(b) => crate::bail!("edu BAR0 {b:#x} outside the uncached 2-4 GiB window"),
@@ -112,7 +154,13 @@ extern "C" fn kmain(start_info: u32) -> ! {
     if let Err(e) = &ctx.edu {
         println!("note: {e}");
     }
-    let status = scenario::run(scenarios::TABLE, selector, &mut ctx);
+    // VT-d scenarios are numbered 100-199 and live in their own table.
+    let table = if (100..200).contains(&selector) {
+        vtd_scenarios::VTD_TABLE
+    } else {
+        scenarios::TABLE
+    };
+    let status = scenario::run(table, selector, &mut ctx);
     arch::exit(status)
 }
 

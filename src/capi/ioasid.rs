@@ -1,0 +1,632 @@
+//! The IOASID layer over C: a registry of units, contexts, and every context operation.
+
+use core::ptr::NonNull;
+
+use crate::ioasid::{
+    DeviceHandle, DeviceLabel, IncoherentDmaGrant, IoasidCtx, IoasidFlags, IoasidId,
+    PasidAllocator, Registry, UnitId, MAX_DEVICES, MAX_UNITS,
+};
+use crate::iommu::{DeviceId, Iommu, Pasid};
+use crate::mem::{Iova, PhysAddr};
+use crate::pgtable::Prot;
+
+use super::env::CEnv;
+use super::object::{handle, Obj, PasidPage};
+use super::status::{code, IeMissing, IeStatus};
+use super::unit::{IeUnit, UnitObj};
+
+/// A registry: the system's units, which context owns each device, the PASID space.
+pub struct IeRegistry {
+    _opaque: [u8; 0],
+}
+
+/// An IOASID context: what one process or VM holds.
+pub struct IeCtx {
+    _opaque: [u8; 0],
+}
+
+pub(super) struct RegistryObj {
+    // Declared before `_pasids`, which it borrows, so that it drops first.
+    registry: Registry<'static>,
+    /// Owns the page the registry's PASID allocator lives in.
+    _pasids: PasidPage,
+    units: [Option<NonNull<Obj<UnitObj>>>; MAX_UNITS],
+}
+
+pub(super) struct CtxObj {
+    // Declared first so that grants (which borrow `ctx`) drop before it.
+    grants: spin::Mutex<[Option<IncoherentDmaGrant<'static>>; MAX_DEVICES]>,
+    ctx: IoasidCtx<'static, 'static, CEnv>,
+    registry: NonNull<Obj<RegistryObj>>,
+}
+
+// SAFETY: the pointers name objects whose lifetime the user counts guard; the objects
+// themselves are `Sync` (units, registry, context).
+unsafe impl Send for RegistryObj {}
+// SAFETY: as above.
+unsafe impl Sync for RegistryObj {}
+// SAFETY: as above.
+unsafe impl Send for CtxObj {}
+// SAFETY: as above.
+unsafe impl Sync for CtxObj {}
+
+fn registry_obj<'h>(r: *mut IeRegistry) -> Result<&'h Obj<RegistryObj>, IeStatus> {
+    // SAFETY: the C contract: `r` is NULL or a live registry handle.
+    unsafe { handle(r.cast::<Obj<RegistryObj>>()) }
+}
+
+fn ctx_obj<'h>(c: *mut IeCtx) -> Result<&'h Obj<CtxObj>, IeStatus> {
+    // SAFETY: the C contract: `c` is NULL or a live context handle.
+    unsafe { handle(c.cast::<Obj<CtxObj>>()) }
+}
+
+/// Writes `v` through a C out-pointer.
+fn put<T>(out: *mut T, v: T) -> Result<(), IeStatus> {
+    // SAFETY: the C contract: `out` is NULL or valid for a write of `T`.
+    let out = unsafe { out.as_mut() }.ok_or(IeStatus::InvalidArgument)?;
+    *out = v;
+    Ok(())
+}
+
+/// Creates a registry over `n_units` units (at most 8), each numbered by its position, with
+/// PASIDs of `pasid_bits` bits (the narrowest of the system's units and devices). The units
+/// cannot be destroyed while the registry exists.
+///
+/// # Safety
+/// `env` is a valid `IeEnv`; `units` points to `n_units` live unit handles; `out` is writable.
+#[no_mangle]
+pub unsafe extern "C" fn ie_registry_create(
+    env: *const super::env::IeEnv,
+    units: *const *mut IeUnit,
+    n_units: usize,
+    pasid_bits: u32,
+    out: *mut *mut IeRegistry,
+) -> i32 {
+    code((|| {
+        // SAFETY: the caller's contract.
+        let env = unsafe { CEnv::from_raw(env) }?;
+        if units.is_null() || n_units == 0 || n_units > MAX_UNITS || out.is_null() {
+            return Err(IeStatus::InvalidArgument);
+        }
+        let unit_at = |i: usize| -> Result<NonNull<Obj<UnitObj>>, IeStatus> {
+            // SAFETY: `units` has `n_units` readable entries (the caller's contract).
+            NonNull::new(unsafe { *units.add(i) }.cast::<Obj<UnitObj>>())
+                .ok_or(IeStatus::InvalidArgument)
+        };
+        // SAFETY (for the `'static` below): a live unit; the registry holds a user count on
+        // it, so the unit outlives the registry.
+        let iommu_of = |u: NonNull<Obj<UnitObj>>| -> &'static dyn Iommu {
+            // SAFETY: see above.
+            unsafe { &*u.as_ptr() }.value.iommu()
+        };
+        let first = unit_at(0)?;
+        let mut objs = [None; MAX_UNITS];
+        let mut list = [iommu_of(first); MAX_UNITS];
+        for i in 0..n_units {
+            let u = unit_at(i)?;
+            objs[i] = Some(u);
+            list[i] = iommu_of(u);
+        }
+        let pasids = PasidPage::new(env, pasid_bits)?;
+        // SAFETY: the allocator lives in its own page, which the registry object owns and
+        // frees only after the registry is dropped: `'static` stands for that.
+        let allocator: &'static PasidAllocator = unsafe { &*(pasids.allocator() as *const _) };
+        let registry = Registry::new(&list[..n_units], allocator)?;
+        let obj = Obj::create(
+            env,
+            RegistryObj {
+                registry,
+                _pasids: pasids,
+                units: objs,
+            },
+        )?;
+        for u in objs.iter().flatten() {
+            // SAFETY: checked live above.
+            unsafe { u.as_ref() }.acquire();
+        }
+        put(out, obj.as_ptr().cast())
+    })())
+}
+
+/// Destroys a registry with no context left.
+///
+/// # Safety
+/// `registry` is NULL or a live registry handle, not used again after success.
+#[no_mangle]
+pub unsafe extern "C" fn ie_registry_destroy(registry: *mut IeRegistry) -> i32 {
+    code((|| {
+        let obj =
+            NonNull::new(registry.cast::<Obj<RegistryObj>>()).ok_or(IeStatus::InvalidArgument)?;
+        // SAFETY: a live handle (the caller's contract).
+        let units = unsafe { obj.as_ref() }.value.units;
+        // SAFETY: as above; `destroy` refuses while contexts use it.
+        unsafe { Obj::destroy(obj) }?;
+        for u in units.iter().flatten() {
+            // SAFETY: the registry held a user count, so the unit is live.
+            unsafe { u.as_ref() }.release();
+        }
+        Ok(())
+    })())
+}
+
+/// Creates a context drawing PASIDs from `registry` up to `pasid_quota` (at most 64).
+///
+/// # Safety
+/// `registry` is a live registry handle; `out` is writable.
+#[no_mangle]
+pub unsafe extern "C" fn ie_ctx_create(
+    registry: *mut IeRegistry,
+    pasid_quota: u32,
+    out: *mut *mut IeCtx,
+) -> i32 {
+    code((|| {
+        let reg = registry_obj(registry)?;
+        if out.is_null() {
+            return Err(IeStatus::InvalidArgument);
+        }
+        // SAFETY: the context holds a user count on the registry, which therefore outlives it:
+        // `'static` stands for that.
+        let reg_static: &'static Obj<RegistryObj> = unsafe { &*(reg as *const Obj<RegistryObj>) };
+        let ctx = IoasidCtx::new(&reg_static.value.registry, reg_static.env(), pasid_quota);
+        let obj = Obj::create(
+            *reg.env(),
+            CtxObj {
+                grants: spin::Mutex::new([const { None }; MAX_DEVICES]),
+                ctx,
+                registry: NonNull::from(reg),
+            },
+        )?;
+        reg.acquire();
+        put(out, obj.as_ptr().cast())
+    })())
+}
+
+/// Destroys a context: revokes its grants, detaches every device and PASID, frees every IOASID
+/// and hardware domain, returns its PASIDs and unbinds its devices.
+///
+/// # Safety
+/// `ctx` is NULL or a live context handle, not used again after success.
+#[no_mangle]
+pub unsafe extern "C" fn ie_ctx_destroy(ctx: *mut IeCtx) -> i32 {
+    code((|| {
+        let obj = NonNull::new(ctx.cast::<Obj<CtxObj>>()).ok_or(IeStatus::InvalidArgument)?;
+        // SAFETY: a live handle (the caller's contract).
+        let registry = unsafe { obj.as_ref() }.value.registry;
+        // SAFETY: as above.
+        unsafe { Obj::destroy(obj) }?;
+        // SAFETY: the context held a user count, so the registry is live.
+        unsafe { registry.as_ref() }.release();
+        Ok(())
+    })())
+}
+
+fn device(ctx: *mut IeCtx, d: u32) -> Result<DeviceHandle, IeStatus> {
+    let slot = u16::try_from(d).map_err(|_| IeStatus::NotFound)?;
+    Ok(ctx_obj(ctx)?.value.ctx.device_handle(slot))
+}
+
+fn ioasid(i: u32) -> Result<IoasidId, IeStatus> {
+    u16::try_from(i)
+        .map(IoasidId)
+        .map_err(|_| IeStatus::NotFound)
+}
+
+fn pasid(p: u32) -> Result<Pasid, IeStatus> {
+    Pasid::new(p).ok_or(IeStatus::InvalidArgument)
+}
+
+/// Binds device `device_id` (PCI RID on VT-d, StreamID on SMMUv3) behind unit number `unit`
+/// to the context; `no_snoop_capable` is the device's own declaration that it may issue
+/// no-snoop transactions. Writes the device's handle to `*out`.
+///
+/// # Safety
+/// `ctx` is a live context handle; `out` is writable.
+#[no_mangle]
+pub unsafe extern "C" fn ie_ctx_bind(
+    ctx: *mut IeCtx,
+    unit: u32,
+    device_id: u32,
+    no_snoop_capable: bool,
+    out: *mut u32,
+) -> i32 {
+    code((|| {
+        let c = ctx_obj(ctx)?;
+        let unit = u8::try_from(unit).map_err(|_| IeStatus::NotFound)?;
+        let label = DeviceLabel {
+            unit: UnitId(unit),
+            id: DeviceId(device_id),
+        };
+        if out.is_null() {
+            return Err(IeStatus::InvalidArgument);
+        }
+        let h = c.value.ctx.bind(label, no_snoop_capable)?;
+        put(out, u32::from(h.slot()))
+    })())
+}
+
+/// Unbinds a device that is not attached and holds no grant.
+///
+/// # Safety
+/// `ctx` is a live context handle.
+#[no_mangle]
+pub unsafe extern "C" fn ie_ctx_unbind(ctx: *mut IeCtx, device: u32) -> i32 {
+    code((|| {
+        Ok(ctx_obj(ctx)?.value.ctx.unbind(self::device(ctx, device)?)?)
+    })())
+}
+
+/// What a device's unit can do, as [`ie_ctx_device_info`] reports it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct IeDeviceInfo {
+    /// The unit number the device was bound behind.
+    pub unit: u32,
+    /// PCI RID (VT-d) or StreamID (SMMUv3).
+    pub device_id: u32,
+    /// Largest input (IOVA) width in bits.
+    pub ias: u32,
+    /// Output (physical) address width in bits.
+    pub oas: u32,
+    /// Bit `n` set: pages of `1 << n` bytes.
+    pub page_sizes: u64,
+    /// PASID width in bits (0: none).
+    pub pasid_bits: u32,
+    /// The unit can force DMA to snoop CPU caches.
+    pub enforce_snoop: bool,
+    /// Hardware dirty tracking.
+    pub dirty_tracking: bool,
+    /// Nested translation.
+    pub nesting: bool,
+    /// The table walker snoops CPU caches.
+    pub coherent_walk: bool,
+    /// The device declared itself no-snoop capable.
+    pub no_snoop_capable: bool,
+}
+
+/// Reports what a bound device's unit can do.
+///
+/// # Safety
+/// `ctx` is a live context handle; `out` is writable.
+#[no_mangle]
+pub unsafe extern "C" fn ie_ctx_device_info(
+    ctx: *mut IeCtx,
+    device: u32,
+    out: *mut IeDeviceInfo,
+) -> i32 {
+    code((|| {
+        let info = ctx_obj(ctx)?
+            .value
+            .ctx
+            .device_info(self::device(ctx, device)?)?;
+        let c = info.capabilities;
+        put(
+            out,
+            IeDeviceInfo {
+                unit: u32::from(info.label.unit.0),
+                device_id: info.label.id.0,
+                ias: c.ias,
+                oas: c.oas,
+                page_sizes: c.page_sizes,
+                pasid_bits: c.pasid_bits,
+                enforce_snoop: c.enforce_snoop,
+                dirty_tracking: c.dirty_tracking,
+                nesting: c.nesting,
+                coherent_walk: c.coherent_walk,
+                no_snoop_capable: info.no_snoop_capable,
+            },
+        )
+    })())
+}
+
+/// Flags of [`ie_ctx_alloc`], fixed for the IOASID's life; OR them together.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IeIoasidFlag {
+    /// Block no-snoop: every DMA through the IOASID snoops CPU caches.
+    EnforceSnoop = 1 << 0,
+    /// The IOASID is the parent (second stage) of nested translation.
+    NestParent = 1 << 1,
+    /// Hardware dirty tracking on every domain behind the IOASID.
+    DirtyTracking = 1 << 2,
+    /// A PASID-granular (first-stage) address space.
+    Pasid = 1 << 3,
+}
+
+// The C values must be the flags' bits.
+const _: () = assert!(
+    IeIoasidFlag::EnforceSnoop as u32 == IoasidFlags::ENFORCE_SNOOP.bits()
+        && IeIoasidFlag::NestParent as u32 == IoasidFlags::NEST_PARENT.bits()
+        && IeIoasidFlag::DirtyTracking as u32 == IoasidFlags::DIRTY_TRACKING.bits()
+        && IeIoasidFlag::Pasid as u32 == IoasidFlags::PASID.bits()
+);
+
+/// Allocates an IOASID with `flags` (`IE_IOASID_FLAG_*`), fixed for its life; writes its number.
+///
+/// # Safety
+/// `ctx` is a live context handle; `out` is writable.
+#[no_mangle]
+pub unsafe extern "C" fn ie_ctx_alloc(ctx: *mut IeCtx, flags: u32, out: *mut u32) -> i32 {
+    code((|| {
+        let c = ctx_obj(ctx)?;
+        let flags = IoasidFlags::from_bits(flags).ok_or(IeStatus::InvalidArgument)?;
+        if out.is_null() {
+            return Err(IeStatus::InvalidArgument);
+        }
+        let id = c.value.ctx.alloc(flags)?;
+        put(out, u32::from(id.0))
+    })())
+}
+
+/// Frees an IOASID with nothing attached.
+///
+/// # Safety
+/// `ctx` is a live context handle.
+#[no_mangle]
+pub unsafe extern "C" fn ie_ctx_free(ctx: *mut IeCtx, ioasid: u32) -> i32 {
+    code((|| {
+        Ok(ctx_obj(ctx)?.value.ctx.free(self::ioasid(ioasid)?)?)
+    })())
+}
+
+/// Writes why an attach failed to `reason` (if not NULL) and returns the status.
+fn attach_result(r: Result<(), crate::ioasid::Error>, reason: *mut u32) -> i32 {
+    let missing = match r {
+        Err(crate::ioasid::Error::Incompatible { reason, .. }) => IeMissing::from(reason),
+        _ => IeMissing::None,
+    };
+    // SAFETY: the C contract: `reason` is NULL or writable.
+    if let Some(out) = unsafe { reason.as_mut() } {
+        *out = missing as u32;
+    }
+    code(r.map_err(IeStatus::from))
+}
+
+/// Attaches a device to an IOASID (replacing its current attachment). On
+/// `IE_STATUS_INCOMPATIBLE`, `*reason` (if not NULL) names the missing capability
+/// (`IeMissing`) and nothing changed.
+///
+/// # Safety
+/// `ctx` is a live context handle; `reason` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn ie_ctx_attach(
+    ctx: *mut IeCtx,
+    device: u32,
+    ioasid: u32,
+    reason: *mut u32,
+) -> i32 {
+    match (
+        ctx_obj(ctx),
+        self::device(ctx, device),
+        self::ioasid(ioasid),
+    ) {
+        (Ok(c), Ok(d), Ok(i)) => attach_result(c.value.ctx.attach(d, i), reason),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => e as i32,
+    }
+}
+
+/// Attaches a (device, PASID) pair to an IOASID allocated with `IE_IOASID_PASID`; `reason` as
+/// for [`ie_ctx_attach`].
+///
+/// # Safety
+/// `ctx` is a live context handle; `reason` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn ie_ctx_attach_pasid(
+    ctx: *mut IeCtx,
+    device: u32,
+    pasid: u32,
+    ioasid: u32,
+    reason: *mut u32,
+) -> i32 {
+    let args = (
+        ctx_obj(ctx),
+        self::device(ctx, device),
+        self::pasid(pasid),
+        self::ioasid(ioasid),
+    );
+    match args {
+        (Ok(c), Ok(d), Ok(p), Ok(i)) => attach_result(c.value.ctx.attach_pasid(d, p, i), reason),
+        (Err(e), ..) | (_, Err(e), ..) | (_, _, Err(e), _) | (.., Err(e)) => e as i32,
+    }
+}
+
+/// Detaches a device: its DMA is blocked and the caches invalidated.
+///
+/// # Safety
+/// `ctx` is a live context handle.
+#[no_mangle]
+pub unsafe extern "C" fn ie_ctx_detach(ctx: *mut IeCtx, device: u32) -> i32 {
+    code((|| {
+        Ok(ctx_obj(ctx)?.value.ctx.detach(self::device(ctx, device)?)?)
+    })())
+}
+
+/// Detaches a (device, PASID) pair.
+///
+/// # Safety
+/// `ctx` is a live context handle.
+#[no_mangle]
+pub unsafe extern "C" fn ie_ctx_detach_pasid(ctx: *mut IeCtx, device: u32, pasid: u32) -> i32 {
+    code((|| {
+        let c = ctx_obj(ctx)?;
+        Ok(c.value
+            .ctx
+            .detach_pasid(self::device(ctx, device)?, self::pasid(pasid)?)?)
+    })())
+}
+
+/// Permissions of [`ie_ctx_map`]; OR them together.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IeProt {
+    /// Device reads (DMA from memory).
+    Read = 1 << 0,
+    /// Device writes (DMA to memory).
+    Write = 1 << 1,
+    /// Instruction fetch.
+    Exec = 1 << 2,
+    /// Privileged access only (first-stage formats).
+    Priv = 1 << 3,
+}
+
+// The C values must be the permission bits.
+const _: () = assert!(
+    IeProt::Read as u8 == Prot::READ.bits()
+        && IeProt::Write as u8 == Prot::WRITE.bits()
+        && IeProt::Exec as u8 == Prot::EXEC.bits()
+        && IeProt::Priv as u8 == Prot::PRIV.bits()
+);
+
+/// Maps `[iova, iova + len)` to `[pa, pa + len)` with `prot` (`IE_PROT_*`) in the IOASID and
+/// every hardware domain behind it; all or nothing.
+///
+/// # Safety
+/// `ctx` is a live context handle.
+#[no_mangle]
+pub unsafe extern "C" fn ie_ctx_map(
+    ctx: *mut IeCtx,
+    ioasid: u32,
+    iova: u64,
+    pa: u64,
+    len: u64,
+    prot: u32,
+) -> i32 {
+    code((|| {
+        let c = ctx_obj(ctx)?;
+        let prot = u8::try_from(prot)
+            .ok()
+            .and_then(Prot::from_bits)
+            .ok_or(IeStatus::InvalidArgument)?;
+        let id = self::ioasid(ioasid)?;
+        Ok(c.value
+            .ctx
+            .map(id, Iova::new(iova), PhysAddr::new(pa), len, prot)?)
+    })())
+}
+
+/// Unmaps `[iova, iova + len)` from the IOASID and every domain behind it, invalidates the
+/// IOTLBs (one completion wait per unit) and writes the bytes that were mapped to `*unmapped`
+/// (if not NULL).
+///
+/// # Safety
+/// `ctx` is a live context handle; `unmapped` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn ie_ctx_unmap(
+    ctx: *mut IeCtx,
+    ioasid: u32,
+    iova: u64,
+    len: u64,
+    unmapped: *mut u64,
+) -> i32 {
+    code((|| {
+        let c = ctx_obj(ctx)?;
+        let n = c
+            .value
+            .ctx
+            .unmap(self::ioasid(ioasid)?, Iova::new(iova), len)?;
+        // SAFETY: the C contract: NULL or writable.
+        if let Some(out) = unsafe { unmapped.as_mut() } {
+            *out = n;
+        }
+        Ok(())
+    })())
+}
+
+/// Looks up `iova` in the IOASID: writes the physical address, or returns
+/// `IE_STATUS_NOT_FOUND` when it is not mapped.
+///
+/// # Safety
+/// `ctx` is a live context handle; `pa` is writable.
+#[no_mangle]
+pub unsafe extern "C" fn ie_ctx_translate(
+    ctx: *mut IeCtx,
+    ioasid: u32,
+    iova: u64,
+    pa: *mut u64,
+) -> i32 {
+    code((|| {
+        let c = ctx_obj(ctx)?;
+        let m = c
+            .value
+            .ctx
+            .translate(self::ioasid(ioasid)?, Iova::new(iova))?;
+        put(pa, m.ok_or(IeStatus::NotFound)?.pa.get())
+    })())
+}
+
+/// Allocates a PASID within the context's quota.
+///
+/// # Safety
+/// `ctx` is a live context handle; `out` is writable.
+#[no_mangle]
+pub unsafe extern "C" fn ie_ctx_alloc_pasid(ctx: *mut IeCtx, out: *mut u32) -> i32 {
+    code((|| {
+        let c = ctx_obj(ctx)?;
+        if out.is_null() {
+            return Err(IeStatus::InvalidArgument);
+        }
+        put(out, c.value.ctx.alloc_pasid()?.get())
+    })())
+}
+
+/// Frees a PASID of the context that is no longer attached.
+///
+/// # Safety
+/// `ctx` is a live context handle.
+#[no_mangle]
+pub unsafe extern "C" fn ie_ctx_free_pasid(ctx: *mut IeCtx, pasid: u32) -> i32 {
+    code((|| {
+        Ok(ctx_obj(ctx)?.value.ctx.free_pasid(self::pasid(pasid)?)?)
+    })())
+}
+
+/// Grants a bound, no-snoop-capable device of the context the right to issue non-snooped DMA
+/// (`IE_STATUS_NOT_PERMITTED` otherwise). Granting twice is one grant.
+///
+/// # Safety
+/// `ctx` is a live context handle.
+#[no_mangle]
+pub unsafe extern "C" fn ie_ctx_allow_incoherent_dma(ctx: *mut IeCtx, device: u32) -> i32 {
+    code((|| {
+        let c = ctx_obj(ctx)?;
+        let d = self::device(ctx, device)?;
+        let mut grants = c.value.grants.lock();
+        let slot = grants
+            .get_mut(usize::from(d.slot()))
+            .ok_or(IeStatus::NotFound)?;
+        if slot.is_none() {
+            // SAFETY: the grant borrows the context, which lives in the same object and is
+            // dropped after `grants` (field order): `'static` stands for that.
+            let ctx: &'static IoasidCtx<'static, 'static, CEnv> =
+                unsafe { &*(&c.value.ctx as *const _) };
+            *slot = Some(ctx.allow_incoherent_dma(d)?);
+        }
+        Ok(())
+    })())
+}
+
+/// Revokes a device's grant of incoherent DMA (`IE_STATUS_NOT_FOUND` if it has none).
+///
+/// # Safety
+/// `ctx` is a live context handle.
+#[no_mangle]
+pub unsafe extern "C" fn ie_ctx_revoke_incoherent_dma(ctx: *mut IeCtx, device: u32) -> i32 {
+    code((|| {
+        let c = ctx_obj(ctx)?;
+        let d = self::device(ctx, device)?;
+        let mut grants = c.value.grants.lock();
+        let slot = grants
+            .get_mut(usize::from(d.slot()))
+            .ok_or(IeStatus::NotFound)?;
+        slot.take().map(drop).ok_or(IeStatus::NotFound)
+    })())
+}
+
+/// Whether any grant of incoherent DMA is outstanding in the context (a hypervisor must then
+/// honour a guest's WBINVD). False for a NULL handle.
+///
+/// # Safety
+/// `ctx` is NULL or a live context handle.
+#[no_mangle]
+pub unsafe extern "C" fn ie_ctx_incoherent_dma_allowed(ctx: *mut IeCtx) -> bool {
+    ctx_obj(ctx).is_ok_and(|c| c.value.ctx.incoherent_dma_allowed())
+}

@@ -1,0 +1,34 @@
+//! The C ABI (feature `capi`): `extern "C"` functions over the whole flow a C kernel or
+//! hypervisor needs -- create units on its register windows, a registry and contexts, and every
+//! IOASID operation -- declared in `include/iommu_engine.h`.
+//!
+//! # The embedder's obligations
+//! - Services come in as function pointers: [`IeEnv`] (pages, physical-to-virtual, cache
+//!   maintenance) and [`IeRegs`] (a mapped register window, or accessor functions). No other
+//!   symbol is needed from the embedder.
+//! - Objects (units, registries, contexts) live in pages from `IeEnv::alloc_page`; the crate
+//!   has no heap. An object used by another (a unit by a registry, a registry by a context)
+//!   cannot be destroyed before its user: the destroy call returns `IE_STATUS_BUSY`.
+//! - Every function returns an `int32_t` [`IeStatus`]; [`ie_status_errno`] maps it to the
+//!   negative errno a Linux module would return. No panic crosses the boundary: the crate's
+//!   code does not panic on any input, and a build with `panic = "abort"` would abort rather
+//!   than unwind into C.
+//! - Concurrency is that of [`crate::ioasid`]: every function may be called from any thread;
+//!   map/unmap on disjoint ranges run concurrently; configuration calls serialise inside. No
+//!   call sleeps; calls spin for bounded hardware waits, so none belongs in a hard interrupt
+//!   handler.
+
+mod env;
+mod ioasid;
+mod object;
+#[cfg(feature = "sim")]
+mod sim;
+mod status;
+mod unit;
+
+pub use env::{CEnv, CRegs, IeEnv, IeRegs};
+pub use ioasid::*;
+#[cfg(feature = "sim")]
+pub use sim::*;
+pub use status::{ie_status_errno, IeMissing, IeStatus};
+pub use unit::*;

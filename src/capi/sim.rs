@@ -1,0 +1,368 @@
+//! The reference models over C (features `capi` + `sim`, host only): an arena of fake physical
+//! memory that serves as the embedder's [`IeEnv`], and VT-d / SMMUv3 models that serve as
+//! register windows and translate DMA, so that a C program can run the whole flow on the host.
+
+extern crate std;
+
+use core::ffi::c_void;
+use core::ptr::NonNull;
+use std::boxed::Box;
+
+use crate::mem::{Page, PageAllocator, PhysAddr};
+use crate::mmio::RegisterWindow;
+use crate::sim::smmuv3::{SmmuModel, SmmuModelConfig};
+use crate::sim::vtd::{VtdModel, VtdModelConfig};
+use crate::sim::walk::Access;
+use crate::sim::{Arena, ArenaConfig};
+
+use super::env::{IeEnv, IeRegs};
+use super::status::{code, IeStatus};
+
+/// An arena of fake physical memory (a host buffer) handing out pages.
+pub struct IeSimArena {
+    _opaque: [u8; 0],
+}
+
+/// A model of a VT-d unit or an SMMUv3.
+pub struct IeSimModel {
+    _opaque: [u8; 0],
+}
+
+struct ArenaObj {
+    arena: Arena,
+    models: core::sync::atomic::AtomicU32,
+}
+
+enum ModelObj {
+    Vtd(VtdModel<'static>),
+    Smmu(SmmuModel<'static>),
+}
+
+struct ModelBox {
+    model: ModelObj,
+    arena: NonNull<ArenaObj>,
+}
+
+// SAFETY: `arena` names an `ArenaObj` (which is `Sync`) that outlives the model (counted).
+unsafe impl Send for ModelBox {}
+// SAFETY: as above.
+unsafe impl Sync for ModelBox {}
+
+fn arena_obj<'h>(a: *mut IeSimArena) -> Result<&'h ArenaObj, IeStatus> {
+    // SAFETY: the C contract: NULL or a live arena handle.
+    unsafe { a.cast::<ArenaObj>().as_ref() }.ok_or(IeStatus::InvalidArgument)
+}
+
+fn model_obj<'h>(m: *mut IeSimModel) -> Result<&'h ModelBox, IeStatus> {
+    // SAFETY: the C contract: NULL or a live model handle.
+    unsafe { m.cast::<ModelBox>().as_ref() }.ok_or(IeStatus::InvalidArgument)
+}
+
+/// Creates an arena of `bytes` (a multiple of 1 MiB) at physical address 2 GiB.
+///
+/// # Safety
+/// `out` is writable.
+#[no_mangle]
+pub unsafe extern "C" fn ie_sim_arena_create(bytes: u64, out: *mut *mut IeSimArena) -> i32 {
+    code((|| {
+        // SAFETY: the C contract.
+        let out = unsafe { out.as_mut() }.ok_or(IeStatus::InvalidArgument)?;
+        let capacity = usize::try_from(bytes).map_err(|_| IeStatus::InvalidArgument)?;
+        let arena = Arena::new(ArenaConfig {
+            capacity,
+            ..ArenaConfig::default()
+        })
+        .map_err(|_| IeStatus::InvalidArgument)?;
+        let obj = Box::new(ArenaObj {
+            arena,
+            models: core::sync::atomic::AtomicU32::new(0),
+        });
+        *out = Box::into_raw(obj).cast();
+        Ok(())
+    })())
+}
+
+/// Destroys an arena with no model left.
+///
+/// # Safety
+/// `arena` is NULL or a live arena handle, not used again after success.
+#[no_mangle]
+pub unsafe extern "C" fn ie_sim_arena_destroy(arena: *mut IeSimArena) -> i32 {
+    code((|| {
+        let a = arena_obj(arena)?;
+        if a.models.load(core::sync::atomic::Ordering::Acquire) != 0 {
+            return Err(IeStatus::Busy);
+        }
+        // SAFETY: created by `Box::into_raw` in `ie_sim_arena_create`; unused from now on.
+        drop(unsafe { Box::from_raw(arena.cast::<ArenaObj>()) });
+        Ok(())
+    })())
+}
+
+/// Pages allocated from the arena and not yet freed (0 for a NULL handle).
+///
+/// # Safety
+/// `arena` is NULL or a live arena handle.
+#[no_mangle]
+pub unsafe extern "C" fn ie_sim_arena_live_pages(arena: *mut IeSimArena) -> u64 {
+    arena_obj(arena).map_or(0, |a| a.arena.stats().live_pages as u64)
+}
+
+unsafe extern "C" fn arena_alloc(ctx: *mut c_void, size_log2: u32, pa: *mut u64) -> *mut c_void {
+    // SAFETY: `ctx` is the arena `ie_sim_arena_env` put there.
+    let a = unsafe { &*ctx.cast::<ArenaObj>() };
+    match a.arena.alloc(size_log2) {
+        Some(p) => {
+            // SAFETY: the crate passes a valid out-pointer.
+            unsafe { *pa = p.pa.get() };
+            p.va.as_ptr().cast()
+        }
+        None => core::ptr::null_mut(),
+    }
+}
+
+unsafe extern "C" fn arena_free(ctx: *mut c_void, va: *mut c_void, pa: u64, size_log2: u32) {
+    // SAFETY: `ctx` is the arena `ie_sim_arena_env` put there.
+    let a = unsafe { &*ctx.cast::<ArenaObj>() };
+    if let Some(va) = NonNull::new(va.cast::<u8>()) {
+        let page = Page {
+            pa: PhysAddr::new(pa),
+            va,
+        };
+        // SAFETY: the crate gives back a page the arena handed out (the arena also checks).
+        unsafe { a.arena.free(page, size_log2) };
+    }
+}
+
+unsafe extern "C" fn arena_phys_to_virt(ctx: *mut c_void, pa: u64) -> *mut c_void {
+    // SAFETY: `ctx` is the arena `ie_sim_arena_env` put there.
+    let a = unsafe { &*ctx.cast::<ArenaObj>() };
+    a.arena
+        .phys_to_virt(PhysAddr::new(pa))
+        .map_or(core::ptr::null_mut(), |p| p.as_ptr().cast())
+}
+
+/// Fills `*env` with the arena's page services.
+///
+/// # Safety
+/// `arena` is a live arena handle; `env` is writable. The env is valid while the arena lives.
+#[no_mangle]
+pub unsafe extern "C" fn ie_sim_arena_env(arena: *mut IeSimArena, env: *mut IeEnv) -> i32 {
+    code((|| {
+        arena_obj(arena)?;
+        // SAFETY: the C contract.
+        let env = unsafe { env.as_mut() }.ok_or(IeStatus::InvalidArgument)?;
+        *env = IeEnv {
+            ctx: arena.cast(),
+            alloc_page: Some(arena_alloc),
+            free_page: Some(arena_free),
+            phys_to_virt: Some(arena_phys_to_virt),
+            sync_for_device: None,
+            sync_for_cpu: None,
+        };
+        Ok(())
+    })())
+}
+
+/// What the VT-d model reports in CAP/ECAP.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct IeSimVtdConfig {
+    /// Scalable mode (ECAP.SMTS, PASID, first stage) rather than a legacy-only unit.
+    pub scalable: bool,
+    /// ECAP.SC: the unit can enforce snooping.
+    pub snoop_control: bool,
+    /// CAP.CM: caching mode (not-present entries may be cached).
+    pub caching_mode: bool,
+}
+
+/// What the SMMUv3 model reports in its ID registers.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct IeSimSmmuConfig {
+    /// IDR3.FWB: stage-2 forced write-back.
+    pub fwb: bool,
+    /// IDR0.COHACC: coherent table walks and queue accesses.
+    pub cohacc: bool,
+    /// IDR3.RIL: range invalidation.
+    pub ril: bool,
+}
+
+fn new_model(
+    arena: *mut IeSimArena,
+    out: *mut *mut IeSimModel,
+    make: impl FnOnce(&'static Arena) -> ModelObj,
+) -> Result<(), IeStatus> {
+    let a = arena_obj(arena)?;
+    // SAFETY: the C contract.
+    let out = unsafe { out.as_mut() }.ok_or(IeStatus::InvalidArgument)?;
+    // SAFETY: the model holds a count on the arena, which therefore outlives it: `'static`
+    // stands for that.
+    let arena_static: &'static Arena = unsafe { &*(&a.arena as *const Arena) };
+    let obj = Box::new(ModelBox {
+        model: make(arena_static),
+        arena: NonNull::from(a),
+    });
+    a.models.fetch_add(1, core::sync::atomic::Ordering::AcqRel);
+    *out = Box::into_raw(obj).cast();
+    Ok(())
+}
+
+/// Creates a VT-d model over the arena's memory.
+///
+/// # Safety
+/// `arena` is a live arena handle; `config` is readable; `out` is writable.
+#[no_mangle]
+pub unsafe extern "C" fn ie_sim_vtd_model_create(
+    arena: *mut IeSimArena,
+    config: *const IeSimVtdConfig,
+    out: *mut *mut IeSimModel,
+) -> i32 {
+    code((|| {
+        // SAFETY: the C contract.
+        let c = *unsafe { config.as_ref() }.ok_or(IeStatus::InvalidArgument)?;
+        let base = if c.scalable {
+            VtdModelConfig::scalable()
+        } else {
+            VtdModelConfig::qemu_default()
+        };
+        let cfg = base
+            .with_sc(c.snoop_control)
+            .with_caching_mode(c.caching_mode);
+        new_model(arena, out, |a| ModelObj::Vtd(VtdModel::new(a, cfg)))
+    })())
+}
+
+/// Creates an SMMUv3 model over the arena's memory.
+///
+/// # Safety
+/// `arena` is a live arena handle; `config` is readable; `out` is writable.
+#[no_mangle]
+pub unsafe extern "C" fn ie_sim_smmu_model_create(
+    arena: *mut IeSimArena,
+    config: *const IeSimSmmuConfig,
+    out: *mut *mut IeSimModel,
+) -> i32 {
+    code((|| {
+        // SAFETY: the C contract.
+        let c = *unsafe { config.as_ref() }.ok_or(IeStatus::InvalidArgument)?;
+        let cfg = SmmuModelConfig::qemu_like()
+            .with_fwb(c.fwb)
+            .with_cohacc(c.cohacc)
+            .with_ril(c.ril);
+        new_model(arena, out, |a| ModelObj::Smmu(SmmuModel::new(a, cfg)))
+    })())
+}
+
+/// Destroys a model whose unit is destroyed.
+///
+/// # Safety
+/// `model` is NULL or a live model handle, not used again (nor its register window).
+#[no_mangle]
+pub unsafe extern "C" fn ie_sim_model_destroy(model: *mut IeSimModel) -> i32 {
+    code((|| {
+        let m = model_obj(model)?;
+        // SAFETY: the model held a count on the arena, so it is live.
+        unsafe { m.arena.as_ref() }
+            .models
+            .fetch_sub(1, core::sync::atomic::Ordering::AcqRel);
+        // SAFETY: created by `Box::into_raw`; unused from now on.
+        drop(unsafe { Box::from_raw(model.cast::<ModelBox>()) });
+        Ok(())
+    })())
+}
+
+fn window(ctx: *mut c_void) -> &'static dyn RegisterWindow {
+    // SAFETY: `ctx` is the live model `ie_sim_model_regs` put there.
+    match &unsafe { &*ctx.cast::<ModelBox>() }.model {
+        ModelObj::Vtd(m) => m,
+        ModelObj::Smmu(m) => m,
+    }
+}
+
+unsafe extern "C" fn model_read32(ctx: *mut c_void, off: usize) -> u32 {
+    window(ctx).read32(off)
+}
+unsafe extern "C" fn model_write32(ctx: *mut c_void, off: usize, v: u32) {
+    window(ctx).write32(off, v)
+}
+unsafe extern "C" fn model_read64(ctx: *mut c_void, off: usize) -> u64 {
+    window(ctx).read64(off)
+}
+unsafe extern "C" fn model_write64(ctx: *mut c_void, off: usize, v: u64) {
+    window(ctx).write64(off, v)
+}
+
+/// Fills `*regs` with the model's register window (accessor functions).
+///
+/// # Safety
+/// `model` is a live model handle; `regs` is writable. The window is valid while the model
+/// lives.
+#[no_mangle]
+pub unsafe extern "C" fn ie_sim_model_regs(model: *mut IeSimModel, regs: *mut IeRegs) -> i32 {
+    code((|| {
+        model_obj(model)?;
+        // SAFETY: the C contract.
+        let regs = unsafe { regs.as_mut() }.ok_or(IeStatus::InvalidArgument)?;
+        *regs = IeRegs {
+            base: core::ptr::null_mut(),
+            len: 0,
+            ctx: model.cast(),
+            read32: Some(model_read32),
+            write32: Some(model_write32),
+            read64: Some(model_read64),
+            write64: Some(model_write64),
+        };
+        Ok(())
+    })())
+}
+
+/// What a DMA translated to through a model.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct IeSimDma {
+    /// The physical address.
+    pub pa: u64,
+    /// The access snoops CPU caches (VT-d SNP / PGSNP; SMMUv3: write-back cacheable).
+    pub snoop: bool,
+}
+
+/// Translates a DMA of device `device_id` (RID / StreamID) at `iova` through the model, as the
+/// hardware would (its caches included); `IE_STATUS_NOT_FOUND` when the hardware would fault.
+///
+/// # Safety
+/// `model` is a live model handle; `out` is writable.
+#[no_mangle]
+pub unsafe extern "C" fn ie_sim_model_translate(
+    model: *mut IeSimModel,
+    device_id: u32,
+    iova: u64,
+    write: bool,
+    out: *mut IeSimDma,
+) -> i32 {
+    code((|| {
+        let m = model_obj(model)?;
+        let access = if write { Access::WRITE } else { Access::READ };
+        let dma = match &m.model {
+            ModelObj::Vtd(v) => {
+                let sid = u16::try_from(device_id).map_err(|_| IeStatus::InvalidArgument)?;
+                v.translate(sid, None, iova, access)
+                    .map(|t| IeSimDma {
+                        pa: t.pa,
+                        snoop: t.snoop,
+                    })
+                    .map_err(|_| IeStatus::NotFound)?
+            }
+            ModelObj::Smmu(s) => s
+                .translate(device_id, None, iova, access)
+                .map(|t| IeSimDma {
+                    pa: t.pa,
+                    snoop: t.cacheable_wb,
+                })
+                .map_err(|_| IeStatus::NotFound)?,
+        };
+        // SAFETY: the C contract.
+        *unsafe { out.as_mut() }.ok_or(IeStatus::InvalidArgument)? = dma;
+        Ok(())
+    })())
+}

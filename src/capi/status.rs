@@ -1,0 +1,221 @@
+//! Status codes of the C ABI and their errno mapping.
+//!
+//! Every `ie_*` function returns an [`IeStatus`] as `int32_t`: 0 on success, a positive code
+//! otherwise. [`ie_status_errno`] turns a code into the negative errno a Linux module would
+//! return for the same failure, so a C embedder can hand it straight to its callers.
+
+use crate::ioasid;
+use crate::iommu::{self, Missing};
+use crate::pgtable;
+
+/// The result of a C ABI call.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IeStatus {
+    /// Success.
+    Ok = 0,
+    /// An argument is invalid: a null pointer, a length of zero, a misaligned or overflowing
+    /// range, an unknown flag, a PASID wider than 20 bits (`-EINVAL`).
+    InvalidArgument = 1,
+    /// The device's unit cannot honour the IOASID's flags, or a mapping does not fit it
+    /// (`-EINVAL`, what Linux returns for an incompatible domain attach).
+    Incompatible = 2,
+    /// The object is in use (`-EBUSY`).
+    Busy = 3,
+    /// The embedder's page allocator had no page (`-ENOMEM`).
+    NoMemory = 4,
+    /// No such device, IOASID or unit (`-ENOENT`).
+    NotFound = 5,
+    /// The device or PASID is not attached (`-ENOENT`).
+    NotAttached = 6,
+    /// The IOVA range is already mapped (`-EEXIST`).
+    Exists = 7,
+    /// The IOVA or physical range is outside what the address space covers (`-ERANGE`).
+    OutOfRange = 8,
+    /// The range overlaps a reserved IOVA region (`-EADDRINUSE`).
+    Reserved = 9,
+    /// A quota, a fixed-size table or the IOVA / PASID / domain-ID space is exhausted
+    /// (`-ENOSPC`).
+    NoSpace = 10,
+    /// The caller lacks the proof an operation needs, e.g. a device that is not no-snoop
+    /// capable asking for incoherent DMA (`-EPERM`).
+    NotPermitted = 11,
+    /// The unit lacks a capability the operation needs (`-EOPNOTSUPP`).
+    Unsupported = 12,
+    /// A bounded wait on the hardware ran out (`-ETIMEDOUT`).
+    Timeout = 13,
+    /// The hardware reported an error (`-EIO`).
+    Hardware = 14,
+}
+
+impl IeStatus {
+    /// The negative errno for this status (0 for [`IeStatus::Ok`]).
+    pub const fn errno(self) -> i32 {
+        // Linux errno values (asm-generic/errno-base.h, errno.h).
+        -match self {
+            IeStatus::Ok => 0,
+            IeStatus::InvalidArgument | IeStatus::Incompatible => 22, // EINVAL
+            IeStatus::Busy => 16,                                     // EBUSY
+            IeStatus::NoMemory => 12,                                 // ENOMEM
+            IeStatus::NotFound | IeStatus::NotAttached => 2,          // ENOENT
+            IeStatus::Exists => 17,                                   // EEXIST
+            IeStatus::OutOfRange => 34,                               // ERANGE
+            IeStatus::Reserved => 98,                                 // EADDRINUSE
+            IeStatus::NoSpace => 28,                                  // ENOSPC
+            IeStatus::NotPermitted => 1,                              // EPERM
+            IeStatus::Unsupported => 95,                              // EOPNOTSUPP
+            IeStatus::Timeout => 110,                                 // ETIMEDOUT
+            IeStatus::Hardware => 5,                                  // EIO
+        }
+    }
+}
+
+/// Which capability an [`IeStatus::Incompatible`] attach lacked (`reason` out-parameters).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IeMissing {
+    /// Nothing is missing (the call did not fail with `Incompatible`).
+    None = 0,
+    /// The unit cannot enforce snooping (VT-d `ECAP.SC`; SMMUv3 `COHACC` + `FWB`).
+    SnoopControl = 1,
+    /// The unit has no dirty tracking.
+    DirtyTracking = 2,
+    /// The unit has no nested translation.
+    Nesting = 3,
+    /// The unit has no PASID support or its PASIDs are too narrow.
+    Pasid = 4,
+    /// Existing mappings need more address bits than the unit offers.
+    AddressWidth = 5,
+    /// A page size in use is not supported by the unit.
+    PageSize = 6,
+    /// A translation mode the unit was not set up for.
+    Mode = 7,
+    /// An existing mapping lies in a region the unit reserves.
+    ReservedRegion = 8,
+    /// An existing mapping is not aligned to the unit's smallest page.
+    Alignment = 9,
+    /// Only an IOASID allocated with the PASID flag may be attached to a PASID.
+    NotPasidCapable = 10,
+}
+
+impl From<Missing> for IeMissing {
+    fn from(m: Missing) -> Self {
+        match m {
+            Missing::SnoopControl => IeMissing::SnoopControl,
+            Missing::DirtyTracking => IeMissing::DirtyTracking,
+            Missing::Nesting => IeMissing::Nesting,
+            Missing::Pasid { .. } => IeMissing::Pasid,
+            Missing::AddressWidth { .. } => IeMissing::AddressWidth,
+            Missing::PageSize { .. } => IeMissing::PageSize,
+            Missing::Mode { .. } => IeMissing::Mode,
+        }
+    }
+}
+
+impl From<ioasid::Incompatibility> for IeMissing {
+    fn from(i: ioasid::Incompatibility) -> Self {
+        match i {
+            ioasid::Incompatibility::Missing(m) => m.into(),
+            ioasid::Incompatibility::ReservedRegionMapped(_) => IeMissing::ReservedRegion,
+            ioasid::Incompatibility::Alignment { .. } => IeMissing::Alignment,
+            ioasid::Incompatibility::NotPasidCapable => IeMissing::NotPasidCapable,
+        }
+    }
+}
+
+impl From<pgtable::Error> for IeStatus {
+    fn from(e: pgtable::Error) -> Self {
+        use pgtable::Error as E;
+        match e {
+            E::NoMemory => IeStatus::NoMemory,
+            E::Overlap { .. } => IeStatus::Exists,
+            E::IovaOutOfRange { .. } | E::PaOutOfRange { .. } => IeStatus::OutOfRange,
+            E::NoDirtyTracking | E::SplitUnsupported { .. } | E::UnsupportedProt { .. } => {
+                IeStatus::Unsupported
+            }
+            E::SplitRefused { .. } => IeStatus::Busy,
+            E::UnknownTable { .. } | E::EntryUnstable { .. } => IeStatus::Hardware,
+            _ => IeStatus::InvalidArgument,
+        }
+    }
+}
+
+impl From<iommu::Error> for IeStatus {
+    fn from(e: iommu::Error) -> Self {
+        use iommu::Error as E;
+        match e {
+            E::PageTable(p) => p.into(),
+            E::Unsupported(_) => IeStatus::Unsupported,
+            E::NoMemory => IeStatus::NoMemory,
+            E::Busy => IeStatus::Busy,
+            E::NoDomainIds => IeStatus::NoSpace,
+            E::InvalidDomain(_) => IeStatus::NotFound,
+            E::InvalidDevice(_) | E::InvalidPasid(_) => IeStatus::InvalidArgument,
+            E::NotAttached(_) => IeStatus::NotAttached,
+            E::Timeout { .. } => IeStatus::Timeout,
+            E::Hardware { .. } => IeStatus::Hardware,
+        }
+    }
+}
+
+impl From<ioasid::Error> for IeStatus {
+    fn from(e: ioasid::Error) -> Self {
+        use ioasid::Error as E;
+        match e {
+            E::Incompatible { .. } => IeStatus::Incompatible,
+            E::Busy => IeStatus::Busy,
+            E::NoSuchDevice(_) | E::NoSuchIoasid(_) | E::NoSuchUnit(_) => IeStatus::NotFound,
+            E::NotAttached(_) => IeStatus::NotAttached,
+            E::NotNoSnoopCapable(_) => IeStatus::NotPermitted,
+            E::Reserved(_) => IeStatus::Reserved,
+            E::Capacity(_) | E::Quota(_) | E::PasidExhausted | E::NoIovaSpace { .. } => {
+                IeStatus::NoSpace
+            }
+            E::PasidNotOwned(_) => IeStatus::NotFound,
+            E::PageTable(p) => p.into(),
+            E::Iommu(i) => i.into(),
+        }
+    }
+}
+
+/// The negative errno a Linux module would return for `status` (0 for success; `-EINVAL` for
+/// a value that is no status).
+#[no_mangle]
+pub extern "C" fn ie_status_errno(status: i32) -> i32 {
+    IeStatus::from_raw(status).map_or(-22 /* EINVAL */, IeStatus::errno)
+}
+
+impl IeStatus {
+    /// The status with raw value `raw`.
+    pub const fn from_raw(raw: i32) -> Option<Self> {
+        const ALL: [IeStatus; 15] = [
+            IeStatus::Ok,
+            IeStatus::InvalidArgument,
+            IeStatus::Incompatible,
+            IeStatus::Busy,
+            IeStatus::NoMemory,
+            IeStatus::NotFound,
+            IeStatus::NotAttached,
+            IeStatus::Exists,
+            IeStatus::OutOfRange,
+            IeStatus::Reserved,
+            IeStatus::NoSpace,
+            IeStatus::NotPermitted,
+            IeStatus::Unsupported,
+            IeStatus::Timeout,
+            IeStatus::Hardware,
+        ];
+        if raw < 0 || raw as usize >= ALL.len() {
+            return None;
+        }
+        Some(ALL[raw as usize])
+    }
+}
+
+/// `Result<(), IeStatus>` as the C ABI returns it.
+pub(super) fn code(r: Result<(), IeStatus>) -> i32 {
+    match r {
+        Ok(()) => IeStatus::Ok as i32,
+        Err(s) => s as i32,
+    }
+}

@@ -1,0 +1,202 @@
+/*
+ * The seed flow of the IOASID proposal, driven from C through include/iommu_engine.h against the
+ * crate's VT-d and SMMUv3 models: bind -> device_info -> alloc(ENFORCE_SNOOP) -> attach -> map ->
+ * the model translates with snoop enforced -> unmap -> the model faults; a device behind a unit
+ * without snoop control is refused and nothing changes; incoherent DMA only for a no-snoop-capable
+ * device, revocable. Every result is checked; the exit status is the number of failed checks.
+ *
+ * Built and run by tests/capi.rs: gcc -std=c11 -Wall -Wextra -Werror, linked against the host
+ * static library (capi/, features "sim").
+ */
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "iommu_engine.h"
+
+static int failures;
+static int checks;
+
+#define CHECK(cond, ...)                                                   \
+    do {                                                                   \
+        checks++;                                                          \
+        if (!(cond)) {                                                     \
+            failures++;                                                    \
+            fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond); \
+            fprintf(stderr, __VA_ARGS__);                                  \
+            fprintf(stderr, "\n");                                         \
+        }                                                                  \
+    } while (0)
+
+#define OK(call) CHECK((st = (call)) == IE_STATUS_OK, "%s returned %d", #call, (int)st)
+
+enum { KIB4 = 4096, MIB2 = 2 * 1024 * 1024 };
+
+/* The same flow on an SMMUv3 model: stage 2 with FWB enforces snooping (write-back). */
+static void smmu_flow(IeSimArena *arena, const IeEnv *env)
+{
+    int32_t st;
+    IeSimModel *model = NULL;
+    IeSimSmmuConfig mcfg = { .fwb = true, .cohacc = true, .ril = true };
+    OK(ie_sim_smmu_model_create(arena, &mcfg, &model));
+    IeRegs regs;
+    OK(ie_sim_model_regs(model, &regs));
+    IeSmmuConfig scfg;
+    OK(ie_smmu_config_default(&scfg));
+    scfg.stream_table = IE_STREAM_TABLE_TWO_LEVEL;
+    IeUnit *unit = NULL;
+    OK(ie_smmu_create(env, &regs, &scfg, &unit));
+    OK(ie_unit_enable(unit));
+    IeRegistry *registry = NULL;
+    OK(ie_registry_create(env, (IeUnit *const *)&unit, 1, 20, &registry));
+    IeCtx *ctx = NULL;
+    OK(ie_ctx_create(registry, 0, &ctx));
+
+    uint32_t dev = 0, ioasid = 0, reason = 0;
+    OK(ie_ctx_bind(ctx, 0, 0x20, false, &dev));
+    IeDeviceInfo info;
+    OK(ie_ctx_device_info(ctx, dev, &info));
+    CHECK(info.enforce_snoop && !info.no_snoop_capable, "smmu: snoop %d", info.enforce_snoop);
+    OK(ie_ctx_alloc(ctx, IE_IOASID_FLAG_ENFORCE_SNOOP, &ioasid));
+    OK(ie_ctx_attach(ctx, dev, ioasid, &reason));
+    OK(ie_ctx_map(ctx, ioasid, 0x40000000, 0x80000000, MIB2, IE_PROT_READ));
+    IeSimDma dma;
+    OK(ie_sim_model_translate(model, 0x20, 0x40000010, false, &dma));
+    CHECK(dma.pa == 0x80000010 && dma.snoop, "smmu: pa %#" PRIx64 " snoop %d", dma.pa,
+          dma.snoop);
+    CHECK(ie_sim_model_translate(model, 0x20, 0x40000010, true, &dma) == IE_STATUS_NOT_FOUND,
+          "smmu: write to a read-only mapping must fault");
+    CHECK(ie_ctx_allow_incoherent_dma(ctx, dev) == IE_STATUS_NOT_PERMITTED, "smmu: not capable");
+    uint64_t unmapped = 0;
+    OK(ie_ctx_unmap(ctx, ioasid, 0x40000000, MIB2, &unmapped));
+    CHECK(ie_sim_model_translate(model, 0x20, 0x40000010, false, &dma) == IE_STATUS_NOT_FOUND,
+          "smmu: DMA after unmap must fault");
+
+    OK(ie_ctx_destroy(ctx)); /* detaches and frees what is left */
+    OK(ie_registry_destroy(registry));
+    OK(ie_unit_disable(unit));
+    OK(ie_unit_destroy(unit));
+    OK(ie_sim_model_destroy(model));
+}
+
+int main(void)
+{
+    int32_t st;
+    IeSimArena *arena = NULL;
+    OK(ie_sim_arena_create(64u << 20, &arena));
+    IeEnv env;
+    OK(ie_sim_arena_env(arena, &env));
+    uint64_t pages_at_start = ie_sim_arena_live_pages(arena);
+
+    /* Two units: a VT-d unit with snoop control and one without. */
+    IeSimModel *snoop_model = NULL, *plain_model = NULL;
+    IeSimVtdConfig with_sc = { .scalable = false, .snoop_control = true, .caching_mode = false };
+    IeSimVtdConfig without_sc = { .scalable = false, .snoop_control = false, .caching_mode = false };
+    OK(ie_sim_vtd_model_create(arena, &with_sc, &snoop_model));
+    OK(ie_sim_vtd_model_create(arena, &without_sc, &plain_model));
+    IeRegs regs_sc, regs_plain;
+    OK(ie_sim_model_regs(snoop_model, &regs_sc));
+    OK(ie_sim_model_regs(plain_model, &regs_plain));
+
+    IeVtdConfig vcfg;
+    ie_vtd_config_default(&vcfg);
+    IeUnit *units[2] = { NULL, NULL };
+    OK(ie_vtd_create(&env, &regs_sc, &vcfg, &units[0]));
+    OK(ie_vtd_create(&env, &regs_plain, &vcfg, &units[1]));
+    OK(ie_unit_enable(units[0]));
+    OK(ie_unit_enable(units[1]));
+
+    IeRegistry *registry = NULL;
+    OK(ie_registry_create(&env, (IeUnit *const *)units, 2, 20, &registry));
+    IeCtx *ctx = NULL;
+    OK(ie_ctx_create(registry, 8, &ctx));
+
+    /* bind: RID 00:04.0 behind unit 0 (no-snoop capable), 00:05.0 behind unit 1. */
+    uint32_t gpu = 0, nic = 0;
+    OK(ie_ctx_bind(ctx, 0, 0x20, true, &gpu));
+    OK(ie_ctx_bind(ctx, 1, 0x28, false, &nic));
+    uint32_t again = 0;
+    CHECK(ie_ctx_bind(ctx, 0, 0x20, true, &again) == IE_STATUS_BUSY, "second bind of a device");
+
+    IeDeviceInfo info;
+    memset(&info, 0, sizeof info);
+    OK(ie_ctx_device_info(ctx, gpu, &info));
+    CHECK(info.enforce_snoop && info.no_snoop_capable, "gpu: snoop %d nosnoop %d",
+          info.enforce_snoop, info.no_snoop_capable);
+    CHECK(info.ias >= 39 && (info.page_sizes & KIB4), "ias %u sizes %#" PRIx64, info.ias,
+          info.page_sizes);
+    OK(ie_ctx_device_info(ctx, nic, &info));
+    CHECK(!info.enforce_snoop, "nic's unit has no snoop control");
+
+    /* alloc(ENFORCE_SNOOP) -> attach -> map -> the model translates with SNP. */
+    uint32_t ioasid = 0;
+    OK(ie_ctx_alloc(ctx, IE_IOASID_FLAG_ENFORCE_SNOOP, &ioasid));
+    uint32_t reason = 99;
+    OK(ie_ctx_attach(ctx, gpu, ioasid, &reason));
+    CHECK(reason == IE_MISSING_NONE, "reason %u", reason);
+
+    const uint64_t iova = 0x100000, pa = 0x4000000;
+    OK(ie_ctx_map(ctx, ioasid, iova, pa, MIB2 + KIB4, IE_PROT_READ | IE_PROT_WRITE));
+    CHECK(ie_ctx_map(ctx, ioasid, iova, pa, KIB4, IE_PROT_READ) == IE_STATUS_EXISTS, "overlap");
+    CHECK(ie_ctx_map(ctx, ioasid, 0xfee00000, pa, KIB4, IE_PROT_READ) == IE_STATUS_RESERVED,
+          "MSI window");
+    uint64_t found = 0;
+    OK(ie_ctx_translate(ctx, ioasid, iova + 0x1234, &found));
+    CHECK(found == pa + 0x1234, "translate %#" PRIx64, found);
+
+    IeSimDma dma;
+    memset(&dma, 0, sizeof dma);
+    OK(ie_sim_model_translate(snoop_model, 0x20, iova + MIB2 + 8, true, &dma));
+    CHECK(dma.pa == pa + MIB2 + 8 && dma.snoop, "model: pa %#" PRIx64 " snoop %d", dma.pa,
+          dma.snoop);
+
+    /* A device behind the unit without snoop control is refused; nothing changes. */
+    reason = 0;
+    CHECK(ie_ctx_attach(ctx, nic, ioasid, &reason) == IE_STATUS_INCOMPATIBLE, "nic attach");
+    CHECK(reason == IE_MISSING_SNOOP_CONTROL, "reason %u", reason);
+    CHECK(ie_status_errno(IE_STATUS_INCOMPATIBLE) == -22, "incompatible is -EINVAL");
+    CHECK(ie_sim_model_translate(plain_model, 0x28, iova, false, &dma) == IE_STATUS_NOT_FOUND,
+          "nic DMA must fault");
+    CHECK(ie_ctx_detach(ctx, nic) == IE_STATUS_NOT_ATTACHED, "nic is not attached");
+
+    /* unmap -> flushed -> the model faults. */
+    uint64_t unmapped = 0;
+    OK(ie_ctx_unmap(ctx, ioasid, iova, MIB2 + KIB4, &unmapped));
+    CHECK(unmapped == MIB2 + KIB4, "unmapped %#" PRIx64, unmapped);
+    CHECK(ie_sim_model_translate(snoop_model, 0x20, iova + MIB2 + 8, true, &dma) ==
+              IE_STATUS_NOT_FOUND,
+          "DMA after unmap must fault");
+    CHECK(ie_ctx_translate(ctx, ioasid, iova, &found) == IE_STATUS_NOT_FOUND, "record");
+
+    /* Incoherent DMA needs a bound, no-snoop-capable device. */
+    CHECK(!ie_ctx_incoherent_dma_allowed(ctx), "no grant yet");
+    CHECK(ie_ctx_allow_incoherent_dma(ctx, nic) == IE_STATUS_NOT_PERMITTED, "nic: not capable");
+    CHECK(ie_ctx_allow_incoherent_dma(ctx, 31) == IE_STATUS_NOT_FOUND, "unbound device");
+    OK(ie_ctx_allow_incoherent_dma(ctx, gpu));
+    CHECK(ie_ctx_incoherent_dma_allowed(ctx), "granted");
+    OK(ie_ctx_revoke_incoherent_dma(ctx, gpu));
+    CHECK(!ie_ctx_incoherent_dma_allowed(ctx), "revoked");
+
+    /* Teardown in order; out of order is refused. */
+    CHECK(ie_ctx_free(ctx, ioasid) == IE_STATUS_BUSY, "free with a device attached");
+    CHECK(ie_registry_destroy(registry) == IE_STATUS_BUSY, "registry with a context");
+    CHECK(ie_unit_destroy(units[0]) == IE_STATUS_BUSY, "unit in a registry");
+    OK(ie_ctx_detach(ctx, gpu));
+    OK(ie_ctx_free(ctx, ioasid));
+    OK(ie_ctx_destroy(ctx));
+    OK(ie_registry_destroy(registry));
+    CHECK(ie_unit_destroy(units[0]) == IE_STATUS_BUSY, "unit still enabled");
+    OK(ie_unit_disable(units[0]));
+    OK(ie_unit_disable(units[1]));
+    OK(ie_unit_destroy(units[0]));
+    OK(ie_unit_destroy(units[1]));
+    OK(ie_sim_model_destroy(snoop_model));
+    OK(ie_sim_model_destroy(plain_model));
+    smmu_flow(arena, &env);
+    CHECK(ie_sim_arena_live_pages(arena) == pages_at_start, "pages leaked: %" PRIu64 " live",
+          ie_sim_arena_live_pages(arena) - pages_at_start);
+    OK(ie_sim_arena_destroy(arena));
+
+    printf("%d passed, %d failed\n", checks - failures, failures);
+    return failures;
+}
