@@ -131,10 +131,12 @@ impl<'h, 'm> Harness<'h, 'm> {
                 assert_ne!(old, Some(id.0), "attach to the same IOASID: {e:?}");
                 // Refused for the rules' reason, or for another the unit meets first (a
                 // capability it lacks, a recorded mapping whose permissions its format cannot
-                // express).
+                // express, an allocation that failed).
                 if refuse.is_some() {
                     let named = matches!(e, Error::Incompatible { device, .. } if device == h)
-                        || matches!(e, Error::PageTable(PtError::UnsupportedProt { .. }));
+                        || matches!(e, Error::PageTable(PtError::UnsupportedProt { .. }))
+                        || self.fail_armed
+                        || self.low_memory();
                     assert!(named, "attach of {l} refused with {e:?} for {refuse:?}");
                 }
             }
