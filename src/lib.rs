@@ -114,6 +114,8 @@ extern crate std;
 
 #[cfg(feature = "capi")]
 pub mod capi;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod ioasid;
 pub mod iommu;
 pub mod mem;

@@ -9,7 +9,9 @@ use crate::pgtable::Leaf;
 
 use super::record::RECORD_IAS;
 
-/// Turns a unit's refusal into the reason an attach is incompatible, when it is one.
+/// Turns a unit's refusal (of a domain or of the attach itself: SMMUv3 refuses a stage-1
+/// substream domain on a stream whose stage 2 differs) into the reason an attach is
+/// incompatible, when it is one.
 fn incompatible(device: DeviceHandle, e: iommu::Error) -> Error {
     match e {
         iommu::Error::Unsupported(m) => Error::Incompatible {
@@ -44,7 +46,7 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
             if created {
                 self.release_domain(&mut st, ioasid, label.unit);
             }
-            return Err(e.into());
+            return Err(incompatible(device, e));
         }
         self.add_user(&mut st, ioasid, label.unit);
         st.device_mut(device)?.attached = Some(ioasid);
@@ -115,7 +117,7 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
             if created {
                 self.release_domain(&mut st, ioasid, label.unit);
             }
-            return Err(e.into());
+            return Err(incompatible(device, e));
         }
         self.add_user(&mut st, ioasid, label.unit);
         st.pasid_attachments[slot] = Some(PasidAttachment {

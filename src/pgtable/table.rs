@@ -229,6 +229,14 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         self.check_iova_range(iova, len)?;
         self.check_pa_range(pa, len)?;
         self.format.check_prot(prot)?;
+        if let Some(leaf) = self.plain_leaf_table_for(iova.get(), len) {
+            // The general walk would descend the same existing tables and need no new one.
+            // Once `plan_leaves` found every entry empty, only a concurrent map of an
+            // overlapping range, which the contract forbids, could fill one.
+            self.plan_leaves(leaf, iova.get(), len)?;
+            self.fill_leaves(leaf, iova.get(), pa.get(), len, prot);
+            return Ok(());
+        }
         let top = self.geo().top_level();
         let need = self.plan_map(self.root_table(), top, iova.get(), pa.get(), len)?;
         let granule = self.geo().granule_log2;
@@ -246,8 +254,48 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         r
     }
 
+    /// The existing leaf (level-0) table whose span holds all of `[iova, iova + len)` with room
+    /// to spare, if every entry on the way down is a table pointer. Then the general walks of
+    /// `map` and `unmap` would only descend to it (no larger page can be placed or cut, no
+    /// table needs allocating, unlinking or splitting), so the operation is done on it
+    /// directly: the fast path of small maps and unmaps.
+    ///
+    /// Only where level-0 leaves carry no contiguous hint (see [`Self::plain_leaves`]).
+    #[inline]
+    fn plain_leaf_table_for(&self, iova: u64, len: u64) -> Option<Table> {
+        let g = self.geo();
+        if g.levels < 2 || !self.plain_leaves() {
+            return None;
+        }
+        let span_log2 = g.level_shift(1);
+        if len >> span_log2 != 0 || iova >> span_log2 != (iova + (len - 1)) >> span_log2 {
+            return None;
+        }
+        let mut t = self.root_table();
+        for level in (1..g.levels).rev() {
+            // SAFETY: `t` is a live table at `level`; the index comes from an in-range IOVA.
+            let raw = unsafe { t.slot(g.index(level, iova)) }.load(Ordering::Acquire);
+            if !self.format.is_present(raw) || !self.format.is_table(level, raw) {
+                return None;
+            }
+            t = self.child(raw).ok()?;
+        }
+        Some(t)
+    }
+
+    /// Whether level-0 leaves are written one by one, with no contiguous hint to keep
+    /// consistent across a run: the leaf-table fast paths (`map_leaves`, `fill_leaves`,
+    /// `unmap_leaves`) apply only then; otherwise the general walk handles the runs.
+    #[inline]
+    fn plain_leaves(&self) -> bool {
+        self.format.contiguous_log2(0) == 0
+    }
+
     /// First pass of `map`: fails on overlap, returns the number of tables to allocate.
     fn plan_map(&self, t: Table, level: u32, iova: u64, pa: u64, len: u64) -> Result<usize, Error> {
+        if level == 0 {
+            return self.plan_leaves(t, iova, len);
+        }
         let size = 1u64 << self.geo().level_shift(level);
         let (mut iova, mut pa, mut left, mut need) = (iova, pa, len, 0);
         let mut idx = self.geo().index(level, iova);
@@ -274,6 +322,25 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
             );
         }
         Ok(need)
+    }
+
+    /// `plan_map` at level 0, where every entry is one granule and needs no table: only the
+    /// overlap check, as one tight loop (the hot path of small maps).
+    #[inline]
+    fn plan_leaves(&self, t: Table, iova: u64, len: u64) -> Result<usize, Error> {
+        let shift = self.geo().granule_log2;
+        let first = self.geo().index(0, iova);
+        for i in 0..(len >> shift) as usize {
+            // SAFETY: `t` is a live leaf table and `[iova, iova + len)` lies inside its span
+            // (callers split ranges per entry of the level above), so `first + i` indexes it.
+            let raw = unsafe { t.slot(first + i) }.load(Ordering::Acquire);
+            if self.format.is_present(raw) {
+                return Err(Error::Overlap {
+                    iova: Iova::new(iova + ((i as u64) << shift)),
+                });
+            }
+        }
+        Ok(0)
     }
 
     /// Tables needed beneath a new table at `level` to map `[iova, iova + len)`.
@@ -308,6 +375,9 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         prot: Prot,
         spares: &mut Spares,
     ) -> Result<(), Error> {
+        if level == 0 && self.plain_leaves() {
+            return self.map_leaves(t, iova, pa, len, prot);
+        }
         let size = 1u64 << self.geo().level_shift(level);
         let (mut iova, mut pa, mut left) = (iova, pa, len);
         let mut idx = self.geo().index(level, iova);
@@ -331,14 +401,18 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
                 );
                 continue;
             } else {
-                let child = match self.table_at(slot, level, raw, iova, spares) {
+                let (child, fresh) = match self.table_at(slot, level, raw, iova, spares) {
                     Ok(child) => child,
                     Err(e) => {
                         result = Err(e);
                         break;
                     }
                 };
-                if let Err(e) = self.map_level(child, level - 1, iova, pa, chunk, prot, spares) {
+                if fresh && level == 1 && self.plain_leaves() {
+                    self.fill_leaves(child, iova, pa, chunk, prot);
+                } else if let Err(e) =
+                    self.map_level(child, level - 1, iova, pa, chunk, prot, spares)
+                {
                     result = Err(e);
                     break;
                 }
@@ -354,7 +428,59 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         result
     }
 
-    /// The table below `slot`, installing one from `spares` if the slot is empty.
+    /// `map_level` at level 0: one granule-sized leaf per entry, written in one tight loop,
+    /// then one cache-maintenance call for the entries written.
+    #[inline]
+    fn map_leaves(&self, t: Table, iova: u64, pa: u64, len: u64, prot: Prot) -> Result<(), Error> {
+        let shift = self.geo().granule_log2;
+        let first = self.geo().index(0, iova);
+        let n = (len >> shift) as usize;
+        let mut result = Ok(());
+        let mut written = 0;
+        while written < n {
+            let offset = (written as u64) << shift;
+            // SAFETY: as in `plan_leaves`.
+            let slot = unsafe { t.slot(first + written) };
+            if self.format.is_present(slot.load(Ordering::Acquire)) {
+                result = Err(Error::Overlap {
+                    iova: Iova::new(iova + offset),
+                });
+                break;
+            }
+            slot.store(
+                self.format.encode_leaf(0, PhysAddr::new(pa + offset), prot),
+                Ordering::Relaxed,
+            );
+            written += 1;
+        }
+        self.sync(t.entry_ptr(first), written * 8);
+        result
+    }
+
+    /// `map_leaves` where every entry is known to be empty (a leaf table this call has just
+    /// installed, into which only concurrent maps of disjoint ranges can write; or entries
+    /// `plan_leaves` has just checked), so the entries are written without reading them.
+    #[inline]
+    fn fill_leaves(&self, t: Table, iova: u64, pa: u64, len: u64, prot: Prot) {
+        let shift = self.geo().granule_log2;
+        let first = self.geo().index(0, iova);
+        let n = (len >> shift) as usize;
+        let mut pa = pa;
+        for i in 0..n {
+            // SAFETY: as in `plan_leaves`.
+            let slot = unsafe { t.slot(first + i) };
+            slot.store(
+                self.format.encode_leaf(0, PhysAddr::new(pa), prot),
+                Ordering::Relaxed,
+            );
+            // Wraps only past the last page, at the top of a 64-bit output range.
+            pa = pa.wrapping_add(1 << shift);
+        }
+        self.sync(t.entry_ptr(first), n * 8);
+    }
+
+    /// The table below `slot`, installing one from `spares` if the slot is empty; whether it
+    /// was installed by this call.
     fn table_at(
         &self,
         slot: &AtomicU64,
@@ -362,10 +488,10 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         raw: u64,
         iova: u64,
         spares: &mut Spares,
-    ) -> Result<Table, Error> {
+    ) -> Result<(Table, bool), Error> {
         if self.format.is_present(raw) {
             return if level > 0 && self.format.is_table(level, raw) {
-                self.child(raw)
+                self.child(raw).map(|t| (t, false))
             } else {
                 Err(Error::Overlap {
                     iova: Iova::new(iova),
@@ -382,7 +508,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         self.sync(page.va, 1 << self.geo().granule_log2);
         let new = self.format.encode_table(level, page.pa);
         match slot.compare_exchange(raw, new, Ordering::Release, Ordering::Acquire) {
-            Ok(_) => Ok(Table(page.va)),
+            Ok(_) => Ok((Table(page.va), true)),
             Err(now) => {
                 // A concurrent map of a disjoint range installed a table first: use it.
                 spares.put(page);
@@ -410,6 +536,9 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
             start: iova.get(),
             len,
         })?;
+        if let Some(leaf) = self.plain_leaf_table_for(iova.get(), len) {
+            return Ok(self.unmap_leaves(leaf, iova.get(), len, gather));
+        }
         let need = self.plan_split(iova.get(), iova.get(), end)?
             + self.plan_split(end, iova.get(), end)?;
         let g = self.geo();
@@ -480,6 +609,9 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         gather: &mut Gather,
         spares: &mut Spares,
     ) -> Result<u64, Error> {
+        if level == 0 && self.plain_leaves() {
+            return Ok(self.unmap_leaves(t, iova, len, gather));
+        }
         let shift = self.geo().level_shift(level);
         let size = 1u64 << shift;
         let start = iova;
@@ -515,6 +647,53 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
             (iova, left, idx) = (iova.wrapping_add(chunk), left - chunk, idx + 1);
         }
         Ok(unmapped)
+    }
+
+    /// `unmap_level` at level 0: clears every present entry in one tight loop; each run of
+    /// cleared entries gets one cache-maintenance call and one gather record (the same bytes and
+    /// ranges as entry by entry, in fewer calls). Returns the bytes unmapped.
+    #[inline]
+    fn unmap_leaves(&self, t: Table, iova: u64, len: u64, gather: &mut Gather) -> u64 {
+        let shift = self.geo().granule_log2;
+        let first = self.geo().index(0, iova);
+        let n = (len >> shift) as usize;
+        // SAFETY: as in `plan_leaves`, `first + i` indexes the live leaf table `t` for i < n.
+        let slot = |i: usize| unsafe { t.slot(first + i) };
+        let mut cleared = 0u64;
+        let mut i = 0;
+        while i < n {
+            while i < n && !self.format.is_present(slot(i).load(Ordering::Acquire)) {
+                i += 1;
+            }
+            let start = i;
+            while i < n && self.format.is_present(slot(i).load(Ordering::Acquire)) {
+                slot(i).store(0, Ordering::Release);
+                i += 1;
+            }
+            if i > start {
+                self.cleared_run(t, first, start, i, iova, gather);
+                cleared += (i - start) as u64;
+            }
+        }
+        cleared << shift
+    }
+
+    /// Reports entries `first + start .. first + end` of the leaf table `t` (mapping from
+    /// `iova`, the IOVA of entry `first`) as cleared: cache maintenance and gather.
+    #[inline]
+    fn cleared_run(
+        &self,
+        t: Table,
+        first: usize,
+        start: usize,
+        end: usize,
+        iova: u64,
+        gather: &mut Gather,
+    ) {
+        let shift = self.geo().granule_log2;
+        self.sync(t.entry_ptr(first + start), (end - start) * 8);
+        let run_iova = iova + ((start as u64) << shift);
+        gather.add_leaves(run_iova, ((end - start) as u64) << shift, shift);
     }
 
     #[inline]

@@ -290,23 +290,36 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
             }
         }
         let created_cd = !stage2 && stream.cd.is_none();
-        if let Err(e) = self.prepare_attach(stream, stage2) {
-            (stream.rid, stream.pasids) = saved;
-            if created_cd {
-                stream.cd = None;
+        let at = ssid.unwrap_or(SubstreamId::new(0)?);
+        let l1cd_published = match self.prepare_attach(strtab, stream, at, stage2) {
+            Ok(published) => published,
+            Err(e) => {
+                (stream.rid, stream.pasids) = saved;
+                if created_cd {
+                    stream.cd = None;
+                }
+                return Err(e);
             }
-            return Err(e);
-        }
+        };
         // From here on the unit's memory changes. A failure (a sync that times out) leaves the
         // state describing the new attachment, and the previous domain keeps its user: the STE
         // may reference either, so neither may be freed.
         self.add_user(d, stream.ats, true);
-        self.apply_attach(strtab, stream, ssid, d, stage2, previous)
+        let target = (ssid, d, stage2, l1cd_published);
+        self.apply_attach(strtab, stream, target, previous)
     }
 
-    /// Allocates the stream's CD table if a stage-1 domain needs one, and checks that the STE
-    /// can express the new attachments. Changes nothing the unit can see.
-    fn prepare_attach(&self, stream: &mut StreamState<A>, stage2: bool) -> Result<(), Error> {
+    /// Allocates what the attach needs (the stream's CD table and the leaf holding its CD, the
+    /// level-2 stream table holding its STE) and checks that the STE can express the new
+    /// attachments, so that a refusal for memory or shape changes nothing the unit can see.
+    /// Returns whether an L1CD was published.
+    fn prepare_attach(
+        &self,
+        strtab: &mut StreamTable<A>,
+        stream: &mut StreamState<A>,
+        at: SubstreamId,
+        stage2: bool,
+    ) -> Result<bool, Error> {
         if !stage2 && stream.cd.is_none() {
             stream.cd = Some(CdTable::new(
                 self.alloc.clone(),
@@ -316,16 +329,20 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
             )?);
         }
         stream.ste(self.features.coherency(), |x| self.shape(x))?;
-        Ok(())
+        strtab.prepare(stream.sid)?;
+        match stream.cd.as_mut() {
+            Some(table) if !stage2 => Ok(table.prepare(at)?),
+            _ => Ok(false),
+        }
     }
 
+    /// Writes the CD (stage 1) and the STE for the attachment `(ssid, d, stage2,
+    /// l1cd_published)` and retires `previous`.
     fn apply_attach(
         &self,
         strtab: &mut StreamTable<A>,
         stream: &mut StreamState<A>,
-        ssid: Option<SubstreamId>,
-        d: DomainHandle,
-        stage2: bool,
+        (ssid, d, stage2, l1cd_published): (Option<SubstreamId>, DomainHandle, bool, bool),
         previous: Option<DomainHandle>,
     ) -> Result<(), Error> {
         let sid = stream.sid;
@@ -354,7 +371,15 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
                 let cfgi = |s: super::cd::CdSync| {
                     self.with_cmdq(|q, r| q.submit_and_sync(r, &[s.command(sid)]))
                 };
-                let installed = table.install_live(at, &cd, cfgi)?;
+                // The leaf was published by `prepare_attach`: the first CFGI_CD covers the
+                // L1CD too.
+                let first = |s: super::cd::CdSync| {
+                    cfgi(super::cd::CdSync {
+                        leaf: s.leaf && !l1cd_published,
+                        ..s
+                    })
+                };
+                let installed = table.install_live(at, &cd, first)?;
                 cfgi(installed)?;
             } else {
                 // No STE reaches the table yet: the CFGI_STE of the switch covers the CD.

@@ -354,6 +354,20 @@ impl<A: PageAllocator> CdTable<A> {
         Ok(Some((self.words_at(va, local, 8), published)))
     }
 
+    /// Allocates the leaf table that will hold the CD of `ssid` if there is none yet, so that a
+    /// later [`install`](Self::install) or [`install_live`](Self::install_live) needs no memory.
+    /// Returns whether an L1CD was published (the first CFGI_CD after that install must then
+    /// not be leaf-only).
+    ///
+    /// # Errors
+    ///
+    /// [`SmmuError::SubstreamIdOutOfRange`], [`SmmuError::NoMemory`].
+    pub fn prepare(&mut self, ssid: SubstreamId) -> Result<bool, SmmuError> {
+        Ok(self
+            .slot(ssid, true)?
+            .is_some_and(|(_, published)| published))
+    }
+
     /// Installs `cd` for `ssid` in a table no STE points at yet: words 1-7 first, then word 0
     /// (which holds V). The unit cannot have fetched the slot, so nothing it caches is torn;
     /// for a table the unit may be reading, use [`install_live`](Self::install_live).

@@ -205,6 +205,16 @@ impl<A: PageAllocator> StreamTable<A> {
         Ok(l2ptr | L1STD_SPAN.set_masked(0, (split + 1) as u64))
     }
 
+    /// Allocates the level-2 table holding the STE of `sid` if there is none yet (its STEs
+    /// abort, as a missing one does), so that a later [`write`](Self::write) needs no memory.
+    ///
+    /// # Errors
+    ///
+    /// [`SmmuError::StreamIdOutOfRange`], [`SmmuError::NoMemory`].
+    pub fn prepare(&mut self, sid: StreamId) -> Result<(), SmmuError> {
+        self.entry(sid, true).map(|_| ())
+    }
+
     /// The STE of `sid` as it is in memory (abort if its L2 table does not exist).
     ///
     /// # Errors

@@ -1,0 +1,619 @@
+//! Map and unmap throughput of the engine (VT-d second stage, Arm stage 2 with the 4 KiB
+//! granule) against two peers doing the same work over the same host memory pool, and a memset
+//! of the same number of PTE bytes as the lower bound.
+//!
+//! - `x86_64` crate: `OffsetPageTable::map_to` / `unmap`, one page per call (it has no range
+//!   API), TLB flush tokens ignored (no hardware here). It never frees emptied tables.
+//! - `aarch64-paging` crate: `RootTable<Stage2, _>::map_range` (one call per range); it unmaps
+//!   by mapping the range with invalid attributes.
+//!
+//! Every table page of every contender comes from one [`HostPool`]: a bump/free-list allocator
+//! over a zeroed host buffer whose physical-to-virtual translation is one subtraction, like a
+//! kernel's linear map. A page is zeroed when it is handed out again.
+//!
+//! Run: `cargo bench --bench map_unmap` (a few minutes on two shared cores); results and
+//! ratios are in `BENCHMARKS.md`. Flushing through the unit models' queues and IOASID fan-out
+//! to two units are measured by `benches/units.rs`.
+
+use std::alloc::{alloc_zeroed, Layout};
+use std::cell::{Cell, RefCell};
+use std::hint::black_box;
+use std::ptr::NonNull;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+
+use iommu_engine::mem::{Iova, Page, PageAllocator, PhysAddr, WalkerCoherency};
+use iommu_engine::pgtable::arm_s2::{ArmS2, ArmS2Config, S2Attributes};
+use iommu_engine::pgtable::vtd_ss::{VtdSs, VtdSsConfig};
+use iommu_engine::pgtable::{Format, Gather, InvalidationComplete, PageTable, Prot};
+
+const K4: u64 = 1 << 12;
+const M2: u64 = 1 << 21;
+const G1: u64 = 1 << 30;
+/// Physical address of the pool's first byte (fake, != its host address).
+const POOL_PA: u64 = 0x4000_0000;
+/// Pool size: tables for 1 GiB of 4 KiB pages (2 MiB of leaf tables) many times over.
+const POOL_BYTES: usize = 64 << 20;
+/// Where the mapped output addresses start (never dereferenced).
+const TARGET_PA: u64 = 0x80_0000_0000;
+/// Where each workload's IOVAs start: 1 GiB aligned, past the 4-level tables' first entries.
+const IOVA_BASE: u64 = 0x40_0000_0000;
+
+// ---------------------------------------------------------------------------------------------
+// the shared table-page pool
+
+/// A bump allocator with a free list of 4 KiB pages over one zeroed host buffer.
+struct HostPool {
+    base: NonNull<u8>,
+    next: Cell<usize>,
+    free: RefCell<Vec<usize>>,
+}
+
+impl HostPool {
+    fn new() -> Self {
+        let layout = Layout::from_size_align(POOL_BYTES, 1 << 21).expect("layout");
+        // SAFETY: non-zero size.
+        let base = NonNull::new(unsafe { alloc_zeroed(layout) }).expect("host memory");
+        Self {
+            base,
+            next: Cell::new(0),
+            free: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// A zeroed 4 KiB page: (offset in the pool, host pointer).
+    fn take_4k(&self) -> Option<(usize, NonNull<u8>)> {
+        if let Some(off) = self.free.borrow_mut().pop() {
+            // SAFETY: `off` is a freed 4 KiB page inside the pool.
+            let p = unsafe { self.base.add(off) };
+            // SAFETY: the page is ours again; zero it as a real allocator must.
+            unsafe { p.as_ptr().write_bytes(0, K4 as usize) };
+            return Some((off, p));
+        }
+        self.bump(12)
+    }
+
+    fn bump(&self, size_log2: u32) -> Option<(usize, NonNull<u8>)> {
+        let size = 1usize << size_log2;
+        let off = self.next.get().next_multiple_of(size);
+        if off + size > POOL_BYTES {
+            return None;
+        }
+        self.next.set(off + size);
+        // SAFETY: inside the pool; never handed out before, so still zero.
+        Some((off, unsafe { self.base.add(off) }))
+    }
+
+    fn give_back(&self, off: usize) {
+        self.free.borrow_mut().push(off);
+    }
+
+    fn offset_of(&self, va: NonNull<u8>) -> usize {
+        va.as_ptr() as usize - self.base.as_ptr() as usize
+    }
+}
+
+// SAFETY: pages are aligned to their size physically (POOL_PA and offsets are multiples of it)
+// and virtually (the buffer is 2 MiB aligned), zeroed when handed out, never handed out twice
+// before being freed; phys_to_virt answers only inside the pool.
+unsafe impl PageAllocator for HostPool {
+    #[inline]
+    fn alloc(&self, size_log2: u32) -> Option<Page> {
+        let (off, va) = if size_log2 == 12 {
+            self.take_4k()?
+        } else {
+            self.bump(size_log2)?
+        };
+        Some(Page {
+            pa: PhysAddr::new(POOL_PA + off as u64),
+            va,
+        })
+    }
+
+    #[inline]
+    unsafe fn free(&self, page: Page, size_log2: u32) {
+        if size_log2 == 12 {
+            self.give_back(self.offset_of(page.va));
+        }
+    }
+
+    #[inline]
+    fn phys_to_virt(&self, pa: PhysAddr) -> Option<NonNull<u8>> {
+        let off = pa.get().checked_sub(POOL_PA)?;
+        // SAFETY: inside the pool.
+        (off < POOL_BYTES as u64).then(|| unsafe { self.base.add(off as usize) })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// the contenders
+
+/// One page table that can map and unmap ranges; `per_page` forces one call per 4 KiB page.
+trait Contender {
+    fn name(&self) -> &'static str;
+    /// Maps `[iova, iova + len)` in one call where the API allows, else page by page.
+    fn map(&mut self, iova: u64, pa: u64, len: u64);
+    /// Unmaps `[iova, iova + len)` and frees what the implementation frees.
+    fn unmap(&mut self, iova: u64, len: u64);
+    /// Maps page by page with `page` sized calls.
+    fn map_pages(&mut self, iova: u64, pa: u64, len: u64, page: u64) {
+        for off in (0..len).step_by(page as usize) {
+            self.map(iova + off, pa + off, page);
+        }
+    }
+    fn unmap_pages(&mut self, iova: u64, len: u64, page: u64) {
+        for off in (0..len).step_by(page as usize) {
+            self.unmap(iova + off, page);
+        }
+    }
+}
+
+fn done() -> InvalidationComplete {
+    // SAFETY: no hardware walks the benchmark's tables.
+    unsafe { InvalidationComplete::assume() }
+}
+
+struct Engine<'a, F: Format> {
+    name: &'static str,
+    table: PageTable<F, &'a HostPool>,
+    pool: &'a HostPool,
+}
+
+impl<F: Format> Contender for Engine<'_, F> {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+    #[inline]
+    fn map(&mut self, iova: u64, pa: u64, len: u64) {
+        let rw = Prot::READ | Prot::WRITE;
+        self.table
+            .map(Iova::new(iova), PhysAddr::new(pa), len, rw)
+            .expect("engine map");
+    }
+    #[inline]
+    fn unmap(&mut self, iova: u64, len: u64) {
+        let mut gather = Gather::new();
+        self.table
+            .unmap(Iova::new(iova), len, &mut gather)
+            .expect("engine unmap");
+        gather.release(self.pool, done()).expect("release");
+    }
+}
+
+fn vtd_ss(pool: &HostPool) -> Engine<'_, VtdSs> {
+    let cfg = VtdSsConfig {
+        agaw: 48,
+        haw: 46,
+        page_2m: true,
+        page_1g: true,
+        snoop: false,
+        dirty_tracking: false,
+    };
+    let f = VtdSs::new(cfg).expect("format");
+    Engine {
+        name: "engine-vtd-ss",
+        table: PageTable::new(f, pool, WalkerCoherency::Coherent).expect("table"),
+        pool,
+    }
+}
+
+fn arm_s2(pool: &HostPool) -> Engine<'_, ArmS2> {
+    let cfg = ArmS2Config {
+        granule_log2: 12,
+        ias: 48,
+        oas: 48,
+        blocks: true,
+        attributes: S2Attributes::WriteBack,
+        dirty_tracking: false,
+        bbml2: true,
+    };
+    let f = ArmS2::new(cfg).expect("format");
+    Engine {
+        name: "engine-arm-s2",
+        table: PageTable::new(f, pool, WalkerCoherency::Coherent).expect("table"),
+        pool,
+    }
+}
+
+mod x86_peer {
+    use super::*;
+    use x86_64::structures::paging::{
+        FrameAllocator, Mapper, OffsetPageTable, Page as XPage, PageTable as XTable,
+        PageTableFlags, PhysFrame, Size1GiB, Size2MiB, Size4KiB,
+    };
+    use x86_64::{PhysAddr as XPhys, VirtAddr};
+
+    pub struct Frames<'a>(pub &'a HostPool);
+
+    // SAFETY: frames come from the pool, unused and 4 KiB aligned.
+    unsafe impl FrameAllocator<Size4KiB> for Frames<'_> {
+        fn allocate_frame(&mut self) -> Option<PhysFrame<Size4KiB>> {
+            let page = self.0.alloc(12)?;
+            Some(PhysFrame::containing_address(XPhys::new(page.pa.get())))
+        }
+    }
+
+    pub struct X86<'a> {
+        pub table: OffsetPageTable<'a>,
+        pub frames: Frames<'a>,
+    }
+
+    pub fn new(pool: &HostPool) -> X86<'_> {
+        let root = pool.alloc(12).expect("root");
+        // SAFETY: a zeroed, 4 KiB aligned page the pool gave us, used only by this table.
+        let level4 = unsafe { &mut *root.va.as_ptr().cast::<XTable>() };
+        let offset = VirtAddr::new(pool.base.as_ptr() as u64 - POOL_PA);
+        X86 {
+            // SAFETY: every frame of the pool is mapped at `offset + pa`.
+            table: unsafe { OffsetPageTable::new(level4, offset) },
+            frames: Frames(pool),
+        }
+    }
+
+    const FLAGS: PageTableFlags = PageTableFlags::PRESENT.union(PageTableFlags::WRITABLE);
+
+    impl Contender for X86<'_> {
+        fn name(&self) -> &'static str {
+            "x86_64-OffsetPageTable"
+        }
+        #[inline]
+        fn map(&mut self, iova: u64, pa: u64, len: u64) {
+            // Largest page per step, as the engine picks them.
+            let mut off = 0;
+            while off < len {
+                let (v, p) = (iova + off, pa + off);
+                let aligned = |s: u64| (v | p) % s == 0 && len - off >= s;
+                // SAFETY: the output addresses are never accessed; this table is never loaded.
+                unsafe {
+                    if aligned(G1) {
+                        let page = XPage::<Size1GiB>::from_start_address(VirtAddr::new(v)).unwrap();
+                        let frame = PhysFrame::from_start_address(XPhys::new(p)).unwrap();
+                        self.table
+                            .map_to(page, frame, FLAGS, &mut self.frames)
+                            .expect("map_to")
+                            .ignore();
+                        off += G1;
+                    } else if aligned(M2) {
+                        let page = XPage::<Size2MiB>::from_start_address(VirtAddr::new(v)).unwrap();
+                        let frame = PhysFrame::from_start_address(XPhys::new(p)).unwrap();
+                        self.table
+                            .map_to(page, frame, FLAGS, &mut self.frames)
+                            .expect("map_to")
+                            .ignore();
+                        off += M2;
+                    } else {
+                        let page = XPage::<Size4KiB>::from_start_address(VirtAddr::new(v)).unwrap();
+                        let frame = PhysFrame::from_start_address(XPhys::new(p)).unwrap();
+                        self.table
+                            .map_to(page, frame, FLAGS, &mut self.frames)
+                            .expect("map_to")
+                            .ignore();
+                        off += K4;
+                    }
+                }
+            }
+        }
+        #[inline]
+        fn unmap(&mut self, iova: u64, len: u64) {
+            let mut off = 0;
+            while off < len {
+                let v = VirtAddr::new(iova + off);
+                // Try the sizes the map used, largest first.
+                if (iova + off) % G1 == 0 && len - off >= G1 {
+                    if let Ok((_, f)) = self
+                        .table
+                        .unmap(XPage::<Size1GiB>::from_start_address(v).unwrap())
+                    {
+                        f.ignore();
+                        off += G1;
+                        continue;
+                    }
+                }
+                if (iova + off) % M2 == 0 && len - off >= M2 {
+                    if let Ok((_, f)) = self
+                        .table
+                        .unmap(XPage::<Size2MiB>::from_start_address(v).unwrap())
+                    {
+                        f.ignore();
+                        off += M2;
+                        continue;
+                    }
+                }
+                let (_, f) = self
+                    .table
+                    .unmap(XPage::<Size4KiB>::from_start_address(v).unwrap())
+                    .expect("unmap");
+                f.ignore();
+                off += K4;
+            }
+        }
+    }
+}
+
+mod arm_peer {
+    use super::*;
+    use aarch64_paging::descriptor::{PhysicalAddress, Stage2Attributes};
+    use aarch64_paging::paging::{
+        Constraints, MemoryRegion, PageTable as APageTable, RootTable, Stage2, Translation,
+    };
+
+    pub struct PoolTranslation<'a>(pub &'a HostPool);
+
+    impl Translation<Stage2Attributes> for PoolTranslation<'_> {
+        fn allocate_table(&mut self) -> (NonNull<APageTable<Stage2Attributes>>, PhysicalAddress) {
+            let page = self.0.alloc(12).expect("pool page");
+            (page.va.cast(), PhysicalAddress(page.pa.get() as usize))
+        }
+        unsafe fn deallocate_table(&mut self, table: NonNull<APageTable<Stage2Attributes>>) {
+            self.0.give_back(self.0.offset_of(table.cast()));
+        }
+        fn physical_to_virtual(
+            &self,
+            pa: PhysicalAddress,
+        ) -> NonNull<APageTable<Stage2Attributes>> {
+            self.0
+                .phys_to_virt(PhysAddr::new(pa.0 as u64))
+                .expect("pool address")
+                .cast()
+        }
+    }
+
+    pub struct Arm<'a>(pub RootTable<Stage2, PoolTranslation<'a>>);
+
+    pub fn new(pool: &HostPool) -> Arm<'_> {
+        Arm(RootTable::new(PoolTranslation(pool), 0, Stage2))
+    }
+
+    fn attrs() -> Stage2Attributes {
+        Stage2Attributes::VALID
+            | Stage2Attributes::MEMATTR_NORMAL_INNER_WB
+            | Stage2Attributes::MEMATTR_NORMAL_OUTER_WB
+            | Stage2Attributes::S2AP_ACCESS_RW
+            | Stage2Attributes::SH_INNER
+            | Stage2Attributes::ACCESS_FLAG
+            | Stage2Attributes::XN
+    }
+
+    impl Contender for Arm<'_> {
+        fn name(&self) -> &'static str {
+            "aarch64-paging-Stage2"
+        }
+        #[inline]
+        fn map(&mut self, iova: u64, pa: u64, len: u64) {
+            let region = MemoryRegion::new(iova as usize, (iova + len) as usize);
+            self.0
+                .map_range(
+                    &region,
+                    PhysicalAddress(pa as usize),
+                    attrs(),
+                    Constraints::empty(),
+                )
+                .expect("map_range");
+        }
+        #[inline]
+        fn unmap(&mut self, iova: u64, len: u64) {
+            let region = MemoryRegion::new(iova as usize, (iova + len) as usize);
+            self.0
+                .map_range(
+                    &region,
+                    PhysicalAddress(0),
+                    Stage2Attributes::empty(),
+                    Constraints::empty(),
+                )
+                .expect("unmap via map_range");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// workloads
+
+/// A mapping workload: total length, and the IOVA/PA offset that decides the page sizes.
+#[derive(Clone, Copy)]
+struct Work {
+    name: &'static str,
+    /// Offset from a 1 GiB boundary of both IOVA and PA (makes the range start with 4 KiB
+    /// pages up to the next 2 MiB boundary).
+    offset: u64,
+    len: u64,
+    /// Page size of a per-page call, if the workload is also run one page per call.
+    per_page: Option<u64>,
+}
+
+const WORK: &[Work] = &[
+    Work {
+        name: "1x4K",
+        offset: 0,
+        len: K4,
+        per_page: None,
+    },
+    Work {
+        name: "256x4K",
+        offset: 0,
+        len: 256 * K4,
+        per_page: Some(K4),
+    },
+    Work {
+        name: "262144x4K",
+        // 1 GiB of 4 KiB pages: the output is misaligned by 4 KiB, so no larger page fits.
+        offset: 0,
+        len: G1,
+        per_page: None,
+    },
+    Work {
+        name: "256x2M",
+        offset: 0,
+        len: 256 * M2,
+        per_page: Some(M2),
+    },
+    Work {
+        // 16 x 4K up to a 2 MiB boundary, 15 x 2M, 16 x 4K.
+        name: "mixed",
+        offset: M2 - 16 * K4,
+        len: 16 * K4 + 15 * M2 + 16 * K4,
+        per_page: None,
+    },
+];
+
+/// Output address for a workload: 4 KiB pages only where the name says so.
+fn target_pa(w: &Work) -> u64 {
+    if w.name.ends_with("x4K") {
+        TARGET_PA + K4
+    } else {
+        TARGET_PA
+    }
+}
+
+/// First IOVA of workload `w`'s region: each workload has its own, because peers keep emptied
+/// tables linked (a 2 MiB page cannot go where a 4 KiB page's table was left).
+fn region(w: &Work) -> u64 {
+    let index = WORK.iter().position(|x| x.name == w.name).unwrap_or(0) as u64;
+    IOVA_BASE + index * (128 * G1)
+}
+
+/// How many distinct ranges a timed batch maps before the untimed unmap.
+fn batch(w: &Work) -> u64 {
+    (64 * K4 / w.len).clamp(1, 64)
+}
+
+/// Times `map` of `iters` copies of the workload (untimed unmap between batches).
+fn time_map<C: Contender>(c: &mut C, w: &Work, per_page: bool, iters: u64) -> Duration {
+    let stride = w.len.next_multiple_of(G1).max(G1);
+    let n = batch(w);
+    let mut total = Duration::ZERO;
+    let mut left = iters;
+    while left > 0 {
+        let k = left.min(n);
+        let start = Instant::now();
+        for i in 0..k {
+            let (iova, pa) = (region(w) + i * stride + w.offset, target_pa(w) + w.offset);
+            match (per_page, w.per_page) {
+                (true, Some(p)) => c.map_pages(iova, pa, w.len, p),
+                _ => c.map(black_box(iova), pa, w.len),
+            }
+        }
+        total += start.elapsed();
+        for i in 0..k {
+            c.unmap(region(w) + i * stride + w.offset, w.len);
+        }
+        left -= k;
+    }
+    total
+}
+
+/// Times `unmap` (with the gather's release) of `iters` copies (untimed map between batches).
+fn time_unmap<C: Contender>(c: &mut C, w: &Work, per_page: bool, iters: u64) -> Duration {
+    let stride = w.len.next_multiple_of(G1).max(G1);
+    let n = batch(w);
+    let mut total = Duration::ZERO;
+    let mut left = iters;
+    while left > 0 {
+        let k = left.min(n);
+        for i in 0..k {
+            c.map(
+                region(w) + i * stride + w.offset,
+                target_pa(w) + w.offset,
+                w.len,
+            );
+        }
+        let start = Instant::now();
+        for i in 0..k {
+            let iova = region(w) + i * stride + w.offset;
+            match (per_page, w.per_page) {
+                (true, Some(p)) => c.unmap_pages(iova, w.len, p),
+                _ => c.unmap(black_box(iova), w.len),
+            }
+        }
+        total += start.elapsed();
+        left -= k;
+    }
+    total
+}
+
+fn contenders(
+    pool: &HostPool,
+) -> (
+    Engine<'_, VtdSs>,
+    Engine<'_, ArmS2>,
+    x86_peer::X86<'_>,
+    arm_peer::Arm<'_>,
+) {
+    (
+        vtd_ss(pool),
+        arm_s2(pool),
+        x86_peer::new(pool),
+        arm_peer::new(pool),
+    )
+}
+
+fn bench_one<C: Contender>(c: &mut Criterion, who: &mut C, w: &Work) {
+    let name = who.name();
+    let mut g = c.benchmark_group(format!("map/{}", w.name));
+    g.bench_function(BenchmarkId::new(name, "one-call"), |b| {
+        b.iter_custom(|iters| time_map(who, w, false, iters))
+    });
+    if w.per_page.is_some() {
+        g.bench_function(BenchmarkId::new(name, "per-page"), |b| {
+            b.iter_custom(|iters| time_map(who, w, true, iters))
+        });
+    }
+    g.finish();
+    let mut g = c.benchmark_group(format!("unmap/{}", w.name));
+    g.bench_function(BenchmarkId::new(name, "one-call"), |b| {
+        b.iter_custom(|iters| time_unmap(who, w, false, iters))
+    });
+    if w.per_page.is_some() {
+        g.bench_function(BenchmarkId::new(name, "per-page"), |b| {
+            b.iter_custom(|iters| time_unmap(who, w, true, iters))
+        });
+    }
+    g.finish();
+}
+
+fn memset_bound(c: &mut Criterion) {
+    let mut g = c.benchmark_group("memset-bound");
+    for (name, ptes) in [("1x4K", 1usize), ("256x4K", 256), ("262144x4K", 262_144)] {
+        let mut buf = vec![0u64; ptes];
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                // One PTE-sized store per page: the least any table writer must do.
+                let p = black_box(buf.as_mut_ptr());
+                // SAFETY: `p` points at `ptes` u64s.
+                unsafe { p.write_bytes(0x5a, ptes) };
+                black_box(&buf);
+            })
+        });
+    }
+    g.finish();
+}
+
+fn map_unmap(c: &mut Criterion) {
+    let pool = HostPool::new();
+    let (mut vtd, mut arm, mut x86, mut a64) = contenders(&pool);
+    for w in WORK {
+        bench_one(c, &mut vtd, w);
+        bench_one(c, &mut arm, w);
+        bench_one(c, &mut x86, w);
+        bench_one(c, &mut a64, w);
+    }
+    memset_bound(c);
+    // Unit-level benches (gather flush through the VT-d / SMMUv3 model queues with the number
+    // of commands issued, IOASID map fanning out to two units) are in `benches/units.rs`.
+}
+
+fn config() -> Criterion {
+    // Short by default: ~60 benches must finish in a few minutes on two shared cores.
+    Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(200))
+        .measurement_time(Duration::from_millis(800))
+        .without_plots()
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = map_unmap
+}
+criterion_main!(benches);

@@ -1,0 +1,505 @@
+//! IOASID target: arbitrary sequences of bind / unbind / alloc / free / attach / attach_pasid /
+//! detach / detach_pasid / PASID allocation / map / unmap / incoherent-DMA grants / context
+//! drops, over two contexts and two units -- a VT-d unit on the VT-d model and an SMMUv3 unit on
+//! the SMMUv3 model, in configurations drawn from the input -- with injected allocation
+//! failures. A shadow of what each context's owner asked for is kept beside the layer.
+//!
+//! After every step (the invariants of `DESIGN.md`):
+//! - every translation a model performs for a device is one the shadow holds for the IOASID the
+//!   device (or its PASID) is attached to: same output address, an access its permissions allow
+//!   (invariant 5); a device or PASID attached to nothing translates nothing; and every mapping
+//!   the shadow holds translates (unless it is privileged-only);
+//! - a translation through an IOASID allocated with `ENFORCE_SNOOP` snoops (VT-d SNP / PGSNP, the
+//!   model's `DmaOk::snoop`) or comes out write-back cacheable (SMMUv3 S2FWB,
+//!   `DmaOk::cacheable_wb`), and attaching such an IOASID to a unit that cannot enforce snooping
+//!   fails (invariant 3);
+//! - the results the rules fix are the ones returned (busy IOASIDs, PASIDs and devices, quotas,
+//!   grants, reserved regions, overlaps, unmapped byte counts), and a failed operation changed
+//!   nothing the models or the layer's record show;
+//! - an unmap that removed something completed exactly one wait on each unit with a domain
+//!   behind the IOASID (VT-d wait descriptors, SMMUv3 CMD_SYNCs);
+//! - each unit holds exactly one domain per (IOASID, unit) pair that has attachments;
+//! - the arena saw no double or unknown free.
+//!
+//! "No page freed before its flush" (invariant 1) is checked through the models' caches: probes
+//! fill the IOTLB / TLB and the paging-structure caches, and the arena poisons a freed page and
+//! hands it out again first, so a table page released before the invalidation that covers it
+//! makes a later translation disagree with the shadow.
+//!
+//! At the end both contexts are dropped: every device faults, no domain is left on either unit,
+//! and once the units are disabled and released every page is back in the arena.
+
+mod checks;
+mod ops;
+mod shadow;
+
+use std::vec::Vec;
+
+use arbitrary::{Arbitrary, Unstructured};
+
+use crate::ioasid::{
+    DeviceHandle, DeviceLabel, Error, IncoherentDmaGrant, Incompatibility, IoasidCtx, IoasidFlags,
+    IoasidId, PasidAllocator, Registry, UnitId,
+};
+use crate::iommu::{Capabilities, DeviceId, DomainHandle, Iommu, Missing, Pasid};
+use crate::mem::{Iova, PhysAddr};
+use crate::pgtable::Prot;
+use crate::sim::smmuv3::{SmmuModel, SmmuModelConfig};
+use crate::sim::vtd::{VtdModel, VtdModelConfig};
+use crate::sim::walk::Access;
+use crate::sim::{Arena, ArenaConfig, FailPolicy};
+use crate::smmuv3::{SmmuConfig, SmmuUnit};
+use crate::vtd::{Mode, VtdConfig, VtdUnit};
+use shadow::{CtxShadow, Pair};
+
+/// Most operations one input runs.
+const MAX_OPS: usize = 64;
+/// Bytes of table memory for everything (units, records, domains).
+const ARENA_BYTES: u64 = 2 << 20;
+/// Contexts alive at once.
+const CONTEXTS: usize = 2;
+/// PASID width of the registry: small, so that quotas and reuse are reached.
+const PASID_BITS: u32 = 4;
+const K4: u64 = 1 << 12;
+/// Pages in each IOVA region the fuzzer maps in.
+const WINDOW: u64 = 1024;
+/// Region starts: low memory; around the VT-d interrupt window 0xFEE0_0000; high; above the
+/// SMMUv3 model's 44-bit stage-2 input size (VT-d takes it, SMMUv3 stage 2 refuses it).
+const REGIONS: [u64; 4] = [0, 0xfec0_0000, 1 << 40, 1 << 45];
+/// The VT-d interrupt address range, reserved on every VT-d domain.
+const MSI: (u64, u64) = (0xfee0_0000, 0xfef0_0000);
+/// Every this many steps every device is probed, attached or not.
+const FULL_CHECK_EVERY: usize = 8;
+/// Most pages probed per device per step.
+const PROBES: usize = 16;
+
+/// The devices the fuzzer binds: (unit, RID / StreamID). Unit 0 is VT-d, unit 1 SMMUv3.
+const LABELS: [(u8, u32); 6] = [
+    (0, 0x0020),
+    (0, 0x0028),
+    (0, 0x0100),
+    (1, 0x0020),
+    (1, 0x0300),
+    (1, 0x0400),
+];
+
+/// Target `ioasid`.
+pub fn ioasid(data: &[u8]) {
+    let mut u = Unstructured::new(data);
+    let Ok(setup) = Setup::arbitrary(&mut u) else {
+        return;
+    };
+    let mut ops = Vec::new();
+    while ops.len() < MAX_OPS && !u.is_empty() {
+        match Op::arbitrary(&mut u) {
+            Ok(op) => ops.push(op),
+            Err(_) => break,
+        }
+    }
+    run(&setup, &ops);
+}
+
+/// The units' configurations and the contexts' PASID quotas.
+#[derive(Arbitrary, Debug)]
+struct Setup {
+    /// 0: QEMU legacy without SC; 1: with SC; 2: scalable (SC, PASIDs, both stages);
+    /// 3: legacy with SC and caching mode (not-present entries cached).
+    vtd: u8,
+    fwb: bool,
+    cohacc_off: bool,
+    ssids: bool,
+    ril: bool,
+    quotas: [u8; CONTEXTS],
+    /// A head start, run as ordinary steps before the input's operations: bit `i` binds
+    /// device `i` to context 0 (no-snoop capable when bit `i` of `no_snoop` is set) ...
+    bind: u8,
+    no_snoop: u8,
+    /// ... and attaches each to one IOASID allocated with these flags (if non-zero).
+    flags: u8,
+}
+
+impl Setup {
+    /// The head start as operations.
+    fn prelude(&self) -> Vec<Op> {
+        let mut ops = Vec::new();
+        let devs = (0..LABELS.len() as u8).filter(|i| self.bind & 1 << i != 0);
+        for dev in devs.clone() {
+            let no_snoop = self.no_snoop & 1 << dev != 0;
+            ops.push(Op::Bind {
+                ctx: 0,
+                dev,
+                no_snoop,
+            });
+        }
+        if self.flags != 0 {
+            ops.push(Op::Alloc {
+                ctx: 0,
+                flags: self.flags,
+            });
+            ops.extend(devs.map(|dev| Op::Attach { ctx: 0, dev, io: 0 }));
+        }
+        ops
+    }
+}
+
+/// One step. Contexts, devices, IOASIDs and PASIDs are picked by index, modulo what exists
+/// (one past the end names something that does not exist).
+#[derive(Arbitrary, Debug)]
+enum Op {
+    Bind {
+        ctx: u8,
+        dev: u8,
+        no_snoop: bool,
+    },
+    Unbind {
+        ctx: u8,
+        dev: u8,
+    },
+    Alloc {
+        ctx: u8,
+        flags: u8,
+    },
+    Free {
+        ctx: u8,
+        io: u8,
+    },
+    Attach {
+        ctx: u8,
+        dev: u8,
+        io: u8,
+    },
+    AttachPasid {
+        ctx: u8,
+        dev: u8,
+        pasid: u8,
+        io: u8,
+    },
+    Detach {
+        ctx: u8,
+        dev: u8,
+    },
+    DetachPasid {
+        ctx: u8,
+        dev: u8,
+        pasid: u8,
+    },
+    AllocPasid {
+        ctx: u8,
+    },
+    FreePasid {
+        ctx: u8,
+        pasid: u8,
+    },
+    Map {
+        ctx: u8,
+        io: u8,
+        region: u8,
+        first: u16,
+        count: u16,
+        pa: u16,
+        prot: u8,
+    },
+    Unmap {
+        ctx: u8,
+        io: u8,
+        region: u8,
+        first: u16,
+        count: u16,
+    },
+    /// Grant incoherent DMA and hold the grant over the next `hold % 8` operations.
+    Grant {
+        ctx: u8,
+        dev: u8,
+        hold: u8,
+    },
+    /// Drop a context (detaching everything) and put a new one with `quota` in its place.
+    DropCtx {
+        ctx: u8,
+        quota: u8,
+    },
+    /// The `n`-th page allocation of the next operation fails.
+    FailAlloc {
+        n: u8,
+    },
+}
+
+type Ctx<'r, 'a> = IoasidCtx<'r, 'a, Arena>;
+type Vtd<'m> = VtdUnit<&'m VtdModel<'m>, &'m Arena>;
+type Smmu<'m> = SmmuUnit<&'m SmmuModel<'m>, &'m Arena>;
+
+fn run(setup: &Setup, ops: &[Op]) {
+    let arena = Arena::new(ArenaConfig {
+        base_pa: 0x1_0000_0000,
+        // Small: the arena zeroes all of it for every input. Running out is a legitimate
+        // `NoMemory` (see `low_memory`).
+        capacity: ARENA_BYTES as usize,
+    })
+    .expect("arena");
+    let (vcfg, mode) = match setup.vtd % 4 {
+        0 => (VtdModelConfig::qemu_default(), Mode::Legacy),
+        1 => (VtdModelConfig::qemu_default().with_sc(true), Mode::Legacy),
+        2 => (VtdModelConfig::scalable(), Mode::Scalable),
+        _ => (
+            VtdModelConfig::qemu_default()
+                .with_sc(true)
+                .with_caching_mode(true),
+            Mode::Legacy,
+        ),
+    };
+    let scfg = SmmuModelConfig::qemu_like()
+        .with_fwb(setup.fwb)
+        .with_cohacc(!setup.cohacc_off)
+        .with_ril(setup.ril)
+        .with_ssid_bits(if setup.ssids { PASID_BITS as u8 } else { 0 });
+    let vm = VtdModel::new(&arena, vcfg);
+    let sm = SmmuModel::new(&arena, scfg);
+    let vtd: Vtd<'_> = VtdUnit::new(
+        &vm,
+        &arena,
+        VtdConfig {
+            mode,
+            poll_budget: 1000,
+            ..VtdConfig::legacy()
+        },
+    )
+    .expect("VT-d unit");
+    vtd.enable().expect("VT-d enable");
+    let smmu: Smmu<'_> = SmmuUnit::new(
+        &sm,
+        &arena,
+        SmmuConfig {
+            sid_bits: Some(11),
+            ssid_bits: Some(if setup.ssids { PASID_BITS } else { 0 }),
+            poll_budget: 1000,
+            ..SmmuConfig::default()
+        },
+    )
+    .expect("SMMUv3 unit");
+    smmu.enable().expect("SMMUv3 enable");
+    {
+        let units: [&dyn Iommu; 2] = [&vtd, &smmu];
+        let pasids = PasidAllocator::new(PASID_BITS);
+        let reg = Registry::new(&units, &pasids).expect("registry");
+        let mut h = Harness {
+            arena: &arena,
+            vm: &vm,
+            sm: &sm,
+            units,
+            caps: [vtd.capabilities(), smmu.capabilities()],
+            caching_mode: setup.vtd % 4 == 3,
+            shadow: core::array::from_fn(|i| CtxShadow::new(quota(setup.quotas[i]))),
+            owner: [None; LABELS.len()],
+            fail_armed: false,
+            steps: 0,
+            seed: 0x9e37_79b9_7f4a_7c15,
+        };
+        let mut ctxs: Vec<Ctx<'_, '_>> = (0..CONTEXTS)
+            .map(|i| IoasidCtx::new(&reg, &arena, quota(setup.quotas[i])))
+            .collect();
+        for op in &setup.prelude() {
+            h.step(&ctxs, op);
+            h.after_step(&ctxs);
+        }
+        let mut it = ops.iter();
+        while let Some(op) = it.next() {
+            match *op {
+                Op::DropCtx { ctx, quota: q } => {
+                    let c = usize::from(ctx) % CONTEXTS;
+                    let before = h.shadow[c].pairs();
+                    ctxs[c] = IoasidCtx::new(&reg, &arena, quota(q));
+                    h.context_dropped(c, quota(q));
+                    let samples = h.all_samples();
+                    h.probe_pairs(&before, &samples);
+                }
+                Op::Grant { ctx, dev, hold } => h.grant(&ctxs, ctx, dev, hold, &mut it),
+                _ => h.step(&ctxs, op),
+            }
+            h.after_step(&ctxs);
+        }
+        h.final_check(&ctxs);
+        let everything = h.all_pairs();
+        let samples = h.all_samples();
+        for c in 0..CONTEXTS {
+            h.context_dropped(c, 0);
+        }
+        drop(ctxs);
+        h.probe_pairs(&everything, &samples);
+        for (u, name) in [(0, "VT-d"), (1, "SMMUv3")] {
+            assert_eq!(domains(h.units[u]), 0, "{name}: domains left behind");
+        }
+        for p in 1..1 << PASID_BITS {
+            let p = Pasid::new(p).expect("small PASID");
+            assert!(!reg.pasids().is_allocated(p), "PASID {p} still allocated");
+        }
+        let _ = vtd.drain_faults(|_, _| {});
+        let _ = smmu.handle_events(usize::MAX, |_| {});
+    }
+    arena.set_fail_policy(FailPolicy::Never);
+    smmu.disable().expect("SMMUv3 disable");
+    drop(smmu);
+    vtd.disable().expect("VT-d disable");
+    let released = vtd.release().map_err(|(_, e)| e).expect("VT-d release");
+    assert_eq!(released.leaked, None, "VT-d release leaked");
+    assert_eq!(arena.live_pages(), [], "pages leaked");
+    assert_eq!(arena.bad_frees(), [], "bad frees");
+}
+
+fn quota(q: u8) -> u32 {
+    u32::from(q % 5)
+}
+
+/// Domains a unit holds (handles are small indices).
+fn domains(unit: &dyn Iommu) -> usize {
+    (0..64u16)
+        .filter(|&h| unit.domain_geometry(DomainHandle(h)).is_ok())
+        .count()
+}
+
+fn label(i: usize) -> DeviceLabel {
+    let (unit, id) = LABELS[i];
+    DeviceLabel {
+        unit: UnitId(unit),
+        id: DeviceId(id),
+    }
+}
+
+struct Harness<'h, 'm> {
+    arena: &'m Arena,
+    vm: &'m VtdModel<'m>,
+    sm: &'m SmmuModel<'m>,
+    units: [&'h dyn Iommu; 2],
+    caps: [Capabilities; 2],
+    /// The VT-d unit caches not-present entries (CAP.CM): a map invalidates and waits too.
+    caching_mode: bool,
+    shadow: [CtxShadow; CONTEXTS],
+    /// Label index -> owning context.
+    owner: [Option<usize>; LABELS.len()],
+    fail_armed: bool,
+    steps: usize,
+    seed: u64,
+}
+
+/// What one operation touched, for the probes after it.
+enum Touched {
+    Nothing,
+    /// A range of an IOASID of a context: probe its devices there.
+    Range {
+        c: usize,
+        io: u16,
+        start: u64,
+        pages: u64,
+    },
+    /// Attachments of these devices changed: probe them everywhere.
+    Pairs(Vec<Pair>),
+}
+
+impl Harness<'_, '_> {
+    fn rand(&mut self) -> u64 {
+        self.seed ^= self.seed << 13;
+        self.seed ^= self.seed >> 7;
+        self.seed ^= self.seed << 17;
+        self.seed
+    }
+
+    fn ctx_index(ctx: u8) -> usize {
+        usize::from(ctx) % CONTEXTS
+    }
+
+    /// A handle for device `dev % LABELS` as context `c` would be given it: its own handle if
+    /// the device is bound to `c`, the other context's if bound there (which `c` must refuse),
+    /// else one that names nothing. With the shadow key of the device in `c` (`u16::MAX` for
+    /// none).
+    fn handle(&self, ctxs: &[Ctx<'_, '_>], c: usize, dev: u8) -> (usize, DeviceHandle, u16) {
+        let l = usize::from(dev) % LABELS.len();
+        if let Some(slot) = self.shadow[c].handle_of(l) {
+            return (l, ctxs[c].device_handle(slot), slot);
+        }
+        let foreign = self.owner[l].and_then(|o| Some((o, self.shadow[o].handle_of(l)?)));
+        let h = match foreign {
+            Some((o, slot)) => ctxs[o].device_handle(slot),
+            None => ctxs[c].device_handle(31),
+        };
+        (l, h, u16::MAX)
+    }
+
+    /// The context's `io % (n + 1)`-th IOASID, or one that does not exist.
+    fn ioasid(&self, c: usize, io: u8) -> IoasidId {
+        let ids: Vec<u16> = self.shadow[c].ios.keys().copied().collect();
+        let i = usize::from(io) % (ids.len() + 1);
+        IoasidId(ids.get(i).copied().unwrap_or(31))
+    }
+
+    /// The context's `p % (n + 1)`-th PASID, or one it does not hold.
+    fn pasid(&self, c: usize, p: u8) -> Pasid {
+        let held: Vec<u32> = self.shadow[c].pasids.iter().copied().collect();
+        let i = usize::from(p) % (held.len() + 1);
+        let raw = held
+            .get(i)
+            .copied()
+            .unwrap_or(1 + u32::from(p) % ((1 << PASID_BITS) - 1));
+        Pasid::new(raw).expect("small PASID")
+    }
+
+    fn step(&mut self, ctxs: &[Ctx<'_, '_>], op: &Op) {
+        let armed = self.fail_armed;
+        let touched = match *op {
+            Op::Bind { ctx, dev, no_snoop } => self.bind(ctxs, ctx, dev, no_snoop),
+            Op::Unbind { ctx, dev } => self.unbind(ctxs, ctx, dev),
+            Op::Alloc { ctx, flags } => self.alloc(ctxs, ctx, flags),
+            Op::Free { ctx, io } => self.free(ctxs, ctx, io),
+            Op::Attach { ctx, dev, io } => self.attach(ctxs, ctx, dev, io),
+            Op::AttachPasid {
+                ctx,
+                dev,
+                pasid,
+                io,
+            } => self.attach_pasid(ctxs, ctx, dev, pasid, io),
+            Op::Detach { ctx, dev } => self.detach(ctxs, ctx, dev),
+            Op::DetachPasid { ctx, dev, pasid } => self.detach_pasid(ctxs, ctx, dev, pasid),
+            Op::AllocPasid { ctx } => self.alloc_pasid(ctxs, ctx),
+            Op::FreePasid { ctx, pasid } => self.free_pasid(ctxs, ctx, pasid),
+            Op::Map {
+                ctx,
+                io,
+                region,
+                first,
+                count,
+                pa,
+                prot,
+            } => self.map(ctxs, ctx, io, region, first, count, pa, prot),
+            Op::Unmap {
+                ctx,
+                io,
+                region,
+                first,
+                count,
+            } => self.unmap(ctxs, ctx, io, region, first, count),
+            Op::FailAlloc { n } => {
+                self.arena
+                    .set_fail_policy(FailPolicy::Nth(u64::from(n % 8) + 1));
+                self.fail_armed = true;
+                Touched::Nothing
+            }
+            // Handled by the caller (they need the contexts mutably, or hold a borrow).
+            Op::Grant { .. } | Op::DropCtx { .. } => Touched::Nothing,
+        };
+        if armed {
+            self.arena.set_fail_policy(FailPolicy::Never);
+            self.fail_armed = false;
+        }
+        match touched {
+            Touched::Nothing => {}
+            Touched::Range {
+                c,
+                io,
+                start,
+                pages,
+            } => self.probe_range(ctxs, c, io, start, pages),
+            Touched::Pairs(pairs) => {
+                let samples = self.all_samples();
+                let pairs: Vec<_> = pairs.into_iter().map(|p| (p, 0)).collect();
+                self.probe_pairs(&pairs, &samples);
+            }
+        }
+    }
+}

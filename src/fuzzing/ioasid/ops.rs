@@ -1,0 +1,473 @@
+//! The operations: each calls the layer, checks its result against the rules the shadow
+//! implies, and updates the shadow.
+
+use std::collections::BTreeMap;
+use std::vec::Vec;
+
+use super::*;
+use crate::pgtable::Error as PtError;
+
+impl<'h, 'm> Harness<'h, 'm> {
+    // ---------------------------------------------------------------------------------------
+    // operations: each calls the layer, checks the result against the rules, updates the shadow
+
+    pub(super) fn bind(
+        &mut self,
+        ctxs: &[Ctx<'_, '_>],
+        ctx: u8,
+        dev: u8,
+        no_snoop: bool,
+    ) -> Touched {
+        let c = Self::ctx_index(ctx);
+        let l = usize::from(dev) % LABELS.len();
+        let r = ctxs[c].bind(label(l), no_snoop);
+        match (r, self.owner[l]) {
+            (Err(Error::Busy), Some(_)) => {}
+            (Ok(h), None) => {
+                self.owner[l] = Some(c);
+                let prev = self.shadow[c].devs.insert(h.slot(), (l, no_snoop, None));
+                assert!(prev.is_none(), "bind reused live slot {}", h.slot());
+            }
+            (r, owner) => panic!("bind {l} in {c} (owner {owner:?}): {r:?}"),
+        }
+        Touched::Nothing
+    }
+
+    pub(super) fn unbind(&mut self, ctxs: &[Ctx<'_, '_>], ctx: u8, dev: u8) -> Touched {
+        let c = Self::ctx_index(ctx);
+        let (l, h, k) = self.handle(ctxs, c, dev);
+        let s = &self.shadow[c];
+        let busy = s.devs.get(&k).is_some_and(|d| d.2.is_some())
+            || s.pasid_att.keys().any(|a| a.0 == k)
+            || s.grants.get(&k).is_some_and(|&g| g > 0);
+        let r = ctxs[c].unbind(h);
+        match r {
+            Err(Error::NoSuchDevice(_)) if !s.devs.contains_key(&k) => {}
+            Err(Error::Busy) if busy => {}
+            Ok(()) if s.devs.contains_key(&k) && !busy => {
+                self.shadow[c].devs.remove(&k);
+                self.owner[l] = None;
+            }
+            r => panic!("unbind {l} in {c} (busy {busy}): {r:?}"),
+        }
+        Touched::Nothing
+    }
+
+    pub(super) fn alloc(&mut self, ctxs: &[Ctx<'_, '_>], ctx: u8, flags: u8) -> Touched {
+        let c = Self::ctx_index(ctx);
+        let flags = IoasidFlags::from_bits_truncate(u32::from(flags));
+        match ctxs[c].alloc(flags) {
+            Ok(id) => {
+                assert_eq!(ctxs[c].flags(id), Ok(flags));
+                let prev = self.shadow[c].ios.insert(id.0, (flags, BTreeMap::new()));
+                assert!(prev.is_none(), "alloc reused live IOASID {}", id.0);
+            }
+            Err(Error::Capacity(_)) => {
+                assert_eq!(self.shadow[c].ios.len(), crate::ioasid::MAX_IOASIDS)
+            }
+            Err(e) => assert!(self.fail_armed || self.low_memory(), "alloc: {e:?}"),
+        }
+        Touched::Nothing
+    }
+
+    pub(super) fn free(&mut self, ctxs: &[Ctx<'_, '_>], ctx: u8, io: u8) -> Touched {
+        let c = Self::ctx_index(ctx);
+        let id = self.ioasid(c, io);
+        let s = &self.shadow[c];
+        let r = ctxs[c].free(id);
+        match r {
+            Err(Error::NoSuchIoasid(_)) if !s.ios.contains_key(&id.0) => {}
+            Err(Error::Busy) if s.in_use(id.0) => {}
+            Ok(()) if s.ios.contains_key(&id.0) && !s.in_use(id.0) => {
+                self.shadow[c].ios.remove(&id.0);
+                assert_eq!(ctxs[c].flags(id), Err(Error::NoSuchIoasid(id)));
+            }
+            r => panic!("free {} in {c}: {r:?}", id.0),
+        }
+        Touched::Nothing
+    }
+
+    /// Why attaching label `l` of context `c` to `io` must fail, if the rules say it must.
+    pub(super) fn must_refuse(&self, c: usize, l: usize, io: u16) -> Option<&'static str> {
+        let (flags, map) = self.shadow[c].ios.get(&io)?;
+        let unit = usize::from(LABELS[l].0);
+        if flags.contains(IoasidFlags::ENFORCE_SNOOP) && !self.caps[unit].enforce_snoop {
+            return Some("ENFORCE_SNOOP on a unit without snoop control");
+        }
+        if unit == 0 && map.range(MSI.0..MSI.1).next().is_some() {
+            return Some("a mapping in the VT-d interrupt window");
+        }
+        None
+    }
+
+    pub(super) fn attach(&mut self, ctxs: &[Ctx<'_, '_>], ctx: u8, dev: u8, io: u8) -> Touched {
+        let c = Self::ctx_index(ctx);
+        let (l, h, k) = self.handle(ctxs, c, dev);
+        let id = self.ioasid(c, io);
+        let r = ctxs[c].attach(h, id);
+        let s = &self.shadow[c];
+        let Some(&(_, _, old)) = s.devs.get(&k) else {
+            assert_eq!(r, Err(Error::NoSuchDevice(h)));
+            return Touched::Nothing;
+        };
+        if !s.ios.contains_key(&id.0) {
+            assert_eq!(r, Err(Error::NoSuchIoasid(id)));
+            return Touched::Nothing;
+        }
+        let refuse = (old != Some(id.0))
+            .then(|| self.must_refuse(c, l, id.0))
+            .flatten();
+        match r {
+            Ok(()) => {
+                assert!(
+                    refuse.is_none(),
+                    "attach of {l} succeeded despite {refuse:?}"
+                );
+                if let Some(d) = self.shadow[c].devs.get_mut(&k) {
+                    d.2 = Some(id.0);
+                }
+            }
+            Err(e) => {
+                assert_ne!(old, Some(id.0), "attach to the same IOASID: {e:?}");
+                // Refused for the rules' reason, or for another the unit meets first (a
+                // capability it lacks, a recorded mapping whose permissions its format cannot
+                // express, an allocation that failed).
+                if refuse.is_some() {
+                    let named = matches!(e, Error::Incompatible { device, .. } if device == h)
+                        || matches!(e, Error::PageTable(PtError::UnsupportedProt { .. }))
+                        || self.fail_armed
+                        || self.low_memory();
+                    assert!(named, "attach of {l} refused with {e:?} for {refuse:?}");
+                }
+            }
+        }
+        Touched::Pairs(std::vec![(l, None)])
+    }
+
+    pub(super) fn attach_pasid(
+        &mut self,
+        ctxs: &[Ctx<'_, '_>],
+        ctx: u8,
+        dev: u8,
+        pasid: u8,
+        io: u8,
+    ) -> Touched {
+        let c = Self::ctx_index(ctx);
+        let (l, h, k) = self.handle(ctxs, c, dev);
+        let id = self.ioasid(c, io);
+        let p = self.pasid(c, pasid);
+        let r = ctxs[c].attach_pasid(h, p, id);
+        let s = &self.shadow[c];
+        let old = s.pasid_att.get(&(k, p.get())).copied();
+        if !s.pasids.contains(&p.get()) {
+            assert_eq!(r, Err(Error::PasidNotOwned(p)));
+            return Touched::Nothing;
+        }
+        if !s.devs.contains_key(&k) {
+            assert_eq!(r, Err(Error::NoSuchDevice(h)));
+            return Touched::Nothing;
+        }
+        let Some((flags, _)) = s.ios.get(&id.0) else {
+            assert_eq!(r, Err(Error::NoSuchIoasid(id)));
+            return Touched::Nothing;
+        };
+        let unit = usize::from(LABELS[l].0);
+        let refuse = if !flags.contains(IoasidFlags::PASID) {
+            Some(Incompatibility::NotPasidCapable)
+        } else if self.caps[unit].pasid_bits == 0 {
+            Some(Incompatibility::Missing(Missing::Pasid { bits: 0 }))
+        } else {
+            None
+        };
+        if let Some(reason) = refuse {
+            assert_eq!(r, Err(Error::Incompatible { device: h, reason }));
+            return Touched::Nothing;
+        }
+        let must = (old != Some(id.0))
+            .then(|| self.must_refuse(c, l, id.0))
+            .flatten();
+        match r {
+            Ok(()) => {
+                assert!(
+                    must.is_none(),
+                    "attach_pasid of {l} succeeded despite {must:?}"
+                );
+                self.shadow[c].pasid_att.insert((k, p.get()), id.0);
+            }
+            Err(e) => assert_ne!(old, Some(id.0), "attach_pasid to the same IOASID: {e:?}"),
+        }
+        Touched::Pairs(std::vec![(l, Some(p.get()))])
+    }
+
+    pub(super) fn detach(&mut self, ctxs: &[Ctx<'_, '_>], ctx: u8, dev: u8) -> Touched {
+        let c = Self::ctx_index(ctx);
+        let (l, h, k) = self.handle(ctxs, c, dev);
+        let r = ctxs[c].detach(h);
+        match self.shadow[c].devs.get_mut(&k) {
+            None => assert_eq!(r, Err(Error::NoSuchDevice(h))),
+            Some(d) if d.2.is_none() => assert_eq!(r, Err(Error::NotAttached(h))),
+            Some(d) => {
+                assert_eq!(r, Ok(()), "detach {l}");
+                d.2 = None;
+            }
+        }
+        Touched::Pairs(std::vec![(l, None)])
+    }
+
+    pub(super) fn detach_pasid(
+        &mut self,
+        ctxs: &[Ctx<'_, '_>],
+        ctx: u8,
+        dev: u8,
+        pasid: u8,
+    ) -> Touched {
+        let c = Self::ctx_index(ctx);
+        let (l, h, k) = self.handle(ctxs, c, dev);
+        let p = self.pasid(c, pasid);
+        let r = ctxs[c].detach_pasid(h, p);
+        let s = &mut self.shadow[c];
+        if !s.devs.contains_key(&k) {
+            assert_eq!(r, Err(Error::NoSuchDevice(h)));
+        } else if s.pasid_att.remove(&(k, p.get())).is_some() {
+            assert_eq!(r, Ok(()), "detach_pasid {l} {p}");
+        } else {
+            assert_eq!(r, Err(Error::NotAttached(h)));
+        }
+        Touched::Pairs(std::vec![(l, Some(p.get()))])
+    }
+
+    pub(super) fn alloc_pasid(&mut self, ctxs: &[Ctx<'_, '_>], ctx: u8) -> Touched {
+        let c = Self::ctx_index(ctx);
+        let r = ctxs[c].alloc_pasid();
+        let held = self.shadow[c].pasids.len() as u32;
+        let quota = self.shadow[c].quota;
+        match r {
+            Err(Error::Quota(q)) if held >= quota && q == quota => {}
+            Ok(p) if held < quota => {
+                let taken = self.shadow.iter().any(|s| s.pasids.contains(&p.get()));
+                assert!(!taken && p.get() != 0, "PASID {p} handed out twice");
+                self.shadow[c].pasids.insert(p.get());
+            }
+            Err(Error::PasidExhausted) => {
+                let all: usize = self.shadow.iter().map(|s| s.pasids.len()).sum();
+                assert_eq!(all, (1 << PASID_BITS) - 1, "exhausted early");
+            }
+            r => panic!("alloc_pasid in {c} ({held} of {quota}): {r:?}"),
+        }
+        Touched::Nothing
+    }
+
+    pub(super) fn free_pasid(&mut self, ctxs: &[Ctx<'_, '_>], ctx: u8, pasid: u8) -> Touched {
+        let c = Self::ctx_index(ctx);
+        let p = self.pasid(c, pasid);
+        let r = ctxs[c].free_pasid(p);
+        let s = &mut self.shadow[c];
+        if !s.pasids.contains(&p.get()) {
+            assert_eq!(r, Err(Error::PasidNotOwned(p)));
+        } else if s.pasid_att.keys().any(|k| k.1 == p.get()) {
+            assert_eq!(r, Err(Error::Busy));
+        } else {
+            assert_eq!(r, Ok(()));
+            s.pasids.remove(&p.get());
+        }
+        Touched::Nothing
+    }
+
+    /// (first IOVA, pages) of a range inside a region.
+    pub(super) fn range(region: u8, first: u16, count: u16) -> (u64, u64) {
+        let base = REGIONS[usize::from(region) % REGIONS.len()];
+        let first = u64::from(first) % WINDOW;
+        let pages = 1 + u64::from(count) % (WINDOW - first);
+        (base + first * K4, pages)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn map(
+        &mut self,
+        ctxs: &[Ctx<'_, '_>],
+        ctx: u8,
+        io: u8,
+        region: u8,
+        first: u16,
+        count: u16,
+        pa: u16,
+        prot: u8,
+    ) -> Touched {
+        let c = Self::ctx_index(ctx);
+        let id = self.ioasid(c, io);
+        let (start, pages) = Self::range(region, first, count);
+        // Bit 15: beyond the SMMUv3 model's 44-bit output size; bit 14: the same offset in a
+        // 2 MiB page as the IOVA, so that 2 MiB leaves are possible.
+        let page = if pa & 0x4000 != 0 {
+            u64::from(pa & 0x3f) << 9 | ((start / K4) & 0x1ff)
+        } else {
+            u64::from(pa & 0x3fff)
+        };
+        let pa_start = if pa & 0x8000 != 0 {
+            1 << 45
+        } else {
+            0x2_0000_0000
+        } + page * K4;
+        let prot = if prot & 0x30 == 0 {
+            Prot::READ | Prot::WRITE
+        } else {
+            Prot::from_bits_truncate(prot)
+        };
+        let before = self.completions();
+        let r = ctxs[c].map(
+            id,
+            Iova::new(start),
+            PhysAddr::new(pa_start),
+            pages * K4,
+            prot,
+        );
+        let Some((_, map)) = self.shadow[c].ios.get(&id.0) else {
+            assert_eq!(r, Err(Error::NoSuchIoasid(id)));
+            return Touched::Nothing;
+        };
+        let end = start + pages * K4;
+        let overlap = map.range(start..end).next().is_some();
+        let units = self.shadow[c].units_of(id.0);
+        let reserved = units[0] && start < MSI.1 && MSI.0 < end;
+        match r {
+            Ok(()) => {
+                assert!(!overlap, "map over an existing mapping at {start:#x}");
+                assert!(
+                    !reserved,
+                    "map into the VT-d interrupt window at {start:#x}"
+                );
+                assert!(
+                    prot.intersects(Prot::READ | Prot::WRITE),
+                    "map with {prot:?}"
+                );
+                let map = &mut self.shadow[c].ios.get_mut(&id.0).expect("IOASID").1;
+                for i in 0..pages {
+                    map.insert(start + i * K4, (pa_start + i * K4, prot));
+                }
+            }
+            Err(e) if reserved => assert!(matches!(e, Error::Reserved(_)), "{e:?}"),
+            Err(_) => {
+                // A domain that mapped before another refused got the range back out, with
+                // one flush; nothing else waits.
+                let after = self.completions();
+                for u in 0..2 {
+                    let waits = after[u] - before[u];
+                    let cm = u == 0 && self.caching_mode;
+                    assert!(
+                        cm || waits <= u64::from(units[u]),
+                        "map rollback: {waits} waits"
+                    );
+                }
+            }
+        }
+        Touched::Range {
+            c,
+            io: id.0,
+            start,
+            pages,
+        }
+    }
+
+    pub(super) fn unmap(
+        &mut self,
+        ctxs: &[Ctx<'_, '_>],
+        ctx: u8,
+        io: u8,
+        region: u8,
+        first: u16,
+        count: u16,
+    ) -> Touched {
+        let c = Self::ctx_index(ctx);
+        let id = self.ioasid(c, io);
+        let (start, pages) = Self::range(region, first, count);
+        let end = start + pages * K4;
+        let before = self.completions();
+        let r = ctxs[c].unmap(id, Iova::new(start), pages * K4);
+        let after = self.completions();
+        let Some((_, map)) = self.shadow[c].ios.get(&id.0) else {
+            assert_eq!(r, Err(Error::NoSuchIoasid(id)));
+            return Touched::Nothing;
+        };
+        let mapped = map.range(start..end).count() as u64;
+        let units = self.shadow[c].units_of(id.0);
+        match r {
+            Ok(bytes) => {
+                assert_eq!(
+                    bytes,
+                    mapped * K4,
+                    "unmap at {start:#x} returned {bytes:#x}"
+                );
+                for u in 0..2 {
+                    let waits = after[u] - before[u];
+                    if units[u] && mapped > 0 {
+                        assert_eq!(waits, 1, "unit {u}: completions for one unmap");
+                    } else {
+                        assert!(waits <= u64::from(units[u]), "unit {u}: {waits} waits");
+                    }
+                }
+                let map = &mut self.shadow[c].ios.get_mut(&id.0).expect("IOASID").1;
+                let gone: Vec<u64> = map.range(start..end).map(|(&k, _)| k).collect();
+                for k in gone {
+                    map.remove(&k);
+                }
+            }
+            // A split that needed a page the arena refused, or a range beyond the input size
+            // of a domain (the SMMUv3's 44 bits): every domain got the range back.
+            Err(e) => assert!(
+                self.fail_armed || self.low_memory() || (units[1] && end > 1 << 44),
+                "unmap: {e:?}"
+            ),
+        }
+        Touched::Range {
+            c,
+            io: id.0,
+            start,
+            pages,
+        }
+    }
+
+    /// Grants incoherent DMA and runs the next `hold % 8` operations with the grant held.
+    pub(super) fn grant<'c>(
+        &mut self,
+        ctxs: &'c [Ctx<'_, '_>],
+        ctx: u8,
+        dev: u8,
+        hold: u8,
+        it: &mut core::slice::Iter<'_, Op>,
+    ) {
+        let c = Self::ctx_index(ctx);
+        let (l, h, k) = self.handle(ctxs, c, dev);
+        let r: Result<IncoherentDmaGrant<'c>, Error> = ctxs[c].allow_incoherent_dma(h);
+        let g = match (r, self.shadow[c].devs.get(&k)) {
+            (Err(Error::NoSuchDevice(_)), None) => return,
+            (Err(Error::NotNoSnoopCapable(_)), Some(d)) if !d.1 => return,
+            (Ok(g), Some(d)) if d.1 => g,
+            (r, d) => panic!("grant for {l} in {c} ({d:?}): {r:?}"),
+        };
+        assert_eq!(g.device(), h);
+        *self.shadow[c].grants.entry(k).or_default() += 1;
+        self.after_step(ctxs);
+        for _ in 0..hold % 8 {
+            let Some(op) = it.next() else { break };
+            match *op {
+                // The grant borrows its context: dropping one is what the types forbid here.
+                Op::DropCtx { .. } => {}
+                Op::Grant { ctx, dev, hold } => self.grant(ctxs, ctx, dev, hold, it),
+                _ => self.step(ctxs, op),
+            }
+            self.after_step(ctxs);
+        }
+        drop(g);
+        *self.shadow[c].grants.entry(k).or_default() -= 1;
+    }
+
+    /// The shadow side of dropping context `c` (the caller replaced it).
+    pub(super) fn context_dropped(&mut self, c: usize, quota: u32) {
+        for o in self.owner.iter_mut() {
+            if *o == Some(c) {
+                *o = None;
+            }
+        }
+        self.shadow[c] = CtxShadow::new(quota);
+    }
+}

@@ -1,0 +1,45 @@
+//! Fuzz-target bodies (feature `fuzzing`, host only).
+//!
+//! Each function here takes the raw bytes a fuzzer produced and panics when it finds a bug; it
+//! is the whole body of one libFuzzer target in `fuzz/fuzz_targets/` and is also what
+//! `tests/fuzz_corpus.rs` runs over the checked-in corpus (`fuzz/corpus/<target>/`), so plain
+//! `cargo test` on stable replays every seed and every crash ever found. Panicking is this
+//! module's way of reporting, unlike the rest of the crate: it is test support, never linked
+//! into a target.
+//!
+//! | target | what it drives | what it checks |
+//! |---|---|---|
+//! | `pgtable_vtd_ss`, `pgtable_vtd_fs`, `pgtable_arm_s2_4k`, `pgtable_arm_s2_16k`, `pgtable_arm_s2_64k`, `pgtable_arm_s1` | [`pgtable`]: arbitrary configurations and sequences of map / unmap / query / hardware dirty marking / read-and-clear-dirty / gather release / reclaim / allocation failure | a shadow `BTreeMap` model, the engine's own enumeration and the independent reference walkers of [`crate::sim::walk`] after every step; no page leaked, none freed before its gather is released, none freed twice ([`crate::sim::Arena`] books) |
+//! | `ioasid` | [`ioasid`]: bind / alloc / attach / attach_pasid / detach / map / unmap / free / PASIDs / grants / context drops over two contexts, a VT-d unit on the VT-d model and an SMMUv3 unit on the SMMUv3 model, with allocation failures | a shadow of what each owner asked for, read back through both models' translations (caches included) after every step: nothing translates that was not asked for, snoop never downgraded, the rules' results (busy, quota, grants, reserved, refusals without snoop control), one completion per unit per unmap, one domain per (IOASID, unit); every page back after the contexts and units go |
+//! | `decode_vtd`, `decode_smmuv3` | [`decode`]: every decoder of what hardware writes or reports | never panics; decoded fields re-encode to the raw bits they came from |
+//! | `queue_vtd` | [`queue`]: the VT-d invalidation queue under arbitrary submissions, waits, hardware progress and injected IQE/ITE/ICE | no unconsumed descriptor overwritten, a successful wait means everything before it completed, errors only when injected and cleared after |
+//! | `queue_smmuv3` | [`cmdq`]: the SMMUv3 command queue (16 entries, wrapping) as a unit's flushes drive it over the SMMUv3 model, with CERROR_ILL / CERROR_ABT / CERROR_ATC_INV_SYNC and stalled CMD_SYNCs injected | a good flush was consumed (the model's TLB forgot every unmapped page) and released its pages; a failed one kept them and happened only under injection; after recovery the queue runs again |
+
+pub mod cmdq;
+pub mod decode;
+pub mod ioasid;
+pub mod pgtable;
+pub mod queue;
+
+/// A fuzz target: its name (the directory of its corpus) and its body.
+pub type Target = (&'static str, fn(&[u8]));
+
+/// Every target, by name.
+pub const TARGETS: &[Target] = &[
+    ("pgtable_vtd_ss", pgtable::vtd_ss),
+    ("pgtable_vtd_fs", pgtable::vtd_fs),
+    ("pgtable_arm_s2_4k", pgtable::arm_s2_4k),
+    ("pgtable_arm_s2_16k", pgtable::arm_s2_16k),
+    ("pgtable_arm_s2_64k", pgtable::arm_s2_64k),
+    ("pgtable_arm_s1", pgtable::arm_s1),
+    ("decode_vtd", decode::vtd),
+    ("decode_smmuv3", decode::smmuv3),
+    ("queue_vtd", queue::vtd),
+    ("queue_smmuv3", cmdq::smmuv3),
+    ("ioasid", ioasid::ioasid),
+];
+
+/// The body of the target called `name`, if there is one.
+pub fn target(name: &str) -> Option<fn(&[u8])> {
+    TARGETS.iter().find(|(n, _)| *n == name).map(|&(_, f)| f)
+}

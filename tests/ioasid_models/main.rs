@@ -1,0 +1,13 @@
+//! The IOASID layer's rules (issue 5) over the real drivers on the behavioural models: a
+//! `VtdUnit` on a `sim::vtd::VtdModel` and an `SmmuUnit` on a `sim::smmuv3::SmmuModel`, with
+//! the `sim::Arena` as the page allocator. Where `src/ioasid/tests.rs` checks the layer's
+//! bookkeeping against a fake unit, these check what a device would see: every claim is read
+//! back through a model's translation, caches included, and every page through the arena.
+
+mod rig;
+
+mod concurrency;
+mod lifecycle;
+mod pasid_grant;
+mod seed;
+mod two_units;

@@ -1,0 +1,211 @@
+//! The rig every test runs on: one arena, a VT-d model and an SMMUv3 model over it, a driver
+//! unit on each (unit 0 is the VT-d unit, unit 1 the SMMUv3 unit) and a registry over both.
+
+use iommu_engine::ioasid::{DeviceLabel, PasidAllocator, Registry, UnitId};
+use iommu_engine::iommu::{DeviceId, DomainHandle, Iommu};
+use iommu_engine::sim::smmuv3::{SmmuModel, SmmuModelConfig};
+use iommu_engine::sim::vtd::{VtdModel, VtdModelConfig};
+use iommu_engine::sim::walk::Access;
+use iommu_engine::sim::{Arena, ArenaConfig};
+use iommu_engine::smmuv3::{SmmuConfig, SmmuUnit};
+use iommu_engine::vtd::{Mode, VtdConfig, VtdUnit};
+
+pub const K4: u64 = 1 << 12;
+pub const M2: u64 = 1 << 21;
+
+/// The VT-d unit's place in the registry.
+pub const VTD: UnitId = UnitId(0);
+/// The SMMUv3 unit's place in the registry.
+pub const SMMU: UnitId = UnitId(1);
+
+/// 00:04.0 and 00:05.0 behind the VT-d unit.
+pub const RID_A: u32 = 0x20;
+pub const RID_B: u32 = 0x28;
+/// Three StreamIDs behind the SMMUv3 unit.
+pub const SID_A: u32 = 0x20;
+pub const SID_B: u32 = 0x300;
+pub const SID_C: u32 = 0x400;
+
+pub type Vtd<'a> = VtdUnit<&'a VtdModel<'a>, &'a Arena>;
+pub type Smmu<'a> = SmmuUnit<&'a SmmuModel<'a>, &'a Arena>;
+
+/// How the VT-d side is built.
+#[derive(Clone, Copy)]
+pub struct VtdSetup {
+    pub model: VtdModelConfig,
+    pub mode: Mode,
+}
+
+impl VtdSetup {
+    /// QEMU's legacy-mode unit, with or without snoop control.
+    pub const fn legacy(sc: bool) -> Self {
+        Self {
+            model: VtdModelConfig::qemu_default().with_sc(sc),
+            mode: Mode::Legacy,
+        }
+    }
+
+    /// A scalable-mode unit (SC, 20-bit PASIDs, first and second stage).
+    pub const fn scalable() -> Self {
+        Self {
+            model: VtdModelConfig::scalable(),
+            mode: Mode::Scalable,
+        }
+    }
+}
+
+/// How the SMMUv3 side is built.
+#[derive(Clone, Copy)]
+pub struct SmmuSetup {
+    pub model: SmmuModelConfig,
+    pub unit: SmmuConfig,
+}
+
+impl SmmuSetup {
+    /// QEMU-like, with or without FWB (coherent walks either way).
+    pub fn qemu(fwb: bool) -> Self {
+        Self {
+            model: SmmuModelConfig::qemu_like().with_fwb(fwb),
+            unit: SmmuConfig {
+                poll_budget: 10_000,
+                ..SmmuConfig::default()
+            },
+        }
+    }
+
+    /// With `2^bits` SubstreamIDs per stream.
+    pub fn with_ssid_bits(mut self, bits: u8) -> Self {
+        self.model = self.model.with_ssid_bits(bits);
+        self.unit.ssid_bits = Some(u32::from(bits));
+        self
+    }
+}
+
+/// Everything a test needs, borrowed from [`with_rig`]'s frame.
+pub struct Rig<'a, 'm> {
+    pub arena: &'m Arena,
+    pub vm: &'m VtdModel<'m>,
+    pub sm: &'m SmmuModel<'m>,
+    pub vtd: &'a Vtd<'m>,
+    pub smmu: &'a Smmu<'m>,
+    pub reg: &'a Registry<'a>,
+}
+
+/// Builds the rig, enables both units, clears the models' counters and runs `f`.
+pub fn with_rig<R>(v: VtdSetup, s: SmmuSetup, f: impl FnOnce(&Rig<'_, '_>) -> R) -> R {
+    let arena = Arena::new(ArenaConfig {
+        base_pa: 0x1_0000_0000,
+        capacity: 64 << 20,
+    })
+    .expect("arena");
+    let vm = VtdModel::new(&arena, v.model);
+    let sm = SmmuModel::new(&arena, s.model);
+    let vcfg = VtdConfig {
+        mode: v.mode,
+        poll_budget: 10_000,
+        ..VtdConfig::legacy()
+    };
+    let vtd = VtdUnit::new(&vm, &arena, vcfg).expect("VT-d unit");
+    vtd.enable().expect("VT-d enable");
+    let smmu = SmmuUnit::new(&sm, &arena, s.unit).expect("SMMUv3 unit");
+    smmu.enable().expect("SMMUv3 enable");
+    vm.reset_stats();
+    sm.reset_stats();
+    let pasids = PasidAllocator::new(20);
+    let units: [&dyn Iommu; 2] = [&vtd, &smmu];
+    let reg = Registry::new(&units, &pasids).expect("registry");
+    let rig = Rig {
+        arena: &arena,
+        vm: &vm,
+        sm: &sm,
+        vtd: &vtd,
+        smmu: &smmu,
+        reg: &reg,
+    };
+    let r = f(&rig);
+    assert_eq!(
+        arena.bad_frees(),
+        [],
+        "a page was freed twice or never allocated"
+    );
+    r
+}
+
+pub fn vtd_dev(rid: u32) -> DeviceLabel {
+    DeviceLabel {
+        unit: VTD,
+        id: DeviceId(rid),
+    }
+}
+
+pub fn smmu_dev(sid: u32) -> DeviceLabel {
+    DeviceLabel {
+        unit: SMMU,
+        id: DeviceId(sid),
+    }
+}
+
+impl Rig<'_, '_> {
+    /// Pages the arena has handed out and not taken back.
+    pub fn live(&self) -> usize {
+        self.arena.live_pages().len()
+    }
+
+    /// How many domains a unit holds (handles are small indices; probe the first 64).
+    pub fn domains(&self, unit: &dyn Iommu) -> usize {
+        (0..64u16)
+            .filter(|&h| unit.domain_geometry(DomainHandle(h)).is_ok())
+            .count()
+    }
+
+    pub fn vtd_domains(&self) -> usize {
+        self.domains(self.vtd)
+    }
+
+    pub fn smmu_domains(&self) -> usize {
+        self.domains(self.smmu)
+    }
+
+    /// What the VT-d model does with a read from `rid` at `iova`: `Some((pa, snoop))` or
+    /// `None` for a fault.
+    pub fn vtd_read(&self, rid: u32, pasid: Option<u32>, iova: u64) -> Option<(u64, bool)> {
+        self.vm
+            .translate(rid as u16, pasid, iova, Access::READ)
+            .ok()
+            .map(|t| (t.pa, t.snoop))
+    }
+
+    /// What the SMMUv3 model does with a read from `sid` at `iova`: `Some((pa, write-back))`
+    /// or `None` for a fault.
+    pub fn smmu_read(&self, sid: u32, ssid: Option<u32>, iova: u64) -> Option<(u64, bool)> {
+        self.sm
+            .translate(sid, ssid, iova, Access::READ)
+            .ok()
+            .map(|t| (t.pa, t.cacheable_wb))
+    }
+
+    /// Whether a read through the IOTLB / TLB would be served from a cache (to prove that an
+    /// unmap's fault comes after a flush and not from an empty cache).
+    pub fn vtd_cached(&self, rid: u32, iova: u64) -> bool {
+        self.vm
+            .translate(rid as u16, None, iova, Access::READ)
+            .is_ok_and(|t| t.from_iotlb)
+    }
+
+    pub fn smmu_cached(&self, sid: u32, iova: u64) -> bool {
+        self.sm
+            .translate(sid, None, iova, Access::READ)
+            .is_ok_and(|t| t.tlb_hit)
+    }
+
+    /// Wait descriptors the VT-d model completed and CMD_SYNCs the SMMUv3 model completed.
+    pub fn completions(&self) -> (u64, u64) {
+        (self.vm.stats().wait, self.sm.stats().syncs)
+    }
+
+    /// Drains both units' fault / event records (faults the tests provoke on purpose).
+    pub fn drain(&self) {
+        let _ = self.vtd.drain_faults(|_, _| {});
+        let _ = self.smmu.handle_events(usize::MAX, |_| {});
+    }
+}
