@@ -4,91 +4,15 @@
 //! `tests/fuzz_corpus.rs` replays with the rest of the corpus. Every other file there (crash
 //! inputs kept as regression cases) is replayed here too.
 
-use iommu_engine::fuzzing::ioasid::ioasid;
+use iommu_engine::fuzzing::ioasid::{ioasid, Op};
 
 /// An encoder mirroring `arbitrary` 1.x: integers little-endian, `bool` as one byte, an enum's
 /// variant as a `u32` scaled onto the variant count.
 #[derive(Default)]
 struct Input(Vec<u8>);
 
-/// Variant indices of the target's `Op`, in declaration order.
+/// Variants of the target's [`Op`], encoded by index in declaration order.
 const VARIANTS: u64 = 15;
-#[derive(Clone, Copy)]
-enum Op {
-    Bind {
-        ctx: u8,
-        dev: u8,
-        no_snoop: bool,
-    },
-    Unbind {
-        ctx: u8,
-        dev: u8,
-    },
-    Alloc {
-        ctx: u8,
-        flags: u8,
-    },
-    Free {
-        ctx: u8,
-        io: u8,
-    },
-    Attach {
-        ctx: u8,
-        dev: u8,
-        io: u8,
-    },
-    AttachPasid {
-        ctx: u8,
-        dev: u8,
-        pasid: u8,
-        io: u8,
-    },
-    Detach {
-        ctx: u8,
-        dev: u8,
-    },
-    DetachPasid {
-        ctx: u8,
-        dev: u8,
-        pasid: u8,
-    },
-    AllocPasid {
-        ctx: u8,
-    },
-    FreePasid {
-        ctx: u8,
-        pasid: u8,
-    },
-    Map {
-        ctx: u8,
-        io: u8,
-        region: u8,
-        first: u16,
-        count: u16,
-        pa: u16,
-        prot: u8,
-    },
-    Unmap {
-        ctx: u8,
-        io: u8,
-        region: u8,
-        first: u16,
-        count: u16,
-    },
-    Grant {
-        ctx: u8,
-        dev: u8,
-        hold: u8,
-    },
-    DropCtx {
-        ctx: u8,
-        quota: u8,
-    },
-    FailAlloc {
-        n: u8,
-    },
-}
-
 /// Setup: VT-d kind, FWB, COHACC off, SSIDs, RIL, quotas, prelude (bind mask, no-snoop mask,
 /// IOASID flags).
 struct Setup {

@@ -143,9 +143,11 @@ impl Setup {
 }
 
 /// One step. Contexts, devices, IOASIDs and PASIDs are picked by index, modulo what exists
-/// (one past the end names something that does not exist).
-#[derive(Arbitrary, Debug)]
-enum Op {
+/// (one past the end names something that does not exist). Public so that the seed test
+/// (`tests/ioasid_fuzz_seeds.rs`) writes its inputs with the very same operations.
+#[derive(Arbitrary, Debug, Clone, Copy)]
+#[allow(missing_docs)] // The fields are the indices named above; the variants say what they do.
+pub enum Op {
     Bind {
         ctx: u8,
         dev: u8,
