@@ -118,9 +118,15 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         let first = idx - ((iova - base) >> shift) as usize;
         let bit = self.format().contiguous_bit();
         for i in first..first + (1usize << n_log2) {
-            // An atomic AND keeps accessed/dirty bits the walker may set meanwhile.
+            // An atomic update keeps accessed/dirty bits the walker may set meanwhile; it leaves
+            // alone an entry that is no longer a hinted leaf (an unmap of another part of the
+            // run may have cleared the hint and split a leaf already: a table entry's bit 52
+            // is not a hint, and may be the software's).
             // SAFETY: the run is aligned inside the live table `t`.
-            unsafe { t.slot(i) }.fetch_and(!bit, Ordering::AcqRel);
+            let _ = unsafe { t.slot(i) }.fetch_update(Ordering::AcqRel, Ordering::Acquire, |e| {
+                let hinted = self.format().is_present(e) && self.is_contiguous_leaf(level, e);
+                hinted.then_some(e & !bit)
+            });
         }
         self.sync(t.entry_ptr(first), 8 << n_log2);
         // A TLB may hold the run as one entry: invalidate all of it.

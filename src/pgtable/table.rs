@@ -27,6 +27,15 @@ pub enum SplitPolicy {
 /// accessed/dirty bits. Those bits only ever get set, so a handful of retries always suffices.
 const HW_UPDATE_RETRIES: u32 = 8;
 
+/// Where an operation has read an entry and is about to replace it with a compare-and-swap.
+/// Unit-test builds yield the CPU here, so that the threaded tests (`race_tests`) lose the race
+/// on a loaded machine too; other builds compile it to nothing.
+#[inline(always)]
+pub(super) fn race_window() {
+    #[cfg(all(test, feature = "std"))]
+    std::thread::yield_now();
+}
+
 /// A page table of format `F` whose pages come from `A`.
 ///
 /// Dropping a `PageTable` leaks its pages: they may only be freed after the hardware has been
@@ -612,41 +621,87 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         if level == 0 && self.plain_leaves() {
             return Ok(self.unmap_leaves(t, iova, len, gather));
         }
-        let shift = self.geo().level_shift(level);
-        let size = 1u64 << shift;
+        let size = 1u64 << self.geo().level_shift(level);
         let start = iova;
         let (mut iova, mut left, mut unmapped) = (iova, len, 0);
         let mut idx = self.geo().index(level, iova);
         while left > 0 {
             let chunk = left.min(size - (iova & (size - 1)));
-            // SAFETY: `t` is a live table at `level`; `idx` comes from an IOVA in its span.
-            let slot = unsafe { t.slot(idx) };
-            let mut raw = slot.load(Ordering::Acquire);
-            if self.format.is_present(raw) && self.is_contiguous_leaf(level, raw) {
-                raw = self.break_contiguous(t, level, idx, iova, (start, start + len), gather);
-            }
-            if !self.format.is_present(raw) {
-                // Nothing mapped here.
-            } else if level > 0 && self.format.is_table(level, raw) {
-                let child = self.child(raw)?;
-                if chunk == size {
-                    self.store_synced(t, idx, 0);
-                    gather.add_table_change(iova, size);
-                    unmapped += self.reap(child, level - 1, raw, gather)?;
-                } else {
-                    unmapped += self.unmap_level(child, level - 1, iova, chunk, gather, spares)?;
-                }
-            } else if chunk == size {
-                self.store_synced(t, idx, 0);
-                gather.add_leaves(iova, size, shift);
-                unmapped += size;
-            } else {
-                let child = self.split_leaf(t, idx, level, raw, iova, gather, spares)?;
-                unmapped += self.unmap_level(child, level - 1, iova, chunk, gather, spares)?;
-            }
+            let range = (start, start + len);
+            unmapped += self.unmap_entry(t, level, idx, iova, chunk, range, gather, spares)?;
             (iova, left, idx) = (iova.wrapping_add(chunk), left - chunk, idx + 1);
         }
         Ok(unmapped)
+    }
+
+    /// Unmaps `[iova, iova + chunk)` under slot `idx` of `t` (at `level`); `range` is the whole
+    /// unmap's. Returns the bytes unmapped.
+    ///
+    /// Other threads may change the slot meanwhile, within the contract (their ranges are
+    /// disjoint from ours): another unmap may split the same larger page, or clear its
+    /// contiguous hint; hardware may set accessed/dirty bits. So every decision is taken on the
+    /// value last read, and a failed compare-and-swap re-examines what the slot holds now:
+    /// a table (someone else's split) is descended into, a leaf is split again.
+    #[allow(clippy::too_many_arguments)]
+    fn unmap_entry(
+        &self,
+        t: Table,
+        level: u32,
+        idx: usize,
+        iova: u64,
+        chunk: u64,
+        range: (u64, u64),
+        gather: &mut Gather,
+        spares: &mut Spares,
+    ) -> Result<u64, Error> {
+        let shift = self.geo().level_shift(level);
+        let size = 1u64 << shift;
+        // SAFETY: `t` is a live table at `level`; `idx` comes from an IOVA in its span.
+        let slot = unsafe { t.slot(idx) };
+        let mut raw = slot.load(Ordering::Acquire);
+        // Whether this call saw a leaf in the slot: if it then finds a table, another unmap
+        // split that leaf, and the larger page may still be cached (see below).
+        let mut saw_leaf = false;
+        for _ in 0..HW_UPDATE_RETRIES {
+            if self.format.is_present(raw) && self.is_contiguous_leaf(level, raw) {
+                raw = self.break_contiguous(t, level, idx, iova, range, gather);
+            }
+            if !self.format.is_present(raw) {
+                return Ok(0);
+            }
+            if level > 0 && self.format.is_table(level, raw) {
+                let child = self.child(raw)?;
+                if saw_leaf {
+                    // The splitter's invalidation of the larger page may not have completed
+                    // when this unmap returns: invalidate it here too, at its own size (a
+                    // TLBI with a level hint for the small page would miss it).
+                    gather.add_leaves(iova & !(size - 1), size, shift);
+                }
+                if chunk == size {
+                    self.store_synced(t, idx, 0);
+                    gather.add_table_change(iova, size);
+                    return self.reap(child, level - 1, raw, gather);
+                }
+                return self.unmap_level(child, level - 1, iova, chunk, gather, spares);
+            }
+            if chunk == size {
+                self.store_synced(t, idx, 0);
+                gather.add_leaves(iova, size, shift);
+                return Ok(size);
+            }
+            saw_leaf = true;
+            match self.split_leaf(t, idx, level, raw, iova, gather, spares)? {
+                Ok(child) => {
+                    return self.unmap_level(child, level - 1, iova, chunk, gather, spares)
+                }
+                // A concurrent split installed its table, or hardware set accessed/dirty
+                // bits: look again.
+                Err(now) => raw = now,
+            }
+        }
+        Err(Error::EntryUnstable {
+            iova: Iova::new(iova),
+        })
     }
 
     /// `unmap_level` at level 0: clears every present entry in one tight loop; each run of
@@ -731,7 +786,12 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     }
 
     /// Replaces the leaf `raw` in slot `idx` of `t` by a fully populated table of next-level
-    /// leaves with the same translation and attributes.
+    /// leaves with the same translation and attributes (accessed/dirty state included), with one
+    /// compare-and-swap from `raw`.
+    ///
+    /// Returns the new table, or, if the slot no longer held `raw`, what it holds now (the table
+    /// of a concurrent split, or the leaf with bits the walker set); the spare page then goes
+    /// back zeroed.
     #[allow(clippy::too_many_arguments)]
     fn split_leaf(
         &self,
@@ -742,43 +802,43 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         iova: u64,
         gather: &mut Gather,
         spares: &mut Spares,
-    ) -> Result<Table, Error> {
+    ) -> Result<Result<Table, u64>, Error> {
         let page = spares.take(&self.alloc).ok_or(Error::NoMemory)?;
         let new = Table(page.va);
         let child_size = 1u64 << self.geo().level_shift(level - 1);
         let entries = 1usize << self.geo().level_bits(level - 1);
         let table_entry = self.format.encode_table(level, page.pa);
-        let mut raw = raw;
-        for _ in 0..HW_UPDATE_RETRIES {
-            let base = self.format.leaf_address(level, raw).get();
-            for i in 0..entries {
-                let pa = PhysAddr::new(base + i as u64 * child_size);
-                let e = self.format.relevel_leaf(raw, level, level - 1, pa);
-                // SAFETY: `i` is below the new table's entry count; the page is still private.
-                unsafe { new.slot(i) }.store(e, Ordering::Relaxed);
+        let base = self.format.leaf_address(level, raw).get();
+        for i in 0..entries {
+            let pa = PhysAddr::new(base + i as u64 * child_size);
+            let e = self.format.relevel_leaf(raw, level, level - 1, pa);
+            // SAFETY: `i` is below the new table's entry count; the page is still private.
+            unsafe { new.slot(i) }.store(e, Ordering::Relaxed);
+        }
+        self.sync(page.va, 1 << self.geo().granule_log2);
+        race_window();
+        // SAFETY: `idx` indexes the live table `t`.
+        match unsafe { t.slot(idx) }.compare_exchange(
+            raw,
+            table_entry,
+            Ordering::Release,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => {
+                self.sync(t.entry_ptr(idx), 8);
+                let shift = self.geo().level_shift(level);
+                gather.add_table_change(iova & !((1u64 << shift) - 1), 1 << shift);
+                Ok(Ok(new))
             }
-            self.sync(page.va, 1 << self.geo().granule_log2);
-            // SAFETY: `idx` indexes the live table `t`.
-            match unsafe { t.slot(idx) }.compare_exchange(
-                raw,
-                table_entry,
-                Ordering::Release,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => {
-                    self.sync(t.entry_ptr(idx), 8);
-                    let shift = self.geo().level_shift(level);
-                    gather.add_table_change(iova & !((1u64 << shift) - 1), 1 << shift);
-                    return Ok(new);
+            Err(now) => {
+                for i in 0..entries {
+                    // SAFETY: as above; the page never became reachable.
+                    unsafe { new.slot(i) }.store(0, Ordering::Relaxed);
                 }
-                // Hardware set accessed/dirty bits meanwhile: rebuild from the new value.
-                Err(now) => raw = now,
+                spares.put(page);
+                Ok(Err(now))
             }
         }
-        spares.put(page);
-        Err(Error::EntryUnstable {
-            iova: Iova::new(iova),
-        })
     }
 
     // ---------------------------------------------------------------------------------------
