@@ -230,6 +230,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         pasid: Option<Pasid>,
         d: DomainHandle,
     ) -> Result<(), Error> {
+        self.usable()?;
         let sid = self.check_sid(device)?;
         let ssid = pasid.map(|p| self.check_ssid(p)).transpose()?;
         let mut guard = self.config.lock();
@@ -403,6 +404,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
 
     /// [`crate::iommu::Iommu::detach`].
     pub(crate) fn detach_impl(&self, device: DeviceId, pasid: Option<Pasid>) -> Result<(), Error> {
+        self.usable()?;
         let sid = self.check_sid(device)?;
         let ssid = pasid.map(|p| self.check_ssid(p)).transpose()?;
         let mut guard = self.config.lock();
@@ -461,6 +463,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
     /// [`Error::Unsupported`] without `IDR0.ATS`; [`Error::Busy`] while attached or when the
     /// unit tracks [`MAX_STREAMS`](super::MAX_STREAMS) streams already; [`Error::InvalidDevice`].
     pub fn set_ats(&self, device: DeviceId, enabled: bool) -> Result<(), Error> {
+        self.usable()?;
         if !self.features.ats {
             return Err(Error::Unsupported(Missing::Mode {
                 what: "ATS (IDR0.ATS)",

@@ -218,7 +218,11 @@ impl CdSync {
 }
 
 /// A CD table in allocator memory: `2^S1CDMax` CDs, linear or two-level.
-pub struct CdTable<A: PageAllocator> {
+///
+/// Crate-private: it frees its memory on `Drop`, which is sound only once the unit no longer
+/// uses it (translation or the queue turned off and acknowledged). [`SmmuUnit`](super::SmmuUnit)
+/// is the one owner that can know it, and leaks the memory when it cannot (its `Drop`).
+pub(crate) struct CdTable<A: PageAllocator> {
     alloc: A,
     coherency: WalkerCoherency,
     fmt: S1Fmt,

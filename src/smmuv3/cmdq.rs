@@ -6,7 +6,26 @@
 //! §6.3.26-6.3.28 (CMDQ_BASE, CMDQ_PROD, CMDQ_CONS with ERR in bits 30:24), §7.1 (command
 //! errors: the unit stops at the faulting command with CONS pointing at it and toggles
 //! GERROR.CMDQ_ERR; software fixes or replaces the command, then toggles GERRORN.CMDQ_ERR and
-//! the unit resumes from CONS).
+//! the unit re-fetches from CONS), §7.5 (GERROR: MSI_CMDQ_ABT_ERR, SFM_ERR), §12.3 (service
+//! failure mode).
+//!
+//! Recovery depends on the `CMDQ_CONS.ERR` code (as Linux's driver also does):
+//! - `CERROR_ILL` (and codes the spec does not define): the command can never run; it is
+//!   replaced by a CMD_SYNC and the error returned, so the caller's operation fails and its
+//!   retry issues the command again.
+//! - `CERROR_ABT`: the fetch was aborted by the interconnect; the command is left in place and
+//!   fetched again on acknowledgement. It is not dropped: a transient abort costs nothing, a
+//!   persistent one ends the wait with [`CommandErrorKind::Abort`] and the command still
+//!   queued (fetched again by the next wait).
+//! - `CERROR_ATC_INV_SYNC`: CONS is on the CMD_SYNC whose ATS invalidations timed out; it is
+//!   acknowledged and so run again (the device may answer late). A wait that ends with it
+//!   still failing reports [`CommandErrorKind::AtcInvalidationSync`].
+//!
+//! `GERROR.SFM_ERR` ends every wait at once with [`SmmuError::ServiceFailure`] (it is left
+//! unacknowledged: acknowledging does not leave the mode, and the unit's `enable` uses it to
+//! refuse until a reset). `GERROR.MSI_CMDQ_ABT_ERR` while an MSI-completed CMD_SYNC is awaited
+//! means its MSI will never arrive: the wait falls back to CMDQ_CONS, completion is polled
+//! there from then on, and the sync reports [`SmmuError::SyncMsiAborted`].
 //!
 //! The queue is owned by one `&mut` user at a time; the producer index lives here and is written
 //! to CMDQ_PROD once per batch through the doorbell barrier. Every wait is bounded.
@@ -41,7 +60,11 @@ pub enum SyncMode {
 }
 
 /// The command queue of one unit.
-pub struct CommandQueue<A: PageAllocator> {
+///
+/// Crate-private: it frees its memory on `Drop`, which is sound only once the unit no longer
+/// uses it (translation or the queue turned off and acknowledged). [`SmmuUnit`](super::SmmuUnit)
+/// is the one owner that can know it, and leaks the memory when it cannot (its `Drop`).
+pub(crate) struct CommandQueue<A: PageAllocator> {
     mem: QueueMemory<A>,
     prod: QueuePointer,
     cons: QueuePointer,
@@ -49,6 +72,11 @@ pub struct CommandQueue<A: PageAllocator> {
     msi: Option<Page>,
     msi_sequence: u32,
     budget: u32,
+    /// The last fetch abort or ATC invalidation timeout recovered (by re-running the command)
+    /// during the current wait: reported if the wait runs out.
+    retrying: Option<SmmuError>,
+    /// A CMD_SYNC completion MSI aborted during the current wait.
+    msi_aborted: bool,
 }
 
 // SAFETY: the raw page pointers are owned by the CommandQueue (the queue and MSI pages, freed only by its `Drop`);
@@ -101,6 +129,8 @@ impl<A: PageAllocator> CommandQueue<A> {
             msi,
             msi_sequence: 0,
             budget,
+            retrying: None,
+            msi_aborted: false,
         })
     }
 
@@ -118,15 +148,32 @@ impl<A: PageAllocator> CommandQueue<A> {
         self.cons = self.prod;
     }
 
-    /// The producer position.
-    pub fn prod(&self) -> QueuePointer {
-        self.prod
-    }
-
-    /// Reads CMDQ_CONS; on a command error recovers it and returns the error.
+    /// Reads CMDQ_CONS after handling the global errors that concern the queue (see the module
+    /// documentation): an error for `CERROR_ILL` (the command was replaced) and service
+    /// failure; `CERROR_ABT` and `CERROR_ATC_INV_SYNC` are re-run and remembered in
+    /// `retrying`; an aborted completion MSI in `msi_aborted`.
     fn refresh_cons<W: RegisterWindow + ?Sized>(&mut self, regs: &W) -> Result<(), SmmuError> {
-        if let Some(err) = self.recover(regs) {
-            return Err(err);
+        let active = Gerror::active(regs);
+        if active.contains(Gerror::SFM_ERR) {
+            return Err(SmmuError::ServiceFailure {
+                gerror: active.bits(),
+            });
+        }
+        if active.contains(Gerror::MSI_CMDQ_ABT_ERR) {
+            Gerror::acknowledge(regs, Gerror::MSI_CMDQ_ABT_ERR);
+            self.msi_aborted = true;
+        }
+        if active.contains(Gerror::CMDQ_ERR) {
+            match self.recover(regs) {
+                Some(
+                    e @ SmmuError::CommandError {
+                        kind: CommandErrorKind::Abort | CommandErrorKind::AtcInvalidationSync,
+                        ..
+                    },
+                ) => self.retrying = Some(e),
+                Some(e) => return Err(e),
+                None => {}
+            }
         }
         self.cons = QueuePointer::from_register(self.mem.log2, regs.read32(regs::CMDQ_CONS));
         Ok(())
@@ -166,6 +213,7 @@ impl<A: PageAllocator> CommandQueue<A> {
             return Ok(free);
         }
         let mut failure = None;
+        self.retrying = None;
         let found = poll(self.budget, || match self.refresh_cons(regs) {
             Err(e) => {
                 failure = Some(e);
@@ -176,10 +224,11 @@ impl<A: PageAllocator> CommandQueue<A> {
                 (free > 0).then_some(free)
             }
         });
-        match (failure, found) {
-            (Some(e), _) => Err(e),
-            (None, Some(free)) => Ok(free),
-            (None, None) => Err(SmmuError::CommandQueueFull {
+        match (failure, found, self.retrying.take()) {
+            (Some(e), _, _) => Err(e),
+            (None, Some(free), _) => Ok(free),
+            (None, None, Some(e)) => Err(e),
+            (None, None, None) => Err(SmmuError::CommandQueueFull {
                 prod: self.prod.register(),
                 cons: self.cons.register(),
             }),
@@ -195,33 +244,51 @@ impl<A: PageAllocator> CommandQueue<A> {
     }
 
     /// Queues a CMD_SYNC and waits, within the budget, until it completes: every command queued
-    /// before it has then taken effect.
+    /// before it has then taken effect. Fetch aborts and ATC invalidation timeouts met on the
+    /// way are recovered by running the command again (see the module documentation).
     ///
     /// # Errors
     ///
-    /// [`SmmuError::SyncTimeout`]; [`SmmuError::CommandError`] (the first command error seen
-    /// while waiting, after the queue was recovered and the CMD_SYNC still completed);
-    /// the errors of [`submit`](Self::submit).
+    /// - [`SmmuError::CommandError`] with `CERROR_ILL`: a command was replaced by a CMD_SYNC
+    ///   (the first such error; the wait still ran until this CMD_SYNC completed);
+    /// - [`SmmuError::CommandError`] with `CERROR_ABT` / `CERROR_ATC_INV_SYNC`: still failing
+    ///   when the budget ran out (the command stays queued);
+    /// - [`SmmuError::SyncMsiAborted`]: the CMD_SYNC completed (CONS passed it) but its MSI
+    ///   aborted; later syncs poll CMDQ_CONS;
+    /// - [`SmmuError::ServiceFailure`]; [`SmmuError::SyncTimeout`];
+    /// - the errors of [`submit`](Self::submit).
     pub fn sync<W: RegisterWindow + ?Sized>(&mut self, regs: &W) -> Result<(), SmmuError> {
         let cmd = self.sync_command()?;
         self.submit(regs, &[cmd])?;
         let sync_at = self.prod.advance((1u32 << self.mem.log2) * 2 - 1);
         let target = self.prod;
         let mut first_error = None;
+        self.retrying = None;
+        self.msi_aborted = false;
         let done = match self.mode {
             SyncMode::Msi => self.wait_msi(regs, sync_at, &mut first_error),
             SyncMode::PollCons | SyncMode::Sev => self.wait_cons(regs, target, &mut first_error),
         };
+        let retrying = self.retrying.take();
         if let Some(e) = first_error {
             return Err(e);
         }
-        if done {
-            Ok(())
-        } else {
-            Err(SmmuError::SyncTimeout {
+        if self.msi_aborted {
+            // The MSI target cannot be written: observe completion through CONS from now on.
+            self.mode = SyncMode::PollCons;
+            if done {
+                return Err(SmmuError::SyncMsiAborted {
+                    address: self.msi.map_or(0, |p| p.pa.get()),
+                });
+            }
+        }
+        match (done, retrying) {
+            (true, _) => Ok(()),
+            (false, Some(e)) => Err(e),
+            (false, None) => Err(SmmuError::SyncTimeout {
                 prod: target.register(),
                 cons: self.cons.register(),
-            })
+            }),
         }
     }
 
@@ -265,11 +332,17 @@ impl<A: PageAllocator> CommandQueue<A> {
     ) -> bool {
         poll(self.budget, || {
             if let Err(e) = self.refresh_cons(regs) {
+                if let SmmuError::ServiceFailure { .. } = e {
+                    // Nothing more will be consumed.
+                    first_error.replace(e);
+                    return Some(());
+                }
                 first_error.get_or_insert(e);
             }
             (self.cons == target).then_some(())
         })
         .is_some()
+            && !matches!(first_error, Some(SmmuError::ServiceFailure { .. }))
     }
 
     /// Waits for the MSI word to hold the sequence number; if the CMD_SYNC itself faulted (and
@@ -297,38 +370,56 @@ impl<A: PageAllocator> CommandQueue<A> {
             if polls % MSI_ERROR_CHECK_INTERVAL != 0 && !sync_faulted {
                 return None;
             }
-            if let Err(e) = self.refresh_cons(regs) {
-                if let SmmuError::CommandError { index, .. } = e {
-                    sync_faulted |= index == sync_at.index();
+            match self.refresh_cons(regs) {
+                Err(e @ SmmuError::ServiceFailure { .. }) => {
+                    first_error.replace(e);
+                    return Some(());
                 }
-                first_error.get_or_insert(e);
+                Err(e) => {
+                    // A CMD_SYNC replaced after CERROR_ILL sends no MSI.
+                    if let SmmuError::CommandError { index, .. } = e {
+                        sync_faulted |= index == sync_at.index();
+                    }
+                    first_error.get_or_insert(e);
+                }
+                Ok(()) => {}
             }
+            // An aborted MSI never arrives: CONS passing the CMD_SYNC is the completion.
+            sync_faulted |= self.msi_aborted;
             (sync_faulted && self.cons == target).then_some(())
         })
         .is_some()
+            && !matches!(first_error, Some(SmmuError::ServiceFailure { .. }))
     }
 
-    /// Handles an active GERROR.CMDQ_ERR: reads the reason from CMDQ_CONS.ERR, replaces the
-    /// command at CONS with a CMD_SYNC (no signal, no MSI), acknowledges through GERRORN, and
-    /// returns the error. `None` if no command error was active.
+    /// Handles an active GERROR.CMDQ_ERR by its `CMDQ_CONS.ERR` code (see the module
+    /// documentation): `CERROR_ILL` and undefined codes replace the command at CONS with a
+    /// CMD_SYNC (no signal, no MSI); `CERROR_ABT` and `CERROR_ATC_INV_SYNC` leave it to run
+    /// again. Then acknowledges through GERRORN (the unit re-fetches from CONS) and returns the
+    /// error. `None` if no command error was active.
     pub fn recover<W: RegisterWindow + ?Sized>(&mut self, regs: &W) -> Option<SmmuError> {
         if !Gerror::active(regs).contains(Gerror::CMDQ_ERR) {
             return None;
         }
         let raw = regs.read32(regs::CMDQ_CONS);
-        let code = CMDQ_CONS_ERR.get(raw as u64) as u8;
+        let kind = CommandErrorKind::from_code(CMDQ_CONS_ERR.get(raw as u64) as u8);
         let at = QueuePointer::from_register(self.mem.log2, raw);
         let entry = self.mem.entry(at.index());
         let opcode = entry.first().map_or(0, |w| w.load(Ordering::Relaxed) as u8);
-        self.write_entry(at.index(), &Command::plain_sync());
-        // The replacement must be in memory before the unit restarts from CONS.
-        dma_write_barrier();
+        match kind {
+            CommandErrorKind::Abort | CommandErrorKind::AtcInvalidationSync => {}
+            CommandErrorKind::Illegal | CommandErrorKind::Other(_) => {
+                self.write_entry(at.index(), &Command::plain_sync());
+                // The replacement must be in memory before the unit restarts from CONS.
+                dma_write_barrier();
+            }
+        }
         Gerror::acknowledge(regs, Gerror::CMDQ_ERR);
         self.cons = at;
         Some(SmmuError::CommandError {
             index: at.index(),
             opcode,
-            kind: CommandErrorKind::from_code(code),
+            kind,
         })
     }
 }

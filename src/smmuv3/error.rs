@@ -9,13 +9,16 @@ use core::fmt;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum CommandErrorKind {
-    /// `CERROR_ILL` (0x01): unknown opcode, or a command field the unit rejects.
+    /// `CERROR_ILL` (0x01): unknown opcode, or a command field the unit rejects. The command
+    /// was replaced by a CMD_SYNC: it never takes effect.
     Illegal,
-    /// `CERROR_ABT` (0x02): an abort while fetching the command.
+    /// `CERROR_ABT` (0x02): an abort while fetching the command. The command stays in the
+    /// queue and is fetched again on every acknowledgement.
     Abort,
-    /// `CERROR_ATC_INV_SYNC` (0x03): a CMD_SYNC whose ATS invalidations timed out.
+    /// `CERROR_ATC_INV_SYNC` (0x03): a CMD_SYNC whose ATS invalidations timed out. The CMD_SYNC
+    /// stays in the queue and runs again on every acknowledgement.
     AtcInvalidationSync,
-    /// Any other code: kept as read.
+    /// Any other code: kept as read, handled as `Illegal`.
     Other(u8),
 }
 
@@ -29,25 +32,49 @@ impl CommandErrorKind {
             other => Self::Other(other),
         }
     }
+
+    /// The `CMDQ_CONS.ERR` code.
+    pub const fn code(self) -> u8 {
+        match self {
+            Self::Illegal => 1,
+            Self::Abort => 2,
+            Self::AtcInvalidationSync => 3,
+            Self::Other(c) => c,
+        }
+    }
 }
 
 /// Errors of the SMMUv3 driver layer.
+///
+/// Each variant says what the caller does next. Three kinds of answer recur:
+/// - **nothing changed**: fix the argument or the configuration (or free memory) and call again;
+/// - **retry**: the call stopped part-way, in a state the crate keeps consistent (no page is
+///   freed, no tag reused while the unit may still use it): the same call again, once the
+///   cause has gone, completes it and issues every invalidation the failed attempt lost;
+/// - **reset the unit**: the hardware is unusable ([`SmmuError::ServiceFailure`]) or did not
+///   take a control register write; pages the hardware may still reach stay allocated (leaked on
+///   purpose) until the unit is reset and enabled again.
+///
+/// `SmmuUnit::audit` checks, after any error, that the unit's books
+/// still match its tables.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum SmmuError {
-    /// The page allocator had no page of `1 << size_log2` bytes.
+    /// The page allocator had no page of `1 << size_log2` bytes. Nothing changed (the pages the
+    /// call had taken were given back): free memory, then call again.
     NoMemory {
         /// Requested size, log2 bytes.
         size_log2: u32,
     },
-    /// A value does not fit the named field.
+    /// A value does not fit the named field. Nothing changed: a caller or configuration bug.
     FieldOutOfRange {
         /// The spec's name of the field.
         field: &'static str,
         /// The rejected value.
         value: u64,
     },
-    /// An address has bits set below the named field's alignment.
+    /// An address has bits set below the named field's alignment. Nothing changed: the
+    /// allocator handed out a misaligned page (an embedder bug).
     AddressMisaligned {
         /// The spec's name of the field.
         field: &'static str,
@@ -56,7 +83,8 @@ pub enum SmmuError {
         /// Required alignment, log2 bytes.
         align_log2: u32,
     },
-    /// An address is wider than the named field.
+    /// An address is wider than the named field. Nothing changed: give the unit pages below its
+    /// output size.
     AddressTooWide {
         /// The spec's name of the field.
         field: &'static str,
@@ -65,26 +93,30 @@ pub enum SmmuError {
         /// Width of the field, in address bits.
         bits: u32,
     },
-    /// `CR0ACK` did not reach the value written to `CR0` in time.
+    /// `CR0ACK` did not reach the value written to `CR0` in time: the unit ignored or has not
+    /// yet taken the write. The unit is not enabled ([`SmmuUnit::enable`](super::SmmuUnit::enable)
+    /// and [`disable`](super::SmmuUnit::disable) leave it so): call `enable` again, and reset
+    /// the unit if it keeps failing. Its tables are kept.
     Cr0AckTimeout {
         /// The value written to `CR0`.
         wanted: u32,
         /// The last `CR0ACK` read.
         last: u32,
     },
-    /// `IRQ_CTRLACK` did not reach the value written to `IRQ_CTRL` in time.
+    /// `IRQ_CTRLACK` did not reach the value written to `IRQ_CTRL` in time. As
+    /// [`Cr0AckTimeout`](Self::Cr0AckTimeout).
     IrqCtrlAckTimeout {
         /// The value written to `IRQ_CTRL`.
         wanted: u32,
         /// The last `IRQ_CTRLACK` read.
         last: u32,
     },
-    /// `GBPA.UPDATE` did not clear in time.
+    /// `GBPA.UPDATE` did not clear in time. As [`Cr0AckTimeout`](Self::Cr0AckTimeout).
     GbpaUpdateTimeout {
         /// The last `GBPA` read.
         last: u32,
     },
-    /// A queue or table size the unit does not support.
+    /// A queue or table size the unit does not support. Nothing changed: choose a smaller one.
     SizeUnsupported {
         /// Which structure.
         what: &'static str,
@@ -93,36 +125,43 @@ pub enum SmmuError {
         /// Largest size the unit or the allocator supports, log2 entries.
         max_log2: u32,
     },
-    /// A StreamID beyond the stream table.
+    /// A StreamID beyond the stream table. Nothing changed.
     StreamIdOutOfRange {
         /// The rejected StreamID.
         sid: u32,
         /// The table covers StreamIDs below `1 << log2`.
         log2: u32,
     },
-    /// A SubstreamID beyond the CD table.
+    /// A SubstreamID beyond the CD table. Nothing changed.
     SubstreamIdOutOfRange {
         /// The rejected SubstreamID.
         ssid: u32,
         /// The table covers SubstreamIDs below `1 << log2`.
         log2: u32,
     },
-    /// The command queue had no room for a command within the poll budget.
+    /// The command queue had no room for a command within the poll budget: the unit is not
+    /// consuming. Retry (the commands queued so far stay queued); reset the unit if it persists.
     CommandQueueFull {
         /// The producer register value.
         prod: u32,
         /// The last consumer register value read.
         cons: u32,
     },
-    /// A CMD_SYNC did not complete within the poll budget.
+    /// A CMD_SYNC did not complete within the poll budget. The commands before it may or may
+    /// not have taken effect: the call kept every page and tag they cover. Retry; reset the
+    /// unit if it persists.
     SyncTimeout {
         /// Queue position just past the CMD_SYNC.
         prod: u32,
         /// The last consumer register value read.
         cons: u32,
     },
-    /// The unit stopped at a command (`GERROR.CMDQ_ERR`); the command was replaced by a
-    /// CMD_SYNC and the error acknowledged, so the queue runs again.
+    /// The unit stopped at a command (`GERROR.CMDQ_ERR`), acknowledged. With
+    /// [`CommandErrorKind::Illegal`] the command was replaced by a CMD_SYNC (a driver bug, or a
+    /// unit rejecting a field); with `Abort` / `AtcInvalidationSync` it was run again until the
+    /// poll budget ran out and stays queued. Either way the call kept every page and tag the
+    /// command covers: retry (the retry issues the command again); reset the unit if it
+    /// persists.
     CommandError {
         /// Queue index of the offending command.
         index: u32,
@@ -131,19 +170,40 @@ pub enum SmmuError {
         /// The `CMDQ_CONS.ERR` code.
         kind: CommandErrorKind,
     },
+    /// The CMD_SYNC completed (`CMDQ_CONS` passed it, so every earlier command took effect) but
+    /// its completion MSI to `address` aborted (`GERROR.MSI_CMDQ_ABT_ERR`, acknowledged). The
+    /// queue observes completion through `CMDQ_CONS` from now on. The call stopped as after a
+    /// [`SyncTimeout`](Self::SyncTimeout): retry it.
+    SyncMsiAborted {
+        /// The MSI target (the queue's completion word).
+        address: u64,
+    },
+    /// The unit entered service failure mode (`GERROR.SFM_ERR`, IHI 0070 G.b §12.3): it
+    /// terminates every transaction and consumes no command. The unit is marked failed and
+    /// turned off; every later call returns this error and changes nothing (pages the unit may
+    /// have cached stay allocated). Reset the SMMU (an implementation-defined procedure that
+    /// includes a system reset), then call [`SmmuUnit::enable`](super::SmmuUnit::enable): it
+    /// rebuilds the unit from its books and invalidates every cache.
+    ServiceFailure {
+        /// The active GERROR bits when it was seen.
+        gerror: u32,
+    },
     /// A descriptor is live (valid) and cannot be rewritten in place by this operation.
+    /// Nothing changed.
     DescriptorLive {
         /// Which structure.
         what: &'static str,
         /// Its index (StreamID or SubstreamID).
         index: u32,
     },
-    /// The allocator could not translate the physical address of a table the crate linked.
+    /// The allocator could not translate the physical address of a table the crate linked (an
+    /// embedder bug). Nothing changed.
     NotMapped {
         /// The physical address.
         address: u64,
     },
-    /// An STE or CD combination the driver refuses to build.
+    /// An STE or CD combination the driver refuses to build, or a unit that is not enabled.
+    /// Nothing changed.
     InvalidConfig {
         /// What is wrong, in the spec's terms.
         reason: &'static str,
@@ -230,6 +290,14 @@ impl fmt::Display for SmmuError {
                     "{kind} at command queue index {index} (opcode {opcode:#04x})"
                 )
             }
+            Self::SyncMsiAborted { address } => write!(
+                f,
+                "CMD_SYNC completion MSI to {address:#x} aborted (GERROR.MSI_CMDQ_ABT_ERR)"
+            ),
+            Self::ServiceFailure { gerror } => write!(
+                f,
+                "service failure mode (GERROR.SFM_ERR, active {gerror:#x}): reset the SMMU"
+            ),
             Self::DescriptorLive { what, index } => write!(f, "{what} {index:#x} is live"),
             Self::NotMapped { address } => write!(f, "table at {address:#x} is not mapped"),
             Self::InvalidConfig { reason } => write!(f, "invalid configuration: {reason}"),

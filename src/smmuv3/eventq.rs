@@ -4,7 +4,7 @@
 //! register page 1, PROD.OVFLG bit 31 toggled by the unit when it drops records because the
 //! queue is full, CONS.OVACKFLG bit 31 written equal to it to acknowledge), §7.3 (records).
 //!
-//! Each [`EventQueue::drain`] call handles a bounded number of records so that an event storm
+//! Each `EventQueue::drain` call handles a bounded number of records so that an event storm
 //! cannot hold the CPU.
 
 use core::ptr::NonNull;
@@ -20,7 +20,7 @@ use crate::mmio::{dma_read_barrier, RegisterWindow};
 const ENTRY_LOG2: u32 = 5;
 const OVERFLOW_FLAG: u32 = 1 << 31;
 
-/// What one [`EventQueue::drain`] call did.
+/// What one drain of the event queue ([`SmmuUnit::handle_events`](super::SmmuUnit::handle_events)) did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DrainReport {
     /// Records handed to the handler.
@@ -32,7 +32,11 @@ pub struct DrainReport {
 }
 
 /// The event queue of one unit.
-pub struct EventQueue<A: PageAllocator> {
+///
+/// Crate-private: it frees its memory on `Drop`, which is sound only once the unit no longer
+/// uses it (translation or the queue turned off and acknowledged). [`SmmuUnit`](super::SmmuUnit)
+/// is the one owner that can know it, and leaks the memory when it cannot (its `Drop`).
+pub(crate) struct EventQueue<A: PageAllocator> {
     mem: QueueMemory<A>,
     cons: QueuePointer,
     overflow_ack: u32,
@@ -67,14 +71,6 @@ impl<A: PageAllocator> EventQueue<A> {
             prod_offset: regs::EVENTQ_PROD,
             cons_offset: regs::EVENTQ_CONS,
         })
-    }
-
-    /// Uses the page-0 aliases of EVENTQ_PROD/CONS (0xa8/0xac), for implementations that
-    /// provide no register page 1.
-    pub fn with_page0_registers(mut self) -> Self {
-        self.prod_offset = regs::EVENTQ_PROD - regs::PAGE1;
-        self.cons_offset = regs::EVENTQ_CONS - regs::PAGE1;
-        self
     }
 
     /// The EVENTQ_BASE value.

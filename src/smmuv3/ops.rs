@@ -99,6 +99,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         cfg: &DomainConfig,
         parent: DomainHandle,
     ) -> Result<DomainHandle, Error> {
+        self.usable()?;
         if !(self.features.stage1_usable() && self.features.s2p) {
             return Err(Error::Unsupported(Missing::Nesting));
         }
@@ -150,6 +151,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
     }
 
     fn alloc_domain(&self, cfg: &DomainConfig) -> Result<DomainHandle, Error> {
+        self.usable()?;
         let f = self.features;
         let stage2 = match cfg.stage {
             Stage::Second if !f.s2p => {
@@ -214,25 +216,28 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         }
     }
 
+    /// [`Iommu::domain_free`]. The whole-tag TLBI completes before anything changes: on failure
+    /// the domain is still in its slot with its table and tag, and a retry completes the free.
     fn free_domain(&self, d: DomainHandle) -> Result<(), Error> {
+        self.usable()?;
         let mut config = self.config.lock();
-        let dom = {
-            let mut slot = self.slot(d)?.write();
-            match slot.as_ref() {
-                None => return Err(Error::InvalidDomain(d)),
-                Some(x) if x.busy() => return Err(Error::Busy),
-                Some(_) => {}
+        // Under the configuration lock nothing can attach the domain meanwhile.
+        let (tag, parent) = self.with_domain(d, |dom| {
+            if dom.busy() {
+                return Err(Error::Busy);
             }
-            slot.take().ok_or(Error::InvalidDomain(d))?
-        };
-        let (tag, parent) = (dom.tag, dom.parent);
-        let mut g = Gather::new();
-        dom.destroy(&mut g)?;
+            Ok((dom.tag, dom.parent))
+        })?;
         if self.has_cmdq() {
-            // On failure the tag stays allocated and the pages are leaked: either may still be
-            // cached by the unit.
             self.with_cmdq(|q, r| q.submit_and_sync(r, &[invalidate_all(tag)]))?;
         }
+        let dom = self
+            .slot(d)?
+            .write()
+            .take()
+            .ok_or(Error::InvalidDomain(d))?;
+        let mut g = Gather::new();
+        dom.destroy(&mut g)?;
         // SAFETY: no STE or CD points at the table (the domain had no users), and the TLBI of
         // its whole tag completed (or the unit never had a command queue, so never walked it).
         g.release(&self.alloc, unsafe { InvalidationComplete::assume() })?;
@@ -259,6 +264,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
     /// then the gathered pages go back to the allocator. A nest parent's ATS users include the
     /// streams attached through its stage-1 children: their ATCs are invalidated whole.
     fn flush_impl(&self, d: DomainHandle, gather: &mut Gather) -> Result<(), Error> {
+        self.usable()?;
         if gather.is_empty() {
             return Ok(());
         }
@@ -388,6 +394,7 @@ where
         len: u64,
         prot: Prot,
     ) -> Result<(), Error> {
+        self.usable()?;
         // No command: the unit caches no invalid entry, so a new mapping needs no invalidation.
         self.with_domain(domain, |d| d.map(iova, pa, len, prot))
     }
@@ -399,6 +406,7 @@ where
         len: u64,
         gather: &mut Gather,
     ) -> Result<u64, Error> {
+        self.usable()?;
         self.with_domain(domain, |d| d.unmap(iova, len, gather))
     }
 
@@ -430,6 +438,7 @@ where
         sink: &mut dyn FnMut(Iova, u32),
         gather: &mut Gather,
     ) -> Result<(), Error> {
+        self.usable()?;
         self.with_domain(domain, |d| d.read_and_clear_dirty(iova, len, sink, gather))
     }
 

@@ -51,7 +51,11 @@ pub enum StrtabFormat {
 }
 
 /// A stream table in allocator memory.
-pub struct StreamTable<A: PageAllocator> {
+///
+/// Crate-private: it frees its memory on `Drop`, which is sound only once the unit no longer
+/// uses it (translation or the queue turned off and acknowledged). [`SmmuUnit`](super::SmmuUnit)
+/// is the one owner that can know it, and leaks the memory when it cannot (its `Drop`).
+pub(crate) struct StreamTable<A: PageAllocator> {
     alloc: A,
     coherency: WalkerCoherency,
     fmt: StrtabFormat,

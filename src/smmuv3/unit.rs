@@ -29,7 +29,7 @@
 
 use core::mem::MaybeUninit;
 use core::ptr::{addr_of_mut, NonNull};
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use spin::{Mutex, RwLock};
 
@@ -45,7 +45,7 @@ use super::regs::{self, Cr0, Cr1, Cr2, Gbpa, Gerror, IrqCtrl};
 use super::ste::S1Fmt;
 use super::stream::{StreamState, MAX_STREAMS};
 use super::strtab::{StreamTable, StrtabFormat};
-use super::{CommandErrorKind, SmmuError};
+use super::SmmuError;
 use crate::iommu::{DomainHandle, Error, Missing, Pasid};
 use crate::mem::PageAllocator;
 use crate::mmio::{RegisterWindow, DEFAULT_POLL_BUDGET};
@@ -275,6 +275,8 @@ pub struct SmmuUnit<W: RegisterWindow, A: PageAllocator + Clone> {
     pub(crate) eventq: Mutex<Option<EventQueue<A>>>,
     pub(crate) domains: [RwLock<Option<Domain<A>>>; MAX_DOMAINS],
     pub(crate) enabled: AtomicBool,
+    /// Service failure mode was seen: every operation fails until `enable` finds it gone.
+    pub(crate) failed: AtomicU32,
 }
 
 impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
@@ -340,6 +342,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
                 domains.add(i).write(RwLock::new(None));
             }
             addr_of_mut!((*p).enabled).write(AtomicBool::new(false));
+            addr_of_mut!((*p).failed).write(AtomicU32::new(0));
         }
         Ok(())
     }
@@ -359,9 +362,44 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         &self.regs
     }
 
-    /// Whether [`enable`](Self::enable) completed and [`disable`](Self::disable) was not called.
+    /// Whether [`enable`](Self::enable) completed and [`disable`](Self::disable) was not called
+    /// (nor service failure mode seen since).
     pub fn is_enabled(&self) -> bool {
         self.enabled.load(Ordering::Acquire)
+    }
+
+    /// Whether the unit was found in service failure mode (`GERROR.SFM_ERR`) and not yet
+    /// reset and enabled again: every operation fails with [`SmmuError::ServiceFailure`].
+    pub fn has_failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire) != 0
+    }
+
+    /// [`SmmuError::ServiceFailure`] once the unit has failed.
+    pub(crate) fn usable(&self) -> Result<(), SmmuError> {
+        match self.failed.load(Ordering::Acquire) {
+            0 => Ok(()),
+            gerror => Err(SmmuError::ServiceFailure { gerror }),
+        }
+    }
+
+    /// Records service failure mode and turns the unit off: GBPA to the configured behaviour,
+    /// then CR0 = 0, each within the budget (a failed unit may take neither; it already
+    /// terminates every transaction, §12.3). SFM_ERR is left active: `enable` refuses while
+    /// it is, and only a reset clears it.
+    fn enter_failure(&self, gerror: u32) {
+        self.failed
+            .store(gerror | Gerror::SFM_ERR.bits(), Ordering::Release);
+        self.enabled.store(false, Ordering::Release);
+        let _ = regs::update_gbpa(&self.regs, self.gbpa_value(), self.cfg.budget);
+        let _ = regs::write_cr0(&self.regs, 0, self.cfg.budget);
+    }
+
+    /// Passes `r` on, failing the unit first if it reports service failure mode.
+    pub(crate) fn note<R>(&self, r: Result<R, SmmuError>) -> Result<R, SmmuError> {
+        if let Err(SmmuError::ServiceFailure { gerror }) = r {
+            self.enter_failure(gerror);
+        }
+        r
     }
 
     fn gbpa_value(&self) -> Gbpa {
@@ -376,11 +414,34 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
     /// translation on, in the order of the module documentation. Streams attached before a
     /// [`disable`](Self::disable) keep their STEs.
     ///
+    /// It is also the way back from service failure mode: once the SMMU has been reset
+    /// (`GERROR.SFM_ERR` no longer active), `enable` programs it again from the unit's books
+    /// (stream table, queues, every attachment's STE and CD are still in memory), invalidates
+    /// every configuration and TLB cache, and clears [`has_failed`](Self::has_failed).
+    ///
     /// # Errors
     ///
-    /// [`SmmuError::Cr0AckTimeout`], [`SmmuError::GbpaUpdateTimeout`],
-    /// [`SmmuError::IrqCtrlAckTimeout`], [`SmmuError::NoMemory`], command queue errors.
+    /// [`SmmuError::ServiceFailure`] while the SMMU is still in service failure mode (nothing
+    /// is written); [`SmmuError::Cr0AckTimeout`], [`SmmuError::GbpaUpdateTimeout`],
+    /// [`SmmuError::IrqCtrlAckTimeout`], [`SmmuError::NoMemory`], command queue errors: the
+    /// unit is left off (translation disabled, GBPA as configured) with its tables; call
+    /// `enable` again.
     pub fn enable(&self) -> Result<(), SmmuError> {
+        let active = Gerror::active(&self.regs);
+        if active.contains(Gerror::SFM_ERR) {
+            self.enter_failure(active.bits());
+            return Err(SmmuError::ServiceFailure {
+                gerror: active.bits(),
+            });
+        }
+        let r = self.enable_locked();
+        if r.is_ok() {
+            self.failed.store(0, Ordering::Release);
+        }
+        self.note(r)
+    }
+
+    fn enable_locked(&self) -> Result<(), SmmuError> {
         let mut config = self.config.lock();
         let mut cmdq = self.cmdq.lock();
         let mut eventq = self.eventq.lock();
@@ -490,8 +551,11 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
     ///
     /// # Errors
     ///
-    /// [`SmmuError::GbpaUpdateTimeout`], [`SmmuError::Cr0AckTimeout`].
+    /// [`SmmuError::ServiceFailure`] on a failed unit (it was turned off when the failure was
+    /// seen); [`SmmuError::GbpaUpdateTimeout`], [`SmmuError::Cr0AckTimeout`]: translation may
+    /// still be on; call again.
     pub fn disable(&self) -> Result<(), SmmuError> {
+        self.usable()?;
         let _config = self.config.lock();
         let budget = self.cfg.budget;
         regs::update_gbpa(&self.regs, self.gbpa_value(), budget)?;
@@ -502,7 +566,8 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
     }
 
     /// Handles at most `max` event records with `handler` and acknowledges global errors: a
-    /// command error is recovered (the faulting command replaced by a CMD_SYNC); the others are
+    /// command error is recovered (by its code, see [`cmdq`](super::cmdq)); `SFM_ERR` fails
+    /// the unit (see [`SmmuError::ServiceFailure`]) and stays active; the others are
     /// acknowledged and reported. For the embedder's interrupt handler, or to poll.
     ///
     /// It takes the event queue's and the command queue's spin locks: call it from a context
@@ -518,6 +583,11 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
             },
         };
         let gerror = Gerror::active(&self.regs);
+        if gerror.contains(Gerror::SFM_ERR) {
+            // Left active: acknowledging does not leave the mode (§12.3), and `enable` refuses
+            // while it is active.
+            self.enter_failure(gerror.bits());
+        }
         let command_error = if gerror.contains(Gerror::CMDQ_ERR) {
             self.cmdq
                 .lock()
@@ -526,7 +596,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         } else {
             None
         };
-        let others = gerror - Gerror::CMDQ_ERR;
+        let others = gerror - Gerror::CMDQ_ERR - Gerror::SFM_ERR;
         if !others.is_empty() {
             Gerror::acknowledge(&self.regs, others);
         }
@@ -542,11 +612,15 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         &self,
         f: impl FnOnce(&mut CommandQueue<A>, &W) -> Result<R, SmmuError>,
     ) -> Result<R, SmmuError> {
-        let mut q = self.cmdq.lock();
-        let q = q.as_mut().ok_or(SmmuError::InvalidConfig {
+        self.usable()?;
+        let mut guard = self.cmdq.lock();
+        let q = guard.as_mut().ok_or(SmmuError::InvalidConfig {
             reason: "the unit is not enabled",
         })?;
-        f(q, &self.regs)
+        let r = f(q, &self.regs);
+        // Failing the unit writes registers only: the queue's lock is not needed for it.
+        drop(guard);
+        self.note(r)
     }
 
     /// Whether the unit has ever had a command queue (tables may be cached only then).
@@ -629,7 +703,15 @@ impl From<SmmuError> for Error {
                 kind,
             } => Error::Hardware {
                 what: "command error (CMDQ_CONS.ERR)",
-                code: u64::from(index) << 16 | u64::from(opcode) << 8 | u64::from(cerror(kind)),
+                code: u64::from(index) << 16 | u64::from(opcode) << 8 | u64::from(kind.code()),
+            },
+            SmmuError::SyncMsiAborted { address } => Error::Hardware {
+                what: "CMD_SYNC completion MSI aborted (GERROR.MSI_CMDQ_ABT_ERR): retry",
+                code: address,
+            },
+            SmmuError::ServiceFailure { gerror } => Error::Hardware {
+                what: "SMMU in service failure mode (GERROR.SFM_ERR): reset it, then enable",
+                code: gerror.into(),
             },
             SmmuError::StreamIdOutOfRange { sid, .. } => {
                 Error::InvalidDevice(crate::iommu::DeviceId(sid))
@@ -660,14 +742,5 @@ impl From<SmmuError> for Error {
                 code: address,
             },
         }
-    }
-}
-
-const fn cerror(kind: CommandErrorKind) -> u8 {
-    match kind {
-        CommandErrorKind::Illegal => 1,
-        CommandErrorKind::Abort => 2,
-        CommandErrorKind::AtcInvalidationSync => 3,
-        CommandErrorKind::Other(c) => c,
     }
 }

@@ -10,7 +10,7 @@
 use super::config::{idr0, idr3, SmmuModelConfig};
 use super::regs::{cr0, gerror, QueueShape, CMDQ_CONS_ERR_MASK, CMDQ_CONS_ERR_SHIFT};
 use super::tlb::{AddrRange, Invalidation, Scope};
-use super::{translate, Injection, State};
+use super::{translate, State};
 use crate::sim::arena::{Arena, PhysMem};
 
 /// Command opcodes (§4.1.2).
@@ -97,7 +97,11 @@ enum Outcome {
 pub(crate) fn consume(state: &mut State, mem: &Arena, cfg: &SmmuModelConfig) {
     loop {
         let regs = &state.regs;
-        if !regs.enabled(cr0::CMDQEN) || regs.cmdq_error_pending() || state.sync_stalled {
+        if !regs.enabled(cr0::CMDQEN)
+            || regs.cmdq_error_pending()
+            || state.sync_stalled
+            || state.service_failure
+        {
             return;
         }
         let q = QueueShape::from_base(regs.cmdq_base, cfg.cmdq_max_log2());
@@ -108,9 +112,10 @@ pub(crate) fn consume(state: &mut State, mem: &Arena, cfg: &SmmuModelConfig) {
         let cmd = q
             .slot(cons, 16)
             .and_then(|a| Some([mem.read_u64(a)?, mem.read_u64(a.checked_add(8)?)?]));
-        let result = match (cmd, state.take_command_injection()) {
-            (None, _) | (_, Some(Injection::CommandAbort)) => Err(cerror::ABT),
-            (Some(_), Some(_)) => Err(cerror::ILL),
+        let is_sync = cmd.is_some_and(|c| c[0] as u8 == op::CMD_SYNC);
+        let result = match (cmd, state.command_fault(is_sync)) {
+            (None, _) => Err(cerror::ABT),
+            (Some(_), Some(code)) => Err(code),
             (Some(cmd), None) => {
                 state.log.push(cmd);
                 execute(state, mem, cfg, cmd)
@@ -118,6 +123,7 @@ pub(crate) fn consume(state: &mut State, mem: &Arena, cfg: &SmmuModelConfig) {
         };
         match result {
             Ok(Outcome::Done) => {
+                state.command_consumed(is_sync);
                 let regs = &mut state.regs;
                 regs.cmdq_cons = regs.cmdq_cons & CMDQ_CONS_ERR_MASK | q.next(cons);
             }
@@ -392,13 +398,10 @@ fn sync(
     if state.injections.sync_stall {
         return Ok(Outcome::Stalled);
     }
-    if core::mem::take(&mut state.injections.atc_inv_sync_timeout) {
-        return Err(cerror::ATC_INV_SYNC);
-    }
     state.stats.syncs += 1;
     let msi_addr = dw1 & SYNC_MSIADDR;
     if cs == CS_SIG_IRQ && cfg.has0(idr0::MSI) && msi_addr != 0 {
-        if write_u32(mem, msi_addr, (dw0 >> 32) as u32) {
+        if !state.injections.msi_abort && write_u32(mem, msi_addr, (dw0 >> 32) as u32) {
             state.stats.sync_msi_writes += 1;
         } else {
             state.regs.raise_gerror(gerror::MSI_CMDQ_ABT_ERR);

@@ -160,7 +160,10 @@ const EVENT_BYTES: u64 = 32;
 /// queue sets PROD.OVFLG to differ from CONS.OVACKFLG (§7.2.2) and drops the record.
 pub(crate) fn push(state: &mut State, mem: &Arena, max_log2: u32, record: &EventRecord) -> bool {
     let regs = &mut state.regs;
-    if !regs.enabled(cr0::EVENTQEN) || (regs.gerror ^ regs.gerrorn) & gerror::EVENTQ_ABT_ERR != 0 {
+    if state.service_failure
+        || !regs.enabled(cr0::EVENTQEN)
+        || (regs.gerror ^ regs.gerrorn) & gerror::EVENTQ_ABT_ERR != 0
+    {
         state.stats.events_discarded += 1;
         return false;
     }

@@ -156,7 +156,7 @@ impl SmmuModelStats {
 pub enum Injection {
     /// The next command consumed raises CERROR_ILL whatever it holds.
     CommandIllegal,
-    /// Fetching the next command aborts: CERROR_ABT.
+    /// Fetching the next command aborts: CERROR_ABT, once (the re-fetch after GERRORN succeeds).
     CommandAbort,
     /// CMD_SYNCs never complete: consumption stops on the first one (CONS stays on it) until
     /// [`SmmuModel::clear_injections`].
@@ -169,15 +169,61 @@ pub enum Injection {
     /// The next CMD_SYNC reports an ATC invalidation completion timeout: CERROR_ATC_INV_SYNC
     /// with CONS on the CMD_SYNC, which runs again once GERRORN acknowledges the error.
     AtcInvSyncTimeout,
+    /// The command `at` commands from now (0: the next one consumed) is CERROR_ILL, once.
+    CommandIllegalAt {
+        /// Commands consumed before it.
+        at: u32,
+    },
+    /// Fetching the command `at` commands from now aborts (CERROR_ABT) `times` times in a row:
+    /// each GERRORN acknowledgement re-fetches it (§7.1). `u32::MAX`: until
+    /// [`SmmuModel::clear_injections`] (a persistent abort).
+    CommandAbortAt {
+        /// Commands consumed before it.
+        at: u32,
+        /// Fetches that abort.
+        times: u32,
+    },
+    /// The CMD_SYNC `at` CMD_SYNCs from now reports CERROR_ATC_INV_SYNC `times` times in a row
+    /// (`u32::MAX`: until cleared); each acknowledgement runs it again.
+    AtcInvSyncAt {
+        /// CMD_SYNCs completed before it.
+        at: u32,
+        /// Attempts that fail.
+        times: u32,
+    },
+    /// Every CMD_SYNC completion MSI aborts (GERROR.MSI_CMDQ_ABT_ERR); the CMD_SYNC itself
+    /// completes (CONS passes it). Until [`SmmuModel::clear_injections`].
+    SyncMsiAbort,
+    /// Service failure mode (§12.3): GERROR.SFM_ERR is raised, no command is consumed, no event
+    /// recorded and every transaction terminated, whatever GERRORN says, until
+    /// [`SmmuModel::reset`] (the mode is left only by a reset).
+    ServiceFailure,
+    /// Raises the given GERROR bits (other than CMDQ_ERR and SFM_ERR, which have their own
+    /// injections) as the hardware would report them: EVENTQ_ABT_ERR also stops event
+    /// delivery until acknowledged.
+    GlobalError(u32),
 }
 
-#[derive(Clone, Copy, Debug, Default)]
+/// A command error armed for a command still to come.
+#[derive(Clone, Copy, Debug)]
+struct Armed {
+    /// CMDQ_CONS.ERR code to raise.
+    code: u8,
+    /// Counts only CMD_SYNCs (CERROR_ATC_INV_SYNC).
+    syncs_only: bool,
+    /// Matching commands still to be consumed before it fires.
+    countdown: u32,
+    /// Fires left (`u32::MAX`: forever).
+    times: u32,
+}
+
+#[derive(Clone, Debug, Default)]
 struct Injections {
-    next_command: Option<Injection>,
-    atc_inv_sync_timeout: bool,
+    armed: Vec<Armed>,
     sync_stall: bool,
     cr0ack_stuck: bool,
     gbpa_stuck: bool,
+    msi_abort: bool,
     /// A GBPA write waiting for its UPDATE to complete.
     gbpa_pending: Option<u32>,
 }
@@ -191,11 +237,36 @@ pub(crate) struct State {
     injections: Injections,
     /// A CMD_SYNC is stalled (injected): consumption waits.
     sync_stalled: bool,
+    /// In service failure mode (injected): left only by [`SmmuModel::reset`].
+    service_failure: bool,
 }
 
 impl State {
-    fn take_command_injection(&mut self) -> Option<Injection> {
-        self.injections.next_command.take()
+    /// The command error armed for the command about to be consumed (`sync`: it is a
+    /// CMD_SYNC), if one fires now.
+    fn command_fault(&mut self, sync: bool) -> Option<u8> {
+        let armed = &mut self.injections.armed;
+        let i = armed
+            .iter()
+            .position(|a| a.countdown == 0 && (sync || !a.syncs_only))?;
+        let a = armed.get_mut(i)?;
+        let code = a.code;
+        if a.times != u32::MAX {
+            a.times -= 1;
+        }
+        if a.times == 0 {
+            armed.remove(i);
+        }
+        Some(code)
+    }
+
+    /// A command was consumed without error: armed errors come one command closer.
+    fn command_consumed(&mut self, sync: bool) {
+        for a in &mut self.injections.armed {
+            if sync || !a.syncs_only {
+                a.countdown = a.countdown.saturating_sub(1);
+            }
+        }
     }
 }
 
@@ -219,6 +290,7 @@ impl<'m> SmmuModel<'m> {
                 log: Vec::new(),
                 injections: Injections::default(),
                 sync_stalled: false,
+                service_failure: false,
             }),
         }
     }
@@ -295,19 +367,42 @@ impl<'m> SmmuModel<'m> {
     /// Arms a fault injection.
     pub fn inject(&self, injection: Injection) {
         let mut st = self.lock();
+        let mut arm = |code, syncs_only, countdown, times| {
+            st.injections.armed.push(Armed {
+                code,
+                syncs_only,
+                countdown,
+                times,
+            })
+        };
         match injection {
-            Injection::CommandIllegal | Injection::CommandAbort => {
-                st.injections.next_command = Some(injection)
+            Injection::CommandIllegal => arm(cerror::ILL, false, 0, 1),
+            Injection::CommandIllegalAt { at } => arm(cerror::ILL, false, at, 1),
+            Injection::CommandAbort => arm(cerror::ABT, false, 0, 1),
+            Injection::CommandAbortAt { at, times } => arm(cerror::ABT, false, at, times.max(1)),
+            Injection::AtcInvSyncTimeout => arm(cerror::ATC_INV_SYNC, true, 0, 1),
+            Injection::AtcInvSyncAt { at, times } => {
+                arm(cerror::ATC_INV_SYNC, true, at, times.max(1))
             }
             Injection::SyncStall => st.injections.sync_stall = true,
             Injection::Cr0AckStuck => st.injections.cr0ack_stuck = true,
-            Injection::AtcInvSyncTimeout => st.injections.atc_inv_sync_timeout = true,
             Injection::GbpaUpdateStuck => st.injections.gbpa_stuck = true,
+            Injection::SyncMsiAbort => st.injections.msi_abort = true,
+            Injection::ServiceFailure => {
+                st.service_failure = true;
+                st.regs.raise_gerror(gerror::SFM_ERR);
+            }
+            Injection::GlobalError(bits) => {
+                let bits = bits & gerror::ALL & !(gerror::CMDQ_ERR | gerror::SFM_ERR);
+                for bit in (0..32).map(|b| 1u32 << b).filter(|b| bits & b != 0) {
+                    st.regs.raise_gerror(bit);
+                }
+            }
         }
     }
 
     /// Disarms every injection; a stalled CMD_SYNC completes and consumption resumes, and CR0ACK
-    /// catches up with CR0.
+    /// catches up with CR0. Service failure mode stays: only [`reset`](Self::reset) leaves it.
     pub fn clear_injections(&self) {
         let mut st = self.lock();
         if let Some(v) = st.injections.gbpa_pending {
@@ -317,6 +412,23 @@ impl<'m> SmmuModel<'m> {
         st.sync_stalled = false;
         st.regs.cr0ack = st.regs.cr0;
         cmdq::consume(&mut st, self.mem, &self.cfg);
+    }
+
+    /// Whether the model is in service failure mode.
+    pub fn in_service_failure(&self) -> bool {
+        self.lock().service_failure
+    }
+
+    /// A reset of the SMMU (the only way out of service failure mode, §12.3): every register
+    /// back to its reset value, every cache empty, every injection cleared. Memory and the
+    /// counters are kept.
+    pub fn reset(&self) {
+        let mut st = self.lock();
+        st.regs = Regs::reset();
+        st.caches = tlb::Caches::default();
+        st.injections = Injections::default();
+        st.sync_stalled = false;
+        st.service_failure = false;
     }
 
     /// Number of TLB entries, walk-cache entries, cached STEs and cached CDs.

@@ -67,6 +67,8 @@ pub(crate) mod gerror {
     pub const CMDQ_ERR: u32 = 1 << 0;
     pub const EVENTQ_ABT_ERR: u32 = 1 << 2;
     pub const MSI_CMDQ_ABT_ERR: u32 = 1 << 4;
+    /// Service failure mode entered (§12.3); acknowledging it does not leave the mode.
+    pub const SFM_ERR: u32 = 1 << 8;
     pub const ALL: u32 = 0x1fd;
 }
 

@@ -400,6 +400,10 @@ pub(crate) fn translate(
     req: Request,
 ) -> Result<DmaOk, DmaFault> {
     state.stats.translations += 1;
+    if state.service_failure {
+        // §12.3: client transactions are terminated, nothing is recorded.
+        return Err(report(state, mem, cfg, &req, Fail::config(EVENT_NONE, 0)));
+    }
     let regs = state.regs;
     let result = if !regs.enabled(cr0::SMMUEN) {
         if regs.gbpa & gbpa::ABORT != 0 {
@@ -512,11 +516,11 @@ pub(crate) fn translated(
     cfg: &SmmuModelConfig,
     req: Request,
 ) -> Result<DmaOk, DmaFault> {
-    state.stats.translations += 1;
-    let regs = state.regs;
-    if !regs.enabled(cr0::SMMUEN) {
+    if state.service_failure || !state.regs.enabled(cr0::SMMUEN) {
         return translate(state, mem, cfg, req);
     }
+    state.stats.translations += 1;
+    let regs = state.regs;
     let env = Env {
         caches: &state.caches,
         mem,

@@ -411,6 +411,21 @@ fn registers_reading_all_ones_give_errors_not_panics() {
     assert!(u.enable().is_err());
     let r = u.handle_events(1000, |_| {});
     assert!(r.events.consumed <= 1000);
+    // GERROR all ones includes SFM_ERR: the unit counts as failed and refuses everything.
+    assert!(u.has_failed());
+    assert!(matches!(
+        u.domain_alloc(&s2()),
+        Err(Error::Hardware { what, .. }) if what.contains("SFM_ERR")
+    ));
+    // CONS all ones alone: enable's CMD_SYNC times out, and so does an attach.
+    let m = model(IDR0, 0);
+    let offsets = [regs::CMDQ_CONS];
+    let w = AllOnes {
+        inner: &m,
+        offsets: &offsets,
+    };
+    let u = SmmuUnit::new(&w, &alloc, config()).unwrap();
+    assert!(u.enable().is_err());
     let d = u.domain_alloc(&s2()).unwrap();
     assert!(u.attach(DeviceId(1), None, d).is_err());
 }

@@ -1,0 +1,294 @@
+//! Issue 14, items 7 and 8 and the MSI abort: how the SMMUv3 unit meets command errors, service
+//! failure mode and aborted completion MSIs, driven against the behavioural model with the fault
+//! injected at a chosen command.
+
+use iommu_engine::iommu::{DeviceId, DomainConfig, DomainHandle, Error, Iommu, Stage};
+use iommu_engine::mem::{Iova, PhysAddr};
+use iommu_engine::pgtable::{Gather, Prot};
+use iommu_engine::sim::arena::Arena;
+use iommu_engine::sim::smmuv3::{op, Injection, SmmuModel, SmmuModelConfig};
+use iommu_engine::sim::walk::Access;
+use iommu_engine::smmuv3::cmdq::SyncMode;
+use iommu_engine::smmuv3::{SmmuConfig, SmmuError, SmmuUnit};
+
+const K4: u64 = 1 << 12;
+const RW: Prot = Prot::READ.union(Prot::WRITE);
+const SID: u32 = 0x20;
+const IOVA: u64 = 0x40_0000;
+const PA: u64 = 0x4000_0000;
+
+type Unit<'a> = SmmuUnit<&'a SmmuModel<'a>, &'a Arena>;
+
+fn cfg() -> SmmuConfig {
+    SmmuConfig {
+        poll_budget: 200,
+        ..SmmuConfig::default()
+    }
+}
+
+fn s2() -> DomainConfig {
+    DomainConfig {
+        stage: Stage::Second,
+        ..DomainConfig::default()
+    }
+}
+
+/// An enabled unit with a stage-2 domain attached to `SID`, 4 pages mapped at `IOVA` and their
+/// translations cached by the model's TLB.
+fn setup<'a>(
+    model: &'a SmmuModel<'a>,
+    mem: &'a Arena,
+    cfg: SmmuConfig,
+) -> (Unit<'a>, DomainHandle) {
+    let u = SmmuUnit::new(model, mem, cfg).unwrap();
+    u.enable().unwrap();
+    let d = u.domain_alloc(&s2()).unwrap();
+    u.map(d, Iova::new(IOVA), PhysAddr::new(PA), 4 * K4, RW)
+        .unwrap();
+    u.attach(DeviceId(SID), None, d).unwrap();
+    for i in 0..4 {
+        assert!(model
+            .translate(SID, None, IOVA + i * K4, Access::READ)
+            .is_ok());
+    }
+    model.reset_stats();
+    (u, d)
+}
+
+fn translates(model: &SmmuModel<'_>, iova: u64) -> bool {
+    model.translate(SID, None, iova, Access::READ).is_ok()
+}
+
+/// Unmaps the 2 MiB around `IOVA`: the leaf table goes into the gather.
+fn unmap_all(u: &Unit<'_>, d: DomainHandle) -> Gather {
+    let mut g = Gather::new();
+    u.unmap(d, Iova::new(IOVA), 1 << 21, &mut g).unwrap();
+    assert_eq!(g.freed_pages(), 1);
+    g
+}
+
+#[test]
+fn a_transient_fetch_abort_retries_the_command_instead_of_dropping_it() {
+    let mem = Arena::with_defaults().unwrap();
+    let model = SmmuModel::new(&mem, SmmuModelConfig::qemu_like());
+    let (u, d) = setup(&model, &mem, cfg());
+    let mut g = unmap_all(&u, d);
+    // The TLBI (first command of the flush) cannot be fetched once.
+    model.inject(Injection::CommandAbortAt { at: 0, times: 1 });
+    u.flush(d, &mut g).unwrap();
+    let st = model.stats();
+    assert_eq!(st.cerrors, 1);
+    assert_eq!(
+        st.commands_of(op::TLBI_S2_IPA) + st.commands_of(op::TLBI_S12_VMALL),
+        1
+    );
+    assert_eq!(
+        st.syncs, 1,
+        "the aborted command was not replaced by a CMD_SYNC"
+    );
+    assert_eq!(g.freed_pages(), 0);
+    assert!(
+        !translates(&model, IOVA),
+        "the stale translation survived the flush"
+    );
+
+    // The same at a CFGI_STE: the attach completes and the new STE is the one used.
+    let d2 = u.domain_alloc(&s2()).unwrap();
+    u.map(d2, Iova::new(IOVA), PhysAddr::new(PA + 0x10_0000), K4, RW)
+        .unwrap();
+    model.reset_stats();
+    model.inject(Injection::CommandAbortAt { at: 0, times: 1 });
+    u.attach(DeviceId(SID), None, d2).unwrap();
+    assert_eq!(model.stats().cerrors, 1);
+    let t = model.translate(SID, None, IOVA, Access::READ).unwrap();
+    assert_eq!(t.pa, PA + 0x10_0000);
+}
+
+#[test]
+fn a_persistent_fetch_abort_fails_keeps_the_command_and_a_retry_completes() {
+    let mem = Arena::with_defaults().unwrap();
+    let model = SmmuModel::new(&mem, SmmuModelConfig::qemu_like());
+    let (u, d) = setup(&model, &mem, cfg());
+    let mut g = unmap_all(&u, d);
+    let live = mem.live_pages().len();
+    model.inject(Injection::CommandAbortAt {
+        at: 0,
+        times: u32::MAX,
+    });
+    let err = u.flush(d, &mut g).unwrap_err();
+    // CERROR_ABT = 2 in the low byte of the code.
+    assert!(
+        matches!(err, Error::Hardware { code, .. } if code & 0xff == 2),
+        "{err:?}"
+    );
+    assert_eq!(g.freed_pages(), 1);
+    assert_eq!(mem.live_pages().len(), live);
+    model.clear_injections();
+    u.flush(d, &mut g).unwrap();
+    assert_eq!(mem.live_pages().len(), live - 1);
+    assert!(!translates(&model, IOVA));
+    // Nothing was ever replaced: no command consumed was a CMD_SYNC where a TLBI stood.
+    let st = model.stats();
+    assert!(st.commands_of(op::TLBI_S2_IPA) + st.commands_of(op::TLBI_S12_VMALL) >= 1);
+}
+
+#[test]
+fn an_atc_invalidation_timeout_repeats_the_sync() {
+    let mem = Arena::with_defaults().unwrap();
+    let model = SmmuModel::new(&mem, SmmuModelConfig::qemu_like().with_ats(true));
+    let u = SmmuUnit::new(&model, &mem, cfg()).unwrap();
+    u.enable().unwrap();
+    u.set_ats(DeviceId(SID), true).unwrap();
+    let d = u.domain_alloc(&s2()).unwrap();
+    u.map(d, Iova::new(IOVA), PhysAddr::new(PA), 4 * K4, RW)
+        .unwrap();
+    u.attach(DeviceId(SID), None, d).unwrap();
+    let mut g = unmap_all(&u, d);
+    model.reset_stats();
+    // A flush of an ATS domain: TLBI, CMD_SYNC, ATC_INV, CMD_SYNC. The second sync reports the
+    // ATC invalidation timeout once: repeating it completes.
+    model.inject(Injection::AtcInvSyncAt { at: 1, times: 1 });
+    u.flush(d, &mut g).unwrap();
+    let st = model.stats();
+    assert_eq!(st.cerrors, 1);
+    assert_eq!(st.commands_of(op::ATC_INV), 1);
+    assert_eq!(st.syncs, 2);
+    assert_eq!(g.freed_pages(), 0);
+
+    // Persistent: the flush fails with the code, keeps its pages, and a retry completes.
+    u.map(d, Iova::new(IOVA), PhysAddr::new(PA), K4, RW)
+        .unwrap();
+    let mut g = unmap_all(&u, d);
+    model.inject(Injection::AtcInvSyncAt {
+        at: 1,
+        times: u32::MAX,
+    });
+    let err = u.flush(d, &mut g).unwrap_err();
+    assert!(
+        matches!(err, Error::Hardware { code, .. } if code & 0xff == 3),
+        "{err:?}"
+    );
+    assert_eq!(g.freed_pages(), 1);
+    model.clear_injections();
+    model.reset_stats();
+    u.flush(d, &mut g).unwrap();
+    assert_eq!(g.freed_pages(), 0);
+    assert_eq!(
+        model.stats().commands_of(op::ATC_INV),
+        1,
+        "the retry reissued the ATC_INV"
+    );
+}
+
+#[test]
+fn service_failure_mode_fails_the_unit_until_it_is_reset() {
+    let mem = Arena::with_defaults().unwrap();
+    let model = SmmuModel::new(&mem, SmmuModelConfig::qemu_like());
+    let (u, d) = setup(&model, &mem, cfg());
+    model.inject(Injection::ServiceFailure);
+    let sfm = |e: &Error| matches!(e, Error::Hardware { what, .. } if what.contains("SFM_ERR"));
+    // Found by the event handler...
+    let report = u.handle_events(16, |_| {});
+    assert!(report.gerror.bits() & 1 << 8 != 0);
+    assert!(u.has_failed());
+    assert!(!u.is_enabled());
+    // ...every later call fails with the typed error and changes nothing.
+    let live = mem.live_pages().len();
+    assert!(sfm(&u
+        .map(d, Iova::new(0), PhysAddr::new(PA), K4, RW)
+        .unwrap_err()));
+    let mut g = Gather::new();
+    assert!(sfm(&u.unmap(d, Iova::new(IOVA), K4, &mut g).unwrap_err()));
+    assert!(sfm(&u.domain_alloc(&s2()).unwrap_err()));
+    assert!(sfm(&u.detach(DeviceId(SID), None).unwrap_err()));
+    assert!(sfm(&u.attach(DeviceId(SID + 1), None, d).unwrap_err()));
+    assert!(sfm(&u.domain_free(d).unwrap_err()));
+    assert_eq!(
+        u.enable(),
+        Err(SmmuError::ServiceFailure { gerror: 1 << 8 })
+    );
+    assert_eq!(mem.live_pages().len(), live);
+    assert!(u.query(d, Iova::new(IOVA)).is_some(), "the books are kept");
+
+    // The reset path: the SMMU is reset (here the model), then `enable` rebuilds from the books.
+    model.reset();
+    u.enable().unwrap();
+    assert!(!u.has_failed());
+    assert_eq!(
+        model.translate(SID, None, IOVA, Access::READ).unwrap().pa,
+        PA
+    );
+    let mut g = unmap_all(&u, d);
+    u.flush(d, &mut g).unwrap();
+    assert!(!translates(&model, IOVA));
+    u.detach(DeviceId(SID), None).unwrap();
+    u.domain_free(d).unwrap();
+}
+
+#[test]
+fn service_failure_found_by_a_command_wait_fails_the_call() {
+    let mem = Arena::with_defaults().unwrap();
+    let model = SmmuModel::new(&mem, SmmuModelConfig::qemu_like());
+    let (u, d) = setup(&model, &mem, cfg());
+    let mut g = unmap_all(&u, d);
+    model.inject(Injection::ServiceFailure);
+    let live = mem.live_pages().len();
+    let err = u.flush(d, &mut g).unwrap_err();
+    assert!(
+        matches!(err, Error::Hardware { what, .. } if what.contains("SFM_ERR")),
+        "{err:?}"
+    );
+    assert!(u.has_failed());
+    assert_eq!(g.freed_pages(), 1);
+    assert_eq!(mem.live_pages().len(), live);
+}
+
+#[test]
+fn an_aborted_completion_msi_is_reported_as_such_and_the_retry_completes() {
+    let mem = Arena::with_defaults().unwrap();
+    let model = SmmuModel::new(&mem, SmmuModelConfig::qemu_like().with_msi(true));
+    let (u, d) = setup(
+        &model,
+        &mem,
+        SmmuConfig {
+            sync: SyncMode::Msi,
+            poll_budget: 100_000,
+            ..cfg()
+        },
+    );
+    let mut g = unmap_all(&u, d);
+    model.inject(Injection::SyncMsiAbort);
+    let err = u.flush(d, &mut g).unwrap_err();
+    assert!(
+        matches!(err, Error::Hardware { what, .. } if what.contains("MSI_CMDQ_ABT_ERR")),
+        "{err:?}"
+    );
+    assert_eq!(g.freed_pages(), 1);
+    // The unit now observes completion through CMDQ_CONS: the retry completes, MSI still broken.
+    u.flush(d, &mut g).unwrap();
+    assert_eq!(g.freed_pages(), 0);
+    assert!(!translates(&model, IOVA));
+}
+
+#[test]
+fn a_domain_free_whose_invalidation_fails_keeps_the_domain_for_the_retry() {
+    let mem = Arena::with_defaults().unwrap();
+    let model = SmmuModel::new(&mem, SmmuModelConfig::qemu_like());
+    let (u, d) = setup(&model, &mem, cfg());
+    u.detach(DeviceId(SID), None).unwrap();
+    let live = mem.live_pages().len();
+    model.inject(Injection::SyncStall);
+    assert_eq!(u.domain_free(d), Err(Error::Timeout { what: "CMD_SYNC" }));
+    // The handle still names the domain, its tables are intact, its VMID is not handed out.
+    assert_eq!(mem.live_pages().len(), live);
+    assert!(u.query(d, Iova::new(IOVA)).is_some());
+    model.clear_injections();
+    let other = u.domain_alloc(&s2()).unwrap();
+    assert_ne!(other, d);
+    model.reset_stats();
+    u.domain_free(d).unwrap();
+    assert_eq!(model.stats().commands_of(op::TLBI_S12_VMALL), 1);
+    assert!(mem.live_pages().len() < live);
+    assert!(u.query(other, Iova::new(IOVA)).is_none());
+    u.domain_free(other).unwrap();
+}
