@@ -10,7 +10,7 @@
 //! Run with `cargo run --example quickstart`.
 
 use iommu_engine::ioasid::{DeviceLabel, IoasidCtx, IoasidFlags, PasidAllocator, Registry, UnitId};
-use iommu_engine::iommu::{DeviceId, Iommu};
+use iommu_engine::iommu::{DeviceId, Iommu, Source};
 use iommu_engine::mem::{Iova, PhysAddr, WalkerCoherency};
 use iommu_engine::pgtable::arm_s1::{self, ArmS1, ArmS1Config};
 use iommu_engine::pgtable::arm_s2::{ArmS2, ArmS2Config, S2Attributes};
@@ -21,7 +21,7 @@ use iommu_engine::sim::arena::Arena;
 use iommu_engine::sim::smmuv3::{SmmuModel, SmmuModelConfig};
 use iommu_engine::sim::vtd::{VtdModel, VtdModelConfig};
 use iommu_engine::sim::walk::{self, arm::Granule};
-use iommu_engine::smmuv3::{SmmuConfig, SmmuUnit};
+use iommu_engine::smmuv3::{DeviceFacts, Platform, SmmuConfig, SmmuUnit, StreamId};
 use iommu_engine::vtd::{VtdConfig, VtdUnit};
 
 const MIB: u64 = 1 << 20;
@@ -212,13 +212,44 @@ fn ioasid_tour() {
     let arena = Arena::with_defaults().expect("a 64 MiB arena");
     let pages = |what: &str| println!("   pages in use {what}: {}", arena.stats().live_pages);
 
-    // Three units: VT-d with snoop control, VT-d without, an SMMUv3 with FWB.
+    // Three units: VT-d with snoop control, VT-d without, an SMMUv3 with FWB. On Arm no
+    // register says that a No-Snoop DMA stays coherent: firmware does (ACPI IORT CANWBS), here
+    // for the root complex whose requesters are StreamIDs 0x40..=0x4f, and not for StreamID
+    // 0x41, a named component the platform gives no such promise.
     let vtd_hw = VtdModel::new(&arena, VtdModelConfig::qemu_default().with_sc(true));
     let plain_hw = VtdModel::new(&arena, VtdModelConfig::qemu_default());
-    let smmu_hw = SmmuModel::new(&arena, SmmuModelConfig::qemu_like().with_fwb(true));
+    let smmu_hw = SmmuModel::new(
+        &arena,
+        SmmuModelConfig::qemu_like()
+            .with_fwb(true)
+            .with_canwbs(0x40, 0x40),
+    );
     let vtd = VtdUnit::new(&vtd_hw, &arena, VtdConfig::legacy()).expect("VT-d unit");
     let plain = VtdUnit::new(&plain_hw, &arena, VtdConfig::legacy()).expect("VT-d unit");
-    let smmu = SmmuUnit::new(&smmu_hw, &arena, SmmuConfig::default()).expect("SMMUv3 unit");
+    let iort = |canwbs, node| DeviceFacts {
+        canwbs,
+        coherent_dma: Some(true),
+        source: Source::Firmware(node),
+    };
+    let platform = Platform::default()
+        .declare(
+            StreamId(0x41),
+            StreamId(0x41),
+            iort(false, "IORT named component 1"),
+        )
+        .and_then(|p| {
+            p.declare(
+                StreamId(0x40),
+                StreamId(0x4f),
+                iort(true, "IORT root complex 0 CANWBS"),
+            )
+        })
+        .expect("declarations");
+    let smmu_cfg = SmmuConfig {
+        platform,
+        ..SmmuConfig::default()
+    };
+    let smmu = SmmuUnit::new(&smmu_hw, &arena, smmu_cfg).expect("SMMUv3 unit");
     vtd.enable().expect("enable VT-d");
     plain.enable().expect("enable VT-d");
     smmu.enable().expect("enable SMMUv3");
@@ -229,8 +260,9 @@ fn ioasid_tour() {
     let registry = Registry::new(&units, &PASIDS).expect("registry");
     let ctx = IoasidCtx::new(&registry, &arena, 8);
 
-    // Devices: a GPU behind VT-d (no-snoop capable), a NIC behind the SMMUv3, a disk behind
-    // the VT-d unit without snoop control.
+    // Devices: a GPU behind VT-d (no-snoop capable), a NIC behind the SMMUv3's root complex,
+    // an accelerator behind it without CANWBS, a disk behind the VT-d unit without snoop
+    // control.
     let label = |unit, id| DeviceLabel {
         unit: UnitId(unit),
         id: DeviceId(id),
@@ -238,16 +270,22 @@ fn ioasid_tour() {
     let gpu = ctx.bind(label(0, 0x0100), true).expect("bind gpu");
     let nic = ctx.bind(label(2, 0x0040), false).expect("bind nic");
     let disk = ctx.bind(label(1, 0x0200), false).expect("bind disk");
+    let accel = ctx.bind(label(2, 0x0041), false).expect("bind accel");
     for (name, dev) in [
         ("gpu 01:00.0 on VT-d", gpu),
         ("nic sid 0x40 on SMMUv3", nic),
+        ("accel sid 0x41 on SMMUv3", accel),
         ("disk 02:00.0 on VT-d without SC", disk),
     ] {
         let i = ctx.device_info(dev).expect("device_info");
         let c = i.capabilities;
         println!(
-            "   {name}: {}-bit IOVA, {}-bit PA, pages {:#x}, PASID {} bits, enforce snoop {}, no-snoop capable {}",
-            c.ias, c.oas, c.page_sizes, c.pasid_bits, c.enforce_snoop, i.no_snoop_capable
+            "   {name}: {}-bit IOVA, {}-bit PA ({}), pages {:#x}, PASID {} bits, no-snoop capable {}",
+            c.ias, c.oas, c.sources.oas, c.page_sizes, c.pasid_bits, i.no_snoop_capable
+        );
+        println!(
+            "      enforce snoop {} (from {})",
+            c.enforce_snoop, c.sources.enforce_snoop
         );
     }
 
@@ -258,6 +296,11 @@ fn ioasid_tour() {
     match ctx.attach(disk, ioasid) {
         Err(e) => println!("   attach disk refused: {e}"),
         Ok(()) => panic!("a unit without snoop control must be refused"),
+    }
+    // Same SMMUv3, FWB and all: without CANWBS its No-Snoop DMA could still miss the caches.
+    match ctx.attach(accel, ioasid) {
+        Err(e) => println!("   attach accel refused: {e}"),
+        Ok(()) => panic!("a device without CANWBS must be refused"),
     }
 
     let (iova, pa, len) = (0x4000_0000u64, 0x1_0000_0000u64, (2 << 20) + 0x1000);
@@ -285,9 +328,10 @@ fn ioasid_tour() {
         v.snoop
     );
     println!(
-        "   nic writes {probe:#x}: PA {:#x}, {} KiB page, write-back {}",
+        "   nic writes {probe:#x}: PA {:#x}, {} KiB page, snoop {} (CANWBS), write-back {} (FWB)",
         s.pa,
         1 << (s.page_size_log2 - 10),
+        s.coherent,
         s.cacheable_wb
     );
 

@@ -84,7 +84,7 @@ typedef enum {
 typedef enum {
   // Nothing is missing (the call did not fail with `Incompatible`).
   IE_MISSING_NONE = 0,
-  // The unit cannot enforce snooping (VT-d `ECAP.SC`; SMMUv3 `COHACC` + `FWB`).
+  // The unit cannot enforce snooping (VT-d `ECAP.SC`).
   IE_MISSING_SNOOP_CONTROL = 1,
   // The unit has no dirty tracking.
   IE_MISSING_DIRTY_TRACKING = 2,
@@ -104,6 +104,10 @@ typedef enum {
   IE_MISSING_ALIGNMENT = 9,
   // Only an IOASID allocated with the PASID flag may be attached to a PASID.
   IE_MISSING_NOT_PASID_CAPABLE = 10,
+  // The platform did not declare a fact the attach relies on: for an SMMUv3 device and an
+  // IOASID that enforces snooping, ACPI IORT `CANWBS` (`IeSmmuConfig.canwbs` or a
+  // declaration covering the StreamID).
+  IE_MISSING_NOT_DECLARED = 11,
 } IeMissing;
 
 // Flags of ie_ctx_alloc(), fixed for the IOASID's life; OR them together.
@@ -139,6 +143,26 @@ typedef enum {
   // Two-level with 256-STE leaves allocated on demand.
   IE_STREAM_TABLE_TWO_LEVEL = 2,
 } IeStreamTable;
+
+// What kind of source a claim of `IeDeviceInfo` comes from.
+typedef enum {
+  // A register of the unit (`name`: `"IDR5.OAS"`, `"ECAP.SC"`).
+  IE_SOURCE_KIND_REGISTER = 1,
+  // A firmware declaration handed over by the embedder (ACPI IORT or DMAR, device tree).
+  IE_SOURCE_KIND_FIRMWARE = 2,
+  // The embedder's configuration of the unit.
+  IE_SOURCE_KIND_EMBEDDER = 3,
+} IeSourceKind;
+
+// DMA coherency of a device, as firmware declares it.
+typedef enum {
+  // Not declared: as coherent as the SMMU's table walker (`IDR0.COHACC`).
+  IE_COHERENT_DMA_FROM_WALKER = 0,
+  // Coherent (IORT `CCA` = 1, DT `dma-coherent`): stage-1 leaves are Write-Back Shareable.
+  IE_COHERENT_DMA_COHERENT = 1,
+  // Not coherent: stage-1 leaves are Non-cacheable.
+  IE_COHERENT_DMA_NON_COHERENT = 2,
+} IeCoherentDma;
 
 // An IOASID context: what one process or VM holds.
 typedef struct IeCtx IeCtx;
@@ -180,6 +204,34 @@ typedef struct {
   void (*sync_for_cpu)(void *ctx, void *va, size_t len);
 } IeEnv;
 
+// Where one claim comes from.
+typedef struct {
+  // An `IeSourceKind` value.
+  uint32_t kind;
+  // The register field, declaration or setting, NUL-terminated (cut at 63 bytes).
+  char name[64];
+} IeSource;
+
+// Where each claim of an `IeDeviceInfo` comes from.
+typedef struct {
+  // Of `ias`.
+  IeSource ias;
+  // Of `oas`.
+  IeSource oas;
+  // Of `page_sizes`.
+  IeSource page_sizes;
+  // Of `pasid_bits`.
+  IeSource pasid_bits;
+  // Of `enforce_snoop`.
+  IeSource enforce_snoop;
+  // Of `dirty_tracking`.
+  IeSource dirty_tracking;
+  // Of `nesting`.
+  IeSource nesting;
+  // Of `coherent_walk`.
+  IeSource coherent_walk;
+} IeSources;
+
 // What a device's unit can do, as ie_ctx_device_info() reports it.
 typedef struct {
   // The unit number the device was bound behind.
@@ -204,6 +256,8 @@ typedef struct {
   bool coherent_walk;
   // The device declared itself no-snoop capable.
   bool no_snoop_capable;
+  // Where each claim above comes from.
+  IeSources sources;
 } IeDeviceInfo;
 
 #if defined(IOMMU_ENGINE_SIM)
@@ -227,6 +281,9 @@ typedef struct {
   bool cohacc;
   // IDR3.RIL: range invalidation.
   bool ril;
+  // Not a register: the platform keeps every stream's accesses coherent whatever their
+  // attributes (ACPI IORT `CANWBS`), PCIe No-Snoop included.
+  bool canwbs;
 } IeSimSmmuConfig;
 #endif
 
@@ -256,7 +313,8 @@ typedef struct {
 typedef struct {
   // The physical address.
   uint64_t pa;
-  // The access snoops CPU caches (VT-d SNP / PGSNP; SMMUv3: write-back cacheable).
+  // The access snoops CPU caches although the device sent it No-Snoop (VT-d SNP / PGSNP;
+  // SMMUv3: only on a `CANWBS` platform, whatever FWB does).
   bool snoop;
 } IeSimDma;
 #endif
@@ -275,6 +333,18 @@ typedef struct {
   uint32_t host_address_width;
 } IeVtdConfig;
 
+// Platform facts for the StreamIDs `first_sid..=last_sid` (one IORT ID mapping).
+typedef struct {
+  // First StreamID covered.
+  uint32_t first_sid;
+  // Last StreamID covered (inclusive).
+  uint32_t last_sid;
+  // As `IeSmmuConfig.canwbs`.
+  bool canwbs;
+  // As `IeSmmuConfig.coherent_dma`.
+  uint32_t coherent_dma;
+} IeDeclaration;
+
 // How to run an SMMUv3 (ie_smmu_config_default() fills in the defaults).
 typedef struct {
   // Stream table layout: an `IeStreamTable` value. A `uint32_t` rather than the enum type
@@ -288,6 +358,22 @@ typedef struct {
   // While translation is off (and after `ie_unit_disable`), let DMA through untranslated
   // instead of aborting it.
   bool bypass_when_disabled;
+  // Every device of the unit is declared `CANWBS` (ACPI IORT memory access flags, bit 2, of
+  // the root complex or named component nodes behind the SMMU): its accesses stay coherent
+  // whatever their attributes, PCIe No-Snoop included. Without it (for the device's
+  // StreamID) no IOASID that enforces snooping can be attached.
+  bool canwbs;
+  // DMA coherency of every device (IORT `CCA`, device tree `dma-coherent`): an
+  // `IeCoherentDma` value. Decides the memory type of stage-1 leaves.
+  uint32_t coherent_dma;
+  // The facts above and in `declarations` come from firmware tables rather than from the
+  // embedder's own knowledge: ie_ctx_device_info() reports them so.
+  bool from_firmware;
+  // How many entries of `declarations` are used.
+  uint32_t n_declarations;
+  // Facts for StreamID ranges, overriding `canwbs` and `coherent_dma` there (the first
+  // range covering a StreamID decides).
+  IeDeclaration declarations[8];
 } IeSmmuConfig;
 
 #ifdef __cplusplus
@@ -343,7 +429,8 @@ int32_t ie_ctx_bind(IeCtx *ctx,
 // `ctx` is a live context handle.
 int32_t ie_ctx_unbind(IeCtx *ctx, uint32_t device);
 
-// Reports what a bound device's unit can do.
+// Reports what a bound device's unit can do for it (the platform's declarations about the
+// device included), and where each claim comes from.
 //
 // # Safety
 // `ctx` is a live context handle; `out` is writable.

@@ -49,7 +49,78 @@ impl fmt::Display for Pasid {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct DomainHandle(pub u16);
 
-/// What a unit can do. Reported by [`Iommu::capabilities`].
+/// Where a claim of [`Capabilities`] comes from: the unit's registers, a firmware declaration
+/// the embedder passed on, or the embedder's own configuration. The name says which field,
+/// table entry or setting, as its specification or this crate spells it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Source {
+    /// A register of the unit (`"IDR5.OAS"`, `"ECAP.SC"`).
+    Register(&'static str),
+    /// A firmware declaration (ACPI IORT or DMAR, device tree) handed over by the embedder
+    /// (`"IORT CANWBS"`).
+    Firmware(&'static str),
+    /// The embedder's configuration of the unit (`"SmmuConfig::granule_log2"`).
+    Embedder(&'static str),
+}
+
+impl Source {
+    /// The field, declaration or setting.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Source::Register(n) | Source::Firmware(n) | Source::Embedder(n) => n,
+        }
+    }
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Register(n) => write!(f, "register {n}"),
+            Source::Firmware(n) => write!(f, "firmware {n}"),
+            Source::Embedder(n) => write!(f, "embedder {n}"),
+        }
+    }
+}
+
+/// Where each claim of a [`Capabilities`] comes from, field by field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sources {
+    /// Of [`Capabilities::ias`].
+    pub ias: Source,
+    /// Of [`Capabilities::oas`].
+    pub oas: Source,
+    /// Of [`Capabilities::page_sizes`].
+    pub page_sizes: Source,
+    /// Of [`Capabilities::pasid_bits`].
+    pub pasid_bits: Source,
+    /// Of [`Capabilities::enforce_snoop`].
+    pub enforce_snoop: Source,
+    /// Of [`Capabilities::dirty_tracking`].
+    pub dirty_tracking: Source,
+    /// Of [`Capabilities::nesting`].
+    pub nesting: Source,
+    /// Of [`Capabilities::coherent_walk`].
+    pub coherent_walk: Source,
+}
+
+impl Sources {
+    /// Every claim from the same source (for test doubles and models).
+    pub const fn all(source: Source) -> Self {
+        Self {
+            ias: source,
+            oas: source,
+            page_sizes: source,
+            pasid_bits: source,
+            enforce_snoop: source,
+            dirty_tracking: source,
+            nesting: source,
+            coherent_walk: source,
+        }
+    }
+}
+
+/// What a unit can do. Reported by [`Iommu::capabilities`] for the unit, and by
+/// [`Iommu::device_capabilities`] for one of its devices.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Capabilities {
     /// Largest input (IOVA) width, in bits, a domain can have.
@@ -60,8 +131,9 @@ pub struct Capabilities {
     pub page_sizes: u64,
     /// PASID width in bits (0: no PASID support).
     pub pasid_bits: u32,
-    /// The unit can force every DMA of a domain to snoop CPU caches (VT-d `ECAP.SC`; SMMUv3:
-    /// coherent access plus `IDR3.FWB`).
+    /// Every DMA of a domain can be made to snoop CPU caches, PCIe No-Snoop included (VT-d
+    /// `ECAP.SC`; SMMUv3: only where the platform declares the device's accesses coherent
+    /// whatever their attributes, ACPI IORT `CANWBS` -- no SMMU register can say so).
     pub enforce_snoop: bool,
     /// Hardware dirty tracking (VT-d `ECAP.SLADS`; SMMUv3 `IDR0.HTTU` = 2).
     pub dirty_tracking: bool,
@@ -70,6 +142,8 @@ pub struct Capabilities {
     /// The table walker snoops CPU caches (VT-d `ECAP.C`, in scalable mode `ECAP.SMPWCS`;
     /// SMMUv3 `IDR0.COHACC`).
     pub coherent_walk: bool,
+    /// Where each of the claims above comes from.
+    pub sources: Sources,
 }
 
 /// A capability a unit lacks, named when an operation needs it.
@@ -104,6 +178,12 @@ pub enum Missing {
         /// Which mode.
         what: &'static str,
     },
+    /// The platform did not declare a fact the operation relies on, one that no register of
+    /// the unit reports (for SMMUv3 enforced snooping: ACPI IORT `CANWBS` for the device).
+    NotDeclared {
+        /// The declaration that is missing.
+        what: &'static str,
+    },
 }
 
 impl fmt::Display for Missing {
@@ -120,6 +200,7 @@ impl fmt::Display for Missing {
                 write!(f, "2^{size_log2}-byte pages not supported")
             }
             Missing::Mode { what } => write!(f, "translation mode not available: {what}"),
+            Missing::NotDeclared { what } => write!(f, "the platform did not declare {what}"),
         }
     }
 }
@@ -212,6 +293,11 @@ pub struct DomainConfig {
     pub nest_parent: bool,
     /// Which translation stage.
     pub stage: Stage,
+    /// The device the domain is built for, when one is: a unit may take the domain's
+    /// attributes from what the platform declared about it (SMMUv3: the memory type of
+    /// stage-1 leaves follows the device's DMA coherency), and then refuses devices that
+    /// differ.
+    pub device: Option<DeviceId>,
 }
 
 /// One IOMMU unit as the IOASID layer drives it.
@@ -222,6 +308,26 @@ pub struct DomainConfig {
 pub trait Iommu: Sync {
     /// What the unit can do.
     fn capabilities(&self) -> Capabilities;
+
+    /// What the unit can do for `device`: the unit's capabilities, narrowed or widened by what
+    /// the platform declared about the device (SMMUv3: `CANWBS` and DMA coherency per
+    /// StreamID). A device the unit's tables cannot hold gets the unit's capabilities.
+    fn device_capabilities(&self, device: DeviceId) -> Capabilities {
+        let _ = device;
+        self.capabilities()
+    }
+
+    /// Why the unit would refuse to attach `device` to a domain built from `cfg`, for reasons
+    /// it knows before building anything (SMMUv3: enforced snooping for a device the platform
+    /// did not declare `CANWBS`), so that a caller can refuse without side effects. `Ok` does
+    /// not promise that the attach succeeds.
+    ///
+    /// # Errors
+    /// The capability or declaration that is missing.
+    fn check_device(&self, device: DeviceId, cfg: &DomainConfig) -> Result<(), Missing> {
+        let _ = (device, cfg);
+        Ok(())
+    }
 
     /// IOVA ranges no domain on this unit may map (VT-d: the interrupt window
     /// 0xFEE0_0000-0xFEEF_FFFF).

@@ -2,13 +2,14 @@
 //! is read back by an independent decoder of STEs, CDs, commands and tables, which translates
 //! DMA, caches what hardware may cache until it is invalidated, and counts commands.
 
-use iommu_engine::iommu::{DeviceId, DomainConfig, Error, Iommu, Pasid, Stage};
+use iommu_engine::iommu::{DeviceId, DomainConfig, Error, Iommu, Missing, Pasid, Source, Stage};
 use iommu_engine::mem::{Iova, PhysAddr};
 use iommu_engine::pgtable::{Gather, Prot};
 use iommu_engine::sim::arena::Arena;
 use iommu_engine::sim::smmuv3::{event, op, Injection, SmmuModel, SmmuModelConfig};
 use iommu_engine::sim::walk::Access;
-use iommu_engine::smmuv3::{SmmuConfig, SmmuUnit};
+use iommu_engine::smmuv3::platform::CANWBS_NOT_DECLARED;
+use iommu_engine::smmuv3::{DeviceFacts, Platform, SmmuConfig, SmmuUnit};
 
 const K4: u64 = 1 << 12;
 const M2: u64 = 1 << 21;
@@ -113,36 +114,79 @@ fn stage2_map_translates_and_unmap_plus_flush_faults() {
     assert!(model.translate(SID, None, 0x10_0000, Access::READ).is_err());
 }
 
+/// The platform's word for every StreamID: its accesses are coherent whatever their
+/// attributes (ACPI IORT CANWBS).
+fn canwbs() -> SmmuConfig {
+    SmmuConfig {
+        platform: Platform::new(DeviceFacts {
+            canwbs: true,
+            coherent_dma: None,
+            source: Source::Firmware("IORT root complex CANWBS"),
+        }),
+        ..cfg()
+    }
+}
+
+fn snoop() -> DomainConfig {
+    DomainConfig {
+        enforce_snoop: true,
+        ..DomainConfig::default()
+    }
+}
+
 #[test]
-fn enforced_snoop_makes_every_access_write_back() {
+fn fwb_makes_no_snoop_dma_write_back_but_not_coherent() {
+    // FWB and COHACC, no CANWBS: a No-Snoop transaction through a stage-2 domain comes out
+    // write-back, and still does not snoop -- so no enforced snooping is claimed or built.
     let mem = arena();
     let model = SmmuModel::new(&mem, SmmuModelConfig::qemu_like().with_fwb(true));
     let u = unit(&model, &mem, cfg());
-    assert!(u.capabilities().enforce_snoop);
-    let d = u
-        .domain_alloc(&DomainConfig {
-            enforce_snoop: true,
-            ..DomainConfig::default()
-        })
+    assert!(!u.capabilities().enforce_snoop);
+    assert_eq!(
+        u.domain_alloc(&snoop()),
+        Err(Error::Unsupported(Missing::NotDeclared {
+            what: CANWBS_NOT_DECLARED
+        }))
+    );
+    let d = u.domain_alloc(&DomainConfig::default()).unwrap();
+    u.map(d, Iova::new(0x20_0000), PhysAddr::new(0x6000_0000), M2, RW)
         .unwrap();
+    u.attach(DeviceId(SID), None, d).unwrap();
+    let ok = model.translate(SID, None, 0x20_1000, Access::READ).unwrap();
+    assert!(!ok.coherent);
+}
+
+#[test]
+fn enforced_snoop_on_a_canwbs_platform_snoops_with_fwb_forcing_write_back() {
+    let mem = arena();
+    let model = SmmuModel::new(
+        &mem,
+        SmmuModelConfig::qemu_like()
+            .with_fwb(true)
+            .with_canwbs(SID, SID),
+    );
+    let u = unit(&model, &mem, canwbs());
+    assert!(u.capabilities().enforce_snoop);
+    let d = u.domain_alloc(&snoop()).unwrap();
     u.map(d, Iova::new(0x20_0000), PhysAddr::new(0x6000_0000), M2, RW)
         .unwrap();
     u.attach(DeviceId(SID), None, d).unwrap();
     let ok = model.translate(SID, None, 0x20_1000, Access::READ).unwrap();
     assert_eq!(ok.pa, 0x6000_1000);
     assert_eq!(ok.page_size_log2, 21);
-    assert!(ok.cacheable_wb);
+    assert!(ok.coherent && ok.cacheable_wb);
     assert_eq!(ok.s2_memattr, Some(0b0110));
-    // Without FWB the same request is refused, not downgraded.
+    // Without FWB the platform's word suffices: plain write-back MemAttr, still coherent.
     let mem2 = arena();
-    let plain = SmmuModel::new(&mem2, SmmuModelConfig::qemu_like());
-    let u2 = unit(&plain, &mem2, cfg());
-    assert!(u2
-        .domain_alloc(&DomainConfig {
-            enforce_snoop: true,
-            ..DomainConfig::default()
-        })
-        .is_err());
+    let plain = SmmuModel::new(&mem2, SmmuModelConfig::qemu_like().with_canwbs(SID, SID));
+    let u2 = unit(&plain, &mem2, canwbs());
+    let d2 = u2.domain_alloc(&snoop()).unwrap();
+    u2.map(d2, Iova::new(0x20_0000), PhysAddr::new(0x6000_0000), M2, RW)
+        .unwrap();
+    u2.attach(DeviceId(SID), None, d2).unwrap();
+    let ok = plain.translate(SID, None, 0x20_1000, Access::READ).unwrap();
+    assert!(ok.coherent);
+    assert_eq!(ok.s2_memattr, Some(0b1111));
 }
 
 #[test]

@@ -6,7 +6,7 @@ use crate::ioasid::{
     DeviceHandle, DeviceLabel, IncoherentDmaGrant, IoasidCtx, IoasidFlags, IoasidId,
     PasidAllocator, Registry, UnitId, MAX_DEVICES, MAX_UNITS,
 };
-use crate::iommu::{DeviceId, Iommu, Pasid};
+use crate::iommu::{DeviceId, Iommu, Pasid, Source, Sources};
 use crate::mem::{Iova, PhysAddr};
 use crate::pgtable::Prot;
 
@@ -302,9 +302,105 @@ pub struct IeDeviceInfo {
     pub coherent_walk: bool,
     /// The device declared itself no-snoop capable.
     pub no_snoop_capable: bool,
+    /// Where each claim above comes from.
+    pub sources: IeSources,
 }
 
-/// Reports what a bound device's unit can do.
+/// What kind of source a claim of `IeDeviceInfo` comes from.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IeSourceKind {
+    /// A register of the unit (`name`: `"IDR5.OAS"`, `"ECAP.SC"`).
+    Register = 1,
+    /// A firmware declaration handed over by the embedder (ACPI IORT or DMAR, device tree).
+    Firmware = 2,
+    /// The embedder's configuration of the unit.
+    Embedder = 3,
+}
+
+/// Longest source name kept in an `IeSource`, NUL included (longer names are cut). A literal in
+/// the struct below, since the header carries no constants.
+const IE_SOURCE_NAME_LEN: usize = 64;
+
+/// Where one claim comes from.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct IeSource {
+    /// An `IeSourceKind` value.
+    pub kind: u32,
+    /// The register field, declaration or setting, NUL-terminated (cut at 63 bytes).
+    pub name: [core::ffi::c_char; 64],
+}
+
+impl Default for IeSource {
+    fn default() -> Self {
+        Self {
+            kind: 0,
+            name: [0; IE_SOURCE_NAME_LEN],
+        }
+    }
+}
+
+impl From<Source> for IeSource {
+    fn from(s: Source) -> Self {
+        let kind = match s {
+            Source::Register(_) => IeSourceKind::Register,
+            Source::Firmware(_) => IeSourceKind::Firmware,
+            Source::Embedder(_) => IeSourceKind::Embedder,
+        };
+        let mut out = Self {
+            kind: kind as u32,
+            ..Self::default()
+        };
+        for (d, b) in out.name[..IE_SOURCE_NAME_LEN - 1]
+            .iter_mut()
+            .zip(s.name().bytes())
+        {
+            *d = b as core::ffi::c_char;
+        }
+        out
+    }
+}
+
+/// Where each claim of an `IeDeviceInfo` comes from.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct IeSources {
+    /// Of `ias`.
+    pub ias: IeSource,
+    /// Of `oas`.
+    pub oas: IeSource,
+    /// Of `page_sizes`.
+    pub page_sizes: IeSource,
+    /// Of `pasid_bits`.
+    pub pasid_bits: IeSource,
+    /// Of `enforce_snoop`.
+    pub enforce_snoop: IeSource,
+    /// Of `dirty_tracking`.
+    pub dirty_tracking: IeSource,
+    /// Of `nesting`.
+    pub nesting: IeSource,
+    /// Of `coherent_walk`.
+    pub coherent_walk: IeSource,
+}
+
+impl From<Sources> for IeSources {
+    fn from(s: Sources) -> Self {
+        Self {
+            ias: s.ias.into(),
+            oas: s.oas.into(),
+            page_sizes: s.page_sizes.into(),
+            pasid_bits: s.pasid_bits.into(),
+            enforce_snoop: s.enforce_snoop.into(),
+            dirty_tracking: s.dirty_tracking.into(),
+            nesting: s.nesting.into(),
+            coherent_walk: s.coherent_walk.into(),
+        }
+    }
+}
+
+/// Reports what a bound device's unit can do for it (the platform's declarations about the
+/// device included), and where each claim comes from.
 ///
 /// # Safety
 /// `ctx` is a live context handle; `out` is writable.
@@ -334,6 +430,7 @@ pub unsafe extern "C" fn ie_ctx_device_info(
                 nesting: c.nesting,
                 coherent_walk: c.coherent_walk,
                 no_snoop_capable: info.no_snoop_capable,
+                sources: c.sources.into(),
             },
         )
     })())

@@ -186,6 +186,9 @@ pub struct IeSimSmmuConfig {
     pub cohacc: bool,
     /// IDR3.RIL: range invalidation.
     pub ril: bool,
+    /// Not a register: the platform keeps every stream's accesses coherent whatever their
+    /// attributes (ACPI IORT `CANWBS`), PCIe No-Snoop included.
+    pub canwbs: bool,
 }
 
 fn new_model(
@@ -246,10 +249,13 @@ pub unsafe extern "C" fn ie_sim_smmu_model_create(
     code((|| {
         // SAFETY: the C contract.
         let c = *unsafe { config.as_ref() }.ok_or(IeStatus::InvalidArgument)?;
-        let cfg = SmmuModelConfig::qemu_like()
+        let mut cfg = SmmuModelConfig::qemu_like()
             .with_fwb(c.fwb)
             .with_cohacc(c.cohacc)
             .with_ril(c.ril);
+        if c.canwbs {
+            cfg = cfg.with_canwbs(0, u32::MAX);
+        }
         new_model(arena, out, |a| ModelObj::Smmu(SmmuModel::new(a, cfg)))
     })())
 }
@@ -323,7 +329,8 @@ pub unsafe extern "C" fn ie_sim_model_regs(model: *mut IeSimModel, regs: *mut Ie
 pub struct IeSimDma {
     /// The physical address.
     pub pa: u64,
-    /// The access snoops CPU caches (VT-d SNP / PGSNP; SMMUv3: write-back cacheable).
+    /// The access snoops CPU caches although the device sent it No-Snoop (VT-d SNP / PGSNP;
+    /// SMMUv3: only on a `CANWBS` platform, whatever FWB does).
     pub snoop: bool,
 }
 
@@ -357,7 +364,7 @@ pub unsafe extern "C" fn ie_sim_model_translate(
                 .translate(device_id, None, iova, access)
                 .map(|t| IeSimDma {
                     pa: t.pa,
-                    snoop: t.cacheable_wb,
+                    snoop: t.coherent,
                 })
                 .map_err(|_| IeStatus::NotFound)?,
         };

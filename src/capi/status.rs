@@ -76,7 +76,7 @@ impl IeStatus {
 pub enum IeMissing {
     /// Nothing is missing (the call did not fail with `Incompatible`).
     None = 0,
-    /// The unit cannot enforce snooping (VT-d `ECAP.SC`; SMMUv3 `COHACC` + `FWB`).
+    /// The unit cannot enforce snooping (VT-d `ECAP.SC`).
     SnoopControl = 1,
     /// The unit has no dirty tracking.
     DirtyTracking = 2,
@@ -96,6 +96,10 @@ pub enum IeMissing {
     Alignment = 9,
     /// Only an IOASID allocated with the PASID flag may be attached to a PASID.
     NotPasidCapable = 10,
+    /// The platform did not declare a fact the attach relies on: for an SMMUv3 device and an
+    /// IOASID that enforces snooping, ACPI IORT `CANWBS` (`IeSmmuConfig.canwbs` or a
+    /// declaration covering the StreamID).
+    NotDeclared = 11,
 }
 
 impl From<Missing> for IeMissing {
@@ -108,6 +112,7 @@ impl From<Missing> for IeMissing {
             Missing::AddressWidth { .. } => IeMissing::AddressWidth,
             Missing::PageSize { .. } => IeMissing::PageSize,
             Missing::Mode { .. } => IeMissing::Mode,
+            Missing::NotDeclared { .. } => IeMissing::NotDeclared,
         }
     }
 }

@@ -107,6 +107,7 @@ fn smmu_unit_built_in_place_and_destroyed() {
         fwb: false,
         cohacc: true,
         ril: false,
+        canwbs: false,
     };
     // SAFETY: a live arena, readable config, writable out.
     let st = unsafe { ie_sim_smmu_model_create(arena, &mcfg, &mut model) };

@@ -2,8 +2,11 @@
 
 use core::ptr::{addr_of_mut, NonNull};
 
-use crate::iommu::{self, Iommu};
-use crate::smmuv3::{DisabledTraffic, SmmuConfig, SmmuError, SmmuUnit, StreamTableLayout};
+use crate::iommu::{self, Iommu, Source};
+use crate::smmuv3::{
+    DeviceFacts, DisabledTraffic, Platform, SmmuConfig, SmmuError, SmmuUnit, StreamId,
+    StreamTableLayout, MAX_DECLARATIONS,
+};
 use crate::vtd::unit::{Mode, VtdConfig, VtdUnit};
 
 use super::env::{CEnv, CRegs, IeEnv, IeRegs};
@@ -163,6 +166,88 @@ pub struct IeSmmuConfig {
     /// While translation is off (and after `ie_unit_disable`), let DMA through untranslated
     /// instead of aborting it.
     pub bypass_when_disabled: bool,
+    /// Every device of the unit is declared `CANWBS` (ACPI IORT memory access flags, bit 2, of
+    /// the root complex or named component nodes behind the SMMU): its accesses stay coherent
+    /// whatever their attributes, PCIe No-Snoop included. Without it (for the device's
+    /// StreamID) no IOASID that enforces snooping can be attached.
+    pub canwbs: bool,
+    /// DMA coherency of every device (IORT `CCA`, device tree `dma-coherent`): an
+    /// `IeCoherentDma` value. Decides the memory type of stage-1 leaves.
+    pub coherent_dma: u32,
+    /// The facts above and in `declarations` come from firmware tables rather than from the
+    /// embedder's own knowledge: ie_ctx_device_info() reports them so.
+    pub from_firmware: bool,
+    /// How many entries of `declarations` are used.
+    pub n_declarations: u32,
+    /// Facts for StreamID ranges, overriding `canwbs` and `coherent_dma` there (the first
+    /// range covering a StreamID decides).
+    pub declarations: [IeDeclaration; 8],
+}
+
+/// DMA coherency of a device, as firmware declares it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IeCoherentDma {
+    /// Not declared: as coherent as the SMMU's table walker (`IDR0.COHACC`).
+    FromWalker = 0,
+    /// Coherent (IORT `CCA` = 1, DT `dma-coherent`): stage-1 leaves are Write-Back Shareable.
+    Coherent = 1,
+    /// Not coherent: stage-1 leaves are Non-cacheable.
+    NonCoherent = 2,
+}
+
+/// Platform facts for the StreamIDs `first_sid..=last_sid` (one IORT ID mapping).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct IeDeclaration {
+    /// First StreamID covered.
+    pub first_sid: u32,
+    /// Last StreamID covered (inclusive).
+    pub last_sid: u32,
+    /// As `IeSmmuConfig.canwbs`.
+    pub canwbs: bool,
+    /// As `IeSmmuConfig.coherent_dma`.
+    pub coherent_dma: u32,
+}
+
+// The C array holds as many declarations as the driver takes.
+const _: () = assert!(MAX_DECLARATIONS == 8);
+
+fn coherent_dma(v: u32) -> Result<Option<bool>, IeStatus> {
+    const FROM_WALKER: u32 = IeCoherentDma::FromWalker as u32;
+    const COHERENT: u32 = IeCoherentDma::Coherent as u32;
+    const NON_COHERENT: u32 = IeCoherentDma::NonCoherent as u32;
+    match v {
+        FROM_WALKER => Ok(None),
+        COHERENT => Ok(Some(true)),
+        NON_COHERENT => Ok(Some(false)),
+        _ => Err(IeStatus::InvalidArgument),
+    }
+}
+
+fn platform(c: &IeSmmuConfig) -> Result<Platform, IeStatus> {
+    let source = if c.from_firmware {
+        Source::Firmware("IORT / device tree, through IeSmmuConfig")
+    } else {
+        Source::Embedder("IeSmmuConfig")
+    };
+    let mut p = Platform::new(DeviceFacts {
+        canwbs: c.canwbs,
+        coherent_dma: coherent_dma(c.coherent_dma)?,
+        source,
+    });
+    let n = usize::try_from(c.n_declarations).map_err(|_| IeStatus::InvalidArgument)?;
+    for d in c.declarations.get(..n).ok_or(IeStatus::InvalidArgument)? {
+        let facts = DeviceFacts {
+            canwbs: d.canwbs,
+            coherent_dma: coherent_dma(d.coherent_dma)?,
+            source,
+        };
+        p = p
+            .declare(StreamId(d.first_sid), StreamId(d.last_sid), facts)
+            .map_err(|_| IeStatus::InvalidArgument)?;
+    }
+    Ok(p)
 }
 
 fn smmu_config(c: &IeSmmuConfig) -> Result<SmmuConfig, IeStatus> {
@@ -183,6 +268,7 @@ fn smmu_config(c: &IeSmmuConfig) -> Result<SmmuConfig, IeStatus> {
         } else {
             DisabledTraffic::Abort
         },
+        platform: platform(c)?,
         ..SmmuConfig::default()
     })
 }
@@ -202,6 +288,11 @@ pub unsafe extern "C" fn ie_smmu_config_default(out: *mut IeSmmuConfig) -> i32 {
                 sid_bits: 0,
                 poll_budget: d.poll_budget,
                 bypass_when_disabled: false,
+                canwbs: false,
+                coherent_dma: IeCoherentDma::FromWalker as u32,
+                from_firmware: false,
+                n_declarations: 0,
+                declarations: [IeDeclaration::default(); MAX_DECLARATIONS],
             };
             IeStatus::Ok as i32
         }

@@ -3,7 +3,7 @@
 use super::ctx::{Ioasid, IoasidCtx, PasidAttachment, State, UnitDomain};
 use super::registry::UnitId;
 use super::{DeviceHandle, Error, Incompatibility, IoasidFlags, IoasidId};
-use crate::iommu::{self, DomainConfig, DomainHandle, Iommu, Missing, Pasid, Stage};
+use crate::iommu::{self, DeviceId, DomainConfig, DomainHandle, Iommu, Missing, Pasid, Stage};
 use crate::mem::{Iova, PageAllocator};
 use crate::pgtable::Leaf;
 
@@ -161,7 +161,15 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         ioasid: IoasidId,
         unit_id: UnitId,
     ) -> Result<(DomainHandle, bool), Error> {
+        let id = st.device(device)?.label.id;
         let io = st.ioasid(ioasid)?;
+        // Refusals the unit can give before anything is built or written.
+        self.unit(unit_id)?
+            .check_device(id, &domain_config(io, id)?)
+            .map_err(|m| Error::Incompatible {
+                device,
+                reason: Incompatibility::Missing(m),
+            })?;
         if let Some(d) = io.domains.iter().flatten().find(|d| d.unit == unit_id) {
             return Ok((d.handle, false));
         }
@@ -171,17 +179,7 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
             .position(Option::is_none)
             .ok_or(Error::Capacity("units per IOASID"))?;
         let unit = self.unit(unit_id)?;
-        let cfg = DomainConfig {
-            min_ias: needed_ias(io)?,
-            enforce_snoop: io.flags.contains(IoasidFlags::ENFORCE_SNOOP),
-            dirty_tracking: io.flags.contains(IoasidFlags::DIRTY_TRACKING),
-            nest_parent: io.flags.contains(IoasidFlags::NEST_PARENT),
-            stage: if io.flags.contains(IoasidFlags::PASID) {
-                Stage::First
-            } else {
-                Stage::Any
-            },
-        };
+        let cfg = domain_config(io, id)?;
         let handle = unit
             .domain_alloc(&cfg)
             .map_err(|e| incompatible(device, e))?;
@@ -231,6 +229,25 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
             }
         }
     }
+}
+
+/// What a hardware domain for `io` must be, built for device `id`.
+fn domain_config<A: PageAllocator>(
+    io: &Ioasid<'_, A>,
+    id: DeviceId,
+) -> Result<DomainConfig, Error> {
+    Ok(DomainConfig {
+        min_ias: needed_ias(io)?,
+        enforce_snoop: io.flags.contains(IoasidFlags::ENFORCE_SNOOP),
+        dirty_tracking: io.flags.contains(IoasidFlags::DIRTY_TRACKING),
+        nest_parent: io.flags.contains(IoasidFlags::NEST_PARENT),
+        stage: if io.flags.contains(IoasidFlags::PASID) {
+            Stage::First
+        } else {
+            Stage::Any
+        },
+        device: Some(id),
+    })
 }
 
 /// Input bits a domain needs for the IOASID's existing mappings (at least 32).

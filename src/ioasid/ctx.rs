@@ -19,8 +19,10 @@ use crate::pgtable::{Gather, InvalidationComplete, IovaRange, PageTable};
 pub struct DeviceInfo {
     /// The device's label.
     pub label: DeviceLabel,
-    /// What the device's unit can do: address widths, page sizes, PASID width, snoop control,
-    /// dirty tracking, nesting.
+    /// What the device's unit can do for it: address widths, page sizes, PASID width, snoop
+    /// control, dirty tracking, nesting -- with the platform's declarations about the device
+    /// (SMMUv3 `CANWBS`) -- and where each claim comes from
+    /// ([`Capabilities::sources`]).
     pub capabilities: Capabilities,
     /// The device declares it may issue no-snoop transactions.
     pub no_snoop_capable: bool,
@@ -283,7 +285,8 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
         Ok(())
     }
 
-    /// What the device's unit can do, and whether the device is no-snoop capable.
+    /// What the device's unit can do for it, where each claim comes from, and whether the
+    /// device is no-snoop capable.
     ///
     /// # Errors
     /// [`Error::NoSuchDevice`].
@@ -292,7 +295,7 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
         let dev = st.device(device)?;
         Ok(DeviceInfo {
             label: dev.label,
-            capabilities: self.unit(dev.label.unit)?.capabilities(),
+            capabilities: self.unit(dev.label.unit)?.device_capabilities(dev.label.id),
             no_snoop_capable: dev.no_snoop_capable,
         })
     }

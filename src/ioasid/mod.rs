@@ -9,9 +9,10 @@
 //! ## Snoop policy
 //! [`IoasidFlags::ENFORCE_SNOOP`] ("block no-snoop") is chosen once, at allocation. It fixes the
 //! leaf attributes of every hardware domain built for the IOASID (VT-d SNP in every
-//! second-stage leaf; SMMUv3 stage-2 forced write-back with FWB). Attaching a device whose unit
-//! cannot build such a domain fails with [`Error::Incompatible`] naming the missing capability;
-//! nothing is ever downgraded. Incoherent DMA, which a hypervisor must know about before it lets
+//! second-stage leaf; SMMUv3: forced write-back with FWB where the unit has it). Attaching a
+//! device whose unit cannot honour it fails with [`Error::Incompatible`] naming the missing
+//! capability (VT-d `ECAP.SC`) or declaration (SMMUv3: the platform's `CANWBS` for the device,
+//! [`Missing::NotDeclared`]), before anything is built; nothing is ever downgraded. Incoherent DMA, which a hypervisor must know about before it lets
 //! a guest run WBINVD, is only granted by [`IoasidCtx::allow_incoherent_dma`] for a device bound
 //! to the context that declares itself no-snoop capable.
 //!

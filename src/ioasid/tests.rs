@@ -8,7 +8,8 @@ use std::vec::Vec;
 
 use super::*;
 use crate::iommu::{
-    Capabilities, DeviceId, DomainConfig, DomainHandle, Error as IommuError, Iommu, Stage,
+    Capabilities, DeviceId, DomainConfig, DomainHandle, Error as IommuError, Iommu, Source,
+    Sources, Stage,
 };
 use crate::mem::{Iova, PhysAddr, WalkerCoherency};
 use crate::pgtable::testutil::{test_alloc, TestAlloc};
@@ -58,6 +59,7 @@ impl<'a> FakeUnit<'a> {
                 dirty_tracking: false,
                 nesting: false,
                 coherent_walk: true,
+                sources: Sources::all(Source::Register("fake")),
             },
             reserved: std::vec![IovaRange {
                 start: Iova::new(0xfee0_0000),
@@ -611,6 +613,7 @@ fn device_info_reports_the_unit_and_the_device() {
         dirty_tracking: true,
         nesting: true,
         coherent_walk: false,
+        sources: Sources::all(Source::Embedder("test")),
     };
     let pasids = PasidAllocator::new(20);
     let reg = Registry::new(&[&unit], &pasids).unwrap();

@@ -21,6 +21,7 @@ use super::cd::CdTable;
 use super::cmd::Command;
 use super::cmdq::CommandQueue;
 use super::flush::invalidate_all;
+use super::platform::CANWBS_NOT_DECLARED;
 use super::stream::{DomainShape, StreamState};
 use super::strtab::StreamTable;
 use super::unit::{ConfigState, SmmuUnit};
@@ -146,6 +147,29 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         Some(i)
     }
 
+    /// Refuses to attach `sid` to `d` where the platform's declarations about the device do
+    /// not hold up the domain's promises: enforced snooping needs `CANWBS`; a stage-1
+    /// domain's memory type must match the device's DMA coherency.
+    fn check_platform(&self, d: DomainHandle, sid: StreamId) -> Result<(), Error> {
+        let (enforce_snoop, coherent_dma) = {
+            let slot = self.slot(d)?.read();
+            let dom = slot.as_ref().ok_or(Error::InvalidDomain(d))?;
+            (dom.enforce_snoop, dom.coherent_dma)
+        };
+        let facts = self.cfg.platform.facts(sid);
+        if enforce_snoop && !facts.canwbs {
+            return Err(Error::Unsupported(Missing::NotDeclared {
+                what: CANWBS_NOT_DECLARED,
+            }));
+        }
+        if coherent_dma.is_some_and(|c| c != self.dma_coherent(&facts)) {
+            return Err(Error::Unsupported(Missing::Mode {
+                what: "the stage-1 domain's memory type does not match the device's DMA coherency",
+            }));
+        }
+        Ok(())
+    }
+
     fn domain_is_stage2(&self, d: DomainHandle) -> Result<bool, Error> {
         let slot = self.slot(d)?.read();
         Ok(slot.as_ref().ok_or(Error::InvalidDomain(d))?.is_stage2())
@@ -237,6 +261,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         let config = &mut *guard;
         // Under the configuration lock: the domain cannot be freed meanwhile.
         let stage2 = self.domain_is_stage2(d)?;
+        self.check_platform(d, sid)?;
         if ssid.is_some() && stage2 {
             return Err(Error::Unsupported(Missing::Mode {
                 what: "a PASID needs a stage-1 domain",

@@ -19,7 +19,7 @@ use super::idr::bits_to_oas;
 use super::regs::Shareability;
 use super::ste::{Cacheability, S2Tg, Stage2};
 use super::{Asid, SmmuError, Vmid};
-use crate::iommu::{DomainConfig, DomainHandle, Error, Missing};
+use crate::iommu::{DomainConfig, DomainHandle, Error};
 use crate::mem::{Iova, PageAllocator, PhysAddr, WalkerCoherency};
 use crate::pgtable::arm_s1::{ArmS1, ArmS1Config, MAIR};
 use crate::pgtable::arm_s2::{ArmS2, ArmS2Config, S2Attributes};
@@ -92,6 +92,13 @@ pub(crate) struct Domain<A: PageAllocator> {
     pub(crate) ats_users: AtomicU32,
     /// Stage-1 domains nested on this one.
     pub(crate) children: AtomicU32,
+    /// Built for an IOASID that enforces snooping (or nested on such a parent): only devices
+    /// the platform declares `CANWBS` may be attached.
+    pub(crate) enforce_snoop: bool,
+    /// Stage 1: whether the leaves are Normal Write-Back Inner Shareable (for devices whose DMA
+    /// is coherent) rather than Non-cacheable. `None` for stage 2, which leaves the device's
+    /// own attributes in charge.
+    pub(crate) coherent_dma: Option<bool>,
     coherency: WalkerCoherency,
 }
 
@@ -101,10 +108,16 @@ pub(crate) struct DomainParams {
     pub(crate) coherency: WalkerCoherency,
     pub(crate) dirty: bool,
     pub(crate) bbml2: bool,
+    /// `IDR3.FWB`.
+    pub(crate) fwb: bool,
 }
 
 impl<A: PageAllocator> Domain<A> {
-    fn with(table: DomainTable<A>, tag: TlbTag, p: &DomainParams) -> Self {
+    fn with(table: DomainTable<A>, tag: TlbTag, p: &DomainParams, cfg: &DomainConfig) -> Self {
+        let coherent_dma = match &table {
+            DomainTable::Stage1(t) => Some(t.format().config().coherent),
+            DomainTable::Stage2(_) => None,
+        };
         Self {
             table,
             tag,
@@ -112,16 +125,20 @@ impl<A: PageAllocator> Domain<A> {
             users: AtomicU32::new(0),
             ats_users: AtomicU32::new(0),
             children: AtomicU32::new(0),
+            enforce_snoop: cfg.enforce_snoop,
+            coherent_dma,
             coherency: p.coherency,
         }
     }
 
     /// A stage-2 domain of `ias` input bits.
     ///
-    /// `snoop` selects the leaf attributes: with FWB, MemAttr 0b0110 forces write-back whatever
-    /// the device asks (enforced coherency); without enforcement, write-back (MemAttr 0b1111)
-    /// leaves the device's own attributes in charge, because stage 2 combines with them and
-    /// keeps the weaker.
+    /// Leaf attributes: write-back (MemAttr 0b1111), which leaves the device's (or stage 1's)
+    /// own attributes in charge, since stage 2 combines with them and keeps the weaker. A
+    /// domain that enforces snooping on a unit with `IDR3.FWB` uses MemAttr 0b0110 with
+    /// `STE.S2FWB` instead: write-back whatever stage 1 asks, so that a guest's stage 1 cannot
+    /// make its memory non-cacheable. Coherency itself is the platform's (`CANWBS`, checked at
+    /// attach): FWB does not stop a PCIe No-Snoop transaction from bypassing the caches.
     pub(crate) fn new_stage2(
         alloc: A,
         p: &DomainParams,
@@ -135,7 +152,7 @@ impl<A: PageAllocator> Domain<A> {
             ias,
             oas,
             blocks: true,
-            attributes: if cfg.enforce_snoop {
+            attributes: if cfg.enforce_snoop && p.fwb {
                 S2Attributes::ForcedWriteBack
             } else {
                 S2Attributes::WriteBack
@@ -148,28 +165,29 @@ impl<A: PageAllocator> Domain<A> {
             vmid,
             nest_parent: cfg.nest_parent,
         };
-        Ok(Self::with(DomainTable::Stage2(table), tag, p))
+        Ok(Self::with(DomainTable::Stage2(table), tag, p, cfg))
     }
 
-    /// A stage-1 domain whose output is `oas` bits wide (the parent's IPA size when nested).
+    /// A stage-1 domain whose output is `oas` bits wide (the parent's IPA size when nested),
+    /// with Normal Write-Back Inner Shareable leaves for devices whose DMA is `coherent_dma`,
+    /// Normal Non-cacheable Outer Shareable ones otherwise. The walker's coherency
+    /// (`IDR0.COHACC`) decides only the CD's walk attributes: a non-coherent TCU says nothing
+    /// about the masters behind it.
     pub(crate) fn new_stage1(
         alloc: A,
         p: &DomainParams,
         cfg: &DomainConfig,
+        coherent_dma: bool,
         oas: u32,
         vmid: Vmid,
         asid: Asid,
     ) -> Result<Self, Error> {
-        if cfg.enforce_snoop {
-            // Stage 1 cannot override a device's no-snoop attribute: only stage 2 with FWB can.
-            return Err(Error::Unsupported(Missing::SnoopControl));
-        }
         let fmt = ArmS1::new(ArmS1Config {
             granule_log2: p.granule_log2,
             ias: 48,
             oas,
             blocks: true,
-            coherent: p.coherency == WalkerCoherency::Coherent,
+            coherent: coherent_dma,
             dirty_tracking: p.dirty && cfg.dirty_tracking,
             bbml2: p.bbml2,
         })?;
@@ -178,6 +196,7 @@ impl<A: PageAllocator> Domain<A> {
             DomainTable::Stage1(table),
             TlbTag::Stage1 { vmid, asid },
             p,
+            cfg,
         ))
     }
 

@@ -8,7 +8,8 @@
 use super::idr::{
     Httu, Idr, Idr0Flags, Idr3Flags, Idr5Granules, StLevel, StallModel, TtEndian, Ttf,
 };
-use crate::iommu::Capabilities;
+use super::platform::DeviceFacts;
+use crate::iommu::{Capabilities, Source, Sources};
 use crate::mem::WalkerCoherency;
 
 /// The decoded capabilities the driver acts on.
@@ -115,12 +116,6 @@ impl Features {
         }
     }
 
-    /// Whether a stage-2 domain can force every access write-back cacheable: the walker is
-    /// coherent and FWB makes stage 2 override the device's (no-snoop) attributes.
-    pub const fn can_enforce_snoop(&self) -> bool {
-        self.s2p && self.cohacc && self.fwb
-    }
-
     /// Largest input size of a stage-2 domain: the IPA may not exceed the output size, nor 48
     /// bits (52 only with the 64 KiB granule).
     pub fn s2_ias(&self) -> u32 {
@@ -144,9 +139,16 @@ impl Features {
         sizes
     }
 
-    /// What the unit reports through [`crate::iommu::Iommu::capabilities`]; `pasid_bits` is
-    /// the CD table size the unit was configured with.
-    pub fn capabilities(&self, pasid_bits: u32) -> Capabilities {
+    /// What the unit reports through [`crate::iommu::Iommu::capabilities`] for devices of
+    /// which the platform declared `facts`; `pasid_bits` is the CD table size the unit was
+    /// configured with.
+    ///
+    /// Snooping is enforced only on the platform's word (`CANWBS`): no register can say that a
+    /// PCIe No-Snoop transaction stays coherent. `IDR3.FWB` is not enough (it forces
+    /// write-back over stage-1 attributes, after the root complex may have let a No-Snoop
+    /// transaction bypass the caches), nor is `IDR0.COHACC` (the SMMU's own accesses only).
+    pub fn capabilities(&self, pasid_bits: u32, facts: &DeviceFacts) -> Capabilities {
+        let stage = if self.s2p { "IDR0.S2P" } else { "IDR0.S1P" };
         Capabilities {
             ias: if self.s2p {
                 self.s2_ias()
@@ -156,10 +158,20 @@ impl Features {
             oas: self.oas,
             page_sizes: self.page_sizes(),
             pasid_bits: if self.stage1_usable() { pasid_bits } else { 0 },
-            enforce_snoop: self.can_enforce_snoop(),
+            enforce_snoop: facts.canwbs,
             dirty_tracking: self.dirty,
             nesting: self.stage1_usable() && self.s2p,
             coherent_walk: self.cohacc,
+            sources: Sources {
+                ias: Source::Register(if self.s2p { "IDR5.OAS" } else { "IDR0.S1P" }),
+                oas: Source::Register("IDR5.OAS"),
+                page_sizes: Source::Register("IDR5.GRAN4K/16K/64K"),
+                pasid_bits: Source::Register(stage),
+                enforce_snoop: facts.source,
+                dirty_tracking: Source::Register("IDR0.HTTU"),
+                nesting: Source::Register("IDR0.S1P + S2P"),
+                coherent_walk: Source::Register("IDR0.COHACC"),
+            },
         }
     }
 }
@@ -180,20 +192,51 @@ mod tests {
         };
         let f = Features::from_idr(&idr);
         assert!(f.s1p && f.s2p && f.cohacc && f.fwb && f.ril && f.dirty);
-        assert!(f.two_level_strtab && f.aarch64_tables && f.can_enforce_snoop());
+        assert!(f.two_level_strtab && f.aarch64_tables);
         assert_eq!(
             (f.sid_bits, f.ssid_bits, f.oas, f.granule_log2),
             (16, 8, 44, 12)
         );
         assert_eq!(f.s2_ias(), 44);
         assert_eq!(f.page_sizes(), 1 << 12 | 1 << 21 | 1 << 30);
-        let caps = f.capabilities(8);
-        assert!(caps.enforce_snoop && caps.nesting && caps.coherent_walk);
-        // Without FWB, or without COHACC, snooping cannot be enforced.
-        let no_fwb = Features { fwb: false, ..f };
-        assert!(!no_fwb.can_enforce_snoop());
+        let caps = f.capabilities(8, &DeviceFacts::UNDECLARED);
+        assert!(caps.nesting && caps.coherent_walk);
+        assert_eq!(caps.sources.coherent_walk, Source::Register("IDR0.COHACC"));
         let no_coh = Features { cohacc: false, ..f };
-        assert!(!no_coh.can_enforce_snoop());
         assert_eq!(no_coh.coherency(), WalkerCoherency::NonCoherent);
+    }
+
+    #[test]
+    fn snooping_is_enforced_on_the_platform_declaration_only() {
+        // S1P | S2P | TTF AArch64 | COHACC, and IDR3.FWB: everything a register can say.
+        let idr = Idr {
+            idr0: Idr0(0x3 | 0x8 | 0x10),
+            idr1: Idr1(16 | 8 << 16 | 8 << 21),
+            idr3: Idr3(1 << 8),
+            idr5: Idr5(0x70 | 5),
+        };
+        let f = Features::from_idr(&idr);
+        assert!(f.fwb && f.cohacc && f.s2p);
+        let caps = f.capabilities(0, &DeviceFacts::UNDECLARED);
+        assert!(!caps.enforce_snoop);
+        assert_eq!(caps.sources.enforce_snoop, DeviceFacts::UNDECLARED.source);
+        let canwbs = DeviceFacts {
+            canwbs: true,
+            coherent_dma: None,
+            source: Source::Firmware("IORT root complex CANWBS"),
+        };
+        // Declared: enforced whatever FWB and COHACC say, and the report names the table.
+        for g in [
+            f,
+            Features {
+                fwb: false,
+                cohacc: false,
+                ..f
+            },
+        ] {
+            let caps = g.capabilities(0, &canwbs);
+            assert!(caps.enforce_snoop);
+            assert_eq!(caps.sources.enforce_snoop, canwbs.source);
+        }
     }
 }

@@ -28,6 +28,7 @@ pub mod features;
 pub mod flush;
 pub mod idr;
 mod ops;
+pub mod platform;
 pub mod queue;
 pub mod regs;
 pub mod ste;
@@ -41,6 +42,7 @@ mod testutil;
 
 pub use domain::{TagAllocator, MAX_DOMAINS};
 pub use error::{CommandErrorKind, SmmuError};
+pub use platform::{Declaration, DeviceFacts, Platform, MAX_DECLARATIONS};
 pub use stream::{MAX_PASIDS, MAX_STREAMS};
 pub use unit::{DisabledTraffic, EventReport, SmmuConfig, SmmuUnit, StreamTableLayout};
 

@@ -10,8 +10,14 @@
 //! - `Stage::First`, or `Stage::Any` on a stage-1-only unit: stage 1
 //!   ([`ArmS1`](crate::pgtable::arm_s1::ArmS1), ASID), 48-bit input;
 //! - granule 4 KiB when `IDR5.GRAN4K` (else 16 KiB, else 64 KiB), with block mappings;
-//! - `enforce_snoop` only on stage 2 of a unit with `IDR0.COHACC` and `IDR3.FWB` (STE.S2FWB and
-//!   the FWB MemAttr encoding); otherwise [`Missing::SnoopControl`], never a weaker domain;
+//! - `enforce_snoop` on either stage, but attached only to devices the platform declares
+//!   `CANWBS` ([`SmmuConfig::platform`](super::SmmuConfig::platform)); refused with
+//!   [`Missing::NotDeclared`] otherwise, at allocation when no device of the unit has it. On
+//!   stage 2 of a unit with `IDR3.FWB` it also forces write-back over stage 1 (STE.S2FWB and
+//!   the FWB MemAttr encoding);
+//! - stage-1 leaves Normal Write-Back Inner Shareable for a device whose DMA is coherent
+//!   (`DomainConfig::device`'s declared facts, else the unit's, else `IDR0.COHACC`), Normal
+//!   Non-cacheable otherwise; a device of the other kind is refused at attach;
 //! - `dirty_tracking` with `IDR0.HTTU` = 2 (DBM leaves, STE.S2HD/CD.HD);
 //! - `nest_parent` on stage 2 of a unit with both stages; stage-1 domains nest on it through
 //!   [`SmmuUnit::domain_alloc_nested`];
@@ -24,8 +30,9 @@ use super::attach::Batch;
 use super::cmd::Command;
 use super::domain::{Domain, DomainParams};
 use super::flush::{atc_inv_for, invalidate_all, plan_tlbi, FlushPolicy, TlbTag};
+use super::platform::{DeviceFacts, CANWBS_NOT_DECLARED};
 use super::unit::SmmuUnit;
-use super::{Asid, Vmid};
+use super::{Asid, StreamId, Vmid};
 use crate::iommu::{
     Capabilities, DeviceId, DomainConfig, DomainHandle, Error, Iommu, Missing, Pasid, Stage,
 };
@@ -40,7 +47,20 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
             coherency: self.features.coherency(),
             dirty: self.features.dirty,
             bbml2: self.features.bbml2,
+            fwb: self.features.fwb,
         }
+    }
+
+    /// What the platform declared about `device`, or about every device of the unit.
+    pub(crate) fn facts_for(&self, device: Option<DeviceId>) -> DeviceFacts {
+        device.map_or(self.cfg.platform.unit, |d| {
+            self.cfg.platform.facts(StreamId(d.0))
+        })
+    }
+
+    /// Whether DMA with `facts` is coherent: as declared, else as the walker (`IDR0.COHACC`).
+    pub(crate) fn dma_coherent(&self, facts: &DeviceFacts) -> bool {
+        facts.coherent_dma.unwrap_or(self.features.cohacc)
     }
 
     /// Stores `dom` in a free slot, or gives it back with [`Error::NoDomainIds`].
@@ -118,13 +138,17 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         let child_cfg = DomainConfig {
             stage: Stage::First,
             nest_parent: false,
+            // A device behind the child reaches memory through the parent's stage 2 too.
+            enforce_snoop: cfg.enforce_snoop || p.enforce_snoop,
             ..*cfg
         };
         let oas = p.geometry().ias;
+        let coherent = self.dma_coherent(&self.facts_for(cfg.device));
         let mut dom = match Domain::new_stage1(
             self.alloc.clone(),
             &self.params(),
             &child_cfg,
+            coherent,
             oas,
             vmid,
             Asid(asid),
@@ -177,8 +201,10 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
                 what: "a nest parent is a stage-2 domain",
             }));
         }
-        if cfg.enforce_snoop && !(stage2 && f.can_enforce_snoop()) {
-            return Err(Error::Unsupported(Missing::SnoopControl));
+        if cfg.enforce_snoop && !self.cfg.platform.any_canwbs() {
+            return Err(Error::Unsupported(Missing::NotDeclared {
+                what: CANWBS_NOT_DECLARED,
+            }));
         }
         let ias = if stage2 { f.s2_ias() } else { f.s1_ias() };
         self.check_common(cfg, ias)?;
@@ -200,6 +226,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
                 self.alloc.clone(),
                 &self.params(),
                 cfg,
+                self.dma_coherent(&self.facts_for(cfg.device)),
                 f.oas,
                 Vmid(0),
                 Asid(asid),
@@ -366,7 +393,22 @@ where
     A: PageAllocator + Clone + Send + Sync,
 {
     fn capabilities(&self) -> Capabilities {
-        self.features.capabilities(self.cfg.ssid_bits)
+        self.features
+            .capabilities(self.cfg.ssid_bits, &self.cfg.platform.unit)
+    }
+
+    fn device_capabilities(&self, device: DeviceId) -> Capabilities {
+        let facts = self.cfg.platform.facts(StreamId(device.0));
+        self.features.capabilities(self.cfg.ssid_bits, &facts)
+    }
+
+    fn check_device(&self, device: DeviceId, cfg: &DomainConfig) -> Result<(), Missing> {
+        if cfg.enforce_snoop && !self.cfg.platform.facts(StreamId(device.0)).canwbs {
+            return Err(Missing::NotDeclared {
+                what: CANWBS_NOT_DECLARED,
+            });
+        }
+        Ok(())
     }
 
     /// None: MSI doorbells are declared by the embedder through the IOASID layer.

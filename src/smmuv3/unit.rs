@@ -41,6 +41,7 @@ use super::eventq::{DrainReport, EventQueue};
 use super::features::Features;
 use super::flush::DEFAULT_FLUSH_THRESHOLD;
 use super::idr::{Idr, Idr0Flags};
+use super::platform::{DeviceFacts, Platform};
 use super::regs::{self, Cr0, Cr1, Cr2, Gbpa, Gerror, IrqCtrl};
 use super::ste::S1Fmt;
 use super::stream::{StreamState, MAX_STREAMS};
@@ -107,6 +108,10 @@ pub struct SmmuConfig {
     /// Interrupts to enable (IRQ_CTRL); empty by default: the embedder polls
     /// [`SmmuUnit::handle_events`] or enables them here and calls it from its handler.
     pub interrupts: IrqCtrl,
+    /// What firmware (ACPI IORT, device tree) declares about the unit's devices: `CANWBS`,
+    /// without which no domain enforces snooping, and DMA coherency (see
+    /// [`platform`](super::platform)). Nothing is declared by default.
+    pub platform: Platform,
 }
 
 impl Default for SmmuConfig {
@@ -124,6 +129,7 @@ impl Default for SmmuConfig {
             max_domains: MAX_DOMAINS,
             flush_threshold: DEFAULT_FLUSH_THRESHOLD,
             interrupts: IrqCtrl::empty(),
+            platform: Platform::new(DeviceFacts::UNDECLARED),
         }
     }
 }
@@ -143,6 +149,7 @@ pub(crate) struct Resolved {
     pub(crate) max_domains: usize,
     pub(crate) flush_threshold: u32,
     pub(crate) interrupts: IrqCtrl,
+    pub(crate) platform: Platform,
 }
 
 fn bounded(
@@ -197,6 +204,7 @@ impl SmmuConfig {
             SyncMode::Sev if !f.sev => return invalid("SEV completion needs IDR0.SEV"),
             _ => {}
         }
+        self.platform.check()?;
         if self.max_domains > MAX_DOMAINS {
             return Err(SmmuError::FieldOutOfRange {
                 field: "max_domains",
@@ -220,6 +228,7 @@ impl SmmuConfig {
             max_domains: self.max_domains,
             flush_threshold: self.flush_threshold,
             interrupts: self.interrupts,
+            platform: self.platform,
         })
     }
 }

@@ -57,7 +57,7 @@ use super::regs::{
 };
 use super::root_table::RootTable;
 use super::{DomainId, Error, Pasid, QueueErrorKind, SourceId, Wait};
-use crate::iommu::{self, DomainHandle};
+use crate::iommu::{self, DomainHandle, Source};
 use crate::mem::{Iova, PageAllocator, WalkerCoherency};
 use crate::mmio::{RegisterWindow, DEFAULT_POLL_BUDGET};
 use crate::pgtable::IovaRange;
@@ -163,6 +163,9 @@ pub struct UnitInfo {
     pub page_walk_coherency: WalkerCoherency,
     /// Output address width of mappings.
     pub haw: u32,
+    /// Where [`haw`](Self::haw) comes from: the embedder's `host_address_width`, else
+    /// `CAP.MGAW`.
+    pub haw_source: Source,
     /// `CAP.MGAW + 1`: IOVAs must be below `2^mgaw`.
     pub mgaw: u32,
     /// First domain-ID handed out (1 when `CAP.CM` reserves DID 0).
@@ -244,6 +247,10 @@ impl UnitInfo {
             coherency: snoops(EcapFlags::C),
             page_walk_coherency,
             haw: config.host_address_width.unwrap_or(mgaw).clamp(32, 52),
+            haw_source: match config.host_address_width {
+                Some(_) => Source::Embedder("VtdConfig::host_address_width"),
+                None => Source::Register("CAP.MGAW"),
+            },
             mgaw,
             did_base: u16::from(cap.flags().contains(CapFlags::CM)),
             domain_ids,

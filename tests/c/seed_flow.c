@@ -32,18 +32,24 @@ static int checks;
 
 enum { KIB4 = 4096, MIB2 = 2 * 1024 * 1024 };
 
-/* The same flow on an SMMUv3 model: stage 2 with FWB enforces snooping (write-back). */
+/* The same flow on an SMMUv3 model. Snooping is enforced because the platform declares its
+ * devices CANWBS (ACPI IORT), not because of FWB: without the declaration the attach is refused. */
 static void smmu_flow(IeSimArena *arena, const IeEnv *env)
 {
     int32_t st;
     IeSimModel *model = NULL;
-    IeSimSmmuConfig mcfg = { .fwb = true, .cohacc = true, .ril = true };
+    IeSimSmmuConfig mcfg = { .fwb = true, .cohacc = true, .ril = true, .canwbs = true };
     OK(ie_sim_smmu_model_create(arena, &mcfg, &model));
     IeRegs regs;
     OK(ie_sim_model_regs(model, &regs));
     IeSmmuConfig scfg;
     OK(ie_smmu_config_default(&scfg));
     scfg.stream_table = IE_STREAM_TABLE_TWO_LEVEL;
+    /* IORT: the root complex's memory access flags have CANWBS, except for StreamID 0x30. */
+    scfg.canwbs = true;
+    scfg.from_firmware = true;
+    scfg.n_declarations = 1;
+    scfg.declarations[0] = (IeDeclaration){ .first_sid = 0x30, .last_sid = 0x30, .canwbs = false };
     IeUnit *unit = NULL;
     OK(ie_smmu_create(env, &regs, &scfg, &unit));
     OK(ie_unit_enable(unit));
@@ -57,7 +63,20 @@ static void smmu_flow(IeSimArena *arena, const IeEnv *env)
     IeDeviceInfo info;
     OK(ie_ctx_device_info(ctx, dev, &info));
     CHECK(info.enforce_snoop && !info.no_snoop_capable, "smmu: snoop %d", info.enforce_snoop);
+    CHECK(info.sources.enforce_snoop.kind == IE_SOURCE_KIND_FIRMWARE &&
+              info.sources.oas.kind == IE_SOURCE_KIND_REGISTER &&
+              strcmp(info.sources.oas.name, "IDR5.OAS") == 0,
+          "smmu: sources %u %u %s", info.sources.enforce_snoop.kind, info.sources.oas.kind,
+          info.sources.oas.name);
+    uint32_t undeclared = 0;
+    OK(ie_ctx_bind(ctx, 0, 0x30, false, &undeclared));
+    OK(ie_ctx_device_info(ctx, undeclared, &info));
+    CHECK(!info.enforce_snoop, "smmu: 0x30 is not CANWBS");
     OK(ie_ctx_alloc(ctx, IE_IOASID_FLAG_ENFORCE_SNOOP, &ioasid));
+    CHECK(ie_ctx_attach(ctx, undeclared, ioasid, &reason) == IE_STATUS_INCOMPATIBLE &&
+              reason == IE_MISSING_NOT_DECLARED,
+          "smmu: attach without CANWBS: reason %u", reason);
+    OK(ie_ctx_unbind(ctx, undeclared));
     OK(ie_ctx_attach(ctx, dev, ioasid, &reason));
     OK(ie_ctx_map(ctx, ioasid, 0x40000000, 0x80000000, MIB2, IE_PROT_READ));
     IeSimDma dma;

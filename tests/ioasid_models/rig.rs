@@ -2,12 +2,13 @@
 //! unit on each (unit 0 is the VT-d unit, unit 1 the SMMUv3 unit) and a registry over both.
 
 use iommu_engine::ioasid::{DeviceLabel, PasidAllocator, Registry, UnitId};
+use iommu_engine::iommu::Source;
 use iommu_engine::iommu::{DeviceId, DomainHandle, Iommu};
 use iommu_engine::sim::smmuv3::{SmmuModel, SmmuModelConfig};
 use iommu_engine::sim::vtd::{VtdModel, VtdModelConfig};
 use iommu_engine::sim::walk::Access;
 use iommu_engine::sim::{Arena, ArenaConfig};
-use iommu_engine::smmuv3::{SmmuConfig, SmmuUnit};
+use iommu_engine::smmuv3::{DeviceFacts, Platform, SmmuConfig, SmmuUnit};
 use iommu_engine::vtd::{Mode, VtdConfig, VtdUnit};
 
 pub const K4: u64 = 1 << 12;
@@ -62,12 +63,22 @@ pub struct SmmuSetup {
 }
 
 impl SmmuSetup {
-    /// QEMU-like, with or without FWB (coherent walks either way).
-    pub fn qemu(fwb: bool) -> Self {
+    /// QEMU-like (coherent walks), on a platform that declares every device `CANWBS` (IORT)
+    /// and with FWB, or on one that declares nothing and without FWB.
+    pub fn qemu(canwbs: bool) -> Self {
+        let mut model = SmmuModelConfig::qemu_like().with_fwb(canwbs);
+        if canwbs {
+            model = model.with_canwbs(0, u32::MAX);
+        }
         Self {
-            model: SmmuModelConfig::qemu_like().with_fwb(fwb),
+            model,
             unit: SmmuConfig {
                 poll_budget: 10_000,
+                platform: Platform::new(DeviceFacts {
+                    canwbs,
+                    coherent_dma: None,
+                    source: Source::Firmware("IORT root complex (test rig)"),
+                }),
                 ..SmmuConfig::default()
             },
         }
@@ -175,13 +186,13 @@ impl Rig<'_, '_> {
             .map(|t| (t.pa, t.snoop))
     }
 
-    /// What the SMMUv3 model does with a read from `sid` at `iova`: `Some((pa, write-back))`
-    /// or `None` for a fault.
+    /// What the SMMUv3 model does with a No-Snoop read from `sid` at `iova`: `Some((pa,
+    /// snooped))` or `None` for a fault.
     pub fn smmu_read(&self, sid: u32, ssid: Option<u32>, iova: u64) -> Option<(u64, bool)> {
         self.sm
             .translate(sid, ssid, iova, Access::READ)
             .ok()
-            .map(|t| (t.pa, t.cacheable_wb))
+            .map(|t| (t.pa, t.coherent))
     }
 
     /// Whether a read through the IOTLB / TLB would be served from a cache (to prove that an

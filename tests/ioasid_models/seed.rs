@@ -1,10 +1,12 @@
 //! The seed flow end to end on each model, and the attach that must fail without snoop control.
 
 use iommu_engine::ioasid::{Error, Incompatibility, IoasidCtx, IoasidFlags};
-use iommu_engine::iommu::Missing;
+use iommu_engine::iommu::{Missing, Source};
 use iommu_engine::mem::{Iova, PhysAddr};
 use iommu_engine::pgtable::Prot;
 use iommu_engine::sim::smmuv3::SmmuModelConfig;
+use iommu_engine::smmuv3::platform::CANWBS_NOT_DECLARED;
+use iommu_engine::smmuv3::{DeviceFacts, StreamId};
 
 use crate::rig::*;
 
@@ -62,7 +64,7 @@ fn seed_flow_on_vtd_sets_snp_and_unmap_flushes_the_iotlb() {
 }
 
 #[test]
-fn seed_flow_on_smmuv3_forces_write_back_and_unmap_flushes_the_tlb() {
+fn seed_flow_on_smmuv3_with_canwbs_snoops_and_unmap_flushes_the_tlb() {
     with_rig(VtdSetup::legacy(true), SmmuSetup::qemu(true), |r| {
         let ctx = IoasidCtx::new(r.reg, r.arena, 0);
         let dev = ctx.bind(smmu_dev(SID_A), false).unwrap();
@@ -70,13 +72,18 @@ fn seed_flow_on_smmuv3_forces_write_back_and_unmap_flushes_the_tlb() {
         let c = info.capabilities;
         assert!(!info.no_snoop_capable);
         // QEMU-like: OAS 44, stage 2 input 44 bits, 4K granule with blocks, no substreams,
-        // FWB + COHACC so snooping can be enforced, both stages (nesting), no HTTU.
+        // CANWBS declared so snooping can be enforced, both stages (nesting), no HTTU.
         assert_eq!(
             (c.ias, c.oas, c.page_sizes),
             (44, 44, 1 << 12 | 1 << 21 | 1 << 30)
         );
         assert_eq!(c.pasid_bits, 0);
         assert!(c.enforce_snoop && c.nesting && c.coherent_walk && !c.dirty_tracking);
+        assert_eq!(
+            c.sources.enforce_snoop,
+            Source::Firmware("IORT root complex (test rig)")
+        );
+        assert_eq!(c.sources.oas, Source::Register("IDR5.OAS"));
 
         let io = ctx.alloc(IoasidFlags::ENFORCE_SNOOP).unwrap();
         ctx.attach(dev, io).unwrap();
@@ -88,7 +95,7 @@ fn seed_flow_on_smmuv3_forces_write_back_and_unmap_flushes_the_tlb() {
             RW,
         )
         .unwrap();
-        // A non-cacheable (no-snoop) transaction comes out write-back cacheable (S2FWB).
+        // A No-Snoop transaction snoops (the platform's CANWBS).
         assert_eq!(
             r.smmu_read(SID_A, None, 0x40_1234),
             Some((0x7000_1234, true))
@@ -114,7 +121,7 @@ fn seed_flow_on_smmuv3_forces_write_back_and_unmap_flushes_the_tlb() {
 
 #[test]
 fn without_enforce_snoop_the_models_let_no_snoop_through() {
-    with_rig(VtdSetup::legacy(true), SmmuSetup::qemu(true), |r| {
+    with_rig(VtdSetup::legacy(true), SmmuSetup::qemu(false), |r| {
         let ctx = IoasidCtx::new(r.reg, r.arena, 0);
         let v = ctx.bind(vtd_dev(RID_A), true).unwrap();
         let s = ctx.bind(smmu_dev(SID_A), true).unwrap();
@@ -129,7 +136,8 @@ fn without_enforce_snoop_the_models_let_no_snoop_through() {
 }
 
 /// Attaches a device of a unit that cannot enforce snooping to an ENFORCE_SNOOP IOASID that
-/// already has a mapping, and checks that the refusal names the capability and changes nothing.
+/// already has a mapping, and checks that the refusal names the capability (VT-d) or the
+/// missing declaration (SMMUv3) and changes nothing.
 fn refused_without_snoop_control(r: &Rig<'_, '_>, on_vtd: bool) {
     let ctx = IoasidCtx::new(r.reg, r.arena, 0);
     let (label, id) = if on_vtd {
@@ -144,11 +152,18 @@ fn refused_without_snoop_control(r: &Rig<'_, '_>, on_vtd: bool) {
         .unwrap();
     let (live, domains) = (r.live(), (r.vtd_domains(), r.smmu_domains()));
     let stats = (r.vm.stats(), r.sm.stats());
+    let missing = if on_vtd {
+        Missing::SnoopControl
+    } else {
+        Missing::NotDeclared {
+            what: CANWBS_NOT_DECLARED,
+        }
+    };
     assert_eq!(
         ctx.attach(dev, io),
         Err(Error::Incompatible {
             device: dev,
-            reason: Incompatibility::Missing(Missing::SnoopControl)
+            reason: Incompatibility::Missing(missing)
         })
     );
     // Nothing allocated, nothing written, no command issued, and the device still faults.
@@ -181,20 +196,44 @@ fn vtd_without_sc_refuses_an_enforce_snoop_attach_and_changes_nothing() {
 }
 
 #[test]
-fn smmuv3_without_fwb_refuses_an_enforce_snoop_attach_and_changes_nothing() {
+fn smmuv3_without_canwbs_refuses_an_enforce_snoop_attach_and_changes_nothing() {
     with_rig(VtdSetup::legacy(true), SmmuSetup::qemu(false), |r| {
         refused_without_snoop_control(r, false)
     });
 }
 
+/// FWB and COHACC are everything a register can say, and still not enough: a No-Snoop
+/// transaction may bypass the caches before the SMMU's attributes apply.
 #[test]
-fn smmuv3_with_fwb_but_no_cohacc_refuses_too() {
+fn smmuv3_with_fwb_and_cohacc_but_no_canwbs_refuses_too() {
     let s = SmmuSetup {
         model: SmmuModelConfig::qemu_like()
             .with_fwb(true)
-            .with_cohacc(false),
-        ..SmmuSetup::qemu(true)
+            .with_cohacc(true),
+        ..SmmuSetup::qemu(false)
     };
+    with_rig(VtdSetup::legacy(true), s, |r| {
+        refused_without_snoop_control(r, false)
+    });
+}
+
+/// One StreamID behind a root complex without CANWBS: the unit's other devices enforce
+/// snooping, this one is refused before anything is built.
+#[test]
+fn smmuv3_refuses_the_one_device_the_platform_does_not_declare() {
+    let mut s = SmmuSetup::qemu(true);
+    s.unit.platform = s
+        .unit
+        .platform
+        .declare(
+            StreamId(SID_A),
+            StreamId(SID_A),
+            DeviceFacts {
+                canwbs: false,
+                ..s.unit.platform.unit
+            },
+        )
+        .unwrap();
     with_rig(VtdSetup::legacy(true), s, |r| {
         refused_without_snoop_control(r, false)
     });

@@ -157,7 +157,7 @@ impl Harness<'_, '_> {
                 self.sm
                     .translate(id, pasid, iova, access)
                     .ok()
-                    .map(|t| (t.pa, t.cacheable_wb))
+                    .map(|t| (t.pa, t.coherent))
             };
             let needed = if access.write {
                 Prot::WRITE

@@ -41,14 +41,14 @@ use crate::ioasid::{
     DeviceHandle, DeviceLabel, Error, IncoherentDmaGrant, Incompatibility, IoasidCtx, IoasidFlags,
     IoasidId, PasidAllocator, Registry, UnitId,
 };
-use crate::iommu::{Capabilities, DeviceId, DomainHandle, Iommu, Missing, Pasid};
+use crate::iommu::{Capabilities, DeviceId, DomainHandle, Iommu, Missing, Pasid, Source};
 use crate::mem::{Iova, PhysAddr};
 use crate::pgtable::Prot;
 use crate::sim::smmuv3::{SmmuModel, SmmuModelConfig};
 use crate::sim::vtd::{VtdModel, VtdModelConfig};
 use crate::sim::walk::Access;
 use crate::sim::{Arena, ArenaConfig, FailPolicy};
-use crate::smmuv3::{SmmuConfig, SmmuUnit};
+use crate::smmuv3::{DeviceFacts, Platform, SmmuConfig, SmmuUnit};
 use crate::vtd::{Mode, VtdConfig, VtdUnit};
 use shadow::{CtxShadow, Pair};
 
@@ -105,6 +105,7 @@ struct Setup {
     /// 0: QEMU legacy without SC; 1: with SC; 2: scalable (SC, PASIDs, both stages);
     /// 3: legacy with SC and caching mode (not-present entries cached).
     vtd: u8,
+    /// SMMUv3 with `IDR3.FWB`, on a platform that declares every device `CANWBS`.
     fwb: bool,
     cohacc_off: bool,
     ssids: bool,
@@ -248,11 +249,14 @@ fn run(setup: &Setup, ops: &[Op]) {
             Mode::Legacy,
         ),
     };
-    let scfg = SmmuModelConfig::qemu_like()
+    let mut scfg = SmmuModelConfig::qemu_like()
         .with_fwb(setup.fwb)
         .with_cohacc(!setup.cohacc_off)
         .with_ril(setup.ril)
         .with_ssid_bits(if setup.ssids { PASID_BITS as u8 } else { 0 });
+    if setup.fwb {
+        scfg = scfg.with_canwbs(0, u32::MAX);
+    }
     let vm = VtdModel::new(&arena, vcfg);
     let sm = SmmuModel::new(&arena, scfg);
     let vtd: Vtd<'_> = VtdUnit::new(
@@ -273,6 +277,11 @@ fn run(setup: &Setup, ops: &[Op]) {
             sid_bits: Some(11),
             ssid_bits: Some(if setup.ssids { PASID_BITS } else { 0 }),
             poll_budget: 1000,
+            platform: Platform::new(DeviceFacts {
+                canwbs: setup.fwb,
+                coherent_dma: None,
+                source: Source::Firmware("IORT (fuzzing harness)"),
+            }),
             ..SmmuConfig::default()
         },
     )

@@ -96,6 +96,9 @@ pub struct SmmuModelConfig {
     pub iidr: u32,
     /// SMMU_AIDR.
     pub aidr: u32,
+    /// Not a register: the StreamIDs `first..=last` whose accesses the platform keeps coherent
+    /// whatever their attributes (ACPI IORT `CANWBS`).
+    pub canwbs: Option<(u32, u32)>,
 }
 
 impl SmmuModelConfig {
@@ -118,6 +121,7 @@ impl SmmuModelConfig {
             idr: [idr0, idr1, 0, idr3, 0, idr5],
             iidr: 0,
             aidr: 1,
+            canwbs: None,
         }
     }
 
@@ -128,6 +132,18 @@ impl SmmuModelConfig {
             self.idr[reg] &= !bits;
         }
         self
+    }
+
+    /// The platform keeps StreamIDs `first..=last` coherent whatever their attributes (IORT
+    /// `CANWBS`).
+    pub const fn with_canwbs(mut self, first: u32, last: u32) -> Self {
+        self.canwbs = Some((first, last));
+        self
+    }
+
+    /// Whether the platform declares `sid` `CANWBS`.
+    pub(crate) fn canwbs(&self, sid: u32) -> bool {
+        self.canwbs.is_some_and(|(a, b)| (a..=b).contains(&sid))
     }
 
     /// IDR3.RIL: range invalidation.

@@ -28,6 +28,10 @@
 //!   without IDR3.RIL, and NUM/SCALE/TTL with TG = 0.
 //! - Incoming transactions are Normal Non-cacheable (a no-snoop DMA) unless stage 1 gives them a
 //!   type: `DmaOk::cacheable_wb` says whether the SMMU made the access write-back anyway.
+//!   Whether the access snoops is the platform's matter, not the SMMU's: `DmaOk::coherent` is
+//!   set only for StreamIDs the configuration declares `CANWBS` (ACPI IORT), since a PCIe
+//!   No-Snoop transaction can bypass the caches before any SMMU attribute, FWB included,
+//!   applies.
 //! - Hardware updates (IDR0.HTTU with CD.HA/HD, STE.S2HA/S2HD): AF is set when a walk uses a
 //!   leaf; a writable-clean DBM leaf is made dirty (stage 1 clears `AP[2]`, stage 2 sets
 //!   `S2AP[1]`) on the first write through its TLB entry, and not again until that entry is
@@ -74,6 +78,9 @@ pub struct DmaOk {
     /// The effective memory type after stage 2 (and FWB) is Normal inner and outer Write-Back,
     /// for a transaction that arrived Non-cacheable (see the module's model choices).
     pub cacheable_wb: bool,
+    /// The access snooped CPU caches although it arrived as a PCIe No-Snoop transaction: the
+    /// platform declares the stream `CANWBS` ([`SmmuModelConfig::with_canwbs`]).
+    pub coherent: bool,
     /// Stage-2 `MemAttr[3:0]` of the leaf, when stage 2 translated.
     pub s2_memattr: Option<u8>,
     /// The translation came from the TLB.

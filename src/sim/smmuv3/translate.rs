@@ -387,6 +387,8 @@ fn ok(pa: u64, size: u32, mem: Mt, s2_memattr: Option<u8>, tlb_hit: bool) -> Dma
         pa,
         page_size_log2: size,
         cacheable_wb: mem == Mt::WriteBack,
+        // Filled in by `translate` / `translated` from the platform.
+        coherent: false,
         s2_memattr,
         tlb_hit,
     }
@@ -423,7 +425,16 @@ pub(crate) fn translate(
         apply(state, pending);
         result
     };
-    result.map_err(|fail| report(state, mem, cfg, &req, fail))
+    result
+        .map(|o| platform_coherency(cfg, &req, o))
+        .map_err(|fail| report(state, mem, cfg, &req, fail))
+}
+
+/// The platform's part: a transaction of a stream the platform makes coherent whatever its
+/// attributes (IORT `CANWBS`) snoops even as a PCIe No-Snoop; no SMMU attribute does that.
+fn platform_coherency(cfg: &SmmuModelConfig, req: &Request, mut o: DmaOk) -> DmaOk {
+    o.coherent = cfg.canwbs(req.sid);
+    o
 }
 
 fn apply(state: &mut State, pending: Pending) {
@@ -540,5 +551,7 @@ pub(crate) fn translated(
     });
     let pending = env.pending.into_inner();
     apply(state, pending);
-    result.map_err(|fail| report(state, mem, cfg, &req, fail))
+    result
+        .map(|o| platform_coherency(cfg, &req, o))
+        .map_err(|fail| report(state, mem, cfg, &req, fail))
 }

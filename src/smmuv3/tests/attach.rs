@@ -2,39 +2,57 @@
 
 use super::*;
 
+const CANWBS: DeviceFacts = DeviceFacts {
+    canwbs: true,
+    coherent_dma: None,
+    source: crate::iommu::Source::Firmware("IORT root complex CANWBS"),
+};
+
+fn declared(sids: (u32, u32)) -> SmmuConfig {
+    SmmuConfig {
+        platform: Platform::default()
+            .declare(StreamId(sids.0), StreamId(sids.1), CANWBS)
+            .unwrap(),
+        ..config()
+    }
+}
+
 #[test]
-fn snoop_enforcement_needs_fwb_and_cohacc_and_is_never_downgraded() {
+fn snoop_enforcement_needs_the_platforms_canwbs_not_fwb() {
     let alloc = VecAllocator::default();
     let snoop = DomainConfig {
         enforce_snoop: true,
         ..DomainConfig::default()
     };
-    for (idr0, idr3) in [(IDR0, 0), (IDR0 & !0x10, FWB)] {
-        let m = model(idr0, idr3);
-        let u = SmmuUnit::new(&m, &alloc, config()).unwrap();
-        assert!(!u.capabilities().enforce_snoop);
-        assert_eq!(
-            u.domain_alloc(&snoop),
-            Err(Error::Unsupported(Missing::SnoopControl))
-        );
-    }
-    assert_eq!(alloc.live_pages(), 0);
+    let not_declared = Error::Unsupported(Missing::NotDeclared {
+        what: platform::CANWBS_NOT_DECLARED,
+    });
+    // FWB and COHACC, nothing declared: no register can promise that No-Snoop DMA snoops.
     let m = model(IDR0, FWB);
-    let u = enabled(&m, &alloc);
-    assert!(u.capabilities().enforce_snoop);
-    // Stage 1 cannot override a no-snoop attribute.
-    let s1_snoop = DomainConfig {
-        stage: Stage::First,
-        ..snoop
-    };
+    let u = SmmuUnit::new(&m, &alloc, config()).unwrap();
+    assert!(!u.capabilities().enforce_snoop);
+    assert_eq!(u.domain_alloc(&snoop), Err(not_declared));
+    assert_eq!(alloc.live_pages(), 0);
+    drop(u);
+    // CANWBS for StreamIDs 4..=5 only, on a unit with FWB.
+    let u = SmmuUnit::new(&m, &alloc, declared((4, 5))).unwrap();
+    u.enable().unwrap();
+    assert!(!u.capabilities().enforce_snoop);
+    assert!(u.device_capabilities(DeviceId(5)).enforce_snoop);
     assert_eq!(
-        u.domain_alloc(&s1_snoop),
-        Err(Error::Unsupported(Missing::SnoopControl))
+        u.device_capabilities(DeviceId(5)).sources.enforce_snoop,
+        CANWBS.source
     );
+    assert!(!u.device_capabilities(DeviceId(6)).enforce_snoop);
     let d = u.domain_alloc(&snoop).unwrap();
     u.map(d, Iova::new(0x1000), PhysAddr::new(0x8000_0000), K4, RW)
         .unwrap();
+    // Device 6 is refused before anything is written: its STE still aborts.
+    let before = ste_of(&u, 6);
+    assert_eq!(u.attach(DeviceId(6), None, d), Err(not_declared));
+    assert_eq!(ste_of(&u, 6).words, before.words);
     u.attach(DeviceId(5), None, d).unwrap();
+    // FWB still does its part: write-back over whatever stage 1 (a guest's) asks.
     let ste = ste_of(&u, 5);
     assert_eq!(ste.words[1] & ste::S2FWB, ste::S2FWB);
     // The leaf: MemAttr 0b0110 (FWB: forced write-back), SH inner (0b11 << 8).
@@ -46,6 +64,107 @@ fn snoop_enforcement_needs_fwb_and_cohacc_and_is_never_downgraded() {
     u.map(plain, Iova::new(0x1000), PhysAddr::new(0x8000_0000), K4, RW)
         .unwrap();
     assert_eq!((leaf_of(&u, plain, 0x1000) >> 2) & 0xf, 0b1111);
+    // Stage 1 enforces too: CANWBS keeps the device coherent whatever the attributes.
+    let s1_snoop = DomainConfig {
+        stage: Stage::First,
+        ..snoop
+    };
+    let d1 = u.domain_alloc(&s1_snoop).unwrap();
+    assert_eq!(u.attach(DeviceId(6), None, d1), Err(not_declared));
+    u.attach(DeviceId(4), None, d1).unwrap();
+}
+
+#[test]
+fn without_fwb_a_canwbs_device_enforces_snoop_with_plain_write_back() {
+    let alloc = VecAllocator::default();
+    let m = model(IDR0 & !0x10, 0);
+    let u = SmmuUnit::new(&m, &alloc, declared((0, 0xffff))).unwrap();
+    u.enable().unwrap();
+    assert!(u.device_capabilities(DeviceId(1)).enforce_snoop);
+    let d = u
+        .domain_alloc(&DomainConfig {
+            enforce_snoop: true,
+            ..s2()
+        })
+        .unwrap();
+    u.map(d, Iova::new(0x1000), PhysAddr::new(0x8000_0000), K4, RW)
+        .unwrap();
+    u.attach(DeviceId(1), None, d).unwrap();
+    assert_eq!(ste_of(&u, 1).words[1] & ste::S2FWB, 0);
+    assert_eq!((leaf_of(&u, d, 0x1000) >> 2) & 0xf, 0b1111);
+}
+
+#[test]
+fn stage1_memory_type_follows_the_devices_coherency_not_the_walkers() {
+    let alloc = VecAllocator::default();
+    // A non-coherent TCU (IDR0.COHACC = 0) in front of coherent masters, except StreamID 9.
+    let m = model(IDR0 & !0x10, 0);
+    let coherent = DeviceFacts {
+        canwbs: false,
+        coherent_dma: Some(true),
+        source: crate::iommu::Source::Firmware("IORT root complex CCA"),
+    };
+    let platform = Platform::new(coherent)
+        .declare(
+            StreamId(9),
+            StreamId(9),
+            DeviceFacts {
+                coherent_dma: Some(false),
+                ..coherent
+            },
+        )
+        .unwrap();
+    let u = SmmuUnit::new(
+        &m,
+        &alloc,
+        SmmuConfig {
+            platform,
+            ..config()
+        },
+    )
+    .unwrap();
+    u.enable().unwrap();
+    let attrs = |d| {
+        let leaf = leaf_of(&u, d, 0x1000);
+        ((leaf >> 2) & 7, (leaf >> 8) & 3)
+    };
+    // Built for device 3 (coherent): Normal Write-Back (AttrIndx 0), Inner Shareable.
+    let d = u
+        .domain_alloc(&DomainConfig {
+            device: Some(DeviceId(3)),
+            ..s1()
+        })
+        .unwrap();
+    u.map(d, Iova::new(0x1000), PhysAddr::new(0x8000_0000), K4, RW)
+        .unwrap();
+    assert_eq!(attrs(d), (0, 3));
+    // The CD still walks with the TCU's attributes: non-cacheable, outer shareable.
+    u.attach(DeviceId(3), None, d).unwrap();
+    // Device 9 is not coherent: it cannot share a write-back stage 1.
+    assert!(matches!(
+        u.attach(DeviceId(9), None, d),
+        Err(Error::Unsupported(Missing::Mode { .. }))
+    ));
+    // Built for device 9: Normal Non-cacheable (AttrIndx 1), Outer Shareable.
+    let n = u
+        .domain_alloc(&DomainConfig {
+            device: Some(DeviceId(9)),
+            ..s1()
+        })
+        .unwrap();
+    u.map(n, Iova::new(0x1000), PhysAddr::new(0x8000_0000), K4, RW)
+        .unwrap();
+    assert_eq!(attrs(n), (1, 2));
+    u.attach(DeviceId(9), None, n).unwrap();
+    // No device named: the unit's declaration (coherent).
+    let any = u.domain_alloc(&s1()).unwrap();
+    u.map(any, Iova::new(0x1000), PhysAddr::new(0x8000_0000), K4, RW)
+        .unwrap();
+    assert_eq!(attrs(any), (0, 3));
+    // Stage 2 leaves the device's attributes in charge: any device may share it.
+    let s2d = u.domain_alloc(&s2()).unwrap();
+    u.attach(DeviceId(4), None, s2d).unwrap();
+    u.attach(DeviceId(10), None, s2d).unwrap();
 }
 
 /// The raw leaf mapping `iova` (4 KiB stage-2 walk through the allocator's identity PAs).

@@ -3,7 +3,9 @@
 
 use super::invalidate::Purpose;
 use super::{VtdUnit, INTERRUPT_WINDOW};
-use crate::iommu::{Capabilities, DeviceId, DomainConfig, DomainHandle, Error, Iommu, Pasid};
+use crate::iommu::{
+    Capabilities, DeviceId, DomainConfig, DomainHandle, Error, Iommu, Pasid, Source, Sources,
+};
 use crate::mem::{Iova, PageAllocator, PhysAddr, WalkerCoherency};
 use crate::mmio::RegisterWindow;
 use crate::pgtable::{self, Gather, IovaRange, Leaf, Mapping, Prot};
@@ -39,16 +41,18 @@ where
         let info = &self.info;
         let e = info.ecap.flags();
         let second = !info.scalable() || e.contains(EcapFlags::SLTS);
-        let (ias, page_sizes) = if second {
+        let (ias, page_sizes, stage) = if second {
             let s = info.cap.sllps();
             let sizes = 1 << 12
                 | u64::from(s.contains(Sllps::SIZE_2M)) << 21
                 | u64::from(s.contains(Sllps::SIZE_1G)) << 30;
-            (domain::second_stage_max_bits(info), sizes)
+            let stage = ("CAP.SAGAW", "CAP.SLLPS");
+            (domain::second_stage_max_bits(info), sizes, stage)
         } else {
             let g1 = info.cap.flags().contains(CapFlags::FL1GP);
             let sizes = 1 << 12 | 1 << 21 | u64::from(g1) << 30;
-            (domain::first_stage_max_bits(info), sizes)
+            let stage = ("CAP.FL5LP", "CAP.FL1GP");
+            (domain::first_stage_max_bits(info), sizes, stage)
         };
         Capabilities {
             ias,
@@ -59,6 +63,19 @@ where
             dirty_tracking: domain::second_stage_dirty_tracking(info),
             nesting: e.contains(EcapFlags::NEST),
             coherent_walk: info.page_walk_coherency == WalkerCoherency::Coherent,
+            sources: Sources {
+                ias: Source::Register(stage.0),
+                oas: info.haw_source,
+                page_sizes: Source::Register(stage.1),
+                pasid_bits: Source::Register("ECAP.PSS"),
+                enforce_snoop: Source::Register("ECAP.SC"),
+                dirty_tracking: Source::Register("ECAP.SLADS"),
+                nesting: Source::Register("ECAP.NEST"),
+                coherent_walk: Source::Register(match info.mode {
+                    super::Mode::Legacy => "ECAP.C",
+                    super::Mode::Scalable => "ECAP.SMPWCS",
+                }),
+            },
         }
     }
 

@@ -109,6 +109,7 @@ use iommu_engine::iommu::Missing;
 use iommu_engine::mem::Iova;
 use iommu_engine::pgtable::Prot;
 use iommu_engine::smmuv3::event::EventType;
+use iommu_engine::smmuv3::platform::CANWBS_NOT_DECLARED;
 
 use crate::dma::{load_then_write, pattern, read_iova, roundtrip, write_iova, DmaBuf, GUARD};
 use crate::events::Expect;
@@ -706,10 +707,11 @@ fn detach_reattach(env: &Env<'_, '_, '_>) -> Result<(), Fail> {
     Ok(())
 }
 
-/// `ENFORCE_SNOOP`: QEMU's SMMUv3 has no `IDR3.FWB`, so (unless the unit can otherwise
-/// guarantee snooping) attaching to an enforce-snoop IOASID is refused with `Incompatible` /
-/// `Missing::SnoopControl`, and nothing changes: the device stays attached where it was and its
-/// DMA still lands there. If the unit says it can enforce snooping, the attach must work.
+/// `ENFORCE_SNOOP`: QEMU's `virt` declares no `CANWBS` in its IORT, and the unit is configured
+/// with no platform declaration, so attaching to an enforce-snoop IOASID is refused with
+/// `Incompatible` / `Missing::NotDeclared` (CANWBS), whatever `IDR3.FWB` says, and nothing
+/// changes: the device stays attached where it was and its DMA still lands there. If the unit
+/// says it can enforce snooping, the attach must work.
 pub fn smmu_enforce_snoop(ctx: &mut Ctx) -> Result<(), Fail> {
     linear(ctx, enforce_snoop)
 }
@@ -738,10 +740,13 @@ fn enforce_snoop(env: &Env<'_, '_, '_>) -> Result<(), Fail> {
         match r {
             Err(IoError::Incompatible {
                 device,
-                reason: Incompatibility::Missing(Missing::SnoopControl),
+                reason:
+                    Incompatibility::Missing(Missing::NotDeclared {
+                        what: CANWBS_NOT_DECLARED,
+                    }),
             }) if device == env.dev => {}
             other => crate::bail!(
-                "attach to an ENFORCE_SNOOP IOASID without FWB: {other:?}, expected Incompatible(SnoopControl)"
+                "attach to an ENFORCE_SNOOP IOASID without CANWBS: {other:?}, expected Incompatible(NotDeclared)"
             ),
         }
         ensure!(
