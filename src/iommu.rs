@@ -349,12 +349,24 @@ pub trait Iommu: Sync {
     /// Destroys a domain with no device attached: its tag is invalidated and freed, its pages
     /// returned after the invalidation completed.
     ///
+    /// On a hardware error ([`Error::Timeout`], [`Error::Hardware`]) nothing has changed: the
+    /// handle, the tag and the table stay (a new domain never gets a tag whose invalidation
+    /// did not complete); retry the free once the unit works again.
+    ///
     /// # Errors
-    /// [`Error::Busy`] while devices are attached; [`Error::InvalidDomain`]; hardware errors.
+    /// [`Error::Busy`] while devices are attached (an attach or detach that failed half-way
+    /// counts as attached); [`Error::InvalidDomain`]; hardware errors.
     fn domain_free(&self, domain: DomainHandle) -> Result<(), Error>;
 
     /// Maps a range in a domain (see [`crate::pgtable::PageTable::map`]), doing what the unit
     /// needs on map (VT-d caching mode, write-buffer flush).
+    ///
+    /// All or nothing: on `Err` nothing of the range is mapped. If the hardware step after
+    /// writing the entries fails, the unit clears them again before returning; the
+    /// invalidation that clearing needs, if it fails too, stays owed by the domain and is
+    /// issued by the next [`flush`](Self::flush) of the domain (an empty gather suffices).
+    /// Until such a flush succeeds the device may still reach `pa` through a stale cached
+    /// entry: after a hardware error, flush the domain before reusing the memory (or leak it).
     ///
     /// # Errors
     /// [`Error::PageTable`], [`Error::NoMemory`], [`Error::InvalidDomain`], hardware errors.
@@ -382,8 +394,15 @@ pub trait Iommu: Sync {
     /// Invalidates what `gather` recorded with the fewest commands, waits once for completion,
     /// then returns the gathered pages to the allocator.
     ///
+    /// Every invalidation a failed flush of the domain did not complete is owed by the domain
+    /// and issued again by its next flush, whatever that flush's gather holds (even nothing):
+    /// a caller that retries a failed unmap and flush as a whole, with a new gather, still gets
+    /// the lost invalidations. On `Ok` every range recorded in `gather` and every owed range
+    /// is invalidated (IOTLB, paging-structure caches, device TLBs).
+    ///
     /// # Errors
-    /// [`Error::Timeout`], [`Error::Hardware`]; on error the pages stay in the gather.
+    /// [`Error::Timeout`], [`Error::Hardware`]; on error the pages stay in the gather (retry
+    /// with it, or drop it and leak them: never free them yourself).
     fn flush(&self, domain: DomainHandle, gather: &mut Gather) -> Result<(), Error>;
 
     /// The translation of `iova` in a domain.
@@ -418,6 +437,11 @@ pub trait Iommu: Sync {
     /// Points a device (or a device's PASID) at a domain, replacing what it pointed at in the
     /// way that is hitless where the hardware allows, and invalidates the configuration caches.
     ///
+    /// On a hardware error the device may be half-way: its old entry torn down, or the new one
+    /// published without its invalidation confirmed. The unit then still counts it as attached
+    /// (to the old domain, or to the new one), so that neither domain can be freed under it:
+    /// retry the same attach to complete it, or [`detach`](Self::detach) to block the device.
+    ///
     /// # Errors
     /// [`Error::InvalidDevice`], [`Error::InvalidPasid`], [`Error::Unsupported`],
     /// [`Error::NoMemory`], hardware errors.
@@ -430,6 +454,10 @@ pub trait Iommu: Sync {
 
     /// Blocks a device's (or PASID's) DMA again and invalidates configuration caches and the
     /// IOTLB entries it may have used.
+    ///
+    /// On a hardware error the entry is already cleared (DMA is blocked) but its invalidation
+    /// is not confirmed: the device stays attached in the unit's books until a retry of the
+    /// detach completes.
     ///
     /// # Errors
     /// [`Error::NotAttached`], hardware errors.

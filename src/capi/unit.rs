@@ -109,6 +109,10 @@ impl From<IeVtdConfig> for VtdConfig {
                 Mode::Legacy
             },
             poll_budget: c.poll_budget,
+            // Not in the C configuration (yet): the default, never below `poll_budget`.
+            device_tlb_poll_budget: VtdConfig::legacy()
+                .device_tlb_poll_budget
+                .max(c.poll_budget),
             queue_pages_log2: c.queue_pages_log2,
             pasid_bits: c.pasid_bits,
             host_address_width: (c.host_address_width != 0).then_some(c.host_address_width),

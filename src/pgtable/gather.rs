@@ -197,6 +197,45 @@ impl Gather {
         }
     }
 
+    /// Adds the ranges `other` records (not its pages), keeping whether only leaves changed.
+    pub(crate) fn add_ranges_of(&mut self, other: &Gather) {
+        for r in other.ranges() {
+            if other.leaf_only {
+                self.add_range(r.start.get(), r.end.get());
+            } else {
+                self.add_table_change(r.start.get(), r.len());
+            }
+        }
+        self.page_sizes |= other.page_sizes;
+    }
+
+    /// Moves everything `other` holds (ranges and pages) into this gather, leaving `other`
+    /// empty: for a driver that keeps the invalidation a failed flush still owes.
+    ///
+    /// # Errors
+    /// [`Error::UnknownTable`] if `alloc` does not know a page `other` holds; the pages not yet
+    /// moved stay in `other`.
+    pub(crate) fn take_from<A: PageAllocator + ?Sized>(
+        &mut self,
+        other: &mut Gather,
+        alloc: &A,
+    ) -> Result<(), Error> {
+        self.add_ranges_of(other);
+        other.clear_ranges();
+        while other.freed_head != 0 {
+            let (pa, size_log2) = unlink(other.freed_head);
+            let va = alloc.phys_to_virt(pa).ok_or(Error::UnknownTable { pa })?;
+            // SAFETY: the page is held by `other` (unlinked from every table); its first word
+            // is the link `add_freed` wrote, read before `add_freed` below overwrites it.
+            let next = unsafe { (*va.as_ptr().cast::<AtomicU64>()).load(Ordering::Relaxed) };
+            other.freed_head = next;
+            other.freed -= 1;
+            self.add_freed(Page { pa, va }, size_log2);
+        }
+        other.leaf_only = true;
+        Ok(())
+    }
+
     /// Takes `page` (of `1 << size_log2` bytes), already unlinked from every table, for freeing
     /// after the invalidation.
     pub(crate) fn add_freed(&mut self, page: Page, size_log2: u32) {

@@ -22,7 +22,7 @@ use crate::iommu::{DomainConfig, Error, Missing, Stage};
 use crate::mem::{PageAllocator, WalkerCoherency};
 use crate::pgtable::vtd_fs::{VtdFs, VtdFsConfig};
 use crate::pgtable::vtd_ss::{VtdSs, VtdSsConfig};
-use crate::pgtable::{Geometry, PageTable};
+use crate::pgtable::{Gather, Geometry, PageTable};
 
 /// Input width of a 4-level first-stage table (canonical lower half, x86-64 4-level paging).
 const FIRST_STAGE_4LEVEL_BITS: u32 = 47;
@@ -234,6 +234,10 @@ pub struct Domain<A: PageAllocator> {
     pub dirty: bool,
     /// IOVAs must be below `2^input_bits` (the table's width, capped by MGAW).
     pub input_bits: u32,
+    /// What a failed flush still owes: the ranges whose invalidation did not complete (issued
+    /// again with the next flush of the domain) and table pages that wait for it (a map undone
+    /// after its invalidation failed). Empty in the normal case.
+    pub owed: spin::Mutex<Gather>,
 }
 
 impl<A: PageAllocator> Domain<A> {
@@ -265,6 +269,7 @@ impl<A: PageAllocator> Domain<A> {
             snoop: cfg.enforce_snoop,
             dirty: cfg.dirty_tracking,
             input_bits,
+            owed: spin::Mutex::new(Gather::new()),
         })
     }
 

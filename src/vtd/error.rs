@@ -106,6 +106,20 @@ pub enum Error {
     },
 }
 
+impl Error {
+    /// Whether the hardware failed (a wait ran out, a queue or register error, an unexpected
+    /// state), as opposed to a request refused before anything was written.
+    pub const fn is_hardware(&self) -> bool {
+        matches!(
+            self,
+            Error::Timeout { .. }
+                | Error::QueueError { .. }
+                | Error::InvalidationRejected { .. }
+                | Error::UnexpectedState { .. }
+        )
+    }
+}
+
 impl fmt::Display for Wait {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {

@@ -290,11 +290,25 @@ impl QueueCore {
         regs: &W,
         descriptors: &[Descriptor],
     ) -> Result<(), Error> {
+        self.submit_within(regs, descriptors, self.config.poll_budget)
+    }
+
+    /// As [`submit`](Self::submit), waiting for space at most `budget` polls (a batch with
+    /// device-TLB invalidations frees its slots only as devices answer).
+    ///
+    /// # Errors
+    /// As [`submit`](Self::submit).
+    pub fn submit_within<W: RegisterWindow + ?Sized>(
+        &mut self,
+        regs: &W,
+        descriptors: &[Descriptor],
+        budget: u32,
+    ) -> Result<(), Error> {
         if descriptors.is_empty() {
             return Ok(());
         }
         self.check_batch(descriptors, 0)?;
-        self.reserve(regs, descriptors.len() as u32)?;
+        self.reserve(regs, descriptors.len() as u32, budget)?;
         for d in descriptors {
             self.push(d);
         }
@@ -322,20 +336,35 @@ impl QueueCore {
         regs: &W,
         descriptors: &[Descriptor],
     ) -> Result<(), Error> {
+        self.submit_and_wait_within(regs, descriptors, self.config.poll_budget)
+    }
+
+    /// As [`submit_and_wait`](Self::submit_and_wait), polling at most `budget` times for space
+    /// and for the wait's status write: a batch with device-TLB invalidations completes only
+    /// when every device answered, which PCIe allows to take up to a minute.
+    ///
+    /// # Errors
+    /// As [`submit_and_wait`](Self::submit_and_wait).
+    pub fn submit_and_wait_within<W: RegisterWindow + ?Sized>(
+        &mut self,
+        regs: &W,
+        descriptors: &[Descriptor],
+        budget: u32,
+    ) -> Result<(), Error> {
         self.check_batch(descriptors, 1)?;
         let sequence = self.sequence.wrapping_add(1);
         let wait = Descriptor::wait(
             WaitFlags::default(),
             Some((sequence, self.status_pa(STATUS_OFFSET))),
         )?;
-        self.reserve(regs, descriptors.len() as u32 + 1)?;
+        self.reserve(regs, descriptors.len() as u32 + 1, budget)?;
         for d in descriptors {
             self.push(d);
         }
         self.push(&wait);
         self.sequence = sequence;
         self.ring_doorbell(regs);
-        self.await_status(regs, sequence)
+        self.await_status(regs, sequence, budget)
     }
 
     /// Waits for the unit to consume everything queued, then clears `GCMD.QIE`.
@@ -445,8 +474,12 @@ impl QueueCore {
     }
 
     /// Polls until `needed` slots are free, never counting the slot that must stay empty.
-    fn reserve<W: RegisterWindow + ?Sized>(&mut self, regs: &W, needed: u32) -> Result<(), Error> {
-        let budget = self.config.poll_budget;
+    fn reserve<W: RegisterWindow + ?Sized>(
+        &mut self,
+        regs: &W,
+        needed: u32,
+        budget: u32,
+    ) -> Result<(), Error> {
         let entries = self.entries;
         poll(budget, || match self.probe_head(regs) {
             // head, tail < entries <= 2^15: no overflow.
@@ -494,8 +527,8 @@ impl QueueCore {
         &mut self,
         regs: &W,
         sequence: u32,
+        budget: u32,
     ) -> Result<(), Error> {
-        let budget = self.config.poll_budget;
         poll(budget, || {
             dma_read_barrier();
             if self.status_word().load(Ordering::Acquire) == sequence {

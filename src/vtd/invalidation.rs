@@ -151,8 +151,10 @@ pub(crate) struct BatchParams {
     pub drain_reads: bool,
     /// Set `DW` on IOTLB invalidations (`CAP.DWD`): in-flight writes drain before completion.
     pub drain_writes: bool,
-    /// Poll budget of register commands.
+    /// Poll budget of register commands and of queue waits.
     pub poll_budget: u32,
+    /// Poll budget of a queue wait that follows device-TLB invalidations.
+    pub device_tlb_poll_budget: u32,
 }
 
 /// A sequence of invalidations that ends with one completion wait.
@@ -163,6 +165,8 @@ pub(crate) struct Batch<'a, W: RegisterWindow + ?Sized> {
     counters: &'a Counters,
     pending: [Descriptor; BATCH_DESCRIPTORS],
     len: usize,
+    /// A device-TLB invalidation was pushed: the batch completes only when devices answer.
+    device_tlb: bool,
 }
 
 impl<'a, W: RegisterWindow + ?Sized> Batch<'a, W> {
@@ -180,6 +184,7 @@ impl<'a, W: RegisterWindow + ?Sized> Batch<'a, W> {
             counters,
             pending: [Descriptor::default(); BATCH_DESCRIPTORS],
             len: 0,
+            device_tlb: false,
         }
     }
 
@@ -197,8 +202,21 @@ impl<'a, W: RegisterWindow + ?Sized> Batch<'a, W> {
             Invalidator::Registers => self.by_register(request),
             Invalidator::Queue(q) => {
                 let d = request.descriptor(&self.params)?;
+                if matches!(
+                    request,
+                    Request::DeviceTlb { .. } | Request::PasidDeviceTlb { .. }
+                ) {
+                    self.device_tlb = true;
+                }
+                let budget = if self.device_tlb {
+                    self.params
+                        .poll_budget
+                        .max(self.params.device_tlb_poll_budget)
+                } else {
+                    self.params.poll_budget
+                };
                 if self.len == BATCH_DESCRIPTORS {
-                    q.submit(self.regs, &self.pending)?;
+                    q.submit_within(self.regs, &self.pending, budget)?;
                     self.counters
                         .descriptors
                         .fetch_add(BATCH_DESCRIPTORS as u64, Ordering::Relaxed);
@@ -218,6 +236,7 @@ impl<'a, W: RegisterWindow + ?Sized> Batch<'a, W> {
     /// # Errors
     /// [`Error::Timeout`] if the wait does not complete; [`Error::QueueError`].
     pub fn finish(self) -> Result<(), Error> {
+        let budget = self.budget();
         match self.inv {
             Invalidator::Queue(q) => {
                 let pending = self.pending.get(..self.len).unwrap_or(&[]);
@@ -225,10 +244,19 @@ impl<'a, W: RegisterWindow + ?Sized> Batch<'a, W> {
                     .descriptors
                     .fetch_add(pending.len() as u64, Ordering::Relaxed);
                 self.counters.waits.fetch_add(1, Ordering::Relaxed);
-                q.submit_and_wait(self.regs, pending)
+                q.submit_and_wait_within(self.regs, pending, budget)
             }
             // Register commands were awaited one by one.
             Invalidator::Registers | Invalidator::Off => Ok(()),
+        }
+    }
+
+    /// The poll budget of this batch's waits.
+    fn budget(&self) -> u32 {
+        if self.device_tlb {
+            self.params.poll_budget.max(self.params.device_tlb_poll_budget)
+        } else {
+            self.params.poll_budget
         }
     }
 

@@ -72,6 +72,15 @@ mod tests;
 pub use attach::AttachOptions;
 pub use release::Released;
 
+/// Polls a wait on device-TLB invalidations may take unless told otherwise. The PCIe Base
+/// Specification (Address Translation Services, "Invalidate Completion Timeout") lets a device
+/// take up to 1 minute (+50% -0%, so up to 90 s) to answer an ATS Invalidate Request before
+/// the request is considered lost; the unit's own wait must not give up earlier, or a slow but
+/// correct device is reported as failed and its ATC left stale. One poll reads the status word
+/// and `FSTS`, an uncached register read of about a microsecond on current platforms, so
+/// 10^8 polls are about 100 s. A unit reports a device that never answers itself (`FSTS.ITE`,
+/// after its own time-out), which ends the wait early.
+pub const DEFAULT_DEVICE_TLB_POLL_BUDGET: u32 = 100_000_000;
 /// Domains a [`VtdUnit`] holds unless told otherwise.
 pub const DEFAULT_DOMAINS: usize = 64;
 /// Device (and device, PASID) attachments one unit tracks.
@@ -109,6 +118,10 @@ pub struct VtdConfig {
     pub mode: Mode,
     /// Register polls before any wait on the hardware fails with [`Error::Timeout`].
     pub poll_budget: u32,
+    /// Polls before the wait that ends a batch of device-TLB invalidations fails with
+    /// [`Error::Timeout`]: such a wait lasts until every ATS device answered, which PCIe lets
+    /// take far longer than any register handshake ([`DEFAULT_DEVICE_TLB_POLL_BUDGET`]).
+    pub device_tlb_poll_budget: u32,
     /// `IQA.QS`: the invalidation queue is `2^queue_pages_log2` 4 KiB pages (0..=7).
     pub queue_pages_log2: u8,
     /// PASID width to offer in scalable mode, capped by `ECAP.PSS`; each device's PASID
@@ -125,6 +138,7 @@ impl VtdConfig {
         Self {
             mode: Mode::Legacy,
             poll_budget: DEFAULT_POLL_BUDGET,
+            device_tlb_poll_budget: DEFAULT_DEVICE_TLB_POLL_BUDGET,
             queue_pages_log2: DEFAULT_QUEUE_PAGES_LOG2,
             pasid_bits: DEFAULT_PASID_BITS,
             host_address_width: None,
@@ -178,6 +192,8 @@ pub struct UnitInfo {
     pub pdts: u8,
     /// Register polls per wait.
     pub poll_budget: u32,
+    /// Polls of a wait that follows device-TLB invalidations.
+    pub device_tlb_poll_budget: u32,
     /// `IQA.QS`.
     pub queue_pages_log2: u8,
 }
@@ -257,6 +273,7 @@ impl UnitInfo {
             pasid_bits,
             pdts,
             poll_budget: config.poll_budget,
+            device_tlb_poll_budget: config.device_tlb_poll_budget,
             queue_pages_log2: config.queue_pages_log2,
         })
     }
@@ -280,6 +297,11 @@ pub(crate) struct Attachment {
     pub pasid: Option<Pasid>,
     pub slot: usize,
     pub ats: bool,
+    /// `false` while an attach or detach of this entry failed half-way: the entry is either
+    /// not present (torn down, its invalidation not confirmed) or present and pointing at
+    /// `slot` (published, the caching-mode invalidation or write-buffer flush not confirmed).
+    /// Retrying the attach, or detaching, completes it; the domain cannot be freed meanwhile.
+    pub settled: bool,
 }
 
 /// What the configuration lock protects.
@@ -554,6 +576,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
             drain_reads: cap.contains(CapFlags::DRD),
             drain_writes: cap.contains(CapFlags::DWD),
             poll_budget: self.info.poll_budget,
+            device_tlb_poll_budget: self.info.device_tlb_poll_budget,
         };
         Batch::new(&self.regs, inv, params, &self.counters)
     }

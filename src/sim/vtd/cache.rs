@@ -26,7 +26,9 @@
 //!   overlapping entries unless IH is set; domain-selective, PASID-selective and global ones
 //!   remove them all. Nested walks are not cached here.
 //!
-//! Not modelled: device-TLBs (ATS translations are not requested from the model).
+//! - ATC: what ATS devices cached ([`VtdModel::ats_translate`](super::VtdModel::ats_translate)),
+//!   keyed by (source-id, PASID, page base) with the page size; removed by completed device-TLB
+//!   invalidations of an overlapping range.
 
 use std::collections::BTreeMap;
 
@@ -159,6 +161,8 @@ pub(crate) struct Caches {
     pub pasid: BTreeMap<(u16, u32), PasidEntry>,
     pub iotlb: BTreeMap<IotlbKey, IotlbEntry>,
     pub psc: BTreeMap<PscKey, PscEntry>,
+    /// (source-id, PASID, input page base) -> (page size log2, output page base).
+    pub atc: BTreeMap<(u16, Option<u32>, u64), (u32, u64)>,
 }
 
 /// Function-mask: which low bits of the source-id a device-selective context invalidation
@@ -173,6 +177,34 @@ fn fm_mask(fm: u8) -> u16 {
 }
 
 impl Caches {
+    /// Whether an ATC entry of (`sid`, `pasid`) covers `iova`.
+    pub(crate) fn atc_covers(&self, sid: u16, pasid: Option<u32>, iova: u64) -> bool {
+        self.atc
+            .iter()
+            .any(|(&(s, p, base), &(size, _))| {
+                s == sid && p == pasid && iova >> size == base >> size
+            })
+    }
+
+    /// A device-TLB invalidation of `2^size_log2` bytes at `addr` for `sid`: `pasid` `None`
+    /// (the non-PASID form) removes the entries of requests without PASID, `Some(p)` those of
+    /// PASID `p`; `global` (the PASID form's G bit) every PASID's.
+    pub(crate) fn invalidate_atc(
+        &mut self,
+        sid: u16,
+        pasid: Option<u32>,
+        global: bool,
+        addr: u64,
+        size_log2: u32,
+    ) {
+        let end = addr.saturating_add(1u64.checked_shl(size_log2).unwrap_or(u64::MAX).saturating_sub(1));
+        self.atc.retain(|&(s, p, base), &mut (size, _)| {
+            let last = base.saturating_add((1u64 << size) - 1);
+            let hit = s == sid && (global || p == pasid) && base <= end && addr <= last;
+            !hit
+        });
+    }
+
     /// Looks up the IOTLB entry covering `iova` for (DID, PASID tag); returns its size too.
     pub(crate) fn iotlb_lookup(
         &self,

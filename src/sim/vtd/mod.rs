@@ -16,20 +16,25 @@
 //! | `translate.rs` | legacy root / context entries, second-stage walk, IOTLB fill | §3.4, §3.7, §9.1, §9.3 |
 //! | `scalable.rs` | scalable root / context / PASID entries, first-stage and nested walks | §3.4.3, §3.6, §3.8, §9.2, §9.4-§9.6 |
 //! | `fault.rs` | fault reason codes and primary fault recording | chapter 7, §11.4 |
+//! | `reach.rs` | every structure the unit can still read: tables, caches, queue | §3.4, §6, §6.5.2 |
 //!
 //! What is modelled: every register a driver touches; queued and register-based invalidation
 //! with every granularity; caches that keep entries until invalidated (negative entries under
 //! CAP.CM), including a paging-structure cache that IH spares; legacy and scalable
 //! translation with FPD; fault recording with overflow; fault injection ([`Injection`]).
 //!
+//! Device TLBs: [`VtdModel::ats_translate`] fills a per-device ATC that only completed
+//! device-TLB invalidations empty (not timed-out ones, nor ones answered with ICE).
+//!
 //! What is not: interrupt remapping (IRTA is latched, interrupt-entry-cache descriptors only
-//! counted), ATS / device-TLBs and page requests, advanced fault logging, protected memory
+//! counted), ATS translation-request checks (TT / DTE) and page requests, advanced fault logging, protected memory
 //! regions, accessed/dirty updates, performance monitoring. Interrupts are counted in [`VtdModelStats`] instead of being delivered.
 
 mod cache;
 mod config;
 pub mod fault;
 mod queue;
+mod reach;
 pub mod regs;
 mod scalable;
 mod translate;
@@ -129,27 +134,63 @@ pub enum Iqei {
 pub enum Injection {
     /// The next descriptor fetched is rejected with IQE (whatever it holds).
     QueueError,
+    /// The `n`-th descriptor fetched from now (1-based) is rejected with IQE.
+    QueueErrorAt(u32),
     /// The next device-TLB or PASID-based device-TLB descriptor times out: FSTS.ITE, IQERCD
     /// ITESID; the head moves past it and the next wait descriptor, which is aborted (no status
-    /// write); the queue stops until ITE is cleared.
+    /// write); the queue stops until ITE is cleared. The device's ATC keeps its entries.
     DeviceTlbTimeout,
+    /// As [`DeviceTlbTimeout`](Self::DeviceTlbTimeout), at the `n`-th device-TLB descriptor
+    /// executed from now (1-based).
+    DeviceTlbTimeoutAt(u32),
     /// The next device-TLB or PASID-based device-TLB descriptor completes with an invalidation
-    /// completion error: FSTS.ICE, IQERCD.ICESID; processing goes on.
+    /// completion error: FSTS.ICE, IQERCD.ICESID; processing goes on. Whether the device
+    /// invalidated is unknown, so its ATC keeps its entries.
     CompletionError,
+    /// As [`CompletionError`](Self::CompletionError), at the `n`-th device-TLB descriptor
+    /// executed from now (1-based).
+    CompletionErrorAt(u32),
     /// Wait descriptors never complete: the queue stops on the first one, the head on it,
     /// until [`VtdModel::clear_injections`].
     StallWaits,
+    /// Wait descriptors do not complete until queued invalidation is turned off (GCMD.QIE
+    /// clear): a queue left by a previous owner that never drains.
+    StallWaitsUntilQueueOff,
     /// GCMD writes are never acknowledged: GSTS keeps its value and nothing is latched.
     IgnoreGcmd,
+    /// A write-buffer flush (GCMD.WBF) never completes: GSTS.WBFS stays set until
+    /// [`VtdModel::clear_injections`].
+    StallWriteBufferFlush,
+    /// Writes to the register at this offset (either half of a 64-bit one) are ignored.
+    IgnoreWrites(usize),
 }
 
 #[derive(Clone, Copy, Debug, Default)]
 struct Injections {
-    iqe: bool,
-    ite: bool,
-    ice: bool,
+    /// Countdowns: 0 off, n fires at the n-th event.
+    iqe_at: u32,
+    ite_at: u32,
+    ice_at: u32,
     stall_waits: bool,
+    stall_until_queue_off: bool,
     ignore_gcmd: bool,
+    stall_wbf: bool,
+    ignore_write: Option<usize>,
+}
+
+/// Counts `counter` down; true when it reaches its event.
+pub(crate) fn countdown(counter: &mut u32) -> bool {
+    match *counter {
+        0 => false,
+        1 => {
+            *counter = 0;
+            true
+        }
+        _ => {
+            *counter -= 1;
+            false
+        }
+    }
 }
 
 /// Counters of what the unit did. Counts only, never timings.
@@ -417,12 +458,19 @@ impl<'m> VtdModel<'m> {
     /// Arms a fault injection.
     pub fn inject(&self, what: Injection) {
         let mut st = self.lock();
+        let at = |n: u32| n.max(1);
         match what {
-            Injection::QueueError => st.inject.iqe = true,
-            Injection::DeviceTlbTimeout => st.inject.ite = true,
-            Injection::CompletionError => st.inject.ice = true,
+            Injection::QueueError => st.inject.iqe_at = 1,
+            Injection::QueueErrorAt(n) => st.inject.iqe_at = at(n),
+            Injection::DeviceTlbTimeout => st.inject.ite_at = 1,
+            Injection::DeviceTlbTimeoutAt(n) => st.inject.ite_at = at(n),
+            Injection::CompletionError => st.inject.ice_at = 1,
+            Injection::CompletionErrorAt(n) => st.inject.ice_at = at(n),
             Injection::StallWaits => st.inject.stall_waits = true,
+            Injection::StallWaitsUntilQueueOff => st.inject.stall_until_queue_off = true,
             Injection::IgnoreGcmd => st.inject.ignore_gcmd = true,
+            Injection::StallWriteBufferFlush => st.inject.stall_wbf = true,
+            Injection::IgnoreWrites(offset) => st.inject.ignore_write = Some(offset),
         }
     }
 
@@ -430,7 +478,57 @@ impl<'m> VtdModel<'m> {
     pub fn clear_injections(&self) {
         let mut st = self.lock();
         st.inject = Injections::default();
+        st.gsts &= !G_WBF;
         st.process_queue();
+    }
+
+    /// Sets FSTS error bits (`IQE`, `ICE`, `ITE`; other bits are ignored) as a previous owner
+    /// of the unit may have left them: nothing else changes, so the queue stops as hardware's
+    /// would until they are cleared.
+    pub fn leave_queue_errors(&self, fsts: u32) {
+        let mut st = self.lock();
+        st.fsts |= fsts & (FSTS_IQE | FSTS_ICE | FSTS_ITE);
+    }
+
+    /// Translates a translation request from an ATS device (`sid`, with or without PASID) as
+    /// [`translate`](Self::translate) does, and caches the result in the device's ATC, which
+    /// only device-TLB invalidations that complete remove.
+    ///
+    /// # Errors
+    /// As [`translate`](Self::translate).
+    pub fn ats_translate(
+        &self,
+        sid: u16,
+        pasid: Option<u32>,
+        iova: u64,
+        access: walk::Access,
+    ) -> Result<DmaOk, DmaFault> {
+        let ok = self.translate(sid, pasid, iova, access)?;
+        let mut st = self.lock();
+        let page = ok.pa >> ok.page_size_log2 << ok.page_size_log2;
+        let base = iova >> ok.page_size_log2 << ok.page_size_log2;
+        st.caches.atc.insert((sid, pasid, base), (ok.page_size_log2, page));
+        Ok(ok)
+    }
+
+    /// Whether the ATC of `sid` (and `pasid`) holds a translation of `iova`: what the device
+    /// could still reach without asking the unit.
+    pub fn atc_holds(&self, sid: u16, pasid: Option<u32>, iova: u64) -> bool {
+        self.lock().caches.atc_covers(sid, pasid, iova)
+    }
+
+    /// The 4 KiB-aligned base of every structure the unit could still read: root, context and
+    /// PASID tables and page tables reachable from the latched root table or from a cached
+    /// context, PASID or paging-structure entry, and the invalidation queue while it is on. A
+    /// page in this set that the allocator no longer holds is memory the hardware may walk
+    /// after software gave it up.
+    pub fn reachable(&self) -> std::collections::BTreeSet<u64> {
+        self.lock().reachable()
+    }
+
+    /// ATC entries of every device.
+    pub fn atc_entries(&self) -> usize {
+        self.lock().caches.atc.len()
     }
 }
 

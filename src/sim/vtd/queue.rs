@@ -31,7 +31,7 @@
 use super::arena::PhysMem;
 use super::cache::{ContextGranularity, IotlbGranularity, PasidCacheGranularity};
 use super::regs::*;
-use super::{bits, Iqei, State};
+use super::{bits, countdown, Iqei, State};
 
 // Reserved bits of each descriptor type: low qword, or high qword (`_HI`).
 const CC_RESERVED: u64 = bits(8, 6) | bits(15, 12) | bits(63, 50);
@@ -162,8 +162,7 @@ impl State<'_> {
     }
 
     fn execute(&mut self, d: [u64; 4]) -> Outcome {
-        if self.inject.iqe {
-            self.inject.iqe = false;
+        if countdown(&mut self.inject.iqe_at) {
             return Outcome::Invalid(Iqei::InvalidDescriptor);
         }
         let wide = self.iqa & IQA_DW != 0;
@@ -269,18 +268,42 @@ impl State<'_> {
         } else {
             self.stats.device_tlb += 1;
         }
-        if self.inject.ice {
-            self.inject.ice = false;
+        let ice = countdown(&mut self.inject.ice_at);
+        if ice {
             self.fsts |= FSTS_ICE;
             self.iqercd = (self.iqercd & !bits(63, 48)) | u64::from(sid) << IQERCD_ICESID_SHIFT;
             self.stats.ice += 1;
             self.raise_fault_event();
         }
-        if self.inject.ite {
-            self.inject.ite = false;
+        if countdown(&mut self.inject.ite_at) {
             return Outcome::TimedOut { sid };
         }
+        if !ice {
+            self.invalidate_atc(lo, hi, sid, pasid_form);
+        }
         Outcome::Done
+    }
+
+    /// What a completed device-TLB invalidation removes from the device's ATC: the range the
+    /// address and S bit encode (S is bit 0 of the high qword in the device-TLB form, bit 11 in
+    /// the PASID-based form, whose bit 0 is G; PCIe ATS: with S set, the run of ones from bit
+    /// 12 up gives the size, `2^(13 + ones)` bytes).
+    fn invalidate_atc(&mut self, lo: u64, hi: u64, sid: u16, pasid_form: bool) {
+        let addr = hi & bits(63, 12);
+        let s = if pasid_form { hi & 1 << 11 } else { hi & 1 };
+        let size_log2 = if s == 0 {
+            12
+        } else {
+            13 + (addr >> 12).trailing_ones()
+        };
+        let base = addr & !(1u64.checked_shl(size_log2).unwrap_or(0).wrapping_sub(1));
+        let (pasid, global) = if pasid_form {
+            (Some(field(lo, 51, 32) as u32), hi & 1 != 0)
+        } else {
+            (None, false)
+        };
+        self.caches
+            .invalidate_atc(sid, pasid, global, base, size_log2.min(64));
     }
 
     fn iec_desc(&mut self, lo: u64, hi: u64) -> Outcome {
@@ -295,7 +318,7 @@ impl State<'_> {
         if lo & WAIT_RESERVED != 0 || hi & WAIT_HI_RESERVED != 0 {
             return Outcome::Invalid(Iqei::ReservedBit);
         }
-        if self.inject.stall_waits {
+        if self.inject.stall_waits || self.inject.stall_until_queue_off {
             return Outcome::Stalled;
         }
         if lo & 1 << 5 != 0 {

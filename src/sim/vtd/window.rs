@@ -9,7 +9,9 @@
 //!   Handshakes complete before the write returns, so GSTS already shows the result (unless
 //!   [`Injection::IgnoreGcmd`](super::Injection::IgnoreGcmd)). SRTP latches RTADDR: TTM 00 legacy,
 //!   01 scalable (only with ECAP.SMTS), anything else leaves a root that faults every request.
-//!   WBFS reads 0: the flush is complete at once. Enabling QIE resets IQH to 0.
+//!   WBFS reads 0: the flush is complete at once (unless
+//!   [`Injection::StallWriteBufferFlush`](super::Injection::StallWriteBufferFlush)). Enabling
+//!   QIE resets IQH to 0.
 //! - FSTS: PFO, AFO, APF, IQE, ICE, ITE are RW1C; PPF and FRI are computed from the records.
 //!   Clearing IQE or ITE lets the queue run again from IQH.
 //! - Register-based invalidation (CCMD, IOTLB) while queued invalidation is enabled is refused:
@@ -93,8 +95,13 @@ impl State<'_> {
         })
     }
 
+    /// Whether an injection makes the unit ignore a write at `offset`.
+    fn ignored(&self, offset: usize) -> bool {
+        self.inject.ignore_write.is_some_and(|o| o & !7 == offset & !7)
+    }
+
     pub(crate) fn write32(&mut self, offset: usize, value: u32) {
-        if offset % 4 != 0 || offset >= WINDOW {
+        if offset % 4 != 0 || offset >= WINDOW || self.ignored(offset) {
             return;
         }
         let base = offset & !7;
@@ -110,7 +117,7 @@ impl State<'_> {
     }
 
     pub(crate) fn write64(&mut self, offset: usize, value: u64) {
-        if offset % 8 != 0 || offset >= WINDOW {
+        if offset % 8 != 0 || offset >= WINDOW || self.ignored(offset) {
             return;
         }
         if self.reg64(offset).is_some() {
@@ -202,7 +209,12 @@ impl State<'_> {
             self.gsts |= G_SIRTP;
         }
         if value & G_WBF != 0 && self.cfg.cap & CAP_RWBF != 0 {
-            self.stats.write_buffer_flushes += 1;
+            if self.inject.stall_wbf {
+                self.gsts |= G_WBF;
+            } else {
+                self.gsts &= !G_WBF;
+                self.stats.write_buffer_flushes += 1;
+            }
         }
         let qie_was = self.gsts & G_QIE != 0;
         let mut persistent = G_TE;
@@ -213,6 +225,9 @@ impl State<'_> {
             persistent |= G_IRE | G_CFI;
         }
         self.gsts = self.gsts & !persistent | value & persistent;
+        if qie_was && self.gsts & G_QIE == 0 {
+            self.inject.stall_until_queue_off = false;
+        }
         if !qie_was && self.gsts & G_QIE != 0 {
             self.iqh = 0;
             self.process_queue();

@@ -52,6 +52,17 @@ pub struct AttachOptions {
     pub exclusive: bool,
 }
 
+/// What writing an attachment's entry did.
+#[derive(Clone, Copy, Debug)]
+struct Published {
+    /// Whether the device's TLB must be invalidated for this attachment.
+    ats: bool,
+    /// A new entry was made present (not already there, identical).
+    changed: bool,
+    /// Scalable mode: the device's context entry was made present just now.
+    new_context: bool,
+}
+
 /// What a device or PASID pointed at before, for the invalidations of its tear-down.
 #[derive(Clone, Copy, Debug)]
 struct Old {
@@ -107,32 +118,81 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
                 .position(Option::is_none)
                 .ok_or(iommu::Error::NoMemory)?,
         };
-        let old = cfg
-            .attachments
-            .get(index)
-            .copied()
-            .flatten()
-            .map(|a| self.old_of(&a));
-        let ats = {
+        let recorded = cfg.attachments.get(index).copied().flatten();
+        let old = recorded.map(|a| self.old_of(&a));
+        let published = {
             let guard = self.domain_lock(domain)?.read();
             let dom = guard.as_ref().ok_or(iommu::Error::InvalidDomain(domain))?;
             match self.info.mode {
-                Mode::Legacy => self.attach_legacy(&cfg.root, sid, dom, old, opts)?,
-                Mode::Scalable => self.attach_scalable(&cfg.root, sid, pasid, dom, old, opts)?,
+                Mode::Legacy => self.attach_legacy(&cfg.root, sid, dom, old, opts),
+                Mode::Scalable => self.attach_scalable(&cfg.root, sid, pasid, dom, old, opts),
             }
         };
+        let published = match published {
+            Ok(p) => p,
+            Err(e) => {
+                // A hardware error means the old entry may be torn down with its invalidation
+                // unconfirmed: the attachment stays recorded (so its domain cannot be freed)
+                // until a retry or a detach completes it. Other errors come before any write.
+                if e.is_hardware() {
+                    if let Some(a) = cfg.attachments.get_mut(index).and_then(Option::as_mut) {
+                        a.settled = false;
+                    }
+                }
+                return Err(e.into());
+            }
+        };
+        let unchanged = recorded.is_some_and(|a| a.settled && a.slot == slot && !published.changed);
         if let Some(a) = cfg.attachments.get_mut(index) {
             *a = Some(Attachment {
                 sid,
                 pasid,
                 slot,
-                ats,
+                ats: published.ats,
+                settled: unchanged,
             });
+        }
+        if unchanged {
+            return Ok(());
+        }
+        // Recorded before the entry's publication is confirmed: if the confirmation fails,
+        // the entry is present and points at the domain, and the books say so.
+        let guard = self.domain_lock(domain)?.read();
+        let dom = guard.as_ref().ok_or(iommu::Error::InvalidDomain(domain))?;
+        let new_context = published.new_context || recorded.is_some_and(|a| !a.settled);
+        self.after_present(|b| match self.info.mode {
+            Mode::Legacy => {
+                b.push(Request::ContextCache(ContextCacheScope::Device {
+                    did: DomainId::new(0),
+                    sid,
+                    fm: 0,
+                }))?;
+                b.push(Request::Iotlb(IotlbScope::Domain(dom.did)))
+            }
+            Mode::Scalable => {
+                let p = pasid.unwrap_or(RID_PASID);
+                if new_context {
+                    b.push(Request::ContextCache(ContextCacheScope::Device {
+                        did: DomainId::new(0),
+                        sid,
+                        fm: 0,
+                    }))?;
+                }
+                b.push(Request::PasidCache(PasidCacheScope::Pasid(dom.did, p)))?;
+                b.push(iotlb_of(dom.did, p, dom.is_first_stage()))
+            }
+        })?;
+        drop(guard);
+        if let Some(a) = cfg.attachments.get_mut(index).and_then(Option::as_mut) {
+            a.settled = true;
         }
         Ok(())
     }
 
     /// Blocks `device` (or its `pasid`) again, as [`iommu::Iommu::detach`] does.
+    ///
+    /// If the invalidation that follows clearing the entry fails, the entry stays cleared and
+    /// the attachment recorded (unsettled): a retry of the detach completes it.
     pub(super) fn detach_impl(
         &self,
         device: DeviceId,
@@ -161,11 +221,18 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
                 .map(|t| t.entry(sid.devfn())),
             Mode::Scalable => self.existing_pasid_entry(&cfg.root, sid, pasid)?,
         };
-        self.tear_down(entry, sid, pasid, old)?;
+        let torn_down = self.tear_down(entry, sid, pasid, old);
         if let Some(a) = cfg.attachments.get_mut(index) {
-            *a = None;
+            match torn_down {
+                Ok(()) => *a = None,
+                Err(_) => {
+                    if let Some(a) = a.as_mut() {
+                        a.settled = false;
+                    }
+                }
+            }
         }
-        Ok(())
+        Ok(torn_down?)
     }
 
     fn check_pasid(&self, pasid: Option<iommu::Pasid>) -> Result<Option<Pasid>, iommu::Error> {
@@ -206,7 +273,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
         dom: &Domain<A>,
         old: Option<Old>,
         opts: AttachOptions,
-    ) -> Result<bool, Error> {
+    ) -> Result<Published, Error> {
         let (co, alloc) = (self.info.coherency, &self.alloc);
         let DomainTable::Second(table) = &dom.table else {
             return Err(Error::Unsupported {
@@ -229,9 +296,14 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
             lo: entry.word(0).unwrap_or(0),
             hi: entry.word(1).unwrap_or(0),
         };
+        let same = Published {
+            ats: opts.ats,
+            changed: false,
+            new_context: false,
+        };
         if current.present() {
             if current == new {
-                return Ok(opts.ats);
+                return Ok(same);
             }
             if opts.exclusive && current.did() != dom.did {
                 return Err(Error::EntryPresent { word0: current.lo });
@@ -248,20 +320,15 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
             self.tear_down(Some(entry), sid, None, old)?;
         }
         entry.publish(&new.words(), co, alloc)?;
-        self.after_present(|b| {
-            b.push(Request::ContextCache(ContextCacheScope::Device {
-                did: DomainId::new(0),
-                sid,
-                fm: 0,
-            }))?;
-            b.push(Request::Iotlb(IotlbScope::Domain(dom.did)))
-        })?;
-        Ok(opts.ats)
+        Ok(Published {
+            changed: true,
+            ..same
+        })
     }
 
-    /// Returns whether the device's TLB must be invalidated for this attachment: asked for, or
-    /// already allowed by the device's context entry (`DTE` is set only when the entry is first
-    /// made present, so it can be on for an attachment that did not ask for ATS).
+    /// Whether the device's TLB must be invalidated for this attachment: asked for, or already
+    /// allowed by the device's context entry (`DTE` is set only when the entry is first made
+    /// present, so it can be on for an attachment that did not ask for ATS).
     fn attach_scalable(
         &self,
         root: &RootTable,
@@ -270,7 +337,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
         dom: &Domain<A>,
         old: Option<Old>,
         opts: AttachOptions,
-    ) -> Result<bool, Error> {
+    ) -> Result<Published, Error> {
         let (co, alloc) = (self.info.coherency, &self.alloc);
         let p = pasid.unwrap_or(RID_PASID);
         let (ctx, new_context) = self.scalable_context(root, sid, opts.ats)?;
@@ -281,9 +348,14 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
             .ok_or(Error::NoMemory)?;
         let new = self.pasid_entry_for(dom)?;
         let current = read_pasid_entry(&entry);
+        let same = Published {
+            ats,
+            changed: false,
+            new_context,
+        };
         if current.present() {
             if current == new {
-                return Ok(ats);
+                return Ok(same);
             }
             if opts.exclusive && current.did() != dom.did {
                 return Err(Error::EntryPresent {
@@ -302,18 +374,10 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
             self.tear_down(Some(entry), sid, pasid, old)?;
         }
         entry.publish(&new.words(), co, alloc)?;
-        self.after_present(|b| {
-            if new_context {
-                b.push(Request::ContextCache(ContextCacheScope::Device {
-                    did: DomainId::new(0),
-                    sid,
-                    fm: 0,
-                }))?;
-            }
-            b.push(Request::PasidCache(PasidCacheScope::Pasid(dom.did, p)))?;
-            b.push(iotlb_of(dom.did, p, dom.is_first_stage()))
-        })?;
-        Ok(ats)
+        Ok(Published {
+            changed: true,
+            ..same
+        })
     }
 
     /// The device's scalable-mode context entry, made present (with a new, empty PASID
@@ -459,6 +523,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
                 pasid,
                 slot: 0,
                 ats: true,
+                settled: true,
             };
             b.push(device_tlb(&a, Iova::ZERO, 64))?;
         }

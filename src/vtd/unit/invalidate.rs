@@ -29,46 +29,83 @@ pub(crate) enum Purpose {
 }
 
 impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<W, A, DOMAINS> {
-    /// Invalidates what `gather` recorded in `domain`, waits once, then releases its pages.
+    /// Invalidates what `gather` recorded in `domain`, and what an earlier flush of the domain
+    /// failed to invalidate, waits once, then releases the pages of both.
+    ///
+    /// On error nothing is released: `gather` keeps its ranges and pages (a retry with it
+    /// completes the flush), and the domain records the ranges as owed, so that the next flush
+    /// of the domain issues them again even if the caller retries with another (or an empty)
+    /// gather. Linux restarts the whole batch after ITE for the same reason: a time-out aborts
+    /// the descriptors queued after the one that timed out.
     pub(crate) fn flush_gather(
         &self,
         domain: DomainHandle,
         gather: &mut Gather,
         purpose: Purpose,
     ) -> Result<(), iommu::Error> {
-        if gather.is_empty() {
-            return Ok(());
-        }
         let slot = self.slot(domain)?;
         let cfg = self.config.lock();
         let guard = self.domain_lock(domain)?.read();
         let dom = guard.as_ref().ok_or(iommu::Error::InvalidDomain(domain))?;
+        let mut owed = dom.owed.lock();
+        if gather.is_empty() && owed.is_empty() {
+            return Ok(());
+        }
         let first = dom.is_first_stage();
         let limits = PlanLimits {
             page_selective: first || self.info.cap.flags().contains(CapFlags::PSI),
             mamv: self.info.cap.mamv(),
         };
-        let plan = plan(gather.ranges(), gather.leaf_only(), limits);
+        // What is owed is invalidated as after an unmap, whatever this flush is for.
+        let purpose = if owed.is_empty() {
+            purpose
+        } else {
+            Purpose::Unmap
+        };
+        let mut all = Gather::new();
+        all.add_ranges_of(gather);
+        all.add_ranges_of(&owed);
+        let plan = plan(all.ranges(), all.leaf_only(), limits);
+        all.clear_ranges();
         let attached = || cfg.attachments.iter().flatten().filter(|a| a.slot == slot);
-        let mut inv = self.inval.lock();
-        let mut batch = self.batch(&mut inv);
-        push_iotlb(&mut batch, dom.did, first, &plan, attached())?;
-        if purpose == Purpose::Unmap {
-            push_device_tlb(&mut batch, &plan, attached())?;
+        let issued = {
+            let mut inv = self.inval.lock();
+            let mut batch = self.batch(&mut inv);
+            let pushed = push_iotlb(&mut batch, dom.did, first, &plan, attached());
+            match pushed {
+                Ok(()) if purpose == Purpose::Unmap => {
+                    push_device_tlb(&mut batch, &plan, attached()).and_then(|()| batch.finish())
+                }
+                Ok(()) => batch.finish(),
+                Err(e) => Err(e),
+            }
+        };
+        if let Err(e) = issued {
+            owed.add_ranges_of(gather);
+            return Err(e.into());
         }
-        batch.finish()?;
-        drop(inv);
-        drop(guard);
-        drop(cfg);
-        // SAFETY: the batch above invalidated every gathered range in the IOTLB and
+        // SAFETY: the batch above invalidated every gathered and owed range in the IOTLB and
         // paging-structure caches (and device TLBs) of the only unit walking this domain's
         // table, and its wait descriptor completed (or translation is off and nothing walks).
         // A first-stage domain with no attachment gets no invalidation here: each detach
         // cleared its PASID entry, then invalidated everything tagged with its (DID, PASID)
         // and waited, so no cache can still lead to a table page it held.
         let done = unsafe { InvalidationComplete::assume() };
+        owed.release(&self.alloc, done)?;
+        drop(owed);
+        drop(guard);
+        drop(cfg);
+        // SAFETY: as above, for the caller's gather.
+        let done = unsafe { InvalidationComplete::assume() };
         gather.release(&self.alloc, done)?;
         Ok(())
+    }
+
+    /// Keeps `gather` (ranges and pages) on `domain` as owed: the next flush of the domain
+    /// invalidates its ranges and only then frees its pages. If the domain is gone or a page is
+    /// unknown to the allocator, what cannot be kept stays in `gather` (leaked if dropped).
+    pub(crate) fn owe(&self, domain: DomainHandle, gather: &mut Gather) {
+        let _ = self.with_domain(domain, |d| d.owed.lock().take_from(gather, &self.alloc));
     }
 }
 

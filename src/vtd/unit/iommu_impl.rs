@@ -32,6 +32,28 @@ fn check_width<A: PageAllocator>(dom: &Domain<A>, iova: Iova, len: u64) -> Resul
     }
 }
 
+impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<W, A, DOMAINS> {
+    /// Takes back a mapping whose publication (caching-mode invalidation, write-buffer flush)
+    /// failed, so that `map` fails with nothing mapped: the PTEs are cleared at once; the
+    /// hardware may have cached them meanwhile, so their invalidation follows, and if it fails
+    /// too it stays owed by the domain (with any table page the undo unlinked) until the next
+    /// flush of the domain completes.
+    fn undo_map(&self, domain: DomainHandle, iova: Iova, len: u64) {
+        let mut gather = Gather::new();
+        // The range was empty before `map` (it refuses to map over a present entry) and holds
+        // exactly what `map` wrote, so this unmap needs no split and cannot fail.
+        let _ = self.with_domain(domain, |d| {
+            with_table!(&d.table, t => t.unmap(iova, len, &mut gather))
+        });
+        if self
+            .flush_gather(domain, &mut gather, Purpose::Unmap)
+            .is_err()
+        {
+            self.owe(domain, &mut gather);
+        }
+    }
+}
+
 impl<W, A, const DOMAINS: usize> Iommu for VtdUnit<W, A, DOMAINS>
 where
     W: RegisterWindow + Sync,
@@ -99,26 +121,29 @@ where
             return Err(Error::Busy);
         }
         let mut guard = self.domain_lock(domain)?.write();
-        let dom = guard.take().ok_or(Error::InvalidDomain(domain))?;
-        let did = dom.did;
-        let mut gather = Gather::new();
-        let destroyed = with_table!(dom.table, t => t.destroy(&mut gather));
-        // Nothing points at the table any more; the domain-ID must not be reused while the
-        // IOTLB may hold entries tagged with it.
-        let invalidated = {
+        let did = guard.as_ref().ok_or(Error::InvalidDomain(domain))?.did;
+        // Nothing points at the table any more, but the IOTLB and paging-structure caches may
+        // still hold entries tagged with the domain-ID: they are invalidated while the slot
+        // (and so the handle and the DID) stays taken. If that fails, nothing has changed and
+        // the free can be retried.
+        {
             let mut inv = self.inval.lock();
             let mut b = self.batch(&mut inv);
-            b.push(Request::Iotlb(IotlbScope::Domain(did)))
-                .and_then(|()| b.finish())
+            b.push(Request::Iotlb(IotlbScope::Domain(did)))?;
+            b.finish()?;
+        }
+        let Some(dom) = guard.take() else {
+            return Err(Error::InvalidDomain(domain));
         };
         drop(guard);
         drop(cfg);
-        destroyed?;
-        invalidated?;
-        // SAFETY: the table is unreachable (no attachment) and the domain-selective IOTLB
-        // invalidation above completed.
+        let mut gather = dom.owed.into_inner();
+        let destroyed = with_table!(dom.table, t => t.destroy(&mut gather));
+        // SAFETY: the table is unreachable (no attachment; each detach invalidated what its
+        // entry cached) and the domain-selective IOTLB invalidation above completed.
         let done = unsafe { pgtable::InvalidationComplete::assume() };
         gather.release(&self.alloc, done)?;
+        destroyed?;
         Ok(())
     }
 
@@ -134,12 +159,18 @@ where
             check_width(d, iova, len)?;
             with_table!(&d.table, t => t.map(iova, pa, len, prot)).map_err(Error::from)
         })??;
-        if self.info.cap.flags().contains(CapFlags::CM) {
+        let published = if self.info.cap.flags().contains(CapFlags::CM) {
             let mut gather = Gather::new();
             gather.add_table_change(iova.get(), len);
-            return self.flush_gather(domain, &mut gather, Purpose::Map);
+            self.flush_gather(domain, &mut gather, Purpose::Map)
+        } else {
+            self.flush_write_buffer().map_err(Error::from)
+        };
+        if let Err(e) = published {
+            self.undo_map(domain, iova, len);
+            return Err(e);
         }
-        Ok(self.flush_write_buffer()?)
+        Ok(())
     }
 
     fn unmap(

@@ -10,7 +10,7 @@ use super::{ConfigState, UnitInfo, VtdUnit};
 use crate::iommu::DomainHandle;
 use crate::mem::{PageAllocator, PhysAddr};
 use crate::mmio::RegisterWindow;
-use crate::pgtable::{Gather, InvalidationComplete};
+use crate::pgtable::InvalidationComplete;
 use crate::vtd::context_entry::ScalableContextEntry;
 use crate::vtd::domain::with_table;
 use crate::vtd::invalidation::Counters;
@@ -72,7 +72,8 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
         for lock in unit.domains.iter_mut() {
             // One domain at a time: each leaves its slot empty.
             if let Some(d) = lock.get_mut().take() {
-                let mut gather = Gather::new();
+                // Pages a failed flush left owed go with the table.
+                let mut gather = d.owed.into_inner();
                 let destroyed = with_table!(d.table, t => t.destroy(&mut gather));
                 // SAFETY: translation is off, so no walker can reach the table.
                 let done = unsafe { InvalidationComplete::assume() };

@@ -1,0 +1,231 @@
+//! Error paths of the VT-d unit against the behavioural model (`sim::vtd`), one test per defect
+//! of issue 14 (items 1-6): after each injected fault the hardware, the unit's books and the
+//! allocator's pages agree, and a retry of the same call completes what failed.
+
+use iommu_engine::iommu::{DeviceId, DomainConfig, DomainHandle, Error, Iommu};
+use iommu_engine::mem::{Iova, PhysAddr};
+use iommu_engine::pgtable::{Gather, Prot};
+use iommu_engine::sim::arena::PhysMem;
+use iommu_engine::sim::vtd::{Injection, VtdModel, VtdModelConfig};
+use iommu_engine::sim::walk::Access;
+use iommu_engine::sim::{Arena, ArenaConfig};
+use iommu_engine::vtd::{AttachOptions, Mode, VtdConfig, VtdUnit};
+
+const K4: u64 = 0x1000;
+const RW: Prot = Prot::READ.union(Prot::WRITE);
+const DEV: DeviceId = DeviceId(0x0020);
+
+type Unit<'a> = VtdUnit<&'a VtdModel<'a>, &'a Arena>;
+
+fn arena() -> Arena {
+    Arena::new(ArenaConfig {
+        base_pa: 0x1_0000_0000,
+        capacity: 32 << 20,
+    })
+    .expect("arena")
+}
+
+fn config(mode: Mode) -> VtdConfig {
+    VtdConfig {
+        mode,
+        poll_budget: 200,
+        device_tlb_poll_budget: 400,
+        ..VtdConfig::legacy()
+    }
+}
+
+fn unit<'a>(m: &'a VtdModel<'a>, a: &'a Arena, mode: Mode) -> Unit<'a> {
+    let u = VtdUnit::new(m, a, config(mode)).expect("unit");
+    u.enable().expect("enable");
+    m.reset_stats();
+    u
+}
+
+fn sid(d: DeviceId) -> u16 {
+    d.0 as u16
+}
+
+/// Every structure the model can still reach is memory the allocator still holds.
+fn assert_nothing_freed_is_reachable(m: &VtdModel<'_>, a: &Arena) {
+    for pa in m.reachable() {
+        assert!(a.read_u64(pa).is_some(), "the unit can reach freed page {pa:#x}");
+    }
+    assert_eq!(a.bad_frees(), []);
+}
+
+fn is_timeout(r: Result<(), Error>) -> bool {
+    matches!(r, Err(Error::Timeout { .. }))
+}
+
+/// Item 1: under caching mode the invalidation after a map fails: the map is undone, and the
+/// invalidation the undo needs is issued by the next flush of the domain.
+#[test]
+fn failed_map_under_caching_mode_is_undone() {
+    let a = arena();
+    let m = VtdModel::new(&a, VtdModelConfig::qemu_default().with_caching_mode(true));
+    let u = unit(&m, &a, Mode::Legacy);
+    let d = u.domain_alloc(&DomainConfig::default()).unwrap();
+    u.attach(DEV, None, d).unwrap();
+    m.inject(Injection::StallWaits);
+    let r = u.map(d, Iova::new(0x10_0000), PhysAddr::new(0x4000_0000), K4, RW);
+    assert!(is_timeout(r), "{r:?}");
+    assert_eq!(u.query(d, Iova::new(0x10_0000)), None, "Err: nothing mapped");
+    m.clear_injections();
+    assert!(m.translate(sid(DEV), None, 0x10_0000, Access::READ).is_err());
+    // The next flush, even of an empty gather, issues what the undo could not.
+    m.reset_stats();
+    u.flush(d, &mut Gather::new()).unwrap();
+    assert!(m.stats().iotlb_page + m.stats().iotlb_domain >= 1);
+    u.map(d, Iova::new(0x10_0000), PhysAddr::new(0x4000_0000), K4, RW)
+        .unwrap();
+    assert!(m.translate(sid(DEV), None, 0x10_0000, Access::READ).is_ok());
+    assert_nothing_freed_is_reachable(&m, &a);
+}
+
+/// Item 1, write-buffer flavour: `CAP.RWBF` and a write-buffer flush that never completes.
+#[test]
+fn failed_write_buffer_flush_undoes_the_map() {
+    let a = arena();
+    let m = VtdModel::new(&a, VtdModelConfig::qemu_default().with_rwbf(true));
+    let u = unit(&m, &a, Mode::Legacy);
+    let d = u.domain_alloc(&DomainConfig::default()).unwrap();
+    u.attach(DEV, None, d).unwrap();
+    m.inject(Injection::StallWriteBufferFlush);
+    let r = u.map(d, Iova::new(0x10_0000), PhysAddr::new(0x4000_0000), K4, RW);
+    assert!(is_timeout(r), "{r:?}");
+    assert_eq!(u.query(d, Iova::new(0x10_0000)), None, "Err: nothing mapped");
+    m.clear_injections();
+    u.map(d, Iova::new(0x10_0000), PhysAddr::new(0x4000_0000), K4, RW)
+        .unwrap();
+    assert!(m.translate(sid(DEV), None, 0x10_0000, Access::READ).is_ok());
+}
+
+/// Item 2: the context entry is published, then the caching-mode invalidation fails. The
+/// attachment is recorded (the domain cannot be freed under it), detach tears it down, and a
+/// retry of the attach completes it.
+#[test]
+fn attach_that_fails_after_publishing_is_recorded() {
+    let a = arena();
+    let m = VtdModel::new(&a, VtdModelConfig::qemu_default().with_caching_mode(true));
+    let u = unit(&m, &a, Mode::Legacy);
+    let d = u.domain_alloc(&DomainConfig::default()).unwrap();
+    u.map(d, Iova::new(0), PhysAddr::new(0x4000_0000), K4, RW)
+        .unwrap();
+    m.inject(Injection::StallWaits);
+    assert!(is_timeout(u.attach(DEV, None, d)));
+    m.clear_injections();
+    assert_eq!(u.domain_free(d), Err(Error::Busy), "the entry still points at it");
+    u.attach(DEV, None, d).unwrap();
+    assert!(m.translate(sid(DEV), None, 0, Access::READ).is_ok());
+    u.detach(DEV, None).unwrap();
+    u.domain_free(d).unwrap();
+    assert!(m.translate(sid(DEV), None, 0, Access::READ).is_err());
+    assert_nothing_freed_is_reachable(&m, &a);
+
+    // Detach of an attachment that failed the same way.
+    let d = u.domain_alloc(&DomainConfig::default()).unwrap();
+    m.inject(Injection::StallWaits);
+    assert!(is_timeout(u.attach(DEV, None, d)));
+    m.clear_injections();
+    u.detach(DEV, None).unwrap();
+    u.domain_free(d).unwrap();
+    assert_nothing_freed_is_reachable(&m, &a);
+}
+
+/// Item 3: a domain free whose invalidation times out changes nothing: the handle and DID stay
+/// taken, the table stays, and the retry frees it.
+#[test]
+fn failed_domain_free_keeps_the_domain_and_its_did() {
+    let a = arena();
+    let m = VtdModel::new(&a, VtdModelConfig::qemu_default());
+    let u = unit(&m, &a, Mode::Legacy);
+    let d = u.domain_alloc(&DomainConfig::default()).unwrap();
+    u.map(d, Iova::new(0), PhysAddr::new(0x4000_0000), K4, RW)
+        .unwrap();
+    u.attach(DEV, None, d).unwrap();
+    assert!(m.translate(sid(DEV), None, 0, Access::READ).is_ok());
+    u.detach(DEV, None).unwrap();
+    let did = u.domain_id(d).unwrap();
+    let pages = a.stats().live_pages;
+    m.inject(Injection::StallWaits);
+    assert!(is_timeout(u.domain_free(d)));
+    assert_eq!(u.domain_id(d), Some(did), "the DID stays taken");
+    assert_eq!(a.stats().live_pages, pages, "no page freed");
+    m.clear_injections();
+    let other = u.domain_alloc(&DomainConfig::default()).unwrap();
+    assert_ne!(other, d);
+    assert_ne!(u.domain_id(other), Some(did));
+    u.domain_free(d).unwrap();
+    assert_eq!(u.domain_id(d), None);
+    assert_nothing_freed_is_reachable(&m, &a);
+}
+
+fn ats_unit_and_domain<'a>(m: &'a VtdModel<'a>, a: &'a Arena) -> (Unit<'a>, DomainHandle) {
+    let u = unit(m, a, Mode::Legacy);
+    let d = u.domain_alloc(&DomainConfig::default()).unwrap();
+    let ats = AttachOptions {
+        ats: true,
+        ..AttachOptions::default()
+    };
+    u.attach_with(DEV, None, d, ats).unwrap();
+    (u, d)
+}
+
+/// Item 4: a device-TLB invalidation lost to ITE (or ICE) is issued again by the retry, even
+/// when the retry unmaps nothing (the PTEs went with the first attempt) and flushes an empty
+/// gather.
+#[test]
+fn lost_device_tlb_invalidation_is_reissued() {
+    for fault in [Injection::DeviceTlbTimeout, Injection::CompletionError] {
+        let a = arena();
+        let m = VtdModel::new(&a, VtdModelConfig::qemu_default().with_dt(true));
+        let (u, d) = ats_unit_and_domain(&m, &a);
+        u.map(d, Iova::new(0x3000), PhysAddr::new(0x4000_0000), K4, RW)
+            .unwrap();
+        m.ats_translate(sid(DEV), None, 0x3000, Access::READ).unwrap();
+        assert!(m.atc_holds(sid(DEV), None, 0x3000));
+        let mut g = Gather::new();
+        u.unmap(d, Iova::new(0x3000), K4, &mut g).unwrap();
+        m.inject(fault);
+        assert!(matches!(u.flush(d, &mut g), Err(Error::Hardware { .. })));
+        assert!(m.atc_holds(sid(DEV), None, 0x3000), "{fault:?}: not invalidated");
+        // The caller gives up on that gather (its pages leak) and retries as a whole.
+        let mut retry = Gather::new();
+        assert_eq!(u.unmap(d, Iova::new(0x3000), K4, &mut retry), Ok(0));
+        u.flush(d, &mut retry).unwrap();
+        assert!(
+            !m.atc_holds(sid(DEV), None, 0x3000),
+            "{fault:?}: the retry must reissue the device-TLB invalidation"
+        );
+    }
+}
+
+/// Item 4: a time-out in the middle of a batch aborts the descriptors after it; the retry
+/// issues them all (here: the second device's invalidation).
+#[test]
+fn device_tlb_timeout_mid_batch_reissues_the_rest() {
+    let a = arena();
+    let m = VtdModel::new(&a, VtdModelConfig::qemu_default().with_dt(true));
+    let (u, d) = ats_unit_and_domain(&m, &a);
+    let dev2 = DeviceId(0x0028);
+    let ats = AttachOptions {
+        ats: true,
+        ..AttachOptions::default()
+    };
+    u.attach_with(dev2, None, d, ats).unwrap();
+    u.map(d, Iova::new(0x3000), PhysAddr::new(0x4000_0000), K4, RW)
+        .unwrap();
+    for dev in [DEV, dev2] {
+        m.ats_translate(sid(dev), None, 0x3000, Access::READ).unwrap();
+    }
+    let mut g = Gather::new();
+    u.unmap(d, Iova::new(0x3000), K4, &mut g).unwrap();
+    m.inject(Injection::DeviceTlbTimeoutAt(1));
+    assert!(u.flush(d, &mut g).is_err());
+    assert!(m.atc_holds(sid(dev2), None, 0x3000), "aborted with the batch");
+    u.flush(d, &mut g).unwrap();
+    for dev in [DEV, dev2] {
+        assert!(!m.atc_holds(sid(dev), None, 0x3000));
+    }
+    assert_nothing_freed_is_reachable(&m, &a);
+}
