@@ -48,7 +48,10 @@ fn sid(d: DeviceId) -> u16 {
 /// Every structure the model can still reach is memory the allocator still holds.
 fn assert_nothing_freed_is_reachable(m: &VtdModel<'_>, a: &Arena) {
     for pa in m.reachable() {
-        assert!(a.read_u64(pa).is_some(), "the unit can reach freed page {pa:#x}");
+        assert!(
+            a.read_u64(pa).is_some(),
+            "the unit can reach freed page {pa:#x}"
+        );
     }
     assert_eq!(a.bad_frees(), []);
 }
@@ -69,9 +72,15 @@ fn failed_map_under_caching_mode_is_undone() {
     m.inject(Injection::StallWaits);
     let r = u.map(d, Iova::new(0x10_0000), PhysAddr::new(0x4000_0000), K4, RW);
     assert!(is_timeout(r), "{r:?}");
-    assert_eq!(u.query(d, Iova::new(0x10_0000)), None, "Err: nothing mapped");
+    assert_eq!(
+        u.query(d, Iova::new(0x10_0000)),
+        None,
+        "Err: nothing mapped"
+    );
     m.clear_injections();
-    assert!(m.translate(sid(DEV), None, 0x10_0000, Access::READ).is_err());
+    assert!(m
+        .translate(sid(DEV), None, 0x10_0000, Access::READ)
+        .is_err());
     // The next flush, even of an empty gather, issues what the undo could not.
     m.reset_stats();
     u.flush(d, &mut Gather::new()).unwrap();
@@ -93,7 +102,11 @@ fn failed_write_buffer_flush_undoes_the_map() {
     m.inject(Injection::StallWriteBufferFlush);
     let r = u.map(d, Iova::new(0x10_0000), PhysAddr::new(0x4000_0000), K4, RW);
     assert!(is_timeout(r), "{r:?}");
-    assert_eq!(u.query(d, Iova::new(0x10_0000)), None, "Err: nothing mapped");
+    assert_eq!(
+        u.query(d, Iova::new(0x10_0000)),
+        None,
+        "Err: nothing mapped"
+    );
     m.clear_injections();
     u.map(d, Iova::new(0x10_0000), PhysAddr::new(0x4000_0000), K4, RW)
         .unwrap();
@@ -114,7 +127,11 @@ fn attach_that_fails_after_publishing_is_recorded() {
     m.inject(Injection::StallWaits);
     assert!(is_timeout(u.attach(DEV, None, d)));
     m.clear_injections();
-    assert_eq!(u.domain_free(d), Err(Error::Busy), "the entry still points at it");
+    assert_eq!(
+        u.domain_free(d),
+        Err(Error::Busy),
+        "the entry still points at it"
+    );
     u.attach(DEV, None, d).unwrap();
     assert!(m.translate(sid(DEV), None, 0, Access::READ).is_ok());
     u.detach(DEV, None).unwrap();
@@ -182,13 +199,17 @@ fn lost_device_tlb_invalidation_is_reissued() {
         let (u, d) = ats_unit_and_domain(&m, &a);
         u.map(d, Iova::new(0x3000), PhysAddr::new(0x4000_0000), K4, RW)
             .unwrap();
-        m.ats_translate(sid(DEV), None, 0x3000, Access::READ).unwrap();
+        m.ats_translate(sid(DEV), None, 0x3000, Access::READ)
+            .unwrap();
         assert!(m.atc_holds(sid(DEV), None, 0x3000));
         let mut g = Gather::new();
         u.unmap(d, Iova::new(0x3000), K4, &mut g).unwrap();
         m.inject(fault);
         assert!(matches!(u.flush(d, &mut g), Err(Error::Hardware { .. })));
-        assert!(m.atc_holds(sid(DEV), None, 0x3000), "{fault:?}: not invalidated");
+        assert!(
+            m.atc_holds(sid(DEV), None, 0x3000),
+            "{fault:?}: not invalidated"
+        );
         // The caller gives up on that gather (its pages leak) and retries as a whole.
         let mut retry = Gather::new();
         assert_eq!(u.unmap(d, Iova::new(0x3000), K4, &mut retry), Ok(0));
@@ -216,13 +237,17 @@ fn device_tlb_timeout_mid_batch_reissues_the_rest() {
     u.map(d, Iova::new(0x3000), PhysAddr::new(0x4000_0000), K4, RW)
         .unwrap();
     for dev in [DEV, dev2] {
-        m.ats_translate(sid(dev), None, 0x3000, Access::READ).unwrap();
+        m.ats_translate(sid(dev), None, 0x3000, Access::READ)
+            .unwrap();
     }
     let mut g = Gather::new();
     u.unmap(d, Iova::new(0x3000), K4, &mut g).unwrap();
     m.inject(Injection::DeviceTlbTimeoutAt(1));
     assert!(u.flush(d, &mut g).is_err());
-    assert!(m.atc_holds(sid(dev2), None, 0x3000), "aborted with the batch");
+    assert!(
+        m.atc_holds(sid(dev2), None, 0x3000),
+        "aborted with the batch"
+    );
     u.flush(d, &mut g).unwrap();
     for dev in [DEV, dev2] {
         assert!(!m.atc_holds(sid(dev), None, 0x3000));

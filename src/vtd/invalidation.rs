@@ -254,7 +254,9 @@ impl<'a, W: RegisterWindow + ?Sized> Batch<'a, W> {
     /// The poll budget of this batch's waits.
     fn budget(&self) -> u32 {
         if self.device_tlb {
-            self.params.poll_budget.max(self.params.device_tlb_poll_budget)
+            self.params
+                .poll_budget
+                .max(self.params.device_tlb_poll_budget)
         } else {
             self.params.poll_budget
         }

@@ -179,11 +179,9 @@ fn fm_mask(fm: u8) -> u16 {
 impl Caches {
     /// Whether an ATC entry of (`sid`, `pasid`) covers `iova`.
     pub(crate) fn atc_covers(&self, sid: u16, pasid: Option<u32>, iova: u64) -> bool {
-        self.atc
-            .iter()
-            .any(|(&(s, p, base), &(size, _))| {
-                s == sid && p == pasid && iova >> size == base >> size
-            })
+        self.atc.iter().any(|(&(s, p, base), &(size, _))| {
+            s == sid && p == pasid && iova >> size == base >> size
+        })
     }
 
     /// A device-TLB invalidation of `2^size_log2` bytes at `addr` for `sid`: `pasid` `None`
@@ -197,7 +195,11 @@ impl Caches {
         addr: u64,
         size_log2: u32,
     ) {
-        let end = addr.saturating_add(1u64.checked_shl(size_log2).unwrap_or(u64::MAX).saturating_sub(1));
+        let end = addr.saturating_add(
+            1u64.checked_shl(size_log2)
+                .unwrap_or(u64::MAX)
+                .saturating_sub(1),
+        );
         self.atc.retain(|&(s, p, base), &mut (size, _)| {
             let last = base.saturating_add((1u64 << size) - 1);
             let hit = s == sid && (global || p == pasid) && base <= end && addr <= last;

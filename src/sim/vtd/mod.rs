@@ -507,7 +507,9 @@ impl<'m> VtdModel<'m> {
         let mut st = self.lock();
         let page = ok.pa >> ok.page_size_log2 << ok.page_size_log2;
         let base = iova >> ok.page_size_log2 << ok.page_size_log2;
-        st.caches.atc.insert((sid, pasid, base), (ok.page_size_log2, page));
+        st.caches
+            .atc
+            .insert((sid, pasid, base), (ok.page_size_log2, page));
         Ok(ok)
     }
 

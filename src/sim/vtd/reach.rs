@@ -49,7 +49,14 @@ impl State<'_> {
             }
         }
         for pe in self.caches.pasid.values() {
-            self.pasid_tables(pe.pgtt, pe.ssptptr, pe.ss_levels, pe.fsptptr, pe.fs_levels, &mut out);
+            self.pasid_tables(
+                pe.pgtt,
+                pe.ssptptr,
+                pe.ss_levels,
+                pe.fsptptr,
+                pe.fs_levels,
+                &mut out,
+            );
         }
         for e in self.caches.psc.values() {
             // The cached entry points at a table mapping 2^span bytes: its subtree.

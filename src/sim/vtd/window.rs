@@ -97,7 +97,9 @@ impl State<'_> {
 
     /// Whether an injection makes the unit ignore a write at `offset`.
     fn ignored(&self, offset: usize) -> bool {
-        self.inject.ignore_write.is_some_and(|o| o & !7 == offset & !7)
+        self.inject
+            .ignore_write
+            .is_some_and(|o| o & !7 == offset & !7)
     }
 
     pub(crate) fn write32(&mut self, offset: usize, value: u32) {

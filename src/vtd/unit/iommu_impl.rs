@@ -42,9 +42,10 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
         let mut gather = Gather::new();
         // The range was empty before `map` (it refuses to map over a present entry) and holds
         // exactly what `map` wrote, so this unmap needs no split and cannot fail.
-        let _ = self.with_domain(domain, |d| {
-            with_table!(&d.table, t => t.unmap(iova, len, &mut gather))
-        });
+        let _ = self.with_domain(
+            domain,
+            |d| with_table!(&d.table, t => t.unmap(iova, len, &mut gather)),
+        );
         if self
             .flush_gather(domain, &mut gather, Purpose::Unmap)
             .is_err()
