@@ -44,11 +44,24 @@ pub enum QueueErrorKind {
     InvalidationCompletion,
 }
 
-/// An error of the VT-d layer. Every variant carries the value that caused it.
+/// An error of the VT-d layer. Every variant carries the value that caused it, and says what
+/// the caller does about it (README.md, "Errors: what to do", has the same table):
+///
+/// - refusals ([`NoMemory`](Self::NoMemory), [`InvalidArgument`](Self::InvalidArgument),
+///   [`Unsupported`](Self::Unsupported), [`BatchTooLarge`](Self::BatchTooLarge),
+///   [`EntryPresent`](Self::EntryPresent)): nothing changed; fix the request or free memory;
+/// - hardware errors ([`Timeout`](Self::Timeout), [`QueueError`](Self::QueueError),
+///   [`InvalidationRejected`](Self::InvalidationRejected)): the call stopped in a state the
+///   unit keeps safe (no page freed, no domain ID reused while the hardware may still use it)
+///   and the same call again completes it; if they persist, reset the unit (or the ATS device,
+///   for ITE/ICE) and leave the pages it may reach allocated until then;
+/// - [`UnexpectedState`](Self::UnexpectedState): the unit is not in a state the call works
+///   from; see the variant.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Error {
-    /// A bounded wait ran out of polls.
+    /// A bounded wait ran out of polls: the hardware did not acknowledge a command or did not
+    /// complete an invalidation. Retry the call; reset the unit if it persists.
     Timeout {
         /// What was awaited.
         what: Wait,
@@ -56,23 +69,25 @@ pub enum Error {
         polls: u32,
     },
     /// The invalidation queue reported an error; `head` is `IQH`'s descriptor index when it was
-    /// seen (for IQE, the faulting descriptor).
+    /// seen (for IQE, the faulting descriptor). The error is cleared and the queue runs on;
+    /// the invalidations it skipped are owed and issued by the retry. Retry; for a persistent
+    /// ITE/ICE reset the ATS device before freeing what it may have cached.
     QueueError {
         /// Which `FSTS` error bit.
         kind: QueueErrorKind,
         /// Descriptor index in the queue.
         head: u32,
     },
-    /// The hardware lacks a capability the request needs.
+    /// The hardware lacks a capability the request needs. Nothing changed.
     Unsupported {
         /// The missing capability, in the spec's name.
         what: &'static str,
         /// The register value or the requested value it was checked against.
         value: u64,
     },
-    /// The page allocator had no memory.
+    /// The page allocator had no memory. Nothing changed: free memory and call again.
     NoMemory,
-    /// An argument is out of range for its field or misaligned.
+    /// An argument is out of range for its field or misaligned. Nothing changed.
     InvalidArgument {
         /// Which argument, and the constraint.
         what: &'static str,
@@ -93,11 +108,14 @@ pub enum Error {
         word0: u64,
     },
     /// The hardware ignored or rejected a register-based invalidation (actual granularity 0).
+    /// Handled as an unconfirmed invalidation: retry; reset the unit if it persists.
     InvalidationRejected {
         /// The register value read back.
         register: u64,
     },
-    /// The hardware is in a state the driver did not expect.
+    /// The hardware is in a state the driver did not expect: `release` while translation or
+    /// queued invalidation is on (call `disable` first), or `IQH` not 0 after enabling the
+    /// queue (reset the unit).
     UnexpectedState {
         /// Which register.
         register: &'static str,
