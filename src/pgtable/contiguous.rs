@@ -12,7 +12,7 @@
 //! they report a non-zero run ([`Format::contiguous_log2`]); `unmap` plans such a cut like the
 //! split of a larger page (refused under [`super::SplitPolicy::Refuse`]).
 
-use core::sync::atomic::Ordering;
+use super::sync::Ordering;
 
 use super::table::Table;
 use super::{Format, Gather, PageTable, Prot};

@@ -12,7 +12,7 @@
 //! with a size code in bits 11:4 and bits 3:0 zero, which every supported format decodes as a
 //! non-present entry, and the page was unlinked as part of an unmap of its whole span.
 
-use core::sync::atomic::{AtomicU64, Ordering};
+use super::sync::{AtomicU64, Ordering};
 
 use super::Error;
 use crate::mem::{Iova, Page, PageAllocator, PhysAddr};

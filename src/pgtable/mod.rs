@@ -31,6 +31,7 @@ mod error;
 mod format;
 mod gather;
 mod spares;
+mod sync;
 mod table;
 
 pub mod arm_s1;

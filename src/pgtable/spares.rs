@@ -3,7 +3,7 @@
 //! Reserved pages are not reachable by hardware until the engine links one, so they are chained
 //! through their first word and returned directly when unused.
 
-use core::sync::atomic::{AtomicU64, Ordering};
+use super::sync::{AtomicU64, Ordering};
 
 use super::Error;
 use crate::mem::{Page, PageAllocator, PhysAddr};

@@ -5,8 +5,8 @@
 //! read-only first pass; `unmap` checks the larger pages its ends would cut and reserves the
 //! pages a split needs before it clears anything.
 
+use super::sync::{AtomicU64, Ordering};
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicU64, Ordering};
 
 use super::spares::{self, Spares};
 use super::{Error, Format, Gather, Geometry, Leaf, Mapping, Prot};
