@@ -4,7 +4,8 @@
 //! filled by copying them. They are kept in a table of this format, which no hardware walks,
 //! so it needs no invalidation and its pages can be freed at once. It reuses the engine: 4 KiB
 //! granule, 57 input bits (5 levels), 2 MiB and 1 GiB leaves, every [`Prot`] bit representable.
-//! Entry: bit 0 present, bit 1 table, bits 5:2 the `Prot` bits, bits 63:12 the address.
+//! Entry: bit 0 present, bit 1 table, bits 5:2 the `Prot` bits (leaves), bit 6 a table made by
+//! a split, bits 63:12 the address.
 
 use crate::mem::PhysAddr;
 use crate::pgtable::{Error, Format, Geometry, Prot};
@@ -12,6 +13,8 @@ use crate::pgtable::{Error, Format, Geometry, Prot};
 const PRESENT: u64 = 1 << 0;
 const TABLE: u64 = 1 << 1;
 const PROT_SHIFT: u32 = 2;
+/// Table entries only: made by a split (see `Format::split_table_bit`).
+const SPLIT: u64 = 1 << 6;
 const ADDR: u64 = !0xfff;
 
 /// Input width of the record, in bits (the widest VT-d address width).
@@ -45,8 +48,8 @@ impl Default for Record {
 }
 
 // SAFETY: the geometry is a constant checked by a test, never changed. Table entries carry TABLE
-// (bit 1), leaves never do; nothing but the engine writes the record. PRESENT (bit 0) clear is
-// not present.
+// (bit 1), leaves never do; SPLIT (bit 6) lies outside the address; nothing but the engine
+// writes the record. PRESENT (bit 0) clear is not present.
 unsafe impl Format for Record {
     fn geometry(&self) -> &Geometry {
         &self.geometry
@@ -62,6 +65,9 @@ unsafe impl Format for Record {
     }
     fn encode_table(&self, _level: u32, table: PhysAddr) -> u64 {
         table.get() | PRESENT | TABLE
+    }
+    fn split_table_bit(&self) -> u64 {
+        SPLIT
     }
     fn check_prot(&self, prot: Prot) -> Result<(), Error> {
         if prot.intersects(Prot::READ | Prot::WRITE) {

@@ -103,8 +103,8 @@ impl ArmS1 {
 
 // SAFETY: the geometry is validated in `new` and never changes. A table entry is its address
 // with bits 1:0 = 0b11, and every leaf above level 0 is a block (bit 1 clear); AF and AP\[2\]
-// (bits 10, 7), the only bits the walker sets, lie outside the address field. Bit 0 clear is
-// invalid.
+// (bits 10, 7), the only bits the walker sets, lie outside the address field, and so does the
+// split mark (bit 55, IGNORED in table descriptors). Bit 0 clear is invalid.
 unsafe impl Format for ArmS1 {
     vmsa::vmsa_shared_format_methods!();
 

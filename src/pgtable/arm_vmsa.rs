@@ -17,6 +17,9 @@ pub(super) const SH_OUTER: u64 = 0b10;
 pub(super) const SH_INNER: u64 = 0b11;
 pub(super) const DBM: u64 = 1 << 51;
 pub(super) const CONTIGUOUS: u64 = 1 << 52;
+/// Bit 55 of a table descriptor (bits 58:51 are IGNORED, Arm ARM "Table descriptor format"):
+/// software's mark of a table made by a split.
+pub(super) const SPLIT: u64 = 1 << 55;
 const ADDR_47_12: u64 = 0x0000_ffff_ffff_f000;
 const OA_51_48_LOW: u64 = 0xf << 12;
 
@@ -149,6 +152,11 @@ macro_rules! vmsa_shared_format_methods {
         fn encode_table(&self, _level: u32, table: PhysAddr) -> u64 {
             let addr = vmsa::encode_addr(self.cfg.granule_log2, table.get());
             addr | vmsa::VALID | vmsa::TABLE_OR_PAGE
+        }
+
+        #[inline]
+        fn split_table_bit(&self) -> u64 {
+            vmsa::SPLIT
         }
 
         #[inline]

@@ -128,7 +128,8 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
                 hinted.then_some(e & !bit)
             });
         }
-        self.sync(t.entry_ptr(first), 8 << n_log2);
+        // SAFETY: the run is aligned inside the live table `t`.
+        self.sync(unsafe { t.entry_ptr(first) }, 8 << n_log2);
         // A TLB may hold the run as one entry: invalidate all of it.
         gather.add_leaves(base, run, shift);
         // SAFETY: `idx` indexes the live table `t`.

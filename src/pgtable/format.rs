@@ -166,6 +166,8 @@ impl Geometry {
 ///   of the bits it may set (accessed, dirty);
 /// - a leaf from [`encode_leaf`](Self::encode_leaf) or [`relevel_leaf`](Self::relevel_leaf) at
 ///   level `l > 0` is present and not a table (`is_table(l, leaf)` is false);
+/// - the same holds for `encode_table(level, pa) | split_table_bit()`, and the walker ignores
+///   that bit in a table entry;
 /// - a raw entry whose bits 3:0 are zero is not present. The engine relies on it to link freed
 ///   table pages into a list through their first word while the hardware may still walk them
 ///   (see [`super::Gather`]).
@@ -184,6 +186,17 @@ pub unsafe trait Format {
 
     /// Encodes a pointer to the table at `table` from an entry at `level`.
     fn encode_table(&self, level: u32, table: PhysAddr) -> u64;
+
+    /// A bit of table entries that the walker ignores, which the engine sets in the entry that
+    /// links a table made by splitting a larger page, or 0 if the format has none.
+    ///
+    /// A thread that unmaps (or cleans dirty state) under such a table cannot know whether the
+    /// splitter's invalidation of the larger page has completed, so it invalidates the larger
+    /// page too (see `PageTable::unmap`). Without the bit, every table at a level that may hold
+    /// leaves is treated as if a split had made it.
+    fn split_table_bit(&self) -> u64 {
+        0
+    }
 
     /// Checks that `prot` can be expressed by a leaf of this format and configuration.
     ///

@@ -50,6 +50,17 @@ fn in_arena(pa: PhysAddr) -> bool {
     (0x4000_0000..0x4000_0000 + (16 << 20)).contains(&pa.get())
 }
 
+/// Whether `g` invalidates all of `[start, start + len)` in a way that reaches a cached leaf of
+/// `len` bytes there: one of its ranges covers it, and its page sizes name that size (or it
+/// is not leaf-only, which drivers invalidate at every level).
+fn covers(g: &Gather, start: u64, len: u64) -> bool {
+    let range = g
+        .ranges()
+        .iter()
+        .any(|r| r.start.get() <= start && start + len <= r.end.get());
+    range && (g.page_sizes() & len != 0 || !g.leaf_only())
+}
+
 /// Every leaf in `[iova, iova + len)`: (IOVA, PA, log2 size).
 fn leaves<F: Format>(t: &PageTable<F, TestAlloc>, iova: u64, len: u64) -> Vec<(u64, u64, u32)> {
     let mut v = Vec::new();
@@ -187,6 +198,17 @@ fn unmaps_inside_one_contiguous_run_split_each_block_once() {
             bytes += 1u64 << size_log2;
         }
         assert_eq!(bytes, RUN - THREADS * K4, "round {round}");
+        // Each thread's invalidation covers its whole block: the block (or the run, which a
+        // TLB may hold as one entry of the block's level) may still be cached when the thread
+        // returns, if another thread split it or cleared the run's hint (item 3).
+        for (i, g) in (0..THREADS).zip(&gathers) {
+            let block = page(i) & !(M2 - 1);
+            assert!(
+                covers(g, block, M2),
+                "round {round}: thread {i}: {:?}",
+                g.ranges()
+            );
+        }
         let mut g = Gather::new();
         t.unmap(Iova::new(base), RUN, &mut g).unwrap();
         for mut g in gathers {
@@ -199,4 +221,211 @@ fn unmaps_inside_one_contiguous_run_split_each_block_once() {
             "round {round}: a table leaked"
         );
     }
+}
+
+/// Issue 13, item 3: a thread that unmaps a page under a table another thread's split made
+/// cannot know whether the splitter's invalidation of the larger page has completed, so its
+/// own gather covers the larger page (at its size). Pages never split cost only themselves.
+fn split_pages_are_invalidated_by_every_later_unmap<F: Format>(t: PageTable<F, TestAlloc>) {
+    let (base, pa) = (G1, 4 * G1);
+    // One 1 GiB leaf; A's unmap splits it into 2 MiB leaves and one of those into 4 KiB.
+    t.map(Iova::new(base), PhysAddr::new(pa), G1, RW).unwrap();
+    let mut a = Gather::new();
+    t.unmap(Iova::new(base + 5 * M2 + 3 * K4), K4, &mut a)
+        .unwrap();
+    assert!(covers(&a, base, G1) && covers(&a, base + 5 * M2, M2));
+    // B: another 4 KiB page of the same 2 MiB block: both larger pages.
+    let mut b = Gather::new();
+    assert_eq!(
+        t.unmap(Iova::new(base + 5 * M2 + 9 * K4), K4, &mut b),
+        Ok(K4)
+    );
+    assert!(covers(&b, base, G1), "{:?}", b.ranges());
+    assert!(covers(&b, base + 5 * M2, M2), "{:?}", b.ranges());
+    // C: a whole 2 MiB block elsewhere in the split 1 GiB page: the 1 GiB page.
+    let mut c = Gather::new();
+    assert_eq!(t.unmap(Iova::new(base + 9 * M2), M2, &mut c), Ok(M2));
+    assert!(covers(&c, base, G1), "{:?}", c.ranges());
+    // D: a hole under the split tables removes nothing and invalidates nothing.
+    let mut d = Gather::new();
+    assert_eq!(
+        t.unmap(Iova::new(base + 5 * M2 + 3 * K4), K4, &mut d),
+        Ok(0)
+    );
+    assert!(d.is_empty());
+    // E: 4 KiB pages mapped as such: exactly the page.
+    t.map(Iova::new(4 * G1), PhysAddr::new(pa), M2, Prot::READ)
+        .unwrap();
+    let mut g = Gather::new();
+    t.unmap(Iova::new(4 * G1), M2, &mut g).unwrap();
+    t.map(
+        Iova::new(4 * G1 + K4),
+        PhysAddr::new(pa + K4),
+        2 * K4,
+        Prot::READ,
+    )
+    .unwrap();
+    let mut e = Gather::new();
+    assert_eq!(t.unmap(Iova::new(4 * G1 + K4), K4, &mut e), Ok(K4));
+    let exact = [IovaRange {
+        start: Iova::new(4 * G1 + K4),
+        end: Iova::new(4 * G1 + 2 * K4),
+    }];
+    assert_eq!(
+        (e.ranges(), e.page_sizes(), e.leaf_only()),
+        (&exact[..], K4, true)
+    );
+    for mut g in [a, b, c, d, e, g] {
+        g.release(t.allocator(), done()).unwrap();
+    }
+}
+
+#[test]
+fn split_pages_are_invalidated_by_every_later_unmap_vtd_ss() {
+    // Level-0 leaves without a hint: the fast path of small unmaps.
+    split_pages_are_invalidated_by_every_later_unmap(vtd_ss(false));
+}
+
+#[test]
+fn split_pages_are_invalidated_by_every_later_unmap_arm_s2() {
+    // The contiguous hint at level 0: the general walk.
+    split_pages_are_invalidated_by_every_later_unmap(arm_s2_4k(false));
+}
+
+/// Marks the leaf that maps `iova` dirty, as the walker would (VT-d second stage: D, bit 9).
+fn set_dirty_vtd_ss(t: &PageTable<VtdSs, TestAlloc>, iova: u64) {
+    let top = t.geometry().top_level();
+    t.visit(t.root_table(), top, iova, K4, &mut |slot, _, _| {
+        slot.fetch_or(1 << 9, core::sync::atomic::Ordering::AcqRel);
+        Ok(())
+    })
+    .unwrap();
+}
+
+/// Issue 13, item 4: `read_and_clear_dirty` of one page of a dirty 2 MiB leaf while another
+/// thread unmaps another page of it (splitting it) reports the page in this pass, whichever
+/// wins; it used to return without reporting it when its compare-and-swap found the table.
+#[test]
+fn dirty_read_racing_a_split_reports_the_page() {
+    let t = vtd_ss(true);
+    let (base, pa) = (G1, 4 * G1);
+    let (cut, read) = (base + 17 * K4, base + 300 * K4);
+    for round in 0..ROUNDS {
+        t.map(Iova::new(base), PhysAddr::new(pa), M2, RW).unwrap();
+        set_dirty_vtd_ss(&t, base);
+        let start = Barrier::new(2);
+        let (mut reports, mut g) = (Vec::new(), Gather::new());
+        let mut cut_gather = Gather::new();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                start.wait();
+                assert_eq!(t.unmap(Iova::new(cut), K4, &mut cut_gather), Ok(K4));
+            });
+            start.wait();
+            let sink = |iova: Iova, size_log2| reports.push((iova.get(), size_log2));
+            t.read_and_clear_dirty(Iova::new(read), K4, sink, &mut g)
+                .unwrap();
+        });
+        // Either the whole block before the split, or the page after it.
+        assert!(
+            reports == [(base, 21)] || reports == [(read, 12)],
+            "round {round}: {reports:?}"
+        );
+        // After the split, the cleaned page's invalidation must reach the cached block.
+        assert!(covers(&g, base, M2), "round {round}: {:?}", g.ranges());
+        let mut again = Vec::new();
+        let sink = |iova: Iova, size_log2| again.push((iova.get(), size_log2));
+        t.read_and_clear_dirty(Iova::new(read), K4, sink, &mut g)
+            .unwrap();
+        assert_eq!(again, [], "round {round}");
+        t.unmap(Iova::new(base), M2, &mut g).unwrap();
+        g.release(t.allocator(), done()).unwrap();
+        cut_gather.release(t.allocator(), done()).unwrap();
+    }
+}
+
+/// Issue 13, item 2: a map that returns `Ok` has made every entry on its path visible to a
+/// walker that does not snoop the CPU caches. Thread A maps 8 MiB of 4 KiB pages, linking four
+/// new leaf tables under three new upper tables; thread B waits until the first leaf table is
+/// linked and maps the page just below A's range, under the same tables. When B returns, each
+/// entry on its path must have been cleaned (an entry-sized `sync_for_device` after it was
+/// written: whole-page syncs are of tables before they were linked). B used to take the fast
+/// path down the tables A linked and clean only its own leaf.
+#[test]
+fn a_map_returns_after_its_whole_path_is_clean() {
+    let arena = test_alloc();
+    let cfg = VtdSsConfig {
+        agaw: 48,
+        haw: 46,
+        page_2m: true,
+        page_1g: true,
+        snoop: false,
+        dirty_tracking: false,
+    };
+    for round in 0..ROUNDS {
+        let t = PageTable::new(
+            VtdSs::new(cfg).unwrap(),
+            &arena,
+            WalkerCoherency::NonCoherent,
+        )
+        .unwrap();
+        arena.start_sync_recording();
+        let base = G1;
+        let synced_when_b_returned = std::thread::scope(|s| {
+            s.spawn(|| {
+                // 4 KiB pages only: the output is never 2 MiB aligned with the input.
+                let pa = PhysAddr::new(4 * G1 + 2 * K4);
+                t.map(Iova::new(base + K4), pa, 4 * M2 - K4, RW).unwrap();
+            });
+            while path_entries(&t, base).len() < 3 {
+                std::thread::yield_now();
+            }
+            t.map(Iova::new(base), PhysAddr::new(4 * G1), K4, RW)
+                .unwrap();
+            arena.sync_log().len()
+        });
+        let log = arena.stop_sync_recording();
+        let entry_syncs: Vec<(u64, u64)> = log[..synced_when_b_returned]
+            .iter()
+            .copied()
+            .filter(|&(_, len)| len < 4096)
+            .collect();
+        for (level, pa) in path_entries(&t, base) {
+            let clean = entry_syncs
+                .iter()
+                .any(|&(start, len)| start <= pa && pa + 8 <= start + len);
+            assert!(
+                clean,
+                "round {round}: level {level} entry at {pa:#x} not clean"
+            );
+        }
+        let mut g = Gather::new();
+        t.destroy(&mut g).unwrap();
+        g.release(&arena, done()).unwrap();
+    }
+    assert_eq!(arena.stats().live_pages, 0);
+}
+
+/// The physical addresses of the present entries on the walk to `iova`: (level, address).
+fn path_entries<F: Format, A: crate::mem::PageAllocator>(
+    t: &PageTable<F, A>,
+    iova: u64,
+) -> Vec<(u32, u64)> {
+    let g = *t.geometry();
+    let (mut entries, mut table, mut table_pa) = (Vec::new(), t.root_table(), t.root());
+    for level in (0..g.levels).rev() {
+        let idx = g.index(level, iova);
+        // SAFETY: `table` is a live table of `t` and `idx` indexes it.
+        let raw = unsafe { table.slot(idx) }.load(core::sync::atomic::Ordering::Acquire);
+        if !t.format().is_present(raw) {
+            break;
+        }
+        entries.push((level, table_pa.get() + idx as u64 * 8));
+        if level == 0 || !t.format().is_table(level, raw) {
+            break;
+        }
+        table_pa = t.format().table_address(raw);
+        table = super::table::Table::at(t.allocator().phys_to_virt(table_pa).unwrap());
+    }
+    entries
 }

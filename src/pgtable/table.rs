@@ -71,6 +71,12 @@ impl<F: Format, A: PageAllocator> core::fmt::Debug for PageTable<F, A> {
 pub(super) struct Table(NonNull<u8>);
 
 impl Table {
+    /// The table page at `va` (tests walk tables by hand).
+    #[cfg(test)]
+    pub(super) fn at(va: NonNull<u8>) -> Self {
+        Self(va)
+    }
+
     /// # Safety
     /// `self` is a live table page with more than `index` entries.
     #[inline]
@@ -80,9 +86,14 @@ impl Table {
         unsafe { &*self.0.as_ptr().cast::<AtomicU64>().add(index) }
     }
 
+    /// Where entry `index` lies (for cache maintenance).
+    ///
+    /// # Safety
+    /// `self` is a live table page with at least `index` entries (`index` equal to the entry
+    /// count gives the end of the page).
     #[inline]
-    pub(super) fn entry_ptr(self, index: usize) -> NonNull<u8> {
-        // SAFETY: in-bounds offset of a live table page (callers pass valid indices).
+    pub(super) unsafe fn entry_ptr(self, index: usize) -> NonNull<u8> {
+        // SAFETY: the caller guarantees the offset stays inside (or one past) the table page.
         unsafe { self.0.add(index * 8) }
     }
 }
@@ -238,7 +249,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         self.check_iova_range(iova, len)?;
         self.check_pa_range(pa, len)?;
         self.format.check_prot(prot)?;
-        if let Some(leaf) = self.plain_leaf_table_for(iova.get(), len) {
+        if let Some((leaf, _)) = self.plain_leaf_table_for(iova.get(), len, true) {
             // The general walk would descend the same existing tables and need no new one.
             // Once `plan_leaves` found every entry empty, only a concurrent map of an
             // overlapping range, which the contract forbids, could fill one.
@@ -270,8 +281,13 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     /// directly: the fast path of small maps and unmaps.
     ///
     /// Only where level-0 leaves carry no contiguous hint (see [`Self::plain_leaves`]).
+    ///
+    /// Also returns the levels (bit `l` for level `l`) whose entry on the way is marked as made
+    /// by a split ([`Self::split_made`]). With `sync_path`, cleans every entry on the way for
+    /// a non-coherent walker: a map relies on them, and a concurrent map that linked one may
+    /// not have cleaned it yet.
     #[inline]
-    fn plain_leaf_table_for(&self, iova: u64, len: u64) -> Option<Table> {
+    fn plain_leaf_table_for(&self, iova: u64, len: u64, sync_path: bool) -> Option<(Table, u32)> {
         let g = self.geo();
         if g.levels < 2 || !self.plain_leaves() {
             return None;
@@ -281,15 +297,57 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
             return None;
         }
         let mut t = self.root_table();
+        let mut split_levels = 0;
         for level in (1..g.levels).rev() {
+            let idx = g.index(level, iova);
             // SAFETY: `t` is a live table at `level`; the index comes from an in-range IOVA.
-            let raw = unsafe { t.slot(g.index(level, iova)) }.load(Ordering::Acquire);
+            let raw = unsafe { t.slot(idx) }.load(Ordering::Acquire);
             if !self.format.is_present(raw) || !self.format.is_table(level, raw) {
                 return None;
             }
+            if sync_path {
+                // SAFETY: as above.
+                self.sync(unsafe { t.entry_ptr(idx) }, 8);
+            }
+            if self.split_made(level, raw) {
+                split_levels |= 1 << level;
+            }
             t = self.child(raw).ok()?;
         }
-        Some(t)
+        Some((t, split_levels))
+    }
+
+    /// Whether the table entry `raw` at `level` may link a table that a split made: it carries
+    /// the format's mark, or the format has none and a leaf could sit at `level`.
+    #[inline]
+    fn split_made(&self, level: u32, raw: u64) -> bool {
+        match self.format.split_table_bit() {
+            0 => self.geo().leaf_allowed(level),
+            bit => raw & bit != 0,
+        }
+    }
+
+    /// Records in `gather` the larger page that a split replaced by the table `iova` lies in, at
+    /// `level`, after this thread cleared a leaf or dirty state below it. Any thread may have
+    /// split it, and its invalidation of the larger page may not have completed when this
+    /// thread returns; an invalidation of the small pages alone may miss the cached larger one
+    /// (VT-d needs an address mask that covers the large page, Arm a TTL that names its
+    /// level), so this thread invalidates it too.
+    #[inline]
+    fn note_split_page(&self, level: u32, iova: u64, gather: &mut Gather) {
+        let shift = self.geo().level_shift(level);
+        gather.add_leaves(iova & !((1u64 << shift) - 1), 1 << shift, shift);
+    }
+
+    /// [`Self::note_split_page`] for every level set in `split_levels`.
+    #[inline]
+    fn note_split_pages(&self, split_levels: u32, iova: u64, gather: &mut Gather) {
+        let mut levels = split_levels;
+        while levels != 0 {
+            let level = levels.trailing_zeros();
+            self.note_split_page(level, iova, gather);
+            levels &= levels - 1;
+        }
     }
 
     /// Whether level-0 leaves are written one by one, with no contiguous hint to keep
@@ -433,7 +491,8 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
                 idx + 1,
             );
         }
-        self.sync(t.entry_ptr(first), (idx - first) * 8);
+        // SAFETY: entries `first..idx` of the live table `t` were just visited.
+        self.sync(unsafe { t.entry_ptr(first) }, (idx - first) * 8);
         result
     }
 
@@ -462,7 +521,8 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
             );
             written += 1;
         }
-        self.sync(t.entry_ptr(first), written * 8);
+        // SAFETY: `first + written` is at most the entry count (see `plan_leaves`).
+        self.sync(unsafe { t.entry_ptr(first) }, written * 8);
         result
     }
 
@@ -485,7 +545,8 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
             // Wraps only past the last page, at the top of a 64-bit output range.
             pa = pa.wrapping_add(1 << shift);
         }
-        self.sync(t.entry_ptr(first), n * 8);
+        // SAFETY: `first + n` is at most the entry count (see `plan_leaves`).
+        self.sync(unsafe { t.entry_ptr(first) }, n * 8);
     }
 
     /// The table below `slot`, installing one from `spares` if the slot is empty; whether it
@@ -545,8 +606,12 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
             start: iova.get(),
             len,
         })?;
-        if let Some(leaf) = self.plain_leaf_table_for(iova.get(), len) {
-            return Ok(self.unmap_leaves(leaf, iova.get(), len, gather));
+        if let Some((leaf, split_levels)) = self.plain_leaf_table_for(iova.get(), len, false) {
+            let bytes = self.unmap_leaves(leaf, iova.get(), len, gather);
+            if bytes > 0 {
+                self.note_split_pages(split_levels, iova.get(), gather);
+            }
+            return Ok(bytes);
         }
         let need = self.plan_split(iova.get(), iova.get(), end)?
             + self.plan_split(end, iova.get(), end)?;
@@ -659,9 +724,6 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         // SAFETY: `t` is a live table at `level`; `idx` comes from an IOVA in its span.
         let slot = unsafe { t.slot(idx) };
         let mut raw = slot.load(Ordering::Acquire);
-        // Whether this call saw a leaf in the slot: if it then finds a table, another unmap
-        // split that leaf, and the larger page may still be cached (see below).
-        let mut saw_leaf = false;
         for _ in 0..HW_UPDATE_RETRIES {
             if self.format.is_present(raw) && self.is_contiguous_leaf(level, raw) {
                 raw = self.break_contiguous(t, level, idx, iova, range, gather);
@@ -671,25 +733,22 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
             }
             if level > 0 && self.format.is_table(level, raw) {
                 let child = self.child(raw)?;
-                if saw_leaf {
-                    // The splitter's invalidation of the larger page may not have completed
-                    // when this unmap returns: invalidate it here too, at its own size (a
-                    // TLBI with a level hint for the small page would miss it).
-                    gather.add_leaves(iova & !(size - 1), size, shift);
-                }
                 if chunk == size {
                     self.store_synced(t, idx, 0);
                     gather.add_table_change(iova, size);
                     return self.reap(child, level - 1, raw, gather);
                 }
-                return self.unmap_level(child, level - 1, iova, chunk, gather, spares);
+                let bytes = self.unmap_level(child, level - 1, iova, chunk, gather, spares)?;
+                if bytes > 0 && self.split_made(level, raw) {
+                    self.note_split_page(level, iova, gather);
+                }
+                return Ok(bytes);
             }
             if chunk == size {
                 self.store_synced(t, idx, 0);
                 gather.add_leaves(iova, size, shift);
                 return Ok(size);
             }
-            saw_leaf = true;
             match self.split_leaf(t, idx, level, raw, iova, gather, spares)? {
                 Ok(child) => {
                     return self.unmap_level(child, level - 1, iova, chunk, gather, spares)
@@ -746,7 +805,8 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         gather: &mut Gather,
     ) {
         let shift = self.geo().granule_log2;
-        self.sync(t.entry_ptr(first + start), (end - start) * 8);
+        // SAFETY: entries `first + start..first + end` lie in the live leaf table `t`.
+        self.sync(unsafe { t.entry_ptr(first + start) }, (end - start) * 8);
         let run_iova = iova + ((start as u64) << shift);
         gather.add_leaves(run_iova, ((end - start) as u64) << shift, shift);
     }
@@ -755,7 +815,8 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     fn store_synced(&self, t: Table, idx: usize, raw: u64) {
         // SAFETY: callers pass a live table and an index inside it.
         unsafe { t.slot(idx) }.store(raw, Ordering::Release);
-        self.sync(t.entry_ptr(idx), 8);
+        // SAFETY: as above.
+        self.sync(unsafe { t.entry_ptr(idx) }, 8);
     }
 
     /// Hands the unlinked table `t` (at `level`, linked by `raw`) and every table under it to
@@ -807,7 +868,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         let new = Table(page.va);
         let child_size = 1u64 << self.geo().level_shift(level - 1);
         let entries = 1usize << self.geo().level_bits(level - 1);
-        let table_entry = self.format.encode_table(level, page.pa);
+        let table_entry = self.format.encode_table(level, page.pa) | self.format.split_table_bit();
         let base = self.format.leaf_address(level, raw).get();
         for i in 0..entries {
             let pa = PhysAddr::new(base + i as u64 * child_size);
@@ -825,7 +886,8 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
             Ordering::Acquire,
         ) {
             Ok(_) => {
-                self.sync(t.entry_ptr(idx), 8);
+                // SAFETY: `idx` indexes the live table `t`.
+                self.sync(unsafe { t.entry_ptr(idx) }, 8);
                 let shift = self.geo().level_shift(level);
                 gather.add_table_change(iova & !((1u64 << shift) - 1), 1 << shift);
                 Ok(Ok(new))
@@ -936,6 +998,11 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     /// size) and cleans it; the cleaned ranges go into `gather`, which must be flushed before
     /// the hardware reliably marks them dirty again.
     ///
+    /// May run concurrently with maps and unmaps of other ranges, even ones that split a larger
+    /// page this range shares: a leaf that became a table meanwhile is descended into (the
+    /// split carried its dirty state into every smaller leaf), so nothing dirty at the call is
+    /// left unreported.
+    ///
     /// # Errors
     /// [`Error::NoDirtyTracking`] when the format is configured without it; range errors;
     /// [`Error::EntryUnstable`] if hardware kept rewriting an entry.
@@ -951,31 +1018,86 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         }
         self.check_iova_range(iova, len)?;
         let top = self.geo().top_level();
-        self.visit(
-            self.root_table(),
-            top,
-            iova.get(),
-            len,
-            &mut |slot, leaf, raw| {
-                let mut raw = raw;
-                for _ in 0..HW_UPDATE_RETRIES {
-                    if !self.format.leaf_is_dirty(raw) {
-                        return Ok(());
-                    }
-                    let clean = self.format.leaf_clear_dirty(raw);
-                    match slot.compare_exchange(raw, clean, Ordering::AcqRel, Ordering::Acquire) {
-                        Ok(_) => {
-                            self.sync(NonNull::from(slot).cast(), 8);
-                            sink(leaf.iova, leaf.size_log2);
-                            gather.add_leaves(leaf.iova.get(), 1 << leaf.size_log2, leaf.size_log2);
-                            return Ok(());
-                        }
-                        Err(now) => raw = now,
-                    }
+        let root = self.root_table();
+        self.clear_dirty_level(root, top, iova.get(), len, &mut sink, gather)?;
+        Ok(())
+    }
+
+    /// `read_and_clear_dirty` below `t` (at `level`); returns whether it cleaned anything.
+    fn clear_dirty_level(
+        &self,
+        t: Table,
+        level: u32,
+        iova: u64,
+        len: u64,
+        sink: &mut impl FnMut(Iova, u32),
+        gather: &mut Gather,
+    ) -> Result<bool, Error> {
+        let shift = self.geo().level_shift(level);
+        let size = 1u64 << shift;
+        let (mut iova, mut left, mut cleaned) = (iova, len, false);
+        let mut idx = self.geo().index(level, iova);
+        while left > 0 {
+            let chunk = left.min(size - (iova & (size - 1)));
+            cleaned |= self.clear_dirty_entry(t, level, idx, iova, chunk, sink, gather)?;
+            (iova, left, idx) = (iova.wrapping_add(chunk), left - chunk, idx + 1);
+        }
+        Ok(cleaned)
+    }
+
+    /// Cleans the dirty state under slot `idx` of `t` for `[iova, iova + chunk)`, re-reading
+    /// the slot when a compare-and-swap fails: hardware set accessed/dirty bits, or a
+    /// concurrent unmap split the leaf (then the table it installed is walked).
+    #[allow(clippy::too_many_arguments)]
+    fn clear_dirty_entry(
+        &self,
+        t: Table,
+        level: u32,
+        idx: usize,
+        iova: u64,
+        chunk: u64,
+        sink: &mut impl FnMut(Iova, u32),
+        gather: &mut Gather,
+    ) -> Result<bool, Error> {
+        let shift = self.geo().level_shift(level);
+        // SAFETY: `t` is a live table at `level`; `idx` comes from an IOVA in its span.
+        let slot = unsafe { t.slot(idx) };
+        let mut raw = slot.load(Ordering::Acquire);
+        for _ in 0..HW_UPDATE_RETRIES {
+            if !self.format.is_present(raw) {
+                return Ok(false);
+            }
+            if level > 0 && self.format.is_table(level, raw) {
+                let child = self.child(raw)?;
+                let cleaned =
+                    self.clear_dirty_level(child, level - 1, iova, chunk, sink, gather)?;
+                if cleaned && self.split_made(level, raw) {
+                    // The larger page may still be cached, writable and dirty: an
+                    // invalidation of the small pages alone could leave writes through it
+                    // unrecorded.
+                    self.note_split_page(level, iova, gather);
                 }
-                Err(Error::EntryUnstable { iova: leaf.iova })
-            },
-        )
+                return Ok(cleaned);
+            }
+            if !self.format.leaf_is_dirty(raw) {
+                return Ok(false);
+            }
+            let clean = self.format.leaf_clear_dirty(raw);
+            race_window();
+            match slot.compare_exchange(raw, clean, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => {
+                    self.sync(NonNull::from(slot).cast(), 8);
+                    let leaf_iova = iova & !((1u64 << shift) - 1);
+                    sink(Iova::new(leaf_iova), shift);
+                    gather.add_leaves(leaf_iova, 1 << shift, shift);
+                    return Ok(true);
+                }
+                Err(now) => raw = now,
+            }
+        }
+        Err(Error::EntryUnstable {
+            iova: Iova::new(iova),
+        })
     }
 
     // ---------------------------------------------------------------------------------------

@@ -24,6 +24,9 @@ const D: u64 = 1 << 6;
 const PS: u64 = 1 << 7;
 const XD: u64 = 1 << 63;
 const ADDR: u64 = 0x000f_ffff_ffff_f000;
+/// Bit 52 (ignored in every paging-structure entry, §9.7 and the SDM's "Formats of Paging
+/// Entries"): software's mark of a table made by a split.
+const SPLIT: u64 = 1 << 52;
 
 /// Configuration of a VT-d first-stage table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,7 +84,8 @@ impl VtdFs {
 
 // SAFETY: the geometry is validated in `new` and never changes. A table entry is its address
 // with P set and PS clear, and every leaf above level 0 has PS set; A and D (bits 5, 6), the only
-// bits the walker sets, lie outside ADDR. P = 0 (bit 0) is not present.
+// bits the walker sets, lie outside ADDR, and so does SPLIT (bit 52, ignored by the walker).
+// P = 0 (bit 0) is not present.
 unsafe impl Format for VtdFs {
     #[inline]
     fn geometry(&self) -> &Geometry {
@@ -107,6 +111,11 @@ unsafe impl Format for VtdFs {
     fn encode_table(&self, _level: u32, table: PhysAddr) -> u64 {
         // Permissions combine as the most restrictive along the walk: tables grant everything.
         table.get() | P | RW | US | A
+    }
+
+    #[inline]
+    fn split_table_bit(&self) -> u64 {
+        SPLIT
     }
 
     fn check_prot(&self, prot: Prot) -> Result<(), Error> {

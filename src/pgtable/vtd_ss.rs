@@ -21,6 +21,8 @@ const PS: u64 = 1 << 7;
 const D: u64 = 1 << 9;
 const SNP: u64 = 1 << 11;
 const ADDR: u64 = 0x000f_ffff_ffff_f000;
+/// Bit 52 (ignored by hardware, §9.8): software's mark of a table made by a split.
+const SPLIT: u64 = 1 << 52;
 
 /// Configuration of a VT-d second-stage table, derived from the unit's capabilities and the
 /// domain's policy.
@@ -83,7 +85,8 @@ impl VtdSs {
 
 // SAFETY: the geometry is validated in `new` and never changes. A table entry is its address
 // with R and W set and PS clear, and every leaf above level 0 has PS set; A and D (bits 8, 9),
-// the only bits the walker sets, lie outside ADDR. R = W = 0 (bits 1:0) is not present.
+// the only bits the walker sets, lie outside ADDR, and so does SPLIT (bit 52, ignored by the
+// walker). R = W = 0 (bits 1:0) is not present.
 unsafe impl Format for VtdSs {
     #[inline]
     fn geometry(&self) -> &Geometry {
@@ -109,6 +112,11 @@ unsafe impl Format for VtdSs {
     fn encode_table(&self, _level: u32, table: PhysAddr) -> u64 {
         // Non-leaf R/W must allow everything the leaves below may grant.
         table.get() | R | W
+    }
+
+    #[inline]
+    fn split_table_bit(&self) -> u64 {
+        SPLIT
     }
 
     fn check_prot(&self, prot: Prot) -> Result<(), Error> {
