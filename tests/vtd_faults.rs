@@ -254,3 +254,122 @@ fn device_tlb_timeout_mid_batch_reissues_the_rest() {
     }
     assert_nothing_freed_is_reachable(&m, &a);
 }
+
+/// A unit left running by a previous owner (firmware, the kernel before kexec): translation on,
+/// its queue and tables live, device 00:04.0 translating 0 to `0x4000_0000`.
+fn previous_owner<'a>(m: &'a VtdModel<'a>, a: &'a Arena, mode: Mode) -> DomainHandle {
+    let old = VtdUnit::new(m, a, config(mode)).unwrap();
+    old.enable().unwrap();
+    let d = old.domain_alloc(&DomainConfig::default()).unwrap();
+    old.map(d, Iova::new(0), PhysAddr::new(0x4000_0000), K4, RW)
+        .unwrap();
+    old.attach(DEV, None, d).unwrap();
+    assert!(m.translate(sid(DEV), None, 0, Access::READ).is_ok());
+    // Gone without a word when `old` goes out of scope: dropping a unit leaks its pages,
+    // which the hardware still walks.
+    d
+}
+
+/// Item 5: taking over a running unit never lets DMA pass untranslated: translation stays on,
+/// the unit is pointed at the new (blocking) root table, and every cache is invalidated.
+#[test]
+fn takeover_blocks_dma_instead_of_passing_it_through() {
+    for mode in [Mode::Legacy, Mode::Scalable] {
+        let a = arena();
+        let cfg = match mode {
+            Mode::Legacy => VtdModelConfig::qemu_default(),
+            Mode::Scalable => VtdModelConfig::scalable(),
+        };
+        let m = VtdModel::new(&a, cfg);
+        previous_owner(&m, &a, mode);
+        m.reset_stats();
+        let u = VtdUnit::new(&m, &a, config(mode)).unwrap();
+        u.enable().unwrap();
+        assert!(u.is_enabled());
+        assert_eq!(
+            m.stats().translation_disables,
+            0,
+            "{mode:?}: TE was turned off"
+        );
+        assert!(m.stats().root_table_latches >= 1);
+        // Blocked, not translated by the old tables nor their cached entries.
+        assert!(m.translate(sid(DEV), None, 0, Access::READ).is_err());
+        let d = u.domain_alloc(&DomainConfig::default()).unwrap();
+        u.map(d, Iova::new(0), PhysAddr::new(0x5000_0000), K4, RW)
+            .unwrap();
+        u.attach(DEV, None, d).unwrap();
+        let t = m.translate(sid(DEV), None, 0, Access::READ).unwrap();
+        assert_eq!(t.pa, 0x5000_0000);
+    }
+}
+
+/// Item 5: a previous owner in the other root-table mode cannot be taken over without turning
+/// translation off (RTADDR.TTM may change only with TE clear): refused, nothing changed.
+#[test]
+fn takeover_across_root_table_modes_is_refused() {
+    let a = arena();
+    let m = VtdModel::new(&a, VtdModelConfig::scalable());
+    previous_owner(&m, &a, Mode::Legacy);
+    m.reset_stats();
+    let u = VtdUnit::new(&m, &a, config(Mode::Scalable)).unwrap();
+    assert!(u.enable().is_err());
+    assert_eq!(m.stats().translation_disables, 0);
+    assert_eq!(m.stats().root_table_latches, 0);
+    // What the embedder may do instead, knowingly: disable, then enable.
+    u.disable().unwrap();
+    u.enable().unwrap();
+    assert!(m.translate(sid(DEV), None, 0, Access::READ).is_err());
+}
+
+/// Item 6: queue errors the previous owner left (IQE, ITE, ICE) are cleared before the new
+/// queue starts, so they neither stop it nor make `enable` fail.
+#[test]
+fn takeover_clears_stale_queue_errors() {
+    for stale in [1 << 4, 1 << 5, 1 << 6, 0x70] {
+        let a = arena();
+        let m = VtdModel::new(&a, VtdModelConfig::qemu_default());
+        previous_owner(&m, &a, Mode::Legacy);
+        m.leave_queue_errors(stale);
+        let u = VtdUnit::new(&m, &a, config(Mode::Legacy)).unwrap();
+        u.enable()
+            .unwrap_or_else(|e| panic!("FSTS {stale:#x} left: {e:?}"));
+        let d = u.domain_alloc(&DomainConfig::default()).unwrap();
+        u.attach(DEV, None, d).unwrap();
+        u.map(d, Iova::new(0), PhysAddr::new(0x5000_0000), K4, RW)
+            .unwrap();
+        let mut g = Gather::new();
+        u.unmap(d, Iova::new(0), K4, &mut g).unwrap();
+        u.flush(d, &mut g).unwrap();
+        assert_nothing_freed_is_reachable(&m, &a);
+    }
+}
+
+/// Item 6: a previous owner's queue that never drains does not stop the takeover (Linux waits
+/// a bounded time, then turns the queue off regardless).
+#[test]
+fn takeover_carries_on_when_the_old_queue_does_not_drain() {
+    let a = arena();
+    let m = VtdModel::new(&a, VtdModelConfig::qemu_default());
+    let old = VtdUnit::new(&m, &a, config(Mode::Legacy)).unwrap();
+    old.enable().unwrap();
+    let d = old.domain_alloc(&DomainConfig::default()).unwrap();
+    old.map(d, Iova::new(0), PhysAddr::new(0x4000_0000), K4, RW)
+        .unwrap();
+    let mut g = Gather::new();
+    old.unmap(d, Iova::new(0), K4, &mut g).unwrap();
+    m.inject(Injection::StallWaitsUntilQueueOff);
+    assert!(old.flush(d, &mut g).is_err(), "the old queue is stuck");
+    // Gone: the gather's pages and the unit's tables leak (dropping either frees nothing).
+    drop(g);
+    let u = VtdUnit::new(&m, &a, config(Mode::Legacy)).unwrap();
+    u.enable().unwrap();
+    assert_eq!(m.stats().translation_disables, 0);
+    let d = u.domain_alloc(&DomainConfig::default()).unwrap();
+    u.attach(DEV, None, d).unwrap();
+    u.map(d, Iova::new(0), PhysAddr::new(0x5000_0000), K4, RW)
+        .unwrap();
+    assert_eq!(
+        m.translate(sid(DEV), None, 0, Access::READ).unwrap().pa,
+        0x5000_0000
+    );
+}

@@ -184,14 +184,16 @@ unsafe impl Sync for QueueCore {}
 impl QueueCore {
     /// Allocates the ring and status page, programs `IQT = 0` and `IQA`, and sets `GCMD.QIE`.
     /// If queued invalidation is already on (left by firmware or a previous kernel), it is
-    /// drained and turned off first, since `IQA` may only change while it is off.
+    /// given `poll_budget` polls to drain and turned off (drained or not), since `IQA` may only
+    /// change while it is off; queue errors left in `FSTS` are cleared before the new queue
+    /// starts.
     ///
     /// On a hardware time-out the pages are leaked rather than freed: the unit may still hold
     /// their address.
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] for `qs > 7`; [`Error::NoMemory`]; [`Error::Timeout`] if the
-    /// unit does not drain or acknowledge `QIE`; [`Error::UnexpectedState`] if `IQH` is not 0
+    /// unit does not acknowledge `QIE`; [`Error::UnexpectedState`] if `IQH` is not 0
     /// once enabled.
     pub fn enable<W: RegisterWindow + ?Sized, A: PageAllocator + ?Sized>(
         regs: &W,
@@ -206,13 +208,15 @@ impl QueueCore {
         }
         let budget = config.poll_budget;
         if regs::gsts(regs).contains(Gsts::QIES) {
-            let drained = poll(budget, || {
-                (regs.read64(regs::IQH_REG) == regs.read64(regs::IQT_REG)).then_some(())
+            // A previous owner's queue gets the budget to drain; a queue stopped by an error
+            // never will. Either way it is turned off: what it still held was the previous
+            // owner's business, and the caller invalidates every cache globally next.
+            let _drained = poll(budget, || {
+                let (fsts, _) = regs::fsts(regs);
+                let stopped = fsts.intersects(Fsts::IQE | Fsts::ITE);
+                let empty = regs.read64(regs::IQH_REG) == regs.read64(regs::IQT_REG);
+                (empty || stopped).then_some(())
             });
-            drained.ok_or(Error::Timeout {
-                what: Wait::QueueDrain,
-                polls: budget,
-            })?;
             set_persistent(
                 regs,
                 PersistentCommand::QueuedInvalidationEnable,
@@ -220,6 +224,9 @@ impl QueueCore {
                 budget,
             )?;
         }
+        // Errors a previous owner left would stop the new queue at its first descriptor, and
+        // the first wait would take them for its own.
+        clear_fsts(regs, Fsts::IQE | Fsts::ITE | Fsts::ICE);
         let ring_log2 = PAGE_SHIFT_4K + config.qs as u32;
         let ring = alloc.alloc(ring_log2).ok_or(Error::NoMemory)?;
         let Some(status) = alloc.alloc(PAGE_SHIFT_4K) else {

@@ -457,38 +457,52 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
         self.counters.snapshot()
     }
 
-    /// Turns DMA remapping on (§11.4 Global Command Register, §6.5.3): translation off if
-    /// firmware left it on,
-    /// `RTADDR` (root table and mode) with `SRTP`, the invalidation queue when `ECAP.QI` (else
-    /// register-based invalidation), global context-cache, PASID-cache (scalable mode) and
-    /// IOTLB invalidation, a write-buffer flush when `CAP.RWBF`, then `TE`. May be called again
-    /// after [`disable`](Self::disable).
+    /// Turns DMA remapping on (§11.4 Global Command Register, §6.5.3): `RTADDR` (root table
+    /// and mode) with `SRTP`, the invalidation queue when `ECAP.QI` (else register-based
+    /// invalidation), global context-cache, PASID-cache (scalable mode) and IOTLB invalidation,
+    /// a write-buffer flush when `CAP.RWBF`, then `TE`. May be called again after
+    /// [`disable`](Self::disable).
+    ///
+    /// **Takeover.** On a unit found translating (`GSTS.TES` set by firmware or a previous
+    /// kernel) translation is never turned off, since DMA would then pass untranslated: the
+    /// unit is pointed at this unit's root table while `TE` stays set (the spec allows `SRTP`
+    /// with translation on; every device not attached here is then blocked), the previous
+    /// owner's queue gets a bounded time to drain and is turned off whether it drained or not
+    /// (as Linux does), the queue errors it left (`FSTS.IQE/ITE/ICE`) are cleared so that they
+    /// cannot stop the new queue, and every cache is invalidated globally. The previous
+    /// owner's pages are never freed (they are not this unit's).
     ///
     /// # Errors
     /// [`Error::Timeout`] naming the register that did not respond; [`Error::NoMemory`] for
-    /// the queue; queue errors.
+    /// the queue; queue errors; [`Error::Unsupported`] when taking over a unit that runs in the
+    /// other root-table mode (`RTADDR.TTM` may change only with translation off: call
+    /// [`disable`](Self::disable) first, accepting untranslated DMA meanwhile). Each leaves the
+    /// unit in a state a retry of `enable` completes.
     pub fn enable(&self) -> Result<(), Error> {
         let cfg = self.config.lock();
         let mut inv = self.inval.lock();
         let budget = self.info.poll_budget;
-        if regs::gsts(&self.regs).contains(Gsts::TES) {
-            set_persistent(
-                &self.regs,
-                PersistentCommand::TranslationEnable,
-                false,
-                budget,
-            )?;
-        }
-        self.stop_queue(&mut inv)?;
         let ttm = match self.info.mode {
             Mode::Legacy => TranslationTableMode::Legacy,
             Mode::Scalable => TranslationTableMode::Scalable,
         };
+        if regs::gsts(&self.regs).contains(Gsts::TES) {
+            let rtaddr = self.regs.read64(regs::RTADDR_REG);
+            if RootTableAddress::TTM.get(rtaddr) != ttm as u64 {
+                return Err(Error::Unsupported {
+                    what: "takeover of a unit running in the other root-table mode \
+                           (RTADDR.TTM changes only with TE clear): disable it first",
+                    value: rtaddr,
+                });
+            }
+        }
+        // With TE set this is the takeover's switch: from here on the new tables decide.
         write_root_table(
             &self.regs,
             RootTableAddress::new(cfg.root.pa(), ttm)?,
             budget,
         )?;
+        self.stop_queue(&mut inv)?;
         *inv = if self.info.ecap.flags().contains(EcapFlags::QI) {
             let width = match self.info.mode {
                 Mode::Legacy => DescriptorWidth::Bits128,

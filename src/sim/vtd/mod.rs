@@ -232,6 +232,9 @@ pub struct VtdModelStats {
     pub write_buffer_flushes: u64,
     /// Root table pointer latches (GCMD.SRTP).
     pub root_table_latches: u64,
+    /// Times translation was turned off (GSTS.TES set to clear): from then on DMA passes
+    /// untranslated.
+    pub translation_disables: u64,
     /// Invalidation queue errors.
     pub iqe: u64,
     /// Invalidation time-out errors.

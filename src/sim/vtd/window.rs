@@ -219,6 +219,7 @@ impl State<'_> {
             }
         }
         let qie_was = self.gsts & G_QIE != 0;
+        let te_was = self.gsts & G_TE != 0;
         let mut persistent = G_TE;
         if ecap & ECAP_QI != 0 {
             persistent |= G_QIE;
@@ -227,6 +228,9 @@ impl State<'_> {
             persistent |= G_IRE | G_CFI;
         }
         self.gsts = self.gsts & !persistent | value & persistent;
+        if te_was && self.gsts & G_TE == 0 {
+            self.stats.translation_disables += 1;
+        }
         if qie_was && self.gsts & G_QIE == 0 {
             self.inject.stall_until_queue_off = false;
         }

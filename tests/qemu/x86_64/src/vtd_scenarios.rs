@@ -1250,10 +1250,11 @@ fn other_bus(g: &mut Ctx) -> Result<(), Fail> {
 
 /// A unit left running by a previous owner (firmware, or a kernel before kexec): translation
 /// on, queued invalidation on, edu attached and its translations cached. A new `VtdUnit` over
-/// the same registers must take over: turn translation off, drain and turn off the old queue
-/// (QEMU refuses to turn it off unless the last descriptor was a wait), install its own root
-/// table and queue, invalidate globally and turn translation on. Then edu is blocked until the
-/// new owner attaches it, and its DMA lands where the new owner maps.
+/// the same registers must take over without ever turning translation off: install its own
+/// (blocking) root table with SRTP while TE stays set, drain and turn off the old queue (QEMU
+/// refuses to turn it off unless the last descriptor was a wait), install its own queue and
+/// invalidate globally. Then edu is blocked until the new owner attaches it, and its DMA lands
+/// where the new owner maps.
 fn takeover(g: &mut Ctx) -> Result<(), Fail> {
     let g: &Ctx = g;
     // SAFETY: the VT-d window is identity-mapped uncached by boot.rs.
