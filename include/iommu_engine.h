@@ -374,6 +374,12 @@ typedef struct {
   // Facts for StreamID ranges, overriding `canwbs` and `coherent_dma` there (the first
   // range covering a StreamID decides).
   IeDeclaration declarations[8];
+  // Granule of the unit's domains, log2 bytes (12, 14 or 16: the kernel's page size, one
+  // the unit's `IDR5` offers); 0 for the default (4 KiB when the unit has it).
+  uint32_t granule_log2;
+  // Take part in the CPUs' broadcast TLB maintenance (`CR2.PTM` = 0; needs `IDR0.BTM`).
+  // Off by default: the unit's VMIDs and ASIDs are its own.
+  bool broadcast_tlb;
 } IeSmmuConfig;
 
 #ifdef __cplusplus

@@ -186,6 +186,12 @@ pub struct IeSmmuConfig {
     /// Facts for StreamID ranges, overriding `canwbs` and `coherent_dma` there (the first
     /// range covering a StreamID decides).
     pub declarations: [IeDeclaration; 8],
+    /// Granule of the unit's domains, log2 bytes (12, 14 or 16: the kernel's page size, one
+    /// the unit's `IDR5` offers); 0 for the default (4 KiB when the unit has it).
+    pub granule_log2: u32,
+    /// Take part in the CPUs' broadcast TLB maintenance (`CR2.PTM` = 0; needs `IDR0.BTM`).
+    /// Off by default: the unit's VMIDs and ASIDs are its own.
+    pub broadcast_tlb: bool,
 }
 
 /// DMA coherency of a device, as firmware declares it.
@@ -273,6 +279,8 @@ fn smmu_config(c: &IeSmmuConfig) -> Result<SmmuConfig, IeStatus> {
             DisabledTraffic::Abort
         },
         platform: platform(c)?,
+        granule_log2: (c.granule_log2 != 0).then_some(c.granule_log2),
+        broadcast_tlb: c.broadcast_tlb,
         ..SmmuConfig::default()
     })
 }
@@ -297,6 +305,8 @@ pub unsafe extern "C" fn ie_smmu_config_default(out: *mut IeSmmuConfig) -> i32 {
                 from_firmware: false,
                 n_declarations: 0,
                 declarations: [IeDeclaration::default(); MAX_DECLARATIONS],
+                granule_log2: 0,
+                broadcast_tlb: false,
             };
             IeStatus::Ok as i32
         }

@@ -208,6 +208,15 @@ pub enum SmmuError {
         /// What is wrong, in the spec's terms.
         reason: &'static str,
     },
+    /// The unit fixes where its stream table or queues are (`IDR1.TABLES_PRESET`,
+    /// `QUEUES_PRESET`) or places them relative to a base of its own (`IDR1.REL`): the
+    /// structures this driver builds would not be the ones the unit walks. Refused at
+    /// construction; nothing was allocated or written.
+    Preset {
+        /// The bits of `SMMU_IDR1` among `TABLES_PRESET` (30), `QUEUES_PRESET` (29) and `REL`
+        /// (28) that are set.
+        idr1: u32,
+    },
 }
 
 impl fmt::Display for CommandErrorKind {
@@ -301,6 +310,10 @@ impl fmt::Display for SmmuError {
             Self::DescriptorLive { what, index } => write!(f, "{what} {index:#x} is live"),
             Self::NotMapped { address } => write!(f, "table at {address:#x} is not mapped"),
             Self::InvalidConfig { reason } => write!(f, "invalid configuration: {reason}"),
+            Self::Preset { idr1 } => write!(
+                f,
+                "the unit presets its tables or queues (IDR1 {idr1:#010x}: TABLES_PRESET, QUEUES_PRESET or REL)"
+            ),
         }
     }
 }

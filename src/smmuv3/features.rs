@@ -6,7 +6,7 @@
 //! the decisions here, so the rest of the unit never re-decodes a register.
 
 use super::idr::{
-    Httu, Idr, Idr0Flags, Idr3Flags, Idr5Granules, StLevel, StallModel, TtEndian, Ttf,
+    Httu, Idr, Idr0Flags, Idr1Flags, Idr3Flags, Idr5Granules, StLevel, StallModel, TtEndian, Ttf,
 };
 use super::platform::DeviceFacts;
 use crate::iommu::{Capabilities, Source, Sources};
@@ -57,10 +57,19 @@ pub struct Features {
     pub cmdq_max_log2: u32,
     /// Largest event queue, log2 entries (`IDR1.EVENTQS`).
     pub eventq_max_log2: u32,
-    /// Output address size in bits (`IDR5.OAS`; 48 for a reserved encoding).
+    /// Output address size in bits as `IDR5.OAS` reports it (48 for an encoding this driver
+    /// does not know, such as 56 bits, which needs 128-bit descriptors). What a domain can
+    /// output also depends on its granule: [`oas_for`](Self::oas_for).
     pub oas: u32,
-    /// The granule domains use: 4 KiB when `IDR5.GRAN4K`, else 16 KiB, else 64 KiB.
+    /// The granules the unit walks (`IDR5.GRAN4K`, `GRAN16K`, `GRAN64K`).
+    pub granules: Idr5Granules,
+    /// The default granule: 4 KiB when `IDR5.GRAN4K`, else 16 KiB, else 64 KiB.
     pub granule_log2: u32,
+    /// Broadcast TLB maintenance (`IDR0.BTM`): `CR2.PTM` exists.
+    pub btm: bool,
+    /// `IDR1.TABLES_PRESET`, `QUEUES_PRESET` and `REL`, as set: tables or queues this driver
+    /// cannot place. Such a unit is refused.
+    pub presets: Idr1Flags,
 }
 
 impl Features {
@@ -98,8 +107,32 @@ impl Features {
             cmdq_max_log2: idr.idr1.cmdqs(),
             eventq_max_log2: idr.idr1.eventqs(),
             oas: idr.idr5.oas_bits().unwrap_or(48),
+            granules: gran,
             granule_log2,
+            btm: f0.contains(Idr0Flags::BTM),
+            presets: idr.idr1.flags()
+                & (Idr1Flags::TABLES_PRESET | Idr1Flags::QUEUES_PRESET | Idr1Flags::REL),
         }
+    }
+
+    /// Whether the unit walks tables of the `granule_log2` granule.
+    pub const fn has_granule(&self, granule_log2: u32) -> bool {
+        let bit = match granule_log2 {
+            12 => Idr5Granules::GRAN4K,
+            14 => Idr5Granules::GRAN16K,
+            16 => Idr5Granules::GRAN64K,
+            _ => return false,
+        };
+        self.granules.contains(bit)
+    }
+
+    /// Output size of a domain of the `granule_log2` granule: `IDR5.OAS`, but at most 48 bits
+    /// with the 4 KiB and 16 KiB granules and 52 with 64 KiB (§3.4; 52-bit output with the
+    /// smaller granules needs the LPA2 descriptors of `IDR5.DS`, which this driver does not
+    /// write).
+    pub fn oas_for(&self, granule_log2: u32) -> u32 {
+        let max = if granule_log2 == 16 { 52 } else { 48 };
+        self.oas.min(max)
     }
 
     /// Whether the driver builds stage-1 contexts here (`IDR0.S1P`, and faults need not stall).
@@ -116,11 +149,10 @@ impl Features {
         }
     }
 
-    /// Largest input size of a stage-2 domain: the IPA may not exceed the output size, nor 48
-    /// bits (52 only with the 64 KiB granule).
-    pub fn s2_ias(&self) -> u32 {
-        let max = if self.granule_log2 == 16 { 52 } else { 48 };
-        self.oas.min(max)
+    /// Largest input size of a stage-2 domain of the `granule_log2` granule: the IPA may not
+    /// exceed the output size, nor 48 bits (52 only with the 64 KiB granule).
+    pub fn s2_ias(&self, granule_log2: u32) -> u32 {
+        self.oas_for(granule_log2)
     }
 
     /// Input size of a stage-1 domain (48-bit VAs; this driver does not use `IDR5.VAX`).
@@ -128,9 +160,10 @@ impl Features {
         48
     }
 
-    /// Page sizes a domain may use: the granule and the block sizes above it.
-    pub const fn page_sizes(&self) -> u64 {
-        let g = self.granule_log2;
+    /// Page sizes a domain of the `granule_log2` granule may use: the granule and the block
+    /// sizes above it (2 MiB and 1 GiB with 4 KiB; 32 MiB with 16 KiB; 512 MiB with 64 KiB).
+    pub const fn page_sizes(granule_log2: u32) -> u64 {
+        let g = granule_log2;
         let bits = g - 3;
         let mut sizes = 1u64 << g | 1u64 << (g + bits);
         if g == 12 {
@@ -141,22 +174,29 @@ impl Features {
 
     /// What the unit reports through [`crate::iommu::Iommu::capabilities`] for devices of
     /// which the platform declared `facts`; `pasid_bits` is the CD table size the unit was
-    /// configured with.
+    /// configured with, `granule` the granule its domains use and where that choice comes
+    /// from.
     ///
     /// Snooping is enforced only on the platform's word (`CANWBS`): no register can say that a
     /// PCIe No-Snoop transaction stays coherent. `IDR3.FWB` is not enough (it forces
     /// write-back over stage-1 attributes, after the root complex may have let a No-Snoop
     /// transaction bypass the caches), nor is `IDR0.COHACC` (the SMMU's own accesses only).
-    pub fn capabilities(&self, pasid_bits: u32, facts: &DeviceFacts) -> Capabilities {
+    pub fn capabilities(
+        &self,
+        pasid_bits: u32,
+        granule: (u32, Source),
+        facts: &DeviceFacts,
+    ) -> Capabilities {
         let stage = if self.s2p { "IDR0.S2P" } else { "IDR0.S1P" };
+        let g = granule.0;
         Capabilities {
             ias: if self.s2p {
-                self.s2_ias()
+                self.s2_ias(g)
             } else {
                 self.s1_ias()
             },
-            oas: self.oas,
-            page_sizes: self.page_sizes(),
+            oas: self.oas_for(g),
+            page_sizes: Self::page_sizes(g),
             pasid_bits: if self.stage1_usable() { pasid_bits } else { 0 },
             enforce_snoop: facts.canwbs,
             dirty_tracking: self.dirty,
@@ -165,7 +205,7 @@ impl Features {
             sources: Sources {
                 ias: Source::Register(if self.s2p { "IDR5.OAS" } else { "IDR0.S1P" }),
                 oas: Source::Register("IDR5.OAS"),
-                page_sizes: Source::Register("IDR5.GRAN4K/16K/64K"),
+                page_sizes: granule.1,
                 pasid_bits: Source::Register(stage),
                 enforce_snoop: facts.source,
                 dirty_tracking: Source::Register("IDR0.HTTU"),
@@ -178,6 +218,35 @@ impl Features {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn output_size_is_clamped_by_granule() {
+        // IDR5: OAS 52 (0b110), 4K | 16K | 64K.
+        let idr = Idr {
+            idr0: Idr0(0x3 | 0x8 | 0x10),
+            idr1: Idr1(16 | 8 << 16 | 8 << 21),
+            idr3: Idr3(0),
+            idr5: Idr5(0x70 | 6),
+        };
+        let f = Features::from_idr(&idr);
+        assert_eq!(f.oas, 52);
+        assert_eq!((f.oas_for(12), f.oas_for(14), f.oas_for(16)), (48, 48, 52));
+        assert_eq!((f.s2_ias(12), f.s2_ias(16)), (48, 52));
+        let caps = f.capabilities(0, (16, Source::Embedder("g")), &DeviceFacts::UNDECLARED);
+        assert_eq!(
+            (caps.ias, caps.oas, caps.page_sizes),
+            (52, 52, 1 << 16 | 1 << 29)
+        );
+        assert!(f.has_granule(14) && !f.has_granule(13));
+        // Presets and BTM are decoded.
+        let p = Features::from_idr(&Idr {
+            idr0: Idr0(0x3 | 0x8 | 1 << 5),
+            idr1: Idr1(1 << 28 | 1 << 30 | 1 << 31),
+            ..idr
+        });
+        assert!(p.btm);
+        assert_eq!(p.presets, Idr1Flags::REL | Idr1Flags::TABLES_PRESET);
+    }
+
     use super::*;
     use crate::smmuv3::idr::{Idr0, Idr1, Idr3, Idr5};
 
@@ -197,9 +266,11 @@ mod tests {
             (f.sid_bits, f.ssid_bits, f.oas, f.granule_log2),
             (16, 8, 44, 12)
         );
-        assert_eq!(f.s2_ias(), 44);
-        assert_eq!(f.page_sizes(), 1 << 12 | 1 << 21 | 1 << 30);
-        let caps = f.capabilities(8, &DeviceFacts::UNDECLARED);
+        assert_eq!(f.s2_ias(12), 44);
+        assert_eq!(Features::page_sizes(12), 1 << 12 | 1 << 21 | 1 << 30);
+        assert_eq!(Features::page_sizes(14), 1 << 14 | 1 << 25);
+        assert_eq!(Features::page_sizes(16), 1 << 16 | 1 << 29);
+        let caps = f.capabilities(8, (12, Source::Register("IDR5")), &DeviceFacts::UNDECLARED);
         assert!(caps.nesting && caps.coherent_walk);
         assert_eq!(caps.sources.coherent_walk, Source::Register("IDR0.COHACC"));
         let no_coh = Features { cohacc: false, ..f };
@@ -217,7 +288,7 @@ mod tests {
         };
         let f = Features::from_idr(&idr);
         assert!(f.fwb && f.cohacc && f.s2p);
-        let caps = f.capabilities(0, &DeviceFacts::UNDECLARED);
+        let caps = f.capabilities(0, (12, Source::Register("IDR5")), &DeviceFacts::UNDECLARED);
         assert!(!caps.enforce_snoop);
         assert_eq!(caps.sources.enforce_snoop, DeviceFacts::UNDECLARED.source);
         let canwbs = DeviceFacts {
@@ -234,7 +305,7 @@ mod tests {
                 ..f
             },
         ] {
-            let caps = g.capabilities(0, &canwbs);
+            let caps = g.capabilities(0, (12, Source::Register("IDR5")), &canwbs);
             assert!(caps.enforce_snoop);
             assert_eq!(caps.sources.enforce_snoop, canwbs.source);
         }

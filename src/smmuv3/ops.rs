@@ -6,10 +6,12 @@
 //!
 //! Domain choice for a [`DomainConfig`]:
 //! - `Stage::Second`, or `Stage::Any` on a unit with `IDR0.S2P`: stage 2 ([`ArmS2`]
-//!   (crate::pgtable::arm_s2::ArmS2), VMID), input size `min(OAS, 48)`;
+//!   (crate::pgtable::arm_s2::ArmS2), VMID), input and output size `min(OAS, 48)` (52 with
+//!   the 64 KiB granule: 4K/16K 52-bit descriptors, `IDR5.DS`, are not written);
 //! - `Stage::First`, or `Stage::Any` on a stage-1-only unit: stage 1
 //!   ([`ArmS1`](crate::pgtable::arm_s1::ArmS1), ASID), 48-bit input;
-//! - granule 4 KiB when `IDR5.GRAN4K` (else 16 KiB, else 64 KiB), with block mappings;
+//! - granule [`SmmuConfig::granule_log2`](super::SmmuConfig::granule_log2), by default 4 KiB
+//!   when `IDR5.GRAN4K` (else 16 KiB, else 64 KiB), with block mappings;
 //! - `enforce_snoop` on either stage, but attached only to devices the platform declares
 //!   `CANWBS` ([`SmmuConfig::platform`](super::SmmuConfig::platform)); refused with
 //!   [`Missing::NotDeclared`] otherwise, at allocation when no device of the unit has it. On
@@ -43,7 +45,7 @@ use crate::pgtable::{Gather, InvalidationComplete, IovaRange, Leaf, Mapping, Pro
 impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
     fn params(&self) -> DomainParams {
         DomainParams {
-            granule_log2: self.features.granule_log2,
+            granule_log2: self.cfg.granule_log2,
             coherency: self.features.coherency(),
             dirty: self.features.dirty,
             bbml2: self.features.bbml2,
@@ -206,7 +208,8 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
                 what: CANWBS_NOT_DECLARED,
             }));
         }
-        let ias = if stage2 { f.s2_ias() } else { f.s1_ias() };
+        let g = self.cfg.granule_log2;
+        let ias = if stage2 { f.s2_ias(g) } else { f.s1_ias() };
         self.check_common(cfg, ias)?;
         let mut config = self.config.lock();
         let built = if stage2 {
@@ -216,7 +219,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
                 &self.params(),
                 cfg,
                 ias,
-                f.oas,
+                f.oas_for(g),
                 Vmid(vmid),
             )
             .inspect_err(|_| config.vmids.free(vmid))?
@@ -227,7 +230,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
                 &self.params(),
                 cfg,
                 self.dma_coherent(&self.facts_for(cfg.device)),
-                f.oas,
+                f.oas_for(g),
                 Vmid(0),
                 Asid(asid),
             )
@@ -393,13 +396,18 @@ where
     A: PageAllocator + Clone + Send + Sync,
 {
     fn capabilities(&self) -> Capabilities {
-        self.features
-            .capabilities(self.cfg.ssid_bits, &self.cfg.platform.unit)
+        self.features.capabilities(
+            self.cfg.ssid_bits,
+            (self.cfg.granule_log2, self.cfg.granule_source),
+            &self.cfg.platform.unit,
+        )
     }
 
     fn device_capabilities(&self, device: DeviceId) -> Capabilities {
         let facts = self.cfg.platform.facts(StreamId(device.0));
-        self.features.capabilities(self.cfg.ssid_bits, &facts)
+        let granule = (self.cfg.granule_log2, self.cfg.granule_source);
+        self.features
+            .capabilities(self.cfg.ssid_bits, granule, &facts)
     }
 
     fn check_device(&self, device: DeviceId, cfg: &DomainConfig) -> Result<(), Missing> {

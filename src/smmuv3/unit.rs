@@ -47,7 +47,7 @@ use super::ste::S1Fmt;
 use super::stream::{StreamState, MAX_STREAMS};
 use super::strtab::{StreamTable, StrtabFormat};
 use super::SmmuError;
-use crate::iommu::{DomainHandle, Error, Missing, Pasid};
+use crate::iommu::{DomainHandle, Error, Missing, Pasid, Source};
 use crate::mem::PageAllocator;
 use crate::mmio::{RegisterWindow, DEFAULT_POLL_BUDGET};
 
@@ -112,6 +112,15 @@ pub struct SmmuConfig {
     /// without which no domain enforces snooping, and DMA coherency (see
     /// [`platform`](super::platform)). Nothing is declared by default.
     pub platform: Platform,
+    /// Take part in the CPUs' broadcast TLB maintenance (`CR2.PTM` = 0; needs `IDR0.BTM`).
+    /// Off by default: `CR2.PTM` is set on a unit with `IDR0.BTM`, so that a CPU's TLBI for a
+    /// VMID or ASID of its own never touches the unit's (the tags are the unit's, and collide
+    /// with a hypervisor's).
+    pub broadcast_tlb: bool,
+    /// Granule of the unit's domains, log2 bytes: 12, 14 or 16 (the embedder's page size; it
+    /// must be one of `IDR5.GRAN4K/16K/64K`). Default: 4 KiB when the unit has it, else 16 KiB,
+    /// else 64 KiB. Blocks above it: 2 MiB and 1 GiB, 32 MiB, 512 MiB.
+    pub granule_log2: Option<u32>,
 }
 
 impl Default for SmmuConfig {
@@ -130,6 +139,8 @@ impl Default for SmmuConfig {
             flush_threshold: DEFAULT_FLUSH_THRESHOLD,
             interrupts: IrqCtrl::empty(),
             platform: Platform::new(DeviceFacts::UNDECLARED),
+            broadcast_tlb: false,
+            granule_log2: None,
         }
     }
 }
@@ -150,6 +161,11 @@ pub(crate) struct Resolved {
     pub(crate) flush_threshold: u32,
     pub(crate) interrupts: IrqCtrl,
     pub(crate) platform: Platform,
+    /// `CR2.PTM`.
+    pub(crate) private_tlb: bool,
+    pub(crate) granule_log2: u32,
+    /// Where `granule_log2` comes from.
+    pub(crate) granule_source: Source,
 }
 
 fn bounded(
@@ -172,6 +188,11 @@ fn bounded(
 impl SmmuConfig {
     pub(crate) fn resolve(&self, f: &Features) -> Result<Resolved, SmmuError> {
         let invalid = |reason| Err(SmmuError::InvalidConfig { reason });
+        if !f.presets.is_empty() {
+            return Err(SmmuError::Preset {
+                idr1: f.presets.bits(),
+            });
+        }
         if !f.aarch64_tables {
             return invalid("IDR0.TTF: the unit walks no AArch64 tables");
         }
@@ -205,6 +226,14 @@ impl SmmuConfig {
             _ => {}
         }
         self.platform.check()?;
+        if self.broadcast_tlb && !f.btm {
+            return invalid("broadcast TLB maintenance needs IDR0.BTM");
+        }
+        let (granule_log2, granule_source) = match self.granule_log2 {
+            None => (f.granule_log2, Source::Register("IDR5.GRAN4K/16K/64K")),
+            Some(g) if f.has_granule(g) => (g, Source::Embedder("SmmuConfig::granule_log2")),
+            Some(_) => return invalid("the granule is not one of IDR5.GRAN4K/16K/64K"),
+        };
         if self.max_domains > MAX_DOMAINS {
             return Err(SmmuError::FieldOutOfRange {
                 field: "max_domains",
@@ -229,6 +258,9 @@ impl SmmuConfig {
             flush_threshold: self.flush_threshold,
             interrupts: self.interrupts,
             platform: self.platform,
+            private_tlb: f.btm && !self.broadcast_tlb,
+            granule_log2,
+            granule_source,
         })
     }
 }
@@ -502,7 +534,13 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
             Cr1::NON_COHERENT
         };
         self.regs.write32(regs::CR1, cr1.encode());
-        self.regs.write32(regs::CR2, Cr2::RECINVSID.bits());
+        // PTM (with IDR0.BTM; RES0 otherwise): a CPU's broadcast TLBI for its own VMIDs and
+        // ASIDs must not reach the unit's, which are allocated apart from them.
+        let mut cr2 = Cr2::RECINVSID;
+        if self.cfg.private_tlb {
+            cr2 |= Cr2::PTM;
+        }
+        self.regs.write32(regs::CR2, cr2.bits());
         strtab.program(&self.regs);
         cq.program(&self.regs);
         let mut cr0 = Cr0::CMDQEN;
@@ -730,6 +768,9 @@ impl From<SmmuError> for Error {
                 None => Error::Unsupported(Missing::Pasid { bits: log2 }),
             },
             SmmuError::DescriptorLive { .. } => Error::Busy,
+            SmmuError::Preset { .. } => Error::Unsupported(Missing::Mode {
+                what: "preset tables or queues (IDR1.TABLES_PRESET, QUEUES_PRESET, REL)",
+            }),
             SmmuError::InvalidConfig { reason } => {
                 Error::Unsupported(Missing::Mode { what: reason })
             }

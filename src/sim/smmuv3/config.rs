@@ -13,6 +13,9 @@ pub(crate) mod idr0 {
     pub const TTF_SHIFT: u32 = 2;
     /// Coherent access to tables, queues and MSIs.
     pub const COHACC: u32 = 1 << 4;
+    /// Broadcast TLB maintenance: the SMMU takes part in the CPUs' TLBI ... IS unless
+    /// CR2.PTM is set.
+    pub const BTM: u32 = 1 << 5;
     /// HTTU[7:6]: 0b01 access flag, 0b10 access flag and dirty state.
     pub const HTTU_SHIFT: u32 = 6;
     /// Hypervisor stage 1 (EL2 StreamWorld) supported.
@@ -49,6 +52,13 @@ pub(crate) mod idr1 {
     pub const EVENTQS_SHIFT: u32 = 16;
     /// CMDQS[25:21]: log2 of the largest command queue.
     pub const CMDQS_SHIFT: u32 = 21;
+    /// REL: base addresses in the preset registers are relative to an IMPLEMENTATION DEFINED
+    /// base.
+    pub const REL: u32 = 1 << 28;
+    /// QUEUES_PRESET: the queue base registers are fixed (read-only).
+    pub const QUEUES_PRESET: u32 = 1 << 29;
+    /// TABLES_PRESET: STRTAB_BASE and STRTAB_BASE_CFG are fixed (read-only).
+    pub const TABLES_PRESET: u32 = 1 << 30;
 }
 
 /// SMMU_IDR3 fields (§6.3.4).
@@ -144,6 +154,24 @@ impl SmmuModelConfig {
     /// Whether the platform declares `sid` `CANWBS`.
     pub(crate) fn canwbs(&self, sid: u32) -> bool {
         self.canwbs.is_some_and(|(a, b)| (a..=b).contains(&sid))
+    }
+
+    /// IDR0.BTM: broadcast TLB maintenance.
+    pub const fn with_btm(self, on: bool) -> Self {
+        self.set(0, idr0::BTM, on)
+    }
+
+    /// IDR1.TABLES_PRESET, QUEUES_PRESET and REL: the stream table and queue bases are fixed by
+    /// the implementation, at addresses software does not choose. The model's base registers
+    /// then ignore writes.
+    pub const fn with_presets(self, tables: bool, queues: bool, rel: bool) -> Self {
+        self.set(1, idr1::TABLES_PRESET, tables)
+            .set(1, idr1::QUEUES_PRESET, queues)
+            .set(1, idr1::REL, rel)
+    }
+
+    pub(crate) const fn has1(&self, bit: u32) -> bool {
+        self.idr[1] & bit != 0
     }
 
     /// IDR3.RIL: range invalidation.

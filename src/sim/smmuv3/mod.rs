@@ -438,6 +438,31 @@ impl<'m> SmmuModel<'m> {
         st.service_failure = false;
     }
 
+    /// A CPU's broadcast `TLBI VMALLS12E1IS` for `vmid` (a hypervisor invalidating its guest):
+    /// with `IDR0.BTM` and `CR2.PTM` = 0 the SMMU takes part (IHI 0070 G.b §6.3.12) and drops
+    /// every TLB entry of that VMID, its own or not. Returns the entries dropped.
+    pub fn broadcast_tlbi_vmall(&self, vmid: u16) -> usize {
+        const CR2_PTM: u32 = 1 << 2;
+        let mut st = self.lock();
+        if !self.cfg.has0(config::idr0::BTM) || st.regs.cr2 & CR2_PTM != 0 {
+            return 0;
+        }
+        let inv = tlb::Invalidation {
+            scope: tlb::Scope::Vmid(vmid),
+            range: None,
+            leaf: false,
+        };
+        let (tlb, walk) = st.caches.invalidate(&inv);
+        st.stats.tlb_entries_invalidated += tlb;
+        st.stats.walk_entries_invalidated += walk;
+        tlb
+    }
+
+    /// CR2 as software last wrote it.
+    pub fn cr2(&self) -> u32 {
+        self.lock().regs.cr2
+    }
+
     /// Number of TLB entries, walk-cache entries, cached STEs and cached CDs.
     pub fn cache_sizes(&self) -> (usize, usize, usize, usize) {
         let st = self.lock();
@@ -498,7 +523,11 @@ impl<'m> SmmuModel<'m> {
             }
             regs::GERROR_IRQ_CFG1 => r.gerror_irq_cfg1 = value,
             regs::GERROR_IRQ_CFG2 => r.gerror_irq_cfg2 = value,
-            regs::STRTAB_BASE_CFG if !r.enabled(cr0::SMMUEN) => r.strtab_base_cfg = value,
+            regs::STRTAB_BASE_CFG
+                if !r.enabled(cr0::SMMUEN) && !self.cfg.has1(config::idr1::TABLES_PRESET) =>
+            {
+                r.strtab_base_cfg = value
+            }
             regs::CMDQ_PROD => {
                 r.cmdq_prod = value & 0xf_ffff;
                 consume = true;
@@ -537,10 +566,12 @@ impl<'m> SmmuModel<'m> {
     /// Whether the 64-bit register at `offset` exists and may be written now.
     fn reg64_writable(&self, st: &mut State, offset: usize) -> bool {
         let r = &st.regs;
+        let tables = self.cfg.has1(config::idr1::TABLES_PRESET);
+        let queues = self.cfg.has1(config::idr1::QUEUES_PRESET);
         let ok = match offset {
-            regs::STRTAB_BASE => !r.enabled(cr0::SMMUEN),
-            regs::CMDQ_BASE => !r.enabled(cr0::CMDQEN),
-            regs::EVENTQ_BASE => !r.enabled(cr0::EVENTQEN),
+            regs::STRTAB_BASE => !tables && !r.enabled(cr0::SMMUEN),
+            regs::CMDQ_BASE => !queues && !r.enabled(cr0::CMDQEN),
+            regs::EVENTQ_BASE => !queues && !r.enabled(cr0::EVENTQEN),
             regs::GERROR_IRQ_CFG0 | regs::EVENTQ_IRQ_CFG0 => true,
             _ => false,
         };

@@ -1,0 +1,222 @@
+//! The SMMUv3 unit on the behavioural model configured as real platforms are and QEMU is not
+//! (issue 15): 52-bit output with the 4 KiB granule, preset tables and queues, broadcast TLB
+//! maintenance, granules chosen by the embedder.
+
+use iommu_engine::iommu::{DeviceId, DomainConfig, Iommu, Source, Stage};
+use iommu_engine::mem::{Iova, PhysAddr};
+use iommu_engine::pgtable::Prot;
+use iommu_engine::sim::arena::Arena;
+use iommu_engine::sim::smmuv3::{SmmuModel, SmmuModelConfig};
+use iommu_engine::sim::walk::Access;
+use iommu_engine::smmuv3::{SmmuConfig, SmmuError, SmmuUnit};
+
+const K4: u64 = 1 << 12;
+const RW: Prot = Prot::READ.union(Prot::WRITE);
+const SID: u32 = 0x20;
+
+type Unit<'a> = SmmuUnit<&'a SmmuModel<'a>, &'a Arena>;
+
+fn arena() -> Arena {
+    Arena::with_defaults().unwrap()
+}
+
+fn cfg() -> SmmuConfig {
+    SmmuConfig {
+        poll_budget: 1000,
+        ..SmmuConfig::default()
+    }
+}
+
+fn unit<'a>(model: &'a SmmuModel<'a>, mem: &'a Arena, cfg: SmmuConfig) -> Unit<'a> {
+    let u = SmmuUnit::new(model, mem, cfg).unwrap();
+    u.enable().unwrap();
+    model.reset_stats();
+    u
+}
+
+fn stage(s: Stage) -> DomainConfig {
+    DomainConfig {
+        stage: s,
+        ..DomainConfig::default()
+    }
+}
+
+/// `IDR5.OAS` = 52 with only the 4 KiB and 16 KiB granules' 48-bit descriptors (no
+/// `IDR5.DS`): the unit's domains output 48 bits, and say so.
+#[test]
+fn a_52_bit_unit_with_the_4k_granule_builds_48_bit_domains() {
+    let mem = arena();
+    let model = SmmuModel::new(&mem, SmmuModelConfig::qemu_like().with_oas_bits(52));
+    let u = unit(&model, &mem, cfg());
+    let caps = u.capabilities();
+    assert_eq!((caps.ias, caps.oas), (48, 48));
+    assert_eq!(caps.sources.oas, Source::Register("IDR5.OAS"));
+    for s in [Stage::Second, Stage::First] {
+        let d = u.domain_alloc(&stage(s)).unwrap();
+        u.map(d, Iova::new(0x1000), PhysAddr::new(0x4000_0000), K4, RW)
+            .unwrap();
+        u.attach(DeviceId(SID), None, d).unwrap();
+        let ok = model.translate(SID, None, 0x1008, Access::READ).unwrap();
+        assert_eq!(ok.pa, 0x4000_0008, "{s:?}");
+        u.detach(DeviceId(SID), None).unwrap();
+        u.domain_free(d).unwrap();
+    }
+}
+
+/// `IDR1.TABLES_PRESET` / `QUEUES_PRESET` / `REL`: the unit uses tables and queues at
+/// addresses the crate did not choose. Refused with a typed error, before anything is written.
+#[test]
+fn preset_tables_or_queues_are_refused() {
+    let mem = arena();
+    for (tables, queues, rel) in [
+        (true, false, false),
+        (false, true, false),
+        (false, false, true),
+        (true, true, true),
+    ] {
+        let model = SmmuModel::new(
+            &mem,
+            SmmuModelConfig::qemu_like().with_presets(tables, queues, rel),
+        );
+        let r = SmmuUnit::new(&model, &mem, cfg()).map(|_| ());
+        let want = u32::from(tables) << 30 | u32::from(queues) << 29 | u32::from(rel) << 28;
+        assert!(
+            matches!(r, Err(SmmuError::Preset { idr1 }) if idr1 == want),
+            "{tables} {queues} {rel}: {r:?}"
+        );
+        assert_eq!(mem.stats().live_pages, 0);
+        assert_eq!(model.stats().total_commands(), 0);
+    }
+}
+
+/// With `IDR0.BTM` the unit would obey the CPUs' broadcast TLB invalidations, and a
+/// hypervisor's VMIDs collide with the unit's: `CR2.PTM` is set unless the embedder asks for
+/// broadcast maintenance.
+#[test]
+fn broadcast_tlb_maintenance_is_private_unless_asked_for() {
+    let mem = arena();
+    let model = SmmuModel::new(&mem, SmmuModelConfig::qemu_like().with_btm(true));
+    let u = unit(&model, &mem, cfg());
+    assert_eq!(model.cr2() & 1 << 2, 1 << 2, "CR2.PTM");
+    let d = u.domain_alloc(&stage(Stage::Second)).unwrap();
+    u.map(d, Iova::new(0x1000), PhysAddr::new(0x4000_0000), K4, RW)
+        .unwrap();
+    u.attach(DeviceId(SID), None, d).unwrap();
+    model.translate(SID, None, 0x1000, Access::READ).unwrap();
+    let tlb = model.cache_sizes().0;
+    assert!(tlb > 0);
+    // A hypervisor invalidates its own VMID 1..=255: the unit's entries stay.
+    for vmid in 0..=255 {
+        assert_eq!(model.broadcast_tlbi_vmall(vmid), 0);
+    }
+    assert_eq!(model.cache_sizes().0, tlb);
+    drop(u);
+
+    // Asked for: PTM clear, and the broadcast reaches the unit.
+    let mem = arena();
+    let model = SmmuModel::new(&mem, SmmuModelConfig::qemu_like().with_btm(true));
+    let u = unit(
+        &model,
+        &mem,
+        SmmuConfig {
+            broadcast_tlb: true,
+            ..cfg()
+        },
+    );
+    assert_eq!(model.cr2() & 1 << 2, 0);
+    let d = u.domain_alloc(&stage(Stage::Second)).unwrap();
+    u.map(d, Iova::new(0x1000), PhysAddr::new(0x4000_0000), K4, RW)
+        .unwrap();
+    u.attach(DeviceId(SID), None, d).unwrap();
+    model.translate(SID, None, 0x1000, Access::READ).unwrap();
+    let dropped: usize = (0..=255).map(|v| model.broadcast_tlbi_vmall(v)).sum();
+    assert_eq!(dropped, 1);
+
+    // Without IDR0.BTM there is nothing to ask for: refused, and PTM (RES0) stays clear.
+    let model = SmmuModel::new(&mem, SmmuModelConfig::qemu_like());
+    let r = SmmuUnit::new(
+        &model,
+        &mem,
+        SmmuConfig {
+            broadcast_tlb: true,
+            ..cfg()
+        },
+    );
+    assert!(matches!(r, Err(SmmuError::InvalidConfig { .. })));
+    let _u = unit(&model, &mem, cfg());
+    assert_eq!(model.cr2() & 1 << 2, 0);
+}
+
+/// The embedder's page size decides the granule (a 16 KiB or 64 KiB kernel): stage 1 and
+/// stage 2 domains of that granule, whose block mappings (32 MiB, 512 MiB) the model walks.
+#[test]
+fn domains_of_the_16k_and_64k_granules_with_blocks() {
+    for (g, block) in [(14u32, 25u32), (16, 29)] {
+        let mem = arena();
+        let model = SmmuModel::new(&mem, SmmuModelConfig::qemu_like().with_oas_bits(48));
+        let u = unit(
+            &model,
+            &mem,
+            SmmuConfig {
+                granule_log2: Some(g),
+                ..cfg()
+            },
+        );
+        let caps = u.capabilities();
+        assert_eq!(caps.page_sizes, 1 << g | 1 << block, "granule {g}");
+        assert_eq!(
+            caps.sources.page_sizes,
+            Source::Embedder("SmmuConfig::granule_log2")
+        );
+        let (page, big) = (1u64 << g, 1u64 << block);
+        for s in [Stage::Second, Stage::First] {
+            let d = u.domain_alloc(&stage(s)).unwrap();
+            assert_eq!(u.domain_geometry(d).unwrap().1, caps.page_sizes);
+            // One block and one page after it, at IOVA != PA.
+            let (iova, pa) = (big, 3 * big);
+            u.map(d, Iova::new(iova), PhysAddr::new(pa), big + page, RW)
+                .unwrap();
+            u.attach(DeviceId(SID), None, d).unwrap();
+            let ok = model
+                .translate(SID, None, iova + big - 8, Access::READ)
+                .unwrap();
+            assert_eq!(
+                (ok.pa, ok.page_size_log2),
+                (pa + big - 8, block),
+                "{g} {s:?}"
+            );
+            let ok = model
+                .translate(SID, None, iova + big + 8, Access::WRITE)
+                .unwrap();
+            assert_eq!((ok.pa, ok.page_size_log2), (pa + big + 8, g), "{g} {s:?}");
+            // Misaligned for the granule: refused.
+            assert!(u
+                .map(d, Iova::new(8 * big), PhysAddr::new(0x1000), page, RW)
+                .is_err());
+            u.detach(DeviceId(SID), None).unwrap();
+            u.domain_free(d).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_granule_the_unit_lacks_is_refused() {
+    let mem = arena();
+    // QEMU-like, but 4 KiB only (IDR5 bits 5 and 6 clear).
+    let mut c = SmmuModelConfig::qemu_like();
+    c.idr[5] &= !(1 << 5 | 1 << 6);
+    let model = SmmuModel::new(&mem, c);
+    for g in [14, 16, 13] {
+        let r = SmmuUnit::new(
+            &model,
+            &mem,
+            SmmuConfig {
+                granule_log2: Some(g),
+                ..cfg()
+            },
+        );
+        assert!(matches!(r, Err(SmmuError::InvalidConfig { .. })), "{g}");
+    }
+    let u = unit(&model, &mem, cfg());
+    assert_eq!(u.capabilities().page_sizes, 1 << 12 | 1 << 21 | 1 << 30);
+}
