@@ -181,18 +181,21 @@ pub fn smmuv3(data: &[u8]) {
     let Ok(ril) = bool::arbitrary(&mut u) else {
         return;
     };
-    let mem = Arena::new(ArenaConfig {
+    let config = ArenaConfig {
         capacity: 4 << 20,
         ..ArenaConfig::default()
-    })
-    .expect("arena");
-    let model = SmmuModel::new(&mem, SmmuModelConfig::qemu_like().with_ril(ril));
+    };
+    super::with_arena(config, |mem| run(mem, ril, &mut u));
+}
+
+fn run(mem: &Arena, ril: bool, u: &mut Unstructured<'_>) {
+    let model = SmmuModel::new(mem, SmmuModelConfig::qemu_like().with_ril(ril));
     let cfg = SmmuConfig {
         poll_budget: 64,
         cmdq_log2: Some(4),
         ..SmmuConfig::default()
     };
-    let unit = SmmuUnit::new(&model, &mem, cfg).expect("unit");
+    let unit = SmmuUnit::new(&model, mem, cfg).expect("unit");
     unit.enable().expect("enable");
     let stage2 = DomainConfig {
         stage: Stage::Second,
@@ -202,7 +205,7 @@ pub fn smmuv3(data: &[u8]) {
     unit.attach(DeviceId(SID), None, domain).expect("attach");
     let mut rig = Rig {
         model: &model,
-        mem: &mem,
+        mem,
         unit,
         domain,
         mapped: BTreeMap::new(),
@@ -210,7 +213,7 @@ pub fn smmuv3(data: &[u8]) {
         injected: false,
     };
     for _ in 0..64 {
-        let Ok(op) = Op::arbitrary(&mut u) else {
+        let Ok(op) = Op::arbitrary(u) else {
             break;
         };
         match op {

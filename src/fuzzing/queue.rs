@@ -262,20 +262,23 @@ pub fn vtd(data: &[u8]) {
         poll_budget: 16 + u32::from(budget),
     };
     let script = u.bytes(usize::from(script_len) % 4096).unwrap_or(&[]);
-    let mem = Arena::new(ArenaConfig {
+    let arena = ArenaConfig {
         base_pa: 1 << 32,
         capacity: 1 << 20,
-    })
-    .expect("arena");
+    };
+    super::with_arena(arena, |mem| run(mem, config, script, &mut u));
+}
+
+fn run(mem: &Arena, config: QueueConfig, script: &[u8], u: &mut Unstructured<'_>) {
     let model = Model {
-        mem: &mem,
+        mem,
         st: RefCell::new(State::default()),
         script: RefCell::new(Unstructured::new(script)),
     };
-    let mut q = InvalidationQueue::enable(&model, &mem, config).expect("enable");
+    let mut q = InvalidationQueue::enable(&model, mem, config).expect("enable");
     let mut serial = 0u64;
     for _ in 0..64 {
-        let Ok(op) = Op::arbitrary(&mut u) else {
+        let Ok(op) = Op::arbitrary(u) else {
             break;
         };
         let (n, wait) = match op {
@@ -333,7 +336,7 @@ pub fn vtd(data: &[u8]) {
     }
     if q.disable().is_ok() {
         // SAFETY: `mem` is the allocator `enable` was given.
-        if unsafe { q.release(&mem) }.is_ok() {
+        if unsafe { q.release(mem) }.is_ok() {
             assert_eq!(mem.stats().live_pages, 0, "ring or status page leaked");
         }
     }

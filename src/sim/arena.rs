@@ -58,7 +58,8 @@ const SIZE_CLASSES: usize = (MAX_PAGE_LOG2 - MIN_PAGE_LOG2 + 1) as usize;
 pub struct ArenaConfig {
     /// Physical address of the first byte; a multiple of 1 MiB.
     pub base_pa: u64,
-    /// Size of the buffer in bytes; a non-zero multiple of 1 MiB. The host reserves it lazily.
+    /// Size of the buffer in bytes; a non-zero multiple of 1 MiB. The host reserves it lazily
+    /// (only the pages handed out are ever touched).
     pub capacity: usize,
 }
 
@@ -223,10 +224,18 @@ impl Inner {
 /// documentation.
 #[derive(Debug)]
 pub struct Arena {
+    /// The buffer: `capacity` bytes from a 1 MiB boundary inside the host allocation `alloc`.
     buf: NonNull<u8>,
+    /// The host allocation (`calloc`-like, so that the host hands out zero pages lazily) and
+    /// its layout; `buf` lies inside it.
+    alloc: NonNull<u8>,
     layout: Layout,
     base_pa: u64,
     capacity: u64,
+    /// One bit per 4 KiB frame of the buffer, set while the frame is part of a live page: the
+    /// lock-free answer to "is this address in a live page", which every table read asks. Set
+    /// and cleared under `inner`, after the books and before the page is handed out or poisoned.
+    frames: Vec<AtomicU64>,
     inner: Mutex<Inner>,
 }
 
@@ -245,28 +254,104 @@ impl Arena {
     /// [`ArenaError`] if the base or capacity are not 1 MiB multiples, their sum overflows, or the
     /// host has no memory.
     pub fn new(config: ArenaConfig) -> Result<Self, ArenaError> {
+        Self::check_config(&config)?;
+        // One MiB more than asked, at the allocator's natural alignment, and the buffer aligned
+        // inside it by hand: an over-aligned `alloc_zeroed` would have the host zero (and fault
+        // in) the whole buffer up front, while this one is `calloc`, whose large blocks come
+        // zeroed from the kernel page by page as they are touched.
+        let layout = config
+            .capacity
+            .checked_add(BUFFER_ALIGN)
+            .and_then(|size| Layout::from_size_align(size, 16).ok())
+            .ok_or(ArenaError::BadCapacity(config.capacity))?;
+        // SAFETY: `layout` has a non-zero size.
+        let raw = unsafe { alloc_zeroed(layout) };
+        let alloc = NonNull::new(raw).ok_or(ArenaError::HostOutOfMemory)?;
+        let pad = (raw as usize).next_multiple_of(BUFFER_ALIGN) - raw as usize;
+        // SAFETY: `pad < BUFFER_ALIGN`, and the allocation has `capacity + BUFFER_ALIGN` bytes, so
+        // the buffer `[pad, pad + capacity)` lies inside it; the result is non-null.
+        let buf = unsafe { alloc.add(pad) };
+        let mut arena = Self {
+            buf,
+            alloc,
+            layout,
+            base_pa: config.base_pa,
+            capacity: config.capacity as u64,
+            frames: Vec::new(),
+            inner: Mutex::default(),
+        };
+        arena.frames = (0..arena.frame_words())
+            .map(|_| AtomicU64::new(0))
+            .collect();
+        Ok(arena)
+    }
+
+    /// Makes the arena as good as `Arena::new(config)`: books cleared, every page free and zero.
+    /// Keeps the host buffer if it is large enough and zeroes again only the part of it ever
+    /// handed out, so that a fuzzer running thousands of short cases a second does not pay for
+    /// a fresh buffer each time.
+    ///
+    /// # Errors
+    ///
+    /// As [`Arena::new`]; the arena is unchanged then.
+    pub fn reset(&mut self, config: ArenaConfig) -> Result<(), ArenaError> {
+        Self::check_config(&config)?;
+        if config.capacity as u64 > self.layout.size() as u64 - BUFFER_ALIGN as u64 {
+            *self = Self::new(config)?;
+            return Ok(());
+        }
+        let inner = self.inner.get_mut().unwrap_or_else(|p| p.into_inner());
+        let used = inner.bump;
+        *inner = Inner::default();
+        // SAFETY: `&mut self`: no page is lent out any more (every `Page` handed out borrowed
+        // the arena), so nothing else reads or writes the buffer; `[0, used)` lies inside it.
+        unsafe { self.buf.as_ptr().write_bytes(0, used as usize) };
+        self.base_pa = config.base_pa;
+        self.capacity = config.capacity as u64;
+        let words = self.frame_words();
+        self.frames.truncate(words);
+        self.frames.resize_with(words, || AtomicU64::new(0));
+        for w in &mut self.frames {
+            *w.get_mut() = 0;
+        }
+        Ok(())
+    }
+
+    fn check_config(config: &ArenaConfig) -> Result<(), ArenaError> {
         if config.base_pa % BUFFER_ALIGN as u64 != 0 {
             return Err(ArenaError::UnalignedBase(config.base_pa));
         }
         if config.capacity == 0 || config.capacity % BUFFER_ALIGN != 0 {
             return Err(ArenaError::BadCapacity(config.capacity));
         }
-        let capacity = config.capacity as u64;
-        if config.base_pa.checked_add(capacity).is_none() {
+        if config.base_pa.checked_add(config.capacity as u64).is_none() {
             return Err(ArenaError::AddressOverflow);
         }
-        let layout = Layout::from_size_align(config.capacity, BUFFER_ALIGN)
-            .map_err(|_| ArenaError::BadCapacity(config.capacity))?;
-        // SAFETY: `layout` has a non-zero size (checked above).
-        let raw = unsafe { alloc_zeroed(layout) };
-        let buf = NonNull::new(raw).ok_or(ArenaError::HostOutOfMemory)?;
-        Ok(Self {
-            buf,
-            layout,
-            base_pa: config.base_pa,
-            capacity,
-            inner: Mutex::default(),
-        })
+        Ok(())
+    }
+
+    /// Words of the frame bitmap: one bit per 4 KiB of capacity.
+    fn frame_words(&self) -> usize {
+        (self.capacity >> MIN_PAGE_LOG2).div_ceil(64) as usize
+    }
+
+    /// Marks the frames of the page at `off` live (`true`) or not.
+    fn mark_frames(&self, off: u64, size_log2: u32, live: bool) {
+        let first = off >> MIN_PAGE_LOG2;
+        for frame in first..first + (1u64 << (size_log2 - MIN_PAGE_LOG2)) {
+            let (word, bit) = (&self.frames[(frame / 64) as usize], 1u64 << (frame % 64));
+            if live {
+                word.fetch_or(bit, Ordering::Release);
+            } else {
+                word.fetch_and(!bit, Ordering::Release);
+            }
+        }
+    }
+
+    /// Whether the byte at offset `off` (inside the buffer) lies in a live page.
+    fn is_live(&self, off: u64) -> bool {
+        let frame = off >> MIN_PAGE_LOG2;
+        self.frames[(frame / 64) as usize].load(Ordering::Acquire) >> (frame % 64) & 1 == 1
     }
 
     /// An arena with [`ArenaConfig::default`].
@@ -412,10 +497,7 @@ impl Arena {
     /// Byte offset of the 8-aligned word `pa` if it lies in a live page.
     fn live_word(&self, pa: u64) -> Option<u64> {
         let off = self.offset_of(pa)?;
-        if off % 8 != 0 {
-            return None;
-        }
-        self.lock().page_containing(off).map(|_| off)
+        (off % 8 == 0 && self.is_live(off)).then_some(off)
     }
 
     fn offset_of(&self, pa: u64) -> Option<u64> {
@@ -431,7 +513,7 @@ impl Arena {
 
     /// Takes a block of `1 << size_log2` bytes: a freed one of that size (oldest first), or a
     /// fresh one from the end. Returns its offset and whether it is fresh (never handed out, so
-    /// still zero from `alloc_zeroed`: nothing writes outside live pages).
+    /// still zero since the buffer was allocated or reset: nothing writes outside live pages).
     fn take_block(&self, inner: &mut Inner, size_log2: u32) -> Option<(u64, bool)> {
         let class = (size_log2 - MIN_PAGE_LOG2) as usize;
         if let Some(off) = inner.free_lists[class].pop_front() {
@@ -448,8 +530,8 @@ impl Arena {
 
 impl Drop for Arena {
     fn drop(&mut self) {
-        // SAFETY: `buf` was allocated in `new` with exactly `layout` and is freed only here.
-        unsafe { dealloc(self.buf.as_ptr(), self.layout) }
+        // SAFETY: `alloc` was allocated in `new` with exactly `layout` and is freed only here.
+        unsafe { dealloc(self.alloc.as_ptr(), self.layout) }
     }
 }
 
@@ -463,7 +545,7 @@ impl PhysMem for Arena {
 // SAFETY: pages are carved from one buffer the arena owns for its whole life; a block is handed out
 // by `take_block` only when it is not live (fresh, or taken off a free list that `free` fills only
 // after removing it from `live`), is zero when returned (a fresh block was never written since
-// `alloc_zeroed`, a reused one is refilled), and is aligned to its size
+// `alloc_zeroed` or the last `reset`, a reused one is refilled), and is aligned to its size
 // physically (base and offsets are size multiples) and virtually (the buffer is 1 MiB aligned).
 // `phys_to_virt` answers only for live pages. Physical addresses are fake, which is the point: the
 // only "hardware" is the reference walkers, which read through `PhysMem` with the same mapping.
@@ -493,6 +575,7 @@ unsafe impl PageAllocator for Arena {
                 generation,
             },
         );
+        self.mark_frames(off, size_log2, true);
         let stats = &mut inner.stats;
         stats.allocs += 1;
         stats.live_pages += 1;
@@ -518,6 +601,7 @@ unsafe impl PageAllocator for Arena {
             Some(_) if page.va != self.va_of(off) => BadFreeKind::WrongVirtual,
             Some(_) => {
                 inner.live.remove(&off);
+                self.mark_frames(off, size_log2, false);
                 self.fill(off, size_log2, POISON);
                 inner.freed.insert(off);
                 inner.free_lists[(size_log2 - MIN_PAGE_LOG2) as usize].push_back(off);
@@ -534,7 +618,7 @@ unsafe impl PageAllocator for Arena {
 
     fn phys_to_virt(&self, pa: PhysAddr) -> Option<NonNull<u8>> {
         let off = self.offset_of(pa.get())?;
-        self.lock().page_containing(off).map(|_| self.va_of(off))
+        self.is_live(off).then(|| self.va_of(off))
     }
 
     fn sync_for_device(&self, va: NonNull<u8>, len: usize) {

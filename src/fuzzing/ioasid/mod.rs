@@ -231,13 +231,15 @@ type Vtd<'m> = VtdUnit<&'m VtdModel<'m>, &'m Arena>;
 type Smmu<'m> = SmmuUnit<&'m SmmuModel<'m>, &'m Arena>;
 
 fn run(setup: &Setup, ops: &[Op]) {
-    let arena = Arena::new(ArenaConfig {
+    let config = ArenaConfig {
         base_pa: 0x1_0000_0000,
-        // Small: the arena zeroes all of it for every input. Running out is a legitimate
-        // `NoMemory` (see `low_memory`).
+        // Small, so that running out is reachable: a legitimate `NoMemory` (see `low_memory`).
         capacity: ARENA_BYTES as usize,
-    })
-    .expect("arena");
+    };
+    super::with_arena(config, |arena| run_on(arena, setup, ops));
+}
+
+fn run_on(arena: &Arena, setup: &Setup, ops: &[Op]) {
     let (vcfg, mode) = match setup.vtd % 4 {
         0 => (VtdModelConfig::qemu_default(), Mode::Legacy),
         1 => (VtdModelConfig::qemu_default().with_sc(true), Mode::Legacy),
@@ -257,11 +259,11 @@ fn run(setup: &Setup, ops: &[Op]) {
     if setup.fwb {
         scfg = scfg.with_canwbs(0, u32::MAX);
     }
-    let vm = VtdModel::new(&arena, vcfg);
-    let sm = SmmuModel::new(&arena, scfg);
+    let vm = VtdModel::new(arena, vcfg);
+    let sm = SmmuModel::new(arena, scfg);
     let vtd: Vtd<'_> = VtdUnit::new(
         &vm,
-        &arena,
+        arena,
         VtdConfig {
             mode,
             poll_budget: 1000,
@@ -272,7 +274,7 @@ fn run(setup: &Setup, ops: &[Op]) {
     vtd.enable().expect("VT-d enable");
     let smmu: Smmu<'_> = SmmuUnit::new(
         &sm,
-        &arena,
+        arena,
         SmmuConfig {
             sid_bits: Some(11),
             ssid_bits: Some(if setup.ssids { PASID_BITS } else { 0 }),
@@ -292,7 +294,7 @@ fn run(setup: &Setup, ops: &[Op]) {
         let pasids = PasidAllocator::new(PASID_BITS);
         let reg = Registry::new(&units, &pasids).expect("registry");
         let mut h = Harness {
-            arena: &arena,
+            arena,
             vm: &vm,
             sm: &sm,
             units,
@@ -305,7 +307,7 @@ fn run(setup: &Setup, ops: &[Op]) {
             seed: 0x9e37_79b9_7f4a_7c15,
         };
         let mut ctxs: Vec<Ctx<'_, '_>> = (0..CONTEXTS)
-            .map(|i| IoasidCtx::new(&reg, &arena, quota(setup.quotas[i])))
+            .map(|i| IoasidCtx::new(&reg, arena, quota(setup.quotas[i])))
             .collect();
         for op in &setup.prelude() {
             h.step(&ctxs, op);
@@ -317,7 +319,7 @@ fn run(setup: &Setup, ops: &[Op]) {
                 Op::DropCtx { ctx, quota: q } => {
                     let c = usize::from(ctx) % CONTEXTS;
                     let before = h.shadow[c].pairs();
-                    ctxs[c] = IoasidCtx::new(&reg, &arena, quota(q));
+                    ctxs[c] = IoasidCtx::new(&reg, arena, quota(q));
                     h.context_dropped(c, quota(q));
                     let samples = h.all_samples();
                     h.probe_pairs(&before, &samples);

@@ -10,8 +10,10 @@
 //! After every operation:
 //! - the operation's result is the one the model predicts (overlap, split refused or
 //!   unsupported, bytes unmapped, dirty leaves reported, injected allocation failure), and a
-//!   failed operation changed nothing;
-//! - [`PageTable::for_each_mapping`] over the window equals the model;
+//!   failed operation allocated and freed nothing;
+//! - [`PageTable::for_each_mapping`] over what the operation touched equals the model: its
+//!   range and one granule either side, every leaf that intersects them in whole, and every
+//!   larger page or contiguous run it cut; every [`FULL_CHECK_EVERY`] steps, the whole window;
 //! - the reference walker translates every granule the operation touched (sampled for large
 //!   ranges, plus both neighbours) as the model says, output address and rights;
 //! - the arena's live pages are exactly the tables the walker reaches plus the pages the pending
@@ -21,24 +23,33 @@
 //!
 //! At the end the whole table is compared leaf by leaf through the walker, destroyed, and every
 //! page must be back in the arena.
+//!
+//! The checks are incremental so that the engine, not the checking, takes most of the time:
+//! the model keeps runs of granules (`shadow.rs`), each step compares only what it touched, and
+//! a change anywhere else (a stray write) is caught by the next full comparison or the final
+//! walk. Inputs run on one arena per thread, reset between inputs (`super::with_arena`).
 
+mod shadow;
 mod subjects;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::vec::Vec;
 
 use arbitrary::{Arbitrary, Unstructured};
 
+use self::shadow::{Segments, Shadow};
 use self::subjects::{ArmS1Subject, ArmS2Subject, Seen, Subject, VtdFsSubject, VtdSsSubject};
 use crate::mem::{Iova, PhysAddr, WalkerCoherency};
-use crate::pgtable::{Error, Format, Gather, InvalidationComplete, PageTable, Prot, SplitPolicy};
+use crate::pgtable::{
+    Error, Format, Gather, InvalidationComplete, IovaRange, PageTable, Prot, SplitPolicy,
+};
 use crate::sim::{Arena, ArenaConfig, FailPolicy, PhysMem};
 
 /// Most operations one input runs.
 const MAX_OPS: usize = 48;
 /// Every this many steps the engine's enumeration of the whole window is checked (each step
-/// checks the blocks it touched; the end of the input checks everything through the walker).
-const FULL_CHECK_EVERY: usize = 8;
+/// checks what it touched; the end of the input checks everything through the walker).
+pub const FULL_CHECK_EVERY: usize = 8;
 /// Most granules of one operation's range the walker checks one by one.
 const MAX_PROBES: u64 = 48;
 
@@ -110,14 +121,6 @@ enum Op {
     UnmapRaw { iova: u64, len: u64 },
 }
 
-/// What the model knows about one mapped granule.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Granule {
-    pa: u64,
-    prot: Prot,
-    dirty: bool,
-}
-
 /// The state one input runs against.
 struct Harness<'a, S: Subject> {
     subject: S,
@@ -131,14 +134,15 @@ struct Harness<'a, S: Subject> {
     /// Output address of window granule 0 when not shifted.
     pa_base: u64,
     /// Granule index in the window -> what is mapped there.
-    model: BTreeMap<u64, Granule>,
+    model: Shadow,
     gather: Gather,
     /// Table pages unlinked into the pending gather (must stay live until it is released).
     unlinked: BTreeSet<u64>,
     /// Table pages the walker reached after the last step.
     reachable: BTreeSet<u64>,
-    /// Granules whose translation changed since the gather was last released.
-    changed: BTreeSet<u64>,
+    /// Granule ranges `[start, end)` whose translation changed since the gather was last
+    /// released.
+    changed: Vec<(u64, u64)>,
     fail_armed: bool,
     /// The arena ran out of pages (not injected): the input ends after this step.
     exhausted: bool,
@@ -159,27 +163,35 @@ fn run<S: Subject>(data: &[u8], draw: fn(&mut Unstructured<'_>) -> arbitrary::Re
         return;
     };
     let g = *subject.format().geometry();
-    let mem = Arena::new(ArenaConfig {
+    let config = ArenaConfig {
         // Table pages high in the output range: PA != VA, wide addresses exercised.
         base_pa: (1u64 << g.oas.min(62)) - (1 << 30),
-        // Small, because the arena zeroes all of it for every input. An input that exhausts
-        // it ends early (`out_of_memory`).
+        // Small, so that running out is reachable. An input that exhausts it ends early
+        // (`out_of_memory`).
         capacity: arena_capacity(&g),
-    })
-    .expect("arena");
+    };
+    super::with_arena(config, |mem| run_on(mem, subject, placement, &mut u));
+}
+
+fn run_on<S: Subject>(
+    mem: &Arena,
+    subject: S,
+    placement: (u8, u64, u8, u64, bool, bool),
+    u: &mut Unstructured<'_>,
+) {
     let coherency = if placement.4 {
         WalkerCoherency::NonCoherent
     } else {
         WalkerCoherency::Coherent
     };
-    let mut table = PageTable::new(subject.format(), &mem, coherency).expect("new table");
+    let mut table = PageTable::new(subject.format(), mem, coherency).expect("new table");
     if placement.5 {
         table.set_split_policy(SplitPolicy::Refuse);
     }
-    let mut h = Harness::new(subject, &mem, table, placement);
+    let mut h = Harness::new(subject, mem, table, placement);
     let mut ops = 0;
     while ops < MAX_OPS && !h.exhausted {
-        let Ok(op) = Op::arbitrary(&mut u) else {
+        let Ok(op) = Op::arbitrary(u) else {
             break;
         };
         h.step(op);
@@ -229,11 +241,11 @@ impl<'a, S: Subject> Harness<'a, S> {
             base,
             window,
             pa_base,
-            model: BTreeMap::new(),
+            model: Shadow::new(gran_log2),
             gather: Gather::new(),
             unlinked: BTreeSet::new(),
             reachable: BTreeSet::new(),
-            changed: BTreeSet::new(),
+            changed: Vec::new(),
             fail_armed: false,
             exhausted: false,
             steps: 0,
@@ -248,6 +260,14 @@ impl<'a, S: Subject> Harness<'a, S> {
 
     fn iova_of(&self, index: u64) -> u64 {
         self.base + (index << self.gran_log2)
+    }
+
+    /// Records that the translation of granules `[start, end)` changed.
+    fn note_changed(&mut self, start: u64, end: u64) {
+        match self.changed.last_mut() {
+            Some(last) if last.1 == start => last.1 = end,
+            _ => self.changed.push((start, end)),
+        }
     }
 
     /// `(first, count)` inside the window from raw fuzzer values.
@@ -310,7 +330,11 @@ impl<'a, S: Subject> Harness<'a, S> {
 
     fn step(&mut self, op: Op) {
         let live_before = self.mem.stats().live_pages;
+        // Granule ranges `(first, count)` the step touched: checked through the engine's
+        // enumeration and the walker.
         let mut probes: Vec<(u64, u64)> = Vec::new();
+        // Larger pages and runs the step cut: checked through the enumeration in whole.
+        let mut cut: Vec<(u64, u64)> = Vec::new();
         match op {
             Op::Map {
                 first,
@@ -331,7 +355,7 @@ impl<'a, S: Subject> Harness<'a, S> {
             }
             Op::Unmap { first, count } => {
                 let (first, count) = self.range(first, count);
-                self.unmap(first, count);
+                cut = self.unmap(first, count);
                 probes.push((first, count));
             }
             Op::Query { at, offset } => {
@@ -377,8 +401,9 @@ impl<'a, S: Subject> Harness<'a, S> {
                 }
             }
             Op::UnmapRaw { iova, len } => {
-                if let Some(p) = self.unmap_raw(iova, len) {
+                if let Some((p, c)) = self.unmap_raw(iova, len) {
                     probes.push(p);
+                    cut = c;
                 }
             }
         }
@@ -392,12 +417,14 @@ impl<'a, S: Subject> Harness<'a, S> {
             self.check_enumeration(0, self.window);
         }
         for (first, count) in probes {
-            // Whole blocks around the range: a split or merge changes its neighbourhood.
-            let block = 1u64 << (self.gran_log2 - 3);
-            let lo = first / block * block;
-            let hi = ((first + count).next_multiple_of(block)).min(self.window);
+            // The range and both neighbours (the enumeration widens them to whole leaves).
+            let lo = first.saturating_sub(1);
+            let hi = (first + count + 1).min(self.window);
             self.check_enumeration(lo, hi - lo);
             self.check_walker(first, count);
+        }
+        for (first, count) in cut {
+            self.check_enumeration(first, count);
         }
         self.check_gather_covers();
     }
@@ -411,24 +438,13 @@ impl<'a, S: Subject> Harness<'a, S> {
         let r = self
             .table
             .map(Iova::new(iova), PhysAddr::new(pa), len, prot);
-        let overlap = self
-            .model
-            .range(first..first + count)
-            .next()
-            .map(|(&i, _)| i);
+        let overlap = self.model.first_mapped(first, first + count);
         match r {
             Ok(()) => {
                 assert!(self.subject.prot_ok(prot), "map accepted {prot:?}");
                 assert_eq!(overlap, None, "map over a mapped granule succeeded");
                 let dirty = self.subject.starts_dirty(prot);
-                for i in 0..count {
-                    let g = Granule {
-                        pa: pa + (i << self.gran_log2),
-                        prot,
-                        dirty,
-                    };
-                    self.model.insert(first + i, g);
-                }
+                self.model.insert(first, count, pa, prot, dirty);
             }
             Err(Error::UnsupportedProt { prot: p }) => {
                 assert_eq!(p, prot);
@@ -473,7 +489,9 @@ impl<'a, S: Subject> Harness<'a, S> {
         Some((run_start, run))
     }
 
-    fn unmap(&mut self, first: u64, count: u64) {
+    /// Unmaps granules `[first, first + count)`; returns the larger pages and runs it had to
+    /// cut, as `(first, count)`.
+    fn unmap(&mut self, first: u64, count: u64) -> Vec<(u64, u64)> {
         let iova = self.iova_of(first);
         let len = count << self.gran_log2;
         let end = first + count;
@@ -496,19 +514,15 @@ impl<'a, S: Subject> Harness<'a, S> {
                     !cut || self.table.split_policy() == SplitPolicy::Split,
                     "split despite SplitPolicy::Refuse"
                 );
-                let removed: Vec<u64> = self.model.range(first..end).map(|(&i, _)| i).collect();
-                assert_eq!(
-                    bytes,
-                    (removed.len() as u64) << self.gran_log2,
-                    "bytes unmapped"
-                );
-                for i in removed {
-                    self.model.remove(&i);
-                    self.changed.insert(i);
+                let removed = self.model.remove(first, end);
+                let granules: u64 = removed.iter().map(|&(_, n)| n).sum();
+                assert_eq!(bytes, granules << self.gran_log2, "bytes unmapped");
+                for (s, n) in removed {
+                    self.note_changed(s, s + n);
                 }
                 // A split leaf changed from a larger page to a table.
-                for (s, n) in cut_leaves {
-                    self.changed.extend(s..s + n);
+                for &(s, n) in &cut_leaves {
+                    self.note_changed(s, s + n);
                 }
             }
             Err(Error::SplitRefused { iova: at }) => {
@@ -523,12 +537,13 @@ impl<'a, S: Subject> Harness<'a, S> {
             Err(Error::NoMemory) => self.out_of_memory(),
             Err(e) => panic!("unmap {iova:#x}+{len:#x}: {e:?}"),
         }
+        cut_leaves
     }
 
     fn query(&self, at: u64, offset: u64) {
         let iova = self.iova_of(at) + offset;
         let q = self.table.query(Iova::new(iova));
-        match (q, self.model.get(&at)) {
+        match (q, self.model.get(at)) {
             (None, None) => {}
             (Some(m), Some(g)) => {
                 assert_eq!(m.pa.get(), g.pa + offset, "query pa at {iova:#x}");
@@ -562,7 +577,7 @@ impl<'a, S: Subject> Harness<'a, S> {
     }
 
     fn device_write(&mut self, at: u64) {
-        let Some(g) = self.model.get(&at).copied() else {
+        let Some(g) = self.model.get(at) else {
             return;
         };
         if !g.prot.contains(Prot::WRITE) || !self.subject.dirty_tracking() {
@@ -576,9 +591,7 @@ impl<'a, S: Subject> Harness<'a, S> {
             .unwrap_or_else(|| panic!("writable leaf {raw:#x} refuses a device write"));
         assert!(self.mem.write_u64(entry, written));
         let (start, n) = self.leaf_at(at).expect("leaf");
-        for i in start..start + n {
-            self.model.get_mut(&i).expect("leaf granule in model").dirty = true;
-        }
+        self.model.set_dirty(start, start + n, true);
     }
 
     fn read_clear_dirty(&mut self, first: u64, count: u64) {
@@ -605,12 +618,10 @@ impl<'a, S: Subject> Harness<'a, S> {
         for l in leaves {
             let start = (l.iova.get() - self.base) >> self.gran_log2;
             let n = 1u64 << (l.size_log2 - self.gran_log2);
-            if self.model.get(&start).expect("leaf in model").dirty {
+            if self.model.get(start).expect("leaf in model").dirty {
                 expected.push((l.iova.get(), l.size_log2));
-                for j in start..start + n {
-                    self.model.get_mut(&j).expect("granule").dirty = false;
-                    self.changed.insert(j);
-                }
+                self.model.set_dirty(start, start + n, false);
+                self.note_changed(start, start + n);
             }
         }
         assert_eq!(reported, expected, "dirty leaves reported");
@@ -650,7 +661,7 @@ impl<'a, S: Subject> Harness<'a, S> {
         } else if self.valid_elsewhere(iova, len) {
             return None;
         }
-        let before = self.model_view();
+        let before = self.mem.stats();
         let r = self
             .table
             .map(Iova::new(iova), PhysAddr::new(pa), len, prot);
@@ -668,14 +679,17 @@ impl<'a, S: Subject> Harness<'a, S> {
             Err(Error::NoMemory) => self.out_of_memory(),
             r => panic!("map_raw {iova:#x}+{len:#x} -> {pa:#x}: {r:?}"),
         }
-        assert_eq!(self.model_view(), before, "failed map changed the table");
-        None
+        self.check_unchanged(&before, "map");
+        // What the refused range would have touched in the window must still match the model.
+        self.window_part(iova, len)
     }
 
-    fn unmap_raw(&mut self, iova: u64, len: u64) -> Option<(u64, u64)> {
+    /// Unmap with raw arguments; returns the granules to check and the larger pages cut.
+    #[allow(clippy::type_complexity)]
+    fn unmap_raw(&mut self, iova: u64, len: u64) -> Option<((u64, u64), Vec<(u64, u64)>)> {
         if let Some((first, count)) = self.in_window(iova, len) {
-            self.unmap(first, count);
-            return Some((first, count));
+            let cut = self.unmap(first, count);
+            return Some(((first, count), cut));
         }
         if self.valid_elsewhere(iova, len) {
             // Nothing is mapped outside the window: unmapping there finds nothing.
@@ -688,7 +702,8 @@ impl<'a, S: Subject> Harness<'a, S> {
             }
             return None;
         }
-        let before = self.model_view();
+        let before = self.mem.stats();
+        let held = self.gather.freed_pages();
         match self.table.unmap(Iova::new(iova), len, &mut self.gather) {
             Err(
                 Error::ZeroLength
@@ -699,8 +714,34 @@ impl<'a, S: Subject> Harness<'a, S> {
             ) => {}
             r => panic!("unmap_raw {iova:#x}+{len:#x}: {r:?}"),
         }
-        assert_eq!(self.model_view(), before, "failed unmap changed the table");
-        None
+        self.check_unchanged(&before, "unmap");
+        assert_eq!(
+            self.gather.freed_pages(),
+            held,
+            "failed unmap unlinked a table"
+        );
+        self.window_part(iova, len).map(|p| (p, Vec::new()))
+    }
+
+    /// The granules of the window that `[iova, iova + len)` intersects, as `(first, count)`.
+    fn window_part(&self, iova: u64, len: u64) -> Option<(u64, u64)> {
+        let lo = iova.max(self.base);
+        let hi = iova.saturating_add(len).min(self.iova_of(self.window));
+        (lo < hi).then(|| {
+            let first = (lo - self.base) >> self.gran_log2;
+            let last = (hi - 1 - self.base) >> self.gran_log2;
+            (first, last - first + 1)
+        })
+    }
+
+    /// A refused operation allocated and freed no page.
+    fn check_unchanged(&self, before: &crate::sim::ArenaStats, what: &str) {
+        let after = self.mem.stats();
+        assert_eq!(
+            (after.allocs, after.frees),
+            (before.allocs, before.frees),
+            "failed {what} allocated or freed pages"
+        );
     }
 
     /// `(first, count)` if `[iova, iova + len)` is a granule-aligned range inside the window.
@@ -728,47 +769,40 @@ impl<'a, S: Subject> Harness<'a, S> {
     // -----------------------------------------------------------------------------------------
     // checks
 
-    /// The engine's own view of the window: granule -> (pa, read, write).
-    fn model_view(&self) -> Vec<(u64, u64, Prot)> {
-        let mut v = Vec::new();
-        let len = self.window << self.gran_log2;
-        self.table
-            .for_each_mapping(Iova::new(self.base), len, |l| {
-                let start = (l.iova.get() - self.base) >> self.gran_log2;
-                for i in 0..1u64 << (l.size_log2 - self.gran_log2) {
-                    v.push((start + i, l.pa.get() + (i << self.gran_log2), l.prot));
-                }
-            })
-            .expect("for_each_mapping");
-        v
-    }
-
-    /// The engine's enumeration of `count` granules from `first` (whole leaves: callers pass
-    /// block-aligned ranges) equals the model, granule by granule, and every leaf has a
-    /// configured size and is aligned to it.
+    /// The engine's enumeration of `count` granules from `first`, widened to the whole leaves
+    /// that intersect them, equals the model, and every leaf has a configured size and is
+    /// aligned to it.
     fn check_enumeration(&self, first: u64, count: u64) {
         let g = *self.table.geometry();
-        let mut model = self.model.range(first..first + count);
-        let len = count << self.gran_log2;
+        let (mut lo, mut hi) = (first, first + count);
+        let mut engine = Segments::new(self.gran_log2);
         self.table
-            .for_each_mapping(Iova::new(self.iova_of(first)), len, |l| {
-                assert!(
-                    g.page_sizes >> l.size_log2 & 1 == 1,
-                    "leaf size 2^{}",
-                    l.size_log2
-                );
-                assert!(l.iova.is_aligned(l.size_log2) && l.pa.is_aligned(l.size_log2));
-                let start = (l.iova.get() - self.base) >> self.gran_log2;
-                for i in 0..1u64 << (l.size_log2 - self.gran_log2) {
-                    let (&mi, mg) = model.next().expect("engine maps a granule the model lacks");
-                    let pa = l.pa.get() + (i << self.gran_log2);
-                    assert_eq!((start + i, pa), (mi, mg.pa), "engine enumeration vs model");
-                }
-            })
+            .for_each_mapping(
+                Iova::new(self.iova_of(first)),
+                count << self.gran_log2,
+                |l| {
+                    assert!(
+                        g.page_sizes >> l.size_log2 & 1 == 1,
+                        "leaf size 2^{}",
+                        l.size_log2
+                    );
+                    assert!(l.iova.is_aligned(l.size_log2) && l.pa.is_aligned(l.size_log2));
+                    assert!(
+                        l.iova.get() >= self.base,
+                        "leaf below the window at {:?}",
+                        l.iova
+                    );
+                    let start = (l.iova.get() - self.base) >> self.gran_log2;
+                    let n = 1u64 << (l.size_log2 - self.gran_log2);
+                    (lo, hi) = (lo.min(start), hi.max(start + n));
+                    engine.push(start, n, l.pa.get());
+                },
+            )
             .expect("for_each_mapping");
-        assert!(
-            model.next().is_none(),
-            "model maps a granule the engine lacks"
+        assert_eq!(
+            engine,
+            self.model.segments(lo, hi),
+            "engine enumeration (left) vs model (right) over granules {lo}..{hi}"
         );
     }
 
@@ -788,7 +822,7 @@ impl<'a, S: Subject> Harness<'a, S> {
     fn probe(&self, root: PhysAddr, index: u64) {
         let iova = self.iova_of(index);
         let walked = self.subject.translate(self.mem, root, iova);
-        match (walked, self.model.get(&index)) {
+        match (walked, self.model.get(index)) {
             (Ok(s), Some(g)) => {
                 let (read, write) = self.subject.rights(g.prot);
                 let want = Seen {
@@ -837,30 +871,35 @@ impl<'a, S: Subject> Harness<'a, S> {
     }
 
     fn check_gather_covers(&self) {
-        let ranges = self.gather.ranges();
-        for &i in &self.changed {
-            let iova = self.iova_of(i);
+        let mut ranges: Vec<IovaRange> = self.gather.ranges().to_vec();
+        ranges.sort_unstable_by_key(|r| r.start);
+        for &(start, end) in &self.changed {
+            let (mut at, end) = (self.iova_of(start), self.iova_of(end));
+            for r in &ranges {
+                if r.start.get() <= at {
+                    at = at.max(r.end.get());
+                }
+            }
             assert!(
-                ranges
-                    .iter()
-                    .any(|r| r.start.get() <= iova && iova + self.gran() <= r.end.get()),
-                "granule {iova:#x} changed but the gather {ranges:?} does not cover it"
+                at >= end,
+                "granule {at:#x} changed but the gather {ranges:?} does not cover it"
             );
         }
     }
 
     fn finish(mut self) {
         let root = self.table.root();
-        let mut walked = BTreeMap::new();
+        let mut walked = Segments::new(self.gran_log2);
         for (iova, s) in self.subject.walk_all(self.mem, root) {
             assert!(iova >= self.base, "leaf below the window at {iova:#x}");
             let start = (iova - self.base) >> self.gran_log2;
-            for i in 0..1u64 << (s.size_log2 - self.gran_log2) {
-                walked.insert(start + i, s.pa + (i << self.gran_log2));
-            }
+            walked.push(start, 1u64 << (s.size_log2 - self.gran_log2), s.pa);
         }
-        let model: BTreeMap<u64, u64> = self.model.iter().map(|(&i, g)| (i, g.pa)).collect();
-        assert_eq!(walked, model, "walker disagrees with the model");
+        assert_eq!(
+            walked,
+            self.model.segments(0, u64::MAX),
+            "walker (left) disagrees with the model (right)"
+        );
 
         self.flush();
         let mut gather = Gather::new();

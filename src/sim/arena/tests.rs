@@ -172,3 +172,67 @@ fn shared_between_threads() {
         (64, 64, 0, 0)
     );
 }
+
+#[test]
+fn reset_is_as_good_as_new() {
+    let mut a = arena();
+    let kept = a.alloc(16).expect("page");
+    let gone = a.alloc(12).expect("page");
+    assert!(a.write_u64(kept.pa.get() + 8, 7));
+    // SAFETY: `gone` came from `a` and nothing else refers to it.
+    unsafe { a.free(gone, 12) };
+    let (kept_pa, gone_pa) = (kept.pa.get(), gone.pa.get());
+    let config = ArenaConfig {
+        base_pa: 0x4000_0000,
+        capacity: 2 << 20,
+    };
+    a.reset(config).expect("reset");
+    assert_eq!(a.stats(), ArenaStats::default());
+    assert!(a.live_pages().is_empty() && a.bad_frees().is_empty());
+    assert_eq!(a.base_pa(), 0x4000_0000);
+    // The old pages are gone: neither address reads any more.
+    assert_eq!(a.read_u64(kept_pa + 8), None);
+    assert_eq!(a.read_u64(gone_pa), None);
+    // Every page handed out again is zero, written ones and poisoned ones alike, and the new
+    // capacity holds: 2 MiB is 32 pages of 64 KiB.
+    let pages: Vec<Page> = (0..32).map(|_| a.alloc(16).expect("page")).collect();
+    assert!(a.alloc(12).is_none());
+    for p in &pages {
+        assert!(p.pa.get() >= 0x4000_0000);
+        for i in 0..(1u64 << 16) / 8 {
+            assert_eq!(a.read_u64(p.pa.get() + 8 * i), Some(0));
+        }
+    }
+    // A larger capacity than the buffer has: a new buffer.
+    let big = ArenaConfig {
+        base_pa: 0x8000_0000,
+        capacity: 8 << 20,
+    };
+    a.reset(big).expect("reset to a larger capacity");
+    assert_eq!(a.stats().live_pages, 0);
+    let pages: Vec<Page> = (0..8).map(|_| a.alloc(20).expect("1 MiB page")).collect();
+    assert_eq!(pages.len(), 8);
+    assert_eq!(
+        a.reset(ArenaConfig {
+            base_pa: 0x1000,
+            capacity: 1 << 20
+        }),
+        Err(ArenaError::UnalignedBase(0x1000))
+    );
+}
+
+#[test]
+fn reads_see_exactly_the_live_pages() {
+    let a = arena();
+    let p = a.alloc(14).expect("page");
+    let q = a.alloc(12).expect("page");
+    let end = p.pa.get() + (1 << 14);
+    assert_eq!(a.read_u64(end - 8), Some(0));
+    // SAFETY: `p` came from `a` and nothing else refers to it.
+    unsafe { a.free(p, 14) };
+    assert_eq!(a.read_u64(end - 8), None);
+    assert_eq!(a.phys_to_virt(PhysAddr::new(end - 8)), None);
+    assert_eq!(a.read_u64(q.pa.get()), Some(0));
+    assert_eq!(a.read_u64(q.pa.get() + 4), None, "unaligned");
+    assert_eq!(a.read_u64(q.pa.get() + (1 << 12)), None, "past the page");
+}
