@@ -292,3 +292,62 @@ fn a_domain_free_whose_invalidation_fails_keeps_the_domain_for_the_retry() {
     assert!(u.query(other, Iova::new(IOVA)).is_none());
     u.domain_free(other).unwrap();
 }
+
+#[test]
+fn the_retry_of_an_attach_that_failed_part_way_completes_it() {
+    let mem = Arena::with_defaults().unwrap();
+    let model = SmmuModel::new(&mem, SmmuModelConfig::qemu_like());
+    let (u, d) = setup(&model, &mem, cfg());
+    let d2 = u.domain_alloc(&s2()).unwrap();
+    u.map(d2, Iova::new(IOVA), PhysAddr::new(PA + 0x10_0000), K4, RW)
+        .unwrap();
+    // The STE is rewritten in memory, then its CFGI_STE's CMD_SYNC never completes.
+    model.inject(Injection::SyncStall);
+    assert_eq!(
+        u.attach(DeviceId(SID), None, d2),
+        Err(Error::Timeout { what: "CMD_SYNC" })
+    );
+    model.clear_injections();
+    // The old domain may still be in use through a cached STE: it cannot be freed yet.
+    assert_eq!(u.domain_free(d), Err(Error::Busy));
+    model.reset_stats();
+    u.attach(DeviceId(SID), None, d2).unwrap();
+    let st = model.stats();
+    assert!(
+        st.commands_of(op::CFGI_STE) >= 1,
+        "the retry invalidated the STE"
+    );
+    assert_eq!(
+        st.commands_of(op::TLBI_S12_VMALL),
+        1,
+        "the retry invalidated the old domain's VMID"
+    );
+    assert_eq!(
+        model.translate(SID, None, IOVA, Access::READ).unwrap().pa,
+        PA + 0x10_0000
+    );
+    u.domain_free(d).unwrap();
+}
+
+#[test]
+fn the_retry_of_a_detach_that_failed_part_way_completes_it() {
+    let mem = Arena::with_defaults().unwrap();
+    let model = SmmuModel::new(&mem, SmmuModelConfig::qemu_like());
+    let (u, d) = setup(&model, &mem, cfg());
+    model.inject(Injection::SyncStall);
+    assert_eq!(
+        u.detach(DeviceId(SID), None),
+        Err(Error::Timeout { what: "CMD_SYNC" })
+    );
+    model.clear_injections();
+    assert_eq!(u.domain_free(d), Err(Error::Busy));
+    model.reset_stats();
+    u.detach(DeviceId(SID), None).unwrap();
+    assert_eq!(model.stats().commands_of(op::TLBI_S12_VMALL), 1);
+    assert!(!translates(&model, IOVA));
+    assert_eq!(
+        u.detach(DeviceId(SID), None),
+        Err(Error::NotAttached(DeviceId(SID)))
+    );
+    u.domain_free(d).unwrap();
+}

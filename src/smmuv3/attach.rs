@@ -11,9 +11,16 @@
 //! call returns, so the tag is clean before it can be reused.
 //!
 //! Refusals (an STE that cannot express the combination, no memory for a CD table) change
-//! nothing. A failure once the unit's memory is being changed (a CMD_SYNC that times out)
-//! leaves the unit's books describing the new state while every domain the STE may still
-//! reference keeps a user: such domains stay busy rather than be freed under the hardware.
+//! nothing. A failure once the unit's memory is being changed (a CMD_SYNC that times out, a
+//! command error) leaves the books describing the new state and the stream *unsettled*, with the
+//! domain it took off (the previous one of an attach, the detached one) *retiring*: that domain
+//! keeps its user, so it cannot be freed while a cached STE or CD may still reach it, and its
+//! tag cannot be reused. The next attach or detach of the stream -- the retry of the failed
+//! call, typically -- first settles it: every CD and the STE are made to match the books, the
+//! stream's configuration caches and the retiring domain's tag (and ATC) are invalidated, and
+//! only then is that domain released. The retry of a failed attach then finds the attachment
+//! made and returns `Ok`; the retry of a failed detach finds it gone and returns `Ok`.
+//! [`SmmuUnit::audit`](super::SmmuUnit::audit) counts unsettled streams.
 
 use core::sync::atomic::Ordering;
 
@@ -22,7 +29,7 @@ use super::cmd::Command;
 use super::cmdq::CommandQueue;
 use super::flush::invalidate_all;
 use super::platform::CANWBS_NOT_DECLARED;
-use super::stream::{DomainShape, StreamState};
+use super::stream::{DomainShape, Retiring, StreamState, MAX_PASIDS};
 use super::strtab::StreamTable;
 use super::unit::{ConfigState, SmmuUnit};
 use super::{SmmuError, StreamId, SubstreamId};
@@ -78,7 +85,7 @@ const NOT_ENABLED: Error = Error::Unsupported(Missing::Mode {
 
 impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
     /// What an STE needs to know about domain `d`.
-    fn shape(&self, d: DomainHandle) -> Result<DomainShape, SmmuError> {
+    pub(crate) fn shape(&self, d: DomainHandle) -> Result<DomainShape, SmmuError> {
         let missing = SmmuError::InvalidConfig {
             reason: "attached domain vanished",
         };
@@ -277,9 +284,9 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
             return Err(NOT_ENABLED);
         };
         let r = self.attach_locked(strtab, stream, ssid, d, stage2);
-        // A CD table still here on an empty stream is one a failed detach left: the unit may
-        // still reach it through a cached STE, so the stream (and the table) stays.
-        if stream.is_empty() && !stream.ats && stream.cd.is_none() {
+        // A stream that is unsettled, or still holds a CD table, stays: the unit may still
+        // reach the table, and the retry needs the record.
+        if stream.is_idle() && !stream.ats && stream.cd.is_none() {
             if let Some(slot) = config.streams.get_mut(i) {
                 *slot = None;
             }
@@ -295,6 +302,9 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         d: DomainHandle,
         stage2: bool,
     ) -> Result<(), Error> {
+        // What an earlier call left unfinished comes first (for the retry of that very call,
+        // it is all there is to do).
+        self.settle(strtab, stream)?;
         let previous = match ssid {
             None => stream.rid,
             Some(s) => stream.pasid_domain(s),
@@ -328,11 +338,104 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
             }
         };
         // From here on the unit's memory changes. A failure (a sync that times out) leaves the
-        // state describing the new attachment, and the previous domain keeps its user: the STE
-        // may reference either, so neither may be freed.
+        // books describing the new attachment and the stream unsettled, and the previous domain
+        // keeps its user: the STE may reference either, so neither may be freed. The retry
+        // settles the stream (see `settle`).
         self.add_user(d, stream.ats, true);
+        stream.unsettled = true;
+        stream.retiring = previous.map(|p| Retiring {
+            domain: p,
+            ssid,
+            ats: stream.ats,
+        });
         let target = (ssid, d, stage2, l1cd_published);
-        self.apply_attach(strtab, stream, target, previous)
+        self.apply_attach(strtab, stream, target, previous)?;
+        self.settled(stream);
+        Ok(())
+    }
+
+    /// Marks `stream` settled after a call completed, releasing the retired domain's user.
+    fn settled(&self, stream: &mut StreamState<A>) {
+        stream.unsettled = false;
+        if let Some(r) = stream.retiring.take() {
+            self.add_user(r.domain, r.ats, false);
+        }
+    }
+
+    /// Finishes what a failed attach or detach left: makes every CD and the STE in memory
+    /// match the attachments (CDs by the live procedure of §3.21.3.1, the STE by its update
+    /// plan), invalidates everything the unit may cache for the stream (CMD_CFGI_STE with
+    /// Leaf = 0, CMD_CFGI_CD_ALL) and waits, then invalidates the retiring domain's tag (and
+    /// the stream's ATC) and waits, and only then releases that domain. On error the stream
+    /// stays unsettled and the call can be retried again.
+    fn settle(
+        &self,
+        strtab: &mut StreamTable<A>,
+        stream: &mut StreamState<A>,
+    ) -> Result<(), Error> {
+        if !stream.unsettled && stream.retiring.is_none() {
+            return Ok(());
+        }
+        let sid = stream.sid;
+        let ssid0 = SubstreamId::new(0)?;
+        if stream.cd.is_some() {
+            let mut stage1 = [None; MAX_PASIDS + 1];
+            for (slot, (ssid, d)) in stage1.iter_mut().zip(stream.attachments()) {
+                if !self.domain_is_stage2(d)? {
+                    *slot = Some((ssid.unwrap_or(ssid0), d));
+                }
+            }
+            let cfgi = |c: super::cd::CdSync| {
+                self.with_cmdq(|q, r| q.submit_and_sync(r, &[c.command(sid)]))
+            };
+            let table = stream.cd.as_mut().ok_or(NOT_ENABLED)?;
+            for (at, d) in stage1.iter().flatten().copied() {
+                let want = {
+                    let slot = self.slot(d)?.read();
+                    slot.as_ref()
+                        .ok_or(Error::InvalidDomain(d))?
+                        .context_descriptor()?
+                };
+                let have = table.read(at)?;
+                if have == want {
+                    continue;
+                }
+                if have.words[0] & super::cd::V != 0 {
+                    cfgi(table.remove(at)?)?;
+                }
+                let installed = table.install_live(at, &want, cfgi)?;
+                cfgi(installed)?;
+            }
+            if let Some(r) = stream.retiring {
+                let at = r.ssid.unwrap_or(ssid0);
+                let attached = stage1.iter().flatten().any(|&(x, _)| x == at);
+                if !attached && table.read(at)?.words[0] & super::cd::V != 0 {
+                    // Covered by the CMD_CFGI_CD_ALL below.
+                    let _covered = table.remove(at)?;
+                }
+            }
+        }
+        self.write_ste(strtab, stream)?;
+        let has_cd = stream.cd.is_some();
+        let retiring = stream.retiring;
+        self.with_cmdq(|q, r| {
+            let mut b = Batch::new(q, r);
+            b.push(Command::cfgi_ste(sid, false))?;
+            if has_cd {
+                b.push(Command::cfgi_cd_all(sid))?;
+            }
+            b.sync()?;
+            let Some(x) = retiring else { return Ok(()) };
+            let mut b = Batch::new(q, r);
+            self.forget(x.domain, sid, x.ssid, x.ats, &mut b)?;
+            b.sync()
+        })?;
+        self.settled(stream);
+        if stream.is_empty() {
+            // The STE aborts and the CD caches are clean: the CD table can go.
+            stream.cd = None;
+        }
+        Ok(())
     }
 
     /// Allocates what the attach needs (the stream's CD table and the leaf holding its CD, the
@@ -423,11 +526,11 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         }
         let ats = stream.ats;
         self.retire(strtab, sid, [retired, None], (p, ssid, ats))?;
-        self.add_user(p, ats, false);
         Ok(())
     }
 
-    /// [`crate::iommu::Iommu::detach`].
+    /// [`crate::iommu::Iommu::detach`]. A detach that failed part-way leaves the stream
+    /// unsettled with the domain retiring; its retry settles the stream and succeeds.
     pub(crate) fn detach_impl(&self, device: DeviceId, pasid: Option<Pasid>) -> Result<(), Error> {
         self.usable()?;
         let sid = self.check_sid(device)?;
@@ -440,6 +543,30 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         else {
             return Err(Error::NotAttached(device));
         };
+        let owed = stream.retiring;
+        let r = self.detach_locked(strtab, stream, ssid);
+        let r = match r {
+            // The retry of a detach that failed part-way: settling finished it.
+            Err(Error::NotAttached(_)) if owed.is_some_and(|o| o.ssid == ssid) => Ok(()),
+            Err(Error::NotAttached(_)) => Err(Error::NotAttached(device)),
+            r => r,
+        };
+        if stream.is_idle() && !stream.ats && stream.cd.is_none() {
+            if let Some(slot) = config.streams.get_mut(i) {
+                *slot = None;
+            }
+        }
+        r
+    }
+
+    fn detach_locked(
+        &self,
+        strtab: &mut StreamTable<A>,
+        stream: &mut StreamState<A>,
+        ssid: Option<SubstreamId>,
+    ) -> Result<(), Error> {
+        self.settle(strtab, stream)?;
+        let sid = stream.sid;
         let d = match ssid {
             None => stream.rid.take(),
             Some(s) => {
@@ -452,7 +579,14 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
                 d
             }
         }
-        .ok_or(Error::NotAttached(device))?;
+        .ok_or(Error::NotAttached(DeviceId(sid.0)))?;
+        let ats = stream.ats;
+        stream.unsettled = true;
+        stream.retiring = Some(Retiring {
+            domain: d,
+            ssid,
+            ats,
+        });
         let stage2 = self.domain_is_stage2(d).unwrap_or(true);
         self.write_ste(strtab, stream)?;
         let ssid0 = SubstreamId::new(0)?;
@@ -463,19 +597,12 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
             }
         }
         let empty = stream.is_empty();
-        let ats = stream.ats;
         let all = (empty && stream.cd.is_some()).then(|| Command::cfgi_cd_all(sid));
         self.retire(strtab, sid, [cfgi, all], (d, ssid, ats))?;
-        self.add_user(d, ats, false);
+        self.settled(stream);
         if empty {
-            // The STE aborts and the CD caches are clean: the CD table can go (an empty stream
-            // keeps one only after a detach that failed, see `attach_impl`).
+            // The STE aborts and the CD caches are clean: the CD table can go.
             stream.cd = None;
-            if !ats {
-                if let Some(slot) = config.streams.get_mut(i) {
-                    *slot = None;
-                }
-            }
         }
         Ok(())
     }
@@ -505,7 +632,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         let Some(Some(stream)) = config.streams.get_mut(i) else {
             return Err(Error::Busy);
         };
-        if !stream.is_empty() {
+        if !stream.is_idle() {
             return Err(Error::Busy);
         }
         stream.ats = enabled;

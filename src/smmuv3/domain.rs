@@ -52,6 +52,18 @@ impl TagAllocator {
         None
     }
 
+    /// Whether `tag` is in use (0 always is: it is never handed out).
+    pub fn is_used(&self, tag: u16) -> bool {
+        self.used
+            .get(usize::from(tag / 64))
+            .is_some_and(|w| w & (1 << (tag % 64)) != 0)
+    }
+
+    /// How many tags are in use, not counting 0.
+    pub fn in_use(&self) -> u32 {
+        self.used.iter().map(|w| w.count_ones()).sum::<u32>() - 1
+    }
+
     /// Returns `tag`; only after every TLB entry it tagged was invalidated.
     pub fn free(&mut self, tag: u16) {
         if let Some(word) = self.used.get_mut(usize::from(tag / 64)) {

@@ -18,6 +18,7 @@ mod error;
 pub mod field;
 
 mod attach;
+mod audit;
 pub mod cd;
 pub mod cmd;
 pub mod cmdq;
@@ -40,6 +41,7 @@ mod unit;
 #[cfg(test)]
 mod testutil;
 
+pub use audit::{AuditError, AuditReport};
 pub use domain::{TagAllocator, MAX_DOMAINS};
 pub use error::{CommandErrorKind, SmmuError};
 pub use platform::{Declaration, DeviceFacts, Platform, MAX_DECLARATIONS};

@@ -38,6 +38,24 @@ pub(crate) struct StreamState<A: PageAllocator> {
     pub(crate) pasids: [Option<(SubstreamId, DomainHandle)>; MAX_PASIDS],
     pub(crate) cd: Option<CdTable<A>>,
     pub(crate) ats: bool,
+    /// The last attach or detach stopped part-way (a command wait failed after the books
+    /// changed): the STE and CDs in memory, and what the unit caches, may differ from the
+    /// attachments. The next attach or detach of the stream settles it first.
+    pub(crate) unsettled: bool,
+    /// A domain the stream used until that call: it keeps its user, and its tag's TLB entries
+    /// are not known to be gone, until the stream is settled.
+    pub(crate) retiring: Option<Retiring>,
+}
+
+/// A domain an unfinished attach or detach took off a stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Retiring {
+    /// The domain.
+    pub(crate) domain: DomainHandle,
+    /// The SubstreamID it was attached for (`None`: the RID domain).
+    pub(crate) ssid: Option<SubstreamId>,
+    /// It was counted in the domain's ATS users.
+    pub(crate) ats: bool,
 }
 
 /// What the STE needs to know about a domain.
@@ -57,12 +75,20 @@ impl<A: PageAllocator> StreamState<A> {
             pasids: [None; MAX_PASIDS],
             cd: None,
             ats: false,
+            unsettled: false,
+            retiring: None,
         }
     }
 
     /// Whether nothing is attached.
     pub(crate) fn is_empty(&self) -> bool {
         self.rid.is_none() && self.pasids.iter().all(Option::is_none)
+    }
+
+    /// Whether nothing is attached and nothing is owed to the unit: the stream may be
+    /// forgotten (once its CD table is gone and ATS is off).
+    pub(crate) fn is_idle(&self) -> bool {
+        self.is_empty() && !self.unsettled && self.retiring.is_none()
     }
 
     /// The domain attached for `ssid`.

@@ -233,6 +233,35 @@ impl<A: PageAllocator> StreamTable<A> {
         })
     }
 
+    /// Calls `f` with every StreamID whose STE exists in memory (a linear table has them all;
+    /// a two-level one those of its present level-2 tables) and that STE.
+    ///
+    /// # Errors
+    ///
+    /// [`SmmuError::NotMapped`] for a level-2 table the allocator cannot translate.
+    pub fn for_each_ste(&self, mut f: impl FnMut(StreamId, Ste)) -> Result<(), SmmuError> {
+        let (spans, split) = match self.fmt {
+            StrtabFormat::Linear => (1u64, self.log2),
+            StrtabFormat::TwoLevel { split } => (1u64 << (self.log2 - split), split),
+        };
+        for span in 0..spans {
+            let first = span << split;
+            let Ok(first) = u32::try_from(first) else {
+                break;
+            };
+            if self.entry(StreamId(first), false)?.is_none() {
+                continue;
+            }
+            for i in 0..1u64 << split {
+                let Ok(sid) = u32::try_from(u64::from(first) + i) else {
+                    break;
+                };
+                f(StreamId(sid), self.read(StreamId(sid))?);
+            }
+        }
+        Ok(())
+    }
+
     /// Changes the live STE of `sid` to `target` following [`plan_update`]; at each sync point
     /// the entry is cleaned for a non-coherent unit and `sync` is called, which must issue
     /// `CMD_CFGI_STE(sid, Leaf = 0)` and a CMD_SYNC and wait for it. Returns the plan performed.

@@ -45,6 +45,7 @@ mod cd;
 pub mod cmdq;
 pub mod config;
 pub mod event;
+mod reach;
 mod regs;
 mod stage;
 mod ste;
@@ -62,6 +63,7 @@ use std::vec::Vec;
 pub use cmdq::{cerror, op};
 pub use config::SmmuModelConfig;
 pub use event::{EventRecord, FaultClass};
+pub use reach::Reach;
 
 use crate::mmio::RegisterWindow;
 use crate::sim::arena::Arena;
@@ -419,6 +421,13 @@ impl<'m> SmmuModel<'m> {
         st.sync_stalled = false;
         st.regs.cr0ack = st.regs.cr0;
         cmdq::consume(&mut st, self.mem, &self.cfg);
+    }
+
+    /// Every structure the SMMU can still reach through its registers, tables and caches, and
+    /// the tags its TLB entries are held under (see [`Reach`]).
+    pub fn reachable(&self) -> Reach {
+        let st = self.lock();
+        reach::reachable(&st, self.mem, &self.cfg)
     }
 
     /// Whether the model is in service failure mode.

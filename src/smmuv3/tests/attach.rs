@@ -743,7 +743,8 @@ fn flushing_a_nest_parent_invalidates_the_atcs_of_nested_ats_streams() {
 }
 
 /// After a detach whose CMD_SYNC timed out, the unit may still hold the old STE, and with it
-/// the stream's CD table: nothing may free that table until a later change completes.
+/// the stream's CD table: nothing may free that table, or the domain, until the retry of the
+/// detach completes.
 #[test]
 fn a_cd_table_outlives_a_detach_that_timed_out() {
     let (m, alloc) = (model(IDR0, 0), VecAllocator::default());
@@ -758,14 +759,24 @@ fn a_cd_table_outlives_a_detach_that_timed_out() {
     );
     m.stalled.set(false);
     let live = alloc.live_pages();
-    // Turning ATS off on the (now empty) stream must not free the CD table.
-    u.set_ats(DeviceId(4), false).unwrap();
+    // The stream is unsettled: ATS cannot change and the domain cannot go.
+    assert_eq!(u.set_ats(DeviceId(4), false), Err(Error::Busy));
     assert_eq!(alloc.live_pages(), live);
     assert_eq!(u.domain_free(d), Err(Error::Busy));
-    // A later attach and detach that complete release it.
-    let e = u.domain_alloc(&s1()).unwrap();
-    u.attach(DeviceId(4), None, e).unwrap();
+    // The retry of the detach completes it: the stream's caches and the domain's ASID and ATC
+    // entries are invalidated, then the CD table goes.
+    take_ops(&m);
     u.detach(DeviceId(4), None).unwrap();
-    assert!(alloc.live_pages() < live + 2);
-    u.domain_free(e).unwrap();
+    let ops = take_ops(&m);
+    assert!(count(&ops, CFGI_STE) >= 1, "{ops:x?}");
+    assert_eq!(count(&ops, TLBI_NH_ASID), 1, "{ops:x?}");
+    assert_eq!(count(&ops, ATC_INV), 1, "{ops:x?}");
+    // The two-level CD table: its L1 table and one leaf.
+    assert_eq!(alloc.live_pages(), live - 2);
+    assert_eq!(
+        u.detach(DeviceId(4), None),
+        Err(Error::NotAttached(DeviceId(4)))
+    );
+    u.set_ats(DeviceId(4), false).unwrap();
+    u.domain_free(d).unwrap();
 }

@@ -1,0 +1,620 @@
+//! The SMMUv3 fault matrix (issue 14, "what must be true" 2): every public operation of a unit
+//! against every fault the model can inject, one fresh unit per cell.
+//!
+//! After every cell:
+//! - `Ok` means the whole effect happened (checked through the model's translations, which use
+//!   its caches, so a lost invalidation shows as a stale translation);
+//! - `Err` means no effect, or a documented partial state: the same call, retried once the
+//!   fault is cleared, completes it (and issues every invalidation the failed call lost);
+//! - no page went back to the allocator while the SMMU can still reach it: a walk of the
+//!   model's memory and caches (stream table, STEs, CD tables, CDs, translation tables,
+//!   queues) only finds live pages;
+//! - no VMID or ASID the unit considers free is still held by an entry of the model's TLB;
+//! - `SmmuUnit::audit` finds the books equal to the tables (an unsettled stream only while a
+//!   call that failed has not been retried).
+//!
+//! The test prints the matrix size and fails if any cell does not hold, listing every one.
+
+use std::cell::Cell as StdCell;
+use std::fmt::Write as _;
+
+use iommu_engine::iommu::{DeviceId, DomainConfig, DomainHandle, Error, Iommu, Pasid, Stage};
+use iommu_engine::mem::{Iova, PhysAddr};
+use iommu_engine::pgtable::{Gather, Prot};
+use iommu_engine::sim::arena::{Arena, ArenaConfig, FailPolicy};
+use iommu_engine::sim::smmuv3::{Injection, SmmuModel, SmmuModelConfig};
+use iommu_engine::sim::walk::Access;
+use iommu_engine::smmuv3::cmdq::SyncMode;
+use iommu_engine::smmuv3::{SmmuConfig, SmmuUnit};
+
+const K4: u64 = 1 << 12;
+const RW: Prot = Prot::READ.union(Prot::WRITE);
+/// A stage-2 domain with ATS.
+const SID_S2: u32 = 0x10;
+/// A stage-1 RID domain and a PASID domain.
+const SID_S1: u32 = 0x11;
+/// Used and left by the domain that `DomainFree` frees.
+const SID_SPARE: u32 = 0x12;
+/// Never attached: its transactions fill the event queue.
+const SID_NONE: u32 = 0x30;
+const IOVA: u64 = 0x40_0000;
+const IOVA2: u64 = 0x80_0000;
+const PA_D2: u64 = 0x4000_0000;
+const PA_D2B: u64 = 0x4100_0000;
+const PA_D1: u64 = 0x4200_0000;
+const PA_P1: u64 = 0x4300_0000;
+const PA_P2: u64 = 0x4400_0000;
+
+type Unit<'a> = SmmuUnit<&'a SmmuModel<'a>, &'a Arena>;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Op {
+    Enable,
+    Takeover,
+    DomainAlloc,
+    DomainFree,
+    Attach,
+    Detach,
+    AttachPasid,
+    DetachPasid,
+    Map,
+    Unmap,
+    Flush,
+    DirtyReadClear,
+    Disable,
+    Release,
+}
+
+const OPS: [Op; 14] = [
+    Op::Enable,
+    Op::Takeover,
+    Op::DomainAlloc,
+    Op::DomainFree,
+    Op::Attach,
+    Op::Detach,
+    Op::AttachPasid,
+    Op::DetachPasid,
+    Op::Map,
+    Op::Unmap,
+    Op::Flush,
+    Op::DirtyReadClear,
+    Op::Disable,
+    Op::Release,
+];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fault {
+    /// CMD_SYNCs never complete.
+    SyncStall,
+    /// The same, with a two-entry queue: submissions find no room.
+    QueueFull,
+    /// CERROR_ILL at the n-th command.
+    Illegal(u32),
+    /// CERROR_ABT at the n-th command, transient (once) or persistent.
+    Abort(u32, bool),
+    /// CERROR_ATC_INV_SYNC at the n-th CMD_SYNC, transient or persistent.
+    AtcSync(u32, bool),
+    /// GERROR.MSI_CMDQ_ABT_ERR: every completion MSI aborts (the unit completes by MSI).
+    MsiAbort,
+    /// GERROR.SFM_ERR: service failure mode.
+    ServiceFailure,
+    /// Another GERROR bit, raised as the hardware would.
+    Gerror(u32),
+    /// More events than the event queue holds.
+    EventOverflow,
+    /// The n-th page allocation fails.
+    Alloc(u64),
+    /// CR0ACK never follows CR0 (a register write the unit ignores).
+    Cr0AckStuck,
+    /// GBPA.UPDATE never clears.
+    GbpaStuck,
+}
+
+fn faults() -> Vec<Fault> {
+    let mut v = vec![Fault::SyncStall, Fault::QueueFull];
+    v.extend((0..2).map(Fault::Illegal));
+    for persistent in [false, true] {
+        v.extend((0..3).map(|n| Fault::Abort(n, persistent)));
+        v.extend((0..2).map(|n| Fault::AtcSync(n, persistent)));
+    }
+    v.push(Fault::MsiAbort);
+    v.push(Fault::ServiceFailure);
+    // EVENTQ_ABT_ERR, PRIQ_ABT_ERR, MSI_EVENTQ_ABT_ERR, MSI_PRIQ_ABT_ERR, MSI_GERROR_ABT_ERR.
+    v.extend([2, 3, 5, 6, 7].map(|b| Fault::Gerror(1 << b)));
+    v.push(Fault::EventOverflow);
+    v.extend((1..=6).map(Fault::Alloc));
+    v.push(Fault::Cr0AckStuck);
+    v.push(Fault::GbpaStuck);
+    v
+}
+
+fn s2(dirty: bool) -> DomainConfig {
+    DomainConfig {
+        stage: Stage::Second,
+        dirty_tracking: dirty,
+        ..DomainConfig::default()
+    }
+}
+
+fn s1() -> DomainConfig {
+    DomainConfig {
+        stage: Stage::First,
+        ..DomainConfig::default()
+    }
+}
+
+/// The state a cell starts from.
+struct Rig<'a> {
+    mem: &'a Arena,
+    model: &'a SmmuModel<'a>,
+    unit: Option<Unit<'a>>,
+    /// The previous owner, for `Takeover`.
+    previous: Option<Unit<'a>>,
+    d2: Option<DomainHandle>,
+    d2b: Option<DomainHandle>,
+    p2: Option<DomainHandle>,
+    spare: Option<DomainHandle>,
+    /// For `Flush` and `DirtyReadClear` (kept across the retry) and `Unmap`.
+    gather: Gather,
+    dirty_seen: StdCell<u32>,
+    /// The domain `DomainAlloc` made.
+    allocated: Option<DomainHandle>,
+}
+
+fn unit_config(fault: Fault) -> SmmuConfig {
+    SmmuConfig {
+        poll_budget: 200,
+        sid_bits: Some(8),
+        ssid_bits: Some(4),
+        cmdq_log2: Some(if fault == Fault::QueueFull { 1 } else { 5 }),
+        eventq_log2: Some(2),
+        sync: if fault == Fault::MsiAbort {
+            SyncMode::Msi
+        } else {
+            SyncMode::PollCons
+        },
+        ..SmmuConfig::default()
+    }
+}
+
+fn pa(model: &SmmuModel<'_>, sid: u32, ssid: Option<u32>, iova: u64) -> Option<u64> {
+    model
+        .translate(sid, ssid, iova, Access::READ)
+        .ok()
+        .map(|t| t.pa)
+}
+
+impl<'a> Rig<'a> {
+    fn unit(&self) -> &Unit<'a> {
+        self.unit.as_ref().expect("unit")
+    }
+
+    /// Builds the starting state of `op`: a unit enabled with a stage-2 domain (ATS, dirty
+    /// tracking) on `SID_S2`, a stage-1 RID domain and a PASID domain on `SID_S1`, their
+    /// translations cached by the model.
+    fn new(mem: &'a Arena, model: &'a SmmuModel<'a>, op: Op, fault: Fault) -> Result<Self, String> {
+        let e = |what: &'static str| move |err: Error| format!("setup {what}: {err:?}");
+        let mut rig = Rig {
+            mem,
+            model,
+            unit: None,
+            previous: None,
+            d2: None,
+            d2b: None,
+            p2: None,
+            spare: None,
+            gather: Gather::new(),
+            dirty_seen: StdCell::new(0),
+            allocated: None,
+        };
+        let cfg = unit_config(fault);
+        let build = || SmmuUnit::new(model, mem, cfg).map_err(|x| format!("new: {x:?}"));
+        if op == Op::Enable {
+            rig.unit = Some(build()?);
+            return Ok(rig);
+        }
+        let u = build()?;
+        u.enable().map_err(|x| format!("enable: {x:?}"))?;
+        u.set_ats(DeviceId(SID_S2), true).map_err(e("ats"))?;
+        let d2 = u.domain_alloc(&s2(true)).map_err(e("d2"))?;
+        u.map(d2, Iova::new(IOVA), PhysAddr::new(PA_D2), 4 * K4, RW)
+            .map_err(e("map d2"))?;
+        u.attach(DeviceId(SID_S2), None, d2)
+            .map_err(e("attach d2"))?;
+        let d1 = u.domain_alloc(&s1()).map_err(e("d1"))?;
+        u.map(d1, Iova::new(IOVA), PhysAddr::new(PA_D1), K4, RW)
+            .map_err(e("map d1"))?;
+        u.attach(DeviceId(SID_S1), None, d1)
+            .map_err(e("attach d1"))?;
+        let p1 = u.domain_alloc(&s1()).map_err(e("p1"))?;
+        u.map(p1, Iova::new(IOVA), PhysAddr::new(PA_P1), K4, RW)
+            .map_err(e("map p1"))?;
+        u.attach(DeviceId(SID_S1), Pasid::new(1), p1)
+            .map_err(e("attach p1"))?;
+        // A domain used and left, so that its tag may be in the TLB when it is freed.
+        let spare = u.domain_alloc(&s2(false)).map_err(e("spare"))?;
+        u.map(spare, Iova::new(IOVA), PhysAddr::new(PA_D2B), K4, RW)
+            .map_err(e("map spare"))?;
+        u.attach(DeviceId(SID_SPARE), None, spare)
+            .map_err(e("attach spare"))?;
+        for (sid, ssid) in [
+            (SID_S2, None),
+            (SID_S1, None),
+            (SID_S1, Some(1)),
+            (SID_SPARE, None),
+        ] {
+            if pa(model, sid, ssid, IOVA).is_none() {
+                return Err(format!("setup: {sid:#x}/{ssid:?} does not translate"));
+            }
+        }
+        u.detach(DeviceId(SID_SPARE), None)
+            .map_err(e("detach spare"))?;
+        rig.d2 = Some(d2);
+        rig.spare = Some(spare);
+        match op {
+            Op::Attach => {
+                let d2b = u.domain_alloc(&s2(false)).map_err(e("d2b"))?;
+                u.map(d2b, Iova::new(IOVA), PhysAddr::new(PA_D2B), K4, RW)
+                    .map_err(e("map d2b"))?;
+                rig.d2b = Some(d2b);
+            }
+            Op::AttachPasid => {
+                let p2 = u.domain_alloc(&s1()).map_err(e("p2"))?;
+                u.map(p2, Iova::new(IOVA), PhysAddr::new(PA_P2), K4, RW)
+                    .map_err(e("map p2"))?;
+                rig.p2 = Some(p2);
+            }
+            Op::Flush => {
+                // The whole 2 MiB: the leaf table goes into the gather too.
+                u.unmap(d2, Iova::new(IOVA), 1 << 21, &mut rig.gather)
+                    .map_err(e("unmap"))?;
+            }
+            Op::DirtyReadClear => {
+                model
+                    .translate(SID_S2, None, IOVA + K4, Access::WRITE)
+                    .map_err(|f| format!("setup DMA write: {f:?}"))?;
+            }
+            _ => {}
+        }
+        if op == Op::Takeover {
+            // The previous owner's state is whole before it is abandoned.
+            rig.unit = Some(u);
+            rig.invariants(true)
+                .map_err(|x| format!("previous owner: {x}"))?;
+            rig.previous = rig.unit.take();
+            rig.unit = Some(build()?);
+        } else {
+            rig.unit = Some(u);
+        }
+        model.reset_stats();
+        Ok(rig)
+    }
+
+    /// Runs `op` once.
+    fn run(&mut self, op: Op) -> Result<(), Error> {
+        let d2 = self.d2.unwrap_or(DomainHandle(0));
+        match op {
+            Op::Enable | Op::Takeover => self.unit().enable().map_err(Error::from),
+            Op::DomainAlloc => {
+                let d = self.unit().domain_alloc(&s2(false))?;
+                self.allocated = Some(d);
+                Ok(())
+            }
+            Op::DomainFree => self.unit().domain_free(self.spare.unwrap_or(d2)),
+            Op::Attach => self
+                .unit()
+                .attach(DeviceId(SID_S2), None, self.d2b.unwrap_or(d2)),
+            Op::Detach => self.unit().detach(DeviceId(SID_S2), None),
+            Op::AttachPasid => {
+                self.unit()
+                    .attach(DeviceId(SID_S1), Pasid::new(2), self.p2.unwrap_or(d2))
+            }
+            Op::DetachPasid => self.unit().detach(DeviceId(SID_S1), Pasid::new(1)),
+            Op::Map => self.unit().map(
+                d2,
+                Iova::new(IOVA2),
+                PhysAddr::new(PA_D2 + 0x20_0000),
+                2 * K4,
+                RW,
+            ),
+            Op::Unmap => {
+                let mut g = std::mem::take(&mut self.gather);
+                let r = self.unit().unmap(d2, Iova::new(IOVA), 4 * K4, &mut g);
+                self.gather = g;
+                r.map(|_| ())
+            }
+            Op::Flush => {
+                let mut g = std::mem::take(&mut self.gather);
+                let r = self.unit().flush(d2, &mut g);
+                self.gather = g;
+                r
+            }
+            Op::DirtyReadClear => {
+                let mut g = std::mem::take(&mut self.gather);
+                let seen = &self.dirty_seen;
+                let r = self
+                    .unit()
+                    .read_and_clear_dirty(
+                        d2,
+                        Iova::new(IOVA),
+                        4 * K4,
+                        &mut |iova, _| {
+                            if iova.get() == IOVA + K4 {
+                                seen.set(seen.get() + 1);
+                            }
+                        },
+                        &mut g,
+                    )
+                    .and_then(|()| self.unit().flush(d2, &mut g));
+                self.gather = g;
+                r
+            }
+            Op::Disable => self.unit().disable().map_err(Error::from),
+            Op::Release => {
+                let r = self.unit().disable().map_err(Error::from);
+                self.unit = None;
+                r
+            }
+        }
+    }
+
+    /// The whole effect of a successful `op`.
+    fn effect(&self, op: Op) -> Result<(), String> {
+        let m = self.model;
+        let want = |what: &str, ok: bool| {
+            if ok {
+                Ok(())
+            } else {
+                Err(format!("Ok without its effect: {what}"))
+            }
+        };
+        match op {
+            Op::Enable => want("enabled", self.unit().is_enabled()),
+            Op::Takeover => {
+                want("enabled", self.unit().is_enabled())?;
+                want(
+                    "the previous owner's streams abort",
+                    pa(m, SID_S2, None, IOVA).is_none(),
+                )
+            }
+            Op::DomainAlloc => want(
+                "a usable domain",
+                self.allocated
+                    .is_some_and(|d| self.unit().domain_geometry(d).is_ok()),
+            ),
+            Op::DomainFree => want(
+                "the handle is gone",
+                self.spare
+                    .is_some_and(|d| self.unit().domain_geometry(d).is_err()),
+            ),
+            Op::Attach => want(
+                "the stream translates through the new domain",
+                pa(m, SID_S2, None, IOVA) == Some(PA_D2B),
+            ),
+            Op::Detach => want("the stream aborts", pa(m, SID_S2, None, IOVA).is_none()),
+            Op::AttachPasid => want(
+                "the PASID translates",
+                pa(m, SID_S1, Some(2), IOVA) == Some(PA_P2),
+            ),
+            Op::DetachPasid => {
+                want("the PASID aborts", pa(m, SID_S1, Some(1), IOVA).is_none())?;
+                want(
+                    "the RID domain still translates",
+                    pa(m, SID_S1, None, IOVA) == Some(PA_D1),
+                )
+            }
+            Op::Map => {
+                let d2 = self.d2.ok_or("no d2")?;
+                want(
+                    "the new range is in the table",
+                    self.unit().query(d2, Iova::new(IOVA2 + K4)).is_some(),
+                )?;
+                // A unit in service failure mode translates nothing (map does not read
+                // GERROR; the next command wait or event handler finds the failure).
+                want(
+                    "the new range translates",
+                    m.in_service_failure()
+                        || pa(m, SID_S2, None, IOVA2 + K4) == Some(PA_D2 + 0x20_0000 + K4),
+                )
+            }
+            Op::Unmap => want(
+                "the range is gone from the table",
+                self.d2
+                    .is_some_and(|d| self.unit().query(d, Iova::new(IOVA)).is_none()),
+            ),
+            Op::Flush => {
+                want("the gather released", self.gather.freed_pages() == 0)?;
+                want("no stale translation", pa(m, SID_S2, None, IOVA).is_none())
+            }
+            Op::DirtyReadClear => {
+                want("the dirty page reported", self.dirty_seen.get() >= 1)?;
+                want("the gather released", self.gather.is_empty())
+            }
+            Op::Disable => want("disabled", !self.unit().is_enabled()),
+            Op::Release => Ok(()),
+        }
+    }
+
+    /// The invariants that hold after every call, whatever it returned.
+    fn invariants(&self, settled: bool) -> Result<(), String> {
+        let reach = self.model.reachable();
+        let live = self.mem.live_pages();
+        for &(addr, what) in &reach.structures {
+            let in_live = live
+                .iter()
+                .any(|&(p, log2)| addr >= p.get() && addr - p.get() < 1 << log2);
+            if !in_live {
+                return Err(format!(
+                    "{what} at {addr:#x} reachable by the SMMU but freed"
+                ));
+            }
+        }
+        let bad = self.mem.bad_frees();
+        if !bad.is_empty() {
+            return Err(format!("bad frees: {bad:?}"));
+        }
+        let Some(u) = self.unit.as_ref() else {
+            return Ok(());
+        };
+        // Tags matter once this unit translates: before its enable sets SMMUEN, it invalidates
+        // every TLB entry (a previous owner's included).
+        let (vmids, asids) = u.tags_in_use();
+        for &(vmid, asid) in reach.tags.iter().filter(|_| u.is_enabled()) {
+            let ok = match asid {
+                None => vmids.is_used(vmid),
+                Some(a) => asids.is_used(a) && (vmid == 0 || vmids.is_used(vmid)),
+            };
+            if !ok {
+                return Err(format!(
+                    "the TLB holds entries of VMID {vmid} / ASID {asid:?}, free in the unit"
+                ));
+            }
+        }
+        let report = u.audit().map_err(|e| format!("audit: {e}"))?;
+        if settled && report.unsettled != 0 {
+            return Err(format!(
+                "{} stream(s) unsettled after success",
+                report.unsettled
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn inject(rig: &Rig<'_>, fault: Fault) {
+    let m = rig.model;
+    match fault {
+        Fault::SyncStall | Fault::QueueFull => m.inject(Injection::SyncStall),
+        Fault::Illegal(at) => m.inject(Injection::CommandIllegalAt { at }),
+        Fault::Abort(at, persistent) => m.inject(Injection::CommandAbortAt {
+            at,
+            times: if persistent { u32::MAX } else { 1 },
+        }),
+        Fault::AtcSync(at, persistent) => m.inject(Injection::AtcInvSyncAt {
+            at,
+            times: if persistent { u32::MAX } else { 1 },
+        }),
+        Fault::MsiAbort => m.inject(Injection::SyncMsiAbort),
+        Fault::ServiceFailure => m.inject(Injection::ServiceFailure),
+        Fault::Gerror(bits) => m.inject(Injection::GlobalError(bits)),
+        Fault::EventOverflow => {
+            for _ in 0..16 {
+                let _ = m.translate(SID_NONE, None, 0, Access::READ);
+            }
+        }
+        Fault::Alloc(n) => rig.mem.set_fail_policy(FailPolicy::Nth(n)),
+        Fault::Cr0AckStuck => m.inject(Injection::Cr0AckStuck),
+        Fault::GbpaStuck => m.inject(Injection::GbpaUpdateStuck),
+    }
+}
+
+/// Clears the fault and lets the unit recover as an embedder would: the interrupt handler
+/// runs; a unit in service failure mode is reset, then enabled again.
+fn recover(rig: &Rig<'_>) -> Result<(), String> {
+    rig.mem.set_fail_policy(FailPolicy::Never);
+    rig.model.clear_injections();
+    if rig.model.in_service_failure() {
+        rig.model.reset();
+    }
+    let Some(u) = rig.unit.as_ref() else {
+        return Ok(());
+    };
+    u.handle_events(usize::MAX, |_| {});
+    if u.has_failed() {
+        u.enable()
+            .map_err(|e| format!("enable after reset: {e:?}"))?;
+    }
+    Ok(())
+}
+
+fn run_cell(op: Op, fault: Fault) -> Result<&'static str, String> {
+    let mem = Arena::new(ArenaConfig {
+        capacity: 8 << 20,
+        ..ArenaConfig::default()
+    })
+    .map_err(|e| format!("arena: {e:?}"))?;
+    let model = SmmuModel::new(
+        &mem,
+        SmmuModelConfig::qemu_like()
+            .with_ats(true)
+            .with_msi(true)
+            .with_httu(true, true)
+            .with_ssid_bits(4),
+    );
+    let mut rig = Rig::new(&mem, &model, op, fault)?;
+    if op != Op::Takeover {
+        rig.invariants(true)
+            .map_err(|e| format!("after setup: {e}"))?;
+    }
+    inject(&rig, fault);
+    let first = rig.run(op);
+    // An embedder's interrupt handler sees the global errors.
+    if let Some(u) = rig.unit.as_ref() {
+        u.handle_events(usize::MAX, |_| {});
+    }
+    let outcome = match first {
+        Ok(()) => {
+            rig.effect(op)?;
+            rig.invariants(true)?;
+            recover(&rig)?;
+            "ok"
+        }
+        Err(e) => {
+            rig.invariants(false)
+                .map_err(|x| format!("after {e:?}: {x}"))?;
+            recover(&rig)?;
+            if op == Op::Release {
+                return Ok("err");
+            }
+            rig.run(op)
+                .map_err(|x| format!("failed with {e:?}, the retry failed with {x:?}"))?;
+            rig.effect(op)
+                .map_err(|x| format!("failed with {e:?}, then retried: {x}"))?;
+            "err+retry"
+        }
+    };
+    rig.invariants(true)
+        .map_err(|x| format!("after recovery: {x}"))?;
+    // What an unmap left for a flush, flushed now: the stale translations go.
+    if op == Op::Unmap {
+        let d2 = rig.d2.ok_or("no d2")?;
+        let mut g = std::mem::take(&mut rig.gather);
+        rig.unit()
+            .flush(d2, &mut g)
+            .map_err(|e| format!("flush after unmap: {e:?}"))?;
+        if pa(&model, SID_S2, None, IOVA).is_some() {
+            return Err("stale translation after the unmap's flush".into());
+        }
+        rig.invariants(true)?;
+    }
+    drop(rig);
+    if !mem.bad_frees().is_empty() {
+        return Err(format!("bad frees at release: {:?}", mem.bad_frees()));
+    }
+    Ok(outcome)
+}
+
+#[test]
+fn smmuv3_fault_matrix() {
+    let faults = faults();
+    let (mut ok, mut err, mut failures) = (0, 0, String::new());
+    for op in OPS {
+        for &fault in &faults {
+            match run_cell(op, fault) {
+                Ok("ok") => ok += 1,
+                Ok(_) => err += 1,
+                Err(why) => {
+                    let _ = writeln!(failures, "{op:?} x {fault:?}: {why}");
+                }
+            }
+        }
+    }
+    let cells = OPS.len() * faults.len();
+    println!(
+        "SMMUv3 fault matrix: {} operations x {} faults = {cells} cells; {ok} succeeded, {err} \
+         failed and were retried or released",
+        OPS.len(),
+        faults.len()
+    );
+    assert!(failures.is_empty(), "cells that do not hold:\n{failures}");
+}
