@@ -100,6 +100,10 @@ pub enum IeMissing {
     /// IOASID that enforces snooping, ACPI IORT `CANWBS` (`IeSmmuConfig.canwbs` or a
     /// declaration covering the StreamID).
     NotDeclared = 11,
+    /// An existing mapping has permissions the unit's table format cannot express.
+    Permissions = 12,
+    /// An existing mapping reaches beyond the unit's output address width.
+    OutputAddress = 13,
 }
 
 impl From<Missing> for IeMissing {
@@ -124,6 +128,8 @@ impl From<ioasid::Incompatibility> for IeMissing {
             ioasid::Incompatibility::ReservedRegionMapped(_) => IeMissing::ReservedRegion,
             ioasid::Incompatibility::Alignment { .. } => IeMissing::Alignment,
             ioasid::Incompatibility::NotPasidCapable => IeMissing::NotPasidCapable,
+            ioasid::Incompatibility::Permissions { .. } => IeMissing::Permissions,
+            ioasid::Incompatibility::OutputAddress { .. } => IeMissing::OutputAddress,
         }
     }
 }
@@ -180,7 +186,8 @@ impl From<ioasid::Error> for IeStatus {
             }
             E::PasidNotOwned(_) => IeStatus::NotFound,
             E::PageTable(p) => p.into(),
-            E::Iommu(i) => i.into(),
+            E::Iommu(i) | E::InvalidationPending { error: i, .. } => i.into(),
+            E::Mismatch { .. } => IeStatus::Hardware,
         }
     }
 }

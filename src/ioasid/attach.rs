@@ -5,7 +5,7 @@ use super::registry::UnitId;
 use super::{DeviceHandle, Error, Incompatibility, IoasidFlags, IoasidId};
 use crate::iommu::{self, DeviceId, DomainConfig, DomainHandle, Iommu, Missing, Pasid, Stage};
 use crate::mem::{Iova, PageAllocator};
-use crate::pgtable::Leaf;
+use crate::pgtable::{self, Leaf};
 
 use super::record::RECORD_IAS;
 
@@ -64,7 +64,7 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         let mut st = self.state.write();
         let dev = st.device(device)?;
         let (label, old) = (dev.label, dev.attached.ok_or(Error::NotAttached(device))?);
-        self.unit(label.unit)?.detach(label.id, None)?;
+        unit_detach(self.unit(label.unit)?, label.id, None)?;
         st.device_mut(device)?.attached = None;
         self.release_domain(&mut st, old, label.unit);
         Ok(())
@@ -146,7 +146,7 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         let ioasid = st.pasid_attachments[slot]
             .map(|a| a.ioasid)
             .ok_or(Error::NotAttached(device))?;
-        self.unit(label.unit)?.detach(label.id, Some(pasid))?;
+        unit_detach(self.unit(label.unit)?, label.id, Some(pasid))?;
         st.pasid_attachments[slot] = None;
         self.release_domain(&mut st, ioasid, label.unit);
         Ok(())
@@ -204,30 +204,60 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         }
     }
 
-    /// Drops one user of the IOASID's domain on `unit_id`; frees the domain with the last one.
-    /// The unit invalidates the domain's tag before it can be reused.
+    /// Drops one user of the IOASID's domain on `unit_id`; frees the domain with the last one,
+    /// once it owes no invalidation. The unit invalidates the domain's tag before it can be
+    /// reused. A domain that cannot be freed yet stays recorded, without users, and is freed
+    /// with the IOASID (`free_domains`).
     pub(super) fn release_domain(&self, st: &mut State<'a, A>, ioasid: IoasidId, unit_id: UnitId) {
         let Ok(io) = st.ioasid_mut(ioasid) else {
             return;
         };
         let Some(slot) = io
             .domains
-            .iter_mut()
-            .find(|d| d.is_some_and(|d| d.unit == unit_id))
+            .iter()
+            .position(|d| d.is_some_and(|d| d.unit == unit_id))
         else {
             return;
         };
-        let Some(d) = slot.as_mut() else { return };
+        let Some(d) = io.domains[slot].as_mut() else {
+            return;
+        };
         d.users = d.users.saturating_sub(1);
         if d.users == 0 {
-            let handle = d.handle;
-            if let Ok(unit) = self.unit(unit_id) {
-                // A domain whose free failed stays recorded, and is retried when the IOASID goes.
-                if unit.domain_free(handle).is_ok() {
-                    *slot = None;
-                }
-            }
+            let _ = self.free_domain(io, slot);
         }
+    }
+
+    /// Frees the unused domain in slot `slot` after settling what the IOASID's units owe.
+    ///
+    /// # Errors
+    /// [`Error::Busy`] while it has users; [`Error::InvalidationPending`]; unit errors. The
+    /// domain then stays recorded.
+    pub(super) fn free_domain(&self, io: &mut Ioasid<'a, A>, slot: usize) -> Result<(), Error> {
+        let Some(d) = io.domains.get(slot).copied().flatten() else {
+            return Ok(());
+        };
+        if d.users != 0 {
+            return Err(Error::Busy);
+        }
+        // Its table pages owed to the allocator must be confirmed first.
+        let settled = self.settle(io);
+        if io.pending.owed(slot) {
+            return settled;
+        }
+        self.unit(d.unit)?.domain_free(d.handle)?;
+        io.domains[slot] = None;
+        Ok(())
+    }
+}
+
+/// Detaches on the unit. A unit that no longer knows the attachment (an earlier detach blocked
+/// the device, then failed to confirm an invalidation and dropped its books) has nothing left
+/// to undo: that completes a retried detach.
+fn unit_detach(unit: &dyn Iommu, id: DeviceId, pasid: Option<Pasid>) -> Result<(), Error> {
+    match unit.detach(id, pasid) {
+        Ok(()) | Err(iommu::Error::NotAttached(_)) => Ok(()),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -258,6 +288,25 @@ fn needed_ias<A: PageAllocator>(io: &Ioasid<'_, A>) -> Result<u32, Error> {
             end = end.max(l.iova.get() + (1u64 << l.size_log2));
         })?;
     Ok((64 - end.saturating_sub(1).leading_zeros()).max(32))
+}
+
+/// A unit's refusal to copy leaf `l` into a new domain: a mapping its format cannot express is
+/// a reason the attach is incompatible, named by the mapping; anything else stays what it is.
+fn inexpressible(device: DeviceHandle, l: Leaf, e: iommu::Error) -> Error {
+    let reason = match e {
+        iommu::Error::PageTable(pgtable::Error::UnsupportedProt { prot }) => {
+            Incompatibility::Permissions { iova: l.iova, prot }
+        }
+        iommu::Error::PageTable(pgtable::Error::PaOutOfRange { last, oas }) => {
+            Incompatibility::OutputAddress {
+                iova: l.iova,
+                last,
+                oas,
+            }
+        }
+        e => return Error::from(e),
+    };
+    Error::Incompatible { device, reason }
 }
 
 /// Checks that a new domain can hold the IOASID's mappings, and copies them in.
@@ -303,7 +352,7 @@ fn fill_domain<A: PageAllocator>(
             Some(reason) => Err(Error::Incompatible { device, reason }),
             None => unit
                 .map(handle, l.iova, l.pa, len, l.prot)
-                .map_err(Error::from),
+                .map_err(|e| inexpressible(device, l, e)),
         };
     };
     io.record

@@ -4,8 +4,9 @@ use core::mem::MaybeUninit;
 use core::ptr::{addr_of_mut, NonNull};
 use core::sync::atomic::{AtomicU32, Ordering};
 
+use super::pending::Pending;
 use super::record::Record;
-use super::registry::{DeviceLabel, Registry, UnitId};
+use super::registry::{DeviceLabel, Leaked, Registry, UnitId};
 use super::{
     DeviceHandle, Error, IoasidFlags, IoasidId, MAX_DEVICES, MAX_IOASIDS, MAX_IOVA_RESERVATIONS,
     MAX_PASID_ATTACHMENTS, MAX_RESERVED, MAX_UNITS,
@@ -47,6 +48,8 @@ pub(super) struct Ioasid<'a, A: PageAllocator> {
     pub(super) record: PageTable<Record, &'a A>,
     pub(super) domains: [Option<UnitDomain>; MAX_UNITS],
     pub(super) reservations: spin::Mutex<[Option<IovaRange>; MAX_IOVA_RESERVATIONS]>,
+    /// Invalidations a unit has not confirmed, per slot of `domains`.
+    pub(super) pending: Pending,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -324,6 +327,7 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
             record,
             domains: [None; MAX_UNITS],
             reservations: spin::Mutex::new([None; MAX_IOVA_RESERVATIONS]),
+            pending: Pending::new(),
         });
         Ok(IoasidId(slot as u16))
     }
@@ -339,34 +343,44 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
     /// Frees an IOASID with nothing attached, and its mappings.
     ///
     /// # Errors
-    /// [`Error::Busy`] while devices or PASIDs are attached.
+    /// [`Error::Busy`] while devices or PASIDs are attached. [`Error::InvalidationPending`] or
+    /// a unit error: a domain behind the IOASID could not be freed yet (the invalidation of its
+    /// tag or of an earlier unmap was not confirmed); the IOASID stays, with its mappings and
+    /// what remains of its domains, and a retry completes the free.
     pub fn free(&self, ioasid: IoasidId) -> Result<(), Error> {
         let mut st = self.state.write();
         st.ioasid(ioasid)?;
         if st.in_use(ioasid) {
             return Err(Error::Busy);
         }
+        self.free_domains(st.ioasid_mut(ioasid)?)?;
         let io = st.ioasids[usize::from(ioasid.0)].take();
         if let Some(io) = io {
-            self.destroy_ioasid(io)?;
+            self.destroy_record(io)?;
         }
         Ok(())
     }
 
-    /// Frees what remains of an IOASID: domains without users (none, normally) and the record.
-    pub(super) fn destroy_ioasid(&self, io: Ioasid<'a, A>) -> Result<(), Error> {
-        let mut first_err = Ok(());
-        for d in io.domains.iter().flatten() {
-            let r = self
-                .unit(d.unit)
-                .and_then(|u| u.domain_free(d.handle).map_err(Error::from));
-            first_err = first_err.and(r);
+    /// Frees every unused domain of an IOASID (normally none remain: the last detach frees
+    /// each), keeping those that cannot be freed yet.
+    ///
+    /// # Errors
+    /// The first failure (see [`IoasidCtx::free`]).
+    pub(super) fn free_domains(&self, io: &mut Ioasid<'a, A>) -> Result<(), Error> {
+        let mut result = Ok(());
+        for slot in 0..MAX_UNITS {
+            result = result.and(self.free_domain(io, slot));
         }
+        result
+    }
+
+    /// Frees the record of an IOASID whose domains are gone (or given up).
+    pub(super) fn destroy_record(&self, io: Ioasid<'a, A>) -> Result<(), Error> {
         let mut gather = Gather::new();
         io.record.destroy(&mut gather)?;
         // SAFETY: the record is a software table: no hardware ever walks it.
         gather.release(self.alloc, unsafe { InvalidationComplete::assume() })?;
-        first_err
+        Ok(())
     }
 
     /// Declares an IOVA range no IOASID of this context may map (beyond the units' own).
@@ -494,6 +508,11 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
 }
 
 impl<A: PageAllocator> Drop for IoasidCtx<'_, '_, A> {
+    /// Detaches everything, frees every domain, IOASID and PASID, releases every device. What
+    /// a unit refuses to undo is never freed: a device whose detach failed stays bound in the
+    /// registry as stranded (no context can bind it; see [`Registry::stranded`]), its domain
+    /// and PASIDs stay allocated, and invalidations never confirmed keep their table pages;
+    /// the registry counts what was given up ([`Registry::leaked`]).
     fn drop(&mut self) {
         let handles: [Option<DeviceHandle>; MAX_DEVICES] = {
             let st = self.state.read();
@@ -515,21 +534,37 @@ impl<A: PageAllocator> Drop for IoasidCtx<'_, '_, A> {
             let _ = self.detach(*d);
         }
         let mut st = self.state.write();
+        let mut leaked = Leaked::default();
         for io in st.ioasids.iter_mut() {
-            if let Some(io) = io.take() {
-                let _ = self.destroy_ioasid(io);
+            if let Some(mut io) = io.take() {
+                let _ = self.free_domains(&mut io);
+                // Still attached, or the unit would not free it: the hardware may reach it.
+                leaked.domains += io.domains.iter().flatten().count() as u64;
+                leaked.table_pages += io.pending.leak() as u64;
+                let _ = self.destroy_record(io);
             }
         }
+        let attachments = st.pasid_attachments;
         for p in st.pasids.iter_mut() {
-            if let Some(p) = p.take() {
+            let attached = attachments.iter().flatten().any(|a| Some(a.pasid) == *p);
+            if let Some(p) = p.take().filter(|_| !attached) {
                 self.registry.pasids().free(p);
             }
         }
-        for d in st.devices.iter_mut() {
+        for (i, d) in st.devices.iter_mut().enumerate() {
             if let Some(d) = d.take() {
-                self.registry.release(d.label, self.id);
+                let handle = DeviceHandle::new(self.id, i as u16);
+                let attached = d.attached.is_some()
+                    || attachments.iter().flatten().any(|a| a.device == handle);
+                if attached {
+                    self.registry.strand(d.label, self.id);
+                    leaked.devices += 1;
+                } else {
+                    self.registry.release(d.label, self.id);
+                }
             }
         }
+        self.registry.count_leaked(leaked);
     }
 }
 

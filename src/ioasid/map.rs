@@ -7,6 +7,16 @@ use crate::iommu::Iommu;
 use crate::mem::{Iova, PageAllocator, PhysAddr};
 use crate::pgtable::{Gather, InvalidationComplete, IovaRange, Mapping, Prot};
 
+/// The domains of an IOASID with their slots.
+pub(super) fn domains<'i, A: PageAllocator>(
+    io: &'i Ioasid<'_, A>,
+) -> impl Iterator<Item = (usize, UnitDomain)> + 'i {
+    io.domains
+        .iter()
+        .enumerate()
+        .filter_map(|(slot, d)| d.map(|d| (slot, d)))
+}
+
 /// Lowest IOVA [`IoasidCtx::alloc_iova`] hands out: page 0 stays unmapped so that a device
 /// using a null DMA address faults.
 const IOVA_ALLOC_BASE: u64 = 1 << 12;
@@ -17,7 +27,11 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     ///
     /// # Errors
     /// [`Error::Reserved`] for a range touching a reserved region; [`Error::PageTable`]
-    /// (overlap, alignment, width, memory); unit errors.
+    /// (overlap, alignment, width, memory); unit errors. Nothing is mapped after any of them.
+    /// [`Error::InvalidationPending`]: nothing is mapped, but a unit did not confirm the
+    /// invalidation of the undone mapping (or of an earlier unmap): devices behind it may still
+    /// reach `pa`; do not reuse it until this call (retried) or an unmap of the range returns
+    /// `Ok`.
     pub fn map(
         &self,
         ioasid: IoasidId,
@@ -32,21 +46,44 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         if let Some(r) = self.reserved_overlap(&st, io, iova.get(), end) {
             return Err(Error::Reserved(r));
         }
+        // A new mapping never lands where a stale translation may still be cached.
+        self.settle(io)?;
         io.record.map(iova, pa, len, prot)?;
-        for (k, d) in io.domains.iter().flatten().enumerate() {
+        for (k, (_, d)) in domains(io).enumerate() {
             let r = self
                 .unit(d.unit)
                 .and_then(|u| u.map(d.handle, iova, pa, len, prot).map_err(Error::from));
             if let Err(e) = r {
-                for done in io.domains.iter().flatten().take(k) {
-                    // The mapping was briefly visible: remove it and invalidate.
-                    let _ = self.unmap_domain(done, iova, len);
-                }
-                self.unmap_record(io, iova, len);
-                return Err(e);
+                return Err(self.roll_back_map(io, k, iova, len, e));
             }
         }
         Ok(())
+    }
+
+    /// Undoes a map that the `failed`-th domain refused with `e`: the range is unmapped from
+    /// that domain too (a unit may fail after writing entries: `Iommu::map`), from the domains
+    /// before it and from the record. The range was free in the record, and every domain holds
+    /// what the record holds, so nothing else is touched. Returns the error to report: `e`, or
+    /// [`Error::InvalidationPending`] if a unit did not confirm the invalidation.
+    fn roll_back_map(
+        &self,
+        io: &Ioasid<'a, A>,
+        failed: usize,
+        iova: Iova,
+        len: u64,
+        e: Error,
+    ) -> Error {
+        let mut report = e;
+        for (slot, d) in domains(io).take(failed + 1) {
+            // The mapping may have been visible: remove it and invalidate.
+            if let Err(p @ Error::InvalidationPending { .. }) =
+                self.unmap_domain(io, slot, &d, iova, len)
+            {
+                report = p;
+            }
+        }
+        self.unmap_record(io, iova, len);
+        report
     }
 
     /// Unmaps `[iova, iova + len)` from the IOASID and every domain behind it, with one flush
@@ -55,32 +92,43 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     /// and nothing is unmapped.
     ///
     /// # Errors
-    /// [`Error::PageTable`] (range errors, a refused split, memory); unit errors.
+    /// [`Error::PageTable`] (range errors, a refused split, memory); unit errors: nothing is
+    /// unmapped. [`Error::InvalidationPending`]: the range is unmapped from the record and from
+    /// every domain, but a unit did not confirm the invalidation, so devices behind it may still
+    /// reach the old pages through stale caches (and the table pages the unmap emptied are
+    /// kept). Do not reuse the pages until a retry of this call returns `Ok` (it reissues the
+    /// invalidation first, and reports 0 bytes: the range is already unmapped).
     pub fn unmap(&self, ioasid: IoasidId, iova: Iova, len: u64) -> Result<u64, Error> {
         let st = self.state.read();
         let io = st.ioasid(ioasid)?;
-        let domains = || io.domains.iter().flatten();
-        for (k, d) in domains().enumerate() {
-            if let Err(e) = self.unmap_domain(d, iova, len) {
-                for done in domains().take(k) {
-                    let _ = self.remap_from_record(io, done, iova, len);
+        self.settle(io)?;
+        let mut owed = Ok(());
+        for (k, (slot, d)) in domains(io).enumerate() {
+            match self.unmap_domain(io, slot, &d, iova, len) {
+                Ok(_) => {}
+                // The entries are gone: go on, so that every domain and the record agree.
+                Err(e @ Error::InvalidationPending { .. }) => owed = owed.and(Err(e)),
+                Err(e) => {
+                    for (_, done) in domains(io).take(k) {
+                        let _ = self.remap_from_record(io, &done, iova, len);
+                    }
+                    return Err(e);
                 }
-                return Err(e);
             }
         }
         let mut gather = Gather::new();
         let bytes = match io.record.unmap(iova, len, &mut gather) {
             Ok(bytes) => bytes,
             Err(e) => {
-                for d in domains() {
-                    let _ = self.remap_from_record(io, d, iova, len);
+                for (_, d) in domains(io) {
+                    let _ = self.remap_from_record(io, &d, iova, len);
                 }
                 return Err(e.into());
             }
         };
         // SAFETY: the record is a software table: no hardware walks it.
         gather.release(self.alloc, unsafe { InvalidationComplete::assume() })?;
-        Ok(bytes)
+        owed.map(|()| bytes)
     }
 
     /// What the IOASID's owner mapped at `iova`.
@@ -96,7 +144,10 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     /// two units is reported by each.
     ///
     /// # Errors
-    /// [`Error::PageTable`] (`NoDirtyTracking`); unit errors.
+    /// [`Error::PageTable`] (`NoDirtyTracking`); unit errors. [`Error::InvalidationPending`]:
+    /// the dirty state was reported and cleaned in every domain, but a unit did not confirm the
+    /// invalidation, so writes through its stale caches may go unrecorded until a call on the
+    /// IOASID returns `Ok`: treat every page of the range as dirty, and retry.
     pub fn read_and_clear_dirty(
         &self,
         ioasid: IoasidId,
@@ -105,14 +156,23 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         sink: &mut dyn FnMut(Iova, u32),
     ) -> Result<(), Error> {
         let st = self.state.read();
-        for d in st.ioasid(ioasid)?.domains.iter().flatten() {
+        let io = st.ioasid(ioasid)?;
+        self.settle(io)?;
+        let mut owed = Ok(());
+        for (slot, d) in domains(io) {
             let unit = self.unit(d.unit)?;
             let mut gather = Gather::new();
             let r = unit.read_and_clear_dirty(d.handle, iova, len, sink, &mut gather);
-            unit.flush(d.handle, &mut gather)?;
+            if let Err(error) = unit.flush(d.handle, &mut gather) {
+                io.pending.park(slot, gather);
+                owed = owed.and(Err(Error::InvalidationPending {
+                    unit: d.unit,
+                    error,
+                }));
+            }
             r?;
         }
-        Ok(())
+        owed
     }
 
     /// Finds and reserves `size` bytes (rounded up to whole 4 KiB pages) of IOVA aligned to
@@ -188,13 +248,28 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         Ok(found.map(|r| r.take()).is_some())
     }
 
-    /// Unmaps a range from one domain and flushes its unit.
-    fn unmap_domain(&self, d: &UnitDomain, iova: Iova, len: u64) -> Result<u64, Error> {
+    /// Unmaps a range from the domain in slot `slot` and flushes its unit. A flush that fails
+    /// leaves its gather owed (see `pending.rs`) and reports [`Error::InvalidationPending`].
+    fn unmap_domain(
+        &self,
+        io: &Ioasid<'a, A>,
+        slot: usize,
+        d: &UnitDomain,
+        iova: Iova,
+        len: u64,
+    ) -> Result<u64, Error> {
         let unit = self.unit(d.unit)?;
         let mut gather = Gather::new();
         let r = unit.unmap(d.handle, iova, len, &mut gather);
         // Flush even after a failure: the gather holds what did change.
-        unit.flush(d.handle, &mut gather)?;
+        if let Err(error) = unit.flush(d.handle, &mut gather) {
+            io.pending.park(slot, gather);
+            r?;
+            return Err(Error::InvalidationPending {
+                unit: d.unit,
+                error,
+            });
+        }
         Ok(r?)
     }
 

@@ -25,9 +25,11 @@
 //! context that must not spin for that long (hard interrupt handlers).
 
 mod attach;
+mod audit;
 mod ctx;
 mod map;
 mod pasid;
+mod pending;
 mod record;
 mod registry;
 
@@ -37,7 +39,7 @@ mod tests;
 pub use ctx::{DeviceInfo, IncoherentDmaGrant, IoasidCtx};
 pub use pasid::PasidAllocator;
 pub use record::RECORD_IAS;
-pub use registry::{DeviceLabel, Registry, UnitId};
+pub use registry::{DeviceLabel, Leaked, Registry, UnitId};
 
 use core::fmt;
 
@@ -129,6 +131,23 @@ pub enum Incompatibility {
     },
     /// Only an IOASID allocated with [`IoasidFlags::PASID`] may be attached to a PASID.
     NotPasidCapable,
+    /// An existing mapping has permissions the unit's table format cannot express (execute on
+    /// a VT-d second stage, privileged-only on an Arm stage 2, write-only on x86 paging).
+    Permissions {
+        /// The mapping's IOVA.
+        iova: crate::mem::Iova,
+        /// Its permissions.
+        prot: crate::pgtable::Prot,
+    },
+    /// An existing mapping's physical range reaches beyond the unit's output address width.
+    OutputAddress {
+        /// The mapping's IOVA.
+        iova: crate::mem::Iova,
+        /// The mapping's last physical address.
+        last: crate::mem::PhysAddr,
+        /// The unit's output address width, in bits.
+        oas: u32,
+    },
 }
 
 impl fmt::Display for Incompatibility {
@@ -145,6 +164,13 @@ impl fmt::Display for Incompatibility {
                 )
             }
             Incompatibility::NotPasidCapable => write!(f, "IOASID not allocated with PASID"),
+            Incompatibility::Permissions { iova, prot } => {
+                write!(f, "mapping at {iova}: the unit cannot express {prot:?}")
+            }
+            Incompatibility::OutputAddress { iova, last, oas } => write!(
+                f,
+                "mapping at {iova} reaches {last}, beyond the unit's {oas}-bit output"
+            ),
         }
     }
 }
@@ -192,6 +218,26 @@ pub enum Error {
     PageTable(pgtable::Error),
     /// A unit refused.
     Iommu(iommu::Error),
+    /// A unit did not confirm an invalidation: its flush failed with `error` (a wait that
+    /// timed out, a queue error). Entries were removed from its domain but devices behind it
+    /// may still reach the old pages through stale caches; what the call did is documented
+    /// with each call. The invalidation is kept and reissued by the next call on the IOASID
+    /// (map, unmap, read_and_clear_dirty, detach, free). The caller must not reuse the pages
+    /// involved until a retry returns `Ok`; if the unit keeps failing, reset it.
+    InvalidationPending {
+        /// The unit that owes the invalidation.
+        unit: UnitId,
+        /// How its flush failed.
+        error: iommu::Error,
+    },
+    /// [`IoasidCtx::audit`] found a domain that does not translate what the record holds: a
+    /// defect of this crate or of a unit. Report it; detach the IOASID's devices.
+    Mismatch {
+        /// The domain's unit.
+        unit: UnitId,
+        /// An IOVA where they differ.
+        iova: crate::mem::Iova,
+    },
 }
 
 impl From<pgtable::Error> for Error {
@@ -229,6 +275,16 @@ impl fmt::Display for Error {
             Error::NoIovaSpace { size } => write!(f, "no free IOVA range of {size:#x} bytes"),
             Error::PageTable(e) => write!(f, "page table: {e}"),
             Error::Iommu(e) => write!(f, "IOMMU: {e}"),
+            Error::Mismatch { unit, iova } => {
+                write!(f, "unit {}: domain and record differ at {iova}", unit.0)
+            }
+            Error::InvalidationPending { unit, error } => {
+                write!(
+                    f,
+                    "unit {} did not confirm an invalidation: {error}",
+                    unit.0
+                )
+            }
         }
     }
 }

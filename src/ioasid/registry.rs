@@ -1,6 +1,6 @@
 //! The registry: the system's units, which context owns each device, and the PASID space.
 
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use super::pasid::PasidAllocator;
 use super::{Error, MAX_BOUND, MAX_UNITS};
@@ -19,6 +19,21 @@ pub struct DeviceLabel {
     pub id: DeviceId,
 }
 
+/// The context number that marks a stranded device (contexts are numbered from 1).
+const STRANDED: u32 = 0;
+
+/// What dropped contexts gave up because a unit would not undo it (see [`Registry::leaked`]).
+/// Nothing here was freed: the hardware may still reach it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Leaked {
+    /// Devices left attached, stranded in the registry ([`Registry::stranded`]).
+    pub devices: u64,
+    /// Hardware domains left allocated on their units (attached, or their free failed).
+    pub domains: u64,
+    /// Table pages held for invalidations a unit never confirmed.
+    pub table_pages: u64,
+}
+
 /// The system-wide state every context shares: one per kernel or hypervisor.
 ///
 /// Small enough to build on a kernel stack: the PASID space's bitmap (128 KiB for 20 bits) is
@@ -28,6 +43,7 @@ pub struct Registry<'a> {
     owners: spin::Mutex<[Option<(DeviceLabel, u32)>; MAX_BOUND]>,
     pasids: &'a PasidAllocator,
     next_ctx: AtomicU32,
+    leaked: [AtomicU64; 3],
 }
 
 impl core::fmt::Debug for Registry<'_> {
@@ -66,6 +82,7 @@ impl<'a> Registry<'a> {
             owners: spin::Mutex::new([None; MAX_BOUND]),
             pasids,
             next_ctx: AtomicU32::new(1),
+            leaked: [const { AtomicU64::new(0) }; 3],
         })
     }
 
@@ -110,6 +127,74 @@ impl<'a> Registry<'a> {
             if *o == Some((label, ctx)) {
                 *o = None;
             }
+        }
+    }
+
+    /// Marks `label`, owned by context `ctx` that is going away, as stranded: it stays
+    /// claimed, so that no context can bind it while the hardware may still translate it
+    /// through what the dead context built.
+    pub(super) fn strand(&self, label: DeviceLabel, ctx: u32) {
+        for o in self.owners.lock().iter_mut() {
+            if *o == Some((label, ctx)) {
+                *o = Some((label, STRANDED));
+            }
+        }
+    }
+
+    /// Calls `f` with every stranded device: a context was dropped while the device's unit
+    /// refused to detach it (a queue that stalls, a wait that times out). Its DMA may still
+    /// reach memory the context's owner mapped: keep that memory, reset the unit (or detach
+    /// the device on the unit directly), then [`release_stranded`](Self::release_stranded).
+    /// `f` runs under the registry's lock and must not call the registry.
+    pub fn stranded(&self, mut f: impl FnMut(DeviceLabel)) {
+        for &(label, ctx) in self.owners.lock().iter().flatten() {
+            if ctx == STRANDED {
+                f(label);
+            }
+        }
+    }
+
+    /// Whether `label` is stranded.
+    pub fn is_stranded(&self, label: DeviceLabel) -> bool {
+        self.owners
+            .lock()
+            .iter()
+            .flatten()
+            .any(|&(l, ctx)| l == label && ctx == STRANDED)
+    }
+
+    /// Makes a stranded device bindable again. Call it only once its DMA is blocked by other
+    /// means (the unit was reset or disabled, or `Iommu::detach` succeeded on the unit):
+    /// `false` if the device was not stranded.
+    pub fn release_stranded(&self, label: DeviceLabel) -> bool {
+        let mut released = false;
+        for o in self.owners.lock().iter_mut() {
+            if *o == Some((label, STRANDED)) {
+                *o = None;
+                released = true;
+            }
+        }
+        released
+    }
+
+    pub(super) fn count_leaked(&self, l: Leaked) {
+        for (counter, n) in self
+            .leaked
+            .iter()
+            .zip([l.devices, l.domains, l.table_pages])
+        {
+            counter.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// What dropped contexts have given up so far, because a unit would not undo it. Never
+    /// freed: a kernel reports it and, to recover the memory, resets the unit.
+    pub fn leaked(&self) -> Leaked {
+        let [devices, domains, table_pages] = &self.leaked;
+        Leaked {
+            devices: devices.load(Ordering::Relaxed),
+            domains: domains.load(Ordering::Relaxed),
+            table_pages: table_pages.load(Ordering::Relaxed),
         }
     }
 }

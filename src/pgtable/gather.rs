@@ -71,6 +71,9 @@ pub struct Gather {
     leaf_only: bool,
     /// First freed page and its size code, or 0.
     freed_head: u64,
+    /// Virtual address of the last page of the chain (the first one added), whose link word
+    /// ends the chain, or 0: so that [`Gather::absorb`] can append a chain without walking it.
+    freed_tail: usize,
     freed: usize,
 }
 
@@ -101,6 +104,7 @@ impl Gather {
             page_sizes: 0,
             leaf_only: true,
             freed_head: 0,
+            freed_tail: 0,
             freed: 0,
         }
     }
@@ -244,8 +248,38 @@ impl Gather {
         // SAFETY: `page` is a live table page (aligned, at least 4 KiB) the engine just unlinked;
         // its first word is written atomically with a non-present encoding (module docs).
         unsafe { (*word).store(self.freed_head, Ordering::Relaxed) };
+        if self.freed == 0 {
+            self.freed_tail = word as usize;
+        }
         self.freed_head = link(page.pa, size_log2);
         self.freed += 1;
+    }
+
+    /// Moves everything `other` holds into this gather: its ranges (widened as usual), page
+    /// sizes and held pages. For a caller that keeps one gather of invalidations still to
+    /// confirm (a flush failed) and adds a later one that failed too; both must belong to the
+    /// same table (one unit, one domain).
+    pub fn absorb(&mut self, other: Gather) {
+        for r in other.ranges() {
+            self.add_range(r.start.get(), r.end.get());
+        }
+        self.page_sizes |= other.page_sizes;
+        self.leaf_only &= other.leaf_only;
+        if other.freed == 0 {
+            return;
+        }
+        if self.freed == 0 {
+            self.freed_tail = other.freed_tail;
+        } else {
+            // SAFETY: `other.freed_tail` is the first word of the last page of `other`'s chain,
+            // a page `other` holds (unlinked from every table, nobody else writes it); its
+            // link word (0, the end) now continues into this gather's chain.
+            unsafe {
+                (*(other.freed_tail as *const AtomicU64)).store(self.freed_head, Ordering::Relaxed)
+            };
+        }
+        self.freed_head = other.freed_head;
+        self.freed += other.freed;
     }
 
     /// Returns every held page to `alloc` and empties the gather.
@@ -270,6 +304,7 @@ impl Gather {
             self.freed_head = next;
             self.freed -= 1;
         }
+        self.freed_tail = 0;
         self.nranges = 0;
         self.page_sizes = 0;
         self.leaf_only = true;
@@ -310,6 +345,44 @@ mod tests {
         assert_eq!(g.page_sizes(), 1 << 12);
         g.add_table_change(0, 0x20_0000);
         assert!(!g.leaf_only());
+    }
+
+    #[test]
+    fn absorb_keeps_every_range_and_page_of_both() {
+        use crate::pgtable::testutil::test_alloc;
+        let alloc = test_alloc();
+        let take = |g: &mut Gather, n: usize| {
+            for _ in 0..n {
+                g.add_freed(alloc.alloc(12).unwrap(), 12);
+            }
+        };
+        for (a_pages, b_pages) in [(0, 0), (2, 0), (0, 3), (2, 3), (1, 1)] {
+            let (mut a, mut b) = (Gather::new(), Gather::new());
+            a.add_leaves(0x1000, 0x1000, 12);
+            take(&mut a, a_pages);
+            b.add_leaves(0x20_0000, 0x20_0000, 21);
+            take(&mut b, b_pages);
+            a.absorb(b);
+            assert_eq!(a.ranges().len(), 2);
+            assert_eq!(a.page_sizes(), 1 << 12 | 1 << 21);
+            assert_eq!(a.freed_pages(), a_pages + b_pages);
+            assert_eq!(a.leaf_only(), a_pages + b_pages == 0);
+            let live = alloc.live_pages().len();
+            // SAFETY: nothing walks these pages.
+            a.release(&alloc, unsafe { InvalidationComplete::assume() })
+                .unwrap();
+            assert_eq!(alloc.live_pages().len(), live - a_pages - b_pages);
+            assert!(a.is_empty());
+            // The emptied gather takes pages again and chains them from scratch.
+            take(&mut a, 1);
+            let mut c = Gather::new();
+            take(&mut c, 2);
+            a.absorb(c);
+            a.release(&alloc, unsafe { InvalidationComplete::assume() })
+                .unwrap();
+            assert_eq!(alloc.live_pages().len(), live - a_pages - b_pages);
+        }
+        assert_eq!(alloc.bad_frees(), []);
     }
 
     #[test]

@@ -1,0 +1,129 @@
+//! Invalidations a unit has not confirmed yet, kept per hardware domain of an IOASID.
+//!
+//! When a unit's flush fails (a queue that stalls, a wait that times out, an invalidation the
+//! hardware rejects: `Iommu::flush` returns `Timeout` or `Hardware`), the entries the unmap
+//! cleared are gone from the domain, but stale IOTLB, paging-structure and device-TLB entries
+//! may still lead to the old pages, and the table pages the unmap unlinked may still be walked.
+//! The failed [`Gather`] holds exactly what is owed: its ranges and those table pages. It is
+//! kept here and flushed again (every range reissued) before the IOASID's domains are used for
+//! anything else; its pages return to the unit's allocator only when such a flush completes,
+//! or never (dropping a context leaks what it still holds, on purpose).
+
+use core::sync::atomic::{AtomicU32, Ordering};
+
+use super::ctx::{Ioasid, IoasidCtx};
+use super::{Error, MAX_UNITS};
+use crate::mem::PageAllocator;
+use crate::pgtable::Gather;
+
+/// The unconfirmed invalidations of one IOASID, one gather per domain slot.
+pub(super) struct Pending {
+    gathers: spin::Mutex<[Gather; MAX_UNITS]>,
+    /// Bit `n` set: slot `n` holds a gather. Lets maps and unmaps skip the lock when nothing
+    /// is owed (the common case).
+    mask: AtomicU32,
+}
+
+impl Pending {
+    pub(super) const fn new() -> Self {
+        Self {
+            gathers: spin::Mutex::new([const { Gather::new() }; MAX_UNITS]),
+            mask: AtomicU32::new(0),
+        }
+    }
+
+    /// Whether some invalidation is owed.
+    pub(super) fn any(&self) -> bool {
+        self.mask.load(Ordering::Acquire) != 0
+    }
+
+    /// Whether an invalidation is owed in domain slot `slot`.
+    pub(super) fn owed(&self, slot: usize) -> bool {
+        self.mask.load(Ordering::Acquire) & 1u32.checked_shl(slot as u32).unwrap_or(0) != 0
+    }
+
+    /// Keeps `gather`, whose flush failed, for domain slot `slot`, with what is owed there.
+    pub(super) fn park(&self, slot: usize, gather: Gather) {
+        if gather.is_empty() {
+            return;
+        }
+        let mut gathers = self.gathers.lock();
+        if let Some(owed) = gathers.get_mut(slot) {
+            owed.absorb(gather);
+            self.mask.fetch_or(1 << slot, Ordering::AcqRel);
+        } else {
+            // No such slot (cannot happen: slots index `Ioasid::domains`). Forgetting the
+            // gather leaks its pages, which is safe; freeing them would not be.
+            core::mem::forget(gather);
+        }
+    }
+
+    /// Flushes what is owed in every slot with `flush(slot, gather)` (which returns the pages
+    /// to the unit's allocator when the invalidation completed). The lock is held throughout,
+    /// so that no concurrent failure can park a gather while one is being retried; a bounded
+    /// wait on the hardware happens only while something is owed.
+    ///
+    /// # Errors
+    /// The first failure; what failed stays owed, the slots already flushed are settled.
+    pub(super) fn settle(
+        &self,
+        mut flush: impl FnMut(usize, &mut Gather) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        if !self.any() {
+            return Ok(());
+        }
+        let mut gathers = self.gathers.lock();
+        let mut result = Ok(());
+        for (slot, g) in gathers.iter_mut().enumerate() {
+            if g.is_empty() {
+                continue;
+            }
+            match flush(slot, g) {
+                Ok(()) if g.is_empty() => {
+                    self.mask.fetch_and(!(1 << slot), Ordering::AcqRel);
+                }
+                Ok(()) => {}
+                Err(e) => {
+                    result = result.and(Err(e));
+                }
+            }
+        }
+        result
+    }
+
+    /// Gives up on everything owed (a context being dropped whose unit never confirmed):
+    /// the gathers are forgotten, so their table pages are never freed. Returns how many
+    /// pages were leaked that way.
+    pub(super) fn leak(&self) -> usize {
+        let mut gathers = self.gathers.lock();
+        let mut pages = 0;
+        for g in gathers.iter_mut() {
+            pages += g.freed_pages();
+            core::mem::forget(core::mem::take(g));
+        }
+        self.mask.store(0, Ordering::Release);
+        pages
+    }
+}
+
+impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
+    /// Reissues every invalidation the IOASID's units still owe, through the unit that owes
+    /// it.
+    ///
+    /// # Errors
+    /// [`Error::InvalidationPending`] naming the first unit that failed again.
+    pub(super) fn settle(&self, io: &Ioasid<'a, A>) -> Result<(), Error> {
+        io.pending.settle(|slot, gather| {
+            // A slot that owes holds its domain: `free_domains` keeps it until it is settled.
+            let Some(d) = io.domains.get(slot).copied().flatten() else {
+                return Ok(());
+            };
+            let unit = self.unit(d.unit)?;
+            unit.flush(d.handle, gather)
+                .map_err(|error| Error::InvalidationPending {
+                    unit: d.unit,
+                    error,
+                })
+        })
+    }
+}
