@@ -108,6 +108,10 @@ typedef enum {
   // IOASID that enforces snooping, ACPI IORT `CANWBS` (`IeSmmuConfig.canwbs` or a
   // declaration covering the StreamID).
   IE_MISSING_NOT_DECLARED = 11,
+  // An existing mapping has permissions the unit's table format cannot express.
+  IE_MISSING_PERMISSIONS = 12,
+  // An existing mapping reaches beyond the unit's output address width.
+  IE_MISSING_OUTPUT_ADDRESS = 13,
 } IeMissing;
 
 // Flags of ie_ctx_alloc(), fixed for the IOASID's life; OR them together.

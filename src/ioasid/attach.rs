@@ -59,7 +59,9 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     /// Detaches a device: its DMA is blocked, its configuration and TLB entries invalidated.
     ///
     /// # Errors
-    /// [`Error::NotAttached`]; unit errors (the device then stays attached).
+    /// [`Error::NotAttached`]; unit errors: the device then stays attached in the context's
+    /// books, and a retry completes the detach (a unit that no longer knows the attachment
+    /// counts as detached).
     pub fn detach(&self, device: DeviceHandle) -> Result<(), Error> {
         let mut st = self.state.write();
         let dev = st.device(device)?;
@@ -134,7 +136,8 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     /// Detaches a (device, PASID) pair.
     ///
     /// # Errors
-    /// [`Error::NotAttached`]; unit errors (the pair then stays attached).
+    /// [`Error::NotAttached`]; unit errors: the pair then stays attached in the context's
+    /// books, and a retry completes the detach.
     pub fn detach_pasid(&self, device: DeviceHandle, pasid: Pasid) -> Result<(), Error> {
         let mut st = self.state.write();
         let label = st.device(device)?.label;

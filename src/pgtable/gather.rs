@@ -378,6 +378,7 @@ mod tests {
             let mut c = Gather::new();
             take(&mut c, 2);
             a.absorb(c);
+            // SAFETY: nothing walks these pages.
             a.release(&alloc, unsafe { InvalidationComplete::assume() })
                 .unwrap();
             assert_eq!(alloc.live_pages().len(), live - a_pages - b_pages);
