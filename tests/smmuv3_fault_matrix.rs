@@ -25,7 +25,7 @@ use iommu_engine::sim::arena::{Arena, ArenaConfig, FailPolicy};
 use iommu_engine::sim::smmuv3::{Injection, SmmuModel, SmmuModelConfig};
 use iommu_engine::sim::walk::Access;
 use iommu_engine::smmuv3::cmdq::SyncMode;
-use iommu_engine::smmuv3::{SmmuConfig, SmmuUnit};
+use iommu_engine::smmuv3::{SmmuConfig, SmmuUnit, StreamTableLayout};
 
 const K4: u64 = 1 << 12;
 const RW: Prot = Prot::READ.union(Prot::WRITE);
@@ -37,6 +37,8 @@ const SID_S1: u32 = 0x11;
 const SID_SPARE: u32 = 0x12;
 /// Never attached: its transactions fill the event queue.
 const SID_NONE: u32 = 0x30;
+/// First attached by `AttachNew`, in a level-2 stream table of its own (split 6).
+const SID_NEW: u32 = 0x50;
 const IOVA: u64 = 0x40_0000;
 const IOVA2: u64 = 0x80_0000;
 const PA_D2: u64 = 0x4000_0000;
@@ -54,6 +56,7 @@ enum Op {
     DomainAlloc,
     DomainFree,
     Attach,
+    AttachNew,
     Detach,
     AttachPasid,
     DetachPasid,
@@ -65,12 +68,13 @@ enum Op {
     Release,
 }
 
-const OPS: [Op; 14] = [
+const OPS: [Op; 15] = [
     Op::Enable,
     Op::Takeover,
     Op::DomainAlloc,
     Op::DomainFree,
     Op::Attach,
+    Op::AttachNew,
     Op::Detach,
     Op::AttachPasid,
     Op::DetachPasid,
@@ -168,6 +172,7 @@ fn unit_config(fault: Fault) -> SmmuConfig {
         ssid_bits: Some(4),
         cmdq_log2: Some(if fault == Fault::QueueFull { 1 } else { 5 }),
         eventq_log2: Some(2),
+        stream_table: StreamTableLayout::TwoLevel { split: 6 },
         sync: if fault == Fault::MsiAbort {
             SyncMode::Msi
         } else {
@@ -258,6 +263,13 @@ impl<'a> Rig<'a> {
                     .map_err(e("map d2b"))?;
                 rig.d2b = Some(d2b);
             }
+            Op::AttachNew => {
+                // A stage-1 domain: the attach allocates a level-2 stream table and a CD table.
+                let p2 = u.domain_alloc(&s1()).map_err(e("p2"))?;
+                u.map(p2, Iova::new(IOVA), PhysAddr::new(PA_P2), K4, RW)
+                    .map_err(e("map p2"))?;
+                rig.p2 = Some(p2);
+            }
             Op::AttachPasid => {
                 let p2 = u.domain_alloc(&s1()).map_err(e("p2"))?;
                 u.map(p2, Iova::new(IOVA), PhysAddr::new(PA_P2), K4, RW)
@@ -304,6 +316,9 @@ impl<'a> Rig<'a> {
             Op::Attach => self
                 .unit()
                 .attach(DeviceId(SID_S2), None, self.d2b.unwrap_or(d2)),
+            Op::AttachNew => self
+                .unit()
+                .attach(DeviceId(SID_NEW), None, self.p2.unwrap_or(d2)),
             Op::Detach => self.unit().detach(DeviceId(SID_S2), None),
             Op::AttachPasid => {
                 self.unit()
@@ -390,6 +405,10 @@ impl<'a> Rig<'a> {
             Op::Attach => want(
                 "the stream translates through the new domain",
                 pa(m, SID_S2, None, IOVA) == Some(PA_D2B),
+            ),
+            Op::AttachNew => want(
+                "the new stream translates",
+                pa(m, SID_NEW, None, IOVA) == Some(PA_P2),
             ),
             Op::Detach => want("the stream aborts", pa(m, SID_S2, None, IOVA).is_none()),
             Op::AttachPasid => want(
@@ -539,7 +558,8 @@ fn run_cell(op: Op, fault: Fault) -> Result<&'static str, String> {
             .with_ats(true)
             .with_msi(true)
             .with_httu(true, true)
-            .with_ssid_bits(4),
+            .with_ssid_bits(4)
+            .with_two_level_strtab(true),
     );
     let mut rig = Rig::new(&mem, &model, op, fault)?;
     if op != Op::Takeover {
@@ -552,7 +572,13 @@ fn run_cell(op: Op, fault: Fault) -> Result<&'static str, String> {
     if let Some(u) = rig.unit.as_ref() {
         u.handle_events(usize::MAX, |_| {});
     }
+    let transient = matches!(fault, Fault::Abort(_, false) | Fault::AtcSync(_, false));
     let outcome = match first {
+        Err(e) if transient => {
+            return Err(format!(
+                "a transient fault failed the call ({e:?}): the command is to be run again"
+            ))
+        }
         Ok(()) => {
             rig.effect(op)?;
             rig.invariants(true)?;
@@ -599,15 +625,25 @@ fn smmuv3_fault_matrix() {
     let faults = faults();
     let (mut ok, mut err, mut failures) = (0, 0, String::new());
     for op in OPS {
+        let mut row = String::new();
         for &fault in &faults {
             match run_cell(op, fault) {
-                Ok("ok") => ok += 1,
-                Ok(_) => err += 1,
+                Ok("ok") => {
+                    ok += 1;
+                    row.push('.');
+                }
+                Ok(_) => {
+                    err += 1;
+                    row.push('R');
+                }
                 Err(why) => {
+                    row.push('X');
                     let _ = writeln!(failures, "{op:?} x {fault:?}: {why}");
                 }
             }
         }
+        // One line per operation: `.` Ok, `R` failed then retried (or released), `X` broken.
+        println!("{:>15} {row}", format!("{op:?}"));
     }
     let cells = OPS.len() * faults.len();
     println!(

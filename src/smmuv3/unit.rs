@@ -428,9 +428,14 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
     /// terminates every transaction, §12.3). SFM_ERR is left active: `enable` refuses while
     /// it is, and only a reset clears it.
     fn enter_failure(&self, gerror: u32) {
-        self.failed
-            .store(gerror | Gerror::SFM_ERR.bits(), Ordering::Release);
+        let before = self
+            .failed
+            .swap(gerror | Gerror::SFM_ERR.bits(), Ordering::AcqRel);
         self.enabled.store(false, Ordering::Release);
+        if before != 0 {
+            // Turned off when the failure was first seen.
+            return;
+        }
         let _ = regs::update_gbpa(&self.regs, self.gbpa_value(), self.cfg.budget);
         let _ = regs::write_cr0(&self.regs, 0, self.cfg.budget);
     }
