@@ -136,6 +136,10 @@ typedef enum {
   IE_PROT_EXEC = (1 << 2),
   // Privileged access only (first-stage formats).
   IE_PROT_PRIV = (1 << 3),
+  // The target is device memory (MMIO: a peer's BAR, an MSI doorbell such as the GICv3 ITS
+  // translater page): Arm Device-nGnRE at either stage (FWB keeps it Device), VT-d first
+  // stage UC; VT-d second stage as for memory (the platform's decoding types MMIO).
+  IE_PROT_MMIO = (1 << 4),
 } IeProt;
 
 // The stream table layout of an SMMUv3 unit.

@@ -47,10 +47,28 @@ trait Case {
     fn views(&self, mem: &Arena, root: PhysAddr, iova: u64) -> (bool, bool, bool);
     /// The walker's view of the leaf at `iova`: (carries the contiguous hint, is dirty).
     fn hint_and_dirty(&self, mem: &Arena, root: PhysAddr, iova: u64) -> (bool, bool);
+    /// The memory type the walker reports for the leaf at `iova`.
+    fn memory_type(&self, mem: &Arena, root: PhysAddr, iova: u64) -> MemView;
+    /// What a [`Prot::MMIO`] leaf must look like to the walker (and a leaf without it).
+    fn mmio_view(&self) -> (MemView, MemView) {
+        (MemView::Device, MemView::Normal)
+    }
     /// Permissions the format can express for a read-write mapping.
     fn rw(&self) -> Prot {
         Prot::READ | Prot::WRITE
     }
+}
+
+/// A leaf's memory type as the walker reports it, reduced to what the formats tell apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum MemView {
+    /// Arm Device-nGnRE; x86 UC (PAT index 3).
+    Device,
+    /// Normal memory (Arm), write-back (x86 PAT index 0).
+    Normal,
+    /// VT-d second stage: `EMT` = UC, `IPAT` clear, which the unit uses only with `EMTE`: the
+    /// platform's address decoding gives the access its type.
+    Platform,
 }
 
 fn seen<A>(t: &walk::Translation<A>) -> Seen {
@@ -120,6 +138,15 @@ impl Case for VtdSsCase {
             .unwrap();
         (t.read, t.read, t.exec)
     }
+    fn memory_type(&self, mem: &Arena, root: PhysAddr, iova: u64) -> MemView {
+        let t = walk::vtd_ss::translate(mem, &self.walker(root), Iova::new(iova), Access::READ)
+            .unwrap();
+        assert_eq!((t.attrs.emt, t.attrs.ipat), (0, false), "{}", self.name());
+        MemView::Platform
+    }
+    fn mmio_view(&self) -> (MemView, MemView) {
+        (MemView::Platform, MemView::Platform)
+    }
 }
 
 struct VtdFsCase(VtdFsConfig);
@@ -187,6 +214,15 @@ impl Case for VtdFsCase {
             t.attrs.supervisor.read,
             t.attrs.user.exec,
         )
+    }
+    fn memory_type(&self, mem: &Arena, root: PhysAddr, iova: u64) -> MemView {
+        let read = Access::READ.privileged();
+        let t = walk::vtd_fs::translate(mem, &self.walker(root), Iova::new(iova), read).unwrap();
+        match t.attrs.pat_index {
+            0 => MemView::Normal,
+            3 => MemView::Device,
+            other => panic!("{}: PAT index {other}", self.name()),
+        }
     }
 }
 
@@ -290,6 +326,11 @@ impl Case for ArmS2Case {
             .unwrap();
         (t.read, t.read, t.exec)
     }
+    fn memory_type(&self, mem: &Arena, root: PhysAddr, iova: u64) -> MemView {
+        let t = walk::arm_s2::translate(mem, &self.walker(root), Iova::new(iova), Access::READ)
+            .unwrap();
+        arm_view(t.attrs.mem_type, t.attrs.shareability, &self.name())
+    }
 }
 
 struct ArmS1Case(ArmS1Config);
@@ -383,6 +424,24 @@ impl Case for ArmS1Case {
         let a = t.attrs;
         (a.unprivileged.read, a.privileged.read, a.unprivileged.exec)
     }
+    fn memory_type(&self, mem: &Arena, root: PhysAddr, iova: u64) -> MemView {
+        let read = Access::READ.privileged();
+        let t = walk::arm_s1::translate(mem, &self.walker(root), Iova::new(iova), read).unwrap();
+        arm_view(t.attrs.mem_type, t.attrs.shareability, &self.name())
+    }
+}
+
+/// Device-nGnRE (Outer Shareable, as Device memory always is) or Normal.
+fn arm_view(m: walk::arm::MemType, sh: Shareability, name: &str) -> MemView {
+    use walk::arm::{DeviceType, MemType};
+    match m {
+        MemType::Device(DeviceType::NGnRE) => {
+            assert_eq!(sh, Shareability::Outer, "{name}: SH of a Device leaf");
+            MemView::Device
+        }
+        MemType::Normal { .. } => MemView::Normal,
+        other => panic!("{name}: memory type {other:?}"),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -413,6 +472,82 @@ fn run<C: Case>(case: &C) {
     contiguous_runs(case);
     dirty_state(case);
     privilege_and_execute(case);
+    device_memory(case);
+}
+
+/// [`Prot::MMIO`] leaves, pages and blocks, next to memory: the walker sees the format's device
+/// type on them and nothing else changes; query reports it back; a split keeps it on every
+/// piece.
+fn device_memory<C: Case>(case: &C) {
+    let f = case.format();
+    let g = *f.geometry();
+    let gran = 1u64 << g.granule_log2;
+    let (device, normal) = case.mmio_view();
+    let mem = arena(g.oas);
+    let mut t = table(case, &mem);
+    // A page of MMIO and a page of memory after it.
+    t.map(
+        Iova::new(0),
+        PhysAddr::new(0x10_0000),
+        gran,
+        case.rw() | Prot::MMIO,
+    )
+    .unwrap();
+    t.map(Iova::new(gran), PhysAddr::new(0x20_0000), gran, case.rw())
+        .unwrap();
+    let name = case.name();
+    assert_eq!(case.memory_type(&mem, t.root(), 0), device, "{name}");
+    assert_eq!(case.memory_type(&mem, t.root(), gran), normal, "{name}");
+    assert_eq!(
+        case.translate(&mem, t.root(), 8).unwrap().pa,
+        0x10_0008,
+        "{name}"
+    );
+    // Query gives back what the format keeps of `rw` (x86 without XD reads executable), plus
+    // MMIO where asked.
+    let plain = t.query(Iova::new(gran)).unwrap().prot;
+    assert!(
+        plain.contains(case.rw()) && !plain.contains(Prot::MMIO),
+        "{name}"
+    );
+    let mmio = plain | Prot::MMIO;
+    assert_eq!(t.query(Iova::new(0)).unwrap().prot, mmio, "{name}");
+    // A block of MMIO, split by a partial unmap: every remaining piece stays device memory.
+    if let Some(big_log2) = (g.granule_log2 + 1..g.ias).find(|s| g.page_sizes >> s & 1 != 0) {
+        let big = 1u64 << big_log2;
+        t.map(
+            Iova::new(big),
+            PhysAddr::new(big),
+            big,
+            case.rw() | Prot::MMIO,
+        )
+        .unwrap();
+        assert_eq!(
+            case.translate(&mem, t.root(), big).unwrap().size_log2,
+            big_log2
+        );
+        assert_eq!(case.memory_type(&mem, t.root(), big), device, "{name}");
+        let mut gather = Gather::new();
+        t.set_split_policy(SplitPolicy::Split);
+        let pieces: &[u64] = match t.unmap(Iova::new(big + gran), gran, &mut gather) {
+            Ok(n) => {
+                assert_eq!(n, gran);
+                &[big, big + 2 * gran, 2 * big - gran]
+            }
+            // Configurations that cannot split a live block (no BBML2) keep it whole.
+            Err(Error::SplitUnsupported { .. }) => &[big, big + gran, 2 * big - gran],
+            Err(e) => panic!("{name}: {e:?}"),
+        };
+        for &at in pieces {
+            assert_eq!(
+                case.memory_type(&mem, t.root(), at),
+                device,
+                "{name} at {at:#x}"
+            );
+            assert_eq!(t.query(Iova::new(at)).unwrap().prot, mmio, "{name}");
+        }
+        gather.release(&&mem, done()).unwrap();
+    }
 }
 
 /// Privileged-only and executable leaves, where the format can express them (U/S, AP\[1\],

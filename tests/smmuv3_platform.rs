@@ -220,3 +220,70 @@ fn a_granule_the_unit_lacks_is_refused() {
     let u = unit(&model, &mem, cfg());
     assert_eq!(u.capabilities().page_sizes, 1 << 12 | 1 << 21 | 1 << 30);
 }
+
+/// An MSI doorbell (the GICv3 ITS `GITS_TRANSLATER` page) next to memory, through each stage:
+/// Device-nGnRE, which stage-2 FWB leaves Device; the memory beside it stays write-back.
+#[test]
+fn mmio_is_device_memory_at_both_stages_even_under_fwb() {
+    use iommu_engine::smmuv3::{DeviceFacts, Platform};
+    const DOORBELL: u64 = 0x0808_0000;
+    let mem = arena();
+    let model = SmmuModel::new(
+        &mem,
+        SmmuModelConfig::qemu_like()
+            .with_fwb(true)
+            .with_canwbs(SID, SID),
+    );
+    let canwbs = SmmuConfig {
+        platform: Platform::new(DeviceFacts {
+            canwbs: true,
+            coherent_dma: None,
+            source: Source::Firmware("IORT"),
+        }),
+        ..cfg()
+    };
+    let u = unit(&model, &mem, canwbs);
+    let snoop_s2 = DomainConfig {
+        enforce_snoop: true,
+        ..stage(Stage::Second)
+    };
+    for (cfg, fwb) in [
+        (snoop_s2, true),
+        (stage(Stage::Second), false),
+        (stage(Stage::First), false),
+    ] {
+        let d = u.domain_alloc(&cfg).unwrap();
+        u.map(
+            d,
+            Iova::new(0x1000),
+            PhysAddr::new(DOORBELL),
+            K4,
+            RW | Prot::MMIO,
+        )
+        .unwrap();
+        u.map(d, Iova::new(0x2000), PhysAddr::new(0x4000_0000), K4, RW)
+            .unwrap();
+        u.attach(DeviceId(SID), None, d).unwrap();
+        let bell = model.translate(SID, None, 0x1040, Access::WRITE).unwrap();
+        let ram = model.translate(SID, None, 0x2000, Access::WRITE).unwrap();
+        assert_eq!(bell.pa, DOORBELL + 0x40);
+        assert!(
+            !bell.cacheable_wb,
+            "{cfg:?}: the doorbell must not be cacheable"
+        );
+        if cfg.stage == Stage::Second {
+            assert_eq!(bell.s2_memattr, Some(0b0001), "{cfg:?}: Device-nGnRE");
+            let ram_attr = if fwb { 0b0110 } else { 0b1111 };
+            assert_eq!(ram.s2_memattr, Some(ram_attr), "{cfg:?}");
+            assert!(ram.cacheable_wb == fwb, "{cfg:?}");
+        } else {
+            assert!(ram.cacheable_wb, "stage 1 on a coherent unit: write-back");
+        }
+        assert_eq!(
+            u.query(d, Iova::new(0x1000)).unwrap().prot,
+            u.query(d, Iova::new(0x2000)).unwrap().prot | Prot::MMIO
+        );
+        u.detach(DeviceId(SID), None).unwrap();
+        u.domain_free(d).unwrap();
+    }
+}

@@ -593,6 +593,10 @@ pub enum IeProt {
     Exec = 1 << 2,
     /// Privileged access only (first-stage formats).
     Priv = 1 << 3,
+    /// The target is device memory (MMIO: a peer's BAR, an MSI doorbell such as the GICv3 ITS
+    /// translater page): Arm Device-nGnRE at either stage (FWB keeps it Device), VT-d first
+    /// stage UC; VT-d second stage as for memory (the platform's decoding types MMIO).
+    Mmio = 1 << 4,
 }
 
 // The C values must be the permission bits.
@@ -601,6 +605,7 @@ const _: () = assert!(
         && IeProt::Write as u8 == Prot::WRITE.bits()
         && IeProt::Exec as u8 == Prot::EXEC.bits()
         && IeProt::Priv as u8 == Prot::PRIV.bits()
+        && IeProt::Mmio as u8 == Prot::MMIO.bits()
 );
 
 /// Maps `[iova, iova + len)` to `[pa, pa + len)` with `prot` (`IE_PROT_*`) in the IOASID and

@@ -4,8 +4,8 @@
 //! filled by copying them. They are kept in a table of this format, which no hardware walks,
 //! so it needs no invalidation and its pages can be freed at once. It reuses the engine: 4 KiB
 //! granule, 57 input bits (5 levels), 2 MiB and 1 GiB leaves, every [`Prot`] bit representable.
-//! Entry: bit 0 present, bit 1 table, bits 5:2 the `Prot` bits (leaves), bit 6 a table made by
-//! a split, bits 63:12 the address.
+//! Entry: bit 0 present, bit 1 table, bits 5:2 the `Prot` bits READ..PRIV and bit 7 `MMIO`
+//! (leaves), bit 6 a table made by a split, bits 63:12 the address.
 
 use crate::mem::PhysAddr;
 use crate::pgtable::{Error, Format, Geometry, Prot};
@@ -15,6 +15,8 @@ const TABLE: u64 = 1 << 1;
 const PROT_SHIFT: u32 = 2;
 /// Table entries only: made by a split (see `Format::split_table_bit`).
 const SPLIT: u64 = 1 << 6;
+/// Leaves only: [`Prot::MMIO`].
+const MMIO: u64 = 1 << 7;
 const ADDR: u64 = !0xfff;
 
 /// Input width of the record, in bits (the widest VT-d address width).
@@ -77,13 +79,20 @@ unsafe impl Format for Record {
         }
     }
     fn encode_leaf(&self, _level: u32, pa: PhysAddr, prot: Prot) -> u64 {
-        pa.get() | PRESENT | u64::from(prot.bits()) << PROT_SHIFT
+        let low = u64::from(prot.bits() & 0xf) << PROT_SHIFT;
+        let mmio = if prot.contains(Prot::MMIO) { MMIO } else { 0 };
+        pa.get() | PRESENT | low | mmio
     }
     fn leaf_address(&self, level: u32, raw: u64) -> PhysAddr {
         PhysAddr::new(raw & ADDR & !((1u64 << self.geometry.level_shift(level)) - 1))
     }
     fn leaf_prot(&self, _level: u32, raw: u64) -> Prot {
-        Prot::from_bits_truncate((raw >> PROT_SHIFT & 0xf) as u8)
+        let p = Prot::from_bits_truncate((raw >> PROT_SHIFT & 0xf) as u8);
+        if raw & MMIO != 0 {
+            p | Prot::MMIO
+        } else {
+            p
+        }
     }
     fn relevel_leaf(&self, raw: u64, _from: u32, _to: u32, pa: PhysAddr) -> u64 {
         (raw & !ADDR) | pa.get()

@@ -7,7 +7,8 @@
 //! Levels (this crate -> Arm lookup level, 4 KiB granule, 48-bit VA): 0 -> 3, 1 -> 2, 2 -> 1,
 //! 3 -> 0. Stage 1 has no concatenation: a short VA leaves the root partly used.
 //!
-//! Leaf bits: AttrIndx (4:2), AP (7:6: AP\[1\] = EL0 access, AP\[2\] = read-only), SH (9:8), AF
+//! Leaf bits: AttrIndx (4:2: Normal WB or NC by the table's coherency, Device-nGnRE for
+//! [`Prot::MMIO`]), AP (7:6: AP\[1\] = EL0 access, AP\[2\] = read-only), SH (9:8), AF
 //! (10), nG (11, set: translations are tagged with the CD's ASID), DBM (51), Contiguous (52),
 //! PXN (53), UXN (54). Contiguous is set as for stage 2 (see [`super::arm_s2`]).
 
@@ -29,6 +30,9 @@ pub const MAIR: u64 = 0x04_44_ff;
 pub const ATTR_INDEX_WB: u64 = 0;
 /// AttrIndx of Normal Non-cacheable in [`MAIR`].
 pub const ATTR_INDEX_NC: u64 = 1;
+/// AttrIndx of Device-nGnRE in [`MAIR`]: leaves of [`Prot::MMIO`].
+pub const ATTR_INDEX_DEVICE: u64 = 2;
+const ATTRINDX_MASK: u64 = 0b111 << ATTRINDX_SHIFT;
 
 /// Configuration of an Arm stage-1 table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,8 +95,11 @@ impl ArmS1 {
         (64 - self.cfg.ias) as u64
     }
 
-    fn leaf_attributes(&self) -> u64 {
-        let (index, sh) = if self.cfg.coherent {
+    fn leaf_attributes(&self, prot: Prot) -> u64 {
+        // Device memory is always Outer Shareable whatever SH says (Arm ARM D8.5.2).
+        let (index, sh) = if prot.contains(Prot::MMIO) {
+            (ATTR_INDEX_DEVICE, SH_OUTER)
+        } else if self.cfg.coherent {
             (ATTR_INDEX_WB, SH_INNER)
         } else {
             (ATTR_INDEX_NC, SH_OUTER)
@@ -121,7 +128,7 @@ unsafe impl Format for ArmS1 {
     fn encode_leaf(&self, level: u32, pa: PhysAddr, prot: Prot) -> u64 {
         let mut e = vmsa::encode_addr(self.cfg.granule_log2, pa.get())
             | vmsa::leaf_type(level)
-            | self.leaf_attributes();
+            | self.leaf_attributes(prot);
         if prot.contains(Prot::WRITE) {
             if self.cfg.dirty_tracking {
                 e |= DBM;
@@ -144,6 +151,10 @@ unsafe impl Format for ArmS1 {
         p.set(Prot::WRITE, raw & AP_RO == 0 || raw & DBM != 0);
         p.set(Prot::PRIV, raw & AP_EL0 == 0);
         p.set(Prot::EXEC, raw & (PXN | UXN) != PXN | UXN);
+        p.set(
+            Prot::MMIO,
+            raw & ATTRINDX_MASK == ATTR_INDEX_DEVICE << ATTRINDX_SHIFT,
+        );
         p
     }
 

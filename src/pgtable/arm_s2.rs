@@ -9,7 +9,7 @@
 //! 1 -> 2 (2 MiB block), 2 -> 1 (1 GiB block), 3 -> 0. The start level is chosen with up to 16
 //! concatenated tables, so that the walk is as short as the architecture allows.
 //!
-//! Leaf bits: MemAttr (5:2), S2AP (7:6: bit 6 read, bit 7 write), SH (9:8), AF (10), DBM (51),
+//! Leaf bits: MemAttr (5:2; Device-nGnRE 0b0001 for [`Prot::MMIO`]), S2AP (7:6: bit 6 read, bit 7 write), SH (9:8), AF (10), DBM (51),
 //! Contiguous (52), XN (54:53). The engine sets Contiguous on every naturally aligned run of
 //! leaves a map covers (Arm ARM "The Contiguous bit") when the configuration has `bbml2` and no
 //! dirty tracking; a partial unmap clears it from the rest of the run first.
@@ -23,6 +23,10 @@ const S2AP_W: u64 = 1 << 7;
 const MEMATTR_SHIFT: u32 = 2;
 const XN: u64 = 0b10 << 53;
 const XN_MASK: u64 = 0b11 << 53;
+const MEMATTR_MASK: u64 = 0b1111 << MEMATTR_SHIFT;
+/// MemAttr of [`Prot::MMIO`] leaves: Device-nGnRE, with and without FWB (MemAttr\[2\] = 0
+/// is Device in both encodings, and stage 2 Device wins over any stage-1 type).
+const MEMATTR_DEVICE_NGNRE: u64 = 0b0001;
 
 /// The memory attributes every leaf gets, fixed by the domain's snoop policy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -141,7 +145,10 @@ impl ArmS2 {
             .saturating_sub(self.cfg.granule_log2 - 3)
     }
 
-    fn leaf_attributes(&self) -> u64 {
+    fn leaf_attributes(&self, prot: Prot) -> u64 {
+        if prot.contains(Prot::MMIO) {
+            return MEMATTR_DEVICE_NGNRE << MEMATTR_SHIFT | SH_OUTER << SH_SHIFT | AF;
+        }
         let (memattr, sh) = match self.cfg.attributes {
             S2Attributes::NonCoherent => (0b0101, SH_OUTER),
             S2Attributes::WriteBack => (0b1111, SH_INNER),
@@ -170,7 +177,7 @@ unsafe impl Format for ArmS2 {
     fn encode_leaf(&self, level: u32, pa: PhysAddr, prot: Prot) -> u64 {
         let mut e = vmsa::encode_addr(self.cfg.granule_log2, pa.get())
             | vmsa::leaf_type(level)
-            | self.leaf_attributes();
+            | self.leaf_attributes(prot);
         if prot.contains(Prot::READ) {
             e |= S2AP_R;
         }
@@ -193,6 +200,11 @@ unsafe impl Format for ArmS2 {
         p.set(Prot::READ, raw & S2AP_R != 0);
         p.set(Prot::WRITE, raw & (S2AP_W | DBM) != 0);
         p.set(Prot::EXEC, raw & XN_MASK == 0);
+        // MemAttr[3:2] = 0b00: Device (both encodings; the Normal ones never have it).
+        p.set(
+            Prot::MMIO,
+            raw & MEMATTR_MASK & 0b1100 << MEMATTR_SHIFT == 0,
+        );
         p
     }
 

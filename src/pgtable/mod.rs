@@ -48,10 +48,12 @@ pub use table::{PageTable, SplitPolicy};
 use crate::mem::PhysAddr;
 
 bitflags::bitflags! {
-    /// Access permissions of a mapping, as the owner asks for them.
+    /// Access permissions of a mapping, as the owner asks for them, and whether its target is
+    /// device memory.
     ///
-    /// Memory attributes (snooping, cacheability) are not here: they are fixed per table by its
-    /// format configuration, so that one IOASID's policy applies to every mapping in it.
+    /// Other memory attributes (snooping, cacheability of Normal memory) are not here: they
+    /// are fixed per table by its format configuration, so that one IOASID's policy applies to
+    /// every mapping in it.
     #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
     pub struct Prot: u8 {
         /// Device reads (DMA from memory).
@@ -62,6 +64,14 @@ bitflags::bitflags! {
         const EXEC = 1 << 2;
         /// Privileged (supervisor) access only; first-stage and stage-1 formats only.
         const PRIV = 1 << 3;
+        /// The target is device memory, not Normal memory: MMIO such as a peer device's BAR or
+        /// an MSI doorbell (the GICv3 ITS `GITS_TRANSLATER` page). Arm stage 1: Device-nGnRE
+        /// (`AttrIndx` 2 of the `MAIR` the CD carries); Arm stage 2: Device-nGnRE (`MemAttr`
+        /// 0b0001, Device under FWB too, whatever the domain's Normal attributes). VT-d first
+        /// stage: UC (PCD and PWT). VT-d second stage: the leaf is as for memory (its `EMT` is
+        /// used only with the PASID entry's `EMTE`, which this crate never sets; the platform's
+        /// address decoding gives an MMIO target its type), the mark kept in an ignored bit.
+        const MMIO = 1 << 4;
     }
 }
 

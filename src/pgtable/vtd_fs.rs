@@ -19,6 +19,8 @@ use crate::mem::PhysAddr;
 const P: u64 = 1 << 0;
 const RW: u64 = 1 << 1;
 const US: u64 = 1 << 2;
+const PWT: u64 = 1 << 3;
+const PCD: u64 = 1 << 4;
 const A: u64 = 1 << 5;
 const D: u64 = 1 << 6;
 const PS: u64 = 1 << 7;
@@ -145,6 +147,10 @@ unsafe impl Format for VtdFs {
         if level > 0 {
             e |= PS;
         }
+        if prot.contains(Prot::MMIO) {
+            // PAT index 3 (PAT = 0, PCD, PWT): UC in the architectural PAT.
+            e |= PCD | PWT;
+        }
         e
     }
 
@@ -159,6 +165,7 @@ unsafe impl Format for VtdFs {
         p.set(Prot::WRITE, raw & RW != 0);
         p.set(Prot::PRIV, raw & US == 0);
         p.set(Prot::EXEC, !self.cfg.execute_disable || raw & XD == 0);
+        p.set(Prot::MMIO, raw & PCD != 0);
         p
     }
 

@@ -23,6 +23,10 @@ const SNP: u64 = 1 << 11;
 const ADDR: u64 = 0x000f_ffff_ffff_f000;
 /// Bit 52 (ignored by hardware, §9.8): software's mark of a table made by a split.
 const SPLIT: u64 = 1 << 52;
+/// Bit 53 (ignored by hardware, §9.8): software's mark of a [`Prot::MMIO`] leaf. The leaf is
+/// otherwise as for memory: `EMT` (5:3) is used only with the PASID entry's `EMTE` (§9.6),
+/// which this crate never sets, and an MMIO target's type comes from the platform's decoding.
+const MMIO: u64 = 1 << 53;
 
 /// Configuration of a VT-d second-stage table, derived from the unit's capabilities and the
 /// domain's policy.
@@ -120,8 +124,8 @@ unsafe impl Format for VtdSs {
     }
 
     fn check_prot(&self, prot: Prot) -> Result<(), Error> {
-        if prot.intersects(Prot::READ | Prot::WRITE) && (prot - Prot::READ - Prot::WRITE).is_empty()
-        {
+        let allowed = Prot::READ | Prot::WRITE | Prot::MMIO;
+        if prot.intersects(Prot::READ | Prot::WRITE) && (prot - allowed).is_empty() {
             Ok(())
         } else {
             Err(Error::UnsupportedProt { prot })
@@ -143,6 +147,9 @@ unsafe impl Format for VtdSs {
         if self.cfg.snoop {
             e |= SNP;
         }
+        if prot.contains(Prot::MMIO) {
+            e |= MMIO;
+        }
         e
     }
 
@@ -156,6 +163,7 @@ unsafe impl Format for VtdSs {
         let mut p = Prot::empty();
         p.set(Prot::READ, raw & R != 0);
         p.set(Prot::WRITE, raw & W != 0);
+        p.set(Prot::MMIO, raw & MMIO != 0);
         p
     }
 
