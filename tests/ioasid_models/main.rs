@@ -7,6 +7,7 @@
 mod rig;
 
 mod concurrency;
+mod fault_matrix;
 mod faults;
 mod lifecycle;
 mod pasid_grant;

@@ -1,0 +1,673 @@
+//! The IOASID fault matrix (issue 14, "what must be true" 2): every public `IoasidCtx`
+//! operation over both unit models against every fault the models can inject, one fresh rig
+//! per cell. Unit 0 is a scalable-mode VT-d unit, unit 1 an SMMUv3; one IOASID spans both.
+//!
+//! After every cell:
+//! - `Ok` means the whole effect happened, checked through the models' translations (which use
+//!   their caches, so a lost invalidation shows as a stale translation);
+//! - `Err` means no effect, or a documented partial state: the same call, retried once the
+//!   fault is cleared, succeeds and has the whole effect;
+//! - no page went back to the allocator while a unit can still reach it (the models' walks of
+//!   their registers, tables and caches find only live pages);
+//! - every IOASID's record agrees with every domain behind it (`IoasidCtx::audit` walks both),
+//!   and the SMMUv3 unit's books agree with its tables (`SmmuUnit::audit`);
+//! - tearing the context down afterwards leaves no domain, leaks nothing and returns at least
+//!   every page the same operation's clean run returned.
+//!
+//! Faults: none; VT-d wait stall, IQE, ITE, ICE, ignored GCMD; SMMUv3 CERROR_ILL, CERROR_ABT
+//! and CERROR_ATC_INV_SYNC at the first commands, sync stall, completion-MSI abort, service
+//! failure, other GERROR bits, CR0ACK and GBPA stuck; the k-th page allocation failing, for
+//! every k up to the number the operation's clean run makes.
+
+use std::cell::Cell as StdCell;
+use std::fmt::Write as _;
+
+use iommu_engine::ioasid::{
+    DeviceHandle, DeviceLabel, Error, IoasidCtx, IoasidFlags, IoasidId, Leaked,
+};
+use iommu_engine::iommu::{Iommu, Pasid};
+use iommu_engine::mem::{Iova, PhysAddr};
+use iommu_engine::pgtable::Prot;
+use iommu_engine::sim::arena::FailPolicy;
+use iommu_engine::sim::smmuv3::Injection as SmmuFault;
+use iommu_engine::sim::vtd::Injection as VtdFault;
+use iommu_engine::sim::walk::Access;
+use iommu_engine::sim::Arena;
+
+use crate::rig::*;
+
+const RW: Prot = Prot::READ.union(Prot::WRITE);
+/// A VT-d device on a bus no other device uses: attaching it builds context structures.
+const RID_NEW_BUS: u32 = 0x300;
+/// Bound by `Op::Bind`.
+const RID_BIND: u32 = 0x48;
+/// An SMMUv3 device attached to IOASID D (dirty tracking).
+const SID_DIRTY: u32 = 0x500;
+/// IOASID D's mapping.
+const D_MAP: (u64, u64, u64) = (0x1000, 0x5800_0000, 2 * K4);
+/// IOASID A (snoop; RID_A and SID_A attached): three regions.
+const A_MAPS: [(u64, u64, u64); 3] = [
+    (0x1000, 0x5000_0000, 2 * K4),
+    (0x20_0000, 0x5100_0000, K4),
+    (0x20_1000, 0x5100_1000, K4),
+];
+/// Mapped in A by `Op::Map`.
+const A_NEW: (u64, u64, u64) = (0x40_0000, 0x5200_0000, 2 * K4);
+/// IOASID B (nothing attached).
+const B_MAP: (u64, u64, u64) = (0x1000, 0x6000_0000, K4);
+/// IOASID P (PASID; RID_A's PASID 1 attached).
+const P_MAP: (u64, u64, u64) = (0x1000, 0x7000_0000, K4);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Op {
+    Bind,
+    Unbind,
+    AllocIoasid,
+    FreeIoasid,
+    AllocPasid,
+    FreePasid,
+    AttachVtd,
+    AttachSmmu,
+    Replace,
+    DetachVtd,
+    DetachSmmu,
+    AttachPasidVtd,
+    AttachPasidSmmu,
+    DetachPasid,
+    Map,
+    Unmap,
+    ReadClearDirty,
+    AllocIova,
+    FreeIova,
+    AllowIncoherentDma,
+    DropContext,
+}
+
+const OPS: [Op; 21] = [
+    Op::Bind,
+    Op::Unbind,
+    Op::AllocIoasid,
+    Op::FreeIoasid,
+    Op::AllocPasid,
+    Op::FreePasid,
+    Op::AttachVtd,
+    Op::AttachSmmu,
+    Op::Replace,
+    Op::DetachVtd,
+    Op::DetachSmmu,
+    Op::AttachPasidVtd,
+    Op::AttachPasidSmmu,
+    Op::DetachPasid,
+    Op::Map,
+    Op::Unmap,
+    Op::ReadClearDirty,
+    Op::AllocIova,
+    Op::FreeIova,
+    Op::AllowIncoherentDma,
+    Op::DropContext,
+];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fault {
+    None,
+    Vtd(VtdFault),
+    Smmu(SmmuFault),
+    /// The k-th page allocation fails.
+    Alloc(u64),
+}
+
+fn hardware_faults() -> Vec<Fault> {
+    let mut v = vec![Fault::None];
+    v.extend(
+        [
+            VtdFault::StallWaits,
+            VtdFault::QueueError,
+            VtdFault::DeviceTlbTimeout,
+            VtdFault::CompletionError,
+            VtdFault::IgnoreGcmd,
+        ]
+        .map(Fault::Vtd),
+    );
+    v.extend(
+        [
+            SmmuFault::SyncStall,
+            SmmuFault::CommandIllegalAt { at: 0 },
+            SmmuFault::CommandIllegalAt { at: 1 },
+            SmmuFault::CommandAbortAt { at: 0, times: 1 },
+            SmmuFault::CommandAbortAt {
+                at: 0,
+                times: u32::MAX,
+            },
+            SmmuFault::AtcInvSyncAt { at: 0, times: 1 },
+            SmmuFault::AtcInvSyncAt {
+                at: 0,
+                times: u32::MAX,
+            },
+            SmmuFault::SyncMsiAbort,
+            SmmuFault::ServiceFailure,
+            // EVENTQ_ABT_ERR, MSI_GERROR_ABT_ERR.
+            SmmuFault::GlobalError(1 << 2),
+            SmmuFault::GlobalError(1 << 7),
+            SmmuFault::Cr0AckStuck,
+            SmmuFault::GbpaUpdateStuck,
+        ]
+        .map(Fault::Smmu),
+    );
+    v
+}
+
+/// The rig: scalable VT-d, SMMUv3 with 16 SubstreamIDs and hardware dirty tracking.
+fn setups() -> (VtdSetup, SmmuSetup) {
+    let mut s = SmmuSetup::qemu(true).with_ssid_bits(4);
+    s.model = s.model.with_httu(true, true);
+    (VtdSetup::scalable(), s)
+}
+
+/// The context of one cell and the names of what it holds.
+struct Cell<'r> {
+    ctx: Option<IoasidCtx<'r, 'r, Arena>>,
+    /// RID_A, SID_A: attached to A. RID_A's PASID `p` attached to P.
+    v: DeviceHandle,
+    s: DeviceHandle,
+    /// RID_NEW_BUS, SID_B, SID_C: bound, not attached.
+    v2: DeviceHandle,
+    s2: DeviceHandle,
+    s3: DeviceHandle,
+    a: IoasidId,
+    b: IoasidId,
+    /// Dirty tracking, SID_DIRTY attached.
+    d: IoasidId,
+    /// A PASID IOASID.
+    pio: IoasidId,
+    /// Nothing attached, nothing mapped: `Op::FreeIoasid` frees it.
+    c: IoasidId,
+    /// Attached (RID_A, p) to P; `q` held, unused.
+    p: Pasid,
+    q: Pasid,
+    /// An IOVA reservation of A, for `Op::FreeIova`.
+    reserved: Iova,
+    /// What the operation made: an IOASID, a PASID, a device, an IOVA.
+    made_ioasid: StdCell<Option<IoasidId>>,
+    made_pasid: StdCell<Option<Pasid>>,
+    made_device: StdCell<Option<DeviceHandle>>,
+    made_iova: StdCell<Option<Iova>>,
+    dirty_seen: StdCell<u32>,
+    granted: StdCell<bool>,
+    /// Stranded devices the drop left, released once recovered.
+    stranded: Vec<DeviceLabel>,
+}
+
+fn map(ctx: &IoasidCtx<'_, '_, Arena>, io: IoasidId, m: (u64, u64, u64)) {
+    ctx.map(io, Iova::new(m.0), PhysAddr::new(m.1), m.2, RW)
+        .expect("setup map");
+}
+
+impl<'r> Cell<'r> {
+    fn new(r: &Rig<'r, '_>) -> Self {
+        let ctx = IoasidCtx::new(r.reg, r.arena, 4);
+        let bind = |l| ctx.bind(l, true).expect("setup bind");
+        let (v, s) = (bind(vtd_dev(RID_A)), bind(smmu_dev(SID_A)));
+        let (v2, s2, s3) = (
+            bind(vtd_dev(RID_NEW_BUS)),
+            bind(smmu_dev(SID_B)),
+            bind(smmu_dev(SID_C)),
+        );
+        let alloc = |f| ctx.alloc(f).expect("setup alloc");
+        let a = alloc(IoasidFlags::ENFORCE_SNOOP);
+        let d = alloc(IoasidFlags::DIRTY_TRACKING);
+        let b = alloc(IoasidFlags::empty());
+        let pio = alloc(IoasidFlags::PASID);
+        let c = alloc(IoasidFlags::ENFORCE_SNOOP);
+        ctx.attach(v, a).expect("setup attach");
+        ctx.attach(s, a).expect("setup attach");
+        // Dirty tracking: the VT-d model does not update dirty bits; the SMMUv3 does (HTTU).
+        let sd = bind(smmu_dev(SID_DIRTY));
+        ctx.attach(sd, d).expect("setup attach");
+        map(&ctx, d, D_MAP);
+        for m in A_MAPS {
+            map(&ctx, a, m);
+        }
+        map(&ctx, b, B_MAP);
+        map(&ctx, pio, P_MAP);
+        let p = ctx.alloc_pasid().expect("setup PASID");
+        let q = ctx.alloc_pasid().expect("setup PASID");
+        ctx.attach_pasid(v, p, pio).expect("setup attach_pasid");
+        let reserved = ctx.alloc_iova(a, K4, K4).expect("setup alloc_iova");
+        // Warm the caches: a lost invalidation then shows as a stale translation.
+        for m in A_MAPS {
+            r.vtd_read(RID_A, None, m.0).expect("setup VT-d read");
+            r.smmu_read(SID_A, None, m.0).expect("setup SMMUv3 read");
+        }
+        r.vtd_read(RID_A, Some(p.get()), P_MAP.0)
+            .expect("setup PASID read");
+        // A device write: the SMMUv3 marks the page dirty (HTTU).
+        r.sm.translate(SID_DIRTY, None, D_MAP.0, Access::WRITE)
+            .expect("setup SMMUv3 write");
+        Self {
+            ctx: Some(ctx),
+            v,
+            s,
+            v2,
+            s2,
+            s3,
+            a,
+            b,
+            d,
+            pio,
+            c,
+            p,
+            q,
+            reserved,
+            made_ioasid: StdCell::new(None),
+            made_pasid: StdCell::new(None),
+            made_device: StdCell::new(None),
+            made_iova: StdCell::new(None),
+            dirty_seen: StdCell::new(0),
+            granted: StdCell::new(false),
+            stranded: Vec::new(),
+        }
+    }
+
+    fn ctx(&self) -> &IoasidCtx<'r, 'r, Arena> {
+        self.ctx.as_ref().expect("the context")
+    }
+
+    /// Runs `op` once.
+    fn run(&mut self, r: &Rig<'_, '_>, op: Op) -> Result<(), Error> {
+        if op == Op::DropContext {
+            drop(self.ctx.take());
+            r.reg.stranded(|l| self.stranded.push(l));
+            return Ok(());
+        }
+        let ctx = self.ctx();
+        match op {
+            Op::Bind => {
+                let d = ctx.bind(vtd_dev(RID_BIND), false)?;
+                self.made_device.set(Some(d));
+            }
+            Op::Unbind => ctx.unbind(self.v2)?,
+            Op::AllocIoasid => {
+                let io = ctx.alloc(IoasidFlags::ENFORCE_SNOOP)?;
+                self.made_ioasid.set(Some(io));
+            }
+            Op::FreeIoasid => ctx.free(self.c)?,
+            Op::AllocPasid => {
+                let p = ctx.alloc_pasid()?;
+                self.made_pasid.set(Some(p));
+            }
+            Op::FreePasid => ctx.free_pasid(self.q)?,
+            Op::AttachVtd => ctx.attach(self.v2, self.b)?,
+            Op::AttachSmmu => ctx.attach(self.s2, self.b)?,
+            Op::Replace => ctx.attach(self.v, self.b)?,
+            Op::DetachVtd => ctx.detach(self.v)?,
+            Op::DetachSmmu => ctx.detach(self.s)?,
+            Op::AttachPasidVtd => ctx.attach_pasid(self.v2, self.q, self.pio)?,
+            Op::AttachPasidSmmu => ctx.attach_pasid(self.s3, self.q, self.pio)?,
+            Op::DetachPasid => ctx.detach_pasid(self.v, self.p)?,
+            Op::Map => ctx.map(
+                self.a,
+                Iova::new(A_NEW.0),
+                PhysAddr::new(A_NEW.1),
+                A_NEW.2,
+                RW,
+            )?,
+            Op::Unmap => {
+                ctx.unmap(self.a, Iova::new(0x20_0000), M2)?;
+            }
+            Op::ReadClearDirty => {
+                let seen = &self.dirty_seen;
+                ctx.read_and_clear_dirty(self.d, Iova::ZERO, 1 << 31, &mut |_, _| {
+                    seen.set(seen.get() + 1)
+                })?;
+            }
+            Op::AllocIova => {
+                let at = ctx.alloc_iova(self.a, 2 * K4, K4)?;
+                self.made_iova.set(Some(at));
+            }
+            Op::FreeIova => {
+                // `false` (nothing to free) after a first call that freed it.
+                ctx.free_iova(self.a, self.reserved)?;
+            }
+            Op::AllowIncoherentDma => {
+                let grant = ctx.allow_incoherent_dma(self.v)?;
+                self.granted.set(ctx.incoherent_dma_allowed());
+                drop(grant);
+            }
+            Op::DropContext => unreachable!(),
+        }
+        Ok(())
+    }
+
+    /// Whether the whole effect of `op` is there.
+    fn effect(&self, r: &Rig<'_, '_>, op: Op) -> Result<(), String> {
+        let want = |what: &str, ok: bool| {
+            if ok {
+                Ok(())
+            } else {
+                Err(format!("{op:?} succeeded but {what}"))
+            }
+        };
+        let vtd = |rid, pasid: Option<Pasid>, iova| r.vtd_read(rid, pasid.map(Pasid::get), iova);
+        let smmu = |sid, iova| r.smmu_read(sid, None, iova);
+        if op == Op::DropContext {
+            for (l, sid) in [(RID_A, None), (RID_NEW_BUS, None)] {
+                if !self.stranded.contains(&vtd_dev(l)) {
+                    want(
+                        "a VT-d device still translates",
+                        vtd(l, sid, 0x1000).is_none(),
+                    )?;
+                }
+            }
+            if !self.stranded.contains(&smmu_dev(SID_A)) {
+                want(
+                    "an SMMUv3 device still translates",
+                    smmu(SID_A, 0x1000).is_none(),
+                )?;
+            }
+            return Ok(());
+        }
+        let ctx = self.ctx();
+        let pa = |m: (u64, u64, u64)| Some((m.1, true));
+        let pa_plain = |m: (u64, u64, u64)| Some((m.1, false));
+        match op {
+            Op::Bind => want(
+                "the device is not bound",
+                self.made_device
+                    .get()
+                    .is_some_and(|d| ctx.device_info(d).is_ok()),
+            ),
+            Op::Unbind => want(
+                "the device is still bound",
+                ctx.device_info(self.v2).is_err(),
+            ),
+            Op::AllocIoasid => want(
+                "no IOASID",
+                self.made_ioasid
+                    .get()
+                    .is_some_and(|io| ctx.flags(io).is_ok()),
+            ),
+            Op::FreeIoasid => want("the IOASID is still there", ctx.flags(self.c).is_err()),
+            Op::AllocPasid => want("no PASID", self.made_pasid.get().is_some()),
+            Op::FreePasid => want(
+                "the PASID is still held",
+                ctx.free_pasid(self.q) == Err(Error::PasidNotOwned(self.q)),
+            ),
+            Op::AttachVtd => want(
+                "the device does not translate B",
+                vtd(RID_NEW_BUS, None, B_MAP.0) == pa_plain(B_MAP),
+            ),
+            Op::AttachSmmu => want(
+                "the device does not translate B",
+                smmu(SID_B, B_MAP.0).is_some_and(|t| t.0 == B_MAP.1),
+            ),
+            Op::Replace => want(
+                "the device does not translate B",
+                vtd(RID_A, None, B_MAP.0) == pa_plain(B_MAP)
+                    && vtd(RID_A, None, A_MAPS[1].0).is_none(),
+            ),
+            Op::DetachVtd => want(
+                "the device still translates",
+                vtd(RID_A, None, A_MAPS[0].0).is_none(),
+            ),
+            Op::DetachSmmu => want(
+                "the device still translates",
+                smmu(SID_A, A_MAPS[0].0).is_none(),
+            ),
+            Op::AttachPasidVtd => want(
+                "the PASID does not translate P",
+                vtd(RID_NEW_BUS, Some(self.q), P_MAP.0).is_some_and(|t| t.0 == P_MAP.1),
+            ),
+            Op::AttachPasidSmmu => want(
+                "the PASID does not translate P",
+                r.smmu_read(SID_C, Some(self.q.get()), P_MAP.0)
+                    .is_some_and(|t| t.0 == P_MAP.1),
+            ),
+            Op::DetachPasid => want(
+                "the PASID still translates",
+                vtd(RID_A, Some(self.p), P_MAP.0).is_none(),
+            ),
+            Op::Map => want(
+                "a device does not translate the new mapping",
+                (0..A_NEW.2 / K4).all(|i| {
+                    let (iova, pa) = (A_NEW.0 + i * K4, Some((A_NEW.1 + i * K4, true)));
+                    vtd(RID_A, None, iova) == pa && smmu(SID_A, iova) == pa
+                }),
+            ),
+            Op::Unmap => want(
+                "a device still translates the unmapped range",
+                A_MAPS[1..].iter().all(|m| {
+                    vtd(RID_A, None, m.0).is_none()
+                        && smmu(SID_A, m.0).is_none()
+                        && ctx.translate(self.a, Iova::new(m.0)) == Ok(None)
+                }) && vtd(RID_A, None, A_MAPS[0].0) == pa(A_MAPS[0]),
+            ),
+            Op::ReadClearDirty => want("no dirty page reported", self.dirty_seen.get() >= 1),
+            Op::AllocIova => want(
+                "the IOVA is mapped",
+                self.made_iova
+                    .get()
+                    .is_some_and(|at| ctx.translate(self.a, at) == Ok(None) && at != self.reserved),
+            ),
+            Op::FreeIova => want(
+                "the reservation is still there",
+                ctx.free_iova(self.a, self.reserved) == Ok(false),
+            ),
+            Op::AllowIncoherentDma => want(
+                "the grant was not seen, or outlived its value",
+                self.granted.get() && !ctx.incoherent_dma_allowed(),
+            ),
+            Op::DropContext => unreachable!(),
+        }
+    }
+
+    /// What holds after every call, whatever it returned.
+    fn invariants(&self, r: &Rig<'_, '_>, settled: bool) -> Result<(), String> {
+        let live = r.arena.live_pages();
+        let is_live = |addr: u64| {
+            live.iter()
+                .any(|&(p, log2)| addr >= p.get() && addr - p.get() < 1 << log2)
+        };
+        if let Some(addr) = r.vm.reachable().into_iter().find(|&a| !is_live(a)) {
+            return Err(format!("{addr:#x} reachable by the VT-d unit but freed"));
+        }
+        let reach = r.sm.reachable();
+        if let Some((addr, what)) = reach.structures.iter().find(|(a, _)| !is_live(*a)) {
+            return Err(format!(
+                "{what} at {addr:#x} reachable by the SMMUv3 but freed"
+            ));
+        }
+        let bad = r.arena.bad_frees();
+        if !bad.is_empty() {
+            return Err(format!("bad frees: {bad:?}"));
+        }
+        let (vmids, asids) = r.smmu.tags_in_use();
+        for &(vmid, asid) in &reach.tags {
+            let held = match asid {
+                None => vmids.is_used(vmid),
+                Some(a) => asids.is_used(a) && (vmid == 0 || vmids.is_used(vmid)),
+            };
+            if !held {
+                return Err(format!(
+                    "the SMMUv3 TLB holds VMID {vmid} / ASID {asid:?}, free in the unit"
+                ));
+            }
+        }
+        let report = r.smmu.audit().map_err(|e| format!("SMMUv3 audit: {e}"))?;
+        if settled && report.unsettled != 0 {
+            return Err(format!("{} SMMUv3 stream(s) unsettled", report.unsettled));
+        }
+        if let Some(ctx) = self.ctx.as_ref() {
+            let made = self.made_ioasid.get();
+            for io in [self.a, self.b, self.d, self.pio, self.c]
+                .into_iter()
+                .chain(made)
+            {
+                match ctx.audit(io) {
+                    Ok(()) | Err(Error::NoSuchIoasid(_)) => {}
+                    Err(e) => return Err(format!("IOASID {}: {e}", io.0)),
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn inject(r: &Rig<'_, '_>, fault: Fault) {
+    match fault {
+        Fault::None => {}
+        Fault::Vtd(f) => r.vm.inject(f),
+        Fault::Smmu(f) => r.sm.inject(f),
+        Fault::Alloc(k) => r.arena.set_fail_policy(FailPolicy::Nth(k)),
+    }
+}
+
+/// Clears the fault and lets the units recover as an embedder would: interrupt handlers run;
+/// an SMMU in service failure mode is reset and enabled again.
+fn recover(r: &Rig<'_, '_>) -> Result<(), String> {
+    r.arena.set_fail_policy(FailPolicy::Never);
+    r.vm.clear_injections();
+    r.sm.clear_injections();
+    if r.sm.in_service_failure() {
+        r.sm.reset();
+    }
+    r.drain();
+    if r.smmu.has_failed() {
+        r.smmu
+            .enable()
+            .map_err(|e| format!("SMMUv3 enable after reset: {e:?}"))?;
+    }
+    Ok(())
+}
+
+/// What a cell ended as, and the pages live after its teardown.
+struct Outcome {
+    retried: bool,
+    allocations: u64,
+    live_after: usize,
+}
+
+fn run_cell(op: Op, fault: Fault, clean_live: Option<usize>) -> Result<Outcome, String> {
+    let (v, s) = setups();
+    with_rig(v, s, |r| {
+        let mut cell = Cell::new(r);
+        cell.invariants(r, true)
+            .map_err(|e| format!("after setup: {e}"))?;
+        let allocs = r.arena.stats().allocs;
+        inject(r, fault);
+        let first = cell.run(r, op);
+        let allocations = r.arena.stats().allocs - allocs;
+        r.arena.set_fail_policy(FailPolicy::Never);
+        r.drain();
+        let retried = match first {
+            Ok(()) => {
+                // Service failure mode terminates every transaction until the SMMU is reset:
+                // the effect can only be seen after recovery.
+                let dead = r.sm.in_service_failure();
+                if !dead {
+                    cell.effect(r, op)?;
+                }
+                cell.invariants(r, op != Op::DropContext)?;
+                recover(r)?;
+                if dead {
+                    cell.effect(r, op)?;
+                }
+                false
+            }
+            Err(e) => {
+                cell.invariants(r, false)
+                    .map_err(|x| format!("after {e:?}: {x}"))?;
+                recover(r)?;
+                cell.run(r, op)
+                    .map_err(|x| format!("failed with {e:?}, the retry failed with {x:?}"))?;
+                cell.effect(r, op)
+                    .map_err(|x| format!("failed with {e:?}, then retried: {x}"))?;
+                true
+            }
+        };
+        // A device the drop stranded: the embedder detaches it on its unit (the documented
+        // recovery), then lets it be bound again.
+        for l in std::mem::take(&mut cell.stranded) {
+            let unit: &dyn Iommu = if l.unit == VTD { r.vtd } else { r.smmu };
+            for pasid in [None, Pasid::new(1)] {
+                let _ = unit.detach(l.id, pasid);
+            }
+            if !r.reg.release_stranded(l) {
+                return Err(format!("{l:?} reported stranded, not releasable"));
+            }
+        }
+        cell.invariants(r, true)
+            .map_err(|x| format!("after recovery: {x}"))?;
+        // Tear down: nothing may stay behind.
+        drop(cell.ctx.take());
+        r.drain();
+        let leaked = r.reg.leaked();
+        if op != Op::DropContext && leaked != Leaked::default() {
+            return Err(format!("the clean teardown leaked {leaked:?}"));
+        }
+        if (r.vtd_domains(), r.smmu_domains()) != (0, 0) && leaked.domains == 0 {
+            return Err(format!(
+                "domains left after teardown: VT-d {}, SMMUv3 {}",
+                r.vtd_domains(),
+                r.smmu_domains()
+            ));
+        }
+        cell.invariants(r, true)
+            .map_err(|x| format!("after teardown: {x}"))?;
+        let live_after = r.live();
+        if let Some(clean) = clean_live.filter(|_| leaked == Leaked::default()) {
+            if live_after > clean {
+                return Err(format!(
+                    "{} page(s) more than the clean run's teardown left",
+                    live_after - clean
+                ));
+            }
+        }
+        for (label, id) in [(vtd_dev(RID_A), RID_A), (vtd_dev(RID_NEW_BUS), RID_NEW_BUS)] {
+            if r.vm
+                .translate(id as u16, None, 0x1000, Access::READ)
+                .is_ok()
+            {
+                return Err(format!("{label:?} translates after teardown"));
+            }
+        }
+        Ok(Outcome {
+            retried,
+            allocations,
+            live_after,
+        })
+    })
+}
+
+#[test]
+fn ioasid_fault_matrix() {
+    let faults = hardware_faults();
+    let (mut cells, mut ok, mut retried, mut failures) = (0, 0, 0, String::new());
+    let mut tally = |op: Op, fault: Fault, r: &Result<Outcome, String>| {
+        cells += 1;
+        match r {
+            Ok(o) if o.retried => retried += 1,
+            Ok(_) => ok += 1,
+            Err(why) => {
+                let _ = writeln!(failures, "{op:?} x {fault:?}: {why}");
+            }
+        }
+    };
+    for op in OPS {
+        // The clean run counts the operation's allocations and what its teardown leaves.
+        let clean = run_cell(op, Fault::None, None);
+        tally(op, Fault::None, &clean);
+        let Ok(clean) = clean else { continue };
+        let allocation_faults = (1..=clean.allocations).map(Fault::Alloc);
+        for fault in faults[1..].iter().copied().chain(allocation_faults) {
+            let r = run_cell(op, fault, Some(clean.live_after));
+            tally(op, fault, &r);
+        }
+    }
+    println!(
+        "IOASID fault matrix: {} operations x ({} hardware faults + every allocation) = {cells} \
+         cells; {ok} succeeded, {retried} failed and were retried",
+        OPS.len(),
+        faults.len()
+    );
+    assert!(failures.is_empty(), "cells that do not hold:\n{failures}");
+}
