@@ -112,6 +112,7 @@
 #[cfg(feature = "std")]
 extern crate std;
 
+mod barrier;
 #[cfg(feature = "capi")]
 pub mod capi;
 #[cfg(feature = "fuzzing")]

@@ -577,6 +577,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         // The zeroed table must reach memory before the entry that links it.
         self.sync(page.va, 1 << self.geo().granule_log2);
         let new = self.format.encode_table(level, page.pa);
+        crate::barrier::publish_table();
         match slot.compare_exchange(raw, new, Ordering::Release, Ordering::Acquire) {
             Ok(_) => Ok((Table(page.va), true)),
             Err(now) => {
@@ -878,6 +879,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         }
         self.sync(page.va, 1 << self.geo().granule_log2);
         race_window();
+        crate::barrier::publish_table();
         // SAFETY: `idx` indexes the live table `t`.
         match unsafe { t.slot(idx) }.compare_exchange(
             raw,
