@@ -102,6 +102,8 @@ pub struct Leaf {
 #[cfg(test)]
 mod race_tests;
 #[cfg(test)]
+mod stress_tests;
+#[cfg(test)]
 mod tests;
 #[cfg(test)]
 pub(crate) mod testutil;
