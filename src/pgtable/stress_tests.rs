@@ -51,7 +51,7 @@ const ARENA_SIZE: usize = if cfg!(miri) { 4 << 20 } else { 32 << 20 };
 
 /// Shadow value of a page: 0 if unmapped, else `1 + offset index` with the prot bits above.
 fn shadow_value(offset: usize, prot: Prot) -> u64 {
-    1 + offset as u64 | u64::from(prot.bits()) << 8
+    (1 + offset as u64) | (u64::from(prot.bits()) << 8)
 }
 
 fn expected_pa(iova: u64, value: u64) -> Option<(u64, bool)> {
