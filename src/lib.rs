@@ -30,17 +30,32 @@
 //!   range of walked memory it wrote, before it makes the hardware look (publishing entry or
 //!   doorbell), and [`mem::PageAllocator::sync_for_cpu`] before it reads what the device wrote.
 //! - **Memory ordering.** Live entries are written with 64-bit atomic stores, multi-word entries
-//!   (context, PASID, STE, CD) in the order the specifications require; new tables are published
-//!   with compare-and-swap. Register writes that make the hardware read memory (queue tails,
+//!   (context, PASID, STE, CD) in the order the specifications require; a new table (zeroed, or
+//!   filled by a split) is published with one compare-and-swap of the entry that links it,
+//!   preceded by the barrier that orders the table's contents before that entry for the walker:
+//!   `DMB OSHST` on aarch64 (the walker observes in the Outer Shareable domain; a `Release`
+//!   compare-and-swap orders only for other CPUs), a compiler fence on x86-64 (stores reach a
+//!   snooping walker in program order). For a walker that does not snoop, the table was cleaned
+//!   with [`mem::PageAllocator::sync_for_device`] before it is linked, and that hook must not
+//!   return before the clean is complete (Arm `DC CVAC` + `DSB`, x86 `CLFLUSHOPT` + `SFENCE`).
+//!   Register writes that make the hardware read memory (queue tails,
 //!   producer indices) go through [`mmio::RegisterWindow::doorbell32`] /
 //!   [`mmio::RegisterWindow::doorbell64`], which order earlier memory writes before them.
 //!   A register window must perform each access as one uncached access of the register's width
 //!   ([`mmio::Mmio`] does).
 //! - **Locking.** Every unit and every [`ioasid::IoasidCtx`] is `Sync` and takes `&self`.
-//!   Map and unmap on *disjoint* ranges of one address space may run concurrently from any
-//!   number of CPUs; the caller must not map or unmap *overlapping* ranges at the same time.
-//!   Configuration (domain allocation, attach, detach, free) serialises inside the unit or
-//!   context.
+//!   Map, unmap, query and dirty read-and-clear ([`pgtable::PageTable`], the units'
+//!   [`iommu::Iommu`] methods, [`ioasid::IoasidCtx::map`] / `unmap` / `read_and_clear_dirty`)
+//!   on *disjoint* IOVA ranges of one address space may run concurrently from any number of
+//!   CPUs, also when the ranges share tables or lie in one larger page (each unmap then splits
+//!   it or descends into the table another one's split installed, and invalidates the larger
+//!   page itself). Operations on *overlapping* ranges must not run at the same time; a mapping
+//!   is overlapping with every call that names any byte of it. The hardware walker may read the
+//!   tables at any moment: it sees each entry either old or new, never a table that is not
+//!   zeroed or complete, never a translation nobody asked for, and every map that returned.
+//!   [`pgtable::PageTable::reclaim_empty`], `unmap_exclusive` and `destroy` take `&mut self` /
+//!   `self`: nothing else runs on that table. Configuration (domain allocation, attach,
+//!   detach, free) serialises inside the unit or context.
 //! - **Interrupt context.** No call sleeps or allocates from anything but the embedder's
 //!   [`mem::PageAllocator`]. Calls that wait on hardware (invalidation, attach, flush) spin for a
 //!   bounded number of register polls and then fail with a timeout error, so they belong in

@@ -10,10 +10,13 @@
 //! SL-PTE is level 0 and its PML4E level 3; Arm's lookup level 3 is level 0).
 //!
 //! ## Concurrency
-//! [`PageTable::map`] and [`PageTable::unmap`] take `&self`: tables are installed with
-//! compare-and-swap and live entries are written with 64-bit atomic stores. Callers must not run
-//! operations on *overlapping* IOVA ranges at the same time; operations on disjoint ranges may run
-//! concurrently from any number of threads.
+//! [`PageTable::map`], [`PageTable::unmap`], [`PageTable::query`] and
+//! [`PageTable::read_and_clear_dirty`] take `&self`: tables are installed with compare-and-swap
+//! and live entries are written with 64-bit atomic stores. Callers must not run operations on
+//! *overlapping* IOVA ranges at the same time; operations on disjoint ranges may run concurrently
+//! from any number of threads, even inside one larger page. The rules that make this safe (a
+//! split that loses its compare-and-swap looks again; every map cleans its whole path; an unmap
+//! under a split table invalidates the larger page) are in `ARCHITECTURE.md`, "Concurrency".
 //!
 //! ## Freeing tables
 //! A table is unlinked and given to the [`Gather`] when an unmap covers its whole span. A table

@@ -429,3 +429,26 @@ fn path_entries<F: Format, A: crate::mem::PageAllocator>(
     }
     entries
 }
+
+/// Issue 13, item 7: the dirty state the walker set in a larger page before it was split is in
+/// every smaller leaf after it (the split copies the value its compare-and-swap replaced), and
+/// a split that lost to a dirty-bit update rebuilds from the new value.
+#[test]
+fn a_split_carries_dirty_state_into_every_child() {
+    let t = vtd_ss(true);
+    let (base, pa) = (G1, 4 * G1);
+    t.map(Iova::new(base), PhysAddr::new(pa), M2, RW).unwrap();
+    set_dirty_vtd_ss(&t, base);
+    let mut g = Gather::new();
+    t.unmap(Iova::new(base + 7 * K4), K4, &mut g).unwrap();
+    let mut reports = Vec::new();
+    let sink = |iova: Iova, size_log2| reports.push((iova.get(), size_log2));
+    t.read_and_clear_dirty(Iova::new(base), M2, sink, &mut g)
+        .unwrap();
+    let want: Vec<(u64, u32)> = (0..512)
+        .filter(|&p| p != 7)
+        .map(|p| (base + p * K4, 12))
+        .collect();
+    assert_eq!(reports, want);
+    g.release(t.allocator(), done()).unwrap();
+}
