@@ -10,6 +10,7 @@
 //! | target | what it drives | what it checks |
 //! |---|---|---|
 //! | `pgtable_vtd_ss`, `pgtable_vtd_fs`, `pgtable_arm_s2_4k`, `pgtable_arm_s2_16k`, `pgtable_arm_s2_64k`, `pgtable_arm_s1` | [`pgtable`]: arbitrary configurations and sequences of map / unmap / query / hardware dirty marking / read-and-clear-dirty / gather release / reclaim / allocation failure | a shadow `BTreeMap` model, the engine's own enumeration and the independent reference walkers of [`crate::sim::walk`] after every step; no page leaked, none freed before its gather is released, none freed twice ([`crate::sim::Arena`] books) |
+//! | `pgtable_concurrent` | [`pgtable::concurrent`]: 2-4 threads map / unmap / split shared larger pages / mark and read-and-clear dirty state on disjoint slices of one window of one table, while a checker thread walks it | each thread against its own model after every step (results, walker, enumeration, its gather covering what it unmapped and the larger pages over it, dirty pages reported); every translation the checker sees belongs to its owner's model or the owner's operation in flight; at the end the whole walk equals the models and no table page is orphaned |
 //! | `ioasid` | [`ioasid`]: bind / alloc / attach / attach_pasid / detach / map / unmap / free / PASIDs / grants / context drops over two contexts, a VT-d unit on the VT-d model and an SMMUv3 unit on the SMMUv3 model, with allocation failures | a shadow of what each owner asked for, read back through both models' translations (caches included) after every step: nothing translates that was not asked for, snoop never downgraded, the rules' results (busy, quota, grants, reserved, refusals without snoop control), one completion per unit per unmap, one domain per (IOASID, unit); every page back after the contexts and units go |
 //! | `decode_vtd`, `decode_smmuv3` | [`decode`]: every decoder of what hardware writes or reports | never panics; decoded fields re-encode to the raw bits they came from |
 //! | `queue_vtd` | [`queue`]: the VT-d invalidation queue under arbitrary submissions, waits, hardware progress and injected IQE/ITE/ICE | no unconsumed descriptor overwritten, a successful wait means everything before it completed, errors only when injected and cleared after |
@@ -57,6 +58,7 @@ pub const TARGETS: &[Target] = &[
     ("pgtable_arm_s2_16k", pgtable::arm_s2_16k),
     ("pgtable_arm_s2_64k", pgtable::arm_s2_64k),
     ("pgtable_arm_s1", pgtable::arm_s1),
+    ("pgtable_concurrent", pgtable::concurrent),
     ("decode_vtd", decode::vtd),
     ("decode_smmuv3", decode::smmuv3),
     ("queue_vtd", queue::vtd),

@@ -405,6 +405,24 @@ impl Arena {
         true
     }
 
+    /// Compare-and-swaps the 64-bit word at `pa` inside a live page, as hardware updates an
+    /// entry's accessed and dirty bits (an atomic read-modify-write that a concurrent
+    /// compare-and-swap of the engine cannot lose). Not reported to the sync recorder.
+    /// `None` if `pa` is unaligned or not in a live page; otherwise the result of the exchange
+    /// (`Err` holds the value found).
+    pub fn compare_exchange_u64(
+        &self,
+        pa: u64,
+        current: u64,
+        new: u64,
+    ) -> Option<Result<u64, u64>> {
+        let off = self.live_word(pa)?;
+        Some(
+            self.word(off)
+                .compare_exchange(current, new, Ordering::AcqRel, Ordering::Acquire),
+        )
+    }
+
     /// Starts (or restarts) recording `sync_for_device` ranges, and returns a snapshot of every
     /// live page taken at the same moment, for [`unsynced_words`](Self::unsynced_words).
     pub fn start_sync_recording(&self) -> Snapshot {

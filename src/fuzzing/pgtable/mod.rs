@@ -29,8 +29,11 @@
 //! a change anywhere else (a stray write) is caught by the next full comparison or the final
 //! walk. Inputs run on one arena per thread, reset between inputs (`super::with_arena`).
 
+mod concurrent;
 mod shadow;
 mod subjects;
+
+pub use self::concurrent::concurrent;
 
 use std::collections::BTreeSet;
 use std::vec::Vec;

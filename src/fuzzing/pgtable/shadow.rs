@@ -170,6 +170,18 @@ impl Segments {
         }
         self.list.push((first, count, pa));
     }
+
+    /// Appends every segment of `other` (which must start at or after the end of this one).
+    pub(super) fn append(&mut self, other: &Self) {
+        for &(first, count, pa) in &other.list {
+            self.push(first, count, pa);
+        }
+    }
+
+    /// How many granules the segments map.
+    pub(super) fn granules(&self) -> u64 {
+        self.list.iter().map(|&(_, count, _)| count).sum()
+    }
 }
 
 #[cfg(test)]

@@ -78,6 +78,8 @@ pub(super) trait Subject: Sized {
     ) -> core::result::Result<Seen, Fault>;
     /// Every leaf: (base IOVA, leaf as an unprivileged request sees it).
     fn walk_all(&self, mem: &Arena, root: PhysAddr) -> Vec<(u64, Seen)>;
+    /// How many table pages the walker reaches from `root`.
+    fn table_pages(&self, mem: &Arena, root: PhysAddr) -> usize;
 }
 
 fn pick<T: Copy>(u: &mut Unstructured<'_>, from: &[T]) -> Result<T> {
@@ -146,6 +148,11 @@ impl Subject for VtdSsSubject {
         let all = walk::vtd_ss::walk_all(mem, &self.walker(root)).expect("walker: walk_all");
         all.iter().map(|(i, t)| (i.get(), seen(t))).collect()
     }
+    fn table_pages(&self, mem: &Arena, root: PhysAddr) -> usize {
+        walk::vtd_ss::table_pages(mem, &self.walker(root))
+            .expect("walker: table_pages")
+            .len()
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -211,6 +218,11 @@ impl Subject for VtdFsSubject {
     fn walk_all(&self, mem: &Arena, root: PhysAddr) -> Vec<(u64, Seen)> {
         let all = walk::vtd_fs::walk_all(mem, &self.walker(root)).expect("walker: walk_all");
         all.iter().map(|(i, t)| (i.get(), seen(t))).collect()
+    }
+    fn table_pages(&self, mem: &Arena, root: PhysAddr) -> usize {
+        walk::vtd_fs::table_pages(mem, &self.walker(root))
+            .expect("walker: table_pages")
+            .len()
     }
 }
 
@@ -313,6 +325,11 @@ impl Subject for ArmS2Subject {
         let all = walk::arm_s2::walk_all(mem, &self.walker(root)).expect("walker: walk_all");
         all.iter().map(|(i, t)| (i.get(), seen(t))).collect()
     }
+    fn table_pages(&self, mem: &Arena, root: PhysAddr) -> usize {
+        walk::arm_s2::table_pages(mem, &self.walker(root))
+            .expect("walker: table_pages")
+            .len()
+    }
 }
 
 pub(super) struct ArmS1Subject(ArmS1Config);
@@ -334,11 +351,14 @@ impl ArmS1Subject {
     }
 }
 
-impl Subject for ArmS1Subject {
-    type F = ArmS1;
-    fn draw(u: &mut Unstructured<'_>) -> Result<Option<Self>> {
+impl ArmS1Subject {
+    /// A configuration with the given granule.
+    pub(super) fn draw_granule(
+        u: &mut Unstructured<'_>,
+        granule_log2: u32,
+    ) -> Result<Option<Self>> {
         let cfg = ArmS1Config {
-            granule_log2: pick(u, &[12, 14, 16, 13])?,
+            granule_log2,
             ias: u.int_in_range(31..=53)?,
             oas: pick(u, &[32, 36, 40, 42, 44, 48, 52, 46])?,
             blocks: u.arbitrary()?,
@@ -347,6 +367,14 @@ impl Subject for ArmS1Subject {
             bbml2: u.arbitrary()?,
         };
         Ok(ArmS1::new(cfg).ok().map(|_| Self(cfg)))
+    }
+}
+
+impl Subject for ArmS1Subject {
+    type F = ArmS1;
+    fn draw(u: &mut Unstructured<'_>) -> Result<Option<Self>> {
+        let granule_log2 = pick(u, &[12, 14, 16, 13])?;
+        Self::draw_granule(u, granule_log2)
     }
     fn format(&self) -> ArmS1 {
         ArmS1::new(self.0).expect("accepted in draw")
@@ -381,5 +409,10 @@ impl Subject for ArmS1Subject {
     fn walk_all(&self, mem: &Arena, root: PhysAddr) -> Vec<(u64, Seen)> {
         let all = walk::arm_s1::walk_all(mem, &self.walker(root)).expect("walker: walk_all");
         all.iter().map(|(i, t)| (i.get(), seen(t))).collect()
+    }
+    fn table_pages(&self, mem: &Arena, root: PhysAddr) -> usize {
+        walk::arm_s1::table_pages(mem, &self.walker(root))
+            .expect("walker: table_pages")
+            .len()
     }
 }
