@@ -236,18 +236,53 @@ impl QueueCore {
         };
         let entries = 1u32 << (8 + config.qs as u32 - config.width as u32);
         regs.write64(regs::IQT_REG, 0);
+        let tail = regs.read64(regs::IQT_REG);
+        if tail != 0 {
+            // SAFETY: both pages came from `alloc` just now and the unit never saw them.
+            unsafe {
+                alloc.free(ring, ring_log2);
+                alloc.free(status, PAGE_SHIFT_4K);
+            }
+            // Enabling with a stale tail would run the new ring's empty slots.
+            return Err(Error::UnexpectedState {
+                register: "IQT (the write of 0 did not take)",
+                value: tail,
+            });
+        }
         let dw = if config.width == DescriptorWidth::Bits256 {
             IQA_DW
         } else {
             0
         };
-        regs.write64(regs::IQA_REG, ring.pa.get() | dw | config.qs as u64);
+        let iqa = ring.pa.get() | dw | config.qs as u64;
+        regs.write64(regs::IQA_REG, iqa);
         set_persistent(
             regs,
             PersistentCommand::QueuedInvalidationEnable,
             true,
             budget,
         )?;
+        // IQA is checked once the queue runs (QEMU reads back the address it latched with
+        // QIE, not the one written): a dropped write leaves the unit on another ring.
+        let running = regs.read64(regs::IQA_REG);
+        if running != iqa {
+            set_persistent(
+                regs,
+                PersistentCommand::QueuedInvalidationEnable,
+                false,
+                budget,
+            )?;
+            // SAFETY: both pages came from `alloc` just now; the unit runs (ran) another ring
+            // and never had their address.
+            unsafe {
+                alloc.free(ring, ring_log2);
+                alloc.free(status, PAGE_SHIFT_4K);
+            }
+            return Err(Error::UnexpectedState {
+                register: "IQA (the write did not take)",
+                value: running,
+            });
+        }
         let head = regs.read64(regs::IQH_REG);
         if head != 0 {
             return Err(Error::UnexpectedState {
@@ -279,6 +314,11 @@ impl QueueCore {
     /// The software tail index.
     pub const fn tail(&self) -> u32 {
         self.tail
+    }
+
+    /// Where the descriptor ring is (`IQA.IQA`).
+    pub const fn ring_pa(&self) -> PhysAddr {
+        self.ring.pa
     }
 
     /// The descriptor width the queue was programmed with.
@@ -380,8 +420,16 @@ impl QueueCore {
     /// [`Error::QueueError`] or [`Error::Timeout`].
     pub fn disable<W: RegisterWindow + ?Sized>(&mut self, regs: &W) -> Result<(), Error> {
         let budget = self.config.poll_budget;
+        // Drained is IQH reaching the IQT the hardware holds: descriptors whose doorbell the
+        // unit never took (a dropped IQT write) were never fetched and never will be.
+        // A queue error here belongs to work whose caller already saw it fail (every batch
+        // waits for itself): it is cleared (IQE's descriptor neutralised) and the drain goes on.
         poll(budget, || match self.probe_head(regs) {
-            Ok(head) => (head == self.tail).then_some(Ok(())),
+            Ok(head) => {
+                let tail = regs.read64(regs::IQT_REG) >> self.config.width.shift();
+                (u64::from(head) == tail).then_some(Ok(()))
+            }
+            Err(Error::QueueError { .. }) => None,
             Err(e) => Some(Err(e)),
         })
         .unwrap_or(Err(Error::Timeout {

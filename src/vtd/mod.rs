@@ -56,4 +56,4 @@ pub use error::{Error, QueueErrorKind, Wait};
 pub use flush::PAGE_SELECTIVE_LIMIT;
 pub use ids::{DomainId, Pasid, SourceId};
 pub use invalidation::InvalidationStats;
-pub use unit::{AttachOptions, Mode, VtdConfig, VtdUnit};
+pub use unit::{AttachOptions, AuditError, AuditReport, Mode, VtdConfig, VtdUnit};

@@ -333,13 +333,22 @@ impl RootTableAddress {
 /// `SRTP`).
 ///
 /// # Errors
-/// [`Error::Timeout`] if `GSTS.RTPS` does not set within `budget` polls.
+/// [`Error::Timeout`] if `GSTS.RTPS` does not set within `budget` polls;
+/// [`Error::UnexpectedState`] if `RTADDR` does not read back as written.
 pub fn write_root_table<W: RegisterWindow + ?Sized>(
     regs: &W,
     rta: RootTableAddress,
     budget: u32,
 ) -> Result<(), Error> {
     regs.write64(RTADDR_REG, rta.get());
+    // A write the unit dropped would let SRTP latch whatever RTADDR held before.
+    let back = regs.read64(RTADDR_REG);
+    if back != rta.get() {
+        return Err(Error::UnexpectedState {
+            register: "RTADDR (the write did not take)",
+            value: back,
+        });
+    }
     set_root_table_pointer(regs, budget)
 }
 

@@ -63,6 +63,7 @@ use crate::mmio::{RegisterWindow, DEFAULT_POLL_BUDGET};
 use crate::pgtable::IovaRange;
 
 mod attach;
+mod audit;
 mod invalidate;
 mod iommu_impl;
 mod release;
@@ -70,6 +71,7 @@ mod release;
 mod tests;
 
 pub use attach::AttachOptions;
+pub use audit::{AuditError, AuditReport};
 pub use release::Released;
 
 /// Polls a wait on device-TLB invalidations may take unless told otherwise. The PCIe Base

@@ -531,6 +531,25 @@ impl<'m> VtdModel<'m> {
         self.lock().reachable()
     }
 
+    /// Every domain-ID some IOTLB, paging-structure-cache or PASID-cache entry (or a legacy
+    /// context-cache entry) is tagged with: a domain-ID in this set may not be given to a new
+    /// domain.
+    pub fn cached_domain_ids(&self) -> std::collections::BTreeSet<u16> {
+        let st = self.lock();
+        let c = &st.caches;
+        let legacy = c.context.values().filter_map(|e| match e {
+            cache::CachedContext::Legacy(l) => Some(l.did),
+            _ => None,
+        });
+        c.iotlb
+            .keys()
+            .map(|k| k.0)
+            .chain(c.psc.keys().map(|k| k.0))
+            .chain(c.pasid.values().map(|p| p.did))
+            .chain(legacy)
+            .collect()
+    }
+
     /// ATC entries of every device.
     pub fn atc_entries(&self) -> usize {
         self.lock().caches.atc.len()

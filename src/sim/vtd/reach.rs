@@ -1,8 +1,8 @@
 //! What the unit can still reach (VT-d spec rev 4.1, §3.4 root, context and PASID tables, §3.6 /
-//! §3.7 page tables, chapter 6 the caches, §6.5.2 the invalidation queue): every structure a
-//! walk from the latched root table, from a cached context or PASID entry, or from a cached
-//! paging-structure entry could read, and the invalidation queue while queued invalidation is
-//! on.
+//! §3.7 page tables, chapter 6 the caches, §6.5.2 the invalidation queue): while translation is
+//! on, every structure a walk from the latched root table, from a cached context or PASID
+//! entry, or from a cached paging-structure entry could read; and the invalidation queue while
+//! queued invalidation is on.
 //!
 //! A page in this set must not be returned to the allocator: the check a test makes after
 //! every step of an error path ([`VtdModel::reachable`](super::VtdModel::reachable)). The walk
@@ -32,6 +32,12 @@ impl State<'_> {
     /// directory larger than a page contributes each of its pages).
     pub(crate) fn reachable(&self) -> BTreeSet<u64> {
         let mut out = BTreeSet::new();
+        self.queue_pages(&mut out);
+        // With translation off the unit walks nothing and uses no cached translation (a
+        // driver invalidates every cache globally before it turns translation on again).
+        if self.gsts & G_TE == 0 {
+            return out;
+        }
         if let Some(root) = self.root {
             match root.mode {
                 RootMode::Legacy => self.legacy_root(root.addr, &mut out),
@@ -67,13 +73,17 @@ impl State<'_> {
             };
             self.tree(e.value & self.addr_mask(), levels, format, &mut out);
         }
+        out
+    }
+
+    /// The invalidation queue's pages while queued invalidation is on.
+    fn queue_pages(&self, out: &mut BTreeSet<u64>) {
         if self.gsts & G_QIE != 0 {
             let base = self.iqa & IQA_BASE;
             for i in 0..1u64 << (self.iqa & IQA_QS) {
                 out.insert(base + i * 4096);
             }
         }
-        out
     }
 
     fn addr_mask(&self) -> u64 {

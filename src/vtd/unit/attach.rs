@@ -566,7 +566,7 @@ fn iotlb_of(did: DomainId, p: Pasid, first_stage: bool) -> Request {
 }
 
 /// The PASID entry `entry` holds.
-fn read_pasid_entry(entry: &LiveEntry<'_>) -> PasidEntry {
+pub(super) fn read_pasid_entry(entry: &LiveEntry<'_>) -> PasidEntry {
     let w = |i| entry.word(i).unwrap_or(0);
     PasidEntry {
         qw: [w(0), w(1), w(2)],

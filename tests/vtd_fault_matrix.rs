@@ -1,0 +1,525 @@
+//! The VT-d fault matrix (issue 14, "What must be true" 2): every public operation of a VT-d
+//! unit, in legacy mode, legacy mode under caching mode and scalable mode, against every fault
+//! the behavioural model can inject at every point the operation reaches: a stalled queue, a
+//! dropped register write (GCMD, IQT, IQA, RTADDR, FSTS), a write-buffer flush that never
+//! completes, IQE at each descriptor, ITE and ICE at each device-TLB descriptor, allocation
+//! failure at each allocation.
+//!
+//! After every cell, and again after the retry of a failed call:
+//! - `Ok` means the whole effect happened (checked by translating through the model);
+//! - `Err` is followed by the same call with the fault cleared, which must complete it;
+//! - no structure the model can still reach (tables from the latched root, cached entries, the
+//!   queue) is memory the allocator has back ([`VtdModel::reachable`]);
+//! - no cache holds an entry tagged with a domain-ID no live domain carries (a DID reused
+//!   before its invalidation completed would be one);
+//! - [`VtdUnit::audit`]: the unit's books equal what a walk of its tables finds;
+//! - at the end, tearing everything down returns every page, with no bad free.
+//!
+//! The test prints the size of the matrix and fails listing every cell that did not hold.
+
+use std::collections::BTreeSet;
+
+use iommu_engine::iommu::{DeviceId, DomainConfig, DomainHandle, Iommu, Pasid};
+use iommu_engine::mem::{Iova, PhysAddr};
+use iommu_engine::pgtable::{Gather, Prot};
+use iommu_engine::sim::arena::PhysMem;
+use iommu_engine::sim::vtd::{regs, Injection, VtdModel, VtdModelConfig};
+use iommu_engine::sim::walk::Access;
+use iommu_engine::sim::{Arena, ArenaConfig, FailPolicy};
+use iommu_engine::vtd::{AttachOptions, Mode, VtdConfig, VtdUnit};
+
+type Unit<'a> = VtdUnit<&'a VtdModel<'a>, &'a Arena>;
+
+const K4: u64 = 0x1000;
+const RW: Prot = Prot::READ.union(Prot::WRITE);
+const DEV: DeviceId = DeviceId(0x0020);
+const DEV2: DeviceId = DeviceId(0x0028);
+const PA_A: u64 = 0x4000_0000;
+const PA_B: u64 = 0x5000_0000;
+const PA_C: u64 = 0x6000_0000;
+const NEW_IOVA: u64 = 0x4000_0000;
+const ATS: AttachOptions = AttachOptions {
+    ats: true,
+    exclusive: false,
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Variant {
+    /// QEMU's unit with device TLBs and `CAP.RWBF`.
+    Legacy,
+    /// QEMU's unit with device TLBs under caching mode.
+    LegacyCachingMode,
+    /// A scalable-mode unit (second-stage domains, PASIDs, dirty tracking).
+    Scalable,
+}
+
+impl Variant {
+    fn model(self) -> VtdModelConfig {
+        match self {
+            Variant::Legacy => VtdModelConfig::qemu_default().with_dt(true).with_rwbf(true),
+            Variant::LegacyCachingMode => VtdModelConfig::qemu_default()
+                .with_dt(true)
+                .with_caching_mode(true),
+            Variant::Scalable => {
+                // ECAP.SMPWCS (bit 48): snooped page walks, which dirty tracking needs.
+                let mut cfg = VtdModelConfig::scalable();
+                cfg.ecap |= 1 << 48;
+                cfg
+            }
+        }
+    }
+
+    fn mode(self) -> Mode {
+        match self {
+            Variant::Scalable => Mode::Scalable,
+            _ => Mode::Legacy,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Op {
+    Enable,
+    Takeover,
+    DomainAlloc,
+    DomainFree,
+    Attach,
+    Replace,
+    Detach,
+    PasidAttach,
+    PasidDetach,
+    Map,
+    UnmapAndFlush,
+    Flush,
+    DirtyReadAndClear,
+    Disable,
+    Release,
+}
+
+const OPS: [Op; 15] = [
+    Op::Enable,
+    Op::Takeover,
+    Op::DomainAlloc,
+    Op::DomainFree,
+    Op::Attach,
+    Op::Replace,
+    Op::Detach,
+    Op::PasidAttach,
+    Op::PasidDetach,
+    Op::Map,
+    Op::UnmapAndFlush,
+    Op::Flush,
+    Op::DirtyReadAndClear,
+    Op::Disable,
+    Op::Release,
+];
+
+impl Op {
+    fn applies(self, v: Variant) -> bool {
+        match self {
+            Op::PasidAttach | Op::PasidDetach | Op::DirtyReadAndClear => v == Variant::Scalable,
+            _ => true,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fault {
+    None,
+    Inject(Injection),
+    AllocFailure(u64),
+}
+
+fn arena() -> Arena {
+    Arena::new(ArenaConfig {
+        base_pa: 0x1_0000_0000,
+        capacity: 16 << 20,
+    })
+    .expect("arena")
+}
+
+fn config(v: Variant) -> VtdConfig {
+    VtdConfig {
+        mode: v.mode(),
+        poll_budget: 40,
+        device_tlb_poll_budget: 80,
+        ..VtdConfig::legacy()
+    }
+}
+
+/// The state an operation starts from, and what it left.
+struct Fixture<'a> {
+    v: Variant,
+    m: &'a VtdModel<'a>,
+    a: &'a Arena,
+    u: Option<Unit<'a>>,
+    /// Domains allocated here (some may have been freed).
+    domains: Vec<DomainHandle>,
+    /// d1: DEV (ATS) attached, 0 -> PA_A; in scalable mode PASID 5 too.
+    d1: Option<DomainHandle>,
+    /// d2: maps 0 -> PA_B; attached to nothing.
+    d2: Option<DomainHandle>,
+    /// A gather of an unmap of 0 in d1, for `Flush`.
+    gather: Gather,
+    /// Pages a previous owner left (takeover): never the unit's to free.
+    foreign_pages: usize,
+}
+
+fn pasid(p: u32) -> Option<Pasid> {
+    Pasid::new(p)
+}
+
+fn sid(d: DeviceId) -> u16 {
+    d.0 as u16
+}
+
+impl<'a> Fixture<'a> {
+    fn unit(&self) -> &Unit<'a> {
+        self.u.as_ref().expect("unit")
+    }
+
+    /// Builds the state `op` starts from. Nothing here runs under a fault.
+    fn new(v: Variant, m: &'a VtdModel<'a>, a: &'a Arena, op: Op) -> Self {
+        let mut f = Fixture {
+            v,
+            m,
+            a,
+            u: None,
+            domains: Vec::new(),
+            d1: None,
+            d2: None,
+            gather: Gather::new(),
+            foreign_pages: 0,
+        };
+        if op == Op::Takeover {
+            let old = VtdUnit::new(m, a, config(v)).unwrap();
+            old.enable().unwrap();
+            let d = old.domain_alloc(&DomainConfig::default()).unwrap();
+            old.map(d, Iova::new(0), PhysAddr::new(PA_A), K4, RW)
+                .unwrap();
+            old.attach(DEV, None, d).unwrap();
+            m.translate(sid(DEV), None, 0, Access::READ).unwrap();
+            f.foreign_pages = a.stats().live_pages;
+        }
+        let u = VtdUnit::new(m, a, config(v)).unwrap();
+        if matches!(op, Op::Enable | Op::Takeover) {
+            f.u = Some(u);
+            return f;
+        }
+        u.enable().unwrap();
+        f.u = Some(u);
+        let u = f.unit();
+        let dirty = DomainConfig {
+            dirty_tracking: v == Variant::Scalable,
+            ..DomainConfig::default()
+        };
+        let d1 = u.domain_alloc(&dirty).unwrap();
+        let d2 = u.domain_alloc(&DomainConfig::default()).unwrap();
+        u.map(d1, Iova::new(0), PhysAddr::new(PA_A), K4, RW)
+            .unwrap();
+        u.map(d2, Iova::new(0), PhysAddr::new(PA_B), K4, RW)
+            .unwrap();
+        u.attach_with(DEV, None, d1, ATS).unwrap();
+        m.ats_translate(sid(DEV), None, 0, Access::READ).unwrap();
+        if v == Variant::Scalable {
+            u.attach_with(DEV, pasid(5), d1, ATS).unwrap();
+            m.ats_translate(sid(DEV), Some(5), 0, Access::READ).unwrap();
+        }
+        // d2 was used, so caches hold entries tagged with its DID.
+        u.attach(DEV2, None, d2).unwrap();
+        m.translate(sid(DEV2), None, 0, Access::READ).unwrap();
+        u.detach(DEV2, None).unwrap();
+        if op == Op::Flush {
+            let mut g = Gather::new();
+            assert_eq!(u.unmap(d1, Iova::new(0), K4, &mut g), Ok(K4));
+            f.gather = g;
+        }
+        f.domains = vec![d1, d2];
+        f.d1 = Some(d1);
+        f.d2 = Some(d2);
+        if op == Op::Release {
+            f.unit().disable().unwrap();
+        }
+        f
+    }
+
+    /// Runs `op` once.
+    fn run(&mut self, op: Op) -> Result<(), String> {
+        let e = |e: &dyn std::fmt::Debug| format!("{e:?}");
+        let (d1, d2) = (self.d1, self.d2);
+        let u = self.u.as_ref().ok_or("no unit")?;
+        match op {
+            Op::Enable | Op::Takeover => u.enable().map_err(|x| e(&x)),
+            Op::DomainAlloc => {
+                let d = u
+                    .domain_alloc(&DomainConfig::default())
+                    .map_err(|x| e(&x))?;
+                self.domains.push(d);
+                Ok(())
+            }
+            Op::DomainFree => u.domain_free(d2.unwrap()).map_err(|x| e(&x)),
+            Op::Attach => u
+                .attach_with(DEV2, None, d1.unwrap(), ATS)
+                .map_err(|x| e(&x)),
+            Op::Replace => u
+                .attach_with(DEV, None, d2.unwrap(), ATS)
+                .map_err(|x| e(&x)),
+            Op::Detach => u.detach(DEV, None).map_err(|x| e(&x)),
+            Op::PasidAttach => u.attach(DEV, pasid(7), d2.unwrap()).map_err(|x| e(&x)),
+            Op::PasidDetach => u.detach(DEV, pasid(5)).map_err(|x| e(&x)),
+            Op::Map => u
+                .map(
+                    d1.unwrap(),
+                    Iova::new(NEW_IOVA),
+                    PhysAddr::new(PA_C),
+                    2 * K4,
+                    RW,
+                )
+                .map_err(|x| e(&x)),
+            Op::UnmapAndFlush => {
+                // A caller that gives up on a failed gather and retries the whole thing.
+                let mut g = Gather::new();
+                u.unmap(d1.unwrap(), Iova::new(0), K4, &mut g)
+                    .map_err(|x| e(&x))?;
+                u.flush(d1.unwrap(), &mut g).map_err(|x| e(&x))
+            }
+            Op::Flush => u.flush(d1.unwrap(), &mut self.gather).map_err(|x| e(&x)),
+            Op::DirtyReadAndClear => {
+                let mut g = Gather::new();
+                let mut sink = |_: Iova, _: u32| {};
+                u.read_and_clear_dirty(d1.unwrap(), Iova::new(0), 1 << 30, &mut sink, &mut g)
+                    .map_err(|x| e(&x))?;
+                u.flush(d1.unwrap(), &mut g).map_err(|x| e(&x))
+            }
+            Op::Disable => u.disable().map_err(|x| e(&x)),
+            Op::Release => {
+                let unit = self.u.take().ok_or("no unit")?;
+                match unit.release() {
+                    Ok(r) if r.leaked.is_none() => Ok(()),
+                    Ok(r) => Err(format!("released, leaking: {:?}", r.leaked)),
+                    Err((unit, x)) => {
+                        self.u = Some(unit);
+                        Err(e(&x))
+                    }
+                }
+            }
+        }
+    }
+
+    /// What `op` must have done when it returned `Ok`.
+    fn effect(&self, op: Op) -> Result<(), String> {
+        let m = self.m;
+        let tr = |dev: DeviceId, p: Option<u32>, iova: u64| {
+            m.translate(sid(dev), p, iova, Access::READ).map(|t| t.pa)
+        };
+        let want = |what: &str, ok: bool| if ok { Ok(()) } else { Err(what.to_string()) };
+        match op {
+            Op::Enable | Op::Takeover => {
+                want("translation on", self.unit().is_enabled())?;
+                want("DEV blocked", tr(DEV, None, 0).is_err())
+            }
+            Op::DomainAlloc => want(
+                "new domain",
+                self.domains
+                    .last()
+                    .is_some_and(|&d| self.unit().domain_id(d).is_some()),
+            ),
+            Op::DomainFree => want("d2 gone", self.unit().domain_id(self.d2.unwrap()).is_none()),
+            Op::Attach => want("DEV2 -> d1", tr(DEV2, None, 0) == Ok(PA_A)),
+            Op::Replace => want("DEV -> d2", tr(DEV, None, 0) == Ok(PA_B)),
+            Op::Detach => {
+                want("DEV blocked", tr(DEV, None, 0).is_err())?;
+                want("DEV's ATC empty", !m.atc_holds(sid(DEV), None, 0))
+            }
+            Op::PasidAttach => want("DEV PASID 7 -> d2", tr(DEV, Some(7), 0) == Ok(PA_B)),
+            Op::PasidDetach => {
+                want("PASID 5 blocked", tr(DEV, Some(5), 0).is_err())?;
+                want("PASID 5 ATC empty", !m.atc_holds(sid(DEV), Some(5), 0))
+            }
+            Op::Map => {
+                want("mapped", tr(DEV, None, NEW_IOVA + K4) == Ok(PA_C + K4))?;
+                want("first page", tr(DEV, None, NEW_IOVA) == Ok(PA_C))
+            }
+            Op::UnmapAndFlush | Op::Flush => {
+                want(
+                    "unmapped",
+                    self.unit().query(self.d1.unwrap(), Iova::new(0)).is_none(),
+                )?;
+                want("IOTLB invalidated", tr(DEV, None, 0).is_err())?;
+                want("ATC invalidated", !m.atc_holds(sid(DEV), None, 0))?;
+                want("gather released", self.gather.is_empty())
+            }
+            Op::DirtyReadAndClear => want("still mapped", tr(DEV, None, 0) == Ok(PA_A)),
+            Op::Disable => want("translation off", !self.unit().is_enabled()),
+            Op::Release => want("released", self.u.is_none()),
+        }
+    }
+
+    /// The invariants that hold after every call, failed or not.
+    fn invariants(&self, op: Op, settled: bool) -> Result<(), String> {
+        for pa in self.m.reachable() {
+            if self.a.read_u64(pa).is_none() {
+                return Err(format!("the unit can reach freed page {pa:#x}"));
+            }
+        }
+        if !self.a.bad_frees().is_empty() {
+            return Err(format!("bad frees {:?}", self.a.bad_frees()));
+        }
+        let Some(u) = &self.u else { return Ok(()) };
+        u.audit().map_err(|e| format!("audit: {e}"))?;
+        // Before a takeover completed, the previous owner's entries are still cached.
+        if op != Op::Takeover || settled {
+            let live: BTreeSet<u16> = self
+                .domains
+                .iter()
+                .filter_map(|&d| u.domain_id(d).map(|did| did.get()))
+                .collect();
+            for did in self.m.cached_domain_ids() {
+                let reserved = did == 0 && self.v == Variant::LegacyCachingMode;
+                if !live.contains(&did) && !reserved {
+                    return Err(format!(
+                        "cache entries tagged with DID {did}, owned by no domain"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Tears everything down; every page the unit took must come back.
+    fn teardown(mut self) -> Result<(), String> {
+        if let Some(u) = &self.u {
+            for (dev, p) in [(DEV, None), (DEV, pasid(5)), (DEV, pasid(7)), (DEV2, None)] {
+                let _ = u.detach(dev, p);
+            }
+            for &d in &self.domains {
+                if u.domain_id(d).is_some() {
+                    u.domain_free(d)
+                        .map_err(|e| format!("teardown free: {e:?}"))?;
+                }
+            }
+            u.disable()
+                .map_err(|e| format!("teardown disable: {e:?}"))?;
+            let unit = self.u.take().unwrap();
+            let r = unit
+                .release()
+                .map_err(|(_, e)| format!("teardown release: {e:?}"))?;
+            if let Some(e) = r.leaked {
+                return Err(format!("release leaked: {e:?}"));
+            }
+        }
+        let live = self.a.stats().live_pages;
+        if live != self.foreign_pages {
+            return Err(format!(
+                "{} page(s) not returned",
+                live as i64 - self.foreign_pages as i64
+            ));
+        }
+        if !self.a.bad_frees().is_empty() {
+            return Err(format!("bad frees {:?}", self.a.bad_frees()));
+        }
+        Ok(())
+    }
+}
+
+/// What a fault-free run of `op` uses: descriptors, device-TLB descriptors, allocations.
+fn census(v: Variant, op: Op) -> (u32, u32, u64) {
+    let a = arena();
+    let m = VtdModel::new(&a, v.model());
+    let mut f = Fixture::new(v, &m, &a, op);
+    m.reset_stats();
+    let allocs = a.stats().allocs;
+    f.run(op)
+        .unwrap_or_else(|e| panic!("{v:?} {op:?} without a fault: {e}"));
+    f.effect(op)
+        .unwrap_or_else(|e| panic!("{v:?} {op:?} without a fault: {e}"));
+    let log = m.descriptor_log();
+    let dev_tlb = log
+        .iter()
+        .filter(|d| matches!(d[0] & 0xf | (d[0] >> 5) & 0x70, 0x3 | 0x8))
+        .count();
+    (log.len() as u32, dev_tlb as u32, a.stats().allocs - allocs)
+}
+
+fn faults(v: Variant, op: Op) -> Vec<Fault> {
+    let (descriptors, dev_tlb, allocs) = census(v, op);
+    let mut out = vec![
+        Fault::None,
+        Fault::Inject(Injection::StallWaits),
+        Fault::Inject(Injection::IgnoreGcmd),
+        Fault::Inject(Injection::StallWriteBufferFlush),
+    ];
+    for reg in [regs::IQT, regs::IQA, regs::RTADDR, regs::FSTS] {
+        out.push(Fault::Inject(Injection::IgnoreWrites(reg)));
+    }
+    // One more than counted: a retry or recovery may fetch more than the fault-free run.
+    for n in 1..=descriptors + 1 {
+        out.push(Fault::Inject(Injection::QueueErrorAt(n)));
+    }
+    for n in 1..=dev_tlb {
+        out.push(Fault::Inject(Injection::DeviceTlbTimeoutAt(n)));
+        out.push(Fault::Inject(Injection::CompletionErrorAt(n)));
+    }
+    for n in 1..=allocs {
+        out.push(Fault::AllocFailure(n));
+    }
+    out
+}
+
+/// One cell: `op` under `fault`, the checks, the retry, the checks, the teardown.
+fn cell(v: Variant, op: Op, fault: Fault) -> Result<bool, String> {
+    let a = arena();
+    let m = VtdModel::new(&a, v.model());
+    let mut f = Fixture::new(v, &m, &a, op);
+    match fault {
+        Fault::None => {}
+        Fault::Inject(i) => m.inject(i),
+        Fault::AllocFailure(n) => a.set_fail_policy(FailPolicy::Nth(n)),
+    }
+    let first = f.run(op);
+    m.clear_injections();
+    a.set_fail_policy(FailPolicy::Never);
+    let failed = first.is_err();
+    f.invariants(op, first.is_ok())
+        .map_err(|e| format!("after {first:?}: {e}"))?;
+    if failed {
+        f.run(op)
+            .map_err(|e| format!("retry after {first:?}: {e}"))?;
+        f.invariants(op, true)
+            .map_err(|e| format!("after the retry: {e}"))?;
+    }
+    f.effect(op).map_err(|e| format!("after {first:?}: {e}"))?;
+    f.teardown()?;
+    Ok(failed)
+}
+
+#[test]
+fn every_operation_under_every_fault() {
+    let mut cells = 0usize;
+    let mut failed_calls = 0usize;
+    let mut broken = Vec::new();
+    for v in [
+        Variant::Legacy,
+        Variant::LegacyCachingMode,
+        Variant::Scalable,
+    ] {
+        for op in OPS.into_iter().filter(|op| op.applies(v)) {
+            for fault in faults(v, op) {
+                cells += 1;
+                match cell(v, op, fault) {
+                    Ok(failed) => failed_calls += usize::from(failed),
+                    Err(e) => broken.push(format!("{v:?} {op:?} {fault:?}: {e}")),
+                }
+            }
+        }
+    }
+    println!(
+        "VT-d fault matrix: {cells} cells ({failed_calls} calls failed and were retried), {} broken",
+        broken.len()
+    );
+    assert!(broken.is_empty(), "{}", broken.join("\n"));
+    assert!(
+        failed_calls > 0 && cells > 300,
+        "the matrix must exercise error paths"
+    );
+}
