@@ -294,7 +294,8 @@ pub struct EventReport {
     /// Global errors that were active, now acknowledged (`CMDQ_ERR` included when a command
     /// error was recovered).
     pub gerror: Gerror,
-    /// The command error recovered, if any: the command was replaced by a CMD_SYNC and the
+    /// The command error recovered, if any: a `CERROR_ILL` command was replaced by a CMD_SYNC;
+    /// after `CERROR_ABT` or `CERROR_ATC_INV_SYNC` the command runs again. Either way the
     /// queue runs again.
     pub command_error: Option<SmmuError>,
 }
