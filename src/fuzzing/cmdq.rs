@@ -1,7 +1,8 @@
 //! Queue target `queue_smmuv3`: the SMMUv3 command queue as a unit drives it -- TLB
 //! invalidations and CMD_SYNCs issued by flushes of a stage-2 domain -- over the behavioural
-//! model of [`crate::sim::smmuv3`], with CERROR_ILL, CERROR_ABT, CERROR_ATC_INV_SYNC and
-//! never-completing CMD_SYNCs injected as the input decides, and a queue small enough (16
+//! model of [`crate::sim::smmuv3`], with CERROR_ILL, CERROR_ABT, CERROR_ATC_INV_SYNC (once, or
+//! at a chosen command until recovery) and never-completing CMD_SYNCs injected as the input
+//! decides, and a queue small enough (16
 //! entries) that it wraps all the time.
 //!
 //! Checks after every step:
@@ -50,6 +51,14 @@ enum Fault {
     Abort,
     SyncStall,
     AtcSyncTimeout,
+    /// Fetching the command `at` commands from now aborts until recovery.
+    AbortPersistent {
+        at: u8,
+    },
+    /// The CMD_SYNC `at` syncs from now reports an ATC invalidation timeout until recovery.
+    AtcSyncPersistent {
+        at: u8,
+    },
 }
 
 impl From<Fault> for Injection {
@@ -59,6 +68,14 @@ impl From<Fault> for Injection {
             Fault::Abort => Injection::CommandAbort,
             Fault::SyncStall => Injection::SyncStall,
             Fault::AtcSyncTimeout => Injection::AtcInvSyncTimeout,
+            Fault::AbortPersistent { at } => Injection::CommandAbortAt {
+                at: u32::from(at % 8),
+                times: u32::MAX,
+            },
+            Fault::AtcSyncPersistent { at } => Injection::AtcInvSyncAt {
+                at: u32::from(at % 4),
+                times: u32::MAX,
+            },
         }
     }
 }
