@@ -137,3 +137,84 @@ fn smmu_unit_built_in_place_and_destroyed() {
         assert_eq!(ie_sim_arena_destroy(arena), OK);
     }
 }
+
+#[test]
+fn smmu_platform_facts_and_granule_are_checked() {
+    let (arena, env) = arena();
+    let mut model: *mut IeSimModel = null_mut();
+    let mcfg = IeSimSmmuConfig {
+        fwb: true,
+        cohacc: true,
+        ril: false,
+        canwbs: true,
+    };
+    // SAFETY: a live arena, readable config, writable out.
+    let st = unsafe { ie_sim_smmu_model_create(arena, &mcfg, &mut model) };
+    assert_eq!(st, OK);
+    let mut regs = MaybeUninit::<IeRegs>::uninit();
+    let mut def = MaybeUninit::<IeSmmuConfig>::uninit();
+    // SAFETY: a live model; writable outs.
+    let def = unsafe {
+        assert_eq!(ie_sim_model_regs(model, regs.as_mut_ptr()), OK);
+        assert_eq!(ie_smmu_config_default(def.as_mut_ptr()), OK);
+        def.assume_init()
+    };
+    let invalid = IeStatus::InvalidArgument as i32;
+    let unsupported = IeStatus::Unsupported as i32;
+    let mut bad_range = def;
+    bad_range.n_declarations = 1;
+    bad_range.declarations[0].first_sid = 5;
+    bad_range.declarations[0].last_sid = 4;
+    for (cfg, want) in [
+        (
+            IeSmmuConfig {
+                coherent_dma: 3,
+                ..def
+            },
+            invalid,
+        ),
+        (
+            IeSmmuConfig {
+                n_declarations: 9,
+                ..def
+            },
+            invalid,
+        ),
+        (bad_range, invalid),
+        (
+            IeSmmuConfig {
+                granule_log2: 13,
+                ..def
+            },
+            unsupported,
+        ),
+        // QEMU's SMMUv3 has no IDR0.BTM.
+        (
+            IeSmmuConfig {
+                broadcast_tlb: true,
+                ..def
+            },
+            unsupported,
+        ),
+    ] {
+        let mut unit: *mut IeUnit = null_mut();
+        // SAFETY: valid arguments.
+        let st = unsafe { ie_smmu_create(&env, regs.as_ptr(), &cfg, &mut unit) };
+        assert_eq!(st, want, "{cfg:?}");
+        assert!(unit.is_null());
+    }
+    // 64 KiB granule (QEMU-like IDR5 has it), every device CANWBS: created.
+    let good = IeSmmuConfig {
+        granule_log2: 16,
+        canwbs: true,
+        ..def
+    };
+    let mut unit: *mut IeUnit = null_mut();
+    // SAFETY: valid arguments.
+    unsafe {
+        assert_eq!(ie_smmu_create(&env, regs.as_ptr(), &good, &mut unit), OK);
+        assert_eq!(ie_unit_destroy(unit), OK);
+        assert_eq!(ie_sim_model_destroy(model), OK);
+        assert_eq!(ie_sim_arena_destroy(arena), OK);
+    }
+}
