@@ -1,9 +1,11 @@
 //! The VT-d fault matrix (issue 14, "What must be true" 2): every public operation of a VT-d
-//! unit, in legacy mode, legacy mode under caching mode and scalable mode, against every fault
+//! unit, in legacy mode, legacy mode under caching mode and scalable mode with second-stage and
+//! with first-stage domains, against every fault
 //! the behavioural model can inject at every point the operation reaches: a stalled queue, a
 //! dropped register write (GCMD, IQT, IQA, RTADDR, FSTS), a write-buffer flush that never
 //! completes, IQE at each descriptor, ITE and ICE at each device-TLB descriptor, allocation
-//! failure at each allocation.
+//! failure at each allocation; and fault recording that overflowed (`FSTS.PFO`) drained while a
+//! fault register write is dropped.
 //!
 //! After every cell, and again after the retry of a failed call:
 //! - `Ok` means the whole effect happened (checked by translating through the model);
@@ -19,8 +21,9 @@
 
 use std::collections::BTreeSet;
 
-use iommu_engine::iommu::{DeviceId, DomainConfig, DomainHandle, Iommu, Pasid};
+use iommu_engine::iommu::{DeviceId, DomainConfig, DomainHandle, Iommu, Pasid, Stage};
 use iommu_engine::mem::{Iova, PhysAddr};
+use iommu_engine::mmio::RegisterWindow;
 use iommu_engine::pgtable::{Gather, Prot};
 use iommu_engine::sim::arena::PhysMem;
 use iommu_engine::sim::vtd::{regs, Injection, VtdModel, VtdModelConfig};
@@ -51,6 +54,8 @@ enum Variant {
     LegacyCachingMode,
     /// A scalable-mode unit (second-stage domains, PASIDs, dirty tracking).
     Scalable,
+    /// The same unit with first-stage domains (PASID-based invalidations).
+    ScalableFirstStage,
 }
 
 impl Variant {
@@ -60,7 +65,7 @@ impl Variant {
             Variant::LegacyCachingMode => VtdModelConfig::qemu_default()
                 .with_dt(true)
                 .with_caching_mode(true),
-            Variant::Scalable => {
+            Variant::Scalable | Variant::ScalableFirstStage => {
                 // ECAP.SMPWCS (bit 48): snooped page walks, which dirty tracking needs.
                 let mut cfg = VtdModelConfig::scalable();
                 cfg.ecap |= 1 << 48;
@@ -71,8 +76,23 @@ impl Variant {
 
     fn mode(self) -> Mode {
         match self {
-            Variant::Scalable => Mode::Scalable,
+            Variant::Scalable | Variant::ScalableFirstStage => Mode::Scalable,
             _ => Mode::Legacy,
+        }
+    }
+
+    /// The domains the fixture builds.
+    fn domain(self, dirty: bool) -> DomainConfig {
+        match self {
+            Variant::ScalableFirstStage => DomainConfig {
+                stage: Stage::First,
+                ..DomainConfig::default()
+            },
+            Variant::Scalable => DomainConfig {
+                dirty_tracking: dirty,
+                ..DomainConfig::default()
+            },
+            _ => DomainConfig::default(),
         }
     }
 }
@@ -94,9 +114,11 @@ enum Op {
     DirtyReadAndClear,
     Disable,
     Release,
+    /// `drain_faults` after more faults than the unit has fault recording registers.
+    DrainFaults,
 }
 
-const OPS: [Op; 15] = [
+const OPS: [Op; 16] = [
     Op::Enable,
     Op::Takeover,
     Op::DomainAlloc,
@@ -112,12 +134,14 @@ const OPS: [Op; 15] = [
     Op::DirtyReadAndClear,
     Op::Disable,
     Op::Release,
+    Op::DrainFaults,
 ];
 
 impl Op {
     fn applies(self, v: Variant) -> bool {
         match self {
-            Op::PasidAttach | Op::PasidDetach | Op::DirtyReadAndClear => v == Variant::Scalable,
+            Op::PasidAttach | Op::PasidDetach => v.mode() == Mode::Scalable,
+            Op::DirtyReadAndClear => v == Variant::Scalable,
             _ => true,
         }
     }
@@ -209,19 +233,15 @@ impl<'a> Fixture<'a> {
         u.enable().unwrap();
         f.u = Some(u);
         let u = f.unit();
-        let dirty = DomainConfig {
-            dirty_tracking: v == Variant::Scalable,
-            ..DomainConfig::default()
-        };
-        let d1 = u.domain_alloc(&dirty).unwrap();
-        let d2 = u.domain_alloc(&DomainConfig::default()).unwrap();
+        let d1 = u.domain_alloc(&v.domain(true)).unwrap();
+        let d2 = u.domain_alloc(&v.domain(false)).unwrap();
         u.map(d1, Iova::new(0), PhysAddr::new(PA_A), K4, RW)
             .unwrap();
         u.map(d2, Iova::new(0), PhysAddr::new(PA_B), K4, RW)
             .unwrap();
         u.attach_with(DEV, None, d1, ATS).unwrap();
         m.ats_translate(sid(DEV), None, 0, Access::READ).unwrap();
-        if v == Variant::Scalable {
+        if v.mode() == Mode::Scalable {
             u.attach_with(DEV, pasid(5), d1, ATS).unwrap();
             m.ats_translate(sid(DEV), Some(5), 0, Access::READ).unwrap();
         }
@@ -240,6 +260,14 @@ impl<'a> Fixture<'a> {
         if op == Op::Release {
             f.unit().disable().unwrap();
         }
+        if op == Op::DrainFaults {
+            // More faults than fault recording registers: FSTS.PFO.
+            let records = m.fault_records().len() as u64;
+            for i in 0..records + 2 {
+                assert!(m.translate(sid(DEV2), None, i * K4, Access::WRITE).is_err());
+            }
+            assert_ne!(m.read32(regs::FSTS) & regs::FSTS_PFO, 0);
+        }
         f
     }
 
@@ -251,9 +279,7 @@ impl<'a> Fixture<'a> {
         match op {
             Op::Enable | Op::Takeover => u.enable().map_err(|x| e(&x)),
             Op::DomainAlloc => {
-                let d = u
-                    .domain_alloc(&DomainConfig::default())
-                    .map_err(|x| e(&x))?;
+                let d = u.domain_alloc(&self.v.domain(false)).map_err(|x| e(&x))?;
                 self.domains.push(d);
                 Ok(())
             }
@@ -292,6 +318,14 @@ impl<'a> Fixture<'a> {
                 u.flush(d1.unwrap(), &mut g).map_err(|x| e(&x))
             }
             Op::Disable => u.disable().map_err(|x| e(&x)),
+            Op::DrainFaults => {
+                let summary = u.drain_faults(|_, _| {});
+                let fsts = self.m.read32(regs::FSTS);
+                if summary.still_pending || fsts & (regs::FSTS_PFO | regs::FSTS_PPF) != 0 {
+                    return Err(format!("{summary:?}, FSTS {fsts:#x}"));
+                }
+                Ok(())
+            }
             Op::Release => {
                 let unit = self.u.take().ok_or("no unit")?;
                 match unit.release() {
@@ -351,6 +385,11 @@ impl<'a> Fixture<'a> {
             }
             Op::DirtyReadAndClear => want("still mapped", tr(DEV, None, 0) == Ok(PA_A)),
             Op::Disable => want("translation off", !self.unit().is_enabled()),
+            Op::DrainFaults => want(
+                "fault records clear",
+                m.fault_records().iter().all(|r| r.hi >> 63 == 0)
+                    && m.read32(regs::FSTS) & (regs::FSTS_PFO | regs::FSTS_PPF) == 0,
+            ),
             Op::Release => want("released", self.u.is_none()),
         }
     }
@@ -449,7 +488,8 @@ fn faults(v: Variant, op: Op) -> Vec<Fault> {
         Fault::Inject(Injection::IgnoreGcmd),
         Fault::Inject(Injection::StallWriteBufferFlush),
     ];
-    for reg in [regs::IQT, regs::IQA, regs::RTADDR, regs::FSTS] {
+    // The last: the first fault recording register's high half (QEMU's CAP.FRO = 0x22).
+    for reg in [regs::IQT, regs::IQA, regs::RTADDR, regs::FSTS, 0x228] {
         out.push(Fault::Inject(Injection::IgnoreWrites(reg)));
     }
     // One more than counted: a retry or recovery may fetch more than the fault-free run.
@@ -498,11 +538,13 @@ fn every_operation_under_every_fault() {
     let mut cells = 0usize;
     let mut failed_calls = 0usize;
     let mut broken = Vec::new();
-    for v in [
+    let variants = [
         Variant::Legacy,
         Variant::LegacyCachingMode,
         Variant::Scalable,
-    ] {
+        Variant::ScalableFirstStage,
+    ];
+    for v in variants {
         for op in OPS.into_iter().filter(|op| op.applies(v)) {
             for fault in faults(v, op) {
                 cells += 1;

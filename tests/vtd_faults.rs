@@ -373,3 +373,70 @@ fn takeover_carries_on_when_the_old_queue_does_not_drain() {
         0x5000_0000
     );
 }
+
+/// A register window that counts the unit's reads of `FSTS`: one per poll of a queue wait.
+struct CountingPolls<'a> {
+    inner: &'a VtdModel<'a>,
+    fsts_reads: std::sync::atomic::AtomicU64,
+}
+
+impl iommu_engine::mmio::RegisterWindow for CountingPolls<'_> {
+    fn read32(&self, offset: usize) -> u32 {
+        if offset == iommu_engine::sim::vtd::regs::FSTS {
+            self.fsts_reads
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.inner.read32(offset)
+    }
+    fn write32(&self, offset: usize, value: u32) {
+        self.inner.write32(offset, value)
+    }
+    fn read64(&self, offset: usize) -> u64 {
+        self.inner.read64(offset)
+    }
+    fn write64(&self, offset: usize, value: u64) {
+        self.inner.write64(offset, value)
+    }
+}
+
+/// Item 4: a wait behind device-TLB invalidations polls `device_tlb_poll_budget` times (a
+/// device may take up to a minute to answer), any other wait `poll_budget` times.
+#[test]
+fn device_tlb_waits_have_their_own_budget() {
+    let a = arena();
+    let m = VtdModel::new(&a, VtdModelConfig::qemu_default().with_dt(true));
+    let w = CountingPolls {
+        inner: &m,
+        fsts_reads: Default::default(),
+    };
+    let cfg = VtdConfig {
+        poll_budget: 100,
+        device_tlb_poll_budget: 5000,
+        ..VtdConfig::legacy()
+    };
+    let u = VtdUnit::new(&w, &a, cfg).unwrap();
+    u.enable().unwrap();
+    let d = u.domain_alloc(&DomainConfig::default()).unwrap();
+    let polls = |f: &dyn Fn() -> Result<(), Error>| {
+        m.inject(Injection::StallWaits);
+        let before = w.fsts_reads.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(is_timeout(f()));
+        m.clear_injections();
+        w.fsts_reads.load(std::sync::atomic::Ordering::Relaxed) - before
+    };
+    let flush = || {
+        u.map(d, Iova::new(0), PhysAddr::new(0x4000_0000), K4, RW)?;
+        let mut g = Gather::new();
+        u.unmap(d, Iova::new(0), K4, &mut g)?;
+        u.flush(d, &mut g)
+    };
+    let without_ats = polls(&flush);
+    let ats = AttachOptions {
+        ats: true,
+        ..AttachOptions::default()
+    };
+    u.attach_with(DEV, None, d, ats).unwrap();
+    let with_ats = polls(&flush);
+    assert!((100..200).contains(&without_ats), "{without_ats} polls");
+    assert!((5000..5100).contains(&with_ats), "{with_ats} polls");
+}
