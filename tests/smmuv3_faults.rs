@@ -351,3 +351,62 @@ fn the_retry_of_a_detach_that_failed_part_way_completes_it() {
     );
     u.domain_free(d).unwrap();
 }
+
+#[test]
+fn audit_reports_what_was_changed_underneath_the_unit() {
+    use iommu_engine::mmio::RegisterWindow;
+    use iommu_engine::sim::arena::PhysMem;
+    use iommu_engine::smmuv3::{AuditError, StreamTableLayout};
+    let mem = Arena::with_defaults().unwrap();
+    let model = SmmuModel::new(&mem, SmmuModelConfig::qemu_like());
+    let (u, d) = setup(
+        &model,
+        &mem,
+        SmmuConfig {
+            stream_table: StreamTableLayout::Linear,
+            sid_bits: Some(8),
+            ..cfg()
+        },
+    );
+    let report = u.audit().unwrap();
+    assert_eq!(
+        (report.streams, report.live_stes, report.domains),
+        (1, 1, 1)
+    );
+    assert_eq!(report.unsettled, 0);
+    // The linear stream table: STE n at STRTAB_BASE.ADDR + 64 n.
+    let base = model.read64(0x80) & ((1 << 52) - 1) & !0x3f;
+    let ste = |sid: u64, w: u64| base + 64 * sid + 8 * w;
+    let word = |pa: u64| PhysMem::read_u64(&mem, pa).unwrap();
+    let good: Vec<u64> = (0..8).map(|w| word(ste(u64::from(SID), w))).collect();
+    // A word of the live STE changed: the S2TTB points elsewhere.
+    assert!(mem.write_u64(ste(u64::from(SID), 3), good[3] ^ 0x1000));
+    assert_eq!(u.audit(), Err(AuditError::SteMismatch { sid: SID }));
+    assert!(mem.write_u64(ste(u64::from(SID), 3), good[3]));
+    // A copy of it at a StreamID nothing is attached to.
+    for (w, v) in good.iter().enumerate().rev() {
+        assert!(mem.write_u64(ste(u64::from(SID) + 1, w as u64), *v));
+    }
+    assert_eq!(u.audit(), Err(AuditError::StraySte { sid: SID + 1 }));
+    for w in 0..8 {
+        assert!(mem.write_u64(ste(u64::from(SID) + 1, w), if w == 0 { 1 } else { 0 }));
+    }
+    assert_eq!(u.audit().map(|r| r.live_stes), Ok(1));
+    // The register no longer points at the table.
+    model.reset();
+    assert!(matches!(
+        u.audit(),
+        Err(AuditError::Register {
+            name: "STRTAB_BASE",
+            ..
+        })
+    ));
+    u.enable().unwrap();
+    assert!(u.audit().is_ok());
+    u.detach(DeviceId(SID), None).unwrap();
+    u.domain_free(d).unwrap();
+    assert_eq!(
+        u.audit().map(|r| (r.streams, r.live_stes, r.domains)),
+        Ok((0, 0, 0))
+    );
+}
