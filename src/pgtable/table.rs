@@ -93,8 +93,10 @@ impl Table {
     /// count gives the end of the page).
     #[inline]
     pub(super) unsafe fn entry_ptr(self, index: usize) -> NonNull<u8> {
-        // SAFETY: the caller guarantees the offset stays inside (or one past) the table page.
-        unsafe { self.0.add(index * 8) }
+        // SAFETY: the caller guarantees the entry lies inside (or one past) the table page.
+        // Indexed by type like `slot`, so that it names the same entry when the atomics are
+        // loom's (tests/loom.rs).
+        unsafe { self.0.cast::<AtomicU64>().add(index).cast() }
     }
 }
 
