@@ -45,8 +45,9 @@ fn sid(d: DeviceId) -> u16 {
     d.0 as u16
 }
 
-/// Every structure the model can still reach is memory the allocator still holds.
-fn assert_nothing_freed_is_reachable(m: &VtdModel<'_>, a: &Arena) {
+/// Every structure the model can still reach is memory the allocator still holds, and the
+/// unit's books match its tables.
+fn assert_consistent(u: &Unit<'_>, m: &VtdModel<'_>, a: &Arena) {
     for pa in m.reachable() {
         assert!(
             a.read_u64(pa).is_some(),
@@ -54,6 +55,9 @@ fn assert_nothing_freed_is_reachable(m: &VtdModel<'_>, a: &Arena) {
         );
     }
     assert_eq!(a.bad_frees(), []);
+    if let Err(e) = u.audit() {
+        panic!("audit: {e}");
+    }
 }
 
 fn is_timeout(r: Result<(), Error>) -> bool {
@@ -88,7 +92,7 @@ fn failed_map_under_caching_mode_is_undone() {
     u.map(d, Iova::new(0x10_0000), PhysAddr::new(0x4000_0000), K4, RW)
         .unwrap();
     assert!(m.translate(sid(DEV), None, 0x10_0000, Access::READ).is_ok());
-    assert_nothing_freed_is_reachable(&m, &a);
+    assert_consistent(&u, &m, &a);
 }
 
 /// Item 1, write-buffer flavour: `CAP.RWBF` and a write-buffer flush that never completes.
@@ -127,6 +131,12 @@ fn attach_that_fails_after_publishing_is_recorded() {
     m.inject(Injection::StallWaits);
     assert!(is_timeout(u.attach(DEV, None, d)));
     m.clear_injections();
+    let report = u.audit().unwrap();
+    assert_eq!(
+        (report.entries, report.unsettled),
+        (1, 1),
+        "recorded, unsettled"
+    );
     assert_eq!(
         u.domain_free(d),
         Err(Error::Busy),
@@ -137,7 +147,7 @@ fn attach_that_fails_after_publishing_is_recorded() {
     u.detach(DEV, None).unwrap();
     u.domain_free(d).unwrap();
     assert!(m.translate(sid(DEV), None, 0, Access::READ).is_err());
-    assert_nothing_freed_is_reachable(&m, &a);
+    assert_consistent(&u, &m, &a);
 
     // Detach of an attachment that failed the same way.
     let d = u.domain_alloc(&DomainConfig::default()).unwrap();
@@ -146,7 +156,7 @@ fn attach_that_fails_after_publishing_is_recorded() {
     m.clear_injections();
     u.detach(DEV, None).unwrap();
     u.domain_free(d).unwrap();
-    assert_nothing_freed_is_reachable(&m, &a);
+    assert_consistent(&u, &m, &a);
 }
 
 /// Item 3: a domain free whose invalidation times out changes nothing: the handle and DID stay
@@ -167,6 +177,7 @@ fn failed_domain_free_keeps_the_domain_and_its_did() {
     m.inject(Injection::StallWaits);
     assert!(is_timeout(u.domain_free(d)));
     assert_eq!(u.domain_id(d), Some(did), "the DID stays taken");
+    assert_eq!(u.audit().unwrap().domains, 1);
     assert_eq!(a.stats().live_pages, pages, "no page freed");
     m.clear_injections();
     let other = u.domain_alloc(&DomainConfig::default()).unwrap();
@@ -174,7 +185,7 @@ fn failed_domain_free_keeps_the_domain_and_its_did() {
     assert_ne!(u.domain_id(other), Some(did));
     u.domain_free(d).unwrap();
     assert_eq!(u.domain_id(d), None);
-    assert_nothing_freed_is_reachable(&m, &a);
+    assert_consistent(&u, &m, &a);
 }
 
 fn ats_unit_and_domain<'a>(m: &'a VtdModel<'a>, a: &'a Arena) -> (Unit<'a>, DomainHandle) {
@@ -252,7 +263,7 @@ fn device_tlb_timeout_mid_batch_reissues_the_rest() {
     for dev in [DEV, dev2] {
         assert!(!m.atc_holds(sid(dev), None, 0x3000));
     }
-    assert_nothing_freed_is_reachable(&m, &a);
+    assert_consistent(&u, &m, &a);
 }
 
 /// A unit left running by a previous owner (firmware, the kernel before kexec): translation on,
@@ -340,7 +351,7 @@ fn takeover_clears_stale_queue_errors() {
         let mut g = Gather::new();
         u.unmap(d, Iova::new(0), K4, &mut g).unwrap();
         u.flush(d, &mut g).unwrap();
-        assert_nothing_freed_is_reachable(&m, &a);
+        assert_consistent(&u, &m, &a);
     }
 }
 
