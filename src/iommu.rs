@@ -298,6 +298,10 @@ pub struct DomainConfig {
     /// stage-1 leaves follows the device's DMA coherency), and then refuses devices that
     /// differ.
     pub device: Option<DeviceId>,
+    /// Granule of the domain's table, log2 bytes, when the caller needs one other than the
+    /// unit's default (SMMUv3: 12, 14 or 16 among `IDR5.GRAN*`; VT-d: 12 only). A unit that
+    /// cannot build it refuses with [`Missing::PageSize`].
+    pub granule_log2: Option<u32>,
 }
 
 /// One IOMMU unit as the IOASID layer drives it.

@@ -287,3 +287,58 @@ fn mmio_is_device_memory_at_both_stages_even_under_fwb() {
         u.domain_free(d).unwrap();
     }
 }
+
+/// One unit, domains of three granules side by side (`DomainConfig::granule_log2`): each walks
+/// with its own TG, blocks and invalidation granule; a granule the unit lacks is refused.
+#[test]
+fn domains_of_different_granules_on_one_unit() {
+    use iommu_engine::iommu::{Error, Missing};
+    use iommu_engine::pgtable::Gather;
+    let mem = arena();
+    let mut c = SmmuModelConfig::qemu_like();
+    let model = SmmuModel::new(&mem, c);
+    let u = unit(&model, &mem, cfg());
+    let mut sid = SID;
+    for (g, block) in [(16u32, 29u32), (14, 25), (12, 21)] {
+        for s in [Stage::Second, Stage::First] {
+            let d = u
+                .domain_alloc(&DomainConfig {
+                    granule_log2: Some(g),
+                    ..stage(s)
+                })
+                .unwrap();
+            assert_eq!(
+                u.domain_geometry(d).unwrap().1 & (1 << g | 1 << block),
+                1 << g | 1 << block
+            );
+            let big = 1u64 << block;
+            u.map(d, Iova::new(big), PhysAddr::new(2 * big), big, RW)
+                .unwrap();
+            u.attach(DeviceId(sid), None, d).unwrap();
+            let ok = model.translate(sid, None, big + 8, Access::READ).unwrap();
+            assert_eq!(
+                (ok.pa, ok.page_size_log2),
+                (2 * big + 8, block),
+                "{g} {s:?}"
+            );
+            // Unmapped and flushed in the domain's own granule: the translation is gone.
+            let mut gather = Gather::new();
+            assert_eq!(u.unmap(d, Iova::new(big), big, &mut gather), Ok(big));
+            u.flush(d, &mut gather).unwrap();
+            assert!(model.translate(sid, None, big + 8, Access::READ).is_err());
+            sid += 1;
+        }
+    }
+    c.idr[5] &= !(1 << 5);
+    let mem = arena();
+    let model = SmmuModel::new(&mem, c);
+    let u = unit(&model, &mem, cfg());
+    let no16 = DomainConfig {
+        granule_log2: Some(14),
+        ..stage(Stage::Second)
+    };
+    assert_eq!(
+        u.domain_alloc(&no16),
+        Err(Error::Unsupported(Missing::PageSize { size_log2: 14 }))
+    );
+}

@@ -124,6 +124,31 @@ fn replacing_the_domain_invalidates_the_context_cache() {
     assert_eq!((t.pa, t.did), (0x2000_0000, 1));
 }
 
+/// VT-d tables have the 4 KiB granule only: a domain asked for another is refused, named.
+#[test]
+fn granules_other_than_4k_are_refused() {
+    let a = arena();
+    let m = VtdModel::new(&a, VtdModelConfig::qemu_default());
+    let u = unit(&m, &a, Mode::Legacy);
+    for g in [14, 16] {
+        let cfg = DomainConfig {
+            granule_log2: Some(g),
+            ..DomainConfig::default()
+        };
+        assert_eq!(
+            u.domain_alloc(&cfg),
+            Err(Error::Unsupported(Missing::PageSize { size_log2: g }))
+        );
+    }
+    let d = u
+        .domain_alloc(&DomainConfig {
+            granule_log2: Some(12),
+            ..DomainConfig::default()
+        })
+        .unwrap();
+    u.domain_free(d).unwrap();
+}
+
 #[test]
 fn snoop_control() {
     let a = arena();

@@ -280,6 +280,8 @@ fn domain_config<A: PageAllocator>(
             Stage::Any
         },
         device: Some(id),
+        // The unit's granule (the embedder's page size, chosen per unit).
+        granule_log2: None,
     })
 }
 

@@ -43,9 +43,18 @@ use crate::mmio::RegisterWindow;
 use crate::pgtable::{Gather, InvalidationComplete, IovaRange, Leaf, Mapping, Prot};
 
 impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
-    fn params(&self) -> DomainParams {
+    /// The granule of a domain for `cfg`: its own, else the unit's.
+    fn granule_for(&self, cfg: &DomainConfig) -> Result<u32, Error> {
+        match cfg.granule_log2 {
+            None => Ok(self.cfg.granule_log2),
+            Some(g) if self.features.has_granule(g) => Ok(g),
+            Some(g) => Err(Error::Unsupported(Missing::PageSize { size_log2: g })),
+        }
+    }
+
+    fn params(&self, granule_log2: u32) -> DomainParams {
         DomainParams {
-            granule_log2: self.cfg.granule_log2,
+            granule_log2,
             coherency: self.features.coherency(),
             dirty: self.features.dirty,
             bbml2: self.features.bbml2,
@@ -126,6 +135,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
             return Err(Error::Unsupported(Missing::Nesting));
         }
         self.check_common(cfg, self.features.s1_ias())?;
+        let g = self.granule_for(cfg)?;
         let mut config = self.config.lock();
         let pslot = self.slot(parent)?.read();
         let p = pslot.as_ref().ok_or(Error::InvalidDomain(parent))?;
@@ -146,9 +156,10 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         };
         let oas = p.geometry().ias;
         let coherent = self.dma_coherent(&self.facts_for(cfg.device));
+        let params = self.params(g);
         let mut dom = match Domain::new_stage1(
             self.alloc.clone(),
-            &self.params(),
+            &params,
             &child_cfg,
             coherent,
             oas,
@@ -208,7 +219,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
                 what: CANWBS_NOT_DECLARED,
             }));
         }
-        let g = self.cfg.granule_log2;
+        let g = self.granule_for(cfg)?;
         let ias = if stage2 { f.s2_ias(g) } else { f.s1_ias() };
         self.check_common(cfg, ias)?;
         let mut config = self.config.lock();
@@ -216,7 +227,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
             let vmid = config.vmids.alloc().ok_or(Error::NoDomainIds)?;
             Domain::new_stage2(
                 self.alloc.clone(),
-                &self.params(),
+                &self.params(g),
                 cfg,
                 ias,
                 f.oas_for(g),
@@ -227,7 +238,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
             let asid = config.asids.alloc().ok_or(Error::NoDomainIds)?;
             Domain::new_stage1(
                 self.alloc.clone(),
-                &self.params(),
+                &self.params(g),
                 cfg,
                 self.dma_coherent(&self.facts_for(cfg.device)),
                 f.oas_for(g),

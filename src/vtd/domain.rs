@@ -47,6 +47,10 @@ pub enum Choice {
 /// [`Error::Unsupported`] naming the capability the configuration needs and the unit lacks.
 pub fn choose(info: &UnitInfo, cfg: &DomainConfig) -> Result<Choice, Error> {
     let ecap = info.ecap.flags();
+    if let Some(g) = cfg.granule_log2.filter(|&g| g != 12) {
+        // Both VT-d formats have the 4 KiB granule only.
+        return Err(Error::Unsupported(Missing::PageSize { size_log2: g }));
+    }
     if cfg.enforce_snoop && !ecap.contains(EcapFlags::SC) {
         return Err(Error::Unsupported(Missing::SnoopControl));
     }
