@@ -31,6 +31,9 @@ struct FakeUnit<'a> {
     attached: Mutex<Vec<(DeviceId, Option<Pasid>, DomainHandle)>>,
     flushes: Mutex<u32>,
     fail_map_at: Mutex<Option<u64>>,
+    /// A map at this IOVA writes its entries, then fails (a unit whose step after writing the
+    /// entries fails, and that leaves them: what `Iommu::map` forbids, and the layer survives).
+    fail_after_map_at: Mutex<Option<u64>>,
     fail_unmap_at: Mutex<Option<u64>>,
     /// Overrides what `domain_geometry` reports (input bits, page sizes).
     geometry: Option<(u32, u64)>,
@@ -69,6 +72,7 @@ impl<'a> FakeUnit<'a> {
             attached: Mutex::new(Vec::new()),
             flushes: Mutex::new(0),
             fail_map_at: Mutex::new(None),
+            fail_after_map_at: Mutex::new(None),
             fail_unmap_at: Mutex::new(None),
             geometry: None,
             events: Mutex::new(Vec::new()),
@@ -178,8 +182,11 @@ impl Iommu for FakeUnit<'_> {
         if *self.fail_map_at.lock().unwrap() == Some(iova.get()) {
             return Err(IommuError::NoMemory);
         }
-        self.with(d, |t| t.map(iova, pa, len, prot))?
-            .map_err(Into::into)
+        self.with(d, |t| t.map(iova, pa, len, prot))??;
+        if *self.fail_after_map_at.lock().unwrap() == Some(iova.get()) {
+            return Err(IommuError::Timeout { what: "test" });
+        }
+        Ok(())
     }
     fn unmap(
         &self,
@@ -395,6 +402,35 @@ fn failed_map_rolls_back_everywhere() {
     *u1.fail_map_at.lock().unwrap() = None;
     ctx.map(io, Iova::new(0x10_0000), PhysAddr::new(0), K4, RW)
         .unwrap();
+}
+
+#[test]
+fn a_map_that_fails_with_its_entries_written_is_undone_in_that_unit_too() {
+    let alloc = test_alloc();
+    let (u0, u1) = (FakeUnit::new(&alloc, true), FakeUnit::new(&alloc, true));
+    let pasids = PasidAllocator::new(20);
+    let reg = Registry::new(&[&u0, &u1], &pasids).unwrap();
+    let ctx = IoasidCtx::new(&reg, &alloc, 0);
+    let io = ctx.alloc(IoasidFlags::empty()).unwrap();
+    ctx.attach(ctx.bind(label(0, 1), false).unwrap(), io)
+        .unwrap();
+    ctx.attach(ctx.bind(label(1, 1), false).unwrap(), io)
+        .unwrap();
+    for unit in [&u0, &u1] {
+        *unit.fail_after_map_at.lock().unwrap() = Some(0x10_0000);
+        let e = ctx.map(io, Iova::new(0x10_0000), PhysAddr::new(0), K4, RW);
+        assert_eq!(e, Err(Error::Iommu(IommuError::Timeout { what: "test" })));
+        *unit.fail_after_map_at.lock().unwrap() = None;
+        assert_eq!(ctx.translate(io, Iova::new(0x10_0000)).unwrap(), None);
+        for u in [&u0, &u1] {
+            let d = u.domain_of(DeviceId(1)).unwrap();
+            assert_eq!(u.query(d, Iova::new(0x10_0000)), None, "left mapped");
+        }
+        ctx.audit(io).unwrap();
+    }
+    ctx.map(io, Iova::new(0x10_0000), PhysAddr::new(0), K4, RW)
+        .unwrap();
+    ctx.audit(io).unwrap();
 }
 
 #[test]
