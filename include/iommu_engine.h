@@ -412,6 +412,18 @@ int32_t ie_registry_create(const IeEnv *env,
 // `registry` is NULL or a live registry handle, not used again after success.
 int32_t ie_registry_destroy(IeRegistry *registry);
 
+// What destroyed contexts gave up because a unit would not undo it: devices left attached
+// (they stay bound, so no context can bind them), hardware domains left allocated, and table
+// pages held for invalidations never confirmed. None of it was freed: keep the memory those
+// contexts mapped, and reset the unit to recover it. Each out-pointer is NULL or writable.
+//
+// # Safety
+// `registry` is a live registry handle.
+int32_t ie_registry_leaked(IeRegistry *registry,
+                           uint64_t *devices,
+                           uint64_t *domains,
+                           uint64_t *table_pages);
+
 // Creates a context drawing PASIDs from `registry` up to `pasid_quota` (at most 64).
 //
 // # Safety
@@ -419,7 +431,9 @@ int32_t ie_registry_destroy(IeRegistry *registry);
 int32_t ie_ctx_create(IeRegistry *registry, uint32_t pasid_quota, IeCtx **out);
 
 // Destroys a context: revokes its grants, detaches every device and PASID, frees every IOASID
-// and hardware domain, returns its PASIDs and unbinds its devices.
+// and hardware domain, returns its PASIDs and unbinds its devices. What a unit refuses to
+// undo (a detach whose invalidation fails) is leaked on purpose and stays unusable: see
+// ie_registry_leaked().
 //
 // # Safety
 // `ctx` is NULL or a live context handle, not used again after success.
@@ -494,7 +508,9 @@ int32_t ie_ctx_detach(IeCtx *ctx, uint32_t device);
 int32_t ie_ctx_detach_pasid(IeCtx *ctx, uint32_t device, uint32_t pasid);
 
 // Maps `[iova, iova + len)` to `[pa, pa + len)` with `prot` (`IE_PROT_*`) in the IOASID and
-// every hardware domain behind it; all or nothing.
+// every hardware domain behind it; all or nothing. `IE_STATUS_TIMEOUT` / `IE_STATUS_HARDWARE`:
+// nothing is mapped, but a unit may not have confirmed the invalidation of what was undone:
+// call again (or unmap the range) until `IE_STATUS_OK` before reusing `pa`.
 //
 // # Safety
 // `ctx` is a live context handle.
@@ -507,7 +523,9 @@ int32_t ie_ctx_map(IeCtx *ctx,
 
 // Unmaps `[iova, iova + len)` from the IOASID and every domain behind it, invalidates the
 // IOTLBs (one completion wait per unit) and writes the bytes that were mapped to `*unmapped`
-// (if not NULL).
+// (if not NULL). `IE_STATUS_TIMEOUT` / `IE_STATUS_HARDWARE` after the range was unmapped: a
+// unit did not confirm the invalidation, and devices may still reach the pages; call again
+// (it reissues the invalidation and reports 0 bytes) until `IE_STATUS_OK` before reusing them.
 //
 // # Safety
 // `ctx` is a live context handle; `unmapped` is NULL or writable.

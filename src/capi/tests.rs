@@ -8,7 +8,8 @@ use core::ptr::null_mut;
 
 use super::env::{IeEnv, IeRegs};
 use super::ioasid::{
-    ie_ctx_create, ie_ctx_destroy, ie_registry_create, ie_registry_destroy, IeCtx, IeRegistry,
+    ie_ctx_create, ie_ctx_destroy, ie_registry_create, ie_registry_destroy, ie_registry_leaked,
+    IeCtx, IeRegistry,
 };
 use super::sim::{
     ie_sim_arena_create, ie_sim_arena_destroy, ie_sim_arena_env, ie_sim_arena_live_pages,
@@ -55,6 +56,15 @@ unsafe fn with_context(env: &IeEnv, unit: *mut IeUnit) {
         assert_eq!(ie_unit_destroy(unit), BUSY);
         assert_eq!(ie_registry_destroy(registry), BUSY);
         assert_eq!(ie_ctx_destroy(ctx), OK);
+        // A clean teardown gave nothing up (`tests/ioasid_models/faults.rs` provokes leaks).
+        let mut counts = [u64::MAX; 3];
+        let [d, m, p] = &mut counts;
+        assert_eq!(ie_registry_leaked(registry, d, m, p), OK);
+        assert_eq!(counts, [0; 3]);
+        let none = null_mut();
+        assert_eq!(ie_registry_leaked(registry, none, none, none), OK);
+        let invalid = IeStatus::InvalidArgument as i32;
+        assert_eq!(ie_registry_leaked(null_mut(), none, none, none), invalid);
         assert_eq!(ie_registry_destroy(registry), OK);
     }
 }
