@@ -10,7 +10,8 @@
 //! - no page went back to the allocator while a unit can still reach it (the models' walks of
 //!   their registers, tables and caches find only live pages);
 //! - every IOASID's record agrees with every domain behind it (`IoasidCtx::audit` walks both),
-//!   and the SMMUv3 unit's books agree with its tables (`SmmuUnit::audit`);
+//!   and each unit's books agree with its tables (`VtdUnit::audit`, `SmmuUnit::audit`); once
+//!   the call succeeded, nothing is left half-way or owed;
 //! - tearing the context down afterwards leaves no domain, leaks nothing and returns at least
 //!   every page the same operation's clean run returned.
 //!
@@ -495,6 +496,13 @@ impl<'r> Cell<'r> {
         let report = r.smmu.audit().map_err(|e| format!("SMMUv3 audit: {e}"))?;
         if settled && report.unsettled != 0 {
             return Err(format!("{} SMMUv3 stream(s) unsettled", report.unsettled));
+        }
+        let report = r.vtd.audit().map_err(|e| format!("VT-d audit: {e}"))?;
+        if settled && (report.unsettled, report.owing) != (0, 0) {
+            return Err(format!(
+                "VT-d: {} attachment(s) unsettled, {} domain(s) owing an invalidation",
+                report.unsettled, report.owing
+            ));
         }
         if let Some(ctx) = self.ctx.as_ref() {
             let made = self.made_ioasid.get();
