@@ -451,3 +451,49 @@ fn device_tlb_waits_have_their_own_budget() {
     assert!((100..200).contains(&without_ats), "{without_ats} polls");
     assert!((5000..5100).contains(&with_ats), "{with_ats} polls");
 }
+
+/// Review of issue 14: a takeover `enable` that fails after the new root table is latched (here
+/// the new queue's page cannot be allocated) leaves translation on through this unit's tables
+/// with no invalidation interface. Calls that need an invalidation then fail with a typed
+/// error instead of dropping it and reporting `Ok`; a retried `enable` completes the takeover
+/// and the same calls succeed.
+#[test]
+fn failed_takeover_refuses_invalidations_while_translating() {
+    use iommu_engine::sim::FailPolicy;
+    let a = arena();
+    let m = VtdModel::new(&a, VtdModelConfig::qemu_default());
+    previous_owner(&m, &a, Mode::Legacy);
+    let u = VtdUnit::new(&m, &a, config(Mode::Legacy)).unwrap();
+    a.set_fail_policy(FailPolicy::Nth(1));
+    let r = u.enable();
+    a.set_fail_policy(FailPolicy::Never);
+    assert!(r.is_err(), "the queue allocation was to fail: {r:?}");
+    assert!(u.is_enabled(), "TE stays on through a takeover");
+    let d = u.domain_alloc(&DomainConfig::default()).unwrap();
+    u.map(d, Iova::new(0), PhysAddr::new(0x5000_0000), K4, RW)
+        .unwrap();
+    // Publishing the context entry needs a context-cache invalidation.
+    let attached = u.attach(DEV, None, d);
+    let mut g = Gather::new();
+    u.unmap(d, Iova::new(0), K4, &mut g).unwrap();
+    let f = u.flush(d, &mut g);
+    let stale = m.translate(sid(DEV), None, 0, Access::READ).is_ok();
+    assert!(
+        !(f.is_ok() && stale),
+        "flush returned Ok while a stale IOTLB entry still translates"
+    );
+    assert!(f.is_err(), "an invalidation was dropped and Ok reported");
+    assert!(
+        attached.is_err() || f.is_err(),
+        "attach and flush both succeeded with no invalidation issued"
+    );
+    assert_eq!(u.stats().dropped, 0, "requests dropped while translating");
+    // The retry completes the takeover; the owed flush is then issued.
+    u.enable().unwrap();
+    if attached.is_err() {
+        u.attach(DEV, None, d).unwrap();
+    }
+    u.flush(d, &mut g).unwrap();
+    assert!(m.translate(sid(DEV), None, 0, Access::READ).is_err());
+    assert_consistent(&u, &m, &a);
+}

@@ -114,8 +114,9 @@ pub enum Error {
         register: u64,
     },
     /// The hardware is in a state the driver did not expect: `release` while translation or
-    /// queued invalidation is on (call `disable` first), or `IQH` not 0 after enabling the
-    /// queue (reset the unit).
+    /// queued invalidation is on (call `disable` first), `IQH` not 0 after enabling the
+    /// queue (reset the unit), or an invalidation asked for while translation is on with no
+    /// invalidation interface after a failed takeover `enable` (call `enable` again).
     UnexpectedState {
         /// Which register.
         register: &'static str,

@@ -12,7 +12,9 @@
 //!
 //! While translation is off ([`Invalidator::Off`]: before `enable`, after `disable`), hardware
 //! walks none of the unit's structures, and enabling invalidates every cache globally; requests
-//! are then dropped and only counted.
+//! are then dropped and only counted. `Off` with `GSTS.TES` set (a takeover `enable` that failed
+//! after latching the root table) is refused instead: [`Error::UnexpectedState`], never `Ok`
+//! for an invalidation that was not issued.
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
@@ -196,6 +198,18 @@ impl<'a, W: RegisterWindow + ?Sized> Batch<'a, W> {
     pub fn push(&mut self, request: Request) -> Result<(), Error> {
         match self.inv {
             Invalidator::Off => {
+                // Off is "nothing to invalidate" only while translation is off. A takeover
+                // `enable` that failed after latching the root table leaves TE on with no
+                // interface: the hardware then caches what this unit's tables say, and a
+                // dropped invalidation would be reported done.
+                let gsts = super::regs::gsts(self.regs);
+                if gsts.contains(super::regs::Gsts::TES) {
+                    return Err(Error::UnexpectedState {
+                        register: "GSTS.TES set with no invalidation interface \
+                                   (a failed takeover enable): call enable again",
+                        value: u64::from(gsts.bits()),
+                    });
+                }
                 self.counters.dropped.fetch_add(1, Ordering::Relaxed);
                 Ok(())
             }

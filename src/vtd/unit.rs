@@ -479,7 +479,10 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
     /// the queue; queue errors; [`Error::Unsupported`] when taking over a unit that runs in the
     /// other root-table mode (`RTADDR.TTM` may change only with translation off: call
     /// [`disable`](Self::disable) first, accepting untranslated DMA meanwhile). Each leaves the
-    /// unit in a state a retry of `enable` completes.
+    /// unit in a state a retry of `enable` completes. A takeover that fails after the root
+    /// table was latched leaves translation on through this unit's tables with no invalidation
+    /// interface: until a retried `enable` succeeds, every call that needs an invalidation
+    /// fails with [`Error::UnexpectedState`] (`GSTS.TES`) rather than drop it.
     pub fn enable(&self) -> Result<(), Error> {
         let cfg = self.config.lock();
         let mut inv = self.inval.lock();
@@ -605,7 +608,9 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
             return Ok(());
         }
         let inv = self.inval.lock();
-        if matches!(*inv, Invalidator::Off) {
+        // Off with TE set (a failed takeover `enable`): the hardware walks these tables, so
+        // the write buffer is flushed (a register command, needing no queue).
+        if matches!(*inv, Invalidator::Off) && !self.is_enabled() {
             return Ok(());
         }
         self.counters
