@@ -506,9 +506,22 @@ impl Arena {
         unsafe { AtomicU64::from_ptr(self.buf.as_ptr().add(off as usize).cast::<u64>()) }
     }
 
+    /// Fills a block that nobody else may access: being freed (its user gave it up, and no
+    /// walker can reach it any more) or being handed out (not live yet).
+    ///
+    /// With plain writes, not atomic stores: the block may have held objects with atomics of
+    /// other sizes (the C ABI builds units and contexts in pages, with 1- and 4-byte atomics
+    /// inside). A plain write ends their lives; an 8-byte atomic store partially overlapping a
+    /// smaller atomic is outside the C++20 model, and Miri's weak-memory emulation aborts on it
+    /// ("cannot have partially overlapping store buffer when previous write was atomic").
     fn fill(&self, off: u64, size_log2: u32, value: u64) {
-        for i in 0..(1u64 << size_log2) / 8 {
-            self.word(off + i * 8).store(value, Ordering::Relaxed);
+        debug_assert!(off % 8 == 0 && off + (1u64 << size_log2) <= self.capacity);
+        let words = self.buf.as_ptr().wrapping_add(off as usize).cast::<u64>();
+        for i in 0..(1usize << size_log2) / 8 {
+            // SAFETY: the block lies inside the buffer (callers pass a block of the arena) and is
+            // 8-aligned; nothing else accesses it meanwhile (see above), and every later access
+            // happens after the arena's lock hands the block out again.
+            unsafe { words.add(i).write(value) };
         }
     }
 
