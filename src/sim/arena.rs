@@ -34,11 +34,32 @@ pub trait PhysMem {
     /// The naturally aligned 64-bit word at physical address `pa`, or `None` if nothing readable
     /// is there (hardware would see an external abort or a bus error).
     fn read_u64(&self, pa: u64) -> Option<u64>;
+
+    /// The `out.len()` words from `pa` into `out`, each read as by [`read_u64`](Self::read_u64);
+    /// `false` (with `out` unspecified) if any of them is unreadable. Walkers read whole runs of
+    /// entries with it; memory that can do better than word by word overrides it.
+    fn read_words(&self, pa: u64, out: &mut [u64]) -> bool {
+        for (i, w) in out.iter_mut().enumerate() {
+            let word = (i as u64)
+                .checked_mul(8)
+                .and_then(|off| pa.checked_add(off))
+                .and_then(|at| self.read_u64(at));
+            match word {
+                Some(v) => *w = v,
+                None => return false,
+            }
+        }
+        true
+    }
 }
 
 impl<M: PhysMem + ?Sized> PhysMem for &M {
     fn read_u64(&self, pa: u64) -> Option<u64> {
         (**self).read_u64(pa)
+    }
+
+    fn read_words(&self, pa: u64, out: &mut [u64]) -> bool {
+        (**self).read_words(pa, out)
     }
 }
 
@@ -570,6 +591,27 @@ impl PhysMem for Arena {
     fn read_u64(&self, pa: u64) -> Option<u64> {
         let off = self.live_word(pa)?;
         Some(self.word(off).load(Ordering::Acquire))
+    }
+
+    fn read_words(&self, pa: u64, out: &mut [u64]) -> bool {
+        let Some(off) = self.live_word(pa) else {
+            return false;
+        };
+        let bytes = out.len() as u64 * 8;
+        let Some(end) = off.checked_add(bytes).filter(|&end| end <= self.capacity) else {
+            return false;
+        };
+        // Every frame the run touches must be live; a run inside one frame (a walker's chunk)
+        // needs one more look.
+        let last = end.saturating_sub(8).max(off);
+        let frames = (off >> MIN_PAGE_LOG2)..=(last >> MIN_PAGE_LOG2);
+        if !frames.into_iter().all(|f| self.is_live(f << MIN_PAGE_LOG2)) {
+            return false;
+        }
+        for (i, w) in out.iter_mut().enumerate() {
+            *w = self.word(off + 8 * i as u64).load(Ordering::Acquire);
+        }
+        true
     }
 }
 

@@ -236,3 +236,20 @@ fn reads_see_exactly_the_live_pages() {
     assert_eq!(a.read_u64(q.pa.get() + 4), None, "unaligned");
     assert_eq!(a.read_u64(q.pa.get() + (1 << 12)), None, "past the page");
 }
+
+#[test]
+fn read_words_reads_live_runs_only() {
+    let a = arena();
+    let p = a.alloc(13).expect("8 KiB page");
+    assert!(a.write_u64(p.pa.get() + 8, 5));
+    assert!(a.write_u64(p.pa.get() + (1 << 12), 6));
+    let mut run = [9u64; 1024];
+    // Across both 4 KiB frames of the page.
+    assert!(a.read_words(p.pa.get(), &mut run));
+    assert_eq!((run[0], run[1], run[512], run[1023]), (0, 5, 6, 0));
+    // One word past the page, or an unaligned start: unreadable.
+    assert!(!a.read_words(p.pa.get() + 8, &mut run));
+    assert!(!a.read_words(p.pa.get() + 4, &mut run[..1]));
+    let mut none = [0u64; 0];
+    assert!(a.read_words(p.pa.get(), &mut none));
+}

@@ -350,25 +350,48 @@ fn visit<R: Radix>(
         return Err((base, WalkErrorKind::TableReachedTwice(table)));
     }
     tables.push(PhysAddr::new(table));
-    for index in 0..1u64 << fmt.index_bits(depth) {
-        let input = base | index << fmt.shift(depth);
-        let fault = |fault| (input, WalkErrorKind::Fault(fault));
-        let entry = read_entry(mem, fmt, table, depth, index).map_err(fault)?;
-        match fmt.decode(depth, entry, state).map_err(fault)? {
-            Entry::Invalid => {}
-            Entry::Leaf(leaf) => f(Found { input, leaf }).map_err(fault)?,
-            Entry::Table { next, state: below } if depth + 1 < fmt.depths() => {
-                visit(mem, fmt, next, depth + 1, input, below, seen, tables, f)?;
-            }
-            Entry::Table { .. } => {
-                return Err(fault(Fault::Translation {
-                    level: fmt.level(depth),
-                }))
+    let entries = 1u64 << fmt.index_bits(depth);
+    // Decoding is a function of the entry and the state, which is the same for the whole
+    // table: if the format reads a zero entry as invalid (all four do), a run of zero entries
+    // is skipped whole, which spares walking every entry of a mostly empty 64 KiB-granule or
+    // concatenated root one by one.
+    let zero_invalid = matches!(fmt.decode(depth, 0, state), Ok(Entry::Invalid));
+    let mut chunk = [0u64; ZERO_RUN];
+    let mut index = 0;
+    while index < entries {
+        let n = (entries - index).min(ZERO_RUN as u64) as usize;
+        let run = &mut chunk[..n];
+        let at = table.checked_add(index * 8);
+        if zero_invalid && at.is_some_and(|at| mem.read_words(at, run)) && *run == ZEROS[..n] {
+            index += n as u64;
+            continue;
+        }
+        for index in index..index + n as u64 {
+            let input = base | index << fmt.shift(depth);
+            let fault = |fault| (input, WalkErrorKind::Fault(fault));
+            let entry = read_entry(mem, fmt, table, depth, index).map_err(fault)?;
+            match fmt.decode(depth, entry, state).map_err(fault)? {
+                Entry::Invalid => {}
+                Entry::Leaf(leaf) => f(Found { input, leaf }).map_err(fault)?,
+                Entry::Table { next, state: below } if depth + 1 < fmt.depths() => {
+                    visit(mem, fmt, next, depth + 1, input, below, seen, tables, f)?;
+                }
+                Entry::Table { .. } => {
+                    return Err(fault(Fault::Translation {
+                        level: fmt.level(depth),
+                    }))
+                }
             }
         }
+        index += n as u64;
     }
     Ok(())
 }
+
+/// Entries a walk reads at once to skip runs of zero entries.
+const ZERO_RUN: usize = 64;
+/// What a run of zero entries compares equal to.
+const ZEROS: [u64; ZERO_RUN] = [0; ZERO_RUN];
 
 /// Bits `hi:lo` of a 64-bit value set, as the specs write fields.
 pub(crate) const fn bits(hi: u32, lo: u32) -> u64 {
