@@ -410,3 +410,40 @@ fn audit_reports_what_was_changed_underneath_the_unit() {
         Ok((0, 0, 0))
     );
 }
+
+/// Review of issue 14: a flush that failed leaves its invalidation owed by the domain
+/// (`Iommu::flush`): a caller that drops the gather and retries unmap (0 bytes now) and flush
+/// with a new, empty gather still gets the TLBI, and the stale translation is gone.
+#[test]
+fn a_failed_flush_is_owed_by_the_domain_and_reissued_with_an_empty_gather() {
+    let mem = Arena::with_defaults().unwrap();
+    let model = SmmuModel::new(&mem, SmmuModelConfig::qemu_like());
+    let (u, d) = setup(&model, &mem, cfg());
+    let mut g = Gather::new();
+    u.unmap(d, Iova::new(IOVA), K4, &mut g).unwrap();
+    model.inject(Injection::CommandIllegalAt { at: 0 });
+    assert!(u.flush(d, &mut g).is_err());
+    model.clear_injections();
+    drop(g);
+    assert!(
+        translates(&model, IOVA),
+        "the failed TLBI left the entry cached"
+    );
+    model.reset_stats();
+    let mut g2 = Gather::new();
+    assert_eq!(u.unmap(d, Iova::new(IOVA), K4, &mut g2).unwrap(), 0);
+    assert!(g2.is_empty());
+    u.flush(d, &mut g2).unwrap();
+    let st = model.stats();
+    assert_eq!(st.commands_of(op::TLBI_S12_VMALL), 1, "the owed TLBI");
+    assert_eq!(st.syncs, 1);
+    assert!(
+        !translates(&model, IOVA),
+        "stale TLB entry survives a retried unmap+flush that returned Ok"
+    );
+    // Paid: the next empty flush issues nothing.
+    model.reset_stats();
+    u.flush(d, &mut Gather::new()).unwrap();
+    assert_eq!(model.stats().syncs, 0);
+    assert!(translates(&model, IOVA + K4), "the other pages stay mapped");
+}

@@ -11,7 +11,7 @@
 //! for stage-1 domains without a parent and ASID 0 is never used, so a stale entry of tag 0
 //! cannot alias a domain. A tag returns to its bitmap only after the TLBI covering it completed.
 
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use super::cd::{Cd, Stage1Context, Tg0};
 use super::flush::TlbTag;
@@ -104,6 +104,10 @@ pub(crate) struct Domain<A: PageAllocator> {
     pub(crate) ats_users: AtomicU32,
     /// Stage-1 domains nested on this one.
     pub(crate) children: AtomicU32,
+    /// A flush of the domain failed: what it was to invalidate is owed, conservatively as the
+    /// whole tag (`CMD_TLBI_NH_ASID` / `CMD_TLBI_S12_VMALL`) and every ATC range of its ATS
+    /// users, and the next flush issues it whatever its gather holds (`Iommu::flush`).
+    pub(crate) owed: AtomicBool,
     /// Built for an IOASID that enforces snooping (or nested on such a parent): only devices
     /// the platform declares `CANWBS` may be attached.
     pub(crate) enforce_snoop: bool,
@@ -137,6 +141,7 @@ impl<A: PageAllocator> Domain<A> {
             users: AtomicU32::new(0),
             ats_users: AtomicU32::new(0),
             children: AtomicU32::new(0),
+            owed: AtomicBool::new(false),
             enforce_snoop: cfg.enforce_snoop,
             coherent_dma,
             coherency: p.coherency,

@@ -304,18 +304,46 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
     /// CMD_ATC_INV when the domain has ATS users: the ATC must not refill from a stale TLB),
     /// then the gathered pages go back to the allocator. A nest parent's ATS users include the
     /// streams attached through its stage-1 children: their ATCs are invalidated whole.
+    ///
+    /// A flush that fails leaves the domain owing a whole-tag invalidation (and a whole-range
+    /// ATC invalidation of its ATS users): the next flush issues it even with an empty gather.
     fn flush_impl(&self, d: DomainHandle, gather: &mut Gather) -> Result<(), Error> {
         self.usable()?;
-        if gather.is_empty() {
-            return Ok(());
-        }
-        let (tag, granule_log2, ats) = self.with_domain(d, |dom| {
+        let (tag, granule_log2, ats, owed) = self.with_domain(d, |dom| {
             Ok((
                 dom.tag,
                 dom.geometry().granule_log2,
                 dom.ats_users.load(Ordering::Acquire) != 0,
+                // Taken: put back below if this flush fails too.
+                dom.owed.swap(false, Ordering::AcqRel),
             ))
         })?;
+        if gather.is_empty() && !owed {
+            return Ok(());
+        }
+        let r = self.flush_tag(d, gather, tag, granule_log2, ats, owed);
+        if r.is_err() {
+            // Whatever this flush was to invalidate is owed (a gather the caller drops no
+            // longer says which ranges): the whole tag, conservatively.
+            let _ = self.with_domain(d, |dom| {
+                dom.owed.store(true, Ordering::Release);
+                Ok(())
+            });
+        }
+        r
+    }
+
+    /// The commands of [`flush_impl`](Self::flush_impl); `owed`: the whole tag and every ATC
+    /// range instead of the gather's ranges.
+    fn flush_tag(
+        &self,
+        d: DomainHandle,
+        gather: &mut Gather,
+        tag: TlbTag,
+        granule_log2: u32,
+        ats: bool,
+        owed: bool,
+    ) -> Result<(), Error> {
         let nest_parent = matches!(
             tag,
             TlbTag::Stage2 {
@@ -337,10 +365,21 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
             } else {
                 0
             };
-            let span = gather.span();
+            let span = if owed {
+                Some(IovaRange {
+                    start: Iova::ZERO,
+                    end: Iova::new(u64::MAX),
+                })
+            } else {
+                gather.span()
+            };
             self.with_cmdq(|q, r| {
                 let mut b = Batch::new(q, r);
-                plan_tlbi(tag, gather, &policy, |c| b.push(c))?;
+                if owed {
+                    b.push(invalidate_all(tag))?;
+                } else {
+                    plan_tlbi(tag, gather, &policy, |c| b.push(c))?;
+                }
                 b.sync()?;
                 let (Some(config), Some(span)) = (config.as_ref(), span) else {
                     return Ok(());
