@@ -927,10 +927,10 @@ fn install_race() {
 /// Before the fix of defect 1 it failed in the first interleaving loom tries: "walker: 0x0
 /// translates to 0x40000000 (leaf of 2^12 at 0x0), which no owner asked for" -- the loser
 /// rebuilt the winner's table entry as a 2 MiB leaf, over the memory that holds the tables.
-/// With that fix (ebfb76b) and before defect 3's, it fails after 2783 interleavings: a thread
-/// that finds the leaf already split (it lost no compare-and-swap) invalidates only its 4 KiB
-/// page with a 4 KiB TTL while the splitter has not yet flushed, and the TLB keeps the 2 MiB
-/// entry over the page its unmap removed.
+/// With that fix (ebfb76b) and before defect 3's (4e476ab), it failed after 2783
+/// interleavings: a thread that finds the leaf already split (it lost no compare-and-swap)
+/// invalidated only its 4 KiB page with a 4 KiB TTL while the splitter had not yet flushed, and
+/// the TLB kept the 2 MiB entry over the page its unmap removed.
 #[test]
 fn split_race() {
     run(Scenario {
@@ -961,8 +961,8 @@ const VTD_D: u64 = 1 << 9;
 /// One thread splits a dirty 2 MiB leaf by unmapping a page of it while another reads and
 /// clears the dirty state of a different page of it: that page must be reported (defect 4).
 ///
-/// Before the fix it fails in the first interleaving: "thread 1: 0x1000 was dirty, but
-/// read_and_clear_dirty reported only []".
+/// Before the fix (4e476ab) it failed in the first interleaving: "thread 1: 0x1000 was dirty,
+/// but read_and_clear_dirty reported only []".
 #[test]
 fn split_vs_dirty() {
     run(Scenario {
@@ -1037,8 +1037,8 @@ fn unmap_table_vs_sibling_map() {
 /// cleans its leaf and returns. Its page must then be translated by the walker, so the entries
 /// linking the tables must already be clean (defect 2).
 ///
-/// Before the fix it fails after 22029 interleavings: "walker: 0x1000 is not translated, but it
-/// is mapped and nobody unmaps it".
+/// Before the fix (4e476ab) it failed after 22029 interleavings: "walker: 0x1000 is not
+/// translated, but it is mapped and nobody unmaps it".
 #[test]
 fn publish_noncoherent() {
     run(Scenario {
