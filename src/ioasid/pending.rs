@@ -43,10 +43,11 @@ impl Pending {
     }
 
     /// Keeps `gather`, whose flush failed, for domain slot `slot`, with what is owed there.
+    /// An empty gather still marks the slot as owing: the unit may owe the invalidation itself
+    /// (VT-d's own undo of a failed map cleared the entries, then its flush failed), and only
+    /// a flush of the domain, which reissues what the unit owes even with an empty gather
+    /// (`Iommu::flush`), settles it.
     pub(super) fn park(&self, slot: usize, gather: Gather) {
-        if gather.is_empty() {
-            return;
-        }
         let mut gathers = self.gathers.lock();
         if let Some(owed) = gathers.get_mut(slot) {
             owed.absorb(gather);
@@ -75,7 +76,8 @@ impl Pending {
         let mut gathers = self.gathers.lock();
         let mut result = Ok(());
         for (slot, g) in gathers.iter_mut().enumerate() {
-            if g.is_empty() {
+            // The mask, not the gather, says what is owed: an empty gather may be owed too.
+            if !self.owed(slot) {
                 continue;
             }
             match flush(slot, g) {

@@ -277,3 +277,34 @@ fn dropping_a_context_whose_detach_fails_strands_the_device_and_frees_nothing_it
         r.drain();
     });
 }
+
+/// Review of issue 14: a map whose rollback could not be confirmed (the unit's own undo already
+/// cleared the entries, so the layer's gather is empty; the unit owes the invalidation inside)
+/// still leaves the domain owing in the layer: a later map first flushes it, and returns `Ok`
+/// only once the unit owes nothing.
+#[test]
+fn an_unconfirmed_rollback_with_an_empty_gather_is_still_owed() {
+    let v = VtdSetup {
+        model: VtdModelConfig::qemu_default().with_sc(true).with_rwbf(true),
+        mode: Mode::Legacy,
+    };
+    with_rig(v, SmmuSetup::qemu(true), |r| {
+        let ctx = IoasidCtx::new(r.reg, r.arena, 0);
+        let d = ctx.bind(vtd_dev(RID_A), false).unwrap();
+        let io = ctx.alloc(IoasidFlags::ENFORCE_SNOOP).unwrap();
+        ctx.attach(d, io).unwrap();
+        r.vm.inject(vtd::Injection::StallWriteBufferFlush);
+        r.vm.inject(vtd::Injection::StallWaits);
+        let e = ctx.map(io, Iova::new(0x1000), PhysAddr::new(0x5000_0000), K4, RW);
+        assert!(matches!(e, Err(Error::InvalidationPending { .. })), "{e:?}");
+        r.vm.clear_injections();
+        r.drain();
+        ctx.map(io, Iova::new(0x8000), PhysAddr::new(0x6000_0000), K4, RW)
+            .unwrap();
+        let rep = r.vtd.audit().unwrap();
+        assert_eq!(
+            rep.owing, 0,
+            "a map returned Ok while the unit still owes the undone mapping's invalidation"
+        );
+    });
+}
