@@ -307,6 +307,10 @@ scenarios! {
     aarch64_smmu_s2_unmap_remap_2lvl => (Aarch64, 225, "smmu_unmap_remap_2lvl", "virt-9.1,iommu=smmuv3", ["-global", "arm-smmuv3.stage=2"]);
     aarch64_smmu_s1_detach_reattach_2lvl => (Aarch64, 227, "smmu_detach_reattach_2lvl", "virt-9.1,iommu=smmuv3", []);
     aarch64_smmu_nested_detach_reattach_2lvl => (Aarch64, 227, "smmu_detach_reattach_2lvl", "virt,iommu=smmuv3", []);
+    aarch64_smmu_s1_granule_16k => (Aarch64, 240, "smmu_granule_16k", "virt-9.1,iommu=smmuv3", []);
+    aarch64_smmu_s2_granule_16k => (Aarch64, 240, "smmu_granule_16k", "virt-9.1,iommu=smmuv3", ["-global", "arm-smmuv3.stage=2"]);
+    aarch64_smmu_s1_granule_64k => (Aarch64, 241, "smmu_granule_64k", "virt-9.1,iommu=smmuv3", []);
+    aarch64_smmu_s2_granule_64k => (Aarch64, 241, "smmu_granule_64k", "virt-9.1,iommu=smmuv3", ["-global", "arm-smmuv3.stage=2"]);
 }
 
 /// Why an architecture's guest cannot run.

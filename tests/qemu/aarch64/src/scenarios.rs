@@ -143,6 +143,16 @@ pub static TABLE: &[Scenario] = &[
         name: "smmu_detach_reattach_2lvl",
         run: crate::smmu_scenarios::smmu_detach_reattach_2lvl,
     },
+    Scenario {
+        id: 240,
+        name: "smmu_granule_16k",
+        run: crate::smmu_scenarios::smmu_granule_16k,
+    },
+    Scenario {
+        id: 241,
+        name: "smmu_granule_64k",
+        run: crate::smmu_scenarios::smmu_granule_64k,
+    },
 ];
 
 /// The SMMUv3 register window answers (Device memory): IDR0/1/5, the SMMU is disabled and lets

@@ -94,6 +94,9 @@ pub struct Env<'e, 'r, 'a> {
     pub alloc: &'static PageArena,
     /// The unit (for what the IOASID layer does not reach: nesting).
     pub unit: &'a Unit,
+    /// Granule of the unit's domains (log2 bytes), as given to `SmmuConfig::granule_log2`
+    /// (12 when the scenario left the default).
+    pub granule_log2: u32,
 }
 
 impl Env<'_, '_, '_> {
@@ -149,7 +152,16 @@ pub fn edu_sid(edu: &Edu) -> StreamId {
 
 /// Builds and enables a unit with the given stream table layout.
 pub fn new_unit(ctx: &Ctx, format: StreamTableFormat) -> Result<Unit, Fail> {
-    let cfg = match format {
+    new_unit_granule(ctx, format, None)
+}
+
+/// [`new_unit`] with the embedder's granule choice (`SmmuConfig::granule_log2`).
+pub fn new_unit_granule(
+    ctx: &Ctx,
+    format: StreamTableFormat,
+    granule_log2: Option<u32>,
+) -> Result<Unit, Fail> {
+    let mut cfg = match format {
         StreamTableFormat::Default => SmmuConfig::default(),
         _ => SmmuConfig {
             stream_table: match format.split() {
@@ -165,6 +177,7 @@ pub fn new_unit(ctx: &Ctx, format: StreamTableFormat) -> Result<Unit, Fail> {
             ..SmmuConfig::default()
         },
     };
+    cfg.granule_log2 = granule_log2;
     let unit = Unit::new(smmu_regs(ctx)?, ctx.alloc, cfg)
         .map_err(|e| Fail::new(format_args!("SmmuUnit::new: {e}")))?;
     unit.enable()
@@ -182,6 +195,16 @@ pub fn run(
     run_with(ctx, format, None, body)
 }
 
+/// [`run`] on a unit whose domains use the `granule_log2` granule (the embedder's choice).
+pub fn run_granule(
+    ctx: &mut Ctx,
+    format: StreamTableFormat,
+    granule_log2: u32,
+    body: fn(&Env<'_, '_, '_>) -> Result<(), Fail>,
+) -> Result<(), Fail> {
+    run_full(ctx, format, None, Some(granule_log2), body)
+}
+
 /// [`run`], with a second edu for the body to bind.
 pub fn run_with(
     ctx: &mut Ctx,
@@ -189,11 +212,21 @@ pub fn run_with(
     edu2: Option<&Edu>,
     body: fn(&Env<'_, '_, '_>) -> Result<(), Fail>,
 ) -> Result<(), Fail> {
+    run_full(ctx, format, edu2, None, body)
+}
+
+fn run_full(
+    ctx: &mut Ctx,
+    format: StreamTableFormat,
+    edu2: Option<&Edu>,
+    granule_log2: Option<u32>,
+    body: fn(&Env<'_, '_, '_>) -> Result<(), Fail>,
+) -> Result<(), Fail> {
     let edu = ctx.edu()?;
     let alloc = ctx.alloc;
     let sid = edu_sid(edu);
     let frames_at_start = alloc.live_frames();
-    let unit = new_unit(ctx, format)?;
+    let unit = new_unit_granule(ctx, format, granule_log2)?;
     let frames_unit = alloc.live_frames();
     // The layout asked for is the one programmed: STRTAB_BASE_CFG.FMT (17:16), SPLIT (10:6),
     // LOG2SIZE (5:0).
@@ -239,6 +272,7 @@ pub fn run_with(
             ril: idr.idr3.flags().contains(Idr3Flags::RIL),
             alloc,
             unit: &unit,
+            granule_log2: granule_log2.unwrap_or(12),
         };
         let r = body(&env);
         // Dropping the context detaches edu and frees every IOASID and domain.

@@ -1722,3 +1722,254 @@ fn bypass_when_disabled(env: &Env<'_, '_, '_>) -> Result<(), Fail> {
     ))?;
     Ok(())
 }
+
+// -----------------------------------------------------------------------------------------------
+// 16 KiB and 64 KiB granules (issue 15, item 6): the embedder's `SmmuConfig::granule_log2`.
+
+use crate::smmu_env::run_granule;
+
+/// Page IOVAs of the granule scenarios (aligned to 64 KiB, below 2^39).
+const IOVA_G_PAGES: u64 = 0x12_0000_0000;
+/// Block IOVA of the granule scenarios: aligned to 512 MiB (the 64K granule's level-2 block).
+const IOVA_G_BLOCK: u64 = 0x24_0000_0000;
+
+/// [`granule_blocks`] on a unit configured with the 16 KiB granule: 16 KiB pages, a 32 MiB
+/// level-2 block.
+pub fn smmu_granule_16k(ctx: &mut Ctx) -> Result<(), Fail> {
+    run_granule(ctx, StreamTableFormat::Linear, 14, granule_blocks)
+}
+
+/// [`granule_blocks`] on a unit configured with the 64 KiB granule: 64 KiB pages, a 512 MiB
+/// level-2 block (over all of guest RAM: 0x4000_0000-0x6000_0000).
+pub fn smmu_granule_64k(ctx: &mut Ctx) -> Result<(), Fail> {
+    run_granule(ctx, StreamTableFormat::Linear, 16, granule_blocks)
+}
+
+/// Pages and a level-2 block of the unit's granule `G` (16K: 32 MiB, 64K: 512 MiB; one level-3
+/// table's worth of pages), on whichever stage the unit uses:
+/// - two IOVA pages mapped to physical pages in reverse order: a transfer across the IOVA page
+///   boundary at `G - 0x300` lands split exactly there (so the leaves are `G` bytes, not 4 KiB),
+///   every byte of both pages checked;
+/// - the block covering an arena buffer: the IOASID reports a block leaf, DMA through it lands at
+///   the block's physical address plus the offset, byte for byte;
+/// - the IOVA right after the block, and the unmapped page between two mapped ones, fault with a
+///   translation event (StreamID, address, direction, stage);
+/// - unmapping one `G` page of the block after QEMU cached it splits the block: that page
+///   faults, the next one still lands.
+fn granule_blocks(env: &Env<'_, '_, '_>) -> Result<(), Fail> {
+    let g = env.granule_log2;
+    let gran = 1u64 << g;
+    let gsz = gran as usize;
+    let block_log2 = g + (g - 3);
+    let block = 1u64 << block_log2;
+    let src = env.buf(g)?;
+    let (lo, hi) = (env.buf(g)?, env.buf(g)?);
+    let dst = env.buf(g + 1)?; // two pages inside the block: the first is unmapped later
+    println!(
+        "granule {gran:#x}: pages at {IOVA_G_PAGES:#x}, a {block:#x} block at {IOVA_G_BLOCK:#x}"
+    );
+    granule_leaves(env, g, block_log2)?;
+    let a = io("alloc", env.io.alloc(IoasidFlags::empty()))?;
+    io("attach", env.io.attach(env.dev, a))?;
+    io(
+        "map src",
+        env.io.map(a, iova(IOVA_G_PAGES), src.pa(0), gran, RO),
+    )?;
+    // IOVA_G_PAGES + G stays unmapped; + 2G -> hi, + 3G -> lo.
+    let dst_iova = IOVA_G_PAGES + 2 * gran;
+    io("map dst", env.io.map(a, iova(dst_iova), hi.pa(0), gran, RW))?;
+    io(
+        "map dst+G",
+        env.io.map(a, iova(dst_iova + gran), lo.pa(0), gran, RW),
+    )?;
+    match io("translate page", env.io.translate(a, iova(dst_iova + 0x10)))? {
+        Some(m) if m.pa == hi.pa(0x10) => {}
+        other => crate::bail!("IOASID says {other:x?} for a {gran:#x} page"),
+    }
+    // Inside one page, beyond its first 4 KiB.
+    roundtrip(
+        env.edu,
+        &src,
+        gsz - 0xa00,
+        iova(IOVA_G_PAGES + gran - 0xa00),
+        &hi,
+        gsz - 0x1234,
+        iova(dst_iova + gran - 0x1234),
+        0x9a7,
+        60,
+    )?;
+    // Across the IOVA page boundary.
+    let (off, len) = (gsz - 0x300, 0x800usize);
+    src.fill(0, len, 61);
+    hi.guard_all();
+    lo.guard_all();
+    read_iova(env.edu, iova(IOVA_G_PAGES), len)?;
+    write_iova(env.edu, iova(dst_iova + off as u64), len)?;
+    let first = gsz - off;
+    for i in 0..gsz {
+        let want_hi = if i >= off {
+            pattern(61, i - off)
+        } else {
+            GUARD
+        };
+        let want_lo = if i < len - first {
+            pattern(61, first + i)
+        } else {
+            GUARD
+        };
+        let (got_hi, got_lo) = (hi.get(i), lo.get(i));
+        ensure!(
+            got_hi == want_hi && got_lo == want_lo,
+            "byte {i:#x}: page at IOVA {dst_iova:#x} {got_hi:#04x} (want {want_hi:#04x}), at +G {got_lo:#04x} (want {want_lo:#04x})"
+        );
+    }
+    env.events("page transfers")?
+        .expect_none("page transfers")?;
+
+    // The block covering `dst`.
+    let block_pa = dst.pa(0).get() & !(block - 1);
+    ensure!(
+        block_pa >= RAM_BASE,
+        "block at {block_pa:#x} below guest RAM"
+    );
+    let at = |b: &DmaBuf<'_>, off: usize| iova(IOVA_G_BLOCK + (b.pa(off).get() - block_pa));
+    io(
+        "map block",
+        env.io
+            .map(a, iova(IOVA_G_BLOCK), PhysAddr::new(block_pa), block, RW),
+    )?;
+    match io("translate block", env.io.translate(a, at(&dst, 0x10)))? {
+        Some(m) if m.pa == dst.pa(0x10) => {}
+        other => crate::bail!("IOASID says {other:x?} for the {block:#x} block"),
+    }
+    // Across the two destination pages, through the block.
+    roundtrip(
+        env.edu,
+        &src,
+        0x10,
+        iova(IOVA_G_PAGES + 0x10),
+        &dst,
+        gsz - 0x200,
+        at(&dst, gsz - 0x200),
+        0x400,
+        62,
+    )?;
+    env.events("block transfer")?
+        .expect_none("block transfer")?;
+
+    // Unmapped: right after the block (write), the page between src and dst (read).
+    let past = IOVA_G_BLOCK + block + 0x40;
+    load_then_write(
+        env.edu,
+        &src,
+        0,
+        iova(IOVA_G_PAGES),
+        iova(past),
+        FAULT_LEN,
+        63,
+    )?;
+    let ev = env.events("write after the block")?;
+    ev.print("write after the block");
+    ev.expect_faults(&fault(
+        env,
+        "write after the block",
+        EventType::FTranslation,
+        past,
+        false,
+    ))?;
+    let gap = IOVA_G_PAGES + gran + 0x80;
+    read_iova(env.edu, iova(gap), FAULT_LEN)?;
+    let ev = env.events("read between pages")?;
+    ev.expect_faults(&fault(
+        env,
+        "read between pages",
+        EventType::FTranslation,
+        gap,
+        true,
+    ))?;
+
+    // One page of the block unmapped after QEMU cached the block: split to pages.
+    let n = io(
+        "unmap a page of the block",
+        env.io.unmap(a, at(&dst, 0), gran),
+    )?;
+    ensure!(
+        n == gran,
+        "unmap of one page inside the block removed {n:#x}"
+    );
+    match io("translate split", env.io.translate(a, at(&dst, gsz + 0x10)))? {
+        Some(m) if m.pa == dst.pa(gsz + 0x10) => {}
+        other => crate::bail!("after the split the IOASID says {other:x?}"),
+    }
+    dst.guard_all();
+    let hole = at(&dst, gsz - 0x80).get();
+    load_then_write(
+        env.edu,
+        &src,
+        0,
+        iova(IOVA_G_PAGES),
+        iova(hole),
+        FAULT_LEN,
+        64,
+    )?;
+    let ev = env.events("write into the hole")?;
+    ev.expect_faults(&fault(
+        env,
+        "write into the hole",
+        EventType::FTranslation,
+        hole,
+        false,
+    ))?;
+    dst.expect_untouched()?;
+    load_then_write(
+        env.edu,
+        &src,
+        0,
+        iova(IOVA_G_PAGES),
+        at(&dst, gsz + 0x80),
+        0x100,
+        65,
+    )?;
+    dst.expect(gsz + 0x80, 0x100, 65, true)?;
+    env.events("after the split")?
+        .expect_none("after the split")?;
+    Ok(())
+}
+
+/// The unit's own domains (below the IOASID layer, whose record keeps its own page size) use
+/// the configured granule: a page mapping is one `2^g` leaf, an aligned `2^block_log2` mapping
+/// one block leaf, the reported geometry has `2^g` pages.
+fn granule_leaves(env: &Env<'_, '_, '_>, g: u32, block_log2: u32) -> Result<(), Fail> {
+    let unit: &dyn Iommu = env.unit;
+    let d = unit_op("domain", unit.domain_alloc(&DomainConfig::default()))?;
+    let r = (|| {
+        let (_, pages) = unit_op("geometry", unit.domain_geometry(d))?;
+        ensure!(
+            pages & (1 << g) != 0 && pages & ((1 << g) - 1) == 0,
+            "domain page sizes {pages:#x} for the granule 2^{g}"
+        );
+        ensure!(
+            pages & (1 << block_log2) != 0,
+            "domain page sizes {pages:#x} without the 2^{block_log2} block"
+        );
+        let pa = PhysAddr::new(RAM_BASE);
+        unit_op("map page", unit.map(d, iova(IOVA_G_PAGES), pa, 1 << g, RW))?;
+        unit_op(
+            "map block",
+            unit.map(d, iova(IOVA_G_BLOCK), pa, 1 << block_log2, RW),
+        )?;
+        for (at, want) in [(IOVA_G_PAGES + 0x10, g), (IOVA_G_BLOCK + 0x10, block_log2)] {
+            match unit.query(d, iova(at)) {
+                Some(m) if m.size_log2 == want && m.pa == PhysAddr::new(RAM_BASE + 0x10) => {}
+                other => crate::bail!(
+                    "the unit's domain says {other:x?} at {at:#x}, expected a 2^{want} leaf"
+                ),
+            }
+        }
+        unmap_flush(unit, d, IOVA_G_PAGES, 1 << g)?;
+        unmap_flush(unit, d, IOVA_G_BLOCK, 1 << block_log2)?;
+        Ok(())
+    })();
+    let free = unit_op("free", unit.domain_free(d));
+    r.and(free)
+}
