@@ -44,6 +44,7 @@ const NEW_IOVA: u64 = 0x4000_0000;
 const ATS: AttachOptions = AttachOptions {
     ats: true,
     exclusive: false,
+    physical_function: None,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

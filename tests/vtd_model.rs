@@ -719,3 +719,74 @@ fn freed_tables_leave_no_stale_paging_structure_entries() {
     let t = ok(m.translate(sid(DEV), None, G1 + 0x5000, Access::READ));
     assert_eq!((t.pa, t.page_size_log2), (0x4000_5000, 21));
 }
+
+/// Issue 15, item 8: an SR-IOV virtual function's device-TLB invalidations name its physical
+/// function in `PFSID` when the unit has `ECAP.DIT`; without it `PFSID` is reserved (0).
+/// Before the fix every invalidation carried `PFSID = SID`: under DIT the VF's ATC stayed stale
+/// (the model counts the misrouted invalidation), without DIT the reserved bits made the queue
+/// report IQE.
+#[test]
+fn device_tlb_invalidations_name_the_physical_function() {
+    const PF: DeviceId = DeviceId(0x0180);
+    const VF: DeviceId = DeviceId(0x0182);
+    let check = |mcfg: VtdModelConfig, opts: AttachOptions| {
+        let a = arena();
+        let m = VtdModel::new(&a, mcfg);
+        let u = unit(&m, &a, Mode::Legacy);
+        let d = u.domain_alloc(&DomainConfig::default()).unwrap();
+        u.attach_with(VF, None, d, opts).unwrap();
+        u.map(d, Iova::new(0x3000), PhysAddr::new(0), K4, RW)
+            .unwrap();
+        ok(m.ats_translate(sid(VF), None, 0x3000, Access::READ));
+        assert!(m.atc_holds(sid(VF), None, 0x3000));
+        m.reset_stats();
+        unmap_and_flush(&u, d, 0x3000, K4);
+        assert_eq!((m.stats().device_tlb, m.stats().pfsid_mismatches), (1, 0));
+        assert!(!m.atc_holds(sid(VF), None, 0x3000), "the VF's ATC is clean");
+    };
+    let ats = AttachOptions {
+        ats: true,
+        physical_function: Some(PF),
+        ..AttachOptions::default()
+    };
+    let qemu = VtdModelConfig::qemu_default().with_dt(true);
+    check(
+        qemu.with_dit(true).with_virtual_function(sid(VF), sid(PF)),
+        ats,
+    );
+    // Without DIT the PF is not named (PFSID reserved), whatever the embedder says.
+    check(qemu, ats);
+    check(
+        qemu,
+        AttachOptions {
+            physical_function: None,
+            ..ats
+        },
+    );
+    // A PF under DIT names itself.
+    let pf_only = VtdModelConfig::qemu_default().with_dt(true).with_dit(true);
+    let a = arena();
+    let m = VtdModel::new(&a, pf_only);
+    let u = unit(&m, &a, Mode::Legacy);
+    let d = u.domain_alloc(&DomainConfig::default()).unwrap();
+    let pf_ats = AttachOptions {
+        physical_function: None,
+        ..ats
+    };
+    u.attach_with(PF, None, d, pf_ats).unwrap();
+    u.map(d, Iova::new(0x3000), PhysAddr::new(0), K4, RW)
+        .unwrap();
+    ok(m.ats_translate(sid(PF), None, 0x3000, Access::READ));
+    unmap_and_flush(&u, d, 0x3000, K4);
+    assert_eq!(m.stats().pfsid_mismatches, 0);
+    assert!(!m.atc_holds(sid(PF), None, 0x3000));
+    // A physical function that is no requester ID is refused before anything is written.
+    let bad = AttachOptions {
+        physical_function: Some(DeviceId(0x1_0000)),
+        ..ats
+    };
+    assert_eq!(
+        u.attach_with(VF, None, d, bad),
+        Err(Error::InvalidDevice(DeviceId(0x1_0000)))
+    );
+}

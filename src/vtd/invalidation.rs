@@ -55,6 +55,9 @@ pub(crate) enum Request {
     DeviceTlb {
         /// The ATS device.
         sid: SourceId,
+        /// `PFSID`: with `ECAP.DIT` the source-id of the device's physical function (its own
+        /// for a PF, the PF's for an SR-IOV virtual function); 0 (reserved) without it.
+        pfsid: SourceId,
         /// First address.
         addr: Iova,
         /// Log2 of the range (64: everything).
@@ -64,6 +67,8 @@ pub(crate) enum Request {
     PasidDeviceTlb {
         /// The ATS device.
         sid: SourceId,
+        /// `PFSID`, as for [`Request::DeviceTlb`].
+        pfsid: SourceId,
         /// PASID.
         pasid: Pasid,
         /// First address.
@@ -84,18 +89,20 @@ impl Request {
             }
             Request::PasidCache(scope) => Ok(Descriptor::pasid_cache(scope)),
             Request::PasidIotlb { did, pasid, scope } => Descriptor::pasid_iotlb(did, pasid, scope),
-            // A physical function is its own PFSID; MIP 0 asks for no pending-invalidation hint.
+            // MIP 0 asks for no pending-invalidation hint.
             Request::DeviceTlb {
                 sid,
+                pfsid,
                 addr,
                 size_log2,
-            } => Descriptor::device_tlb(sid, sid, 0, addr, size_log2),
+            } => Descriptor::device_tlb(sid, pfsid, 0, addr, size_log2),
             Request::PasidDeviceTlb {
                 sid,
+                pfsid,
                 pasid,
                 addr,
                 size_log2,
-            } => Descriptor::pasid_device_tlb(sid, sid, 0, pasid, false, addr, size_log2),
+            } => Descriptor::pasid_device_tlb(sid, pfsid, 0, pasid, false, addr, size_log2),
         }
     }
 }

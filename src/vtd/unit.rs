@@ -299,6 +299,9 @@ pub(crate) struct Attachment {
     pub pasid: Option<Pasid>,
     pub slot: usize,
     pub ats: bool,
+    /// The `PFSID` of the attachment's device-TLB invalidations (see
+    /// [`AttachOptions::physical_function`]).
+    pub pfsid: SourceId,
     /// `false` while an attach or detach of this entry failed half-way: the entry is either
     /// not present (torn down, its invalidation not confirmed) or present and pointing at
     /// `slot` (published, the caching-mode invalidation or write-buffer flush not confirmed).

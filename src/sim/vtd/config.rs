@@ -16,7 +16,14 @@ pub struct VtdModelConfig {
     /// Host address width (the DMAR table's HAW): table-pointer and output bits at or above it
     /// are reserved. Defaults to CAP.MGAW.
     pub haw: u32,
+    /// SR-IOV virtual functions and their physical function, `(VF, PF)` requester IDs, as the
+    /// model's PCI topology has them: under `ECAP.DIT` a device-TLB invalidation of a VF must
+    /// carry the PF's source-id in `PFSID`, of any other device its own.
+    pub virtual_functions: [Option<(u16, u16)>; MAX_VIRTUAL_FUNCTIONS],
 }
+
+/// Virtual functions a [`VtdModelConfig`] can declare.
+pub const MAX_VIRTUAL_FUNCTIONS: usize = 4;
 
 /// QEMU 10 `intel-iommu` CAP with `aw-bits=48` (the default): ND 6 (65536 domains), SAGAW 39 and
 /// 48 bit, MGAW 48, FRO 0x22 (fault records at 0x220), SLLPS 2 MiB + 1 GiB, PSI, NFR 0 (one
@@ -35,6 +42,7 @@ impl VtdModelConfig {
             cap: QEMU_CAP,
             ecap: QEMU_ECAP,
             haw: 48,
+            virtual_functions: [None; MAX_VIRTUAL_FUNCTIONS],
         }
     }
 
@@ -61,6 +69,7 @@ impl VtdModelConfig {
                 | ECAP_SLTS
                 | ECAP_FLTS,
             haw: 48,
+            virtual_functions: [None; MAX_VIRTUAL_FUNCTIONS],
         }
     }
 
@@ -137,6 +146,36 @@ impl VtdModelConfig {
         self.cap =
             self.cap & !(0x1f << CAP_SAGAW_SHIFT) | ((sagaw & 0x1f) as u64) << CAP_SAGAW_SHIFT;
         self
+    }
+    /// ECAP.DIT: device-TLB invalidation throttling (`PFSID` checked).
+    pub const fn with_dit(self, on: bool) -> Self {
+        self.with_ecap_bit(ECAP_DIT, on)
+    }
+    /// Declares requester ID `vf` an SR-IOV virtual function of physical function `pf` (the
+    /// first free of [`MAX_VIRTUAL_FUNCTIONS`] slots; further ones are ignored).
+    pub const fn with_virtual_function(mut self, vf: u16, pf: u16) -> Self {
+        let mut i = 0;
+        while i < MAX_VIRTUAL_FUNCTIONS {
+            if self.virtual_functions[i].is_none() {
+                self.virtual_functions[i] = Some((vf, pf));
+                break;
+            }
+            i += 1;
+        }
+        self
+    }
+    /// The physical function of requester ID `sid`: its declared PF, else itself.
+    pub const fn physical_function(&self, sid: u16) -> u16 {
+        let mut i = 0;
+        while i < MAX_VIRTUAL_FUNCTIONS {
+            if let Some((vf, pf)) = self.virtual_functions[i] {
+                if vf == sid {
+                    return pf;
+                }
+            }
+            i += 1;
+        }
+        sid
     }
     /// The host address width (32..=52).
     pub const fn with_haw(mut self, haw: u32) -> Self {

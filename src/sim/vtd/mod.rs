@@ -220,6 +220,11 @@ pub struct VtdModelStats {
     pub piotlb_page: u64,
     /// PASID-based device-TLB invalidate descriptors.
     pub pasid_device_tlb: u64,
+    /// Device-TLB invalidations (either form) under `ECAP.DIT` whose `PFSID` is not the
+    /// device's physical function (as [`VtdModelConfig::with_virtual_function`] declares):
+    /// the unit throttles and times out the wrong function's invalidations, and the model
+    /// leaves the device's ATC untouched.
+    pub pfsid_mismatches: u64,
     /// Descriptors skipped after a time-out.
     pub aborted_descriptors: u64,
     /// Context-cache invalidations through CCMD.

@@ -38,6 +38,9 @@ const CC_RESERVED: u64 = bits(8, 6) | bits(15, 12) | bits(63, 50);
 const IOTLB_RESERVED: u64 = 1 << 8 | bits(15, 12) | bits(63, 32);
 const IOTLB_HI_RESERVED: u64 = bits(11, 7);
 const DEVTLB_RESERVED: u64 = bits(8, 4) | bits(31, 21) | bits(51, 48);
+/// `PFSID[3:0]` (15:12) and `PFSID[15:4]` (63:52) of both device-TLB forms: reserved without
+/// `ECAP.DIT`.
+const PFSID_BITS: u64 = bits(15, 12) | bits(63, 52);
 const DEVTLB_HI_RESERVED: u64 = bits(11, 1);
 const IEC_RESERVED: u64 = bits(8, 5) | bits(26, 12) | bits(63, 48);
 const WAIT_RESERVED: u64 = 1 << 8 | bits(31, 12);
@@ -255,7 +258,8 @@ impl State<'_> {
         } else {
             lo & DEVTLB_RESERVED != 0 || hi & DEVTLB_HI_RESERVED != 0
         };
-        if bad {
+        let dit = self.cfg.ecap & ECAP_DIT != 0;
+        if bad || (!dit && lo & PFSID_BITS != 0) {
             return Outcome::Invalid(Iqei::ReservedBit);
         }
         let sid = if pasid_form {
@@ -263,6 +267,11 @@ impl State<'_> {
         } else {
             field(lo, 47, 32)
         } as u16;
+        let pfsid = (field(lo, 63, 52) << 4 | field(lo, 15, 12)) as u16;
+        let misrouted = dit && pfsid != self.cfg.physical_function(sid);
+        if misrouted {
+            self.stats.pfsid_mismatches += 1;
+        }
         if pasid_form {
             self.stats.pasid_device_tlb += 1;
         } else {
@@ -278,7 +287,7 @@ impl State<'_> {
         if countdown(&mut self.inject.ite_at) {
             return Outcome::TimedOut { sid };
         }
-        if !ice {
+        if !ice && !misrouted {
             self.invalidate_atc(lo, hi, sid, pasid_form);
         }
         Outcome::Done

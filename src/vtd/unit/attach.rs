@@ -50,6 +50,14 @@ pub struct AttachOptions {
     /// Fail with [`iommu::Error::Busy`] instead of replacing when the device (or PASID) is
     /// already attached to another domain.
     pub exclusive: bool,
+    /// The requester ID of the device's physical function, when the device is an SR-IOV
+    /// virtual function (the embedder knows it from PCI enumeration: the PF's SR-IOV
+    /// capability). On a unit with `ECAP.DIT` (device-TLB invalidation throttling) every
+    /// device-TLB invalidation names the PF in `PFSID` (§6.5.2.5, §6.5.2.6), so that the unit
+    /// throttles and times out invalidations per physical function; `None` names the device
+    /// itself (a PF, or a device without SR-IOV). Without `ECAP.DIT`, `PFSID` is reserved and
+    /// written 0 whatever this says.
+    pub physical_function: Option<DeviceId>,
 }
 
 /// What writing an attachment's entry did.
@@ -69,6 +77,7 @@ struct Old {
     did: DomainId,
     first_stage: bool,
     ats: bool,
+    pfsid: SourceId,
 }
 
 /// The PCI requester ID of `device`.
@@ -97,6 +106,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
     ) -> Result<(), iommu::Error> {
         let sid = source_id(device)?;
         let pasid = self.check_pasid(pasid)?;
+        let pfsid = self.pfsid(sid, opts)?;
         if opts.ats
             && !self
                 .info
@@ -149,6 +159,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
                 pasid,
                 slot,
                 ats: published.ats,
+                pfsid,
                 settled: unchanged,
             });
         }
@@ -263,7 +274,21 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
             did: self.info.did_of(a.slot).unwrap_or_default(),
             first_stage,
             ats: a.ats,
+            pfsid: a.pfsid,
         }
+    }
+
+    /// The `PFSID` of `sid`'s device-TLB invalidations: with `ECAP.DIT` its physical
+    /// function's source-id (itself unless `opts` names a PF), else 0 (the field is reserved).
+    ///
+    /// # Errors
+    /// [`iommu::Error::InvalidDevice`] for a physical function that is no requester ID.
+    fn pfsid(&self, sid: SourceId, opts: AttachOptions) -> Result<SourceId, iommu::Error> {
+        let pf = opts.physical_function.map(source_id).transpose()?;
+        if !self.info.ecap.flags().contains(EcapFlags::DIT) {
+            return Ok(SourceId::new(0));
+        }
+        Ok(pf.unwrap_or(sid))
     }
 
     fn attach_legacy(
@@ -314,6 +339,8 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
                 did: current.did(),
                 first_stage: false,
                 ats: current.translation_type() == Ok(TranslationType::DeviceTlb),
+                // Checked by `attach_with`.
+                pfsid: self.pfsid(sid, opts).unwrap_or(sid),
             })
         });
         if let Some(old) = old {
@@ -368,6 +395,8 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
                 did: current.did(),
                 first_stage: matches!(current.pgtt(), Ok(Pgtt::FirstStage | Pgtt::Nested)),
                 ats,
+                // Checked by `attach_with`.
+                pfsid: self.pfsid(sid, opts).unwrap_or(sid),
             })
         });
         if let Some(old) = old {
@@ -523,6 +552,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
                 pasid,
                 slot: 0,
                 ats: true,
+                pfsid: old.pfsid,
                 settled: true,
             };
             b.push(device_tlb(&a, Iova::ZERO, 64))?;

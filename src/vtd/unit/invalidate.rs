@@ -199,11 +199,13 @@ pub(crate) fn device_tlb(a: &Attachment, addr: Iova, size_log2: u32) -> Request 
     match a.pasid {
         None => Request::DeviceTlb {
             sid: a.sid,
+            pfsid: a.pfsid,
             addr,
             size_log2,
         },
         Some(pasid) => Request::PasidDeviceTlb {
             sid: a.sid,
+            pfsid: a.pfsid,
             pasid,
             addr,
             size_log2,

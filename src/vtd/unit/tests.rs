@@ -563,8 +563,8 @@ fn queue_errors_are_reported_and_the_unit_keeps_working() {
     u.flush(d, &mut g).unwrap();
     // IOTLB PSI, device-TLB (type 3, SID 0x20, one page), wait.
     assert_eq!(types(&m), [2, 3, 5]);
-    // PFSID = SID 0x0020: PFSID[3:0] = 0 at 15:12, PFSID[15:4] = 2 at 63:52.
-    assert_eq!(words(&m)[1], (0x3 | 0x20 << 32 | 0x2 << 52, 0));
+    // No ECAP.DIT: PFSID (15:12, 63:52) is reserved and stays 0.
+    assert_eq!(words(&m)[1], (0x3 | 0x20 << 32, 0));
     // ICE reported once, then gone.
     u.map(d, Iova::new(0), PhysAddr::new(0), K4, RW).unwrap();
     m.raise_fsts(Fsts::ICE);
@@ -854,12 +854,10 @@ fn device_tlb_follows_the_context_entry_dte() {
     let mut g = Gather::new();
     u.unmap(d2, Iova::new(0x10_0000), K4, &mut g).unwrap();
     u.flush(d2, &mut g).unwrap();
-    // IOTLB PSI (DID 1), PASID-based device-TLB (SID 0x20, PASID 5, one page), wait.
+    // IOTLB PSI (DID 1), PASID-based device-TLB (SID 0x20, PASID 5, one page; no ECAP.DIT,
+    // so PFSID is reserved and 0), wait.
     assert_eq!(types(&m), [2, 8, 5]);
-    assert_eq!(
-        words(&m)[1],
-        (0x8 | 0x20 << 16 | 5 << 32 | 0x2 << 52, 0x10_0000)
-    );
+    assert_eq!(words(&m)[1], (0x8 | 0x20 << 16 | 5 << 32, 0x10_0000));
     // Its tear-down also invalidates the device TLB (PASID cache, IOTLB, device TLB, wait).
     m.clear_logs();
     u.detach(DEV, Some(p5)).unwrap();
