@@ -152,7 +152,7 @@ impl VtdModelConfig {
         self.with_ecap_bit(ECAP_DIT, on)
     }
     /// Declares requester ID `vf` an SR-IOV virtual function of physical function `pf` (the
-    /// first free of [`MAX_VIRTUAL_FUNCTIONS`] slots; further ones are ignored).
+    /// first free of `MAX_VIRTUAL_FUNCTIONS` (4) slots; further ones are ignored).
     pub const fn with_virtual_function(mut self, vf: u16, pf: u16) -> Self {
         let mut i = 0;
         while i < MAX_VIRTUAL_FUNCTIONS {
