@@ -9,8 +9,8 @@
 
 use core::fmt;
 
-use crate::mem::{Iova, PhysAddr};
-use crate::pgtable::{self, Gather, IovaRange, Leaf, Mapping, Prot};
+use crate::mem::{Iova, PageAllocator, PhysAddr};
+use crate::pgtable::{self, Format, Gather, IovaRange, Leaf, Mapping, PageTable, Prot, TablePages};
 
 /// A device on a unit: PCI requester ID (bus << 8 | devfn) on VT-d, StreamID on SMMUv3.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -304,6 +304,49 @@ pub struct DomainConfig {
     pub granule_log2: Option<u32>,
 }
 
+/// Which tables [`Iommu::reclaim`] looks at for being empty.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReclaimScope<'s> {
+    /// Every table of the domain.
+    All,
+    /// The tables whose span contains one of these IOVAs. An unmap of `[start, end)` leaves
+    /// tables empty only around `start` and `end - 1` (see
+    /// [`PageTable::reclaim_at`]): naming those two IOVAs for every range unmapped since
+    /// the last reclaim finds every table they emptied, one table per level each.
+    Around(&'s [Iova]),
+}
+
+impl ReclaimScope<'_> {
+    /// Unlinks the empty tables of `table` in this scope into `gather`; returns how many.
+    ///
+    /// # Errors
+    /// [`pgtable::Error::UnknownTable`] for a corrupt table (what was unlinked before is in
+    /// `gather`).
+    pub fn reclaim<F: Format, A: PageAllocator>(
+        self,
+        table: &mut PageTable<F, A>,
+        gather: &mut Gather,
+    ) -> Result<usize, pgtable::Error> {
+        match self {
+            ReclaimScope::All => table.reclaim_empty(gather),
+            ReclaimScope::Around(iovas) => iovas
+                .iter()
+                .try_fold(0, |n, &iova| Ok(n + table.reclaim_at(iova, gather)?)),
+        }
+    }
+}
+
+/// A domain's table pages, as [`Iommu::table_pages`] counts them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DomainPages {
+    /// The tables linked in the domain's page table, and the tables its leaves need.
+    pub tables: TablePages,
+    /// Tables a [`Iommu::reclaim`] unlinked whose invalidation failed: the domain keeps them
+    /// (they are in use as far as the allocator knows) until a later `reclaim` or
+    /// `domain_free` completes an invalidation covering them.
+    pub unflushed: usize,
+}
+
 /// One IOMMU unit as the IOASID layer drives it.
 ///
 /// Every method takes `&self`: units lock internally. Map and unmap on one domain may run
@@ -408,6 +451,27 @@ pub trait Iommu: Sync {
     /// [`Error::Timeout`], [`Error::Hardware`]; on error the pages stay in the gather (retry
     /// with it, or drop it and leak them: never free them yourself).
     fn flush(&self, domain: DomainHandle, gather: &mut Gather) -> Result<(), Error>;
+
+    /// Unlinks the domain's tables that map nothing (those in `scope`), invalidates the
+    /// unit's caches for their spans with one completion wait, and only then returns their
+    /// pages to the allocator. Maps and unmaps of the domain wait for it: none can write into a
+    /// table being unlinked, and none returns before the walk caches have forgotten a table
+    /// that a new one replaces. Returns how many pages went back to the allocator (tables kept
+    /// from an earlier failed invalidation included).
+    ///
+    /// # Errors
+    /// [`Error::InvalidDomain`]; [`Error::PageTable`] for a corrupt table; [`Error::Timeout`],
+    /// [`Error::Hardware`] from the invalidation: then the unlinked tables are never freed by
+    /// this call; the domain holds them (see [`DomainPages::unflushed`]) and the next
+    /// `reclaim` or `domain_free` invalidates them again before freeing them.
+    fn reclaim(&self, domain: DomainHandle, scope: ReclaimScope<'_>) -> Result<usize, Error>;
+
+    /// Counts the domain's table pages: linked, needed by its leaves, and held after a failed
+    /// invalidation.
+    ///
+    /// # Errors
+    /// [`Error::InvalidDomain`]; [`Error::PageTable`] for a corrupt table.
+    fn table_pages(&self, domain: DomainHandle) -> Result<DomainPages, Error>;
 
     /// The translation of `iova` in a domain.
     fn query(&self, domain: DomainHandle, iova: Iova) -> Option<Mapping>;

@@ -5,6 +5,7 @@ use core::ptr::{addr_of_mut, NonNull};
 use core::sync::atomic::{AtomicU32, Ordering};
 
 use super::pending::Pending;
+use super::reclaim::ReclaimLog;
 use super::record::Record;
 use super::registry::{DeviceLabel, Leaked, Registry, UnitId};
 use super::{
@@ -50,6 +51,8 @@ pub(super) struct Ioasid<'a, A: PageAllocator> {
     pub(super) reservations: spin::Mutex<[Option<IovaRange>; MAX_IOVA_RESERVATIONS]>,
     /// Invalidations a unit has not confirmed, per slot of `domains`.
     pub(super) pending: Pending,
+    /// Where unmaps may have left tables empty since the last reclaim.
+    pub(super) reclaim: ReclaimLog,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -328,6 +331,7 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
             domains: [None; MAX_UNITS],
             reservations: spin::Mutex::new([None; MAX_IOVA_RESERVATIONS]),
             pending: Pending::new(),
+            reclaim: ReclaimLog::new(),
         });
         Ok(IoasidId(slot as u16))
     }

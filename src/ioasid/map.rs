@@ -40,6 +40,23 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         len: u64,
         prot: Prot,
     ) -> Result<(), Error> {
+        let r = self.map_everywhere(ioasid, iova, pa, len, prot);
+        if r.is_err() {
+            // A rollback leaves no table empty: it asked for a reclaim (see `reclaim.rs`).
+            self.reclaim_if_due(ioasid);
+        }
+        r
+    }
+
+    /// [`IoasidCtx::map`] under the context's read lock.
+    fn map_everywhere(
+        &self,
+        ioasid: IoasidId,
+        iova: Iova,
+        pa: PhysAddr,
+        len: u64,
+        prot: Prot,
+    ) -> Result<(), Error> {
         let st = self.state.read();
         let io = st.ioasid(ioasid)?;
         let end = iova.get().saturating_add(len);
@@ -99,6 +116,14 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     /// kept). Do not reuse the pages until a retry of this call returns `Ok` (it reissues the
     /// invalidation first, and reports 0 bytes: the range is already unmapped).
     pub fn unmap(&self, ioasid: IoasidId, iova: Iova, len: u64) -> Result<u64, Error> {
+        let r = self.unmap_everywhere(ioasid, iova, len);
+        // Tables the unmap left empty are reclaimed every few unmaps (see `reclaim.rs`).
+        self.note_unmap(ioasid, iova, len);
+        r
+    }
+
+    /// [`IoasidCtx::unmap`] under the context's read lock.
+    fn unmap_everywhere(&self, ioasid: IoasidId, iova: Iova, len: u64) -> Result<u64, Error> {
         let st = self.state.read();
         let io = st.ioasid(ioasid)?;
         self.settle(io)?;
@@ -274,6 +299,8 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     }
 
     fn unmap_record(&self, io: &Ioasid<'a, A>, iova: Iova, len: u64) {
+        // The domains and the record may now hold empty tables around the range.
+        io.reclaim.note_rollback(iova, len);
         let mut gather = Gather::new();
         if io.record.unmap(iova, len, &mut gather).is_ok() {
             // SAFETY: the record is a software table: no hardware walks it.

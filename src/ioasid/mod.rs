@@ -30,6 +30,7 @@ mod ctx;
 mod map;
 mod pasid;
 mod pending;
+mod reclaim;
 mod record;
 mod registry;
 
@@ -38,6 +39,7 @@ mod tests;
 
 pub use ctx::{DeviceInfo, IncoherentDmaGrant, IoasidCtx};
 pub use pasid::PasidAllocator;
+pub use reclaim::{reclaim_slack, IoasidPages, UnitPages, RECLAIM_BATCH};
 pub use record::RECORD_IAS;
 pub use registry::{DeviceLabel, Leaked, Registry, UnitId};
 

@@ -8,8 +8,8 @@ use std::vec::Vec;
 
 use super::*;
 use crate::iommu::{
-    Capabilities, DeviceId, DomainConfig, DomainHandle, Error as IommuError, Iommu, Source,
-    Sources, Stage,
+    Capabilities, DeviceId, DomainConfig, DomainHandle, DomainPages, Error as IommuError, Iommu,
+    ReclaimScope, Source, Sources, Stage,
 };
 use crate::mem::{Iova, PhysAddr, WalkerCoherency};
 use crate::pgtable::testutil::{test_alloc, TestAlloc};
@@ -205,6 +205,28 @@ impl Iommu for FakeUnit<'_> {
         // SAFETY: nothing walks the fake unit's tables.
         g.release(self.alloc, unsafe { InvalidationComplete::assume() })
             .map_err(Into::into)
+    }
+    fn reclaim(&self, d: DomainHandle, scope: ReclaimScope<'_>) -> Result<usize, IommuError> {
+        let mut g = Gather::new();
+        {
+            let mut doms = self.domains.lock().unwrap();
+            let (t, _) = doms
+                .get_mut(usize::from(d.0))
+                .and_then(Option::as_mut)
+                .ok_or(IommuError::InvalidDomain(d))?;
+            scope.reclaim(t, &mut g)?;
+        }
+        let n = g.freed_pages();
+        if n != 0 {
+            self.flush(d, &mut g)?;
+        }
+        Ok(n)
+    }
+    fn table_pages(&self, d: DomainHandle) -> Result<DomainPages, IommuError> {
+        Ok(DomainPages {
+            tables: self.with(d, |t| t.table_pages())??,
+            unflushed: 0,
+        })
     }
     fn query(&self, d: DomainHandle, iova: Iova) -> Option<Mapping> {
         self.with(d, |t| t.query(iova)).ok().flatten()

@@ -25,14 +25,18 @@
 //! concurrency contract allows (and a concurrent map or query may still hold a pointer to it).
 //! It is reused by later maps and freed by a later covering unmap, by
 //! [`PageTable::unmap_exclusive`] (an unmap that also unlinks every table it left empty) or
-//! [`PageTable::reclaim_empty`], both of which take `&mut self` so that no other operation can
-//! be in flight, or by [`PageTable::destroy`]. Unlinked tables always go into the gather; the
-//! engine never frees a table page itself.
+//! [`PageTable::reclaim_empty`] (and [`PageTable::reclaim_at`], the same around one IOVA), all
+//! of which take `&mut self` so that no other operation can be in flight, or by
+//! [`PageTable::destroy`]. Unlinked tables always go into the gather; the engine never frees a
+//! table page itself. [`PageTable::table_pages`] counts the tables linked and the tables the
+//! leaves need.
 
+mod audit;
 mod contiguous;
 mod error;
 mod format;
 mod gather;
+mod reclaim;
 mod spares;
 mod sync;
 mod table;
@@ -43,6 +47,7 @@ mod arm_vmsa;
 pub mod vtd_fs;
 pub mod vtd_ss;
 
+pub use audit::TablePages;
 pub use error::Error;
 pub use format::{Format, Geometry};
 pub use gather::{Gather, InvalidationComplete, IovaRange, GATHER_RANGES};

@@ -68,7 +68,7 @@ impl<F: Format, A: PageAllocator> core::fmt::Debug for PageTable<F, A> {
 
 /// The entry slots of a table page.
 #[derive(Clone, Copy)]
-pub(super) struct Table(NonNull<u8>);
+pub(super) struct Table(pub(super) NonNull<u8>);
 
 impl Table {
     /// The table page at `va` (tests walk tables by hand).
@@ -167,7 +167,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
 
     /// The table a table entry points to.
     #[inline]
-    fn child(&self, raw: u64) -> Result<Table, Error> {
+    pub(super) fn child(&self, raw: u64) -> Result<Table, Error> {
         let pa = self.format.table_address(raw);
         self.alloc
             .phys_to_virt(pa)
@@ -815,7 +815,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     }
 
     #[inline]
-    fn store_synced(&self, t: Table, idx: usize, raw: u64) {
+    pub(super) fn store_synced(&self, t: Table, idx: usize, raw: u64) {
         // SAFETY: callers pass a live table and an index inside it.
         unsafe { t.slot(idx) }.store(raw, Ordering::Release);
         // SAFETY: as above.

@@ -19,7 +19,7 @@ use super::idr::bits_to_oas;
 use super::regs::Shareability;
 use super::ste::{Cacheability, S2Tg, Stage2};
 use super::{Asid, SmmuError, Vmid};
-use crate::iommu::{DomainConfig, DomainHandle, Error};
+use crate::iommu::{DomainConfig, DomainHandle, DomainPages, Error, ReclaimScope};
 use crate::mem::{Iova, PageAllocator, PhysAddr, WalkerCoherency};
 use crate::pgtable::arm_s1::{ArmS1, ArmS1Config, MAIR};
 use crate::pgtable::arm_s2::{ArmS2, ArmS2Config, S2Attributes};
@@ -115,6 +115,9 @@ pub(crate) struct Domain<A: PageAllocator> {
     /// is coherent) rather than Non-cacheable. `None` for stage 2, which leaves the device's
     /// own attributes in charge.
     pub(crate) coherent_dma: Option<bool>,
+    /// Tables a reclaim unlinked whose invalidation failed: freed only after a later one
+    /// completes (the next reclaim, or the whole-tag invalidation of `domain_free`).
+    pub(crate) unflushed: Gather,
     coherency: WalkerCoherency,
 }
 
@@ -144,6 +147,7 @@ impl<A: PageAllocator> Domain<A> {
             owed: AtomicBool::new(false),
             enforce_snoop: cfg.enforce_snoop,
             coherent_dma,
+            unflushed: Gather::new(),
             coherency: p.coherency,
         }
     }
@@ -354,6 +358,23 @@ impl<A: PageAllocator> Domain<A> {
         gather: &mut Gather,
     ) -> Result<(), Error> {
         Ok(with_table!(&self.table, t => t.read_and_clear_dirty(iova, len, sink, gather))?)
+    }
+
+    /// Unlinks the empty tables in `scope` into `gather`; how many.
+    pub(crate) fn reclaim(
+        &mut self,
+        scope: ReclaimScope<'_>,
+        gather: &mut Gather,
+    ) -> Result<usize, Error> {
+        Ok(with_table!(&mut self.table, t => scope.reclaim(t, gather))?)
+    }
+
+    /// The tables linked, needed and held after a failed invalidation.
+    pub(crate) fn table_pages(&self) -> Result<DomainPages, Error> {
+        Ok(DomainPages {
+            tables: with_table!(&self.table, t => t.table_pages())?,
+            unflushed: self.unflushed.freed_pages(),
+        })
     }
 
     /// Hands every page of the table to `gather`.

@@ -31,6 +31,7 @@ pub mod idr;
 mod ops;
 pub mod platform;
 pub mod queue;
+mod reclaim;
 pub mod regs;
 pub mod ste;
 pub mod ste_update;

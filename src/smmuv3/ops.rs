@@ -36,7 +36,8 @@ use super::platform::{DeviceFacts, CANWBS_NOT_DECLARED};
 use super::unit::SmmuUnit;
 use super::{Asid, StreamId, Vmid};
 use crate::iommu::{
-    Capabilities, DeviceId, DomainConfig, DomainHandle, Error, Iommu, Missing, Pasid, Stage,
+    Capabilities, DeviceId, DomainConfig, DomainHandle, DomainPages, Error, Iommu, Missing, Pasid,
+    ReclaimScope, Stage,
 };
 use crate::mem::{Iova, PageAllocator, PhysAddr};
 use crate::mmio::RegisterWindow;
@@ -272,12 +273,13 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         if self.has_cmdq() {
             self.with_cmdq(|q, r| q.submit_and_sync(r, &[invalidate_all(tag)]))?;
         }
-        let dom = self
+        let mut dom = self
             .slot(d)?
             .write()
             .take()
             .ok_or(Error::InvalidDomain(d))?;
-        let mut g = Gather::new();
+        // Tables a reclaim could not invalidate go with the rest, after the whole-tag TLBI.
+        let mut g = core::mem::take(&mut dom.unflushed);
         dom.destroy(&mut g)?;
         // SAFETY: no STE or CD points at the table (the domain had no users), and the TLBI of
         // its whole tag completed (or the unit never had a command queue, so never walked it).
@@ -352,11 +354,6 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
             }
         );
         if self.has_cmdq() {
-            let policy = FlushPolicy {
-                ril: self.features.ril,
-                granule_log2,
-                threshold: self.cfg.flush_threshold,
-            };
             // Lock order: configuration (for the ATS streams), then domain slots (for the
             // children of a nest parent), then the command queue.
             let config = (ats || nest_parent).then(|| self.config.lock());
@@ -414,11 +411,76 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         gather.release(&self.alloc, unsafe { InvalidationComplete::assume() })?;
         Ok(())
     }
+
+    /// The TLB (and ATC) invalidations of `gather` for `target`, each batch ended by a
+    /// CMD_SYNC that completed before this returns `Ok`. The caller has checked that the unit
+    /// has a command queue, and holds no domain slot lock that `target.children` was taken
+    /// under.
+    pub(crate) fn invalidate(
+        &self,
+        target: &FlushTarget<'_, A>,
+        gather: &Gather,
+    ) -> Result<(), Error> {
+        let FlushTarget {
+            domain: d,
+            tag,
+            granule_log2,
+            config,
+            children,
+        } = *target;
+        let policy = FlushPolicy {
+            ril: self.features.ril,
+            granule_log2,
+            threshold: self.cfg.flush_threshold,
+        };
+        let span = gather.span();
+        self.with_cmdq(|q, r| {
+            let mut b = Batch::new(q, r);
+            plan_tlbi(tag, gather, &policy, |c| b.push(c))?;
+            b.sync()?;
+            let (Some(config), Some(span)) = (config, span) else {
+                return Ok(());
+            };
+            let mut b = Batch::new(q, r);
+            let mut pushed = false;
+            for s in config.streams.iter().flatten().filter(|s| s.ats) {
+                for (ssid, x) in s.attachments() {
+                    let cmd = if x == d {
+                        atc_inv_for(s.sid, ssid, span)?
+                    } else if children & 1u64.checked_shl(x.0.into()).unwrap_or(0) != 0 {
+                        // The ATC holds stage-1 input addresses translated through this
+                        // stage 2: an IPA range does not say which, so all of them.
+                        Command::atc_inv(s.sid, ssid, Iova::ZERO, 52, ssid.is_none())?
+                    } else {
+                        continue;
+                    };
+                    b.push(cmd)?;
+                    pushed = true;
+                }
+            }
+            if pushed {
+                b.sync()
+            } else {
+                Ok(())
+            }
+        })?;
+        Ok(())
+    }
+}
+
+/// What [`SmmuUnit::invalidate`] invalidates: a domain's tag, and the ATCs of the streams
+/// attached to it (when `config` is given) or to its stage-1 `children` (a bitmap of handles).
+pub(crate) struct FlushTarget<'c, A: PageAllocator> {
+    pub(crate) domain: DomainHandle,
+    pub(crate) tag: TlbTag,
+    pub(crate) granule_log2: u32,
+    pub(crate) config: Option<&'c super::unit::ConfigState<A>>,
+    pub(crate) children: u64,
 }
 
 impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
     /// The stage-1 domains nested on `parent`, as a bitmap of handles (`MAX_DOMAINS` ≤ 64).
-    fn children_of(&self, parent: DomainHandle) -> u64 {
+    pub(crate) fn children_of(&self, parent: DomainHandle) -> u64 {
         let mut mask = 0u64;
         for (i, slot) in self.domains.iter().enumerate().take(self.cfg.max_domains) {
             if slot
@@ -512,6 +574,14 @@ where
 
     fn flush(&self, domain: DomainHandle, gather: &mut Gather) -> Result<(), Error> {
         self.flush_impl(domain, gather)
+    }
+
+    fn reclaim(&self, domain: DomainHandle, scope: ReclaimScope<'_>) -> Result<usize, Error> {
+        self.reclaim_domain(domain, scope)
+    }
+
+    fn table_pages(&self, domain: DomainHandle) -> Result<DomainPages, Error> {
+        self.with_domain(domain, Domain::table_pages)
     }
 
     fn query(&self, domain: DomainHandle, iova: Iova) -> Option<Mapping> {

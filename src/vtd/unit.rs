@@ -66,6 +66,7 @@ mod attach;
 mod audit;
 mod invalidate;
 mod iommu_impl;
+mod reclaim;
 mod release;
 #[cfg(test)]
 mod tests;

@@ -11,5 +11,6 @@ mod fault_matrix;
 mod faults;
 mod lifecycle;
 mod pasid_grant;
+mod reclaim;
 mod seed;
 mod two_units;

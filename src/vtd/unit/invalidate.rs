@@ -7,12 +7,13 @@
 //! same blocks as device-TLB invalidations. One wait ends the batch, and only after it completed
 //! the gathered table pages go back to the allocator.
 
-use super::{Attachment, VtdUnit, RID_PASID};
+use super::{Attachment, ConfigState, VtdUnit, RID_PASID};
 use crate::iommu::{self, DomainHandle};
 use crate::mem::{Iova, PageAllocator};
 use crate::mmio::RegisterWindow;
 use crate::pgtable::{Gather, InvalidationComplete};
 use crate::vtd::cap::CapFlags;
+use crate::vtd::domain::Domain;
 use crate::vtd::flush::{plan, FlushPlan, PlanLimits};
 use crate::vtd::inv_desc::{IotlbScope, PasidIotlbScope};
 use crate::vtd::invalidation::{Batch, Request};
@@ -47,6 +48,19 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
         let cfg = self.config.lock();
         let guard = self.domain_lock(domain)?.read();
         let dom = guard.as_ref().ok_or(iommu::Error::InvalidDomain(domain))?;
+        self.flush_locked(&cfg, slot, dom, gather, purpose)
+    }
+
+    /// [`Self::flush_gather`] for a caller that holds the configuration lock (`cfg`) and the
+    /// domain's lock (`dom`, in slot `slot`), in that order.
+    pub(crate) fn flush_locked(
+        &self,
+        cfg: &ConfigState,
+        slot: usize,
+        dom: &Domain<A>,
+        gather: &mut Gather,
+        purpose: Purpose,
+    ) -> Result<(), iommu::Error> {
         let mut owed = dom.owed.lock();
         if gather.is_empty() && owed.is_empty() {
             return Ok(());
@@ -93,8 +107,6 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
         let done = unsafe { InvalidationComplete::assume() };
         owed.release(&self.alloc, done)?;
         drop(owed);
-        drop(guard);
-        drop(cfg);
         // SAFETY: as above, for the caller's gather.
         let done = unsafe { InvalidationComplete::assume() };
         gather.release(&self.alloc, done)?;

@@ -4,7 +4,8 @@
 use super::invalidate::Purpose;
 use super::{VtdUnit, INTERRUPT_WINDOW};
 use crate::iommu::{
-    Capabilities, DeviceId, DomainConfig, DomainHandle, Error, Iommu, Pasid, Source, Sources,
+    Capabilities, DeviceId, DomainConfig, DomainHandle, DomainPages, Error, Iommu, Pasid,
+    ReclaimScope, Source, Sources,
 };
 use crate::mem::{Iova, PageAllocator, PhysAddr, WalkerCoherency};
 use crate::mmio::RegisterWindow;
@@ -188,6 +189,19 @@ where
 
     fn flush(&self, domain: DomainHandle, gather: &mut Gather) -> Result<(), Error> {
         self.flush_gather(domain, gather, Purpose::Unmap)
+    }
+
+    fn reclaim(&self, domain: DomainHandle, scope: ReclaimScope<'_>) -> Result<usize, Error> {
+        self.reclaim_domain(domain, scope)
+    }
+
+    fn table_pages(&self, domain: DomainHandle) -> Result<DomainPages, Error> {
+        self.with_domain(domain, |d| {
+            Ok(DomainPages {
+                tables: with_table!(&d.table, t => t.table_pages())?,
+                unflushed: d.owed.lock().freed_pages(),
+            })
+        })?
     }
 
     fn query(&self, domain: DomainHandle, iova: Iova) -> Option<Mapping> {

@@ -1,0 +1,44 @@
+//! Reclaiming a domain's empty tables: Intel VT-d specification rev. 4.1, §6.5.2.3-§6.5.2.4
+//! (page-selective IOTLB invalidation with IH = 0 also invalidates the paging-structure caches
+//! for the range), §6.5.2.8 (the wait descriptor that says it completed).
+//!
+//! The domain is held exclusively from the unlink to the completion of the invalidation: no map
+//! can write into a table being unlinked, and no map can install a table in place of one the
+//! paging-structure caches may still point at and return before the caches have forgotten it
+//! (the device would walk the old, empty table and fault on a mapping already reported done).
+
+use super::invalidate::Purpose;
+use super::VtdUnit;
+use crate::iommu::{self, DomainHandle, ReclaimScope};
+use crate::mem::PageAllocator;
+use crate::mmio::RegisterWindow;
+use crate::pgtable::Gather;
+use crate::vtd::domain::with_table;
+
+impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<W, A, DOMAINS> {
+    /// [`iommu::Iommu::reclaim`].
+    pub(crate) fn reclaim_domain(
+        &self,
+        domain: DomainHandle,
+        scope: ReclaimScope<'_>,
+    ) -> Result<usize, iommu::Error> {
+        let slot = self.slot(domain)?;
+        // Lock order as everywhere in the unit: configuration, domain, queue.
+        let cfg = self.config.lock();
+        let mut guard = self.domain_lock(domain)?.write();
+        let dom = guard.as_mut().ok_or(iommu::Error::InvalidDomain(domain))?;
+        let mut gather = Gather::new();
+        let unlinked = with_table!(&mut dom.table, t => scope.reclaim(t, &mut gather));
+        // What an earlier failed flush still owes (this reclaim's pages included) is issued
+        // again and freed by `flush_locked` too.
+        let pages = gather.freed_pages() + dom.owed.get_mut().freed_pages();
+        if let Err(e) = self.flush_locked(&cfg, slot, dom, &mut gather, Purpose::Unmap) {
+            // Never freed without a completed invalidation: the domain keeps the pages with
+            // the ranges `flush_locked` recorded as owed, for its next flush or its free.
+            let _ = dom.owed.get_mut().take_from(&mut gather, &self.alloc);
+            return Err(e);
+        }
+        unlinked?;
+        Ok(pages)
+    }
+}
