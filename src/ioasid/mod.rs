@@ -20,7 +20,10 @@
 //! [`IoasidCtx`] is `Sync`. Configuration (bind, alloc, attach, detach, free, PASIDs) takes the
 //! context's lock for writing and serialises. [`IoasidCtx::map`] and [`IoasidCtx::unmap`] take it
 //! for reading: any number may run at once on *disjoint* IOVA ranges of one IOASID; callers must
-//! not map or unmap overlapping ranges concurrently (the page-table engine's contract). No call
+//! not map or unmap overlapping ranges concurrently (the page-table engine's contract). Every
+//! [`RECLAIM_BATCH`] unmaps of an IOASID, the unmap that fills its log takes the lock for
+//! writing to reclaim the tables unmaps left empty (after a rolled-back map, the map does), so
+//! an IOASID's table pages stay within what its mappings need plus [`reclaim_slack`]. No call
 //! sleeps; all of them spin at most for bounded hardware waits, so none may be made from a
 //! context that must not spin for that long (hard interrupt handlers).
 

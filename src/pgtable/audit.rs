@@ -6,7 +6,7 @@
 //! on up to the root. The tables on those paths, and nothing else, are what the leaves need;
 //! every other linked table maps nothing and could be reclaimed.
 
-use core::sync::atomic::Ordering;
+use super::sync::Ordering;
 
 use super::table::Table;
 use super::{Error, Format, PageTable};

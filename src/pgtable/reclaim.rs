@@ -7,7 +7,7 @@
 //! leave empty are on the two paths to the ends of its range, at most one per level below the
 //! root on each: [`PageTable::reclaim_at`] walks one such path.
 
-use core::sync::atomic::Ordering;
+use super::sync::Ordering;
 
 use super::table::Table;
 use super::{Error, Format, Gather, PageTable};

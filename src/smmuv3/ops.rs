@@ -76,6 +76,8 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
     }
 
     /// Stores `dom` in a free slot, or gives it back with [`Error::NoDomainIds`].
+    // No allocator to box it in: the domain comes back by value so that the caller frees it.
+    #[allow(clippy::result_large_err)]
     fn install_domain(&self, dom: Domain<A>) -> Result<DomainHandle, (Error, Domain<A>)> {
         // Callers hold the configuration lock, so no other install races for a free slot; the
         // read check does not wait for maps in flight on other domains.
