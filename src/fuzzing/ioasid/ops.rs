@@ -348,13 +348,13 @@ impl<'h, 'm> Harness<'h, 'm> {
             Err(e) if reserved => assert!(matches!(e, Error::Reserved(_)), "{e:?}"),
             Err(_) => {
                 // A domain that mapped before another refused got the range back out, with
-                // one flush; nothing else waits.
+                // one flush, and the tables the map built were reclaimed, with one more.
                 let after = self.completions();
                 for u in 0..2 {
                     let waits = after[u] - before[u];
                     let cm = u == 0 && self.caching_mode;
                     assert!(
-                        cm || waits <= u64::from(units[u]),
+                        cm || waits <= 2 * u64::from(units[u]),
                         "map rollback: {waits} waits"
                     );
                 }
@@ -399,10 +399,12 @@ impl<'h, 'm> Harness<'h, 'm> {
                 );
                 for u in 0..2 {
                     let waits = after[u] - before[u];
+                    // One for the unmap; one more if it filled the IOASID's reclaim log and
+                    // a table was unlinked.
                     if units[u] && mapped > 0 {
-                        assert_eq!(waits, 1, "unit {u}: completions for one unmap");
+                        assert!((1..=2).contains(&waits), "unit {u}: {waits} for one unmap");
                     } else {
-                        assert!(waits <= u64::from(units[u]), "unit {u}: {waits} waits");
+                        assert!(waits <= 2 * u64::from(units[u]), "unit {u}: {waits} waits");
                     }
                 }
                 let map = &mut self.shadow[c].ios.get_mut(&id.0).expect("IOASID").1;
