@@ -356,6 +356,11 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
             }
         );
         if self.has_cmdq() {
+            let policy = FlushPolicy {
+                ril: self.features.ril,
+                granule_log2,
+                threshold: self.cfg.flush_threshold,
+            };
             // Lock order: configuration (for the ATS streams), then domain slots (for the
             // children of a nest parent), then the command queue.
             let config = (ats || nest_parent).then(|| self.config.lock());
