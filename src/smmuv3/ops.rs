@@ -388,28 +388,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
                 let (Some(config), Some(span)) = (config.as_ref(), span) else {
                     return Ok(());
                 };
-                let mut b = Batch::new(q, r);
-                let mut pushed = false;
-                for s in config.streams.iter().flatten().filter(|s| s.ats) {
-                    for (ssid, x) in s.attachments() {
-                        let cmd = if x == d {
-                            atc_inv_for(s.sid, ssid, span)?
-                        } else if children & 1u64.checked_shl(x.0.into()).unwrap_or(0) != 0 {
-                            // The ATC holds stage-1 input addresses translated through this
-                            // stage 2: an IPA range does not say which, so all of them.
-                            Command::atc_inv(s.sid, ssid, Iova::ZERO, 52, ssid.is_none())?
-                        } else {
-                            continue;
-                        };
-                        b.push(cmd)?;
-                        pushed = true;
-                    }
-                }
-                if pushed {
-                    b.sync()
-                } else {
-                    Ok(())
-                }
+                invalidate_atcs(Batch::new(q, r), config, d, children, span)
             })?;
         }
         // SAFETY: every range of the gather was invalidated in the domain's tag (or the whole
@@ -448,28 +427,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
             let (Some(config), Some(span)) = (config, span) else {
                 return Ok(());
             };
-            let mut b = Batch::new(q, r);
-            let mut pushed = false;
-            for s in config.streams.iter().flatten().filter(|s| s.ats) {
-                for (ssid, x) in s.attachments() {
-                    let cmd = if x == d {
-                        atc_inv_for(s.sid, ssid, span)?
-                    } else if children & 1u64.checked_shl(x.0.into()).unwrap_or(0) != 0 {
-                        // The ATC holds stage-1 input addresses translated through this
-                        // stage 2: an IPA range does not say which, so all of them.
-                        Command::atc_inv(s.sid, ssid, Iova::ZERO, 52, ssid.is_none())?
-                    } else {
-                        continue;
-                    };
-                    b.push(cmd)?;
-                    pushed = true;
-                }
-            }
-            if pushed {
-                b.sync()
-            } else {
-                Ok(())
-            }
+            invalidate_atcs(Batch::new(q, r), config, d, children, span)
         })?;
         Ok(())
     }
@@ -499,6 +457,39 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
             }
         }
         mask
+    }
+}
+
+/// The ATC invalidations that follow a TLB invalidation of domain `d`: `span` in the ATC of
+/// every ATS stream attached to `d`, everything in those attached to one of its stage-1
+/// `children` (a bitmap of handles); one CMD_SYNC if any command was issued.
+fn invalidate_atcs<W: RegisterWindow, A: PageAllocator>(
+    mut b: Batch<'_, W, A>,
+    config: &super::unit::ConfigState<A>,
+    d: DomainHandle,
+    children: u64,
+    span: IovaRange,
+) -> Result<(), super::SmmuError> {
+    let mut pushed = false;
+    for s in config.streams.iter().flatten().filter(|s| s.ats) {
+        for (ssid, x) in s.attachments() {
+            let cmd = if x == d {
+                atc_inv_for(s.sid, ssid, span)?
+            } else if children & 1u64.checked_shl(x.0.into()).unwrap_or(0) != 0 {
+                // The ATC holds stage-1 input addresses translated through this stage 2: an
+                // IPA range does not say which, so all of them.
+                Command::atc_inv(s.sid, ssid, Iova::ZERO, 52, ssid.is_none())?
+            } else {
+                continue;
+            };
+            b.push(cmd)?;
+            pushed = true;
+        }
+    }
+    if pushed {
+        b.sync()
+    } else {
+        Ok(())
     }
 }
 
