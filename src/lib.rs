@@ -130,6 +130,7 @@ extern crate std;
 mod barrier;
 #[cfg(feature = "capi")]
 pub mod capi;
+pub mod firmware;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod ioasid;

@@ -1,0 +1,16 @@
+//! Firmware tables: where the IOMMUs are, which devices sit behind which unit under which
+//! requester ID, and which memory a device must keep reaching, decoded from the tables the
+//! platform firmware publishes.
+//!
+//! - [`acpi`]: the RSDP, the RSDT/XSDT walk and the checked System Description Table header
+//!   (ACPI 6.5 §5.2), shared by every ACPI table parser. The embedder maps physical memory
+//!   through [`acpi::PhysMemory`]; tables are borrowed, never copied.
+//!
+//! Like the rest of the crate this module allocates nothing and never panics: every parser
+//! checks every length against the bytes it was given and returns a typed error carrying the
+//! offending value; structures are walked with iterators over the borrowed bytes.
+
+pub mod acpi;
+
+#[cfg(test)]
+pub(crate) mod testutil;
