@@ -116,17 +116,17 @@ enum Fault {
 
 fn faults() -> Vec<Fault> {
     let mut v = vec![Fault::SyncStall, Fault::QueueFull];
-    v.extend((0..2).map(Fault::Illegal));
+    v.extend((0..14).map(Fault::Illegal));
     for persistent in [false, true] {
-        v.extend((0..3).map(|n| Fault::Abort(n, persistent)));
-        v.extend((0..2).map(|n| Fault::AtcSync(n, persistent)));
+        v.extend((0..14).map(|n| Fault::Abort(n, persistent)));
+        v.extend((0..6).map(|n| Fault::AtcSync(n, persistent)));
     }
     v.push(Fault::MsiAbort);
     v.push(Fault::ServiceFailure);
     // EVENTQ_ABT_ERR, PRIQ_ABT_ERR, MSI_EVENTQ_ABT_ERR, MSI_PRIQ_ABT_ERR, MSI_GERROR_ABT_ERR.
     v.extend([2, 3, 5, 6, 7].map(|b| Fault::Gerror(1 << b)));
     v.push(Fault::EventOverflow);
-    v.extend((1..=6).map(Fault::Alloc));
+    v.extend((1..=14).map(Fault::Alloc));
     v.push(Fault::Cr0AckStuck);
     v.push(Fault::GbpaStuck);
     v

@@ -117,33 +117,14 @@ enum Fault {
     Alloc(u64),
 }
 
-fn hardware_faults() -> Vec<Fault> {
+/// The faults that do not depend on where the operation is: stalls, ignored register writes,
+/// global errors.
+fn fixed_faults() -> Vec<Fault> {
     let mut v = vec![Fault::None];
-    v.extend(
-        [
-            VtdFault::StallWaits,
-            VtdFault::QueueError,
-            VtdFault::DeviceTlbTimeout,
-            VtdFault::CompletionError,
-            VtdFault::IgnoreGcmd,
-        ]
-        .map(Fault::Vtd),
-    );
+    v.extend([VtdFault::StallWaits, VtdFault::IgnoreGcmd].map(Fault::Vtd));
     v.extend(
         [
             SmmuFault::SyncStall,
-            SmmuFault::CommandIllegalAt { at: 0 },
-            SmmuFault::CommandIllegalAt { at: 1 },
-            SmmuFault::CommandAbortAt { at: 0, times: 1 },
-            SmmuFault::CommandAbortAt {
-                at: 0,
-                times: u32::MAX,
-            },
-            SmmuFault::AtcInvSyncAt { at: 0, times: 1 },
-            SmmuFault::AtcInvSyncAt {
-                at: 0,
-                times: u32::MAX,
-            },
             SmmuFault::SyncMsiAbort,
             SmmuFault::ServiceFailure,
             // EVENTQ_ABT_ERR, MSI_GERROR_ABT_ERR.
@@ -157,10 +138,62 @@ fn hardware_faults() -> Vec<Fault> {
     v
 }
 
+/// What the clean run of an operation used: VT-d descriptors and device-TLB descriptors among
+/// them, SMMUv3 commands and CMD_SYNCs among them, page allocations.
+#[derive(Clone, Copy, Debug, Default)]
+struct Census {
+    descriptors: u32,
+    device_tlb: u32,
+    commands: u32,
+    syncs: u32,
+    allocations: u64,
+}
+
+/// Every fault at every point the clean run reached: IQE at each descriptor (one more: a retry
+/// or recovery may fetch more), ITE and ICE at each device-TLB descriptor, CERROR_ILL and
+/// CERROR_ABT (transient and persistent) at each command, CERROR_ATC_INV_SYNC at each
+/// CMD_SYNC, the k-th allocation failing; each at least at the first position.
+fn positional_faults(c: Census) -> Vec<Fault> {
+    let mut v = Vec::new();
+    for n in 1..=c.descriptors + 1 {
+        v.push(Fault::Vtd(VtdFault::QueueErrorAt(n)));
+    }
+    for n in 1..=c.device_tlb.max(1) {
+        v.push(Fault::Vtd(VtdFault::DeviceTlbTimeoutAt(n)));
+        v.push(Fault::Vtd(VtdFault::CompletionErrorAt(n)));
+    }
+    for at in 0..c.commands.max(1) {
+        v.push(Fault::Smmu(SmmuFault::CommandIllegalAt { at }));
+        for times in [1, u32::MAX] {
+            v.push(Fault::Smmu(SmmuFault::CommandAbortAt { at, times }));
+        }
+    }
+    for at in 0..c.syncs.max(1) {
+        for times in [1, u32::MAX] {
+            v.push(Fault::Smmu(SmmuFault::AtcInvSyncAt { at, times }));
+        }
+    }
+    v.extend((1..=c.allocations).map(Fault::Alloc));
+    v
+}
+
+/// A fault the unit recovers from by running the command again: it must not fail the call.
+fn transient(fault: Fault) -> bool {
+    matches!(
+        fault,
+        Fault::Smmu(
+            SmmuFault::CommandAbortAt { times: 1, .. } | SmmuFault::AtcInvSyncAt { times: 1, .. }
+        )
+    )
+}
+
 /// The rig: scalable VT-d, SMMUv3 with 16 SubstreamIDs and hardware dirty tracking.
 fn setups() -> (VtdSetup, SmmuSetup) {
     let mut s = SmmuSetup::qemu(true).with_ssid_bits(4);
-    s.model = s.model.with_httu(true, true);
+    // 2^11 StreamIDs (the highest used is SID_DIRTY): the reachability walk and the audit read
+    // every STE after every step, 32 times fewer than with QEMU's 2^16.
+    s.model = s.model.with_httu(true, true).with_sid_bits(11);
+    s.unit.sid_bits = Some(11);
     (VtdSetup::scalable(), s)
 }
 
@@ -550,8 +583,18 @@ fn recover(r: &Rig<'_, '_>) -> Result<(), String> {
 /// What a cell ended as, and the pages live after its teardown.
 struct Outcome {
     retried: bool,
-    allocations: u64,
+    census: Census,
     live_after: usize,
+}
+
+/// Device-TLB and PASID-based device-TLB invalidation descriptors (types 3 and 8).
+fn is_device_tlb(d: &[u64; 4]) -> bool {
+    matches!(d[0] & 0xf | (d[0] >> 5) & 0x70, 0x3 | 0x8)
+}
+
+/// CMD_SYNC (opcode 0x46).
+fn is_sync(c: &[u64; 2]) -> bool {
+    c[0] & 0xff == 0x46
 }
 
 fn run_cell(op: Op, fault: Fault, clean_live: Option<usize>) -> Result<Outcome, String> {
@@ -561,9 +604,19 @@ fn run_cell(op: Op, fault: Fault, clean_live: Option<usize>) -> Result<Outcome, 
         cell.invariants(r, true)
             .map_err(|e| format!("after setup: {e}"))?;
         let allocs = r.arena.stats().allocs;
+        let (descriptors, commands) = (r.vm.descriptor_log().len(), r.sm.command_log().len());
         inject(r, fault);
         let first = cell.run(r, op);
-        let allocations = r.arena.stats().allocs - allocs;
+        let vtd_log = &r.vm.descriptor_log()[descriptors..];
+        let smmu_log = &r.sm.command_log()[commands..];
+        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        let census = Census {
+            descriptors: count(vtd_log.len()),
+            device_tlb: count(vtd_log.iter().filter(|d| is_device_tlb(d)).count()),
+            commands: count(smmu_log.len()),
+            syncs: count(smmu_log.iter().filter(|c| is_sync(c)).count()),
+            allocations: r.arena.stats().allocs - allocs,
+        };
         r.arena.set_fail_policy(FailPolicy::Never);
         r.drain();
         let retried = match first {
@@ -580,6 +633,11 @@ fn run_cell(op: Op, fault: Fault, clean_live: Option<usize>) -> Result<Outcome, 
                     cell.effect(r, op)?;
                 }
                 false
+            }
+            Err(e) if transient(fault) => {
+                return Err(format!(
+                    "a transient fault failed the call ({e:?}): the command is to be run again"
+                ))
             }
             Err(e) => {
                 cell.invariants(r, false)
@@ -640,7 +698,7 @@ fn run_cell(op: Op, fault: Fault, clean_live: Option<usize>) -> Result<Outcome, 
         }
         Ok(Outcome {
             retried,
-            allocations,
+            census,
             live_after,
         })
     })
@@ -648,34 +706,46 @@ fn run_cell(op: Op, fault: Fault, clean_live: Option<usize>) -> Result<Outcome, 
 
 #[test]
 fn ioasid_fault_matrix() {
-    let faults = hardware_faults();
+    let fixed = fixed_faults();
     let (mut cells, mut ok, mut retried, mut failures) = (0, 0, 0, String::new());
-    let mut tally = |op: Op, fault: Fault, r: &Result<Outcome, String>| {
+    let mut row = String::new();
+    let mut tally = |op: Op, fault: Fault, r: &Result<Outcome, String>, row: &mut String| {
         cells += 1;
         match r {
-            Ok(o) if o.retried => retried += 1,
-            Ok(_) => ok += 1,
+            Ok(o) if o.retried => {
+                retried += 1;
+                row.push('R');
+            }
+            Ok(_) => {
+                ok += 1;
+                row.push('.');
+            }
             Err(why) => {
+                row.push('X');
                 let _ = writeln!(failures, "{op:?} x {fault:?}: {why}");
             }
         }
     };
     for op in OPS {
-        // The clean run counts the operation's allocations and what its teardown leaves.
+        row.clear();
+        // The clean run counts what the operation uses and what its teardown leaves.
         let clean = run_cell(op, Fault::None, None);
-        tally(op, Fault::None, &clean);
+        tally(op, Fault::None, &clean, &mut row);
         let Ok(clean) = clean else { continue };
-        let allocation_faults = (1..=clean.allocations).map(Fault::Alloc);
-        for fault in faults[1..].iter().copied().chain(allocation_faults) {
+        let positional = positional_faults(clean.census);
+        for fault in fixed[1..].iter().copied().chain(positional) {
             let r = run_cell(op, fault, Some(clean.live_after));
-            tally(op, fault, &r);
+            tally(op, fault, &r, &mut row);
         }
+        // One line per operation: `.` Ok, `R` failed then retried, `X` broken.
+        println!("{:>18} {:?} {row}", format!("{op:?}"), clean.census);
     }
     println!(
-        "IOASID fault matrix: {} operations x ({} hardware faults + every allocation) = {cells} \
-         cells; {ok} succeeded, {retried} failed and were retried",
+        "IOASID fault matrix: {} operations x ({} fixed faults + every fault at every \
+         descriptor, command, CMD_SYNC and allocation of the operation) = {cells} cells; {ok} \
+         succeeded, {retried} failed and were retried",
         OPS.len(),
-        faults.len()
+        fixed.len()
     );
     assert!(failures.is_empty(), "cells that do not hold:\n{failures}");
 }
