@@ -1,6 +1,6 @@
 //! The VT-d fault matrix (issue 14, "What must be true" 2): every public operation of a VT-d
-//! unit, in legacy mode, legacy mode under caching mode and scalable mode with second-stage and
-//! with first-stage domains, against every fault
+//! unit, in legacy mode, legacy mode under caching mode, scalable mode with second-stage and
+//! with first-stage domains, and scalable mode under caching mode, against every fault
 //! the behavioural model can inject at every point the operation reaches: a stalled queue, a
 //! dropped register write (GCMD, IQT, IQA, RTADDR, FSTS), a write-buffer flush that never
 //! completes, IQE at each descriptor, ITE and ICE at each device-TLB descriptor, allocation
@@ -57,6 +57,9 @@ enum Variant {
     Scalable,
     /// The same unit with first-stage domains (PASID-based invalidations).
     ScalableFirstStage,
+    /// The scalable-mode unit under caching mode (second-stage domains): not-present context
+    /// and PASID entries may be cached.
+    ScalableCachingMode,
 }
 
 impl Variant {
@@ -66,9 +69,10 @@ impl Variant {
             Variant::LegacyCachingMode => VtdModelConfig::qemu_default()
                 .with_dt(true)
                 .with_caching_mode(true),
-            Variant::Scalable | Variant::ScalableFirstStage => {
+            Variant::Scalable | Variant::ScalableFirstStage | Variant::ScalableCachingMode => {
                 // ECAP.SMPWCS (bit 48): snooped page walks, which dirty tracking needs.
-                let mut cfg = VtdModelConfig::scalable();
+                let mut cfg = VtdModelConfig::scalable()
+                    .with_caching_mode(self == Variant::ScalableCachingMode);
                 cfg.ecap |= 1 << 48;
                 cfg
             }
@@ -77,7 +81,9 @@ impl Variant {
 
     fn mode(self) -> Mode {
         match self {
-            Variant::Scalable | Variant::ScalableFirstStage => Mode::Scalable,
+            Variant::Scalable | Variant::ScalableFirstStage | Variant::ScalableCachingMode => {
+                Mode::Scalable
+            }
             _ => Mode::Legacy,
         }
     }
@@ -89,7 +95,7 @@ impl Variant {
                 stage: Stage::First,
                 ..DomainConfig::default()
             },
-            Variant::Scalable => DomainConfig {
+            Variant::Scalable | Variant::ScalableCachingMode => DomainConfig {
                 dirty_tracking: dirty,
                 ..DomainConfig::default()
             },
@@ -142,7 +148,7 @@ impl Op {
     fn applies(self, v: Variant) -> bool {
         match self {
             Op::PasidAttach | Op::PasidDetach => v.mode() == Mode::Scalable,
-            Op::DirtyReadAndClear => v == Variant::Scalable,
+            Op::DirtyReadAndClear => matches!(v, Variant::Scalable | Variant::ScalableCachingMode),
             _ => true,
         }
     }
@@ -415,7 +421,11 @@ impl<'a> Fixture<'a> {
                 .filter_map(|&d| u.domain_id(d).map(|did| did.get()))
                 .collect();
             for did in self.m.cached_domain_ids() {
-                let reserved = did == 0 && self.v == Variant::LegacyCachingMode;
+                let reserved = did == 0
+                    && matches!(
+                        self.v,
+                        Variant::LegacyCachingMode | Variant::ScalableCachingMode
+                    );
                 if !live.contains(&did) && !reserved {
                     return Err(format!(
                         "cache entries tagged with DID {did}, owned by no domain"
@@ -544,6 +554,7 @@ fn every_operation_under_every_fault() {
         Variant::LegacyCachingMode,
         Variant::Scalable,
         Variant::ScalableFirstStage,
+        Variant::ScalableCachingMode,
     ];
     for v in variants {
         for op in OPS.into_iter().filter(|op| op.applies(v)) {

@@ -497,3 +497,48 @@ fn failed_takeover_refuses_invalidations_while_translating() {
     assert!(m.translate(sid(DEV), None, 0, Access::READ).is_err());
     assert_consistent(&u, &m, &a);
 }
+
+/// Scalable mode under caching mode: a device's not-present context entry may be cached (tagged
+/// with DID 0). An attach that makes the context entry present and then runs out of memory
+/// (for the PASID table) leaves it present; the retry finds it present
+/// and must still invalidate the context cache, or the device stays blocked by the cached
+/// not-present entry. Every allocation of the attach is failed in turn.
+#[test]
+fn scalable_caching_mode_attach_retried_after_no_memory_invalidates_the_context() {
+    use iommu_engine::sim::FailPolicy;
+    let mut failed = 0;
+    for n in 1..=8 {
+        let a = arena();
+        let m = VtdModel::new(&a, VtdModelConfig::scalable().with_caching_mode(true));
+        let u = unit(&m, &a, Mode::Scalable);
+        let d = u.domain_alloc(&DomainConfig::default()).unwrap();
+        u.map(d, Iova::new(0), PhysAddr::new(0x4000_0000), K4, RW)
+            .unwrap();
+        // Another device on the bus: the root entry is present, so that a DMA before the
+        // attach caches DEV's not-present context entry.
+        u.attach(DeviceId(0x0028), None, d).unwrap();
+        assert!(m.translate(sid(DEV), None, 0, Access::READ).is_err());
+        a.set_fail_policy(FailPolicy::Nth(n));
+        let first = u.attach(DEV, None, d);
+        a.set_fail_policy(FailPolicy::Never);
+        assert_consistent(&u, &m, &a);
+        match first {
+            Ok(()) => {}
+            Err(Error::NoMemory) => {
+                failed += 1;
+                u.attach(DEV, None, d).unwrap();
+            }
+            Err(e) => panic!("allocation {n}: {e:?}"),
+        }
+        assert_consistent(&u, &m, &a);
+        assert_eq!(
+            m.translate(sid(DEV), None, 0, Access::READ).map(|t| t.pa),
+            Ok(0x4000_0000),
+            "allocation {n} failed ({first:?}); after the retry the device is still blocked"
+        );
+    }
+    assert!(
+        failed >= 2,
+        "the attach allocates its directory and PASID table"
+    );
+}

@@ -130,6 +130,15 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
         };
         let recorded = cfg.attachments.get(index).copied().flatten();
         let old = recorded.map(|a| self.old_of(&a));
+        // Scalable mode: the device's context entry was made present by an attach whose
+        // invalidations completed once one of its attachments is settled. Until then (a first
+        // attach, or one that made the entry present and then failed, e.g. out of memory for
+        // the PASID table) a caching-mode unit may still hold its not-present entry.
+        let context_confirmed = cfg
+            .attachments
+            .iter()
+            .flatten()
+            .any(|a| a.sid == sid && a.settled);
         let published = {
             let guard = self.domain_lock(domain)?.read();
             let dom = guard.as_ref().ok_or(iommu::Error::InvalidDomain(domain))?;
@@ -170,7 +179,8 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
         // the entry is present and points at the domain, and the books say so.
         let guard = self.domain_lock(domain)?.read();
         let dom = guard.as_ref().ok_or(iommu::Error::InvalidDomain(domain))?;
-        let new_context = published.new_context || recorded.is_some_and(|a| !a.settled);
+        let new_context =
+            published.new_context || !context_confirmed || recorded.is_some_and(|a| !a.settled);
         self.after_present(|b| match self.info.mode {
             Mode::Legacy => {
                 b.push(Request::ContextCache(ContextCacheScope::Device {
