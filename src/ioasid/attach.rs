@@ -183,12 +183,26 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
             .ok_or(Error::Capacity("units per IOASID"))?;
         let unit = self.unit(unit_id)?;
         let cfg = domain_config(io, id)?;
+        // A domain is built only with room to park it if it can be neither filled nor freed.
+        let parked = self.free_parked(st);
+        let park = st
+            .parked
+            .iter()
+            .position(Option::is_none)
+            .ok_or_else(|| parked.err().unwrap_or(Error::Capacity("parked domains")))?;
+        let io = st.ioasid(ioasid)?;
         let handle = unit
             .domain_alloc(&cfg)
             .map_err(|e| incompatible(device, e))?;
         if let Err(e) = fill_domain(unit, handle, io, device) {
-            // Nothing points at the new domain: freeing it cannot fail for a reason we can fix.
-            let _ = unit.domain_free(handle);
+            // Nothing points at the new domain, but freeing it waits for the invalidation of
+            // its tag (a caching-mode map may have cached entries), which may fail like the
+            // fill did: the domain is then parked, and freed again later.
+            if unit.domain_free(handle).is_err() {
+                if let Some(p) = st.parked.get_mut(park) {
+                    *p = Some((unit_id, handle));
+                }
+            }
             return Err(e);
         }
         st.ioasid_mut(ioasid)?.domains[slot] = Some(UnitDomain {
@@ -197,6 +211,24 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
             users: 0,
         });
         Ok((handle, true))
+    }
+
+    /// Frees again the domains of failed attaches that a unit would not free (see
+    /// `State::parked`).
+    ///
+    /// # Errors
+    /// The first unit error; what failed stays parked.
+    pub(super) fn free_parked(&self, st: &mut State<'a, A>) -> Result<(), Error> {
+        let mut result = Ok(());
+        for p in st.parked.iter_mut() {
+            let Some((unit, handle)) = *p else { continue };
+            match self.unit(unit).and_then(|u| Ok(u.domain_free(handle)?)) {
+                // A handle the unit no longer knows has nothing left to free.
+                Ok(()) | Err(Error::Iommu(iommu::Error::InvalidDomain(_))) => *p = None,
+                Err(e) => result = result.and(Err(e)),
+            }
+        }
+        result
     }
 
     fn add_user(&self, st: &mut State<'a, A>, ioasid: IoasidId, unit_id: UnitId) {

@@ -70,6 +70,11 @@ pub(super) struct State<'a, A: PageAllocator> {
     pub(super) pasid_attachments: [Option<PasidAttachment>; MAX_PASID_ATTACHMENTS],
     pub(super) pasids: [Option<Pasid>; MAX_PASID_ATTACHMENTS],
     pub(super) reserved: [Option<IovaRange>; MAX_RESERVED],
+    /// Domains built for an attach that failed, whose free failed too (the unit did not
+    /// confirm the invalidation of their tag): no IOASID holds them any more, the unit still
+    /// does. Freed again before any new domain is built and when the context is dropped
+    /// (`attach.rs`, `free_parked`); counted as leaked if the unit never confirms.
+    pub(super) parked: [Option<(UnitId, DomainHandle)>; MAX_UNITS],
 }
 
 impl<'a, A: PageAllocator> State<'a, A> {
@@ -84,6 +89,7 @@ impl<'a, A: PageAllocator> State<'a, A> {
         pasid_attachments: [None; MAX_PASID_ATTACHMENTS],
         pasids: [None; MAX_PASID_ATTACHMENTS],
         reserved: [None; MAX_RESERVED],
+        parked: [None; MAX_UNITS],
     });
 
     pub(super) fn device(&self, d: DeviceHandle) -> Result<&Device, Error> {
@@ -539,6 +545,9 @@ impl<A: PageAllocator> Drop for IoasidCtx<'_, '_, A> {
         }
         let mut st = self.state.write();
         let mut leaked = Leaked::default();
+        // Domains of failed attaches that the unit would not free: once more, else leaked.
+        let _ = self.free_parked(&mut st);
+        leaked.domains += st.parked.iter().flatten().count() as u64;
         for io in st.ioasids.iter_mut() {
             if let Some(mut io) = io.take() {
                 let _ = self.free_domains(&mut io);

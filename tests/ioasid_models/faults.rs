@@ -308,3 +308,51 @@ fn an_unconfirmed_rollback_with_an_empty_gather_is_still_owed() {
         );
     });
 }
+
+/// An attach that builds a domain, fails to fill it (under caching mode the map's invalidation
+/// stalls) and then fails to free it (its DID invalidation stalls too) must not lose the
+/// domain: it is parked and freed by a later call once the unit answers, or counted as leaked
+/// when the context goes; never forgotten while the unit holds it.
+#[test]
+fn a_domain_whose_fill_and_free_both_fail_is_freed_later() {
+    let caching = VtdSetup {
+        model: VtdModelConfig::qemu_default().with_caching_mode(true),
+        mode: Mode::Legacy,
+    };
+    for later in ["attach", "drop"] {
+        with_rig(caching, SmmuSetup::qemu(true), |r| {
+            let ctx = IoasidCtx::new(r.reg, r.arena, 0);
+            let v = ctx.bind(vtd_dev(RID_A), false).unwrap();
+            let io = ctx.alloc(IoasidFlags::empty()).unwrap();
+            ctx.map(io, Iova::new(0x3000), PhysAddr::new(0x7000), K4, RW)
+                .unwrap();
+            r.vm.inject(vtd::Injection::StallWaits);
+            let e = ctx.attach(v, io);
+            assert!(
+                matches!(e, Err(Error::Iommu(_) | Error::InvalidationPending { .. })),
+                "{e:?}"
+            );
+            r.vm.clear_injections();
+            assert_eq!(r.vtd_read(RID_A, None, 0x3000), None);
+            ctx.audit(io).unwrap();
+            r.vtd.audit().unwrap();
+            if later == "attach" {
+                // The next configuration call frees the parked domain, then attaches.
+                ctx.attach(v, io).unwrap();
+                assert_eq!(
+                    r.vtd_domains(),
+                    1,
+                    "{later}: the parked domain is still there"
+                );
+                ctx.detach(v).unwrap();
+            }
+            drop(ctx);
+            r.drain();
+            assert_eq!(
+                (r.vtd_domains(), r.reg.leaked()),
+                (0, Leaked::default()),
+                "{later}: a domain was left on the unit"
+            );
+        });
+    }
+}
