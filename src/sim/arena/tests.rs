@@ -197,9 +197,11 @@ fn reset_is_as_good_as_new() {
     // capacity holds: 2 MiB is 32 pages of 64 KiB.
     let pages: Vec<Page> = (0..32).map(|_| a.alloc(16).expect("page")).collect();
     assert!(a.alloc(12).is_none());
+    // Under Miri every word read is interpreted: sample each page's words there.
+    let stride = if cfg!(miri) { 509 } else { 1 };
     for p in &pages {
         assert!(p.pa.get() >= 0x4000_0000);
-        for i in 0..(1u64 << 16) / 8 {
+        for i in (0..(1u64 << 16) / 8).step_by(stride) {
             assert_eq!(a.read_u64(p.pa.get() + 8 * i), Some(0));
         }
     }
