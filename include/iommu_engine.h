@@ -337,8 +337,13 @@ typedef struct {
   uint8_t queue_pages_log2;
   // PASID width offered in scalable mode (capped by `ECAP.PSS`).
   uint32_t pasid_bits;
-  // Host address width from the ACPI DMAR table; 0 to use `CAP.MGAW`.
+  // The platform's host address width in bits (32..=52, at most the unit's `CAP.MGAW`); 0
+  // if unknown: then the narrower of `CAP.MGAW` and 36 bits (physical addresses at or above
+  // 64 GiB are refused). Pass the ACPI DMAR table's `Host Address Width` field plus one.
   uint32_t host_address_width;
+  // `host_address_width` comes from the ACPI DMAR table (reported as a firmware
+  // declaration); false: from the embedder's own knowledge (its CPU's `MAXPHYADDR`).
+  bool host_address_width_from_dmar;
 } IeVtdConfig;
 
 // Platform facts for the StreamIDs `first_sid..=last_sid` (one IORT ID mapping).

@@ -35,7 +35,9 @@ fn unit<'a>(m: &'a VtdModel<'a>, a: &'a Arena, mode: Mode) -> Unit<'a> {
         mode,
         poll_budget: 10_000,
         ..VtdConfig::legacy()
-    };
+    }
+    // What the model's DMAR would declare (QEMU reports HAW = aw-bits).
+    .with_dmar_host_address_width((m.config().haw - 1) as u8);
     let u = VtdUnit::new(m, a, cfg).expect("unit");
     u.enable().expect("enable");
     m.reset_stats();
@@ -789,4 +791,108 @@ fn device_tlb_invalidations_name_the_physical_function() {
         u.attach_with(VF, None, d, bad),
         Err(Error::InvalidDevice(DeviceId(0x1_0000)))
     );
+}
+
+/// The host address width is the platform's (ACPI DMAR), not `CAP.MGAW`: on a platform with a
+/// 40-bit HAW behind a 48-bit-MGAW unit, an output address at or above 2^40 has reserved bits
+/// set and the unit faults on it (or, on hardware that ignores them, reaches another page).
+/// Undeclared, the unit assumes 36 bits; declared, it takes the DMAR's value; either way a
+/// physical address above it is refused at map, naming the address.
+#[test]
+fn host_address_width_bounds_physical_addresses() {
+    let a = arena();
+    let m = VtdModel::new(&a, VtdModelConfig::qemu_default().with_haw(40));
+    for (cfg, haw, source) in [
+        (VtdConfig::legacy(), 36, vtd::platform::UNDECLARED_HAW),
+        (
+            VtdConfig::legacy().with_dmar_host_address_width(39),
+            40,
+            vtd::platform::DMAR_HAW,
+        ),
+    ] {
+        let u = VtdUnit::new(&m, &a, cfg).unwrap();
+        u.enable().unwrap();
+        let caps = u.capabilities();
+        assert_eq!((caps.oas, caps.sources.oas), (haw, source));
+        let d = u.domain_alloc(&DomainConfig::default()).unwrap();
+        u.attach(DEV, None, d).unwrap();
+        let top = (1u64 << haw) - K4;
+        u.map(d, Iova::new(0x1000), PhysAddr::new(top), K4, RW)
+            .unwrap();
+        assert_eq!(
+            ok(m.translate(sid(DEV), None, 0x1008, Access::READ)).pa,
+            top + 8
+        );
+        assert_eq!(
+            u.map(d, Iova::new(0x2000), PhysAddr::new(top + K4), K4, RW),
+            Err(Error::PageTable(
+                iommu_engine::pgtable::Error::PaOutOfRange {
+                    last: PhysAddr::new(top + 2 * K4 - 1),
+                    oas: haw
+                }
+            ))
+        );
+        // Nothing was written for the refused range.
+        assert!(m.translate(sid(DEV), None, 0x2000, Access::READ).is_err());
+        u.detach(DEV, None).unwrap();
+        unmap_and_flush(&u, d, 0x1000, K4);
+        u.domain_free(d).unwrap();
+        u.disable().unwrap();
+    }
+    // A declaration the unit contradicts (HAW above MGAW, §11.4.2) or the formats cannot
+    // express is refused with the value.
+    for bits in [31, 49, 53] {
+        let cfg = VtdConfig::legacy().with_host_address_width(bits);
+        assert!(
+            matches!(
+                VtdUnit::new(&m, &a, cfg).err(),
+                Some(vtd::Error::InvalidArgument { value, .. }) if value == u64::from(bits)
+            ),
+            "HAW {bits}"
+        );
+    }
+}
+
+/// `CAP.MGAW` bounds first-stage domains too: a 39-bit unit (QEMU `aw-bits=39`) blocks every
+/// request at or above 2^39, and checks first-stage inputs for canonicality at 39 bits, so a
+/// first-stage domain offers 38 bits, not the 47 of 4-level paging. An undeclared HAW on it
+/// is 36 bits, the narrower of MGAW and the undeclared default.
+#[test]
+fn first_stage_width_is_bounded_by_mgaw() {
+    let a = arena();
+    let mut mcfg = VtdModelConfig::scalable().with_haw(39);
+    mcfg.cap = mcfg.cap & !(0x3f << 16) | 38 << 16;
+    let m = VtdModel::new(&a, mcfg);
+    let u = unit(&m, &a, Mode::Scalable);
+    assert_eq!(u.capabilities().oas, 39);
+    let fs = u
+        .domain_alloc(&DomainConfig {
+            stage: Stage::First,
+            ..DomainConfig::default()
+        })
+        .unwrap();
+    assert_eq!(u.domain_geometry(fs).map(|g| g.0), Ok(38));
+    u.map(fs, Iova::new((1 << 38) - K4), PhysAddr::new(0), K4, RW)
+        .unwrap();
+    assert!(matches!(
+        u.map(fs, Iova::new(1 << 38), PhysAddr::new(0), K4, RW),
+        Err(Error::PageTable(_))
+    ));
+    assert_eq!(
+        u.domain_alloc(&DomainConfig {
+            stage: Stage::First,
+            min_ias: 39,
+            ..DomainConfig::default()
+        }),
+        Err(Error::Unsupported(Missing::AddressWidth {
+            need: 39,
+            have: 38
+        }))
+    );
+    // A first-stage-only unit reports the same width; undeclared, its HAW is 36 bits.
+    let mut fs_only = mcfg;
+    fs_only.ecap &= !(1 << 46);
+    let m = VtdModel::new(&a, fs_only);
+    let u = VtdUnit::new(&m, &a, VtdConfig::scalable()).unwrap();
+    assert_eq!((u.capabilities().ias, u.capabilities().oas), (38, 36));
 }

@@ -7,6 +7,7 @@ use crate::smmuv3::{
     DeviceFacts, DisabledTraffic, Platform, SmmuConfig, SmmuError, SmmuUnit, StreamId,
     StreamTableLayout, MAX_DECLARATIONS,
 };
+use crate::vtd::platform::{self, HostAddressWidth};
 use crate::vtd::unit::{Mode, VtdConfig, VtdUnit};
 
 use super::env::{CEnv, CRegs, IeEnv, IeRegs};
@@ -96,8 +97,13 @@ pub struct IeVtdConfig {
     pub queue_pages_log2: u8,
     /// PASID width offered in scalable mode (capped by `ECAP.PSS`).
     pub pasid_bits: u32,
-    /// Host address width from the ACPI DMAR table; 0 to use `CAP.MGAW`.
+    /// The platform's host address width in bits (32..=52, at most the unit's `CAP.MGAW`); 0
+    /// if unknown: then the narrower of `CAP.MGAW` and 36 bits (physical addresses at or above
+    /// 64 GiB are refused). Pass the ACPI DMAR table's `Host Address Width` field plus one.
     pub host_address_width: u32,
+    /// `host_address_width` comes from the ACPI DMAR table (reported as a firmware
+    /// declaration); false: from the embedder's own knowledge (its CPU's `MAXPHYADDR`).
+    pub host_address_width_from_dmar: bool,
 }
 
 impl From<IeVtdConfig> for VtdConfig {
@@ -115,7 +121,14 @@ impl From<IeVtdConfig> for VtdConfig {
                 .max(c.poll_budget),
             queue_pages_log2: c.queue_pages_log2,
             pasid_bits: c.pasid_bits,
-            host_address_width: (c.host_address_width != 0).then_some(c.host_address_width),
+            host_address_width: (c.host_address_width != 0).then_some(HostAddressWidth {
+                bits: c.host_address_width,
+                source: if c.host_address_width_from_dmar {
+                    platform::DMAR_HAW
+                } else {
+                    platform::EMBEDDER_HAW
+                },
+            }),
         }
     }
 }
@@ -136,6 +149,7 @@ pub unsafe extern "C" fn ie_vtd_config_default(out: *mut IeVtdConfig) -> i32 {
                 queue_pages_log2: d.queue_pages_log2,
                 pasid_bits: d.pasid_bits,
                 host_address_width: 0,
+                host_address_width_from_dmar: false,
             };
             IeStatus::Ok as i32
         }

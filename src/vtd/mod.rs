@@ -16,6 +16,7 @@
 //! | [`live_entry`] | §6.5.3 / §9: ordering of writes to entries hardware may be walking |
 //! | [`inv_desc`] | §6.5.2.1-§6.5.2.8 invalidation descriptors |
 //! | [`inv_queue`] | §6.5.2 Queued Invalidation Interface, §6.5.2.10 error handling |
+//! | [`platform`] | §8.1 DMAR `Host Address Width`: facts no register reports |
 //! | [`fault`] | §7 fault reporting, §9.9 Fault Record, §11.4 Fault Recording Registers |
 //! | [`unit`](mod@unit) | the unit: enable/disable (§10.4, §6.5), domains, attach/detach, gather flush |
 //! | `root_table`, `context_table`, `pasid_table` | §3.4 the tables a unit owns (§9.1-§9.6) |
@@ -43,6 +44,7 @@ pub mod inv_desc;
 pub mod inv_queue;
 pub mod live_entry;
 pub mod pasid_entry;
+pub mod platform;
 pub mod reg_invalidation;
 pub mod regs;
 pub mod root_entry;
@@ -56,4 +58,5 @@ pub use error::{Error, QueueErrorKind, Wait};
 pub use flush::PAGE_SELECTIVE_LIMIT;
 pub use ids::{DomainId, Pasid, SourceId};
 pub use invalidation::InvalidationStats;
+pub use platform::HostAddressWidth;
 pub use unit::{AttachOptions, AuditError, AuditReport, Mode, VtdConfig, VtdUnit};

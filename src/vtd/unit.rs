@@ -51,6 +51,7 @@ use super::fault::{drain_primary_faults, DrainSummary, FaultRecord};
 use super::inv_desc::{ContextCacheScope, IotlbScope, PasidCacheScope};
 use super::inv_queue::{DescriptorWidth, QueueConfig, QueueCore, IQA_QS_MAX};
 use super::invalidation::{Batch, BatchParams, Counters, InvalidationStats, Invalidator, Request};
+use super::platform::{HostAddressWidth, UNDECLARED_HAW, UNDECLARED_HAW_BITS};
 use super::regs::{
     self, set_persistent, write_buffer_flush, write_root_table, Gsts, PersistentCommand,
     RootTableAddress, TranslationTableMode,
@@ -130,9 +131,11 @@ pub struct VtdConfig {
     /// PASID width to offer in scalable mode, capped by `ECAP.PSS`; each device's PASID
     /// directory takes `max(4 KiB, 2^(pasid_bits - 3))` bytes.
     pub pasid_bits: u32,
-    /// Host address width from the ACPI DMAR table, if known; otherwise `CAP.MGAW` (clamped to
-    /// 32..=52). Physical addresses mapped must fit.
-    pub host_address_width: Option<u32>,
+    /// The platform's host address width (ACPI DMAR, [`HostAddressWidth::from_dmar`]), if
+    /// known: 32..=52 bits, at most `CAP.MGAW`. Without it, the narrower of `CAP.MGAW` and
+    /// [`UNDECLARED_HAW_BITS`] (see [`platform`](super::platform)). Physical addresses mapped
+    /// and table pages must lie below `2^HAW`.
+    pub host_address_width: Option<HostAddressWidth>,
 }
 
 impl VtdConfig {
@@ -154,6 +157,19 @@ impl VtdConfig {
             mode: Mode::Scalable,
             ..Self::legacy()
         }
+    }
+
+    /// With the host address width the ACPI DMAR table declares: `width_field` is its `Host
+    /// Address Width` byte (HAW - 1). The hook a DMAR parser calls.
+    pub const fn with_dmar_host_address_width(mut self, width_field: u8) -> Self {
+        self.host_address_width = Some(HostAddressWidth::from_dmar(width_field));
+        self
+    }
+
+    /// With a host address width the embedder knows from elsewhere, in bits.
+    pub const fn with_host_address_width(mut self, bits: u32) -> Self {
+        self.host_address_width = Some(HostAddressWidth::embedder(bits));
+        self
     }
 }
 
@@ -180,8 +196,8 @@ pub struct UnitInfo {
     pub page_walk_coherency: WalkerCoherency,
     /// Output address width of mappings.
     pub haw: u32,
-    /// Where [`haw`](Self::haw) comes from: the embedder's `host_address_width`, else
-    /// `CAP.MGAW`.
+    /// Where [`haw`](Self::haw) comes from: the DMAR table or the embedder
+    /// ([`VtdConfig::host_address_width`]), else [`UNDECLARED_HAW`].
     pub haw_source: Source,
     /// `CAP.MGAW + 1`: IOVAs must be below `2^mgaw`.
     pub mgaw: u32,
@@ -248,6 +264,7 @@ impl UnitInfo {
         };
         let pdts = super::context_entry::ScalableContextEntry::pdts_for(pasid_bits).unwrap_or(0);
         let mgaw = u32::from(cap.mgaw());
+        let haw = host_address_width(config.host_address_width, mgaw)?;
         let snoops = |flag| {
             if e.contains(flag) {
                 WalkerCoherency::Coherent
@@ -265,11 +282,8 @@ impl UnitInfo {
             mode: config.mode,
             coherency: snoops(EcapFlags::C),
             page_walk_coherency,
-            haw: config.host_address_width.unwrap_or(mgaw).clamp(32, 52),
-            haw_source: match config.host_address_width {
-                Some(_) => Source::Embedder("VtdConfig::host_address_width"),
-                None => Source::Register("CAP.MGAW"),
-            },
+            haw: haw.bits,
+            haw_source: haw.source,
             mgaw,
             did_base: u16::from(cap.flags().contains(CapFlags::CM)),
             domain_ids,
@@ -291,6 +305,35 @@ impl UnitInfo {
         }
         u16::try_from(did).ok().map(DomainId::new)
     }
+}
+
+/// The output width: the declared one, checked against what the format and the unit can
+/// express, else the narrower of `CAP.MGAW` and [`UNDECLARED_HAW_BITS`].
+fn host_address_width(
+    declared: Option<HostAddressWidth>,
+    mgaw: u32,
+) -> Result<HostAddressWidth, Error> {
+    let Some(haw) = declared else {
+        return Ok(HostAddressWidth {
+            bits: UNDECLARED_HAW_BITS.min(mgaw).clamp(32, 52),
+            source: UNDECLARED_HAW,
+        });
+    };
+    if !(32..=52).contains(&haw.bits) {
+        return Err(Error::InvalidArgument {
+            what: "host_address_width (32..=52 bits)",
+            value: u64::from(haw.bits),
+        });
+    }
+    // §11.4.2: an implementation's MGAW is at least the platform's HAW; a wider declaration
+    // contradicts the unit, and neither can be trusted.
+    if haw.bits > mgaw {
+        return Err(Error::InvalidArgument {
+            what: "host_address_width (wider than CAP.MGAW)",
+            value: u64::from(haw.bits),
+        });
+    }
+    Ok(haw)
 }
 
 /// One attachment: a device, or a device's PASID, pointing at a domain slot.

@@ -130,8 +130,13 @@ int main(void)
 
     IeVtdConfig vcfg;
     ie_vtd_config_default(&vcfg);
+    /* Unit 0's host address width from the DMAR table (what QEMU's reports: aw-bits); unit 1
+       left undeclared (36 bits). */
+    IeVtdConfig dmar = vcfg;
+    dmar.host_address_width = 48;
+    dmar.host_address_width_from_dmar = true;
     IeUnit *units[2] = { NULL, NULL };
-    OK(ie_vtd_create(&env, &regs_sc, &vcfg, &units[0]));
+    OK(ie_vtd_create(&env, &regs_sc, &dmar, &units[0]));
     OK(ie_vtd_create(&env, &regs_plain, &vcfg, &units[1]));
     OK(ie_unit_enable(units[0]));
     OK(ie_unit_enable(units[1]));
@@ -155,8 +160,14 @@ int main(void)
           info.enforce_snoop, info.no_snoop_capable);
     CHECK(info.ias >= 39 && (info.page_sizes & KIB4), "ias %u sizes %#" PRIx64, info.ias,
           info.page_sizes);
+    CHECK(info.oas == 48 && info.sources.oas.kind == IE_SOURCE_KIND_FIRMWARE &&
+              strcmp(info.sources.oas.name, "ACPI DMAR Host Address Width") == 0,
+          "gpu: oas %u from %u %s", info.oas, info.sources.oas.kind, info.sources.oas.name);
     OK(ie_ctx_device_info(ctx, nic, &info));
     CHECK(!info.enforce_snoop, "nic's unit has no snoop control");
+    CHECK(info.oas == 36 && info.sources.oas.kind == IE_SOURCE_KIND_EMBEDDER,
+          "nic: undeclared HAW %u from %u %s", info.oas, info.sources.oas.kind,
+          info.sources.oas.name);
 
     /* alloc(ENFORCE_SNOOP) -> attach -> map -> the model translates with SNP. */
     uint32_t ioasid = 0;

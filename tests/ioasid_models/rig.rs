@@ -115,7 +115,9 @@ pub fn with_rig<R>(v: VtdSetup, s: SmmuSetup, f: impl FnOnce(&Rig<'_, '_>) -> R)
         mode: v.mode,
         poll_budget: 10_000,
         ..VtdConfig::legacy()
-    };
+    }
+    // What the model's DMAR would declare (QEMU reports HAW = aw-bits).
+    .with_dmar_host_address_width((v.model.haw - 1) as u8);
     let vtd = VtdUnit::new(&vm, &arena, vcfg).expect("VT-d unit");
     vtd.enable().expect("VT-d enable");
     let smmu = SmmuUnit::new(&sm, &arena, s.unit).expect("SMMUv3 unit");

@@ -29,6 +29,14 @@ fn seed_flow_on_vtd_sets_snp_and_unmap_flushes_the_iotlb() {
         );
         assert_eq!(c.pasid_bits, 0);
         assert!(c.enforce_snoop && !c.dirty_tracking && !c.nesting && !c.coherent_walk);
+        // The output width is the platform's (DMAR), the input width the unit's.
+        assert_eq!(
+            (c.sources.oas, c.sources.ias),
+            (
+                iommu_engine::vtd::platform::DMAR_HAW,
+                Source::Register("CAP.SAGAW")
+            )
+        );
 
         let io = ctx.alloc(IoasidFlags::ENFORCE_SNOOP).unwrap();
         assert_eq!(ctx.flags(io).unwrap(), IoasidFlags::ENFORCE_SNOOP);

@@ -34,11 +34,21 @@ const DEV2: DeviceId = DeviceId(0x0108); // 01:01.0
 
 type Unit<'a> = VtdUnit<&'a Model, &'a TestAlloc>;
 
+/// The test allocator hands out host addresses (47 bits) as physical ones: the platform's HAW
+/// (DMAR) must cover them, or the engine refuses to link its tables.
+const fn host_config(mode: Mode) -> VtdConfig {
+    VtdConfig {
+        mode,
+        ..VtdConfig::legacy()
+    }
+    .with_host_address_width(48)
+}
+
 fn unit<'a>(m: &'a Model, a: &'a TestAlloc, mode: Mode) -> Unit<'a> {
     let cfg = VtdConfig {
         mode,
         poll_budget: 1000,
-        ..VtdConfig::legacy()
+        ..host_config(Mode::Legacy)
     };
     let u = VtdUnit::new(m, a, cfg).unwrap();
     u.enable().unwrap();
@@ -143,7 +153,7 @@ fn enable_legacy_sequence() {
     let (m, a) = (legacy_model(), TestAlloc::default());
     let cfg = VtdConfig {
         poll_budget: 1000,
-        ..VtdConfig::legacy()
+        ..host_config(Mode::Legacy)
     };
     let u = VtdUnit::new(&m, &a, cfg).unwrap();
     assert!(m.gcmd_log().is_empty(), "new() writes nothing");
@@ -181,7 +191,7 @@ fn enable_legacy_sequence() {
 #[test]
 fn enable_scalable_sequence() {
     let (m, a) = (scalable_model(), TestAlloc::default());
-    let u = VtdUnit::new(&m, &a, VtdConfig::scalable()).unwrap();
+    let u = VtdUnit::new(&m, &a, host_config(Mode::Scalable)).unwrap();
     u.enable().unwrap();
     assert_eq!(m.read64(RTADDR_REG) & 0xc00, 0x400, "TTM 01b");
     assert_eq!(
@@ -196,12 +206,12 @@ fn enable_scalable_sequence() {
     // Scalable mode is refused without SMTS, and without QI.
     let no_sm = Model::with_caps(QEMU_CAP, LEGACY_ECAP);
     assert!(matches!(
-        VtdUnit::new(&no_sm, &a, VtdConfig::scalable()).err(),
+        VtdUnit::new(&no_sm, &a, host_config(Mode::Scalable)).err(),
         Some(Error::Unsupported { what, .. }) if what.contains("SMTS")
     ));
     let no_qi = Model::with_caps(QEMU_CAP, SCALABLE_ECAP & !2);
     assert!(matches!(
-        VtdUnit::new(&no_qi, &a, VtdConfig::scalable()).err(),
+        VtdUnit::new(&no_qi, &a, host_config(Mode::Scalable)).err(),
         Some(Error::Unsupported { what, .. }) if what.contains("QI")
     ));
 }
@@ -214,7 +224,7 @@ fn enable_times_out_when_hardware_ignores_gcmd() {
         &a,
         VtdConfig {
             poll_budget: 20,
-            ..VtdConfig::legacy()
+            ..host_config(Mode::Legacy)
         },
     )
     .unwrap();
@@ -508,7 +518,7 @@ fn pages_released_only_after_the_wait() {
         &a,
         VtdConfig {
             poll_budget: 50,
-            ..VtdConfig::legacy()
+            ..host_config(Mode::Legacy)
         },
     )
     .unwrap();
@@ -615,7 +625,7 @@ fn register_based_invalidation_without_qi() {
     let m = Model::with_caps(QEMU_CAP, LEGACY_ECAP & !2);
     let cfg = VtdConfig {
         poll_budget: 100,
-        ..VtdConfig::legacy()
+        ..host_config(Mode::Legacy)
     };
     let u = VtdUnit::new(&m, &a, cfg).unwrap();
     u.enable().unwrap();
@@ -980,7 +990,7 @@ fn all_ones_registers_never_panic_or_hang() {
         let cfg = VtdConfig {
             mode,
             poll_budget: 50,
-            ..VtdConfig::legacy()
+            ..host_config(Mode::Legacy)
         };
         let u: VtdUnit<&Model, &TestAlloc> = VtdUnit::new(&all, &a, cfg).unwrap();
         let _ = u.enable();
@@ -1002,7 +1012,7 @@ fn all_ones_registers_never_panic_or_hang() {
         let cfg = VtdConfig {
             mode,
             poll_budget: 50,
-            ..VtdConfig::legacy()
+            ..host_config(Mode::Legacy)
         };
         let u = VtdUnit::new(&w, &a, cfg).unwrap();
         u.enable().unwrap();
@@ -1019,58 +1029,6 @@ fn all_ones_registers_never_panic_or_hang() {
         assert!(u.disable().is_err());
         assert!(u.enable().is_err());
     }
-}
-
-/// `CAP.MGAW` bounds first-stage domains too: a 39-bit unit (QEMU `aw-bits=39`) blocks every
-/// request at or above 2^39, and checks first-stage inputs for canonicality at 39 bits, so a
-/// first-stage domain offers 38 bits, not the 47 of 4-level paging.
-#[test]
-fn first_stage_width_is_bounded_by_mgaw() {
-    let mgaw39 = QEMU_CAP & !(0x3f << 16) | 38 << 16;
-    let (m, a) = (
-        Model::with_caps(mgaw39, SCALABLE_ECAP),
-        TestAlloc::default(),
-    );
-    // The test allocator hands out host addresses (47 bits) as physical ones: the platform's
-    // HAW (DMAR) must cover them, or the engine refuses to link its tables.
-    let cfg = VtdConfig {
-        mode: Mode::Scalable,
-        poll_budget: 1000,
-        host_address_width: Some(48),
-        ..VtdConfig::legacy()
-    };
-    let u = VtdUnit::new(&m, &a, cfg).unwrap();
-    u.enable().unwrap();
-    let fs = u
-        .domain_alloc(&DomainConfig {
-            stage: Stage::First,
-            ..DomainConfig::default()
-        })
-        .unwrap();
-    assert_eq!(u.domain_geometry(fs).map(|g| g.0), Ok(38));
-    u.map(fs, Iova::new((1 << 38) - K4), PhysAddr::new(0), K4, RW)
-        .unwrap();
-    assert!(matches!(
-        u.map(fs, Iova::new(1 << 38), PhysAddr::new(0), K4, RW),
-        Err(iommu::Error::PageTable(_))
-    ));
-    assert_eq!(
-        u.domain_alloc(&DomainConfig {
-            stage: Stage::First,
-            min_ias: 39,
-            ..DomainConfig::default()
-        }),
-        Err(iommu::Error::Unsupported(Missing::AddressWidth {
-            need: 39,
-            have: 38
-        }))
-    );
-    // A first-stage-only unit reports the same width.
-    let (m, a) = (
-        Model::with_caps(mgaw39, SCALABLE_ECAP & !(1 << 46)),
-        TestAlloc::default(),
-    );
-    assert_eq!(unit(&m, &a, Mode::Scalable).capabilities().ias, 38);
 }
 
 /// Hardware sets second-stage A/D bits only through a snooped walk (fault reason 0x7C
@@ -1106,7 +1064,7 @@ fn init_in_place_and_release_in_place_free_every_page() {
     let mut slot = std::boxed::Box::new(core::mem::MaybeUninit::<Unit<'_>>::uninit());
     let ptr = NonNull::from(&mut *slot).cast::<Unit<'_>>();
     // SAFETY: the slot is ours, aligned, uninitialised and unshared.
-    unsafe { VtdUnit::init_in_place(ptr, &m, &a, VtdConfig::legacy()) }.unwrap();
+    unsafe { VtdUnit::init_in_place(ptr, &m, &a, host_config(Mode::Legacy)) }.unwrap();
     assert_eq!(a.live_pages(), 1, "the root table");
     {
         // SAFETY: initialised above; the only reference while it lives.
@@ -1138,14 +1096,14 @@ fn init_in_place_failure_leaves_the_slot_uninitialised() {
     let ptr = NonNull::from(&mut *slot).cast::<Unit<'_>>();
     a.fail.set(true);
     // SAFETY: the slot is ours, aligned, uninitialised and unshared.
-    let e = unsafe { VtdUnit::init_in_place(ptr, &m, &a, VtdConfig::legacy()) }.unwrap_err();
+    let e = unsafe { VtdUnit::init_in_place(ptr, &m, &a, host_config(Mode::Legacy)) }.unwrap_err();
     assert!(matches!(e, Error::NoMemory), "{e:?}");
     assert_eq!(a.live_pages(), 0);
     // Scalable mode on a unit without SMTS: refused before anything is allocated.
     a.fail.set(false);
     let cfg = VtdConfig {
         mode: Mode::Scalable,
-        ..VtdConfig::legacy()
+        ..host_config(Mode::Legacy)
     };
     // SAFETY: as above (the slot is still uninitialised).
     let e = unsafe { VtdUnit::init_in_place(ptr, &m, &a, cfg) }.unwrap_err();
