@@ -311,6 +311,10 @@ scenarios! {
     aarch64_smmu_s2_granule_16k => (Aarch64, 240, "smmu_granule_16k", "virt-9.1,iommu=smmuv3", ["-global", "arm-smmuv3.stage=2"]);
     aarch64_smmu_s1_granule_64k => (Aarch64, 241, "smmu_granule_64k", "virt-9.1,iommu=smmuv3", []);
     aarch64_smmu_s2_granule_64k => (Aarch64, 241, "smmu_granule_64k", "virt-9.1,iommu=smmuv3", ["-global", "arm-smmuv3.stage=2"]);
+    // MSIs through the SMMU to the GICv3 ITS (`gic-version=3,its=on`: the default GIC is v2).
+    aarch64_smmu_s1_msi => (Aarch64, 250, "smmu_msi", "virt-9.1,iommu=smmuv3,gic-version=3,its=on", []);
+    aarch64_smmu_s2_msi => (Aarch64, 250, "smmu_msi", "virt-9.1,iommu=smmuv3,gic-version=3,its=on", ["-global", "arm-smmuv3.stage=2"]);
+    aarch64_smmu_nested_msi => (Aarch64, 250, "smmu_msi", "virt,iommu=smmuv3,gic-version=3,its=on", []);
 }
 
 /// Why an architecture's guest cannot run.

@@ -6,6 +6,12 @@
 //! to device buffer, 1 = device buffer to RAM). The device buffer is 4 KiB at device address
 //! 0x40000. A transfer completes 100 ms of virtual time after it starts, then bit 0 clears. The
 //! model does not bounds-check the buffer side of a transfer, so this driver does.
+//!
+//! Interrupts (hw/misc/edu.c): 0x24 interrupt status, 0x60 raise (ORs the value into the
+//! status), 0x64 acknowledge (clears those bits); all 32-bit. With MSI enabled in its MSI
+//! capability (one vector, 64-bit addresses), every write to 0x60 sends the MSI at once, as a
+//! 4-byte memory write with the message data through the device's bus-master address space
+//! (the IOMMU's, when there is one), tagged with the device's requester ID.
 
 use core::fmt;
 use core::ptr::NonNull;
@@ -21,6 +27,9 @@ pub const EDU_ID: u32 = 0x0100_00ed;
 
 const REG_ID: usize = 0x00;
 const REG_LIVENESS: usize = 0x04;
+const REG_IRQ_STATUS: usize = 0x24;
+const REG_IRQ_RAISE: usize = 0x60;
+const REG_IRQ_ACK: usize = 0x64;
 const REG_DMA_SRC: usize = 0x80;
 const REG_DMA_DST: usize = 0x88;
 const REG_DMA_COUNT: usize = 0x90;
@@ -91,6 +100,21 @@ impl Edu {
     pub fn alive(&self, v: u32) -> bool {
         self.regs.write32(REG_LIVENESS, v);
         self.regs.read32(REG_LIVENESS) == !v
+    }
+
+    /// Raises the interrupt bits `bits` (an MSI when MSI is enabled: one per call).
+    pub fn raise_irq(&self, bits: u32) {
+        self.regs.doorbell32(REG_IRQ_RAISE, bits);
+    }
+
+    /// Clears the interrupt bits `bits`.
+    pub fn ack_irq(&self, bits: u32) {
+        self.regs.write32(REG_IRQ_ACK, bits);
+    }
+
+    /// The interrupt status register.
+    pub fn irq_status(&self) -> u32 {
+        self.regs.read32(REG_IRQ_STATUS)
     }
 
     /// Copies `len` bytes from device address `src` (an IOVA, or a PA when nothing translates)

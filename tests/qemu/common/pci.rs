@@ -9,6 +9,13 @@ pub const EDU_VENDOR: u16 = 0x1234;
 pub const EDU_DEVICE: u16 = 0x11e8;
 
 const COMMAND: u8 = 0x04;
+const STATUS_CAP_LIST: u32 = 1 << 20; // Status (bits 31:16 of dword 0x04) bit 4
+const CAP_PTR: u8 = 0x34;
+/// Capability ID of MSI.
+pub const CAP_ID_MSI: u8 = 0x05;
+const MSI_ENABLE: u32 = 1 << 16; // Message Control bit 0
+const MSI_64BIT: u32 = 1 << 23; // Message Control bit 7
+const MSI_MME: u32 = 7 << 20; // Message Control bits 6:4
 const BAR0: u8 = 0x10;
 const CMD_MEMORY: u32 = 1 << 1;
 const CMD_BUS_MASTER: u32 = 1 << 2;
@@ -104,4 +111,58 @@ pub fn enable_mem_and_master(cfg: &impl ConfigSpace, bdf: Bdf) -> u16 {
     let cmd = cfg.read32(bdf, COMMAND) & 0xffff;
     cfg.write32(bdf, COMMAND, cmd | CMD_MEMORY | CMD_BUS_MASTER);
     cfg.read32(bdf, COMMAND) as u16
+}
+
+/// Offset of the first capability `id` in the capability list of `bdf` (bounded walk).
+pub fn find_capability(cfg: &impl ConfigSpace, bdf: Bdf, id: u8) -> Option<u8> {
+    if cfg.read32(bdf, COMMAND) & STATUS_CAP_LIST == 0 {
+        return None;
+    }
+    let mut at = (cfg.read32(bdf, CAP_PTR) & 0xfc) as u8;
+    // At most 48 capabilities fit in the 192 bytes after the header.
+    for _ in 0..48 {
+        if at < 0x40 {
+            return None;
+        }
+        let head = cfg.read32(bdf, at);
+        if head & 0xff == u32::from(id) {
+            return Some(at);
+        }
+        at = ((head >> 8) & 0xfc) as u8;
+    }
+    None
+}
+
+/// Programs the 64-bit MSI capability at `cap` with one vector, `address` and `data`, and
+/// enables it (`enable`) or disables it. Fails if the capability has no 64-bit address.
+pub fn msi_configure(
+    cfg: &impl ConfigSpace,
+    bdf: Bdf,
+    cap: u8,
+    address: u64,
+    data: u16,
+    enable: bool,
+) -> Result<(), Fail> {
+    let head = cfg.read32(bdf, cap);
+    if head & MSI_64BIT == 0 {
+        return Err(Fail::new(format_args!(
+            "MSI capability at {cap:#x} ({head:#x}) has no 64-bit address"
+        )));
+    }
+    // Disabled while the message changes; one vector (MME = 0).
+    cfg.write32(bdf, cap, head & !(MSI_ENABLE | MSI_MME));
+    cfg.write32(bdf, cap + 4, address as u32);
+    cfg.write32(bdf, cap + 8, (address >> 32) as u32);
+    cfg.write32(bdf, cap + 12, u32::from(data));
+    if enable {
+        cfg.write32(bdf, cap, (head & !MSI_MME) | MSI_ENABLE);
+    }
+    let back = cfg.read32(bdf, cap);
+    if (back & MSI_ENABLE != 0) != enable {
+        return Err(Fail::new(format_args!(
+            "MSI control reads {:#06x} after setting enable = {enable}",
+            back >> 16
+        )));
+    }
+    Ok(())
 }

@@ -14,6 +14,8 @@ mod arch;
 mod boot;
 mod dma;
 mod events;
+mod gic;
+mod msi_scenarios;
 mod scenarios;
 mod smmu_env;
 mod smmu_scenarios;
@@ -62,7 +64,8 @@ macro_rules! println {
 static ARENA: ArenaMemory = ArenaMemory::new();
 static PAGES: PageArena = PageArena::new(&ARENA);
 
-struct Ecam;
+/// PCI configuration space through virt's ECAM.
+pub struct Ecam;
 
 impl pci::ConfigSpace for Ecam {
     fn read32(&self, (b, d, f): pci::Bdf, off: u8) -> u32 {

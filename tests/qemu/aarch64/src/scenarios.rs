@@ -153,6 +153,12 @@ pub static TABLE: &[Scenario] = &[
         name: "smmu_granule_64k",
         run: crate::smmu_scenarios::smmu_granule_64k,
     },
+    // MSIs through the SMMU: 250-259 (msi_scenarios.rs).
+    Scenario {
+        id: 250,
+        name: "smmu_msi",
+        run: crate::msi_scenarios::smmu_msi,
+    },
 ];
 
 /// The SMMUv3 register window answers (Device memory): IDR0/1/5, the SMMU is disabled and lets

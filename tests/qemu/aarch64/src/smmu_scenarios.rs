@@ -128,11 +128,11 @@ const IOVA_DST: u64 = 0x0_9abc_d000;
 const IOVA_BLOCK: u64 = 0x23_4560_0000;
 const IOVA_HOLE: u64 = 0x31_0000_0000;
 
-fn iova(v: u64) -> Iova {
+pub(crate) fn iova(v: u64) -> Iova {
     Iova::new(v)
 }
 
-fn io<T>(what: &str, r: Result<T, IoError>) -> Result<T, Fail> {
+pub(crate) fn io<T>(what: &str, r: Result<T, IoError>) -> Result<T, Fail> {
     r.map_err(|e| Fail::new(format_args!("{what}: {e}")))
 }
 
@@ -156,7 +156,10 @@ fn fault(
     }
 }
 
-fn linear(ctx: &mut Ctx, body: fn(&Env<'_, '_, '_>) -> Result<(), Fail>) -> Result<(), Fail> {
+pub(crate) fn linear(
+    ctx: &mut Ctx,
+    body: fn(&Env<'_, '_, '_>) -> Result<(), Fail>,
+) -> Result<(), Fail> {
     run(ctx, StreamTableFormat::Linear, body)
 }
 
@@ -789,11 +792,16 @@ const IPA_SRC: u64 = 0x7_1000_0000;
 const IPA_DST: u64 = 0x7_2000_0000;
 const IPA_NOWHERE: u64 = 0x7_3000_0000;
 
-fn unit_op<T>(what: &str, r: Result<T, UnitError>) -> Result<T, Fail> {
+pub(crate) fn unit_op<T>(what: &str, r: Result<T, UnitError>) -> Result<T, Fail> {
     r.map_err(|e| Fail::new(format_args!("{what}: {e}")))
 }
 
-fn unmap_flush(unit: &dyn Iommu, d: DomainHandle, at: u64, len: u64) -> Result<u64, Fail> {
+pub(crate) fn unmap_flush(
+    unit: &dyn Iommu,
+    d: DomainHandle,
+    at: u64,
+    len: u64,
+) -> Result<u64, Fail> {
     let mut g = Gather::new();
     let r = unit.unmap(d, iova(at), len, &mut g);
     unit_op("flush", unit.flush(d, &mut g))?;
