@@ -112,6 +112,9 @@ typedef enum {
   IE_MISSING_PERMISSIONS = 12,
   // An existing mapping reaches beyond the unit's output address width.
   IE_MISSING_OUTPUT_ADDRESS = 13,
+  // The unit cannot honour supervisor requests (VT-d `ECAP.SRS`, scalable mode and a first
+  // stage; SMMUv3 stage 1) for an IOASID allocated with `IE_IOASID_FLAG_SUPERVISOR`.
+  IE_MISSING_SUPERVISOR_REQUESTS = 14,
 } IeMissing;
 
 // Flags of ie_ctx_alloc(), fixed for the IOASID's life; OR them together.
@@ -124,6 +127,9 @@ typedef enum {
   IE_IOASID_FLAG_DIRTY_TRACKING = (1 << 2),
   // A PASID-granular (first-stage) address space.
   IE_IOASID_FLAG_PASID = (1 << 3),
+  // Supervisor (privileged) requests are honoured: first-stage domains (VT-d with `SRE`,
+  // needing `ECAP.SRS`; SMMUv3 stage 1); only such an IOASID maps `IE_PROT_PRIV` pages.
+  IE_IOASID_FLAG_SUPERVISOR = (1 << 4),
 } IeIoasidFlag;
 
 // Permissions of ie_ctx_map(); OR them together.
@@ -134,7 +140,8 @@ typedef enum {
   IE_PROT_WRITE = (1 << 1),
   // Instruction fetch.
   IE_PROT_EXEC = (1 << 2),
-  // Privileged access only (first-stage formats).
+  // Privileged (supervisor) access only: only in an IOASID allocated with
+  // `IE_IOASID_FLAG_SUPERVISOR` (`IE_STATUS_UNSUPPORTED` elsewhere).
   IE_PROT_PRIV = (1 << 3),
   // The target is device memory (MMIO: a peer's BAR, an MSI doorbell such as the GICv3 ITS
   // translater page): Arm Device-nGnRE at either stage (FWB keeps it Device), VT-d first
@@ -238,6 +245,8 @@ typedef struct {
   IeSource nesting;
   // Of `coherent_walk`.
   IeSource coherent_walk;
+  // Of `supervisor`.
+  IeSource supervisor;
 } IeSources;
 
 // What a device's unit can do, as ie_ctx_device_info() reports it.
@@ -262,6 +271,8 @@ typedef struct {
   bool nesting;
   // The table walker snoops CPU caches.
   bool coherent_walk;
+  // Supervisor requests can be honoured (`IE_IOASID_FLAG_SUPERVISOR`).
+  bool supervisor;
   // The device declared itself no-snoop capable.
   bool no_snoop_capable;
   // Where each claim above comes from.

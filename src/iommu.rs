@@ -101,6 +101,8 @@ pub struct Sources {
     pub nesting: Source,
     /// Of [`Capabilities::coherent_walk`].
     pub coherent_walk: Source,
+    /// Of [`Capabilities::supervisor`].
+    pub supervisor: Source,
 }
 
 impl Sources {
@@ -115,6 +117,7 @@ impl Sources {
             dirty_tracking: source,
             nesting: source,
             coherent_walk: source,
+            supervisor: source,
         }
     }
 }
@@ -142,6 +145,11 @@ pub struct Capabilities {
     /// The table walker snoops CPU caches (VT-d `ECAP.C`, in scalable mode `ECAP.SMPWCS`;
     /// SMMUv3 `IDR0.COHACC`).
     pub coherent_walk: bool,
+    /// Domains that honour supervisor (privileged) requests and map privileged-only pages
+    /// ([`Prot::PRIV`]) can be built: VT-d first stage with the PASID entry's `SRE`
+    /// (scalable mode, `ECAP.FLTS` and `ECAP.SRS`); SMMUv3 stage 1 (`IDR0.S1P`), whose
+    /// `AP[1]` makes a page privileged-only. See [`DomainConfig::supervisor`].
+    pub supervisor: bool,
     /// Where each of the claims above comes from.
     pub sources: Sources,
 }
@@ -184,6 +192,10 @@ pub enum Missing {
         /// The declaration that is missing.
         what: &'static str,
     },
+    /// Supervisor (privileged) requests cannot be honoured: VT-d without `ECAP.SRS`, scalable
+    /// mode or a first stage (`ECAP.FLTS`); SMMUv3 without stage 1; or a second-stage domain
+    /// was asked for (no stage-2 format has privilege levels).
+    SupervisorRequests,
 }
 
 impl fmt::Display for Missing {
@@ -201,6 +213,9 @@ impl fmt::Display for Missing {
             }
             Missing::Mode { what } => write!(f, "translation mode not available: {what}"),
             Missing::NotDeclared { what } => write!(f, "the platform did not declare {what}"),
+            Missing::SupervisorRequests => {
+                write!(f, "the unit cannot honour supervisor (privileged) requests")
+            }
         }
     }
 }
@@ -298,6 +313,17 @@ pub struct DomainConfig {
     /// stage-1 leaves follows the device's DMA coherency), and then refuses devices that
     /// differ.
     pub device: Option<DeviceId>,
+    /// The domain honours supervisor (privileged) requests, and only such a domain maps
+    /// [`Prot::PRIV`] pages: a first-stage (stage-1) table, the only kind with privilege
+    /// levels (`Stage::Any` then means first stage). VT-d sets `SRE` (with `WPE`, so that
+    /// supervisor writes honour read-only pages) in the domain's PASID entries, and needs
+    /// `ECAP.SRS`; without it a supervisor request faults (`SRE` clear) and a `PRIV` map is
+    /// refused (`pgtable::Error::UnsupportedProt`). SMMUv3 stage 1 honours the incoming
+    /// privilege attribute (PCIe: a PASID TLP prefix with Privileged Mode Requested) whatever
+    /// this says, and refuses `PRIV` maps into a domain built without it likewise. Only a PASID
+    /// TLP prefix can ask for privileged mode on PCIe: requests without a PASID are user
+    /// requests on both (VT-d: the scalable context entry's `RID_PRIV` stays 0).
+    pub supervisor: bool,
     /// Granule of the domain's table, log2 bytes, when the caller needs one other than the
     /// unit's default (SMMUv3: 12, 14 or 16 among `IDR5.GRAN*`; VT-d: 12 only). A unit that
     /// cannot build it refuses with [`Missing::PageSize`].

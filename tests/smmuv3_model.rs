@@ -635,3 +635,70 @@ fn splitting_a_cached_block_invalidates_it() {
         }
     }
 }
+
+/// Issue 15, item 9, on SMMUv3: `Prot::PRIV` is a stage-1 leaf with `AP[1]` clear (no EL0
+/// access): a privileged transaction reaches it, an unprivileged one takes a permission
+/// fault. As on VT-d, only a domain built for supervisor requests (`DomainConfig::supervisor`,
+/// stage 1 only) maps it; stage 2 has no privilege levels.
+#[test]
+fn privileged_pages_need_a_supervisor_stage_1_domain() {
+    let mem = arena();
+    let model = SmmuModel::new(&mem, SmmuModelConfig::qemu_like());
+    let u = unit(&model, &mem, cfg());
+    assert!(u.capabilities().supervisor);
+    let priv_rw = RW | Prot::PRIV;
+    let d = u.domain_alloc(&s1()).unwrap();
+    assert_eq!(
+        u.map(
+            d,
+            Iova::new(0x1000),
+            PhysAddr::new(0x4000_0000),
+            K4,
+            priv_rw
+        ),
+        Err(Error::PageTable(
+            iommu_engine::pgtable::Error::UnsupportedProt { prot: priv_rw }
+        ))
+    );
+    let supervisor = DomainConfig {
+        supervisor: true,
+        ..DomainConfig::default()
+    };
+    assert_eq!(
+        u.domain_alloc(&DomainConfig {
+            stage: Stage::Second,
+            ..supervisor
+        }),
+        Err(Error::Unsupported(Missing::SupervisorRequests))
+    );
+    // Stage::Any on a unit with both stages: stage 1.
+    let sup = u.domain_alloc(&supervisor).unwrap();
+    u.map(
+        sup,
+        Iova::new(0x1000),
+        PhysAddr::new(0x4000_0000),
+        K4,
+        priv_rw,
+    )
+    .unwrap();
+    u.attach(DeviceId(SID), None, sup).unwrap();
+    let privileged = Access {
+        privileged: true,
+        ..Access::READ
+    };
+    assert_eq!(
+        model
+            .translate(SID, None, 0x1008, privileged)
+            .map(|t| t.pa)
+            .ok(),
+        Some(0x4000_0008)
+    );
+    assert!(model.translate(SID, None, 0x1008, Access::READ).is_err());
+    let s2_only = SmmuModel::new(&mem, SmmuModelConfig::qemu_like().with_stages(false, true));
+    let u2 = unit(&s2_only, &mem, cfg());
+    assert!(!u2.capabilities().supervisor);
+    assert_eq!(
+        u2.domain_alloc(&supervisor),
+        Err(Error::Unsupported(Missing::SupervisorRequests))
+    );
+}

@@ -896,3 +896,128 @@ fn first_stage_width_is_bounded_by_mgaw() {
     let u = VtdUnit::new(&m, &a, VtdConfig::scalable()).unwrap();
     assert_eq!((u.capabilities().ias, u.capabilities().oas), (38, 36));
 }
+
+/// A supervisor (privileged) request, as a PASID TLP prefix with Privileged Mode Requested.
+const SUPERVISOR_READ: Access = Access {
+    privileged: true,
+    ..Access::READ
+};
+const SUPERVISOR_WRITE: Access = Access {
+    privileged: true,
+    ..Access::WRITE
+};
+
+/// Issue 15, item 9: a privileged-only first-stage page (`Prot::PRIV`: U/S clear) is reachable
+/// only by supervisor requests, which the unit honours only with the PASID entry's `SRE`. A
+/// domain built without `DomainConfig::supervisor` refuses `PRIV` (it could never be used: its
+/// PASID entries keep `SRE` clear and every supervisor request faults); one built with it sets
+/// `SRE`, and `WPE`, so that supervisor writes still honour read-only pages.
+#[test]
+fn supervisor_requests_reach_privileged_pages_only_with_sre() {
+    use iommu_engine::sim::vtd::fault::{SM_FS_USER_SUPERVISOR, SM_PASID_ENTRY_SRE_CLEAR};
+    let a = arena();
+    let m = VtdModel::new(&a, VtdModelConfig::scalable());
+    let u = unit(&m, &a, Mode::Scalable);
+    assert_eq!(
+        (
+            u.capabilities().supervisor,
+            u.capabilities().sources.supervisor
+        ),
+        (true, iommu_engine::iommu::Source::Register("ECAP.SRS"))
+    );
+    let fault = |pasid, iova, access| {
+        m.translate(sid(DEV), Some(pasid), iova, access)
+            .err()
+            .map(|f| f.reason)
+    };
+    let priv_rw = RW | Prot::PRIV;
+
+    // Without: PRIV refused with the value, and supervisor requests fault on SRE.
+    let user = u
+        .domain_alloc(&DomainConfig {
+            stage: Stage::First,
+            ..DomainConfig::default()
+        })
+        .unwrap();
+    assert_eq!(
+        u.map(
+            user,
+            Iova::new(0x2000),
+            PhysAddr::new(0x3000_0000),
+            K4,
+            priv_rw
+        ),
+        Err(Error::PageTable(
+            iommu_engine::pgtable::Error::UnsupportedProt { prot: priv_rw }
+        ))
+    );
+    assert_eq!(u.query(user, Iova::new(0x2000)), None);
+    u.map(user, Iova::new(0x1000), PhysAddr::new(0x3000_1000), K4, RW)
+        .unwrap();
+    let p1 = Pasid::new(1).unwrap();
+    u.attach(DEV, Some(p1), user).unwrap();
+    ok(m.translate(sid(DEV), Some(1), 0x1000, Access::WRITE));
+    assert_eq!(
+        fault(1, 0x1000, SUPERVISOR_READ),
+        Some(SM_PASID_ENTRY_SRE_CLEAR)
+    );
+
+    // With: SRE set, the privileged page reaches supervisors only; WPE keeps read-only pages
+    // read-only for them too.
+    let sup = u
+        .domain_alloc(&DomainConfig {
+            supervisor: true,
+            ..DomainConfig::default()
+        })
+        .unwrap();
+    u.map(
+        sup,
+        Iova::new(0x2000),
+        PhysAddr::new(0x3000_2000),
+        K4,
+        priv_rw,
+    )
+    .unwrap();
+    u.map(
+        sup,
+        Iova::new(0x3000),
+        PhysAddr::new(0x3000_3000),
+        K4,
+        Prot::READ,
+    )
+    .unwrap();
+    let p2 = Pasid::new(2).unwrap();
+    u.attach(DEV, Some(p2), sup).unwrap();
+    assert_eq!(
+        ok(m.translate(sid(DEV), Some(2), 0x2010, SUPERVISOR_WRITE)).pa,
+        0x3000_2010
+    );
+    ok(m.translate(sid(DEV), Some(2), 0x2010, SUPERVISOR_READ));
+    assert_eq!(fault(2, 0x2000, Access::READ), Some(SM_FS_USER_SUPERVISOR));
+    ok(m.translate(sid(DEV), Some(2), 0x3000, SUPERVISOR_READ));
+    ok(m.translate(sid(DEV), Some(2), 0x3000, Access::READ));
+    assert!(fault(2, 0x3000, SUPERVISOR_WRITE).is_some());
+    assert!(fault(2, 0x3000, Access::WRITE).is_some());
+
+    // Second stage has no privilege levels; a unit without ECAP.SRS cannot set SRE.
+    let want = Err(Error::Unsupported(Missing::SupervisorRequests));
+    let second = DomainConfig {
+        supervisor: true,
+        stage: Stage::Second,
+        ..DomainConfig::default()
+    };
+    assert_eq!(u.domain_alloc(&second), want);
+    let mut no_srs = VtdModelConfig::scalable();
+    no_srs.ecap &= !iommu_engine::sim::vtd::regs::ECAP_SRS;
+    let m2 = VtdModel::new(&a, no_srs);
+    let u2 = unit(&m2, &a, Mode::Scalable);
+    assert!(!u2.capabilities().supervisor);
+    let first = DomainConfig {
+        supervisor: true,
+        ..DomainConfig::default()
+    };
+    assert_eq!(u2.domain_alloc(&first), want);
+    let m3 = VtdModel::new(&a, VtdModelConfig::scalable());
+    let legacy = unit(&m3, &a, Mode::Legacy);
+    assert_eq!(legacy.domain_alloc(&first), want);
+}

@@ -331,6 +331,8 @@ pub struct IeDeviceInfo {
     pub nesting: bool,
     /// The table walker snoops CPU caches.
     pub coherent_walk: bool,
+    /// Supervisor requests can be honoured (`IE_IOASID_FLAG_SUPERVISOR`).
+    pub supervisor: bool,
     /// The device declared itself no-snoop capable.
     pub no_snoop_capable: bool,
     /// Where each claim above comes from.
@@ -413,6 +415,8 @@ pub struct IeSources {
     pub nesting: IeSource,
     /// Of `coherent_walk`.
     pub coherent_walk: IeSource,
+    /// Of `supervisor`.
+    pub supervisor: IeSource,
 }
 
 impl From<Sources> for IeSources {
@@ -426,6 +430,7 @@ impl From<Sources> for IeSources {
             dirty_tracking: s.dirty_tracking.into(),
             nesting: s.nesting.into(),
             coherent_walk: s.coherent_walk.into(),
+            supervisor: s.supervisor.into(),
         }
     }
 }
@@ -460,6 +465,7 @@ pub unsafe extern "C" fn ie_ctx_device_info(
                 dirty_tracking: c.dirty_tracking,
                 nesting: c.nesting,
                 coherent_walk: c.coherent_walk,
+                supervisor: c.supervisor,
                 no_snoop_capable: info.no_snoop_capable,
                 sources: c.sources.into(),
             },
@@ -479,6 +485,9 @@ pub enum IeIoasidFlag {
     DirtyTracking = 1 << 2,
     /// A PASID-granular (first-stage) address space.
     Pasid = 1 << 3,
+    /// Supervisor (privileged) requests are honoured: first-stage domains (VT-d with `SRE`,
+    /// needing `ECAP.SRS`; SMMUv3 stage 1); only such an IOASID maps `IE_PROT_PRIV` pages.
+    Supervisor = 1 << 4,
 }
 
 // The C values must be the flags' bits.
@@ -487,6 +496,7 @@ const _: () = assert!(
         && IeIoasidFlag::NestParent as u32 == IoasidFlags::NEST_PARENT.bits()
         && IeIoasidFlag::DirtyTracking as u32 == IoasidFlags::DIRTY_TRACKING.bits()
         && IeIoasidFlag::Pasid as u32 == IoasidFlags::PASID.bits()
+        && IeIoasidFlag::Supervisor as u32 == IoasidFlags::SUPERVISOR.bits()
 );
 
 /// Allocates an IOASID with `flags` (`IE_IOASID_FLAG_*`), fixed for its life; writes its number.
@@ -622,7 +632,8 @@ pub enum IeProt {
     Write = 1 << 1,
     /// Instruction fetch.
     Exec = 1 << 2,
-    /// Privileged access only (first-stage formats).
+    /// Privileged (supervisor) access only: only in an IOASID allocated with
+    /// `IE_IOASID_FLAG_SUPERVISOR` (`IE_STATUS_UNSUPPORTED` elsewhere).
     Priv = 1 << 3,
     /// The target is device memory (MMIO: a peer's BAR, an MSI doorbell such as the GICv3 ITS
     /// translater page): Arm Device-nGnRE at either stage (FWB keeps it Device), VT-d first

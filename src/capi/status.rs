@@ -104,6 +104,9 @@ pub enum IeMissing {
     Permissions = 12,
     /// An existing mapping reaches beyond the unit's output address width.
     OutputAddress = 13,
+    /// The unit cannot honour supervisor requests (VT-d `ECAP.SRS`, scalable mode and a first
+    /// stage; SMMUv3 stage 1) for an IOASID allocated with `IE_IOASID_FLAG_SUPERVISOR`.
+    SupervisorRequests = 14,
 }
 
 impl From<Missing> for IeMissing {
@@ -117,6 +120,7 @@ impl From<Missing> for IeMissing {
             Missing::PageSize { .. } => IeMissing::PageSize,
             Missing::Mode { .. } => IeMissing::Mode,
             Missing::NotDeclared { .. } => IeMissing::NotDeclared,
+            Missing::SupervisorRequests => IeMissing::SupervisorRequests,
         }
     }
 }

@@ -306,11 +306,16 @@ fn domain_config<A: PageAllocator>(
         enforce_snoop: io.flags.contains(IoasidFlags::ENFORCE_SNOOP),
         dirty_tracking: io.flags.contains(IoasidFlags::DIRTY_TRACKING),
         nest_parent: io.flags.contains(IoasidFlags::NEST_PARENT),
-        stage: if io.flags.contains(IoasidFlags::PASID) {
+        // Privilege levels exist only in first-stage tables.
+        stage: if io
+            .flags
+            .intersects(IoasidFlags::PASID | IoasidFlags::SUPERVISOR)
+        {
             Stage::First
         } else {
             Stage::Any
         },
+        supervisor: io.flags.contains(IoasidFlags::SUPERVISOR),
         device: Some(id),
         // The unit's granule (the embedder's page size, chosen per unit).
         granule_log2: None,

@@ -2,10 +2,10 @@
 
 use super::ctx::{align_up, iova, Ioasid, IoasidCtx, UnitDomain};
 use super::record::RECORD_IAS;
-use super::{Error, IoasidId};
+use super::{Error, IoasidFlags, IoasidId};
 use crate::iommu::Iommu;
 use crate::mem::{Iova, PageAllocator, PhysAddr};
-use crate::pgtable::{Gather, InvalidationComplete, IovaRange, Mapping, Prot};
+use crate::pgtable::{self, Gather, InvalidationComplete, IovaRange, Mapping, Prot};
 
 /// The domains of an IOASID with their slots.
 pub(super) fn domains<'i, A: PageAllocator>(
@@ -27,7 +27,8 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     ///
     /// # Errors
     /// [`Error::Reserved`] for a range touching a reserved region; [`Error::PageTable`]
-    /// (overlap, alignment, width, memory); unit errors. Nothing is mapped after any of them.
+    /// (overlap, alignment, width, memory; `UnsupportedProt` for [`Prot::PRIV`] in an IOASID
+    /// not allocated with [`IoasidFlags::SUPERVISOR`]); unit errors. Nothing is mapped after any of them.
     /// [`Error::InvalidationPending`]: nothing is mapped, but a unit did not confirm the
     /// invalidation of the undone mapping (or of an earlier unmap): devices behind it may still
     /// reach `pa`; do not reuse it until this call (retried) or an unmap of the range returns
@@ -59,6 +60,11 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     ) -> Result<(), Error> {
         let st = self.state.read();
         let io = st.ioasid(ioasid)?;
+        // Privileged-only pages only where supervisor requests are honoured (and so where a
+        // device can ever use them); refused before anything is written.
+        if prot.contains(Prot::PRIV) && !io.flags.contains(IoasidFlags::SUPERVISOR) {
+            return Err(Error::PageTable(pgtable::Error::UnsupportedProt { prot }));
+        }
         let end = iova.get().saturating_add(len);
         if let Some(r) = self.reserved_overlap(&st, io, iova.get(), end) {
             return Err(Error::Reserved(r));

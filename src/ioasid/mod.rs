@@ -78,6 +78,13 @@ bitflags::bitflags! {
         const DIRTY_TRACKING = 1 << 2;
         /// A PASID-granular address space (first stage): may be attached to (device, PASID).
         const PASID = 1 << 3;
+        /// Supervisor (privileged) requests are honoured, and only such an IOASID maps
+        /// privileged-only pages ([`Prot::PRIV`](crate::pgtable::Prot::PRIV)); elsewhere a
+        /// `PRIV` map is refused (`pgtable::Error::UnsupportedProt`). Its domains are first
+        /// stage: VT-d with `SRE` (and `WPE`) in their PASID entries, which needs `ECAP.SRS`;
+        /// SMMUv3 stage 1. A unit that cannot is refused at attach
+        /// ([`Missing::SupervisorRequests`]).
+        const SUPERVISOR = 1 << 4;
     }
 }
 

@@ -62,6 +62,7 @@ impl<'a> FakeUnit<'a> {
                 dirty_tracking: false,
                 nesting: false,
                 coherent_walk: true,
+                supervisor: false,
                 sources: Sources::all(Source::Register("fake")),
             },
             reserved: std::vec![IovaRange {
@@ -671,6 +672,7 @@ fn device_info_reports_the_unit_and_the_device() {
         dirty_tracking: true,
         nesting: true,
         coherent_walk: false,
+        supervisor: true,
         sources: Sources::all(Source::Embedder("test")),
     };
     let pasids = PasidAllocator::new(20);

@@ -115,6 +115,9 @@ pub(crate) struct Domain<A: PageAllocator> {
     /// is coherent) rather than Non-cacheable. `None` for stage 2, which leaves the device's
     /// own attributes in charge.
     pub(crate) coherent_dma: Option<bool>,
+    /// Built for supervisor requests (`DomainConfig::supervisor`, stage 1 only): only then are
+    /// privileged-only leaves (`Prot::PRIV`, `AP[1]` clear) mapped.
+    pub(crate) supervisor: bool,
     /// Tables a reclaim unlinked whose invalidation failed: freed only after a later one
     /// completes (the next reclaim, or the whole-tag invalidation of `domain_free`).
     pub(crate) unflushed: Gather,
@@ -147,6 +150,7 @@ impl<A: PageAllocator> Domain<A> {
             owed: AtomicBool::new(false),
             enforce_snoop: cfg.enforce_snoop,
             coherent_dma,
+            supervisor: cfg.supervisor,
             unflushed: Gather::new(),
             coherency: p.coherency,
         }
@@ -330,6 +334,12 @@ impl<A: PageAllocator> Domain<A> {
     }
 
     pub(crate) fn map(&self, iova: Iova, pa: PhysAddr, len: u64, prot: Prot) -> Result<(), Error> {
+        // As on VT-d: a privileged-only page only in a domain asked to serve supervisors.
+        if prot.contains(Prot::PRIV) && !self.supervisor {
+            return Err(Error::PageTable(crate::pgtable::Error::UnsupportedProt {
+                prot,
+            }));
+        }
         Ok(with_table!(&self.table, t => t.map(iova, pa, len, prot))?)
     }
 

@@ -202,6 +202,8 @@ impl Features {
             dirty_tracking: self.dirty,
             nesting: self.stage1_usable() && self.s2p,
             coherent_walk: self.cohacc,
+            // Stage 1 honours the incoming privilege and its AP[1] makes pages privileged-only.
+            supervisor: self.stage1_usable(),
             sources: Sources {
                 ias: Source::Register(if self.s2p { "IDR5.OAS" } else { "IDR0.S1P" }),
                 oas: Source::Register("IDR5.OAS"),
@@ -211,6 +213,7 @@ impl Features {
                 dirty_tracking: Source::Register("IDR0.HTTU"),
                 nesting: Source::Register("IDR0.S1P + S2P"),
                 coherent_walk: Source::Register("IDR0.COHACC"),
+                supervisor: Source::Register("IDR0.S1P"),
             },
         }
     }

@@ -20,6 +20,11 @@
 //! - stage-1 leaves Normal Write-Back Inner Shareable for a device whose DMA is coherent
 //!   (`DomainConfig::device`'s declared facts, else the unit's, else `IDR0.COHACC`), Normal
 //!   Non-cacheable otherwise; a device of the other kind is refused at attach;
+//! - `supervisor` on stage 1 only (`Stage::Any` then means stage 1): its leaves may be
+//!   privileged-only (`Prot::PRIV`: `AP[1]` clear, no EL0 access), which a domain built
+//!   without it refuses; privileged requests (PCIe: a PASID TLP prefix asking for privileged
+//!   mode; `STE.PRIVCFG` is left to use the incoming attribute) reach every stage-1 domain,
+//!   unprivileged ones never reach a `PRIV` page;
 //! - `dirty_tracking` with `IDR0.HTTU` = 2 (DBM leaves, STE.S2HD/CD.HD);
 //! - `nest_parent` on stage 2 of a unit with both stages; stage-1 domains nest on it through
 //!   [`SmmuUnit::domain_alloc_nested`];
@@ -199,8 +204,12 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
             }
             Stage::Second => true,
             Stage::First => false,
-            Stage::Any => f.s2p,
+            // Only stage 1 has privilege levels (AP[1]).
+            Stage::Any => f.s2p && !cfg.supervisor,
         };
+        if cfg.supervisor && (stage2 || !f.s1p) {
+            return Err(Error::Unsupported(Missing::SupervisorRequests));
+        }
         if !stage2 && !f.s1p {
             return Err(Error::Unsupported(Missing::Mode { what: "stage 1" }));
         }

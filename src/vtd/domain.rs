@@ -6,7 +6,8 @@
 //! translations with. [`choose`] turns a [`DomainConfig`] and the unit's capabilities into a
 //! format configuration, or names the capability that is missing: snoop enforcement needs
 //! `ECAP.SC` (SNP in second-stage leaves, PGSNP in scalable-mode PASID entries), first-stage
-//! tables need scalable mode and `ECAP.FLTS`, dirty tracking `ECAP.SLADS` (scalable mode, second
+//! tables need scalable mode and `ECAP.FLTS`, supervisor requests a first-stage table and
+//! `ECAP.SRS` (the PASID entry's `SRE`, §9.6; §3.6.1 first-stage access rights), dirty tracking `ECAP.SLADS` (scalable mode, second
 //! stage), nesting `ECAP.NEST`.
 //!
 //! Domain IDs are the domain's slot plus one when `CAP.CM` reserves DID 0 (Caching Mode, §6: with caching
@@ -57,6 +58,9 @@ pub fn choose(info: &UnitInfo, cfg: &DomainConfig) -> Result<Choice, Error> {
     if cfg.nest_parent && !ecap.contains(EcapFlags::NEST) {
         return Err(Error::Unsupported(Missing::Nesting));
     }
+    if cfg.supervisor {
+        check_supervisor(info, cfg.stage)?;
+    }
     let first = match cfg.stage {
         Stage::First => {
             check_first_stage(info)?;
@@ -66,6 +70,8 @@ pub fn choose(info: &UnitInfo, cfg: &DomainConfig) -> Result<Choice, Error> {
             check_second_stage(info)?;
             false
         }
+        // Only the first stage has privilege levels.
+        Stage::Any if cfg.supervisor => true,
         // Second stage when there is one: it is the only stage legacy mode has, and the one
         // that can enforce snooping per leaf.
         Stage::Any => check_second_stage(info).is_err() && check_first_stage(info).is_ok(),
@@ -98,6 +104,19 @@ fn check_first_stage(info: &UnitInfo) -> Result<(), Error> {
         return Err(Error::Unsupported(Missing::Mode {
             what: "first-stage translation (ECAP.FLTS)",
         }));
+    }
+    Ok(())
+}
+
+/// Whether the unit can honour supervisor requests: the PASID entry's `SRE` needs `ECAP.SRS`,
+/// and only first-stage tables carry U/S (§3.6.1, §9.6).
+pub fn supervisor_capable(info: &UnitInfo) -> bool {
+    check_first_stage(info).is_ok() && info.ecap.flags().contains(EcapFlags::SRS)
+}
+
+fn check_supervisor(info: &UnitInfo, stage: Stage) -> Result<(), Error> {
+    if stage == Stage::Second || !supervisor_capable(info) {
+        return Err(Error::Unsupported(Missing::SupervisorRequests));
     }
     Ok(())
 }
@@ -236,6 +255,9 @@ pub struct Domain<A: PageAllocator> {
     pub snoop: bool,
     /// Second-stage A/D tracking (SSADE in PASID entries).
     pub dirty: bool,
+    /// Supervisor requests are honoured (SRE and WPE in PASID entries; first stage only), and
+    /// only then may leaves be privileged-only ([`Prot::PRIV`](crate::pgtable::Prot::PRIV)).
+    pub supervisor: bool,
     /// IOVAs must be below `2^input_bits` (the table's width, capped by MGAW).
     pub input_bits: u32,
     /// What a failed flush still owes: the ranges whose invalidation did not complete (issued
@@ -272,6 +294,7 @@ impl<A: PageAllocator> Domain<A> {
             did,
             snoop: cfg.enforce_snoop,
             dirty: cfg.dirty_tracking,
+            supervisor: cfg.supervisor,
             input_bits,
             owed: spin::Mutex::new(Gather::new()),
         })

@@ -181,6 +181,20 @@ int main(void)
     CHECK(ie_ctx_map(ctx, ioasid, iova, pa, KIB4, IE_PROT_READ) == IE_STATUS_EXISTS, "overlap");
     CHECK(ie_ctx_map(ctx, ioasid, 0xfee00000, pa, KIB4, IE_PROT_READ) == IE_STATUS_RESERVED,
           "MSI window");
+    /* Privileged-only pages only in an IOASID allocated for supervisor requests, which a
+       legacy-mode unit cannot honour. */
+    CHECK(ie_ctx_map(ctx, ioasid, 0x7000000, pa, KIB4, IE_PROT_READ | IE_PROT_PRIV) ==
+              IE_STATUS_UNSUPPORTED,
+          "PRIV without IE_IOASID_FLAG_SUPERVISOR");
+    CHECK(!info.supervisor && info.sources.supervisor.kind == IE_SOURCE_KIND_REGISTER &&
+              strcmp(info.sources.supervisor.name, "ECAP.SRS") == 0,
+          "legacy unit: supervisor %d from %s", info.supervisor, info.sources.supervisor.name);
+    uint32_t sup = 0;
+    OK(ie_ctx_alloc(ctx, IE_IOASID_FLAG_SUPERVISOR, &sup));
+    CHECK(ie_ctx_attach(ctx, gpu, sup, &reason) == IE_STATUS_INCOMPATIBLE &&
+              reason == IE_MISSING_SUPERVISOR_REQUESTS,
+          "supervisor IOASID on a legacy unit: reason %u", reason);
+    OK(ie_ctx_free(ctx, sup));
     uint64_t found = 0;
     OK(ie_ctx_translate(ctx, ioasid, iova + 0x1234, &found));
     CHECK(found == pa + 0x1234, "translate %#" PRIx64, found);

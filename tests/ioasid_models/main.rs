@@ -13,4 +13,5 @@ mod lifecycle;
 mod pasid_grant;
 mod reclaim;
 mod seed;
+mod supervisor;
 mod two_units;

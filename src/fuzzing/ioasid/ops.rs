@@ -94,6 +94,9 @@ impl<'h, 'm> Harness<'h, 'm> {
         if flags.contains(IoasidFlags::ENFORCE_SNOOP) && !self.caps[unit].enforce_snoop {
             return Some("ENFORCE_SNOOP on a unit without snoop control");
         }
+        if flags.contains(IoasidFlags::SUPERVISOR) && !self.caps[unit].supervisor {
+            return Some("SUPERVISOR on a unit that cannot honour supervisor requests");
+        }
         if unit == 0 && map.range(MSI.0..MSI.1).next().is_some() {
             return Some("a mapping in the VT-d interrupt window");
         }
@@ -321,7 +324,7 @@ impl<'h, 'm> Harness<'h, 'm> {
             pages * K4,
             prot,
         );
-        let Some((_, map)) = self.shadow[c].ios.get(&id.0) else {
+        let Some(&(flags, ref map)) = self.shadow[c].ios.get(&id.0) else {
             assert_eq!(r, Err(Error::NoSuchIoasid(id)));
             return Touched::Nothing;
         };
@@ -340,10 +343,21 @@ impl<'h, 'm> Harness<'h, 'm> {
                     prot.intersects(Prot::READ | Prot::WRITE),
                     "map with {prot:?}"
                 );
+                assert!(
+                    !prot.contains(Prot::PRIV) || flags.contains(IoasidFlags::SUPERVISOR),
+                    "PRIV mapped outside a SUPERVISOR IOASID"
+                );
                 let map = &mut self.shadow[c].ios.get_mut(&id.0).expect("IOASID").1;
                 for i in 0..pages {
                     map.insert(start + i * K4, (pa_start + i * K4, prot));
                 }
+            }
+            Err(e) if prot.contains(Prot::PRIV) && !flags.contains(IoasidFlags::SUPERVISOR) => {
+                assert_eq!(
+                    e,
+                    Error::PageTable(PtError::UnsupportedProt { prot }),
+                    "PRIV outside a SUPERVISOR IOASID"
+                );
             }
             Err(e) if reserved => assert!(matches!(e, Error::Reserved(_)), "{e:?}"),
             Err(_) => {
@@ -384,7 +398,7 @@ impl<'h, 'm> Harness<'h, 'm> {
         let before = self.completions();
         let r = ctxs[c].unmap(id, Iova::new(start), pages * K4);
         let after = self.completions();
-        let Some((_, map)) = self.shadow[c].ios.get(&id.0) else {
+        let Some(&(flags, ref map)) = self.shadow[c].ios.get(&id.0) else {
             assert_eq!(r, Err(Error::NoSuchIoasid(id)));
             return Touched::Nothing;
         };

@@ -504,6 +504,11 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
                 PasidEntry::new(tr, dom.did, aw, flags)
             }
             DomainTable::First(t) => {
+                if dom.supervisor {
+                    // WPE with SRE: supervisor writes honour R/W = 0, as user writes always
+                    // do (without it a supervisor request could write read-only pages).
+                    flags |= PasidEntryFlags::SRE | PasidEntryFlags::WPE;
+                }
                 let flpm = dom.first_stage_mode().ok_or(Error::InvalidArgument {
                     what: "first-stage paging mode",
                     value: u64::from(t.geometry().levels),

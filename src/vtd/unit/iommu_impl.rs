@@ -87,6 +87,7 @@ where
             dirty_tracking: domain::second_stage_dirty_tracking(info),
             nesting: e.contains(EcapFlags::NEST),
             coherent_walk: info.page_walk_coherency == WalkerCoherency::Coherent,
+            supervisor: domain::supervisor_capable(info),
             sources: Sources {
                 ias: Source::Register(stage.0),
                 oas: info.haw_source,
@@ -99,6 +100,7 @@ where
                     super::Mode::Legacy => "ECAP.C",
                     super::Mode::Scalable => "ECAP.SMPWCS",
                 }),
+                supervisor: Source::Register("ECAP.SRS"),
             },
         }
     }
@@ -159,6 +161,10 @@ where
     ) -> Result<(), Error> {
         self.with_domain(domain, |d| {
             check_width(d, iova, len)?;
+            // A privileged-only page could never be used without SRE: refused, not written.
+            if prot.contains(Prot::PRIV) && !d.supervisor {
+                return Err(Error::PageTable(pgtable::Error::UnsupportedProt { prot }));
+            }
             with_table!(&d.table, t => t.map(iova, pa, len, prot)).map_err(Error::from)
         })??;
         let published = if self.info.cap.flags().contains(CapFlags::CM) {
