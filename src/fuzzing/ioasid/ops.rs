@@ -398,7 +398,7 @@ impl<'h, 'm> Harness<'h, 'm> {
         let before = self.completions();
         let r = ctxs[c].unmap(id, Iova::new(start), pages * K4);
         let after = self.completions();
-        let Some(&(flags, ref map)) = self.shadow[c].ios.get(&id.0) else {
+        let Some((_, map)) = self.shadow[c].ios.get(&id.0) else {
             assert_eq!(r, Err(Error::NoSuchIoasid(id)));
             return Touched::Nothing;
         };
