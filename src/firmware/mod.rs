@@ -5,12 +5,15 @@
 //! - [`acpi`]: the RSDP, the RSDT/XSDT walk and the checked System Description Table header
 //!   (ACPI 6.5 §5.2), shared by every ACPI table parser. The embedder maps physical memory
 //!   through [`acpi::PhysMemory`]; tables are borrowed, never copied.
+//! - [`dmar`]: the Intel VT-d DMAR table (VT-d rev. 4.1 chapter 8): units, device scopes
+//!   resolved to requester IDs, reserved memory regions, and the unit configuration defaults.
 //!
 //! Like the rest of the crate this module allocates nothing and never panics: every parser
 //! checks every length against the bytes it was given and returns a typed error carrying the
 //! offending value; structures are walked with iterators over the borrowed bytes.
 
 pub mod acpi;
+pub mod dmar;
 
 #[cfg(test)]
 pub(crate) mod testutil;

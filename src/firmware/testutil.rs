@@ -89,3 +89,96 @@ impl PhysImage {
         }
     }
 }
+
+/// A device scope (VT-d §8.3.1): type, flags, enumeration ID, start bus, path.
+pub fn scope(
+    scope_type: u8,
+    flags: u8,
+    enumeration_id: u8,
+    start_bus: u8,
+    path: &[(u8, u8)],
+) -> Vec<u8> {
+    let mut s = std::vec![
+        scope_type,
+        u8::try_from(6 + 2 * path.len()).unwrap(),
+        flags,
+        0,
+        enumeration_id,
+        start_bus
+    ];
+    for &(device, function) in path {
+        s.extend_from_slice(&[device, function]);
+    }
+    s
+}
+
+/// A remapping structure (VT-d §8.2): `Type`, `Length`, then `body`.
+pub fn remapping(structure_type: u16, body: &[u8]) -> Vec<u8> {
+    let mut s = Vec::new();
+    s.extend_from_slice(&structure_type.to_le_bytes());
+    s.extend_from_slice(&u16::try_from(4 + body.len()).unwrap().to_le_bytes());
+    s.extend_from_slice(body);
+    s
+}
+
+/// A DRHD (VT-d §8.3).
+pub fn drhd(flags: u8, size: u8, segment: u16, base: u64, scopes: &[Vec<u8>]) -> Vec<u8> {
+    let mut b = std::vec![flags, size];
+    b.extend_from_slice(&segment.to_le_bytes());
+    b.extend_from_slice(&base.to_le_bytes());
+    scopes.iter().for_each(|s| b.extend_from_slice(s));
+    remapping(0, &b)
+}
+
+/// An RMRR (VT-d §8.4).
+pub fn rmrr(segment: u16, base: u64, limit: u64, scopes: &[Vec<u8>]) -> Vec<u8> {
+    let mut b = std::vec![0, 0];
+    b.extend_from_slice(&segment.to_le_bytes());
+    b.extend_from_slice(&base.to_le_bytes());
+    b.extend_from_slice(&limit.to_le_bytes());
+    scopes.iter().for_each(|s| b.extend_from_slice(s));
+    remapping(1, &b)
+}
+
+/// An ATSR (type 2, VT-d §8.5) or a SATC (type 5, §8.8): flags, segment, scopes.
+pub fn flags_segment_scopes(
+    structure_type: u16,
+    flags: u8,
+    segment: u16,
+    scopes: &[Vec<u8>],
+) -> Vec<u8> {
+    let mut b = std::vec![flags, 0];
+    b.extend_from_slice(&segment.to_le_bytes());
+    scopes.iter().for_each(|s| b.extend_from_slice(s));
+    remapping(structure_type, &b)
+}
+
+/// An RHSA (VT-d §8.6).
+pub fn rhsa(base: u64, proximity_domain: u32) -> Vec<u8> {
+    let mut b = std::vec![0; 4];
+    b.extend_from_slice(&base.to_le_bytes());
+    b.extend_from_slice(&proximity_domain.to_le_bytes());
+    remapping(3, &b)
+}
+
+/// An ANDD (VT-d §8.7); `name` gets its NUL.
+pub fn andd(device_number: u8, name: &[u8]) -> Vec<u8> {
+    let mut b = std::vec![0, 0, 0, device_number];
+    b.extend_from_slice(name);
+    b.push(0);
+    remapping(4, &b)
+}
+
+/// A DMAR table (VT-d §8.1) with checksum.
+pub fn dmar(host_address_width_field: u8, flags: u8, structures: &[Vec<u8>]) -> Vec<u8> {
+    let mut body = std::vec![host_address_width_field, flags];
+    body.extend_from_slice(&[0; 10]);
+    structures.iter().for_each(|s| body.extend_from_slice(s));
+    sdt(*b"DMAR", 1, &body)
+}
+
+/// Recomputes the checksum of the table in `t` (after an edit).
+pub fn fix_checksum(t: &mut [u8]) {
+    t[9] = 0;
+    t[9] = 0u8.wrapping_sub(checksum(t));
+}

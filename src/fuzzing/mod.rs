@@ -14,10 +14,12 @@
 //! | `ioasid` | [`ioasid`]: bind / alloc / attach / attach_pasid / detach / map / unmap / free / PASIDs / grants / context drops over two contexts, a VT-d unit on the VT-d model and an SMMUv3 unit on the SMMUv3 model, with allocation failures | a shadow of what each owner asked for, read back through both models' translations (caches included) after every step: nothing translates that was not asked for, snoop never downgraded, the rules' results (busy, quota, grants, reserved, refusals without snoop control), one completion per unit per unmap, one domain per (IOASID, unit); every page back after the contexts and units go |
 //! | `decode_vtd`, `decode_smmuv3` | [`decode`]: every decoder of what hardware writes or reports | never panics; decoded fields re-encode to the raw bits they came from |
 //! | `queue_vtd` | [`queue`]: the VT-d invalidation queue under arbitrary submissions, waits, hardware progress and injected IQE/ITE/ICE | no unconsumed descriptor overwritten, a successful wait means everything before it completed, errors only when injected and cleared after |
+//! | `firmware_dmar` | [`firmware`]: the ACPI DMAR parser and the RSDP / RSDT / XSDT walk on arbitrary bytes (whole tables, table bodies behind a valid header, physical memory images) | never panics; a table that parses answers consistently (structures in order, scopes with paths, every covering-unit answer justified by its rule, reserved regions aligned and non-empty) |
 //! | `queue_smmuv3` | [`cmdq`]: the SMMUv3 command queue (16 entries, wrapping) as a unit's flushes drive it over the SMMUv3 model, with CERROR_ILL / CERROR_ABT / CERROR_ATC_INV_SYNC and stalled CMD_SYNCs injected | a good flush was consumed (the model's TLB forgot every unmapped page) and released its pages; a failed one kept them and happened only under injection; after recovery the queue runs again |
 
 pub mod cmdq;
 pub mod decode;
+pub mod firmware;
 pub mod ioasid;
 pub mod pgtable;
 pub mod queue;
@@ -64,6 +66,7 @@ pub const TARGETS: &[Target] = &[
     ("queue_vtd", queue::vtd),
     ("queue_smmuv3", cmdq::smmuv3),
     ("ioasid", ioasid::ioasid),
+    ("firmware_dmar", firmware::dmar),
 ];
 
 /// The body of the target called `name`, if there is one.
