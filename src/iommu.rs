@@ -368,8 +368,8 @@ pub struct DomainPages {
     /// The tables linked in the domain's page table, and the tables its leaves need.
     pub tables: TablePages,
     /// Tables a [`Iommu::reclaim`] unlinked whose invalidation failed: the domain keeps them
-    /// (they are in use as far as the allocator knows) until a later `reclaim` or
-    /// `domain_free` completes an invalidation covering them.
+    /// (they are in use as far as the allocator knows) until a later `flush`, `reclaim` or
+    /// `domain_free` of the domain completes an invalidation covering them.
     pub unflushed: usize,
 }
 
@@ -488,8 +488,9 @@ pub trait Iommu: Sync {
     /// # Errors
     /// [`Error::InvalidDomain`]; [`Error::PageTable`] for a corrupt table; [`Error::Timeout`],
     /// [`Error::Hardware`] from the invalidation: then the unlinked tables are never freed by
-    /// this call; the domain holds them (see [`DomainPages::unflushed`]) and the next
-    /// `reclaim` or `domain_free` invalidates them again before freeing them.
+    /// this call; the domain holds them (see [`DomainPages::unflushed`]) and owes their
+    /// invalidation as after a failed [`flush`](Self::flush): its next `flush` (even with an
+    /// empty gather), `reclaim` or `domain_free` invalidates them again before freeing them.
     fn reclaim(&self, domain: DomainHandle, scope: ReclaimScope<'_>) -> Result<usize, Error>;
 
     /// Counts the domain's table pages: linked, needed by its leaves, and held after a failed

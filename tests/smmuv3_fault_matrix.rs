@@ -490,10 +490,10 @@ impl<'a> Rig<'a> {
             }
         }
         let report = u.audit().map_err(|e| format!("audit: {e}"))?;
-        if settled && report.unsettled != 0 {
+        if settled && (report.unsettled, report.owing) != (0, 0) {
             return Err(format!(
-                "{} stream(s) unsettled after success",
-                report.unsettled
+                "after success {} stream(s) unsettled, {} domain(s) owing an invalidation",
+                report.unsettled, report.owing
             ));
         }
         Ok(())

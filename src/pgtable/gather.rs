@@ -213,33 +213,6 @@ impl Gather {
         self.page_sizes |= other.page_sizes;
     }
 
-    /// Moves everything `other` holds (ranges and pages) into this gather, leaving `other`
-    /// empty: for a driver that keeps the invalidation a failed flush still owes.
-    ///
-    /// # Errors
-    /// [`Error::UnknownTable`] if `alloc` does not know a page `other` holds; the pages not yet
-    /// moved stay in `other`.
-    pub(crate) fn take_from<A: PageAllocator + ?Sized>(
-        &mut self,
-        other: &mut Gather,
-        alloc: &A,
-    ) -> Result<(), Error> {
-        self.add_ranges_of(other);
-        other.clear_ranges();
-        while other.freed_head != 0 {
-            let (pa, size_log2) = unlink(other.freed_head);
-            let va = alloc.phys_to_virt(pa).ok_or(Error::UnknownTable { pa })?;
-            // SAFETY: the page is held by `other` (unlinked from every table); its first word
-            // is the link `add_freed` wrote, read before `add_freed` below overwrites it.
-            let next = unsafe { (*va.as_ptr().cast::<AtomicU64>()).load(Ordering::Relaxed) };
-            other.freed_head = next;
-            other.freed -= 1;
-            self.add_freed(Page { pa, va }, size_log2);
-        }
-        other.leaf_only = true;
-        Ok(())
-    }
-
     /// Takes `page` (of `1 << size_log2` bytes), already unlinked from every table, for freeing
     /// after the invalidation.
     pub(crate) fn add_freed(&mut self, page: Page, size_log2: u32) {
@@ -256,9 +229,10 @@ impl Gather {
     }
 
     /// Moves everything `other` holds into this gather: its ranges (widened as usual), page
-    /// sizes and held pages. For a caller that keeps one gather of invalidations still to
-    /// confirm (a flush failed) and adds a later one that failed too; both must belong to the
-    /// same table (one unit, one domain).
+    /// sizes and held pages (the chains are spliced: no page is touched but `other`'s last).
+    /// For a caller that keeps one gather of invalidations still to confirm (a flush failed)
+    /// and adds a later one that failed too; both must belong to the same table (one unit,
+    /// one domain). Infallible; `core::mem::take` the source to move out of a `&mut Gather`.
     pub fn absorb(&mut self, other: Gather) {
         for r in other.ranges() {
             self.add_range(r.start.get(), r.end.get());

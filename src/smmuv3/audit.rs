@@ -34,6 +34,13 @@ pub struct AuditReport {
     pub live_cds: usize,
     /// Domains allocated.
     pub domains: usize,
+    /// Domains owing an invalidation a failed flush or reclaim did not complete (their next
+    /// flush, reclaim or free issues it; until then a device may use stale TLB or ATC entries
+    /// of theirs).
+    pub owing: usize,
+    /// Table pages a failed reclaim unlinked that wait for that invalidation (allocated,
+    /// reachable by no table, freed once it completed).
+    pub owed_pages: usize,
 }
 
 /// A disagreement between the unit's books and its tables: a bug (in this crate, or memory
@@ -173,7 +180,8 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
     /// is on, STRTAB_BASE, CMDQ_BASE and EVENTQ_BASE point at its structures.
     ///
     /// For an embedder: after an error it answers "is the unit still consistent, or only
-    /// waiting for a retry?" ([`AuditReport::unsettled`]); in a debug build it can run after
+    /// waiting for a retry?" ([`AuditReport::unsettled`], [`AuditReport::owing`]); in a
+    /// debug build it can run after
     /// every call. It takes the configuration lock and reads every STE (`2^sid_bits` of a
     /// linear table, those of present level-2 tables otherwise) and every CD: not for a hot
     /// path.
@@ -304,6 +312,10 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
                 continue;
             };
             report.domains += 1;
+            if dom.owed.is_owed() {
+                report.owing += 1;
+                report.owed_pages += dom.owed.pages();
+            }
             let domain = i as u16;
             for (what, books, found) in [
                 ("users", dom.users.load(Ordering::Acquire), found.users),

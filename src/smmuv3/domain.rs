@@ -104,10 +104,8 @@ pub(crate) struct Domain<A: PageAllocator> {
     pub(crate) ats_users: AtomicU32,
     /// Stage-1 domains nested on this one.
     pub(crate) children: AtomicU32,
-    /// A flush of the domain failed: what it was to invalidate is owed, conservatively as the
-    /// whole tag (`CMD_TLBI_NH_ASID` / `CMD_TLBI_S12_VMALL`) and every ATC range of its ATS
-    /// users, and the next flush issues it whatever its gather holds (`Iommu::flush`).
-    pub(crate) owed: AtomicBool,
+    /// What failed flushes and reclaims of the domain did not invalidate (see [`Owed`]).
+    pub(crate) owed: Owed,
     /// Built for an IOASID that enforces snooping (or nested on such a parent): only devices
     /// the platform declares `CANWBS` may be attached.
     pub(crate) enforce_snoop: bool,
@@ -118,10 +116,65 @@ pub(crate) struct Domain<A: PageAllocator> {
     /// Built for supervisor requests (`DomainConfig::supervisor`, stage 1 only): only then are
     /// privileged-only leaves (`Prot::PRIV`, `AP[1]` clear) mapped.
     pub(crate) supervisor: bool,
-    /// Tables a reclaim unlinked whose invalidation failed: freed only after a later one
-    /// completes (the next reclaim, or the whole-tag invalidation of `domain_free`).
-    pub(crate) unflushed: Gather,
     coherency: WalkerCoherency,
+}
+
+/// The invalidation a domain owes after a flush or a reclaim of it failed, and the table
+/// pages that wait for it.
+///
+/// One rule for both: the failed call's ranges are not kept (a caller may drop a flush's
+/// gather and retry with a new one), so what is owed is, conservatively, the whole tag
+/// (`CMD_TLBI_NH_ASID` / `CMD_TLBI_S12_VMALL`, which covers the walk caches too) and the whole
+/// range of every ATS user's ATC. The next flush (whatever its gather holds, even nothing),
+/// reclaim or `domain_free` of the domain issues it; the pages a failed reclaim unlinked are
+/// kept here and go back to the allocator only once that invalidation completed. A failed
+/// flush's own pages stay in its caller's gather (`Iommu::flush`).
+pub(crate) struct Owed {
+    /// Whether a whole-tag invalidation is owed: read without the lock by every flush.
+    whole_tag: AtomicBool,
+    /// Unlinked tables that wait for it. Changed only together with `whole_tag`, under the
+    /// lock.
+    pages: spin::Mutex<Gather>,
+}
+
+impl Owed {
+    const fn new() -> Self {
+        Self {
+            whole_tag: AtomicBool::new(false),
+            pages: spin::Mutex::new(Gather::new()),
+        }
+    }
+
+    /// Whether a whole-tag invalidation is owed.
+    pub(crate) fn is_owed(&self) -> bool {
+        self.whole_tag.load(Ordering::Acquire)
+    }
+
+    /// Table pages waiting for the owed invalidation.
+    pub(crate) fn pages(&self) -> usize {
+        self.pages.lock().freed_pages()
+    }
+
+    /// Takes what is owed, for a caller about to issue the whole-tag invalidation: `None`
+    /// if nothing is, else the pages that wait for it (free them once it completed, or
+    /// [`put_back`](Self::put_back) them if it failed).
+    pub(crate) fn take(&self) -> Option<Gather> {
+        if !self.is_owed() {
+            return None;
+        }
+        let mut pages = self.pages.lock();
+        self.whole_tag
+            .swap(false, Ordering::AcqRel)
+            .then(|| core::mem::take(&mut *pages))
+    }
+
+    /// Records that a whole-tag invalidation is owed, with `pages` (possibly none) to free
+    /// once it completed.
+    pub(crate) fn put_back(&self, pages: Gather) {
+        let mut held = self.pages.lock();
+        held.absorb(pages);
+        self.whole_tag.store(true, Ordering::Release);
+    }
 }
 
 /// Inputs common to both stages.
@@ -147,11 +200,10 @@ impl<A: PageAllocator> Domain<A> {
             users: AtomicU32::new(0),
             ats_users: AtomicU32::new(0),
             children: AtomicU32::new(0),
-            owed: AtomicBool::new(false),
+            owed: Owed::new(),
             enforce_snoop: cfg.enforce_snoop,
             coherent_dma,
             supervisor: cfg.supervisor,
-            unflushed: Gather::new(),
             coherency: p.coherency,
         }
     }
@@ -383,7 +435,7 @@ impl<A: PageAllocator> Domain<A> {
     pub(crate) fn table_pages(&self) -> Result<DomainPages, Error> {
         Ok(DomainPages {
             tables: with_table!(&self.table, t => t.table_pages())?,
-            unflushed: self.unflushed.freed_pages(),
+            unflushed: self.owed.pages(),
         })
     }
 

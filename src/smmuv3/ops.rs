@@ -284,13 +284,13 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         if self.has_cmdq() {
             self.with_cmdq(|q, r| q.submit_and_sync(r, &[invalidate_all(tag)]))?;
         }
-        let mut dom = self
+        let dom = self
             .slot(d)?
             .write()
             .take()
             .ok_or(Error::InvalidDomain(d))?;
-        // Tables a reclaim could not invalidate go with the rest, after the whole-tag TLBI.
-        let mut g = core::mem::take(&mut dom.unflushed);
+        // Tables a failed reclaim left owed go with the rest, after the whole-tag TLBI.
+        let mut g = dom.owed.take().unwrap_or_default();
         dom.destroy(&mut g)?;
         // SAFETY: no STE or CD points at the table (the domain had no users), and the TLBI of
         // its whole tag completed (or the unit never had a command queue, so never walked it).
@@ -318,8 +318,9 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
     /// then the gathered pages go back to the allocator. A nest parent's ATS users include the
     /// streams attached through its stage-1 children: their ATCs are invalidated whole.
     ///
-    /// A flush that fails leaves the domain owing a whole-tag invalidation (and a whole-range
-    /// ATC invalidation of its ATS users): the next flush issues it even with an empty gather.
+    /// What the domain owes ([`Owed`](super::domain::Owed): a failed flush or reclaim) is
+    /// issued instead of the gather's ranges, even with an empty gather, and the tables it
+    /// kept are freed with the gather's pages. A flush that fails leaves the domain owing.
     fn flush_impl(&self, d: DomainHandle, gather: &mut Gather) -> Result<(), Error> {
         self.usable()?;
         let (tag, granule_log2, ats, owed) = self.with_domain(d, |dom| {
@@ -328,26 +329,35 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
                 dom.geometry().granule_log2,
                 dom.ats_users.load(Ordering::Acquire) != 0,
                 // Taken: put back below if this flush fails too.
-                dom.owed.swap(false, Ordering::AcqRel),
+                dom.owed.take(),
             ))
         })?;
-        if gather.is_empty() && !owed {
+        if gather.is_empty() && owed.is_none() {
             return Ok(());
         }
-        let r = self.flush_tag(d, gather, tag, granule_log2, ats, owed);
+        let whole_tag = owed.is_some();
+        let mut kept = owed.unwrap_or_default();
+        let r = self
+            .flush_tag(d, gather, tag, granule_log2, ats, whole_tag)
+            .and_then(|()| {
+                // SAFETY: `kept` holds pages only when `whole_tag`: the whole tag was then
+                // invalidated and the CMD_SYNC after it completed (or the unit has no command
+                // queue and never walked them).
+                Ok(kept.release(&self.alloc, unsafe { InvalidationComplete::assume() })?)
+            });
         if r.is_err() {
             // Whatever this flush was to invalidate is owed (a gather the caller drops no
             // longer says which ranges): the whole tag, conservatively.
             let _ = self.with_domain(d, |dom| {
-                dom.owed.store(true, Ordering::Release);
+                dom.owed.put_back(core::mem::take(&mut kept));
                 Ok(())
             });
         }
         r
     }
 
-    /// The commands of [`flush_impl`](Self::flush_impl); `owed`: the whole tag and every ATC
-    /// range instead of the gather's ranges.
+    /// The commands of [`flush_impl`](Self::flush_impl); `whole_tag`: the whole tag and every
+    /// ATC range instead of the gather's ranges.
     fn flush_tag(
         &self,
         d: DomainHandle,
@@ -355,7 +365,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         tag: TlbTag,
         granule_log2: u32,
         ats: bool,
-        owed: bool,
+        whole_tag: bool,
     ) -> Result<(), Error> {
         let nest_parent = matches!(
             tag,
@@ -365,11 +375,6 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
             }
         );
         if self.has_cmdq() {
-            let policy = FlushPolicy {
-                ril: self.features.ril,
-                granule_log2,
-                threshold: self.cfg.flush_threshold,
-            };
             // Lock order: configuration (for the ATS streams), then domain slots (for the
             // children of a nest parent), then the command queue.
             let config = (ats || nest_parent).then(|| self.config.lock());
@@ -378,27 +383,15 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
             } else {
                 0
             };
-            let span = if owed {
-                Some(IovaRange {
-                    start: Iova::ZERO,
-                    end: Iova::new(u64::MAX),
-                })
-            } else {
-                gather.span()
+            let target = FlushTarget {
+                domain: d,
+                tag,
+                granule_log2,
+                config: config.as_deref(),
+                children,
+                whole_tag,
             };
-            self.with_cmdq(|q, r| {
-                let mut b = Batch::new(q, r);
-                if owed {
-                    b.push(invalidate_all(tag))?;
-                } else {
-                    plan_tlbi(tag, gather, &policy, |c| b.push(c))?;
-                }
-                b.sync()?;
-                let (Some(config), Some(span)) = (config.as_ref(), span) else {
-                    return Ok(());
-                };
-                invalidate_atcs(Batch::new(q, r), config, d, children, span)
-            })?;
+            self.invalidate(&target, gather)?;
         }
         // SAFETY: every range of the gather was invalidated in the domain's tag (or the whole
         // tag) and the CMD_SYNC after those commands completed; a unit without a command queue
@@ -407,10 +400,10 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         Ok(())
     }
 
-    /// The TLB (and ATC) invalidations of `gather` for `target`, each batch ended by a
-    /// CMD_SYNC that completed before this returns `Ok`. The caller has checked that the unit
-    /// has a command queue, and holds no domain slot lock that `target.children` was taken
-    /// under.
+    /// The TLB (and ATC) invalidations of `gather` (or of the whole tag) for `target`, each
+    /// batch ended by a CMD_SYNC that completed before this returns `Ok`. The caller has
+    /// checked that the unit has a command queue, and holds no domain slot lock that
+    /// `target.children` was taken under.
     pub(crate) fn invalidate(
         &self,
         target: &FlushTarget<'_, A>,
@@ -422,16 +415,28 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
             granule_log2,
             config,
             children,
+            whole_tag,
         } = *target;
         let policy = FlushPolicy {
             ril: self.features.ril,
             granule_log2,
             threshold: self.cfg.flush_threshold,
         };
-        let span = gather.span();
+        let span = if whole_tag {
+            Some(IovaRange {
+                start: Iova::ZERO,
+                end: Iova::new(u64::MAX),
+            })
+        } else {
+            gather.span()
+        };
         self.with_cmdq(|q, r| {
             let mut b = Batch::new(q, r);
-            plan_tlbi(tag, gather, &policy, |c| b.push(c))?;
+            if whole_tag {
+                b.push(invalidate_all(tag))?;
+            } else {
+                plan_tlbi(tag, gather, &policy, |c| b.push(c))?;
+            }
             b.sync()?;
             let (Some(config), Some(span)) = (config, span) else {
                 return Ok(());
@@ -450,6 +455,8 @@ pub(crate) struct FlushTarget<'c, A: PageAllocator> {
     pub(crate) granule_log2: u32,
     pub(crate) config: Option<&'c super::unit::ConfigState<A>>,
     pub(crate) children: u64,
+    /// The whole tag and every ATC range, whatever the gather records (what a domain owes).
+    pub(crate) whole_tag: bool,
 }
 
 impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {

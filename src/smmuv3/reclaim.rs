@@ -1,6 +1,10 @@
 //! Reclaiming a domain's empty tables: Arm IHI 0070 G.b §4.4 (TLBI with Leaf = 0 invalidates
 //! the walk caches for the address too), §4.7 (the CMD_SYNC that says it completed).
 //!
+//! A reclaim whose invalidation fails keeps the tables it unlinked and leaves the domain owing
+//! a whole-tag invalidation (`domain::Owed`, as a failed flush does): the next flush, reclaim
+//! or `domain_free` of the domain issues it and frees them.
+//!
 //! The domain's slot is held for writing from the unlink to the completion of the CMD_SYNC: no
 //! map can write into a table being unlinked, and no map can install a table in place of one the
 //! walk caches may still point at and return before the caches have forgotten it (the device
@@ -31,10 +35,13 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         let children = self.children_of(d);
         let mut slot = self.slot(d)?.write();
         let dom = slot.as_mut().ok_or(Error::InvalidDomain(d))?;
-        // Tables left from a failed invalidation are invalidated again with the new ones.
-        let mut gather = core::mem::take(&mut dom.unflushed);
+        // What the domain owes (a failed flush or reclaim) is issued with the new tables, as
+        // the whole tag, and the tables it kept are freed with them.
+        let owed = dom.owed.take();
+        let whole_tag = owed.is_some();
+        let mut gather = owed.unwrap_or_default();
         let unlinked = dom.reclaim(scope, &mut gather);
-        if gather.is_empty() {
+        if gather.is_empty() && !whole_tag {
             return unlinked.map(|_| 0);
         }
         if self.has_cmdq() {
@@ -52,10 +59,12 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
                 granule_log2: dom.geometry().granule_log2,
                 config: (ats || nest_parent).then_some(&*config),
                 children,
+                whole_tag,
             };
             if let Err(e) = self.invalidate(&target, &gather) {
-                // Never freed without a completed invalidation: the domain keeps them.
-                dom.unflushed = gather;
+                // Never freed without a completed invalidation: the domain keeps them, and
+                // owes the invalidation (`Owed`).
+                dom.owed.put_back(gather);
                 return Err(e);
             }
         }

@@ -527,8 +527,11 @@ impl<'r> Cell<'r> {
             }
         }
         let report = r.smmu.audit().map_err(|e| format!("SMMUv3 audit: {e}"))?;
-        if settled && report.unsettled != 0 {
-            return Err(format!("{} SMMUv3 stream(s) unsettled", report.unsettled));
+        if settled && (report.unsettled, report.owing) != (0, 0) {
+            return Err(format!(
+                "SMMUv3: {} stream(s) unsettled, {} domain(s) owing an invalidation",
+                report.unsettled, report.owing
+            ));
         }
         let report = r.vtd.audit().map_err(|e| format!("VT-d audit: {e}"))?;
         if settled && (report.unsettled, report.owing) != (0, 0) {

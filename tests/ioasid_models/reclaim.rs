@@ -471,13 +471,15 @@ fn unmaps_reclaim_every_batch_and_an_explicit_reclaim_takes_the_rest() {
 
 /// Through the `Iommu` trait: a domain's empty tables are unlinked, invalidated with one
 /// completion, freed only after it; when the completion never comes the pages are kept (not
-/// freed, not reused) until a later reclaim's invalidation completes.
+/// freed, not reused) until a later flush's, reclaim's or free's invalidation completes, and
+/// the unit's audit reports what is owed (`owed`: domains owing, pages waiting).
 fn reclaim_through_the_trait(
     r: &Rig<'_, '_>,
     unit: &dyn Iommu,
     device: u32,
     completions: impl Fn() -> u64,
     stall: impl Fn(bool),
+    owed: impl Fn() -> (usize, usize),
 ) {
     use iommu_engine::iommu::{DomainConfig, ReclaimScope};
     let d = unit.domain_alloc(&DomainConfig::default()).unwrap();
@@ -519,6 +521,11 @@ fn reclaim_through_the_trait(
     assert_eq!(r.live(), mapped);
     let p = unit.table_pages(d).unwrap();
     assert_eq!((p.tables.linked, p.tables.needed, p.unflushed), (6, 4, 2));
+    assert_eq!(
+        owed(),
+        (1, 2),
+        "the audit reports the owed invalidation and its pages"
+    );
     // The next reclaim invalidates them again with its own, then frees all four.
     let before = completions();
     assert_eq!(unit.reclaim(d, ReclaimScope::All), Ok(4));
@@ -526,10 +533,33 @@ fn reclaim_through_the_trait(
     assert_eq!(r.live(), mapped - 4);
     let p = unit.table_pages(d).unwrap();
     assert_eq!((p.tables.linked, p.tables.needed, p.unflushed), (4, 4, 0));
+    assert_eq!(owed(), (0, 0));
     assert_eq!(
         unit.query(d, Iova::new(0)).map(|m| m.pa.get()),
         Some(0x8000_0000)
     );
+    // What a failed reclaim owes is owed like what a failed flush owes: the next flush, even
+    // with an empty gather, issues it and frees the kept tables (`Iommu::flush`).
+    unit.map(d, Iova::new(1 << 30), PhysAddr::new(0x8000_0000), K4, RW)
+        .unwrap();
+    let mut g = iommu_engine::pgtable::Gather::new();
+    assert_eq!(unit.unmap(d, Iova::new(1 << 30), K4, &mut g), Ok(K4));
+    unit.flush(d, &mut g).unwrap();
+    stall(true);
+    assert!(unit.reclaim(d, ReclaimScope::All).is_err());
+    stall(false);
+    assert_eq!(unit.table_pages(d).unwrap().unflushed, 2);
+    let kept = r.live();
+    let before = completions();
+    unit.flush(d, &mut iommu_engine::pgtable::Gather::new())
+        .unwrap();
+    assert!(
+        completions() > before,
+        "the owed invalidation was not issued"
+    );
+    assert_eq!(unit.table_pages(d).unwrap().unflushed, 0);
+    assert_eq!(owed(), (0, 0));
+    assert_eq!(r.live(), kept - 2);
     // Kept pages are freed by domain_free too.
     let mut g = iommu_engine::pgtable::Gather::new();
     assert_eq!(unit.unmap(d, Iova::new(0), K4, &mut g), Ok(K4));
@@ -560,6 +590,10 @@ fn vtd_reclaim_frees_after_the_wait_and_keeps_pages_when_it_times_out() {
                     r.vm.clear_injections()
                 }
             },
+            || {
+                let a = r.vtd.audit().unwrap();
+                (a.owing, a.owed_pages)
+            },
         );
         r.drain();
     });
@@ -580,6 +614,10 @@ fn smmu_reclaim_frees_after_the_sync_and_keeps_pages_when_it_times_out() {
                 } else {
                     r.sm.clear_injections()
                 }
+            },
+            || {
+                let a = r.smmu.audit().unwrap();
+                (a.owing, a.owed_pages)
             },
         );
         r.drain();

@@ -33,8 +33,11 @@ pub struct AuditReport {
     pub unsettled: usize,
     /// Domains allocated.
     pub domains: usize,
-    /// Domains owing an invalidation a failed flush did not complete.
+    /// Domains owing an invalidation a failed flush or reclaim did not complete (their next
+    /// flush, reclaim or free issues it).
     pub owing: usize,
+    /// Table pages that wait for those invalidations (unlinked, still allocated).
+    pub owed_pages: usize,
 }
 
 /// Where the books and the hardware disagree. Each variant names the entry and the values.
@@ -169,9 +172,12 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
             let guard = lock.read();
             if let Some(d) = guard.as_ref() {
                 report.domains += 1;
-                if !d.owed.lock().is_empty() {
+                let owed = d.owed.lock();
+                if !owed.is_empty() {
                     report.owing += 1;
+                    report.owed_pages += owed.freed_pages();
                 }
+                drop(owed);
                 if self.info.did_of(slot) != Some(d.did) {
                     return Err(AuditError::WrongDomainId {
                         domain: slot as u16,

@@ -114,10 +114,10 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
     }
 
     /// Keeps `gather` (ranges and pages) on `domain` as owed: the next flush of the domain
-    /// invalidates its ranges and only then frees its pages. If the domain is gone or a page is
-    /// unknown to the allocator, what cannot be kept stays in `gather` (leaked if dropped).
+    /// invalidates its ranges and only then frees its pages. If the domain is gone, everything
+    /// stays in `gather` (leaked if dropped).
     pub(crate) fn owe(&self, domain: DomainHandle, gather: &mut Gather) {
-        let _ = self.with_domain(domain, |d| d.owed.lock().take_from(gather, &self.alloc));
+        let _ = self.with_domain(domain, |d| d.owed.lock().absorb(core::mem::take(gather)));
     }
 }
 

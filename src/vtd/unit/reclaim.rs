@@ -35,7 +35,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
         if let Err(e) = self.flush_locked(&cfg, slot, dom, &mut gather, Purpose::Unmap) {
             // Never freed without a completed invalidation: the domain keeps the pages with
             // the ranges `flush_locked` recorded as owed, for its next flush or its free.
-            let _ = dom.owed.get_mut().take_from(&mut gather, &self.alloc);
+            dom.owed.get_mut().absorb(gather);
             return Err(e);
         }
         unlinked?;
