@@ -435,7 +435,8 @@ pub trait Iommu: Sync {
     /// needs on map (VT-d caching mode, write-buffer flush).
     ///
     /// All or nothing: on `Err` nothing of the range is mapped. If the hardware step after
-    /// writing the entries fails, the unit clears them again before returning; the
+    /// writing the entries fails, the unit clears them again before returning (tables the map
+    /// linked may stay, empty, until a [`reclaim`](Self::reclaim) or `domain_free`); the
     /// invalidation that clearing needs, if it fails too, stays owed by the domain and is
     /// issued by the next [`flush`](Self::flush) of the domain (an empty gather suffices).
     /// Until such a flush succeeds the device may still reach `pa` through a stale cached

@@ -9,7 +9,10 @@
 //!
 //! After every cell, and again after the retry of a failed call:
 //! - `Ok` means the whole effect happened (checked by translating through the model);
-//! - `Err` is followed by the same call with the fault cleared, which must complete it;
+//! - `Err` means no effect, or exactly the partial state the documentation names for that call
+//!   (`partial_state`: a snapshot of what the tables in memory translate, what the books map,
+//!   the live domains, the audit's counts and the allocator's pages, before and after); the
+//!   same call with the fault cleared must then complete it;
 //! - no structure the model can still reach (tables from the latched root, cached entries, the
 //!   queue) is memory the allocator has back ([`VtdModel::reachable`]);
 //! - no cache holds an entry tagged with a domain-ID no live domain carries (a DID reused
@@ -29,7 +32,7 @@ use iommu_engine::sim::arena::PhysMem;
 use iommu_engine::sim::vtd::{regs, Injection, VtdModel, VtdModelConfig};
 use iommu_engine::sim::walk::Access;
 use iommu_engine::sim::{Arena, ArenaConfig, FailPolicy};
-use iommu_engine::vtd::{AttachOptions, Mode, VtdConfig, VtdUnit};
+use iommu_engine::vtd::{AttachOptions, AuditReport, Mode, VtdConfig, VtdUnit};
 
 type Unit<'a> = VtdUnit<&'a VtdModel<'a>, &'a Arena>;
 
@@ -517,8 +520,203 @@ fn faults(v: Variant, op: Op) -> Vec<Fault> {
     out
 }
 
+/// What a call may change, read before and after it: what the tables in memory translate
+/// (the model's walk with empty caches, so a stale cache cannot hide a change), what the
+/// unit's books map, which domains live, what its audit reports (entries, attachments,
+/// unsettled ones, domains, domains owing an invalidation and their pages), the pages the
+/// allocator has out and whether translation is on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Snapshot {
+    translations: Vec<Option<u64>>,
+    mapped: Vec<Option<u64>>,
+    domains: Vec<DomainHandle>,
+    audit: Option<AuditReport>,
+    pages: usize,
+    enabled: bool,
+}
+
+/// The probes: (device, PASID) x IOVA.
+const PROBE_DEVICES: [(DeviceId, Option<u32>); 4] =
+    [(DEV, None), (DEV, Some(5)), (DEV, Some(7)), (DEV2, None)];
+const PROBE_IOVAS: [u64; 3] = [0, NEW_IOVA, NEW_IOVA + K4];
+
+impl Snapshot {
+    fn take(f: &Fixture<'_>) -> Self {
+        let mut translations = Vec::new();
+        for (dev, p) in PROBE_DEVICES {
+            for iova in PROBE_IOVAS {
+                translations.push(f.m.translate_in_memory(sid(dev), p, iova, Access::READ));
+            }
+        }
+        let (mut mapped, mut domains) = (Vec::new(), Vec::new());
+        if let Some(u) = &f.u {
+            for &d in f.domains.iter().filter(|&&d| u.domain_id(d).is_some()) {
+                domains.push(d);
+                for iova in PROBE_IOVAS {
+                    mapped.push(u.query(d, Iova::new(iova)).map(|m| m.pa.get()));
+                }
+            }
+        }
+        Snapshot {
+            translations,
+            mapped,
+            domains,
+            audit: f.u.as_ref().and_then(|u| u.audit().ok()),
+            pages: f.a.stats().live_pages,
+            enabled: f.u.as_ref().is_some_and(|u| u.is_enabled()),
+        }
+    }
+
+    /// The translations of `dev` (and PASID `p`) at every probed IOVA.
+    fn of(&self, dev: DeviceId, p: Option<u32>) -> &[Option<u64>] {
+        let i = PROBE_DEVICES
+            .iter()
+            .position(|&x| x == (dev, p))
+            .unwrap_or(0);
+        &self.translations[i * PROBE_IOVAS.len()..(i + 1) * PROBE_IOVAS.len()]
+    }
+
+    /// The translations of every other (device, PASID).
+    fn others(&self, dev: DeviceId, p: Option<u32>) -> Vec<Option<u64>> {
+        let mut v = Vec::new();
+        for (i, &x) in PROBE_DEVICES.iter().enumerate() {
+            if x != (dev, p) {
+                v.extend_from_slice(
+                    &self.translations[i * PROBE_IOVAS.len()..(i + 1) * PROBE_IOVAS.len()],
+                );
+            }
+        }
+        v
+    }
+}
+
+/// After a failed `op`: no effect (`after == before`), or exactly the partial state the
+/// documentation names for it (README, "Errors: what to do"; ARCHITECTURE.md, "Faults and
+/// error paths"), which the retry then completes. Returns the name of the state found.
+fn partial_state(
+    v: Variant,
+    op: Op,
+    before: &Snapshot,
+    after: &Snapshot,
+) -> Result<&'static str, String> {
+    if after == before {
+        return Ok("no effect");
+    }
+    let fail = |what: &str| {
+        Err(format!(
+            "neither no effect nor the documented partial state ({what}):\n  before {before:?}\n  after  {after:?}"
+        ))
+    };
+    let (Some(ab), Some(aa)) = (before.audit, after.audit) else {
+        return fail("no audit");
+    };
+    let same_books = before.mapped == after.mapped && before.domains == after.domains;
+    let attached = |dev: DeviceId, p: Option<u32>| {
+        // The attachment recorded, unsettled; its entry either already points at the new
+        // domain or is torn down (the old one's invalidation unconfirmed); nothing else moved;
+        // tables the attach built (context table, PASID directory and table) stay.
+        let entry = after.of(dev, p);
+        let blocked = entry.iter().all(Option::is_none);
+        let new = v.mode() == Mode::Scalable && aa.unsettled == ab.unsettled;
+        same_books
+            && after.others(dev, p) == before.others(dev, p)
+            && after.pages >= before.pages
+            && after.enabled == before.enabled
+            && (aa.unsettled == ab.unsettled + 1 || aa.unsettled == ab.unsettled && new)
+            && (blocked || entry != before.of(dev, p))
+            && aa.owing == ab.owing
+    };
+    let state = match op {
+        // Stopped at the first register that did not answer: calling again completes it; the
+        // root table and the queue it allocated stay for that call.
+        Op::Enable | Op::Takeover | Op::Disable | Op::Release
+            if same_books && after.pages >= before.pages =>
+        {
+            "stopped part-way"
+        }
+        Op::Attach if attached(DEV2, None) => "attachment unsettled",
+        Op::Replace if attached(DEV, None) => "attachment unsettled",
+        Op::PasidAttach if attached(DEV, Some(7)) => "attachment unsettled",
+        // The scalable-mode attach that ran out of memory: the device's context entry is
+        // present over an empty PASID directory (blocking like no entry); nothing else moved.
+        Op::Attach | Op::Replace | Op::PasidAttach
+            if v.mode() == Mode::Scalable
+                && same_books
+                && after.translations == before.translations
+                && after.pages > before.pages
+                && AuditReport {
+                    entries: 0,
+                    attachments: 0,
+                    ..aa
+                } == AuditReport {
+                    entries: 0,
+                    attachments: 0,
+                    ..ab
+                } =>
+        {
+            "context entry over an empty PASID directory"
+        }
+        // The entry cleared, the attachment recorded unsettled until the invalidation is
+        // confirmed.
+        Op::Detach | Op::PasidDetach => {
+            let (dev, p) = if op == Op::Detach {
+                (DEV, None)
+            } else {
+                (DEV, Some(5))
+            };
+            let torn = same_books
+                && after.of(dev, p).iter().all(Option::is_none)
+                && after.others(dev, p) == before.others(dev, p)
+                && aa.unsettled == ab.unsettled + 1
+                && after.pages == before.pages;
+            if !torn {
+                return fail("entry cleared, attachment unsettled");
+            }
+            "entry cleared, attachment unsettled"
+        }
+        // Nothing mapped: the entries written were cleared again. The tables the map linked
+        // stay, empty (at most those the clean run allocates; a retry reuses them, reclaim or
+        // domain_free frees them); under caching mode the undo's invalidation, if it failed
+        // too, is owed by the domain (no page waits for it); without it nothing is owed.
+        Op::Map => {
+            let caching = matches!(v, Variant::LegacyCachingMode | Variant::ScalableCachingMode);
+            let added = after.pages.checked_sub(before.pages);
+            let undone = same_books
+                && after.translations == before.translations
+                && (aa.owing == ab.owing || caching && aa.owing == ab.owing + 1)
+                && aa.owed_pages == ab.owed_pages
+                && added.is_some_and(|n| n as u64 <= census(v, op).2);
+            if !undone {
+                return fail("nothing mapped, empty tables linked, the undo's invalidation owed");
+            }
+            "nothing mapped, empty tables linked"
+        }
+        // The entries are gone, their invalidation owed by the domain (the dropped gather's
+        // pages with it).
+        Op::UnmapAndFlush
+            if after.domains == before.domains
+                && after.of(DEV, None)[0].is_none()
+                && aa.owing == ab.owing + 1
+                && after.pages == before.pages =>
+        {
+            "unmapped, invalidation owed"
+        }
+        // The gather keeps its pages and the domain owes its ranges.
+        Op::Flush | Op::DirtyReadAndClear
+            if same_books
+                && after.translations == before.translations
+                && aa.owing == ab.owing + 1
+                && after.pages == before.pages =>
+        {
+            "invalidation owed"
+        }
+        _ => return fail("none documented"),
+    };
+    Ok(state)
+}
+
 /// One cell: `op` under `fault`, the checks, the retry, the checks, the teardown.
-fn cell(v: Variant, op: Op, fault: Fault) -> Result<bool, String> {
+fn cell(v: Variant, op: Op, fault: Fault) -> Result<Option<&'static str>, String> {
     let a = arena();
     let m = VtdModel::new(&a, v.model());
     let mut f = Fixture::new(v, &m, &a, op);
@@ -527,12 +725,21 @@ fn cell(v: Variant, op: Op, fault: Fault) -> Result<bool, String> {
         Fault::Inject(i) => m.inject(i),
         Fault::AllocFailure(n) => a.set_fail_policy(FailPolicy::Nth(n)),
     }
+    let before = Snapshot::take(&f);
     let first = f.run(op);
     m.clear_injections();
     a.set_fail_policy(FailPolicy::Never);
     let failed = first.is_err();
     f.invariants(op, first.is_ok())
         .map_err(|e| format!("after {first:?}: {e}"))?;
+    let state = if failed {
+        Some(
+            partial_state(v, op, &before, &Snapshot::take(&f))
+                .map_err(|e| format!("after {first:?}: {e}"))?,
+        )
+    } else {
+        None
+    };
     if failed {
         f.run(op)
             .map_err(|e| format!("retry after {first:?}: {e}"))?;
@@ -541,13 +748,14 @@ fn cell(v: Variant, op: Op, fault: Fault) -> Result<bool, String> {
     }
     f.effect(op).map_err(|e| format!("after {first:?}: {e}"))?;
     f.teardown()?;
-    Ok(failed)
+    Ok(state)
 }
 
 #[test]
 fn every_operation_under_every_fault() {
     let mut cells = 0usize;
     let mut failed_calls = 0usize;
+    let mut states = std::collections::BTreeMap::<&str, usize>::new();
     let mut broken = Vec::new();
     let variants = [
         Variant::Legacy,
@@ -561,7 +769,11 @@ fn every_operation_under_every_fault() {
             for fault in faults(v, op) {
                 cells += 1;
                 match cell(v, op, fault) {
-                    Ok(failed) => failed_calls += usize::from(failed),
+                    Ok(None) => {}
+                    Ok(Some(state)) => {
+                        failed_calls += 1;
+                        *states.entry(state).or_default() += 1;
+                    }
                     Err(e) => broken.push(format!("{v:?} {op:?} {fault:?}: {e}")),
                 }
             }
@@ -571,6 +783,7 @@ fn every_operation_under_every_fault() {
         "VT-d fault matrix: {cells} cells ({failed_calls} calls failed and were retried), {} broken",
         broken.len()
     );
+    println!("what the failed calls left: {states:?}");
     assert!(broken.is_empty(), "{}", broken.join("\n"));
     assert!(
         failed_calls > 0 && cells > 300,

@@ -335,6 +335,27 @@ impl<'m> SmmuModel<'m> {
         translate::translate(&mut self.lock(), self.mem, &self.cfg, req)
     }
 
+    /// What the stream table, CDs and translation tables in memory translate `iova` to for
+    /// `sid` (and `ssid`), as a walk with empty caches finds it: the output address, or `None`
+    /// for a fault (or the unit off). Unlike [`translate`](Self::translate) it changes nothing
+    /// the model keeps (no cache fill, no event, no counter): for tests that compare what the
+    /// tables say before and after a call.
+    pub fn translate_in_memory(
+        &self,
+        sid: u32,
+        ssid: Option<u32>,
+        iova: u64,
+        access: Access,
+    ) -> Option<u64> {
+        let req = translate::Request {
+            sid,
+            ssid,
+            iova,
+            access,
+        };
+        translate::in_memory(&self.lock(), self.mem, &self.cfg, req)
+    }
+
     /// A PCIe ATS-translated transaction from `sid` at address `addr` (already translated by
     /// the device's ATC): passes when STE.EATS allows it, F_TRANSL_FORBIDDEN otherwise.
     ///

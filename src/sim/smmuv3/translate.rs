@@ -430,6 +430,28 @@ pub(crate) fn translate(
         .map_err(|fail| report(state, mem, cfg, &req, fail))
 }
 
+/// What the structures in memory translate `req` to, walked with empty caches: the output
+/// address, or `None` (a fault, the unit off or in service failure mode). Nothing the model
+/// keeps changes: no cache is filled, no event recorded, no counter moved.
+pub(crate) fn in_memory(
+    state: &State,
+    mem: &Arena,
+    cfg: &SmmuModelConfig,
+    req: Request,
+) -> Option<u64> {
+    if state.service_failure || !state.regs.enabled(cr0::SMMUEN) {
+        return None;
+    }
+    let empty = super::tlb::Caches::default();
+    let env = Env {
+        caches: &empty,
+        mem,
+        cfg,
+        pending: RefCell::new(Pending::default()),
+    };
+    run(&env, &state.regs, &req).ok().map(|o| o.pa)
+}
+
 /// The platform's part: a transaction of a stream the platform makes coherent whatever its
 /// attributes (IORT `CANWBS`) snoops even as a PCIe No-Snoop; no SMMU attribute does that.
 fn platform_coherency(cfg: &SmmuModelConfig, req: &Request, mut o: DmaOk) -> DmaOk {

@@ -429,6 +429,28 @@ impl<'m> VtdModel<'m> {
         })
     }
 
+    /// What the root, context and PASID tables and the paging structures in memory translate
+    /// `iova` to for `sid` (and `pasid`), as a walk with empty caches finds it: the output
+    /// address, or `None` for a fault (or translation off). Unlike
+    /// [`translate`](Self::translate) it changes nothing the model keeps (no cache fill, no
+    /// fault record, no counter): for tests that compare what the tables say before and after
+    /// a call.
+    pub fn translate_in_memory(
+        &self,
+        sid: u16,
+        pasid: Option<u32>,
+        iova: u64,
+        access: walk::Access,
+    ) -> Option<u64> {
+        let mut st = self.lock();
+        let caches = core::mem::take(&mut st.caches);
+        let stats = st.stats;
+        let r = st.translate_inner(sid, pasid, iova, access);
+        st.caches = caches;
+        st.stats = stats;
+        r.ok().map(|t| t.pa)
+    }
+
     /// The counters so far.
     pub fn stats(&self) -> VtdModelStats {
         self.lock().stats
