@@ -4,8 +4,11 @@
 //! After every cell:
 //! - `Ok` means the whole effect happened (checked through the model's translations, which use
 //!   its caches, so a lost invalidation shows as a stale translation);
-//! - `Err` means no effect, or a documented partial state: the same call, retried once the
-//!   fault is cleared, completes it (and issues every invalidation the failed call lost);
+//! - `Err` means no effect, or exactly the partial state the documentation names for that call
+//!   (`partial_state`: a snapshot of what the structures in memory translate, what the books
+//!   map, the live domains, the audit's counts and the allocator's pages, before and after);
+//!   the same call, retried once the fault is cleared, completes it (and issues every
+//!   invalidation the failed call lost);
 //! - no page went back to the allocator while the SMMU can still reach it: a walk of the
 //!   model's memory and caches (stream table, STEs, CD tables, CDs, translation tables,
 //!   queues) only finds live pages;
@@ -25,7 +28,7 @@ use iommu_engine::sim::arena::{Arena, ArenaConfig, FailPolicy};
 use iommu_engine::sim::smmuv3::{Injection, SmmuModel, SmmuModelConfig};
 use iommu_engine::sim::walk::Access;
 use iommu_engine::smmuv3::cmdq::SyncMode;
-use iommu_engine::smmuv3::{SmmuConfig, SmmuUnit, StreamTableLayout};
+use iommu_engine::smmuv3::{AuditReport, SmmuConfig, SmmuUnit, StreamTableLayout};
 
 const K4: u64 = 1 << 12;
 const RW: Prot = Prot::READ.union(Prot::WRITE);
@@ -500,6 +503,160 @@ impl<'a> Rig<'a> {
     }
 }
 
+/// What a call may change, read before and after it: what the structures in memory translate
+/// (the model's walk with empty caches, so a stale TLB entry cannot hide a change), what the
+/// books map in every domain, which domains live, the audit's counts (streams, unsettled ones,
+/// live STEs and CDs, domains, domains owing an invalidation and their pages), the pages the
+/// allocator has out, whether the unit is on and whether it failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Snapshot {
+    translations: Vec<Option<u64>>,
+    mapped: Vec<Option<u64>>,
+    domains: Vec<DomainHandle>,
+    audit: Option<AuditReport>,
+    pages: usize,
+    enabled: bool,
+    failed: bool,
+}
+
+/// The probes: (StreamID, SubstreamID) x IOVA.
+const PROBE_STREAMS: [(u32, Option<u32>); 6] = [
+    (SID_S2, None),
+    (SID_S1, None),
+    (SID_S1, Some(1)),
+    (SID_S1, Some(2)),
+    (SID_SPARE, None),
+    (SID_NEW, None),
+];
+const PROBE_IOVAS: [u64; 3] = [IOVA, IOVA + K4, IOVA2 + K4];
+
+impl Snapshot {
+    fn take(rig: &Rig<'_>) -> Self {
+        let mut translations = Vec::new();
+        for (sid, ssid) in PROBE_STREAMS {
+            for iova in PROBE_IOVAS {
+                translations.push(rig.model.translate_in_memory(sid, ssid, iova, Access::READ));
+            }
+        }
+        let (mut mapped, mut domains) = (Vec::new(), Vec::new());
+        if let Some(u) = rig.unit.as_ref() {
+            let all = [rig.d2, rig.d2b, rig.p2, rig.spare, rig.allocated];
+            for d in all.into_iter().flatten() {
+                if u.domain_geometry(d).is_ok() {
+                    domains.push(d);
+                    for iova in PROBE_IOVAS {
+                        mapped.push(u.query(d, Iova::new(iova)).map(|m| m.pa.get()));
+                    }
+                }
+            }
+        }
+        Snapshot {
+            translations,
+            mapped,
+            domains,
+            audit: rig.unit.as_ref().and_then(|u| u.audit().ok()),
+            pages: rig.mem.stats().live_pages,
+            enabled: rig.unit.as_ref().is_some_and(|u| u.is_enabled()),
+            failed: rig.unit.as_ref().is_some_and(|u| u.has_failed()),
+        }
+    }
+
+    /// The translations of every stream but `sid`.
+    fn others(&self, sid: u32) -> Vec<Option<u64>> {
+        let n = PROBE_IOVAS.len();
+        let mut v = Vec::new();
+        for (i, &(s, _)) in PROBE_STREAMS.iter().enumerate() {
+            if s != sid {
+                v.extend_from_slice(&self.translations[i * n..(i + 1) * n]);
+            }
+        }
+        v
+    }
+}
+
+/// After a failed `op`: no effect (`after == before`), or exactly the partial state the
+/// documentation names for it (README, "Errors: what to do"; ARCHITECTURE.md, "Faults and
+/// error paths"), which the retry then completes. Returns the name of the state found.
+fn partial_state(op: Op, before: &Snapshot, after: &Snapshot) -> Result<&'static str, String> {
+    if after == before {
+        return Ok("no effect");
+    }
+    let fail = |what: &str| {
+        Err(format!(
+            "neither no effect nor the documented partial state ({what}):\n  before \
+             {before:?}\n  after  {after:?}"
+        ))
+    };
+    let same_books = after.mapped == before.mapped && after.domains == before.domains;
+    // Service failure mode: the unit turned itself off and refuses every call until it is
+    // reset; nothing translates; the books are as the failed command left them (a stream
+    // may be unsettled), which `enable` after the reset reprograms.
+    if after.failed && !before.failed {
+        let off = same_books
+            && !after.enabled
+            && after.translations.iter().all(Option::is_none)
+            && after.pages >= before.pages;
+        return if off {
+            Ok("service failure: unit off")
+        } else {
+            fail("service failure")
+        };
+    }
+    // A unit dropped while CR0ACK does not say it stopped: every page it may still walk
+    // (tables, queues, domains) is leaked on purpose, so what memory translates is unchanged.
+    if op == Op::Release && after.audit.is_none() {
+        let leaked = after.translations == before.translations && after.pages == before.pages;
+        return if leaked {
+            Ok("dropped while on: all leaked")
+        } else {
+            fail("all leaked")
+        };
+    }
+    let (Some(ab), Some(aa)) = (before.audit, after.audit) else {
+        // `enable` on a unit that had no queues yet, `release`: the audit needs the unit.
+        return if same_books && after.pages >= before.pages {
+            Ok("stopped part-way")
+        } else {
+            fail("stopped part-way")
+        };
+    };
+    // A stream whose attach or detach failed after the books changed: unsettled, its STE
+    // and CDs anywhere between the old and the new state; no other stream moved; the
+    // structures it allocated (level-2 stream table, CD table) stay.
+    let unsettled = |sid: u32| {
+        same_books
+            && after.others(sid) == before.others(sid)
+            && aa.unsettled == ab.unsettled + 1
+            && aa.owing == ab.owing
+            && after.pages >= before.pages
+            && after.enabled == before.enabled
+    };
+    let state = match op {
+        // Stopped at a control register that did not answer: the unit is left off with its
+        // tables; `enable` again completes it.
+        Op::Enable | Op::Takeover | Op::Disable | Op::Release
+            if same_books && after.pages >= before.pages =>
+        {
+            "stopped part-way"
+        }
+        Op::Attach | Op::Detach if unsettled(SID_S2) => "stream unsettled",
+        Op::AttachNew if unsettled(SID_NEW) => "stream unsettled",
+        Op::AttachPasid | Op::DetachPasid if unsettled(SID_S1) => "stream unsettled",
+        // The gather keeps its pages; the domain owes a whole-tag invalidation.
+        Op::Flush | Op::DirtyReadClear
+            if same_books
+                && after.translations == before.translations
+                && aa.owing == ab.owing + 1
+                && aa.owed_pages == ab.owed_pages
+                && after.pages == before.pages =>
+        {
+            "whole-tag invalidation owed"
+        }
+        _ => return fail("none documented"),
+    };
+    Ok(state)
+}
+
 fn inject(rig: &Rig<'_>, fault: Fault) {
     let m = rig.model;
     match fault {
@@ -546,6 +703,7 @@ fn recover(rig: &Rig<'_>) -> Result<(), String> {
     Ok(())
 }
 
+/// How a cell ended: `"ok"`, or the state a failed call left (its retry completed it).
 fn run_cell(op: Op, fault: Fault) -> Result<&'static str, String> {
     let mem = Arena::new(ArenaConfig {
         capacity: 8 << 20,
@@ -566,6 +724,7 @@ fn run_cell(op: Op, fault: Fault) -> Result<&'static str, String> {
         rig.invariants(true)
             .map_err(|e| format!("after setup: {e}"))?;
     }
+    let before = Snapshot::take(&rig);
     inject(&rig, fault);
     let first = rig.run(op);
     // An embedder's interrupt handler sees the global errors.
@@ -588,15 +747,18 @@ fn run_cell(op: Op, fault: Fault) -> Result<&'static str, String> {
         Err(e) => {
             rig.invariants(false)
                 .map_err(|x| format!("after {e:?}: {x}"))?;
+            rig.mem.set_fail_policy(FailPolicy::Never);
+            let state = partial_state(op, &before, &Snapshot::take(&rig))
+                .map_err(|x| format!("after {e:?}: {x}"))?;
             recover(&rig)?;
             if op == Op::Release {
-                return Ok("err");
+                return Ok(state);
             }
             rig.run(op)
                 .map_err(|x| format!("failed with {e:?}, the retry failed with {x:?}"))?;
             rig.effect(op)
                 .map_err(|x| format!("failed with {e:?}, then retried: {x}"))?;
-            "err+retry"
+            state
         }
     };
     rig.invariants(true)
@@ -624,6 +786,7 @@ fn run_cell(op: Op, fault: Fault) -> Result<&'static str, String> {
 fn smmuv3_fault_matrix() {
     let faults = faults();
     let (mut ok, mut err, mut failures) = (0, 0, String::new());
+    let mut states = std::collections::BTreeMap::<&str, usize>::new();
     for op in OPS {
         let mut row = String::new();
         for &fault in &faults {
@@ -632,8 +795,9 @@ fn smmuv3_fault_matrix() {
                     ok += 1;
                     row.push('.');
                 }
-                Ok(_) => {
+                Ok(state) => {
                     err += 1;
+                    *states.entry(state).or_default() += 1;
                     row.push('R');
                 }
                 Err(why) => {
@@ -652,5 +816,6 @@ fn smmuv3_fault_matrix() {
         OPS.len(),
         faults.len()
     );
+    println!("what the failed calls left: {states:?}");
     assert!(failures.is_empty(), "cells that do not hold:\n{failures}");
 }
