@@ -5,8 +5,11 @@
 //! After every cell:
 //! - `Ok` means the whole effect happened, checked through the models' translations (which use
 //!   their caches, so a lost invalidation shows as a stale translation);
-//! - `Err` means no effect, or a documented partial state: the same call, retried once the
-//!   fault is cleared, succeeds and has the whole effect;
+//! - `Err` means no effect, or exactly the partial state the documentation names for that call
+//!   (`partial_state`: a snapshot of what the tables in memory translate for each device, the
+//!   records, IOASIDs, devices and PASIDs, the units' audit counts and domains, and the
+//!   allocator's pages, before and after); the same call, retried once the fault is cleared,
+//!   succeeds and has the whole effect;
 //! - no page went back to the allocator while a unit can still reach it (the models' walks of
 //!   their registers, tables and caches find only live pages);
 //! - every IOASID's record agrees with every domain behind it (`IoasidCtx::audit` walks both),
@@ -34,6 +37,8 @@ use iommu_engine::sim::smmuv3::Injection as SmmuFault;
 use iommu_engine::sim::vtd::Injection as VtdFault;
 use iommu_engine::sim::walk::Access;
 use iommu_engine::sim::Arena;
+use iommu_engine::smmuv3::AuditReport as SmmuAudit;
+use iommu_engine::vtd::AuditReport as VtdAudit;
 
 use crate::rig::*;
 
@@ -556,6 +561,214 @@ impl<'r> Cell<'r> {
     }
 }
 
+/// What a call may change, read before and after it: what the tables in memory translate for
+/// each probed device (the models' walks with empty caches, so a stale cache cannot hide a
+/// change), what each IOASID's record maps, which IOASIDs, devices and PASIDs exist, each
+/// unit's audit counts (attachments, unsettled ones, domains, domains owing an invalidation
+/// and their pages), the domains on each unit and the pages the allocator has out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Snapshot {
+    vtd: Vec<Option<u64>>,
+    smmu: Vec<Option<u64>>,
+    record: Vec<Result<Option<u64>, Error>>,
+    devices: Vec<bool>,
+    pasids: Vec<bool>,
+    vtd_audit: Option<VtdAudit>,
+    smmu_audit: Option<SmmuAudit>,
+    domains: (usize, usize),
+    pages: usize,
+}
+
+const PROBE_IOVAS: [u64; 4] = [0x1000, 0x20_0000, 0x20_1000, 0x40_0000];
+
+impl Snapshot {
+    fn take(cell: &Cell<'_>, r: &Rig<'_, '_>) -> Self {
+        let (p, q) = (Some(cell.p.get()), Some(cell.q.get()));
+        let mut vtd = Vec::new();
+        for (rid, pasid) in [
+            (RID_A, None),
+            (RID_A, p),
+            (RID_NEW_BUS, None),
+            (RID_NEW_BUS, q),
+        ] {
+            for iova in PROBE_IOVAS {
+                vtd.push(r.vm.translate_in_memory(rid as u16, pasid, iova, Access::READ));
+            }
+        }
+        let mut smmu = Vec::new();
+        for (sid, ssid) in [(SID_A, None), (SID_B, None), (SID_C, q), (SID_DIRTY, None)] {
+            for iova in PROBE_IOVAS {
+                smmu.push(r.sm.translate_in_memory(sid, ssid, iova, Access::READ));
+            }
+        }
+        let (mut record, mut devices) = (Vec::new(), Vec::new());
+        if let Some(ctx) = cell.ctx.as_ref() {
+            let ioasids = [cell.a, cell.b, cell.d, cell.pio, cell.c];
+            for io in ioasids.into_iter().chain(cell.made_ioasid.get()) {
+                for iova in PROBE_IOVAS {
+                    record.push(
+                        ctx.translate(io, Iova::new(iova))
+                            .map(|m| m.map(|m| m.pa.get())),
+                    );
+                }
+            }
+            let handles = [cell.v, cell.s, cell.v2, cell.s2, cell.s3];
+            for d in handles.into_iter().chain(cell.made_device.get()) {
+                devices.push(ctx.device_info(d).is_ok());
+            }
+        }
+        let pasids = [Some(cell.p), Some(cell.q), cell.made_pasid.get()]
+            .into_iter()
+            .flatten()
+            .map(|p| r.reg.pasids().is_allocated(p))
+            .collect();
+        Snapshot {
+            vtd,
+            smmu,
+            record,
+            devices,
+            pasids,
+            vtd_audit: r.vtd.audit().ok(),
+            smmu_audit: r.smmu.audit().ok(),
+            domains: (r.vtd_domains(), r.smmu_domains()),
+            pages: r.live(),
+        }
+    }
+
+    fn owing(&self) -> usize {
+        self.vtd_audit.map_or(0, |a| a.owing) + self.smmu_audit.map_or(0, |a| a.owing)
+    }
+
+    fn unsettled(&self) -> usize {
+        self.vtd_audit.map_or(0, |a| a.unsettled) + self.smmu_audit.map_or(0, |a| a.unsettled)
+    }
+}
+
+/// After a failed `op`: no effect (`after == before`), or exactly the partial state the
+/// documentation names for it (README, "Errors: what to do"; ARCHITECTURE.md, "Faults and
+/// error paths"), which the retry then completes. Returns the name of the state found.
+fn partial_state(
+    op: Op,
+    e: &Error,
+    before: &Snapshot,
+    after: &Snapshot,
+) -> Result<&'static str, String> {
+    if after == before {
+        return Ok("no effect");
+    }
+    let fail = |what: &str| {
+        Err(format!(
+            "neither no effect nor the documented partial state ({what}):\n  before \
+             {before:?}\n  after  {after:?}"
+        ))
+    };
+    // The layer's books: records, IOASIDs, devices, PASIDs.
+    let same_books = after.record == before.record
+        && after.devices == before.devices
+        && after.pasids == before.pasids;
+    let pending = matches!(e, Error::InvalidationPending { .. });
+    // SMMUv3 service failure mode: that unit translates nothing until it is reset.
+    let smmu_failed = |a: &Snapshot| a.smmu.iter().all(Option::is_none);
+    let smmu_same = after.smmu == before.smmu || smmu_failed(after);
+    let state = match op {
+        // `unmap` removed the range from every domain and from the record; the unit that
+        // did not confirm the invalidation owes it (its gather is kept, its pages with it).
+        Op::Unmap if pending => {
+            let n = PROBE_IOVAS.len();
+            let gone = |v: &[Option<u64>], b: &[Option<u64>]| {
+                v.iter().zip(b).enumerate().all(|(i, (x, y))| {
+                    let unmapped = i % n != 0 && i < n; // RID_A / SID_A at 0x20_0000, 0x20_1000
+                    if unmapped {
+                        x.is_none()
+                    } else {
+                        x == y
+                    }
+                })
+            };
+            let record_gone =
+                after
+                    .record
+                    .iter()
+                    .zip(&before.record)
+                    .enumerate()
+                    .all(|(i, (x, y))| {
+                        if i == 1 || i == 2 {
+                            *x == Ok(None)
+                        } else {
+                            x == y
+                        }
+                    });
+            // The unit that confirmed freed the tables the unmap emptied; the one that did
+            // not keeps them with the gather.
+            let ok = gone(&after.vtd, &before.vtd)
+                && (gone(&after.smmu, &before.smmu) || smmu_failed(after))
+                && record_gone
+                && after.devices == before.devices
+                && after.pasids == before.pasids
+                && after.owing() == before.owing() + 1
+                && after.domains == before.domains
+                && after.pages <= before.pages;
+            if !ok {
+                return fail("range unmapped everywhere, invalidation pending");
+            }
+            "unmapped, invalidation pending"
+        }
+        // `read_and_clear_dirty` cleaned the dirty state; the invalidation is owed.
+        Op::ReadClearDirty
+            if pending
+                && same_books
+                && after.vtd == before.vtd
+                && smmu_same
+                && after.owing() == before.owing() + 1
+                && after.domains == before.domains
+                && after.pages == before.pages =>
+        {
+            "dirty state cleaned, invalidation pending"
+        }
+        // An attach, detach or free whose unit failed: the layer's books unchanged; on the
+        // unit, one attachment left unsettled (its entry torn down or pointing at the new
+        // domain; its retry completes it); tables the unit allocated for the device stay, and
+        // so does a domain the attach built, which the unsettled attachment still holds (the
+        // IOASID keeps it without users: the retry uses it, freeing the IOASID frees it).
+        Op::AttachVtd
+        | Op::AttachSmmu
+        | Op::Replace
+        | Op::DetachVtd
+        | Op::DetachSmmu
+        | Op::AttachPasidVtd
+        | Op::AttachPasidSmmu
+        | Op::DetachPasid
+        | Op::FreeIoasid
+            if same_books
+                && after.unsettled() == before.unsettled() + 1
+                && after.owing() == before.owing()
+                && after.domains.0 + after.domains.1 <= before.domains.0 + before.domains.1 + 1
+                && after.domains.0 >= before.domains.0
+                && after.domains.1 >= before.domains.1
+                && after.pages >= before.pages =>
+        {
+            "unit attachment unsettled"
+        }
+        // A scalable-mode VT-d attach out of memory: the device's context entry (and its
+        // context table) stay present over an empty PASID directory, blocking like no entry;
+        // nothing translates differently, the domain the attach built is freed again.
+        Op::AttachVtd | Op::AttachPasidVtd
+            if *e == Error::Iommu(iommu_engine::iommu::Error::NoMemory)
+                && same_books
+                && after.vtd == before.vtd
+                && after.smmu == before.smmu
+                && after.unsettled() == before.unsettled()
+                && after.owing() == before.owing()
+                && after.domains == before.domains
+                && after.pages > before.pages =>
+        {
+            "VT-d context entry over an empty PASID directory"
+        }
+        _ => return fail("none documented"),
+    };
+    Ok(state)
+}
+
 fn inject(r: &Rig<'_, '_>, fault: Fault) {
     match fault {
         Fault::None => {}
@@ -585,7 +798,8 @@ fn recover(r: &Rig<'_, '_>) -> Result<(), String> {
 
 /// What a cell ended as, and the pages live after its teardown.
 struct Outcome {
-    retried: bool,
+    /// The state the failed call left (its retry completed it), or `None`: it succeeded.
+    retried: Option<&'static str>,
     census: Census,
     live_after: usize,
 }
@@ -608,6 +822,7 @@ fn run_cell(op: Op, fault: Fault, clean_live: Option<usize>) -> Result<Outcome, 
             .map_err(|e| format!("after setup: {e}"))?;
         let allocs = r.arena.stats().allocs;
         let (descriptors, commands) = (r.vm.descriptor_log().len(), r.sm.command_log().len());
+        let before = Snapshot::take(&cell, r);
         inject(r, fault);
         let first = cell.run(r, op);
         let vtd_log = &r.vm.descriptor_log()[descriptors..];
@@ -635,7 +850,7 @@ fn run_cell(op: Op, fault: Fault, clean_live: Option<usize>) -> Result<Outcome, 
                 if dead {
                     cell.effect(r, op)?;
                 }
-                false
+                None
             }
             Err(e) if transient(fault) => {
                 return Err(format!(
@@ -645,12 +860,14 @@ fn run_cell(op: Op, fault: Fault, clean_live: Option<usize>) -> Result<Outcome, 
             Err(e) => {
                 cell.invariants(r, false)
                     .map_err(|x| format!("after {e:?}: {x}"))?;
+                let state = partial_state(op, &e, &before, &Snapshot::take(&cell, r))
+                    .map_err(|x| format!("after {e:?}: {x}"))?;
                 recover(r)?;
                 cell.run(r, op)
                     .map_err(|x| format!("failed with {e:?}, the retry failed with {x:?}"))?;
                 cell.effect(r, op)
                     .map_err(|x| format!("failed with {e:?}, then retried: {x}"))?;
-                true
+                Some(state)
             }
         };
         // A device the drop stranded: the embedder detaches it on its unit (the documented
@@ -711,12 +928,17 @@ fn run_cell(op: Op, fault: Fault, clean_live: Option<usize>) -> Result<Outcome, 
 fn ioasid_fault_matrix() {
     let fixed = fixed_faults();
     let (mut cells, mut ok, mut retried, mut failures) = (0, 0, 0, String::new());
+    let mut states = std::collections::BTreeMap::<&str, usize>::new();
     let mut row = String::new();
     let mut tally = |op: Op, fault: Fault, r: &Result<Outcome, String>, row: &mut String| {
         cells += 1;
         match r {
-            Ok(o) if o.retried => {
+            Ok(Outcome {
+                retried: Some(state),
+                ..
+            }) => {
                 retried += 1;
+                *states.entry(state).or_default() += 1;
                 row.push('R');
             }
             Ok(_) => {
@@ -750,5 +972,6 @@ fn ioasid_fault_matrix() {
         OPS.len(),
         fixed.len()
     );
+    println!("what the failed calls left: {states:?}");
     assert!(failures.is_empty(), "cells that do not hold:\n{failures}");
 }
