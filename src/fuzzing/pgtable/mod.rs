@@ -12,11 +12,12 @@
 //!   unsupported, bytes unmapped, dirty leaves reported, injected allocation failure), and a
 //!   failed operation allocated and freed nothing;
 //! - [`PageTable::for_each_mapping`] over what the operation touched equals the model: its
-//!   range and one granule either side (of a range longer than 32 granules, its first and last
-//!   16), every leaf that intersects them in whole, and every larger page or contiguous run it
-//!   cut; every [`FULL_CHECK_EVERY`] steps, the whole window;
-//! - the reference walker translates every granule the operation touched (sampled for large
-//!   ranges, plus both neighbours) as the model says, output address and rights;
+//!   range and one granule either side, and what is left of every larger page or contiguous
+//!   run it cut (of a range longer than 32 granules, its first and last 16), every leaf that
+//!   intersects them in whole; every [`FULL_CHECK_EVERY`] steps, the whole window;
+//! - the reference walker translates every granule the operation touched and every granule
+//!   of the larger pages it cut (sampled for large ranges, plus both neighbours) as the model
+//!   says, output address and rights;
 //! - the arena's live pages are exactly the tables the walker reaches plus the pages the pending
 //!   gather holds; a page unlinked from the table stays live until the gather is released, and is
 //!   freed then; the arena saw no double or unknown free;
@@ -424,23 +425,33 @@ impl<'a, S: Subject> Harness<'a, S> {
             self.check_enumeration(0, self.window);
         }
         for (first, count) in probes {
-            // The range and both neighbours (the enumeration widens them to whole leaves); of a
-            // long range only the ends, where leaves are cut and sizes change: the walker
-            // samples the middle, and the next full comparison sees all of it.
+            // The range and both neighbours (the enumeration widens them to whole leaves).
             let lo = first.saturating_sub(1);
             let hi = (first + count + 1).min(self.window);
-            if hi - lo <= 2 * ENDS {
-                self.check_enumeration(lo, hi - lo);
-            } else {
-                self.check_enumeration(lo, ENDS);
-                self.check_enumeration(hi - ENDS, ENDS);
-            }
+            self.check_ends(lo, hi);
             self.check_walker(first, count);
         }
         for (first, count) in cut {
-            self.check_enumeration(first, count);
+            // What is left of a larger page or run the step cut: its ends, where the split's
+            // new table meets its neighbours; the walker samples the middle.
+            self.check_ends(first, first + count);
+            self.check_walker(first, count);
         }
         self.check_gather_covers();
+    }
+
+    /// The engine's enumeration of granules `[lo, hi)` against the model; of a long range only
+    /// its ends, where leaves are cut and sizes change: the walker samples the middle, and the
+    /// next full comparison (every [`FULL_CHECK_EVERY`] steps, and the final walk) sees all of
+    /// it. A whole 64 KiB-granule block is 8,192 leaves: enumerating every range in whole made
+    /// the checks most of a fuzzer's time.
+    fn check_ends(&self, lo: u64, hi: u64) {
+        if hi - lo <= 2 * ENDS {
+            self.check_enumeration(lo, hi - lo);
+        } else {
+            self.check_enumeration(lo, ENDS);
+            self.check_enumeration(hi - ENDS, ENDS);
+        }
     }
 
     // -----------------------------------------------------------------------------------------

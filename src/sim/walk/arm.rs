@@ -23,8 +23,6 @@
 //! system without FEAT_LPA (they are always read as `OA[51:48]` here, so a set bit with OAS < 52 is
 //! an address size fault).
 
-use std::collections::BTreeMap;
-
 use super::{bits, first_set, Fault, Translation, WalkError};
 use crate::mem::Iova;
 
@@ -271,6 +269,19 @@ pub(crate) enum Kind {
     Leaf { oa: u64, size_log2: u32 },
 }
 
+/// The descriptor bits of a leaf of `1 << size_log2` bytes that hold output-address bits and
+/// nothing else: `bits[47:size_log2]` below the output address size ([`classify`] reads
+/// `OA[51:48]` of the 64 KiB granule from `bits[15:12]`, below every leaf size, and checks
+/// nothing else in them).
+pub(crate) fn leaf_address_bits(geometry: &Geometry, size_log2: u32) -> u64 {
+    let hi = geometry.oas.min(48);
+    if hi > size_log2 {
+        bits(hi - 1, size_log2)
+    } else {
+        0
+    }
+}
+
 /// Decodes the type and address of `desc` at `level`. With `strict`, RES0 bits of the address
 /// field (`bits[49:48]`, and the low bits of a block's output address) raise
 /// [`Fault::ReservedBit`]; hardware does not check them.
@@ -358,9 +369,15 @@ pub(crate) fn check_contiguous<A>(
     contiguous: impl Fn(&A) -> bool,
     same: impl Fn(&Translation<A>, &Translation<A>) -> bool,
 ) -> Result<(), WalkError> {
-    let by_input: BTreeMap<u64, &Translation<A>> =
-        leaves.iter().map(|(iova, t)| (iova.get(), t)).collect();
+    // `leaves` is sorted by input address (a walk yields them in order). Each run is checked
+    // once, from its base, over the leaves that follow it: linear in the number of leaves (a
+    // table of leaves that all carry the bit is common, and checking each leaf's whole run
+    // again made the walk quadratic in the run length).
+    let mut checked_to = None;
     for (iova, leaf) in leaves.iter().filter(|(_, t)| contiguous(&t.attrs)) {
+        if checked_to.is_some_and(|end| iova.get() < end) {
+            continue;
+        }
         let size_log2 = leaf.page_size_log2;
         let level = 3 - (size_log2 - granule.log2()) / granule.stride();
         let bad = |base: u64| WalkError::Fault {
@@ -370,22 +387,25 @@ pub(crate) fn check_contiguous<A>(
         let n_log2 = contiguous_entries_log2(granule, level).ok_or(bad(iova.get()))?;
         let run_log2 = size_log2 + n_log2;
         let base = iova.get() & !((1u64 << run_log2) - 1);
-        let first = by_input.get(&base).ok_or(bad(base))?;
+        let at = leaves
+            .binary_search_by_key(&base, |(i, _)| i.get())
+            .map_err(|_| bad(base))?;
+        let first = &leaves[at].1;
         if first.pa.get() & ((1u64 << run_log2) - 1) != 0 {
             return Err(bad(base));
         }
-        for k in 0..1u64 << n_log2 {
-            let at = base + (k << size_log2);
-            let ok = by_input.get(&at).is_some_and(|t| {
-                t.page_size_log2 == size_log2
-                    && contiguous(&t.attrs)
-                    && t.pa.get() == first.pa.get() + (k << size_log2)
-                    && same(first, t)
-            });
+        let run = leaves.get(at..at + (1usize << n_log2)).ok_or(bad(base))?;
+        for (k, (i, t)) in (0u64..).zip(run) {
+            let ok = i.get() == base + (k << size_log2)
+                && t.page_size_log2 == size_log2
+                && contiguous(&t.attrs)
+                && t.pa.get() == first.pa.get() + (k << size_log2)
+                && same(first, t);
             if !ok {
                 return Err(bad(base));
             }
         }
+        checked_to = Some(base + (1u64 << run_log2));
     }
     Ok(())
 }

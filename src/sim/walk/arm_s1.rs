@@ -246,6 +246,16 @@ impl Radix for Walker<'_> {
             },
         )
     }
+
+    fn leaf_address_bits(&self, depth: usize) -> u64 {
+        super::arm::leaf_address_bits(&self.geometry, self.shift(depth))
+    }
+    fn advanced(&self, leaf: Leaf, by: u64) -> Leaf {
+        Leaf {
+            oa: leaf.oa + by,
+            ..leaf
+        }
+    }
 }
 
 fn walker(cfg: &ArmS1Config) -> Result<Walker<'_>, Fault> {

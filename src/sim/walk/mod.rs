@@ -236,6 +236,17 @@ pub(crate) trait Radix {
         entry: u64,
         state: Self::State,
     ) -> Result<Entry<Self::State, Self::Leaf>, Fault>;
+    /// The bits of a leaf entry at `depth` that hold output-address bits and nothing else,
+    /// from the leaf size up to the output address size (exclusive): the format checks nothing
+    /// in them but the address size. 0 if the format makes no such promise.
+    ///
+    /// A walk relies on it to decode a run of leaves once: an entry that differs from the leaf
+    /// before it (same table) only in these bits, and by exactly one leaf size, is that leaf
+    /// moved up by one leaf size. It carried into no bit outside them, so every other bit, the
+    /// address size check included, reads as the previous leaf's did.
+    fn leaf_address_bits(&self, depth: usize) -> u64;
+    /// `leaf` with its output address moved up by `by` bytes.
+    fn advanced(&self, leaf: Self::Leaf, by: u64) -> Self::Leaf;
 }
 
 fn read_entry<R: Radix>(
@@ -356,23 +367,48 @@ fn visit<R: Radix>(
     // is skipped whole, which spares walking every entry of a mostly empty 64 KiB-granule or
     // concatenated root one by one.
     let zero_invalid = matches!(fmt.decode(depth, 0, state), Ok(Entry::Invalid));
+    // The last entry decoded as a leaf, with its leaf: the next entry, if it is this one moved
+    // by one leaf size within the address bits, is that leaf moved (see `leaf_address_bits`).
+    let step = 1u64 << fmt.shift(depth);
+    let address_bits = fmt.leaf_address_bits(depth);
+    let mut last: Option<(u64, R::Leaf)> = None;
     let mut chunk = [0u64; ZERO_RUN];
     let mut index = 0;
     while index < entries {
         let n = (entries - index).min(ZERO_RUN as u64) as usize;
         let run = &mut chunk[..n];
         let at = table.checked_add(index * 8);
-        if zero_invalid && at.is_some_and(|at| mem.read_words(at, run)) && *run == ZEROS[..n] {
+        // The chunk read in one go (every word of a live page); otherwise entry by entry, so
+        // that an unreadable one is reported at its own address.
+        let read = at.is_some_and(|at| mem.read_words(at, run));
+        if zero_invalid && read && *run == ZEROS[..n] {
             index += n as u64;
+            last = None;
             continue;
         }
-        for index in index..index + n as u64 {
+        for (k, index) in (index..index + n as u64).enumerate() {
             let input = base | index << fmt.shift(depth);
             let fault = |fault| (input, WalkErrorKind::Fault(fault));
-            let entry = read_entry(mem, fmt, table, depth, index).map_err(fault)?;
+            let entry = if read {
+                run[k]
+            } else {
+                read_entry(mem, fmt, table, depth, index).map_err(fault)?
+            };
+            if let Some((previous, leaf)) = last {
+                if entry.wrapping_sub(previous) == step && (entry ^ previous) & !address_bits == 0 {
+                    let leaf = fmt.advanced(leaf, step);
+                    f(Found { input, leaf }).map_err(fault)?;
+                    last = Some((entry, leaf));
+                    continue;
+                }
+            }
+            last = None;
             match fmt.decode(depth, entry, state).map_err(fault)? {
                 Entry::Invalid => {}
-                Entry::Leaf(leaf) => f(Found { input, leaf }).map_err(fault)?,
+                Entry::Leaf(leaf) => {
+                    f(Found { input, leaf }).map_err(fault)?;
+                    last = Some((entry, leaf));
+                }
                 Entry::Table { next, state: below } if depth + 1 < fmt.depths() => {
                     visit(mem, fmt, next, depth + 1, input, below, seen, tables, f)?;
                 }

@@ -216,6 +216,23 @@ impl Radix for Walker<'_> {
             })
         }
     }
+
+    fn leaf_address_bits(&self, depth: usize) -> u64 {
+        // 51:12 is the address (bit 12 of a large leaf is PAT, below its address), reserved at
+        // and above HAW; nothing else is read from it.
+        let (lo, hi) = (self.shift(depth), self.0.haw.min(52));
+        if hi > lo {
+            bits(hi - 1, lo)
+        } else {
+            0
+        }
+    }
+    fn advanced(&self, leaf: Leaf, by: u64) -> Leaf {
+        Leaf {
+            oa: leaf.oa + by,
+            ..leaf
+        }
+    }
 }
 
 fn check_config(cfg: &VtdFsConfig) -> Result<(), Fault> {

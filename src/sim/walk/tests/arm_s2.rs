@@ -502,3 +502,45 @@ fn contiguous_runs_must_be_whole_and_consistent() {
     put(&c.arena, c.l3, 16 + 3, leaf(3) & !AF);
     assert!(walk_all(&c.arena, &c.cfg).is_ok());
 }
+
+/// A run of pages mapping consecutive output is decoded once and moved along
+/// (`Radix::leaf_address_bits`): a page of the run with other bits (AF clear) still reads its
+/// own, and the run stops being one where it crosses the output address size.
+#[test]
+fn runs_of_pages_decode_like_single_pages() {
+    let c = concatenated();
+    put(&c.arena, c.l2, 1, 0); // the incomplete contiguous block
+    let rw = PAGE | memattr(0b1111) | S2AP_R | S2AP_W;
+    for i in 0..4u64 {
+        let af = if i == 2 { 0 } else { AF };
+        put(&c.arena, c.l3, 16 + i, (0x8000_0000 + (i << 12)) | rw | af);
+    }
+    let leaves: Vec<_> = walk_all(&c.arena, &c.cfg)
+        .expect("walk")
+        .into_iter()
+        .filter(|(ipa, _)| ipa.get() >= 1 << 39 | 0x10_000)
+        .map(|(ipa, t)| (ipa.get() & 0xff_ffff, t.pa.get(), t.attrs.accessed))
+        .collect();
+    assert_eq!(
+        leaves,
+        [
+            (0x10_000, 0x8000_0000, true),
+            (0x11_000, 0x8000_1000, true),
+            (0x12_000, 0x8000_2000, false),
+            (0x13_000, 0x8000_3000, true),
+        ]
+    );
+    // OAS is 40: entries 30 and 31 step from the last page below 2^40 to 2^40.
+    put(&c.arena, c.l3, 30, ((1 << 40) - 0x1000) | rw | AF);
+    put(&c.arena, c.l3, 31, (1 << 40) | rw | AF);
+    assert_eq!(
+        walk_all(&c.arena, &c.cfg).err(),
+        Some(WalkError::Fault {
+            iova: Iova::new(1 << 39 | 31 << 12),
+            fault: Fault::AddressSize {
+                level: 3,
+                address: 1 << 40
+            },
+        })
+    );
+}

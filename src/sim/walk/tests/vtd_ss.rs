@@ -317,3 +317,46 @@ fn bad_configs() {
         Some(Fault::BadConfig(_))
     ));
 }
+
+/// A run of leaves mapping consecutive pages is decoded once and moved along
+/// (`Radix::leaf_address_bits`): an entry of the run with other bits (D) still reads its own,
+/// and the run stops being one where it crosses the host address width.
+#[test]
+fn runs_of_leaves_decode_like_single_leaves() {
+    let f = fixture();
+    // PT entries 16..20 map 0x8000_0000 onwards; entry 18 is dirty.
+    for i in 0..4 {
+        let dirty = if i == 2 { D } else { 0 };
+        put(
+            &f.arena,
+            f.pt,
+            16 + i,
+            (0x8000_0000 + (i << 12)) | R | W | dirty,
+        );
+    }
+    let leaves: Vec<_> = walk_all(&f.arena, &f.cfg)
+        .expect("walk")
+        .into_iter()
+        .filter(|(iova, _)| (0x10_000..0x20_000).contains(&iova.get()))
+        .map(|(iova, t)| (iova.get(), t.pa.get(), t.attrs.dirty))
+        .collect();
+    assert_eq!(
+        leaves,
+        [
+            (0x10_000, 0x8000_0000, false),
+            (0x11_000, 0x8000_1000, false),
+            (0x12_000, 0x8000_2000, true),
+            (0x13_000, 0x8000_3000, false),
+        ]
+    );
+    // HAW is 46: entries 30 and 31 step from the last page below 2^46 to 2^46, a reserved bit.
+    put(&f.arena, f.pt, 30, ((1 << 46) - 0x1000) | R | W);
+    put(&f.arena, f.pt, 31, (1 << 46) | R | W);
+    assert_eq!(
+        walk_all(&f.arena, &f.cfg).err(),
+        Some(WalkError::Fault {
+            iova: Iova::new(31 << 12),
+            fault: Fault::ReservedBit { level: 1, bit: 46 },
+        })
+    );
+}
