@@ -58,8 +58,9 @@ pub const FULL_CHECK_EVERY: usize = 8;
 /// Granules at each end of a long operation's range that every step compares through the
 /// engine's enumeration (widened to whole leaves).
 const ENDS: u64 = 16;
-/// Most granules of one operation's range the walker checks one by one.
-const MAX_PROBES: u64 = 48;
+/// Most granules of one operation's range the walker checks one by one, besides its ends
+/// (where they fall moves from step to step; the final walk sees every granule).
+const MAX_PROBES: u64 = 16;
 
 /// Target `pgtable_vtd_ss`: VT-d second stage.
 pub fn vtd_ss(data: &[u8]) {
@@ -836,7 +837,9 @@ impl<'a, S: Subject> Harness<'a, S> {
         let lo = first.saturating_sub(1);
         let hi = (first + count + 1).min(self.window);
         let stride = ((hi - lo) / MAX_PROBES).max(1);
-        let mut i = lo;
+        self.probe(root, lo);
+        // A different phase each step, so that a long input samples different granules.
+        let mut i = lo + (self.steps as u64).wrapping_mul(0x9e37_79b9) % stride;
         while i < hi {
             self.probe(root, i);
             i += stride;
