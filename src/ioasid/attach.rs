@@ -5,7 +5,7 @@ use super::registry::UnitId;
 use super::{DeviceHandle, Error, Incompatibility, IoasidFlags, IoasidId};
 use crate::iommu::{self, DeviceId, DomainConfig, DomainHandle, Iommu, Missing, Pasid, Stage};
 use crate::mem::{Iova, PageAllocator};
-use crate::pgtable::{self, Leaf};
+use crate::pgtable::{self, Leaf, Prot};
 
 use super::record::RECORD_IAS;
 
@@ -334,24 +334,35 @@ fn needed_ias<A: PageAllocator>(io: &Ioasid<'_, A>) -> Result<u32, Error> {
 
 /// A unit's refusal to copy leaf `l` into a new domain: a mapping its format cannot express is
 /// a reason the attach is incompatible, named by the mapping; anything else stays what it is.
-fn inexpressible(device: DeviceHandle, l: Leaf, e: iommu::Error) -> Error {
+fn inexpressible(device: DeviceHandle, iova: Iova, e: iommu::Error) -> Error {
     let reason = match e {
         iommu::Error::PageTable(pgtable::Error::UnsupportedProt { prot }) => {
-            Incompatibility::Permissions { iova: l.iova, prot }
+            Incompatibility::Permissions { iova, prot }
         }
         iommu::Error::PageTable(pgtable::Error::PaOutOfRange { last, oas }) => {
-            Incompatibility::OutputAddress {
-                iova: l.iova,
-                last,
-                oas,
-            }
+            Incompatibility::OutputAddress { iova, last, oas }
         }
         e => return Error::from(e),
     };
     Error::Incompatible { device, reason }
 }
 
+/// A run of the record's leaves, contiguous in IOVA and physical address with one `prot`:
+/// what one map of the owner may have made, cut into the record's 4 KiB pages.
+#[derive(Clone, Copy)]
+struct Run {
+    iova: Iova,
+    pa: crate::mem::PhysAddr,
+    len: u64,
+    prot: Prot,
+}
+
 /// Checks that a new domain can hold the IOASID's mappings, and copies them in.
+///
+/// The record holds 4 KiB pages (and 2 MiB / 1 GiB leaves); a unit with a larger granule
+/// (SMMUv3 16 KiB, 64 KiB) maps whole granules only, so contiguous leaves are gathered into
+/// runs until they make whole granules, and each run is checked and mapped as one. On a 4 KiB
+/// unit every leaf is its own run.
 fn fill_domain<A: PageAllocator>(
     unit: &dyn Iommu,
     handle: DomainHandle,
@@ -359,45 +370,85 @@ fn fill_domain<A: PageAllocator>(
     device: DeviceHandle,
 ) -> Result<(), Error> {
     let (ias, page_sizes) = unit.domain_geometry(handle)?;
-    let granule_log2 = page_sizes.trailing_zeros();
+    let granule_log2 = page_sizes.trailing_zeros().min(63);
+    let whole = |r: &Run| r.len & ((1 << granule_log2) - 1) == 0;
+    let place = |r: Run| place_run(unit, handle, device, granule_log2, ias, r);
     let mut result = Ok(());
+    let mut pending: Option<Run> = None;
     let mut copy = |l: Leaf| {
         if result.is_err() {
             return;
         }
-        let (start, len) = (l.iova.get(), 1u64 << l.size_log2);
-        let end = start + len;
-        let reason = if let Some(r) = unit
-            .reserved_regions()
-            .iter()
-            .find(|r| super::overlaps(r, start, end))
-        {
-            Some(Incompatibility::ReservedRegionMapped(*r))
-        } else if !(l.iova.is_aligned(granule_log2)
-            && l.pa.is_aligned(granule_log2)
-            && l.size_log2 >= granule_log2)
-        {
-            Some(Incompatibility::Alignment {
-                iova: l.iova,
-                granule_log2,
-            })
-        } else if ias < 64 && (end - 1) >> ias != 0 {
-            let need = 64 - (end - 1).leading_zeros();
-            Some(Incompatibility::Missing(Missing::AddressWidth {
-                need,
-                have: ias,
-            }))
-        } else {
-            None
-        };
-        result = match reason {
-            Some(reason) => Err(Error::Incompatible { device, reason }),
-            None => unit
-                .map(handle, l.iova, l.pa, len, l.prot)
-                .map_err(|e| inexpressible(device, l, e)),
-        };
+        let len = 1u64 << l.size_log2;
+        match pending.as_mut() {
+            Some(r)
+                if !whole(r)
+                    && r.iova.get() + r.len == l.iova.get()
+                    && r.pa.get() + r.len == l.pa.get()
+                    && r.prot == l.prot =>
+            {
+                r.len += len;
+            }
+            _ => {
+                if let Some(r) = pending.take() {
+                    result = place(r);
+                }
+                pending = Some(Run {
+                    iova: l.iova,
+                    pa: l.pa,
+                    len,
+                    prot: l.prot,
+                });
+            }
+        }
+        if result.is_ok() && pending.as_ref().is_some_and(whole) {
+            result = pending.take().map_or(Ok(()), place);
+        }
     };
     io.record
         .for_each_mapping(Iova::ZERO, 1 << RECORD_IAS, &mut copy)?;
-    result
+    result?;
+    // A run left over does not make a whole granule: refused.
+    pending.map_or(Ok(()), place)
+}
+
+/// Checks one run against the unit and maps it.
+fn place_run(
+    unit: &dyn Iommu,
+    handle: DomainHandle,
+    device: DeviceHandle,
+    granule_log2: u32,
+    ias: u32,
+    r: Run,
+) -> Result<(), Error> {
+    let (start, end) = (r.iova.get(), r.iova.get() + r.len);
+    let reason = if let Some(reserved) = unit
+        .reserved_regions()
+        .iter()
+        .find(|reserved| super::overlaps(reserved, start, end))
+    {
+        Some(Incompatibility::ReservedRegionMapped(*reserved))
+    } else if !(r.iova.is_aligned(granule_log2)
+        && r.pa.is_aligned(granule_log2)
+        && r.len & ((1 << granule_log2) - 1) == 0)
+    {
+        Some(Incompatibility::Alignment {
+            iova: r.iova,
+            granule_log2,
+        })
+    } else if ias < 64 && (end - 1) >> ias != 0 {
+        let need = 64 - (end - 1).leading_zeros();
+        Some(Incompatibility::Missing(Missing::AddressWidth {
+            need,
+            have: ias,
+        }))
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(Error::Incompatible { device, reason }),
+        None => unit
+            .map(handle, r.iova, r.pa, r.len, r.prot)
+            .map_err(|e| inexpressible(device, r.iova, e)),
+    }
 }

@@ -162,12 +162,30 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         owed.map(|()| bytes)
     }
 
-    /// What the IOASID's owner mapped at `iova`.
+    /// What the IOASID's owner mapped at `iova`. `size_log2` is the page the devices see it
+    /// through at least: the record keeps 4 KiB pages, but behind a unit with a larger
+    /// granule (SMMUv3 16 KiB or 64 KiB) every mapping is made of whole granules (attach
+    /// and map refuse anything else), so the largest granule of the IOASID's domains is
+    /// reported when the record's leaf is smaller.
     ///
     /// # Errors
     /// [`Error::NoSuchIoasid`].
     pub fn translate(&self, ioasid: IoasidId, iova: Iova) -> Result<Option<Mapping>, Error> {
-        Ok(self.state.read().ioasid(ioasid)?.record.query(iova))
+        let st = self.state.read();
+        let io = st.ioasid(ioasid)?;
+        let Some(m) = io.record.query(iova) else {
+            return Ok(None);
+        };
+        let granule = domains(io)
+            .filter_map(|(_, d)| self.unit(d.unit).ok()?.domain_geometry(d.handle).ok())
+            .map(|(_, page_sizes)| page_sizes.trailing_zeros())
+            .filter(|&g| g < 64)
+            .max()
+            .unwrap_or(0);
+        Ok(Some(Mapping {
+            size_log2: m.size_log2.max(granule),
+            ..m
+        }))
     }
 
     /// Reports (to `sink`) and cleans the dirty pages of `[iova, iova + len)` in every domain of

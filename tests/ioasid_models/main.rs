@@ -9,6 +9,7 @@ mod rig;
 mod concurrency;
 mod fault_matrix;
 mod faults;
+mod granule;
 mod lifecycle;
 mod pasid_grant;
 mod reclaim;
