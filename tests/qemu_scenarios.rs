@@ -315,6 +315,8 @@ scenarios! {
     aarch64_smmu_s1_msi => (Aarch64, 250, "smmu_msi", "virt-9.1,iommu=smmuv3,gic-version=3,its=on", []);
     aarch64_smmu_s2_msi => (Aarch64, 250, "smmu_msi", "virt-9.1,iommu=smmuv3,gic-version=3,its=on", ["-global", "arm-smmuv3.stage=2"]);
     aarch64_smmu_nested_msi => (Aarch64, 250, "smmu_msi", "virt,iommu=smmuv3,gic-version=3,its=on", []);
+    aarch64_smmu_s1_msi_64k => (Aarch64, 251, "smmu_msi_64k", "virt-9.1,iommu=smmuv3,gic-version=3,its=on", []);
+    aarch64_smmu_s2_msi_64k => (Aarch64, 251, "smmu_msi_64k", "virt-9.1,iommu=smmuv3,gic-version=3,its=on", ["-global", "arm-smmuv3.stage=2"]);
 }
 
 /// Why an architecture's guest cannot run.

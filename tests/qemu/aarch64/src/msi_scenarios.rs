@@ -23,17 +23,18 @@ use crate::events::Expect;
 use crate::gic::{Gic, GITS_TRANSLATER_PA, LPI_BASE};
 use crate::pci;
 use crate::scenario::{Ctx, Fail};
-use crate::smmu_env::Env;
+use crate::smmu_env::{run_granule, Env, StreamTableFormat};
 use crate::smmu_scenarios::{io, iova, linear, unit_op, unmap_flush};
 use crate::{ensure, println, Ecam};
 
-/// The IOVA page edu's MSI goes to: far from the ITS's physical address and from every device
-/// and RAM, so only the SMMU's translation can make the write reach the ITS.
+/// The IOVA page edu's MSI goes to (64 KiB aligned): far from the ITS's physical address and
+/// from every device and RAM, so only the SMMU's translation can make the write reach the ITS.
 const IOVA_DOORBELL: u64 = 0x33_0000_0000;
-/// The page of the ITS translation frame holding GITS_TRANSLATER.
-const DOORBELL_PAGE: u64 = GITS_TRANSLATER_PA & !0xfff;
+/// The ITS translation frame (64 KiB, 64 KiB aligned): its first page, whatever the granule,
+/// holds GITS_TRANSLATER.
+const DOORBELL_PAGE: u64 = GITS_TRANSLATER_PA & !0xffff;
 /// The MSI address edu is given: GITS_TRANSLATER's offset inside the IOVA page.
-const MSI_ADDRESS: u64 = IOVA_DOORBELL + (GITS_TRANSLATER_PA & 0xfff);
+const MSI_ADDRESS: u64 = IOVA_DOORBELL + (GITS_TRANSLATER_PA - DOORBELL_PAGE);
 /// The MSI data: the ITS EventID (not 0, so a lost data word would not look right).
 const EVENT: u32 = 5;
 /// EventID bits of edu's interrupt translation table.
@@ -48,12 +49,24 @@ const EDU_IRQ: u32 = 1;
 /// - a `Prot::MMIO` leaf in the unit's own table decodes as Device memory;
 /// - with the doorbell IOVA not mapped, edu's MSI faults: one F_TRANSLATION event (edu's
 ///   StreamID, the MSI address, a write) and no LPI;
+/// - mapped read-only, the MSI (a write) faults with one F_PERMISSION event and no LPI;
 /// - mapped as Device memory (write-only on stage 2, read/write on stage 1, which has no
 ///   write-only), each MSI delivers the LPI exactly once, also through QEMU's cached
 ///   translation, and no event;
 /// - unmapped again (the unmap's invalidation reaching QEMU's TLB), the MSI faults as before.
 pub fn smmu_msi(ctx: &mut Ctx) -> Result<(), Fail> {
     linear(ctx, msi)
+}
+
+/// [`smmu_msi`] on a unit whose domains use the 64 KiB granule (a kernel with 64 KiB pages): the
+/// doorbell mapping is the whole 64 KiB ITS translation frame, one leaf.
+pub fn smmu_msi_64k(ctx: &mut Ctx) -> Result<(), Fail> {
+    run_granule(ctx, StreamTableFormat::Linear, 16, msi)
+}
+
+/// Bytes of the doorbell mapping: one page of the domain's granule.
+fn page(env: &Env<'_, '_, '_>) -> u64 {
+    1 << env.granule_log2
 }
 
 fn doorbell_prot(env: &Env<'_, '_, '_>) -> Prot {
@@ -91,19 +104,39 @@ fn msi(env: &Env<'_, '_, '_>) -> Result<(), Fail> {
     io("attach", env.io.attach(env.dev, a))?;
     pci::msi_configure(&Ecam, bdf, cap, MSI_ADDRESS, EVENT as u16, true)?;
 
-    msi_faults(env, &gic, "MSI, doorbell not mapped")?;
-
-    let prot = doorbell_prot(env);
-    io(
-        "map doorbell",
-        env.io.map(
-            a,
-            iova(IOVA_DOORBELL),
-            PhysAddr::new(DOORBELL_PAGE),
-            4096,
-            prot,
-        ),
+    msi_faults(
+        env,
+        &gic,
+        "MSI, doorbell not mapped",
+        EventType::FTranslation,
     )?;
+
+    let map = |prot: Prot| {
+        io(
+            "map doorbell",
+            env.io.map(
+                a,
+                iova(IOVA_DOORBELL),
+                PhysAddr::new(DOORBELL_PAGE),
+                page(env),
+                prot,
+            ),
+        )
+    };
+    let unmap = || -> Result<(), Fail> {
+        let n = io(
+            "unmap doorbell",
+            env.io.unmap(a, iova(IOVA_DOORBELL), page(env)),
+        )?;
+        ensure!(n == page(env), "unmap of the doorbell removed {n:#x} bytes");
+        Ok(())
+    };
+    // Read-only: the MSI is a write.
+    map(Prot::READ | Prot::MMIO)?;
+    msi_faults(env, &gic, "MSI, doorbell read-only", EventType::FPermission)?;
+    unmap()?;
+
+    map(doorbell_prot(env))?;
     match io("translate doorbell", env.io.translate(a, iova(MSI_ADDRESS)))? {
         Some(m) if m.pa == PhysAddr::new(GITS_TRANSLATER_PA) && m.prot.contains(Prot::MMIO) => {}
         other => crate::bail!("IOASID says {other:x?} for the doorbell"),
@@ -118,9 +151,8 @@ fn msi(env: &Env<'_, '_, '_>) -> Result<(), Fail> {
         env.events(what)?.expect_none(what)?;
     }
 
-    let n = io("unmap doorbell", env.io.unmap(a, iova(IOVA_DOORBELL), 4096))?;
-    ensure!(n == 4096, "unmap of the doorbell removed {n:#x} bytes");
-    msi_faults(env, &gic, "MSI, doorbell unmapped")?;
+    unmap()?;
+    msi_faults(env, &gic, "MSI, doorbell unmapped", EventType::FTranslation)?;
 
     pci::msi_configure(&Ecam, bdf, cap, 0, 0, false)?;
     Ok(())
@@ -152,15 +184,20 @@ fn expect_lpi(gic: &Gic, what: &str) -> Result<(), Fail> {
     Ok(())
 }
 
-/// edu's MSI faults in the SMMU (one translation event for the 4-byte write at the MSI
-/// address, under edu's StreamID) and no interrupt arrives.
-fn msi_faults(env: &Env<'_, '_, '_>, gic: &Gic, what: &'static str) -> Result<(), Fail> {
+/// edu's MSI faults in the SMMU (one `kind` event for the 4-byte write at the MSI address,
+/// under edu's StreamID) and no interrupt arrives.
+fn msi_faults(
+    env: &Env<'_, '_, '_>,
+    gic: &Gic,
+    what: &'static str,
+    kind: EventType,
+) -> Result<(), Fail> {
     raise(env)?;
     let ev = env.events(what)?;
     ev.print(what);
     let n = ev.expect_faults(&Expect {
         what,
-        kind: EventType::FTranslation,
+        kind,
         sid: env.sid,
         addr: MSI_ADDRESS,
         len: 4,
@@ -190,7 +227,7 @@ fn mmio_leaf(env: &Env<'_, '_, '_>) -> Result<(), Fail> {
                 d,
                 iova(IOVA_DOORBELL),
                 PhysAddr::new(DOORBELL_PAGE),
-                4096,
+                page(env),
                 prot,
             ),
         )?;
@@ -198,10 +235,10 @@ fn mmio_leaf(env: &Env<'_, '_, '_>) -> Result<(), Fail> {
             Some(m)
                 if m.pa == PhysAddr::new(GITS_TRANSLATER_PA)
                     && m.prot.contains(prot)
-                    && m.size_log2 == 12 => {}
+                    && m.size_log2 == env.granule_log2 => {}
             other => crate::bail!("the unit's domain says {other:x?} for a {prot:?} page"),
         }
-        unmap_flush(unit, d, IOVA_DOORBELL, 4096)?;
+        unmap_flush(unit, d, IOVA_DOORBELL, page(env))?;
         Ok(())
     })();
     let free = unit_op("free", unit.domain_free(d));

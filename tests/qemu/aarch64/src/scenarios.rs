@@ -159,6 +159,11 @@ pub static TABLE: &[Scenario] = &[
         name: "smmu_msi",
         run: crate::msi_scenarios::smmu_msi,
     },
+    Scenario {
+        id: 251,
+        name: "smmu_msi_64k",
+        run: crate::msi_scenarios::smmu_msi_64k,
+    },
 ];
 
 /// The SMMUv3 register window answers (Device memory): IDR0/1/5, the SMMU is disabled and lets
