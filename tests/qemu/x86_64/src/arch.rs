@@ -9,8 +9,6 @@ use crate::scenario::Status;
 pub const NAME: &str = "x86_64 (q35, PVH)";
 /// Where the runner writes the scenario number (outside the image; see link.ld).
 pub const MAILBOX: usize = 0x0100_0000;
-/// The VT-d unit's register window on q35 (mapped uncached by boot.rs).
-pub const VTD_BASE: usize = 0xFED9_0000;
 
 const COM1: u16 = 0x3F8;
 const DEBUG_EXIT: u16 = 0xF4;
@@ -22,7 +20,7 @@ pub struct ArchCtx {
     /// Physical address of the PVH `hvm_start_info` (from %ebx at entry).
     #[allow(dead_code)] // for scenarios that read the memory map
     pub start_info: u64,
-    /// VT-d register base.
+    /// VT-d register base, from the ACPI DMAR (`firmware.rs`); 0 on a machine without one.
     pub vtd_base: usize,
 }
 

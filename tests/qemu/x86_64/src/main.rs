@@ -14,6 +14,7 @@
 mod arch;
 mod boot;
 mod dma_check;
+mod firmware;
 mod scenarios;
 mod vtd_faults;
 mod vtd_scenarios;
@@ -92,18 +93,29 @@ pub fn second_edu() -> Result<edu::Edu, Fail> {
     edu_at(bdf)
 }
 
+/// The bus the guest gives the PCIe root port at 00:06.0 below it: not the one SeaBIOS chose
+/// (1), so that the far `edu`'s requester ID can only come from reading the bridge back.
+pub const FAR_BUS: u8 = 5;
+
 /// An `edu` behind the PCIe root port at 00:06.0, at function 0 of the port's secondary bus
 /// (scenarios that need a requester on another bus add `-device pcie-root-port,id=rp1,...,
-/// addr=06.0 -device edu,bus=rp1,addr=00.0,...`). The port forwards the device's DMA only with
-/// its own bus mastering on.
+/// addr=06.0 -device edu,bus=rp1,addr=00.0,...`). The guest renumbers the port's secondary and
+/// subordinate bus to [`FAR_BUS`] first, as an OS may. The port forwards the device's DMA only
+/// with its own bus mastering on.
 pub fn edu_behind_root_port() -> Result<edu::Edu, Fail> {
     let port = (0, 6, 0);
-    let secondary = (pci::ConfigSpace::read32(&Cf8, port, 0x18) >> 8) as u8;
-    if secondary == 0 {
+    let buses = pci::ConfigSpace::read32(&Cf8, port, 0x18);
+    if (buses >> 8) as u8 == 0 {
         crate::bail!("no bridge with a secondary bus at 00:06.0");
     }
+    let renumbered = (buses & 0xff00_0000) | u32::from(FAR_BUS) << 16 | u32::from(FAR_BUS) << 8;
+    pci::ConfigSpace::write32(&Cf8, port, 0x18, renumbered);
+    let secondary = (pci::ConfigSpace::read32(&Cf8, port, 0x18) >> 8) as u8;
     let cmd = pci::enable_mem_and_master(&Cf8, port);
-    println!("root port 00:06.0: secondary bus {secondary}, command {cmd:#06x}");
+    println!(
+        "root port 00:06.0: secondary bus {} -> {secondary}, command {cmd:#06x}",
+        (buses >> 8) as u8
+    );
     let bdf = (secondary, 0, 0);
     let want = u32::from(pci::EDU_DEVICE) << 16 | u32::from(pci::EDU_VENDOR);
     let id = pci::ConfigSpace::read32(&Cf8, bdf, 0);
@@ -143,12 +155,15 @@ extern "C" fn kmain(start_info: u32) -> ! {
     // SAFETY: the mailbox is RAM outside the image (link.ld asserts it), written only by QEMU's
     // loader before the CPU started; a volatile read of an aligned u32.
     let selector = unsafe { core::ptr::read_volatile(arch::MAILBOX as *const u32) };
+    let edu = setup_edu();
+    // The VT-d unit and edu's requester ID, as the platform's ACPI DMAR describes them.
+    let vtd_base = firmware::discover(u64::from(start_info), edu.as_ref().ok().map(|e| e.bdf));
     let mut ctx = Ctx {
         alloc: &PAGES,
-        edu: setup_edu(),
+        edu,
         arch: arch::ArchCtx {
             start_info: start_info as u64,
-            vtd_base: arch::VTD_BASE,
+            vtd_base,
         },
     };
     if let Err(e) = &ctx.edu {

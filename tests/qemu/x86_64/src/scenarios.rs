@@ -2,8 +2,12 @@
 //! keeps the same numbers and names); add a scenario by writing a function and a row here.
 
 use crate::common_scenarios::{boot_ok, edu_dma_identity, page_alloc};
+use iommu_engine::firmware::dmar::Dmar;
+use iommu_engine::vtd::SourceId;
+
+use crate::firmware;
 use crate::scenario::{Ctx, Fail, Scenario};
-use crate::{ensure, println};
+use crate::{ensure, print, println};
 
 /// Every scenario this guest can run.
 pub static TABLE: &[Scenario] = &[
@@ -27,7 +31,107 @@ pub static TABLE: &[Scenario] = &[
         name: "vtd_regs",
         run: vtd_regs,
     },
+    Scenario {
+        id: 5,
+        name: "dmar_q35",
+        run: dmar_q35,
+    },
+    Scenario {
+        id: 6,
+        name: "dmar_q35_root_port",
+        run: dmar_q35_root_port,
+    },
 ];
+
+/// The DMAR `tests/data/acpi/` holds for `-device intel-iommu` and edu at 00:04.0.
+const Q35_DMAR: &[u8] = include_bytes!("../../../data/acpi/q35-intel-iommu.dmar");
+/// The one for `intel-iommu,device-iotlb=on,aw-bits=39`, a root port at 00:06.0 with an edu
+/// below it, and edu at 00:04.0.
+const Q35_ROOT_PORT_DMAR: &[u8] =
+    include_bytes!("../../../data/acpi/q35-root-port-device-iotlb-aw39.dmar");
+
+/// Prints the DMAR in hex (16 bytes a line, `DMAR <offset>: ...`) and checks it is byte for
+/// byte the checked-in capture: the capture method (tests/data/acpi/README.md) gives what the
+/// guest sees through its RSDP.
+fn dmar_dump_matches(capture: &[u8]) -> Result<Dmar<'static>, Fail> {
+    let t = firmware::dmar()?;
+    let bytes = t.table().bytes();
+    for (i, line) in bytes.chunks(16).enumerate() {
+        print!("DMAR {:04x}:", i * 16);
+        for b in line {
+            print!(" {b:02x}");
+        }
+        println!();
+    }
+    ensure!(
+        bytes == capture,
+        "the DMAR ({} bytes) differs from the capture ({} bytes)",
+        bytes.len(),
+        capture.len()
+    );
+    Ok(t)
+}
+
+/// q35's own DMAR, read through the RSDP: the capture; HAW 48; one unit, at the base the guest
+/// found (and drives in the VT-d rows), covering edu through an endpoint scope resolving to
+/// 00:04.0; a function on bus 0 that nobody listed has no unit.
+fn dmar_q35(ctx: &mut Ctx) -> Result<(), Fail> {
+    let t = dmar_dump_matches(Q35_DMAR)?;
+    ensure!(
+        t.host_address_width() == 48,
+        "HAW {}",
+        t.host_address_width()
+    );
+    ensure!(t.drhds().count() == 1, "{} DRHDs", t.drhds().count());
+    let edu = ctx.edu()?;
+    let (rid, unit) = firmware::covering_unit(edu.bdf)?;
+    ensure!(rid == 0x20, "edu's RID {rid:#x}");
+    ensure!(
+        unit.register_base.get() == ctx.arch.vtd_base as u64 && ctx.arch.vtd_base != 0,
+        "unit at {:#x}, guest uses {:#x}",
+        unit.register_base.get(),
+        ctx.arch.vtd_base
+    );
+    let nobody = SourceId::from_bdf(0, 9, 0).map_err(|_| Fail::new(format_args!("bdf")))?;
+    ensure!(
+        t.unit_for(0, nobody, &firmware::bridge_buses).is_none(),
+        "00:09.0 (absent, unlisted) has a unit"
+    );
+    Ok(())
+}
+
+/// With a PCIe root port: the capture; HAW 39; an ATSR with ALL_PORTS; the port is a PCI
+/// sub-hierarchy scope, and the edu below it -- after the guest moved the port's secondary bus
+/// -- resolves to the unit through the bus read back from the port, while a bus outside the
+/// port's range does not.
+fn dmar_q35_root_port(ctx: &mut Ctx) -> Result<(), Fail> {
+    let t = dmar_dump_matches(Q35_ROOT_PORT_DMAR)?;
+    ensure!(
+        t.host_address_width() == 39,
+        "HAW {}",
+        t.host_address_width()
+    );
+    ensure!(t.atsrs().count() == 1, "{} ATSRs", t.atsrs().count());
+    let far = crate::edu_behind_root_port()?;
+    let (rid, unit) = firmware::covering_unit(far.bdf)?;
+    ensure!(
+        rid == u16::from(crate::FAR_BUS) << 8,
+        "far edu's RID {rid:#06x}, the port's bus is {}",
+        crate::FAR_BUS
+    );
+    ensure!(
+        unit.register_base.get() == ctx.arch.vtd_base as u64,
+        "another unit"
+    );
+    let outside =
+        SourceId::from_bdf(crate::FAR_BUS + 1, 0, 0).map_err(|_| Fail::new(format_args!("bdf")))?;
+    ensure!(
+        t.unit_for(0, outside, &firmware::bridge_buses).is_none(),
+        "bus {} (outside the port) has a unit",
+        crate::FAR_BUS + 1
+    );
+    Ok(())
+}
 
 /// The VT-d register window answers (mapped uncached): VER, CAP, ECAP, and translation is off.
 fn vtd_regs(ctx: &mut Ctx) -> Result<(), Fail> {

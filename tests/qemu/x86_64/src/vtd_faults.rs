@@ -33,10 +33,11 @@ use iommu_engine::vtd::regs::{CAP_REG, ECAP_REG};
 use crate::scenario::Fail;
 use crate::{bail, ensure, println};
 
-/// Source-id (requester ID) of `edu` at 00:04.0.
-pub const EDU_SID: u16 = 0x20;
-/// Source-id of the second `edu`, at 00:05.0, in the scenarios that add one.
-pub const EDU2_SID: u16 = 0x28;
+/// Source-id (requester ID) of the bus-0 `edu` (00:04.0), as the DMAR's device scope for it
+/// resolves (`firmware.rs`).
+pub fn edu_sid() -> u16 {
+    crate::firmware::edu_rid()
+}
 
 /// Most records one drain keeps (QEMU has one register; a real unit may have more).
 const MAX_RECORDS: usize = 16;
@@ -186,7 +187,7 @@ impl FaultReader {
         iova: u64,
         kind: RequestKind,
     ) -> Result<FaultRecord, Fail> {
-        self.expect_from(EDU_SID, when, reasons, iova, kind)
+        self.expect_from(edu_sid(), when, reasons, iova, kind)
     }
 
     /// As [`FaultReader::expect_one_of`], for the requester `sid`.

@@ -1,7 +1,8 @@
 //! VT-d DMA scenarios on QEMU's `intel-iommu` (numbers 100-199).
 //!
 //! Every scenario drives the crate the way a kernel would: create and enable the unit, create a
-//! registry and an IOASID context, bind `edu` (RID 00:04.0 = 0x20), allocate IOASIDs, attach,
+//! registry and an IOASID context, bind `edu` (its RID resolved through the ACPI DMAR, see
+//! `firmware.rs`; 0x20 for 00:04.0), allocate IOASIDs, attach,
 //! map, make `edu` DMA, unmap -- and checks what landed where on the CPU side and what QEMU
 //! recorded in its fault-recording register. No table bit is written by hand.
 //!
@@ -28,7 +29,7 @@ use crate::alloc::PageArena;
 use crate::dma_check::{self, roundtrip, Buf, GUARD, PAGE};
 use crate::edu::Edu;
 use crate::scenario::{Ctx, Fail, Scenario};
-use crate::vtd_faults::{FaultReader, Walk, EDU2_SID, EDU_SID};
+use crate::vtd_faults::{edu_sid, FaultReader, Walk};
 use crate::vtd_unit::{self, Unit};
 use crate::{bail, ensure, println};
 
@@ -207,7 +208,7 @@ fn with_vtd(g: &mut Ctx, f: impl FnOnce(&Vtd<'_, '_, '_>) -> Result<(), Fail>) -
             .bind(
                 DeviceLabel {
                     unit: UnitId(0),
-                    id: DeviceId(u32::from(EDU_SID)),
+                    id: DeviceId(u32::from(edu_sid())),
                 },
                 false,
             )
@@ -1022,19 +1023,25 @@ fn split_2m(g: &mut Ctx) -> Result<(), Fail> {
     })
 }
 
-/// Two requesters (a second `edu` at 00:05.0, RID 0x28): first sharing one IOASID (one domain),
+/// Two requesters (a second `edu` at 00:05.0, RID 0x28 as the DMAR resolves it): first sharing one IOASID (one domain),
 /// then on two IOASIDs at once (two live domains, two DIDs). Each DMA lands in the page of its
 /// own device's IOASID; an unmap in one domain blocks only that device; detaching one device
 /// blocks it (its fault record names its RID) and leaves the other working.
 fn two_devices(g: &mut Ctx) -> Result<(), Fail> {
     with_vtd(g, |v| {
         let edu2 = crate::second_edu()?;
+        let (edu2_sid, edu2_unit) = crate::firmware::covering_unit(edu2.bdf)?;
+        ensure!(
+            edu2_unit.register_base.get() == v.g.arch.vtd_base as u64,
+            "the second edu is under another unit ({:#x})",
+            edu2_unit.register_base.get()
+        );
         let dev2 = v
             .ctx
             .bind(
                 DeviceLabel {
                     unit: UnitId(0),
-                    id: DeviceId(u32::from(EDU2_SID)),
+                    id: DeviceId(u32::from(edu2_sid)),
                 },
                 false,
             )
@@ -1089,7 +1096,7 @@ fn two_devices(g: &mut Ctx) -> Result<(), Fail> {
         in_b.fill(GUARD);
         dma_check::from_device(&edu2, IOVA_B, 64)?;
         v.faults.expect_from(
-            EDU2_SID,
+            edu2_sid,
             "edu 2 after detach",
             BLOCKED,
             IOVA_B,
@@ -1159,8 +1166,14 @@ fn pasid_attach(g: &mut Ctx) -> Result<(), Fail> {
 fn other_bus(g: &mut Ctx) -> Result<(), Fail> {
     with_vtd(g, |v| {
         let far = crate::edu_behind_root_port()?;
-        let (bus, dev, func) = far.bdf;
-        let sid = u16::from(bus) << 8 | u16::from(dev) << 3 | u16::from(func);
+        // The DMAR names the root port (a PCI sub-hierarchy scope); the far edu is covered
+        // because the port's secondary..subordinate buses, read back, hold its bus.
+        let (sid, far_unit) = crate::firmware::covering_unit(far.bdf)?;
+        ensure!(
+            far_unit.register_base.get() == v.g.arch.vtd_base as u64,
+            "the far edu is under another unit ({:#x})",
+            far_unit.register_base.get()
+        );
         let dev_far = v
             .ctx
             .bind(
@@ -1267,7 +1280,7 @@ fn takeover(g: &mut Ctx) -> Result<(), Fail> {
     };
     let label = DeviceLabel {
         unit: UnitId(0),
-        id: DeviceId(u32::from(EDU_SID)),
+        id: DeviceId(u32::from(edu_sid())),
     };
     // The previous owner.
     let old = vtd_unit::create(g)?;

@@ -1,5 +1,6 @@
 //! Bringing the crate's [`VtdUnit`] up and down on q35, as a kernel would at boot.
 //!
+//! The register base and the host address width come from the ACPI DMAR (`firmware.rs`).
 //! The mode follows the hardware: scalable when `ECAP.SMTS` says the unit has it (QEMU's
 //! `x-scalable-mode=on`), legacy otherwise. Everything else (queued invalidation, domain
 //! format, AGAW, large pages) the unit decides from `CAP`/`ECAP`.
@@ -34,19 +35,21 @@ pub fn create(g: &Ctx) -> Result<Unit, Fail> {
     let scalable = Ecap(regs.read64(ECAP_REG))
         .flags()
         .contains(EcapFlags::SMTS);
-    let config = if scalable {
+    // The platform's host address width comes from the DMAR, as a kernel passes it on.
+    let config = crate::firmware::unit_defaults(g.arch.vtd_base)?.apply(if scalable {
         VtdConfig::scalable()
     } else {
         VtdConfig::legacy()
-    };
+    });
     let unit = match Unit::new(regs, g.alloc, config) {
         Ok(u) => u,
         Err(e) => bail!("VtdUnit::new ({config:?}): {e}"),
     };
     println!(
-        "unit: {:?} mode, HAW {}, MGAW {}, first DID {}",
+        "unit: {:?} mode, HAW {} ({}), MGAW {}, first DID {}",
         unit.info().mode,
         unit.info().haw,
+        unit.info().haw_source,
         unit.info().mgaw,
         unit.info().did_base
     );
