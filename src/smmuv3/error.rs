@@ -148,8 +148,11 @@ pub enum SmmuError {
         cons: u32,
     },
     /// A CMD_SYNC did not complete within the poll budget. The commands before it may or may
-    /// not have taken effect: the call kept every page and tag they cover. Retry; reset the
-    /// unit if it persists.
+    /// not have taken effect: the call kept every page and tag they cover. A failed `flush` or
+    /// `reclaim` leaves the domain owing a whole-tag invalidation (`SmmuUnit::audit` counts
+    /// it), issued by its next flush (even with an empty gather), reclaim or free; an attach
+    /// or detach leaves the stream unsettled until its retry. Retry; reset the unit if it
+    /// persists.
     SyncTimeout {
         /// Queue position just past the CMD_SYNC.
         prod: u32,

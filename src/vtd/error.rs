@@ -54,7 +54,11 @@ pub enum QueueErrorKind {
 ///   [`InvalidationRejected`](Self::InvalidationRejected)): the call stopped in a state the
 ///   unit keeps safe (no page freed, no domain ID reused while the hardware may still use it)
 ///   and the same call again completes it; if they persist, reset the unit (or the ATS device,
-///   for ITE/ICE) and leave the pages it may reach allocated until then;
+///   for ITE/ICE) and leave the pages it may reach allocated until then. The states a failed
+///   call may leave (ARCHITECTURE.md, "Faults and error paths"): `flush`, `reclaim`, the undo
+///   of a failed `map` leave the domain owing their invalidation (`VtdUnit::audit` counts it;
+///   the next flush issues it); a failed `map` leaves the tables it linked, empty; `attach` and
+///   `detach` leave the attachment unsettled; `enable`/`disable` stop part-way;
 /// - [`UnexpectedState`](Self::UnexpectedState): the unit is not in a state the call works
 ///   from; see the variant.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,7 +89,9 @@ pub enum Error {
         /// The register value or the requested value it was checked against.
         value: u64,
     },
-    /// The page allocator had no memory. Nothing changed: free memory and call again.
+    /// The page allocator had no memory. Nothing changed: free memory and call again. (A
+    /// scalable-mode attach may leave the device's context entry present over an empty PASID
+    /// directory, which blocks like no entry; the retry completes it.)
     NoMemory,
     /// An argument is out of range for its field or misaligned. Nothing changed.
     InvalidArgument {
