@@ -406,6 +406,23 @@ typedef struct {
   bool broadcast_tlb;
 } IeSmmuConfig;
 
+// One decoded fault, as ie_unit_read_faults() reports it.
+typedef struct {
+  // The requester: PCI RID (VT-d `SID`) or StreamID (SMMUv3).
+  uint32_t device_id;
+  // VT-d: the fault reason (`FR`, VT-d 4.1 §7 tables); SMMUv3: the event type (§7.3).
+  uint32_t reason;
+  // VT-d: the faulting page (`FI`, 4 KiB aligned); SMMUv3: the input address (0 when the
+  // event has none).
+  uint64_t address;
+  // The faulting request was a write (VT-d `T1` = 0; SMMUv3 `RnW` = 0).
+  bool write;
+  // `pasid` is valid (VT-d `PP`; SMMUv3 `SSV`).
+  bool pasid_valid;
+  // The request's PASID / SubstreamID.
+  uint32_t pasid;
+} IeFault;
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -727,6 +744,16 @@ int32_t ie_unit_disable(IeUnit *unit);
 // # Safety
 // `unit` is a live unit handle; `count` is NULL or writable.
 int32_t ie_unit_drain_faults(IeUnit *unit, uint32_t max, uint32_t *count);
+
+// Reports and clears pending faults like ie_unit_drain_faults() and decodes them: the first
+// `max` go to `out[0..max]` (NULL with `max` = 0 to only count), `*count` (if not NULL) gets
+// how many were seen (VT-d: every pending record is cleared, at most `CAP.NFR`, also those
+// beyond `max`; SMMUv3: at most `max` events are consumed).
+//
+// # Safety
+// `unit` is a live unit handle; `out` is NULL or points to `max` writable `IeFault`s; `count`
+// is NULL or writable.
+int32_t ie_unit_read_faults(IeUnit *unit, IeFault *out, uint32_t max, uint32_t *count);
 
 // Destroys a disabled unit that no registry uses and returns every page it holds
 // (`IE_STATUS_BUSY` while it is enabled or in a registry: the hardware may still walk its

@@ -510,6 +510,95 @@ pub unsafe extern "C" fn ie_unit_drain_faults(unit: *mut IeUnit, max: u32, count
     })())
 }
 
+/// One decoded fault, as ie_unit_read_faults() reports it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IeFault {
+    /// The requester: PCI RID (VT-d `SID`) or StreamID (SMMUv3).
+    pub device_id: u32,
+    /// VT-d: the fault reason (`FR`, VT-d 4.1 §7 tables); SMMUv3: the event type (§7.3).
+    pub reason: u32,
+    /// VT-d: the faulting page (`FI`, 4 KiB aligned); SMMUv3: the input address (0 when the
+    /// event has none).
+    pub address: u64,
+    /// The faulting request was a write (VT-d `T1` = 0; SMMUv3 `RnW` = 0).
+    pub write: bool,
+    /// `pasid` is valid (VT-d `PP`; SMMUv3 `SSV`).
+    pub pasid_valid: bool,
+    /// The request's PASID / SubstreamID.
+    pub pasid: u32,
+}
+
+impl IeFault {
+    fn vtd(r: &crate::vtd::fault::FaultRecord) -> Self {
+        Self {
+            device_id: u32::from(r.source_id().get()),
+            reason: u32::from(r.reason_code()),
+            address: r.fault_info(),
+            write: r.request_kind() == crate::vtd::fault::RequestKind::Write,
+            pasid_valid: r.pasid().is_some(),
+            pasid: r.pasid().map_or(0, |p| p.get()),
+        }
+    }
+
+    fn smmu(e: &crate::smmuv3::event::Event) -> Self {
+        Self {
+            device_id: e.stream_id.0,
+            reason: u32::from(match e.event_type {
+                Ok(t) => t as u8,
+                Err(raw) => raw,
+            }),
+            address: e.input_address.unwrap_or(0),
+            write: !e.flags.contains(crate::smmuv3::event::EventFlags::RNW),
+            pasid_valid: e.substream_id.is_some(),
+            pasid: e.substream_id.unwrap_or(0),
+        }
+    }
+}
+
+/// Reports and clears pending faults like ie_unit_drain_faults() and decodes them: the first
+/// `max` go to `out[0..max]` (NULL with `max` = 0 to only count), `*count` (if not NULL) gets
+/// how many were seen (VT-d: every pending record is cleared, at most `CAP.NFR`, also those
+/// beyond `max`; SMMUv3: at most `max` events are consumed).
+///
+/// # Safety
+/// `unit` is a live unit handle; `out` is NULL or points to `max` writable `IeFault`s; `count`
+/// is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn ie_unit_read_faults(
+    unit: *mut IeUnit,
+    out: *mut IeFault,
+    max: u32,
+    count: *mut u32,
+) -> i32 {
+    code((|| {
+        if out.is_null() && max != 0 {
+            return Err(IeStatus::InvalidArgument);
+        }
+        let mut n = 0u32;
+        let mut put = |f: IeFault| {
+            if n < max {
+                // SAFETY: the C contract: `out` holds `max` writable records.
+                unsafe { out.add(n as usize).write(f) };
+            }
+            n = n.saturating_add(1);
+        };
+        match &unit_obj(unit)?.value {
+            UnitObj::Vtd(u) => {
+                let _ = u.drain_faults(|_, r| put(IeFault::vtd(&r)));
+            }
+            UnitObj::Smmu(u) => {
+                let _ = u.handle_events(max as usize, |e| put(IeFault::smmu(&e)));
+            }
+        }
+        // SAFETY: the C contract.
+        if let Some(c) = unsafe { count.as_mut() } {
+            *c = n;
+        }
+        Ok(())
+    })())
+}
+
 /// Destroys a disabled unit that no registry uses and returns every page it holds
 /// (`IE_STATUS_BUSY` while it is enabled or in a registry: the hardware may still walk its
 /// tables).

@@ -269,6 +269,24 @@ static void scalable_flow(IeSimArena *arena, const IeEnv *env)
     CHECK(faults == 0, "faults left after a drain: %u", faults);
     OK(ie_unit_drain_faults(unit, 16, NULL));
 
+    /* ie_unit_read_faults decodes the record: requester, page, direction, reason. */
+    IS(ie_sim_model_translate(model, 0x20, 0x100234, true, &dma), IE_STATUS_NOT_FOUND);
+    IeFault rec[2];
+    memset(rec, 0xff, sizeof rec);
+    IS(ie_unit_read_faults(unit, NULL, 1, &faults), IE_STATUS_INVALID_ARGUMENT);
+    IS(ie_unit_read_faults(NULL, rec, 2, &faults), IE_STATUS_INVALID_ARGUMENT);
+    OK(ie_unit_read_faults(unit, rec, 2, &faults));
+    CHECK(faults == 1 && rec[0].device_id == 0x20 && rec[0].address == 0x100000 &&
+              rec[0].write && !rec[0].pasid_valid && rec[0].reason != 0,
+          "decoded fault: %u records, SID %#x address %#" PRIx64 " write %d reason %#x", faults,
+          rec[0].device_id, rec[0].address, rec[0].write, rec[0].reason);
+    CHECK(rec[1].device_id == 0xffffffffu, "only the records seen are written");
+    IS(ie_sim_model_translate(model, 0x20, 0x100000, false, &dma), IE_STATUS_NOT_FOUND);
+    OK(ie_unit_read_faults(unit, NULL, 0, &faults));
+    CHECK(faults == 1, "counted without records: %u", faults);
+    OK(ie_unit_read_faults(unit, rec, 2, &faults));
+    CHECK(faults == 0, "cleared although not written: %u", faults);
+
     /* A handle of the wrong type (a cast) is refused, not reinterpreted. */
     IS(ie_unit_enable((IeUnit *)ctx), IE_STATUS_INVALID_ARGUMENT);
     IS(ie_unit_destroy((IeUnit *)registry), IE_STATUS_INVALID_ARGUMENT);
