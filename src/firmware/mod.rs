@@ -7,6 +7,8 @@
 //!   through [`acpi::PhysMemory`]; tables are borrowed, never copied.
 //! - [`dmar`]: the Intel VT-d DMAR table (VT-d rev. 4.1 chapter 8): units, device scopes
 //!   resolved to requester IDs, reserved memory regions, and the unit configuration defaults.
+//! - [`iort`]: the Arm IO Remapping Table (DEN 0049 E.f): requester IDs to (SMMU, StreamID)
+//!   and ITS DeviceIDs, the SMMUv3 platform facts, reserved memory ranges per StreamID.
 //!
 //! Like the rest of the crate this module allocates nothing and never panics: every parser
 //! checks every length against the bytes it was given and returns a typed error carrying the
@@ -14,6 +16,7 @@
 
 pub mod acpi;
 pub mod dmar;
+pub mod iort;
 
 #[cfg(test)]
 pub(crate) mod testutil;
