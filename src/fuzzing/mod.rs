@@ -16,10 +16,12 @@
 //! | `queue_vtd` | [`queue`]: the VT-d invalidation queue under arbitrary submissions, waits, hardware progress and injected IQE/ITE/ICE | no unconsumed descriptor overwritten, a successful wait means everything before it completed, errors only when injected and cleared after |
 //! | `firmware_dmar` | [`firmware`]: the ACPI DMAR parser and the RSDP / RSDT / XSDT walk on arbitrary bytes (whole tables, table bodies behind a valid header, physical memory images) | never panics; a table that parses answers consistently (structures in order, scopes with paths, every covering-unit answer justified by its rule, reserved regions aligned and non-empty) |
 //! | `queue_smmuv3` | [`cmdq`]: the SMMUv3 command queue (16 entries, wrapping) as a unit's flushes drive it over the SMMUv3 model, with CERROR_ILL / CERROR_ABT / CERROR_ATC_INV_SYNC and stalled CMD_SYNCs injected | a good flush was consumed (the model's TLB forgot every unmapped page) and released its pages; a failed one kept them and happened only under injection; after recovery the queue runs again |
+//! | `firmware_iort` | [`firmware_iort`]: the IORT decoders on arbitrary bytes, raw or behind a fixed-up ACPI header | never panics; nodes inside the table and found again by reference; resolutions end at an SMMU or ITS group; regions and StreamID ranges well formed |
 
 pub mod cmdq;
 pub mod decode;
 pub mod firmware;
+pub mod firmware_iort;
 pub mod ioasid;
 pub mod pgtable;
 pub mod queue;
@@ -67,6 +69,7 @@ pub const TARGETS: &[Target] = &[
     ("queue_smmuv3", cmdq::smmuv3),
     ("ioasid", ioasid::ioasid),
     ("firmware_dmar", firmware::dmar),
+    ("firmware_iort", firmware_iort::iort),
 ];
 
 /// The body of the target called `name`, if there is one.
