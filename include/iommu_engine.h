@@ -219,6 +219,19 @@ typedef struct {
   void (*sync_for_cpu)(void *ctx, void *va, size_t len);
 } IeEnv;
 
+// What the embedder knows of a device from PCI enumeration (ie_ctx_bind_with()).
+typedef struct {
+  // ATS is enabled on the device: VT-d allows its device TLB and invalidates it on every
+  // flush (needs `ECAP.DT`, else the attach fails with `IE_STATUS_UNSUPPORTED`).
+  bool ats;
+  // The device is an SR-IOV virtual function whose physical function is
+  // `physical_function` (a PCI RID): VT-d names it in `PFSID` of device-TLB invalidations
+  // under `ECAP.DIT`.
+  bool has_physical_function;
+  // The physical function's RID, when `has_physical_function`.
+  uint32_t physical_function;
+} IeDeviceHints;
+
 // Where one claim comes from.
 typedef struct {
   // An `IeSourceKind` value.
@@ -247,6 +260,8 @@ typedef struct {
   IeSource coherent_walk;
   // Of `supervisor`.
   IeSource supervisor;
+  // Of `ats`, `has_physical_function` and `physical_function` (the embedder's, at bind).
+  IeSource hints;
 } IeSources;
 
 // What a device's unit can do, as ie_ctx_device_info() reports it.
@@ -275,6 +290,12 @@ typedef struct {
   bool supervisor;
   // The device declared itself no-snoop capable.
   bool no_snoop_capable;
+  // Bound with ATS enabled (ie_ctx_bind_with()).
+  bool ats;
+  // Bound as an SR-IOV virtual function of `physical_function`.
+  bool has_physical_function;
+  // The physical function's RID, when `has_physical_function`.
+  uint32_t physical_function;
   // Where each claim above comes from.
   IeSources sources;
 } IeDeviceInfo;
@@ -483,6 +504,18 @@ int32_t ie_ctx_bind(IeCtx *ctx,
                     uint32_t device_id,
                     bool no_snoop_capable,
                     uint32_t *out);
+
+// As ie_ctx_bind(), with `*hints` (not NULL): the device's ATS and SR-IOV physical function,
+// handed to every attach of it and reported by ie_ctx_device_info().
+//
+// # Safety
+// `ctx` is a live context handle; `hints` is readable; `out` is writable.
+int32_t ie_ctx_bind_with(IeCtx *ctx,
+                         uint32_t unit,
+                         uint32_t device_id,
+                         bool no_snoop_capable,
+                         const IeDeviceHints *hints,
+                         uint32_t *out);
 
 // Unbinds a device that is not attached and holds no grant.
 //

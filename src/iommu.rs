@@ -330,6 +330,21 @@ pub struct DomainConfig {
     pub granule_log2: Option<u32>,
 }
 
+/// What the embedder knows about a device from PCI enumeration, declared when the device is
+/// bound ([`crate::ioasid::IoasidCtx::bind_with`]) and handed to every attach of it
+/// ([`Iommu::attach_device`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeviceHints {
+    /// ATS is enabled on the device (its ATC caches translations): VT-d lets its context entry
+    /// allow the device TLB and invalidates it on every flush (needs `ECAP.DT`, else the
+    /// attach is refused). SMMUv3 ignores it (its ATS is the stream's, `IDR0.ATS`).
+    pub ats: bool,
+    /// The requester ID of the device's SR-IOV physical function when the device is a
+    /// virtual function (the PF's SR-IOV capability): VT-d with `ECAP.DIT` names it in
+    /// `PFSID` of every device-TLB invalidation. `None`: the device is its own PF.
+    pub physical_function: Option<DeviceId>,
+}
+
 /// Which tables [`Iommu::reclaim`] looks at for being empty.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReclaimScope<'s> {
@@ -547,6 +562,23 @@ pub trait Iommu: Sync {
         pasid: Option<Pasid>,
         domain: DomainHandle,
     ) -> Result<(), Error>;
+
+    /// As [`attach`](Self::attach), with what the embedder declared about the device. Units
+    /// that use none of [`DeviceHints`] keep this default, which ignores them.
+    ///
+    /// # Errors
+    /// As [`attach`](Self::attach); VT-d: [`Error::Unsupported`] for `ats` without
+    /// `ECAP.DT`, [`Error::InvalidDevice`] for a physical function that is no requester ID.
+    fn attach_device(
+        &self,
+        device: DeviceId,
+        pasid: Option<Pasid>,
+        domain: DomainHandle,
+        hints: &DeviceHints,
+    ) -> Result<(), Error> {
+        let _ = hints;
+        self.attach(device, pasid, domain)
+    }
 
     /// Blocks a device's (or PASID's) DMA again and invalidates configuration caches and the
     /// IOTLB entries it may have used.

@@ -6,7 +6,7 @@ use crate::ioasid::{
     DeviceHandle, DeviceLabel, IncoherentDmaGrant, IoasidCtx, IoasidFlags, IoasidId,
     PasidAllocator, Registry, UnitId, MAX_DEVICES, MAX_UNITS,
 };
-use crate::iommu::{DeviceId, Iommu, Pasid, Source, Sources};
+use crate::iommu::{DeviceHints, DeviceId, Iommu, Pasid, Source, Sources};
 use crate::mem::{Iova, PhysAddr};
 use crate::pgtable::Prot;
 
@@ -296,6 +296,58 @@ pub unsafe extern "C" fn ie_ctx_bind(
     })())
 }
 
+/// What the embedder knows of a device from PCI enumeration (ie_ctx_bind_with()).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct IeDeviceHints {
+    /// ATS is enabled on the device: VT-d allows its device TLB and invalidates it on every
+    /// flush (needs `ECAP.DT`, else the attach fails with `IE_STATUS_UNSUPPORTED`).
+    pub ats: bool,
+    /// The device is an SR-IOV virtual function whose physical function is
+    /// `physical_function` (a PCI RID): VT-d names it in `PFSID` of device-TLB invalidations
+    /// under `ECAP.DIT`.
+    pub has_physical_function: bool,
+    /// The physical function's RID, when `has_physical_function`.
+    pub physical_function: u32,
+}
+
+/// As ie_ctx_bind(), with `*hints` (not NULL): the device's ATS and SR-IOV physical function,
+/// handed to every attach of it and reported by ie_ctx_device_info().
+///
+/// # Safety
+/// `ctx` is a live context handle; `hints` is readable; `out` is writable.
+#[no_mangle]
+pub unsafe extern "C" fn ie_ctx_bind_with(
+    ctx: *mut IeCtx,
+    unit: u32,
+    device_id: u32,
+    no_snoop_capable: bool,
+    hints: *const IeDeviceHints,
+    out: *mut u32,
+) -> i32 {
+    code((|| {
+        let c = ctx_obj(ctx)?;
+        let unit = u8::try_from(unit).map_err(|_| IeStatus::NotFound)?;
+        let label = DeviceLabel {
+            unit: UnitId(unit),
+            id: DeviceId(device_id),
+        };
+        // SAFETY: the C contract: NULL or readable.
+        let hints = unsafe { hints.as_ref() }.ok_or(IeStatus::InvalidArgument)?;
+        if out.is_null() {
+            return Err(IeStatus::InvalidArgument);
+        }
+        let hints = DeviceHints {
+            ats: hints.ats,
+            physical_function: hints
+                .has_physical_function
+                .then_some(DeviceId(hints.physical_function)),
+        };
+        let h = c.value.ctx.bind_with(label, no_snoop_capable, hints)?;
+        put(out, u32::from(h.slot()))
+    })())
+}
+
 /// Unbinds a device that is not attached and holds no grant.
 ///
 /// # Safety
@@ -335,6 +387,12 @@ pub struct IeDeviceInfo {
     pub supervisor: bool,
     /// The device declared itself no-snoop capable.
     pub no_snoop_capable: bool,
+    /// Bound with ATS enabled (ie_ctx_bind_with()).
+    pub ats: bool,
+    /// Bound as an SR-IOV virtual function of `physical_function`.
+    pub has_physical_function: bool,
+    /// The physical function's RID, when `has_physical_function`.
+    pub physical_function: u32,
     /// Where each claim above comes from.
     pub sources: IeSources,
 }
@@ -417,6 +475,8 @@ pub struct IeSources {
     pub coherent_walk: IeSource,
     /// Of `supervisor`.
     pub supervisor: IeSource,
+    /// Of `ats`, `has_physical_function` and `physical_function` (the embedder's, at bind).
+    pub hints: IeSource,
 }
 
 impl From<Sources> for IeSources {
@@ -431,6 +491,7 @@ impl From<Sources> for IeSources {
             nesting: s.nesting.into(),
             coherent_walk: s.coherent_walk.into(),
             supervisor: s.supervisor.into(),
+            hints: IeSource::default(),
         }
     }
 }
@@ -467,7 +528,13 @@ pub unsafe extern "C" fn ie_ctx_device_info(
                 coherent_walk: c.coherent_walk,
                 supervisor: c.supervisor,
                 no_snoop_capable: info.no_snoop_capable,
-                sources: c.sources.into(),
+                ats: info.hints.ats,
+                has_physical_function: info.hints.physical_function.is_some(),
+                physical_function: info.hints.physical_function.map_or(0, |d| d.0),
+                sources: IeSources {
+                    hints: info.hints_source.into(),
+                    ..c.sources.into()
+                },
             },
         )
     })())

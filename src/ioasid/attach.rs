@@ -36,13 +36,13 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     pub fn attach(&self, device: DeviceHandle, ioasid: IoasidId) -> Result<(), Error> {
         let mut st = self.state.write();
         let dev = st.device(device)?;
-        let (label, old) = (dev.label, dev.attached);
+        let (label, old, hints) = (dev.label, dev.attached, dev.hints);
         if old == Some(ioasid) {
             return Ok(());
         }
         let unit = self.unit(label.unit)?;
         let (handle, created) = self.domain_for(&mut st, device, ioasid, label.unit)?;
-        if let Err(e) = unit.attach(label.id, None, handle) {
+        if let Err(e) = unit.attach_device(label.id, None, handle, &hints) {
             if created {
                 self.release_domain(&mut st, ioasid, label.unit);
             }
@@ -88,7 +88,7 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         if !st.pasids.contains(&Some(pasid)) {
             return Err(Error::PasidNotOwned(pasid));
         }
-        let label = st.device(device)?.label;
+        let (label, hints) = st.device(device).map(|d| (d.label, d.hints))?;
         if !st.ioasid(ioasid)?.flags.contains(IoasidFlags::PASID) {
             return Err(Error::Incompatible {
                 device,
@@ -115,7 +115,7 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
             .or_else(|| st.pasid_attachments.iter().position(Option::is_none))
             .ok_or(Error::Capacity("PASID attachments"))?;
         let (handle, created) = self.domain_for(&mut st, device, ioasid, label.unit)?;
-        if let Err(e) = unit.attach(label.id, Some(pasid), handle) {
+        if let Err(e) = unit.attach_device(label.id, Some(pasid), handle, &hints) {
             if created {
                 self.release_domain(&mut st, ioasid, label.unit);
             }

@@ -12,7 +12,7 @@ use super::{
     DeviceHandle, Error, IoasidFlags, IoasidId, MAX_DEVICES, MAX_IOASIDS, MAX_IOVA_RESERVATIONS,
     MAX_PASID_ATTACHMENTS, MAX_RESERVED, MAX_UNITS,
 };
-use crate::iommu::{Capabilities, DomainHandle, Iommu, Pasid};
+use crate::iommu::{Capabilities, DeviceHints, DomainHandle, Iommu, Pasid, Source};
 use crate::mem::{Iova, PageAllocator};
 use crate::pgtable::{Gather, InvalidationComplete, IovaRange, PageTable};
 
@@ -28,11 +28,23 @@ pub struct DeviceInfo {
     pub capabilities: Capabilities,
     /// The device declares it may issue no-snoop transactions.
     pub no_snoop_capable: bool,
+    /// What the embedder declared at bind (ATS, SR-IOV physical function), handed to every
+    /// attach of the device.
+    pub hints: DeviceHints,
+    /// Where [`hints`](Self::hints) come from: [`BIND_HINTS`] or [`NO_HINTS`].
+    pub hints_source: Source,
 }
+
+/// The [`Source`] of hints given to [`IoasidCtx::bind_with`].
+pub const BIND_HINTS: Source = Source::Embedder("IoasidCtx::bind_with (PCI enumeration)");
+/// The [`Source`] of the hints of a device bound with [`IoasidCtx::bind`]: none declared.
+pub const NO_HINTS: Source = Source::Embedder("IoasidCtx::bind: nothing declared");
 
 pub(super) struct Device {
     pub(super) label: DeviceLabel,
     pub(super) no_snoop_capable: bool,
+    pub(super) hints: DeviceHints,
+    pub(super) hints_source: Source,
     pub(super) attached: Option<IoasidId>,
 }
 
@@ -262,6 +274,32 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
     /// [`Error::Busy`] if the device is bound to any context; [`Error::NoSuchUnit`];
     /// [`Error::Capacity`].
     pub fn bind(&self, label: DeviceLabel, no_snoop_capable: bool) -> Result<DeviceHandle, Error> {
+        self.bind_device(label, no_snoop_capable, DeviceHints::default(), NO_HINTS)
+    }
+
+    /// As [`bind`](Self::bind), with what the embedder knows of the device from PCI
+    /// enumeration: ATS enabled, and the physical function of an SR-IOV virtual function
+    /// (VT-d names it in `PFSID` of device-TLB invalidations under `ECAP.DIT`). Every attach of
+    /// the device hands them to its unit ([`Iommu::attach_device`]); `device_info` reports them.
+    ///
+    /// # Errors
+    /// As [`bind`](Self::bind).
+    pub fn bind_with(
+        &self,
+        label: DeviceLabel,
+        no_snoop_capable: bool,
+        hints: DeviceHints,
+    ) -> Result<DeviceHandle, Error> {
+        self.bind_device(label, no_snoop_capable, hints, BIND_HINTS)
+    }
+
+    fn bind_device(
+        &self,
+        label: DeviceLabel,
+        no_snoop_capable: bool,
+        hints: DeviceHints,
+        hints_source: Source,
+    ) -> Result<DeviceHandle, Error> {
         let mut st = self.state.write();
         let slot = st
             .devices
@@ -272,6 +310,8 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
         st.devices[slot] = Some(Device {
             label,
             no_snoop_capable,
+            hints,
+            hints_source,
             attached: None,
         });
         Ok(DeviceHandle::new(self.id, slot as u16))
@@ -309,6 +349,8 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
             label: dev.label,
             capabilities: self.unit(dev.label.unit)?.device_capabilities(dev.label.id),
             no_snoop_capable: dev.no_snoop_capable,
+            hints: dev.hints,
+            hints_source: dev.hints_source,
         })
     }
 

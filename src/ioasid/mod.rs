@@ -40,7 +40,7 @@ mod registry;
 #[cfg(test)]
 mod tests;
 
-pub use ctx::{DeviceInfo, IncoherentDmaGrant, IoasidCtx};
+pub use ctx::{DeviceInfo, IncoherentDmaGrant, IoasidCtx, BIND_HINTS, NO_HINTS};
 pub use pasid::PasidAllocator;
 pub use reclaim::{reclaim_slack, IoasidPages, UnitPages, RECLAIM_BATCH};
 pub use record::RECORD_IAS;

@@ -685,6 +685,8 @@ fn device_info_reports_the_unit_and_the_device() {
             label: label(0, 0x42),
             capabilities: unit.caps,
             no_snoop_capable: true,
+            hints: crate::iommu::DeviceHints::default(),
+            hints_source: super::NO_HINTS,
         }
     );
     let plain = ctx.bind(label(0, 0x43), false).unwrap();

@@ -168,6 +168,23 @@ int main(void)
     CHECK(info.oas == 48 && info.sources.oas.kind == IE_SOURCE_KIND_FIRMWARE &&
               strcmp(info.sources.oas.name, "ACPI DMAR Host Address Width") == 0,
           "gpu: oas %u from %u %s", info.oas, info.sources.oas.kind, info.sources.oas.name);
+    CHECK(!info.has_physical_function && info.sources.hints.kind == IE_SOURCE_KIND_EMBEDDER,
+          "gpu: bound without hints");
+    /* An SR-IOV virtual function bound with its physical function (00:04.2 of 00:04.0). */
+    IeDeviceHints vf_hints = { .ats = false, .has_physical_function = true,
+                               .physical_function = 0x20 };
+    uint32_t vf = 0;
+    CHECK(ie_ctx_bind_with(ctx, 0, 0x22, false, NULL, &vf) == IE_STATUS_INVALID_ARGUMENT,
+          "bind_with without hints");
+    OK(ie_ctx_bind_with(ctx, 0, 0x22, false, &vf_hints, &vf));
+    IeDeviceInfo vf_info;
+    memset(&vf_info, 0, sizeof vf_info);
+    OK(ie_ctx_device_info(ctx, vf, &vf_info));
+    CHECK(vf_info.has_physical_function && vf_info.physical_function == 0x20 && !vf_info.ats &&
+              vf_info.sources.hints.kind == IE_SOURCE_KIND_EMBEDDER,
+          "vf: pf %d %#x from %s", vf_info.has_physical_function, vf_info.physical_function,
+          vf_info.sources.hints.name);
+    OK(ie_ctx_unbind(ctx, vf));
     OK(ie_ctx_device_info(ctx, nic, &info));
     CHECK(!info.enforce_snoop, "nic's unit has no snoop control");
     CHECK(info.oas == 36 && info.sources.oas.kind == IE_SOURCE_KIND_EMBEDDER,

@@ -7,6 +7,7 @@
 mod rig;
 
 mod concurrency;
+mod device_hints;
 mod fault_matrix;
 mod faults;
 mod granule;

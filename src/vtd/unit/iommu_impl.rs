@@ -4,8 +4,8 @@
 use super::invalidate::Purpose;
 use super::{VtdUnit, INTERRUPT_WINDOW};
 use crate::iommu::{
-    Capabilities, DeviceId, DomainConfig, DomainHandle, DomainPages, Error, Iommu, Pasid,
-    ReclaimScope, Source, Sources,
+    Capabilities, DeviceHints, DeviceId, DomainConfig, DomainHandle, DomainPages, Error, Iommu,
+    Pasid, ReclaimScope, Source, Sources,
 };
 use crate::mem::{Iova, PageAllocator, PhysAddr, WalkerCoherency};
 use crate::mmio::RegisterWindow;
@@ -249,6 +249,21 @@ where
         domain: DomainHandle,
     ) -> Result<(), Error> {
         self.attach_with(device, pasid, domain, super::AttachOptions::default())
+    }
+
+    fn attach_device(
+        &self,
+        device: DeviceId,
+        pasid: Option<Pasid>,
+        domain: DomainHandle,
+        hints: &DeviceHints,
+    ) -> Result<(), Error> {
+        let opts = super::AttachOptions {
+            ats: hints.ats,
+            physical_function: hints.physical_function,
+            ..super::AttachOptions::default()
+        };
+        self.attach_with(device, pasid, domain, opts)
     }
 
     fn detach(&self, device: DeviceId, pasid: Option<Pasid>) -> Result<(), Error> {
