@@ -971,8 +971,67 @@ fn address_width(g: &mut Ctx) -> Result<(), Fail> {
         v.write_faults("write beyond the input width", beyond, &[reason], &dst)?;
         v.unmap(io, IOVA_A, 4096)?;
         v.unmap(io, top, 4096)?;
-        Ok(())
+        output_width_and_privilege(v, io)
     })
+}
+
+/// The output side of 115 (issue 15, items 9 and 10): the unit's output width is the DMAR's
+/// host address width (QEMU reports `aw-bits`), reported as a firmware declaration; a physical
+/// address at its top is mapped, one at `2^HAW` refused naming it. QEMU advertises no
+/// `ECAP.SRS` in any mode, so supervisor requests are not offered: a `SUPERVISOR` IOASID is
+/// refused at attach and a privileged-only page anywhere else at map.
+fn output_width_and_privilege(v: &Vtd<'_, '_, '_>, io: IoasidId) -> Result<(), Fail> {
+    let haw =
+        u32::from(crate::firmware::unit_defaults(v.g.arch.vtd_base)?.host_address_width_field) + 1;
+    let caps = v.unit.capabilities();
+    println!(
+        "output width {} ({}), DMAR HAW {haw}; supervisor {} ({})",
+        caps.oas, caps.sources.oas, caps.supervisor, caps.sources.supervisor
+    );
+    ensure!(
+        caps.oas == haw && caps.sources.oas == iommu_engine::vtd::platform::DMAR_HAW,
+        "output width {} from {}, the DMAR says {haw}",
+        caps.oas,
+        caps.sources.oas
+    );
+    let rw = Prot::READ | Prot::WRITE;
+    let top_pa = (1u64 << haw) - 4096;
+    v.map(io, IOVA_B, top_pa, 4096, rw)?;
+    v.unmap(io, IOVA_B, 4096)?;
+    let want = IoError::PageTable(iommu_engine::pgtable::Error::PaOutOfRange {
+        last: PhysAddr::new((1u64 << haw) + 4095),
+        oas: haw,
+    });
+    match v
+        .ctx
+        .map(io, Iova::new(IOVA_B), PhysAddr::new(1 << haw), 4096, rw)
+    {
+        Err(e) if e == want => println!("PA {:#x} refused: {e}", 1u64 << haw),
+        r => bail!("map of PA 2^{haw}: {r:?}, expected {want:?}"),
+    }
+    ensure!(
+        !caps.supervisor,
+        "QEMU offers no ECAP.SRS, the unit says {caps:?}"
+    );
+    let priv_rw = rw | Prot::PRIV;
+    let refused =
+        IoError::PageTable(iommu_engine::pgtable::Error::UnsupportedProt { prot: priv_rw });
+    match v
+        .ctx
+        .map(io, Iova::new(IOVA_B), PhysAddr::new(top_pa), 4096, priv_rw)
+    {
+        Err(e) if e == refused => {}
+        r => bail!("a PRIV map outside a SUPERVISOR IOASID: {r:?}"),
+    }
+    let sup = v.alloc(IoasidFlags::SUPERVISOR)?;
+    match v.ctx.attach(v.dev, sup) {
+        Err(IoError::Incompatible {
+            reason: Incompatibility::Missing(Missing::SupervisorRequests),
+            ..
+        }) => println!("SUPERVISOR IOASID refused"),
+        r => bail!("attach of a SUPERVISOR IOASID: {r:?}"),
+    }
+    v.ctx.free(sup).or_fail("free the SUPERVISOR IOASID")
 }
 
 /// A 2 MiB leaf, used (QEMU caches the 2 MiB translation), then one 4 KiB page unmapped from
