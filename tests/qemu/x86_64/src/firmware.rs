@@ -66,8 +66,18 @@ fn find_rsdp(start_info: u64) -> Option<(u64, &'static str)> {
             return Some((rsdp, "PVH start info"));
         }
     }
+    bios_area_rsdp().map(|address| (address, "BIOS area scan"))
+}
+
+/// The RSDP a scan of the BIOS area finds (ACPI 6.5 §5.2.5.1).
+pub fn bios_area_rsdp() -> Option<u64> {
     let area = phys(BIOS_AREA.start, (BIOS_AREA.end - BIOS_AREA.start) as usize)?;
-    Rsdp::scan(area, BIOS_AREA.start).map(|(address, _)| (address, "BIOS area scan"))
+    Rsdp::scan(area, BIOS_AREA.start).map(|(address, _)| address)
+}
+
+/// The RSDP address [`discover`] used.
+pub fn rsdp_address() -> u64 {
+    RSDP.load(Ordering::Relaxed)
 }
 
 /// The DMAR, checked.

@@ -72,11 +72,19 @@ fn dmar_dump_matches(capture: &[u8]) -> Result<Dmar<'static>, Fail> {
     Ok(t)
 }
 
-/// q35's own DMAR, read through the RSDP: the capture; HAW 48; one unit, at the base the guest
+/// q35's own DMAR, read through the RSDP: the capture; a scan of the BIOS area finds the RSDP
+/// the PVH start info gave; HAW 48; one unit, at the base the guest
 /// found (and drives in the VT-d rows), covering edu through an endpoint scope resolving to
 /// 00:04.0; a function on bus 0 that nobody listed has no unit.
 fn dmar_q35(ctx: &mut Ctx) -> Result<(), Fail> {
     let t = dmar_dump_matches(Q35_DMAR)?;
+    // The fallback a boot protocol without an RSDP field needs finds the same RSDP.
+    let scanned = firmware::bios_area_rsdp();
+    ensure!(
+        scanned == Some(firmware::rsdp_address()),
+        "BIOS-area scan found {scanned:#x?}, the guest used {:#x}",
+        firmware::rsdp_address()
+    );
     ensure!(
         t.host_address_width() == 48,
         "HAW {}",
