@@ -125,15 +125,20 @@ pub unsafe extern "C" fn ie_registry_create(
         // SAFETY: the allocator lives in its own page, which the registry object owns and
         // frees only after the registry is dropped: `'static` stands for that.
         let allocator: &'static PasidAllocator = unsafe { &*(pasids.allocator() as *const _) };
-        let registry = Registry::new(&list[..n_units], allocator)?;
-        let obj = Obj::create(
-            env,
-            RegistryObj {
-                registry,
-                _pasids: pasids,
-                units: objs,
-            },
-        )?;
+        let obj = Obj::create_with(env, |slot: *mut RegistryObj| {
+            // SAFETY: `slot` is writable and aligned (`create_with`); the registry is built in
+            // place (its owner table is 6 KiB), then the other fields are written once each.
+            unsafe {
+                Registry::init_in_place(
+                    NonNull::new_unchecked(addr_of_mut!((*slot).registry)),
+                    &list[..n_units],
+                    allocator,
+                )?;
+                addr_of_mut!((*slot).units).write(objs);
+                addr_of_mut!((*slot)._pasids).write(pasids);
+            }
+            Ok(())
+        })?;
         for u in objs.iter().flatten() {
             // SAFETY: checked live above.
             unsafe { u.as_ref() }.acquire();

@@ -45,15 +45,6 @@ pub(super) struct Obj<T> {
 }
 
 impl<T: Tagged> Obj<T> {
-    /// Moves `value` into a new page from `env`.
-    pub(super) fn create(env: CEnv, value: T) -> Result<NonNull<Self>, IeStatus> {
-        Self::create_with(env, |slot| {
-            // SAFETY: `slot` is writable (`create_with`'s contract).
-            unsafe { slot.write(value) };
-            Ok(())
-        })
-    }
-
     /// Has `make` write the value into a new page from `env`: the page is taken first, so that
     /// the value can be built straight into it rather than moved through the stack once more
     /// (large values: a context is tens of KiB). `make` receives a writable, aligned, uninitialised

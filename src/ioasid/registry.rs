@@ -1,5 +1,7 @@
 //! The registry: the system's units, which context owns each device, and the PASID space.
 
+use core::mem::MaybeUninit;
+use core::ptr::{addr_of_mut, NonNull};
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use super::pasid::PasidAllocator;
@@ -70,6 +72,31 @@ impl<'a> Registry<'a> {
     /// # Errors
     /// [`Error::Capacity`] with more than [`MAX_UNITS`] units.
     pub fn new(units: &[&'a dyn Iommu], pasids: &'a PasidAllocator) -> Result<Self, Error> {
+        let mut slot = MaybeUninit::<Self>::uninit();
+        // SAFETY: `slot` is ours, aligned and `size_of::<Self>()` bytes; on `Ok`,
+        // `init_in_place` wrote every field.
+        unsafe {
+            Self::init_in_place(NonNull::from(&mut slot).cast(), units, pasids)?;
+            Ok(slot.assume_init())
+        }
+    }
+
+    /// As [`Registry::new`], building the registry straight into `slot`: the device-owner
+    /// table (6 KiB) is copied from a constant into place, never built on the stack and moved
+    /// (which cost a C caller 13 KiB of stack). Nothing relies on the memory's previous
+    /// contents.
+    ///
+    /// # Errors
+    /// [`Error::Capacity`] with more than [`MAX_UNITS`] units; `slot` is then left untouched.
+    ///
+    /// # Safety
+    /// `slot` is valid for writes of `size_of::<Self>()` bytes, aligned, and not in use: what
+    /// it held is overwritten without being dropped.
+    pub unsafe fn init_in_place(
+        slot: NonNull<Self>,
+        units: &[&'a dyn Iommu],
+        pasids: &'a PasidAllocator,
+    ) -> Result<(), Error> {
         if units.len() > MAX_UNITS {
             return Err(Error::Capacity("units"));
         }
@@ -77,13 +104,20 @@ impl<'a> Registry<'a> {
         for (slot, unit) in slots.iter_mut().zip(units) {
             *slot = Some(*unit);
         }
-        Ok(Self {
-            units: slots,
-            owners: spin::Mutex::new([None; MAX_BOUND]),
-            pasids,
-            next_ctx: AtomicU32::new(1),
-            leaked: [const { AtomicU64::new(0) }; 3],
-        })
+        /// No device bound.
+        const NO_OWNERS: spin::Mutex<[Option<(DeviceLabel, u32)>; MAX_BOUND]> =
+            spin::Mutex::new([None; MAX_BOUND]);
+        let p = slot.as_ptr();
+        // SAFETY: the caller guarantees `slot` is writable and aligned; each field is written
+        // exactly once.
+        unsafe {
+            addr_of_mut!((*p).units).write(slots);
+            addr_of_mut!((*p).owners).write(NO_OWNERS);
+            addr_of_mut!((*p).pasids).write(pasids);
+            addr_of_mut!((*p).next_ctx).write(AtomicU32::new(1));
+            addr_of_mut!((*p).leaked).write([const { AtomicU64::new(0) }; 3]);
+        }
+        Ok(())
     }
 
     /// The unit numbered `id`.
