@@ -104,7 +104,9 @@ impl<'a> Registry<'a> {
         for (slot, unit) in slots.iter_mut().zip(units) {
             *slot = Some(*unit);
         }
-        /// No device bound.
+        /// No device bound. Only ever copied into a new registry, never used in place: the
+        /// interior mutability is the copy's.
+        #[allow(clippy::declare_interior_mutable_const)]
         const NO_OWNERS: spin::Mutex<[Option<(DeviceLabel, u32)>; MAX_BOUND]> =
             spin::Mutex::new([None; MAX_BOUND]);
         let p = slot.as_ptr();
