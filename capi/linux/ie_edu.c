@@ -298,6 +298,7 @@ static int run(struct pci_dev *pdev)
 	ie_vtd_config_default(&cfg);
 	cfg.scalable = scalable;
 	cfg.host_address_width = haw;
+	cfg.host_address_width_from_dmar = true; /* reported as the firmware's declaration */
 	st = ie_vtd_create(&env, &regs, &cfg, &unit);
 	STEP(st == IE_STATUS_OK, "create", "%s mode (status %d)", scalable ? "scalable" : "legacy", st);
 	if (st)
@@ -319,7 +320,7 @@ static int run(struct pci_dev *pdev)
 	STEP(st == IE_STATUS_OK, "bind", "RID %#x (status %d)", rid, st);
 	if (st)
 		goto destroy_ctx;
-	/* IeDeviceInfo is 600 bytes: off the 16 KiB kernel stack. */
+	/* IeDeviceInfo is 720 bytes: off the 16 KiB kernel stack. */
 	info = kzalloc(sizeof(*info), GFP_KERNEL);
 	if (info) {
 		st = ie_ctx_device_info(ctx, dev, info);
