@@ -650,7 +650,12 @@ fn found_through_the_rsdp() {
 #[test]
 fn every_truncation_and_byte_change_is_handled() {
     let mut runs = 0u32;
-    for table in [Q35.to_vec(), Q35_ROOT_PORT.to_vec(), every_structure()] {
+    for table in [
+        Q35.to_vec(),
+        Q35_ROOT_PORT.to_vec(),
+        every_structure(),
+        tiger_lake_laptop(),
+    ] {
         for len in 0..table.len() {
             crate::fuzzing::firmware::dmar_table(&table[..len]);
             runs += 1;
@@ -686,4 +691,94 @@ fn errors_display_their_values() {
         bridge: rid(2, 0, 0),
     };
     assert!(std::format!("{e}").contains("0000:SourceId(02:00.0)"));
+}
+
+/// The layout of a Tiger Lake laptop's DMAR (Surface Laptop Studio; field values from the
+/// disassembly in github.com/linux-surface/acpidumps, `surface_laptop_studio_1/dmar.dsl`),
+/// rebuilt with this file's builders: a graphics unit, one unit per Thunderbolt root port, the
+/// INCLUDE_PCI_ALL unit last with the IOAPIC and HPET, and the graphics' stolen-memory RMRR.
+fn tiger_lake_laptop() -> Vec<u8> {
+    dmar(
+        0x26,
+        0x05,
+        &[
+            drhd(0, 0, 0, 0xfed9_0000, &[scope(1, 0, 0, 0, &[(2, 0)])]),
+            drhd(0, 0, 0, 0xfed8_4000, &[scope(2, 0, 0, 0, &[(7, 0)])]),
+            drhd(0, 0, 0, 0xfed8_5000, &[scope(2, 0, 0, 0, &[(7, 1)])]),
+            drhd(
+                1,
+                0,
+                0,
+                0xfed9_1000,
+                &[
+                    scope(3, 0, 2, 0, &[(0x1e, 7)]),
+                    scope(4, 0, 0, 0, &[(0x1e, 6)]),
+                ],
+            ),
+            rmrr(0, 0x8380_0000, 0x87bf_ffff, &[scope(1, 0, 0, 0, &[(2, 0)])]),
+        ],
+    )
+}
+
+#[test]
+fn a_laptop_dmar_puts_each_device_under_its_unit() {
+    let bytes = tiger_lake_laptop();
+    assert_eq!(bytes.len(), 0xb8, "the same size as the firmware's table");
+    let t = Dmar::parse(&bytes).unwrap();
+    assert_eq!(t.host_address_width(), 39);
+    assert_eq!(
+        t.flags(),
+        DmarFlags::INTR_REMAP | DmarFlags::DMA_CTRL_PLATFORM_OPT_IN
+    );
+    // Thunderbolt ports 00:07.0 and 00:07.1 with buses 0x20..=0x49 and 0x50..=0x79 below them.
+    let buses = |segment: u16, bridge: SourceId| match (segment, bridge.get()) {
+        (0, 0x0038) => Some(BusRange {
+            secondary: 0x20,
+            subordinate: 0x49,
+        }),
+        (0, 0x0039) => Some(BusRange {
+            secondary: 0x50,
+            subordinate: 0x79,
+        }),
+        _ => None,
+    };
+    let base = |bus, dev, func| {
+        t.unit_for(0, rid(bus, dev, func), &buses)
+            .map(|c| c.drhd.register_base)
+    };
+    assert_eq!(base(0, 2, 0), Some(0xfed9_0000), "graphics");
+    assert_eq!(
+        base(0x21, 0, 0),
+        Some(0xfed8_4000),
+        "below Thunderbolt port 0"
+    );
+    assert_eq!(
+        base(0, 7, 1),
+        Some(0xfed8_5000),
+        "Thunderbolt port 1 itself"
+    );
+    assert_eq!(
+        base(0x79, 0, 0),
+        Some(0xfed8_5000),
+        "port 1's subordinate bus"
+    );
+    assert_eq!(
+        base(0x7a, 0, 0),
+        Some(0xfed9_1000),
+        "past it: the catch-all unit"
+    );
+    assert_eq!(
+        base(1, 0, 0),
+        Some(0xfed9_1000),
+        "an NVMe drive behind an unlisted port"
+    );
+    assert_eq!(
+        t.reserved_regions(0, rid(0, 2, 0), &buses)
+            .collect::<Vec<_>>(),
+        [Ok(IovaRange {
+            start: Iova::new(0x8380_0000),
+            end: Iova::new(0x87c0_0000)
+        })]
+    );
+    assert_eq!(t.reserved_regions(0, rid(0x21, 0, 0), &buses).count(), 0);
 }
