@@ -202,6 +202,22 @@ typedef struct IeSimModel IeSimModel;
 // One IOMMU unit (a VT-d remapping unit or an SMMUv3).
 typedef struct IeUnit IeUnit;
 
+// The remapping unit ie_dmar_unit_for() found.
+typedef struct {
+  // The register window's base (4 KiB aligned).
+  uint64_t register_base;
+  // The register window's length in bytes (`2^Size` 4 KiB pages): what to map.
+  uint64_t register_len;
+  // The platform's host address width in bits (the DMAR's field + 1): for
+  // `IeVtdConfig.host_address_width`.
+  uint32_t host_address_width;
+  // The PCI segment of the unit's devices.
+  uint16_t segment;
+  // The unit covers the requester as its segment's INCLUDE_PCI_ALL unit (no device scope
+  // names it).
+  bool include_pci_all;
+} IeDmarUnit;
+
 // The memory services an embedder lends to the crate.
 //
 // Every function is called with `ctx`. The crate calls them from whichever thread calls into
@@ -451,6 +467,29 @@ typedef struct {
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
+
+// Finds in the ACPI DMAR table `table` (`len` bytes, header included, as `acpi_get_table`
+// returns it) the remapping unit that covers PCI requester `rid` on `segment`: the DRHD whose
+// device scope names it or a bridge above it, else the segment's INCLUDE_PCI_ALL DRHD.
+// `bridge_buses(ctx, segment, bridge_rid, &secondary, &subordinate)` gives the bus numbers of
+// a PCI-PCI bridge, false if none answers there; it resolves scope paths through bridges
+// (NULL: no bridge is known, and such scopes cover nothing). `IE_STATUS_INVALID_ARGUMENT` for a malformed table, `IE_STATUS_NOT_FOUND` if no
+// unit covers the requester (its DMA is not remapped).
+//
+// # Safety
+// `table` points to `len` readable bytes; `out` is writable; `bridge_buses` is NULL or safe
+// to call with `ctx`.
+int32_t ie_dmar_unit_for(const uint8_t *table,
+                         size_t len,
+                         uint16_t segment,
+                         uint16_t rid,
+                         bool (*bridge_buses)(void *ctx,
+                                              uint16_t segment,
+                                              uint16_t bridge,
+                                              uint8_t *secondary,
+                                              uint8_t *subordinate),
+                         void *ctx,
+                         IeDmarUnit *out);
 
 // Creates a registry over `n_units` units (at most 8), each numbered by its position, with
 // PASIDs of `pasid_bits` bits (the narrowest of the system's units and devices). The units

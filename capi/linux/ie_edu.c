@@ -6,7 +6,8 @@
  *
  * Boot with `intel_iommu=off intremap=off`: Linux then leaves the remapping unit alone and this
  * module owns it. The unit is found from the ACPI DMAR table (the DRHD whose scope covers the
- * device), the device is bound as a pci_driver, and the probe runs the seed flow of
+ * device, found by the crate's DMAR parser through ie_dmar_unit_for), the device is bound as
+ * a pci_driver, and the probe runs the seed flow of
  * tests/c/seed_flow.c on real (emulated) hardware. Each step prints one line
  *     ie_edu: step <name>: ok [detail]      or      ie_edu: step <name>: FAIL <detail>
  * and the probe ends with
@@ -186,56 +187,21 @@ static unsigned long live_pages(void)
 }
 
 /*
- * The DRHD of the ACPI DMAR table (VT-d 4.1 §8.3) whose scope covers segment 0, bus:devfn:
- * INCLUDE_PCI_ALL, or an endpoint scope entry with that path. Parsed here with the kernel's
- * table definitions until the crate's DMAR parser is on main.
+ * The remapping unit that covers segment 0, bus:devfn, from the ACPI DMAR table (VT-d 4.1 §8.3),
+ * found by the crate's DMAR parser (ie_dmar_unit_for). edu sits on the root bus: no bridge
+ * lookup is needed, so no bridge callback is passed.
  */
-static int find_drhd(u8 bus, u8 devfn, u64 *base, u32 *haw)
+static int find_unit(u8 bus, u8 devfn, IeDmarUnit *unit)
 {
 	struct acpi_table_header *hdr;
-	struct acpi_table_dmar *dmar;
-	u8 *p, *end;
-	int ret = -ENODEV;
+	int st;
 
 	if (ACPI_FAILURE(acpi_get_table(ACPI_SIG_DMAR, 0, &hdr)))
 		return -ENOENT;
-	dmar = (struct acpi_table_dmar *)hdr;
-	*haw = dmar->width + 1;
-	p = (u8 *)(dmar + 1);
-	end = (u8 *)hdr + hdr->length;
-	while (p + sizeof(struct acpi_dmar_header) <= end && ret) {
-		struct acpi_dmar_header *h = (struct acpi_dmar_header *)p;
-		struct acpi_dmar_hardware_unit *u = (struct acpi_dmar_hardware_unit *)p;
-		u8 *s;
-
-		if (h->length < sizeof(*h) || p + h->length > end)
-			break;
-		if (h->type == ACPI_DMAR_TYPE_HARDWARE_UNIT && h->length >= sizeof(*u) &&
-		    u->segment == 0) {
-			if (u->flags & ACPI_DMAR_INCLUDE_ALL) {
-				*base = u->address;
-				ret = 0;
-			}
-			for (s = (u8 *)(u + 1); ret && s + sizeof(struct acpi_dmar_device_scope) + 2 <= p + h->length;) {
-				struct acpi_dmar_device_scope *sc = (struct acpi_dmar_device_scope *)s;
-				struct acpi_dmar_pci_path *path = (struct acpi_dmar_pci_path *)(sc + 1);
-
-				if (sc->length < sizeof(*sc) + 2)
-					break;
-				/* One path element: the device sits on the start bus. */
-				if (sc->entry_type == ACPI_DMAR_SCOPE_TYPE_ENDPOINT &&
-				    sc->length == sizeof(*sc) + 2 && sc->bus == bus &&
-				    PCI_DEVFN(path->device, path->function) == devfn) {
-					*base = u->address;
-					ret = 0;
-				}
-				s += sc->length;
-			}
-		}
-		p += h->length;
-	}
+	st = ie_dmar_unit_for((const uint8_t *)hdr, hdr->length, 0, PCI_DEVID(bus, devfn), NULL,
+			      NULL, unit);
 	acpi_put_table(hdr);
-	return ret;
+	return st ? ie_status_errno(st) : 0;
 }
 
 static void __iomem *edu_bar;
@@ -266,6 +232,7 @@ static int run(struct pci_dev *pdev)
 	u64 base = 0, cap, ecap, pa, unmapped = 0, found = 0;
 	void __iomem *regs_va;
 	IeRegs regs = { 0 };
+	IeDmarUnit dmar_unit = { 0 };
 	IeVtdConfig cfg;
 	IeUnit *unit = NULL;
 	IeRegistry *registry = NULL;
@@ -277,12 +244,16 @@ static int run(struct pci_dev *pdev)
 	int st, i;
 	bool same;
 
-	st = find_drhd(bus, devfn, &base, &haw);
-	STEP(!st, "dmar", "unit at %#llx, host address width %u, device %02x:%02x.%x (rc %d)",
-	     base, haw, bus, PCI_SLOT(devfn), PCI_FUNC(devfn), st);
+	st = find_unit(bus, devfn, &dmar_unit);
+	base = dmar_unit.register_base;
+	haw = dmar_unit.host_address_width;
+	STEP(!st && dmar_unit.register_len >= PAGE_SIZE, "dmar",
+	     "unit at %#llx (%llu bytes, %s), host address width %u, device %02x:%02x.%x (rc %d)",
+	     base, dmar_unit.register_len, dmar_unit.include_pci_all ? "INCLUDE_PCI_ALL" : "scope",
+	     haw, bus, PCI_SLOT(devfn), PCI_FUNC(devfn), st);
 	if (st)
 		return st;
-	regs_va = ioremap(base, PAGE_SIZE);
+	regs_va = ioremap(base, dmar_unit.register_len);
 	if (!regs_va)
 		return -ENOMEM;
 	cap = readq(regs_va + VTD_CAP);
@@ -294,7 +265,7 @@ static int run(struct pci_dev *pdev)
 	     !!(ecap & VTD_ECAP_SMTS), !!(ecap & VTD_ECAP_C));
 
 	regs.base = (void *)regs_va;
-	regs.len = PAGE_SIZE;
+	regs.len = dmar_unit.register_len;
 	ie_vtd_config_default(&cfg);
 	cfg.scalable = scalable;
 	cfg.host_address_width = haw;

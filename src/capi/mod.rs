@@ -24,6 +24,7 @@
 //!   `tests/linux_module.rs` measures and holds.
 
 mod env;
+mod firmware;
 mod ioasid;
 mod object;
 #[cfg(feature = "sim")]
@@ -34,6 +35,7 @@ mod tests;
 mod unit;
 
 pub use env::{CEnv, CRegs, IeEnv, IeRegs};
+pub use firmware::*;
 pub use ioasid::*;
 #[cfg(feature = "sim")]
 pub use sim::*;

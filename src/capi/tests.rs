@@ -228,3 +228,83 @@ fn smmu_platform_facts_and_granule_are_checked() {
         assert_eq!(ie_sim_arena_destroy(arena), OK);
     }
 }
+
+/// ie_dmar_unit_for: a scope match wins over the INCLUDE_PCI_ALL unit, which takes the rest of
+/// its segment; malformed tables and uncovered requesters are refused.
+#[test]
+fn dmar_unit_for_a_requester() {
+    use super::firmware::{ie_dmar_unit_for, IeDmarUnit};
+    use crate::firmware::testutil::{dmar, drhd, scope};
+    // QEMU q35's layout plus a unit whose endpoint scope names 00:04.0.
+    let t = dmar(
+        47,
+        0,
+        &[
+            drhd(0, 1, 0, 0xfed9_1000, &[scope(1, 0, 0, 0, &[(4, 0)])]),
+            drhd(1, 0, 0, 0xfed9_0000, &[]),
+        ],
+    );
+    let mut u = IeDmarUnit::default();
+    let find = |t: &[u8], seg: u16, rid: u16, u: &mut IeDmarUnit| {
+        // SAFETY: `t` is readable; `u` is writable.
+        unsafe {
+            ie_dmar_unit_for(
+                t.as_ptr(),
+                t.len(),
+                seg,
+                rid,
+                None,
+                core::ptr::null_mut(),
+                u,
+            )
+        }
+    };
+    assert_eq!(find(&t, 0, 0x20, &mut u), IeStatus::Ok as i32);
+    assert_eq!(
+        u,
+        IeDmarUnit {
+            register_base: 0xfed9_1000,
+            register_len: 0x2000,
+            host_address_width: 48,
+            segment: 0,
+            include_pci_all: false,
+        }
+    );
+    assert_eq!(find(&t, 0, 0x28, &mut u), IeStatus::Ok as i32);
+    assert_eq!(
+        (u.register_base, u.register_len, u.include_pci_all),
+        (0xfed9_0000, 0x1000, true)
+    );
+    assert_eq!(find(&t, 1, 0x20, &mut u), IeStatus::NotFound as i32);
+    assert_eq!(
+        find(&t[..40], 0, 0x20, &mut u),
+        IeStatus::InvalidArgument as i32
+    );
+    // SAFETY: NULL table and out-pointer are refused before any access.
+    unsafe {
+        assert_eq!(
+            ie_dmar_unit_for(
+                core::ptr::null(),
+                0,
+                0,
+                0,
+                None,
+                core::ptr::null_mut(),
+                &mut u
+            ),
+            IeStatus::InvalidArgument as i32
+        );
+        assert_eq!(
+            ie_dmar_unit_for(
+                t.as_ptr(),
+                t.len(),
+                0,
+                0,
+                None,
+                core::ptr::null_mut(),
+                core::ptr::null_mut()
+            ),
+            IeStatus::InvalidArgument as i32
+        );
+    }
+}

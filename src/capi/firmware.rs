@@ -1,0 +1,95 @@
+//! ACPI DMAR over C: which remapping unit covers a PCI requester, and its register window and
+//! host address width (Intel VT-d specification rev. 4.1, §8.1 DMAR, §8.3 DRHD, §8.3.1 Device
+//! Scope), through the crate's parser ([`crate::firmware::dmar`]).
+
+use core::ffi::c_void;
+
+use crate::firmware::dmar::device_scope::BusRange;
+use crate::firmware::dmar::table::Dmar;
+use crate::vtd::SourceId;
+
+use super::status::{code, IeStatus};
+
+/// The remapping unit ie_dmar_unit_for() found.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IeDmarUnit {
+    /// The register window's base (4 KiB aligned).
+    pub register_base: u64,
+    /// The register window's length in bytes (`2^Size` 4 KiB pages): what to map.
+    pub register_len: u64,
+    /// The platform's host address width in bits (the DMAR's field + 1): for
+    /// `IeVtdConfig.host_address_width`.
+    pub host_address_width: u32,
+    /// The PCI segment of the unit's devices.
+    pub segment: u16,
+    /// The unit covers the requester as its segment's INCLUDE_PCI_ALL unit (no device scope
+    /// names it).
+    pub include_pci_all: bool,
+}
+
+/// Finds in the ACPI DMAR table `table` (`len` bytes, header included, as `acpi_get_table`
+/// returns it) the remapping unit that covers PCI requester `rid` on `segment`: the DRHD whose
+/// device scope names it or a bridge above it, else the segment's INCLUDE_PCI_ALL DRHD.
+/// `bridge_buses(ctx, segment, bridge_rid, &secondary, &subordinate)` gives the bus numbers of
+/// a PCI-PCI bridge, false if none answers there; it resolves scope paths through bridges
+/// (NULL: no bridge is known, and such scopes cover nothing). `IE_STATUS_INVALID_ARGUMENT` for a malformed table, `IE_STATUS_NOT_FOUND` if no
+/// unit covers the requester (its DMA is not remapped).
+///
+/// # Safety
+/// `table` points to `len` readable bytes; `out` is writable; `bridge_buses` is NULL or safe
+/// to call with `ctx`.
+#[no_mangle]
+pub unsafe extern "C" fn ie_dmar_unit_for(
+    table: *const u8,
+    len: usize,
+    segment: u16,
+    rid: u16,
+    bridge_buses: Option<
+        unsafe extern "C" fn(
+            ctx: *mut c_void,
+            segment: u16,
+            bridge: u16,
+            secondary: *mut u8,
+            subordinate: *mut u8,
+        ) -> bool,
+    >,
+    ctx: *mut c_void,
+    out: *mut IeDmarUnit,
+) -> i32 {
+    code((|| {
+        if table.is_null() || out.is_null() {
+            return Err(IeStatus::InvalidArgument);
+        }
+        // SAFETY: the C contract: `len` readable bytes at `table`.
+        let bytes = unsafe { core::slice::from_raw_parts(table, len) };
+        let dmar = Dmar::parse(bytes).map_err(|_| IeStatus::InvalidArgument)?;
+        let buses = |seg: u16, bridge: SourceId| -> Option<BusRange> {
+            let f = bridge_buses?;
+            let (mut secondary, mut subordinate) = (0u8, 0u8);
+            // SAFETY: the C contract on `bridge_buses` and `ctx`; the out-pointers are ours.
+            unsafe { f(ctx, seg, bridge.get(), &mut secondary, &mut subordinate) }.then_some(
+                BusRange {
+                    secondary,
+                    subordinate,
+                },
+            )
+        };
+        let unit = dmar
+            .unit_for(segment, SourceId::new(rid), &buses)
+            .ok_or(IeStatus::NotFound)?;
+        let d = dmar
+            .unit_defaults(&unit.drhd)
+            .map_err(|_| IeStatus::InvalidArgument)?;
+        let found = IeDmarUnit {
+            register_base: d.register_base.get(),
+            register_len: d.register_len,
+            host_address_width: u32::from(d.host_address_width_field) + 1,
+            segment: d.segment,
+            include_pci_all: d.include_pci_all,
+        };
+        // SAFETY: the C contract: `out` is writable.
+        unsafe { out.write(found) };
+        Ok(())
+    })())
+}
