@@ -771,6 +771,8 @@ fn stack_depths(obj: &elf::Elf, disasm: &str) -> Result<BTreeMap<String, u64>, S
     }
     let mut depth: BTreeMap<usize, u64> = BTreeMap::new();
     // Depth-first with an explicit path for cycle reports.
+    // The graph's tables, passed down the recursion; a struct would only rename them.
+    #[allow(clippy::too_many_arguments)]
     fn visit(
         f: usize,
         obj: &elf::Elf,
