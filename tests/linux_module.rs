@@ -798,14 +798,21 @@ fn stack_depths(obj: &elf::Elf, disasm: &str) -> Result<BTreeMap<String, u64>, S
         path.push(f);
         let mut callees: Vec<usize> = edges.get(&f).into_iter().flatten().copied().collect();
         for slot in indirect.get(&f).into_iter().flatten() {
-            // Inside the units, the page-table engine, register and memory access, indirect
-            // calls are the embedder's IeEnv / IeRegs callbacks (out of the object) and
-            // `&mut dyn FnMut` visitors; elsewhere (the IOASID layer, the C ABI) also
-            // `dyn Iommu` methods: any address-taken function.
+            // Inside the units, the page-table engine, register and memory access and the
+            // firmware parsers, indirect calls are the embedder's callbacks (IeEnv, IeRegs,
+            // the DMAR bridge lookup: out of the object) and `&mut dyn FnMut` visitors;
+            // elsewhere (the IOASID layer, the C ABI) also `dyn Iommu` methods.
             let name = &obj.symbols[f].name;
-            let unit_internal = ["3vtd", "6smmuv3", "7pgtable", "4mmio", "4capi3env"]
-                .iter()
-                .any(|m| name.contains(&format!("12iommu_engine{m}")));
+            let unit_internal = [
+                "3vtd",
+                "6smmuv3",
+                "7pgtable",
+                "4mmio",
+                "4capi3env",
+                "8firmware",
+            ]
+            .iter()
+            .any(|m| name.contains(&format!("12iommu_engine{m}")));
             // A call through a known vtable slot reaches what some vtable holds there.
             let candidates: Vec<usize> = match slot {
                 Some(s) => slots
