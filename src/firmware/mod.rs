@@ -9,6 +9,8 @@
 //!   resolved to requester IDs, reserved memory regions, and the unit configuration defaults.
 //! - [`iort`]: the Arm IO Remapping Table (DEN 0049 E.f): requester IDs to (SMMU, StreamID)
 //!   and ITS DeviceIDs, the SMMUv3 platform facts, reserved memory ranges per StreamID.
+//! - [`fdt`]: a flattened device tree's `iommus`, `iommu-map`/`iommu-map-mask` and
+//!   `dma-coherent`.
 //!
 //! Like the rest of the crate this module allocates nothing and never panics: every parser
 //! checks every length against the bytes it was given and returns a typed error carrying the
@@ -16,6 +18,7 @@
 
 pub mod acpi;
 pub mod dmar;
+pub mod fdt;
 pub mod iort;
 
 #[cfg(test)]
