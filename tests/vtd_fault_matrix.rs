@@ -197,6 +197,8 @@ struct Fixture<'a> {
     gather: Gather,
     /// Pages a previous owner left (takeover): never the unit's to free.
     foreign_pages: usize,
+    /// The IOVAs `read_and_clear_dirty` reported, over every attempt.
+    dirty_seen: Vec<u64>,
 }
 
 fn pasid(p: u32) -> Option<Pasid> {
@@ -224,6 +226,7 @@ impl<'a> Fixture<'a> {
             d2: None,
             gather: Gather::new(),
             foreign_pages: 0,
+            dirty_seen: Vec::new(),
         };
         if op == Op::Takeover {
             let old = VtdUnit::new(m, a, config(v)).unwrap();
@@ -269,6 +272,10 @@ impl<'a> Fixture<'a> {
         f.d2 = Some(d2);
         if op == Op::Release {
             f.unit().disable().unwrap();
+        }
+        if op == Op::DirtyReadAndClear {
+            // A DMA write: the model sets the leaf's D flag (SSADE), the IOTLB caches it dirty.
+            m.translate(sid(DEV), None, 0, Access::WRITE).unwrap();
         }
         if op == Op::DrainFaults {
             // More faults than fault recording registers: FSTS.PFO.
@@ -322,7 +329,8 @@ impl<'a> Fixture<'a> {
             Op::Flush => u.flush(d1.unwrap(), &mut self.gather).map_err(|x| e(&x)),
             Op::DirtyReadAndClear => {
                 let mut g = Gather::new();
-                let mut sink = |_: Iova, _: u32| {};
+                let seen = &mut self.dirty_seen;
+                let mut sink = |iova: Iova, _: u32| seen.push(iova.get());
                 u.read_and_clear_dirty(d1.unwrap(), Iova::new(0), 1 << 30, &mut sink, &mut g)
                     .map_err(|x| e(&x))?;
                 u.flush(d1.unwrap(), &mut g).map_err(|x| e(&x))
@@ -393,7 +401,33 @@ impl<'a> Fixture<'a> {
                 want("ATC invalidated", !m.atc_holds(sid(DEV), None, 0))?;
                 want("gather released", self.gather.is_empty())
             }
-            Op::DirtyReadAndClear => want("still mapped", tr(DEV, None, 0) == Ok(PA_A)),
+            Op::DirtyReadAndClear => {
+                want("still mapped", tr(DEV, None, 0) == Ok(PA_A))?;
+                want("page 0 reported dirty", self.dirty_seen.contains(&0))?;
+                // Cleared, and the IOTLB no longer holds the page as dirty: a new write sets
+                // D again and the next call reports it (a lost invalidation would hide it).
+                let u = self.unit();
+                let mut again = Vec::new();
+                let mut g = Gather::new();
+                let d1 = self.d1.unwrap();
+                let mut read = |g: &mut Gather, out: &mut Vec<u64>| {
+                    u.read_and_clear_dirty(
+                        d1,
+                        Iova::new(0),
+                        1 << 30,
+                        &mut |i, _| out.push(i.get()),
+                        g,
+                    )
+                    .map_err(|x| format!("{x:?}"))
+                };
+                read(&mut g, &mut again)?;
+                want("D cleared", again.is_empty())?;
+                m.translate(sid(DEV), None, 0, Access::WRITE)
+                    .map_err(|x| format!("{x:?}"))?;
+                read(&mut g, &mut again)?;
+                u.flush(d1, &mut g).map_err(|x| format!("{x:?}"))?;
+                want("a write after the clear is seen", again == [0])
+            }
             Op::Disable => want("translation off", !self.unit().is_enabled()),
             Op::DrainFaults => want(
                 "fault records clear",

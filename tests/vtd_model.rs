@@ -563,13 +563,36 @@ fn dirty_tracking_domain_in_scalable_mode() {
     u.attach(DEV, None, d).unwrap();
     u.map(d, Iova::new(0x4000), PhysAddr::new(0x7000), K4, RW)
         .unwrap();
-    ok(m.translate(sid(DEV), None, 0x4000, Access::WRITE));
-    // Nothing dirty yet (the model does not set D bits); the call works and flushes nothing.
-    let mut g = Gather::new();
-    let mut seen = 0;
-    u.read_and_clear_dirty(d, Iova::new(0), 0x10_0000, &mut |_, _| seen += 1, &mut g)
+    // A read sets only A: nothing dirty, nothing to flush.
+    ok(m.translate(sid(DEV), None, 0x4000, Access::READ));
+    let read_clear = |g: &mut Gather| {
+        let mut seen = Vec::new();
+        u.read_and_clear_dirty(
+            d,
+            Iova::new(0),
+            0x10_0000,
+            &mut |i, _| seen.push(i.get()),
+            g,
+        )
         .unwrap();
-    assert_eq!(seen, 0);
+        seen
+    };
+    let mut g = Gather::new();
+    assert!(read_clear(&mut g).is_empty());
+    assert!(g.is_empty());
+    // The write sets D (SSADE in the PASID entry): reported once, cleared, invalidated.
+    ok(m.translate(sid(DEV), None, 0x4000, Access::WRITE));
+    assert_eq!(read_clear(&mut g), [0x4000]);
+    assert!(read_clear(&mut Gather::new()).is_empty(), "cleared");
+    let before = m.descriptor_log().len();
+    u.flush(d, &mut g).unwrap();
+    assert!(
+        m.descriptor_log().len() > before,
+        "the clear is invalidated"
+    );
+    // Only because the IOTLB entry went, the next write is seen.
+    ok(m.translate(sid(DEV), None, 0x4000, Access::WRITE));
+    assert_eq!(read_clear(&mut g), [0x4000]);
     u.flush(d, &mut g).unwrap();
     // Legacy mode has no dirty tracking.
     let m2 = VtdModel::new(&a, VtdModelConfig::qemu_default());

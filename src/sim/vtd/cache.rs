@@ -105,6 +105,8 @@ pub(crate) struct PasidEntry {
     pub nxe: bool,
     pub smep: bool,
     pub fsptptr: u64,
+    /// Word 0, 9: SSADE, second-stage accessed/dirty flags (§3.7.2).
+    pub ssade: bool,
 }
 
 /// Which translation built an IOTLB entry, for the invalidation forms that cover it.
@@ -131,6 +133,10 @@ pub(crate) struct IotlbEntry {
     pub snoop: bool,
     /// `Some(reason)`: a cached not-present result (CAP.CM).
     pub negative: Option<u8>,
+    /// The leaf entry whose dirty flag the first write through this entry sets, and that flag:
+    /// `None` where flags are not tracked or the leaf was dirty when cached. A hit with `None`
+    /// writes nothing, which is why software that clears a dirty flag must invalidate.
+    pub dirty_at: Option<(u64, u64)>,
 }
 
 /// IOTLB key: (DID, PASID tag, page size log2, page number).

@@ -21,14 +21,16 @@
 //! What is modelled: every register a driver touches; queued and register-based invalidation
 //! with every granularity; caches that keep entries until invalidated (negative entries under
 //! CAP.CM), including a paging-structure cache that IH spares; legacy and scalable
-//! translation with FPD; fault recording with overflow; fault injection ([`Injection`]).
+//! translation with FPD; accessed and dirty flags set by a walk (first stage always, §3.6.2;
+//! second stage under the scalable-mode PASID entry's SSADE, §3.7.2; not in nested walks nor the
+//! extended-accessed flag); fault recording with overflow; fault injection ([`Injection`]).
 //!
 //! Device TLBs: [`VtdModel::ats_translate`] fills a per-device ATC that only completed
 //! device-TLB invalidations empty (not timed-out ones, nor ones answered with ICE).
 //!
 //! What is not: interrupt remapping (IRTA is latched, interrupt-entry-cache descriptors only
 //! counted), ATS translation-request checks (TT / DTE) and page requests, advanced fault logging, protected memory
-//! regions, accessed/dirty updates, performance monitoring. Interrupts are counted in [`VtdModelStats`] instead of being delivered.
+//! regions, performance monitoring. Interrupts are counted in [`VtdModelStats`] instead of being delivered.
 
 mod cache;
 mod config;
@@ -327,6 +329,8 @@ struct State<'m> {
     stats: VtdModelStats,
     log: Vec<[u64; 4]>,
     inject: Injections,
+    /// A probe walk ([`VtdModel::translate_in_memory`]): sets no accessed or dirty flag.
+    probing: bool,
 }
 
 /// The model of one VT-d unit over the memory of an [`Arena`].
@@ -371,6 +375,7 @@ impl<'m> VtdModel<'m> {
             iqercd: 0,
             caches: Caches::default(),
             stats: VtdModelStats::default(),
+            probing: false,
             log: Vec::new(),
             inject: Injections::default(),
         };
@@ -445,7 +450,9 @@ impl<'m> VtdModel<'m> {
         let mut st = self.lock();
         let caches = core::mem::take(&mut st.caches);
         let stats = st.stats;
+        st.probing = true;
         let r = st.translate_inner(sid, pasid, iova, access);
+        st.probing = false;
         st.caches = caches;
         st.stats = stats;
         r.ok().map(|t| t.pa)

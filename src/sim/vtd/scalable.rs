@@ -27,7 +27,7 @@ use super::arena::PhysMem;
 use super::cache::{CachedContext, EntryKind, IotlbEntry, PasidEntry, Pgtt, ScalableContext};
 use super::fault::*;
 use super::regs::*;
-use super::translate::{walk_fail, Fail, Lookup, SCALABLE_FS, SCALABLE_SS};
+use super::translate::{walk_fail, Fail, Lookup, FS_AD, SCALABLE_FS, SCALABLE_SS, SS_AD};
 use super::walk::{vtd_fs, vtd_ss, Access, Perms};
 use super::{bits, DmaOk, RootMode, State};
 use crate::mem::{Iova, PhysAddr};
@@ -74,21 +74,22 @@ impl State<'_> {
         if access.exec && !pe.ere {
             return Err(Fail::new(SM_PASID_ENTRY_ERE_CLEAR, fpd));
         }
-        let look = |codes| Lookup {
+        let look = |codes, ad| Lookup {
             did: pe.did,
             tag: Some(pasid),
             fpd,
             codes,
+            ad,
         };
         match pe.pgtt {
-            Pgtt::PassThrough => self.pass_through(look(SCALABLE_SS), iova, access, pe.pgsnp),
+            Pgtt::PassThrough => self.pass_through(look(SCALABLE_SS, None), iova, access, pe.pgsnp),
             Pgtt::SecondStage => {
-                let l = look(SCALABLE_SS);
+                let l = look(SCALABLE_SS, pe.ssade.then_some(SS_AD));
                 self.second_stage(l, pe.ssptptr, pe.ss_levels, iova, access, pe.pgsnp)
             }
-            Pgtt::FirstStage | Pgtt::Nested => {
-                self.first_stage(look(SCALABLE_FS), &pe, iova, access)
-            }
+            // Nested walks read the first stage through the second: their flags are not modelled.
+            Pgtt::FirstStage => self.first_stage(look(SCALABLE_FS, Some(FS_AD)), &pe, iova, access),
+            Pgtt::Nested => self.first_stage(look(SCALABLE_FS, None), &pe, iova, access),
         }
     }
 
@@ -236,6 +237,7 @@ impl State<'_> {
             nxe: q[2] & 1 << 5 != 0,
             smep: q[2] & 1 << 6 != 0,
             fsptptr: q[2] & bits(63, 12),
+            ssade: q[0] & 1 << 9 != 0,
         })
     }
 
@@ -299,6 +301,7 @@ impl State<'_> {
                 supervisor,
                 snoop,
                 negative: None,
+                dirty_at: None,
             };
             Ok((size, entry))
         })

@@ -143,7 +143,30 @@ pub(crate) struct Lookup {
     pub tag: Option<u32>,
     pub fpd: bool,
     pub codes: Codes,
+    /// The accessed and dirty flags a walk sets, if any.
+    pub ad: Option<AdFlags>,
 }
+
+/// The accessed and dirty flags of a paging entry.
+#[derive(Clone, Copy)]
+pub(crate) struct AdFlags {
+    pub accessed: u64,
+    pub dirty: u64,
+}
+
+/// First-stage entries (§3.6.2, as x86 paging): A 5 in every entry a walk uses, D 6 in the leaf
+/// on a write. Always set: first-stage translation has no enable for them.
+pub(crate) const FS_AD: AdFlags = AdFlags {
+    accessed: 1 << 5,
+    dirty: 1 << 6,
+};
+
+/// Second-stage entries (§3.7.2, §9.8): A 8 in every entry a walk uses, D 9 in the leaf on a
+/// write; only when the scalable-mode PASID entry's SSADE is set (never in legacy mode).
+pub(crate) const SS_AD: AdFlags = AdFlags {
+    accessed: 1 << 8,
+    dirty: 1 << 9,
+};
 
 /// The permission check of a request against a translation.
 pub(crate) fn check_rights(e: &IotlbEntry, access: Access, codes: &Codes) -> Option<u8> {
@@ -234,6 +257,7 @@ impl State<'_> {
             tag: None,
             fpd: ctx.fpd,
             codes: LEGACY,
+            ad: None,
         };
         if ctx.tt == 2 {
             return self.pass_through(look, iova, access, false);
@@ -340,6 +364,7 @@ impl State<'_> {
                 supervisor: all,
                 snoop,
                 negative: None,
+                dirty_at: None,
             };
             Ok((12, entry))
         })
@@ -386,6 +411,7 @@ impl State<'_> {
                 supervisor: rights,
                 snoop: t.attrs.snoop || pgsnp,
                 negative: None,
+                dirty_at: None,
             };
             Ok((size, entry))
         })
@@ -422,7 +448,8 @@ impl State<'_> {
                 let result = walk(self, &mem);
                 let reads = mem.reads.into_inner();
                 match result {
-                    Ok((size, entry)) => {
+                    Ok((size, mut entry)) => {
+                        entry.dirty_at = self.set_accessed(look, &reads);
                         self.cache_walk(look, iova, kind, levels, &reads);
                         self.caches
                             .iotlb_insert(look.did, look.tag, iova, size, entry);
@@ -437,6 +464,7 @@ impl State<'_> {
                                 supervisor: Perms::default(),
                                 snoop: false,
                                 negative: Some(fail.reason),
+                                dirty_at: None,
                             };
                             self.caches
                                 .iotlb_insert(look.did, look.tag, iova, 12, negative);
@@ -452,7 +480,45 @@ impl State<'_> {
         if let Some(reason) = check_rights(&entry, access, &look.codes) {
             return Err(Fail::new(reason, look.fpd));
         }
+        if let Some((leaf, dirty)) = entry.dirty_at.filter(|_| access.write && !self.probing) {
+            self.set_flag(leaf, dirty);
+            let clean = IotlbEntry {
+                dirty_at: None,
+                ..entry
+            };
+            self.caches
+                .iotlb_insert(look.did, look.tag, iova, size, clean);
+        }
         self.done(look, entry, size, iova, hit, access)
+    }
+
+    /// Sets the accessed flag in every entry a successful walk used (`reads`, the leaf last),
+    /// as an atomic read-modify-write. Returns where the first write must set the dirty flag:
+    /// the leaf, unless it is dirty already or flags are not tracked.
+    fn set_accessed(&self, look: Lookup, reads: &[(u64, u64)]) -> Option<(u64, u64)> {
+        let ad = look.ad.filter(|_| !self.probing)?;
+        for &(pa, _) in reads {
+            self.set_flag(pa, ad.accessed);
+        }
+        let &(leaf, value) = reads.last()?;
+        (value & ad.dirty == 0).then_some((leaf, ad.dirty))
+    }
+
+    /// Sets `flag` in the entry at `pa` with compare-and-exchange, as the hardware's locked
+    /// update does (a concurrent update by software is never lost).
+    fn set_flag(&self, pa: u64, flag: u64) {
+        loop {
+            let Some(value) = self.mem.read_u64(pa) else {
+                return;
+            };
+            if value & flag != 0 {
+                return;
+            }
+            match self.mem.compare_exchange_u64(pa, value, value | flag) {
+                Some(Err(_)) => continue,
+                _ => return,
+            }
+        }
     }
 
     /// Keeps the non-leaf entries of a successful walk (all reads but the last).

@@ -361,3 +361,64 @@ fn first_stage_paging_structure_cache_and_ih() {
         0x7777_7000
     );
 }
+
+/// §3.7.2: with SSADE a second-stage walk sets A (8) in every entry it uses and the first write
+/// sets D (9) in the leaf; the IOTLB remembers the leaf is dirty, so after software clears D
+/// only an invalidation lets the next write set it again. Without SSADE nothing is written.
+/// §3.6.2: a first-stage walk always sets A (5) and, on a write, D (6). A probe walk
+/// (`translate_in_memory`) writes nothing.
+#[test]
+fn walks_set_accessed_and_dirty_flags() {
+    const SS_A: u64 = 1 << 8;
+    const SS_D: u64 = 1 << 9;
+    let f = scalable();
+    let m = model(&f);
+    let leaf = f.pt + 8;
+    m.translate(SID, None, 0x1000, Access::WRITE).unwrap();
+    assert_eq!(get(&f.arena, leaf), 0x1234_5000 | 3, "no SSADE: no flags");
+
+    let q0 = get(&f.arena, f.table);
+    put(&f.arena, f.table, q0 | 1 << 9);
+    let m = model(&f);
+    let mut q = Queue::enable(&m, &f.arena, true);
+    assert_eq!(
+        m.translate_in_memory(SID, None, 0x1000, Access::WRITE),
+        Some(0x1234_5000)
+    );
+    assert_eq!(
+        get(&f.arena, leaf) & (SS_A | SS_D),
+        0,
+        "a probe writes nothing"
+    );
+    m.translate(SID, None, 0x1000, Access::READ).unwrap();
+    assert_eq!(get(&f.arena, leaf) & (SS_A | SS_D), SS_A);
+    m.translate(SID, None, 0x1000, Access::WRITE).unwrap();
+    assert_eq!(get(&f.arena, leaf) & (SS_A | SS_D), SS_A | SS_D);
+    // Software clears D without invalidating: the cached entry is dirty, the write sets nothing.
+    put(&f.arena, leaf, get(&f.arena, leaf) & !SS_D);
+    assert!(
+        m.translate(SID, None, 0x1000, Access::WRITE)
+            .unwrap()
+            .from_iotlb
+    );
+    assert_eq!(get(&f.arena, leaf) & SS_D, 0);
+    // After the invalidation the next write walks again and sets D.
+    q.submit(&m, &f.arena, &[iotlb_page(DID, 0x1000, 0)]);
+    m.translate(SID, None, 0x1000, Access::WRITE).unwrap();
+    assert_eq!(get(&f.arena, leaf) & SS_D, SS_D);
+    // A read-only page: a read sets A; the refused write sets no D.
+    let ro = f.pt + 16;
+    assert!(m.translate(SID, None, 0x2000, Access::WRITE).is_err());
+    m.translate(SID, None, 0x2000, Access::READ).unwrap();
+    assert_eq!(get(&f.arena, ro) & (SS_A | SS_D), SS_A);
+
+    // First stage: A in the directory entry and the leaf on a read, D on the first write.
+    const FS_A: u64 = 1 << 5;
+    const FS_D: u64 = 1 << 6;
+    let fs_leaf = f.fs_pt + 8;
+    m.translate(SID, Some(1), 0x1000, Access::READ).unwrap();
+    assert_eq!(get(&f.arena, fs_leaf) & (FS_A | FS_D), FS_A);
+    assert_eq!(get(&f.arena, f.fs_pd) & FS_A, FS_A);
+    m.translate(SID, Some(1), 0x1000, Access::WRITE).unwrap();
+    assert_eq!(get(&f.arena, fs_leaf) & (FS_A | FS_D), FS_A | FS_D);
+}
