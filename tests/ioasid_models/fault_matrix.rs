@@ -49,6 +49,8 @@ const RID_NEW_BUS: u32 = 0x300;
 const RID_BIND: u32 = 0x48;
 /// An SMMUv3 device attached to IOASID D (dirty tracking).
 const SID_DIRTY: u32 = 0x500;
+/// A VT-d device attached to IOASID D (dirty tracking: SSADE, the model sets D).
+const RID_DIRTY: u32 = 0x50;
 /// IOASID D's mapping.
 const D_MAP: (u64, u64, u64) = (0x1000, 0x5800_0000, 2 * K4);
 /// IOASID A (snoop; RID_A and SID_A attached): three regions.
@@ -202,6 +204,8 @@ fn setups(caching_mode: bool) -> (VtdSetup, SmmuSetup) {
     s.unit.sid_bits = Some(11);
     let mut v = VtdSetup::scalable();
     v.model = v.model.with_caching_mode(caching_mode);
+    // ECAP.SMPWCS (bit 48): snooped page walks, which VT-d dirty tracking needs.
+    v.model.ecap |= 1 << 48;
     (v, s)
 }
 
@@ -262,9 +266,11 @@ impl<'r> Cell<'r> {
         let c = alloc(IoasidFlags::ENFORCE_SNOOP);
         ctx.attach(v, a).expect("setup attach");
         ctx.attach(s, a).expect("setup attach");
-        // Dirty tracking: the VT-d model does not update dirty bits; the SMMUv3 does (HTTU).
+        // Dirty tracking: the VT-d model sets D (SSADE), the SMMUv3 clears AP[2] (HTTU).
         let sd = bind(smmu_dev(SID_DIRTY));
         ctx.attach(sd, d).expect("setup attach");
+        let vd = bind(vtd_dev(RID_DIRTY));
+        ctx.attach(vd, d).expect("setup attach");
         map(&ctx, d, D_MAP);
         for m in A_MAPS {
             map(&ctx, a, m);
@@ -285,6 +291,8 @@ impl<'r> Cell<'r> {
         // A device write: the SMMUv3 marks the page dirty (HTTU).
         r.sm.translate(SID_DIRTY, None, D_MAP.0, Access::WRITE)
             .expect("setup SMMUv3 write");
+        r.vm.translate(RID_DIRTY as u16, None, D_MAP.0 + K4, Access::WRITE)
+            .expect("setup VT-d write");
         Self {
             ctx: Some(ctx),
             v,
@@ -483,7 +491,25 @@ impl<'r> Cell<'r> {
                         && ctx.translate(self.a, Iova::new(m.0)) == Ok(None)
                 }) && vtd(RID_A, None, A_MAPS[0].0) == pa(A_MAPS[0]),
             ),
-            Op::ReadClearDirty => want("no dirty page reported", self.dirty_seen.get() >= 1),
+            Op::ReadClearDirty => {
+                // Both pages (one dirtied through each unit) reported over the attempts.
+                want("a dirty page not reported", self.dirty_seen.get() >= 2)?;
+                // Cleared, and the VT-d IOTLB no longer holds the page dirty: a new write sets
+                // D again and is reported (a lost invalidation would hide it). These checking
+                // calls run with no fault armed.
+                r.vm.clear_injections();
+                r.sm.clear_injections();
+                let seen = StdCell::new(0u32);
+                let mut count = |_: Iova, _: u32| seen.set(seen.get() + 1);
+                ctx.read_and_clear_dirty(self.d, Iova::ZERO, 1 << 31, &mut count)
+                    .map_err(|e| format!("{e:?}"))?;
+                want("dirty state not cleared", seen.get() == 0)?;
+                r.vm.translate(RID_DIRTY as u16, None, D_MAP.0 + K4, Access::WRITE)
+                    .map_err(|e| format!("VT-d write: {e:?}"))?;
+                ctx.read_and_clear_dirty(self.d, Iova::ZERO, 1 << 31, &mut count)
+                    .map_err(|e| format!("{e:?}"))?;
+                want("a VT-d write after the clear not seen", seen.get() == 1)
+            }
             Op::AllocIova => want(
                 "the IOVA is mapped",
                 self.made_iova
