@@ -410,7 +410,7 @@ impl<'a> Fixture<'a> {
                 let mut again = Vec::new();
                 let mut g = Gather::new();
                 let d1 = self.d1.unwrap();
-                let mut read = |g: &mut Gather, out: &mut Vec<u64>| {
+                let read = |g: &mut Gather, out: &mut Vec<u64>| {
                     u.read_and_clear_dirty(
                         d1,
                         Iova::new(0),
