@@ -242,12 +242,27 @@ pub enum Error {
     InvalidPasid(Pasid),
     /// The device (and PASID) is not attached.
     NotAttached(DeviceId),
-    /// Waiting on the hardware timed out.
+    /// Waiting on the hardware timed out (a register handshake, a queue that stopped, an
+    /// invalidation not confirmed within the poll budget).
+    ///
+    /// What to do: the call stopped in a state the unit keeps safe (no page it may reach was
+    /// freed, no tag reused) and that the driver's error documentation names (README, "Errors:
+    /// what to do"): call it again, which completes it and issues every invalidation it lost.
+    /// Do not reuse a page the call was to unmap until a retry returns `Ok`. If it persists,
+    /// reset the unit, and leak on purpose whatever the unit may still reach.
     Timeout {
         /// What was waited for.
         what: &'static str,
     },
-    /// The hardware reported an error.
+    /// The hardware reported an error: VT-d IQE/ITE/ICE, an SMMUv3 command error
+    /// (`CMDQ_CONS.ERR`), an aborted completion MSI, SMMUv3 service failure mode.
+    ///
+    /// What to do: as for [`Error::Timeout`], retry (the partial state is documented and the
+    /// retry completes it); if `what` names service failure mode, reset the unit, then enable it
+    /// again; if it persists, reset the unit (or turn the ATS device's ATS off) and leak what it
+    /// may still reach. Exception: from an SMMUv3 unit, a `what` that names a descriptor field
+    /// (`code` the value that did not fit) is a value the caller or its allocator gave that the
+    /// unit cannot express: nothing changed, and a retry fails the same way.
     Hardware {
         /// What failed.
         what: &'static str,

@@ -38,8 +38,10 @@ const SID_S2: u32 = 0x10;
 const SID_S1: u32 = 0x11;
 /// Used and left by the domain that `DomainFree` frees.
 const SID_SPARE: u32 = 0x12;
-/// Never attached: its transactions fill the event queue.
+/// Never attached.
 const SID_NONE: u32 = 0x30;
+/// Unmapped in SID_S1's domain: DMAs there fault (F_TRANSLATION), filling the event queue.
+const IOVA_FAULT: u64 = 0x1000_0000;
 /// First attached by `AttachNew`, in a level-2 stream table of its own (split 6).
 const SID_NEW: u32 = 0x50;
 const IOVA: u64 = 0x40_0000;
@@ -674,8 +676,9 @@ fn inject(rig: &Rig<'_>, fault: Fault) {
         Fault::ServiceFailure => m.inject(Injection::ServiceFailure),
         Fault::Gerror(bits) => m.inject(Injection::GlobalError(bits)),
         Fault::EventOverflow => {
-            for _ in 0..16 {
-                let _ = m.translate(SID_NONE, None, 0, Access::READ);
+            // Faulting DMAs from an attached stream: more events than the queue's 4 entries.
+            for i in 0..16 {
+                let _ = m.translate(SID_S1, None, IOVA_FAULT + i * K4, Access::READ);
             }
         }
         Fault::Alloc(n) => rig.mem.set_fail_policy(FailPolicy::Nth(n)),
@@ -703,6 +706,37 @@ fn recover(rig: &Rig<'_>) -> Result<(), String> {
     Ok(())
 }
 
+/// After the queue overflowed: the drain reported it and acknowledged it (the next drain
+/// reports no overflow), and events are recorded again.
+fn event_overflow(
+    model: &SmmuModel<'_>,
+    u: &Unit<'_>,
+    first: iommu_engine::smmuv3::eventq::DrainReport,
+) -> Result<(), String> {
+    if !first.overflowed {
+        return Err(format!(
+            "the event queue overflowed; the drain says {first:?}"
+        ));
+    }
+    let before = model.stats().events_written;
+    let _ = model.translate(SID_S1, None, IOVA_FAULT, Access::READ);
+    let mut seen = 0;
+    let again = u.handle_events(usize::MAX, |_| seen += 1).events;
+    let written = model.stats().events_written - before;
+    if again.overflowed || seen != written || written > 1 {
+        return Err(format!(
+            "after the acknowledged overflow: {again:?}, {seen} seen, {written} written"
+        ));
+    }
+    OVERFLOWS.with(|n| n.set(n.get() + 1));
+    Ok(())
+}
+
+thread_local! {
+    /// Cells whose event queue overflowed and whose drain reported it.
+    static OVERFLOWS: StdCell<u32> = const { StdCell::new(0) };
+}
+
 /// How a cell ended: `"ok"`, or the state a failed call left (its retry completed it).
 fn run_cell(op: Op, fault: Fault) -> Result<&'static str, String> {
     let mem = Arena::new(ArenaConfig {
@@ -726,10 +760,15 @@ fn run_cell(op: Op, fault: Fault) -> Result<&'static str, String> {
     }
     let before = Snapshot::take(&rig);
     inject(&rig, fault);
+    let lost = model.stats().events_lost;
     let first = rig.run(op);
     // An embedder's interrupt handler sees the global errors.
     if let Some(u) = rig.unit.as_ref() {
-        u.handle_events(usize::MAX, |_| {});
+        let report = u.handle_events(usize::MAX, |_| {});
+        // After a takeover the queue is the new owner's: the previous one's overflow is not.
+        if fault == Fault::EventOverflow && lost > 0 && op != Op::Takeover {
+            event_overflow(&model, u, report.events)?;
+        }
     }
     let transient = matches!(fault, Fault::Abort(_, false) | Fault::AtcSync(_, false));
     let outcome = match first {
@@ -817,5 +856,13 @@ fn smmuv3_fault_matrix() {
         faults.len()
     );
     println!("what the failed calls left: {states:?}");
+    let overflows = OVERFLOWS.with(StdCell::get);
+    println!("event queue overflows reported and acknowledged: {overflows}");
     assert!(failures.is_empty(), "cells that do not hold:\n{failures}");
+    // Every operation that starts on an enabled unit and keeps it (all but Enable, Takeover
+    // and Release).
+    assert!(
+        overflows as usize >= OPS.len() - 3,
+        "{overflows} overflows checked"
+    );
 }

@@ -40,6 +40,9 @@ const K4: u64 = 0x1000;
 const RW: Prot = Prot::READ.union(Prot::WRITE);
 const DEV: DeviceId = DeviceId(0x0020);
 const DEV2: DeviceId = DeviceId(0x0028);
+/// On a bus no other device uses: attaching it allocates a context table (and in scalable
+/// mode a PASID directory and table).
+const DEV3: DeviceId = DeviceId(0x0300);
 const PA_A: u64 = 0x4000_0000;
 const PA_B: u64 = 0x5000_0000;
 const PA_C: u64 = 0x6000_0000;
@@ -114,6 +117,8 @@ enum Op {
     DomainAlloc,
     DomainFree,
     Attach,
+    /// `Attach` of a device on a new bus: the attach allocates.
+    AttachNewBus,
     Replace,
     Detach,
     PasidAttach,
@@ -128,12 +133,13 @@ enum Op {
     DrainFaults,
 }
 
-const OPS: [Op; 16] = [
+const OPS: [Op; 17] = [
     Op::Enable,
     Op::Takeover,
     Op::DomainAlloc,
     Op::DomainFree,
     Op::Attach,
+    Op::AttachNewBus,
     Op::Replace,
     Op::Detach,
     Op::PasidAttach,
@@ -304,6 +310,9 @@ impl<'a> Fixture<'a> {
             Op::Attach => u
                 .attach_with(DEV2, None, d1.unwrap(), ATS)
                 .map_err(|x| e(&x)),
+            Op::AttachNewBus => u
+                .attach_with(DEV3, None, d1.unwrap(), ATS)
+                .map_err(|x| e(&x)),
             Op::Replace => u
                 .attach_with(DEV, None, d2.unwrap(), ATS)
                 .map_err(|x| e(&x)),
@@ -378,6 +387,7 @@ impl<'a> Fixture<'a> {
             ),
             Op::DomainFree => want("d2 gone", self.unit().domain_id(self.d2.unwrap()).is_none()),
             Op::Attach => want("DEV2 -> d1", tr(DEV2, None, 0) == Ok(PA_A)),
+            Op::AttachNewBus => want("DEV3 -> d1", tr(DEV3, None, 0) == Ok(PA_A)),
             Op::Replace => want("DEV -> d2", tr(DEV, None, 0) == Ok(PA_B)),
             Op::Detach => {
                 want("DEV blocked", tr(DEV, None, 0).is_err())?;
@@ -476,7 +486,13 @@ impl<'a> Fixture<'a> {
     /// Tears everything down; every page the unit took must come back.
     fn teardown(mut self) -> Result<(), String> {
         if let Some(u) = &self.u {
-            for (dev, p) in [(DEV, None), (DEV, pasid(5)), (DEV, pasid(7)), (DEV2, None)] {
+            for (dev, p) in [
+                (DEV, None),
+                (DEV, pasid(5)),
+                (DEV, pasid(7)),
+                (DEV2, None),
+                (DEV3, None),
+            ] {
                 let _ = u.detach(dev, p);
             }
             for &d in &self.domains {
@@ -570,8 +586,13 @@ struct Snapshot {
 }
 
 /// The probes: (device, PASID) x IOVA.
-const PROBE_DEVICES: [(DeviceId, Option<u32>); 4] =
-    [(DEV, None), (DEV, Some(5)), (DEV, Some(7)), (DEV2, None)];
+const PROBE_DEVICES: [(DeviceId, Option<u32>); 5] = [
+    (DEV, None),
+    (DEV, Some(5)),
+    (DEV, Some(7)),
+    (DEV2, None),
+    (DEV3, None),
+];
 const PROBE_IOVAS: [u64; 3] = [0, NEW_IOVA, NEW_IOVA + K4];
 
 impl Snapshot {
@@ -669,11 +690,12 @@ fn partial_state(
             "stopped part-way"
         }
         Op::Attach if attached(DEV2, None) => "attachment unsettled",
+        Op::AttachNewBus if attached(DEV3, None) => "attachment unsettled",
         Op::Replace if attached(DEV, None) => "attachment unsettled",
         Op::PasidAttach if attached(DEV, Some(7)) => "attachment unsettled",
         // The scalable-mode attach that ran out of memory: the device's context entry is
         // present over an empty PASID directory (blocking like no entry); nothing else moved.
-        Op::Attach | Op::Replace | Op::PasidAttach
+        Op::Attach | Op::AttachNewBus | Op::Replace | Op::PasidAttach
             if v.mode() == Mode::Scalable
                 && same_books
                 && after.translations == before.translations
