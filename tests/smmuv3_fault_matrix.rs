@@ -38,8 +38,6 @@ const SID_S2: u32 = 0x10;
 const SID_S1: u32 = 0x11;
 /// Used and left by the domain that `DomainFree` frees.
 const SID_SPARE: u32 = 0x12;
-/// Never attached.
-const SID_NONE: u32 = 0x30;
 /// Unmapped in SID_S1's domain: DMAs there fault (F_TRANSLATION), filling the event queue.
 const IOVA_FAULT: u64 = 0x1000_0000;
 /// First attached by `AttachNew`, in a level-2 stream table of its own (split 6).
