@@ -166,6 +166,8 @@ struct Rig<'a> {
     dirty_seen: StdCell<u32>,
     /// The domain `DomainAlloc` made.
     allocated: Option<DomainHandle>,
+    /// Pages out before `Release`.
+    release_pages: StdCell<usize>,
 }
 
 fn unit_config(fault: Fault) -> SmmuConfig {
@@ -214,6 +216,7 @@ impl<'a> Rig<'a> {
             gather: Gather::new(),
             dirty_seen: StdCell::new(0),
             allocated: None,
+            release_pages: StdCell::new(0),
         };
         let cfg = unit_config(fault);
         let build = || SmmuUnit::new(model, mem, cfg).map_err(|x| format!("new: {x:?}"));
@@ -369,6 +372,7 @@ impl<'a> Rig<'a> {
             }
             Op::Disable => self.unit().disable().map_err(Error::from),
             Op::Release => {
+                self.release_pages.set(self.mem.stats().live_pages);
                 let r = self.unit().disable().map_err(Error::from);
                 self.unit = None;
                 r
@@ -453,7 +457,20 @@ impl<'a> Rig<'a> {
                 want("the gather released", self.gather.is_empty())
             }
             Op::Disable => want("disabled", !self.unit().is_enabled()),
-            Op::Release => Ok(()),
+            // Disabled and dropped: translation off with GBPA.ABORT (the default
+            // `DisabledTraffic::Abort`), so every stream aborts, none passes untranslated. The
+            // drop gives back the stream table, CD tables and queues (domain page tables stay:
+            // `SmmuUnit`'s `Drop` documents that the domains are to be freed first).
+            Op::Release => {
+                want(
+                    "a stream still translates or passes through",
+                    [(SID_S2, IOVA), (SID_S1, IOVA), (SID_S2, PA_D2)]
+                        .iter()
+                        .all(|&(sid, iova)| pa(self.model, sid, None, iova).is_none()),
+                )?;
+                let (before, after) = (self.release_pages.get(), self.mem.stats().live_pages);
+                want("structures not returned", after < before)
+            }
         }
     }
 
