@@ -168,6 +168,8 @@ enum Fault {
     None,
     Inject(Injection),
     AllocFailure(u64),
+    /// IQE/ITE/ICE the previous owner left in FSTS (takeover and enable only).
+    StaleQueueErrors(u32),
 }
 
 fn arena() -> Arena {
@@ -551,7 +553,13 @@ fn faults(v: Variant, op: Op) -> Vec<Fault> {
         Fault::Inject(Injection::StallWaits),
         Fault::Inject(Injection::IgnoreGcmd),
         Fault::Inject(Injection::StallWriteBufferFlush),
+        Fault::Inject(Injection::StallWaitsUntilQueueOff),
     ];
+    if matches!(op, Op::Enable | Op::Takeover) {
+        for fsts in [regs::FSTS_IQE, regs::FSTS_ITE, regs::FSTS_ICE] {
+            out.push(Fault::StaleQueueErrors(fsts));
+        }
+    }
     // The last: the first fault recording register's high half (QEMU's CAP.FRO = 0x22).
     for reg in [regs::IQT, regs::IQA, regs::RTADDR, regs::FSTS, 0x228] {
         out.push(Fault::Inject(Injection::IgnoreWrites(reg)));
@@ -780,12 +788,29 @@ fn cell(v: Variant, op: Op, fault: Fault) -> Result<Option<&'static str>, String
         Fault::None => {}
         Fault::Inject(i) => m.inject(i),
         Fault::AllocFailure(n) => a.set_fail_policy(FailPolicy::Nth(n)),
+        Fault::StaleQueueErrors(fsts) => m.leave_queue_errors(fsts),
     }
     let before = Snapshot::take(&f);
     let first = f.run(op);
     m.clear_injections();
     a.set_fail_policy(FailPolicy::Never);
     let failed = first.is_err();
+    if op == Op::Takeover {
+        // Whatever happened, DMA never passes untranslated. A failed takeover may leave the
+        // previous owner's translations as they were (DEV 0 -> PA_A, its own mapping); a
+        // successful one blocks them (`effect`).
+        for (dev, iova) in [(DEV, 0), (DEV, PA_C), (DEV2, PA_C), (DEV2, 0)] {
+            if let Ok(t) = m.translate(sid(dev), None, iova, Access::READ) {
+                let previous = failed && (dev, iova, t.pa) == (DEV, 0, PA_A);
+                if !previous {
+                    return Err(format!(
+                        "after {first:?}: {dev:?} {iova:#x} translates to {:#x}",
+                        t.pa
+                    ));
+                }
+            }
+        }
+    }
     f.invariants(op, first.is_ok())
         .map_err(|e| format!("after {first:?}: {e}"))?;
     let state = if failed {
