@@ -128,7 +128,18 @@ enum Fault {
 /// global errors.
 fn fixed_faults() -> Vec<Fault> {
     let mut v = vec![Fault::None];
-    v.extend([VtdFault::StallWaits, VtdFault::IgnoreGcmd].map(Fault::Vtd));
+    v.extend(
+        [
+            VtdFault::StallWaits,
+            VtdFault::IgnoreGcmd,
+            VtdFault::StallWriteBufferFlush,
+            // A dropped write of the queue tail (IQT), the root table address, the fault status.
+            VtdFault::IgnoreWrites(iommu_engine::sim::vtd::regs::IQT),
+            VtdFault::IgnoreWrites(iommu_engine::sim::vtd::regs::RTADDR),
+            VtdFault::IgnoreWrites(iommu_engine::sim::vtd::regs::FSTS),
+        ]
+        .map(Fault::Vtd),
+    );
     v.extend(
         [
             SmmuFault::SyncStall,
