@@ -571,6 +571,17 @@ impl<'r> Cell<'r> {
                 ));
             }
         }
+        // No VT-d cache entry carries a DID no live domain holds (DID 0 is reserved under
+        // caching mode): a DID freed before its invalidation completed would be one.
+        let live: std::collections::BTreeSet<u16> = (0..64u16)
+            .filter_map(|h| r.vtd.domain_id(iommu_engine::iommu::DomainHandle(h)))
+            .map(|did| did.get())
+            .collect();
+        for did in r.vm.cached_domain_ids() {
+            if did != 0 && !live.contains(&did) {
+                return Err(format!("VT-d caches hold DID {did}, owned by no domain"));
+            }
+        }
         let report = r.smmu.audit().map_err(|e| format!("SMMUv3 audit: {e}"))?;
         if settled && (report.unsettled, report.owing) != (0, 0) {
             return Err(format!(
