@@ -115,6 +115,8 @@ enum Fault {
     Cr0AckStuck,
     /// GBPA.UPDATE never clears.
     GbpaStuck,
+    /// Writes to this register are dropped (CMDQ_PROD, GERRORN, STRTAB_BASE, IRQ_CTRL).
+    IgnoreWrites(usize),
 }
 
 fn faults() -> Vec<Fault> {
@@ -132,6 +134,8 @@ fn faults() -> Vec<Fault> {
     v.extend((1..=14).map(Fault::Alloc));
     v.push(Fault::Cr0AckStuck);
     v.push(Fault::GbpaStuck);
+    // CMDQ_PROD, GERRORN, STRTAB_BASE, IRQ_CTRL.
+    v.extend([0x98, 0x64, 0x80, 0x50].map(Fault::IgnoreWrites));
     v
 }
 
@@ -699,6 +703,7 @@ fn inject(rig: &Rig<'_>, fault: Fault) {
         Fault::Alloc(n) => rig.mem.set_fail_policy(FailPolicy::Nth(n)),
         Fault::Cr0AckStuck => m.inject(Injection::Cr0AckStuck),
         Fault::GbpaStuck => m.inject(Injection::GbpaUpdateStuck),
+        Fault::IgnoreWrites(offset) => m.inject(Injection::IgnoreWrites(offset)),
     }
 }
 

@@ -93,6 +93,19 @@ pub enum SmmuError {
         /// Width of the field, in address bits.
         bits: u32,
     },
+    /// A configuration register read back other than written (`STRTAB_BASE`,
+    /// `STRTAB_BASE_CFG`): the unit ignored the write. Found before translation is turned on,
+    /// so the unit is not enabled and walks no table of the previous owner; as
+    /// [`Cr0AckTimeout`](Self::Cr0AckTimeout): call `enable` again, reset the unit if it
+    /// persists.
+    RegisterIgnored {
+        /// The register, as the spec names it.
+        register: &'static str,
+        /// The value written.
+        wanted: u64,
+        /// The value read back.
+        found: u64,
+    },
     /// `CR0ACK` did not reach the value written to `CR0` in time: the unit ignored or has not
     /// yet taken the write. The unit is not enabled ([`SmmuUnit::enable`](super::SmmuUnit::enable)
     /// and [`disable`](super::SmmuUnit::disable) leave it so): call `enable` again, and reset
@@ -257,6 +270,11 @@ impl fmt::Display for SmmuError {
             } => {
                 write!(f, "{field} address {address:#x} is wider than {bits} bits")
             }
+            Self::RegisterIgnored {
+                register,
+                wanted,
+                found,
+            } => write!(f, "{register} reads {found:#x}, written {wanted:#x}"),
             Self::Cr0AckTimeout { wanted, last } => {
                 write!(f, "CR0ACK stayed {last:#x}, expected {wanted:#x}")
             }

@@ -150,6 +150,31 @@ impl<A: PageAllocator> StreamTable<A> {
         regs.write32(regs::STRTAB_BASE_CFG, self.base_cfg_register());
     }
 
+    /// Reads STRTAB_BASE and STRTAB_BASE_CFG back: a write the unit ignored would leave it
+    /// walking another table (the previous owner's, after a takeover) once enabled.
+    ///
+    /// # Errors
+    /// [`SmmuError::RegisterIgnored`] naming the register that reads otherwise.
+    pub fn check_programmed<W: RegisterWindow + ?Sized>(&self, regs: &W) -> Result<(), SmmuError> {
+        let found = regs.read64(regs::STRTAB_BASE);
+        if found != self.base_register() {
+            return Err(SmmuError::RegisterIgnored {
+                register: "STRTAB_BASE",
+                wanted: self.base_register(),
+                found,
+            });
+        }
+        let cfg = regs.read32(regs::STRTAB_BASE_CFG);
+        if cfg != self.base_cfg_register() {
+            return Err(SmmuError::RegisterIgnored {
+                register: "STRTAB_BASE_CFG",
+                wanted: self.base_cfg_register().into(),
+                found: cfg.into(),
+            });
+        }
+        Ok(())
+    }
+
     fn check(&self, sid: StreamId) -> Result<u32, SmmuError> {
         if self.log2 < 32 && sid.0 >> self.log2 != 0 {
             return Err(SmmuError::StreamIdOutOfRange {

@@ -548,6 +548,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         }
         self.regs.write32(regs::CR2, cr2.bits());
         strtab.program(&self.regs);
+        strtab.check_programmed(&self.regs)?;
         cq.program(&self.regs);
         let mut cr0 = Cr0::CMDQEN;
         regs::write_cr0(&self.regs, cr0.bits(), budget)?;
@@ -744,6 +745,12 @@ impl From<SmmuError> for Error {
                 what: "command queue space",
             },
             SmmuError::Cr0AckTimeout { .. } => Error::Timeout { what: "CR0ACK" },
+            SmmuError::RegisterIgnored {
+                register, found, ..
+            } => Error::Hardware {
+                what: register,
+                code: found,
+            },
             SmmuError::IrqCtrlAckTimeout { .. } => Error::Timeout {
                 what: "IRQ_CTRLACK",
             },

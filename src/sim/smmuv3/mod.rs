@@ -172,6 +172,10 @@ pub enum Injection {
     SyncStall,
     /// CR0ACK stops following CR0 until [`SmmuModel::clear_injections`].
     Cr0AckStuck,
+    /// Writes to the register at this offset (a 32-bit register, or a 64-bit one written whole
+    /// or by halves) are dropped until [`SmmuModel::clear_injections`]: a register write the
+    /// unit ignores.
+    IgnoreWrites(usize),
     /// GBPA updates never complete: a write with UPDATE leaves UPDATE set and the old fields in
     /// force until [`SmmuModel::clear_injections`], which completes it.
     GbpaUpdateStuck,
@@ -233,6 +237,8 @@ struct Injections {
     cr0ack_stuck: bool,
     gbpa_stuck: bool,
     msi_abort: bool,
+    /// [`Injection::IgnoreWrites`].
+    ignore_write: Option<usize>,
     /// A GBPA write waiting for its UPDATE to complete.
     gbpa_pending: Option<u32>,
 }
@@ -417,6 +423,7 @@ impl<'m> SmmuModel<'m> {
             Injection::SyncStall => st.injections.sync_stall = true,
             Injection::Cr0AckStuck => st.injections.cr0ack_stuck = true,
             Injection::GbpaUpdateStuck => st.injections.gbpa_stuck = true,
+            Injection::IgnoreWrites(offset) => st.injections.ignore_write = Some(offset),
             Injection::SyncMsiAbort => st.injections.msi_abort = true,
             Injection::ServiceFailure => {
                 st.service_failure = true;
@@ -650,6 +657,12 @@ impl RegisterWindow for SmmuModel<'_> {
             return;
         }
         let mut st = self.lock();
+        if let Some(at) = st.injections.ignore_write {
+            if offset == at || offset == at + 4 && st.regs.reg64(at).is_some() {
+                st.stats.ignored_writes += 1;
+                return;
+            }
+        }
         self.write_reg32(&mut st, offset, value);
     }
 
@@ -671,6 +684,12 @@ impl RegisterWindow for SmmuModel<'_> {
             return;
         }
         let mut st = self.lock();
+        if let Some(at) = st.injections.ignore_write {
+            if offset == at || offset + 4 == at {
+                st.stats.ignored_writes += 1;
+                return;
+            }
+        }
         if st.regs.reg64(offset).is_some() {
             if self.reg64_writable(&mut st, offset) {
                 if let Some(reg) = st.regs.reg64(offset) {
