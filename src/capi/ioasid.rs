@@ -288,17 +288,23 @@ pub unsafe extern "C" fn ie_ctx_bind(
 ) -> i32 {
     code((|| {
         let c = ctx_obj(ctx)?;
-        let unit = u8::try_from(unit).map_err(|_| IeStatus::NotFound)?;
-        let label = DeviceLabel {
-            unit: UnitId(unit),
-            id: DeviceId(device_id),
-        };
+        let label = device_label(unit, device_id)?;
         if out.is_null() {
             return Err(IeStatus::InvalidArgument);
         }
         let h = c.value.ctx.bind(label, no_snoop_capable)?;
         put(out, u32::from(h.slot()))
     })())
+}
+
+/// The device `device_id` behind unit `unit`, as ie_ctx_bind() and ie_ctx_bind_with() name
+/// it: a unit number beyond `u8` is one that does not exist.
+fn device_label(unit: u32, device_id: u32) -> Result<DeviceLabel, IeStatus> {
+    let unit = u8::try_from(unit).map_err(|_| IeStatus::NotFound)?;
+    Ok(DeviceLabel {
+        unit: UnitId(unit),
+        id: DeviceId(device_id),
+    })
 }
 
 /// What the embedder knows of a device from PCI enumeration (ie_ctx_bind_with()).
@@ -332,11 +338,7 @@ pub unsafe extern "C" fn ie_ctx_bind_with(
 ) -> i32 {
     code((|| {
         let c = ctx_obj(ctx)?;
-        let unit = u8::try_from(unit).map_err(|_| IeStatus::NotFound)?;
-        let label = DeviceLabel {
-            unit: UnitId(unit),
-            id: DeviceId(device_id),
-        };
+        let label = device_label(unit, device_id)?;
         // SAFETY: the C contract: NULL or readable.
         let hints = unsafe { hints.as_ref() }.ok_or(IeStatus::InvalidArgument)?;
         if out.is_null() {

@@ -626,3 +626,16 @@ pub fn find_table<'a, M: PhysMemory<'a> + ?Sized>(
 
 #[cfg(test)]
 mod tests;
+
+/// Implements `From<acpi::Error>` for a table parser's error type whose `Acpi` variant carries
+/// the ACPI-level error (bad header, length or checksum) so that `?` lifts it.
+macro_rules! lift_acpi_error {
+    ($error:ty) => {
+        impl From<$crate::firmware::acpi::Error> for $error {
+            fn from(e: $crate::firmware::acpi::Error) -> Self {
+                Self::Acpi(e)
+            }
+        }
+    };
+}
+pub(crate) use lift_acpi_error;

@@ -15,7 +15,7 @@
 
 use bitflags::bitflags;
 
-use super::device_scope::{check_scopes, DeviceScopes};
+use super::device_scope::{DeviceScopes, ScopeList};
 use super::error::{Error, Structure};
 use crate::firmware::acpi::{read_u16, read_u8};
 
@@ -39,7 +39,7 @@ pub struct Atsr<'a> {
     pub flags: AtsrFlags,
     /// `Segment Number`.
     pub segment: u16,
-    scopes: &'a [u8],
+    scopes: ScopeList<'a>,
     /// Offset of the structure in the DMAR table.
     pub offset: usize,
 }
@@ -50,13 +50,7 @@ impl<'a> Atsr<'a> {
     /// # Errors
     /// [`Error::TooShort`] and the device scopes' errors.
     pub fn parse(bytes: &'a [u8], offset: usize) -> Result<Self, Error> {
-        let scopes = bytes.get(FIXED..).ok_or(Error::TooShort {
-            structure: Structure::Atsr,
-            offset,
-            length: bytes.len(),
-            minimum: FIXED,
-        })?;
-        check_scopes(scopes, offset.saturating_add(FIXED))?;
+        let scopes = ScopeList::parse(bytes, offset, FIXED, Structure::Atsr)?;
         Ok(Self {
             flags: AtsrFlags::from_bits_retain(read_u8(bytes, 4)?),
             segment: read_u16(bytes, 6)?,
@@ -67,6 +61,6 @@ impl<'a> Atsr<'a> {
 
     /// The root ports that support ATS.
     pub fn device_scopes(&self) -> DeviceScopes<'a> {
-        DeviceScopes::new(self.scopes, self.offset.saturating_add(FIXED))
+        self.scopes.iter()
     }
 }

@@ -282,12 +282,6 @@ pub struct DeviceScopes<'a> {
     offset: usize,
 }
 
-impl<'a> DeviceScopes<'a> {
-    pub(super) const fn new(bytes: &'a [u8], offset: usize) -> Self {
-        Self { bytes, offset }
-    }
-}
-
 impl<'a> Iterator for DeviceScopes<'a> {
     type Item = DeviceScope<'a>;
 
@@ -299,14 +293,51 @@ impl<'a> Iterator for DeviceScopes<'a> {
     }
 }
 
-/// Checks that `bytes` (the scope area of a structure at table offset `offset`) is a whole
-/// number of well-formed device scopes.
-pub(super) fn check_scopes(bytes: &[u8], offset: usize) -> Result<(), Error> {
-    let (mut rest, mut at) = (bytes, offset);
-    while !rest.is_empty() {
-        let (_, len) = DeviceScope::decode(rest, at)?;
-        rest = rest.get(len..).unwrap_or(&[]);
-        at = at.saturating_add(len);
+/// The Device Scope[] list that ends a DRHD, RMRR, ATSR or SATC (§8.3.1): the bytes after
+/// the structure's fixed fields, checked to be a whole number of well-formed device scopes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct ScopeList<'a> {
+    bytes: &'a [u8],
+    /// Offset of `bytes` in the table.
+    offset: usize,
+}
+
+impl<'a> ScopeList<'a> {
+    /// Splits the scope list off `bytes`, the whole `structure` (exactly its `Length` bytes) at
+    /// table offset `offset` whose fixed fields take `fixed` bytes, and checks it.
+    ///
+    /// # Errors
+    /// [`Error::TooShort`] if `bytes` does not cover the fixed fields, and the device scopes'
+    /// errors.
+    pub(super) fn parse(
+        bytes: &'a [u8],
+        offset: usize,
+        fixed: usize,
+        structure: Structure,
+    ) -> Result<Self, Error> {
+        let list = Self {
+            bytes: bytes.get(fixed..).ok_or(Error::TooShort {
+                structure,
+                offset,
+                length: bytes.len(),
+                minimum: fixed,
+            })?,
+            offset: offset.saturating_add(fixed),
+        };
+        let (mut rest, mut at) = (list.bytes, list.offset);
+        while !rest.is_empty() {
+            let (_, len) = DeviceScope::decode(rest, at)?;
+            rest = rest.get(len..).unwrap_or(&[]);
+            at = at.saturating_add(len);
+        }
+        Ok(list)
     }
-    Ok(())
+
+    /// The device scopes, in table order.
+    pub(super) const fn iter(&self) -> DeviceScopes<'a> {
+        DeviceScopes {
+            bytes: self.bytes,
+            offset: self.offset,
+        }
+    }
 }

@@ -13,7 +13,7 @@
 
 use bitflags::bitflags;
 
-use super::device_scope::{check_scopes, DeviceScopes};
+use super::device_scope::{DeviceScopes, ScopeList};
 use super::error::{Error, Structure};
 use crate::firmware::acpi::{read_u16, read_u64, read_u8};
 use crate::mem::PhysAddr;
@@ -43,7 +43,7 @@ pub struct Drhd<'a> {
     pub segment: u16,
     /// `Register Base Address` (4 KiB aligned, checked by [`register_window`](Self::register_window)).
     pub register_base: u64,
-    scopes: &'a [u8],
+    scopes: ScopeList<'a>,
     /// Offset of the structure in the DMAR table.
     pub offset: usize,
 }
@@ -54,13 +54,7 @@ impl<'a> Drhd<'a> {
     /// # Errors
     /// [`Error::TooShort`] and the device scopes' errors.
     pub fn parse(bytes: &'a [u8], offset: usize) -> Result<Self, Error> {
-        let scopes = bytes.get(FIXED..).ok_or(Error::TooShort {
-            structure: Structure::Drhd,
-            offset,
-            length: bytes.len(),
-            minimum: FIXED,
-        })?;
-        check_scopes(scopes, offset.saturating_add(FIXED))?;
+        let scopes = ScopeList::parse(bytes, offset, FIXED, Structure::Drhd)?;
         Ok(Self {
             flags: DrhdFlags::from_bits_retain(read_u8(bytes, 4)?),
             size: read_u8(bytes, 5)? & 0xf,
@@ -79,7 +73,7 @@ impl<'a> Drhd<'a> {
     /// The device scopes (§8.3.1): the PCI endpoints and sub-hierarchies the unit covers
     /// (none need be listed with INCLUDE_PCI_ALL), and its IOAPICs and HPETs.
     pub fn device_scopes(&self) -> DeviceScopes<'a> {
-        DeviceScopes::new(self.scopes, self.offset.saturating_add(FIXED))
+        self.scopes.iter()
     }
 
     /// The register window: its base and its length in bytes (`2^Size` 4 KiB pages).

@@ -14,7 +14,7 @@
 //! emulation, integrated graphics' stolen memory): every domain such a device is attached to
 //! must map the region one-to-one (IOVA = physical address), or the device breaks.
 
-use super::device_scope::{check_scopes, DeviceScopes};
+use super::device_scope::{DeviceScopes, ScopeList};
 use super::error::{Error, Structure};
 use crate::firmware::acpi::{read_u16, read_u64};
 use crate::mem::Iova;
@@ -32,7 +32,7 @@ pub struct Rmrr<'a> {
     pub base: u64,
     /// `Reserved Memory Region Limit Address` (the region's last byte).
     pub limit: u64,
-    scopes: &'a [u8],
+    scopes: ScopeList<'a>,
     /// Offset of the structure in the DMAR table.
     pub offset: usize,
 }
@@ -43,13 +43,7 @@ impl<'a> Rmrr<'a> {
     /// # Errors
     /// [`Error::TooShort`] and the device scopes' errors.
     pub fn parse(bytes: &'a [u8], offset: usize) -> Result<Self, Error> {
-        let scopes = bytes.get(FIXED..).ok_or(Error::TooShort {
-            structure: Structure::Rmrr,
-            offset,
-            length: bytes.len(),
-            minimum: FIXED,
-        })?;
-        check_scopes(scopes, offset.saturating_add(FIXED))?;
+        let scopes = ScopeList::parse(bytes, offset, FIXED, Structure::Rmrr)?;
         Ok(Self {
             segment: read_u16(bytes, 6)?,
             base: read_u64(bytes, 8)?,
@@ -61,7 +55,7 @@ impl<'a> Rmrr<'a> {
 
     /// The devices that use the region.
     pub fn device_scopes(&self) -> DeviceScopes<'a> {
-        DeviceScopes::new(self.scopes, self.offset.saturating_add(FIXED))
+        self.scopes.iter()
     }
 
     /// The region as the IOVA range to map one-to-one (`start` = base, `end` = limit + 1; the

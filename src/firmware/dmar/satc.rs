@@ -12,7 +12,7 @@
 
 use bitflags::bitflags;
 
-use super::device_scope::{check_scopes, DeviceScopes};
+use super::device_scope::{DeviceScopes, ScopeList};
 use super::error::{Error, Structure};
 use crate::firmware::acpi::{read_u16, read_u8};
 
@@ -36,7 +36,7 @@ pub struct Satc<'a> {
     pub flags: SatcFlags,
     /// `Segment Number`.
     pub segment: u16,
-    scopes: &'a [u8],
+    scopes: ScopeList<'a>,
     /// Offset of the structure in the DMAR table.
     pub offset: usize,
 }
@@ -47,13 +47,7 @@ impl<'a> Satc<'a> {
     /// # Errors
     /// [`Error::TooShort`] and the device scopes' errors.
     pub fn parse(bytes: &'a [u8], offset: usize) -> Result<Self, Error> {
-        let scopes = bytes.get(FIXED..).ok_or(Error::TooShort {
-            structure: Structure::Satc,
-            offset,
-            length: bytes.len(),
-            minimum: FIXED,
-        })?;
-        check_scopes(scopes, offset.saturating_add(FIXED))?;
+        let scopes = ScopeList::parse(bytes, offset, FIXED, Structure::Satc)?;
         Ok(Self {
             flags: SatcFlags::from_bits_retain(read_u8(bytes, 4)?),
             segment: read_u16(bytes, 6)?,
@@ -64,6 +58,6 @@ impl<'a> Satc<'a> {
 
     /// The SoC-integrated devices with an address translation cache.
     pub fn device_scopes(&self) -> DeviceScopes<'a> {
-        DeviceScopes::new(self.scopes, self.offset.saturating_add(FIXED))
+        self.scopes.iter()
     }
 }

@@ -187,11 +187,7 @@ pub enum Error {
     },
 }
 
-impl From<acpi::Error> for Error {
-    fn from(e: acpi::Error) -> Self {
-        Error::Acpi(e)
-    }
-}
+acpi::lift_acpi_error!(Error);
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

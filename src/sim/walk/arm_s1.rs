@@ -26,7 +26,7 @@ use std::vec::Vec;
 use super::arm::{
     classify, mair_mem_type, shareability, Geometry, Granule, Kind, MemType, Shareability,
 };
-use super::{Access, AccessKind, Entry, Fault, Perms, Radix, Translation, WalkError};
+use super::{Access, AccessKind, Entry, Fault, LeafAddress, Perms, Radix, Translation, WalkError};
 use crate::mem::{Iova, PhysAddr};
 use crate::sim::arena::PhysMem;
 
@@ -117,6 +117,12 @@ struct Leaf {
     oa: u64,
     size_log2: u32,
     attrs: ArmS1Attrs,
+}
+
+impl LeafAddress for Leaf {
+    fn output_address(&mut self) -> &mut u64 {
+        &mut self.oa
+    }
 }
 
 struct Walker<'a> {
@@ -249,12 +255,6 @@ impl Radix for Walker<'_> {
 
     fn leaf_address_bits(&self, depth: usize) -> u64 {
         super::arm::leaf_address_bits(&self.geometry, self.shift(depth))
-    }
-    fn advanced(&self, leaf: Leaf, by: u64) -> Leaf {
-        Leaf {
-            oa: leaf.oa + by,
-            ..leaf
-        }
     }
 }
 

@@ -30,7 +30,7 @@ use super::arm::{
     bits_at, classify, device, s2_cacheability, shareability, Cacheability, Geometry, Granule,
     Kind, MemType, Shareability,
 };
-use super::{Access, AccessKind, Entry, Fault, Radix, Translation, WalkError};
+use super::{Access, AccessKind, Entry, Fault, LeafAddress, Radix, Translation, WalkError};
 use crate::mem::{Iova, PhysAddr};
 use crate::sim::arena::PhysMem;
 
@@ -106,6 +106,12 @@ struct Leaf {
     write: bool,
     unprivileged_exec: bool,
     attrs: ArmS2Attrs,
+}
+
+impl LeafAddress for Leaf {
+    fn output_address(&mut self) -> &mut u64 {
+        &mut self.oa
+    }
 }
 
 struct Walker<'a> {
@@ -268,12 +274,6 @@ impl Radix for Walker<'_> {
 
     fn leaf_address_bits(&self, depth: usize) -> u64 {
         super::arm::leaf_address_bits(&self.geometry, self.shift(depth))
-    }
-    fn advanced(&self, leaf: Leaf, by: u64) -> Leaf {
-        Leaf {
-            oa: leaf.oa + by,
-            ..leaf
-        }
     }
 }
 

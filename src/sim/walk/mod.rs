@@ -215,7 +215,7 @@ pub(crate) trait Radix {
     /// What a walk accumulates from table entries (hierarchical permissions).
     type State: Copy;
     /// A decoded leaf.
-    type Leaf: Copy;
+    type Leaf: LeafAddress;
 
     /// Physical address of the root table.
     fn root(&self) -> u64;
@@ -245,8 +245,31 @@ pub(crate) trait Radix {
     /// moved up by one leaf size. It carried into no bit outside them, so every other bit, the
     /// address size check included, reads as the previous leaf's did.
     fn leaf_address_bits(&self, depth: usize) -> u64;
-    /// `leaf` with its output address moved up by `by` bytes.
-    fn advanced(&self, leaf: Self::Leaf, by: u64) -> Self::Leaf;
+}
+
+/// A decoded leaf whose output address a walk can move (a run of leaves, see
+/// [`Radix::leaf_address_bits`]).
+pub(crate) trait LeafAddress: Copy {
+    /// The leaf's output address.
+    fn output_address(&mut self) -> &mut u64;
+
+    /// `self` with its output address moved up by `by` bytes.
+    fn advanced(mut self, by: u64) -> Self {
+        *self.output_address() += by;
+        self
+    }
+}
+
+/// [`Radix::leaf_address_bits`] of the VT-d first- and second-stage formats: bits 51:12 of a
+/// leaf are its address, reserved at and above the host address width `haw`; `lo` is the
+/// leaf's size (log2).
+fn vtd_leaf_address_bits(haw: u32, lo: u32) -> u64 {
+    let hi = haw.min(52);
+    if hi > lo {
+        bits(hi - 1, lo)
+    } else {
+        0
+    }
 }
 
 fn read_entry<R: Radix>(
@@ -396,7 +419,7 @@ fn visit<R: Radix>(
             };
             if let Some((previous, leaf)) = last {
                 if entry.wrapping_sub(previous) == step && (entry ^ previous) & !address_bits == 0 {
-                    let leaf = fmt.advanced(leaf, step);
+                    let leaf = leaf.advanced(step);
                     f(Found { input, leaf }).map_err(fault)?;
                     last = Some((entry, leaf));
                     continue;

@@ -26,7 +26,8 @@
 use std::vec::Vec;
 
 use super::{
-    bits, first_set, Access, AccessKind, Entry, Fault, Perms, Radix, Translation, WalkError,
+    bits, first_set, vtd_leaf_address_bits, Access, AccessKind, Entry, Fault, LeafAddress, Perms,
+    Radix, Translation, WalkError,
 };
 use crate::mem::{Iova, PhysAddr};
 use crate::sim::arena::PhysMem;
@@ -97,6 +98,12 @@ struct Leaf {
     oa: u64,
     size_log2: u32,
     attrs: VtdFsAttrs,
+}
+
+impl LeafAddress for Leaf {
+    fn output_address(&mut self) -> &mut u64 {
+        &mut self.oa
+    }
 }
 
 struct Walker<'a>(&'a VtdFsConfig);
@@ -218,20 +225,8 @@ impl Radix for Walker<'_> {
     }
 
     fn leaf_address_bits(&self, depth: usize) -> u64 {
-        // 51:12 is the address (bit 12 of a large leaf is PAT, below its address), reserved at
-        // and above HAW; nothing else is read from it.
-        let (lo, hi) = (self.shift(depth), self.0.haw.min(52));
-        if hi > lo {
-            bits(hi - 1, lo)
-        } else {
-            0
-        }
-    }
-    fn advanced(&self, leaf: Leaf, by: u64) -> Leaf {
-        Leaf {
-            oa: leaf.oa + by,
-            ..leaf
-        }
+        // Bit 12 of a large leaf is PAT, below its address.
+        vtd_leaf_address_bits(self.0.haw, self.shift(depth))
     }
 }
 

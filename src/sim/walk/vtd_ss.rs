@@ -26,7 +26,10 @@
 
 use std::vec::Vec;
 
-use super::{bits, first_set, AccessKind, Entry, Fault, Radix, Translation, WalkError};
+use super::{
+    bits, first_set, vtd_leaf_address_bits, AccessKind, Entry, Fault, LeafAddress, Radix,
+    Translation, WalkError,
+};
 use crate::mem::{Iova, PhysAddr};
 use crate::sim::arena::PhysMem;
 
@@ -84,6 +87,12 @@ struct Leaf {
     size_log2: u32,
     rights: Rights,
     attrs: VtdSsAttrs,
+}
+
+impl LeafAddress for Leaf {
+    fn output_address(&mut self) -> &mut u64 {
+        &mut self.oa
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -198,19 +207,7 @@ impl Radix for Walker<'_> {
     }
 
     fn leaf_address_bits(&self, depth: usize) -> u64 {
-        // 51:12 is the address, reserved at and above HAW; nothing else is read from it.
-        let (lo, hi) = (self.shift(depth), self.0.haw.min(52));
-        if hi > lo {
-            bits(hi - 1, lo)
-        } else {
-            0
-        }
-    }
-    fn advanced(&self, leaf: Leaf, by: u64) -> Leaf {
-        Leaf {
-            oa: leaf.oa + by,
-            ..leaf
-        }
+        vtd_leaf_address_bits(self.0.haw, self.shift(depth))
     }
 }
 
