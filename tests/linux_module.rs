@@ -22,6 +22,9 @@ use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
+#[path = "support/process.rs"]
+mod process;
+
 /// The deepest stack an exported function may need, in bytes (kernel stacks are 16 KiB),
 /// unless [`STACK_DEBT`] lists it.
 const STACK_LIMIT: u64 = 2048;
@@ -400,18 +403,7 @@ fn run_with_timeout(
         let _ = stderr.read_to_end(&mut s);
         s
     });
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(st) = child.try_wait()? {
-            break Some(st);
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        thread::sleep(Duration::from_millis(50));
-    };
+    let status = process::wait_bounded(&mut child, timeout, Duration::from_millis(50))?;
     let mut text = String::from_utf8_lossy(&out.join().unwrap_or_default()).into_owned();
     let err = String::from_utf8_lossy(&err.join().unwrap_or_default()).into_owned();
     if !err.is_empty() {

@@ -25,6 +25,9 @@ use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
+#[path = "support/process.rs"]
+mod process;
+
 /// Wall-clock limit for one QEMU run (a scenario normally takes 0.05-0.3 s).
 const QEMU_TIMEOUT: Duration = Duration::from_secs(30);
 /// QEMU's exit status when the guest reports a pass (`(0x10 << 1) | 1`).
@@ -489,18 +492,7 @@ fn run_with_timeout(prog: &str, args: &[String], timeout: Duration) -> std::io::
             .take()
             .map(|s| Box::new(s) as Box<dyn Read + Send>),
     );
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break Some(status);
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        thread::sleep(Duration::from_millis(2));
-    };
+    let status = process::wait_bounded(&mut child, timeout, Duration::from_millis(2))?;
     let stdout = out.join().unwrap_or_default();
     let stderr = err.join().unwrap_or_default();
     Ok(match status {
