@@ -107,6 +107,9 @@ pub enum IeMissing {
     /// The unit cannot honour supervisor requests (VT-d `ECAP.SRS`, scalable mode and a first
     /// stage; SMMUv3 stage 1) for an IOASID allocated with `IE_IOASID_FLAG_SUPERVISOR`.
     SupervisorRequests = 14,
+    /// A direct region the device was bound with (RMRR, RMR) collides with a mapping, an IOVA
+    /// reservation, a reserved region or another device's direct region in the IOASID.
+    DirectRegion = 15,
 }
 
 impl From<Missing> for IeMissing {
@@ -132,6 +135,7 @@ impl From<ioasid::Incompatibility> for IeMissing {
             ioasid::Incompatibility::ReservedRegionMapped(_) => IeMissing::ReservedRegion,
             ioasid::Incompatibility::Alignment { .. } => IeMissing::Alignment,
             ioasid::Incompatibility::NotPasidCapable => IeMissing::NotPasidCapable,
+            ioasid::Incompatibility::DirectRegionCollides { .. } => IeMissing::DirectRegion,
             ioasid::Incompatibility::Permissions { .. } => IeMissing::Permissions,
             ioasid::Incompatibility::OutputAddress { .. } => IeMissing::OutputAddress,
         }
@@ -185,6 +189,7 @@ impl From<ioasid::Error> for IeStatus {
             E::NotAttached(_) => IeStatus::NotAttached,
             E::NotNoSnoopCapable(_) => IeStatus::NotPermitted,
             E::Reserved(_) => IeStatus::Reserved,
+            E::BadDirectRegion(_) => IeStatus::InvalidArgument,
             E::Capacity(_) | E::Quota(_) | E::PasidExhausted | E::NoIovaSpace { .. } => {
                 IeStatus::NoSpace
             }

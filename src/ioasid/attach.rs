@@ -30,30 +30,63 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     /// built with the attributes the IOASID's flags fix, and the IOASID's mappings are copied
     /// into it.
     ///
+    /// The device's direct regions ([`DirectRegion`](super::DirectRegion): RMRR, RMR) are
+    /// mapped one-to-one in the IOASID, and reserved there, before the unit switches the
+    /// device; they are released from its previous IOASID after (see `direct.rs`).
+    ///
     /// # Errors
     /// [`Error::Incompatible`] naming what the unit lacks (snoop control, dirty tracking,
-    /// nesting, address width, page size) or the mapping it cannot take; nothing changed.
+    /// nesting, address width, page size), the mapping it cannot take, or the direct region
+    /// that collides ([`Incompatibility::DirectRegionCollides`]); [`Error::Capacity`]
+    /// (`"direct regions per IOASID"`): nothing changed. A failure after the direct regions
+    /// were mapped unmaps them again; if a unit then does not confirm the invalidation, the
+    /// call reports [`Error::InvalidationPending`] and the IOASID owes it (as after a failed
+    /// map).
     pub fn attach(&self, device: DeviceHandle, ioasid: IoasidId) -> Result<(), Error> {
         let mut st = self.state.write();
         let dev = st.device(device)?;
-        let (label, old, hints) = (dev.label, dev.attached, dev.hints);
+        let (label, old, hints, direct) = (dev.label, dev.attached, dev.hints, dev.direct);
         if old == Some(ioasid) {
             return Ok(());
         }
         let unit = self.unit(label.unit)?;
-        let (handle, created) = self.domain_for(&mut st, device, ioasid, label.unit)?;
+        self.check_direct(&st, device, ioasid)?;
+        self.take_direct(&mut st, device, ioasid)?;
+        let (handle, created) = match self.domain_for(&mut st, device, ioasid, label.unit) {
+            Ok(d) => d,
+            Err(e) => return Err(self.give_back_direct(&mut st, ioasid, &direct, e)),
+        };
         if let Err(e) = unit.attach_device(label.id, None, handle, &hints) {
             if created {
                 self.release_domain(&mut st, ioasid, label.unit);
             }
-            return Err(incompatible(device, e));
+            let e = incompatible(device, e);
+            return Err(self.give_back_direct(&mut st, ioasid, &direct, e));
         }
         self.add_user(&mut st, ioasid, label.unit);
         st.device_mut(device)?.attached = Some(ioasid);
         if let Some(old) = old {
+            // The device no longer reaches `old`: its direct regions there may go (an unmap
+            // not confirmed stays owed by `old`, settled by its next call).
+            let _ = self.drop_direct(&mut st, old, &direct);
             self.release_domain(&mut st, old, label.unit);
         }
         Ok(())
+    }
+
+    /// Undoes `take_direct` after a failed attach; returns the error to report: `e`, or the
+    /// invalidation the undo left owed.
+    fn give_back_direct(
+        &self,
+        st: &mut State<'a, A>,
+        ioasid: IoasidId,
+        direct: &[Option<super::DirectRegion>],
+        e: Error,
+    ) -> Error {
+        match self.drop_direct(st, ioasid, direct) {
+            Err(p @ Error::InvalidationPending { .. }) => p,
+            _ => e,
+        }
     }
 
     /// Detaches a device: its DMA is blocked, its configuration and TLB entries invalidated.
@@ -61,15 +94,24 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     /// # Errors
     /// [`Error::NotAttached`]; unit errors: the device then stays attached in the context's
     /// books, and a retry completes the detach (a unit that no longer knows the attachment
-    /// counts as detached).
+    /// counts as detached). [`Error::InvalidationPending`]: the device is detached and its
+    /// direct regions unmapped, but a unit did not confirm the invalidation of that unmap:
+    /// the IOASID owes it and its next call reissues it.
     pub fn detach(&self, device: DeviceHandle) -> Result<(), Error> {
         let mut st = self.state.write();
         let dev = st.device(device)?;
         let (label, old) = (dev.label, dev.attached.ok_or(Error::NotAttached(device))?);
         unit_detach(self.unit(label.unit)?, label.id, None)?;
+        let direct = st.device_mut(device)?.direct;
         st.device_mut(device)?.attached = None;
+        // The device is blocked: its direct regions go with their last user, invalidated
+        // before the domain (and its table pages) can be freed.
+        let dropped = self.drop_direct(&mut st, old, &direct);
         self.release_domain(&mut st, old, label.unit);
-        Ok(())
+        match dropped {
+            Err(e @ Error::InvalidationPending { .. }) => Err(e),
+            _ => Ok(()),
+        }
     }
 
     /// Attaches a (device, PASID) pair to an IOASID allocated with [`IoasidFlags::PASID`]. The

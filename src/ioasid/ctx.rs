@@ -4,6 +4,9 @@ use core::mem::MaybeUninit;
 use core::ptr::{addr_of_mut, NonNull};
 use core::sync::atomic::{AtomicU32, Ordering};
 
+use super::direct::{
+    device_regions, DeviceRegions, DirectMapping, DirectRegion, MAX_DIRECT_PER_IOASID,
+};
 use super::pending::Pending;
 use super::reclaim::ReclaimLog;
 use super::record::Record;
@@ -46,6 +49,8 @@ pub(super) struct Device {
     pub(super) hints: DeviceHints,
     pub(super) hints_source: Source,
     pub(super) attached: Option<IoasidId>,
+    /// What the device must reach one-to-one wherever it is attached (`direct.rs`).
+    pub(super) direct: DeviceRegions,
 }
 
 /// A hardware domain behind an IOASID on one unit, with the attachments that use it.
@@ -65,6 +70,8 @@ pub(super) struct Ioasid<'a, A: PageAllocator> {
     pub(super) pending: Pending,
     /// Where unmaps may have left tables empty since the last reclaim.
     pub(super) reclaim: ReclaimLog,
+    /// Attached devices' direct regions mapped here, reserved against `map` and `unmap`.
+    pub(super) direct: [Option<DirectMapping>; MAX_DIRECT_PER_IOASID],
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -268,13 +275,20 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
     // devices
 
     /// Binds a device to this context. `no_snoop_capable` is the device's own declaration that it
-    /// may issue no-snoop transactions.
+    /// may issue no-snoop transactions. A device firmware gives direct regions (RMRR, RMR) is
+    /// bound with [`IoasidCtx::bind_with_direct`].
     ///
     /// # Errors
     /// [`Error::Busy`] if the device is bound to any context; [`Error::NoSuchUnit`];
     /// [`Error::Capacity`].
     pub fn bind(&self, label: DeviceLabel, no_snoop_capable: bool) -> Result<DeviceHandle, Error> {
-        self.bind_device(label, no_snoop_capable, DeviceHints::default(), NO_HINTS)
+        self.bind_device(
+            label,
+            no_snoop_capable,
+            DeviceHints::default(),
+            NO_HINTS,
+            &[],
+        )
     }
 
     /// As [`bind`](Self::bind), with what the embedder knows of the device from PCI
@@ -290,7 +304,35 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
         no_snoop_capable: bool,
         hints: DeviceHints,
     ) -> Result<DeviceHandle, Error> {
-        self.bind_device(label, no_snoop_capable, hints, BIND_HINTS)
+        self.bind_device(label, no_snoop_capable, hints, BIND_HINTS, &[])
+    }
+
+    /// Binds a device with the regions it must reach one-to-one wherever it is attached: from
+    /// firmware ([`DirectRegion::from_rmrr`], an IORT RMR) and any the embedder adds, and
+    /// optionally the hints of [`bind_with`](Self::bind_with). Each region is mapped in every
+    /// IOASID the device is attached to, or the attach is refused (see [`DirectRegion`]).
+    ///
+    /// # Errors
+    /// As [`IoasidCtx::bind`]; [`Error::Capacity`] beyond [`MAX_DIRECT_REGIONS`](super::MAX_DIRECT_REGIONS)
+    /// (`"direct regions per device"`); [`Error::BadDirectRegion`] for two overlapping
+    /// regions. Nothing is bound after any of them.
+    pub fn bind_with_direct(
+        &self,
+        label: DeviceLabel,
+        no_snoop_capable: bool,
+        hints: Option<DeviceHints>,
+        direct: &[DirectRegion],
+    ) -> Result<DeviceHandle, Error> {
+        match hints {
+            Some(h) => self.bind_device(label, no_snoop_capable, h, BIND_HINTS, direct),
+            None => self.bind_device(
+                label,
+                no_snoop_capable,
+                DeviceHints::default(),
+                NO_HINTS,
+                direct,
+            ),
+        }
     }
 
     fn bind_device(
@@ -299,7 +341,9 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
         no_snoop_capable: bool,
         hints: DeviceHints,
         hints_source: Source,
+        direct: &[DirectRegion],
     ) -> Result<DeviceHandle, Error> {
+        let direct = device_regions(direct)?;
         let mut st = self.state.write();
         let slot = st
             .devices
@@ -313,6 +357,7 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
             hints,
             hints_source,
             attached: None,
+            direct,
         });
         Ok(DeviceHandle::new(self.id, slot as u16))
     }
@@ -380,6 +425,7 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
             reservations: spin::Mutex::new([None; MAX_IOVA_RESERVATIONS]),
             pending: Pending::new(),
             reclaim: ReclaimLog::new(),
+            direct: [None; MAX_DIRECT_PER_IOASID],
         });
         Ok(IoasidId(slot as u16))
     }

@@ -1,6 +1,7 @@
 //! Mapping into an IOASID: the record, then every hardware domain behind it, all or nothing.
 
 use super::ctx::{align_up, iova, Ioasid, IoasidCtx, UnitDomain};
+use super::direct::direct_overlap;
 use super::record::RECORD_IAS;
 use super::{Error, IoasidFlags, IoasidId};
 use crate::iommu::Iommu;
@@ -69,6 +70,21 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         if let Some(r) = self.reserved_overlap(&st, io, iova.get(), end) {
             return Err(Error::Reserved(r));
         }
+        if let Some(r) = direct_overlap(io, iova.get(), end) {
+            return Err(Error::Reserved(r));
+        }
+        self.map_in(io, iova, pa, len, prot)
+    }
+
+    /// Maps into the record and every domain of `io`, all or nothing (the checks done).
+    pub(super) fn map_in(
+        &self,
+        io: &Ioasid<'a, A>,
+        iova: Iova,
+        pa: PhysAddr,
+        len: u64,
+        prot: Prot,
+    ) -> Result<(), Error> {
         // A new mapping never lands where a stale translation may still be cached.
         self.settle(io)?;
         io.record.map(iova, pa, len, prot)?;
@@ -132,6 +148,15 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     fn unmap_everywhere(&self, ioasid: IoasidId, iova: Iova, len: u64) -> Result<u64, Error> {
         let st = self.state.read();
         let io = st.ioasid(ioasid)?;
+        // Attached devices' direct regions stay mapped (`direct.rs`).
+        if let Some(r) = direct_overlap(io, iova.get(), iova.get().saturating_add(len)) {
+            return Err(Error::Reserved(r));
+        }
+        self.unmap_in(io, iova, len)
+    }
+
+    /// Unmaps from every domain of `io` and from the record (see [`IoasidCtx::unmap`]).
+    pub(super) fn unmap_in(&self, io: &Ioasid<'a, A>, iova: Iova, len: u64) -> Result<u64, Error> {
         self.settle(io)?;
         let mut owed = Ok(());
         for (k, (slot, d)) in domains(io).enumerate() {

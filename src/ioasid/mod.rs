@@ -30,6 +30,7 @@
 mod attach;
 mod audit;
 mod ctx;
+mod direct;
 mod map;
 mod pasid;
 mod pending;
@@ -41,6 +42,7 @@ mod registry;
 mod tests;
 
 pub use ctx::{DeviceInfo, IncoherentDmaGrant, IoasidCtx, BIND_HINTS, NO_HINTS};
+pub use direct::{DirectRegion, MAX_DIRECT_PER_IOASID, MAX_DIRECT_REGIONS};
 pub use pasid::PasidAllocator;
 pub use reclaim::{reclaim_slack, IoasidPages, UnitPages, RECLAIM_BATCH};
 pub use record::RECORD_IAS;
@@ -151,6 +153,15 @@ pub enum Incompatibility {
         /// Its permissions.
         prot: crate::pgtable::Prot,
     },
+    /// A direct region of the device (`DirectRegion`: RMRR, RMR) collides with `with`: a
+    /// mapping of the IOASID, an IOVA reservation, a reserved region, or another device's
+    /// direct region that overlaps it without being equal to it.
+    DirectRegionCollides {
+        /// The device's region.
+        region: IovaRange,
+        /// What it collides with.
+        with: IovaRange,
+    },
     /// An existing mapping's physical range reaches beyond the unit's output address width.
     OutputAddress {
         /// The mapping's IOVA.
@@ -176,6 +187,11 @@ impl fmt::Display for Incompatibility {
                 )
             }
             Incompatibility::NotPasidCapable => write!(f, "IOASID not allocated with PASID"),
+            Incompatibility::DirectRegionCollides { region, with } => write!(
+                f,
+                "direct region {}..{} collides with {}..{}",
+                region.start, region.end, with.start, with.end
+            ),
             Incompatibility::Permissions { iova, prot } => {
                 write!(f, "mapping at {iova}: the unit cannot express {prot:?}")
             }
@@ -211,8 +227,12 @@ pub enum Error {
     NotAttached(DeviceHandle),
     /// The device does not declare itself no-snoop capable.
     NotNoSnoopCapable(DeviceHandle),
-    /// The range overlaps a reserved IOVA region.
+    /// The range overlaps a reserved IOVA region, or a direct region mapped for an attached
+    /// device (map and unmap refuse to touch it).
     Reserved(IovaRange),
+    /// A direct region that is empty, not 4 KiB aligned, beyond 57 bits, or overlapping
+    /// another region of the same device.
+    BadDirectRegion(IovaRange),
     /// A fixed-capacity table is full.
     Capacity(&'static str),
     /// The context's PASID quota is used up.
@@ -280,6 +300,7 @@ impl fmt::Display for Error {
             Error::NotAttached(d) => write!(f, "device {} not attached", d.slot),
             Error::NotNoSnoopCapable(d) => write!(f, "device {} is not no-snoop capable", d.slot),
             Error::Reserved(r) => write!(f, "range overlaps reserved {}..{}", r.start, r.end),
+            Error::BadDirectRegion(r) => write!(f, "bad direct region {}..{}", r.start, r.end),
             Error::Capacity(what) => write!(f, "too many {what}"),
             Error::Quota(q) => write!(f, "PASID quota of {q} used up"),
             Error::PasidExhausted => write!(f, "no free PASID"),

@@ -8,6 +8,7 @@ mod rig;
 
 mod concurrency;
 mod device_hints;
+mod direct;
 mod fault_matrix;
 mod faults;
 mod granule;

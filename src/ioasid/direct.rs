@@ -1,0 +1,331 @@
+//! Direct-mapped reserved regions: memory a device keeps reaching by DMA after the OS takes
+//! over, which every domain the device is attached to must map one-to-one (IOVA = physical
+//! address). Firmware names them: the VT-d DMAR's RMRR (Intel VT-d specification rev. 4.1,
+//! §8.4) and the IORT's RMR node (Arm DEN0049E, §3.1.3.10, "Reserved Memory Range"). Linux
+//! calls them `IOMMU_RESV_DIRECT` (and `IOMMU_RESV_DIRECT_RELAXABLE` when firmware permits
+//! remapping once the OS owns the device).
+//!
+//! ## The rule
+//! A device is bound with its direct regions ([`IoasidCtx::bind_with_direct`], at most
+//! [`MAX_DIRECT_REGIONS`]). When it is attached (without PASID: the regions are reached with
+//! the device's requester ID alone) to an IOASID:
+//! - if a region collides with a mapping of the IOASID, an IOVA reservation
+//!   ([`IoasidCtx::alloc_iova`]), a reserved region of the context or of a unit behind the
+//!   IOASID, or overlaps another device's direct region without being equal to it, the attach
+//!   is refused with [`Incompatibility::DirectRegionCollides`] carrying both ranges, before
+//!   anything is written (iommufd refuses such an attach with `EADDRINUSE` in
+//!   `iopt_table_enforce_dev_resv_regions`);
+//! - else each region is mapped one-to-one, read/write (plus [`Prot::MMIO`] when the firmware
+//!   describes device memory), in the IOASID's record and every domain behind it, *before*
+//!   the device's unit switches it to the domain, so the device never runs without it (the
+//!   core's `iommu_create_device_direct_mappings` maps before the attach too);
+//! - while mapped, the range is reserved in that IOASID: [`IoasidCtx::map`] and
+//!   [`IoasidCtx::unmap`] touching it fail with [`Error::Reserved`] carrying the region.
+//!
+//! Regions are counted per IOASID: two devices sharing an RMRR (one RMRR, several device
+//! scopes) hold one mapping with two users. When the last user is detached (or switched to
+//! another IOASID), the mapping is removed from every domain with their units' invalidation
+//! (an invalidation not confirmed keeps the freed table pages owed, like any unmap) and from
+//! the record. A region that is flagged "relaxable" is still mapped: this crate never
+//! decides that a driver has taken over a device.
+//!
+//! Copy semantics: a domain built later for the IOASID (another unit) is filled from the
+//! record, direct mappings included; [`IoasidFlags`](super::IoasidFlags) apply to them as to
+//! every mapping (snoop control, dirty tracking). A direct region does not reach PASID
+//! attachments: a device's PASID-tagged requests use the PASID's IOASID.
+
+use super::ctx::{Ioasid, IoasidCtx, State};
+use super::{DeviceHandle, Error, Incompatibility, IoasidId};
+use crate::mem::{Iova, PageAllocator, PhysAddr};
+use crate::pgtable::{IovaRange, Prot};
+
+use super::record::RECORD_IAS;
+
+/// Most direct regions one device can be bound with.
+pub const MAX_DIRECT_REGIONS: usize = 4;
+/// Most distinct direct regions one IOASID can hold mapped.
+pub const MAX_DIRECT_PER_IOASID: usize = 8;
+
+/// A region a device must reach one-to-one (IOVA = physical address) in every domain it is
+/// attached to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DirectRegion {
+    range: IovaRange,
+    mmio: bool,
+}
+
+impl DirectRegion {
+    /// The region `[start, end)`, mapped as device memory ([`Prot::MMIO`]) if `mmio`.
+    ///
+    /// # Errors
+    /// [`Error::BadDirectRegion`] if it is empty, not 4 KiB aligned at both ends, or beyond
+    /// the 57 bits an IOASID can address.
+    pub fn new(range: IovaRange, mmio: bool) -> Result<Self, Error> {
+        let (start, end) = (range.start.get(), range.end.get());
+        let aligned = start & 0xfff == 0 && end & 0xfff == 0;
+        if !aligned || end <= start || end > 1 << RECORD_IAS {
+            return Err(Error::BadDirectRegion(range));
+        }
+        Ok(Self { range, mmio })
+    }
+
+    /// The region an RMRR names (normal memory: RMRRs describe system memory the BIOS uses).
+    ///
+    /// # Errors
+    /// [`Error::BadDirectRegion`] if its base or limit is malformed (see
+    /// [`Rmrr::identity_range`](crate::firmware::dmar::Rmrr::identity_range)).
+    pub fn from_rmrr(rmrr: &crate::firmware::dmar::Rmrr<'_>) -> Result<Self, Error> {
+        let range = rmrr.identity_range().map_err(|_| {
+            Error::BadDirectRegion(IovaRange {
+                start: Iova::new(rmrr.base),
+                end: Iova::new(rmrr.limit.wrapping_add(1)),
+            })
+        })?;
+        Self::new(range, false)
+    }
+
+    /// The IOVA range, which is also the physical range.
+    pub const fn range(&self) -> IovaRange {
+        self.range
+    }
+
+    /// Whether it is device memory.
+    pub const fn mmio(&self) -> bool {
+        self.mmio
+    }
+
+    /// What it is mapped with: read/write, and [`Prot::MMIO`] for device memory.
+    pub fn prot(&self) -> Prot {
+        let rw = Prot::READ | Prot::WRITE;
+        if self.mmio {
+            rw | Prot::MMIO
+        } else {
+            rw
+        }
+    }
+
+    fn len(&self) -> u64 {
+        self.range.end.get() - self.range.start.get()
+    }
+}
+
+/// A direct region mapped in an IOASID, with the attached devices that need it.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct DirectMapping {
+    pub(super) region: DirectRegion,
+    pub(super) users: u32,
+}
+
+/// The direct regions of a device, as bound.
+pub(super) type DeviceRegions = [Option<DirectRegion>; MAX_DIRECT_REGIONS];
+
+/// Copies `regions` into a device's table.
+///
+/// # Errors
+/// [`Error::Capacity`] beyond [`MAX_DIRECT_REGIONS`].
+pub(super) fn device_regions(regions: &[DirectRegion]) -> Result<DeviceRegions, Error> {
+    if regions.len() > MAX_DIRECT_REGIONS {
+        return Err(Error::Capacity("direct regions per device"));
+    }
+    for (i, a) in regions.iter().enumerate() {
+        let (start, end) = (a.range.start.get(), a.range.end.get());
+        if let Some(b) = regions[i + 1..]
+            .iter()
+            .find(|b| super::overlaps(&b.range, start, end))
+        {
+            return Err(Error::BadDirectRegion(b.range));
+        }
+    }
+    let mut out = [None; MAX_DIRECT_REGIONS];
+    for (o, r) in out.iter_mut().zip(regions) {
+        *o = Some(*r);
+    }
+    Ok(out)
+}
+
+/// The direct mapping of `io` that overlaps `[start, end)`, for `map` and `unmap`.
+pub(super) fn direct_overlap<A: PageAllocator>(
+    io: &Ioasid<'_, A>,
+    start: u64,
+    end: u64,
+) -> Option<IovaRange> {
+    io.direct
+        .iter()
+        .flatten()
+        .map(|d| d.region.range)
+        .find(|r| super::overlaps(r, start, end))
+}
+
+impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
+    /// Refuses an attach of `device` to `ioasid` whose direct regions cannot be mapped there
+    /// (see the module documentation), before anything is written.
+    pub(super) fn check_direct(
+        &self,
+        st: &State<'a, A>,
+        device: DeviceHandle,
+        ioasid: IoasidId,
+    ) -> Result<(), Error> {
+        let dev = st.device(device)?;
+        let io = st.ioasid(ioasid)?;
+        let collides = |region: IovaRange, with: IovaRange| Error::Incompatible {
+            device,
+            reason: Incompatibility::DirectRegionCollides { region, with },
+        };
+        let mut new = 0;
+        for r in dev.direct.iter().flatten() {
+            let (start, end) = (r.range.start.get(), r.range.end.get());
+            if let Some(m) = io
+                .direct
+                .iter()
+                .flatten()
+                .find(|m| super::overlaps(&m.region.range, start, end))
+            {
+                if m.region != *r {
+                    return Err(collides(r.range, m.region.range));
+                }
+                continue;
+            }
+            new += 1;
+            let mut mapped = None;
+            io.record.for_each_mapping(r.range.start, r.len(), |l| {
+                mapped = mapped.or(Some(IovaRange {
+                    start: l.iova,
+                    end: Iova::new(l.iova.get() + (1u64 << l.size_log2)),
+                }));
+            })?;
+            let reservation = io
+                .reservations
+                .lock()
+                .iter()
+                .flatten()
+                .copied()
+                .find(|v| super::overlaps(v, start, end));
+            let unit_reserved = self
+                .unit(dev.label.unit)?
+                .reserved_regions()
+                .iter()
+                .copied()
+                .find(|v| super::overlaps(v, start, end));
+            let with = mapped
+                .or(reservation)
+                .or(unit_reserved)
+                .or_else(|| self.reserved_overlap(st, io, start, end));
+            if let Some(with) = with {
+                return Err(collides(r.range, with));
+            }
+        }
+        if io.direct.iter().filter(|d| d.is_none()).count() < new {
+            return Err(Error::Capacity("direct regions per IOASID"));
+        }
+        Ok(())
+    }
+
+    /// Maps the device's direct regions in `ioasid` (checked by `check_direct`), or counts one
+    /// more user of those already mapped. All or nothing: on an error, what was done is undone.
+    pub(super) fn take_direct(
+        &self,
+        st: &mut State<'a, A>,
+        device: DeviceHandle,
+        ioasid: IoasidId,
+    ) -> Result<(), Error> {
+        let regions = st.device(device)?.direct;
+        for (k, r) in regions.iter().enumerate() {
+            let Some(r) = r else { continue };
+            if let Err(e) = self.take_one(st, ioasid, r) {
+                let done = &regions[..k];
+                let _ = self.drop_direct(st, ioasid, done);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    fn take_one(
+        &self,
+        st: &mut State<'a, A>,
+        ioasid: IoasidId,
+        r: &DirectRegion,
+    ) -> Result<(), Error> {
+        let io = st.ioasid_mut(ioasid)?;
+        if let Some(m) = io.direct.iter_mut().flatten().find(|m| m.region == *r) {
+            m.users = m.users.saturating_add(1);
+            return Ok(());
+        }
+        let slot = io
+            .direct
+            .iter()
+            .position(Option::is_none)
+            .ok_or(Error::Capacity("direct regions per IOASID"))?;
+        let start = r.range.start;
+        self.map_in(io, start, PhysAddr::new(start.get()), r.len(), r.prot())?;
+        io.direct[slot] = Some(DirectMapping {
+            region: *r,
+            users: 1,
+        });
+        Ok(())
+    }
+
+    /// Counts one user fewer of each region in `regions` mapped in `ioasid`; a region left
+    /// without users is unmapped from every domain (with the invalidation) and from the
+    /// record. Mappings left without users by an earlier failure are retried.
+    ///
+    /// # Errors
+    /// The first failure to unmap: that region stays mapped and reserved, without users, until
+    /// the next detach from the IOASID retries it or the IOASID is freed.
+    /// [`Error::InvalidationPending`]: unmapped, the invalidation owed by the IOASID.
+    pub(super) fn drop_direct(
+        &self,
+        st: &mut State<'a, A>,
+        ioasid: IoasidId,
+        regions: &[Option<DirectRegion>],
+    ) -> Result<(), Error> {
+        let io = st.ioasid_mut(ioasid)?;
+        for r in regions.iter().flatten() {
+            if let Some(m) = io.direct.iter_mut().flatten().find(|m| m.region == *r) {
+                m.users = m.users.saturating_sub(1);
+            }
+        }
+        let mut result = Ok(());
+        for slot in 0..io.direct.len() {
+            let Some(m) = io.direct[slot].filter(|m| m.users == 0) else {
+                continue;
+            };
+            match self.unmap_in(io, m.region.range.start, m.region.len()) {
+                Ok(_) => io.direct[slot] = None,
+                Err(e @ Error::InvalidationPending { .. }) => {
+                    io.direct[slot] = None;
+                    result = result.and(Err(e));
+                }
+                Err(e) => result = result.and(Err(e)),
+            }
+        }
+        result
+    }
+
+    /// The direct regions `device` was bound with.
+    ///
+    /// # Errors
+    /// [`Error::NoSuchDevice`].
+    pub fn direct_regions(
+        &self,
+        device: DeviceHandle,
+    ) -> Result<[Option<DirectRegion>; MAX_DIRECT_REGIONS], Error> {
+        Ok(self.state.read().device(device)?.direct)
+    }
+
+    /// The direct regions mapped in `ioasid`, each with the number of attached devices that
+    /// need it.
+    ///
+    /// # Errors
+    /// [`Error::NoSuchIoasid`].
+    pub fn direct_mappings(
+        &self,
+        ioasid: IoasidId,
+    ) -> Result<[Option<(DirectRegion, u32)>; MAX_DIRECT_PER_IOASID], Error> {
+        let st = self.state.read();
+        let io = st.ioasid(ioasid)?;
+        Ok(core::array::from_fn(|i| {
+            io.direct[i].map(|m| (m.region, m.users))
+        }))
+    }
+}
