@@ -43,11 +43,27 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     /// call reports [`Error::InvalidationPending`] and the IOASID owes it (as after a failed
     /// map).
     pub fn attach(&self, device: DeviceHandle, ioasid: IoasidId) -> Result<(), Error> {
+        let r = self.attach_locked(device, ioasid);
+        // Undone direct mappings may leave empty tables: reclaimed like a failed map's.
+        let old = r.as_ref().ok().copied().flatten();
+        for io in [Some(ioasid), old].into_iter().flatten() {
+            self.reclaim_if_due(io);
+        }
+        r.map(|_| ())
+    }
+
+    /// [`IoasidCtx::attach`] under the context's write lock; returns the IOASID the device
+    /// left.
+    fn attach_locked(
+        &self,
+        device: DeviceHandle,
+        ioasid: IoasidId,
+    ) -> Result<Option<IoasidId>, Error> {
         let mut st = self.state.write();
         let dev = st.device(device)?;
         let (label, old, hints, direct) = (dev.label, dev.attached, dev.hints, dev.direct);
         if old == Some(ioasid) {
-            return Ok(());
+            return Ok(None);
         }
         let unit = self.unit(label.unit)?;
         self.check_direct(&st, device, ioasid)?;
@@ -71,7 +87,7 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
             let _ = self.drop_direct(&mut st, old, &direct);
             self.release_domain(&mut st, old, label.unit);
         }
-        Ok(())
+        Ok(old)
     }
 
     /// Undoes `take_direct` after a failed attach; returns the error to report: `e`, or the
@@ -98,6 +114,16 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     /// direct regions unmapped, but a unit did not confirm the invalidation of that unmap:
     /// the IOASID owes it and its next call reissues it.
     pub fn detach(&self, device: DeviceHandle) -> Result<(), Error> {
+        let old = self.state.read().device(device)?.attached;
+        let r = self.detach_locked(device);
+        // Unmapped direct regions may leave empty tables.
+        if let Some(old) = old {
+            self.reclaim_if_due(old);
+        }
+        r
+    }
+
+    fn detach_locked(&self, device: DeviceHandle) -> Result<(), Error> {
         let mut st = self.state.write();
         let dev = st.device(device)?;
         let (label, old) = (dev.label, dev.attached.ok_or(Error::NotAttached(device))?);

@@ -290,7 +290,10 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
             let Some(m) = io.direct[slot].filter(|m| m.users == 0) else {
                 continue;
             };
-            match self.unmap_in(io, m.region.range.start, m.region.len()) {
+            let (start, len) = (m.region.range.start, m.region.len());
+            // The tables the mapping used may be left empty: the caller reclaims.
+            io.reclaim.note_rollback(start, len);
+            match self.unmap_in(io, start, len) {
                 Ok(_) => io.direct[slot] = None,
                 Err(e @ Error::InvalidationPending { .. }) => {
                     io.direct[slot] = None;

@@ -18,6 +18,11 @@
 //! - tearing the context down afterwards leaves no domain, leaks nothing and returns at least
 //!   every page the same operation's clean run returned.
 //!
+//! `Op::AttachDirect` attaches a device bound with a direct region (RMRR-like) to the IOASID
+//! both units serve: its region is mapped one-to-one in both domains before the unit attach,
+//! and undone on every failure (a failed undo of a caching-mode map left two empty table pages
+//! until the reclaim after a failed attach was added).
+//!
 //! Faults: none; VT-d wait stall, IQE, ITE, ICE, ignored GCMD; SMMUv3 CERROR_ILL, CERROR_ABT
 //! and CERROR_ATC_INV_SYNC at the first commands, sync stall, completion-MSI abort, service
 //! failure, other GERROR bits, CR0ACK and GBPA stuck; the k-th page allocation failing, for
@@ -27,11 +32,11 @@ use std::cell::Cell as StdCell;
 use std::fmt::Write as _;
 
 use iommu_engine::ioasid::{
-    DeviceHandle, DeviceLabel, Error, IoasidCtx, IoasidFlags, IoasidId, Leaked,
+    DeviceHandle, DeviceLabel, DirectRegion, Error, IoasidCtx, IoasidFlags, IoasidId, Leaked,
 };
 use iommu_engine::iommu::{Iommu, Pasid};
 use iommu_engine::mem::{Iova, PhysAddr};
-use iommu_engine::pgtable::Prot;
+use iommu_engine::pgtable::{IovaRange, Prot};
 use iommu_engine::sim::arena::FailPolicy;
 use iommu_engine::sim::smmuv3::Injection as SmmuFault;
 use iommu_engine::sim::vtd::Injection as VtdFault;
@@ -63,6 +68,10 @@ const A_MAPS: [(u64, u64, u64); 3] = [
 const A_NEW: (u64, u64, u64) = (0x40_0000, 0x5200_0000, 2 * K4);
 /// IOASID B (nothing attached).
 const B_MAP: (u64, u64, u64) = (0x1000, 0x6000_0000, K4);
+/// Bound with a direct region (RMRR-like), attached to A by `Op::AttachDirect`.
+const RID_DIRECT: u32 = 0x58;
+/// Its direct region: mapped one-to-one in A (both units) by the attach.
+const DIRECT: (u64, u64) = (0x80_0000, 2 * K4);
 /// IOASID P (PASID; RID_A's PASID 1 attached).
 const P_MAP: (u64, u64, u64) = (0x1000, 0x7000_0000, K4);
 
@@ -88,10 +97,11 @@ enum Op {
     AllocIova,
     FreeIova,
     AllowIncoherentDma,
+    AttachDirect,
     DropContext,
 }
 
-const OPS: [Op; 21] = [
+const OPS: [Op; 22] = [
     Op::Bind,
     Op::Unbind,
     Op::AllocIoasid,
@@ -112,6 +122,7 @@ const OPS: [Op; 21] = [
     Op::AllocIova,
     Op::FreeIova,
     Op::AllowIncoherentDma,
+    Op::AttachDirect,
     Op::DropContext,
 ];
 
@@ -230,6 +241,8 @@ struct Cell<'r> {
     v2: DeviceHandle,
     s2: DeviceHandle,
     s3: DeviceHandle,
+    /// RID_DIRECT, bound with the region DIRECT, not attached.
+    vdirect: DeviceHandle,
     a: IoasidId,
     b: IoasidId,
     /// Dirty tracking, SID_DIRTY attached.
@@ -269,6 +282,14 @@ impl<'r> Cell<'r> {
             bind(smmu_dev(SID_B)),
             bind(smmu_dev(SID_C)),
         );
+        let region = IovaRange {
+            start: Iova::new(DIRECT.0),
+            end: Iova::new(DIRECT.0 + DIRECT.1),
+        };
+        let region = DirectRegion::new(region, false).expect("setup region");
+        let vdirect = ctx
+            .bind_with_direct(vtd_dev(RID_DIRECT), true, None, &[region])
+            .expect("setup bind");
         let alloc = |f| ctx.alloc(f).expect("setup alloc");
         let a = alloc(IoasidFlags::ENFORCE_SNOOP);
         let d = alloc(IoasidFlags::DIRTY_TRACKING);
@@ -311,6 +332,7 @@ impl<'r> Cell<'r> {
             v2,
             s2,
             s3,
+            vdirect,
             a,
             b,
             d,
@@ -394,6 +416,7 @@ impl<'r> Cell<'r> {
                 self.granted.set(ctx.incoherent_dma_allowed());
                 drop(grant);
             }
+            Op::AttachDirect => ctx.attach(self.vdirect, self.a)?,
             Op::DropContext => unreachable!(),
         }
         Ok(())
@@ -535,6 +558,24 @@ impl<'r> Cell<'r> {
                 "the grant was not seen, or outlived its value",
                 self.granted.get() && !ctx.incoherent_dma_allowed(),
             ),
+            Op::AttachDirect => want(
+                "a device does not translate the direct region one-to-one",
+                (0..DIRECT.1 / K4).all(|i| {
+                    let iova = DIRECT.0 + i * K4;
+                    vtd(RID_DIRECT, None, iova).is_some_and(|t| t.0 == iova)
+                        && smmu(SID_A, iova).is_some_and(|t| t.0 == iova)
+                        && vtd(RID_A, None, iova).is_some_and(|t| t.0 == iova)
+                }) && ctx.map(
+                    self.a,
+                    Iova::new(DIRECT.0),
+                    PhysAddr::new(0x5300_0000),
+                    K4,
+                    RW,
+                ) == Err(Error::Reserved(IovaRange {
+                    start: Iova::new(DIRECT.0),
+                    end: Iova::new(DIRECT.0 + DIRECT.1),
+                })),
+            ),
             Op::DropContext => unreachable!(),
         }
     }
@@ -622,6 +663,8 @@ struct Snapshot {
     vtd: Vec<Option<u64>>,
     smmu: Vec<Option<u64>>,
     record: Vec<Result<Option<u64>, Error>>,
+    /// What the devices and A's record translate in the direct region.
+    direct: Vec<Option<u64>>,
     devices: Vec<bool>,
     pasids: Vec<bool>,
     vtd_audit: Option<VtdAudit>,
@@ -631,6 +674,8 @@ struct Snapshot {
 }
 
 const PROBE_IOVAS: [u64; 4] = [0x1000, 0x20_0000, 0x20_1000, 0x40_0000];
+/// Where `Op::AttachDirect` maps: probed for every device and record too.
+const DIRECT_PROBES: [u64; 2] = [DIRECT.0, DIRECT.0 + K4];
 
 impl Snapshot {
     fn take(cell: &Cell<'_>, r: &Rig<'_, '_>) -> Self {
@@ -652,6 +697,17 @@ impl Snapshot {
                 smmu.push(r.sm.translate_in_memory(sid, ssid, iova, Access::READ));
             }
         }
+        let mut direct = Vec::new();
+        for iova in DIRECT_PROBES {
+            for rid in [RID_A, RID_DIRECT, RID_NEW_BUS] {
+                direct.push(r.vm.translate_in_memory(rid as u16, None, iova, Access::READ));
+            }
+            direct.push(r.sm.translate_in_memory(SID_A, None, iova, Access::READ));
+            if let Some(ctx) = cell.ctx.as_ref() {
+                let m = ctx.translate(cell.a, Iova::new(iova));
+                direct.push(m.ok().flatten().map(|m| m.pa.get()));
+            }
+        }
         let (mut record, mut devices) = (Vec::new(), Vec::new());
         if let Some(ctx) = cell.ctx.as_ref() {
             let ioasids = [cell.a, cell.b, cell.d, cell.pio, cell.c];
@@ -663,7 +719,7 @@ impl Snapshot {
                     );
                 }
             }
-            let handles = [cell.v, cell.s, cell.v2, cell.s2, cell.s3];
+            let handles = [cell.v, cell.s, cell.v2, cell.s2, cell.s3, cell.vdirect];
             for d in handles.into_iter().chain(cell.made_device.get()) {
                 devices.push(ctx.device_info(d).is_ok());
             }
@@ -677,6 +733,7 @@ impl Snapshot {
             vtd,
             smmu,
             record,
+            direct,
             devices,
             pasids,
             vtd_audit: r.vtd.audit().ok(),
@@ -715,6 +772,7 @@ fn partial_state(
     };
     // The layer's books: records, IOASIDs, devices, PASIDs.
     let same_books = after.record == before.record
+        && after.direct == before.direct
         && after.devices == before.devices
         && after.pasids == before.pasids;
     let pending = matches!(e, Error::InvalidationPending { .. });
@@ -784,6 +842,7 @@ fn partial_state(
         Op::AttachVtd
         | Op::AttachSmmu
         | Op::Replace
+        | Op::AttachDirect
         | Op::DetachVtd
         | Op::DetachSmmu
         | Op::AttachPasidVtd
@@ -803,7 +862,7 @@ fn partial_state(
         // A scalable-mode VT-d attach out of memory: the device's context entry (and its
         // context table) stay present over an empty PASID directory, blocking like no entry;
         // nothing translates differently, the domain the attach built is freed again.
-        Op::AttachVtd | Op::AttachPasidVtd
+        Op::AttachVtd | Op::AttachPasidVtd | Op::AttachDirect
             if *e == Error::Iommu(iommu_engine::iommu::Error::NoMemory)
                 && same_books
                 && after.vtd == before.vtd
@@ -819,7 +878,7 @@ fn partial_state(
         // fill's map and the free's invalidation both wait on the queue): the domain is parked
         // in the context, owing the undo's invalidation, and freed by the next attach (the
         // retry) or the context's drop; nothing else moved.
-        Op::AttachVtd | Op::Replace | Op::AttachPasidVtd
+        Op::AttachVtd | Op::Replace | Op::AttachPasidVtd | Op::AttachDirect
             if same_books
                 && after.vtd == before.vtd
                 && after.smmu == before.smmu
@@ -829,6 +888,21 @@ fn partial_state(
                 && after.pages > before.pages =>
         {
             "failed attach's domain parked"
+        }
+        // An attach that mapped the device's direct regions, then failed: they are unmapped
+        // again from every domain and the record, but a unit did not confirm that unmap's
+        // invalidation and owes it (as after a failed `map`).
+        Op::AttachDirect
+            if pending
+                && same_books
+                && after.vtd == before.vtd
+                && smmu_same
+                && after.unsettled() <= before.unsettled() + 1
+                && after.owing() == before.owing() + 1
+                && after.domains == before.domains
+                && after.pages >= before.pages =>
+        {
+            "direct regions unmapped again, invalidation pending"
         }
         // `map` mapped nothing (rolled back everywhere), but the unit that did not confirm the
         // rollback's invalidation owes it, with the tables the rollback unlinked.
@@ -1046,6 +1120,7 @@ fn ioasid_fault_matrix() {
     let on_vtd = [
         Op::AttachVtd,
         Op::Replace,
+        Op::AttachDirect,
         Op::DetachVtd,
         Op::AttachPasidVtd,
         Op::DetachPasid,
