@@ -119,6 +119,9 @@ typedef enum {
   // The unit cannot honour supervisor requests (VT-d `ECAP.SRS`, scalable mode and a first
   // stage; SMMUv3 stage 1) for an IOASID allocated with `IE_IOASID_FLAG_SUPERVISOR`.
   IE_MISSING_SUPERVISOR_REQUESTS = 14,
+  // A direct region the device was bound with (RMRR, RMR) collides with a mapping, an IOVA
+  // reservation, a reserved region or another device's direct region in the IOASID.
+  IE_MISSING_DIRECT_REGION = 15,
 } IeMissing;
 
 // Flags of ie_ctx_alloc(), fixed for the IOASID's life; OR them together.
