@@ -859,14 +859,16 @@ fn stack_depths(obj: &elf::Elf, disasm: &str) -> Result<BTreeMap<String, u64>, S
 /// the paths run through frames of 2-4 KiB in the VT-d unit (`flush_locked`, `domain_free`,
 /// `enable`, `tear_down`, `after_present`) and the IOASID layer (`IoasidCtx::drop` 3.7 KiB,
 /// `IoasidCtx::alloc` 2 KiB), and the bound is conservative where a call target is reloaded
-/// from a spill slot (any vtable method). A function that grows past its figure fails.
+/// from a spill slot (any vtable method). `ie_ctx_detach` and `ie_ctx_destroy` grew by 0.3 KiB
+/// and 0.2 KiB when a detach started unmapping the device's direct regions (issue 16: the
+/// unmap's gathers, as on `ie_ctx_unmap`'s path). A function that grows past its figure fails.
 const STACK_DEBT: &[(&str, u64)] = &[
     ("ie_ctx_alloc", 2560),
     ("ie_ctx_attach", 5888),
     ("ie_ctx_attach_pasid", 6144),
     ("ie_ctx_create", 5120),
-    ("ie_ctx_destroy", 8704),
-    ("ie_ctx_detach", 4608),
+    ("ie_ctx_destroy", 9216),
+    ("ie_ctx_detach", 5120),
     ("ie_ctx_detach_pasid", 4608),
     ("ie_ctx_device_info", 2560),
     ("ie_ctx_free", 4864),
