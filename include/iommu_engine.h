@@ -281,10 +281,14 @@ typedef struct {
   IeSource nesting;
   // Of `coherent_walk`.
   IeSource coherent_walk;
+  // Of `coherent_dma`.
+  IeSource coherent_dma;
   // Of `supervisor`.
   IeSource supervisor;
   // Of `ats`, `has_physical_function` and `physical_function` (the embedder's, at bind).
   IeSource hints;
+  // Of `no_snoop_capable` (the embedder's declaration, at bind).
+  IeSource no_snoop_capable;
 } IeSources;
 
 // What a device's unit can do, as ie_ctx_device_info() reports it.
@@ -309,6 +313,9 @@ typedef struct {
   bool nesting;
   // The table walker snoops CPU caches.
   bool coherent_walk;
+  // The device's DMA is coherent with CPU caches (SMMUv3: stage-1 leaves are Write-Back;
+  // IORT CCA, device-tree dma-coherent, the embedder, else IDR0.COHACC).
+  bool coherent_dma;
   // Supervisor requests can be honoured (`IE_IOASID_FLAG_SUPERVISOR`).
   bool supervisor;
   // The device declared itself no-snoop capable.

@@ -101,6 +101,8 @@ pub struct Sources {
     pub nesting: Source,
     /// Of [`Capabilities::coherent_walk`].
     pub coherent_walk: Source,
+    /// Of [`Capabilities::coherent_dma`].
+    pub coherent_dma: Source,
     /// Of [`Capabilities::supervisor`].
     pub supervisor: Source,
 }
@@ -117,6 +119,7 @@ impl Sources {
             dirty_tracking: source,
             nesting: source,
             coherent_walk: source,
+            coherent_dma: source,
             supervisor: source,
         }
     }
@@ -145,6 +148,11 @@ pub struct Capabilities {
     /// The table walker snoops CPU caches (VT-d `ECAP.C`, in scalable mode `ECAP.SMPWCS`;
     /// SMMUv3 `IDR0.COHACC`).
     pub coherent_walk: bool,
+    /// The device's DMA is coherent with CPU caches (No-Snoop aside). SMMUv3: decides the
+    /// memory type of stage-1 leaves (Normal Write-Back when coherent, Non-cacheable when not);
+    /// declared by the platform (ACPI IORT `CCA`, device-tree `dma-coherent`, the embedder),
+    /// else assumed from `IDR0.COHACC`. VT-d: always (x86 DMA snoops unless No-Snoop).
+    pub coherent_dma: bool,
     /// Domains that honour supervisor (privileged) requests and map privileged-only pages
     /// ([`Prot::PRIV`]) can be built: VT-d first stage with the PASID entry's `SRE`
     /// (scalable mode, `ECAP.FLTS` and `ECAP.SRS`); SMMUv3 stage 1 (`IDR0.S1P`), whose

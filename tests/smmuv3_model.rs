@@ -702,3 +702,50 @@ fn privileged_pages_need_a_supervisor_stage_1_domain() {
         Err(Error::Unsupported(Missing::SupervisorRequests))
     );
 }
+
+/// A device the platform declares non-coherent (IORT CCA = 0) behind a coherent unit
+/// (`IDR0.COHACC`): its stage-1 leaves are Non-cacheable, and the capability report says its DMA
+/// is not coherent and that the IORT says so. Undeclared devices follow `IDR0.COHACC`, named.
+#[test]
+fn non_coherent_device_is_reported_with_its_source() {
+    let mem = arena();
+    let model = SmmuModel::new(&mem, SmmuModelConfig::qemu_like());
+    let cca0 = Source::Firmware("IORT named component CCA=0");
+    let facts = DeviceFacts {
+        canwbs: false,
+        coherent_dma: Some(false),
+        source: cca0,
+    };
+    let platform = Platform::default()
+        .declare(
+            iommu_engine::smmuv3::StreamId(SID),
+            iommu_engine::smmuv3::StreamId(SID),
+            facts,
+        )
+        .unwrap();
+    let u = unit(&model, &mem, SmmuConfig { platform, ..cfg() });
+    assert!(u.capabilities().coherent_walk);
+    let caps = u.device_capabilities(DeviceId(SID));
+    assert!(!caps.coherent_dma);
+    assert_eq!(caps.sources.coherent_dma, cca0);
+    let other = u.device_capabilities(DeviceId(SID + 1));
+    assert!(other.coherent_dma);
+    assert_eq!(
+        other.sources.coherent_dma,
+        Source::Register("IDR0.COHACC (coherency undeclared)")
+    );
+    let d = u
+        .domain_alloc(&DomainConfig {
+            device: Some(DeviceId(SID)),
+            ..s1()
+        })
+        .unwrap();
+    u.map(d, Iova::new(K4), PhysAddr::new(0x4000_0000), K4, RW)
+        .unwrap();
+    u.attach(DeviceId(SID), None, d).unwrap();
+    let ok = model.translate(SID, None, K4, Access::READ).unwrap();
+    assert!(
+        !ok.cacheable_wb,
+        "non-coherent device got Write-Back leaves"
+    );
+}

@@ -291,14 +291,14 @@ static int run(struct pci_dev *pdev)
 	STEP(st == IE_STATUS_OK, "bind", "RID %#x (status %d)", rid, st);
 	if (st)
 		goto destroy_ctx;
-	/* IeDeviceInfo is 720 bytes: off the 16 KiB kernel stack. */
+	/* IeDeviceInfo is 864 bytes: off the 16 KiB kernel stack. */
 	info = kzalloc(sizeof(*info), GFP_KERNEL);
 	if (info) {
 		st = ie_ctx_device_info(ctx, dev, info);
 		STEP(st == IE_STATUS_OK && info->enforce_snoop == expect_snoop,
-		     "device_info", "enforce_snoop %d from %s, coherent_walk %d, ias %u, oas %u (status %d)",
+		     "device_info", "enforce_snoop %d from %s, coherent_walk %d, coherent_dma %d from %s, ias %u, oas %u (status %d)",
 		     info->enforce_snoop, info->sources.enforce_snoop.name, info->coherent_walk,
-		     info->ias, info->oas, st);
+		     info->coherent_dma, info->sources.coherent_dma.name, info->ias, info->oas, st);
 		kfree(info);
 	}
 

@@ -31,6 +31,8 @@ pub struct DeviceInfo {
     pub capabilities: Capabilities,
     /// The device declares it may issue no-snoop transactions.
     pub no_snoop_capable: bool,
+    /// Where [`no_snoop_capable`](Self::no_snoop_capable) comes from: [`NO_SNOOP_DECLARED`].
+    pub no_snoop_source: Source,
     /// What the embedder declared at bind (ATS, SR-IOV physical function), handed to every
     /// attach of the device.
     pub hints: DeviceHints,
@@ -38,6 +40,9 @@ pub struct DeviceInfo {
     pub hints_source: Source,
 }
 
+/// The [`Source`] of [`DeviceInfo::no_snoop_capable`]: the embedder's declaration at bind.
+pub const NO_SNOOP_DECLARED: Source =
+    Source::Embedder("IoasidCtx::bind: the device's no-snoop declaration");
 /// The [`Source`] of hints given to [`IoasidCtx::bind_with`].
 pub const BIND_HINTS: Source = Source::Embedder("IoasidCtx::bind_with (PCI enumeration)");
 /// The [`Source`] of the hints of a device bound with [`IoasidCtx::bind`]: none declared.
@@ -394,6 +399,7 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
             label: dev.label,
             capabilities: self.unit(dev.label.unit)?.device_capabilities(dev.label.id),
             no_snoop_capable: dev.no_snoop_capable,
+            no_snoop_source: NO_SNOOP_DECLARED,
             hints: dev.hints,
             hints_source: dev.hints_source,
         })

@@ -41,7 +41,7 @@ mod registry;
 #[cfg(test)]
 mod tests;
 
-pub use ctx::{DeviceInfo, IncoherentDmaGrant, IoasidCtx, BIND_HINTS, NO_HINTS};
+pub use ctx::{DeviceInfo, IncoherentDmaGrant, IoasidCtx, BIND_HINTS, NO_HINTS, NO_SNOOP_DECLARED};
 pub use direct::{DirectRegion, MAX_DIRECT_PER_IOASID, MAX_DIRECT_REGIONS};
 pub use pasid::PasidAllocator;
 pub use reclaim::{reclaim_slack, IoasidPages, UnitPages, RECLAIM_BATCH};

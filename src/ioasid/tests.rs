@@ -62,6 +62,7 @@ impl<'a> FakeUnit<'a> {
                 dirty_tracking: false,
                 nesting: false,
                 coherent_walk: true,
+                coherent_dma: true,
                 supervisor: false,
                 sources: Sources::all(Source::Register("fake")),
             },
@@ -672,6 +673,7 @@ fn device_info_reports_the_unit_and_the_device() {
         dirty_tracking: true,
         nesting: true,
         coherent_walk: false,
+        coherent_dma: false,
         supervisor: true,
         sources: Sources::all(Source::Embedder("test")),
     };
@@ -685,6 +687,7 @@ fn device_info_reports_the_unit_and_the_device() {
             label: label(0, 0x42),
             capabilities: unit.caps,
             no_snoop_capable: true,
+            no_snoop_source: super::NO_SNOOP_DECLARED,
             hints: crate::iommu::DeviceHints::default(),
             hints_source: super::NO_HINTS,
         }

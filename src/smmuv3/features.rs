@@ -187,8 +187,13 @@ impl Features {
         granule: (u32, Source),
         facts: &DeviceFacts,
     ) -> Capabilities {
-        let stage = if self.s2p { "IDR0.S2P" } else { "IDR0.S1P" };
         let g = granule.0;
+        let clamped = self.oas_for(g) < self.oas;
+        let oas_source = if clamped {
+            Source::Register("IDR5.OAS clamped by the granule (4K/16K without LPA2: 48)")
+        } else {
+            Source::Register("IDR5.OAS")
+        };
         Capabilities {
             ias: if self.s2p {
                 self.s2_ias(g)
@@ -202,17 +207,30 @@ impl Features {
             dirty_tracking: self.dirty,
             nesting: self.stage1_usable() && self.s2p,
             coherent_walk: self.cohacc,
+            coherent_dma: facts.coherent_dma.unwrap_or(self.cohacc),
             // Stage 1 honours the incoming privilege and its AP[1] makes pages privileged-only.
             supervisor: self.stage1_usable(),
             sources: Sources {
-                ias: Source::Register(if self.s2p { "IDR5.OAS" } else { "IDR0.S1P" }),
-                oas: Source::Register("IDR5.OAS"),
+                ias: if self.s2p {
+                    oas_source
+                } else {
+                    Source::Register("IDR0.S1P")
+                },
+                oas: oas_source,
                 page_sizes: granule.1,
-                pasid_bits: Source::Register(stage),
+                pasid_bits: if self.stage1_usable() {
+                    Source::Embedder("SmmuConfig::ssid_bits, bounded by IDR1.SSIDSIZE")
+                } else {
+                    Source::Register("IDR0.S1P, STALL_MODEL: stage 1 unusable")
+                },
                 enforce_snoop: facts.source,
                 dirty_tracking: Source::Register("IDR0.HTTU"),
                 nesting: Source::Register("IDR0.S1P + S2P"),
                 coherent_walk: Source::Register("IDR0.COHACC"),
+                coherent_dma: match facts.coherent_dma {
+                    Some(_) => facts.source,
+                    None => Source::Register("IDR0.COHACC (coherency undeclared)"),
+                },
                 supervisor: Source::Register("IDR0.S1P"),
             },
         }
@@ -238,6 +256,27 @@ mod tests {
         assert_eq!(
             (caps.ias, caps.oas, caps.page_sizes),
             (52, 52, 1 << 16 | 1 << 29)
+        );
+        assert_eq!(caps.sources.oas, Source::Register("IDR5.OAS"));
+        // 4 KiB: 48 bits, and the report says the granule clamped IDR5.OAS.
+        let caps = f.capabilities(8, (12, Source::Embedder("g")), &DeviceFacts::UNDECLARED);
+        let clamped = Source::Register("IDR5.OAS clamped by the granule (4K/16K without LPA2: 48)");
+        assert_eq!((caps.oas, caps.sources.oas), (48, clamped));
+        assert_eq!(caps.sources.ias, clamped);
+        // The PASID width is the embedder's CD table size, not a stage bit.
+        assert_eq!(
+            (caps.pasid_bits, caps.sources.pasid_bits),
+            (
+                8,
+                Source::Embedder("SmmuConfig::ssid_bits, bounded by IDR1.SSIDSIZE")
+            )
+        );
+        let s2_only = Features { s1p: false, ..f };
+        let caps = s2_only.capabilities(8, (16, Source::Embedder("g")), &DeviceFacts::UNDECLARED);
+        assert_eq!(caps.pasid_bits, 0);
+        assert_eq!(
+            caps.sources.pasid_bits,
+            Source::Register("IDR0.S1P, STALL_MODEL: stage 1 unusable")
         );
         assert!(f.has_granule(14) && !f.has_granule(13));
         // Presets and BTM are decoded.

@@ -72,6 +72,11 @@ static void smmu_flow(IeSimArena *arena, const IeEnv *env)
     OK(ie_ctx_bind(ctx, 0, 0x30, false, &undeclared));
     OK(ie_ctx_device_info(ctx, undeclared, &info));
     CHECK(!info.enforce_snoop, "smmu: 0x30 is not CANWBS");
+    CHECK(info.sources.no_snoop_capable.kind == IE_SOURCE_KIND_EMBEDDER &&
+              info.sources.coherent_dma.kind != 0 && info.sources.coherent_dma.name[0] != 0,
+          "smmu: no_snoop from %u, coherent_dma %d from %u %s",
+          info.sources.no_snoop_capable.kind, info.coherent_dma, info.sources.coherent_dma.kind,
+          info.sources.coherent_dma.name);
     OK(ie_ctx_alloc(ctx, IE_IOASID_FLAG_ENFORCE_SNOOP, &ioasid));
     CHECK(ie_ctx_attach(ctx, undeclared, ioasid, &reason) == IE_STATUS_INCOMPATIBLE &&
               reason == IE_MISSING_NOT_DECLARED,

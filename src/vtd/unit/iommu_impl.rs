@@ -17,6 +17,10 @@ use crate::vtd::inv_desc::IotlbScope;
 use crate::vtd::invalidation::Request;
 
 /// The ranges no domain may map.
+/// Where VT-d's [`Capabilities::coherent_dma`] comes from: the platform architecture, no
+/// register -- x86 DMA snoops CPU caches unless a request sets PCIe No-Snoop.
+const X86_DMA_SNOOPS: Source = Source::Embedder("x86: DMA snoops CPU caches (No-Snoop aside)");
+
 static RESERVED: [IovaRange; 1] = [INTERRUPT_WINDOW];
 
 /// Refuses ranges beyond `CAP.MGAW` that the table's depth would still accept.
@@ -87,6 +91,7 @@ where
             dirty_tracking: domain::second_stage_dirty_tracking(info),
             nesting: e.contains(EcapFlags::NEST),
             coherent_walk: info.page_walk_coherency == WalkerCoherency::Coherent,
+            coherent_dma: true,
             supervisor: domain::supervisor_capable(info),
             sources: Sources {
                 ias: Source::Register(stage.0),
@@ -100,6 +105,7 @@ where
                     super::Mode::Legacy => "ECAP.C",
                     super::Mode::Scalable => "ECAP.SMPWCS",
                 }),
+                coherent_dma: X86_DMA_SNOOPS,
                 supervisor: Source::Register("ECAP.SRS"),
             },
         }
