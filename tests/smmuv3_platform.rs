@@ -50,7 +50,10 @@ fn a_52_bit_unit_with_the_4k_granule_builds_48_bit_domains() {
     let u = unit(&model, &mem, cfg());
     let caps = u.capabilities();
     assert_eq!((caps.ias, caps.oas), (48, 48));
-    assert_eq!(caps.sources.oas, Source::Register("IDR5.OAS"));
+    assert_eq!(
+        caps.sources.oas,
+        Source::Register("IDR5.OAS clamped by the granule (4K/16K without LPA2: 48)")
+    );
     for s in [Stage::Second, Stage::First] {
         let d = u.domain_alloc(&stage(s)).unwrap();
         u.map(d, Iova::new(0x1000), PhysAddr::new(0x4000_0000), K4, RW)
