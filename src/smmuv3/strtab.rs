@@ -156,8 +156,11 @@ impl<A: PageAllocator> StreamTable<A> {
     /// # Errors
     /// [`SmmuError::RegisterIgnored`] naming the register that reads otherwise.
     pub fn check_programmed<W: RegisterWindow + ?Sized>(&self, regs: &W) -> Result<(), SmmuError> {
+        // Only the fields the unit must hold are compared: RA is a hint an implementation may
+        // ignore, and SPLIT is IGNORED with the linear format (§6.3.23, §6.3.24).
         let found = regs.read64(regs::STRTAB_BASE);
-        if found != self.base_register() {
+        let addr = STRTAB_BASE_ADDR.mask();
+        if found & addr != self.base_register() & addr {
             return Err(SmmuError::RegisterIgnored {
                 register: "STRTAB_BASE",
                 wanted: self.base_register(),
@@ -165,7 +168,11 @@ impl<A: PageAllocator> StreamTable<A> {
             });
         }
         let cfg = regs.read32(regs::STRTAB_BASE_CFG);
-        if cfg != self.base_cfg_register() {
+        let mut held = CFG_FMT.mask() | CFG_LOG2SIZE.mask();
+        if matches!(self.fmt, StrtabFormat::TwoLevel { .. }) {
+            held |= CFG_SPLIT.mask();
+        }
+        if u64::from(cfg) & held != u64::from(self.base_cfg_register()) & held {
             return Err(SmmuError::RegisterIgnored {
                 register: "STRTAB_BASE_CFG",
                 wanted: self.base_cfg_register().into(),
@@ -387,6 +394,51 @@ mod tests {
         assert!(
             StreamTable::new(&alloc, StrtabFormat::Linear, 33, WalkerCoherency::Coherent).is_err()
         );
+    }
+
+    #[test]
+    fn read_back_checks_the_fields_the_unit_must_hold() {
+        let alloc = VecAllocator::default();
+        let l =
+            StreamTable::new(&alloc, StrtabFormat::Linear, 5, WalkerCoherency::Coherent).unwrap();
+        let m = ModelSmmu::new();
+        l.program(&m);
+        assert!(l.check_programmed(&m).is_ok());
+        // RA read back as zero, SPLIT (IGNORED when linear) as anything: still the table.
+        m.write64(regs::STRTAB_BASE, l.root.pa.get());
+        m.write32(regs::STRTAB_BASE_CFG, l.base_cfg_register() | (8 << 6));
+        assert!(l.check_programmed(&m).is_ok());
+        // Another table's address, or another size: refused with what was found.
+        m.write64(regs::STRTAB_BASE, l.base_register() + 0x1000);
+        assert!(matches!(
+            l.check_programmed(&m),
+            Err(SmmuError::RegisterIgnored {
+                register: "STRTAB_BASE",
+                ..
+            })
+        ));
+        l.program(&m);
+        m.write32(regs::STRTAB_BASE_CFG, 4);
+        assert!(matches!(
+            l.check_programmed(&m),
+            Err(SmmuError::RegisterIgnored {
+                register: "STRTAB_BASE_CFG",
+                found: 4,
+                ..
+            })
+        ));
+        // Two-level: SPLIT is held.
+        let t = StreamTable::new(
+            &alloc,
+            StrtabFormat::TwoLevel { split: 8 },
+            16,
+            WalkerCoherency::Coherent,
+        )
+        .unwrap();
+        t.program(&m);
+        assert!(t.check_programmed(&m).is_ok());
+        m.write32(regs::STRTAB_BASE_CFG, t.base_cfg_register() & !(0x1f << 6));
+        assert!(t.check_programmed(&m).is_err());
     }
 
     #[test]
