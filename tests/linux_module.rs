@@ -646,7 +646,67 @@ fn indirect_sites(disasm: &str) -> BTreeMap<(String, u64), Option<u64>> {
 /// relocations give. An indirect call (a retpoline thunk) may reach any function whose address
 /// the object's data holds (vtables): the bound takes the deepest of them. Calls out of the
 /// object (the embedder's IeEnv / IeRegs callbacks) are not counted. Recursion is an error.
-fn stack_depths(obj: &elf::Elf, disasm: &str) -> Result<BTreeMap<String, u64>, String> {
+/// Symbol names as `c++filt` (binutils) demangles them (Rust v0), crate hashes left out; the
+/// names as they are where it cannot run.
+fn demangle(names: &[&str]) -> Vec<String> {
+    let out = Command::new("c++filt")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            if let Some(mut stdin) = child.stdin.take() {
+                stdin.write_all(names.join("\n").as_bytes())?;
+            }
+            child.wait_with_output()
+        });
+    let Some(lines) = out
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .map(|s| s.lines().map(str::to_owned).collect::<Vec<_>>())
+        .filter(|l| l.len() == names.len())
+    else {
+        return names.iter().map(|&n| n.to_owned()).collect();
+    };
+    lines
+        .into_iter()
+        .map(|l| {
+            // `iommu_engine[b5fa090af1a39cdb]::` -> `iommu_engine::`
+            let mut out = String::new();
+            let mut rest = l.as_str();
+            while let Some(i) = rest.find('[') {
+                let hash = rest[i + 1..].split_once(']').map(|(h, _)| h);
+                out.push_str(&rest[..i]);
+                match hash {
+                    Some(h) if !h.is_empty() && h.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                        rest = &rest[i + h.len() + 2..];
+                    }
+                    _ => {
+                        out.push('[');
+                        rest = &rest[i + 1..];
+                    }
+                }
+            }
+            out.push_str(rest);
+            out
+        })
+        .collect()
+}
+
+/// One function on the deepest chain of an exported function.
+struct Link {
+    /// The symbol.
+    name: String,
+    /// Its frame, return address included.
+    frame: u64,
+    /// Reached through an indirect call (a vtable slot) rather than a direct one.
+    via_dyn: bool,
+}
+
+/// The deepest chain of an exported function, outermost first.
+type Chain = Vec<Link>;
+
+fn stack_depths(obj: &elf::Elf, disasm: &str) -> Result<BTreeMap<String, (u64, Chain)>, String> {
     use elf::*;
     // Functions by (section, offset).
     let mut funcs: BTreeMap<(usize, u64), usize> = BTreeMap::new();
@@ -774,6 +834,7 @@ fn stack_depths(obj: &elf::Elf, disasm: &str) -> Result<BTreeMap<String, u64>, S
         slots: &BTreeMap<u64, BTreeSet<usize>>,
         taken: &BTreeSet<usize>,
         depth: &mut BTreeMap<usize, u64>,
+        deepest_callee: &mut BTreeMap<usize, (usize, bool)>,
         path: &mut Vec<usize>,
     ) -> Result<u64, String> {
         if let Some(&d) = depth.get(&f) {
@@ -788,7 +849,13 @@ fn stack_depths(obj: &elf::Elf, disasm: &str) -> Result<BTreeMap<String, u64>, S
             return Err(format!("recursion: {}", names.join(" -> ")));
         }
         path.push(f);
-        let mut callees: Vec<usize> = edges.get(&f).into_iter().flatten().copied().collect();
+        // Callees, each with whether it is reached through an indirect call.
+        let mut callees: Vec<(usize, bool)> = edges
+            .get(&f)
+            .into_iter()
+            .flatten()
+            .map(|&c| (c, false))
+            .collect();
         for slot in indirect.get(&f).into_iter().flatten() {
             // Inside the units, the page-table engine, register and memory access and the
             // firmware parsers, indirect calls are the embedder's callbacks (IeEnv, IeRegs,
@@ -823,17 +890,35 @@ fn stack_depths(obj: &elf::Elf, disasm: &str) -> Result<BTreeMap<String, u64>, S
                     .filter(|t| taken.contains(t))
                     .collect(),
             };
-            callees.extend(candidates.into_iter().filter(|&t| {
-                let n = &obj.symbols[t].name;
-                !unit_internal || n.contains("5FnMut") || n.contains("6FnOnce")
-            }));
+            callees.extend(
+                candidates
+                    .into_iter()
+                    .filter(|&t| {
+                        let n = &obj.symbols[t].name;
+                        !unit_internal || n.contains("5FnMut") || n.contains("6FnOnce")
+                    })
+                    .map(|t| (t, true)),
+            );
         }
         let mut deepest = 0;
-        for c in callees {
+        for (c, via_dyn) in callees {
             if c != f {
-                deepest = deepest.max(visit(
-                    c, obj, frame, edges, indirect, slots, taken, depth, path,
-                )?);
+                let d = visit(
+                    c,
+                    obj,
+                    frame,
+                    edges,
+                    indirect,
+                    slots,
+                    taken,
+                    depth,
+                    deepest_callee,
+                    path,
+                )?;
+                if d > deepest {
+                    deepest = d;
+                    deepest_callee.insert(f, (c, via_dyn));
+                }
             }
         }
         path.pop();
@@ -841,14 +926,35 @@ fn stack_depths(obj: &elf::Elf, disasm: &str) -> Result<BTreeMap<String, u64>, S
         depth.insert(f, d);
         Ok(d)
     }
+    let mut deepest_callee: BTreeMap<usize, (usize, bool)> = BTreeMap::new();
     let mut out = BTreeMap::new();
     for (i, s) in obj.symbols.iter().enumerate() {
         if s.kind == STT_FUNC && s.global && s.name.starts_with("ie_") && s.shndx != 0 {
             let mut path = Vec::new();
             let d = visit(
-                i, obj, &frame, &edges, &indirect, &slots, &taken, &mut depth, &mut path,
+                i,
+                obj,
+                &frame,
+                &edges,
+                &indirect,
+                &slots,
+                &taken,
+                &mut depth,
+                &mut deepest_callee,
+                &mut path,
             )?;
-            out.insert(s.name.clone(), d);
+            // The chain that sets the bound: each function's own frame along it.
+            let mut chain = Vec::new();
+            let mut at = Some((i, false));
+            while let Some((f, via_dyn)) = at {
+                chain.push(Link {
+                    name: obj.symbols[f].name.clone(),
+                    frame: frame.get(&f).copied().unwrap_or(8),
+                    via_dyn,
+                });
+                at = deepest_callee.get(&f).copied();
+            }
+            out.insert(s.name.clone(), (d, chain));
         }
     }
     Ok(out)
@@ -863,22 +969,20 @@ fn stack_depths(obj: &elf::Elf, disasm: &str) -> Result<BTreeMap<String, u64>, S
 /// and 0.2 KiB when a detach started unmapping the device's direct regions (issue 16: the
 /// unmap's gathers, as on `ie_ctx_unmap`'s path). A function that grows past its figure fails.
 const STACK_DEBT: &[(&str, u64)] = &[
-    ("ie_ctx_alloc", 2560),
-    ("ie_ctx_attach", 5888),
-    ("ie_ctx_attach_pasid", 6144),
-    ("ie_ctx_create", 5120),
-    ("ie_ctx_destroy", 9216),
+    ("ie_ctx_alloc", 2304),
+    ("ie_ctx_attach", 5376),
+    ("ie_ctx_attach_pasid", 4608),
+    ("ie_ctx_create", 4864),
+    ("ie_ctx_destroy", 8960),
     ("ie_ctx_detach", 5120),
-    ("ie_ctx_detach_pasid", 4608),
-    ("ie_ctx_device_info", 2560),
-    ("ie_ctx_free", 4864),
-    ("ie_ctx_map", 5376),
-    ("ie_ctx_unmap", 5632),
-    ("ie_registry_create", 4864),
-    ("ie_registry_destroy", 4608),
-    ("ie_smmu_create", 3328),
-    ("ie_unit_destroy", 4608),
-    ("ie_unit_enable", 3328),
+    ("ie_ctx_detach_pasid", 4096),
+    ("ie_ctx_free", 3584),
+    ("ie_ctx_map", 5120),
+    ("ie_ctx_unmap", 5120),
+    ("ie_registry_create", 4608),
+    ("ie_registry_destroy", 4352),
+    ("ie_smmu_create", 3072),
+    ("ie_unit_destroy", 4352),
 ];
 
 /// The Rust object the module links, checked for a kernel host: no recursion, every exported
@@ -910,14 +1014,27 @@ fn rust_object_fits_a_kernel() {
     let depths = stack_depths(&obj, &disasm).unwrap_or_else(|e| panic!("{test}: {e}"));
     let mut over = Vec::new();
     for name in &exports {
-        let d = *depths
+        let (d, chain) = depths
             .get(name)
             .unwrap_or_else(|| panic!("{test}: {name} is not in the object"));
+        let d = *d;
         let limit = STACK_DEBT
             .iter()
             .find(|(n, _)| n == name)
             .map_or(STACK_LIMIT, |&(_, l)| l);
         println!("stack {d:6} (limit {limit:5}) {name}");
+        // The chain down to the deepest leaf: frames of 256 bytes or more, and the calls
+        // through a vtable (IE_STACK_CHAIN=all: every frame).
+        let all = std::env::var("IE_STACK_CHAIN").is_ok_and(|v| v == "all");
+        let shown: Vec<&Link> = chain
+            .iter()
+            .filter(|l| all || l.frame >= 256 || l.via_dyn)
+            .collect();
+        let names: Vec<&str> = shown.iter().map(|l| l.name.as_str()).collect();
+        for (l, f) in shown.iter().zip(demangle(&names)) {
+            let how = if l.via_dyn { "dyn " } else { "" };
+            println!("    {:6} {how}{f}", l.frame);
+        }
         if d > limit {
             over.push(format!("{name}: {d} bytes, limit {limit}"));
         }

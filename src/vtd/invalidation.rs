@@ -33,6 +33,24 @@ use crate::mmio::RegisterWindow;
 /// several doorbells and still ends with a single wait).
 const BATCH_DESCRIPTORS: usize = 32;
 
+/// Where a [`Batch`] buffers its descriptors: owned by the unit (1 KiB, which a kernel stack
+/// should not carry along every flush), behind its own lock, which only a batch takes, while
+/// it holds the unit's invalidator lock. A batch starts from an empty buffer whatever the
+/// previous one left (a batch dropped on an error).
+#[derive(Debug)]
+pub(crate) struct Staging {
+    pending: [Descriptor; BATCH_DESCRIPTORS],
+}
+
+impl Staging {
+    /// An empty buffer.
+    pub const fn new() -> Self {
+        Self {
+            pending: [Descriptor { qw: [0; 4] }; BATCH_DESCRIPTORS],
+        }
+    }
+}
+
 /// One thing to invalidate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Request {
@@ -172,26 +190,28 @@ pub(crate) struct Batch<'a, W: RegisterWindow + ?Sized> {
     inv: &'a mut Invalidator,
     params: BatchParams,
     counters: &'a Counters,
-    pending: [Descriptor; BATCH_DESCRIPTORS],
+    /// The unit's staging buffer, locked for the batch's lifetime; the first `len` are pending.
+    staging: spin::MutexGuard<'a, Staging>,
     len: usize,
     /// A device-TLB invalidation was pushed: the batch completes only when devices answer.
     device_tlb: bool,
 }
 
 impl<'a, W: RegisterWindow + ?Sized> Batch<'a, W> {
-    /// An empty batch on `inv`.
+    /// An empty batch on `inv`, buffering in `staging` (the unit's).
     pub fn new(
         regs: &'a W,
         inv: &'a mut Invalidator,
         params: BatchParams,
         counters: &'a Counters,
+        staging: spin::MutexGuard<'a, Staging>,
     ) -> Self {
         Self {
             regs,
             inv,
             params,
             counters,
-            pending: [Descriptor::default(); BATCH_DESCRIPTORS],
+            staging,
             len: 0,
             device_tlb: false,
         }
@@ -237,13 +257,13 @@ impl<'a, W: RegisterWindow + ?Sized> Batch<'a, W> {
                     self.params.poll_budget
                 };
                 if self.len == BATCH_DESCRIPTORS {
-                    q.submit_within(self.regs, &self.pending, budget)?;
+                    q.submit_within(self.regs, &self.staging.pending, budget)?;
                     self.counters
                         .descriptors
                         .fetch_add(BATCH_DESCRIPTORS as u64, Ordering::Relaxed);
                     self.len = 0;
                 }
-                if let Some(slot) = self.pending.get_mut(self.len) {
+                if let Some(slot) = self.staging.pending.get_mut(self.len) {
                     *slot = d;
                     self.len += 1;
                 }
@@ -260,7 +280,7 @@ impl<'a, W: RegisterWindow + ?Sized> Batch<'a, W> {
         let budget = self.budget();
         match self.inv {
             Invalidator::Queue(q) => {
-                let pending = self.pending.get(..self.len).unwrap_or(&[]);
+                let pending = self.staging.pending.get(..self.len).unwrap_or(&[]);
                 self.counters
                     .descriptors
                     .fetch_add(pending.len() as u64, Ordering::Relaxed);

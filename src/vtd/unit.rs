@@ -50,7 +50,9 @@ use super::ecap::{Ecap, EcapFlags};
 use super::fault::{drain_primary_faults, DrainSummary, FaultRecord};
 use super::inv_desc::{ContextCacheScope, IotlbScope, PasidCacheScope};
 use super::inv_queue::{DescriptorWidth, QueueConfig, QueueCore, IQA_QS_MAX};
-use super::invalidation::{Batch, BatchParams, Counters, InvalidationStats, Invalidator, Request};
+use super::invalidation::{
+    Batch, BatchParams, Counters, InvalidationStats, Invalidator, Request, Staging,
+};
 use super::platform::{HostAddressWidth, UNDECLARED_HAW, UNDECLARED_HAW_BITS};
 use super::regs::{
     self, set_persistent, write_buffer_flush, write_root_table, Gsts, PersistentCommand,
@@ -402,6 +404,8 @@ pub struct VtdUnit<
     config: spin::Mutex<ConfigState>,
     domains: [spin::RwLock<Option<Domain<A>>>; DOMAINS],
     inval: spin::Mutex<Invalidator>,
+    /// The batches' descriptor buffer: locked only by a batch, under `inval`.
+    staging: spin::Mutex<Staging>,
     counters: Counters,
 }
 
@@ -481,6 +485,12 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
                 domains.add(i).write(spin::RwLock::new(None));
             }
             addr_of_mut!((*p).inval).write(spin::Mutex::new(Invalidator::Off));
+            // A constant, so that the 1 KiB buffer is copied straight into place, not built
+            // on the stack first.
+            // Only ever the initial value of the field, never borrowed.
+            #[allow(clippy::declare_interior_mutable_const)]
+            const STAGING: spin::Mutex<Staging> = spin::Mutex::new(Staging::new());
+            addr_of_mut!((*p).staging).write(STAGING);
             addr_of_mut!((*p).counters).write(Counters::default());
         }
         Ok(())
@@ -644,7 +654,8 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
             poll_budget: self.info.poll_budget,
             device_tlb_poll_budget: self.info.device_tlb_poll_budget,
         };
-        Batch::new(&self.regs, inv, params, &self.counters)
+        // Never contended: every batch is made under `inval`, which `inv` proves held.
+        Batch::new(&self.regs, inv, params, &self.counters, self.staging.lock())
     }
 
     /// Flushes the write buffer when `CAP.RWBF` requires it after table updates (the spec's
