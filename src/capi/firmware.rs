@@ -33,8 +33,12 @@ pub struct IeDmarUnit {
 /// device scope names it or a bridge above it, else the segment's INCLUDE_PCI_ALL DRHD.
 /// `bridge_buses(ctx, segment, bridge_rid, &secondary, &subordinate)` gives the bus numbers of
 /// a PCI-PCI bridge, false if none answers there; it resolves scope paths through bridges
-/// (NULL: no bridge is known, and such scopes cover nothing). `IE_STATUS_INVALID_ARGUMENT` for a malformed table, `IE_STATUS_NOT_FOUND` if no
-/// unit covers the requester (its DMA is not remapped).
+/// (NULL: no bridge is known). `IE_STATUS_INVALID_ARGUMENT` for a malformed table, or when no
+/// device scope names the requester but one that might goes through a function
+/// `bridge_buses` does not report as a bridge (or `bridge_buses` is NULL and a scope's path
+/// has more than one entry, or names a sub-hierarchy the requester is not the bridge of): the
+/// unit would be a guess, so none is given. `IE_STATUS_NOT_FOUND` if no unit covers the
+/// requester (its DMA is not remapped).
 ///
 /// # Safety
 /// `table` points to `len` readable bytes; `out` is writable; `bridge_buses` is NULL or safe
@@ -77,6 +81,7 @@ pub unsafe extern "C" fn ie_dmar_unit_for(
         };
         let unit = dmar
             .unit_for(segment, SourceId::new(rid), &buses)
+            .map_err(|_| IeStatus::InvalidArgument)?
             .ok_or(IeStatus::NotFound)?;
         let d = dmar
             .unit_defaults(&unit.drhd)

@@ -230,7 +230,8 @@ fn smmu_platform_facts_and_granule_are_checked() {
 }
 
 /// ie_dmar_unit_for: a scope match wins over the INCLUDE_PCI_ALL unit, which takes the rest of
-/// its segment; malformed tables and uncovered requesters are refused.
+/// its segment; malformed tables, uncovered requesters and scopes NULL `bridge_buses` cannot
+/// follow are refused.
 #[test]
 fn dmar_unit_for_a_requester() {
     use super::firmware::{ie_dmar_unit_for, IeDmarUnit};
@@ -241,6 +242,8 @@ fn dmar_unit_for_a_requester() {
         0,
         &[
             drhd(0, 1, 0, 0xfed9_1000, &[scope(1, 0, 0, 0, &[(4, 0)])]),
+            // A device behind the root port 00:1c.0.
+            drhd(0, 0, 0, 0xfed9_2000, &[scope(1, 0, 0, 0, &[(0x1c, 0), (0, 0)])]),
             drhd(1, 0, 0, 0xfed9_0000, &[]),
         ],
     );
@@ -276,6 +279,9 @@ fn dmar_unit_for_a_requester() {
         (0xfed9_0000, 0x1000, true)
     );
     assert_eq!(find(&t, 1, 0x20, &mut u), IeStatus::NotFound as i32);
+    // Without a bus walk, a function 0 below a bridge may be the unit at 0xfed9_2000's device:
+    // refused, not answered with the INCLUDE_PCI_ALL unit (found by review).
+    assert_eq!(find(&t, 0, 0x0300, &mut u), IeStatus::InvalidArgument as i32);
     assert_eq!(
         find(&t[..40], 0, 0x20, &mut u),
         IeStatus::InvalidArgument as i32

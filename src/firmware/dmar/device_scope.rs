@@ -256,12 +256,29 @@ impl<'a> DeviceScope<'a> {
         rid: SourceId,
         buses: &B,
     ) -> Result<bool, Error> {
+        // The function a path ends at has the last entry's device and function whatever the
+        // buses: another device/function is not the endpoint (no walk needed).
+        let last_devfn = self
+            .path
+            .entries()
+            .last()
+            .map(|e| (e.device << 3) | e.function);
         match self.scope_type {
-            ScopeType::PciEndpoint => Ok(self.requester_id(segment, buses)? == rid),
+            ScopeType::PciEndpoint => {
+                if last_devfn != Some(rid.devfn()) {
+                    return Ok(false);
+                }
+                Ok(self.requester_id(segment, buses)? == rid)
+            }
             ScopeType::PciSubHierarchy => {
                 let bridge = self.requester_id(segment, buses)?;
                 if bridge == rid {
                     return Ok(true);
+                }
+                // A bridge's secondary bus is another bus than its own: a device on the
+                // bridge's bus is not below it.
+                if rid.bus() == bridge.bus() {
+                    return Ok(false);
                 }
                 let range = buses
                     .bridge_buses(segment, bridge)

@@ -83,6 +83,23 @@ pub enum Error {
         /// The function the path goes through.
         bridge: SourceId,
     },
+    /// A device scope that may name the requester could not be followed: its path (or, for a
+    /// sub-hierarchy, its own bridge) goes through a function the embedder's
+    /// [`PciBuses`](super::PciBuses) does not report as a bridge. Whether the scope covers the
+    /// requester is unknown, so the lookup ([`Dmar::unit_for`](super::Dmar::unit_for),
+    /// [`Dmar::reserved_regions`](super::Dmar::reserved_regions)) does not guess: falling back
+    /// to an INCLUDE_PCI_ALL unit could name the wrong unit, dropping an RMRR could break the
+    /// device.
+    ScopeUnresolved {
+        /// Offset of the device scope in the table.
+        scope: usize,
+        /// PCI segment.
+        segment: u16,
+        /// The requester the lookup was for.
+        requester: SourceId,
+        /// The function the walk went through that answered as no bridge.
+        bridge: SourceId,
+    },
     /// An RMRR whose base is not 4 KiB aligned, whose `Limit + 1` is not, or whose limit is
     /// below its base (§8.4).
     RmrrRange {
@@ -126,6 +143,10 @@ impl fmt::Display for Error {
             Error::NotABridge { segment, bridge } => write!(
                 f,
                 "DMAR device scope path goes through {segment:04x}:{bridge:?}, which is not a PCI-PCI bridge"
+            ),
+            Error::ScopeUnresolved { scope, segment, requester, bridge } => write!(
+                f,
+                "DMAR device scope at {scope:#x} may name {segment:04x}:{requester:?}, but its path goes through {segment:04x}:{bridge:?}, which the bus walk reports as no bridge"
             ),
             Error::RmrrRange { base, limit } => write!(
                 f,

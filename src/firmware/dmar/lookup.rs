@@ -9,9 +9,13 @@
 //! remapping hardware units"). Kernels decide so (Linux `dmar_find_matched_drhd_unit`, FreeBSD
 //! `dmar_find`); scope matches are tried first whatever the DRHDs' order in the table.
 //!
-//! A scope whose path does not resolve (it goes through a function that is not a bridge: an
-//! empty hot-plug slot, a hierarchy the OS renumbered or firmware described wrongly) names no
-//! device and covers nothing.
+//! A scope whose path does not resolve (it goes through a function that the embedder's bus walk
+//! does not report as a bridge: an empty hot-plug slot, a hierarchy the OS renumbered or
+//! firmware described wrongly, or no bus walk at all) might name the requester: when no other
+//! scope decides, the lookup fails with [`Error::ScopeUnresolved`] naming the scope, the
+//! requester and the bridge, rather than fall back to an INCLUDE_PCI_ALL unit (the wrong unit)
+//! or drop an RMRR (a broken device). A scope that does name the requester decides even when
+//! another does not resolve.
 
 use super::device_scope::{DeviceScope, PciBuses};
 use super::drhd::Drhd;
@@ -38,46 +42,89 @@ pub struct CoveringUnit<'a> {
     pub coverage: Coverage<'a>,
 }
 
-/// The first scope of `scopes` that covers `rid`; unresolvable scopes cover nothing.
+/// What the scopes of one structure say about a requester.
+enum Match<'a> {
+    /// A scope covers it.
+    Covered(DeviceScope<'a>),
+    /// No scope covers it, and every scope resolved.
+    NotCovered,
+    /// No resolved scope covers it, and a scope could not be followed (the first such error).
+    Unresolved(Error),
+}
+
+/// Whether a scope of `scopes` covers `rid`. A scope that covers it decides, even when
+/// another scope of the list does not resolve.
 fn matching_scope<'a, B: PciBuses + ?Sized>(
-    mut scopes: impl Iterator<Item = DeviceScope<'a>>,
+    scopes: impl Iterator<Item = DeviceScope<'a>>,
     segment: u16,
     rid: SourceId,
     buses: &B,
-) -> Option<DeviceScope<'a>> {
-    scopes.find(|scope| scope.covers(segment, rid, buses).unwrap_or(false))
+) -> Match<'a> {
+    let mut unresolved = None;
+    for scope in scopes {
+        match scope.covers(segment, rid, buses) {
+            Ok(true) => return Match::Covered(scope),
+            Ok(false) => {}
+            Err(e) => {
+                unresolved.get_or_insert(match e {
+                    Error::NotABridge { segment, bridge } => Error::ScopeUnresolved {
+                        scope: scope.offset,
+                        segment,
+                        requester: rid,
+                        bridge,
+                    },
+                    other => other,
+                });
+            }
+        }
+    }
+    unresolved.map_or(Match::NotCovered, Match::Unresolved)
 }
 
 impl<'a> Dmar<'a> {
     /// The unit that covers PCI requester `rid` on `segment`: the DRHD one of whose device
-    /// scopes names it (or a bridge above it), else the segment's INCLUDE_PCI_ALL DRHD. `None`
-    /// if no unit covers it: its DMA is not remapped at all, so it must not be given to
-    /// anything untrusted.
+    /// scopes names it (or a bridge above it), else the segment's INCLUDE_PCI_ALL DRHD.
+    /// `Ok(None)` if no unit covers it: its DMA is not remapped at all, so it must not be given
+    /// to anything untrusted.
+    ///
+    /// # Errors
+    /// [`Error::ScopeUnresolved`] if no scope names the requester but one that might could not
+    /// be followed through `buses` (a path through a function that answers as no bridge, or
+    /// no bus walk at all): the answer would be a guess.
     pub fn unit_for<B: PciBuses + ?Sized>(
         &self,
         segment: u16,
         rid: SourceId,
         buses: &B,
-    ) -> Option<CoveringUnit<'a>> {
-        let listed = self
+    ) -> Result<Option<CoveringUnit<'a>>, Error> {
+        let mut unresolved = None;
+        for drhd in self
             .drhds()
             .filter(|d| d.segment == segment && !d.include_pci_all())
-            .find_map(|drhd| {
-                matching_scope(drhd.device_scopes(), segment, rid, buses).map(|scope| {
-                    CoveringUnit {
+        {
+            match matching_scope(drhd.device_scopes(), segment, rid, buses) {
+                Match::Covered(scope) => {
+                    return Ok(Some(CoveringUnit {
                         drhd,
                         coverage: Coverage::Scope(scope),
-                    }
-                })
-            });
-        listed.or_else(|| {
-            self.drhds()
-                .find(|d| d.segment == segment && d.include_pci_all())
-                .map(|drhd| CoveringUnit {
-                    drhd,
-                    coverage: Coverage::IncludePciAll,
-                })
-        })
+                    }))
+                }
+                Match::NotCovered => {}
+                Match::Unresolved(e) => {
+                    unresolved.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = unresolved {
+            return Err(e);
+        }
+        Ok(self
+            .drhds()
+            .find(|d| d.segment == segment && d.include_pci_all())
+            .map(|drhd| CoveringUnit {
+                drhd,
+                coverage: Coverage::IncludePciAll,
+            }))
     }
 
     /// The reserved memory regions (RMRRs, §8.4) that requester `rid` on `segment` must keep
@@ -87,7 +134,9 @@ impl<'a> Dmar<'a> {
     ///
     /// # Errors
     /// Each item is [`Error::RmrrRange`] for an RMRR naming the requester whose range is
-    /// malformed (the kernel decides: Linux warns and skips it).
+    /// malformed (the kernel decides: Linux warns and skips it), or
+    /// [`Error::ScopeUnresolved`] for an RMRR none of whose scopes names the requester but one
+    /// of which could not be followed through `buses` (the region may be the device's).
     pub fn reserved_regions<'b, B: PciBuses + ?Sized>(
         &self,
         segment: u16,
@@ -98,10 +147,13 @@ impl<'a> Dmar<'a> {
         'a: 'b,
     {
         self.rmrrs()
-            .filter(move |r| {
-                r.segment == segment
-                    && matching_scope(r.device_scopes(), segment, rid, buses).is_some()
-            })
-            .map(|r| r.identity_range())
+            .filter(move |r| r.segment == segment)
+            .filter_map(
+                move |r| match matching_scope(r.device_scopes(), segment, rid, buses) {
+                    Match::Covered(_) => Some(r.identity_range()),
+                    Match::NotCovered => None,
+                    Match::Unresolved(e) => Some(Err(e)),
+                },
+            )
     }
 }

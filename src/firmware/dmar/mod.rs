@@ -16,7 +16,8 @@
 //! // The embedder reads a bridge's secondary/subordinate bus from configuration space.
 //! let buses = |_segment: u16, _bridge: SourceId| -> Option<BusRange> { None };
 //! let edu = SourceId::from_bdf(0, 4, 0).unwrap();
-//! if let Some(unit) = dmar.unit_for(0, edu, &buses) {
+//! // An error if a scope that might name edu cannot be followed through `buses`.
+//! if let Some(unit) = dmar.unit_for(0, edu, &buses)? {
 //!     let defaults = dmar.unit_defaults(&unit.drhd)?;
 //!     // map defaults.register_base for defaults.register_len bytes, then
 //!     // VtdUnit::new(window, pages, defaults.apply(VtdConfig::legacy()))

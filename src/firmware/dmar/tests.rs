@@ -70,13 +70,13 @@ fn q35_dmar_decodes_as_qemu_builds_it() {
         ]
     );
     // edu (00:04.0) is this unit's; a device nobody listed has no unit at all.
-    let covering = t.unit_for(0, rid(0, 4, 0), &no_bridges).unwrap();
+    let covering = t.unit_for(0, rid(0, 4, 0), &no_bridges).unwrap().unwrap();
     assert_eq!(covering.drhd, unit);
     assert!(
         matches!(covering.coverage, Coverage::Scope(s) if s.scope_type == ScopeType::PciEndpoint)
     );
-    assert_eq!(t.unit_for(0, rid(0, 5, 0), &no_bridges), None);
-    assert_eq!(t.unit_for(1, rid(0, 4, 0), &no_bridges), None);
+    assert_eq!(t.unit_for(0, rid(0, 5, 0), &no_bridges), Ok(None));
+    assert_eq!(t.unit_for(1, rid(0, 4, 0), &no_bridges), Ok(None));
     assert_eq!(t.reserved_regions(0, rid(0, 4, 0), &no_bridges).count(), 0);
     let defaults = t.unit_defaults(&unit).unwrap();
     assert_eq!(
@@ -123,20 +123,30 @@ fn q35_device_behind_a_root_port_resolves_through_the_bridge() {
             subordinate: 5,
         })
     };
-    let far = t.unit_for(0, rid(5, 0, 0), &buses).unwrap();
+    let far = t.unit_for(0, rid(5, 0, 0), &buses).unwrap().unwrap();
     assert!(
         matches!(far.coverage, Coverage::Scope(s) if s.scope_type == ScopeType::PciSubHierarchy)
     );
     assert!(reads.get() >= 1);
     assert_eq!(
         t.unit_for(0, rid(6, 0, 0), &buses),
-        None,
+        Ok(None),
         "bus 6 is not below the port"
     );
-    // The port's own requests are the unit's too.
-    assert!(t.unit_for(0, rid(0, 6, 0), &buses).is_some());
-    // A port that does not answer as a bridge covers nothing below it.
-    assert_eq!(t.unit_for(0, rid(5, 0, 0), &no_bridges), None);
+    // The port's own requests are the unit's too, with or without a bus walk.
+    assert!(t.unit_for(0, rid(0, 6, 0), &buses).unwrap().is_some());
+    assert!(t.unit_for(0, rid(0, 6, 0), &no_bridges).unwrap().is_some());
+    // Below a port that does not answer as a bridge, the unit is unknown: an error naming the
+    // scope, not "not remapped".
+    assert_eq!(
+        t.unit_for(0, rid(5, 0, 0), &no_bridges),
+        Err(Error::ScopeUnresolved {
+            scope: port.offset,
+            segment: 0,
+            requester: rid(5, 0, 0),
+            bridge: rid(0, 6, 0)
+        })
+    );
 }
 
 /// A table with every structure type, two DRHDs (the INCLUDE_PCI_ALL one first, which must not
@@ -318,7 +328,11 @@ fn scope_matches_win_over_include_pci_all_whatever_the_order() {
     let reads = Cell::new(0);
     let buses = board_buses(&reads);
     let (all, listed) = (t.drhds().next().unwrap(), t.drhds().nth(1).unwrap());
-    let unit = |bus, dev, func| t.unit_for(0, rid(bus, dev, func), &buses).map(|c| c.drhd);
+    let unit = |bus, dev, func| {
+        t.unit_for(0, rid(bus, dev, func), &buses)
+            .unwrap()
+            .map(|c| c.drhd)
+    };
     assert_eq!(
         unit(3, 3, 1),
         Some(listed),
@@ -334,12 +348,12 @@ fn scope_matches_win_over_include_pci_all_whatever_the_order() {
     assert_eq!(unit(10, 0, 0), Some(all), "past the subordinate bus");
     assert_eq!(unit(0, 2, 0), Some(all));
     assert!(matches!(
-        t.unit_for(0, rid(0, 2, 0), &buses).unwrap().coverage,
+        t.unit_for(0, rid(0, 2, 0), &buses).unwrap().unwrap().coverage,
         Coverage::IncludePciAll
     ));
     assert_eq!(
         t.unit_for(1, rid(0, 2, 0), &buses),
-        None,
+        Ok(None),
         "no unit on segment 1"
     );
 }
@@ -744,6 +758,7 @@ fn a_laptop_dmar_puts_each_device_under_its_unit() {
     };
     let base = |bus, dev, func| {
         t.unit_for(0, rid(bus, dev, func), &buses)
+            .unwrap()
             .map(|c| c.drhd.register_base)
     };
     assert_eq!(base(0, 2, 0), Some(0xfed9_0000), "graphics");
@@ -781,4 +796,58 @@ fn a_laptop_dmar_puts_each_device_under_its_unit() {
         })]
     );
     assert_eq!(t.reserved_regions(0, rid(0x21, 0, 0), &buses).count(), 0);
+}
+
+/// A scope the bus walk cannot follow decides nothing by itself: found by review, `unit_for`
+/// answered the INCLUDE_PCI_ALL unit for a device the listed unit's scope names through two
+/// bridges, and `reserved_regions` dropped the RMRR of a device below a bridge, when the walk
+/// (the C API's NULL `bridge_buses`) did not report the bridges.
+#[test]
+fn unresolved_scopes_are_errors_not_silence() {
+    let bytes = every_structure();
+    let t = Dmar::parse(&bytes).unwrap();
+    let listed = t.drhds().nth(1).unwrap();
+    let deep = listed
+        .device_scopes()
+        .find(|s| s.path.len() == 3)
+        .unwrap();
+    assert_eq!(
+        t.unit_for(0, rid(3, 3, 1), &no_bridges),
+        Err(Error::ScopeUnresolved {
+            scope: deep.offset,
+            segment: 0,
+            requester: rid(3, 3, 1),
+            bridge: rid(0, 0x1c, 0)
+        }),
+        "not the INCLUDE_PCI_ALL unit"
+    );
+    // A scope that names the requester decides although another one does not resolve.
+    assert_eq!(
+        t.unit_for(0, rid(0, 0x1d, 0), &no_bridges).unwrap().map(|c| c.drhd),
+        Some(listed)
+    );
+    // The RMRR of 00:1d.0's sub-hierarchy: unknown for a device on bus 8 without the walk.
+    let rmrr = t.rmrrs().nth(1).unwrap();
+    let sub = rmrr.device_scopes().next().unwrap();
+    assert_eq!(
+        t.reserved_regions(0, rid(8, 1, 0), &no_bridges)
+            .collect::<Vec<_>>(),
+        [Err(Error::ScopeUnresolved {
+            scope: sub.offset,
+            segment: 0,
+            requester: rid(8, 1, 0),
+            bridge: rid(0, 0x1d, 0)
+        })]
+    );
+    // The endpoint RMRR of 00:14.0 needs no walk.
+    assert_eq!(
+        t.reserved_regions(0, rid(0, 0x14, 0), &no_bridges)
+            .collect::<Vec<_>>(),
+        [Ok(IovaRange {
+            start: Iova::new(0x7a00_0000),
+            end: Iova::new(0x7a10_0000)
+        })]
+    );
+    let shown = std::format!("{}", t.unit_for(0, rid(3, 3, 1), &no_bridges).unwrap_err());
+    assert!(shown.contains("0000:") && shown.contains("no bridge"), "{shown}");
 }

@@ -99,8 +99,10 @@ pub fn covering_unit(bdf: Bdf) -> Result<(u16, VtdUnitDefaults), Fail> {
     let Ok(rid) = SourceId::from_bdf(bdf.0, bdf.1, bdf.2) else {
         bail!("bad BDF {bdf:?}");
     };
-    let Some(unit) = t.unit_for(0, rid, &bridge_buses) else {
-        bail!("no DMAR unit covers {rid:?}: its DMA would not be remapped");
+    let unit = match t.unit_for(0, rid, &bridge_buses) {
+        Ok(Some(unit)) => unit,
+        Ok(None) => bail!("no DMAR unit covers {rid:?}: its DMA would not be remapped"),
+        Err(e) => bail!("{e}"),
     };
     let how = match unit.coverage {
         Coverage::Scope(s) => {
