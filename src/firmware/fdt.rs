@@ -436,11 +436,15 @@ impl<'a> Fdt<'a> {
                 rid_base,
                 length,
             };
-            let rid_end = rid_base.checked_add(length).ok_or(overflow)?;
-            if masked < rid_base || masked >= rid_end {
+            // An entry may end exactly at 2^32 (its last ID 0xffff_ffff): the ends are u64.
+            let top = 1u64 << 32;
+            let rid_end = u64::from(rid_base) + u64::from(length);
+            if rid_end > top || u64::from(out_base) + u64::from(length) > top {
+                return Err(overflow);
+            }
+            if masked < rid_base || u64::from(masked) >= rid_end {
                 continue;
             }
-            out_base.checked_add(length).ok_or(overflow)?;
             let iommu = self.node_by_phandle(phandle)?;
             let cells = iommu_cells(&iommu)?;
             if cells != 1 {
@@ -449,7 +453,12 @@ impl<'a> Fdt<'a> {
                     cells,
                 });
             }
-            return Ok(Some((iommu, out_base + (masked - rid_base))));
+            // In range: masked - rid_base < length and out_base + length <= 2^32.
+            let sid = masked
+                .checked_sub(rid_base)
+                .and_then(|offset| out_base.checked_add(offset))
+                .ok_or(overflow)?;
+            return Ok(Some((iommu, sid)));
         }
         Err(Error::NoMapping {
             node: bridge.offset,

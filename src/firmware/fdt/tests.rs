@@ -378,3 +378,37 @@ fn qemu_virt_dtb_puts_the_root_complex_behind_the_smmu() {
         Err(Error::NoMapping { .. })
     ));
 }
+
+/// An `iommu-map` entry may end exactly at 2^32 (the last RID or StreamID 0xffff_ffff, inclusive):
+/// found by review, both were refused as `RangeOverflow`.
+#[test]
+fn iommu_map_entries_may_end_at_the_top_of_the_id_space() {
+    let mut d = Dtb::default();
+    d.begin("")
+        .begin("smmu")
+        .cells("phandle", &[1])
+        .cells("#iommu-cells", &[1])
+        .end()
+        .begin("pci")
+        .cells(
+            "iommu-map",
+            &[0, 1, 0xffff_ff00, 0x100, 0xffff_ff00, 1, 0x100, 0x100],
+        )
+        .end()
+        .end();
+    let t = d.build();
+    let fdt = Fdt::parse(&t).unwrap();
+    let pci = fdt.node_by_path(b"/pci").unwrap().unwrap();
+    let sid = |rid| fdt.map_rid(&pci, rid).map(|r| r.map(|(_, s)| s));
+    assert_eq!(sid(0), Ok(Some(0xffff_ff00)));
+    assert_eq!(sid(0xff), Ok(Some(0xffff_ffff)));
+    assert_eq!(sid(0xffff_ff00), Ok(Some(0x100)));
+    assert_eq!(sid(0xffff_ffff), Ok(Some(0x1ff)));
+    assert_eq!(
+        sid(0x100),
+        Err(Error::NoMapping {
+            node: pci.offset(),
+            rid: 0x100
+        })
+    );
+}
