@@ -6,7 +6,7 @@ use crate::ioasid::{
     DeviceHandle, DeviceLabel, IncoherentDmaGrant, IoasidCtx, IoasidFlags, IoasidId,
     PasidAllocator, Registry, UnitId, MAX_DEVICES, MAX_UNITS,
 };
-use crate::iommu::{DeviceHints, DeviceId, Iommu, Pasid, Source, Sources};
+use crate::iommu::{DeviceHints, DeviceId, Iommu, Pasid, Source};
 use crate::mem::{Iova, PhysAddr};
 use crate::pgtable::Prot;
 
@@ -453,8 +453,10 @@ impl From<Source> for IeSource {
             kind: kind as u32,
             ..Self::default()
         };
-        for (d, b) in out.name[..IE_SOURCE_NAME_LEN - 1]
+        for (d, b) in out
+            .name
             .iter_mut()
+            .take(IE_SOURCE_NAME_LEN - 1)
             .zip(s.name().bytes())
         {
             *d = b as core::ffi::c_char;
@@ -491,25 +493,6 @@ pub struct IeSources {
     pub hints: IeSource,
     /// Of `no_snoop_capable` (the embedder's declaration, at bind).
     pub no_snoop_capable: IeSource,
-}
-
-impl From<Sources> for IeSources {
-    fn from(s: Sources) -> Self {
-        Self {
-            ias: s.ias.into(),
-            oas: s.oas.into(),
-            page_sizes: s.page_sizes.into(),
-            pasid_bits: s.pasid_bits.into(),
-            enforce_snoop: s.enforce_snoop.into(),
-            dirty_tracking: s.dirty_tracking.into(),
-            nesting: s.nesting.into(),
-            coherent_walk: s.coherent_walk.into(),
-            coherent_dma: s.coherent_dma.into(),
-            supervisor: s.supervisor.into(),
-            hints: IeSource::default(),
-            no_snoop_capable: IeSource::default(),
-        }
-    }
 }
 
 /// Reports what a bound device's unit can do for it (the platform's declarations about the

@@ -168,8 +168,8 @@ impl fmt::Display for Error {
 }
 
 fn be32(bytes: &[u8], offset: usize) -> Option<u32> {
-    let b = bytes.get(offset..offset.checked_add(4)?)?;
-    Some(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    let b: [u8; 4] = bytes.get(offset..offset.checked_add(4)?)?.try_into().ok()?;
+    Some(u32::from_be_bytes(b))
 }
 
 /// A checked device tree blob.
@@ -236,27 +236,27 @@ impl<'a> Fdt<'a> {
     fn token(&self, offset: usize) -> Result<(Token<'a>, usize), Error> {
         let truncated = Error::StructTruncated { offset };
         let token = be32(self.structs, offset).ok_or(truncated)?;
-        let body = offset + 4;
+        let body = offset.checked_add(4).ok_or(truncated)?;
         let align = |x: usize| x.checked_add(3).map(|x| x & !3).ok_or(truncated);
         match token {
             FDT_BEGIN_NODE => {
                 let rest = self.structs.get(body..).ok_or(truncated)?;
                 let nul = rest.iter().position(|&b| b == 0).ok_or(truncated)?;
-                Ok((Token::Begin(&rest[..nul]), align(body + nul + 1)?))
+                let name = rest.get(..nul).ok_or(truncated)?;
+                let next = body.checked_add(nul).and_then(|x| x.checked_add(1));
+                Ok((Token::Begin(name), align(next.ok_or(truncated)?)?))
             }
             FDT_END_NODE => Ok((Token::End, body)),
             FDT_PROP => {
                 let len = be32(self.structs, body).ok_or(truncated)? as usize;
-                let nameoff = be32(self.structs, body + 4).ok_or(truncated)?;
-                let start = body + 8;
-                let value = start
-                    .checked_add(len)
-                    .and_then(|end| self.structs.get(start..end))
+                let nameoff = body
+                    .checked_add(4)
+                    .and_then(|at| be32(self.structs, at))
                     .ok_or(truncated)?;
-                Ok((
-                    Token::Prop(self.string(nameoff)?, value),
-                    align(start + len)?,
-                ))
+                let start = body.checked_add(8).ok_or(truncated)?;
+                let end = start.checked_add(len).ok_or(truncated)?;
+                let value = self.structs.get(start..end).ok_or(truncated)?;
+                Ok((Token::Prop(self.string(nameoff)?, value), align(end)?))
             }
             FDT_NOP => Ok((Token::Nop, body)),
             FDT_END => Ok((Token::Finish, body)),
@@ -269,11 +269,10 @@ impl<'a> Fdt<'a> {
             .strings
             .get(nameoff as usize..)
             .ok_or(Error::Name { nameoff })?;
-        let nul = rest
-            .iter()
+        rest.iter()
             .position(|&b| b == 0)
-            .ok_or(Error::Name { nameoff })?;
-        Ok(&rest[..nul])
+            .and_then(|nul| rest.get(..nul))
+            .ok_or(Error::Name { nameoff })
     }
 
     /// Every node in document order (the root first). The iterator yields the first error
@@ -344,14 +343,17 @@ impl<'a> Fdt<'a> {
         let mut found = None;
         for n in self.nodes() {
             let n = n?;
-            path[n.depth] = n.offset;
+            // `nodes` refuses a tree deeper than MAX_DEPTH: every depth has its slot.
+            if let Some(slot) = path.get_mut(n.depth) {
+                *slot = n.offset;
+            }
             if n.offset == node.offset {
                 found = Some(n.depth);
                 break;
             }
         }
         let Some(depth) = found else { return Ok(false) };
-        for &offset in path[..=depth].iter().rev() {
+        for &offset in path.iter().take(depth.saturating_add(1)).rev() {
             let n = self.node_at(offset)?;
             if n.property(b"dma-coherent")?.is_some() {
                 return Ok(true);

@@ -91,7 +91,10 @@ impl IdMapping {
         }
         self.output_range()?;
         // id - input_base <= id_count, and output_base + id_count does not wrap.
-        Ok(Some(self.output_base + (id - self.input_base)))
+        id.checked_sub(self.input_base)
+            .and_then(|offset| self.output_base.checked_add(offset))
+            .map(Some)
+            .ok_or(self.overflow())
     }
 
     fn overflow(&self) -> Error {

@@ -49,6 +49,6 @@ impl<'a> ItsGroup<'a> {
     pub fn identifiers(&self) -> impl ExactSizeIterator<Item = u32> + 'a {
         self.identifiers
             .chunks_exact(4)
-            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .map(|c| u32::from_le_bytes(<[u8; 4]>::try_from(c).unwrap_or_default()))
     }
 }

@@ -227,7 +227,7 @@ impl<'a> Iort<'a> {
                 if range.smmu != smmu {
                     continue;
                 }
-                let merged = platform.streams[..used].iter_mut().flatten().any(|d| {
+                let merged = platform.streams.iter_mut().take(used).flatten().any(|d| {
                     let joins = d.facts == facts
                         && (d.last.0.checked_add(1) == Some(range.first.0)
                             || range.last.0.checked_add(1) == Some(d.first.0));
