@@ -82,6 +82,11 @@ typedef enum {
   IE_STATUS_TIMEOUT = 13,
   // The hardware reported an error (`-EIO`).
   IE_STATUS_HARDWARE = 14,
+  // Fault records were lost before they could be read: the unit's fault recording
+  // registers or event queue were full (VT-d `FSTS.PFO`, SMMUv3 event queue overflow or
+  // `GERROR.EVENTQ_ABT_ERR`). The records the call reported are valid; the overflow is
+  // acknowledged, so the unit records again (`-EOVERFLOW`).
+  IE_STATUS_FAULTS_LOST = 15,
 } IeStatus;
 
 // Which capability an `IE_STATUS_INCOMPATIBLE` attach lacked (`reason` out-parameters).
@@ -483,8 +488,12 @@ extern "C" {
 // device scope names it or a bridge above it, else the segment's INCLUDE_PCI_ALL DRHD.
 // `bridge_buses(ctx, segment, bridge_rid, &secondary, &subordinate)` gives the bus numbers of
 // a PCI-PCI bridge, false if none answers there; it resolves scope paths through bridges
-// (NULL: no bridge is known, and such scopes cover nothing). `IE_STATUS_INVALID_ARGUMENT` for a malformed table, `IE_STATUS_NOT_FOUND` if no
-// unit covers the requester (its DMA is not remapped).
+// (NULL: no bridge is known). `IE_STATUS_INVALID_ARGUMENT` for a malformed table, or when no
+// device scope names the requester but one that might goes through a function
+// `bridge_buses` does not report as a bridge (or `bridge_buses` is NULL and a scope's path
+// has more than one entry, or names a sub-hierarchy the requester is not the bridge of): the
+// unit would be a guess, so none is given. `IE_STATUS_NOT_FOUND` if no unit covers the
+// requester (its DMA is not remapped).
 //
 // # Safety
 // `table` points to `len` readable bytes; `out` is writable; `bridge_buses` is NULL or safe
@@ -827,6 +836,19 @@ int32_t ie_unit_disable(IeUnit *unit);
 // the embedder's fault handling: a threaded interrupt handler, a bottom half or a poll loop,
 // not a hard interrupt handler that may interrupt another call into the library.
 //
+// The status says in what state the records are (`*count` is written in every case but a
+// bad argument; the records counted are cleared or consumed):
+// - `IE_STATUS_OK`: every pending record was seen (SMMUv3: or `max` of them; call again while
+//   `*count` is `max`).
+// - `IE_STATUS_FAULTS_LOST`: faults were lost before this call (VT-d `FSTS.PFO`: every
+//   fault recording register was full; SMMUv3: the event queue overflowed, or
+//   `GERROR.EVENTQ_ABT_ERR`: the unit could not write a record). The overflow is
+//   acknowledged and the unit records again; what was lost cannot be read back.
+// - `IE_STATUS_BUSY` (VT-d): records are still pending after the drain (`FSTS.PPF`: faults
+//   arrived during it, or a record did not clear): call again.
+// - `IE_STATUS_HARDWARE` (SMMUv3): the unit is in service failure mode (`GERROR.SFM_ERR`):
+//   it translates nothing until reset and re-enabled; the records counted were read before.
+//
 // # Safety
 // `unit` is a live unit handle; `count` is NULL or writable.
 int32_t ie_unit_drain_faults(IeUnit *unit, uint32_t max, uint32_t *count);
@@ -834,7 +856,9 @@ int32_t ie_unit_drain_faults(IeUnit *unit, uint32_t max, uint32_t *count);
 // Reports and clears pending faults like ie_unit_drain_faults() and decodes them: the first
 // `max` go to `out[0..max]` (NULL with `max` = 0 to only count), `*count` (if not NULL) gets
 // how many were seen (VT-d: every pending record is cleared, at most `CAP.NFR`, also those
-// beyond `max`; SMMUv3: at most `max` events are consumed).
+// beyond `max`; SMMUv3: at most `max` events are consumed). The status and the state of the
+// records are those of ie_unit_drain_faults() (`IE_STATUS_FAULTS_LOST`, `IE_STATUS_BUSY`,
+// `IE_STATUS_HARDWARE`); `out` and `*count` are written in those cases too.
 //
 // # Safety
 // `unit` is a live unit handle; `out` is NULL or points to `max` writable `IeFault`s; `count`

@@ -46,6 +46,11 @@ pub enum IeStatus {
     Timeout = 13,
     /// The hardware reported an error (`-EIO`).
     Hardware = 14,
+    /// Fault records were lost before they could be read: the unit's fault recording
+    /// registers or event queue were full (VT-d `FSTS.PFO`, SMMUv3 event queue overflow or
+    /// `GERROR.EVENTQ_ABT_ERR`). The records the call reported are valid; the overflow is
+    /// acknowledged, so the unit records again (`-EOVERFLOW`).
+    FaultsLost = 15,
 }
 
 impl IeStatus {
@@ -66,6 +71,7 @@ impl IeStatus {
             IeStatus::Unsupported => 95,                              // EOPNOTSUPP
             IeStatus::Timeout => 110,                                 // ETIMEDOUT
             IeStatus::Hardware => 5,                                  // EIO
+            IeStatus::FaultsLost => 75,                               // EOVERFLOW
         }
     }
 }
@@ -211,7 +217,7 @@ pub extern "C" fn ie_status_errno(status: i32) -> i32 {
 impl IeStatus {
     /// The status with raw value `raw`.
     pub const fn from_raw(raw: i32) -> Option<Self> {
-        const ALL: [IeStatus; 15] = [
+        const ALL: [IeStatus; 16] = [
             IeStatus::Ok,
             IeStatus::InvalidArgument,
             IeStatus::Incompatible,
@@ -227,11 +233,19 @@ impl IeStatus {
             IeStatus::Unsupported,
             IeStatus::Timeout,
             IeStatus::Hardware,
+            IeStatus::FaultsLost,
         ];
-        if raw < 0 || raw as usize >= ALL.len() {
+        if raw < 0 {
             return None;
         }
-        Some(ALL[raw as usize])
+        let mut i = 0;
+        while i < ALL.len() {
+            if ALL[i] as i32 == raw {
+                return Some(ALL[i]);
+            }
+            i += 1;
+        }
+        None
     }
 }
 

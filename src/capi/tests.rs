@@ -243,7 +243,13 @@ fn dmar_unit_for_a_requester() {
         &[
             drhd(0, 1, 0, 0xfed9_1000, &[scope(1, 0, 0, 0, &[(4, 0)])]),
             // A device behind the root port 00:1c.0.
-            drhd(0, 0, 0, 0xfed9_2000, &[scope(1, 0, 0, 0, &[(0x1c, 0), (0, 0)])]),
+            drhd(
+                0,
+                0,
+                0,
+                0xfed9_2000,
+                &[scope(1, 0, 0, 0, &[(0x1c, 0), (0, 0)])],
+            ),
             drhd(1, 0, 0, 0xfed9_0000, &[]),
         ],
     );
@@ -281,7 +287,10 @@ fn dmar_unit_for_a_requester() {
     assert_eq!(find(&t, 1, 0x20, &mut u), IeStatus::NotFound as i32);
     // Without a bus walk, a function 0 below a bridge may be the unit at 0xfed9_2000's device:
     // refused, not answered with the INCLUDE_PCI_ALL unit (found by review).
-    assert_eq!(find(&t, 0, 0x0300, &mut u), IeStatus::InvalidArgument as i32);
+    assert_eq!(
+        find(&t, 0, 0x0300, &mut u),
+        IeStatus::InvalidArgument as i32
+    );
     assert_eq!(
         find(&t[..40], 0, 0x20, &mut u),
         IeStatus::InvalidArgument as i32

@@ -3,6 +3,7 @@
 use core::ptr::{addr_of_mut, NonNull};
 
 use crate::iommu::{self, Iommu, Source};
+use crate::smmuv3::regs::Gerror;
 use crate::smmuv3::{
     DeviceFacts, DisabledTraffic, Platform, SmmuConfig, SmmuError, SmmuUnit, StreamId,
     StreamTableLayout, MAX_DECLARATIONS,
@@ -485,29 +486,63 @@ pub unsafe extern "C" fn ie_unit_disable(unit: *mut IeUnit) -> i32 {
 /// the embedder's fault handling: a threaded interrupt handler, a bottom half or a poll loop,
 /// not a hard interrupt handler that may interrupt another call into the library.
 ///
+/// The status says in what state the records are (`*count` is written in every case but a
+/// bad argument; the records counted are cleared or consumed):
+/// - `IE_STATUS_OK`: every pending record was seen (SMMUv3: or `max` of them; call again while
+///   `*count` is `max`).
+/// - `IE_STATUS_FAULTS_LOST`: faults were lost before this call (VT-d `FSTS.PFO`: every
+///   fault recording register was full; SMMUv3: the event queue overflowed, or
+///   `GERROR.EVENTQ_ABT_ERR`: the unit could not write a record). The overflow is
+///   acknowledged and the unit records again; what was lost cannot be read back.
+/// - `IE_STATUS_BUSY` (VT-d): records are still pending after the drain (`FSTS.PPF`: faults
+///   arrived during it, or a record did not clear): call again.
+/// - `IE_STATUS_HARDWARE` (SMMUv3): the unit is in service failure mode (`GERROR.SFM_ERR`):
+///   it translates nothing until reset and re-enabled; the records counted were read before.
+///
 /// # Safety
 /// `unit` is a live unit handle; `count` is NULL or writable.
 #[no_mangle]
 pub unsafe extern "C" fn ie_unit_drain_faults(unit: *mut IeUnit, max: u32, count: *mut u32) -> i32 {
     code((|| {
-        let n = match &unit_obj(unit)?.value {
-            UnitObj::Vtd(u) => {
-                let mut n = 0u32;
-                let _ = u.drain_faults(|_, _| n = n.saturating_add(1));
-                n
-            }
-            UnitObj::Smmu(u) => {
-                let mut n = 0u32;
-                let _ = u.handle_events(max as usize, |_| n = n.saturating_add(1));
-                n
-            }
-        };
+        let mut n = 0u32;
+        let state = read_records(unit_obj(unit)?, max, |_| n = n.saturating_add(1));
         // SAFETY: the C contract.
         if let Some(c) = unsafe { count.as_mut() } {
             *c = n;
         }
-        Ok(())
+        state
     })())
+}
+
+/// Drains `unit`'s fault records (VT-d) or at most `max` events (SMMUv3) into `report`, and
+/// turns what the drain saw into the status ie_unit_drain_faults() documents.
+fn read_records(
+    unit: &Obj<UnitObj>,
+    max: u32,
+    mut report: impl FnMut(IeFault),
+) -> Result<(), IeStatus> {
+    match &unit.value {
+        UnitObj::Vtd(u) => {
+            let summary = u.drain_faults(|_, r| report(IeFault::vtd(&r)));
+            if summary.overflowed {
+                Err(IeStatus::FaultsLost)
+            } else if summary.still_pending {
+                Err(IeStatus::Busy)
+            } else {
+                Ok(())
+            }
+        }
+        UnitObj::Smmu(u) => {
+            let r = u.handle_events(max as usize, |e| report(IeFault::smmu(&e)));
+            if r.gerror.contains(Gerror::SFM_ERR) {
+                Err(IeStatus::Hardware)
+            } else if r.events.overflowed || r.gerror.contains(Gerror::EVENTQ_ABT_ERR) {
+                Err(IeStatus::FaultsLost)
+            } else {
+                Ok(())
+            }
+        }
+    }
 }
 
 /// One decoded fault, as ie_unit_read_faults() reports it.
@@ -559,7 +594,9 @@ impl IeFault {
 /// Reports and clears pending faults like ie_unit_drain_faults() and decodes them: the first
 /// `max` go to `out[0..max]` (NULL with `max` = 0 to only count), `*count` (if not NULL) gets
 /// how many were seen (VT-d: every pending record is cleared, at most `CAP.NFR`, also those
-/// beyond `max`; SMMUv3: at most `max` events are consumed).
+/// beyond `max`; SMMUv3: at most `max` events are consumed). The status and the state of the
+/// records are those of ie_unit_drain_faults() (`IE_STATUS_FAULTS_LOST`, `IE_STATUS_BUSY`,
+/// `IE_STATUS_HARDWARE`); `out` and `*count` are written in those cases too.
 ///
 /// # Safety
 /// `unit` is a live unit handle; `out` is NULL or points to `max` writable `IeFault`s; `count`
@@ -576,26 +613,19 @@ pub unsafe extern "C" fn ie_unit_read_faults(
             return Err(IeStatus::InvalidArgument);
         }
         let mut n = 0u32;
-        let mut put = |f: IeFault| {
+        let put = |f: IeFault| {
             if n < max {
                 // SAFETY: the C contract: `out` holds `max` writable records.
                 unsafe { out.add(n as usize).write(f) };
             }
             n = n.saturating_add(1);
         };
-        match &unit_obj(unit)?.value {
-            UnitObj::Vtd(u) => {
-                let _ = u.drain_faults(|_, r| put(IeFault::vtd(&r)));
-            }
-            UnitObj::Smmu(u) => {
-                let _ = u.handle_events(max as usize, |e| put(IeFault::smmu(&e)));
-            }
-        }
+        let state = read_records(unit_obj(unit)?, max, put);
         // SAFETY: the C contract.
         if let Some(c) = unsafe { count.as_mut() } {
             *c = n;
         }
-        Ok(())
+        state
     })())
 }
 

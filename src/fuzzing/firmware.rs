@@ -166,11 +166,17 @@ fn check_lookups(t: &Dmar<'_>, segment: u16, rid: SourceId) {
                 }
             }
         }
-        Ok(None) => assert!(!t.drhds().any(|d| d.segment == segment
-            && (d.include_pci_all() || listed(&d) || unresolved(&d)))),
+        Ok(None) => {
+            assert!(!t
+                .drhds()
+                .any(|d| d.segment == segment
+                    && (d.include_pci_all() || listed(&d) || unresolved(&d))))
+        }
         // Only when no scope names it and one that might could not be followed.
         Err(e) => {
-            assert!(matches!(e, crate::firmware::dmar::Error::ScopeUnresolved { requester, .. } if requester == rid));
+            assert!(
+                matches!(e, crate::firmware::dmar::Error::ScopeUnresolved { requester, .. } if requester == rid)
+            );
             assert!(!t
                 .drhds()
                 .any(|d| d.segment == segment && !d.include_pci_all() && listed(&d)));

@@ -43,7 +43,8 @@ static void errno_mapping(void)
         { IE_STATUS_OUT_OF_RANGE, -34 }, { IE_STATUS_RESERVED, -98 },
         { IE_STATUS_NO_SPACE, -28 },  { IE_STATUS_NOT_PERMITTED, -1 },
         { IE_STATUS_UNSUPPORTED, -95 }, { IE_STATUS_TIMEOUT, -110 },
-        { IE_STATUS_HARDWARE, -5 },   { 15, -22 }, { -1, -22 }, { INT32_MIN, -22 },
+        { IE_STATUS_HARDWARE, -5 },   { IE_STATUS_FAULTS_LOST, -75 }, { 16, -22 },
+        { -1, -22 }, { INT32_MIN, -22 },
         { INT32_MAX, -22 },
     };
     for (size_t i = 0; i < sizeof map / sizeof map[0]; i++)
@@ -286,6 +287,24 @@ static void scalable_flow(IeSimArena *arena, const IeEnv *env)
     CHECK(faults == 1, "counted without records: %u", faults);
     OK(ie_unit_read_faults(unit, rec, 2, &faults));
     CHECK(faults == 0, "cleared although not written: %u", faults);
+
+    /* The model has one fault recording register (CAP.NFR = 0): a second fault before the
+     * drain is lost (FSTS.PFO). The drain reports the record it read and that faults were lost,
+     * and acknowledges the overflow. */
+    IS(ie_sim_model_translate(model, 0x20, 0x100000, true, &dma), IE_STATUS_NOT_FOUND);
+    IS(ie_sim_model_translate(model, 0x20, 0x101000, true, &dma), IE_STATUS_NOT_FOUND);
+    memset(rec, 0xff, sizeof rec);
+    IS(ie_unit_read_faults(unit, rec, 2, &faults), IE_STATUS_FAULTS_LOST);
+    CHECK(faults == 1 && rec[0].address == 0x100000, "the record kept: %u, %#" PRIx64, faults,
+          rec[0].address);
+    OK(ie_unit_read_faults(unit, rec, 2, &faults));
+    CHECK(faults == 0, "nothing left after the overflow: %u", faults);
+    IS(ie_sim_model_translate(model, 0x20, 0x100000, true, &dma), IE_STATUS_NOT_FOUND);
+    IS(ie_sim_model_translate(model, 0x20, 0x101000, true, &dma), IE_STATUS_NOT_FOUND);
+    IS(ie_unit_drain_faults(unit, 16, &faults), IE_STATUS_FAULTS_LOST);
+    CHECK(faults == 1, "drained with the overflow: %u", faults);
+    OK(ie_unit_drain_faults(unit, 16, &faults));
+    CHECK(faults == 0, "nothing left after the overflow: %u", faults);
 
     /* A handle of the wrong type (a cast) is refused, not reinterpreted. */
     IS(ie_unit_enable((IeUnit *)ctx), IE_STATUS_INVALID_ARGUMENT);

@@ -107,6 +107,18 @@ static void smmu_flow(IeSimArena *arena, const IeEnv *env)
     CHECK(events >= 1, "smmu: the rest of the events: %u", events);
     OK(ie_unit_drain_faults(unit, 64, &events));
     CHECK(events == 0, "smmu: events left after a drain: %u", events);
+    /* More faulting DMAs than the 128-record event queue holds: the drain reports the records
+     * the queue kept and that others were lost, then the queue records again. */
+    for (int i = 0; i < 130; i++)
+        CHECK(ie_sim_model_translate(model, 0x20, 0x40000000 + 0x1000 * (uint64_t)i, false,
+                                     &dma) == IE_STATUS_NOT_FOUND,
+              "smmu: fault %d", i);
+    CHECK(ie_unit_drain_faults(unit, 256, &events) == IE_STATUS_FAULTS_LOST && events == 128,
+          "smmu: overflow reported with %u events", events);
+    CHECK(ie_sim_model_translate(model, 0x20, 0x40000000, false, &dma) == IE_STATUS_NOT_FOUND,
+          "smmu: fault after the overflow");
+    OK(ie_unit_read_faults(unit, &ev, 1, &events));
+    CHECK(events == 1 && ev.address == 0x40000000, "smmu: recording again: %u", events);
     OK(ie_ctx_detach(ctx, dev));
     OK(ie_ctx_unbind(ctx, dev));
     CHECK(ie_ctx_device_info(ctx, dev, &info) == IE_STATUS_NOT_FOUND, "smmu: unbound");

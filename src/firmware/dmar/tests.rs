@@ -348,7 +348,10 @@ fn scope_matches_win_over_include_pci_all_whatever_the_order() {
     assert_eq!(unit(10, 0, 0), Some(all), "past the subordinate bus");
     assert_eq!(unit(0, 2, 0), Some(all));
     assert!(matches!(
-        t.unit_for(0, rid(0, 2, 0), &buses).unwrap().unwrap().coverage,
+        t.unit_for(0, rid(0, 2, 0), &buses)
+            .unwrap()
+            .unwrap()
+            .coverage,
         Coverage::IncludePciAll
     ));
     assert_eq!(
@@ -807,10 +810,7 @@ fn unresolved_scopes_are_errors_not_silence() {
     let bytes = every_structure();
     let t = Dmar::parse(&bytes).unwrap();
     let listed = t.drhds().nth(1).unwrap();
-    let deep = listed
-        .device_scopes()
-        .find(|s| s.path.len() == 3)
-        .unwrap();
+    let deep = listed.device_scopes().find(|s| s.path.len() == 3).unwrap();
     assert_eq!(
         t.unit_for(0, rid(3, 3, 1), &no_bridges),
         Err(Error::ScopeUnresolved {
@@ -823,7 +823,9 @@ fn unresolved_scopes_are_errors_not_silence() {
     );
     // A scope that names the requester decides although another one does not resolve.
     assert_eq!(
-        t.unit_for(0, rid(0, 0x1d, 0), &no_bridges).unwrap().map(|c| c.drhd),
+        t.unit_for(0, rid(0, 0x1d, 0), &no_bridges)
+            .unwrap()
+            .map(|c| c.drhd),
         Some(listed)
     );
     // The RMRR of 00:1d.0's sub-hierarchy: unknown for a device on bus 8 without the walk.
@@ -849,5 +851,8 @@ fn unresolved_scopes_are_errors_not_silence() {
         })]
     );
     let shown = std::format!("{}", t.unit_for(0, rid(3, 3, 1), &no_bridges).unwrap_err());
-    assert!(shown.contains("0000:") && shown.contains("no bridge"), "{shown}");
+    assert!(
+        shown.contains("0000:") && shown.contains("no bridge"),
+        "{shown}"
+    );
 }
