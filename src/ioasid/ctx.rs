@@ -12,8 +12,8 @@ use super::reclaim::ReclaimLog;
 use super::record::Record;
 use super::registry::{DeviceLabel, Leaked, Registry, UnitId};
 use super::{
-    DeviceHandle, Error, IoasidFlags, IoasidId, MAX_DEVICES, MAX_IOASIDS, MAX_IOVA_RESERVATIONS,
-    MAX_PASID_ATTACHMENTS, MAX_RESERVED, MAX_UNITS,
+    DeviceHandle, Error, InUse, IoasidFlags, IoasidId, MAX_DEVICES, MAX_IOASIDS,
+    MAX_IOVA_RESERVATIONS, MAX_PASID_ATTACHMENTS, MAX_RESERVED, MAX_UNITS,
 };
 use crate::iommu::{Capabilities, DeviceHints, DomainHandle, Iommu, Pasid, Source};
 use crate::mem::{Iova, PageAllocator};
@@ -490,9 +490,15 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
     /// Declares an IOVA range no IOASID of this context may map (beyond the units' own).
     ///
     /// # Errors
-    /// [`Error::Capacity`].
+    /// [`Error::ReserveOverlaps`] naming what the range overlaps: a direct region of a bound
+    /// device (which could then never be attached), a mapping of an IOASID or an IOVA
+    /// reservation (as iommufd refuses a reserved range over an existing area); nothing is
+    /// reserved. [`Error::Capacity`].
     pub fn reserve_region(&self, range: IovaRange) -> Result<(), Error> {
         let mut st = self.state.write();
+        if let Some(with) = self.in_use(&st, range)? {
+            return Err(Error::ReserveOverlaps { range, with });
+        }
         let slot = st
             .reserved
             .iter_mut()
@@ -500,6 +506,52 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
             .ok_or(Error::Capacity("reserved regions"))?;
         *slot = Some(range);
         Ok(())
+    }
+
+    /// The first use the context makes of `range`: a bound device's direct region, else an
+    /// IOASID's mapping, else an IOASID's IOVA reservation.
+    fn in_use(&self, st: &State<'a, A>, range: IovaRange) -> Result<Option<InUse>, Error> {
+        let (start, end) = (range.start.get(), range.end.get());
+        for (slot, d) in st.devices.iter().enumerate() {
+            let Some(d) = d else { continue };
+            if let Some(r) = d
+                .direct
+                .iter()
+                .flatten()
+                .find(|r| super::overlaps(&r.range(), start, end))
+            {
+                return Ok(Some(InUse::DirectRegion {
+                    device: DeviceHandle::new(self.id, slot as u16),
+                    region: r.range(),
+                }));
+            }
+        }
+        for (slot, io) in st.ioasids.iter().enumerate() {
+            let Some(io) = io else { continue };
+            let ioasid = IoasidId(slot as u16);
+            let mut mapped = None;
+            let len = end.saturating_sub(start);
+            io.record.for_each_mapping(range.start, len, |l| {
+                mapped = mapped.or(Some(IovaRange {
+                    start: l.iova,
+                    end: Iova::new(l.iova.get().saturating_add(1u64 << l.size_log2)),
+                }));
+            })?;
+            if let Some(range) = mapped {
+                return Ok(Some(InUse::Mapping { ioasid, range }));
+            }
+            let reservation = io
+                .reservations
+                .lock()
+                .iter()
+                .flatten()
+                .copied()
+                .find(|v| super::overlaps(v, start, end));
+            if let Some(range) = reservation {
+                return Ok(Some(InUse::IovaReservation { ioasid, range }));
+            }
+        }
+        Ok(None)
     }
 
     // -------------------------------------------------------------------------------------------

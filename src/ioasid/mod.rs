@@ -203,6 +203,55 @@ impl fmt::Display for Incompatibility {
     }
 }
 
+/// What a range [`IoasidCtx::reserve_region`] was asked to reserve is already used for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum InUse {
+    /// A direct region (RMRR, RMR) a bound device must reach one-to-one.
+    DirectRegion {
+        /// The device.
+        device: DeviceHandle,
+        /// Its region.
+        region: IovaRange,
+    },
+    /// A mapping of an IOASID (its first page or block inside the range).
+    Mapping {
+        /// The IOASID.
+        ioasid: IoasidId,
+        /// The page or block.
+        range: IovaRange,
+    },
+    /// An IOVA reservation of an IOASID ([`IoasidCtx::alloc_iova`]).
+    IovaReservation {
+        /// The IOASID.
+        ioasid: IoasidId,
+        /// The reservation.
+        range: IovaRange,
+    },
+}
+
+impl fmt::Display for InUse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            InUse::DirectRegion { device, region } => write!(
+                f,
+                "device {}'s direct region {}..{}",
+                device.slot, region.start, region.end
+            ),
+            InUse::Mapping { ioasid, range } => write!(
+                f,
+                "IOASID {}'s mapping {}..{}",
+                ioasid.0, range.start, range.end
+            ),
+            InUse::IovaReservation { ioasid, range } => write!(
+                f,
+                "IOASID {}'s IOVA reservation {}..{}",
+                ioasid.0, range.start, range.end
+            ),
+        }
+    }
+}
+
 /// Errors of the IOASID layer. Every variant carries the offending value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -233,6 +282,14 @@ pub enum Error {
     /// A direct region that is empty, not 4 KiB aligned, beyond 57 bits, or overlapping
     /// another region of the same device.
     BadDirectRegion(IovaRange),
+    /// [`IoasidCtx::reserve_region`] was asked for a range the context already uses (as
+    /// iommufd refuses a reserved range over an existing area with `EADDRINUSE`).
+    ReserveOverlaps {
+        /// The range asked for.
+        range: IovaRange,
+        /// What it overlaps.
+        with: InUse,
+    },
     /// A fixed-capacity table is full.
     Capacity(&'static str),
     /// The context's PASID quota is used up.
@@ -301,6 +358,11 @@ impl fmt::Display for Error {
             Error::NotNoSnoopCapable(d) => write!(f, "device {} is not no-snoop capable", d.slot),
             Error::Reserved(r) => write!(f, "range overlaps reserved {}..{}", r.start, r.end),
             Error::BadDirectRegion(r) => write!(f, "bad direct region {}..{}", r.start, r.end),
+            Error::ReserveOverlaps { range, with } => write!(
+                f,
+                "cannot reserve {}..{}: it overlaps {with}",
+                range.start, range.end
+            ),
             Error::Capacity(what) => write!(f, "too many {what}"),
             Error::Quota(q) => write!(f, "PASID quota of {q} used up"),
             Error::PasidExhausted => write!(f, "no free PASID"),

@@ -1082,3 +1082,80 @@ fn concurrent_unmaps_inside_one_superpage() {
         );
     }
 }
+
+/// Found by review: `reserve_region` took a range over an existing mapping, an IOVA
+/// reservation or a bound device's direct region (making that device unattachable).
+#[test]
+fn reserve_region_refuses_what_the_context_uses() {
+    let alloc = test_alloc();
+    let u = FakeUnit::new(&alloc, true);
+    let pasids = PasidAllocator::new(20);
+    let reg = Registry::new(&[&u], &pasids).unwrap();
+    let ctx = IoasidCtx::new(&reg, &alloc, 0);
+    let io = ctx.alloc(IoasidFlags::empty()).unwrap();
+    let range = |start: u64, end: u64| IovaRange {
+        start: Iova::new(start),
+        end: Iova::new(end),
+    };
+    ctx.map(io, Iova::new(0x10_0000), PhysAddr::new(0), K4, RW)
+        .unwrap();
+    let r = range(0, 0x20_0000);
+    assert_eq!(
+        ctx.reserve_region(r),
+        Err(Error::ReserveOverlaps {
+            range: r,
+            with: InUse::Mapping {
+                ioasid: io,
+                range: range(0x10_0000, 0x10_1000)
+            }
+        })
+    );
+    let v = ctx.alloc_iova(io, K4, K4).unwrap();
+    let r = range(v.get(), v.get() + K4);
+    assert_eq!(
+        ctx.reserve_region(r),
+        Err(Error::ReserveOverlaps {
+            range: r,
+            with: InUse::IovaReservation {
+                ioasid: io,
+                range: r
+            }
+        })
+    );
+    let region = DirectRegion::new(range(0x3000_0000, 0x3000_2000), false).unwrap();
+    let d = ctx
+        .bind_with_direct(label(0, 1), false, None, &[region])
+        .unwrap();
+    let r = range(0x3000_1000, 0x4000_0000);
+    assert_eq!(
+        ctx.reserve_region(r),
+        Err(Error::ReserveOverlaps {
+            range: r,
+            with: InUse::DirectRegion {
+                device: d,
+                region: region.range()
+            }
+        })
+    );
+    // Nothing was reserved: the device still attaches and the ranges still map.
+    ctx.attach(d, io).unwrap();
+    ctx.map(io, Iova::new(0x1f_f000), PhysAddr::new(0), K4, RW)
+        .unwrap();
+    let free = range(0x5000_0000, 0x6000_0000);
+    ctx.reserve_region(free).unwrap();
+    assert_eq!(
+        ctx.map(io, Iova::new(0x5000_0000), PhysAddr::new(0), K4, RW),
+        Err(Error::Reserved(free))
+    );
+    let shown = std::format!(
+        "{}",
+        Error::ReserveOverlaps {
+            range: r,
+            with: InUse::DirectRegion {
+                device: d,
+                region: region.range()
+            }
+        }
+    );
+    assert!(shown.contains("direct region"), "{shown}");
+}
