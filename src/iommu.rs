@@ -279,6 +279,17 @@ pub enum Error {
     },
 }
 
+impl Error {
+    /// Whether the unit failed part-way through the call (a wait ran out, or the unit
+    /// reported an error), as opposed to a refusal given before anything the hardware walks
+    /// was written. After such an error from [`Iommu::attach`] the device may reach the new
+    /// domain (its entry present) or, through cached entries, the old one, until a retry or a
+    /// detach settles it: keep both domains, and everything they map, until then.
+    pub const fn is_unit_fault(&self) -> bool {
+        matches!(self, Error::Timeout { .. } | Error::Hardware { .. })
+    }
+}
+
 impl From<pgtable::Error> for Error {
     fn from(e: pgtable::Error) -> Self {
         match e {

@@ -2,7 +2,7 @@
 
 use super::ctx::{Ioasid, IoasidCtx, PasidAttachment, State, UnitDomain};
 use super::registry::UnitId;
-use super::{DeviceHandle, Error, Incompatibility, IoasidFlags, IoasidId};
+use super::{Attachment, DeviceHandle, Error, Incompatibility, IoasidFlags, IoasidId};
 use crate::iommu::{self, DeviceId, DomainConfig, DomainHandle, Iommu, Missing, Pasid, Stage};
 use crate::mem::{Iova, PageAllocator};
 use crate::pgtable::{self, Leaf, Prot};
@@ -42,6 +42,14 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     /// were mapped unmaps them again; if a unit then does not confirm the invalidation, the
     /// call reports [`Error::InvalidationPending`] and the IOASID owes it (as after a failed
     /// map).
+    ///
+    /// [`Error::Iommu`] with a unit fault ([`iommu::Error::is_unit_fault`]: a wait ran out, the
+    /// unit reported an error): the unit may have made the device's entry present, so the
+    /// attachment is kept, *unsettled* ([`IoasidCtx::attachment`]): the device is attached to
+    /// `ioasid` in the books, and both `ioasid` and the IOASID it left keep their domain and the
+    /// device's direct regions (the device may reach either). The same attach again settles it
+    /// (then the old IOASID is released), or [`IoasidCtx::detach`] tears it down; until then,
+    /// attaching the device elsewhere fails with [`Error::Busy`].
     pub fn attach(&self, device: DeviceHandle, ioasid: IoasidId) -> Result<(), Error> {
         let r = self.attach_locked(device, ioasid);
         // Undone direct mappings may leave empty tables: reclaimed like a failed map's.
@@ -50,6 +58,35 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
             self.reclaim_if_due(io);
         }
         r.map(|_| ())
+    }
+
+    /// Where a device (`pasid` `None`) or one of its PASIDs is attached in the context's
+    /// books, and whether the unit confirmed it.
+    ///
+    /// # Errors
+    /// [`Error::NoSuchDevice`].
+    pub fn attachment(
+        &self,
+        device: DeviceHandle,
+        pasid: Option<Pasid>,
+    ) -> Result<Option<Attachment>, Error> {
+        let st = self.state.read();
+        let dev = st.device(device)?;
+        Ok(match pasid {
+            None => dev.attached.map(|ioasid| Attachment {
+                ioasid,
+                unsettled: dev.unsettled,
+            }),
+            Some(p) => st
+                .pasid_attachments
+                .iter()
+                .flatten()
+                .find(|a| a.device == device && a.pasid == p)
+                .map(|a| Attachment {
+                    ioasid: a.ioasid,
+                    unsettled: a.unsettled,
+                }),
+        })
     }
 
     /// [`IoasidCtx::attach`] under the context's write lock; returns the IOASID the device
@@ -62,10 +99,24 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         let mut st = self.state.write();
         let dev = st.device(device)?;
         let (label, old, hints, direct) = (dev.label, dev.attached, dev.hints, dev.direct);
+        let unit = self.unit(label.unit)?;
+        if let Some(previous) = dev.unsettled {
+            // Only the attach the unit did not confirm may complete it.
+            if old != Some(ioasid) {
+                return Err(Error::Busy);
+            }
+            let (handle, _) = self.domain_for(&mut st, device, ioasid, label.unit)?;
+            unit.attach_device(label.id, None, handle, &hints)
+                .map_err(|e| incompatible(device, e))?;
+            st.device_mut(device)?.unsettled = None;
+            if let Some(previous) = previous {
+                let _ = self.leave(&mut st, previous, label.unit, &direct);
+            }
+            return Ok(previous);
+        }
         if old == Some(ioasid) {
             return Ok(None);
         }
-        let unit = self.unit(label.unit)?;
         self.check_direct(&st, device, ioasid)?;
         self.take_direct(&mut st, device, ioasid)?;
         let (handle, created) = match self.domain_for(&mut st, device, ioasid, label.unit) {
@@ -73,6 +124,15 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
             Err(e) => return Err(self.give_back_direct(&mut st, ioasid, &direct, e)),
         };
         if let Err(e) = unit.attach_device(label.id, None, handle, &hints) {
+            if e.is_unit_fault() {
+                // The entry may be present: the device may reach the new domain (and, through
+                // cached entries, the old one). Both stay held until the attachment settles.
+                self.add_user(&mut st, ioasid, label.unit);
+                let dev = st.device_mut(device)?;
+                dev.attached = Some(ioasid);
+                dev.unsettled = Some(old);
+                return Err(e.into());
+            }
             if created {
                 self.release_domain(&mut st, ioasid, label.unit);
             }
@@ -82,12 +142,23 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         self.add_user(&mut st, ioasid, label.unit);
         st.device_mut(device)?.attached = Some(ioasid);
         if let Some(old) = old {
-            // The device no longer reaches `old`: its direct regions there may go (an unmap
-            // not confirmed stays owed by `old`, settled by its next call).
-            let _ = self.drop_direct(&mut st, old, &direct);
-            self.release_domain(&mut st, old, label.unit);
+            let _ = self.leave(&mut st, old, label.unit, &direct);
         }
         Ok(old)
+    }
+
+    /// The device no longer reaches `ioasid`: its direct regions there may go (an unmap not
+    /// confirmed stays owed by the IOASID, settled by its next call), and its domain user.
+    fn leave(
+        &self,
+        st: &mut State<'a, A>,
+        ioasid: IoasidId,
+        unit: UnitId,
+        direct: &[Option<super::DirectRegion>],
+    ) -> Result<(), Error> {
+        let dropped = self.drop_direct(st, ioasid, direct);
+        self.release_domain(st, ioasid, unit);
+        dropped
     }
 
     /// Undoes `take_direct` after a failed attach; returns the error to report: `e`, or the
@@ -114,11 +185,15 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     /// direct regions unmapped, but a unit did not confirm the invalidation of that unmap:
     /// the IOASID owes it and its next call reissues it.
     pub fn detach(&self, device: DeviceHandle) -> Result<(), Error> {
-        let old = self.state.read().device(device)?.attached;
+        let (old, previous) = {
+            let st = self.state.read();
+            let dev = st.device(device)?;
+            (dev.attached, dev.unsettled.flatten())
+        };
         let r = self.detach_locked(device);
         // Unmapped direct regions may leave empty tables.
-        if let Some(old) = old {
-            self.reclaim_if_due(old);
+        for io in [old, previous].into_iter().flatten() {
+            self.reclaim_if_due(io);
         }
         r
     }
@@ -128,12 +203,18 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         let dev = st.device(device)?;
         let (label, old) = (dev.label, dev.attached.ok_or(Error::NotAttached(device))?);
         unit_detach(self.unit(label.unit)?, label.id, None)?;
-        let direct = st.device_mut(device)?.direct;
-        st.device_mut(device)?.attached = None;
+        let dev = st.device_mut(device)?;
+        let direct = dev.direct;
+        let previous = dev.unsettled.take().flatten();
+        dev.attached = None;
         // The device is blocked: its direct regions go with their last user, invalidated
-        // before the domain (and its table pages) can be freed.
-        let dropped = self.drop_direct(&mut st, old, &direct);
-        self.release_domain(&mut st, old, label.unit);
+        // before the domain (and its table pages) can be freed; so does what an unsettled
+        // attach still held of the IOASID it was leaving.
+        let dropped = self.leave(&mut st, old, label.unit, &direct);
+        let dropped = match previous {
+            Some(p) => dropped.and(self.leave(&mut st, p, label.unit, &direct)),
+            None => dropped,
+        };
         match dropped {
             Err(e @ Error::InvalidationPending { .. }) => Err(e),
             _ => Ok(()),
@@ -145,7 +226,8 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     ///
     /// # Errors
     /// [`Error::PasidNotOwned`]; [`Error::Incompatible`] (not a PASID IOASID, PASID too wide for
-    /// the unit, or as for [`IoasidCtx::attach`]); [`Error::Capacity`].
+    /// the unit, or as for [`IoasidCtx::attach`]); [`Error::Capacity`]. A unit fault leaves the
+    /// pair attached, unsettled, as [`IoasidCtx::attach`] does.
     pub fn attach_pasid(
         &self,
         device: DeviceHandle,
@@ -173,9 +255,24 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
             .pasid_attachments
             .iter()
             .position(|a| a.is_some_and(|a| a.device == device && a.pasid == pasid));
-        let old = existing
-            .and_then(|i| st.pasid_attachments[i])
-            .map(|a| a.ioasid);
+        let recorded = existing.and_then(|i| st.pasid_attachments[i]);
+        let old = recorded.map(|a| a.ioasid);
+        if let (Some(i), Some(previous)) = (existing, recorded.and_then(|a| a.unsettled)) {
+            // Only the attach the unit did not confirm may complete it.
+            if old != Some(ioasid) {
+                return Err(Error::Busy);
+            }
+            let (handle, _) = self.domain_for(&mut st, device, ioasid, label.unit)?;
+            unit.attach_device(label.id, Some(pasid), handle, &hints)
+                .map_err(|e| incompatible(device, e))?;
+            if let Some(a) = st.pasid_attachments[i].as_mut() {
+                a.unsettled = None;
+            }
+            if let Some(previous) = previous {
+                self.release_domain(&mut st, previous, label.unit);
+            }
+            return Ok(());
+        }
         if old == Some(ioasid) {
             return Ok(());
         }
@@ -183,22 +280,33 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
             .or_else(|| st.pasid_attachments.iter().position(Option::is_none))
             .ok_or(Error::Capacity("PASID attachments"))?;
         let (handle, created) = self.domain_for(&mut st, device, ioasid, label.unit)?;
-        if let Err(e) = unit.attach_device(label.id, Some(pasid), handle, &hints) {
-            if created {
-                self.release_domain(&mut st, ioasid, label.unit);
+        // After a unit fault the entry may be present: the pair stays attached, unsettled,
+        // holding both domains (as `attach`).
+        let fault = match unit.attach_device(label.id, Some(pasid), handle, &hints) {
+            Ok(()) => None,
+            Err(e) if e.is_unit_fault() => Some(e),
+            Err(e) => {
+                if created {
+                    self.release_domain(&mut st, ioasid, label.unit);
+                }
+                return Err(incompatible(device, e));
             }
-            return Err(incompatible(device, e));
-        }
+        };
         self.add_user(&mut st, ioasid, label.unit);
         st.pasid_attachments[slot] = Some(PasidAttachment {
             device,
             pasid,
             ioasid,
+            unsettled: fault.map(|_| old),
         });
-        if let Some(old) = old {
-            self.release_domain(&mut st, old, label.unit);
+        match (fault, old) {
+            (Some(e), _) => Err(e.into()),
+            (None, Some(old)) => {
+                self.release_domain(&mut st, old, label.unit);
+                Ok(())
+            }
+            (None, None) => Ok(()),
         }
-        Ok(())
     }
 
     /// Detaches a (device, PASID) pair.
@@ -214,12 +322,13 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
             .iter()
             .position(|a| a.is_some_and(|a| a.device == device && a.pasid == pasid))
             .ok_or(Error::NotAttached(device))?;
-        let ioasid = st.pasid_attachments[slot]
-            .map(|a| a.ioasid)
-            .ok_or(Error::NotAttached(device))?;
+        let a = st.pasid_attachments[slot].ok_or(Error::NotAttached(device))?;
         unit_detach(self.unit(label.unit)?, label.id, Some(pasid))?;
         st.pasid_attachments[slot] = None;
-        self.release_domain(&mut st, ioasid, label.unit);
+        self.release_domain(&mut st, a.ioasid, label.unit);
+        if let Some(Some(previous)) = a.unsettled {
+            self.release_domain(&mut st, previous, label.unit);
+        }
         Ok(())
     }
 

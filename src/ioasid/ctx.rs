@@ -54,6 +54,12 @@ pub(super) struct Device {
     pub(super) hints: DeviceHints,
     pub(super) hints_source: Source,
     pub(super) attached: Option<IoasidId>,
+    /// `Some(previous)` while the unit has not confirmed the attach to `attached` (a wait ran
+    /// out or it reported an error, [`crate::iommu::Error::is_unit_fault`]): the device may reach
+    /// `attached`'s domain through its present entry, or `previous`'s through cached ones, so
+    /// both IOASIDs keep their domain's user and the device's direct regions until a retry of
+    /// the attach or a detach settles it (`attach.rs`).
+    pub(super) unsettled: Option<Option<IoasidId>>,
     /// What the device must reach one-to-one wherever it is attached (`direct.rs`).
     pub(super) direct: DeviceRegions,
 }
@@ -84,6 +90,8 @@ pub(super) struct PasidAttachment {
     pub(super) device: DeviceHandle,
     pub(super) pasid: Pasid,
     pub(super) ioasid: IoasidId,
+    /// As [`Device::unsettled`], for the pair.
+    pub(super) unsettled: Option<Option<IoasidId>>,
 }
 
 pub(super) struct State<'a, A: PageAllocator> {
@@ -151,12 +159,12 @@ impl<'a, A: PageAllocator> State<'a, A> {
         self.devices
             .iter()
             .flatten()
-            .any(|d| d.attached == Some(id))
+            .any(|d| d.attached == Some(id) || d.unsettled == Some(Some(id)))
             || self
                 .pasid_attachments
                 .iter()
                 .flatten()
-                .any(|a| a.ioasid == id)
+                .any(|a| a.ioasid == id || a.unsettled == Some(Some(id)))
     }
 }
 
@@ -362,6 +370,7 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
             hints,
             hints_source,
             attached: None,
+            unsettled: None,
             direct,
         });
         Ok(DeviceHandle::new(self.id, slot as u16))

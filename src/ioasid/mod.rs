@@ -116,6 +116,19 @@ impl DeviceHandle {
     }
 }
 
+/// Where a device, or a (device, PASID) pair, is attached: [`IoasidCtx::attachment`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Attachment {
+    /// The IOASID it is attached to.
+    pub ioasid: IoasidId,
+    /// `None` once the unit confirmed the attachment. `Some(previous)` after an attach the
+    /// unit did not confirm (a wait ran out, or it reported an error): the device may reach
+    /// `ioasid`'s domain, or through cached entries that of `previous` (the IOASID it was
+    /// attached to, if any); both keep their domain and the device's direct regions until the
+    /// same attach, retried, or a detach settles it.
+    pub unsettled: Option<Option<IoasidId>>,
+}
+
 /// An IOASID, as its context numbers it: like a file descriptor, it names an IOASID of the
 /// context it is used with. Invalid after [`IoasidCtx::free`]; the number may be reused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -32,7 +32,8 @@ use std::cell::Cell as StdCell;
 use std::fmt::Write as _;
 
 use iommu_engine::ioasid::{
-    DeviceHandle, DeviceLabel, DirectRegion, Error, IoasidCtx, IoasidFlags, IoasidId, Leaked,
+    Attachment, DeviceHandle, DeviceLabel, DirectRegion, Error, IoasidCtx, IoasidFlags, IoasidId,
+    Leaked,
 };
 use iommu_engine::iommu::{Iommu, Pasid};
 use iommu_engine::mem::{Iova, PhysAddr};
@@ -351,6 +352,35 @@ impl<'r> Cell<'r> {
         }
     }
 
+    /// The (device, PASID) pairs whose attachment the snapshot records, in order.
+    fn attachment_probes(&self) -> [(DeviceHandle, Option<Pasid>); 9] {
+        [
+            (self.v, None),
+            (self.s, None),
+            (self.v2, None),
+            (self.s2, None),
+            (self.s3, None),
+            (self.vdirect, None),
+            (self.v, Some(self.p)),
+            (self.v2, Some(self.q)),
+            (self.s3, Some(self.q)),
+        ]
+    }
+
+    /// The device, unit and requester/StreamID (and PASID) of each probe.
+    fn hardware_probes(&self) -> [(DeviceHandle, bool, u32, Option<Pasid>); 8] {
+        [
+            (self.v, true, RID_A, None),
+            (self.s, false, SID_A, None),
+            (self.v2, true, RID_NEW_BUS, None),
+            (self.s2, false, SID_B, None),
+            (self.vdirect, true, RID_DIRECT, None),
+            (self.v, true, RID_A, Some(self.p)),
+            (self.v2, true, RID_NEW_BUS, Some(self.q)),
+            (self.s3, false, SID_C, Some(self.q)),
+        ]
+    }
+
     fn ctx(&self) -> &IoasidCtx<'r, 'r, Arena> {
         self.ctx.as_ref().expect("the context")
     }
@@ -623,6 +653,52 @@ impl<'r> Cell<'r> {
                 return Err(format!("VT-d caches hold DID {did}, owned by no domain"));
             }
         }
+        // A device whose entry (in memory) reaches A's domain reaches its direct region there
+        // one-to-one: a failed attach must not give the region back while the unit's entry
+        // is present (it is kept until the attachment settles or is torn down).
+        if r.vm
+            .translate_in_memory(RID_DIRECT as u16, None, A_MAPS[0].0, Access::READ)
+            .is_some()
+        {
+            for iova in DIRECT_PROBES {
+                let t =
+                    r.vm.translate_in_memory(RID_DIRECT as u16, None, iova, Access::READ);
+                if t != Some(iova) {
+                    return Err(format!(
+                        "RID_DIRECT's entry reaches A but its direct region at {iova:#x} \
+                         translates to {t:x?}"
+                    ));
+                }
+            }
+        }
+        // A device whose entry (in memory) reaches an IOASID's domain is attached to it in the
+        // context's books, settled or not: a failed attach must not forget an entry the unit
+        // may have made present (0x1000 maps to a different address in each IOASID).
+        if let Some(ctx) = self.ctx.as_ref() {
+            for (d, vtd, id, pasid) in self.hardware_probes() {
+                let t = if vtd {
+                    r.vm.translate_in_memory(id as u16, pasid.map(Pasid::get), 0x1000, Access::READ)
+                } else {
+                    r.sm.translate_in_memory(id, pasid.map(Pasid::get), 0x1000, Access::READ)
+                };
+                let io = match t {
+                    Some(0x5000_0000) => self.a,
+                    Some(0x6000_0000) => self.b,
+                    Some(0x5800_0000) => self.d,
+                    Some(0x7000_0000) => self.pio,
+                    Some(pa) => return Err(format!("{id:#x}/{pasid:?} reaches {pa:#x}")),
+                    None => continue,
+                };
+                let att = ctx.attachment(d, pasid).map_err(|e| format!("{e:?}"))?;
+                if !att.is_some_and(|a| a.ioasid == io || a.unsettled == Some(Some(io))) {
+                    return Err(format!(
+                        "{id:#x}/{pasid:?} reaches IOASID {} in the hardware, the books say \
+                         {att:?}",
+                        io.0
+                    ));
+                }
+            }
+        }
         let report = r.smmu.audit().map_err(|e| format!("SMMUv3 audit: {e}"))?;
         if settled && (report.unsettled, report.owing) != (0, 0) {
             return Err(format!(
@@ -666,6 +742,8 @@ struct Snapshot {
     /// What the devices and A's record translate in the direct region.
     direct: Vec<Option<u64>>,
     devices: Vec<bool>,
+    /// Where each device (`Cell::attached_probes`) is attached in the context's books.
+    attachments: Vec<Option<Attachment>>,
     pasids: Vec<bool>,
     vtd_audit: Option<VtdAudit>,
     smmu_audit: Option<SmmuAudit>,
@@ -708,7 +786,7 @@ impl Snapshot {
                 direct.push(m.ok().flatten().map(|m| m.pa.get()));
             }
         }
-        let (mut record, mut devices) = (Vec::new(), Vec::new());
+        let (mut record, mut devices, mut attachments) = (Vec::new(), Vec::new(), Vec::new());
         if let Some(ctx) = cell.ctx.as_ref() {
             let ioasids = [cell.a, cell.b, cell.d, cell.pio, cell.c];
             for io in ioasids.into_iter().chain(cell.made_ioasid.get()) {
@@ -723,6 +801,9 @@ impl Snapshot {
             for d in handles.into_iter().chain(cell.made_device.get()) {
                 devices.push(ctx.device_info(d).is_ok());
             }
+            for (d, pasid) in cell.attachment_probes() {
+                attachments.push(ctx.attachment(d, pasid).ok().flatten());
+            }
         }
         let pasids = [Some(cell.p), Some(cell.q), cell.made_pasid.get()]
             .into_iter()
@@ -735,6 +816,7 @@ impl Snapshot {
             record,
             direct,
             devices,
+            attachments,
             pasids,
             vtd_audit: r.vtd.audit().ok(),
             smmu_audit: r.smmu.audit().ok(),
@@ -756,6 +838,7 @@ impl Snapshot {
 /// documentation names for it (README, "Errors: what to do"; ARCHITECTURE.md, "Faults and
 /// error paths"), which the retry then completes. Returns the name of the state found.
 fn partial_state(
+    cell: &Cell<'_>,
     op: Op,
     e: &Error,
     before: &Snapshot,
@@ -774,7 +857,42 @@ fn partial_state(
     let same_books = after.record == before.record
         && after.direct == before.direct
         && after.devices == before.devices
+        && after.attachments == before.attachments
         && after.pasids == before.pasids;
+    // An attach's probe (`Cell::attachment_probes`) and the IOASID it attaches to.
+    let attaching = match op {
+        Op::AttachVtd => Some((2, cell.b)),
+        Op::AttachSmmu => Some((3, cell.b)),
+        Op::Replace => Some((0, cell.b)),
+        Op::AttachDirect => Some((5, cell.a)),
+        Op::AttachPasidVtd => Some((7, cell.pio)),
+        Op::AttachPasidSmmu => Some((8, cell.pio)),
+        _ => None,
+    };
+    // The attach's books say: attached, unsettled, still holding what it was attached to.
+    let attached_unsettled = attaching.is_some_and(|(i, ioasid)| {
+        after.attachments.iter().enumerate().all(|(k, a)| {
+            if k == i {
+                *a == Some(Attachment {
+                    ioasid,
+                    unsettled: Some(before.attachments[k].map(|b| b.ioasid)),
+                })
+            } else {
+                *a == before.attachments[k]
+            }
+        })
+    });
+    // The direct region, unchanged or mapped one-to-one (in A's domains and record; RID_DIRECT
+    // reaches it if its entry was made present, RID_NEW_BUS is not attached to A).
+    let direct_kept = after.direct == before.direct
+        || (op == Op::AttachDirect
+            && after.direct.chunks(5).zip(DIRECT_PROBES).all(|(v, iova)| {
+                v[0] == Some(iova)
+                    && (v[1] == Some(iova) || v[1].is_none())
+                    && v[2].is_none()
+                    && v[3] == Some(iova)
+                    && v[4] == Some(iova)
+            }));
     let pending = matches!(e, Error::InvalidationPending { .. });
     // SMMUv3 service failure mode: that unit translates nothing until it is reset.
     let smmu_failed = |a: &Snapshot| a.smmu.iter().all(Option::is_none);
@@ -834,21 +952,35 @@ fn partial_state(
         {
             "dirty state cleaned, invalidation pending"
         }
-        // An attach, detach or free whose unit failed: the layer's books unchanged; on the
-        // unit, one attachment left unsettled (its entry torn down or pointing at the new
-        // domain; its retry completes it); tables the unit allocated for the device stay, and
-        // so does a domain the attach built, which the unsettled attachment still holds (the
-        // IOASID keeps it without users: the retry uses it, freeing the IOASID frees it).
+        // An attach whose unit failed part-way (a wait ran out, the unit reported an error):
+        // the unit may have made the entry present, so the layer's books say attached,
+        // unsettled, holding the new IOASID (its domain, built if needed, and the device's
+        // direct regions mapped there) and the old one; the unit may count one attachment
+        // unsettled (not when it failed before writing anything: SMMUv3 service failure).
         Op::AttachVtd
         | Op::AttachSmmu
         | Op::Replace
         | Op::AttachDirect
-        | Op::DetachVtd
-        | Op::DetachSmmu
         | Op::AttachPasidVtd
         | Op::AttachPasidSmmu
-        | Op::DetachPasid
-        | Op::FreeIoasid
+            if matches!(e, Error::Iommu(i) if i.is_unit_fault())
+                && attached_unsettled
+                && after.record == before.record
+                && direct_kept
+                && after.devices == before.devices
+                && after.pasids == before.pasids
+                && after.unsettled() <= before.unsettled() + 1
+                && after.owing() == before.owing()
+                && after.domains.0 + after.domains.1 <= before.domains.0 + before.domains.1 + 1
+                && after.domains.0 >= before.domains.0
+                && after.domains.1 >= before.domains.1
+                && after.pages >= before.pages =>
+        {
+            "attached, unit unsettled"
+        }
+        // A detach or free whose unit failed: the layer's books unchanged; on the unit, one
+        // attachment left unsettled (its entry torn down; its retry completes it).
+        Op::DetachVtd | Op::DetachSmmu | Op::DetachPasid | Op::FreeIoasid
             if same_books
                 && after.unsettled() == before.unsettled() + 1
                 && after.owing() == before.owing()
@@ -1018,7 +1150,7 @@ fn run_cell(
             Err(e) => {
                 cell.invariants(r, false)
                     .map_err(|x| format!("after {e:?}: {x}"))?;
-                let state = partial_state(op, &e, &before, &Snapshot::take(&cell, r))
+                let state = partial_state(&cell, op, &e, &before, &Snapshot::take(&cell, r))
                     .map_err(|x| format!("after {e:?}: {x}"))?;
                 recover(r)?;
                 cell.run(r, op)

@@ -356,3 +356,78 @@ fn a_domain_whose_fill_and_free_both_fail_is_freed_later() {
         });
     }
 }
+
+/// An attach whose unit made the device's entry present and then could not confirm it
+/// (caching mode: an invalidation queue error in the invalidations that follow the entry's
+/// publication) keeps the attachment: the books say attached, unsettled; the device's direct
+/// region stays mapped one-to-one and the domain stays; attaching the device elsewhere is
+/// refused; a detach then tears it down in order, and the context's drop returns every page.
+/// Before, the attach unmapped the region while the entry reached the domain, and forgot the
+/// attachment (detach said `NotAttached`).
+#[test]
+fn an_unconfirmed_attach_keeps_its_domain_and_direct_region_until_detach() {
+    let mut v = VtdSetup::scalable();
+    v.model = v.model.with_caching_mode(true);
+    let region = iommu_engine::pgtable::IovaRange {
+        start: Iova::new(0x80_0000),
+        end: Iova::new(0x80_2000),
+    };
+    let mut present = 0;
+    for at in 1..=8 {
+        with_rig(v, SmmuSetup::qemu(true), |r| {
+            let ctx = IoasidCtx::new(r.reg, r.arena, 0);
+            let direct = iommu_engine::ioasid::DirectRegion::new(region, false).unwrap();
+            let d = ctx
+                .bind_with_direct(vtd_dev(RID_B), false, None, &[direct])
+                .unwrap();
+            let io = ctx.alloc(IoasidFlags::empty()).unwrap();
+            let other = ctx.alloc(IoasidFlags::empty()).unwrap();
+            ctx.map(io, Iova::new(0x1000), PhysAddr::new(0x5000_0000), K4, RW)
+                .unwrap();
+            r.vm.inject(vtd::Injection::QueueErrorAt(at));
+            let e = match ctx.attach(d, io) {
+                Err(Error::Iommu(e)) if e.is_unit_fault() => e,
+                _ => return,
+            };
+            let reaches = |iova| {
+                r.vm.translate_in_memory(
+                    RID_B as u16,
+                    None,
+                    iova,
+                    iommu_engine::sim::walk::Access::READ,
+                )
+            };
+            if reaches(0x1000).is_none() {
+                return;
+            }
+            present += 1;
+            let att = ctx.attachment(d, None).unwrap();
+            assert_eq!(
+                att.map(|a| (a.ioasid, a.unsettled)),
+                Some((io, Some(None))),
+                "QueueErrorAt({at}), {e:?}: the books forgot an entry the unit made present"
+            );
+            for iova in [0x80_0000, 0x80_1000] {
+                assert_eq!(
+                    reaches(iova),
+                    Some(iova),
+                    "the direct region was given back"
+                );
+            }
+            assert_eq!(ctx.attach(d, other), Err(Error::Busy));
+            assert_eq!(ctx.free(io), Err(Error::Busy));
+            r.vm.clear_injections();
+            r.drain();
+            ctx.detach(d).unwrap();
+            assert_eq!(reaches(0x1000), None);
+            assert_eq!(ctx.attachment(d, None), Ok(None));
+            assert!(ctx.direct_mappings(io).unwrap().iter().all(Option::is_none));
+            let report = r.vtd.audit().unwrap();
+            assert_eq!((report.unsettled, report.owing), (0, 0));
+            drop(ctx);
+            assert_eq!(r.reg.leaked(), Leaked::default());
+            assert_eq!(r.vtd_domains(), 0);
+        });
+    }
+    assert!(present > 0, "no fault left the entry present");
+}
