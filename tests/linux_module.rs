@@ -967,13 +967,15 @@ fn stack_depths(obj: &elf::Elf, disasm: &str) -> Result<BTreeMap<String, (u64, C
 /// `IoasidCtx::alloc` 2 KiB), and the bound is conservative where a call target is reloaded
 /// from a spill slot (any vtable method). `ie_ctx_detach` and `ie_ctx_destroy` grew by 0.3 KiB
 /// and 0.2 KiB when a detach started unmapping the device's direct regions (issue 16: the
-/// unmap's gathers, as on `ie_ctx_unmap`'s path). A function that grows past its figure fails.
+/// unmap's gathers, as on `ie_ctx_unmap`'s path). `ie_ctx_attach`, `ie_ctx_attach_pasid` and
+/// `ie_ctx_destroy` grew by 96, 80 and 64 bytes when an attach the unit did not confirm started
+/// keeping its attachment unsettled (issue 14). A function that grows past its figure fails.
 const STACK_DEBT: &[(&str, u64)] = &[
     ("ie_ctx_alloc", 2304),
-    ("ie_ctx_attach", 5376),
-    ("ie_ctx_attach_pasid", 4608),
+    ("ie_ctx_attach", 5504),
+    ("ie_ctx_attach_pasid", 4736),
     ("ie_ctx_create", 4864),
-    ("ie_ctx_destroy", 8960),
+    ("ie_ctx_destroy", 9088),
     ("ie_ctx_detach", 5120),
     ("ie_ctx_detach_pasid", 4096),
     ("ie_ctx_free", 3584),
