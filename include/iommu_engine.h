@@ -66,7 +66,9 @@ typedef enum {
   IE_STATUS_NOT_ATTACHED = 6,
   // The IOVA range is already mapped (`-EEXIST`).
   IE_STATUS_EXISTS = 7,
-  // The IOVA or physical range is outside what the address space covers (`-ERANGE`).
+  // The IOVA or physical range is outside what the address space covers, or the allocator
+  // gave a table page the unit cannot address (above its output or host address width)
+  // (`-ERANGE`).
   IE_STATUS_OUT_OF_RANGE = 8,
   // The range overlaps a reserved IOVA region (`-EADDRINUSE`).
   IE_STATUS_RESERVED = 9,

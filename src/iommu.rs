@@ -244,6 +244,21 @@ pub enum Error {
     NoDomainIds,
     /// No such domain.
     InvalidDomain(DomainHandle),
+    /// The allocator gave a page for a structure the unit reads (VT-d root, context and PASID
+    /// tables, invalidation queue; SMMUv3 stream and CD tables, queues) that does not lie
+    /// below `2^width`, the widest address the unit can be given (VT-d: the host address width;
+    /// SMMUv3: `IDR5.OAS`): a unit that ignores the address bits above would read another page.
+    /// The page was given back and nothing changed: give the unit memory below `2^width`.
+    /// (Page-table pages are refused the same way as
+    /// [`pgtable::Error::TableOutOfRange`] inside [`Error::PageTable`].)
+    TableOutOfRange {
+        /// Which structure, in the spec's name.
+        table: &'static str,
+        /// Physical address of the page the allocator gave.
+        pa: PhysAddr,
+        /// The width the unit can address, in bits.
+        width: u32,
+    },
     /// The device ID is outside what the unit's tables cover.
     InvalidDevice(DeviceId),
     /// The PASID is outside what the unit or the device supports.
@@ -308,6 +323,11 @@ impl fmt::Display for Error {
             Error::Busy => write!(f, "busy"),
             Error::NoDomainIds => write!(f, "no free domain ID"),
             Error::InvalidDomain(d) => write!(f, "no domain {}", d.0),
+            Error::TableOutOfRange { table, pa, width } => write!(
+                f,
+                "{table} page at {:#x} is not below the unit's {width}-bit address width",
+                pa.get()
+            ),
             Error::InvalidDevice(d) => write!(f, "device {:#x} out of range", d.0),
             Error::InvalidPasid(p) => write!(f, "PASID {p} out of range"),
             Error::NotAttached(d) => write!(f, "device {:#x} not attached", d.0),

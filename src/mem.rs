@@ -194,6 +194,40 @@ unsafe impl<A: PageAllocator + ?Sized> PageAllocator for &A {
     }
 }
 
+/// Why [`alloc_below`] has no page to give.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Unplaced {
+    /// The allocator had no page.
+    NoMemory,
+    /// The allocator's page starts at this address and does not fit below the width; it was
+    /// given back.
+    Beyond(PhysAddr),
+}
+
+/// A page of `2^size_log2` bytes whose every byte lies below `2^width`, for a structure a unit
+/// reads through an address it can only express in `width` bits (VT-d: the host address width,
+/// SMMUv3: `IDR5.OAS`). A page beyond goes straight back to `alloc`: a unit that ignores the
+/// address bits above its width would read another page in its place.
+pub(crate) fn alloc_below<A: PageAllocator + ?Sized>(
+    alloc: &A,
+    size_log2: u32,
+    width: u32,
+) -> Result<Page, Unplaced> {
+    let page = alloc.alloc(size_log2).ok_or(Unplaced::NoMemory)?;
+    let last = 1u64
+        .checked_shl(size_log2)
+        .and_then(|bytes| page.pa.checked_add(bytes - 1));
+    match last {
+        Some(last) if last.fits_in(width) => Ok(page),
+        _ => {
+            // SAFETY: the page came from `alloc.alloc(size_log2)` just now and no unit was
+            // given its address.
+            unsafe { alloc.free(page, size_log2) };
+            Err(Unplaced::Beyond(page.pa))
+        }
+    }
+}
+
 /// Whether the hardware walker snoops CPU caches (VT-d `ECAP.C`, SMMUv3 `IDR0.COHACC`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WalkerCoherency {

@@ -5,7 +5,7 @@
 use iommu_engine::iommu::{
     DeviceId, DomainConfig, DomainHandle, Error, Iommu, Missing, Pasid, Stage,
 };
-use iommu_engine::mem::{Iova, PhysAddr};
+use iommu_engine::mem::{Iova, Page, PageAllocator, PhysAddr};
 use iommu_engine::pgtable::{Gather, Prot};
 use iommu_engine::sim::vtd::{DmaOk, Injection, VtdModel, VtdModelConfig};
 use iommu_engine::sim::walk::Access;
@@ -874,6 +874,170 @@ fn host_address_width_bounds_physical_addresses() {
             "HAW {bits}"
         );
     }
+}
+
+/// `2^36`: the host address width the tests below declare (DMAR field 35).
+const HAW36: u64 = 1 << 36;
+
+/// An arena straddling `2^36`: 1 MiB below it, 1 MiB above.
+fn arena_across_haw36() -> Arena {
+    Arena::new(ArenaConfig {
+        base_pa: HAW36 - (1 << 20),
+        capacity: 2 << 20,
+    })
+    .expect("arena")
+}
+
+/// Takes every fresh 4 KiB page of `a` below `boundary` (and the first one at it), so that the
+/// pages `a` hands out next lie at or above `boundary` (the first at the returned page's
+/// address + 4 KiB) until some of the returned low pages are freed (freed pages are handed out
+/// first, in the order they were freed).
+fn take_pages_below(a: &Arena, boundary: u64) -> (Vec<Page>, Page) {
+    let mut low = Vec::new();
+    loop {
+        let p = a.alloc(12).expect("arena page");
+        if p.pa.get() >= boundary {
+            return (low, p);
+        }
+        low.push(p);
+    }
+}
+
+fn give_back(a: &Arena, pages: impl IntoIterator<Item = Page>) {
+    for p in pages {
+        // SAFETY: every page came from `a.alloc(12)` (`take_pages_below`) and was never handed
+        // to a unit.
+        unsafe { a.free(p, 12) };
+    }
+}
+
+/// Takes every low page of `a` but `below` (`low` holds them; the low pages it held before are
+/// given back first), so that the pages `a` hands out next are those `below` pages, then fresh
+/// ones from the returned address on. Returns the live page count and that address.
+fn next_high(
+    a: &Arena,
+    below: usize,
+    low: &mut Vec<Page>,
+    high: &mut Vec<Page>,
+) -> (usize, PhysAddr) {
+    give_back(a, low.drain(..));
+    let (mut taken, top) = take_pages_below(a, HAW36);
+    give_back(a, taken.drain(..below));
+    low.extend(taken);
+    high.push(top);
+    (a.stats().live_pages, PhysAddr::new(top.pa.get() + K4))
+}
+
+/// Checks that the refused page at `pa` went back: it is the next one `a` hands out (`high`
+/// holds it from now on).
+fn went_back(a: &Arena, pa: PhysAddr, high: &mut Vec<Page>) {
+    let page = a.alloc(12).unwrap();
+    assert_eq!(page.pa, pa, "the refused page was not given back");
+    high.push(page);
+}
+
+/// The review's probe (issue 15): every structure the unit reads -- root table, context
+/// table, PASID directory and table, invalidation queue and its status page, page-table pages
+/// -- must lie below `2^HAW`: the unit ignores (or faults on) the address bits above it, so a
+/// page there would be reached through another address. A page the allocator hands out above
+/// is refused with the address and the width, given back, and nothing is written.
+#[test]
+fn structures_above_the_host_address_width_are_refused() {
+    let legacy = VtdConfig {
+        poll_budget: 10_000,
+        ..VtdConfig::legacy()
+    }
+    .with_dmar_host_address_width(35);
+    // Every page at 2^36: the root table cannot be placed.
+    let above = Arena::new(ArenaConfig {
+        base_pa: HAW36,
+        capacity: 8 << 20,
+    })
+    .unwrap();
+    let m = VtdModel::new(&above, VtdModelConfig::qemu_default());
+    let r = VtdUnit::new(&m, &above, legacy);
+    assert_eq!(
+        r.err(),
+        Some(vtd::Error::TableOutOfRange {
+            table: "root table",
+            pa: PhysAddr::new(HAW36),
+            haw: 36
+        })
+    );
+    assert_eq!(above.stats().live_pages, 0);
+
+    let a = arena_across_haw36();
+    let (mut low, mut high) = (Vec::new(), Vec::new());
+    let m = VtdModel::new(&a, VtdModelConfig::qemu_default());
+    let u = VtdUnit::new(&m, &a, legacy).unwrap();
+    // The queue's ring, then (the ring below) its status page.
+    for (below, table) in [(0, "invalidation queue"), (1, "invalidation status page")] {
+        let (live, pa) = next_high(&a, below, &mut low, &mut high);
+        let r = u.enable();
+        assert_eq!(r, Err(vtd::Error::TableOutOfRange { table, pa, haw: 36 }));
+        assert_eq!(a.stats().live_pages, live, "pages kept");
+        went_back(&a, pa, &mut high);
+    }
+    let d = u.domain_alloc(&DomainConfig::default()).unwrap();
+    let refused = |table, pa| {
+        Err(Error::TableOutOfRange {
+            table,
+            pa,
+            width: 36,
+        })
+    };
+    let (live, pa) = next_high(&a, 2, &mut low, &mut high);
+    // The queue and status page below, the context table of bus 0 above.
+    u.enable().unwrap();
+    assert_eq!(u.attach(DEV, None, d), refused("context table", pa));
+    assert_eq!(a.stats().live_pages, live + 2, "pages kept");
+    went_back(&a, pa, &mut high);
+    assert!(m.translate(sid(DEV), None, 0x1000, Access::READ).is_err());
+    let (_, pa) = next_high(&a, 1, &mut low, &mut high);
+    u.attach(DEV, None, d).unwrap();
+    // A page-table page under the domain's root: nothing is linked.
+    let live = a.stats().live_pages;
+    let r = u.map(d, Iova::new(0x1000), PhysAddr::new(0x4000_0000), K4, RW);
+    assert_eq!(
+        r,
+        Err(Error::PageTable(
+            iommu_engine::pgtable::Error::TableOutOfRange { pa, oas: 36 }
+        ))
+    );
+    assert_eq!(a.stats().live_pages, live, "pages kept");
+    went_back(&a, pa, &mut high);
+    assert_eq!(u.query(d, Iova::new(0x1000)), None);
+    assert!(m.translate(sid(DEV), None, 0x1000, Access::READ).is_err());
+    let _ = next_high(&a, 3, &mut low, &mut high);
+    u.map(d, Iova::new(0x1000), PhysAddr::new(0x4000_0000), K4, RW)
+        .unwrap();
+    ok(m.translate(sid(DEV), None, 0x1008, Access::READ));
+    assert!(a.bad_frees().is_empty());
+
+    // Scalable mode: the PASID directory above (the context table below), then the PASID table
+    // of RID_PASID above (the directory below). What was placed below stays linked (a context
+    // table lives as long as the unit; a present context entry over an empty directory blocks
+    // as none would); the page above went back.
+    let a = arena_across_haw36();
+    let (mut low, mut high) = (Vec::new(), Vec::new());
+    let m = VtdModel::new(&a, VtdModelConfig::scalable());
+    let scalable = VtdConfig {
+        mode: Mode::Scalable,
+        ..legacy
+    };
+    let u = VtdUnit::new(&m, &a, scalable).unwrap();
+    u.enable().unwrap();
+    let d = u.domain_alloc(&DomainConfig::default()).unwrap();
+    for table in ["PASID directory", "PASID table"] {
+        let (live, pa) = next_high(&a, 1, &mut low, &mut high);
+        assert_eq!(u.attach(DEV, None, d), refused(table, pa));
+        assert_eq!(a.stats().live_pages, live + 1, "pages kept");
+        assert!(m.translate(sid(DEV), None, 0x1000, Access::READ).is_err());
+        went_back(&a, pa, &mut high);
+    }
+    give_back(&a, low);
+    u.attach(DEV, None, d).unwrap();
+    assert!(a.bad_frees().is_empty());
 }
 
 /// `CAP.MGAW` bounds first-stage domains too: a 39-bit unit (QEMU `aw-bits=39`) blocks every

@@ -30,7 +30,9 @@ pub enum IeStatus {
     NotAttached = 6,
     /// The IOVA range is already mapped (`-EEXIST`).
     Exists = 7,
-    /// The IOVA or physical range is outside what the address space covers (`-ERANGE`).
+    /// The IOVA or physical range is outside what the address space covers, or the allocator
+    /// gave a table page the unit cannot address (above its output or host address width)
+    /// (`-ERANGE`).
     OutOfRange = 8,
     /// The range overlaps a reserved IOVA region (`-EADDRINUSE`).
     Reserved = 9,
@@ -177,6 +179,7 @@ impl From<iommu::Error> for IeStatus {
             E::Busy => IeStatus::Busy,
             E::NoDomainIds => IeStatus::NoSpace,
             E::InvalidDomain(_) => IeStatus::NotFound,
+            E::TableOutOfRange { .. } => IeStatus::OutOfRange,
             E::InvalidDevice(_) | E::InvalidPasid(_) => IeStatus::InvalidArgument,
             E::NotAttached(_) => IeStatus::NotAttached,
             E::Timeout { .. } => IeStatus::Timeout,

@@ -313,6 +313,7 @@ pub fn vtd(data: &[u8]) {
             DescriptorWidth::Bits128
         },
         poll_budget: 16 + u32::from(budget),
+        haw: 48,
     };
     let script = u.bytes(usize::from(script_len) % 4096).unwrap_or(&[]);
     let arena = ArenaConfig {

@@ -49,7 +49,8 @@ pub enum QueueErrorKind {
 ///
 /// - refusals ([`NoMemory`](Self::NoMemory), [`InvalidArgument`](Self::InvalidArgument),
 ///   [`Unsupported`](Self::Unsupported), [`BatchTooLarge`](Self::BatchTooLarge),
-///   [`EntryPresent`](Self::EntryPresent)): nothing changed; fix the request or free memory;
+///   [`EntryPresent`](Self::EntryPresent), [`TableOutOfRange`](Self::TableOutOfRange)):
+///   nothing changed; fix the request or free memory (below the host address width);
 /// - hardware errors ([`Timeout`](Self::Timeout), [`QueueError`](Self::QueueError),
 ///   [`InvalidationRejected`](Self::InvalidationRejected)): the call stopped in a state the
 ///   unit keeps safe (no page freed, no domain ID reused while the hardware may still use it)
@@ -118,6 +119,20 @@ pub enum Error {
     InvalidationRejected {
         /// The register value read back.
         register: u64,
+    },
+    /// The allocator gave a page for a structure the unit reads -- the root or a context
+    /// table, a PASID directory or table, the invalidation queue or its status page -- that
+    /// does not lie below `2^haw`, the host address width: bits `haw` and up of `RTADDR`,
+    /// `IQA`, the table pointers and the status address are reserved (§11.4.5, §11.4.9.3,
+    /// §9.1-§9.5, §6.5.2.8), and a unit that ignores them reads another page. The page was
+    /// given back and nothing changed: give the unit memory below `2^haw`.
+    TableOutOfRange {
+        /// Which structure.
+        table: &'static str,
+        /// Physical address of the page the allocator gave.
+        pa: crate::mem::PhysAddr,
+        /// The host address width, in bits.
+        haw: u32,
     },
     /// The hardware is in a state the driver did not expect: `release` while translation or
     /// queued invalidation is on (call `disable` first), `IQH` not 0 after enabling the
@@ -204,6 +219,11 @@ impl fmt::Display for Error {
             Error::UnexpectedState { register, value } => {
                 write!(f, "unexpected hardware state: {register} = {value:#x}")
             }
+            Error::TableOutOfRange { table, pa, haw } => write!(
+                f,
+                "{table} page at {:#x} is not below the {haw}-bit host address width",
+                pa.get()
+            ),
         }
     }
 }

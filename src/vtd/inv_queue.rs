@@ -28,6 +28,7 @@ use core::sync::atomic::{AtomicU32, Ordering};
 
 use super::inv_desc::{Descriptor, WaitFlags};
 use super::regs::{self, clear_fsts, set_persistent, Fsts, Gsts, PersistentCommand};
+use super::root_table::table_page;
 use super::{Error, QueueErrorKind, Wait};
 use crate::mem::{Page, PageAllocator, PhysAddr, PAGE_SHIFT_4K};
 use crate::mmio::{dma_read_barrier, poll, RegisterWindow};
@@ -70,6 +71,9 @@ pub struct QueueConfig {
     pub width: DescriptorWidth,
     /// Register polls before any wait gives up.
     pub poll_budget: u32,
+    /// The host address width: the ring (`IQA.IQA`, bits HAW-1:12) and the wait descriptors'
+    /// status page must lie below `2^haw`.
+    pub haw: u32,
 }
 
 /// A running invalidation queue over the register window `W`: a [`QueueCore`] with the window it
@@ -192,7 +196,8 @@ impl QueueCore {
     /// their address.
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] for `qs > 7`; [`Error::NoMemory`]; [`Error::Timeout`] if the
+    /// [`Error::InvalidArgument`] for `qs > 7`; [`Error::NoMemory`]; [`Error::TableOutOfRange`]
+    /// for a page the allocator gave at or above `2^haw` (given back); [`Error::Timeout`] if the
     /// unit does not acknowledge `QIE`; [`Error::UnexpectedState`] if `IQH` is not 0
     /// once enabled.
     pub fn enable<W: RegisterWindow + ?Sized, A: PageAllocator + ?Sized>(
@@ -228,11 +233,15 @@ impl QueueCore {
         // the first wait would take them for its own.
         clear_fsts(regs, Fsts::IQE | Fsts::ITE | Fsts::ICE);
         let ring_log2 = PAGE_SHIFT_4K + config.qs as u32;
-        let ring = alloc.alloc(ring_log2).ok_or(Error::NoMemory)?;
-        let Some(status) = alloc.alloc(PAGE_SHIFT_4K) else {
-            // SAFETY: `ring` came from `alloc` just now and the unit never saw it.
-            unsafe { alloc.free(ring, ring_log2) };
-            return Err(Error::NoMemory);
+        let ring = table_page(alloc, ring_log2, config.haw, "invalidation queue")?;
+        let status = match table_page(alloc, PAGE_SHIFT_4K, config.haw, "invalidation status page")
+        {
+            Ok(page) => page,
+            Err(e) => {
+                // SAFETY: `ring` came from `alloc` just now and the unit never saw it.
+                unsafe { alloc.free(ring, ring_log2) };
+                return Err(e);
+            }
         };
         let entries = 1u32 << (8 + config.qs as u32 - config.width as u32);
         regs.write64(regs::IQT_REG, 0);

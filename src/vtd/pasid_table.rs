@@ -11,7 +11,7 @@ use core::ptr::NonNull;
 
 use super::live_entry::LiveEntry;
 use super::pasid_entry::{pasid_indices, PasidDirEntry, PASID_TABLE_ENTRIES};
-use super::root_table::resolve;
+use super::root_table::{resolve, table_page};
 use super::{Error, Pasid};
 use crate::mem::{Page, PageAllocator, WalkerCoherency, PAGE_SHIFT_4K};
 
@@ -28,17 +28,18 @@ pub const fn directory_size_log2(pdts: u8) -> u32 {
     }
 }
 
-/// Allocates a zeroed directory for `pdts`.
+/// Allocates a zeroed directory for `pdts`, below `2^haw`.
 ///
 /// # Errors
-/// [`Error::NoMemory`].
+/// [`Error::NoMemory`], [`Error::TableOutOfRange`].
 pub fn alloc_directory<A: PageAllocator + ?Sized>(
     alloc: &A,
     pdts: u8,
     coherency: WalkerCoherency,
+    haw: u32,
 ) -> Result<Page, Error> {
     let size = directory_size_log2(pdts);
-    let page = alloc.alloc(size).ok_or(Error::NoMemory)?;
+    let page = table_page(alloc, size, haw, "PASID directory")?;
     coherency.sync(alloc, page.va, 1 << size);
     Ok(page)
 }
@@ -100,16 +101,19 @@ impl<'t> PasidDirectory<'t> {
     }
 
     /// The PASID-table entry of `pasid`; with `create`, a missing PASID table is allocated and
-    /// its directory entry published. `None` when missing and not created.
+    /// its directory entry published (the table below `2^haw`). `None` when missing and not
+    /// created.
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] if `pasid` is beyond the directory; [`Error::NoMemory`];
-    /// [`Error::UnexpectedState`] for a directory entry pointing at unknown memory.
+    /// [`Error::InvalidArgument`] if `pasid` is beyond the directory; [`Error::NoMemory`],
+    /// [`Error::TableOutOfRange`]; [`Error::UnexpectedState`] for a directory entry pointing at
+    /// unknown memory.
     pub fn entry<A: PageAllocator + ?Sized>(
         &self,
         pasid: Pasid,
         alloc: &A,
         coherency: WalkerCoherency,
+        haw: u32,
         create: bool,
     ) -> Result<Option<LiveEntry<'t>>, Error> {
         let (dir_index, index) = pasid_indices(pasid);
@@ -126,7 +130,7 @@ impl<'t> PasidDirectory<'t> {
         let table = if raw.present() {
             resolve(alloc, raw.table(), "PASID directory entry")?
         } else if create {
-            let page = alloc.alloc(PAGE_SHIFT_4K).ok_or(Error::NoMemory)?;
+            let page = table_page(alloc, PAGE_SHIFT_4K, haw, "PASID table")?;
             coherency.sync(alloc, page.va, 1 << PAGE_SHIFT_4K);
             let published = PasidDirEntry::new(page.pa, false)
                 .and_then(|e| dir.publish(&[e.0], coherency, alloc));

@@ -13,8 +13,11 @@
 //! narrower than any platform VT-d exists on (every x86 processor with PAE or 64-bit mode has
 //! `MAXPHYADDR >= 36`, Intel SDM Vol. 3A §4.1.4; VT-d platforms report HAW 36 or more), so an
 //! undeclared width never lets a physical address the platform cannot hold into an entry. The
-//! price: physical addresses at or above 64 GiB are refused (`pgtable::Error::PaOutOfRange`,
-//! `TableOutOfRange`) until the embedder passes the DMAR value (or its CPU's `MAXPHYADDR`).
+//! price: physical addresses at or above 64 GiB are refused (`pgtable::Error::PaOutOfRange`),
+//! and so are pages there for page tables (`pgtable::Error::TableOutOfRange`) and for every
+//! structure the unit reads (root, context and PASID tables, the invalidation queue and its
+//! status page: [`Error::TableOutOfRange`](super::Error::TableOutOfRange)), until the embedder
+//! passes the DMAR value (or its CPU's `MAXPHYADDR`).
 
 use crate::iommu::Source;
 

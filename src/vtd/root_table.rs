@@ -17,7 +17,9 @@ use super::context_table::ContextTable;
 use super::live_entry::LiveEntry;
 use super::root_entry::{RootEntry, ScalableRootEntry, CTP, ROOT_TABLE_ENTRIES};
 use super::Error;
-use crate::mem::{Page, PageAllocator, PhysAddr, WalkerCoherency, PAGE_SHIFT_4K};
+use crate::mem::{
+    alloc_below, Page, PageAllocator, PhysAddr, Unplaced, WalkerCoherency, PAGE_SHIFT_4K,
+};
 
 /// Which context table of a bus: legacy (one) or a scalable-mode half.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,15 +80,16 @@ impl RootTable {
         },
     };
 
-    /// Allocates an empty (all non-present) root table.
+    /// Allocates an empty (all non-present) root table below `2^haw`.
     ///
     /// # Errors
-    /// [`Error::NoMemory`].
+    /// [`Error::NoMemory`], [`Error::TableOutOfRange`].
     pub fn new<A: PageAllocator + ?Sized>(
         alloc: &A,
         coherency: WalkerCoherency,
+        haw: u32,
     ) -> Result<Self, Error> {
-        let page = alloc.alloc(PAGE_SHIFT_4K).ok_or(Error::NoMemory)?;
+        let page = table_page(alloc, PAGE_SHIFT_4K, haw, "root table")?;
         coherency.sync(alloc, page.va, 1 << PAGE_SHIFT_4K);
         Ok(Self { page })
     }
@@ -106,17 +109,19 @@ impl RootTable {
     }
 
     /// The context table `slot` of `bus` points at; with `create`, a missing one is allocated
-    /// and published. `None` when missing and not created.
+    /// and published (below `2^haw`). `None` when missing and not created.
     ///
     /// # Errors
-    /// [`Error::NoMemory`]; [`Error::UnexpectedState`] if a present entry points at memory the
-    /// allocator does not know.
+    /// [`Error::NoMemory`], [`Error::TableOutOfRange`]; [`Error::UnexpectedState`] if a present
+    /// entry points at memory the allocator does not know.
+    #[allow(clippy::too_many_arguments)] // each is one fact of the lookup; no natural group
     pub fn context_table<A: PageAllocator + ?Sized>(
         &self,
         bus: u8,
         slot: RootSlot,
         alloc: &A,
         coherency: WalkerCoherency,
+        haw: u32,
         create: bool,
     ) -> Result<Option<ContextTable<'_>>, Error> {
         let word = self.word(bus, slot);
@@ -129,7 +134,7 @@ impl RootTable {
         if !create {
             return Ok(None);
         }
-        let page = alloc.alloc(PAGE_SHIFT_4K).ok_or(Error::NoMemory)?;
+        let page = table_page(alloc, PAGE_SHIFT_4K, haw, "context table")?;
         coherency.sync(alloc, page.va, 1 << PAGE_SHIFT_4K);
         let published = slot
             .encode(page.pa)
@@ -183,6 +188,23 @@ impl RootTable {
         unsafe { alloc.free(self.page, PAGE_SHIFT_4K) };
         Ok(())
     }
+}
+
+/// A zeroed page of `2^size_log2` bytes for `table`, a structure the unit reads, below
+/// `2^haw`.
+///
+/// # Errors
+/// [`Error::NoMemory`], [`Error::TableOutOfRange`] (the page was given back).
+pub(crate) fn table_page<A: PageAllocator + ?Sized>(
+    alloc: &A,
+    size_log2: u32,
+    haw: u32,
+    table: &'static str,
+) -> Result<Page, Error> {
+    alloc_below(alloc, size_log2, haw).map_err(|e| match e {
+        Unplaced::NoMemory => Error::NoMemory,
+        Unplaced::Beyond(pa) => Error::TableOutOfRange { table, pa, haw },
+    })
 }
 
 /// The CPU address of a table the hardware structures point at.

@@ -465,7 +465,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
         let cap = Cap(regs.read64(regs::CAP_REG));
         let ecap = Ecap(regs.read64(regs::ECAP_REG));
         let info = UnitInfo::decode(cap, ecap, &config)?;
-        let root = RootTable::new(&alloc, info.coherency)?;
+        let root = RootTable::new(&alloc, info.coherency, info.haw)?;
         let p = slot.as_ptr();
         // SAFETY: the caller guarantees `slot` is writable and aligned; each field is written
         // exactly once, and nothing can fail from here on, so the unit is whole on return.
@@ -574,6 +574,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
                 qs: self.info.queue_pages_log2,
                 width,
                 poll_budget: budget,
+                haw: self.info.haw,
             };
             Invalidator::Queue(QueueCore::enable(&self.regs, &self.alloc, qc)?)
         } else {
@@ -785,6 +786,11 @@ impl From<Error> for iommu::Error {
             Error::UnexpectedState { register, value } => iommu::Error::Hardware {
                 what: register,
                 code: value,
+            },
+            Error::TableOutOfRange { table, pa, haw } => iommu::Error::TableOutOfRange {
+                table,
+                pa,
+                width: haw,
             },
         }
     }

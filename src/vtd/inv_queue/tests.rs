@@ -14,6 +14,7 @@ fn config(qs: u8, width: DescriptorWidth) -> QueueConfig {
         qs,
         width,
         poll_budget: 10_000,
+        haw: 52,
     }
 }
 

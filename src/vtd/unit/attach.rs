@@ -237,6 +237,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
                     RootSlot::Legacy,
                     &self.alloc,
                     self.info.coherency,
+                    self.info.haw,
                     false,
                 )?
                 .map(|t| t.entry(sid.devfn())),
@@ -324,7 +325,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
         };
         let new = ContextEntry::new(tt, table.root(), aw, dom.did, false)?;
         let entry = root
-            .context_table(sid.bus(), RootSlot::Legacy, alloc, co, true)?
+            .context_table(sid.bus(), RootSlot::Legacy, alloc, co, self.info.haw, true)?
             .ok_or(Error::NoMemory)?
             .entry(sid.devfn());
         let current = ContextEntry {
@@ -381,7 +382,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
         let ats = opts.ats || ctx.word(0).unwrap_or(0) & ScalableContextEntry::DTE != 0;
         let entry = self
             .directory(&ctx)?
-            .entry(p, alloc, co, true)?
+            .entry(p, alloc, co, self.info.haw, true)?
             .ok_or(Error::NoMemory)?;
         let new = self.pasid_entry_for(dom)?;
         let current = read_pasid_entry(&entry);
@@ -430,14 +431,14 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
         let (co, alloc) = (self.info.coherency, &self.alloc);
         let slot = RootSlot::for_devfn(sid.devfn());
         let ctx = root
-            .context_table(sid.bus(), slot, alloc, co, true)?
+            .context_table(sid.bus(), slot, alloc, co, self.info.haw, true)?
             .ok_or(Error::NoMemory)?
             .entry(sid.devfn());
         if ctx.is_present() {
             return Ok((ctx, false));
         }
         let pdts = self.info.pdts;
-        let dir = alloc_directory(alloc, pdts, co)?;
+        let dir = alloc_directory(alloc, pdts, co, self.info.haw)?;
         let flags = ScalableContextFlags {
             fpd: false,
             dte: ats,
@@ -472,7 +473,8 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
     ) -> Result<Option<LiveEntry<'r>>, Error> {
         let (co, alloc) = (self.info.coherency, &self.alloc);
         let slot = RootSlot::for_devfn(sid.devfn());
-        let Some(table) = root.context_table(sid.bus(), slot, alloc, co, false)? else {
+        let Some(table) = root.context_table(sid.bus(), slot, alloc, co, self.info.haw, false)?
+        else {
             return Ok(None);
         };
         let ctx = table.entry(sid.devfn());
@@ -480,7 +482,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
             return Ok(None);
         }
         self.directory(&ctx)?
-            .entry(pasid.unwrap_or(RID_PASID), alloc, co, false)
+            .entry(pasid.unwrap_or(RID_PASID), alloc, co, self.info.haw, false)
     }
 
     /// The PASID entry that points at `dom`.

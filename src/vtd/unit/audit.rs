@@ -301,10 +301,10 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
         bus: u8,
         check: &mut impl FnMut(Found) -> Result<(), AuditError>,
     ) -> Result<(), AuditError> {
-        let (co, alloc) = (self.info.coherency, &self.alloc);
+        let (co, haw, alloc) = (self.info.coherency, self.info.haw, &self.alloc);
         let Some(table) = cfg
             .root
-            .context_table(bus, RootSlot::Legacy, alloc, co, false)?
+            .context_table(bus, RootSlot::Legacy, alloc, co, haw, false)?
         else {
             return Ok(());
         };
@@ -336,8 +336,8 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
         half: RootSlot,
         check: &mut impl FnMut(Found) -> Result<(), AuditError>,
     ) -> Result<(), AuditError> {
-        let (co, alloc) = (self.info.coherency, &self.alloc);
-        let Some(table) = cfg.root.context_table(bus, half, alloc, co, false)? else {
+        let (co, haw, alloc) = (self.info.coherency, self.info.haw, &self.alloc);
+        let Some(table) = cfg.root.context_table(bus, half, alloc, co, haw, false)? else {
             return Ok(());
         };
         let base: u8 = if half == RootSlot::ScalableUpper {
@@ -359,12 +359,12 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
             let directory_entries = 1u32 << (u32::from(pdts) + 7);
             for dir_index in 0..directory_entries {
                 let first = Pasid::new(dir_index * 64).map_err(AuditError::Table)?;
-                if dir.entry(first, alloc, co, false)?.is_none() {
+                if dir.entry(first, alloc, co, haw, false)?.is_none() {
                     continue;
                 }
                 for i in 0..64 {
                     let p = Pasid::new(dir_index * 64 + i).map_err(AuditError::Table)?;
-                    let Some(e) = dir.entry(p, alloc, co, false)? else {
+                    let Some(e) = dir.entry(p, alloc, co, haw, false)? else {
                         continue;
                     };
                     let pe = read_pasid_entry(&e);
