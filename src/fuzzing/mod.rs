@@ -26,6 +26,7 @@ pub mod firmware_fdt;
 pub mod firmware_iort;
 pub mod ioasid;
 pub mod pgtable;
+mod pool;
 pub mod queue;
 
 use core::cell::RefCell;

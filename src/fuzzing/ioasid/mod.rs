@@ -50,7 +50,7 @@ use crate::sim::walk::Access;
 use crate::sim::{Arena, ArenaConfig, FailPolicy};
 use crate::smmuv3::{DeviceFacts, Platform, SmmuConfig, SmmuUnit};
 use crate::vtd::{Mode, VtdConfig, VtdUnit};
-use shadow::{CtxShadow, Pair};
+use shadow::{CtxShadow, Pages, Pair};
 
 /// Most operations one input runs.
 const MAX_OPS: usize = 64;
@@ -304,6 +304,7 @@ fn run_on(arena: &Arena, setup: &Setup, ops: &[Op]) {
             owner: [None; LABELS.len()],
             fail_armed: false,
             steps: 0,
+            domains_changed: true,
             seed: 0x9e37_79b9_7f4a_7c15,
         };
         let mut ctxs: Vec<Ctx<'_, '_>> = (0..CONTEXTS)
@@ -319,9 +320,10 @@ fn run_on(arena: &Arena, setup: &Setup, ops: &[Op]) {
                 Op::DropCtx { ctx, quota: q } => {
                     let c = usize::from(ctx) % CONTEXTS;
                     let before = h.shadow[c].pairs();
+                    // Drawn before the drop, so that the context's own pages are among them.
+                    let samples = h.all_samples();
                     ctxs[c] = IoasidCtx::new(&reg, arena, quota(q));
                     h.context_dropped(c, quota(q));
-                    let samples = h.all_samples();
                     h.probe_pairs(&before, &samples);
                 }
                 Op::Grant { ctx, dev, hold } => h.grant(&ctxs, ctx, dev, hold, &mut it),
@@ -389,6 +391,8 @@ struct Harness<'h, 'm> {
     owner: [Option<usize>; LABELS.len()],
     fail_armed: bool,
     steps: usize,
+    /// A step since the last count of the units' domains attached or detached something.
+    domains_changed: bool,
     seed: u64,
 }
 
@@ -509,6 +513,7 @@ impl Harness<'_, '_> {
                 pages,
             } => self.probe_range(ctxs, c, io, start, pages),
             Touched::Pairs(pairs) => {
+                self.domains_changed = true;
                 let samples = self.all_samples();
                 let pairs: Vec<_> = pairs.into_iter().map(|p| (p, 0)).collect();
                 self.probe_pairs(&pairs, &samples);

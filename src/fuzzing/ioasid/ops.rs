@@ -485,5 +485,6 @@ impl<'h, 'm> Harness<'h, 'm> {
             }
         }
         self.shadow[c] = CtxShadow::new(quota);
+        self.domains_changed = true;
     }
 }

@@ -34,7 +34,8 @@
 //! `cargo test` runs each input as a regression case all the same.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Barrier, Mutex, MutexGuard, PoisonError, RwLock};
+use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError, RwLock};
+use std::thread::Thread;
 use std::vec;
 use std::vec::Vec;
 
@@ -60,6 +61,16 @@ const BLOCK: u64 = 1 << (GRAN_LOG2 - 3);
 const WINDOW: u64 = 2 * BLOCK;
 /// Times a device write retries its compare-and-swap against concurrent splits.
 const DEVICE_WRITE_RETRIES: usize = 16;
+/// Granules the checker translates per batch (under one read lock).
+const CHECK_BATCH: usize = 8;
+/// Batches the checker may run per operation the workers completed, and ahead of them: it
+/// checks while they run, at their pace. Free-running, it spent the CPU time the workers
+/// waited for a core in, and its loop count (thus the edge counters libFuzzer sees) followed the
+/// machine's load.
+const CHECKS_PER_OP: u64 = 2;
+const CHECKS_AHEAD: u64 = 8;
+/// The workers wake a parked checker every this many operations (and when they finish).
+const WAKE_EVERY: u64 = 4;
 
 /// The body of `pgtable_concurrent`.
 pub fn concurrent(data: &[u8]) {
@@ -234,14 +245,18 @@ where
         rc_events: AtomicU64::new(0),
         rc_inflight: AtomicU64::new(0),
         finished: AtomicUsize::new(0),
+        progress: AtomicU64::new(0),
+        checker_thread: OnceLock::new(),
     };
-    let barrier = Barrier::new(ops.len() + 1);
-    std::thread::scope(|s| {
-        for (t, ops) in ops.into_iter().enumerate() {
-            let (rig, barrier) = (&rig, &barrier);
-            s.spawn(move || rig.worker(t, &ops, barrier));
+    let workers = ops.len();
+    // Threads kept from one input to the next (spawning them was most of this target's time),
+    // started together.
+    crate::fuzzing::pool::run(workers + 1, &|t| {
+        if t < workers {
+            rig.worker(t, &ops[t]);
+        } else {
+            rig.checker(setup.seed);
         }
-        s.spawn(|| rig.checker(setup.seed, &barrier));
     });
     rig.finish();
     drop(rig);
@@ -301,14 +316,22 @@ struct Rig<'a, S: Subject> {
     rc_inflight: AtomicU64,
     /// Threads done (or panicked).
     finished: AtomicUsize,
+    /// Operations the workers completed, all threads.
+    progress: AtomicU64,
+    /// The checker, parked when it is ahead of the workers.
+    checker_thread: OnceLock<Thread>,
 }
 
-/// Counts its thread as finished when dropped, panicking or not, so the checker stops.
-struct Finished<'a>(&'a AtomicUsize);
+/// Counts its thread as finished when dropped, panicking or not, and wakes the checker, so
+/// that it stops.
+struct Finished<'a>(&'a AtomicUsize, &'a OnceLock<Thread>);
 
 impl Drop for Finished<'_> {
     fn drop(&mut self) {
         self.0.fetch_add(1, Ordering::SeqCst);
+        if let Some(checker) = self.1.get() {
+            checker.unpark();
+        }
     }
 }
 
@@ -379,24 +402,42 @@ impl<S: Subject> Rig<'_, S> {
         (o.epoch, now, target)
     }
 
-    fn checker(&self, seed: u64, barrier: &Barrier) {
-        barrier.wait();
+    fn checker(&self, seed: u64) {
+        // Set before the first look at `progress`: a worker that finds it unset has counted
+        // its operation first (sequentially consistent), so no wake-up is lost.
+        let _ = self.checker_thread.set(std::thread::current());
         let mut x = seed | 1;
+        let mut batches = 0u64;
         loop {
             let finished = self.finished.load(Ordering::SeqCst) == self.slices.len();
+            let allowed = CHECKS_PER_OP * self.progress.load(Ordering::SeqCst) + CHECKS_AHEAD;
+            if !finished && batches >= allowed {
+                std::thread::park();
+                continue;
+            }
             {
                 let _walking = self.walks.read().unwrap_or_else(PoisonError::into_inner);
-                for _ in 0..8 {
+                for _ in 0..CHECK_BATCH {
                     x ^= x << 13;
                     x ^= x >> 7;
                     x ^= x << 17;
                     self.check_seen(x % WINDOW);
                 }
             }
+            batches += 1;
             if finished {
                 return;
             }
-            std::thread::yield_now();
+        }
+    }
+
+    /// After each operation of a worker: counts it, and wakes the checker now and then.
+    fn step_done(&self) {
+        let done = self.progress.fetch_add(1, Ordering::SeqCst) + 1;
+        if done % WAKE_EVERY == 0 {
+            if let Some(checker) = self.checker_thread.get() {
+                checker.unpark();
+            }
         }
     }
 
@@ -423,15 +464,14 @@ impl<S: Subject> Rig<'_, S> {
     // -----------------------------------------------------------------------------------------
     // the threads
 
-    fn worker(&self, t: usize, ops: &[Op], barrier: &Barrier) {
-        let _finished = Finished(&self.finished);
+    fn worker(&self, t: usize, ops: &[Op]) {
+        let _finished = Finished(&self.finished, &self.checker_thread);
         let mut w = Worker {
             t,
             gather: Gather::new(),
             own_events: 0,
             dirtied: Vec::new(),
         };
-        barrier.wait();
         for &op in ops {
             match op {
                 Op::Map {
@@ -475,6 +515,7 @@ impl<S: Subject> Rig<'_, S> {
                 }
                 Op::Flush => self.flush(&mut w),
             }
+            self.step_done();
         }
         self.flush(&mut w);
     }
