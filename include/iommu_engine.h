@@ -51,7 +51,10 @@ typedef enum {
   // Success.
   IE_STATUS_OK = 0,
   // An argument is invalid: a null pointer, a length of zero, a misaligned or overflowing
-  // range, an unknown flag, a PASID wider than 20 bits (`-EINVAL`).
+  // range, an unknown flag, a PASID wider than 20 bits, or a value the unit's structures
+  // cannot express (a page from `IeEnv` misaligned or above the unit's output size, a queue
+  // size the unit lacks) (`-EINVAL`). A bug in the call: nothing changed, a retry fails
+  // the same way.
   IE_STATUS_INVALID_ARGUMENT = 1,
   // The device's unit cannot honour the IOASID's flags, or a mapping does not fit it
   // (`-EINVAL`, what Linux returns for an incompatible domain attach).
@@ -82,13 +85,19 @@ typedef enum {
   IE_STATUS_UNSUPPORTED = 12,
   // A bounded wait on the hardware ran out (`-ETIMEDOUT`).
   IE_STATUS_TIMEOUT = 13,
-  // The hardware reported an error (`-EIO`).
+  // The unit reported a condition of its own: service failure mode, an aborted completion
+  // MSI, a register write it did not take (`-EIO`). Retry; reset the unit if it persists.
   IE_STATUS_HARDWARE = 14,
   // Fault records were lost before they could be read: the unit's fault recording
   // registers or event queue were full (VT-d `FSTS.PFO`, SMMUv3 event queue overflow or
   // `GERROR.EVENTQ_ABT_ERR`). The records the call reported are valid; the overflow is
   // acknowledged, so the unit records again (`-EOVERFLOW`).
   IE_STATUS_FAULTS_LOST = 15,
+  // The unit stopped at a command: VT-d IQE / ITE / ICE, SMMUv3 `CERROR_ILL` / `CERROR_ABT`
+  // / `CERROR_ATC_INV_SYNC` (`-EIO`). A condition of the unit, its queue or an ATS device,
+  // not of the call: retry (the call kept every page the command covers); if it persists,
+  // reset the unit or turn the device's ATS off.
+  IE_STATUS_COMMAND_ERROR = 16,
 } IeStatus;
 
 // Which capability an `IE_STATUS_INCOMPATIBLE` attach lacked (`reason` out-parameters).
@@ -638,9 +647,10 @@ int32_t ie_ctx_detach(IeCtx *ctx, uint32_t device);
 int32_t ie_ctx_detach_pasid(IeCtx *ctx, uint32_t device, uint32_t pasid);
 
 // Maps `[iova, iova + len)` to `[pa, pa + len)` with `prot` (`IE_PROT_*`) in the IOASID and
-// every hardware domain behind it; all or nothing. `IE_STATUS_TIMEOUT` / `IE_STATUS_HARDWARE`:
-// nothing is mapped, but a unit may not have confirmed the invalidation of what was undone:
-// call again (or unmap the range) until `IE_STATUS_OK` before reusing `pa`.
+// every hardware domain behind it; all or nothing. `IE_STATUS_TIMEOUT` /
+// `IE_STATUS_HARDWARE` / `IE_STATUS_COMMAND_ERROR`: nothing is mapped, but a unit may not
+// have confirmed the invalidation of what was undone: call again (or unmap the range) until
+// `IE_STATUS_OK` before reusing `pa`.
 //
 // # Safety
 // `ctx` is a live context handle.
@@ -653,9 +663,10 @@ int32_t ie_ctx_map(IeCtx *ctx,
 
 // Unmaps `[iova, iova + len)` from the IOASID and every domain behind it, invalidates the
 // IOTLBs (one completion wait per unit) and writes the bytes that were mapped to `*unmapped`
-// (if not NULL). `IE_STATUS_TIMEOUT` / `IE_STATUS_HARDWARE` after the range was unmapped: a
-// unit did not confirm the invalidation, and devices may still reach the pages; call again
-// (it reissues the invalidation and reports 0 bytes) until `IE_STATUS_OK` before reusing them.
+// (if not NULL). `IE_STATUS_TIMEOUT` / `IE_STATUS_HARDWARE` / `IE_STATUS_COMMAND_ERROR`
+// after the range was unmapped: a unit did not confirm the invalidation, and devices may
+// still reach the pages; call again (it reissues the invalidation and reports 0 bytes) until
+// `IE_STATUS_OK` before reusing them.
 //
 // # Safety
 // `ctx` is a live context handle; `unmapped` is NULL or writable.

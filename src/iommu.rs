@@ -277,20 +277,51 @@ pub enum Error {
         /// What was waited for.
         what: &'static str,
     },
-    /// The hardware reported an error: VT-d IQE/ITE/ICE, an SMMUv3 command error
-    /// (`CMDQ_CONS.ERR`), an aborted completion MSI, SMMUv3 service failure mode.
+    /// The unit reported a condition of its own: an SMMUv3 CMD_SYNC whose completion MSI
+    /// aborted, SMMUv3 service failure mode, a control or configuration register that did not
+    /// take the value written, a VT-d register-based invalidation ignored, a unit in a state
+    /// the call cannot work from.
     ///
     /// What to do: as for [`Error::Timeout`], retry (the partial state is documented and the
     /// retry completes it); if `what` names service failure mode, reset the unit, then enable it
-    /// again; if it persists, reset the unit (or turn the ATS device's ATS off) and leak what it
-    /// may still reach. Exception: from an SMMUv3 unit, a `what` that names a descriptor field
-    /// (`code` the value that did not fit) is a value the caller or its allocator gave that the
-    /// unit cannot express: nothing changed, and a retry fails the same way.
+    /// again; if it persists, reset the unit and leak what it may still reach.
     Hardware {
         /// What failed.
         what: &'static str,
         /// The raw error code or register value.
         code: u64,
+    },
+    /// The unit stopped at a command it was given and the driver's recovery did not get it
+    /// through: VT-d `FSTS.IQE` (a descriptor rejected), `ITE` (a device-TLB invalidation the
+    /// ATS device did not complete in time), `ICE` (one it completed wrongly); SMMUv3
+    /// `CMDQ_CONS.ERR` (`CERROR_ILL` rejected, `CERROR_ABT` a fetch abort and
+    /// `CERROR_ATC_INV_SYNC` an ATS invalidation timing out, each run again for the whole poll
+    /// budget). A condition of the unit, its queue or an ATS device, not of the call.
+    ///
+    /// What to do: as for [`Error::Timeout`]: retry (the call kept every page and tag the
+    /// command covers, and the retry issues it again); if it persists, reset the unit, or turn
+    /// the ATS device's ATS off (ITE, ICE, `CERROR_ATC_INV_SYNC`), and leak what it may still
+    /// reach. A persistent IQE / `CERROR_ILL` on a unit that works otherwise is a driver bug:
+    /// report it.
+    CommandError {
+        /// What the unit reported.
+        what: &'static str,
+        /// VT-d: the invalidation queue's head (the offending descriptor's index); SMMUv3:
+        /// `index << 16 | opcode << 8 | CERROR` of the offending command.
+        code: u64,
+    },
+    /// A value the caller, or the embedder's page allocator, handed over that the unit's
+    /// structures cannot express: a field out of range, a page misaligned or above the unit's
+    /// output size, a queue or table size the unit does not support, a page the allocator
+    /// cannot translate back, an invalidation batch larger than the queue.
+    ///
+    /// What to do: nothing changed, and a retry fails the same way: a bug in the call (or in
+    /// the embedder's allocator or configuration), not a fault of the unit: do not reset it.
+    InvalidArgument {
+        /// The field or quantity, as the spec names it.
+        what: &'static str,
+        /// The offending value.
+        value: u64,
     },
 }
 
@@ -301,7 +332,10 @@ impl Error {
     /// domain (its entry present) or, through cached entries, the old one, until a retry or a
     /// detach settles it: keep both domains, and everything they map, until then.
     pub const fn is_unit_fault(&self) -> bool {
-        matches!(self, Error::Timeout { .. } | Error::Hardware { .. })
+        matches!(
+            self,
+            Error::Timeout { .. } | Error::Hardware { .. } | Error::CommandError { .. }
+        )
     }
 }
 
@@ -333,6 +367,10 @@ impl fmt::Display for Error {
             Error::NotAttached(d) => write!(f, "device {:#x} not attached", d.0),
             Error::Timeout { what } => write!(f, "timed out waiting for {what}"),
             Error::Hardware { what, code } => write!(f, "hardware error: {what} ({code:#x})"),
+            Error::CommandError { what, code } => write!(f, "command error: {what} ({code:#x})"),
+            Error::InvalidArgument { what, value } => {
+                write!(f, "invalid argument: {what} {value:#x}")
+            }
         }
     }
 }

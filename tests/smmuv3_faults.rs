@@ -118,7 +118,7 @@ fn a_persistent_fetch_abort_fails_keeps_the_command_and_a_retry_completes() {
     let err = u.flush(d, &mut g).unwrap_err();
     // CERROR_ABT = 2 in the low byte of the code.
     assert!(
-        matches!(err, Error::Hardware { code, .. } if code & 0xff == 2),
+        matches!(err, Error::CommandError { code, .. } if code & 0xff == 2),
         "{err:?}"
     );
     assert_eq!(g.freed_pages(), 1);
@@ -165,7 +165,7 @@ fn an_atc_invalidation_timeout_repeats_the_sync() {
     });
     let err = u.flush(d, &mut g).unwrap_err();
     assert!(
-        matches!(err, Error::Hardware { code, .. } if code & 0xff == 3),
+        matches!(err, Error::CommandError { code, .. } if code & 0xff == 3),
         "{err:?}"
     );
     assert_eq!(g.freed_pages(), 1);

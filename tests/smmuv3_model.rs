@@ -465,7 +465,7 @@ fn injected_command_error_is_recovered_and_pages_kept_until_a_good_flush() {
     let live = mem.live_pages().len();
     model.inject(Injection::CommandIllegal);
     let err = u.flush(d, &mut g).unwrap_err();
-    assert!(matches!(err, Error::Hardware { .. }), "{err:?}");
+    assert!(matches!(err, Error::CommandError { .. }), "{err:?}");
     // The TLBI was replaced: the page is kept and the stale entry may survive.
     assert_eq!(g.freed_pages(), 1);
     assert_eq!(mem.live_pages().len(), live);

@@ -216,7 +216,10 @@ fn lost_device_tlb_invalidation_is_reissued() {
         let mut g = Gather::new();
         u.unmap(d, Iova::new(0x3000), K4, &mut g).unwrap();
         m.inject(fault);
-        assert!(matches!(u.flush(d, &mut g), Err(Error::Hardware { .. })));
+        assert!(matches!(
+            u.flush(d, &mut g),
+            Err(Error::CommandError { .. })
+        ));
         assert!(
             m.atc_holds(sid(DEV), None, 0x3000),
             "{fault:?}: not invalidated"

@@ -361,7 +361,7 @@ fn injected_errors_return_errors_and_the_unit_keeps_working() {
     u.unmap(d, Iova::new(0x1000), K4, &mut g).unwrap();
     m.inject(Injection::QueueError);
     assert!(
-        matches!(u.flush(d, &mut g), Err(Error::Hardware { what, .. }) if what.contains("IQE"))
+        matches!(u.flush(d, &mut g), Err(Error::CommandError { what, .. }) if what.contains("IQE"))
     );
     assert!(!g.is_empty());
     u.flush(d, &mut g).unwrap();
@@ -394,7 +394,7 @@ fn injected_errors_return_errors_and_the_unit_keeps_working() {
     u.unmap(d, Iova::new(0x3000), K4, &mut g).unwrap();
     m.inject(Injection::DeviceTlbTimeout);
     assert!(
-        matches!(u.flush(d, &mut g), Err(Error::Hardware { what, .. }) if what.contains("ITE"))
+        matches!(u.flush(d, &mut g), Err(Error::CommandError { what, .. }) if what.contains("ITE"))
     );
     m.reset_stats();
     u.flush(d, &mut g).unwrap();
@@ -410,7 +410,7 @@ fn injected_errors_return_errors_and_the_unit_keeps_working() {
     u.unmap(d, Iova::new(0x4000), K4, &mut g).unwrap();
     m.inject(Injection::CompletionError);
     assert!(
-        matches!(u.flush(d, &mut g), Err(Error::Hardware { what, .. }) if what.contains("ICE"))
+        matches!(u.flush(d, &mut g), Err(Error::CommandError { what, .. }) if what.contains("ICE"))
     );
     u.flush(d, &mut g).unwrap();
     assert!(m.translate(sid(DEV), None, 0x4000, Access::READ).is_err());

@@ -727,9 +727,10 @@ const _: () = assert!(
 );
 
 /// Maps `[iova, iova + len)` to `[pa, pa + len)` with `prot` (`IE_PROT_*`) in the IOASID and
-/// every hardware domain behind it; all or nothing. `IE_STATUS_TIMEOUT` / `IE_STATUS_HARDWARE`:
-/// nothing is mapped, but a unit may not have confirmed the invalidation of what was undone:
-/// call again (or unmap the range) until `IE_STATUS_OK` before reusing `pa`.
+/// every hardware domain behind it; all or nothing. `IE_STATUS_TIMEOUT` /
+/// `IE_STATUS_HARDWARE` / `IE_STATUS_COMMAND_ERROR`: nothing is mapped, but a unit may not
+/// have confirmed the invalidation of what was undone: call again (or unmap the range) until
+/// `IE_STATUS_OK` before reusing `pa`.
 ///
 /// # Safety
 /// `ctx` is a live context handle.
@@ -757,9 +758,10 @@ pub unsafe extern "C" fn ie_ctx_map(
 
 /// Unmaps `[iova, iova + len)` from the IOASID and every domain behind it, invalidates the
 /// IOTLBs (one completion wait per unit) and writes the bytes that were mapped to `*unmapped`
-/// (if not NULL). `IE_STATUS_TIMEOUT` / `IE_STATUS_HARDWARE` after the range was unmapped: a
-/// unit did not confirm the invalidation, and devices may still reach the pages; call again
-/// (it reissues the invalidation and reports 0 bytes) until `IE_STATUS_OK` before reusing them.
+/// (if not NULL). `IE_STATUS_TIMEOUT` / `IE_STATUS_HARDWARE` / `IE_STATUS_COMMAND_ERROR`
+/// after the range was unmapped: a unit did not confirm the invalidation, and devices may
+/// still reach the pages; call again (it reissues the invalidation and reports 0 bytes) until
+/// `IE_STATUS_OK` before reusing them.
 ///
 /// # Safety
 /// `ctx` is a live context handle; `unmapped` is NULL or writable.

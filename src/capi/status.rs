@@ -15,7 +15,10 @@ pub enum IeStatus {
     /// Success.
     Ok = 0,
     /// An argument is invalid: a null pointer, a length of zero, a misaligned or overflowing
-    /// range, an unknown flag, a PASID wider than 20 bits (`-EINVAL`).
+    /// range, an unknown flag, a PASID wider than 20 bits, or a value the unit's structures
+    /// cannot express (a page from `IeEnv` misaligned or above the unit's output size, a queue
+    /// size the unit lacks) (`-EINVAL`). A bug in the call: nothing changed, a retry fails
+    /// the same way.
     InvalidArgument = 1,
     /// The device's unit cannot honour the IOASID's flags, or a mapping does not fit it
     /// (`-EINVAL`, what Linux returns for an incompatible domain attach).
@@ -46,13 +49,19 @@ pub enum IeStatus {
     Unsupported = 12,
     /// A bounded wait on the hardware ran out (`-ETIMEDOUT`).
     Timeout = 13,
-    /// The hardware reported an error (`-EIO`).
+    /// The unit reported a condition of its own: service failure mode, an aborted completion
+    /// MSI, a register write it did not take (`-EIO`). Retry; reset the unit if it persists.
     Hardware = 14,
     /// Fault records were lost before they could be read: the unit's fault recording
     /// registers or event queue were full (VT-d `FSTS.PFO`, SMMUv3 event queue overflow or
     /// `GERROR.EVENTQ_ABT_ERR`). The records the call reported are valid; the overflow is
     /// acknowledged, so the unit records again (`-EOVERFLOW`).
     FaultsLost = 15,
+    /// The unit stopped at a command: VT-d IQE / ITE / ICE, SMMUv3 `CERROR_ILL` / `CERROR_ABT`
+    /// / `CERROR_ATC_INV_SYNC` (`-EIO`). A condition of the unit, its queue or an ATS device,
+    /// not of the call: retry (the call kept every page the command covers); if it persists,
+    /// reset the unit or turn the device's ATS off.
+    CommandError = 16,
 }
 
 impl IeStatus {
@@ -72,7 +81,7 @@ impl IeStatus {
             IeStatus::NotPermitted => 1,                              // EPERM
             IeStatus::Unsupported => 95,                              // EOPNOTSUPP
             IeStatus::Timeout => 110,                                 // ETIMEDOUT
-            IeStatus::Hardware => 5,                                  // EIO
+            IeStatus::Hardware | IeStatus::CommandError => 5,         // EIO
             IeStatus::FaultsLost => 75,                               // EOVERFLOW
         }
     }
@@ -184,6 +193,9 @@ impl From<iommu::Error> for IeStatus {
             E::NotAttached(_) => IeStatus::NotAttached,
             E::Timeout { .. } => IeStatus::Timeout,
             E::Hardware { .. } => IeStatus::Hardware,
+            E::CommandError { .. } => IeStatus::CommandError,
+            // A value the unit cannot express: a bug in the call, as a bad argument is.
+            E::InvalidArgument { .. } => IeStatus::InvalidArgument,
         }
     }
 }
@@ -220,7 +232,7 @@ pub extern "C" fn ie_status_errno(status: i32) -> i32 {
 impl IeStatus {
     /// The status with raw value `raw`.
     pub const fn from_raw(raw: i32) -> Option<Self> {
-        const ALL: [IeStatus; 16] = [
+        const ALL: [IeStatus; 17] = [
             IeStatus::Ok,
             IeStatus::InvalidArgument,
             IeStatus::Incompatible,
@@ -237,6 +249,7 @@ impl IeStatus {
             IeStatus::Timeout,
             IeStatus::Hardware,
             IeStatus::FaultsLost,
+            IeStatus::CommandError,
         ];
         if raw < 0 {
             return None;
@@ -257,5 +270,60 @@ pub(super) fn code(r: Result<(), IeStatus>) -> i32 {
     match r {
         Ok(()) => IeStatus::Ok as i32,
         Err(s) => s as i32,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::smmuv3::{CommandErrorKind, SmmuError};
+
+    /// A unit's command error and a value the unit cannot express reach the embedder as
+    /// different statuses: "retry / reset the unit" against "a bug in the call" (issue 14).
+    #[test]
+    fn command_errors_and_caller_bugs_are_told_apart() {
+        let cerror = iommu::Error::from(SmmuError::CommandError {
+            index: 5,
+            opcode: 0x46,
+            kind: CommandErrorKind::AtcInvalidationSync,
+        });
+        assert!(
+            matches!(cerror, iommu::Error::CommandError { code, .. } if code == 5 << 16 | 0x46 << 8 | 3)
+        );
+        assert!(cerror.is_unit_fault());
+        let bug = iommu::Error::from(SmmuError::AddressTooWide {
+            field: "STE.S2TTB",
+            address: 1 << 50,
+            bits: 48,
+        });
+        assert_eq!(
+            bug,
+            iommu::Error::InvalidArgument {
+                what: "STE.S2TTB",
+                value: 1 << 50
+            }
+        );
+        assert!(!bug.is_unit_fault());
+        let iqe = iommu::Error::from(crate::vtd::Error::QueueError {
+            kind: crate::vtd::QueueErrorKind::InvalidQueueEntry,
+            head: 7,
+        });
+        assert!(matches!(iqe, iommu::Error::CommandError { code: 7, .. }));
+        let vtd_bug = iommu::Error::from(crate::vtd::Error::InvalidArgument {
+            what: "address width",
+            value: 9,
+        });
+        assert!(matches!(
+            vtd_bug,
+            iommu::Error::InvalidArgument { value: 9, .. }
+        ));
+        assert_eq!(IeStatus::from(cerror), IeStatus::CommandError);
+        assert_eq!(IeStatus::from(iqe), IeStatus::CommandError);
+        assert_eq!(IeStatus::from(bug), IeStatus::InvalidArgument);
+        let sfm = iommu::Error::from(SmmuError::ServiceFailure { gerror: 1 << 8 });
+        assert_eq!(IeStatus::from(sfm), IeStatus::Hardware);
+        assert_eq!(IeStatus::CommandError.errno(), -5);
+        assert_eq!(IeStatus::from_raw(16), Some(IeStatus::CommandError));
+        assert_eq!(IeStatus::from_raw(17), None);
     }
 }

@@ -46,7 +46,7 @@ use super::regs::{self, Cr0, Cr1, Cr2, Gbpa, Gerror, IrqCtrl};
 use super::ste::S1Fmt;
 use super::stream::{StreamState, MAX_STREAMS};
 use super::strtab::{StreamTable, StrtabFormat};
-use super::SmmuError;
+use super::{CommandErrorKind, SmmuError};
 use crate::iommu::{DomainHandle, Error, Missing, Pasid, Source};
 use crate::mem::PageAllocator;
 use crate::mmio::{RegisterWindow, DEFAULT_POLL_BUDGET};
@@ -734,9 +734,11 @@ unsafe impl<W: RegisterWindow + Sync, A: PageAllocator + Clone + Send + Sync> Sy
 
 impl From<SmmuError> for Error {
     /// Maps the driver's errors onto the trait's, keeping the offending values: waits become
-    /// [`Error::Timeout`]; a recovered command error becomes [`Error::Hardware`] with code
-    /// `index << 16 | opcode << 8 | CERROR`; configuration refusals become
-    /// [`Error::Unsupported`].
+    /// [`Error::Timeout`]; a command error becomes [`Error::CommandError`] with code
+    /// `index << 16 | opcode << 8 | CERROR`; a value the unit cannot express (a caller, allocator
+    /// or configuration bug) [`Error::InvalidArgument`]; configuration refusals
+    /// [`Error::Unsupported`]; the unit's own conditions (service failure, an aborted
+    /// completion MSI, an ignored register write) [`Error::Hardware`].
     fn from(e: SmmuError) -> Self {
         match e {
             SmmuError::NoMemory { .. } => Error::NoMemory,
@@ -761,8 +763,15 @@ impl From<SmmuError> for Error {
                 index,
                 opcode,
                 kind,
-            } => Error::Hardware {
-                what: "command error (CMDQ_CONS.ERR)",
+            } => Error::CommandError {
+                what: match kind {
+                    CommandErrorKind::Illegal => "command rejected (CMDQ_CONS.ERR CERROR_ILL)",
+                    CommandErrorKind::Abort => "command fetch abort (CMDQ_CONS.ERR CERROR_ABT)",
+                    CommandErrorKind::AtcInvalidationSync => {
+                        "ATS invalidation timed out (CMDQ_CONS.ERR CERROR_ATC_INV_SYNC)"
+                    }
+                    CommandErrorKind::Other(_) => "command error (CMDQ_CONS.ERR)",
+                },
                 code: u64::from(index) << 16 | u64::from(opcode) << 8 | u64::from(kind.code()),
             },
             SmmuError::SyncMsiAborted { address } => Error::Hardware {
@@ -787,22 +796,21 @@ impl From<SmmuError> for Error {
             SmmuError::InvalidConfig { reason } => {
                 Error::Unsupported(Missing::Mode { what: reason })
             }
-            SmmuError::FieldOutOfRange { field, value } => Error::Hardware {
-                what: field,
-                code: value,
-            },
+            SmmuError::FieldOutOfRange { field, value } => {
+                Error::InvalidArgument { what: field, value }
+            }
             SmmuError::AddressMisaligned { field, address, .. }
-            | SmmuError::AddressTooWide { field, address, .. } => Error::Hardware {
+            | SmmuError::AddressTooWide { field, address, .. } => Error::InvalidArgument {
                 what: field,
-                code: address,
+                value: address,
             },
-            SmmuError::SizeUnsupported { what, log2, .. } => Error::Hardware {
+            SmmuError::SizeUnsupported { what, log2, .. } => Error::InvalidArgument {
                 what,
-                code: log2.into(),
+                value: log2.into(),
             },
-            SmmuError::NotMapped { address } => Error::Hardware {
+            SmmuError::NotMapped { address } => Error::InvalidArgument {
                 what: "table not mapped by the allocator",
-                code: address,
+                value: address,
             },
         }
     }

@@ -757,7 +757,7 @@ impl From<Error> for iommu::Error {
             Error::Timeout { what, .. } => iommu::Error::Timeout {
                 what: wait_name(what),
             },
-            Error::QueueError { kind, head } => iommu::Error::Hardware {
+            Error::QueueError { kind, head } => iommu::Error::CommandError {
                 what: match kind {
                     QueueErrorKind::InvalidQueueEntry => "invalidation queue error (FSTS.IQE)",
                     QueueErrorKind::InvalidationTimeout => {
@@ -774,10 +774,10 @@ impl From<Error> for iommu::Error {
             }
             Error::NoMemory => iommu::Error::NoMemory,
             Error::EntryPresent { .. } => iommu::Error::Busy,
-            Error::InvalidArgument { what, value } => iommu::Error::Hardware { what, code: value },
-            Error::BatchTooLarge { len, .. } => iommu::Error::Hardware {
+            Error::InvalidArgument { what, value } => iommu::Error::InvalidArgument { what, value },
+            Error::BatchTooLarge { len, .. } => iommu::Error::InvalidArgument {
                 what: "invalidation batch larger than the queue",
-                code: len as u64,
+                value: len as u64,
             },
             Error::InvalidationRejected { register } => iommu::Error::Hardware {
                 what: "register-based invalidation ignored (actual granularity 0)",

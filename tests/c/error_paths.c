@@ -43,7 +43,8 @@ static void errno_mapping(void)
         { IE_STATUS_OUT_OF_RANGE, -34 }, { IE_STATUS_RESERVED, -98 },
         { IE_STATUS_NO_SPACE, -28 },  { IE_STATUS_NOT_PERMITTED, -1 },
         { IE_STATUS_UNSUPPORTED, -95 }, { IE_STATUS_TIMEOUT, -110 },
-        { IE_STATUS_HARDWARE, -5 },   { IE_STATUS_FAULTS_LOST, -75 }, { 16, -22 },
+        { IE_STATUS_HARDWARE, -5 },   { IE_STATUS_FAULTS_LOST, -75 },
+        { IE_STATUS_COMMAND_ERROR, -5 }, { 17, -22 },
         { -1, -22 }, { INT32_MIN, -22 },
         { INT32_MAX, -22 },
     };

@@ -565,7 +565,7 @@ fn queue_errors_are_reported_and_the_unit_keeps_working() {
     u.unmap(d, Iova::new(0), K4, &mut g).unwrap();
     assert!(matches!(
         u.flush(d, &mut g),
-        Err(iommu::Error::Hardware { what, .. }) if what.contains("ITE")
+        Err(iommu::Error::CommandError { what, .. }) if what.contains("ITE")
     ));
     assert!(!regs::fsts(&m).0.contains(Fsts::ITE), "cleared");
     m.ite_on_device_tlb(false);
