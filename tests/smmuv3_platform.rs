@@ -2,13 +2,18 @@
 //! (issue 15): 52-bit output with the 4 KiB granule, preset tables and queues, broadcast TLB
 //! maintenance, granules chosen by the embedder.
 
-use iommu_engine::iommu::{DeviceId, DomainConfig, Iommu, Source, Stage};
+use iommu_engine::iommu::{DeviceId, DomainConfig, Error, Iommu, Source, Stage};
 use iommu_engine::mem::{Iova, PhysAddr};
-use iommu_engine::pgtable::Prot;
+use iommu_engine::pgtable::{self, Prot};
 use iommu_engine::sim::arena::Arena;
 use iommu_engine::sim::smmuv3::{SmmuModel, SmmuModelConfig};
 use iommu_engine::sim::walk::Access;
-use iommu_engine::smmuv3::{SmmuConfig, SmmuError, SmmuUnit};
+use iommu_engine::smmuv3::cmdq::SyncMode;
+use iommu_engine::smmuv3::{SmmuConfig, SmmuError, SmmuUnit, StreamTableLayout};
+
+#[path = "support/pages.rs"]
+mod pages;
+use pages::Held;
 
 const K4: u64 = 1 << 12;
 const RW: Prot = Prot::READ.union(Prot::WRITE);
@@ -344,4 +349,106 @@ fn domains_of_different_granules_on_one_unit() {
         u.domain_alloc(&no16),
         Err(Error::Unsupported(Missing::PageSize { size_log2: 14 }))
     );
+}
+
+/// Every structure the unit reads -- stream table and its level-2 tables, CD tables, command
+/// and event queues, the CMD_SYNC MSI page, page-table pages -- must lie below `2^OAS`
+/// (`IDR5.OAS` 44 here, as QEMU's): `STRTAB_BASE.ADDR`, `CMDQ_BASE.ADDR`, `EVENTQ_BASE.ADDR`,
+/// `L1STD.L2Ptr`, `STE.S1ContextPtr` and `CMD_SYNC.MSIAddress` bits above it are RES0 and a
+/// unit need not store them (IHI 0070 G.b §6.3.24, §6.3.26, §6.3.29, §5.2, §4.7.3), so a page
+/// there would be reached through another address. A page the allocator hands out above is
+/// refused with the address and the width, given back, and nothing is written.
+#[test]
+fn structures_above_the_output_address_size_are_refused() {
+    let a = pages::arena_across(44);
+    let mut held = Held::default();
+    let model_cfg = SmmuModelConfig::qemu_like()
+        .with_msi(true)
+        .with_ssid_bits(8);
+    let model = SmmuModel::new(&a, model_cfg);
+    // Every structure one 4 KiB page: 2^9 L1STDs, 2^6-STE level-2 tables, 2^8 commands,
+    // 2^7 event records, 2^2 L1CDs, 2^6-CD level-2 tables.
+    let cfg = SmmuConfig {
+        sync: SyncMode::Msi,
+        stream_table: StreamTableLayout::TwoLevel { split: 6 },
+        sid_bits: Some(15),
+        ..cfg()
+    };
+    let u = SmmuUnit::new(&model, &a, cfg).unwrap();
+    // (pages placed below, pages the failed enable keeps, the structure refused): the stream
+    // table is kept for the retry, a command queue only with its MSI page.
+    for (below, kept, table) in [
+        (0, 0, "stream table"),
+        (1, 1, "command queue"),
+        (1, 0, "CMD_SYNC MSI page"),
+        (2, 2, "event queue"),
+    ] {
+        let (live, pa) = held.next_high(&a, 44, below);
+        let refused = SmmuError::TableOutOfRange { table, pa, oas: 44 };
+        assert_eq!(u.enable(), Err(refused));
+        assert_eq!(a.stats().live_pages, live + kept, "pages kept");
+        held.went_back(&a, pa);
+    }
+    let _ = held.next_high(&a, 44, 1);
+    u.enable().unwrap();
+    // A domain's root table, then the level-2 stream table holding the STE, then a table
+    // under the domain's root.
+    let engine = |pa| Error::PageTable(pgtable::Error::TableOutOfRange { pa, oas: 44 });
+    let unit = |table, pa| Error::TableOutOfRange {
+        table,
+        pa,
+        width: 44,
+    };
+    let (live, pa) = held.next_high(&a, 44, 0);
+    assert_eq!(u.domain_alloc(&stage(Stage::Second)), Err(engine(pa)));
+    assert_eq!(a.stats().live_pages, live, "pages kept");
+    held.went_back(&a, pa);
+    let _ = held.next_high(&a, 44, 1);
+    let s2 = u.domain_alloc(&stage(Stage::Second)).unwrap();
+    let (live, pa) = held.next_high(&a, 44, 0);
+    let r = u.attach(DeviceId(SID), None, s2);
+    assert_eq!(r, Err(unit("level-2 stream table", pa)));
+    assert_eq!(a.stats().live_pages, live, "pages kept");
+    held.went_back(&a, pa);
+    assert!(model.translate(SID, None, 0x1000, Access::READ).is_err());
+    let _ = held.next_high(&a, 44, 1);
+    u.attach(DeviceId(SID), None, s2).unwrap();
+    let (live, pa) = held.next_high(&a, 44, 0);
+    let r = u.map(s2, Iova::new(0x1000), PhysAddr::new(0x4000_0000), K4, RW);
+    assert_eq!(r, Err(engine(pa)));
+    assert_eq!(a.stats().live_pages, live, "pages kept");
+    held.went_back(&a, pa);
+    assert!(model.translate(SID, None, 0x1000, Access::READ).is_err());
+    // The CD table of a stage-1 stream, then its level-2 table (its STE's level-2 table is
+    // there already): the attach keeps neither.
+    let _ = held.next_high(&a, 44, 1);
+    let s1 = u.domain_alloc(&stage(Stage::First)).unwrap();
+    for (below, table) in [(0, "CD table"), (1, "level-2 CD table")] {
+        let (live, pa) = held.next_high(&a, 44, below);
+        let r = u.attach(DeviceId(SID + 1), None, s1);
+        assert_eq!(r, Err(unit(table, pa)));
+        assert_eq!(a.stats().live_pages, live, "pages kept");
+        held.went_back(&a, pa);
+    }
+    // The CD table and its level-2 table, then three tables under s1's root.
+    let _ = held.next_high(&a, 44, 5);
+    u.attach(DeviceId(SID + 1), None, s1).unwrap();
+    u.map(s1, Iova::new(0x1000), PhysAddr::new(0x4000_0000), K4, RW)
+        .unwrap();
+    let ok = model
+        .translate(SID + 1, None, 0x1008, Access::READ)
+        .unwrap();
+    assert_eq!(ok.pa, 0x4000_0008);
+    assert!(a.bad_frees().is_empty());
+    // Everything the unit allocated goes back with it: nothing it refused was kept.
+    for (sid, d) in [(SID, s2), (SID + 1, s1)] {
+        u.detach(DeviceId(sid), None).unwrap();
+        let mut g = iommu_engine::pgtable::Gather::new();
+        u.unmap(d, Iova::new(0x1000), K4, &mut g).unwrap();
+        u.flush(d, &mut g).unwrap();
+        u.domain_free(d).unwrap();
+    }
+    u.disable().unwrap();
+    drop(u);
+    assert_eq!(a.stats().live_pages, held.len());
 }

@@ -5,12 +5,16 @@
 use iommu_engine::iommu::{
     DeviceId, DomainConfig, DomainHandle, Error, Iommu, Missing, Pasid, Stage,
 };
-use iommu_engine::mem::{Iova, Page, PageAllocator, PhysAddr};
+use iommu_engine::mem::{Iova, PhysAddr};
 use iommu_engine::pgtable::{Gather, Prot};
 use iommu_engine::sim::vtd::{DmaOk, Injection, VtdModel, VtdModelConfig};
 use iommu_engine::sim::walk::Access;
 use iommu_engine::sim::{Arena, ArenaConfig};
 use iommu_engine::vtd::{self, AttachOptions, Mode, VtdConfig, VtdUnit};
+
+#[path = "support/pages.rs"]
+mod pages;
+use pages::Held;
 
 const K4: u64 = 0x1000;
 const M2: u64 = 0x20_0000;
@@ -876,65 +880,8 @@ fn host_address_width_bounds_physical_addresses() {
     }
 }
 
-/// `2^36`: the host address width the tests below declare (DMAR field 35).
+/// `2^36`: the host address width the test below declares (DMAR field 35).
 const HAW36: u64 = 1 << 36;
-
-/// An arena straddling `2^36`: 1 MiB below it, 1 MiB above.
-fn arena_across_haw36() -> Arena {
-    Arena::new(ArenaConfig {
-        base_pa: HAW36 - (1 << 20),
-        capacity: 2 << 20,
-    })
-    .expect("arena")
-}
-
-/// Takes every fresh 4 KiB page of `a` below `boundary` (and the first one at it), so that the
-/// pages `a` hands out next lie at or above `boundary` (the first at the returned page's
-/// address + 4 KiB) until some of the returned low pages are freed (freed pages are handed out
-/// first, in the order they were freed).
-fn take_pages_below(a: &Arena, boundary: u64) -> (Vec<Page>, Page) {
-    let mut low = Vec::new();
-    loop {
-        let p = a.alloc(12).expect("arena page");
-        if p.pa.get() >= boundary {
-            return (low, p);
-        }
-        low.push(p);
-    }
-}
-
-fn give_back(a: &Arena, pages: impl IntoIterator<Item = Page>) {
-    for p in pages {
-        // SAFETY: every page came from `a.alloc(12)` (`take_pages_below`) and was never handed
-        // to a unit.
-        unsafe { a.free(p, 12) };
-    }
-}
-
-/// Takes every low page of `a` but `below` (`low` holds them; the low pages it held before are
-/// given back first), so that the pages `a` hands out next are those `below` pages, then fresh
-/// ones from the returned address on. Returns the live page count and that address.
-fn next_high(
-    a: &Arena,
-    below: usize,
-    low: &mut Vec<Page>,
-    high: &mut Vec<Page>,
-) -> (usize, PhysAddr) {
-    give_back(a, low.drain(..));
-    let (mut taken, top) = take_pages_below(a, HAW36);
-    give_back(a, taken.drain(..below));
-    low.extend(taken);
-    high.push(top);
-    (a.stats().live_pages, PhysAddr::new(top.pa.get() + K4))
-}
-
-/// Checks that the refused page at `pa` went back: it is the next one `a` hands out (`high`
-/// holds it from now on).
-fn went_back(a: &Arena, pa: PhysAddr, high: &mut Vec<Page>) {
-    let page = a.alloc(12).unwrap();
-    assert_eq!(page.pa, pa, "the refused page was not given back");
-    high.push(page);
-}
 
 /// The review's probe (issue 15): every structure the unit reads -- root table, context
 /// table, PASID directory and table, invalidation queue and its status page, page-table pages
@@ -966,17 +913,17 @@ fn structures_above_the_host_address_width_are_refused() {
     );
     assert_eq!(above.stats().live_pages, 0);
 
-    let a = arena_across_haw36();
-    let (mut low, mut high) = (Vec::new(), Vec::new());
+    let a = pages::arena_across(36);
+    let mut held = Held::default();
     let m = VtdModel::new(&a, VtdModelConfig::qemu_default());
     let u = VtdUnit::new(&m, &a, legacy).unwrap();
     // The queue's ring, then (the ring below) its status page.
     for (below, table) in [(0, "invalidation queue"), (1, "invalidation status page")] {
-        let (live, pa) = next_high(&a, below, &mut low, &mut high);
+        let (live, pa) = held.next_high(&a, 36, below);
         let r = u.enable();
         assert_eq!(r, Err(vtd::Error::TableOutOfRange { table, pa, haw: 36 }));
         assert_eq!(a.stats().live_pages, live, "pages kept");
-        went_back(&a, pa, &mut high);
+        held.went_back(&a, pa);
     }
     let d = u.domain_alloc(&DomainConfig::default()).unwrap();
     let refused = |table, pa| {
@@ -986,14 +933,14 @@ fn structures_above_the_host_address_width_are_refused() {
             width: 36,
         })
     };
-    let (live, pa) = next_high(&a, 2, &mut low, &mut high);
+    let (live, pa) = held.next_high(&a, 36, 2);
     // The queue and status page below, the context table of bus 0 above.
     u.enable().unwrap();
     assert_eq!(u.attach(DEV, None, d), refused("context table", pa));
     assert_eq!(a.stats().live_pages, live + 2, "pages kept");
-    went_back(&a, pa, &mut high);
+    held.went_back(&a, pa);
     assert!(m.translate(sid(DEV), None, 0x1000, Access::READ).is_err());
-    let (_, pa) = next_high(&a, 1, &mut low, &mut high);
+    let (_, pa) = held.next_high(&a, 36, 1);
     u.attach(DEV, None, d).unwrap();
     // A page-table page under the domain's root: nothing is linked.
     let live = a.stats().live_pages;
@@ -1005,21 +952,26 @@ fn structures_above_the_host_address_width_are_refused() {
         ))
     );
     assert_eq!(a.stats().live_pages, live, "pages kept");
-    went_back(&a, pa, &mut high);
+    held.went_back(&a, pa);
     assert_eq!(u.query(d, Iova::new(0x1000)), None);
     assert!(m.translate(sid(DEV), None, 0x1000, Access::READ).is_err());
-    let _ = next_high(&a, 3, &mut low, &mut high);
+    let _ = held.next_high(&a, 36, 3);
     u.map(d, Iova::new(0x1000), PhysAddr::new(0x4000_0000), K4, RW)
         .unwrap();
     ok(m.translate(sid(DEV), None, 0x1008, Access::READ));
     assert!(a.bad_frees().is_empty());
+    // Everything the unit allocated goes back with it: nothing it refused was kept.
+    u.disable().unwrap();
+    let released = u.release().map_err(|(_, e)| e).unwrap();
+    assert_eq!(released.leaked, None);
+    assert_eq!(a.stats().live_pages, held.len());
 
     // Scalable mode: the PASID directory above (the context table below), then the PASID table
     // of RID_PASID above (the directory below). What was placed below stays linked (a context
     // table lives as long as the unit; a present context entry over an empty directory blocks
     // as none would); the page above went back.
-    let a = arena_across_haw36();
-    let (mut low, mut high) = (Vec::new(), Vec::new());
+    let a = pages::arena_across(36);
+    let mut held = Held::default();
     let m = VtdModel::new(&a, VtdModelConfig::scalable());
     let scalable = VtdConfig {
         mode: Mode::Scalable,
@@ -1029,15 +981,20 @@ fn structures_above_the_host_address_width_are_refused() {
     u.enable().unwrap();
     let d = u.domain_alloc(&DomainConfig::default()).unwrap();
     for table in ["PASID directory", "PASID table"] {
-        let (live, pa) = next_high(&a, 1, &mut low, &mut high);
+        let (live, pa) = held.next_high(&a, 36, 1);
         assert_eq!(u.attach(DEV, None, d), refused(table, pa));
         assert_eq!(a.stats().live_pages, live + 1, "pages kept");
         assert!(m.translate(sid(DEV), None, 0x1000, Access::READ).is_err());
-        went_back(&a, pa, &mut high);
+        held.went_back(&a, pa);
     }
-    give_back(&a, low);
+    let _ = held.next_high(&a, 36, 1);
     u.attach(DEV, None, d).unwrap();
     assert!(a.bad_frees().is_empty());
+    // Everything the unit allocated goes back with it: nothing it refused was kept.
+    u.disable().unwrap();
+    let released = u.release().map_err(|(_, e)| e).unwrap();
+    assert_eq!(released.leaked, None);
+    assert_eq!(a.stats().live_pages, held.len());
 }
 
 /// `CAP.MGAW` bounds first-stage domains too: a 39-bit unit (QEMU `aw-bits=39`) blocks every

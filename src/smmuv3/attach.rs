@@ -455,6 +455,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
                 self.cfg.cd_format,
                 self.cfg.ssid_bits,
                 self.features.coherency(),
+                self.features.oas,
             )?);
         }
         stream.ste(self.features.coherency(), |x| self.shape(x))?;

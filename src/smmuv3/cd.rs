@@ -12,7 +12,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use super::cmd::Command;
-use super::field::{address_bits, Field};
+use super::field::{address_bits, table_page, Field};
 use super::regs::Shareability;
 use super::ste::{Cacheability, S1Fmt};
 use super::{Asid, SmmuError, StreamId, SubstreamId};
@@ -229,6 +229,8 @@ pub(crate) struct CdTable<A: PageAllocator> {
     cdmax: u32,
     root: Page,
     root_log2: u32,
+    /// `IDR5.OAS`: every page of the table lies below `2^oas`.
+    oas: u32,
 }
 
 const CD_LOG2: u32 = 6;
@@ -244,12 +246,15 @@ impl<A: PageAllocator> CdTable<A> {
     ///
     /// # Errors
     ///
-    /// [`SmmuError::SizeUnsupported`] for `cdmax > 20`, [`SmmuError::NoMemory`].
+    /// [`SmmuError::SizeUnsupported`] for `cdmax > 20`, [`SmmuError::NoMemory`];
+    /// [`SmmuError::TableOutOfRange`] for a page at or above `2^oas`, here or when a leaf is
+    /// added.
     pub fn new(
         alloc: A,
         fmt: S1Fmt,
         cdmax: u32,
         coherency: WalkerCoherency,
+        oas: u32,
     ) -> Result<Self, SmmuError> {
         if cdmax > 20 {
             return Err(SmmuError::SizeUnsupported {
@@ -268,9 +273,7 @@ impl<A: PageAllocator> CdTable<A> {
             _ => cdmax - split(fmt) + 3,
         };
         let root_log2 = entries_log2.max(PAGE_SHIFT_4K);
-        let root = alloc.alloc(root_log2).ok_or(SmmuError::NoMemory {
-            size_log2: root_log2,
-        })?;
+        let root = table_page(&alloc, root_log2, oas, "CD table")?;
         let table = Self {
             alloc,
             coherency,
@@ -278,6 +281,7 @@ impl<A: PageAllocator> CdTable<A> {
             cdmax,
             root,
             root_log2,
+            oas,
         };
         address_bits(super::ste::S1CONTEXTPTR, root.pa.get())?;
         // The zeroed table (every CD or L1CD invalid) must reach memory before an STE points
@@ -336,11 +340,16 @@ impl<A: PageAllocator> CdTable<A> {
                 return Ok(None);
             }
             let leaf_log2 = (split + CD_LOG2).max(PAGE_SHIFT_4K);
-            let leaf = self.alloc.alloc(leaf_log2).ok_or(SmmuError::NoMemory {
-                size_log2: leaf_log2,
-            })?;
+            let leaf = table_page(&self.alloc, leaf_log2, self.oas, "level-2 CD table")?;
+            desc = match address_bits(L1CD_L2PTR, leaf.pa.get()) {
+                Ok(l2ptr) => l2ptr | L1CD_V,
+                Err(e) => {
+                    // SAFETY: the page came from `alloc(leaf_log2)` just now, never linked.
+                    unsafe { self.alloc.free(leaf, leaf_log2) };
+                    return Err(e);
+                }
+            };
             self.coherency.sync(&self.alloc, leaf.va, 1 << leaf_log2);
-            desc = address_bits(L1CD_L2PTR, leaf.pa.get())? | L1CD_V;
             // The zeroed leaf is visible before the descriptor that links it.
             l1.store(desc, Ordering::Release);
             self.coherency
@@ -578,7 +587,8 @@ mod tests {
     #[test]
     fn linear_install_and_remove() {
         let alloc = VecAllocator::default();
-        let mut t = CdTable::new(&alloc, S1Fmt::Linear, 4, WalkerCoherency::NonCoherent).unwrap();
+        let mut t =
+            CdTable::new(&alloc, S1Fmt::Linear, 4, WalkerCoherency::NonCoherent, 52).unwrap();
         assert_eq!(t.fmt(), S1Fmt::Linear);
         let cd = ctx().encode().unwrap();
         let ssid = SubstreamId::new(3).unwrap();
@@ -611,7 +621,7 @@ mod tests {
         let alloc = VecAllocator::default();
         {
             let mut t =
-                CdTable::new(&alloc, S1Fmt::TwoLevel4K, 12, WalkerCoherency::Coherent).unwrap();
+                CdTable::new(&alloc, S1Fmt::TwoLevel4K, 12, WalkerCoherency::Coherent, 52).unwrap();
             assert_eq!(alloc.live_pages(), 1);
             let cd = ctx().encode().unwrap();
             let a = SubstreamId::new(0x41).unwrap();
@@ -636,7 +646,7 @@ mod tests {
         assert_eq!(alloc.live_pages(), 0);
         alloc.fail.set(true);
         assert!(matches!(
-            CdTable::new(&alloc, S1Fmt::Linear, 0, WalkerCoherency::Coherent),
+            CdTable::new(&alloc, S1Fmt::Linear, 0, WalkerCoherency::Coherent, 52),
             Err(SmmuError::NoMemory { .. })
         ));
     }
@@ -644,7 +654,8 @@ mod tests {
     #[test]
     fn live_install_syncs_with_v_clear_then_sets_v() {
         let alloc = VecAllocator::default();
-        let mut t = CdTable::new(&alloc, S1Fmt::TwoLevel4K, 12, WalkerCoherency::Coherent).unwrap();
+        let mut t =
+            CdTable::new(&alloc, S1Fmt::TwoLevel4K, 12, WalkerCoherency::Coherent, 52).unwrap();
         let cd = ctx().encode().unwrap();
         let ssid = SubstreamId::new(0x81).unwrap();
         // The slot holds an old CD's words (V clear), as after `remove`.

@@ -33,6 +33,7 @@
 use core::sync::atomic::{AtomicU32, Ordering};
 
 use super::cmd::{Command, SyncMsi, SyncSignal};
+use super::field::table_page;
 use super::queue::{QueueMemory, QueuePointer};
 use super::regs::{self, Gerror};
 use super::{CommandErrorKind, SmmuError};
@@ -90,8 +91,9 @@ impl<A: PageAllocator> CommandQueue<A> {
     ///
     /// # Errors
     ///
-    /// [`SmmuError::SizeUnsupported`], [`SmmuError::NoMemory`], or
-    /// [`SmmuError::InvalidConfig`] for MSI completion on a non-coherent unit (the CPU would
+    /// [`SmmuError::SizeUnsupported`], [`SmmuError::NoMemory`],
+    /// [`SmmuError::TableOutOfRange`] for a queue or MSI page at or above `2^oas` (`IDR5.OAS`),
+    /// or [`SmmuError::InvalidConfig`] for MSI completion on a non-coherent unit (the CPU would
     /// read a stale cached copy of the MSI word).
     pub fn new(
         alloc: A,
@@ -100,6 +102,7 @@ impl<A: PageAllocator> CommandQueue<A> {
         coherency: WalkerCoherency,
         mode: SyncMode,
         budget: u32,
+        oas: u32,
     ) -> Result<Self, SmmuError> {
         if mode == SyncMode::Msi && coherency == WalkerCoherency::NonCoherent {
             return Err(SmmuError::InvalidConfig {
@@ -113,11 +116,15 @@ impl<A: PageAllocator> CommandQueue<A> {
             max_log2,
             ENTRY_LOG2,
             coherency,
+            oas,
         )?;
         let msi = match mode {
-            SyncMode::Msi => Some(mem.alloc.alloc(PAGE_SHIFT_4K).ok_or(SmmuError::NoMemory {
-                size_log2: PAGE_SHIFT_4K,
-            })?),
+            SyncMode::Msi => Some(table_page(
+                &mem.alloc,
+                PAGE_SHIFT_4K,
+                oas,
+                "CMD_SYNC MSI page",
+            )?),
             _ => None,
         };
         let zero = QueuePointer::zero(log2);
@@ -451,7 +458,7 @@ mod tests {
         mode: SyncMode,
     ) -> CommandQueue<&'a VecAllocator> {
         let mut q =
-            CommandQueue::new(alloc, log2, 19, WalkerCoherency::Coherent, mode, 1000).unwrap();
+            CommandQueue::new(alloc, log2, 19, WalkerCoherency::Coherent, mode, 1000, 52).unwrap();
         regs::write_cr0(m, 0, 10).unwrap();
         q.program(m);
         regs::write_cr0(m, regs::Cr0::CMDQEN.bits(), 10).unwrap();
@@ -531,7 +538,8 @@ mod tests {
             19,
             WalkerCoherency::NonCoherent,
             SyncMode::Msi,
-            1
+            1,
+            52
         )
         .is_err());
         assert!(matches!(
@@ -541,7 +549,8 @@ mod tests {
                 19,
                 WalkerCoherency::Coherent,
                 SyncMode::PollCons,
-                1
+                1,
+                52
             ),
             Err(SmmuError::SizeUnsupported {
                 log2: 20,

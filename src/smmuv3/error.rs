@@ -93,6 +93,21 @@ pub enum SmmuError {
         /// Width of the field, in address bits.
         bits: u32,
     },
+    /// The allocator gave a page for a structure the unit reads -- the stream table or one of
+    /// its level-2 tables, a CD table or leaf, the command or event queue, the CMD_SYNC MSI
+    /// page -- that does not lie below `2^oas` (`IDR5.OAS`): the address bits above the
+    /// unit's output size are RES0 in `STRTAB_BASE`, `CMDQ_BASE`, `EVENTQ_BASE`, `L1STD`,
+    /// `STE.S1ContextPtr`, `L1CD` and `CMD_SYNC`, and a unit need not store them (§6.3.23-§6.3.24,
+    /// §6.3.26, §6.3.29, §5.1, §5.2, §5.4.1, §4.7), so it would read another page. The page was given
+    /// back and nothing changed: give the unit memory below `2^oas`.
+    TableOutOfRange {
+        /// Which structure.
+        table: &'static str,
+        /// Physical address of the page the allocator gave.
+        pa: crate::mem::PhysAddr,
+        /// The unit's output address size (`IDR5.OAS`), in bits.
+        oas: u32,
+    },
     /// A configuration register read back other than written (`STRTAB_BASE`,
     /// `STRTAB_BASE_CFG`): the unit ignored the write. Found before translation is turned on,
     /// so the unit is not enabled and walks no table of the previous owner; as
@@ -250,6 +265,11 @@ impl fmt::Display for SmmuError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             Self::NoMemory { size_log2 } => write!(f, "no memory for a 2^{size_log2}-byte page"),
+            Self::TableOutOfRange { table, pa, oas } => write!(
+                f,
+                "{table} page at {:#x} is not below the {oas}-bit output address size",
+                pa.get()
+            ),
             Self::FieldOutOfRange { field, value } => {
                 write!(f, "value {value:#x} does not fit field {field}")
             }

@@ -54,7 +54,8 @@ impl<A: PageAllocator> EventQueue<A> {
     ///
     /// # Errors
     ///
-    /// [`SmmuError::SizeUnsupported`], [`SmmuError::NoMemory`]. For a non-coherent unit every
+    /// [`SmmuError::SizeUnsupported`], [`SmmuError::NoMemory`], [`SmmuError::TableOutOfRange`]
+    /// for a page at or above `2^oas` (`IDR5.OAS`). For a non-coherent unit every
     /// record is invalidated from the CPU caches ([`PageAllocator::sync_for_cpu`]) before it is
     /// read.
     pub fn new(
@@ -62,8 +63,17 @@ impl<A: PageAllocator> EventQueue<A> {
         log2: u32,
         max_log2: u32,
         coherency: WalkerCoherency,
+        oas: u32,
     ) -> Result<Self, SmmuError> {
-        let mem = QueueMemory::new(alloc, "event queue", log2, max_log2, ENTRY_LOG2, coherency)?;
+        let mem = QueueMemory::new(
+            alloc,
+            "event queue",
+            log2,
+            max_log2,
+            ENTRY_LOG2,
+            coherency,
+            oas,
+        )?;
         Ok(Self {
             mem,
             cons: QueuePointer::zero(log2),
@@ -146,7 +156,7 @@ mod tests {
     #[test]
     fn drains_in_order_bounded_and_wraps() {
         let (alloc, m) = (VecAllocator::default(), ModelSmmu::new());
-        let mut q = EventQueue::new(&alloc, 3, 19, WalkerCoherency::Coherent).unwrap();
+        let mut q = EventQueue::new(&alloc, 3, 19, WalkerCoherency::Coherent, 52).unwrap();
         q.program(&m);
         assert_eq!(q.base_register() & 0x1f, 3);
         let mut seen = Vec::new();
@@ -184,7 +194,7 @@ mod tests {
     #[test]
     fn overflow_is_reported_once_and_acknowledged() {
         let (alloc, m) = (VecAllocator::default(), ModelSmmu::new());
-        let mut q = EventQueue::new(&alloc, 2, 19, WalkerCoherency::Coherent).unwrap();
+        let mut q = EventQueue::new(&alloc, 2, 19, WalkerCoherency::Coherent, 52).unwrap();
         q.program(&m);
         for i in 0..6 {
             m.push_event(record(i));
@@ -214,6 +224,6 @@ mod tests {
                 more: false
             }
         );
-        assert!(EventQueue::new(&alloc, 2, 19, WalkerCoherency::NonCoherent).is_ok());
+        assert!(EventQueue::new(&alloc, 2, 19, WalkerCoherency::NonCoherent, 52).is_ok());
     }
 }

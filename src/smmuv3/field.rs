@@ -5,6 +5,7 @@
 //! reads like the spec's table and the encoders cannot silently truncate a value.
 
 use super::SmmuError;
+use crate::mem::{alloc_below, Page, PageAllocator, Unplaced};
 
 /// An inclusive bit range `hi:lo` of one 64-bit word, with the spec's name for error reports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,6 +92,24 @@ pub const fn address_bits(field: Field, pa: u64) -> Result<u64, SmmuError> {
         });
     }
     Ok(pa)
+}
+
+/// A zeroed page of `2^size_log2` bytes for `table`, a structure the unit reads through an
+/// address field whose bits at and above `oas` (`IDR5.OAS`) it may drop.
+///
+/// # Errors
+///
+/// [`SmmuError::NoMemory`]; [`SmmuError::TableOutOfRange`] (the page was given back).
+pub(crate) fn table_page<A: PageAllocator + ?Sized>(
+    alloc: &A,
+    size_log2: u32,
+    oas: u32,
+    table: &'static str,
+) -> Result<Page, SmmuError> {
+    alloc_below(alloc, size_log2, oas).map_err(|e| match e {
+        Unplaced::NoMemory => SmmuError::NoMemory { size_log2 },
+        Unplaced::Beyond(pa) => SmmuError::TableOutOfRange { table, pa, oas },
+    })
 }
 
 #[cfg(test)]

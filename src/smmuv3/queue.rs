@@ -8,7 +8,7 @@
 use core::ptr::NonNull;
 use core::sync::atomic::AtomicU64;
 
-use super::field::{address_bits, Field};
+use super::field::{address_bits, table_page, Field};
 use super::SmmuError;
 use crate::mem::{Page, PageAllocator, WalkerCoherency, PAGE_SHIFT_4K};
 
@@ -110,7 +110,8 @@ pub(crate) struct QueueMemory<A: PageAllocator> {
 }
 
 impl<A: PageAllocator> QueueMemory<A> {
-    /// Allocates a zeroed queue; `max_log2` is the unit's limit (`IDR1.CMDQS`/`EVENTQS`).
+    /// Allocates a zeroed queue below `2^oas` (`IDR5.OAS`); `max_log2` is the unit's limit
+    /// (`IDR1.CMDQS`/`EVENTQS`).
     pub(crate) fn new(
         alloc: A,
         what: &'static str,
@@ -118,6 +119,7 @@ impl<A: PageAllocator> QueueMemory<A> {
         max_log2: u32,
         entry_log2: u32,
         coherency: WalkerCoherency,
+        oas: u32,
     ) -> Result<Self, SmmuError> {
         // LOG2SIZE is a 5-bit field and the architecture caps queues at 2^19 entries.
         let max = max_log2.min(QueuePointer::MAX_LOG2);
@@ -131,9 +133,7 @@ impl<A: PageAllocator> QueueMemory<A> {
         // The base must be aligned to the queue size (at least 32 bytes); a 4K page is the
         // allocator's smallest unit and satisfies that for small queues.
         let size_log2 = (log2 + entry_log2).max(PAGE_SHIFT_4K);
-        let page = alloc
-            .alloc(size_log2)
-            .ok_or(SmmuError::NoMemory { size_log2 })?;
+        let page = table_page(&alloc, size_log2, oas, what)?;
         let queue = Self {
             alloc,
             page,

@@ -12,7 +12,7 @@
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use super::field::{address_bits, Field};
+use super::field::{address_bits, table_page, Field};
 use super::regs;
 use super::ste::Ste;
 use super::ste_update::{plan_update, UpdatePlan};
@@ -62,6 +62,8 @@ pub(crate) struct StreamTable<A: PageAllocator> {
     log2: u32,
     root: Page,
     root_log2: u32,
+    /// `IDR5.OAS`: every page of the table lies below `2^oas`.
+    oas: u32,
 }
 
 // SAFETY: the raw page pointers are owned by the StreamTable (the table's pages, freed only by its `Drop`);
@@ -76,12 +78,14 @@ impl<A: PageAllocator> StreamTable<A> {
     /// # Errors
     ///
     /// [`SmmuError::SizeUnsupported`] for `log2 > 32`, a split other than 6/8/10 or above
-    /// `log2`; [`SmmuError::NoMemory`].
+    /// `log2`; [`SmmuError::NoMemory`]; [`SmmuError::TableOutOfRange`] for a page at or
+    /// above `2^oas`, here or when a level-2 table is added.
     pub fn new(
         alloc: A,
         fmt: StrtabFormat,
         log2: u32,
         coherency: WalkerCoherency,
+        oas: u32,
     ) -> Result<Self, SmmuError> {
         if log2 > 32 {
             return Err(SmmuError::SizeUnsupported {
@@ -104,9 +108,7 @@ impl<A: PageAllocator> StreamTable<A> {
             }
         };
         let root_log2 = root_bytes_log2.max(PAGE_SHIFT_4K);
-        let root = alloc.alloc(root_log2).ok_or(SmmuError::NoMemory {
-            size_log2: root_log2,
-        })?;
+        let root = table_page(&alloc, root_log2, oas, "stream table")?;
         let table = Self {
             alloc,
             coherency,
@@ -114,6 +116,7 @@ impl<A: PageAllocator> StreamTable<A> {
             log2,
             root,
             root_log2,
+            oas,
         };
         address_bits(STRTAB_BASE_ADDR, root.pa.get())?;
         if fmt == StrtabFormat::Linear {
@@ -231,13 +234,18 @@ impl<A: PageAllocator> StreamTable<A> {
 
     fn new_leaf(&self, split: u32) -> Result<u64, SmmuError> {
         let leaf_log2 = (split + STE_LOG2).max(PAGE_SHIFT_4K);
-        let leaf = self.alloc.alloc(leaf_log2).ok_or(SmmuError::NoMemory {
-            size_log2: leaf_log2,
-        })?;
+        let leaf = table_page(&self.alloc, leaf_log2, self.oas, "level-2 stream table")?;
+        let l2ptr = match address_bits(L1STD_L2PTR, leaf.pa.get()) {
+            Ok(l2ptr) => l2ptr,
+            Err(e) => {
+                // SAFETY: the page came from `alloc(leaf_log2)` just now and was never linked.
+                unsafe { self.alloc.free(leaf, leaf_log2) };
+                return Err(e);
+            }
+        };
         fill_abort(leaf.va, 1 << split);
         self.coherency
             .sync(&self.alloc, leaf.va, 1 << (split + STE_LOG2));
-        let l2ptr = address_bits(L1STD_L2PTR, leaf.pa.get())?;
         Ok(l2ptr | L1STD_SPAN.set_masked(0, (split + 1) as u64))
     }
 
@@ -373,6 +381,7 @@ mod tests {
             StrtabFormat::TwoLevel { split: 8 },
             16,
             WalkerCoherency::Coherent,
+            52,
         )
         .unwrap();
         // FMT 1 (1 << 16 = 0x1_0000) | SPLIT 8 (8 << 6 = 0x200) | LOG2SIZE 16 (0x10).
@@ -381,26 +390,44 @@ mod tests {
         let m = ModelSmmu::new();
         t.program(&m);
         assert_eq!(m.read32(regs::STRTAB_BASE_CFG), 0x1_0210);
-        let l =
-            StreamTable::new(&alloc, StrtabFormat::Linear, 5, WalkerCoherency::Coherent).unwrap();
+        let l = StreamTable::new(
+            &alloc,
+            StrtabFormat::Linear,
+            5,
+            WalkerCoherency::Coherent,
+            52,
+        )
+        .unwrap();
         assert_eq!(l.base_cfg_register(), 5);
         assert!(StreamTable::new(
             &alloc,
             StrtabFormat::TwoLevel { split: 7 },
             16,
-            WalkerCoherency::Coherent
+            WalkerCoherency::Coherent,
+            52
         )
         .is_err());
-        assert!(
-            StreamTable::new(&alloc, StrtabFormat::Linear, 33, WalkerCoherency::Coherent).is_err()
-        );
+        assert!(StreamTable::new(
+            &alloc,
+            StrtabFormat::Linear,
+            33,
+            WalkerCoherency::Coherent,
+            52
+        )
+        .is_err());
     }
 
     #[test]
     fn read_back_checks_the_fields_the_unit_must_hold() {
         let alloc = VecAllocator::default();
-        let l =
-            StreamTable::new(&alloc, StrtabFormat::Linear, 5, WalkerCoherency::Coherent).unwrap();
+        let l = StreamTable::new(
+            &alloc,
+            StrtabFormat::Linear,
+            5,
+            WalkerCoherency::Coherent,
+            52,
+        )
+        .unwrap();
         let m = ModelSmmu::new();
         l.program(&m);
         assert!(l.check_programmed(&m).is_ok());
@@ -433,6 +460,7 @@ mod tests {
             StrtabFormat::TwoLevel { split: 8 },
             16,
             WalkerCoherency::Coherent,
+            52,
         )
         .unwrap();
         t.program(&m);
@@ -449,6 +477,7 @@ mod tests {
             StrtabFormat::Linear,
             4,
             WalkerCoherency::NonCoherent,
+            52,
         )
         .unwrap();
         assert_eq!(t.read(StreamId(15)).unwrap(), Ste::ABORT);
@@ -473,6 +502,7 @@ mod tests {
                 StrtabFormat::TwoLevel { split: 6 },
                 12,
                 WalkerCoherency::Coherent,
+                52,
             )
             .unwrap();
             assert_eq!(alloc.live_pages(), 1);

@@ -507,6 +507,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
                 self.cfg.strtab,
                 self.cfg.sid_bits,
                 coherency,
+                self.features.oas,
             )?);
         }
         if cmdq.is_none() {
@@ -517,6 +518,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
                 coherency,
                 self.cfg.sync,
                 budget,
+                self.features.oas,
             )?);
         }
         if eventq.is_none() {
@@ -525,6 +527,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
                 self.cfg.eventq_log2,
                 self.features.eventq_max_log2,
                 coherency,
+                self.features.oas,
             )?);
         }
         let (Some(strtab), Some(cq), Some(eq)) =
@@ -742,6 +745,11 @@ impl From<SmmuError> for Error {
     fn from(e: SmmuError) -> Self {
         match e {
             SmmuError::NoMemory { .. } => Error::NoMemory,
+            SmmuError::TableOutOfRange { table, pa, oas } => Error::TableOutOfRange {
+                table,
+                pa,
+                width: oas,
+            },
             SmmuError::SyncTimeout { .. } => Error::Timeout { what: "CMD_SYNC" },
             SmmuError::CommandQueueFull { .. } => Error::Timeout {
                 what: "command queue space",
