@@ -26,8 +26,24 @@
 //! scopes) hold one mapping with two users. When the last user is detached (or switched to
 //! another IOASID), the mapping is removed from every domain with their units' invalidation
 //! (an invalidation not confirmed keeps the freed table pages owed, like any unmap) and from
-//! the record. A region that is flagged "relaxable" is still mapped: this crate never
-//! decides that a driver has taken over a device.
+//! the record. A region that is flagged "relaxable" ([`DirectRegion::relaxable`]: an IORT
+//! RMR with `Remapping permitted`) is still mapped: this crate never decides that a driver has
+//! taken over a device.
+//!
+//! ## From firmware
+//! - [`DirectRegion::from_rmrr`]: a DMAR RMRR (VT-d §8.4) is system memory the BIOS uses:
+//!   normal memory, not relaxable (Linux relaxes RMRRs by device class, USB and graphics: a
+//!   kernel's policy, the embedder's to apply).
+//! - [`DirectRegion::from_rmr`]: one memory range of an IORT RMR node for one StreamID range
+//!   (DEN 0049 E.f, "RMR node", `Flags`): access attributes 0x00-0x03 (Device-nGnRnE,
+//!   Device-nGnRE, Device-nGRE, Device-GRE) are device memory, mapped [`Prot::MMIO`]; 0x04
+//!   (Normal non-cacheable) and 0x05 (Normal write-back) normal memory, mapped with the
+//!   domain's memory type; a reserved value is refused (the memory type firmware meant is
+//!   unknown). `Remapping permitted` (bit 0) makes it relaxable. `Access privileged` (bit 1)
+//!   needs no privileged-only page: an SMMUv3 stage 1 serves privileged requests to ordinary
+//!   pages and stage 2 has no privilege levels. Linux maps RMRs the same way
+//!   (`IOMMU_MMIO` for attributes up to Device-GRE, `IOMMU_RESV_DIRECT_RELAXABLE` when
+//!   remapping is permitted).
 //!
 //! Copy semantics: a domain built later for the IOASID (another unit) is filled from the
 //! record, direct mappings included; [`IoasidFlags`](super::IoasidFlags) apply to them as to
@@ -52,6 +68,7 @@ pub const MAX_DIRECT_PER_IOASID: usize = 8;
 pub struct DirectRegion {
     range: IovaRange,
     mmio: bool,
+    relaxable: bool,
 }
 
 impl DirectRegion {
@@ -66,7 +83,49 @@ impl DirectRegion {
         if !aligned || end <= start || end > 1 << RECORD_IAS {
             return Err(Error::BadDirectRegion(range));
         }
-        Ok(Self { range, mmio })
+        Ok(Self {
+            range,
+            mmio,
+            relaxable: false,
+        })
+    }
+
+    /// The region marked relaxable: firmware lets the OS remap it once a driver owns the
+    /// device (Linux `IOMMU_RESV_DIRECT_RELAXABLE`). It is mapped all the same.
+    #[must_use]
+    pub const fn relaxed(mut self) -> Self {
+        self.relaxable = true;
+        self
+    }
+
+    /// One memory range of an IORT RMR node, for the StreamIDs the region names (see the
+    /// module documentation for its memory type and flags). Find a device's with
+    /// [`Iort::reserved_for_device`](crate::firmware::iort::Iort::reserved_for_device) or
+    /// [`Iort::reserved_for`](crate::firmware::iort::Iort::reserved_for).
+    ///
+    /// # Errors
+    /// [`Error::BadDirectRegion`] with the range (its end wrapped if it wraps) if it wraps, is
+    /// empty, is not 4 KiB aligned (DEN 0049 asks 64 KiB; Linux warns and maps it, so does
+    /// this crate), or has a reserved access-attributes value.
+    pub fn from_rmr(rmr: &crate::firmware::iort::platform::ReservedRegion) -> Result<Self, Error> {
+        use crate::firmware::iort::rmr::{RmrAccessAttributes as A, RmrFlags};
+        let m = &rmr.range;
+        let asked = IovaRange {
+            start: Iova::new(m.base),
+            end: Iova::new(m.base.wrapping_add(m.length)),
+        };
+        let range = m.identity().map_err(|_| Error::BadDirectRegion(asked))?;
+        let mmio = match rmr.flags.access_attributes() {
+            A::DeviceNGnRnE | A::DeviceNGnRE | A::DeviceNGRE | A::DeviceGRE => true,
+            A::NormalNonCacheable | A::NormalWriteBack => false,
+            A::Reserved(_) => return Err(Error::BadDirectRegion(range)),
+        };
+        let region = Self::new(range, mmio)?;
+        Ok(if rmr.flags.contains(RmrFlags::REMAPPING_PERMITTED) {
+            region.relaxed()
+        } else {
+            region
+        })
     }
 
     /// The region an RMRR names (normal memory: RMRRs describe system memory the BIOS uses).
@@ -92,6 +151,12 @@ impl DirectRegion {
     /// Whether it is device memory.
     pub const fn mmio(&self) -> bool {
         self.mmio
+    }
+
+    /// Whether firmware lets the OS remap it once a driver owns the device (it is mapped
+    /// one-to-one all the same).
+    pub const fn relaxable(&self) -> bool {
+        self.relaxable
     }
 
     /// What it is mapped with: read/write, and [`Prot::MMIO`] for device memory.

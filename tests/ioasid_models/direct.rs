@@ -373,3 +373,61 @@ fn rmrr_converts_to_a_normal_memory_direct_region() {
         Err(Error::BadDirectRegion(_))
     ));
 }
+
+/// Linux `iort_iommu_get_resv_regions`: a device behind an SMMUv3 gets the ranges of the IORT
+/// RMR nodes naming its StreamID as direct regions, device memory (Device-nGnRE) mapped MMIO,
+/// normal memory as memory; here from a constructed IORT, found from the device's requester ID
+/// through the root complex's ID mappings.
+#[test]
+fn iort_rmr_ranges_of_a_stream_are_mapped_one_to_one() {
+    use iommu_engine::firmware::iort::build::{Map, TableBuilder};
+    use iommu_engine::firmware::iort::Iort;
+    let mut b = TableBuilder::new(6);
+    let smmu = b.smmu_v3(0x900_0000, 0, [0; 4], 0, &[]);
+    let rc = b.root_complex((1, 0, 0), 0, 0, 48, &[Map::range(0, 0x1000, 0, smmu)]);
+    // A doorbell page for SID_A alone (Device-nGnRE), and firmware memory for the 16
+    // StreamIDs from SID_A (Normal write-back, remapping permitted).
+    b.rmr(
+        1 << 2,
+        &[(0x1000_0000, 0x1_0000)],
+        &[Map::range(0, 1, SID_A, smmu)],
+    );
+    b.rmr(
+        1 | 5 << 2,
+        &[(R_START, 0x1_0000)],
+        &[Map::range(0, 16, SID_A, smmu)],
+    );
+    let table = b.build();
+    let iort = Iort::parse(&table).unwrap();
+    let regions: Vec<DirectRegion> = iort
+        .reserved_for_device(rc, SID_A)
+        .unwrap()
+        .map(|r| DirectRegion::from_rmr(&r.unwrap()).unwrap())
+        .collect();
+    assert_eq!(regions.len(), 2);
+    assert_eq!(
+        regions
+            .iter()
+            .map(|d| (d.mmio(), d.relaxable()))
+            .collect::<Vec<_>>(),
+        [(true, false), (false, true)]
+    );
+    assert_eq!(iort.reserved_for_device(rc, SID_A + 16).unwrap().count(), 0);
+    with_rig(VtdSetup::legacy(true), SmmuSetup::qemu(true), |r| {
+        let ctx = IoasidCtx::new(r.reg, r.arena, 0);
+        let dev = ctx
+            .bind_with_direct(smmu_dev(SID_A), false, None, &regions)
+            .unwrap();
+        let io = ctx.alloc(IoasidFlags::empty()).unwrap();
+        ctx.attach(dev, io).unwrap();
+        for (base, prot) in [(0x1000_0000, RW | Prot::MMIO), (R_START, RW)] {
+            for off in [0, 0xfff8] {
+                assert_eq!(smmu_write(r, SID_A, base + off), Some(base + off));
+            }
+            let m = ctx.translate(io, Iova::new(base)).unwrap().unwrap();
+            assert_eq!(m.prot, prot);
+        }
+        ctx.detach(dev).unwrap();
+        assert_eq!(smmu_write(r, SID_A, R_START), None);
+    });
+}

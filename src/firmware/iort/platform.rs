@@ -16,6 +16,7 @@
 use super::id_mapping::IdMapping;
 use super::named_component::NamedComponent;
 use super::node::{Node, NodeRef, NodeType};
+use super::resolve::StreamTarget;
 use super::rmr::{MemoryRange, Rmr, RmrFlags};
 use super::root_complex::RootComplex;
 use super::smmu_v3::{HttuOverride, SmmuV3};
@@ -269,6 +270,34 @@ impl<'a> Iort<'a> {
             range: 0,
             done: false,
         }
+    }
+
+    /// The reserved regions a device needs, as [`Dmar::reserved_regions`] gives a PCI
+    /// requester's RMRRs: `id` (a root complex's requester ID, a named component's ID) of the
+    /// device node `source` is resolved through the ID mappings to (SMMU, StreamID) as
+    /// [`stream_target`](Self::stream_target) does, then [`reserved_for`](Self::reserved_for)
+    /// gives the RMR ranges of that StreamID (for
+    /// [`DirectRegion::from_rmr`](crate::ioasid::DirectRegion::from_rmr)). Nothing when no
+    /// SMMU translates the device (its ID reaches an ITS group directly).
+    ///
+    /// [`Dmar::reserved_regions`]: crate::firmware::dmar::Dmar::reserved_regions
+    ///
+    /// # Errors
+    /// Those of [`stream_target`](Self::stream_target); each item, those of
+    /// [`reserved_regions`](Self::reserved_regions).
+    pub fn reserved_for_device(
+        &self,
+        source: NodeRef,
+        id: u32,
+    ) -> Result<impl Iterator<Item = Result<ReservedRegion, Error>> + 'a, Error> {
+        let target = match self.stream_target(source, id)? {
+            StreamTarget::Smmu { smmu, stream_id } => Some((smmu, StreamId(stream_id))),
+            StreamTarget::Untranslated { .. } => None,
+        };
+        let iort = *self;
+        Ok(target
+            .into_iter()
+            .flat_map(move |(smmu, sid)| iort.reserved_for(smmu, sid)))
     }
 
     /// The reserved regions StreamID `sid` of the SMMU `smmu` needs.

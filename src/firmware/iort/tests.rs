@@ -10,6 +10,8 @@ use super::table::REVISION_E_F;
 use super::*;
 use crate::firmware::acpi;
 use crate::iommu::Source;
+use crate::mem::Iova;
+use crate::pgtable::IovaRange;
 use crate::smmuv3::{DeviceFacts, StreamId};
 
 const SMMU_BASE: u64 = 0x2b40_0000;
@@ -739,4 +741,133 @@ fn errors_display_their_values() {
     };
     let s = e.to_string();
     assert!(s.contains("0xa0") && s.contains("0x1234"), "{s}");
+}
+
+/// A device's RMR ranges from its requester ID, as `Dmar::reserved_regions` gives a PCI
+/// requester's RMRRs, and each range as the IOASID layer's direct region.
+#[test]
+fn reserved_regions_of_a_device_and_their_direct_regions() {
+    use crate::ioasid::DirectRegion;
+    let p = platform();
+    let iort = Iort::parse(&p.table).unwrap();
+    let of = |node, id| -> std::vec::Vec<_> {
+        iort.reserved_for_device(node, id)
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect()
+    };
+    // RID 0x10 is StreamID 0x10, one of the RMR's two mappings: both its ranges.
+    let regions = of(p.rc, 0x10);
+    assert_eq!(regions.len(), 2);
+    assert!(regions
+        .iter()
+        .all(|r| r.smmu == p.smmu && r.covers(p.smmu, StreamId(0x10))));
+    assert_eq!(of(p.rc, 0x12), []);
+    // Bus 2 reaches the ITS group directly: nothing is translated, nothing to map.
+    assert_eq!(of(p.rc, 0x200), []);
+    assert!(matches!(
+        iort.reserved_for_device(p.rc, 0x300).map(|_| ()),
+        Err(Error::NoMapping { .. })
+    ));
+    // Flags: remapping permitted, Normal write-back.
+    let d = DirectRegion::from_rmr(&regions[0]).unwrap();
+    assert_eq!(
+        (
+            d.range().start.get(),
+            d.range().end.get(),
+            d.mmio(),
+            d.relaxable()
+        ),
+        (0x8000_0000, 0x8010_0000, false, true)
+    );
+
+    // Every access-attributes value, with and without remapping permitted.
+    let with_flags = |flags: u32| {
+        let mut b = TableBuilder::new(REVISION_E_F);
+        let smmu = b.smmu_v3(SMMU_BASE, 0, [0; 4], 0, &[]);
+        let rc = b.root_complex(COHERENT_CANWBS, 0, 0, 48, &[Map::range(0, 0x100, 0, smmu)]);
+        b.rmr(
+            flags,
+            &[(0x1000_0000, 0x1_0000)],
+            &[Map::range(0, 1, 0x20, smmu)],
+        );
+        let t = b.build();
+        let iort = Iort::parse(&t).unwrap();
+        let r = iort
+            .reserved_for_device(rc, 0x20)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap();
+        assert_eq!(iort.reserved_for_device(rc, 0x21).unwrap().count(), 0);
+        DirectRegion::from_rmr(&r).map(|d| (d.mmio(), d.relaxable()))
+    };
+    for (attributes, mmio) in [
+        (0, true),
+        (1, true),
+        (2, true),
+        (3, true),
+        (4, false),
+        (5, false),
+    ] {
+        assert_eq!(
+            with_flags(attributes << 2),
+            Ok((mmio, false)),
+            "{attributes}"
+        );
+        assert_eq!(
+            with_flags(1 | attributes << 2),
+            Ok((mmio, true)),
+            "{attributes}"
+        );
+    }
+    // The privileged-access flag changes nothing (see ioasid::direct).
+    assert_eq!(with_flags(2 | 1 << 2), Ok((true, false)));
+    let range = IovaRange {
+        start: Iova::new(0x1000_0000),
+        end: Iova::new(0x1001_0000),
+    };
+    assert_eq!(
+        with_flags(6 << 2),
+        Err(crate::ioasid::Error::BadDirectRegion(range)),
+        "a reserved memory type is refused, not guessed"
+    );
+}
+
+#[test]
+fn rmr_ranges_that_are_no_direct_region_are_refused() {
+    use crate::ioasid::{DirectRegion, Error as IoasidError};
+    let region = |base: u64, length: u64| platform::ReservedRegion {
+        smmu: NodeRef(0x30),
+        first: StreamId(0),
+        last: StreamId(0),
+        range: rmr::MemoryRange {
+            node: NodeRef(0x100),
+            base,
+            length,
+        },
+        flags: rmr::RmrFlags::empty(),
+    };
+    let bad = |start: u64, end: u64| {
+        Err(IoasidError::BadDirectRegion(IovaRange {
+            start: Iova::new(start),
+            end: Iova::new(end),
+        }))
+    };
+    assert_eq!(
+        DirectRegion::from_rmr(&region(0x1000, 0)),
+        bad(0x1000, 0x1000)
+    );
+    assert_eq!(
+        DirectRegion::from_rmr(&region(0x1800, 0x1000)),
+        bad(0x1800, 0x2800)
+    );
+    assert_eq!(
+        DirectRegion::from_rmr(&region(u64::MAX - 0xfff, 0x2000)),
+        bad(u64::MAX - 0xfff, 0x1000)
+    );
+    // 4 KiB aligned but not 64 KiB: mapped (Linux warns and maps it).
+    assert!(DirectRegion::from_rmr(&region(0x1000, 0x1000))
+        .unwrap()
+        .mmio());
 }
