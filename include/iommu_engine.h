@@ -271,6 +271,20 @@ typedef struct {
   uint32_t physical_function;
 } IeDeviceHints;
 
+// A region a device must reach one-to-one (IOVA = physical address) wherever it is attached
+// (ie_ctx_bind_direct()): an ACPI DMAR RMRR, an IORT RMR memory range, or the embedder's own.
+typedef struct {
+  // First byte (4 KiB aligned): the IOVA and the physical address.
+  uint64_t start;
+  // Length in bytes (a non-zero multiple of 4 KiB).
+  uint64_t length;
+  // Device memory (IORT RMR access attributes Device-*): mapped as `IE_PROT_MMIO`.
+  bool mmio;
+  // Firmware lets the OS remap it once a driver owns the device (IORT RMR `Remapping
+  // permitted`); it is mapped one-to-one all the same.
+  bool relaxable;
+} IeDirectRegion;
+
 // Where one claim comes from.
 typedef struct {
   // An `IeSourceKind` value.
@@ -589,6 +603,29 @@ int32_t ie_ctx_bind_with(IeCtx *ctx,
                          bool no_snoop_capable,
                          const IeDeviceHints *hints,
                          uint32_t *out);
+
+// As ie_ctx_bind_with() (`hints` may be NULL: no hints, as ie_ctx_bind()), with the device's
+// `n_regions` direct regions at `regions` (NULL when `n_regions` is 0; at most 4). Each is
+// mapped one-to-one, read/write, in every IOASID the device is attached to (not with a
+// PASID) before the unit switches the device, and `ie_ctx_map` / `ie_ctx_unmap` touching it
+// then fail with `IE_STATUS_RESERVED`; an attach whose IOASID holds a colliding mapping, IOVA
+// reservation, reserved region or unequal direct region of another device fails with
+// `IE_STATUS_INCOMPATIBLE` and `IE_MISSING_DIRECT_REGION`, changing nothing. The last
+// detach of its users unmaps it. `IE_STATUS_INVALID_ARGUMENT` for a region that is empty,
+// not 4 KiB aligned, beyond 57 bits, wrapping, or overlapping another of the device's;
+// `IE_STATUS_NO_SPACE` for more than 4. Nothing is bound after an error.
+//
+// # Safety
+// `ctx` is a live context handle; `hints` is NULL or readable; `regions` is readable for
+// `n_regions` elements (NULL if 0); `out` is writable.
+int32_t ie_ctx_bind_direct(IeCtx *ctx,
+                           uint32_t unit,
+                           uint32_t device_id,
+                           bool no_snoop_capable,
+                           const IeDeviceHints *hints,
+                           const IeDirectRegion *regions,
+                           uint32_t n_regions,
+                           uint32_t *out);
 
 // Unbinds a device that is not attached and holds no grant.
 //

@@ -3,12 +3,12 @@
 use core::ptr::{addr_of_mut, NonNull};
 
 use crate::ioasid::{
-    DeviceHandle, DeviceLabel, IncoherentDmaGrant, IoasidCtx, IoasidFlags, IoasidId,
-    PasidAllocator, Registry, UnitId, MAX_DEVICES, MAX_UNITS,
+    DeviceHandle, DeviceLabel, DirectRegion, IncoherentDmaGrant, IoasidCtx, IoasidFlags, IoasidId,
+    PasidAllocator, Registry, UnitId, MAX_DEVICES, MAX_DIRECT_REGIONS, MAX_UNITS,
 };
 use crate::iommu::{DeviceHints, DeviceId, Iommu, Pasid, Source};
 use crate::mem::{Iova, PhysAddr};
-use crate::pgtable::Prot;
+use crate::pgtable::{IovaRange, Prot};
 
 use super::env::CEnv;
 use super::object::{checked, handle, Obj, PasidPage, Tagged};
@@ -351,6 +351,105 @@ pub unsafe extern "C" fn ie_ctx_bind_with(
                 .then_some(DeviceId(hints.physical_function)),
         };
         let h = c.value.ctx.bind_with(label, no_snoop_capable, hints)?;
+        put(out, u32::from(h.slot()))
+    })())
+}
+
+/// A region a device must reach one-to-one (IOVA = physical address) wherever it is attached
+/// (ie_ctx_bind_direct()): an ACPI DMAR RMRR, an IORT RMR memory range, or the embedder's own.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct IeDirectRegion {
+    /// First byte (4 KiB aligned): the IOVA and the physical address.
+    pub start: u64,
+    /// Length in bytes (a non-zero multiple of 4 KiB).
+    pub length: u64,
+    /// Device memory (IORT RMR access attributes Device-*): mapped as `IE_PROT_MMIO`.
+    pub mmio: bool,
+    /// Firmware lets the OS remap it once a driver owns the device (IORT RMR `Remapping
+    /// permitted`); it is mapped one-to-one all the same.
+    pub relaxable: bool,
+}
+
+/// As ie_ctx_bind_with() (`hints` may be NULL: no hints, as ie_ctx_bind()), with the device's
+/// `n_regions` direct regions at `regions` (NULL when `n_regions` is 0; at most 4). Each is
+/// mapped one-to-one, read/write, in every IOASID the device is attached to (not with a
+/// PASID) before the unit switches the device, and `ie_ctx_map` / `ie_ctx_unmap` touching it
+/// then fail with `IE_STATUS_RESERVED`; an attach whose IOASID holds a colliding mapping, IOVA
+/// reservation, reserved region or unequal direct region of another device fails with
+/// `IE_STATUS_INCOMPATIBLE` and `IE_MISSING_DIRECT_REGION`, changing nothing. The last
+/// detach of its users unmaps it. `IE_STATUS_INVALID_ARGUMENT` for a region that is empty,
+/// not 4 KiB aligned, beyond 57 bits, wrapping, or overlapping another of the device's;
+/// `IE_STATUS_NO_SPACE` for more than 4. Nothing is bound after an error.
+///
+/// # Safety
+/// `ctx` is a live context handle; `hints` is NULL or readable; `regions` is readable for
+/// `n_regions` elements (NULL if 0); `out` is writable.
+#[no_mangle]
+pub unsafe extern "C" fn ie_ctx_bind_direct(
+    ctx: *mut IeCtx,
+    unit: u32,
+    device_id: u32,
+    no_snoop_capable: bool,
+    hints: *const IeDeviceHints,
+    regions: *const IeDirectRegion,
+    n_regions: u32,
+    out: *mut u32,
+) -> i32 {
+    code((|| {
+        let c = ctx_obj(ctx)?;
+        let label = device_label(unit, device_id)?;
+        if out.is_null() || (regions.is_null() && n_regions != 0) {
+            return Err(IeStatus::InvalidArgument);
+        }
+        let n = n_regions as usize;
+        if n > MAX_DIRECT_REGIONS {
+            return Err(IeStatus::NoSpace);
+        }
+        let slice: &[IeDirectRegion] = if n == 0 {
+            &[]
+        } else {
+            // SAFETY: the C contract: `n_regions` readable elements at `regions` (not NULL).
+            unsafe { core::slice::from_raw_parts(regions, n) }
+        };
+        // No allocator: the regions are converted into a fixed array, of which the first `n`
+        // are used (the page filler is never read).
+        let filler = DirectRegion::new(
+            IovaRange {
+                start: Iova::new(0),
+                end: Iova::new(0x1000),
+            },
+            false,
+        )?;
+        let mut list = [filler; MAX_DIRECT_REGIONS];
+        for (l, r) in list.iter_mut().zip(slice) {
+            let end = r
+                .start
+                .checked_add(r.length)
+                .ok_or(IeStatus::InvalidArgument)?;
+            let range = IovaRange {
+                start: Iova::new(r.start),
+                end: Iova::new(end),
+            };
+            let region = DirectRegion::new(range, r.mmio)?;
+            *l = if r.relaxable {
+                region.relaxed()
+            } else {
+                region
+            };
+        }
+        // SAFETY: the C contract: NULL or readable.
+        let hints = unsafe { hints.as_ref() }.map(|h| DeviceHints {
+            ats: h.ats,
+            physical_function: h
+                .has_physical_function
+                .then_some(DeviceId(h.physical_function)),
+        });
+        let list = list.get(..n).ok_or(IeStatus::InvalidArgument)?;
+        let h = c
+            .value
+            .ctx
+            .bind_with_direct(label, no_snoop_capable, hints, list)?;
         put(out, u32::from(h.slot()))
     })())
 }

@@ -271,6 +271,69 @@ int main(void)
     OK(ie_ctx_revoke_incoherent_dma(ctx, gpu));
     CHECK(!ie_ctx_incoherent_dma_allowed(ctx), "revoked");
 
+    /* A device bound with its direct regions (RMRR / RMR): firmware memory and a doorbell
+       page, identity-mapped in the IOASID it is attached to, reserved while it is. */
+    const IeDirectRegion direct[2] = {
+        { .start = 0x7f000000, .length = 2 * KIB4, .mmio = false, .relaxable = false },
+        { .start = 0x10000000, .length = KIB4, .mmio = true, .relaxable = true },
+    };
+    uint32_t fw = 0;
+    CHECK(ie_ctx_bind_direct(ctx, 0, 0x30, false, NULL, NULL, 1, &fw) ==
+              IE_STATUS_INVALID_ARGUMENT,
+          "bind_direct: NULL regions");
+    const IeDirectRegion misaligned = { .start = 0x7f000800, .length = KIB4 };
+    CHECK(ie_ctx_bind_direct(ctx, 0, 0x30, false, NULL, &misaligned, 1, &fw) ==
+              IE_STATUS_INVALID_ARGUMENT,
+          "bind_direct: misaligned region");
+    const IeDirectRegion wraps = { .start = UINT64_MAX & ~0xfffull, .length = 2 * KIB4 };
+    CHECK(ie_ctx_bind_direct(ctx, 0, 0x30, false, NULL, &wraps, 1, &fw) ==
+              IE_STATUS_INVALID_ARGUMENT,
+          "bind_direct: wrapping region");
+    const IeDirectRegion overlapping[2] = { direct[0], { .start = 0x7f001000, .length = KIB4 } };
+    CHECK(ie_ctx_bind_direct(ctx, 0, 0x30, false, NULL, overlapping, 2, &fw) ==
+              IE_STATUS_INVALID_ARGUMENT,
+          "bind_direct: overlapping regions");
+    const IeDirectRegion five[5] = { direct[0], direct[1], direct[0], direct[0], direct[0] };
+    CHECK(ie_ctx_bind_direct(ctx, 0, 0x30, false, NULL, five, 5, &fw) == IE_STATUS_NO_SPACE,
+          "bind_direct: more than 4 regions");
+    CHECK(ie_ctx_bind_direct(ctx, 0, 0x30, false, NULL, direct, 2, NULL) ==
+              IE_STATUS_INVALID_ARGUMENT,
+          "bind_direct: NULL out");
+    OK(ie_ctx_bind_direct(ctx, 0, 0x30, false, NULL, direct, 2, &fw));
+    /* A mapping where the firmware memory must go: that IOASID is refused, nothing changed. */
+    uint32_t busy = 0;
+    OK(ie_ctx_alloc(ctx, 0, &busy));
+    OK(ie_ctx_map(ctx, busy, 0x7f001000, pa, KIB4, IE_PROT_READ));
+    reason = 0;
+    CHECK(ie_ctx_attach(ctx, fw, busy, &reason) == IE_STATUS_INCOMPATIBLE &&
+              reason == IE_MISSING_DIRECT_REGION,
+          "bind_direct: colliding mapping, reason %u", reason);
+    CHECK(ie_sim_model_translate(snoop_model, 0x30, 0x7f000000, true, &dma) ==
+              IE_STATUS_NOT_FOUND,
+          "bind_direct: not attached, blocked");
+    OK(ie_ctx_attach(ctx, fw, ioasid, &reason));
+    OK(ie_sim_model_translate(snoop_model, 0x30, 0x7f001ff8, true, &dma));
+    CHECK(dma.pa == 0x7f001ff8, "bind_direct: firmware memory at %#" PRIx64, dma.pa);
+    OK(ie_sim_model_translate(snoop_model, 0x30, 0x10000010, true, &dma));
+    CHECK(dma.pa == 0x10000010, "bind_direct: doorbell at %#" PRIx64, dma.pa);
+    OK(ie_ctx_translate(ctx, ioasid, 0x7f000000, &found));
+    CHECK(found == 0x7f000000, "bind_direct: recorded at %#" PRIx64, found);
+    CHECK(ie_ctx_map(ctx, ioasid, 0x7f000000, pa, KIB4, IE_PROT_READ) == IE_STATUS_RESERVED,
+          "bind_direct: map over a direct region");
+    CHECK(ie_ctx_unmap(ctx, ioasid, 0x10000000, KIB4, &unmapped) == IE_STATUS_RESERVED,
+          "bind_direct: unmap of a direct region");
+    OK(ie_ctx_detach(ctx, fw));
+    CHECK(ie_sim_model_translate(snoop_model, 0x30, 0x7f000000, true, &dma) ==
+              IE_STATUS_NOT_FOUND,
+          "bind_direct: unmapped by the detach");
+    CHECK(ie_ctx_translate(ctx, ioasid, 0x7f000000, &found) == IE_STATUS_NOT_FOUND,
+          "bind_direct: gone from the record");
+    OK(ie_ctx_unbind(ctx, fw));
+    OK(ie_ctx_free(ctx, busy));
+    /* No regions: as ie_ctx_bind_with() / ie_ctx_bind(). */
+    OK(ie_ctx_bind_direct(ctx, 0, 0x30, false, &vf_hints, NULL, 0, &fw));
+    OK(ie_ctx_unbind(ctx, fw));
+
     /* Teardown in order; out of order is refused. */
     CHECK(ie_ctx_free(ctx, ioasid) == IE_STATUS_BUSY, "free with a device attached");
     CHECK(ie_registry_destroy(registry) == IE_STATUS_BUSY, "registry with a context");
