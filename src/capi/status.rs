@@ -209,7 +209,7 @@ impl From<ioasid::Error> for IeStatus {
             E::NoSuchDevice(_) | E::NoSuchIoasid(_) | E::NoSuchUnit(_) => IeStatus::NotFound,
             E::NotAttached(_) => IeStatus::NotAttached,
             E::NotNoSnoopCapable(_) => IeStatus::NotPermitted,
-            E::Reserved(_) | E::ReserveOverlaps { .. } => IeStatus::Reserved,
+            E::Reserved(_) | E::ReserveOverlaps(_) => IeStatus::Reserved,
             E::BadDirectRegion(_) => IeStatus::InvalidArgument,
             E::Capacity(_) | E::Quota(_) | E::PasidExhausted | E::NoIovaSpace { .. } => {
                 IeStatus::NoSpace

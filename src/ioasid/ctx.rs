@@ -506,7 +506,7 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
     pub fn reserve_region(&self, range: IovaRange) -> Result<(), Error> {
         let mut st = self.state.write();
         if let Some(with) = self.in_use(&st, range)? {
-            return Err(Error::ReserveOverlaps { range, with });
+            return Err(Error::ReserveOverlaps(with));
         }
         let slot = st
             .reserved

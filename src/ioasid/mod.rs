@@ -295,14 +295,11 @@ pub enum Error {
     /// A direct region that is empty, not 4 KiB aligned, beyond 57 bits, or overlapping
     /// another region of the same device.
     BadDirectRegion(IovaRange),
-    /// [`IoasidCtx::reserve_region`] was asked for a range the context already uses (as
-    /// iommufd refuses a reserved range over an existing area with `EADDRINUSE`).
-    ReserveOverlaps {
-        /// The range asked for.
-        range: IovaRange,
-        /// What it overlaps.
-        with: InUse,
-    },
+    /// [`IoasidCtx::reserve_region`] was asked for a range the context already uses: what it
+    /// overlaps (as iommufd refuses a reserved range over an existing area with
+    /// `EADDRINUSE`). The range asked for is the caller's; not carried, to keep every
+    /// `Result` of the layer (and the kernel stack) small.
+    ReserveOverlaps(InUse),
     /// A fixed-capacity table is full.
     Capacity(&'static str),
     /// The context's PASID quota is used up.
@@ -371,11 +368,7 @@ impl fmt::Display for Error {
             Error::NotNoSnoopCapable(d) => write!(f, "device {} is not no-snoop capable", d.slot),
             Error::Reserved(r) => write!(f, "range overlaps reserved {}..{}", r.start, r.end),
             Error::BadDirectRegion(r) => write!(f, "bad direct region {}..{}", r.start, r.end),
-            Error::ReserveOverlaps { range, with } => write!(
-                f,
-                "cannot reserve {}..{}: it overlaps {with}",
-                range.start, range.end
-            ),
+            Error::ReserveOverlaps(with) => write!(f, "cannot reserve a range over {with}"),
             Error::Capacity(what) => write!(f, "too many {what}"),
             Error::Quota(q) => write!(f, "PASID quota of {q} used up"),
             Error::PasidExhausted => write!(f, "no free PASID"),

@@ -1102,25 +1102,19 @@ fn reserve_region_refuses_what_the_context_uses() {
     let r = range(0, 0x20_0000);
     assert_eq!(
         ctx.reserve_region(r),
-        Err(Error::ReserveOverlaps {
-            range: r,
-            with: InUse::Mapping {
-                ioasid: io,
-                range: range(0x10_0000, 0x10_1000)
-            }
-        })
+        Err(Error::ReserveOverlaps(InUse::Mapping {
+            ioasid: io,
+            range: range(0x10_0000, 0x10_1000)
+        }))
     );
     let v = ctx.alloc_iova(io, K4, K4).unwrap();
     let r = range(v.get(), v.get() + K4);
     assert_eq!(
         ctx.reserve_region(r),
-        Err(Error::ReserveOverlaps {
-            range: r,
-            with: InUse::IovaReservation {
-                ioasid: io,
-                range: r
-            }
-        })
+        Err(Error::ReserveOverlaps(InUse::IovaReservation {
+            ioasid: io,
+            range: r
+        }))
     );
     let region = DirectRegion::new(range(0x3000_0000, 0x3000_2000), false).unwrap();
     let d = ctx
@@ -1129,13 +1123,10 @@ fn reserve_region_refuses_what_the_context_uses() {
     let r = range(0x3000_1000, 0x4000_0000);
     assert_eq!(
         ctx.reserve_region(r),
-        Err(Error::ReserveOverlaps {
-            range: r,
-            with: InUse::DirectRegion {
-                device: d,
-                region: region.range()
-            }
-        })
+        Err(Error::ReserveOverlaps(InUse::DirectRegion {
+            device: d,
+            region: region.range()
+        }))
     );
     // Nothing was reserved: the device still attaches and the ranges still map.
     ctx.attach(d, io).unwrap();
@@ -1149,13 +1140,10 @@ fn reserve_region_refuses_what_the_context_uses() {
     );
     let shown = std::format!(
         "{}",
-        Error::ReserveOverlaps {
-            range: r,
-            with: InUse::DirectRegion {
-                device: d,
-                region: region.range()
-            }
-        }
+        Error::ReserveOverlaps(InUse::DirectRegion {
+            device: d,
+            region: region.range()
+        })
     );
     assert!(shown.contains("direct region"), "{shown}");
 }
