@@ -19,6 +19,7 @@ use std::alloc::{alloc_zeroed, Layout};
 use std::cell::{Cell, RefCell};
 use std::hint::black_box;
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
@@ -406,6 +407,83 @@ mod arm_peer {
     }
 }
 
+mod multiarch_peer {
+    //! `page_table_multiarch` 0.6: `PageTable64` with the x86-64 entry format (the host's
+    //! architecture; its `aarch64` type is compiled only on aarch64 hosts). Its frame handler is
+    //! a type with static functions, so the pool is reached through a process-wide pointer set
+    //! by [`new`]. `map_region` picks the largest page per step (`allow_huge`), `unmap_region`
+    //! clears entry by entry and never frees emptied tables; TLB flushes are compiled out on a
+    //! hosted target.
+    use super::*;
+    use memory_addr::{PhysAddr as MPhys, VirtAddr as MVirt};
+    use page_table_multiarch::x86_64::X64PageTable;
+    use page_table_multiarch::{MappingFlags, PagingHandler};
+    use std::sync::atomic::AtomicPtr;
+
+    static POOL: AtomicPtr<HostPool> = AtomicPtr::new(std::ptr::null_mut());
+
+    fn pool() -> &'static HostPool {
+        // SAFETY: set by `new` to a pool that outlives every table built on it (the bench's
+        // pool lives until the process ends); the bench is single-threaded.
+        unsafe { &*POOL.load(Ordering::Relaxed) }
+    }
+
+    pub struct Handler;
+
+    impl PagingHandler for Handler {
+        fn alloc_frames(num: usize, align: usize) -> Option<MPhys> {
+            assert!(num == 1 && align <= K4 as usize, "one 4 KiB frame");
+            let page = pool().alloc(12)?;
+            Some(MPhys::from(page.pa.get() as usize))
+        }
+        fn dealloc_frames(paddr: MPhys, num: usize) {
+            assert_eq!(num, 1);
+            pool().give_back(paddr.as_usize() - POOL_PA as usize);
+        }
+        fn phys_to_virt(paddr: MPhys) -> MVirt {
+            let va = pool()
+                .phys_to_virt(PhysAddr::new(paddr.as_usize() as u64))
+                .expect("pool address");
+            MVirt::from(va.as_ptr() as usize)
+        }
+    }
+
+    pub struct Multiarch(X64PageTable<Handler>);
+
+    pub fn new(pool: &HostPool) -> Multiarch {
+        POOL.store(pool as *const HostPool as *mut HostPool, Ordering::Relaxed);
+        Multiarch(X64PageTable::try_new().expect("root"))
+    }
+
+    impl Contender for Multiarch {
+        fn name(&self) -> &'static str {
+            "page_table_multiarch-X64"
+        }
+        #[inline]
+        fn map(&mut self, iova: u64, pa: u64, len: u64) {
+            let flags = MappingFlags::READ | MappingFlags::WRITE;
+            let (v0, p0) = (iova as usize, pa as usize);
+            self.0
+                .cursor()
+                .map_region(
+                    MVirt::from(v0),
+                    |v| MPhys::from(p0 + (v.as_usize() - v0)),
+                    len as usize,
+                    flags,
+                    true,
+                )
+                .expect("map_region");
+        }
+        #[inline]
+        fn unmap(&mut self, iova: u64, len: u64) {
+            self.0
+                .cursor()
+                .unmap_region(MVirt::from(iova as usize), len as usize)
+                .expect("unmap_region");
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // workloads
 
@@ -538,12 +616,14 @@ fn contenders(
     Engine<'_, ArmS2>,
     x86_peer::X86<'_>,
     arm_peer::Arm<'_>,
+    multiarch_peer::Multiarch,
 ) {
     (
         vtd_ss(pool),
         arm_s2(pool),
         x86_peer::new(pool),
         arm_peer::new(pool),
+        multiarch_peer::new(pool),
     )
 }
 
@@ -586,16 +666,34 @@ fn memset_bound(c: &mut Criterion) {
         });
     }
     g.finish();
+    // The store limit: one 64-bit atomic store per entry written, the least an engine that
+    // writes hardware-walked memory only with such stores (as this one must) can do. 256
+    // entries is also the limit of the 256 x 2M rows (one level-1 entry each).
+    let mut g = c.benchmark_group("store-limit");
+    for (name, ptes) in [("1x4K", 1usize), ("256x4K", 256), ("262144x4K", 262_144)] {
+        let buf: Vec<AtomicU64> = (0..ptes).map(|_| AtomicU64::new(0)).collect();
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let buf = black_box(&buf[..]);
+                let v = black_box(0x5a5a_5000_0003u64);
+                for (i, e) in buf.iter().enumerate() {
+                    e.store(v + ((i as u64) << 12), Ordering::Release);
+                }
+            })
+        });
+    }
+    g.finish();
 }
 
 fn map_unmap(c: &mut Criterion) {
     let pool = HostPool::new();
-    let (mut vtd, mut arm, mut x86, mut a64) = contenders(&pool);
+    let (mut vtd, mut arm, mut x86, mut a64, mut multi) = contenders(&pool);
     for w in WORK {
         bench_one(c, &mut vtd, w);
         bench_one(c, &mut arm, w);
         bench_one(c, &mut x86, w);
         bench_one(c, &mut a64, w);
+        bench_one(c, &mut multi, w);
     }
     memset_bound(c);
     // Unit-level benches (gather flush through the VT-d / SMMUv3 model queues with the number
