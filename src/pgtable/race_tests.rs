@@ -288,7 +288,7 @@ fn split_pages_are_invalidated_by_every_later_unmap_vtd_ss() {
 
 #[test]
 fn split_pages_are_invalidated_by_every_later_unmap_arm_s2() {
-    // The contiguous hint at level 0: the general walk.
+    // The contiguous hint at level 0: the leaf-table fast path, run by run.
     split_pages_are_invalidated_by_every_later_unmap(arm_s2_4k(false));
 }
 

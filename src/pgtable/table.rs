@@ -46,6 +46,8 @@ pub struct PageTable<F: Format, A: PageAllocator> {
     root: Page,
     coherency: WalkerCoherency,
     split: SplitPolicy,
+    /// `format.contiguous_log2(0)`, read once: the leaf-table paths consult it on every call.
+    leaf_run_log2: u32,
 }
 
 // SAFETY: the table's memory is only accessed through atomics, and the page pointers are owned
@@ -113,12 +115,14 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         let root = alloc.alloc(size).ok_or(Error::NoMemory)?;
         let root = spares::reachable(&alloc, root, size, g.oas)?;
         coherency.sync(&alloc, root.va, 1 << size);
+        let leaf_run_log2 = format.contiguous_log2(0);
         Ok(Self {
             format,
             alloc,
             root,
             coherency,
             split: SplitPolicy::default(),
+            leaf_run_log2,
         })
     }
 
@@ -282,16 +286,17 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     /// table needs allocating, unlinking or splitting), so the operation is done on it
     /// directly: the fast path of small maps and unmaps.
     ///
-    /// Only where level-0 leaves carry no contiguous hint (see [`Self::plain_leaves`]).
+    /// Level-0 leaves under a contiguous hint are handled there too, run by run (see
+    /// [`Self::hinted_runs`]).
     ///
     /// Also returns the levels (bit `l` for level `l`) whose entry on the way is marked as made
     /// by a split ([`Self::split_made`]). With `sync_path`, cleans every entry on the way for
     /// a non-coherent walker: a map relies on them, and a concurrent map that linked one may
     /// not have cleaned it yet.
-    #[inline]
+    #[inline(always)]
     fn plain_leaf_table_for(&self, iova: u64, len: u64, sync_path: bool) -> Option<(Table, u32)> {
         let g = self.geo();
-        if g.levels < 2 || !self.plain_leaves() {
+        if g.levels < 2 {
             return None;
         }
         let span_log2 = g.level_shift(1);
@@ -352,12 +357,51 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         }
     }
 
-    /// Whether level-0 leaves are written one by one, with no contiguous hint to keep
-    /// consistent across a run: the leaf-table fast paths (`map_leaves`, `fill_leaves`,
-    /// `unmap_leaves`) apply only then; otherwise the general walk handles the runs.
-    #[inline]
-    fn plain_leaves(&self) -> bool {
-        self.format.contiguous_log2(0) == 0
+    /// The entries of a level-0 map of `n` pages from slot `first` (mapping `iova` to `pa`)
+    /// that carry the contiguous hint, as offsets `[a, b)` from `first`: every aligned run of
+    /// the format's size that the range covers whole, if input and output are equally aligned
+    /// to it (what `contiguous_run` decides entry by entry in the general walk). `a == b`: none.
+    /// Runs are aligned inside a table, so they never reach past `t`.
+    #[inline(always)]
+    fn hinted_runs(&self, first: usize, n: usize, iova: u64, pa: u64) -> (usize, usize) {
+        let r_log2 = self.leaf_run_log2;
+        if r_log2 == 0 {
+            return (0, 0);
+        }
+        let run_bytes_mask = (1u64 << (self.geo().granule_log2 + r_log2)) - 1;
+        if (iova ^ pa) & run_bytes_mask != 0 {
+            return (0, 0);
+        }
+        let run_mask = (1usize << r_log2) - 1;
+        let a = first.wrapping_neg() & run_mask;
+        if a >= n {
+            return (0, 0);
+        }
+        (a, a + ((n - a) & !run_mask))
+    }
+
+    /// Writes leaves `first + from .. first + to` of the leaf table `t`, entry `first` mapping
+    /// `pa`, with `hint` (the contiguous bit or 0) or'ed in; the caller syncs them.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn write_level0(
+        &self,
+        t: Table,
+        first: usize,
+        from: usize,
+        to: usize,
+        pa: u64,
+        prot: Prot,
+        hint: u64,
+    ) {
+        let shift = self.geo().granule_log2;
+        for i in from..to {
+            // Wraps only past the last page, at the top of a 64-bit output range.
+            let leaf_pa = PhysAddr::new(pa.wrapping_add((i as u64) << shift));
+            let raw = self.format.encode_leaf(0, leaf_pa, prot) | hint;
+            // SAFETY: callers pass entries of the live leaf table `t` (see `plan_leaves`).
+            unsafe { t.slot(first + i) }.store(raw, Ordering::Relaxed);
+        }
     }
 
     /// First pass of `map`: fails on overlap, returns the number of tables to allocate.
@@ -444,7 +488,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         prot: Prot,
         spares: &mut Spares,
     ) -> Result<(), Error> {
-        if level == 0 && self.plain_leaves() {
+        if level == 0 {
             return self.map_leaves(t, iova, pa, len, prot);
         }
         let size = 1u64 << self.geo().level_shift(level);
@@ -477,7 +521,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
                         break;
                     }
                 };
-                if fresh && level == 1 && self.plain_leaves() {
+                if fresh && level == 1 {
                     self.fill_leaves(child, iova, pa, chunk, prot);
                 } else if let Err(e) =
                     self.map_level(child, level - 1, iova, pa, chunk, prot, spares)
@@ -498,13 +542,19 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         result
     }
 
-    /// `map_level` at level 0: one granule-sized leaf per entry, written in one tight loop,
-    /// then one cache-maintenance call for the entries written.
+    /// `map_level` at level 0: one granule-sized leaf per entry, written in one tight loop per
+    /// stretch of entries with or without the contiguous hint (a hinted run is written only
+    /// once all its slots are found empty), then one cache-maintenance call for the entries
+    /// written.
     #[inline]
     fn map_leaves(&self, t: Table, iova: u64, pa: u64, len: u64, prot: Prot) -> Result<(), Error> {
         let shift = self.geo().granule_log2;
         let first = self.geo().index(0, iova);
         let n = (len >> shift) as usize;
+        let (a, b) = self.hinted_runs(first, n, iova, pa);
+        if a != b {
+            return self.map_leaves_hinted(t, iova, pa, len, prot, (a, b));
+        }
         let mut result = Ok(());
         let mut written = 0;
         while written < n {
@@ -528,27 +578,92 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         result
     }
 
+    /// `map_leaves` where entries `[a, b)` (from `hinted_runs`, `a < b`) carry the contiguous
+    /// hint: out of line, so that formats without the hint keep the plain loop inline.
+    #[inline(never)]
+    fn map_leaves_hinted(
+        &self,
+        t: Table,
+        iova: u64,
+        pa: u64,
+        len: u64,
+        prot: Prot,
+        (a, b): (usize, usize),
+    ) -> Result<(), Error> {
+        let shift = self.geo().granule_log2;
+        let first = self.geo().index(0, iova);
+        let n = (len >> shift) as usize;
+        let run = 1usize << self.leaf_run_log2;
+        let hint = self.format.contiguous_bit();
+        let present = |i: usize| {
+            // SAFETY: as in `plan_leaves`, `first + i` indexes the live leaf table `t`, i < n.
+            let raw = unsafe { t.slot(first + i) }.load(Ordering::Acquire);
+            self.format.is_present(raw)
+        };
+        let mut result = Ok(());
+        let mut written = 0;
+        while written < n {
+            // The stretch from `written`: a whole hinted run, or plain entries up to the next.
+            let (end, bits) = if (a..b).contains(&written) {
+                (written + run, hint)
+            } else if written < a {
+                (a, 0)
+            } else {
+                (n, 0)
+            };
+            if let Some(i) = (written..end).find(|&i| present(i)) {
+                if bits == 0 {
+                    self.write_level0(t, first, written, i, pa, prot, 0);
+                    written = i;
+                }
+                result = Err(Error::Overlap {
+                    iova: Iova::new(iova + ((i as u64) << shift)),
+                });
+                break;
+            }
+            self.write_level0(t, first, written, end, pa, prot, bits);
+            written = end;
+        }
+        // SAFETY: `first + written` is at most the entry count (see `plan_leaves`).
+        self.sync(unsafe { t.entry_ptr(first) }, written * 8);
+        result
+    }
+
     /// `map_leaves` where every entry is known to be empty (a leaf table this call has just
     /// installed, into which only concurrent maps of disjoint ranges can write; or entries
-    /// `plan_leaves` has just checked), so the entries are written without reading them.
+    /// `plan_leaves` has just checked), so the entries are written without reading them: three
+    /// tight loops, the middle one for the runs that carry the contiguous hint.
     #[inline]
     fn fill_leaves(&self, t: Table, iova: u64, pa: u64, len: u64, prot: Prot) {
         let shift = self.geo().granule_log2;
         let first = self.geo().index(0, iova);
         let n = (len >> shift) as usize;
-        let mut pa = pa;
-        for i in 0..n {
-            // SAFETY: as in `plan_leaves`.
-            let slot = unsafe { t.slot(first + i) };
-            slot.store(
-                self.format.encode_leaf(0, PhysAddr::new(pa), prot),
-                Ordering::Relaxed,
-            );
-            // Wraps only past the last page, at the top of a 64-bit output range.
-            pa = pa.wrapping_add(1 << shift);
+        let (a, b) = self.hinted_runs(first, n, iova, pa);
+        if a == b {
+            self.write_level0(t, first, 0, n, pa, prot, 0);
+        } else {
+            self.fill_hinted(t, first, n, (a, b), pa, prot);
         }
         // SAFETY: `first + n` is at most the entry count (see `plan_leaves`).
         self.sync(unsafe { t.entry_ptr(first) }, n * 8);
+    }
+
+    /// The three loops of `fill_leaves` with hinted runs `[a, b)`, out of line (see
+    /// `map_leaves_hinted`).
+    #[inline(never)]
+    fn fill_hinted(
+        &self,
+        t: Table,
+        first: usize,
+        n: usize,
+        (a, b): (usize, usize),
+        pa: u64,
+        prot: Prot,
+    ) {
+        let hint = self.format.contiguous_bit();
+        self.write_level0(t, first, 0, a, pa, prot, 0);
+        self.write_level0(t, first, a, b, pa, prot, hint);
+        self.write_level0(t, first, b, n, pa, prot, 0);
     }
 
     /// The table below `slot`, installing one from `spares` if the slot is empty; whether it
@@ -609,7 +724,17 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
             start: iova.get(),
             len,
         })?;
-        if let Some((leaf, split_levels)) = self.plain_leaf_table_for(iova.get(), len, false) {
+        // Under `SplitPolicy::Refuse`, a range that may cut a contiguous run takes the general
+        // walk, whose `plan_split` refuses before anything changes.
+        let r_log2 = self.leaf_run_log2;
+        let may_cut = r_log2 != 0
+            && (iova.get() | end) & ((1u64 << (self.geo().granule_log2 + r_log2)) - 1) != 0;
+        let fast = if may_cut && self.split == SplitPolicy::Refuse {
+            None
+        } else {
+            self.plain_leaf_table_for(iova.get(), len, false)
+        };
+        if let Some((leaf, split_levels)) = fast {
             let bytes = self.unmap_leaves(leaf, iova.get(), len, gather);
             if bytes > 0 {
                 self.note_split_pages(split_levels, iova.get(), gather);
@@ -686,7 +811,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         gather: &mut Gather,
         spares: &mut Spares,
     ) -> Result<u64, Error> {
-        if level == 0 && self.plain_leaves() {
+        if level == 0 {
             return Ok(self.unmap_leaves(t, iova, len, gather));
         }
         let size = 1u64 << self.geo().level_shift(level);
@@ -769,6 +894,11 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     /// `unmap_level` at level 0: clears every present entry in one tight loop; each run of
     /// cleared entries gets one cache-maintenance call and one gather record (the same bytes and
     /// ranges as entry by entry, in fewer calls). Returns the bytes unmapped.
+    ///
+    /// A contiguous run the range covers only in part can only lie at either end; before any
+    /// entry is cleared, such a run loses its hint on every leaf (`break_contiguous`, rule 4 of
+    /// ARCHITECTURE.md "Concurrency") if any of its leaves in the range still carries it. Runs
+    /// covered whole are cleared like plain leaves, as the general walk does.
     #[inline]
     fn unmap_leaves(&self, t: Table, iova: u64, len: u64, gather: &mut Gather) -> u64 {
         let shift = self.geo().granule_log2;
@@ -776,6 +906,9 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         let n = (len >> shift) as usize;
         // SAFETY: as in `plan_leaves`, `first + i` indexes the live leaf table `t` for i < n.
         let slot = |i: usize| unsafe { t.slot(first + i) };
+        if self.leaf_run_log2 != 0 {
+            self.break_cut_runs(t, iova, len, gather);
+        }
         let mut cleared = 0u64;
         let mut i = 0;
         while i < n {
@@ -793,6 +926,49 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
             }
         }
         cleared << shift
+    }
+
+    /// The first step of `unmap_leaves` under the contiguous hint: breaks the runs that
+    /// `[iova, iova + len)` (inside the leaf table `t`) covers only in part -- the runs holding
+    /// its first and its last entry -- where one of the range's leaves in them still carries
+    /// the hint. Out of line (see `map_leaves_hinted`).
+    #[inline(never)]
+    fn break_cut_runs(&self, t: Table, iova: u64, len: u64, gather: &mut Gather) {
+        let shift = self.geo().granule_log2;
+        let first = self.geo().index(0, iova);
+        let n = (len >> shift) as usize;
+        // SAFETY: as in `plan_leaves`, `first + i` indexes the live leaf table `t` for i < n.
+        let slot = |i: usize| unsafe { t.slot(first + i) };
+        let r_log2 = self.leaf_run_log2;
+        let mask = (1usize << r_log2) - 1;
+        let range = (iova, iova + len);
+        // The range's part of the run holding entry `first` and of the run holding the
+        // last entry, where the range does not cover that run whole.
+        let last = first + n - 1;
+        let (head_cut, tail_cut) = (first & mask != 0, (last + 1) & mask != 0);
+        let mut parts = [(0, 0); 2];
+        if first & !mask == last & !mask {
+            if head_cut || tail_cut {
+                parts[0] = (0, n);
+            }
+        } else {
+            if head_cut {
+                parts[0] = (0, (first | mask) + 1 - first);
+            }
+            if tail_cut {
+                parts[1] = ((last & !mask) - first, n);
+            }
+        }
+        for (from, to) in parts {
+            let hinted = (from..to).find(|&i| {
+                let raw = slot(i).load(Ordering::Acquire);
+                self.format.is_present(raw) && self.is_contiguous_leaf(0, raw)
+            });
+            if let Some(i) = hinted {
+                let at = iova + ((i as u64) << shift);
+                self.break_contiguous(t, 0, first + i, at, range, gather);
+            }
+        }
     }
 
     /// Reports entries `first + start .. first + end` of the leaf table `t` (mapping from
