@@ -138,6 +138,11 @@ typedef enum {
   // A direct region the device was bound with (RMRR, RMR) collides with a mapping, an IOVA
   // reservation, a reserved region or another device's direct region in the IOASID.
   IE_MISSING_DIRECT_REGION = 15,
+  // The device's DMA coherency (IORT `CCA`, DT `dma-coherent`, else `IDR0.COHACC`) is not
+  // the one the IOASID's SMMUv3 stage-1 domain was built for: its leaves' memory type would
+  // be wrong for the device. `ie_ctx_device_info` reports the device's coherency and its
+  // source (`IeDeviceInfo.coherent_dma`, `sources.coherent_dma`).
+  IE_MISSING_DMA_COHERENCY = 16,
 } IeMissing;
 
 // Flags of ie_ctx_alloc(), fixed for the IOASID's life; OR them together.

@@ -200,6 +200,19 @@ pub enum Missing {
         /// The declaration that is missing.
         what: &'static str,
     },
+    /// The device's DMA coherency is not the one the domain was built for: an SMMUv3 stage-1
+    /// domain gives its leaves the memory type of the device it was built for (Normal
+    /// Write-Back Inner Shareable for coherent DMA, Normal Non-cacheable otherwise), and a
+    /// device of the other kind cannot share it.
+    DmaCoherency {
+        /// Whether the domain's leaves are for coherent DMA.
+        domain: bool,
+        /// Whether the device's DMA is coherent.
+        device: bool,
+        /// Where the device's coherency comes from: the platform's declaration (IORT `CCA`, DT
+        /// `dma-coherent`, the embedder) or, undeclared, `IDR0.COHACC`.
+        source: Source,
+    },
     /// Supervisor (privileged) requests cannot be honoured: VT-d without `ECAP.SRS`, scalable
     /// mode or a first stage (`ECAP.FLTS`); SMMUv3 without stage 1; or a second-stage domain
     /// was asked for (no stage-2 format has privilege levels).
@@ -221,6 +234,19 @@ impl fmt::Display for Missing {
             }
             Missing::Mode { what } => write!(f, "translation mode not available: {what}"),
             Missing::NotDeclared { what } => write!(f, "the platform did not declare {what}"),
+            Missing::DmaCoherency {
+                domain,
+                device,
+                source,
+            } => {
+                let kind = |c| if c { "coherent" } else { "non-coherent" };
+                write!(
+                    f,
+                    "a domain for {} DMA cannot serve a device whose DMA is {} ({source})",
+                    kind(domain),
+                    kind(device)
+                )
+            }
             Missing::SupervisorRequests => {
                 write!(f, "the unit cannot honour supervisor (privileged) requests")
             }

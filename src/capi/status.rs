@@ -127,6 +127,11 @@ pub enum IeMissing {
     /// A direct region the device was bound with (RMRR, RMR) collides with a mapping, an IOVA
     /// reservation, a reserved region or another device's direct region in the IOASID.
     DirectRegion = 15,
+    /// The device's DMA coherency (IORT `CCA`, DT `dma-coherent`, else `IDR0.COHACC`) is not
+    /// the one the IOASID's SMMUv3 stage-1 domain was built for: its leaves' memory type would
+    /// be wrong for the device. `ie_ctx_device_info` reports the device's coherency and its
+    /// source (`IeDeviceInfo.coherent_dma`, `sources.coherent_dma`).
+    DmaCoherency = 16,
 }
 
 impl From<Missing> for IeMissing {
@@ -140,6 +145,7 @@ impl From<Missing> for IeMissing {
             Missing::PageSize { .. } => IeMissing::PageSize,
             Missing::Mode { .. } => IeMissing::Mode,
             Missing::NotDeclared { .. } => IeMissing::NotDeclared,
+            Missing::DmaCoherency { .. } => IeMissing::DmaCoherency,
             Missing::SupervisorRequests => IeMissing::SupervisorRequests,
         }
     }

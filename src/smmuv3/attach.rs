@@ -169,9 +169,12 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
                 what: CANWBS_NOT_DECLARED,
             }));
         }
-        if coherent_dma.is_some_and(|c| c != self.dma_coherent(&facts)) {
-            return Err(Error::Unsupported(Missing::Mode {
-                what: "the stage-1 domain's memory type does not match the device's DMA coherency",
+        let device = self.dma_coherent(&facts);
+        if let Some(domain) = coherent_dma.filter(|&c| c != device) {
+            return Err(Error::Unsupported(Missing::DmaCoherency {
+                domain,
+                device,
+                source: facts.coherent_dma_source(),
             }));
         }
         Ok(())

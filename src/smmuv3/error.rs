@@ -239,6 +239,26 @@ pub enum SmmuError {
         /// What is wrong, in the spec's terms.
         reason: &'static str,
     },
+    /// A platform declaration ([`Platform::declare`](super::Platform::declare), or one built
+    /// by hand in [`SmmuConfig::platform`](super::SmmuConfig::platform)) whose StreamID range
+    /// is empty: `first > last`. Nothing changed: a caller or firmware-parsing bug.
+    EmptyDeclaration {
+        /// The range's first StreamID.
+        first: super::StreamId,
+        /// The range's last StreamID, below `first`.
+        last: super::StreamId,
+    },
+    /// A platform declaration beyond the `max` ranges a [`Platform`](super::Platform) holds.
+    /// Nothing changed: merge adjacent ranges with equal facts, or declare the facts most
+    /// devices share for the whole unit ([`Platform::unit`](super::Platform::unit)).
+    TooManyDeclarations {
+        /// The first StreamID of the range that did not fit.
+        first: super::StreamId,
+        /// Its last StreamID.
+        last: super::StreamId,
+        /// [`MAX_DECLARATIONS`](super::MAX_DECLARATIONS).
+        max: usize,
+    },
     /// The unit fixes where its stream table or queues are (`IDR1.TABLES_PRESET`,
     /// `QUEUES_PRESET`) or places them relative to a base of its own (`IDR1.REL`): the
     /// structures this driver builds would not be the ones the unit walks. Refused at
@@ -265,6 +285,16 @@ impl fmt::Display for SmmuError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             Self::NoMemory { size_log2 } => write!(f, "no memory for a 2^{size_log2}-byte page"),
+            Self::EmptyDeclaration { first, last } => write!(
+                f,
+                "platform declaration for StreamIDs {:#x}..={:#x}: the range is empty",
+                first.0, last.0
+            ),
+            Self::TooManyDeclarations { first, last, max } => write!(
+                f,
+                "platform declaration for StreamIDs {:#x}..={:#x}: all {max} are made",
+                first.0, last.0
+            ),
             Self::TableOutOfRange { table, pa, oas } => write!(
                 f,
                 "{table} page at {:#x} is not below the {oas}-bit output address size",

@@ -227,10 +227,7 @@ impl Features {
                 dirty_tracking: Source::Register("IDR0.HTTU"),
                 nesting: Source::Register("IDR0.S1P + S2P"),
                 coherent_walk: Source::Register("IDR0.COHACC"),
-                coherent_dma: match facts.coherent_dma {
-                    Some(_) => facts.source,
-                    None => Source::Register("IDR0.COHACC (coherency undeclared)"),
-                },
+                coherent_dma: facts.coherent_dma_source(),
                 supervisor: Source::Register("IDR0.S1P"),
             },
         }

@@ -53,6 +53,20 @@ impl DeviceFacts {
     };
 }
 
+impl DeviceFacts {
+    /// Where the device's DMA coherency comes from: this declaration's source, or
+    /// [`COHERENCY_UNDECLARED`] when it leaves it to `IDR0.COHACC`.
+    pub const fn coherent_dma_source(&self) -> Source {
+        match self.coherent_dma {
+            Some(_) => self.source,
+            None => COHERENCY_UNDECLARED,
+        }
+    }
+}
+
+/// The source of a device's DMA coherency nobody declared: the unit's walker coherency.
+pub const COHERENCY_UNDECLARED: Source = Source::Register("IDR0.COHACC (coherency undeclared)");
+
 impl Default for DeviceFacts {
     fn default() -> Self {
         Self::UNDECLARED
@@ -94,7 +108,9 @@ impl Platform {
     /// Adds a declaration for `first..=last`.
     ///
     /// # Errors
-    /// [`SmmuError::InvalidConfig`] for an empty range or when [`MAX_DECLARATIONS`] are made.
+    /// [`SmmuError::EmptyDeclaration`] for `first > last`,
+    /// [`SmmuError::TooManyDeclarations`] when [`MAX_DECLARATIONS`] are made; each names the
+    /// range.
     pub fn declare(
         mut self,
         first: StreamId,
@@ -102,29 +118,31 @@ impl Platform {
         facts: DeviceFacts,
     ) -> Result<Self, SmmuError> {
         if first > last {
-            return Err(SmmuError::InvalidConfig {
-                reason: "a declaration's StreamID range is empty",
-            });
+            return Err(SmmuError::EmptyDeclaration { first, last });
         }
-        let free =
-            self.streams
-                .iter_mut()
-                .find(|d| d.is_none())
-                .ok_or(SmmuError::InvalidConfig {
-                    reason: "more platform declarations than MAX_DECLARATIONS",
-                })?;
+        let free = self.streams.iter_mut().find(|d| d.is_none()).ok_or(
+            SmmuError::TooManyDeclarations {
+                first,
+                last,
+                max: MAX_DECLARATIONS,
+            },
+        )?;
         *free = Some(Declaration { first, last, facts });
         Ok(self)
     }
 
     /// Checks every declaration (a range built by hand may be empty).
+    ///
+    /// # Errors
+    /// [`SmmuError::EmptyDeclaration`] naming the first empty range.
     pub(crate) fn check(&self) -> Result<(), SmmuError> {
-        if self.streams.iter().flatten().any(|d| d.first > d.last) {
-            return Err(SmmuError::InvalidConfig {
-                reason: "a declaration's StreamID range is empty",
-            });
+        match self.streams.iter().flatten().find(|d| d.first > d.last) {
+            Some(d) => Err(SmmuError::EmptyDeclaration {
+                first: d.first,
+                last: d.last,
+            }),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Whether any device of the unit is declared `CANWBS`.
@@ -168,20 +186,41 @@ mod tests {
         assert_eq!(p.facts(StreamId(0x1ff)), rc);
         assert_eq!(p.facts(StreamId(0x200)), DeviceFacts::UNDECLARED);
         assert_eq!(p.facts(StreamId(0xff)), DeviceFacts::UNDECLARED);
-        assert!(Platform::default()
-            .declare(StreamId(2), StreamId(1), rc)
-            .is_err());
+        let empty = SmmuError::EmptyDeclaration {
+            first: StreamId(2),
+            last: StreamId(1),
+        };
+        assert_eq!(
+            Platform::default().declare(StreamId(2), StreamId(1), rc),
+            Err(empty)
+        );
         let mut full = Platform::default();
         for i in 0..MAX_DECLARATIONS as u32 {
             full = full.declare(StreamId(i), StreamId(i), nc).unwrap();
         }
-        assert!(full.declare(StreamId(99), StreamId(99), nc).is_err());
+        assert_eq!(
+            full.declare(StreamId(99), StreamId(100), nc),
+            Err(SmmuError::TooManyDeclarations {
+                first: StreamId(99),
+                last: StreamId(100),
+                max: MAX_DECLARATIONS
+            })
+        );
         let mut bad = Platform::default();
         bad.streams[3] = Some(Declaration {
             first: StreamId(5),
             last: StreamId(4),
             facts: nc,
         });
-        assert!(bad.check().is_err());
+        assert_eq!(
+            bad.check(),
+            Err(SmmuError::EmptyDeclaration {
+                first: StreamId(5),
+                last: StreamId(4)
+            })
+        );
+        // The errors say what was declared, for a log line.
+        let text = std::format!("{empty}");
+        assert!(text.contains("0x2") && text.contains("0x1"), "{text}");
     }
 }

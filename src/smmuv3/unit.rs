@@ -745,6 +745,14 @@ impl From<SmmuError> for Error {
     fn from(e: SmmuError) -> Self {
         match e {
             SmmuError::NoMemory { .. } => Error::NoMemory,
+            SmmuError::EmptyDeclaration { first, last } => Error::InvalidArgument {
+                what: "SmmuConfig::platform: empty StreamID range (first << 32 | last)",
+                value: u64::from(first.0) << 32 | u64::from(last.0),
+            },
+            SmmuError::TooManyDeclarations { first, last, .. } => Error::InvalidArgument {
+                what: "SmmuConfig::platform: a range beyond MAX_DECLARATIONS (first << 32 | last)",
+                value: u64::from(first.0) << 32 | u64::from(last.0),
+            },
             SmmuError::TableOutOfRange { table, pa, oas } => Error::TableOutOfRange {
                 table,
                 pa,

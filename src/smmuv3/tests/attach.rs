@@ -140,11 +140,16 @@ fn stage1_memory_type_follows_the_devices_coherency_not_the_walkers() {
     assert_eq!(attrs(d), (0, 3));
     // The CD still walks with the TCU's attributes: non-cacheable, outer shareable.
     u.attach(DeviceId(3), None, d).unwrap();
-    // Device 9 is not coherent: it cannot share a write-back stage 1.
-    assert!(matches!(
+    // Device 9 is not coherent: it cannot share a write-back stage 1. The refusal says what
+    // the domain was built for, what the device is and who said so.
+    assert_eq!(
         u.attach(DeviceId(9), None, d),
-        Err(Error::Unsupported(Missing::Mode { .. }))
-    ));
+        Err(Error::Unsupported(Missing::DmaCoherency {
+            domain: true,
+            device: false,
+            source: crate::iommu::Source::Firmware("IORT root complex CCA"),
+        }))
+    );
     // Built for device 9: Normal Non-cacheable (AttrIndx 1), Outer Shareable.
     let n = u
         .domain_alloc(&DomainConfig {
@@ -156,6 +161,14 @@ fn stage1_memory_type_follows_the_devices_coherency_not_the_walkers() {
         .unwrap();
     assert_eq!(attrs(n), (1, 2));
     u.attach(DeviceId(9), None, n).unwrap();
+    assert_eq!(
+        u.attach(DeviceId(3), None, n),
+        Err(Error::Unsupported(Missing::DmaCoherency {
+            domain: false,
+            device: true,
+            source: crate::iommu::Source::Firmware("IORT root complex CCA"),
+        }))
+    );
     // No device named: the unit's declaration (coherent).
     let any = u.domain_alloc(&s1()).unwrap();
     u.map(any, Iova::new(0x1000), PhysAddr::new(0x8000_0000), K4, RW)
