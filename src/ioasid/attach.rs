@@ -179,29 +179,50 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     /// Detaches a device: its DMA is blocked, its configuration and TLB entries invalidated.
     ///
     /// # Errors
-    /// [`Error::NotAttached`]; unit errors: the device then stays attached in the context's
-    /// books, and a retry completes the detach (a unit that no longer knows the attachment
-    /// counts as detached). [`Error::InvalidationPending`]: the device is detached and its
-    /// direct regions unmapped, but a unit did not confirm the invalidation of that unmap:
-    /// the IOASID owes it and its next call reissues it.
+    /// [`Error::NotAttached`] (and nothing left owed by an earlier detach); unit errors: the
+    /// device then stays attached in the context's books, and a retry completes the detach (a
+    /// unit that no longer knows the attachment counts as detached).
+    ///
+    /// Once the unit blocked the device, the device is detached in the books whatever follows;
+    /// if unmapping its direct regions (or reclaiming the tables they used) then fails --
+    /// [`Error::InvalidationPending`]: unmapped everywhere, but a unit did not confirm the
+    /// invalidation; another error: the region stays mapped and reserved in the IOASID,
+    /// without users -- the device records the IOASID, and `detach` called again settles it
+    /// (reissues the invalidation, retries the unmap) and returns `Ok` once nothing is owed.
+    /// Any later call on the IOASID (map, unmap, free, ...) settles the invalidation too.
     pub fn detach(&self, device: DeviceHandle) -> Result<(), Error> {
-        let (old, previous) = {
+        let touched = {
             let st = self.state.read();
             let dev = st.device(device)?;
-            (dev.attached, dev.unsettled.flatten())
+            let [l0, l1] = dev.left_owing;
+            [dev.attached, dev.unsettled.flatten(), l0, l1]
         };
-        let r = self.detach_locked(device);
-        // Unmapped direct regions may leave empty tables.
-        for io in [old, previous].into_iter().flatten() {
-            self.reclaim_if_due(io);
+        let mut r = self.detach_locked(device);
+        // Unmapped direct regions may leave empty tables: reclaimed now. A reclaim whose
+        // invalidation is not confirmed is owed like the unmap's, and the retry settles it.
+        for io in touched.into_iter().flatten() {
+            if let Err(e @ Error::InvalidationPending { .. }) = self.reclaim_when_due(io) {
+                let mut st = self.state.write();
+                if let Ok(d) = st.device_mut(device) {
+                    // A device attached again (by another thread) settles it at its detach.
+                    if d.attached.is_none() {
+                        note_left(&mut d.left_owing, io);
+                        r = r.and(Err(e));
+                    }
+                }
+            }
         }
         r
     }
 
     fn detach_locked(&self, device: DeviceHandle) -> Result<(), Error> {
         let mut st = self.state.write();
-        let dev = st.device(device)?;
-        let (label, old) = (dev.label, dev.attached.ok_or(Error::NotAttached(device))?);
+        let label = st.device(device)?.label;
+        // What an earlier detach left owed is settled first (what still fails stays noted).
+        let earlier = self.settle_left(&mut st, device);
+        let Some(old) = st.device(device)?.attached else {
+            return earlier.unwrap_or(Err(Error::NotAttached(device)));
+        };
         unit_detach(self.unit(label.unit)?, label.id, None)?;
         let dev = st.device_mut(device)?;
         let direct = dev.direct;
@@ -209,16 +230,49 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         dev.attached = None;
         // The device is blocked: its direct regions go with their last user, invalidated
         // before the domain (and its table pages) can be freed; so does what an unsettled
-        // attach still held of the IOASID it was leaving.
-        let dropped = self.leave(&mut st, old, label.unit, &direct);
-        let dropped = match previous {
-            Some(p) => dropped.and(self.leave(&mut st, p, label.unit, &direct)),
-            None => dropped,
-        };
-        match dropped {
-            Err(e @ Error::InvalidationPending { .. }) => Err(e),
-            _ => Ok(()),
+        // attach still held of the IOASID it was leaving. What fails is noted for the retry.
+        let mut result = earlier.unwrap_or(Ok(()));
+        for io in [Some(old), previous].into_iter().flatten() {
+            if let Err(e) = self.leave(&mut st, io, label.unit, &direct) {
+                note_left(&mut st.device_mut(device)?.left_owing, io);
+                result = result.and(Err(e));
+            }
         }
+        result
+    }
+
+    /// Settles what an earlier detach of `device` left owed (see [`IoasidCtx::detach`]):
+    /// retries the unmap of direct regions left without users and reissues the invalidations
+    /// each noted IOASID owes. `None` if nothing was noted.
+    fn settle_left(
+        &self,
+        st: &mut State<'a, A>,
+        device: DeviceHandle,
+    ) -> Option<Result<(), Error>> {
+        let left = st.device(device).ok()?.left_owing;
+        if left.iter().all(Option::is_none) {
+            return None;
+        }
+        let mut result = Ok(());
+        let mut still = [None; 2];
+        for (slot, io) in still.iter_mut().zip(left) {
+            // An IOASID freed since: its free settled what was owed first.
+            let Some(io) = io.filter(|io| st.ioasid(*io).is_ok()) else {
+                continue;
+            };
+            let mut r = self.drop_direct(st, io, &[]);
+            if r.is_ok() {
+                r = st.ioasid(io).and_then(|i| self.settle(i));
+            }
+            if r.is_err() {
+                *slot = Some(io);
+            }
+            result = result.and(r);
+        }
+        if let Ok(d) = st.device_mut(device) {
+            d.left_owing = still;
+        }
+        Some(result)
     }
 
     /// Attaches a (device, PASID) pair to an IOASID allocated with [`IoasidFlags::PASID`]. The
@@ -627,5 +681,18 @@ fn place_run(
         None => unit
             .map(handle, r.iova, r.pa, r.len, r.prot)
             .map_err(|e| inexpressible(device, r.iova, e)),
+    }
+}
+
+/// Notes `io` among the IOASIDs a detach left something owed in (at most two: the one the
+/// device was attached to and the one an unsettled attach was leaving).
+fn note_left(left: &mut [Option<IoasidId>; 2], io: IoasidId) {
+    if left.contains(&Some(io)) {
+        return;
+    }
+    if let Some(slot) = left.iter_mut().find(|s| s.is_none()) {
+        *slot = Some(io);
+    } else {
+        left[1] = Some(io);
     }
 }

@@ -62,6 +62,10 @@ pub(super) struct Device {
     pub(super) unsettled: Option<Option<IoasidId>>,
     /// What the device must reach one-to-one wherever it is attached (`direct.rs`).
     pub(super) direct: DeviceRegions,
+    /// The IOASIDs a detach of the device left something owed in after the unit blocked the
+    /// device: an invalidation of its direct regions' unmap (or of the reclaim after it) not
+    /// confirmed, or a region it could not unmap. `detach` retried settles them (`attach.rs`).
+    pub(super) left_owing: [Option<IoasidId>; 2],
 }
 
 /// A hardware domain behind an IOASID on one unit, with the attachments that use it.
@@ -371,6 +375,7 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
             hints_source,
             attached: None,
             unsettled: None,
+            left_owing: [None; 2],
             direct,
         });
         Ok(DeviceHandle::new(self.id, slot as u16))

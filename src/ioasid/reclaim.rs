@@ -184,14 +184,24 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     /// Reclaims if the log asks for it (a failed map that was rolled back). Called with the
     /// context lock released.
     pub(super) fn reclaim_if_due(&self, ioasid: IoasidId) {
+        let _ = self.reclaim_when_due(ioasid);
+    }
+
+    /// As [`reclaim_if_due`](Self::reclaim_if_due), reporting a reclaim that failed.
+    ///
+    /// # Errors
+    /// Those of the reclaim ([`Error::InvalidationPending`]: the tables it unlinked stay
+    /// owed by the IOASID).
+    pub(super) fn reclaim_when_due(&self, ioasid: IoasidId) -> Result<(), Error> {
         let due = self
             .state
             .read()
             .ioasid(ioasid)
             .is_ok_and(|io| io.reclaim.due());
         if due {
-            let _ = self.reclaim_due(ioasid);
+            self.reclaim_due(ioasid)?;
         }
+        Ok(())
     }
 
     /// Takes the write lock and reclaims around the noted ends, unless another thread did it
@@ -226,7 +236,8 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         // SAFETY: the record is a software table: no hardware walks it.
         gather.release(self.alloc, unsafe { InvalidationComplete::assume() })?;
         let mut result = record.map(|_| ()).map_err(Error::from);
-        for d in io.domains.iter().flatten() {
+        for (slot, d) in io.domains.iter().enumerate() {
+            let Some(d) = d else { continue };
             let unit: &dyn Iommu = match self.unit(d.unit) {
                 Ok(u) => u,
                 Err(e) => {
@@ -236,6 +247,14 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
             };
             match unit.reclaim(d.handle, scope) {
                 Ok(n) => freed += n,
+                // The unit's invalidation was not confirmed: the domain owes it, with the
+                // tables the reclaim unlinked. Noted as owed by the IOASID too (an empty gather),
+                // so that its next call, or a retried detach, flushes the domain and settles it.
+                Err(error) if error.is_unit_fault() => {
+                    io.pending.park(slot, Gather::new());
+                    let unit = d.unit;
+                    result = result.and(Err(Error::InvalidationPending { unit, error }));
+                }
                 Err(e) => result = result.and(Err(e.into())),
             }
         }

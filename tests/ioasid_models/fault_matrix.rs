@@ -23,6 +23,12 @@
 //! and undone on every failure (a failed undo of a caching-mode map left two empty table pages
 //! until the reclaim after a failed attach was added).
 //!
+//! `Op::DetachDirect` detaches a device whose direct region is mapped in that IOASID: the
+//! region is unmapped from both domains and the record once the unit blocked the device; when
+//! a unit does not confirm that unmap's invalidation (or the reclaim's after it), the device
+//! is detached, the invalidation owed, and the detach retried settles it (before, the retry
+//! failed with `NotAttached` and a failed reclaim was reported as success).
+//!
 //! Faults: none; VT-d wait stall, IQE, ITE, ICE, ignored GCMD; SMMUv3 CERROR_ILL, CERROR_ABT
 //! and CERROR_ATC_INV_SYNC at the first commands, sync stall, completion-MSI abort, service
 //! failure, other GERROR bits, CR0ACK and GBPA stuck; the k-th page allocation failing, for
@@ -73,6 +79,11 @@ const B_MAP: (u64, u64, u64) = (0x1000, 0x6000_0000, K4);
 const RID_DIRECT: u32 = 0x58;
 /// Its direct region: mapped one-to-one in A (both units) by the attach.
 const DIRECT: (u64, u64) = (0x80_0000, 2 * K4);
+/// Bound with the direct region DIRECT2 (and, for `Op::DetachDirect`, attached to A at
+/// setup); `Op::DetachDirect` detaches it.
+const RID_DIRECT2: u32 = 0x60;
+/// RID_DIRECT2's direct region: mapped one-to-one in A (both units) by its setup attach.
+const DIRECT2: (u64, u64) = (0x90_0000, 2 * K4);
 /// IOASID P (PASID; RID_A's PASID 1 attached).
 const P_MAP: (u64, u64, u64) = (0x1000, 0x7000_0000, K4);
 
@@ -99,10 +110,11 @@ enum Op {
     FreeIova,
     AllowIncoherentDma,
     AttachDirect,
+    DetachDirect,
     DropContext,
 }
 
-const OPS: [Op; 22] = [
+const OPS: [Op; 23] = [
     Op::Bind,
     Op::Unbind,
     Op::AllocIoasid,
@@ -124,6 +136,7 @@ const OPS: [Op; 22] = [
     Op::FreeIova,
     Op::AllowIncoherentDma,
     Op::AttachDirect,
+    Op::DetachDirect,
     Op::DropContext,
 ];
 
@@ -244,6 +257,8 @@ struct Cell<'r> {
     s3: DeviceHandle,
     /// RID_DIRECT, bound with the region DIRECT, not attached.
     vdirect: DeviceHandle,
+    /// RID_DIRECT2, bound with the region DIRECT2, attached to A for `Op::DetachDirect`.
+    vdirect2: DeviceHandle,
     a: IoasidId,
     b: IoasidId,
     /// Dirty tracking, SID_DIRTY attached.
@@ -274,7 +289,7 @@ fn map(ctx: &IoasidCtx<'_, '_, Arena>, io: IoasidId, m: (u64, u64, u64)) {
 }
 
 impl<'r> Cell<'r> {
-    fn new(r: &Rig<'r, '_>) -> Self {
+    fn new(r: &Rig<'r, '_>, op: Op) -> Self {
         let ctx = IoasidCtx::new(r.reg, r.arena, 4);
         let bind = |l| ctx.bind(l, true).expect("setup bind");
         let (v, s) = (bind(vtd_dev(RID_A)), bind(smmu_dev(SID_A)));
@@ -291,6 +306,14 @@ impl<'r> Cell<'r> {
         let vdirect = ctx
             .bind_with_direct(vtd_dev(RID_DIRECT), true, None, &[region])
             .expect("setup bind");
+        let region2 = IovaRange {
+            start: Iova::new(DIRECT2.0),
+            end: Iova::new(DIRECT2.0 + DIRECT2.1),
+        };
+        let region2 = DirectRegion::new(region2, false).expect("setup region");
+        let vdirect2 = ctx
+            .bind_with_direct(vtd_dev(RID_DIRECT2), true, None, &[region2])
+            .expect("setup bind");
         let alloc = |f| ctx.alloc(f).expect("setup alloc");
         let a = alloc(IoasidFlags::ENFORCE_SNOOP);
         let d = alloc(IoasidFlags::DIRTY_TRACKING);
@@ -299,6 +322,11 @@ impl<'r> Cell<'r> {
         let c = alloc(IoasidFlags::ENFORCE_SNOOP);
         ctx.attach(v, a).expect("setup attach");
         ctx.attach(s, a).expect("setup attach");
+        // Only for the operation that detaches it: every other cell keeps its setup (a
+        // dropped context unmapping DIRECT2 would leave a leaked SMMUv3 domain owing).
+        if op == Op::DetachDirect {
+            ctx.attach(vdirect2, a).expect("setup attach");
+        }
         // Dirty tracking: the VT-d model sets D (SSADE), the SMMUv3 clears AP[2] (HTTU).
         let sd = bind(smmu_dev(SID_DIRTY));
         ctx.attach(sd, d).expect("setup attach");
@@ -334,6 +362,7 @@ impl<'r> Cell<'r> {
             s2,
             s3,
             vdirect,
+            vdirect2,
             a,
             b,
             d,
@@ -353,7 +382,7 @@ impl<'r> Cell<'r> {
     }
 
     /// The (device, PASID) pairs whose attachment the snapshot records, in order.
-    fn attachment_probes(&self) -> [(DeviceHandle, Option<Pasid>); 9] {
+    fn attachment_probes(&self) -> [(DeviceHandle, Option<Pasid>); 10] {
         [
             (self.v, None),
             (self.s, None),
@@ -364,17 +393,19 @@ impl<'r> Cell<'r> {
             (self.v, Some(self.p)),
             (self.v2, Some(self.q)),
             (self.s3, Some(self.q)),
+            (self.vdirect2, None),
         ]
     }
 
     /// The device, unit and requester/StreamID (and PASID) of each probe.
-    fn hardware_probes(&self) -> [(DeviceHandle, bool, u32, Option<Pasid>); 8] {
+    fn hardware_probes(&self) -> [(DeviceHandle, bool, u32, Option<Pasid>); 9] {
         [
             (self.v, true, RID_A, None),
             (self.s, false, SID_A, None),
             (self.v2, true, RID_NEW_BUS, None),
             (self.s2, false, SID_B, None),
             (self.vdirect, true, RID_DIRECT, None),
+            (self.vdirect2, true, RID_DIRECT2, None),
             (self.v, true, RID_A, Some(self.p)),
             (self.v2, true, RID_NEW_BUS, Some(self.q)),
             (self.s3, false, SID_C, Some(self.q)),
@@ -447,6 +478,7 @@ impl<'r> Cell<'r> {
                 drop(grant);
             }
             Op::AttachDirect => ctx.attach(self.vdirect, self.a)?,
+            Op::DetachDirect => ctx.detach(self.vdirect2)?,
             Op::DropContext => unreachable!(),
         }
         Ok(())
@@ -606,6 +638,22 @@ impl<'r> Cell<'r> {
                     end: Iova::new(DIRECT.0 + DIRECT.1),
                 })),
             ),
+            Op::DetachDirect => want(
+                "the direct region is still mapped, or the device still translates",
+                (0..DIRECT2.1 / K4).all(|i| {
+                    let iova = DIRECT2.0 + i * K4;
+                    vtd(RID_DIRECT2, None, iova).is_none()
+                        && vtd(RID_DIRECT2, None, A_MAPS[0].0).is_none()
+                        && smmu(SID_A, iova).is_none()
+                        && vtd(RID_A, None, iova).is_none()
+                        && ctx.translate(self.a, Iova::new(iova)) == Ok(None)
+                }) && ctx.attachment(self.vdirect2, None) == Ok(None)
+                    && ctx.direct_mappings(self.a).is_ok_and(|m| {
+                        m.iter()
+                            .flatten()
+                            .all(|(d, _)| d.range().start.get() != DIRECT2.0)
+                    }),
+            ),
             Op::DropContext => unreachable!(),
         }
     }
@@ -656,18 +704,20 @@ impl<'r> Cell<'r> {
         // A device whose entry (in memory) reaches A's domain reaches its direct region there
         // one-to-one: a failed attach must not give the region back while the unit's entry
         // is present (it is kept until the attachment settles or is torn down).
-        if r.vm
-            .translate_in_memory(RID_DIRECT as u16, None, A_MAPS[0].0, Access::READ)
-            .is_some()
-        {
-            for iova in DIRECT_PROBES {
-                let t =
-                    r.vm.translate_in_memory(RID_DIRECT as u16, None, iova, Access::READ);
-                if t != Some(iova) {
-                    return Err(format!(
-                        "RID_DIRECT's entry reaches A but its direct region at {iova:#x} \
-                         translates to {t:x?}"
-                    ));
+        for (rid, probes) in [(RID_DIRECT, DIRECT_PROBES), (RID_DIRECT2, DIRECT2_PROBES)] {
+            if r.vm
+                .translate_in_memory(rid as u16, None, A_MAPS[0].0, Access::READ)
+                .is_some()
+            {
+                for iova in probes {
+                    let t =
+                        r.vm.translate_in_memory(rid as u16, None, iova, Access::READ);
+                    if t != Some(iova) {
+                        return Err(format!(
+                            "{rid:#x}'s entry reaches A but its direct region at {iova:#x} \
+                             translates to {t:x?}"
+                        ));
+                    }
                 }
             }
         }
@@ -741,6 +791,10 @@ struct Snapshot {
     record: Vec<Result<Option<u64>, Error>>,
     /// What the devices and A's record translate in the direct region.
     direct: Vec<Option<u64>>,
+    /// What A's record translates in DIRECT2.
+    direct2: Vec<Option<u64>>,
+    /// What RID_DIRECT2 and SID_A (the domains of A) translate in DIRECT2.
+    direct2_hw: Vec<Option<u64>>,
     devices: Vec<bool>,
     /// Where each device (`Cell::attached_probes`) is attached in the context's books.
     attachments: Vec<Option<Attachment>>,
@@ -754,6 +808,8 @@ struct Snapshot {
 const PROBE_IOVAS: [u64; 4] = [0x1000, 0x20_0000, 0x20_1000, 0x40_0000];
 /// Where `Op::AttachDirect` maps: probed for every device and record too.
 const DIRECT_PROBES: [u64; 2] = [DIRECT.0, DIRECT.0 + K4];
+/// Where RID_DIRECT2's region is mapped from the setup.
+const DIRECT2_PROBES: [u64; 2] = [DIRECT2.0, DIRECT2.0 + K4];
 
 impl Snapshot {
     fn take(cell: &Cell<'_>, r: &Rig<'_, '_>) -> Self {
@@ -786,6 +842,15 @@ impl Snapshot {
                 direct.push(m.ok().flatten().map(|m| m.pa.get()));
             }
         }
+        let (mut direct2, mut direct2_hw) = (Vec::new(), Vec::new());
+        for iova in DIRECT2_PROBES {
+            direct2_hw.push(r.vm.translate_in_memory(RID_DIRECT2 as u16, None, iova, Access::READ));
+            direct2_hw.push(r.sm.translate_in_memory(SID_A, None, iova, Access::READ));
+            if let Some(ctx) = cell.ctx.as_ref() {
+                let m = ctx.translate(cell.a, Iova::new(iova));
+                direct2.push(m.ok().flatten().map(|m| m.pa.get()));
+            }
+        }
         let (mut record, mut devices, mut attachments) = (Vec::new(), Vec::new(), Vec::new());
         if let Some(ctx) = cell.ctx.as_ref() {
             let ioasids = [cell.a, cell.b, cell.d, cell.pio, cell.c];
@@ -797,7 +862,15 @@ impl Snapshot {
                     );
                 }
             }
-            let handles = [cell.v, cell.s, cell.v2, cell.s2, cell.s3, cell.vdirect];
+            let handles = [
+                cell.v,
+                cell.s,
+                cell.v2,
+                cell.s2,
+                cell.s3,
+                cell.vdirect,
+                cell.vdirect2,
+            ];
             for d in handles.into_iter().chain(cell.made_device.get()) {
                 devices.push(ctx.device_info(d).is_ok());
             }
@@ -815,6 +888,8 @@ impl Snapshot {
             smmu,
             record,
             direct,
+            direct2,
+            direct2_hw,
             devices,
             attachments,
             pasids,
@@ -856,6 +931,7 @@ fn partial_state(
     // The layer's books: records, IOASIDs, devices, PASIDs.
     let same_books = after.record == before.record
         && after.direct == before.direct
+        && after.direct2 == before.direct2
         && after.devices == before.devices
         && after.attachments == before.attachments
         && after.pasids == before.pasids;
@@ -980,7 +1056,7 @@ fn partial_state(
         }
         // A detach or free whose unit failed: the layer's books unchanged; on the unit, one
         // attachment left unsettled (its entry torn down; its retry completes it).
-        Op::DetachVtd | Op::DetachSmmu | Op::DetachPasid | Op::FreeIoasid
+        Op::DetachVtd | Op::DetachSmmu | Op::DetachPasid | Op::FreeIoasid | Op::DetachDirect
             if same_books
                 && after.unsettled() == before.unsettled() + 1
                 && after.owing() == before.owing()
@@ -1035,6 +1111,34 @@ fn partial_state(
                 && after.pages >= before.pages =>
         {
             "direct regions unmapped again, invalidation pending"
+        }
+        // A detach of a device with a direct region that the unit confirmed: the device is
+        // detached in the books and blocked on the unit, its region unmapped from every domain
+        // and the record, but a unit did not confirm that unmap's invalidation and owes it (as
+        // after a failed `unmap`); the detach retried settles it.
+        Op::DetachDirect
+            if pending
+                && after.record == before.record
+                && after.direct == before.direct
+                && after.direct2.iter().all(Option::is_none)
+                && after.direct2_hw.iter().all(Option::is_none)
+                && after.devices == before.devices
+                && after.pasids == before.pasids
+                && after.attachments.iter().enumerate().all(|(k, a)| {
+                    if k == 9 {
+                        a.is_none()
+                    } else {
+                        *a == before.attachments[k]
+                    }
+                })
+                && after.vtd == before.vtd
+                && smmu_same
+                && after.unsettled() <= before.unsettled()
+                && after.owing() <= before.owing() + 1
+                && after.domains == before.domains
+                && after.pages <= before.pages =>
+        {
+            "detached, direct regions unmapped, invalidation pending"
         }
         // `map` mapped nothing (rolled back everywhere), but the unit that did not confirm the
         // rollback's invalidation owes it, with the tables the rollback unlinked.
@@ -1107,7 +1211,7 @@ fn run_cell(
 ) -> Result<Outcome, String> {
     let (v, s) = setups(caching_mode);
     with_rig(v, s, |r| {
-        let mut cell = Cell::new(r);
+        let mut cell = Cell::new(r, op);
         cell.invariants(r, true)
             .map_err(|e| format!("after setup: {e}"))?;
         let allocs = r.arena.stats().allocs;
@@ -1254,6 +1358,7 @@ fn ioasid_fault_matrix() {
         Op::Replace,
         Op::AttachDirect,
         Op::DetachVtd,
+        Op::DetachDirect,
         Op::AttachPasidVtd,
         Op::DetachPasid,
         Op::Map,
@@ -1261,10 +1366,16 @@ fn ioasid_fault_matrix() {
         Op::FreeIoasid,
         Op::DropContext,
     ];
+    // `IE_MATRIX_OPS=DetachDirect,Map` runs only those rows (while working on them).
+    let only = std::env::var("IE_MATRIX_OPS").ok();
     let runs = OPS
         .iter()
         .map(|&op| (op, false))
-        .chain(on_vtd.iter().map(|&op| (op, true)));
+        .chain(on_vtd.iter().map(|&op| (op, true)))
+        .filter(|(op, _)| {
+            only.as_deref()
+                .is_none_or(|o| o.split(',').any(|n| n == format!("{op:?}")))
+        });
     for (op, caching_mode) in runs {
         row.clear();
         if caching_mode {
