@@ -452,3 +452,53 @@ fn structures_above_the_output_address_size_are_refused() {
     drop(u);
     assert_eq!(a.stats().live_pages, held.len());
 }
+
+/// The review's 52-bit test (issue 15, item 1): on an `IDR5.OAS` = 52 unit the 64 KiB
+/// granule's descriptors carry OA[51:48] (VMSAv8-64 with FEAT_LPA; no LPA2 needed), so its
+/// domains output 52 bits and an output address at 2^50 translates end to end at both stages
+/// (`STE.S2PS` / `CD.IPS` = 52 bits). The 16 KiB granule's descriptors hold 48 bits without
+/// `IDR5.DS`: the same map is refused with `PaOutOfRange { oas: 48 }` and nothing is written.
+/// No QEMU row: QEMU 10.0's SMMUv3 reports `IDR5.OAS` = 44 bits and has no property to change
+/// it (`-device arm-smmuv3,help` lists `bus_num`, `primary-bus` and `stage` only;
+/// tests/qemu/README.md, scenario 200), so the model stands in for a 52-bit unit.
+#[test]
+fn a_52_bit_unit_reaches_2_pow_50_with_the_64k_granule_only() {
+    for (granule_log2, oas) in [(16, 52), (14, 48)] {
+        let mem = arena();
+        let model = SmmuModel::new(&mem, SmmuModelConfig::qemu_like().with_oas_bits(52));
+        let cfg = SmmuConfig {
+            granule_log2: Some(granule_log2),
+            ..cfg()
+        };
+        let u = unit(&model, &mem, cfg);
+        assert_eq!(u.capabilities().oas, oas, "granule 2^{granule_log2}");
+        let page = 1u64 << granule_log2;
+        let pa = (1u64 << 50) | (3 * page);
+        for s in [Stage::Second, Stage::First] {
+            let d = u.domain_alloc(&stage(s)).unwrap();
+            let r = u.map(d, Iova::new(page), PhysAddr::new(pa), page, RW);
+            if oas == 52 {
+                r.unwrap();
+                u.attach(DeviceId(SID), None, d).unwrap();
+                let ok = model.translate(SID, None, page + 8, Access::READ).unwrap();
+                assert_eq!(ok.pa, pa + 8, "{s:?}");
+                u.detach(DeviceId(SID), None).unwrap();
+                let mut g = pgtable::Gather::new();
+                assert_eq!(u.unmap(d, Iova::new(page), page, &mut g), Ok(page));
+                u.flush(d, &mut g).unwrap();
+            } else {
+                let last = PhysAddr::new(pa + page - 1);
+                assert_eq!(
+                    r,
+                    Err(Error::PageTable(pgtable::Error::PaOutOfRange {
+                        last,
+                        oas: 48
+                    })),
+                    "{s:?}"
+                );
+                assert_eq!(u.query(d, Iova::new(page)), None);
+            }
+            u.domain_free(d).unwrap();
+        }
+    }
+}
