@@ -242,6 +242,20 @@ typedef struct {
   bool include_pci_all;
 } IeDmarUnit;
 
+// A region a device must reach one-to-one (IOVA = physical address) wherever it is attached
+// (ie_ctx_bind_direct()): an ACPI DMAR RMRR, an IORT RMR memory range, or the embedder's own.
+typedef struct {
+  // First byte (4 KiB aligned): the IOVA and the physical address.
+  uint64_t start;
+  // Length in bytes (a non-zero multiple of 4 KiB).
+  uint64_t length;
+  // Device memory (IORT RMR access attributes Device-*): mapped as `IE_PROT_MMIO`.
+  bool mmio;
+  // Firmware lets the OS remap it once a driver owns the device (IORT RMR `Remapping
+  // permitted`); it is mapped one-to-one all the same.
+  bool relaxable;
+} IeDirectRegion;
+
 // The memory services an embedder lends to the crate.
 //
 // Every function is called with `ctx`. The crate calls them from whichever thread calls into
@@ -275,20 +289,6 @@ typedef struct {
   // The physical function's RID, when `has_physical_function`.
   uint32_t physical_function;
 } IeDeviceHints;
-
-// A region a device must reach one-to-one (IOVA = physical address) wherever it is attached
-// (ie_ctx_bind_direct()): an ACPI DMAR RMRR, an IORT RMR memory range, or the embedder's own.
-typedef struct {
-  // First byte (4 KiB aligned): the IOVA and the physical address.
-  uint64_t start;
-  // Length in bytes (a non-zero multiple of 4 KiB).
-  uint64_t length;
-  // Device memory (IORT RMR access attributes Device-*): mapped as `IE_PROT_MMIO`.
-  bool mmio;
-  // Firmware lets the OS remap it once a driver owns the device (IORT RMR `Remapping
-  // permitted`); it is mapped one-to-one all the same.
-  bool relaxable;
-} IeDirectRegion;
 
 // Where one claim comes from.
 typedef struct {
@@ -539,6 +539,31 @@ int32_t ie_dmar_unit_for(const uint8_t *table,
                                               uint8_t *subordinate),
                          void *ctx,
                          IeDmarUnit *out);
+
+// The regions (RMRRs, VT-d 4.1 §8.4) that PCI requester `rid` on `segment` must keep reaching,
+// from the ACPI DMAR table `table` (`len` bytes), for ie_ctx_bind_direct(): the first `max`
+// go to `out[0..max]` (NULL with `max` = 0 to only count), each identity-mapped normal memory;
+// `*count` gets how many there are. `bridge_buses` and `ctx` are as for ie_dmar_unit_for().
+// `IE_STATUS_INVALID_ARGUMENT` for a malformed table, an RMRR naming the requester whose range
+// is malformed, or an RMRR that may name it through a scope `bridge_buses` cannot follow
+// (nothing is written then: a region left out could break the device).
+//
+// # Safety
+// `table` points to `len` readable bytes; `out` is NULL or writable for `max` elements;
+// `count` is writable; `bridge_buses` is NULL or safe to call with `ctx`.
+int32_t ie_dmar_reserved_regions(const uint8_t *table,
+                                 size_t len,
+                                 uint16_t segment,
+                                 uint16_t rid,
+                                 bool (*bridge_buses)(void *ctx,
+                                                      uint16_t segment,
+                                                      uint16_t bridge,
+                                                      uint8_t *secondary,
+                                                      uint8_t *subordinate),
+                                 void *ctx,
+                                 IeDirectRegion *out,
+                                 uint32_t max,
+                                 uint32_t *count);
 
 // Creates a registry over `n_units` units (at most 8), each numbered by its position, with
 // PASIDs of `pasid_bits` bits (the narrowest of the system's units and devices). The units

@@ -8,6 +8,7 @@ use crate::firmware::dmar::device_scope::BusRange;
 use crate::firmware::dmar::table::Dmar;
 use crate::vtd::SourceId;
 
+use super::ioasid::IeDirectRegion;
 use super::status::{code, IeStatus};
 
 /// The remapping unit ie_dmar_unit_for() found.
@@ -95,6 +96,80 @@ pub unsafe extern "C" fn ie_dmar_unit_for(
         };
         // SAFETY: the C contract: `out` is writable.
         unsafe { out.write(found) };
+        Ok(())
+    })())
+}
+
+/// The regions (RMRRs, VT-d 4.1 §8.4) that PCI requester `rid` on `segment` must keep reaching,
+/// from the ACPI DMAR table `table` (`len` bytes), for ie_ctx_bind_direct(): the first `max`
+/// go to `out[0..max]` (NULL with `max` = 0 to only count), each identity-mapped normal memory;
+/// `*count` gets how many there are. `bridge_buses` and `ctx` are as for ie_dmar_unit_for().
+/// `IE_STATUS_INVALID_ARGUMENT` for a malformed table, an RMRR naming the requester whose range
+/// is malformed, or an RMRR that may name it through a scope `bridge_buses` cannot follow
+/// (nothing is written then: a region left out could break the device).
+///
+/// # Safety
+/// `table` points to `len` readable bytes; `out` is NULL or writable for `max` elements;
+/// `count` is writable; `bridge_buses` is NULL or safe to call with `ctx`.
+#[no_mangle]
+pub unsafe extern "C" fn ie_dmar_reserved_regions(
+    table: *const u8,
+    len: usize,
+    segment: u16,
+    rid: u16,
+    bridge_buses: Option<
+        unsafe extern "C" fn(
+            ctx: *mut c_void,
+            segment: u16,
+            bridge: u16,
+            secondary: *mut u8,
+            subordinate: *mut u8,
+        ) -> bool,
+    >,
+    ctx: *mut c_void,
+    out: *mut IeDirectRegion,
+    max: u32,
+    count: *mut u32,
+) -> i32 {
+    code((|| {
+        if table.is_null() || count.is_null() || (out.is_null() && max != 0) {
+            return Err(IeStatus::InvalidArgument);
+        }
+        // SAFETY: the C contract: `len` readable bytes at `table`.
+        let bytes = unsafe { core::slice::from_raw_parts(table, len) };
+        let dmar = Dmar::parse(bytes).map_err(|_| IeStatus::InvalidArgument)?;
+        let buses = |seg: u16, bridge: SourceId| -> Option<BusRange> {
+            let f = bridge_buses?;
+            let (mut secondary, mut subordinate) = (0u8, 0u8);
+            // SAFETY: the C contract on `bridge_buses` and `ctx`; the out-pointers are ours.
+            unsafe { f(ctx, seg, bridge.get(), &mut secondary, &mut subordinate) }.then_some(
+                BusRange {
+                    secondary,
+                    subordinate,
+                },
+            )
+        };
+        let requester = SourceId::new(rid);
+        // Checked whole first, so that nothing is written for a table with a bad region.
+        for region in dmar.reserved_regions(segment, requester, &buses) {
+            region.map_err(|_| IeStatus::InvalidArgument)?;
+        }
+        let mut n = 0u32;
+        for range in dmar.reserved_regions(segment, requester, &buses).flatten() {
+            if n < max {
+                let region = IeDirectRegion {
+                    start: range.start.get(),
+                    length: range.end.get().saturating_sub(range.start.get()),
+                    mmio: false,
+                    relaxable: false,
+                };
+                // SAFETY: the C contract: `out` holds `max` writable elements.
+                unsafe { out.add(n as usize).write(region) };
+            }
+            n = n.saturating_add(1);
+        }
+        // SAFETY: the C contract: `count` is writable.
+        unsafe { count.write(n) };
         Ok(())
     })())
 }

@@ -323,3 +323,63 @@ fn dmar_unit_for_a_requester() {
         );
     }
 }
+
+/// ie_dmar_reserved_regions: a requester's RMRRs as direct regions, counted beyond `max`;
+/// an RMRR it may need behind a bridge NULL `bridge_buses` cannot follow is refused.
+#[test]
+fn dmar_reserved_regions_of_a_requester() {
+    use super::firmware::ie_dmar_reserved_regions;
+    use super::ioasid::IeDirectRegion;
+    use crate::firmware::testutil::{dmar, drhd, rmrr, scope};
+    let t = dmar(
+        47,
+        0,
+        &[
+            drhd(1, 0, 0, 0xfed9_0000, &[]),
+            rmrr(0, 0x7a00_0000, 0x7a0f_ffff, &[scope(1, 0, 0, 0, &[(2, 0)])]),
+            rmrr(0, 0x7b00_0000, 0x7b00_0fff, &[scope(1, 0, 0, 0, &[(2, 0)])]),
+            rmrr(
+                0,
+                0x7c00_0000,
+                0x7c00_0fff,
+                &[scope(2, 0, 0, 0, &[(0x1c, 0)])],
+            ),
+        ],
+    );
+    let read = |rid: u16, out: &mut [IeDirectRegion], max: u32, count: &mut u32| {
+        // SAFETY: `t` is readable; `out` holds `max` elements; `count` is writable.
+        unsafe {
+            ie_dmar_reserved_regions(
+                t.as_ptr(),
+                t.len(),
+                0,
+                rid,
+                None,
+                core::ptr::null_mut(),
+                out.as_mut_ptr(),
+                max,
+                count,
+            )
+        }
+    };
+    let mut out = [IeDirectRegion::default(); 2];
+    let mut count = 0;
+    assert_eq!(read(0x10, &mut out, 1, &mut count), IeStatus::Ok as i32);
+    assert_eq!(count, 2);
+    assert_eq!(
+        (out[0].start, out[0].length, out[0].mmio, out[1].start),
+        (0x7a00_0000, 0x10_0000, false, 0)
+    );
+    assert_eq!(read(0x10, &mut out, 2, &mut count), IeStatus::Ok as i32);
+    assert_eq!(
+        (count, out[1].start, out[1].length),
+        (2, 0x7b00_0000, 0x1000)
+    );
+    assert_eq!(read(0x18, &mut out, 2, &mut count), IeStatus::Ok as i32);
+    assert_eq!(count, 0);
+    // Bus 3 may be below 00:1c.0: unknown without a bus walk.
+    assert_eq!(
+        read(0x0300, &mut out, 2, &mut count),
+        IeStatus::InvalidArgument as i32
+    );
+}
