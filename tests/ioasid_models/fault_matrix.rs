@@ -29,10 +29,19 @@
 //! is detached, the invalidation owed, and the detach retried settles it (before, the retry
 //! failed with `NotAttached` and a failed reclaim was reported as success).
 //!
+//! RID_A and SID_A have ATS: every unmap, detach and replace of theirs invalidates the VT-d
+//! device TLB (device-TLB descriptors, so ITE and ICE meet them) and the SMMUv3 ATC
+//! (CMD_ATC_INV, whose CMD_SYNC CERROR_ATC_INV_SYNC meets). The VT-d model keeps a device TLB
+//! (warmed in setup): an `Ok` must leave it without the translations the call removed. The
+//! SMMUv3 model keeps none, so an `Ok` must have had a CMD_ATC_INV for SID_A consumed during
+//! its last attempt (a retry reissues what the failed attempt lost).
+//!
 //! Faults: none; VT-d wait stall, IQE, ITE, ICE, ignored GCMD; SMMUv3 CERROR_ILL, CERROR_ABT
 //! and CERROR_ATC_INV_SYNC at the first commands, sync stall, completion-MSI abort, service
 //! failure, other GERROR bits, CR0ACK and GBPA stuck; the k-th page allocation failing, for
-//! every k up to the number the operation's clean run makes.
+//! every k up to the number the operation's clean run makes; VT-d fault records and the
+//! SMMUv3 event queue overflowed by faulting DMAs before the call (the drain after it must
+//! report the overflow and acknowledge it, and the next fault be recorded and seen).
 
 use std::cell::Cell as StdCell;
 use std::fmt::Write as _;
@@ -41,8 +50,9 @@ use iommu_engine::ioasid::{
     Attachment, DeviceHandle, DeviceLabel, DirectRegion, Error, IoasidCtx, IoasidFlags, IoasidId,
     Leaked,
 };
-use iommu_engine::iommu::{Iommu, Pasid};
+use iommu_engine::iommu::{DeviceHints, DeviceId, Iommu, Pasid};
 use iommu_engine::mem::{Iova, PhysAddr};
+use iommu_engine::mmio::RegisterWindow;
 use iommu_engine::pgtable::{IovaRange, Prot};
 use iommu_engine::sim::arena::FailPolicy;
 use iommu_engine::sim::smmuv3::Injection as SmmuFault;
@@ -147,6 +157,13 @@ enum Fault {
     Smmu(SmmuFault),
     /// The k-th page allocation fails.
     Alloc(u64),
+    /// Before the call, more faulting DMAs than the VT-d unit has fault recording registers
+    /// (`FSTS.PFO`): the drain after the call must report the overflow and clear it, and the
+    /// next fault must be recorded and seen.
+    VtdFaultOverflow,
+    /// Before the call, more faulting DMAs than the SMMUv3 event queue holds: as above, with
+    /// the event queue's overflow flag acknowledged.
+    SmmuEventOverflow,
 }
 
 /// The faults that do not depend on where the operation is: stalls, ignored register writes,
@@ -178,6 +195,7 @@ fn fixed_faults() -> Vec<Fault> {
         ]
         .map(Fault::Smmu),
     );
+    v.extend([Fault::VtdFaultOverflow, Fault::SmmuEventOverflow]);
     v
 }
 
@@ -235,11 +253,16 @@ fn transient(fault: Fault) -> bool {
 fn setups(caching_mode: bool) -> (VtdSetup, SmmuSetup) {
     let mut s = SmmuSetup::qemu(true).with_ssid_bits(4);
     // 2^11 StreamIDs (the highest used is SID_DIRTY): the reachability walk and the audit read
-    // every STE after every step, 32 times fewer than with QEMU's 2^16.
-    s.model = s.model.with_httu(true, true).with_sid_bits(11);
+    // every STE after every step, 32 times fewer than with QEMU's 2^16. ATS (SID_A uses it).
+    s.model = s
+        .model
+        .with_httu(true, true)
+        .with_sid_bits(11)
+        .with_ats(true);
     s.unit.sid_bits = Some(11);
     let mut v = VtdSetup::scalable();
-    v.model = v.model.with_caching_mode(caching_mode);
+    // ECAP.DT: RID_A has ATS, so its unit invalidates its device TLB (the model keeps one).
+    v.model = v.model.with_caching_mode(caching_mode).with_dt(true);
     // ECAP.SMPWCS (bit 48): snooped page walks, which VT-d dirty tracking needs.
     v.model.ecap |= 1 << 48;
     (v, s)
@@ -279,6 +302,10 @@ struct Cell<'r> {
     made_iova: StdCell<Option<Iova>>,
     dirty_seen: StdCell<u32>,
     granted: StdCell<bool>,
+    /// Where the SMMUv3 command log stood when the last attempt of the call began: the ATC
+    /// invalidations an `Ok` must have issued are looked for from there (a retry reissues
+    /// what the failed attempt lost).
+    attempt_commands: StdCell<usize>,
     /// Stranded devices the drop left, released once recovered.
     stranded: Vec<DeviceLabel>,
 }
@@ -292,7 +319,18 @@ impl<'r> Cell<'r> {
     fn new(r: &Rig<'r, '_>, op: Op) -> Self {
         let ctx = IoasidCtx::new(r.reg, r.arena, 4);
         let bind = |l| ctx.bind(l, true).expect("setup bind");
-        let (v, s) = (bind(vtd_dev(RID_A)), bind(smmu_dev(SID_A)));
+        // RID_A and SID_A have ATS: their device TLB / ATC is invalidated with their domain.
+        let ats = DeviceHints {
+            ats: true,
+            physical_function: None,
+        };
+        let v = ctx
+            .bind_with(vtd_dev(RID_A), true, ats)
+            .expect("setup bind");
+        let s = bind(smmu_dev(SID_A));
+        r.smmu
+            .set_ats(DeviceId(SID_A), true)
+            .expect("setup SMMUv3 ATS");
         let (v2, s2, s3) = (
             bind(vtd_dev(RID_NEW_BUS)),
             bind(smmu_dev(SID_B)),
@@ -342,13 +380,18 @@ impl<'r> Cell<'r> {
         let q = ctx.alloc_pasid().expect("setup PASID");
         ctx.attach_pasid(v, p, pio).expect("setup attach_pasid");
         let reserved = ctx.alloc_iova(a, K4, K4).expect("setup alloc_iova");
-        // Warm the caches: a lost invalidation then shows as a stale translation.
+        // Warm the caches, the device TLB included: a lost invalidation then shows as a stale
+        // translation.
         for m in A_MAPS {
             r.vtd_read(RID_A, None, m.0).expect("setup VT-d read");
             r.smmu_read(SID_A, None, m.0).expect("setup SMMUv3 read");
+            r.vm.ats_translate(RID_A as u16, None, m.0, Access::READ)
+                .expect("setup ATS translation");
         }
         r.vtd_read(RID_A, Some(p.get()), P_MAP.0)
             .expect("setup PASID read");
+        r.vm.ats_translate(RID_A as u16, Some(p.get()), P_MAP.0, Access::READ)
+            .expect("setup ATS translation");
         // A device write: the SMMUv3 marks the page dirty (HTTU).
         r.sm.translate(SID_DIRTY, None, D_MAP.0, Access::WRITE)
             .expect("setup SMMUv3 write");
@@ -377,6 +420,7 @@ impl<'r> Cell<'r> {
             made_iova: StdCell::new(None),
             dirty_seen: StdCell::new(0),
             granted: StdCell::new(false),
+            attempt_commands: StdCell::new(0),
             stranded: Vec::new(),
         }
     }
@@ -494,6 +538,17 @@ impl<'r> Cell<'r> {
             }
         };
         let vtd = |rid, pasid: Option<Pasid>, iova| r.vtd_read(rid, pasid.map(Pasid::get), iova);
+        // RID_A's device TLB holds no translation of `iova` any more.
+        let atc_clean =
+            |pasid: Option<Pasid>, iova| !r.vm.atc_holds(RID_A as u16, pasid.map(Pasid::get), iova);
+        // A CMD_ATC_INV for SID_A was consumed during the last attempt of the call.
+        let atc_invalidated = || {
+            r.sm.command_log()
+                .get(self.attempt_commands.get()..)
+                .unwrap_or(&[])
+                .iter()
+                .any(|c| c[0] & 0xff == 0x40 && c[0] >> 32 == u64::from(SID_A))
+        };
         let smmu = |sid, iova| r.smmu_read(sid, None, iova);
         if op == Op::DropContext {
             for (l, sid) in [(RID_A, None), (RID_NEW_BUS, None)] {
@@ -508,6 +563,13 @@ impl<'r> Cell<'r> {
                 want(
                     "an SMMUv3 device still translates",
                     smmu(SID_A, 0x1000).is_none(),
+                )?;
+                want("SID_A's ATC not invalidated", atc_invalidated())?;
+            }
+            if !self.stranded.contains(&vtd_dev(RID_A)) {
+                want(
+                    "RID_A's device TLB still translates",
+                    A_MAPS.iter().all(|m| atc_clean(None, m.0)) && atc_clean(Some(self.p), P_MAP.0),
                 )?;
             }
             return Ok(());
@@ -547,17 +609,19 @@ impl<'r> Cell<'r> {
                 smmu(SID_B, B_MAP.0).is_some_and(|t| t.0 == B_MAP.1),
             ),
             Op::Replace => want(
-                "the device does not translate B",
+                "the device does not translate B, or its device TLB still holds A",
                 vtd(RID_A, None, B_MAP.0) == pa_plain(B_MAP)
-                    && vtd(RID_A, None, A_MAPS[1].0).is_none(),
+                    && vtd(RID_A, None, A_MAPS[1].0).is_none()
+                    && A_MAPS[1..].iter().all(|m| atc_clean(None, m.0)),
             ),
             Op::DetachVtd => want(
-                "the device still translates",
-                vtd(RID_A, None, A_MAPS[0].0).is_none(),
+                "the device or its device TLB still translates",
+                vtd(RID_A, None, A_MAPS[0].0).is_none()
+                    && A_MAPS.iter().all(|m| atc_clean(None, m.0)),
             ),
             Op::DetachSmmu => want(
-                "the device still translates",
-                smmu(SID_A, A_MAPS[0].0).is_none(),
+                "the device still translates, or its ATC was not invalidated",
+                smmu(SID_A, A_MAPS[0].0).is_none() && atc_invalidated(),
             ),
             Op::AttachPasidVtd => want(
                 "the PASID does not translate P",
@@ -569,8 +633,8 @@ impl<'r> Cell<'r> {
                     .is_some_and(|t| t.0 == P_MAP.1),
             ),
             Op::DetachPasid => want(
-                "the PASID still translates",
-                vtd(RID_A, Some(self.p), P_MAP.0).is_none(),
+                "the PASID or its device TLB entry still translates",
+                vtd(RID_A, Some(self.p), P_MAP.0).is_none() && atc_clean(Some(self.p), P_MAP.0),
             ),
             Op::Map => want(
                 "a device does not translate the new mapping",
@@ -579,14 +643,21 @@ impl<'r> Cell<'r> {
                     vtd(RID_A, None, iova) == pa && smmu(SID_A, iova) == pa
                 }),
             ),
-            Op::Unmap => want(
-                "a device still translates the unmapped range",
-                A_MAPS[1..].iter().all(|m| {
-                    vtd(RID_A, None, m.0).is_none()
-                        && smmu(SID_A, m.0).is_none()
-                        && ctx.translate(self.a, Iova::new(m.0)) == Ok(None)
-                }) && vtd(RID_A, None, A_MAPS[0].0) == pa(A_MAPS[0]),
-            ),
+            Op::Unmap => {
+                want(
+                    "a device still translates the unmapped range",
+                    A_MAPS[1..].iter().all(|m| {
+                        vtd(RID_A, None, m.0).is_none()
+                            && smmu(SID_A, m.0).is_none()
+                            && ctx.translate(self.a, Iova::new(m.0)) == Ok(None)
+                    }) && vtd(RID_A, None, A_MAPS[0].0) == pa(A_MAPS[0]),
+                )?;
+                want(
+                    "RID_A's device TLB still translates the unmapped range",
+                    A_MAPS[1..].iter().all(|m| atc_clean(None, m.0)),
+                )?;
+                want("no CMD_ATC_INV for SID_A", atc_invalidated())
+            }
             Op::ReadClearDirty => {
                 // Both pages (one dirtied through each unit) reported over the attempts.
                 want("a dirty page not reported", self.dirty_seen.get() >= 2)?;
@@ -1164,7 +1235,63 @@ fn inject(r: &Rig<'_, '_>, fault: Fault) {
         Fault::Vtd(f) => r.vm.inject(f),
         Fault::Smmu(f) => r.sm.inject(f),
         Fault::Alloc(k) => r.arena.set_fail_policy(FailPolicy::Nth(k)),
+        Fault::VtdFaultOverflow => {
+            let records = r.vm.fault_records().len() as u64;
+            for i in 0..records + 2 {
+                let _ =
+                    r.vm.translate(RID_A as u16, None, FAULT_IOVA + i * K4, Access::READ);
+            }
+        }
+        Fault::SmmuEventOverflow => {
+            for i in 0..SMMU_EVENTS + 2 {
+                let _ =
+                    r.sm.translate(FAULT_SID, None, FAULT_IOVA + i * K4, Access::READ);
+            }
+        }
     }
+}
+
+/// Where the overflow faults' DMAs go: mapped in no IOASID.
+const FAULT_IOVA: u64 = 0x3000_0000;
+/// A StreamID no device uses (its STE invalid): every DMA of it is recorded (C_BAD_STE),
+/// whatever the call attached or detached.
+const FAULT_SID: u32 = 0x600;
+/// The SMMUv3 event queue's entries (the driver's default, 2^7).
+const SMMU_EVENTS: u64 = 1 << 7;
+
+/// After an overflow fault: the drain reports the overflow and acknowledges it, then a new
+/// fault is recorded and the next drain sees exactly it, without overflow.
+fn overflow_drained(r: &Rig<'_, '_>, fault: Fault) -> Result<(), String> {
+    match fault {
+        Fault::VtdFaultOverflow => {
+            let first = r.vtd.drain_faults(|_, _| {});
+            let _ = r.vm.translate(RID_A as u16, None, FAULT_IOVA, Access::READ);
+            let again = r.vtd.drain_faults(|_, _| {});
+            if !first.overflowed || first.still_pending || again.overflowed || again.records != 1 {
+                return Err(format!(
+                    "VT-d fault records overflowed: drained {first:?}, then {again:?}"
+                ));
+            }
+        }
+        Fault::SmmuEventOverflow => {
+            let first = r.smmu.handle_events(usize::MAX, |_| {}).events;
+            let _ = r.sm.translate(FAULT_SID, None, FAULT_IOVA, Access::READ);
+            let again = r.smmu.handle_events(usize::MAX, |_| {}).events;
+            if !first.overflowed || again.overflowed || again.consumed != 1 {
+                return Err(format!(
+                    "SMMUv3 event queue overflowed: drained {first:?}, then {again:?}"
+                ));
+            }
+        }
+        _ => return Ok(()),
+    }
+    OVERFLOWS.with(|n| n.set(n.get() + 1));
+    Ok(())
+}
+
+thread_local! {
+    /// Cells whose overflow the drain reported and acknowledged.
+    static OVERFLOWS: StdCell<u32> = const { StdCell::new(0) };
 }
 
 /// Clears the fault and lets the units recover as an embedder would: interrupt handlers run;
@@ -1218,6 +1345,18 @@ fn run_cell(
         let (descriptors, commands) = (r.vm.descriptor_log().len(), r.sm.command_log().len());
         let before = Snapshot::take(&cell, r);
         inject(r, fault);
+        let overflowing = matches!(fault, Fault::VtdFaultOverflow | Fault::SmmuEventOverflow);
+        if fault == Fault::VtdFaultOverflow
+            && r.vm.read32(iommu_engine::sim::vtd::regs::FSTS)
+                & iommu_engine::sim::vtd::regs::FSTS_PFO
+                == 0
+        {
+            return Err("the faulting DMAs did not overflow the VT-d fault records".into());
+        }
+        if fault == Fault::SmmuEventOverflow && r.sm.stats().events_lost == 0 {
+            return Err("the faulting DMAs did not overflow the SMMUv3 event queue".into());
+        }
+        cell.attempt_commands.set(r.sm.command_log().len());
         let first = cell.run(r, op);
         let vtd_log = &r.vm.descriptor_log()[descriptors..];
         let smmu_log = &r.sm.command_log()[commands..];
@@ -1230,6 +1369,10 @@ fn run_cell(
             allocations: r.arena.stats().allocs - allocs,
         };
         r.arena.set_fail_policy(FailPolicy::Never);
+        // The embedder's interrupt handler drains the faults the call's DMAs raised.
+        if overflowing {
+            overflow_drained(r, fault)?;
+        }
         r.drain();
         let retried = match first {
             Ok(()) => {
@@ -1257,6 +1400,11 @@ fn run_cell(
                 let state = partial_state(&cell, op, &e, &before, &Snapshot::take(&cell, r))
                     .map_err(|x| format!("after {e:?}: {x}"))?;
                 recover(r)?;
+                // An SMMUv3 fault may have lost the ATC invalidation: the retry must issue it
+                // (a VT-d fault leaves the SMMUv3's, confirmed in the first attempt, standing).
+                if matches!(fault, Fault::Smmu(_)) {
+                    cell.attempt_commands.set(r.sm.command_log().len());
+                }
                 cell.run(r, op)
                     .map_err(|x| format!("failed with {e:?}, the retry failed with {x:?}"))?;
                 cell.effect(r, op)
@@ -1386,11 +1534,10 @@ fn ioasid_fault_matrix() {
         tally(op, Fault::None, &clean, &mut row);
         let Ok(clean) = clean else { continue };
         let positional = positional_faults(clean.census);
-        let faults = fixed[1..]
-            .iter()
-            .copied()
-            .chain(positional)
-            .filter(|f| !caching_mode || !matches!(f, Fault::Smmu(_)));
+        let faults =
+            fixed[1..].iter().copied().chain(positional).filter(|f| {
+                !caching_mode || !matches!(f, Fault::Smmu(_) | Fault::SmmuEventOverflow)
+            });
         for fault in faults {
             let r = run_cell(op, fault, Some(clean.live_after), caching_mode);
             tally(op, fault, &r, &mut row);
@@ -1408,5 +1555,11 @@ fn ioasid_fault_matrix() {
         on_vtd.len()
     );
     println!("what the failed calls left: {states:?}");
+    let overflows = OVERFLOWS.with(StdCell::get);
+    println!("fault record / event queue overflows reported and acknowledged: {overflows}");
+    assert!(
+        overflows as usize >= 2 * OPS.len(),
+        "{overflows} overflows checked"
+    );
     assert!(failures.is_empty(), "cells that do not hold:\n{failures}");
 }

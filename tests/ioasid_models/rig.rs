@@ -114,6 +114,9 @@ pub fn with_rig<R>(v: VtdSetup, s: SmmuSetup, f: impl FnOnce(&Rig<'_, '_>) -> R)
     let vcfg = VtdConfig {
         mode: v.mode,
         poll_budget: 10_000,
+        // The default (about 100 s of polls, for real ATS devices) would make every stalled
+        // device-TLB wait spin for minutes; the models answer at once or never.
+        device_tlb_poll_budget: 20_000,
         ..VtdConfig::legacy()
     }
     // What the model's DMAR would declare (QEMU reports HAW = aw-bits).
