@@ -121,10 +121,11 @@ enum Op {
     AllowIncoherentDma,
     AttachDirect,
     DetachDirect,
+    Reclaim,
     DropContext,
 }
 
-const OPS: [Op; 23] = [
+const OPS: [Op; 24] = [
     Op::Bind,
     Op::Unbind,
     Op::AllocIoasid,
@@ -147,6 +148,7 @@ const OPS: [Op; 23] = [
     Op::AllowIncoherentDma,
     Op::AttachDirect,
     Op::DetachDirect,
+    Op::Reclaim,
     Op::DropContext,
 ];
 
@@ -523,6 +525,9 @@ impl<'r> Cell<'r> {
             }
             Op::AttachDirect => ctx.attach(self.vdirect, self.a)?,
             Op::DetachDirect => ctx.detach(self.vdirect2)?,
+            Op::Reclaim => {
+                ctx.reclaim(self.a)?;
+            }
             Op::DropContext => unreachable!(),
         }
         Ok(())
@@ -725,6 +730,13 @@ impl<'r> Cell<'r> {
                             .all(|(d, _)| d.range().start.get() != DIRECT2.0)
                     }),
             ),
+            // Nothing empty is left: a second reclaim finds nothing (checked with no fault).
+            Op::Reclaim => {
+                r.vm.clear_injections();
+                r.sm.clear_injections();
+                let again = ctx.reclaim(self.a).map_err(|e| format!("{e:?}"))?;
+                want("an empty table left behind", again == 0)
+            }
             Op::DropContext => unreachable!(),
         }
     }
@@ -1211,6 +1223,20 @@ fn partial_state(
         {
             "detached, direct regions unmapped, invalidation pending"
         }
+        // A reclaim whose unit did not confirm the invalidation: the empty tables are unlinked
+        // (nothing translates differently), the unit keeps their pages and owes the
+        // invalidation; the retry issues it and frees them.
+        Op::Reclaim
+            if same_books
+                && after.vtd == before.vtd
+                && smmu_same
+                && after.unsettled() == before.unsettled()
+                && after.owing() > before.owing()
+                && after.domains == before.domains
+                && after.pages <= before.pages =>
+        {
+            "empty tables unlinked, invalidation owed"
+        }
         // `map` mapped nothing (rolled back everywhere), but the unit that did not confirm the
         // rollback's invalidation owes it, with the tables the rollback unlinked.
         Op::Map
@@ -1343,6 +1369,14 @@ fn run_cell(
             .map_err(|e| format!("after setup: {e}"))?;
         let allocs = r.arena.stats().allocs;
         let (descriptors, commands) = (r.vm.descriptor_log().len(), r.sm.command_log().len());
+        if op == Op::Reclaim {
+            // The last leaves of A's 2 MiB table at 0x20_0000 go: the table stays linked,
+            // empty, in the record and both domains (reclaim runs every few unmaps only).
+            cell.ctx()
+                .unmap(cell.a, Iova::new(0x20_0000), 2 * K4)
+                .map_err(|e| format!("setup unmap: {e:?}"))?;
+            r.drain();
+        }
         let before = Snapshot::take(&cell, r);
         inject(r, fault);
         let overflowing = matches!(fault, Fault::VtdFaultOverflow | Fault::SmmuEventOverflow);
@@ -1511,6 +1545,7 @@ fn ioasid_fault_matrix() {
         Op::DetachPasid,
         Op::Map,
         Op::Unmap,
+        Op::Reclaim,
         Op::FreeIoasid,
         Op::DropContext,
     ];
