@@ -277,7 +277,9 @@ pub enum Error {
         reason: Incompatibility,
     },
     /// The object is in use: a device bound elsewhere, an IOASID with attachments, a device
-    /// attached or holding a grant, a PASID attached.
+    /// attached or holding a grant, a PASID attached, or a device (or PASID) whose attach the
+    /// unit did not confirm being attached to another IOASID than that attach's
+    /// ([`Attachment::unsettled`]: retry that attach, or detach, first).
     Busy,
     /// No such device in this context.
     NoSuchDevice(DeviceHandle),
