@@ -978,20 +978,19 @@ fn stack_depths(obj: &elf::Elf, disasm: &str) -> Result<BTreeMap<String, (u64, C
 /// then `reclaim_due` and `reclaim_tables` and any vtable method, the bound's conservative
 /// case). A function that grows past its figure fails.
 const STACK_DEBT: &[(&str, u64)] = &[
-    ("ie_ctx_alloc", 2304),
-    ("ie_ctx_attach", 5632),
-    ("ie_ctx_attach_pasid", 4736),
-    ("ie_ctx_create", 4864),
-    ("ie_ctx_destroy", 9344),
-    ("ie_ctx_detach", 5376),
-    ("ie_ctx_detach_pasid", 4096),
-    ("ie_ctx_free", 3584),
-    ("ie_ctx_map", 5120),
-    ("ie_ctx_unmap", 5120),
-    ("ie_registry_create", 4608),
-    ("ie_registry_destroy", 4352),
+    ("ie_ctx_attach", 4352),
+    ("ie_ctx_attach_pasid", 3584),
+    ("ie_ctx_create", 3840),
+    ("ie_ctx_destroy", 4352),
+    ("ie_ctx_detach", 4096),
+    ("ie_ctx_detach_pasid", 3072),
+    ("ie_ctx_free", 2816),
+    ("ie_ctx_map", 4096),
+    ("ie_ctx_unmap", 3840),
+    ("ie_registry_create", 3584),
+    ("ie_registry_destroy", 3328),
     ("ie_smmu_create", 3072),
-    ("ie_unit_destroy", 4352),
+    ("ie_unit_destroy", 3328),
 ];
 
 /// The Rust object the module links, checked for a kernel host: no recursion, every exported

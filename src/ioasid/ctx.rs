@@ -89,6 +89,23 @@ pub(super) struct Ioasid<'a, A: PageAllocator> {
     pub(super) direct: [Option<DirectMapping>; MAX_DIRECT_PER_IOASID],
 }
 
+impl<'a, A: PageAllocator> Ioasid<'a, A> {
+    /// A new IOASID with nothing mapped, reserved or attached. All of it but `flags` and
+    /// `record` is zeroes, which the compiler writes in place rather than building the 2 KiB
+    /// value on the stack first.
+    fn new(flags: IoasidFlags, record: PageTable<Record, &'a A>) -> Self {
+        Self {
+            flags,
+            record,
+            domains: [None; MAX_UNITS],
+            reservations: spin::Mutex::new([None; MAX_IOVA_RESERVATIONS]),
+            pending: Pending::new(),
+            reclaim: ReclaimLog::new(),
+            direct: [None; MAX_DIRECT_PER_IOASID],
+        }
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(super) struct PasidAttachment {
     pub(super) device: DeviceHandle,
@@ -438,15 +455,7 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
             self.alloc,
             crate::mem::WalkerCoherency::Coherent,
         )?;
-        st.ioasids[slot] = Some(Ioasid {
-            flags,
-            record,
-            domains: [None; MAX_UNITS],
-            reservations: spin::Mutex::new([None; MAX_IOVA_RESERVATIONS]),
-            pending: Pending::new(),
-            reclaim: ReclaimLog::new(),
-            direct: [None; MAX_DIRECT_PER_IOASID],
-        });
+        st.ioasids[slot] = Some(Ioasid::new(flags, record));
         Ok(IoasidId(slot as u16))
     }
 
@@ -472,11 +481,7 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
             return Err(Error::Busy);
         }
         self.free_domains(st.ioasid_mut(ioasid)?)?;
-        let io = st.ioasids[usize::from(ioasid.0)].take();
-        if let Some(io) = io {
-            self.destroy_record(io)?;
-        }
-        Ok(())
+        self.destroy_record(&mut st.ioasids[usize::from(ioasid.0)])
     }
 
     /// Frees every unused domain of an IOASID (normally none remain: the last detach frees
@@ -493,9 +498,18 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
     }
 
     /// Frees the record of an IOASID whose domains are gone (or given up).
-    pub(super) fn destroy_record(&self, io: Ioasid<'a, A>) -> Result<(), Error> {
+    /// Empties the IOASID slot `slot` and frees its record's pages (in place: an IOASID is
+    /// 2 KiB, which is not moved onto the stack).
+    pub(super) fn destroy_record(&self, slot: &mut Option<Ioasid<'a, A>>) -> Result<(), Error> {
+        let Some(io) = slot.as_mut() else {
+            return Ok(());
+        };
         let mut gather = Gather::new();
-        io.record.destroy(&mut gather)?;
+        // SAFETY: the slot is emptied right below, whatever the result: nothing uses the
+        // record's table again.
+        let destroyed = unsafe { io.record.destroy_in_place(&mut gather) };
+        *slot = None;
+        destroyed?;
         // SAFETY: the record is a software table: no hardware ever walks it.
         gather.release(self.alloc, unsafe { InvalidationComplete::assume() })?;
         Ok(())
@@ -684,40 +698,37 @@ impl<A: PageAllocator> Drop for IoasidCtx<'_, '_, A> {
     /// and PASIDs stay allocated, and invalidations never confirmed keep their table pages;
     /// the registry counts what was given up ([`Registry::leaked`]).
     fn drop(&mut self) {
-        let handles: [Option<DeviceHandle>; MAX_DEVICES] = {
-            let st = self.state.read();
-            core::array::from_fn(|i| {
-                st.devices[i]
-                    .as_ref()
-                    .map(|_| DeviceHandle::new(self.id, i as u16))
-            })
-        };
-        // Errors cannot be reported from drop: each step is still attempted.
-        let pasid_pairs: [Option<(DeviceHandle, Pasid)>; MAX_PASID_ATTACHMENTS] = {
-            let st = self.state.read();
-            core::array::from_fn(|i| st.pasid_attachments[i].map(|a| (a.device, a.pasid)))
-        };
-        for (d, p) in pasid_pairs.iter().flatten() {
-            let _ = self.detach_pasid(*d, *p);
+        // Errors cannot be reported from drop: each step is still attempted. Slot by slot,
+        // each read under a short lock, rather than from snapshots of the tables (1.5 KiB of
+        // stack): a detach clears only its own slot and binds nothing.
+        for i in 0..MAX_PASID_ATTACHMENTS {
+            let pair = self.state.read().pasid_attachments[i].map(|a| (a.device, a.pasid));
+            if let Some((d, p)) = pair {
+                let _ = self.detach_pasid(d, p);
+            }
         }
-        for d in handles.iter().flatten() {
-            let _ = self.detach(*d);
+        for i in 0..MAX_DEVICES {
+            let bound = self.state.read().devices[i].is_some();
+            if bound {
+                let _ = self.detach(DeviceHandle::new(self.id, i as u16));
+            }
         }
-        let mut st = self.state.write();
+        let mut guard = self.state.write();
+        let st = &mut *guard;
         let mut leaked = Leaked::default();
         // Domains of failed attaches that the unit would not free: once more, else leaked.
-        let _ = self.free_parked(&mut st);
+        let _ = self.free_parked(st);
         leaked.domains += st.parked.iter().flatten().count() as u64;
-        for io in st.ioasids.iter_mut() {
-            if let Some(mut io) = io.take() {
-                let _ = self.free_domains(&mut io);
+        for slot in st.ioasids.iter_mut() {
+            if let Some(io) = slot.as_mut() {
+                let _ = self.free_domains(io);
                 // Still attached, or the unit would not free it: the hardware may reach it.
                 leaked.domains += io.domains.iter().flatten().count() as u64;
                 leaked.table_pages += io.pending.leak() as u64;
-                let _ = self.destroy_record(io);
+                let _ = self.destroy_record(slot);
             }
         }
-        let attachments = st.pasid_attachments;
+        let attachments = &st.pasid_attachments;
         for p in st.pasids.iter_mut() {
             let attached = attachments.iter().flatten().any(|a| Some(a.pasid) == *p);
             if let Some(p) = p.take().filter(|_| !attached) {

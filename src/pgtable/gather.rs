@@ -68,7 +68,10 @@ pub struct Gather {
     ranges: [IovaRange; GATHER_RANGES],
     nranges: usize,
     page_sizes: u64,
-    leaf_only: bool,
+    /// A table changed (was unlinked, or its page freed), not only leaves. False when
+    /// empty, so that an empty gather is all zeroes: arrays of them (an IOASID's pending
+    /// invalidations) are then zero-filled in place, not copied through the stack.
+    tables_changed: bool,
     /// First freed page and its size code, or 0.
     freed_head: u64,
     /// Virtual address of the last page of the chain (the first one added), whose link word
@@ -102,7 +105,7 @@ impl Gather {
             }; GATHER_RANGES],
             nranges: 0,
             page_sizes: 0,
-            leaf_only: true,
+            tables_changed: false,
             freed_head: 0,
             freed_tail: 0,
             freed: 0,
@@ -135,7 +138,7 @@ impl Gather {
     /// Whether only leaf entries changed (no table was unlinked or split): invalidations may
     /// then spare the paging-structure caches (VT-d IH, Arm TLBI LEAF).
     pub const fn leaf_only(&self) -> bool {
-        self.leaf_only
+        !self.tables_changed
     }
 
     /// Number of table pages held for freeing.
@@ -159,13 +162,13 @@ impl Gather {
     /// Records that a non-leaf entry covering `[start, start + len)` changed.
     #[inline]
     pub(crate) fn add_table_change(&mut self, start: u64, len: u64) {
-        self.leaf_only = false;
+        self.tables_changed = true;
         self.add_range(start, start.saturating_add(len));
     }
 
     /// Records a change over every IOVA below `1 << ias` (the table is being destroyed).
     pub(crate) fn add_everything(&mut self, ias: u32) {
-        self.leaf_only = false;
+        self.tables_changed = true;
         self.add_range(0, 1u64.checked_shl(ias).unwrap_or(u64::MAX));
     }
 
@@ -204,7 +207,7 @@ impl Gather {
     /// Adds the ranges `other` records (not its pages), keeping whether only leaves changed.
     pub(crate) fn add_ranges_of(&mut self, other: &Gather) {
         for r in other.ranges() {
-            if other.leaf_only {
+            if !other.tables_changed {
                 self.add_range(r.start.get(), r.end.get());
             } else {
                 self.add_table_change(r.start.get(), r.len());
@@ -216,7 +219,7 @@ impl Gather {
     /// Takes `page` (of `1 << size_log2` bytes), already unlinked from every table, for freeing
     /// after the invalidation.
     pub(crate) fn add_freed(&mut self, page: Page, size_log2: u32) {
-        self.leaf_only = false;
+        self.tables_changed = true;
         let word = page.va.as_ptr().cast::<AtomicU64>();
         // SAFETY: `page` is a live table page (aligned, at least 4 KiB) the engine just unlinked;
         // its first word is written atomically with a non-present encoding (module docs).
@@ -238,7 +241,7 @@ impl Gather {
             self.add_range(r.start.get(), r.end.get());
         }
         self.page_sizes |= other.page_sizes;
-        self.leaf_only &= other.leaf_only;
+        self.tables_changed |= other.tables_changed;
         if other.freed == 0 {
             return;
         }
@@ -281,7 +284,7 @@ impl Gather {
         self.freed_tail = 0;
         self.nranges = 0;
         self.page_sizes = 0;
-        self.leaf_only = true;
+        self.tables_changed = false;
         Ok(())
     }
 
@@ -289,7 +292,7 @@ impl Gather {
     pub fn clear_ranges(&mut self) {
         self.nranges = 0;
         self.page_sizes = 0;
-        self.leaf_only = self.freed == 0;
+        self.tables_changed = self.freed != 0;
     }
 }
 

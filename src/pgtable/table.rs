@@ -1377,7 +1377,20 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     ///
     /// # Errors
     /// [`Error::UnknownTable`] for a corrupt table (the pages found so far are in `gather`).
-    pub fn destroy(self, gather: &mut Gather) -> Result<(), Error> {
+    pub fn destroy(mut self, gather: &mut Gather) -> Result<(), Error> {
+        // SAFETY: `self` is consumed: nothing uses the table afterwards.
+        unsafe { self.destroy_in_place(gather) }
+    }
+
+    /// As [`destroy`](Self::destroy), for a table that is part of a larger value its owner
+    /// does not move (a kernel stack holds no copy of it).
+    ///
+    /// # Errors
+    /// As [`destroy`](Self::destroy).
+    ///
+    /// # Safety
+    /// The table is not used again, except to be dropped: its pages are in `gather`.
+    pub(crate) unsafe fn destroy_in_place(&mut self, gather: &mut Gather) -> Result<(), Error> {
         let g = *self.geo();
         gather.add_everything(g.ias);
         let root = self.root_table();

@@ -37,29 +37,56 @@ use crate::iommu::{DeviceId, DomainHandle, Error, Missing, Pasid};
 use crate::mem::{Iova, PageAllocator};
 use crate::mmio::RegisterWindow;
 
-/// Up to 16 commands per CMDQ_PROD write.
+/// Commands a [`Batch`] buffers before one CMDQ_PROD write.
+const BATCH_COMMANDS: usize = 16;
+
+/// Where a [`Batch`] buffers its commands: owned by the unit (256 bytes that a kernel stack
+/// should not carry along every invalidation), behind its own lock, which only
+/// [`Batch::new`] takes, and only with the command queue borrowed exclusively: it is never
+/// contended. A batch starts from an empty buffer whatever the previous one left.
+#[derive(Debug)]
+pub(crate) struct CommandStaging {
+    buf: [Command; BATCH_COMMANDS],
+}
+
+impl CommandStaging {
+    /// An empty buffer.
+    pub(crate) const fn new() -> Self {
+        Self {
+            buf: [Command::plain_sync(); BATCH_COMMANDS],
+        }
+    }
+}
+
+/// Up to [`BATCH_COMMANDS`] commands per CMDQ_PROD write.
 pub(crate) struct Batch<'q, W: RegisterWindow, A: PageAllocator> {
     q: &'q mut CommandQueue<A>,
     regs: &'q W,
-    buf: [Command; 16],
+    /// The unit's buffer; the first `len` commands are pending.
+    staging: spin::MutexGuard<'q, CommandStaging>,
     len: usize,
 }
 
 impl<'q, W: RegisterWindow, A: PageAllocator> Batch<'q, W, A> {
-    pub(crate) fn new(q: &'q mut CommandQueue<A>, regs: &'q W) -> Self {
+    /// An empty batch on `q`, buffering in `staging` (the unit's `cmd_staging`).
+    pub(crate) fn new(
+        q: &'q mut CommandQueue<A>,
+        regs: &'q W,
+        staging: &'q spin::Mutex<CommandStaging>,
+    ) -> Self {
         Self {
             q,
             regs,
-            buf: [Command::plain_sync(); 16],
+            staging: staging.lock(),
             len: 0,
         }
     }
 
     pub(crate) fn push(&mut self, c: Command) -> Result<(), SmmuError> {
-        if self.len == self.buf.len() {
+        if self.len == BATCH_COMMANDS {
             self.submit()?;
         }
-        if let Some(slot) = self.buf.get_mut(self.len) {
+        if let Some(slot) = self.staging.buf.get_mut(self.len) {
             *slot = c;
             self.len += 1;
         }
@@ -67,7 +94,7 @@ impl<'q, W: RegisterWindow, A: PageAllocator> Batch<'q, W, A> {
     }
 
     fn submit(&mut self) -> Result<(), SmmuError> {
-        let cmds = self.buf.get(..self.len).unwrap_or(&[]);
+        let cmds = self.staging.buf.get(..self.len).unwrap_or(&[]);
         self.len = 0;
         self.q.submit(self.regs, cmds)
     }
@@ -112,10 +139,9 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
     ) -> Result<usize, SmmuError> {
         let ste = stream.ste(self.features.coherency(), |d| self.shape(d))?;
         let sid = stream.sid;
-        let plan = strtab.write(sid, &ste, || {
+        strtab.write(sid, &ste, || {
             self.with_cmdq(|q, r| q.submit_and_sync(r, &[Command::cfgi_ste(sid, false)]))
-        })?;
-        Ok(plan.sync_count())
+        })
     }
 
     fn check_sid(&self, device: DeviceId) -> Result<StreamId, Error> {
@@ -244,13 +270,13 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         let cd_reachable = live.valid() && live.config_raw() & 0b101 == 0b101;
         let (d, ssid, ats) = forget;
         self.with_cmdq(|q, r| {
-            let mut b = Batch::new(q, r);
+            let mut b = Batch::new(q, r, &self.cmd_staging);
             for c in cfgi.into_iter().flatten() {
                 b.push(c)?;
             }
             if cd_reachable && cfgi.iter().any(Option::is_some) {
                 b.sync()?;
-                b = Batch::new(q, r);
+                b = Batch::new(q, r, &self.cmd_staging);
             }
             self.forget(d, sid, ssid, ats, &mut b)?;
             b.sync()
@@ -422,14 +448,14 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         let has_cd = stream.cd.is_some();
         let retiring = stream.retiring;
         self.with_cmdq(|q, r| {
-            let mut b = Batch::new(q, r);
+            let mut b = Batch::new(q, r, &self.cmd_staging);
             b.push(Command::cfgi_ste(sid, false))?;
             if has_cd {
                 b.push(Command::cfgi_cd_all(sid))?;
             }
             b.sync()?;
             let Some(x) = retiring else { return Ok(()) };
-            let mut b = Batch::new(q, r);
+            let mut b = Batch::new(q, r, &self.cmd_staging);
             self.forget(x.domain, sid, x.ssid, x.ats, &mut b)?;
             b.sync()
         })?;

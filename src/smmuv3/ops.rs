@@ -431,7 +431,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
             gather.span()
         };
         self.with_cmdq(|q, r| {
-            let mut b = Batch::new(q, r);
+            let mut b = Batch::new(q, r, &self.cmd_staging);
             if whole_tag {
                 b.push(invalidate_all(tag))?;
             } else {
@@ -441,7 +441,13 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
             let (Some(config), Some(span)) = (config, span) else {
                 return Ok(());
             };
-            invalidate_atcs(Batch::new(q, r), config, d, children, span)
+            invalidate_atcs(
+                Batch::new(q, r, &self.cmd_staging),
+                config,
+                d,
+                children,
+                span,
+            )
         })?;
         Ok(())
     }

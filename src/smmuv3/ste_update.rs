@@ -65,24 +65,6 @@ impl UpdatePlan {
         }
     }
 
-    /// Appends the writes that turn `from` into `to`, then a sync if anything was written.
-    fn group(&mut self, from: &mut [u64; 8], to: &[u64; 8]) {
-        let mut wrote = false;
-        for (i, (f, t)) in from.iter_mut().zip(to).enumerate() {
-            if *f != *t {
-                self.push(UpdateStep::Write {
-                    word: i as u8,
-                    value: *t,
-                });
-                *f = *t;
-                wrote = true;
-            }
-        }
-        if wrote {
-            self.push(UpdateStep::Sync);
-        }
-    }
-
     /// The steps.
     pub fn steps(&self) -> &[UpdateStep] {
         self.steps.get(..self.len).unwrap_or(&[])
@@ -164,15 +146,69 @@ pub fn used_bits(ste: &[u64; 8]) -> [u64; 8] {
 
 /// Plans the change of a live STE from `current` to `target`.
 pub fn plan_update(current: &Ste, target: &Ste) -> UpdatePlan {
-    let cur = current.words;
-    let tgt = target.words;
-    let cur_used = used_bits(&cur);
-    let tgt_used = used_bits(&tgt);
     let mut plan = UpdatePlan::empty();
-    let mut state = cur;
+    plan_steps(current, target, |step| plan.push(step));
+    plan
+}
+
+/// Performs the update of [`plan_update`] on the live STE `entry` (whose words are `current`)
+/// as it is planned, without keeping the plan: as [`UpdatePlan::apply`] (one release store per
+/// write, `sync` at each sync point, stopping at its first error). Returns the number of syncs.
+///
+/// # Errors
+///
+/// The first error `sync` returns, as [`UpdatePlan::apply`].
+pub fn apply_update<E>(
+    current: &Ste,
+    target: &Ste,
+    entry: &[AtomicU64; 8],
+    mut sync: impl FnMut() -> Result<(), E>,
+) -> Result<usize, E> {
+    let mut result = Ok(0);
+    plan_steps(current, target, |step| {
+        let Ok(syncs) = &mut result else { return };
+        match step {
+            UpdateStep::Write { word, value } => {
+                if let Some(w) = entry.get(word as usize) {
+                    w.store(value, Ordering::Release);
+                }
+            }
+            UpdateStep::Sync => match sync() {
+                Ok(()) => *syncs += 1,
+                Err(e) => result = Err(e),
+            },
+        }
+    });
+    result
+}
+
+/// Hands the steps of the change from `current` to `target` to `step`, in order.
+fn plan_steps(current: &Ste, target: &Ste, mut step: impl FnMut(UpdateStep)) {
+    let cur = &current.words;
+    let tgt = &target.words;
+    let cur_used = used_bits(cur);
+    let tgt_used = used_bits(tgt);
+    let mut state = *cur;
+    // Appends the writes that turn `state` into `to`, then a sync if anything was written.
+    let mut group = |state: &mut [u64; 8], to: &[u64; 8]| {
+        let mut wrote = false;
+        for (i, (f, t)) in state.iter_mut().zip(to).enumerate() {
+            if *f != *t {
+                step(UpdateStep::Write {
+                    word: i as u8,
+                    value: *t,
+                });
+                *f = *t;
+                wrote = true;
+            }
+        }
+        if wrote {
+            step(UpdateStep::Sync);
+        }
+    };
 
     // Step 1: bits only the target uses; the unit ignores them under the current Config.
-    let mut prepared = cur;
+    let mut prepared = *cur;
     for i in 0..8 {
         let only_target = tgt_used[i] & !cur_used[i];
         prepared[i] = (cur[i] & !only_target) | (tgt[i] & only_target);
@@ -182,7 +218,7 @@ pub fn plan_update(current: &Ste, target: &Ste) -> UpdatePlan {
         .count();
 
     if critical <= 1 {
-        plan.group(&mut state, &prepared);
+        group(&mut state, &prepared);
         // The one word still different in used bits switches the configuration atomically.
         let mut switched = state;
         for i in 0..8 {
@@ -190,19 +226,18 @@ pub fn plan_update(current: &Ste, target: &Ste) -> UpdatePlan {
                 switched[i] = tgt[i];
             }
         }
-        plan.group(&mut state, &switched);
+        group(&mut state, &switched);
     } else {
         // Break: abort first, so no transaction sees a mix of the two configurations.
         let mut aborting = state;
         aborting[0] = Ste::ABORT.words[0];
-        plan.group(&mut state, &aborting);
-        let mut body = tgt;
+        group(&mut state, &aborting);
+        let mut body = *tgt;
         body[0] = state[0];
-        plan.group(&mut state, &body);
+        group(&mut state, &body);
     }
     // Last: word 0 if still pending, and bits neither configuration uses.
-    plan.group(&mut state, &tgt);
-    plan
+    group(&mut state, tgt);
 }
 
 #[cfg(test)]
@@ -243,6 +278,33 @@ mod tests {
         .unwrap();
         assert_eq!(live.map(|w| w.into_inner()), tgt.words);
         assert_eq!(n, plan.sync_count());
+        // `apply_update` (the plan performed as it is planned, no copy kept) makes the same
+        // stores and syncs, and stops where `apply` stops when a sync fails.
+        for ok_syncs in 0..=n {
+            let fail_after = |k: &mut usize| {
+                *k += 1;
+                if *k > ok_syncs {
+                    Err(*k)
+                } else {
+                    Ok(())
+                }
+            };
+            let by_plan: [AtomicU64; 8] = core::array::from_fn(|i| AtomicU64::new(cur.words[i]));
+            let mut k = 0;
+            let r_plan = plan.apply(&by_plan, || fail_after(&mut k));
+            let streamed: [AtomicU64; 8] = core::array::from_fn(|i| AtomicU64::new(cur.words[i]));
+            let mut k = 0;
+            let r_streamed = apply_update(&cur, &tgt, &streamed, || fail_after(&mut k));
+            assert_eq!(
+                streamed.map(|w| w.into_inner()),
+                by_plan.map(|w| w.into_inner())
+            );
+            match (r_plan, r_streamed) {
+                (Ok(()), Ok(syncs)) => assert_eq!(syncs, n),
+                (Err(a), Err(b)) => assert_eq!(a, b),
+                other => panic!("apply and apply_update differ: {other:?}"),
+            }
+        }
         n
     }
 

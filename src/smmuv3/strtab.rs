@@ -15,7 +15,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use super::field::{address_bits, table_page, Field};
 use super::regs;
 use super::ste::Ste;
-use super::ste_update::{plan_update, UpdatePlan};
+use super::ste_update::apply_update;
 use super::{SmmuError, StreamId};
 use crate::mem::{Page, PageAllocator, PhysAddr, WalkerCoherency, PAGE_SHIFT_4K};
 use crate::mmio::RegisterWindow;
@@ -302,9 +302,11 @@ impl<A: PageAllocator> StreamTable<A> {
         Ok(())
     }
 
-    /// Changes the live STE of `sid` to `target` following [`plan_update`]; at each sync point
-    /// the entry is cleaned for a non-coherent unit and `sync` is called, which must issue
-    /// `CMD_CFGI_STE(sid, Leaf = 0)` and a CMD_SYNC and wait for it. Returns the plan performed.
+    /// Changes the live STE of `sid` to `target` following
+    /// [`plan_update`](super::ste_update::plan_update) (performed as it is planned, with no
+    /// copy of the plan on the stack); at each sync point the entry is cleaned for a
+    /// non-coherent unit and `sync` is called, which must issue `CMD_CFGI_STE(sid, Leaf = 0)`
+    /// and a CMD_SYNC and wait for it. Returns the number of sync points performed.
     ///
     /// # Errors
     ///
@@ -314,7 +316,7 @@ impl<A: PageAllocator> StreamTable<A> {
         sid: StreamId,
         target: &Ste,
         mut sync: impl FnMut() -> Result<(), SmmuError>,
-    ) -> Result<UpdatePlan, SmmuError> {
+    ) -> Result<usize, SmmuError> {
         let entry = self
             .entry(sid, true)?
             .ok_or(SmmuError::StreamIdOutOfRange {
@@ -324,13 +326,11 @@ impl<A: PageAllocator> StreamTable<A> {
         let current = Ste {
             words: core::array::from_fn(|i| entry[i].load(Ordering::Acquire)),
         };
-        let plan = plan_update(&current, target);
         let (alloc, coherency) = (&self.alloc, self.coherency);
-        plan.apply(entry, || {
+        apply_update(&current, target, entry, || {
             coherency.sync(alloc, NonNull::from(entry).cast(), 64);
             sync()
-        })?;
-        Ok(plan)
+        })
     }
 }
 

@@ -33,6 +33,8 @@ use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use spin::{Mutex, RwLock};
 
+use super::attach::CommandStaging;
+
 use super::cmd::Command;
 use super::cmdq::{CommandQueue, SyncMode};
 use super::domain::{Domain, TagAllocator, MAX_DOMAINS};
@@ -314,6 +316,8 @@ pub struct SmmuUnit<W: RegisterWindow, A: PageAllocator + Clone> {
     pub(crate) cfg: Resolved,
     pub(crate) config: Mutex<ConfigState<A>>,
     pub(crate) cmdq: Mutex<Option<CommandQueue<A>>>,
+    /// The command batches' buffer: locked only by a batch, under `cmdq`.
+    pub(crate) cmd_staging: Mutex<CommandStaging>,
     pub(crate) eventq: Mutex<Option<EventQueue<A>>>,
     pub(crate) domains: [RwLock<Option<Domain<A>>>; MAX_DOMAINS],
     pub(crate) enabled: AtomicBool,
@@ -376,6 +380,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
             // Copied from a constant: no temporary on the stack.
             addr_of_mut!((*p).config).write(ConfigState::EMPTY);
             addr_of_mut!((*p).cmdq).write(Mutex::new(None));
+            addr_of_mut!((*p).cmd_staging).write(Mutex::new(CommandStaging::new()));
             addr_of_mut!((*p).eventq).write(Mutex::new(None));
             // An array is laid out as `MAX_DOMAINS` consecutive elements (the Reference, "Type
             // layout"): each is written in turn.
