@@ -90,7 +90,13 @@ impl CEnv {
 
 // SAFETY: forwards to the embedder's functions, which the header requires to honour the
 // `PageAllocator` contract; a page whose address is misaligned is refused here as a double check.
+//
+// None of the methods is inlined: an indirect call inside them is then known to be the
+// embedder's (tests/linux_module.rs counts calls out of the object as leaving it, and an
+// indirect call elsewhere in the IOASID layer or the C ABI as one that may reach any method
+// of a vtable).
 unsafe impl PageAllocator for CEnv {
+    #[inline(never)]
     fn alloc(&self, size_log2: u32) -> Option<Page> {
         // No page is as large as the address space: refuse rather than shift out of range.
         let align = 1usize.checked_shl(size_log2)?;
@@ -107,16 +113,19 @@ unsafe impl PageAllocator for CEnv {
         Some(Page { pa, va })
     }
 
+    #[inline(never)]
     unsafe fn free(&self, page: Page, size_log2: u32) {
         // SAFETY: the caller gives back a page `alloc(size_log2)` returned.
         unsafe { (self.free_page)(self.ctx, page.va.as_ptr().cast(), page.pa.get(), size_log2) }
     }
 
+    #[inline(never)]
     fn phys_to_virt(&self, pa: PhysAddr) -> Option<NonNull<u8>> {
         // SAFETY: the function follows the header's contract and only computes an address.
         NonNull::new(unsafe { (self.phys_to_virt)(self.ctx, pa.get()) }.cast())
     }
 
+    #[inline(never)]
     fn sync_for_device(&self, va: NonNull<u8>, len: usize) {
         if let Some(f) = self.sync_for_device {
             // SAFETY: `va..va + len` is table memory of a live page the crate just wrote.
@@ -124,6 +133,7 @@ unsafe impl PageAllocator for CEnv {
         }
     }
 
+    #[inline(never)]
     fn sync_for_cpu(&self, va: NonNull<u8>, len: usize) {
         if let Some(f) = self.sync_for_cpu {
             // SAFETY: `va..va + len` is memory of a live page the device wrote.

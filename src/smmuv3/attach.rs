@@ -132,6 +132,9 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
     }
 
     /// Rewrites the live STE of `stream` to match its attachments; returns the syncs used.
+    /// Not inlined (nor are the other steps of an attach or settle): each step's locals are
+    /// on the stack only while it runs, not all along the update's deepest path.
+    #[inline(never)]
     fn write_ste(
         &self,
         strtab: &mut StreamTable<A>,
@@ -406,6 +409,34 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
             return Ok(());
         }
         let sid = stream.sid;
+        self.settle_cds(stream)?;
+        self.write_ste(strtab, stream)?;
+        let has_cd = stream.cd.is_some();
+        let retiring = stream.retiring;
+        self.with_cmdq(|q, r| {
+            let mut b = Batch::new(q, r, &self.cmd_staging);
+            b.push(Command::cfgi_ste(sid, false))?;
+            if has_cd {
+                b.push(Command::cfgi_cd_all(sid))?;
+            }
+            b.sync()?;
+            let Some(x) = retiring else { return Ok(()) };
+            let mut b = Batch::new(q, r, &self.cmd_staging);
+            self.forget(x.domain, sid, x.ssid, x.ats, &mut b)?;
+            b.sync()
+        })?;
+        self.settled(stream);
+        if stream.is_empty() {
+            // The STE aborts and the CD caches are clean: the CD table can go.
+            stream.cd = None;
+        }
+        Ok(())
+    }
+
+    /// The CD part of [`Self::settle`]: makes every CD of `stream` match its attachments.
+    #[inline(never)]
+    fn settle_cds(&self, stream: &mut StreamState<A>) -> Result<(), Error> {
+        let sid = stream.sid;
         let ssid0 = SubstreamId::new(0)?;
         if stream.cd.is_some() {
             let mut stage1 = [None; MAX_PASIDS + 1];
@@ -444,26 +475,6 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
                 }
             }
         }
-        self.write_ste(strtab, stream)?;
-        let has_cd = stream.cd.is_some();
-        let retiring = stream.retiring;
-        self.with_cmdq(|q, r| {
-            let mut b = Batch::new(q, r, &self.cmd_staging);
-            b.push(Command::cfgi_ste(sid, false))?;
-            if has_cd {
-                b.push(Command::cfgi_cd_all(sid))?;
-            }
-            b.sync()?;
-            let Some(x) = retiring else { return Ok(()) };
-            let mut b = Batch::new(q, r, &self.cmd_staging);
-            self.forget(x.domain, sid, x.ssid, x.ats, &mut b)?;
-            b.sync()
-        })?;
-        self.settled(stream);
-        if stream.is_empty() {
-            // The STE aborts and the CD caches are clean: the CD table can go.
-            stream.cd = None;
-        }
         Ok(())
     }
 
@@ -471,6 +482,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
     /// level-2 stream table holding its STE) and checks that the STE can express the new
     /// attachments, so that a refusal for memory or shape changes nothing the unit can see.
     /// Returns whether an L1CD was published.
+    #[inline(never)]
     fn prepare_attach(
         &self,
         strtab: &mut StreamTable<A>,
@@ -497,6 +509,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
 
     /// Writes the CD (stage 1) and the STE for the attachment `(ssid, d, stage2,
     /// l1cd_published)` and retires `previous`.
+    #[inline(never)]
     fn apply_attach(
         &self,
         strtab: &mut StreamTable<A>,

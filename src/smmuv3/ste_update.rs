@@ -182,62 +182,72 @@ pub fn apply_update<E>(
     result
 }
 
-/// Hands the steps of the change from `current` to `target` to `step`, in order.
+/// Hands the steps of the change from `current` to `target` to `step`, in order. Each
+/// group's target words are computed word by word from the state so far (no array per
+/// group: this runs under the unit's locks on a kernel stack).
 fn plan_steps(current: &Ste, target: &Ste, mut step: impl FnMut(UpdateStep)) {
-    let cur = &current.words;
     let tgt = &target.words;
-    let cur_used = used_bits(cur);
+    let cur_used = used_bits(&current.words);
     let tgt_used = used_bits(tgt);
-    let mut state = *cur;
-    // Appends the writes that turn `state` into `to`, then a sync if anything was written.
-    let mut group = |state: &mut [u64; 8], to: &[u64; 8]| {
-        let mut wrote = false;
-        for (i, (f, t)) in state.iter_mut().zip(to).enumerate() {
-            if *f != *t {
-                step(UpdateStep::Write {
-                    word: i as u8,
-                    value: *t,
-                });
-                *f = *t;
-                wrote = true;
-            }
-        }
-        if wrote {
-            step(UpdateStep::Sync);
-        }
-    };
+    let mut state = current.words;
 
     // Step 1: bits only the target uses; the unit ignores them under the current Config.
-    let mut prepared = *cur;
-    for i in 0..8 {
+    let prepared = |i: usize, now: u64| {
         let only_target = tgt_used[i] & !cur_used[i];
-        prepared[i] = (cur[i] & !only_target) | (tgt[i] & only_target);
-    }
+        (now & !only_target) | (tgt[i] & only_target)
+    };
     let critical = (0..8)
-        .filter(|&i| (prepared[i] ^ tgt[i]) & tgt_used[i] != 0)
+        .filter(|&i| (prepared(i, state[i]) ^ tgt[i]) & tgt_used[i] != 0)
         .count();
 
     if critical <= 1 {
-        group(&mut state, &prepared);
+        group(&mut state, &mut step, prepared);
         // The one word still different in used bits switches the configuration atomically.
-        let mut switched = state;
-        for i in 0..8 {
-            if (state[i] ^ tgt[i]) & tgt_used[i] != 0 {
-                switched[i] = tgt[i];
+        group(&mut state, &mut step, |i, now| {
+            if (now ^ tgt[i]) & tgt_used[i] != 0 {
+                tgt[i]
+            } else {
+                now
             }
-        }
-        group(&mut state, &switched);
+        });
     } else {
         // Break: abort first, so no transaction sees a mix of the two configurations.
-        let mut aborting = state;
-        aborting[0] = Ste::ABORT.words[0];
-        group(&mut state, &aborting);
-        let mut body = *tgt;
-        body[0] = state[0];
-        group(&mut state, &body);
+        group(&mut state, &mut step, |i, now| {
+            if i == 0 {
+                Ste::ABORT.words[0]
+            } else {
+                now
+            }
+        });
+        // The body; word 0 stays aborting.
+        group(
+            &mut state,
+            &mut step,
+            |i, now| if i == 0 { now } else { tgt[i] },
+        );
     }
     // Last: word 0 if still pending, and bits neither configuration uses.
-    group(&mut state, tgt);
+    group(&mut state, &mut step, |i, _| tgt[i]);
+}
+
+/// Hands `step` the writes that turn each word `i` of `state` into `to(i, state[i])`, then a
+/// sync if anything was written.
+fn group(state: &mut [u64; 8], step: &mut impl FnMut(UpdateStep), to: impl Fn(usize, u64) -> u64) {
+    let mut wrote = false;
+    for (i, word) in state.iter_mut().enumerate() {
+        let t = to(i, *word);
+        if *word != t {
+            step(UpdateStep::Write {
+                word: i as u8,
+                value: t,
+            });
+            *word = t;
+            wrote = true;
+        }
+    }
+    if wrote {
+        step(UpdateStep::Sync);
+    }
 }
 
 #[cfg(test)]
