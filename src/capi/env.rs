@@ -228,7 +228,9 @@ impl CRegs {
     }
 }
 
+// Not inlined, as CEnv's methods: an indirect call inside them is the embedder's accessor.
 impl RegisterWindow for CRegs {
+    #[inline(never)]
     fn read32(&self, offset: usize) -> u32 {
         match self {
             CRegs::Mmio(m) => m.read32(offset),
@@ -236,6 +238,7 @@ impl RegisterWindow for CRegs {
             CRegs::Ops { ctx, read32, .. } => unsafe { read32(*ctx, offset) },
         }
     }
+    #[inline(never)]
     fn write32(&self, offset: usize, value: u32) {
         match self {
             CRegs::Mmio(m) => m.write32(offset, value),
@@ -243,6 +246,7 @@ impl RegisterWindow for CRegs {
             CRegs::Ops { ctx, write32, .. } => unsafe { write32(*ctx, offset, value) },
         }
     }
+    #[inline(never)]
     fn read64(&self, offset: usize) -> u64 {
         match self {
             CRegs::Mmio(m) => m.read64(offset),
@@ -250,6 +254,7 @@ impl RegisterWindow for CRegs {
             CRegs::Ops { ctx, read64, .. } => unsafe { read64(*ctx, offset) },
         }
     }
+    #[inline(never)]
     fn write64(&self, offset: usize, value: u64) {
         match self {
             CRegs::Mmio(m) => m.write64(offset, value),

@@ -339,13 +339,13 @@ const SMMU_WINDOW: usize = 0x2_0000;
 ///
 /// # Safety
 /// As for ie_vtd_create().
-unsafe fn unit_args<C: Copy>(
+unsafe fn unit_args<'c, C>(
     env: *const IeEnv,
     regs: *const IeRegs,
     min_window: usize,
     config: *const C,
     out: *mut *mut IeUnit,
-) -> Result<(CEnv, CRegs, C), IeStatus> {
+) -> Result<(CEnv, CRegs, &'c C), IeStatus> {
     // SAFETY: the caller's contract.
     let env = unsafe { CEnv::from_raw(env) }?;
     // SAFETY: the caller's contract.
@@ -355,8 +355,10 @@ unsafe fn unit_args<C: Copy>(
     if matches!(&regs, CRegs::Mmio(m) if m.len() < min_window) {
         return Err(IeStatus::InvalidArgument);
     }
+    // Borrowed, not copied: an `IeSmmuConfig` is large, and the caller's stays readable for
+    // the call.
     // SAFETY: the caller's contract.
-    let config = *unsafe { config.as_ref() }.ok_or(IeStatus::InvalidArgument)?;
+    let config = unsafe { config.as_ref() }.ok_or(IeStatus::InvalidArgument)?;
     if out.is_null() {
         return Err(IeStatus::InvalidArgument);
     }
@@ -408,7 +410,7 @@ pub unsafe extern "C" fn ie_vtd_create(
             // written only once it is whole, so a failure leaves nothing behind.
             unsafe {
                 let unit = NonNull::new_unchecked(addr_of_mut!((*slot).unit));
-                VtdUnit::init_in_place(unit, regs, env, config.into()).map_err(status)?;
+                VtdUnit::init_in_place(unit, regs, env, (*config).into()).map_err(status)?;
                 addr_of_mut!((*slot).tag).write(VTD);
             }
             Ok(())
@@ -435,7 +437,8 @@ pub unsafe extern "C" fn ie_smmu_create(
     code((|| {
         // SAFETY: the caller's contract.
         let (env, regs, config) = unsafe { unit_args(env, regs, SMMU_WINDOW, config, out) }?;
-        let config = smmu_config(&config)?;
+        let config = smmu_config(config)?;
+        let config = &config;
         let init = |slot: NonNull<UnitObj>| {
             let slot = slot.cast::<SmmuVariant>().as_ptr();
             // SAFETY: as in ie_vtd_create(), for the `Smmu` variant.

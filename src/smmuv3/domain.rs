@@ -168,6 +168,27 @@ impl Owed {
             .then(|| core::mem::take(&mut *pages))
     }
 
+    /// As [`take`](Self::take), moving the pages into `into` (an empty gather) rather than
+    /// returning them: whether a whole-tag invalidation was owed.
+    pub(crate) fn take_into(&self, into: &mut Gather) -> bool {
+        if !self.is_owed() {
+            return false;
+        }
+        let mut pages = self.pages.lock();
+        let owed = self.whole_tag.swap(false, Ordering::AcqRel);
+        if owed {
+            core::mem::swap(&mut *pages, into);
+        }
+        owed
+    }
+
+    /// Records that a whole-tag invalidation is owed (as [`put_back`](Self::put_back) with no
+    /// pages).
+    pub(crate) fn owe_whole_tag(&self) {
+        let _held = self.pages.lock();
+        self.whole_tag.store(true, Ordering::Release);
+    }
+
     /// Records that a whole-tag invalidation is owed, with `pages` (possibly none) to free
     /// once it completed.
     pub(crate) fn put_back(&self, pages: Gather) {

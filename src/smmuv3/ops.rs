@@ -328,15 +328,43 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
                 dom.tag,
                 dom.geometry().granule_log2,
                 dom.ats_users.load(Ordering::Acquire) != 0,
-                // Taken: put back below if this flush fails too.
-                dom.owed.take(),
+                dom.owed.is_owed(),
             ))
         })?;
-        if gather.is_empty() && owed.is_none() {
+        if owed {
+            return self.flush_owed(d, gather);
+        }
+        if gather.is_empty() {
             return Ok(());
         }
-        let whole_tag = owed.is_some();
-        let mut kept = owed.unwrap_or_default();
+        let r = self.flush_tag(d, gather, tag, granule_log2, ats, false);
+        if r.is_err() {
+            // As in `flush_owed`: the whole tag is owed (with no pages of its own).
+            let _ = self.with_domain(d, |dom| {
+                dom.owed.owe_whole_tag();
+                Ok(())
+            });
+        }
+        r
+    }
+
+    /// [`flush_impl`](Self::flush_impl) when a whole-tag invalidation is owed (an earlier
+    /// flush failed), on a path of its own: the owed pages travel through this frame only.
+    #[inline(never)]
+    fn flush_owed(&self, d: DomainHandle, gather: &mut Gather) -> Result<(), Error> {
+        // Taken: put back below if this flush fails too.
+        let mut kept = Gather::new();
+        let (tag, granule_log2, ats, whole_tag) = self.with_domain(d, |dom| {
+            Ok((
+                dom.tag,
+                dom.geometry().granule_log2,
+                dom.ats_users.load(Ordering::Acquire) != 0,
+                dom.owed.take_into(&mut kept),
+            ))
+        })?;
+        if gather.is_empty() && !whole_tag {
+            return Ok(());
+        }
         let r = self
             .flush_tag(d, gather, tag, granule_log2, ats, whole_tag)
             .and_then(|()| {

@@ -338,7 +338,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         // SAFETY: `slot` is ours, aligned and `size_of::<Self>()` bytes; it is read only after
         // `init_in_place` returned `Ok`, which means every field was written.
         unsafe {
-            Self::init_in_place(NonNull::from(&mut slot).cast(), regs, alloc, cfg)?;
+            Self::init_in_place(NonNull::from(&mut slot).cast(), regs, alloc, &cfg)?;
             Ok(slot.assume_init())
         }
     }
@@ -363,7 +363,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         slot: NonNull<Self>,
         regs: W,
         alloc: A,
-        cfg: SmmuConfig,
+        cfg: &SmmuConfig,
     ) -> Result<(), SmmuError> {
         let idr = Idr::read(&regs);
         let features = Features::from_idr(&idr);

@@ -19,7 +19,7 @@ fn init_in_place_builds_a_working_unit() {
     let mut slot = Box::new(MaybeUninit::<Unit<'_>>::uninit());
     let ptr = NonNull::from(&mut *slot).cast::<Unit<'_>>();
     // SAFETY: the slot is ours, aligned, uninitialised and unshared.
-    unsafe { SmmuUnit::init_in_place(ptr, &m, &a, config()) }.unwrap();
+    unsafe { SmmuUnit::init_in_place(ptr, &m, &a, &config()) }.unwrap();
     assert_eq!(a.live_pages(), 0, "nothing is allocated before enable");
     {
         // SAFETY: initialised above; the only reference while it lives.
@@ -44,7 +44,7 @@ fn init_in_place_failure_leaves_the_slot_uninitialised() {
     let mut slot = Box::new(MaybeUninit::<Unit<'_>>::uninit());
     let ptr = NonNull::from(&mut *slot).cast::<Unit<'_>>();
     // SAFETY: the slot is ours, aligned, uninitialised and unshared.
-    let r = unsafe { SmmuUnit::init_in_place(ptr, &m, &a, config()) };
+    let r = unsafe { SmmuUnit::init_in_place(ptr, &m, &a, &config()) };
     assert!(r.is_err());
     assert_eq!(a.live_pages(), 0);
 }
