@@ -971,12 +971,12 @@ fn stack_depths(obj: &elf::Elf, disasm: &str) -> Result<BTreeMap<String, (u64, C
 const STACK_DEBT: &[(&str, u64)] = &[
     ("ie_ctx_attach", 3840),
     ("ie_ctx_attach_pasid", 3840),
-    ("ie_ctx_destroy", 3584),
+    ("ie_ctx_destroy", 3328),
     ("ie_ctx_detach", 3328),
     ("ie_ctx_detach_pasid", 2560),
     ("ie_ctx_free", 2816),
     ("ie_ctx_map", 2816),
-    ("ie_ctx_unmap", 3072),
+    ("ie_ctx_unmap", 2816),
     ("ie_smmu_create", 2560),
 ];
 

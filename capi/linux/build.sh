@@ -65,6 +65,23 @@ bad=$(readelf -rW "$mod/rust.o" | awk '$3 ~ /^R_X86_64_/ && $3 !~ /^R_X86_64_(64
 echo "cmd_rust.o := capi/linux/build.sh (ld -r --gc-sections libiommu_engine.a)" > "$mod/.rust.o.cmd"
 make -s -C "$KDIR" M="$(cd "$mod" && pwd)" modules 2>&1 | tee "$out/kbuild.log"
 [ -f "$mod/iommu_engine_edu.ko" ] || { echo "build.sh: no module built" >&2; exit 1; }
+# objtool on rust.o with the arguments Kbuild gave the module's C object (Kbuild runs objtool
+# only on objects it compiles): it checks every Rust function as it checks C (stack state,
+# retpolines, return thunks, SLS, uaccess) and writes the ORC unwind tables and the
+# retpoline/return-site lists the module loader patches. Any warning fails the build. The
+# module is then linked again with the annotated object. `--link`: rust.o is the output of
+# `ld -r` (objtool would otherwise say that it detected a linked object and force it).
+objtool_args=$(sed -n 's|.*objtool/objtool \(.*\) [^ ]*/ie_edu\.o.*|\1|p' "$mod/.ie_edu.o.cmd" | head -n1)
+objtool_args="$objtool_args --link"
+[ -n "$objtool_args" ] || { echo "build.sh: no objtool command in .ie_edu.o.cmd" >&2; exit 1; }
+# shellcheck disable=SC2086 # the arguments are words
+objtool_log=$("$KDIR/tools/objtool/objtool" $objtool_args "$mod/rust.o" 2>&1) \
+  || { echo "build.sh: objtool failed on rust.o: $objtool_log" >&2; exit 1; }
+[ -z "$objtool_log" ] || { echo "build.sh: objtool warns on rust.o:" >&2; echo "$objtool_log" >&2; exit 1; }
+readelf -SW "$mod/rust.o" | grep -q '\.orc_unwind_ip' \
+  || { echo "build.sh: objtool wrote no ORC tables into rust.o" >&2; exit 1; }
+echo "build.sh: objtool" $objtool_args "rust.o: no warning, ORC tables written"
+make -s -C "$KDIR" M="$(cd "$mod" && pwd)" modules 2>&1 | tee -a "$out/kbuild.log"
 echo "build.sh: $mod/iommu_engine_edu.ko ($(stat -c %s "$mod/iommu_engine_edu.ko") bytes)"
 echo "build.sh: undefined symbols of the Rust object (all must be kernel exports):"
 nm -u "$mod/rust.o" | awk '{print "  " $2}'

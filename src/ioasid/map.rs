@@ -172,6 +172,15 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
                 }
             }
         }
+        let bytes = self.unmap_from_record(io, iova, len)?;
+        owed.map(|()| bytes)
+    }
+
+    /// The record's part of [`Self::unmap_in`], after every domain's: on failure the domains
+    /// get the range back from the record. Not inlined: its gather is on the stack only
+    /// while it runs, not under the domains' unmaps and flushes.
+    #[inline(never)]
+    fn unmap_from_record(&self, io: &Ioasid<'a, A>, iova: Iova, len: u64) -> Result<u64, Error> {
         let mut gather = Gather::new();
         let bytes = match io.record.unmap(iova, len, &mut gather) {
             Ok(bytes) => bytes,
@@ -184,7 +193,7 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         };
         // SAFETY: the record is a software table: no hardware walks it.
         gather.release(self.alloc, unsafe { InvalidationComplete::assume() })?;
-        owed.map(|()| bytes)
+        Ok(bytes)
     }
 
     /// What the IOASID's owner mapped at `iova`. `size_log2` is the page the devices see it
@@ -238,7 +247,7 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
             let mut gather = Gather::new();
             let r = unit.read_and_clear_dirty(d.handle, iova, len, sink, &mut gather);
             if let Err(error) = unit.flush(d.handle, &mut gather) {
-                io.pending.park(slot, gather);
+                io.pending.park(slot, &mut gather);
                 owed = owed.and(Err(Error::InvalidationPending {
                     unit: d.unit,
                     error,
@@ -337,7 +346,7 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         let r = unit.unmap(d.handle, iova, len, &mut gather);
         // Flush even after a failure: the gather holds what did change.
         if let Err(error) = unit.flush(d.handle, &mut gather) {
-            io.pending.park(slot, gather);
+            io.pending.park(slot, &mut gather);
             r?;
             return Err(Error::InvalidationPending {
                 unit: d.unit,

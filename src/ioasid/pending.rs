@@ -42,12 +42,14 @@ impl Pending {
         self.mask.load(Ordering::Acquire) & 1u32.checked_shl(slot as u32).unwrap_or(0) != 0
     }
 
-    /// Keeps `gather`, whose flush failed, for domain slot `slot`, with what is owed there.
+    /// Keeps what `gather` holds (its flush failed; it is left empty) for domain slot `slot`,
+    /// with what is owed there.
     /// An empty gather still marks the slot as owing: the unit may owe the invalidation itself
     /// (VT-d's own undo of a failed map cleared the entries, then its flush failed), and only
     /// a flush of the domain, which reissues what the unit owes even with an empty gather
     /// (`Iommu::flush`), settles it.
-    pub(super) fn park(&self, slot: usize, gather: Gather) {
+    pub(super) fn park(&self, slot: usize, gather: &mut Gather) {
+        let gather = core::mem::take(gather);
         let mut gathers = self.gathers.lock();
         if let Some(owed) = gathers.get_mut(slot) {
             owed.absorb(gather);
