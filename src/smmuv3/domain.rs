@@ -189,9 +189,10 @@ impl Owed {
         self.whole_tag.store(true, Ordering::Release);
     }
 
-    /// Records that a whole-tag invalidation is owed, with `pages` (possibly none) to free
-    /// once it completed.
-    pub(crate) fn put_back(&self, pages: Gather) {
+    /// Records that a whole-tag invalidation is owed, with the pages `pages` holds (possibly
+    /// none; it is left empty) to free once it completed.
+    pub(crate) fn put_back(&self, pages: &mut Gather) {
+        let pages = core::mem::take(pages);
         let mut held = self.pages.lock();
         held.absorb(pages);
         self.whole_tag.store(true, Ordering::Release);

@@ -377,7 +377,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
             // Whatever this flush was to invalidate is owed (a gather the caller drops no
             // longer says which ranges): the whole tag, conservatively.
             let _ = self.with_domain(d, |dom| {
-                dom.owed.put_back(core::mem::take(&mut kept));
+                dom.owed.put_back(&mut kept);
                 Ok(())
             });
         }

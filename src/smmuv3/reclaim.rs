@@ -64,7 +64,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
             if let Err(e) = self.invalidate(&target, &gather) {
                 // Never freed without a completed invalidation: the domain keeps them, and
                 // owes the invalidation (`Owed`).
-                dom.owed.put_back(gather);
+                dom.owed.put_back(&mut gather);
                 return Err(e);
             }
         }

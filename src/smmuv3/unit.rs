@@ -188,7 +188,14 @@ fn bounded(
 }
 
 impl SmmuConfig {
-    pub(crate) fn resolve(&self, f: &Features) -> Result<Resolved, SmmuError> {
+    /// Checks the configuration against `f` and writes the resolved one to `out` (straight
+    /// into the unit being built: a resolved configuration is 0.5 KiB). `out` is written only
+    /// on success.
+    pub(crate) fn resolve_into(
+        &self,
+        f: &Features,
+        out: &mut MaybeUninit<Resolved>,
+    ) -> Result<(), SmmuError> {
         let invalid = |reason| Err(SmmuError::InvalidConfig { reason });
         if !f.presets.is_empty() {
             return Err(SmmuError::Preset {
@@ -242,7 +249,7 @@ impl SmmuConfig {
                 value: self.max_domains as u64,
             });
         }
-        Ok(Resolved {
+        out.write(Resolved {
             strtab,
             sid_bits,
             ssid_bits,
@@ -263,7 +270,8 @@ impl SmmuConfig {
             private_tlb: f.btm && !self.broadcast_tlb,
             granule_log2,
             granule_source,
-        })
+        });
+        Ok(())
     }
 }
 
@@ -367,8 +375,13 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
     ) -> Result<(), SmmuError> {
         let idr = Idr::read(&regs);
         let features = Features::from_idr(&idr);
-        let cfg = cfg.resolve(&features)?;
         let p = slot.as_ptr();
+        // SAFETY: the caller guarantees `slot` is writable and aligned; `MaybeUninit<Resolved>`
+        // has `Resolved`'s layout. The field is written only if the configuration resolves,
+        // before anything else is (on error the slot stays uninitialised).
+        cfg.resolve_into(&features, unsafe {
+            &mut *addr_of_mut!((*p).cfg).cast::<MaybeUninit<Resolved>>()
+        })?;
         // SAFETY: the caller guarantees `slot` is writable and aligned; each field is written
         // exactly once, and nothing can fail from here on, so the unit is whole on return.
         unsafe {
@@ -376,7 +389,6 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
             addr_of_mut!((*p).alloc).write(alloc);
             addr_of_mut!((*p).idr).write(idr);
             addr_of_mut!((*p).features).write(features);
-            addr_of_mut!((*p).cfg).write(cfg);
             // Copied from a constant: no temporary on the stack.
             addr_of_mut!((*p).config).write(ConfigState::EMPTY);
             addr_of_mut!((*p).cmdq).write(Mutex::new(None));
