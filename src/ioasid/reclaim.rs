@@ -251,7 +251,7 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
                 // tables the reclaim unlinked. Noted as owed by the IOASID too (an empty gather),
                 // so that its next call, or a retried detach, flushes the domain and settles it.
                 Err(error) if error.is_unit_fault() => {
-                    io.pending.park(slot, Gather::new());
+                    io.pending.park(slot, &mut Gather::new());
                     let unit = d.unit;
                     result = result.and(Err(Error::InvalidationPending { unit, error }));
                 }
