@@ -454,7 +454,9 @@ pub unsafe extern "C" fn ie_ctx_bind_direct(
     })())
 }
 
-/// Unbinds a device that is not attached and holds no grant.
+/// Unbinds a device that holds no grant (`IE_STATUS_BUSY` otherwise), detaching it first from
+/// its IOASID and its PASIDs' as iommufd's unbind does. A detach error is returned with the
+/// device still bound; call again.
 ///
 /// # Safety
 /// `ctx` is a live context handle.
@@ -860,7 +862,9 @@ pub unsafe extern "C" fn ie_ctx_map(
 /// (if not NULL). `IE_STATUS_TIMEOUT` / `IE_STATUS_HARDWARE` / `IE_STATUS_COMMAND_ERROR`
 /// after the range was unmapped: a unit did not confirm the invalidation, and devices may
 /// still reach the pages; call again (it reissues the invalidation and reports 0 bytes) until
-/// `IE_STATUS_OK` before reusing them.
+/// `IE_STATUS_OK` before reusing them. `iova` 0 with `len` `UINT64_MAX` unmaps everything but
+/// attached devices' direct regions, whatever the address width (iommufd's `IOMMU_IOAS_UNMAP`
+/// form). A range holding no mapping returns `IE_STATUS_OK` with 0 bytes.
 ///
 /// # Safety
 /// `ctx` is a live context handle; `unmapped` is NULL or writable.

@@ -398,11 +398,37 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
         Ok(DeviceHandle::new(self.id, slot as u16))
     }
 
-    /// Releases a detached device with no outstanding grant.
+    /// Releases a device with no outstanding grant, detaching it first from its PASIDs' IOASIDs
+    /// and its own ([`IoasidCtx::detach_pasid`], [`IoasidCtx::detach`]), as iommufd's unbind
+    /// does.
     ///
     /// # Errors
-    /// [`Error::Busy`] while it is attached (to an IOASID or by PASID) or holds a grant.
+    /// [`Error::Busy`] while it holds a grant (nothing changed), or if another call attached it
+    /// again meanwhile. The errors of `detach_pasid` and `detach`: the device stays bound, with
+    /// what was not detached yet still attached; a retry goes on.
     pub fn unbind(&self, device: DeviceHandle) -> Result<(), Error> {
+        self.state.read().device(device)?;
+        if self.grant_count(device) != 0 {
+            return Err(Error::Busy);
+        }
+        // One PASID at a time, each under its own lock (bounded: each pass detaches one).
+        for _ in 0..=super::MAX_PASID_ATTACHMENTS {
+            let next = self
+                .state
+                .read()
+                .pasid_attachments
+                .iter()
+                .flatten()
+                .find(|a| a.device == device)
+                .map(|a| a.pasid);
+            match next {
+                Some(p) => self.detach_pasid(device, p)?,
+                None => break,
+            }
+        }
+        if self.state.read().device(device)?.attached.is_some() {
+            self.detach(device)?;
+        }
         let mut st = self.state.write();
         let dev = st.device(device)?;
         let pasid_attached = st

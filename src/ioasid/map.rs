@@ -3,7 +3,8 @@
 use super::ctx::{align_up, iova, Ioasid, IoasidCtx, UnitDomain};
 use super::direct::direct_overlap;
 use super::record::RECORD_IAS;
-use super::{Error, IoasidFlags, IoasidId};
+use super::direct::MAX_DIRECT_PER_IOASID;
+use super::{Error, IoasidFlags, IoasidId, UNMAP_ALL};
 use crate::iommu::Iommu;
 use crate::mem::{Iova, PageAllocator, PhysAddr};
 use crate::pgtable::{self, Gather, InvalidationComplete, IovaRange, Mapping, Prot};
@@ -137,6 +138,13 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     /// reach the old pages through stale caches (and the table pages the unmap emptied are
     /// kept). Do not reuse the pages until a retry of this call returns `Ok` (it reissues the
     /// invalidation first, and reports 0 bytes: the range is already unmapped).
+    ///
+    /// `iova` 0 with `len` [`UNMAP_ALL`](super::UNMAP_ALL) (`u64::MAX`) unmaps everything the
+    /// owner mapped, whatever the address width, as iommufd's `IOMMU_IOAS_UNMAP` does: every
+    /// range but the direct regions of attached devices, which stay mapped. It unmaps range
+    /// after range (the gaps between direct regions); an error stops it with what lay below
+    /// unmapped: retry until it returns `Ok`. A range holding no mapping returns `Ok(0)` (see
+    /// the module documentation for why not iommufd's `ENOENT`).
     pub fn unmap(&self, ioasid: IoasidId, iova: Iova, len: u64) -> Result<u64, Error> {
         let r = self.unmap_everywhere(ioasid, iova, len);
         // Tables the unmap left empty are reclaimed every few unmaps (see `reclaim.rs`).
@@ -148,11 +156,40 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     fn unmap_everywhere(&self, ioasid: IoasidId, iova: Iova, len: u64) -> Result<u64, Error> {
         let st = self.state.read();
         let io = st.ioasid(ioasid)?;
+        if iova.get() == 0 && len == UNMAP_ALL {
+            return self.unmap_all(io);
+        }
         // Attached devices' direct regions stay mapped (`direct.rs`).
         if let Some(r) = direct_overlap(io, iova.get(), iova.get().saturating_add(len)) {
             return Err(Error::Reserved(r));
         }
         self.unmap_in(io, iova, len)
+    }
+
+    /// [`IoasidCtx::unmap`] of everything: every range of the IOASID's address space (the
+    /// record's, narrowed to its domains' input widths: no mapping lies beyond) but the
+    /// attached devices' direct mappings, in address order.
+    fn unmap_all(&self, io: &Ioasid<'a, A>) -> Result<u64, Error> {
+        let mut limit = 1u64 << RECORD_IAS;
+        for d in io.domains.iter().flatten() {
+            let (ias, _) = self.unit(d.unit)?.domain_geometry(d.handle)?;
+            limit = limit.min(1u64.checked_shl(ias).unwrap_or(u64::MAX));
+        }
+        let mut direct = [(limit, limit); MAX_DIRECT_PER_IOASID];
+        for (out, d) in direct.iter_mut().zip(io.direct.iter().flatten()) {
+            *out = (d.region.range().start.get(), d.region.range().end.get());
+        }
+        direct.sort_unstable();
+        let (mut at, mut bytes) = (0u64, 0u64);
+        for (start, end) in direct.into_iter().chain([(limit, limit)]) {
+            let gap_end = start.min(limit);
+            if gap_end > at {
+                // A failure stops here: what lies below `at` stays unmapped.
+                bytes = bytes.saturating_add(self.unmap_in(io, iova(at), gap_end - at)?);
+            }
+            at = at.max(end);
+        }
+        Ok(bytes)
     }
 
     /// Unmaps from every domain of `io` and from the record (see [`IoasidCtx::unmap`]).

@@ -16,6 +16,54 @@
 //! a guest run WBINVD, is only granted by [`IoasidCtx::allow_incoherent_dma`] for a device bound
 //! to the context that declares itself no-snoop capable.
 //!
+//! ## iommufd semantics
+//! Where iommufd (Linux's `include/uapi/linux/iommufd.h`, and the VFIO cdev calls VMMs pair
+//! with it) and this layer could differ, this is what the layer does and why (tests named
+//! `iommufd_*` in `tests.rs`, C in `tests/c/seed_flow.c`):
+//!
+//! - **Attach of an attached device replaces** its attachment, in one step, never through
+//!   "blocked" (`reattach_switches_domains_and_frees_the_old_one`). iommufd's kernel API splits
+//!   attach (refused for an attached device) from `iommufd_device_replace`, but the call VMMs
+//!   make, `VFIO_DEVICE_ATTACH_IOMMUFD_PT`, replaces when the device is attached (it returned
+//!   `EBUSY` before VFIO gained replacement). A hypervisor switching a device between address
+//!   spaces (a guest turning its vIOMMU on or off) needs exactly that, so there is no separate
+//!   `replace`. The one refusal kept: while an attach the unit did not confirm is unsettled,
+//!   attaching the device elsewhere is [`Error::Busy`].
+//! - **Unbinding an attached device detaches it** (its PASIDs, then itself), as iommufd's
+//!   unbind does (`iommufd_unbind_of_attached_device_detaches`); a device holding an
+//!   incoherent-DMA grant stays [`Error::Busy`], with nothing changed.
+//! - **Unmap everything**: `unmap(ioasid, Iova(0), UNMAP_ALL)` (length `u64::MAX`), iommufd's
+//!   form, whatever the address width (`iommufd_unmap_all_is_iova_0_length_u64_max`). The
+//!   attached devices' direct regions stay mapped (iommufd's reserved regions are not areas
+//!   either).
+//! - **Unmap of a range holding no mapping returns `Ok(0)`**, not iommufd's `ENOENT`: 0 bytes
+//!   already tells it apart, a vIOMMU replays many redundant unmaps (QEMU's iommufd backend
+//!   turns `ENOENT` back into success for that reason), and the retry after
+//!   [`Error::InvalidationPending`] must be able to return `Ok` with 0 bytes
+//!   (`iommufd_unmap_of_nothing_is_0_bytes`).
+//!
+//! | iommufd object or ioctl | this crate | missing (issue 17) |
+//! |---|---|---|
+//! | `VFIO_DEVICE_BIND_IOMMUFD`, unbind | [`IoasidCtx::bind`], `bind_with`, `bind_with_direct`; [`IoasidCtx::unbind`] | per-device PASID width, ATS/PRI (item 4) |
+//! | `IOMMU_IOAS_ALLOC`, `IOMMU_DESTROY` | [`IoasidCtx::alloc`] (an IOAS and the hardware domains behind it in one), [`IoasidCtx::free`] | |
+//! | `IOMMU_IOAS_MAP` | [`IoasidCtx::map`]: physical addresses, always at a fixed IOVA ([`IoasidCtx::alloc_iova`] picks one); no pinning of user memory (out of scope) | |
+//! | `IOMMU_IOAS_UNMAP` | [`IoasidCtx::unmap`], with [`UNMAP_ALL`] | |
+//! | `IOMMU_IOAS_COPY` | none | item 5 |
+//! | `IOMMU_IOAS_IOVA_RANGES` | none; each unit's reserved regions are honoured by `map` and `alloc_iova` | item 5 |
+//! | `IOMMU_IOAS_ALLOW_IOVAS` | none; [`IoasidCtx::reserve_region`] is the opposite (ranges no IOASID of the context may map) | |
+//! | `IOMMU_HWPT_ALLOC` | implicit: [`IoasidCtx::attach`] builds an IOASID's domain on a unit at the first attach of one of its devices | a nested child holding a guest's stage 1 (item 1) |
+//! | `IOMMU_HWPT_ALLOC_NEST_PARENT` | [`IoasidFlags::NEST_PARENT`] | no child can use it yet (item 1) |
+//! | `IOMMU_HWPT_ALLOC_DIRTY_TRACKING` | [`IoasidFlags::DIRTY_TRACKING`], fixed at allocation | |
+//! | `IOMMU_HWPT_SET_DIRTY_TRACKING` | none: tracking is on for the IOASID's life | item 2 |
+//! | `IOMMU_HWPT_GET_DIRTY_BITMAP` | [`IoasidCtx::read_and_clear_dirty`]: a callback, always clearing | bitmap, `NO_CLEAR` (item 2) |
+//! | `IOMMU_HWPT_INVALIDATE` | none | item 1 |
+//! | `IOMMU_GET_HW_INFO` | [`IoasidCtx::device_info`]: capabilities and where each claim comes from, not the raw VT-d `CAP`/`ECAP` or SMMUv3 `IDR` registers | |
+//! | `IOMMU_OPTION` (`HUGE_PAGES`) | none: the engine uses the largest page alignment allows | item 6 |
+//! | `IOMMU_OPTION` (`RLIMIT_MODE`) | none: nothing is pinned | out of scope |
+//! | `VFIO_DEVICE_ATTACH_IOMMUFD_PT` (attach, replace) | [`IoasidCtx::attach`] (replaces, see above); with a PASID: [`IoasidCtx::attach_pasid`] | |
+//! | `VFIO_DEVICE_DETACH_IOMMUFD_PT` | [`IoasidCtx::detach`], [`IoasidCtx::detach_pasid`] | |
+//! | `IOMMU_FAULT_QUEUE_ALLOC` (I/O page faults) | none; units report unrecoverable faults to the embedder (C: `ie_unit_read_faults`) | item 8 |
+//!
 //! ## Locking
 //! [`IoasidCtx`] is `Sync`. Configuration (bind, alloc, attach, detach, free, PASIDs) takes the
 //! context's lock for writing and serialises. [`IoasidCtx::map`] and [`IoasidCtx::unmap`] take it
@@ -67,6 +115,9 @@ pub const MAX_RESERVED: usize = 8;
 pub const MAX_IOVA_RESERVATIONS: usize = 32;
 /// Most devices bound across all contexts of a registry.
 pub const MAX_BOUND: usize = 256;
+/// The length that, with IOVA 0, makes [`IoasidCtx::unmap`] unmap everything the owner mapped,
+/// whatever the address width (iommufd `IOMMU_IOAS_UNMAP` with iova 0, length `U64_MAX`).
+pub const UNMAP_ALL: u64 = u64::MAX;
 
 bitflags::bitflags! {
     /// Properties of an IOASID, fixed when it is allocated.

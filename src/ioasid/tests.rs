@@ -1147,3 +1147,103 @@ fn reserve_region_refuses_what_the_context_uses() {
     );
     assert!(shown.contains("direct region"), "{shown}");
 }
+
+/// iommufd `IOMMU_IOAS_UNMAP` with iova 0 and length `u64::MAX` unmaps every area of the
+/// IOAS, whatever the address width: so does [`IoasidCtx::unmap`] with [`UNMAP_ALL`]. Attached
+/// devices' direct regions stay mapped (they are not the owner's mappings; iommufd's reserved
+/// regions are not areas either).
+#[test]
+fn iommufd_unmap_all_is_iova_0_length_u64_max() {
+    let alloc = test_alloc();
+    let u = FakeUnit::new(&alloc, true);
+    let pasids = PasidAllocator::new(20);
+    let reg = Registry::new(&[&u], &pasids).unwrap();
+    let ctx = IoasidCtx::new(&reg, &alloc, 0);
+    let region = DirectRegion::new(range(0x3000_0000, 0x3000_2000), false).unwrap();
+    let dev = ctx
+        .bind_with_direct(label(0, 1), false, None, &[region])
+        .unwrap();
+    let io = ctx.alloc(IoasidFlags::empty()).unwrap();
+    ctx.attach(dev, io).unwrap();
+    let top = (1u64 << 48) - K4;
+    for (iova, len) in [(0x10_0000, K4), (0x20_0000, M2), (0x3000_2000, K4), (top, K4)] {
+        ctx.map(io, Iova::new(iova), PhysAddr::new(0x8000_0000), len, RW)
+            .unwrap();
+    }
+    assert_eq!(ctx.unmap(io, Iova::new(0), UNMAP_ALL), Ok(3 * K4 + M2));
+    let d = u.domain_of(DeviceId(1)).unwrap();
+    for iova in [0x10_0000, 0x20_0000, 0x3000_2000, top] {
+        assert_eq!(ctx.translate(io, Iova::new(iova)), Ok(None), "{iova:#x}");
+        assert!(u.query(d, Iova::new(iova)).is_none(), "{iova:#x}");
+    }
+    // The direct region is still there, in the record and in the domain.
+    for iova in [0x3000_0000, 0x3000_1000] {
+        assert!(ctx.translate(io, Iova::new(iova)).unwrap().is_some());
+        assert!(u.query(d, Iova::new(iova)).is_some());
+    }
+    // Nothing left: 0 bytes, as iommufd (which also says ENOENT; see the module docs).
+    assert_eq!(ctx.unmap(io, Iova::new(0), UNMAP_ALL), Ok(0));
+    // Without an attached device, unmap-all also takes what lay where the direct region was.
+    ctx.detach(dev).unwrap();
+    ctx.map(io, Iova::new(0x3000_0000), PhysAddr::new(0), K4, RW)
+        .unwrap();
+    assert_eq!(ctx.unmap(io, Iova::new(0), UNMAP_ALL), Ok(K4));
+    // Any other length keeps its meaning: a range beyond the address space is refused.
+    assert!(ctx.unmap(io, Iova::new(K4), u64::MAX).is_err());
+}
+
+/// iommufd: unbinding an attached device (`iommufd_device_unbind`, closing the VFIO device
+/// file) detaches it first; so does [`IoasidCtx::unbind`], PASID attachments included.
+#[test]
+fn iommufd_unbind_of_attached_device_detaches() {
+    let alloc = test_alloc();
+    let u = FakeUnit::new(&alloc, true);
+    let pasids = PasidAllocator::new(20);
+    let reg = Registry::new(&[&u], &pasids).unwrap();
+    let ctx = IoasidCtx::new(&reg, &alloc, 1);
+    let dev = ctx.bind(label(0, 1), false).unwrap();
+    let io = ctx.alloc(IoasidFlags::empty()).unwrap();
+    let pio = ctx.alloc(IoasidFlags::PASID).unwrap();
+    let p = ctx.alloc_pasid().unwrap();
+    ctx.attach(dev, io).unwrap();
+    ctx.attach_pasid(dev, p, pio).unwrap();
+    ctx.map(io, Iova::new(0x10_0000), PhysAddr::new(0), K4, RW)
+        .unwrap();
+    ctx.unbind(dev).unwrap();
+    let ev = u.events();
+    assert!(ev.contains(&Event::Detach(DeviceId(1), None)), "{ev:?}");
+    assert!(ev.contains(&Event::Detach(DeviceId(1), Some(p))), "{ev:?}");
+    assert_eq!(u.live_domains(), 0);
+    assert_eq!(ctx.device_info(dev), Err(Error::NoSuchDevice(dev)));
+    // The IOASIDs are free of users; the device may be bound again, here or elsewhere.
+    ctx.free(pio).unwrap();
+    assert_eq!(ctx.translate(io, Iova::new(0x10_0000)).unwrap().is_some(), true);
+    ctx.free(io).unwrap();
+    let other = IoasidCtx::new(&reg, &alloc, 0);
+    other.bind(label(0, 1), false).unwrap();
+}
+
+fn range(start: u64, end: u64) -> IovaRange {
+    IovaRange {
+        start: Iova::new(start),
+        end: Iova::new(end),
+    }
+}
+
+/// iommufd returns `ENOENT` (and 0 bytes) for an unmap of a range holding no mapping; this
+/// layer returns `Ok(0)` (module docs: a vIOMMU replays redundant unmaps, QEMU turns the
+/// `ENOENT` back into success, and a retry after `InvalidationPending` must reach `Ok`).
+#[test]
+fn iommufd_unmap_of_nothing_is_0_bytes() {
+    let alloc = test_alloc();
+    let u = FakeUnit::new(&alloc, true);
+    let pasids = PasidAllocator::new(20);
+    let reg = Registry::new(&[&u], &pasids).unwrap();
+    let ctx = IoasidCtx::new(&reg, &alloc, 0);
+    let io = ctx.alloc(IoasidFlags::empty()).unwrap();
+    ctx.map(io, Iova::new(0x10_0000), PhysAddr::new(0), K4, RW)
+        .unwrap();
+    assert_eq!(ctx.unmap(io, Iova::new(0x20_0000), M2), Ok(0));
+    assert_eq!(ctx.unmap(io, Iova::new(0x10_0000), K4), Ok(K4));
+    assert_eq!(ctx.unmap(io, Iova::new(0x10_0000), K4), Ok(0));
+}

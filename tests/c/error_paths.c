@@ -320,7 +320,6 @@ static void scalable_flow(IeSimArena *arena, const IeEnv *env)
     CHECK(!ie_ctx_incoherent_dma_allowed((IeCtx *)unit), "a unit is no context");
 
     /* Destroy order: every out-of-order destroy is refused and changes nothing. */
-    IS(ie_ctx_unbind(ctx, dev), IE_STATUS_BUSY);
     IS(ie_registry_destroy(registry), IE_STATUS_BUSY);
     IS(ie_unit_destroy(unit), IE_STATUS_BUSY);
     OK(ie_ctx_destroy(ctx));

@@ -119,7 +119,16 @@ static void smmu_flow(IeSimArena *arena, const IeEnv *env)
           "smmu: fault after the overflow");
     OK(ie_unit_read_faults(unit, &ev, 1, &events));
     CHECK(events == 1 && ev.address == 0x40000000, "smmu: recording again: %u", events);
-    OK(ie_ctx_detach(ctx, dev));
+    /* iommufd's unmap-all (iova 0, length UINT64_MAX), whatever the address width. */
+    OK(ie_ctx_map(ctx, ioasid, 0x1000, 0x80000000, KIB4, IE_PROT_READ));
+    OK(ie_ctx_map(ctx, ioasid, 0x40000000, 0x80000000, MIB2, IE_PROT_READ));
+    OK(ie_ctx_unmap(ctx, ioasid, 0, UINT64_MAX, &unmapped));
+    CHECK(unmapped == KIB4 + MIB2, "smmu: unmap-all: %#" PRIx64, unmapped);
+    CHECK(ie_sim_model_translate(model, 0x20, 0x1000, false, &dma) == IE_STATUS_NOT_FOUND,
+          "smmu: DMA after unmap-all must fault");
+    OK(ie_ctx_unmap(ctx, ioasid, 0, UINT64_MAX, &unmapped));
+    CHECK(unmapped == 0, "smmu: unmap-all of nothing: %#" PRIx64, unmapped);
+    /* iommufd: unbinding an attached device detaches it. */
     OK(ie_ctx_unbind(ctx, dev));
     CHECK(ie_ctx_device_info(ctx, dev, &info) == IE_STATUS_NOT_FOUND, "smmu: unbound");
     OK(ie_ctx_bind(ctx, 0, 0x20, false, &dev));

@@ -37,20 +37,28 @@ impl<'h, 'm> Harness<'h, 'm> {
         let c = Self::ctx_index(ctx);
         let (l, h, k) = self.handle(ctxs, c, dev);
         let s = &self.shadow[c];
-        let busy = s.devs.get(&k).is_some_and(|d| d.2.is_some())
-            || s.pasid_att.keys().any(|a| a.0 == k)
-            || s.grants.get(&k).is_some_and(|&g| g > 0);
+        // As iommufd's: unbinding an attached device detaches it (PASIDs too); only a grant
+        // keeps it bound.
+        let busy = s.grants.get(&k).is_some_and(|&g| g > 0);
         let r = ctxs[c].unbind(h);
         match r {
-            Err(Error::NoSuchDevice(_)) if !s.devs.contains_key(&k) => {}
-            Err(Error::Busy) if busy => {}
+            Err(Error::NoSuchDevice(_)) if !s.devs.contains_key(&k) => Touched::Nothing,
+            Err(Error::Busy) if busy => Touched::Nothing,
             Ok(()) if s.devs.contains_key(&k) && !busy => {
-                self.shadow[c].devs.remove(&k);
+                let s = &mut self.shadow[c];
+                s.devs.remove(&k);
+                let mut touched = std::vec![(l, None)];
+                s.pasid_att.retain(|a, _| {
+                    if a.0 == k {
+                        touched.push((l, Some(a.1)));
+                    }
+                    a.0 != k
+                });
                 self.owner[l] = None;
+                Touched::Pairs(touched)
             }
             r => panic!("unbind {l} in {c} (busy {busy}): {r:?}"),
         }
-        Touched::Nothing
     }
 
     pub(super) fn alloc(&mut self, ctxs: &[Ctx<'_, '_>], ctx: u8, flags: u8) -> Touched {
