@@ -2,8 +2,8 @@
 
 use super::ctx::{align_up, iova, Ioasid, IoasidCtx, UnitDomain};
 use super::direct::direct_overlap;
-use super::record::RECORD_IAS;
 use super::direct::MAX_DIRECT_PER_IOASID;
+use super::record::RECORD_IAS;
 use super::{Error, IoasidFlags, IoasidId, UNMAP_ALL};
 use crate::iommu::Iommu;
 use crate::mem::{Iova, PageAllocator, PhysAddr};

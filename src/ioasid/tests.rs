@@ -1166,7 +1166,12 @@ fn iommufd_unmap_all_is_iova_0_length_u64_max() {
     let io = ctx.alloc(IoasidFlags::empty()).unwrap();
     ctx.attach(dev, io).unwrap();
     let top = (1u64 << 48) - K4;
-    for (iova, len) in [(0x10_0000, K4), (0x20_0000, M2), (0x3000_2000, K4), (top, K4)] {
+    for (iova, len) in [
+        (0x10_0000, K4),
+        (0x20_0000, M2),
+        (0x3000_2000, K4),
+        (top, K4),
+    ] {
         ctx.map(io, Iova::new(iova), PhysAddr::new(0x8000_0000), len, RW)
             .unwrap();
     }
@@ -1217,7 +1222,7 @@ fn iommufd_unbind_of_attached_device_detaches() {
     assert_eq!(ctx.device_info(dev), Err(Error::NoSuchDevice(dev)));
     // The IOASIDs are free of users; the device may be bound again, here or elsewhere.
     ctx.free(pio).unwrap();
-    assert_eq!(ctx.translate(io, Iova::new(0x10_0000)).unwrap().is_some(), true);
+    assert!(ctx.translate(io, Iova::new(0x10_0000)).unwrap().is_some());
     ctx.free(io).unwrap();
     let other = IoasidCtx::new(&reg, &alloc, 0);
     other.bind(label(0, 1), false).unwrap();
