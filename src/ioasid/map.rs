@@ -2,7 +2,6 @@
 
 use super::ctx::{align_up, iova, Ioasid, IoasidCtx, UnitDomain};
 use super::direct::direct_overlap;
-use super::direct::MAX_DIRECT_PER_IOASID;
 use super::record::RECORD_IAS;
 use super::{Error, IoasidFlags, IoasidId, UNMAP_ALL};
 use crate::iommu::Iommu;
@@ -175,21 +174,28 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
             let (ias, _) = self.unit(d.unit)?.domain_geometry(d.handle)?;
             limit = limit.min(1u64.checked_shl(ias).unwrap_or(u64::MAX));
         }
-        let mut direct = [(limit, limit); MAX_DIRECT_PER_IOASID];
-        for (out, d) in direct.iter_mut().zip(io.direct.iter().flatten()) {
-            *out = (d.region.range().start.get(), d.region.range().end.get());
-        }
-        direct.sort_unstable();
         let (mut at, mut bytes) = (0u64, 0u64);
-        for (start, end) in direct.into_iter().chain([(limit, limit)]) {
+        // Each pass unmaps up to the lowest direct region above `at` and steps over it (at
+        // most MAX_DIRECT_PER_IOASID + 1 passes; no sorted copy, to keep the stack small).
+        loop {
+            let next = io
+                .direct
+                .iter()
+                .flatten()
+                .map(|d| d.region.range())
+                .filter(|r| r.end.get() > at)
+                .min_by_key(|r| r.start.get());
+            let (start, end) = next.map_or((limit, limit), |r| (r.start.get(), r.end.get()));
             let gap_end = start.min(limit);
             if gap_end > at {
                 // A failure stops here: what lies below `at` stays unmapped.
                 bytes = bytes.saturating_add(self.unmap_in(io, iova(at), gap_end - at)?);
             }
-            at = at.max(end);
+            if end >= limit {
+                return Ok(bytes);
+            }
+            at = end;
         }
-        Ok(bytes)
     }
 
     /// Unmaps from every domain of `io` and from the record (see [`IoasidCtx::unmap`]).
