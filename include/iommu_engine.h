@@ -491,6 +491,13 @@ typedef struct {
   // Take part in the CPUs' broadcast TLB maintenance (`CR2.PTM` = 0; needs `IDR0.BTM`).
   // Off by default: the unit's VMIDs and ASIDs are its own.
   bool broadcast_tlb;
+  // The SMMU's own access coherency (table walks, queues, MSIs) as firmware declares it
+  // (ACPI IORT SMMUv3 node `COHACC Override`, device tree `dma-coherent` on the SMMU node):
+  // an `IeCoherentDma` value, `IE_COHERENT_DMA_FROM_WALKER` (the default) to follow
+  // `IDR0.COHACC`. A declaration wins over the register either way: it decides whether the
+  // unit walks cacheable tables, whether table writes are cleaned, and whether MSI
+  // completion may be used. Reported as firmware's when `from_firmware` is set.
+  uint32_t coherent_access;
 } IeSmmuConfig;
 
 // One decoded fault, as ie_unit_read_faults() reports it.

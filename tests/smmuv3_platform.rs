@@ -502,3 +502,95 @@ fn a_52_bit_unit_reaches_2_pow_50_with_the_64k_granule_only() {
         }
     }
 }
+
+/// Runs one map, attach and unmap on a unit whose `IDR0.COHACC` is `cohacc`, with the SMMU's
+/// own coherency declared as `declared` (IORT `COHACC Override`, DT `dma-coherent`): returns
+/// the unit's capabilities, the CR1 it wrote and how many `sync_for_device` cleans the
+/// operations made.
+fn with_declared_coherency(
+    cohacc: bool,
+    declared: Option<(bool, Source)>,
+) -> (iommu_engine::iommu::Capabilities, u32, u64) {
+    use iommu_engine::mmio::RegisterWindow;
+    use iommu_engine::pgtable::Gather;
+    use iommu_engine::smmuv3::regs;
+    let mem = arena();
+    let model = SmmuModel::new(&mem, SmmuModelConfig::qemu_like().with_cohacc(cohacc));
+    let before = mem.stats().syncs;
+    let u = unit(
+        &model,
+        &mem,
+        SmmuConfig {
+            coherent_access: declared,
+            ..cfg()
+        },
+    );
+    let d = u.domain_alloc(&stage(Stage::Second)).unwrap();
+    u.map(d, Iova::new(0x1000), PhysAddr::new(0x4000_0000), K4, RW)
+        .unwrap();
+    u.attach(iommu_engine::iommu::DeviceId(SID), None, d)
+        .unwrap();
+    let ok = model.translate(SID, None, 0x1008, Access::READ).unwrap();
+    assert_eq!(ok.pa, 0x4000_0008);
+    let mut g = Gather::new();
+    u.unmap(d, Iova::new(0x1000), K4, &mut g).unwrap();
+    u.flush(d, &mut g).unwrap();
+    let cleans = mem.stats().syncs - before;
+    (u.capabilities(), model.read32(regs::CR1), cleans)
+}
+
+/// Firmware is authoritative over `IDR0.COHACC` (issue 16): a unit whose register says
+/// non-coherent but whose IORT node has `COHACC Override` walks cacheable, cleans nothing, and
+/// its report names the IORT; the reverse declaration makes a coherent-looking unit clean
+/// every write and walk non-cacheable.
+#[test]
+fn declared_smmu_coherency_overrides_idr0_cohacc() {
+    use iommu_engine::firmware::iort::platform::SOURCE_COHACC_OVERRIDE;
+    use iommu_engine::smmuv3::regs::Cr1;
+    let embedder = Source::Embedder("test: SmmuConfig::coherent_access");
+    // Undeclared: the register decides, both ways.
+    let (caps, cr1, cleans) = with_declared_coherency(false, None);
+    assert!(!caps.coherent_walk && cleans > 0);
+    assert_eq!(cr1, Cr1::NON_COHERENT.encode());
+    assert_eq!(caps.sources.coherent_walk, Source::Register("IDR0.COHACC"));
+    let (caps, cr1, cleans) = with_declared_coherency(true, None);
+    assert!(caps.coherent_walk);
+    assert_eq!((cr1, cleans), (Cr1::COHERENT.encode(), 0));
+    // COHACC = 0, declared coherent: write-back walks, no clean at all.
+    let (caps, cr1, cleans) = with_declared_coherency(false, Some((true, SOURCE_COHACC_OVERRIDE)));
+    assert!(caps.coherent_walk);
+    assert!(
+        caps.coherent_dma,
+        "undeclared devices follow the SMMU's coherency"
+    );
+    assert_eq!(caps.sources.coherent_walk, SOURCE_COHACC_OVERRIDE);
+    assert_eq!(caps.sources.coherent_dma, SOURCE_COHACC_OVERRIDE);
+    assert_eq!((cr1, cleans), (Cr1::COHERENT.encode(), 0));
+    // COHACC = 1, declared non-coherent: non-cacheable walks, every table write cleaned.
+    let (caps, cr1, cleans) = with_declared_coherency(true, Some((false, embedder)));
+    assert!(!caps.coherent_walk && !caps.coherent_dma);
+    assert_eq!(caps.sources.coherent_walk, embedder);
+    assert_eq!(cr1, Cr1::NON_COHERENT.encode());
+    assert!(cleans > 0, "{cleans}");
+}
+
+/// MSI completion of CMD_SYNC needs a coherent SMMU: a declaration decides it as it decides
+/// the rest.
+#[test]
+fn msi_sync_follows_the_declared_coherency() {
+    let mem = arena();
+    let on = SmmuModelConfig::qemu_like().with_msi(true);
+    let model = SmmuModel::new(&mem, on.with_cohacc(true));
+    let off = Some((false, Source::Embedder("test")));
+    let msi = |coherent_access| SmmuConfig {
+        sync: SyncMode::Msi,
+        coherent_access,
+        ..cfg()
+    };
+    assert!(matches!(
+        SmmuUnit::new(&model, &mem, msi(off)),
+        Err(SmmuError::InvalidConfig { .. })
+    ));
+    let model = SmmuModel::new(&mem, on.with_cohacc(false));
+    SmmuUnit::new(&model, &mem, msi(Some((true, Source::Embedder("test"))))).unwrap();
+}

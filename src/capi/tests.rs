@@ -19,7 +19,7 @@ use super::sim::{
 use super::status::IeStatus;
 use super::unit::{
     ie_smmu_config_default, ie_smmu_create, ie_unit_destroy, ie_unit_disable, ie_unit_enable,
-    ie_vtd_config_default, ie_vtd_create, IeSmmuConfig, IeUnit, IeVtdConfig,
+    ie_vtd_config_default, ie_vtd_create, IeCoherentDma, IeSmmuConfig, IeUnit, IeVtdConfig,
 };
 
 const OK: i32 = IeStatus::Ok as i32;
@@ -185,6 +185,13 @@ fn smmu_platform_facts_and_granule_are_checked() {
         ),
         (
             IeSmmuConfig {
+                coherent_access: 3,
+                ..def
+            },
+            invalid,
+        ),
+        (
+            IeSmmuConfig {
                 n_declarations: 9,
                 ..def
             },
@@ -213,6 +220,28 @@ fn smmu_platform_facts_and_granule_are_checked() {
         assert_eq!(st, want, "{cfg:?}");
         assert!(unit.is_null());
     }
+    // The SMMU's own coherency: undeclared by default; declared, with its source.
+    assert_eq!(
+        super::unit::smmu_config(&def).unwrap().coherent_access,
+        None
+    );
+    let declared = |coherent_access, from_firmware| {
+        super::unit::smmu_config(&IeSmmuConfig {
+            coherent_access,
+            from_firmware,
+            ..def
+        })
+        .unwrap()
+        .coherent_access
+    };
+    assert!(matches!(
+        declared(IeCoherentDma::Coherent as u32, true),
+        Some((true, crate::iommu::Source::Firmware(_)))
+    ));
+    assert!(matches!(
+        declared(IeCoherentDma::NonCoherent as u32, false),
+        Some((false, crate::iommu::Source::Embedder(_)))
+    ));
     // 64 KiB granule (QEMU-like IDR5 has it), every device CANWBS: created.
     let good = IeSmmuConfig {
         granule_log2: 16,

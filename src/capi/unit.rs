@@ -207,6 +207,13 @@ pub struct IeSmmuConfig {
     /// Take part in the CPUs' broadcast TLB maintenance (`CR2.PTM` = 0; needs `IDR0.BTM`).
     /// Off by default: the unit's VMIDs and ASIDs are its own.
     pub broadcast_tlb: bool,
+    /// The SMMU's own access coherency (table walks, queues, MSIs) as firmware declares it
+    /// (ACPI IORT SMMUv3 node `COHACC Override`, device tree `dma-coherent` on the SMMU node):
+    /// an `IeCoherentDma` value, `IE_COHERENT_DMA_FROM_WALKER` (the default) to follow
+    /// `IDR0.COHACC`. A declaration wins over the register either way: it decides whether the
+    /// unit walks cacheable tables, whether table writes are cleaned, and whether MSI
+    /// completion may be used. Reported as firmware's when `from_firmware` is set.
+    pub coherent_access: u32,
 }
 
 /// DMA coherency of a device, as firmware declares it.
@@ -275,7 +282,7 @@ fn platform(c: &IeSmmuConfig) -> Result<Platform, IeStatus> {
     Ok(p)
 }
 
-fn smmu_config(c: &IeSmmuConfig) -> Result<SmmuConfig, IeStatus> {
+pub(crate) fn smmu_config(c: &IeSmmuConfig) -> Result<SmmuConfig, IeStatus> {
     const AUTO: u32 = IeStreamTable::Auto as u32;
     const LINEAR: u32 = IeStreamTable::Linear as u32;
     const TWO_LEVEL: u32 = IeStreamTable::TwoLevel as u32;
@@ -296,6 +303,14 @@ fn smmu_config(c: &IeSmmuConfig) -> Result<SmmuConfig, IeStatus> {
         platform: platform(c)?,
         granule_log2: (c.granule_log2 != 0).then_some(c.granule_log2),
         broadcast_tlb: c.broadcast_tlb,
+        coherent_access: coherent_dma(c.coherent_access)?.map(|on| {
+            let source = if c.from_firmware {
+                Source::Firmware("IORT COHACC Override / DT dma-coherent, through IeSmmuConfig")
+            } else {
+                Source::Embedder("IeSmmuConfig::coherent_access")
+            };
+            (on, source)
+        }),
         ..SmmuConfig::default()
     })
 }
@@ -322,6 +337,7 @@ pub unsafe extern "C" fn ie_smmu_config_default(out: *mut IeSmmuConfig) -> i32 {
                 declarations: [IeDeclaration::default(); MAX_DECLARATIONS],
                 granule_log2: 0,
                 broadcast_tlb: false,
+                coherent_access: IeCoherentDma::FromWalker as u32,
             };
             IeStatus::Ok as i32
         }

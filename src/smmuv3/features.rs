@@ -19,8 +19,14 @@ pub struct Features {
     pub s1p: bool,
     /// Stage-2 translation (`IDR0.S2P`).
     pub s2p: bool,
-    /// Coherent table walks, queue and MSI accesses (`IDR0.COHACC`).
+    /// Coherent table walks, queue and MSI accesses: `IDR0.COHACC`, unless the embedder
+    /// declared otherwise ([`SmmuConfig::coherent_access`](super::SmmuConfig::coherent_access),
+    /// applied by [`with_coherent_access`](Self::with_coherent_access)). Every user of the
+    /// unit's coherency (CR1, cleaning of table and queue writes, MSI completion, the default
+    /// DMA coherency of devices) reads this value.
     pub cohacc: bool,
+    /// Where [`cohacc`](Self::cohacc) comes from: `IDR0.COHACC` or the declaration.
+    pub cohacc_source: Source,
     /// Stage-2 forced write-back (`IDR3.FWB`).
     pub fwb: bool,
     /// Range invalidation (`IDR3.RIL`).
@@ -89,6 +95,7 @@ impl Features {
             s1p: f0.contains(Idr0Flags::S1P),
             s2p: f0.contains(Idr0Flags::S2P),
             cohacc: f0.contains(Idr0Flags::COHACC),
+            cohacc_source: Source::Register("IDR0.COHACC"),
             fwb: f3.contains(Idr3Flags::FWB),
             ril: f3.contains(Idr3Flags::RIL),
             dirty: idr.idr0.httu() == Httu::AccessDirty,
@@ -112,6 +119,21 @@ impl Features {
             btm: f0.contains(Idr0Flags::BTM),
             presets: idr.idr1.flags()
                 & (Idr1Flags::TABLES_PRESET | Idr1Flags::QUEUES_PRESET | Idr1Flags::REL),
+        }
+    }
+
+    /// The features with the SMMU's own access coherency as declared (`Some((coherent,
+    /// source))`: IORT `COHACC Override`, device tree `dma-coherent` on the SMMU node), which
+    /// wins over `IDR0.COHACC` either way; unchanged for `None`.
+    #[must_use]
+    pub const fn with_coherent_access(self, declared: Option<(bool, Source)>) -> Self {
+        match declared {
+            Some((cohacc, cohacc_source)) => Self {
+                cohacc,
+                cohacc_source,
+                ..self
+            },
+            None => self,
         }
     }
 
@@ -140,7 +162,7 @@ impl Features {
         self.s1p && !self.stall_forced
     }
 
-    /// Whether table and queue writes need cleaning to memory (`IDR0.COHACC = 0`).
+    /// Whether table and queue writes need cleaning to memory (effective `COHACC` = 0).
     pub const fn coherency(&self) -> WalkerCoherency {
         if self.cohacc {
             WalkerCoherency::Coherent
@@ -226,8 +248,12 @@ impl Features {
                 enforce_snoop: facts.source,
                 dirty_tracking: Source::Register("IDR0.HTTU"),
                 nesting: Source::Register("IDR0.S1P + S2P"),
-                coherent_walk: Source::Register("IDR0.COHACC"),
-                coherent_dma: facts.coherent_dma_source(),
+                coherent_walk: self.cohacc_source,
+                // Undeclared devices follow the SMMU's coherency: name its declaration if any.
+                coherent_dma: match (facts.coherent_dma, self.cohacc_source) {
+                    (None, declared @ (Source::Firmware(_) | Source::Embedder(_))) => declared,
+                    _ => facts.coherent_dma_source(),
+                },
                 supervisor: Source::Register("IDR0.S1P"),
             },
         }

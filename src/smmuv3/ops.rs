@@ -75,7 +75,8 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         })
     }
 
-    /// Whether DMA with `facts` is coherent: as declared, else as the walker (`IDR0.COHACC`).
+    /// Whether DMA with `facts` is coherent: as declared, else as the walker (`IDR0.COHACC` or
+    /// `SmmuConfig::coherent_access`).
     pub(crate) fn dma_coherent(&self, facts: &DeviceFacts) -> bool {
         facts.coherent_dma.unwrap_or(self.features.cohacc)
     }

@@ -17,7 +17,9 @@
 //!   `IDR0.COHACC` covers the SMMU's own table walks, queues and MSIs only.
 //! - coherent DMA (IORT `CCA` = 1 with `CPM`; DT `dma-coherent`): the device's transactions
 //!   snoop when they are Write-Back Shareable, so stage-1 leaves get that type. Undeclared, the
-//!   unit follows `IDR0.COHACC`, as if the devices were as coherent as its walker.
+//!   unit follows its walker's coherency (`IDR0.COHACC`, or the declared
+//!   [`SmmuConfig::coherent_access`](super::SmmuConfig::coherent_access)), as if the devices
+//!   were as coherent as its walker.
 
 use super::{SmmuError, StreamId};
 use crate::iommu::Source;

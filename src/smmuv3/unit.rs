@@ -17,7 +17,8 @@
 //! 2. IRQ_CTRL = 0 and wait for IRQ_CTRLACK; stale GERROR bits acknowledged; then (with
 //!    `IDR0.MSI`) the `*_IRQ_CFG0` MSI addresses cleared: their reset value is UNKNOWN;
 //! 3. allocate the stream table (every STE aborts), command and event queues;
-//! 4. CR1 (cacheability of table and queue accesses, from `IDR0.COHACC`), CR2 (RECINVSID);
+//! 4. CR1 (cacheability of table and queue accesses, from `IDR0.COHACC` or the declared
+//!    [`SmmuConfig::coherent_access`]), CR2 (RECINVSID);
 //! 5. STRTAB_BASE, STRTAB_BASE_CFG; CMDQ_BASE/PROD/CONS; CR0.CMDQEN, CR0ACK;
 //! 6. CMD_CFGI_ALL, CMD_TLBI_EL2_ALL (with `IDR0.HYP`), CMD_TLBI_NSNH_ALL, CMD_SYNC;
 //! 7. EVENTQ_BASE/PROD/CONS; CR0.EVENTQEN, CR0ACK; IRQ_CTRL as configured;
@@ -123,6 +124,17 @@ pub struct SmmuConfig {
     /// must be one of `IDR5.GRAN4K/16K/64K`). Default: 4 KiB when the unit has it, else 16 KiB,
     /// else 64 KiB. Blocks above it: 2 MiB and 1 GiB, 32 MiB, 512 MiB.
     pub granule_log2: Option<u32>,
+    /// The SMMU's own access coherency (table walks, queues, MSIs) as firmware declares it,
+    /// with where the claim comes from: ACPI IORT SMMUv3 node `COHACC Override`
+    /// ([`UnitFacts::coherent_access_config`]), device tree `dma-coherent` on the SMMU node.
+    /// It wins over `IDR0.COHACC` either way (the register may not describe the integration):
+    /// it decides CR1's cacheability, whether table and queue writes are cleaned, whether MSI
+    /// completion is possible, the default DMA coherency of undeclared devices, and the
+    /// capability report's `coherent_walk` and its source. `None` (the default): follow
+    /// `IDR0.COHACC`.
+    ///
+    /// [`UnitFacts::coherent_access_config`]: crate::firmware::iort::platform::UnitFacts::coherent_access_config
+    pub coherent_access: Option<(bool, Source)>,
 }
 
 impl Default for SmmuConfig {
@@ -143,6 +155,7 @@ impl Default for SmmuConfig {
             platform: Platform::new(DeviceFacts::UNDECLARED),
             broadcast_tlb: false,
             granule_log2: None,
+            coherent_access: None,
         }
     }
 }
@@ -229,7 +242,7 @@ impl SmmuConfig {
         };
         match self.sync {
             SyncMode::Msi if !f.msi || !f.cohacc => {
-                return invalid("MSI completion needs IDR0.MSI and IDR0.COHACC")
+                return invalid("MSI completion needs IDR0.MSI and a coherent SMMU (COHACC)")
             }
             SyncMode::Sev if !f.sev => return invalid("SEV completion needs IDR0.SEV"),
             _ => {}
@@ -374,7 +387,9 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         cfg: &SmmuConfig,
     ) -> Result<(), SmmuError> {
         let idr = Idr::read(&regs);
-        let features = Features::from_idr(&idr);
+        // The declared coherency replaces IDR0.COHACC here, once: every later decision reads
+        // `features.cohacc`.
+        let features = Features::from_idr(&idr).with_coherent_access(cfg.coherent_access);
         let p = slot.as_ptr();
         // SAFETY: the caller guarantees `slot` is writable and aligned; `MaybeUninit<Resolved>`
         // has `Resolved`'s layout. The field is written only if the configuration resolves,

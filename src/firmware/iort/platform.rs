@@ -62,14 +62,27 @@ pub fn device_facts(node: Node<'_>) -> Result<DeviceFacts, Error> {
 pub struct UnitFacts {
     /// Register base (`Base Address`).
     pub base: u64,
-    /// `COHACC Override`: the SMMU's table walks, queue and MSI accesses are coherent. The
-    /// crate reads `IDR0.COHACC`; an embedder whose firmware says otherwise must trust the
-    /// firmware (the register may be wrong on an integration that is not coherent).
+    /// `COHACC Override`: the SMMU's table walks, queue and MSI accesses are coherent (clear:
+    /// they are not). Firmware is authoritative over `IDR0.COHACC` (the register may not
+    /// describe the integration): hand it to the unit with
+    /// [`coherent_access_config`](Self::coherent_access_config).
     pub coherent_access: bool,
     /// `HTTU Override`.
     pub httu: HttuOverride,
     /// Where [`coherent_access`](Self::coherent_access) comes from.
     pub source: Source,
+}
+
+impl UnitFacts {
+    /// The value for [`SmmuConfig::coherent_access`]: the node's `COHACC Override`, set or
+    /// clear, with [`SOURCE_COHACC_OVERRIDE`]. Always declared: the IORT describes the SMMU's
+    /// coherency either way, as Linux reads it (it warns when `IDR0.COHACC` disagrees and
+    /// follows the firmware).
+    ///
+    /// [`SmmuConfig::coherent_access`]: crate::smmuv3::SmmuConfig::coherent_access
+    pub const fn coherent_access_config(&self) -> Option<(bool, Source)> {
+        Some((self.coherent_access, self.source))
+    }
 }
 
 /// The facts of an SMMUv3 node.

@@ -319,6 +319,10 @@ fn platform_facts_name_the_iort_fields() {
     let unit = platform::unit_facts(&iort.smmu_v3(SMMU_BASE).unwrap().unwrap());
     assert!(unit.coherent_access);
     assert_eq!(unit.source, platform::SOURCE_COHACC_OVERRIDE);
+    assert_eq!(
+        unit.coherent_access_config(),
+        Some((true, platform::SOURCE_COHACC_OVERRIDE))
+    );
 
     // The unit's Platform: two RC ranges, the two NC StreamIDs merged into one range.
     let plat = iort.smmu_platform(p.smmu).unwrap();
