@@ -731,6 +731,14 @@ fn attach_result(r: Result<(), crate::ioasid::Error>, reason: *mut u32) -> i32 {
 /// `IE_STATUS_INCOMPATIBLE`, `*reason` (if not NULL) names the missing capability
 /// (`IeMissing`) and nothing changed.
 ///
+/// On `IE_STATUS_TIMEOUT`, `IE_STATUS_HARDWARE` or `IE_STATUS_COMMAND_ERROR` the unit may
+/// already translate the device through the new IOASID: the device counts as attached to it,
+/// *unsettled*, and both the new and the previous IOASID keep their domains and the device's
+/// direct regions. Call ie_ctx_attach() again with the same arguments to settle it (the
+/// previous IOASID is then released), or ie_ctx_detach() to tear both down; meanwhile an
+/// attach to a third IOASID and ie_ctx_free() of either return `IE_STATUS_BUSY`. Any other
+/// error changed nothing.
+///
 /// # Safety
 /// `ctx` is a live context handle; `reason` is NULL or writable.
 #[no_mangle]
@@ -747,8 +755,9 @@ pub unsafe extern "C" fn ie_ctx_attach(
     }
 }
 
-/// Attaches a (device, PASID) pair to an IOASID allocated with `IE_IOASID_FLAG_PASID`; `reason` as
-/// for ie_ctx_attach().
+/// Attaches a (device, PASID) pair to an IOASID allocated with `IE_IOASID_FLAG_PASID`; `reason`,
+/// and the unsettled state after `IE_STATUS_TIMEOUT` / `HARDWARE` / `COMMAND_ERROR` (settled by
+/// the same call again or by ie_ctx_detach_pasid()), as for ie_ctx_attach().
 ///
 /// # Safety
 /// `ctx` is a live context handle; `reason` is NULL or writable.

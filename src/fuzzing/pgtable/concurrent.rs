@@ -632,8 +632,10 @@ impl<S: Subject> Rig<'_, S> {
         }
     }
 
-    /// The entry of the leaf mapping granule `index`, found as the hardware walks.
-    fn leaf_entry(&self, index: u64) -> Option<u64> {
+    /// The entry of the leaf mapping granule `index` and the value the walk read there, found
+    /// as the hardware walks: the value is the one read once, since a split may replace the
+    /// leaf with a table entry right after.
+    fn leaf_entry(&self, index: u64) -> Option<(u64, u64)> {
         let f = self.table.format();
         let g = *f.geometry();
         let iova = self.iova_of(index);
@@ -648,7 +650,7 @@ impl<S: Subject> Rig<'_, S> {
                 table = f.table_address(raw).get();
                 continue;
             }
-            return Some(entry);
+            return Some((entry, raw));
         }
         None
     }
@@ -665,8 +667,7 @@ impl<S: Subject> Rig<'_, S> {
         let others = self.rc_events.load(Ordering::SeqCst) - w.own_events;
         let quiet = self.rc_inflight.load(Ordering::SeqCst) == 0;
         for _ in 0..DEVICE_WRITE_RETRIES {
-            let entry = self.leaf_entry(at).expect("mapped granule has a leaf");
-            let raw = self.mem.read_u64(entry).expect("leaf entry readable");
+            let (entry, raw) = self.leaf_entry(at).expect("mapped granule has a leaf");
             let written = self
                 .subject
                 .device_write(raw)
