@@ -227,6 +227,15 @@ typedef struct IeSimModel IeSimModel;
 // One IOMMU unit (a VT-d remapping unit or an SMMUv3).
 typedef struct IeUnit IeUnit;
 
+// The embedder's bridge walk: `bridge_buses(ctx, segment, bridge_rid, &secondary,
+// &subordinate)` gives the bus numbers below a PCI-to-PCI bridge and returns true, or false if
+// `bridge_rid` is not a bridge. NULL: the embedder has no bridge walk.
+typedef bool (*IeBridgeBusesFn)(void *ctx,
+                                uint16_t segment,
+                                uint16_t bridge,
+                                uint8_t *secondary,
+                                uint8_t *subordinate);
+
 // The remapping unit ie_dmar_unit_for() found.
 typedef struct {
   // The register window's base (4 KiB aligned).
@@ -540,11 +549,7 @@ int32_t ie_dmar_unit_for(const uint8_t *table,
                          size_t len,
                          uint16_t segment,
                          uint16_t rid,
-                         bool (*bridge_buses)(void *ctx,
-                                              uint16_t segment,
-                                              uint16_t bridge,
-                                              uint8_t *secondary,
-                                              uint8_t *subordinate),
+                         IeBridgeBusesFn bridge_buses,
                          void *ctx,
                          IeDmarUnit *out);
 
@@ -563,11 +568,7 @@ int32_t ie_dmar_reserved_regions(const uint8_t *table,
                                  size_t len,
                                  uint16_t segment,
                                  uint16_t rid,
-                                 bool (*bridge_buses)(void *ctx,
-                                                      uint16_t segment,
-                                                      uint16_t bridge,
-                                                      uint8_t *secondary,
-                                                      uint8_t *subordinate),
+                                 IeBridgeBusesFn bridge_buses,
                                  void *ctx,
                                  IeDirectRegion *out,
                                  uint32_t max,

@@ -29,6 +29,36 @@ pub struct IeDmarUnit {
     pub include_pci_all: bool,
 }
 
+/// The embedder's bridge walk: `bridge_buses(ctx, segment, bridge_rid, &secondary,
+/// &subordinate)` gives the bus numbers below a PCI-to-PCI bridge and returns true, or false if
+/// `bridge_rid` is not a bridge. NULL: the embedder has no bridge walk.
+pub type IeBridgeBusesFn = Option<
+    unsafe extern "C" fn(
+        ctx: *mut c_void,
+        segment: u16,
+        bridge: u16,
+        secondary: *mut u8,
+        subordinate: *mut u8,
+    ) -> bool,
+>;
+
+/// Asks the embedder's `bridge_buses` (NULL: no walk) for the buses below `bridge`.
+fn bridge_bus_range(
+    bridge_buses: IeBridgeBusesFn,
+    ctx: *mut c_void,
+    segment: u16,
+    bridge: SourceId,
+) -> Option<BusRange> {
+    let f = bridge_buses?;
+    let (mut secondary, mut subordinate) = (0u8, 0u8);
+    // SAFETY: the C contract on `bridge_buses` and `ctx` (both C entry points' `# Safety`); the
+    // out-pointers are ours.
+    unsafe { f(ctx, segment, bridge.get(), &mut secondary, &mut subordinate) }.then_some(BusRange {
+        secondary,
+        subordinate,
+    })
+}
+
 /// Finds in the ACPI DMAR table `table` (`len` bytes, header included, as `acpi_get_table`
 /// returns it) the remapping unit that covers PCI requester `rid` on `segment`: the DRHD whose
 /// device scope names it or a bridge above it, else the segment's INCLUDE_PCI_ALL DRHD.
@@ -50,15 +80,7 @@ pub unsafe extern "C" fn ie_dmar_unit_for(
     len: usize,
     segment: u16,
     rid: u16,
-    bridge_buses: Option<
-        unsafe extern "C" fn(
-            ctx: *mut c_void,
-            segment: u16,
-            bridge: u16,
-            secondary: *mut u8,
-            subordinate: *mut u8,
-        ) -> bool,
-    >,
+    bridge_buses: IeBridgeBusesFn,
     ctx: *mut c_void,
     out: *mut IeDmarUnit,
 ) -> i32 {
@@ -69,17 +91,7 @@ pub unsafe extern "C" fn ie_dmar_unit_for(
         // SAFETY: the C contract: `len` readable bytes at `table`.
         let bytes = unsafe { core::slice::from_raw_parts(table, len) };
         let dmar = Dmar::parse(bytes).map_err(|_| IeStatus::InvalidArgument)?;
-        let buses = |seg: u16, bridge: SourceId| -> Option<BusRange> {
-            let f = bridge_buses?;
-            let (mut secondary, mut subordinate) = (0u8, 0u8);
-            // SAFETY: the C contract on `bridge_buses` and `ctx`; the out-pointers are ours.
-            unsafe { f(ctx, seg, bridge.get(), &mut secondary, &mut subordinate) }.then_some(
-                BusRange {
-                    secondary,
-                    subordinate,
-                },
-            )
-        };
+        let buses = |seg: u16, bridge: SourceId| bridge_bus_range(bridge_buses, ctx, seg, bridge);
         let unit = dmar
             .unit_for(segment, SourceId::new(rid), &buses)
             .map_err(|_| IeStatus::InvalidArgument)?
@@ -117,15 +129,7 @@ pub unsafe extern "C" fn ie_dmar_reserved_regions(
     len: usize,
     segment: u16,
     rid: u16,
-    bridge_buses: Option<
-        unsafe extern "C" fn(
-            ctx: *mut c_void,
-            segment: u16,
-            bridge: u16,
-            secondary: *mut u8,
-            subordinate: *mut u8,
-        ) -> bool,
-    >,
+    bridge_buses: IeBridgeBusesFn,
     ctx: *mut c_void,
     out: *mut IeDirectRegion,
     max: u32,
@@ -138,17 +142,7 @@ pub unsafe extern "C" fn ie_dmar_reserved_regions(
         // SAFETY: the C contract: `len` readable bytes at `table`.
         let bytes = unsafe { core::slice::from_raw_parts(table, len) };
         let dmar = Dmar::parse(bytes).map_err(|_| IeStatus::InvalidArgument)?;
-        let buses = |seg: u16, bridge: SourceId| -> Option<BusRange> {
-            let f = bridge_buses?;
-            let (mut secondary, mut subordinate) = (0u8, 0u8);
-            // SAFETY: the C contract on `bridge_buses` and `ctx`; the out-pointers are ours.
-            unsafe { f(ctx, seg, bridge.get(), &mut secondary, &mut subordinate) }.then_some(
-                BusRange {
-                    secondary,
-                    subordinate,
-                },
-            )
-        };
+        let buses = |seg: u16, bridge: SourceId| bridge_bus_range(bridge_buses, ctx, seg, bridge);
         let requester = SourceId::new(rid);
         // Checked whole first, so that nothing is written for a table with a bad region.
         for region in dmar.reserved_regions(segment, requester, &buses) {
