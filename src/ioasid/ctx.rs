@@ -104,6 +104,33 @@ impl<'a, A: PageAllocator> Ioasid<'a, A> {
             direct: [None; MAX_DIRECT_PER_IOASID],
         }
     }
+
+    /// The first mapping the record holds in `[start, end)`, whole (it may reach outside).
+    pub(super) fn first_mapping_in(
+        &self,
+        start: u64,
+        end: u64,
+    ) -> Result<Option<IovaRange>, crate::pgtable::Error> {
+        let mut mapped = None;
+        let len = end.saturating_sub(start);
+        self.record.for_each_mapping(Iova::new(start), len, |l| {
+            mapped = mapped.or(Some(IovaRange {
+                start: l.iova,
+                end: Iova::new(l.iova.get().saturating_add(1u64 << l.size_log2)),
+            }));
+        })?;
+        Ok(mapped)
+    }
+
+    /// The IOVA reservation overlapping `[start, end)`, if any.
+    pub(super) fn reservation_overlapping(&self, start: u64, end: u64) -> Option<IovaRange> {
+        self.reservations
+            .lock()
+            .iter()
+            .flatten()
+            .copied()
+            .find(|v| super::overlaps(v, start, end))
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -583,25 +610,10 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
         for (slot, io) in st.ioasids.iter().enumerate() {
             let Some(io) = io else { continue };
             let ioasid = IoasidId(slot as u16);
-            let mut mapped = None;
-            let len = end.saturating_sub(start);
-            io.record.for_each_mapping(range.start, len, |l| {
-                mapped = mapped.or(Some(IovaRange {
-                    start: l.iova,
-                    end: Iova::new(l.iova.get().saturating_add(1u64 << l.size_log2)),
-                }));
-            })?;
-            if let Some(range) = mapped {
+            if let Some(range) = io.first_mapping_in(start, end)? {
                 return Ok(Some(InUse::Mapping { ioasid, range }));
             }
-            let reservation = io
-                .reservations
-                .lock()
-                .iter()
-                .flatten()
-                .copied()
-                .find(|v| super::overlaps(v, start, end));
-            if let Some(range) = reservation {
+            if let Some(range) = io.reservation_overlapping(start, end) {
                 return Ok(Some(InUse::IovaReservation { ioasid, range }));
             }
         }

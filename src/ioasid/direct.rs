@@ -251,20 +251,8 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
                 continue;
             }
             new += 1;
-            let mut mapped = None;
-            io.record.for_each_mapping(r.range.start, r.len(), |l| {
-                mapped = mapped.or(Some(IovaRange {
-                    start: l.iova,
-                    end: Iova::new(l.iova.get() + (1u64 << l.size_log2)),
-                }));
-            })?;
-            let reservation = io
-                .reservations
-                .lock()
-                .iter()
-                .flatten()
-                .copied()
-                .find(|v| super::overlaps(v, start, end));
+            let mapped = io.first_mapping_in(start, end)?;
+            let reservation = io.reservation_overlapping(start, end);
             let unit_reserved = self
                 .unit(dev.label.unit)?
                 .reserved_regions()
