@@ -574,6 +574,24 @@ int32_t ie_dmar_reserved_regions(const uint8_t *table,
                                  uint32_t max,
                                  uint32_t *count);
 
+// iommufd `IOMMU_OPTION_HUGE_PAGES`: `enabled` false limits every hardware domain of the
+// IOASID to 4 KiB pages (a unit whose granule is larger uses its granule), true (the
+// default) lifts the limit. `IE_STATUS_BUSY` if the IOASID has both a hardware domain (an
+// attached device) and a mapping, as iommufd refuses; `IE_STATUS_UNSUPPORTED` from a unit
+// that cannot limit its pages. Nothing changed after an error.
+//
+// # Safety
+// `ctx` is a live context handle.
+int32_t ie_ctx_set_huge_pages(IeCtx *ctx, uint32_t ioasid, bool enabled);
+
+// The page-size limit of the IOASID: `*max_log2` (not NULL) is the log2 of the largest page
+// its domains map, or 64 when there is no limit (iommufd `IOMMU_OPTION_OP_GET` of
+// `HUGE_PAGES` is `*max_log2 == 64`).
+//
+// # Safety
+// `ctx` is a live context handle; `max_log2` is writable.
+int32_t ie_ctx_max_page_log2(IeCtx *ctx, uint32_t ioasid, uint32_t *max_log2);
+
 // Creates a registry over `n_units` units (at most 8), each numbered by its position, with
 // PASIDs of `pasid_bits` bits (the narrowest of the system's units and devices). The units
 // cannot be destroyed while the registry exists.

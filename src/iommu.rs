@@ -552,6 +552,22 @@ pub trait Iommu: Sync {
     /// [`Error::InvalidDomain`].
     fn domain_geometry(&self, domain: DomainHandle) -> Result<(u32, u64), Error>;
 
+    /// Limits the pages later [`map`](Self::map) calls write into `domain` to at most
+    /// `2^max` bytes each ([`PageTable::set_max_leaf_log2`]: no larger block, no longer
+    /// contiguous-hint run; granule-sized pages whatever `max` is below the granule); `None`
+    /// lifts the limit. What is mapped already keeps its pages. iommufd's
+    /// `IOMMU_OPTION_HUGE_PAGES` off is `Some(12)`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidDomain`]; this default, for units that cannot limit their pages:
+    /// [`Error::Unsupported`] ([`Missing::Mode`] `"page-size limit"`).
+    fn set_max_page_log2(&self, domain: DomainHandle, max: Option<u32>) -> Result<(), Error> {
+        let _ = (domain, max);
+        Err(Error::Unsupported(Missing::Mode {
+            what: "page-size limit",
+        }))
+    }
+
     /// Destroys a domain with no device attached: its tag is invalidated and freed, its pages
     /// returned after the invalidation completed.
     ///

@@ -36,7 +36,7 @@ pub(super) struct RegistryObj {
 pub(super) struct CtxObj {
     // Declared first so that grants (which borrow `ctx`) drop before it.
     grants: spin::Mutex<[Option<IncoherentDmaGrant<'static>>; MAX_DEVICES]>,
-    ctx: IoasidCtx<'static, 'static, CEnv>,
+    pub(super) ctx: IoasidCtx<'static, 'static, CEnv>,
     registry: NonNull<Obj<RegistryObj>>,
 }
 
@@ -69,13 +69,13 @@ fn registry_obj<'h>(r: *mut IeRegistry) -> Result<&'h Obj<RegistryObj>, IeStatus
     unsafe { handle(r.cast::<Obj<RegistryObj>>()) }
 }
 
-fn ctx_obj<'h>(c: *mut IeCtx) -> Result<&'h Obj<CtxObj>, IeStatus> {
+pub(super) fn ctx_obj<'h>(c: *mut IeCtx) -> Result<&'h Obj<CtxObj>, IeStatus> {
     // SAFETY: the C contract: `c` is NULL or a live context handle.
     unsafe { handle(c.cast::<Obj<CtxObj>>()) }
 }
 
 /// Writes `v` through a C out-pointer.
-fn put<T>(out: *mut T, v: T) -> Result<(), IeStatus> {
+pub(super) fn put<T>(out: *mut T, v: T) -> Result<(), IeStatus> {
     // SAFETY: the C contract: `out` is NULL or valid for a write of `T`.
     let out = unsafe { out.as_mut() }.ok_or(IeStatus::InvalidArgument)?;
     *out = v;
@@ -257,12 +257,12 @@ pub unsafe extern "C" fn ie_ctx_destroy(ctx: *mut IeCtx) -> i32 {
     })())
 }
 
-fn device(ctx: *mut IeCtx, d: u32) -> Result<DeviceHandle, IeStatus> {
+pub(super) fn device(ctx: *mut IeCtx, d: u32) -> Result<DeviceHandle, IeStatus> {
     let slot = u16::try_from(d).map_err(|_| IeStatus::NotFound)?;
     Ok(ctx_obj(ctx)?.value.ctx.device_handle(slot))
 }
 
-fn ioasid(i: u32) -> Result<IoasidId, IeStatus> {
+pub(super) fn ioasid(i: u32) -> Result<IoasidId, IeStatus> {
     u16::try_from(i)
         .map(IoasidId)
         .map_err(|_| IeStatus::NotFound)

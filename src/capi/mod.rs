@@ -25,6 +25,7 @@
 
 mod env;
 mod firmware;
+mod ioas;
 mod ioasid;
 mod object;
 #[cfg(feature = "sim")]
@@ -36,6 +37,7 @@ mod unit;
 
 pub use env::{CEnv, CRegs, IeEnv, IeRegs};
 pub use firmware::*;
+pub use ioas::*;
 pub use ioasid::*;
 #[cfg(feature = "sim")]
 pub use sim::*;

@@ -425,7 +425,14 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         let handle = unit
             .domain_alloc(&cfg)
             .map_err(|e| incompatible(device, e))?;
-        if let Err(e) = fill_domain(unit, handle, io, device) {
+        // The IOASID's page-size policy before anything is mapped (`page_size.rs`).
+        let limited = match io.max_page_log2 {
+            Some(max) => unit
+                .set_max_page_log2(handle, Some(max))
+                .map_err(|e| incompatible(device, e)),
+            None => Ok(()),
+        };
+        if let Err(e) = limited.and_then(|()| fill_domain(unit, handle, io, device)) {
             // Nothing points at the new domain, but freeing it waits for the invalidation of
             // its tag (a caching-mode map may have cached entries), which may fail like the
             // fill did: the domain is then parked, and freed again later.

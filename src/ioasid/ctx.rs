@@ -87,6 +87,9 @@ pub(super) struct Ioasid<'a, A: PageAllocator> {
     pub(super) reclaim: ReclaimLog,
     /// Attached devices' direct regions mapped here, reserved against `map` and `unmap`.
     pub(super) direct: [Option<DirectMapping>; MAX_DIRECT_PER_IOASID],
+    /// The page-size policy of every domain behind the IOASID (`page_size.rs`): log2 of the
+    /// largest page a map may write, `None` for no limit.
+    pub(super) max_page_log2: Option<u32>,
 }
 
 impl<'a, A: PageAllocator> Ioasid<'a, A> {
@@ -102,6 +105,7 @@ impl<'a, A: PageAllocator> Ioasid<'a, A> {
             pending: Pending::new(),
             reclaim: ReclaimLog::new(),
             direct: [None; MAX_DIRECT_PER_IOASID],
+            max_page_log2: None,
         }
     }
 

@@ -58,7 +58,7 @@
 //! | `IOMMU_HWPT_GET_DIRTY_BITMAP` | [`IoasidCtx::read_and_clear_dirty`]: a callback, always clearing | bitmap, `NO_CLEAR` (item 2) |
 //! | `IOMMU_HWPT_INVALIDATE` | none | item 1 |
 //! | `IOMMU_GET_HW_INFO` | [`IoasidCtx::device_info`]: capabilities and where each claim comes from, not the raw VT-d `CAP`/`ECAP` or SMMUv3 `IDR` registers | |
-//! | `IOMMU_OPTION` (`HUGE_PAGES`) | none: the engine uses the largest page alignment allows | item 6 |
+//! | `IOMMU_OPTION` (`HUGE_PAGES`) | [`IoasidCtx::set_huge_pages`] (off: 4 KiB pages only, or the unit's granule), [`IoasidCtx::set_max_page_log2`] (any largest page), per IOASID; changing it with both a domain and a mapping is [`Error::Busy`] (iommufd `EINVAL`); C: `ie_ctx_set_huge_pages` (`option_huge_pages_off_maps_only_4k`) | no per-map limit |
 //! | `IOMMU_OPTION` (`RLIMIT_MODE`) | none: nothing is pinned | out of scope |
 //! | `VFIO_DEVICE_ATTACH_IOMMUFD_PT` (attach, replace) | [`IoasidCtx::attach`] (replaces, see above); with a PASID: [`IoasidCtx::attach_pasid`] | |
 //! | `VFIO_DEVICE_DETACH_IOMMUFD_PT` | [`IoasidCtx::detach`], [`IoasidCtx::detach_pasid`] | |
@@ -80,6 +80,7 @@ mod audit;
 mod ctx;
 mod direct;
 mod map;
+mod page_size;
 mod pasid;
 mod pending;
 mod reclaim;
@@ -91,6 +92,7 @@ mod tests;
 
 pub use ctx::{DeviceInfo, IncoherentDmaGrant, IoasidCtx, BIND_HINTS, NO_HINTS, NO_SNOOP_DECLARED};
 pub use direct::{DirectRegion, MAX_DIRECT_PER_IOASID, MAX_DIRECT_REGIONS};
+pub use page_size::SMALL_PAGE_LOG2;
 pub use pasid::PasidAllocator;
 pub use reclaim::{reclaim_slack, IoasidPages, UnitPages, RECLAIM_BATCH};
 pub use record::RECORD_IAS;

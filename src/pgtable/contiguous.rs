@@ -35,7 +35,11 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         if n_log2 == 0 {
             return 1;
         }
-        let run = 1u64 << (self.geometry().level_shift(level) + n_log2);
+        let run_log2 = self.geometry().level_shift(level) + n_log2;
+        if !self.within_leaf_limit(level, run_log2) {
+            return 1;
+        }
+        let run = 1u64 << run_log2;
         if (iova | pa) & (run - 1) != 0 || left < run {
             return 1;
         }

@@ -48,6 +48,13 @@ pub struct PageTable<F: Format, A: PageAllocator> {
     split: SplitPolicy,
     /// `format.contiguous_log2(0)`, read once: the leaf-table paths consult it on every call.
     leaf_run_log2: u32,
+    /// Log2 of the largest translation `map` may write: a leaf above level 0, or a run of
+    /// leaves under the contiguous hint, spanning more is not written (`u32::MAX`: no limit).
+    /// See [`PageTable::set_max_leaf_log2`].
+    max_leaf_log2: u32,
+    /// `leaf_run_log2` if a hinted run of level-0 leaves fits `max_leaf_log2`, else 0: the
+    /// runs `map` writes (unmap still meets the runs earlier maps wrote, by `leaf_run_log2`).
+    map_run_log2: u32,
 }
 
 // SAFETY: the table's memory is only accessed through atomics, and the page pointers are owned
@@ -123,6 +130,8 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
             coherency,
             split: SplitPolicy::default(),
             leaf_run_log2,
+            max_leaf_log2: u32::MAX,
+            map_run_log2: leaf_run_log2,
         })
     }
 
@@ -155,6 +164,38 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     /// Sets what `unmap` does when it would cut a larger page.
     pub fn set_split_policy(&mut self, split: SplitPolicy) {
         self.split = split;
+    }
+
+    /// The page-size policy of `map`: the log2 of the largest translation it may write, or
+    /// `None` (the default) for the largest that alignment, length and the geometry's page
+    /// sizes allow.
+    pub fn max_leaf_log2(&self) -> Option<u32> {
+        (self.max_leaf_log2 != u32::MAX).then_some(self.max_leaf_log2)
+    }
+
+    /// Limits the translations later `map` calls write to at most `2^max` bytes each (iommufd's
+    /// `IOMMU_OPTION_HUGE_PAGES` off is `Some` of the granule): no leaf above level 0 that
+    /// spans more, and no run of leaves under the contiguous hint (Arm) that spans more (a TLB
+    /// may hold a hinted run as one entry). Level-0 leaves are always allowed, so a limit below
+    /// the granule means "granule-sized pages only". `None` lifts the limit. The same for every
+    /// format: it narrows which levels may hold leaves, as the geometry's page sizes do.
+    ///
+    /// Mappings already made keep their pages; `unmap` splits them as before.
+    pub fn set_max_leaf_log2(&mut self, max: Option<u32>) {
+        self.max_leaf_log2 = max.unwrap_or(u32::MAX);
+        let run_log2 = self.geo().granule_log2 + self.leaf_run_log2;
+        self.map_run_log2 = if self.leaf_run_log2 != 0 && run_log2 <= self.max_leaf_log2 {
+            self.leaf_run_log2
+        } else {
+            0
+        };
+    }
+
+    /// Whether `map` may write a translation of `2^size_log2` bytes at `level` (a leaf, or a
+    /// hinted run of leaves): level 0's single leaves always, others within the limit.
+    #[inline]
+    pub(super) fn within_leaf_limit(&self, level: u32, size_log2: u32) -> bool {
+        size_log2 <= self.max_leaf_log2 || (level == 0 && size_log2 == self.geo().granule_log2)
     }
 
     /// The format's geometry: validated in `new`, and the same on every call (a requirement of
@@ -235,7 +276,10 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     fn leaf_fits(&self, level: u32, iova: u64, pa: u64, len: u64) -> bool {
         let shift = self.geo().level_shift(level);
         let mask = (1u64 << shift) - 1;
-        self.geo().leaf_allowed(level) && (iova | pa) & mask == 0 && len > mask
+        self.geo().leaf_allowed(level)
+            && (iova | pa) & mask == 0
+            && len > mask
+            && self.within_leaf_limit(level, shift)
     }
 
     // ---------------------------------------------------------------------------------------
@@ -364,7 +408,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     /// Runs are aligned inside a table, so they never reach past `t`.
     #[inline(always)]
     fn hinted_runs(&self, first: usize, n: usize, iova: u64, pa: u64) -> (usize, usize) {
-        let r_log2 = self.leaf_run_log2;
+        let r_log2 = self.map_run_log2;
         if r_log2 == 0 {
             return (0, 0);
         }

@@ -617,3 +617,105 @@ fn hinted_leaf_table_calls_descend_once() {
     assert_eq!(t.query(iova(base + 4 * run)).unwrap().pa, pa(G1 + 4 * run));
     assert!(arena.bad_frees().is_empty());
 }
+
+/// Map a 2 MiB-aligned 2 MiB range with page-size limit `max` in `t` (a fresh table of a
+/// 4 KiB-granule format with 2 MiB blocks); returns (leaves, hinted leaves, table pages).
+fn leaves_under_limit<F: Format>(
+    mut t: PageTable<F, TestAlloc>,
+    max: Option<u32>,
+) -> (usize, usize, usize) {
+    t.set_max_leaf_log2(max);
+    assert_eq!(t.max_leaf_log2(), max);
+    let base = 0x4000_0000;
+    t.map(iova(base), pa(2 * G1), M2, RW).unwrap();
+    let (mut leaves, mut hinted) = (0, 0);
+    let top = t.geometry().top_level();
+    let bit = t.format().contiguous_bit();
+    t.visit(t.root_table(), top, base, M2, &mut |_, leaf, raw| {
+        assert_eq!(leaf.pa.get() - 2 * G1, leaf.iova.get() - base);
+        if max.is_some_and(|m| m <= 12) {
+            assert_eq!(leaf.size_log2, 12);
+        }
+        leaves += 1;
+        hinted += usize::from(bit != 0 && raw & bit != 0);
+        Ok(())
+    })
+    .unwrap();
+    (leaves, hinted, t.allocator().stats().live_pages)
+}
+
+/// iommufd `IOMMU_OPTION_HUGE_PAGES` off, in the engine: a page-size limit of 4 KiB makes
+/// every format write 512 level-0 leaves for a 2 MiB-aligned 2 MiB map (one more table page:
+/// the leaf table), with no contiguous hint on the Arm formats (a hinted run is a 64 KiB
+/// translation); 64 KiB allows the hinted runs but no block; no limit, one block.
+#[test]
+fn option_huge_pages_off_maps_only_4k() {
+    use super::arm_s1::{ArmS1, ArmS1Config};
+    use super::vtd_fs::{VtdFs, VtdFsConfig};
+    fn new<F: Format>(f: F) -> PageTable<F, TestAlloc> {
+        PageTable::new(f, test_alloc(), WalkerCoherency::Coherent).unwrap()
+    }
+    let s2 = || {
+        ArmS2::new(ArmS2Config {
+            granule_log2: 12,
+            ias: 48,
+            oas: 48,
+            blocks: true,
+            attributes: S2Attributes::WriteBack,
+            dirty_tracking: false,
+            bbml2: true,
+        })
+        .unwrap()
+    };
+    let s1 = || {
+        ArmS1::new(ArmS1Config {
+            granule_log2: 12,
+            ias: 48,
+            oas: 48,
+            blocks: true,
+            coherent: true,
+            dirty_tracking: false,
+            bbml2: true,
+        })
+        .unwrap()
+    };
+    let fs = || {
+        VtdFs::new(VtdFsConfig {
+            levels: 4,
+            haw: 46,
+            page_1g: true,
+            execute_disable: true,
+            dirty_tracking: false,
+        })
+        .unwrap()
+    };
+    // Root, level 2 and level 1 tables; the limit adds the leaf table.
+    assert_eq!(leaves_under_limit(vtd(48), None), (1, 0, 3));
+    assert_eq!(leaves_under_limit(vtd(48), Some(12)), (512, 0, 4));
+    assert_eq!(leaves_under_limit(new(s2()), Some(16)), (512, 512, 4));
+    if cfg!(miri) {
+        // One format with the hint and one without are enough to check the memory accesses.
+        return;
+    }
+    assert_eq!(leaves_under_limit(new(fs()), None), (1, 0, 3));
+    assert_eq!(leaves_under_limit(new(fs()), Some(12)), (512, 0, 4));
+    for limit_below_granule in [Some(0), Some(11)] {
+        assert_eq!(
+            leaves_under_limit(vtd(48), limit_below_granule),
+            (512, 0, 4)
+        );
+    }
+    assert_eq!(leaves_under_limit(new(s2()), None), (1, 0, 3));
+    assert_eq!(leaves_under_limit(new(s2()), Some(12)), (512, 0, 4));
+    assert_eq!(leaves_under_limit(new(s1()), None), (1, 0, 3));
+    assert_eq!(leaves_under_limit(new(s1()), Some(12)), (512, 0, 4));
+    assert_eq!(leaves_under_limit(new(s1()), Some(20)), (512, 512, 4));
+    // Lifting the limit: the next map uses blocks again; the small pages stay.
+    let mut t = vtd(48);
+    t.set_max_leaf_log2(Some(12));
+    t.map(iova(0), pa(G1), M2, RW).unwrap();
+    t.set_max_leaf_log2(None);
+    t.map(iova(M2), pa(G1 + M2), M2, RW).unwrap();
+    assert_eq!(t.query(iova(0)).unwrap().size_log2, 12);
+    assert_eq!(t.query(iova(M2)).unwrap().size_log2, 21);
+}

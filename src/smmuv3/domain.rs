@@ -299,6 +299,11 @@ impl<A: PageAllocator> Domain<A> {
         ))
     }
 
+    /// Limits the pages later maps write ([`crate::pgtable::PageTable::set_max_leaf_log2`]).
+    pub(crate) fn set_max_leaf_log2(&mut self, max: Option<u32>) {
+        with_table!(&mut self.table, t => t.set_max_leaf_log2(max));
+    }
+
     /// The geometry of the table.
     pub(crate) fn geometry(&self) -> &Geometry {
         with_table!(&self.table, t => t.geometry())

@@ -597,6 +597,14 @@ where
         self.free_domain(domain)
     }
 
+    fn set_max_page_log2(&self, domain: DomainHandle, max: Option<u32>) -> Result<(), Error> {
+        // The write lock waits for maps in flight: each map sees one policy throughout.
+        let mut guard = self.slot(domain)?.write();
+        let d = guard.as_mut().ok_or(Error::InvalidDomain(domain))?;
+        d.set_max_leaf_log2(max);
+        Ok(())
+    }
+
     fn map(
         &self,
         domain: DomainHandle,

@@ -12,6 +12,7 @@ mod direct;
 mod fault_matrix;
 mod faults;
 mod granule;
+mod iommufd17;
 mod lifecycle;
 mod pasid_grant;
 mod reclaim;

@@ -124,6 +124,14 @@ where
         self.with_domain(domain, |d| (d.input_bits, d.geometry().page_sizes))
     }
 
+    fn set_max_page_log2(&self, domain: DomainHandle, max: Option<u32>) -> Result<(), Error> {
+        // The write lock waits for maps in flight: each map sees one policy throughout.
+        let mut guard = self.domain_lock(domain)?.write();
+        let d = guard.as_mut().ok_or(Error::InvalidDomain(domain))?;
+        with_table!(&mut d.table, t => t.set_max_leaf_log2(max));
+        Ok(())
+    }
+
     fn domain_free(&self, domain: DomainHandle) -> Result<(), Error> {
         let slot = self.slot(domain)?;
         let cfg = self.config.lock();
