@@ -127,6 +127,7 @@
 #[cfg(feature = "std")]
 extern crate std;
 
+pub mod amdvi;
 mod barrier;
 #[cfg(feature = "capi")]
 pub mod capi;

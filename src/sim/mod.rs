@@ -15,6 +15,8 @@
 //!   translation, fault recording, fault injection).
 //! - [`walk`]: one reference walker per table format: VT-d second stage and first stage, Arm
 //!   VMSAv8-64 stage 2 and stage 1. Each offers `translate`, `walk_all` and `table_pages`.
+//! - [`amdvi`]: a behavioural model of an AMD-Vi unit (registers, command buffer, event log,
+//!   device table cache, IOTLB and page-directory cache, v1 walks, fault injection).
 //! - [`smmuv3`]: a behavioural model of an Arm SMMUv3 (registers, command consumer, STE/CD
 //!   caches, TLB and walk cache, stage 1 / stage 2 / nested translation through the walkers,
 //!   event queue, fault injection) that the `smmuv3` driver is tested against.
@@ -33,6 +35,7 @@
 //!   stage 1 over stage 2, reading stage-1 tables through stage 2).
 //! - Each walker's own `//!` documentation lists the features of its format it leaves out.
 
+pub mod amdvi;
 pub mod arena;
 pub mod smmuv3;
 pub mod vtd;

@@ -1,0 +1,312 @@
+//! Command buffer entries: AMD I/O Virtualization Technology (IOMMU) Specification, document
+//! 48882, revision 3.x, §2.4 "Commands": COMPLETION_WAIT, INVALIDATE_DEVTAB_ENTRY,
+//! INVALIDATE_IOMMU_PAGES, INVALIDATE_IOTLB_PAGES, INVALIDATE_INTERRUPT_TABLE and
+//! INVALIDATE_IOMMU_ALL.
+//!
+//! Every command is 128 bits; the opcode is bits 63:60 of the first quadword (bits 31:28 of its
+//! second doubleword). The address of the two page invalidations is encoded with the `S` bit
+//! ([`InvalidationRange`]): clear, one 4 KiB page; set, the lowest clear address bit from bit
+//! 12 up gives the size: a naturally aligned block of 2^(n+1) bytes when bits 12..n are set and
+//! bit n is clear, so that the whole address space is bit 63 clear and bits 62:12 set.
+//!
+//! Layouts checked against QEMU `hw/i386/amd_iommu.c` (`amdvi_cmdbuf_exec` and the handlers it
+//! calls) and Linux `drivers/iommu/amd/iommu.c` (`build_*` helpers), facts only.
+
+use crate::iommu::Pasid;
+use crate::mem::{Iova, PhysAddr, PAGE_SHIFT_4K};
+
+/// `COMPLETION_WAIT`.
+pub const OPCODE_COMPLETION_WAIT: u8 = 0x1;
+/// `INVALIDATE_DEVTAB_ENTRY`.
+pub const OPCODE_INVALIDATE_DEVTAB_ENTRY: u8 = 0x2;
+/// `INVALIDATE_IOMMU_PAGES`.
+pub const OPCODE_INVALIDATE_IOMMU_PAGES: u8 = 0x3;
+/// `INVALIDATE_IOTLB_PAGES`.
+pub const OPCODE_INVALIDATE_IOTLB_PAGES: u8 = 0x4;
+/// `INVALIDATE_INTERRUPT_TABLE`.
+pub const OPCODE_INVALIDATE_INTERRUPT_TABLE: u8 = 0x5;
+/// `INVALIDATE_IOMMU_ALL` (needs EFR `IASup`).
+pub const OPCODE_INVALIDATE_IOMMU_ALL: u8 = 0x8;
+
+/// COMPLETION_WAIT `S`: store `Store Data` at `Store Address` when every earlier command
+/// completed.
+const COMPLETION_WAIT_S: u64 = 1 << 0;
+/// COMPLETION_WAIT `I`: set `Status.ComWaitInt` (and interrupt under `ComWaitIntEn`).
+const COMPLETION_WAIT_I: u64 = 1 << 1;
+/// `S` of the page invalidations (second quadword bit 0).
+const INV_S: u64 = 1 << 0;
+/// `PDE` of INVALIDATE_IOMMU_PAGES: the page directory entries (walk caches) too.
+const INV_PDE: u64 = 1 << 1;
+/// `GN`: the address is a guest (PASID) address.
+const INV_GN: u64 = 1 << 2;
+/// The address bits of the second quadword, 63:12.
+const INV_ADDRESS_MASK: u64 = !0xFFF;
+/// The address of "every page": bit 63 clear, bits 62:12 set, with `S`.
+pub const ALL_PAGES_ADDRESS: u64 = 0x7FFF_FFFF_FFFF_F000;
+
+/// One 128-bit command, as the unit reads it from the buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Command(pub [u64; 2]);
+
+/// What a page invalidation covers, as the `S` bit and the address encode it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InvalidationRange {
+    /// The 4 KiB page at this address (`S` clear).
+    Page(Iova),
+    /// The naturally aligned block of `2^size_log2` bytes (13..=63) at `base`.
+    Block {
+        /// First address, aligned to the block.
+        base: Iova,
+        /// Log2 of the block's size.
+        size_log2: u32,
+    },
+    /// The whole address space.
+    All,
+}
+
+impl InvalidationRange {
+    /// The smallest range that covers `[start, end)` (`end > start`): over-invalidation is
+    /// always correct, and one command is the fewest.
+    pub fn covering(start: u64, end: u64) -> Self {
+        let first = start >> PAGE_SHIFT_4K;
+        let last = end.saturating_sub(1).max(start) >> PAGE_SHIFT_4K;
+        // Pages in the block: 2^k where k is one past the highest bit first and last differ in.
+        let k = u64::BITS - (first ^ last).leading_zeros();
+        if k == 0 {
+            return InvalidationRange::Page(Iova::new(first << PAGE_SHIFT_4K));
+        }
+        let size_log2 = PAGE_SHIFT_4K + k;
+        if size_log2 >= 64 {
+            return InvalidationRange::All;
+        }
+        let base = (start >> size_log2) << size_log2;
+        InvalidationRange::Block {
+            base: Iova::new(base),
+            size_log2,
+        }
+    }
+
+    /// The address field and the `S` bit.
+    pub const fn encode(self) -> (u64, bool) {
+        match self {
+            InvalidationRange::Page(a) => (a.get() & INV_ADDRESS_MASK, false),
+            InvalidationRange::Block { base, size_log2 } => {
+                // Bits 12..size_log2-2 set, bit size_log2-1 clear.
+                let ones = (1u64 << (size_log2 - 1)) - 1;
+                ((base.get() | ones) & INV_ADDRESS_MASK, true)
+            }
+            InvalidationRange::All => (ALL_PAGES_ADDRESS, true),
+        }
+    }
+
+    /// What an `S`-encoded address covers: `(first, log2 size)` (the inverse of
+    /// [`encode`](Self::encode), for models and logs).
+    pub const fn decode(address: u64, s: bool) -> (u64, u32) {
+        let address = address & INV_ADDRESS_MASK;
+        if !s {
+            return (address, PAGE_SHIFT_4K);
+        }
+        // The lowest clear bit from 12 up; none clear below 64 means everything.
+        let n = (address | 0xFFF).trailing_ones();
+        let size_log2 = n + 1;
+        if size_log2 >= 64 {
+            return (0, 64);
+        }
+        (address & !((1u64 << size_log2) - 1), size_log2)
+    }
+}
+
+const fn op(opcode: u8) -> u64 {
+    (opcode as u64) << 60
+}
+
+impl Command {
+    /// The opcode, bits 63:60.
+    pub const fn opcode(self) -> u8 {
+        (self.0[0] >> 60) as u8
+    }
+
+    /// `COMPLETION_WAIT`: stores `data` at `store` (8-byte aligned, below 2^52) once every
+    /// earlier command completed, and/or sets `ComWaitInt` (`interrupt`).
+    pub const fn completion_wait(store: Option<(PhysAddr, u64)>, interrupt: bool) -> Self {
+        let i = if interrupt { COMPLETION_WAIT_I } else { 0 };
+        match store {
+            Some((pa, data)) => Self([
+                op(OPCODE_COMPLETION_WAIT)
+                    | (pa.get() & 0x000F_FFFF_FFFF_FFF8)
+                    | COMPLETION_WAIT_S
+                    | i,
+                data,
+            ]),
+            None => Self([op(OPCODE_COMPLETION_WAIT) | i, 0]),
+        }
+    }
+
+    /// `INVALIDATE_DEVTAB_ENTRY` for `device_id`.
+    pub const fn invalidate_devtab_entry(device_id: u16) -> Self {
+        Self([op(OPCODE_INVALIDATE_DEVTAB_ENTRY) | device_id as u64, 0])
+    }
+
+    /// `INVALIDATE_IOMMU_PAGES` of `domain_id` (and `pasid`: `GN` set, guest addresses), over
+    /// `range`; `pde` also drops cached page directory entries (needed whenever a table was
+    /// unlinked or replaced).
+    pub const fn invalidate_iommu_pages(
+        domain_id: u16,
+        pasid: Option<Pasid>,
+        range: InvalidationRange,
+        pde: bool,
+    ) -> Self {
+        let (address, s) = range.encode();
+        let (pasid_field, gn) = match pasid {
+            Some(p) => (p.get() as u64, INV_GN),
+            None => (0, 0),
+        };
+        let mut q1 = address | gn;
+        if s {
+            q1 |= INV_S;
+        }
+        if pde {
+            q1 |= INV_PDE;
+        }
+        Self([
+            op(OPCODE_INVALIDATE_IOMMU_PAGES) | (domain_id as u64) << 32 | pasid_field,
+            q1,
+        ])
+    }
+
+    /// `INVALIDATE_IOTLB_PAGES`: the ATS device `device_id`'s translation cache over `range`
+    /// (`max_pending`: its invalidate queue depth, `Maxpend`; `pasid`: `GN`).
+    pub const fn invalidate_iotlb_pages(
+        device_id: u16,
+        max_pending: u8,
+        pasid: Option<Pasid>,
+        range: InvalidationRange,
+    ) -> Self {
+        let (address, s) = range.encode();
+        // Dword 0: DeviceID 15:0, PASID[15:8] 23:16, Maxpend 31:24; dword 1: QueueID 15:0
+        // (the device ID), PASID[7:0] 23:16; PASID[19:16] would go in dword 1 bits 27:24.
+        let (p, gn) = match pasid {
+            Some(p) => (p.get() as u64, INV_GN),
+            None => (0, 0),
+        };
+        let q0 = device_id as u64
+            | ((p >> 8) & 0xFF) << 16
+            | (max_pending as u64) << 24
+            | (device_id as u64) << 32
+            | (p & 0xFF) << 48
+            | ((p >> 16) & 0xF) << 56
+            | op(OPCODE_INVALIDATE_IOTLB_PAGES);
+        let mut q1 = address | gn;
+        if s {
+            q1 |= INV_S;
+        }
+        Self([q0, q1])
+    }
+
+    /// `INVALIDATE_INTERRUPT_TABLE` for `device_id`.
+    pub const fn invalidate_interrupt_table(device_id: u16) -> Self {
+        Self([op(OPCODE_INVALIDATE_INTERRUPT_TABLE) | device_id as u64, 0])
+    }
+
+    /// `INVALIDATE_IOMMU_ALL`: every cached device table entry, translation and interrupt
+    /// remapping entry.
+    pub const fn invalidate_iommu_all() -> Self {
+        Self([op(OPCODE_INVALIDATE_IOMMU_ALL), 0])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn s_bit_encoding_round_trips() {
+        for size_log2 in 13..64 {
+            let base = if size_log2 < 60 { 3u64 << size_log2 } else { 0 };
+            let r = InvalidationRange::Block {
+                base: Iova::new(base),
+                size_log2,
+            };
+            let (a, s) = r.encode();
+            assert!(s);
+            assert_eq!(InvalidationRange::decode(a, s), (base, size_log2));
+        }
+        let (a, s) = InvalidationRange::All.encode();
+        assert_eq!((a, s), (ALL_PAGES_ADDRESS, true));
+        assert_eq!(InvalidationRange::decode(a, s), (0, 64));
+        let (a, s) = InvalidationRange::Page(Iova::new(0x5000)).encode();
+        assert_eq!(InvalidationRange::decode(a, s), (0x5000, 12));
+        // 8 KiB at 0x4000: bit 12 clear.
+        let r = InvalidationRange::Block {
+            base: Iova::new(0x4000),
+            size_log2: 13,
+        };
+        assert_eq!(r.encode(), (0x4000, true));
+        // 16 KiB at 0x8000: bit 12 set, bit 13 clear.
+        let r = InvalidationRange::Block {
+            base: Iova::new(0x8000),
+            size_log2: 14,
+        };
+        assert_eq!(r.encode(), (0x9000, true));
+    }
+
+    #[test]
+    fn covering_is_the_smallest_aligned_block() {
+        assert_eq!(
+            InvalidationRange::covering(0x5000, 0x6000),
+            InvalidationRange::Page(Iova::new(0x5000))
+        );
+        assert_eq!(
+            InvalidationRange::covering(0x5000, 0x7000),
+            InvalidationRange::Block {
+                base: Iova::new(0x4000),
+                size_log2: 14
+            }
+        );
+        assert_eq!(
+            InvalidationRange::covering(0x20_0000, 0x40_0000),
+            InvalidationRange::Block {
+                base: Iova::new(0x20_0000),
+                size_log2: 21
+            }
+        );
+        assert_eq!(
+            InvalidationRange::covering(0, u64::MAX),
+            InvalidationRange::All
+        );
+        // Every covering block covers its range.
+        let cases = [
+            (0x1000, 0x3000),
+            (0xFFF_F000, 0x1000_1000),
+            (0x7000, 0x9000),
+        ];
+        for (s, e) in cases {
+            let (a, sb) = InvalidationRange::covering(s, e).encode();
+            let (first, log2) = InvalidationRange::decode(a, sb);
+            assert!(
+                first <= s && e - 1 <= first + ((1u64 << log2) - 1),
+                "{s:#x}..{e:#x}"
+            );
+        }
+    }
+
+    #[test]
+    fn layouts() {
+        let c = Command::completion_wait(Some((PhysAddr::new(0x1234_5678), 7)), true);
+        assert_eq!(c.opcode(), OPCODE_COMPLETION_WAIT);
+        assert_eq!(c.0, [0x1000_0000_1234_567B, 7]);
+        let c = Command::invalidate_iommu_pages(
+            5,
+            None,
+            InvalidationRange::Page(Iova::new(0x7000)),
+            true,
+        );
+        assert_eq!(c.0, [0x3000_0005_0000_0000, 0x7002]);
+        let c = Command::invalidate_devtab_entry(0x20);
+        assert_eq!(c.0, [0x2000_0000_0000_0020, 0]);
+        assert_eq!(Command::invalidate_iommu_all().opcode(), 8);
+        let c = Command::invalidate_iotlb_pages(0x20, 32, None, InvalidationRange::All);
+        assert_eq!(c.0[0], 0x4000_0020_2000_0020);
+        assert_eq!(c.0[1], ALL_PAGES_ADDRESS | 1);
+    }
+}

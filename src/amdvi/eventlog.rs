@@ -1,0 +1,180 @@
+//! The event log: AMD I/O Virtualization Technology (IOMMU) Specification, document 48882,
+//! revision 3.10, §2.5 "Event Logging" (the circular log the unit writes at the tail, software
+//! consumes from the head) and §3.4 "IOMMU Status Register" (`EventOverflow`: the log was full
+//! and the unit stopped logging, `EventLogRun` clear).
+//!
+//! **Overflow.** Events that arrive while the log is full are lost, and logging stops. The
+//! drain reports every entry that is in the log, acknowledges `EventOverflow` and restarts
+//! logging the way the spec asks (`EventLogEn` cleared, `EventOverflow` written 1 to clear,
+//! `EventLogEn` set), so that the next event is logged; [`DrainSummary::overflow`] tells the
+//! embedder that some were lost (Linux restarts its log the same way).
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use super::event::Event;
+use super::regs::{self, Control, Status};
+use super::Error;
+use crate::mem::{Page, PageAllocator, WalkerCoherency};
+use crate::mmio::{dma_read_barrier, RegisterWindow};
+
+/// Bytes per event.
+const ENTRY_BYTES: u32 = 16;
+
+/// What one drain found.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DrainSummary {
+    /// Events reported.
+    pub events: u32,
+    /// The log had overflowed: events were lost; logging was restarted.
+    pub overflow: bool,
+}
+
+/// The event log's memory and geometry.
+#[derive(Debug)]
+pub struct EventLog {
+    ring: Page,
+    len_log2: u32,
+    coherency: WalkerCoherency,
+}
+
+impl EventLog {
+    /// Allocates a log of `2^len_log2` entries.
+    ///
+    /// # Errors
+    /// [`Error::NoMemory`], [`Error::InvalidArgument`], [`Error::TableOutOfRange`].
+    pub fn new<A: PageAllocator + ?Sized>(
+        alloc: &A,
+        len_log2: u32,
+        coherency: WalkerCoherency,
+    ) -> Result<Self, Error> {
+        let ring = alloc.alloc(len_log2 + 4).ok_or(Error::NoMemory)?;
+        if let Err(e) = regs::ring_base("event log", ring.pa, len_log2) {
+            // SAFETY: the page came from `alloc` just now; no unit was given it.
+            unsafe { alloc.free(ring, len_log2 + 4) };
+            return Err(e);
+        }
+        Ok(Self {
+            ring,
+            len_log2,
+            coherency,
+        })
+    }
+
+    fn size(&self) -> u32 {
+        ENTRY_BYTES << self.len_log2
+    }
+
+    /// Points the unit at the log, empty (`EventLogEn` must be clear).
+    ///
+    /// # Errors
+    /// None in practice (checked in [`new`](Self::new)).
+    pub fn program<W: RegisterWindow + ?Sized>(&self, regs: &W) -> Result<(), Error> {
+        regs.write64(
+            regs::EVENT_LOG_BASE,
+            regs::ring_base("event log", self.ring.pa, self.len_log2)?,
+        );
+        regs.write64(regs::EVENT_LOG_HEAD, 0);
+        regs.write64(regs::EVENT_LOG_TAIL, 0);
+        Ok(())
+    }
+
+    fn pointer<W: RegisterWindow + ?Sized>(&self, regs: &W, offset: usize) -> u32 {
+        (regs.read64(offset) & regs::POINTER_MASK) as u32 & (self.size() - 1)
+    }
+
+    fn read<A: PageAllocator + ?Sized>(&self, alloc: &A, offset: u32) -> Event {
+        let p = self
+            .ring
+            .va
+            .as_ptr()
+            .wrapping_add(offset as usize)
+            .cast::<AtomicU64>();
+        if self.coherency == WalkerCoherency::NonCoherent {
+            if let Some(va) = core::ptr::NonNull::new(p.cast::<u8>()) {
+                alloc.sync_for_cpu(va, ENTRY_BYTES as usize);
+            }
+        }
+        // SAFETY: `offset` is an entry offset below the log's size; the page is live and the
+        // unit writes it with DMA, which the crate reads only atomically.
+        let (lo, hi) = unsafe { (&*p, &*p.add(1)) };
+        Event::decode([lo.load(Ordering::Relaxed), hi.load(Ordering::Relaxed)])
+    }
+
+    /// Calls `f` on each logged, unconsumed event (oldest first) without consuming it, until
+    /// `f` returns `Some`.
+    pub fn find<W, A, T>(
+        &self,
+        regs: &W,
+        alloc: &A,
+        mut f: impl FnMut(&Event) -> Option<T>,
+    ) -> Option<T>
+    where
+        W: RegisterWindow + ?Sized,
+        A: PageAllocator + ?Sized,
+    {
+        let mut head = self.pointer(regs, regs::EVENT_LOG_HEAD);
+        let tail = self.pointer(regs, regs::EVENT_LOG_TAIL);
+        dma_read_barrier();
+        for _ in 0..(1u32 << self.len_log2) {
+            if head == tail {
+                break;
+            }
+            if let Some(t) = f(&self.read(alloc, head)) {
+                return Some(t);
+            }
+            head = (head + ENTRY_BYTES) & (self.size() - 1);
+        }
+        None
+    }
+
+    /// Reports and consumes every logged event (at most the log's size), acknowledges the
+    /// event interrupt, and restarts logging after an overflow (see the module).
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] when `EventLogRun` did not clear for the restart (the events were
+    /// reported and consumed).
+    pub fn drain<W, A>(
+        &self,
+        regs: &W,
+        alloc: &A,
+        budget: u32,
+        mut report: impl FnMut(Event),
+    ) -> Result<DrainSummary, Error>
+    where
+        W: RegisterWindow + ?Sized,
+        A: PageAllocator + ?Sized,
+    {
+        let status = regs::status(regs);
+        let mut summary = DrainSummary::default();
+        let mut head = self.pointer(regs, regs::EVENT_LOG_HEAD);
+        let tail = self.pointer(regs, regs::EVENT_LOG_TAIL);
+        dma_read_barrier();
+        for _ in 0..(1u32 << self.len_log2) {
+            if head == tail {
+                break;
+            }
+            report(self.read(alloc, head));
+            summary.events += 1;
+            head = (head + ENTRY_BYTES) & (self.size() - 1);
+        }
+        regs.write64(regs::EVENT_LOG_HEAD, u64::from(head));
+        regs.write64(regs::STATUS, Status::EVENT_LOG_INT.bits());
+        if status.contains(Status::EVENT_OVERFLOW) {
+            summary.overflow = true;
+            regs::set_control(regs, Control::EVENT_LOG_EN, false, budget)?;
+            regs.write64(regs::STATUS, Status::EVENT_OVERFLOW.bits());
+            regs::set_control(regs, Control::EVENT_LOG_EN, true, budget)?;
+        }
+        Ok(summary)
+    }
+
+    /// Gives the log's page back.
+    ///
+    /// # Safety
+    /// The page came from `alloc` and the unit no longer writes the log (`EventLogEn` clear,
+    /// `EventLogRun` seen clear).
+    pub unsafe fn release<A: PageAllocator + ?Sized>(self, alloc: &A) {
+        // SAFETY: per the caller.
+        unsafe { alloc.free(self.ring, self.len_log2 + 4) };
+    }
+}

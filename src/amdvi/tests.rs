@@ -1,0 +1,289 @@
+//! The unit against the behavioural model (`sim::amdvi`): enable and takeover, command
+//! execution and recovery, the event log and its overflow, live device table entries.
+
+use std::vec::Vec;
+
+use super::cmd::Command;
+use super::dte::DeviceTableEntry;
+use super::event::{EventCode, FaultFlags};
+use super::{AmdViConfig, AmdViUnit, CommandErrorKind, Error, Wait};
+use crate::mem::{PageAllocator, PhysAddr};
+use crate::sim::amdvi::{AmdViModel, AmdViModelConfig, Injection};
+use crate::sim::Arena;
+
+const EDU: u32 = 0x20;
+const PR: u64 = 1;
+const IR: u64 = 1 << 61;
+const IW: u64 = 1 << 62;
+
+type Unit<'a> = AmdViUnit<&'a AmdViModel<'a>, &'a Arena, 8>;
+
+fn unit<'a>(model: &'a AmdViModel<'a>, mem: &'a Arena, config: AmdViConfig) -> Unit<'a> {
+    AmdViUnit::new(model, mem, config).expect("unit")
+}
+
+fn small() -> AmdViConfig {
+    AmdViConfig {
+        poll_budget: 1000,
+        command_len_log2: 8,
+        event_len_log2: 8,
+        ..AmdViConfig::new()
+    }
+}
+
+/// A 4-level v1 table mapping `iova` to `pa` (4 KiB) with `prot` bits on the leaf; returns the
+/// root and every page.
+fn hand_table(mem: &Arena, iova: u64, pa: u64, leaf_bits: u64) -> (PhysAddr, Vec<PhysAddr>) {
+    let pages: Vec<PhysAddr> = (0..4).map(|_| mem.alloc(12).expect("page").pa).collect();
+    for level in (2..=4u32).rev() {
+        let table = pages[(4 - level) as usize].get();
+        let child = pages[(5 - level) as usize].get();
+        let index = (iova >> (12 + 9 * (level - 1))) & 0x1FF;
+        assert!(mem.write_u64(
+            table + index * 8,
+            child | u64::from(level - 1) << 9 | PR | IR | IW
+        ));
+    }
+    let index = (iova >> 12) & 0x1FF;
+    assert!(mem.write_u64(pages[3].get() + index * 8, pa | leaf_bits | PR));
+    (pages[0], pages)
+}
+
+fn free_pages(mem: &Arena, pages: &[PhysAddr]) {
+    for &pa in pages {
+        let va = mem.phys_to_virt(pa).expect("live");
+        // SAFETY: allocated above with size 12; the unit no longer reaches it (the tests call
+        // this after the entry pointing at it was replaced and invalidated).
+        unsafe { mem.free(crate::mem::Page { pa, va }, 12) };
+    }
+}
+
+#[test]
+fn enable_invalidates_every_entry_and_domain_id_without_ia() {
+    let mem = Arena::with_defaults().unwrap();
+    let model = AmdViModel::new(&mem, AmdViModelConfig::qemu_default());
+    let u = unit(&model, &mem, small());
+    u.enable().unwrap();
+    assert!(u.is_enabled());
+    let s = model.stats();
+    assert_eq!(s.invalidate_devtab, 256);
+    assert_eq!(s.invalidate_interrupt_table, 256);
+    assert_eq!(s.invalidate_pages_all, 8, "one per domain ID of the unit");
+    assert_eq!(s.invalidate_all, 0);
+    assert_eq!(s.completion_waits, 1);
+    assert_eq!(s.illegal_commands, 0);
+    // More commands than the 256-entry buffer holds went through: the head wrapped.
+    assert_eq!(u.command_stats().commands, 256 * 2 + 8 + 1);
+}
+
+#[test]
+fn enable_with_ia_issues_one_invalidate_all() {
+    let mem = Arena::with_defaults().unwrap();
+    let model = AmdViModel::new(&mem, AmdViModelConfig::qemu_default().with_invalidate_all());
+    let u = unit(&model, &mem, small());
+    u.enable().unwrap();
+    let s = model.stats();
+    assert_eq!((s.invalidate_all, s.invalidate_devtab), (1, 0));
+    assert_eq!(s.completion_waits, 1);
+}
+
+#[test]
+fn untouched_devices_are_blocked_and_their_faults_decoded() {
+    let mem = Arena::with_defaults().unwrap();
+    let model = AmdViModel::new(&mem, AmdViModelConfig::qemu_default());
+    let u = unit(&model, &mem, small());
+    assert!(
+        model.dma(EDU as u16, 0x1000, true).is_ok(),
+        "off: untranslated"
+    );
+    u.enable().unwrap();
+    assert!(model.dma(EDU as u16, 0x1000, true).is_err());
+    let mut seen = Vec::new();
+    let sum = u.drain_events(|e| seen.push(e)).unwrap();
+    assert_eq!((sum.events, sum.overflow), (1, false));
+    assert_eq!(seen[0].code, EventCode::IoPageFault);
+    assert_eq!(seen[0].device_id, EDU as u16);
+    assert_eq!(seen[0].address, 0x1000);
+    assert!(seen[0].is_write());
+    assert!(seen[0].flags.contains(FaultFlags::PE));
+    assert_eq!(u.drain_events(|_| {}).unwrap().events, 0);
+}
+
+#[test]
+fn takeover_stops_the_firmware_state_and_replaces_it() {
+    let mem = Arena::with_defaults().unwrap();
+    let model = AmdViModel::new(&mem, AmdViModelConfig::qemu_default());
+    // Firmware's tables: a device table letting everything through (V clear), elsewhere.
+    let fw = mem.alloc(12).unwrap();
+    model.firmware_state(fw.pa.get(), fw.pa.get() | 8 << 56, fw.pa.get() | 8 << 56);
+    assert!(
+        model.dma(EDU as u16, 0x1000, false).is_ok(),
+        "firmware passes DMA"
+    );
+    let u = unit(&model, &mem, small());
+    u.enable().unwrap();
+    assert_eq!(
+        model.stats().ignored_writes,
+        0,
+        "bases written with the unit off"
+    );
+    assert!(
+        !model.exclusion_enabled(),
+        "the exclusion range would bypass translation"
+    );
+    assert!(
+        model.dma(EDU as u16, 0x1000, false).is_err(),
+        "our blocking DTE"
+    );
+}
+
+#[test]
+fn live_entry_translates_then_blocks_after_invalidation() {
+    let mem = Arena::with_defaults().unwrap();
+    let model = AmdViModel::new(&mem, AmdViModelConfig::qemu_default());
+    let u = unit(&model, &mem, small());
+    u.enable().unwrap();
+    let (root, pages) = hand_table(&mem, 0x40_0000, 0x8765_4000, IR);
+    let dte = DeviceTableEntry::translated(3, root, 4, false).unwrap();
+    u.set_device_entry(EDU, &dte, &[]).unwrap();
+    let ok = model.dma(EDU as u16, 0x40_0123, false).unwrap();
+    assert_eq!((ok.pa, ok.domain), (0x8765_4123, 3));
+    let err = model.dma(EDU as u16, 0x40_0123, true).unwrap_err();
+    assert_eq!(err.event_code, 2, "read-only leaf: IO_PAGE_FAULT");
+    assert_eq!(model.stats().invalidate_devtab, 256 + 1);
+    let inv = Command::invalidate_iommu_pages(3, None, super::cmd::InvalidationRange::All, true);
+    u.set_device_entry(EDU, &DeviceTableEntry::BLOCKED, &[inv])
+        .unwrap();
+    // The DTE cache and the IOTLB were invalidated: the device is blocked at once.
+    assert!(model.dma(EDU as u16, 0x40_0123, false).is_err());
+    assert_eq!(u.device_entry(EDU), Some(DeviceTableEntry::BLOCKED));
+    free_pages(&mem, &pages);
+    assert!(matches!(
+        u.set_device_entry(256, &DeviceTableEntry::BLOCKED, &[]),
+        Err(Error::InvalidArgument { value: 256, .. })
+    ));
+}
+
+#[test]
+fn illegal_command_is_replaced_and_the_buffer_runs_on() {
+    for (inj, kind) in [
+        (
+            Injection::IllegalCommandAt(1),
+            CommandErrorKind::IllegalCommand,
+        ),
+        (
+            Injection::CommandHardwareErrorAt(1),
+            CommandErrorKind::CommandHardware,
+        ),
+    ] {
+        let mem = Arena::with_defaults().unwrap();
+        let model = AmdViModel::new(&mem, AmdViModelConfig::qemu_default());
+        let u = unit(&model, &mem, small());
+        u.enable().unwrap();
+        let before = model.stats();
+        model.inject(inj);
+        let r = u.run(&[&[Command::invalidate_devtab_entry(5)]]);
+        let Err(Error::CommandError {
+            kind: k, opcode, ..
+        }) = r
+        else {
+            panic!("{r:?}");
+        };
+        assert_eq!((k, opcode), (kind, 2));
+        assert_eq!(u.command_stats().recoveries, 1);
+        // The replacement and the wait behind it ran; the next call goes through.
+        let after = model.stats();
+        assert_eq!(after.invalidate_devtab, before.invalidate_devtab + 1);
+        assert_eq!(after.completion_waits, before.completion_waits + 1);
+        u.run(&[&[Command::invalidate_devtab_entry(5)]]).unwrap();
+        assert_eq!(
+            model.stats().invalidate_devtab,
+            before.invalidate_devtab + 2
+        );
+        // The error is in the event log for the embedder too.
+        let mut codes = Vec::new();
+        u.drain_events(|e| codes.push(e.code)).unwrap();
+        assert_eq!(codes.len(), 1);
+    }
+}
+
+#[test]
+fn stalled_completion_wait_times_out_and_the_retry_completes() {
+    let mem = Arena::with_defaults().unwrap();
+    let model = AmdViModel::new(&mem, AmdViModelConfig::qemu_default());
+    let u = unit(&model, &mem, small());
+    u.enable().unwrap();
+    model.inject(Injection::StallWaits);
+    let r = u.run(&[&[Command::invalidate_devtab_entry(1)]]);
+    assert!(matches!(
+        r,
+        Err(Error::Timeout {
+            what: Wait::CompletionWait { .. },
+            polls: 1000
+        })
+    ));
+    model.clear_injections();
+    u.run(&[]).unwrap();
+}
+
+#[test]
+fn event_log_overflow_is_reported_and_logging_restarts() {
+    let mem = Arena::with_defaults().unwrap();
+    let model = AmdViModel::new(&mem, AmdViModelConfig::qemu_default());
+    let u = unit(&model, &mem, small());
+    u.enable().unwrap();
+    for i in 0..300u64 {
+        model.raise_event([2 << 60 | 0x20, i << 12]);
+    }
+    let mut n = 0;
+    let sum = u.drain_events(|_| n += 1).unwrap();
+    assert_eq!(
+        (sum.events, sum.overflow),
+        (255, true),
+        "one slot stays empty"
+    );
+    assert_eq!(model.stats().events_dropped, 300 - 255);
+    model.raise_event([2 << 60 | 0x21, 0x5000]);
+    let mut last = None;
+    let sum = u.drain_events(|e| last = Some(e)).unwrap();
+    assert_eq!((sum.events, sum.overflow), (1, false));
+    assert_eq!(last.map(|e| e.device_id), Some(0x21));
+}
+
+#[test]
+fn disable_and_release_return_every_page() {
+    let mem = Arena::with_defaults().unwrap();
+    let base = mem.live_pages().len();
+    let model = AmdViModel::new(&mem, AmdViModelConfig::qemu_default());
+    let u = unit(&model, &mem, small());
+    u.enable().unwrap();
+    let Err((u, e)) = u.release() else {
+        panic!("released while enabled");
+    };
+    assert!(matches!(e, Error::UnexpectedState { .. }));
+    u.disable().unwrap();
+    assert!(!u.is_enabled());
+    assert!(
+        model.dma(EDU as u16, 0x1000, false).is_ok(),
+        "off: untranslated"
+    );
+    u.release().map_err(|(_, e)| e).unwrap();
+    assert_eq!(mem.live_pages().len(), base);
+    assert!(mem.bad_frees().is_empty());
+}
+
+#[test]
+fn run_bits_that_never_clear_time_out() {
+    let mem = Arena::with_defaults().unwrap();
+    let model = AmdViModel::new(&mem, AmdViModelConfig::qemu_default());
+    let u = unit(&model, &mem, small());
+    u.enable().unwrap();
+    model.inject(Injection::StuckRun);
+    assert!(matches!(
+        u.disable(),
+        Err(Error::Timeout {
+            what: Wait::Run { set: false, .. },
+            ..
+        })
+    ));
+}

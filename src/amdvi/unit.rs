@@ -1,0 +1,482 @@
+//! One AMD-Vi unit: AMD I/O Virtualization Technology (IOMMU) Specification, document 48882,
+//! revision 3.10, §3.4 "IOMMU MMIO Registers" (base registers, Control, Status; enabling),
+//! §2.2.2 "Device Table", §2.4 "Commands" and §2.5 "Event Logging".
+//!
+//! [`AmdViUnit`] owns the register window, the device table, the command buffer and the event
+//! log (and, with the v1 format, its domains: see `iommu_impl`).
+//!
+//! Locking (always in this order): the configuration lock (device table, attachments), a
+//! domain's lock, the command lock (command buffer), the event lock (event log).
+//!
+//! **Enable and takeover.** [`AmdViUnit::enable`] programs the device table, the command buffer
+//! and the event log, turns off the exclusion range (`ExEn`: DMA to it would bypass
+//! translation), then sets `CmdBufEn`, `EventLogEn` and `IommuEn`, and invalidates every cache
+//! before it returns: `INVALIDATE_IOMMU_ALL` where EFR `IASup` says so, else
+//! INVALIDATE_DEVTAB_ENTRY and INVALIDATE_INTERRUPT_TABLE for every device ID of the table and
+//! INVALIDATE_IOMMU_PAGES (all pages, PDE) for every domain ID this unit uses, each before its
+//! first use, as Linux's driver does without `IASup`. On a unit found enabled (`IommuEn` set by
+//! firmware or a previous kernel) the base registers may change only with `IommuEn` clear: the
+//! takeover stops the previous owner's command buffer and event log (bounded waits on their
+//! run bits), clears `IommuEn`, and programs and enables the unit again. Between the clear and
+//! the set of `IommuEn` (a few register writes) DMA is not translated: accepted and documented
+//! (ARCHITECTURE.md, "Platform facts"); an embedder that cannot accept it stops bus mastering
+//! first. The previous owner's pages are never freed (they are not this unit's).
+
+use super::cmd::{Command, InvalidationRange};
+use super::cmdbuf::CommandBuffer;
+use super::devtab::DeviceTable;
+use super::dte::{self, DeviceTableEntry};
+use super::efr::{Efr, Efr2, EfrFlags};
+use super::event::{Event, EventCode};
+use super::eventlog::{DrainSummary, EventLog};
+use super::regs::{self, Control, Status};
+use super::{CommandErrorKind, Error};
+use crate::mem::{PageAllocator, PhysAddr, WalkerCoherency};
+use crate::mmio::{RegisterWindow, DEFAULT_POLL_BUDGET};
+
+/// Command buffer length unless told otherwise: 2^9 = 512 commands (8 KiB), as Linux.
+pub const DEFAULT_COMMAND_LEN_LOG2: u32 = 9;
+/// Event log length unless told otherwise: 2^9 = 512 events (8 KiB), as Linux.
+pub const DEFAULT_EVENT_LEN_LOG2: u32 = 9;
+/// Domains a unit holds unless told otherwise (domain IDs 1..=64; ID 0 tags nothing: blocking
+/// entries carry it).
+pub const DEFAULT_DOMAINS: usize = 64;
+/// Device IDs the device table covers unless told otherwise: bus 0 (one 8 KiB table).
+pub const DEFAULT_DEVICE_IDS: u32 = 256;
+
+/// How to run a unit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AmdViConfig {
+    /// Register and memory polls before any wait fails with [`Error::Timeout`].
+    pub poll_budget: u32,
+    /// Device IDs `0..device_ids` the device table covers (1..=65536; the ACPI IVRS device
+    /// range). Requests from IDs beyond are refused by the unit (the table's `Size`).
+    pub device_ids: u32,
+    /// `ComLen`: 2^n commands (8..=15).
+    pub command_len_log2: u32,
+    /// `EventLen`: 2^n events (8..=15).
+    pub event_len_log2: u32,
+}
+
+impl AmdViConfig {
+    /// The defaults: [`DEFAULT_POLL_BUDGET`], [`DEFAULT_DEVICE_IDS`], 512-entry buffer and log.
+    pub const fn new() -> Self {
+        Self {
+            poll_budget: DEFAULT_POLL_BUDGET,
+            device_ids: DEFAULT_DEVICE_IDS,
+            command_len_log2: DEFAULT_COMMAND_LEN_LOG2,
+            event_len_log2: DEFAULT_EVENT_LEN_LOG2,
+        }
+    }
+
+    /// With the device table covering `device_ids` IDs.
+    pub const fn with_device_ids(mut self, device_ids: u32) -> Self {
+        self.device_ids = device_ids;
+        self
+    }
+}
+
+impl Default for AmdViConfig {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// What the unit read from EFR/EFR2 and decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnitInfo {
+    /// EFR.
+    pub efr: Efr,
+    /// EFR2.
+    pub efr2: Efr2,
+    /// Most levels of a host (v1) table (EFR `HATS`).
+    pub host_levels: u32,
+    /// PASID width (EFR `PASmax` + 1 with `GTSup`, else 0).
+    pub pasid_bits: u32,
+    /// Polls per wait.
+    pub poll_budget: u32,
+    /// `ComLen`.
+    pub command_len_log2: u32,
+    /// `EventLen`.
+    pub event_len_log2: u32,
+}
+
+impl UnitInfo {
+    fn decode(efr: Efr, efr2: Efr2, config: &AmdViConfig) -> Result<Self, Error> {
+        if config.poll_budget == 0 {
+            return Err(Error::InvalidArgument {
+                what: "poll_budget (at least 1)",
+                value: 0,
+            });
+        }
+        for len in [config.command_len_log2, config.event_len_log2] {
+            if !(regs::RING_LEN_MIN..=regs::RING_LEN_MAX).contains(&len) {
+                return Err(Error::InvalidArgument {
+                    what: "command_len_log2 / event_len_log2 (8..=15)",
+                    value: u64::from(len),
+                });
+            }
+        }
+        let host_levels = efr.host_levels().ok_or(Error::Unsupported {
+            what: "EFR HATS (reserved encoding)",
+            value: efr.0,
+        })?;
+        Ok(Self {
+            efr,
+            efr2,
+            host_levels,
+            pasid_bits: efr.pasid_bits(),
+            poll_budget: config.poll_budget,
+            command_len_log2: config.command_len_log2,
+            event_len_log2: config.event_len_log2,
+        })
+    }
+}
+
+/// Commands issued, by kind (counts only).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CommandStats {
+    /// Commands written to the buffer (COMPLETION_WAITs included).
+    pub commands: u64,
+    /// COMPLETION_WAITs.
+    pub waits: u64,
+    /// Commands replaced after the unit stopped on them.
+    pub recoveries: u64,
+}
+
+/// An AMD-Vi unit.
+///
+/// Dropping it leaks its pages (the hardware may hold their addresses): [`disable`] it first,
+/// then [`release`](Self::release) it.
+///
+/// [`disable`]: Self::disable
+pub struct AmdViUnit<W: RegisterWindow, A: PageAllocator, const DOMAINS: usize = DEFAULT_DOMAINS> {
+    pub(crate) regs: W,
+    pub(crate) alloc: A,
+    pub(crate) info: UnitInfo,
+    pub(crate) devtab: spin::Mutex<DeviceTable>,
+    pub(crate) cmd: spin::Mutex<Option<CommandBuffer>>,
+    pub(crate) events: spin::Mutex<Option<EventLog>>,
+}
+
+impl<W: RegisterWindow, A: PageAllocator, const DOMAINS: usize> AmdViUnit<W, A, DOMAINS> {
+    /// Reads EFR/EFR2 through `regs`, checks the configuration and allocates the device table
+    /// (every entry blocking). Nothing is written to the unit until [`enable`](Self::enable).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`], [`Error::Unsupported`], [`Error::NoMemory`],
+    /// [`Error::TableOutOfRange`].
+    pub fn new(regs: W, alloc: A, config: AmdViConfig) -> Result<Self, Error> {
+        let efr = Efr(regs.read64(regs::EXT_FEATURE));
+        let efr2 = Efr2(regs.read64(regs::EXT_FEATURE2));
+        let info = UnitInfo::decode(efr, efr2, &config)?;
+        let devtab = DeviceTable::new(&alloc, config.device_ids, WalkerCoherency::Coherent)?;
+        Ok(Self {
+            regs,
+            alloc,
+            info,
+            devtab: spin::Mutex::new(devtab),
+            cmd: spin::Mutex::new(None),
+            events: spin::Mutex::new(None),
+        })
+    }
+
+    /// What the unit decoded.
+    pub const fn info(&self) -> &UnitInfo {
+        &self.info
+    }
+
+    /// The register window.
+    pub const fn regs(&self) -> &W {
+        &self.regs
+    }
+
+    /// The page allocator.
+    pub const fn allocator(&self) -> &A {
+        &self.alloc
+    }
+
+    /// Whether `Control.IommuEn` reads set.
+    pub fn is_enabled(&self) -> bool {
+        regs::control(&self.regs).contains(Control::IOMMU_EN)
+    }
+
+    /// Device IDs the device table covers.
+    pub fn device_ids(&self) -> u32 {
+        self.devtab.lock().device_ids()
+    }
+
+    /// Commands issued so far.
+    pub fn command_stats(&self) -> CommandStats {
+        self.cmd
+            .lock()
+            .as_ref()
+            .map_or(CommandStats::default(), |c| CommandStats {
+                commands: c.commands,
+                waits: c.waits,
+                recoveries: c.recoveries,
+            })
+    }
+
+    /// Turns translation on (see the module: enable, takeover, global invalidation).
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] naming the run bit or the completion wait; [`Error::NoMemory`] for
+    /// the buffer or the log; [`Error::CommandError`]. Each leaves a state a retry of `enable`
+    /// completes (a retry stops and reprograms the command buffer and log).
+    pub fn enable(&self) -> Result<(), Error> {
+        let devtab = self.devtab.lock();
+        let mut cmd = self.cmd.lock();
+        let mut events = self.events.lock();
+        let budget = self.info.poll_budget;
+        // Stop whatever runs (a previous owner's buffer and log, or ours from a failed enable),
+        // then leave translation off for the base register writes (see the module).
+        regs::set_control(
+            &self.regs,
+            Control::CMD_BUF_EN | Control::EVENT_LOG_EN,
+            false,
+            budget,
+        )?;
+        regs::set_control(&self.regs, Control::IOMMU_EN, false, budget)?;
+        self.regs.write64(regs::EXCLUSION_BASE, 0);
+        self.regs.write64(regs::EXCLUSION_LIMIT, 0);
+        self.regs
+            .write64(regs::DEV_TAB_BASE, devtab.base_register()?);
+        if cmd.is_none() {
+            *cmd = Some(CommandBuffer::new(
+                &self.alloc,
+                self.info.command_len_log2,
+                WalkerCoherency::Coherent,
+                budget,
+            )?);
+        }
+        if events.is_none() {
+            *events = Some(EventLog::new(
+                &self.alloc,
+                self.info.event_len_log2,
+                WalkerCoherency::Coherent,
+            )?);
+        }
+        let (Some(c), Some(log)) = (cmd.as_mut(), events.as_ref()) else {
+            return Err(Error::NoMemory);
+        };
+        c.program(&self.regs)?;
+        log.program(&self.regs)?;
+        self.regs.write64(
+            regs::STATUS,
+            (Status::EVENT_OVERFLOW | Status::EVENT_LOG_INT | Status::COM_WAIT_INT).bits(),
+        );
+        let mut ctrl = regs::control(&self.regs);
+        ctrl.remove(Control::EVENT_INT_EN | Control::COM_WAIT_INT_EN);
+        ctrl.insert(Control::COHERENT);
+        let ctrl = (ctrl.bits() & !regs::INV_TIMEOUT_MASK)
+            | regs::INV_TIMEOUT_1S << regs::INV_TIMEOUT_SHIFT;
+        self.regs.write64(regs::CONTROL, ctrl);
+        regs::set_control(
+            &self.regs,
+            Control::CMD_BUF_EN | Control::EVENT_LOG_EN,
+            true,
+            budget,
+        )?;
+        regs::set_control(&self.regs, Control::IOMMU_EN, true, budget)?;
+        let mut kind_of = |pa| command_error_kind(&self.regs, &self.alloc, log, pa);
+        if self.info.efr.flags().contains(EfrFlags::IA_SUP) {
+            c.submit(
+                &self.regs,
+                &self.alloc,
+                &[Command::invalidate_iommu_all()],
+                &mut kind_of,
+            )?;
+        } else {
+            for id in 0..devtab.device_ids() {
+                let id = id as u16;
+                c.submit(
+                    &self.regs,
+                    &self.alloc,
+                    &[
+                        Command::invalidate_devtab_entry(id),
+                        Command::invalidate_interrupt_table(id),
+                    ],
+                    &mut kind_of,
+                )?;
+            }
+            // The previous owner may have cached translations under the IDs this unit's
+            // domains will use.
+            for slot in 0..DOMAINS {
+                let cmd = Command::invalidate_iommu_pages(
+                    domain_id_of(slot),
+                    None,
+                    InvalidationRange::All,
+                    true,
+                );
+                c.submit(&self.regs, &self.alloc, &[cmd], &mut kind_of)?;
+            }
+        }
+        c.wait(&self.regs, &self.alloc, &mut kind_of)
+    }
+
+    /// Turns translation off (`IommuEn` clear: DMA is no longer translated), then stops the
+    /// command buffer and the event log and gives their pages back. The device table, domains
+    /// and attachments stay; [`enable`](Self::enable) turns everything on again.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] when a run bit did not clear (the pages are kept).
+    pub fn disable(&self) -> Result<(), Error> {
+        let mut cmd = self.cmd.lock();
+        let mut events = self.events.lock();
+        let budget = self.info.poll_budget;
+        regs::set_control(&self.regs, Control::IOMMU_EN, false, budget)?;
+        regs::set_control(
+            &self.regs,
+            Control::CMD_BUF_EN | Control::EVENT_LOG_EN,
+            false,
+            budget,
+        )?;
+        if let Some(c) = cmd.take() {
+            // SAFETY: from `self.alloc`; CmdBufEn is clear and CmdBufRun was seen clear.
+            unsafe { c.release(&self.alloc) };
+        }
+        if let Some(l) = events.take() {
+            // SAFETY: from `self.alloc`; EventLogEn is clear and EventLogRun was seen clear.
+            unsafe { l.release(&self.alloc) };
+        }
+        Ok(())
+    }
+
+    /// Gives every page back: the device table (and, disabled first, nothing else is left).
+    ///
+    /// # Errors
+    /// [`Error::UnexpectedState`] (`Control`) while the unit is enabled: the unit is given
+    /// back unchanged.
+    // The error hands the unit itself back (no allocator to box it in), as VT-d's release.
+    #[allow(clippy::result_large_err)]
+    pub fn release(self) -> Result<(), (Self, Error)> {
+        let ctrl = regs::control(&self.regs);
+        if ctrl.intersects(Control::IOMMU_EN | Control::CMD_BUF_EN | Control::EVENT_LOG_EN)
+            || self.cmd.lock().is_some()
+        {
+            return Err((
+                self,
+                Error::UnexpectedState {
+                    register: "Control (disable the unit before releasing it)",
+                    value: ctrl.bits(),
+                },
+            ));
+        }
+        let devtab = self.devtab.into_inner();
+        // SAFETY: from `self.alloc`; IommuEn is clear, so the unit reads no device table.
+        unsafe { devtab.release(&self.alloc) };
+        Ok(())
+    }
+
+    /// Reports and consumes every logged event (for the embedder's event interrupt or a poll
+    /// loop), restarting the log after an overflow. Nothing while the unit is disabled.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] when the restart after an overflow did not see `EventLogRun` clear.
+    pub fn drain_events(&self, report: impl FnMut(Event)) -> Result<DrainSummary, Error> {
+        let events = self.events.lock();
+        match events.as_ref() {
+            Some(log) => log.drain(&self.regs, &self.alloc, self.info.poll_budget, report),
+            None => Ok(DrainSummary::default()),
+        }
+    }
+
+    /// Submits the commands of `batches`, in order, and waits once for their completion (one
+    /// COMPLETION_WAIT): the unit's raw command interface (for an embedder that drives
+    /// interrupt remapping itself: INVALIDATE_INTERRUPT_TABLE).
+    ///
+    /// # Errors
+    /// [`Error::UnexpectedState`] while the unit is disabled; [`Error::Timeout`];
+    /// [`Error::CommandError`] (the command was replaced, see [`cmdbuf`](super::cmdbuf)).
+    pub fn run(&self, batches: &[&[Command]]) -> Result<(), Error> {
+        let mut cmd = self.cmd.lock();
+        let Some(c) = cmd.as_mut() else {
+            return Err(Error::UnexpectedState {
+                register: "Control.CmdBufEn (the unit is not enabled)",
+                value: regs::control(&self.regs).bits(),
+            });
+        };
+        let events = self.events.lock();
+        let mut kind_of = |pa| {
+            events
+                .as_ref()
+                .and_then(|log| command_error_kind(&self.regs, &self.alloc, log, pa))
+        };
+        for cmds in batches {
+            c.submit(&self.regs, &self.alloc, cmds, &mut kind_of)?;
+        }
+        c.wait(&self.regs, &self.alloc, &mut kind_of)
+    }
+
+    /// Writes `entry` into the live DTE of `device_id` in the spec's order
+    /// ([`dte::write_live`]), then INVALIDATE_DEVTAB_ENTRY, the `extra` commands (the IOTLB
+    /// invalidations the change needs) and one completion wait. The unit's raw interface: the
+    /// caller keeps whatever `entry` points at alive until another entry replaced it and that
+    /// call returned `Ok`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a device the table does not cover (nothing written); the
+    /// command errors of [`run`](Self::run) (the entry is written, its invalidation not
+    /// confirmed: call again).
+    pub fn set_device_entry(
+        &self,
+        device_id: u32,
+        entry: &DeviceTableEntry,
+        extra: &[Command],
+    ) -> Result<(), Error> {
+        let devtab = self.devtab.lock();
+        self.set_device_entry_locked(&devtab, device_id, entry, extra)
+    }
+
+    /// [`Self::set_device_entry`] under the configuration lock.
+    pub(crate) fn set_device_entry_locked(
+        &self,
+        devtab: &DeviceTable,
+        device_id: u32,
+        entry: &DeviceTableEntry,
+        extra: &[Command],
+    ) -> Result<(), Error> {
+        let slot = devtab.entry(device_id).ok_or(Error::InvalidArgument {
+            what: "device ID beyond the device table",
+            value: u64::from(device_id),
+        })?;
+        dte::write_live(slot, entry, |_, _| {
+            // The unit's table reads snoop (Control.Coherent, x86): no cache maintenance.
+        });
+        self.run(&[&[Command::invalidate_devtab_entry(device_id as u16)], extra])
+    }
+
+    /// The live entry of `device_id`, as the unit reads it now.
+    pub fn device_entry(&self, device_id: u32) -> Option<DeviceTableEntry> {
+        self.devtab.lock().read(device_id)
+    }
+}
+
+/// The domain ID of domain slot `slot`: `slot + 1` (ID 0 is left to blocking entries).
+pub(crate) const fn domain_id_of(slot: usize) -> u16 {
+    (slot + 1) as u16
+}
+
+/// The command error the unit logged for the command at `pa` (read, not consumed).
+fn command_error_kind<W, A>(
+    regs: &W,
+    alloc: &A,
+    log: &EventLog,
+    pa: PhysAddr,
+) -> Option<CommandErrorKind>
+where
+    W: RegisterWindow + ?Sized,
+    A: PageAllocator + ?Sized,
+{
+    log.find(regs, alloc, |e| match e.code {
+        EventCode::IllegalCommandError if e.address == pa.get() => {
+            Some(CommandErrorKind::IllegalCommand)
+        }
+        EventCode::CommandHardwareError if e.address == pa.get() => {
+            Some(CommandErrorKind::CommandHardware)
+        }
+        _ => None,
+    })
+}

@@ -1,0 +1,185 @@
+//! Command execution (§2.4 "Commands"): fetched from the head while `CmdBufEn` is set and the
+//! head is not the tail; an illegal opcode or reserved bit, or an unreadable entry, stops the
+//! buffer with the head on the command (`CmdBufRun` clear) and logs ILLEGAL_COMMAND_ERROR (5)
+//! or COMMAND_HARDWARE_ERROR (6) with the command's address.
+
+use super::{countdown, regs, State, EFR_IA_SUP};
+use crate::sim::arena::PhysMem;
+
+const EVENT_ILLEGAL_COMMAND: u64 = 0x5;
+const EVENT_COMMAND_HARDWARE: u64 = 0x6;
+const EVENT_IOTLB_INV_TIMEOUT: u64 = 0x7;
+
+/// What an `S`-encoded address covers: (first byte, log2 size); 64 is everything.
+pub(super) fn decode_range(q1: u64) -> (u64, u32) {
+    let addr = q1 & !0xFFF;
+    if q1 & 1 == 0 {
+        return (addr, 12);
+    }
+    let mut n = 12;
+    while n < 64 && addr & (1 << n) != 0 {
+        n += 1;
+    }
+    let log2 = n + 1;
+    if log2 >= 64 {
+        return (0, 64);
+    }
+    (addr & !((1u64 << log2) - 1), log2)
+}
+
+enum Outcome {
+    Done,
+    Illegal,
+    Stall,
+}
+
+impl State<'_> {
+    /// Runs commands until the buffer is empty, stopped or stalled.
+    pub(super) fn run_commands(&mut self) {
+        if self.control & regs::CTRL_CMD_BUF_EN == 0 || self.status & regs::ST_CMD_BUF_RUN == 0 {
+            return;
+        }
+        let size = Self::ring_size(self.cmd_base);
+        // Bounded: a full lap at most (the tail may not pass the head).
+        for _ in 0..size / 16 {
+            if self.cmd_head == self.cmd_tail {
+                return;
+            }
+            let at = Self::ring_addr(self.cmd_base) + self.cmd_head;
+            let raw = match (self.mem.read_u64(at), self.mem.read_u64(at + 8)) {
+                _ if countdown(&mut self.inj.hw_error_at) => None,
+                (Some(a), Some(b)) => Some([a, b]),
+                _ => None,
+            };
+            let outcome = match raw {
+                None => {
+                    self.stop(EVENT_COMMAND_HARDWARE, at);
+                    self.stats.command_hardware_errors += 1;
+                    return;
+                }
+                Some(_) if countdown(&mut self.inj.illegal_at) => Outcome::Illegal,
+                Some(c) => self.execute(c),
+            };
+            match outcome {
+                Outcome::Done => self.cmd_head = (self.cmd_head + 16) % size,
+                Outcome::Stall => return,
+                Outcome::Illegal => {
+                    self.stop(EVENT_ILLEGAL_COMMAND, at);
+                    self.stats.illegal_commands += 1;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn stop(&mut self, code: u64, at: u64) {
+        self.status &= !regs::ST_CMD_BUF_RUN;
+        self.log_event([code << 60, at]);
+    }
+
+    fn execute(&mut self, c: [u64; 2]) -> Outcome {
+        let opcode = c[0] >> 60;
+        match opcode {
+            0x1 => {
+                // COMPLETION_WAIT: S bit 0, I bit 1, store address 51:3; reserved 59:52.
+                if c[0] & 0x0FF0_0000_0000_0000 != 0 {
+                    return Outcome::Illegal;
+                }
+                if self.inj.stall_waits {
+                    return Outcome::Stall;
+                }
+                if c[0] & 1 != 0 {
+                    let addr = c[0] & 0x000F_FFFF_FFFF_FFF8;
+                    if !self.mem.write_u64(addr, c[1]) {
+                        self.stop(EVENT_COMMAND_HARDWARE, addr);
+                        self.stats.command_hardware_errors += 1;
+                        return Outcome::Stall;
+                    }
+                    self.stats.completion_stores += 1;
+                }
+                if c[0] & 2 != 0 {
+                    self.status |= regs::ST_COM_WAIT_INT;
+                    self.stats.completion_interrupts += 1;
+                }
+                self.stats.completion_waits += 1;
+            }
+            0x2 => {
+                if c[0] & 0x0FFF_FFFF_FFFF_0000 != 0 || c[1] != 0 {
+                    return Outcome::Illegal;
+                }
+                self.dte_cache.remove(&(c[0] as u16));
+                self.stats.invalidate_devtab += 1;
+            }
+            0x3 => {
+                let domain = (c[0] >> 32) as u16;
+                let (first, log2) = decode_range(c[1]);
+                let pde = c[1] & 2 != 0;
+                if c[1] & 4 != 0 {
+                    // GN: guest translations are not modelled (none are cached).
+                } else {
+                    self.invalidate_pages(domain, first, log2, pde);
+                }
+                match (c[1] & 1 != 0, log2) {
+                    (false, _) => self.stats.invalidate_pages_page += 1,
+                    (true, 64) => self.stats.invalidate_pages_all += 1,
+                    (true, _) => self.stats.invalidate_pages_range += 1,
+                }
+            }
+            0x4 => {
+                self.stats.invalidate_iotlb += 1;
+                if self.inj.iotlb_timeout {
+                    self.inj.iotlb_timeout = false;
+                    let dev = c[0] & 0xFFFF;
+                    self.log_event([EVENT_IOTLB_INV_TIMEOUT << 60 | dev, c[1] & !0xFFF]);
+                }
+            }
+            0x5 => {
+                if c[0] & 0x0FFF_FFFF_FFFF_0000 != 0 || c[1] != 0 {
+                    return Outcome::Illegal;
+                }
+                self.stats.invalidate_interrupt_table += 1;
+            }
+            0x8 => {
+                if self.cfg.efr & EFR_IA_SUP == 0 {
+                    return Outcome::Illegal;
+                }
+                self.dte_cache.clear();
+                self.iotlb.clear();
+                self.pde_cache.clear();
+                self.stats.invalidate_all += 1;
+            }
+            _ => return Outcome::Illegal,
+        }
+        Outcome::Done
+    }
+
+    fn invalidate_pages(&mut self, domain: u16, first: u64, log2: u32, pde: bool) {
+        let last = if log2 >= 64 {
+            u64::MAX
+        } else {
+            first + ((1u64 << log2) - 1)
+        };
+        self.iotlb.retain(|e| {
+            let e_last = e.iova + ((1u64 << e.size_log2) - 1);
+            e.domain != domain || e_last < first || e.iova > last
+        });
+        if pde {
+            self.pde_cache
+                .retain(|p| p.domain != domain || p.last() < first || p.iova > last);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decode_range;
+
+    #[test]
+    fn s_bit_decoding() {
+        assert_eq!(decode_range(0x5000), (0x5000, 12));
+        assert_eq!(decode_range(0x4001), (0x4000, 13));
+        assert_eq!(decode_range(0x9001), (0x8000, 14));
+        assert_eq!(decode_range(0x7FFF_FFFF_FFFF_F001), (0, 64));
+        assert_eq!(decode_range(0xF_F001), (0, 21));
+    }
+}

@@ -1,0 +1,462 @@
+//! A behavioural model of an AMD-Vi unit (AMD I/O Virtualization Technology (IOMMU)
+//! Specification, document 48882, revision 3.10): the yardstick the `amdvi` driver is tested
+//! against.
+//!
+//! Written from the spec with its own constants: it imports nothing from the driver or the
+//! page-table engine and reads tables from an [`Arena`].
+//!
+//! | file | what | spec |
+//! |---|---|---|
+//! | `mod.rs` | registers: base registers, Control, Status, head/tail pointers, EFR | §3.4 |
+//! | `command.rs` | command fetch and execution, ILLEGAL_COMMAND_ERROR / COMMAND_HARDWARE_ERROR | §2.4 |
+//! | `translate.rs` | device table entry, v1 page walk (Next Level 0..6 and 7), IOTLB, IO_PAGE_FAULT | §2.2.2, §2.2.3 |
+//!
+//! What is modelled: every register the driver touches (base registers ignored while the
+//! unit may use them: `DevTabBase` with `IommuEn` set, the command buffer's with `CmdBufEn`
+//! set, the head pointer likewise); command execution when the tail moves or `CmdBufEn` is
+//! set, with the head stopping on an illegal or unreadable command (`CmdBufRun` clear) and the
+//! event logged; a device table cache and an IOTLB (with the page directory entries it
+//! passed: `PDE` drops them) that keep entries until invalidated; the event log with overflow
+//! (`EventOverflow`, `EventLogRun` clear, events dropped); fault injection ([`Injection`]).
+//!
+//! What is not: interrupt remapping (INVALIDATE_INTERRUPT_TABLE is counted), guest (v2)
+//! translation and GCR3 tables, ATS translation requests (INVALIDATE_IOTLB_PAGES is counted,
+//! and [`Injection::IotlbTimeout`] logs its time-out), PPR, the exclusion range (its enable
+//! bit is recorded), performance counters. Interrupts are counted, not delivered.
+
+mod command;
+mod translate;
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
+use std::vec::Vec;
+
+use crate::mmio::RegisterWindow;
+use crate::sim::arena::Arena;
+
+pub use translate::{DmaFault, DmaOk};
+
+/// Register offsets (§3.4), the model's own constants.
+pub mod regs {
+    /// Device Table Base Address.
+    pub const DEV_TAB_BASE: usize = 0x0000;
+    /// Command Buffer Base Address.
+    pub const CMD_BUF_BASE: usize = 0x0008;
+    /// Event Log Base Address.
+    pub const EVENT_LOG_BASE: usize = 0x0010;
+    /// IOMMU Control.
+    pub const CONTROL: usize = 0x0018;
+    /// Exclusion Base.
+    pub const EXCLUSION_BASE: usize = 0x0020;
+    /// Exclusion Range Limit.
+    pub const EXCLUSION_LIMIT: usize = 0x0028;
+    /// Extended Feature Register.
+    pub const EFR: usize = 0x0030;
+    /// Extended Feature 2 Register.
+    pub const EFR2: usize = 0x01A0;
+    /// Command Buffer Head Pointer.
+    pub const CMD_HEAD: usize = 0x2000;
+    /// Command Buffer Tail Pointer.
+    pub const CMD_TAIL: usize = 0x2008;
+    /// Event Log Head Pointer.
+    pub const EVENT_HEAD: usize = 0x2010;
+    /// Event Log Tail Pointer.
+    pub const EVENT_TAIL: usize = 0x2018;
+    /// IOMMU Status.
+    pub const STATUS: usize = 0x2020;
+
+    /// Control `IommuEn`.
+    pub const CTRL_IOMMU_EN: u64 = 1 << 0;
+    /// Control `EventLogEn`.
+    pub const CTRL_EVENT_LOG_EN: u64 = 1 << 2;
+    /// Control `ComWaitIntEn`.
+    pub const CTRL_COM_WAIT_INT_EN: u64 = 1 << 4;
+    /// Control `CmdBufEn`.
+    pub const CTRL_CMD_BUF_EN: u64 = 1 << 12;
+    /// Status `EventOverflow` (RW1C).
+    pub const ST_EVENT_OVERFLOW: u64 = 1 << 0;
+    /// Status `EventLogInt` (RW1C).
+    pub const ST_EVENT_LOG_INT: u64 = 1 << 1;
+    /// Status `ComWaitInt` (RW1C).
+    pub const ST_COM_WAIT_INT: u64 = 1 << 2;
+    /// Status `EventLogRun`.
+    pub const ST_EVENT_LOG_RUN: u64 = 1 << 3;
+    /// Status `CmdBufRun`.
+    pub const ST_CMD_BUF_RUN: u64 = 1 << 4;
+    /// The write-1-to-clear bits of Status.
+    pub const ST_RW1C: u64 = 0b110_0111;
+    /// Head/tail pointer bits 18:4.
+    pub const POINTER_MASK: u64 = 0x7_FFF0;
+}
+
+/// EFR `IASup`.
+pub const EFR_IA_SUP: u64 = 1 << 6;
+/// EFR `GTSup`.
+pub const EFR_GT_SUP: u64 = 1 << 4;
+
+/// What the model reports and does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AmdViModelConfig {
+    /// EFR.
+    pub efr: u64,
+    /// EFR2.
+    pub efr2: u64,
+}
+
+impl AmdViModelConfig {
+    /// What QEMU 10's `amd-iommu` reports, as far as the driver reads it: no `IASup` (QEMU
+    /// executes INVALIDATE_IOMMU_ALL whatever EFR says, a real unit without it does not), no
+    /// guest translation, HATS 0 (4 levels).
+    pub const fn qemu_default() -> Self {
+        Self {
+            efr: 1 << 0 | 1 << 3 | 1 << 8 | 1 << 9,
+            efr2: 0,
+        }
+    }
+
+    /// With EFR `IASup` (INVALIDATE_IOMMU_ALL).
+    pub const fn with_invalidate_all(mut self) -> Self {
+        self.efr |= EFR_IA_SUP;
+        self
+    }
+}
+
+/// Faults to inject, for error-path tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Injection {
+    /// The `n`-th command fetched from now (1-based) is illegal: ILLEGAL_COMMAND_ERROR.
+    IllegalCommandAt(u32),
+    /// The `n`-th command fetched from now cannot be read: COMMAND_HARDWARE_ERROR.
+    CommandHardwareErrorAt(u32),
+    /// COMPLETION_WAITs do not complete (the unit stops on the first one, head on it, run bit
+    /// set) until [`AmdViModel::clear_injections`].
+    StallWaits,
+    /// The next INVALIDATE_IOTLB_PAGES times out: IOTLB_INV_TIMEOUT logged, the device's
+    /// cache kept.
+    IotlbTimeout,
+    /// `CmdBufRun` / `EventLogRun` never clear when their enable bit is cleared.
+    StuckRun,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Injections {
+    illegal_at: u32,
+    hw_error_at: u32,
+    stall_waits: bool,
+    iotlb_timeout: bool,
+    stuck_run: bool,
+}
+
+/// Counts `counter` down; true when it reaches its event.
+fn countdown(counter: &mut u32) -> bool {
+    match *counter {
+        0 => false,
+        1 => {
+            *counter = 0;
+            true
+        }
+        _ => {
+            *counter -= 1;
+            false
+        }
+    }
+}
+
+/// What the unit did (counts only, never timings).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AmdViModelStats {
+    /// COMPLETION_WAITs completed.
+    pub completion_waits: u64,
+    /// COMPLETION_WAIT stores written.
+    pub completion_stores: u64,
+    /// COMPLETION_WAIT interrupts (`ComWaitInt` set).
+    pub completion_interrupts: u64,
+    /// INVALIDATE_DEVTAB_ENTRY.
+    pub invalidate_devtab: u64,
+    /// INVALIDATE_IOMMU_PAGES, of one 4 KiB page (`S` clear).
+    pub invalidate_pages_page: u64,
+    /// INVALIDATE_IOMMU_PAGES with `S` set, less than everything.
+    pub invalidate_pages_range: u64,
+    /// INVALIDATE_IOMMU_PAGES of everything.
+    pub invalidate_pages_all: u64,
+    /// INVALIDATE_IOTLB_PAGES.
+    pub invalidate_iotlb: u64,
+    /// INVALIDATE_INTERRUPT_TABLE.
+    pub invalidate_interrupt_table: u64,
+    /// INVALIDATE_IOMMU_ALL.
+    pub invalidate_all: u64,
+    /// ILLEGAL_COMMAND_ERROR.
+    pub illegal_commands: u64,
+    /// COMMAND_HARDWARE_ERROR.
+    pub command_hardware_errors: u64,
+    /// Writes to a base or head register ignored because the unit may be using it.
+    pub ignored_writes: u64,
+    /// Events written to the log.
+    pub events_logged: u64,
+    /// Events lost (log full or disabled).
+    pub events_dropped: u64,
+    /// Requests translated or refused.
+    pub translations: u64,
+    /// IOTLB hits.
+    pub iotlb_hits: u64,
+    /// Page walks.
+    pub walks: u64,
+    /// Requests let through untranslated (`IommuEn` clear, or a DTE with `V` clear).
+    pub untranslated: u64,
+}
+
+/// Everything behind the lock.
+struct State<'m> {
+    mem: &'m Arena,
+    cfg: AmdViModelConfig,
+    dev_tab_base: u64,
+    cmd_base: u64,
+    event_base: u64,
+    control: u64,
+    exclusion_base: u64,
+    exclusion_limit: u64,
+    cmd_head: u64,
+    cmd_tail: u64,
+    event_head: u64,
+    event_tail: u64,
+    status: u64,
+    /// Cached device table entries.
+    dte_cache: HashMap<u16, [u64; 4]>,
+    /// The IOTLB: translations tagged with their domain ID.
+    iotlb: Vec<translate::IotlbEntry>,
+    /// Page directory entries cached by walks.
+    pde_cache: Vec<translate::PdeEntry>,
+    inj: Injections,
+    stats: AmdViModelStats,
+}
+
+/// The model. Implements [`RegisterWindow`]; DMA is issued with [`dma`](Self::dma).
+pub struct AmdViModel<'m> {
+    state: Mutex<State<'m>>,
+}
+
+impl<'m> AmdViModel<'m> {
+    /// A unit in its reset state (everything off), reading memory from `mem`.
+    pub fn new(mem: &'m Arena, cfg: AmdViModelConfig) -> Self {
+        Self {
+            state: Mutex::new(State {
+                mem,
+                cfg,
+                dev_tab_base: 0,
+                cmd_base: 0,
+                event_base: 0,
+                control: 0,
+                exclusion_base: 0,
+                exclusion_limit: 0,
+                cmd_head: 0,
+                cmd_tail: 0,
+                event_head: 0,
+                event_tail: 0,
+                status: 0,
+                dte_cache: HashMap::new(),
+                iotlb: Vec::new(),
+                pde_cache: Vec::new(),
+                inj: Injections::default(),
+                stats: AmdViModelStats::default(),
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State<'m>> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> AmdViModelStats {
+        self.lock().stats
+    }
+
+    /// Arms a fault.
+    pub fn inject(&self, injection: Injection) {
+        let mut st = self.lock();
+        match injection {
+            Injection::IllegalCommandAt(n) => st.inj.illegal_at = n,
+            Injection::CommandHardwareErrorAt(n) => st.inj.hw_error_at = n,
+            Injection::StallWaits => st.inj.stall_waits = true,
+            Injection::IotlbTimeout => st.inj.iotlb_timeout = true,
+            Injection::StuckRun => st.inj.stuck_run = true,
+        }
+    }
+
+    /// Disarms every fault, and lets a stalled buffer run on.
+    pub fn clear_injections(&self) {
+        let mut st = self.lock();
+        st.inj = Injections::default();
+        st.run_commands();
+    }
+
+    /// Sets the state firmware would leave: enabled, with its own device table, command
+    /// buffer and event log at these addresses, and an exclusion range.
+    pub fn firmware_state(&self, dev_tab_base: u64, cmd_base: u64, event_base: u64) {
+        let mut st = self.lock();
+        st.dev_tab_base = dev_tab_base;
+        st.cmd_base = cmd_base;
+        st.event_base = event_base;
+        st.exclusion_base = 0x1 | 0x8000_0000;
+        st.exclusion_limit = 0x8FFF_F000;
+        st.control = regs::CTRL_IOMMU_EN | regs::CTRL_CMD_BUF_EN | regs::CTRL_EVENT_LOG_EN;
+        st.status = regs::ST_CMD_BUF_RUN | regs::ST_EVENT_LOG_RUN;
+    }
+
+    /// Whether the exclusion range is enabled (`ExEn`).
+    pub fn exclusion_enabled(&self) -> bool {
+        self.lock().exclusion_base & 1 != 0
+    }
+
+    /// Entries in the device table cache and the IOTLB.
+    pub fn cache_sizes(&self) -> (usize, usize) {
+        let st = self.lock();
+        (st.dte_cache.len(), st.iotlb.len())
+    }
+
+    /// Raises an event as the unit would (for tests of the log's overflow handling).
+    pub fn raise_event(&self, raw: [u64; 2]) {
+        self.lock().log_event(raw);
+    }
+}
+
+impl State<'_> {
+    fn ring_size(base: u64) -> u64 {
+        16u64 << ((base >> 56) & 0xF)
+    }
+
+    fn ring_addr(base: u64) -> u64 {
+        base & 0x000F_FFFF_FFFF_F000
+    }
+
+    /// Writes an event at the tail, or drops it (log off, stopped or full: overflow).
+    fn log_event(&mut self, raw: [u64; 2]) {
+        if self.control & regs::CTRL_EVENT_LOG_EN == 0 || self.status & regs::ST_EVENT_LOG_RUN == 0
+        {
+            self.stats.events_dropped += 1;
+            return;
+        }
+        let size = Self::ring_size(self.event_base);
+        let next = (self.event_tail + 16) % size;
+        if next == self.event_head {
+            self.status |= regs::ST_EVENT_OVERFLOW;
+            self.status &= !regs::ST_EVENT_LOG_RUN;
+            self.stats.events_dropped += 1;
+            return;
+        }
+        let at = Self::ring_addr(self.event_base) + self.event_tail;
+        if !(self.mem.write_u64(at, raw[0]) && self.mem.write_u64(at + 8, raw[1])) {
+            self.stats.events_dropped += 1;
+            return;
+        }
+        self.event_tail = next;
+        self.status |= regs::ST_EVENT_LOG_INT;
+        self.stats.events_logged += 1;
+    }
+
+    fn read64(&self, offset: usize) -> u64 {
+        match offset {
+            regs::DEV_TAB_BASE => self.dev_tab_base,
+            regs::CMD_BUF_BASE => self.cmd_base,
+            regs::EVENT_LOG_BASE => self.event_base,
+            regs::CONTROL => self.control,
+            regs::EXCLUSION_BASE => self.exclusion_base,
+            regs::EXCLUSION_LIMIT => self.exclusion_limit,
+            regs::EFR => self.cfg.efr,
+            regs::EFR2 => self.cfg.efr2,
+            regs::CMD_HEAD => self.cmd_head,
+            regs::CMD_TAIL => self.cmd_tail,
+            regs::EVENT_HEAD => self.event_head,
+            regs::EVENT_TAIL => self.event_tail,
+            regs::STATUS => self.status,
+            _ => 0,
+        }
+    }
+
+    fn write64(&mut self, offset: usize, value: u64) {
+        let iommu_on = self.control & regs::CTRL_IOMMU_EN != 0;
+        let cmd_on = self.control & regs::CTRL_CMD_BUF_EN != 0;
+        let log_on = self.control & regs::CTRL_EVENT_LOG_EN != 0;
+        match offset {
+            regs::DEV_TAB_BASE if iommu_on => self.stats.ignored_writes += 1,
+            regs::DEV_TAB_BASE => self.dev_tab_base = value,
+            regs::CMD_BUF_BASE | regs::CMD_HEAD if cmd_on => self.stats.ignored_writes += 1,
+            regs::CMD_BUF_BASE => self.cmd_base = value,
+            regs::CMD_HEAD => self.cmd_head = value & regs::POINTER_MASK,
+            regs::EVENT_LOG_BASE if log_on => self.stats.ignored_writes += 1,
+            regs::EVENT_LOG_BASE => self.event_base = value,
+            regs::EXCLUSION_BASE => self.exclusion_base = value,
+            regs::EXCLUSION_LIMIT => self.exclusion_limit = value,
+            regs::CMD_TAIL => {
+                self.cmd_tail = value & regs::POINTER_MASK;
+                self.run_commands();
+            }
+            regs::EVENT_HEAD => self.event_head = value & regs::POINTER_MASK,
+            regs::EVENT_TAIL if log_on => self.stats.ignored_writes += 1,
+            regs::EVENT_TAIL => self.event_tail = value & regs::POINTER_MASK,
+            regs::STATUS => self.status &= !(value & regs::ST_RW1C),
+            regs::CONTROL => self.write_control(value),
+            _ => {}
+        }
+    }
+
+    fn write_control(&mut self, value: u64) {
+        let old = self.control;
+        self.control = value;
+        let rose = value & !old;
+        let fell = old & !value;
+        if fell & regs::CTRL_CMD_BUF_EN != 0 && !self.inj.stuck_run {
+            self.status &= !regs::ST_CMD_BUF_RUN;
+        }
+        if fell & regs::CTRL_EVENT_LOG_EN != 0 && !self.inj.stuck_run {
+            self.status &= !regs::ST_EVENT_LOG_RUN;
+        }
+        if rose & regs::CTRL_EVENT_LOG_EN != 0 {
+            self.status |= regs::ST_EVENT_LOG_RUN;
+        }
+        if rose & regs::CTRL_IOMMU_EN != 0 {
+            // A newly enabled unit starts with empty caches only if software says so: the
+            // caches are kept, as hardware keeps them across IommuEn.
+        }
+        if rose & regs::CTRL_CMD_BUF_EN != 0 {
+            self.status |= regs::ST_CMD_BUF_RUN;
+            self.run_commands();
+        }
+    }
+}
+
+impl RegisterWindow for AmdViModel<'_> {
+    fn read32(&self, offset: usize) -> u32 {
+        let v = self.lock().read64(offset & !7);
+        (v >> ((offset & 4) * 8)) as u32
+    }
+
+    fn write32(&self, offset: usize, value: u32) {
+        let mut st = self.lock();
+        let old = st.read64(offset & !7);
+        let shift = (offset & 4) * 8;
+        let new = (old & !(0xFFFF_FFFFu64 << shift)) | u64::from(value) << shift;
+        st.write64(offset & !7, new);
+    }
+
+    fn read64(&self, offset: usize) -> u64 {
+        self.lock().read64(offset)
+    }
+
+    fn write64(&self, offset: usize, value: u64) {
+        self.lock().write64(offset, value)
+    }
+}
+
+impl core::fmt::Debug for AmdViModel<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let st = self.lock();
+        f.debug_struct("AmdViModel")
+            .field("control", &format_args!("{:#x}", st.control))
+            .field("status", &format_args!("{:#x}", st.status))
+            .field("stats", &st.stats)
+            .finish_non_exhaustive()
+    }
+}

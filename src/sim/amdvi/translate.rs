@@ -1,0 +1,340 @@
+//! Translation (§2.2.2.1 "Device Table Entry Format", §2.2.3 "I/O Page Tables for Host
+//! Translations"): the device's DTE (cached until INVALIDATE_DEVTAB_ENTRY), then the IOTLB,
+//! then a walk of the v1 table from the deepest cached page directory entry (cached until an
+//! INVALIDATE_IOMMU_PAGES with `PDE` covers it).
+//!
+//! The model's own reading of the v1 format: a table at level L (1 = 4 KiB leaves) is indexed
+//! by IOVA bits 12+9(L-1)+8 : 12+9(L-1); an entry with `PR` clear faults; `Next Level` 0 is a
+//! leaf of the level's size, 7 a leaf whose size the address encodes (the lowest clear address
+//! bit from 12 up, n, gives 2^(n+1) bytes), 1..L-1 a table at that level (the skipped levels'
+//! index bits must be zero), anything else is an illegal level (a fault with `RZ`). IOVA bits
+//! above what `Mode` levels translate must be zero. Read and write permission is the AND of
+//! the DTE's `IR`/`IW` and every entry's on the walk; `FC` in the leaf forces snooping.
+
+use super::{regs, AmdViModel, State};
+use crate::sim::arena::PhysMem;
+
+const EVENT_ILLEGAL_DEV_TABLE_ENTRY: u64 = 0x1;
+const EVENT_IO_PAGE_FAULT: u64 = 0x2;
+const EVENT_PAGE_TAB_HARDWARE_ERROR: u64 = 0x4;
+const FLAG_PR: u64 = 1 << 4;
+const FLAG_RW: u64 = 1 << 5;
+const FLAG_PE: u64 = 1 << 6;
+const FLAG_RZ: u64 = 1 << 7;
+const PTE_PR: u64 = 1;
+const PTE_FC: u64 = 1 << 60;
+const PTE_IR: u64 = 1 << 61;
+const PTE_IW: u64 = 1 << 62;
+const ADDR: u64 = 0x000F_FFFF_FFFF_F000;
+
+/// A cached translation.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct IotlbEntry {
+    pub domain: u16,
+    pub iova: u64,
+    pub size_log2: u32,
+    pub pa: u64,
+    pub read: bool,
+    pub write: bool,
+    pub fc: bool,
+}
+
+/// A cached page directory entry: the table at `level` that translates the `2^span_log2`
+/// bytes at `iova`, with the permissions of the walk down to it.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct PdeEntry {
+    pub domain: u16,
+    pub iova: u64,
+    pub span_log2: u32,
+    pub level: u32,
+    pub table: u64,
+    pub read: bool,
+    pub write: bool,
+}
+
+impl PdeEntry {
+    pub fn last(&self) -> u64 {
+        self.iova.saturating_add((1u64 << self.span_log2) - 1)
+    }
+}
+
+/// A successful translation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DmaOk {
+    /// The output address.
+    pub pa: u64,
+    /// Log2 of the page that mapped it (12 when untranslated).
+    pub page_size_log2: u32,
+    /// The leaf's `FC`: snooped whatever the request's no-snoop attribute.
+    pub force_coherent: bool,
+    /// The domain ID (0 untranslated).
+    pub domain: u16,
+    /// Served from the IOTLB.
+    pub from_iotlb: bool,
+}
+
+/// A refused request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DmaFault {
+    /// The event code logged (or that would have been, had the log room).
+    pub event_code: u8,
+    /// The event's flags (bits 59:48 of its first quadword, shifted down).
+    pub flags: u16,
+}
+
+fn level_shift(level: u32) -> u32 {
+    12 + 9 * (level - 1)
+}
+
+/// Bits `[lo, hi)` of `v`, as a mask test: are they all zero.
+fn zero_between(v: u64, lo: u32, hi: u32) -> bool {
+    if lo >= 64 || lo >= hi {
+        return true;
+    }
+    let width = hi.min(64) - lo;
+    let mask = if width >= 64 {
+        u64::MAX
+    } else {
+        (1u64 << width) - 1
+    };
+    (v >> lo) & mask == 0
+}
+
+impl AmdViModel<'_> {
+    /// A DMA read (`write` false) or write of `iova` by `device_id`. Faults are logged in the
+    /// event log as the unit would.
+    pub fn dma(&self, device_id: u16, iova: u64, write: bool) -> Result<DmaOk, DmaFault> {
+        let mut st = self.lock();
+        st.stats.translations += 1;
+        st.translate(device_id, iova, write)
+    }
+}
+
+impl State<'_> {
+    fn untranslated(&mut self, iova: u64) -> Result<DmaOk, DmaFault> {
+        self.stats.untranslated += 1;
+        Ok(DmaOk {
+            pa: iova,
+            page_size_log2: 12,
+            force_coherent: false,
+            domain: 0,
+            from_iotlb: false,
+        })
+    }
+
+    fn fault(
+        &mut self,
+        code: u64,
+        device: u16,
+        domain: u16,
+        flags: u64,
+        address: u64,
+    ) -> Result<DmaOk, DmaFault> {
+        self.log_event([
+            code << 60 | flags << 48 | u64::from(domain) << 32 | u64::from(device),
+            address,
+        ]);
+        Err(DmaFault {
+            event_code: code as u8,
+            flags: flags as u16,
+        })
+    }
+
+    fn dte(&mut self, device: u16) -> Option<[u64; 4]> {
+        if let Some(d) = self.dte_cache.get(&device) {
+            return Some(*d);
+        }
+        let entries = ((self.dev_tab_base & 0x1FF) + 1) * 4096 / 32;
+        if u64::from(device) >= entries {
+            return None;
+        }
+        let at = (self.dev_tab_base & ADDR) + u64::from(device) * 32;
+        let mut d = [0u64; 4];
+        for (i, w) in d.iter_mut().enumerate() {
+            *w = self.mem.read_u64(at + 8 * i as u64)?;
+        }
+        self.dte_cache.insert(device, d);
+        Some(d)
+    }
+
+    pub(super) fn translate(
+        &mut self,
+        device: u16,
+        iova: u64,
+        write: bool,
+    ) -> Result<DmaOk, DmaFault> {
+        if self.control & regs::CTRL_IOMMU_EN == 0 {
+            return self.untranslated(iova);
+        }
+        let rw = if write { FLAG_RW } else { 0 };
+        let Some(dte) = self.dte(device) else {
+            return self.fault(EVENT_ILLEGAL_DEV_TABLE_ENTRY, device, 0, rw, iova);
+        };
+        let q0 = dte[0];
+        if q0 & 1 == 0 || q0 & 2 == 0 {
+            // V or TV clear: the unit does not translate the device's requests.
+            return self.untranslated(iova);
+        }
+        let domain = dte[1] as u16;
+        let mode = ((q0 >> 9) & 7) as u32;
+        let (dir, diw) = (q0 & PTE_IR != 0, q0 & PTE_IW != 0);
+        let allowed = |r: bool, w: bool| if write { w } else { r };
+        if mode == 7 {
+            return self.fault(
+                EVENT_ILLEGAL_DEV_TABLE_ENTRY,
+                device,
+                domain,
+                rw | FLAG_RZ,
+                iova,
+            );
+        }
+        if mode == 0 {
+            if allowed(dir, diw) {
+                return Ok(DmaOk {
+                    pa: iova,
+                    page_size_log2: 12,
+                    force_coherent: false,
+                    domain,
+                    from_iotlb: false,
+                });
+            }
+            return self.fault(
+                EVENT_IO_PAGE_FAULT,
+                device,
+                domain,
+                rw | FLAG_PR | FLAG_PE,
+                iova,
+            );
+        }
+        if let Some(e) = self
+            .iotlb
+            .iter()
+            .find(|e| e.domain == domain && iova >= e.iova && iova - e.iova < (1u64 << e.size_log2))
+        {
+            let e = *e;
+            self.stats.iotlb_hits += 1;
+            if !allowed(e.read && dir, e.write && diw) {
+                return self.fault(
+                    EVENT_IO_PAGE_FAULT,
+                    device,
+                    domain,
+                    rw | FLAG_PR | FLAG_PE,
+                    iova,
+                );
+            }
+            return Ok(DmaOk {
+                pa: e.pa + (iova - e.iova),
+                page_size_log2: e.size_log2,
+                force_coherent: e.fc,
+                domain,
+                from_iotlb: true,
+            });
+        }
+        if !zero_between(iova, level_shift(mode) + 9, 64) {
+            return self.fault(EVENT_IO_PAGE_FAULT, device, domain, rw, iova);
+        }
+        self.stats.walks += 1;
+        // Start from the deepest cached page directory entry that covers the IOVA.
+        let start = self
+            .pde_cache
+            .iter()
+            .filter(|p| p.domain == domain && iova >= p.iova && iova <= p.last())
+            .min_by_key(|p| p.level)
+            .copied();
+        let (mut level, mut table, mut r, mut w) = match start {
+            Some(p) => (p.level, p.table, p.read, p.write),
+            None => (mode, q0 & ADDR, true, true),
+        };
+        loop {
+            let shift = level_shift(level);
+            let index = (iova >> shift) & 0x1FF;
+            let Some(pte) = self.mem.read_u64(table + index * 8) else {
+                return self.fault(EVENT_PAGE_TAB_HARDWARE_ERROR, device, domain, rw, iova);
+            };
+            if pte & PTE_PR == 0 {
+                return self.fault(EVENT_IO_PAGE_FAULT, device, domain, rw, iova);
+            }
+            r &= pte & PTE_IR != 0;
+            w &= pte & PTE_IW != 0;
+            let next = ((pte >> 9) & 7) as u32;
+            let size_log2 = match next {
+                0 => Some(shift),
+                7 => {
+                    let addr = pte & ADDR;
+                    let mut n = 12;
+                    while n < 52 && addr & (1 << n) != 0 {
+                        n += 1;
+                    }
+                    Some(n + 1)
+                }
+                n if n < level => {
+                    // Skipped levels translate nothing: their index bits must be zero.
+                    if !zero_between(iova, level_shift(n) + 9, shift) {
+                        return self.fault(EVENT_IO_PAGE_FAULT, device, domain, rw, iova);
+                    }
+                    let child = pte & ADDR;
+                    let span_log2 = (level_shift(n) + 9).min(63);
+                    let entry = PdeEntry {
+                        domain,
+                        iova: iova >> span_log2 << span_log2,
+                        span_log2,
+                        level: n,
+                        table: child,
+                        read: r,
+                        write: w,
+                    };
+                    if !self
+                        .pde_cache
+                        .iter()
+                        .any(|p| p.domain == domain && p.level == n && p.iova == entry.iova)
+                    {
+                        self.pde_cache.push(entry);
+                    }
+                    level = n;
+                    table = child;
+                    continue;
+                }
+                _ => None,
+            };
+            let Some(size_log2) = size_log2.filter(|&s| s <= shift + 9 && s < 64) else {
+                return self.fault(
+                    EVENT_IO_PAGE_FAULT,
+                    device,
+                    domain,
+                    rw | FLAG_PR | FLAG_RZ,
+                    iova,
+                );
+            };
+            let base = iova >> size_log2 << size_log2;
+            let pa_base = (pte & ADDR) >> size_log2 << size_log2;
+            let fc = pte & PTE_FC != 0;
+            self.iotlb.push(IotlbEntry {
+                domain,
+                iova: base,
+                size_log2,
+                pa: pa_base,
+                read: r,
+                write: w,
+                fc,
+            });
+            if !allowed(r && dir, w && diw) {
+                return self.fault(
+                    EVENT_IO_PAGE_FAULT,
+                    device,
+                    domain,
+                    rw | FLAG_PR | FLAG_PE,
+                    iova,
+                );
+            }
+            return Ok(DmaOk {
+                pa: pa_base + (iova - base),
+                page_size_log2: size_log2,
+                force_coherent: fc,
+                domain,
+                from_iotlb: false,
+            });
+        }
+    }
+}
