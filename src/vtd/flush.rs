@@ -36,8 +36,8 @@ impl Block {
     }
 }
 
-/// What a flush invalidates for one tag. Built on the stack once per flush, so the size of the
-/// block array does not matter.
+/// What a flush invalidates for one tag. Built in place in the unit's plan storage
+/// ([`plan_into`]): at 280 bytes it is kept off the stack under the invalidations.
 #[allow(clippy::large_enum_variant)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FlushPlan {
@@ -75,18 +75,26 @@ pub struct PlanLimits {
     pub mamv: u8,
 }
 
-/// Plans the invalidation of `ranges` (`leaf_only`: no table was freed or split).
-pub fn plan(ranges: &[IovaRange], leaf_only: bool, limits: PlanLimits) -> FlushPlan {
-    let mut blocks = [Block::default(); PAGE_SELECTIVE_LIMIT];
-    let mut len = 0;
+/// Plans the invalidation of `ranges` (`leaf_only`: no table was freed or split) into `out`.
+pub fn plan_into(out: &mut FlushPlan, ranges: &[IovaRange], leaf_only: bool, limits: PlanLimits) {
+    // Built in place (the unit's plan storage): no 280-byte plan on the stack.
+    *out = FlushPlan::Pages {
+        blocks: [Block::default(); PAGE_SELECTIVE_LIMIT],
+        len: 0,
+        ih: leaf_only,
+    };
+    let FlushPlan::Pages { blocks, len, .. } = out else {
+        return;
+    };
     for r in ranges.iter().filter(|r| r.end > r.start) {
         if !limits.page_selective {
-            return FlushPlan::Everything;
+            *out = FlushPlan::Everything;
+            return;
         }
         let mut add = |b: Block| {
-            let slot = blocks.get_mut(len).ok_or(())?;
+            let slot = blocks.get_mut(*len).ok_or(())?;
             *slot = b;
-            len += 1;
+            *len += 1;
             Ok::<(), ()>(())
         };
         let fits = match covering_block(*r) {
@@ -94,17 +102,12 @@ pub fn plan(ranges: &[IovaRange], leaf_only: bool, limits: PlanLimits) -> FlushP
             _ => decompose(*r, limits.mamv, &mut add),
         };
         if fits.is_err() {
-            return FlushPlan::Everything;
+            *out = FlushPlan::Everything;
+            return;
         }
     }
-    if len == 0 {
-        FlushPlan::Nothing
-    } else {
-        FlushPlan::Pages {
-            blocks,
-            len,
-            ih: leaf_only,
-        }
+    if *len == 0 {
+        *out = FlushPlan::Nothing;
     }
 }
 
@@ -176,6 +179,12 @@ mod tests {
     }
 
     extern crate std;
+
+    fn plan(ranges: &[IovaRange], leaf_only: bool, limits: PlanLimits) -> FlushPlan {
+        let mut p = FlushPlan::Everything;
+        plan_into(&mut p, ranges, leaf_only, limits);
+        p
+    }
 
     #[test]
     fn covering_blocks() {

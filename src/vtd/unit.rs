@@ -47,6 +47,7 @@ use core::sync::atomic::Ordering;
 use super::cap::{Cap, CapFlags};
 use super::domain::{Choice, Domain};
 use super::ecap::{Ecap, EcapFlags};
+use super::flush::FlushPlan;
 use super::fault::{drain_primary_faults, DrainSummary, FaultRecord};
 use super::inv_desc::{ContextCacheScope, IotlbScope, PasidCacheScope};
 use super::inv_queue::{DescriptorWidth, QueueConfig, QueueCore, IQA_QS_MAX};
@@ -406,6 +407,9 @@ pub struct VtdUnit<
     inval: spin::Mutex<Invalidator>,
     /// The batches' descriptor buffer: locked only by a batch, under `inval`.
     staging: spin::Mutex<Staging>,
+    /// The plan of the flush in progress (280 bytes, which a kernel stack should not carry
+    /// under the invalidation chain): locked only by `flush_locked`, under `inval`.
+    flush_plan: spin::Mutex<FlushPlan>,
     counters: Counters,
 }
 
@@ -491,6 +495,9 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
             #[allow(clippy::declare_interior_mutable_const)]
             const STAGING: spin::Mutex<Staging> = spin::Mutex::new(Staging::new());
             addr_of_mut!((*p).staging).write(STAGING);
+            #[allow(clippy::declare_interior_mutable_const)]
+            const FLUSH_PLAN: spin::Mutex<FlushPlan> = spin::Mutex::new(FlushPlan::Nothing);
+            addr_of_mut!((*p).flush_plan).write(FLUSH_PLAN);
             addr_of_mut!((*p).counters).write(Counters::default());
         }
         Ok(())
