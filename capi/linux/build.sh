@@ -78,7 +78,10 @@ objtool_args="$objtool_args --link"
 objtool_log=$("$KDIR/tools/objtool/objtool" $objtool_args "$mod/rust.o" 2>&1) \
   || { echo "build.sh: objtool failed on rust.o: $objtool_log" >&2; exit 1; }
 [ -z "$objtool_log" ] || { echo "build.sh: objtool warns on rust.o:" >&2; echo "$objtool_log" >&2; exit 1; }
-readelf -SW "$mod/rust.o" | grep -q '\.orc_unwind_ip' \
+# Not `readelf | grep -q`: grep exits at the first match, readelf then dies of SIGPIPE, and
+# pipefail fails the build whenever readelf still had sections to print (it did, now and then).
+sections=$(readelf -SW "$mod/rust.o")
+grep -q '\.orc_unwind_ip' <<<"$sections" \
   || { echo "build.sh: objtool wrote no ORC tables into rust.o" >&2; exit 1; }
 echo "build.sh: objtool" $objtool_args "rust.o: no warning, ORC tables written"
 make -s -C "$KDIR" M="$(cd "$mod" && pwd)" modules 2>&1 | tee -a "$out/kbuild.log"

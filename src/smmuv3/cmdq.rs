@@ -404,6 +404,9 @@ impl<A: PageAllocator> CommandQueue<A> {
     /// CMD_SYNC (no signal, no MSI); `CERROR_ABT` and `CERROR_ATC_INV_SYNC` leave it to run
     /// again. Then acknowledges through GERRORN (the unit re-fetches from CONS) and returns the
     /// error. `None` if no command error was active.
+    // Inlined into `refresh_cons`, so that it adds no frame of its own under every command
+    // queue wait (the kernel-stack bound of the C ABI's entry points).
+    #[inline(always)]
     pub fn recover<W: RegisterWindow + ?Sized>(&mut self, regs: &W) -> Option<SmmuError> {
         if !Gerror::active(regs).contains(Gerror::CMDQ_ERR) {
             return None;

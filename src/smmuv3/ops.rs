@@ -35,6 +35,7 @@ use core::sync::atomic::Ordering;
 
 use super::attach::Batch;
 use super::cmd::Command;
+use super::cmdq::CommandQueue;
 use super::domain::{Domain, DomainParams};
 use super::flush::{atc_inv_for, invalidate_all, plan_tlbi, FlushPolicy, TlbTag};
 use super::platform::{DeviceFacts, CANWBS_NOT_DECLARED};
@@ -446,11 +447,6 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
             children,
             whole_tag,
         } = *target;
-        let policy = FlushPolicy {
-            ril: self.features.ril,
-            granule_log2,
-            threshold: self.cfg.flush_threshold,
-        };
         let span = if whole_tag {
             Some(IovaRange {
                 start: Iova::ZERO,
@@ -460,13 +456,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
             gather.span()
         };
         self.with_cmdq(|q, r| {
-            let mut b = Batch::new(q, r, &self.cmd_staging);
-            if whole_tag {
-                b.push(invalidate_all(tag))?;
-            } else {
-                plan_tlbi(tag, gather, &policy, |c| b.push(c))?;
-            }
-            b.sync()?;
+            self.invalidate_tlb(q, r, tag, granule_log2, whole_tag, gather)?;
             let (Some(config), Some(span)) = (config, span) else {
                 return Ok(());
             };
@@ -479,6 +469,35 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
             )
         })?;
         Ok(())
+    }
+}
+
+impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
+    /// The TLB part of [`SmmuUnit::invalidate`], ended by a CMD_SYNC. Not inlined: the
+    /// planning's locals are on the stack only while it runs, not under the ATC invalidations
+    /// that follow.
+    #[inline(never)]
+    fn invalidate_tlb(
+        &self,
+        q: &mut CommandQueue<A>,
+        r: &W,
+        tag: TlbTag,
+        granule_log2: u32,
+        whole_tag: bool,
+        gather: &Gather,
+    ) -> Result<(), super::SmmuError> {
+        let policy = FlushPolicy {
+            ril: self.features.ril,
+            granule_log2,
+            threshold: self.cfg.flush_threshold,
+        };
+        let mut b = Batch::new(q, r, &self.cmd_staging);
+        if whole_tag {
+            b.push(invalidate_all(tag))?;
+        } else {
+            plan_tlbi(tag, gather, &policy, |c| b.push(c))?;
+        }
+        b.sync()
     }
 }
 

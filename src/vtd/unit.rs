@@ -47,8 +47,8 @@ use core::sync::atomic::Ordering;
 use super::cap::{Cap, CapFlags};
 use super::domain::{Choice, Domain};
 use super::ecap::{Ecap, EcapFlags};
-use super::flush::FlushPlan;
 use super::fault::{drain_primary_faults, DrainSummary, FaultRecord};
+use super::flush::FlushPlan;
 use super::inv_desc::{ContextCacheScope, IotlbScope, PasidCacheScope};
 use super::inv_queue::{DescriptorWidth, QueueConfig, QueueCore, IQA_QS_MAX};
 use super::invalidation::{
