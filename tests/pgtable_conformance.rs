@@ -11,6 +11,8 @@
 use std::collections::BTreeMap;
 
 use iommu_engine::mem::{Iova, PhysAddr, WalkerCoherency};
+use iommu_engine::pgtable::amdvi_v1::{AmdV1, AmdV1Config};
+use iommu_engine::pgtable::amdvi_v2::{AmdV2, AmdV2Config};
 use iommu_engine::pgtable::arm_s1::{self, ArmS1, ArmS1Config};
 use iommu_engine::pgtable::arm_s2::{ArmS2, ArmS2Config, S2Attributes};
 use iommu_engine::pgtable::vtd_fs::{VtdFs, VtdFsConfig};
@@ -81,7 +83,7 @@ fn seen<A>(t: &walk::Translation<A>) -> Seen {
 }
 
 // ---------------------------------------------------------------------------------------------
-// the four formats
+// the formats
 
 struct VtdSsCase(VtdSsConfig);
 
@@ -219,6 +221,155 @@ impl Case for VtdFsCase {
         let read = Access::READ.privileged();
         let t = walk::vtd_fs::translate(mem, &self.walker(root), Iova::new(iova), read).unwrap();
         match t.attrs.pat_index {
+            0 => MemView::Normal,
+            3 => MemView::Device,
+            other => panic!("{}: PAT index {other}", self.name()),
+        }
+    }
+}
+
+struct AmdV1Case(AmdV1Config);
+
+impl AmdV1Case {
+    fn walker(&self, root: PhysAddr) -> walk::amdvi_v1::AmdV1Config {
+        walk::amdvi_v1::AmdV1Config {
+            root,
+            mode: AmdV1::new(self.0).unwrap().mode() as u8,
+            oas: self.0.oas,
+        }
+    }
+
+    fn read(
+        &self,
+        mem: &Arena,
+        root: PhysAddr,
+        iova: u64,
+    ) -> walk::Translation<walk::amdvi_v1::AmdV1Attrs> {
+        walk::amdvi_v1::translate(mem, &self.walker(root), Iova::new(iova), Access::READ).unwrap()
+    }
+}
+
+impl Case for AmdV1Case {
+    type F = AmdV1;
+    fn name(&self) -> String {
+        let c = &self.0;
+        format!(
+            "amdvi-v1 ias{} oas{} large={} fc={} dirty={}",
+            c.ias, c.oas, c.large_pages, c.force_coherent, c.dirty_tracking
+        )
+    }
+    fn format(&self) -> AmdV1 {
+        AmdV1::new(self.0).unwrap()
+    }
+    fn translate(&self, mem: &Arena, root: PhysAddr, iova: u64) -> Result<Seen, Fault> {
+        walk::amdvi_v1::translate(mem, &self.walker(root), Iova::new(iova), Access::READ)
+            .map(|t| seen(&t))
+    }
+    fn walk_all(&self, mem: &Arena, root: PhysAddr) -> Vec<(u64, Seen)> {
+        let all = walk::amdvi_v1::walk_all(mem, &self.walker(root)).unwrap();
+        all.iter().map(|(i, t)| (i.get(), seen(t))).collect()
+    }
+    fn table_pages(&self, mem: &Arena, root: PhysAddr) -> usize {
+        walk::amdvi_v1::table_pages(mem, &self.walker(root))
+            .unwrap()
+            .len()
+    }
+    fn check_attributes(&self, mem: &Arena, root: PhysAddr, iova: u64) {
+        let t = self.read(mem, root, iova);
+        let name = self.name();
+        assert_eq!(t.attrs.force_coherent, self.0.force_coherent, "{name}: FC");
+        assert!(!t.attrs.u && !t.exec, "{name}: U clear, no execute");
+    }
+    fn views(&self, mem: &Arena, root: PhysAddr, iova: u64) -> (bool, bool, bool) {
+        let t = self.read(mem, root, iova);
+        (t.read, t.read, t.exec)
+    }
+    fn hint_and_dirty(&self, mem: &Arena, root: PhysAddr, iova: u64) -> (bool, bool) {
+        let t = self.read(mem, root, iova);
+        (t.attrs.size_encoded, t.attrs.dirty)
+    }
+    fn memory_type(&self, _mem: &Arena, _root: PhysAddr, _iova: u64) -> MemView {
+        // A v1 PTE carries no memory type.
+        MemView::Platform
+    }
+    fn mmio_view(&self) -> (MemView, MemView) {
+        (MemView::Platform, MemView::Platform)
+    }
+}
+
+struct AmdV2Case(AmdV2Config);
+
+impl AmdV2Case {
+    fn walker(&self, root: PhysAddr) -> walk::amdvi_v2::AmdV2Config {
+        walk::amdvi_v2::AmdV2Config {
+            root,
+            levels: self.0.levels as u8,
+            oas: self.0.oas,
+            no_execute: self.0.execute_disable,
+        }
+    }
+
+    fn read(
+        &self,
+        mem: &Arena,
+        root: PhysAddr,
+        iova: u64,
+    ) -> walk::Translation<walk::amdvi_v2::AmdV2Attrs> {
+        // A privileged read reaches every leaf; the attributes tell both privileges apart.
+        let read = Access::READ.privileged();
+        walk::amdvi_v2::translate(mem, &self.walker(root), Iova::new(iova), read).unwrap()
+    }
+}
+
+impl Case for AmdV2Case {
+    type F = AmdV2;
+    fn name(&self) -> String {
+        let c = &self.0;
+        format!(
+            "amdvi-v2 levels{} oas{} nx={} dirty={}",
+            c.levels, c.oas, c.execute_disable, c.dirty_tracking
+        )
+    }
+    fn format(&self) -> AmdV2 {
+        AmdV2::new(self.0).unwrap()
+    }
+    fn translate(&self, mem: &Arena, root: PhysAddr, iova: u64) -> Result<Seen, Fault> {
+        walk::amdvi_v2::translate(mem, &self.walker(root), Iova::new(iova), Access::READ)
+            .map(|t| seen(&t))
+    }
+    fn walk_all(&self, mem: &Arena, root: PhysAddr) -> Vec<(u64, Seen)> {
+        let all = walk::amdvi_v2::walk_all(mem, &self.walker(root)).unwrap();
+        all.iter().map(|(i, t)| (i.get(), seen(t))).collect()
+    }
+    fn table_pages(&self, mem: &Arena, root: PhysAddr) -> usize {
+        walk::amdvi_v2::table_pages(mem, &self.walker(root))
+            .unwrap()
+            .len()
+    }
+    fn check_attributes(&self, mem: &Arena, root: PhysAddr, iova: u64) {
+        let t = self.read(mem, root, iova);
+        let name = self.name();
+        assert!(
+            t.attrs.user.read && t.attrs.user.write,
+            "{name}: U/S and R/W"
+        );
+        assert_eq!(t.attrs.user.exec, !self.0.execute_disable, "{name}: NX");
+        assert!(t.attrs.accessed, "{name}: A set by the engine");
+        assert_eq!(t.attrs.dirty, !self.0.dirty_tracking, "{name}: D");
+    }
+    fn views(&self, mem: &Arena, root: PhysAddr, iova: u64) -> (bool, bool, bool) {
+        let t = self.read(mem, root, iova);
+        (
+            t.attrs.user.read,
+            t.attrs.supervisor.read,
+            t.attrs.user.exec,
+        )
+    }
+    fn hint_and_dirty(&self, mem: &Arena, root: PhysAddr, iova: u64) -> (bool, bool) {
+        (false, self.read(mem, root, iova).attrs.dirty)
+    }
+    fn memory_type(&self, mem: &Arena, root: PhysAddr, iova: u64) -> MemView {
+        match self.read(mem, root, iova).attrs.pat_index {
             0 => MemView::Normal,
             3 => MemView::Device,
             other => panic!("{}: PAT index {other}", self.name()),
@@ -1275,6 +1426,34 @@ fn arm_stage1() {
                 };
                 run(&ArmS1Case(cfg));
             }
+        }
+    }
+}
+
+#[test]
+fn amdvi_v1() {
+    // Every Mode (1 to 6 levels), partial and full roots.
+    for (i, ias) in [21, 30, 32, 39, 44, 48, 57, 63].into_iter().enumerate() {
+        run(&AmdV1Case(AmdV1Config {
+            ias,
+            oas: if i % 2 == 0 { 48 } else { 52 },
+            large_pages: i != 3,
+            force_coherent: i % 3 != 0,
+            dirty_tracking: i % 4 == 1,
+        }));
+    }
+}
+
+#[test]
+fn amdvi_v2() {
+    for levels in [4, 5] {
+        for execute_disable in [false, true] {
+            run(&AmdV2Case(AmdV2Config {
+                levels,
+                oas: if execute_disable { 52 } else { 46 },
+                execute_disable,
+                dirty_tracking: !execute_disable,
+            }));
         }
     }
 }

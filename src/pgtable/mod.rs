@@ -2,12 +2,14 @@
 //!
 //! One walker, written once (`table.rs`) and monomorphised per [`Format`]: map, unmap, query,
 //! dirty read-and-clear and enumeration over whole IOVA ranges. Each hardware format lives in
-//! one file ([`vtd_ss`], [`vtd_fs`], [`arm_s2`], [`arm_s1`]) as a handful of small primitives.
+//! one file ([`vtd_ss`], [`vtd_fs`], [`arm_s2`], [`arm_s1`], [`amdvi_v1`], [`amdvi_v2`]) as a
+//! handful of small primitives.
 //!
 //! ## Level numbering
 //! Level 0 is the leaf-most level, whose entries map one granule (4 KiB, 16 KiB or 64 KiB); the
 //! root is level `levels - 1`. Each format file maps these numbers to its spec's names (VT-d's
-//! SL-PTE is level 0 and its PML4E level 3; Arm's lookup level 3 is level 0).
+//! SL-PTE is level 0 and its PML4E level 3; Arm's lookup level 3 is level 0; AMD-Vi's level 1
+//! is level 0).
 //!
 //! ## Concurrency
 //! [`PageTable::map`], [`PageTable::unmap`], [`PageTable::query`] and
@@ -41,11 +43,14 @@ mod spares;
 mod sync;
 mod table;
 
+pub mod amdvi_v1;
+pub mod amdvi_v2;
 pub mod arm_s1;
 pub mod arm_s2;
 mod arm_vmsa;
 pub mod vtd_fs;
 pub mod vtd_ss;
+mod x86_paging;
 
 pub use audit::TablePages;
 pub use error::Error;

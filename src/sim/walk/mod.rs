@@ -6,6 +6,8 @@
 //! | [`vtd_fs`] | VT-d first stage (x86-64 4/5-level paging) | VT-d spec rev 4.1, §3.6, §9.7 |
 //! | [`arm_s2`] | Arm VMSAv8-64 stage 2 | Arm ARM DDI 0487 K.a, chapter D8 |
 //! | [`arm_s1`] | Arm VMSAv8-64 stage 1 | Arm ARM DDI 0487 K.a, chapter D8 |
+//! | [`amdvi_v1`] | AMD-Vi v1 (host) | AMD IOMMU spec 48882 rev 3.10, §2.2.3 |
+//! | [`amdvi_v2`] | AMD-Vi v2 (guest, x86-64 4/5-level paging) | AMD IOMMU spec 48882 rev 3.10, §2.2.6 |
 //!
 //! Every walker offers the same three functions:
 //! - `translate(mem, cfg, iova, access) -> Result<Translation<_>, Fault>`: one lookup as the
@@ -19,6 +21,8 @@
 //! The descent itself (index, read, decide, recurse) is written once here in terms of
 //! a private `Radix` trait; what an entry *means* is entirely the format file's business.
 
+pub mod amdvi_v1;
+pub mod amdvi_v2;
 pub mod arm;
 pub mod arm_s1;
 pub mod arm_s2;
@@ -167,7 +171,9 @@ pub enum Fault {
     /// complete and consistent: every entry of the run valid, at the same level, carrying the
     /// bit, with the same attributes, mapping consecutive output aligned to the run. Arm ARM
     /// "The Contiguous bit" calls this misprogramming: a TLB may then use any entry of the run
-    /// for all of it. Hardware raises no fault; `walk_all` of the Arm walkers reports it.
+    /// for all of it. Hardware raises no fault; `walk_all` of the Arm walkers reports it. The
+    /// AMD-Vi v1 walker reports the same of a page whose size is encoded in its PTE (Next Level
+    /// 7) when the entries it spans are not all that same PTE.
     ContiguousMisprogrammed {
         /// Lookup level of the run.
         level: i8,

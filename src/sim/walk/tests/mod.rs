@@ -1,6 +1,7 @@
 //! Walker tests. Every table here is written by hand, one raw descriptor at a time, with the bits
 //! computed from the spec in the test itself: nothing comes from the crate's encoders.
 
+mod amdvi_v1;
 mod arm_s1;
 mod arm_s2;
 mod vtd_fs;
