@@ -1054,3 +1054,88 @@ fn publish_noncoherent() {
         probes: vec![0, K4],
     });
 }
+
+/// The level-1 fast paths of `unmap` and `map` side by side in one level-1 table: one thread
+/// unmaps a range of whole level-1 entries holding a 2 MiB leaf and a leaf table (`unmap_blocks`:
+/// the leaf cleared, the table unlinked and freed after the invalidation), while another maps
+/// a 2 MiB block into the empty entry next to them (`block_table_for` finds it empty,
+/// `fill_blocks` writes it).
+#[test]
+fn block_unmap_vs_block_map() {
+    run(Scenario {
+        name: "block_unmap_vs_block_map",
+        format: vtd(false),
+        coherency: WalkerCoherency::Coherent,
+        premap: vec![(0, K4), (M2, M2)],
+        dirty: vec![],
+        threads: vec![
+            vec![Op::Unmap {
+                iova: 0,
+                len: 2 * M2,
+                bytes: K4 + M2,
+            }],
+            vec![Op::Map {
+                iova: 2 * M2,
+                len: M2,
+            }],
+        ],
+        probes: vec![0, M2, 2 * M2],
+    });
+}
+
+/// Arm stage 2 with FEAT_BBM level 2 sets the contiguous hint on runs of 16 blocks of 2 MiB.
+/// One thread unmaps the first block of such a run (`unmap_blocks` breaks the run first,
+/// `break_cut_runs` at level 1: the 15 other blocks must stay translated throughout) while
+/// another maps the next run whole into empty entries of the same level-1 table (`fill_blocks`
+/// with the hint).
+#[test]
+fn block_run_break_vs_block_run_map() {
+    const M32: u64 = 16 * M2;
+    run(Scenario {
+        name: "block_run_break_vs_block_run_map",
+        format: arm_contiguous(),
+        coherency: WalkerCoherency::Coherent,
+        premap: vec![(0, M32)],
+        dirty: vec![],
+        threads: vec![
+            vec![Op::Unmap {
+                iova: 0,
+                len: M2,
+                bytes: M2,
+            }],
+            vec![Op::Map {
+                iova: M32,
+                len: M32,
+            }],
+        ],
+        probes: vec![0, M2, M32],
+    });
+}
+
+/// The general walk's map into an existing leaf table with whole aligned runs
+/// (`map_leaves_hinted`, reached when a map spans two existing leaf tables) racing a neighbour's unmap
+/// that breaks another run of the same leaf table: the map's run must appear whole and hinted
+/// or not at all, the broken run's other pages must stay translated.
+#[test]
+fn hinted_map_vs_run_break() {
+    const K64: u64 = 0x1_0000;
+    run(Scenario {
+        name: "hinted_map_vs_run_break",
+        format: arm_contiguous(),
+        coherency: WalkerCoherency::Coherent,
+        premap: vec![(0, K64), (M2 + K4, K4)],
+        dirty: vec![],
+        threads: vec![
+            vec![Op::Unmap {
+                iova: K4,
+                len: K4,
+                bytes: K4,
+            }],
+            vec![Op::Map {
+                iova: M2 - K64,
+                len: K64 + K4,
+            }],
+        ],
+        probes: vec![K4, 2 * K4, M2 - K64, M2],
+    });
+}

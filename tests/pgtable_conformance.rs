@@ -619,6 +619,7 @@ fn run<C: Case>(case: &C) {
     partial_superpage_unmap(case);
     unmap_everything_leaves_the_root(case);
     random_sequences_match_a_model(case);
+    block_sequences_match_a_model(case);
     non_coherent_walker_sees_every_write(case);
     contiguous_runs(case);
     dirty_state(case);
@@ -1104,6 +1105,155 @@ fn random_sequences_match_a_model<C: Case>(case: &C) {
         "{}: only the root remains",
         case.name()
     );
+    assert!(mem.bad_frees().is_empty());
+}
+
+/// Mapped ranges `(iova, end, pa)`, sorted, with neighbours that continue each other in both
+/// address spaces merged: the same mappings give the same list whatever pages hold them.
+fn merged(mut ranges: Vec<(u64, u64, u64)>) -> Vec<(u64, u64, u64)> {
+    ranges.sort_unstable();
+    let mut out: Vec<(u64, u64, u64)> = Vec::new();
+    for (s, e, pa) in ranges {
+        match out.last_mut() {
+            Some(last) if last.1 == s && last.2 + (last.1 - last.0) == pa => last.1 = e,
+            _ => out.push((s, e, pa)),
+        }
+    }
+    out
+}
+
+/// Random sequences of mostly block-sized calls (the level-1 fast paths of `map` and `unmap`:
+/// blocks written into empty entries of an existing table, ranges of whole entries cleared or
+/// their tables unlinked, contiguous runs of blocks set whole and broken where a call cuts them)
+/// mixed with page-sized calls that install leaf tables and split blocks, against a model kept
+/// as ranges (a window of two runs of blocks holds too many pages for a page-by-page model).
+/// Every map fails exactly when it overlaps and then changes nothing; every unmap returns the
+/// bytes the model held; every block the walker sees with the hint belongs to a complete run.
+fn block_sequences_match_a_model<C: Case>(case: &C) {
+    let f = case.format();
+    let g = *f.geometry();
+    let gran = 1u64 << g.granule_log2;
+    let block_log2 = (g.granule_log2 + 1..64)
+        .find(|s| g.page_sizes >> s & 1 != 0)
+        .unwrap_or(g.granule_log2 + g.level_bits(0));
+    let block = 1u64 << block_log2;
+    let level = (0..g.levels)
+        .find(|&l| g.level_shift(l) == block_log2)
+        .unwrap_or(1);
+    let run = 1u64 << f.contiguous_log2(level);
+    let blocks = (2 * run).max(8).min(1 << (g.ias - block_log2));
+    let base_pa = 1u64 << (g.oas - 2);
+    let mem = arena(g.oas);
+    let mut t = table(case, &mem);
+    let mut model: Vec<(u64, u64, u64)> = Vec::new();
+    let mut seed = 0x2545_f491_4f6c_dd1du64 ^ u64::from(g.ias) << 32 ^ u64::from(g.granule_log2);
+    let mut rnd = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n.max(1)
+    };
+    for step in 0..120 {
+        let kind = rnd(8);
+        let (start, len) = if kind == 4 || kind == 7 {
+            // A few pages somewhere: a leaf table installed, or a block split.
+            let page = rnd(blocks * (block / gran));
+            let pages = (1 + rnd(8)).min(blocks * (block / gran) - page);
+            (page * gran, pages * gran)
+        } else if rnd(2) == 0 && run > 1 {
+            // Whole runs of blocks.
+            let runs = blocks / run;
+            let first = rnd(runs);
+            (first * run * block, (1 + rnd(runs - first)) * run * block)
+        } else {
+            let first = rnd(blocks);
+            (
+                first * block,
+                (1 + rnd(blocks - first).min(2 * run)) * block,
+            )
+        };
+        let name = case.name();
+        if kind < 5 {
+            // Output aligned like the input (blocks fit), or a granule off (pages only).
+            let pa = base_pa + start + if rnd(4) == 0 { gran } else { 0 };
+            let r = t.map(Iova::new(start), PhysAddr::new(pa), len, case.rw());
+            let overlaps = model.iter().any(|&(s, e, _)| s < start + len && start < e);
+            assert_eq!(
+                r.is_err(),
+                overlaps,
+                "{name} step {step}: map {start:#x}+{len:#x}: {r:?}"
+            );
+            if r.is_ok() {
+                model.push((start, start + len, pa));
+            }
+        } else {
+            let mut gather = Gather::new();
+            let r = if rnd(2) == 0 {
+                t.unmap(Iova::new(start), len, &mut gather)
+            } else {
+                t.unmap_exclusive(Iova::new(start), len, &mut gather)
+            };
+            match r {
+                Ok(bytes) => {
+                    let end = start + len;
+                    let mut removed = 0;
+                    let mut kept = Vec::new();
+                    for (s, e, pa) in model.drain(..) {
+                        let (cs, ce) = (s.max(start), e.min(end));
+                        if cs >= ce {
+                            kept.push((s, e, pa));
+                            continue;
+                        }
+                        removed += ce - cs;
+                        if s < cs {
+                            kept.push((s, cs, pa));
+                        }
+                        if ce < e {
+                            kept.push((ce, e, pa + (ce - s)));
+                        }
+                    }
+                    model = kept;
+                    assert_eq!(
+                        bytes, removed,
+                        "{name} step {step}: unmap {start:#x}+{len:#x}"
+                    );
+                }
+                Err(Error::SplitUnsupported { .. }) => assert!(!f.hitless_split()),
+                Err(e) => panic!("{name} step {step}: unmap {start:#x}+{len:#x}: {e:?}"),
+            }
+            gather.release(&mem, done()).unwrap();
+        }
+        if step % 10 == 9 {
+            let leaves = case.walk_all(&mem, t.root());
+            let seen = leaves
+                .iter()
+                .map(|&(i, s)| (i, i + (1u64 << s.size_log2), s.pa))
+                .collect();
+            assert_eq!(
+                merged(seen),
+                merged(model.clone()),
+                "{name} step {step}: walker disagrees with the model"
+            );
+            for &(iova, s) in &leaves {
+                if s.size_log2 != block_log2 || !case.hint_and_dirty(&mem, t.root(), iova).0 {
+                    continue;
+                }
+                let run_base = iova & !(run * block - 1);
+                let whole = (0..run).all(|k| {
+                    let at = run_base + k * block;
+                    leaves.iter().any(|&(i, o)| {
+                        i == at
+                            && o.size_log2 == block_log2
+                            && o.pa.wrapping_sub(at) == s.pa.wrapping_sub(iova)
+                    })
+                });
+                assert!(
+                    whole,
+                    "{name} step {step}: hinted block {iova:#x} in a broken run"
+                );
+            }
+        }
+    }
     assert!(mem.bad_frees().is_empty());
 }
 

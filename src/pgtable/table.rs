@@ -307,6 +307,12 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
             self.fill_leaves(leaf, iova.get(), pa.get(), len, prot);
             return Ok(());
         }
+        if let Some(blocks) = self.block_table_for(iova.get(), pa.get(), len) {
+            // The same for a block-aligned range inside one existing level-1 table whose
+            // entries are all empty: the general walk would write one block per entry.
+            self.fill_blocks(blocks, iova.get(), pa.get(), len, prot);
+            return Ok(());
+        }
         let top = self.geo().top_level();
         let need = self.plan_map(self.root_table(), top, iova.get(), pa.get(), len)?;
         let granule = self.geo().granule_log2;
@@ -339,17 +345,24 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     /// not have cleaned it yet.
     #[inline(always)]
     fn plain_leaf_table_for(&self, iova: u64, len: u64, sync_path: bool) -> Option<(Table, u32)> {
+        self.table_for(0, iova, len, sync_path)
+    }
+
+    /// [`Self::plain_leaf_table_for`] for the existing table at `at` (0: a leaf table, 1: a
+    /// table of level-1 entries, the fast path of block-sized maps and unmaps).
+    #[inline(always)]
+    fn table_for(&self, at: u32, iova: u64, len: u64, sync_path: bool) -> Option<(Table, u32)> {
         let g = self.geo();
-        if g.levels < 2 {
+        if g.levels < at + 2 {
             return None;
         }
-        let span_log2 = g.level_shift(1);
+        let span_log2 = g.level_shift(at + 1);
         if len >> span_log2 != 0 || iova >> span_log2 != (iova + (len - 1)) >> span_log2 {
             return None;
         }
         let mut t = self.root_table();
         let mut split_levels = 0;
-        for level in (1..g.levels).rev() {
+        for level in (at + 1..g.levels).rev() {
             let idx = g.index(level, iova);
             // SAFETY: `t` is a live table at `level`; the index comes from an in-range IOVA.
             let raw = unsafe { t.slot(idx) }.load(Ordering::Acquire);
@@ -408,11 +421,24 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     /// Runs are aligned inside a table, so they never reach past `t`.
     #[inline(always)]
     fn hinted_runs(&self, first: usize, n: usize, iova: u64, pa: u64) -> (usize, usize) {
-        let r_log2 = self.map_run_log2;
+        self.hinted_runs_at(0, first, n, iova, pa)
+    }
+
+    /// [`Self::hinted_runs`] for a map of `n` leaves at `level`.
+    #[inline(always)]
+    fn hinted_runs_at(
+        &self,
+        level: u32,
+        first: usize,
+        n: usize,
+        iova: u64,
+        pa: u64,
+    ) -> (usize, usize) {
+        let r_log2 = self.map_run_log2_at(level);
         if r_log2 == 0 {
             return (0, 0);
         }
-        let run_bytes_mask = (1u64 << (self.geo().granule_log2 + r_log2)) - 1;
+        let run_bytes_mask = (1u64 << (self.geo().level_shift(level) + r_log2)) - 1;
         if (iova ^ pa) & run_bytes_mask != 0 {
             return (0, 0);
         }
@@ -422,6 +448,33 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
             return (0, 0);
         }
         (a, a + ((n - a) & !run_mask))
+    }
+
+    /// Log2 of the contiguous run `map` writes at `level` (0: none): the format's, if a run
+    /// fits the page-size limit (`set_max_leaf_log2`); level 0's is worked out once.
+    #[inline(always)]
+    fn map_run_log2_at(&self, level: u32) -> u32 {
+        if level == 0 {
+            return self.map_run_log2;
+        }
+        let r_log2 = self.format.contiguous_log2(level);
+        let span_log2 = self.geo().level_shift(level) + r_log2;
+        if r_log2 != 0 && self.within_leaf_limit(level, span_log2) {
+            r_log2
+        } else {
+            0
+        }
+    }
+
+    /// Log2 of the contiguous run at `level` that `unmap` may meet (0: none), whatever the
+    /// page-size limit now; level 0's is read once in `new`.
+    #[inline(always)]
+    fn run_log2(&self, level: u32) -> u32 {
+        if level == 0 {
+            self.leaf_run_log2
+        } else {
+            self.format.contiguous_log2(level)
+        }
     }
 
     /// Writes leaves `first + from .. first + to` of the leaf table `t`, entry `first` mapping
@@ -438,12 +491,29 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         prot: Prot,
         hint: u64,
     ) {
-        let shift = self.geo().granule_log2;
+        self.write_run(t, 0, first, from, to, pa, prot, hint);
+    }
+
+    /// [`Self::write_level0`] for leaves at `level` of the table `t`.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn write_run(
+        &self,
+        t: Table,
+        level: u32,
+        first: usize,
+        from: usize,
+        to: usize,
+        pa: u64,
+        prot: Prot,
+        hint: u64,
+    ) {
+        let shift = self.geo().level_shift(level);
         for i in from..to {
             // Wraps only past the last page, at the top of a 64-bit output range.
             let leaf_pa = PhysAddr::new(pa.wrapping_add((i as u64) << shift));
-            let raw = self.format.encode_leaf(0, leaf_pa, prot) | hint;
-            // SAFETY: callers pass entries of the live leaf table `t` (see `plan_leaves`).
+            let raw = self.format.encode_leaf(level, leaf_pa, prot) | hint;
+            // SAFETY: callers pass entries of the live table `t` (see `plan_leaves`).
             unsafe { t.slot(first + i) }.store(raw, Ordering::Relaxed);
         }
     }
@@ -710,6 +780,47 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         self.write_level0(t, first, b, n, pa, prot, 0);
     }
 
+    /// The level-1 fast path of `map`: the existing level-1 table whose span holds all of
+    /// `[iova, iova + len)` with room to spare, if input, output and length are aligned to the
+    /// level-1 block size, blocks are allowed there and every entry of the range is empty.
+    /// The general walk would then write one block per entry (nothing larger fits, nothing
+    /// needs allocating); otherwise (an entry holds a table, or overlaps) it decides.
+    #[inline]
+    fn block_table_for(&self, iova: u64, pa: u64, len: u64) -> Option<Table> {
+        let g = self.geo();
+        let mask = (1u64 << g.level_shift(1)) - 1;
+        if g.levels < 3
+            || !g.leaf_allowed(1)
+            || (iova | pa | len) & mask != 0
+            || !self.within_leaf_limit(1, g.level_shift(1))
+        {
+            return None;
+        }
+        let (t, _) = self.table_for(1, iova, len, true)?;
+        let first = g.index(1, iova);
+        let free = (0..(len >> g.level_shift(1)) as usize).all(|i| {
+            // SAFETY: the range lies inside `t`'s span (`table_for`), so `first + i` indexes it.
+            let raw = unsafe { t.slot(first + i) }.load(Ordering::Acquire);
+            !self.format.is_present(raw)
+        });
+        free.then_some(t)
+    }
+
+    /// `fill_leaves` at level 1: writes one block per entry of `[iova, iova + len)` in `t`
+    /// (all found empty by `block_table_for`), whole aligned runs with the contiguous hint.
+    #[inline]
+    fn fill_blocks(&self, t: Table, iova: u64, pa: u64, len: u64, prot: Prot) {
+        let first = self.geo().index(1, iova);
+        let n = (len >> self.geo().level_shift(1)) as usize;
+        let (a, b) = self.hinted_runs_at(1, first, n, iova, pa);
+        let hint = self.format.contiguous_bit();
+        self.write_run(t, 1, first, 0, a, pa, prot, 0);
+        self.write_run(t, 1, first, a, b, pa, prot, hint);
+        self.write_run(t, 1, first, b.max(a), n, pa, prot, 0);
+        // SAFETY: `first + n` is at most the entry count (see `block_table_for`).
+        self.sync(unsafe { t.entry_ptr(first) }, n * 8);
+    }
+
     /// The table below `slot`, installing one from `spares` if the slot is empty; whether it
     /// was installed by this call.
     fn table_at(
@@ -780,6 +891,13 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         };
         if let Some((leaf, split_levels)) = fast {
             let bytes = self.unmap_leaves(leaf, iova.get(), len, gather);
+            if bytes > 0 {
+                self.note_split_pages(split_levels, iova.get(), gather);
+            }
+            return Ok(bytes);
+        }
+        if let Some((blocks, split_levels)) = self.block_unmap_table_for(iova.get(), end, len) {
+            let bytes = self.unmap_blocks(blocks, iova.get(), len, gather)?;
             if bytes > 0 {
                 self.note_split_pages(split_levels, iova.get(), gather);
             }
@@ -951,7 +1069,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         // SAFETY: as in `plan_leaves`, `first + i` indexes the live leaf table `t` for i < n.
         let slot = |i: usize| unsafe { t.slot(first + i) };
         if self.leaf_run_log2 != 0 {
-            self.break_cut_runs(t, iova, len, gather);
+            self.break_cut_runs(t, 0, iova, len, gather);
         }
         let mut cleared = 0u64;
         let mut i = 0;
@@ -965,11 +1083,81 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
                 i += 1;
             }
             if i > start {
-                self.cleared_run(t, first, start, i, iova, gather);
+                self.cleared_run(t, 0, first, start, i, iova, gather);
                 cleared += (i - start) as u64;
             }
         }
         cleared << shift
+    }
+
+    /// The level-1 fast path of `unmap`: the existing level-1 table whose span holds all of
+    /// `[iova, end)` with room to spare, if the range is aligned to the level-1 entry size.
+    /// The general walk would then only descend to it and remove whole entries: no page or
+    /// table is cut, so nothing is split (a contiguous run may be cut: under
+    /// `SplitPolicy::Refuse` that takes the general walk, as in `unmap`'s leaf-table path).
+    #[inline]
+    fn block_unmap_table_for(&self, iova: u64, end: u64, len: u64) -> Option<(Table, u32)> {
+        let g = self.geo();
+        let shift = g.level_shift(1);
+        if g.levels < 3 || (iova | len) & ((1u64 << shift) - 1) != 0 {
+            return None;
+        }
+        let r_log2 = self.format.contiguous_log2(1);
+        let run_mask = (1u64 << (shift + r_log2)) - 1;
+        if r_log2 != 0 && (iova | end) & run_mask != 0 && self.split == SplitPolicy::Refuse {
+            return None;
+        }
+        self.table_for(1, iova, len, false)
+    }
+
+    /// `unmap_level` at level 1 for a range of whole entries inside `t`: breaks the contiguous
+    /// runs it cuts at either end first (as `unmap_leaves`), then clears every block in one
+    /// loop (one cache-maintenance call and one gather record per run of blocks, as
+    /// `unmap_leaves`) and unlinks every table, handing it to the gather as `unmap_entry`
+    /// does for an entry covered whole. Returns the bytes unmapped.
+    fn unmap_blocks(
+        &self,
+        t: Table,
+        iova: u64,
+        len: u64,
+        gather: &mut Gather,
+    ) -> Result<u64, Error> {
+        let shift = self.geo().level_shift(1);
+        let first = self.geo().index(1, iova);
+        let n = (len >> shift) as usize;
+        if self.format.contiguous_log2(1) != 0 {
+            self.break_cut_runs(t, 1, iova, len, gather);
+        }
+        // SAFETY: the range lies inside `t`'s span (`table_for`), so `first + i` indexes it.
+        let slot = |i: usize| unsafe { t.slot(first + i) };
+        let (mut bytes, mut i, mut run) = (0u64, 0, 0);
+        while i < n {
+            let raw = slot(i).load(Ordering::Acquire);
+            let table = self.format.is_present(raw) && self.format.is_table(1, raw);
+            if self.format.is_present(raw) && !table {
+                slot(i).store(0, Ordering::Release);
+                i += 1;
+                continue;
+            }
+            if i > run {
+                self.cleared_run(t, 1, first, run, i, iova, gather);
+                bytes += ((i - run) as u64) << shift;
+            }
+            if table {
+                let child = self.child(raw)?;
+                let at = iova + ((i as u64) << shift);
+                self.store_synced(t, first + i, 0);
+                gather.add_table_change(at, 1 << shift);
+                bytes += self.reap(child, 0, raw, gather)?;
+            }
+            i += 1;
+            run = i;
+        }
+        if i > run {
+            self.cleared_run(t, 1, first, run, i, iova, gather);
+            bytes += ((i - run) as u64) << shift;
+        }
+        Ok(bytes)
     }
 
     /// The first step of `unmap_leaves` under the contiguous hint: breaks the runs that
@@ -977,13 +1165,13 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     /// its first and its last entry -- where one of the range's leaves in them still carries
     /// the hint. Out of line (see `map_leaves_hinted`).
     #[inline(never)]
-    fn break_cut_runs(&self, t: Table, iova: u64, len: u64, gather: &mut Gather) {
-        let shift = self.geo().granule_log2;
-        let first = self.geo().index(0, iova);
+    fn break_cut_runs(&self, t: Table, level: u32, iova: u64, len: u64, gather: &mut Gather) {
+        let shift = self.geo().level_shift(level);
+        let first = self.geo().index(level, iova);
         let n = (len >> shift) as usize;
-        // SAFETY: as in `plan_leaves`, `first + i` indexes the live leaf table `t` for i < n.
+        // SAFETY: as in `plan_leaves`, `first + i` indexes the live table `t` for i < n.
         let slot = |i: usize| unsafe { t.slot(first + i) };
-        let r_log2 = self.leaf_run_log2;
+        let r_log2 = self.run_log2(level);
         let mask = (1usize << r_log2) - 1;
         let range = (iova, iova + len);
         // The range's part of the run holding entry `first` and of the run holding the
@@ -1006,11 +1194,11 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         for (from, to) in parts {
             let hinted = (from..to).find(|&i| {
                 let raw = slot(i).load(Ordering::Acquire);
-                self.format.is_present(raw) && self.is_contiguous_leaf(0, raw)
+                self.format.is_present(raw) && self.is_contiguous_leaf(level, raw)
             });
             if let Some(i) = hinted {
                 let at = iova + ((i as u64) << shift);
-                self.break_contiguous(t, 0, first + i, at, range, gather);
+                self.break_contiguous(t, level, first + i, at, range, gather);
             }
         }
     }
@@ -1018,16 +1206,18 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     /// Reports entries `first + start .. first + end` of the leaf table `t` (mapping from
     /// `iova`, the IOVA of entry `first`) as cleared: cache maintenance and gather.
     #[inline]
+    #[allow(clippy::too_many_arguments)]
     fn cleared_run(
         &self,
         t: Table,
+        level: u32,
         first: usize,
         start: usize,
         end: usize,
         iova: u64,
         gather: &mut Gather,
     ) {
-        let shift = self.geo().granule_log2;
+        let shift = self.geo().level_shift(level);
         // SAFETY: entries `first + start..first + end` lie in the live leaf table `t`.
         self.sync(unsafe { t.entry_ptr(first + start) }, (end - start) * 8);
         let run_iova = iova + ((start as u64) << shift);

@@ -714,8 +714,108 @@ fn option_huge_pages_off_maps_only_4k() {
     let mut t = vtd(48);
     t.set_max_leaf_log2(Some(12));
     t.map(iova(0), pa(G1), M2, RW).unwrap();
+    // The level-1 table exists now: the level-1 fast path keeps the limit too.
+    t.map(iova(2 * M2), pa(G1 + 2 * M2), M2, RW).unwrap();
+    assert_eq!(t.query(iova(2 * M2)).unwrap().size_log2, 12);
     t.set_max_leaf_log2(None);
     t.map(iova(M2), pa(G1 + M2), M2, RW).unwrap();
     assert_eq!(t.query(iova(0)).unwrap().size_log2, 12);
     assert_eq!(t.query(iova(M2)).unwrap().size_log2, 21);
+    // Arm with 2 MiB blocks allowed but not a hinted run of 16 (32 MiB), in an existing
+    // level-1 table: blocks without the hint.
+    let mut t = new(s2());
+    t.map(iova(0), pa(G1), K4, RW).unwrap();
+    t.set_max_leaf_log2(Some(21));
+    let run = 16 * M2;
+    t.map(iova(run), pa(G1 + run), run, RW).unwrap();
+    let bit = t.format().contiguous_bit();
+    let top = t.geometry().top_level();
+    let mut blocks = 0;
+    t.visit(t.root_table(), top, run, run, &mut |_, leaf, raw| {
+        assert_eq!((leaf.size_log2, raw & bit), (21, 0));
+        blocks += 1;
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(blocks, 16);
+}
+
+/// The level-1 fast path (issue 18, goal 2): a block-aligned map or unmap inside an existing
+/// level-1 table descends from the root once (two table entries of the four levels) instead of
+/// a planning walk or two split checks before its own walk (4 descents per map, 6 per unmap
+/// before, plus one per table unlinked). Arm stage 2 (4 KiB granule, FEAT_BBM level 2) sets
+/// the contiguous hint on whole runs of 16 blocks there; an unmap that cuts a run breaks it
+/// first, and unlinks a leaf table it covers whole as the general walk does.
+#[test]
+fn block_aligned_calls_in_a_level1_table_descend_once() {
+    let arena = test_alloc();
+    let counted = Descents {
+        arena: &arena,
+        calls: 0.into(),
+    };
+    let cfg = ArmS2Config {
+        granule_log2: 12,
+        ias: 48,
+        oas: 48,
+        blocks: true,
+        attributes: S2Attributes::WriteBack,
+        dirty_tracking: false,
+        bbml2: true,
+    };
+    let f = ArmS2::new(cfg).unwrap();
+    assert_eq!(f.contiguous_log2(1), 4);
+    let t = PageTable::new(f, &counted, WalkerCoherency::Coherent).unwrap();
+    let base = 0x40_0000_0000;
+    let run = 16 * M2;
+    // Installs the tables down to a leaf table at `base` (the general walk).
+    t.map(iova(base), pa(G1), K4, RW).unwrap();
+    counted.take();
+    // Two whole runs of blocks and one block more, from the second run on.
+    t.map(iova(base + run), pa(G1 + run), 2 * run + M2, RW)
+        .unwrap();
+    assert_eq!(counted.take(), 2, "map: one descent");
+    let leaves = |t: &PageTable<ArmS2, &Descents<'_>>| {
+        let mut v = std::vec::Vec::new();
+        let top = t.geometry().top_level();
+        t.visit(t.root_table(), top, base, G1, &mut |_, leaf, raw| {
+            let hint = raw & t.format().contiguous_bit() != 0;
+            v.push((leaf.iova.get() - base, leaf.size_log2, hint));
+            Ok(())
+        })
+        .unwrap();
+        counted.take();
+        v
+    };
+    let mut want = std::vec![(0, 12, false)];
+    want.extend((0..32).map(|i| (run + i * M2, 21, true)));
+    want.push((3 * run, 21, false));
+    assert_eq!(leaves(&t), want);
+    // A block-aligned map onto a present block takes the general walk and fails there.
+    assert_eq!(
+        t.map(iova(base + 3 * run), pa(0), M2, RW),
+        Err(Error::Overlap {
+            iova: iova(base + 3 * run)
+        })
+    );
+    counted.take();
+    // From the leaf table to the middle of the second run: the leaf table is unlinked whole,
+    // the cut run loses its hint before any block goes, the first run goes whole.
+    let mut g = Gather::new();
+    let end = 2 * run + 4 * M2;
+    assert_eq!(t.unmap(iova(base), end, &mut g), Ok(K4 + run + 4 * M2));
+    assert_eq!(
+        counted.take(),
+        2 + 1,
+        "unmap: one descent, one unlinked table"
+    );
+    assert_eq!(g.freed_pages(), 1);
+    assert!(!g.leaf_only());
+    let span = g.span().unwrap();
+    assert_eq!((span.start.get(), span.end.get()), (base, base + 3 * run));
+    g.release(&counted, done()).unwrap();
+    counted.take();
+    let mut want: std::vec::Vec<_> = (4..16).map(|i| (2 * run + i * M2, 21, false)).collect();
+    want.push((3 * run, 21, false));
+    assert_eq!(leaves(&t), want);
+    assert!(arena.bad_frees().is_empty());
 }
