@@ -99,6 +99,9 @@ typedef enum {
   // not of the call: retry (the call kept every page the command covers); if it persists,
   // reset the unit or turn the device's ATS off.
   IE_STATUS_COMMAND_ERROR = 16,
+  // The caller's buffer is too small for the result; the call wrote how many entries it
+  // needs (`-EMSGSIZE`, as iommufd's `IOMMU_IOAS_IOVA_RANGES`).
+  IE_STATUS_BUFFER_TOO_SMALL = 17,
 } IeStatus;
 
 // Which capability an `IE_STATUS_INCOMPATIBLE` attach lacked (`reason` out-parameters).
@@ -265,6 +268,15 @@ typedef struct {
   // permitted`); it is mapped one-to-one all the same.
   bool relaxable;
 } IeDirectRegion;
+
+// One usable IOVA range, first and last address inclusive (iommufd's
+// `struct iommu_iova_range`).
+typedef struct {
+  // The first IOVA of the range.
+  uint64_t start;
+  // The last IOVA of the range.
+  uint64_t last;
+} IeIovaRange;
 
 // The memory services an embedder lends to the crate.
 //
@@ -591,6 +603,48 @@ int32_t ie_ctx_set_huge_pages(IeCtx *ctx, uint32_t ioasid, bool enabled);
 // # Safety
 // `ctx` is a live context handle; `max_log2` is writable.
 int32_t ie_ctx_max_page_log2(IeCtx *ctx, uint32_t ioasid, uint32_t *max_log2);
+
+// iommufd `IOMMU_IOAS_COPY`: maps `[dst_iova, dst_iova + len)` in IOASID `dst` to the
+// physical pages `[src_iova, src_iova + len)` maps in `src`, with the same permissions, all
+// or nothing. `IE_STATUS_NOT_FOUND` when the source range has a hole (or an IOASID does not
+// exist); `IE_STATUS_RESERVED` for a source range over an attached device's direct region;
+// otherwise the errors of ie_ctx_map() in the destination: nothing is mapped in `dst`
+// after any error (`IE_STATUS_TIMEOUT` / `IE_STATUS_HARDWARE` / `IE_STATUS_COMMAND_ERROR`:
+// what was mapped was unmapped again, but a unit may not have confirmed the invalidation, as
+// after ie_ctx_map()).
+//
+// # Safety
+// `ctx` is a live context handle.
+int32_t ie_ctx_copy(IeCtx *ctx,
+                    uint32_t src,
+                    uint64_t src_iova,
+                    uint32_t dst,
+                    uint64_t dst_iova,
+                    uint64_t len);
+
+// iommufd `IOMMU_IOAS_IOVA_RANGES`: the IOVA ranges ie_ctx_map() accepts in the IOASID, in
+// address order: its address space (as wide as the narrowest unit domain behind it; 57 bits
+// with none) less the reserved regions of those units, the context's reserved regions and
+// attached devices' direct regions. `*num` (not NULL) is the capacity of `ranges` on entry
+// and the number of ranges on return; `ranges` may be NULL when `*num` is 0.
+// `IE_STATUS_BUFFER_TOO_SMALL` when there are more than `*num`: `*num` is then the number
+// needed and `ranges` holds the first ones (call again with a buffer that large).
+//
+// # Safety
+// `ctx` is a live context handle; `num` is readable and writable; `ranges` is writable for
+// `*num` entries (or NULL with `*num` 0).
+int32_t ie_ctx_iova_ranges(IeCtx *ctx, uint32_t ioasid, IeIovaRange *ranges, uint32_t *num);
+
+// Declares `[start, start + len)` a range no IOASID of the context may map (beyond the
+// units' own reserved regions), as iommufd's reserved IOVA ranges: ie_ctx_map() refuses it
+// and ie_ctx_iova_ranges() leaves it out. `IE_STATUS_RESERVED` if the context already uses
+// part of it (a bound device's direct region, a mapping, an IOVA reservation; iommufd's
+// `EADDRINUSE`); `IE_STATUS_NO_SPACE` beyond 8 regions; `IE_STATUS_INVALID_ARGUMENT` for an
+// empty or overflowing range.
+//
+// # Safety
+// `ctx` is a live context handle.
+int32_t ie_ctx_reserve_region(IeCtx *ctx, uint64_t start, uint64_t len);
 
 // Creates a registry over `n_units` units (at most 8), each numbered by its position, with
 // PASIDs of `pasid_bits` bits (the narrowest of the system's units and devices). The units

@@ -92,3 +92,8 @@ fn c_seed_flow() {
 fn c_error_paths() {
     run_c_program("error_paths");
 }
+
+#[test]
+fn c_iommufd17() {
+    run_c_program("iommufd17");
+}

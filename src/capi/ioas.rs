@@ -4,6 +4,8 @@
 
 use super::ioasid::{ctx_obj, ioasid, put, IeCtx};
 use super::status::{code, IeStatus};
+use crate::mem::Iova;
+use crate::pgtable::IovaRange;
 
 /// iommufd `IOMMU_OPTION_HUGE_PAGES`: `enabled` false limits every hardware domain of the
 /// IOASID to 4 KiB pages (a unit whose granule is larger uses its granule), true (the
@@ -40,5 +42,123 @@ pub unsafe extern "C" fn ie_ctx_max_page_log2(
         }
         let max = c.value.ctx.max_page_log2(self::ioasid(ioasid)?)?;
         put(max_log2, max.unwrap_or(64))
+    })())
+}
+
+/// iommufd `IOMMU_IOAS_COPY`: maps `[dst_iova, dst_iova + len)` in IOASID `dst` to the
+/// physical pages `[src_iova, src_iova + len)` maps in `src`, with the same permissions, all
+/// or nothing. `IE_STATUS_NOT_FOUND` when the source range has a hole (or an IOASID does not
+/// exist); `IE_STATUS_RESERVED` for a source range over an attached device's direct region;
+/// otherwise the errors of ie_ctx_map() in the destination: nothing is mapped in `dst`
+/// after any error (`IE_STATUS_TIMEOUT` / `IE_STATUS_HARDWARE` / `IE_STATUS_COMMAND_ERROR`:
+/// what was mapped was unmapped again, but a unit may not have confirmed the invalidation, as
+/// after ie_ctx_map()).
+///
+/// # Safety
+/// `ctx` is a live context handle.
+#[no_mangle]
+pub unsafe extern "C" fn ie_ctx_copy(
+    ctx: *mut IeCtx,
+    src: u32,
+    src_iova: u64,
+    dst: u32,
+    dst_iova: u64,
+    len: u64,
+) -> i32 {
+    code((|| {
+        let c = ctx_obj(ctx)?;
+        Ok(c.value.ctx.copy(
+            ioasid(src)?,
+            Iova::new(src_iova),
+            ioasid(dst)?,
+            Iova::new(dst_iova),
+            len,
+        )?)
+    })())
+}
+
+/// One usable IOVA range, first and last address inclusive (iommufd's
+/// `struct iommu_iova_range`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IeIovaRange {
+    /// The first IOVA of the range.
+    pub start: u64,
+    /// The last IOVA of the range.
+    pub last: u64,
+}
+
+/// iommufd `IOMMU_IOAS_IOVA_RANGES`: the IOVA ranges ie_ctx_map() accepts in the IOASID, in
+/// address order: its address space (as wide as the narrowest unit domain behind it; 57 bits
+/// with none) less the reserved regions of those units, the context's reserved regions and
+/// attached devices' direct regions. `*num` (not NULL) is the capacity of `ranges` on entry
+/// and the number of ranges on return; `ranges` may be NULL when `*num` is 0.
+/// `IE_STATUS_BUFFER_TOO_SMALL` when there are more than `*num`: `*num` is then the number
+/// needed and `ranges` holds the first ones (call again with a buffer that large).
+///
+/// # Safety
+/// `ctx` is a live context handle; `num` is readable and writable; `ranges` is writable for
+/// `*num` entries (or NULL with `*num` 0).
+#[no_mangle]
+pub unsafe extern "C" fn ie_ctx_iova_ranges(
+    ctx: *mut IeCtx,
+    ioasid: u32,
+    ranges: *mut IeIovaRange,
+    num: *mut u32,
+) -> i32 {
+    code((|| {
+        let c = ctx_obj(ctx)?;
+        // SAFETY: the C contract: `num` is readable and writable.
+        let num = unsafe { num.as_mut() }.ok_or(IeStatus::InvalidArgument)?;
+        let cap = *num as usize;
+        if ranges.is_null() && cap != 0 {
+            return Err(IeStatus::InvalidArgument);
+        }
+        let mut i = 0usize;
+        let n = c
+            .value
+            .ctx
+            .for_each_iova_range(self::ioasid(ioasid)?, |r| {
+                if i < cap {
+                    let out = IeIovaRange {
+                        start: r.start.get(),
+                        last: r.end.get().saturating_sub(1),
+                    };
+                    // SAFETY: `i < *num`: `ranges` is writable for `*num` entries (the caller's
+                    // contract).
+                    unsafe { ranges.add(i).write(out) };
+                }
+                i += 1;
+            })?;
+        *num = u32::try_from(n).unwrap_or(u32::MAX);
+        if n > cap {
+            return Err(IeStatus::BufferTooSmall);
+        }
+        Ok(())
+    })())
+}
+
+/// Declares `[start, start + len)` a range no IOASID of the context may map (beyond the
+/// units' own reserved regions), as iommufd's reserved IOVA ranges: ie_ctx_map() refuses it
+/// and ie_ctx_iova_ranges() leaves it out. `IE_STATUS_RESERVED` if the context already uses
+/// part of it (a bound device's direct region, a mapping, an IOVA reservation; iommufd's
+/// `EADDRINUSE`); `IE_STATUS_NO_SPACE` beyond 8 regions; `IE_STATUS_INVALID_ARGUMENT` for an
+/// empty or overflowing range.
+///
+/// # Safety
+/// `ctx` is a live context handle.
+#[no_mangle]
+pub unsafe extern "C" fn ie_ctx_reserve_region(ctx: *mut IeCtx, start: u64, len: u64) -> i32 {
+    code((|| {
+        let c = ctx_obj(ctx)?;
+        let end = start
+            .checked_add(len)
+            .filter(|_| len != 0)
+            .ok_or(IeStatus::InvalidArgument)?;
+        let range = IovaRange {
+            start: Iova::new(start),
+            end: Iova::new(end),
+        };
+        Ok(c.value.ctx.reserve_region(range)?)
     })())
 }

@@ -62,6 +62,9 @@ pub enum IeStatus {
     /// not of the call: retry (the call kept every page the command covers); if it persists,
     /// reset the unit or turn the device's ATS off.
     CommandError = 16,
+    /// The caller's buffer is too small for the result; the call wrote how many entries it
+    /// needs (`-EMSGSIZE`, as iommufd's `IOMMU_IOAS_IOVA_RANGES`).
+    BufferTooSmall = 17,
 }
 
 impl IeStatus {
@@ -83,6 +86,7 @@ impl IeStatus {
             IeStatus::Timeout => 110,                                 // ETIMEDOUT
             IeStatus::Hardware | IeStatus::CommandError => 5,         // EIO
             IeStatus::FaultsLost => 75,                               // EOVERFLOW
+            IeStatus::BufferTooSmall => 90,                           // EMSGSIZE
         }
     }
 }
@@ -220,7 +224,8 @@ impl From<ioasid::Error> for IeStatus {
             E::Capacity(_) | E::Quota(_) | E::PasidExhausted | E::NoIovaSpace { .. } => {
                 IeStatus::NoSpace
             }
-            E::PasidNotOwned(_) => IeStatus::NotFound,
+            E::PasidNotOwned(_) | E::NotMapped(_) => IeStatus::NotFound,
+            E::BufferTooSmall { .. } => IeStatus::BufferTooSmall,
             E::PageTable(p) => p.into(),
             E::Iommu(i) | E::InvalidationPending { error: i, .. } => i.into(),
             E::Mismatch { .. } => IeStatus::Hardware,
@@ -238,7 +243,7 @@ pub extern "C" fn ie_status_errno(status: i32) -> i32 {
 impl IeStatus {
     /// The status with raw value `raw`.
     pub const fn from_raw(raw: i32) -> Option<Self> {
-        const ALL: [IeStatus; 17] = [
+        const ALL: [IeStatus; 18] = [
             IeStatus::Ok,
             IeStatus::InvalidArgument,
             IeStatus::Incompatible,
@@ -256,6 +261,7 @@ impl IeStatus {
             IeStatus::Hardware,
             IeStatus::FaultsLost,
             IeStatus::CommandError,
+            IeStatus::BufferTooSmall,
         ];
         if raw < 0 {
             return None;

@@ -48,9 +48,9 @@
 //! | `IOMMU_IOAS_ALLOC`, `IOMMU_DESTROY` | [`IoasidCtx::alloc`] (an IOAS and the hardware domains behind it in one), [`IoasidCtx::free`] | |
 //! | `IOMMU_IOAS_MAP` | [`IoasidCtx::map`]: physical addresses, always at a fixed IOVA ([`IoasidCtx::alloc_iova`] picks one); no pinning of user memory (out of scope) | |
 //! | `IOMMU_IOAS_UNMAP` | [`IoasidCtx::unmap`], with [`UNMAP_ALL`] | |
-//! | `IOMMU_IOAS_COPY` | none | item 5 |
-//! | `IOMMU_IOAS_IOVA_RANGES` | none; each unit's reserved regions are honoured by `map` and `alloc_iova` | item 5 |
-//! | `IOMMU_IOAS_ALLOW_IOVAS` | none; [`IoasidCtx::reserve_region`] is the opposite (ranges no IOASID of the context may map) | |
+//! | `IOMMU_IOAS_COPY` | [`IoasidCtx::copy`]: the source's physical pages *and permissions* (iommufd takes the destination's from its flags), all or nothing (a failed run undoes the runs before it, with their invalidation); a hole is [`Error::NotMapped`] (`ENOENT`); C: `ie_ctx_copy` (`ioas_copy_maps_same_pages_in_destination`, `ioas_copy_is_all_or_nothing`) | |
+//! | `IOMMU_IOAS_IOVA_RANGES` | [`IoasidCtx::iova_ranges`] (caller's buffer; [`Error::BufferTooSmall`] with the count, iommufd's `EMSGSIZE`), [`IoasidCtx::for_each_iova_range`]: the narrowest domain's width less its units' reserved regions, the context's and attached devices' direct regions; C: `ie_ctx_iova_ranges` (`ioas_iova_ranges_excludes_reserved_and_beyond_aw`) | `out_iova_alignment`: always the record's 4 KiB (a unit with a larger granule refuses misaligned mappings at attach) |
+//! | `IOMMU_IOAS_ALLOW_IOVAS` | none; [`IoasidCtx::reserve_region`] (C: `ie_ctx_reserve_region`) is the opposite (ranges no IOASID of the context may map) | |
 //! | `IOMMU_HWPT_ALLOC` | implicit: [`IoasidCtx::attach`] builds an IOASID's domain on a unit at the first attach of one of its devices | a nested child holding a guest's stage 1 (item 1) |
 //! | `IOMMU_HWPT_ALLOC_NEST_PARENT` | [`IoasidFlags::NEST_PARENT`] | no child can use it yet (item 1) |
 //! | `IOMMU_HWPT_ALLOC_DIRTY_TRACKING` | [`IoasidFlags::DIRTY_TRACKING`], fixed at allocation | |
@@ -79,6 +79,7 @@ mod attach;
 mod audit;
 mod ctx;
 mod direct;
+mod ioas;
 mod map;
 mod page_size;
 mod pasid;
@@ -357,6 +358,14 @@ pub enum Error {
     ReserveOverlaps(InUse),
     /// A fixed-capacity table is full.
     Capacity(&'static str),
+    /// [`IoasidCtx::copy`]: the source range maps nothing at this IOVA (iommufd's `ENOENT`).
+    NotMapped(crate::mem::Iova),
+    /// [`IoasidCtx::iova_ranges`]: the caller's buffer holds fewer ranges than there are
+    /// (iommufd's `EMSGSIZE`).
+    BufferTooSmall {
+        /// How many ranges there are.
+        needed: usize,
+    },
     /// The context's PASID quota is used up.
     Quota(u32),
     /// Every PASID is in use.
@@ -425,6 +434,8 @@ impl fmt::Display for Error {
             Error::BadDirectRegion(r) => write!(f, "bad direct region {}..{}", r.start, r.end),
             Error::ReserveOverlaps(with) => write!(f, "cannot reserve a range over {with}"),
             Error::Capacity(what) => write!(f, "too many {what}"),
+            Error::NotMapped(iova) => write!(f, "nothing mapped at {iova}"),
+            Error::BufferTooSmall { needed } => write!(f, "{needed} ranges do not fit"),
             Error::Quota(q) => write!(f, "PASID quota of {q} used up"),
             Error::PasidExhausted => write!(f, "no free PASID"),
             Error::PasidNotOwned(p) => write!(f, "PASID {p} not held by this context"),

@@ -6,7 +6,8 @@
 use iommu_engine::ioasid::{DeviceLabel, Error, IoasidCtx, IoasidFlags, SMALL_PAGE_LOG2};
 use iommu_engine::iommu::{DomainHandle, Iommu};
 use iommu_engine::mem::{Iova, PhysAddr};
-use iommu_engine::pgtable::Prot;
+use iommu_engine::pgtable::{IovaRange, Prot};
+use iommu_engine::sim::walk::Access;
 
 use crate::rig::*;
 
@@ -83,5 +84,230 @@ fn option_huge_pages_off_maps_only_4k() {
             .unwrap();
         assert_eq!(leaf_sizes(unit, base, M2), [21]);
         ctx.detach(dev).unwrap();
+    });
+}
+
+/// The input width of the first domain `unit` holds.
+fn domain_ias(unit: &dyn Iommu) -> u32 {
+    (0..64u16)
+        .find_map(|h| unit.domain_geometry(DomainHandle(h)).ok())
+        .expect("a domain")
+        .0
+}
+
+/// Devices A and B of one unit: (the unit, A, B, a read by B through the model).
+fn two_devices_on_both_units(
+    f: impl Fn(&Rig<'_, '_>, &dyn Iommu, DeviceLabel, DeviceLabel, &dyn Fn(u64, bool) -> Option<u64>),
+) {
+    with_rig(VtdSetup::legacy(true), SmmuSetup::qemu(true), |r| {
+        f(r, r.vtd, vtd_dev(RID_A), vtd_dev(RID_B), &|iova, write| {
+            let access = if write { Access::WRITE } else { Access::READ };
+            r.vm.translate(RID_B as u16, None, iova, access)
+                .ok()
+                .map(|t| t.pa)
+        });
+        f(
+            r,
+            r.smmu,
+            smmu_dev(SID_A),
+            smmu_dev(SID_B),
+            &|iova, write| {
+                let access = if write { Access::WRITE } else { Access::READ };
+                r.sm.translate(SID_B, None, iova, access).ok().map(|t| t.pa)
+            },
+        );
+    });
+}
+
+const SRC: u64 = 0x4000_0000;
+const DST: u64 = 0x5000_0000;
+const PA_BLOCK: u64 = 0x8000_0000;
+const PA_RO: u64 = 0x9000_0000;
+
+/// iommufd `IOMMU_IOAS_COPY`: the destination maps the source's physical pages at its own
+/// IOVA, with the source's permissions (a read-only run stays read-only), from the middle of a
+/// 2 MiB block on; the device attached to the destination reaches them, the source keeps its
+/// mappings.
+#[test]
+fn ioas_copy_maps_same_pages_in_destination() {
+    two_devices_on_both_units(|r, _unit, a, b, read_b| {
+        let ctx = IoasidCtx::new(r.reg, r.arena, 0);
+        let (da, db) = (ctx.bind(a, false).unwrap(), ctx.bind(b, false).unwrap());
+        let (src, dst) = (
+            ctx.alloc(IoasidFlags::empty()).unwrap(),
+            ctx.alloc(IoasidFlags::empty()).unwrap(),
+        );
+        ctx.attach(da, src).unwrap();
+        ctx.attach(db, dst).unwrap();
+        ctx.map(src, Iova::new(SRC), PhysAddr::new(PA_BLOCK), M2, RW)
+            .unwrap();
+        ctx.map(
+            src,
+            Iova::new(SRC + M2),
+            PhysAddr::new(PA_RO),
+            4 * K4,
+            Prot::READ,
+        )
+        .unwrap();
+        let (from, len) = (SRC + K4, M2 - K4 + 4 * K4);
+        ctx.copy(src, Iova::new(from), dst, Iova::new(DST + K4), len)
+            .unwrap();
+        for (off, pa, prot) in [
+            (K4, PA_BLOCK + K4, RW),
+            (M2 - K4, PA_BLOCK + M2 - K4, RW),
+            (M2, PA_RO, Prot::READ),
+            (M2 + 3 * K4, PA_RO + 3 * K4, Prot::READ),
+        ] {
+            let m = ctx.translate(dst, Iova::new(DST + off)).unwrap().unwrap();
+            assert_eq!((m.pa.get(), m.prot), (pa, prot), "dst + {off:#x}");
+            assert_eq!(read_b(DST + off + 8, false), Some(pa + 8));
+            assert_eq!(
+                read_b(DST + off, true).is_some(),
+                prot.contains(Prot::WRITE)
+            );
+        }
+        // Nothing outside the copied range; the source unchanged.
+        assert_eq!(ctx.translate(dst, Iova::new(DST)).unwrap(), None);
+        assert_eq!(
+            ctx.translate(dst, Iova::new(DST + M2 + 4 * K4)).unwrap(),
+            None
+        );
+        let m = ctx.translate(src, Iova::new(SRC)).unwrap().unwrap();
+        assert_eq!((m.pa.get(), m.size_log2), (PA_BLOCK, 21));
+        // Same IOASID, another range.
+        ctx.copy(src, Iova::new(SRC + M2), src, Iova::new(DST), 4 * K4)
+            .unwrap();
+        let m = ctx.translate(src, Iova::new(DST + K4)).unwrap().unwrap();
+        assert_eq!((m.pa.get(), m.prot), (PA_RO + K4, Prot::READ));
+        r.drain();
+        drop(ctx);
+    });
+}
+
+/// `IOMMU_IOAS_COPY` is all or nothing: a source with a hole is refused naming the first
+/// IOVA that maps nothing, before anything is mapped; a destination that refuses the second
+/// run (it is mapped already there) gets the first run unmapped again, with the unit's
+/// invalidation, and keeps what it had.
+#[test]
+fn ioas_copy_is_all_or_nothing() {
+    two_devices_on_both_units(|r, _unit, a, b, read_b| {
+        let ctx = IoasidCtx::new(r.reg, r.arena, 0);
+        let (da, db) = (ctx.bind(a, false).unwrap(), ctx.bind(b, false).unwrap());
+        let (src, dst) = (
+            ctx.alloc(IoasidFlags::empty()).unwrap(),
+            ctx.alloc(IoasidFlags::empty()).unwrap(),
+        );
+        ctx.attach(da, src).unwrap();
+        ctx.attach(db, dst).unwrap();
+        ctx.map(src, Iova::new(SRC), PhysAddr::new(PA_BLOCK), 4 * K4, RW)
+            .unwrap();
+        ctx.map(
+            src,
+            Iova::new(SRC + 4 * K4),
+            PhysAddr::new(PA_RO),
+            4 * K4,
+            Prot::READ,
+        )
+        .unwrap();
+        // A hole at SRC + 8 pages.
+        let before = r.completions();
+        assert_eq!(
+            ctx.copy(src, Iova::new(SRC), dst, Iova::new(DST), 12 * K4),
+            Err(Error::NotMapped(Iova::new(SRC + 8 * K4)))
+        );
+        assert_eq!(ctx.translate(dst, Iova::new(DST)).unwrap(), None);
+        assert_eq!(
+            r.completions(),
+            before,
+            "nothing mapped, nothing to invalidate"
+        );
+        // The destination holds a page where the second run would go.
+        ctx.map(
+            dst,
+            Iova::new(DST + 6 * K4),
+            PhysAddr::new(0xa000_0000),
+            K4,
+            RW,
+        )
+        .unwrap();
+        let before = r.completions();
+        let e = ctx.copy(src, Iova::new(SRC), dst, Iova::new(DST), 8 * K4);
+        assert!(matches!(e, Err(Error::PageTable(_))), "{e:?}");
+        for off in [0, 3 * K4, 4 * K4, 7 * K4] {
+            assert_eq!(ctx.translate(dst, Iova::new(DST + off)).unwrap(), None);
+            assert_eq!(read_b(DST + off, false), None);
+        }
+        assert_eq!(read_b(DST + 6 * K4, false), Some(0xa000_0000));
+        let after = r.completions();
+        assert!(
+            after.0 + after.1 > before.0 + before.1,
+            "the first run's unmap was invalidated: {before:?} -> {after:?}"
+        );
+        r.drain();
+        drop(ctx);
+    });
+}
+
+/// iommufd `IOMMU_IOAS_IOVA_RANGES`: the ranges `map` accepts -- the narrowest domain's
+/// width less the unit's reserved regions (VT-d's interrupt window) and the context's -- in
+/// the caller's buffer; a buffer too small is refused with the count needed.
+#[test]
+fn ioas_iova_ranges_excludes_reserved_and_beyond_aw() {
+    on_both_units(|r, unit, label, _read| {
+        let ctx = IoasidCtx::new(r.reg, r.arena, 0);
+        let dev = ctx.bind(label, false).unwrap();
+        let io = ctx.alloc(IoasidFlags::empty()).unwrap();
+        let hole = IovaRange {
+            start: Iova::new(0x1000_0000),
+            end: Iova::new(0x1010_0000),
+        };
+        ctx.reserve_region(hole).unwrap();
+        let range = |s: u64, e: u64| IovaRange {
+            start: Iova::new(s),
+            end: Iova::new(e),
+        };
+        let mut out = [range(0, 0); 8];
+        // No domain yet: the record's 57 bits, less the context's region.
+        let n = ctx.iova_ranges(io, &mut out).unwrap();
+        assert_eq!(
+            out[..n],
+            [range(0, 0x1000_0000), range(0x1010_0000, 1 << 57)]
+        );
+        ctx.attach(dev, io).unwrap();
+        let top = 1u64 << domain_ias(unit);
+        let mut want = vec![range(0, 0x1000_0000)];
+        let mut at = 0x1010_0000;
+        for reserved in unit.reserved_regions() {
+            want.push(range(at, reserved.start.get()));
+            at = reserved.end.get();
+        }
+        want.push(range(at, top));
+        let n = ctx.iova_ranges(io, &mut out).unwrap();
+        assert_eq!(out[..n], want[..]);
+        // Every range is mappable at both ends; just past the top is not.
+        for r in &want {
+            let rw = Prot::READ;
+            ctx.map(io, r.start, PhysAddr::new(0x7000_0000), K4, rw)
+                .unwrap();
+            let last = Iova::new(r.end.get() - K4);
+            ctx.map(io, last, PhysAddr::new(0x7000_0000), K4, rw)
+                .unwrap();
+        }
+        assert!(ctx
+            .map(
+                io,
+                Iova::new(top),
+                PhysAddr::new(0x7000_0000),
+                K4,
+                Prot::READ
+            )
+            .is_err());
+        let mut small = [range(0, 0); 1];
+        assert_eq!(
+            ctx.iova_ranges(io, &mut small),
+            Err(Error::BufferTooSmall { needed: want.len() })
+        );
+        assert_eq!(small[0], want[0]);
+        drop(ctx);
     });
 }

@@ -1,0 +1,229 @@
+//! iommufd's `IOMMU_IOAS_COPY` and `IOMMU_IOAS_IOVA_RANGES` (Linux
+//! `include/uapi/linux/iommufd.h`, `struct iommu_ioas_copy`, `struct iommu_ioas_iova_ranges`).
+//!
+//! A copy maps, in the destination IOASID, the physical pages the source range maps, with
+//! the same permissions: the record's leaves are read back run by run (contiguous in IOVA and
+//! physical address, one permission), each run mapped with [`IoasidCtx::map`] (so every check
+//! and every domain of the destination apply). iommufd's copy takes the destination's
+//! permissions from its flags; here they are the source's, leaf by leaf, which a VMM that
+//! mirrors a guest's mappings between address spaces wants (a copy of a read-only range
+//! stays read-only). A run that fails undoes the runs mapped before it (with their unmap's
+//! invalidation), so the destination is left as it was.
+//!
+//! The usable ranges of an IOASID are its address space -- as wide as the narrowest domain
+//! behind it (the record's [`RECORD_IAS`] with none) -- less the reserved regions of the units
+//! its domains are on, the context's reserved regions ([`IoasidCtx::reserve_region`]) and the
+//! direct regions mapped for its attached devices: what `map` would accept, as
+//! `IOMMU_IOAS_IOVA_RANGES` reports the ranges `IOMMU_IOAS_MAP` accepts.
+
+use super::ctx::{Ioasid, IoasidCtx, State};
+use super::record::RECORD_IAS;
+use super::{Error, IoasidId};
+use crate::mem::{Iova, PageAllocator, PhysAddr};
+use crate::pgtable::{self, IovaRange, Prot};
+
+/// A stretch of the source of a copy: contiguous in IOVA and physical address, one
+/// permission.
+#[derive(Clone, Copy)]
+struct Run {
+    pa: PhysAddr,
+    len: u64,
+    prot: Prot,
+}
+
+impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
+    /// iommufd `IOMMU_IOAS_COPY`: maps `[dst_iova, dst_iova + len)` in `dst` to the physical
+    /// pages `[src_iova, src_iova + len)` maps in `src`, with the same permissions, all or
+    /// nothing. `src` and `dst` may be the same IOASID (at a range that does not overlap).
+    ///
+    /// # Errors
+    /// [`Error::NoSuchIoasid`]; [`Error::PageTable`] for a range that is empty, overflows or
+    /// is not 4 KiB aligned; [`Error::NotMapped`] naming the first IOVA of the source range
+    /// that maps nothing (iommufd's `ENOENT`); [`Error::Reserved`] for a source range over a
+    /// direct region of an attached device (not the owner's to copy); then any error of
+    /// [`IoasidCtx::map`] in the destination. Nothing is mapped in `dst` after any of them:
+    /// what was mapped before the failure is unmapped again, with its invalidation; if a unit
+    /// does not confirm it, the error is [`Error::InvalidationPending`] (as after a failed
+    /// `map`: do not rely on the pages being unreachable until a retry returns `Ok`).
+    pub fn copy(
+        &self,
+        src: IoasidId,
+        src_iova: Iova,
+        dst: IoasidId,
+        dst_iova: Iova,
+        len: u64,
+    ) -> Result<(), Error> {
+        check_range(src_iova, len)?;
+        check_range(dst_iova, len)?;
+        self.state.read().ioasid(dst)?;
+        // The whole source first, so that a hole is refused before anything is mapped.
+        let mut at = 0;
+        while at < len {
+            at += self.source_run(src, src_iova.get() + at, len - at)?.len;
+        }
+        let mut done = 0;
+        while done < len {
+            let r = self
+                .source_run(src, src_iova.get() + done, len - done)
+                .and_then(|run| {
+                    let to = Iova::new(dst_iova.get() + done);
+                    self.map(dst, to, run.pa, run.len, run.prot)?;
+                    Ok(run.len)
+                });
+            match r {
+                Ok(n) => done += n,
+                Err(e) if done == 0 => return Err(e),
+                Err(e) => {
+                    return match self.unmap(dst, dst_iova, done) {
+                        Err(p @ Error::InvalidationPending { .. }) => Err(p),
+                        _ => Err(e),
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The run of the source of a copy from `iova`, at most `left` bytes.
+    fn source_run(&self, src: IoasidId, iova: u64, left: u64) -> Result<Run, Error> {
+        let st = self.state.read();
+        let io = st.ioasid(src)?;
+        let end = iova.saturating_add(left);
+        if let Some(r) = super::direct::direct_overlap(io, iova, end) {
+            return Err(Error::Reserved(r));
+        }
+        let mut run: Option<Run> = None;
+        let mut at = iova;
+        while at < end {
+            let Some(m) = io.record.query(Iova::new(at)) else {
+                break;
+            };
+            // The rest of the leaf holding `at`, within the range.
+            let leaf_end = (at | ((1u64 << m.size_log2) - 1)).saturating_add(1);
+            let piece = leaf_end.min(end) - at;
+            match run.as_mut() {
+                Some(r) if r.pa.get() + r.len == m.pa.get() && r.prot == m.prot => r.len += piece,
+                Some(_) => break,
+                None => {
+                    run = Some(Run {
+                        pa: m.pa,
+                        len: piece,
+                        prot: m.prot,
+                    })
+                }
+            }
+            at += piece;
+        }
+        run.ok_or(Error::NotMapped(Iova::new(iova)))
+    }
+
+    /// iommufd `IOMMU_IOAS_IOVA_RANGES`: writes the IOVA ranges `map` accepts in `ioasid`
+    /// into `out`, in address order, and returns how many there are. The address space is as
+    /// wide as the narrowest of the IOASID's domains (with none, the record's
+    /// [`RECORD_IAS`] bits); from it are taken the reserved regions of those domains' units,
+    /// the context's reserved regions and the direct regions of its attached devices. An
+    /// attach to a unit with a narrower width or more reserved regions narrows it.
+    ///
+    /// # Errors
+    /// [`Error::NoSuchIoasid`]; [`Error::BufferTooSmall`] with the number of ranges when
+    /// `out` holds fewer (iommufd's `EMSGSIZE` with `num_iovas` set): `out` is then filled
+    /// with the first ranges.
+    pub fn iova_ranges(&self, ioasid: IoasidId, out: &mut [IovaRange]) -> Result<usize, Error> {
+        let mut n = 0;
+        self.for_each_iova_range(ioasid, |r| {
+            if let Some(slot) = out.get_mut(n) {
+                *slot = r;
+            }
+            n += 1;
+        })?;
+        if n > out.len() {
+            return Err(Error::BufferTooSmall { needed: n });
+        }
+        Ok(n)
+    }
+
+    /// As [`iova_ranges`](Self::iova_ranges), calling `f` with each range in address order
+    /// (under the context's read lock: `f` must not call the context); returns how many.
+    ///
+    /// # Errors
+    /// [`Error::NoSuchIoasid`].
+    pub fn for_each_iova_range(
+        &self,
+        ioasid: IoasidId,
+        mut f: impl FnMut(IovaRange),
+    ) -> Result<usize, Error> {
+        let st = self.state.read();
+        let io = st.ioasid(ioasid)?;
+        let mut top = 1u64 << RECORD_IAS;
+        for d in io.domains.iter().flatten() {
+            let (ias, _) = self.unit(d.unit)?.domain_geometry(d.handle)?;
+            top = top.min(1u64.checked_shl(ias).unwrap_or(u64::MAX));
+        }
+        let (mut at, mut n) = (0u64, 0usize);
+        while at < top {
+            let (start, end) = self
+                .next_excluded(&st, io, at)
+                .map_or((top, top), |r| (r.start.get(), r.end.get()));
+            if start > at {
+                f(IovaRange {
+                    start: Iova::new(at),
+                    end: Iova::new(start.min(top)),
+                });
+                n += 1;
+            }
+            // Overlapping excluded regions: the next pass starts past this one's end.
+            at = at.max(end);
+        }
+        Ok(n)
+    }
+
+    /// Of the regions `map` refuses in `io` (its units' reserved regions, the context's, its
+    /// direct mappings), the lowest that ends above `at`.
+    fn next_excluded(&self, st: &State<'a, A>, io: &Ioasid<'a, A>, at: u64) -> Option<IovaRange> {
+        let units = io
+            .domains
+            .iter()
+            .flatten()
+            .filter_map(|d| self.unit(d.unit).ok())
+            .flat_map(|u| u.reserved_regions().iter().copied());
+        let direct = io.direct.iter().flatten().map(|d| d.region.range());
+        st.reserved
+            .iter()
+            .flatten()
+            .copied()
+            .chain(units)
+            .chain(direct)
+            .filter(|r| r.end.get() > at)
+            .min_by_key(|r| r.start.get())
+    }
+}
+
+/// A copy's range: not empty, no overflow, 4 KiB aligned (the record's page).
+fn check_range(iova: Iova, len: u64) -> Result<(), Error> {
+    const PAGE: u64 = 1 << 12;
+    if len == 0 {
+        return Err(pgtable::Error::ZeroLength.into());
+    }
+    if iova.get().checked_add(len).is_none() {
+        return Err(pgtable::Error::Overflow {
+            start: iova.get(),
+            len,
+        }
+        .into());
+    }
+    if !iova.is_aligned(12) {
+        return Err(pgtable::Error::MisalignedIova {
+            iova,
+            granule_log2: 12,
+        }
+        .into());
+    }
+    if len & (PAGE - 1) != 0 {
+        return Err(pgtable::Error::MisalignedLength {
+            len,
+            granule_log2: 12,
+        }
+        .into());
+    }
+    Ok(())
+}
