@@ -336,6 +336,7 @@ mod tests {
         assert_eq!(IeStatus::from(sfm), IeStatus::Hardware);
         assert_eq!(IeStatus::CommandError.errno(), -5);
         assert_eq!(IeStatus::from_raw(16), Some(IeStatus::CommandError));
-        assert_eq!(IeStatus::from_raw(17), None);
+        assert_eq!(IeStatus::from_raw(17), Some(IeStatus::BufferTooSmall));
+        assert_eq!(IeStatus::from_raw(18), None);
     }
 }
