@@ -296,3 +296,9 @@ impl CommandBuffer {
         }
     }
 }
+
+// SAFETY: the ring and completion pages are owned by the buffer (nothing else writes them from
+// the CPU); moving the buffer to another thread moves that ownership.
+unsafe impl Send for CommandBuffer {}
+// SAFETY: `&self` methods read the pages only through atomics; writes need `&mut self`.
+unsafe impl Sync for CommandBuffer {}

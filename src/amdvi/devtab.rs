@@ -118,3 +118,8 @@ impl DeviceTable {
         unsafe { alloc.free(self.page, self.size_log2) };
     }
 }
+
+// SAFETY: the page is owned by the table; its entries are only accessed through atomics.
+unsafe impl Send for DeviceTable {}
+// SAFETY: as above: shared access goes through 64-bit atomics.
+unsafe impl Sync for DeviceTable {}

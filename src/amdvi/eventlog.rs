@@ -178,3 +178,8 @@ impl EventLog {
         unsafe { alloc.free(self.ring, self.len_log2 + 4) };
     }
 }
+
+// SAFETY: the log's page is owned by it; the CPU only reads it, through atomics.
+unsafe impl Send for EventLog {}
+// SAFETY: as above.
+unsafe impl Sync for EventLog {}

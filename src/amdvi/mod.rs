@@ -17,11 +17,15 @@
 //! | [`event`] | §2.5 Event Logging: the event types and their fields |
 //! | [`eventlog`] | §2.5 the event log: drain, overflow restart |
 //! | [`unit`](mod@unit) | the unit: enable/disable/takeover, device entries, commands |
+//! | `domain` | §2.2.3 v1 tables as domains, domain IDs, `HATS` |
+//! | `iommu_impl` | [`crate::iommu::Iommu`]: attach/detach through DTEs, flush with the fewest INVALIDATE_IOMMU_PAGES |
 //!
 //! Register access goes through [`crate::mmio::RegisterWindow`]; every wait is bounded by a poll
 //! budget and fails with [`Error::Timeout`].
 
+mod domain;
 mod error;
+mod iommu_impl;
 
 pub mod cmd;
 pub mod cmdbuf;

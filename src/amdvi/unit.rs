@@ -25,6 +25,7 @@
 use super::cmd::{Command, InvalidationRange};
 use super::cmdbuf::CommandBuffer;
 use super::devtab::DeviceTable;
+use super::domain::Domain;
 use super::dte::{self, DeviceTableEntry};
 use super::efr::{Efr, Efr2, EfrFlags};
 use super::event::{Event, EventCode};
@@ -41,6 +42,11 @@ pub const DEFAULT_EVENT_LEN_LOG2: u32 = 9;
 /// Domains a unit holds unless told otherwise (domain IDs 1..=64; ID 0 tags nothing: blocking
 /// entries carry it).
 pub const DEFAULT_DOMAINS: usize = 64;
+/// Output width unless told otherwise: 48 bits (every physical address of today's AMD servers
+/// below 256 TiB).
+pub const DEFAULT_OUTPUT_BITS: u32 = 48;
+/// Device attachments one unit tracks.
+pub const MAX_ATTACHMENTS: usize = 256;
 /// Device IDs the device table covers unless told otherwise: bus 0 (one 8 KiB table).
 pub const DEFAULT_DEVICE_IDS: u32 = 256;
 
@@ -56,6 +62,13 @@ pub struct AmdViConfig {
     pub command_len_log2: u32,
     /// `EventLen`: 2^n events (8..=15).
     pub event_len_log2: u32,
+    /// The system's physical address width, 32..=52 (no unit register reports it: the CPU's
+    /// `MAXPHYADDR`, CPUID 0x8000_0008): the output width of every domain.
+    pub output_bits: u32,
+    /// The unit may cache not-present entries (PCI capability header `NpCache`, bit 26): every
+    /// map is then followed by an INVALIDATE_IOMMU_PAGES of its range. QEMU's `amd-iommu`
+    /// reports it set.
+    pub np_cache: bool,
 }
 
 impl AmdViConfig {
@@ -66,6 +79,8 @@ impl AmdViConfig {
             device_ids: DEFAULT_DEVICE_IDS,
             command_len_log2: DEFAULT_COMMAND_LEN_LOG2,
             event_len_log2: DEFAULT_EVENT_LEN_LOG2,
+            output_bits: DEFAULT_OUTPUT_BITS,
+            np_cache: true,
         }
     }
 
@@ -99,6 +114,10 @@ pub struct UnitInfo {
     pub command_len_log2: u32,
     /// `EventLen`.
     pub event_len_log2: u32,
+    /// Output width of domains.
+    pub output_bits: u32,
+    /// Maps invalidate their range ([`AmdViConfig::np_cache`]).
+    pub np_cache: bool,
 }
 
 impl UnitInfo {
@@ -117,6 +136,12 @@ impl UnitInfo {
                 });
             }
         }
+        if !(32..=52).contains(&config.output_bits) {
+            return Err(Error::InvalidArgument {
+                what: "output_bits (32..=52)",
+                value: u64::from(config.output_bits),
+            });
+        }
         let host_levels = efr.host_levels().ok_or(Error::Unsupported {
             what: "EFR HATS (reserved encoding)",
             value: efr.0,
@@ -129,6 +154,8 @@ impl UnitInfo {
             poll_budget: config.poll_budget,
             command_len_log2: config.command_len_log2,
             event_len_log2: config.event_len_log2,
+            output_bits: config.output_bits,
+            np_cache: config.np_cache,
         })
     }
 }
@@ -155,7 +182,8 @@ pub struct AmdViUnit<W: RegisterWindow, A: PageAllocator, const DOMAINS: usize =
     pub(crate) regs: W,
     pub(crate) alloc: A,
     pub(crate) info: UnitInfo,
-    pub(crate) devtab: spin::Mutex<DeviceTable>,
+    pub(crate) config: spin::Mutex<ConfigState>,
+    pub(crate) domains: [spin::RwLock<Option<Domain<A>>>; DOMAINS],
     pub(crate) cmd: spin::Mutex<Option<CommandBuffer>>,
     pub(crate) events: spin::Mutex<Option<EventLog>>,
 }
@@ -176,7 +204,11 @@ impl<W: RegisterWindow, A: PageAllocator, const DOMAINS: usize> AmdViUnit<W, A, 
             regs,
             alloc,
             info,
-            devtab: spin::Mutex::new(devtab),
+            config: spin::Mutex::new(ConfigState {
+                devtab,
+                attachments: [None; MAX_ATTACHMENTS],
+            }),
+            domains: core::array::from_fn(|_| spin::RwLock::new(None)),
             cmd: spin::Mutex::new(None),
             events: spin::Mutex::new(None),
         })
@@ -204,7 +236,7 @@ impl<W: RegisterWindow, A: PageAllocator, const DOMAINS: usize> AmdViUnit<W, A, 
 
     /// Device IDs the device table covers.
     pub fn device_ids(&self) -> u32 {
-        self.devtab.lock().device_ids()
+        self.config.lock().devtab.device_ids()
     }
 
     /// Commands issued so far.
@@ -226,7 +258,8 @@ impl<W: RegisterWindow, A: PageAllocator, const DOMAINS: usize> AmdViUnit<W, A, 
     /// the buffer or the log; [`Error::CommandError`]. Each leaves a state a retry of `enable`
     /// completes (a retry stops and reprograms the command buffer and log).
     pub fn enable(&self) -> Result<(), Error> {
-        let devtab = self.devtab.lock();
+        let cfg = self.config.lock();
+        let devtab = &cfg.devtab;
         let mut cmd = self.cmd.lock();
         let mut events = self.events.lock();
         let budget = self.info.poll_budget;
@@ -344,7 +377,8 @@ impl<W: RegisterWindow, A: PageAllocator, const DOMAINS: usize> AmdViUnit<W, A, 
         Ok(())
     }
 
-    /// Gives every page back: the device table (and, disabled first, nothing else is left).
+    /// Gives every page back: the device table and every domain's table (a disabled unit walks
+    /// none of them).
     ///
     /// # Errors
     /// [`Error::UnexpectedState`] (`Control`) while the unit is enabled: the unit is given
@@ -364,7 +398,18 @@ impl<W: RegisterWindow, A: PageAllocator, const DOMAINS: usize> AmdViUnit<W, A, 
                 },
             ));
         }
-        let devtab = self.devtab.into_inner();
+        for lock in self.domains {
+            if let Some(dom) = lock.into_inner() {
+                let mut gather = dom.owed.into_inner();
+                // A corrupt table leaks what it could not walk; the rest goes back.
+                let _ = dom.table.destroy(&mut gather);
+                // SAFETY: IommuEn is clear: the unit walks no table, and a later enable would
+                // point it at another device table (this one is freed below).
+                let done = unsafe { crate::pgtable::InvalidationComplete::assume() };
+                let _ = gather.release(&self.alloc, done);
+            }
+        }
+        let devtab = self.config.into_inner().devtab;
         // SAFETY: from `self.alloc`; IommuEn is clear, so the unit reads no device table.
         unsafe { devtab.release(&self.alloc) };
         Ok(())
@@ -391,6 +436,11 @@ impl<W: RegisterWindow, A: PageAllocator, const DOMAINS: usize> AmdViUnit<W, A, 
     /// [`Error::UnexpectedState`] while the unit is disabled; [`Error::Timeout`];
     /// [`Error::CommandError`] (the command was replaced, see [`cmdbuf`](super::cmdbuf)).
     pub fn run(&self, batches: &[&[Command]]) -> Result<(), Error> {
+        self.run_iter(batches.iter().flat_map(|b| b.iter().copied()))
+    }
+
+    /// As [`run`](Self::run), for commands made on the fly: written in chunks, one wait.
+    pub(crate) fn run_iter(&self, cmds: impl Iterator<Item = Command>) -> Result<(), Error> {
         let mut cmd = self.cmd.lock();
         let Some(c) = cmd.as_mut() else {
             return Err(Error::UnexpectedState {
@@ -404,9 +454,25 @@ impl<W: RegisterWindow, A: PageAllocator, const DOMAINS: usize> AmdViUnit<W, A, 
                 .as_ref()
                 .and_then(|log| command_error_kind(&self.regs, &self.alloc, log, pa))
         };
-        for cmds in batches {
-            c.submit(&self.regs, &self.alloc, cmds, &mut kind_of)?;
+        const CHUNK: usize = 16;
+        let mut chunk = [Command::invalidate_iommu_all(); CHUNK];
+        let mut n = 0;
+        for command in cmds {
+            if let Some(slot) = chunk.get_mut(n) {
+                *slot = command;
+                n += 1;
+            }
+            if n == CHUNK {
+                c.submit(&self.regs, &self.alloc, &chunk, &mut kind_of)?;
+                n = 0;
+            }
         }
+        c.submit(
+            &self.regs,
+            &self.alloc,
+            chunk.get(..n).unwrap_or(&[]),
+            &mut kind_of,
+        )?;
         c.wait(&self.regs, &self.alloc, &mut kind_of)
     }
 
@@ -426,8 +492,8 @@ impl<W: RegisterWindow, A: PageAllocator, const DOMAINS: usize> AmdViUnit<W, A, 
         entry: &DeviceTableEntry,
         extra: &[Command],
     ) -> Result<(), Error> {
-        let devtab = self.devtab.lock();
-        self.set_device_entry_locked(&devtab, device_id, entry, extra)
+        let cfg = self.config.lock();
+        self.set_device_entry_locked(&cfg.devtab, device_id, entry, extra)
     }
 
     /// [`Self::set_device_entry`] under the configuration lock.
@@ -450,7 +516,39 @@ impl<W: RegisterWindow, A: PageAllocator, const DOMAINS: usize> AmdViUnit<W, A, 
 
     /// The live entry of `device_id`, as the unit reads it now.
     pub fn device_entry(&self, device_id: u32) -> Option<DeviceTableEntry> {
-        self.devtab.lock().read(device_id)
+        self.config.lock().devtab.read(device_id)
+    }
+}
+
+/// One attachment: a device pointing at a domain slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Attachment {
+    pub device: u32,
+    pub slot: usize,
+    pub ats: bool,
+    /// `false` while an attach or detach of the device failed half-way (its entry written,
+    /// the invalidation not confirmed): the domain cannot be freed meanwhile.
+    pub settled: bool,
+}
+
+/// What the configuration lock protects.
+pub(crate) struct ConfigState {
+    pub devtab: DeviceTable,
+    pub attachments: [Option<Attachment>; MAX_ATTACHMENTS],
+}
+
+impl ConfigState {
+    pub fn find(&self, device: u32) -> Option<usize> {
+        self.attachments
+            .iter()
+            .position(|a| a.is_some_and(|a| a.device == device))
+    }
+
+    pub fn of_domain(&self, slot: usize) -> impl Iterator<Item = &Attachment> {
+        self.attachments
+            .iter()
+            .flatten()
+            .filter(move |a| a.slot == slot)
     }
 }
 

@@ -27,12 +27,12 @@
 mod command;
 mod translate;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Mutex, MutexGuard};
 use std::vec::Vec;
 
 use crate::mmio::RegisterWindow;
-use crate::sim::arena::Arena;
+use crate::sim::arena::{Arena, PhysMem};
 
 pub use translate::{DmaFault, DmaOk};
 
@@ -104,14 +104,20 @@ pub struct AmdViModelConfig {
 }
 
 impl AmdViModelConfig {
-    /// What QEMU 10's `amd-iommu` reports, as far as the driver reads it: no `IASup` (QEMU
-    /// executes INVALIDATE_IOMMU_ALL whatever EFR says, a real unit without it does not), no
-    /// guest translation, HATS 0 (4 levels).
+    /// What QEMU 10's `amd-iommu` reports in EFR (`hw/i386/amd_iommu.h`,
+    /// `AMDVI_EXT_FEATURES`): `PreFSup`, `PPRSup`, `GTSup`, `IASup`, `GASup`, `HESup`, `HATS` =
+    /// 2 (6 levels), `GATS` = 2; EFR2 0.
     pub const fn qemu_default() -> Self {
         Self {
-            efr: 1 << 0 | 1 << 3 | 1 << 8 | 1 << 9,
+            efr: 1 << 0 | 1 << 1 | EFR_GT_SUP | EFR_IA_SUP | 1 << 7 | 1 << 8 | 2 << 10 | 2 << 12,
             efr2: 0,
         }
+    }
+
+    /// Without EFR `IASup`: INVALIDATE_IOMMU_ALL is illegal.
+    pub const fn without_invalidate_all(mut self) -> Self {
+        self.efr &= !EFR_IA_SUP;
+        self
     }
 
     /// With EFR `IASup` (INVALIDATE_IOMMU_ALL).
@@ -314,6 +320,68 @@ impl<'m> AmdViModel<'m> {
     pub fn cache_sizes(&self) -> (usize, usize) {
         let st = self.lock();
         (st.dte_cache.len(), st.iotlb.len())
+    }
+
+    /// Every page-table page the unit can still reach: walked from the roots of the device
+    /// table's entries (the latched table) and of the cached entries, and the tables the page
+    /// directory cache holds (walked too). A page here that the allocator has back is memory
+    /// the unit would read after it was freed.
+    pub fn reachable_tables(&self) -> BTreeSet<u64> {
+        let st = self.lock();
+        let mut roots: Vec<(u64, u32)> = Vec::new();
+        let push_dte = |roots: &mut Vec<(u64, u32)>, d: [u64; 4]| {
+            let mode = ((d[0] >> 9) & 7) as u32;
+            if d[0] & 3 == 3 && (1..=6).contains(&mode) {
+                roots.push((d[0] & 0x000F_FFFF_FFFF_F000, mode));
+            }
+        };
+        if st.control & regs::CTRL_IOMMU_EN != 0 {
+            let entries = ((st.dev_tab_base & 0x1FF) + 1) * 4096 / 32;
+            let base = st.dev_tab_base & 0x000F_FFFF_FFFF_F000;
+            for id in 0..entries {
+                let mut d = [0u64; 4];
+                let mut ok = true;
+                for (i, w) in d.iter_mut().enumerate() {
+                    match st.mem.read_u64(base + id * 32 + 8 * i as u64) {
+                        Some(v) => *w = v,
+                        None => ok = false,
+                    }
+                }
+                if ok {
+                    push_dte(&mut roots, d);
+                }
+            }
+        }
+        for d in st.dte_cache.values() {
+            push_dte(&mut roots, *d);
+        }
+        roots.extend(st.pde_cache.iter().map(|p| (p.table, p.level)));
+        let mut seen = BTreeSet::new();
+        while let Some((table, level)) = roots.pop() {
+            if !seen.insert(table) || level <= 1 {
+                continue;
+            }
+            for i in 0..512u64 {
+                let Some(e) = st.mem.read_u64(table + i * 8) else {
+                    break;
+                };
+                let next = ((e >> 9) & 7) as u32;
+                if e & 1 != 0 && (1..level).contains(&next) {
+                    roots.push((e & 0x000F_FFFF_FFFF_F000, next));
+                }
+            }
+        }
+        seen
+    }
+
+    /// The domain IDs the IOTLB and the page directory cache hold entries for.
+    pub fn cached_domain_ids(&self) -> BTreeSet<u16> {
+        let st = self.lock();
+        st.iotlb
+            .iter()
+            .map(|e| e.domain)
+            .chain(st.pde_cache.iter().map(|p| p.domain))
+            .collect()
     }
 
     /// Raises an event as the unit would (for tests of the log's overflow handling).

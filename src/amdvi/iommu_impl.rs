@@ -1,0 +1,479 @@
+//! [`Iommu`] for [`AmdViUnit`]: AMD I/O Virtualization Technology (IOMMU) Specification,
+//! document 48882, revision 3.10, §2.2.2 (device table entries), §2.2.3 (v1 tables), §2.4
+//! (INVALIDATE_DEVTAB_ENTRY, INVALIDATE_IOMMU_PAGES, INVALIDATE_IOTLB_PAGES, COMPLETION_WAIT).
+//!
+//! **Flush.** Each range a gather (or what an earlier failed flush owes) holds becomes the one
+//! naturally aligned block that covers it, encoded with the `S` bit: one INVALIDATE_IOMMU_PAGES
+//! per range (a gather keeps at most [`crate::pgtable::GATHER_RANGES`]), `PDE` set unless only
+//! leaves changed, a block inside another dropped; the same blocks as INVALIDATE_IOTLB_PAGES
+//! for every attached device with ATS; then one COMPLETION_WAIT, and only after it the
+//! gathered pages go back to the allocator. On error nothing is freed and the domain owes the
+//! ranges: its next flush issues them again, whatever that flush's gather holds.
+//!
+//! **Attach** writes the device's DTE in the order of [`dte`](super::dte) (a device moved
+//! from another domain passes through blocking), then INVALIDATE_DEVTAB_ENTRY (and, for an ATS
+//! device, INVALIDATE_IOTLB_PAGES of everything: its cache holds the old domain's
+//! translations) and one wait. The attachment is recorded before the write and settled after
+//! the wait; until then the domain cannot be freed. **Detach** writes the blocking entry the
+//! same way.
+
+use super::cmd::{Command, InvalidationRange};
+use super::domain::{self, Domain};
+use super::dte::DeviceTableEntry;
+use super::unit::{domain_id_of, Attachment, ConfigState, MAX_ATTACHMENTS};
+use super::AmdViUnit;
+use crate::iommu::{
+    Capabilities, DeviceHints, DeviceId, DomainConfig, DomainHandle, DomainPages, Error, Iommu,
+    Missing, Pasid, ReclaimScope, Source, Sources,
+};
+use crate::mem::{Iova, PageAllocator, PhysAddr};
+use crate::mmio::RegisterWindow;
+use crate::pgtable::{self, Gather, InvalidationComplete, IovaRange, Leaf, Mapping, Prot};
+
+/// The interrupt address range (MSI writes are interrupt requests) and the HyperTransport
+/// reserved range 0xFD_0000_0000-0xFF_FFFF_FFFF that AMD platforms decode themselves (Linux
+/// reserves both for its AMD domains).
+static RESERVED: [IovaRange; 2] = [
+    IovaRange {
+        start: Iova::new(0xFEE0_0000),
+        end: Iova::new(0xFEF0_0000),
+    },
+    IovaRange {
+        start: Iova::new(0xFD_0000_0000),
+        end: Iova::new(0x100_0000_0000),
+    },
+];
+
+/// Where the claims no AMD-Vi register makes come from.
+const X86: Source = Source::Embedder("x86: table walks and DMA snoop CPU caches (No-Snoop aside)");
+const V1_FC: Source = Source::Embedder("AMD-Vi v1 PTE FC (every unit)");
+
+/// Most INVALIDATE_IOMMU_PAGES one flush issues before one of everything replaces them.
+const MAX_BLOCKS: usize = 8;
+
+/// The blocks a flush of `gather` invalidates: one per range, contained ones dropped; `None`
+/// means everything.
+fn plan(gather: &Gather) -> ([Option<InvalidationRange>; MAX_BLOCKS], usize) {
+    let mut blocks = [None; MAX_BLOCKS];
+    let mut n = 0;
+    for r in gather.ranges().iter().filter(|r| !r.is_empty()) {
+        let b = InvalidationRange::covering(r.start.get(), r.end.get());
+        let (first, log2) = span(b);
+        let inside = blocks.iter().flatten().any(|&o| {
+            let (of, ol) = span(o);
+            ol >= log2 && of <= first && (ol >= 64 || first - of < 1u64 << ol)
+        });
+        if inside {
+            continue;
+        }
+        match blocks.get_mut(n) {
+            Some(slot) => {
+                *slot = Some(b);
+                n += 1;
+            }
+            None => {
+                blocks = [None; MAX_BLOCKS];
+                blocks[0] = Some(InvalidationRange::All);
+                return (blocks, 1);
+            }
+        }
+    }
+    (blocks, n)
+}
+
+fn span(b: InvalidationRange) -> (u64, u32) {
+    let (a, s) = b.encode();
+    InvalidationRange::decode(a, s)
+}
+
+impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> AmdViUnit<W, A, DOMAINS> {
+    fn slot(&self, domain: DomainHandle) -> Result<usize, Error> {
+        let slot = usize::from(domain.0);
+        if slot < DOMAINS {
+            Ok(slot)
+        } else {
+            Err(Error::InvalidDomain(domain))
+        }
+    }
+
+    fn with_domain<R>(
+        &self,
+        domain: DomainHandle,
+        f: impl FnOnce(&Domain<A>) -> R,
+    ) -> Result<R, Error> {
+        let slot = self.slot(domain)?;
+        let guard = self.domains[slot].read();
+        let d = guard.as_ref().ok_or(Error::InvalidDomain(domain))?;
+        Ok(f(d))
+    }
+
+    /// Invalidates `gather` and what the domain owes, waits once, then frees both's pages.
+    fn flush_locked(
+        &self,
+        cfg: &ConfigState,
+        slot: usize,
+        dom: &Domain<A>,
+        gather: &mut Gather,
+    ) -> Result<(), Error> {
+        let mut owed = dom.owed.lock();
+        if gather.is_empty() && owed.is_empty() {
+            return Ok(());
+        }
+        let mut all = Gather::new();
+        all.add_ranges_of(gather);
+        all.add_ranges_of(&owed);
+        let pde = !all.leaf_only();
+        let (blocks, n) = plan(&all);
+        let blocks = blocks.get(..n).unwrap_or(&[]);
+        let blocks = &blocks;
+        let domain_id = dom.domain_id;
+        let pages = blocks
+            .iter()
+            .flatten()
+            .map(|&b| Command::invalidate_iommu_pages(domain_id, None, b, pde));
+        let iotlb = cfg.of_domain(slot).filter(|a| a.ats).flat_map(|a| {
+            blocks
+                .iter()
+                .flatten()
+                .map(|&b| Command::invalidate_iotlb_pages(a.device as u16, 0, None, b))
+        });
+        let result = self.run_iter(pages.chain(iotlb));
+        if let Err(e) = result {
+            owed.add_ranges_of(gather);
+            return Err(e.into());
+        }
+        // SAFETY: the commands above invalidated every gathered and owed range (PDE unless
+        // only leaves changed) in the only unit walking this table, and the COMPLETION_WAIT
+        // behind them completed.
+        let done = unsafe { InvalidationComplete::assume() };
+        owed.release(&self.alloc, done)?;
+        drop(owed);
+        // SAFETY: as above, for the caller's gather.
+        let done = unsafe { InvalidationComplete::assume() };
+        gather.release(&self.alloc, done)?;
+        Ok(())
+    }
+
+    fn flush_gather(&self, domain: DomainHandle, gather: &mut Gather) -> Result<(), Error> {
+        let slot = self.slot(domain)?;
+        let cfg = self.config.lock();
+        let guard = self.domains[slot].read();
+        let dom = guard.as_ref().ok_or(Error::InvalidDomain(domain))?;
+        self.flush_locked(&cfg, slot, dom, gather)
+    }
+
+    /// Clears what a map wrote whose publication failed; its invalidation, if it fails too, is
+    /// owed by the domain.
+    fn undo_map(&self, domain: DomainHandle, iova: Iova, len: u64) {
+        let mut gather = Gather::new();
+        let _ = self.with_domain(domain, |d| d.table.unmap(iova, len, &mut gather));
+        if self.flush_gather(domain, &mut gather).is_err() {
+            let _ = self.with_domain(domain, |d| {
+                d.owed.lock().absorb(core::mem::take(&mut gather));
+            });
+        }
+    }
+
+    fn attach_impl(&self, device: u32, slot: usize, ats: bool) -> Result<(), Error> {
+        let mut cfg = self.config.lock();
+        if device >= cfg.devtab.device_ids() || device > u32::from(u16::MAX) {
+            return Err(Error::InvalidDevice(DeviceId(device)));
+        }
+        let guard = self.domains[slot].read();
+        let dom = guard
+            .as_ref()
+            .ok_or(Error::InvalidDomain(DomainHandle(slot as u16)))?;
+        let entry = DeviceTableEntry::translated(dom.domain_id, dom.table.root(), dom.mode(), ats)?;
+        let old = cfg.find(device);
+        let index =
+            match old {
+                Some(i) => i,
+                None => cfg.attachments.iter().position(Option::is_none).ok_or(
+                    Error::InvalidArgument {
+                        what: "attachments (MAX_ATTACHMENTS)",
+                        value: MAX_ATTACHMENTS as u64,
+                    },
+                )?,
+            };
+        let was_ats = old.and_then(|i| cfg.attachments[i]).is_some_and(|a| a.ats);
+        // Counted as attached to the new domain from the first store on; the old domain, if
+        // any, keeps nothing the device can reach once the entry is replaced and invalidated.
+        cfg.attachments[index] = Some(Attachment {
+            device,
+            slot,
+            ats,
+            settled: false,
+        });
+        let flush_atc = [Command::invalidate_iotlb_pages(
+            device as u16,
+            0,
+            None,
+            InvalidationRange::All,
+        )];
+        let extra: &[Command] = if was_ats { &flush_atc } else { &[] };
+        self.set_device_entry_locked(&cfg.devtab, device, &entry, extra)?;
+        if let Some(a) = cfg.attachments[index].as_mut() {
+            a.settled = true;
+        }
+        Ok(())
+    }
+
+    fn detach_impl(&self, device: u32) -> Result<(), Error> {
+        let mut cfg = self.config.lock();
+        let index = cfg
+            .find(device)
+            .ok_or(Error::NotAttached(DeviceId(device)))?;
+        let Some(a) = cfg.attachments[index] else {
+            return Err(Error::NotAttached(DeviceId(device)));
+        };
+        if let Some(a) = cfg.attachments[index].as_mut() {
+            a.settled = false;
+        }
+        let flush_atc = [Command::invalidate_iotlb_pages(
+            device as u16,
+            0,
+            None,
+            InvalidationRange::All,
+        )];
+        let extra: &[Command] = if a.ats { &flush_atc } else { &[] };
+        self.set_device_entry_locked(&cfg.devtab, device, &DeviceTableEntry::BLOCKED, extra)?;
+        cfg.attachments[index] = None;
+        Ok(())
+    }
+}
+
+impl<W, A, const DOMAINS: usize> Iommu for AmdViUnit<W, A, DOMAINS>
+where
+    W: RegisterWindow + Sync,
+    A: PageAllocator + Clone + Send + Sync,
+{
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            ias: domain::max_bits(&self.info),
+            oas: self.info.output_bits,
+            page_sizes: 1 << 12 | 1 << 21 | 1 << 30,
+            pasid_bits: 0,
+            enforce_snoop: true,
+            dirty_tracking: false,
+            nesting: false,
+            coherent_walk: true,
+            coherent_dma: true,
+            supervisor: false,
+            sources: Sources {
+                ias: Source::Register("EFR.HATS"),
+                oas: Source::Embedder("AmdViConfig::output_bits"),
+                page_sizes: Source::Embedder("AMD-Vi v1 table (2 MiB, 1 GiB leaves)"),
+                pasid_bits: Source::Embedder("AMD-Vi driver: no GCR3 tables yet"),
+                enforce_snoop: V1_FC,
+                dirty_tracking: Source::Register("EFR.HDSup (not used yet)"),
+                nesting: Source::Embedder("AMD-Vi driver: no nesting"),
+                coherent_walk: X86,
+                coherent_dma: X86,
+                supervisor: Source::Embedder("AMD-Vi v1 table: no privilege levels"),
+            },
+        }
+    }
+
+    fn reserved_regions(&self) -> &[IovaRange] {
+        &RESERVED
+    }
+
+    fn domain_alloc(&self, cfg: &DomainConfig) -> Result<DomainHandle, Error> {
+        let format = domain::choose(&self.info, cfg)?;
+        for (slot, lock) in self.domains.iter().enumerate() {
+            let Some(mut guard) = lock.try_write() else {
+                continue;
+            };
+            if guard.is_some() {
+                continue;
+            }
+            let handle = DomainHandle(u16::try_from(slot).map_err(|_| Error::NoDomainIds)?);
+            *guard = Some(Domain::new(format, self.alloc.clone(), domain_id_of(slot))?);
+            return Ok(handle);
+        }
+        Err(Error::NoDomainIds)
+    }
+
+    fn domain_geometry(&self, domain: DomainHandle) -> Result<(u32, u64), Error> {
+        self.with_domain(domain, |d| {
+            let g = d.table.geometry();
+            (g.ias, g.page_sizes)
+        })
+    }
+
+    fn set_max_page_log2(&self, domain: DomainHandle, max: Option<u32>) -> Result<(), Error> {
+        // The write lock waits for maps in flight: each map sees one policy throughout.
+        let slot = self.slot(domain)?;
+        let mut guard = self.domains[slot].write();
+        let d = guard.as_mut().ok_or(Error::InvalidDomain(domain))?;
+        d.table.set_max_leaf_log2(max);
+        Ok(())
+    }
+
+    fn domain_free(&self, domain: DomainHandle) -> Result<(), Error> {
+        let slot = self.slot(domain)?;
+        let cfg = self.config.lock();
+        if cfg.of_domain(slot).next().is_some() {
+            return Err(Error::Busy);
+        }
+        let mut guard = self.domains[slot].write();
+        let id = guard
+            .as_ref()
+            .ok_or(Error::InvalidDomain(domain))?
+            .domain_id;
+        // The IOTLB and page directory caches may still hold entries tagged with the ID: they
+        // go while the slot (the handle, the ID) stays taken. If that fails nothing changed.
+        self.run(&[&[Command::invalidate_iommu_pages(
+            id,
+            None,
+            InvalidationRange::All,
+            true,
+        )]])?;
+        let Some(dom) = guard.take() else {
+            return Err(Error::InvalidDomain(domain));
+        };
+        drop(guard);
+        drop(cfg);
+        let mut gather = dom.owed.into_inner();
+        let destroyed = dom.table.destroy(&mut gather);
+        // SAFETY: no entry points at the table (no attachment; each detach or replace
+        // invalidated the device's entry) and everything tagged with its ID was invalidated
+        // above, the wait completed.
+        let done = unsafe { InvalidationComplete::assume() };
+        gather.release(&self.alloc, done)?;
+        destroyed?;
+        Ok(())
+    }
+
+    fn map(
+        &self,
+        domain: DomainHandle,
+        iova: Iova,
+        pa: PhysAddr,
+        len: u64,
+        prot: Prot,
+    ) -> Result<(), Error> {
+        self.with_domain(domain, |d| {
+            if prot.contains(Prot::PRIV) {
+                return Err(Error::PageTable(pgtable::Error::UnsupportedProt { prot }));
+            }
+            d.table.map(iova, pa, len, prot).map_err(Error::from)
+        })??;
+        if self.info.np_cache {
+            let mut gather = Gather::new();
+            gather.add_table_change(iova.get(), len);
+            if let Err(e) = self.flush_gather(domain, &mut gather) {
+                self.undo_map(domain, iova, len);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    fn unmap(
+        &self,
+        domain: DomainHandle,
+        iova: Iova,
+        len: u64,
+        gather: &mut Gather,
+    ) -> Result<u64, Error> {
+        self.with_domain(domain, |d| {
+            d.table.unmap(iova, len, gather).map_err(Error::from)
+        })?
+    }
+
+    fn flush(&self, domain: DomainHandle, gather: &mut Gather) -> Result<(), Error> {
+        self.flush_gather(domain, gather)
+    }
+
+    fn reclaim(&self, domain: DomainHandle, scope: ReclaimScope<'_>) -> Result<usize, Error> {
+        let slot = self.slot(domain)?;
+        let cfg = self.config.lock();
+        let mut guard = self.domains[slot].write();
+        let dom = guard.as_mut().ok_or(Error::InvalidDomain(domain))?;
+        let mut gather = Gather::new();
+        let unlinked = scope.reclaim(&mut dom.table, &mut gather);
+        let pages = gather.freed_pages() + dom.owed.get_mut().freed_pages();
+        if let Err(e) = self.flush_locked(&cfg, slot, dom, &mut gather) {
+            dom.owed.get_mut().absorb(gather);
+            return Err(e);
+        }
+        unlinked?;
+        Ok(pages)
+    }
+
+    fn table_pages(&self, domain: DomainHandle) -> Result<DomainPages, Error> {
+        self.with_domain(domain, |d| {
+            Ok(DomainPages {
+                tables: d.table.table_pages()?,
+                unflushed: d.owed.lock().freed_pages(),
+            })
+        })?
+    }
+
+    fn query(&self, domain: DomainHandle, iova: Iova) -> Option<Mapping> {
+        self.with_domain(domain, |d| d.table.query(iova))
+            .ok()
+            .flatten()
+    }
+
+    fn for_each_mapping(
+        &self,
+        domain: DomainHandle,
+        iova: Iova,
+        len: u64,
+        f: &mut dyn FnMut(Leaf),
+    ) -> Result<(), Error> {
+        self.with_domain(domain, |d| {
+            d.table
+                .for_each_mapping(iova, len, &mut *f)
+                .map_err(Error::from)
+        })?
+    }
+
+    fn read_and_clear_dirty(
+        &self,
+        domain: DomainHandle,
+        iova: Iova,
+        len: u64,
+        sink: &mut dyn FnMut(Iova, u32),
+        gather: &mut Gather,
+    ) -> Result<(), Error> {
+        self.with_domain(domain, |d| {
+            d.table
+                .read_and_clear_dirty(iova, len, &mut *sink, gather)
+                .map_err(Error::from)
+        })?
+    }
+
+    fn attach(
+        &self,
+        device: DeviceId,
+        pasid: Option<Pasid>,
+        domain: DomainHandle,
+    ) -> Result<(), Error> {
+        self.attach_device(device, pasid, domain, &DeviceHints::default())
+    }
+
+    fn attach_device(
+        &self,
+        device: DeviceId,
+        pasid: Option<Pasid>,
+        domain: DomainHandle,
+        hints: &DeviceHints,
+    ) -> Result<(), Error> {
+        if let Some(p) = pasid {
+            let _ = p;
+            return Err(Error::Unsupported(Missing::Pasid { bits: 0 }));
+        }
+        let slot = self.slot(domain)?;
+        self.attach_impl(device.0, slot, hints.ats)
+    }
+
+    fn detach(&self, device: DeviceId, pasid: Option<Pasid>) -> Result<(), Error> {
+        if let Some(p) = pasid {
+            return Err(Error::InvalidPasid(p));
+        }
+        self.detach_impl(device.0)
+    }
+}

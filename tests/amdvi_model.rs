@@ -1,0 +1,296 @@
+//! The AMD-Vi unit through the `Iommu` trait, against the behavioural model (`sim::amdvi`):
+//! map, DMA through the model, unmap and flush (commands counted), faults decoded from the
+//! event log, force-coherent domains, replace and detach, domain-ID reuse, failed flushes that
+//! owe their invalidation, and one IOASID spanning a VT-d and an AMD-Vi unit.
+
+use iommu_engine::amdvi::event::EventCode;
+use iommu_engine::amdvi::{AmdViConfig, AmdViUnit};
+use iommu_engine::ioasid::{DeviceLabel, IoasidCtx, IoasidFlags, PasidAllocator, Registry, UnitId};
+use iommu_engine::iommu::{DeviceHints, DeviceId, DomainConfig, Error, Iommu};
+use iommu_engine::mem::{Iova, PhysAddr};
+use iommu_engine::pgtable::{Gather, Prot};
+use iommu_engine::sim::amdvi::{AmdViModel, AmdViModelConfig, Injection};
+use iommu_engine::sim::vtd::{VtdModel, VtdModelConfig};
+use iommu_engine::sim::{walk, Arena};
+use iommu_engine::vtd::{VtdConfig, VtdUnit};
+
+const DEV: DeviceId = DeviceId(0x20);
+const DEV2: DeviceId = DeviceId(0x28);
+const RW: Prot = Prot::READ.union(Prot::WRITE);
+
+type Unit<'a> = AmdViUnit<&'a AmdViModel<'a>, &'a Arena, 8>;
+
+fn config() -> AmdViConfig {
+    AmdViConfig {
+        poll_budget: 10_000,
+        ..AmdViConfig::new()
+    }
+}
+
+fn setup<'a>(mem: &'a Arena, model: &'a AmdViModel<'a>) -> Unit<'a> {
+    let u = AmdViUnit::new(model, mem, config()).expect("unit");
+    u.enable().expect("enable");
+    u
+}
+
+#[test]
+fn map_dma_unmap_flush_and_fault() {
+    let mem = Arena::with_defaults().unwrap();
+    let model = AmdViModel::new(&mem, AmdViModelConfig::qemu_default());
+    let u = setup(&mem, &model);
+    let d = u.domain_alloc(&DomainConfig::default()).unwrap();
+    assert_eq!(
+        u.domain_geometry(d).unwrap(),
+        (48, 1 << 12 | 1 << 21 | 1 << 30)
+    );
+    u.attach(DEV, None, d).unwrap();
+    u.map(
+        d,
+        Iova::new(0x10_0000),
+        PhysAddr::new(0x8000_0000),
+        0x1000,
+        RW,
+    )
+    .unwrap();
+    u.map(
+        d,
+        Iova::new(0x4000_0000),
+        PhysAddr::new(0x1_0000_0000),
+        2 << 20,
+        RW,
+    )
+    .unwrap();
+    let ok = model.dma(DEV.0 as u16, 0x10_0123, true).unwrap();
+    assert_eq!((ok.pa, ok.page_size_log2, ok.domain), (0x8000_0123, 12, 1));
+    let ok = model.dma(DEV.0 as u16, 0x4012_3456, false).unwrap();
+    assert_eq!((ok.pa, ok.page_size_log2), (0x1_0012_3456, 21));
+    assert!(!ok.force_coherent);
+
+    let before = model.stats();
+    let mut g = Gather::new();
+    assert_eq!(
+        u.unmap(d, Iova::new(0x10_0000), 0x1000, &mut g).unwrap(),
+        0x1000
+    );
+    u.flush(d, &mut g).unwrap();
+    let after = model.stats();
+    assert_eq!(
+        after.invalidate_pages_page - before.invalidate_pages_page,
+        1
+    );
+    assert_eq!(after.invalidate_pages_range, before.invalidate_pages_range);
+    assert_eq!(after.completion_waits - before.completion_waits, 1);
+    // The IOTLB entry went with the invalidation: the next DMA faults and is logged.
+    let f = model.dma(DEV.0 as u16, 0x10_0123, true).unwrap_err();
+    assert_eq!(f.event_code, 2);
+    let mut events = Vec::new();
+    u.drain_events(|e| events.push(e)).unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].code, EventCode::IoPageFault);
+    assert_eq!((events[0].device_id, events[0].address), (0x20, 0x10_0123));
+    assert_eq!(events[0].domain_or_pasid, 1);
+    assert!(events[0].is_write());
+
+    // A 2 MiB unmap is one S-encoded command.
+    let before = model.stats();
+    let mut g = Gather::new();
+    u.unmap(d, Iova::new(0x4000_0000), 2 << 20, &mut g).unwrap();
+    u.flush(d, &mut g).unwrap();
+    let after = model.stats();
+    assert_eq!(
+        after.invalidate_pages_range - before.invalidate_pages_range,
+        1
+    );
+    assert_eq!(after.completion_waits - before.completion_waits, 1);
+    assert!(model.dma(DEV.0 as u16, 0x4012_3456, false).is_err());
+}
+
+#[test]
+fn force_coherent_domains_set_fc() {
+    let mem = Arena::with_defaults().unwrap();
+    let model = AmdViModel::new(&mem, AmdViModelConfig::qemu_default());
+    let u = setup(&mem, &model);
+    assert!(u.capabilities().enforce_snoop);
+    let cfg = DomainConfig {
+        enforce_snoop: true,
+        ..DomainConfig::default()
+    };
+    let d = u.domain_alloc(&cfg).unwrap();
+    u.attach(DEV, None, d).unwrap();
+    u.map(
+        d,
+        Iova::new(0x20_0000),
+        PhysAddr::new(0x9000_0000),
+        0x1000,
+        RW,
+    )
+    .unwrap();
+    assert!(
+        model
+            .dma(DEV.0 as u16, 0x20_0000, true)
+            .unwrap()
+            .force_coherent
+    );
+}
+
+#[test]
+fn replace_detach_and_free() {
+    let mem = Arena::with_defaults().unwrap();
+    let model = AmdViModel::new(&mem, AmdViModelConfig::qemu_default());
+    let u = setup(&mem, &model);
+    let a = u.domain_alloc(&DomainConfig::default()).unwrap();
+    let b = u.domain_alloc(&DomainConfig::default()).unwrap();
+    u.map(a, Iova::new(0x1000), PhysAddr::new(0xA000_0000), 0x1000, RW)
+        .unwrap();
+    u.map(b, Iova::new(0x1000), PhysAddr::new(0xB000_0000), 0x1000, RW)
+        .unwrap();
+    u.attach(DEV, None, a).unwrap();
+    assert_eq!(
+        model.dma(DEV.0 as u16, 0x1000, false).unwrap().pa,
+        0xA000_0000
+    );
+    // Replace: the cached DTE goes, the device sees B at once.
+    u.attach(DEV, None, b).unwrap();
+    assert_eq!(
+        model.dma(DEV.0 as u16, 0x1000, false).unwrap().pa,
+        0xB000_0000
+    );
+    assert!(matches!(u.domain_free(b), Err(Error::Busy)));
+    u.domain_free(a).unwrap();
+    u.detach(DEV, None).unwrap();
+    assert!(model.dma(DEV.0 as u16, 0x1000, false).is_err());
+    assert!(matches!(u.detach(DEV, None), Err(Error::NotAttached(DEV))));
+    let before = model.stats();
+    u.domain_free(b).unwrap();
+    assert_eq!(
+        model.stats().invalidate_pages_all - before.invalidate_pages_all,
+        1
+    );
+    assert!(
+        model.cached_domain_ids().is_empty(),
+        "no entry of a freed ID is left"
+    );
+    assert!(matches!(
+        u.attach(DeviceId(0x1_0000), None, a),
+        Err(Error::InvalidDomain(_)) | Err(Error::InvalidDevice(_))
+    ));
+    u.disable().unwrap();
+    u.release().map_err(|(_, e)| e).unwrap();
+    assert!(mem.bad_frees().is_empty());
+}
+
+#[test]
+fn a_failed_flush_owes_its_invalidation_and_frees_nothing() {
+    let mem = Arena::with_defaults().unwrap();
+    let model = AmdViModel::new(&mem, AmdViModelConfig::qemu_default());
+    let u = setup(&mem, &model);
+    let d = u.domain_alloc(&DomainConfig::default()).unwrap();
+    u.attach(DEV, None, d).unwrap();
+    // A 2 MiB range of 4 KiB pages: its unmap frees the leaf table.
+    u.map(
+        d,
+        Iova::new(0x20_0000),
+        PhysAddr::new(0x8000_0000),
+        0x1000,
+        RW,
+    )
+    .unwrap();
+    model.dma(DEV.0 as u16, 0x20_0000, false).unwrap();
+    let mut g = Gather::new();
+    u.unmap(d, Iova::new(0), 1 << 30, &mut g).unwrap();
+    let freed = g.freed_pages();
+    assert!(freed >= 1);
+    model.inject(Injection::IllegalCommandAt(1));
+    let live = mem.live_pages().len();
+    assert!(matches!(
+        u.flush(d, &mut g),
+        Err(Error::CommandError { .. })
+    ));
+    assert_eq!(
+        mem.live_pages().len(),
+        live,
+        "nothing freed without the invalidation"
+    );
+    assert!(model
+        .reachable_tables()
+        .iter()
+        .all(|t| mem.live_pages().iter().any(|(pa, _)| pa.get() == *t)));
+    drop(g); // the caller gives up on its gather: the domain still owes the range
+    let mut empty = Gather::new();
+    u.flush(d, &mut empty).unwrap();
+    assert!(
+        model.dma(DEV.0 as u16, 0x20_0000, false).is_err(),
+        "invalidated by the retry"
+    );
+}
+
+#[test]
+fn ats_devices_get_iotlb_invalidations() {
+    let mem = Arena::with_defaults().unwrap();
+    let model = AmdViModel::new(&mem, AmdViModelConfig::qemu_default());
+    let u = setup(&mem, &model);
+    let d = u.domain_alloc(&DomainConfig::default()).unwrap();
+    let ats = DeviceHints {
+        ats: true,
+        physical_function: None,
+    };
+    u.attach_device(DEV, None, d, &ats).unwrap();
+    u.attach(DEV2, None, d).unwrap();
+    assert_ne!(u.device_entry(DEV.0).unwrap().0[1] & (1 << 32), 0, "DTE I");
+    u.map(d, Iova::new(0x1000), PhysAddr::new(0xA000_0000), 0x3000, RW)
+        .unwrap();
+    let before = model.stats();
+    let mut g = Gather::new();
+    u.unmap(d, Iova::new(0x1000), 0x3000, &mut g).unwrap();
+    u.flush(d, &mut g).unwrap();
+    let after = model.stats();
+    assert_eq!(
+        after.invalidate_pages_range - before.invalidate_pages_range,
+        1
+    );
+    assert_eq!(
+        after.invalidate_iotlb - before.invalidate_iotlb,
+        1,
+        "DEV only"
+    );
+    assert_eq!(after.completion_waits - before.completion_waits, 1);
+}
+
+#[test]
+fn one_ioasid_spans_a_vtd_and_an_amdvi_unit() {
+    let mem = Arena::with_defaults().unwrap();
+    let amd_hw = AmdViModel::new(&mem, AmdViModelConfig::qemu_default());
+    let vtd_hw = VtdModel::new(&mem, VtdModelConfig::qemu_default());
+    let amd = setup(&mem, &amd_hw);
+    let vtd = VtdUnit::new(&vtd_hw, &mem, VtdConfig::legacy()).unwrap();
+    vtd.enable().unwrap();
+    let units: [&dyn Iommu; 2] = [&vtd, &amd];
+    static PASIDS: PasidAllocator = PasidAllocator::new(20);
+    let registry = Registry::new(&units, &PASIDS).unwrap();
+    let ctx = IoasidCtx::new(&registry, &mem, 8);
+    let label = |unit, id| DeviceLabel {
+        unit: UnitId(unit),
+        id: DeviceId(id),
+    };
+    let gpu = ctx.bind(label(0, 0x100), false).unwrap();
+    let nic = ctx.bind(label(1, 0x20), false).unwrap();
+    let ioasid = ctx.alloc(IoasidFlags::empty()).unwrap();
+    ctx.attach(gpu, ioasid).unwrap();
+    ctx.attach(nic, ioasid).unwrap();
+    ctx.map(
+        ioasid,
+        Iova::new(0x4000_0000),
+        PhysAddr::new(0x1_0000_0000),
+        0x2000,
+        RW,
+    )
+    .unwrap();
+    let v = vtd_hw
+        .translate(0x100, None, 0x4000_1008, walk::Access::WRITE)
+        .unwrap();
+    let a = amd_hw.dma(0x20, 0x4000_1008, true).unwrap();
+    assert_eq!((v.pa, a.pa), (0x1_0000_1008, 0x1_0000_1008));
+    ctx.unmap(ioasid, Iova::new(0x4000_0000), 0x2000).unwrap();
+    assert!(amd_hw.dma(0x20, 0x4000_1008, true).is_err());
+    drop(ctx);
+}
