@@ -147,6 +147,9 @@ typedef enum {
   // be wrong for the device. `ie_ctx_device_info` reports the device's coherency and its
   // source (`IeDeviceInfo.coherent_dma`, `sources.coherent_dma`).
   IE_MISSING_DMA_COHERENCY = 16,
+  // The device's own PASID width, declared at bind (`IeDeviceHints.pasid_bits`), does not
+  // hold the PASID; 0 bits: the device is not PASID-capable.
+  IE_MISSING_DEVICE_PASID = 17,
 } IeMissing;
 
 // Flags of ie_ctx_alloc(), fixed for the IOASID's life; OR them together.
@@ -210,6 +213,9 @@ typedef enum {
   // Not coherent: stage-1 leaves are Non-cacheable.
   IE_COHERENT_DMA_NON_COHERENT = 2,
 } IeCoherentDma;
+
+// A 256-bit device table entry.
+typedef struct DeviceTableEntry DeviceTableEntry;
 
 // An IOASID context: what one process or VM holds.
 typedef struct IeCtx IeCtx;
@@ -301,8 +307,9 @@ typedef struct {
 
 // What the embedder knows of a device from PCI enumeration (ie_ctx_bind_with()).
 typedef struct {
-  // ATS is enabled on the device: VT-d allows its device TLB and invalidates it on every
-  // flush (needs `ECAP.DT`, else the attach fails with `IE_STATUS_UNSUPPORTED`).
+  // ATS is enabled on the device: VT-d allows its device TLB, SMMUv3 sets `STE.EATS`, and
+  // both invalidate its ATC on every flush (needs `ECAP.DT` / `IDR0.ATS`, else the attach
+  // fails with `IE_STATUS_INCOMPATIBLE`, reason `IE_MISSING_MODE`).
   bool ats;
   // The device is an SR-IOV virtual function whose physical function is
   // `physical_function` (a PCI RID): VT-d names it in `PFSID` of device-TLB invalidations
@@ -310,6 +317,14 @@ typedef struct {
   bool has_physical_function;
   // The physical function's RID, when `has_physical_function`.
   uint32_t physical_function;
+  // The device declares its own PASID width in `pasid_bits` (its PCIe PASID capability);
+  // false: the unit's width is the only limit.
+  bool has_pasid_bits;
+  // The device's PASID width in bits when `has_pasid_bits` (0: not PASID-capable): a PASID
+  // attach beyond it fails with `IE_STATUS_INCOMPATIBLE`, reason `IE_MISSING_DEVICE_PASID`.
+  uint32_t pasid_bits;
+  // PRI (Page Request Interface) is enabled on the device; reported by ie_ctx_device_info().
+  bool pri;
 } IeDeviceHints;
 
 // Where one claim comes from.
@@ -383,6 +398,8 @@ typedef struct {
   bool has_physical_function;
   // The physical function's RID, when `has_physical_function`.
   uint32_t physical_function;
+  // Bound with PRI enabled (ie_ctx_bind_with()).
+  bool pri;
   // Where each claim above comes from.
   IeSources sources;
 } IeDeviceInfo;

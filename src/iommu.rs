@@ -454,13 +454,24 @@ pub struct DomainConfig {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DeviceHints {
     /// ATS is enabled on the device (its ATC caches translations): VT-d lets its context entry
-    /// allow the device TLB and invalidates it on every flush (needs `ECAP.DT`, else the
-    /// attach is refused). SMMUv3 ignores it (its ATS is the stream's, `IDR0.ATS`).
+    /// allow the device TLB (legacy `TT` = 01b, scalable `DTE`) and invalidates it on every
+    /// flush (needs `ECAP.DT`); SMMUv3 sets `STE.EATS` for its stream at its first attach and
+    /// issues `CMD_ATC_INV` on every flush of its domains (needs `IDR0.ATS`). Without the
+    /// capability the attach is refused ([`Error::Unsupported`]).
     pub ats: bool,
     /// The requester ID of the device's SR-IOV physical function when the device is a
     /// virtual function (the PF's SR-IOV capability): VT-d with `ECAP.DIT` names it in
     /// `PFSID` of every device-TLB invalidation. `None`: the device is its own PF.
     pub physical_function: Option<DeviceId>,
+    /// The device's own PASID width (its PCIe PASID capability, Max PASID Width): `Some(0)`
+    /// for a device that is not PASID-capable (or whose PASID capability is disabled),
+    /// `None` when the embedder does not say (the unit's width is the only limit). A PASID
+    /// attach beyond it is refused before the unit is asked.
+    pub pasid_bits: Option<u32>,
+    /// PRI (PCIe Page Request Interface) is enabled on the device: it may send page
+    /// requests for translations that fault. Declared for the I/O page-fault path and
+    /// reported by `device_info`; no unit changes its entries for it yet.
+    pub pri: bool,
 }
 
 /// Which tables [`Iommu::reclaim`] looks at for being empty.

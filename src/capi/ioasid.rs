@@ -311,8 +311,9 @@ fn device_label(unit: u32, device_id: u32) -> Result<DeviceLabel, IeStatus> {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct IeDeviceHints {
-    /// ATS is enabled on the device: VT-d allows its device TLB and invalidates it on every
-    /// flush (needs `ECAP.DT`, else the attach fails with `IE_STATUS_UNSUPPORTED`).
+    /// ATS is enabled on the device: VT-d allows its device TLB, SMMUv3 sets `STE.EATS`, and
+    /// both invalidate its ATC on every flush (needs `ECAP.DT` / `IDR0.ATS`, else the attach
+    /// fails with `IE_STATUS_INCOMPATIBLE`, reason `IE_MISSING_MODE`).
     pub ats: bool,
     /// The device is an SR-IOV virtual function whose physical function is
     /// `physical_function` (a PCI RID): VT-d names it in `PFSID` of device-TLB invalidations
@@ -320,6 +321,28 @@ pub struct IeDeviceHints {
     pub has_physical_function: bool,
     /// The physical function's RID, when `has_physical_function`.
     pub physical_function: u32,
+    /// The device declares its own PASID width in `pasid_bits` (its PCIe PASID capability);
+    /// false: the unit's width is the only limit.
+    pub has_pasid_bits: bool,
+    /// The device's PASID width in bits when `has_pasid_bits` (0: not PASID-capable): a PASID
+    /// attach beyond it fails with `IE_STATUS_INCOMPATIBLE`, reason `IE_MISSING_DEVICE_PASID`.
+    pub pasid_bits: u32,
+    /// PRI (Page Request Interface) is enabled on the device; reported by ie_ctx_device_info().
+    pub pri: bool,
+}
+
+impl IeDeviceHints {
+    /// The hints as the IOASID layer takes them.
+    fn hints(&self) -> DeviceHints {
+        DeviceHints {
+            ats: self.ats,
+            physical_function: self
+                .has_physical_function
+                .then_some(DeviceId(self.physical_function)),
+            pasid_bits: self.has_pasid_bits.then_some(self.pasid_bits),
+            pri: self.pri,
+        }
+    }
 }
 
 /// As ie_ctx_bind(), with `*hints` (not NULL): the device's ATS and SR-IOV physical function,
@@ -344,13 +367,10 @@ pub unsafe extern "C" fn ie_ctx_bind_with(
         if out.is_null() {
             return Err(IeStatus::InvalidArgument);
         }
-        let hints = DeviceHints {
-            ats: hints.ats,
-            physical_function: hints
-                .has_physical_function
-                .then_some(DeviceId(hints.physical_function)),
-        };
-        let h = c.value.ctx.bind_with(label, no_snoop_capable, hints)?;
+        let h = c
+            .value
+            .ctx
+            .bind_with(label, no_snoop_capable, hints.hints())?;
         put(out, u32::from(h.slot()))
     })())
 }
@@ -439,12 +459,7 @@ pub unsafe extern "C" fn ie_ctx_bind_direct(
             };
         }
         // SAFETY: the C contract: NULL or readable.
-        let hints = unsafe { hints.as_ref() }.map(|h| DeviceHints {
-            ats: h.ats,
-            physical_function: h
-                .has_physical_function
-                .then_some(DeviceId(h.physical_function)),
-        });
+        let hints = unsafe { hints.as_ref() }.map(IeDeviceHints::hints);
         let list = list.get(..n).ok_or(IeStatus::InvalidArgument)?;
         let h = c
             .value
@@ -504,6 +519,8 @@ pub struct IeDeviceInfo {
     pub has_physical_function: bool,
     /// The physical function's RID, when `has_physical_function`.
     pub physical_function: u32,
+    /// Bound with PRI enabled (ie_ctx_bind_with()).
+    pub pri: bool,
     /// Where each claim above comes from.
     pub sources: IeSources,
 }
@@ -633,6 +650,7 @@ pub unsafe extern "C" fn ie_ctx_device_info(
         o.ats = info.hints.ats;
         o.has_physical_function = info.hints.physical_function.is_some();
         o.physical_function = info.hints.physical_function.map_or(0, |d| d.0);
+        o.pri = info.hints.pri;
         let (s, os) = (c.sources, &mut o.sources);
         os.ias = s.ias.into();
         os.oas = s.oas.into();

@@ -136,6 +136,9 @@ pub enum IeMissing {
     /// be wrong for the device. `ie_ctx_device_info` reports the device's coherency and its
     /// source (`IeDeviceInfo.coherent_dma`, `sources.coherent_dma`).
     DmaCoherency = 16,
+    /// The device's own PASID width, declared at bind (`IeDeviceHints.pasid_bits`), does not
+    /// hold the PASID; 0 bits: the device is not PASID-capable.
+    DevicePasid = 17,
 }
 
 impl From<Missing> for IeMissing {
@@ -162,6 +165,7 @@ impl From<ioasid::Incompatibility> for IeMissing {
             ioasid::Incompatibility::ReservedRegionMapped(_) => IeMissing::ReservedRegion,
             ioasid::Incompatibility::Alignment { .. } => IeMissing::Alignment,
             ioasid::Incompatibility::NotPasidCapable => IeMissing::NotPasidCapable,
+            ioasid::Incompatibility::DevicePasid { .. } => IeMissing::DevicePasid,
             ioasid::Incompatibility::DirectRegionCollides { .. } => IeMissing::DirectRegion,
             ioasid::Incompatibility::Permissions { .. } => IeMissing::Permissions,
             ioasid::Incompatibility::OutputAddress { .. } => IeMissing::OutputAddress,

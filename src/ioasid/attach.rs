@@ -305,6 +305,13 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
             let reason = Incompatibility::Missing(Missing::Pasid { bits });
             return Err(Error::Incompatible { device, reason });
         }
+        // The device's own width, declared at bind (a device without PASID on a unit with).
+        if let Some(bits) = hints.pasid_bits {
+            if bits == 0 || pasid.get().checked_shr(bits).unwrap_or(0) != 0 {
+                let reason = Incompatibility::DevicePasid { bits };
+                return Err(Error::Incompatible { device, reason });
+            }
+        }
         let existing = st
             .pasid_attachments
             .iter()

@@ -357,9 +357,13 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
     }
 
     /// As [`bind`](Self::bind), with what the embedder knows of the device from PCI
-    /// enumeration: ATS enabled, and the physical function of an SR-IOV virtual function
-    /// (VT-d names it in `PFSID` of device-TLB invalidations under `ECAP.DIT`). Every attach of
-    /// the device hands them to its unit ([`Iommu::attach_device`]); `device_info` reports them.
+    /// enumeration ([`DeviceHints`]): ATS enabled (VT-d device TLB, SMMUv3 `STE.EATS`, and
+    /// their invalidations), the physical function of an SR-IOV virtual function (VT-d names
+    /// it in `PFSID` of device-TLB invalidations under `ECAP.DIT`), the device's own PASID
+    /// width (a PASID attach beyond it is refused with
+    /// [`Incompatibility::DevicePasid`](super::Incompatibility::DevicePasid)) and PRI. Every
+    /// attach of the device hands them to its unit ([`Iommu::attach_device`]); `device_info`
+    /// reports them.
     ///
     /// # Errors
     /// As [`bind`](Self::bind).
@@ -476,16 +480,30 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
     }
 
     /// What the device's unit can do for it, where each claim comes from, and whether the
-    /// device is no-snoop capable.
+    /// device is no-snoop capable (iommufd `IOMMU_GET_HW_INFO`). A PASID width the device
+    /// was bound with ([`DeviceHints::pasid_bits`]) narrower than the unit's is the one
+    /// reported, its source then [`BIND_HINTS`]; the device's ATS and PRI are in
+    /// [`DeviceInfo::hints`].
     ///
     /// # Errors
     /// [`Error::NoSuchDevice`].
     pub fn device_info(&self, device: DeviceHandle) -> Result<DeviceInfo, Error> {
         let st = self.state.read();
         let dev = st.device(device)?;
+        let mut capabilities = self.unit(dev.label.unit)?.device_capabilities(dev.label.id);
+        // A device's own PASID width narrows the unit's (iommufd reports the device's
+        // `max_pasid_log2`).
+        if let Some(bits) = dev
+            .hints
+            .pasid_bits
+            .filter(|&b| b < capabilities.pasid_bits)
+        {
+            capabilities.pasid_bits = bits;
+            capabilities.sources.pasid_bits = dev.hints_source;
+        }
         Ok(DeviceInfo {
             label: dev.label,
-            capabilities: self.unit(dev.label.unit)?.device_capabilities(dev.label.id),
+            capabilities,
             no_snoop_capable: dev.no_snoop_capable,
             no_snoop_source: NO_SNOOP_DECLARED,
             hints: dev.hints,

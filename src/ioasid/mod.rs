@@ -44,7 +44,7 @@
 //!
 //! | iommufd object or ioctl | this crate | missing (issue 17) |
 //! |---|---|---|
-//! | `VFIO_DEVICE_BIND_IOMMUFD`, unbind | [`IoasidCtx::bind`], `bind_with`, `bind_with_direct`; [`IoasidCtx::unbind`] | per-device PASID width, ATS/PRI (item 4) |
+//! | `VFIO_DEVICE_BIND_IOMMUFD`, unbind | [`IoasidCtx::bind`], [`IoasidCtx::bind_with`] (the device's ATS: VT-d device TLB, SMMUv3 `STE.EATS`, and their ATC invalidations; SR-IOV physical function; own PASID width, a PASID attach beyond it refused with [`Incompatibility::DevicePasid`]; PRI), `bind_with_direct`; [`IoasidCtx::unbind`]; C: `ie_ctx_bind_with` (`device_bound_with_ats_gets_atc_invalidations`, `device_without_pasid_refused_pasid_attach`) | PRI is declared and reported, not used yet (item 8) |
 //! | `IOMMU_IOAS_ALLOC`, `IOMMU_DESTROY` | [`IoasidCtx::alloc`] (an IOAS and the hardware domains behind it in one), [`IoasidCtx::free`] | |
 //! | `IOMMU_IOAS_MAP` | [`IoasidCtx::map`]: physical addresses, always at a fixed IOVA ([`IoasidCtx::alloc_iova`] picks one); no pinning of user memory (out of scope) | |
 //! | `IOMMU_IOAS_UNMAP` | [`IoasidCtx::unmap`], with [`UNMAP_ALL`] | |
@@ -57,7 +57,7 @@
 //! | `IOMMU_HWPT_SET_DIRTY_TRACKING` | none: tracking is on for the IOASID's life | item 2 |
 //! | `IOMMU_HWPT_GET_DIRTY_BITMAP` | [`IoasidCtx::read_and_clear_dirty`]: a callback, always clearing | bitmap, `NO_CLEAR` (item 2) |
 //! | `IOMMU_HWPT_INVALIDATE` | none | item 1 |
-//! | `IOMMU_GET_HW_INFO` | [`IoasidCtx::device_info`]: capabilities and where each claim comes from, not the raw VT-d `CAP`/`ECAP` or SMMUv3 `IDR` registers | |
+//! | `IOMMU_GET_HW_INFO` | [`IoasidCtx::device_info`]: capabilities and where each claim comes from (the PASID width narrowed to the device's own, iommufd's `max_pasid_log2`; ATS, PRI), not the raw VT-d `CAP`/`ECAP` or SMMUv3 `IDR` registers; C: `ie_ctx_device_info` | |
 //! | `IOMMU_OPTION` (`HUGE_PAGES`) | [`IoasidCtx::set_huge_pages`] (off: 4 KiB pages only, or the unit's granule), [`IoasidCtx::set_max_page_log2`] (any largest page), per IOASID; changing it with both a domain and a mapping is [`Error::Busy`] (iommufd `EINVAL`); C: `ie_ctx_set_huge_pages` (`option_huge_pages_off_maps_only_4k`) | no per-map limit |
 //! | `IOMMU_OPTION` (`RLIMIT_MODE`) | none: nothing is pinned | out of scope |
 //! | `VFIO_DEVICE_ATTACH_IOMMUFD_PT` (attach, replace) | [`IoasidCtx::attach`] (replaces, see above); with a PASID: [`IoasidCtx::attach_pasid`] | |
@@ -212,6 +212,12 @@ pub enum Incompatibility {
     },
     /// Only an IOASID allocated with [`IoasidFlags::PASID`] may be attached to a PASID.
     NotPasidCapable,
+    /// The device's own PASID width, declared at bind ([`DeviceHints::pasid_bits`](crate::iommu::DeviceHints::pasid_bits)),
+    /// does not hold the PASID: `bits` 0 for a device that is not PASID-capable.
+    DevicePasid {
+        /// The device's PASID width, in bits.
+        bits: u32,
+    },
     /// An existing mapping has permissions the unit's table format cannot express (execute on
     /// a VT-d second stage, privileged-only on an Arm stage 2, write-only on x86 paging).
     Permissions {
@@ -254,6 +260,10 @@ impl fmt::Display for Incompatibility {
                 )
             }
             Incompatibility::NotPasidCapable => write!(f, "IOASID not allocated with PASID"),
+            Incompatibility::DevicePasid { bits: 0 } => write!(f, "the device has no PASID"),
+            Incompatibility::DevicePasid { bits } => {
+                write!(f, "the device supports {bits}-bit PASIDs")
+            }
             Incompatibility::DirectRegionCollides { region, with } => write!(
                 f,
                 "direct region {}..{} collides with {}..{}",

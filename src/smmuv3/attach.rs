@@ -650,6 +650,32 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         Ok(())
     }
 
+    /// Enables ATS on `device`'s stream for an attach of a device bound with ATS
+    /// ([`DeviceHints::ats`](crate::iommu::DeviceHints::ats)): nothing if it has ATS already,
+    /// else [`set_ats`](Self::set_ats) (the stream must have no attachment yet: its first
+    /// attach). A stream keeps ATS until `set_ats(false)`; an attach without the hint leaves it
+    /// as it is. Returns whether this call enabled it (the attach undoes it if it fails).
+    ///
+    /// # Errors
+    /// As [`set_ats`](Self::set_ats): [`Error::Unsupported`] without `IDR0.ATS`,
+    /// [`Error::Busy`] for a stream attached without ATS.
+    pub(crate) fn ats_for_attach(&self, device: DeviceId) -> Result<bool, Error> {
+        let sid = self.check_sid(device)?;
+        let has = {
+            let config = self.config.lock();
+            config
+                .streams
+                .iter()
+                .flatten()
+                .any(|s| s.sid == sid && s.ats)
+        };
+        if has {
+            return Ok(false);
+        }
+        self.set_ats(device, true)?;
+        Ok(true)
+    }
+
     /// Lets `device` use PCIe ATS (`STE.EATS` = 1, and CMD_ATC_INV on every flush of its
     /// domains). Only while nothing is attached to it, so the domain accounting stays simple.
     ///

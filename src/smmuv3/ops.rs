@@ -42,8 +42,8 @@ use super::platform::{DeviceFacts, CANWBS_NOT_DECLARED};
 use super::unit::SmmuUnit;
 use super::{Asid, StreamId, Vmid};
 use crate::iommu::{
-    Capabilities, DeviceId, DomainConfig, DomainHandle, DomainPages, Error, Iommu, Missing, Pasid,
-    ReclaimScope, Stage,
+    Capabilities, DeviceHints, DeviceId, DomainConfig, DomainHandle, DomainPages, Error, Iommu,
+    Missing, Pasid, ReclaimScope, Stage,
 };
 use crate::mem::{Iova, PageAllocator, PhysAddr};
 use crate::mmio::RegisterWindow;
@@ -695,6 +695,25 @@ where
         domain: DomainHandle,
     ) -> Result<(), Error> {
         self.attach_impl(device, pasid, domain)
+    }
+
+    /// ATS declared at bind: `STE.EATS` for the stream from its first attach on, and
+    /// CMD_ATC_INV behind every flush of its domains (`SmmuUnit::ats_for_attach`); refused
+    /// without `IDR0.ATS`.
+    fn attach_device(
+        &self,
+        device: DeviceId,
+        pasid: Option<Pasid>,
+        domain: DomainHandle,
+        hints: &DeviceHints,
+    ) -> Result<(), Error> {
+        let enabled = hints.ats && self.ats_for_attach(device)?;
+        let r = self.attach_impl(device, pasid, domain);
+        if enabled && matches!(&r, Err(e) if !e.is_unit_fault()) {
+            // Refused before anything was written: the stream is idle again.
+            let _ = self.set_ats(device, false);
+        }
+        r
     }
 
     fn detach(&self, device: DeviceId, pasid: Option<Pasid>) -> Result<(), Error> {

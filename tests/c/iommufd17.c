@@ -4,7 +4,8 @@
  * needs one more table page, its leaf table, with the option off), IOMMU_IOAS_COPY
  * (ie_ctx_copy: same pages, same permissions, all or nothing), IOMMU_IOAS_IOVA_RANGES
  * (ie_ctx_iova_ranges: reserved regions and the address width excluded, the count needed when
- * the buffer is too small). Every result is checked; the exit status is the number of failed
+ * the buffer is too small), per-device capabilities at bind (ie_ctx_bind_with: a device without
+ * PASID refused a PASID attach; ie_ctx_device_info reports its width and PRI). Every result is checked; the exit status is the number of failed
  * checks.
  *
  * Built and run by tests/capi.rs: gcc -std=c11 -Wall -Wextra -Werror, linked against the host
@@ -35,6 +36,34 @@ static int checks;
 enum { KIB4 = 4096, MIB2 = 2 * 1024 * 1024 };
 
 /* The flows on one unit, whose model is `model` and whose devices are `a` and `b`. */
+/* Per-device capabilities declared at bind (item 4): a device that is not PASID-capable behind
+   a unit that is (`pasid_unit`) is refused a PASID attach naming the device; ie_ctx_device_info()
+   reports its width, from the bind, and its PRI. */
+static void device_caps(const char *name, IeCtx *ctx, uint32_t id, bool pasid_unit)
+{
+    int32_t st;
+    IeDeviceHints hints = { .has_pasid_bits = true, .pasid_bits = 0, .pri = true };
+    uint32_t dev = 0, io = 0, pasid = 0, reason = 0;
+    OK(ie_ctx_bind_with(ctx, 0, id, false, &hints, &dev));
+    IeDeviceInfo info;
+    memset(&info, 0, sizeof info);
+    OK(ie_ctx_device_info(ctx, dev, &info));
+    CHECK(info.pasid_bits == 0 && info.pri && !info.ats, "%s: pasid %u pri %d", name,
+          info.pasid_bits, info.pri);
+    if (pasid_unit)
+        CHECK(info.sources.pasid_bits.kind == IE_SOURCE_KIND_EMBEDDER,
+              "%s: the device's width comes from the bind: %s", name,
+              info.sources.pasid_bits.name);
+    OK(ie_ctx_alloc(ctx, IE_IOASID_FLAG_PASID, &io));
+    OK(ie_ctx_alloc_pasid(ctx, &pasid));
+    CHECK(ie_ctx_attach_pasid(ctx, dev, pasid, io, &reason) == IE_STATUS_INCOMPATIBLE &&
+              reason == (pasid_unit ? IE_MISSING_DEVICE_PASID : IE_MISSING_PASID),
+          "%s: PASID attach of a device without PASID: reason %u", name, reason);
+    OK(ie_ctx_free_pasid(ctx, pasid));
+    OK(ie_ctx_free(ctx, io));
+    OK(ie_ctx_unbind(ctx, dev));
+}
+
 static void flows(const char *name, IeSimArena *arena, IeSimModel *model, IeCtx *ctx, uint32_t a,
                   uint32_t b)
 {
@@ -135,20 +164,22 @@ int main(void)
 
     /* VT-d */
     IeSimModel *vtd_model = NULL;
-    IeSimVtdConfig vm = { .scalable = false, .snoop_control = true, .caching_mode = false };
+    IeSimVtdConfig vm = { .scalable = true, .snoop_control = true, .caching_mode = false };
     OK(ie_sim_vtd_model_create(arena, &vm, &vtd_model));
     IeRegs vregs;
     OK(ie_sim_model_regs(vtd_model, &vregs));
     IeVtdConfig vcfg;
     ie_vtd_config_default(&vcfg);
+    vcfg.scalable = true;
     IeUnit *vtd = NULL;
     OK(ie_vtd_create(&env, &vregs, &vcfg, &vtd));
     OK(ie_unit_enable(vtd));
     IeRegistry *vreg = NULL;
     OK(ie_registry_create(&env, (IeUnit *const *)&vtd, 1, 20, &vreg));
     IeCtx *vctx = NULL;
-    OK(ie_ctx_create(vreg, 0, &vctx));
+    OK(ie_ctx_create(vreg, 4, &vctx));
     flows("vtd", arena, vtd_model, vctx, 0x20, 0x28);
+    device_caps("vtd", vctx, 0x30, true);
     OK(ie_ctx_destroy(vctx));
     OK(ie_registry_destroy(vreg));
     OK(ie_unit_disable(vtd));
@@ -169,8 +200,9 @@ int main(void)
     IeRegistry *sreg = NULL;
     OK(ie_registry_create(&env, (IeUnit *const *)&smmu, 1, 20, &sreg));
     IeCtx *sctx = NULL;
-    OK(ie_ctx_create(sreg, 0, &sctx));
+    OK(ie_ctx_create(sreg, 4, &sctx));
     flows("smmu", arena, smmu_model, sctx, 0x20, 0x300);
+    device_caps("smmu", sctx, 0x400, false);
     OK(ie_ctx_destroy(sctx));
     OK(ie_registry_destroy(sreg));
     OK(ie_unit_disable(smmu));

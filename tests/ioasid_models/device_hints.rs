@@ -60,6 +60,7 @@ fn ats_and_the_physical_function_declared_at_bind_reach_the_unit() {
     let vf = DeviceHints {
         ats: true,
         physical_function: Some(DeviceId(PF)),
+        ..DeviceHints::default()
     };
     // Declared: one device-TLB invalidation naming the PF; the VF's ATC is clean.
     assert_eq!(unmap_through_the_atc(Some(vf)), (1, 0, false));

@@ -50,7 +50,7 @@ use iommu_engine::ioasid::{
     Attachment, DeviceHandle, DeviceLabel, DirectRegion, Error, IoasidCtx, IoasidFlags, IoasidId,
     Leaked,
 };
-use iommu_engine::iommu::{DeviceHints, DeviceId, Iommu, Pasid};
+use iommu_engine::iommu::{DeviceHints, Iommu, Pasid};
 use iommu_engine::mem::{Iova, PhysAddr};
 use iommu_engine::mmio::RegisterWindow;
 use iommu_engine::pgtable::{IovaRange, Prot};
@@ -324,15 +324,14 @@ impl<'r> Cell<'r> {
         // RID_A and SID_A have ATS: their device TLB / ATC is invalidated with their domain.
         let ats = DeviceHints {
             ats: true,
-            physical_function: None,
+            ..DeviceHints::default()
         };
         let v = ctx
             .bind_with(vtd_dev(RID_A), true, ats)
             .expect("setup bind");
-        let s = bind(smmu_dev(SID_A));
-        r.smmu
-            .set_ats(DeviceId(SID_A), true)
-            .expect("setup SMMUv3 ATS");
+        let s = ctx
+            .bind_with(smmu_dev(SID_A), true, ats)
+            .expect("setup bind");
         let (v2, s2, s3) = (
             bind(vtd_dev(RID_NEW_BUS)),
             bind(smmu_dev(SID_B)),

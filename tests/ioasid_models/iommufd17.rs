@@ -3,8 +3,10 @@
 //! capabilities declared at bind. Every claim is read back through a model's translation or
 //! the unit's own table.
 
-use iommu_engine::ioasid::{DeviceLabel, Error, IoasidCtx, IoasidFlags, SMALL_PAGE_LOG2};
-use iommu_engine::iommu::{DomainHandle, Iommu};
+use iommu_engine::ioasid::{
+    DeviceLabel, Error, Incompatibility, IoasidCtx, IoasidFlags, BIND_HINTS, SMALL_PAGE_LOG2,
+};
+use iommu_engine::iommu::{DeviceHints, DomainHandle, Iommu, Missing};
 use iommu_engine::mem::{Iova, PhysAddr};
 use iommu_engine::pgtable::{IovaRange, Prot};
 use iommu_engine::sim::walk::Access;
@@ -310,4 +312,141 @@ fn ioas_iova_ranges_excludes_reserved_and_beyond_aw() {
         assert_eq!(small[0], want[0]);
         drop(ctx);
     });
+}
+
+/// Binds `label` with `hints`, attaches it to a new IOASID, maps a page, lets the device use it
+/// through its ATC (a translated transaction on SMMUv3, a translation request on VT-d), unmaps
+/// it. Returns (whether the translated access passed, ATC invalidations the unmap issued).
+fn ats_round_trip(
+    r: &Rig<'_, '_>,
+    label: DeviceLabel,
+    hints: DeviceHints,
+) -> Result<(bool, u64), Error> {
+    let ctx = IoasidCtx::new(r.reg, r.arena, 0);
+    let dev = ctx.bind_with(label, false, hints)?;
+    assert_eq!(ctx.device_info(dev)?.hints, hints);
+    let io = ctx.alloc(IoasidFlags::empty())?;
+    ctx.attach(dev, io)?;
+    ctx.map(io, Iova::new(0x3000), PhysAddr::new(0x7000_0000), K4, RW)?;
+    let id = label.id.0;
+    let (passed, inv) = if label.unit == SMMU {
+        let ok =
+            r.sm.translated_transaction(id, 0x7000_0000, Access::READ)
+                .is_ok();
+        r.drain();
+        r.sm.reset_stats();
+        ctx.unmap(io, Iova::new(0x3000), K4)?;
+        (ok, r.sm.stats().commands.get(&0x40).copied().unwrap_or(0))
+    } else {
+        let ok =
+            r.vm.ats_translate(id as u16, None, 0x3000, Access::READ)
+                .is_ok();
+        r.vm.reset_stats();
+        ctx.unmap(io, Iova::new(0x3000), K4)?;
+        (ok, r.vm.stats().device_tlb)
+    };
+    ctx.detach(dev)?;
+    ctx.unbind(dev)?;
+    Ok((passed, inv))
+}
+
+/// A device bound with ATS (`VFIO_DEVICE_BIND_IOMMUFD` of a device whose ATS capability is
+/// enabled): both units let it use translated requests (VT-d: the context entry allows the
+/// device TLB; SMMUv3: `STE.EATS`) and invalidate its ATC behind every unmap (VT-d device-TLB
+/// invalidation, SMMUv3 CMD_ATC_INV). Bound without ATS, SMMUv3 forbids translated
+/// transactions and issues no ATC invalidation; a unit without ATS refuses the attach.
+#[test]
+fn device_bound_with_ats_gets_atc_invalidations() {
+    let ats = DeviceHints {
+        ats: true,
+        ..DeviceHints::default()
+    };
+    let v = VtdSetup {
+        model: iommu_engine::sim::vtd::VtdModelConfig::qemu_default().with_dt(true),
+        mode: iommu_engine::vtd::Mode::Legacy,
+    };
+    let mut s = SmmuSetup::qemu(true);
+    s.model = s.model.with_ats(true);
+    with_rig(v, s, |r| {
+        assert_eq!(ats_round_trip(r, vtd_dev(RID_A), ats), Ok((true, 1)));
+        assert_eq!(ats_round_trip(r, smmu_dev(SID_A), ats), Ok((true, 1)));
+        let plain = DeviceHints::default();
+        assert_eq!(ats_round_trip(r, smmu_dev(SID_B), plain), Ok((false, 0)));
+        assert_eq!(ats_round_trip(r, vtd_dev(RID_B), plain).map(|x| x.1), Ok(0));
+    });
+    // Units without ATS (VT-d without ECAP.DT, SMMUv3 without IDR0.ATS): refused, named.
+    let v = VtdSetup {
+        model: iommu_engine::sim::vtd::VtdModelConfig::qemu_default().with_dt(false),
+        mode: iommu_engine::vtd::Mode::Legacy,
+    };
+    with_rig(v, SmmuSetup::qemu(true), |r| {
+        for label in [vtd_dev(RID_A), smmu_dev(SID_A)] {
+            let e = ats_round_trip(r, label, ats);
+            assert!(
+                matches!(
+                    e,
+                    Err(Error::Incompatible {
+                        reason: Incompatibility::Missing(Missing::Mode { .. }),
+                        ..
+                    })
+                ),
+                "{e:?}"
+            );
+        }
+    });
+}
+
+/// A device that is not PASID-capable (its PASID width declared 0 at bind) behind a unit that
+/// is: `attach_pasid` is refused naming the device's width, before the unit is asked, and
+/// `device_info` (iommufd `IOMMU_GET_HW_INFO`) reports the device's width with the bind as its
+/// source; a device declaring 20 bits, or nothing, attaches the same PASID.
+#[test]
+fn device_without_pasid_refused_pasid_attach() {
+    with_rig(
+        VtdSetup::scalable(),
+        SmmuSetup::qemu(true).with_ssid_bits(8),
+        |r| {
+            for (label, other) in [
+                (vtd_dev(RID_A), vtd_dev(RID_B)),
+                (smmu_dev(SID_A), smmu_dev(SID_B)),
+            ] {
+                let ctx = IoasidCtx::new(r.reg, r.arena, 4);
+                let none = DeviceHints {
+                    pasid_bits: Some(0),
+                    pri: true,
+                    ..DeviceHints::default()
+                };
+                let dev = ctx.bind_with(label, false, none).unwrap();
+                let info = ctx.device_info(dev).unwrap();
+                assert_eq!(info.capabilities.pasid_bits, 0);
+                assert_eq!(info.capabilities.sources.pasid_bits, BIND_HINTS);
+                assert!(info.hints.pri);
+                let io = ctx.alloc(IoasidFlags::PASID).unwrap();
+                let pasid = ctx.alloc_pasid().unwrap();
+                assert_eq!(
+                    ctx.attach_pasid(dev, pasid, io),
+                    Err(Error::Incompatible {
+                        device: dev,
+                        reason: Incompatibility::DevicePasid { bits: 0 }
+                    })
+                );
+                assert_eq!(ctx.attachment(dev, Some(pasid)), Ok(None));
+                assert_eq!(
+                    r.domains(if label.unit == SMMU { r.smmu } else { r.vtd }),
+                    0
+                );
+                let wide = DeviceHints {
+                    pasid_bits: Some(20),
+                    ..DeviceHints::default()
+                };
+                let ok = ctx.bind_with(other, false, wide).unwrap();
+                let unit_bits = ctx.device_info(ok).unwrap().capabilities.pasid_bits;
+                assert!(unit_bits > 0 && unit_bits <= 20);
+                ctx.attach_pasid(ok, pasid, io).unwrap();
+                ctx.detach_pasid(ok, pasid).unwrap();
+                ctx.unbind(dev).unwrap();
+                ctx.unbind(ok).unwrap();
+            }
+        },
+    );
 }
