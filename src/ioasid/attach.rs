@@ -2,7 +2,9 @@
 
 use super::ctx::{Ioasid, IoasidCtx, PasidAttachment, State, UnitDomain};
 use super::registry::UnitId;
-use super::{Attachment, DeviceHandle, Error, Incompatibility, IoasidFlags, IoasidId};
+use super::{
+    Attachment, DeviceHandle, Error, Incompatibility, IoasidFlags, IoasidId, MAX_DIRECT_REGIONS,
+};
 use crate::iommu::{self, DeviceId, DomainConfig, DomainHandle, Iommu, Missing, Pasid, Stage};
 use crate::mem::{Iova, PageAllocator};
 use crate::pgtable::{self, Leaf, Prot};
@@ -98,7 +100,7 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     ) -> Result<Option<IoasidId>, Error> {
         let mut st = self.state.write();
         let dev = st.device(device)?;
-        let (label, old, hints, direct) = (dev.label, dev.attached, dev.hints, dev.direct);
+        let (label, old, hints) = (dev.label, dev.attached, dev.hints);
         let unit = self.unit(label.unit)?;
         if let Some(previous) = dev.unsettled {
             // Only the attach the unit did not confirm may complete it.
@@ -110,7 +112,7 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
                 .map_err(|e| incompatible(device, e))?;
             st.device_mut(device)?.unsettled = None;
             if let Some(previous) = previous {
-                let _ = self.leave(&mut st, previous, label.unit, &direct);
+                let _ = self.leave(&mut st, previous, label.unit, device);
             }
             return Ok(previous);
         }
@@ -121,7 +123,7 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         self.take_direct(&mut st, device, ioasid)?;
         let (handle, created) = match self.domain_for(&mut st, device, ioasid, label.unit) {
             Ok(d) => d,
-            Err(e) => return Err(self.give_back_direct(&mut st, ioasid, &direct, e)),
+            Err(e) => return Err(self.give_back_direct(&mut st, ioasid, device, e)),
         };
         if let Err(e) = unit.attach_device(label.id, None, handle, &hints) {
             if e.is_unit_fault() {
@@ -137,26 +139,26 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
                 self.release_domain(&mut st, ioasid, label.unit);
             }
             let e = incompatible(device, e);
-            return Err(self.give_back_direct(&mut st, ioasid, &direct, e));
+            return Err(self.give_back_direct(&mut st, ioasid, device, e));
         }
         self.add_user(&mut st, ioasid, label.unit);
         st.device_mut(device)?.attached = Some(ioasid);
         if let Some(old) = old {
-            let _ = self.leave(&mut st, old, label.unit, &direct);
+            let _ = self.leave(&mut st, old, label.unit, device);
         }
         Ok(old)
     }
 
-    /// The device no longer reaches `ioasid`: its direct regions there may go (an unmap not
+    /// `device` no longer reaches `ioasid`: its direct regions there may go (an unmap not
     /// confirmed stays owed by the IOASID, settled by its next call), and its domain user.
     fn leave(
         &self,
         st: &mut State<'a, A>,
         ioasid: IoasidId,
         unit: UnitId,
-        direct: &[Option<super::DirectRegion>],
+        device: DeviceHandle,
     ) -> Result<(), Error> {
-        let dropped = self.drop_direct(st, ioasid, direct);
+        let dropped = self.drop_device_direct(st, ioasid, device, MAX_DIRECT_REGIONS);
         self.release_domain(st, ioasid, unit);
         dropped
     }
@@ -167,10 +169,10 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         &self,
         st: &mut State<'a, A>,
         ioasid: IoasidId,
-        direct: &[Option<super::DirectRegion>],
+        device: DeviceHandle,
         e: Error,
     ) -> Error {
-        match self.drop_direct(st, ioasid, direct) {
+        match self.drop_device_direct(st, ioasid, device, MAX_DIRECT_REGIONS) {
             Err(p @ Error::InvalidationPending { .. }) => p,
             _ => e,
         }
@@ -225,7 +227,6 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         };
         unit_detach(self.unit(label.unit)?, label.id, None)?;
         let dev = st.device_mut(device)?;
-        let direct = dev.direct;
         let previous = dev.unsettled.take().flatten();
         dev.attached = None;
         // The device is blocked: its direct regions go with their last user, invalidated
@@ -233,7 +234,7 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         // attach still held of the IOASID it was leaving. What fails is noted for the retry.
         let mut result = earlier.unwrap_or(Ok(()));
         for io in [Some(old), previous].into_iter().flatten() {
-            if let Err(e) = self.leave(&mut st, io, label.unit, &direct) {
+            if let Err(e) = self.leave(&mut st, io, label.unit, device) {
                 note_left(&mut st.device_mut(device)?.left_owing, io);
                 result = result.and(Err(e));
             }
@@ -300,7 +301,7 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
             });
         }
         let unit = self.unit(label.unit)?;
-        let bits = unit.capabilities().pasid_bits;
+        let bits = pasid_bits(unit);
         if bits == 0 || pasid.get() >> bits != 0 {
             let reason = Incompatibility::Missing(Missing::Pasid { bits });
             return Err(Error::Incompatible { device, reason });
@@ -402,36 +403,12 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         ioasid: IoasidId,
         unit_id: UnitId,
     ) -> Result<(DomainHandle, bool), Error> {
-        let id = st.device(device)?.label.id;
-        let io = st.ioasid(ioasid)?;
-        // Refusals the unit can give before anything is built or written.
-        self.unit(unit_id)?
-            .check_device(id, &domain_config(io, id)?)
-            .map_err(|m| Error::Incompatible {
-                device,
-                reason: Incompatibility::Missing(m),
-            })?;
-        if let Some(d) = io.domains.iter().flatten().find(|d| d.unit == unit_id) {
-            return Ok((d.handle, false));
-        }
-        let slot = io
-            .domains
-            .iter()
-            .position(Option::is_none)
-            .ok_or(Error::Capacity("units per IOASID"))?;
+        let (handle, slot, park) = match self.new_domain(st, device, ioasid, unit_id)? {
+            NewDomain::Existing(handle) => return Ok((handle, false)),
+            NewDomain::Built { handle, slot, park } => (handle, slot, park),
+        };
         let unit = self.unit(unit_id)?;
-        let cfg = domain_config(io, id)?;
-        // A domain is built only with room to park it if it can be neither filled nor freed.
-        let parked = self.free_parked(st);
-        let park = st
-            .parked
-            .iter()
-            .position(Option::is_none)
-            .ok_or_else(|| parked.err().unwrap_or(Error::Capacity("parked domains")))?;
         let io = st.ioasid(ioasid)?;
-        let handle = unit
-            .domain_alloc(&cfg)
-            .map_err(|e| incompatible(device, e))?;
         // The IOASID's page-size policy before anything is mapped (`page_size.rs`).
         let limited = match io.max_page_log2 {
             Some(max) => unit
@@ -456,6 +433,50 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
             users: 0,
         });
         Ok((handle, true))
+    }
+
+    /// The first part of [`Self::domain_for`]: the IOASID's domain on `unit_id`, or a new,
+    /// empty one with the IOASID's slot it goes to and the parking slot it would take. Not
+    /// inlined: its checks' locals are on the stack only while it runs, not under the fill's
+    /// maps (and their flushes).
+    #[inline(never)]
+    fn new_domain(
+        &self,
+        st: &mut State<'a, A>,
+        device: DeviceHandle,
+        ioasid: IoasidId,
+        unit_id: UnitId,
+    ) -> Result<NewDomain, Error> {
+        let id = st.device(device)?.label.id;
+        let io = st.ioasid(ioasid)?;
+        // Refusals the unit can give before anything is built or written.
+        self.unit(unit_id)?
+            .check_device(id, &domain_config(io, id)?)
+            .map_err(|m| Error::Incompatible {
+                device,
+                reason: Incompatibility::Missing(m),
+            })?;
+        if let Some(d) = io.domains.iter().flatten().find(|d| d.unit == unit_id) {
+            return Ok(NewDomain::Existing(d.handle));
+        }
+        let slot = io
+            .domains
+            .iter()
+            .position(Option::is_none)
+            .ok_or(Error::Capacity("units per IOASID"))?;
+        let unit = self.unit(unit_id)?;
+        let cfg = domain_config(io, id)?;
+        // A domain is built only with room to park it if it can be neither filled nor freed.
+        let parked = self.free_parked(st);
+        let park = st
+            .parked
+            .iter()
+            .position(Option::is_none)
+            .ok_or_else(|| parked.err().unwrap_or(Error::Capacity("parked domains")))?;
+        let handle = unit
+            .domain_alloc(&cfg)
+            .map_err(|e| incompatible(device, e))?;
+        Ok(NewDomain::Built { handle, slot, park })
     }
 
     /// Frees again the domains of failed attaches that a unit would not free (see
@@ -655,6 +676,26 @@ fn fill_domain<A: PageAllocator>(
     result?;
     // A run left over does not make a whole granule: refused.
     pending.map_or(Ok(()), place)
+}
+
+/// The PASID width of `unit`. Not inlined: the 272-byte capability report is on the stack
+/// only while it runs, not in the frame of the attach that goes on to fill a domain.
+#[inline(never)]
+fn pasid_bits(unit: &dyn Iommu) -> u32 {
+    unit.capabilities().pasid_bits
+}
+
+/// Where [`IoasidCtx::domain_for`] starts from.
+enum NewDomain {
+    /// The IOASID already has a domain on the unit.
+    Existing(DomainHandle),
+    /// A new, empty domain, for slot `slot` of the IOASID's domains; `park` is the parking
+    /// slot it takes if it can be neither filled nor freed.
+    Built {
+        handle: DomainHandle,
+        slot: usize,
+        park: usize,
+    },
 }
 
 /// Checks one run against the unit and maps it.

@@ -208,6 +208,31 @@ pub(super) fn device_regions(regions: &[DirectRegion]) -> Result<DeviceRegions, 
     Ok(out)
 }
 
+/// Counts one user fewer of each region of `regions` mapped in `io`.
+fn unuse_direct<A: PageAllocator>(io: &mut Ioasid<'_, A>, regions: &[Option<DirectRegion>]) {
+    for r in regions.iter().flatten() {
+        if let Some(m) = io.direct.iter_mut().flatten().find(|m| m.region == *r) {
+            m.users = m.users.saturating_sub(1);
+        }
+    }
+}
+
+/// [`unuse_direct`] of the first `upto` regions `device` was bound with, in `ioasid`; returns
+/// the IOASID. Not inlined: the copy of the device's table is on the stack only while it
+/// runs, not under the unmaps (and their flushes) that follow.
+#[inline(never)]
+fn unuse_device_direct<'s, 'a, A: PageAllocator>(
+    st: &'s mut State<'a, A>,
+    ioasid: IoasidId,
+    device: DeviceHandle,
+    upto: usize,
+) -> Result<&'s mut Ioasid<'a, A>, Error> {
+    let regions = st.device(device)?.direct;
+    let io = st.ioasid_mut(ioasid)?;
+    unuse_direct(io, regions.get(..upto).unwrap_or(&regions));
+    Ok(io)
+}
+
 /// The direct mapping of `io` that overlaps `[start, end)`, for `map` and `unmap`.
 pub(super) fn direct_overlap<A: PageAllocator>(
     io: &Ioasid<'_, A>,
@@ -281,12 +306,14 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         device: DeviceHandle,
         ioasid: IoasidId,
     ) -> Result<(), Error> {
-        let regions = st.device(device)?.direct;
-        for (k, r) in regions.iter().enumerate() {
-            let Some(r) = r else { continue };
-            if let Err(e) = self.take_one(st, ioasid, r) {
-                let done = &regions[..k];
-                let _ = self.drop_direct(st, ioasid, done);
+        // One region at a time from the device's table: no copy of the table stays on the
+        // stack under the maps (and their flushes).
+        for k in 0..MAX_DIRECT_REGIONS {
+            let Some(r) = st.device(device)?.direct.get(k).copied().flatten() else {
+                continue;
+            };
+            if let Err(e) = self.take_one(st, ioasid, &r) {
+                let _ = self.drop_device_direct(st, ioasid, device, k);
                 return Err(e);
             }
         }
@@ -333,11 +360,25 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         regions: &[Option<DirectRegion>],
     ) -> Result<(), Error> {
         let io = st.ioasid_mut(ioasid)?;
-        for r in regions.iter().flatten() {
-            if let Some(m) = io.direct.iter_mut().flatten().find(|m| m.region == *r) {
-                m.users = m.users.saturating_sub(1);
-            }
-        }
+        unuse_direct(io, regions);
+        self.drop_unused_direct(io)
+    }
+
+    /// [`Self::drop_direct`] of the first `upto` regions `device` was bound with, read from
+    /// its binding rather than from a copy the caller keeps on the stack.
+    pub(super) fn drop_device_direct(
+        &self,
+        st: &mut State<'a, A>,
+        ioasid: IoasidId,
+        device: DeviceHandle,
+        upto: usize,
+    ) -> Result<(), Error> {
+        let io = unuse_device_direct(st, ioasid, device, upto)?;
+        self.drop_unused_direct(io)
+    }
+
+    /// Unmaps the direct mappings of `io` left without users (see [`Self::drop_direct`]).
+    fn drop_unused_direct(&self, io: &mut Ioasid<'a, A>) -> Result<(), Error> {
         let mut result = Ok(());
         for slot in 0..io.direct.len() {
             let Some(m) = io.direct[slot].filter(|m| m.users == 0) else {

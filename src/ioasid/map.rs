@@ -409,7 +409,11 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         }
     }
 
-    /// Maps back into a domain what the record holds in `[iova, iova + len)`.
+    /// Maps back into a domain what the record holds in `[iova, iova + len)`. A rollback's
+    /// path, not inlined: its walk is not in the frame of the unmap that calls the domains'
+    /// flushes.
+    #[cold]
+    #[inline(never)]
     fn remap_from_record(
         &self,
         io: &Ioasid<'a, A>,

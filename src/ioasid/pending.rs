@@ -48,6 +48,9 @@ impl Pending {
     /// (VT-d's own undo of a failed map cleared the entries, then its flush failed), and only
     /// a flush of the domain, which reissues what the unit owes even with an empty gather
     /// (`Iommu::flush`), settles it.
+    // Not inlined: the gather it takes is on the stack only while it runs, not in the frame
+    // of a caller that goes on to flush (the kernel-stack bound of the C ABI's entry points).
+    #[inline(never)]
     pub(super) fn park(&self, slot: usize, gather: &mut Gather) {
         let gather = core::mem::take(gather);
         let mut gathers = self.gathers.lock();
@@ -59,6 +62,13 @@ impl Pending {
             // leaks its pages (it has no `Drop`), which is safe; freeing them would not be.
             drop(gather);
         }
+    }
+
+    /// [`Self::park`] of an empty gather: the slot owes what its unit owes. Not inlined: the
+    /// empty gather is not in the caller's frame.
+    #[inline(never)]
+    pub(super) fn park_empty(&self, slot: usize) {
+        self.park(slot, &mut Gather::new());
     }
 
     /// Flushes what is owed in every slot with `flush(slot, gather)` (which returns the pages

@@ -224,18 +224,33 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         }
     }
 
+    /// The record's part of [`Self::reclaim_tables`]: the pages it freed, and the result so
+    /// far. Not inlined: its gather is on the stack only while it runs, not under the units'
+    /// reclaims (and their flushes).
+    ///
+    /// # Errors
+    /// Returning the record's pages to the allocator failed.
+    #[inline(never)]
+    fn reclaim_record(
+        &self,
+        io: &mut Ioasid<'a, A>,
+        scope: ReclaimScope<'_>,
+    ) -> Result<(usize, Result<(), Error>), Error> {
+        let mut gather = Gather::new();
+        let record = scope.reclaim(&mut io.record, &mut gather);
+        let freed = gather.freed_pages();
+        // SAFETY: the record is a software table: no hardware walks it.
+        gather.release(self.alloc, unsafe { InvalidationComplete::assume() })?;
+        Ok((freed, record.map(|_| ()).map_err(Error::from)))
+    }
+
     /// Reclaims `scope` in the record and in every domain; the caller holds the write lock.
     fn reclaim_tables(
         &self,
         io: &mut Ioasid<'a, A>,
         scope: ReclaimScope<'_>,
     ) -> Result<usize, Error> {
-        let mut gather = Gather::new();
-        let record = scope.reclaim(&mut io.record, &mut gather);
-        let mut freed = gather.freed_pages();
-        // SAFETY: the record is a software table: no hardware walks it.
-        gather.release(self.alloc, unsafe { InvalidationComplete::assume() })?;
-        let mut result = record.map(|_| ()).map_err(Error::from);
+        let (mut freed, mut result) = self.reclaim_record(io, scope)?;
         for (slot, d) in io.domains.iter().enumerate() {
             let Some(d) = d else { continue };
             let unit: &dyn Iommu = match self.unit(d.unit) {
@@ -251,7 +266,7 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
                 // tables the reclaim unlinked. Noted as owed by the IOASID too (an empty gather),
                 // so that its next call, or a retried detach, flushes the domain and settles it.
                 Err(error) if error.is_unit_fault() => {
-                    io.pending.park(slot, &mut Gather::new());
+                    io.pending.park_empty(slot);
                     let unit = d.unit;
                     result = result.and(Err(Error::InvalidationPending { unit, error }));
                 }

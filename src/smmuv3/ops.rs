@@ -354,8 +354,8 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
     /// flush failed), on a path of its own: the owed pages travel through this frame only.
     #[inline(never)]
     fn flush_owed(&self, d: DomainHandle, gather: &mut Gather) -> Result<(), Error> {
-        // Taken: put back below if this flush fails too.
-        let mut kept = Gather::new();
+        // Taken: put back below if this flush fails too. Empty whenever it is unlocked.
+        let mut kept = self.owed_kept.lock();
         let (tag, granule_log2, ats, whole_tag) = self.with_domain(d, |dom| {
             Ok((
                 dom.tag,
@@ -382,6 +382,9 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
                 dom.owed.put_back(&mut kept);
                 Ok(())
             });
+            // A domain freed meanwhile: its pages are leaked, never left for the next owed
+            // flush (of another domain) to take.
+            leak(&mut kept);
         }
         r
     }
@@ -499,6 +502,13 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         }
         b.sync()
     }
+}
+
+/// Empties `gather` without freeing its pages (`Gather` has no `Drop`: they are leaked).
+#[cold]
+#[inline(never)]
+fn leak(gather: &mut Gather) {
+    drop(core::mem::take(gather));
 }
 
 /// What [`SmmuUnit::invalidate`] invalidates: a domain's tag, and the ATCs of the streams

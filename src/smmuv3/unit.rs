@@ -53,6 +53,7 @@ use super::{CommandErrorKind, SmmuError};
 use crate::iommu::{DomainHandle, Error, Missing, Pasid, Source};
 use crate::mem::PageAllocator;
 use crate::mmio::{RegisterWindow, DEFAULT_POLL_BUDGET};
+use crate::pgtable::Gather;
 
 /// Layout of the stream table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -339,6 +340,11 @@ pub struct SmmuUnit<W: RegisterWindow, A: PageAllocator + Clone> {
     pub(crate) cmdq: Mutex<Option<CommandQueue<A>>>,
     /// The command batches' buffer: locked only by a batch, under `cmdq`.
     pub(crate) cmd_staging: Mutex<CommandStaging>,
+    /// The pages a flush of an owing domain took from it (`flush_owed`), held while its
+    /// whole-tag invalidation runs and empty otherwise: kept here rather than on the stack
+    /// under the command queue. Taken first, before every other lock of the unit, and only
+    /// by `flush_owed`, which it serializes (they serialize on `cmdq` anyway).
+    pub(crate) owed_kept: Mutex<Gather>,
     pub(crate) eventq: Mutex<Option<EventQueue<A>>>,
     pub(crate) domains: [RwLock<Option<Domain<A>>>; MAX_DOMAINS],
     pub(crate) enabled: AtomicBool,
@@ -408,6 +414,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
             addr_of_mut!((*p).config).write(ConfigState::EMPTY);
             addr_of_mut!((*p).cmdq).write(Mutex::new(None));
             addr_of_mut!((*p).cmd_staging).write(Mutex::new(CommandStaging::new()));
+            addr_of_mut!((*p).owed_kept).write(Mutex::new(Gather::new()));
             addr_of_mut!((*p).eventq).write(Mutex::new(None));
             // An array is laid out as `MAX_DOMAINS` consecutive elements (the Reference, "Type
             // layout"): each is written in turn.

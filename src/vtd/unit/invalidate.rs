@@ -115,6 +115,9 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
     /// Keeps `gather` (ranges and pages) on `domain` as owed: the next flush of the domain
     /// invalidates its ranges and only then frees its pages. If the domain is gone, everything
     /// stays in `gather` (leaked if dropped).
+    /// A failure's path, not inlined: the gather it moves is not in the caller's frame.
+    #[cold]
+    #[inline(never)]
     pub(crate) fn owe(&self, domain: DomainHandle, gather: &mut Gather) {
         let _ = self.with_domain(domain, |d| d.owed.lock().absorb(core::mem::take(gather)));
     }

@@ -42,7 +42,10 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
     /// failed, so that `map` fails with nothing mapped: the PTEs are cleared at once; the
     /// hardware may have cached them meanwhile, so their invalidation follows, and if it fails
     /// too it stays owed by the domain (with any table page the undo unlinked) until the next
-    /// flush of the domain completes.
+    /// flush of the domain completes. A failure's path, not inlined: its gather is not in
+    /// `map`'s frame.
+    #[cold]
+    #[inline(never)]
     fn undo_map(&self, domain: DomainHandle, iova: Iova, len: u64) {
         let mut gather = Gather::new();
         // The range was empty before `map` (it refuses to map over a present entry) and holds
@@ -57,6 +60,15 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
         {
             self.owe(domain, &mut gather);
         }
+    }
+
+    /// The caching-mode invalidation after `map` wrote `[iova, iova + len)` (not-present
+    /// entries may be cached). Not inlined: its gather is on the stack only while it runs.
+    #[inline(never)]
+    fn flush_map(&self, domain: DomainHandle, iova: Iova, len: u64) -> Result<(), Error> {
+        let mut gather = Gather::new();
+        gather.add_table_change(iova.get(), len);
+        self.flush_gather(domain, &mut gather, Purpose::Map)
     }
 }
 
@@ -182,9 +194,7 @@ where
             with_table!(&d.table, t => t.map(iova, pa, len, prot)).map_err(Error::from)
         })??;
         let published = if self.info.cap.flags().contains(CapFlags::CM) {
-            let mut gather = Gather::new();
-            gather.add_table_change(iova.get(), len);
-            self.flush_gather(domain, &mut gather, Purpose::Map)
+            self.flush_map(domain, iova, len)
         } else {
             self.flush_write_buffer().map_err(Error::from)
         };

@@ -35,10 +35,18 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
         if let Err(e) = self.flush_locked(&cfg, slot, dom, &mut gather, Purpose::Unmap) {
             // Never freed without a completed invalidation: the domain keeps the pages with
             // the ranges `flush_locked` recorded as owed, for its next flush or its free.
-            dom.owed.get_mut().absorb(gather);
+            keep_owed(dom.owed.get_mut(), &mut gather);
             return Err(e);
         }
         unlinked?;
         Ok(pages)
     }
+}
+
+/// Keeps what a failed reclaim's flush left in `gather` as owed by the domain. A failure's
+/// path, not inlined: the gather it moves is not a second copy in the reclaim's frame.
+#[cold]
+#[inline(never)]
+fn keep_owed(owed: &mut Gather, gather: &mut Gather) {
+    owed.absorb(core::mem::take(gather));
 }
