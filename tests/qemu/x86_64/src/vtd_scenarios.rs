@@ -143,6 +143,11 @@ pub static VTD_TABLE: &[Scenario] = &[
         name: "vtd_takeover",
         run: takeover,
     },
+    Scenario {
+        id: 125,
+        name: "vtd_huge_pages_off",
+        run: huge_pages_off,
+    },
 ];
 
 /// Low IOVAs (below 4 GiB, far from any guest PA, outside the interrupt window).
@@ -457,6 +462,40 @@ fn dma_2m(g: &mut Ctx) -> Result<(), Fail> {
         roundtrip(v.edu, &src, s + 0x20, 0x20, &dst, d + 0x200, 0x200, LEN, 3)?;
         roundtrip(v.edu, &dst, d, 0, &src, s + 0x300, 0x300, LEN, 4)?;
         v.unmap(io, IOVA_2M, end - base)?;
+        Ok(())
+    })
+}
+
+/// iommufd `IOMMU_OPTION_HUGE_PAGES` off (`IoasidCtx::set_huge_pages(false)`, issue 17 item
+/// 6): the 2 MiB-aligned 2 MiB range that `vtd_dma_2m` maps as one leaf is written as 512
+/// 4 KiB leaves in the unit's domain, and DMA through it still lands at the right offset.
+fn huge_pages_off(g: &mut Ctx) -> Result<(), Fail> {
+    with_vtd(g, |v| {
+        let io = v.alloc(IoasidFlags::empty())?;
+        v.ctx.set_huge_pages(io, false).or_fail("HUGE_PAGES off")?;
+        v.attach(io)?;
+        let (src, dst) = (v.buf()?, v.buf()?);
+        const M2: u64 = 1 << 21;
+        let base = dst.pa() & !(M2 - 1);
+        v.map(io, IOVA_A, src.pa(), 4096, Prot::READ)?;
+        v.map(io, IOVA_2M, base, M2, Prot::READ | Prot::WRITE)?;
+        let (handle, _) = v.only_domain()?;
+        let (mut leaves, mut large) = (0u32, 0u32);
+        v.unit
+            .for_each_mapping(handle, Iova::new(IOVA_2M), M2, &mut |l| {
+                leaves += 1;
+                large += u32::from(l.size_log2 != 12);
+            })
+            .or_fail("walk the domain")?;
+        println!("2 MiB with huge pages off: {leaves} leaves, {large} larger than 4 KiB");
+        ensure!(
+            leaves == 512 && large == 0,
+            "{leaves} leaves, {large} larger than 4 KiB (want 512 of 4 KiB)"
+        );
+        let d = IOVA_2M + (dst.pa() - base);
+        roundtrip(v.edu, &src, IOVA_A, 0, &dst, d + 0x100, 0x100, LEN, 40)?;
+        v.unmap(io, IOVA_2M, M2)?;
+        v.unmap(io, IOVA_A, 4096)?;
         Ok(())
     })
 }
