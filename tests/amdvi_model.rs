@@ -232,7 +232,7 @@ fn ats_devices_get_iotlb_invalidations() {
     let d = u.domain_alloc(&DomainConfig::default()).unwrap();
     let ats = DeviceHints {
         ats: true,
-        physical_function: None,
+        ..DeviceHints::default()
     };
     u.attach_device(DEV, None, d, &ats).unwrap();
     u.attach(DEV2, None, d).unwrap();
