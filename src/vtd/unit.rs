@@ -359,7 +359,13 @@ pub(crate) struct Attachment {
 /// What the configuration lock protects.
 pub(crate) struct ConfigState {
     pub root: RootTable,
-    pub attachments: [Option<Attachment>; MAX_ATTACHMENTS],
+    /// Recorded attachments; an entry is added or removed only through [`Self::set`], which
+    /// keeps `used` and `ats` (a flush reads those instead of scanning every slot).
+    attachments: [Option<Attachment>; MAX_ATTACHMENTS],
+    /// One past the last recorded attachment: `attachments[used..]` are all `None`.
+    used: usize,
+    /// Recorded attachments with ATS enabled (each needs device-TLB invalidations).
+    ats: usize,
 }
 
 impl ConfigState {
@@ -370,19 +376,79 @@ impl ConfigState {
     const EMPTY: spin::Mutex<Self> = spin::Mutex::new(ConfigState {
         root: RootTable::PLACEHOLDER,
         attachments: [None; MAX_ATTACHMENTS],
+        used: 0,
+        ats: 0,
     });
 
-    pub fn find(&self, sid: SourceId, pasid: Option<Pasid>) -> Option<usize> {
+    /// The recorded attachments' part of the table: every slot past it is `None`.
+    pub fn recorded(&self) -> &[Option<Attachment>] {
         self.attachments
+            .get(..self.used)
+            .unwrap_or(&self.attachments)
+    }
+
+    pub fn find(&self, sid: SourceId, pasid: Option<Pasid>) -> Option<usize> {
+        self.recorded()
             .iter()
             .position(|a| a.is_some_and(|a| a.sid == sid && a.pasid == pasid))
     }
 
-    pub fn of_domain(&self, slot: usize) -> impl Iterator<Item = &Attachment> {
-        self.attachments
+    /// A free attachment slot: the first `None`, as before `used` was kept.
+    pub fn free_index(&self) -> Option<usize> {
+        self.attachments.iter().position(Option::is_none)
+    }
+
+    pub fn of_domain(&self, slot: usize) -> impl Iterator<Item = &Attachment> + Clone {
+        self.recorded()
             .iter()
             .flatten()
             .filter(move |a| a.slot == slot)
+    }
+
+    /// The attachments of domain `slot` with ATS enabled; none without looking at any slot if
+    /// the unit has no ATS attachment (issue 18, goal 4: a flush does no work proportional to
+    /// the attachment slots).
+    pub fn ats_of_domain(&self, slot: usize) -> impl Iterator<Item = &Attachment> {
+        let recorded = if self.ats == 0 { &[] } else { self.recorded() };
+        recorded
+            .iter()
+            .flatten()
+            .filter(move |a| a.slot == slot && a.ats)
+    }
+
+    /// The attachment recorded at `index`.
+    pub fn get(&self, index: usize) -> Option<Attachment> {
+        self.attachments.get(index).copied().flatten()
+    }
+
+    /// Marks the attachment at `index` (if any) settled or not.
+    pub fn set_settled(&mut self, index: usize, settled: bool) {
+        if let Some(a) = self.attachments.get_mut(index).and_then(Option::as_mut) {
+            a.settled = settled;
+        }
+    }
+
+    /// Records `attachment` at `index` (or removes it: `None`), keeping `used` and `ats`.
+    pub fn set(&mut self, index: usize, attachment: Option<Attachment>) {
+        let Some(entry) = self.attachments.get_mut(index) else {
+            return;
+        };
+        let was_ats = entry.is_some_and(|a| a.ats);
+        let is_ats = attachment.is_some_and(|a| a.ats);
+        *entry = attachment;
+        self.ats = (self.ats + usize::from(is_ats)).saturating_sub(usize::from(was_ats));
+        if attachment.is_some() {
+            self.used = self.used.max(index + 1);
+        } else {
+            while self.used > 0
+                && self
+                    .attachments
+                    .get(self.used - 1)
+                    .is_some_and(Option::is_none)
+            {
+                self.used -= 1;
+            }
+        }
     }
 }
 

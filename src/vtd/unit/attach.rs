@@ -122,20 +122,16 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
         let mut cfg = self.config.lock();
         let index = match cfg.find(sid, pasid) {
             Some(i) => i,
-            None => cfg
-                .attachments
-                .iter()
-                .position(Option::is_none)
-                .ok_or(iommu::Error::NoMemory)?,
+            None => cfg.free_index().ok_or(iommu::Error::NoMemory)?,
         };
-        let recorded = cfg.attachments.get(index).copied().flatten();
+        let recorded = cfg.get(index);
         let old = recorded.map(|a| self.old_of(&a));
         // Scalable mode: the device's context entry was made present by an attach whose
         // invalidations completed once one of its attachments is settled. Until then (a first
         // attach, or one that made the entry present and then failed, e.g. out of memory for
         // the PASID table) a caching-mode unit may still hold its not-present entry.
         let context_confirmed = cfg
-            .attachments
+            .recorded()
             .iter()
             .flatten()
             .any(|a| a.sid == sid && a.settled);
@@ -154,24 +150,23 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
                 // unconfirmed: the attachment stays recorded (so its domain cannot be freed)
                 // until a retry or a detach completes it. Other errors come before any write.
                 if e.is_hardware() {
-                    if let Some(a) = cfg.attachments.get_mut(index).and_then(Option::as_mut) {
-                        a.settled = false;
-                    }
+                    cfg.set_settled(index, false);
                 }
                 return Err(e.into());
             }
         };
         let unchanged = recorded.is_some_and(|a| a.settled && a.slot == slot && !published.changed);
-        if let Some(a) = cfg.attachments.get_mut(index) {
-            *a = Some(Attachment {
+        cfg.set(
+            index,
+            Some(Attachment {
                 sid,
                 pasid,
                 slot,
                 ats: published.ats,
                 pfsid,
                 settled: unchanged,
-            });
-        }
+            }),
+        );
         if unchanged {
             return Ok(());
         }
@@ -204,9 +199,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
             }
         })?;
         drop(guard);
-        if let Some(a) = cfg.attachments.get_mut(index).and_then(Option::as_mut) {
-            a.settled = true;
-        }
+        cfg.set_settled(index, true);
         Ok(())
     }
 
@@ -225,7 +218,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
         let index = cfg
             .find(sid, pasid)
             .ok_or(iommu::Error::NotAttached(device))?;
-        let Some(Some(att)) = cfg.attachments.get(index).copied() else {
+        let Some(att) = cfg.get(index) else {
             return Err(iommu::Error::NotAttached(device));
         };
         let old = self.old_of(&att);
@@ -244,14 +237,10 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
             Mode::Scalable => self.existing_pasid_entry(&cfg.root, sid, pasid)?,
         };
         let torn_down = self.tear_down(entry, sid, pasid, old);
-        if let Some(a) = cfg.attachments.get_mut(index) {
-            match torn_down {
-                Ok(()) => *a = None,
-                Err(_) => {
-                    if let Some(a) = a.as_mut() {
-                        a.settled = false;
-                    }
-                }
+        match torn_down {
+            Ok(()) => cfg.set(index, None),
+            Err(_) => {
+                cfg.set_settled(index, false);
             }
         }
         Ok(torn_down?)

@@ -201,7 +201,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
                 }
             }
         }
-        for (a, seen) in cfg.attachments.iter().zip(matched) {
+        for (a, seen) in cfg.recorded().iter().zip(matched) {
             let Some(a) = a else { continue };
             report.attachments += 1;
             if !a.settled {
@@ -270,7 +270,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
         if let Some(m) = matched.get_mut(index) {
             *m = true;
         }
-        let att: Option<Attachment> = cfg.attachments.get(index).copied().flatten();
+        let att: Option<Attachment> = cfg.get(index);
         let expected = att.and_then(|a| {
             let guard = self.domains.get(a.slot)?.read();
             let d = guard.as_ref()?;

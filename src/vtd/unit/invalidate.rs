@@ -76,7 +76,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
         } else {
             Purpose::Unmap
         };
-        let attached = || cfg.attachments.iter().flatten().filter(|a| a.slot == slot);
+        let attached = || cfg.of_domain(slot);
         let issued = {
             let mut inv = self.inval.lock();
             // Never contended: only taken here, under `inval`.
@@ -87,7 +87,8 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
             let pushed = push_iotlb(&mut batch, dom.did, first, plan, attached());
             match pushed {
                 Ok(()) if purpose == Purpose::Unmap => {
-                    push_device_tlb(&mut batch, plan, attached()).and_then(|()| batch.finish())
+                    push_device_tlb(&mut batch, plan, cfg.ats_of_domain(slot))
+                        .and_then(|()| batch.finish())
                 }
                 Ok(()) => batch.finish(),
                 Err(e) => Err(e),
@@ -200,13 +201,14 @@ fn push_pasid_iotlb<W: RegisterWindow + ?Sized>(
     }
 }
 
-/// The device-TLB invalidations of `plan` for every ATS-enabled attachment.
+/// The device-TLB invalidations of `plan` for every attachment of `attached` (the domain's
+/// ATS-enabled ones).
 fn push_device_tlb<'a, W: RegisterWindow + ?Sized>(
     batch: &mut Batch<'_, W>,
     plan: &FlushPlan,
     attached: impl Iterator<Item = &'a Attachment>,
 ) -> Result<(), Error> {
-    for a in attached.filter(|a| a.ats) {
+    for a in attached {
         match *plan {
             FlushPlan::Nothing => {}
             FlushPlan::Everything => batch.push(device_tlb(a, Iova::ZERO, 64))?,

@@ -1110,3 +1110,80 @@ fn init_in_place_failure_leaves_the_slot_uninitialised() {
     assert!(matches!(e, Error::Unsupported { .. }), "{e:?}");
     assert_eq!(a.live_pages(), 0);
 }
+
+/// The unit keeps, under its configuration lock, one past its last recorded attachment and its
+/// number of ATS attachments (issue 18, goal 4): a flush looks at no attachment slot when no
+/// ATS device is attached, and at most the recorded part of the table otherwise. Both follow
+/// every attach, re-attach and detach; device-TLB invalidations still go to exactly the
+/// domain's ATS attachments.
+#[test]
+fn flushes_find_ats_attachments_from_the_books() {
+    let a = TestAlloc::default();
+    let m = legacy_model();
+    let u = unit(&m, &a, Mode::Legacy);
+    let d = u.domain_alloc(&DomainConfig::default()).unwrap();
+    let e = u.domain_alloc(&DomainConfig::default()).unwrap();
+    let ats = AttachOptions {
+        ats: true,
+        ..AttachOptions::default()
+    };
+    const DEV3: DeviceId = DeviceId(0x0030);
+    const DEV4: DeviceId = DeviceId(0x0040);
+    let books = |used: usize, ats: usize| {
+        let cfg = u.config.lock();
+        let recount = cfg.attachments.iter().flatten().filter(|a| a.ats).count();
+        let last = cfg
+            .attachments
+            .iter()
+            .rposition(Option::is_some)
+            .map_or(0, |i| i + 1);
+        assert_eq!(
+            (cfg.used, cfg.ats),
+            (last, recount),
+            "books match the table"
+        );
+        assert_eq!((cfg.used, cfg.ats), (used, ats));
+    };
+    // One page mapped, unmapped and flushed: the device-TLB invalidations (type 3) it issued.
+    let device_tlb_flushes = || {
+        u.map(d, Iova::new(0), PhysAddr::new(0), K4, RW).unwrap();
+        m.clear_logs();
+        let mut g = Gather::new();
+        u.unmap(d, Iova::new(0), K4, &mut g).unwrap();
+        u.flush(d, &mut g).unwrap();
+        types(&m).iter().filter(|&&t| t == 3).count()
+    };
+    u.attach(DEV, None, d).unwrap();
+    books(1, 0);
+    assert_eq!(device_tlb_flushes(), 0);
+    u.attach_with(DEV2, None, d, ats).unwrap();
+    u.attach_with(DEV3, None, e, ats).unwrap();
+    u.attach_with(DEV4, None, d, ats).unwrap();
+    books(4, 3);
+    assert_eq!(
+        device_tlb_flushes(),
+        2,
+        "DEV2 and DEV4, not DEV3 of the other domain"
+    );
+    // Re-attaching DEV4 without ATS, then moving DEV3 to `d`.
+    u.attach(DEV4, None, d).unwrap();
+    books(4, 2);
+    u.attach_with(DEV3, None, d, ats).unwrap();
+    books(4, 2);
+    assert_eq!(device_tlb_flushes(), 2, "DEV2 and DEV3");
+    // Detaching from the end shrinks the recorded part past the holes.
+    u.detach(DEV2, None).unwrap();
+    books(4, 1);
+    u.detach(DEV4, None).unwrap();
+    books(3, 1);
+    u.detach(DEV3, None).unwrap();
+    books(1, 0);
+    assert_eq!(device_tlb_flushes(), 0);
+    // The next attach takes the first free slot; the recorded part grows again.
+    u.attach_with(DEV2, None, d, ats).unwrap();
+    books(2, 1);
+    assert_eq!(device_tlb_flushes(), 1);
+    u.detach(DEV, None).unwrap();
+    u.detach(DEV2, None).unwrap();
+    books(0, 0);
+}
