@@ -3,8 +3,8 @@
  *
  * Results: every function returns an IeStatus as int32_t (0 = IE_STATUS_OK); ie_status_errno()
  * maps it to the negative errno a Linux module would return. Enum values (IeStatus, IeMissing,
- * IeIoasidFlag, IeProt, IeStreamTable) always cross the boundary as int32_t / uint32_t, never as
- * the enum type, so that any integer a caller passes is checked, not undefined. bool is C99
+ * IeIoasidFlag, IeProt, IeStreamTable, IeUserStage1Format, IeRefusal) always cross the
+ * boundary as int32_t / uint32_t, never as the enum type, so that any integer a caller passes is checked, not undefined. bool is C99
  * _Bool (one byte, 0 or 1), the same as Rust's bool.
  *
  * Symbols: the library needs none from the embedder; its services come in as the function
@@ -80,7 +80,8 @@ typedef enum {
   // (`-ENOSPC`).
   IE_STATUS_NO_SPACE = 10,
   // The caller lacks the proof an operation needs, e.g. a device that is not no-snoop
-  // capable asking for incoherent DMA (`-EPERM`).
+  // capable asking for incoherent DMA, or a guest's invalidation names something the guest
+  // does not own (`-EPERM`).
   IE_STATUS_NOT_PERMITTED = 11,
   // The unit lacks a capability the operation needs (`-EOPNOTSUPP`).
   IE_STATUS_UNSUPPORTED = 12,
@@ -214,8 +215,31 @@ typedef enum {
   IE_COHERENT_DMA_NON_COHERENT = 2,
 } IeCoherentDma;
 
-// A 256-bit device table entry.
-typedef struct DeviceTableEntry DeviceTableEntry;
+// The format of an [`IeUserStage1`].
+typedef enum {
+  // SMMUv3: `smmuv3_ste` holds words 0 and 1 of the guest's STE (only V, Config, S1Fmt,
+  // S1ContextPtr, S1CDMax, S1DSS, S1CIR, S1COR, S1CSH may be set).
+  IE_USER_STAGE1_FORMAT_SMMU_V3 = 1,
+  // VT-d: `vtd_fsptptr`, `vtd_levels` (4 or 5) and `vtd_supervisor` describe the guest's
+  // first-stage table.
+  IE_USER_STAGE1_FORMAT_VTD = 2,
+} IeUserStage1Format;
+
+// Why a guest's invalidation was refused (`IeRefusedRequest::why`).
+typedef enum {
+  // Nothing was refused.
+  IE_REFUSAL_NONE = 0,
+  // A command or descriptor type the guest may not issue (a stage-2 command, a sync...).
+  IE_REFUSAL_TYPE = 1,
+  // A StreamID / requester ID naming no device of the guest attached to the child.
+  IE_REFUSAL_FOREIGN_DEVICE = 2,
+  // SMMUv3: a non-zero VMID.
+  IE_REFUSAL_VMID = 3,
+  // VT-d: a PASID not attached to the child.
+  IE_REFUSAL_FOREIGN_PASID = 4,
+  // Reserved bits, or bits only the host may set.
+  IE_REFUSAL_RESERVED_BITS = 5,
+} IeRefusal;
 
 // An IOASID context: what one process or VM holds.
 typedef struct IeCtx IeCtx;
@@ -403,6 +427,30 @@ typedef struct {
   // Where each claim above comes from.
   IeSources sources;
 } IeDeviceInfo;
+
+// A guest's stage 1 (iommufd `struct iommu_hwpt_arm_smmuv3` / `struct iommu_hwpt_vtd_s1`).
+typedef struct {
+  // `IE_USER_STAGE1_FORMAT_*`.
+  uint32_t format;
+  // SMMUv3: the guest's STE words 0 and 1.
+  uint64_t smmuv3_ste[2];
+  // VT-d: the guest's first-stage root table, a guest physical address.
+  uint64_t vtd_fsptptr;
+  // VT-d: 4 or 5 levels.
+  uint32_t vtd_levels;
+  // VT-d: supervisor requests honoured (SRE, WPE).
+  bool vtd_supervisor;
+} IeUserStage1;
+
+// The request ie_ctx_invalidate_user() refused.
+typedef struct {
+  // Its index in the batch.
+  uint32_t index;
+  // `IeRefusal`; `IE_REFUSAL_NONE` when nothing was refused.
+  uint32_t why;
+  // Its two words, as the guest gave them.
+  uint64_t request[2];
+} IeRefusedRequest;
 
 #if defined(IOMMU_ENGINE_SIM)
 // What the VT-d model reports in CAP/ECAP.
@@ -888,6 +936,46 @@ int32_t ie_ctx_revoke_incoherent_dma(IeCtx *ctx, uint32_t device);
 // # Safety
 // `ctx` is NULL or a live context handle.
 bool ie_ctx_incoherent_dma_allowed(IeCtx *ctx);
+
+// Allocates a nested child of `parent` (an IOASID allocated with `IE_IOASID_FLAG_NEST_PARENT`)
+// holding the guest's stage 1 `*stage1`; writes its number. The guest's tables are the
+// guest's memory, reached through the parent: the crate never reads, writes or frees them.
+// ie_ctx_map() and ie_ctx_unmap() refuse the child (`IE_STATUS_INVALID_ARGUMENT`);
+// ie_ctx_attach() (and, on VT-d, ie_ctx_attach_pasid()) attach devices to it; ie_ctx_free()
+// of the parent is `IE_STATUS_BUSY` while the child exists.
+//
+// # Safety
+// `ctx` is a live context handle; `stage1` is readable; `out` is writable.
+int32_t ie_ctx_alloc_nested(IeCtx *ctx, uint32_t parent, const IeUserStage1 *stage1, uint32_t *out);
+
+// Declares the ID the guest's vIOMMU knows `device` by (`has_id`: `virt_id`, a virtual
+// StreamID or requester ID; `!has_id`: withdraws it), as iommufd `IOMMU_VDEVICE_ALLOC`. The
+// guest's invalidations name devices by it. `IE_STATUS_BUSY` if another device of the
+// context behind the same unit has that ID.
+//
+// # Safety
+// `ctx` is a live context handle.
+int32_t ie_ctx_set_virtual_id(IeCtx *ctx, uint32_t device_handle, bool has_id, uint32_t virt_id);
+
+// Passes `n` guest invalidation requests (`requests`: `2 * n` 64-bit words, each request
+// two words as the guest's vIOMMU queue held it: SMMUv3 TLBI_NH_VA / TLBI_NH_VAA /
+// TLBI_NH_ASID / TLBI_NH_ALL / ATC_INV / CFGI_CD / CFGI_CD_ALL commands, VT-d PASID-based
+// IOTLB and device-TLB invalidation descriptors) for the nested child `child` to its units,
+// each checked and rewritten with the host's VMID / domain ID and StreamID / source ID, and
+// waits for completion (iommufd `IOMMU_HWPT_INVALIDATE`). `*issued` (if not NULL) is how many
+// were issued. On `IE_STATUS_NOT_PERMITTED` nothing of the batch was issued and `*refused` (if
+// not NULL) names the first request refused and why; after every other return its `why` is
+// `IE_REFUSAL_NONE`.
+//
+// # Safety
+// `ctx` is a live context handle; `requests` is readable for `2 * n` words (or NULL with `n`
+// 0); `issued` and `refused` are NULL or writable.
+int32_t ie_ctx_invalidate_user(IeCtx *ctx,
+                               uint32_t child,
+                               const uint64_t *requests,
+                               size_t n,
+                               size_t *issued,
+                               IeRefusedRequest *refused);
 
 #if defined(IOMMU_ENGINE_SIM)
 // Creates an arena of `bytes` (a multiple of 1 MiB) at physical address 2 GiB.

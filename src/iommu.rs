@@ -349,6 +349,16 @@ pub enum Error {
         /// The offending value.
         value: u64,
     },
+    /// A user's (guest's) invalidation request ([`Iommu::invalidate_user`]) names something
+    /// the user does not own or may not ask for: nothing of the batch was issued.
+    Refused {
+        /// Its index in the batch.
+        index: u32,
+        /// The request, as the user gave it.
+        request: [u64; 2],
+        /// Why.
+        why: Refusal,
+    },
 }
 
 impl Error {
@@ -397,8 +407,86 @@ impl fmt::Display for Error {
             Error::InvalidArgument { what, value } => {
                 write!(f, "invalid argument: {what} {value:#x}")
             }
+            Error::Refused {
+                index,
+                request: [w0, w1],
+                why,
+            } => write!(
+                f,
+                "user invalidation {index} ({w0:#018x} {w1:#018x}) refused: it names {why}"
+            ),
         }
     }
+}
+
+/// A stage 1 the user (a guest) owns, nested over a parent domain (iommufd
+/// `IOMMU_HWPT_ALLOC` with a parent and `data_type`): the unit points the device's
+/// configuration at the guest's structures, which live in the guest's memory, at guest
+/// physical addresses that the parent's second stage translates. The crate never reads,
+/// writes or frees that memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum UserStage1 {
+    /// SMMUv3 (iommufd `IOMMU_HWPT_DATA_ARM_SMMUV3`): words 0 and 1 of the guest's STE, of
+    /// which only V, Config (abort, bypass, stage-1 translate), S1Fmt, S1ContextPtr (an IPA),
+    /// S1CDMax, S1DSS, S1CIR, S1COR and S1CSH may be set (Arm IHI 0070 G.b §5.2).
+    SmmuV3 {
+        /// STE words 0 and 1.
+        ste: [u64; 2],
+    },
+    /// VT-d (iommufd `IOMMU_HWPT_DATA_VTD_S1`): the guest's first-stage table (Intel VT-d
+    /// 4.1 §9.6 PASID entry: FSPTPTR, FSPM, SRE, WPE), nested over the parent's second
+    /// stage (PGTT = 011b).
+    Vtd {
+        /// The guest's first-stage root table, a guest physical address (FSPTPTR).
+        fsptptr: u64,
+        /// 4 or 5 levels (FSPM 00b, 01b): 48 or 57 address bits.
+        levels: u8,
+        /// Supervisor requests are honoured (SRE), write protection of supervisor writes
+        /// (WPE).
+        supervisor: bool,
+    },
+}
+
+/// Why a user's (a guest's) cache invalidation request was refused: each names what the
+/// request asked for that the user does not own or that the format does not allow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// A command or descriptor type the user may not issue (SMMUv3: anything but
+    /// TLBI_NH_VA/VAA/ASID/ALL, ATC_INV, CFGI_CD/CFGI_CD_ALL, stage-2 commands included; VT-d:
+    /// anything but PASID-based IOTLB and device-TLB invalidations).
+    Type,
+    /// A StreamID / source ID that names no device of the user attached to the domain.
+    ForeignDevice,
+    /// SMMUv3: a non-zero VMID (the guest has no stage 2; the host's VMID is put in).
+    Vmid,
+    /// VT-d: a PASID not attached to the domain.
+    ForeignPasid,
+    /// Bits that are reserved, or that the format lets only the host set.
+    ReservedBits,
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Refusal::Type => "a command type the user may not issue",
+            Refusal::ForeignDevice => "a device the user does not own",
+            Refusal::Vmid => "a VMID",
+            Refusal::ForeignPasid => "a PASID not attached to the domain",
+            Refusal::ReservedBits => "reserved bits",
+        })
+    }
+}
+
+/// A user's name for one of its devices (iommufd vDEVICE `virt_id`: the StreamID or requester
+/// ID the guest's vIOMMU knows it by), with the device's real one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VirtualId {
+    /// The guest's ID.
+    pub virt: u32,
+    /// The device.
+    pub device: DeviceId,
 }
 
 /// Which translation a domain performs for its devices.
@@ -735,4 +823,43 @@ pub trait Iommu: Sync {
     /// # Errors
     /// [`Error::NotAttached`], hardware errors.
     fn detach(&self, device: DeviceId, pasid: Option<Pasid>) -> Result<(), Error>;
+
+    /// Creates a domain whose stage 1 the user owns ([`UserStage1`]), nested over `parent`, a
+    /// domain allocated with [`DomainConfig::nest_parent`]. It has no table of its own: map,
+    /// unmap, flush and query refuse it ([`Error::InvalidDomain`]); devices attach to it as to
+    /// any domain, and the user's invalidations reach the unit through
+    /// [`invalidate_user`](Self::invalidate_user). `parent` cannot be freed while it exists.
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] (`Nesting`: the unit cannot nest, or `parent` is not a nest
+    /// parent; the format of `stage1` is not the unit's); [`Error::InvalidArgument`] for a
+    /// field the user may not set; [`Error::InvalidDomain`]; [`Error::NoDomainIds`].
+    fn domain_alloc_user(
+        &self,
+        parent: DomainHandle,
+        stage1: &UserStage1,
+    ) -> Result<DomainHandle, Error> {
+        let _ = (parent, stage1);
+        Err(Error::Unsupported(Missing::Nesting))
+    }
+
+    /// Passes a user's cache invalidation requests for a domain of
+    /// [`domain_alloc_user`](Self::domain_alloc_user) to the unit, each checked and
+    /// rewritten with the host's tags and IDs (SMMUv3 commands, VT-d descriptors: two 64-bit
+    /// words each; `ids` names the user's devices), then waits for their completion. All or
+    /// nothing: the first request refused stops the batch before anything is issued. Returns
+    /// how many requests were issued.
+    ///
+    /// # Errors
+    /// [`Error::Refused`] carrying the offending request; [`Error::InvalidDomain`]; hardware
+    /// errors (then every request may have been issued, none is known complete: retry).
+    fn invalidate_user(
+        &self,
+        domain: DomainHandle,
+        requests: &[[u64; 2]],
+        ids: &[VirtualId],
+    ) -> Result<usize, Error> {
+        let _ = (domain, requests, ids);
+        Err(Error::Unsupported(Missing::Nesting))
+    }
 }

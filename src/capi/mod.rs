@@ -27,6 +27,7 @@ mod env;
 mod firmware;
 mod ioas;
 mod ioasid;
+mod nested;
 mod object;
 #[cfg(feature = "sim")]
 mod sim;
@@ -39,6 +40,7 @@ pub use env::{CEnv, CRegs, IeEnv, IeRegs};
 pub use firmware::*;
 pub use ioas::*;
 pub use ioasid::*;
+pub use nested::*;
 #[cfg(feature = "sim")]
 pub use sim::*;
 pub use status::{ie_status_errno, IeMissing, IeStatus};

@@ -43,7 +43,8 @@ pub enum IeStatus {
     /// (`-ENOSPC`).
     NoSpace = 10,
     /// The caller lacks the proof an operation needs, e.g. a device that is not no-snoop
-    /// capable asking for incoherent DMA (`-EPERM`).
+    /// capable asking for incoherent DMA, or a guest's invalidation names something the guest
+    /// does not own (`-EPERM`).
     NotPermitted = 11,
     /// The unit lacks a capability the operation needs (`-EOPNOTSUPP`).
     Unsupported = 12,
@@ -210,6 +211,9 @@ impl From<iommu::Error> for IeStatus {
             E::CommandError { .. } => IeStatus::CommandError,
             // A value the unit cannot express: a bug in the call, as a bad argument is.
             E::InvalidArgument { .. } => IeStatus::InvalidArgument,
+            // A guest's invalidation naming what it does not own (the request is in
+            // `ie_ctx_invalidate_user`'s out-parameters).
+            E::Refused { .. } => IeStatus::NotPermitted,
         }
     }
 }
@@ -233,6 +237,7 @@ impl From<ioasid::Error> for IeStatus {
             E::PageTable(p) => p.into(),
             E::Iommu(i) | E::InvalidationPending { error: i, .. } => i.into(),
             E::Mismatch { .. } => IeStatus::Hardware,
+            E::UserOwned(_) | E::NotNestParent(_) | E::NotNested(_) => IeStatus::InvalidArgument,
         }
     }
 }

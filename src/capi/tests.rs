@@ -412,3 +412,111 @@ fn dmar_reserved_regions_of_a_requester() {
         IeStatus::InvalidArgument as i32
     );
 }
+
+/// iommufd `IOMMU_HWPT_ALLOC` with a parent and `IOMMU_HWPT_INVALIDATE` through the C ABI: a
+/// nested child over a NEST_PARENT IOASID, a device attached to it under its guest StreamID,
+/// a guest command naming another StreamID refused with the request and the reason, one
+/// naming the device passed through.
+#[test]
+fn capi_hwpt_alloc_nested_and_invalidate() {
+    use super::ioasid::{
+        ie_ctx_alloc, ie_ctx_attach, ie_ctx_bind, ie_ctx_detach, ie_ctx_free, ie_ctx_map,
+        IeIoasidFlag,
+    };
+    use super::nested::{
+        ie_ctx_alloc_nested, ie_ctx_invalidate_user, ie_ctx_set_virtual_id, IeRefusal,
+        IeRefusedRequest, IeUserStage1, IeUserStage1Format,
+    };
+    let (arena, env) = arena();
+    let mut model: *mut IeSimModel = null_mut();
+    let mcfg = IeSimSmmuConfig {
+        fwb: false,
+        cohacc: true,
+        ril: false,
+        canwbs: false,
+    };
+    let mut regs = MaybeUninit::<IeRegs>::uninit();
+    let mut cfg = MaybeUninit::<IeSmmuConfig>::uninit();
+    let mut unit: *mut IeUnit = null_mut();
+    let mut registry: *mut IeRegistry = null_mut();
+    let mut ctx: *mut IeCtx = null_mut();
+    let (mut parent, mut child, mut dev) = (0u32, 0u32, 0u32);
+    // SAFETY: live handles, readable inputs and writable outputs throughout.
+    unsafe {
+        assert_eq!(ie_sim_smmu_model_create(arena, &mcfg, &mut model), OK);
+        assert_eq!(ie_sim_model_regs(model, regs.as_mut_ptr()), OK);
+        assert_eq!(ie_smmu_config_default(cfg.as_mut_ptr()), OK);
+        assert_eq!(
+            ie_smmu_create(&env, regs.as_ptr(), cfg.as_ptr(), &mut unit),
+            OK
+        );
+        assert_eq!(ie_unit_enable(unit), OK);
+        let units = [unit];
+        assert_eq!(
+            ie_registry_create(&env, units.as_ptr(), 1, 20, &mut registry),
+            OK
+        );
+        assert_eq!(ie_ctx_create(registry, 4, &mut ctx), OK);
+        let nest = IeIoasidFlag::NestParent as u32;
+        assert_eq!(ie_ctx_alloc(ctx, nest, &mut parent), OK);
+        // The guest's STE: V, Config = stage-1 translate, its CD table at IPA 0x8_0000.
+        let stage1 = IeUserStage1 {
+            format: IeUserStage1Format::SmmuV3 as u32,
+            smmuv3_ste: [1 | 0b101 << 1 | 0x8_0000, 0],
+            vtd_fsptptr: 0,
+            vtd_levels: 0,
+            vtd_supervisor: false,
+        };
+        assert_eq!(ie_ctx_alloc_nested(ctx, parent, &stage1, &mut child), OK);
+        let invalid = IeStatus::InvalidArgument as i32;
+        assert_eq!(
+            ie_ctx_map(ctx, child, 0x1000, 0x4000_0000, 0x1000, 3),
+            invalid
+        );
+        assert_eq!(ie_ctx_bind(ctx, 0, 0x20, false, &mut dev), OK);
+        assert_eq!(ie_ctx_set_virtual_id(ctx, dev, true, 7), OK);
+        assert_eq!(ie_ctx_attach(ctx, dev, child, null_mut()), OK);
+        // CFGI_CD_ALL of guest StreamID 8 (no device), then TLBI_NH_ALL.
+        let requests = [0x06 | 8 << 32, 0, 0x10, 0];
+        let mut issued = usize::MAX;
+        let mut refused = MaybeUninit::<IeRefusedRequest>::uninit();
+        let st = ie_ctx_invalidate_user(
+            ctx,
+            child,
+            requests.as_ptr(),
+            2,
+            &mut issued,
+            refused.as_mut_ptr(),
+        );
+        assert_eq!(st, IeStatus::NotPermitted as i32);
+        let r = refused.assume_init();
+        assert_eq!(
+            (r.index, r.why, r.request),
+            (0, IeRefusal::ForeignDevice as u32, [0x06 | 8 << 32, 0])
+        );
+        assert_eq!(issued, usize::MAX);
+        let requests = [0x06 | 7 << 32, 0, 0x10, 0];
+        let st = ie_ctx_invalidate_user(
+            ctx,
+            child,
+            requests.as_ptr(),
+            2,
+            &mut issued,
+            refused.as_mut_ptr(),
+        );
+        assert_eq!(
+            (st, issued, refused.assume_init().why),
+            (OK, 2, IeRefusal::None as u32)
+        );
+        assert_eq!(ie_ctx_free(ctx, parent), BUSY);
+        assert_eq!(ie_ctx_detach(ctx, dev), OK);
+        assert_eq!(ie_ctx_free(ctx, child), OK);
+        assert_eq!(ie_ctx_free(ctx, parent), OK);
+        assert_eq!(ie_ctx_destroy(ctx), OK);
+        assert_eq!(ie_registry_destroy(registry), OK);
+        assert_eq!(ie_unit_disable(unit), OK);
+        assert_eq!(ie_unit_destroy(unit), OK);
+        assert_eq!(ie_sim_model_destroy(model), OK);
+        assert_eq!(ie_sim_arena_destroy(arena), OK);
+    }
+}

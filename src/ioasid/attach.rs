@@ -294,7 +294,9 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
             return Err(Error::PasidNotOwned(pasid));
         }
         let (label, hints) = st.device(device).map(|d| (d.label, d.hints))?;
-        if !st.ioasid(ioasid)?.flags.contains(IoasidFlags::PASID) {
+        let io = st.ioasid(ioasid)?;
+        // A nested child's PASIDs are the guest's first-stage address spaces.
+        if !io.flags.contains(IoasidFlags::PASID) && io.nested.is_none() {
             return Err(Error::Incompatible {
                 device,
                 reason: Incompatibility::NotPasidCapable,
@@ -403,6 +405,9 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         ioasid: IoasidId,
         unit_id: UnitId,
     ) -> Result<(DomainHandle, bool), Error> {
+        if let Some(n) = st.ioasid(ioasid)?.nested {
+            return self.user_domain_for(st, device, ioasid, n, unit_id);
+        }
         let (handle, slot, park) = match self.new_domain(st, device, ioasid, unit_id)? {
             NewDomain::Existing(handle) => return Ok((handle, false)),
             NewDomain::Built { handle, slot, park } => (handle, slot, park),
@@ -477,6 +482,54 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
             .domain_alloc(&cfg)
             .map_err(|e| incompatible(device, e))?;
         Ok(NewDomain::Built { handle, slot, park })
+    }
+
+    /// [`domain_for`](Self::domain_for) of a nested child: the parent's domain on `unit_id`
+    /// (built if need be), then the child's over it. The unit holds the parent's domain while
+    /// the child's exists.
+    #[inline(never)]
+    fn user_domain_for(
+        &self,
+        st: &mut State<'a, A>,
+        device: DeviceHandle,
+        ioasid: IoasidId,
+        n: super::nested::Nested,
+        unit_id: UnitId,
+    ) -> Result<(DomainHandle, bool), Error> {
+        let io = st.ioasid(ioasid)?;
+        if let Some(d) = io.domains.iter().flatten().find(|d| d.unit == unit_id) {
+            return Ok((d.handle, false));
+        }
+        let slot = io
+            .domains
+            .iter()
+            .position(Option::is_none)
+            .ok_or(Error::Capacity("units per IOASID"))?;
+        let (parent, parent_created) = self.domain_for(st, device, n.parent, unit_id)?;
+        let handle = match self.unit(unit_id)?.domain_alloc_user(parent, &n.stage1) {
+            Ok(h) => h,
+            Err(e) => {
+                if parent_created {
+                    // Without users: freed (or kept by the parent until its free).
+                    if let Ok(p) = st.ioasid_mut(n.parent) {
+                        let at = p
+                            .domains
+                            .iter()
+                            .position(|d| d.is_some_and(|d| d.unit == unit_id));
+                        if let Some(i) = at {
+                            let _ = self.free_domain(p, i);
+                        }
+                    }
+                }
+                return Err(incompatible(device, e));
+            }
+        };
+        st.ioasid_mut(ioasid)?.domains[slot] = Some(UnitDomain {
+            unit: unit_id,
+            handle,
+            users: 0,
+        });
+        Ok((handle, true))
     }
 
     /// Frees again the domains of failed attaches that a unit would not free (see

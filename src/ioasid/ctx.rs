@@ -66,6 +66,8 @@ pub(super) struct Device {
     /// device: an invalidation of its direct regions' unmap (or of the reclaim after it) not
     /// confirmed, or a region it could not unmap. `detach` retried settles them (`attach.rs`).
     pub(super) left_owing: [Option<IoasidId>; 2],
+    /// The ID the guest knows the device by (`nested.rs`).
+    pub(super) virtual_id: Option<u32>,
 }
 
 /// A hardware domain behind an IOASID on one unit, with the attachments that use it.
@@ -90,6 +92,8 @@ pub(super) struct Ioasid<'a, A: PageAllocator> {
     /// The page-size policy of every domain behind the IOASID (`page_size.rs`): log2 of the
     /// largest page a map may write, `None` for no limit.
     pub(super) max_page_log2: Option<u32>,
+    /// Set for a nested child: its parent and the guest's stage 1 (`nested.rs`).
+    pub(super) nested: Option<super::nested::Nested>,
 }
 
 impl<'a, A: PageAllocator> Ioasid<'a, A> {
@@ -106,6 +110,7 @@ impl<'a, A: PageAllocator> Ioasid<'a, A> {
             reclaim: ReclaimLog::new(),
             direct: [None; MAX_DIRECT_PER_IOASID],
             max_page_log2: None,
+            nested: None,
         }
     }
 
@@ -428,6 +433,7 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
             attached: None,
             unsettled: None,
             left_owing: [None; 2],
+            virtual_id: None,
             direct,
         });
         Ok(DeviceHandle::new(self.id, slot as u16))
@@ -552,7 +558,12 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
     pub fn free(&self, ioasid: IoasidId) -> Result<(), Error> {
         let mut st = self.state.write();
         st.ioasid(ioasid)?;
-        if st.in_use(ioasid) {
+        let has_child = st
+            .ioasids
+            .iter()
+            .flatten()
+            .any(|io| io.nested.is_some_and(|n| n.parent == ioasid));
+        if st.in_use(ioasid) || has_child {
             return Err(Error::Busy);
         }
         self.free_domains(st.ioasid_mut(ioasid)?)?;
@@ -779,6 +790,12 @@ impl<A: PageAllocator> Drop for IoasidCtx<'_, '_, A> {
         // Domains of failed attaches that the unit would not free: once more, else leaked.
         let _ = self.free_parked(st);
         leaked.domains += st.parked.iter().flatten().count() as u64;
+        // Nested children first: a unit keeps a parent's domain while a child's exists.
+        for slot in st.ioasids.iter_mut() {
+            if let Some(io) = slot.as_mut().filter(|io| io.nested.is_some()) {
+                let _ = self.free_domains(io);
+            }
+        }
         for slot in st.ioasids.iter_mut() {
             if let Some(io) = slot.as_mut() {
                 let _ = self.free_domains(io);

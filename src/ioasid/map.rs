@@ -61,6 +61,9 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     ) -> Result<(), Error> {
         let st = self.state.read();
         let io = st.ioasid(ioasid)?;
+        if io.nested.is_some() {
+            return Err(Error::UserOwned(ioasid));
+        }
         // Privileged-only pages only where supervisor requests are honoured (and so where a
         // device can ever use them); refused before anything is written.
         if prot.contains(Prot::PRIV) && !io.flags.contains(IoasidFlags::SUPERVISOR) {
@@ -155,6 +158,9 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     fn unmap_everywhere(&self, ioasid: IoasidId, iova: Iova, len: u64) -> Result<u64, Error> {
         let st = self.state.read();
         let io = st.ioasid(ioasid)?;
+        if io.nested.is_some() {
+            return Err(Error::UserOwned(ioasid));
+        }
         if iova.get() == 0 && len == UNMAP_ALL {
             return self.unmap_all(io);
         }
@@ -283,6 +289,9 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     ) -> Result<(), Error> {
         let st = self.state.read();
         let io = st.ioasid(ioasid)?;
+        if io.nested.is_some() {
+            return Err(Error::UserOwned(ioasid));
+        }
         self.settle(io)?;
         let mut owed = Ok(());
         for (slot, d) in domains(io) {
@@ -311,6 +320,9 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     pub fn alloc_iova(&self, ioasid: IoasidId, size: u64, align: u64) -> Result<Iova, Error> {
         let st = self.state.read();
         let io = st.ioasid(ioasid)?;
+        if io.nested.is_some() {
+            return Err(Error::UserOwned(ioasid));
+        }
         let align = align.max(1 << 12);
         if size == 0 || !align.is_power_of_two() {
             return Err(Error::NoIovaSpace { size });

@@ -51,12 +51,14 @@
 //! | `IOMMU_IOAS_COPY` | [`IoasidCtx::copy`]: the source's physical pages *and permissions* (iommufd takes the destination's from its flags), all or nothing (a failed run undoes the runs before it, with their invalidation); a hole is [`Error::NotMapped`] (`ENOENT`); C: `ie_ctx_copy` (`ioas_copy_maps_same_pages_in_destination`, `ioas_copy_is_all_or_nothing`) | |
 //! | `IOMMU_IOAS_IOVA_RANGES` | [`IoasidCtx::iova_ranges`] (caller's buffer; [`Error::BufferTooSmall`] with the count, iommufd's `EMSGSIZE`), [`IoasidCtx::for_each_iova_range`]: the narrowest domain's width less its units' reserved regions, the context's and attached devices' direct regions; C: `ie_ctx_iova_ranges` (`ioas_iova_ranges_excludes_reserved_and_beyond_aw`) | `out_iova_alignment`: always the record's 4 KiB (a unit with a larger granule refuses misaligned mappings at attach) |
 //! | `IOMMU_IOAS_ALLOW_IOVAS` | none; [`IoasidCtx::reserve_region`] (C: `ie_ctx_reserve_region`) is the opposite (ranges no IOASID of the context may map) | |
-//! | `IOMMU_HWPT_ALLOC` | implicit: [`IoasidCtx::attach`] builds an IOASID's domain on a unit at the first attach of one of its devices | a nested child holding a guest's stage 1 (item 1) |
-//! | `IOMMU_HWPT_ALLOC_NEST_PARENT` | [`IoasidFlags::NEST_PARENT`] | no child can use it yet (item 1) |
+//! | `IOMMU_HWPT_ALLOC` | implicit: [`IoasidCtx::attach`] builds an IOASID's domain on a unit at the first attach of one of its devices | |
+//! | `IOMMU_HWPT_ALLOC` nested child (`pt_id` a nest parent, `IOMMU_HWPT_DATA_ARM_SMMUV3` / `_VTD_S1`) | [`IoasidCtx::alloc_nested`] with a [`UserStage1`](crate::iommu::UserStage1): the child's domain on each unit is built over the parent's at the first attach ([`Iommu::domain_alloc_user`](crate::iommu::Iommu::domain_alloc_user)); devices attach with [`IoasidCtx::attach`], PASIDs (VT-d) with [`IoasidCtx::attach_pasid`]; `map`/`unmap` refuse it ([`Error::UserOwned`]) | VT-d (this item's second half) |
+//! | `IOMMU_HWPT_ALLOC_NEST_PARENT` | [`IoasidFlags::NEST_PARENT`] | |
+//! | `IOMMU_VIOMMU_ALLOC`, `IOMMU_VDEVICE_ALLOC` | none as objects: the parent's VMID is the vIOMMU's; [`IoasidCtx::set_virtual_id`] gives a device the ID the guest knows it by (`virt_id`) | |
 //! | `IOMMU_HWPT_ALLOC_DIRTY_TRACKING` | [`IoasidFlags::DIRTY_TRACKING`], fixed at allocation | |
 //! | `IOMMU_HWPT_SET_DIRTY_TRACKING` | none: tracking is on for the IOASID's life | item 2 |
 //! | `IOMMU_HWPT_GET_DIRTY_BITMAP` | [`IoasidCtx::read_and_clear_dirty`]: a callback, always clearing | bitmap, `NO_CLEAR` (item 2) |
-//! | `IOMMU_HWPT_INVALIDATE` | none | item 1 |
+//! | `IOMMU_HWPT_INVALIDATE` | [`IoasidCtx::invalidate_user`]: the guest's queue entries (SMMUv3 TLBI_NH_VA/VAA/ASID/ALL, ATC_INV, CFGI_CD(_ALL); VT-d PASID-based IOTLB and device-TLB descriptors), all checked, then rewritten with the host's VMID / StreamID and issued with one completion wait; the first refused one is [`iommu::Error::Refused`] carrying its index, words and reason, with nothing issued (iommufd stops at the first failing entry too, having issued those before it) | |
 //! | `IOMMU_GET_HW_INFO` | [`IoasidCtx::device_info`]: capabilities and where each claim comes from (the PASID width narrowed to the device's own, iommufd's `max_pasid_log2`; ATS, PRI), not the raw VT-d `CAP`/`ECAP` or SMMUv3 `IDR` registers; C: `ie_ctx_device_info` | |
 //! | `IOMMU_OPTION` (`HUGE_PAGES`) | [`IoasidCtx::set_huge_pages`] (off: 4 KiB pages only, or the unit's granule), [`IoasidCtx::set_max_page_log2`] (any largest page), per IOASID; changing it with both a domain and a mapping is [`Error::Busy`] (iommufd `EINVAL`); C: `ie_ctx_set_huge_pages` (`option_huge_pages_off_maps_only_4k`) | no per-map limit |
 //! | `IOMMU_OPTION` (`RLIMIT_MODE`) | none: nothing is pinned | out of scope |
@@ -82,6 +84,7 @@ mod direct;
 mod ioas;
 mod map;
 mod page_size;
+mod nested;
 mod pasid;
 mod pending;
 mod reclaim;
@@ -403,6 +406,14 @@ pub enum Error {
         /// How its flush failed.
         error: iommu::Error,
     },
+    /// The IOASID is a nested child ([`IoasidCtx::alloc_nested`]): the guest owns its stage 1,
+    /// it has no mappings of its own to map, unmap, reserve or read dirty state from.
+    UserOwned(IoasidId),
+    /// [`IoasidCtx::alloc_nested`] was given a parent not allocated with
+    /// [`IoasidFlags::NEST_PARENT`] (or a nested child).
+    NotNestParent(IoasidId),
+    /// [`IoasidCtx::invalidate_user`] was given an IOASID that is not a nested child.
+    NotNested(IoasidId),
     /// [`IoasidCtx::audit`] found a domain that does not translate what the record holds: a
     /// defect of this crate or of a unit. Report it; detach the IOASID's devices.
     Mismatch {
@@ -452,6 +463,13 @@ impl fmt::Display for Error {
             Error::NoIovaSpace { size } => write!(f, "no free IOVA range of {size:#x} bytes"),
             Error::PageTable(e) => write!(f, "page table: {e}"),
             Error::Iommu(e) => write!(f, "IOMMU: {e}"),
+            Error::UserOwned(i) => write!(
+                f,
+                "IOASID {} is a nested child: its stage 1 is the user's",
+                i.0
+            ),
+            Error::NotNestParent(i) => write!(f, "IOASID {} is not a nest parent", i.0),
+            Error::NotNested(i) => write!(f, "IOASID {} is not a nested child", i.0),
             Error::Mismatch { unit, iova } => {
                 write!(f, "unit {}: domain and record differ at {iova}", unit.0)
             }

@@ -116,6 +116,11 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         let missing = SmmuError::InvalidConfig {
             reason: "attached domain vanished",
         };
+        if let Some(u) = self.user_domain(d) {
+            let ps = self.slot(u.parent).map_err(|_| missing)?.read();
+            let s2 = ps.as_ref().ok_or(missing)?.stage2_fields()?;
+            return Ok(DomainShape::User(u.config, s2));
+        }
         let slot = self.slot(d).map_err(|_| missing)?.read();
         let dom = slot.as_ref().ok_or(missing)?;
         if dom.is_stage2() {
@@ -187,6 +192,8 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
     /// not hold up the domain's promises: enforced snooping needs `CANWBS`; a stage-1
     /// domain's memory type must match the device's DMA coherency.
     fn check_platform(&self, d: DomainHandle, sid: StreamId) -> Result<(), Error> {
+        // A user domain's device reaches memory through the parent's stage 2: its promises.
+        let d = self.user_domain(d).map_or(d, |u| u.parent);
         let (enforce_snoop, coherent_dma) = {
             let slot = self.slot(d)?.read();
             let dom = slot.as_ref().ok_or(Error::InvalidDomain(d))?;
@@ -209,12 +216,21 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         Ok(())
     }
 
+    /// Whether domain `d` has no CD of this crate's: a stage-2 domain, or a user domain (the
+    /// guest's CD table is its).
     fn domain_is_stage2(&self, d: DomainHandle) -> Result<bool, Error> {
+        if self.user_domain(d).is_some() {
+            return Ok(true);
+        }
         let slot = self.slot(d)?.read();
         Ok(slot.as_ref().ok_or(Error::InvalidDomain(d))?.is_stage2())
     }
 
     fn add_user(&self, d: DomainHandle, ats: bool, delta_up: bool) {
+        if self.user_domain(d).is_some() {
+            self.user_domain_users(d, delta_up);
+            return;
+        }
         if let Ok(slot) = self.slot(d) {
             if let Some(dom) = slot.read().as_ref() {
                 let step = |c: &core::sync::atomic::AtomicU32| {
@@ -245,7 +261,10 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         ats: bool,
         batch: &mut Batch<'_, W, A>,
     ) -> Result<(), SmmuError> {
-        if let Ok(slot) = self.slot(d) {
+        if let Some(u) = self.user_domain(d) {
+            // The guest's stage-1 entries under the parent's VMID (its ASIDs are its own).
+            batch.push(Command::tlbi_nh_all(u.vmid))?;
+        } else if let Ok(slot) = self.slot(d) {
             if let Some(dom) = slot.read().as_ref() {
                 batch.push(invalidate_all(dom.tag))?;
             }
@@ -301,6 +320,11 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         // Under the configuration lock: the domain cannot be freed meanwhile.
         let stage2 = self.domain_is_stage2(d)?;
         self.check_platform(d, sid)?;
+        if ssid.is_some() && self.user_domain(d).is_some() {
+            return Err(Error::Unsupported(Missing::Mode {
+                what: "the guest's CD table holds a user domain's SubstreamIDs",
+            }));
+        }
         if ssid.is_some() && stage2 {
             return Err(Error::Unsupported(Missing::Mode {
                 what: "a PASID needs a stage-1 domain",

@@ -193,6 +193,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         let config = self.config.lock();
         let mut report = AuditReport::default();
         let mut counts = [Counts::default(); MAX_DOMAINS];
+        let mut user_counts = [0u32; super::nested::MAX_USER_DOMAINS];
         let coherency = self.features.coherency();
         let ssid0 = SubstreamId::new(0)?;
         for stream in config.streams.iter().flatten() {
@@ -203,6 +204,12 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
                 .map(|(_, d)| (d, stream.ats))
                 .chain(stream.retiring.map(|r| (r.domain, r.ats)));
             for (d, ats) in named {
+                if let Some(i) = super::nested::user_index(d) {
+                    if let Some(n) = user_counts.get_mut(i) {
+                        *n += 1;
+                    }
+                    continue;
+                }
                 let c = counts
                     .get_mut(usize::from(d.0))
                     .ok_or(AuditError::MissingDomain { sid, domain: d.0 })?;
@@ -268,6 +275,33 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
             })?;
             if let Some(StreamId(sid)) = stray {
                 return Err(AuditError::StraySte { sid });
+            }
+        }
+        for (i, u) in self.user_domains.read().iter().enumerate() {
+            let found = user_counts.get(i).copied().unwrap_or(0);
+            let domain = super::nested::USER_DOMAIN_BASE + i as u16;
+            match u {
+                None if found != 0 => {
+                    return Err(AuditError::MissingDomain {
+                        sid: u32::MAX,
+                        domain,
+                    })
+                }
+                Some(u) if u.users != found => {
+                    return Err(AuditError::Users {
+                        domain,
+                        what: "users",
+                        books: u.users,
+                        found,
+                    })
+                }
+                Some(u) => {
+                    report.domains += 1;
+                    if let Some(c) = counts.get_mut(usize::from(u.parent.0)) {
+                        c.children += 1;
+                    }
+                }
+                None => {}
             }
         }
         self.audit_domains(&config.vmids, &config.asids, &mut counts, &mut report)?;

@@ -28,6 +28,7 @@ pub mod eventq;
 pub mod features;
 pub mod flush;
 pub mod idr;
+pub mod nested;
 mod ops;
 pub mod platform;
 pub mod queue;

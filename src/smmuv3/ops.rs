@@ -43,7 +43,7 @@ use super::unit::SmmuUnit;
 use super::{Asid, StreamId, Vmid};
 use crate::iommu::{
     Capabilities, DeviceHints, DeviceId, DomainConfig, DomainHandle, DomainPages, Error, Iommu,
-    Missing, Pasid, ReclaimScope, Stage,
+    Missing, Pasid, ReclaimScope, Stage, UserStage1, VirtualId,
 };
 use crate::mem::{Iova, PageAllocator, PhysAddr};
 use crate::mmio::RegisterWindow;
@@ -156,6 +156,10 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         else {
             return Err(Error::Unsupported(Missing::Nesting));
         };
+        // A guest owns the ASIDs under a parent with user domains (`nested.rs`).
+        if self.has_user_children(parent) {
+            return Err(Error::Busy);
+        }
         let asid = config.asids.alloc().ok_or(Error::NoDomainIds)?;
         let child_cfg = DomainConfig {
             stage: Stage::First,
@@ -467,7 +471,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
                 Batch::new(q, r, &self.cmd_staging),
                 config,
                 d,
-                children,
+                (children, self.user_children_of(d)),
                 span,
             )
         })?;
@@ -524,6 +528,18 @@ pub(crate) struct FlushTarget<'c, A: PageAllocator> {
 }
 
 impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
+    /// The user domains nested on `parent`, as a bitmap of their indices.
+    pub(crate) fn user_children_of(&self, parent: DomainHandle) -> u64 {
+        let users = self.user_domains.read();
+        let mut mask = 0u64;
+        for (i, u) in users.iter().enumerate() {
+            if u.is_some_and(|u| u.parent == parent) {
+                mask |= 1 << i;
+            }
+        }
+        mask
+    }
+
     /// The stage-1 domains nested on `parent`, as a bitmap of handles (`MAX_DOMAINS` ≤ 64).
     pub(crate) fn children_of(&self, parent: DomainHandle) -> u64 {
         let mut mask = 0u64;
@@ -542,20 +558,23 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
 
 /// The ATC invalidations that follow a TLB invalidation of domain `d`: `span` in the ATC of
 /// every ATS stream attached to `d`, everything in those attached to one of its stage-1
-/// `children` (a bitmap of handles); one CMD_SYNC if any command was issued.
+/// `children` (a bitmap of handles) or of its user domains (a bitmap of user-domain
+/// indices); one CMD_SYNC if any command was issued.
 fn invalidate_atcs<W: RegisterWindow, A: PageAllocator>(
     mut b: Batch<'_, W, A>,
     config: &super::unit::ConfigState<A>,
     d: DomainHandle,
-    children: u64,
+    (children, user_children): (u64, u64),
     span: IovaRange,
 ) -> Result<(), super::SmmuError> {
     let mut pushed = false;
     for s in config.streams.iter().flatten().filter(|s| s.ats) {
         for (ssid, x) in s.attachments() {
+            let user_child =
+                user_children & super::nested::user_index(x).map_or(0, |i| 1u64 << i) != 0;
             let cmd = if x == d {
                 atc_inv_for(s.sid, ssid, span)?
-            } else if children & 1u64.checked_shl(x.0.into()).unwrap_or(0) != 0 {
+            } else if user_child || children & 1u64.checked_shl(x.0.into()).unwrap_or(0) != 0 {
                 // The ATC holds stage-1 input addresses translated through this stage 2: an
                 // IPA range does not say which, so all of them.
                 Command::atc_inv(s.sid, ssid, Iova::ZERO, 52, ssid.is_none())?
@@ -623,6 +642,9 @@ where
     }
 
     fn domain_free(&self, domain: DomainHandle) -> Result<(), Error> {
+        if super::nested::user_index(domain).is_some() {
+            return self.free_user_domain(domain);
+        }
         self.free_domain(domain)
     }
 
@@ -728,5 +750,22 @@ where
 
     fn detach(&self, device: DeviceId, pasid: Option<Pasid>) -> Result<(), Error> {
         self.detach_impl(device, pasid)
+    }
+
+    fn domain_alloc_user(
+        &self,
+        parent: DomainHandle,
+        stage1: &UserStage1,
+    ) -> Result<DomainHandle, Error> {
+        self.alloc_user_domain(parent, stage1)
+    }
+
+    fn invalidate_user(
+        &self,
+        domain: DomainHandle,
+        requests: &[[u64; 2]],
+        ids: &[VirtualId],
+    ) -> Result<usize, Error> {
+        self.invalidate_user_impl(domain, requests, ids)
     }
 }

@@ -14,12 +14,14 @@
 //! | stage 1    | any           | stage 1 (nested with a parent) | SUBSTREAM0 | the RID domain |
 //! | stage 2 P  | nested on P   | nested   | BYPASS     | -             |
 //! | none       | some          | stage 1 (nested with a parent) | TERMINATE  | -             |
+//! | user (guest's vSTE) over P | none | the guest's: nested with the guest's S1 fields, P's stage 2 (bypass: stage 2; abort) | the guest's | the guest's |
 //!
 //! Every stage-1 domain of one stream shares one stage 2 (none, or the same parent), because
 //! the STE has one. SubstreamID 0 is the RID domain's CD (S1DSS = SUBSTREAM0), so PASID 0
 //! cannot be attached separately.
 
 use super::cd::CdTable;
+use super::nested::GuestConfig;
 use super::regs::Shareability;
 use super::ste::{Cacheability, Eats, S1Dss, Stage1, Stage2, Ste, SteBuilder};
 use super::{SmmuError, StreamId, SubstreamId};
@@ -65,6 +67,8 @@ pub(crate) enum DomainShape {
     Stage2(Stage2),
     /// A stage-1 domain, and the stage-2 half of its nest parent if it has one.
     Stage1(Option<Stage2>),
+    /// A user domain (`nested.rs`): the guest's STE stage-1 half, and its parent's stage 2.
+    User(GuestConfig, Stage2),
 }
 
 impl<A: PageAllocator> StreamState<A> {
@@ -128,8 +132,18 @@ impl<A: PageAllocator> StreamState<A> {
         // The stage 2 every stage-1 domain sits on (`Some(None)`: none of them has one).
         let mut parent: Option<Option<Stage2>> = None;
         let mut dss = S1Dss::Terminate;
+        if let Some(d) = self.rid {
+            if let DomainShape::User(guest, s2) = shape(d)? {
+                return self.user_ste(guest, s2);
+            }
+        }
         for (ssid, d) in self.attachments() {
             match (shape(d)?, ssid) {
+                (DomainShape::User(..), _) => {
+                    return Err(SmmuError::InvalidConfig {
+                        reason: "a user domain is for traffic without a SubstreamID",
+                    })
+                }
                 (DomainShape::Stage2(s2), None) => {
                     rid_stage2 = Some(s2);
                     dss = S1Dss::Bypass;
@@ -177,6 +191,28 @@ impl<A: PageAllocator> StreamState<A> {
             builder
         };
         builder.build()
+    }
+}
+
+impl<A: PageAllocator> StreamState<A> {
+    /// The STE of a stream whose RID domain is a user domain: the guest's CD table owns every
+    /// SubstreamID, so the crate attaches none.
+    fn user_ste(&self, guest: GuestConfig, s2: Stage2) -> Result<Ste, SmmuError> {
+        if self.pasids.iter().any(Option::is_some) {
+            return Err(SmmuError::InvalidConfig {
+                reason: "the guest's CD table holds the SubstreamIDs of a user domain's stream",
+            });
+        }
+        let builder = match guest {
+            GuestConfig::Abort => return Ok(Ste::ABORT),
+            GuestConfig::Bypass => SteBuilder::stage2(s2),
+            GuestConfig::Translate(s1) => SteBuilder::nested(s1, s2),
+        };
+        if self.ats {
+            builder.eats(Eats::Translate).build()
+        } else {
+            builder.build()
+        }
     }
 }
 

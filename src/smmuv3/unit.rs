@@ -44,6 +44,7 @@ use super::eventq::{DrainReport, EventQueue};
 use super::features::Features;
 use super::flush::DEFAULT_FLUSH_THRESHOLD;
 use super::idr::{Idr, Idr0Flags};
+use super::nested::{UserDomain, MAX_USER_DOMAINS};
 use super::platform::{DeviceFacts, Platform};
 use super::regs::{self, Cr0, Cr1, Cr2, Gbpa, Gerror, IrqCtrl};
 use super::ste::S1Fmt;
@@ -347,6 +348,8 @@ pub struct SmmuUnit<W: RegisterWindow, A: PageAllocator + Clone> {
     pub(crate) owed_kept: Mutex<Gather>,
     pub(crate) eventq: Mutex<Option<EventQueue<A>>>,
     pub(crate) domains: [RwLock<Option<Domain<A>>>; MAX_DOMAINS],
+    /// Domains whose stage 1 a guest owns (`nested.rs`): changed under `config`.
+    pub(crate) user_domains: RwLock<[Option<UserDomain>; MAX_USER_DOMAINS]>,
     pub(crate) enabled: AtomicBool,
     /// Service failure mode was seen: every operation fails until `enable` finds it gone.
     pub(crate) failed: AtomicU32,
@@ -422,6 +425,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
             for i in 0..MAX_DOMAINS {
                 domains.add(i).write(RwLock::new(None));
             }
+            addr_of_mut!((*p).user_domains).write(RwLock::new([None; MAX_USER_DOMAINS]));
             addr_of_mut!((*p).enabled).write(AtomicBool::new(false));
             addr_of_mut!((*p).failed).write(AtomicU32::new(0));
         }

@@ -14,6 +14,7 @@ mod faults;
 mod granule;
 mod iommufd17;
 mod lifecycle;
+mod nested;
 mod pasid_grant;
 mod reclaim;
 mod seed;

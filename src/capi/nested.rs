@@ -1,0 +1,211 @@
+//! C ABI of nested translation (issue 17, item 1): a child IOASID holding a guest's stage 1
+//! over a NEST_PARENT IOASID, the guest's IDs for its devices, and the guest's invalidations
+//! passed through (iommufd `IOMMU_HWPT_ALLOC` with a parent, `IOMMU_VDEVICE_ALLOC`,
+//! `IOMMU_HWPT_INVALIDATE`). See [`crate::ioasid::IoasidCtx::alloc_nested`].
+
+use crate::iommu::{self, Refusal, UserStage1};
+
+use super::ioasid::{ctx_obj, device, ioasid, put, IeCtx};
+use super::status::{code, IeStatus};
+
+/// The format of an [`IeUserStage1`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IeUserStage1Format {
+    /// SMMUv3: `smmuv3_ste` holds words 0 and 1 of the guest's STE (only V, Config, S1Fmt,
+    /// S1ContextPtr, S1CDMax, S1DSS, S1CIR, S1COR, S1CSH may be set).
+    SmmuV3 = 1,
+    /// VT-d: `vtd_fsptptr`, `vtd_levels` (4 or 5) and `vtd_supervisor` describe the guest's
+    /// first-stage table.
+    Vtd = 2,
+}
+
+/// A guest's stage 1 (iommufd `struct iommu_hwpt_arm_smmuv3` / `struct iommu_hwpt_vtd_s1`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IeUserStage1 {
+    /// `IE_USER_STAGE1_FORMAT_*`.
+    pub format: u32,
+    /// SMMUv3: the guest's STE words 0 and 1.
+    pub smmuv3_ste: [u64; 2],
+    /// VT-d: the guest's first-stage root table, a guest physical address.
+    pub vtd_fsptptr: u64,
+    /// VT-d: 4 or 5 levels.
+    pub vtd_levels: u32,
+    /// VT-d: supervisor requests honoured (SRE, WPE).
+    pub vtd_supervisor: bool,
+}
+
+impl IeUserStage1 {
+    fn to_rust(self) -> Result<UserStage1, IeStatus> {
+        match self.format {
+            f if f == IeUserStage1Format::SmmuV3 as u32 => Ok(UserStage1::SmmuV3 {
+                ste: self.smmuv3_ste,
+            }),
+            f if f == IeUserStage1Format::Vtd as u32 => Ok(UserStage1::Vtd {
+                fsptptr: self.vtd_fsptptr,
+                levels: u8::try_from(self.vtd_levels).map_err(|_| IeStatus::InvalidArgument)?,
+                supervisor: self.vtd_supervisor,
+            }),
+            _ => Err(IeStatus::InvalidArgument),
+        }
+    }
+}
+
+/// Why a guest's invalidation was refused (`IeRefusedRequest::why`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IeRefusal {
+    /// Nothing was refused.
+    None = 0,
+    /// A command or descriptor type the guest may not issue (a stage-2 command, a sync...).
+    Type = 1,
+    /// A StreamID / requester ID naming no device of the guest attached to the child.
+    ForeignDevice = 2,
+    /// SMMUv3: a non-zero VMID.
+    Vmid = 3,
+    /// VT-d: a PASID not attached to the child.
+    ForeignPasid = 4,
+    /// Reserved bits, or bits only the host may set.
+    ReservedBits = 5,
+}
+
+impl From<Refusal> for IeRefusal {
+    fn from(r: Refusal) -> Self {
+        match r {
+            Refusal::Type => IeRefusal::Type,
+            Refusal::ForeignDevice => IeRefusal::ForeignDevice,
+            Refusal::Vmid => IeRefusal::Vmid,
+            Refusal::ForeignPasid => IeRefusal::ForeignPasid,
+            Refusal::ReservedBits => IeRefusal::ReservedBits,
+        }
+    }
+}
+
+/// The request ie_ctx_invalidate_user() refused.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IeRefusedRequest {
+    /// Its index in the batch.
+    pub index: u32,
+    /// `IeRefusal`; `IE_REFUSAL_NONE` when nothing was refused.
+    pub why: u32,
+    /// Its two words, as the guest gave them.
+    pub request: [u64; 2],
+}
+
+/// Allocates a nested child of `parent` (an IOASID allocated with `IE_IOASID_FLAG_NEST_PARENT`)
+/// holding the guest's stage 1 `*stage1`; writes its number. The guest's tables are the
+/// guest's memory, reached through the parent: the crate never reads, writes or frees them.
+/// ie_ctx_map() and ie_ctx_unmap() refuse the child (`IE_STATUS_INVALID_ARGUMENT`);
+/// ie_ctx_attach() (and, on VT-d, ie_ctx_attach_pasid()) attach devices to it; ie_ctx_free()
+/// of the parent is `IE_STATUS_BUSY` while the child exists.
+///
+/// # Safety
+/// `ctx` is a live context handle; `stage1` is readable; `out` is writable.
+#[no_mangle]
+pub unsafe extern "C" fn ie_ctx_alloc_nested(
+    ctx: *mut IeCtx,
+    parent: u32,
+    stage1: *const IeUserStage1,
+    out: *mut u32,
+) -> i32 {
+    code((|| {
+        let c = ctx_obj(ctx)?;
+        // SAFETY: the C contract: `stage1` is NULL or readable.
+        let s1 = unsafe { stage1.as_ref() }.ok_or(IeStatus::InvalidArgument)?;
+        if out.is_null() {
+            return Err(IeStatus::InvalidArgument);
+        }
+        let id = c.value.ctx.alloc_nested(ioasid(parent)?, s1.to_rust()?)?;
+        put(out, u32::from(id.0))
+    })())
+}
+
+/// Declares the ID the guest's vIOMMU knows `device` by (`has_id`: `virt_id`, a virtual
+/// StreamID or requester ID; `!has_id`: withdraws it), as iommufd `IOMMU_VDEVICE_ALLOC`. The
+/// guest's invalidations name devices by it. `IE_STATUS_BUSY` if another device of the
+/// context behind the same unit has that ID.
+///
+/// # Safety
+/// `ctx` is a live context handle.
+#[no_mangle]
+pub unsafe extern "C" fn ie_ctx_set_virtual_id(
+    ctx: *mut IeCtx,
+    device_handle: u32,
+    has_id: bool,
+    virt_id: u32,
+) -> i32 {
+    code((|| {
+        let c = ctx_obj(ctx)?;
+        let d = device(ctx, device_handle)?;
+        Ok(c.value.ctx.set_virtual_id(d, has_id.then_some(virt_id))?)
+    })())
+}
+
+/// Passes `n` guest invalidation requests (`requests`: `2 * n` 64-bit words, each request
+/// two words as the guest's vIOMMU queue held it: SMMUv3 TLBI_NH_VA / TLBI_NH_VAA /
+/// TLBI_NH_ASID / TLBI_NH_ALL / ATC_INV / CFGI_CD / CFGI_CD_ALL commands, VT-d PASID-based
+/// IOTLB and device-TLB invalidation descriptors) for the nested child `child` to its units,
+/// each checked and rewritten with the host's VMID / domain ID and StreamID / source ID, and
+/// waits for completion (iommufd `IOMMU_HWPT_INVALIDATE`). `*issued` (if not NULL) is how many
+/// were issued. On `IE_STATUS_NOT_PERMITTED` nothing of the batch was issued and `*refused` (if
+/// not NULL) names the first request refused and why; after every other return its `why` is
+/// `IE_REFUSAL_NONE`.
+///
+/// # Safety
+/// `ctx` is a live context handle; `requests` is readable for `2 * n` words (or NULL with `n`
+/// 0); `issued` and `refused` are NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn ie_ctx_invalidate_user(
+    ctx: *mut IeCtx,
+    child: u32,
+    requests: *const u64,
+    n: usize,
+    issued: *mut usize,
+    refused: *mut IeRefusedRequest,
+) -> i32 {
+    let mut what = IeRefusedRequest {
+        index: 0,
+        why: IeRefusal::None as u32,
+        request: [0; 2],
+    };
+    let r = (|| {
+        let c = ctx_obj(ctx)?;
+        let reqs: &[[u64; 2]] = if n == 0 {
+            &[]
+        } else if requests.is_null() || requests.align_offset(8) != 0 {
+            return Err(IeStatus::InvalidArgument);
+        } else {
+            // SAFETY: the C contract: `requests` is readable for `2 * n` aligned words, and
+            // `[u64; 2]` is two such words with no padding.
+            unsafe { core::slice::from_raw_parts(requests.cast::<[u64; 2]>(), n) }
+        };
+        match c.value.ctx.invalidate_user(ioasid(child)?, reqs) {
+            Ok(k) => {
+                if !issued.is_null() {
+                    put(issued, k)?;
+                }
+                Ok(())
+            }
+            Err(crate::ioasid::Error::Iommu(iommu::Error::Refused {
+                index,
+                request,
+                why,
+            })) => {
+                what = IeRefusedRequest {
+                    index,
+                    why: IeRefusal::from(why) as u32,
+                    request,
+                };
+                Err(IeStatus::NotPermitted)
+            }
+            Err(e) => Err(e.into()),
+        }
+    })();
+    // SAFETY: the C contract: `refused` is NULL or writable.
+    if let Some(out) = unsafe { refused.as_mut() } {
+        *out = what;
+    }
+    code(r)
+}

@@ -1,0 +1,143 @@
+//! Nested children: IOASIDs whose stage 1 a user (a guest) owns, over a
+//! [`NEST_PARENT`](super::IoasidFlags::NEST_PARENT) IOASID's second stage (iommufd
+//! `IOMMU_HWPT_ALLOC` with a parent, `IOMMU_VDEVICE_ALLOC`, `IOMMU_HWPT_INVALIDATE`).
+//!
+//! A child holds no mapping of its own: its [`UserStage1`] names the guest's tables, at guest
+//! physical addresses that the parent translates. Its hardware domain on a unit is built over
+//! the parent's domain there ([`Iommu::domain_alloc_user`]), so attaching a device to the child
+//! builds the parent's domain first. The guest's tables are the guest's memory: the crate never
+//! reads, writes or frees them. The guest's cache invalidations name its own IDs for its devices
+//! ([`IoasidCtx::set_virtual_id`]); each unit checks them against what the child owns and
+//! rewrites them with the host's ([`Iommu::invalidate_user`]).
+
+use super::ctx::IoasidCtx;
+use super::{Error, IoasidFlags, IoasidId, MAX_DEVICES};
+use crate::iommu::{DeviceId, Iommu, UserStage1, VirtualId};
+use crate::mem::PageAllocator;
+
+use super::DeviceHandle;
+
+/// What makes an IOASID a nested child.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Nested {
+    /// The NEST_PARENT IOASID whose second stage translates the guest's addresses.
+    pub(super) parent: IoasidId,
+    /// The guest's stage 1.
+    pub(super) stage1: UserStage1,
+}
+
+impl<A: PageAllocator> IoasidCtx<'_, '_, A> {
+    /// Allocates a nested child of `parent`, an IOASID allocated with
+    /// [`IoasidFlags::NEST_PARENT`], holding the guest's stage 1 (iommufd `IOMMU_HWPT_ALLOC`
+    /// with `pt_id` = the parent and `data_type` VT-d S1 or ARM SMMUv3). Devices and (on VT-d)
+    /// PASIDs attach to it as to any IOASID; `map`, `unmap`, `alloc_iova` and
+    /// `read_and_clear_dirty` refuse it ([`Error::UserOwned`]): the guest maps by writing its
+    /// own tables and tells the units through [`IoasidCtx::invalidate_user`]. Its flags are
+    /// empty. The parent cannot be freed while the child exists.
+    ///
+    /// The stage 1 is checked by each unit when a device is attached (a field the guest may
+    /// not set, a format that is not the unit's: [`Error::Incompatible`] or the unit's
+    /// `InvalidArgument`).
+    ///
+    /// # Errors
+    /// [`Error::NoSuchIoasid`]; [`Error::NotNestParent`] for a parent without
+    /// `NEST_PARENT` (or itself a child); [`Error::Capacity`]; [`Error::PageTable`].
+    pub fn alloc_nested(&self, parent: IoasidId, stage1: UserStage1) -> Result<IoasidId, Error> {
+        {
+            let st = self.state.read();
+            let p = st.ioasid(parent)?;
+            if !p.flags.contains(IoasidFlags::NEST_PARENT) || p.nested.is_some() {
+                return Err(Error::NotNestParent(parent));
+            }
+        }
+        let id = self.alloc(IoasidFlags::empty())?;
+        let mut st = self.state.write();
+        // The parent may have been freed meanwhile: the child goes with it.
+        if st.ioasid(parent).is_err() {
+            drop(st);
+            let _ = self.free(id);
+            return Err(Error::NoSuchIoasid(parent));
+        }
+        st.ioasid_mut(id)?.nested = Some(Nested { parent, stage1 });
+        Ok(id)
+    }
+
+    /// The parent of a nested child, `None` for any other IOASID.
+    ///
+    /// # Errors
+    /// [`Error::NoSuchIoasid`].
+    pub fn nest_parent(&self, ioasid: IoasidId) -> Result<Option<IoasidId>, Error> {
+        Ok(self.state.read().ioasid(ioasid)?.nested.map(|n| n.parent))
+    }
+
+    /// Declares the ID the guest's vIOMMU knows `device` by (iommufd `IOMMU_VDEVICE_ALLOC`'s
+    /// `virt_id`: a virtual StreamID on SMMUv3, a virtual requester ID on VT-d), or withdraws
+    /// it (`None`). The guest's invalidations name devices by it; a request naming an ID no
+    /// device declared, or a device not attached to the child, is refused.
+    ///
+    /// # Errors
+    /// [`Error::NoSuchDevice`]; [`Error::Busy`] if another device of the context behind the
+    /// same unit already has that ID.
+    pub fn set_virtual_id(&self, device: DeviceHandle, virt: Option<u32>) -> Result<(), Error> {
+        let mut st = self.state.write();
+        let unit = st.device(device)?.label.unit;
+        if let Some(v) = virt {
+            let me = usize::from(device.slot());
+            let taken = st.devices.iter().enumerate().any(|(i, d)| {
+                i != me
+                    && d.as_ref()
+                        .is_some_and(|d| d.label.unit == unit && d.virtual_id == Some(v))
+            });
+            if taken {
+                return Err(Error::Busy);
+            }
+        }
+        st.device_mut(device)?.virtual_id = virt;
+        Ok(())
+    }
+
+    /// Passes the guest's cache invalidations for a nested child to every unit the child has
+    /// a domain on (iommufd `IOMMU_HWPT_INVALIDATE`): SMMUv3 commands (TLBI_NH_VA, TLBI_NH_VAA,
+    /// TLBI_NH_ASID, TLBI_NH_ALL, ATC_INV, CFGI_CD, CFGI_CD_ALL) or VT-d descriptors
+    /// (PASID-based IOTLB invalidation, device-TLB invalidation), two 64-bit words each, as
+    /// the guest's vIOMMU queue held them. Each unit checks every request against what the
+    /// child owns and rewrites it with the host's tags and IDs before issuing any, then waits
+    /// for completion. Returns how many requests were issued (per unit; 0 while no device is
+    /// attached: nothing can be cached then).
+    ///
+    /// # Errors
+    /// [`Error::Iommu`] with [`crate::iommu::Error::Refused`] carrying the index and words of
+    /// the first request refused (a foreign StreamID or requester ID, a VMID, a PASID the
+    /// child does not hold, a stage-2 or other command the guest may not issue, reserved
+    /// bits): nothing of the batch was issued on that unit. [`Error::NotNested`] for an IOASID
+    /// that is not a child. Unit errors (timeouts): retry.
+    pub fn invalidate_user(&self, ioasid: IoasidId, requests: &[[u64; 2]]) -> Result<usize, Error> {
+        let st = self.state.read();
+        let io = st.ioasid(ioasid)?;
+        if io.nested.is_none() {
+            return Err(Error::NotNested(ioasid));
+        }
+        let mut issued = 0;
+        for d in io.domains.iter().flatten() {
+            let mut ids = [VirtualId {
+                virt: 0,
+                device: DeviceId(0),
+            }; MAX_DEVICES];
+            let mut n = 0;
+            for dev in st.devices.iter().flatten() {
+                if let (Some(virt), true) = (dev.virtual_id, dev.label.unit == d.unit) {
+                    if let Some(slot) = ids.get_mut(n) {
+                        *slot = VirtualId {
+                            virt,
+                            device: dev.label.id,
+                        };
+                        n += 1;
+                    }
+                }
+            }
+            let unit: &dyn Iommu = self.unit(d.unit)?;
+            issued = unit.invalidate_user(d.handle, requests, ids.get(..n).unwrap_or(&[]))?;
+        }
+        Ok(issued)
+    }
+}

@@ -1,0 +1,492 @@
+//! Stage 1 owned by a guest, nested over a host stage-2 domain (iommufd's nested HWPT on
+//! SMMUv3), and the guest's invalidation commands, checked and rewritten.
+//!
+//! Arm IHI 0070 G.b §5.2 "Stream Table Entry" (Config, S1Fmt, S1ContextPtr, S1CDMax, S1DSS,
+//! S1CIR, S1COR, S1CSH), §3.3.2 (CD tables), §3.4 (stage 1 under the stage 2's VMID: nested
+//! TLB entries are tagged by VMID and ASID), §4.3 (CFGI_CD, CFGI_CD_ALL), §4.4 (TLBI_NH_ALL,
+//! TLBI_NH_ASID, TLBI_NH_VA, TLBI_NH_VAA), §4.5 (ATC_INV).
+//!
+//! A *user domain* is the guest's vSTE stage-1 half: its STE points at the guest's CD table by
+//! IPA (S1ContextPtr), with the parent's stage 2 under it (Config = 0b111), so the unit walks
+//! the CD table and the guest's stage-1 tables through the parent. The host never reads,
+//! writes or frees that memory: a garbage guest table makes the unit report C_BAD_CD,
+//! F_TRANSLATION, F_WALK_EABT..., and its walks reach only what the parent's stage 2 maps.
+//!
+//! The guest's commands name its own StreamIDs (a vSID, iommufd vDEVICE `virt_id`) and no
+//! VMID: each is checked (opcode among those a stage-1 owner may issue, no reserved bit, VMID
+//! field 0, the StreamID one of the guest's devices attached to the domain) and rewritten with
+//! the parent's VMID and the real StreamID. Stage-2 and global commands (TLBI_S2_IPA,
+//! TLBI_S12_VMALL, TLBI_NSNH_ALL, CFGI_STE, CFGI_ALL...), prefetches and CMD_SYNC are
+//! refused: the host adds its own CMD_SYNC.
+//!
+//! ASIDs under the parent's VMID belong to the guest: a parent with user domains takes no
+//! crate-built stage-1 child (`SmmuUnit::domain_alloc_nested`) and the other way round, or a
+//! guest ASID could alias a host one in the TLB.
+
+use super::cmd::{
+    Command, Opcode, ADDRESS_63_12, ATC_GLOBAL, ATC_SIZE, LEAF, OPCODE, SSV, STREAM_ID,
+    SUBSTREAM_ID, TLBI_ASID, TLBI_NUM, TLBI_SCALE, TLBI_TG, TLBI_TTL, TLBI_VA, TLBI_VMID,
+};
+use super::ste::{
+    Cacheability, S1Dss, S1Fmt, Stage1, CONFIG, S1CDMAX, S1CIR, S1CONTEXTPTR, S1COR, S1CSH, S1DSS,
+    S1FMT, V,
+};
+use core::sync::atomic::Ordering;
+
+use super::attach::Batch;
+use super::flush::TlbTag;
+use super::regs::Shareability;
+use super::unit::SmmuUnit;
+use super::{StreamId, Vmid};
+use crate::iommu::{DeviceId, DomainHandle, Error, Missing, Refusal, UserStage1, VirtualId};
+use crate::mem::{PageAllocator, PhysAddr};
+use crate::mmio::RegisterWindow;
+
+/// Most user domains a unit holds at a time.
+pub const MAX_USER_DOMAINS: usize = 16;
+/// User domain `i` has handle `USER_DOMAIN_BASE + i`: outside the table-backed domains'
+/// handles, which is why map, unmap, flush and query refuse it.
+pub const USER_DOMAIN_BASE: u16 = 0x4000;
+
+/// What the guest's STE asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum GuestConfig {
+    /// V = 0 or Config = abort: the device's DMA is blocked.
+    Abort,
+    /// Config = bypass: the guest's stage 1 is off, the parent's stage 2 translates.
+    Bypass,
+    /// Config = stage-1 translate: nested.
+    Translate(Stage1),
+}
+
+/// A user domain.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct UserDomain {
+    /// The nest parent.
+    pub(crate) parent: DomainHandle,
+    /// The parent's VMID, which the guest's commands get.
+    pub(crate) vmid: Vmid,
+    pub(crate) config: GuestConfig,
+    /// Streams attached (retiring ones included).
+    pub(crate) users: u32,
+}
+
+/// Word 0 bits a guest may set: V, Config, S1Fmt, S1ContextPtr, S1CDMax.
+const WORD0_ALLOWED: u64 = V | CONFIG.mask() | S1FMT.mask() | S1CONTEXTPTR.mask() | S1CDMAX.mask();
+/// Word 1 bits a guest may set: S1DSS, S1CIR, S1COR, S1CSH.
+const WORD1_ALLOWED: u64 = S1DSS.mask() | S1CIR.mask() | S1COR.mask() | S1CSH.mask();
+
+const fn bad(what: &'static str, value: u64) -> Error {
+    Error::InvalidArgument { what, value }
+}
+
+/// Checks the guest's STE words 0 and 1 and reads its stage-1 half. `cd2l`: the unit has
+/// two-level CD tables (`IDR0.CD2L`); `ssid_bits`: the unit's SubstreamID width.
+///
+/// # Errors
+/// [`Error::InvalidArgument`] naming the field.
+pub(crate) fn parse_vste(ste: [u64; 2], cd2l: bool, ssid_bits: u32) -> Result<GuestConfig, Error> {
+    let [w0, w1] = ste;
+    if w0 & !WORD0_ALLOWED != 0 {
+        return Err(bad(
+            "guest STE word 0 (bits beyond V/Config/S1Fmt/S1ContextPtr/S1CDMax)",
+            w0,
+        ));
+    }
+    if w1 & !WORD1_ALLOWED != 0 {
+        return Err(bad(
+            "guest STE word 1 (bits beyond S1DSS/S1CIR/S1COR/S1CSH)",
+            w1,
+        ));
+    }
+    if w0 & V == 0 {
+        return Ok(GuestConfig::Abort);
+    }
+    let config = CONFIG.get(w0);
+    match config {
+        0b000 => return Ok(GuestConfig::Abort),
+        0b100 => return Ok(GuestConfig::Bypass),
+        0b101 => {}
+        // Stage-2 configurations are the host's.
+        _ => return Err(bad("guest STE Config", config)),
+    }
+    let fmt = match S1FMT.get(w0) {
+        0 => S1Fmt::Linear,
+        1 if cd2l => S1Fmt::TwoLevel4K,
+        2 if cd2l => S1Fmt::TwoLevel64K,
+        f => return Err(bad("guest STE S1Fmt", f)),
+    };
+    let cdmax = S1CDMAX.get(w0);
+    if cdmax > u64::from(ssid_bits) {
+        return Err(bad("guest STE S1CDMax", cdmax));
+    }
+    let dss = match S1DSS.get(w1) {
+        0 => S1Dss::Terminate,
+        1 => S1Dss::Bypass,
+        2 => S1Dss::Substream0,
+        d => return Err(bad("guest STE S1DSS", d)),
+    };
+    let csh = match S1CSH.get(w1) {
+        0 => Shareability::NonShareable,
+        2 => Shareability::Outer,
+        3 => Shareability::Inner,
+        s => return Err(bad("guest STE S1CSH", s)),
+    };
+    Ok(GuestConfig::Translate(Stage1 {
+        context_ptr: PhysAddr::new(w0 & S1CONTEXTPTR.mask()),
+        fmt,
+        cdmax: cdmax as u8,
+        dss,
+        cir: cacheability(S1CIR.get(w1)),
+        cor: cacheability(S1COR.get(w1)),
+        csh,
+    }))
+}
+
+const fn cacheability(v: u64) -> Cacheability {
+    match v {
+        1 => Cacheability::WriteBackAllocate,
+        2 => Cacheability::WriteThrough,
+        3 => Cacheability::WriteBack,
+        _ => Cacheability::NonCacheable,
+    }
+}
+
+/// Fields of word 0 a guest may set, per opcode (the rest is reserved or the host's).
+const W0_TLBI_NH_ALL: u64 = OPCODE.mask();
+const W0_TLBI_NH_ASID: u64 = OPCODE.mask() | TLBI_ASID.mask();
+const W0_TLBI_NH_VA: u64 = W0_TLBI_NH_ASID | TLBI_NUM.mask() | TLBI_SCALE.mask();
+const W0_TLBI_NH_VAA: u64 = OPCODE.mask() | TLBI_NUM.mask() | TLBI_SCALE.mask();
+/// Word 1 of TLBI_NH_VA/VAA: Leaf (bit 0), TTL, TG, Address.
+const W1_TLBI_VA: u64 = LEAF | TLBI_TTL.mask() | TLBI_TG.mask() | TLBI_VA.mask();
+const W0_ATC_INV: u64 = OPCODE.mask() | SSV | ATC_GLOBAL | SUBSTREAM_ID.mask() | STREAM_ID.mask();
+const W1_ATC_INV: u64 = ATC_SIZE.mask() | ADDRESS_63_12.mask();
+const W0_CFGI_CD: u64 = OPCODE.mask() | SUBSTREAM_ID.mask() | STREAM_ID.mask();
+const W0_CFGI_CD_ALL: u64 = OPCODE.mask() | STREAM_ID.mask();
+
+/// The host StreamID of the guest's `vsid`, if it names one of the guest's devices that
+/// `attached` says is attached to the domain.
+fn host_sid(vsid: u32, ids: &[VirtualId], attached: &dyn Fn(StreamId) -> bool) -> Option<StreamId> {
+    let VirtualId {
+        device: DeviceId(sid),
+        ..
+    } = ids.iter().find(|v| v.virt == vsid)?;
+    attached(StreamId(*sid)).then_some(StreamId(*sid))
+}
+
+/// One guest command, checked and rewritten: the parent's `vmid` in TLBI_NH_*, the host
+/// StreamID in ATC_INV and CFGI_CD(_ALL).
+///
+/// # Errors
+/// The [`Refusal`].
+pub(crate) fn rewrite(
+    cmd: [u64; 2],
+    vmid: Vmid,
+    ids: &[VirtualId],
+    attached: &dyn Fn(StreamId) -> bool,
+) -> Result<Command, Refusal> {
+    let [w0, w1] = cmd;
+    let op = OPCODE.get(w0);
+    let allowed = |m0: u64, m1: u64| {
+        if w0 & !m0 != 0 || w1 & !m1 != 0 {
+            Err(Refusal::ReservedBits)
+        } else {
+            Ok(())
+        }
+    };
+    let tlbi = |m0: u64, m1: u64| -> Result<Command, Refusal> {
+        // The guest has no stage 2 and so no VMID: a non-zero one is not its to name.
+        if TLBI_VMID.get(w0) != 0 {
+            return Err(Refusal::Vmid);
+        }
+        allowed(m0, m1)?;
+        Ok(Command {
+            words: [TLBI_VMID.set_masked(w0, u64::from(vmid.0)), w1],
+        })
+    };
+    let sid = |vsid: u64| host_sid(vsid as u32, ids, attached).ok_or(Refusal::ForeignDevice);
+    match op {
+        x if x == Opcode::TlbiNhAll as u64 => tlbi(W0_TLBI_NH_ALL, 0),
+        x if x == Opcode::TlbiNhAsid as u64 => tlbi(W0_TLBI_NH_ASID, 0),
+        x if x == Opcode::TlbiNhVa as u64 => tlbi(W0_TLBI_NH_VA, W1_TLBI_VA),
+        x if x == Opcode::TlbiNhVaa as u64 => tlbi(W0_TLBI_NH_VAA, W1_TLBI_VA),
+        x if x == Opcode::AtcInv as u64 => {
+            allowed(W0_ATC_INV, W1_ATC_INV)?;
+            let s = sid(STREAM_ID.get(w0))?;
+            Ok(Command {
+                words: [STREAM_ID.set_masked(w0, u64::from(s.0)), w1],
+            })
+        }
+        x if x == Opcode::CfgiCd as u64 => {
+            allowed(W0_CFGI_CD, LEAF)?;
+            let s = sid(STREAM_ID.get(w0))?;
+            Ok(Command {
+                words: [STREAM_ID.set_masked(w0, u64::from(s.0)), w1],
+            })
+        }
+        x if x == Opcode::CfgiCdAll as u64 => {
+            allowed(W0_CFGI_CD_ALL, 0)?;
+            let s = sid(STREAM_ID.get(w0))?;
+            Ok(Command {
+                words: [STREAM_ID.set_masked(w0, u64::from(s.0)), w1],
+            })
+        }
+        _ => Err(Refusal::Type),
+    }
+}
+
+/// The slot index of user domain `d`, if `d` is a user domain handle.
+pub(crate) fn user_index(d: DomainHandle) -> Option<usize> {
+    let i = usize::from(d.0.checked_sub(USER_DOMAIN_BASE)?);
+    (i < MAX_USER_DOMAINS).then_some(i)
+}
+
+impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
+    /// The user domain `d`, if it is one.
+    pub(crate) fn user_domain(&self, d: DomainHandle) -> Option<UserDomain> {
+        let i = user_index(d)?;
+        self.user_domains.read().get(i).copied().flatten()
+    }
+
+    /// Changes the user domain `d`'s count of attached streams.
+    pub(crate) fn user_domain_users(&self, d: DomainHandle, up: bool) {
+        let Some(i) = user_index(d) else { return };
+        if let Some(Some(u)) = self.user_domains.write().get_mut(i) {
+            u.users = if up {
+                u.users + 1
+            } else {
+                u.users.saturating_sub(1)
+            };
+        }
+    }
+
+    /// Whether a user domain nests on `parent`.
+    pub(crate) fn has_user_children(&self, parent: DomainHandle) -> bool {
+        self.user_domains
+            .read()
+            .iter()
+            .flatten()
+            .any(|u| u.parent == parent)
+    }
+
+    /// [`Iommu::domain_alloc_user`](crate::iommu::Iommu::domain_alloc_user).
+    pub(crate) fn alloc_user_domain(
+        &self,
+        parent: DomainHandle,
+        stage1: &UserStage1,
+    ) -> Result<DomainHandle, Error> {
+        self.usable()?;
+        let &UserStage1::SmmuV3 { ste } = stage1 else {
+            return Err(Error::Unsupported(Missing::Mode {
+                what: "a VT-d stage 1 on an SMMUv3",
+            }));
+        };
+        if !(self.features.stage1_usable() && self.features.s2p) {
+            return Err(Error::Unsupported(Missing::Nesting));
+        }
+        let config = parse_vste(ste, self.features.cd2l, self.cfg.ssid_bits)?;
+        let _config_lock = self.config.lock();
+        let pslot = self.slot(parent)?.read();
+        let p = pslot.as_ref().ok_or(Error::InvalidDomain(parent))?;
+        let TlbTag::Stage2 {
+            vmid,
+            nest_parent: true,
+        } = p.tag
+        else {
+            return Err(Error::Unsupported(Missing::Nesting));
+        };
+        // The guest owns the ASIDs under the parent's VMID: no crate-built stage 1 beside it.
+        if self.children_of(parent) != 0 {
+            return Err(Error::Busy);
+        }
+        let mut users = self.user_domains.write();
+        let i = users
+            .iter()
+            .position(Option::is_none)
+            .ok_or(Error::NoDomainIds)?;
+        users[i] = Some(UserDomain {
+            parent,
+            vmid,
+            config,
+            users: 0,
+        });
+        p.children.fetch_add(1, Ordering::AcqRel);
+        Ok(DomainHandle(USER_DOMAIN_BASE + i as u16))
+    }
+
+    /// [`Iommu::domain_free`](crate::iommu::Iommu::domain_free) of a user domain. It has no
+    /// table and no tag of its own: the TLB entries its streams made carry the parent's VMID
+    /// and were invalidated when each stream left it (TLBI_NH_ALL).
+    pub(crate) fn free_user_domain(&self, d: DomainHandle) -> Result<(), Error> {
+        self.usable()?;
+        let _config_lock = self.config.lock();
+        let i = user_index(d).ok_or(Error::InvalidDomain(d))?;
+        let mut users = self.user_domains.write();
+        let u = users
+            .get(i)
+            .copied()
+            .flatten()
+            .ok_or(Error::InvalidDomain(d))?;
+        if u.users != 0 {
+            return Err(Error::Busy);
+        }
+        users[i] = None;
+        drop(users);
+        if let Some(p) = self.slot(u.parent)?.read().as_ref() {
+            p.children.fetch_sub(1, Ordering::AcqRel);
+        }
+        Ok(())
+    }
+
+    /// [`Iommu::invalidate_user`](crate::iommu::Iommu::invalidate_user): every command checked
+    /// and rewritten first, then all issued, with one CMD_SYNC at the end.
+    pub(crate) fn invalidate_user_impl(
+        &self,
+        d: DomainHandle,
+        requests: &[[u64; 2]],
+        ids: &[VirtualId],
+    ) -> Result<usize, Error> {
+        self.usable()?;
+        let config = self.config.lock();
+        let u = self.user_domain(d).ok_or(Error::InvalidDomain(d))?;
+        let attached = |sid: StreamId| {
+            config
+                .streams
+                .iter()
+                .flatten()
+                .any(|s| s.sid == sid && s.rid == Some(d))
+        };
+        for (index, r) in requests.iter().enumerate() {
+            rewrite(*r, u.vmid, ids, &attached).map_err(|why| Error::Refused {
+                index: index as u32,
+                request: *r,
+                why,
+            })?;
+        }
+        if requests.is_empty() || !self.has_cmdq() {
+            return Ok(0);
+        }
+        self.with_cmdq(|q, regs| {
+            let mut b = Batch::new(q, regs, &self.cmd_staging);
+            for r in requests {
+                if let Ok(c) = rewrite(*r, u.vmid, ids, &attached) {
+                    b.push(c)?;
+                }
+            }
+            b.sync()
+        })?;
+        Ok(requests.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mem::Iova;
+    use crate::smmuv3::{Asid, SubstreamId};
+
+    const IDS: [VirtualId; 2] = [
+        VirtualId {
+            virt: 0x10,
+            device: DeviceId(0x100),
+        },
+        VirtualId {
+            virt: 0x11,
+            device: DeviceId(0x200),
+        },
+    ];
+
+    fn attached(s: StreamId) -> bool {
+        s.0 == 0x100
+    }
+
+    fn ok(c: Command) -> Result<Command, Refusal> {
+        rewrite(c.words, Vmid(7), &IDS, &attached)
+    }
+
+    #[test]
+    fn tlbi_nh_gets_the_host_vmid() {
+        let guest = Command::tlbi_nh_asid(Vmid(0), Asid(5));
+        assert_eq!(ok(guest), Ok(Command::tlbi_nh_asid(Vmid(7), Asid(5))));
+        let guest = Command::tlbi_nh_all(Vmid(0));
+        assert_eq!(ok(guest), Ok(Command::tlbi_nh_all(Vmid(7))));
+        let va = Command::tlbi_nh_va(Vmid(0), Asid(3), Iova::new(0x1234_5000), true, None).unwrap();
+        let want =
+            Command::tlbi_nh_va(Vmid(7), Asid(3), Iova::new(0x1234_5000), true, None).unwrap();
+        assert_eq!(ok(va), Ok(want));
+        let vaa = Command {
+            words: [Opcode::TlbiNhVaa as u64, 0x8000],
+        };
+        let want = Command {
+            words: [TLBI_VMID.set_masked(Opcode::TlbiNhVaa as u64, 7), 0x8000],
+        };
+        assert_eq!(ok(vaa), Ok(want));
+    }
+
+    #[test]
+    fn a_vmid_a_stage2_command_or_reserved_bits_are_refused() {
+        assert_eq!(
+            ok(Command::tlbi_nh_asid(Vmid(3), Asid(5))),
+            Err(Refusal::Vmid)
+        );
+        assert_eq!(ok(Command::tlbi_s12_vmall(Vmid(0))), Err(Refusal::Type));
+        assert_eq!(ok(Command::tlbi_nsnh_all()), Err(Refusal::Type));
+        assert_eq!(
+            ok(Command::cfgi_ste(StreamId(0x10), false)),
+            Err(Refusal::Type)
+        );
+        assert_eq!(ok(Command::plain_sync()), Err(Refusal::Type));
+        let mut c = Command::tlbi_nh_all(Vmid(0));
+        c.words[1] = 1;
+        assert_eq!(ok(c), Err(Refusal::ReservedBits));
+    }
+
+    #[test]
+    fn stream_ids_are_the_guests_and_are_rewritten() {
+        let ssid = SubstreamId::new(3).unwrap();
+        let inv = Command::atc_inv(StreamId(0x10), Some(ssid), Iova::ZERO, 52, false).unwrap();
+        let want = Command::atc_inv(StreamId(0x100), Some(ssid), Iova::ZERO, 52, false).unwrap();
+        assert_eq!(ok(inv), Ok(want));
+        assert_eq!(
+            ok(Command::cfgi_cd(StreamId(0x10), ssid, true)),
+            Ok(Command::cfgi_cd(StreamId(0x100), ssid, true))
+        );
+        assert_eq!(
+            ok(Command::cfgi_cd_all(StreamId(0x10))),
+            Ok(Command::cfgi_cd_all(StreamId(0x100)))
+        );
+        // 0x11 is the guest's, not attached here; 0x100 is a host StreamID, not a guest's.
+        assert_eq!(
+            ok(Command::cfgi_cd_all(StreamId(0x11))),
+            Err(Refusal::ForeignDevice)
+        );
+        assert_eq!(
+            ok(Command::cfgi_cd_all(StreamId(0x100))),
+            Err(Refusal::ForeignDevice)
+        );
+    }
+
+    #[test]
+    fn vste_fields() {
+        let w0 = V | CONFIG.set_masked(0, 0b101) | 0x8_0000 | S1CDMAX.set_masked(0, 3);
+        let w1 = S1DSS.set_masked(0, 2) | S1CIR.set_masked(0, 1) | S1CSH.set_masked(0, 3);
+        let GuestConfig::Translate(s1) = parse_vste([w0, w1], false, 8).unwrap() else {
+            panic!("not nested");
+        };
+        assert_eq!(
+            (s1.context_ptr, s1.cdmax, s1.dss),
+            (PhysAddr::new(0x8_0000), 3, S1Dss::Substream0)
+        );
+        assert_eq!(parse_vste([0, 0], false, 8), Ok(GuestConfig::Abort));
+        assert_eq!(
+            parse_vste([V | CONFIG.set_masked(0, 0b100), 0], false, 8),
+            Ok(GuestConfig::Bypass)
+        );
+        // Stage 2 is the host's; S1CDMax beyond SSIDSIZE; EATS and S1STALLD are not the guest's.
+        assert!(parse_vste([V | CONFIG.set_masked(0, 0b110), 0], false, 8).is_err());
+        assert!(parse_vste([w0 | S1CDMAX.set_masked(0, 9), w1], false, 8).is_err());
+        assert!(parse_vste([w0, w1 | 1 << 28], false, 8).is_err());
+        assert!(parse_vste([w0, w1 | 1 << 27], false, 8).is_err());
+        assert!(parse_vste([w0 | S1FMT.set_masked(0, 1), w1], false, 8).is_err());
+    }
+}

@@ -1,0 +1,222 @@
+//! Nested translation from the IOASID layer (issue 17, item 1): a child IOASID holding a
+//! guest's stage 1 over a NEST_PARENT IOASID, devices attached to it, DMA through both stages
+//! on the models, and the guest's invalidations passed through, rewritten with the host's tags
+//! and IDs or refused. Named after the iommufd behaviour each matches.
+
+use iommu_engine::ioasid::{Error, IoasidCtx, IoasidFlags};
+use iommu_engine::iommu::{self, Refusal, UserStage1};
+use iommu_engine::mem::{Iova, Page, PageAllocator, PhysAddr};
+use iommu_engine::pgtable::Prot;
+use iommu_engine::sim::Arena;
+
+use crate::rig::*;
+
+const RW: Prot = Prot::READ.union(Prot::WRITE);
+/// The guest's IOVA (stage-1 input), below 4 GiB: its CD says T0SZ = 32.
+const IOVA: u64 = 0x1234_5000;
+/// Guest physical addresses of the guest's pages: IPA_BASE + 4 KiB * n.
+const IPA_BASE: u64 = 0x1000_0000;
+/// The guest's StreamID for SID_A (iommufd vDEVICE virt_id).
+const VSID_A: u32 = 0x7;
+const ASID: u64 = 5;
+
+/// Guest RAM: pages from the arena that the parent maps at IPA_BASE + 4 KiB * n.
+struct GuestRam<'a> {
+    arena: &'a Arena,
+    pages: Vec<Page>,
+}
+
+impl<'a> GuestRam<'a> {
+    fn new(arena: &'a Arena, n: usize) -> Self {
+        let pages = (0..n).map(|_| arena.alloc(12).expect("page")).collect();
+        Self { arena, pages }
+    }
+    fn ipa(&self, n: usize) -> u64 {
+        IPA_BASE + 0x1000 * n as u64
+    }
+    fn pa(&self, n: usize) -> u64 {
+        self.pages[n].pa.get()
+    }
+    /// The guest writes its own memory.
+    fn write(&self, n: usize, offset: u64, value: u64) {
+        assert!(self.arena.write_u64(self.pa(n) + offset, value));
+    }
+}
+
+impl Drop for GuestRam<'_> {
+    fn drop(&mut self) {
+        for p in self.pages.drain(..) {
+            // SAFETY: the parent no longer maps them (the context was dropped first) and the
+            // crate never points a unit at them itself.
+            unsafe { self.arena.free(p, 12) };
+        }
+    }
+}
+
+/// The guest's tables, hand-encoded from IHI 0070 G.b §5.4 (CD) and Arm ARM D8 (stage 1,
+/// 4 KiB granule, start level 1): page 0 CD table (one CD), 1-3 levels 1-3, 4 and 5 data.
+fn guest_smmu_tables(g: &GuestRam<'_>) {
+    // CD: T0SZ 32, TG0 4K, IR0/OR0 WB, SH0 inner, EPD1 (bit 30), V, IPS 40 bits, AA64, R,
+    // A, ASID.
+    let dw0 = 32
+        | 1 << 8
+        | 1 << 10
+        | 3 << 12
+        | 1 << 30
+        | 1 << 31
+        | 2 << 32
+        | 1 << 41
+        | 1 << 45
+        | 1 << 46
+        | ASID << 48;
+    g.write(0, 8, g.ipa(1));
+    g.write(0, 24, 0xff);
+    g.write(0, 0, dw0);
+    g.write(1, ((IOVA >> 30) & 0x1ff) * 8, g.ipa(2) | 3);
+    g.write(2, ((IOVA >> 21) & 0x1ff) * 8, g.ipa(3) | 3);
+    guest_leaf(g, 4);
+}
+
+/// The guest points IOVA at its data page `n`: AP EL0 RW, SH inner, AF, nG.
+fn guest_leaf(g: &GuestRam<'_>, n: usize) {
+    let s1_rw = 1 << 6 | 3 << 8 | 1 << 10 | 1 << 11;
+    g.write(3, ((IOVA >> 12) & 0x1ff) * 8, g.ipa(n) | s1_rw | 3);
+}
+
+/// The guest's STE words 0 and 1: V, Config = stage-1 translate, its CD table at IPA page 0
+/// (one CD), S1DSS = SUBSTREAM0, CD fetches write-back inner shareable.
+fn guest_ste(g: &GuestRam<'_>) -> UserStage1 {
+    UserStage1::SmmuV3 {
+        ste: [1 | 0b101 << 1 | g.ipa(0), 2 | 1 << 2 | 1 << 4 | 3 << 6],
+    }
+}
+
+fn tlbi_nh_va(vmid: u64, va: u64) -> [u64; 2] {
+    [0x12 | vmid << 32 | ASID << 48, va | 1]
+}
+
+#[test]
+fn hwpt_alloc_nested_over_nest_parent() {
+    with_rig(VtdSetup::scalable(), SmmuSetup::qemu(false), |r| {
+        let g = GuestRam::new(r.arena, 6);
+        {
+            let ctx = IoasidCtx::new(r.reg, r.arena, 0);
+            let plain = ctx.alloc(IoasidFlags::empty()).unwrap();
+            assert_eq!(
+                ctx.alloc_nested(plain, guest_ste(&g)),
+                Err(Error::NotNestParent(plain))
+            );
+            let parent = ctx.alloc(IoasidFlags::NEST_PARENT).unwrap();
+            for n in 0..6 {
+                ctx.map(parent, Iova::new(g.ipa(n)), PhysAddr::new(g.pa(n)), K4, RW)
+                    .unwrap();
+            }
+            guest_smmu_tables(&g);
+            let child = ctx.alloc_nested(parent, guest_ste(&g)).unwrap();
+            assert_eq!(ctx.nest_parent(child), Ok(Some(parent)));
+            // The guest maps by writing its tables, never through the child.
+            assert_eq!(
+                ctx.map(child, Iova::new(IOVA), PhysAddr::new(g.pa(4)), K4, RW),
+                Err(Error::UserOwned(child))
+            );
+            assert_eq!(ctx.free(parent), Err(Error::Busy));
+            let dev = ctx.bind(smmu_dev(SID_A), false).unwrap();
+            ctx.attach(dev, child).unwrap();
+            // DMA through both stages: IOVA -> guest stage 1 -> IPA page 4 -> parent -> PA.
+            assert_eq!(
+                r.smmu_read(SID_A, None, IOVA + 0x18),
+                Some((g.pa(4) + 0x18, false))
+            );
+            // The parent's own stage 2 alone, as before, for a device attached to it.
+            let other = ctx.bind(smmu_dev(SID_B), false).unwrap();
+            ctx.attach(other, parent).unwrap();
+            assert_eq!(r.smmu_read(SID_B, None, g.ipa(4)), Some((g.pa(4), false)));
+            // An IOVA the guest did not map faults (stage 1), one the parent did not map
+            // through the guest's table faults too (stage 2): no host memory beyond it.
+            assert_eq!(r.smmu_read(SID_A, None, IOVA + 0x20_0000), None);
+            g.write(3, ((IOVA >> 12) & 0x1ff) * 8 + 8, 0x7000_0000 | 0x703);
+            assert_eq!(r.smmu_read(SID_A, None, IOVA + 0x1000), None);
+            ctx.detach(dev).unwrap();
+            assert_eq!(r.smmu_read(SID_A, None, IOVA), None);
+            ctx.detach(other).unwrap();
+            ctx.free(child).unwrap();
+            ctx.free(parent).unwrap();
+            assert_eq!(r.smmu.audit().map(|a| a.domains), Ok(0));
+        }
+        assert_eq!(r.smmu_domains(), 0);
+    });
+}
+
+#[test]
+fn hwpt_invalidate_rewrites_vmid_and_refuses_foreign_sid() {
+    with_rig(VtdSetup::scalable(), SmmuSetup::qemu(false), |r| {
+        let g = GuestRam::new(r.arena, 6);
+        let ctx = IoasidCtx::new(r.reg, r.arena, 0);
+        let parent = ctx.alloc(IoasidFlags::NEST_PARENT).unwrap();
+        for n in 0..6 {
+            ctx.map(parent, Iova::new(g.ipa(n)), PhysAddr::new(g.pa(n)), K4, RW)
+                .unwrap();
+        }
+        guest_smmu_tables(&g);
+        let child = ctx.alloc_nested(parent, guest_ste(&g)).unwrap();
+        let dev = ctx.bind(smmu_dev(SID_A), false).unwrap();
+        let foreign = ctx.bind(smmu_dev(SID_B), false).unwrap();
+        ctx.set_virtual_id(dev, Some(VSID_A)).unwrap();
+        ctx.set_virtual_id(foreign, Some(VSID_A + 1)).unwrap();
+        assert_eq!(ctx.set_virtual_id(foreign, Some(VSID_A)), Err(Error::Busy));
+        ctx.attach(dev, child).unwrap();
+        assert_eq!(r.smmu_read(SID_A, None, IOVA), Some((g.pa(4), false)));
+        // The guest moves IOVA to its page 5; the unit still translates from its TLB.
+        guest_leaf(&g, 5);
+        assert_eq!(r.smmu_read(SID_A, None, IOVA), Some((g.pa(4), false)));
+
+        // Refused, each naming what the guest does not own, and nothing of the batch issued.
+        r.sm.reset_stats();
+        let good = tlbi_nh_va(0, IOVA);
+        let refused = |index: u32, request: [u64; 2], why| {
+            Err(Error::Iommu(iommu::Error::Refused {
+                index,
+                request,
+                why,
+            }))
+        };
+        let with_vmid = tlbi_nh_va(3, IOVA);
+        assert_eq!(
+            ctx.invalidate_user(child, &[good, with_vmid]),
+            refused(1, with_vmid, Refusal::Vmid)
+        );
+        let s12 = [0x28, 0];
+        assert_eq!(
+            ctx.invalidate_user(child, &[s12]),
+            refused(0, s12, Refusal::Type)
+        );
+        // SID_B is the guest's too, but not attached to the child; 0x20 is a host StreamID.
+        for vsid in [VSID_A + 1, SID_A] {
+            let cfgi = [0x06 | u64::from(vsid) << 32, 0];
+            assert_eq!(
+                ctx.invalidate_user(child, &[good, cfgi]),
+                refused(1, cfgi, Refusal::ForeignDevice)
+            );
+        }
+        assert_eq!(r.sm.stats().total_commands(), 0);
+        assert_eq!(r.smmu_read(SID_A, None, IOVA), Some((g.pa(4), false)));
+
+        // Passed through: the TLBI with the parent's VMID, the CFGI_CD_ALL with SID_A.
+        let cfgi_all = [0x06 | u64::from(VSID_A) << 32, 0];
+        assert_eq!(ctx.invalidate_user(child, &[good, cfgi_all]), Ok(2));
+        let log = r.sm.command_log();
+        let vmid = log[0][0] >> 32 & 0xffff;
+        assert_ne!(vmid, 0);
+        assert_eq!(log[0], [0x12 | vmid << 32 | ASID << 48, IOVA | 1]);
+        assert_eq!(log[1], [0x06 | u64::from(SID_A) << 32, 0]);
+        assert_eq!(r.sm.stats().syncs, 1);
+        assert_eq!(r.smmu_read(SID_A, None, IOVA), Some((g.pa(5), false)));
+        // Not a child.
+        assert_eq!(
+            ctx.invalidate_user(parent, &[good]),
+            Err(Error::NotNested(parent))
+        );
+        drop(ctx);
+        assert_eq!(r.smmu_domains(), 0);
+    });
+}
