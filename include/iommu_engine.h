@@ -4,8 +4,8 @@
  * Results: every function returns an IeStatus as int32_t (0 = IE_STATUS_OK); ie_status_errno()
  * maps it to the negative errno a Linux module would return. Enum values (IeStatus, IeMissing,
  * IeIoasidFlag, IeProt, IeStreamTable, IeUserStage1Format, IeRefusal) always cross the
- * boundary as int32_t / uint32_t, never as the enum type, so that any integer a caller passes is checked, not undefined. bool is C99
- * _Bool (one byte, 0 or 1), the same as Rust's bool.
+ * boundary as int32_t / uint32_t, never as the enum type, so that any integer a caller passes
+ * is checked, not undefined. bool is C99 _Bool (one byte, 0 or 1), the same as Rust's bool.
  *
  * Symbols: the library needs none from the embedder; its services come in as the function
  * pointers of IeEnv (memory) and IeRegs (registers).
