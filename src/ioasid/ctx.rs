@@ -525,7 +525,15 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
     /// # Errors
     /// [`Error::Capacity`]; [`Error::PageTable`] (no memory for its record).
     pub fn alloc(&self, flags: IoasidFlags) -> Result<IoasidId, Error> {
-        let mut st = self.state.write();
+        self.alloc_locked(&mut self.state.write(), flags)
+    }
+
+    /// [`IoasidCtx::alloc`] under the context's write lock.
+    pub(super) fn alloc_locked(
+        &self,
+        st: &mut State<'a, A>,
+        flags: IoasidFlags,
+    ) -> Result<IoasidId, Error> {
         let slot = st
             .ioasids
             .iter()

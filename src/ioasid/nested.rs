@@ -26,7 +26,7 @@ pub(super) struct Nested {
     pub(super) stage1: UserStage1,
 }
 
-impl<A: PageAllocator> IoasidCtx<'_, '_, A> {
+impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     /// Allocates a nested child of `parent`, an IOASID allocated with
     /// [`IoasidFlags::NEST_PARENT`], holding the guest's stage 1 (iommufd `IOMMU_HWPT_ALLOC`
     /// with `pt_id` = the parent and `data_type` VT-d S1 or ARM SMMUv3). Devices and (on VT-d)
@@ -43,21 +43,12 @@ impl<A: PageAllocator> IoasidCtx<'_, '_, A> {
     /// [`Error::NoSuchIoasid`]; [`Error::NotNestParent`] for a parent without
     /// `NEST_PARENT` (or itself a child); [`Error::Capacity`]; [`Error::PageTable`].
     pub fn alloc_nested(&self, parent: IoasidId, stage1: UserStage1) -> Result<IoasidId, Error> {
-        {
-            let st = self.state.read();
-            let p = st.ioasid(parent)?;
-            if !p.flags.contains(IoasidFlags::NEST_PARENT) || p.nested.is_some() {
-                return Err(Error::NotNestParent(parent));
-            }
-        }
-        let id = self.alloc(IoasidFlags::empty())?;
         let mut st = self.state.write();
-        // The parent may have been freed meanwhile: the child goes with it.
-        if st.ioasid(parent).is_err() {
-            drop(st);
-            let _ = self.free(id);
-            return Err(Error::NoSuchIoasid(parent));
+        let p = st.ioasid(parent)?;
+        if !p.flags.contains(IoasidFlags::NEST_PARENT) || p.nested.is_some() {
+            return Err(Error::NotNestParent(parent));
         }
+        let id = self.alloc_locked(&mut st, IoasidFlags::empty())?;
         st.ioasid_mut(id)?.nested = Some(Nested { parent, stage1 });
         Ok(id)
     }

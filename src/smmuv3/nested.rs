@@ -166,7 +166,7 @@ const W0_CFGI_CD_ALL: u64 = OPCODE.mask() | STREAM_ID.mask();
 
 /// The host StreamID of the guest's `vsid`, if it names one of the guest's devices that
 /// `attached` says is attached to the domain.
-fn host_sid(vsid: u32, ids: &[VirtualId], attached: &dyn Fn(StreamId) -> bool) -> Option<StreamId> {
+fn host_sid(vsid: u32, ids: &[VirtualId], attached: impl Fn(StreamId) -> bool) -> Option<StreamId> {
     let VirtualId {
         device: DeviceId(sid),
         ..
@@ -183,7 +183,7 @@ pub(crate) fn rewrite(
     cmd: [u64; 2],
     vmid: Vmid,
     ids: &[VirtualId],
-    attached: &dyn Fn(StreamId) -> bool,
+    attached: impl Fn(StreamId) -> bool,
 ) -> Result<Command, Refusal> {
     let [w0, w1] = cmd;
     let op = OPCODE.get(w0);
@@ -204,7 +204,7 @@ pub(crate) fn rewrite(
             words: [TLBI_VMID.set_masked(w0, u64::from(vmid.0)), w1],
         })
     };
-    let sid = |vsid: u64| host_sid(vsid as u32, ids, attached).ok_or(Refusal::ForeignDevice);
+    let sid = |vsid: u64| host_sid(vsid as u32, ids, &attached).ok_or(Refusal::ForeignDevice);
     match op {
         x if x == Opcode::TlbiNhAll as u64 => tlbi(W0_TLBI_NH_ALL, 0),
         x if x == Opcode::TlbiNhAsid as u64 => tlbi(W0_TLBI_NH_ASID, 0),
@@ -357,7 +357,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
                 .any(|s| s.sid == sid && s.rid == Some(d))
         };
         for (index, r) in requests.iter().enumerate() {
-            rewrite(*r, u.vmid, ids, &attached).map_err(|why| Error::Refused {
+            rewrite(*r, u.vmid, ids, attached).map_err(|why| Error::Refused {
                 index: index as u32,
                 request: *r,
                 why,
@@ -369,7 +369,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         self.with_cmdq(|q, regs| {
             let mut b = Batch::new(q, regs, &self.cmd_staging);
             for r in requests {
-                if let Ok(c) = rewrite(*r, u.vmid, ids, &attached) {
+                if let Ok(c) = rewrite(*r, u.vmid, ids, attached) {
                     b.push(c)?;
                 }
             }
@@ -401,7 +401,7 @@ mod tests {
     }
 
     fn ok(c: Command) -> Result<Command, Refusal> {
-        rewrite(c.words, Vmid(7), &IDS, &attached)
+        rewrite(c.words, Vmid(7), &IDS, attached)
     }
 
     #[test]
