@@ -241,6 +241,9 @@ typedef enum {
   IE_REFUSAL_RESERVED_BITS = 5,
 } IeRefusal;
 
+// A 256-bit device table entry.
+typedef struct DeviceTableEntry DeviceTableEntry;
+
 // An IOASID context: what one process or VM holds.
 typedef struct IeCtx IeCtx;
 
