@@ -8,9 +8,9 @@
 //! blocking ([`DeviceTableEntry::BLOCKED`]) before the unit is given the table, so that a
 //! device the driver never attached has its DMA and interrupts refused.
 
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::Ordering;
 
-use super::dte::DeviceTableEntry;
+use super::dte::{DeviceTableEntry, DteSlot};
 use super::{regs, Error};
 use crate::mem::{Page, PageAllocator, PhysAddr, WalkerCoherency, PAGE_SHIFT_4K};
 
@@ -59,7 +59,8 @@ impl DeviceTable {
         }
         for id in 0..table.device_ids {
             if let Some(slot) = table.entry(id) {
-                for (w, v) in slot.iter().zip(DeviceTableEntry::BLOCKED.0) {
+                // The unit does not use the table yet: plain atomic stores will do.
+                for (w, v) in slot.0.iter().zip(DeviceTableEntry::BLOCKED.0) {
                     w.store(v, Ordering::Relaxed);
                 }
             }
@@ -87,7 +88,7 @@ impl DeviceTable {
     }
 
     /// The live entry of `device_id`, if the table covers it.
-    pub fn entry(&self, device_id: u32) -> Option<&[AtomicU64; 4]> {
+    pub fn entry(&self, device_id: u32) -> Option<&DteSlot> {
         if device_id >= self.device_ids {
             return None;
         }
@@ -96,7 +97,7 @@ impl DeviceTable {
             .va
             .as_ptr()
             .wrapping_add(device_id as usize * ENTRY_BYTES as usize)
-            .cast::<[AtomicU64; 4]>();
+            .cast::<DteSlot>();
         // SAFETY: the entry lies inside the live table page (checked above), is 32-byte
         // aligned, and the crate accesses the table only atomically.
         Some(unsafe { &*p })
@@ -104,8 +105,7 @@ impl DeviceTable {
 
     /// The entry of `device_id` as it is now.
     pub fn read(&self, device_id: u32) -> Option<DeviceTableEntry> {
-        self.entry(device_id)
-            .map(|s| DeviceTableEntry(core::array::from_fn(|i| s[i].load(Ordering::Relaxed))))
+        self.entry(device_id).map(DteSlot::load)
     }
 
     /// Gives the table back.

@@ -29,15 +29,27 @@
 //! **Blocking.** `V` = 1, `TV` = 1, `Mode` = 0, `IR` = `IW` = 0: no translation and no
 //! permission, every DMA is refused (an entry with `V` clear would let DMA through untranslated).
 //!
-//! **Changing a live entry** ([`write_live`]): each quadword is written with one 64-bit atomic
-//! store. The unit may read the four quadwords at different times, so every state between the
-//! old and the new entry must be safe. When only quadword 0 changes (the root, the mode or the
-//! permissions of the same domain), that one store is the whole, hitless, change. Otherwise
-//! quadword 0 is first made blocking (no translation, no permission: whatever the other
-//! quadwords then hold, nothing is translated and nothing cached under their `DomainID`), then
-//! quadwords 3, 2 and 1 are written, and quadword 0 last, which publishes the entry. A device
-//! moved between domains so passes through blocking (its DMA faults meanwhile), never through
-//! a state that would translate one domain's table under the other's `DomainID`.
+//! **Changing a live entry** ([`write_live`]). The unit reads an entry in two 128-bit halves
+//! (quadwords 0-1 and 2-3), each read whole, at times of its own, and the specification requires
+//! software to write each half with one 128-bit store (Linux's `update_dte256`, 2024, was
+//! written to meet that requirement). A half is therefore stored with `CMPXCHG16B` (x86-64;
+//! [`Store128`] is the proof that the processor has it), never as two 64-bit stores: with
+//! those, a half read between them would pair one domain's root with another's `DomainID`
+//! unless a blocking state came first. Everything the crate translates with lives in the
+//! lower half (`V`, `TV`, `Mode`, root, `IR`/`IW`, `GV`/`GLX`/GCR3 root, `DomainID`, `I`);
+//! the upper half holds only the interrupt fields, which stay blocking. So:
+//! - only the lower half changes (attach, detach, replace between domains, a new root): one
+//!   store, hitless -- the unit sees the old entry or the new one, never a blend;
+//! - the upper half changes too (only an entry written through the raw
+//!   [`set_device_entry`](super::AmdViUnit::set_device_entry) can have another upper half):
+//!   the lower half is first made blocking (unless it is) and the unit made to forget the old
+//!   entry (INVALIDATE_DEVTAB_ENTRY and a completion wait: no read of the old lower half is in
+//!   flight after it), then the upper half is stored and the unit made to forget again (no
+//!   read of the old upper half in flight), then the new lower half. A read pairing halves
+//!   of two different entries so always has a blocking lower half.
+//!
+//! Each change is followed by INVALIDATE_DEVTAB_ENTRY and a completion wait (the unit caches
+//! entries), which the caller issues.
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
@@ -169,63 +181,221 @@ impl DeviceTableEntry {
     }
 }
 
-/// Changes the live entry `slot` to `new` in the order of the module documentation, calling
-/// `store(index, value)` after each 64-bit store (the caller cleans it for a non-coherent unit,
-/// tests record it). Returns the number of stores.
-pub fn write_live(
-    slot: &[AtomicU64; 4],
-    new: &DeviceTableEntry,
-    mut store: impl FnMut(usize, u64),
-) -> usize {
-    let old: [u64; 4] = core::array::from_fn(|i| slot[i].load(Ordering::Relaxed));
-    let mut n = 0;
-    let mut put = |i: usize, v: u64| {
-        slot[i].store(v, Ordering::Release);
-        store(i, v);
-        n += 1;
-    };
-    if old[1..] != new.0[1..] {
-        if !DeviceTableEntry(old).blocks_dma() {
-            put(0, DeviceTableEntry::BLOCKED.0[0]);
+/// The memory of one live entry: 32 bytes, 32-byte aligned (a 128-bit store needs 16), read
+/// by the unit in two 128-bit halves.
+#[repr(C, align(32))]
+#[derive(Debug, Default)]
+pub struct DteSlot(pub [AtomicU64; 4]);
+
+impl DteSlot {
+    /// A slot holding `e` (tests, and the device table's initial fill before the unit sees it).
+    pub fn new(e: DeviceTableEntry) -> Self {
+        Self(e.0.map(AtomicU64::new))
+    }
+
+    /// The entry as it is now.
+    pub fn load(&self) -> DeviceTableEntry {
+        DeviceTableEntry(core::array::from_fn(|i| self.0[i].load(Ordering::Relaxed)))
+    }
+}
+
+/// Proof that this processor implements `CMPXCHG16B` (`CPUID.01H:ECX.CX16`), the 128-bit
+/// atomic store [`write_live`] needs. Every processor with an AMD IOMMU has it (AMD Family 10h
+/// and later); the unit checks once when it is created and refuses to start without it.
+#[derive(Clone, Copy, Debug)]
+pub struct Store128(Cx16);
+
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy, Debug)]
+struct Cx16;
+
+/// No 128-bit store on this architecture: the proof cannot be built.
+#[cfg(not(target_arch = "x86_64"))]
+#[derive(Clone, Copy, Debug)]
+enum Cx16 {}
+
+impl Store128 {
+    /// The proof, if the processor has `CMPXCHG16B`.
+    pub fn detect() -> Option<Self> {
+        #[cfg(all(target_arch = "x86_64", not(miri)))]
+        {
+            // SAFETY: CPUID leaf 1 exists on every x86-64 processor; reading it has no effect.
+            #[allow(unused_unsafe)]
+            let ecx = unsafe { core::arch::x86_64::__cpuid(1) }.ecx;
+            (ecx & 1 << 13 != 0).then_some(Self(Cx16))
         }
-        for i in [3, 2, 1] {
-            if old[i] != new.0[i] {
-                put(i, new.0[i]);
+        // Miri interprets the 128-bit compare-exchange but not CPUID.
+        #[cfg(all(target_arch = "x86_64", miri))]
+        {
+            Some(Self(Cx16))
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            None
+        }
+    }
+
+    /// Stores `[lo, hi]` into quadwords `2 * half` and `2 * half + 1` of `slot` as one 128-bit
+    /// atomic store (release: whatever the half points at is written first).
+    fn store(self, slot: &DteSlot, half: usize, lo: u64, hi: u64) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let q = &slot.0[2 * half..2 * half + 2];
+            let dst = q.as_ptr().cast::<u128>().cast_mut();
+            // Only the crate writes entries, under the unit's configuration lock: the current
+            // value read here is what the exchange finds, so it succeeds the first time.
+            let mut cur = u128::from(q[0].load(Ordering::Relaxed))
+                | u128::from(q[1].load(Ordering::Relaxed)) << 64;
+            let new = u128::from(lo) | u128::from(hi) << 64;
+            loop {
+                // SAFETY: `dst` is 16-byte aligned (the slot is 32-byte aligned, `half` is 0 or
+                // 1) and valid for 16 bytes of the slot, which is only accessed atomically;
+                // `self` proves the processor implements CMPXCHG16B.
+                let seen = unsafe { cmpxchg16b(dst, cur, new) };
+                if seen == cur {
+                    return;
+                }
+                cur = seen;
             }
         }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (slot, half, lo, hi);
+            match self.0 {}
+        }
     }
-    if slot[0].load(Ordering::Relaxed) != new.0[0] {
-        put(0, new.0[0]);
+}
+
+/// One `LOCK CMPXCHG16B`: the value found at `dst` (the store happened iff it equals `old`).
+/// Inline assembly, not `core::arch::x86_64::cmpxchg16b`: that one becomes a call to
+/// libatomic's `__atomic_compare_exchange_16` wherever it is not inlined into code compiled
+/// with the feature, and neither a kernel nor firmware links libatomic.
+///
+/// # Safety
+/// `dst` is 16-byte aligned and valid for reads and writes of 16 bytes, accessed only
+/// atomically, and the processor implements `CMPXCHG16B`.
+#[cfg(all(target_arch = "x86_64", not(miri)))]
+unsafe fn cmpxchg16b(dst: *mut u128, old: u128, new: u128) -> u128 {
+    let (lo, hi): (u64, u64);
+    // SAFETY: the caller's contract; RBX is reserved by the compiler, so the new value's low
+    // half is swapped into it around the instruction and RBX restored. A locked instruction
+    // is a full barrier (at least the release the caller needs).
+    unsafe {
+        core::arch::asm!(
+            "xchg {new_lo}, rbx",
+            "lock cmpxchg16b xmmword ptr [{dst}]",
+            "mov rbx, {new_lo}",
+            dst = in(reg) dst,
+            new_lo = inout(reg) new as u64 => _,
+            in("rcx") (new >> 64) as u64,
+            inout("rax") old as u64 => lo,
+            inout("rdx") (old >> 64) as u64 => hi,
+            options(nostack),
+        );
     }
-    n
+    u128::from(lo) | u128::from(hi) << 64
+}
+
+/// Miri: the intrinsic, which it interprets (no inline assembly there).
+///
+/// # Safety
+/// As the native version.
+#[cfg(all(target_arch = "x86_64", miri))]
+unsafe fn cmpxchg16b(dst: *mut u128, old: u128, new: u128) -> u128 {
+    // SAFETY: the caller's contract is the intrinsic's.
+    unsafe { core::arch::x86_64::cmpxchg16b(dst, old, new, Ordering::AcqRel, Ordering::Acquire) }
+}
+
+/// Changes the live entry `slot` to `new` in the order of the module documentation, each half
+/// with one 128-bit store, calling `stored(half)` after each store (a non-coherent unit's
+/// caller cleans the half; tests record the states). `forget` makes the unit drop what it read
+/// of the entry (the invalidation and completion wait); it is called only when the upper half
+/// changes: after the lower half was made blocking, and after the upper half was stored.
+/// Returns the number of stores.
+///
+/// # Errors
+/// `forget`'s error, with the entry blocking (its lower half): call again.
+pub fn write_live<E>(
+    cx16: Store128,
+    slot: &DteSlot,
+    new: &DeviceTableEntry,
+    mut stored: impl FnMut(usize),
+    mut forget: impl FnMut() -> Result<(), E>,
+) -> Result<usize, E> {
+    let old = slot.load().0;
+    let mut n = 0;
+    let mut put = |half: usize, lo: u64, hi: u64| {
+        cx16.store(slot, half, lo, hi);
+        stored(half);
+        n += 1;
+    };
+    if old[2..] != new.0[2..] {
+        if !DeviceTableEntry(old).blocks_dma() {
+            let b = DeviceTableEntry::BLOCKED.0;
+            put(0, b[0], b[1]);
+        }
+        forget()?;
+        put(1, new.0[2], new.0[3]);
+        forget()?;
+    }
+    if slot.load().0[..2] != new.0[..2] {
+        put(0, new.0[0], new.0[1]);
+    }
+    Ok(n)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn slot(e: DeviceTableEntry) -> [AtomicU64; 4] {
-        e.0.map(AtomicU64::new)
+    use core::cell::RefCell;
+    use std::vec::Vec;
+
+    fn cx16() -> Store128 {
+        Store128::detect().expect("the test host implements CMPXCHG16B")
     }
 
-    /// Every state a reader can see between `old` and `new` (each quadword read at any time
-    /// after its last store) is safe: old, new, or blocking.
+    /// Writes `new` over `old`; returns the slot's states after each store, in epochs (a
+    /// `forget` ends one: the unit reads nothing across it) and the store count.
+    fn epochs(old: DeviceTableEntry, new: DeviceTableEntry) -> (Vec<Vec<[u64; 4]>>, usize) {
+        let s = DteSlot::new(old);
+        let epochs = RefCell::new(std::vec![std::vec![old.0]]);
+        let n = write_live(
+            cx16(),
+            &s,
+            &new,
+            |_| epochs.borrow_mut().last_mut().unwrap().push(s.load().0),
+            || {
+                epochs.borrow_mut().push(std::vec![s.load().0]);
+                Ok::<(), ()>(())
+            },
+        )
+        .unwrap();
+        assert_eq!(s.load(), new);
+        (epochs.into_inner(), n)
+    }
+
+    /// The states in order, epochs joined.
+    fn states(old: DeviceTableEntry, new: DeviceTableEntry) -> Vec<[u64; 4]> {
+        epochs(old, new).0.concat()
+    }
+
+    /// Every entry the unit can read while `old` becomes `new` -- each 128-bit half taken
+    /// whole, the two at any times within one epoch -- is old, new, or blocking. Returns the
+    /// store count.
     fn check_order(old: DeviceTableEntry, new: DeviceTableEntry) -> usize {
-        let s = slot(old);
-        let mut states = std::vec![old.0];
-        let n = write_live(&s, &new, |i, v| {
-            let mut cur = *states.last().unwrap();
-            cur[i] = v;
-            states.push(cur);
-        });
-        for st in &states {
-            let e = DeviceTableEntry(*st);
-            assert!(
-                *st == old.0 || *st == new.0 || e.blocks_dma(),
-                "unsafe intermediate {st:x?} between {old:x?} and {new:x?}"
-            );
+        let (epochs, n) = epochs(old, new);
+        for epoch in &epochs {
+            for lo in epoch {
+                for hi in epoch {
+                    let seen = [lo[0], lo[1], hi[2], hi[3]];
+                    assert!(
+                        seen == old.0 || seen == new.0 || DeviceTableEntry(seen).blocks_dma(),
+                        "unsafe read {seen:x?} between {old:x?} and {new:x?}"
+                    );
+                }
+            }
         }
-        assert_eq!(s.each_ref().map(|w| w.load(Ordering::Relaxed)), new.0);
         n
     }
 
@@ -235,16 +405,59 @@ mod tests {
         let b = DeviceTableEntry::translated(2, PhysAddr::new(0x20_0000), 3, true).unwrap();
         let a2 = DeviceTableEntry::translated(1, PhysAddr::new(0x30_0000), 4, false).unwrap();
         let g = b.with_gcr3(PhysAddr::new(0x1234_5000), 0).unwrap();
-        // blocked -> a: quadword 1 first (blocking all along), then the publishing store.
-        assert_eq!(check_order(DeviceTableEntry::BLOCKED, a), 2);
-        // a -> b (another domain): block, then quadword 1, then publish.
-        assert_eq!(check_order(a, b), 3);
-        // a -> a2 (same domain, new root): one hitless store.
+        // Lower half only: one store each.
+        assert_eq!(check_order(DeviceTableEntry::BLOCKED, a), 1);
+        assert_eq!(check_order(a, b), 1);
         assert_eq!(check_order(a, a2), 1);
-        // b -> b with a GCR3 table; and back to blocking.
-        check_order(b, g);
-        check_order(g, DeviceTableEntry::BLOCKED);
+        assert_eq!(check_order(b, g), 1);
+        assert_eq!(check_order(g, DeviceTableEntry::BLOCKED), 1);
         assert_eq!(check_order(a, a), 0);
+        // An upper half that changes (interrupt fields another owner set): the lower half is
+        // blocked first, then the upper, then the new lower half.
+        let mut odd = a;
+        odd.0[2] = 0;
+        assert_eq!(check_order(odd, b), 3);
+        assert_eq!(check_order(DeviceTableEntry::BLOCKED, odd), 2);
+    }
+
+    /// iommufd's replace on AMD: a device moved between two translating domains never passes
+    /// through a state that blocks its DMA, and the move is one store (the lower 128 bits).
+    #[test]
+    fn replace_between_domains_is_hitless() {
+        let a = DeviceTableEntry::translated(1, PhysAddr::new(0x10_0000), 4, false).unwrap();
+        let b = DeviceTableEntry::translated(2, PhysAddr::new(0x20_0000), 3, true).unwrap();
+        let (epochs, n) = epochs(a, b);
+        assert!(
+            epochs
+                .concat()
+                .iter()
+                .all(|st| !DeviceTableEntry(*st).blocks_dma()),
+            "a replace passed through a blocking state: {epochs:x?}"
+        );
+        assert_eq!((epochs.len(), n), (1, 1));
+    }
+
+    /// Each store writes a whole half: no state in which one quadword of a half is new and
+    /// the other old.
+    #[test]
+    fn halves_are_stored_whole() {
+        let a = DeviceTableEntry::translated(1, PhysAddr::new(0x10_0000), 4, false).unwrap();
+        let mut b = DeviceTableEntry::translated(2, PhysAddr::new(0x20_0000), 3, true).unwrap();
+        b.0[2] = 0x55;
+        b.0[3] = 0x66;
+        for st in states(a, b) {
+            for h in [0, 2] {
+                let pair = [st[h], st[h + 1]];
+                let blocked = [
+                    DeviceTableEntry::BLOCKED.0[h],
+                    DeviceTableEntry::BLOCKED.0[h + 1],
+                ];
+                assert!(
+                    pair == [a.0[h], a.0[h + 1]] || pair == [b.0[h], b.0[h + 1]] || pair == blocked,
+                    "half {h} torn: {st:x?}"
+                );
+            }
+        }
     }
 
     #[test]

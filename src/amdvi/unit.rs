@@ -26,7 +26,7 @@ use super::cmd::{Command, InvalidationRange};
 use super::cmdbuf::CommandBuffer;
 use super::devtab::DeviceTable;
 use super::domain::Domain;
-use super::dte::{self, DeviceTableEntry};
+use super::dte::{self, DeviceTableEntry, Store128};
 use super::efr::{Efr, Efr2, EfrFlags};
 use super::event::{Event, EventCode};
 use super::eventlog::{DrainSummary, EventLog};
@@ -186,6 +186,8 @@ pub struct AmdViUnit<W: RegisterWindow, A: PageAllocator, const DOMAINS: usize =
     pub(crate) domains: [spin::RwLock<Option<Domain<A>>>; DOMAINS],
     pub(crate) cmd: spin::Mutex<Option<CommandBuffer>>,
     pub(crate) events: spin::Mutex<Option<EventLog>>,
+    /// The 128-bit store a live device table entry needs (checked in `new`).
+    pub(crate) cx16: Store128,
 }
 
 impl<W: RegisterWindow, A: PageAllocator, const DOMAINS: usize> AmdViUnit<W, A, DOMAINS> {
@@ -193,9 +195,14 @@ impl<W: RegisterWindow, A: PageAllocator, const DOMAINS: usize> AmdViUnit<W, A, 
     /// (every entry blocking). Nothing is written to the unit until [`enable`](Self::enable).
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`], [`Error::Unsupported`], [`Error::NoMemory`],
+    /// [`Error::InvalidArgument`], [`Error::Unsupported`] (also for a processor without
+    /// `CMPXCHG16B`, which live device table entries need), [`Error::NoMemory`],
     /// [`Error::TableOutOfRange`].
     pub fn new(regs: W, alloc: A, config: AmdViConfig) -> Result<Self, Error> {
+        let cx16 = Store128::detect().ok_or(Error::Unsupported {
+            what: "CMPXCHG16B (CPUID.01H:ECX.CX16) for 128-bit device table entry stores",
+            value: 0,
+        })?;
         let efr = Efr(regs.read64(regs::EXT_FEATURE));
         let efr2 = Efr2(regs.read64(regs::EXT_FEATURE2));
         let info = UnitInfo::decode(efr, efr2, &config)?;
@@ -211,6 +218,7 @@ impl<W: RegisterWindow, A: PageAllocator, const DOMAINS: usize> AmdViUnit<W, A, 
             domains: core::array::from_fn(|_| spin::RwLock::new(None)),
             cmd: spin::Mutex::new(None),
             events: spin::Mutex::new(None),
+            cx16,
         })
     }
 
@@ -484,8 +492,8 @@ impl<W: RegisterWindow, A: PageAllocator, const DOMAINS: usize> AmdViUnit<W, A, 
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] for a device the table does not cover (nothing written); the
-    /// command errors of [`run`](Self::run) (the entry is written, its invalidation not
-    /// confirmed: call again).
+    /// command errors of [`run`](Self::run) (the entry is written, or blocking when its upper
+    /// half changes too; its invalidation not confirmed: call again).
     pub fn set_device_entry(
         &self,
         device_id: u32,
@@ -508,10 +516,16 @@ impl<W: RegisterWindow, A: PageAllocator, const DOMAINS: usize> AmdViUnit<W, A, 
             what: "device ID beyond the device table",
             value: u64::from(device_id),
         })?;
-        dte::write_live(slot, entry, |_, _| {
+        let inv = Command::invalidate_devtab_entry(device_id as u16);
+        dte::write_live(
+            self.cx16,
+            slot,
+            entry,
             // The unit's table reads snoop (Control.Coherent, x86): no cache maintenance.
-        });
-        self.run(&[&[Command::invalidate_devtab_entry(device_id as u16)], extra])
+            |_| {},
+            || self.run(&[&[inv]]),
+        )?;
+        self.run(&[&[inv], extra])
     }
 
     /// The live entry of `device_id`, as the unit reads it now.
