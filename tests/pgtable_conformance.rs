@@ -1335,6 +1335,9 @@ fn contiguous_runs<C: Case>(case: &C) {
     let g = *f.geometry();
     let gran = 1u64 << g.granule_log2;
     let mem = arena(g.oas);
+    if f.contiguous_runs(0).count_ones() > 1 {
+        return runs_of_any_size(case);
+    }
     let mut t = table(case, &mem);
     let n_log2 = f.contiguous_log2(0);
     if n_log2 == 0 {
@@ -1424,6 +1427,135 @@ fn contiguous_runs<C: Case>(case: &C) {
     // Unmapping a whole run needs no split.
     let mut gather = Gather::new();
     assert_eq!(t.unmap(Iova::new(start + run), run, &mut gather), Ok(run));
+    gather.release(&mem, done()).unwrap();
+    assert!(mem.bad_frees().is_empty());
+}
+
+/// Formats whose runs take any power-of-two size (AMD-Vi v1's size-encoded pages), which the
+/// walker reports as one page each: a map writes the largest runs alignment and length allow
+/// (one size per level-0 table, the ends in pages), a partial unmap of one is refused or makes
+/// its other leaves stand alone first, and the walker never finds an incomplete or inconsistent
+/// one (its `walk_all` checks every page).
+fn runs_of_any_size<C: Case>(case: &C) {
+    let f = case.format();
+    let g = *f.geometry();
+    let gran = 1u64 << g.granule_log2;
+    let mem = arena(g.oas);
+    let mut t = table(case, &mem);
+    let name = case.name();
+    let sizes = |t: &PageTable<C::F, &Arena>| -> Vec<(u64, u32)> {
+        case.walk_all(&mem, t.root())
+            .iter()
+            .map(|(iova, s)| (*iova, s.size_log2))
+            .collect()
+    };
+    if g.ias < 28 {
+        // A 1- or 2-level table: one 256 KiB page at 0 is all there is room for here.
+        t.map(Iova::new(0), PhysAddr::new(0), 256 << 10, case.rw())
+            .unwrap();
+        assert_eq!(sizes(&t), [(0, 18)], "{name}: one 256 KiB page");
+        return;
+    }
+    // 1 MiB + 36 KiB from 1 MiB to 3 MiB: one 1 MiB page (256 entries) in one leaf table, a
+    // 32 KiB page and a 4 KiB page in the next.
+    let (start, pa, mib) = (1u64 << 20, 3u64 << 20, 1u64 << 20);
+    t.map(
+        Iova::new(start),
+        PhysAddr::new(pa),
+        mib + 9 * gran,
+        case.rw(),
+    )
+    .unwrap();
+    let want = [
+        (start, 20),
+        (2 * mib, 15),
+        (2 * mib + 8 * gran, g.granule_log2),
+    ];
+    assert_eq!(sizes(&t), want, "{name}: pages after map");
+    let probe = case.translate(&mem, t.root(), start + mib - 8).unwrap();
+    assert_eq!((probe.pa, probe.size_log2), (pa + mib - 8, 20), "{name}");
+    assert_eq!(
+        t.query(Iova::new(start + mib - 8)).map(|m| m.pa.get()),
+        Some(pa + mib - 8),
+        "{name}: query inside the page"
+    );
+    // 32 KiB at a 32 KiB boundary that is not 64 KiB aligned: one 32 KiB page.
+    t.map(
+        Iova::new(8 * mib + 32 * 1024),
+        PhysAddr::new(32 * 1024),
+        32 * 1024,
+        case.rw(),
+    )
+    .unwrap();
+    assert!(
+        sizes(&t).contains(&(8 * mib + 32 * 1024, 15)),
+        "{name}: 32 KiB page"
+    );
+    // Refused: nothing changes.
+    let cut = Iova::new(start + 5 * gran);
+    let bytes_before = mem.snapshot();
+    let mut gather = Gather::new();
+    t.set_split_policy(SplitPolicy::Refuse);
+    assert_eq!(
+        t.unmap(cut, gran, &mut gather),
+        Err(Error::SplitRefused { iova: cut })
+    );
+    assert!(gather.is_empty() && changed_words(&mem, &bytes_before).is_empty());
+    // Split: the page becomes 255 pages, the one asked for goes, the whole page is invalidated.
+    t.set_split_policy(SplitPolicy::Split);
+    assert_eq!(t.unmap(cut, gran, &mut gather), Ok(gran), "{name}");
+    assert!(case.translate(&mem, t.root(), cut.get()).is_err());
+    let after = sizes(&t);
+    assert_eq!(
+        after.len(),
+        255 + 2 + 1,
+        "{name}: pages after a partial unmap"
+    );
+    assert!(
+        after[..255].iter().all(|&(_, s)| s == g.granule_log2),
+        "{name}"
+    );
+    let s = case.translate(&mem, t.root(), start + mib - 8).unwrap();
+    assert_eq!(
+        (s.pa, s.size_log2),
+        (pa + mib - 8, g.granule_log2),
+        "{name}"
+    );
+    assert!(gather.leaf_only());
+    let span = gather.span().unwrap();
+    assert!(
+        span.start.get() <= start && start + mib <= span.end.get(),
+        "{name}"
+    );
+    gather.release(&mem, done()).unwrap();
+    // A run one level up (4 MiB of 2 MiB entries), cut in its middle by a 4 KiB unmap: the
+    // entries stand alone, the cut one is split into a table.
+    if f.contiguous_runs(1) & 2 != 0 && g.ias > 26 {
+        let (at, out) = (64 * mib, 8 * mib);
+        t.map(Iova::new(at), PhysAddr::new(out), 4 * mib, case.rw())
+            .unwrap();
+        assert!(sizes(&t).contains(&(at, 22)), "{name}: 4 MiB page");
+        let mut gather = Gather::new();
+        let cut = at + 3 * mib;
+        assert_eq!(t.unmap(Iova::new(cut), gran, &mut gather), Ok(gran));
+        assert!(!gather.leaf_only(), "{name}: a split changed a table entry");
+        let s = case.translate(&mem, t.root(), at + 8).unwrap();
+        assert_eq!((s.pa, s.size_log2), (out + 8, 21), "{name}");
+        let s = case.translate(&mem, t.root(), cut + gran).unwrap();
+        assert_eq!(
+            (s.pa, s.size_log2),
+            (out + 3 * mib + gran, g.granule_log2),
+            "{name}"
+        );
+        gather.release(&mem, done()).unwrap();
+    }
+    // Unmapping whole pages needs no split.
+    let mut gather = Gather::new();
+    assert_eq!(
+        t.unmap(Iova::new(8 * mib + 32 * 1024), 32 * 1024, &mut gather),
+        Ok(32 * 1024)
+    );
+    assert!(gather.leaf_only());
     gather.release(&mem, done()).unwrap();
     assert!(mem.bad_frees().is_empty());
 }

@@ -65,6 +65,8 @@ pub const TARGETS: &[Target] = &[
     ("pgtable_arm_s2_16k", pgtable::arm_s2_16k),
     ("pgtable_arm_s2_64k", pgtable::arm_s2_64k),
     ("pgtable_arm_s1", pgtable::arm_s1),
+    ("pgtable_amdvi_v1", pgtable::amdvi_v1),
+    ("pgtable_amdvi_v2", pgtable::amdvi_v2),
     ("pgtable_concurrent", pgtable::concurrent),
     ("decode_vtd", decode::vtd),
     ("decode_smmuv3", decode::smmuv3),

@@ -23,7 +23,14 @@
 //!
 //! Leaves: Next Level 0 maps the level's own size (4 KiB, 2 MiB, 1 GiB; no 512 GiB and larger
 //! leaves: Linux's AMD driver notes a hardware bug with 512 GiB pages, and the top level may
-//! hold none, Table 15).
+//! hold none, Table 15). Next Level 7 maps a page of any power of two between the level's size
+//! and the next level's, 2 to 256 entries (8 KiB to 1 MiB at level 1, 4 MiB to 512 MiB at level
+//! 2, 2 GiB to 256 GiB at level 3), its size encoded in the address bits (Table 14: bits
+//! `size - 2 : 12` set, bit `size - 1` clear) and the PTE replicated in every entry the page
+//! spans: the engine's runs ([`Format::contiguous_runs`]). A partial unmap first rewrites each
+//! entry of such a page as a Next Level 0 PTE of its own address (`leaf_out_of_run`), then
+//! invalidates the whole page. No runs with dirty tracking: the IOMMU marks D in the entry it
+//! walked, which would leave the page's dirty state spread over its entries.
 //!
 //! `FC` is the per-IOASID "enforce snoop": set in every PTE when the domain must not issue
 //! non-snooped DMA ([`AmdV1Config::force_coherent`]).
@@ -51,6 +58,18 @@ const MMIO: u64 = 1 << 2;
 #[inline]
 const fn next_level(raw: u64) -> u64 {
     (raw & NEXT_LEVEL) >> NEXT_LEVEL_SHIFT
+}
+
+/// Next Level of a PTE whose page size is encoded in its address (Table 14).
+const NEXT_LEVEL_SIZED: u64 = 7;
+/// Runs of 2 to 256 entries: up to half a table, below the next level's size.
+const RUNS: u32 = 0x1fe;
+
+/// Log2 of the size of the size-encoded PTE `raw`: the first 0 address bit from bit 12 up, at
+/// bit `n`, makes the page `2^(n + 1)` bytes.
+#[inline]
+const fn encoded_size_log2(raw: u64) -> u32 {
+    (raw | 0xfff).trailing_ones() + 1
 }
 
 /// Configuration of a v1 table, derived from the unit's features and the domain's policy.
@@ -119,7 +138,8 @@ impl AmdV1 {
 
 // SAFETY: the geometry is validated in `new` and never changes. A table entry is its address
 // with PR set and Next Level = its level (1..=5), never 0 or 7, which is what `is_table` tests;
-// every leaf has Next Level 0. A and D (bits 5, 6), the only bits the IOMMU sets, lie outside
+// every leaf has Next Level 0, or 7 in a run (`encode_run_leaf`; `leaf_out_of_run` and
+// `relevel_leaf` give 0). A and D (bits 5, 6), the only bits the IOMMU sets, lie outside
 // ADDR and Next Level, and so do SPLIT and MMIO (bits 1, 2, ignored by the IOMMU). PR = 0
 // (bit 0) is not present.
 unsafe impl Format for AmdV1 {
@@ -186,7 +206,13 @@ unsafe impl Format for AmdV1 {
 
     #[inline]
     fn leaf_address(&self, level: u32, raw: u64) -> PhysAddr {
-        PhysAddr::new(raw & ADDR & !((1u64 << self.geometry.level_shift(level)) - 1))
+        let size_log2 = if next_level(raw) == NEXT_LEVEL_SIZED {
+            encoded_size_log2(raw)
+        } else {
+            self.geometry.level_shift(level)
+        };
+        let low = 1u64.checked_shl(size_log2).map_or(u64::MAX, |s| s - 1);
+        PhysAddr::new(raw & ADDR & !low)
     }
 
     #[inline]
@@ -199,7 +225,44 @@ unsafe impl Format for AmdV1 {
     }
 
     fn relevel_leaf(&self, raw: u64, _from: u32, _to: u32, pa: PhysAddr) -> u64 {
-        // Every leaf has Next Level 0 at any level: only the address changes.
+        // A lone leaf has Next Level 0 at any level: only the address changes.
+        (raw & !ADDR & !NEXT_LEVEL) | pa.get()
+    }
+
+    fn contiguous_runs(&self, level: u32) -> u32 {
+        if self.cfg.large_pages && !self.cfg.dirty_tracking && self.geometry.leaf_allowed(level) {
+            RUNS
+        } else {
+            0
+        }
+    }
+
+    #[inline]
+    fn encode_run_leaf(
+        &self,
+        level: u32,
+        pa: PhysAddr,
+        n_log2: u32,
+        _index: usize,
+        prot: Prot,
+    ) -> u64 {
+        // Every entry of the page holds the same PTE: the page's address with its size encoded
+        // below it (`size - 2 : 12` set; bit `size - 1` is clear in an aligned address).
+        let size_log2 = self.geometry.level_shift(level).wrapping_add(n_log2);
+        let code = 1u64.wrapping_shl(size_log2.wrapping_sub(1)).wrapping_sub(1) & ADDR;
+        self.encode_leaf(level, pa, prot) | code | NEXT_LEVEL_SIZED << NEXT_LEVEL_SHIFT
+    }
+
+    #[inline]
+    fn leaf_run_log2(&self, level: u32, raw: u64) -> u32 {
+        if next_level(raw) == NEXT_LEVEL_SIZED {
+            encoded_size_log2(raw).saturating_sub(self.geometry.level_shift(level))
+        } else {
+            0
+        }
+    }
+
+    fn leaf_out_of_run(&self, _level: u32, raw: u64, pa: PhysAddr) -> u64 {
         (raw & !ADDR & !NEXT_LEVEL) | pa.get()
     }
 
@@ -354,5 +417,61 @@ mod tests {
             .release(&alloc, unsafe { InvalidationComplete::assume() })
             .unwrap();
         assert_eq!(walk::amdvi_v1::walk_all(&alloc, &cfg).unwrap().len(), 1);
+    }
+
+    /// A 64 KiB map writes one size-encoded page: 16 identical PTEs with Next Level 7 and
+    /// address bits 14:12 set (Table 14); unmapping one 4 KiB page of it first rewrites the 15
+    /// others as Next Level 0 PTEs of their own addresses, and invalidates all 64 KiB.
+    #[test]
+    fn size_encoded_pages_are_written_whole_and_broken_before_a_cut() {
+        use crate::mem::{Iova, WalkerCoherency};
+        use crate::pgtable::testutil::test_alloc;
+        use crate::pgtable::{Gather, InvalidationComplete, PageTable};
+        use crate::sim::arena::PhysMem;
+
+        let alloc = test_alloc();
+        let f = format(39);
+        assert_eq!(f.contiguous_runs(0), 0x1fe);
+        let t = PageTable::new(f, &alloc, WalkerCoherency::Coherent).unwrap();
+        let (iova, pa) = (0x4_0000u64, 0x1230_0000u64);
+        t.map(
+            Iova::new(iova),
+            PhysAddr::new(pa),
+            0x1_0000,
+            Prot::READ | Prot::WRITE,
+        )
+        .unwrap();
+        // The leaf table: root entry 0 -> level-2 entry 0 -> level-1 table.
+        let mut table = t.root().get();
+        for level in [2, 1] {
+            let raw = alloc.read_u64(table).unwrap();
+            assert_eq!(next_level(raw), level);
+            table = f.table_address(raw).get();
+        }
+        let raw = |i: u64| alloc.read_u64(table + 8 * i).unwrap();
+        let want = pa | 0x7000 | 7 << 9 | PR | IR | IW | FC;
+        assert!((64..80).all(|i| raw(i) == want), "16 copies of {want:#x}");
+        assert_eq!(f.leaf_run_log2(0, want), 4);
+        assert_eq!(f.leaf_address(0, want).get(), pa);
+        assert_eq!(
+            t.query(Iova::new(iova + 0x5008)).unwrap().pa.get(),
+            pa + 0x5008
+        );
+        let mut gather = Gather::new();
+        assert_eq!(
+            t.unmap(Iova::new(iova + 0x3000), 0x1000, &mut gather),
+            Ok(0x1000)
+        );
+        for i in 64..80 {
+            let own = pa + ((i - 64) << 12);
+            let expect = if i == 67 { 0 } else { own | PR | IR | IW | FC };
+            assert_eq!(raw(i), expect, "entry {i}");
+        }
+        let span = gather.span().unwrap();
+        assert!(span.start.get() <= iova && iova + 0x1_0000 <= span.end.get());
+        // SAFETY: no hardware walks the test table.
+        gather
+            .release(&alloc, unsafe { InvalidationComplete::assume() })
+            .unwrap();
     }
 }

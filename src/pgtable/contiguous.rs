@@ -1,16 +1,23 @@
-//! The contiguous hint: runs of leaves that a TLB may cache as one entry.
+//! Runs of leaves that a TLB may cache as one entry: Arm's contiguous hint and AMD-Vi v1's
+//! size-encoded pages.
 //!
 //! Arm ARM (DDI 0487 K.a) "The Contiguous bit": a naturally aligned run of 16 to 128 leaves (by
 //! granule and level, see [`Format::contiguous_log2`]) that map a contiguous, equally aligned
 //! output range with identical attributes may all carry the hint; a TLB may then hold the whole
 //! run as one entry. Every leaf of such a run must stay valid and consistent while any of them
-//! carries the hint ("misprogramming" otherwise lets a TLB translate an unmapped page).
+//! carries the hint ("misprogramming" otherwise lets a TLB translate an unmapped page). AMD IOMMU
+//! spec 48882 rev 3.10 §2.2.3, Table 14: a PTE with Next Level 7 maps a page of the size its
+//! address bits encode, any power of two between its level's size and the next one's, and is
+//! replicated in every entry the page spans; the IOMMU may use any of them for all of the page.
+//! Both are runs to the engine ([`Format::contiguous_runs`], [`Format::leaf_run_log2`]).
 //!
-//! So `map` sets the hint only on runs it writes whole, and `unmap` clears it from every leaf of
-//! a run it does not remove whole *before* it clears any leaf, recording the whole run in the
-//! gather. Clearing the hint of live leaves needs FEAT_BBM level 2, which formats require before
-//! they report a non-zero run ([`Format::contiguous_log2`]); `unmap` plans such a cut like the
-//! split of a larger page (refused under [`super::SplitPolicy::Refuse`]).
+//! So `map` writes a run only where it writes all of it, the largest the alignment and length
+//! allow, and `unmap` makes every leaf of a run it does not remove whole stand alone
+//! ([`Format::leaf_out_of_run`]: the hint cleared, or Next Level 0 and the leaf's own address)
+//! *before* it clears any leaf, recording the whole run in the gather. Changing live leaves so
+//! needs no break-before-make, which formats require before they report runs (Arm: FEAT_BBM
+//! level 2); `unmap` plans such a cut like the split of a larger page (refused under
+//! [`super::SplitPolicy::Refuse`]).
 
 use super::sync::Ordering;
 
@@ -19,9 +26,9 @@ use super::{Format, Gather, PageTable, Prot};
 use crate::mem::{PageAllocator, PhysAddr};
 
 impl<F: Format, A: PageAllocator> PageTable<F, A> {
-    /// How many leaves to write at `idx` of `t` (at `level`) for `[iova, iova + left)` to `pa`:
-    /// a whole contiguous run if the format has one here, the range covers it with matching
-    /// alignment and its slots are all empty; otherwise 1.
+    /// Log2 of how many leaves to write at `idx` of `t` (at `level`) for `[iova, iova + left)`
+    /// to `pa`: the largest run the format has here, the range covers with matching alignment
+    /// and whose slots are all empty; otherwise 0 (one leaf).
     pub(super) fn contiguous_run(
         &self,
         t: Table,
@@ -30,35 +37,37 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         iova: u64,
         pa: u64,
         left: u64,
-    ) -> usize {
-        let n_log2 = self.format().contiguous_log2(level);
-        if n_log2 == 0 {
-            return 1;
+    ) -> u32 {
+        let shift = self.geometry().level_shift(level);
+        let mut sizes = self.format().contiguous_runs(level);
+        while sizes != 0 {
+            let n_log2 = 31 - sizes.leading_zeros();
+            sizes &= !(1 << n_log2);
+            let Some(run) = 1u64.checked_shl(shift + n_log2) else {
+                continue;
+            };
+            if !self.within_leaf_limit(level, shift + n_log2) {
+                continue;
+            }
+            if (iova | pa) & (run - 1) != 0 || left < run {
+                continue;
+            }
+            // `left` stays inside `t`'s span and the run is aligned, so its slots are all in `t`.
+            let n = 1usize << n_log2;
+            let free = (idx..idx + n).all(|i| {
+                // SAFETY: `i` indexes the live table `t` (see above).
+                let raw = unsafe { t.slot(i) }.load(Ordering::Acquire);
+                !self.format().is_present(raw)
+            });
+            if free {
+                return n_log2;
+            }
         }
-        let run_log2 = self.geometry().level_shift(level) + n_log2;
-        if !self.within_leaf_limit(level, run_log2) {
-            return 1;
-        }
-        let run = 1u64 << run_log2;
-        if (iova | pa) & (run - 1) != 0 || left < run {
-            return 1;
-        }
-        // `left` stays inside `t`'s span and the run is aligned, so its slots are all in `t`.
-        let n = 1usize << n_log2;
-        let free = (idx..idx + n).all(|i| {
-            // SAFETY: `i` indexes the live table `t` (see above).
-            let raw = unsafe { t.slot(i) }.load(Ordering::Acquire);
-            !self.format().is_present(raw)
-        });
-        if free {
-            n
-        } else {
-            1
-        }
+        0
     }
 
-    /// Writes `run` leaves from slot `idx` of `t` mapping consecutive pages from `pa`; a run of
-    /// more than one carries the contiguous hint. The caller syncs the slots.
+    /// Writes `1 << run_log2` leaves from slot `idx` of `t` mapping consecutive pages from `pa`,
+    /// as one run if `run_log2 > 0`. The caller syncs the slots.
     pub(super) fn write_leaves(
         &self,
         t: Table,
@@ -66,53 +75,67 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         idx: usize,
         pa: u64,
         prot: Prot,
-        run: usize,
+        run_log2: u32,
     ) {
-        let shift = self.geometry().level_shift(level);
-        let hint = if run > 1 {
-            self.format().contiguous_bit()
-        } else {
-            0
-        };
-        for i in 0..run {
-            let leaf_pa = PhysAddr::new(pa + ((i as u64) << shift));
-            let raw = self.format().encode_leaf(level, leaf_pa, prot) | hint;
+        for i in 0..1usize << run_log2 {
+            let raw = if run_log2 == 0 {
+                self.format().encode_leaf(level, PhysAddr::new(pa), prot)
+            } else {
+                self.format()
+                    .encode_run_leaf(level, PhysAddr::new(pa), run_log2, i, prot)
+            };
             // SAFETY: the caller passes slots of the live table `t` (see `contiguous_run`).
             unsafe { t.slot(idx + i) }.store(raw, Ordering::Relaxed);
         }
     }
 
-    /// Whether the present entry `raw` at `level` is a leaf carrying the contiguous hint.
+    /// Whether the present entry `raw` at `level` is a leaf written as part of a run.
     #[inline]
     pub(super) fn is_contiguous_leaf(&self, level: u32, raw: u64) -> bool {
-        let bit = self.format().contiguous_bit();
-        bit != 0 && raw & bit != 0 && !(level > 0 && self.format().is_table(level, raw))
+        !(level > 0 && self.format().is_table(level, raw))
+            && self.format().leaf_run_log2(level, raw) != 0
     }
 
-    /// Log2 of the number of leaves the run of the present entry `raw` spans (0 if it carries
-    /// no hint).
+    /// Log2 of the number of leaves the run of the present entry `raw` spans (0 if it is not
+    /// part of one).
     #[inline]
     pub(super) fn contiguous_span_log2(&self, level: u32, raw: u64) -> u32 {
         if self.is_contiguous_leaf(level, raw) {
-            self.format().contiguous_log2(level)
+            self.format().leaf_run_log2(level, raw)
         } else {
             0
         }
     }
 
-    /// Clears the hint from every leaf of the run holding slot `idx` of `t` (which maps `iova`)
-    /// unless `range` covers the whole run; returns the entry now in slot `idx`.
+    /// The output address of the first byte of the present leaf `raw` at `level` that maps
+    /// `iova`: of a leaf of a run, the run's address (whatever leaf of it [`Format::leaf_address`]
+    /// names) plus the leaf's offset in the run.
+    #[inline]
+    pub(super) fn entry_pa(&self, level: u32, raw: u64, iova: u64) -> u64 {
+        let shift = self.geometry().level_shift(level);
+        let run_log2 = shift + self.contiguous_span_log2(level, raw);
+        let run_mask = 1u64.checked_shl(run_log2).map_or(u64::MAX, |r| r - 1);
+        let entry_mask = (1u64 << shift) - 1;
+        let address = self.format().leaf_address(level, raw).get();
+        (address & !run_mask) | (iova & run_mask & !entry_mask)
+    }
+
+    /// Makes every leaf of the run that `raw` (read from slot `idx` of `t`, mapping `iova`) was
+    /// written as part of stand alone, unless `range` covers the whole run; returns the entry
+    /// now in slot `idx`.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn break_contiguous(
         &self,
         t: Table,
         level: u32,
         idx: usize,
         iova: u64,
+        raw: u64,
         range: (u64, u64),
         gather: &mut Gather,
     ) -> u64 {
         let shift = self.geometry().level_shift(level);
-        let n_log2 = self.format().contiguous_log2(level);
+        let n_log2 = self.contiguous_span_log2(level, raw);
         let run = 1u64 << (shift + n_log2);
         let base = iova & !(run - 1);
         if n_log2 == 0 || (range.0 <= base && base + run <= range.1) {
@@ -120,17 +143,22 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
             return unsafe { t.slot(idx) }.load(Ordering::Acquire);
         }
         let first = idx - ((iova - base) >> shift) as usize;
-        let bit = self.format().contiguous_bit();
-        for i in first..first + (1usize << n_log2) {
+        let run_pa = self.entry_pa(level, raw, iova) & !(run - 1);
+        for i in 0..1usize << n_log2 {
+            let pa = PhysAddr::new(run_pa + ((i as u64) << shift));
             // An atomic update keeps accessed/dirty bits the walker may set meanwhile; it leaves
-            // alone an entry that is no longer a hinted leaf (an unmap of another part of the
-            // run may have cleared the hint and split a leaf already: a table entry's bit 52
-            // is not a hint, and may be the software's).
+            // alone an entry that is no longer part of a run (an unmap of another part of the
+            // run may have broken it and split a leaf already: a table entry's bit 52 is not a
+            // hint, and may be the software's).
             // SAFETY: the run is aligned inside the live table `t`.
-            let _ = unsafe { t.slot(i) }.fetch_update(Ordering::AcqRel, Ordering::Acquire, |e| {
-                let hinted = self.format().is_present(e) && self.is_contiguous_leaf(level, e);
-                hinted.then_some(e & !bit)
-            });
+            let _ = unsafe { t.slot(first + i) }.fetch_update(
+                Ordering::AcqRel,
+                Ordering::Acquire,
+                |e| {
+                    let part = self.format().is_present(e) && self.is_contiguous_leaf(level, e);
+                    part.then(|| self.format().leaf_out_of_run(level, e, pa))
+                },
+            );
         }
         // SAFETY: the run is aligned inside the live table `t`.
         self.sync(unsafe { t.entry_ptr(first) }, 8 << n_log2);

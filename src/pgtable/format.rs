@@ -164,8 +164,9 @@ impl Geometry {
 /// - for every `level > 0` and table address `pa`, `raw = encode_table(level, pa)` is present,
 ///   `is_table(level, raw)` holds and `table_address(raw) == pa`, also after the walker set any
 ///   of the bits it may set (accessed, dirty);
-/// - a leaf from [`encode_leaf`](Self::encode_leaf) or [`relevel_leaf`](Self::relevel_leaf) at
-///   level `l > 0` is present and not a table (`is_table(l, leaf)` is false);
+/// - a leaf from [`encode_leaf`](Self::encode_leaf), [`relevel_leaf`](Self::relevel_leaf),
+///   [`encode_run_leaf`](Self::encode_run_leaf) or [`leaf_out_of_run`](Self::leaf_out_of_run)
+///   at level `l > 0` is present and not a table (`is_table(l, leaf)` is false);
 /// - the same holds for `encode_table(level, pa) | split_table_bit()`, and the walker ignores
 ///   that bit in a table entry;
 /// - a raw entry whose bits 3:0 are zero is not present. The engine relies on it to link freed
@@ -207,7 +208,10 @@ pub unsafe trait Format {
     /// Encodes a leaf at `level` mapping `pa` with `prot` (already checked).
     fn encode_leaf(&self, level: u32, pa: PhysAddr, prot: Prot) -> u64;
 
-    /// The output address of the leaf `raw` at `level`.
+    /// The output address of the leaf `raw` at `level`. For a leaf of a run
+    /// ([`Self::leaf_run_log2`]) it may be the output address of any leaf of the run (AMD-Vi
+    /// v1's leaves of one page all hold the page's address): the engine keeps its bits above the
+    /// run's size and takes the rest from the IOVA.
     fn leaf_address(&self, level: u32, raw: u64) -> PhysAddr;
 
     /// The permissions of the leaf `raw`.
@@ -237,6 +241,62 @@ pub unsafe trait Format {
     fn contiguous_log2(&self, level: u32) -> u32 {
         let _ = level;
         0
+    }
+
+    /// The runs of leaves at `level` that one encoding may span, as a mask: bit `n` set, a
+    /// naturally aligned run of `2^n` leaves (`n` >= 1) mapping an equally aligned output range
+    /// with one `prot` may be written as one (Arm: the contiguous hint's single size; AMD-Vi v1:
+    /// every power of two up to half a table, pages whose size Next Level 7 encodes in the
+    /// address bits). A TLB may hold such a run as one entry, so every leaf of it stays valid
+    /// and consistent while any of them is written as part of it. Non-zero only where leaves
+    /// may sit and a run can be broken without break-before-make ([`Self::hitless_split`]).
+    ///
+    /// Default: the single size of [`Self::contiguous_log2`].
+    fn contiguous_runs(&self, level: u32) -> u32 {
+        match self.contiguous_log2(level) {
+            0 => 0,
+            n => 1u32.checked_shl(n).unwrap_or(0),
+        }
+    }
+
+    /// Leaf `index` of a run of `2^n_log2` leaves at `level` whose first maps `pa` (aligned to
+    /// the run), with `prot` (already checked).
+    ///
+    /// Default: the leaf for its own output address with [`Self::contiguous_bit`] set.
+    fn encode_run_leaf(
+        &self,
+        level: u32,
+        pa: PhysAddr,
+        n_log2: u32,
+        index: usize,
+        prot: Prot,
+    ) -> u64 {
+        let _ = n_log2;
+        let shift = self.geometry().level_shift(level);
+        let own = pa.get().wrapping_add((index as u64).wrapping_shl(shift));
+        self.encode_leaf(level, PhysAddr::new(own), prot) | self.contiguous_bit()
+    }
+
+    /// Log2 of the number of leaves of the run the present leaf `raw` at `level` was written as
+    /// part of, or 0 if it stands alone.
+    ///
+    /// Default: [`Self::contiguous_log2`] if `raw` carries [`Self::contiguous_bit`].
+    fn leaf_run_log2(&self, level: u32, raw: u64) -> u32 {
+        let bit = self.contiguous_bit();
+        if bit != 0 && raw & bit != 0 {
+            self.contiguous_log2(level)
+        } else {
+            0
+        }
+    }
+
+    /// The leaf `raw` of a run at `level`, re-encoded to stand alone: the same translation of
+    /// its own span (output address `pa`) and every attribute, accessed/dirty state included.
+    ///
+    /// Default: `raw` without [`Self::contiguous_bit`].
+    fn leaf_out_of_run(&self, level: u32, raw: u64, pa: PhysAddr) -> u64 {
+        let _ = (level, pa);
+        raw & !self.contiguous_bit()
     }
 
     /// Whether leaves carry hardware-maintained dirty state in this configuration.

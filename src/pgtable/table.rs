@@ -46,15 +46,15 @@ pub struct PageTable<F: Format, A: PageAllocator> {
     root: Page,
     coherency: WalkerCoherency,
     split: SplitPolicy,
-    /// `format.contiguous_log2(0)`, read once: the leaf-table paths consult it on every call.
-    leaf_run_log2: u32,
+    /// `format.contiguous_runs(0)`, read once: the leaf-table paths consult it on every call.
+    leaf_runs: u32,
     /// Log2 of the largest translation `map` may write: a leaf above level 0, or a run of
     /// leaves under the contiguous hint, spanning more is not written (`u32::MAX`: no limit).
     /// See [`PageTable::set_max_leaf_log2`].
     max_leaf_log2: u32,
-    /// `leaf_run_log2` if a hinted run of level-0 leaves fits `max_leaf_log2`, else 0: the
-    /// runs `map` writes (unmap still meets the runs earlier maps wrote, by `leaf_run_log2`).
-    map_run_log2: u32,
+    /// The sizes of `leaf_runs` whose runs of level-0 leaves fit `max_leaf_log2`: the runs `map`
+    /// writes (unmap still meets the runs earlier maps wrote, by `leaf_runs`).
+    map_runs: u32,
 }
 
 // SAFETY: the table's memory is only accessed through atomics, and the page pointers are owned
@@ -122,16 +122,16 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         let root = alloc.alloc(size).ok_or(Error::NoMemory)?;
         let root = spares::reachable(&alloc, root, size, g.oas)?;
         coherency.sync(&alloc, root.va, 1 << size);
-        let leaf_run_log2 = format.contiguous_log2(0);
+        let leaf_runs = format.contiguous_runs(0);
         Ok(Self {
             format,
             alloc,
             root,
             coherency,
             split: SplitPolicy::default(),
-            leaf_run_log2,
+            leaf_runs,
             max_leaf_log2: u32::MAX,
-            map_run_log2: leaf_run_log2,
+            map_runs: leaf_runs,
         })
     }
 
@@ -183,12 +183,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     /// Mappings already made keep their pages; `unmap` splits them as before.
     pub fn set_max_leaf_log2(&mut self, max: Option<u32>) {
         self.max_leaf_log2 = max.unwrap_or(u32::MAX);
-        let run_log2 = self.geo().granule_log2 + self.leaf_run_log2;
-        self.map_run_log2 = if self.leaf_run_log2 != 0 && run_log2 <= self.max_leaf_log2 {
-            self.leaf_run_log2
-        } else {
-            0
-        };
+        self.map_runs = self.runs_within_limit(0, self.leaf_runs);
     }
 
     /// Whether `map` may write a translation of `2^size_log2` bytes at `level` (a leaf, or a
@@ -415,12 +410,14 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     }
 
     /// The entries of a level-0 map of `n` pages from slot `first` (mapping `iova` to `pa`)
-    /// that carry the contiguous hint, as offsets `[a, b)` from `first`: every aligned run of
-    /// the format's size that the range covers whole, if input and output are equally aligned
-    /// to it (what `contiguous_run` decides entry by entry in the general walk). `a == b`: none.
-    /// Runs are aligned inside a table, so they never reach past `t`.
+    /// written as runs, as offsets `[a, b)` from `first`, and log2 of the run's leaves: every
+    /// aligned run the range covers whole, of the largest size the format has here for which
+    /// input and output are equally aligned and the range covers at least one (what
+    /// `contiguous_run` decides entry by entry in the general walk; here one size per call, the
+    /// ends in single leaves). `a == b`: none. Runs are aligned inside a table, so they never
+    /// reach past `t`.
     #[inline(always)]
-    fn hinted_runs(&self, first: usize, n: usize, iova: u64, pa: u64) -> (usize, usize) {
+    fn hinted_runs(&self, first: usize, n: usize, iova: u64, pa: u64) -> (usize, usize, u32) {
         self.hinted_runs_at(0, first, n, iova, pa)
     }
 
@@ -433,52 +430,75 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         n: usize,
         iova: u64,
         pa: u64,
-    ) -> (usize, usize) {
-        let r_log2 = self.map_run_log2_at(level);
-        if r_log2 == 0 {
-            return (0, 0);
+    ) -> (usize, usize, u32) {
+        let mut sizes = self.map_runs_at(level);
+        while sizes != 0 {
+            let r_log2 = 31 - sizes.leading_zeros();
+            sizes &= !(1 << r_log2);
+            let run_bytes_mask = (1u64 << (self.geo().level_shift(level) + r_log2)) - 1;
+            if (iova ^ pa) & run_bytes_mask != 0 {
+                continue;
+            }
+            let run_mask = (1usize << r_log2) - 1;
+            let a = first.wrapping_neg() & run_mask;
+            if a >= n {
+                continue;
+            }
+            let b = a + ((n - a) & !run_mask);
+            if a < b {
+                return (a, b, r_log2);
+            }
         }
-        let run_bytes_mask = (1u64 << (self.geo().level_shift(level) + r_log2)) - 1;
-        if (iova ^ pa) & run_bytes_mask != 0 {
-            return (0, 0);
-        }
-        let run_mask = (1usize << r_log2) - 1;
-        let a = first.wrapping_neg() & run_mask;
-        if a >= n {
-            return (0, 0);
-        }
-        (a, a + ((n - a) & !run_mask))
+        (0, 0, 0)
     }
 
-    /// Log2 of the contiguous run `map` writes at `level` (0: none): the format's, if a run
-    /// fits the page-size limit (`set_max_leaf_log2`); level 0's is worked out once.
+    /// The run sizes `map` writes at `level` (a mask as [`Format::contiguous_runs`]): the
+    /// format's that fit the page-size limit (`set_max_leaf_log2`); level 0's are worked out
+    /// once.
     #[inline(always)]
-    fn map_run_log2_at(&self, level: u32) -> u32 {
+    fn map_runs_at(&self, level: u32) -> u32 {
         if level == 0 {
-            return self.map_run_log2;
+            return self.map_runs;
         }
-        let r_log2 = self.format.contiguous_log2(level);
-        let span_log2 = self.geo().level_shift(level) + r_log2;
-        if r_log2 != 0 && self.within_leaf_limit(level, span_log2) {
-            r_log2
+        self.runs_within_limit(level, self.format.contiguous_runs(level))
+    }
+
+    /// The sizes of `runs` (at `level`) whose runs fit the page-size limit.
+    #[inline(always)]
+    fn runs_within_limit(&self, level: u32, runs: u32) -> u32 {
+        let shift = self.geo().level_shift(level);
+        let mut fit = 0;
+        let mut sizes = runs;
+        while sizes != 0 {
+            let n = sizes.trailing_zeros();
+            sizes &= sizes - 1;
+            if self.within_leaf_limit(level, shift + n) {
+                fit |= 1 << n;
+            }
+        }
+        fit
+    }
+
+    /// The run sizes at `level` that `unmap` may meet (a mask; 0: none), whatever the page-size
+    /// limit now; level 0's are read once in `new`.
+    #[inline(always)]
+    fn runs_at(&self, level: u32) -> u32 {
+        if level == 0 {
+            self.leaf_runs
         } else {
-            0
+            self.format.contiguous_runs(level)
         }
     }
 
-    /// Log2 of the contiguous run at `level` that `unmap` may meet (0: none), whatever the
-    /// page-size limit now; level 0's is read once in `new`.
+    /// Log2 of the largest run in the mask `runs` (0 if none).
     #[inline(always)]
-    fn run_log2(&self, level: u32) -> u32 {
-        if level == 0 {
-            self.leaf_run_log2
-        } else {
-            self.format.contiguous_log2(level)
-        }
+    fn largest_run_log2(runs: u32) -> u32 {
+        31u32.saturating_sub(runs.leading_zeros())
     }
 
     /// Writes leaves `first + from .. first + to` of the leaf table `t`, entry `first` mapping
-    /// `pa`, with `hint` (the contiguous bit or 0) or'ed in; the caller syncs them.
+    /// `pa`, as runs of `1 << run_log2` leaves (aligned to the table) if `run_log2 > 0`; the
+    /// caller syncs them.
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
     fn write_level0(
@@ -489,9 +509,9 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         to: usize,
         pa: u64,
         prot: Prot,
-        hint: u64,
+        run_log2: u32,
     ) {
-        self.write_run(t, 0, first, from, to, pa, prot, hint);
+        self.write_run(t, 0, first, from, to, pa, prot, run_log2);
     }
 
     /// [`Self::write_level0`] for leaves at `level` of the table `t`.
@@ -506,13 +526,20 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         to: usize,
         pa: u64,
         prot: Prot,
-        hint: u64,
+        run_log2: u32,
     ) {
         let shift = self.geo().level_shift(level);
         for i in from..to {
             // Wraps only past the last page, at the top of a 64-bit output range.
-            let leaf_pa = PhysAddr::new(pa.wrapping_add((i as u64) << shift));
-            let raw = self.format.encode_leaf(level, leaf_pa, prot) | hint;
+            let leaf_pa = pa.wrapping_add((i as u64) << shift);
+            let raw = if run_log2 == 0 {
+                self.format.encode_leaf(level, PhysAddr::new(leaf_pa), prot)
+            } else {
+                let k = (first + i) & ((1usize << run_log2) - 1);
+                let run_pa = PhysAddr::new(leaf_pa.wrapping_sub((k as u64) << shift));
+                self.format
+                    .encode_run_leaf(level, run_pa, run_log2, k, prot)
+            };
             // SAFETY: callers pass entries of the live table `t` (see `plan_leaves`).
             unsafe { t.slot(first + i) }.store(raw, Ordering::Relaxed);
         }
@@ -617,8 +644,9 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
             let raw = slot.load(Ordering::Acquire);
             if !self.format.is_present(raw) && self.leaf_fits(level, iova, pa, chunk) {
                 // One leaf, or a whole run of them under the contiguous hint.
-                let run = self.contiguous_run(t, level, idx, iova, pa, left);
-                self.write_leaves(t, level, idx, pa, prot, run);
+                let run_log2 = self.contiguous_run(t, level, idx, iova, pa, left);
+                self.write_leaves(t, level, idx, pa, prot, run_log2);
+                let run = 1usize << run_log2;
                 let bytes = (run as u64) << self.geo().level_shift(level);
                 (iova, pa, left, idx) = (
                     iova.wrapping_add(bytes),
@@ -665,9 +693,9 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         let shift = self.geo().granule_log2;
         let first = self.geo().index(0, iova);
         let n = (len >> shift) as usize;
-        let (a, b) = self.hinted_runs(first, n, iova, pa);
+        let (a, b, run_log2) = self.hinted_runs(first, n, iova, pa);
         if a != b {
-            return self.map_leaves_hinted(t, iova, pa, len, prot, (a, b));
+            return self.map_leaves_hinted(t, iova, pa, len, prot, (a, b, run_log2));
         }
         let mut result = Ok(());
         let mut written = 0;
@@ -702,13 +730,12 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         pa: u64,
         len: u64,
         prot: Prot,
-        (a, b): (usize, usize),
+        (a, b, run_log2): (usize, usize, u32),
     ) -> Result<(), Error> {
         let shift = self.geo().granule_log2;
         let first = self.geo().index(0, iova);
         let n = (len >> shift) as usize;
-        let run = 1usize << self.leaf_run_log2;
-        let hint = self.format.contiguous_bit();
+        let run = 1usize << run_log2;
         let present = |i: usize| {
             // SAFETY: as in `plan_leaves`, `first + i` indexes the live leaf table `t`, i < n.
             let raw = unsafe { t.slot(first + i) }.load(Ordering::Acquire);
@@ -719,7 +746,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         while written < n {
             // The stretch from `written`: a whole hinted run, or plain entries up to the next.
             let (end, bits) = if (a..b).contains(&written) {
-                (written + run, hint)
+                (written + run, run_log2)
             } else if written < a {
                 (a, 0)
             } else {
@@ -752,11 +779,11 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         let shift = self.geo().granule_log2;
         let first = self.geo().index(0, iova);
         let n = (len >> shift) as usize;
-        let (a, b) = self.hinted_runs(first, n, iova, pa);
+        let (a, b, run_log2) = self.hinted_runs(first, n, iova, pa);
         if a == b {
             self.write_level0(t, first, 0, n, pa, prot, 0);
         } else {
-            self.fill_hinted(t, first, n, (a, b), pa, prot);
+            self.fill_hinted(t, first, n, (a, b, run_log2), pa, prot);
         }
         // SAFETY: `first + n` is at most the entry count (see `plan_leaves`).
         self.sync(unsafe { t.entry_ptr(first) }, n * 8);
@@ -770,13 +797,12 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         t: Table,
         first: usize,
         n: usize,
-        (a, b): (usize, usize),
+        (a, b, run_log2): (usize, usize, u32),
         pa: u64,
         prot: Prot,
     ) {
-        let hint = self.format.contiguous_bit();
         self.write_level0(t, first, 0, a, pa, prot, 0);
-        self.write_level0(t, first, a, b, pa, prot, hint);
+        self.write_level0(t, first, a, b, pa, prot, run_log2);
         self.write_level0(t, first, b, n, pa, prot, 0);
     }
 
@@ -812,10 +838,9 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     fn fill_blocks(&self, t: Table, iova: u64, pa: u64, len: u64, prot: Prot) {
         let first = self.geo().index(1, iova);
         let n = (len >> self.geo().level_shift(1)) as usize;
-        let (a, b) = self.hinted_runs_at(1, first, n, iova, pa);
-        let hint = self.format.contiguous_bit();
+        let (a, b, run_log2) = self.hinted_runs_at(1, first, n, iova, pa);
         self.write_run(t, 1, first, 0, a, pa, prot, 0);
-        self.write_run(t, 1, first, a, b, pa, prot, hint);
+        self.write_run(t, 1, first, a, b, pa, prot, run_log2);
         self.write_run(t, 1, first, b.max(a), n, pa, prot, 0);
         // SAFETY: `first + n` is at most the entry count (see `block_table_for`).
         self.sync(unsafe { t.entry_ptr(first) }, n * 8);
@@ -881,8 +906,9 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         })?;
         // Under `SplitPolicy::Refuse`, a range that may cut a contiguous run takes the general
         // walk, whose `plan_split` refuses before anything changes.
-        let r_log2 = self.leaf_run_log2;
-        let may_cut = r_log2 != 0
+        // (The largest run bounds the others: a range aligned to it cuts none.)
+        let r_log2 = Self::largest_run_log2(self.leaf_runs);
+        let may_cut = self.leaf_runs != 0
             && (iova.get() | end) & ((1u64 << (self.geo().granule_log2 + r_log2)) - 1) != 0;
         let fast = if may_cut && self.split == SplitPolicy::Refuse {
             None
@@ -1016,7 +1042,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         let mut raw = slot.load(Ordering::Acquire);
         for _ in 0..HW_UPDATE_RETRIES {
             if self.format.is_present(raw) && self.is_contiguous_leaf(level, raw) {
-                raw = self.break_contiguous(t, level, idx, iova, range, gather);
+                raw = self.break_contiguous(t, level, idx, iova, raw, range, gather);
             }
             if !self.format.is_present(raw) {
                 return Ok(0);
@@ -1068,7 +1094,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         let n = (len >> shift) as usize;
         // SAFETY: as in `plan_leaves`, `first + i` indexes the live leaf table `t` for i < n.
         let slot = |i: usize| unsafe { t.slot(first + i) };
-        if self.leaf_run_log2 != 0 {
+        if self.leaf_runs != 0 {
             self.break_cut_runs(t, 0, iova, len, gather);
         }
         let mut cleared = 0u64;
@@ -1102,9 +1128,9 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         if g.levels < 3 || (iova | len) & ((1u64 << shift) - 1) != 0 {
             return None;
         }
-        let r_log2 = self.format.contiguous_log2(1);
-        let run_mask = (1u64 << (shift + r_log2)) - 1;
-        if r_log2 != 0 && (iova | end) & run_mask != 0 && self.split == SplitPolicy::Refuse {
+        let runs = self.format.contiguous_runs(1);
+        let run_mask = (1u64 << (shift + Self::largest_run_log2(runs))) - 1;
+        if runs != 0 && (iova | end) & run_mask != 0 && self.split == SplitPolicy::Refuse {
             return None;
         }
         self.table_for(1, iova, len, false)
@@ -1125,7 +1151,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         let shift = self.geo().level_shift(1);
         let first = self.geo().index(1, iova);
         let n = (len >> shift) as usize;
-        if self.format.contiguous_log2(1) != 0 {
+        if self.format.contiguous_runs(1) != 0 {
             self.break_cut_runs(t, 1, iova, len, gather);
         }
         // SAFETY: the range lies inside `t`'s span (`table_for`), so `first + i` indexes it.
@@ -1160,10 +1186,13 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         Ok(bytes)
     }
 
-    /// The first step of `unmap_leaves` under the contiguous hint: breaks the runs that
-    /// `[iova, iova + len)` (inside the leaf table `t`) covers only in part -- the runs holding
-    /// its first and its last entry -- where one of the range's leaves in them still carries
-    /// the hint. Out of line (see `map_leaves_hinted`).
+    /// The first step of `unmap_leaves` (and `unmap_blocks`, at `level` 1) where the format
+    /// has runs there: breaks the runs that `[iova, iova + len)` (inside the table `t`) covers
+    /// only in part -- runs holding its first or its last entry -- where one of the range's
+    /// leaves in them is still part of the run (another thread may be breaking it: some of its
+    /// leaves stand alone already). Every such run lies in the block of the largest run size
+    /// that holds the first or the last entry; those blocks' parts in the range are searched.
+    /// Out of line (see `map_leaves_hinted`).
     #[inline(never)]
     fn break_cut_runs(&self, t: Table, level: u32, iova: u64, len: u64, gather: &mut Gather) {
         let shift = self.geo().level_shift(level);
@@ -1171,35 +1200,34 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         let n = (len >> shift) as usize;
         // SAFETY: as in `plan_leaves`, `first + i` indexes the live table `t` for i < n.
         let slot = |i: usize| unsafe { t.slot(first + i) };
-        let r_log2 = self.run_log2(level);
-        let mask = (1usize << r_log2) - 1;
+        let mask = (1usize << Self::largest_run_log2(self.runs_at(level))) - 1;
         let range = (iova, iova + len);
-        // The range's part of the run holding entry `first` and of the run holding the
-        // last entry, where the range does not cover that run whole.
         let last = first + n - 1;
-        let (head_cut, tail_cut) = (first & mask != 0, (last + 1) & mask != 0);
-        let mut parts = [(0, 0); 2];
-        if first & !mask == last & !mask {
-            if head_cut || tail_cut {
-                parts[0] = (0, n);
+        // The range's part of the largest-run block holding its first entry, and of the one
+        // holding its last (the same block, or the rest of the range when they are adjacent).
+        let head_end = ((first | mask) + 1 - first).min(n);
+        let tail_start = (last & !mask).saturating_sub(first).max(head_end);
+        let mut i = 0;
+        while i < n {
+            if i >= head_end && i < tail_start {
+                i = tail_start;
+                continue;
             }
-        } else {
-            if head_cut {
-                parts[0] = (0, (first | mask) + 1 - first);
+            let raw = slot(i).load(Ordering::Acquire);
+            let r_log2 = if self.format.is_present(raw) {
+                self.contiguous_span_log2(level, raw)
+            } else {
+                0
+            };
+            if r_log2 == 0 {
+                i += 1;
+                continue;
             }
-            if tail_cut {
-                parts[1] = ((last & !mask) - first, n);
-            }
-        }
-        for (from, to) in parts {
-            let hinted = (from..to).find(|&i| {
-                let raw = slot(i).load(Ordering::Acquire);
-                self.format.is_present(raw) && self.is_contiguous_leaf(level, raw)
-            });
-            if let Some(i) = hinted {
-                let at = iova + ((i as u64) << shift);
-                self.break_contiguous(t, level, first + i, at, range, gather);
-            }
+            let at = iova + ((i as u64) << shift);
+            self.break_contiguous(t, level, first + i, at, raw, range, gather);
+            // On past the run (which ends at a multiple of its size in the table).
+            let run_mask = (1usize << r_log2) - 1;
+            i = ((first + i) | run_mask) + 1 - first;
         }
     }
 
@@ -1282,7 +1310,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         let child_size = 1u64 << self.geo().level_shift(level - 1);
         let entries = 1usize << self.geo().level_bits(level - 1);
         let table_entry = self.format.encode_table(level, page.pa) | self.format.split_table_bit();
-        let base = self.format.leaf_address(level, raw).get();
+        let base = self.entry_pa(level, raw, iova);
         for i in 0..entries {
             let pa = PhysAddr::new(base + i as u64 * child_size);
             let e = self.format.relevel_leaf(raw, level, level - 1, pa);
@@ -1340,7 +1368,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
             let shift = g.level_shift(level);
             let offset = iova.get() & ((1u64 << shift) - 1);
             return Some(Mapping {
-                pa: self.format.leaf_address(level, raw).checked_add(offset)?,
+                pa: PhysAddr::new(self.entry_pa(level, raw, iova.get())).checked_add(offset)?,
                 prot: self.format.leaf_prot(level, raw),
                 size_log2: shift,
             });
@@ -1397,7 +1425,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
             } else {
                 let leaf = Leaf {
                     iova: Iova::new(iova & !(size - 1)),
-                    pa: self.format.leaf_address(level, raw),
+                    pa: PhysAddr::new(self.entry_pa(level, raw, iova)),
                     prot: self.format.leaf_prot(level, raw),
                     size_log2: shift,
                 };

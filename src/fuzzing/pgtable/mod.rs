@@ -43,7 +43,10 @@ use std::vec::Vec;
 use arbitrary::{Arbitrary, Unstructured};
 
 use self::shadow::{Segments, Shadow};
-use self::subjects::{ArmS1Subject, ArmS2Subject, Seen, Subject, VtdFsSubject, VtdSsSubject};
+use self::subjects::{
+    AmdV1Subject, AmdV2Subject, ArmS1Subject, ArmS2Subject, Seen, Subject, VtdFsSubject,
+    VtdSsSubject,
+};
 use crate::mem::{Iova, PhysAddr, WalkerCoherency};
 use crate::pgtable::{
     Error, Format, Gather, InvalidationComplete, IovaRange, PageTable, Prot, SplitPolicy,
@@ -90,6 +93,16 @@ pub fn arm_s2_64k(data: &[u8]) {
 /// Target `pgtable_arm_s1`: Arm stage 1, any granule.
 pub fn arm_s1(data: &[u8]) {
     run::<ArmS1Subject>(data, ArmS1Subject::draw);
+}
+
+/// Target `pgtable_amdvi_v1`: AMD-Vi v1 host tables, 1 to 6 levels, size-encoded pages.
+pub fn amdvi_v1(data: &[u8]) {
+    run::<AmdV1Subject>(data, AmdV1Subject::draw);
+}
+
+/// Target `pgtable_amdvi_v2`: AMD-Vi v2 guest tables (x86-64 4/5-level paging).
+pub fn amdvi_v2(data: &[u8]) {
+    run::<AmdV2Subject>(data, AmdV2Subject::draw);
 }
 
 /// One step of a sequence. Granule positions are taken modulo the window.
@@ -499,17 +512,19 @@ impl<'a, S: Subject> Harness<'a, S> {
         found
     }
 
-    /// The leaf containing window granule `index`, widened to its whole run if it carries the
-    /// format's contiguous hint: a run is cut like a larger page.
+    /// The leaf containing window granule `index`, widened to its whole run if it was written
+    /// as part of one (Arm's contiguous hint, AMD-Vi v1's size-encoded pages): a run is cut
+    /// like a larger page.
     fn run_at(&self, index: u64) -> Option<(u64, u64)> {
         let (start, n) = self.leaf_at(index)?;
         let f = self.table.format();
         let raw = self.mem.read_u64(self.leaf_entry(index)?)?;
-        if f.contiguous_bit() == 0 || raw & f.contiguous_bit() == 0 {
+        let level = n.trailing_zeros() / (self.gran_log2 - 3);
+        let run_log2 = f.leaf_run_log2(level, raw);
+        if run_log2 == 0 {
             return Some((start, n));
         }
-        let level = n.trailing_zeros() / (self.gran_log2 - 3);
-        let run = n << f.contiguous_log2(level);
+        let run = n << run_log2;
         // The window base is block-aligned, so run alignment in the window is IOVA alignment.
         let run_start = start / run * run;
         Some((run_start, run))
