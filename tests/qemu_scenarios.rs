@@ -309,6 +309,7 @@ scenarios! {
     aarch64_smmu_nested => (Aarch64, 209, "smmu_nested", "virt,iommu=smmuv3", []);
     aarch64_smmu_s2_nested_refused => (Aarch64, 209, "smmu_nested", "virt-9.1,iommu=smmuv3", ["-global", "arm-smmuv3.stage=2"]);
     aarch64_smmu_s1_nested_refused => (Aarch64, 209, "smmu_nested", "virt-9.1,iommu=smmuv3", []);
+    aarch64_smmu_hwpt_nested_invalidate => (Aarch64, 230, "smmu_nested_user", "virt,iommu=smmuv3", []);
     aarch64_smmu_nested_dma_4k => (Aarch64, 201, "smmu_dma_4k", "virt,iommu=smmuv3", []);
     aarch64_smmu_nested_enforce_snoop => (Aarch64, 208, "smmu_enforce_snoop", "virt,iommu=smmuv3", []);
     aarch64_smmu_s2_dma_4k_2lvl => (Aarch64, 221, "smmu_dma_4k_2lvl", "virt-9.1,iommu=smmuv3", ["-global", "arm-smmuv3.stage=2"]);

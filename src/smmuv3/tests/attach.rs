@@ -793,3 +793,101 @@ fn a_cd_table_outlives_a_detach_that_timed_out() {
     u.set_ats(DeviceId(4), false).unwrap();
     u.domain_free(d).unwrap();
 }
+
+/// A user domain (the guest's vSTE over a nest parent): the stream's STE carries the guest's
+/// stage-1 fields over the parent's stage 2 and VMID; no crate PASID beside it; the parent
+/// cannot be freed under it; a crate-built stage-1 child cannot share the parent's VMID with
+/// it (guest ASIDs would alias host ones) and the other way round; unmapping from the parent
+/// invalidates the whole ATC of an ATS stream attached through it; leaving it issues
+/// TLBI_NH_ALL of the parent's VMID; the audit counts it.
+#[test]
+fn user_domain_gets_the_guests_stage1_over_the_parent() {
+    use crate::iommu::UserStage1;
+    let (m, alloc) = (model(IDR0, 0), VecAllocator::default());
+    let u = enabled(&m, &alloc);
+    let parent = u
+        .domain_alloc(&DomainConfig {
+            nest_parent: true,
+            ..s2()
+        })
+        .unwrap();
+    let vste = UserStage1::SmmuV3 {
+        ste: [
+            1 | 0b101 << 1 | 0x4_0000 | 2 << 59,
+            2 | 1 << 2 | 1 << 4 | 3 << 6,
+        ],
+    };
+    let plain = u.domain_alloc(&s2()).unwrap();
+    assert_eq!(
+        u.domain_alloc_user(plain, &vste),
+        Err(Error::Unsupported(Missing::Nesting))
+    );
+    // EATS is the host's (set_ats), not the guest's.
+    let eats = UserStage1::SmmuV3 {
+        ste: [1 | 0b101 << 1 | 0x4_0000, 1 << 28],
+    };
+    assert!(matches!(
+        u.domain_alloc_user(parent, &eats),
+        Err(Error::InvalidArgument { .. })
+    ));
+    let user = u.domain_alloc_user(parent, &vste).unwrap();
+    assert_eq!(u.domain_alloc_nested(&s1(), parent), Err(Error::Busy));
+    assert_eq!(u.domain_free(parent), Err(Error::Busy));
+    // Map, unmap, flush and query refuse it: it has no table.
+    assert_eq!(
+        u.map(user, Iova::new(0), PhysAddr::new(0x8000_0000), K4, RW),
+        Err(Error::InvalidDomain(user))
+    );
+    u.set_ats(DeviceId(4), true).unwrap();
+    u.attach(DeviceId(4), None, user).unwrap();
+    let ste = ste_of(&u, 4);
+    assert_eq!(ste.config_raw(), 0b111);
+    assert_eq!(ste.words[0] & ste::S1CONTEXTPTR.mask(), 0x4_0000);
+    assert_eq!(ste::S1CDMAX.get(ste.words[0]), 2);
+    assert_eq!(ste::S1DSS.get(ste.words[1]), 2);
+    assert_eq!(ste::EATS.get(ste.words[1]), 1);
+    // The parent's VMID (the parent has 1, `plain` 2).
+    assert_eq!(ste.words[2] & 0xffff, 1);
+    assert!(u
+        .attach(
+            DeviceId(4),
+            Some(Pasid::new(1).unwrap()),
+            u.domain_alloc(&s1()).unwrap()
+        )
+        .is_err());
+    assert_eq!(u.audit().map(|a| a.unsettled), Ok(0));
+    u.map(
+        parent,
+        Iova::new(0x10_0000),
+        PhysAddr::new(0x8000_0000),
+        K4,
+        RW,
+    )
+    .unwrap();
+    let mut g = Gather::new();
+    u.unmap(parent, Iova::new(0x10_0000), K4, &mut g).unwrap();
+    take_ops(&m);
+    u.flush(parent, &mut g).unwrap();
+    let cmds: Vec<[u64; 2]> = m.executed.borrow().clone();
+    assert_eq!(take_ops(&m), [TLBI_S2_IPA, 0x10, SYNC, ATC_INV, SYNC]);
+    assert_eq!(
+        cmds[3],
+        Command::atc_inv(StreamId(4), None, Iova::ZERO, 52, true)
+            .unwrap()
+            .words
+    );
+    u.detach(DeviceId(4), None).unwrap();
+    let ops = take_ops(&m);
+    assert_eq!(
+        count(&ops, 0x10),
+        1,
+        "TLBI_NH_ALL of the parent's VMID: {ops:x?}"
+    );
+    u.domain_free(user).unwrap();
+    // Without user domains the parent takes a crate-built child again, and then no user one.
+    let child = u.domain_alloc_nested(&s1(), parent).unwrap();
+    assert_eq!(u.domain_alloc_user(parent, &vste), Err(Error::Busy));
+    u.domain_free(child).unwrap();
+    u.domain_free(parent).unwrap();
+    assert_eq!(u.audit().map(|a| a.unsettled), Ok(0));
+}

@@ -129,6 +129,11 @@ pub static TABLE: &[Scenario] = &[
         run: crate::smmu_scenarios::smmu_bypass_when_disabled,
     },
     Scenario {
+        id: 230,
+        name: "smmu_nested_user",
+        run: crate::smmu_scenarios::smmu_nested_user,
+    },
+    Scenario {
         id: 221,
         name: "smmu_dma_4k_2lvl",
         run: crate::smmu_scenarios::smmu_dma_4k_2lvl,

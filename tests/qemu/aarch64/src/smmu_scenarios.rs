@@ -780,7 +780,8 @@ fn enforce_snoop(env: &Env<'_, '_, '_>) -> Result<(), Fail> {
 
 // -----------------------------------------------------------------------------------------------
 // Nested translation: below the IOASID layer, through the unit's `Iommu` trait and
-// `SmmuUnit::domain_alloc_nested` (the IOASID layer has no nested-domain call yet).
+// `SmmuUnit::domain_alloc_nested` (a stage 1 the crate builds; the IOASID layer's nested children
+// hold a guest's stage 1 instead: `smmu_nested_user` below).
 
 use iommu_engine::iommu::{DeviceId, DomainConfig, DomainHandle, Error as UnitError, Iommu, Stage};
 use iommu_engine::mem::PhysAddr;
@@ -1980,4 +1981,205 @@ fn granule_leaves(env: &Env<'_, '_, '_>, g: u32, block_log2: u32) -> Result<(), 
     })();
     let free = unit_op("free", unit.domain_free(d));
     r.and(free)
+}
+
+// -----------------------------------------------------------------------------------------------
+// Nested translation from the IOASID layer: a child IOASID holding the guest's stage 1.
+
+use iommu_engine::ioasid::IoasidId;
+use iommu_engine::iommu::{Refusal, UserStage1};
+
+/// Guest physical addresses of the guest's pages (its CD table, stage-1 tables, data): far from
+/// RAM, so only the parent's stage 2 makes them reach it.
+const GPA_BASE: u64 = 0x7_4000_0000;
+/// The guest's IOVAs: one level-3 table holds both (T0SZ 25, start level 1).
+const GIOVA_SRC: u64 = 0x12_3456_0000;
+const GIOVA_DST: u64 = 0x12_3457_0000;
+/// The guest's ASID and its StreamID for edu (iommufd vDEVICE virt_id).
+const GUEST_ASID: u64 = 9;
+const GUEST_SID: u32 = 0x3;
+
+/// The guest writes a 64-bit word of its memory (little-endian, byte by byte: volatile).
+fn guest_write(page: &DmaBuf<'_>, offset: u64, value: u64) {
+    for (i, b) in value.to_le_bytes().into_iter().enumerate() {
+        page.set(offset as usize + i, b);
+    }
+}
+
+/// The guest's stage-1 leaf for `iova` in its level-3 table: `gpa`, AttrIndx 0 (MAIR
+/// write-back), EL0 access, read-only when `ro`, SH inner, AF, nG (Arm ARM D8).
+fn guest_leaf(l3: &DmaBuf<'_>, iova: u64, gpa: u64, ro: bool) {
+    let ap2 = if ro { 1 << 7 } else { 0 };
+    let desc = gpa | 3 | 1 << 6 | ap2 | 3 << 8 | 1 << 10 | 1 << 11;
+    guest_write(l3, ((iova >> 12) & 0x1ff) * 8, desc);
+}
+
+/// A nested child IOASID on `virt`'s SMMUv3 (stage=nested), through the IOASID layer as a VMM
+/// drives iommufd: the guest's CD table, stage-1 tables and data live in guest pages the
+/// NEST_PARENT IOASID maps at GPAs; the child holds the guest's STE words (S1ContextPtr = the
+/// CD table's GPA). edu's transfers go through both stages; the guest moves a page in its own
+/// table and QEMU keeps using its cached translation until the guest's TLBI_NH_VA, passed
+/// through `invalidate_user` with the parent's VMID put in, reaches it; commands naming a
+/// VMID, another StreamID or stage 2 are refused before anything reaches the queue.
+pub fn smmu_nested_user(ctx: &mut Ctx) -> Result<(), Fail> {
+    linear(ctx, nested_user)
+}
+
+fn nested_user(env: &Env<'_, '_, '_>) -> Result<(), Fail> {
+    ensure!(
+        env.nested,
+        "this row needs both stages (virt, stage=nested)"
+    );
+    // Guest pages: 0 CD table, 1-3 stage-1 levels 1-3, 4 source, 5 and 6 destinations.
+    let pages = [
+        env.buf(12)?,
+        env.buf(12)?,
+        env.buf(12)?,
+        env.buf(12)?,
+        env.buf(12)?,
+        env.buf(12)?,
+        env.buf(12)?,
+    ];
+    let gpa = |n: usize| GPA_BASE + 0x1000 * n as u64;
+    let parent = io("NEST_PARENT", env.io.alloc(IoasidFlags::NEST_PARENT))?;
+    let r = nested_user_in(env, parent, &pages, gpa);
+    let freed = io("free parent", env.io.free(parent));
+    r.and(freed)
+}
+
+fn nested_user_in(
+    env: &Env<'_, '_, '_>,
+    parent: IoasidId,
+    pages: &[DmaBuf<'static>; 7],
+    gpa: impl Fn(usize) -> u64,
+) -> Result<(), Fail> {
+    let [cd, l1, l2, l3, src, d1, d2] = pages;
+    for (n, p) in pages.iter().enumerate() {
+        io(
+            "map guest RAM",
+            env.io.map(parent, iova(gpa(n)), p.pa(0), 4096, RW),
+        )?;
+    }
+    // The guest's tables (IHI 0070 G.b §5.4 CD; Arm ARM D8 stage 1, 4K granule, T0SZ 25).
+    guest_write(l1, ((GIOVA_SRC >> 30) & 0x1ff) * 8, gpa(2) | 3);
+    guest_write(l2, ((GIOVA_SRC >> 21) & 0x1ff) * 8, gpa(3) | 3);
+    guest_leaf(l3, GIOVA_SRC, gpa(4), true);
+    guest_leaf(l3, GIOVA_DST, gpa(5), false);
+    // CD: T0SZ 25, TG0 4K, IR0/OR0 WB, SH0 inner, EPD1, V, IPS 40 bits, AA64, R, A, ASID.
+    let cd0 = 25
+        | 1 << 8
+        | 1 << 10
+        | 3 << 12
+        | 1 << 30
+        | 1 << 31
+        | 2 << 32
+        | 1 << 41
+        | 1 << 45
+        | 1 << 46
+        | GUEST_ASID << 48;
+    guest_write(cd, 8, gpa(1));
+    guest_write(cd, 24, 0xff);
+    guest_write(cd, 0, cd0);
+    // The guest's STE: V, Config = stage-1 translate, one CD at gpa(0), CD fetches WB inner.
+    let stage1 = UserStage1::SmmuV3 {
+        ste: [1 | 0b101 << 1 | gpa(0), 1 << 2 | 1 << 4 | 3 << 6],
+    };
+    let child = io("alloc_nested", env.io.alloc_nested(parent, stage1))?;
+    io(
+        "virtual id",
+        env.io.set_virtual_id(env.dev, Some(GUEST_SID)),
+    )?;
+    io("attach child", env.io.attach(env.dev, child))?;
+    let r = nested_user_dma(env, child, [l3, src, d1, d2], gpa(6));
+    let detached = io("detach", env.io.detach(env.dev));
+    let freed = io("free child", env.io.free(child));
+    r.and(detached).and(freed)
+}
+
+fn nested_user_dma(
+    env: &Env<'_, '_, '_>,
+    child: IoasidId,
+    [l3, src, d1, d2]: [&DmaBuf<'static>; 4],
+    gpa_d2: u64,
+) -> Result<(), Fail> {
+    // Through both stages: guest IOVA -> GPA (the guest's table) -> PA (the parent).
+    roundtrip(
+        env.edu,
+        src,
+        0x80,
+        iova(GIOVA_SRC + 0x80),
+        d1,
+        0x100,
+        iova(GIOVA_DST + 0x100),
+        0x200,
+        51,
+    )?;
+    env.events("nested child transfers")?
+        .expect_none("nested child transfers")?;
+    // The guest moves GIOVA_DST to its page 6; QEMU still translates from its TLB.
+    guest_leaf(l3, GIOVA_DST, gpa_d2, false);
+    d2.guard_all();
+    roundtrip(
+        env.edu,
+        src,
+        0x80,
+        iova(GIOVA_SRC + 0x80),
+        d1,
+        0x100,
+        iova(GIOVA_DST + 0x100),
+        0x200,
+        52,
+    )?;
+    d2.expect_untouched()?;
+    // Refused, each naming what the guest does not own; nothing reaches the queue.
+    let tlbi_va = |vmid: u64| [0x12 | vmid << 32 | GUEST_ASID << 48, GIOVA_DST | 1];
+    let foreign_cfgi = [0x06 | u64::from(GUEST_SID + 1) << 32, 0];
+    let s12_vmall = [0x28, 0];
+    let before = env.cmdq_prod();
+    for (batch, index, why) in [
+        (&[tlbi_va(0), tlbi_va(4)][..], 1, Refusal::Vmid),
+        (&[tlbi_va(0), foreign_cfgi][..], 1, Refusal::ForeignDevice),
+        (&[s12_vmall][..], 0, Refusal::Type),
+    ] {
+        match env.io.invalidate_user(child, batch) {
+            Err(IoError::Iommu(iommu_engine::iommu::Error::Refused {
+                index: i,
+                request,
+                why: w,
+            })) if i == index && request == batch[index as usize] && w == why => {}
+            other => crate::bail!("guest batch {batch:x?}: {other:?}, expected {why:?} at {index}"),
+        }
+    }
+    let after = env.cmdq_prod();
+    ensure!(
+        env.commands_between(before, after) == 0,
+        "refused batches issued {} command(s)",
+        env.commands_between(before, after)
+    );
+    // The guest's TLBI_NH_VA (VMID 0, its ASID), with the parent's VMID put in: one command
+    // and the host's CMD_SYNC.
+    let n = io(
+        "invalidate_user",
+        env.io.invalidate_user(child, &[tlbi_va(0)]),
+    )?;
+    let issued = env.commands_between(after, env.cmdq_prod());
+    ensure!(
+        n == 1 && issued == 2,
+        "{n} request(s), {issued} command(s) issued"
+    );
+    d1.guard_all();
+    roundtrip(
+        env.edu,
+        src,
+        0x80,
+        iova(GIOVA_SRC + 0x80),
+        d2,
+        0x100,
+        iova(GIOVA_DST + 0x100),
+        0x200,
+        53,
+    )?;
+    d1.expect_untouched()?;
+    env.events("after the guest's invalidation")?
+        .expect_none("after the guest's invalidation")
 }
