@@ -496,25 +496,25 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
     pub fn device_info(&self, device: DeviceHandle) -> Result<DeviceInfo, Error> {
         let st = self.state.read();
         let dev = st.device(device)?;
-        let mut capabilities = self.unit(dev.label.unit)?.device_capabilities(dev.label.id);
-        // A device's own PASID width narrows the unit's (iommufd reports the device's
-        // `max_pasid_log2`).
-        if let Some(bits) = dev
-            .hints
-            .pasid_bits
-            .filter(|&b| b < capabilities.pasid_bits)
-        {
-            capabilities.pasid_bits = bits;
-            capabilities.sources.pasid_bits = dev.hints_source;
-        }
-        Ok(DeviceInfo {
+        let mut info = DeviceInfo {
             label: dev.label,
-            capabilities,
+            capabilities: self.unit(dev.label.unit)?.device_capabilities(dev.label.id),
             no_snoop_capable: dev.no_snoop_capable,
             no_snoop_source: NO_SNOOP_DECLARED,
             hints: dev.hints,
             hints_source: dev.hints_source,
-        })
+        };
+        // A device's own PASID width narrows the unit's (iommufd reports the device's
+        // `max_pasid_log2`); changed in place, so that the report is built once (the C call
+        // holds it on a kernel stack).
+        let c = &mut info.capabilities;
+        if let Some(bits) = dev.hints.pasid_bits {
+            if bits < c.pasid_bits {
+                c.pasid_bits = bits;
+                c.sources.pasid_bits = dev.hints_source;
+            }
+        }
+        Ok(info)
     }
 
     // -------------------------------------------------------------------------------------------
