@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 
 use iommu_engine::mem::{Iova, Page, PageAllocator, PhysAddr, WalkerCoherency};
+use iommu_engine::pgtable::amdvi_v1::{AmdV1, AmdV1Config};
 use iommu_engine::pgtable::arm_s2::{ArmS2, ArmS2Config, S2Attributes};
 use iommu_engine::pgtable::vtd_ss::{VtdSs, VtdSsConfig};
 use iommu_engine::pgtable::{Format, Gather, InvalidationComplete, PageTable, Prot};
@@ -194,6 +195,23 @@ fn vtd_ss(pool: &HostPool) -> Engine<'_, VtdSs> {
     let f = VtdSs::new(cfg).expect("format");
     Engine {
         name: "engine-vtd-ss",
+        table: PageTable::new(f, pool, WalkerCoherency::Coherent).expect("table"),
+        pool,
+    }
+}
+
+fn amdvi_v1(pool: &HostPool) -> Engine<'_, AmdV1> {
+    // 48 input bits (Mode 4), 2M/1G leaves and size-encoded pages, FC set (enforced snoop).
+    let cfg = AmdV1Config {
+        ias: 48,
+        oas: 48,
+        large_pages: true,
+        force_coherent: true,
+        dirty_tracking: false,
+    };
+    let f = AmdV1::new(cfg).expect("format");
+    Engine {
+        name: "engine-amdvi-v1",
         table: PageTable::new(f, pool, WalkerCoherency::Coherent).expect("table"),
         pool,
     }
@@ -688,9 +706,11 @@ fn memset_bound(c: &mut Criterion) {
 fn map_unmap(c: &mut Criterion) {
     let pool = HostPool::new();
     let (mut vtd, mut arm, mut x86, mut a64, mut multi) = contenders(&pool);
+    let mut amd = amdvi_v1(&pool);
     for w in WORK {
         bench_one(c, &mut vtd, w);
         bench_one(c, &mut arm, w);
+        bench_one(c, &mut amd, w);
         bench_one(c, &mut x86, w);
         bench_one(c, &mut a64, w);
         bench_one(c, &mut multi, w);
