@@ -241,9 +241,6 @@ typedef enum {
   IE_REFUSAL_RESERVED_BITS = 5,
 } IeRefusal;
 
-// A 256-bit device table entry.
-typedef struct DeviceTableEntry DeviceTableEntry;
-
 // An IOASID context: what one process or VM holds.
 typedef struct IeCtx IeCtx;
 
@@ -260,7 +257,7 @@ typedef struct IeSimArena IeSimArena;
 typedef struct IeSimModel IeSimModel;
 #endif
 
-// One IOMMU unit (a VT-d remapping unit or an SMMUv3).
+// One IOMMU unit (a VT-d remapping unit, an SMMUv3 or an AMD-Vi unit).
 typedef struct IeUnit IeUnit;
 
 // The embedder's bridge walk: `bridge_buses(ctx, segment, bridge_rid, &secondary,
@@ -588,6 +585,24 @@ typedef struct {
   // completion may be used. Reported as firmware's when `from_firmware` is set.
   uint32_t coherent_access;
 } IeSmmuConfig;
+
+// How to run an AMD-Vi unit (ie_amdvi_config_default() fills in the defaults).
+typedef struct {
+  // Register and memory polls before a wait fails with `IE_STATUS_TIMEOUT`.
+  uint32_t poll_budget;
+  // Device IDs `0..device_ids` the device table covers (1..=65536: the ACPI IVRS device
+  // range; 65536 take 2 MiB of contiguous memory).
+  uint32_t device_ids;
+  // The command buffer holds `2^command_len_log2` commands (8..=15).
+  uint32_t command_len_log2;
+  // The event log holds `2^event_len_log2` events (8..=15).
+  uint32_t event_len_log2;
+  // The system's physical address width, 32..=52 (the CPU's `MAXPHYADDR`).
+  uint32_t output_bits;
+  // The unit may cache not-present entries (PCI capability header `NpCache`): every map
+  // invalidates its range.
+  bool np_cache;
+} IeAmdViConfig;
 
 // One decoded fault, as ie_unit_read_faults() reports it.
 typedef struct {
@@ -1021,6 +1036,15 @@ int32_t ie_sim_vtd_model_create(IeSimArena *arena, const IeSimVtdConfig *config,
 #endif
 
 #if defined(IOMMU_ENGINE_SIM)
+// Creates an AMD-Vi model over the arena's memory: QEMU's `amd-iommu` EFR (`IASup`, 6-level
+// host tables), or without `IASup` when `invalidate_all` is false.
+//
+// # Safety
+// `arena` is a live arena handle; `out` is writable.
+int32_t ie_sim_amdvi_model_create(IeSimArena *arena, bool invalidate_all, IeSimModel **out);
+#endif
+
+#if defined(IOMMU_ENGINE_SIM)
 // Creates an SMMUv3 model over the arena's memory.
 //
 // # Safety
@@ -1076,6 +1100,13 @@ int32_t ie_vtd_config_default(IeVtdConfig *out);
 // `out` is NULL or writable.
 int32_t ie_smmu_config_default(IeSmmuConfig *out);
 
+// Fills `*out` with the default AMD-Vi configuration (bus 0's 256 device IDs, 512-entry
+// command buffer and event log, 48-bit output, `np_cache` on).
+//
+// # Safety
+// `out` is NULL or writable.
+int32_t ie_amdvi_config_default(IeAmdViConfig *out);
+
 // Creates a VT-d unit on `regs` (not yet enabled: see ie_unit_enable()). Reads CAP/ECAP
 // and refuses a configuration the unit cannot run (`IE_STATUS_UNSUPPORTED`), or a mapped
 // window shorter than 4 KiB (`IE_STATUS_INVALID_ARGUMENT`).
@@ -1099,6 +1130,17 @@ int32_t ie_smmu_create(const IeEnv *env,
                        const IeRegs *regs,
                        const IeSmmuConfig *config,
                        IeUnit **out);
+
+// Creates an AMD-Vi unit on `regs` (a 16 KiB window; not yet enabled: see
+// ie_unit_enable()). Reads EFR and refuses a configuration the unit cannot run or an invalid
+// one (`IE_STATUS_INVALID_ARGUMENT`, `IE_STATUS_UNSUPPORTED`), or a shorter mapped window.
+//
+// # Safety
+// As for ie_vtd_create().
+int32_t ie_amdvi_create(const IeEnv *env,
+                        const IeRegs *regs,
+                        const IeAmdViConfig *config,
+                        IeUnit **out);
 
 // Turns translation on: tables, queues, global invalidation, then the enable bit, in the
 // order the specification requires.

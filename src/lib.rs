@@ -71,7 +71,8 @@
 //!   memory with [`ioasid::PasidAllocator::init_zeroed`]). Put contexts and units in statics or
 //!   in memory the kernel allocated, not on a small kernel stack. The by-value constructors
 //!   (`new`) are for hosted users; a kernel builds in place with
-//!   [`vtd::unit::VtdUnit::init_in_place`], [`smmuv3::SmmuUnit::init_in_place`] and
+//!   [`vtd::unit::VtdUnit::init_in_place`], [`smmuv3::SmmuUnit::init_in_place`],
+//!   [`amdvi::AmdViUnit::init_in_place`] and
 //!   [`ioasid::IoasidCtx::init_in_place`] (any memory: nothing relies on it being zeroed), and
 //!   frees a disabled VT-d unit's pages with [`vtd::unit::VtdUnit::release_in_place`]. The C
 //!   ABI does so in pages from the embedder's allocator: in an x86_64 release build the deepest

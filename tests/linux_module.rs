@@ -865,6 +865,7 @@ fn stack_depths(obj: &elf::Elf, disasm: &str) -> Result<BTreeMap<String, (u64, C
             let unit_internal = [
                 "3vtd",
                 "6smmuv3",
+                "5amdvi",
                 "7pgtable",
                 "4mmio",
                 "4capi3env",

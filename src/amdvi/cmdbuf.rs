@@ -156,7 +156,7 @@ impl CommandBuffer {
         regs: &W,
         alloc: &A,
         cmds: &[Command],
-        kind_of: &mut dyn FnMut(PhysAddr) -> Option<CommandErrorKind>,
+        kind_of: &mut impl FnMut(PhysAddr) -> Option<CommandErrorKind>,
     ) -> Result<(), Error>
     where
         W: RegisterWindow + ?Sized,
@@ -190,7 +190,7 @@ impl CommandBuffer {
     fn wait_for_space<W: RegisterWindow + ?Sized>(
         &mut self,
         regs: &W,
-        kind_of: &mut dyn FnMut(PhysAddr) -> Option<CommandErrorKind>,
+        kind_of: &mut impl FnMut(PhysAddr) -> Option<CommandErrorKind>,
     ) -> Result<(), Error> {
         for _ in 0..self.budget {
             if self.free_bytes(self.head(regs)) >= ENTRY_BYTES {
@@ -217,7 +217,7 @@ impl CommandBuffer {
         &mut self,
         regs: &W,
         alloc: &A,
-        kind_of: &mut dyn FnMut(PhysAddr) -> Option<CommandErrorKind>,
+        kind_of: &mut impl FnMut(PhysAddr) -> Option<CommandErrorKind>,
     ) -> Result<(), Error>
     where
         W: RegisterWindow + ?Sized,
@@ -254,7 +254,7 @@ impl CommandBuffer {
     fn check_stopped<W: RegisterWindow + ?Sized>(
         &mut self,
         regs: &W,
-        kind_of: &mut dyn FnMut(PhysAddr) -> Option<CommandErrorKind>,
+        kind_of: &mut impl FnMut(PhysAddr) -> Option<CommandErrorKind>,
     ) -> Option<Error> {
         if regs::status(regs).contains(Status::CMD_BUF_RUN)
             || !regs::control(regs).contains(Control::CMD_BUF_EN)

@@ -28,6 +28,16 @@ pub struct DeviceTable {
 }
 
 impl DeviceTable {
+    /// A table that owns nothing, overwritten before use (for building a unit in place).
+    pub(crate) const PLACEHOLDER: Self = Self {
+        page: Page {
+            pa: PhysAddr::ZERO,
+            va: core::ptr::NonNull::dangling(),
+        },
+        size_log2: PAGE_SHIFT_4K,
+        device_ids: 0,
+    };
+
     /// Allocates a table covering device IDs `0..device_ids` (1..=65536), every entry blocking.
     ///
     /// # Errors

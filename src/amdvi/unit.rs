@@ -22,6 +22,9 @@
 //! (ARCHITECTURE.md, "Platform facts"); an embedder that cannot accept it stops bus mastering
 //! first. The previous owner's pages are never freed (they are not this unit's).
 
+use core::mem::MaybeUninit;
+use core::ptr::{addr_of_mut, NonNull};
+
 use super::cmd::{Command, InvalidationRange};
 use super::cmdbuf::CommandBuffer;
 use super::devtab::DeviceTable;
@@ -199,6 +202,35 @@ impl<W: RegisterWindow, A: PageAllocator, const DOMAINS: usize> AmdViUnit<W, A, 
     /// `CMPXCHG16B`, which live device table entries need), [`Error::NoMemory`],
     /// [`Error::TableOutOfRange`].
     pub fn new(regs: W, alloc: A, config: AmdViConfig) -> Result<Self, Error> {
+        let mut slot = MaybeUninit::<Self>::uninit();
+        // SAFETY: `slot` is ours, aligned and `size_of::<Self>()` bytes; it is read only after
+        // `init_in_place` returned `Ok`, which means every field was written.
+        unsafe {
+            Self::init_in_place(NonNull::from(&mut slot).cast(), regs, alloc, config)?;
+            Ok(slot.assume_init())
+        }
+    }
+
+    /// As [`new`](Self::new), building the unit straight into `slot` (with its domain slots and
+    /// attachment list a unit is tens of KiB: a kernel stack should hold no copy of it). Every
+    /// field is written through its own pointer, the domain slots one at a time. Everything
+    /// that can fail (EFR decoding, the device table's page) happens before the first write:
+    /// on error `slot` is left uninitialised and `regs` and `alloc` are dropped.
+    ///
+    /// # Errors
+    /// As [`new`](Self::new).
+    ///
+    /// # Safety
+    /// `slot` is valid for writes of `size_of::<Self>()` bytes, aligned, and not in use: what it
+    /// held is overwritten without being dropped. After `Ok` it holds a unit the caller must
+    /// eventually drop or release ([`release`](Self::release),
+    /// [`release_in_place`](Self::release_in_place)).
+    pub unsafe fn init_in_place(
+        slot: NonNull<Self>,
+        regs: W,
+        alloc: A,
+        config: AmdViConfig,
+    ) -> Result<(), Error> {
         let cx16 = Store128::detect().ok_or(Error::Unsupported {
             what: "CMPXCHG16B (CPUID.01H:ECX.CX16) for 128-bit device table entry stores",
             value: 0,
@@ -207,19 +239,30 @@ impl<W: RegisterWindow, A: PageAllocator, const DOMAINS: usize> AmdViUnit<W, A, 
         let efr2 = Efr2(regs.read64(regs::EXT_FEATURE2));
         let info = UnitInfo::decode(efr, efr2, &config)?;
         let devtab = DeviceTable::new(&alloc, config.device_ids, WalkerCoherency::Coherent)?;
-        Ok(Self {
-            regs,
-            alloc,
-            info,
-            config: spin::Mutex::new(ConfigState {
-                devtab,
-                attachments: [None; MAX_ATTACHMENTS],
-            }),
-            domains: core::array::from_fn(|_| spin::RwLock::new(None)),
-            cmd: spin::Mutex::new(None),
-            events: spin::Mutex::new(None),
-            cx16,
-        })
+        let p = slot.as_ptr();
+        // SAFETY: the caller guarantees `slot` is writable and aligned; each field is written
+        // exactly once, and nothing can fail from here on, so the unit is whole on return.
+        unsafe {
+            addr_of_mut!((*p).regs).write(regs);
+            addr_of_mut!((*p).alloc).write(alloc);
+            addr_of_mut!((*p).info).write(info);
+            // The mutex, then its state field by field: the attachment list is written in
+            // place, not built on the stack first.
+            let cfg = addr_of_mut!((*p).config);
+            cfg.write(ConfigState::EMPTY);
+            // The placeholder is overwritten, not dropped (it owns nothing).
+            addr_of_mut!((*cfg).get_mut().devtab).write(devtab);
+            // An array is laid out as `DOMAINS` consecutive elements (the Reference, "Type
+            // layout"): each is written in turn.
+            let domains = addr_of_mut!((*p).domains).cast::<spin::RwLock<Option<Domain<A>>>>();
+            for i in 0..DOMAINS {
+                domains.add(i).write(spin::RwLock::new(None));
+            }
+            addr_of_mut!((*p).cmd).write(spin::Mutex::new(None));
+            addr_of_mut!((*p).events).write(spin::Mutex::new(None));
+            addr_of_mut!((*p).cx16).write(cx16);
+        }
+        Ok(())
     }
 
     /// What the unit decoded.
@@ -394,32 +437,61 @@ impl<W: RegisterWindow, A: PageAllocator, const DOMAINS: usize> AmdViUnit<W, A, 
     // The error hands the unit itself back (no allocator to box it in), as VT-d's release.
     #[allow(clippy::result_large_err)]
     pub fn release(self) -> Result<(), (Self, Error)> {
-        let ctrl = regs::control(&self.regs);
-        if ctrl.intersects(Control::IOMMU_EN | Control::CMD_BUF_EN | Control::EVENT_LOG_EN)
-            || self.cmd.lock().is_some()
-        {
-            return Err((
-                self,
-                Error::UnexpectedState {
-                    register: "Control (disable the unit before releasing it)",
-                    value: ctrl.bits(),
-                },
-            ));
+        let mut slot = MaybeUninit::new(self);
+        // SAFETY: `slot` holds a live unit nothing else references; on `Ok` it was consumed
+        // and is never read again, on `Err` it is untouched and handed back.
+        match unsafe { Self::release_in_place(NonNull::from(&mut slot).cast()) } {
+            Ok(()) => Ok(()),
+            // SAFETY: as above: the unit is whole.
+            Err(e) => Err((unsafe { slot.assume_init() }, e)),
         }
-        for lock in self.domains {
-            if let Some(dom) = lock.into_inner() {
+    }
+
+    /// As [`release`](Self::release), without moving the unit: on `Ok` the unit at `this` is
+    /// gone (its pages freed, its register window and allocator dropped); on `Err` it is
+    /// untouched.
+    ///
+    /// # Errors
+    /// As [`release`](Self::release).
+    ///
+    /// # Safety
+    /// `this` points to a live unit that nothing else references for the duration of the
+    /// call; after `Ok` it is treated as uninitialised (neither used nor dropped again).
+    pub unsafe fn release_in_place(this: NonNull<Self>) -> Result<(), Error> {
+        let p = this.as_ptr();
+        // SAFETY: the caller guarantees a live, unshared unit.
+        let unit = unsafe { &mut *p };
+        let ctrl = regs::control(&unit.regs);
+        if ctrl.intersects(Control::IOMMU_EN | Control::CMD_BUF_EN | Control::EVENT_LOG_EN)
+            || unit.cmd.get_mut().is_some()
+        {
+            return Err(Error::UnexpectedState {
+                register: "Control (disable the unit before releasing it)",
+                value: ctrl.bits(),
+            });
+        }
+        for lock in unit.domains.iter_mut() {
+            if let Some(dom) = lock.get_mut().take() {
                 let mut gather = dom.owed.into_inner();
                 // A corrupt table leaks what it could not walk; the rest goes back.
                 let _ = dom.table.destroy(&mut gather);
                 // SAFETY: IommuEn is clear: the unit walks no table, and a later enable would
                 // point it at another device table (this one is freed below).
                 let done = unsafe { crate::pgtable::InvalidationComplete::assume() };
-                let _ = gather.release(&self.alloc, done);
+                let _ = gather.release(&unit.alloc, done);
             }
         }
-        let devtab = self.config.into_inner().devtab;
-        // SAFETY: from `self.alloc`; IommuEn is clear, so the unit reads no device table.
-        unsafe { devtab.release(&self.alloc) };
+        // SAFETY: the table is read out once and the unit is never used again (the caller's
+        // contract after `Ok`), so it is neither freed twice nor dropped.
+        let devtab = unsafe { core::ptr::read(&unit.config.get_mut().devtab) };
+        // SAFETY: from `unit.alloc`; IommuEn is clear, so the unit reads no device table.
+        unsafe { devtab.release(&unit.alloc) };
+        // SAFETY: the remaining fields own nothing but the window and the allocator, dropped
+        // once here; the rest (locks, plain data) needs no drop.
+        unsafe {
+            core::ptr::drop_in_place(addr_of_mut!((*p).regs));
+            core::ptr::drop_in_place(addr_of_mut!((*p).alloc));
+        }
         Ok(())
     }
 
@@ -552,6 +624,15 @@ pub(crate) struct ConfigState {
 }
 
 impl ConfigState {
+    /// Unlocked, nothing attached, a placeholder table: a constant, so that writing it copies
+    /// from read-only data rather than from a temporary built on the stack.
+    // Each use is a fresh value written once into a new object: no lock is shared.
+    #[allow(clippy::declare_interior_mutable_const)]
+    const EMPTY: spin::Mutex<Self> = spin::Mutex::new(ConfigState {
+        devtab: DeviceTable::PLACEHOLDER,
+        attachments: [None; MAX_ATTACHMENTS],
+    });
+
     pub fn find(&self, device: u32) -> Option<usize> {
         self.attachments
             .iter()

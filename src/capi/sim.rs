@@ -10,6 +10,7 @@ use std::boxed::Box;
 
 use crate::mem::{Page, PageAllocator, PhysAddr};
 use crate::mmio::RegisterWindow;
+use crate::sim::amdvi::{AmdViModel, AmdViModelConfig};
 use crate::sim::smmuv3::{SmmuModel, SmmuModelConfig};
 use crate::sim::vtd::{VtdModel, VtdModelConfig};
 use crate::sim::walk::Access;
@@ -36,6 +37,7 @@ struct ArenaObj {
 enum ModelObj {
     Vtd(VtdModel<'static>),
     Smmu(SmmuModel<'static>),
+    AmdVi(AmdViModel<'static>),
 }
 
 struct ModelBox {
@@ -236,6 +238,26 @@ pub unsafe extern "C" fn ie_sim_vtd_model_create(
     })())
 }
 
+/// Creates an AMD-Vi model over the arena's memory: QEMU's `amd-iommu` EFR (`IASup`, 6-level
+/// host tables), or without `IASup` when `invalidate_all` is false.
+///
+/// # Safety
+/// `arena` is a live arena handle; `out` is writable.
+#[no_mangle]
+pub unsafe extern "C" fn ie_sim_amdvi_model_create(
+    arena: *mut IeSimArena,
+    invalidate_all: bool,
+    out: *mut *mut IeSimModel,
+) -> i32 {
+    let mut cfg = AmdViModelConfig::qemu_default();
+    if !invalidate_all {
+        cfg = cfg.without_invalidate_all();
+    }
+    code(new_model(arena, out, |a| {
+        ModelObj::AmdVi(AmdViModel::new(a, cfg))
+    }))
+}
+
 /// Creates an SMMUv3 model over the arena's memory.
 ///
 /// # Safety
@@ -283,6 +305,7 @@ fn window(ctx: *mut c_void) -> &'static dyn RegisterWindow {
     match &unsafe { &*ctx.cast::<ModelBox>() }.model {
         ModelObj::Vtd(m) => m,
         ModelObj::Smmu(m) => m,
+        ModelObj::AmdVi(m) => m,
     }
 }
 
@@ -367,6 +390,15 @@ pub unsafe extern "C" fn ie_sim_model_translate(
                     snoop: t.coherent,
                 })
                 .map_err(|_| IeStatus::NotFound)?,
+            ModelObj::AmdVi(a) => {
+                let id = u16::try_from(device_id).map_err(|_| IeStatus::InvalidArgument)?;
+                a.dma(id, iova, write)
+                    .map(|t| IeSimDma {
+                        pa: t.pa,
+                        snoop: t.force_coherent,
+                    })
+                    .map_err(|_| IeStatus::NotFound)?
+            }
         };
         // SAFETY: the C contract.
         *unsafe { out.as_mut() }.ok_or(IeStatus::InvalidArgument)? = dma;

@@ -12,14 +12,15 @@ use super::ioasid::{
     IeCtx, IeRegistry,
 };
 use super::sim::{
-    ie_sim_arena_create, ie_sim_arena_destroy, ie_sim_arena_env, ie_sim_arena_live_pages,
-    ie_sim_model_destroy, ie_sim_model_regs, ie_sim_smmu_model_create, ie_sim_vtd_model_create,
-    IeSimArena, IeSimModel, IeSimSmmuConfig, IeSimVtdConfig,
+    ie_sim_amdvi_model_create, ie_sim_arena_create, ie_sim_arena_destroy, ie_sim_arena_env,
+    ie_sim_arena_live_pages, ie_sim_model_destroy, ie_sim_model_regs, ie_sim_smmu_model_create,
+    ie_sim_vtd_model_create, IeSimArena, IeSimModel, IeSimSmmuConfig, IeSimVtdConfig,
 };
 use super::status::IeStatus;
 use super::unit::{
-    ie_smmu_config_default, ie_smmu_create, ie_unit_destroy, ie_unit_disable, ie_unit_enable,
-    ie_vtd_config_default, ie_vtd_create, IeCoherentDma, IeSmmuConfig, IeUnit, IeVtdConfig,
+    ie_amdvi_config_default, ie_amdvi_create, ie_smmu_config_default, ie_smmu_create,
+    ie_unit_destroy, ie_unit_disable, ie_unit_enable, ie_vtd_config_default, ie_vtd_create,
+    IeAmdViConfig, IeCoherentDma, IeSmmuConfig, IeUnit, IeVtdConfig,
 };
 
 const OK: i32 = IeStatus::Ok as i32;
@@ -100,6 +101,40 @@ fn vtd_unit_and_context_built_and_released_in_place() {
         assert_eq!(ie_unit_enable(unit), OK);
         with_context(&env, unit);
         // Enabled: refused, and the unit stays usable.
+        assert_eq!(ie_unit_destroy(unit), BUSY);
+        assert_eq!(ie_unit_disable(unit), OK);
+        assert_eq!(ie_unit_destroy(unit), OK);
+        assert_eq!(ie_sim_arena_live_pages(arena), before);
+        assert_eq!(ie_sim_model_destroy(model), OK);
+        assert_eq!(ie_sim_arena_destroy(arena), OK);
+    }
+}
+
+#[test]
+fn amdvi_unit_built_and_released_in_place() {
+    let (arena, env) = arena();
+    let mut model: *mut IeSimModel = null_mut();
+    // SAFETY: a live arena, writable out.
+    let st = unsafe { ie_sim_amdvi_model_create(arena, true, &mut model) };
+    assert_eq!(st, OK);
+    let mut regs = MaybeUninit::<IeRegs>::uninit();
+    let mut cfg = MaybeUninit::<IeAmdViConfig>::uninit();
+    // SAFETY: a live model; writable outs.
+    unsafe {
+        assert_eq!(ie_sim_model_regs(model, regs.as_mut_ptr()), OK);
+        assert_eq!(ie_amdvi_config_default(cfg.as_mut_ptr()), OK);
+    }
+    // SAFETY: a live arena.
+    let before = unsafe { ie_sim_arena_live_pages(arena) };
+    let mut unit: *mut IeUnit = null_mut();
+    // SAFETY: valid arguments; `regs` and `cfg` were written above.
+    unsafe {
+        assert_eq!(
+            ie_amdvi_create(&env, regs.as_ptr(), cfg.as_ptr(), &mut unit),
+            OK
+        );
+        assert_eq!(ie_unit_enable(unit), OK);
+        with_context(&env, unit);
         assert_eq!(ie_unit_destroy(unit), BUSY);
         assert_eq!(ie_unit_disable(unit), OK);
         assert_eq!(ie_unit_destroy(unit), OK);

@@ -2,6 +2,7 @@
 
 use core::ptr::{addr_of_mut, NonNull};
 
+use crate::amdvi::{AmdViConfig, AmdViUnit};
 use crate::iommu::{self, Iommu, Source};
 use crate::smmuv3::regs::Gerror;
 use crate::smmuv3::{
@@ -15,7 +16,7 @@ use super::env::{CEnv, CRegs, IeEnv, IeRegs};
 use super::object::{checked, handle, Obj, Tagged};
 use super::status::{code, IeStatus};
 
-/// One IOMMU unit (a VT-d remapping unit or an SMMUv3).
+/// One IOMMU unit (a VT-d remapping unit, an SMMUv3 or an AMD-Vi unit).
 pub struct IeUnit {
     _opaque: [u8; 0],
 }
@@ -34,12 +35,23 @@ pub struct IeUnit {
 pub(super) enum UnitObj {
     Vtd(VtdUnit<CRegs, CEnv>) = VTD,
     Smmu(SmmuUnit<CRegs, CEnv>) = SMMU,
+    AmdVi(AmdViUnit<CRegs, CEnv>) = AMDVI,
 }
 
 /// Discriminant of [`UnitObj::Vtd`].
 const VTD: u32 = 0;
 /// Discriminant of [`UnitObj::Smmu`].
 const SMMU: u32 = 1;
+
+/// Discriminant of [`UnitObj::AmdVi`].
+const AMDVI: u32 = 2;
+
+/// The layout of [`UnitObj::AmdVi`].
+#[repr(C)]
+struct AmdViVariant {
+    tag: u32,
+    unit: AmdViUnit<CRegs, CEnv>,
+}
 
 /// The layout of [`UnitObj::Vtd`].
 #[repr(C)]
@@ -68,6 +80,7 @@ impl UnitObj {
         match self {
             UnitObj::Vtd(u) => u,
             UnitObj::Smmu(u) => u,
+            UnitObj::AmdVi(u) => u,
         }
     }
 }
@@ -345,6 +358,68 @@ pub unsafe extern "C" fn ie_smmu_config_default(out: *mut IeSmmuConfig) -> i32 {
     }
 }
 
+/// How to run an AMD-Vi unit (ie_amdvi_config_default() fills in the defaults).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct IeAmdViConfig {
+    /// Register and memory polls before a wait fails with `IE_STATUS_TIMEOUT`.
+    pub poll_budget: u32,
+    /// Device IDs `0..device_ids` the device table covers (1..=65536: the ACPI IVRS device
+    /// range; 65536 take 2 MiB of contiguous memory).
+    pub device_ids: u32,
+    /// The command buffer holds `2^command_len_log2` commands (8..=15).
+    pub command_len_log2: u32,
+    /// The event log holds `2^event_len_log2` events (8..=15).
+    pub event_len_log2: u32,
+    /// The system's physical address width, 32..=52 (the CPU's `MAXPHYADDR`).
+    pub output_bits: u32,
+    /// The unit may cache not-present entries (PCI capability header `NpCache`): every map
+    /// invalidates its range.
+    pub np_cache: bool,
+}
+
+impl From<IeAmdViConfig> for AmdViConfig {
+    fn from(c: IeAmdViConfig) -> Self {
+        AmdViConfig {
+            poll_budget: c.poll_budget,
+            device_ids: c.device_ids,
+            command_len_log2: c.command_len_log2,
+            event_len_log2: c.event_len_log2,
+            output_bits: c.output_bits,
+            np_cache: c.np_cache,
+        }
+    }
+}
+
+/// Fills `*out` with the default AMD-Vi configuration (bus 0's 256 device IDs, 512-entry
+/// command buffer and event log, 48-bit output, `np_cache` on).
+///
+/// # Safety
+/// `out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn ie_amdvi_config_default(out: *mut IeAmdViConfig) -> i32 {
+    let d = AmdViConfig::new();
+    // SAFETY: the C contract.
+    match unsafe { out.as_mut() } {
+        Some(out) => {
+            *out = IeAmdViConfig {
+                poll_budget: d.poll_budget,
+                device_ids: d.device_ids,
+                command_len_log2: d.command_len_log2,
+                event_len_log2: d.event_len_log2,
+                output_bits: d.output_bits,
+                np_cache: d.np_cache,
+            };
+            IeStatus::Ok as i32
+        }
+        None => IeStatus::InvalidArgument as i32,
+    }
+}
+
+/// The window of an AMD-Vi unit: the registers up to the Status register's page (AMD IOMMU
+/// specification 48882 rev. 3.10, §3.4; the IVHD gives the real size).
+const AMDVI_WINDOW: usize = crate::amdvi::regs::WINDOW_LEN;
+
 /// The smallest mapped window of a VT-d unit: one 4 KiB register page (VT-d spec rev. 4.1,
 /// §10.4; the DRHD structure gives the real size).
 const VTD_MIN_WINDOW: usize = 0x1000;
@@ -470,6 +545,37 @@ pub unsafe extern "C" fn ie_smmu_create(
     })())
 }
 
+/// Creates an AMD-Vi unit on `regs` (a 16 KiB window; not yet enabled: see
+/// ie_unit_enable()). Reads EFR and refuses a configuration the unit cannot run or an invalid
+/// one (`IE_STATUS_INVALID_ARGUMENT`, `IE_STATUS_UNSUPPORTED`), or a shorter mapped window.
+///
+/// # Safety
+/// As for ie_vtd_create().
+#[no_mangle]
+pub unsafe extern "C" fn ie_amdvi_create(
+    env: *const IeEnv,
+    regs: *const IeRegs,
+    config: *const IeAmdViConfig,
+    out: *mut *mut IeUnit,
+) -> i32 {
+    code((|| {
+        // SAFETY: the caller's contract.
+        let (env, regs, config) = unsafe { unit_args(env, regs, AMDVI_WINDOW, config, out) }?;
+        let init = |slot: NonNull<UnitObj>| {
+            let slot = slot.cast::<AmdViVariant>().as_ptr();
+            // SAFETY: as in ie_vtd_create(), for the `AmdVi` variant.
+            unsafe {
+                let unit = NonNull::new_unchecked(addr_of_mut!((*slot).unit));
+                AmdViUnit::init_in_place(unit, regs, env, (*config).into()).map_err(status)?;
+                addr_of_mut!((*slot).tag).write(AMDVI);
+            }
+            Ok(())
+        };
+        // SAFETY: `init` keeps `publish`'s contract; `out` was checked by `unit_args`.
+        unsafe { publish(env, init, out) }
+    })())
+}
+
 fn unit_obj<'h>(u: *mut IeUnit) -> Result<&'h Obj<UnitObj>, IeStatus> {
     // SAFETY: the C contract: NULL or a live unit handle.
     unsafe { handle(u.cast::<Obj<UnitObj>>()) }
@@ -485,6 +591,7 @@ pub unsafe extern "C" fn ie_unit_enable(unit: *mut IeUnit) -> i32 {
     code((|| match &unit_obj(unit)?.value {
         UnitObj::Vtd(u) => u.enable().map_err(status),
         UnitObj::Smmu(u) => u.enable().map_err(status),
+        UnitObj::AmdVi(u) => u.enable().map_err(status),
     })())
 }
 
@@ -497,6 +604,7 @@ pub unsafe extern "C" fn ie_unit_disable(unit: *mut IeUnit) -> i32 {
     code((|| match &unit_obj(unit)?.value {
         UnitObj::Vtd(u) => u.disable().map_err(status),
         UnitObj::Smmu(u) => u.disable().map_err(status),
+        UnitObj::AmdVi(u) => u.disable().map_err(status),
     })())
 }
 
@@ -561,6 +669,16 @@ fn read_records(
                 Ok(())
             }
         }
+        UnitObj::AmdVi(u) => {
+            let summary = u
+                .drain_events(|e| report(IeFault::amdvi(&e)))
+                .map_err(status)?;
+            if summary.overflow {
+                Err(IeStatus::FaultsLost)
+            } else {
+                Ok(())
+            }
+        }
     }
 }
 
@@ -592,6 +710,18 @@ impl IeFault {
             write: r.request_kind() == crate::vtd::fault::RequestKind::Write,
             pasid_valid: r.pasid().is_some(),
             pasid: r.pasid().map_or(0, |p| p.get()),
+        }
+    }
+
+    fn amdvi(e: &crate::amdvi::event::Event) -> Self {
+        let gn = e.flags.contains(crate::amdvi::event::FaultFlags::GN);
+        Self {
+            device_id: u32::from(e.device_id),
+            reason: u32::from(e.code.code()),
+            address: e.address,
+            write: e.is_write(),
+            pasid_valid: gn,
+            pasid: if gn { e.domain_or_pasid } else { 0 },
         }
     }
 
@@ -663,6 +793,7 @@ pub unsafe extern "C" fn ie_unit_destroy(unit: *mut IeUnit) -> i32 {
         let (enabled, smmu) = match &unsafe { obj.as_ref() }.value {
             UnitObj::Vtd(u) => (u.is_enabled(), false),
             UnitObj::Smmu(u) => (u.is_enabled(), true),
+            UnitObj::AmdVi(u) => (u.is_enabled(), false),
         };
         if enabled {
             // Refused by reference: moving a unit (13-18 KiB) out and back costs kernel stack.
@@ -692,6 +823,9 @@ unsafe fn release_vtd(obj: NonNull<Obj<UnitObj>>) -> Result<(), IeStatus> {
             UnitObj::Vtd(u) => VtdUnit::release_in_place(NonNull::from(u))
                 .map(drop)
                 .map_err(|_| IeStatus::Busy),
+            UnitObj::AmdVi(u) => {
+                AmdViUnit::release_in_place(NonNull::from(u)).map_err(|_| IeStatus::Busy)
+            }
             UnitObj::Smmu(_) => {
                 value.as_ptr().drop_in_place();
                 Ok(())
