@@ -453,6 +453,9 @@ fn dmar_reserved_regions_of_a_requester() {
 /// a guest command naming another StreamID refused with the request and the reason, one
 /// naming the device passed through.
 #[test]
+// Passes under Miri (measured 193 s alone on a loaded 2-core machine: a second SMMUv3 unit
+// built and enabled) but would take a third of the CI's 10-minute Miri budget for capi::tests.
+#[cfg_attr(miri, ignore = "passes; too slow for the CI's Miri budget")]
 fn capi_hwpt_alloc_nested_and_invalidate() {
     use super::ioasid::{
         ie_ctx_alloc, ie_ctx_attach, ie_ctx_bind, ie_ctx_detach, ie_ctx_free, ie_ctx_map,
