@@ -2,6 +2,7 @@
 //! computed from the spec in the test itself: nothing comes from the crate's encoders.
 
 mod amdvi_v1;
+mod amdvi_v2;
 mod arm_s1;
 mod arm_s2;
 mod vtd_fs;
