@@ -9,6 +9,7 @@
 
 use core::fmt;
 
+use crate::iopf::{FaultDrain, PageFault, PageResponse};
 use crate::mem::{Iova, PageAllocator, PhysAddr};
 use crate::pgtable::{self, Format, Gather, IovaRange, Leaf, Mapping, PageTable, Prot, TablePages};
 
@@ -861,5 +862,31 @@ pub trait Iommu: Sync {
     ) -> Result<usize, Error> {
         let _ = (domain, requests, ids);
         Err(Error::Unsupported(Missing::Nesting))
+    }
+
+    /// Hands `sink` every I/O page fault the unit queued since the last drain (VT-d page
+    /// requests, SMMUv3 PRI queue entries and stall events: [`crate::iopf`]), in the order the
+    /// unit queued them, at most one queue's worth per call, and acknowledges an overflow.
+    /// A fault the sink cannot keep must still be answered ([`Iommu::page_response`]).
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] if page faults were not enabled on the unit.
+    fn drain_page_faults(&self, sink: &mut dyn FnMut(PageFault)) -> Result<FaultDrain, Error> {
+        let _ = sink;
+        Err(Error::Unsupported(Missing::Mode {
+            what: "I/O page faults (VT-d ECAP.PRS, SMMUv3 IDR0.PRI or stalls)",
+        }))
+    }
+
+    /// Sends `response` to the device (VT-d page group response descriptor, SMMUv3
+    /// `CMD_PRI_RESP` or `CMD_RESUME`) and waits until the unit took it.
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] if page faults were not enabled; hardware errors of the queue.
+    fn page_response(&self, response: &PageResponse) -> Result<(), Error> {
+        let _ = response;
+        Err(Error::Unsupported(Missing::Mode {
+            what: "I/O page faults (VT-d ECAP.PRS, SMMUv3 IDR0.PRI or stalls)",
+        }))
     }
 }

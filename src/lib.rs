@@ -137,6 +137,7 @@ pub mod firmware;
 pub mod fuzzing;
 pub mod ioasid;
 pub mod iommu;
+pub mod iopf;
 pub mod mem;
 pub mod mmio;
 pub mod pgtable;

@@ -6,6 +6,7 @@
 
 use crate::ioasid;
 use crate::iommu::{self, Missing};
+use crate::iopf::FaultError;
 use crate::pgtable;
 
 /// The result of a C ABI call.
@@ -238,6 +239,12 @@ impl From<ioasid::Error> for IeStatus {
             E::Iommu(i) | E::InvalidationPending { error: i, .. } => i.into(),
             E::Mismatch { .. } => IeStatus::Hardware,
             E::UserOwned(_) | E::NotNestParent(_) | E::NotNested(_) => IeStatus::InvalidArgument,
+            // iommufd answers a response to no outstanding group with -EINVAL.
+            E::Fault(FaultError::NotOutstanding(_)) => IeStatus::InvalidArgument,
+            E::Fault(FaultError::NotOwned(_)) => IeStatus::NotPermitted,
+            E::Fault(FaultError::NoQueue) => IeStatus::NotFound,
+            E::Fault(FaultError::QueueFull) => IeStatus::NoSpace,
+            E::Fault(FaultError::NotRouted { .. }) => IeStatus::NotAttached,
         }
     }
 }

@@ -193,12 +193,14 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     /// (reissues the invalidation, retries the unmap) and returns `Ok` once nothing is owed.
     /// Any later call on the IOASID (map, unmap, free, ...) settles the invalidation too.
     pub fn detach(&self, device: DeviceHandle) -> Result<(), Error> {
-        let touched = {
+        let (touched, label) = {
             let st = self.state.read();
             let dev = st.device(device)?;
             let [l0, l1] = dev.left_owing;
-            [dev.attached, dev.unsettled.flatten(), l0, l1]
+            ([dev.attached, dev.unsettled.flatten(), l0, l1], dev.label)
         };
+        // Its page faults are answered first (iommufd_auto_response_faults): nothing will.
+        self.answer_faults_of(label, None);
         let mut r = self.detach_locked(device);
         // Unmapped direct regions may leave empty tables: reclaimed now. A reclaim whose
         // invalidation is not confirmed is owed like the unmap's, and the retry settles it.
@@ -387,6 +389,7 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
             .position(|a| a.is_some_and(|a| a.device == device && a.pasid == pasid))
             .ok_or(Error::NotAttached(device))?;
         let a = st.pasid_attachments[slot].ok_or(Error::NotAttached(device))?;
+        self.answer_faults_of(label, Some(pasid));
         unit_detach(self.unit(label.unit)?, label.id, Some(pasid))?;
         st.pasid_attachments[slot] = None;
         self.release_domain(&mut st, a.ioasid, label.unit);

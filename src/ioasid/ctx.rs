@@ -11,11 +11,13 @@ use super::pending::Pending;
 use super::reclaim::ReclaimLog;
 use super::record::Record;
 use super::registry::{DeviceLabel, Leaked, Registry, UnitId};
+use super::MAX_FAULTS;
 use super::{
     DeviceHandle, Error, InUse, IoasidFlags, IoasidId, MAX_DEVICES, MAX_IOASIDS,
     MAX_IOVA_RESERVATIONS, MAX_PASID_ATTACHMENTS, MAX_RESERVED, MAX_UNITS,
 };
 use crate::iommu::{Capabilities, DeviceHints, DomainHandle, Iommu, Pasid, Source};
+use crate::iopf::FaultQueue;
 use crate::mem::{Iova, PageAllocator};
 use crate::pgtable::{Gather, InvalidationComplete, IovaRange, PageTable};
 
@@ -237,6 +239,9 @@ pub struct IoasidCtx<'r, 'a, A: PageAllocator> {
     pub(super) pasid_quota: u32,
     pub(super) state: spin::RwLock<State<'a, A>>,
     grants: [AtomicU32; MAX_DEVICES],
+    /// I/O page faults of the context's devices (`fault.rs`), closed until
+    /// [`IoasidCtx::fault_queue_alloc`]. Taken after `state`, never before.
+    pub(super) faults: spin::Mutex<FaultQueue<MAX_FAULTS>>,
 }
 
 impl<A: PageAllocator> core::fmt::Debug for IoasidCtx<'_, '_, A> {
@@ -327,6 +332,15 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
             for i in 0..MAX_DEVICES {
                 grants.add(i).write(AtomicU32::new(0));
             }
+            // Copied from a constant (no 4 KiB temporary on the stack), then tagged.
+            #[allow(clippy::declare_interior_mutable_const)]
+            const NO_FAULTS: spin::Mutex<FaultQueue<MAX_FAULTS>> =
+                spin::Mutex::new(FaultQueue::new(0));
+            let faults = addr_of_mut!((*p).faults);
+            faults.write(NO_FAULTS);
+            (*faults)
+                .get_mut()
+                .retag(FaultQueue::<MAX_FAULTS>::tag_for(id));
         }
     }
 

@@ -64,7 +64,7 @@
 //! | `IOMMU_OPTION` (`RLIMIT_MODE`) | none: nothing is pinned | out of scope |
 //! | `VFIO_DEVICE_ATTACH_IOMMUFD_PT` (attach, replace) | [`IoasidCtx::attach`] (replaces, see above); with a PASID: [`IoasidCtx::attach_pasid`] | |
 //! | `VFIO_DEVICE_DETACH_IOMMUFD_PT` | [`IoasidCtx::detach`], [`IoasidCtx::detach_pasid`] | |
-//! | `IOMMU_FAULT_QUEUE_ALLOC` (I/O page faults) | none; units report unrecoverable faults to the embedder (C: `ie_unit_read_faults`) | item 8 |
+//! | `IOMMU_FAULT_QUEUE_ALLOC` (I/O page faults), `read()` of the fault fd, `write()` of `struct iommu_hwpt_page_response` | [`IoasidCtx::fault_queue_alloc`] (one queue per context, [`MAX_FAULTS`] records, not per HWPT); the embedder's fault thread calls [`dispatch_page_faults`] per unit (VT-d page requests, SMMUv3 PRI queue and stalls, routed to the context whose attached device or PASID asked; anything else answered Invalid); [`IoasidCtx::read_faults`] (a group is readable once its last request arrived; one cookie per group), [`IoasidCtx::respond_fault`] (a second answer, or another context's cookie, is [`Error::Fault`]); detaching a device or PASID first answers its faults, read or not, with Invalid as `iommufd_auto_response_faults` (C: `ie_unit_dispatch_faults`, `ie_ctx_fault_*`) | per-HWPT fault objects; unrecoverable faults stay with the embedder (`ie_unit_read_faults`) |
 //!
 //! ## Locking
 //! [`IoasidCtx`] is `Sync`. Configuration (bind, alloc, attach, detach, free, PASIDs) takes the
@@ -81,6 +81,7 @@ mod attach;
 mod audit;
 mod ctx;
 mod direct;
+mod fault;
 mod ioas;
 mod map;
 mod nested;
@@ -97,6 +98,7 @@ mod tests;
 pub use ctx::{DeviceInfo, IncoherentDmaGrant, IoasidCtx, BIND_HINTS, NO_HINTS, NO_SNOOP_DECLARED};
 pub use direct::{DirectRegion, MAX_DIRECT_PER_IOASID, MAX_DIRECT_REGIONS};
 pub use page_size::SMALL_PAGE_LOG2;
+pub use fault::{dispatch_page_faults, Dispatched, MAX_FAULTS};
 pub use pasid::PasidAllocator;
 pub use reclaim::{reclaim_slack, IoasidPages, UnitPages, RECLAIM_BATCH};
 pub use record::RECORD_IAS;
@@ -422,6 +424,9 @@ pub enum Error {
         /// An IOVA where they differ.
         iova: crate::mem::Iova,
     },
+    /// An I/O page fault could not be taken or answered (`fault.rs`): no queue, queue full,
+    /// a device not attached here, or a cookie that is not outstanding or not this context's.
+    Fault(crate::iopf::FaultError),
 }
 
 impl From<pgtable::Error> for Error {
@@ -473,6 +478,7 @@ impl fmt::Display for Error {
             Error::Mismatch { unit, iova } => {
                 write!(f, "unit {}: domain and record differ at {iova}", unit.0)
             }
+            Error::Fault(e) => write!(f, "I/O page fault: {e}"),
             Error::InvalidationPending { unit, error } => {
                 write!(
                     f,

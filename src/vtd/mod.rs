@@ -18,6 +18,7 @@
 //! | [`inv_queue`] | §6.5.2 Queued Invalidation Interface, §6.5.2.10 error handling |
 //! | [`platform`] | §8.1 DMAR `Host Address Width`: facts no register reports |
 //! | [`fault`] | §7 fault reporting, §9.9 Fault Record, §11.4 Fault Recording Registers |
+//! | [`prq`] | §7 Page Request (page request descriptor, overflow, page group response), §11.4 PQH/PQT/PQA/PRS |
 //! | [`unit`](mod@unit) | the unit: enable/disable (§10.4, §6.5), domains, attach/detach, gather flush |
 //! | `root_table`, `context_table`, `pasid_table` | §3.4 the tables a unit owns (§9.1-§9.6) |
 //! | `domain` | §3.6/§3.7 format choice from `CAP`/`ECAP`, domain-IDs |
@@ -45,6 +46,7 @@ pub mod inv_queue;
 pub mod live_entry;
 pub mod pasid_entry;
 pub mod platform;
+pub mod prq;
 pub mod reg_invalidation;
 pub mod regs;
 pub mod root_entry;

@@ -55,6 +55,7 @@ use super::invalidation::{
     Batch, BatchParams, Counters, InvalidationStats, Invalidator, Request, Staging,
 };
 use super::platform::{HostAddressWidth, UNDECLARED_HAW, UNDECLARED_HAW_BITS};
+use super::prq::PageRequestQueue;
 use super::regs::{
     self, set_persistent, write_buffer_flush, write_root_table, Gsts, PersistentCommand,
     RootTableAddress, TranslationTableMode,
@@ -70,6 +71,7 @@ mod attach;
 mod audit;
 mod invalidate;
 mod iommu_impl;
+mod page_requests;
 mod reclaim;
 mod release;
 #[cfg(test)]
@@ -477,6 +479,8 @@ pub struct VtdUnit<
     /// under the invalidation chain): locked only by `flush_locked`, under `inval`.
     flush_plan: spin::Mutex<FlushPlan>,
     counters: Counters,
+    /// The page request queue, once [`enable_page_requests`](Self::enable_page_requests).
+    prq: spin::Mutex<Option<PageRequestQueue>>,
 }
 
 impl<W: RegisterWindow, A: PageAllocator + Clone> VtdUnit<W, A> {
@@ -565,6 +569,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
             const FLUSH_PLAN: spin::Mutex<FlushPlan> = spin::Mutex::new(FlushPlan::Nothing);
             addr_of_mut!((*p).flush_plan).write(FLUSH_PLAN);
             addr_of_mut!((*p).counters).write(Counters::default());
+            addr_of_mut!((*p).prq).write(spin::Mutex::new(None));
         }
         Ok(())
     }

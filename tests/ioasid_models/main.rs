@@ -13,6 +13,7 @@ mod fault_matrix;
 mod faults;
 mod granule;
 mod iommufd17;
+mod iopf;
 mod lifecycle;
 mod nested;
 mod pasid_grant;

@@ -107,6 +107,10 @@ impl VtdModelConfig {
     pub const fn with_dt(self, on: bool) -> Self {
         self.with_ecap_bit(ECAP_DT, on)
     }
+    /// ECAP.PRS: page requests (the page request queue, page group responses).
+    pub const fn with_prs(self, on: bool) -> Self {
+        self.with_ecap_bit(ECAP_PRS, on)
+    }
     /// ECAP.PT: pass-through.
     pub const fn with_pt(self, on: bool) -> Self {
         self.with_ecap_bit(ECAP_PT, on)

@@ -16,6 +16,7 @@
 //! | `translate.rs` | legacy root / context entries, second-stage walk, IOTLB fill | §3.4, §3.7, §9.1, §9.3 |
 //! | `scalable.rs` | scalable root / context / PASID entries, first-stage and nested walks | §3.4.3, §3.6, §3.8, §9.2, §9.4-§9.6 |
 //! | `fault.rs` | fault reason codes and primary fault recording | chapter 7, §11.4 |
+//! | `prq.rs` | page request queue, page group responses, retry after Success | chapter 7 "Page Request", §11.4 |
 //! | `reach.rs` | every structure the unit can still read: tables, caches, queue | §3.4, §6, §6.5.2 |
 //!
 //! What is modelled: every register a driver touches; queued and register-based invalidation
@@ -29,12 +30,13 @@
 //! device-TLB invalidations empty (not timed-out ones, nor ones answered with ICE).
 //!
 //! What is not: interrupt remapping (IRTA is latched, interrupt-entry-cache descriptors only
-//! counted), ATS translation-request checks (TT / DTE) and page requests, advanced fault logging, protected memory
+//! counted), ATS translation-request checks (TT / DTE), the scalable-mode context entry's PRE bit (page requests are taken from any device), advanced fault logging, protected memory
 //! regions, performance monitoring. Interrupts are counted in [`VtdModelStats`] instead of being delivered.
 
 mod cache;
 mod config;
 pub mod fault;
+pub mod prq;
 mod queue;
 mod reach;
 pub mod regs;
@@ -331,6 +333,8 @@ struct State<'m> {
     inject: Injections,
     /// A probe walk ([`VtdModel::translate_in_memory`]): sets no accessed or dirty flag.
     probing: bool,
+    /// Page request queue registers and the groups devices wait on.
+    prq: prq::PrqState,
 }
 
 /// The model of one VT-d unit over the memory of an [`Arena`].
@@ -376,6 +380,7 @@ impl<'m> VtdModel<'m> {
             caches: Caches::default(),
             stats: VtdModelStats::default(),
             probing: false,
+            prq: prq::PrqState::default(),
             log: Vec::new(),
             inject: Injections::default(),
         };
@@ -548,6 +553,32 @@ impl<'m> VtdModel<'m> {
             .atc
             .insert((sid, pasid, base), (ok.page_size_log2, page));
         Ok(ok)
+    }
+
+    /// A device's page request (PCIe PRI) reaching the unit: written to the page request queue
+    /// ([`prq`]), or the queue overflowed, or the unit has none.
+    pub fn page_request(&self, req: prq::PageRequest) -> prq::PageRequestOutcome {
+        self.lock().page_request(req)
+    }
+
+    /// Every page group response the unit sent devices, oldest first.
+    pub fn page_responses(&self) -> Vec<prq::GroupResponse> {
+        self.lock().prq.responses.clone()
+    }
+
+    /// Every page a device asked for again after a Success response, with the result.
+    pub fn page_retries(&self) -> Vec<prq::Retry> {
+        self.lock().prq.retries.clone()
+    }
+
+    /// Page requests queued whose group was not answered yet.
+    pub fn outstanding_page_requests(&self) -> usize {
+        self.lock().prq.outstanding.len()
+    }
+
+    /// Page request events delivered (PECTL.IM clear).
+    pub fn page_request_events(&self) -> u64 {
+        self.lock().prq.events
     }
 
     /// Whether the ATC of `sid` (and `pasid`) holds a translation of `iova`: what the device

@@ -17,6 +17,7 @@
 //! | 0x5 | invalidation wait | 4 IF, 5 SW, 6 FN, 7 PD, 63:32 status data / 63:2 status address |
 //! | 0x6 | PASID-based IOTLB | 5:4 G (10 PASID, 11 page-in-PASID), 31:16 DID, 51:32 PASID / 5:0 AM, 6 IH, 63:12 ADDR |
 //! | 0x7 | PASID-cache | 5:4 G (00 domain, 01 PASID, 11 global), 31:16 DID, 51:32 PASID |
+//! | 0x9 | page group response (with ECAP.PRS; `prq.rs`) | 4 PP, 15:12 response code, 31:16 RID, 51:32 PASID / 11:3 PRGI |
 //! | 0x8 | PASID-based device-TLB | 8:4 MIP, 15:12 PFSID[3:0], 31:16 SID, 51:32 PASID, 63:52 PFSID[15:4] / 0 G, 11 S, 63:12 ADDR |
 //!
 //! Rejected like hardware, with FSTS.IQE set, IQH left on the offending descriptor and processing
@@ -180,6 +181,7 @@ impl State<'_> {
             TYPE_IEC => ecap & ECAP_IR != 0,
             TYPE_PIOTLB | TYPE_PASID_CACHE => ecap & ECAP_SMTS != 0 && wide,
             TYPE_PASID_DEVICE_TLB => ecap & ECAP_SMTS != 0 && ecap & ECAP_DT != 0 && wide,
+            super::prq::TYPE_PAGE_GROUP_RESPONSE => ecap & ECAP_PRS != 0,
             _ => false,
         };
         if !supported {
@@ -194,6 +196,13 @@ impl State<'_> {
             TYPE_WAIT => self.wait_desc(lo, hi),
             TYPE_PIOTLB => self.piotlb_desc(lo, hi),
             TYPE_PASID_CACHE => self.pasid_cache_desc(lo, hi),
+            super::prq::TYPE_PAGE_GROUP_RESPONSE => {
+                if self.page_group_response(lo, hi) {
+                    Outcome::Done
+                } else {
+                    Outcome::Invalid(Iqei::ReservedBit)
+                }
+            }
             _ => self.device_tlb_desc(lo, hi, true),
         };
         if matches!(outcome, Outcome::Done | Outcome::TimedOut { .. }) {

@@ -51,6 +51,16 @@ pub const IEUADDR: usize = 0xAC;
 pub const IQERCD: usize = 0xB0;
 /// Interrupt remapping table address register (64-bit).
 pub const IRTA: usize = 0xB8;
+/// Page request queue head register (64-bit, with ECAP.PRS).
+pub const PQH: usize = 0xC0;
+/// Page request queue tail register (64-bit).
+pub const PQT: usize = 0xC8;
+/// Page request queue address register (64-bit).
+pub const PQA: usize = 0xD0;
+/// Page request status register (32-bit).
+pub const PRS: usize = 0xDC;
+/// Page request event control register (32-bit).
+pub const PECTL: usize = 0xE0;
 /// Size of the register window the model answers; beyond it reads return all ones.
 pub const WINDOW: usize = 0x1000;
 
@@ -99,6 +109,8 @@ pub const ECAP_SC: u64 = 1 << 7;
 pub const ECAP_IRO_SHIFT: u32 = 8;
 /// ECAP 26 NEST: nested translation.
 pub const ECAP_NEST: u64 = 1 << 26;
+/// ECAP 29 PRS: page requests.
+pub const ECAP_PRS: u64 = 1 << 29;
 /// ECAP 30 ERS: execute requests.
 pub const ECAP_ERS: u64 = 1 << 30;
 /// ECAP 31 SRS: supervisor requests.

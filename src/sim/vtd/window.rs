@@ -50,6 +50,7 @@ impl State<'_> {
             IQA => self.iqa,
             IQERCD => self.iqercd,
             IRTA => self.irta,
+            PQH | PQT | PQA => return self.prq_reg64(base),
             _ if base == iotlb => self.iva,
             _ if base == iotlb + 8 => self.iotlb_reg,
             _ => return self.frcd_offset(base).and_then(|off| self.read_frcd(off)),
@@ -71,7 +72,7 @@ impl State<'_> {
             IEADDR => self.ieaddr,
             IEUADDR => self.ieuaddr,
             // GCMD is write-only; everything else is reserved.
-            _ => 0,
+            _ => self.prq_reg32(offset).unwrap_or(0),
         }
     }
 
@@ -136,6 +137,10 @@ impl State<'_> {
         match base {
             RTADDR => self.rtaddr = merge(self.rtaddr),
             IRTA => self.irta = merge(self.irta),
+            PQH | PQT | PQA => {
+                let old = self.prq_reg64(base).unwrap_or(0);
+                self.prq_write64(base, merge(old));
+            }
             IQA => self.iqa = merge(self.iqa) & (IQA_BASE | IQA_DW | IQA_QS),
             IQT => {
                 self.iqt = merge(self.iqt) & IQ_OFFSET;
@@ -187,7 +192,9 @@ impl State<'_> {
             IEDATA => self.iedata = value,
             IEADDR => self.ieaddr = value & !3,
             IEUADDR => self.ieuaddr = value,
-            _ => {}
+            _ => {
+                self.prq_write32(offset, value);
+            }
         }
     }
 

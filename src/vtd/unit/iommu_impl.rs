@@ -7,6 +7,7 @@ use crate::iommu::{
     Capabilities, DeviceHints, DeviceId, DomainConfig, DomainHandle, DomainPages, Error, Iommu,
     Pasid, ReclaimScope, Source, Sources,
 };
+use crate::iopf::{FaultDrain, PageFault, PageResponse};
 use crate::mem::{Iova, PageAllocator, PhysAddr, WalkerCoherency};
 use crate::mmio::RegisterWindow;
 use crate::pgtable::{self, Gather, IovaRange, Leaf, Mapping, Prot};
@@ -292,5 +293,13 @@ where
 
     fn detach(&self, device: DeviceId, pasid: Option<Pasid>) -> Result<(), Error> {
         self.detach_impl(device, pasid)
+    }
+
+    fn drain_page_faults(&self, sink: &mut dyn FnMut(PageFault)) -> Result<FaultDrain, Error> {
+        Ok(self.drain_page_requests(sink)?)
+    }
+
+    fn page_response(&self, response: &PageResponse) -> Result<(), Error> {
+        Ok(self.page_group_response(response)?)
     }
 }

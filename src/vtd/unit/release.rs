@@ -16,6 +16,7 @@ use crate::vtd::domain::with_table;
 use crate::vtd::invalidation::Counters;
 use crate::vtd::invalidation::Invalidator;
 use crate::vtd::pasid_table::release_directory;
+use crate::vtd::prq::PageRequestQueue;
 use crate::vtd::regs::{self, Gsts};
 use crate::vtd::{DomainId, Error};
 
@@ -69,6 +70,12 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
         }
         let info = unit.info;
         let mut leaked = None;
+        if let Some(prq) = unit.prq.get_mut().take() {
+            PageRequestQueue::unprogram(&unit.regs);
+            // SAFETY: the page came from `alloc` (enable_page_requests) and the unit no longer
+            // points at it (PQA cleared, translation off).
+            unsafe { unit.alloc.free(prq.page(), prq.size_log2()) };
+        }
         for lock in unit.domains.iter_mut() {
             // One domain at a time: each leaves its slot empty.
             if let Some(d) = lock.get_mut().take() {

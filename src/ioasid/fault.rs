@@ -1,0 +1,188 @@
+//! I/O page faults of a context's devices, as iommufd's fault object gives them to a VMM
+//! (`IOMMU_FAULT_QUEUE_ALLOC`, `struct iommu_hwpt_pgfault`, `struct iommu_hwpt_page_response`;
+//! Linux `drivers/iommu/iommufd/eventq.c`). The queue itself is [`crate::iopf::FaultQueue`].
+//!
+//! Flow: the embedder's fault thread calls [`dispatch_page_faults`] for a unit whose page
+//! request (or stall) interrupt fired; each fault goes to the context whose device (RID, or
+//! (device, PASID)) is attached and whose queue is open; the context's owner reads them
+//! ([`IoasidCtx::read_faults`]), makes the pages present (maps them) and answers each group
+//! ([`IoasidCtx::respond_fault`]), which the unit sends to the device (VT-d page group
+//! response, SMMUv3 `CMD_PRI_RESP` / `CMD_RESUME`). Nothing is left unanswered: a fault no
+//! context takes (no owner, queue closed or full) is answered Invalid at once, and detaching a
+//! device or PASID first answers its faults with Invalid, as `iommufd_auto_response_faults`
+//! does.
+
+use super::registry::{DeviceLabel, UnitId};
+use super::{Error, IoasidCtx};
+use crate::iommu::{Iommu, Pasid};
+use crate::iopf::{FaultError, PageFault, QueuedFault, ResponseCode};
+use crate::mem::PageAllocator;
+
+/// Fault records one context's queue holds (partial groups, readable and outstanding ones).
+pub const MAX_FAULTS: usize = 64;
+
+/// What [`dispatch_page_faults`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Dispatched {
+    /// Faults queued in a context.
+    pub queued: u32,
+    /// Faults no context took (no owner, queue closed or full), answered Invalid when they
+    /// needed an answer.
+    pub refused: u32,
+    /// Answers to refused faults that the unit did not take (its queue failed): the device may
+    /// wait until its own timeout.
+    pub unanswered: u32,
+    /// The unit reported that it lost requests before this drain (its own queue overflowed).
+    pub unit_overflow: bool,
+}
+
+/// Drains `unit`'s page requests and stall events and routes each to the context among
+/// `contexts` that takes it; a fault none takes is answered Invalid. After the unit reports
+/// that its own queue overflowed, the contexts' partial groups from it are dropped (their last
+/// requests may be lost; the device asks again). Call it from the
+/// embedder's thread for the unit's page request (VT-d) or PRI queue / event (SMMUv3)
+/// interrupt.
+///
+/// # Errors
+/// [`Error::NoSuchUnit`]; [`Error::Iommu`] when the unit has no page faults enabled.
+pub fn dispatch_page_faults<A: PageAllocator>(
+    unit_id: UnitId,
+    unit: &dyn Iommu,
+    contexts: &[&IoasidCtx<'_, '_, A>],
+) -> Result<Dispatched, Error> {
+    let mut d = Dispatched::default();
+    let drain = unit.drain_page_faults(&mut |fault| {
+        if contexts
+            .iter()
+            .any(|c| c.report_fault(unit_id, fault).is_ok())
+        {
+            d.queued += 1;
+            return;
+        }
+        d.refused += 1;
+        if fault.needs_response()
+            && unit
+                .page_response(&fault.response(ResponseCode::Invalid))
+                .is_err()
+        {
+            d.unanswered += 1;
+        }
+    })?;
+    d.unit_overflow = drain.overflow;
+    if drain.overflow {
+        for c in contexts {
+            c.faults.lock().discard_partial(unit_id.0);
+        }
+    }
+    Ok(d)
+}
+
+impl<A: PageAllocator> IoasidCtx<'_, '_, A> {
+    /// Opens the context's fault queue (iommufd `IOMMU_FAULT_QUEUE_ALLOC`): from now on the I/O
+    /// page faults of its attached devices are queued here, up to [`MAX_FAULTS`] records.
+    /// Opening it again changes nothing.
+    pub fn fault_queue_alloc(&self) {
+        self.faults.lock().open();
+    }
+
+    /// Queues `fault`, which `unit` reported, if it is this context's: its device bound here
+    /// and attached (for a fault with a PASID: that PASID attached).
+    ///
+    /// # Errors
+    /// [`Error::Fault`]: [`FaultError::NotRouted`] (not this context's), [`FaultError::NoQueue`],
+    /// [`FaultError::QueueFull`] (counted in [`faults_overflowed`](Self::faults_overflowed)).
+    /// The caller then answers the fault if it needs it ([`dispatch_page_faults`] does).
+    pub fn report_fault(
+        &self,
+        unit: UnitId,
+        fault: PageFault,
+    ) -> Result<crate::iopf::FaultCookie, Error> {
+        let st = self.state.read();
+        let label = DeviceLabel {
+            unit,
+            id: fault.device,
+        };
+        let not_routed = Error::Fault(FaultError::NotRouted {
+            device: fault.device,
+            pasid: fault.pasid,
+        });
+        let (slot, dev) = st
+            .devices
+            .iter()
+            .enumerate()
+            .find_map(|(i, d)| d.as_ref().filter(|d| d.label == label).map(|d| (i, d)))
+            .ok_or(not_routed)?;
+        let attached = match fault.pasid {
+            None => dev.attached.is_some(),
+            Some(p) => {
+                let handle = self.device_handle(slot as u16);
+                st.pasid_attachments
+                    .iter()
+                    .flatten()
+                    .any(|a| a.device == handle && a.pasid == p)
+            }
+        };
+        if !attached {
+            return Err(not_routed);
+        }
+        let mut q = self.faults.lock();
+        if !q.is_open() {
+            return Err(Error::Fault(FaultError::NoQueue));
+        }
+        q.push(unit.0, fault)
+            .map_err(|_| Error::Fault(FaultError::QueueFull))
+    }
+
+    /// Moves up to `out.len()` readable faults, oldest first, into `out` and returns how many
+    /// (iommufd: `read()` of the fault queue's file). Every fault of a page request group
+    /// carries the group's cookie; answer the group once with it.
+    pub fn read_faults(&self, out: &mut [QueuedFault]) -> usize {
+        self.faults.lock().read(out)
+    }
+
+    /// Faults the queue could not hold since it was opened (each was answered Invalid).
+    pub fn faults_overflowed(&self) -> u64 {
+        self.faults.lock().overflowed()
+    }
+
+    /// Answers the fault group `cookie` names with `code` (iommufd: `write()` of a
+    /// `struct iommu_hwpt_page_response`): the unit sends the device a page group response
+    /// (VT-d), `CMD_PRI_RESP` or `CMD_RESUME` (SMMUv3). The group leaves the queue even when
+    /// the unit fails to send it.
+    ///
+    /// # Errors
+    /// [`Error::Fault`] with [`FaultError::NotOutstanding`] (answered already, not read, or
+    /// unknown) or [`FaultError::NotOwned`] (another context's cookie), nothing changed;
+    /// [`Error::Iommu`] if the unit did not take the response.
+    pub fn respond_fault(
+        &self,
+        cookie: crate::iopf::FaultCookie,
+        code: ResponseCode,
+    ) -> Result<(), Error> {
+        let (unit, response) = self
+            .faults
+            .lock()
+            .respond(cookie, code)
+            .map_err(Error::Fault)?;
+        self.unit(UnitId(unit))?.page_response(&response)?;
+        Ok(())
+    }
+
+    /// Answers Invalid every fault of `label` (with `pasid`; `None`: the RID's own) the queue
+    /// holds, read or not, before the device or PASID is detached. Returns how many groups
+    /// were answered; an answer the unit does not take is dropped (the device then waits for
+    /// its own timeout), since the detach must go on.
+    pub(super) fn answer_faults_of(&self, label: DeviceLabel, pasid: Option<Pasid>) -> usize {
+        let unit = self.unit(label.unit).ok();
+        self.faults.lock().answer_matching(
+            ResponseCode::Invalid,
+            |u, f| u == label.unit.0 && f.device == label.id && f.pasid == pasid,
+            |_, response| {
+                if let Some(unit) = unit {
+                    let _ = unit.page_response(&response);
+                }
+            },
+        )
+    }
+}
