@@ -241,6 +241,38 @@ typedef enum {
   IE_REFUSAL_RESERVED_BITS = 5,
 } IeRefusal;
 
+// `IePageFault::flags`, OR-ed together.
+typedef enum {
+  // `pasid` is valid.
+  IE_PAGE_FAULT_FLAG_PASID_VALID = (1 << 0),
+  // The last request of its page request group (the group is answered through it).
+  IE_PAGE_FAULT_FLAG_LAST_PAGE = (1 << 1),
+  // A stalled transaction (SMMUv3); `group` is its STAG.
+  IE_PAGE_FAULT_FLAG_STALL = (1 << 2),
+} IePageFaultFlag;
+
+// `IePageFault::perm`, OR-ed together (iommufd `IOMMU_PGFAULT_PERM_*`).
+typedef enum {
+  // Read.
+  IE_PAGE_FAULT_PERM_READ = (1 << 0),
+  // Write.
+  IE_PAGE_FAULT_PERM_WRITE = (1 << 1),
+  // Instruction fetch.
+  IE_PAGE_FAULT_PERM_EXEC = (1 << 2),
+  // Privileged.
+  IE_PAGE_FAULT_PERM_PRIV = (1 << 3),
+} IePageFaultPerm;
+
+// `ie_ctx_respond_fault` codes (iommufd `IOMMU_PGFAULT_RESP_*`, plus failure).
+typedef enum {
+  // The pages are there: the device retries (SMMUv3 stall: RETRY).
+  IE_FAULT_RESPONSE_SUCCESS = 0,
+  // The request is invalid: the device does not retry (stall: ABORT).
+  IE_FAULT_RESPONSE_INVALID = 1,
+  // Nobody can answer: the device stops using page requests (stall: ABORT).
+  IE_FAULT_RESPONSE_FAILURE = 2,
+} IeFaultResponse;
+
 // An IOASID context: what one process or VM holds.
 typedef struct IeCtx IeCtx;
 
@@ -259,6 +291,28 @@ typedef struct IeSimModel IeSimModel;
 
 // One IOMMU unit (a VT-d remapping unit, an SMMUv3 or an AMD-Vi unit).
 typedef struct IeUnit IeUnit;
+
+// One I/O page fault as a context's queue gives it (iommufd `struct iommu_hwpt_pgfault`).
+typedef struct {
+  // `IePageFaultFlag`s.
+  uint32_t flags;
+  // The unit's number in the registry.
+  uint32_t unit;
+  // The device: PCI RID (VT-d) or StreamID (SMMUv3).
+  uint32_t device;
+  // The PASID / SubstreamID, with `IE_PAGE_FAULT_FLAG_PASID_VALID`.
+  uint32_t pasid;
+  // `IePageFaultPerm`s.
+  uint32_t perm;
+  // Page request group index, or the STAG of a stall.
+  uint32_t group;
+  // The group's cookie: answer with ie_ctx_respond_fault().
+  uint32_t cookie;
+  // Reserved, 0.
+  uint32_t reserved;
+  // The faulting address.
+  uint64_t addr;
+} IePageFault;
 
 // The embedder's bridge walk: `bridge_buses(ctx, segment, bridge_rid, &secondary,
 // &subordinate)` gives the bus numbers below a PCI-to-PCI bridge and returns true, or false if
@@ -461,6 +515,8 @@ typedef struct {
   bool snoop_control;
   // CAP.CM: caching mode (not-present entries may be cached).
   bool caching_mode;
+  // ECAP.PRS: the page request queue (ie_sim_model_page_request()).
+  bool page_requests;
 } IeSimVtdConfig;
 #endif
 
@@ -624,6 +680,61 @@ typedef struct {
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
+
+// Gives the unit a page request queue of `2^log2_pages` 4 KiB pages (VT-d: 0..=3, needs
+// `ECAP.PRS` and queued invalidation). Its page requests then reach
+// ie_registry_dispatch_faults().
+//
+// # Safety
+// `unit` is a live unit handle.
+int32_t ie_unit_enable_page_requests(IeUnit *unit, uint32_t log2_pages);
+
+// Opens the context's fault queue (iommufd `IOMMU_FAULT_QUEUE_ALLOC`): page faults of its
+// attached devices are queued from now on (64 records).
+//
+// # Safety
+// `ctx` is a live context handle.
+int32_t ie_ctx_fault_queue_alloc(IeCtx *ctx);
+
+// Drains unit number `unit`'s page requests (and stalls) and queues each in the context among
+// `ctxs[0..n_ctxs]` that owns the faulting device (attached, queue open); a fault none takes is
+// answered Invalid at once. `*queued` (if not NULL) receives how many were queued. Call it from
+// a threaded handler of the unit's page request interrupt, or to poll.
+//
+// `IE_STATUS_FAULTS_LOST`: the unit's own queue overflowed before the drain (acknowledged;
+// partial groups from it were dropped; devices ask again).
+//
+// # Safety
+// `registry` is a live registry handle; `ctxs` points to `n_ctxs` handles, each NULL or a live
+// context of that registry; `queued` is NULL or writable.
+int32_t ie_registry_dispatch_faults(IeRegistry *registry,
+                                    uint32_t unit,
+                                    IeCtx *const *ctxs,
+                                    uint32_t n_ctxs,
+                                    uint32_t *queued);
+
+// Moves up to `max` readable faults, oldest first, into `out` and writes their number to
+// `*count` (iommufd: `read()` of the fault queue). The faults of one page request group share
+// a cookie; answer the group once.
+//
+// # Safety
+// `ctx` is a live context handle; `out` is writable for `max` entries; `count` is writable.
+int32_t ie_ctx_read_faults(IeCtx *ctx, IePageFault *out, uint32_t max, uint32_t *count);
+
+// Answers the fault group `cookie` names with `response` (an `IeFaultResponse`): the unit
+// sends the device a page group response (VT-d) or `CMD_PRI_RESP` / `CMD_RESUME` (SMMUv3).
+// `IE_STATUS_INVALID_ARGUMENT`: no such group awaits an answer (answered already, or not read;
+// iommufd's `-EINVAL`) or an unknown code; `IE_STATUS_NOT_PERMITTED`: another context's cookie.
+//
+// # Safety
+// `ctx` is a live context handle.
+int32_t ie_ctx_respond_fault(IeCtx *ctx, uint32_t cookie, uint32_t response);
+
+// Faults the context's queue could not hold since it was opened (each was answered Invalid).
+//
+// # Safety
+// `ctx` is a live context handle; `out` is writable.
+int32_t ie_ctx_faults_overflowed(IeCtx *ctx, uint64_t *out);
 
 // Finds in the ACPI DMAR table `table` (`len` bytes, header included, as `acpi_get_table`
 // returns it) the remapping unit that covers PCI requester `rid` on `segment`: the DRHD whose
@@ -1069,6 +1180,23 @@ int32_t ie_sim_model_destroy(IeSimModel *model);
 // `model` is a live model handle; `regs` is writable. The window is valid while the model
 // lives.
 int32_t ie_sim_model_regs(IeSimModel *model, IeRegs *regs);
+#endif
+
+#if defined(IOMMU_ENGINE_SIM)
+// Device `device_id` (RID) asks the VT-d model for the page at `addr` (a PCIe page request
+// without PASID, for a write when `write`, in group `group`, the group's last when `last`).
+// `IE_STATUS_OK`: queued; `IE_STATUS_FAULTS_LOST`: the page request queue overflowed;
+// `IE_STATUS_UNSUPPORTED`: no page requests (an SMMUv3 model, or `page_requests` off or no
+// queue programmed).
+//
+// # Safety
+// `model` is a live model handle.
+int32_t ie_sim_model_page_request(IeSimModel *model,
+                                  uint32_t device_id,
+                                  uint64_t addr,
+                                  bool write,
+                                  uint32_t group,
+                                  bool last);
 #endif
 
 #if defined(IOMMU_ENGINE_SIM)

@@ -46,6 +46,20 @@ const _: () = assert!(
         && super::object::page_log2_for::<Obj<CtxObj>>().is_some()
 );
 
+impl RegistryObj {
+    /// The registry.
+    pub(super) fn registry(&self) -> &Registry<'static> {
+        &self.registry
+    }
+}
+
+impl CtxObj {
+    /// The context.
+    pub(super) fn ctx(&self) -> &IoasidCtx<'static, 'static, CEnv> {
+        &self.ctx
+    }
+}
+
 impl Tagged for RegistryObj {
     const TAG: u64 = u64::from_le_bytes(*b"ie-regis");
 }
@@ -64,7 +78,7 @@ unsafe impl Send for CtxObj {}
 // SAFETY: as above.
 unsafe impl Sync for CtxObj {}
 
-fn registry_obj<'h>(r: *mut IeRegistry) -> Result<&'h Obj<RegistryObj>, IeStatus> {
+pub(super) fn registry_obj<'h>(r: *mut IeRegistry) -> Result<&'h Obj<RegistryObj>, IeStatus> {
     // SAFETY: the C contract: `r` is NULL or a live registry handle.
     unsafe { handle(r.cast::<Obj<RegistryObj>>()) }
 }

@@ -24,6 +24,7 @@
 //!   `tests/linux_module.rs` measures and holds.
 
 mod env;
+mod fault;
 mod firmware;
 mod ioas;
 mod ioasid;
@@ -37,6 +38,7 @@ mod tests;
 mod unit;
 
 pub use env::{CEnv, CRegs, IeEnv, IeRegs};
+pub use fault::*;
 pub use firmware::*;
 pub use ioas::*;
 pub use ioasid::*;

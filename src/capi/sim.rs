@@ -176,6 +176,8 @@ pub struct IeSimVtdConfig {
     pub snoop_control: bool,
     /// CAP.CM: caching mode (not-present entries may be cached).
     pub caching_mode: bool,
+    /// ECAP.PRS: the page request queue (ie_sim_model_page_request()).
+    pub page_requests: bool,
 }
 
 /// What the SMMUv3 model reports in its ID registers.
@@ -233,7 +235,8 @@ pub unsafe extern "C" fn ie_sim_vtd_model_create(
         };
         let cfg = base
             .with_sc(c.snoop_control)
-            .with_caching_mode(c.caching_mode);
+            .with_caching_mode(c.caching_mode)
+            .with_prs(c.page_requests);
         new_model(arena, out, |a| ModelObj::Vtd(VtdModel::new(a, cfg)))
     })())
 }
@@ -355,6 +358,48 @@ pub struct IeSimDma {
     /// The access snoops CPU caches although the device sent it No-Snoop (VT-d SNP / PGSNP;
     /// SMMUv3: only on a `CANWBS` platform, whatever FWB does).
     pub snoop: bool,
+}
+
+/// Device `device_id` (RID) asks the VT-d model for the page at `addr` (a PCIe page request
+/// without PASID, for a write when `write`, in group `group`, the group's last when `last`).
+/// `IE_STATUS_OK`: queued; `IE_STATUS_FAULTS_LOST`: the page request queue overflowed;
+/// `IE_STATUS_UNSUPPORTED`: no page requests (an SMMUv3 model, or `page_requests` off or no
+/// queue programmed).
+///
+/// # Safety
+/// `model` is a live model handle.
+#[no_mangle]
+pub unsafe extern "C" fn ie_sim_model_page_request(
+    model: *mut IeSimModel,
+    device_id: u32,
+    addr: u64,
+    write: bool,
+    group: u32,
+    last: bool,
+) -> i32 {
+    use crate::sim::vtd::prq::{PageRequest, PageRequestOutcome};
+    code((|| {
+        let m = model_obj(model)?;
+        let ModelObj::Vtd(v) = &m.model else {
+            return Err(IeStatus::Unsupported);
+        };
+        let req = PageRequest {
+            sid: u16::try_from(device_id).map_err(|_| IeStatus::InvalidArgument)?,
+            pasid: None,
+            addr,
+            access: if write { Access::WRITE } else { Access::READ },
+            group: u16::try_from(group)
+                .ok()
+                .filter(|g| *g < 512)
+                .ok_or(IeStatus::InvalidArgument)?,
+            last,
+        };
+        match v.page_request(req) {
+            PageRequestOutcome::Queued => Ok(()),
+            PageRequestOutcome::Overflow => Err(IeStatus::FaultsLost),
+            PageRequestOutcome::Refused => Err(IeStatus::Unsupported),
+        }
+    })())
 }
 
 /// Translates a DMA of device `device_id` (RID / StreamID) at `iova` through the model, as the

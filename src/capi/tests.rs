@@ -78,6 +78,7 @@ fn vtd_unit_and_context_built_and_released_in_place() {
         scalable: false,
         snoop_control: true,
         caching_mode: false,
+        page_requests: false,
     };
     // SAFETY: a live arena, readable config, writable out.
     let st = unsafe { ie_sim_vtd_model_create(arena, &mcfg, &mut model) };

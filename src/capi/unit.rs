@@ -576,7 +576,7 @@ pub unsafe extern "C" fn ie_amdvi_create(
     })())
 }
 
-fn unit_obj<'h>(u: *mut IeUnit) -> Result<&'h Obj<UnitObj>, IeStatus> {
+pub(super) fn unit_obj<'h>(u: *mut IeUnit) -> Result<&'h Obj<UnitObj>, IeStatus> {
     // SAFETY: the C contract: NULL or a live unit handle.
     unsafe { handle(u.cast::<Obj<UnitObj>>()) }
 }

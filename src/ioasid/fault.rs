@@ -51,10 +51,24 @@ pub fn dispatch_page_faults<A: PageAllocator>(
     unit: &dyn Iommu,
     contexts: &[&IoasidCtx<'_, '_, A>],
 ) -> Result<Dispatched, Error> {
+    dispatch_page_faults_with(unit_id, unit, contexts.len(), |i| contexts.get(i).copied())
+}
+
+/// As [`dispatch_page_faults`], over `n` contexts that `context(i)` gives (`None`: skipped):
+/// for callers that hold contexts in something other than a slice (the C ABI).
+///
+/// # Errors
+/// As [`dispatch_page_faults`].
+pub fn dispatch_page_faults_with<'c, 'r: 'c, 'a: 'r, A: PageAllocator + 'a>(
+    unit_id: UnitId,
+    unit: &dyn Iommu,
+    n: usize,
+    context: impl Fn(usize) -> Option<&'c IoasidCtx<'r, 'a, A>>,
+) -> Result<Dispatched, Error> {
     let mut d = Dispatched::default();
     let drain = unit.drain_page_faults(&mut |fault| {
-        if contexts
-            .iter()
+        if (0..n)
+            .filter_map(&context)
             .any(|c| c.report_fault(unit_id, fault).is_ok())
         {
             d.queued += 1;
@@ -71,7 +85,7 @@ pub fn dispatch_page_faults<A: PageAllocator>(
     })?;
     d.unit_overflow = drain.overflow;
     if drain.overflow {
-        for c in contexts {
+        for c in (0..n).filter_map(&context) {
             c.faults.lock().discard_partial(unit_id.0);
         }
     }
