@@ -97,8 +97,8 @@ mod tests;
 
 pub use ctx::{DeviceInfo, IncoherentDmaGrant, IoasidCtx, BIND_HINTS, NO_HINTS, NO_SNOOP_DECLARED};
 pub use direct::{DirectRegion, MAX_DIRECT_PER_IOASID, MAX_DIRECT_REGIONS};
-pub use page_size::SMALL_PAGE_LOG2;
 pub use fault::{dispatch_page_faults, dispatch_page_faults_with, Dispatched, MAX_FAULTS};
+pub use page_size::SMALL_PAGE_LOG2;
 pub use pasid::PasidAllocator;
 pub use reclaim::{reclaim_slack, IoasidPages, UnitPages, RECLAIM_BATCH};
 pub use record::RECORD_IAS;
