@@ -864,15 +864,17 @@ pub trait Iommu: Sync {
         Err(Error::Unsupported(Missing::Nesting))
     }
 
-    /// Hands `sink` every I/O page fault the unit queued since the last drain (VT-d page
-    /// requests, SMMUv3 PRI queue entries and stall events: [`crate::iopf`]), in the order the
-    /// unit queued them, at most one queue's worth per call, and acknowledges an overflow.
-    /// A fault the sink cannot keep must still be answered ([`Iommu::page_response`]).
+    /// Moves the I/O page faults the unit queued since the last drain (VT-d page requests,
+    /// SMMUv3 PRI queue entries and stall events: [`crate::iopf`]) into `out`, oldest first, at
+    /// most `out.len()` and at most one queue's worth per call, and acknowledges an overflow
+    /// once the queue is empty. A fault nobody keeps must still be answered
+    /// ([`Iommu::page_response`]). (A slice, not a callback: no call in the drain leads back
+    /// into the caller while the unit's queue lock is held.)
     ///
     /// # Errors
     /// [`Error::Unsupported`] if page faults were not enabled on the unit.
-    fn drain_page_faults(&self, sink: &mut dyn FnMut(PageFault)) -> Result<FaultDrain, Error> {
-        let _ = sink;
+    fn drain_page_faults(&self, out: &mut [PageFault]) -> Result<FaultDrain, Error> {
+        let _ = out;
         Err(Error::Unsupported(Missing::Mode {
             what: "I/O page faults (VT-d ECAP.PRS, SMMUv3 IDR0.PRI or stalls)",
         }))

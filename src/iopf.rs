@@ -76,6 +76,15 @@ pub struct PageFault {
 }
 
 impl PageFault {
+    /// A placeholder (device 0, no PASID, a stall with tag 0), to fill buffers with.
+    pub const EMPTY: Self = Self {
+        device: DeviceId(0),
+        pasid: None,
+        addr: 0,
+        perm: FaultPerm::empty(),
+        kind: FaultKind::Stall { stag: 0 },
+    };
+
     /// Whether answering the fault's group goes through this record (the last request of a
     /// page request group, or a stall).
     pub const fn needs_response(&self) -> bool {
@@ -140,8 +149,10 @@ pub struct PageResponse {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct FaultDrain {
-    /// Faults handed to the sink.
-    pub reported: u32,
+    /// Faults written to the caller's slice.
+    pub reported: usize,
+    /// Faults remain (the slice was full): drain again.
+    pub more: bool,
     /// The unit lost requests before this drain (VT-d `PRS.PRO`, SMMUv3 `PRIQ_PROD.OVFLG`);
     /// the overflow was acknowledged.
     pub overflow: bool,

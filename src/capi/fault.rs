@@ -201,13 +201,7 @@ pub unsafe extern "C" fn ie_ctx_read_faults(
         let mut n = 0u32;
         let mut one = [QueuedFault {
             unit: 0,
-            fault: PageFault {
-                device: crate::iommu::DeviceId(0),
-                pasid: None,
-                addr: 0,
-                perm: crate::iopf::FaultPerm::empty(),
-                kind: FaultKind::Stall { stag: 0 },
-            },
+            fault: PageFault::EMPTY,
             cookie: FaultCookie(0),
         }];
         while n < max && c.read_faults(&mut one) == 1 {

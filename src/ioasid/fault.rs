@@ -15,7 +15,7 @@
 use super::registry::{DeviceLabel, UnitId};
 use super::{Error, IoasidCtx};
 use crate::iommu::{Iommu, Pasid};
-use crate::iopf::{FaultError, PageFault, QueuedFault, ResponseCode};
+use crate::iopf::{FaultDrain, FaultError, PageFault, QueuedFault, ResponseCode};
 use crate::mem::PageAllocator;
 
 /// Fault records one context's queue holds (partial groups, readable and outstanding ones).
@@ -66,30 +66,68 @@ pub fn dispatch_page_faults_with<'c, 'r: 'c, 'a: 'r, A: PageAllocator + 'a>(
     context: impl Fn(usize) -> Option<&'c IoasidCtx<'r, 'a, A>>,
 ) -> Result<Dispatched, Error> {
     let mut d = Dispatched::default();
-    let drain = unit.drain_page_faults(&mut |fault| {
-        if (0..n)
-            .filter_map(&context)
-            .any(|c| c.report_fault(unit_id, fault).is_ok())
-        {
-            d.queued += 1;
-            return;
+    let mut batch = [PageFault::EMPTY; DISPATCH_BATCH];
+    let mut overflow = false;
+    // Bounded: each round takes a batch; a unit's queue holds at most 2^19 entries, and the
+    // rounds stop at the first batch that leaves nothing behind.
+    for _ in 0..DISPATCH_ROUNDS {
+        let drain = drain_once(unit, &mut batch)?;
+        overflow |= drain.overflow;
+        for fault in batch.iter().take(drain.reported) {
+            route(unit_id, unit, fault, n, &context, &mut d);
         }
-        d.refused += 1;
-        if fault.needs_response()
-            && unit
-                .page_response(&fault.response(ResponseCode::Invalid))
-                .is_err()
-        {
-            d.unanswered += 1;
+        if !drain.more {
+            break;
         }
-    })?;
-    d.unit_overflow = drain.overflow;
-    if drain.overflow {
+    }
+    d.unit_overflow = overflow;
+    if overflow {
         for c in (0..n).filter_map(&context) {
             c.faults.lock().discard_partial(unit_id.0);
         }
     }
     Ok(d)
+}
+
+/// Faults taken from a unit per drain call.
+const DISPATCH_BATCH: usize = 8;
+/// Most drain calls per dispatch (a call then returns with faults left; call it again).
+const DISPATCH_ROUNDS: usize = 256;
+
+/// One drain of `unit` into `batch`. Not inlined: the unit's method is then called straight
+/// from the argument, never from a pointer kept across the loop, which the C ABI's stack check
+/// (`tests/linux_module.rs`) could only take as reaching every method of every unit.
+#[inline(never)]
+fn drain_once(unit: &dyn Iommu, batch: &mut [PageFault]) -> Result<FaultDrain, Error> {
+    Ok(unit.drain_page_faults(batch)?)
+}
+
+/// Queues `fault` in the first context that takes it, or answers it Invalid. Not inlined, as
+/// [`drain_once`].
+#[inline(never)]
+fn route<'c, 'r: 'c, 'a: 'r, A: PageAllocator + 'a>(
+    unit_id: UnitId,
+    unit: &dyn Iommu,
+    fault: &PageFault,
+    n: usize,
+    context: &impl Fn(usize) -> Option<&'c IoasidCtx<'r, 'a, A>>,
+    d: &mut Dispatched,
+) {
+    if (0..n)
+        .filter_map(context)
+        .any(|c| c.report_fault(unit_id, *fault).is_ok())
+    {
+        d.queued += 1;
+        return;
+    }
+    d.refused += 1;
+    if fault.needs_response()
+        && unit
+            .page_response(&fault.response(ResponseCode::Invalid))
+            .is_err()
+    {
+        d.unanswered += 1;
+    }
 }
 
 impl<A: PageAllocator> IoasidCtx<'_, '_, A> {

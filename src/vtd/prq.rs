@@ -164,6 +164,19 @@ pub fn page_group_response(response: &PageResponse) -> Result<Descriptor, Error>
     Ok(Descriptor { qw: [w0, w1, 0, 0] })
 }
 
+/// What one [`PageRequestQueue::drain`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PrqDrain {
+    /// Requests written to `out`.
+    pub reported: usize,
+    /// Descriptors of another type, skipped.
+    pub skipped: usize,
+    /// Requests remain (`out` was full).
+    pub more: bool,
+    /// `PRS.PRO` was set (cleared if the ring is empty now).
+    pub overflow: bool,
+}
+
 /// The ring a unit writes page requests into, and where software reads next.
 pub struct PageRequestQueue {
     page: Page,
@@ -218,46 +231,47 @@ impl PageRequestQueue {
         self.page
     }
 
-    /// Hands `sink` every request between `PQH` and `PQT`, moves `PQH` past them, and
-    /// acknowledges `PPR` (before reading, so that a request queued meanwhile raises it
-    /// again) and, once the ring is empty, `PRO`. Reads at most one ring's worth. Returns how
-    /// many requests were reported, descriptors of unknown type skipped, and whether `PRO`
-    /// was set.
+    /// Moves the requests between `PQH` and `PQT` into `out` (at most `out.len()`, and at most
+    /// one ring's worth), moves `PQH` past them, and acknowledges `PPR` (before reading, so
+    /// that a request queued meanwhile raises it again) and, once the ring is empty, `PRO`.
+    /// Descriptors of another type are skipped.
     pub fn drain<W: RegisterWindow + ?Sized, A: PageAllocator + ?Sized>(
         &mut self,
         regs: &W,
         alloc: &A,
-        sink: &mut dyn FnMut(PageFault),
-    ) -> (u32, u32, bool) {
+        out: &mut [PageFault],
+    ) -> PrqDrain {
         regs.write32(PRS_REG, PRS_PPR);
         let size = self.bytes();
-        let tail = regs.read64(PQT_REG) & PQ_OFFSET.mask();
-        let mut head = regs.read64(PQH_REG) & PQ_OFFSET.mask();
-        let (mut reported, mut skipped) = (0, 0);
         // A tail beyond the ring (a unit misbehaving) is taken modulo its size, so the loop
         // still ends within one ring.
-        let tail = tail % size;
+        let tail = (regs.read64(PQT_REG) & PQ_OFFSET.mask()) % size;
+        let mut head = (regs.read64(PQH_REG) & PQ_OFFSET.mask()) % size;
+        let mut d = PrqDrain::default();
         for _ in 0..size / DESCRIPTOR_BYTES {
             if head == tail {
                 break;
             }
-            let d = self.read(alloc, head);
-            match d.decode() {
-                Some(fault) => {
-                    sink(fault);
-                    reported += 1;
+            let slot = out.get_mut(d.reported);
+            if slot.is_none() {
+                break;
+            }
+            match (self.read(alloc, head).decode(), slot) {
+                (Some(fault), Some(slot)) => {
+                    *slot = fault;
+                    d.reported += 1;
                 }
-                None => skipped += 1,
+                _ => d.skipped += 1,
             }
             head = (head + DESCRIPTOR_BYTES) % size;
         }
         regs.write64(PQH_REG, head);
-        let prs = regs.read32(PRS_REG);
-        let overflow = prs & PRS_PRO != 0;
-        if overflow && head == regs.read64(PQT_REG) & PQ_OFFSET.mask() {
+        d.more = head != tail;
+        d.overflow = regs.read32(PRS_REG) & PRS_PRO != 0;
+        if d.overflow && head == regs.read64(PQT_REG) & PQ_OFFSET.mask() {
             regs.write32(PRS_REG, PRS_PRO);
         }
-        (reported, skipped, overflow)
+        d
     }
 
     fn read<A: PageAllocator + ?Sized>(&self, alloc: &A, offset: u64) -> PageRequestDescriptor {

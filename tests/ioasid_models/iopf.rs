@@ -7,7 +7,6 @@
 use iommu_engine::ioasid::{
     dispatch_page_faults, DeviceHandle, Error, IoasidCtx, IoasidFlags, IoasidId, MAX_FAULTS,
 };
-use iommu_engine::iommu::DeviceId;
 use iommu_engine::iopf::{
     FaultCookie, FaultError, FaultKind, FaultPerm, QueuedFault, ResponseCode,
 };
@@ -44,13 +43,7 @@ fn request(sid: u32, addr: u64, group: u16, last: bool) -> PageRequest {
 fn empty() -> [QueuedFault; 8] {
     [QueuedFault {
         unit: 0,
-        fault: iommu_engine::iopf::PageFault {
-            device: DeviceId(0),
-            pasid: None,
-            addr: 0,
-            perm: FaultPerm::empty(),
-            kind: FaultKind::Stall { stag: 0 },
-        },
+        fault: iommu_engine::iopf::PageFault::EMPTY,
         cookie: FaultCookie(0),
     }; 8]
 }

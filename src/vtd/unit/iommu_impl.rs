@@ -295,8 +295,8 @@ where
         self.detach_impl(device, pasid)
     }
 
-    fn drain_page_faults(&self, sink: &mut dyn FnMut(PageFault)) -> Result<FaultDrain, Error> {
-        Ok(self.drain_page_requests(sink)?)
+    fn drain_page_faults(&self, out: &mut [PageFault]) -> Result<FaultDrain, Error> {
+        Ok(self.drain_page_requests(out)?)
     }
 
     fn page_response(&self, response: &PageResponse) -> Result<(), Error> {

@@ -53,15 +53,12 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
         Ok(())
     }
 
-    /// Hands `sink` every page request the unit queued (at most one queue's worth), moves
-    /// `PQH` past them and acknowledges `PRS` (`PRO` once the queue is empty).
+    /// Moves the page requests the unit queued into `out` (at most `out.len()`), moves `PQH`
+    /// past them and acknowledges `PRS` (`PRO` once the queue is empty).
     ///
     /// # Errors
     /// [`Error::Unsupported`] before [`enable_page_requests`](Self::enable_page_requests).
-    pub fn drain_page_requests(
-        &self,
-        sink: &mut dyn FnMut(PageFault),
-    ) -> Result<FaultDrain, Error> {
+    pub fn drain_page_requests(&self, out: &mut [PageFault]) -> Result<FaultDrain, Error> {
         let mut prq = self.prq.lock();
         let Some(q) = prq.as_mut() else {
             return Err(Error::Unsupported {
@@ -69,8 +66,12 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
                 value: 0,
             });
         };
-        let (reported, _skipped, overflow) = q.drain(&self.regs, &self.alloc, sink);
-        Ok(FaultDrain { reported, overflow })
+        let d = q.drain(&self.regs, &self.alloc, out);
+        Ok(FaultDrain {
+            reported: d.reported,
+            more: d.more,
+            overflow: d.overflow,
+        })
     }
 
     /// Sends the page group response answering `response` on the invalidation queue and waits
@@ -81,7 +82,6 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
     /// [`Error::InvalidArgument`] (a
     /// stall, or a field too wide); queue errors and time-outs.
     pub fn page_group_response(&self, response: &PageResponse) -> Result<(), Error> {
-        // Not `prq`'s lock: a drain's sink may answer while the drain holds it.
         if !self.info.ecap.flags().contains(EcapFlags::PRS) {
             return Err(Error::Unsupported {
                 what: "ECAP.PRS (page requests)",
