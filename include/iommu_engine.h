@@ -29,11 +29,12 @@
  * Stack: units, registries and contexts are built and released in their pages, never copied
  * through the stack. Deepest stack of each call in the x86_64 kernel build (capi/linux/build.sh;
  * tests/linux_module.rs measures frame sizes along the call graph, conservatively through
- * vtables, and holds these figures): under 1 KiB for ie_vtd_create, bind, translate,
- * the PASID and grant calls, ie_unit_disable and the fault drains; about 2.3 KiB ie_ctx_alloc
- * and ie_ctx_device_info, 3 KiB ie_unit_enable and ie_smmu_create, 4-5.5 KiB the registry,
- * context and unit create/destroy, attach/detach, unbind (it detaches), map/unmap and free,
- * 7.8 KiB ie_ctx_destroy.
+ * vtables, and holds these figures): under 1 KiB the create calls but ie_smmu_create, bind,
+ * translate, the PASID, grant, page-size and reservation calls, ie_unit_disable and the fault
+ * drains; 1-2 KiB ie_unit_destroy, ie_ctx_alloc, ie_unit_enable, ie_ctx_device_info,
+ * ie_smmu_create and ie_ctx_free; 2.1-2.7 KiB ie_ctx_map, ie_ctx_unmap, ie_ctx_detach_pasid,
+ * ie_ctx_copy, ie_ctx_detach, ie_ctx_destroy and ie_ctx_unbind (it detaches); about 3 KiB
+ * ie_ctx_attach and ie_ctx_attach_pasid.
  * Debug builds need more: make creation and destruction calls where a debug kernel has the
  * stack for them.
  */

@@ -411,6 +411,19 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         if let Some(n) = st.ioasid(ioasid)?.nested {
             return self.user_domain_for(st, device, ioasid, n, unit_id);
         }
+        self.plain_domain_for(st, device, ioasid, unit_id)
+    }
+
+    /// [`domain_for`](Self::domain_for) of an IOASID that is not a nested child (a nest
+    /// parent never is one: `alloc_nested` refuses it), so that a child's parent domain is
+    /// built without a recursive call (the kernel-stack check refuses recursion).
+    fn plain_domain_for(
+        &self,
+        st: &mut State<'a, A>,
+        device: DeviceHandle,
+        ioasid: IoasidId,
+        unit_id: UnitId,
+    ) -> Result<(DomainHandle, bool), Error> {
         let (handle, slot, park) = match self.new_domain(st, device, ioasid, unit_id)? {
             NewDomain::Existing(handle) => return Ok((handle, false)),
             NewDomain::Built { handle, slot, park } => (handle, slot, park),
@@ -508,7 +521,7 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
             .iter()
             .position(Option::is_none)
             .ok_or(Error::Capacity("units per IOASID"))?;
-        let (parent, parent_created) = self.domain_for(st, device, n.parent, unit_id)?;
+        let (parent, parent_created) = self.plain_domain_for(st, device, n.parent, unit_id)?;
         let handle = match self.unit(unit_id)?.domain_alloc_user(parent, &n.stage1) {
             Ok(h) => h,
             Err(e) => {

@@ -608,6 +608,8 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
     /// Frees the record of an IOASID whose domains are gone (or given up).
     /// Empties the IOASID slot `slot` and frees its record's pages (in place: an IOASID is
     /// 2 KiB, which is not moved onto the stack).
+    /// Not inlined: its gather is not in the frame of a caller that frees domains first.
+    #[inline(never)]
     pub(super) fn destroy_record(&self, slot: &mut Option<Ioasid<'a, A>>) -> Result<(), Error> {
         let Some(io) = slot.as_mut() else {
             return Ok(());

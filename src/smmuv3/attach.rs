@@ -29,6 +29,7 @@ use super::cmd::Command;
 use super::cmdq::CommandQueue;
 use super::flush::invalidate_all;
 use super::platform::CANWBS_NOT_DECLARED;
+use super::ste::Ste;
 use super::stream::{DomainShape, Retiring, StreamState, MAX_PASIDS};
 use super::strtab::StreamTable;
 use super::unit::{ConfigState, SmmuUnit};
@@ -145,11 +146,18 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         strtab: &mut StreamTable<A>,
         stream: &StreamState<A>,
     ) -> Result<usize, SmmuError> {
-        let ste = stream.ste(self.features.coherency(), |d| self.shape(d))?;
+        let ste = self.target_ste(stream)?;
         let sid = stream.sid;
         strtab.write(sid, &ste, || {
             self.with_cmdq(|q, r| q.submit_and_sync(r, &[Command::cfgi_ste(sid, false)]))
         })
+    }
+
+    /// The STE `stream` needs now. Not inlined: the domains' shapes it reads are not on the
+    /// stack under the STE update's syncs.
+    #[inline(never)]
+    fn target_ste(&self, stream: &StreamState<A>) -> Result<Ste, SmmuError> {
+        stream.ste(self.features.coherency(), |d| self.shape(d))
     }
 
     fn check_sid(&self, device: DeviceId) -> Result<StreamId, Error> {

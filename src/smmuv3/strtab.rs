@@ -204,6 +204,8 @@ impl<A: PageAllocator> StreamTable<A> {
     }
 
     /// The live STE words of `sid`, allocating its L2 table if `create`.
+    // Not inlined: a new level-2 table's locals are not on the stack under an STE update.
+    #[inline(never)]
     fn entry(&self, sid: StreamId, create: bool) -> Result<Option<&[AtomicU64; 8]>, SmmuError> {
         let index = self.check(sid)?;
         let (va, local) = match self.fmt {
