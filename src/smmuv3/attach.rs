@@ -708,6 +708,30 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         Ok(true)
     }
 
+    /// Disables ATS on `device`'s stream for an attach of a device bound without ATS: a
+    /// stream keeps ATS across unbind (see [`ats_for_attach`](Self::ats_for_attach)), and a
+    /// translated request bypasses the tables, so a device rebound without ATS must not
+    /// inherit `STE.EATS` from an earlier bind. Nothing if the stream has no ATS.
+    ///
+    /// # Errors
+    /// [`Error::Busy`] for a stream with ATS that is attached (the attach is refused: the
+    /// device's ATS must not outlive what it was bound with).
+    pub(crate) fn no_ats_for_attach(&self, device: DeviceId) -> Result<(), Error> {
+        let sid = self.check_sid(device)?;
+        let has = {
+            let config = self.config.lock();
+            config
+                .streams
+                .iter()
+                .flatten()
+                .any(|s| s.sid == sid && s.ats)
+        };
+        if has {
+            self.set_ats(device, false)?;
+        }
+        Ok(())
+    }
+
     /// Lets `device` use PCIe ATS (`STE.EATS` = 1, and CMD_ATC_INV on every flush of its
     /// domains). Only while nothing is attached to it, so the domain accounting stays simple.
     ///

@@ -731,7 +731,8 @@ where
 
     /// ATS declared at bind: `STE.EATS` for the stream from its first attach on, and
     /// CMD_ATC_INV behind every flush of its domains (`SmmuUnit::ats_for_attach`); refused
-    /// without `IDR0.ATS`.
+    /// without `IDR0.ATS`. Not declared: a stream's ATS left from an earlier bind is turned off
+    /// first (`SmmuUnit::no_ats_for_attach`).
     fn attach_device(
         &self,
         device: DeviceId,
@@ -739,7 +740,12 @@ where
         domain: DomainHandle,
         hints: &DeviceHints,
     ) -> Result<(), Error> {
-        let enabled = hints.ats && self.ats_for_attach(device)?;
+        let enabled = if hints.ats {
+            self.ats_for_attach(device)?
+        } else {
+            self.no_ats_for_attach(device)?;
+            false
+        };
         let r = self.attach_impl(device, pasid, domain);
         if enabled && matches!(&r, Err(e) if !e.is_unit_fault()) {
             // Refused before anything was written: the stream is idle again.

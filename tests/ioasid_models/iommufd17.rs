@@ -396,6 +396,33 @@ fn device_bound_with_ats_gets_atc_invalidations() {
     });
 }
 
+/// A device bound with ATS, unbound, then bound again without it (iommufd: a new
+/// `VFIO_DEVICE_BIND_IOMMUFD` whose ATS capability is off): its translated requests are
+/// refused again and no ATC invalidation is issued for it. A translated request bypasses the
+/// unit's tables, so ATS left on from the earlier bind would let the device reach any address.
+/// SMMUv3 only: the VT-d model answers translation requests whatever the context entry's `TT`
+/// / `DTE` say (a model gap), so it cannot tell; VT-d rewrites `TT` at every attach.
+#[test]
+fn rebind_without_ats_refuses_translated_requests() {
+    let ats = DeviceHints {
+        ats: true,
+        ..DeviceHints::default()
+    };
+    let v = VtdSetup {
+        model: iommu_engine::sim::vtd::VtdModelConfig::qemu_default().with_dt(true),
+        mode: iommu_engine::vtd::Mode::Legacy,
+    };
+    let mut s = SmmuSetup::qemu(true);
+    s.model = s.model.with_ats(true);
+    with_rig(v, s, |r| {
+        let plain = DeviceHints::default();
+        let label = smmu_dev(SID_A);
+        assert_eq!(ats_round_trip(r, label, ats), Ok((true, 1)));
+        let again = ats_round_trip(r, label, plain);
+        assert_eq!(again, Ok((false, 0)), "rebound without ATS");
+    });
+}
+
 /// A device that is not PASID-capable (its PASID width declared 0 at bind) behind a unit that
 /// is: `attach_pasid` is refused naming the device's width, before the unit is asked, and
 /// `device_info` (iommufd `IOMMU_GET_HW_INFO`) reports the device's width with the bind as its
