@@ -11,7 +11,9 @@ use core::fmt;
 
 use crate::iopf::{FaultDrain, PageFault, PageResponse};
 use crate::mem::{Iova, PageAllocator, PhysAddr};
-use crate::pgtable::{self, Format, Gather, IovaRange, Leaf, Mapping, PageTable, Prot, TablePages};
+use crate::pgtable::{
+    self, DirtyRead, Format, Gather, IovaRange, Leaf, Mapping, PageTable, Prot, TablePages,
+};
 
 /// A device on a unit: PCI requester ID (bus << 8 | devfn) on VT-d, StreamID on SMMUv3.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -766,10 +768,11 @@ pub trait Iommu: Sync {
     ) -> Result<(), Error>;
 
     /// Reports and cleans dirty leaves (see
-    /// [`crate::pgtable::PageTable::read_and_clear_dirty`]).
+    /// [`crate::pgtable::PageTable::read_and_clear_dirty`]): [`read_dirty`](Self::read_dirty)
+    /// with [`DirtyRead::Clear`].
     ///
     /// # Errors
-    /// [`Error::PageTable`] (`NoDirtyTracking`), [`Error::InvalidDomain`].
+    /// As [`read_dirty`](Self::read_dirty).
     fn read_and_clear_dirty(
         &self,
         domain: DomainHandle,
@@ -777,7 +780,47 @@ pub trait Iommu: Sync {
         len: u64,
         sink: &mut dyn FnMut(Iova, u32),
         gather: &mut Gather,
+    ) -> Result<(), Error> {
+        self.read_dirty(domain, iova, len, DirtyRead::Clear, sink, gather)
+    }
+
+    /// Reports the dirty leaves of a range, and cleans them with [`DirtyRead::Clear`] (the
+    /// cleaned ranges go into `gather`, to be flushed before the hardware reliably marks them
+    /// again); see [`crate::pgtable::PageTable::read_dirty`].
+    ///
+    /// # Errors
+    /// [`Error::PageTable`] (`NoDirtyTracking`, range errors), [`Error::InvalidDomain`].
+    fn read_dirty(
+        &self,
+        domain: DomainHandle,
+        iova: Iova,
+        len: u64,
+        how: DirtyRead,
+        sink: &mut dyn FnMut(Iova, u32),
+        gather: &mut Gather,
     ) -> Result<(), Error>;
+
+    /// Turns hardware dirty tracking of a domain built with [`DomainConfig::dirty_tracking`]
+    /// on or off (iommufd `IOMMU_HWPT_SET_DIRTY_TRACKING`); a domain starts with it on. Turning
+    /// it on cleans every leaf first, so that only writes after the call are reported, and
+    /// invalidates what the unit may have cached of the domain's leaves and of the
+    /// configuration that enables the walker's updates; one completion wait. Calling it again
+    /// with the same value does the whole work again (the retry after a hardware error).
+    ///
+    /// VT-d: `SSADE` in the PASID entry of every attachment of the (second-stage) domain,
+    /// written in place, then the PASID cache of each, the domain's IOTLB and the device TLBs.
+    /// SMMUv3: the table's new writable leaves are written clean (DBM set, write permission
+    /// clear) while on and writable-dirty while off; `CD.HD` / `STE.S2HD` stay set for the
+    /// domain's life, so that a leaf left clean still takes writes; turning on ends with a
+    /// TLB invalidation of the domain's tag.
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] (`DirtyTracking`) for a domain built without it;
+    /// [`Error::InvalidDomain`]; [`Error::PageTable`] (`EntryUnstable`); hardware errors: the
+    /// leaves and entries then hold the new state but the unit may still cache the old one
+    /// (the cleaned ranges are owed by the domain, as after a failed [`flush`](Self::flush)):
+    /// retry.
+    fn set_dirty_tracking(&self, domain: DomainHandle, on: bool) -> Result<(), Error>;
 
     /// Points a device (or a device's PASID) at a domain, replacing what it pointed at in the
     /// way that is hitless where the hardware allows, and invalidates the configuration caches.

@@ -431,19 +431,27 @@ where
         })?
     }
 
-    fn read_and_clear_dirty(
+    fn read_dirty(
         &self,
         domain: DomainHandle,
         iova: Iova,
         len: u64,
+        how: pgtable::DirtyRead,
         sink: &mut dyn FnMut(Iova, u32),
         gather: &mut Gather,
     ) -> Result<(), Error> {
         self.with_domain(domain, |d| {
             d.table
-                .read_and_clear_dirty(iova, len, &mut *sink, gather)
+                .read_dirty(iova, len, how, &mut *sink, gather)
                 .map_err(Error::from)
         })?
+    }
+
+    fn set_dirty_tracking(&self, domain: DomainHandle, on: bool) -> Result<(), Error> {
+        // No domain of this unit is built with dirty tracking (`capabilities` says so), so
+        // there is nothing to switch: the same refusal `domain_alloc` gives.
+        let _ = (self.with_domain(domain, |_| ())?, on);
+        Err(Error::Unsupported(Missing::DirtyTracking))
     }
 
     fn attach(

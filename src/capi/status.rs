@@ -229,7 +229,11 @@ impl From<ioasid::Error> for IeStatus {
             E::NotAttached(_) => IeStatus::NotAttached,
             E::NotNoSnoopCapable(_) => IeStatus::NotPermitted,
             E::Reserved(_) | E::ReserveOverlaps(_) => IeStatus::Reserved,
-            E::BadDirectRegion(_) => IeStatus::InvalidArgument,
+            // Reading dirty state while tracking is off: Linux's VT-d driver answers -EINVAL too.
+            E::BadDirectRegion(_)
+            | E::DirtyTrackingOff(_)
+            | E::DirtyBitmapRange { .. }
+            | E::DirtyBitmapTooSmall { .. } => IeStatus::InvalidArgument,
             E::Capacity(_) | E::Quota(_) | E::PasidExhausted | E::NoIovaSpace { .. } => {
                 IeStatus::NoSpace
             }

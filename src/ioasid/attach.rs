@@ -437,7 +437,14 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
                 .map_err(|e| incompatible(device, e)),
             None => Ok(()),
         };
-        if let Err(e) = limited.and_then(|()| fill_domain(unit, handle, io, device)) {
+        // A domain starts tracking; one for an IOASID whose tracking is off is switched off
+        // before anything is mapped or attached (nothing to clean or invalidate).
+        let off = io.flags.contains(IoasidFlags::DIRTY_TRACKING) && !io.tracking();
+        let built = limited.and_then(|()| match off {
+            true => unit.set_dirty_tracking(handle, false).map_err(Error::from),
+            false => Ok(()),
+        });
+        if let Err(e) = built.and_then(|()| fill_domain(unit, handle, io, device)) {
             // Nothing points at the new domain, but freeing it waits for the invalidation of
             // its tag (a caching-mode map may have cached entries), which may fail like the
             // fill did: the domain is then parked, and freed again later.

@@ -96,6 +96,9 @@ pub(super) struct Ioasid<'a, A: PageAllocator> {
     pub(super) max_page_log2: Option<u32>,
     /// Set for a nested child: its parent and the guest's stage 1 (`nested.rs`).
     pub(super) nested: Option<super::nested::Nested>,
+    /// [`IoasidCtx::set_dirty_tracking`] turned tracking off (an IOASID allocated with
+    /// `DIRTY_TRACKING` starts with it on; false is zeroes, like the rest).
+    pub(super) dirty_off: bool,
 }
 
 impl<'a, A: PageAllocator> Ioasid<'a, A> {
@@ -113,7 +116,13 @@ impl<'a, A: PageAllocator> Ioasid<'a, A> {
             direct: [None; MAX_DIRECT_PER_IOASID],
             max_page_log2: None,
             nested: None,
+            dirty_off: false,
         }
+    }
+
+    /// Whether dirty tracking is on: allocated with it and not turned off.
+    pub(super) fn tracking(&self) -> bool {
+        self.flags.contains(IoasidFlags::DIRTY_TRACKING) && !self.dirty_off
     }
 
     /// The first mapping the record holds in `[start, end)`, whole (it may reach outside).

@@ -271,45 +271,6 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         }))
     }
 
-    /// Reports (to `sink`) and cleans the dirty pages of `[iova, iova + len)` in every domain of
-    /// an IOASID allocated with dirty tracking, flushing each unit once. A page written through
-    /// two units is reported by each.
-    ///
-    /// # Errors
-    /// [`Error::PageTable`] (`NoDirtyTracking`); unit errors. [`Error::InvalidationPending`]:
-    /// the dirty state was reported and cleaned in every domain, but a unit did not confirm the
-    /// invalidation, so writes through its stale caches may go unrecorded until a call on the
-    /// IOASID returns `Ok`: treat every page of the range as dirty, and retry.
-    pub fn read_and_clear_dirty(
-        &self,
-        ioasid: IoasidId,
-        iova: Iova,
-        len: u64,
-        sink: &mut dyn FnMut(Iova, u32),
-    ) -> Result<(), Error> {
-        let st = self.state.read();
-        let io = st.ioasid(ioasid)?;
-        if io.nested.is_some() {
-            return Err(Error::UserOwned(ioasid));
-        }
-        self.settle(io)?;
-        let mut owed = Ok(());
-        for (slot, d) in domains(io) {
-            let unit = self.unit(d.unit)?;
-            let mut gather = Gather::new();
-            let r = unit.read_and_clear_dirty(d.handle, iova, len, sink, &mut gather);
-            if let Err(error) = unit.flush(d.handle, &mut gather) {
-                io.pending.park(slot, &mut gather);
-                owed = owed.and(Err(Error::InvalidationPending {
-                    unit: d.unit,
-                    error,
-                }));
-            }
-            r?;
-        }
-        owed
-    }
-
     /// Finds and reserves `size` bytes (rounded up to whole 4 KiB pages) of IOVA aligned to
     /// `align` (a power of two; at least 4 KiB is used) that nothing maps or reserves, below
     /// every domain's input limit. The caller maps

@@ -41,6 +41,14 @@
 //!   turns `ENOENT` back into success for that reason), and the retry after
 //!   [`Error::InvalidationPending`] must be able to return `Ok` with 0 bytes
 //!   (`iommufd_unmap_of_nothing_is_0_bytes`).
+//! - **Dirty tracking starts on** in an IOASID allocated with [`IoasidFlags::DIRTY_TRACKING`]
+//!   (iommufd's starts off until `IOMMU_HWPT_SET_DIRTY_TRACKING`): a hypervisor asks for the
+//!   flag to track, and a VMM following iommufd's sequence calls
+//!   [`IoasidCtx::set_dirty_tracking`] with `true` before its first read anyway, which cleans
+//!   every page either way (`set_dirty_tracking_starts_clean`). Reading while it is off is
+//!   refused ([`Error::DirtyTrackingOff`]; Linux's VT-d driver returns `EINVAL`), since the
+//!   hardware records nothing meanwhile. A bitmap's bits are set, never cleared, as iommufd's
+//!   (`get_dirty_bitmap_no_clear_keeps_bits`).
 //!
 //! | iommufd object or ioctl | this crate | missing (issue 17) |
 //! |---|---|---|
@@ -55,9 +63,9 @@
 //! | `IOMMU_HWPT_ALLOC` nested child (`pt_id` a nest parent, `IOMMU_HWPT_DATA_ARM_SMMUV3` / `_VTD_S1`) | [`IoasidCtx::alloc_nested`] with a [`UserStage1`](crate::iommu::UserStage1): the child's domain on each unit is built over the parent's at the first attach ([`Iommu::domain_alloc_user`](crate::iommu::Iommu::domain_alloc_user)); devices attach with [`IoasidCtx::attach`], PASIDs (VT-d) with [`IoasidCtx::attach_pasid`]; `map`/`unmap` refuse it ([`Error::UserOwned`]) | VT-d (this item's second half) |
 //! | `IOMMU_HWPT_ALLOC_NEST_PARENT` | [`IoasidFlags::NEST_PARENT`] | |
 //! | `IOMMU_VIOMMU_ALLOC`, `IOMMU_VDEVICE_ALLOC` | none as objects: the parent's VMID is the vIOMMU's; [`IoasidCtx::set_virtual_id`] gives a device the ID the guest knows it by (`virt_id`) | |
-//! | `IOMMU_HWPT_ALLOC_DIRTY_TRACKING` | [`IoasidFlags::DIRTY_TRACKING`], fixed at allocation | |
-//! | `IOMMU_HWPT_SET_DIRTY_TRACKING` | none: tracking is on for the IOASID's life | item 2 |
-//! | `IOMMU_HWPT_GET_DIRTY_BITMAP` | [`IoasidCtx::read_and_clear_dirty`]: a callback, always clearing | bitmap, `NO_CLEAR` (item 2) |
+//! | `IOMMU_HWPT_ALLOC_DIRTY_TRACKING` | [`IoasidFlags::DIRTY_TRACKING`], fixed at allocation; tracking starts on (see above) | |
+//! | `IOMMU_HWPT_SET_DIRTY_TRACKING` | [`IoasidCtx::set_dirty_tracking`]: every domain of the IOASID, every page clean when turned on (VT-d `SSADE` in each PASID entry; SMMUv3 leaves written writable-clean, `HD` kept set); [`IoasidCtx::dirty_tracking`] reads the state | |
+//! | `IOMMU_HWPT_GET_DIRTY_BITMAP` (`NO_CLEAR` flag) | [`IoasidCtx::get_dirty_bitmap`] (the caller's `u64` words, page size, base IOVA, length; [`DirtyReadFlags::NO_CLEAR`]); [`IoasidCtx::read_dirty`] with a callback, [`IoasidCtx::read_and_clear_dirty`]; refused while tracking is off ([`Error::DirtyTrackingOff`]) | |
 //! | `IOMMU_HWPT_INVALIDATE` | [`IoasidCtx::invalidate_user`]: the guest's queue entries (SMMUv3 TLBI_NH_VA/VAA/ASID/ALL, ATC_INV, CFGI_CD(_ALL); VT-d PASID-based IOTLB and device-TLB descriptors), all checked, then rewritten with the host's VMID / StreamID and issued with one completion wait; the first refused one is [`iommu::Error::Refused`] carrying its index, words and reason, with nothing issued (iommufd stops at the first failing entry too, having issued those before it) | |
 //! | `IOMMU_GET_HW_INFO` | [`IoasidCtx::device_info`]: capabilities and where each claim comes from (the PASID width narrowed to the device's own, iommufd's `max_pasid_log2`; ATS, PRI), not the raw VT-d `CAP`/`ECAP` or SMMUv3 `IDR` registers; C: `ie_ctx_device_info` | |
 //! | `IOMMU_OPTION` (`HUGE_PAGES`) | [`IoasidCtx::set_huge_pages`] (off: 4 KiB pages only, or the unit's granule), [`IoasidCtx::set_max_page_log2`] (any largest page), per IOASID; changing it with both a domain and a mapping is [`Error::Busy`] (iommufd `EINVAL`); C: `ie_ctx_set_huge_pages` (`option_huge_pages_off_maps_only_4k`) | no per-map limit |
@@ -81,6 +89,7 @@ mod attach;
 mod audit;
 mod ctx;
 mod direct;
+mod dirty;
 mod fault;
 mod ioas;
 mod map;
@@ -97,6 +106,7 @@ mod tests;
 
 pub use ctx::{DeviceInfo, IncoherentDmaGrant, IoasidCtx, BIND_HINTS, NO_HINTS, NO_SNOOP_DECLARED};
 pub use direct::{DirectRegion, MAX_DIRECT_PER_IOASID, MAX_DIRECT_REGIONS};
+pub use dirty::{DirtyReadFlags, DIRTY_BITMAP_MIN_PAGE_LOG2};
 pub use fault::{dispatch_page_faults, dispatch_page_faults_with, Dispatched, MAX_FAULTS};
 pub use page_size::SMALL_PAGE_LOG2;
 pub use pasid::PasidAllocator;
@@ -416,6 +426,26 @@ pub enum Error {
     NotNestParent(IoasidId),
     /// [`IoasidCtx::invalidate_user`] was given an IOASID that is not a nested child.
     NotNested(IoasidId),
+    /// Dirty state was asked of an IOASID whose tracking is off
+    /// ([`IoasidCtx::set_dirty_tracking`]): the hardware records nothing meanwhile.
+    DirtyTrackingOff(IoasidId),
+    /// A dirty bitmap's page size (log2) is below [`DIRTY_BITMAP_MIN_PAGE_LOG2`] or not below
+    /// 64, or its range is empty, overflows or is not aligned to the page size.
+    DirtyBitmapRange {
+        /// Start of the range.
+        iova: crate::mem::Iova,
+        /// Its length.
+        len: u64,
+        /// Log2 of the page size.
+        page_log2: u32,
+    },
+    /// A dirty bitmap has fewer words than its range needs.
+    DirtyBitmapTooSmall {
+        /// The words given.
+        words: usize,
+        /// The words needed.
+        need: u64,
+    },
     /// [`IoasidCtx::audit`] found a domain that does not translate what the record holds: a
     /// defect of this crate or of a unit. Report it; detach the IOASID's devices.
     Mismatch {
@@ -475,6 +505,18 @@ impl fmt::Display for Error {
             ),
             Error::NotNestParent(i) => write!(f, "IOASID {} is not a nest parent", i.0),
             Error::NotNested(i) => write!(f, "IOASID {} is not a nested child", i.0),
+            Error::DirtyTrackingOff(i) => write!(f, "IOASID {}: dirty tracking is off", i.0),
+            Error::DirtyBitmapRange {
+                iova,
+                len,
+                page_log2,
+            } => write!(
+                f,
+                "dirty bitmap of {len:#x} bytes at {iova} in 2^{page_log2}-byte pages: bad range"
+            ),
+            Error::DirtyBitmapTooSmall { words, need } => {
+                write!(f, "dirty bitmap of {words} words, {need} needed")
+            }
             Error::Mismatch { unit, iova } => {
                 write!(f, "unit {}: domain and record differ at {iova}", unit.0)
             }

@@ -243,15 +243,21 @@ impl Iommu for FakeUnit<'_> {
         self.with(d, |t| t.for_each_mapping(iova, len, f))?
             .map_err(Into::into)
     }
-    fn read_and_clear_dirty(
+    fn read_dirty(
         &self,
         d: DomainHandle,
         iova: Iova,
         len: u64,
+        how: crate::pgtable::DirtyRead,
         sink: &mut dyn FnMut(Iova, u32),
         g: &mut Gather,
     ) -> Result<(), IommuError> {
-        self.with(d, |t| t.read_and_clear_dirty(iova, len, sink, g))?
+        self.with(d, |t| t.read_dirty(iova, len, how, sink, g))?
+            .map_err(Into::into)
+    }
+    fn set_dirty_tracking(&self, d: DomainHandle, on: bool) -> Result<(), IommuError> {
+        let mut g = Gather::new();
+        self.with(d, |t| t.set_dirty_tracking(on, &mut g))?
             .map_err(Into::into)
     }
     fn attach(

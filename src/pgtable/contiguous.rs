@@ -78,12 +78,12 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         run_log2: u32,
     ) {
         for i in 0..1usize << run_log2 {
-            let raw = if run_log2 == 0 {
+            let raw = self.tracked(if run_log2 == 0 {
                 self.format().encode_leaf(level, PhysAddr::new(pa), prot)
             } else {
                 self.format()
                     .encode_run_leaf(level, PhysAddr::new(pa), run_log2, i, prot)
-            };
+            });
             // SAFETY: the caller passes slots of the live table `t` (see `contiguous_run`).
             unsafe { t.slot(idx + i) }.store(raw, Ordering::Relaxed);
         }

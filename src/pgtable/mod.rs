@@ -56,7 +56,7 @@ pub use audit::TablePages;
 pub use error::Error;
 pub use format::{Format, Geometry};
 pub use gather::{Gather, InvalidationComplete, IovaRange, GATHER_RANGES};
-pub use table::{PageTable, SplitPolicy};
+pub use table::{DirtyRead, PageTable, SplitPolicy};
 
 use crate::mem::PhysAddr;
 

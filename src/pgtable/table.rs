@@ -36,6 +36,15 @@ pub(super) fn race_window() {
     std::thread::yield_now();
 }
 
+/// Whether reading dirty state cleans it ([`PageTable::read_dirty`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DirtyRead {
+    /// Report and clean (the range must then be invalidated).
+    Clear,
+    /// Report only (iommufd `IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR`).
+    NoClear,
+}
+
 /// A page table of format `F` whose pages come from `A`.
 ///
 /// Dropping a `PageTable` leaks its pages: they may only be freed after the hardware has been
@@ -55,6 +64,10 @@ pub struct PageTable<F: Format, A: PageAllocator> {
     /// The sizes of `leaf_runs` whose runs of level-0 leaves fit `max_leaf_log2`: the runs `map`
     /// writes (unmap still meets the runs earlier maps wrote, by `leaf_runs`).
     map_runs: u32,
+    /// Dirty tracking is on ([`PageTable::set_dirty_tracking`]): new writable leaves are
+    /// written clean, so that only writes after the map mark them dirty. Not table memory:
+    /// a plain atomic also under loom.
+    tracking: core::sync::atomic::AtomicBool,
 }
 
 // SAFETY: the table's memory is only accessed through atomics, and the page pointers are owned
@@ -132,6 +145,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
             leaf_runs,
             max_leaf_log2: u32::MAX,
             map_runs: leaf_runs,
+            tracking: core::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -198,6 +212,19 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     #[inline]
     fn geo(&self) -> &Geometry {
         self.format.geometry()
+    }
+
+    /// `raw`, a leaf a map is about to write, made clean while dirty tracking is on (Arm: a
+    /// writable leaf with DBM set is encoded writable-dirty, `S2AP[1]` / `AP[2]` = write
+    /// allowed; clean it is write-protected until the walker's first write sets it, DDI 0487
+    /// K.a D8.4.6; VT-d and AMD-Vi: `D` starts clear either way).
+    #[inline]
+    pub(super) fn tracked(&self, raw: u64) -> u64 {
+        if self.tracking.load(core::sync::atomic::Ordering::Relaxed) {
+            self.format.leaf_clear_dirty(raw)
+        } else {
+            raw
+        }
     }
 
     #[inline]
@@ -532,14 +559,14 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         for i in from..to {
             // Wraps only past the last page, at the top of a 64-bit output range.
             let leaf_pa = pa.wrapping_add((i as u64) << shift);
-            let raw = if run_log2 == 0 {
+            let raw = self.tracked(if run_log2 == 0 {
                 self.format.encode_leaf(level, PhysAddr::new(leaf_pa), prot)
             } else {
                 let k = (first + i) & ((1usize << run_log2) - 1);
                 let run_pa = PhysAddr::new(leaf_pa.wrapping_sub((k as u64) << shift));
                 self.format
                     .encode_run_leaf(level, run_pa, run_log2, k, prot)
-            };
+            });
             // SAFETY: callers pass entries of the live table `t` (see `plan_leaves`).
             unsafe { t.slot(first + i) }.store(raw, Ordering::Relaxed);
         }
@@ -710,7 +737,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
                 break;
             }
             slot.store(
-                self.format.encode_leaf(0, PhysAddr::new(pa + offset), prot),
+                self.tracked(self.format.encode_leaf(0, PhysAddr::new(pa + offset), prot)),
                 Ordering::Relaxed,
             );
             written += 1;
@@ -1452,6 +1479,25 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         &self,
         iova: Iova,
         len: u64,
+        sink: impl FnMut(Iova, u32),
+        gather: &mut Gather,
+    ) -> Result<(), Error> {
+        self.read_dirty(iova, len, DirtyRead::Clear, sink, gather)
+    }
+
+    /// Reports every dirty leaf intersecting `[iova, iova + len)` to `sink` (its IOVA and log2
+    /// size); with [`DirtyRead::Clear`] also cleans it, as
+    /// [`read_and_clear_dirty`](Self::read_and_clear_dirty) does, with
+    /// [`DirtyRead::NoClear`] leaves it dirty and `gather` untouched (iommufd's
+    /// `IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR`: a caller that reads twice sees the page again).
+    ///
+    /// # Errors
+    /// As [`read_and_clear_dirty`](Self::read_and_clear_dirty).
+    pub fn read_dirty(
+        &self,
+        iova: Iova,
+        len: u64,
+        how: DirtyRead,
         mut sink: impl FnMut(Iova, u32),
         gather: &mut Gather,
     ) -> Result<(), Error> {
@@ -1461,17 +1507,54 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         self.check_iova_range(iova, len)?;
         let top = self.geo().top_level();
         let root = self.root_table();
-        self.clear_dirty_level(root, top, iova.get(), len, &mut sink, gather)?;
+        self.clear_dirty_level(root, top, iova.get(), len, how, &mut sink, gather)?;
+        Ok(())
+    }
+
+    /// Whether dirty tracking is on ([`set_dirty_tracking`](Self::set_dirty_tracking)).
+    pub fn dirty_tracking_on(&self) -> bool {
+        self.tracking.load(core::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Turns dirty tracking on or off for the leaves this table writes from now on, and when
+    /// turning it on cleans every leaf, so that only writes after the call are reported (the
+    /// cleaned ranges go into `gather`: flush it, and turn the walker's own tracking on --
+    /// VT-d `SSADE`, SMMUv3 `HD` -- before relying on the state). While on, a map writes
+    /// writable leaves clean (Arm: DBM set, write permission clear); while off, as the format
+    /// encodes them (Arm: writable-dirty, so that a walker that does not update dirty state
+    /// can write them). Turning it off changes no leaf: a clean Arm leaf needs the walker's
+    /// hardware update on its next write, so the unit keeps that on (`HD`) for the table's
+    /// life.
+    ///
+    /// Not concurrent with maps: a map racing the switch may write its leaves either way
+    /// (run it under the same exclusion as configuration changes).
+    ///
+    /// # Errors
+    /// [`Error::NoDirtyTracking`] when the format is configured without it;
+    /// [`Error::EntryUnstable`] if hardware kept rewriting an entry.
+    pub fn set_dirty_tracking(&self, on: bool, gather: &mut Gather) -> Result<(), Error> {
+        if !self.format.dirty_tracking() {
+            return Err(Error::NoDirtyTracking);
+        }
+        self.tracking
+            .store(on, core::sync::atomic::Ordering::Release);
+        if on {
+            let g = self.geo();
+            let (top, root, len) = (g.top_level(), self.root_table(), 1u64 << g.ias.min(63));
+            self.clear_dirty_level(root, top, 0, len, DirtyRead::Clear, &mut |_, _| {}, gather)?;
+        }
         Ok(())
     }
 
     /// `read_and_clear_dirty` below `t` (at `level`); returns whether it cleaned anything.
+    #[allow(clippy::too_many_arguments)]
     fn clear_dirty_level(
         &self,
         t: Table,
         level: u32,
         iova: u64,
         len: u64,
+        how: DirtyRead,
         sink: &mut impl FnMut(Iova, u32),
         gather: &mut Gather,
     ) -> Result<bool, Error> {
@@ -1481,7 +1564,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         let mut idx = self.geo().index(level, iova);
         while left > 0 {
             let chunk = left.min(size - (iova & (size - 1)));
-            cleaned |= self.clear_dirty_entry(t, level, idx, iova, chunk, sink, gather)?;
+            cleaned |= self.clear_dirty_entry(t, level, idx, iova, chunk, how, sink, gather)?;
             (iova, left, idx) = (iova.wrapping_add(chunk), left - chunk, idx + 1);
         }
         Ok(cleaned)
@@ -1498,6 +1581,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         idx: usize,
         iova: u64,
         chunk: u64,
+        how: DirtyRead,
         sink: &mut impl FnMut(Iova, u32),
         gather: &mut Gather,
     ) -> Result<bool, Error> {
@@ -1512,7 +1596,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
             if level > 0 && self.format.is_table(level, raw) {
                 let child = self.child(raw)?;
                 let cleaned =
-                    self.clear_dirty_level(child, level - 1, iova, chunk, sink, gather)?;
+                    self.clear_dirty_level(child, level - 1, iova, chunk, how, sink, gather)?;
                 if cleaned && self.split_made(level, raw) {
                     // The larger page may still be cached, writable and dirty: an
                     // invalidation of the small pages alone could leave writes through it
@@ -1522,6 +1606,10 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
                 return Ok(cleaned);
             }
             if !self.format.leaf_is_dirty(raw) {
+                return Ok(false);
+            }
+            if how == DirtyRead::NoClear {
+                sink(Iova::new(iova & !((1u64 << shift) - 1)), shift);
                 return Ok(false);
             }
             let clean = self.format.leaf_clear_dirty(raw);

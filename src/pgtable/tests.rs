@@ -251,6 +251,50 @@ fn dirty_bits_are_read_and_cleared() {
     g.release(t.allocator(), done()).unwrap();
 }
 
+/// iommufd `SET_DIRTY_TRACKING` / `GET_DIRTY_BITMAP_NO_CLEAR` at the engine: while tracking
+/// is on an Arm stage-2 map writes writable-clean leaves (DBM, `S2AP[1]` clear), off
+/// writable-dirty ones; turning it on cleans them; `NoClear` reports without cleaning.
+#[test]
+fn set_dirty_tracking_cleans_and_no_clear_keeps() {
+    let f = ArmS2::new(ArmS2Config {
+        granule_log2: 12,
+        ias: 40,
+        oas: 40,
+        blocks: true,
+        attributes: S2Attributes::WriteBack,
+        dirty_tracking: true,
+        bbml2: true,
+    })
+    .unwrap();
+    let t = PageTable::new(f, test_alloc(), WalkerCoherency::Coherent).unwrap();
+    let read = |how| {
+        let (mut seen, mut g) = (std::vec::Vec::new(), Gather::new());
+        t.read_dirty(iova(0), 4 * K4, how, |i, _| seen.push(i.get()), &mut g)
+            .unwrap();
+        let n = g.ranges().len();
+        g.release(t.allocator(), done()).unwrap();
+        (seen, n)
+    };
+    // Off (a new table's state): writable-dirty.
+    t.map(iova(0), pa(0), K4, RW).unwrap();
+    let mut g = Gather::new();
+    t.set_dirty_tracking(true, &mut g).unwrap();
+    assert_eq!(
+        g.ranges().len(),
+        1,
+        "the dirty leaf was cleaned into the gather"
+    );
+    g.release(t.allocator(), done()).unwrap();
+    t.map(iova(K4), pa(K4), K4, RW).unwrap();
+    assert_eq!(read(DirtyRead::Clear), (std::vec![], 0));
+    t.set_dirty_tracking(false, &mut Gather::new()).unwrap();
+    t.map(iova(2 * K4), pa(2 * K4), K4, RW).unwrap();
+    assert_eq!(read(DirtyRead::NoClear), (std::vec![2 * K4], 0));
+    assert_eq!(read(DirtyRead::NoClear), (std::vec![2 * K4], 0));
+    assert_eq!(read(DirtyRead::Clear), (std::vec![2 * K4], 1));
+    assert_eq!(read(DirtyRead::NoClear), (std::vec![], 0));
+}
+
 #[test]
 fn random_sequences_match_a_model() {
     let t = vtd(39);

@@ -23,7 +23,7 @@ use crate::iommu::{DomainConfig, DomainHandle, DomainPages, Error, ReclaimScope}
 use crate::mem::{Iova, PageAllocator, PhysAddr, WalkerCoherency};
 use crate::pgtable::arm_s1::{ArmS1, ArmS1Config, MAIR};
 use crate::pgtable::arm_s2::{ArmS2, ArmS2Config, S2Attributes};
-use crate::pgtable::{Gather, Geometry, Leaf, Mapping, PageTable, Prot};
+use crate::pgtable::{DirtyRead, Gather, Geometry, Leaf, Mapping, PageTable, Prot};
 
 /// Most domains one unit holds at a time (the unit keeps them in a fixed array).
 pub const MAX_DOMAINS: usize = 64;
@@ -199,6 +199,17 @@ impl Owed {
     }
 }
 
+/// A new domain built for dirty tracking starts with it on: its writable leaves are written
+/// clean. The table is empty, so there is nothing to clean or invalidate.
+fn start_tracking<F: crate::pgtable::Format, A: PageAllocator>(
+    table: &PageTable<F, A>,
+) -> Result<(), Error> {
+    match table.set_dirty_tracking(true, &mut Gather::new()) {
+        Ok(()) | Err(crate::pgtable::Error::NoDirtyTracking) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Inputs common to both stages.
 pub(crate) struct DomainParams {
     pub(crate) granule_log2: u32,
@@ -260,6 +271,7 @@ impl<A: PageAllocator> Domain<A> {
             bbml2: p.bbml2,
         })?;
         let table = PageTable::new(fmt, alloc, p.coherency)?;
+        start_tracking(&table)?;
         let tag = TlbTag::Stage2 {
             vmid,
             nest_parent: cfg.nest_parent,
@@ -291,6 +303,7 @@ impl<A: PageAllocator> Domain<A> {
             bbml2: p.bbml2,
         })?;
         let table = PageTable::new(fmt, alloc, p.coherency)?;
+        start_tracking(&table)?;
         Ok(Self::with(
             DomainTable::Stage1(table),
             TlbTag::Stage1 { vmid, asid },
@@ -439,14 +452,39 @@ impl<A: PageAllocator> Domain<A> {
         Ok(with_table!(&self.table, t => t.for_each_mapping(iova, len, f))?)
     }
 
-    pub(crate) fn read_and_clear_dirty(
+    pub(crate) fn read_dirty(
         &self,
         iova: Iova,
         len: u64,
+        how: DirtyRead,
         sink: &mut dyn FnMut(Iova, u32),
         gather: &mut Gather,
     ) -> Result<(), Error> {
-        Ok(with_table!(&self.table, t => t.read_and_clear_dirty(iova, len, sink, gather))?)
+        Ok(with_table!(&self.table, t => t.read_dirty(iova, len, how, sink, gather))?)
+    }
+
+    /// Dirty tracking on or off for the domain's leaves (IHI 0070 G.b §3.13, HTTU; Arm ARM
+    /// DDI 0487 K.a D8.4.6, the dirty state of a DBM descriptor): on, every leaf is cleaned
+    /// into `gather` and new writable leaves are written writable-clean (DBM set, stage 1
+    /// `AP[2]` / stage 2 `S2AP[1]` write-protected) so that the unit's first write marks them;
+    /// off, new ones are written writable-dirty. `CD.HD` / `STE.S2HD` stay set for the
+    /// domain's life: with them clear the unit would ignore DBM and fault a write to a clean
+    /// leaf, so turning them off would need every clean leaf made dirty first and its TLB
+    /// entries invalidated -- Linux's SMMUv3 driver likewise leaves HD set and only changes
+    /// what a map writes and what a read cleans.
+    pub(crate) fn set_dirty_tracking(&self, on: bool, gather: &mut Gather) -> Result<(), Error> {
+        if !self.tracks_dirty() {
+            return Err(Error::Unsupported(crate::iommu::Missing::DirtyTracking));
+        }
+        Ok(with_table!(&self.table, t => t.set_dirty_tracking(on, gather))?)
+    }
+
+    /// Whether the domain was built for dirty tracking (`HD` in its CD or STE).
+    pub(crate) fn tracks_dirty(&self) -> bool {
+        match &self.table {
+            DomainTable::Stage1(t) => t.format().config().dirty_tracking,
+            DomainTable::Stage2(t) => t.format().config().dirty_tracking,
+        }
     }
 
     /// Unlinks the empty tables in `scope` into `gather`; how many.

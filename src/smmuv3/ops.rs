@@ -47,7 +47,7 @@ use crate::iommu::{
 };
 use crate::mem::{Iova, PageAllocator, PhysAddr};
 use crate::mmio::RegisterWindow;
-use crate::pgtable::{Gather, InvalidationComplete, IovaRange, Leaf, Mapping, Prot};
+use crate::pgtable::{DirtyRead, Gather, InvalidationComplete, IovaRange, Leaf, Mapping, Prot};
 
 impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
     /// The granule of a domain for `cfg`: its own, else the unit's.
@@ -708,16 +708,27 @@ where
         self.with_domain(domain, |d| d.for_each_mapping(iova, len, f))
     }
 
-    fn read_and_clear_dirty(
+    fn read_dirty(
         &self,
         domain: DomainHandle,
         iova: Iova,
         len: u64,
+        how: DirtyRead,
         sink: &mut dyn FnMut(Iova, u32),
         gather: &mut Gather,
     ) -> Result<(), Error> {
         self.usable()?;
-        self.with_domain(domain, |d| d.read_and_clear_dirty(iova, len, sink, gather))
+        self.with_domain(domain, |d| d.read_dirty(iova, len, how, sink, gather))
+    }
+
+    fn set_dirty_tracking(&self, domain: DomainHandle, on: bool) -> Result<(), Error> {
+        self.usable()?;
+        let mut cleaned = Gather::new();
+        self.with_domain(domain, |d| d.set_dirty_tracking(on, &mut cleaned))?;
+        // The leaves cleaned were writable-dirty, and may be cached so: a write through such
+        // a TLB entry needs no hardware update and would go unrecorded. HD stays set (see
+        // `Domain::set_dirty_tracking`), so nothing else changes in the STE or CD.
+        self.flush_impl(domain, &mut cleaned)
     }
 
     fn attach(

@@ -253,7 +253,8 @@ pub struct Domain<A: PageAllocator> {
     pub did: DomainId,
     /// Every access is forced to snoop (SNP leaves; PGSNP in PASID entries).
     pub snoop: bool,
-    /// Second-stage A/D tracking (SSADE in PASID entries).
+    /// Built for second-stage A/D tracking; whether it is on is the table's
+    /// ([`Domain::tracking`]), and decides `SSADE` in PASID entries.
     pub dirty: bool,
     /// Supervisor requests are honoured (SRE and WPE in PASID entries; first stage only), and
     /// only then may leaves be privileged-only ([`Prot::PRIV`](crate::pgtable::Prot::PRIV)).
@@ -281,6 +282,11 @@ impl<A: PageAllocator> Domain<A> {
         let (table, input_bits) = match choice {
             Choice::Second(c) => {
                 let t = PageTable::new(VtdSs::new(c)?, alloc, info.page_walk_coherency)?;
+                if c.dirty_tracking {
+                    // A domain starts tracking (`SSADE` set in its PASID entries); its table is
+                    // empty, so there is nothing to clean or invalidate.
+                    t.set_dirty_tracking(true, &mut Gather::new())?;
+                }
                 (DomainTable::Second(t), c.agaw.min(info.mgaw))
             }
             Choice::First(c) => {
@@ -298,6 +304,14 @@ impl<A: PageAllocator> Domain<A> {
             input_bits,
             owed: spin::Mutex::new(Gather::new()),
         })
+    }
+
+    /// Whether dirty tracking is on (`SSADE` in the domain's PASID entries).
+    pub fn tracking(&self) -> bool {
+        match &self.table {
+            DomainTable::Second(t) => self.dirty && t.dirty_tracking_on(),
+            DomainTable::First(_) => false,
+        }
     }
 
     /// Whether the table is first stage.

@@ -116,6 +116,42 @@ impl<'a> LiveEntry<'a> {
         Ok(())
     }
 
+    /// Changes the bits `mask` of word 0 of a *present* entry to those of `value`, in one
+    /// 64-bit store that keeps `P` and every other bit: only for fields the spec lets software
+    /// change in a live entry, followed by the invalidation it prescribes (a PASID-table
+    /// entry's `SSADE`: PASID cache, IOTLB and device TLB, as for any change to a present
+    /// entry, §6.5.3). The one exception to "never rewritten in place" above: a field of one
+    /// word, so no walk can see a half-written entry (Linux changes `SSADE` the same way). A
+    /// non-present entry is left alone (whoever publishes it writes the field). Returns
+    /// whether the word changed.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] if `mask` includes `P` or the entry has no words.
+    pub fn update_present<A: PageAllocator + ?Sized>(
+        &self,
+        mask: u64,
+        value: u64,
+        coherency: WalkerCoherency,
+        alloc: &A,
+    ) -> Result<bool, Error> {
+        let Some(slot0) = self.words.first().filter(|_| mask & PRESENT == 0) else {
+            return Err(Error::InvalidArgument {
+                what: "live word-0 update mask",
+                value: mask,
+            });
+        };
+        let old = slot0.load(Ordering::Acquire);
+        if old & PRESENT == 0 {
+            return Ok(false);
+        }
+        let new = (old & !mask) | (value & mask);
+        if new != old {
+            slot0.store(new, Ordering::Release);
+            self.sync(0, coherency, alloc);
+        }
+        Ok(new != old)
+    }
+
     /// Tears the entry down by clearing word 0 (and `P`) in one store, keeping `keep` bits of
     /// it (for example `FPD`, so that faults on the now non-present entry stay suppressed).
     /// The other words stay until [`scrub`](Self::scrub), after the invalidation completes.
@@ -218,5 +254,45 @@ mod tests {
         let empty = LiveEntry::new(&[]);
         assert!(empty.publish(&[], WalkerCoherency::Coherent, &rec).is_err());
         assert!(!empty.is_present());
+    }
+
+    #[test]
+    fn update_present_changes_one_field_of_a_present_entry_only() {
+        let mem: [AtomicU64; 2] = Default::default();
+        let e = LiveEntry::new(&mem);
+        let rec = Recorder::default();
+        let ssade = 1 << 9;
+        // Not present: left alone (whoever publishes it writes the field).
+        assert_eq!(
+            e.update_present(ssade, ssade, WalkerCoherency::NonCoherent, &rec),
+            Ok(false)
+        );
+        assert_eq!(e.word(0), Some(0));
+        e.publish(&[0x1001, 7], WalkerCoherency::Coherent, &rec)
+            .unwrap();
+        assert_eq!(
+            e.update_present(ssade | PRESENT, 0, WalkerCoherency::Coherent, &rec),
+            Err(Error::InvalidArgument {
+                what: "live word-0 update mask",
+                value: ssade | PRESENT
+            })
+        );
+        assert_eq!(
+            e.update_present(ssade, ssade, WalkerCoherency::NonCoherent, &rec),
+            Ok(true)
+        );
+        assert_eq!((e.word(0), e.word(1)), (Some(0x1201), Some(7)));
+        // Word 0 cleaned for a walker that does not snoop.
+        let base = &mem[0] as *const _ as usize;
+        assert_eq!(rec.synced.borrow().last(), Some(&(base, 16)));
+        assert_eq!(
+            e.update_present(ssade, ssade, WalkerCoherency::Coherent, &rec),
+            Ok(false)
+        );
+        assert_eq!(
+            e.update_present(ssade, 0, WalkerCoherency::Coherent, &rec),
+            Ok(true)
+        );
+        assert_eq!(e.word(0), Some(0x1001));
     }
 }

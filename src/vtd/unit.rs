@@ -69,6 +69,7 @@ use crate::pgtable::IovaRange;
 
 mod attach;
 mod audit;
+mod dirty;
 mod invalidate;
 mod iommu_impl;
 mod page_requests;

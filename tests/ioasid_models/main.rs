@@ -9,6 +9,7 @@ mod rig;
 mod concurrency;
 mod device_hints;
 mod direct;
+mod dirty;
 mod fault_matrix;
 mod faults;
 mod granule;

@@ -584,18 +584,27 @@ fn dirty_tracking_sets_the_hardware_update_bits() {
     drop(config);
     // CD.HD (bit 42) and HA (bit 43).
     assert_eq!((cd.words[0] >> 42) & 3, 3);
-    // A writable leaf carries DBM (bit 51): hardware marks it dirty by granting write.
+    // A writable leaf carries DBM (bit 51) and starts writable-clean, S2AP[1] (bit 7) clear:
+    // hardware marks it dirty by granting write, so only the device's writes count.
     u.map(a, Iova::new(0x1000), PhysAddr::new(0x8000_0000), K4, RW)
         .unwrap();
     assert_eq!((leaf_of(&u, a, 0x1000) >> 51) & 1, 1);
+    assert_eq!((leaf_of(&u, a, 0x1000) >> 7) & 1, 0);
     let mut g = Gather::new();
     let mut seen = 0;
     u.read_and_clear_dirty(a, Iova::new(0), M2, &mut |_, _| seen += 1, &mut g)
         .unwrap();
-    // Mapped writable counts as dirty; cleaning it must be flushed like an unmap.
-    assert_eq!(seen, 1);
+    assert_eq!((seen, g.is_empty()), (0, true));
+    // Tracking off: maps write writable-dirty leaves (the unit need not update them).
+    u.set_dirty_tracking(a, false).unwrap();
+    u.map(a, Iova::new(0x2000), PhysAddr::new(0x8000_1000), K4, RW)
+        .unwrap();
+    assert_eq!((leaf_of(&u, a, 0x2000) >> 7) & 1, 1);
+    // On again: the leaf is cleaned, and the cleaning flushed like an unmap (a cached
+    // writable-dirty entry would take writes without marking the leaf).
     take_ops(&m);
-    u.flush(a, &mut g).unwrap();
+    u.set_dirty_tracking(a, true).unwrap();
+    assert_eq!((leaf_of(&u, a, 0x2000) >> 7) & 1, 0);
     assert_eq!(take_ops(&m), [TLBI_S2_IPA, SYNC]);
 }
 

@@ -454,7 +454,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
     }
 
     /// The PASID entry of (`sid`, `pasid`) if its tables exist (no allocation).
-    fn existing_pasid_entry<'r>(
+    pub(super) fn existing_pasid_entry<'r>(
         &self,
         root: &'r RootTable,
         sid: SourceId,
@@ -487,7 +487,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
         }
         match &dom.table {
             DomainTable::Second(t) => {
-                if dom.dirty {
+                if dom.tracking() {
                     flags |= PasidEntryFlags::SSADE;
                 }
                 let aw = AddressWidth::try_from(t.format().aw_field())?;

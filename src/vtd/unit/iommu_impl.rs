@@ -10,7 +10,7 @@ use crate::iommu::{
 use crate::iopf::{FaultDrain, PageFault, PageResponse};
 use crate::mem::{Iova, PageAllocator, PhysAddr, WalkerCoherency};
 use crate::mmio::RegisterWindow;
-use crate::pgtable::{self, Gather, IovaRange, Leaf, Mapping, Prot};
+use crate::pgtable::{self, DirtyRead, Gather, IovaRange, Leaf, Mapping, Prot};
 use crate::vtd::cap::{CapFlags, Sllps};
 use crate::vtd::domain::{self, with_table, Domain};
 use crate::vtd::ecap::EcapFlags;
@@ -253,18 +253,23 @@ where
         })?
     }
 
-    fn read_and_clear_dirty(
+    fn read_dirty(
         &self,
         domain: DomainHandle,
         iova: Iova,
         len: u64,
+        how: DirtyRead,
         sink: &mut dyn FnMut(Iova, u32),
         gather: &mut Gather,
     ) -> Result<(), Error> {
         self.with_domain(domain, |d| {
-            with_table!(&d.table, t => t.read_and_clear_dirty(iova, len, &mut *sink, gather))
+            with_table!(&d.table, t => t.read_dirty(iova, len, how, &mut *sink, gather))
                 .map_err(Error::from)
         })?
+    }
+
+    fn set_dirty_tracking(&self, domain: DomainHandle, on: bool) -> Result<(), Error> {
+        self.set_dirty_tracking_impl(domain, on)
     }
 
     fn attach(

@@ -1,0 +1,206 @@
+//! Dirty tracking of an IOASID, as iommufd offers it to a VMM migrating a guest:
+//! `IOMMU_HWPT_SET_DIRTY_TRACKING` ([`IoasidCtx::set_dirty_tracking`]) and
+//! `IOMMU_HWPT_GET_DIRTY_BITMAP` with or without `IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR`
+//! ([`IoasidCtx::get_dirty_bitmap`], and [`IoasidCtx::read_dirty`] with a callback).
+//!
+//! The state is each hardware domain's (VT-d second-stage `D` under the PASID entry's `SSADE`;
+//! SMMUv3 DBM leaves under `CD.HD` / `STE.S2HD`): a page written through two units is reported
+//! by each. An IOASID allocated with [`IoasidFlags::DIRTY_TRACKING`] starts tracking (iommufd
+//! starts with it off: see the module docs); turning it on cleans every page first, and reads
+//! are refused while it is off ([`Error::DirtyTrackingOff`]), since the hardware then records
+//! nothing.
+
+use super::ctx::IoasidCtx;
+use super::map::domains;
+use super::{Error, IoasidFlags, IoasidId};
+use crate::mem::{Iova, PageAllocator};
+use crate::pgtable::{self, DirtyRead, Gather};
+
+bitflags::bitflags! {
+    /// How [`IoasidCtx::get_dirty_bitmap`] and [`IoasidCtx::read_dirty`] read.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+    pub struct DirtyReadFlags: u32 {
+        /// Report without cleaning (iommufd `IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR`): no
+        /// invalidation, and the next read reports the pages again.
+        const NO_CLEAR = 1 << 0;
+    }
+}
+
+/// The smallest page size a dirty bitmap may use (log2): the record's page.
+pub const DIRTY_BITMAP_MIN_PAGE_LOG2: u32 = 12;
+
+impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
+    /// Turns dirty tracking of an IOASID allocated with [`IoasidFlags::DIRTY_TRACKING`] on or
+    /// off in every hardware domain behind it (iommufd `IOMMU_HWPT_SET_DIRTY_TRACKING`).
+    /// Turning it on cleans every page, so that the first read reports only what devices
+    /// wrote after this call, and ends with each unit's invalidation of what it may have
+    /// cached (see [`Iommu::set_dirty_tracking`](crate::iommu::Iommu::set_dirty_tracking)); domains built later for the IOASID follow
+    /// the state. Calling it again with the same value does the work again.
+    ///
+    /// # Errors
+    /// [`Error::PageTable`] (`NoDirtyTracking`) for an IOASID allocated without
+    /// `DIRTY_TRACKING`; [`Error::NoSuchIoasid`]; [`Error::UserOwned`] for a nested child; an earlier invalidation still owed
+    /// ([`Error::InvalidationPending`]); unit errors. After a unit error tracking counts as
+    /// off (reads are refused) whatever was asked, some domains may already have the new
+    /// state: retry.
+    pub fn set_dirty_tracking(&self, ioasid: IoasidId, on: bool) -> Result<(), Error> {
+        let mut st = self.state.write();
+        let io = st.ioasid_mut(ioasid)?;
+        if io.nested.is_some() {
+            return Err(Error::UserOwned(ioasid));
+        }
+        if !io.flags.contains(IoasidFlags::DIRTY_TRACKING) {
+            return Err(Error::PageTable(pgtable::Error::NoDirtyTracking));
+        }
+        self.settle(io)?;
+        // Off until every domain confirmed: a half-done switch reports nothing.
+        io.dirty_off = true;
+        for (_, d) in domains(io) {
+            self.unit(d.unit)?.set_dirty_tracking(d.handle, on)?;
+        }
+        io.dirty_off = !on;
+        Ok(())
+    }
+
+    /// Whether the IOASID's dirty tracking is on.
+    ///
+    /// # Errors
+    /// [`Error::NoSuchIoasid`].
+    pub fn dirty_tracking(&self, ioasid: IoasidId) -> Result<bool, Error> {
+        Ok(self.state.read().ioasid(ioasid)?.tracking())
+    }
+
+    /// Reports (to `sink`) and cleans the dirty pages of `[iova, iova + len)` in every domain of
+    /// the IOASID, flushing each unit once: [`read_dirty`](Self::read_dirty) without flags.
+    ///
+    /// # Errors
+    /// As [`read_dirty`](Self::read_dirty).
+    pub fn read_and_clear_dirty(
+        &self,
+        ioasid: IoasidId,
+        iova: Iova,
+        len: u64,
+        sink: &mut dyn FnMut(Iova, u32),
+    ) -> Result<(), Error> {
+        self.read_dirty(ioasid, iova, len, DirtyReadFlags::empty(), sink)
+    }
+
+    /// Reports (to `sink`: IOVA and log2 size of each dirty leaf) the dirty pages of `[iova,
+    /// iova + len)` in every domain of the IOASID; cleans them unless `flags` has
+    /// [`DirtyReadFlags::NO_CLEAR`], flushing each unit once. A page written through two units
+    /// is reported by each.
+    ///
+    /// # Errors
+    /// [`Error::PageTable`] (`NoDirtyTracking` for an IOASID allocated without it; range
+    /// errors); [`Error::DirtyTrackingOff`] while tracking is off; [`Error::UserOwned`] for a
+    /// nested child (its dirty state is its parent's); unit errors.
+    /// [`Error::InvalidationPending`]: the dirty state was reported and cleaned in every
+    /// domain, but a unit did not confirm the invalidation, so writes through its stale caches
+    /// may go unrecorded until a call on the IOASID returns `Ok`: treat every page of the
+    /// range as dirty, and retry.
+    pub fn read_dirty(
+        &self,
+        ioasid: IoasidId,
+        iova: Iova,
+        len: u64,
+        flags: DirtyReadFlags,
+        sink: &mut dyn FnMut(Iova, u32),
+    ) -> Result<(), Error> {
+        let st = self.state.read();
+        let io = st.ioasid(ioasid)?;
+        if io.nested.is_some() {
+            return Err(Error::UserOwned(ioasid));
+        }
+        if !io.flags.contains(IoasidFlags::DIRTY_TRACKING) {
+            return Err(Error::PageTable(pgtable::Error::NoDirtyTracking));
+        }
+        if !io.tracking() {
+            return Err(Error::DirtyTrackingOff(ioasid));
+        }
+        self.settle(io)?;
+        let how = if flags.contains(DirtyReadFlags::NO_CLEAR) {
+            DirtyRead::NoClear
+        } else {
+            DirtyRead::Clear
+        };
+        let mut owed = Ok(());
+        for (slot, d) in domains(io) {
+            let unit = self.unit(d.unit)?;
+            let mut gather = Gather::new();
+            let r = unit.read_dirty(d.handle, iova, len, how, sink, &mut gather);
+            if let Err(error) = unit.flush(d.handle, &mut gather) {
+                io.pending.park(slot, &mut gather);
+                owed = owed.and(Err(Error::InvalidationPending {
+                    unit: d.unit,
+                    error,
+                }));
+            }
+            r?;
+        }
+        owed
+    }
+
+    /// Sets, in the caller's `bitmap`, the bit of every `2^page_log2`-byte page of
+    /// `[iova, iova + len)` that a dirty leaf touches (bit `i` for the page at `iova + i * 2^page_log2`:
+    /// word `i / 64`, bit `i % 64`), as iommufd's `IOMMU_HWPT_GET_DIRTY_BITMAP` does; cleans
+    /// them unless `flags` has [`DirtyReadFlags::NO_CLEAR`]. Bits are set, never cleared:
+    /// zero the bitmap first. Needs `ceil(len / 2^page_log2 / 64)` words; the range must be
+    /// aligned to the page size.
+    ///
+    /// # Errors
+    /// [`Error::DirtyBitmapRange`] (checked first, nothing read) for a page size below
+    /// [`DIRTY_BITMAP_MIN_PAGE_LOG2`] or above 2^63, an empty, misaligned or overflowing range;
+    /// [`Error::DirtyBitmapTooSmall`] (nothing read) for a bitmap shorter than that; as
+    /// [`read_dirty`](Self::read_dirty).
+    pub fn get_dirty_bitmap(
+        &self,
+        ioasid: IoasidId,
+        iova: Iova,
+        len: u64,
+        page_log2: u32,
+        bitmap: &mut [u64],
+        flags: DirtyReadFlags,
+    ) -> Result<(), Error> {
+        let pages = bitmap_pages(iova, len, page_log2)?;
+        let need = pages.div_ceil(64);
+        if (bitmap.len() as u64) < need {
+            return Err(Error::DirtyBitmapTooSmall {
+                words: bitmap.len(),
+                need,
+            });
+        }
+        let (start, end) = (iova.get(), iova.get() + (len - 1));
+        self.read_dirty(ioasid, iova, len, flags, &mut |leaf, size_log2| {
+            let leaf_last = leaf
+                .get()
+                .saturating_add((1u64 << size_log2.min(63)).wrapping_sub(1));
+            let (from, to) = (leaf.get().max(start), leaf_last.min(end));
+            if from > to {
+                return;
+            }
+            let (first, last) = ((from - start) >> page_log2, (to - start) >> page_log2);
+            for bit in first..=last {
+                if let Some(w) = bitmap.get_mut((bit / 64) as usize) {
+                    *w |= 1 << (bit % 64);
+                }
+            }
+        })
+    }
+}
+
+/// The number of pages a dirty bitmap of `[iova, iova + len)` has, or why the range is refused.
+fn bitmap_pages(iova: Iova, len: u64, page_log2: u32) -> Result<u64, Error> {
+    let bad = Error::DirtyBitmapRange {
+        iova,
+        len,
+        page_log2,
+    };
+    if !(DIRTY_BITMAP_MIN_PAGE_LOG2..64).contains(&page_log2) || len == 0 {
+        return Err(bad);
+    }
+    let mask = (1u64 << page_log2) - 1;
+    if iova.get() & mask != 0 || len & mask != 0 || iova.get().checked_add(len - 1).is_none() {
+        return Err(bad);
+    }
+    Ok(len >> page_log2)
+}

@@ -1,0 +1,81 @@
+//! Turning second-stage dirty tracking on and off: Intel VT-d specification rev. 4.1, §3.7.2
+//! (accessed and dirty flags of second-stage entries, set by the walk when the scalable-mode
+//! PASID entry's `SSADE` is set, `ECAP.SSADS`/`SLADS`), §9.6 (`SSADE`, word 0 bit 9) and
+//! §6.5.3 (what to invalidate after a PASID-table entry changed).
+//!
+//! Order, for each attachment of the domain: the table first (turning on cleans every leaf:
+//! `D` clear, so that only writes after the call are reported), then `SSADE` changed in the
+//! present PASID entry in one 64-bit store, then one batch: a PASID-selective PASID-cache
+//! invalidation per attachment, the domain-selective IOTLB invalidation (IOTLB entries filled
+//! while `SSADE` was clear set no flag on a write, and entries of cleaned leaves must be
+//! re-walked), a device-TLB invalidation per ATS attachment, and one wait. Linux
+//! (`intel_pasid_setup_dirty_tracking`) issues the same three; the domain-selective IOTLB
+//! invalidation covers every range the cleaning gathered.
+
+use super::invalidate::device_tlb;
+use super::VtdUnit;
+use crate::iommu::{self, DomainHandle, Missing};
+use crate::mem::{Iova, PageAllocator};
+use crate::mmio::RegisterWindow;
+use crate::pgtable::{Gather, InvalidationComplete};
+use crate::vtd::domain::DomainTable;
+use crate::vtd::inv_desc::{IotlbScope, PasidCacheScope};
+use crate::vtd::invalidation::Request;
+use crate::vtd::pasid_entry::PasidEntry;
+use crate::vtd::unit::RID_PASID;
+
+impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<W, A, DOMAINS> {
+    /// [`iommu::Iommu::set_dirty_tracking`] on this unit.
+    pub(crate) fn set_dirty_tracking_impl(
+        &self,
+        domain: DomainHandle,
+        on: bool,
+    ) -> Result<(), iommu::Error> {
+        let slot = self.slot(domain)?;
+        let cfg = self.config.lock();
+        let guard = self.domain_lock(domain)?.read();
+        let dom = guard.as_ref().ok_or(iommu::Error::InvalidDomain(domain))?;
+        let DomainTable::Second(table) = &dom.table else {
+            return Err(iommu::Error::Unsupported(Missing::DirtyTracking));
+        };
+        if !dom.dirty {
+            return Err(iommu::Error::Unsupported(Missing::DirtyTracking));
+        }
+        let mut cleaned = Gather::new();
+        table.set_dirty_tracking(on, &mut cleaned)?;
+        let ssade = if on { PasidEntry::SSADE } else { 0 };
+        let (co, alloc) = (self.info.coherency, &self.alloc);
+        for a in cfg.of_domain(slot) {
+            if let Some(entry) = self.existing_pasid_entry(&cfg.root, a.sid, a.pasid)? {
+                entry.update_present(PasidEntry::SSADE, ssade, co, alloc)?;
+            }
+        }
+        let issued = {
+            let mut inv = self.inval.lock();
+            let mut b = self.batch(&mut inv);
+            let mut push = || -> Result<(), crate::vtd::Error> {
+                for a in cfg.of_domain(slot) {
+                    let p = a.pasid.unwrap_or(RID_PASID);
+                    b.push(Request::PasidCache(PasidCacheScope::Pasid(dom.did, p)))?;
+                }
+                b.push(Request::Iotlb(IotlbScope::Domain(dom.did)))?;
+                for a in cfg.of_domain(slot).filter(|a| a.ats) {
+                    b.push(device_tlb(a, Iova::ZERO, 64))?;
+                }
+                Ok(())
+            };
+            push().and_then(|()| b.finish())
+        };
+        if let Err(e) = issued {
+            // The next flush of the domain reissues the cleaned ranges' invalidation.
+            dom.owed.lock().absorb(cleaned);
+            return Err(e.into());
+        }
+        cleaned.clear_ranges();
+        // SAFETY: cleaning dirty state unlinks no table, so the gather holds no page; the
+        // domain-selective invalidation above completed anyway.
+        let done = unsafe { InvalidationComplete::assume() };
+        cleaned.release(&self.alloc, done)?;
+        Ok(())
+    }
+}
