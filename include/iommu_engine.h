@@ -3,9 +3,10 @@
  *
  * Results: every function returns an IeStatus as int32_t (0 = IE_STATUS_OK); ie_status_errno()
  * maps it to the negative errno a Linux module would return. Enum values (IeStatus, IeMissing,
- * IeIoasidFlag, IeProt, IeStreamTable, IeUserStage1Format, IeRefusal) always cross the
- * boundary as int32_t / uint32_t, never as the enum type, so that any integer a caller passes
- * is checked, not undefined. bool is C99 _Bool (one byte, 0 or 1), the same as Rust's bool.
+ * IeIoasidFlag, IeDirtyFlag, IeProt, IeStreamTable, IeUserStage1Format, IeRefusal) always
+ * cross the boundary as int32_t / uint32_t, never as the enum type, so that any integer a
+ * caller passes is checked, not undefined. bool is C99 _Bool (one byte, 0 or 1), the same as
+ * Rust's bool.
  *
  * Symbols: the library needs none from the embedder; its services come in as the function
  * pointers of IeEnv (memory) and IeRegs (registers).
@@ -160,14 +161,34 @@ typedef enum {
   IE_IOASID_FLAG_ENFORCE_SNOOP = (1 << 0),
   // The IOASID is the parent (second stage) of nested translation.
   IE_IOASID_FLAG_NEST_PARENT = (1 << 1),
-  // Hardware dirty tracking on every domain behind the IOASID.
+  // Hardware dirty tracking on every domain behind the IOASID, on from allocation
+  // (`ie_ctx_set_dirty_tracking`).
   IE_IOASID_FLAG_DIRTY_TRACKING = (1 << 2),
-  // A PASID-granular (first-stage) address space.
+  // A PASID-granular address space: first stage, or with `IE_IOASID_FLAG_DIRTY_TRACKING`
+  // on VT-d second stage (PGTT = second-stage-only).
   IE_IOASID_FLAG_PASID = (1 << 3),
   // Supervisor (privileged) requests are honoured: first-stage domains (VT-d with `SRE`,
   // needing `ECAP.SRS`; SMMUv3 stage 1); only such an IOASID maps `IE_PROT_PRIV` pages.
   IE_IOASID_FLAG_SUPERVISOR = (1 << 4),
 } IeIoasidFlag;
+
+// Flags of [`ie_ctx_get_dirty_bitmap`].
+enum IeDirtyFlag
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  // Report without cleaning (iommufd `IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR`): nothing is
+  // invalidated and the next read reports the pages again.
+  IE_DIRTY_FLAG_NO_CLEAR = (1 << 0),
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum IeDirtyFlag IeDirtyFlag;
+#else
+typedef uint32_t IeDirtyFlag;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
 
 // Permissions of ie_ctx_map(); OR them together.
 typedef enum {
@@ -533,6 +554,8 @@ typedef struct {
   // Not a register: the platform keeps every stream's accesses coherent whatever their
   // attributes (ACPI IORT `CANWBS`), PCIe No-Snoop included.
   bool canwbs;
+  // IDR0.HTTU = 2: hardware access flag and dirty state (DBM leaves), for dirty tracking.
+  bool httu;
 } IeSimSmmuConfig;
 #endif
 
@@ -681,6 +704,39 @@ typedef struct {
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
+
+// Turns dirty tracking of an IOASID allocated with `IE_IOASID_FLAG_DIRTY_TRACKING` on or off
+// in every domain behind it (it starts on). Turning it on cleans every page first, so that
+// the next `ie_ctx_get_dirty_bitmap` reports only what devices wrote after this call.
+// `IE_STATUS_UNSUPPORTED` for an IOASID allocated without the flag. After a unit error
+// (`IE_STATUS_TIMEOUT`, ...) tracking counts as off: call again.
+//
+// # Safety
+// `ctx` is a live context handle.
+int32_t ie_ctx_set_dirty_tracking(IeCtx *ctx, uint32_t ioasid, bool enable);
+
+// Sets in `bitmap` (`words` 64-bit words) bit `i` (word `i / 64`, bit `i % 64`) for every
+// `page_size`-byte page at `iova + i * page_size` of `[iova, iova + length)` that a device
+// wrote since the last clearing read, and cleans those pages (one invalidation per unit)
+// unless `flags` has `IE_DIRTY_FLAG_NO_CLEAR`. Bits are set, never cleared: zero the bitmap
+// first. `page_size` is a power of two of at least 4096; `iova` and `length` are multiples of
+// it; `words` is at least `ceil(length / page_size / 64)`. `IE_STATUS_INVALID_ARGUMENT` for
+// any of those (nothing read), an unknown flag, a NULL bitmap, or tracking turned off;
+// `IE_STATUS_UNSUPPORTED` for an IOASID allocated without dirty tracking. A unit error after
+// the read (`IE_STATUS_TIMEOUT`, ...): the bits are valid but writes through stale caches may
+// go unrecorded: treat every page of the range as dirty and call again.
+//
+// # Safety
+// `ctx` is a live context handle; `bitmap` is NULL or valid for reads and writes of `words`
+// words.
+int32_t ie_ctx_get_dirty_bitmap(IeCtx *ctx,
+                                uint32_t ioasid,
+                                uint64_t iova,
+                                uint64_t length,
+                                uint64_t page_size,
+                                uint64_t *bitmap,
+                                size_t words,
+                                uint32_t flags);
 
 // Gives the unit a page request queue of `2^log2_pages` 4 KiB pages (VT-d: 0..=3, needs
 // `ECAP.PRS` and queued invalidation). Its page requests then reach

@@ -533,6 +533,12 @@ pub struct DomainConfig {
     /// TLP prefix can ask for privileged mode on PCIe: requests without a PASID are user
     /// requests on both (VT-d: the scalable context entry's `RID_PRIV` stays 0).
     pub supervisor: bool,
+    /// The domain will serve (device, PASID) attachments. With [`Stage::Any`], SMMUv3 builds
+    /// it in stage 1 (a PASID selects a CD); VT-d (scalable mode) in the first stage, or in
+    /// the second when `dirty_tracking` asks for it (VT-d tracks dirty state in second-stage
+    /// tables only: the PASID entry's `PGTT` is then second-stage-only, §9.6, as Linux
+    /// attaches dirty-tracked domains to PASIDs).
+    pub pasid: bool,
     /// Granule of the domain's table, log2 bytes, when the caller needs one other than the
     /// unit's default (SMMUv3: 12, 14 or 16 among `IDR5.GRAN*`; VT-d: 12 only). A unit that
     /// cannot build it refuses with [`Missing::PageSize`].

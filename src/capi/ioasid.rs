@@ -713,9 +713,11 @@ pub enum IeIoasidFlag {
     EnforceSnoop = 1 << 0,
     /// The IOASID is the parent (second stage) of nested translation.
     NestParent = 1 << 1,
-    /// Hardware dirty tracking on every domain behind the IOASID.
+    /// Hardware dirty tracking on every domain behind the IOASID, on from allocation
+    /// (`ie_ctx_set_dirty_tracking`).
     DirtyTracking = 1 << 2,
-    /// A PASID-granular (first-stage) address space.
+    /// A PASID-granular address space: first stage, or with `IE_IOASID_FLAG_DIRTY_TRACKING`
+    /// on VT-d second stage (PGTT = second-stage-only).
     Pasid = 1 << 3,
     /// Supervisor (privileged) requests are honoured: first-stage domains (VT-d with `SRE`,
     /// needing `ECAP.SRS`; SMMUv3 stage 1); only such an IOASID maps `IE_PROT_PRIV` pages.

@@ -23,6 +23,7 @@
 //!   KiB that never cross the stack); the header gives each call's deepest stack, which
 //!   `tests/linux_module.rs` measures and holds.
 
+mod dirty;
 mod env;
 mod fault;
 mod firmware;
@@ -37,6 +38,7 @@ mod status;
 mod tests;
 mod unit;
 
+pub use dirty::*;
 pub use env::{CEnv, CRegs, IeEnv, IeRegs};
 pub use fault::*;
 pub use firmware::*;

@@ -193,6 +193,8 @@ pub struct IeSimSmmuConfig {
     /// Not a register: the platform keeps every stream's accesses coherent whatever their
     /// attributes (ACPI IORT `CANWBS`), PCIe No-Snoop included.
     pub canwbs: bool,
+    /// IDR0.HTTU = 2: hardware access flag and dirty state (DBM leaves), for dirty tracking.
+    pub httu: bool,
 }
 
 fn new_model(
@@ -277,7 +279,8 @@ pub unsafe extern "C" fn ie_sim_smmu_model_create(
         let mut cfg = SmmuModelConfig::qemu_like()
             .with_fwb(c.fwb)
             .with_cohacc(c.cohacc)
-            .with_ril(c.ril);
+            .with_ril(c.ril)
+            .with_httu(c.httu, c.httu);
         if c.canwbs {
             cfg = cfg.with_canwbs(0, u32::MAX);
         }

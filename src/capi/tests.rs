@@ -154,6 +154,7 @@ fn smmu_unit_built_in_place_and_destroyed() {
         cohacc: true,
         ril: false,
         canwbs: false,
+        httu: false,
     };
     // SAFETY: a live arena, readable config, writable out.
     let st = unsafe { ie_sim_smmu_model_create(arena, &mcfg, &mut model) };
@@ -193,6 +194,7 @@ fn smmu_platform_facts_and_granule_are_checked() {
         cohacc: true,
         ril: false,
         canwbs: true,
+        httu: false,
     };
     // SAFETY: a live arena, readable config, writable out.
     let st = unsafe { ie_sim_smmu_model_create(arena, &mcfg, &mut model) };

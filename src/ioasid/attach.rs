@@ -648,15 +648,18 @@ fn domain_config<A: PageAllocator>(
         enforce_snoop: io.flags.contains(IoasidFlags::ENFORCE_SNOOP),
         dirty_tracking: io.flags.contains(IoasidFlags::DIRTY_TRACKING),
         nest_parent: io.flags.contains(IoasidFlags::NEST_PARENT),
-        // Privilege levels exist only in first-stage tables.
-        stage: if io
-            .flags
-            .intersects(IoasidFlags::PASID | IoasidFlags::SUPERVISOR)
+        // Privilege levels exist only in first-stage tables; a PASID address space is first
+        // stage unless it tracks dirty state, which VT-d does in the second stage only (the
+        // unit picks, `pasid` below).
+        stage: if io.flags.contains(IoasidFlags::SUPERVISOR)
+            || io.flags.contains(IoasidFlags::PASID)
+                && !io.flags.contains(IoasidFlags::DIRTY_TRACKING)
         {
             Stage::First
         } else {
             Stage::Any
         },
+        pasid: io.flags.contains(IoasidFlags::PASID),
         supervisor: io.flags.contains(IoasidFlags::SUPERVISOR),
         device: Some(id),
         // The unit's granule (the embedder's page size, chosen per unit).

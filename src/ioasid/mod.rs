@@ -70,7 +70,7 @@
 //! | `IOMMU_GET_HW_INFO` | [`IoasidCtx::device_info`]: capabilities and where each claim comes from (the PASID width narrowed to the device's own, iommufd's `max_pasid_log2`; ATS, PRI), not the raw VT-d `CAP`/`ECAP` or SMMUv3 `IDR` registers; C: `ie_ctx_device_info` | |
 //! | `IOMMU_OPTION` (`HUGE_PAGES`) | [`IoasidCtx::set_huge_pages`] (off: 4 KiB pages only, or the unit's granule), [`IoasidCtx::set_max_page_log2`] (any largest page), per IOASID; changing it with both a domain and a mapping is [`Error::Busy`] (iommufd `EINVAL`); C: `ie_ctx_set_huge_pages` (`option_huge_pages_off_maps_only_4k`) | no per-map limit |
 //! | `IOMMU_OPTION` (`RLIMIT_MODE`) | none: nothing is pinned | out of scope |
-//! | `VFIO_DEVICE_ATTACH_IOMMUFD_PT` (attach, replace) | [`IoasidCtx::attach`] (replaces, see above); with a PASID: [`IoasidCtx::attach_pasid`] | |
+//! | `VFIO_DEVICE_ATTACH_IOMMUFD_PT` (attach, replace) | [`IoasidCtx::attach`] (replaces, see above); with a PASID: [`IoasidCtx::attach_pasid`], to an IOASID allocated with [`IoasidFlags::PASID`] (first stage; with `DIRTY_TRACKING` a VT-d second-stage domain, PGTT = second-stage-only) | |
 //! | `VFIO_DEVICE_DETACH_IOMMUFD_PT` | [`IoasidCtx::detach`], [`IoasidCtx::detach_pasid`] | |
 //! | `IOMMU_FAULT_QUEUE_ALLOC` (I/O page faults), `read()` of the fault fd, `write()` of `struct iommu_hwpt_page_response` | [`IoasidCtx::fault_queue_alloc`] (one queue per context, [`MAX_FAULTS`] records, not per HWPT); the embedder's fault thread calls [`dispatch_page_faults`] per unit (VT-d page requests, SMMUv3 PRI queue and stalls, routed to the context whose attached device or PASID asked; anything else answered Invalid); [`IoasidCtx::read_faults`] (a group is readable once its last request arrived; one cookie per group), [`IoasidCtx::respond_fault`] (a second answer, or another context's cookie, is [`Error::Fault`]); detaching a device or PASID first answers its faults, read or not, with Invalid as `iommufd_auto_response_faults` (C: `ie_unit_dispatch_faults`, `ie_ctx_fault_*`) | per-HWPT fault objects; unrecoverable faults stay with the embedder (`ie_unit_read_faults`) |
 //!
@@ -147,7 +147,11 @@ bitflags::bitflags! {
         const NEST_PARENT = 1 << 1;
         /// Hardware dirty tracking on every domain behind the IOASID.
         const DIRTY_TRACKING = 1 << 2;
-        /// A PASID-granular address space (first stage): may be attached to (device, PASID).
+        /// A PASID-granular address space: may be attached to (device, PASID). Its domains are
+        /// first stage (VT-d PGTT = first-stage, SMMUv3 stage 1), except with
+        /// [`DIRTY_TRACKING`](Self::DIRTY_TRACKING) on VT-d, which tracks dirty state only in
+        /// second-stage tables: there the PASID entry is second-stage-only (PGTT = 010b, with
+        /// `SSADE`), as Linux attaches dirty-tracked domains to PASIDs.
         const PASID = 1 << 3;
         /// Supervisor (privileged) requests are honoured, and only such an IOASID maps
         /// privileged-only pages ([`Prot::PRIV`](crate::pgtable::Prot::PRIV)); elsewhere a

@@ -210,8 +210,8 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
             }
             Stage::Second => true,
             Stage::First => false,
-            // Only stage 1 has privilege levels (AP[1]).
-            Stage::Any => f.s2p && !cfg.supervisor,
+            // Only stage 1 has privilege levels (AP[1]) and substreams (a PASID selects a CD).
+            Stage::Any => f.s2p && !cfg.supervisor && !cfg.pasid,
         };
         if cfg.supervisor && (stage2 || !f.s1p) {
             return Err(Error::Unsupported(Missing::SupervisorRequests));

@@ -72,6 +72,16 @@ pub fn choose(info: &UnitInfo, cfg: &DomainConfig) -> Result<Choice, Error> {
         }
         // Only the first stage has privilege levels.
         Stage::Any if cfg.supervisor => true,
+        // A PASID domain needs scalable mode; it is second stage only for dirty tracking
+        // (PGTT = second-stage-only), first stage otherwise, like a PASID IOASID without it.
+        Stage::Any if cfg.pasid && cfg.dirty_tracking => {
+            check_scalable(info)?;
+            false
+        }
+        Stage::Any if cfg.pasid => {
+            check_first_stage(info)?;
+            true
+        }
         // Second stage when there is one: it is the only stage legacy mode has, and the one
         // that can enforce snooping per leaf.
         Stage::Any => check_second_stage(info).is_err() && check_first_stage(info).is_ok(),
@@ -92,6 +102,15 @@ pub fn choose(info: &UnitInfo, cfg: &DomainConfig) -> Result<Choice, Error> {
         return Err(Error::Unsupported(Missing::DirtyTracking));
     }
     second_stage(info, cfg).map(Choice::Second)
+}
+
+fn check_scalable(info: &UnitInfo) -> Result<(), Error> {
+    if !info.scalable() {
+        return Err(Error::Unsupported(Missing::Mode {
+            what: "PASIDs need scalable mode",
+        }));
+    }
+    Ok(())
 }
 
 fn check_first_stage(info: &UnitInfo) -> Result<(), Error> {

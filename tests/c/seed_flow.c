@@ -38,7 +38,9 @@ static void smmu_flow(IeSimArena *arena, const IeEnv *env)
 {
     int32_t st;
     IeSimModel *model = NULL;
-    IeSimSmmuConfig mcfg = { .fwb = true, .cohacc = true, .ril = true, .canwbs = true };
+    IeSimSmmuConfig mcfg = {
+        .fwb = true, .cohacc = true, .ril = true, .canwbs = true, .httu = true
+    };
     OK(ie_sim_smmu_model_create(arena, &mcfg, &model));
     IeRegs regs;
     OK(ie_sim_model_regs(model, &regs));
@@ -132,6 +134,41 @@ static void smmu_flow(IeSimArena *arena, const IeEnv *env)
     OK(ie_ctx_unbind(ctx, dev));
     CHECK(ie_ctx_device_info(ctx, dev, &info) == IE_STATUS_NOT_FOUND, "smmu: unbound");
     OK(ie_ctx_bind(ctx, 0, 0x20, false, &dev));
+
+    /* iommufd dirty tracking (HTTU): IOMMU_HWPT_SET_DIRTY_TRACKING and IOMMU_HWPT_GET_DIRTY_BITMAP,
+     * with and without IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR. */
+    uint32_t tracked = 0;
+    uint64_t bitmap = 0;
+    const uint64_t base = 0x100000;
+    OK(ie_ctx_alloc(ctx, IE_IOASID_FLAG_DIRTY_TRACKING, &tracked));
+    OK(ie_ctx_attach(ctx, dev, tracked, &reason));
+    OK(ie_ctx_map(ctx, tracked, base, 0x80000000, 4 * KIB4, IE_PROT_READ | IE_PROT_WRITE));
+    OK(ie_ctx_get_dirty_bitmap(ctx, tracked, base, 4 * KIB4, KIB4, &bitmap, 1, 0));
+    CHECK(bitmap == 0, "smmu: freshly mapped pages are clean: %#" PRIx64, bitmap);
+    OK(ie_sim_model_translate(model, 0x20, base + 2 * KIB4, true, &dma));
+    for (int i = 0; i < 2; i++) {
+        bitmap = 0;
+        OK(ie_ctx_get_dirty_bitmap(ctx, tracked, base, 4 * KIB4, KIB4, &bitmap, 1,
+                                   IE_DIRTY_FLAG_NO_CLEAR));
+        CHECK(bitmap == 1u << 2, "smmu: NO_CLEAR read %d: %#" PRIx64, i, bitmap);
+    }
+    OK(ie_ctx_get_dirty_bitmap(ctx, tracked, base, 4 * KIB4, KIB4, &bitmap, 1, 0));
+    bitmap = 0;
+    OK(ie_ctx_get_dirty_bitmap(ctx, tracked, base, 4 * KIB4, KIB4, &bitmap, 1, 0));
+    CHECK(bitmap == 0, "smmu: the clearing read cleaned: %#" PRIx64, bitmap);
+    OK(ie_sim_model_translate(model, 0x20, base + 2 * KIB4, true, &dma));
+    OK(ie_ctx_get_dirty_bitmap(ctx, tracked, base, 4 * KIB4, KIB4, &bitmap, 1, 0));
+    CHECK(bitmap == 1u << 2, "smmu: the next write sets it again: %#" PRIx64, bitmap);
+    CHECK(ie_ctx_get_dirty_bitmap(ctx, tracked, base, 4 * KIB4, 3 * 1024, &bitmap, 1, 0) ==
+              IE_STATUS_INVALID_ARGUMENT, "smmu: page size not a power of two");
+    CHECK(ie_ctx_get_dirty_bitmap(ctx, tracked, base, 65 * KIB4, KIB4, &bitmap, 1, 0) ==
+              IE_STATUS_INVALID_ARGUMENT, "smmu: bitmap too small");
+    OK(ie_ctx_set_dirty_tracking(ctx, tracked, false));
+    CHECK(ie_ctx_get_dirty_bitmap(ctx, tracked, base, 4 * KIB4, KIB4, &bitmap, 1, 0) ==
+              IE_STATUS_INVALID_ARGUMENT, "smmu: read while tracking is off");
+    OK(ie_ctx_set_dirty_tracking(ctx, tracked, true));
+    CHECK(ie_ctx_set_dirty_tracking(ctx, ioasid, true) == IE_STATUS_UNSUPPORTED,
+          "smmu: an IOASID allocated without dirty tracking");
 
     OK(ie_ctx_destroy(ctx)); /* detaches and frees what is left */
     OK(ie_registry_destroy(registry));

@@ -272,3 +272,55 @@ fn get_dirty_bitmap_refused_while_tracking_is_off() {
         );
     });
 }
+
+/// Linux attaches dirty-tracked domains to PASIDs (iommufd: a PASID attached to a HWPT
+/// allocated with `IOMMU_HWPT_ALLOC_DIRTY_TRACKING`). A `PASID | DIRTY_TRACKING` IOASID is
+/// built on VT-d as a second-stage domain (PGTT = second-stage-only with `SSADE`: VT-d tracks
+/// dirty state in no first-stage table, so a first-stage build would have been refused) and
+/// on SMMUv3 as stage 1 with `CD.HD`; the PASID's DMA writes are tracked, and turning tracking
+/// off and on again reaches the PASID entry (`SSADE`) and its cached translations.
+#[test]
+fn pasid_attach_to_dirty_tracking_hwpt_tracks_pasid_dma() {
+    let (v, s) = setups();
+    with_rig(v, s.with_ssid_bits(4), |r| {
+        let ctx = IoasidCtx::new(r.reg, r.arena, 4);
+        let vd = ctx.bind(vtd_dev(RID_A), false).unwrap();
+        let sd = ctx.bind(smmu_dev(SID_A), false).unwrap();
+        let io = ctx
+            .alloc(IoasidFlags::PASID | IoasidFlags::DIRTY_TRACKING)
+            .unwrap();
+        ctx.map(io, Iova::new(BASE), PhysAddr::new(PA), 16 * K4, RW)
+            .unwrap();
+        let p = ctx.alloc_pasid().unwrap();
+        ctx.attach_pasid(vd, p, io).unwrap();
+        ctx.attach_pasid(sd, p, io).unwrap();
+        let pasid = Some(p.get());
+        let vwrite = |iova| r.vm.translate(RID_A as u16, pasid, iova, Access::WRITE);
+        let swrite = |iova| r.sm.translate(SID_A, pasid, iova, Access::WRITE);
+        // Requests without PASID are not attached.
+        assert!(r
+            .vm
+            .translate(RID_A as u16, None, BASE, Access::WRITE)
+            .is_err());
+        r.drain();
+        assert_eq!(dirty(&ctx, io, false), [0u64; 0]);
+        vwrite(BASE + 4 * K4).expect("VT-d PASID write");
+        swrite(BASE + 6 * K4).expect("SMMUv3 substream write");
+        assert_eq!(dirty(&ctx, io, false), [BASE + 4 * K4, BASE + 6 * K4]);
+        // Cached while tracking is off (SSADE clear in the PASID entry), then on again.
+        ctx.set_dirty_tracking(io, false).unwrap();
+        vwrite(BASE + 8 * K4).unwrap();
+        ctx.set_dirty_tracking(io, true).unwrap();
+        assert_eq!(dirty(&ctx, io, false), [0u64; 0]);
+        vwrite(BASE + 8 * K4).unwrap();
+        swrite(BASE + 8 * K4).unwrap();
+        assert_eq!(dirty(&ctx, io, false), [BASE + 8 * K4, BASE + 8 * K4]);
+        // A PASID IOASID without dirty tracking stays first stage on VT-d (unchanged).
+        let plain = ctx.alloc(IoasidFlags::PASID).unwrap();
+        let q = ctx.alloc_pasid().unwrap();
+        ctx.attach_pasid(vd, q, plain).unwrap();
+        ctx.detach_pasid(vd, q).unwrap();
+        ctx.detach_pasid(vd, p).unwrap();
+        ctx.detach_pasid(sd, p).unwrap();
+    });
+}
