@@ -475,6 +475,7 @@ fn capi_hwpt_alloc_nested_and_invalidate() {
         cohacc: true,
         ril: false,
         canwbs: false,
+        httu: false,
     };
     let mut regs = MaybeUninit::<IeRegs>::uninit();
     let mut cfg = MaybeUninit::<IeSmmuConfig>::uninit();
