@@ -325,18 +325,21 @@ pub enum Error {
     /// ATS device did not complete in time), `ICE` (one it completed wrongly); SMMUv3
     /// `CMDQ_CONS.ERR` (`CERROR_ILL` rejected, `CERROR_ABT` a fetch abort and
     /// `CERROR_ATC_INV_SYNC` an ATS invalidation timing out, each run again for the whole poll
-    /// budget). A condition of the unit, its queue or an ATS device, not of the call.
+    /// budget); AMD-Vi ILLEGAL_COMMAND_ERROR / COMMAND_HARDWARE_ERROR (the command replaced)
+    /// and IOTLB_INV_TIMEOUT (an ATS device did not complete INVALIDATE_IOTLB_PAGES). A condition of the unit, its queue or an ATS device, not of the call.
     ///
     /// What to do: as for [`Error::Timeout`]: retry (the call kept every page and tag the
     /// command covers, and the retry issues it again); if it persists, reset the unit, or turn
-    /// the ATS device's ATS off (ITE, ICE, `CERROR_ATC_INV_SYNC`), and leak what it may still
+    /// the ATS device's ATS off (ITE, ICE, `CERROR_ATC_INV_SYNC`, IOTLB_INV_TIMEOUT), and leak what it may still
     /// reach. A persistent IQE / `CERROR_ILL` on a unit that works otherwise is a driver bug:
     /// report it.
     CommandError {
         /// What the unit reported.
         what: &'static str,
         /// VT-d: the invalidation queue's head (the offending descriptor's index); SMMUv3:
-        /// `index << 16 | opcode << 8 | CERROR` of the offending command.
+        /// `index << 16 | opcode << 8 | CERROR` of the offending command; AMD-Vi:
+        /// `head << 8 | opcode` of the command the buffer stopped on, or for
+        /// IOTLB_INV_TIMEOUT the ATS device's ID (`u32::MAX` when the log overflowed).
         code: u64,
     },
     /// A value the caller, or the embedder's page allocator, handed over that the unit's

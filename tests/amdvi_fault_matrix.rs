@@ -2,12 +2,15 @@
 //! unit through the `Iommu` trait against every fault the model injects at every point the
 //! operation reaches: an illegal command (ILLEGAL_COMMAND_ERROR) or an unreadable one
 //! (COMMAND_HARDWARE_ERROR) at each of its first commands, COMPLETION_WAITs that never
-//! complete, and allocation failure at each of its first allocations.
+//! complete, an ATS device that does not answer INVALIDATE_IOTLB_PAGES (IOTLB_INV_TIMEOUT:
+//! `DEV` is bound with ATS, so every flush of its domain reaches its IOTLB), and allocation
+//! failure at each of its first allocations.
 //!
 //! After every cell, and again after the retry of a failed call with the fault cleared:
 //! - no page-table page the model can still reach (the latched device table's entries, the
 //!   cached entries, the page directory cache) is memory the allocator has back;
 //! - no cache holds an entry tagged with a domain ID no live domain carries;
+//! - a call during which the unit logged IOTLB_INV_TIMEOUT does not return `Ok`;
 //! - `Ok` (of the call or of its retry) means the whole effect, checked by DMA through the
 //!   model;
 //! - at the end, tearing everything down returns every page, with no bad free.
@@ -15,7 +18,7 @@
 use std::collections::BTreeSet;
 
 use iommu_engine::amdvi::{AmdViConfig, AmdViUnit};
-use iommu_engine::iommu::{DeviceId, DomainConfig, DomainHandle, Iommu, ReclaimScope};
+use iommu_engine::iommu::{DeviceHints, DeviceId, DomainConfig, DomainHandle, Iommu, ReclaimScope};
 use iommu_engine::mem::{Iova, PhysAddr};
 use iommu_engine::pgtable::{Gather, Prot};
 use iommu_engine::sim::amdvi::{AmdViModel, AmdViModelConfig, Injection};
@@ -80,7 +83,11 @@ impl<'a> Rig<'a> {
             .unwrap();
         unit.map(b, Iova::new(0x1000), PhysAddr::new(PA_B), 0x1000, RW)
             .unwrap();
-        unit.attach(DEV, None, a).unwrap();
+        let ats = DeviceHints {
+            ats: true,
+            ..DeviceHints::default()
+        };
+        unit.attach_device(DEV, None, a, &ats).unwrap();
         // Warm the caches: DTE, IOTLB, page directory entries.
         model.dma(DEV.0 as u16, 0x1000, false).unwrap();
         Self {
@@ -208,7 +215,13 @@ fn cell(op: Op, fault: Fault) -> Result<&'static str, String> {
         Fault::Command(i) => model.inject(i),
         Fault::Alloc(n) => mem.set_fail_policy(FailPolicy::Nth(n)),
     }
+    let timeouts = model.stats().iotlb_timeouts;
     let first = rig.run(op);
+    if first.is_ok() && model.stats().iotlb_timeouts != timeouts {
+        return Err(format!(
+            "{op:?} returned Ok though the ATS device did not complete its invalidation"
+        ));
+    }
     model.clear_injections();
     mem.set_fail_policy(FailPolicy::Never);
     rig.invariants()
@@ -252,7 +265,11 @@ fn fault_matrix() {
         Op::Reclaim,
         Op::DomainAlloc,
     ];
-    let mut faults = vec![Fault::None, Fault::Command(Injection::StallWaits)];
+    let mut faults = vec![
+        Fault::None,
+        Fault::Command(Injection::StallWaits),
+        Fault::Command(Injection::IotlbTimeout),
+    ];
     for n in 1..=4 {
         faults.push(Fault::Command(Injection::IllegalCommandAt(n)));
         faults.push(Fault::Command(Injection::CommandHardwareErrorAt(n)));

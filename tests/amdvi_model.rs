@@ -294,3 +294,61 @@ fn one_ioasid_spans_a_vtd_and_an_amdvi_unit() {
     assert!(amd_hw.dma(0x20, 0x4000_1008, true).is_err());
     drop(ctx);
 }
+
+/// An ATS device that does not answer INVALIDATE_IOTLB_PAGES (the unit logs IOTLB_INV_TIMEOUT
+/// naming the command and goes on): the flush that issued it fails with a typed error, frees
+/// nothing and owes its ranges; the retry issues them again and frees (as VT-d's `FSTS.ITE`
+/// and SMMUv3's `CERROR_ATC_INV_SYNC`).
+#[test]
+fn iotlb_invalidation_timeout_fails_the_flush() {
+    let mem = Arena::with_defaults().unwrap();
+    let model = AmdViModel::new(&mem, AmdViModelConfig::qemu_default());
+    let u = setup(&mem, &model);
+    let d = u.domain_alloc(&DomainConfig::default()).unwrap();
+    let ats = DeviceHints {
+        ats: true,
+        ..DeviceHints::default()
+    };
+    u.attach_device(DEV, None, d, &ats).unwrap();
+    u.map(
+        d,
+        Iova::new(0x20_0000),
+        PhysAddr::new(0x8000_0000),
+        0x1000,
+        RW,
+    )
+    .unwrap();
+    model.dma(DEV.0 as u16, 0x20_0000, false).unwrap();
+    let mut g = Gather::new();
+    u.unmap(d, Iova::new(0), 1 << 30, &mut g).unwrap();
+    let freed = g.freed_pages();
+    assert!(freed >= 1, "the leaf table goes with the unmap");
+    let live = mem.live_pages().len();
+    model.inject(Injection::IotlbTimeout);
+    let before = model.stats();
+    let e = u.flush(d, &mut g).unwrap_err();
+    assert!(
+        matches!(e, Error::CommandError { what, code } if what.contains("IOTLB_INV_TIMEOUT") && code & 0xFFFF == u64::from(DEV.0)),
+        "{e:?}"
+    );
+    assert_eq!(model.stats().invalidate_iotlb - before.invalidate_iotlb, 1);
+    assert_eq!(mem.live_pages().len(), live, "nothing freed");
+    assert_eq!(
+        g.freed_pages(),
+        freed,
+        "the caller's gather keeps its pages"
+    );
+    // The event stays in the log for the embedder.
+    let mut events = Vec::new();
+    u.drain_events(|e| events.push(e)).unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].code, EventCode::IotlbInvTimeout);
+    assert_eq!(events[0].device_id, DEV.0 as u16);
+    // The retry issues the owed invalidation again and frees.
+    let before = model.stats();
+    u.flush(d, &mut g).unwrap();
+    assert_eq!(model.stats().invalidate_iotlb - before.invalidate_iotlb, 1);
+    assert_eq!(u.table_pages(d).unwrap().unflushed, 0);
+    assert_eq!(mem.live_pages().len(), live - freed);
+    assert!(model.dma(DEV.0 as u16, 0x20_0000, false).is_err());
+}

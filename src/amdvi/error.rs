@@ -68,6 +68,20 @@ pub enum Error {
         /// Its opcode (bits 63:60 of its first quadword).
         opcode: u8,
     },
+    /// An ATS device did not complete an INVALIDATE_IOTLB_PAGES of the call in time: the unit
+    /// logged IOTLB_INV_TIMEOUT (§2.5) naming the command, treated it as done and ran on, so
+    /// the device may still hold the translations. The call fails as for a command error: the
+    /// invalidation is owed and the pages it covers kept; a retry issues it again. Also
+    /// returned, with `device_id` `None`, when the event log overflowed during a call that
+    /// issued INVALIDATE_IOTLB_PAGES: a time-out cannot be ruled out (drain the log, then
+    /// retry).
+    IotlbInvTimeout {
+        /// The event's `DeviceID`.
+        device_id: Option<u16>,
+        /// The physical address of the command that timed out (the event's address; 0 when
+        /// unknown).
+        command: u64,
+    },
     /// The hardware lacks what the request needs. Nothing changed.
     Unsupported {
         /// The missing capability, in the spec's name.
@@ -109,6 +123,19 @@ impl fmt::Display for Error {
                 f,
                 "command error {kind:?} at offset {head:#x} (opcode {opcode:#x})"
             ),
+            Error::IotlbInvTimeout {
+                device_id: Some(d),
+                command,
+            } => write!(
+                f,
+                "IOTLB_INV_TIMEOUT: device {d:#06x} did not complete the INVALIDATE_IOTLB_PAGES at {command:#x}"
+            ),
+            Error::IotlbInvTimeout {
+                device_id: None, ..
+            } => write!(
+                f,
+                "IOTLB_INV_TIMEOUT not ruled out: the event log overflowed during INVALIDATE_IOTLB_PAGES"
+            ),
             Error::Unsupported { what, value } => write!(f, "unsupported: {what} ({value:#x})"),
             Error::NoMemory => write!(f, "no memory"),
             Error::InvalidArgument { what, value } => {
@@ -146,6 +173,15 @@ impl From<Error> for iommu::Error {
                     CommandErrorKind::Stopped => "command buffer stopped (Status.CmdBufRun)",
                 },
                 code: u64::from(head) << 8 | u64::from(opcode),
+            },
+            Error::IotlbInvTimeout { device_id, .. } => iommu::Error::CommandError {
+                what: match device_id {
+                    Some(_) => {
+                        "IOTLB_INV_TIMEOUT (an ATS device did not complete INVALIDATE_IOTLB_PAGES)"
+                    }
+                    None => "IOTLB_INV_TIMEOUT not ruled out (event log overflow: drain the log)",
+                },
+                code: device_id.map_or(u64::from(u32::MAX), u64::from),
             },
             Error::Unsupported { what, .. } => {
                 iommu::Error::Unsupported(iommu::Missing::Mode { what })

@@ -100,6 +100,40 @@ impl EventLog {
         Event::decode([lo.load(Ordering::Relaxed), hi.load(Ordering::Relaxed)])
     }
 
+    /// Where the unit writes its next event (the tail's byte offset): the start of what
+    /// [`find_since`](Self::find_since) looks at.
+    pub fn tail<W: RegisterWindow + ?Sized>(&self, regs: &W) -> u32 {
+        self.pointer(regs, regs::EVENT_LOG_TAIL)
+    }
+
+    /// As [`find`](Self::find), over the events logged since the tail was `since` (and not
+    /// consumed since: the caller holds the log against drains).
+    pub fn find_since<W, A, T>(
+        &self,
+        regs: &W,
+        alloc: &A,
+        since: u32,
+        mut f: impl FnMut(&Event) -> Option<T>,
+    ) -> Option<T>
+    where
+        W: RegisterWindow + ?Sized,
+        A: PageAllocator + ?Sized,
+    {
+        let mut at = since & (self.size() - 1);
+        let tail = self.pointer(regs, regs::EVENT_LOG_TAIL);
+        dma_read_barrier();
+        for _ in 0..(1u32 << self.len_log2) {
+            if at == tail {
+                break;
+            }
+            if let Some(t) = f(&self.read(alloc, at)) {
+                return Some(t);
+            }
+            at = (at + ENTRY_BYTES) & (self.size() - 1);
+        }
+        None
+    }
+
     /// Calls `f` on each logged, unconsumed event (oldest first) without consuming it, until
     /// `f` returns `Some`.
     pub fn find<W, A, T>(

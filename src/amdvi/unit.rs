@@ -25,7 +25,7 @@
 use core::mem::MaybeUninit;
 use core::ptr::{addr_of_mut, NonNull};
 
-use super::cmd::{Command, InvalidationRange};
+use super::cmd::{self, Command, InvalidationRange};
 use super::cmdbuf::CommandBuffer;
 use super::devtab::DeviceTable;
 use super::domain::Domain;
@@ -529,6 +529,9 @@ impl<W: RegisterWindow, A: PageAllocator, const DOMAINS: usize> AmdViUnit<W, A, 
             });
         };
         let events = self.events.lock();
+        // Events logged from here on are this call's: the command lock keeps every other
+        // command out, the event lock keeps drains out until the check below.
+        let since = events.as_ref().map(|log| log.tail(&self.regs));
         let mut kind_of = |pa| {
             events
                 .as_ref()
@@ -537,7 +540,9 @@ impl<W: RegisterWindow, A: PageAllocator, const DOMAINS: usize> AmdViUnit<W, A, 
         const CHUNK: usize = 16;
         let mut chunk = [Command::invalidate_iommu_all(); CHUNK];
         let mut n = 0;
+        let mut ats = false;
         for command in cmds {
+            ats |= command.opcode() == cmd::OPCODE_INVALIDATE_IOTLB_PAGES;
             if let Some(slot) = chunk.get_mut(n) {
                 *slot = command;
                 n += 1;
@@ -553,7 +558,11 @@ impl<W: RegisterWindow, A: PageAllocator, const DOMAINS: usize> AmdViUnit<W, A, 
             chunk.get(..n).unwrap_or(&[]),
             &mut kind_of,
         )?;
-        c.wait(&self.regs, &self.alloc, &mut kind_of)
+        c.wait(&self.regs, &self.alloc, &mut kind_of)?;
+        match (ats, events.as_ref(), since) {
+            (true, Some(log), Some(since)) => iotlb_timeout(&self.regs, &self.alloc, log, since),
+            _ => Ok(()),
+        }
     }
 
     /// Writes `entry` into the live DTE of `device_id` in the spec's order
@@ -650,6 +659,33 @@ impl ConfigState {
 /// The domain ID of domain slot `slot`: `slot + 1` (ID 0 is left to blocking entries).
 pub(crate) const fn domain_id_of(slot: usize) -> u16 {
     (slot + 1) as u16
+}
+
+/// After a completion wait behind INVALIDATE_IOTLB_PAGES: the IOTLB_INV_TIMEOUT the unit
+/// logged since the log's tail was `since` (§2.5: the unit completes a command whose ATS
+/// device did not answer in time, and logs the event with the command's address), or the
+/// overflow that may have dropped one. Read, not consumed: the embedder's drain reports it.
+fn iotlb_timeout<W, A>(regs: &W, alloc: &A, log: &EventLog, since: u32) -> Result<(), Error>
+where
+    W: RegisterWindow + ?Sized,
+    A: PageAllocator + ?Sized,
+{
+    let found = log.find_since(regs, alloc, since, |e| {
+        (e.code == EventCode::IotlbInvTimeout).then_some((e.device_id, e.address))
+    });
+    if let Some((device_id, command)) = found {
+        return Err(Error::IotlbInvTimeout {
+            device_id: Some(device_id),
+            command,
+        });
+    }
+    if regs::status(regs).contains(Status::EVENT_OVERFLOW) {
+        return Err(Error::IotlbInvTimeout {
+            device_id: None,
+            command: 0,
+        });
+    }
+    Ok(())
 }
 
 /// The command error the unit logged for the command at `pa` (read, not consumed).

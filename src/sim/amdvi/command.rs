@@ -58,7 +58,7 @@ impl State<'_> {
                     return;
                 }
                 Some(_) if countdown(&mut self.inj.illegal_at) => Outcome::Illegal,
-                Some(c) => self.execute(c),
+                Some(c) => self.execute(c, at),
             };
             match outcome {
                 Outcome::Done => self.cmd_head = (self.cmd_head + 16) % size,
@@ -77,7 +77,7 @@ impl State<'_> {
         self.log_event([code << 60, at]);
     }
 
-    fn execute(&mut self, c: [u64; 2]) -> Outcome {
+    fn execute(&mut self, c: [u64; 2], at: u64) -> Outcome {
         let opcode = c[0] >> 60;
         match opcode {
             0x1 => {
@@ -128,9 +128,12 @@ impl State<'_> {
             0x4 => {
                 self.stats.invalidate_iotlb += 1;
                 if self.inj.iotlb_timeout {
+                    // §2.5 IOTLB_INV_TIMEOUT: DeviceID and the physical address of the
+                    // command that timed out; command processing goes on.
                     self.inj.iotlb_timeout = false;
+                    self.stats.iotlb_timeouts += 1;
                     let dev = c[0] & 0xFFFF;
-                    self.log_event([EVENT_IOTLB_INV_TIMEOUT << 60 | dev, c[1] & !0xFFF]);
+                    self.log_event([EVENT_IOTLB_INV_TIMEOUT << 60 | dev, at]);
                 }
             }
             0x5 => {

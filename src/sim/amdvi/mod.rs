@@ -138,8 +138,9 @@ pub enum Injection {
     /// COMPLETION_WAITs do not complete (the unit stops on the first one, head on it, run bit
     /// set) until [`AmdViModel::clear_injections`].
     StallWaits,
-    /// The next INVALIDATE_IOTLB_PAGES times out: IOTLB_INV_TIMEOUT logged, the device's
-    /// cache kept.
+    /// The next INVALIDATE_IOTLB_PAGES times out: IOTLB_INV_TIMEOUT logged with the command's
+    /// address, the device's cache kept, the buffer running on (the unit treats the command as
+    /// done).
     IotlbTimeout,
     /// `CmdBufRun` / `EventLogRun` never clear when their enable bit is cleared.
     StuckRun,
@@ -189,6 +190,8 @@ pub struct AmdViModelStats {
     pub invalidate_pages_all: u64,
     /// INVALIDATE_IOTLB_PAGES.
     pub invalidate_iotlb: u64,
+    /// INVALIDATE_IOTLB_PAGES the device did not complete in time (IOTLB_INV_TIMEOUT logged).
+    pub iotlb_timeouts: u64,
     /// INVALIDATE_INTERRUPT_TABLE.
     pub invalidate_interrupt_table: u64,
     /// INVALIDATE_IOMMU_ALL.
