@@ -242,8 +242,8 @@ typedef enum {
   // SMMUv3: `smmuv3_ste` holds words 0 and 1 of the guest's STE (only V, Config, S1Fmt,
   // S1ContextPtr, S1CDMax, S1DSS, S1CIR, S1COR, S1CSH may be set).
   IE_USER_STAGE1_FORMAT_SMMU_V3 = 1,
-  // VT-d: `vtd_fsptptr`, `vtd_levels` (4 or 5) and `vtd_supervisor` describe the guest's
-  // first-stage table.
+  // VT-d: `vtd_flags`, `vtd_pgtbl_addr` and `vtd_addr_width` are iommufd's
+  // `struct iommu_hwpt_vtd_s1` (`IOMMU_HWPT_DATA_VTD_S1`).
   IE_USER_STAGE1_FORMAT_VTD = 2,
 } IeUserStage1Format;
 
@@ -257,10 +257,16 @@ typedef enum {
   IE_REFUSAL_FOREIGN_DEVICE = 2,
   // SMMUv3: a non-zero VMID.
   IE_REFUSAL_VMID = 3,
-  // VT-d: a PASID not attached to the child.
+  // A PASID not attached to the child (not produced today: a VT-d invalidation names no
+  // PASID).
   IE_REFUSAL_FOREIGN_PASID = 4,
-  // Reserved bits, or bits only the host may set.
+  // Reserved bits, or bits only the host may set (VT-d: flags other than
+  // `IOMMU_VTD_INV_FLAGS_LEAF`, or `__reserved`).
   IE_REFUSAL_RESERVED_BITS = 5,
+  // VT-d: an address not 4 KiB aligned, or everything (`npages` all ones) not at 0.
+  IE_REFUSAL_MISALIGNED = 6,
+  // VT-d: a range beyond the guest's first-stage input width.
+  IE_REFUSAL_OUT_OF_WIDTH = 7,
 } IeRefusal;
 
 // `IePageFault::flags`, OR-ed together.
@@ -510,12 +516,13 @@ typedef struct {
   uint32_t format;
   // SMMUv3: the guest's STE words 0 and 1.
   uint64_t smmuv3_ste[2];
-  // VT-d: the guest's first-stage root table, a guest physical address.
-  uint64_t vtd_fsptptr;
-  // VT-d: 4 or 5 levels.
-  uint32_t vtd_levels;
-  // VT-d: supervisor requests honoured (SRE, WPE).
-  bool vtd_supervisor;
+  // VT-d: `IOMMU_VTD_S1_SRE` (1), `IOMMU_VTD_S1_EAFE` (2), `IOMMU_VTD_S1_WPE` (4); any other
+  // bit is refused.
+  uint64_t vtd_flags;
+  // VT-d: the guest's first-stage root table, a guest physical address (4 KiB aligned).
+  uint64_t vtd_pgtbl_addr;
+  // VT-d: 48 (4-level) or 57 (5-level) bits.
+  uint32_t vtd_addr_width;
 } IeUserStage1;
 
 // The request ie_ctx_invalidate_user() refused.
@@ -527,6 +534,19 @@ typedef struct {
   // Its two words, as the guest gave them.
   uint64_t request[2];
 } IeRefusedRequest;
+
+// One VT-d guest invalidation: iommufd's `struct iommu_hwpt_vtd_s1_invalidate`
+// (`IOMMU_HWPT_INVALIDATE_DATA_VTD_S1`), field for field.
+typedef struct {
+  // First address of the guest's first-stage input, 4 KiB aligned.
+  uint64_t addr;
+  // Number of 4 KiB pages; all ones with `addr` 0: everything.
+  uint64_t npages;
+  // `IOMMU_VTD_INV_FLAGS_LEAF` (1): only leaf entries changed; no other bit.
+  uint32_t flags;
+  // Must be 0.
+  uint32_t reserved;
+} IeVtdS1Invalidate;
 
 #if defined(IOMMU_ENGINE_SIM)
 // What the VT-d model reports in CAP/ECAP.
@@ -1143,12 +1163,13 @@ int32_t ie_ctx_alloc_nested(IeCtx *ctx, uint32_t parent, const IeUserStage1 *sta
 // `ctx` is a live context handle.
 int32_t ie_ctx_set_virtual_id(IeCtx *ctx, uint32_t device_handle, bool has_id, uint32_t virt_id);
 
-// Passes `n` guest invalidation requests (`requests`: `2 * n` 64-bit words, each request
-// two words as the guest's vIOMMU queue held it: SMMUv3 TLBI_NH_VA / TLBI_NH_VAA /
-// TLBI_NH_ASID / TLBI_NH_ALL / ATC_INV / CFGI_CD / CFGI_CD_ALL commands, VT-d PASID-based
-// IOTLB and device-TLB invalidation descriptors) for the nested child `child` to its units,
-// each checked and rewritten with the host's VMID / domain ID and StreamID / source ID, and
-// waits for completion (iommufd `IOMMU_HWPT_INVALIDATE`). `*issued` (if not NULL) is how many
+// Passes `n` guest SMMUv3 invalidation requests (`requests`: `2 * n` 64-bit words, each
+// request two words as the guest's vIOMMU queue held it: TLBI_NH_VA / TLBI_NH_VAA /
+// TLBI_NH_ASID / TLBI_NH_ALL / ATC_INV / CFGI_CD / CFGI_CD_ALL commands) for the nested
+// child `child` to its units, each checked and rewritten with the host's VMID and StreamID,
+// and waits for completion (iommufd `IOMMU_HWPT_INVALIDATE` with
+// `IOMMU_VIOMMU_INVALIDATE_DATA_ARM_SMMUV3`). A VT-d child takes
+// ie_ctx_invalidate_user_vtd(). `*issued` (if not NULL) is how many
 // were issued. On `IE_STATUS_NOT_PERMITTED` nothing of the batch was issued and `*refused` (if
 // not NULL) names the first request refused and why; after every other return its `why` is
 // `IE_REFUSAL_NONE`.
@@ -1162,6 +1183,27 @@ int32_t ie_ctx_invalidate_user(IeCtx *ctx,
                                size_t n,
                                size_t *issued,
                                IeRefusedRequest *refused);
+
+// Passes `n` VT-d guest invalidations (`requests`, iommufd
+// `IOMMU_HWPT_INVALIDATE` with `IOMMU_HWPT_INVALIDATE_DATA_VTD_S1`) for the nested child
+// `child` to its units: every entry is checked, then each becomes PASID-based IOTLB
+// invalidations under the child's own domain ID for every PASID attached to it (requests
+// without PASID: RID_PASID) and device-TLB invalidations for its ATS devices, with one wait.
+// `*processed` (if not NULL) is how many entries were processed. On
+// `IE_STATUS_NOT_PERMITTED` nothing was issued and `*refused` (if not NULL) names the first
+// entry refused (`request` = its `addr`, `npages`) and why (`IE_REFUSAL_RESERVED_BITS`,
+// `IE_REFUSAL_MISALIGNED`, `IE_REFUSAL_OUT_OF_WIDTH`); after every other return its `why`
+// is `IE_REFUSAL_NONE`.
+//
+// # Safety
+// `ctx` is a live context handle; `requests` is readable for `n` entries (or NULL with `n`
+// 0); `processed` and `refused` are NULL or writable.
+int32_t ie_ctx_invalidate_user_vtd(IeCtx *ctx,
+                                   uint32_t child,
+                                   const IeVtdS1Invalidate *requests,
+                                   size_t n,
+                                   size_t *processed,
+                                   IeRefusedRequest *refused);
 
 #if defined(IOMMU_ENGINE_SIM)
 // Creates an arena of `bytes` (a multiple of 1 MiB) at physical address 2 GiB.

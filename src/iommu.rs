@@ -440,18 +440,50 @@ pub enum UserStage1 {
         /// STE words 0 and 1.
         ste: [u64; 2],
     },
-    /// VT-d (iommufd `IOMMU_HWPT_DATA_VTD_S1`): the guest's first-stage table (Intel VT-d
-    /// 4.1 §9.6 PASID entry: FSPTPTR, FSPM, SRE, WPE), nested over the parent's second
-    /// stage (PGTT = 011b).
+    /// VT-d (iommufd `IOMMU_HWPT_DATA_VTD_S1`, `struct iommu_hwpt_vtd_s1`): the guest's
+    /// first-stage table (Intel VT-d 4.1 §9.6 PASID entry: FSPTPTR, FSPM, SRE, WPE, EAFE),
+    /// nested over the parent's second stage (PGTT = 011b).
     Vtd {
-        /// The guest's first-stage root table, a guest physical address (FSPTPTR).
-        fsptptr: u64,
-        /// 4 or 5 levels (FSPM 00b, 01b): 48 or 57 address bits.
-        levels: u8,
-        /// Supervisor requests are honoured (SRE), write protection of supervisor writes
-        /// (WPE).
-        supervisor: bool,
+        /// [`VTD_S1_SRE`], [`VTD_S1_EAFE`], [`VTD_S1_WPE`] (iommufd `IOMMU_VTD_S1_*`); any
+        /// other bit is refused.
+        flags: u64,
+        /// The guest's first-stage root table, a guest physical address (FSPTPTR), 4 KiB
+        /// aligned and below the parent's input width.
+        pgtbl_addr: u64,
+        /// 48 (4-level paging, FSPM 00b) or 57 (5-level, FSPM 01b, needs `CAP.FL5LP`).
+        addr_width: u32,
     },
+}
+
+/// [`UserStage1::Vtd`] flag: supervisor requests are honoured (PASID entry `SRE`, needs
+/// `ECAP.SRS`; iommufd `IOMMU_VTD_S1_SRE`).
+pub const VTD_S1_SRE: u64 = 1 << 0;
+/// [`UserStage1::Vtd`] flag: extended accessed flag (`EAFE`, needs `ECAP.EAFS`; iommufd
+/// `IOMMU_VTD_S1_EAFE`).
+pub const VTD_S1_EAFE: u64 = 1 << 1;
+/// [`UserStage1::Vtd`] flag: supervisor writes honour read-only pages (`WPE`; iommufd
+/// `IOMMU_VTD_S1_WPE`).
+pub const VTD_S1_WPE: u64 = 1 << 2;
+/// [`VtdS1Invalidate::flags`]: only leaf entries changed, the paging-structure caches may
+/// stay (the descriptors' `IH`; iommufd `IOMMU_VTD_INV_FLAGS_LEAF`).
+pub const VTD_INV_FLAGS_LEAF: u32 = 1 << 0;
+
+/// One VT-d guest invalidation (iommufd `struct iommu_hwpt_vtd_s1_invalidate`,
+/// `IOMMU_HWPT_INVALIDATE_DATA_VTD_S1`): `npages` 4 KiB pages of the guest's first-stage input
+/// at `addr`, for every device and PASID attached to the nested domain; `addr` 0 with
+/// `npages` `u64::MAX` is everything. It names no device, PASID or domain ID: the unit puts
+/// in the child's domain ID and the attached PASIDs itself.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VtdS1Invalidate {
+    /// First address, 4 KiB aligned.
+    pub addr: u64,
+    /// Number of 4 KiB pages (`u64::MAX` with `addr` 0: everything).
+    pub npages: u64,
+    /// [`VTD_INV_FLAGS_LEAF`] or 0.
+    pub flags: u32,
+    /// Must be 0.
+    pub reserved: u32,
 }
 
 /// Why a user's (a guest's) cache invalidation request was refused: each names what the
@@ -460,17 +492,22 @@ pub enum UserStage1 {
 #[non_exhaustive]
 pub enum Refusal {
     /// A command or descriptor type the user may not issue (SMMUv3: anything but
-    /// TLBI_NH_VA/VAA/ASID/ALL, ATC_INV, CFGI_CD/CFGI_CD_ALL, stage-2 commands included; VT-d:
-    /// anything but PASID-based IOTLB and device-TLB invalidations).
+    /// TLBI_NH_VA/VAA/ASID/ALL, ATC_INV, CFGI_CD/CFGI_CD_ALL, stage-2 commands included).
     Type,
-    /// A StreamID / source ID that names no device of the user attached to the domain.
+    /// A StreamID that names no device of the user attached to the domain.
     ForeignDevice,
     /// SMMUv3: a non-zero VMID (the guest has no stage 2; the host's VMID is put in).
     Vmid,
-    /// VT-d: a PASID not attached to the domain.
+    /// A PASID not attached to the domain (no request format produces it today: iommufd's
+    /// VT-d invalidation, [`VtdS1Invalidate`], names no PASID).
     ForeignPasid,
     /// Bits that are reserved, or that the format lets only the host set.
     ReservedBits,
+    /// VT-d: an address not 4 KiB aligned, or `npages` `u64::MAX` (everything) with an
+    /// address other than 0.
+    Misaligned,
+    /// VT-d: a range that ends beyond the guest's first-stage input width (48 or 57 bits).
+    OutOfWidth,
 }
 
 impl fmt::Display for Refusal {
@@ -481,6 +518,8 @@ impl fmt::Display for Refusal {
             Refusal::Vmid => "a VMID",
             Refusal::ForeignPasid => "a PASID not attached to the domain",
             Refusal::ReservedBits => "reserved bits",
+            Refusal::Misaligned => "an address not 4 KiB aligned",
+            Refusal::OutOfWidth => "a range beyond the stage-1 input width",
         })
     }
 }
@@ -913,6 +952,25 @@ pub trait Iommu: Sync {
         ids: &[VirtualId],
     ) -> Result<usize, Error> {
         let _ = (domain, requests, ids);
+        Err(Error::Unsupported(Missing::Nesting))
+    }
+
+    /// Passes a user's VT-d cache invalidations ([`VtdS1Invalidate`], iommufd
+    /// `IOMMU_HWPT_INVALIDATE` with `IOMMU_HWPT_INVALIDATE_DATA_VTD_S1`) for a domain of
+    /// [`domain_alloc_user`](Self::domain_alloc_user): every entry checked first, then
+    /// PASID-based IOTLB invalidations with the domain's ID for each PASID attached to it and
+    /// device-TLB invalidations for its ATS devices, and one wait. Returns how many entries
+    /// were processed. [`Error::Refused`]'s `request` is the entry's `[addr, npages]`.
+    ///
+    /// # Errors
+    /// [`Error::Refused`] (flags or reserved bits, misaligned, out of width): nothing issued;
+    /// [`Error::InvalidDomain`]; hardware errors (then none is known complete: retry).
+    fn invalidate_user_vtd(
+        &self,
+        domain: DomainHandle,
+        requests: &[VtdS1Invalidate],
+    ) -> Result<usize, Error> {
+        let _ = (domain, requests);
         Err(Error::Unsupported(Missing::Nesting))
     }
 

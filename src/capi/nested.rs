@@ -3,7 +3,7 @@
 //! passed through (iommufd `IOMMU_HWPT_ALLOC` with a parent, `IOMMU_VDEVICE_ALLOC`,
 //! `IOMMU_HWPT_INVALIDATE`). See [`crate::ioasid::IoasidCtx::alloc_nested`].
 
-use crate::iommu::{self, Refusal, UserStage1};
+use crate::iommu::{self, Refusal, UserStage1, VtdS1Invalidate};
 
 use super::ioasid::{ctx_obj, device, ioasid, put, IeCtx};
 use super::status::{code, IeStatus};
@@ -15,8 +15,8 @@ pub enum IeUserStage1Format {
     /// SMMUv3: `smmuv3_ste` holds words 0 and 1 of the guest's STE (only V, Config, S1Fmt,
     /// S1ContextPtr, S1CDMax, S1DSS, S1CIR, S1COR, S1CSH may be set).
     SmmuV3 = 1,
-    /// VT-d: `vtd_fsptptr`, `vtd_levels` (4 or 5) and `vtd_supervisor` describe the guest's
-    /// first-stage table.
+    /// VT-d: `vtd_flags`, `vtd_pgtbl_addr` and `vtd_addr_width` are iommufd's
+    /// `struct iommu_hwpt_vtd_s1` (`IOMMU_HWPT_DATA_VTD_S1`).
     Vtd = 2,
 }
 
@@ -28,12 +28,13 @@ pub struct IeUserStage1 {
     pub format: u32,
     /// SMMUv3: the guest's STE words 0 and 1.
     pub smmuv3_ste: [u64; 2],
-    /// VT-d: the guest's first-stage root table, a guest physical address.
-    pub vtd_fsptptr: u64,
-    /// VT-d: 4 or 5 levels.
-    pub vtd_levels: u32,
-    /// VT-d: supervisor requests honoured (SRE, WPE).
-    pub vtd_supervisor: bool,
+    /// VT-d: `IOMMU_VTD_S1_SRE` (1), `IOMMU_VTD_S1_EAFE` (2), `IOMMU_VTD_S1_WPE` (4); any other
+    /// bit is refused.
+    pub vtd_flags: u64,
+    /// VT-d: the guest's first-stage root table, a guest physical address (4 KiB aligned).
+    pub vtd_pgtbl_addr: u64,
+    /// VT-d: 48 (4-level) or 57 (5-level) bits.
+    pub vtd_addr_width: u32,
 }
 
 impl IeUserStage1 {
@@ -43,9 +44,9 @@ impl IeUserStage1 {
                 ste: self.smmuv3_ste,
             }),
             f if f == IeUserStage1Format::Vtd as u32 => Ok(UserStage1::Vtd {
-                fsptptr: self.vtd_fsptptr,
-                levels: u8::try_from(self.vtd_levels).map_err(|_| IeStatus::InvalidArgument)?,
-                supervisor: self.vtd_supervisor,
+                flags: self.vtd_flags,
+                pgtbl_addr: self.vtd_pgtbl_addr,
+                addr_width: self.vtd_addr_width,
             }),
             _ => Err(IeStatus::InvalidArgument),
         }
@@ -64,10 +65,16 @@ pub enum IeRefusal {
     ForeignDevice = 2,
     /// SMMUv3: a non-zero VMID.
     Vmid = 3,
-    /// VT-d: a PASID not attached to the child.
+    /// A PASID not attached to the child (not produced today: a VT-d invalidation names no
+    /// PASID).
     ForeignPasid = 4,
-    /// Reserved bits, or bits only the host may set.
+    /// Reserved bits, or bits only the host may set (VT-d: flags other than
+    /// `IOMMU_VTD_INV_FLAGS_LEAF`, or `__reserved`).
     ReservedBits = 5,
+    /// VT-d: an address not 4 KiB aligned, or everything (`npages` all ones) not at 0.
+    Misaligned = 6,
+    /// VT-d: a range beyond the guest's first-stage input width.
+    OutOfWidth = 7,
 }
 
 impl From<Refusal> for IeRefusal {
@@ -78,6 +85,8 @@ impl From<Refusal> for IeRefusal {
             Refusal::Vmid => IeRefusal::Vmid,
             Refusal::ForeignPasid => IeRefusal::ForeignPasid,
             Refusal::ReservedBits => IeRefusal::ReservedBits,
+            Refusal::Misaligned => IeRefusal::Misaligned,
+            Refusal::OutOfWidth => IeRefusal::OutOfWidth,
         }
     }
 }
@@ -143,12 +152,13 @@ pub unsafe extern "C" fn ie_ctx_set_virtual_id(
     })())
 }
 
-/// Passes `n` guest invalidation requests (`requests`: `2 * n` 64-bit words, each request
-/// two words as the guest's vIOMMU queue held it: SMMUv3 TLBI_NH_VA / TLBI_NH_VAA /
-/// TLBI_NH_ASID / TLBI_NH_ALL / ATC_INV / CFGI_CD / CFGI_CD_ALL commands, VT-d PASID-based
-/// IOTLB and device-TLB invalidation descriptors) for the nested child `child` to its units,
-/// each checked and rewritten with the host's VMID / domain ID and StreamID / source ID, and
-/// waits for completion (iommufd `IOMMU_HWPT_INVALIDATE`). `*issued` (if not NULL) is how many
+/// Passes `n` guest SMMUv3 invalidation requests (`requests`: `2 * n` 64-bit words, each
+/// request two words as the guest's vIOMMU queue held it: TLBI_NH_VA / TLBI_NH_VAA /
+/// TLBI_NH_ASID / TLBI_NH_ALL / ATC_INV / CFGI_CD / CFGI_CD_ALL commands) for the nested
+/// child `child` to its units, each checked and rewritten with the host's VMID and StreamID,
+/// and waits for completion (iommufd `IOMMU_HWPT_INVALIDATE` with
+/// `IOMMU_VIOMMU_INVALIDATE_DATA_ARM_SMMUV3`). A VT-d child takes
+/// ie_ctx_invalidate_user_vtd(). `*issued` (if not NULL) is how many
 /// were issued. On `IE_STATUS_NOT_PERMITTED` nothing of the batch was issued and `*refused` (if
 /// not NULL) names the first request refused and why; after every other return its `why` is
 /// `IE_REFUSAL_NONE`.
@@ -209,3 +219,99 @@ pub unsafe extern "C" fn ie_ctx_invalidate_user(
     }
     code(r)
 }
+
+/// One VT-d guest invalidation: iommufd's `struct iommu_hwpt_vtd_s1_invalidate`
+/// (`IOMMU_HWPT_INVALIDATE_DATA_VTD_S1`), field for field.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IeVtdS1Invalidate {
+    /// First address of the guest's first-stage input, 4 KiB aligned.
+    pub addr: u64,
+    /// Number of 4 KiB pages; all ones with `addr` 0: everything.
+    pub npages: u64,
+    /// `IOMMU_VTD_INV_FLAGS_LEAF` (1): only leaf entries changed; no other bit.
+    pub flags: u32,
+    /// Must be 0.
+    pub reserved: u32,
+}
+
+/// Passes `n` VT-d guest invalidations (`requests`, iommufd
+/// `IOMMU_HWPT_INVALIDATE` with `IOMMU_HWPT_INVALIDATE_DATA_VTD_S1`) for the nested child
+/// `child` to its units: every entry is checked, then each becomes PASID-based IOTLB
+/// invalidations under the child's own domain ID for every PASID attached to it (requests
+/// without PASID: RID_PASID) and device-TLB invalidations for its ATS devices, with one wait.
+/// `*processed` (if not NULL) is how many entries were processed. On
+/// `IE_STATUS_NOT_PERMITTED` nothing was issued and `*refused` (if not NULL) names the first
+/// entry refused (`request` = its `addr`, `npages`) and why (`IE_REFUSAL_RESERVED_BITS`,
+/// `IE_REFUSAL_MISALIGNED`, `IE_REFUSAL_OUT_OF_WIDTH`); after every other return its `why`
+/// is `IE_REFUSAL_NONE`.
+///
+/// # Safety
+/// `ctx` is a live context handle; `requests` is readable for `n` entries (or NULL with `n`
+/// 0); `processed` and `refused` are NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn ie_ctx_invalidate_user_vtd(
+    ctx: *mut IeCtx,
+    child: u32,
+    requests: *const IeVtdS1Invalidate,
+    n: usize,
+    processed: *mut usize,
+    refused: *mut IeRefusedRequest,
+) -> i32 {
+    let mut what = IeRefusedRequest {
+        index: 0,
+        why: IeRefusal::None as u32,
+        request: [0; 2],
+    };
+    let r = (|| {
+        let c = ctx_obj(ctx)?;
+        let reqs: &[IeVtdS1Invalidate] = if n == 0 {
+            &[]
+        } else if requests.is_null() || requests.align_offset(8) != 0 {
+            return Err(IeStatus::InvalidArgument);
+        } else {
+            // SAFETY: the C contract: `requests` is readable for `n` aligned entries.
+            unsafe { core::slice::from_raw_parts(requests, n) }
+        };
+        // The same layout (`repr(C)`, asserted below): no copy of the batch on the stack.
+        // SAFETY: `IeVtdS1Invalidate` and `VtdS1Invalidate` are `repr(C)` with the same
+        // fields in the same order, so a slice of one is a slice of the other.
+        let reqs: &[VtdS1Invalidate] =
+            unsafe { core::slice::from_raw_parts(reqs.as_ptr().cast(), reqs.len()) };
+        match c.value.ctx.invalidate_user_vtd(ioasid(child)?, reqs) {
+            Ok(k) => {
+                if !processed.is_null() {
+                    put(processed, k)?;
+                }
+                Ok(())
+            }
+            Err(crate::ioasid::Error::Iommu(iommu::Error::Refused {
+                index,
+                request,
+                why,
+            })) => {
+                what = IeRefusedRequest {
+                    index,
+                    why: IeRefusal::from(why) as u32,
+                    request,
+                };
+                Err(IeStatus::NotPermitted)
+            }
+            Err(e) => Err(e.into()),
+        }
+    })();
+    // SAFETY: the C contract: `refused` is NULL or writable.
+    if let Some(out) = unsafe { refused.as_mut() } {
+        *out = what;
+    }
+    code(r)
+}
+
+const _: () = {
+    use core::mem::{align_of, offset_of, size_of};
+    assert!(size_of::<IeVtdS1Invalidate>() == size_of::<VtdS1Invalidate>());
+    assert!(align_of::<IeVtdS1Invalidate>() == align_of::<VtdS1Invalidate>());
+    assert!(offset_of!(IeVtdS1Invalidate, npages) == offset_of!(VtdS1Invalidate, npages));
+    assert!(offset_of!(IeVtdS1Invalidate, flags) == offset_of!(VtdS1Invalidate, flags));
+    assert!(offset_of!(IeVtdS1Invalidate, reserved) == offset_of!(VtdS1Invalidate, reserved));
+};

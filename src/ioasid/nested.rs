@@ -12,7 +12,7 @@
 
 use super::ctx::IoasidCtx;
 use super::{Error, IoasidFlags, IoasidId, MAX_DEVICES};
-use crate::iommu::{DeviceId, Iommu, UserStage1, VirtualId};
+use crate::iommu::{DeviceId, Iommu, UserStage1, VirtualId, VtdS1Invalidate};
 use crate::mem::PageAllocator;
 
 use super::DeviceHandle;
@@ -87,21 +87,21 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         Ok(())
     }
 
-    /// Passes the guest's cache invalidations for a nested child to every unit the child has
-    /// a domain on (iommufd `IOMMU_HWPT_INVALIDATE`): SMMUv3 commands (TLBI_NH_VA, TLBI_NH_VAA,
-    /// TLBI_NH_ASID, TLBI_NH_ALL, ATC_INV, CFGI_CD, CFGI_CD_ALL) or VT-d descriptors
-    /// (PASID-based IOTLB invalidation, device-TLB invalidation), two 64-bit words each, as
-    /// the guest's vIOMMU queue held them. Each unit checks every request against what the
-    /// child owns and rewrites it with the host's tags and IDs before issuing any, then waits
-    /// for completion. Returns how many requests were issued (per unit; 0 while no device is
-    /// attached: nothing can be cached then).
+    /// Passes the guest's SMMUv3 cache invalidations for a nested child to every unit the
+    /// child has a domain on (iommufd `IOMMU_HWPT_INVALIDATE` with
+    /// `IOMMU_VIOMMU_INVALIDATE_DATA_ARM_SMMUV3`): TLBI_NH_VA, TLBI_NH_VAA, TLBI_NH_ASID,
+    /// TLBI_NH_ALL, ATC_INV, CFGI_CD, CFGI_CD_ALL, two 64-bit words each, as the guest's
+    /// vIOMMU queue held them. Each unit checks every request against what the child owns and
+    /// rewrites it with the host's tags and IDs before issuing any, then waits for
+    /// completion. Returns how many requests were issued (per unit; 0 while no device is
+    /// attached: nothing can be cached then). A VT-d child takes
+    /// [`invalidate_user_vtd`](Self::invalidate_user_vtd).
     ///
     /// # Errors
     /// [`Error::Iommu`] with [`crate::iommu::Error::Refused`] carrying the index and words of
-    /// the first request refused (a foreign StreamID or requester ID, a VMID, a PASID the
-    /// child does not hold, a stage-2 or other command the guest may not issue, reserved
-    /// bits): nothing of the batch was issued on that unit. [`Error::NotNested`] for an IOASID
-    /// that is not a child. Unit errors (timeouts): retry.
+    /// the first request refused (a foreign StreamID, a VMID, a stage-2 or other command the
+    /// guest may not issue, reserved bits): nothing of the batch was issued on that unit.
+    /// [`Error::NotNested`] for an IOASID that is not a child. Unit errors (timeouts): retry.
     pub fn invalidate_user(&self, ioasid: IoasidId, requests: &[[u64; 2]]) -> Result<usize, Error> {
         let st = self.state.read();
         let io = st.ioasid(ioasid)?;
@@ -130,5 +130,39 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
             issued = unit.invalidate_user(d.handle, requests, ids.get(..n).unwrap_or(&[]))?;
         }
         Ok(issued)
+    }
+
+    /// Passes the guest's VT-d cache invalidations for a nested child (iommufd
+    /// `IOMMU_HWPT_INVALIDATE` with `IOMMU_HWPT_INVALIDATE_DATA_VTD_S1`, an array of
+    /// `struct iommu_hwpt_vtd_s1_invalidate`) to every unit the child has a domain on. An
+    /// entry names a range of the guest's first-stage input (or everything) and no device,
+    /// PASID or domain ID: each unit checks every entry, then issues PASID-based IOTLB
+    /// invalidations under the child's domain ID for each PASID attached to the child and
+    /// device-TLB invalidations for its ATS devices, and waits once. Returns how many entries
+    /// were processed.
+    ///
+    /// # Errors
+    /// [`Error::Iommu`] with [`crate::iommu::Error::Refused`] carrying the index of the first
+    /// entry refused, its `[addr, npages]` and why (flags or reserved bits,
+    /// [`Refusal::Misaligned`](crate::iommu::Refusal::Misaligned),
+    /// [`Refusal::OutOfWidth`](crate::iommu::Refusal::OutOfWidth)): nothing of the batch was
+    /// issued on that unit. [`Error::NotNested`] for an IOASID that is not a child. Unit
+    /// errors (timeouts): retry.
+    pub fn invalidate_user_vtd(
+        &self,
+        ioasid: IoasidId,
+        requests: &[VtdS1Invalidate],
+    ) -> Result<usize, Error> {
+        let st = self.state.read();
+        let io = st.ioasid(ioasid)?;
+        if io.nested.is_none() {
+            return Err(Error::NotNested(ioasid));
+        }
+        let mut done = 0;
+        for d in io.domains.iter().flatten() {
+            let unit: &dyn Iommu = self.unit(d.unit)?;
+            done = unit.invalidate_user_vtd(d.handle, requests)?;
+        }
+        Ok(done)
     }
 }

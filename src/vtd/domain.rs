@@ -280,6 +280,9 @@ pub struct Domain<A: PageAllocator> {
     pub supervisor: bool,
     /// IOVAs must be below `2^input_bits` (the table's width, capped by MGAW).
     pub input_bits: u32,
+    /// Built as the parent (second stage) of nested translation: user domains
+    /// ([`crate::iommu::Iommu::domain_alloc_user`]) may nest on it.
+    pub nest_parent: bool,
     /// What a failed flush still owes: the ranges whose invalidation did not complete (issued
     /// again with the next flush of the domain) and table pages that wait for it (a map undone
     /// after its invalidation failed). Empty in the normal case.
@@ -321,6 +324,7 @@ impl<A: PageAllocator> Domain<A> {
             dirty: cfg.dirty_tracking,
             supervisor: cfg.supervisor,
             input_bits,
+            nest_parent: cfg.nest_parent,
             owed: spin::Mutex::new(Gather::new()),
         })
     }

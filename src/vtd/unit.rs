@@ -72,6 +72,7 @@ mod audit;
 mod dirty;
 mod invalidate;
 mod iommu_impl;
+mod nested;
 mod page_requests;
 mod reclaim;
 mod release;
@@ -80,6 +81,7 @@ mod tests;
 
 pub use attach::AttachOptions;
 pub use audit::{AuditError, AuditReport};
+pub use nested::{MAX_USER_DOMAINS, USER_DOMAIN_BASE};
 pub use release::Released;
 
 /// Polls a wait on device-TLB invalidations may take unless told otherwise. The PCIe Base
@@ -369,6 +371,8 @@ pub(crate) struct ConfigState {
     used: usize,
     /// Recorded attachments with ATS enabled (each needs device-TLB invalidations).
     ats: usize,
+    /// User domains (a guest's first stage over a table domain): `unit/nested.rs`.
+    pub users: [Option<nested::UserDomain>; nested::MAX_USER_DOMAINS],
 }
 
 impl ConfigState {
@@ -381,6 +385,7 @@ impl ConfigState {
         attachments: [None; MAX_ATTACHMENTS],
         used: 0,
         ats: 0,
+        users: [None; nested::MAX_USER_DOMAINS],
     });
 
     /// The recorded attachments' part of the table: every slot past it is `None`.

@@ -17,6 +17,7 @@ mod iommufd17;
 mod iopf;
 mod lifecycle;
 mod nested;
+mod nested_vtd;
 mod pasid_grant;
 mod reclaim;
 mod seed;

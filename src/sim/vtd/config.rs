@@ -123,6 +123,10 @@ impl VtdModelConfig {
     pub const fn with_nest(self, on: bool) -> Self {
         self.with_ecap_bit(ECAP_NEST, on)
     }
+    /// ECAP.SRS: supervisor requests (the PASID entry's SRE).
+    pub const fn with_srs(self, on: bool) -> Self {
+        self.with_ecap_bit(ECAP_SRS, on)
+    }
     /// CAP.FS5LP: 5-level first-stage paging.
     pub const fn with_fs5lp(self, on: bool) -> Self {
         self.with_cap_bit(CAP_FS5LP, on)

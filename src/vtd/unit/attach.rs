@@ -118,7 +118,11 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
                 what: "device-TLB invalidation (ECAP.DT and ECAP.QI)",
             }));
         }
-        let slot = self.slot(domain)?;
+        let user = super::nested::user_index(domain);
+        let slot = match user {
+            Some(i) => Self::user_slot(i),
+            None => self.slot(domain)?,
+        };
         let mut cfg = self.config.lock();
         let index = match cfg.find(sid, pasid) {
             Some(i) => i,
@@ -135,12 +139,28 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
             .iter()
             .flatten()
             .any(|a| a.sid == sid && a.settled);
-        let published = {
-            let guard = self.domain_lock(domain)?.read();
-            let dom = guard.as_ref().ok_or(iommu::Error::InvalidDomain(domain))?;
-            match self.info.mode {
-                Mode::Legacy => self.attach_legacy(&cfg.root, sid, dom, old, opts),
-                Mode::Scalable => self.attach_scalable(&cfg.root, sid, pasid, dom, old, opts),
+        // What a scalable-mode entry points at: (entry, domain-ID, first stage).
+        let target = match (self.info.mode, user) {
+            (Mode::Legacy, Some(_)) => return Err(iommu::Error::Unsupported(Missing::Nesting)),
+            (Mode::Legacy, None) => None,
+            (Mode::Scalable, Some(i)) => {
+                let (entry, did) = self.user_pasid_entry(&cfg, i)?;
+                Some((entry, did, true))
+            }
+            (Mode::Scalable, None) => {
+                let guard = self.domain_lock(domain)?.read();
+                let dom = guard.as_ref().ok_or(iommu::Error::InvalidDomain(domain))?;
+                Some((self.pasid_entry_for(dom)?, dom.did, dom.is_first_stage()))
+            }
+        };
+        let published = match target {
+            None => {
+                let guard = self.domain_lock(domain)?.read();
+                let dom = guard.as_ref().ok_or(iommu::Error::InvalidDomain(domain))?;
+                self.attach_legacy(&cfg.root, sid, dom, old, opts)
+            }
+            Some((new, did, _)) => {
+                self.attach_scalable(&cfg.root, sid, pasid, (&new, did), old, opts)
             }
         };
         let published = match published {
@@ -172,8 +192,10 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
         }
         // Recorded before the entry's publication is confirmed: if the confirmation fails,
         // the entry is present and points at the domain, and the books say so.
-        let guard = self.domain_lock(domain)?.read();
-        let dom = guard.as_ref().ok_or(iommu::Error::InvalidDomain(domain))?;
+        let (did, first_stage) = match target {
+            Some((_, did, first)) => (did, first),
+            None => self.with_domain(domain, |d| (d.did, d.is_first_stage()))?,
+        };
         let new_context =
             published.new_context || !context_confirmed || recorded.is_some_and(|a| !a.settled);
         self.after_present(|b| match self.info.mode {
@@ -183,7 +205,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
                     sid,
                     fm: 0,
                 }))?;
-                b.push(Request::Iotlb(IotlbScope::Domain(dom.did)))
+                b.push(Request::Iotlb(IotlbScope::Domain(did)))
             }
             Mode::Scalable => {
                 let p = pasid.unwrap_or(RID_PASID);
@@ -194,11 +216,10 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
                         fm: 0,
                     }))?;
                 }
-                b.push(Request::PasidCache(PasidCacheScope::Pasid(dom.did, p)))?;
-                b.push(iotlb_of(dom.did, p, dom.is_first_stage()))
+                b.push(Request::PasidCache(PasidCacheScope::Pasid(did, p)))?;
+                b.push(iotlb_of(did, p, first_stage))
             }
         })?;
-        drop(guard);
         cfg.set_settled(index, true);
         Ok(())
     }
@@ -263,13 +284,15 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
             .map_err(|_| iommu::Error::InvalidPasid(p))
     }
 
-    /// The tear-down facts of an existing attachment.
+    /// The tear-down facts of an existing attachment. A user domain's (slot past the table
+    /// domains') entries are nested: tagged (DID, PASID) like first-stage ones.
     fn old_of(&self, a: &Attachment) -> Old {
-        let first_stage = self
-            .domains
-            .get(a.slot)
-            .and_then(|l| l.read().as_ref().map(Domain::is_first_stage))
-            .unwrap_or(false);
+        let first_stage = a.slot >= DOMAINS
+            || self
+                .domains
+                .get(a.slot)
+                .and_then(|l| l.read().as_ref().map(Domain::is_first_stage))
+                .unwrap_or(false);
         Old {
             did: self.info.did_of(a.slot).unwrap_or_default(),
             first_stage,
@@ -361,7 +384,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
         root: &RootTable,
         sid: SourceId,
         pasid: Option<Pasid>,
-        dom: &Domain<A>,
+        (new, did): (&PasidEntry, DomainId),
         old: Option<Old>,
         opts: AttachOptions,
     ) -> Result<Published, Error> {
@@ -373,7 +396,6 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
             .directory(&ctx)?
             .entry(p, alloc, co, self.info.haw, true)?
             .ok_or(Error::NoMemory)?;
-        let new = self.pasid_entry_for(dom)?;
         let current = read_pasid_entry(&entry);
         let same = Published {
             ats,
@@ -381,10 +403,10 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
             new_context,
         };
         if current.present() {
-            if current == new {
+            if current == *new {
                 return Ok(same);
             }
-            if opts.exclusive && current.did() != dom.did {
+            if opts.exclusive && current.did() != did {
                 return Err(Error::EntryPresent {
                     word0: current.qw[0],
                 });
@@ -475,7 +497,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
     }
 
     /// The PASID entry that points at `dom`.
-    fn pasid_entry_for(&self, dom: &Domain<A>) -> Result<PasidEntry, Error> {
+    pub(super) fn pasid_entry_for(&self, dom: &Domain<A>) -> Result<PasidEntry, Error> {
         let mut flags = PasidEntryFlags::empty();
         // Page walks through this entry snoop only with PWSNP, which needs ECAP.SMPWCS; the
         // domain's table was built for `UnitInfo::page_walk_coherency`, which says the same.

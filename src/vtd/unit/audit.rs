@@ -272,6 +272,13 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
         }
         let att: Option<Attachment> = cfg.get(index);
         let expected = att.and_then(|a| {
+            if let Some(u) = a.slot.checked_sub(DOMAINS) {
+                // A user domain's nested entry: its own DID over the parent's table.
+                let parent = cfg.users.get(u).copied().flatten()?.parent;
+                let guard = self.domains.get(parent)?.read();
+                let root = with_table!(&guard.as_ref()?.table, t => t.root());
+                return Some((self.info.did_of(a.slot)?.get(), root, a.ats));
+            }
             let guard = self.domains.get(a.slot)?.read();
             let d = guard.as_ref()?;
             let root = with_table!(&d.table, t => t.root());

@@ -84,7 +84,14 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
             plan_into(&mut plan, gather, &owed, limits);
             let plan = &*plan;
             let mut batch = self.batch(&mut inv);
-            let pushed = push_iotlb(&mut batch, dom.did, first, plan, attached());
+            let pushed = push_iotlb(&mut batch, dom.did, first, plan, attached()).and_then(|()| {
+                // A nest parent's change reaches its user domains' nested entries too.
+                match plan {
+                    FlushPlan::Nothing => Ok(()),
+                    _ if !dom.nest_parent => Ok(()),
+                    _ => self.push_user_children(&mut batch, cfg, slot, purpose == Purpose::Unmap),
+                }
+            });
             match pushed {
                 Ok(()) if purpose == Purpose::Unmap => {
                     push_device_tlb(&mut batch, plan, cfg.ats_of_domain(slot))

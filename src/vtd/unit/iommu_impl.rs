@@ -5,7 +5,7 @@ use super::invalidate::Purpose;
 use super::{VtdUnit, INTERRUPT_WINDOW};
 use crate::iommu::{
     Capabilities, DeviceHints, DeviceId, DomainConfig, DomainHandle, DomainPages, Error, Iommu,
-    Pasid, ReclaimScope, Source, Sources,
+    Pasid, ReclaimScope, Source, Sources, UserStage1, VtdS1Invalidate,
 };
 use crate::iopf::{FaultDrain, PageFault, PageResponse};
 use crate::mem::{Iova, PageAllocator, PhysAddr, WalkerCoherency};
@@ -146,9 +146,12 @@ where
     }
 
     fn domain_free(&self, domain: DomainHandle) -> Result<(), Error> {
+        if super::nested::user_index(domain).is_some() {
+            return self.free_user_domain(domain);
+        }
         let slot = self.slot(domain)?;
         let cfg = self.config.lock();
-        if cfg.of_domain(slot).next().is_some() {
+        if cfg.of_domain(slot).next().is_some() || Self::has_user_children(&cfg, slot) {
             return Err(Error::Busy);
         }
         let mut guard = self.domain_lock(domain)?.write();
@@ -298,6 +301,22 @@ where
 
     fn detach(&self, device: DeviceId, pasid: Option<Pasid>) -> Result<(), Error> {
         self.detach_impl(device, pasid)
+    }
+
+    fn domain_alloc_user(
+        &self,
+        parent: DomainHandle,
+        stage1: &UserStage1,
+    ) -> Result<DomainHandle, Error> {
+        self.alloc_user_domain(parent, stage1)
+    }
+
+    fn invalidate_user_vtd(
+        &self,
+        domain: DomainHandle,
+        requests: &[VtdS1Invalidate],
+    ) -> Result<usize, Error> {
+        self.invalidate_user_vtd_impl(domain, requests)
     }
 
     fn drain_page_faults(&self, out: &mut [PageFault]) -> Result<FaultDrain, Error> {

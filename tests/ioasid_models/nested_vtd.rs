@@ -1,0 +1,422 @@
+//! Nested translation on VT-d from the IOASID layer (issue 17, item 1, VT-d half): a child
+//! IOASID holding a guest's first stage (iommufd `IOMMU_HWPT_DATA_VTD_S1`) over a NEST_PARENT
+//! IOASID's second stage, devices and PASIDs attached to it (PASID entry PGTT = 011b), DMA
+//! through both stages on the VT-d model, and the guest's invalidations (iommufd
+//! `struct iommu_hwpt_vtd_s1_invalidate`) turned into PASID-based IOTLB and device-TLB
+//! invalidations under the child's own domain ID. Named after the iommufd behaviour each
+//! matches.
+
+use iommu_engine::ioasid::{Error, IoasidCtx, IoasidFlags};
+use iommu_engine::iommu::{
+    self, DeviceHints, Missing, Refusal, UserStage1, VtdS1Invalidate, VTD_INV_FLAGS_LEAF,
+    VTD_S1_EAFE, VTD_S1_SRE, VTD_S1_WPE,
+};
+use iommu_engine::mem::{Iova, Page, PageAllocator, PhysAddr};
+use iommu_engine::pgtable::Prot;
+use iommu_engine::sim::vtd::VtdModelConfig;
+use iommu_engine::sim::Arena;
+use iommu_engine::vtd::Mode;
+
+use crate::rig::*;
+
+const RW: Prot = Prot::READ.union(Prot::WRITE);
+/// The guest's IOVA (first-stage input).
+const IOVA: u64 = 0x1234_5000;
+/// Guest physical addresses of the guest's pages: GPA_BASE + 4 KiB * n.
+const GPA_BASE: u64 = 0x1000_0000;
+
+/// Guest RAM: pages from the arena that the parent maps at GPA_BASE + 4 KiB * n.
+struct GuestRam<'a> {
+    arena: &'a Arena,
+    pages: Vec<Page>,
+}
+
+impl<'a> GuestRam<'a> {
+    fn new(arena: &'a Arena, n: usize) -> Self {
+        let pages = (0..n).map(|_| arena.alloc(12).expect("page")).collect();
+        Self { arena, pages }
+    }
+    fn gpa(&self, n: usize) -> u64 {
+        GPA_BASE + 0x1000 * n as u64
+    }
+    fn pa(&self, n: usize) -> u64 {
+        self.pages[n].pa.get()
+    }
+    fn write(&self, n: usize, offset: u64, value: u64) {
+        assert!(self.arena.write_u64(self.pa(n) + offset, value));
+    }
+}
+
+impl Drop for GuestRam<'_> {
+    fn drop(&mut self) {
+        for p in self.pages.drain(..) {
+            // SAFETY: the parent no longer maps them (the context was dropped first) and the
+            // crate never points a unit at them itself.
+            unsafe { self.arena.free(p, 12) };
+        }
+    }
+}
+
+/// First-stage entry bits (x86-64 4-level paging, VT-d §9.7): P, R/W, U/S, A.
+const FS_TABLE: u64 = 0x27;
+/// A leaf: P, R/W, U/S, A, D.
+const FS_LEAF: u64 = 0x67;
+
+/// The guest's 4-level first-stage tables at GPA pages 0-3 (PML4, PDPT, PD, PT) mapping IOVA
+/// to its data page 4; pages 4 and 5 are data.
+fn guest_vtd_tables(g: &GuestRam<'_>) {
+    let idx = |shift: u32| ((IOVA >> shift) & 0x1ff) * 8;
+    g.write(0, idx(39), g.gpa(1) | FS_TABLE);
+    g.write(1, idx(30), g.gpa(2) | FS_TABLE);
+    g.write(2, idx(21), g.gpa(3) | FS_TABLE);
+    guest_leaf(g, 4);
+}
+
+/// The guest points IOVA at its data page `n`.
+fn guest_leaf(g: &GuestRam<'_>, n: usize) {
+    g.write(3, ((IOVA >> 12) & 0x1ff) * 8, g.gpa(n) | FS_LEAF);
+}
+
+fn guest_s1(g: &GuestRam<'_>) -> UserStage1 {
+    UserStage1::Vtd {
+        flags: 0,
+        pgtbl_addr: g.gpa(0),
+        addr_width: 48,
+    }
+}
+
+fn inv(addr: u64, npages: u64) -> VtdS1Invalidate {
+    VtdS1Invalidate {
+        addr,
+        npages,
+        flags: VTD_INV_FLAGS_LEAF,
+        reserved: 0,
+    }
+}
+
+/// A parent mapping the guest's pages and a child over it holding `s1`.
+fn parent_and_child(
+    ctx: &IoasidCtx<'_, '_, Arena>,
+    g: &GuestRam<'_>,
+    s1: UserStage1,
+) -> (
+    iommu_engine::ioasid::IoasidId,
+    iommu_engine::ioasid::IoasidId,
+) {
+    let parent = ctx.alloc(IoasidFlags::NEST_PARENT).unwrap();
+    for n in 0..g.pages.len() {
+        ctx.map(parent, Iova::new(g.gpa(n)), PhysAddr::new(g.pa(n)), K4, RW)
+            .unwrap();
+    }
+    let child = ctx.alloc_nested(parent, s1).unwrap();
+    (parent, child)
+}
+
+/// PASID-based IOTLB invalidate descriptors (type 6) in the model's log: (DID, PASID).
+fn piotlb(r: &Rig<'_, '_>) -> Vec<(u64, u64)> {
+    r.vm.descriptor_log()
+        .iter()
+        .filter(|d| d[0] & 0xf == 6)
+        .map(|d| (d[0] >> 16 & 0xffff, d[0] >> 32 & 0xf_ffff))
+        .collect()
+}
+
+#[test]
+fn hwpt_alloc_nested_over_nest_parent_vtd() {
+    with_rig(VtdSetup::scalable(), SmmuSetup::qemu(false), |r| {
+        let g = GuestRam::new(r.arena, 6);
+        {
+            let ctx = IoasidCtx::new(r.reg, r.arena, 4);
+            guest_vtd_tables(&g);
+            let (parent, child) = parent_and_child(&ctx, &g, guest_s1(&g));
+            assert_eq!(
+                ctx.map(child, Iova::new(IOVA), PhysAddr::new(g.pa(4)), K4, RW),
+                Err(Error::UserOwned(child))
+            );
+            assert_eq!(ctx.free(parent), Err(Error::Busy));
+            let dev = ctx.bind(vtd_dev(RID_A), false).unwrap();
+            ctx.attach(dev, child).unwrap();
+            // DMA through both stages: IOVA -> guest first stage -> GPA page 4 -> parent -> PA.
+            assert_eq!(
+                r.vtd_read(RID_A, None, IOVA + 0x18),
+                Some((g.pa(4) + 0x18, false))
+            );
+            // The parent alone, for a device attached to it.
+            let other = ctx.bind(vtd_dev(RID_B), false).unwrap();
+            ctx.attach(other, parent).unwrap();
+            assert_eq!(r.vtd_read(RID_B, None, g.gpa(4)), Some((g.pa(4), false)));
+            // An IOVA the guest did not map faults (first stage); a guest entry pointing at a
+            // GPA the parent does not map faults too (second stage): no host memory beyond it.
+            assert_eq!(r.vtd_read(RID_A, None, IOVA + 0x20_0000), None);
+            g.write(3, ((IOVA >> 12) & 0x1ff) * 8 + 8, 0x7000_0000 | FS_LEAF);
+            assert_eq!(r.vtd_read(RID_A, None, IOVA + 0x1000), None);
+            r.drain();
+
+            // A PASID of the device attached to the child: the guest's PASID address space.
+            let p = ctx.alloc_pasid().unwrap();
+            ctx.attach_pasid(dev, p, child).unwrap();
+            assert_eq!(
+                r.vtd_read(RID_A, Some(p.get()), IOVA),
+                Some((g.pa(4), false))
+            );
+            ctx.detach_pasid(dev, p).unwrap();
+            assert_eq!(r.vtd_read(RID_A, Some(p.get()), IOVA), None);
+
+            // Replace: the device moves to the parent and back, its entry rebuilt each time.
+            ctx.attach(dev, parent).unwrap();
+            assert_eq!(r.vtd_read(RID_A, None, g.gpa(5)), Some((g.pa(5), false)));
+            ctx.attach(dev, child).unwrap();
+            assert_eq!(r.vtd_read(RID_A, None, IOVA), Some((g.pa(4), false)));
+            assert_eq!(r.vtd.audit().map(|a| a.attachments), Ok(2));
+
+            ctx.detach(dev).unwrap();
+            assert_eq!(r.vtd_read(RID_A, None, IOVA), None);
+            ctx.detach(other).unwrap();
+            r.drain();
+            ctx.free(child).unwrap();
+            ctx.free(parent).unwrap();
+        }
+        assert_eq!(r.vtd_domains(), 0);
+    });
+}
+
+/// The child's PASID entries carry a domain ID of their own: two guests' first stages over one
+/// parent, each on its device's RID_PASID, never serve each other's translations.
+#[test]
+fn hwpt_alloc_nested_children_do_not_share_a_domain_id() {
+    with_rig(VtdSetup::scalable(), SmmuSetup::qemu(false), |r| {
+        let g = GuestRam::new(r.arena, 6);
+        let ctx = IoasidCtx::new(r.reg, r.arena, 0);
+        guest_vtd_tables(&g);
+        let (parent, a) = parent_and_child(&ctx, &g, guest_s1(&g));
+        // The second guest's table: a copy of the first pointing IOVA at page 5.
+        let mut s1b = guest_s1(&g);
+        let gb = GuestRam::new(r.arena, 4);
+        for n in 0..4 {
+            ctx.map(
+                parent,
+                Iova::new(0x2000_0000 + 0x1000 * n as u64),
+                PhysAddr::new(gb.pa(n)),
+                K4,
+                RW,
+            )
+            .unwrap();
+        }
+        let idx = |shift: u32| ((IOVA >> shift) & 0x1ff) * 8;
+        gb.write(0, idx(39), 0x2000_1000 | FS_TABLE);
+        gb.write(1, idx(30), 0x2000_2000 | FS_TABLE);
+        gb.write(2, idx(21), 0x2000_3000 | FS_TABLE);
+        gb.write(3, idx(12), g.gpa(5) | FS_LEAF);
+        if let UserStage1::Vtd { pgtbl_addr, .. } = &mut s1b {
+            *pgtbl_addr = 0x2000_0000;
+        }
+        let b = ctx.alloc_nested(parent, s1b).unwrap();
+        let da = ctx.bind(vtd_dev(RID_A), false).unwrap();
+        let db = ctx.bind(vtd_dev(RID_B), false).unwrap();
+        ctx.attach(da, a).unwrap();
+        ctx.attach(db, b).unwrap();
+        assert_eq!(r.vtd_read(RID_A, None, IOVA), Some((g.pa(4), false)));
+        assert_eq!(r.vtd_read(RID_B, None, IOVA), Some((g.pa(5), false)));
+        // Both cached now: each still reads its own.
+        assert_eq!(r.vtd_read(RID_A, None, IOVA), Some((g.pa(4), false)));
+        drop(ctx);
+        drop(gb);
+        assert_eq!(r.vtd_domains(), 0);
+    });
+}
+
+#[test]
+fn hwpt_invalidate_vtd_is_needed_and_sufficient() {
+    with_rig(VtdSetup::scalable(), SmmuSetup::qemu(false), |r| {
+        let g = GuestRam::new(r.arena, 6);
+        let ctx = IoasidCtx::new(r.reg, r.arena, 4);
+        guest_vtd_tables(&g);
+        let (parent, child) = parent_and_child(&ctx, &g, guest_s1(&g));
+        let dev = ctx.bind(vtd_dev(RID_A), false).unwrap();
+        // Another device of the context, attached to the parent only: no invalidation of the
+        // child's reaches it, and it is not counted among the child's.
+        let other = ctx.bind(vtd_dev(RID_B), false).unwrap();
+        ctx.attach(other, parent).unwrap();
+        ctx.attach(dev, child).unwrap();
+        let p = ctx.alloc_pasid().unwrap();
+        ctx.attach_pasid(dev, p, child).unwrap();
+        assert_eq!(r.vtd_read(RID_A, None, IOVA), Some((g.pa(4), false)));
+        assert_eq!(
+            r.vtd_read(RID_A, Some(p.get()), IOVA),
+            Some((g.pa(4), false))
+        );
+        // The guest moves IOVA to its page 5: the unit still translates from its IOTLB.
+        guest_leaf(&g, 5);
+        assert_eq!(r.vtd_read(RID_A, None, IOVA), Some((g.pa(4), false)));
+
+        // Refused entries: nothing of the batch issued, the index of the first one reported.
+        r.vm.reset_stats();
+        let refused = |index: u32, e: VtdS1Invalidate, why| {
+            Err(Error::Iommu(iommu::Error::Refused {
+                index,
+                request: [e.addr, e.npages],
+                why,
+            }))
+        };
+        let good = inv(IOVA, 1);
+        let cases = [
+            (inv(IOVA + 0x800, 1), Refusal::Misaligned),
+            (inv(0x1000, u64::MAX), Refusal::Misaligned),
+            (inv(1 << 48, 1), Refusal::OutOfWidth),
+            (inv((1 << 48) - 0x1000, 2), Refusal::OutOfWidth),
+            (VtdS1Invalidate { flags: 2, ..good }, Refusal::ReservedBits),
+            (
+                VtdS1Invalidate {
+                    reserved: 1,
+                    ..good
+                },
+                Refusal::ReservedBits,
+            ),
+        ];
+        for (bad, why) in cases {
+            assert_eq!(
+                ctx.invalidate_user_vtd(child, &[good, good, bad]),
+                refused(2, bad, why)
+            );
+        }
+        assert_eq!(r.vm.descriptor_log().len(), 0);
+        assert_eq!(r.vtd_read(RID_A, None, IOVA), Some((g.pa(4), false)));
+
+        // Passed through: one PASID-based IOTLB invalidation per attached PASID (RID_PASID
+        // and p), under the child's domain ID (not the parent's), and one wait.
+        assert_eq!(ctx.invalidate_user_vtd(child, &[good]), Ok(1));
+        assert_eq!(r.vtd_read(RID_A, None, IOVA), Some((g.pa(5), false)));
+        assert_eq!(
+            r.vtd_read(RID_A, Some(p.get()), IOVA),
+            Some((g.pa(5), false))
+        );
+        let log = piotlb(r);
+        assert_eq!(log.len(), 2);
+        let did = log[0].0;
+        assert_eq!(log, [(did, 0), (did, u64::from(p.get()))]);
+        assert_eq!(r.vm.stats().piotlb_page, 2);
+        assert_eq!(r.vm.stats().wait, 1);
+        assert_eq!(r.vm.stats().iotlb_domain + r.vm.stats().iotlb_page, 0);
+        // Everything (addr 0, npages u64::MAX): PASID-selective.
+        guest_leaf(&g, 4);
+        r.vm.reset_stats();
+        assert_eq!(
+            ctx.invalidate_user_vtd(
+                child,
+                &[VtdS1Invalidate {
+                    flags: 0,
+                    ..inv(0, u64::MAX)
+                }]
+            ),
+            Ok(1)
+        );
+        assert_eq!((r.vm.stats().piotlb_pasid, r.vm.stats().wait), (2, 1));
+        assert_eq!(r.vtd_read(RID_A, None, IOVA), Some((g.pa(4), false)));
+
+        // Not a child.
+        assert_eq!(
+            ctx.invalidate_user_vtd(parent, &[good]),
+            Err(Error::NotNested(parent))
+        );
+        drop(ctx);
+        assert_eq!(r.vtd_domains(), 0);
+    });
+}
+
+/// A change of the parent's second stage reaches the child's cached nested translations (the
+/// parent's flush invalidates the child's domain ID) and the ATS device's TLB whole.
+#[test]
+fn hwpt_nest_parent_unmap_invalidates_nested_children() {
+    with_rig(VtdSetup::scalable(), SmmuSetup::qemu(false), |r| {
+        let g = GuestRam::new(r.arena, 6);
+        let ctx = IoasidCtx::new(r.reg, r.arena, 0);
+        guest_vtd_tables(&g);
+        let (parent, child) = parent_and_child(&ctx, &g, guest_s1(&g));
+        let hints = DeviceHints {
+            ats: true,
+            ..DeviceHints::default()
+        };
+        let dev = ctx.bind_with(vtd_dev(RID_A), false, hints).unwrap();
+        ctx.attach(dev, child).unwrap();
+        assert_eq!(r.vtd_read(RID_A, None, IOVA), Some((g.pa(4), false)));
+        r.vm.reset_stats();
+        // The host takes the guest's data page away.
+        ctx.unmap(parent, Iova::new(g.gpa(4)), K4).unwrap();
+        assert_eq!(r.vtd_read(RID_A, None, IOVA), None);
+        // The child's domain-selective IOTLB invalidation and the device's whole TLB.
+        assert_eq!(r.vm.stats().device_tlb, 1);
+        assert!(r.vm.stats().iotlb_domain >= 1);
+        r.drain();
+        drop(ctx);
+        assert_eq!(r.vtd_domains(), 0);
+    });
+}
+
+#[test]
+fn hwpt_alloc_nested_vtd_refuses_bad_guest_fields() {
+    let no_srs = VtdSetup {
+        model: VtdModelConfig::scalable().with_srs(false),
+        mode: Mode::Scalable,
+    };
+    with_rig(no_srs, SmmuSetup::qemu(false), |r| {
+        let g = GuestRam::new(r.arena, 4);
+        let ctx = IoasidCtx::new(r.reg, r.arena, 0);
+        let parent = ctx.alloc(IoasidFlags::NEST_PARENT).unwrap();
+        for n in 0..4 {
+            ctx.map(parent, Iova::new(g.gpa(n)), PhysAddr::new(g.pa(n)), K4, RW)
+                .unwrap();
+        }
+        let dev = ctx.bind(vtd_dev(RID_A), false).unwrap();
+        let s1 = |flags, pgtbl_addr, addr_width| UserStage1::Vtd {
+            flags,
+            pgtbl_addr,
+            addr_width,
+        };
+        let invalid = |what: &'static str, value: u64| {
+            move |e: Error| match e {
+                Error::Iommu(iommu::Error::InvalidArgument { what: w, value: v }) => {
+                    w.contains(what) && v == value
+                }
+                _ => false,
+            }
+        };
+        // Each refused when a device is attached (the unit checks the guest's fields), and
+        // nothing attached after it.
+        let attach = |s| {
+            let child = ctx.alloc_nested(parent, s).unwrap();
+            let e = ctx.attach(dev, child);
+            assert_eq!(r.vtd.audit().map(|a| a.attachments), Ok(0));
+            ctx.free(child).unwrap();
+            e.unwrap_err()
+        };
+        let gpa = g.gpa(0);
+        assert!(invalid("flags", 1 << 3)(attach(s1(1 << 3, gpa, 48))));
+        assert!(invalid("addr_width", 39)(attach(s1(0, gpa, 39))));
+        assert!(invalid("pgtbl_addr", gpa + 8)(attach(s1(0, gpa + 8, 48))));
+        assert!(invalid("pgtbl_addr", 1 << 52)(attach(s1(0, 1 << 52, 48))));
+        // 5-level without CAP.FL5LP, SRE without ECAP.SRS.
+        let e = attach(s1(0, gpa, 57));
+        let want = format!("{:?}", Missing::AddressWidth { need: 57, have: 48 });
+        assert!(format!("{e:?}").contains(&want), "{e:?}");
+        let e = attach(s1(VTD_S1_SRE, gpa, 48));
+        let want = format!("{:?}", Missing::SupervisorRequests);
+        assert!(format!("{e:?}").contains(&want), "{e:?}");
+        // EAFE without ECAP.EAFS (the model has none).
+        let e = attach(s1(VTD_S1_EAFE, gpa, 48));
+        assert!(format!("{e:?}").contains("EAFS"), "{e:?}");
+        // WPE alone is the guest's to set.
+        guest_vtd_tables_at(&g);
+        let child = ctx.alloc_nested(parent, s1(VTD_S1_WPE, gpa, 48)).unwrap();
+        ctx.attach(dev, child).unwrap();
+        ctx.detach(dev).unwrap();
+        r.drain();
+        drop(ctx);
+        assert_eq!(r.vtd_domains(), 0);
+    });
+}
+
+/// Tables for the 4-page guest of the refusal test (no data page needed).
+fn guest_vtd_tables_at(g: &GuestRam<'_>) {
+    let idx = |shift: u32| ((IOVA >> shift) & 0x1ff) * 8;
+    g.write(0, idx(39), g.gpa(1) | FS_TABLE);
+}
