@@ -131,7 +131,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> AmdViUni
             .iter()
             .flatten()
             .map(|&b| Command::invalidate_iommu_pages(domain_id, None, b, pde));
-        let iotlb = cfg.of_domain(slot).filter(|a| a.ats).flat_map(|a| {
+        let iotlb = cfg.ats_of_domain(slot).flat_map(|a| {
             blocks
                 .iter()
                 .flatten()
@@ -198,12 +198,15 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> AmdViUni
         let was_ats = old.and_then(|i| cfg.attachments[i]).is_some_and(|a| a.ats);
         // Counted as attached to the new domain from the first store on; the old domain, if
         // any, keeps nothing the device can reach once the entry is replaced and invalidated.
-        cfg.attachments[index] = Some(Attachment {
-            device,
-            slot,
-            ats,
-            settled: false,
-        });
+        cfg.set(
+            index,
+            Some(Attachment {
+                device,
+                slot,
+                ats,
+                settled: false,
+            }),
+        );
         let flush_atc = [Command::invalidate_iotlb_pages(
             device as u16,
             0,
@@ -237,7 +240,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> AmdViUni
         )];
         let extra: &[Command] = if a.ats { &flush_atc } else { &[] };
         self.set_device_entry_locked(&cfg.devtab, device, &DeviceTableEntry::BLOCKED, extra)?;
-        cfg.attachments[index] = None;
+        cfg.set(index, None);
         Ok(())
     }
 }

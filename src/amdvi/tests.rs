@@ -294,3 +294,79 @@ fn run_bits_that_never_clear_time_out() {
         })
     ));
 }
+
+/// A flush does no work proportional to the unit's attachment slots (issue 18, goal 4): with
+/// one device attached or with 200 more (on another domain and on the same one, none with
+/// ATS), a one-page unmap's flush issues the same commands and looks at no attachment slot.
+/// With an ATS device attached it looks only at the recorded part of the table, and still
+/// invalidates exactly that device's IOTLB.
+#[test]
+fn flushes_look_at_no_attachment_slot_without_ats() {
+    use crate::iommu::{DeviceHints, DeviceId, DomainConfig, Iommu};
+    use crate::mem::Iova;
+    use crate::pgtable::{Gather, Prot};
+    use core::sync::atomic::Ordering::Relaxed;
+
+    let mem = Arena::with_defaults().unwrap();
+    let model = AmdViModel::new(&mem, AmdViModelConfig::qemu_default());
+    let u = unit(&model, &mem, small());
+    u.enable().unwrap();
+    let d = u.domain_alloc(&DomainConfig::default()).unwrap();
+    let e = u.domain_alloc(&DomainConfig::default()).unwrap();
+    // (page invalidations, IOTLB invalidations, waits, slots looked at) of one flush.
+    let flush = || {
+        let rw = Prot::READ | Prot::WRITE;
+        u.map(d, Iova::new(0x1000), PhysAddr::new(0xA000_0000), 0x1000, rw)
+            .unwrap();
+        let mut g = Gather::new();
+        u.unmap(d, Iova::new(0x1000), 0x1000, &mut g).unwrap();
+        u.config.lock().flush_slot_reads.store(0, Relaxed);
+        let before = model.stats();
+        u.flush(d, &mut g).unwrap();
+        let after = model.stats();
+        (
+            after.invalidate_pages_page - before.invalidate_pages_page
+                + after.invalidate_pages_range
+                - before.invalidate_pages_range,
+            after.invalidate_iotlb - before.invalidate_iotlb,
+            after.completion_waits - before.completion_waits,
+            u.config.lock().flush_slot_reads.load(Relaxed),
+        )
+    };
+    u.attach(DeviceId(EDU), None, d).unwrap();
+    let one = flush();
+    assert_eq!(one, (1, 0, 1, 0), "one device");
+    for dev in 0x21..0x21 + 200 {
+        let to = if dev % 8 == 0 { d } else { e };
+        u.attach(DeviceId(dev), None, to).unwrap();
+    }
+    assert_eq!(flush(), one, "201 devices, none with ATS");
+    let ats = DeviceHints {
+        ats: true,
+        ..DeviceHints::default()
+    };
+    u.attach_device(DeviceId(0xF0), None, d, &ats).unwrap();
+    let (pages, iotlb, waits, reads) = flush();
+    assert_eq!((pages, iotlb, waits), (1, 1, 1), "the ATS device's IOTLB");
+    assert_eq!(reads, 202, "only the recorded part: 202 attachments");
+    // The books follow detaches from the end, past the holes, and back to nothing.
+    let books = || {
+        let cfg = u.config.lock();
+        let last = cfg.attachments.iter().rposition(Option::is_some);
+        let ats = cfg.attachments.iter().flatten().filter(|a| a.ats).count();
+        assert_eq!((cfg.used, cfg.ats), (last.map_or(0, |i| i + 1), ats));
+        (cfg.used, cfg.ats)
+    };
+    assert_eq!(books(), (202, 1));
+    u.detach(DeviceId(0xF0), None).unwrap();
+    assert_eq!(books(), (201, 0));
+    assert_eq!(flush(), one, "ATS device gone");
+    for dev in (0x21..0x21 + 200).rev().step_by(3) {
+        u.detach(DeviceId(dev), None).unwrap();
+        books();
+    }
+    for dev in (0x21..0x21 + 200).chain([EDU]) {
+        let _ = u.detach(DeviceId(dev), None);
+    }
+    assert_eq!(books(), (0, 0));
+}

@@ -629,7 +629,16 @@ pub(crate) struct Attachment {
 /// What the configuration lock protects.
 pub(crate) struct ConfigState {
     pub devtab: DeviceTable,
+    /// Written only through [`ConfigState::set`], which keeps `used` and `ats`.
     pub attachments: [Option<Attachment>; MAX_ATTACHMENTS],
+    /// One past the last slot of `attachments` in use: nothing is attached beyond.
+    pub used: usize,
+    /// Attachments with ATS: a flush looks for them only when there is one.
+    pub ats: usize,
+    /// Attachment slots the flushes looked at (tests: a flush does no work proportional to
+    /// the slots, issue 18).
+    #[cfg(test)]
+    pub flush_slot_reads: core::sync::atomic::AtomicUsize,
 }
 
 impl ConfigState {
@@ -640,20 +649,69 @@ impl ConfigState {
     const EMPTY: spin::Mutex<Self> = spin::Mutex::new(ConfigState {
         devtab: DeviceTable::PLACEHOLDER,
         attachments: [None; MAX_ATTACHMENTS],
+        used: 0,
+        ats: 0,
+        #[cfg(test)]
+        flush_slot_reads: core::sync::atomic::AtomicUsize::new(0),
     });
 
+    /// Records (or with `None` removes) the attachment in slot `index`, keeping `used` and
+    /// `ats`; an index beyond the table changes nothing.
+    pub fn set(&mut self, index: usize, attachment: Option<Attachment>) {
+        let Some(entry) = self.attachments.get_mut(index) else {
+            return;
+        };
+        let was_ats = entry.is_some_and(|a| a.ats);
+        let is_ats = attachment.is_some_and(|a| a.ats);
+        *entry = attachment;
+        self.ats = (self.ats + usize::from(is_ats)).saturating_sub(usize::from(was_ats));
+        if attachment.is_some() {
+            self.used = self.used.max(index + 1);
+        } else if index + 1 == self.used {
+            let before = self.attachments.get(..index).unwrap_or(&[]);
+            self.used = before.iter().rposition(Option::is_some).map_or(0, |i| i + 1);
+        }
+    }
+
+    /// The part of `attachments` that holds any.
+    pub fn recorded(&self) -> &[Option<Attachment>] {
+        self.attachments.get(..self.used).unwrap_or(&self.attachments)
+    }
+
     pub fn find(&self, device: u32) -> Option<usize> {
-        self.attachments
+        self.recorded()
             .iter()
             .position(|a| a.is_some_and(|a| a.device == device))
     }
 
     pub fn of_domain(&self, slot: usize) -> impl Iterator<Item = &Attachment> {
-        self.attachments
+        self.recorded()
             .iter()
             .flatten()
             .filter(move |a| a.slot == slot)
     }
+
+    /// The ATS devices attached to domain `slot`: those a flush invalidates the IOTLBs of.
+    /// No slot is looked at when no device has ATS (issue 18: a flush does no work
+    /// proportional to the unit's attachment slots).
+    pub fn ats_of_domain(&self, slot: usize) -> impl Iterator<Item = &Attachment> {
+        let candidates = if self.ats == 0 { &[] } else { self.recorded() };
+        candidates
+            .iter()
+            .inspect(|_| self.count_flush_read())
+            .flatten()
+            .filter(move |a| a.slot == slot && a.ats)
+    }
+
+    #[cfg(test)]
+    fn count_flush_read(&self) {
+        self.flush_slot_reads
+            .fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+    }
+
+    #[cfg(not(test))]
+    #[inline(always)]
+    fn count_flush_read(&self) {}
 }
 
 /// The domain ID of domain slot `slot`: `slot + 1` (ID 0 is left to blocking entries).
