@@ -568,7 +568,15 @@ fn invalidate_atcs<W: RegisterWindow, A: PageAllocator>(
     span: IovaRange,
 ) -> Result<(), super::SmmuError> {
     let mut pushed = false;
-    for s in config.streams.iter().flatten().filter(|s| s.ats) {
+    #[cfg(test)]
+    let streams = config.streams.iter().inspect(|_| {
+        config
+            .flush_stream_reads
+            .fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+    });
+    #[cfg(not(test))]
+    let streams = config.streams.iter();
+    for s in streams.flatten().filter(|s| s.ats) {
         for (ssid, x) in s.attachments() {
             let user_child =
                 user_children & super::nested::user_index(x).map_or(0, |i| 1u64 << i) != 0;

@@ -296,6 +296,10 @@ pub(crate) struct ConfigState<A: PageAllocator> {
     pub(crate) streams: [Option<StreamState<A>>; MAX_STREAMS],
     pub(crate) vmids: TagAllocator,
     pub(crate) asids: TagAllocator,
+    /// Stream slots the flushes looked at (tests: a flush does no work proportional to the
+    /// unit's streams unless the domain has ATS users, issue 18).
+    #[cfg(test)]
+    pub(crate) flush_stream_reads: core::sync::atomic::AtomicUsize,
 }
 
 impl<A: PageAllocator> ConfigState<A> {
@@ -308,6 +312,8 @@ impl<A: PageAllocator> ConfigState<A> {
         streams: [const { None }; MAX_STREAMS],
         vmids: TagAllocator::new(),
         asids: TagAllocator::new(),
+        #[cfg(test)]
+        flush_stream_reads: core::sync::atomic::AtomicUsize::new(0),
     });
 }
 

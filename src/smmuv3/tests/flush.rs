@@ -159,3 +159,50 @@ fn concurrent_map_unmap_flush_from_threads() {
     let ops = take_ops(&m);
     assert_eq!((count(&ops, TLBI_S2_IPA), count(&ops, SYNC)), (256, 256));
 }
+
+/// A flush does no work proportional to the unit's stream slots (issue 18, goal 4): a
+/// one-page flush of a domain with one stream, or with 40 more streams attached to it and to
+/// another domain (none with ATS), issues the same commands and looks at no stream slot (the
+/// domain's `ats_users` count says there is no ATC to invalidate). With an ATS stream on the
+/// domain the flush reads the unit's `MAX_STREAMS` slots, whatever the number attached, and
+/// invalidates that stream's ATC only.
+#[test]
+fn flushes_look_at_no_stream_slot_without_ats() {
+    use core::sync::atomic::Ordering::Relaxed;
+    let (m, alloc) = (model(IDR0, RIL), VecAllocator::default());
+    let u = enabled(&m, &alloc);
+    let s2 = DomainConfig {
+        stage: Stage::Second,
+        ..DomainConfig::default()
+    };
+    let (d, e) = (u.domain_alloc(&s2).unwrap(), u.domain_alloc(&s2).unwrap());
+    let flush = || {
+        u.map(d, Iova::new(0x3000), PhysAddr::new(0x8000_0000), K4, RW)
+            .unwrap();
+        let mut g = Gather::new();
+        u.unmap(d, Iova::new(0x3000), K4, &mut g).unwrap();
+        take_ops(&m);
+        u.config.lock().flush_stream_reads.store(0, Relaxed);
+        u.flush(d, &mut g).unwrap();
+        (take_ops(&m), u.config.lock().flush_stream_reads.load(Relaxed))
+    };
+    u.attach(DeviceId(1), None, d).unwrap();
+    let one = flush();
+    assert_eq!(one, (std::vec![TLBI_S2_IPA, SYNC], 0), "one stream");
+    for sid in 2..42 {
+        u.attach(DeviceId(sid), None, if sid % 4 == 0 { d } else { e })
+            .unwrap();
+    }
+    assert_eq!(flush(), one, "41 streams, none with ATS");
+    u.set_ats(DeviceId(50), true).unwrap();
+    u.attach(DeviceId(50), None, d).unwrap();
+    assert_eq!(
+        flush(),
+        (std::vec![TLBI_S2_IPA, SYNC, ATC_INV, SYNC], MAX_STREAMS),
+        "the ATS stream's ATC"
+    );
+    for sid in (1..42).chain([50]) {
+        u.detach(DeviceId(sid), None).unwrap();
+    }
+    assert_eq!(flush(), one, "no stream attached");
+}
