@@ -669,13 +669,18 @@ impl ConfigState {
             self.used = self.used.max(index + 1);
         } else if index + 1 == self.used {
             let before = self.attachments.get(..index).unwrap_or(&[]);
-            self.used = before.iter().rposition(Option::is_some).map_or(0, |i| i + 1);
+            self.used = before
+                .iter()
+                .rposition(Option::is_some)
+                .map_or(0, |i| i + 1);
         }
     }
 
     /// The part of `attachments` that holds any.
     pub fn recorded(&self) -> &[Option<Attachment>] {
-        self.attachments.get(..self.used).unwrap_or(&self.attachments)
+        self.attachments
+            .get(..self.used)
+            .unwrap_or(&self.attachments)
     }
 
     pub fn find(&self, device: u32) -> Option<usize> {

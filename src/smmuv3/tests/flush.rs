@@ -184,7 +184,10 @@ fn flushes_look_at_no_stream_slot_without_ats() {
         take_ops(&m);
         u.config.lock().flush_stream_reads.store(0, Relaxed);
         u.flush(d, &mut g).unwrap();
-        (take_ops(&m), u.config.lock().flush_stream_reads.load(Relaxed))
+        (
+            take_ops(&m),
+            u.config.lock().flush_stream_reads.load(Relaxed),
+        )
     };
     u.attach(DeviceId(1), None, d).unwrap();
     let one = flush();
