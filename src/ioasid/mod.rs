@@ -52,7 +52,7 @@
 //!
 //! | iommufd object or ioctl | this crate | missing (issue 17) |
 //! |---|---|---|
-//! | `VFIO_DEVICE_BIND_IOMMUFD`, unbind | [`IoasidCtx::bind`], [`IoasidCtx::bind_with`] (the device's ATS: VT-d device TLB, SMMUv3 `STE.EATS`, and their ATC invalidations; SR-IOV physical function; own PASID width, a PASID attach beyond it refused with [`Incompatibility::DevicePasid`]; PRI), `bind_with_direct`; [`IoasidCtx::unbind`]; C: `ie_ctx_bind_with` (`device_bound_with_ats_gets_atc_invalidations`, `device_without_pasid_refused_pasid_attach`) | PRI is declared and reported, not used yet (item 8) |
+//! | `VFIO_DEVICE_BIND_IOMMUFD`, unbind | [`IoasidCtx::bind`], [`IoasidCtx::bind_with`] (the device's ATS: VT-d device TLB, SMMUv3 `STE.EATS`, and their ATC invalidations; SR-IOV physical function; own PASID width, a PASID attach beyond it refused with [`Incompatibility::DevicePasid`]; PRI), `bind_with_direct`; [`IoasidCtx::unbind`]; C: `ie_ctx_bind_with` (`device_bound_with_ats_gets_atc_invalidations`, `device_without_pasid_refused_pasid_attach`) | PRI is declared and reported; a unit answers any device's page requests (VT-d `PRE` not set) |
 //! | `IOMMU_IOAS_ALLOC`, `IOMMU_DESTROY` | [`IoasidCtx::alloc`] (an IOAS and the hardware domains behind it in one), [`IoasidCtx::free`] | |
 //! | `IOMMU_IOAS_MAP` | [`IoasidCtx::map`]: physical addresses, always at a fixed IOVA ([`IoasidCtx::alloc_iova`] picks one); no pinning of user memory (out of scope) | |
 //! | `IOMMU_IOAS_UNMAP` | [`IoasidCtx::unmap`], with [`UNMAP_ALL`] | |

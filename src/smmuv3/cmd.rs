@@ -89,6 +89,16 @@ pub const TLBI_IPA: Field = Field::new("Address", 51, 12);
 pub const ATC_GLOBAL: u64 = 1 << 9;
 /// Word 1 bits 5:0 of ATC_INV: span of 2^Size 4 KiB pages.
 pub const ATC_SIZE: Field = Field::new("Size", 5, 0);
+/// Word 1 bits 8:0 of CMD_PRI_RESP: PRGIndex.
+pub const PRI_PRGINDEX: Field = Field::new("PRGIndex", 8, 0);
+/// Word 1 bits 13:12 of CMD_PRI_RESP: Resp.
+pub const PRI_RESP: Field = Field::new("Resp", 13, 12);
+/// Word 0 bit 12 of CMD_RESUME: Action (1 retry, 0 terminate).
+pub const RESUME_AC: u64 = 1 << 12;
+/// Word 0 bit 13 of CMD_RESUME: Abort (a terminated transaction reports an abort).
+pub const RESUME_AB: u64 = 1 << 13;
+/// Word 1 bits 15:0 of CMD_RESUME: STAG.
+pub const RESUME_STAG: Field = Field::new("STAG", 15, 0);
 /// Word 1 bits 63:12 of ATC_INV and PREFETCH_ADDR.
 pub const ADDRESS_63_12: Field = Field::new("Address", 63, 12);
 /// Word 1 bits 4:0 of PREFETCH_ADDR.
@@ -141,6 +151,27 @@ pub struct TlbiRange {
     pub num: u8,
     /// TTL, 0..=3.
     pub ttl: u8,
+}
+
+/// `CMD_PRI_RESP` Resp (§4.5.2): what the device is told of its page request group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum PriResponse {
+    /// `0b00` ResponseFailure: a permanent error (the device stops using PRI).
+    Failure = 0,
+    /// `0b01` InvalidRequest: the pages of the group could not be made present.
+    InvalidRequest = 1,
+    /// `0b10` Success: the group was paged in; the device retries its translations.
+    Success = 2,
+}
+
+/// What `CMD_RESUME` does with a stalled transaction (§4.7.1, Action and Abort).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResumeAction {
+    /// Ac = 1: retried as if it had just arrived (it may fault again).
+    Retry,
+    /// Ac = 0, Ab = 1: terminated, an abort reported to the device.
+    Abort,
 }
 
 /// How a CMD_SYNC signals completion (CS field).
@@ -382,6 +413,47 @@ impl Command {
         }
         let w1 = address_bits(ADDRESS_63_12, address.get())? | size as u64;
         Ok(Self { words: [w0, w1] })
+    }
+
+    /// `CMD_PRI_RESP` (§4.5.2): answers page request group `group` (9 bits) of `sid` (and
+    /// `ssid`, sent as the response's PASID) with `resp`.
+    ///
+    /// # Errors
+    ///
+    /// [`SmmuError::FieldOutOfRange`] for a group index beyond 9 bits.
+    pub const fn pri_resp(
+        sid: StreamId,
+        ssid: Option<SubstreamId>,
+        group: u16,
+        resp: PriResponse,
+    ) -> Result<Self, SmmuError> {
+        let w1 = match PRI_PRGINDEX.set(0, group as u64) {
+            Ok(w) => PRI_RESP.set_masked(w, resp as u64),
+            Err(e) => return Err(e),
+        };
+        Ok(Self {
+            words: [ssid_word0(sid_word0(Opcode::PriResp, sid), ssid), w1],
+        })
+    }
+
+    /// `CMD_RESUME` (§4.7.1): retries or aborts the transaction of `sid` stalled with `stag`.
+    pub const fn resume(sid: StreamId, stag: u16, action: ResumeAction) -> Self {
+        let w0 = sid_word0(Opcode::Resume, sid)
+            | match action {
+                ResumeAction::Retry => RESUME_AC,
+                ResumeAction::Abort => RESUME_AB,
+            };
+        Self {
+            words: [w0, RESUME_STAG.set_masked(0, stag as u64)],
+        }
+    }
+
+    /// `CMD_STALL_TERM` (§4.7.2): marks every stalled transaction of `sid` for termination
+    /// (after its STE was made to terminate new transactions).
+    pub const fn stall_term(sid: StreamId) -> Self {
+        Self {
+            words: [sid_word0(Opcode::StallTerm, sid), 0],
+        }
     }
 
     /// `CMD_SYNC`: completes when every earlier command has; signals as `cs` says and, with

@@ -53,6 +53,13 @@ pub struct Features {
     /// Stage-1 faults must stall (`IDR0.STALL_MODEL` = 2): CD.S must be 1, and this driver
     /// does not resume stalled transactions, so it builds no stage-1 context on such a unit.
     pub stall_forced: bool,
+    /// Stage-1 faults may be made to stall or not, stream by stream (`IDR0.STALL_MODEL` = 0):
+    /// `STE.S1STALLD` exists and `CD.S` may be set for a device declared able to stall.
+    pub stall: bool,
+    /// PCIe PRI (`IDR0.PRI`): the PRI queue and `CMD_PRI_RESP`.
+    pub pri: bool,
+    /// Largest PRI queue, log2 entries (`IDR1.PRIQS`).
+    pub priq_max_log2: u32,
     /// Block-to-table replacement without break-before-make (`IDR3.BBML` = 2).
     pub bbml2: bool,
     /// StreamID bits (`IDR1.SIDSIZE`).
@@ -108,6 +115,9 @@ impl Features {
             aarch64_tables: matches!(idr.idr0.ttf(), Ttf::AArch64 | Ttf::Both),
             little_endian_tables: matches!(idr.idr0.ttendian(), TtEndian::Mixed | TtEndian::Little),
             stall_forced: idr.idr0.stall_model() == StallModel::StallForced,
+            stall: idr.idr0.stall_model() == StallModel::StallAndTerminate,
+            pri: f0.contains(Idr0Flags::PRI),
+            priq_max_log2: idr.idr1.priqs().min(19),
             bbml2: idr.idr3.bbml() == 2,
             sid_bits: idr.idr1.sidsize().min(32),
             ssid_bits: idr.idr1.ssidsize().min(20),

@@ -45,6 +45,7 @@ use crate::iommu::{
     Capabilities, DeviceHints, DeviceId, DomainConfig, DomainHandle, DomainPages, Error, Iommu,
     Missing, Pasid, ReclaimScope, Stage, UserStage1, VirtualId,
 };
+use crate::iopf::{FaultDrain, PageFault, PageResponse};
 use crate::mem::{Iova, PageAllocator, PhysAddr};
 use crate::mmio::RegisterWindow;
 use crate::pgtable::{DirtyRead, Gather, InvalidationComplete, IovaRange, Leaf, Mapping, Prot};
@@ -792,5 +793,13 @@ where
         ids: &[VirtualId],
     ) -> Result<usize, Error> {
         self.invalidate_user_impl(domain, requests, ids)
+    }
+
+    fn drain_page_faults(&self, out: &mut [PageFault]) -> Result<FaultDrain, Error> {
+        self.drain_page_faults_impl(out)
+    }
+
+    fn page_response(&self, response: &PageResponse) -> Result<(), Error> {
+        self.page_response_impl(response)
     }
 }

@@ -21,7 +21,8 @@
 //!    [`SmmuConfig::coherent_access`]), CR2 (RECINVSID);
 //! 5. STRTAB_BASE, STRTAB_BASE_CFG; CMDQ_BASE/PROD/CONS; CR0.CMDQEN, CR0ACK;
 //! 6. CMD_CFGI_ALL, CMD_TLBI_EL2_ALL (with `IDR0.HYP`), CMD_TLBI_NSNH_ALL, CMD_SYNC;
-//! 7. EVENTQ_BASE/PROD/CONS; CR0.EVENTQEN, CR0ACK; IRQ_CTRL as configured;
+//! 7. EVENTQ_BASE/PROD/CONS; CR0.EVENTQEN, CR0ACK; with `IDR0.PRI`, PRIQ_BASE/PROD/CONS and
+//!    CR0.PRIQEN, CR0ACK; IRQ_CTRL as configured;
 //! 8. CR0.SMMUEN (with CR0.ATSCHK on a unit with `IDR0.ATS`), CR0ACK.
 //!
 //! Locks (`spin`): configuration (stream table, streams, tag allocators) before a domain slot
@@ -45,7 +46,9 @@ use super::features::Features;
 use super::flush::DEFAULT_FLUSH_THRESHOLD;
 use super::idr::{Idr, Idr0Flags};
 use super::nested::{UserDomain, MAX_USER_DOMAINS};
+use super::page_faults::{StallBook, EVENT_ROUND};
 use super::platform::{DeviceFacts, Platform};
+use super::priq::PriQueue;
 use super::regs::{self, Cr0, Cr1, Cr2, Gbpa, Gerror, IrqCtrl};
 use super::ste::S1Fmt;
 use super::stream::{StreamState, MAX_STREAMS};
@@ -100,6 +103,11 @@ pub struct SmmuConfig {
     pub cmdq_log2: Option<u32>,
     /// Event queue size, log2 entries (at most `IDR1.EVENTQS`; default `min(EVENTQS, 7)`).
     pub eventq_log2: Option<u32>,
+    /// PRI queue size, log2 entries, on a unit with `IDR0.PRI` (at most `IDR1.PRIQS`; default
+    /// `min(PRIQS, 7)`). The queue is allocated and enabled by [`SmmuUnit::enable`]; the sum of
+    /// the page request credits given to devices (their PRI capability's Outstanding Page
+    /// Request Allocation) must not exceed it (IHI 0070 chapter 8).
+    pub priq_log2: Option<u32>,
     /// How CMD_SYNC completion is observed (MSI needs `IDR0.MSI` and `COHACC`, SEV `IDR0.SEV`).
     pub sync: SyncMode,
     /// Register (or memory) polls before any wait on the unit gives up.
@@ -148,6 +156,7 @@ impl Default for SmmuConfig {
             cd_format: S1Fmt::TwoLevel4K,
             cmdq_log2: None,
             eventq_log2: None,
+            priq_log2: None,
             sync: SyncMode::PollCons,
             poll_budget: DEFAULT_POLL_BUDGET,
             when_disabled: DisabledTraffic::Abort,
@@ -171,6 +180,8 @@ pub(crate) struct Resolved {
     pub(crate) cd_format: S1Fmt,
     pub(crate) cmdq_log2: u32,
     pub(crate) eventq_log2: u32,
+    /// Only meaningful with `IDR0.PRI`.
+    pub(crate) priq_log2: u32,
     pub(crate) sync: SyncMode,
     pub(crate) budget: u32,
     pub(crate) when_disabled: DisabledTraffic,
@@ -275,6 +286,11 @@ impl SmmuConfig {
             },
             cmdq_log2: bounded("command queue", self.cmdq_log2, 8, f.cmdq_max_log2)?,
             eventq_log2: bounded("event queue", self.eventq_log2, 7, f.eventq_max_log2)?,
+            priq_log2: if f.pri {
+                bounded("PRI queue", self.priq_log2, 7, f.priq_max_log2)?
+            } else {
+                0
+            },
             sync: self.sync,
             budget: self.poll_budget.max(1),
             when_disabled: self.when_disabled,
@@ -353,6 +369,12 @@ pub struct SmmuUnit<W: RegisterWindow, A: PageAllocator + Clone> {
     /// by `flush_owed`, which it serializes (they serialize on `cmdq` anyway).
     pub(crate) owed_kept: Mutex<Gather>,
     pub(crate) eventq: Mutex<Option<EventQueue<A>>>,
+    /// The PRI queue, on a unit with `IDR0.PRI` once enabled.
+    pub(crate) priq: Mutex<Option<PriQueue<A>>>,
+    /// `GERROR.PRIQ_ABT_ERR` was seen: requests may be lost, reported with the next drain.
+    pub(crate) priq_lost: AtomicBool,
+    /// Stalled transactions reported and not yet answered (`iopf_stall.rs`).
+    pub(crate) stalls: Mutex<StallBook>,
     pub(crate) domains: [RwLock<Option<Domain<A>>>; MAX_DOMAINS],
     /// Domains whose stage 1 a guest owns (`nested.rs`): changed under `config`.
     pub(crate) user_domains: RwLock<[Option<UserDomain>; MAX_USER_DOMAINS]>,
@@ -425,6 +447,9 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
             addr_of_mut!((*p).cmd_staging).write(Mutex::new(CommandStaging::new()));
             addr_of_mut!((*p).owed_kept).write(Mutex::new(Gather::new()));
             addr_of_mut!((*p).eventq).write(Mutex::new(None));
+            addr_of_mut!((*p).priq).write(Mutex::new(None));
+            addr_of_mut!((*p).priq_lost).write(AtomicBool::new(false));
+            addr_of_mut!((*p).stalls).write(Mutex::new(StallBook::new()));
             // An array is laid out as `MAX_DOMAINS` consecutive elements (the Reference, "Type
             // layout"): each is written in turn.
             let domains = addr_of_mut!((*p).domains).cast::<RwLock<Option<Domain<A>>>>();
@@ -541,6 +566,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         let mut config = self.config.lock();
         let mut cmdq = self.cmdq.lock();
         let mut eventq = self.eventq.lock();
+        let mut priq = self.priq.lock();
         let budget = self.cfg.budget;
         let coherency = self.features.coherency();
         // GBPA first: it governs traffic only once SMMUEN is clear, so setting it while a
@@ -579,6 +605,15 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
                 self.features.oas,
             )?);
         }
+        if self.features.pri && priq.is_none() {
+            *priq = Some(PriQueue::new(
+                self.alloc.clone(),
+                self.cfg.priq_log2,
+                self.features.priq_max_log2,
+                coherency,
+                self.features.oas,
+            )?);
+        }
         let (Some(strtab), Some(cq), Some(eq)) =
             (config.strtab.as_ref(), cmdq.as_mut(), eventq.as_mut())
         else {
@@ -612,6 +647,14 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         eq.program(&self.regs);
         cr0 |= Cr0::EVENTQEN;
         regs::write_cr0(&self.regs, cr0.bits(), budget)?;
+        if let Some(pq) = priq.as_mut() {
+            // Software's credits were sized for an empty queue: requests lost before (while
+            // the unit was off, every one was answered Response Failure) are not waited for.
+            pq.program(&self.regs);
+            self.priq_lost.store(false, Ordering::Release);
+            cr0 |= Cr0::PRIQEN;
+            regs::write_cr0(&self.regs, cr0.bits(), budget)?;
+        }
         if !self.cfg.interrupts.is_empty() {
             regs::write_irq_ctrl(&self.regs, self.cfg.interrupts, budget)?;
         }
@@ -679,15 +722,38 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
     /// It takes the event queue's and the command queue's spin locks: call it from a context
     /// that cannot interrupt a unit operation on the same CPU (a threaded handler, or with the
     /// unit's other calls made with that interrupt masked).
-    pub fn handle_events(&self, max: usize, handler: impl FnMut(Event)) -> EventReport {
-        let events = match self.eventq.lock().as_mut() {
-            Some(q) => q.drain(&self.regs, max, handler),
-            None => DrainReport {
-                consumed: 0,
-                overflowed: false,
-                more: false,
-            },
+    pub fn handle_events(&self, max: usize, mut handler: impl FnMut(Event)) -> EventReport {
+        let mut events = DrainReport {
+            consumed: 0,
+            overflowed: false,
+            more: false,
         };
+        // In rounds: a stall record is filed for the fault path (`page_faults`), and one the
+        // unit's book has no room for is aborted once the event queue's lock is released.
+        loop {
+            let budget = (max - events.consumed).min(EVENT_ROUND);
+            let mut abort = [None; EVENT_ROUND];
+            let round = match self.eventq.lock().as_mut() {
+                Some(q) => q.drain(&self.regs, budget, |e| {
+                    if let Some(a) = self.file_stall(&e) {
+                        if let Some(slot) = abort.iter_mut().find(|s| s.is_none()) {
+                            *slot = Some(a);
+                        }
+                    }
+                    handler(e)
+                }),
+                None => break,
+            };
+            for (sid, stag) in abort.iter().flatten().copied() {
+                let _ = self.abort_stall(sid, stag);
+            }
+            events.consumed += round.consumed;
+            events.overflowed |= round.overflowed;
+            events.more = round.more;
+            if !round.more || events.consumed >= max {
+                break;
+            }
+        }
         let gerror = Gerror::active(&self.regs);
         if gerror.contains(Gerror::SFM_ERR) {
             // Left active: acknowledging does not leave the mode (§12.3), and `enable` refuses
@@ -702,6 +768,11 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         } else {
             None
         };
+        if gerror.contains(Gerror::PRIQ_ABT_ERR) {
+            // §8.2: PRI records may have been lost (their requests answered or not): the next
+            // drain reports it, so that the groups they belonged to are dropped.
+            self.priq_lost.store(true, Ordering::Release);
+        }
         let others = gerror - Gerror::CMDQ_ERR - Gerror::SFM_ERR;
         if !others.is_empty() {
             Gerror::acknowledge(&self.regs, others);
@@ -770,6 +841,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> Drop for SmmuUnit<W, A> {
         }
         core::mem::forget(self.cmdq.get_mut().take());
         core::mem::forget(self.eventq.get_mut().take());
+        core::mem::forget(self.priq.get_mut().take());
     }
 }
 

@@ -15,6 +15,7 @@ mod faults;
 mod granule;
 mod iommufd17;
 mod iopf;
+mod iopf_smmu;
 mod lifecycle;
 mod nested;
 mod nested_vtd;

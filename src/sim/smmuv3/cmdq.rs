@@ -45,6 +45,12 @@ pub mod op {
     pub const TLBI_NSNH_ALL: u8 = 0x30;
     /// ATC_INV.
     pub const ATC_INV: u8 = 0x40;
+    /// PRI_RESP.
+    pub const PRI_RESP: u8 = 0x41;
+    /// RESUME.
+    pub const RESUME: u8 = 0x44;
+    /// STALL_TERM.
+    pub const STALL_TERM: u8 = 0x45;
     /// CMD_SYNC.
     pub const CMD_SYNC: u8 = 0x46;
 }
@@ -284,6 +290,11 @@ fn execute(
         }
         op::ATC_INV => {
             only(cmd, [SSV | SSID | ATC_GLOBAL | SID, ATC_SIZE | VA])?;
+            Outcome::Done
+        }
+        op::PRI_RESP if cfg.has0(idr0::PRI) => {
+            only(cmd, [SSV | SSID | SID, bits(8, 0) | bits(13, 12)])?;
+            super::priq::respond(state, mem, cfg, cmd).map_err(|()| cerror::ILL)?;
             Outcome::Done
         }
         op::CMD_SYNC => sync(state, mem, cfg, cmd)?,

@@ -28,6 +28,8 @@ pub(crate) mod idr0 {
     pub const MSI: u32 = 1 << 13;
     /// SEV on CMD_SYNC completion supported.
     pub const SEV: u32 = 1 << 14;
+    /// PCIe PRI: the PRI queue and CMD_PRI_RESP.
+    pub const PRI: u32 = 1 << 16;
     /// 16-bit VMIDs.
     pub const VMID16: u32 = 1 << 18;
     /// 2-level context-descriptor tables supported.
@@ -48,6 +50,8 @@ pub(crate) mod idr1 {
     pub const SIDSIZE_SHIFT: u32 = 0;
     /// SSIDSIZE[10:6].
     pub const SSIDSIZE_SHIFT: u32 = 6;
+    /// PRIQS[15:11]: log2 of the largest PRI queue.
+    pub const PRIQS_SHIFT: u32 = 11;
     /// EVENTQS[20:16]: log2 of the largest event queue.
     pub const EVENTQS_SHIFT: u32 = 16;
     /// CMDQS[25:21]: log2 of the largest command queue.
@@ -67,6 +71,8 @@ pub(crate) mod idr3 {
     pub const HAD: u32 = 1 << 2;
     /// FEAT_XNX at stage 2.
     pub const XNX: u32 = 1 << 4;
+    /// PPS: automatic PRI responses carry the request's PASID whatever STE.PPAR says.
+    pub const PPS: u32 = 1 << 5;
     /// Stage-2 forced write-back (STE.S2FWB).
     pub const FWB: u32 = 1 << 8;
     /// Range invalidation (TG, SCALE, NUM, TTL in TLBI commands).
@@ -204,6 +210,27 @@ impl SmmuModelConfig {
         self.set(0, idr0::ATS, on)
     }
 
+    /// IDR0.PRI with IDR1.PRIQS = `log2` (capped at 19) and IDR3.PPS: a PRI queue of at most
+    /// `2^log2` entries (`on` = false clears all three).
+    pub const fn with_pri(mut self, on: bool, log2: u8) -> Self {
+        let q = if !on {
+            0
+        } else if log2 > 19 {
+            19
+        } else {
+            log2 as u32
+        };
+        self.idr[1] = self.idr[1] & !(0x1f << idr1::PRIQS_SHIFT) | q << idr1::PRIQS_SHIFT;
+        self.set(0, idr0::PRI, on).set(3, idr3::PPS, on)
+    }
+
+    /// IDR0.STALL_MODEL: 0b00 stall and terminate, 0b01 terminate only, 0b10 stall forced.
+    pub const fn with_stall_model(mut self, model: u32) -> Self {
+        self.idr[0] =
+            self.idr[0] & !(3 << idr0::STALL_MODEL_SHIFT) | (model & 3) << idr0::STALL_MODEL_SHIFT;
+        self
+    }
+
     /// IDR1.SSIDSIZE (capped at 20); non-zero also sets IDR0.CD2L (2-level CD tables).
     pub const fn with_ssid_bits(mut self, bits: u8) -> Self {
         let bits = if bits > 20 { 20 } else { bits as u32 };
@@ -291,6 +318,10 @@ impl SmmuModelConfig {
 
     pub(crate) const fn cmdq_max_log2(&self) -> u32 {
         (self.idr[1] >> idr1::CMDQS_SHIFT) & 0x1f
+    }
+
+    pub(crate) const fn priq_max_log2(&self) -> u32 {
+        (self.idr[1] >> idr1::PRIQS_SHIFT) & 0x1f
     }
 
     pub(crate) const fn eventq_max_log2(&self) -> u32 {

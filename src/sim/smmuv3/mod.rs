@@ -37,7 +37,9 @@
 //!   `S2AP[1]`) on the first write through its TLB entry, and not again until that entry is
 //!   invalidated -- so cleaning dirty state without a TLBI loses later writes, as on hardware.
 //!   Updates are read-modify-write through the arena, not atomic against a concurrent CPU write.
-//! - Not modelled: Secure state, stalls and PRI, ATS translation requests, STE.STRW = EL2,
+//! - the PRI queue of chapter 8 ([`priq`]): devices' page requests, overflow and automatic
+//!   responses, `CMD_PRI_RESP` and the device's retry;
+//! - Not modelled: Secure state, stalls, ATS translation requests, STE.STRW = EL2,
 //!   AArch32 and big-endian tables, MSIs for events and GERROR, cache maintenance for
 //!   IDR0.COHACC = 0 (the model reads memory as it is; the arena's sync recorder checks that).
 
@@ -45,6 +47,7 @@ mod cd;
 pub mod cmdq;
 pub mod config;
 pub mod event;
+pub mod priq;
 mod reach;
 mod regs;
 mod stage;
@@ -254,6 +257,8 @@ pub(crate) struct State {
     sync_stalled: bool,
     /// In service failure mode (injected): left only by [`SmmuModel::reset`].
     service_failure: bool,
+    /// The PRI queue's requests and responses ([`priq`]).
+    pri: priq::PriState,
 }
 
 impl State {
@@ -306,6 +311,7 @@ impl<'m> SmmuModel<'m> {
                 injections: Injections::default(),
                 sync_stalled: false,
                 service_failure: false,
+                pri: priq::PriState::default(),
             }),
         }
     }
@@ -507,6 +513,31 @@ impl<'m> SmmuModel<'m> {
         (c.tlb.len(), c.walk.len(), c.ste.len(), c.cd.len())
     }
 
+    /// A device's PCIe page request arriving at the SMMU (see [`priq`]).
+    pub fn page_request(&self, req: priq::PriRequest) -> priq::PriOutcome {
+        priq::page_request(&mut self.lock(), self.mem, &self.cfg, req)
+    }
+
+    /// Every PRG response the SMMU sent devices, oldest first.
+    pub fn pri_responses(&self) -> Vec<priq::PriResponse> {
+        self.lock().pri.responses.clone()
+    }
+
+    /// Every page a device asked for again after a Success response.
+    pub fn pri_retries(&self) -> Vec<priq::PriRetry> {
+        self.lock().pri.retries.clone()
+    }
+
+    /// Page requests queued whose group was not answered yet.
+    pub fn outstanding_page_requests(&self) -> usize {
+        self.lock().pri.outstanding.len()
+    }
+
+    /// Page requests discarded in a PRI queue overflow condition.
+    pub fn pri_lost(&self) -> u64 {
+        self.lock().pri.lost
+    }
+
     /// Event records software has not consumed yet (between EVENTQ_CONS and EVENTQ_PROD),
     /// read from memory without moving CONS.
     pub fn pending_events(&self) -> Vec<EventRecord> {
@@ -576,6 +607,12 @@ impl<'m> SmmuModel<'m> {
             regs::EVENTQ_CONS | regs::EVENTQ_CONS_PAGE0 => {
                 r.eventq_cons = value & (EVENTQ_OVFLG | 0xf_ffff)
             }
+            regs::PRIQ_PROD if !r.enabled(cr0::PRIQEN) && self.cfg.has0(config::idr0::PRI) => {
+                r.priq_prod = value
+            }
+            regs::PRIQ_CONS if self.cfg.has0(config::idr0::PRI) => {
+                r.priq_cons = value & (regs::PRIQ_OVFLG | 0xf_ffff)
+            }
             regs::EVENTQ_IRQ_CFG1 => r.eventq_irq_cfg1 = value,
             regs::EVENTQ_IRQ_CFG2 => r.eventq_irq_cfg2 = value,
             // Halves of 64-bit registers.
@@ -610,6 +647,10 @@ impl<'m> SmmuModel<'m> {
             regs::CMDQ_BASE => !queues && !r.enabled(cr0::CMDQEN),
             regs::EVENTQ_BASE => !queues && !r.enabled(cr0::EVENTQEN),
             regs::GERROR_IRQ_CFG0 | regs::EVENTQ_IRQ_CFG0 => true,
+            regs::PRIQ_BASE => {
+                self.cfg.has0(config::idr0::PRI) && !queues && !r.enabled(cr0::PRIQEN)
+            }
+            regs::PRIQ_IRQ_CFG0 => self.cfg.has0(config::idr0::PRI),
             _ => false,
         };
         ok && st.regs.reg64(offset).is_some()

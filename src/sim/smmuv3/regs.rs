@@ -1,6 +1,6 @@
 //! The register file: offsets and fields of Arm IHI 0070 G.b §6.2 (register map) and §6.3
 //! (register descriptions): CR0/CR0ACK, CR1, CR2, GBPA, IRQ_CTRL/ACK, GERROR/GERRORN,
-//! STRTAB_BASE/_CFG, CMDQ_BASE/PROD/CONS, EVENTQ_BASE/PROD/CONS (page 1).
+//! STRTAB_BASE/_CFG, CMDQ_BASE/PROD/CONS, EVENTQ_BASE/PROD/CONS and PRIQ_BASE/PROD/CONS (page 1).
 //!
 //! The model answers page 0 (offset 0x0) and page 1 (offset 0x10000). SMMU_EVENTQ_PROD/CONS
 //! live in page 1 (0x100A8/0x100AC); the model also answers them at their page-0 offsets
@@ -34,9 +34,13 @@ pub(crate) const EVENTQ_CONS_PAGE0: usize = 0xac;
 pub(crate) const EVENTQ_IRQ_CFG0: usize = 0xb0;
 pub(crate) const EVENTQ_IRQ_CFG1: usize = 0xb8;
 pub(crate) const EVENTQ_IRQ_CFG2: usize = 0xbc;
+pub(crate) const PRIQ_BASE: usize = 0xc0;
+pub(crate) const PRIQ_IRQ_CFG0: usize = 0xd0;
 pub(crate) const PAGE1: usize = 0x1_0000;
 pub(crate) const EVENTQ_PROD: usize = PAGE1 + 0xa8;
 pub(crate) const EVENTQ_CONS: usize = PAGE1 + 0xac;
+pub(crate) const PRIQ_PROD: usize = PAGE1 + 0xc8;
+pub(crate) const PRIQ_CONS: usize = PAGE1 + 0xcc;
 /// The window: two 64 KiB pages.
 pub(crate) const WINDOW_LEN: usize = 2 * PAGE1;
 
@@ -66,6 +70,7 @@ pub(crate) mod gbpa {
 pub(crate) mod gerror {
     pub const CMDQ_ERR: u32 = 1 << 0;
     pub const EVENTQ_ABT_ERR: u32 = 1 << 2;
+    pub const PRIQ_ABT_ERR: u32 = 1 << 3;
     pub const MSI_CMDQ_ABT_ERR: u32 = 1 << 4;
     /// Service failure mode entered (§12.3); acknowledging it does not leave the mode.
     pub const SFM_ERR: u32 = 1 << 8;
@@ -95,6 +100,8 @@ pub(crate) const CMDQ_CONS_ERR_SHIFT: u32 = 24;
 pub(crate) const CMDQ_CONS_ERR_MASK: u32 = 0x7f << CMDQ_CONS_ERR_SHIFT;
 /// SMMU_EVENTQ_PROD.OVFLG and SMMU_EVENTQ_CONS.OVACKFLG (bit 31).
 pub(crate) const EVENTQ_OVFLG: u32 = 1 << 31;
+/// SMMU_PRIQ_PROD.OVFLG and SMMU_PRIQ_CONS.OVACKFLG (bit 31).
+pub(crate) const PRIQ_OVFLG: u32 = 1 << 31;
 
 /// The registers software writes, as they read back.
 #[derive(Clone, Copy, Debug, Default)]
@@ -122,6 +129,10 @@ pub(crate) struct Regs {
     pub eventq_irq_cfg0: u64,
     pub eventq_irq_cfg1: u32,
     pub eventq_irq_cfg2: u32,
+    pub priq_base: u64,
+    pub priq_prod: u32,
+    pub priq_cons: u32,
+    pub priq_irq_cfg0: u64,
 }
 
 impl Regs {
@@ -141,6 +152,8 @@ impl Regs {
             CMDQ_BASE => &mut self.cmdq_base,
             EVENTQ_BASE => &mut self.eventq_base,
             EVENTQ_IRQ_CFG0 => &mut self.eventq_irq_cfg0,
+            PRIQ_BASE => &mut self.priq_base,
+            PRIQ_IRQ_CFG0 => &mut self.priq_irq_cfg0,
             _ => return None,
         })
     }
@@ -167,6 +180,8 @@ impl Regs {
             EVENTQ_CONS | EVENTQ_CONS_PAGE0 => self.eventq_cons,
             EVENTQ_IRQ_CFG1 => self.eventq_irq_cfg1,
             EVENTQ_IRQ_CFG2 => self.eventq_irq_cfg2,
+            PRIQ_PROD => self.priq_prod,
+            PRIQ_CONS => self.priq_cons,
             _ => return None,
         })
     }

@@ -1,0 +1,192 @@
+//! I/O page faults on an SMMUv3: PCIe page requests from the PRI queue (Arm IHI 0070 H.a
+//! chapter 8, answered with `CMD_PRI_RESP`, §4.5.2) and stalled transactions (§3.12.2 "Stall
+//! model": an event record with `Stall` = 1 and its `STAG`, §7.3, answered with `CMD_RESUME`,
+//! §4.7.1, or terminated with the stream by `CMD_STALL_TERM`, §4.7.2), as [`crate::iopf`]
+//! faults.
+//!
+//! Stall records arrive in the event queue, which [`SmmuUnit::handle_events`] drains: it
+//! files each one in the unit's [`StallBook`] (and still shows it to its handler), from which
+//! [`Iommu::drain_page_faults`](crate::iommu::Iommu::drain_page_faults) hands them on with the
+//! PRI queue's requests. A stall the book has no room for is aborted at once (`CMD_RESUME`
+//! with Abort): a stalled transaction must not wait for an answer nobody will give.
+
+use core::sync::atomic::Ordering;
+
+use super::cmd::{Command, PriResponse, ResumeAction};
+use super::event::{Event, EventFlags};
+use super::{SmmuError, SmmuUnit, StreamId, SubstreamId};
+use crate::iommu::{DeviceId, Error, Missing, Pasid};
+use crate::iopf::{FaultDrain, FaultKind, FaultPerm, PageFault, PageResponse, ResponseCode};
+use crate::mem::PageAllocator;
+use crate::mmio::RegisterWindow;
+
+/// Stalled transactions a unit keeps between [`SmmuUnit::handle_events`] and the next drain.
+pub const MAX_STALLS: usize = 32;
+
+/// Stall records waiting to be drained, oldest first (a ring of [`MAX_STALLS`]).
+pub(crate) struct StallBook {
+    ring: [PageFault; MAX_STALLS],
+    head: usize,
+    len: usize,
+    /// Stalls aborted because the book was full.
+    pub(crate) aborted: u64,
+}
+
+impl StallBook {
+    pub(crate) const fn new() -> Self {
+        Self {
+            ring: [PageFault::EMPTY; MAX_STALLS],
+            head: 0,
+            len: 0,
+            aborted: 0,
+        }
+    }
+
+    /// Files `f`; `false` when the book is full.
+    fn push(&mut self, f: PageFault) -> bool {
+        if self.len == MAX_STALLS {
+            return false;
+        }
+        if let Some(slot) = self.ring.get_mut((self.head + self.len) % MAX_STALLS) {
+            *slot = f;
+        }
+        self.len += 1;
+        true
+    }
+
+    fn pop(&mut self) -> Option<PageFault> {
+        if self.len == 0 {
+            return None;
+        }
+        let f = self.ring.get(self.head).copied();
+        self.head = (self.head + 1) % MAX_STALLS;
+        self.len -= 1;
+        f
+    }
+}
+
+/// The fault a stall record describes, or `None` for a record that holds no transaction.
+pub fn stall_fault(e: &Event) -> Option<PageFault> {
+    let stag = e.stag?;
+    let mut perm = FaultPerm::empty();
+    if e.flags.contains(EventFlags::RNW) {
+        perm |= FaultPerm::READ;
+    } else {
+        perm |= FaultPerm::WRITE;
+    }
+    perm.set(FaultPerm::EXEC, e.flags.contains(EventFlags::IND));
+    perm.set(FaultPerm::PRIV, e.flags.contains(EventFlags::PNU));
+    Some(PageFault {
+        device: DeviceId(e.stream_id.0),
+        pasid: e.substream_id.and_then(Pasid::new),
+        addr: e.input_address.unwrap_or(0),
+        perm,
+        kind: FaultKind::Stall { stag },
+    })
+}
+
+/// Events taken from the queue per round of [`SmmuUnit::handle_events`]: the stalls of a
+/// round that find the book full are aborted after the event queue's lock is released.
+pub(crate) const EVENT_ROUND: usize = 16;
+
+impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
+    /// Files `e` if it is a stall record; returns the stall to abort when the book is full.
+    pub(crate) fn file_stall(&self, e: &Event) -> Option<(StreamId, u16)> {
+        let f = stall_fault(e)?;
+        let mut book = self.stalls.lock();
+        if book.push(f) {
+            return None;
+        }
+        book.aborted = book.aborted.saturating_add(1);
+        Some((e.stream_id, e.stag.unwrap_or(0)))
+    }
+
+    /// Stalls aborted because the unit's book of unanswered stalls was full.
+    pub fn stalls_aborted(&self) -> u64 {
+        self.stalls.lock().aborted
+    }
+
+    /// Aborts the stalled transaction `(sid, stag)` (a `CMD_RESUME` with Abort and a sync).
+    pub(crate) fn abort_stall(&self, sid: StreamId, stag: u16) -> Result<(), SmmuError> {
+        self.with_cmdq(|q, r| {
+            q.submit_and_sync(r, &[Command::resume(sid, stag, ResumeAction::Abort)])
+        })
+    }
+
+    /// [`Iommu::drain_page_faults`](crate::iommu::Iommu::drain_page_faults): filed stalls
+    /// first, then the PRI queue.
+    pub(crate) fn drain_page_faults_impl(
+        &self,
+        out: &mut [PageFault],
+    ) -> Result<FaultDrain, Error> {
+        self.usable()?;
+        let has_priq = self.priq.lock().is_some();
+        if !has_priq && !self.features.stall {
+            return Err(Error::Unsupported(Missing::Mode {
+                what: "I/O page faults (SMMUv3 IDR0.PRI, or IDR0.STALL_MODEL = 0b00)",
+            }));
+        }
+        let mut d = FaultDrain::default();
+        {
+            let mut book = self.stalls.lock();
+            while d.reported < out.len() {
+                let Some(f) = book.pop() else { break };
+                if let Some(slot) = out.get_mut(d.reported) {
+                    *slot = f;
+                }
+                d.reported += 1;
+            }
+            d.more = book.len > 0;
+        }
+        if let Some(pq) = self.priq.lock().as_mut() {
+            let rest = out.get_mut(d.reported..).unwrap_or_default();
+            let p = pq.drain(&self.regs, rest);
+            d.reported += p.reported;
+            d.more |= p.more;
+            d.overflow = p.overflow;
+        }
+        if !d.more && self.priq_lost.swap(false, Ordering::AcqRel) {
+            d.overflow = true;
+        }
+        Ok(d)
+    }
+
+    /// [`Iommu::page_response`](crate::iommu::Iommu::page_response): `CMD_PRI_RESP` for a page
+    /// request group (Success, InvalidRequest, ResponseFailure), `CMD_RESUME` for a stall
+    /// (Retry for Success, Abort otherwise), then a sync.
+    pub(crate) fn page_response_impl(&self, response: &PageResponse) -> Result<(), Error> {
+        let sid = StreamId(response.device.0);
+        let cmd = match response.kind {
+            FaultKind::PageRequest { group, .. } => {
+                if !self.features.pri {
+                    return Err(Error::Unsupported(Missing::Mode {
+                        what: "CMD_PRI_RESP (IDR0.PRI)",
+                    }));
+                }
+                let ssid = match response.pasid {
+                    Some(p) => Some(SubstreamId::new(p.get())?),
+                    None => None,
+                };
+                let resp = match response.code {
+                    ResponseCode::Success => PriResponse::Success,
+                    ResponseCode::Invalid => PriResponse::InvalidRequest,
+                    ResponseCode::Failure => PriResponse::Failure,
+                };
+                Command::pri_resp(sid, ssid, group, resp)?
+            }
+            FaultKind::Stall { stag } => {
+                if !self.features.stall {
+                    return Err(Error::Unsupported(Missing::Mode {
+                        what: "CMD_RESUME (IDR0.STALL_MODEL = 0b00)",
+                    }));
+                }
+                let action = match response.code {
+                    ResponseCode::Success => ResumeAction::Retry,
+                    ResponseCode::Invalid | ResponseCode::Failure => ResumeAction::Abort,
+                };
+                Command::resume(sid, stag, action)
+            }
+        };
+        Ok(self.with_cmdq(|q, r| q.submit_and_sync(r, &[cmd]))?)
+    }
+}

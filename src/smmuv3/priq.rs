@@ -1,0 +1,222 @@
+//! The PRI queue: PCIe page requests (PPRs) the SMMU writes for software, and their overflow.
+//!
+//! Arm IHI 0070 (H.a) chapter 8 "Page request queue" (the 16-byte entry), §8.1 "PRI queue
+//! overflow" and §8.1.1 "Recovery procedure", §8.2 (automatic responses, `PRIQ_ABT_ERR`);
+//! §6.3 `SMMU_PRIQ_BASE` (0xC0: ADDR 51:5, LOG2SIZE 4:0), `SMMU_PRIQ_PROD` / `SMMU_PRIQ_CONS`
+//! (page 1, 0xC8 / 0xCC: index and wrap, `OVFLG` / `OVACKFLG` in bit 31), `CR0.PRIQEN`;
+//! `IDR0.PRI` says the unit has it, `IDR1.PRIQS` bounds its size.
+//!
+//! Entry: `dw0` StreamID 31:0, SubstreamID 51:32, Priv 58, X 59, R 60, W 61, Last 62, SSV 63;
+//! `dw1` PRGIndex 8:0, page address 63:12. A request with a PASID and `LWR` = 0b100 is a Stop
+//! PASID marker, which asks for no answer and is skipped.
+//!
+//! Overflow (§8.1): while `PROD.OVFLG` differs from `CONS.OVACKFLG` the SMMU writes nothing
+//! more, answers every discarded request with Last = 1 itself (Success) and drops the others,
+//! so the queue may hold groups whose last request was lost (and answered). Software reads
+//! the whole queue, then moves `CONS` past it and acknowledges the overflow in one write;
+//! [`PriQueue::drain`] reports the overflow with that write, and the caller drops the groups
+//! that did not complete (`FaultQueue::discard_partial`).
+
+use core::ptr::NonNull;
+use core::sync::atomic::Ordering;
+
+use super::field::Field;
+use super::queue::{QueueMemory, QueuePointer};
+use super::regs;
+use super::SmmuError;
+use crate::iommu::{DeviceId, Pasid};
+use crate::iopf::{FaultKind, FaultPerm, PageFault};
+use crate::mem::{PageAllocator, WalkerCoherency};
+use crate::mmio::{dma_read_barrier, RegisterWindow};
+
+const ENTRY_LOG2: u32 = 4;
+const OVERFLOW_FLAG: u32 = 1 << 31;
+
+/// `dw0` bits 31:0.
+pub const STREAM_ID: Field = Field::new("StreamID", 31, 0);
+/// `dw0` bits 51:32.
+pub const SUBSTREAM_ID: Field = Field::new("SubstreamID", 51, 32);
+/// `dw0` bit 58: Privileged.
+pub const PRIV: u64 = 1 << 58;
+/// `dw0` bit 59: eXecute.
+pub const EXEC: u64 = 1 << 59;
+/// `dw0` bit 60: Read.
+pub const READ: u64 = 1 << 60;
+/// `dw0` bit 61: Write.
+pub const WRITE: u64 = 1 << 61;
+/// `dw0` bit 62: Last request of its group.
+pub const LAST: u64 = 1 << 62;
+/// `dw0` bit 63: SubstreamID valid.
+pub const SSV: u64 = 1 << 63;
+/// `dw1` bits 8:0.
+pub const PRG_INDEX: Field = Field::new("PRGIndex", 8, 0);
+/// `dw1` bits 63:12.
+pub const PAGE_ADDRESS: Field = Field::new("Page address", 63, 12);
+
+/// Decodes a PRI queue entry; `None` for a Stop PASID marker (SSV, `LWR` = 0b100).
+pub fn decode(dw0: u64, dw1: u64) -> Option<PageFault> {
+    let ssv = dw0 & SSV != 0;
+    let lwr = dw0 & (LAST | WRITE | READ);
+    if ssv && lwr == LAST {
+        return None;
+    }
+    let mut perm = FaultPerm::empty();
+    perm.set(FaultPerm::READ, dw0 & READ != 0);
+    perm.set(FaultPerm::WRITE, dw0 & WRITE != 0);
+    // X and Priv are 0 without a PASID (chapter 8).
+    perm.set(FaultPerm::EXEC, ssv && dw0 & EXEC != 0);
+    perm.set(FaultPerm::PRIV, ssv && dw0 & PRIV != 0);
+    Some(PageFault {
+        device: DeviceId(STREAM_ID.get(dw0) as u32),
+        pasid: if ssv {
+            Pasid::new(SUBSTREAM_ID.get(dw0) as u32)
+        } else {
+            None
+        },
+        addr: dw1 & PAGE_ADDRESS.mask(),
+        perm,
+        kind: FaultKind::PageRequest {
+            group: PRG_INDEX.get(dw1) as u16,
+            last: dw0 & LAST != 0,
+        },
+    })
+}
+
+/// What one [`PriQueue::drain`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PriDrain {
+    /// Requests written to the caller's slice.
+    pub reported: usize,
+    /// Entries remain (the slice was full).
+    pub more: bool,
+    /// An overflow condition was acknowledged with this drain: requests were lost before it.
+    pub overflow: bool,
+}
+
+/// The PRI queue of one unit. Crate-private for the reason [`EventQueue`](super::eventq) is:
+/// it frees its memory on `Drop`, which only the unit can know to be safe (`CR0.PRIQEN` off).
+pub(crate) struct PriQueue<A: PageAllocator> {
+    mem: QueueMemory<A>,
+    cons: QueuePointer,
+    overflow_ack: u32,
+}
+
+// SAFETY: the queue page is owned by the PriQueue (freed only by its `Drop`); moving it to
+// another thread moves that ownership, and the memory is accessed only through atomics.
+unsafe impl<A: PageAllocator + Send> Send for PriQueue<A> {}
+
+impl<A: PageAllocator> PriQueue<A> {
+    /// Allocates a queue of `2^log2` entries; `max_log2` is `IDR1.PRIQS`.
+    ///
+    /// # Errors
+    /// [`SmmuError::SizeUnsupported`], [`SmmuError::NoMemory`], [`SmmuError::TableOutOfRange`].
+    pub fn new(
+        alloc: A,
+        log2: u32,
+        max_log2: u32,
+        coherency: WalkerCoherency,
+        oas: u32,
+    ) -> Result<Self, SmmuError> {
+        let mem = QueueMemory::new(
+            alloc,
+            "PRI queue",
+            log2,
+            max_log2,
+            ENTRY_LOG2,
+            coherency,
+            oas,
+        )?;
+        Ok(Self {
+            mem,
+            cons: QueuePointer::zero(log2),
+            overflow_ack: 0,
+        })
+    }
+
+    /// Writes PRIQ_BASE and zeroes PROD and CONS. Only while `CR0.PRIQEN = 0`.
+    pub fn program<W: RegisterWindow + ?Sized>(&mut self, regs: &W) {
+        regs.write64(regs::PRIQ_BASE, self.mem.base_register());
+        regs.write32(regs::PRIQ_PROD, 0);
+        regs.write32(regs::PRIQ_CONS, 0);
+        self.cons = QueuePointer::zero(self.mem.log2);
+        self.overflow_ack = 0;
+    }
+
+    /// Moves up to `out.len()` requests into `out`, oldest first, then publishes CONS. An
+    /// overflow is acknowledged (`OVACKFLG` = `OVFLG`) in the CONS write that reaches the PROD
+    /// it was seen with, as §8.1 recommends: by then every group whose last request was lost
+    /// is in the caller's hands, and new requests may follow.
+    pub fn drain<W: RegisterWindow + ?Sized>(
+        &mut self,
+        regs: &W,
+        out: &mut [PageFault],
+    ) -> PriDrain {
+        let raw_prod = regs.read32(regs::PRIQ_PROD);
+        let prod = QueuePointer::from_register(self.mem.log2, raw_prod);
+        let flag = raw_prod & OVERFLOW_FLAG;
+        // Entries the unit wrote before updating PROD are read after reading PROD.
+        dma_read_barrier();
+        let mut reported = 0;
+        while self.cons != prod && reported < out.len() {
+            let entry = self.mem.entry(self.cons.index());
+            if let (WalkerCoherency::NonCoherent, Some(first)) = (self.mem.coherency, entry.first())
+            {
+                // The unit wrote the entry to memory behind the CPU caches.
+                let len = entry.len() * 8;
+                self.mem
+                    .alloc
+                    .sync_for_cpu(NonNull::from(first).cast(), len);
+            }
+            let mut raw = [0u64; 2];
+            for (r, w) in raw.iter_mut().zip(entry) {
+                *r = w.load(Ordering::Acquire);
+            }
+            if let (Some(fault), Some(slot)) = (decode(raw[0], raw[1]), out.get_mut(reported)) {
+                *slot = fault;
+                reported += 1;
+            }
+            self.cons = self.cons.advance(1);
+        }
+        let drained = self.cons == prod;
+        let overflow = drained && flag != self.overflow_ack;
+        if drained {
+            self.overflow_ack = flag;
+        }
+        regs.write32(regs::PRIQ_CONS, self.cons.register() | self.overflow_ack);
+        PriDrain {
+            reported,
+            more: !drained,
+            overflow,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_requests_and_skips_stop_markers() {
+        // SID 0x42, SSID 5, R | W | Last | SSV | Priv | X; PRGIndex 0x1ff, page 0xdead_b000.
+        let dw0 = 0x42 | 5 << 32 | PRIV | EXEC | READ | WRITE | LAST | SSV;
+        let f = decode(dw0, 0xdead_b000 | 0x1ff).unwrap();
+        assert_eq!(f.device, DeviceId(0x42));
+        assert_eq!(f.pasid, Pasid::new(5));
+        assert_eq!(f.addr, 0xdead_b000);
+        assert_eq!(f.perm, FaultPerm::all());
+        assert_eq!(
+            f.kind,
+            FaultKind::PageRequest {
+                group: 0x1ff,
+                last: true
+            }
+        );
+        // Without SSV: no PASID, X and Priv read as 0.
+        let f = decode(0x42 | PRIV | EXEC | READ, 0x1000).unwrap();
+        assert_eq!((f.pasid, f.perm), (None, FaultPerm::READ));
+        // A Stop PASID marker (SSV, L = 1, W = R = 0) asks for nothing.
+        assert_eq!(decode(0x42 | LAST | SSV, 0), None);
+        // Without a PASID the same bits are a page request.
+        assert!(decode(0x42 | LAST, 0).is_some());
+    }
+}
