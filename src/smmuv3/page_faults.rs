@@ -5,7 +5,7 @@
 //! faults.
 //!
 //! Stall records arrive in the event queue, which [`SmmuUnit::handle_events`] drains: it
-//! files each one in the unit's [`StallBook`] (and still shows it to its handler), from which
+//! files each one in the unit's book of stalls (`StallBook`) (and still shows it to its handler), from which
 //! [`Iommu::drain_page_faults`](crate::iommu::Iommu::drain_page_faults) hands them on with the
 //! PRI queue's requests. A stall the book has no room for is aborted at once (`CMD_RESUME`
 //! with Abort): a stalled transaction must not wait for an answer nobody will give.

@@ -14,7 +14,7 @@
 //! more, answers every discarded request with Last = 1 itself (Success) and drops the others,
 //! so the queue may hold groups whose last request was lost (and answered). Software reads
 //! the whole queue, then moves `CONS` past it and acknowledges the overflow in one write;
-//! [`PriQueue::drain`] reports the overflow with that write, and the caller drops the groups
+//! `PriQueue::drain` reports the overflow with that write, and the caller drops the groups
 //! that did not complete (`FaultQueue::discard_partial`).
 
 use core::ptr::NonNull;
@@ -82,7 +82,7 @@ pub fn decode(dw0: u64, dw1: u64) -> Option<PageFault> {
     })
 }
 
-/// What one [`PriQueue::drain`] did.
+/// What one `PriQueue::drain` did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PriDrain {
     /// Requests written to the caller's slice.

@@ -5,9 +5,9 @@
 //! bit 31), `CR0.PRIQEN` (1), `GERROR.PRIQ_ABT_ERR` (3). Present only with `IDR0.PRI` (16);
 //! the queue holds at most `2^IDR1.PRIQS` entries.
 //!
-//! An entry is 16 bytes: `dw0` StreamID[31:0], SubstreamID[51:32], Priv[58], X[59], R[60],
-//! W[61], Last[62], SSV[63] (X and Priv are 0 without a PASID); `dw1` PRGIndex[8:0], page
-//! address[63:12].
+//! An entry is 16 bytes: `dw0` `StreamID[31:0]`, `SubstreamID[51:32]`, `Priv[58]`, `X[59]`,
+//! `R[60]`, `W[61]`, `Last[62]`, `SSV[63]` (X and Priv are 0 without a PASID); `dw1`
+//! `PRGIndex[8:0]`, `address[63:12]`.
 //!
 //! A device's request ([`SmmuModel::page_request`](super::SmmuModel::page_request)):
 //! - with the queue off (`CR0.PRIQEN` = 0, or `SMMUEN` = 0) or `PRIQ_ABT_ERR` active, it is
