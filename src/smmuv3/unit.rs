@@ -449,7 +449,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
             addr_of_mut!((*p).eventq).write(Mutex::new(None));
             addr_of_mut!((*p).priq).write(Mutex::new(None));
             addr_of_mut!((*p).priq_lost).write(AtomicBool::new(false));
-            addr_of_mut!((*p).stalls).write(Mutex::new(StallBook::new()));
+            addr_of_mut!((*p).stalls).write(StallBook::EMPTY);
             // An array is laid out as `MAX_DOMAINS` consecutive elements (the Reference, "Type
             // layout"): each is written in turn.
             let domains = addr_of_mut!((*p).domains).cast::<RwLock<Option<Domain<A>>>>();
