@@ -46,8 +46,12 @@ impl State<'_> {
                 return;
             }
             let at = Self::ring_addr(self.cmd_base) + self.cmd_head;
+            let unreadable = countdown(&mut self.inj.hw_error_at);
+            if unreadable {
+                self.stats.injections_fired += 1;
+            }
             let raw = match (self.mem.read_u64(at), self.mem.read_u64(at + 8)) {
-                _ if countdown(&mut self.inj.hw_error_at) => None,
+                _ if unreadable => None,
                 (Some(a), Some(b)) => Some([a, b]),
                 _ => None,
             };
@@ -57,7 +61,10 @@ impl State<'_> {
                     self.stats.command_hardware_errors += 1;
                     return;
                 }
-                Some(_) if countdown(&mut self.inj.illegal_at) => Outcome::Illegal,
+                Some(_) if countdown(&mut self.inj.illegal_at) => {
+                    self.stats.injections_fired += 1;
+                    Outcome::Illegal
+                }
                 Some(c) => self.execute(c, at),
             };
             match outcome {
@@ -86,6 +93,7 @@ impl State<'_> {
                     return Outcome::Illegal;
                 }
                 if self.inj.stall_waits {
+                    self.stats.injections_fired += 1;
                     return Outcome::Stall;
                 }
                 if c[0] & 1 != 0 {
@@ -128,6 +136,7 @@ impl State<'_> {
             0x4 => {
                 self.stats.invalidate_iotlb += 1;
                 if self.inj.iotlb_timeout {
+                    self.stats.injections_fired += 1;
                     // §2.5 IOTLB_INV_TIMEOUT: DeviceID and the physical address of the
                     // command that timed out; command processing goes on.
                     self.inj.iotlb_timeout = false;

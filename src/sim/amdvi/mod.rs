@@ -214,6 +214,10 @@ pub struct AmdViModelStats {
     pub walks: u64,
     /// Requests let through untranslated (`IommuEn` clear, or a DTE with `V` clear).
     pub untranslated: u64,
+    /// Times an armed [`Injection`] took effect: an illegal or unreadable command it made, a
+    /// COMPLETION_WAIT it stalled, an IOTLB invalidation it timed out. A fault-matrix cell
+    /// checks that its fault met the call this way.
+    pub injections_fired: u64,
 }
 
 /// Everything behind the lock.
@@ -478,6 +482,9 @@ impl State<'_> {
         self.control = value;
         let rose = value & !old;
         let fell = old & !value;
+        if fell & (regs::CTRL_CMD_BUF_EN | regs::CTRL_EVENT_LOG_EN) != 0 && self.inj.stuck_run {
+            self.stats.injections_fired += 1;
+        }
         if fell & regs::CTRL_CMD_BUF_EN != 0 && !self.inj.stuck_run {
             self.status &= !regs::ST_CMD_BUF_RUN;
         }

@@ -407,6 +407,7 @@ fn sync(
         return Err(cerror::ILL);
     }
     if state.injections.sync_stall {
+        state.stats.injections_fired += 1;
         return Ok(Outcome::Stalled);
     }
     state.stats.syncs += 1;
@@ -415,6 +416,9 @@ fn sync(
         if !state.injections.msi_abort && write_u32(mem, msi_addr, (dw0 >> 32) as u32) {
             state.stats.sync_msi_writes += 1;
         } else {
+            if state.injections.msi_abort {
+                state.stats.injections_fired += 1;
+            }
             state.regs.raise_gerror(gerror::MSI_CMDQ_ABT_ERR);
         }
     } else if cs == CS_SIG_SEV && cfg.has0(idr0::SEV) {

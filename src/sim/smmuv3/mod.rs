@@ -148,6 +148,16 @@ pub struct SmmuModelStats {
     pub events_lost: u64,
     /// Events dropped because the queue was disabled or broken.
     pub events_discarded: u64,
+    /// Times an armed [`Injection`] took effect: a command error it raised, a CMD_SYNC it
+    /// stalled, a completion MSI it aborted, a CR0 or GBPA write whose acknowledgement it held
+    /// back, a register write it dropped, a read of GERROR that showed a global error it raised
+    /// (service failure included) still unacknowledged. A fault-matrix cell checks that its
+    /// fault met the call this way.
+    pub injections_fired: u64,
+    /// Reads of GERROR: where the driver can see a global error.
+    pub gerror_reads: u64,
+    /// Register writes by offset (a 64-bit register at its base), dropped ones included.
+    pub register_writes: BTreeMap<usize, u64>,
 }
 
 impl SmmuModelStats {
@@ -159,6 +169,13 @@ impl SmmuModelStats {
     /// Every command consumed.
     pub fn total_commands(&self) -> u64 {
         self.commands.values().sum()
+    }
+
+    /// Writes of the register at `offset` (IHI 0070 §6.3), dropped ones included: what a
+    /// register injection ([`Injection::IgnoreWrites`], [`Injection::Cr0AckStuck`] on CR0,
+    /// [`Injection::GbpaUpdateStuck`] on GBPA) can meet.
+    pub fn register_writes(&self, offset: usize) -> u64 {
+        self.register_writes.get(&offset).copied().unwrap_or(0)
     }
 }
 
@@ -242,6 +259,8 @@ struct Injections {
     msi_abort: bool,
     /// [`Injection::IgnoreWrites`].
     ignore_write: Option<usize>,
+    /// GERROR bits raised by [`Injection::GlobalError`] / [`Injection::ServiceFailure`].
+    global: u32,
     /// A GBPA write waiting for its UPDATE to complete.
     gbpa_pending: Option<u32>,
 }
@@ -271,6 +290,7 @@ impl State {
             .position(|a| a.countdown == 0 && (sync || !a.syncs_only))?;
         let a = armed.get_mut(i)?;
         let code = a.code;
+        self.stats.injections_fired += 1;
         if a.times != u32::MAX {
             a.times -= 1;
         }
@@ -433,10 +453,12 @@ impl<'m> SmmuModel<'m> {
             Injection::SyncMsiAbort => st.injections.msi_abort = true,
             Injection::ServiceFailure => {
                 st.service_failure = true;
+                st.injections.global |= gerror::SFM_ERR;
                 st.regs.raise_gerror(gerror::SFM_ERR);
             }
             Injection::GlobalError(bits) => {
                 let bits = bits & gerror::ALL & !(gerror::CMDQ_ERR | gerror::SFM_ERR);
+                st.injections.global |= bits;
                 for bit in (0..32).map(|b| 1u32 << b).filter(|b| bits & b != 0) {
                     st.regs.raise_gerror(bit);
                 }
@@ -568,6 +590,8 @@ impl<'m> SmmuModel<'m> {
                 r.cr0 = value & cr0::ALL;
                 if !st.injections.cr0ack_stuck {
                     r.cr0ack = r.cr0;
+                } else {
+                    st.stats.injections_fired += 1;
                 }
                 consume = true;
             }
@@ -575,6 +599,7 @@ impl<'m> SmmuModel<'m> {
             regs::CR2 if !r.enabled(cr0::SMMUEN) => r.cr2 = value,
             regs::GBPA if value & gbpa::UPDATE != 0 => {
                 if st.injections.gbpa_stuck {
+                    st.stats.injections_fired += 1;
                     r.gbpa |= gbpa::UPDATE;
                     st.injections.gbpa_pending = Some(value & gbpa::FIELDS);
                 } else {
@@ -690,6 +715,13 @@ impl RegisterWindow for SmmuModel<'_> {
             return u32::MAX;
         }
         let mut st = self.lock();
+        if offset == regs::GERROR {
+            st.stats.gerror_reads += 1;
+            let active = st.regs.gerror ^ st.regs.gerrorn;
+            if active & st.injections.global != 0 {
+                st.stats.injections_fired += 1;
+            }
+        }
         self.read_reg32(&mut st, offset)
     }
 
@@ -698,9 +730,16 @@ impl RegisterWindow for SmmuModel<'_> {
             return;
         }
         let mut st = self.lock();
+        let base = if st.regs.reg64(offset & !7).is_some() {
+            offset & !7
+        } else {
+            offset
+        };
+        *st.stats.register_writes.entry(base).or_default() += 1;
         if let Some(at) = st.injections.ignore_write {
             if offset == at || offset == at + 4 && st.regs.reg64(at).is_some() {
                 st.stats.ignored_writes += 1;
+                st.stats.injections_fired += 1;
                 return;
             }
         }
@@ -725,9 +764,11 @@ impl RegisterWindow for SmmuModel<'_> {
             return;
         }
         let mut st = self.lock();
+        *st.stats.register_writes.entry(offset).or_default() += 1;
         if let Some(at) = st.injections.ignore_write {
             if offset == at || offset + 4 == at {
                 st.stats.ignored_writes += 1;
+                st.stats.injections_fired += 1;
                 return;
             }
         }

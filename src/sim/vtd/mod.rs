@@ -268,6 +268,10 @@ pub struct VtdModelStats {
     pub faults_dropped: u64,
     /// Fault events delivered (FECTL.IM clear).
     pub fault_interrupts: u64,
+    /// Times an armed [`Injection`] took effect: an IQE, ITE or ICE it raised, a wait
+    /// descriptor it stalled, a GCMD write or register write it dropped, a write-buffer flush
+    /// it stalled. A fault-matrix cell checks that its fault met the call this way.
+    pub injections_fired: u64,
 }
 
 /// Sizes of the caches, for tests that check what an invalidation removed.
@@ -330,6 +334,9 @@ struct State<'m> {
     caches: Caches,
     stats: VtdModelStats,
     log: Vec<[u64; 4]>,
+    /// Register writes by offset (64-bit registers counted at their base), since creation or
+    /// [`VtdModel::reset_stats`].
+    writes: std::collections::BTreeMap<usize, u64>,
     inject: Injections,
     /// A probe walk ([`VtdModel::translate_in_memory`]): sets no accessed or dirty flag.
     probing: bool,
@@ -382,6 +389,7 @@ impl<'m> VtdModel<'m> {
             probing: false,
             prq: prq::PrqState::default(),
             log: Vec::new(),
+            writes: std::collections::BTreeMap::new(),
             inject: Injections::default(),
         };
         state.records = std::vec![FaultRecord::default(); state.fault_record_count()];
@@ -479,6 +487,14 @@ impl<'m> VtdModel<'m> {
         let mut st = self.lock();
         st.stats = VtdModelStats::default();
         st.log.clear();
+        st.writes.clear();
+    }
+
+    /// How many times software wrote the 8-byte-aligned register slot holding `offset` (as
+    /// [`Injection::IgnoreWrites`] matches writes), dropped writes included, since creation or
+    /// [`reset_stats`](Self::reset_stats): what a register-write injection can meet.
+    pub fn register_writes(&self, offset: usize) -> u64 {
+        self.lock().writes.get(&(offset & !7)).copied().unwrap_or(0)
     }
 
     /// How many entries each cache holds.

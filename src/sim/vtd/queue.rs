@@ -167,6 +167,7 @@ impl State<'_> {
 
     fn execute(&mut self, d: [u64; 4]) -> Outcome {
         if countdown(&mut self.inject.iqe_at) {
+            self.stats.injections_fired += 1;
             return Outcome::Invalid(Iqei::InvalidDescriptor);
         }
         let wide = self.iqa & IQA_DW != 0;
@@ -288,12 +289,14 @@ impl State<'_> {
         }
         let ice = countdown(&mut self.inject.ice_at);
         if ice {
+            self.stats.injections_fired += 1;
             self.fsts |= FSTS_ICE;
             self.iqercd = (self.iqercd & !bits(63, 48)) | u64::from(sid) << IQERCD_ICESID_SHIFT;
             self.stats.ice += 1;
             self.raise_fault_event();
         }
         if countdown(&mut self.inject.ite_at) {
+            self.stats.injections_fired += 1;
             return Outcome::TimedOut { sid };
         }
         if !ice && !misrouted {
@@ -337,6 +340,7 @@ impl State<'_> {
             return Outcome::Invalid(Iqei::ReservedBit);
         }
         if self.inject.stall_waits || self.inject.stall_until_queue_off {
+            self.stats.injections_fired += 1;
             return Outcome::Stalled;
         }
         if lo & 1 << 5 != 0 {

@@ -96,11 +96,17 @@ impl State<'_> {
         })
     }
 
-    /// Whether an injection makes the unit ignore a write at `offset`.
-    fn ignored(&self, offset: usize) -> bool {
-        self.inject
+    /// Counts a write at `offset`; whether an injection makes the unit ignore it.
+    fn ignored(&mut self, offset: usize) -> bool {
+        *self.writes.entry(offset & !7).or_default() += 1;
+        let ignored = self
+            .inject
             .ignore_write
-            .is_some_and(|o| o & !7 == offset & !7)
+            .is_some_and(|o| o & !7 == offset & !7);
+        if ignored {
+            self.stats.injections_fired += 1;
+        }
+        ignored
     }
 
     pub(crate) fn write32(&mut self, offset: usize, value: u32) {
@@ -200,6 +206,7 @@ impl State<'_> {
 
     fn write_gcmd(&mut self, value: u32) {
         if self.inject.ignore_gcmd {
+            self.stats.injections_fired += 1;
             return;
         }
         let ecap = self.cfg.ecap;
@@ -219,6 +226,7 @@ impl State<'_> {
         }
         if value & G_WBF != 0 && self.cfg.cap & CAP_RWBF != 0 {
             if self.inject.stall_wbf {
+                self.stats.injections_fired += 1;
                 self.gsts |= G_WBF;
             } else {
                 self.gsts &= !G_WBF;
