@@ -260,6 +260,19 @@ scenarios! {
     x86_64_vtd_sm_ss_pasidmode_pasid_attach => (X86_64, 118, "vtd_pasid_attach", "q35", ["-device", "intel-iommu,x-scalable-mode=on,x-pasid-mode=on"]);
     x86_64_vtd_sm_fs_pasidmode_pasid_attach => (X86_64, 118, "vtd_pasid_attach", "q35", ["-device", "intel-iommu,x-scalable-mode=on,x-flts=on,x-pasid-mode=on"]);
 
+    // AMD-Vi: guest numbers 300-399 from tests/qemu/x86_64/src/amdvi_scenarios.rs. QEMU 10.0's
+    // amd-iommu translates only with pt=off (with pt=on, the default, DMA is never translated).
+    x86_64_amdvi_dma_4k => (X86_64, 300, "amdvi_dma_4k", "q35", ["-device", "amd-iommu,pt=off"]);
+    x86_64_amdvi_dma_2m => (X86_64, 301, "amdvi_dma_2m", "q35", ["-device", "amd-iommu,pt=off"]);
+    x86_64_amdvi_dma_1g => (X86_64, 302, "amdvi_dma_1g", "q35", ["-device", "amd-iommu,pt=off"]);
+    x86_64_amdvi_fault_events => (X86_64, 303, "amdvi_fault_events", "q35", ["-device", "amd-iommu,pt=off"]);
+    x86_64_amdvi_unmap_flush => (X86_64, 304, "amdvi_unmap_flush", "q35", ["-device", "amd-iommu,pt=off"]);
+    x86_64_amdvi_force_coherent => (X86_64, 305, "amdvi_force_coherent", "q35", ["-device", "amd-iommu,pt=off"]);
+    x86_64_amdvi_two_devices => (X86_64, 306, "amdvi_two_devices", "q35", ["-device", "amd-iommu,pt=off", "-device", "edu,addr=05.0,dma_mask=0xffffffffffffffff"]);
+    x86_64_amdvi_detach => (X86_64, 307, "amdvi_detach", "q35", ["-device", "amd-iommu,pt=off"]);
+    x86_64_amdvi_disable => (X86_64, 308, "amdvi_disable", "q35", ["-device", "amd-iommu,pt=off"]);
+    x86_64_amdvi_reattach_replaces => (X86_64, 309, "amdvi_reattach_replaces", "q35", ["-device", "amd-iommu,pt=off"]);
+
     // virt: guest numbers from tests/qemu/aarch64/src/scenarios.rs.
     aarch64_boot_ok => (Aarch64, 1, "boot_ok", "virt,iommu=smmuv3", []);
     aarch64_page_alloc => (Aarch64, 2, "page_alloc", "virt,iommu=smmuv3", []);

@@ -81,6 +81,41 @@ fn plan(gather: &Gather) -> ([Option<InvalidationRange>; MAX_BLOCKS], usize) {
     (blocks, n)
 }
 
+/// What a new DTE for `device`, attached as `previous` and now going to domain slot `slot`
+/// (`usize::MAX`: detached), needs besides INVALIDATE_DEVTAB_ENTRY: when it leaves a domain,
+/// INVALIDATE_IOMMU_PAGES of everything tagged with the old domain ID (PDE set); when it was
+/// attached with ATS, INVALIDATE_IOTLB_PAGES of everything in its own cache.
+///
+/// The specification tags IOMMU TLB entries with the domain ID, so a new DTE would miss the
+/// old domain's; but an IOMMU may cache translations per device as well: QEMU 10.0's
+/// `amd-iommu` keys its IOTLB by device ID and looks it up before the DTE (QEMU row
+/// `x86_64_amdvi_two_devices` failed without this: the second `edu`, moved to another domain,
+/// kept writing through the old domain's translation); Xen flushes the IOMMU TLB with every
+/// DTE flush since stale DMA mappings were seen on AMD hardware (its 2023 change "iommu/amd-vi:
+/// flush IOMMU TLB when flushing the DTE"), and Linux's detach flushes the whole domain after
+/// clearing the DTE (`amd_iommu_domain_flush_all`).
+fn leave_commands(device: u32, previous: Option<Attachment>, slot: usize) -> ([Command; 2], usize) {
+    let mut cmds = [Command::invalidate_iommu_all(); 2];
+    let mut n = 0;
+    let Some(p) = previous else {
+        return (cmds, 0);
+    };
+    if p.slot != slot {
+        cmds[n] = Command::invalidate_iommu_pages(
+            domain_id_of(p.slot),
+            None,
+            InvalidationRange::All,
+            true,
+        );
+        n += 1;
+    }
+    if p.ats {
+        cmds[n] = Command::invalidate_iotlb_pages(device as u16, 0, None, InvalidationRange::All);
+        n += 1;
+    }
+    (cmds, n)
+}
+
 fn span(b: InvalidationRange) -> (u64, u32) {
     let (a, s) = b.encode();
     InvalidationRange::decode(a, s)
@@ -195,7 +230,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> AmdViUni
                     },
                 )?,
             };
-        let was_ats = old.and_then(|i| cfg.attachments[i]).is_some_and(|a| a.ats);
+        let previous = old.and_then(|i| cfg.attachments[i]);
         // Counted as attached to the new domain from the first store on; the old domain, if
         // any, keeps nothing the device can reach once the entry is replaced and invalidated.
         cfg.set(
@@ -207,14 +242,8 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> AmdViUni
                 settled: false,
             }),
         );
-        let flush_atc = [Command::invalidate_iotlb_pages(
-            device as u16,
-            0,
-            None,
-            InvalidationRange::All,
-        )];
-        let extra: &[Command] = if was_ats { &flush_atc } else { &[] };
-        self.set_device_entry_locked(&cfg.devtab, device, &entry, extra)?;
+        let (extra, n) = leave_commands(device, previous, slot);
+        self.set_device_entry_locked(&cfg.devtab, device, &entry, extra.get(..n).unwrap_or(&[]))?;
         if let Some(a) = cfg.attachments[index].as_mut() {
             a.settled = true;
         }
@@ -232,14 +261,13 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> AmdViUni
         if let Some(a) = cfg.attachments[index].as_mut() {
             a.settled = false;
         }
-        let flush_atc = [Command::invalidate_iotlb_pages(
-            device as u16,
-            0,
-            None,
-            InvalidationRange::All,
-        )];
-        let extra: &[Command] = if a.ats { &flush_atc } else { &[] };
-        self.set_device_entry_locked(&cfg.devtab, device, &DeviceTableEntry::BLOCKED, extra)?;
+        let (extra, n) = leave_commands(device, Some(a), usize::MAX);
+        self.set_device_entry_locked(
+            &cfg.devtab,
+            device,
+            &DeviceTableEntry::BLOCKED,
+            extra.get(..n).unwrap_or(&[]),
+        )?;
         cfg.set(index, None);
         Ok(())
     }

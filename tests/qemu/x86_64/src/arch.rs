@@ -22,6 +22,8 @@ pub struct ArchCtx {
     pub start_info: u64,
     /// VT-d register base, from the ACPI DMAR (`firmware.rs`); 0 on a machine without one.
     pub vtd_base: usize,
+    /// AMD-Vi register base, from the ACPI IVRS (`firmware.rs`); 0 on a machine without one.
+    pub amdvi_base: usize,
 }
 
 fn outb(port: u16, v: u8) {

@@ -196,3 +196,11 @@ pub fn unit_defaults(register_base: usize) -> Result<VtdUnitDefaults, Fail> {
     }
     bail!("no DRHD at {register_base:#x}")
 }
+
+/// QEMU's `amd-iommu` register base (`AMDVI_BASE_ADDR` in `hw/i386/amd_iommu.h`).
+const AMDVI_DEFAULT_BASE: usize = 0xFED8_0000;
+
+/// The AMD-Vi register base: QEMU's default, used only by the AMD-Vi rows.
+pub fn amdvi_base() -> usize {
+    AMDVI_DEFAULT_BASE
+}

@@ -11,6 +11,7 @@
 // `Fail` carries its message inline (no heap): a 200-byte error is the price.
 #![allow(clippy::result_large_err)]
 
+mod amdvi_scenarios;
 mod arch;
 mod boot;
 mod dma_check;
@@ -164,14 +165,18 @@ extern "C" fn kmain(start_info: u32) -> ! {
         arch: arch::ArchCtx {
             start_info: start_info as u64,
             vtd_base,
+            amdvi_base: firmware::amdvi_base(),
         },
     };
     if let Err(e) = &ctx.edu {
         println!("note: {e}");
     }
     // VT-d scenarios are numbered 100-199 and live in their own table.
+    // AMD-Vi scenarios 300-399.
     let table = if (100..200).contains(&selector) {
         vtd_scenarios::VTD_TABLE
+    } else if (300..400).contains(&selector) {
+        amdvi_scenarios::AMDVI_TABLE
     } else {
         scenarios::TABLE
     };

@@ -34,7 +34,7 @@ use crate::vtd_unit::{self, Unit};
 use crate::{bail, ensure, println};
 
 /// The system's one PASID space (in .bss: its bitmap is 128 KiB).
-static PASIDS: PasidAllocator = PasidAllocator::new(20);
+pub(crate) static PASIDS: PasidAllocator = PasidAllocator::new(20);
 
 /// The VT-d scenarios; `main.rs` looks numbers 100-199 up here.
 pub static VTD_TABLE: &[Scenario] = &[
