@@ -429,8 +429,15 @@ typedef struct {
   // The device's PASID width in bits when `has_pasid_bits` (0: not PASID-capable): a PASID
   // attach beyond it fails with `IE_STATUS_INCOMPATIBLE`, reason `IE_MISSING_DEVICE_PASID`.
   uint32_t pasid_bits;
-  // PRI (Page Request Interface) is enabled on the device; reported by ie_ctx_device_info().
+  // PRI (Page Request Interface) is enabled on the device: VT-d sets the scalable-mode
+  // context entry's PRE for it; reported by ie_ctx_device_info().
   bool pri;
+  // The platform declares the device able to stall (ACPI IORT named component "DMA stall
+  // supported", device tree `dma-can-stall`; never a PCIe device): an SMMUv3 whose
+  // `IDR0.STALL_MODEL` is 0b00 stalls its faulting transactions and reports them as I/O
+  // page faults (ie_registry_dispatch_faults()); another SMMUv3 refuses the attach
+  // (`IE_STATUS_INCOMPATIBLE`).
+  bool stall;
 } IeDeviceHints;
 
 // Where one claim comes from.

@@ -608,9 +608,18 @@ pub struct DeviceHints {
     /// attach beyond it is refused before the unit is asked.
     pub pasid_bits: Option<u32>,
     /// PRI (PCIe Page Request Interface) is enabled on the device: it may send page
-    /// requests for translations that fault. Declared for the I/O page-fault path and
-    /// reported by `device_info`; no unit changes its entries for it yet.
+    /// requests for translations that fault. VT-d sets the scalable-mode context entry's
+    /// `PRE` for it (with `ECAP.PRS`); reported by `device_info`.
     pub pri: bool,
+    /// The device tolerates stalled transactions: a platform fact, from firmware (ACPI IORT
+    /// named component "DMA stall supported" / device tree `dma-can-stall`), never true of a
+    /// PCIe device (IHI 0070 §3.12.1: PCIe streams must not stall). SMMUv3 then configures
+    /// its stream to stall stage-1 faults (`CD.S` = 1, `STE.S1STALLD` = 0; stage 2:
+    /// `STE.S2S`) and reports each stalled transaction as an I/O page fault answered by
+    /// `CMD_RESUME`; every other stream has `STE.S1STALLD` = 1 (a guest's CD cannot make it
+    /// stall). Refused ([`Error::Unsupported`]) on an SMMUv3 whose `IDR0.STALL_MODEL` is
+    /// not 0b00; VT-d and AMD-Vi have no stall model and ignore it.
+    pub stall: bool,
 }
 
 /// Which tables [`Iommu::reclaim`] looks at for being empty.

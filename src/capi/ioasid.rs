@@ -341,8 +341,15 @@ pub struct IeDeviceHints {
     /// The device's PASID width in bits when `has_pasid_bits` (0: not PASID-capable): a PASID
     /// attach beyond it fails with `IE_STATUS_INCOMPATIBLE`, reason `IE_MISSING_DEVICE_PASID`.
     pub pasid_bits: u32,
-    /// PRI (Page Request Interface) is enabled on the device; reported by ie_ctx_device_info().
+    /// PRI (Page Request Interface) is enabled on the device: VT-d sets the scalable-mode
+    /// context entry's PRE for it; reported by ie_ctx_device_info().
     pub pri: bool,
+    /// The platform declares the device able to stall (ACPI IORT named component "DMA stall
+    /// supported", device tree `dma-can-stall`; never a PCIe device): an SMMUv3 whose
+    /// `IDR0.STALL_MODEL` is 0b00 stalls its faulting transactions and reports them as I/O
+    /// page faults (ie_registry_dispatch_faults()); another SMMUv3 refuses the attach
+    /// (`IE_STATUS_INCOMPATIBLE`).
+    pub stall: bool,
 }
 
 impl IeDeviceHints {
@@ -355,6 +362,7 @@ impl IeDeviceHints {
                 .then_some(DeviceId(self.physical_function)),
             pasid_bits: self.has_pasid_bits.then_some(self.pasid_bits),
             pri: self.pri,
+            stall: self.stall,
         }
     }
 }

@@ -157,7 +157,9 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
     /// stack under the STE update's syncs.
     #[inline(never)]
     fn target_ste(&self, stream: &StreamState<A>) -> Result<Ste, SmmuError> {
-        stream.ste(self.features.coherency(), |d| self.shape(d))
+        stream.ste(self.features.coherency(), self.features.stall, |d| {
+            self.shape(d)
+        })
     }
 
     fn check_sid(&self, device: DeviceId) -> Result<StreamId, Error> {
@@ -481,13 +483,9 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
                 self.with_cmdq(|q, r| q.submit_and_sync(r, &[c.command(sid)]))
             };
             let table = stream.cd.as_mut().ok_or(NOT_ENABLED)?;
+            let stall = stream.stall;
             for (at, d) in stage1.iter().flatten().copied() {
-                let want = {
-                    let slot = self.slot(d)?.read();
-                    slot.as_ref()
-                        .ok_or(Error::InvalidDomain(d))?
-                        .context_descriptor()?
-                };
+                let want = self.stream_cd(d, stall)?;
                 let have = table.read(at)?;
                 if have == want {
                     continue;
@@ -531,7 +529,9 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
                 self.features.oas,
             )?);
         }
-        stream.ste(self.features.coherency(), |x| self.shape(x))?;
+        stream.ste(self.features.coherency(), self.features.stall, |x| {
+            self.shape(x)
+        })?;
         strtab.prepare(stream.sid)?;
         match stream.cd.as_mut() {
             Some(table) if !stage2 => Ok(table.prepare(at)?),
@@ -555,12 +555,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         let uses_cd_now = current.valid() && current.config_raw() & 0b101 == 0b101;
         let at = ssid.unwrap_or(SubstreamId::new(0)?);
         if !stage2 {
-            let cd = {
-                let slot = self.slot(d)?.read();
-                slot.as_ref()
-                    .ok_or(Error::InvalidDomain(d))?
-                    .context_descriptor()?
-            };
+            let cd = self.stream_cd(d, stream.stall)?;
             let table = stream.cd.as_mut().ok_or(NOT_ENABLED)?;
             if table.read(at)?.words[0] & super::cd::V != 0 {
                 // Replacing a stage-1 domain: its CD goes invalid first (not hitless).
@@ -604,6 +599,53 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         Ok(())
     }
 
+    /// The CD of stage-1 domain `d` for a stream: the domain's, with `S` (stall stage-1
+    /// faults; `R` records them) for a stream that may stall.
+    fn stream_cd(&self, d: DomainHandle, stall: bool) -> Result<super::cd::Cd, Error> {
+        let slot = self.slot(d)?.read();
+        let mut cd = slot
+            .as_ref()
+            .ok_or(Error::InvalidDomain(d))?
+            .context_descriptor()?;
+        if stall {
+            cd.words[0] |= super::cd::S | super::cd::R;
+        }
+        Ok(cd)
+    }
+
+    /// Declares whether `device`'s stream may stall ([`DeviceHints::stall`]) for an attach:
+    /// nothing if it already says so; otherwise only while the stream has no attachment.
+    ///
+    /// [`DeviceHints::stall`]: crate::iommu::DeviceHints::stall
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] for a stall on a unit whose `IDR0.STALL_MODEL` is not 0b00;
+    /// [`Error::Busy`] for an attached stream declared otherwise before.
+    pub(crate) fn stall_for_attach(&self, device: DeviceId, stall: bool) -> Result<(), Error> {
+        if stall && !self.features.stall {
+            return Err(Error::Unsupported(Missing::Mode {
+                what: "stalls (IDR0.STALL_MODEL = 0b00)",
+            }));
+        }
+        let sid = self.check_sid(device)?;
+        let mut guard = self.config.lock();
+        let config = &mut *guard;
+        let Some(i) = Self::stream_index(config, sid, stall) else {
+            return if stall { Err(Error::Busy) } else { Ok(()) };
+        };
+        let Some(Some(stream)) = config.streams.get_mut(i) else {
+            return Err(Error::Busy);
+        };
+        if stream.stall == stall {
+            return Ok(());
+        }
+        if !stream.is_idle() {
+            return Err(Error::Busy);
+        }
+        stream.stall = stall;
+        Ok(())
+    }
+
     /// [`crate::iommu::Iommu::detach`]. A detach that failed part-way leaves the stream
     /// unsettled with the domain retiring; its retry settles the stream and succeeds.
     pub(crate) fn detach_impl(&self, device: DeviceId, pasid: Option<Pasid>) -> Result<(), Error> {
@@ -626,6 +668,12 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
             Err(Error::NotAttached(_)) => Err(Error::NotAttached(device)),
             r => r,
         };
+        if stream.is_empty() && stream.stall && r.is_ok() {
+            // Its STE aborts now (synced): what the stream still has stalled is terminated
+            // (§4.7.2), and its filed stalls with it.
+            stream.stall = false;
+            let _ = self.terminate_stalls(sid);
+        }
         if stream.is_idle() && !stream.ats && stream.cd.is_none() {
             if let Some(slot) = config.streams.get_mut(i) {
                 *slot = None;

@@ -222,7 +222,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
             }
             if let Some(strtab) = config.strtab.as_ref() {
                 let want = stream
-                    .ste(coherency, |d| self.shape(d))
+                    .ste(coherency, self.features.stall, |d| self.shape(d))
                     .map_err(|_| AuditError::SteMismatch { sid })?;
                 if strtab.read(stream.sid)? != want {
                     return Err(AuditError::SteMismatch { sid });

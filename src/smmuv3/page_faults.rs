@@ -69,6 +69,23 @@ impl StallBook {
         self.len -= 1;
         f
     }
+    /// Drops the stalls of `sid` (terminated with their stream by `CMD_STALL_TERM`).
+    fn forget(&mut self, sid: StreamId) {
+        // Compacted in place (a second book would be 1.3 KiB of stack under detach).
+        let mut kept = 0;
+        for k in 0..self.len {
+            let Some(f) = self.ring.get((self.head + k) % MAX_STALLS).copied() else {
+                continue;
+            };
+            if f.device.0 != sid.0 {
+                if let Some(slot) = self.ring.get_mut((self.head + kept) % MAX_STALLS) {
+                    *slot = f;
+                }
+                kept += 1;
+            }
+        }
+        self.len = kept;
+    }
 }
 
 /// The fault a stall record describes, or `None` for a record that holds no transaction.
@@ -117,6 +134,14 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         self.with_cmdq(|q, r| {
             q.submit_and_sync(r, &[Command::resume(sid, stag, ResumeAction::Abort)])
         })
+    }
+
+    /// Terminates every transaction of `sid` still stalled (`CMD_STALL_TERM` and a sync) once
+    /// its STE terminates new ones, and forgets its filed stalls: for a stream that may stall,
+    /// when its last attachment leaves (§4.7.2).
+    pub(crate) fn terminate_stalls(&self, sid: StreamId) -> Result<(), SmmuError> {
+        self.stalls.lock().forget(sid);
+        self.with_cmdq(|q, r| q.submit_and_sync(r, &[Command::stall_term(sid)]))
     }
 
     /// [`Iommu::drain_page_faults`](crate::iommu::Iommu::drain_page_faults): filed stalls

@@ -283,6 +283,7 @@ pub struct SteBuilder {
     strw: Strw,
     mev: bool,
     shcfg: Shcfg,
+    s1stalld: bool,
 }
 
 impl SteBuilder {
@@ -295,6 +296,7 @@ impl SteBuilder {
             strw: Strw::NsEl1,
             mev: false,
             shcfg: Shcfg::UseIncoming,
+            s1stalld: false,
         }
     }
     /// Config = abort.
@@ -330,6 +332,12 @@ impl SteBuilder {
     /// Sets MEV.
     pub const fn mev(mut self, mev: bool) -> Self {
         self.mev = mev;
+        self
+    }
+    /// Sets S1STALLD (stage-1 faults never stall, whatever a CD says; only on a unit with
+    /// `IDR0.STALL_MODEL` = 0b00, where the field exists; written only with a stage 1).
+    pub const fn s1_stall_disabled(mut self, on: bool) -> Self {
+        self.s1stalld = on;
         self
     }
     /// Sets SHCFG.
@@ -369,6 +377,9 @@ impl SteBuilder {
         }
         if let Some(s1) = &self.s1 {
             encode_stage1(&mut w, s1, self.shcfg)?;
+            if self.s1stalld {
+                w[1] |= S1STALLD;
+            }
         }
         if let Some(s2) = &self.s2 {
             encode_stage2(&mut w, s2)?;

@@ -40,6 +40,9 @@ pub(crate) struct StreamState<A: PageAllocator> {
     pub(crate) pasids: [Option<(SubstreamId, DomainHandle)>; MAX_PASIDS],
     pub(crate) cd: Option<CdTable<A>>,
     pub(crate) ats: bool,
+    /// The device may stall (`DeviceHints::stall`): its CDs get `S`, its STE `S1STALLD` = 0
+    /// and `S2S`. Set while the stream is idle, cleared when its last attachment leaves.
+    pub(crate) stall: bool,
     /// The last attach or detach stopped part-way (a command wait failed after the books
     /// changed): the STE and CDs in memory, and what the unit caches, may differ from the
     /// attachments. The next attach or detach of the stream settles it first.
@@ -79,6 +82,7 @@ impl<A: PageAllocator> StreamState<A> {
             pasids: [None; MAX_PASIDS],
             cd: None,
             ats: false,
+            stall: false,
             unsettled: false,
             retiring: None,
         }
@@ -123,6 +127,7 @@ impl<A: PageAllocator> StreamState<A> {
     pub(crate) fn ste(
         &self,
         coherency: WalkerCoherency,
+        stall_model: bool,
         mut shape: impl FnMut(DomainHandle) -> Result<DomainShape, SmmuError>,
     ) -> Result<Ste, SmmuError> {
         const MIXED: SmmuError = SmmuError::InvalidConfig {
@@ -134,7 +139,7 @@ impl<A: PageAllocator> StreamState<A> {
         let mut dss = S1Dss::Terminate;
         if let Some(d) = self.rid {
             if let DomainShape::User(guest, s2) = shape(d)? {
-                return self.user_ste(guest, s2);
+                return self.user_ste(guest, s2, stall_model);
             }
         }
         for (ssid, d) in self.attachments() {
@@ -171,6 +176,12 @@ impl<A: PageAllocator> StreamState<A> {
             (Some(s2), Some(Some(p))) if s2 == p => Some(s2),
             (Some(_), Some(_)) => return Err(MIXED),
         };
+        // A stream that may stall stalls its stage-2 faults too (S2S); S2R records them.
+        let stage2 = stage2.map(|s2| Stage2 {
+            s: self.stall,
+            r: s2.r || self.stall,
+            ..s2
+        });
         let builder = match (stage1, stage2) {
             (false, None) => return Ok(Ste::ABORT),
             (false, Some(s2)) => SteBuilder::stage2(s2),
@@ -190,14 +201,21 @@ impl<A: PageAllocator> StreamState<A> {
         } else {
             builder
         };
-        builder.build()
+        builder
+            .s1_stall_disabled(stall_model && !self.stall)
+            .build()
     }
 }
 
 impl<A: PageAllocator> StreamState<A> {
     /// The STE of a stream whose RID domain is a user domain: the guest's CD table owns every
     /// SubstreamID, so the crate attaches none.
-    fn user_ste(&self, guest: GuestConfig, s2: Stage2) -> Result<Ste, SmmuError> {
+    fn user_ste(
+        &self,
+        guest: GuestConfig,
+        s2: Stage2,
+        stall_model: bool,
+    ) -> Result<Ste, SmmuError> {
         if self.pasids.iter().any(Option::is_some) {
             return Err(SmmuError::InvalidConfig {
                 reason: "the guest's CD table holds the SubstreamIDs of a user domain's stream",
@@ -208,6 +226,9 @@ impl<A: PageAllocator> StreamState<A> {
             GuestConfig::Bypass => SteBuilder::stage2(s2),
             GuestConfig::Translate(s1) => SteBuilder::nested(s1, s2),
         };
+        // A guest's CD with S = 1 must not make a stream stall that the platform does not
+        // declare able to.
+        let builder = builder.s1_stall_disabled(stall_model && !self.stall);
         if self.ats {
             builder.eats(Eats::Translate).build()
         } else {

@@ -4,8 +4,9 @@
 //! Tests are named after the iommufd behaviour they match; `iopf.rs` holds the VT-d ones.
 
 use iommu_engine::ioasid::{
-    dispatch_page_faults, DeviceHandle, Error, IoasidCtx, IoasidFlags, IoasidId,
+    dispatch_page_faults, DeviceHandle, Error, Incompatibility, IoasidCtx, IoasidFlags, IoasidId,
 };
+use iommu_engine::iommu::{DeviceHints, Error as IommuError, Missing};
 use iommu_engine::iopf::{
     FaultCookie, FaultError, FaultKind, FaultPerm, PageFault, QueuedFault, ResponseCode,
 };
@@ -13,6 +14,8 @@ use iommu_engine::mem::{Iova, PhysAddr};
 use iommu_engine::pgtable::Prot;
 use iommu_engine::sim::arena::Arena;
 use iommu_engine::sim::smmuv3::priq::{PriOutcome, PriRequest};
+use iommu_engine::sim::smmuv3::stall::StallEnd;
+use iommu_engine::sim::smmuv3::Injection;
 use iommu_engine::sim::walk::Access;
 
 use crate::rig::*;
@@ -228,5 +231,220 @@ fn smmu_pri_queue_overflow_reported_once_drained() {
             0,
             "nothing left unanswered"
         );
+    })
+}
+
+/// The SMMUv3 model with both fault models (`IDR0.STALL_MODEL` = 0b00).
+fn stalls() -> SmmuSetup {
+    let mut s = SmmuSetup::qemu(true);
+    s.model = s.model.with_stall_model(0);
+    s
+}
+
+fn may_stall() -> DeviceHints {
+    DeviceHints {
+        stall: true,
+        ..DeviceHints::default()
+    }
+}
+
+/// A context with SID_A (declared able to stall when `stall`) attached to a new IOASID.
+fn attached_stall<'a>(
+    r: &Rig<'a, '_>,
+    stall: bool,
+) -> (IoasidCtx<'a, 'a, Arena>, DeviceHandle, IoasidId) {
+    let ctx = IoasidCtx::new(r.reg, r.arena, 1);
+    ctx.fault_queue_alloc();
+    let hints = if stall {
+        may_stall()
+    } else {
+        DeviceHints::default()
+    };
+    let dev = ctx.bind_with(smmu_dev(SID_A), false, hints).unwrap();
+    let io = ctx.alloc(IoasidFlags::empty()).unwrap();
+    ctx.attach(dev, io).unwrap();
+    (ctx, dev, io)
+}
+
+/// The embedder's event interrupt: the event queue (where stall records arrive), then the
+/// fault path.
+fn event_interrupt(r: &Rig<'_, '_>, ctx: &IoasidCtx<'_, '_, Arena>) -> (u32, u32) {
+    let _ = r.smmu.handle_events(usize::MAX, |_| {});
+    let d = dispatch_page_faults(SMMU, r.smmu, &[ctx]).unwrap();
+    (d.queued, d.refused)
+}
+
+#[test]
+fn smmu_stalled_transaction_resumes_after_the_map() {
+    with_rig(VtdSetup::scalable(), stalls(), |r| {
+        let (ctx, dev, io) = attached_stall(r, true);
+        let f =
+            r.sm.translate(SID_A, None, 0x5000, Access::WRITE)
+                .unwrap_err();
+        let stag = f.stag.expect("the transaction stalls");
+        assert_eq!(r.sm.stalled().len(), 1);
+        assert_eq!(event_interrupt(r, &ctx), (1, 0));
+        let mut out = empty();
+        assert_eq!(ctx.read_faults(&mut out), 1);
+        let q = out[0].fault;
+        assert_eq!((q.device.0, q.pasid, q.addr), (SID_A, None, 0x5000));
+        assert_eq!(q.perm, FaultPerm::WRITE);
+        assert_eq!(q.kind, FaultKind::Stall { stag });
+        // The VMM maps the page, then answers: CMD_RESUME Retry, and the write goes through.
+        ctx.map(io, Iova::new(0x5000), PhysAddr::new(PA), K4, RW)
+            .unwrap();
+        ctx.respond_fault(out[0].cookie, ResponseCode::Success)
+            .unwrap();
+        let ends = r.sm.stall_outcomes();
+        assert_eq!(ends.len(), 1);
+        assert_eq!(ends[0].stalled.stag, stag);
+        assert_eq!(ends[0].end, StallEnd::Completed(PA));
+        assert!(r.sm.stalled().is_empty());
+        ctx.detach(dev).unwrap();
+    })
+}
+
+#[test]
+fn smmu_stalled_transaction_aborts_when_told() {
+    with_rig(VtdSetup::scalable(), stalls(), |r| {
+        let (ctx, dev, _io) = attached_stall(r, true);
+        let f =
+            r.sm.translate(SID_A, None, 0x7000, Access::READ)
+                .unwrap_err();
+        assert!(f.stag.is_some());
+        event_interrupt(r, &ctx);
+        let mut out = empty();
+        assert_eq!(ctx.read_faults(&mut out), 1);
+        assert_eq!(out[0].fault.perm, FaultPerm::READ);
+        ctx.respond_fault(out[0].cookie, ResponseCode::Invalid)
+            .unwrap();
+        let ends = r.sm.stall_outcomes();
+        assert_eq!(ends.len(), 1);
+        assert_eq!(ends[0].end, StallEnd::Aborted);
+        ctx.detach(dev).unwrap();
+    })
+}
+
+#[test]
+fn smmu_device_not_declared_able_to_stall_never_stalls() {
+    with_rig(VtdSetup::scalable(), stalls(), |r| {
+        let (ctx, dev, _io) = attached_stall(r, false);
+        let f =
+            r.sm.translate(SID_A, None, 0x5000, Access::WRITE)
+                .unwrap_err();
+        assert_eq!(f.stag, None, "terminated, not stalled");
+        assert_eq!(event_interrupt(r, &ctx), (0, 0));
+        ctx.detach(dev).unwrap();
+    })
+}
+
+#[test]
+fn smmu_stall_refused_where_the_unit_cannot_stall() {
+    // QEMU's arm-smmuv3: IDR0.STALL_MODEL = 0b01.
+    with_rig(VtdSetup::scalable(), SmmuSetup::qemu(true), |r| {
+        let ctx = IoasidCtx::new(r.reg, r.arena, 1);
+        let dev = ctx.bind_with(smmu_dev(SID_A), false, may_stall()).unwrap();
+        let io = ctx.alloc(IoasidFlags::empty()).unwrap();
+        assert_eq!(
+            ctx.attach(dev, io),
+            Err(Error::Incompatible {
+                device: dev,
+                reason: Incompatibility::Missing(Missing::Mode {
+                    what: "stalls (IDR0.STALL_MODEL = 0b00)"
+                })
+            }),
+            "a stall on a terminate-only unit"
+        );
+        assert_eq!(
+            dispatch_page_faults(SMMU, r.smmu, &[&ctx]).map(|_| ()),
+            Err(Error::Iommu(IommuError::Unsupported(Missing::Mode {
+                what: "I/O page faults (SMMUv3 IDR0.PRI, or IDR0.STALL_MODEL = 0b00)"
+            })))
+        );
+    })
+}
+
+#[test]
+fn smmu_detach_answers_and_terminates_stalls() {
+    with_rig(VtdSetup::scalable(), stalls(), |r| {
+        let (ctx, dev, _io) = attached_stall(r, true);
+        // One stall read by the VMM, one filed by the unit and not yet dispatched.
+        r.sm.translate(SID_A, None, 0x5000, Access::WRITE)
+            .unwrap_err();
+        event_interrupt(r, &ctx);
+        let mut out = empty();
+        assert_eq!(ctx.read_faults(&mut out), 1);
+        r.sm.translate(SID_A, None, 0x6000, Access::WRITE)
+            .unwrap_err();
+        let _ = r.smmu.handle_events(usize::MAX, |_| {});
+        assert_eq!(r.sm.stalled().len(), 2);
+        ctx.detach(dev).unwrap();
+        // The read one was aborted (CMD_RESUME), the other terminated with the stream
+        // (CMD_STALL_TERM once its STE aborts): nothing is left stalled.
+        let ends: Vec<_> = r.sm.stall_outcomes().iter().map(|o| o.end).collect();
+        assert_eq!(ends, [StallEnd::Aborted, StallEnd::Terminated]);
+        assert!(r.sm.stalled().is_empty());
+        let d = dispatch_page_faults(SMMU, r.smmu, &[&ctx]).unwrap();
+        assert_eq!(
+            (d.queued, d.refused),
+            (0, 0),
+            "the unit forgot the terminated stall"
+        );
+    })
+}
+
+#[test]
+fn smmu_pri_queue_abort_leaves_a_known_state() {
+    with_rig(VtdSetup::scalable(), pri(7), |r| {
+        let (ctx, dev, _io) = attached(r);
+        r.sm.page_request(request(None, 0x1000, 1, false));
+        // An external abort writing the PRI queue (GERROR.PRIQ_ABT_ERR, §8.2): records may be
+        // lost, and while it is active every request is answered Response Failure.
+        r.sm.inject(Injection::GlobalError(1 << 3));
+        assert_eq!(
+            r.sm.page_request(request(None, 0x2000, 1, true)),
+            PriOutcome::Failed
+        );
+        assert_eq!(r.sm.pri_responses()[0].code, 0xf);
+        let e = r.smmu.handle_events(16, |_| {});
+        assert!(e.gerror.bits() & (1 << 3) != 0, "reported and acknowledged");
+        // The next drain reports the loss: the partial group 1 is dropped.
+        let d = dispatch_page_faults(SMMU, r.smmu, &[&ctx]).unwrap();
+        assert!(d.unit_overflow);
+        let mut out = empty();
+        assert_eq!(ctx.read_faults(&mut out), 0);
+        assert_eq!(
+            r.sm.page_request(request(None, 0x3000, 2, true)),
+            PriOutcome::Queued
+        );
+        let d = dispatch_page_faults(SMMU, r.smmu, &[&ctx]).unwrap();
+        assert_eq!((d.queued, d.unit_overflow), (1, false));
+        ctx.detach(dev).unwrap();
+    })
+}
+
+#[test]
+fn smmu_pri_response_timeout_leaves_a_known_state() {
+    with_rig(VtdSetup::scalable(), pri(7), |r| {
+        let (ctx, dev, _io) = attached(r);
+        r.sm.page_request(request(None, 0x1000, 1, true));
+        dispatch_page_faults(SMMU, r.smmu, &[&ctx]).unwrap();
+        let mut out = empty();
+        assert_eq!(ctx.read_faults(&mut out), 1);
+        // The CMD_SYNC behind CMD_PRI_RESP never completes: the answer is an error, and the
+        // group is gone from the context (the device waits for its own PRI timeout).
+        r.sm.inject(Injection::SyncStall);
+        assert!(matches!(
+            ctx.respond_fault(out[0].cookie, ResponseCode::Success),
+            Err(Error::Iommu(IommuError::Timeout { .. }))
+        ));
+        assert_eq!(
+            ctx.respond_fault(out[0].cookie, ResponseCode::Success),
+            Err(Error::Fault(FaultError::NotOutstanding(out[0].cookie)))
+        );
+        r.sm.clear_injections();
+        // The response was queued all the same and reaches the device once the queue runs.
+        assert_eq!(r.sm.pri_responses().len(), 1);
+        ctx.detach(dev).unwrap();
     })
 }

@@ -35,6 +35,8 @@ pub(crate) struct Cd {
     pub epd0: bool,
     /// R: record stage-1 faults.
     pub record: bool,
+    /// S: stall stage-1 faults (unless the STE's S1STALLD forbids it).
+    pub stall: bool,
 }
 
 /// Decodes a CD; `Err(())` is C_BAD_CD.
@@ -91,5 +93,6 @@ pub(crate) fn decode(cfg: &SmmuModelConfig, w: &[u64; 8]) -> Result<Cd, ()> {
         },
         epd0: dw0 & EPD0 != 0,
         record: dw0 & R != 0,
+        stall: dw0 & S != 0,
     })
 }

@@ -297,6 +297,17 @@ fn execute(
             super::priq::respond(state, mem, cfg, cmd).map_err(|()| cerror::ILL)?;
             Outcome::Done
         }
+        op::RESUME if cfg.stall_supported() => {
+            // SSec (10) is reserved on the Non-secure queue; Ac (12), Ab (13); STAG.
+            only(cmd, [bits(13, 12) | SID, bits(15, 0)])?;
+            super::stall::resume(state, mem, cfg, sid, dw1 as u16, dw0 >> 12 & 3);
+            Outcome::Done
+        }
+        op::STALL_TERM if cfg.stall_supported() => {
+            only(cmd, [SID, 0])?;
+            super::stall::terminate(state, sid);
+            Outcome::Done
+        }
         op::CMD_SYNC => sync(state, mem, cfg, cmd)?,
         _ => return Err(cerror::ILL),
     };

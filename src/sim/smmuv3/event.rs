@@ -2,7 +2,7 @@
 //! and §7.3 (event record formats and type codes).
 //!
 //! A record is 32 bytes: `dw0` `type[7:0]`, `SSV[11]`, `SubstreamID[31:12]`,
-//! `StreamID[63:32]`; `dw1` `PnU[33]`, `InD[34]`, `RnW[35]`, `S2[39]`, `CLASS[41:40]`; `dw2` the
+//! `StreamID[63:32]`; `dw1` `STAG[15:0]`, `Stall[31]`, `PnU[33]`, `InD[34]`, `RnW[35]`, `S2[39]`, `CLASS[41:40]`; `dw2` the
 //! input address; `dw3` the IPA (`bits[51:12]`) of a stage-2 fault, or the fetch address
 //! (`bits[51:3]`) of a fetch abort.
 
@@ -87,6 +87,8 @@ pub struct EventRecord {
     /// IPA of a stage-2 fault (`bits[51:12]` are recorded), or the fetch address of a fetch
     /// abort (`bits[51:3]`).
     pub addr2: u64,
+    /// `Stall` = 1 with this STAG: the transaction waits for CMD_RESUME.
+    pub stag: Option<u16>,
 }
 
 const SSV: u64 = 1 << 11;
@@ -94,6 +96,7 @@ const PNU: u64 = 1 << 33;
 const IND: u64 = 1 << 34;
 const RNW: u64 = 1 << 35;
 const S2: u64 = 1 << 39;
+const STALL: u64 = 1 << 31;
 const CLASS_SHIFT: u32 = 40;
 /// FetchAddr[51:3] of a fetch abort.
 const FETCH_ADDR_MASK: u64 = ((1 << 52) - 1) & !0x7;
@@ -113,6 +116,9 @@ impl EventRecord {
             FaultClass::In => 2,
         };
         let mut dw1 = class << CLASS_SHIFT;
+        if let Some(stag) = self.stag {
+            dw1 |= STALL | u64::from(stag);
+        }
         for (on, bit) in [
             (self.privileged, PNU),
             (self.instruction, IND),
@@ -149,6 +155,7 @@ impl EventRecord {
             instruction: dw1 & IND != 0,
             input_addr: dw2,
             addr2: dw3,
+            stag: (dw1 & STALL != 0).then_some(dw1 as u16),
         }
     }
 }

@@ -39,7 +39,10 @@
 //!   Updates are read-modify-write through the arena, not atomic against a concurrent CPU write.
 //! - the PRI queue of chapter 8 ([`priq`]): devices' page requests, overflow and automatic
 //!   responses, `CMD_PRI_RESP` and the device's retry;
-//! - Not modelled: Secure state, stalls, ATS translation requests, STE.STRW = EL2,
+//! - stalls (§3.12.2, [`stall`]): a translation-related fault of a stage configured to stall
+//!   holds the transaction, records it with `Stall` = 1 and a STAG, and CMD_RESUME retries or
+//!   aborts it (CMD_STALL_TERM terminates a stream's);
+//! - Not modelled: Secure state, ATS translation requests, STE.STRW = EL2,
 //!   AArch32 and big-endian tables, MSIs for events and GERROR, cache maintenance for
 //!   IDR0.COHACC = 0 (the model reads memory as it is; the arena's sync recorder checks that).
 
@@ -51,6 +54,7 @@ pub mod priq;
 mod reach;
 mod regs;
 mod stage;
+pub mod stall;
 mod ste;
 mod strtab;
 mod tlb;
@@ -106,6 +110,9 @@ pub struct DmaFault {
     pub class: FaultClass,
     /// The record's second address: the IPA of a stage-2 fault or the address of a fetch abort.
     pub addr2: u64,
+    /// The transaction is stalled with this STAG (its record has `Stall` = 1): it waits for
+    /// CMD_RESUME or CMD_STALL_TERM ([`stall`]).
+    pub stag: Option<u16>,
 }
 
 /// What the model counted since creation or [`SmmuModel::reset_stats`].
@@ -278,6 +285,8 @@ pub(crate) struct State {
     service_failure: bool,
     /// The PRI queue's requests and responses ([`priq`]).
     pri: priq::PriState,
+    /// Stalled transactions ([`stall`]).
+    stalls: stall::StallState,
 }
 
 impl State {
@@ -332,6 +341,7 @@ impl<'m> SmmuModel<'m> {
                 sync_stalled: false,
                 service_failure: false,
                 pri: priq::PriState::default(),
+                stalls: stall::StallState::default(),
             }),
         }
     }
@@ -553,6 +563,16 @@ impl<'m> SmmuModel<'m> {
     /// Page requests queued whose group was not answered yet.
     pub fn outstanding_page_requests(&self) -> usize {
         self.lock().pri.outstanding.len()
+    }
+
+    /// Transactions stalled now, oldest first.
+    pub fn stalled(&self) -> Vec<stall::Stalled> {
+        self.lock().stalls.held.clone()
+    }
+
+    /// What became of every stalled transaction that was resumed or terminated, in order.
+    pub fn stall_outcomes(&self) -> Vec<stall::StallOutcome> {
+        self.lock().stalls.outcomes.clone()
     }
 
     /// Page requests discarded in a PRI queue overflow condition.

@@ -37,6 +37,9 @@ pub(super) struct Pending {
 pub(super) struct Fail {
     pub(super) event: u8,
     pub(super) record: bool,
+    /// A translation-related fault of a stage configured to stall (CD.S with STE.S1STALLD
+    /// = 0, STE.S2S): the transaction waits for CMD_RESUME.
+    pub(super) stall: bool,
     pub(super) s2: bool,
     pub(super) class: FaultClass,
     pub(super) addr2: u64,
@@ -48,6 +51,7 @@ impl Fail {
         Self {
             event,
             record: event != EVENT_NONE,
+            stall: false,
             s2: false,
             class: FaultClass::In,
             addr2,
@@ -309,6 +313,7 @@ pub(super) fn stage2_fail(
             Fail {
                 event,
                 record: !recordable || s2.record,
+                stall: recordable && s2.stall,
                 s2: true,
                 class,
                 addr2: if event == F_WALK_EABT { fetch } else { ipa },

@@ -54,6 +54,8 @@ pub(crate) struct S1Context {
     pub cdmax: u32,
     /// S1DSS.
     pub dss: u8,
+    /// S1STALLD: stage-1 faults never stall, whatever the CD says.
+    pub stalld: bool,
 }
 
 /// Stage-2 fields of an STE, and the walker configuration they make.
@@ -63,6 +65,8 @@ pub(crate) struct S2Context {
     pub walk: ArmS2Config,
     /// S2R: record stage-2 faults.
     pub record: bool,
+    /// S2S: stall stage-2 faults.
+    pub stall: bool,
 }
 
 /// A decoded, legal STE.
@@ -155,6 +159,7 @@ fn s1_context(cfg: &SmmuModelConfig, dw0: u64, dw1: u64) -> Result<S1Context, ()
         fmt,
         cdmax,
         dss,
+        stalld: dw1 & S1STALLD != 0,
     })
 }
 
@@ -208,5 +213,6 @@ fn s2_context(cfg: &SmmuModelConfig, dw1: u64, dw2: u64, dw3: u64) -> Result<S2C
         vmid: dw2 as u16,
         walk,
         record: dw2 & S2R != 0,
+        stall: dw2 & S2S != 0,
     })
 }

@@ -143,6 +143,7 @@ fn stage1(
     let s1_fault = |event: u8| Fail {
         event,
         record: cd.record,
+        stall: cd.stall,
         s2: false,
         class: FaultClass::In,
         addr2: 0,
@@ -305,7 +306,12 @@ fn run(env: &Env<'_>, regs: &super::regs::Regs, req: &Request) -> Result<DmaOk, 
                 };
             };
             let cd = fetch_cd(env, &ste, &s1, req.sid, index)?;
+            let cd = Cd {
+                stall: cd.stall && !s1.stalld,
+                ..cd
+            };
             record.s1 = cd.record;
+            record.s1_stall = cd.stall;
             let regime = match nested {
                 Some(_) => Regime::Nested {
                     vmid: ste.vmid,
@@ -344,14 +350,18 @@ fn s2_record(s2: Option<&S2Context>) -> Record {
     Record {
         s1: true,
         s2: s2.is_some_and(|s| s.record),
+        s1_stall: false,
+        s2_stall: s2.is_some_and(|s| s.stall),
     }
 }
 
-/// Stage-1 and stage-2 fault recording (CD.R, STE.S2R).
+/// Stage-1 and stage-2 fault recording (CD.R, STE.S2R) and stalling (CD.S, STE.S2S).
 #[derive(Clone, Copy)]
 struct Record {
     s1: bool,
     s2: bool,
+    s1_stall: bool,
+    s2_stall: bool,
 }
 
 fn finish(
@@ -361,10 +371,15 @@ fn finish(
     record: Record,
 ) -> Result<DmaOk, Fail> {
     if let Err(stage2) = permit(&e, &req.access) {
-        let record = if stage2 { record.s2 } else { record.s1 };
+        let (record, stall) = if stage2 {
+            (record.s2, record.s2_stall)
+        } else {
+            (record.s1, record.s1_stall)
+        };
         return Err(Fail {
             event: F_PERMISSION,
             record,
+            stall,
             s2: stage2,
             class: FaultClass::In,
             addr2: 0,
@@ -496,6 +511,21 @@ fn report(
     req: &Request,
     fail: Fail,
 ) -> DmaFault {
+    state.stats.faults += 1;
+    if fail.stall && cfg.stall_supported() {
+        if let Some(stag) = super::stall::stall(state, mem, cfg, req, &fail) {
+            return DmaFault {
+                event: fail.event,
+                recorded: true,
+                stage2: fail.s2,
+                class: fail.class,
+                addr2: fail.addr2,
+                stag: Some(stag),
+            };
+        }
+        // The record could not be written: the model terminates the transaction (an
+        // SMMU would retry it once the queue is writable, §3.12.2).
+    }
     let record = EventRecord {
         kind: fail.event,
         sid: req.sid,
@@ -507,8 +537,8 @@ fn report(
         instruction: req.access.exec,
         input_addr: req.iova,
         addr2: fail.addr2,
+        stag: None,
     };
-    state.stats.faults += 1;
     let recorded = fail.record
         && fail.event != EVENT_NONE
         && event::push(state, mem, cfg.eventq_max_log2(), &record);
@@ -518,6 +548,7 @@ fn report(
         stage2: fail.s2,
         class: fail.class,
         addr2: fail.addr2,
+        stag: None,
     }
 }
 

@@ -58,6 +58,11 @@ pub struct AttachOptions {
     /// itself (a PF, or a device without SR-IOV). Without `ECAP.DIT`, `PFSID` is reserved and
     /// written 0 whatever this says.
     pub physical_function: Option<DeviceId>,
+    /// The device has PCIe PRI enabled: on a unit with `ECAP.PRS`, its scalable-mode context
+    /// entry gets `PRE` (Page Request Enable, rev. 4.1 §9.4), set like `DTE` when the entry is
+    /// first made present, so that the unit reports its page requests to the page request
+    /// queue. Ignored in legacy mode (no page requests) and without `ECAP.PRS`.
+    pub pri: bool,
 }
 
 /// What writing an attachment's entry did.
@@ -390,7 +395,8 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
     ) -> Result<Published, Error> {
         let (co, alloc) = (self.info.coherency, &self.alloc);
         let p = pasid.unwrap_or(RID_PASID);
-        let (ctx, new_context) = self.scalable_context(root, sid, opts.ats)?;
+        let pre = opts.pri && self.info.ecap.flags().contains(EcapFlags::PRS);
+        let (ctx, new_context) = self.scalable_context(root, sid, opts.ats, pre)?;
         let ats = opts.ats || ctx.word(0).unwrap_or(0) & ScalableContextEntry::DTE != 0;
         let entry = self
             .directory(&ctx)?
@@ -438,6 +444,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
         root: &'r RootTable,
         sid: SourceId,
         ats: bool,
+        pre: bool,
     ) -> Result<(LiveEntry<'r>, bool), Error> {
         let (co, alloc) = (self.info.coherency, &self.alloc);
         let slot = RootSlot::for_devfn(sid.devfn());
@@ -454,7 +461,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
             fpd: false,
             dte: ats,
             paside: self.info.pasid_bits > 0,
-            pre: false,
+            pre,
         };
         let published = ScalableContextEntry::new(dir.pa, pdts, RID_PASID, flags)
             .and_then(|e| ctx.publish(&e.words(), co, alloc));

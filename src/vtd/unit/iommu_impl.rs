@@ -294,6 +294,7 @@ where
         let opts = super::AttachOptions {
             ats: hints.ats,
             physical_function: hints.physical_function,
+            pri: hints.pri,
             ..super::AttachOptions::default()
         };
         self.attach_with(device, pasid, domain, opts)

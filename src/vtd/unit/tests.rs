@@ -1187,3 +1187,27 @@ fn flushes_find_ats_attachments_from_the_books() {
     u.detach(DEV2, None).unwrap();
     books(0, 0);
 }
+
+/// A device with PRI gets `PRE` in its scalable-mode context entry on a unit with `ECAP.PRS`
+/// (rev. 4.1 §9.4: without it the unit does not report the device's page requests), and only
+/// there; a device without PRI never does.
+#[test]
+fn pri_device_gets_the_context_entry_pre() {
+    const PRS: u64 = 1 << 29;
+    for (ecap, pri, pre) in [
+        (SCALABLE_ECAP | PRS, true, true),
+        (SCALABLE_ECAP | PRS, false, false),
+        (SCALABLE_ECAP & !PRS, true, false),
+    ] {
+        let (m, a) = (Model::with_caps(QEMU_CAP, ecap), TestAlloc::default());
+        let u = unit(&m, &a, Mode::Scalable);
+        let d = u.domain_alloc(&DomainConfig::default()).unwrap();
+        let opts = AttachOptions {
+            pri,
+            ..AttachOptions::default()
+        };
+        u.attach_with(DEV, None, d, opts).unwrap();
+        let lo = scalable_entries(&m, 0x20, 0).0[0];
+        assert_eq!(lo & 1 << 4 != 0, pre, "PRE, ECAP {ecap:#x}, pri {pri}");
+    }
+}

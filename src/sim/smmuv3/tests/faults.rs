@@ -210,6 +210,7 @@ fn event_record_words_match_the_spec_layout() {
         instruction: false,
         input_addr: 0xdead_b000,
         addr2: 0x4000_1234,
+        stag: None,
     };
     // dw0: 0x10 | SSV (1 << 11) | 5 << 12 | 0x1234 << 32; dw1: RnW (1 << 35) | S2 (1 << 39) |
     // CLASS 0b01 << 40; dw3: IPA[51:12] only.
