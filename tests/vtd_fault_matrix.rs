@@ -51,6 +51,7 @@ const ATS: AttachOptions = AttachOptions {
     ats: true,
     exclusive: false,
     physical_function: None,
+    pri: false,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
