@@ -583,6 +583,9 @@ typedef struct {
   bool canwbs;
   // IDR0.HTTU = 2: hardware access flag and dirty state (DBM leaves), for dirty tracking.
   bool httu;
+  // IDR0.PRI (IDR1.PRIQS = 19): the PRI queue, which ie_unit_enable() sets up, and devices'
+  // page requests (ie_sim_model_page_request()).
+  bool pri;
 } IeSimSmmuConfig;
 #endif
 
@@ -1289,11 +1292,12 @@ int32_t ie_sim_model_regs(IeSimModel *model, IeRegs *regs);
 #endif
 
 #if defined(IOMMU_ENGINE_SIM)
-// Device `device_id` (RID) asks the VT-d model for the page at `addr` (a PCIe page request
-// without PASID, for a write when `write`, in group `group`, the group's last when `last`).
-// `IE_STATUS_OK`: queued; `IE_STATUS_FAULTS_LOST`: the page request queue overflowed;
-// `IE_STATUS_UNSUPPORTED`: no page requests (an SMMUv3 model, or `page_requests` off or no
-// queue programmed).
+// Device `device_id` (RID / StreamID) asks the model for the page at `addr` (a PCIe page
+// request without PASID, for a write when `write`, in group `group`, the group's last when
+// `last`). `IE_STATUS_OK`: queued; `IE_STATUS_FAULTS_LOST`: the page request queue (VT-d) or
+// PRI queue (SMMUv3) overflowed, or the SMMU answered Response Failure itself (its PRI queue
+// off or broken); `IE_STATUS_UNSUPPORTED`: no page requests (VT-d `page_requests` off or no
+// queue programmed, SMMUv3 `pri` off, an AMD-Vi model).
 //
 // # Safety
 // `model` is a live model handle.

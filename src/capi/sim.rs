@@ -195,6 +195,9 @@ pub struct IeSimSmmuConfig {
     pub canwbs: bool,
     /// IDR0.HTTU = 2: hardware access flag and dirty state (DBM leaves), for dirty tracking.
     pub httu: bool,
+    /// IDR0.PRI (IDR1.PRIQS = 19): the PRI queue, which ie_unit_enable() sets up, and devices'
+    /// page requests (ie_sim_model_page_request()).
+    pub pri: bool,
 }
 
 fn new_model(
@@ -280,7 +283,8 @@ pub unsafe extern "C" fn ie_sim_smmu_model_create(
             .with_fwb(c.fwb)
             .with_cohacc(c.cohacc)
             .with_ril(c.ril)
-            .with_httu(c.httu, c.httu);
+            .with_httu(c.httu, c.httu)
+            .with_pri(c.pri, 19);
         if c.canwbs {
             cfg = cfg.with_canwbs(0, u32::MAX);
         }
@@ -363,11 +367,12 @@ pub struct IeSimDma {
     pub snoop: bool,
 }
 
-/// Device `device_id` (RID) asks the VT-d model for the page at `addr` (a PCIe page request
-/// without PASID, for a write when `write`, in group `group`, the group's last when `last`).
-/// `IE_STATUS_OK`: queued; `IE_STATUS_FAULTS_LOST`: the page request queue overflowed;
-/// `IE_STATUS_UNSUPPORTED`: no page requests (an SMMUv3 model, or `page_requests` off or no
-/// queue programmed).
+/// Device `device_id` (RID / StreamID) asks the model for the page at `addr` (a PCIe page
+/// request without PASID, for a write when `write`, in group `group`, the group's last when
+/// `last`). `IE_STATUS_OK`: queued; `IE_STATUS_FAULTS_LOST`: the page request queue (VT-d) or
+/// PRI queue (SMMUv3) overflowed, or the SMMU answered Response Failure itself (its PRI queue
+/// off or broken); `IE_STATUS_UNSUPPORTED`: no page requests (VT-d `page_requests` off or no
+/// queue programmed, SMMUv3 `pri` off, an AMD-Vi model).
 ///
 /// # Safety
 /// `model` is a live model handle.
@@ -383,18 +388,37 @@ pub unsafe extern "C" fn ie_sim_model_page_request(
     use crate::sim::vtd::prq::{PageRequest, PageRequestOutcome};
     code((|| {
         let m = model_obj(model)?;
-        let ModelObj::Vtd(v) = &m.model else {
-            return Err(IeStatus::Unsupported);
+        let access = if write { Access::WRITE } else { Access::READ };
+        let group = u16::try_from(group)
+            .ok()
+            .filter(|g| *g < 512)
+            .ok_or(IeStatus::InvalidArgument)?;
+        let v = match &m.model {
+            ModelObj::Vtd(v) => v,
+            ModelObj::Smmu(s) => {
+                use crate::sim::smmuv3::priq::{PriOutcome, PriRequest};
+                let req = PriRequest {
+                    sid: device_id,
+                    ssid: None,
+                    addr,
+                    access,
+                    group,
+                    last,
+                };
+                return match s.page_request(req) {
+                    PriOutcome::Queued => Ok(()),
+                    PriOutcome::Overflow | PriOutcome::Failed => Err(IeStatus::FaultsLost),
+                    PriOutcome::Refused => Err(IeStatus::Unsupported),
+                };
+            }
+            _ => return Err(IeStatus::Unsupported),
         };
         let req = PageRequest {
             sid: u16::try_from(device_id).map_err(|_| IeStatus::InvalidArgument)?,
             pasid: None,
             addr,
-            access: if write { Access::WRITE } else { Access::READ },
-            group: u16::try_from(group)
-                .ok()
-                .filter(|g| *g < 512)
-                .ok_or(IeStatus::InvalidArgument)?,
+            access,
+            group,
             last,
         };
         match v.page_request(req) {

@@ -155,6 +155,7 @@ fn smmu_unit_built_in_place_and_destroyed() {
         ril: false,
         canwbs: false,
         httu: false,
+        pri: false,
     };
     // SAFETY: a live arena, readable config, writable out.
     let st = unsafe { ie_sim_smmu_model_create(arena, &mcfg, &mut model) };
@@ -195,6 +196,7 @@ fn smmu_platform_facts_and_granule_are_checked() {
         ril: false,
         canwbs: true,
         httu: false,
+        pri: false,
     };
     // SAFETY: a live arena, readable config, writable out.
     let st = unsafe { ie_sim_smmu_model_create(arena, &mcfg, &mut model) };
@@ -476,6 +478,7 @@ fn capi_hwpt_alloc_nested_and_invalidate() {
         ril: false,
         canwbs: false,
         httu: false,
+        pri: false,
     };
     let mut regs = MaybeUninit::<IeRegs>::uninit();
     let mut cfg = MaybeUninit::<IeSmmuConfig>::uninit();

@@ -255,6 +255,69 @@ static void page_fault_flow(IeSimArena *arena, const IeEnv *env)
     OK(ie_sim_model_destroy(model));
 }
 
+/* The same on the SMMUv3 model with a PRI queue (ie_unit_enable() sets it up on a unit with
+ * IDR0.PRI): the answer is a CMD_PRI_RESP, and the device's retry translates. */
+static void smmu_page_fault_flow(IeSimArena *arena, const IeEnv *env)
+{
+    int32_t st;
+    IeSimModel *model = NULL;
+    IeSimSmmuConfig mcfg = { .cohacc = true, .pri = true };
+    OK(ie_sim_smmu_model_create(arena, &mcfg, &model));
+    IeRegs regs;
+    OK(ie_sim_model_regs(model, &regs));
+    IeSmmuConfig scfg;
+    OK(ie_smmu_config_default(&scfg));
+    IeUnit *unit = NULL;
+    OK(ie_smmu_create(env, &regs, &scfg, &unit));
+    OK(ie_unit_enable(unit));
+    IeRegistry *registry = NULL;
+    OK(ie_registry_create(env, (IeUnit *const *)&unit, 1, 20, &registry));
+    IeCtx *ctx = NULL;
+    OK(ie_ctx_create(registry, 0, &ctx));
+    OK(ie_ctx_fault_queue_alloc(ctx));
+    uint32_t dev = 0, ioasid = 0, reason = 0;
+    OK(ie_ctx_bind(ctx, 0, 0x20, false, &dev));
+    OK(ie_ctx_alloc(ctx, 0, &ioasid));
+    OK(ie_ctx_attach(ctx, dev, ioasid, &reason));
+
+    OK(ie_sim_model_page_request(model, 0x20, 0x5000, true, 7, true));
+    uint32_t queued = 0;
+    OK(ie_registry_dispatch_faults(registry, 0, (IeCtx *const *)&ctx, 1, &queued));
+    CHECK(queued == 1, "smmu: queued %u", queued);
+    IePageFault faults[4];
+    uint32_t n = 99;
+    OK(ie_ctx_read_faults(ctx, faults, 4, &n));
+    CHECK(n == 1 && faults[0].device == 0x20 && faults[0].addr == 0x5000 &&
+              faults[0].group == 7 && (faults[0].flags & IE_PAGE_FAULT_FLAG_LAST_PAGE) &&
+              faults[0].perm == IE_PAGE_FAULT_PERM_WRITE,
+          "smmu: read %u: device %#x addr %#" PRIx64 " group %u flags %#x perm %#x", n,
+          faults[0].device, faults[0].addr, faults[0].group, faults[0].flags, faults[0].perm);
+    IeSimDma dma;
+    CHECK(ie_sim_model_translate(model, 0x20, 0x5000, true, &dma) == IE_STATUS_NOT_FOUND,
+          "smmu: not mapped yet");
+    OK(ie_ctx_map(ctx, ioasid, 0x5000, 0x6000000, KIB4, IE_PROT_READ | IE_PROT_WRITE));
+    OK(ie_ctx_respond_fault(ctx, faults[0].cookie, IE_FAULT_RESPONSE_SUCCESS));
+    CHECK(ie_ctx_respond_fault(ctx, faults[0].cookie, IE_FAULT_RESPONSE_SUCCESS) ==
+              IE_STATUS_INVALID_ARGUMENT,
+          "smmu: second response");
+    OK(ie_sim_model_translate(model, 0x20, 0x5000, true, &dma));
+    CHECK(dma.pa == 0x6000000, "smmu: retry translates to %#" PRIx64, dma.pa);
+
+    /* A request left unanswered is answered by the detach. */
+    OK(ie_sim_model_page_request(model, 0x20, 0x9000, false, 8, true));
+    OK(ie_registry_dispatch_faults(registry, 0, (IeCtx *const *)&ctx, 1, &queued));
+    CHECK(queued == 1, "smmu: second request queued %u", queued);
+    OK(ie_ctx_detach(ctx, dev));
+    OK(ie_ctx_read_faults(ctx, faults, 4, &n));
+    CHECK(n == 0, "smmu: detach left %u faults", n);
+
+    OK(ie_ctx_destroy(ctx));
+    OK(ie_registry_destroy(registry));
+    OK(ie_unit_disable(unit));
+    OK(ie_unit_destroy(unit));
+    OK(ie_sim_model_destroy(model));
+}
+
 int main(void)
 {
     int32_t st;
@@ -475,6 +538,7 @@ int main(void)
     OK(ie_sim_model_destroy(plain_model));
     smmu_flow(arena, &env);
     page_fault_flow(arena, &env);
+    smmu_page_fault_flow(arena, &env);
     CHECK(ie_sim_arena_live_pages(arena) == pages_at_start, "pages leaked: %" PRIu64 " live",
           ie_sim_arena_live_pages(arena) - pages_at_start);
     OK(ie_sim_arena_destroy(arena));
