@@ -174,6 +174,8 @@ scenarios! {
     // q35's own DMAR read through the RSDP, byte for byte the captures in tests/data/acpi/.
     x86_64_dmar_q35 => (X86_64, 5, "dmar_q35", "q35", ["-device", "intel-iommu"]);
     x86_64_dmar_q35_root_port => (X86_64, 6, "dmar_q35_root_port", "q35", ["-device", "intel-iommu,device-iotlb=on,aw-bits=39", "-device", "pcie-root-port,id=rp1,bus=pcie.0,chassis=1,addr=06.0", "-device", "edu,bus=rp1,addr=00.0,dma_mask=0xffffffffffffffff"]);
+    // q35's IVRS with amd-iommu (AMD IOMMU specification 48882 §5.2), byte for byte the capture.
+    x86_64_ivrs_q35 => (X86_64, 7, "ivrs_q35", "q35", ["-device", "amd-iommu,pt=off"]);
 
     // VT-d: guest numbers 100-199 from tests/qemu/x86_64/src/vtd_scenarios.rs.
     // Legacy mode, 4-level tables (aw-bits=48, the default).

@@ -25,6 +25,9 @@ impl Signature {
     pub const DMAR: Self = Self(*b"DMAR");
     /// `"IORT"`, the IO Remapping Table (Arm DEN 0049).
     pub const IORT: Self = Self(*b"IORT");
+    /// `"IVRS"`, the I/O Virtualization Reporting Structure (AMD IOMMU specification 48882,
+    /// §5.2).
+    pub const IVRS: Self = Self(*b"IVRS");
 }
 
 impl fmt::Debug for Signature {

@@ -9,6 +9,9 @@
 //!   resolved to requester IDs, reserved memory regions, and the unit configuration defaults.
 //! - [`iort`]: the Arm IO Remapping Table (DEN 0049 E.f): requester IDs to (SMMU, StreamID)
 //!   and ITS DeviceIDs, the SMMUv3 platform facts, reserved memory ranges per StreamID.
+//! - [`ivrs`]: the AMD I/O Virtualization Reporting Structure (AMD IOMMU specification 48882,
+//!   §5.2): AMD-Vi units, the device IDs each translates, memory definitions, and the unit
+//!   configuration defaults.
 //! - [`fdt`]: a flattened device tree's `iommus`, `iommu-map`/`iommu-map-mask` and
 //!   `dma-coherent`.
 //!
@@ -20,6 +23,7 @@ pub mod acpi;
 pub mod dmar;
 pub mod fdt;
 pub mod iort;
+pub mod ivrs;
 
 #[cfg(test)]
 pub(crate) mod testutil;

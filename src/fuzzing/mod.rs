@@ -17,6 +17,7 @@
 //! | `firmware_dmar` | [`firmware`]: the ACPI DMAR parser and the RSDP / RSDT / XSDT walk on arbitrary bytes (whole tables, table bodies behind a valid header, physical memory images) | never panics; a table that parses answers consistently (structures in order, scopes with paths, every covering-unit answer justified by its rule, reserved regions aligned and non-empty) |
 //! | `queue_smmuv3` | [`cmdq`]: the SMMUv3 command queue (16 entries, wrapping) as a unit's flushes drive it over the SMMUv3 model, with CERROR_ILL / CERROR_ABT / CERROR_ATC_INV_SYNC and stalled CMD_SYNCs injected | a good flush was consumed (the model's TLB forgot every unmapped page) and released its pages; a failed one kept them and happened only under injection; after recovery the queue runs again |
 //! | `firmware_iort` | [`firmware_iort`]: the IORT decoders on arbitrary bytes, raw or behind a fixed-up ACPI header | never panics; nodes inside the table and found again by reference; resolutions end at an SMMU or ITS group; regions and StreamID ranges well formed |
+//! | `firmware_ivrs` | [`firmware_ivrs`]: the IVRS decoders on arbitrary bytes, raw or behind a fixed-up ACPI header | never panics; blocks and device entries in order inside the table; every device range found again by the unit lookup; register windows and memory ranges aligned when accepted |
 //! | `firmware_fdt` | [`firmware_fdt`]: the device-tree decoders on arbitrary bytes | never panics; nodes within the depth bound; `iommus` and `iommu-map` answers name nodes with `#iommu-cells` |
 
 pub mod cmdq;
@@ -24,6 +25,7 @@ pub mod decode;
 pub mod firmware;
 pub mod firmware_fdt;
 pub mod firmware_iort;
+pub mod firmware_ivrs;
 pub mod ioasid;
 pub mod pgtable;
 mod pool;
@@ -75,6 +77,7 @@ pub const TARGETS: &[Target] = &[
     ("ioasid", ioasid::ioasid),
     ("firmware_dmar", firmware::dmar),
     ("firmware_iort", firmware_iort::iort),
+    ("firmware_ivrs", firmware_ivrs::ivrs),
     ("firmware_fdt", firmware_fdt::fdt),
 ];
 

@@ -1,8 +1,9 @@
 //! AMD-Vi DMA scenarios on QEMU's `amd-iommu` (numbers 300-399).
 //!
 //! Every scenario drives the crate as a kernel would: the unit found where the platform says
-//! (ACPI IVRS, `firmware.rs`; QEMU's 0xFED8_0000), an [`AmdViUnit`] created and enabled, a
-//! `Registry` and an `IoasidCtx`, `edu` bound by its device ID (requester ID 00:04.0 = 0x20),
+//! (ACPI IVRS, `firmware.rs`; QEMU's 0xFED8_0000, its device table sized by the IVRS), an
+//! [`AmdViUnit`] created and enabled, a `Registry` and an `IoasidCtx`, `edu` bound by the
+//! device ID its IVRS entry gives (00:04.0 = 0x20),
 //! IOASIDs allocated, attached, mapped, DMA made, unmapped; at the end the context is dropped,
 //! the unit disabled and released, and every page must be back in the allocator. Events are
 //! read with the crate's own event-log drain ([`AmdViUnit::drain_events`]).
@@ -119,9 +120,16 @@ impl<T, E: Display> OrFail<T> for Result<T, E> {
     }
 }
 
-/// The device ID (requester ID) of the `edu` at `bdf`.
-pub fn device_id((b, d, f): (u8, u8, u8)) -> u16 {
-    u16::from(b) << 8 | u16::from(d & 0x1f) << 3 | u16::from(f & 7)
+/// The device ID the unit sees for the `edu` at `bdf`, from the IVRS entry that names it; it
+/// must be under the unit the scenarios drive.
+fn device_id(g: &Ctx, bdf: (u8, u8, u8)) -> Result<u16, Fail> {
+    let (id, unit) = crate::firmware::amdvi_unit(bdf)?;
+    ensure!(
+        unit.register_base.get() == g.arch.amdvi_base as u64,
+        "{bdf:?} is under the unit at {:#x}",
+        unit.register_base.get()
+    );
+    Ok(id)
 }
 
 /// Every handle a unit with the default number of domains can give out.
@@ -183,10 +191,12 @@ pub fn regs(base: usize) -> Result<Mmio, Fail> {
     Ok(unsafe { Mmio::new(p, iommu_engine::amdvi::regs::WINDOW_LEN) })
 }
 
-/// Creates the unit at the platform's base and enables it.
+/// Creates the unit at the platform's base, its device table sized by the IVRS, and enables
+/// it.
 pub fn create(g: &Ctx) -> Result<Unit, Fail> {
     let regs = regs(g.arch.amdvi_base)?;
-    let config = AmdViConfig::new();
+    let defaults = crate::firmware::amdvi_defaults(g.arch.amdvi_base)?;
+    let config = defaults.apply(AmdViConfig::new());
     let unit = match Unit::new(regs, g.alloc, config) {
         Ok(u) => u,
         Err(e) => bail!("AmdViUnit::new ({config:?}): {e}"),
@@ -199,6 +209,13 @@ pub fn create(g: &Ctx) -> Result<Unit, Fail> {
         unit.info().host_levels,
         unit.device_ids()
     );
+    if let Some(image) = defaults.efr_image {
+        ensure!(
+            image == unit.info().efr.0,
+            "the IVRS's EFR image {image:#x} is not the register's {:#x}",
+            unit.info().efr.0
+        );
+    }
     unit.enable().or_fail("AmdViUnit::enable")?;
     Ok(unit)
 }
@@ -227,7 +244,7 @@ struct Amd<'c, 'r, 'a> {
 fn with_amd(g: &mut Ctx, f: impl FnOnce(&Amd<'_, '_, '_>) -> Result<(), Fail>) -> Result<(), Fail> {
     let g: &Ctx = g;
     let edu = g.edu()?;
-    let edu_id = device_id(edu.bdf);
+    let edu_id = device_id(g, edu.bdf)?;
     let live_before = g.alloc.live_frames();
     let unit = create(g)?;
     {
@@ -673,7 +690,7 @@ fn force_coherent(g: &mut Ctx) -> Result<(), Fail> {
 fn two_devices(g: &mut Ctx) -> Result<(), Fail> {
     with_amd(g, |v| {
         let edu2 = crate::second_edu()?;
-        let edu2_id = device_id(edu2.bdf);
+        let edu2_id = device_id(v.g, edu2.bdf)?;
         ensure!(edu2_id == 0x28, "second edu's device ID {edu2_id:#x}");
         let dev2 = v
             .ctx

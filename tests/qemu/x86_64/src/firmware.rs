@@ -3,12 +3,15 @@
 //! 0, the BIOS area 0xE0000-0xFFFFF is scanned as ACPI 6.5 §5.2.5.1 says), the DMAR through the
 //! RSDT/XSDT, then for each requester the DRHD that covers it, through the device scopes and
 //! the bridges' secondary buses read from PCI configuration space. The VT-d register base and
-//! every requester ID the scenarios use come from here, not from constants.
+//! every requester ID the scenarios use come from here, not from constants. On an `amd-iommu`
+//! machine the IVRS does the same for AMD-Vi: the unit's register base, its device table size,
+//! and the device ID each function's requests carry (AMD IOMMU specification 48882, §5.2).
 
 use core::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 
 use iommu_engine::firmware::acpi::Rsdp;
 use iommu_engine::firmware::dmar::{BusRange, Coverage, Dmar, ScopeType, VtdUnitDefaults};
+use iommu_engine::firmware::ivrs::{AmdViUnitDefaults, Ivrs};
 use iommu_engine::vtd::SourceId;
 
 use crate::pci::{Bdf, ConfigSpace};
@@ -197,10 +200,89 @@ pub fn unit_defaults(register_base: usize) -> Result<VtdUnitDefaults, Fail> {
     bail!("no DRHD at {register_base:#x}")
 }
 
-/// QEMU's `amd-iommu` register base (`AMDVI_BASE_ADDR` in `hw/i386/amd_iommu.h`).
-const AMDVI_DEFAULT_BASE: usize = 0xFED8_0000;
+/// The IVRS, checked.
+pub fn ivrs() -> Result<Ivrs<'static>, Fail> {
+    let rsdp = RSDP.load(Ordering::Relaxed);
+    if rsdp == 0 {
+        bail!("no RSDP found");
+    }
+    match Ivrs::find(&phys, rsdp) {
+        Ok(t) => Ok(t),
+        Err(e) => bail!("IVRS: {e}"),
+    }
+}
 
-/// The AMD-Vi register base: QEMU's default, used only by the AMD-Vi rows.
-pub fn amdvi_base() -> usize {
-    AMDVI_DEFAULT_BASE
+/// The device ID the AMD-Vi unit sees for the PCI function at `bdf` and that unit's defaults,
+/// as the IVRS says (the IVHD type software uses, the entry that names the function); fails if
+/// no unit translates it.
+pub fn amdvi_unit(bdf: Bdf) -> Result<(u16, AmdViUnitDefaults), Fail> {
+    let t = ivrs()?;
+    let id = u16::from(bdf.0) << 8 | u16::from(bdf.1 & 0x1f) << 3 | u16::from(bdf.2 & 7);
+    let Some((unit, run)) = t.unit_for(0, id) else {
+        bail!("no IVHD names device {id:#06x}: its DMA would not be translated");
+    };
+    let defaults = match AmdViUnitDefaults::of(&t, &unit) {
+        Ok(d) => d,
+        Err(e) => bail!("{e}"),
+    };
+    // boot.rs maps 2-4 GiB uncached: the registers must lie there.
+    let base = defaults.register_base.get();
+    let window = base..base + defaults.register_len;
+    if window.start < 1 << 31 || window.end > MAPPED {
+        bail!("AMD-Vi registers {window:#x?} outside the uncached 2-4 GiB window");
+    }
+    println!(
+        "IVRS: device {id:#06x} is under the unit at {base:#x} (IVHD type {:#04x} at {:#x}, entry {:#06x}..={:#06x}), requester {:#06x}",
+        unit.block_type,
+        unit.offset,
+        run.first,
+        run.last,
+        run.requester(id)
+    );
+    Ok((run.requester(id), defaults))
+}
+
+/// The AMD-Vi unit that translates `edu` at `edu_bdf` (the first unit without edu), as the
+/// IVRS says: its register base, 0 on a machine without an IVRS (no `amd-iommu`).
+pub fn discover_amdvi(edu_bdf: Option<Bdf>) -> usize {
+    let t = match ivrs() {
+        Ok(t) => t,
+        Err(e) => {
+            println!("note: {e}");
+            return 0;
+        }
+    };
+    println!(
+        "IVRS: IVinfo {:#x}, {} block(s), units of type {:#04x?}",
+        t.iv_info().0,
+        t.blocks().count(),
+        t.unit_type()
+    );
+    let Some(bdf) = edu_bdf else {
+        return t
+            .units()
+            .next()
+            .and_then(|u| AmdViUnitDefaults::of(&t, &u).ok())
+            .map_or(0, |d| d.register_base.get() as usize);
+    };
+    match amdvi_unit(bdf) {
+        Ok((_, d)) => d.register_base.get() as usize,
+        Err(e) => {
+            println!("note: {e}");
+            0
+        }
+    }
+}
+
+/// The IVRS defaults of the unit at `register_base` (for `AmdViConfig`).
+pub fn amdvi_defaults(register_base: usize) -> Result<AmdViUnitDefaults, Fail> {
+    let t = ivrs()?;
+    for u in t.units() {
+        if let Ok(d) = AmdViUnitDefaults::of(&t, &u) {
+            if d.register_base.get() == register_base as u64 {
+                return Ok(d);
+            }
+        }
+    }
+    bail!("no IVHD at {register_base:#x}")
 }

@@ -159,13 +159,15 @@ extern "C" fn kmain(start_info: u32) -> ! {
     let edu = setup_edu();
     // The VT-d unit and edu's requester ID, as the platform's ACPI DMAR describes them.
     let vtd_base = firmware::discover(u64::from(start_info), edu.as_ref().ok().map(|e| e.bdf));
+    // The AMD-Vi unit, as the platform's ACPI IVRS describes it.
+    let amdvi_base = firmware::discover_amdvi(edu.as_ref().ok().map(|e| e.bdf));
     let mut ctx = Ctx {
         alloc: &PAGES,
         edu,
         arch: arch::ArchCtx {
             start_info: start_info as u64,
             vtd_base,
-            amdvi_base: firmware::amdvi_base(),
+            amdvi_base,
         },
     };
     if let Err(e) = &ctx.edu {

@@ -41,6 +41,11 @@ pub static TABLE: &[Scenario] = &[
         name: "dmar_q35_root_port",
         run: dmar_q35_root_port,
     },
+    Scenario {
+        id: 7,
+        name: "ivrs_q35",
+        run: ivrs_q35,
+    },
 ];
 
 /// The DMAR `tests/data/acpi/` holds for `-device intel-iommu` and edu at 00:04.0.
@@ -137,6 +142,58 @@ fn dmar_q35_root_port(ctx: &mut Ctx) -> Result<(), Fail> {
         matches!(t.unit_for(0, outside, &firmware::bridge_buses), Ok(None)),
         "bus {} (outside the port) has a unit",
         crate::FAR_BUS + 1
+    );
+    Ok(())
+}
+
+/// The IVRS `tests/data/acpi/` holds for `-device amd-iommu,pt=off` and edu at 00:04.0.
+const Q35_IVRS: &[u8] = include_bytes!("../../../data/acpi/q35-amd-iommu.ivrs");
+
+/// q35's IVRS with `amd-iommu`, read through the RSDP: byte for byte the capture (printed in
+/// hex); one unit (types 10h and 11h, 11h used) at the base the guest found and drives in the
+/// AMD-Vi rows, whose EFR image is what its EFR register reads; edu named under its own device
+/// ID 0x20; an absent function (00:09.0) named by no unit; the device table sized to the
+/// highest ID listed (00:1f.3).
+fn ivrs_q35(ctx: &mut Ctx) -> Result<(), Fail> {
+    let t = firmware::ivrs()?;
+    let bytes = t.table().bytes();
+    for (i, line) in bytes.chunks(16).enumerate() {
+        print!("IVRS {:04x}:", i * 16);
+        for b in line {
+            print!(" {b:02x}");
+        }
+        println!();
+    }
+    ensure!(
+        bytes == Q35_IVRS,
+        "the IVRS ({} bytes) differs from the capture ({} bytes)",
+        bytes.len(),
+        Q35_IVRS.len()
+    );
+    ensure!(t.unit_type() == Some(0x11), "unit type {:?}", t.unit_type());
+    ensure!(t.units().count() == 1, "{} units", t.units().count());
+    let edu = ctx.edu()?;
+    let (id, unit) = firmware::amdvi_unit(edu.bdf)?;
+    ensure!(id == 0x20, "edu's device ID {id:#x}");
+    ensure!(
+        unit.register_base.get() == ctx.arch.amdvi_base as u64 && ctx.arch.amdvi_base != 0,
+        "unit at {:#x}, guest uses {:#x}",
+        unit.register_base.get(),
+        ctx.arch.amdvi_base
+    );
+    ensure!(unit.device_ids == 0xfc, "device table for {:#x} IDs", unit.device_ids);
+    // SAFETY: the AMD-Vi window at 0xFED8_0000 is identity-mapped uncached (boot.rs); an
+    // aligned read of the read-only EFR.
+    let efr = unsafe {
+        core::ptr::read_volatile(
+            (ctx.arch.amdvi_base + iommu_engine::amdvi::regs::EXT_FEATURE) as *const u64,
+        )
+    };
+    println!("EFR register {efr:#x}, IVRS image {:#x?}", unit.efr_image);
+    ensure!(unit.efr_image == Some(efr), "EFR image {:#x?}, register {efr:#x}", unit.efr_image);
+    ensure!(
+        t.unit_for(0, 0x48).is_none(),
+        "00:09.0 (absent, unlisted) has a unit"
     );
     Ok(())
 }

@@ -1,0 +1,274 @@
+//! The I/O Virtualization Reporting Structure, the ACPI `IVRS` table: AMD I/O Virtualization
+//! Technology (IOMMU) Specification, document 48882, revision 3.10, §5.2.1 "IVRS Header" and
+//! §5.2.2 "I/O Virtualization Definition Blocks".
+//!
+//! | offset | bytes | field |
+//! |---|---|---|
+//! | 0 | 36 | ACPI table header, signature `IVRS` (ACPI 6.5 §5.2.6) |
+//! | 36 | 4 | IVinfo: bit 0 EFRSup, bit 1 DMA remap support, bits 7:5 GVAsize, 14:8 PAsize, 21:15 VAsize, bit 22 HtAtsResv |
+//! | 40 | 8 | Reserved |
+//! | 48 | - | I/O virtualization definition blocks, each `Type` (1), `Flags` (1), `Length` (2), body |
+//!
+//! Block types: 10h, 11h, 40h IVHD ([`Ivhd`]); 20h, 21h, 22h IVMD ([`Ivmd`]); others are
+//! skipped (their `Length` is still checked), as Linux skips types above those it knows.
+
+use super::error::{Error, Structure};
+use super::ivhd::Ivhd;
+use super::ivmd::Ivmd;
+use crate::firmware::acpi::{self, read_u16, read_u32, read_u8, PhysMemory, Sdt, Signature};
+
+/// Offset of the first definition block.
+const BLOCKS: usize = 48;
+/// Bytes of a block's `Type`, `Flags` and `Length`.
+const BLOCK_HEADER: usize = 4;
+
+/// `IVinfo` (§5.2.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct IvInfo(pub u32);
+
+impl IvInfo {
+    /// Bit 0 `EFRSup`: the EFR images of IVHD types 11h and 40h are valid.
+    pub const fn efr_sup(self) -> bool {
+        self.0 & 1 != 0
+    }
+
+    /// Bit 1: the platform asks for DMA remapping to stay on from firmware to the OS
+    /// ("DMA remap support", the pre-boot DMA protection opt-in).
+    pub const fn dma_remap_support(self) -> bool {
+        self.0 & 2 != 0
+    }
+
+    /// Bits 7:5 `GVAsize`: the guest virtual address width code (2: 48 bits, 3: 57 bits).
+    pub const fn gva_size(self) -> u32 {
+        (self.0 >> 5) & 0x7
+    }
+
+    /// Bits 14:8 `PAsize`: the physical address width the units take, in bits.
+    pub const fn pa_size(self) -> u32 {
+        (self.0 >> 8) & 0x7f
+    }
+
+    /// Bits 21:15 `VAsize`: the virtual (IOVA) width the units take, in bits.
+    pub const fn va_size(self) -> u32 {
+        (self.0 >> 15) & 0x7f
+    }
+
+    /// Bit 22 `HtAtsResv`: the HyperTransport range is reserved for ATS.
+    pub const fn ht_ats_resv(self) -> bool {
+        self.0 & (1 << 22) != 0
+    }
+}
+
+/// An IVRS table, checked as a whole when it is built: the ACPI header (length, checksum),
+/// every block's length, every IVHD's device entries and every IVMD. The iterators then yield
+/// every block the table holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ivrs<'a> {
+    table: Sdt<'a>,
+    iv_info: IvInfo,
+}
+
+impl<'a> Ivrs<'a> {
+    /// Checks a table found through the RSDT/XSDT.
+    ///
+    /// # Errors
+    /// [`Error::Acpi`] with [`acpi::Error::WrongSignature`] for another table;
+    /// [`Error::TooShort`] for a table without the 12 IVRS bytes after the header; the errors
+    /// of the blocks it holds.
+    pub fn new(table: Sdt<'a>) -> Result<Self, Error> {
+        if table.signature() != Signature::IVRS {
+            return Err(acpi::Error::WrongSignature {
+                expected: Signature::IVRS,
+                found: table.signature(),
+            }
+            .into());
+        }
+        let bytes = table.bytes();
+        if bytes.len() < BLOCKS {
+            return Err(Error::TooShort {
+                structure: Structure::Table,
+                offset: 0,
+                length: bytes.len(),
+                minimum: BLOCKS,
+            });
+        }
+        let ivrs = Self {
+            table,
+            iv_info: IvInfo(read_u32(bytes, 36)?),
+        };
+        let mut at = BLOCKS;
+        while let Some((block_type, body, len)) = raw_block(bytes, at)? {
+            decode(block_type, body, at)?;
+            at = at.saturating_add(len);
+        }
+        Ok(ivrs)
+    }
+
+    /// Checks the IVRS table at the start of `bytes` (its length, checksum and contents).
+    ///
+    /// # Errors
+    /// Those of [`acpi::Sdt::parse_expecting`] and [`new`](Self::new).
+    pub fn parse(bytes: &'a [u8]) -> Result<Self, Error> {
+        Self::new(Sdt::parse_expecting(bytes, Signature::IVRS)?)
+    }
+
+    /// Finds the IVRS through the RSDP at physical `rsdp_address`, mapped through `mem`, and
+    /// checks it.
+    ///
+    /// # Errors
+    /// Those of [`acpi::find_table`] (with [`acpi::Error::NotFound`] on a platform without an
+    /// AMD IOMMU) and [`new`](Self::new).
+    pub fn find<M: PhysMemory<'a> + ?Sized>(mem: &M, rsdp_address: u64) -> Result<Self, Error> {
+        Self::new(acpi::find_table(mem, rsdp_address, Signature::IVRS)?)
+    }
+
+    /// The checked table.
+    pub const fn table(&self) -> &Sdt<'a> {
+        &self.table
+    }
+
+    /// `IVinfo`.
+    pub const fn iv_info(&self) -> IvInfo {
+        self.iv_info
+    }
+
+    /// Every definition block, in table order.
+    pub fn blocks(&self) -> Blocks<'a> {
+        Blocks {
+            bytes: self.table.bytes(),
+            at: BLOCKS,
+        }
+    }
+
+    /// Every IVHD, of every type, in table order.
+    pub fn ivhds(&self) -> impl Iterator<Item = Ivhd<'a>> + 'a {
+        self.blocks().filter_map(|b| match b {
+            Block::Ivhd(h) => Some(h),
+            _ => None,
+        })
+    }
+
+    /// Every IVMD, in table order.
+    pub fn ivmds(&self) -> impl Iterator<Item = Ivmd> + 'a {
+        self.blocks().filter_map(|b| match b {
+            Block::Ivmd(m) => Some(m),
+            _ => None,
+        })
+    }
+
+    /// The IVHD type software uses: the highest of 10h, 11h and 40h the table holds (each
+    /// type describes every unit again, the higher ones with more), as Linux's
+    /// `get_highest_supported_ivhd_type`. `None` without an IVHD.
+    pub fn unit_type(&self) -> Option<u8> {
+        self.ivhds()
+            .map(|h| h.block_type)
+            .filter(|t| matches!(t, 0x10 | 0x11 | 0x40))
+            .max()
+    }
+
+    /// One IVHD per IOMMU: the blocks of [`unit_type`](Self::unit_type), in table order.
+    pub fn units(&self) -> impl Iterator<Item = Ivhd<'a>> + 'a {
+        let want = self.unit_type();
+        self.ivhds().filter(move |h| Some(h.block_type) == want)
+    }
+
+    /// The unit that translates PCI `device_id` of `segment`, and the run of its entries that
+    /// names it (whose `requester` is the device ID the unit sees).
+    pub fn unit_for(&self, segment: u16, device_id: u16) -> Option<(Ivhd<'a>, super::DeviceRange)> {
+        self.units()
+            .filter(|h| h.segment == segment)
+            .find_map(|h| h.covering(device_id).map(|r| (h, r)))
+    }
+
+    /// The memory definitions that apply to `device_id` (on any unit).
+    pub fn memory_for(&self, device_id: u16) -> impl Iterator<Item = Ivmd> + 'a {
+        self.ivmds().filter(move |m| m.applies_to(device_id))
+    }
+}
+
+/// One I/O virtualization definition block (§5.2.2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Block<'a> {
+    /// Types 10h, 11h, 40h.
+    Ivhd(Ivhd<'a>),
+    /// Types 20h, 21h, 22h.
+    Ivmd(Ivmd),
+    /// A type this parser does not decode.
+    Other {
+        /// `Type`.
+        block_type: u8,
+        /// The whole block, `Length` bytes.
+        bytes: &'a [u8],
+        /// Offset of the block in the IVRS table.
+        offset: usize,
+    },
+}
+
+/// A block's `Type`, its `Length` bytes, and that length.
+type RawBlock<'a> = (u8, &'a [u8], usize);
+
+/// The block at `at`, or `None` at the end.
+fn raw_block(bytes: &[u8], at: usize) -> Result<Option<RawBlock<'_>>, Error> {
+    let rest = bytes.get(at..).unwrap_or(&[]);
+    if rest.is_empty() {
+        return Ok(None);
+    }
+    if rest.len() < BLOCK_HEADER {
+        return Err(Error::TooShort {
+            structure: Structure::BlockHeader,
+            offset: at,
+            length: rest.len(),
+            minimum: BLOCK_HEADER,
+        });
+    }
+    let block_type = read_u8(rest, 0)?;
+    let len = usize::from(read_u16(rest, 2)?);
+    if len < BLOCK_HEADER {
+        return Err(Error::TooShort {
+            structure: Structure::BlockHeader,
+            offset: at,
+            length: len,
+            minimum: BLOCK_HEADER,
+        });
+    }
+    let body = rest.get(..len).ok_or(Error::Overrun {
+        structure: Structure::BlockHeader,
+        offset: at,
+        length: len,
+        remaining: rest.len(),
+    })?;
+    Ok(Some((block_type, body, len)))
+}
+
+/// Decodes one block by its type.
+fn decode(block_type: u8, bytes: &[u8], offset: usize) -> Result<Block<'_>, Error> {
+    Ok(match block_type {
+        0x10 | 0x11 | 0x40 => Block::Ivhd(Ivhd::parse(bytes, offset)?),
+        0x20..=0x22 => Block::Ivmd(Ivmd::parse(bytes, offset)?),
+        _ => Block::Other {
+            block_type,
+            bytes,
+            offset,
+        },
+    })
+}
+
+/// The blocks of a checked [`Ivrs`], in table order.
+#[derive(Clone, Debug)]
+pub struct Blocks<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Iterator for Blocks<'a> {
+    type Item = Block<'a>;
+
+    fn next(&mut self) -> Option<Block<'a>> {
+        // `Ivrs::new` checked every block: neither step fails on its table.
+        let (block_type, body, len) = raw_block(self.bytes, self.at).ok().flatten()?;
+        let block = decode(block_type, body, self.at).ok()?;
+        self.at = self.at.saturating_add(len);
+        Some(block)
+    }
+}

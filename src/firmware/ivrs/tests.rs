@@ -1,0 +1,454 @@
+//! IVRS tests: the table QEMU 10 builds for q35 with `amd-iommu` (tests/data/acpi/README.md says
+//! how it was captured), a hand-built table with every entry and block type, and malformed ones.
+
+use std::vec::Vec;
+
+use super::*;
+use crate::amdvi::AmdViConfig;
+use crate::firmware::acpi;
+use crate::firmware::testutil::{fix_checksum, sdt};
+use crate::mem::PhysAddr;
+
+/// `qemu-system-x86_64 -M q35 -device amd-iommu,pt=off -device edu,addr=04.0` (QEMU 10.0.2).
+const Q35: &[u8] = include_bytes!("../../../tests/data/acpi/q35-amd-iommu.ivrs");
+
+/// The device IDs QEMU lists: the host bridge, the IOMMU's own function (00:01.0), edu
+/// (00:04.0) and the ICH9 functions 00:1f.0, 00:1f.2, 00:1f.3.
+const Q35_DEVICES: [u16; 6] = [0x0000, 0x0008, 0x0020, 0x00f8, 0x00fa, 0x00fb];
+
+#[test]
+fn q35_ivrs_decodes_as_qemu_builds_it() {
+    let t = Ivrs::parse(Q35).unwrap();
+    let info = t.iv_info();
+    assert!(info.efr_sup());
+    assert_eq!(
+        (info.pa_size(), info.va_size(), info.gva_size()),
+        (40, 0, 0)
+    );
+    // One unit, described twice: a type 10h and a type 11h block; software uses 11h.
+    let types: Vec<u8> = t.ivhds().map(|h| h.block_type).collect();
+    assert_eq!(types, [0x10, 0x11]);
+    assert_eq!(t.unit_type(), Some(0x11));
+    assert_eq!(t.ivmds().count(), 0);
+    let [unit] = t.units().collect::<Vec<_>>()[..] else {
+        panic!("one unit")
+    };
+    assert_eq!(
+        (unit.device_id, unit.capability_offset, unit.segment),
+        (0x0008, 0x40, 0)
+    );
+    assert_eq!(unit.base_address, 0xfed8_0000);
+    assert_eq!(
+        unit.register_window(),
+        Ok((PhysAddr::new(0xfed8_0000), 0x4000))
+    );
+    // The image of EFR, as the register reads (tests/qemu/README.md: 0x29d3).
+    assert_eq!(unit.efr_image, Some(0x29d3));
+    assert_eq!(unit.efr2_image, Some(0));
+    let legacy = t.ivhds().next().unwrap();
+    assert_eq!(legacy.efr_image, None);
+    assert_eq!(
+        legacy.flags,
+        IvhdFlags::HT_TUN_EN | IvhdFlags::IOTLB_SUP | IvhdFlags::PREF_SUP | IvhdFlags::PPR_SUP
+    );
+    // Both blocks list the same devices: every function on bus 0, then the IOAPIC.
+    for h in t.ivhds() {
+        let ids: Vec<u16> = h.device_ranges().map(|r| r.first).collect();
+        assert_eq!(ids, Q35_DEVICES);
+        assert!(h
+            .device_ranges()
+            .all(|r| r.first == r.last && r.alias.is_none() && r.dte.is_empty()));
+        let specials: Vec<_> = h
+            .device_entries()
+            .filter(|(_, e)| matches!(e, DeviceEntry::Special { .. }))
+            .collect();
+        assert_eq!(
+            specials[..],
+            [(
+                h.offset + if h.block_type == 0x10 { 48 } else { 64 },
+                DeviceEntry::Special {
+                    handle: 0,
+                    device_id: 0x00a0,
+                    variety: SpecialVariety::Ioapic,
+                    dte: DteSetting::empty(),
+                }
+            )]
+        );
+        assert_eq!(h.last_device_id(), Some(0xfb));
+    }
+    // edu is translated by the unit under its own ID; an absent function is not.
+    let (u, run) = t.unit_for(0, 0x20).unwrap();
+    assert_eq!((u.block_type, run.requester(0x20)), (0x11, 0x20));
+    assert!(t.unit_for(0, 0x28).is_none());
+    assert!(t.unit_for(1, 0x20).is_none());
+    let d = AmdViUnitDefaults::of(&t, &unit).unwrap();
+    assert_eq!(
+        d,
+        AmdViUnitDefaults {
+            register_base: PhysAddr::new(0xfed8_0000),
+            register_len: 0x4000,
+            segment: 0,
+            device_id: 0x0008,
+            device_ids: 0xfc,
+            efr_image: Some(0x29d3),
+        }
+    );
+    assert_eq!(d.apply(AmdViConfig::new()).device_ids, 0xfc);
+}
+
+/// A hand-built block.
+fn block(block_type: u8, flags: u8, body: &[u8]) -> Vec<u8> {
+    let mut b = std::vec![block_type, flags];
+    b.extend_from_slice(&u16::try_from(4 + body.len()).unwrap().to_le_bytes());
+    b.extend_from_slice(body);
+    b
+}
+
+/// An IVHD of `block_type` at `base` on `segment` with `entries`.
+fn ivhd(block_type: u8, segment: u16, base: u64, efr: u64, entries: &[u8]) -> Vec<u8> {
+    let mut body = Vec::new();
+    body.extend_from_slice(&0x0010u16.to_le_bytes()); // IOMMU DeviceID 00:02.0
+    body.extend_from_slice(&0x40u16.to_le_bytes());
+    body.extend_from_slice(&base.to_le_bytes());
+    body.extend_from_slice(&segment.to_le_bytes());
+    body.extend_from_slice(&0x0305u16.to_le_bytes()); // UnitID 3, MSI 5
+    body.extend_from_slice(&0u32.to_le_bytes());
+    if block_type != 0x10 {
+        body.extend_from_slice(&efr.to_le_bytes());
+        body.extend_from_slice(&7u64.to_le_bytes());
+    }
+    body.extend_from_slice(entries);
+    block(block_type, 0, &body)
+}
+
+fn ivrs(iv_info: u32, blocks: &[Vec<u8>]) -> Vec<u8> {
+    let mut body = Vec::new();
+    body.extend_from_slice(&iv_info.to_le_bytes());
+    body.extend_from_slice(&[0; 8]);
+    for b in blocks {
+        body.extend_from_slice(b);
+    }
+    sdt(*b"IVRS", 2, &body)
+}
+
+fn entry4(t: u8, id: u16, dte: u8) -> [u8; 4] {
+    let [lo, hi] = id.to_le_bytes();
+    [t, lo, hi, dte]
+}
+
+fn entry8(t: u8, id: u16, dte: u8, tail: [u8; 4]) -> [u8; 8] {
+    let [lo, hi] = id.to_le_bytes();
+    [t, lo, hi, dte, tail[0], tail[1], tail[2], tail[3]]
+}
+
+/// Every entry type: select, range, alias, alias range, extended, special, ACPI HID with a
+/// UID, padding and a reserved 8-byte type.
+fn every_entry() -> Vec<u8> {
+    let mut e = Vec::new();
+    e.extend_from_slice(&entry4(0x00, 0, 0));
+    e.extend_from_slice(&entry4(0x02, 0x0100, 0x01));
+    e.extend_from_slice(&entry4(0x03, 0x0200, 0x40));
+    e.extend_from_slice(&entry4(0x04, 0x02ff, 0));
+    e.extend_from_slice(&entry8(0x42, 0x0300, 0, [0, 0x10, 0x03, 0]));
+    e.extend_from_slice(&entry8(0x43, 0x0400, 0, [0, 0x00, 0x04, 0]));
+    e.extend_from_slice(&entry4(0x04, 0x04ff, 0));
+    e.extend_from_slice(&entry8(0x46, 0x0500, 0, 0x8000_0000u32.to_le_bytes()));
+    e.extend_from_slice(&entry8(0x47, 0x0600, 0, 0x8000_0000u32.to_le_bytes()));
+    e.extend_from_slice(&entry4(0x04, 0x0610, 0));
+    e.extend_from_slice(&entry8(0x48, 0, 0xd7, [0x21, 0xa0, 0x00, 0x01]));
+    e.extend_from_slice(&entry8(0x48, 0, 0, [0x00, 0xa8, 0x00, 0x02]));
+    e.extend_from_slice(&entry8(0x7f, 0, 0, [0; 4]));
+    // ACPI HID "AMDI0020", no CID, a 3-byte string UID.
+    e.extend_from_slice(&entry4(0xf0, 0x00a5, 0));
+    e.extend_from_slice(b"AMDI0020");
+    e.extend_from_slice(&[0; 8]);
+    e.extend_from_slice(&[2, 3]);
+    e.extend_from_slice(b"ID0");
+    e
+}
+
+#[test]
+fn every_entry_and_block_type() {
+    let mem_unity = {
+        let mut b = Vec::new();
+        b.extend_from_slice(&0x0100u16.to_le_bytes());
+        b.extend_from_slice(&0u16.to_le_bytes());
+        b.extend_from_slice(&[0; 8]);
+        b.extend_from_slice(&0x000f_0000u64.to_le_bytes());
+        b.extend_from_slice(&0x1_0000u64.to_le_bytes());
+        b
+    };
+    let mem_range = {
+        let mut b = Vec::new();
+        b.extend_from_slice(&0x0200u16.to_le_bytes());
+        b.extend_from_slice(&0x02ffu16.to_le_bytes());
+        b.extend_from_slice(&[0; 8]);
+        b.extend_from_slice(&0x1000u64.to_le_bytes());
+        b.extend_from_slice(&0x2000u64.to_le_bytes());
+        b
+    };
+    let t = ivrs(
+        0x0030_2800 | 1,
+        &[
+            ivhd(0x10, 0, 0xfeb8_0000, 0, &every_entry()[..4 * 4]),
+            ivhd(0x40, 0, 0xfeb8_0000, 0x1234, &every_entry()),
+            ivhd(0x40, 1, 0xfec0_0000, 0x1234, &entry4(0x01, 0, 0)),
+            block(0x21, 0x07, &mem_unity),
+            block(0x22, 0x08, &mem_range),
+            block(0x30, 0, &[1, 2, 3, 4]),
+        ],
+    );
+    let t = Ivrs::parse(&t).unwrap();
+    assert_eq!(t.iv_info().va_size(), 96 & 0x7f);
+    assert_eq!(t.blocks().count(), 6);
+    assert!(matches!(
+        t.blocks().last(),
+        Some(Block::Other {
+            block_type: 0x30,
+            ..
+        })
+    ));
+    assert_eq!(t.unit_type(), Some(0x40));
+    let units: Vec<_> = t.units().collect();
+    assert_eq!(units.len(), 2);
+    let u = units[0];
+    assert_eq!((u.msi_number(), u.unit_id(), u.efr2_image), (5, 3, Some(7)));
+    let runs: Vec<_> = u.device_ranges().collect();
+    assert_eq!(
+        runs.iter()
+            .map(|r| (r.first, r.last, r.alias, r.extended))
+            .collect::<Vec<_>>(),
+        [
+            (0x0100, 0x0100, None, None),
+            (0x0200, 0x02ff, None, None),
+            (0x0300, 0x0300, Some(0x0310), None),
+            (0x0400, 0x04ff, Some(0x0400), None),
+            (0x0500, 0x0500, None, Some(0x8000_0000)),
+            (0x0600, 0x0610, None, Some(0x8000_0000)),
+        ]
+    );
+    assert_eq!(runs[0].dte, DteSetting::INIT_PASS);
+    assert_eq!(runs[1].dte, DteSetting::LINT0_PASS);
+    assert_eq!(runs[2].requester(0x0300), 0x0310);
+    let entries: Vec<_> = u.device_entries().map(|(_, e)| e).collect();
+    assert!(entries.contains(&DeviceEntry::Special {
+        handle: 0x21,
+        device_id: 0x00a0,
+        variety: SpecialVariety::Ioapic,
+        dte: DteSetting::from_bits_retain(0xd7),
+    }));
+    assert!(entries.contains(&DeviceEntry::Special {
+        handle: 0,
+        device_id: 0x00a8,
+        variety: SpecialVariety::Hpet,
+        dte: DteSetting::empty(),
+    }));
+    assert!(entries.contains(&DeviceEntry::Reserved { entry_type: 0x7f }));
+    assert!(entries.contains(&DeviceEntry::AcpiHid {
+        device_id: 0x00a5,
+        dte: DteSetting::empty(),
+        hid: *b"AMDI0020",
+        cid: [0; 8],
+        uid_format: 2,
+        uid: b"ID0",
+    }));
+    assert_eq!(u.last_device_id(), Some(0x0610));
+    // Lookups: the first unit of the segment that names the device; segment 1's unit takes
+    // every device ID of its segment.
+    assert_eq!(
+        t.unit_for(0, 0x0250).map(|(h, r)| (h.offset, r.first)),
+        Some((u.offset, 0x0200))
+    );
+    assert!(t.unit_for(0, 0x0700).is_none());
+    let (s1, all) = t.unit_for(1, 0x0700).unwrap();
+    assert_eq!((s1.segment, all.first, all.last), (1, 0, 0xffff));
+    assert_eq!(AmdViUnitDefaults::of(&t, &s1).unwrap().device_ids, 0x1_0000);
+    // Memory definitions.
+    let m: Vec<_> = t.memory_for(0x0100).collect();
+    assert_eq!(m.len(), 1);
+    assert_eq!(m[0].flags, IvmdFlags::UNITY | IvmdFlags::IR | IvmdFlags::IW);
+    assert_eq!(m[0].range(), Ok((PhysAddr::new(0xf_0000), 0x1_0000)));
+    let r: Vec<_> = t.memory_for(0x0280).collect();
+    assert_eq!(r.len(), 1);
+    assert_eq!(
+        (r[0].devices, r[0].flags),
+        (
+            IvmdDevices::Range {
+                first: 0x200,
+                last: 0x2ff
+            },
+            IvmdFlags::EXCLUSION_RANGE
+        )
+    );
+    assert_eq!(t.memory_for(0x0300).count(), 0);
+}
+
+#[test]
+fn malformed_tables_are_refused_with_the_offending_value() {
+    // A range start not closed.
+    let t = ivrs(0, &[ivhd(0x11, 0, 0xfed8_0000, 0, &entry4(0x03, 0x10, 0))]);
+    assert_eq!(
+        Ivrs::parse(&t),
+        Err(Error::Range {
+            offset: 48 + 40,
+            start: 0x10,
+            end: 0x10
+        })
+    );
+    // An end below its start.
+    let mut e = entry4(0x03, 0x10, 0).to_vec();
+    e.extend_from_slice(&entry4(0x04, 0x0f, 0));
+    let t = ivrs(0, &[ivhd(0x11, 0, 0xfed8_0000, 0, &e)]);
+    assert!(matches!(
+        Ivrs::parse(&t),
+        Err(Error::Range { end: 0x0f, .. })
+    ));
+    // An end without a start.
+    let t = ivrs(0, &[ivhd(0x10, 0, 0xfed8_0000, 0, &entry4(0x04, 0x10, 0))]);
+    assert!(matches!(
+        Ivrs::parse(&t),
+        Err(Error::Range { offset: 72, .. })
+    ));
+    // A variable-length entry of unknown length.
+    let t = ivrs(0, &[ivhd(0x10, 0, 0xfed8_0000, 0, &entry4(0x80, 0, 0))]);
+    assert_eq!(
+        Ivrs::parse(&t),
+        Err(Error::UnknownEntry {
+            offset: 72,
+            entry_type: 0x80
+        })
+    );
+    // An 8-byte entry cut by the block's end.
+    let t = ivrs(0, &[ivhd(0x10, 0, 0xfed8_0000, 0, &entry4(0x42, 0, 0))]);
+    assert!(matches!(
+        Ivrs::parse(&t),
+        Err(Error::Overrun {
+            structure: Structure::DeviceEntry,
+            offset: 72,
+            length: 8,
+            remaining: 4
+        })
+    ));
+    // An ACPI HID entry whose UID runs past the block.
+    let mut hid = entry4(0xf0, 1, 0).to_vec();
+    hid.extend_from_slice(&[0; 16]);
+    hid.extend_from_slice(&[2, 9, b'x']);
+    let t = ivrs(0, &[ivhd(0x40, 0, 0xfed8_0000, 0, &hid)]);
+    assert!(matches!(
+        Ivrs::parse(&t),
+        Err(Error::Overrun { length: 31, .. })
+    ));
+    // A type 11h block too short for its EFR image.
+    let mut short = ivhd(0x10, 0, 0xfed8_0000, 0, &[]);
+    short[0] = 0x11;
+    let t = ivrs(0, &[short]);
+    assert_eq!(
+        Ivrs::parse(&t),
+        Err(Error::TooShort {
+            structure: Structure::Ivhd,
+            offset: 48,
+            length: 24,
+            minimum: 40
+        })
+    );
+    // A block longer than the table.
+    let mut t = ivrs(0, &[ivhd(0x10, 0, 0xfed8_0000, 0, &[])]);
+    t[48 + 2] = 0x40;
+    fix_checksum(&mut t);
+    assert!(matches!(
+        Ivrs::parse(&t),
+        Err(Error::Overrun {
+            structure: Structure::BlockHeader,
+            ..
+        })
+    ));
+    // A block length below its header.
+    let mut t = ivrs(0, &[block(0x30, 0, &[])]);
+    t[48 + 2] = 2;
+    fix_checksum(&mut t);
+    assert!(matches!(
+        Ivrs::parse(&t),
+        Err(Error::TooShort { length: 2, .. })
+    ));
+    // An IVMD shorter than 32 bytes.
+    let t = ivrs(0, &[block(0x21, 0, &[0; 8])]);
+    assert!(matches!(
+        Ivrs::parse(&t),
+        Err(Error::TooShort {
+            structure: Structure::Ivmd,
+            ..
+        })
+    ));
+    // A table too short for IVinfo, the wrong signature, a bad checksum.
+    assert!(matches!(
+        Ivrs::parse(&sdt(*b"IVRS", 2, &[0; 4])),
+        Err(Error::TooShort {
+            structure: Structure::Table,
+            ..
+        })
+    ));
+    assert!(matches!(
+        Ivrs::parse(&sdt(*b"DMAR", 2, &[0; 12])),
+        Err(Error::Acpi(acpi::Error::WrongSignature { .. }))
+    ));
+    let mut bad = Q35.to_vec();
+    bad[40] ^= 1;
+    assert!(matches!(Ivrs::parse(&bad), Err(Error::Acpi(_))));
+    // Register bases and memory ranges checked where used.
+    let t = ivrs(0, &[ivhd(0x11, 0, 0xfed8_1000, 0, &[])]);
+    let t = Ivrs::parse(&t).unwrap();
+    let u = t.units().next().unwrap();
+    assert_eq!(
+        u.register_window(),
+        Err(Error::RegisterBase { base: 0xfed8_1000 })
+    );
+    assert_eq!(
+        AmdViUnitDefaults::of(&t, &u),
+        Err(Error::RegisterBase { base: 0xfed8_1000 })
+    );
+    let m = Ivmd {
+        devices: IvmdDevices::All,
+        flags: IvmdFlags::UNITY,
+        start: !0xfff_u64,
+        length: 0x2000,
+        offset: 0,
+    };
+    assert_eq!(
+        m.range(),
+        Err(Error::MemoryRange {
+            start: !0xfff_u64,
+            length: 0x2000
+        })
+    );
+}
+
+#[test]
+fn every_prefix_and_byte_flip_of_the_capture_fails_cleanly() {
+    // No input panics: truncations (re-checksummed) and single-byte changes.
+    for len in 36..Q35.len() {
+        let mut t = Q35[..len].to_vec();
+        t[4..8].copy_from_slice(&u32::try_from(len).unwrap().to_le_bytes());
+        fix_checksum(&mut t);
+        if let Ok(ivrs) = Ivrs::parse(&t) {
+            for u in ivrs.units() {
+                let _ = u.device_ranges().count();
+                let _ = AmdViUnitDefaults::of(&ivrs, &u);
+            }
+        }
+    }
+    let step = if cfg!(miri) { 37 } else { 1 };
+    for at in (36..Q35.len()).step_by(step) {
+        for bit in 0..8 {
+            let mut t = Q35.to_vec();
+            t[at] ^= 1 << bit;
+            fix_checksum(&mut t);
+            if let Ok(ivrs) = Ivrs::parse(&t) {
+                for u in ivrs.units() {
+                    let _ = u.device_entries().count();
+                    let _ = u.last_device_id();
+                }
+                let _ = ivrs.unit_for(0, 0x20);
+            }
+        }
+    }
+}

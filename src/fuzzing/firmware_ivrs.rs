@@ -1,0 +1,101 @@
+//! Fuzz target `firmware_ivrs`: the IVRS decoders ([`crate::firmware::ivrs`]) on arbitrary
+//! bytes. Never a panic; every block and device entry lies inside the table, in order; every
+//! device range is well formed and found again by the lookup; every unit's register window is
+//! 16 KiB aligned when it is accepted; every memory range accepted is aligned and non-empty.
+//!
+//! The first input byte chooses the mode: bit 0 clear, the rest is the table as is (the
+//! header and checksum checks see everything); bit 0 set, the rest is the body after a
+//! 36-byte ACPI header written for it (signature `IVRS`, `Length`, checksum), so that nearly
+//! every input reaches the block decoders.
+
+use std::vec::Vec;
+
+use crate::firmware::acpi::checksum;
+use crate::firmware::ivrs::{AmdViUnitDefaults, Block, DeviceEntry, Ivrs};
+
+/// Most device IDs looked up per unit.
+const LOOKUPS_PER_UNIT: usize = 64;
+
+/// The target's body.
+pub fn ivrs(data: &[u8]) {
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    if mode & 1 == 0 {
+        exercise(rest);
+        return;
+    }
+    let mut t = Vec::with_capacity(36 + rest.len());
+    t.extend_from_slice(b"IVRS");
+    t.extend_from_slice(
+        &u32::try_from(36 + rest.len())
+            .unwrap_or(u32::MAX)
+            .to_le_bytes(),
+    );
+    t.push(2);
+    t.push(0);
+    t.extend_from_slice(&[0; 26]);
+    t.extend_from_slice(rest);
+    t[9] = 0u8.wrapping_sub(checksum(&t));
+    exercise(&t);
+}
+
+/// Every decoder on `table`, checking what the results promise.
+pub fn exercise(table: &[u8]) {
+    let ivrs = match Ivrs::parse(table) {
+        Ok(t) => t,
+        Err(e) => return drop(std::format!("{e}")),
+    };
+    let len = ivrs.table().bytes().len();
+    let mut last = 0;
+    for block in ivrs.blocks() {
+        let offset = match block {
+            Block::Ivhd(h) => h.offset,
+            Block::Ivmd(m) => {
+                if let Ok((start, length)) = m.range() {
+                    assert!(start.get() % 4096 == 0 && length % 4096 == 0 && length != 0);
+                }
+                m.offset
+            }
+            Block::Other { offset, bytes, .. } => {
+                assert!(offset + bytes.len() <= len);
+                offset
+            }
+        };
+        assert!(
+            offset >= 48 && offset < len && offset >= last,
+            "blocks out of order"
+        );
+        last = offset;
+    }
+    let unit_type = ivrs.unit_type();
+    for unit in ivrs.units() {
+        assert_eq!(Some(unit.block_type), unit_type);
+        let mut at = unit.offset;
+        for (offset, entry) in unit.device_entries() {
+            assert!(
+                offset > at && offset < len,
+                "entry out of order or outside the table"
+            );
+            at = offset;
+            if let DeviceEntry::AcpiHid { uid, .. } = entry {
+                assert!(offset + 22 + uid.len() <= len);
+            }
+        }
+        let last_id = unit.last_device_id();
+        for range in unit.device_ranges().take(LOOKUPS_PER_UNIT) {
+            assert!(range.first <= range.last, "reversed range");
+            assert!(last_id.is_some_and(|l| l >= range.last));
+            for id in [range.first, range.last] {
+                let (found, run) = ivrs
+                    .unit_for(unit.segment, id)
+                    .expect("a device a unit names is found");
+                assert!(run.contains(id) && found.segment == unit.segment);
+            }
+        }
+        if let Ok(d) = AmdViUnitDefaults::of(&ivrs, &unit) {
+            assert!(d.register_base.get() % 0x4000 == 0 && d.register_base.get() != 0);
+            assert!((1..=0x1_0000).contains(&d.device_ids));
+        }
+    }
+}
