@@ -14,6 +14,7 @@ use iommu_engine::iommu::{
 use iommu_engine::mem::{Iova, Page, PageAllocator, PhysAddr};
 use iommu_engine::pgtable::Prot;
 use iommu_engine::sim::vtd::VtdModelConfig;
+use iommu_engine::sim::walk::Access;
 use iommu_engine::sim::Arena;
 use iommu_engine::vtd::Mode;
 
@@ -419,4 +420,61 @@ fn hwpt_alloc_nested_vtd_refuses_bad_guest_fields() {
 fn guest_vtd_tables_at(g: &GuestRam<'_>) {
     let idx = |shift: u32| ((IOVA >> shift) & 0x1ff) * 8;
     g.write(0, idx(39), g.gpa(1) | FS_TABLE);
+}
+
+/// iommufd `IOMMU_HWPT_SET_DIRTY_TRACKING` on a nest parent: `SSADE` lives in the PASID entry
+/// that holds `SSPTPTR`, which for a device behind a nested child is the child's nested entry,
+/// so turning tracking off and on must reach it (and its cached translations) too: a guest
+/// DMA write through the child is recorded in the parent's second stage only while tracking
+/// is on.
+#[test]
+fn hwpt_set_dirty_tracking_on_nest_parent_reaches_nested_children() {
+    let mut v = VtdSetup::scalable();
+    // ECAP.SMPWCS (bit 48): snooped page walks, which VT-d dirty tracking needs.
+    v.model.ecap |= 1 << 48;
+    with_rig(v, SmmuSetup::qemu(false), |r| {
+        let g = GuestRam::new(r.arena, 6);
+        let ctx = IoasidCtx::new(r.reg, r.arena, 0);
+        guest_vtd_tables(&g);
+        let parent = ctx
+            .alloc(IoasidFlags::NEST_PARENT | IoasidFlags::DIRTY_TRACKING)
+            .unwrap();
+        for n in 0..6 {
+            ctx.map(parent, Iova::new(g.gpa(n)), PhysAddr::new(g.pa(n)), K4, RW)
+                .unwrap();
+        }
+        let child = ctx.alloc_nested(parent, guest_s1(&g)).unwrap();
+        let dev = ctx.bind(vtd_dev(RID_A), false).unwrap();
+        ctx.attach(dev, child).unwrap();
+        let write = || {
+            r.vm.translate(RID_A as u16, None, IOVA, Access::WRITE)
+                .map(|t| t.pa)
+        };
+        let dirty = || {
+            let mut got = Vec::new();
+            ctx.read_and_clear_dirty(parent, Iova::new(GPA_BASE), 6 * K4, &mut |iova, _| {
+                got.push(iova.get())
+            })
+            .unwrap();
+            got
+        };
+        // On from allocation: the guest's write lands in page 4 and is recorded there.
+        assert_eq!(dirty(), Vec::<u64>::new());
+        assert_eq!(write(), Ok(g.pa(4)));
+        assert_eq!(dirty(), [g.gpa(4)]);
+        // Off: the same write (its translation cached before) records nothing.
+        ctx.set_dirty_tracking(parent, false).unwrap();
+        assert_eq!(write(), Ok(g.pa(4)));
+        ctx.set_dirty_tracking(parent, true).unwrap();
+        assert_eq!(dirty(), Vec::<u64>::new());
+        // On again: recorded again, through a translation cached while it was off.
+        assert_eq!(write(), Ok(g.pa(4)));
+        assert_eq!(dirty(), [g.gpa(4)]);
+        ctx.set_dirty_tracking(parent, false).unwrap();
+        assert_eq!(write(), Ok(g.pa(4)));
+        ctx.set_dirty_tracking(parent, true).unwrap();
+        assert_eq!(dirty(), Vec::<u64>::new());
+        drop(ctx);
+        assert_eq!(r.vtd_domains(), 0);
+    });
 }

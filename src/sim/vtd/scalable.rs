@@ -31,12 +31,27 @@ use super::translate::{walk_fail, Fail, Lookup, FS_AD, SCALABLE_FS, SCALABLE_SS,
 use super::walk::{vtd_fs, vtd_ss, Access, Perms};
 use super::{bits, DmaOk, RootMode, State};
 use crate::mem::{Iova, PhysAddr};
+use std::vec::Vec;
 
 /// Memory as a nested first-stage walk sees it: guest-physical addresses translated by the
 /// second stage.
 struct NestedMem<'a, M: PhysMem> {
     mem: &'a M,
     ss: vtd_ss::VtdSsConfig,
+}
+
+/// Memory that records every word a walk read, in order (the leaf last).
+struct Recorded<'a, M: PhysMem> {
+    mem: &'a M,
+    reads: core::cell::RefCell<Vec<(u64, u64)>>,
+}
+
+impl<M: PhysMem> PhysMem for Recorded<'_, M> {
+    fn read_u64(&self, pa: u64) -> Option<u64> {
+        let v = self.mem.read_u64(pa)?;
+        self.reads.borrow_mut().push((pa, v));
+        Some(v)
+    }
 }
 
 impl<M: PhysMem> PhysMem for NestedMem<'_, M> {
@@ -87,7 +102,8 @@ impl State<'_> {
                 let l = look(SCALABLE_SS, pe.ssade.then_some(SS_AD));
                 self.second_stage(l, pe.ssptptr, pe.ss_levels, iova, access, pe.pgsnp)
             }
-            // Nested walks read the first stage through the second: their flags are not modelled.
+            // Nested walks read the first stage through the second: its flags are not modelled;
+            // with SSADE the second-stage flags of the output are (`first_stage`).
             Pgtt::FirstStage => self.first_stage(look(SCALABLE_FS, Some(FS_AD)), &pe, iova, access),
             Pgtt::Nested => self.first_stage(look(SCALABLE_FS, None), &pe, iova, access),
         }
@@ -264,6 +280,7 @@ impl State<'_> {
             EntryKind::FirstStage
         };
         let pgsnp = pe.pgsnp;
+        let ss_ad = (nested.is_some() && pe.ssade).then_some(SS_AD);
         // Nested walks bypass the paging-structure cache (their reads mix both stages).
         let levels = if nested.is_some() { 0 } else { pe.fs_levels };
         self.through_iotlb(look, iova, access, (kind, levels), |st, mem| {
@@ -280,9 +297,18 @@ impl State<'_> {
             let mut size = t.page_size_log2;
             let (mut user, mut supervisor) = (t.attrs.user, t.attrs.supervisor);
             let (mut pa, mut snoop) = (t.pa.get(), pgsnp);
+            let mut dirty_at = None;
             if let Some(ss) = nested {
-                let s = vtd_ss::translate(&st.mem, &ss, Iova::new(pa), Access::default())
+                let rec = Recorded {
+                    mem: &st.mem,
+                    reads: core::cell::RefCell::new(Vec::new()),
+                };
+                let s = vtd_ss::translate(&rec, &ss, Iova::new(pa), Access::default())
                     .map_err(|f| walk_fail(f, access, &SCALABLE_SS, look.fpd))?;
+                // SSADE: the second-stage walk of the output sets A, and the first write D
+                // in its leaf (§3.8 with §3.7.2; the flags of the walks of the first-stage
+                // tables themselves are not modelled).
+                dirty_at = st.set_flags(ss_ad, &rec.reads.into_inner());
                 size = size.min(s.page_size_log2);
                 pa = s.pa.get();
                 snoop |= s.attrs.snoop;
@@ -301,7 +327,7 @@ impl State<'_> {
                 supervisor,
                 snoop,
                 negative: None,
-                dirty_at: None,
+                dirty_at,
             };
             Ok((size, entry))
         })

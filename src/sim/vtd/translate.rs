@@ -449,7 +449,8 @@ impl State<'_> {
                 let reads = mem.reads.into_inner();
                 match result {
                     Ok((size, mut entry)) => {
-                        entry.dirty_at = self.set_accessed(look, &reads);
+                        // A nested walk sets its second-stage flags itself (`scalable.rs`).
+                        entry.dirty_at = self.set_accessed(look, &reads).or(entry.dirty_at);
                         self.cache_walk(look, iova, kind, levels, &reads);
                         self.caches
                             .iotlb_insert(look.did, look.tag, iova, size, entry);
@@ -496,7 +497,16 @@ impl State<'_> {
     /// as an atomic read-modify-write. Returns where the first write must set the dirty flag:
     /// the leaf, unless it is dirty already or flags are not tracked.
     fn set_accessed(&self, look: Lookup, reads: &[(u64, u64)]) -> Option<(u64, u64)> {
-        let ad = look.ad.filter(|_| !self.probing)?;
+        self.set_flags(look.ad, reads)
+    }
+
+    /// [`Self::set_accessed`] with the flags `ad` (none: nothing tracked).
+    pub(crate) fn set_flags(
+        &self,
+        ad: Option<AdFlags>,
+        reads: &[(u64, u64)],
+    ) -> Option<(u64, u64)> {
+        let ad = ad.filter(|_| !self.probing)?;
         for &(pa, _) in reads {
             self.set_flag(pa, ad.accessed);
         }

@@ -3,7 +3,8 @@
 //! PASID entry's `SSADE` is set, `ECAP.SSADS`/`SLADS`), §9.6 (`SSADE`, word 0 bit 9) and
 //! §6.5.3 (what to invalidate after a PASID-table entry changed).
 //!
-//! Order, for each attachment of the domain: the table first (turning on cleans every leaf:
+//! Order, for each attachment of the domain (and, for a nest parent, of its nested children,
+//! whose nested PASID entries hold the parent's `SSPTPTR` and so its `SSADE`): the table first (turning on cleans every leaf:
 //! `D` clear, so that only writes after the call are reported), then `SSADE` changed in the
 //! present PASID entry in one 64-bit store, then one batch: a PASID-selective PASID-cache
 //! invalidation per attachment, the domain-selective IOTLB invalidation (IOTLB entries filled
@@ -45,22 +46,42 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
         table.set_dirty_tracking(on, &mut cleaned)?;
         let ssade = if on { PasidEntry::SSADE } else { 0 };
         let (co, alloc) = (self.info.coherency, &self.alloc);
-        for a in cfg.of_domain(slot) {
-            if let Some(entry) = self.existing_pasid_entry(&cfg.root, a.sid, a.pasid)? {
-                entry.update_present(PasidEntry::SSADE, ssade, co, alloc)?;
+        // The domain's own entries, then those of its nested children: SSADE lives in the
+        // entry that holds SSPTPTR, a child's nested entry for a device behind the child.
+        let children = || {
+            cfg.users
+                .iter()
+                .enumerate()
+                .filter(move |(_, u)| u.is_some_and(|u| u.parent == slot))
+                .map(|(i, _)| Self::user_slot(i))
+        };
+        let slots = || core::iter::once(slot).chain(children());
+        for s in slots() {
+            for a in cfg.of_domain(s) {
+                if let Some(entry) = self.existing_pasid_entry(&cfg.root, a.sid, a.pasid)? {
+                    entry.update_present(PasidEntry::SSADE, ssade, co, alloc)?;
+                }
             }
         }
         let issued = {
             let mut inv = self.inval.lock();
             let mut b = self.batch(&mut inv);
             let mut push = || -> Result<(), crate::vtd::Error> {
-                for a in cfg.of_domain(slot) {
-                    let p = a.pasid.unwrap_or(RID_PASID);
-                    b.push(Request::PasidCache(PasidCacheScope::Pasid(dom.did, p)))?;
-                }
-                b.push(Request::Iotlb(IotlbScope::Domain(dom.did)))?;
-                for a in cfg.of_domain(slot).filter(|a| a.ats) {
-                    b.push(device_tlb(a, Iova::ZERO, 64))?;
+                for s in slots() {
+                    let Some(did) = self.info.did_of(s) else {
+                        continue;
+                    };
+                    if s != slot && cfg.of_domain(s).next().is_none() {
+                        continue;
+                    }
+                    for a in cfg.of_domain(s) {
+                        let p = a.pasid.unwrap_or(RID_PASID);
+                        b.push(Request::PasidCache(PasidCacheScope::Pasid(did, p)))?;
+                    }
+                    b.push(Request::Iotlb(IotlbScope::Domain(did)))?;
+                    for a in cfg.of_domain(s).filter(|a| a.ats) {
+                        b.push(device_tlb(a, Iova::ZERO, 64))?;
+                    }
                 }
                 Ok(())
             };
