@@ -339,11 +339,29 @@ fn hwpt_nest_parent_unmap_invalidates_nested_children() {
         };
         let dev = ctx.bind_with(vtd_dev(RID_A), false, hints).unwrap();
         ctx.attach(dev, child).unwrap();
-        assert_eq!(r.vtd_read(RID_A, None, IOVA), Some((g.pa(4), false)));
+        let ats = |iova| {
+            r.vm.ats_translate(RID_A as u16, None, iova, Access::READ)
+                .map(|t| t.pa)
+        };
+        assert_eq!(ats(IOVA), Ok(g.pa(4)));
+        assert!(r.vm.atc_holds(RID_A as u16, None, IOVA));
+        // The guest moves its page: its invalidation reaches the device's ATC as well (one
+        // PASID-based IOTLB and one device-TLB invalidation of the page, one wait).
+        guest_leaf(&g, 5);
+        r.vm.reset_stats();
+        assert_eq!(ctx.invalidate_user_vtd(child, &[inv(IOVA, 1)]), Ok(1));
+        assert!(!r.vm.atc_holds(RID_A as u16, None, IOVA));
+        let st = r.vm.stats();
+        assert_eq!((st.piotlb_page, st.device_tlb, st.wait), (1, 1, 1));
+        assert_eq!(ats(IOVA), Ok(g.pa(5)));
+        guest_leaf(&g, 4);
+        assert_eq!(ctx.invalidate_user_vtd(child, &[inv(0, u64::MAX)]), Ok(1));
+        assert_eq!(ats(IOVA), Ok(g.pa(4)));
         r.vm.reset_stats();
         // The host takes the guest's data page away.
         ctx.unmap(parent, Iova::new(g.gpa(4)), K4).unwrap();
         assert_eq!(r.vtd_read(RID_A, None, IOVA), None);
+        assert!(!r.vm.atc_holds(RID_A as u16, None, IOVA));
         // The child's domain-selective IOTLB invalidation and the device's whole TLB.
         assert_eq!(r.vm.stats().device_tlb, 1);
         assert!(r.vm.stats().iotlb_domain >= 1);
