@@ -496,3 +496,57 @@ fn hwpt_set_dirty_tracking_on_nest_parent_reaches_nested_children() {
         assert_eq!(r.vtd_domains(), 0);
     });
 }
+
+/// What the child does not own stays out of reach: a PASID of another context cannot be
+/// attached to it, nor a PASID of a device that has none; a guest's invalidation reaches only
+/// the child's own domain ID and PASIDs, never another context's nested child on the same
+/// unit (its cached translation survives).
+#[test]
+fn hwpt_nested_vtd_refuses_foreign_pasid_and_device() {
+    with_rig(VtdSetup::scalable(), SmmuSetup::qemu(false), |r| {
+        let g = GuestRam::new(r.arena, 6);
+        guest_vtd_tables(&g);
+        let a = IoasidCtx::new(r.reg, r.arena, 1);
+        let b = IoasidCtx::new(r.reg, r.arena, 1);
+        let (_, child_a) = parent_and_child(&a, &g, guest_s1(&g));
+        let (_, child_b) = parent_and_child(&b, &g, guest_s1(&g));
+        let dev_a = a.bind(vtd_dev(RID_A), false).unwrap();
+        let dev_b = b.bind(vtd_dev(RID_B), false).unwrap();
+        a.attach(dev_a, child_a).unwrap();
+        b.attach(dev_b, child_b).unwrap();
+        let q = b.alloc_pasid().unwrap();
+        assert_eq!(
+            a.attach_pasid(dev_a, q, child_a),
+            Err(Error::PasidNotOwned(q))
+        );
+        let no_pasid = DeviceHints {
+            pasid_bits: Some(0),
+            ..DeviceHints::default()
+        };
+        let dev_c = a.bind_with(vtd_dev(0x30), false, no_pasid).unwrap();
+        let p = a.alloc_pasid().unwrap();
+        assert!(matches!(
+            a.attach_pasid(dev_c, p, child_a),
+            Err(Error::Incompatible { .. })
+        ));
+        assert_eq!(r.vtd_read(RID_A, None, IOVA), Some((g.pa(4), false)));
+        assert_eq!(r.vtd_read(RID_B, None, IOVA), Some((g.pa(4), false)));
+        // Both guests move IOVA; only a's invalidation passes.
+        guest_leaf(&g, 5);
+        r.vm.reset_stats();
+        assert_eq!(a.invalidate_user_vtd(child_a, &[inv(IOVA, 1)]), Ok(1));
+        let log = piotlb(r);
+        assert_eq!(log.len(), 1);
+        assert_eq!(r.vtd_read(RID_A, None, IOVA), Some((g.pa(5), false)));
+        // b's child has its own domain ID: a's invalidation did not reach its cache.
+        assert_eq!(r.vtd_read(RID_B, None, IOVA), Some((g.pa(4), false)));
+        assert_eq!(b.invalidate_user_vtd(child_b, &[inv(IOVA, 1)]), Ok(1));
+        let log_b = piotlb(r);
+        assert_eq!(log_b.len(), 2);
+        assert_ne!(log_b[1].0, log_b[0].0);
+        assert_eq!(r.vtd_read(RID_B, None, IOVA), Some((g.pa(5), false)));
+        drop(a);
+        drop(b);
+        assert_eq!(r.vtd_domains(), 0);
+    });
+}
