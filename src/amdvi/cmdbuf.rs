@@ -155,7 +155,7 @@ impl CommandBuffer {
         &mut self,
         regs: &W,
         alloc: &A,
-        cmds: &[Command],
+        cmds: impl IntoIterator<Item = Command>,
         kind_of: &mut impl FnMut(PhysAddr) -> Option<CommandErrorKind>,
     ) -> Result<(), Error>
     where
@@ -167,7 +167,7 @@ impl CommandBuffer {
                 self.publish(regs);
                 self.wait_for_space(regs, kind_of)?;
             }
-            self.write_entry(cmd);
+            self.write_entry(&cmd);
             self.clean(
                 alloc,
                 self.tail.wrapping_sub(ENTRY_BYTES) & (self.size() - 1),
@@ -226,7 +226,7 @@ impl CommandBuffer {
         self.sequence = self.sequence.wrapping_add(1);
         let sequence = self.sequence;
         let cmd = Command::completion_wait(Some((self.semaphore.pa, sequence)), false);
-        self.submit(regs, alloc, &[cmd], kind_of)?;
+        self.submit(regs, alloc, [cmd], kind_of)?;
         self.waits += 1;
         // SAFETY: the semaphore page is live and 8-byte aligned; the unit writes it with DMA,
         // which the crate reads only atomically.

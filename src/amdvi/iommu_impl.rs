@@ -51,34 +51,56 @@ const V1_FC: Source = Source::Embedder("AMD-Vi v1 PTE FC (every unit)");
 /// Most INVALIDATE_IOMMU_PAGES one flush issues before one of everything replaces them.
 const MAX_BLOCKS: usize = 8;
 
-/// The blocks a flush of `gather` invalidates: one per range, contained ones dropped; `None`
-/// means everything.
-fn plan(gather: &Gather) -> ([Option<InvalidationRange>; MAX_BLOCKS], usize) {
-    let mut blocks = [None; MAX_BLOCKS];
-    let mut n = 0;
-    for r in gather.ranges().iter().filter(|r| !r.is_empty()) {
-        let b = InvalidationRange::covering(r.start.get(), r.end.get());
-        let (first, log2) = span(b);
-        let inside = blocks.iter().flatten().any(|&o| {
-            let (of, ol) = span(o);
-            ol >= log2 && of <= first && (ol >= 64 || first - of < 1u64 << ol)
-        });
-        if inside {
-            continue;
-        }
-        match blocks.get_mut(n) {
-            Some(slot) => {
-                *slot = Some(b);
-                n += 1;
+/// What one flush invalidates: a block per gathered or owed range, contained ones dropped,
+/// more than [`MAX_BLOCKS`] replaced by one block of everything; `pde` unless only leaves
+/// changed.
+struct FlushPlan {
+    blocks: [InvalidationRange; MAX_BLOCKS],
+    n: usize,
+    pde: bool,
+}
+
+impl FlushPlan {
+    /// The plan for `gather` and `owed` merged (as one gather merges its ranges). Not
+    /// inlined: the merged gather lives only in this frame, not under the commands' submit.
+    #[inline(never)]
+    fn new(gather: &Gather, owed: &Gather) -> Self {
+        let mut all = Gather::new();
+        all.add_ranges_of(gather);
+        all.add_ranges_of(owed);
+        let mut plan = FlushPlan {
+            blocks: [InvalidationRange::All; MAX_BLOCKS],
+            n: 0,
+            pde: !all.leaf_only(),
+        };
+        for r in all.ranges().iter().filter(|r| !r.is_empty()) {
+            let b = InvalidationRange::covering(r.start.get(), r.end.get());
+            let (first, log2) = span(b);
+            let inside = plan.blocks().iter().any(|&o| {
+                let (of, ol) = span(o);
+                ol >= log2 && of <= first && (ol >= 64 || first - of < 1u64 << ol)
+            });
+            if inside {
+                continue;
             }
-            None => {
-                blocks = [None; MAX_BLOCKS];
-                blocks[0] = Some(InvalidationRange::All);
-                return (blocks, 1);
+            match plan.blocks.get_mut(plan.n) {
+                Some(slot) => {
+                    *slot = b;
+                    plan.n += 1;
+                }
+                None => {
+                    plan.blocks[0] = InvalidationRange::All;
+                    plan.n = 1;
+                    break;
+                }
             }
         }
+        plan
     }
-    (blocks, n)
+
+    fn blocks(&self) -> &[InvalidationRange] {
+        self.blocks.get(..self.n).unwrap_or(&[])
+    }
 }
 
 /// What a new DTE for `device`, attached as `previous` and now going to domain slot `slot`
@@ -154,23 +176,16 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> AmdViUni
         if gather.is_empty() && owed.is_empty() {
             return Ok(());
         }
-        let mut all = Gather::new();
-        all.add_ranges_of(gather);
-        all.add_ranges_of(&owed);
-        let pde = !all.leaf_only();
-        let (blocks, n) = plan(&all);
-        let blocks = blocks.get(..n).unwrap_or(&[]);
-        let blocks = &blocks;
+        let plan = FlushPlan::new(gather, &owed);
+        let (blocks, pde) = (plan.blocks(), plan.pde);
         let domain_id = dom.domain_id;
         let pages = blocks
             .iter()
-            .flatten()
             .map(|&b| Command::invalidate_iommu_pages(domain_id, None, b, pde));
         let iotlb = cfg.ats_of_domain(slot).flat_map(|a| {
             blocks
                 .iter()
-                .flatten()
-                .map(|&b| Command::invalidate_iotlb_pages(a.device as u16, 0, None, b))
+                .map(move |&b| Command::invalidate_iotlb_pages(a.device as u16, 0, None, b))
         });
         let result = self.run_iter(pages.chain(iotlb));
         if let Err(e) = result {

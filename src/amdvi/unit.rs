@@ -369,7 +369,7 @@ impl<W: RegisterWindow, A: PageAllocator, const DOMAINS: usize> AmdViUnit<W, A, 
             c.submit(
                 &self.regs,
                 &self.alloc,
-                &[Command::invalidate_iommu_all()],
+                [Command::invalidate_iommu_all()],
                 &mut kind_of,
             )?;
         } else {
@@ -378,7 +378,7 @@ impl<W: RegisterWindow, A: PageAllocator, const DOMAINS: usize> AmdViUnit<W, A, 
                 c.submit(
                     &self.regs,
                     &self.alloc,
-                    &[
+                    [
                         Command::invalidate_devtab_entry(id),
                         Command::invalidate_interrupt_table(id),
                     ],
@@ -394,7 +394,7 @@ impl<W: RegisterWindow, A: PageAllocator, const DOMAINS: usize> AmdViUnit<W, A, 
                     InvalidationRange::All,
                     true,
                 );
-                c.submit(&self.regs, &self.alloc, &[cmd], &mut kind_of)?;
+                c.submit(&self.regs, &self.alloc, [cmd], &mut kind_of)?;
             }
         }
         c.wait(&self.regs, &self.alloc, &mut kind_of)
@@ -519,7 +519,8 @@ impl<W: RegisterWindow, A: PageAllocator, const DOMAINS: usize> AmdViUnit<W, A, 
         self.run_iter(batches.iter().flat_map(|b| b.iter().copied()))
     }
 
-    /// As [`run`](Self::run), for commands made on the fly: written in chunks, one wait.
+    /// As [`run`](Self::run), for commands made on the fly: written straight into the ring
+    /// (no copy of them on the stack), one tail write, one wait.
     pub(crate) fn run_iter(&self, cmds: impl Iterator<Item = Command>) -> Result<(), Error> {
         let mut cmd = self.cmd.lock();
         let Some(c) = cmd.as_mut() else {
@@ -537,27 +538,11 @@ impl<W: RegisterWindow, A: PageAllocator, const DOMAINS: usize> AmdViUnit<W, A, 
                 .as_ref()
                 .and_then(|log| command_error_kind(&self.regs, &self.alloc, log, pa))
         };
-        const CHUNK: usize = 16;
-        let mut chunk = [Command::invalidate_iommu_all(); CHUNK];
-        let mut n = 0;
         let mut ats = false;
-        for command in cmds {
+        let cmds = cmds.inspect(|command| {
             ats |= command.opcode() == cmd::OPCODE_INVALIDATE_IOTLB_PAGES;
-            if let Some(slot) = chunk.get_mut(n) {
-                *slot = command;
-                n += 1;
-            }
-            if n == CHUNK {
-                c.submit(&self.regs, &self.alloc, &chunk, &mut kind_of)?;
-                n = 0;
-            }
-        }
-        c.submit(
-            &self.regs,
-            &self.alloc,
-            chunk.get(..n).unwrap_or(&[]),
-            &mut kind_of,
-        )?;
+        });
+        c.submit(&self.regs, &self.alloc, cmds, &mut kind_of)?;
         c.wait(&self.regs, &self.alloc, &mut kind_of)?;
         match (ats, events.as_ref(), since) {
             (true, Some(log), Some(since)) => iotlb_timeout(&self.regs, &self.alloc, log, since),
