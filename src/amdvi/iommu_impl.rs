@@ -212,8 +212,19 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> AmdViUni
         self.flush_locked(&cfg, slot, dom, gather)
     }
 
+    /// The invalidation a map needs on a unit that caches non-present entries (`NpCache`).
+    /// Not inlined: its gather is on the stack only while it runs, not in the frame of every
+    /// map nor under the undo of a map whose invalidation failed.
+    #[inline(never)]
+    fn flush_map(&self, domain: DomainHandle, iova: Iova, len: u64) -> Result<(), Error> {
+        let mut gather = Gather::new();
+        gather.add_table_change(iova.get(), len);
+        self.flush_gather(domain, &mut gather)
+    }
+
     /// Clears what a map wrote whose publication failed; its invalidation, if it fails too, is
-    /// owed by the domain.
+    /// owed by the domain. Not inlined: a path taken only after a failure.
+    #[inline(never)]
     fn undo_map(&self, domain: DomainHandle, iova: Iova, len: u64) {
         let mut gather = Gather::new();
         let _ = self.with_domain(domain, |d| d.table.unmap(iova, len, &mut gather));
@@ -406,9 +417,7 @@ where
             d.table.map(iova, pa, len, prot).map_err(Error::from)
         })??;
         if self.info.np_cache {
-            let mut gather = Gather::new();
-            gather.add_table_change(iova.get(), len);
-            if let Err(e) = self.flush_gather(domain, &mut gather) {
+            if let Err(e) = self.flush_map(domain, iova, len) {
                 self.undo_map(domain, iova, len);
                 return Err(e);
             }

@@ -408,10 +408,21 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         ioasid: IoasidId,
         unit_id: UnitId,
     ) -> Result<(DomainHandle, bool), Error> {
-        if let Some(n) = st.ioasid(ioasid)?.nested {
-            return self.user_domain_for(st, device, ioasid, n, unit_id);
+        let io = st.ioasid(ioasid)?;
+        let Some(n) = io.nested else {
+            return self.plain_domain_for(st, device, ioasid, unit_id);
+        };
+        if let Some(d) = io.domains.iter().flatten().find(|d| d.unit == unit_id) {
+            return Ok((d.handle, false));
         }
-        self.plain_domain_for(st, device, ioasid, unit_id)
+        let slot = io
+            .domains
+            .iter()
+            .position(Option::is_none)
+            .ok_or(Error::Capacity("units per IOASID"))?;
+        // The parent's domain first, from this frame: not under the child's.
+        let parent = self.plain_domain_for(st, device, n.parent, unit_id)?;
+        self.user_domain_for(st, device, ioasid, n, unit_id, slot, parent)
     }
 
     /// [`domain_for`](Self::domain_for) of an IOASID that is not a nested child (a nest
@@ -507,10 +518,12 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         Ok(NewDomain::Built { handle, slot, park })
     }
 
-    /// [`domain_for`](Self::domain_for) of a nested child: the parent's domain on `unit_id`
-    /// (built if need be), then the child's over it. The unit holds the parent's domain while
-    /// the child's exists.
+    /// The last part of [`domain_for`](Self::domain_for) for a nested child without a domain
+    /// on `unit_id`: the child's domain over `parent` (the parent's domain there, and whether
+    /// it was just built), for the IOASID's slot `slot`. The unit holds the parent's domain
+    /// while the child's exists.
     #[inline(never)]
+    #[allow(clippy::too_many_arguments)]
     fn user_domain_for(
         &self,
         st: &mut State<'a, A>,
@@ -518,17 +531,9 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         ioasid: IoasidId,
         n: super::nested::Nested,
         unit_id: UnitId,
+        slot: usize,
+        (parent, parent_created): (DomainHandle, bool),
     ) -> Result<(DomainHandle, bool), Error> {
-        let io = st.ioasid(ioasid)?;
-        if let Some(d) = io.domains.iter().flatten().find(|d| d.unit == unit_id) {
-            return Ok((d.handle, false));
-        }
-        let slot = io
-            .domains
-            .iter()
-            .position(Option::is_none)
-            .ok_or(Error::Capacity("units per IOASID"))?;
-        let (parent, parent_created) = self.plain_domain_for(st, device, n.parent, unit_id)?;
         let handle = match self.unit(unit_id)?.domain_alloc_user(parent, &n.stage1) {
             Ok(h) => h,
             Err(e) => {

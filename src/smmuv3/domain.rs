@@ -249,14 +249,18 @@ impl<A: PageAllocator> Domain<A> {
     /// `STE.S2FWB` instead: write-back whatever stage 1 asks, so that a guest's stage 1 cannot
     /// make its memory non-cacheable. Coherency itself is the platform's (`CANWBS`, checked at
     /// attach): FWB does not stop a PCIe No-Snoop transaction from bypassing the caches.
-    pub(crate) fn new_stage2(
+    ///
+    /// Built into `slot` (left as it was on error), in place: no copy of the domain passes
+    /// through the stack (a kernel host's).
+    pub(crate) fn build_stage2(
+        slot: &mut Option<Self>,
         alloc: A,
         p: &DomainParams,
         cfg: &DomainConfig,
         ias: u32,
         oas: u32,
         vmid: Vmid,
-    ) -> Result<Self, Error> {
+    ) -> Result<(), Error> {
         let fmt = ArmS2::new(ArmS2Config {
             granule_log2: p.granule_log2,
             ias,
@@ -276,7 +280,8 @@ impl<A: PageAllocator> Domain<A> {
             vmid,
             nest_parent: cfg.nest_parent,
         };
-        Ok(Self::with(DomainTable::Stage2(table), tag, p, cfg))
+        *slot = Some(Self::with(DomainTable::Stage2(table), tag, p, cfg));
+        Ok(())
     }
 
     /// A stage-1 domain whose output is `oas` bits wide (the parent's IPA size when nested),
@@ -284,7 +289,10 @@ impl<A: PageAllocator> Domain<A> {
     /// Normal Non-cacheable Outer Shareable ones otherwise. The walker's coherency
     /// (`IDR0.COHACC`) decides only the CD's walk attributes: a non-coherent TCU says nothing
     /// about the masters behind it.
-    pub(crate) fn new_stage1(
+    /// Built into `slot` as [`build_stage2`](Self::build_stage2).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn build_stage1(
+        slot: &mut Option<Self>,
         alloc: A,
         p: &DomainParams,
         cfg: &DomainConfig,
@@ -292,7 +300,7 @@ impl<A: PageAllocator> Domain<A> {
         oas: u32,
         vmid: Vmid,
         asid: Asid,
-    ) -> Result<Self, Error> {
+    ) -> Result<(), Error> {
         let fmt = ArmS1::new(ArmS1Config {
             granule_log2: p.granule_log2,
             ias: 48,
@@ -304,12 +312,13 @@ impl<A: PageAllocator> Domain<A> {
         })?;
         let table = PageTable::new(fmt, alloc, p.coherency)?;
         start_tracking(&table)?;
-        Ok(Self::with(
+        *slot = Some(Self::with(
             DomainTable::Stage1(table),
             TlbTag::Stage1 { vmid, asid },
             p,
             cfg,
-        ))
+        ));
+        Ok(())
     }
 
     /// Limits the pages later maps write ([`crate::pgtable::PageTable::set_max_leaf_log2`]).

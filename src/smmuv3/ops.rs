@@ -33,6 +33,8 @@
 
 use core::sync::atomic::Ordering;
 
+use spin::RwLockWriteGuard;
+
 use super::attach::Batch;
 use super::cmd::Command;
 use super::cmdq::CommandQueue;
@@ -83,23 +85,20 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         facts.coherent_dma.unwrap_or(self.features.cohacc)
     }
 
-    /// Stores `dom` in a free slot, or gives it back with [`Error::NoDomainIds`].
-    // No allocator to box it in: the domain comes back by value so that the caller frees it.
-    #[allow(clippy::result_large_err)]
-    fn install_domain(&self, dom: Domain<A>) -> Result<DomainHandle, (Error, Domain<A>)> {
-        // Callers hold the configuration lock, so no other install races for a free slot; the
-        // read check does not wait for maps in flight on other domains.
+    /// A free domain slot, write-locked, and its handle: a new domain is built in it. Callers
+    /// hold the configuration lock, so no other allocation races for a free slot; the read
+    /// check does not wait for maps in flight on other domains.
+    fn free_slot(&self) -> Result<(DomainHandle, RwLockWriteGuard<'_, Option<Domain<A>>>), Error> {
         for (i, slot) in self.domains.iter().take(self.cfg.max_domains).enumerate() {
             if slot.read().is_some() {
                 continue;
             }
-            let mut s = slot.write();
+            let s = slot.write();
             if s.is_none() {
-                *s = Some(dom);
-                return Ok(DomainHandle(i as u16));
+                return Ok((DomainHandle(i as u16), s));
             }
         }
-        Err((Error::NoDomainIds, dom))
+        Err(Error::NoDomainIds)
     }
 
     fn check_common(&self, cfg: &DomainConfig, ias: u32) -> Result<(), Error> {
@@ -113,17 +112,6 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
             }));
         }
         Ok(())
-    }
-
-    /// Frees the table of a domain that never became visible and gives its tag back.
-    fn discard(&self, dom: Domain<A>, tags: impl FnOnce()) {
-        let mut g = Gather::new();
-        if dom.destroy(&mut g).is_ok() {
-            // SAFETY: the domain was never in a slot, so no STE or CD ever pointed at its table
-            // and no walker can have cached any of it.
-            let _ = g.release(&self.alloc, unsafe { InvalidationComplete::assume() });
-        }
-        tags();
     }
 
     /// A stage-1 domain whose output addresses are IPAs of `parent`, a stage-2 domain
@@ -161,6 +149,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         if self.has_user_children(parent) {
             return Err(Error::Busy);
         }
+        let (handle, mut slot) = self.free_slot()?;
         let asid = config.asids.alloc().ok_or(Error::NoDomainIds)?;
         let child_cfg = DomainConfig {
             stage: Stage::First,
@@ -172,7 +161,8 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         let oas = p.geometry().ias;
         let coherent = self.dma_coherent(&self.facts_for(cfg.device));
         let params = self.params(g);
-        let mut dom = match Domain::new_stage1(
+        if let Err(e) = Domain::build_stage1(
+            &mut slot,
             self.alloc.clone(),
             &params,
             &child_cfg,
@@ -181,25 +171,14 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
             vmid,
             Asid(asid),
         ) {
-            Ok(d) => d,
-            Err(e) => {
-                config.asids.free(asid);
-                return Err(e);
-            }
-        };
-        dom.parent = Some(parent);
-        p.children.fetch_add(1, Ordering::AcqRel);
-        drop(pslot);
-        match self.install_domain(dom) {
-            Ok(h) => Ok(h),
-            Err((e, dom)) => {
-                if let Some(p) = self.slot(parent)?.read().as_ref() {
-                    p.children.fetch_sub(1, Ordering::AcqRel);
-                }
-                self.discard(dom, || config.asids.free(asid));
-                Err(e)
-            }
+            config.asids.free(asid);
+            return Err(e);
         }
+        if let Some(dom) = slot.as_mut() {
+            dom.parent = Some(parent);
+        }
+        p.children.fetch_add(1, Ordering::AcqRel);
+        Ok(handle)
     }
 
     fn alloc_domain(&self, cfg: &DomainConfig) -> Result<DomainHandle, Error> {
@@ -242,9 +221,11 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         let ias = if stage2 { f.s2_ias(g) } else { f.s1_ias() };
         self.check_common(cfg, ias)?;
         let mut config = self.config.lock();
-        let built = if stage2 {
+        let (handle, mut slot) = self.free_slot()?;
+        if stage2 {
             let vmid = config.vmids.alloc().ok_or(Error::NoDomainIds)?;
-            Domain::new_stage2(
+            Domain::build_stage2(
+                &mut slot,
                 self.alloc.clone(),
                 &self.params(g),
                 cfg,
@@ -252,10 +233,11 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
                 f.oas_for(g),
                 Vmid(vmid),
             )
-            .inspect_err(|_| config.vmids.free(vmid))?
+            .inspect_err(|_| config.vmids.free(vmid))?;
         } else {
             let asid = config.asids.alloc().ok_or(Error::NoDomainIds)?;
-            Domain::new_stage1(
+            Domain::build_stage1(
+                &mut slot,
                 self.alloc.clone(),
                 &self.params(g),
                 cfg,
@@ -264,16 +246,9 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
                 Vmid(0),
                 Asid(asid),
             )
-            .inspect_err(|_| config.asids.free(asid))?
-        };
-        match self.install_domain(built) {
-            Ok(h) => Ok(h),
-            Err((e, dom)) => {
-                let tag = dom.tag;
-                self.discard(dom, || free_tag(&mut config, tag));
-                Err(e)
-            }
+            .inspect_err(|_| config.asids.free(asid))?;
         }
+        Ok(handle)
     }
 
     /// [`Iommu::domain_free`]. The whole-tag TLBI completes before anything changes: on failure

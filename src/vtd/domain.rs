@@ -290,34 +290,20 @@ pub struct Domain<A: PageAllocator> {
 }
 
 impl<A: PageAllocator> Domain<A> {
-    /// Builds the table `choice` describes.
+    /// Builds the table `choice` describes into `slot` (left as it was on error): in place,
+    /// so that no copy of the domain passes through the stack (a kernel host's).
     ///
     /// # Errors
     /// [`Error::NoMemory`], [`Error::PageTable`] for a configuration the engine refuses.
-    pub fn new(
+    pub fn build_into(
+        slot: &mut Option<Self>,
         choice: Choice,
         alloc: A,
         did: DomainId,
         info: &UnitInfo,
         cfg: &DomainConfig,
-    ) -> Result<Self, Error> {
-        let (table, input_bits) = match choice {
-            Choice::Second(c) => {
-                let t = PageTable::new(VtdSs::new(c)?, alloc, info.page_walk_coherency)?;
-                if c.dirty_tracking {
-                    // A domain starts tracking (`SSADE` set in its PASID entries); its table is
-                    // empty, so there is nothing to clean or invalidate.
-                    t.set_dirty_tracking(true, &mut Gather::new())?;
-                }
-                (DomainTable::Second(t), c.agaw.min(info.mgaw))
-            }
-            Choice::First(c) => {
-                let t = PageTable::new(VtdFs::new(c)?, alloc, info.page_walk_coherency)?;
-                let bits = t.geometry().ias.min(first_stage_max_bits(info));
-                (DomainTable::First(t), bits)
-            }
-        };
-        Ok(Self {
+    ) -> Result<(), Error> {
+        let with = |table, input_bits| Self {
             table,
             did,
             snoop: cfg.enforce_snoop,
@@ -326,7 +312,24 @@ impl<A: PageAllocator> Domain<A> {
             input_bits,
             nest_parent: cfg.nest_parent,
             owed: spin::Mutex::new(Gather::new()),
-        })
+        };
+        match choice {
+            Choice::Second(c) => {
+                let t = PageTable::new(VtdSs::new(c)?, alloc, info.page_walk_coherency)?;
+                if c.dirty_tracking {
+                    // A domain starts tracking (`SSADE` set in its PASID entries); its table is
+                    // empty, so there is nothing to clean or invalidate.
+                    t.set_dirty_tracking(true, &mut Gather::new())?;
+                }
+                *slot = Some(with(DomainTable::Second(t), c.agaw.min(info.mgaw)));
+            }
+            Choice::First(c) => {
+                let t = PageTable::new(VtdFs::new(c)?, alloc, info.page_walk_coherency)?;
+                let bits = t.geometry().ias.min(first_stage_max_bits(info));
+                *slot = Some(with(DomainTable::First(t), bits));
+            }
+        }
+        Ok(())
     }
 
     /// Whether dirty tracking is on (`SSADE` in the domain's PASID entries).

@@ -789,13 +789,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
                 continue;
             }
             let handle = DomainHandle(u16::try_from(slot).map_err(|_| iommu::Error::NoDomainIds)?);
-            *guard = Some(Domain::new(
-                choice,
-                self.alloc.clone(),
-                did,
-                &self.info,
-                cfg,
-            )?);
+            Domain::build_into(&mut guard, choice, self.alloc.clone(), did, &self.info, cfg)?;
             return Ok(handle);
         }
         Err(iommu::Error::NoDomainIds)
