@@ -35,6 +35,9 @@ use core::sync::atomic::Ordering;
 
 use spin::RwLockWriteGuard;
 
+/// A domain slot, write-locked.
+type SlotGuard<'s, A> = RwLockWriteGuard<'s, Option<Domain<A>>>;
+
 use super::attach::Batch;
 use super::cmd::Command;
 use super::cmdq::CommandQueue;
@@ -88,7 +91,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
     /// A free domain slot, write-locked, and its handle: a new domain is built in it. Callers
     /// hold the configuration lock, so no other allocation races for a free slot; the read
     /// check does not wait for maps in flight on other domains.
-    fn free_slot(&self) -> Result<(DomainHandle, RwLockWriteGuard<'_, Option<Domain<A>>>), Error> {
+    fn free_slot(&self) -> Result<(DomainHandle, SlotGuard<'_, A>), Error> {
         for (i, slot) in self.domains.iter().take(self.cfg.max_domains).enumerate() {
             if slot.read().is_some() {
                 continue;
