@@ -1,5 +1,6 @@
 //! Map and unmap throughput of the engine (VT-d second stage, Arm stage 2 with the 4 KiB
-//! granule) against two peers doing the same work over the same host memory pool, and a memset
+//! granule, AMD-Vi v1; the first-stage formats VT-d first stage, Arm stage 1 and AMD-Vi v2)
+//! against two peers doing the same work over the same host memory pool, and a memset
 //! of the same number of PTE bytes as the lower bound.
 //!
 //! - `x86_64` crate: `OffsetPageTable::map_to` / `unmap`, one page per call (it has no range
@@ -26,7 +27,10 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 
 use iommu_engine::mem::{Iova, Page, PageAllocator, PhysAddr, WalkerCoherency};
 use iommu_engine::pgtable::amdvi_v1::{AmdV1, AmdV1Config};
+use iommu_engine::pgtable::amdvi_v2::{AmdV2, AmdV2Config};
+use iommu_engine::pgtable::arm_s1::{ArmS1, ArmS1Config};
 use iommu_engine::pgtable::arm_s2::{ArmS2, ArmS2Config, S2Attributes};
+use iommu_engine::pgtable::vtd_fs::{VtdFs, VtdFsConfig};
 use iommu_engine::pgtable::vtd_ss::{VtdSs, VtdSsConfig};
 use iommu_engine::pgtable::{Format, Gather, InvalidationComplete, PageTable, Prot};
 
@@ -230,6 +234,60 @@ fn arm_s2(pool: &HostPool) -> Engine<'_, ArmS2> {
     let f = ArmS2::new(cfg).expect("format");
     Engine {
         name: "engine-arm-s2",
+        table: PageTable::new(f, pool, WalkerCoherency::Coherent).expect("table"),
+        pool,
+    }
+}
+
+// The first-stage formats (issue 18, goal 5): the same engine and fast paths, other encoders.
+
+fn vtd_fs(pool: &HostPool) -> Engine<'_, VtdFs> {
+    // 4 levels (48-bit), 2M and 1G pages, XD on leaves without EXEC.
+    let cfg = VtdFsConfig {
+        levels: 4,
+        haw: 46,
+        page_1g: true,
+        execute_disable: true,
+        dirty_tracking: false,
+    };
+    let f = VtdFs::new(cfg).expect("format");
+    Engine {
+        name: "engine-vtd-fs",
+        table: PageTable::new(f, pool, WalkerCoherency::Coherent).expect("table"),
+        pool,
+    }
+}
+
+fn arm_s1(pool: &HostPool) -> Engine<'_, ArmS1> {
+    // As `arm_s2`: 4 KiB granule, 48-bit input, blocks, FEAT_BBM level 2 (the hint on).
+    let cfg = ArmS1Config {
+        granule_log2: 12,
+        ias: 48,
+        oas: 48,
+        blocks: true,
+        coherent: true,
+        dirty_tracking: false,
+        bbml2: true,
+    };
+    let f = ArmS1::new(cfg).expect("format");
+    Engine {
+        name: "engine-arm-s1",
+        table: PageTable::new(f, pool, WalkerCoherency::Coherent).expect("table"),
+        pool,
+    }
+}
+
+fn amdvi_v2(pool: &HostPool) -> Engine<'_, AmdV2> {
+    // 4 levels, NX on leaves without EXEC (x86 first-stage entries, as VT-d first stage).
+    let cfg = AmdV2Config {
+        levels: 4,
+        oas: 48,
+        execute_disable: true,
+        dirty_tracking: false,
+    };
+    let f = AmdV2::new(cfg).expect("format");
+    Engine {
+        name: "engine-amdvi-v2",
         table: PageTable::new(f, pool, WalkerCoherency::Coherent).expect("table"),
         pool,
     }
@@ -707,10 +765,14 @@ fn map_unmap(c: &mut Criterion) {
     let pool = HostPool::new();
     let (mut vtd, mut arm, mut x86, mut a64, mut multi) = contenders(&pool);
     let mut amd = amdvi_v1(&pool);
+    let (mut vtd_fs, mut arm_s1, mut amd_v2) = (vtd_fs(&pool), arm_s1(&pool), amdvi_v2(&pool));
     for w in WORK {
         bench_one(c, &mut vtd, w);
         bench_one(c, &mut arm, w);
         bench_one(c, &mut amd, w);
+        bench_one(c, &mut vtd_fs, w);
+        bench_one(c, &mut arm_s1, w);
+        bench_one(c, &mut amd_v2, w);
         bench_one(c, &mut x86, w);
         bench_one(c, &mut a64, w);
         bench_one(c, &mut multi, w);
