@@ -933,3 +933,53 @@ fn first_stage_formats_take_the_fast_paths() {
     assert_eq!(descents(arm_s1), [3, 3, 2, 2], "Arm stage 1");
     assert_eq!(descents(amd_v2), [3, 3, 2, 2], "AMD-Vi v2");
 }
+
+/// A reclaim around the ends of many unmaps inside one leaf table walks the path to it once
+/// (issue 18, goal 4): an IOASID's per-page unmaps note up to 16 ends there between reclaims,
+/// and each walk reads the leaf table up to its first present entry. The result is that of
+/// walking around every end: nothing while a page is left, the leaf table (and no more)
+/// once the last page is gone.
+#[test]
+fn reclaim_around_ends_in_one_leaf_table_walks_once() {
+    use crate::iommu::ReclaimScope;
+    let arena = test_alloc();
+    let counted = Descents {
+        arena: &arena,
+        calls: 0.into(),
+    };
+    let f = VtdSs::new(VtdSsConfig {
+        agaw: 48,
+        haw: 46,
+        page_2m: true,
+        page_1g: true,
+        snoop: false,
+        dirty_tracking: false,
+    })
+    .unwrap();
+    let mut t = PageTable::new(f, &counted, WalkerCoherency::Coherent).unwrap();
+    let base = 0x40_0000_0000;
+    let pages = if cfg!(miri) { 4 } else { 8 };
+    t.map(iova(base), pa(G1), pages * K4, RW).unwrap();
+    // Another leaf table under the same level-1 table keeps the upper levels linked.
+    t.map(iova(base + M2), pa(G1), K4, RW).unwrap();
+    let mut g = Gather::new();
+    let mut ends = std::vec::Vec::new();
+    for p in 1..pages {
+        let at = base + p * K4;
+        assert_eq!(t.unmap(iova(at), K4, &mut g), Ok(K4));
+        ends.extend([iova(at), iova(at + K4 - 1)]);
+    }
+    g.release(&counted, done()).unwrap();
+    counted.take();
+    let mut g = Gather::new();
+    assert_eq!(ReclaimScope::Around(&ends).reclaim(&mut t, &mut g), Ok(0));
+    // One walk: three table entries down, then the leaf table's first entry is present.
+    assert_eq!(counted.take(), 3, "one walk for {} ends", ends.len());
+    assert!(g.is_empty());
+    assert_eq!(t.unmap(iova(base), K4, &mut g), Ok(K4));
+    ends.extend([iova(base), iova(base + K4 - 1)]);
+    assert_eq!(ReclaimScope::Around(&ends).reclaim(&mut t, &mut g), Ok(1));
+    assert_eq!(g.freed_pages(), 1, "the leaf table only");
+    g.release(&counted, done()).unwrap();
+    assert_eq!(t.query(iova(base + M2)).map(|m| m.pa), Some(pa(G1)));
+}
