@@ -31,7 +31,7 @@
 //! `BENCHMARKS.md`. A plain substring filter (`cargo bench --bench units -- 256x4K/vtd-ss`)
 //! selects benches and reports alike; a regex filter selects benches only.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::hint::black_box;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::OnceLock;
@@ -39,13 +39,16 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode};
 
+use iommu_engine::amdvi::{AmdViConfig, AmdViUnit};
 use iommu_engine::ioasid::{
-    DeviceLabel, IoasidCtx, IoasidFlags, IoasidId, PasidAllocator, Registry, UnitId,
+    DeviceLabel, IoasidCtx, IoasidFlags, IoasidId, PasidAllocator, Record, Registry, UnitId,
+    RECLAIM_BATCH,
 };
-use iommu_engine::iommu::{DeviceId, DomainConfig, DomainHandle, Iommu, Stage};
-use iommu_engine::mem::{Iova, PhysAddr};
+use iommu_engine::iommu::{DeviceId, DomainConfig, DomainHandle, Iommu, ReclaimScope, Stage};
+use iommu_engine::mem::{Iova, PhysAddr, WalkerCoherency};
 use iommu_engine::mmio::RegisterWindow;
-use iommu_engine::pgtable::{Gather, Prot};
+use iommu_engine::pgtable::{Gather, InvalidationComplete, PageTable, Prot};
+use iommu_engine::sim::amdvi::{AmdViModel, AmdViModelConfig, AmdViModelStats};
 use iommu_engine::sim::arena::{Arena, ArenaConfig};
 use iommu_engine::sim::smmuv3::{op, SmmuModel, SmmuModelConfig, SmmuModelStats};
 use iommu_engine::sim::vtd::{VtdModel, VtdModelConfig, VtdModelStats};
@@ -65,8 +68,10 @@ const REGION: u64 = 64 * G1;
 /// Arena per target: tables for 1 GiB of 4 KiB pages (2 MiB of leaf tables per domain, plus the
 /// IOASID record) with room to spare; the host reserves it lazily.
 const ARENA_BYTES: usize = 128 << 20;
-/// The device on each unit: 00:04.0 on VT-d, StreamID 0x20 on SMMUv3.
+/// The device on each unit: 00:04.0 on VT-d, StreamID 0x20 on SMMUv3, DeviceID 0x20 on AMD-Vi.
 const DEV: DeviceId = DeviceId(0x20);
+/// The device the direct calls of [`Direct`] reach through on each unit (its own domain).
+const DEV2: DeviceId = DeviceId(0x28);
 const RW: Prot = Prot::READ.union(Prot::WRITE);
 
 // ---------------------------------------------------------------------------------------------
@@ -177,6 +182,7 @@ impl<W: RegisterWindow> RegisterWindow for Timed<'_, W> {
 
 type VtdWindow<'m> = Timed<'m, VtdModel<'m>>;
 type SmmuWindow<'m> = Timed<'m, SmmuModel<'m>>;
+type AmdWindow<'m> = Timed<'m, AmdViModel<'m>>;
 
 // ---------------------------------------------------------------------------------------------
 // the targets
@@ -187,6 +193,92 @@ enum Space<'a, 'r, 'u> {
     Domain(&'a dyn Iommu, DomainHandle),
     /// An IOASID of a context.
     Ioasid(&'a IoasidCtx<'r, 'u, Arena>, IoasidId),
+    /// The calls an IOASID's map and unmap make, made directly.
+    Direct(&'a Direct<'a>),
+}
+
+/// `IoasidCtx::map`, in a frame of its own: what callgrind counts against [`Direct::map`].
+#[inline(never)]
+fn ioasid_map(ctx: &IoasidCtx<'_, '_, Arena>, io: IoasidId, iova: Iova, pa: PhysAddr, len: u64) {
+    ctx.map(io, iova, pa, len, RW).expect("ioasid map");
+}
+
+/// `IoasidCtx::unmap`, in a frame of its own: what callgrind counts against [`Direct::unmap`].
+#[inline(never)]
+fn ioasid_unmap(ctx: &IoasidCtx<'_, '_, Arena>, io: IoasidId, iova: Iova, len: u64) -> u64 {
+    ctx.unmap(io, iova, len).expect("ioasid unmap")
+}
+
+/// What `IoasidCtx::map` and `unmap` do below the IOASID layer, done directly (issue 18,
+/// goal 4: the layer's own cost is the difference): a record of the same format (a software
+/// table, its pages freed at once), a domain on each unit (its own, with another device
+/// attached), each unmap's flush per unit, and the reclaim the layer makes every
+/// [`RECLAIM_BATCH`] unmaps around the same ends (in the record and through `Iommu::reclaim`).
+/// Without the layer's checks, locks, lookups and bookkeeping.
+struct Direct<'a> {
+    record: RefCell<PageTable<Record, &'a Arena>>,
+    domains: Vec<(&'a dyn Iommu, DomainHandle)>,
+    alloc: &'a Arena,
+    /// `[start, end - 1]` of each unmap since the last reclaim (capacity reserved).
+    ends: RefCell<Vec<Iova>>,
+}
+
+impl<'a> Direct<'a> {
+    fn new(alloc: &'a Arena, units: &[&'a dyn Iommu]) -> Self {
+        let record = PageTable::new(Record::new(), alloc, WalkerCoherency::Coherent);
+        let domains = units
+            .iter()
+            .map(|&u| (u, domain_for(u, Stage::Second, DEV2)))
+            .collect();
+        Self {
+            record: RefCell::new(record.expect("record")),
+            domains,
+            alloc,
+            ends: RefCell::new(Vec::with_capacity(2 * RECLAIM_BATCH)),
+        }
+    }
+
+    #[inline(never)]
+    fn map(&self, iova: Iova, pa: PhysAddr, len: u64) {
+        self.record
+            .borrow()
+            .map(iova, pa, len, RW)
+            .expect("record map");
+        for &(unit, d) in &self.domains {
+            unit.map(d, iova, pa, len, RW).expect("map");
+        }
+    }
+
+    #[inline(never)]
+    fn unmap(&self, iova: Iova, len: u64) -> u64 {
+        for &(unit, d) in &self.domains {
+            let mut gather = Gather::new();
+            unit.unmap(d, iova, len, &mut gather).expect("unmap");
+            unit.flush(d, &mut gather).expect("flush");
+        }
+        let mut gather = Gather::new();
+        let bytes = self.record.borrow().unmap(iova, len, &mut gather);
+        // SAFETY: the record is a software table: no hardware walks it.
+        let done = unsafe { InvalidationComplete::assume() };
+        gather.release(self.alloc, done).expect("release");
+        let mut ends = self.ends.borrow_mut();
+        ends.extend([iova, Iova::new(iova.get() + len - 1)]);
+        if ends.len() >= 2 * RECLAIM_BATCH {
+            let scope = ReclaimScope::Around(&ends);
+            let mut gather = Gather::new();
+            scope
+                .reclaim(&mut self.record.borrow_mut(), &mut gather)
+                .expect("record reclaim");
+            // SAFETY: as above.
+            let done = unsafe { InvalidationComplete::assume() };
+            gather.release(self.alloc, done).expect("release");
+            for &(unit, d) in &self.domains {
+                unit.reclaim(d, scope).expect("reclaim");
+            }
+            ends.clear();
+        }
+        bytes.expect("record unmap")
+    }
 }
 
 /// A model behind a [`Timed`] window, as a target sees it.
@@ -213,6 +305,27 @@ impl Model for Timed<'_, VtdModel<'_>> {
     }
     fn stop(&self) -> (u64, u64) {
         Timed::stop(self)
+    }
+}
+
+/// The AMD-Vi model keeps no resettable counters: the target subtracts a snapshot.
+struct AmdModel<'m> {
+    window: &'m AmdWindow<'m>,
+    base: Cell<AmdViModelStats>,
+}
+
+impl Model for AmdModel<'_> {
+    fn reset_stats(&self) {
+        self.base.set(self.window.model.stats());
+    }
+    fn commands(&self) -> String {
+        amd_commands(&self.base.get(), &self.window.model.stats())
+    }
+    fn start(&self) {
+        self.window.start();
+    }
+    fn stop(&self) -> (u64, u64) {
+        self.window.stop()
     }
 }
 
@@ -244,7 +357,8 @@ impl Target<'_, '_, '_> {
         let (iova, pa) = (Iova::new(iova), PhysAddr::new(pa));
         match self.space {
             Space::Domain(unit, d) => unit.map(d, iova, pa, len, RW).expect("map"),
-            Space::Ioasid(ctx, io) => ctx.map(io, iova, pa, len, RW).expect("ioasid map"),
+            Space::Ioasid(ctx, io) => ioasid_map(ctx, io, iova, pa, len),
+            Space::Direct(direct) => direct.map(iova, pa, len),
         }
     }
 
@@ -259,7 +373,8 @@ impl Target<'_, '_, '_> {
                 unit.flush(d, &mut gather).expect("flush");
                 bytes
             }
-            Space::Ioasid(ctx, io) => ctx.unmap(io, iova, len).expect("ioasid unmap"),
+            Space::Ioasid(ctx, io) => ioasid_unmap(ctx, io, iova, len),
+            Space::Direct(direct) => direct.unmap(iova, len),
         };
         debug_assert_eq!(bytes, len);
     }
@@ -336,6 +451,26 @@ fn smmu_commands(st: &SmmuModelStats) -> String {
     let named: u64 = all.iter().map(|c| c.1).sum();
     all.push(("other", st.total_commands() - named));
     named_counts("smmu", &all)
+}
+
+/// The commands an AMD-Vi model executed between two snapshots.
+fn amd_commands(a: &AmdViModelStats, b: &AmdViModelStats) -> String {
+    let all = [
+        (
+            "pages-4K",
+            b.invalidate_pages_page - a.invalidate_pages_page,
+        ),
+        (
+            "pages-range",
+            b.invalidate_pages_range - a.invalidate_pages_range,
+        ),
+        ("pages-all", b.invalidate_pages_all - a.invalidate_pages_all),
+        ("iotlb", b.invalidate_iotlb - a.invalidate_iotlb),
+        ("devtab", b.invalidate_devtab - a.invalidate_devtab),
+        ("all", b.invalidate_all - a.invalidate_all),
+        ("wait", b.completion_waits - a.completion_waits),
+    ];
+    named_counts("amdvi", &all)
 }
 
 fn named_counts(unit: &str, counts: &[(&str, u64)]) -> String {
@@ -699,7 +834,10 @@ fn vtd_identity() -> VtdModelConfig {
 }
 
 fn vtd_unit<'a>(w: &'a VtdWindow<'a>, a: &'a Arena) -> VtdUnit<&'a VtdWindow<'a>, &'a Arena> {
-    let u = VtdUnit::new(w, a, VtdConfig::legacy()).expect("VT-d unit");
+    // The model's 48-bit HAW as the DMAR table would declare it (an undeclared width is
+    // taken as 36 bits, below TARGET_PA).
+    let cfg = VtdConfig::legacy().with_host_address_width(48);
+    let u = VtdUnit::new(w, a, cfg).expect("VT-d unit");
     u.enable().expect("enable VT-d");
     u
 }
@@ -712,13 +850,28 @@ fn smmu_unit<'a>(w: &'a SmmuWindow<'a>, a: &'a Arena) -> SmmuUnit<&'a SmmuWindow
 
 /// A domain with the device attached.
 fn domain(unit: &dyn Iommu, stage: Stage) -> DomainHandle {
+    domain_for(unit, stage, DEV)
+}
+
+/// A domain with `dev` attached.
+fn domain_for(unit: &dyn Iommu, stage: Stage, dev: DeviceId) -> DomainHandle {
     let cfg = DomainConfig {
         stage,
         ..DomainConfig::default()
     };
     let d = unit.domain_alloc(&cfg).expect("domain");
-    unit.attach(DEV, None, d).expect("attach");
+    unit.attach(dev, None, d).expect("attach");
     d
+}
+
+type AmdUnit<'a> = AmdViUnit<&'a AmdWindow<'a>, &'a Arena, 8>;
+
+/// An AMD-Vi unit over the model as QEMU's `amd-iommu` reports it (v1 tables, 48-bit Mode 4,
+/// `NpCache`).
+fn amd_unit<'a>(w: &'a AmdWindow<'a>, a: &'a Arena) -> AmdUnit<'a> {
+    let u = AmdViUnit::new(w, a, AmdViConfig::new()).expect("AMD-Vi unit");
+    u.enable().expect("enable AMD-Vi");
+    u
 }
 
 fn vtd_alone(c: &mut Criterion, clock: (f64, f64)) {
@@ -749,6 +902,64 @@ fn smmu_alone(c: &mut Criterion, clock: (f64, f64), ril: bool) {
     bench_target(c, &t, clock);
 }
 
+fn amd_alone(c: &mut Criterion, clock: (f64, f64)) {
+    let mem = arena();
+    let model = AmdViModel::new(&mem, AmdViModelConfig::qemu_default());
+    let window = Timed::new(&model);
+    let unit = amd_unit(&window, &mem);
+    let d = domain(&unit, Stage::Second);
+    let stats = AmdModel {
+        window: &window,
+        base: Cell::new(model.stats()),
+    };
+    let t = Target {
+        name: "amdvi-v1",
+        space: Space::Domain(&unit, d),
+        models: vec![&stats],
+    };
+    bench_target(c, &t, clock);
+}
+
+/// An IOASID attached to `DEV` on each of `units`, and [`Direct`] over the same units: the
+/// layer's own cost per call in one run ([`overhead`]), then both as criterion targets.
+fn ioasid_layer(
+    c: &mut Criterion,
+    clock: (f64, f64),
+    mem: &Arena,
+    units: &[&dyn Iommu],
+    models: Vec<&dyn Model>,
+    names: (&'static str, &'static str),
+) {
+    static PASIDS: PasidAllocator = PasidAllocator::new(20);
+    let registry = Registry::new(units, &PASIDS).expect("registry");
+    let ctx = IoasidCtx::new(&registry, mem, 0);
+    let io = ctx.alloc(IoasidFlags::empty()).expect("IOASID");
+    for unit in 0..units.len() {
+        let unit = UnitId(unit as u8);
+        let dev = ctx
+            .bind(DeviceLabel { unit, id: DEV }, false)
+            .expect("bind");
+        ctx.attach(dev, io).expect("attach");
+    }
+    let direct = Direct::new(mem, units);
+    let layer = Target {
+        name: names.0,
+        space: Space::Ioasid(&ctx, io),
+        models: models.clone(),
+    };
+    let below = Target {
+        name: names.1,
+        space: Space::Direct(&direct),
+        models,
+    };
+    overhead(&layer, &below);
+    if overhead_only() {
+        return;
+    }
+    bench_target(c, &layer, clock);
+    bench_target(c, &below, clock);
+}
+
 fn ioasid_two_units(c: &mut Criterion, clock: (f64, f64)) {
     let mem = arena();
     let vmodel = VtdModel::new(&mem, vtd_identity());
@@ -758,26 +969,129 @@ fn ioasid_two_units(c: &mut Criterion, clock: (f64, f64)) {
     let swindow = Timed::new(&smodel);
     let smmu = smmu_unit(&swindow, &mem);
     let units: [&dyn Iommu; 2] = [&vtd, &smmu];
-    static PASIDS: PasidAllocator = PasidAllocator::new(20);
-    let registry = Registry::new(&units, &PASIDS).expect("registry");
-    let ctx = IoasidCtx::new(&registry, &mem, 0);
-    let io = ctx.alloc(IoasidFlags::empty()).expect("IOASID");
-    for unit in [UnitId(0), UnitId(1)] {
-        let dev = ctx
-            .bind(DeviceLabel { unit, id: DEV }, false)
-            .expect("bind");
-        ctx.attach(dev, io).expect("attach");
+    let models: Vec<&dyn Model> = vec![&vwindow, &swindow];
+    ioasid_layer(
+        c,
+        clock,
+        &mem,
+        &units,
+        models,
+        ("ioasid-2units", "direct-2units"),
+    );
+}
+
+fn ioasid_one_unit(c: &mut Criterion, clock: (f64, f64)) {
+    let mem = arena();
+    let vmodel = VtdModel::new(&mem, vtd_identity());
+    let vwindow = Timed::new(&vmodel);
+    let vtd = vtd_unit(&vwindow, &mem);
+    let units: [&dyn Iommu; 1] = [&vtd];
+    ioasid_layer(
+        c,
+        clock,
+        &mem,
+        &units,
+        vec![&vwindow],
+        ("ioasid-vtd", "direct-vtd"),
+    );
+}
+
+/// `UNITS_OVERHEAD=only`: the IOASID layer's overhead lines alone (no criterion bench, no
+/// other target): what `valgrind --tool=callgrind` runs to count instructions per call.
+fn overhead_only() -> bool {
+    std::env::var("UNITS_OVERHEAD").is_ok_and(|v| v == "only")
+}
+
+/// The workloads of the overhead lines: single calls of each page size, and one call per page.
+const OVERHEAD_WORK: &[(&str, bool)] = &[
+    ("1x4K", false),
+    ("256x4K", true),
+    ("256x2M", false),
+    ("256x2M", true),
+    ("mixed", true),
+];
+
+/// The IOASID layer's own cost per call (issue 18, goal 4): map and unmap (with its flushes)
+/// through `layer` (an IOASID) and through `below` (the same engine calls and flushes made
+/// directly, [`Direct`]), batch against batch in alternating order, on the thread's CPU clock
+/// (wall with `UNITS_CLOCK=wall`). Prints the medians per call, their difference and ratio,
+/// and the median of the paired differences (each round's two batches ran within
+/// microseconds of each other).
+fn overhead<'a, 'r, 'u>(layer: &Target<'a, 'r, 'u>, below: &Target<'a, 'r, 'u>) {
+    let rounds: usize = std::env::var("UNITS_OVERHEAD_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(201);
+    for &(name, per_page) in OVERHEAD_WORK {
+        let Some(w) = WORK.iter().find(|w| w.name == name) else {
+            continue;
+        };
+        let mode = if per_page { "per-page" } else { "one-call" };
+        if !selected(layer, w, mode) && !selected(below, w, mode) {
+            continue;
+        }
+        let calls = if per_page {
+            pages(w.iova(0), w.pa(), w.len).count() as u64
+        } else {
+            1
+        } * w.batch();
+        // Warm both: tables exist, host pages faulted in.
+        for t in [layer, below] {
+            time_map(t, w, per_page, w.batch());
+            time_unmap(t, w, per_page, w.batch());
+        }
+        for (op, is_map) in [("map", true), ("unmap+flush", false)] {
+            let (mut up, mut down, mut diff) = (Vec::new(), Vec::new(), Vec::new());
+            for r in 0..rounds {
+                let run = |t: &Target<'_, '_, '_>| {
+                    let d = if is_map {
+                        time_map(t, w, per_page, w.batch())
+                    } else {
+                        time_unmap(t, w, per_page, w.batch())
+                    };
+                    d.as_nanos() as f64 / calls as f64
+                };
+                let (a, b) = if r % 2 == 0 {
+                    let a = run(layer);
+                    (a, run(below))
+                } else {
+                    let b = run(below);
+                    (run(layer), b)
+                };
+                up.push(a);
+                down.push(b);
+                diff.push(a - b);
+            }
+            let (a, b, d) = (median(&mut up), median(&mut down), median(&mut diff));
+            println!(
+                "units-report overhead {}/{op}/{}/{mode}: {:.0} ns per call through the IOASID, \
+                 {:.0} ns direct ({}): +{:.0} ns, {:.2}x; paired median +{:.0} ns \
+                 ({rounds} rounds of {calls} calls)",
+                layer.name,
+                w.name,
+                a,
+                b,
+                below.name,
+                a - b,
+                a / b,
+                d
+            );
+        }
     }
-    let t = Target {
-        name: "ioasid-2units",
-        space: Space::Ioasid(&ctx, io),
-        models: vec![&vwindow, &swindow],
-    };
-    bench_target(c, &t, clock);
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
 fn units(c: &mut Criterion) {
     let clock = calibrate();
+    if overhead_only() {
+        ioasid_one_unit(c, clock);
+        ioasid_two_units(c, clock);
+        return;
+    }
     println!(
         "units-report clock: {:.1} ns of each timed register access is clock reads, \
          {:.1} ns added to the wall time (both subtracted below)",
@@ -786,6 +1100,8 @@ fn units(c: &mut Criterion) {
     vtd_alone(c, clock);
     smmu_alone(c, clock, false);
     smmu_alone(c, clock, true);
+    amd_alone(c, clock);
+    ioasid_one_unit(c, clock);
     ioasid_two_units(c, clock);
 }
 

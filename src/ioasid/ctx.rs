@@ -784,14 +784,24 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
         start: u64,
         end: u64,
     ) -> Option<IovaRange> {
-        let own = st.reserved.iter().flatten().copied();
-        let units = io
-            .domains
-            .iter()
-            .flatten()
-            .filter_map(|d| self.unit(d.unit).ok());
-        own.chain(units.flat_map(|u| u.reserved_regions().iter().copied()))
-            .find(|r| super::overlaps(r, start, end))
+        // Plain loops: every map asks (issue 18, goal 4: an iterator chain over both arrays
+        // cost about 80 instructions per map).
+        for r in st.reserved.iter().flatten() {
+            if super::overlaps(r, start, end) {
+                return Some(*r);
+            }
+        }
+        for d in io.domains.iter().flatten() {
+            let Ok(unit) = self.unit(d.unit) else {
+                continue;
+            };
+            for r in unit.reserved_regions() {
+                if super::overlaps(r, start, end) {
+                    return Some(*r);
+                }
+            }
+        }
+        None
     }
 }
 

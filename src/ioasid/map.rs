@@ -148,16 +148,40 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     /// unmapped: retry until it returns `Ok`. A range holding no mapping returns `Ok(0)` (see
     /// the module documentation for why not iommufd's `ENOENT`).
     pub fn unmap(&self, ioasid: IoasidId, iova: Iova, len: u64) -> Result<u64, Error> {
-        let r = self.unmap_everywhere(ioasid, iova, len);
-        // Tables the unmap left empty are reclaimed every few unmaps (see `reclaim.rs`).
-        self.note_unmap(ioasid, iova, len);
+        let (r, reclaim_due) = self.unmap_everywhere(ioasid, iova, len);
+        // Tables the unmap left empty are reclaimed every few unmaps (see `reclaim.rs`), with
+        // the context lock released.
+        if reclaim_due {
+            self.reclaim_noted(ioasid);
+        }
         r
     }
 
-    /// [`IoasidCtx::unmap`] under the context's read lock.
-    fn unmap_everywhere(&self, ioasid: IoasidId, iova: Iova, len: u64) -> Result<u64, Error> {
+    /// [`IoasidCtx::unmap`] under the context's read lock; whether the unmap, noted in the
+    /// IOASID's reclaim log under the same lock, filled it.
+    fn unmap_everywhere(
+        &self,
+        ioasid: IoasidId,
+        iova: Iova,
+        len: u64,
+    ) -> (Result<u64, Error>, bool) {
         let st = self.state.read();
-        let io = st.ioasid(ioasid)?;
+        let io = match st.ioasid(ioasid) {
+            Ok(io) => io,
+            Err(e) => return (Err(e), false),
+        };
+        let r = self.unmap_checked(io, ioasid, iova, len);
+        (r, io.reclaim.note(iova, len))
+    }
+
+    /// [`IoasidCtx::unmap`] of `io`, found by the caller under the context's read lock.
+    fn unmap_checked(
+        &self,
+        io: &Ioasid<'a, A>,
+        ioasid: IoasidId,
+        iova: Iova,
+        len: u64,
+    ) -> Result<u64, Error> {
         if io.nested.is_some() {
             return Err(Error::UserOwned(ioasid));
         }

@@ -111,7 +111,7 @@ pub use fault::{dispatch_page_faults, dispatch_page_faults_with, Dispatched, MAX
 pub use page_size::SMALL_PAGE_LOG2;
 pub use pasid::PasidAllocator;
 pub use reclaim::{reclaim_slack, IoasidPages, UnitPages, RECLAIM_BATCH};
-pub use record::RECORD_IAS;
+pub use record::{Record, RECORD_IAS};
 pub use registry::{DeviceLabel, Leaked, Registry, UnitId};
 
 use core::fmt;

@@ -127,7 +127,19 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     ///
     /// # Errors
     /// [`Error::InvalidationPending`] naming the first unit that failed again.
+    #[inline]
     pub(super) fn settle(&self, io: &Ioasid<'a, A>) -> Result<(), Error> {
+        // Every map and unmap asks: answered here, without the call (issue 18, goal 4).
+        if !io.pending.any() {
+            return Ok(());
+        }
+        self.settle_owed(io)
+    }
+
+    /// [`Self::settle`] when something is owed.
+    #[cold]
+    #[inline(never)]
+    fn settle_owed(&self, io: &Ioasid<'a, A>) -> Result<(), Error> {
         io.pending.settle(|slot, gather| {
             // A slot that owes holds its domain: `free_domains` keeps it until it is settled.
             let Some(d) = io.domains.get(slot).copied().flatten() else {

@@ -166,19 +166,12 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         Ok(out)
     }
 
-    /// Notes an unmap of `[iova, iova + len)` and reclaims if that filled the log. Called with
-    /// the context lock released.
-    pub(super) fn note_unmap(&self, ioasid: IoasidId, iova: Iova, len: u64) {
-        let due = self
-            .state
-            .read()
-            .ioasid(ioasid)
-            .is_ok_and(|io| io.reclaim.note(iova, len));
-        if due {
-            // The unmap itself succeeded or failed already; a unit whose invalidation fails
-            // here keeps the pages and reports the failure again at its next flush.
-            let _ = self.reclaim_due(ioasid);
-        }
+    /// Reclaims after an unmap whose note filled the log (the unmap notes its range under the
+    /// context's read lock it already holds: `map.rs`). Called with the context lock released.
+    pub(super) fn reclaim_noted(&self, ioasid: IoasidId) {
+        // The unmap itself succeeded or failed already; a unit whose invalidation fails here
+        // keeps the pages and reports the failure again at its next flush.
+        let _ = self.reclaim_due(ioasid);
     }
 
     /// Reclaims if the log asks for it (a failed map that was rolled back). Called with the
