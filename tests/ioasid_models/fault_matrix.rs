@@ -52,15 +52,17 @@ use std::cell::Cell as StdCell;
 use std::fmt::Write as _;
 
 use iommu_engine::ioasid::{
-    Attachment, DeviceHandle, DeviceLabel, DirectRegion, Error, IoasidCtx, IoasidFlags, IoasidId,
-    Leaked,
+    dispatch_page_faults, Attachment, DeviceHandle, DeviceLabel, DirectRegion, DirtyReadFlags,
+    Error, IoasidCtx, IoasidFlags, IoasidId, Leaked,
 };
 use iommu_engine::iommu::{DeviceHints, Iommu, Pasid};
+use iommu_engine::iopf::{FaultError, QueuedFault, ResponseCode};
 use iommu_engine::mem::{Iova, PhysAddr};
 use iommu_engine::mmio::RegisterWindow;
 use iommu_engine::pgtable::{IovaRange, Prot};
 use iommu_engine::sim::arena::FailPolicy;
 use iommu_engine::sim::smmuv3::Injection as SmmuFault;
+use iommu_engine::sim::vtd::prq::{PageRequest, PageRequestOutcome};
 use iommu_engine::sim::vtd::Injection as VtdFault;
 use iommu_engine::sim::walk::Access;
 use iommu_engine::sim::Arena;
@@ -90,6 +92,14 @@ const A_MAPS: [(u64, u64, u64); 3] = [
 const A_NEW: (u64, u64, u64) = (0x40_0000, 0x5200_0000, 2 * K4);
 /// IOASID B (nothing attached).
 const B_MAP: (u64, u64, u64) = (0x1000, 0x6000_0000, K4);
+/// B's second page, not contiguous with B_MAP: `Op::Copy` copies both into A in two runs.
+const B_MAP2: (u64, u64, u64) = (0x2000, 0x6100_0000, K4);
+/// Where `Op::Copy` maps B's two pages in A.
+const COPY_TO: u64 = 0x60_0000;
+/// The page request group `Op::RespondFault` answers (RID_A's, queued at setup) and the one
+/// `Op::DispatchFaults` finds from RID_NEW_BUS, which is bound but attached nowhere.
+const PRG_OWNED: u16 = 3;
+const PRG_UNOWNED: u16 = 4;
 /// Bound with a direct region (RMRR-like), attached to A by `Op::AttachDirect`.
 const RID_DIRECT: u32 = 0x58;
 /// Its direct region: mapped one-to-one in A (both units) by the attach.
@@ -128,9 +138,22 @@ enum Op {
     DetachDirect,
     Reclaim,
     DropContext,
+    ReplaceSmmu,
+    Copy,
+    SetDirtyTracking,
+    SetDirtyTrackingOff,
+    GetDirtyBitmap,
+    ReadDirtyNoClear,
+    SetHugePages,
+    RespondFault,
+    DispatchFaults,
+    AttachNested,
+    InvalidateUser,
+    AttachNestedVtd,
+    InvalidateUserVtd,
 }
 
-const OPS: [Op; 24] = [
+const OPS: [Op; 37] = [
     Op::Bind,
     Op::Unbind,
     Op::AllocIoasid,
@@ -155,6 +178,19 @@ const OPS: [Op; 24] = [
     Op::DetachDirect,
     Op::Reclaim,
     Op::DropContext,
+    Op::ReplaceSmmu,
+    Op::Copy,
+    Op::SetDirtyTracking,
+    Op::SetDirtyTrackingOff,
+    Op::GetDirtyBitmap,
+    Op::ReadDirtyNoClear,
+    Op::SetHugePages,
+    Op::RespondFault,
+    Op::DispatchFaults,
+    Op::AttachNested,
+    Op::InvalidateUser,
+    Op::AttachNestedVtd,
+    Op::InvalidateUserVtd,
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -358,8 +394,10 @@ fn setups(caching_mode: bool) -> (VtdSetup, SmmuSetup) {
     let mut v = VtdSetup::scalable();
     // ECAP.DT: RID_A has ATS, so its unit invalidates its device TLB (the model keeps one).
     v.model = v.model.with_caching_mode(caching_mode).with_dt(true);
-    // ECAP.SMPWCS (bit 48): snooped page walks, which VT-d dirty tracking needs.
+    // ECAP.SMPWCS (bit 48): snooped page walks, which VT-d dirty tracking needs. Page
+    // requests (ECAP.PRS), turned on only for the calls that answer them.
     v.model.ecap |= 1 << 48;
+    v.model = v.model.with_prs(true);
     (v, s)
 }
 
@@ -396,13 +434,130 @@ struct Cell<'r> {
     made_device: StdCell<Option<DeviceHandle>>,
     made_iova: StdCell<Option<Iova>>,
     dirty_seen: StdCell<u32>,
+    /// The first word of `Op::GetDirtyBitmap`'s bitmap, over every attempt.
+    dirty_bits: StdCell<u64>,
     granted: StdCell<bool>,
+    /// RID_A's page request group, read from the context's queue at setup
+    /// (`Op::RespondFault`).
+    cookie: Option<iommu_engine::iopf::FaultCookie>,
+    /// What `Op::DispatchFaults` returned.
+    dispatched: StdCell<Option<iommu_engine::ioasid::Dispatched>>,
+    /// The nested child (`Op::AttachNested` attaches SID_B to it; SID_C is attached to it for
+    /// `Op::InvalidateUser`) and its guest's memory.
+    child: Option<IoasidId>,
+    guest: Option<Guest>,
+    issued: StdCell<usize>,
+    /// A nested child was built (its guest's IPAs may stay in the SMMUv3's CD cache).
+    nested: bool,
     /// Where the SMMUv3 command log stood when the last attempt of the call began: the ATC
     /// invalidations an `Ok` must have issued are looked for from there (a retry reissues
     /// what the failed attempt lost).
     attempt_commands: StdCell<usize>,
     /// Stranded devices the drop left, released once recovered.
     stranded: Vec<DeviceLabel>,
+}
+
+/// A nested child's guest (SMMUv3): its IOVA, the IPAs of its pages (IPA_BASE + 4 KiB * n:
+/// page 0 its CD table, 1-3 its stage-1 tables, 4 and 5 data), its ASID and the virtual
+/// StreamID it knows SID_C by.
+const GIOVA: u64 = 0x1234_5000;
+const IPA_BASE: u64 = 0x1000_0000;
+const GUEST_ASID: u64 = 5;
+const VSID_C: u32 = 0x7;
+
+/// The guest's memory: arena pages the NEST_PARENT IOASID maps at IPA_BASE + 4 KiB * n,
+/// given back after the context (`Cell::guest`).
+struct Guest {
+    pages: Vec<iommu_engine::mem::Page>,
+}
+
+impl Guest {
+    fn ipa(n: usize) -> u64 {
+        IPA_BASE + K4 * n as u64
+    }
+    fn pa(&self, n: usize) -> u64 {
+        self.pages[n].pa.get()
+    }
+    fn write(&self, arena: &Arena, n: usize, offset: u64, value: u64) {
+        assert!(arena.write_u64(self.pa(n) + offset, value), "guest write");
+    }
+    /// The guest's CD (T0SZ 32, 4 KiB granule, write-back inner shareable walks, EPD1, valid,
+    /// 40-bit IPS, AArch64, ASID) and stage-1 tables from level 1, hand-encoded from IHI 0070
+    /// G.b §5.4 and the Arm ARM D8, as `nested.rs` has them; GIOVA points at page 4.
+    fn tables(&self, arena: &Arena) {
+        let dw0 = 32
+            | 1 << 8
+            | 1 << 10
+            | 3 << 12
+            | 1 << 30
+            | 1 << 31
+            | 2 << 32
+            | 1 << 41
+            | 1 << 45
+            | 1 << 46
+            | GUEST_ASID << 48;
+        self.write(arena, 0, 8, Self::ipa(1));
+        self.write(arena, 0, 24, 0xff);
+        self.write(arena, 0, 0, dw0);
+        self.write(arena, 1, ((GIOVA >> 30) & 0x1ff) * 8, Self::ipa(2) | 3);
+        self.write(arena, 2, ((GIOVA >> 21) & 0x1ff) * 8, Self::ipa(3) | 3);
+        self.leaf(arena, 4);
+    }
+    /// The guest points GIOVA at its page `n` (AP EL0 RW, inner shareable, AF, nG).
+    fn leaf(&self, arena: &Arena, n: usize) {
+        let s1_rw = 1 << 6 | 3 << 8 | 1 << 10 | 1 << 11;
+        self.write(
+            arena,
+            3,
+            ((GIOVA >> 12) & 0x1ff) * 8,
+            Self::ipa(n) | s1_rw | 3,
+        );
+    }
+    /// The guest's 4-level VT-d first-stage tables at pages 0-3 (PML4, PDPT, PD, PT: P, R/W,
+    /// U/S, A), GIOVA pointing at page 4 (VT-d §9.7), as `nested_vtd.rs` has them.
+    fn vtd_tables(&self, arena: &Arena) {
+        let idx = |shift: u32| ((GIOVA >> shift) & 0x1ff) * 8;
+        self.write(arena, 0, idx(39), Self::ipa(1) | 0x27);
+        self.write(arena, 1, idx(30), Self::ipa(2) | 0x27);
+        self.write(arena, 2, idx(21), Self::ipa(3) | 0x27);
+        self.vtd_leaf(arena, 4);
+    }
+    /// The guest points GIOVA at its page `n` (P, R/W, U/S, A, D).
+    fn vtd_leaf(&self, arena: &Arena, n: usize) {
+        self.write(arena, 3, ((GIOVA >> 12) & 0x1ff) * 8, Self::ipa(n) | 0x67);
+    }
+    /// The guest's VT-d first stage (iommufd `struct iommu_hwpt_vtd_s1`).
+    fn vtd_s1() -> iommu_engine::iommu::UserStage1 {
+        iommu_engine::iommu::UserStage1::Vtd {
+            flags: 0,
+            pgtbl_addr: Self::ipa(0),
+            addr_width: 48,
+        }
+    }
+    /// The guest's STE words: stage-1 translate, its one CD at IPA page 0.
+    fn ste() -> iommu_engine::iommu::UserStage1 {
+        iommu_engine::iommu::UserStage1::SmmuV3 {
+            ste: [1 | 0b101 << 1 | Self::ipa(0), 2 | 1 << 2 | 1 << 4 | 3 << 6],
+        }
+    }
+}
+
+/// The range dirty reads cover, and the bitmap words it needs at 4 KiB.
+const DIRTY_LEN: u64 = 1 << 24;
+const DIRTY_WORDS: usize = (DIRTY_LEN >> 12 >> 6) as usize;
+/// The page every page request asks for.
+const FAULT_PAGE: u64 = 0x5000;
+
+/// A device's last page request of group `group` for FAULT_PAGE (write).
+fn page_request(rid: u32, group: u16) -> PageRequest {
+    PageRequest {
+        sid: rid as u16,
+        pasid: None,
+        addr: FAULT_PAGE,
+        access: Access::WRITE,
+        group,
+        last: true,
+    }
 }
 
 fn map(ctx: &IoasidCtx<'_, '_, Arena>, io: IoasidId, m: (u64, u64, u64)) {
@@ -469,6 +624,7 @@ impl<'r> Cell<'r> {
             map(&ctx, a, m);
         }
         map(&ctx, b, B_MAP);
+        map(&ctx, b, B_MAP2);
         map(&ctx, pio, P_MAP);
         let p = ctx.alloc_pasid().expect("setup PASID");
         let q = ctx.alloc_pasid().expect("setup PASID");
@@ -491,6 +647,77 @@ impl<'r> Cell<'r> {
             .expect("setup SMMUv3 write");
         r.vm.translate(RID_DIRTY as u16, None, D_MAP.0 + K4, Access::WRITE)
             .expect("setup VT-d write");
+        // I/O page faults (VT-d page request queue): for the calls that answer them only.
+        let mut cookie = None;
+        if matches!(op, Op::RespondFault | Op::DispatchFaults) {
+            r.vtd.enable_page_requests(0).expect("setup page requests");
+            ctx.fault_queue_alloc();
+            let queued = r.vm.page_request(page_request(RID_A, PRG_OWNED));
+            assert_eq!(queued, PageRequestOutcome::Queued, "setup page request");
+        }
+        if op == Op::RespondFault {
+            let d = dispatch_page_faults(VTD, r.vtd, &[&ctx]).expect("setup dispatch");
+            assert_eq!(d.queued, 1, "setup dispatch");
+            let mut out = [QueuedFault {
+                unit: 0,
+                fault: iommu_engine::iopf::PageFault::EMPTY,
+                cookie: iommu_engine::iopf::FaultCookie(0),
+            }; 2];
+            assert_eq!(ctx.read_faults(&mut out), 1, "setup read_faults");
+            cookie = Some(out[0].cookie);
+        }
+        if op == Op::DispatchFaults {
+            let queued = r.vm.page_request(page_request(RID_NEW_BUS, PRG_UNOWNED));
+            assert_eq!(queued, PageRequestOutcome::Queued, "setup page request");
+        }
+        // A nested child over a NEST_PARENT IOASID mapping the guest's memory.
+        let (mut child, mut guest) = (None, None);
+        let vtd_nested = matches!(op, Op::AttachNestedVtd | Op::InvalidateUserVtd);
+        if matches!(op, Op::AttachNested | Op::InvalidateUser) || vtd_nested {
+            let g = Guest {
+                pages: (0..6)
+                    .map(|_| {
+                        iommu_engine::mem::PageAllocator::alloc(r.arena, 12).expect("guest page")
+                    })
+                    .collect(),
+            };
+            let np = alloc(IoasidFlags::NEST_PARENT);
+            for n in 0..6 {
+                map(&ctx, np, (Guest::ipa(n), g.pa(n), K4));
+            }
+            let s1 = if vtd_nested {
+                g.vtd_tables(r.arena);
+                Guest::vtd_s1()
+            } else {
+                g.tables(r.arena);
+                Guest::ste()
+            };
+            let c = ctx.alloc_nested(np, s1).expect("setup alloc_nested");
+            if op == Op::InvalidateUserVtd {
+                ctx.attach(v2, c).expect("setup attach nested");
+                assert_eq!(
+                    r.vtd_read(RID_NEW_BUS, None, GIOVA).map(|t| t.0),
+                    Some(g.pa(4)),
+                    "setup nested DMA"
+                );
+                g.vtd_leaf(r.arena, 5);
+            }
+            if op == Op::InvalidateUser {
+                ctx.set_virtual_id(s3, Some(VSID_C))
+                    .expect("setup virtual ID");
+                ctx.attach(s3, c).expect("setup attach nested");
+                assert_eq!(
+                    r.smmu_read(SID_C, None, GIOVA).map(|t| t.0),
+                    Some(g.pa(4)),
+                    "setup nested DMA"
+                );
+                // The guest moves GIOVA to its page 5; the TLB still holds page 4 until the
+                // guest's invalidation passes.
+                g.leaf(r.arena, 5);
+            }
+            child = Some(c);
+            guest = Some(g);
+        }
         Self {
             ctx: Some(ctx),
             v,
@@ -513,7 +740,14 @@ impl<'r> Cell<'r> {
             made_device: StdCell::new(None),
             made_iova: StdCell::new(None),
             dirty_seen: StdCell::new(0),
+            dirty_bits: StdCell::new(0),
             granted: StdCell::new(false),
+            cookie,
+            dispatched: StdCell::new(None),
+            nested: child.is_some(),
+            child,
+            guest,
+            issued: StdCell::new(0),
             attempt_commands: StdCell::new(0),
             stranded: Vec::new(),
         }
@@ -619,6 +853,68 @@ impl<'r> Cell<'r> {
             Op::DetachDirect => ctx.detach(self.vdirect2)?,
             Op::Reclaim => {
                 ctx.reclaim(self.a)?;
+            }
+            Op::ReplaceSmmu => ctx.attach(self.s, self.b)?,
+            Op::Copy => ctx.copy(
+                self.b,
+                Iova::new(B_MAP.0),
+                self.a,
+                Iova::new(COPY_TO),
+                2 * K4,
+            )?,
+            Op::SetDirtyTracking => ctx.set_dirty_tracking(self.d, true)?,
+            Op::SetDirtyTrackingOff => ctx.set_dirty_tracking(self.d, false)?,
+            Op::GetDirtyBitmap => {
+                let mut bitmap = [0u64; DIRTY_WORDS];
+                let r = ctx.get_dirty_bitmap(
+                    self.d,
+                    Iova::ZERO,
+                    DIRTY_LEN,
+                    12,
+                    &mut bitmap,
+                    DirtyReadFlags::empty(),
+                );
+                self.dirty_bits.set(self.dirty_bits.get() | bitmap[0]);
+                r?;
+            }
+            Op::ReadDirtyNoClear => {
+                let seen = &self.dirty_seen;
+                ctx.read_dirty(
+                    self.d,
+                    Iova::ZERO,
+                    DIRTY_LEN,
+                    DirtyReadFlags::NO_CLEAR,
+                    &mut |_, _| seen.set(seen.get() + 1),
+                )?;
+            }
+            Op::SetHugePages => ctx.set_huge_pages(self.c, false)?,
+            Op::RespondFault => {
+                let cookie = self.cookie.expect("a cookie from the setup");
+                ctx.respond_fault(cookie, ResponseCode::Success)?;
+            }
+            Op::DispatchFaults => {
+                let d = dispatch_page_faults(VTD, r.vtd, &[ctx])?;
+                self.dispatched.set(Some(d));
+            }
+            Op::AttachNested => ctx.attach(self.s2, self.child.expect("child"))?,
+            Op::AttachNestedVtd => ctx.attach(self.v2, self.child.expect("child"))?,
+            Op::InvalidateUserVtd => {
+                // The guest's invalidation of GIOVA's leaf.
+                let inv = iommu_engine::iommu::VtdS1Invalidate {
+                    addr: GIOVA,
+                    npages: 1,
+                    flags: iommu_engine::iommu::VTD_INV_FLAGS_LEAF,
+                    reserved: 0,
+                };
+                let n = ctx.invalidate_user_vtd(self.child.expect("child"), &[inv])?;
+                self.issued.set(n);
+            }
+            Op::InvalidateUser => {
+                // The guest's TLBI_NH_VA of GIOVA (its VMID field 0: the unit writes the
+                // parent's).
+                let tlbi = [0x12 | GUEST_ASID << 48, GIOVA | 1];
+                let n = ctx.invalidate_user(self.child.expect("child"), &[tlbi])?;
+                self.issued.set(n);
             }
             Op::DropContext => unreachable!(),
         }
@@ -822,6 +1118,117 @@ impl<'r> Cell<'r> {
                             .all(|(d, _)| d.range().start.get() != DIRECT2.0)
                     }),
             ),
+            Op::ReplaceSmmu => want(
+                "the device does not translate B, still translates A, or its ATC was not \
+                 invalidated",
+                smmu(SID_A, B_MAP.0).is_some_and(|t| t.0 == B_MAP.1)
+                    && smmu(SID_A, A_MAPS[1].0).is_none()
+                    && atc_invalidated(),
+            ),
+            Op::Copy => want(
+                "a device does not translate the copy",
+                [(COPY_TO, B_MAP.1), (COPY_TO + K4, B_MAP2.1)]
+                    .iter()
+                    .all(|&(iova, pa)| {
+                        vtd(RID_A, None, iova) == Some((pa, true))
+                            && smmu(SID_A, iova) == Some((pa, true))
+                            && ctx
+                                .translate(self.a, Iova::new(iova))
+                                .is_ok_and(|m| m.is_some_and(|m| m.pa.get() == pa))
+                    }),
+            ),
+            Op::SetDirtyTracking => {
+                want("tracking is off", ctx.dirty_tracking(self.d) == Ok(true))?;
+                // Every page clean, and a write after the call reported (through each unit).
+                self.cleared_then_seen(r, op, 0)
+            }
+            Op::SetDirtyTrackingOff => want(
+                "tracking is on, or a read is not refused",
+                ctx.dirty_tracking(self.d) == Ok(false)
+                    && ctx.read_and_clear_dirty(self.d, Iova::ZERO, K4, &mut |_, _| {})
+                        == Err(Error::DirtyTrackingOff(self.d)),
+            ),
+            Op::GetDirtyBitmap => {
+                // Pages 1 (the SMMUv3 write) and 2 (the VT-d write), over the attempts.
+                want(
+                    "a dirty page not in the bitmap",
+                    self.dirty_bits.get() & 0b110 == 0b110,
+                )?;
+                self.cleared_then_seen(r, op, 0)
+            }
+            Op::ReadDirtyNoClear => {
+                want("a dirty page not reported", self.dirty_seen.get() >= 2)?;
+                // Not cleaned: reported again.
+                let seen = StdCell::new(0u32);
+                ctx.read_dirty(
+                    self.d,
+                    Iova::ZERO,
+                    DIRTY_LEN,
+                    DirtyReadFlags::NO_CLEAR,
+                    &mut |_, _| seen.set(seen.get() + 1),
+                )
+                .map_err(|e| format!("{e:?}"))?;
+                want("NO_CLEAR cleaned a page", seen.get() == 2)
+            }
+            Op::SetHugePages => want("no 4 KiB limit", ctx.max_page_log2(self.c) == Ok(Some(12))),
+            Op::RespondFault => want(
+                "the device did not get the answer",
+                r.vm.page_responses().iter().any(|g| {
+                    (g.sid, g.group, g.code, g.expected) == (RID_A as u16, PRG_OWNED, 0, true)
+                }) && r.vm.outstanding_page_requests() == 0,
+            ),
+            Op::DispatchFaults => {
+                let mut out = [QueuedFault {
+                    unit: 0,
+                    fault: iommu_engine::iopf::PageFault::EMPTY,
+                    cookie: iommu_engine::iopf::FaultCookie(0),
+                }; 2];
+                want(
+                    "RID_A's request not queued in the context",
+                    ctx.read_faults(&mut out) == 1 && out[0].fault.addr == FAULT_PAGE,
+                )?;
+                // RID_NEW_BUS's request was answered Invalid, or its answer counted lost (the
+                // unit did not confirm it: the device may wait for its own timeout).
+                let answered = r.vm.page_responses().iter().any(|g| {
+                    (g.sid, g.group, g.code, g.expected)
+                        == (RID_NEW_BUS as u16, PRG_UNOWNED, 1, true)
+                });
+                let lost = self.dispatched.get().is_some_and(|d| d.unanswered == 1);
+                want(
+                    "RID_NEW_BUS's request neither answered nor counted unanswered",
+                    answered || lost,
+                )
+            }
+            Op::AttachNested => {
+                let g = self.guest.as_ref().expect("guest");
+                want(
+                    "the device does not translate through the guest's stage 1 and the parent",
+                    r.smmu_read(SID_B, None, GIOVA).map(|t| t.0) == Some(g.pa(4)),
+                )
+            }
+            Op::AttachNestedVtd => {
+                let g = self.guest.as_ref().expect("guest");
+                want(
+                    "the device does not translate through the guest's first stage and the parent",
+                    vtd(RID_NEW_BUS, None, GIOVA).map(|t| t.0) == Some(g.pa(4)),
+                )
+            }
+            Op::InvalidateUserVtd => {
+                let g = self.guest.as_ref().expect("guest");
+                want(
+                    "the guest's invalidation did not reach the IOTLB",
+                    self.issued.get() >= 1
+                        && vtd(RID_NEW_BUS, None, GIOVA).map(|t| t.0) == Some(g.pa(5)),
+                )
+            }
+            Op::InvalidateUser => {
+                let g = self.guest.as_ref().expect("guest");
+                want(
+                    "the guest's invalidation did not reach the TLB",
+                    self.issued.get() == 1
+                        && r.smmu_read(SID_C, None, GIOVA).map(|t| t.0) == Some(g.pa(5)),
+                )
+            }
             // Nothing empty is left: a second reclaim finds nothing (checked with no fault).
             Op::Reclaim => {
                 r.vm.clear_injections();
@@ -831,6 +1238,36 @@ impl<'r> Cell<'r> {
             }
             Op::DropContext => unreachable!(),
         }
+    }
+
+    /// Dirty tracking of D after a call that cleaned it: a read (with no fault armed) reports
+    /// `expect` pages, then a write through each unit is reported by the next read (a lost
+    /// invalidation would hide it behind a cached dirty or writable-clean entry).
+    fn cleared_then_seen(&self, r: &Rig<'_, '_>, op: Op, expect: u32) -> Result<(), String> {
+        let ctx = self.ctx();
+        r.vm.clear_injections();
+        r.sm.clear_injections();
+        let seen = StdCell::new(0u32);
+        let mut count = |_: Iova, _: u32| seen.set(seen.get() + 1);
+        ctx.read_and_clear_dirty(self.d, Iova::ZERO, DIRTY_LEN, &mut count)
+            .map_err(|e| format!("{e:?}"))?;
+        if seen.get() != expect {
+            return Err(format!("{op:?} left {} page(s) dirty", seen.get()));
+        }
+        r.vm.translate(RID_DIRTY as u16, None, D_MAP.0 + K4, Access::WRITE)
+            .map_err(|e| format!("VT-d write: {e:?}"))?;
+        r.sm.translate(SID_DIRTY, None, D_MAP.0, Access::WRITE)
+            .map_err(|e| format!("SMMUv3 write: {e:?}"))?;
+        seen.set(0);
+        ctx.read_and_clear_dirty(self.d, Iova::ZERO, DIRTY_LEN, &mut count)
+            .map_err(|e| format!("{e:?}"))?;
+        if seen.get() != 2 {
+            return Err(format!(
+                "{op:?} succeeded but of a write through each unit after it {} reported",
+                seen.get()
+            ));
+        }
+        Ok(())
     }
 
     /// What holds after every call, whatever it returned.
@@ -844,7 +1281,14 @@ impl<'r> Cell<'r> {
             return Err(format!("{addr:#x} reachable by the VT-d unit but freed"));
         }
         let reach = r.sm.reachable();
-        if let Some((addr, what)) = reach.structures.iter().find(|(a, _)| !is_live(*a)) {
+        // A nested child's CD table is the guest's, at an IPA the model's walk does not
+        // translate: not the crate's memory.
+        let guest = |a: u64| self.nested && (IPA_BASE..IPA_BASE + 6 * K4).contains(&a);
+        if let Some((addr, what)) = reach
+            .structures
+            .iter()
+            .find(|(a, _)| !is_live(*a) && !guest(*a))
+        {
             return Err(format!(
                 "{what} at {addr:#x} reachable by the SMMUv3 but freed"
             ));
@@ -857,6 +1301,8 @@ impl<'r> Cell<'r> {
         for &(vmid, asid) in &reach.tags {
             let held = match asid {
                 None => vmids.is_used(vmid),
+                // A nested child's entries carry the guest's ASID under the parent's VMID.
+                Some(_) if vmid != 0 && self.child.is_some() => vmids.is_used(vmid),
                 Some(a) => asids.is_used(a) && (vmid == 0 || vmids.is_used(vmid)),
             };
             if !held {
@@ -868,6 +1314,7 @@ impl<'r> Cell<'r> {
         // No VT-d cache entry carries a DID no live domain holds (DID 0 is reserved under
         // caching mode): a DID freed before its invalidation completed would be one.
         let live: std::collections::BTreeSet<u16> = (0..64u16)
+            .chain(0x4000..0x4010)
             .filter_map(|h| r.vtd.domain_id(iommu_engine::iommu::DomainHandle(h)))
             .map(|did| did.get())
             .collect();
@@ -974,13 +1421,23 @@ struct Snapshot {
     /// Where each device (`Cell::attached_probes`) is attached in the context's books.
     attachments: Vec<Option<Attachment>>,
     pasids: Vec<bool>,
+    /// Whether D tracks dirty state; C's page-size limit.
+    dirty: Option<bool>,
+    limit: Option<Option<u32>>,
     vtd_audit: Option<VtdAudit>,
     smmu_audit: Option<SmmuAudit>,
     domains: (usize, usize),
     pages: usize,
 }
 
-const PROBE_IOVAS: [u64; 4] = [0x1000, 0x20_0000, 0x20_1000, 0x40_0000];
+const PROBE_IOVAS: [u64; 6] = [
+    0x1000,
+    0x20_0000,
+    0x20_1000,
+    0x40_0000,
+    COPY_TO,
+    COPY_TO + K4,
+];
 /// Where `Op::AttachDirect` maps: probed for every device and record too.
 const DIRECT_PROBES: [u64; 2] = [DIRECT.0, DIRECT.0 + K4];
 /// Where RID_DIRECT2's region is mapped from the setup.
@@ -1000,11 +1457,17 @@ impl Snapshot {
                 vtd.push(r.vm.translate_in_memory(rid as u16, pasid, iova, Access::READ));
             }
         }
+        // Through a nested child's guest tables.
+        vtd.push(r.vm.translate_in_memory(RID_NEW_BUS as u16, None, GIOVA, Access::READ));
         let mut smmu = Vec::new();
         for (sid, ssid) in [(SID_A, None), (SID_B, None), (SID_C, q), (SID_DIRTY, None)] {
             for iova in PROBE_IOVAS {
                 smmu.push(r.sm.translate_in_memory(sid, ssid, iova, Access::READ));
             }
+        }
+        // Through a nested child's guest tables.
+        for sid in [SID_B, SID_C] {
+            smmu.push(r.sm.translate_in_memory(sid, None, GIOVA, Access::READ));
         }
         let mut direct = Vec::new();
         for iova in DIRECT_PROBES {
@@ -1058,7 +1521,10 @@ impl Snapshot {
             .flatten()
             .map(|p| r.reg.pasids().is_allocated(p))
             .collect();
+        let ctx = cell.ctx.as_ref();
         Snapshot {
+            dirty: ctx.and_then(|c| c.dirty_tracking(cell.d).ok()),
+            limit: ctx.and_then(|c| c.max_page_log2(cell.c).ok()),
             vtd,
             smmu,
             record,
@@ -1098,13 +1564,26 @@ fn partial_state(
         return Ok("no effect");
     }
     let fail = |what: &str| {
+        let b = format!("{before:?}");
+        let a = format!("{after:?}");
+        // The fields that differ, by name.
+        let fields = |s: &str| s.split(", ").map(str::to_owned).collect::<Vec<_>>();
+        let diff: Vec<String> = fields(&b)
+            .into_iter()
+            .zip(fields(&a))
+            .filter(|(x, y)| x != y)
+            .map(|(x, y)| format!("{x} -> {y}"))
+            .take(6)
+            .collect();
         Err(format!(
-            "neither no effect nor the documented partial state ({what}):\n  before \
+            "neither no effect nor the documented partial state ({what}): {diff:?}\n  before \
              {before:?}\n  after  {after:?}"
         ))
     };
     // The layer's books: records, IOASIDs, devices, PASIDs.
     let same_books = after.record == before.record
+        && after.dirty == before.dirty
+        && after.limit == before.limit
         && after.direct == before.direct
         && after.direct2 == before.direct2
         && after.devices == before.devices
@@ -1115,6 +1594,9 @@ fn partial_state(
         Op::AttachVtd => Some((2, cell.b)),
         Op::AttachSmmu => Some((3, cell.b)),
         Op::Replace => Some((0, cell.b)),
+        Op::ReplaceSmmu => Some((1, cell.b)),
+        Op::AttachNested => cell.child.map(|c| (3, c)),
+        Op::AttachNestedVtd => cell.child.map(|c| (2, c)),
         Op::AttachDirect => Some((5, cell.a)),
         Op::AttachPasidVtd => Some((7, cell.pio)),
         Op::AttachPasidSmmu => Some((8, cell.pio)),
@@ -1191,8 +1673,33 @@ fn partial_state(
             }
             "unmapped, invalidation pending"
         }
+        // A nested child's attach refused (no memory) after the parent's domain was built on
+        // the unit for it: the child's domain is freed, the parent keeps its domain (as after
+        // the child's detach), freed with the parent; nothing translates differently.
+        Op::AttachNested | Op::AttachNestedVtd
+            if same_books
+                && after.vtd == before.vtd
+                && after.smmu == before.smmu
+                && after.unsettled() == before.unsettled()
+                && after.owing() == before.owing()
+                && after.domains.0 + after.domains.1 == before.domains.0 + before.domains.1 + 1
+                && after.pages > before.pages =>
+        {
+            "nest parent's domain kept"
+        }
+        // The guest's invalidation met a unit in service failure: nothing else moved.
+        Op::InvalidateUser
+            if smmu_failed(after)
+                && same_books
+                && after.vtd == before.vtd
+                && after.unsettled() == before.unsettled()
+                && after.domains == before.domains
+                && after.pages == before.pages =>
+        {
+            "SMMUv3 in service failure"
+        }
         // `read_and_clear_dirty` cleaned the dirty state; the invalidation is owed.
-        Op::ReadClearDirty
+        Op::ReadClearDirty | Op::GetDirtyBitmap
             if pending
                 && same_books
                 && after.vtd == before.vtd
@@ -1211,9 +1718,12 @@ fn partial_state(
         Op::AttachVtd
         | Op::AttachSmmu
         | Op::Replace
+        | Op::ReplaceSmmu
         | Op::AttachDirect
         | Op::AttachPasidVtd
         | Op::AttachPasidSmmu
+        | Op::AttachNested
+        | Op::AttachNestedVtd
             if matches!(e, Error::Iommu(i) if i.is_unit_fault())
                 && attached_unsettled
                 && after.record == before.record
@@ -1222,7 +1732,12 @@ fn partial_state(
                 && after.pasids == before.pasids
                 && after.unsettled() <= before.unsettled() + 1
                 && after.owing() == before.owing()
-                && after.domains.0 + after.domains.1 <= before.domains.0 + before.domains.1 + 1
+                // A nested child's domain is built over its parent's: two.
+                && after.domains.0 + after.domains.1
+                    <= before.domains.0
+                        + before.domains.1
+                        + 1
+                        + usize::from(matches!(op, Op::AttachNested | Op::AttachNestedVtd))
                 && after.domains.0 >= before.domains.0
                 && after.domains.1 >= before.domains.1
                 && after.pages >= before.pages =>
@@ -1329,9 +1844,41 @@ fn partial_state(
         {
             "empty tables unlinked, invalidation owed"
         }
+        // A unit did not confirm the switch of dirty tracking: it counts as off (reads are
+        // refused) until a retry; some domains may have switched, nothing else moved (their
+        // invalidation may be owed).
+        Op::SetDirtyTracking | Op::SetDirtyTrackingOff
+            if after.dirty == Some(false)
+                && after.record == before.record
+                && after.limit == before.limit
+                && after.devices == before.devices
+                && after.attachments == before.attachments
+                && after.pasids == before.pasids
+                && after.vtd == before.vtd
+                && smmu_same
+                && after.unsettled() == before.unsettled()
+                && after.owing() <= before.owing() + 1
+                && after.domains == before.domains
+                && after.pages == before.pages =>
+        {
+            "dirty tracking off until retried"
+        }
+        // A copy whose later run failed after an earlier one was mapped: the earlier run is
+        // unmapped again (nothing mapped), the tables its map linked stay, empty.
+        Op::Copy
+            if !pending
+                && same_books
+                && after.vtd == before.vtd
+                && after.smmu == before.smmu
+                && after.owing() == before.owing()
+                && after.domains == before.domains
+                && after.pages > before.pages =>
+        {
+            "nothing copied, empty tables linked"
+        }
         // `map` mapped nothing (rolled back everywhere), but the unit that did not confirm the
         // rollback's invalidation owes it, with the tables the rollback unlinked.
-        Op::Map
+        Op::Map | Op::Copy
             if pending
                 && same_books
                 && after.vtd == before.vtd
@@ -1558,11 +2105,26 @@ fn run_cell(
                 if matches!(fault, Fault::Smmu(_)) {
                     cell.attempt_commands.set(r.sm.command_log().len());
                 }
-                cell.run(r, op)
-                    .map_err(|x| format!("failed with {e:?}, the retry failed with {x:?}"))?;
-                cell.effect(r, op)
-                    .map_err(|x| format!("failed with {e:?}, then retried: {x}"))?;
-                Some(state)
+                if op == Op::RespondFault {
+                    // The group left the queue with the failed answer (the device waits for its
+                    // own timeout): a retry is refused, nothing is sent twice.
+                    let cookie = cell.cookie.expect("cookie");
+                    let again = cell.run(r, op);
+                    let refused = Err(Error::Fault(FaultError::NotOutstanding(cookie)));
+                    if again != refused {
+                        return Err(format!("failed with {e:?}, the retry returned {again:?}"));
+                    }
+                    if r.vm.page_responses().iter().any(|g| !g.expected) {
+                        return Err(format!("failed with {e:?}: an unexpected answer was sent"));
+                    }
+                    Some("answer lost, group gone")
+                } else {
+                    cell.run(r, op)
+                        .map_err(|x| format!("failed with {e:?}, the retry failed with {x:?}"))?;
+                    cell.effect(r, op)
+                        .map_err(|x| format!("failed with {e:?}, then retried: {x}"))?;
+                    Some(state)
+                }
             }
         };
         // A device the drop stranded: the embedder detaches it on its unit (the documented
@@ -1581,6 +2143,13 @@ fn run_cell(
         // Tear down: nothing may stay behind.
         drop(cell.ctx.take());
         r.drain();
+        if let Some(g) = cell.guest.take() {
+            for p in g.pages {
+                // SAFETY: the context that mapped them is gone, and no unit was pointed at
+                // them by anything else.
+                unsafe { iommu_engine::mem::PageAllocator::free(r.arena, p, 12) };
+            }
+        }
         let leaked = r.reg.leaked();
         if op != Op::DropContext && leaked != Leaked::default() {
             return Err(format!("the clean teardown leaked {leaked:?}"));
@@ -1659,6 +2228,11 @@ fn ioasid_fault_matrix() {
     // attach's fill and its undo can fail on the queue) for the calls that reach the VT-d
     // unit, against the VT-d faults only.
     let on_vtd = [
+        Op::Copy,
+        Op::SetDirtyTracking,
+        Op::GetDirtyBitmap,
+        Op::RespondFault,
+        Op::DispatchFaults,
         Op::AttachVtd,
         Op::Replace,
         Op::AttachDirect,

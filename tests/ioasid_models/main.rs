@@ -6,6 +6,7 @@
 
 mod rig;
 
+mod amdvi_matrix;
 mod concurrency;
 mod device_hints;
 mod direct;

@@ -167,9 +167,12 @@ impl Rig<'_, '_> {
         self.arena.live_pages().len()
     }
 
-    /// How many domains a unit holds (handles are small indices; probe the first 64).
+    /// How many domains a unit holds (handles are small indices; probe the first 64, and the
+    /// nested children's user domains from 0x4000, `vtd::USER_DOMAIN_BASE` and
+    /// `smmuv3::nested::USER_DOMAIN_BASE`).
     pub fn domains(&self, unit: &dyn Iommu) -> usize {
         (0..64u16)
+            .chain(0x4000..0x4010)
             .filter(|&h| unit.domain_geometry(DomainHandle(h)).is_ok())
             .count()
     }

@@ -381,6 +381,26 @@ impl<'m> AmdViModel<'m> {
         seen
     }
 
+    /// What a read of `iova` by `device_id` translates to from memory alone: the device table
+    /// entry and the page tables as memory holds them, every cache ignored, nothing cached,
+    /// no event logged and no counter moved (for tests that compare what the tables say
+    /// before and after a call). `None`: the request faults.
+    pub fn translate_in_memory(&self, device_id: u16, iova: u64) -> Option<u64> {
+        let mut st = self.lock();
+        let caches = (
+            core::mem::take(&mut st.dte_cache),
+            core::mem::take(&mut st.iotlb),
+            core::mem::take(&mut st.pde_cache),
+        );
+        let kept = (st.stats, st.event_tail, st.status, st.control);
+        // The walk logs no event: the log is off for it.
+        st.control &= !regs::CTRL_EVENT_LOG_EN;
+        let pa = st.translate(device_id, iova, false).ok().map(|t| t.pa);
+        (st.dte_cache, st.iotlb, st.pde_cache) = caches;
+        (st.stats, st.event_tail, st.status, st.control) = kept;
+        pa
+    }
+
     /// The domain IDs the IOTLB and the page directory cache hold entries for.
     pub fn cached_domain_ids(&self) -> BTreeSet<u16> {
         let st = self.lock();

@@ -21,8 +21,14 @@ use crate::vtd::regs::{self, Gsts};
 use crate::vtd::{DomainId, Error};
 
 impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<W, A, DOMAINS> {
-    /// The domain-ID the hardware tags `domain`'s translations with.
+    /// The domain-ID the hardware tags `domain`'s translations with (a nested child's user
+    /// domain included: it has one of its own).
     pub fn domain_id(&self, domain: DomainHandle) -> Option<DomainId> {
+        if let Some(i) = super::nested::user_index(domain) {
+            let cfg = self.config.lock();
+            cfg.users.get(i).copied().flatten()?;
+            return self.info.did_of(Self::user_slot(i));
+        }
         self.with_domain(domain, |d| d.did).ok()
     }
 
