@@ -154,9 +154,13 @@ impl<'a> Ivhd<'a> {
         }
     }
 
-    /// The run that covers PCI `device_id`, if this unit translates it.
+    /// The run that covers PCI `device_id`, if this unit translates it: the last one in table
+    /// order, since entries apply in order and a later one (an alias after an "All") overrides
+    /// an earlier one for the devices it names.
     pub fn covering(&self, device_id: u16) -> Option<DeviceRange> {
-        self.device_ranges().find(|r| r.contains(device_id))
+        self.device_ranges()
+            .filter(|r| r.contains(device_id))
+            .last()
     }
 
     /// The highest device ID any entry names (PCI devices, their aliases, special and ACPI

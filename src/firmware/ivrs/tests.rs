@@ -452,3 +452,20 @@ fn every_prefix_and_byte_flip_of_the_capture_fails_cleanly() {
         }
     }
 }
+
+/// Within one IVHD a later device entry overrides an earlier one for the devices it names, as
+/// the entries are applied in table order (Linux's IVHD walk sets each device's settings and
+/// alias as it meets them): an alias entry after an "All" entry gives the alias, and the DTE
+/// index the unit sees is the alias's.
+#[test]
+fn a_later_device_entry_overrides_an_earlier_one() {
+    let mut e = Vec::new();
+    e.extend_from_slice(&entry4(0x01, 0, 0));
+    e.extend_from_slice(&entry8(0x42, 0x0300, 0, [0, 0x10, 0x03, 0]));
+    let t = ivrs(0, &[ivhd(0x40, 0, 0xfeb8_0000, 0, &e)]);
+    let t = Ivrs::parse(&t).unwrap();
+    let (_, run) = t.unit_for(0, 0x0300).unwrap();
+    assert_eq!(run.requester(0x0300), 0x0310);
+    let (_, run) = t.unit_for(0, 0x0200).unwrap();
+    assert_eq!(run.requester(0x0200), 0x0200);
+}
