@@ -18,7 +18,6 @@
 //! (whatever the range) or wholly by INVALIDATE_IOMMU_ALL; INVALIDATE_DEVTAB_ENTRY does nothing
 //! (no DTE cache).
 
-use core::fmt::Display;
 use core::ptr::NonNull;
 
 use iommu_engine::amdvi::cmd::{Command, InvalidationRange};
@@ -26,10 +25,8 @@ use iommu_engine::amdvi::dte::{self, DeviceTableEntry};
 use iommu_engine::amdvi::efr::EfrFlags;
 use iommu_engine::amdvi::event::{Event, EventCode};
 use iommu_engine::amdvi::{AmdViConfig, AmdViUnit};
-use iommu_engine::ioasid::{
-    DeviceHandle, DeviceLabel, IoasidCtx, IoasidFlags, IoasidId, Registry, UnitId,
-};
-use iommu_engine::iommu::{DeviceId, DomainHandle, Iommu};
+use iommu_engine::ioasid::IoasidFlags;
+use iommu_engine::iommu::Iommu;
 use iommu_engine::mem::{Iova, PhysAddr};
 use iommu_engine::mmio::Mmio;
 use iommu_engine::pgtable::{Gather, Prot};
@@ -37,6 +34,8 @@ use iommu_engine::pgtable::{Gather, Prot};
 use crate::alloc::PageArena;
 use crate::dma_check::{self, roundtrip, Buf, GUARD};
 use crate::edu::Edu;
+use crate::ioasid_env::{self, with_unit, Driver, Env, OrFail, Refusal, IOVA_A, IOVA_B, LEN};
+use crate::pci::Bdf;
 use crate::scenario::{Ctx, Fail, Scenario};
 use crate::{bail, ensure, println};
 
@@ -97,28 +96,8 @@ pub static AMDVI_TABLE: &[Scenario] = &[
     },
 ];
 
-/// Low IOVAs (below 4 GiB, far from any guest PA, outside the interrupt window).
-const IOVA_A: u64 = 0x7654_3000;
-const IOVA_B: u64 = 0x7655_8000;
-/// 2 MiB-aligned IOVA for the large-page scenario.
-const IOVA_2M: u64 = 0x4060_0000;
-/// 1 GiB-aligned IOVA (above 4 GiB: the 3-4 GiB gigabyte holds the interrupt window).
-const IOVA_1G: u64 = 1 << 32;
-/// Length of a round trip (inside one page, not page-aligned on purpose).
-const LEN: usize = 3000;
 /// FC (force coherent), bit 60 of a v1 PTE (48882 §2.2.3, Figure "I/O Page Table Entry").
 const PTE_FC: u64 = 1 << 60;
-
-/// Turns any displayable error into a scenario failure, saying what was being done.
-trait OrFail<T> {
-    fn or_fail(self, what: &str) -> Result<T, Fail>;
-}
-
-impl<T, E: Display> OrFail<T> for Result<T, E> {
-    fn or_fail(self, what: &str) -> Result<T, Fail> {
-        self.map_err(|e| Fail::new(format_args!("{what}: {e}")))
-    }
-}
 
 /// The device ID the unit sees for the `edu` at `bdf`, from the IVRS entry that names it; it
 /// must be under the unit the scenarios drive.
@@ -130,11 +109,6 @@ fn device_id(g: &Ctx, bdf: (u8, u8, u8)) -> Result<u16, Fail> {
         unit.register_base.get()
     );
     Ok(id)
-}
-
-/// Every handle a unit with the default number of domains can give out.
-fn handles() -> impl Iterator<Item = DomainHandle> {
-    (0..iommu_engine::amdvi::unit::DEFAULT_DOMAINS as u16).map(DomainHandle)
 }
 
 /// The events a drain returned (at most 16 kept; the rest only counted).
@@ -178,7 +152,8 @@ fn drain(unit: &Unit) -> Result<Events, Fail> {
 /// `EventLogTail` as the unit reports it.
 fn event_log_tail(unit: &Unit) -> u64 {
     use iommu_engine::mmio::RegisterWindow;
-    unit.regs().read64(iommu_engine::amdvi::regs::EVENT_LOG_TAIL)
+    unit.regs()
+        .read64(iommu_engine::amdvi::regs::EVENT_LOG_TAIL)
 }
 
 /// The unit's register window.
@@ -229,93 +204,146 @@ pub fn destroy(unit: Unit) -> Result<(), Fail> {
     }
 }
 
-/// What a scenario holds once the unit is up and `edu` is bound.
-struct Amd<'c, 'r, 'a> {
-    unit: &'a Unit,
-    ctx: &'c IoasidCtx<'r, 'a, PageArena>,
-    dev: DeviceHandle,
-    edu: &'a Edu,
-    edu_id: u16,
-    g: &'a Ctx,
-}
+/// What an AMD-Vi scenario holds once the unit is up and `edu` is bound.
+type Amd<'c, 'r, 'a> = Env<'c, 'r, 'a, Unit>;
 
-/// Brings the unit up, binds `edu`, runs `f`, tears everything down (context first, then the
-/// unit) and checks that every page came back and that no event was left unread.
+/// [`with_unit`] on the AMD-Vi unit: no event may be left unread at the end.
 fn with_amd(g: &mut Ctx, f: impl FnOnce(&Amd<'_, '_, '_>) -> Result<(), Fail>) -> Result<(), Fail> {
-    let g: &Ctx = g;
-    let edu = g.edu()?;
-    let edu_id = device_id(g, edu.bdf)?;
-    let live_before = g.alloc.live_frames();
-    let unit = create(g)?;
-    {
-        let units: [&dyn Iommu; 1] = [&unit];
-        let registry = Registry::new(&units, &crate::vtd_scenarios::PASIDS).or_fail("registry")?;
-        let ctx = IoasidCtx::new(&registry, g.alloc, 0);
-        let dev = ctx
-            .bind(
-                DeviceLabel {
-                    unit: UnitId(0),
-                    id: DeviceId(u32::from(edu_id)),
-                },
-                false,
-            )
-            .or_fail("bind edu")?;
-        let v = Amd {
-            unit: &unit,
-            ctx: &ctx,
-            dev,
-            edu,
-            edu_id,
-            g,
-        };
-        f(&v)?;
-        let left = drain(&unit)?;
-        ensure!(left.n == 0, "{} event(s) nobody expected", left.n);
-    }
-    if let Some(h) = handles().find(|&h| unit.domain_geometry(h).is_ok()) {
-        bail!(
-            "domain {} still allocated after the IOASID context was dropped",
-            h.0
-        );
-    }
-    destroy(unit)?;
-    let leaked = g.alloc.live_frames().saturating_sub(live_before);
-    ensure!(
-        leaked == 0,
-        "{leaked} page frame(s) not returned after teardown"
-    );
-    Ok(())
+    with_unit::<Unit>(g, f)
 }
 
-impl Amd<'_, '_, '_> {
-    fn alloc(&self, flags: IoasidFlags) -> Result<IoasidId, Fail> {
-        self.ctx.alloc(flags).or_fail("alloc IOASID")
+impl Driver for Unit {
+    type Watch = ();
+    const DOMAINS: u16 = iommu_engine::amdvi::unit::DEFAULT_DOMAINS as u16;
+    const PASID_QUOTA: u32 = 0;
+    const ENABLED_BIT: &'static str = "IommuEn";
+
+    fn watch(_: &Ctx) -> Result<(), Fail> {
+        Ok(())
     }
 
-    fn attach(&self, io: IoasidId) -> Result<(), Fail> {
-        self.ctx.attach(self.dev, io).or_fail("attach edu")
+    fn create(g: &Ctx) -> Result<Self, Fail> {
+        create(g)
     }
 
-    fn map(&self, io: IoasidId, iova: u64, pa: u64, len: u64, prot: Prot) -> Result<(), Fail> {
-        println!("map {iova:#x} -> {pa:#x} +{len:#x} {prot:?}");
-        self.ctx
-            .map(io, Iova::new(iova), PhysAddr::new(pa), len, prot)
-            .or_fail("map")
+    fn destroy(self) -> Result<(), Fail> {
+        destroy(self)
     }
 
-    fn unmap(&self, io: IoasidId, iova: u64, len: u64) -> Result<(), Fail> {
-        let n = self.ctx.unmap(io, Iova::new(iova), len).or_fail("unmap")?;
+    fn edu_id(g: &Ctx, edu: &Edu) -> Result<u16, Fail> {
+        device_id(g, edu.bdf)
+    }
+
+    fn device_id(g: &Ctx, bdf: Bdf) -> Result<u16, Fail> {
+        device_id(g, bdf)
+    }
+
+    fn disable(&self) -> Result<(), Fail> {
+        AmdViUnit::disable(self).or_fail("disable")
+    }
+
+    fn enable(&self) -> Result<(), Fail> {
+        AmdViUnit::enable(self).or_fail("enable")?;
         ensure!(
-            n == len,
-            "unmap of {len:#x} bytes at {iova:#x} removed {n:#x}"
+            self.info().efr.flags().contains(EfrFlags::IA_SUP),
+            "QEMU's EFR without IASup"
         );
         Ok(())
     }
 
-    fn buf(&self) -> Result<Buf, Fail> {
-        Buf::new(self.g)
+    fn translating(&self) -> bool {
+        self.is_enabled()
     }
 
+    fn expect_quiet(v: &Amd<'_, '_, '_>, _: &str) -> Result<(), Fail> {
+        let left = drain(v.unit)?;
+        ensure!(left.n == 0, "{} event(s) nobody expected", left.n);
+        Ok(())
+    }
+
+    /// QEMU 10.0 logs no event for a refused DMA (see the module): nothing may land and no
+    /// event be drained; a detached device's DTE must be the blocking one.
+    fn write_refused(
+        v: &Amd<'_, '_, '_>,
+        edu: &Edu,
+        id: u16,
+        when: &str,
+        iova: u64,
+        why: Refusal,
+        victim: &Buf,
+    ) -> Result<(), Fail> {
+        if why == Refusal::Detached {
+            let e = v.dte(id)?;
+            ensure!(
+                e == DeviceTableEntry::BLOCKED,
+                "{when}: device {id:#06x}'s DTE {:#018x?} is not the blocking one",
+                e.0
+            );
+        }
+        v.write_blocked(edu, when, iova, victim)
+    }
+
+    fn high_iova(v: &Amd<'_, '_, '_>) -> Result<u64, Fail> {
+        let ias = v
+            .ctx
+            .device_info(v.dev)
+            .or_fail("device_info")?
+            .capabilities
+            .ias;
+        println!("unit input width {ias} bits");
+        ensure!(ias >= 48, "unit input width {ias}");
+        Ok((1u64 << 47) | 0x1234_5000)
+    }
+
+    fn edu_tag(v: &Amd<'_, '_, '_>) -> Result<Option<u32>, Fail> {
+        Ok(Some(u32::from(v.dte(v.edu_id)?.domain_id())))
+    }
+
+    fn check_one_domain(v: &Amd<'_, '_, '_>, [one, two]: [u16; 2]) -> Result<(), Fail> {
+        let (d1, d2) = (v.dte(one)?, v.dte(two)?);
+        ensure!(
+            d1.domain_id() == d2.domain_id() && d1.root() == d2.root(),
+            "shared domain: DTEs {:#018x?} / {:#018x?}",
+            d1.0,
+            d2.0
+        );
+        Ok(())
+    }
+
+    fn check_two_domains(v: &Amd<'_, '_, '_>, [one, two]: [u16; 2]) -> Result<(), Fail> {
+        let (d1, d2) = (v.dte(one)?, v.dte(two)?);
+        println!(
+            "domain IDs: edu 1 {}, edu 2 {}",
+            d1.domain_id(),
+            d2.domain_id()
+        );
+        ensure!(
+            d1.domain_id() != d2.domain_id() && d1.domain_id() != 0 && d2.domain_id() != 0,
+            "two IOASIDs attached at once share domain ID {}",
+            d1.domain_id()
+        );
+        Ok(())
+    }
+
+    fn largest_leaf(_: &Amd<'_, '_, '_>) -> u32 {
+        // Every AMD-Vi v1 table takes 1 GiB leaves (48882 §2.2.3: Next Level 0 at level 3).
+        30
+    }
+
+    /// The leaf QEMU's walk reaches through edu's DTE is at the level of `size_log2`.
+    fn check_walked_leaf(v: &Amd<'_, '_, '_>, iova: u64, size_log2: u32) -> Result<(), Fail> {
+        let (pte, level) = walk_leaf(&v.dte(v.edu_id)?, iova)?;
+        println!("leaf PTE {pte:#018x} at level {level}");
+        let want = (size_log2 - 12) / 9;
+        ensure!(
+            level == want,
+            "the walk ends at level {level}, want {want} (2^{size_log2} bytes)"
+        );
+        Ok(())
+    }
+}
+
+impl Amd<'_, '_, '_> {
     /// A write DMA by `edu` to `iova` must not land in `victim` (QEMU refuses it; with a zero
     /// PTE or a read-only leaf it logs nothing, see the module).
     fn write_blocked(&self, edu: &Edu, when: &str, iova: u64, victim: &Buf) -> Result<(), Fail> {
@@ -329,26 +357,6 @@ impl Amd<'_, '_, '_> {
             ev.n
         );
         Ok(())
-    }
-
-    /// The leaf size, in log2 bytes, the unit's table holds at `iova`.
-    fn leaf_size(&self, iova: u64) -> Option<u32> {
-        handles().find_map(|d| {
-            self.unit.domain_geometry(d).ok()?;
-            self.unit.query(d, Iova::new(iova)).map(|m| m.size_log2)
-        })
-    }
-
-    /// The unit's only live domain.
-    fn only_domain(&self) -> Result<DomainHandle, Fail> {
-        let mut found = None;
-        for h in handles() {
-            if self.unit.domain_geometry(h).is_ok() {
-                ensure!(found.is_none(), "more than one live domain");
-                found = Some(h);
-            }
-        }
-        found.ok_or_else(|| Fail::new(format_args!("no live domain")))
     }
 
     /// The live DTE of `device` as the unit reads it.
@@ -372,7 +380,10 @@ fn walk_leaf(entry: &DeviceTableEntry, iova: u64) -> Result<(u64, u32), Fail> {
         // read with an aligned volatile load while no map or unmap runs.
         let pte = unsafe { core::ptr::read_volatile((table + index * 8) as *const u64) };
         let next = (pte >> 9) & 7;
-        ensure!(pte & 1 != 0, "PTE {pte:#018x} at level {levels} not present");
+        ensure!(
+            pte & 1 != 0,
+            "PTE {pte:#018x} at level {levels} not present"
+        );
         if next == 0 || next == 7 || levels == 0 {
             return Ok((pte, levels));
         }
@@ -384,52 +395,20 @@ fn walk_leaf(entry: &DeviceTableEntry, iova: u64) -> Result<(u64, u32), Fail> {
 // Scenarios
 
 /// 4 KiB pages, both directions, a low IOVA and one with bit 47 set (the top of a 4-level
-/// domain: its level-4 index), and an IOVA the IOASID layer picks.
+/// domain: its level-4 index), and an IOVA the IOASID layer picks; edu's DTE has Mode 4, IR
+/// and IW.
 fn dma_4k(g: &mut Ctx) -> Result<(), Fail> {
     with_amd(g, |v| {
-        let io = v.alloc(IoasidFlags::empty())?;
-        v.attach(io)?;
-        let (src, dst) = (v.buf()?, v.buf()?);
-        let ias = v
-            .ctx
-            .device_info(v.dev)
-            .or_fail("device_info")?
-            .capabilities
-            .ias;
-        let high = (1u64 << 47) | 0x1234_5000;
-        println!("unit input width {ias} bits");
-        ensure!(ias >= 48, "unit input width {ias}");
-        v.map(io, IOVA_A, src.pa(), 4096, Prot::READ | Prot::WRITE)?;
-        v.map(io, high, dst.pa(), 4096, Prot::READ | Prot::WRITE)?;
-        roundtrip(v.edu, &src, IOVA_A + 0x80, 0x80, &dst, high + 0x100, 0x100, LEN, 1)?;
-        roundtrip(v.edu, &dst, high + 0x10, 0x10, &src, IOVA_A + 0x400, 0x400, LEN, 2)?;
-        let picked = v
-            .ctx
-            .alloc_iova(io, 0x2000, 0x1000)
-            .or_fail("alloc_iova")?
-            .get();
-        ensure!(
-            picked != 0 && picked != src.pa(),
-            "alloc_iova gave {picked:#x}"
-        );
-        v.map(io, picked, src.pa(), 4096, Prot::READ | Prot::WRITE)?;
-        roundtrip(v.edu, &dst, high, 0, &src, picked + 0x20, 0x20, LEN, 3)?;
-        v.unmap(io, picked, 4096)?;
-        ensure!(
-            v.leaf_size(IOVA_A) == Some(12),
-            "leaf at {IOVA_A:#x}: {:?}",
-            v.leaf_size(IOVA_A)
-        );
-        let e = v.dte(v.edu_id)?;
-        println!("edu's DTE {:#018x?}", e.0);
-        ensure!(
-            e.mode() == 4 && e.0[0] & (dte::IR | dte::IW) == dte::IR | dte::IW,
-            "edu's DTE {:#018x?}: want Mode 4 (48-bit domain), IR and IW",
-            e.0
-        );
-        v.unmap(io, IOVA_A, 4096)?;
-        v.unmap(io, high, 4096)?;
-        Ok(())
+        ioasid_env::dma_4k(v, [1, 2, 3], |v| {
+            let e = v.dte(v.edu_id)?;
+            println!("edu's DTE {:#018x?}", e.0);
+            ensure!(
+                e.mode() == 4 && e.0[0] & (dte::IR | dte::IW) == dte::IR | dte::IW,
+                "edu's DTE {:#018x?}: want Mode 4 (48-bit domain), IR and IW",
+                e.0
+            );
+            Ok(())
+        })
     })
 }
 
@@ -437,56 +416,13 @@ fn dma_4k(g: &mut Ctx) -> Result<(), Fail> {
 /// (Next Level 0 at level 2, the unit's `query` and the table QEMU walks say so) and DMA at the
 /// right offsets.
 fn dma_2m(g: &mut Ctx) -> Result<(), Fail> {
-    with_amd(g, |v| {
-        let io = v.alloc(IoasidFlags::empty())?;
-        v.attach(io)?;
-        let (src, dst) = (v.buf()?, v.buf()?);
-        const M2: u64 = 1 << 21;
-        let base = src.pa().min(dst.pa()) & !(M2 - 1);
-        let end = (src.pa().max(dst.pa()) + M2) & !(M2 - 1);
-        v.map(io, IOVA_2M, base, end - base, Prot::READ | Prot::WRITE)?;
-        ensure!(
-            v.leaf_size(IOVA_2M) == Some(21),
-            "leaf at {IOVA_2M:#x}: {:?} (want 2 MiB)",
-            v.leaf_size(IOVA_2M)
-        );
-        let (pte, level) = walk_leaf(&v.dte(v.edu_id)?, IOVA_2M)?;
-        println!("leaf PTE {pte:#018x} at level {level}");
-        ensure!(level == 1, "the walk ends at level {level}, want 1 (2 MiB)");
-        let (s, d) = (IOVA_2M + (src.pa() - base), IOVA_2M + (dst.pa() - base));
-        roundtrip(v.edu, &src, s + 0x20, 0x20, &dst, d + 0x200, 0x200, LEN, 4)?;
-        roundtrip(v.edu, &dst, d, 0, &src, s + 0x300, 0x300, LEN, 5)?;
-        v.unmap(io, IOVA_2M, end - base)?;
-        Ok(())
-    })
+    with_amd(g, |v| ioasid_env::dma_2m(v, [4, 5]))
 }
 
-/// IOVA 4 GiB -> PA 0-1 GiB (all of the guest's RAM) as one 1 GiB leaf; DMA lands at the right
-/// offsets through it.
+/// IOVA 4 GiB -> PA 0-1 GiB (all of the guest's RAM) as one 1 GiB leaf (the unit's `query` and
+/// the table QEMU walks say so); DMA lands at the right offsets through it.
 fn dma_1g(g: &mut Ctx) -> Result<(), Fail> {
-    with_amd(g, |v| {
-        let io = v.alloc(IoasidFlags::empty())?;
-        v.attach(io)?;
-        let (src, dst) = (v.buf()?, v.buf()?);
-        const G1: u64 = 1 << 30;
-        ensure!(dst.pa() < G1 && src.pa() < G1, "buffers above 1 GiB");
-        v.map(io, IOVA_1G, 0, G1, Prot::READ | Prot::WRITE)?;
-        for probe in [IOVA_1G, IOVA_1G + src.pa(), IOVA_1G + G1 - 4096] {
-            ensure!(
-                v.leaf_size(probe) == Some(30),
-                "leaf at {probe:#x}: {:?} (want 1 GiB)",
-                v.leaf_size(probe)
-            );
-        }
-        let (pte, level) = walk_leaf(&v.dte(v.edu_id)?, IOVA_1G + src.pa())?;
-        println!("leaf PTE {pte:#018x} at level {level}");
-        ensure!(level == 2, "the walk ends at level {level}, want 2 (1 GiB)");
-        let (s, d) = (IOVA_1G + src.pa(), IOVA_1G + dst.pa());
-        roundtrip(v.edu, &src, s + 0x40, 0x40, &dst, d + 0x800, 0x800, LEN / 2, 6)?;
-        roundtrip(v.edu, &dst, d + 0x800, 0x800, &src, s, 0, LEN / 2, 7)?;
-        v.unmap(io, IOVA_1G, G1)?;
-        Ok(())
-    })
+    with_amd(g, |v| ioasid_env::dma_1g(v, [6, 7]))
 }
 
 /// Refused DMA and its events. An unmapped IOVA (zero PTE) and a write through a read-only
@@ -499,11 +435,8 @@ fn dma_1g(g: &mut Ctx) -> Result<(), Fail> {
 /// (`tests/amdvi_fault_matrix.rs`).
 fn fault_events(g: &mut Ctx) -> Result<(), Fail> {
     with_amd(g, |v| {
-        let io = v.alloc(IoasidFlags::empty())?;
-        v.attach(io)?;
-        let (src, dst, ro) = (v.buf()?, v.buf()?, v.buf()?);
-        v.map(io, IOVA_A, src.pa(), 4096, Prot::READ | Prot::WRITE)?;
-        v.map(io, IOVA_B, dst.pa(), 4096, Prot::READ | Prot::WRITE)?;
+        let (io, src, dst) = v.attached_pair()?;
+        let ro = v.buf()?;
         v.map(io, IOVA_B + 0x1000, ro.pa(), 4096, Prot::READ)?;
         // Unmapped: refused, no event; the identity address would land in `dst`.
         v.write_blocked(v.edu, "write to an unmapped IOVA", dst.pa(), &dst)?;
@@ -522,8 +455,18 @@ fn fault_events(g: &mut Ctx) -> Result<(), Fail> {
             true,
         )];
         for (what, clear, write, iova) in [
-            ("write through a DTE without IW", dte::IW, true, IOVA_B + 0x80),
-            ("read through a DTE without IR", dte::IR, false, IOVA_A + 0x40),
+            (
+                "write through a DTE without IW",
+                dte::IW,
+                true,
+                IOVA_B + 0x80,
+            ),
+            (
+                "read through a DTE without IR",
+                dte::IR,
+                false,
+                IOVA_A + 0x40,
+            ),
         ] {
             let mut e = orig;
             e.0[0] &= !clear;
@@ -584,16 +527,12 @@ fn fault_events(g: &mut Ctx) -> Result<(), Fail> {
 /// land in the old page.
 fn unmap_flush(g: &mut Ctx) -> Result<(), Fail> {
     with_amd(g, |v| {
-        let io = v.alloc(IoasidFlags::empty())?;
-        v.attach(io)?;
-        let (src, dst) = (v.buf()?, v.buf()?);
-        v.map(io, IOVA_A, src.pa(), 4096, Prot::READ | Prot::WRITE)?;
-        v.map(io, IOVA_B, dst.pa(), 4096, Prot::READ | Prot::WRITE)?;
+        let (io, src, dst) = v.attached_pair()?;
         roundtrip(v.edu, &src, IOVA_A, 0, &dst, IOVA_B, 0, LEN, 10)?;
         roundtrip(v.edu, &src, IOVA_A, 0, &dst, IOVA_B, 0, LEN, 11)?;
 
         // One layer down (the `Iommu` trait): clear the PTE, do not invalidate yet.
-        let h = v.only_domain()?;
+        let (h, _) = v.only_domain()?;
         let mut gather = Gather::new();
         let n = v
             .unit
@@ -621,7 +560,13 @@ fn unmap_flush(g: &mut Ctx) -> Result<(), Fail> {
         // Put it back where the IOASID's record still has it, cache it again, then the IOASID
         // layer's own unmap.
         v.unit
-            .map(h, Iova::new(IOVA_B), PhysAddr::new(dst.pa()), 4096, Prot::READ | Prot::WRITE)
+            .map(
+                h,
+                Iova::new(IOVA_B),
+                PhysAddr::new(dst.pa()),
+                4096,
+                Prot::READ | Prot::WRITE,
+            )
             .or_fail("Iommu::map")?;
         roundtrip(v.edu, &src, IOVA_A, 0, &dst, IOVA_B, 0, LEN, 12)?;
         let before = v.unit.command_stats();
@@ -666,7 +611,10 @@ fn force_coherent(g: &mut Ctx) -> Result<(), Fail> {
             v.map(io, IOVA_A, src.pa(), 4096, Prot::READ)?;
             v.map(io, IOVA_B, dst.pa(), 4096, Prot::READ | Prot::WRITE)?;
         }
-        for (round, (io, want)) in [(fc, true), (plain, false), (fc, true)].into_iter().enumerate() {
+        for (round, (io, want)) in [(fc, true), (plain, false), (fc, true)]
+            .into_iter()
+            .enumerate()
+        {
             v.attach(io)?;
             let e = v.dte(v.edu_id)?;
             for iova in [IOVA_A, IOVA_B] {
@@ -679,164 +627,46 @@ fn force_coherent(g: &mut Ctx) -> Result<(), Fail> {
                     pte & PTE_FC != 0
                 );
             }
-            roundtrip(v.edu, &src, IOVA_A, 0, &dst, IOVA_B, 0, LEN, 13 + round as u8)?;
+            roundtrip(
+                v.edu,
+                &src,
+                IOVA_A,
+                0,
+                &dst,
+                IOVA_B,
+                0,
+                LEN,
+                13 + round as u8,
+            )?;
         }
         Ok(())
     })
 }
 
 /// A second `edu` (00:05.0, device ID 0x28): a shared domain, then one domain each (two domain
-/// IDs); an unmap in one blocks only its device; detaching the second blocks it only.
+/// IDs); an unmap in one blocks only its device; detaching the second blocks it only (its DTE
+/// the blocking one).
 fn two_devices(g: &mut Ctx) -> Result<(), Fail> {
-    with_amd(g, |v| {
-        let edu2 = crate::second_edu()?;
-        let edu2_id = device_id(v.g, edu2.bdf)?;
-        ensure!(edu2_id == 0x28, "second edu's device ID {edu2_id:#x}");
-        let dev2 = v
-            .ctx
-            .bind(
-                DeviceLabel {
-                    unit: UnitId(0),
-                    id: DeviceId(u32::from(edu2_id)),
-                },
-                false,
-            )
-            .or_fail("bind the second edu")?;
-        let (src, in_a, in_b) = (v.buf()?, v.buf()?, v.buf()?);
-        let a = v.alloc(IoasidFlags::empty())?;
-        v.map(a, IOVA_A, src.pa(), 4096, Prot::READ)?;
-        v.map(a, IOVA_B, in_a.pa(), 4096, Prot::READ | Prot::WRITE)?;
-        v.attach(a)?;
-        v.ctx.attach(dev2, a).or_fail("attach the second edu")?;
-        v.only_domain()?;
-        let (d1, d2) = (v.dte(v.edu_id)?, v.dte(edu2_id)?);
-        ensure!(
-            d1.domain_id() == d2.domain_id() && d1.root() == d2.root(),
-            "shared domain: DTEs {:#018x?} / {:#018x?}",
-            d1.0,
-            d2.0
-        );
-        roundtrip(v.edu, &src, IOVA_A, 0, &in_a, IOVA_B, 0, LEN, 20)?;
-        roundtrip(&edu2, &src, IOVA_A, 0, &in_a, IOVA_B + 0x10, 0x10, LEN, 21)?;
-
-        let b = v.alloc(IoasidFlags::empty())?;
-        v.map(b, IOVA_A, src.pa(), 4096, Prot::READ)?;
-        v.map(b, IOVA_B, in_b.pa(), 4096, Prot::READ | Prot::WRITE)?;
-        v.ctx.attach(dev2, b).or_fail("move the second edu")?;
-        let (d1, d2) = (v.dte(v.edu_id)?, v.dte(edu2_id)?);
-        println!(
-            "domain IDs: edu 1 {}, edu 2 {}",
-            d1.domain_id(),
-            d2.domain_id()
-        );
-        ensure!(
-            d1.domain_id() != d2.domain_id() && d1.domain_id() != 0 && d2.domain_id() != 0,
-            "two IOASIDs attached at once share domain ID {}",
-            d1.domain_id()
-        );
-        for round in 0..2u8 {
-            in_b.fill(GUARD);
-            roundtrip(v.edu, &src, IOVA_A, 0, &in_a, IOVA_B, 0, LEN, 22 + round)?;
-            in_b.check_all("B's page after edu 1's DMA", GUARD)?;
-            in_a.fill(GUARD);
-            roundtrip(&edu2, &src, IOVA_A, 0, &in_b, IOVA_B, 0, LEN, 24 + round)?;
-            in_a.check_all("A's page after edu 2's DMA", GUARD)?;
-        }
-        // An unmap in A blocks edu 1 only.
-        v.unmap(a, IOVA_B, 4096)?;
-        v.write_blocked(v.edu, "edu 1 after A's unmap", IOVA_B, &in_a)?;
-        roundtrip(&edu2, &src, IOVA_A, 0, &in_b, IOVA_B + 0x20, 0x20, LEN, 26)?;
-        // Detaching edu 2 blocks it; edu 1 keeps working.
-        v.ctx.detach(dev2).or_fail("detach the second edu")?;
-        ensure!(
-            v.dte(edu2_id)? == DeviceTableEntry::BLOCKED,
-            "edu 2's DTE after detach: {:#018x?}",
-            v.dte(edu2_id)?.0
-        );
-        v.write_blocked(&edu2, "edu 2 after detach", IOVA_B, &in_b)?;
-        v.map(a, IOVA_B, in_a.pa(), 4096, Prot::READ | Prot::WRITE)?;
-        roundtrip(v.edu, &src, IOVA_A, 0, &in_a, IOVA_B + 0x30, 0x30, LEN, 27)?;
-        v.ctx.unbind(dev2).or_fail("unbind the second edu")?;
-        Ok(())
-    })
+    with_amd(g, |v| ioasid_env::two_devices(v, 20))
 }
 
-/// Detach blocks the device at once, also for translations QEMU cached (its IOTLB is looked
-/// up by device before the DTE is read); attaching again rebuilds the domain.
+/// Detach blocks the device at once (its DTE the blocking one), also for translations QEMU
+/// cached (its IOTLB is looked up by device before the DTE is read); attaching again rebuilds
+/// the domain.
 fn detach(g: &mut Ctx) -> Result<(), Fail> {
-    with_amd(g, |v| {
-        let io = v.alloc(IoasidFlags::empty())?;
-        let (src, dst) = (v.buf()?, v.buf()?);
-        v.map(io, IOVA_A, src.pa(), 4096, Prot::READ | Prot::WRITE)?;
-        v.map(io, IOVA_B, dst.pa(), 4096, Prot::READ | Prot::WRITE)?;
-        v.attach(io)?;
-        roundtrip(v.edu, &src, IOVA_A, 0, &dst, IOVA_B, 0, LEN, 30)?;
-        v.ctx.detach(v.dev).or_fail("detach")?;
-        ensure!(
-            v.dte(v.edu_id)? == DeviceTableEntry::BLOCKED,
-            "edu's DTE after detach: {:#018x?}",
-            v.dte(v.edu_id)?.0
-        );
-        v.write_blocked(v.edu, "write after detach", IOVA_B, &dst)?;
-        v.attach(io)?;
-        roundtrip(v.edu, &src, IOVA_A, 0, &dst, IOVA_B, 0, LEN, 31)?;
-        Ok(())
-    })
+    with_amd(g, |v| ioasid_env::detach(v, [30, 31]))
 }
 
 /// Disabling the unit turns translation off (QEMU: DMA addresses are physical); enabling it
-/// again translates through the same DTEs and tables.
+/// again (EFR still with IASup) translates through the same DTEs and tables.
 fn disable(g: &mut Ctx) -> Result<(), Fail> {
-    with_amd(g, |v| {
-        let io = v.alloc(IoasidFlags::empty())?;
-        let (src, dst) = (v.buf()?, v.buf()?);
-        v.map(io, IOVA_A, src.pa(), 4096, Prot::READ | Prot::WRITE)?;
-        v.map(io, IOVA_B, dst.pa(), 4096, Prot::READ | Prot::WRITE)?;
-        v.attach(io)?;
-        roundtrip(v.edu, &src, IOVA_A, 0, &dst, IOVA_B, 0, LEN, 40)?;
-        v.unit.disable().or_fail("disable")?;
-        ensure!(!v.unit.is_enabled(), "IommuEn still set after disable");
-        roundtrip(v.edu, &src, src.pa(), 0, &dst, dst.pa() + 0x20, 0x20, LEN, 41)?;
-        v.unit.enable().or_fail("enable")?;
-        ensure!(v.unit.is_enabled(), "IommuEn clear after enable");
-        ensure!(
-            v.unit.info().efr.flags().contains(EfrFlags::IA_SUP),
-            "QEMU's EFR without IASup"
-        );
-        roundtrip(v.edu, &src, IOVA_A, 0, &dst, IOVA_B + 0x30, 0x30, LEN, 42)?;
-        v.write_blocked(v.edu, "physical address after enable", dst.pa(), &dst)?;
-        Ok(())
-    })
+    with_amd(g, |v| ioasid_env::disable(v, [40, 41, 42]))
 }
 
 /// Two IOASIDs map the same IOVA to different pages; edu attached to one, then the other (no
 /// detach), then back: each DMA lands in the page of the IOASID attached at the time (QEMU's
-/// IOTLB, keyed by device, would keep the old domain's translation unless invalidated).
+/// IOTLB, keyed by device, would keep the old domain's translation unless invalidated), each
+/// under a domain ID of its own.
 fn reattach_replaces(g: &mut Ctx) -> Result<(), Fail> {
-    with_amd(g, |v| {
-        let (a, b) = (
-            v.alloc(IoasidFlags::empty())?,
-            v.alloc(IoasidFlags::empty())?,
-        );
-        let (src, in_a, in_b) = (v.buf()?, v.buf()?, v.buf()?);
-        for (io, dst) in [(a, &in_a), (b, &in_b)] {
-            v.map(io, IOVA_A, src.pa(), 4096, Prot::READ)?;
-            v.map(io, IOVA_B, dst.pa(), 4096, Prot::READ | Prot::WRITE)?;
-        }
-        let mut last = None;
-        for (round, (io, dst, other)) in [(a, &in_a, &in_b), (b, &in_b, &in_a), (a, &in_a, &in_b)]
-            .into_iter()
-            .enumerate()
-        {
-            v.attach(io)?;
-            let id = v.dte(v.edu_id)?.domain_id();
-            println!("attached to IOASID {} (domain ID {id})", io.0);
-            ensure!(Some(id) != last, "the new domain reuses domain ID {id}");
-            last = Some(id);
-            other.fill(GUARD);
-            roundtrip(v.edu, &src, IOVA_A, 0, dst, IOVA_B, 0, LEN, 50 + round as u8)?;
-            other.check_all("the other IOASID's page", GUARD)?;
-        }
-        Ok(())
-    })
+    with_amd(g, |v| ioasid_env::reattach_replaces(v, 50))
 }

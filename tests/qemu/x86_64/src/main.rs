@@ -16,6 +16,7 @@ mod arch;
 mod boot;
 mod dma_check;
 mod firmware;
+mod ioasid_env;
 mod scenarios;
 mod vtd_faults;
 mod vtd_scenarios;

@@ -11,13 +11,10 @@
 //! The reason codes QEMU reports differ between the second- and first-stage walks; the fault
 //! reader picks them from `ECAP` (see `vtd_faults.rs`).
 
-use core::fmt::Display;
-
 use iommu_engine::ioasid::{
-    DeviceHandle, DeviceLabel, Error as IoError, Incompatibility, IoasidCtx, IoasidFlags, IoasidId,
-    PasidAllocator, Registry, UnitId,
+    Error as IoError, Incompatibility, IoasidCtx, IoasidFlags, IoasidId, Registry,
 };
-use iommu_engine::iommu::{DeviceId, DomainHandle, Iommu, Missing};
+use iommu_engine::iommu::{Iommu, Missing};
 use iommu_engine::mem::{Iova, PageAllocator, PhysAddr};
 use iommu_engine::pgtable::Prot;
 use iommu_engine::vtd::cap::{CapFlags, Sllps};
@@ -28,13 +25,14 @@ use iommu_engine::vtd::unit::DEFAULT_DOMAINS;
 use crate::alloc::PageArena;
 use crate::dma_check::{self, roundtrip, Buf, GUARD, PAGE};
 use crate::edu::Edu;
+use crate::ioasid_env::{
+    self, handles, with_unit, Driver, Env, OrFail, Refusal, IOVA_2M, IOVA_A, IOVA_B, LEN, PASIDS,
+};
+use crate::pci::Bdf;
 use crate::scenario::{Ctx, Fail, Scenario};
 use crate::vtd_faults::{edu_sid, FaultReader, Walk};
 use crate::vtd_unit::{self, Unit};
 use crate::{bail, ensure, println};
-
-/// The system's one PASID space (in .bss: its bitmap is 128 KiB).
-pub(crate) static PASIDS: PasidAllocator = PasidAllocator::new(20);
 
 /// The VT-d scenarios; `main.rs` looks numbers 100-199 up here.
 pub static VTD_TABLE: &[Scenario] = &[
@@ -150,138 +148,163 @@ pub static VTD_TABLE: &[Scenario] = &[
     },
 ];
 
-/// Low IOVAs (below 4 GiB, far from any guest PA, outside the interrupt window).
-const IOVA_A: u64 = 0x7654_3000;
-const IOVA_B: u64 = 0x7655_8000;
-/// 2 MiB-aligned IOVA for the large-page scenario.
-const IOVA_2M: u64 = 0x4060_0000;
-/// 1 GiB-aligned IOVA for the huge-page scenario (above 4 GiB: the 3-4 GiB gigabyte holds the
-/// reserved interrupt window).
-const IOVA_1G: u64 = 1 << 32;
-/// Length of a round trip (inside one page, not page-aligned on purpose).
-const LEN: usize = 3000;
+/// What a VT-d scenario holds once the unit is up and `edu` is bound.
+type Vtd<'c, 'r, 'a> = Env<'c, 'r, 'a, Unit>;
 
-/// Turns any displayable error into a scenario failure, saying what was being done.
-trait OrFail<T> {
-    fn or_fail(self, what: &str) -> Result<T, Fail>;
-}
-
-impl<T, E: Display> OrFail<T> for Result<T, E> {
-    fn or_fail(self, what: &str) -> Result<T, Fail> {
-        self.map_err(|e| Fail::new(format_args!("{what}: {e}")))
-    }
-}
-
-/// Every handle a unit with the default number of domains can give out.
-fn handles() -> impl Iterator<Item = DomainHandle> {
-    (0..DEFAULT_DOMAINS as u16).map(DomainHandle)
-}
-
-/// What a scenario holds once the unit is up and `edu` is bound.
-struct Vtd<'c, 'r, 'a> {
-    unit: &'a Unit,
-    ctx: &'c IoasidCtx<'r, 'a, PageArena>,
-    dev: DeviceHandle,
-    faults: &'a FaultReader,
-    edu: &'a Edu,
-    g: &'a Ctx,
-}
-
-/// Brings the unit up, builds the registry and an IOASID context, binds `edu`, runs `f`, then
-/// tears everything down (context first, then the unit) and checks that every page the crate
-/// took came back.
+/// [`with_unit`] on the VT-d unit.
 fn with_vtd(g: &mut Ctx, f: impl FnOnce(&Vtd<'_, '_, '_>) -> Result<(), Fail>) -> Result<(), Fail> {
-    let g: &Ctx = g;
-    // SAFETY: the VT-d window is identity-mapped uncached by boot.rs.
-    let faults = unsafe { FaultReader::new(g.arch.vtd_base) }?;
-    println!(
-        "VT-d CAP {:#018x} ECAP {:#018x}: {:?} walk, NFR+1 = {}",
-        faults.cap().0,
-        faults.ecap().0,
-        faults.walk(),
-        faults.cap().fault_recording_count()
-    );
-    faults.expect_none("before enable")?;
-    let edu = g.edu()?;
-    let live_before = g.alloc.live_frames();
-    let unit = vtd_unit::create(g)?;
-    {
-        let units: [&dyn Iommu; 1] = [&unit];
-        let registry = Registry::new(&units, &PASIDS).or_fail("registry")?;
-        let ctx = IoasidCtx::new(&registry, g.alloc, 4);
-        let dev = ctx
-            .bind(
-                DeviceLabel {
-                    unit: UnitId(0),
-                    id: DeviceId(u32::from(edu_sid())),
-                },
-                false,
-            )
-            .or_fail("bind edu")?;
-        let v = Vtd {
-            unit: &unit,
-            ctx: &ctx,
-            dev,
-            faults: &faults,
-            edu,
-            g,
-        };
-        f(&v)?;
-        faults.expect_none("end of scenario")?;
-    }
-    // Dropping the context detached edu and freed every domain it built.
-    if let Some(h) = handles().find(|&h| unit.domain_geometry(h).is_ok()) {
-        bail!(
-            "domain {} still allocated after the IOASID context was dropped",
-            h.0
-        );
-    }
-    vtd_unit::destroy(unit)?;
-    let leaked = g.alloc.live_frames().saturating_sub(live_before);
-    ensure!(
-        leaked == 0,
-        "{leaked} page frame(s) not returned after teardown"
-    );
-    Ok(())
+    with_unit::<Unit>(g, f)
 }
 
-impl Vtd<'_, '_, '_> {
-    fn walk(&self) -> Walk {
-        self.faults.walk()
+impl Driver for Unit {
+    type Watch = FaultReader;
+    const DOMAINS: u16 = DEFAULT_DOMAINS as u16;
+    const PASID_QUOTA: u32 = 4;
+    const ENABLED_BIT: &'static str = "GSTS.TES";
+
+    fn watch(g: &Ctx) -> Result<FaultReader, Fail> {
+        // SAFETY: the VT-d window is identity-mapped uncached by boot.rs.
+        let faults = unsafe { FaultReader::new(g.arch.vtd_base) }?;
+        println!(
+            "VT-d CAP {:#018x} ECAP {:#018x}: {:?} walk, NFR+1 = {}",
+            faults.cap().0,
+            faults.ecap().0,
+            faults.walk(),
+            faults.cap().fault_recording_count()
+        );
+        faults.expect_none("before enable")?;
+        Ok(faults)
     }
 
-    fn alloc(&self, flags: IoasidFlags) -> Result<IoasidId, Fail> {
-        self.ctx.alloc(flags).or_fail("alloc IOASID")
+    fn create(g: &Ctx) -> Result<Self, Fail> {
+        vtd_unit::create(g)
     }
 
-    fn attach(&self, io: IoasidId) -> Result<(), Fail> {
-        self.ctx.attach(self.dev, io).or_fail("attach edu")
+    fn destroy(self) -> Result<(), Fail> {
+        vtd_unit::destroy(self)
     }
 
-    fn map(&self, io: IoasidId, iova: u64, pa: u64, len: u64, prot: Prot) -> Result<(), Fail> {
-        println!("map {iova:#x} -> {pa:#x} +{len:#x} {prot:?}");
-        self.ctx
-            .map(io, Iova::new(iova), PhysAddr::new(pa), len, prot)
-            .or_fail("map")
+    fn edu_id(_: &Ctx, _: &Edu) -> Result<u16, Fail> {
+        Ok(edu_sid())
     }
 
-    fn unmap(&self, io: IoasidId, iova: u64, len: u64) -> Result<(), Fail> {
-        let n = self.ctx.unmap(io, Iova::new(iova), len).or_fail("unmap")?;
+    fn device_id(g: &Ctx, bdf: Bdf) -> Result<u16, Fail> {
+        let (sid, unit) = crate::firmware::covering_unit(bdf)?;
         ensure!(
-            n == len,
-            "unmap of {len:#x} bytes at {iova:#x} removed {n:#x}"
+            unit.register_base.get() == g.arch.vtd_base as u64,
+            "{bdf:?} is under another unit ({:#x})",
+            unit.register_base.get()
+        );
+        Ok(sid)
+    }
+
+    fn disable(&self) -> Result<(), Fail> {
+        vtd_unit::disable(self)
+    }
+
+    fn enable(&self) -> Result<(), Fail> {
+        vtd_unit::enable(self)
+    }
+
+    fn translating(&self) -> bool {
+        vtd_unit::translating(self)
+    }
+
+    fn expect_quiet(v: &Vtd<'_, '_, '_>, when: &str) -> Result<(), Fail> {
+        v.watch.expect_none(when)
+    }
+
+    fn write_refused(
+        v: &Vtd<'_, '_, '_>,
+        edu: &Edu,
+        id: u16,
+        when: &str,
+        iova: u64,
+        why: Refusal,
+        victim: &Buf,
+    ) -> Result<(), Fail> {
+        let unmapped = [v.walk().write_unmapped()];
+        let reasons: &[FaultReason] = match why {
+            Refusal::Unmapped => &unmapped,
+            Refusal::Detached => BLOCKED,
+        };
+        v.write_faults_from(edu, id, when, iova, reasons, victim)
+    }
+
+    /// An IOVA near the top of what the unit's domains take, to exercise the top-level index:
+    /// bit `ias - 1` set on second stage (39 -> 3 levels, 48 -> 4 levels), bit 46 on first
+    /// stage (IOVAs stay canonical).
+    fn high_iova(v: &Vtd<'_, '_, '_>) -> Result<u64, Fail> {
+        let ias = v
+            .ctx
+            .device_info(v.dev)
+            .or_fail("device_info")?
+            .capabilities
+            .ias;
+        let top = match v.walk() {
+            Walk::Second => ias.saturating_sub(1),
+            Walk::First => ias.min(47).saturating_sub(1),
+        };
+        ensure!((32..64).contains(&top), "unit input width {ias} bits");
+        Ok((1u64 << top) | 0x1234_5000)
+    }
+
+    fn edu_tag(v: &Vtd<'_, '_, '_>) -> Result<Option<u32>, Fail> {
+        let (h, _) = v.only_domain()?;
+        let did = v.unit.domain_id(h).map(|d| u32::from(d.get()));
+        println!("domain {}, DID {did:?}", h.0);
+        Ok(did)
+    }
+
+    fn check_one_domain(_: &Vtd<'_, '_, '_>, _: [u16; 2]) -> Result<(), Fail> {
+        // `only_domain` found the one domain; which device uses which DID is not readable
+        // through the crate's API.
+        Ok(())
+    }
+
+    fn check_two_domains(v: &Vtd<'_, '_, '_>, _: [u16; 2]) -> Result<(), Fail> {
+        let mut dids = [None; 3];
+        for (slot, did) in dids
+            .iter_mut()
+            .zip(handles::<Unit>().filter_map(|h| v.unit.domain_id(h)))
+        {
+            *slot = Some(did.get());
+        }
+        println!("two live domains, DIDs {dids:?}");
+        ensure!(
+            dids[0].is_some() && dids[1].is_some() && dids[2].is_none() && dids[0] != dids[1],
+            "two IOASIDs attached at once should have two DIDs: {dids:?}"
         );
         Ok(())
     }
 
-    fn buf(&self) -> Result<Buf, Fail> {
-        Buf::new(self.g)
+    fn largest_leaf(v: &Vtd<'_, '_, '_>) -> u32 {
+        // What the hardware offers decides, not what the unit says about its domain.
+        let cap = v.watch.cap();
+        let has_1g = match v.walk() {
+            Walk::Second => cap.sllps().contains(Sllps::SIZE_1G),
+            Walk::First => cap.flags().contains(CapFlags::FL1GP),
+        };
+        let want = if has_1g { 30 } else { 21 };
+        println!("1 GiB pages in CAP: {has_1g}: expecting 2^{want} leaves");
+        want
+    }
+
+    fn check_walked_leaf(_: &Vtd<'_, '_, '_>, _: u64, _: u32) -> Result<(), Fail> {
+        // The unit's `query` is the check: the guest does not read VT-d tables itself.
+        Ok(())
+    }
+}
+
+impl Vtd<'_, '_, '_> {
+    fn walk(&self) -> Walk {
+        self.watch.walk()
     }
 
     /// A read DMA from `iova` must fault with `reason`.
     fn read_faults(&self, when: &str, iova: u64, reason: FaultReason) -> Result<(), Fail> {
         dma_check::to_device(self.edu, iova, 64)?;
-        self.faults
+        self.watch
             .expect_one(when, reason, iova, RequestKind::Read)?;
         Ok(())
     }
@@ -297,11 +320,10 @@ impl Vtd<'_, '_, '_> {
     ) -> Result<(), Fail> {
         victim.fill(GUARD);
         dma_check::from_device(self.edu, iova, 64)?;
-        self.faults
+        self.watch
             .expect_one_of(when, reasons, iova, RequestKind::Write)?;
         victim.check_all(when, GUARD)
     }
-
     /// A write DMA by `edu` (RID `sid`) to `iova` must fault with one of `reasons` and leave
     /// `victim` untouched.
     fn write_faults_from(
@@ -315,155 +337,25 @@ impl Vtd<'_, '_, '_> {
     ) -> Result<(), Fail> {
         victim.fill(GUARD);
         dma_check::from_device(edu, iova, 64)?;
-        self.faults
+        self.watch
             .expect_from(sid, when, reasons, iova, RequestKind::Write)?;
         victim.check_all(when, GUARD)
-    }
-
-    /// The leaf size, in log2 bytes, the unit's table holds at `iova` (found through the
-    /// `Iommu` trait on every domain handle the unit knows).
-    fn leaf_size(&self, iova: u64) -> Option<u32> {
-        handles().find_map(|d| {
-            self.unit.domain_geometry(d).ok()?;
-            self.unit.query(d, Iova::new(iova)).map(|m| m.size_log2)
-        })
-    }
-
-    /// The unit's only live domain (the one behind the attached IOASID) and its input width.
-    fn only_domain(&self) -> Result<(DomainHandle, u32), Fail> {
-        let mut found = None;
-        for h in handles() {
-            if let Ok((bits, _)) = self.unit.domain_geometry(h) {
-                ensure!(found.is_none(), "more than one live domain");
-                found = Some((h, bits));
-            }
-        }
-        found.ok_or_else(|| Fail::new(format_args!("no live domain")))
-    }
-
-    /// An IOVA near the top of what the unit's domains take, to exercise the top-level index:
-    /// bit `ias - 1` set on second stage (39 -> 3 levels, 48 -> 4 levels), bit 46 on first
-    /// stage (IOVAs stay canonical).
-    fn high_iova(&self) -> Result<u64, Fail> {
-        let ias = self
-            .ctx
-            .device_info(self.dev)
-            .or_fail("device_info")?
-            .capabilities
-            .ias;
-        let top = match self.walk() {
-            Walk::Second => ias.saturating_sub(1),
-            Walk::First => ias.min(47).saturating_sub(1),
-        };
-        ensure!((32..64).contains(&top), "unit input width {ias} bits");
-        Ok((1u64 << top) | 0x1234_5000)
     }
 }
 
 // -----------------------------------------------------------------------------------------------
 // Scenarios
 
-/// 4 KiB pages, both directions, one low IOVA and one at the top of the input range.
+/// 4 KiB pages, both directions, one low IOVA and one at the top of the input range, and one
+/// the IOASID layer picks.
 fn dma_4k(g: &mut Ctx) -> Result<(), Fail> {
-    with_vtd(g, |v| {
-        let io = v.alloc(IoasidFlags::empty())?;
-        v.attach(io)?;
-        let (src, dst) = (v.buf()?, v.buf()?);
-        let high = v.high_iova()?;
-        v.map(io, IOVA_A, src.pa(), 4096, Prot::READ | Prot::WRITE)?;
-        v.map(io, high, dst.pa(), 4096, Prot::READ | Prot::WRITE)?;
-        roundtrip(
-            v.edu,
-            &src,
-            IOVA_A + 0x80,
-            0x80,
-            &dst,
-            high + 0x100,
-            0x100,
-            LEN,
-            1,
-        )?;
-        // And the other way round: the high IOVA is read, the low one written.
-        roundtrip(
-            v.edu,
-            &dst,
-            high + 0x10,
-            0x10,
-            &src,
-            IOVA_A + 0x400,
-            0x400,
-            LEN,
-            2,
-        )?;
-        // An IOVA the IOASID layer picks (as a DMA API would), below every domain's limit and
-        // outside the reserved interrupt window.
-        let picked = v
-            .ctx
-            .alloc_iova(io, 0x2000, 0x1000)
-            .or_fail("alloc_iova")?
-            .get();
-        ensure!(
-            picked != 0 && picked != src.pa(),
-            "alloc_iova gave {picked:#x}"
-        );
-        v.map(
-            io,
-            picked + 0x1000,
-            src.pa(),
-            4096,
-            Prot::READ | Prot::WRITE,
-        )?;
-        roundtrip(
-            v.edu,
-            &dst,
-            high,
-            0,
-            &src,
-            picked + 0x1000 + 0x20,
-            0x20,
-            LEN,
-            28,
-        )?;
-        v.unmap(io, picked + 0x1000, 4096)?;
-        ensure!(
-            v.ctx
-                .free_iova(io, Iova::new(picked))
-                .or_fail("free_iova")?,
-            "free_iova did not find the reservation at {picked:#x}"
-        );
-        ensure!(
-            v.leaf_size(IOVA_A) == Some(12),
-            "leaf at {IOVA_A:#x}: {:?}",
-            v.leaf_size(IOVA_A)
-        );
-        v.unmap(io, IOVA_A, 4096)?;
-        v.unmap(io, high, 4096)?;
-        Ok(())
-    })
+    with_vtd(g, |v| ioasid_env::dma_4k(v, [1, 2, 28], |_| Ok(())))
 }
 
 /// A 2 MiB-aligned IOVA range mapped onto the 2 MiB-aligned PA range holding the buffers: the
 /// unit's table must hold 2 MiB leaves, and DMA through them lands at the right offset.
 fn dma_2m(g: &mut Ctx) -> Result<(), Fail> {
-    with_vtd(g, |v| {
-        let io = v.alloc(IoasidFlags::empty())?;
-        v.attach(io)?;
-        let (src, dst) = (v.buf()?, v.buf()?);
-        const M2: u64 = 1 << 21;
-        let base = src.pa().min(dst.pa()) & !(M2 - 1);
-        let end = (src.pa().max(dst.pa()) + M2) & !(M2 - 1);
-        v.map(io, IOVA_2M, base, end - base, Prot::READ | Prot::WRITE)?;
-        ensure!(
-            v.leaf_size(IOVA_2M) == Some(21),
-            "leaf at {IOVA_2M:#x}: {:?} (want 2 MiB)",
-            v.leaf_size(IOVA_2M)
-        );
-        let (s, d) = (IOVA_2M + (src.pa() - base), IOVA_2M + (dst.pa() - base));
-        roundtrip(v.edu, &src, s + 0x20, 0x20, &dst, d + 0x200, 0x200, LEN, 3)?;
-        roundtrip(v.edu, &dst, d, 0, &src, s + 0x300, 0x300, LEN, 4)?;
-        v.unmap(io, IOVA_2M, end - base)?;
-        Ok(())
-    })
+    with_vtd(g, |v| ioasid_env::dma_2m(v, [3, 4]))
 }
 
 /// iommufd `IOMMU_OPTION_HUGE_PAGES` off (`IoasidCtx::set_huge_pages(false)`, issue 17 item
@@ -505,44 +397,7 @@ fn huge_pages_off(g: &mut Ctx) -> Result<(), Fail> {
 /// `CAP.FS1GP` for first stage -- QEMU's `fs1gp=off` clears it) and 2 MiB leaves otherwise;
 /// DMA through it lands at the right offset either way.
 fn dma_1g(g: &mut Ctx) -> Result<(), Fail> {
-    with_vtd(g, |v| {
-        let io = v.alloc(IoasidFlags::empty())?;
-        v.attach(io)?;
-        let (src, dst) = (v.buf()?, v.buf()?);
-        const G1: u64 = 1 << 30;
-        ensure!(dst.pa() < G1 && src.pa() < G1, "buffers above 1 GiB");
-        // What the hardware offers decides, not what the unit says about its domain.
-        let cap = v.faults.cap();
-        let has_1g = match v.walk() {
-            Walk::Second => cap.sllps().contains(Sllps::SIZE_1G),
-            Walk::First => cap.flags().contains(CapFlags::FL1GP),
-        };
-        let want = if has_1g { 30 } else { 21 };
-        println!("1 GiB pages in CAP: {has_1g}: expecting 2^{want} leaves");
-        v.map(io, IOVA_1G, 0, G1, Prot::READ | Prot::WRITE)?;
-        for probe in [IOVA_1G, IOVA_1G + src.pa(), IOVA_1G + G1 - 4096] {
-            ensure!(
-                v.leaf_size(probe) == Some(want),
-                "leaf at {probe:#x}: {:?} (want 2^{want})",
-                v.leaf_size(probe)
-            );
-        }
-        let (s, d) = (IOVA_1G + src.pa(), IOVA_1G + dst.pa());
-        roundtrip(
-            v.edu,
-            &src,
-            s + 0x40,
-            0x40,
-            &dst,
-            d + 0x800,
-            0x800,
-            LEN / 2,
-            5,
-        )?;
-        roundtrip(v.edu, &dst, d + 0x800, 0x800, &src, s, 0, LEN / 2, 6)?;
-        v.unmap(io, IOVA_1G, G1)?;
-        Ok(())
-    })
+    with_vtd(g, |v| ioasid_env::dma_1g(v, [5, 6]))
 }
 
 /// A read from and a write to an IOVA nothing maps: each produces one fault record with the
@@ -550,11 +405,7 @@ fn dma_1g(g: &mut Ctx) -> Result<(), Fail> {
 /// keeps working afterwards.
 fn fault_unmapped(g: &mut Ctx) -> Result<(), Fail> {
     with_vtd(g, |v| {
-        let io = v.alloc(IoasidFlags::empty())?;
-        v.attach(io)?;
-        let (src, dst) = (v.buf()?, v.buf()?);
-        v.map(io, IOVA_A, src.pa(), 4096, Prot::READ | Prot::WRITE)?;
-        v.map(io, IOVA_B, dst.pa(), 4096, Prot::READ | Prot::WRITE)?;
+        let (io, src, dst) = v.attached_pair()?;
         // The identity address of the destination: if the unit let it through untranslated, the
         // write would land in `dst`.
         v.read_faults(
@@ -595,7 +446,7 @@ fn fault_readonly(g: &mut Ctx) -> Result<(), Fail> {
         roundtrip(v.edu, &ro, IOVA_A + 0x100, 0x100, &out, IOVA_B, 0, LEN, 8)?;
         ro.fill(GUARD);
         dma_check::from_device(v.edu, IOVA_A, 64)?;
-        let f = v.faults.drain();
+        let f = v.watch.drain();
         println!("cached read-only write: {} record(s)", f.count());
         ro.check_all("write to a cached read-only IOVA", GUARD)?;
         v.unmap(io, IOVA_A, 4096)?;
@@ -608,11 +459,7 @@ fn fault_readonly(g: &mut Ctx) -> Result<(), Fail> {
 /// one: each unmap's invalidation must reach the IOTLB, or the next DMA would still get through.
 fn unmap_flush(g: &mut Ctx) -> Result<(), Fail> {
     with_vtd(g, |v| {
-        let io = v.alloc(IoasidFlags::empty())?;
-        v.attach(io)?;
-        let (src, dst) = (v.buf()?, v.buf()?);
-        v.map(io, IOVA_A, src.pa(), 4096, Prot::READ | Prot::WRITE)?;
-        v.map(io, IOVA_B, dst.pa(), 4096, Prot::READ | Prot::WRITE)?;
+        let (io, src, dst) = v.attached_pair()?;
         roundtrip(v.edu, &src, IOVA_A, 0, &dst, IOVA_B, 0, LEN, 9)?;
         roundtrip(v.edu, &src, IOVA_A, 0, &dst, IOVA_B, 0, LEN, 10)?;
         v.unmap(io, IOVA_B, 4096)?;
@@ -714,97 +561,21 @@ fn snoop_enforced(g: &mut Ctx) -> Result<(), Fail> {
 /// Detach blocks the device at once (QEMU caches the context entry and the IOTLB, so both must
 /// be invalidated); attaching again rebuilds the domain from the IOASID's mappings.
 fn detach_faults(g: &mut Ctx) -> Result<(), Fail> {
-    with_vtd(g, |v| {
-        let io = v.alloc(IoasidFlags::empty())?;
-        let (src, dst) = (v.buf()?, v.buf()?);
-        v.map(io, IOVA_A, src.pa(), 4096, Prot::READ | Prot::WRITE)?;
-        v.map(io, IOVA_B, dst.pa(), 4096, Prot::READ | Prot::WRITE)?;
-        v.attach(io)?;
-        roundtrip(v.edu, &src, IOVA_A, 0, &dst, IOVA_B, 0, LEN, 15)?;
-        v.ctx.detach(v.dev).or_fail("detach")?;
-        v.write_faults("write after detach", IOVA_B, BLOCKED, &dst)?;
-        v.attach(io)?;
-        roundtrip(v.edu, &src, IOVA_A, 0, &dst, IOVA_B, 0, LEN, 16)?;
-        Ok(())
-    })
+    with_vtd(g, |v| ioasid_env::detach(v, [15, 16]))
 }
 
 /// Two IOASIDs map the same IOVA to different pages. Attaching edu to one, then the other (no
 /// detach in between), then back: each DMA lands in the page of the IOASID attached at the
-/// time, never in the other (stale context or IOTLB entries of the old domain ID would).
+/// time, never in the other (stale context or IOTLB entries of the old domain ID would), and
+/// each domain has a DID of its own.
 fn reattach_replaces(g: &mut Ctx) -> Result<(), Fail> {
-    with_vtd(g, |v| {
-        let (a, b) = (
-            v.alloc(IoasidFlags::empty())?,
-            v.alloc(IoasidFlags::empty())?,
-        );
-        let (src, in_a, in_b) = (v.buf()?, v.buf()?, v.buf()?);
-        for (io, dst) in [(a, &in_a), (b, &in_b)] {
-            v.map(io, IOVA_A, src.pa(), 4096, Prot::READ)?;
-            v.map(io, IOVA_B, dst.pa(), 4096, Prot::READ | Prot::WRITE)?;
-        }
-        let mut last_did = None;
-        for (round, (io, dst, other)) in [(a, &in_a, &in_b), (b, &in_b, &in_a), (a, &in_a, &in_b)]
-            .into_iter()
-            .enumerate()
-        {
-            v.attach(io)?;
-            let (h, _) = v.only_domain()?;
-            let did = v.unit.domain_id(h).map(|d| d.get());
-            println!("attached to IOASID {} (domain {}, DID {did:?})", io.0, h.0);
-            ensure!(
-                did.is_some() && did != last_did,
-                "the new domain reuses DID {did:?}"
-            );
-            last_did = did;
-            other.fill(GUARD);
-            roundtrip(
-                v.edu,
-                &src,
-                IOVA_A,
-                0,
-                dst,
-                IOVA_B,
-                0,
-                LEN,
-                17 + round as u8,
-            )?;
-            other.check_all("the other IOASID's page", GUARD)?;
-        }
-        Ok(())
-    })
+    with_vtd(g, |v| ioasid_env::reattach_replaces(v, 17))
 }
 
-/// Disabling the unit turns translation off: DMA addresses are physical again.
+/// Disabling the unit turns translation off: DMA addresses are physical again; enabled again,
+/// the physical address faults.
 fn unit_disable(g: &mut Ctx) -> Result<(), Fail> {
-    with_vtd(g, |v| {
-        let io = v.alloc(IoasidFlags::empty())?;
-        let (src, dst) = (v.buf()?, v.buf()?);
-        v.map(io, IOVA_A, src.pa(), 4096, Prot::READ | Prot::WRITE)?;
-        v.map(io, IOVA_B, dst.pa(), 4096, Prot::READ | Prot::WRITE)?;
-        v.attach(io)?;
-        roundtrip(v.edu, &src, IOVA_A, 0, &dst, IOVA_B, 0, LEN, 20)?;
-        vtd_unit::disable(v.unit)?;
-        ensure!(
-            !vtd_unit::translating(v.unit),
-            "GSTS.TES still set after disable"
-        );
-        roundtrip(
-            v.edu,
-            &src,
-            src.pa(),
-            0,
-            &dst,
-            dst.pa() + 0x20,
-            0x20,
-            LEN,
-            21,
-        )?;
-        vtd_unit::enable(v.unit)?;
-        ensure!(vtd_unit::translating(v.unit), "GSTS.TES clear after enable");
-        roundtrip(v.edu, &src, IOVA_A, 0, &dst, IOVA_B + 0x30, 0x30, LEN, 22)?;
-        Ok(())
-    })
+    with_vtd(g, |v| ioasid_env::disable(v, [20, 21, 22]))
 }
 
 /// Sixteen pages mapped as one 64 KiB range and all used (cached); unmapping the middle 32 KiB
@@ -844,7 +615,7 @@ fn unmap_range(g: &mut Ctx) -> Result<(), Fail> {
             dma_check::from_device(v.edu, iova, 256)?;
             let hit = page_byte(p, 0) != GUARD;
             if (4..12).contains(&p) {
-                v.faults.expect_one(
+                v.watch.expect_one(
                     "write into the unmapped middle",
                     v.walk().write_unmapped(),
                     iova,
@@ -852,7 +623,7 @@ fn unmap_range(g: &mut Ctx) -> Result<(), Fail> {
                 )?;
                 ensure!(!hit, "page {p} written after its unmap");
             } else {
-                v.faults.expect_none("write around the unmapped middle")?;
+                v.watch.expect_none("write around the unmapped middle")?;
                 ensure!(hit, "page {p} (still mapped) not written");
             }
         }
@@ -935,7 +706,7 @@ fn map_invalidations(g: &mut Ctx) -> Result<(), Fail> {
             after.waits - before.waits,
         );
         println!("two maps: {descs} invalidation(s), {waits} wait(s)");
-        if v.faults.cap().flags().contains(CapFlags::CM) {
+        if v.watch.cap().flags().contains(CapFlags::CM) {
             ensure!(
                 descs >= 2 && waits >= 2,
                 "caching mode: two maps issued {descs} invalidations and {waits} waits"
@@ -1107,7 +878,7 @@ fn split_2m(g: &mut Ctx) -> Result<(), Fail> {
         let hole_pa = base + (hole - IOVA_2M);
         println!("hole at iova {hole:#x} (pa {hole_pa:#x})");
         dma_check::from_device(v.edu, hole, 64)?;
-        v.faults.expect_one(
+        v.watch.expect_one(
             "write into the page unmapped from a 2 MiB leaf",
             v.walk().write_unmapped(),
             hole,
@@ -1121,91 +892,13 @@ fn split_2m(g: &mut Ctx) -> Result<(), Fail> {
     })
 }
 
-/// Two requesters (a second `edu` at 00:05.0, RID 0x28 as the DMAR resolves it): first sharing one IOASID (one domain),
-/// then on two IOASIDs at once (two live domains, two DIDs). Each DMA lands in the page of its
-/// own device's IOASID; an unmap in one domain blocks only that device; detaching one device
-/// blocks it (its fault record names its RID) and leaves the other working.
+/// Two requesters (a second `edu` at 00:05.0, RID 0x28 as the DMAR resolves it): first sharing
+/// one IOASID (one domain), then on two IOASIDs at once (two live domains, two DIDs). Each DMA
+/// lands in the page of its own device's IOASID; an unmap in one domain blocks only that
+/// device; detaching one device blocks it (its fault record names its RID) and leaves the
+/// other working.
 fn two_devices(g: &mut Ctx) -> Result<(), Fail> {
-    with_vtd(g, |v| {
-        let edu2 = crate::second_edu()?;
-        let (edu2_sid, edu2_unit) = crate::firmware::covering_unit(edu2.bdf)?;
-        ensure!(
-            edu2_unit.register_base.get() == v.g.arch.vtd_base as u64,
-            "the second edu is under another unit ({:#x})",
-            edu2_unit.register_base.get()
-        );
-        let dev2 = v
-            .ctx
-            .bind(
-                DeviceLabel {
-                    unit: UnitId(0),
-                    id: DeviceId(u32::from(edu2_sid)),
-                },
-                false,
-            )
-            .or_fail("bind the second edu")?;
-        let (src, in_a, in_b) = (v.buf()?, v.buf()?, v.buf()?);
-        let a = v.alloc(IoasidFlags::empty())?;
-        v.map(a, IOVA_A, src.pa(), 4096, Prot::READ)?;
-        v.map(a, IOVA_B, in_a.pa(), 4096, Prot::READ | Prot::WRITE)?;
-        v.attach(a)?;
-        v.ctx.attach(dev2, a).or_fail("attach the second edu")?;
-        v.only_domain()?;
-        roundtrip(v.edu, &src, IOVA_A, 0, &in_a, IOVA_B, 0, LEN, 29)?;
-        roundtrip(&edu2, &src, IOVA_A, 0, &in_a, IOVA_B + 0x10, 0x10, LEN, 30)?;
-
-        let b = v.alloc(IoasidFlags::empty())?;
-        v.map(b, IOVA_A, src.pa(), 4096, Prot::READ)?;
-        v.map(b, IOVA_B, in_b.pa(), 4096, Prot::READ | Prot::WRITE)?;
-        v.ctx.attach(dev2, b).or_fail("move the second edu")?;
-        let mut dids = [None; 3];
-        for (slot, did) in dids
-            .iter_mut()
-            .zip(handles().filter_map(|h| v.unit.domain_id(h)))
-        {
-            *slot = Some(did.get());
-        }
-        println!("two live domains, DIDs {dids:?}");
-        ensure!(
-            dids[0].is_some() && dids[1].is_some() && dids[2].is_none() && dids[0] != dids[1],
-            "two IOASIDs attached at once should have two DIDs: {dids:?}"
-        );
-        for round in 0..2u8 {
-            in_b.fill(GUARD);
-            roundtrip(v.edu, &src, IOVA_A, 0, &in_a, IOVA_B, 0, LEN, 31 + round)?;
-            in_b.check_all("B's page after edu 1's DMA", GUARD)?;
-            in_a.fill(GUARD);
-            roundtrip(&edu2, &src, IOVA_A, 0, &in_b, IOVA_B, 0, LEN, 33 + round)?;
-            in_a.check_all("A's page after edu 2's DMA", GUARD)?;
-        }
-
-        // An unmap in A blocks edu 1 only.
-        v.unmap(a, IOVA_B, 4096)?;
-        v.write_faults(
-            "edu 1 after A's unmap",
-            IOVA_B,
-            &[v.walk().write_unmapped()],
-            &in_a,
-        )?;
-        roundtrip(&edu2, &src, IOVA_A, 0, &in_b, IOVA_B + 0x20, 0x20, LEN, 35)?;
-
-        // Detaching edu 2 blocks it, with its own RID in the record; edu 1 keeps working.
-        v.ctx.detach(dev2).or_fail("detach the second edu")?;
-        in_b.fill(GUARD);
-        dma_check::from_device(&edu2, IOVA_B, 64)?;
-        v.faults.expect_from(
-            edu2_sid,
-            "edu 2 after detach",
-            BLOCKED,
-            IOVA_B,
-            RequestKind::Write,
-        )?;
-        in_b.check_all("edu 2's write after detach", GUARD)?;
-        v.map(a, IOVA_B, in_a.pa(), 4096, Prot::READ | Prot::WRITE)?;
-        roundtrip(v.edu, &src, IOVA_A, 0, &in_a, IOVA_B + 0x30, 0x30, LEN, 36)?;
-        v.ctx.unbind(dev2).or_fail("unbind the second edu")?;
-        Ok(())
-    })
+    with_vtd(g, |v| ioasid_env::two_devices(v, 29))
 }
 
 /// A PASID attachment next to the device's RID attachment. Where the unit cannot take it
@@ -1227,7 +920,7 @@ fn pasid_attach(g: &mut Ctx) -> Result<(), Fail> {
             .device_info(v.dev)
             .or_fail("device_info")?
             .capabilities;
-        let first_stage = v.faults.ecap().flags().contains(EcapFlags::FLTS);
+        let first_stage = v.watch.ecap().flags().contains(EcapFlags::FLTS);
         let expect_ok = caps.pasid_bits > 0 && first_stage;
         println!(
             "unit PASID bits {}, first stage {first_stage}: attach expected to {}",
@@ -1265,23 +958,10 @@ fn other_bus(g: &mut Ctx) -> Result<(), Fail> {
     with_vtd(g, |v| {
         let far = crate::edu_behind_root_port()?;
         // The DMAR names the root port (a PCI sub-hierarchy scope); the far edu is covered
-        // because the port's secondary..subordinate buses, read back, hold its bus.
-        let (sid, far_unit) = crate::firmware::covering_unit(far.bdf)?;
-        ensure!(
-            far_unit.register_base.get() == v.g.arch.vtd_base as u64,
-            "the far edu is under another unit ({:#x})",
-            far_unit.register_base.get()
-        );
-        let dev_far = v
-            .ctx
-            .bind(
-                DeviceLabel {
-                    unit: UnitId(0),
-                    id: DeviceId(u32::from(sid)),
-                },
-                false,
-            )
-            .or_fail("bind the edu behind the root port")?;
+        // because the port's secondary..subordinate buses, read back, hold its bus (under the
+        // unit the scenarios drive).
+        let sid = Unit::device_id(v.g, far.bdf)?;
+        let dev_far = ioasid_env::bind(v.ctx, sid, "bind the edu behind the root port")?;
         let (src, near_page, far_page) = (v.buf()?, v.buf()?, v.buf()?);
         let (near, far_io) = (
             v.alloc(IoasidFlags::empty())?,
@@ -1294,7 +974,7 @@ fn other_bus(g: &mut Ctx) -> Result<(), Fail> {
         // Not attached yet: blocked, and the record names the far RID.
         far_page.fill(GUARD);
         dma_check::from_device(&far, IOVA_B, 64)?;
-        v.faults.expect_from(
+        v.watch.expect_from(
             sid,
             "far edu before attach",
             BLOCKED,
@@ -1376,17 +1056,13 @@ fn takeover(g: &mut Ctx) -> Result<(), Fail> {
         ctx.map(io, Iova::new(iova), PhysAddr::new(pa), 4096, prot)
             .or_fail("map")
     };
-    let label = DeviceLabel {
-        unit: UnitId(0),
-        id: DeviceId(u32::from(edu_sid())),
-    };
     // The previous owner.
     let old = vtd_unit::create(g)?;
     {
         let units: [&dyn Iommu; 1] = [&old];
         let registry = Registry::new(&units, &PASIDS).or_fail("registry")?;
         let ctx = IoasidCtx::new(&registry, g.alloc, 0);
-        let dev = ctx.bind(label, false).or_fail("bind edu")?;
+        let dev = ioasid_env::bind(&ctx, edu_sid(), "bind edu")?;
         let io = ctx.alloc(IoasidFlags::empty()).or_fail("alloc")?;
         map(&ctx, io, IOVA_A, src.pa(), Prot::READ)?;
         map(&ctx, io, IOVA_B, old_page.pa(), Prot::READ | Prot::WRITE)?;
@@ -1419,7 +1095,7 @@ fn takeover(g: &mut Ctx) -> Result<(), Fail> {
             RequestKind::Write,
         )?;
         old_page.check_all("the old owner's page", GUARD)?;
-        let dev = ctx.bind(label, false).or_fail("bind edu")?;
+        let dev = ioasid_env::bind(&ctx, edu_sid(), "bind edu")?;
         let io = ctx.alloc(IoasidFlags::empty()).or_fail("alloc")?;
         map(&ctx, io, IOVA_A, src.pa(), Prot::READ)?;
         map(&ctx, io, IOVA_B, new_page.pa(), Prot::READ | Prot::WRITE)?;
