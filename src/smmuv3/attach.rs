@@ -439,10 +439,14 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         strtab: &mut StreamTable<A>,
         stream: &mut StreamState<A>,
     ) -> Result<(), Error> {
+        let sid = stream.sid;
+        if stream.stalls_owed {
+            self.terminate_stalls(sid)?;
+            stream.stalls_owed = false;
+        }
         if !stream.unsettled && stream.retiring.is_none() {
             return Ok(());
         }
-        let sid = stream.sid;
         self.settle_cds(stream)?;
         self.write_ste(strtab, stream)?;
         let has_cd = stream.cd.is_some();
@@ -639,7 +643,8 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         if stream.stall == stall {
             return Ok(());
         }
-        if !stream.is_idle() {
+        // A termination still owed is sent by the attach, before the STE is valid again.
+        if !stream.is_empty() || stream.unsettled || stream.retiring.is_some() {
             return Err(Error::Busy);
         }
         stream.stall = stall;
@@ -661,18 +666,24 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
             return Err(Error::NotAttached(device));
         };
         let owed = stream.retiring;
+        let stalls_owed = stream.stalls_owed;
         let r = self.detach_locked(strtab, stream, ssid);
-        let r = match r {
+        let mut r = match r {
             // The retry of a detach that failed part-way: settling finished it.
             Err(Error::NotAttached(_)) if owed.is_some_and(|o| o.ssid == ssid) => Ok(()),
+            // The retry of a detach whose CMD_STALL_TERM failed: settling sent it.
+            Err(Error::NotAttached(_)) if stalls_owed && stream.is_empty() => Ok(()),
             Err(Error::NotAttached(_)) => Err(Error::NotAttached(device)),
             r => r,
         };
         if stream.is_empty() && stream.stall && r.is_ok() {
             // Its STE aborts now (synced): what the stream still has stalled is terminated
-            // (§4.7.2), and its filed stalls with it.
+            // (§4.7.2), and its filed stalls with it. Until that is known to be done, it is
+            // owed (the stream is kept, the stalls stay filed) and the detach fails.
             stream.stall = false;
-            let _ = self.terminate_stalls(sid);
+            stream.stalls_owed = true;
+            r = self.terminate_stalls(sid);
+            stream.stalls_owed = r.is_err();
         }
         if stream.is_idle() && !stream.ats && stream.cd.is_none() {
             if let Some(slot) = config.streams.get_mut(i) {

@@ -40,6 +40,10 @@ pub(crate) struct EventQueue<A: PageAllocator> {
     mem: QueueMemory<A>,
     cons: QueuePointer,
     overflow_ack: u32,
+    /// Records handed out by [`drain`](Self::drain) since the queue was made: the position in
+    /// the stream of records of the next one (it never goes back, even when `program` empties
+    /// the queue).
+    read: u64,
     prod_offset: usize,
     cons_offset: usize,
 }
@@ -78,6 +82,7 @@ impl<A: PageAllocator> EventQueue<A> {
             mem,
             cons: QueuePointer::zero(log2),
             overflow_ack: 0,
+            read: 0,
             prod_offset: regs::EVENTQ_PROD,
             cons_offset: regs::EVENTQ_CONS,
         })
@@ -95,6 +100,19 @@ impl<A: PageAllocator> EventQueue<A> {
         regs.write32(self.cons_offset, 0);
         self.cons = QueuePointer::zero(self.mem.log2);
         self.overflow_ack = 0;
+    }
+
+    /// The position of the next record [`drain`](Self::drain) hands out, counted in records
+    /// since the queue was made.
+    pub fn read(&self) -> u64 {
+        self.read
+    }
+
+    /// The position just past the last record the unit has written (PROD read now): every
+    /// record written before this call is before it.
+    pub fn written<W: RegisterWindow + ?Sized>(&self, regs: &W) -> u64 {
+        let prod = QueuePointer::from_register(self.mem.log2, regs.read32(self.prod_offset));
+        self.read + u64::from(prod.used_since(self.cons))
     }
 
     /// Hands at most `max` records to `handle`, then publishes CONS (acknowledging any
@@ -127,6 +145,7 @@ impl<A: PageAllocator> EventQueue<A> {
             }
             handle(Event::decode(raw));
             self.cons = self.cons.advance(1);
+            self.read += 1;
             consumed += 1;
         }
         let overflowed = overflow != self.overflow_ack;

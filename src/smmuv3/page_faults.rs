@@ -9,6 +9,12 @@
 //! [`Iommu::drain_page_faults`](crate::iommu::Iommu::drain_page_faults) hands them on with the
 //! PRI queue's requests. A stall the book has no room for is aborted at once (`CMD_RESUME`
 //! with Abort): a stalled transaction must not wait for an answer nobody will give.
+//!
+//! When a stream that may stall loses its last attachment, `CMD_STALL_TERM` ends what it
+//! still holds (`SmmuUnit::terminate_stalls`); only once its sync completed are its filed
+//! stalls forgotten, and the records of its stalls still unread in the event queue fenced off
+//! (never filed). Until then the stream owes the termination and its next attach or detach
+//! sends it again.
 
 use core::sync::atomic::Ordering;
 
@@ -23,6 +29,18 @@ use crate::mmio::RegisterWindow;
 /// Stalled transactions a unit keeps between [`SmmuUnit::handle_events`] and the next drain.
 pub const MAX_STALLS: usize = 32;
 
+/// Streams whose stalls were terminated while records of theirs may still wait in the event
+/// queue unread: a termination beyond them waits (`Error::Busy`) until `handle_events` read them.
+pub const MAX_FENCES: usize = 8;
+
+/// Records of stream `sid` before position `until` of the event queue (`EventQueue::read`)
+/// name transactions `CMD_STALL_TERM` has ended: they are shown, never filed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Fence {
+    sid: StreamId,
+    until: u64,
+}
+
 /// Stall records waiting to be drained, oldest first (a ring of [`MAX_STALLS`]).
 pub(crate) struct StallBook {
     ring: [PageFault; MAX_STALLS],
@@ -30,6 +48,7 @@ pub(crate) struct StallBook {
     len: usize,
     /// Stalls aborted because the book was full.
     pub(crate) aborted: u64,
+    fences: [Option<Fence>; MAX_FENCES],
 }
 
 impl StallBook {
@@ -45,7 +64,49 @@ impl StallBook {
             head: 0,
             len: 0,
             aborted: 0,
+            fences: [None; MAX_FENCES],
         }
+    }
+
+    /// Drops the fences the event queue's reader has passed (`read`: its position).
+    fn prune(&mut self, read: u64) {
+        for f in self.fences.iter_mut() {
+            if f.is_some_and(|f| f.until <= read) {
+                *f = None;
+            }
+        }
+    }
+
+    /// Whether a fence for `sid` can be set.
+    fn has_fence_room(&self, sid: StreamId) -> bool {
+        self.fences.iter().any(|f| f.map_or(true, |f| f.sid == sid))
+    }
+
+    /// Records of `sid` before position `until` of the event queue are stale (their
+    /// transactions were terminated). Needs [`has_fence_room`](Self::has_fence_room).
+    fn fence(&mut self, sid: StreamId, until: u64) {
+        if let Some(f) = self
+            .fences
+            .iter_mut()
+            .find(|f| f.is_some_and(|f| f.sid == sid))
+        {
+            *f = Some(Fence { sid, until });
+        } else if let Some(f) = self.fences.iter_mut().find(|f| f.is_none()) {
+            *f = Some(Fence { sid, until });
+        }
+    }
+
+    /// Whether the record of `sid` at position `at` of the event queue is stale.
+    fn fenced(&self, sid: StreamId, at: u64) -> bool {
+        self.fences
+            .iter()
+            .flatten()
+            .any(|f| f.sid == sid && at < f.until)
+    }
+
+    /// The event queue was (re)programmed empty: no stale record is left in it.
+    pub(crate) fn clear_fences(&mut self) {
+        self.fences = [None; MAX_FENCES];
     }
 
     /// Files `f`; `false` when the book is full.
@@ -113,10 +174,18 @@ pub fn stall_fault(e: &Event) -> Option<PageFault> {
 pub(crate) const EVENT_ROUND: usize = 16;
 
 impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
-    /// Files `e` if it is a stall record; returns the stall to abort when the book is full.
-    pub(crate) fn file_stall(&self, e: &Event) -> Option<(StreamId, u16)> {
+    /// Files `e`, the record at position `at` of the event queue (`EventQueue::read`), if it
+    /// is a stall record whose transaction was not terminated since; returns the stall to
+    /// abort when the book is full. Called with the event queue's lock held from the read of
+    /// the record, so a termination ([`terminate_stalls`](Self::terminate_stalls)) comes
+    /// wholly before or after it.
+    pub(crate) fn file_stall(&self, e: &Event, at: u64) -> Option<(StreamId, u16)> {
         let f = stall_fault(e)?;
         let mut book = self.stalls.lock();
+        book.prune(at);
+        if book.fenced(e.stream_id, at) {
+            return None;
+        }
         if book.push(f) {
             return None;
         }
@@ -137,11 +206,40 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
     }
 
     /// Terminates every transaction of `sid` still stalled (`CMD_STALL_TERM` and a sync) once
-    /// its STE terminates new ones, and forgets its filed stalls: for a stream that may stall,
-    /// when its last attachment leaves (§4.7.2).
-    pub(crate) fn terminate_stalls(&self, sid: StreamId) -> Result<(), SmmuError> {
-        self.stalls.lock().forget(sid);
-        self.with_cmdq(|q, r| q.submit_and_sync(r, &[Command::stall_term(sid)]))
+    /// its STE terminates new ones, then forgets its filed stalls and fences off the records
+    /// of its stalls still unread in the event queue: for a stream that may stall, when its
+    /// last attachment leaves (§4.7.2).
+    ///
+    /// The event queue's lock is held throughout (lock order: event queue, book, command
+    /// queue), so no [`handle_events`](Self::handle_events) is between reading a record and
+    /// filing it: a record read before is filed before and forgotten here; one still in the
+    /// queue (the unit wrote it before the termination completed, so before the `PROD` read
+    /// after the sync) is at a position the fence covers and is never filed.
+    ///
+    /// # Errors
+    /// The command's or the sync's error ([`Error::CommandError`], [`Error::Timeout`], ...):
+    /// the stalls may still be held, so the book keeps them and nothing is fenced; the caller
+    /// owes the termination and sends it again. [`Error::Busy`] (nothing sent) when
+    /// [`MAX_FENCES`] other streams are fenced with records still unread: once
+    /// `handle_events` has read them, the call succeeds.
+    pub(crate) fn terminate_stalls(&self, sid: StreamId) -> Result<(), Error> {
+        let eventq = self.eventq.lock();
+        let mut book = self.stalls.lock();
+        if let Some(q) = eventq.as_ref() {
+            book.prune(q.read());
+            if !book.has_fence_room(sid) {
+                return Err(Error::Busy);
+            }
+        }
+        self.with_cmdq(|q, r| q.submit_and_sync(r, &[Command::stall_term(sid)]))?;
+        book.forget(sid);
+        if let Some(q) = eventq.as_ref() {
+            let until = q.written(&self.regs);
+            if until > q.read() {
+                book.fence(sid, until);
+            }
+        }
+        Ok(())
     }
 
     /// [`Iommu::drain_page_faults`](crate::iommu::Iommu::drain_page_faults): filed stalls

@@ -43,6 +43,10 @@ pub(crate) struct StreamState<A: PageAllocator> {
     /// The device may stall (`DeviceHints::stall`): its CDs get `S`, its STE `S1STALLD` = 0
     /// and `S2S`. Set while the stream is idle, cleared when its last attachment leaves.
     pub(crate) stall: bool,
+    /// Its last attachment left while it could stall and `CMD_STALL_TERM` (§4.7.2) is not
+    /// known to have completed: transactions of its last owner may still be held, and its
+    /// filed stalls are still in the book. The next attach or detach sends it first.
+    pub(crate) stalls_owed: bool,
     /// The last attach or detach stopped part-way (a command wait failed after the books
     /// changed): the STE and CDs in memory, and what the unit caches, may differ from the
     /// attachments. The next attach or detach of the stream settles it first.
@@ -83,6 +87,7 @@ impl<A: PageAllocator> StreamState<A> {
             cd: None,
             ats: false,
             stall: false,
+            stalls_owed: false,
             unsettled: false,
             retiring: None,
         }
@@ -96,7 +101,7 @@ impl<A: PageAllocator> StreamState<A> {
     /// Whether nothing is attached and nothing is owed to the unit: the stream may be
     /// forgotten (once its CD table is gone and ATS is off).
     pub(crate) fn is_idle(&self) -> bool {
-        self.is_empty() && !self.unsettled && self.retiring.is_none()
+        self.is_empty() && !self.unsettled && self.retiring.is_none() && !self.stalls_owed
     }
 
     /// The domain attached for `ssid`.

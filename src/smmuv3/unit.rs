@@ -645,6 +645,8 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         }
         cq.submit_and_sync(&self.regs, &[Command::tlbi_nsnh_all()])?;
         eq.program(&self.regs);
+        // Programmed empty: no record of a terminated stall is left unread.
+        self.stalls.lock().clear_fences();
         cr0 |= Cr0::EVENTQEN;
         regs::write_cr0(&self.regs, cr0.bits(), budget)?;
         if let Some(pq) = priq.as_mut() {
@@ -734,14 +736,19 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
             let budget = (max - events.consumed).min(EVENT_ROUND);
             let mut abort = [None; EVENT_ROUND];
             let round = match self.eventq.lock().as_mut() {
-                Some(q) => q.drain(&self.regs, budget, |e| {
-                    if let Some(a) = self.file_stall(&e) {
-                        if let Some(slot) = abort.iter_mut().find(|s| s.is_none()) {
-                            *slot = Some(a);
+                Some(q) => {
+                    let mut at = q.read();
+                    q.drain(&self.regs, budget, |e| {
+                        let filed = self.file_stall(&e, at);
+                        at += 1;
+                        if let Some(a) = filed {
+                            if let Some(slot) = abort.iter_mut().find(|s| s.is_none()) {
+                                *slot = Some(a);
+                            }
                         }
-                    }
-                    handler(e)
-                }),
+                        handler(e)
+                    })
+                }
                 None => break,
             };
             for (sid, stag) in abort.iter().flatten().copied() {

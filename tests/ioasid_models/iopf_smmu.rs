@@ -6,13 +6,14 @@
 use iommu_engine::ioasid::{
     dispatch_page_faults, DeviceHandle, Error, Incompatibility, IoasidCtx, IoasidFlags, IoasidId,
 };
-use iommu_engine::iommu::{DeviceHints, Error as IommuError, Missing};
+use iommu_engine::iommu::{DeviceHints, Error as IommuError, Iommu, Missing};
 use iommu_engine::iopf::{
     FaultCookie, FaultError, FaultKind, FaultPerm, PageFault, QueuedFault, ResponseCode,
 };
 use iommu_engine::mem::{Iova, PhysAddr};
 use iommu_engine::pgtable::Prot;
 use iommu_engine::sim::arena::Arena;
+use iommu_engine::sim::smmuv3::cmdq::op;
 use iommu_engine::sim::smmuv3::priq::{PriOutcome, PriRequest};
 use iommu_engine::sim::smmuv3::stall::StallEnd;
 use iommu_engine::sim::smmuv3::Injection;
@@ -446,5 +447,150 @@ fn smmu_pri_response_timeout_leaves_a_known_state() {
         // The response was queued all the same and reaches the device once the queue runs.
         assert_eq!(r.sm.pri_responses().len(), 1);
         ctx.detach(dev).unwrap();
+    })
+}
+
+/// What the unit still has filed in its book of stalls (and the PRI queue), read at the
+/// unit: what a later `dispatch_page_faults` would hand to the contexts.
+fn unit_faults(r: &Rig<'_, '_>) -> usize {
+    let mut out = [PageFault::EMPTY; 8];
+    r.smmu.drain_page_faults(&mut out).unwrap().reported
+}
+
+#[test]
+fn smmu_detach_whose_stall_term_fails_reports_it_and_the_retry_terminates() {
+    // CMD_STALL_TERM refused (CERROR_ILL: the stall is still held), or its CMD_SYNC never
+    // completing (it may or may not have run): either way the stream's stalled transactions
+    // are not known to be gone, so detach must say so and its retry send CMD_STALL_TERM again.
+    for (injection, held) in [
+        (Injection::CommandIllegalOpcode(op::STALL_TERM), 1),
+        (Injection::SyncStallAfter(op::STALL_TERM), 0),
+    ] {
+        with_rig(VtdSetup::scalable(), stalls(), |r| {
+            let (ctx, dev, _io) = attached_stall(r, true);
+            r.sm.translate(SID_A, None, 0x5000, Access::WRITE)
+                .unwrap_err();
+            let _ = r.smmu.handle_events(usize::MAX, |_| {});
+            let fired = r.sm.stats().injections_fired;
+            r.sm.inject(injection);
+            let e = ctx.detach(dev);
+            assert!(
+                matches!(
+                    e,
+                    Err(Error::Iommu(
+                        IommuError::CommandError { .. } | IommuError::Timeout { .. }
+                    ))
+                ),
+                "{injection:?}: {e:?}"
+            );
+            assert_eq!(r.sm.stats().injections_fired, fired + 1, "{injection:?}");
+            r.sm.clear_injections();
+            assert_eq!(r.sm.stalled().len(), held, "{injection:?}");
+            // Documented state: the attachment is gone (its STE aborts), the termination is
+            // owed and the filed stall stays in the book until it is sent.
+            let terms = r.sm.stats().commands_of(op::STALL_TERM);
+            ctx.detach(dev).unwrap();
+            assert_eq!(
+                r.sm.stats().commands_of(op::STALL_TERM),
+                terms + 1,
+                "{injection:?}: the retry terminates again"
+            );
+            assert!(r.sm.stalled().is_empty(), "{injection:?}");
+            assert_eq!(
+                unit_faults(r),
+                0,
+                "{injection:?}: forgotten once terminated"
+            );
+            // Owed nothing more: another detach sends nothing.
+            let total = r.sm.stats().total_commands();
+            assert_eq!(ctx.detach(dev), Err(Error::NotAttached(dev)));
+            assert_eq!(r.sm.stats().total_commands(), total);
+        })
+    }
+}
+
+#[test]
+fn smmu_attach_after_a_failed_stall_term_terminates_first() {
+    // The stalled transactions of the stream's last owner must not be resumed into the next
+    // one's address space: an attach of a stream owing CMD_STALL_TERM sends it first.
+    with_rig(VtdSetup::scalable(), stalls(), |r| {
+        let (ctx, dev, io) = attached_stall(r, true);
+        r.sm.translate(SID_A, None, 0x5000, Access::WRITE)
+            .unwrap_err();
+        let _ = r.smmu.handle_events(usize::MAX, |_| {});
+        r.sm.inject(Injection::CommandIllegalOpcode(op::STALL_TERM));
+        assert!(ctx.detach(dev).is_err());
+        assert_eq!(r.sm.stalled().len(), 1);
+        // The unit's own attach (another owner of the stream, not through this context).
+        let d = r
+            .smmu
+            .domain_alloc(&iommu_engine::iommu::DomainConfig::default())
+            .unwrap();
+        r.smmu
+            .attach(iommu_engine::iommu::DeviceId(SID_A), None, d)
+            .unwrap();
+        assert!(r.sm.stalled().is_empty(), "terminated before the attach");
+        assert_eq!(unit_faults(r), 0);
+        r.smmu
+            .detach(iommu_engine::iommu::DeviceId(SID_A), None)
+            .unwrap();
+        r.smmu.domain_free(d).unwrap();
+        let _ = (io, ctx.detach(dev));
+    })
+}
+
+#[test]
+fn smmu_stall_recorded_before_the_detach_is_not_filed_after_it() {
+    // The record of a stall is in the event queue, not yet read, when the detach terminates
+    // the stream's stalls: read afterwards, it must not be filed (it names a transaction that
+    // is gone, and a later owner of the stream would be handed it).
+    with_rig(VtdSetup::scalable(), stalls(), |r| {
+        let (ctx, dev, _io) = attached_stall(r, true);
+        r.sm.translate(SID_A, None, 0x5000, Access::WRITE)
+            .unwrap_err();
+        ctx.detach(dev).unwrap();
+        let ends: Vec<_> = r.sm.stall_outcomes().iter().map(|o| o.end).collect();
+        assert_eq!(ends, [StallEnd::Terminated]);
+        let mut seen = 0;
+        let _ = r.smmu.handle_events(usize::MAX, |_| seen += 1);
+        assert_eq!(seen, 1, "the record is still shown to the event handler");
+        assert_eq!(unit_faults(r), 0, "a terminated stall was filed");
+        assert_eq!(r.smmu.stalls_aborted(), 0);
+    })
+}
+
+#[test]
+fn smmu_stalls_filed_while_detaching_agree_with_the_unit() {
+    // An event interrupt thread drains the event queue while the stream is attached, stalls
+    // and detached again, over and over: in every interleaving, what the book holds at the end
+    // is what the SMMU still holds stalled (nothing).
+    const ROUNDS: usize = if cfg!(miri) { 2 } else { 300 };
+    with_rig(VtdSetup::scalable(), stalls(), |r| {
+        let ctx = IoasidCtx::new(r.reg, r.arena, 1);
+        let dev = ctx.bind_with(smmu_dev(SID_A), false, may_stall()).unwrap();
+        let io = ctx.alloc(IoasidFlags::empty()).unwrap();
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                    let _ = r.smmu.handle_events(usize::MAX, |_| {});
+                    std::thread::yield_now();
+                }
+            });
+            for _ in 0..ROUNDS {
+                ctx.attach(dev, io).unwrap();
+                r.sm.translate(SID_A, None, 0x5000, Access::WRITE)
+                    .unwrap_err();
+                ctx.detach(dev).unwrap();
+            }
+            stop.store(true, std::sync::atomic::Ordering::Release);
+        });
+        let _ = r.smmu.handle_events(usize::MAX, |_| {});
+        assert!(r.sm.stalled().is_empty());
+        assert_eq!(
+            (unit_faults(r), r.smmu.stalls_aborted()),
+            (0, 0),
+            "stalls of terminated transactions were filed"
+        );
     })
 }

@@ -118,8 +118,8 @@ pub(crate) fn consume(state: &mut State, mem: &Arena, cfg: &SmmuModelConfig) {
         let cmd = q
             .slot(cons, 16)
             .and_then(|a| Some([mem.read_u64(a)?, mem.read_u64(a.checked_add(8)?)?]));
-        let is_sync = cmd.is_some_and(|c| c[0] as u8 == op::CMD_SYNC);
-        let result = match (cmd, state.command_fault(is_sync)) {
+        let opcode = cmd.map(|c| c[0] as u8);
+        let result = match (cmd, state.command_fault(opcode)) {
             (None, _) => Err(cerror::ABT),
             (Some(_), Some(code)) => Err(code),
             (Some(cmd), None) => {
@@ -129,7 +129,7 @@ pub(crate) fn consume(state: &mut State, mem: &Arena, cfg: &SmmuModelConfig) {
         };
         match result {
             Ok(Outcome::Done) => {
-                state.command_consumed(is_sync);
+                state.command_consumed(opcode.unwrap_or(0));
                 let regs = &mut state.regs;
                 regs.cmdq_cons = regs.cmdq_cons & CMDQ_CONS_ERR_MASK | q.next(cons);
             }

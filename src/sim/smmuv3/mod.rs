@@ -209,6 +209,13 @@ pub enum Injection {
     /// The next CMD_SYNC reports an ATC invalidation completion timeout: CERROR_ATC_INV_SYNC
     /// with CONS on the CMD_SYNC, which runs again once GERRORN acknowledges the error.
     AtcInvSyncTimeout,
+    /// The next command with this opcode ([`cmdq::op`]) is CERROR_ILL, once: a command the
+    /// unit refuses, whatever its position in the queue.
+    CommandIllegalOpcode(u8),
+    /// The first CMD_SYNC after the next command with this opcode ([`cmdq::op`]) never
+    /// completes, nor does any later one, until [`SmmuModel::clear_injections`]
+    /// ([`Injection::SyncStall`] armed by that command): the wait for one command times out.
+    SyncStallAfter(u8),
     /// The command `at` commands from now (0: the next one consumed) is CERROR_ILL, once.
     CommandIllegalAt {
         /// Commands consumed before it.
@@ -249,8 +256,9 @@ pub enum Injection {
 struct Armed {
     /// CMDQ_CONS.ERR code to raise.
     code: u8,
-    /// Counts only CMD_SYNCs (CERROR_ATC_INV_SYNC).
-    syncs_only: bool,
+    /// Counts only commands with this opcode (CMD_SYNC for CERROR_ATC_INV_SYNC); `None`:
+    /// every command.
+    only: Option<u8>,
     /// Matching commands still to be consumed before it fires.
     countdown: u32,
     /// Fires left (`u32::MAX`: forever).
@@ -261,6 +269,9 @@ struct Armed {
 struct Injections {
     armed: Vec<Armed>,
     sync_stall: bool,
+    /// [`Injection::SyncStallAfter`]: `sync_stall` is set once a command with this opcode
+    /// is consumed.
+    sync_stall_after: Option<u8>,
     cr0ack_stuck: bool,
     gbpa_stuck: bool,
     msi_abort: bool,
@@ -292,11 +303,11 @@ pub(crate) struct State {
 impl State {
     /// The command error armed for the command about to be consumed (`sync`: it is a
     /// CMD_SYNC), if one fires now.
-    fn command_fault(&mut self, sync: bool) -> Option<u8> {
+    fn command_fault(&mut self, opcode: Option<u8>) -> Option<u8> {
         let armed = &mut self.injections.armed;
         let i = armed
             .iter()
-            .position(|a| a.countdown == 0 && (sync || !a.syncs_only))?;
+            .position(|a| a.countdown == 0 && (a.only.is_none() || a.only == opcode))?;
         let a = armed.get_mut(i)?;
         let code = a.code;
         self.stats.injections_fired += 1;
@@ -310,11 +321,15 @@ impl State {
     }
 
     /// A command was consumed without error: armed errors come one command closer.
-    fn command_consumed(&mut self, sync: bool) {
+    fn command_consumed(&mut self, opcode: u8) {
         for a in &mut self.injections.armed {
-            if sync || !a.syncs_only {
+            if a.only.map_or(true, |o| o == opcode) {
                 a.countdown = a.countdown.saturating_sub(1);
             }
+        }
+        if self.injections.sync_stall_after == Some(opcode) {
+            self.injections.sync_stall_after = None;
+            self.injections.sync_stall = true;
         }
     }
 }
@@ -439,24 +454,27 @@ impl<'m> SmmuModel<'m> {
     /// Arms a fault injection.
     pub fn inject(&self, injection: Injection) {
         let mut st = self.lock();
-        let mut arm = |code, syncs_only, countdown, times| {
+        let sync = Some(cmdq::op::CMD_SYNC);
+        let mut arm = |code, only, countdown, times| {
             st.injections.armed.push(Armed {
                 code,
-                syncs_only,
+                only,
                 countdown,
                 times,
             })
         };
         match injection {
-            Injection::CommandIllegal => arm(cerror::ILL, false, 0, 1),
-            Injection::CommandIllegalAt { at } => arm(cerror::ILL, false, at, 1),
-            Injection::CommandAbort => arm(cerror::ABT, false, 0, 1),
-            Injection::CommandAbortAt { at, times } => arm(cerror::ABT, false, at, times.max(1)),
-            Injection::AtcInvSyncTimeout => arm(cerror::ATC_INV_SYNC, true, 0, 1),
+            Injection::CommandIllegal => arm(cerror::ILL, None, 0, 1),
+            Injection::CommandIllegalAt { at } => arm(cerror::ILL, None, at, 1),
+            Injection::CommandIllegalOpcode(opcode) => arm(cerror::ILL, Some(opcode), 0, 1),
+            Injection::CommandAbort => arm(cerror::ABT, None, 0, 1),
+            Injection::CommandAbortAt { at, times } => arm(cerror::ABT, None, at, times.max(1)),
+            Injection::AtcInvSyncTimeout => arm(cerror::ATC_INV_SYNC, sync, 0, 1),
             Injection::AtcInvSyncAt { at, times } => {
-                arm(cerror::ATC_INV_SYNC, true, at, times.max(1))
+                arm(cerror::ATC_INV_SYNC, sync, at, times.max(1))
             }
             Injection::SyncStall => st.injections.sync_stall = true,
+            Injection::SyncStallAfter(opcode) => st.injections.sync_stall_after = Some(opcode),
             Injection::Cr0AckStuck => st.injections.cr0ack_stuck = true,
             Injection::GbpaUpdateStuck => st.injections.gbpa_stuck = true,
             Injection::IgnoreWrites(offset) => st.injections.ignore_write = Some(offset),
