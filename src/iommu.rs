@@ -355,6 +355,19 @@ pub enum Error {
         /// The offending value.
         value: u64,
     },
+    /// An answer ([`Iommu::page_response`]) names no fault the unit handed out by
+    /// [`Iommu::drain_page_faults`] and nobody answered yet: another stream or PASID, a STAG
+    /// or page request group not outstanding, or one answered already. Nothing was sent (a
+    /// stale `CMD_RESUME` could resume another transaction of the stream, a stray PRI response
+    /// answer a group still in flight).
+    NotOutstanding {
+        /// The device the answer named.
+        device: DeviceId,
+        /// Its PASID.
+        pasid: Option<Pasid>,
+        /// The group or stall tag it named.
+        kind: crate::iopf::FaultKind,
+    },
     /// A user's (guest's) invalidation request ([`Iommu::invalidate_user`]) names something
     /// the user does not own or may not ask for: nothing of the batch was issued.
     Refused {
@@ -412,6 +425,22 @@ impl fmt::Display for Error {
             Error::CommandError { what, code } => write!(f, "command error: {what} ({code:#x})"),
             Error::InvalidArgument { what, value } => {
                 write!(f, "invalid argument: {what} {value:#x}")
+            }
+            Error::NotOutstanding {
+                device,
+                pasid,
+                kind,
+            } => {
+                write!(f, "no outstanding fault of device {:#x}", device.0)?;
+                if let Some(p) = pasid {
+                    write!(f, " PASID {p}")?;
+                }
+                match kind {
+                    crate::iopf::FaultKind::PageRequest { group, .. } => {
+                        write!(f, " in page request group {group}")
+                    }
+                    crate::iopf::FaultKind::Stall { stag } => write!(f, " with STAG {stag:#x}"),
+                }
             }
             Error::Refused {
                 index,

@@ -215,6 +215,8 @@ impl From<iommu::Error> for IeStatus {
             // A guest's invalidation naming what it does not own (the request is in
             // `ie_ctx_invalidate_user`'s out-parameters).
             E::Refused { .. } => IeStatus::NotPermitted,
+            // An answer for a fault the unit does not have outstanding.
+            E::NotOutstanding { .. } => IeStatus::NotFound,
         }
     }
 }

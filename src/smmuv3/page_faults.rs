@@ -29,6 +29,10 @@ use crate::mmio::RegisterWindow;
 /// Stalled transactions a unit keeps between [`SmmuUnit::handle_events`] and the next drain.
 pub const MAX_STALLS: usize = 32;
 
+/// Faults a unit has handed out (stalls, and page request groups whose last request was
+/// drained) and not seen answered: a drain hands out no more until some are answered.
+pub const MAX_UNANSWERED: usize = 64;
+
 /// Streams whose stalls were terminated while records of theirs may still wait in the event
 /// queue unread: a termination beyond them waits (`Error::Busy`) until `handle_events` read them.
 pub const MAX_FENCES: usize = 8;
@@ -49,6 +53,42 @@ pub(crate) struct StallBook {
     /// Stalls aborted because the book was full.
     pub(crate) aborted: u64,
     fences: [Option<Fence>; MAX_FENCES],
+    /// What [`Iommu::page_response`](crate::iommu::Iommu::page_response) may answer.
+    unanswered: [Option<Unanswered>; MAX_UNANSWERED],
+}
+
+/// A fault handed out and not answered: what an answer must name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Unanswered {
+    sid: StreamId,
+    pasid: Option<Pasid>,
+    kind: FaultKind,
+}
+
+impl Unanswered {
+    /// The answer `f` would need, if it needs one (a stall, or the last request of a group).
+    fn of(f: &PageFault) -> Option<Self> {
+        match f.kind {
+            FaultKind::PageRequest { last: false, .. } => None,
+            kind => Some(Self {
+                sid: StreamId(f.device.0),
+                pasid: f.pasid,
+                kind,
+            }),
+        }
+    }
+
+    /// Whether `r` answers it: the same stream and PASID, and the same STAG or group.
+    fn answered_by(&self, r: &PageResponse) -> bool {
+        let kind = match (self.kind, r.kind) {
+            (FaultKind::Stall { stag: a }, FaultKind::Stall { stag: b }) => a == b,
+            (FaultKind::PageRequest { group: a, .. }, FaultKind::PageRequest { group: b, .. }) => {
+                a == b
+            }
+            _ => false,
+        };
+        kind && self.sid.0 == r.device.0 && self.pasid == r.pasid
+    }
 }
 
 impl StallBook {
@@ -65,6 +105,38 @@ impl StallBook {
             len: 0,
             aborted: 0,
             fences: [None; MAX_FENCES],
+            unanswered: [None; MAX_UNANSWERED],
+        }
+    }
+
+    /// Room for faults that need an answer.
+    fn unanswered_room(&self) -> usize {
+        self.unanswered.iter().filter(|u| u.is_none()).count()
+    }
+
+    /// Notes that `f` was handed out (nothing if it needs no answer, or if there is no room:
+    /// the drain leaves room for all it hands out).
+    fn handed_out(&mut self, f: &PageFault) {
+        if let (Some(u), Some(slot)) = (
+            Unanswered::of(f),
+            self.unanswered.iter_mut().find(|u| u.is_none()),
+        ) {
+            *slot = Some(u);
+        }
+    }
+
+    /// Takes the fault `r` answers; `false` if none is outstanding.
+    fn answer(&mut self, r: &PageResponse) -> bool {
+        match self
+            .unanswered
+            .iter_mut()
+            .find(|u| u.is_some_and(|u| u.answered_by(r)))
+        {
+            Some(slot) => {
+                *slot = None;
+                true
+            }
+            None => false,
         }
     }
 
@@ -146,6 +218,11 @@ impl StallBook {
             }
         }
         self.len = kept;
+        for u in self.unanswered.iter_mut() {
+            if u.is_some_and(|u| matches!(u.kind, FaultKind::Stall { .. }) && u.sid == sid) {
+                *u = None;
+            }
+        }
     }
 }
 
@@ -256,24 +333,33 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
             }));
         }
         let mut d = FaultDrain::default();
-        {
-            let mut book = self.stalls.lock();
-            while d.reported < out.len() {
-                let Some(f) = book.pop() else { break };
-                if let Some(slot) = out.get_mut(d.reported) {
-                    *slot = f;
-                }
-                d.reported += 1;
+        // The book's lock is held throughout (lock order: book, PRI queue), so that what is
+        // handed out always fits in the record of what is unanswered: no more faults than it
+        // has room for are taken (each needs at most one answer); the rest wait for answers.
+        let mut book = self.stalls.lock();
+        let room = book.unanswered_room();
+        let n = out.len().min(room);
+        let out = out.get_mut(..n).unwrap_or_default();
+        while d.reported < out.len() {
+            let Some(f) = book.pop() else { break };
+            book.handed_out(&f);
+            if let Some(slot) = out.get_mut(d.reported) {
+                *slot = f;
             }
-            d.more = book.len > 0;
+            d.reported += 1;
         }
+        d.more = book.len > 0;
         if let Some(pq) = self.priq.lock().as_mut() {
             let rest = out.get_mut(d.reported..).unwrap_or_default();
             let p = pq.drain(&self.regs, rest);
+            for f in rest.iter().take(p.reported) {
+                book.handed_out(f);
+            }
             d.reported += p.reported;
             d.more |= p.more;
             d.overflow = p.overflow;
         }
+        drop(book);
         if !d.more && self.priq_lost.swap(false, Ordering::AcqRel) {
             d.overflow = true;
         }
@@ -282,8 +368,24 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
 
     /// [`Iommu::page_response`](crate::iommu::Iommu::page_response): `CMD_PRI_RESP` for a page
     /// request group (Success, InvalidRequest, ResponseFailure), `CMD_RESUME` for a stall
-    /// (Retry for Success, Abort otherwise), then a sync.
+    /// (Retry for Success, Abort otherwise), then a sync. Only for a fault a drain handed out
+    /// and nobody answered ([`Error::NotOutstanding`] otherwise, nothing sent); the fault is
+    /// answered once the command is queued, whatever becomes of the sync (a second answer
+    /// is refused: the device has, or will have, the first).
     pub(crate) fn page_response_impl(&self, response: &PageResponse) -> Result<(), Error> {
+        let cmd = self.response_command(response)?;
+        if !self.stalls.lock().answer(response) {
+            return Err(Error::NotOutstanding {
+                device: response.device,
+                pasid: response.pasid,
+                kind: response.kind,
+            });
+        }
+        Ok(self.with_cmdq(|q, r| q.submit_and_sync(r, &[cmd]))?)
+    }
+
+    /// The command that sends `response`.
+    fn response_command(&self, response: &PageResponse) -> Result<Command, Error> {
         let sid = StreamId(response.device.0);
         let cmd = match response.kind {
             FaultKind::PageRequest { group, .. } => {
@@ -316,6 +418,6 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
                 Command::resume(sid, stag, action)
             }
         };
-        Ok(self.with_cmdq(|q, r| q.submit_and_sync(r, &[cmd]))?)
+        Ok(cmd)
     }
 }

@@ -6,9 +6,10 @@
 use iommu_engine::ioasid::{
     dispatch_page_faults, DeviceHandle, Error, Incompatibility, IoasidCtx, IoasidFlags, IoasidId,
 };
-use iommu_engine::iommu::{DeviceHints, Error as IommuError, Iommu, Missing};
+use iommu_engine::iommu::{DeviceHints, Error as IommuError, Iommu, Missing, Pasid};
 use iommu_engine::iopf::{
-    FaultCookie, FaultError, FaultKind, FaultPerm, PageFault, QueuedFault, ResponseCode,
+    FaultCookie, FaultError, FaultKind, FaultPerm, PageFault, PageResponse, QueuedFault,
+    ResponseCode,
 };
 use iommu_engine::mem::{Iova, PhysAddr};
 use iommu_engine::pgtable::Prot;
@@ -592,5 +593,98 @@ fn smmu_stalls_filed_while_detaching_agree_with_the_unit() {
             (0, 0),
             "stalls of terminated transactions were filed"
         );
+    })
+}
+
+#[test]
+fn smmu_unit_refuses_a_response_for_no_outstanding_fault() {
+    // At the unit, not only in the IOASID layer: an answer must name a fault the unit handed
+    // out and nobody answered (StreamID, SubstreamID, and STAG or PRI group); any other is
+    // refused, naming it, and nothing is sent (a CMD_RESUME with a stale STAG may resume the
+    // stream's next stalled transaction; a stray CMD_PRI_RESP answers a group in flight).
+    let mut s = stalls();
+    s.model = s.model.with_pri(true, 19).with_ssid_bits(4);
+    s.unit.priq_log2 = Some(7);
+    with_rig(VtdSetup::scalable(), s, |r| {
+        let (_ctx, _dev, _io) = attached_stall(r, true);
+        let dev = iommu_engine::iommu::DeviceId(SID_A);
+        let other = iommu_engine::iommu::DeviceId(SID_A + 1);
+        let stag =
+            r.sm.translate(SID_A, None, 0x5000, Access::WRITE)
+                .unwrap_err()
+                .stag
+                .unwrap();
+        let _ = r.smmu.handle_events(usize::MAX, |_| {});
+        r.sm.page_request(request(None, 0x1000, 3, true));
+        let response = |device, pasid, kind| PageResponse {
+            device,
+            pasid,
+            kind,
+            code: ResponseCode::Success,
+        };
+        let stall = FaultKind::Stall { stag };
+        let group = FaultKind::PageRequest {
+            group: 3,
+            last: true,
+        };
+        let sent = |r: &Rig<'_, '_>| {
+            let st = r.sm.stats();
+            st.commands_of(op::RESUME) + st.commands_of(op::PRI_RESP)
+        };
+        let before = sent(r);
+        // Filed but not yet handed out, then handed out: only the latter may be answered.
+        for (device, pasid, kind) in [(dev, None, stall), (dev, None, group)] {
+            let e = r.smmu.page_response(&response(device, pasid, kind));
+            assert_eq!(
+                e,
+                Err(IommuError::NotOutstanding {
+                    device,
+                    pasid,
+                    kind
+                }),
+                "not handed out yet"
+            );
+        }
+        assert_eq!(unit_faults(r), 2);
+        let pasid = Pasid::new(1);
+        for (device, pasid, kind) in [
+            (other, None, stall),
+            (dev, None, FaultKind::Stall { stag: stag + 1 }),
+            (dev, pasid, stall),
+            (other, None, group),
+            (dev, pasid, group),
+            (
+                dev,
+                None,
+                FaultKind::PageRequest {
+                    group: 4,
+                    last: true,
+                },
+            ),
+        ] {
+            assert_eq!(
+                r.smmu.page_response(&response(device, pasid, kind)),
+                Err(IommuError::NotOutstanding {
+                    device,
+                    pasid,
+                    kind
+                }),
+                "{device:?} {pasid:?} {kind:?}"
+            );
+        }
+        assert_eq!(sent(r), before, "nothing sent for a refused answer");
+        for kind in [stall, group] {
+            r.smmu.page_response(&response(dev, None, kind)).unwrap();
+            assert_eq!(
+                r.smmu.page_response(&response(dev, None, kind)),
+                Err(IommuError::NotOutstanding {
+                    device: dev,
+                    pasid: None,
+                    kind
+                }),
+                "answered twice"
+            );
+        }
+        assert_eq!(sent(r), before + 2);
     })
 }
