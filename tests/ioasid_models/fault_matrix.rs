@@ -29,6 +29,15 @@
 //! is detached, the invalidation owed, and the detach retried settles it (before, the retry
 //! failed with `NotAttached` and a failed reclaim was reported as success).
 //!
+//! I/O page faults (issue 17 item 8): `Op::RespondFault` / `Op::DispatchFaults` answer and
+//! dispatch the VT-d page request queue's; `Op::RespondFaultSmmu` (SID_A's PRI group,
+//! `CMD_PRI_RESP`), `Op::RespondStall` (SID_STALL's stalled write, `CMD_RESUME`) and
+//! `Op::DispatchFaultsSmmu` (both queued, SID_B's group answered Invalid) do it on an SMMUv3
+//! with a PRI queue and the stall model. A failed answer leaves the group gone from the context
+//! (the retry is `NotOutstanding`, nothing unexpected reaches the device); a stall whose
+//! `CMD_RESUME` never ran stays held until its stream's detach terminates it: no cell may end
+//! with a transaction still stalled after the teardown.
+//!
 //! RID_A and SID_A have ATS: every unmap, detach and replace of theirs invalidates the VT-d
 //! device TLB (device-TLB descriptors, so ITE and ICE meet them) and the SMMUv3 ATC
 //! (CMD_ATC_INV, whose CMD_SYNC CERROR_ATC_INV_SYNC meets). The VT-d model keeps a device TLB
@@ -56,11 +65,12 @@ use iommu_engine::ioasid::{
     Error, IoasidCtx, IoasidFlags, IoasidId, Leaked,
 };
 use iommu_engine::iommu::{DeviceHints, Iommu, Pasid};
-use iommu_engine::iopf::{FaultError, QueuedFault, ResponseCode};
+use iommu_engine::iopf::{FaultError, FaultKind, QueuedFault, ResponseCode};
 use iommu_engine::mem::{Iova, PhysAddr};
 use iommu_engine::mmio::RegisterWindow;
 use iommu_engine::pgtable::{IovaRange, Prot};
 use iommu_engine::sim::arena::FailPolicy;
+use iommu_engine::sim::smmuv3::priq::{PriOutcome, PriRequest};
 use iommu_engine::sim::smmuv3::Injection as SmmuFault;
 use iommu_engine::sim::vtd::prq::{PageRequest, PageRequestOutcome};
 use iommu_engine::sim::vtd::Injection as VtdFault;
@@ -100,6 +110,10 @@ const COPY_TO: u64 = 0x60_0000;
 /// `Op::DispatchFaults` finds from RID_NEW_BUS, which is bound but attached nowhere.
 const PRG_OWNED: u16 = 3;
 const PRG_UNOWNED: u16 = 4;
+/// A platform device declared able to stall (`DeviceHints::stall`), attached to A for the
+/// SMMUv3 fault rows: its write to FAULT_PAGE stalls (`Op::RespondStall` answers it,
+/// `Op::DispatchFaultsSmmu` queues it).
+const SID_STALL: u32 = 0x700;
 /// Bound with a direct region (RMRR-like), attached to A by `Op::AttachDirect`.
 const RID_DIRECT: u32 = 0x58;
 /// Its direct region: mapped one-to-one in A (both units) by the attach.
@@ -151,9 +165,27 @@ enum Op {
     InvalidateUser,
     AttachNestedVtd,
     InvalidateUserVtd,
+    /// `respond_fault` to SID_A's PRI group on the SMMUv3 (`CMD_PRI_RESP`).
+    RespondFaultSmmu,
+    /// `respond_fault` to SID_STALL's stalled write (`CMD_RESUME`).
+    RespondStall,
+    /// `dispatch_page_faults` on the SMMUv3: SID_A's PRI group and SID_STALL's stall are
+    /// queued, SID_B's group (bound, attached nowhere) is answered Invalid.
+    DispatchFaultsSmmu,
+    /// `detach` of SID_STALL with its write stalled (filed by the unit, not dispatched): the
+    /// STE aborts, then `CMD_STALL_TERM` ends the write.
+    DetachStall,
 }
 
-const OPS: [Op; 37] = [
+/// The SMMUv3 I/O page fault rows (PRI queue and stalls: the rig's SMMUv3 has them).
+const SMMU_FAULT_OPS: [Op; 4] = [
+    Op::RespondFaultSmmu,
+    Op::RespondStall,
+    Op::DispatchFaultsSmmu,
+    Op::DetachStall,
+];
+
+const OPS: [Op; 41] = [
     Op::Bind,
     Op::Unbind,
     Op::AllocIoasid,
@@ -191,6 +223,10 @@ const OPS: [Op; 37] = [
     Op::InvalidateUser,
     Op::AttachNestedVtd,
     Op::InvalidateUserVtd,
+    Op::RespondFaultSmmu,
+    Op::RespondStall,
+    Op::DispatchFaultsSmmu,
+    Op::DetachStall,
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -380,8 +416,9 @@ fn transient(fault: Fault) -> bool {
 }
 
 /// The rig: scalable VT-d (under caching mode or not), SMMUv3 with 16 SubstreamIDs and
-/// hardware dirty tracking.
-fn setups(caching_mode: bool) -> (VtdSetup, SmmuSetup) {
+/// hardware dirty tracking (and, for `op` among [`SMMU_FAULT_OPS`], a PRI queue and the stall
+/// model, `IDR0.STALL_MODEL` = 0b00).
+fn setups(caching_mode: bool, op: Op) -> (VtdSetup, SmmuSetup) {
     let mut s = SmmuSetup::qemu(true).with_ssid_bits(4);
     // 2^11 StreamIDs (the highest used is SID_DIRTY): the reachability walk and the audit read
     // every STE after every step, 32 times fewer than with QEMU's 2^16. ATS (SID_A uses it).
@@ -391,6 +428,10 @@ fn setups(caching_mode: bool) -> (VtdSetup, SmmuSetup) {
         .with_sid_bits(11)
         .with_ats(true);
     s.unit.sid_bits = Some(11);
+    if SMMU_FAULT_OPS.contains(&op) {
+        s.model = s.model.with_pri(true, 19).with_stall_model(0);
+        s.unit.priq_log2 = Some(4);
+    }
     let mut v = VtdSetup::scalable();
     // ECAP.DT: RID_A has ATS, so its unit invalidates its device TLB (the model keeps one).
     v.model = v.model.with_caching_mode(caching_mode).with_dt(true);
@@ -440,6 +481,10 @@ struct Cell<'r> {
     /// RID_A's page request group, read from the context's queue at setup
     /// (`Op::RespondFault`).
     cookie: Option<iommu_engine::iopf::FaultCookie>,
+    /// SID_STALL's stalled write, read from the context's queue at setup (`Op::RespondStall`).
+    stag: Option<u16>,
+    /// SID_STALL, for the SMMUv3 fault rows.
+    stall_device: Option<DeviceHandle>,
     /// What `Op::DispatchFaults` returned.
     dispatched: StdCell<Option<iommu_engine::ioasid::Dispatched>>,
     /// The nested child (`Op::AttachNested` attaches SID_B to it; SID_C is attached to it for
@@ -560,6 +605,18 @@ fn page_request(rid: u32, group: u16) -> PageRequest {
     }
 }
 
+/// The SMMUv3 device `sid`'s last PRI request of group `group` for FAULT_PAGE (write).
+fn smmu_page_request(sid: u32, group: u16) -> PriRequest {
+    PriRequest {
+        sid,
+        ssid: None,
+        addr: FAULT_PAGE,
+        access: Access::WRITE,
+        group,
+        last: true,
+    }
+}
+
 fn map(ctx: &IoasidCtx<'_, '_, Arena>, io: IoasidId, m: (u64, u64, u64)) {
     ctx.map(io, Iova::new(m.0), PhysAddr::new(m.1), m.2, RW)
         .expect("setup map");
@@ -670,6 +727,47 @@ impl<'r> Cell<'r> {
             let queued = r.vm.page_request(page_request(RID_NEW_BUS, PRG_UNOWNED));
             assert_eq!(queued, PageRequestOutcome::Queued, "setup page request");
         }
+        // I/O page faults on the SMMUv3: SID_A's PRI group, SID_STALL's stalled write.
+        let (mut stag, mut stall_device) = (None, None);
+        if SMMU_FAULT_OPS.contains(&op) {
+            ctx.fault_queue_alloc();
+            let stall = DeviceHints {
+                stall: true,
+                ..DeviceHints::default()
+            };
+            let st = ctx
+                .bind_with(smmu_dev(SID_STALL), true, stall)
+                .expect("setup bind");
+            ctx.attach(st, a).expect("setup attach");
+            stall_device = Some(st);
+            let queued = r.sm.page_request(smmu_page_request(SID_A, PRG_OWNED));
+            assert_eq!(queued, PriOutcome::Queued, "setup page request");
+            let f =
+                r.sm.translate(SID_STALL, None, FAULT_PAGE, Access::WRITE)
+                    .expect_err("setup stall");
+            stag = Some(f.stag.expect("setup: the write stalls"));
+            r.drain();
+        }
+        if matches!(op, Op::RespondFaultSmmu | Op::RespondStall) {
+            let d = dispatch_page_faults(SMMU, r.smmu, &[&ctx]).expect("setup dispatch");
+            assert_eq!(d.queued, 2, "setup dispatch");
+            let mut out = [QueuedFault {
+                unit: 0,
+                fault: iommu_engine::iopf::PageFault::EMPTY,
+                cookie: iommu_engine::iopf::FaultCookie(0),
+            }; 2];
+            assert_eq!(ctx.read_faults(&mut out), 2, "setup read_faults");
+            let stalled = op == Op::RespondStall;
+            let f = out
+                .iter()
+                .find(|q| matches!(q.fault.kind, FaultKind::Stall { .. }) == stalled)
+                .expect("setup fault");
+            cookie = Some(f.cookie);
+        }
+        if op == Op::DispatchFaultsSmmu {
+            let queued = r.sm.page_request(smmu_page_request(SID_B, PRG_UNOWNED));
+            assert_eq!(queued, PriOutcome::Queued, "setup page request");
+        }
         // A nested child over a NEST_PARENT IOASID mapping the guest's memory.
         let (mut child, mut guest) = (None, None);
         let vtd_nested = matches!(op, Op::AttachNestedVtd | Op::InvalidateUserVtd);
@@ -743,6 +841,8 @@ impl<'r> Cell<'r> {
             dirty_bits: StdCell::new(0),
             granted: StdCell::new(false),
             cookie,
+            stag,
+            stall_device,
             dispatched: StdCell::new(None),
             nested: child.is_some(),
             child,
@@ -896,6 +996,15 @@ impl<'r> Cell<'r> {
                 let d = dispatch_page_faults(VTD, r.vtd, &[ctx])?;
                 self.dispatched.set(Some(d));
             }
+            Op::RespondFaultSmmu | Op::RespondStall => {
+                let cookie = self.cookie.expect("a cookie from the setup");
+                ctx.respond_fault(cookie, ResponseCode::Success)?;
+            }
+            Op::DispatchFaultsSmmu => {
+                let d = dispatch_page_faults(SMMU, r.smmu, &[ctx])?;
+                self.dispatched.set(Some(d));
+            }
+            Op::DetachStall => ctx.detach(self.stall_device.expect("SID_STALL"))?,
             Op::AttachNested => ctx.attach(self.s2, self.child.expect("child"))?,
             Op::AttachNestedVtd => ctx.attach(self.v2, self.child.expect("child"))?,
             Op::InvalidateUserVtd => {
@@ -1177,6 +1286,50 @@ impl<'r> Cell<'r> {
                     (g.sid, g.group, g.code, g.expected) == (RID_A as u16, PRG_OWNED, 0, true)
                 }) && r.vm.outstanding_page_requests() == 0,
             ),
+            Op::RespondFaultSmmu => want(
+                "the device did not get the answer",
+                r.sm.pri_responses()
+                    .iter()
+                    .any(|g| (g.sid, g.group, g.code, g.expected) == (SID_A, PRG_OWNED, 0, true))
+                    && r.sm.outstanding_page_requests() == 0,
+            ),
+            Op::DetachStall => want(
+                "the stalled write outlived the detach, or the device still translates",
+                r.sm.stalled().is_empty() && smmu(SID_STALL, A_MAPS[0].0).is_none(),
+            ),
+            Op::RespondStall => want(
+                "the stalled write was not resumed",
+                r.sm.stall_outcomes()
+                    .iter()
+                    .any(|o| (o.stalled.sid, Some(o.stalled.stag)) == (SID_STALL, self.stag)),
+            ),
+            Op::DispatchFaultsSmmu => {
+                let mut out = [QueuedFault {
+                    unit: 0,
+                    fault: iommu_engine::iopf::PageFault::EMPTY,
+                    cookie: iommu_engine::iopf::FaultCookie(0),
+                }; 4];
+                let n = ctx.read_faults(&mut out);
+                let took = |dev: u32, stall: bool| {
+                    out[..n].iter().any(|q| {
+                        q.fault.device.0 == dev
+                            && matches!(q.fault.kind, FaultKind::Stall { .. }) == stall
+                    })
+                };
+                want(
+                    "SID_A's group and SID_STALL's stall not both queued in the context",
+                    n == 2 && took(SID_A, false) && took(SID_STALL, true),
+                )?;
+                let answered =
+                    r.sm.pri_responses().iter().any(|g| {
+                        (g.sid, g.group, g.code, g.expected) == (SID_B, PRG_UNOWNED, 1, true)
+                    });
+                let lost = self.dispatched.get().is_some_and(|d| d.unanswered == 1);
+                want(
+                    "SID_B's request neither answered nor counted unanswered",
+                    answered || lost,
+                )
+            }
             Op::DispatchFaults => {
                 let mut out = [QueuedFault {
                     unit: 0,
@@ -1687,8 +1840,9 @@ fn partial_state(
         {
             "nest parent's domain kept"
         }
-        // The guest's invalidation met a unit in service failure: nothing else moved.
-        Op::InvalidateUser
+        // The guest's invalidation, or an answer to a page fault, met a unit in service
+        // failure: nothing else moved (the stalled write is terminated with everything else).
+        Op::InvalidateUser | Op::RespondFaultSmmu | Op::RespondStall
             if smmu_failed(after)
                 && same_books
                 && after.vtd == before.vtd
@@ -1744,9 +1898,28 @@ fn partial_state(
         {
             "attached, unit unsettled"
         }
+        // A stall stream's detach whose CMD_STALL_TERM (or its sync) failed: on the unit the
+        // attachment is gone (the STE aborts, synced) and the termination owed, the stall
+        // kept in the unit's book; the layer still holds the device attached, so the retry
+        // reaches the unit, which sends CMD_STALL_TERM again; nothing else moved.
+        Op::DetachStall
+            if same_books
+                && after.vtd == before.vtd
+                && smmu_same
+                && after.unsettled() == before.unsettled()
+                && after.owing() == before.owing()
+                && after.domains == before.domains =>
+        {
+            "stall termination owed"
+        }
         // A detach or free whose unit failed: the layer's books unchanged; on the unit, one
         // attachment left unsettled (its entry torn down; its retry completes it).
-        Op::DetachVtd | Op::DetachSmmu | Op::DetachPasid | Op::FreeIoasid | Op::DetachDirect
+        Op::DetachVtd
+        | Op::DetachSmmu
+        | Op::DetachStall
+        | Op::DetachPasid
+        | Op::FreeIoasid
+        | Op::DetachDirect
             if same_books
                 && after.unsettled() == before.unsettled() + 1
                 && after.owing() == before.owing()
@@ -2001,7 +2174,7 @@ fn run_cell(
     clean_live: Option<usize>,
     caching_mode: bool,
 ) -> Result<Outcome, String> {
-    let (v, s) = setups(caching_mode);
+    let (v, s) = setups(caching_mode, op);
     with_rig(v, s, |r| {
         let mut cell = Cell::new(r, op);
         cell.invariants(r, true)
@@ -2105,7 +2278,10 @@ fn run_cell(
                 if matches!(fault, Fault::Smmu(_)) {
                     cell.attempt_commands.set(r.sm.command_log().len());
                 }
-                if op == Op::RespondFault {
+                if matches!(
+                    op,
+                    Op::RespondFault | Op::RespondFaultSmmu | Op::RespondStall
+                ) {
                     // The group left the queue with the failed answer (the device waits for its
                     // own timeout): a retry is refused, nothing is sent twice.
                     let cookie = cell.cookie.expect("cookie");
@@ -2114,10 +2290,22 @@ fn run_cell(
                     if again != refused {
                         return Err(format!("failed with {e:?}, the retry returned {again:?}"));
                     }
-                    if r.vm.page_responses().iter().any(|g| !g.expected) {
+                    if r.vm.page_responses().iter().any(|g| !g.expected)
+                        || r.sm.pri_responses().iter().any(|g| !g.expected)
+                    {
                         return Err(format!("failed with {e:?}: an unexpected answer was sent"));
                     }
-                    Some("answer lost, group gone")
+                    let held =
+                        r.sm.stalled()
+                            .iter()
+                            .any(|t| (t.sid, Some(t.stag)) == (SID_STALL, cell.stag));
+                    if held {
+                        // CMD_RESUME never ran: the write stays stalled until its stream's
+                        // detach terminates it (checked after the teardown).
+                        Some("answer lost, stall held until the detach")
+                    } else {
+                        Some("answer lost, group gone")
+                    }
                 } else {
                     cell.run(r, op)
                         .map_err(|x| format!("failed with {e:?}, the retry failed with {x:?}"))?;
@@ -2149,6 +2337,9 @@ fn run_cell(
                 // them by anything else.
                 unsafe { iommu_engine::mem::PageAllocator::free(r.arena, p, 12) };
             }
+        }
+        if let Some(t) = r.sm.stalled().first() {
+            return Err(format!("{t:?} still stalled after its stream's detach"));
         }
         let leaked = r.reg.leaked();
         if op != Op::DropContext && leaked != Leaked::default() {
@@ -2301,9 +2492,9 @@ fn ioasid_fault_matrix() {
     let overflows = OVERFLOWS.with(StdCell::get);
     println!("fault record / event queue overflows reported and acknowledged: {overflows}");
     println!("faults the clean runs never reach (not run): {unreached}");
+    assert!(failures.is_empty(), "cells that do not hold:\n{failures}");
     assert_eq!(
         overflows as usize, overflow_cells,
         "{overflows} overflows checked in {overflow_cells} cells"
     );
-    assert!(failures.is_empty(), "cells that do not hold:\n{failures}");
 }
