@@ -975,27 +975,23 @@ fn stack_depths(obj: &elf::Elf, disasm: &str) -> Result<BTreeMap<String, (u64, C
 /// remaining driver's path: a diagnostic only). What bounds them now, from the `dyn Iommu`
 /// call down: the SMMUv3 flush path (`flush`, `flush_owed`, `flush_tag`, `invalidate`, the
 /// TLB commands' planning and the command queue's submit, about 1.3 KiB) under the IOASID
-/// layer's unmaps (detach, unbind, destroy, map's rollback, unmap's reclaim, copy), the
-/// SMMUv3 STE update under `detach_pasid`, and under attach the SMMUv3 attach (about 2.6 KiB:
+/// layer's unmaps (detach, unbind, destroy, unmap, copy's undo), the SMMUv3 STE update
+/// under `detach_pasid`, and under attach the SMMUv3 attach (about 2.6 KiB:
 /// its STE update and syncs) below the IOASID layer's attach, or the AMD-Vi or VT-d map with
 /// its flush below the IOASID layer's fill of a new domain (`fill_domain`'s walk of the
 /// record). `ie_ctx_unbind` detaches an attached device first, as iommufd's unbind does
 /// (issue 17, item 7): `ie_ctx_detach`'s path plus its own frame. A function that grows past
-/// its figure fails. `ie_ctx_get_dirty_bitmap` passes the bitmap writer to the units as a
-/// `&mut dyn FnMut` sink (issue 17, item 2); its bound is the SMMUv3 flush under its settle
-/// of owed invalidations.
+/// its figure fails.
 const STACK_DEBT: &[(&str, u64)] = &[
     ("ie_ctx_attach", 3328),
     ("ie_ctx_attach_pasid", 3328),
     // A map, and on a failed run the unmap of the runs before it (issue 17, item 5).
-    ("ie_ctx_copy", 2816),
+    ("ie_ctx_copy", 2560),
     ("ie_ctx_destroy", 2816),
     ("ie_ctx_detach", 2816),
     ("ie_ctx_detach_pasid", 2560),
-    ("ie_ctx_get_dirty_bitmap", 2304),
-    ("ie_ctx_map", 2560),
     ("ie_ctx_unbind", 3072),
-    ("ie_ctx_unmap", 2560),
+    ("ie_ctx_unmap", 2304),
 ];
 
 /// The Rust object the module links, checked for a kernel host: no recursion, every exported

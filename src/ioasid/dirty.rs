@@ -10,7 +10,7 @@
 //! are refused while it is off ([`Error::DirtyTrackingOff`]), since the hardware then records
 //! nothing.
 
-use super::ctx::IoasidCtx;
+use super::ctx::{Ioasid, IoasidCtx, UnitDomain};
 use super::map::domains;
 use super::{Error, IoasidFlags, IoasidId};
 use crate::mem::{Iova, PageAllocator};
@@ -125,19 +125,43 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         };
         let mut owed = Ok(());
         for (slot, d) in domains(io) {
-            let unit = self.unit(d.unit)?;
-            let mut gather = Gather::new();
-            let r = unit.read_dirty(d.handle, iova, len, how, sink, &mut gather);
-            if let Err(error) = unit.flush(d.handle, &mut gather) {
-                io.pending.park(slot, &mut gather);
-                owed = owed.and(Err(Error::InvalidationPending {
-                    unit: d.unit,
-                    error,
-                }));
+            match self.read_domain_dirty(io, slot, &d, iova, len, how, sink) {
+                Err(e @ Error::InvalidationPending { .. }) => owed = owed.and(Err(e)),
+                r => r?,
             }
-            r?;
         }
         owed
+    }
+
+    /// [`read_dirty`](Self::read_dirty) of the domain in slot `slot`, with its unit's flush:
+    /// the read's error, else [`Error::InvalidationPending`] when the flush failed (its gather
+    /// is then owed). Not inlined: its gather is on the stack only while it runs, not under
+    /// the settling of what is owed (the kernel-stack bound of the C ABI).
+    #[inline(never)]
+    #[allow(clippy::too_many_arguments)]
+    fn read_domain_dirty(
+        &self,
+        io: &Ioasid<'a, A>,
+        slot: usize,
+        d: &UnitDomain,
+        iova: Iova,
+        len: u64,
+        how: DirtyRead,
+        sink: &mut dyn FnMut(Iova, u32),
+    ) -> Result<(), Error> {
+        let unit = self.unit(d.unit)?;
+        let mut gather = Gather::new();
+        let r = unit.read_dirty(d.handle, iova, len, how, sink, &mut gather);
+        if let Err(error) = unit.flush(d.handle, &mut gather) {
+            io.pending.park(slot, &mut gather);
+            // The read's own error stops the caller; the flush's is owed and it goes on.
+            r?;
+            return Err(Error::InvalidationPending {
+                unit: d.unit,
+                error,
+            });
+        }
+        Ok(r?)
     }
 
     /// Sets, in the caller's `bitmap`, the bit of every `2^page_log2`-byte page of

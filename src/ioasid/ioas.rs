@@ -53,6 +53,29 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         dst_iova: Iova,
         len: u64,
     ) -> Result<(), Error> {
+        let mut done = 0;
+        let mut r = self.copy_runs(src, src_iova, dst, dst_iova, len, &mut done);
+        if let Err(e) = r.as_mut() {
+            if done != 0 {
+                self.undo_copy(dst, dst_iova, done, e);
+            }
+        }
+        r
+    }
+
+    /// [`copy`](Self::copy) but for the undo of a failure: `done` is how many bytes it mapped
+    /// at `dst_iova` before it failed. Not inlined: the undo's unmap and flushes run from its
+    /// caller's frame, not under this one (the kernel-stack bound of the C ABI).
+    #[inline(never)]
+    fn copy_runs(
+        &self,
+        src: IoasidId,
+        src_iova: Iova,
+        dst: IoasidId,
+        dst_iova: Iova,
+        len: u64,
+        done: &mut u64,
+    ) -> Result<(), Error> {
         check_range(src_iova, len)?;
         check_range(dst_iova, len)?;
         self.state.read().ioasid(dst)?;
@@ -61,27 +84,25 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         while at < len {
             at += self.source_run(src, src_iova.get() + at, len - at)?.len;
         }
-        let mut done = 0;
-        while done < len {
-            let r = self
-                .source_run(src, src_iova.get() + done, len - done)
-                .and_then(|run| {
-                    let to = Iova::new(dst_iova.get() + done);
-                    self.map(dst, to, run.pa, run.len, run.prot)?;
-                    Ok(run.len)
-                });
-            match r {
-                Ok(n) => done += n,
-                Err(e) if done == 0 => return Err(e),
-                Err(e) => {
-                    return match self.unmap(dst, dst_iova, done) {
-                        Err(p @ Error::InvalidationPending { .. }) => Err(p),
-                        _ => Err(e),
-                    }
-                }
-            }
+        while *done < len {
+            let run = self.source_run(src, src_iova.get() + *done, len - *done)?;
+            let to = Iova::new(dst_iova.get() + *done);
+            self.map(dst, to, run.pa, run.len, run.prot)?;
+            *done += run.len;
         }
         Ok(())
+    }
+
+    /// Unmaps the `done` bytes a failed [`copy`](Self::copy) mapped at `dst_iova`; the error
+    /// to report, `e`, becomes [`Error::InvalidationPending`] if a unit did not confirm the
+    /// unmap's invalidation. A failure's path, not inlined; `e` is changed in place (the
+    /// kernel-stack bound of the C ABI).
+    #[cold]
+    #[inline(never)]
+    fn undo_copy(&self, dst: IoasidId, dst_iova: Iova, done: u64, e: &mut Error) {
+        if let Err(p @ Error::InvalidationPending { .. }) = self.unmap(dst, dst_iova, done) {
+            *e = p;
+        }
     }
 
     /// The run of the source of a copy from `iova`, at most `left` bytes.

@@ -2,7 +2,9 @@
 
 use super::ctx::{align_up, iova, Ioasid, IoasidCtx, UnitDomain};
 use super::direct::direct_overlap;
+use super::pending::Pending;
 use super::record::RECORD_IAS;
+use super::registry::UnitId;
 use super::{Error, IoasidFlags, IoasidId, UNMAP_ALL};
 use crate::iommu::Iommu;
 use crate::mem::{Iova, PageAllocator, PhysAddr};
@@ -88,6 +90,30 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         len: u64,
         prot: Prot,
     ) -> Result<(), Error> {
+        let mut failed = None;
+        match self.map_domains(io, iova, pa, len, prot, &mut failed) {
+            Err(e) => match failed {
+                Some(k) => Err(self.roll_back_map(io, k, iova, len, e)),
+                None => Err(e),
+            },
+            Ok(()) => Ok(()),
+        }
+    }
+
+    /// Maps into the record and every domain of `io`; on a domain's refusal, sets `failed` to
+    /// its position for [`Self::roll_back_map`]. Not inlined: the rollback's unmaps and
+    /// flushes run from its caller's frame, not under this one (the kernel-stack bound of
+    /// the C ABI).
+    #[inline(never)]
+    fn map_domains(
+        &self,
+        io: &Ioasid<'a, A>,
+        iova: Iova,
+        pa: PhysAddr,
+        len: u64,
+        prot: Prot,
+        failed: &mut Option<usize>,
+    ) -> Result<(), Error> {
         // A new mapping never lands where a stale translation may still be cached.
         self.settle(io)?;
         io.record.map(iova, pa, len, prot)?;
@@ -95,8 +121,9 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
             let r = self
                 .unit(d.unit)
                 .and_then(|u| u.map(d.handle, iova, pa, len, prot).map_err(Error::from));
-            if let Err(e) = r {
-                return Err(self.roll_back_map(io, k, iova, len, e));
+            if r.is_err() {
+                *failed = Some(k);
+                return r;
             }
         }
         Ok(())
@@ -106,7 +133,10 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     /// that domain too (a unit may fail after writing entries: `Iommu::map`), from the domains
     /// before it and from the record. The range was free in the record, and every domain holds
     /// what the record holds, so nothing else is touched. Returns the error to report: `e`, or
-    /// [`Error::InvalidationPending`] if a unit did not confirm the invalidation.
+    /// [`Error::InvalidationPending`] if a unit did not confirm the invalidation. A failure's
+    /// path, not inlined: its locals are not in the frame of the domains' maps.
+    #[cold]
+    #[inline(never)]
     fn roll_back_map(
         &self,
         io: &Ioasid<'a, A>,
@@ -148,7 +178,8 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     /// unmapped: retry until it returns `Ok`. A range holding no mapping returns `Ok(0)` (see
     /// the module documentation for why not iommufd's `ENOENT`).
     pub fn unmap(&self, ioasid: IoasidId, iova: Iova, len: u64) -> Result<u64, Error> {
-        let (r, reclaim_due) = self.unmap_everywhere(ioasid, iova, len);
+        let mut reclaim_due = false;
+        let r = self.unmap_everywhere(ioasid, iova, len, &mut reclaim_due);
         // Tables the unmap left empty are reclaimed every few unmaps (see `reclaim.rs`), with
         // the context lock released.
         if reclaim_due {
@@ -157,21 +188,22 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         r
     }
 
-    /// [`IoasidCtx::unmap`] under the context's read lock; whether the unmap, noted in the
-    /// IOASID's reclaim log under the same lock, filled it.
+    /// [`IoasidCtx::unmap`] under the context's read lock; sets `reclaim_due` if the unmap,
+    /// noted in the IOASID's reclaim log under the same lock, filled it. Not inlined: its
+    /// locals are not under the reclaim that follows (the kernel-stack bound of the C ABI).
+    #[inline(never)]
     fn unmap_everywhere(
         &self,
         ioasid: IoasidId,
         iova: Iova,
         len: u64,
-    ) -> (Result<u64, Error>, bool) {
+        reclaim_due: &mut bool,
+    ) -> Result<u64, Error> {
         let st = self.state.read();
-        let io = match st.ioasid(ioasid) {
-            Ok(io) => io,
-            Err(e) => return (Err(e), false),
-        };
+        let io = st.ioasid(ioasid)?;
         let r = self.unmap_checked(io, ioasid, iova, len);
-        (r, io.reclaim.note(iova, len))
+        *reclaim_due = io.reclaim.note(iova, len);
+        r
     }
 
     /// [`IoasidCtx::unmap`] of `io`, found by the caller under the context's read lock.
@@ -231,22 +263,35 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     /// Unmaps from every domain of `io` and from the record (see [`IoasidCtx::unmap`]).
     pub(super) fn unmap_in(&self, io: &Ioasid<'a, A>, iova: Iova, len: u64) -> Result<u64, Error> {
         self.settle(io)?;
-        let mut owed = Ok(());
+        // The first invalidation left owed, reported once every domain and the record agree.
+        let mut out = Ok(0);
         for (k, (slot, d)) in domains(io).enumerate() {
             match self.unmap_domain(io, slot, &d, iova, len) {
                 Ok(_) => {}
                 // The entries are gone: go on, so that every domain and the record agree.
-                Err(e @ Error::InvalidationPending { .. }) => owed = owed.and(Err(e)),
-                Err(e) => {
-                    for (_, done) in domains(io).take(k) {
-                        let _ = self.remap_from_record(io, &done, iova, len);
+                Err(e @ Error::InvalidationPending { .. }) => {
+                    if out.is_ok() {
+                        out = Err(e);
                     }
+                }
+                Err(e) => {
+                    self.remap_domains(io, k, iova, len);
                     return Err(e);
                 }
             }
         }
         let bytes = self.unmap_from_record(io, iova, len)?;
-        owed.map(|()| bytes)
+        out.map(|_| bytes)
+    }
+
+    /// Maps back into the first `n` domains what the record holds in `[iova, iova + len)`
+    /// (an unmap that a later domain refused). A failure's path, not inlined.
+    #[cold]
+    #[inline(never)]
+    fn remap_domains(&self, io: &Ioasid<'a, A>, n: usize, iova: Iova, len: u64) {
+        for (_, done) in domains(io).take(n) {
+            let _ = self.remap_from_record(io, &done, iova, len);
+        }
     }
 
     /// The record's part of [`Self::unmap_in`], after every domain's: on failure the domains
@@ -385,15 +430,10 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         let mut gather = Gather::new();
         let r = unit.unmap(d.handle, iova, len, &mut gather);
         // Flush even after a failure: the gather holds what did change.
-        if let Err(error) = unit.flush(d.handle, &mut gather) {
-            io.pending.park(slot, &mut gather);
-            r?;
-            return Err(Error::InvalidationPending {
-                unit: d.unit,
-                error,
-            });
+        match unit.flush(d.handle, &mut gather) {
+            Ok(()) => Ok(r?),
+            Err(error) => owe_flush(&io.pending, slot, d.unit, &mut gather, r, error),
         }
-        Ok(r?)
     }
 
     // Not inlined: its gather is not on the stack under the domains' unmaps before it.
@@ -435,4 +475,23 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         })?;
         result
     }
+}
+
+/// The end of [`IoasidCtx::unmap_domain`] when the unit's flush failed: the gather is owed
+/// (see `pending.rs`), and the unmap's own error is reported, else
+/// [`Error::InvalidationPending`]. A failure's path, not inlined: the error is built here, not
+/// in the frame that flushes (the kernel-stack bound of the C ABI).
+#[cold]
+#[inline(never)]
+fn owe_flush(
+    pending: &Pending,
+    slot: usize,
+    unit: UnitId,
+    gather: &mut Gather,
+    unmapped: Result<u64, crate::iommu::Error>,
+    error: crate::iommu::Error,
+) -> Result<u64, Error> {
+    pending.park(slot, gather);
+    unmapped?;
+    Err(Error::InvalidationPending { unit, error })
 }

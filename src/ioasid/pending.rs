@@ -11,7 +11,7 @@
 
 use core::sync::atomic::{AtomicU32, Ordering};
 
-use super::ctx::{Ioasid, IoasidCtx};
+use super::ctx::{Ioasid, IoasidCtx, UnitDomain};
 use super::{Error, MAX_UNITS};
 use crate::mem::PageAllocator;
 use crate::pgtable::Gather;
@@ -71,34 +71,52 @@ impl Pending {
         self.park(slot, &mut Gather::new());
     }
 
-    /// Flushes what is owed in every slot with `flush(slot, gather)` (which returns the pages
-    /// to the unit's allocator when the invalidation completed). The lock is held throughout,
+    /// Flushes what is owed in every slot through its domain's unit, which returns the pages
+    /// to the unit's allocator when the invalidation completed. The lock is held throughout,
     /// so that no concurrent failure can park a gather while one is being retried; a bounded
-    /// wait on the hardware happens only while something is owed.
+    /// wait on the hardware happens only while something is owed. A slot owing with no domain
+    /// (cannot happen: `free_domains` keeps a domain until it is settled) counts as flushed.
     ///
     /// # Errors
-    /// The first failure; what failed stays owed, the slots already flushed are settled.
-    pub(super) fn settle(
+    /// The first failure, [`Error::InvalidationPending`] naming its unit (or the unit lookup's
+    /// error); what failed stays owed, the slots already flushed are settled.
+    fn settle_with<A: PageAllocator>(
         &self,
-        mut flush: impl FnMut(usize, &mut Gather) -> Result<(), Error>,
+        ctx: &IoasidCtx<'_, '_, A>,
+        domains: &[Option<UnitDomain>; MAX_UNITS],
     ) -> Result<(), Error> {
         if !self.any() {
             return Ok(());
         }
         let mut gathers = self.gathers.lock();
         let mut result = Ok(());
-        for (slot, g) in gathers.iter_mut().enumerate() {
+        for (slot, (g, d)) in gathers.iter_mut().zip(domains).enumerate() {
             // The mask, not the gather, says what is owed: an empty gather may be owed too.
             if !self.owed(slot) {
                 continue;
             }
-            match flush(slot, g) {
+            let flushed = match d {
+                Some(d) => match ctx.unit(d.unit) {
+                    Ok(unit) => {
+                        unit.flush(d.handle, g)
+                            .map_err(|error| Error::InvalidationPending {
+                                unit: d.unit,
+                                error,
+                            })
+                    }
+                    Err(e) => Err(e),
+                },
+                None => Ok(()),
+            };
+            match flushed {
                 Ok(()) if g.is_empty() => {
                     self.mask.fetch_and(!(1 << slot), Ordering::AcqRel);
                 }
                 Ok(()) => {}
                 Err(e) => {
-                    result = result.and(Err(e));
+                    if result.is_ok() {
+                        result = Err(e);
+                    }
                 }
             }
         }
@@ -140,17 +158,6 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     #[cold]
     #[inline(never)]
     fn settle_owed(&self, io: &Ioasid<'a, A>) -> Result<(), Error> {
-        io.pending.settle(|slot, gather| {
-            // A slot that owes holds its domain: `free_domains` keeps it until it is settled.
-            let Some(d) = io.domains.get(slot).copied().flatten() else {
-                return Ok(());
-            };
-            let unit = self.unit(d.unit)?;
-            unit.flush(d.handle, gather)
-                .map_err(|error| Error::InvalidationPending {
-                    unit: d.unit,
-                    error,
-                })
-        })
+        io.pending.settle_with(self, &io.domains)
     }
 }

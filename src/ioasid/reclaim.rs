@@ -13,12 +13,14 @@
 
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
-use super::ctx::{Ioasid, IoasidCtx};
+use super::ctx::{IoasidCtx, UnitDomain};
+use super::pending::Pending;
+use super::record::Record;
 use super::registry::UnitId;
 use super::{Error, IoasidId, MAX_UNITS};
 use crate::iommu::{DomainHandle, DomainPages, Iommu, ReclaimScope};
 use crate::mem::{Iova, PageAllocator};
-use crate::pgtable::{Gather, InvalidationComplete, TablePages};
+use crate::pgtable::{Gather, InvalidationComplete, PageTable, TablePages};
 
 /// Unmaps an IOASID notes before the one that fills the log reclaims. Each may leave one empty
 /// table per level below the root at each end of its range, so between reclaims a table of `L`
@@ -47,6 +49,10 @@ pub(super) struct ReclaimLog {
     urgent: AtomicBool,
     /// `[start, end - 1]` of each noted range.
     ends: [[AtomicU64; 2]; RECLAIM_BATCH],
+    /// The ends the last reclaim took, as its scope reads them: kept here, under the write
+    /// lock, rather than copied onto the stack of the reclaim that calls the units (the
+    /// kernel-stack bound of the C ABI's entry points).
+    taken: [Iova; 2 * RECLAIM_BATCH],
 }
 
 impl ReclaimLog {
@@ -55,6 +61,7 @@ impl ReclaimLog {
             noted: AtomicUsize::new(0),
             urgent: AtomicBool::new(false),
             ends: [const { [AtomicU64::new(0), AtomicU64::new(0)] }; RECLAIM_BATCH],
+            taken: [Iova::ZERO; 2 * RECLAIM_BATCH],
         }
     }
 
@@ -86,22 +93,16 @@ impl ReclaimLog {
     }
 
     /// Empties the log, returning the IOVAs to reclaim around (`None`: every table).
-    fn take(&mut self) -> Option<Pending> {
+    fn take(&mut self) -> Option<&[Iova]> {
         let n = core::mem::take(self.noted.get_mut());
         *self.urgent.get_mut() = false;
-        let mut ends = [Iova::ZERO; 2 * RECLAIM_BATCH];
-        let slots = self.ends.get(..n)?;
-        for (out, slot) in ends.chunks_exact_mut(2).zip(slots) {
-            out[0] = Iova::new(slot[0].load(Ordering::Relaxed));
-            out[1] = Iova::new(slot[1].load(Ordering::Relaxed));
+        let slots = self.ends.get_mut(..n)?;
+        for (out, slot) in self.taken.chunks_exact_mut(2).zip(slots) {
+            out[0] = Iova::new(*slot[0].get_mut());
+            out[1] = Iova::new(*slot[1].get_mut());
         }
-        Some(Pending { ends, len: 2 * n })
+        self.taken.get(..2 * n)
     }
-}
-
-struct Pending {
-    ends: [Iova; 2 * RECLAIM_BATCH],
-    len: usize,
 }
 
 /// The table pages of an IOASID, as [`IoasidCtx::table_pages`] counts them.
@@ -139,7 +140,7 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         let mut st = self.state.write();
         let io = st.ioasid_mut(ioasid)?;
         io.reclaim.take();
-        self.reclaim_tables(io, ReclaimScope::All)
+        self.reclaim_tables(&mut io.record, &io.domains, &io.pending, ReclaimScope::All)
     }
 
     /// Counts the table pages of the IOASID's record and of its domain on every unit: linked,
@@ -208,13 +209,12 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         }
         let mut st = guard.upgrade();
         let io = st.ioasid_mut(ioasid)?;
-        match io.reclaim.take() {
-            Some(p) => {
-                let ends = p.ends.get(..p.len).unwrap_or(&[]);
-                self.reclaim_tables(io, ReclaimScope::Around(ends))
-            }
-            None => self.reclaim_tables(io, ReclaimScope::All),
-        }
+        // The scope borrows the log's ends in place, beside the record and domains it reclaims.
+        let scope = match io.reclaim.take() {
+            Some(ends) => ReclaimScope::Around(ends),
+            None => ReclaimScope::All,
+        };
+        self.reclaim_tables(&mut io.record, &io.domains, &io.pending, scope)
     }
 
     /// The record's part of [`Self::reclaim_tables`]: the pages it freed, and the result so
@@ -226,11 +226,11 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     #[inline(never)]
     fn reclaim_record(
         &self,
-        io: &mut Ioasid<'a, A>,
+        record: &mut PageTable<Record, &'a A>,
         scope: ReclaimScope<'_>,
     ) -> Result<(usize, Result<(), Error>), Error> {
         let mut gather = Gather::new();
-        let record = scope.reclaim(&mut io.record, &mut gather);
+        let record = scope.reclaim(record, &mut gather);
         let freed = gather.freed_pages();
         // SAFETY: the record is a software table: no hardware walks it.
         gather.release(self.alloc, unsafe { InvalidationComplete::assume() })?;
@@ -240,11 +240,13 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     /// Reclaims `scope` in the record and in every domain; the caller holds the write lock.
     fn reclaim_tables(
         &self,
-        io: &mut Ioasid<'a, A>,
+        record: &mut PageTable<Record, &'a A>,
+        domains: &[Option<UnitDomain>; MAX_UNITS],
+        pending: &Pending,
         scope: ReclaimScope<'_>,
     ) -> Result<usize, Error> {
-        let (mut freed, mut result) = self.reclaim_record(io, scope)?;
-        for (slot, d) in io.domains.iter().enumerate() {
+        let (mut freed, mut result) = self.reclaim_record(record, scope)?;
+        for (slot, d) in domains.iter().enumerate() {
             let Some(d) = d else { continue };
             let unit: &dyn Iommu = match self.unit(d.unit) {
                 Ok(u) => u,
@@ -259,7 +261,7 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
                 // tables the reclaim unlinked. Noted as owed by the IOASID too (an empty gather),
                 // so that its next call, or a retried detach, flushes the domain and settles it.
                 Err(error) if error.is_unit_fault() => {
-                    io.pending.park_empty(slot);
+                    pending.park_empty(slot);
                     let unit = d.unit;
                     result = result.and(Err(Error::InvalidationPending { unit, error }));
                 }
