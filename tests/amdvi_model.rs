@@ -6,7 +6,7 @@
 use iommu_engine::amdvi::event::EventCode;
 use iommu_engine::amdvi::{AmdViConfig, AmdViUnit};
 use iommu_engine::ioasid::{DeviceLabel, IoasidCtx, IoasidFlags, PasidAllocator, Registry, UnitId};
-use iommu_engine::iommu::{DeviceHints, DeviceId, DomainConfig, Error, Iommu};
+use iommu_engine::iommu::{DeviceHints, DeviceId, DomainConfig, Error, Iommu, Pasid};
 use iommu_engine::mem::{Iova, PhysAddr};
 use iommu_engine::pgtable::{Gather, Prot};
 use iommu_engine::sim::amdvi::{AmdViModel, AmdViModelConfig, Injection};
@@ -351,4 +351,145 @@ fn iotlb_invalidation_timeout_fails_the_flush() {
     assert_eq!(u.table_pages(d).unwrap().unflushed, 0);
     assert_eq!(mem.live_pages().len(), live - freed);
     assert!(model.dma(DEV.0 as u16, 0x20_0000, false).is_err());
+}
+
+/// A model whose EFR has `GTSup` and 16-bit PASIDs.
+fn pasid_model(mem: &Arena) -> AmdViModel<'_> {
+    AmdViModel::new(mem, AmdViModelConfig::qemu_default().with_pasids(16))
+}
+
+/// PASID attach through the GCR3 table (issue 20): a PASID's DMA translates through its v2
+/// table, requests without a PASID and other PASIDs fault, a detach makes the PASID fault and
+/// the last one gives the GCR3 table back; one INVALIDATE_IOMMU_PAGES with `GN` per flush.
+#[test]
+fn pasid_dma_translates_through_its_v2_table_until_detached() {
+    let mem = Arena::with_defaults().unwrap();
+    let model = pasid_model(&mem);
+    let u = setup(&mem, &model);
+    assert_eq!(u.capabilities().pasid_bits, 9, "one GCR3 level");
+    let cfg = DomainConfig {
+        pasid: true,
+        ..DomainConfig::default()
+    };
+    let d = u.domain_alloc(&cfg).unwrap();
+    let e = u.domain_alloc(&cfg).unwrap();
+    u.map(
+        d,
+        Iova::new(0x10_0000),
+        PhysAddr::new(0x8000_0000),
+        0x2000,
+        RW,
+    )
+    .unwrap();
+    u.map(
+        e,
+        Iova::new(0x10_0000),
+        PhysAddr::new(0x9000_0000),
+        0x1000,
+        RW,
+    )
+    .unwrap();
+    let live = mem.live_pages().len();
+    let p5 = Pasid::new(5).unwrap();
+    let p7 = Pasid::new(7).unwrap();
+    u.attach(DEV, Some(p5), d).unwrap();
+    assert_eq!(mem.live_pages().len(), live + 1, "the GCR3 table");
+    u.attach(DEV, Some(p7), e).unwrap();
+    assert_eq!(mem.live_pages().len(), live + 1, "one table per device");
+    let dte = u.device_entry(DEV.0).unwrap();
+    assert!(dte.gcr3().is_some() && dte.mode() == 0);
+    let ok = model.dma_pasid(DEV.0 as u16, 5, 0x10_1234, true).unwrap();
+    assert_eq!(ok.pa, 0x8000_1234);
+    let ok = model.dma_pasid(DEV.0 as u16, 7, 0x10_0010, false).unwrap();
+    assert_eq!(ok.pa, 0x9000_0010);
+    assert!(model.dma_pasid(DEV.0 as u16, 6, 0x10_0000, false).is_err());
+    assert!(
+        model.dma(DEV.0 as u16, 0x10_0000, false).is_err(),
+        "no PASID: PASID 0's entry, invalid"
+    );
+    assert!(model.dma_pasid(DEV2.0 as u16, 5, 0x10_0000, false).is_err());
+    // A v1 domain beside the PASIDs would nest: refused.
+    let v1 = u.domain_alloc(&DomainConfig::default()).unwrap();
+    assert!(matches!(
+        u.attach(DEV, None, v1),
+        Err(Error::Unsupported(_))
+    ));
+    // Unmap + flush: one INVALIDATE_IOMMU_PAGES (GN, the PASID), one wait.
+    let before = model.stats();
+    let mut g = Gather::new();
+    u.unmap(d, Iova::new(0x10_1000), 0x1000, &mut g).unwrap();
+    u.flush(d, &mut g).unwrap();
+    let after = model.stats();
+    assert_eq!(
+        after.invalidate_pages_page - before.invalidate_pages_page,
+        1
+    );
+    assert_eq!(after.completion_waits - before.completion_waits, 1);
+    assert!(model.dma_pasid(DEV.0 as u16, 5, 0x10_1234, true).is_err());
+    let mut events = Vec::new();
+    u.drain_events(|e| events.push(e)).unwrap();
+    let last = events.last().unwrap();
+    assert_eq!(last.code, EventCode::IoPageFault);
+    assert_eq!(last.domain_or_pasid, 5, "GN: the PASID");
+    // Detach PASID 5: it faults, PASID 7 still translates.
+    u.detach(DEV, Some(p5)).unwrap();
+    assert!(model.dma_pasid(DEV.0 as u16, 5, 0x10_0000, false).is_err());
+    assert_eq!(
+        model
+            .dma_pasid(DEV.0 as u16, 7, 0x10_0010, false)
+            .unwrap()
+            .pa,
+        0x9000_0010
+    );
+    assert!(matches!(u.domain_free(e), Err(Error::Busy)));
+    u.domain_free(d).unwrap();
+    // The last PASID: the entry blocks, the GCR3 table goes back.
+    let live = mem.live_pages().len();
+    u.detach(DEV, Some(p7)).unwrap();
+    assert!(model.dma_pasid(DEV.0 as u16, 7, 0x10_0010, false).is_err());
+    assert!(u.device_entry(DEV.0).unwrap().blocks_dma());
+    assert_eq!(mem.live_pages().len(), live - 1, "the GCR3 table back");
+    // Now the v1 domain may take the device's requests without PASID.
+    u.attach(DEV, None, v1).unwrap();
+}
+
+/// The PASIDs' cached translations are tagged with the PASID: an invalidation without `GN`
+/// leaves them stale, the driver's flush (with `GN`) removes them.
+#[test]
+fn pasid_translations_need_the_gn_invalidation() {
+    use iommu_engine::amdvi::cmd::{Command, InvalidationRange};
+    let mem = Arena::with_defaults().unwrap();
+    let model = pasid_model(&mem);
+    let u = setup(&mem, &model);
+    let cfg = DomainConfig {
+        pasid: true,
+        ..DomainConfig::default()
+    };
+    let d = u.domain_alloc(&cfg).unwrap();
+    u.map(
+        d,
+        Iova::new(0x10_0000),
+        PhysAddr::new(0x8000_0000),
+        0x1000,
+        RW,
+    )
+    .unwrap();
+    let p = Pasid::new(3).unwrap();
+    u.attach(DEV, Some(p), d).unwrap();
+    model.dma_pasid(DEV.0 as u16, 3, 0x10_0000, false).unwrap();
+    let tag = u.device_entry(DEV.0).unwrap().domain_id();
+    let mut g = Gather::new();
+    u.unmap(d, Iova::new(0x10_0000), 0x1000, &mut g).unwrap();
+    // Host-address invalidation of the same DomainID: not the PASID's entries.
+    u.run(&[&[Command::invalidate_iommu_pages(
+        tag,
+        None,
+        InvalidationRange::All,
+        true,
+    )]])
+    .unwrap();
+    let stale = model.dma_pasid(DEV.0 as u16, 3, 0x10_0000, false).unwrap();
+    assert!(stale.from_iotlb, "stale without GN");
+    u.flush(d, &mut g).unwrap();
+    assert!(model.dma_pasid(DEV.0 as u16, 3, 0x10_0000, false).is_err());
 }

@@ -7,11 +7,19 @@
 //! domain's slot plus one (ID 0 is left to blocking entries, which translate nothing). A slot,
 //! and so its ID, is handed out again only after `domain_free`'s INVALIDATE_IOMMU_PAGES of
 //! everything under the ID completed.
+//!
+//! A domain for PASIDs ([`Stage::First`], or [`DomainConfig::pasid`]) is a v2 table (§2.2.6
+//! "I/O Page Tables for Guest Translations", x86-64 4-level paging) where EFR `GTSup` says the
+//! unit walks them: devices reach it through their GCR3 table (`gcr3`), and its cached
+//! translations are tagged with each device's GCR3 domain ID and the PASID, not with the
+//! domain's own ID.
 
+use super::efr::EfrFlags;
 use super::unit::UnitInfo;
 use crate::iommu::{DomainConfig, Error, Missing, Stage};
 use crate::mem::{PageAllocator, WalkerCoherency};
 use crate::pgtable::amdvi_v1::{AmdV1, AmdV1Config};
+use crate::pgtable::amdvi_v2::{AmdV2, AmdV2Config};
 use crate::pgtable::{Gather, PageTable};
 
 /// Width a domain gets when nothing larger is asked: 4 levels, as VT-d's second stage.
@@ -23,18 +31,31 @@ pub fn max_bits(info: &UnitInfo) -> u32 {
     (12 + 9 * info.host_levels).min(63)
 }
 
-/// The v1 configuration of a domain for `cfg`, or the capability that is missing.
+/// The format a domain is built in.
+#[derive(Clone, Copy, Debug)]
+pub enum DomainFormat {
+    /// A host (v1) table, for requests without PASID.
+    V1(AmdV1Config),
+    /// A guest (v2) table, for PASIDs through GCR3 tables.
+    V2(AmdV2Config),
+}
+
+/// Whether the unit walks guest (v2) tables through GCR3 tables (EFR `GTSup`).
+pub fn guest_tables(info: &UnitInfo) -> bool {
+    info.efr.flags().contains(EfrFlags::GT_SUP)
+}
+
+/// The configuration of a domain for `cfg`, or the capability that is missing.
 ///
 /// # Errors
 /// [`Error::Unsupported`].
-pub fn choose(info: &UnitInfo, cfg: &DomainConfig) -> Result<AmdV1Config, Error> {
+pub fn choose(info: &UnitInfo, cfg: &DomainConfig) -> Result<DomainFormat, Error> {
     if let Some(g) = cfg.granule_log2.filter(|&g| g != 12) {
         return Err(Error::Unsupported(Missing::PageSize { size_log2: g }));
     }
-    if cfg.stage == Stage::First {
-        return Err(Error::Unsupported(Missing::Mode {
-            what: "guest (v2) tables are not built by this driver yet",
-        }));
+    let v2 = cfg.stage == Stage::First || (cfg.pasid && cfg.stage == Stage::Any);
+    if v2 {
+        return choose_v2(info, cfg);
     }
     if cfg.supervisor {
         return Err(Error::Unsupported(Missing::SupervisorRequests));
@@ -52,20 +73,74 @@ pub fn choose(info: &UnitInfo, cfg: &DomainConfig) -> Result<AmdV1Config, Error>
             have,
         }));
     }
-    Ok(AmdV1Config {
+    Ok(DomainFormat::V1(AmdV1Config {
         ias: cfg.min_ias.max(DEFAULT_BITS.min(have)).max(13),
         oas: info.output_bits,
         large_pages: true,
         force_coherent: cfg.enforce_snoop,
         dirty_tracking: false,
-    })
+    }))
 }
+
+/// A v2 domain: 4 levels (47-bit canonical lower half; `GuestPagingMode` 00b, the DTE's
+/// default), NX honoured where EFR `NXSup` says so.
+fn choose_v2(info: &UnitInfo, cfg: &DomainConfig) -> Result<DomainFormat, Error> {
+    if !guest_tables(info) {
+        return Err(Error::Unsupported(Missing::Pasid { bits: 0 }));
+    }
+    if cfg.enforce_snoop {
+        // v2 leaves have no FC bit (pgtable::amdvi_v2).
+        return Err(Error::Unsupported(Missing::SnoopControl));
+    }
+    if cfg.supervisor {
+        return Err(Error::Unsupported(Missing::SupervisorRequests));
+    }
+    if cfg.dirty_tracking {
+        return Err(Error::Unsupported(Missing::DirtyTracking));
+    }
+    if cfg.nest_parent {
+        return Err(Error::Unsupported(Missing::Nesting));
+    }
+    const V2_BITS: u32 = 47;
+    if cfg.min_ias > V2_BITS {
+        return Err(Error::Unsupported(Missing::AddressWidth {
+            need: cfg.min_ias,
+            have: V2_BITS,
+        }));
+    }
+    Ok(DomainFormat::V2(AmdV2Config {
+        levels: 4,
+        oas: info.output_bits,
+        execute_disable: info.efr.flags().contains(EfrFlags::NX_SUP),
+        dirty_tracking: false,
+    }))
+}
+
+/// A domain's table, in either format.
+#[derive(Debug)]
+pub enum Table<A: PageAllocator> {
+    /// Host (v1).
+    V1(PageTable<AmdV1, A>),
+    /// Guest (v2).
+    V2(PageTable<AmdV2, A>),
+}
+
+/// Evaluates `$e` with `$t` bound to the table, whatever its format.
+macro_rules! on_table {
+    ($table:expr, $t:ident => $e:expr) => {
+        match $table {
+            $crate::amdvi::domain::Table::V1($t) => $e,
+            $crate::amdvi::domain::Table::V2($t) => $e,
+        }
+    };
+}
+pub(crate) use on_table;
 
 /// One domain.
 #[derive(Debug)]
 pub struct Domain<A: PageAllocator> {
-    /// The v1 table.
-    pub table: PageTable<AmdV1, A>,
+    /// The table.
+    pub table: Table<A>,
     /// `DomainID`.
     pub domain_id: u16,
     /// What a failed flush still owes (ranges and the pages waiting for them).
@@ -77,8 +152,19 @@ impl<A: PageAllocator> Domain<A> {
     ///
     /// # Errors
     /// [`Error::NoMemory`], [`Error::PageTable`].
-    pub fn new(cfg: AmdV1Config, alloc: A, domain_id: u16) -> Result<Self, Error> {
-        let table = PageTable::new(AmdV1::new(cfg)?, alloc, WalkerCoherency::Coherent)?;
+    pub fn new(cfg: DomainFormat, alloc: A, domain_id: u16) -> Result<Self, Error> {
+        let table = match cfg {
+            DomainFormat::V1(c) => Table::V1(PageTable::new(
+                AmdV1::new(c)?,
+                alloc,
+                WalkerCoherency::Coherent,
+            )?),
+            DomainFormat::V2(c) => Table::V2(PageTable::new(
+                AmdV2::new(c)?,
+                alloc,
+                WalkerCoherency::Coherent,
+            )?),
+        };
         Ok(Self {
             table,
             domain_id,
@@ -88,6 +174,11 @@ impl<A: PageAllocator> Domain<A> {
 
     /// The DTE `Mode`: the table's levels.
     pub fn mode(&self) -> u32 {
-        self.table.geometry().levels
+        on_table!(&self.table, t => t.geometry().levels)
+    }
+
+    /// Whether this is a guest (v2) domain, reached through GCR3 tables.
+    pub fn is_v2(&self) -> bool {
+        matches!(self.table, Table::V2(_))
     }
 }

@@ -12,6 +12,7 @@
 //! | 1 | `TV`: the translation fields are valid |
 //! | 11:9 | `Mode`: levels of the host (v1) table, 1-6; 0 = no translation (IR/IW still apply) |
 //! | 51:12 | `Host Page Table Root Pointer` |
+//! | 54 | `GIoV`: requests without a PASID are translated as PASID 0's (through the GCR3 table) |
 //! | 55 | `GV`: PASID-tagged requests are translated through the GCR3 table |
 //! | 57:56 | `GLX`: GCR3 table levels - 1 |
 //! | 60:58, 95:80, 127:107 | `GCR3 Table Root Pointer` bits 14:12, 30:15, 51:31 |
@@ -66,6 +67,8 @@ pub const MODE_SHIFT: u32 = 9;
 pub const MODE_MASK: u64 = 0x7 << MODE_SHIFT;
 /// `Host Page Table Root Pointer`, quadword 0 bits 51:12.
 pub const ROOT_MASK: u64 = 0x000F_FFFF_FFFF_F000;
+/// `GIoV`, quadword 0 bit 54.
+pub const GIOV: u64 = 1 << 54;
 /// `GV`, quadword 0 bit 55.
 pub const GV: u64 = 1 << 55;
 /// `GLX`, quadword 0 bits 57:56.
@@ -125,6 +128,21 @@ impl DeviceTableEntry {
         let q0 = V | TV | u64::from(levels) << MODE_SHIFT | root.get() | IR | IW;
         let q1 = u64::from(domain_id) | if ats { I } else { 0 };
         Ok(Self([q0, q1, Self::BLOCKED.0[2], 0]))
+    }
+
+    /// An entry translating only through the one-level GCR3 table at `gcr3` (`GV`, `GLX` 0):
+    /// `Mode` 0, so that the guest (v2) tables' outputs are system physical addresses (with a
+    /// host table they would be guest physical addresses, translated again: nesting), and
+    /// `GIoV`, so that requests without a PASID are translated through PASID 0's entry, which
+    /// the driver leaves invalid: they fault instead of passing untranslated (`Mode` 0 with
+    /// `IR`/`IW` would let them through). `DomainID` tags the PASIDs' cached translations.
+    ///
+    /// # Errors
+    /// As [`with_gcr3`](Self::with_gcr3).
+    pub fn guest(domain_id: u16, gcr3: PhysAddr, ats: bool) -> Result<Self, Error> {
+        let q0 = V | TV | IR | IW | GIOV;
+        let q1 = u64::from(domain_id) | if ats { I } else { 0 };
+        Self([q0, q1, Self::BLOCKED.0[2], 0]).with_gcr3(gcr3, 0)
     }
 
     /// This entry with a GCR3 table at `gcr3` of `glx + 1` levels: requests with a PASID are
@@ -412,6 +430,14 @@ mod tests {
         assert_eq!(check_order(b, g), 1);
         assert_eq!(check_order(g, DeviceTableEntry::BLOCKED), 1);
         assert_eq!(check_order(a, a), 0);
+        // PASIDs: the GCR3 form (Mode 0, GV, GIoV) comes and goes in one store.
+        let guest = DeviceTableEntry::guest(0xFF00, PhysAddr::new(0x4000), true).unwrap();
+        assert!(!guest.blocks_dma());
+        assert_eq!(guest.mode(), 0);
+        assert_eq!(guest.gcr3(), Some(PhysAddr::new(0x4000)));
+        assert_ne!(guest.0[0] & GIOV, 0);
+        assert_eq!(check_order(DeviceTableEntry::BLOCKED, guest), 1);
+        assert_eq!(check_order(guest, DeviceTableEntry::BLOCKED), 1);
         // An upper half that changes (interrupt fields another owner set): the lower half is
         // blocked first, then the upper, then the new lower half.
         let mut odd = a;

@@ -16,17 +16,27 @@
 //! translations) and one wait. The attachment is recorded before the write and settled after
 //! the wait; until then the domain cannot be freed. **Detach** writes the blocking entry the
 //! same way.
+//!
+//! **PASIDs** (§2.2.6, EFR `GTSup`): v2 domains, reached through each device's one-level GCR3
+//! table ([`gcr3`](super::gcr3)); the device's entry then has `Mode` 0, `GV` and `GIoV` and a
+//! `DomainID` of its own, which with the PASID tags the guest translations: a v2 domain's flush
+//! issues INVALIDATE_IOMMU_PAGES with `GN` per (device, PASID) attachment. A PASID beside a v1
+//! domain on one device is refused (`GV` with a host table nests). See ARCHITECTURE.md,
+//! "Platform facts".
 
 use super::cmd::{Command, InvalidationRange};
-use super::domain::{self, Domain};
+use super::domain::{self, on_table, Domain, Table};
 use super::dte::DeviceTableEntry;
-use super::unit::{domain_id_of, Attachment, ConfigState, MAX_ATTACHMENTS};
+use super::gcr3::{self, Gcr3Table};
+use super::unit::{
+    domain_id_of, Attachment, ConfigState, GCR3_DOMAIN_ID_BASE, MAX_ATTACHMENTS, MAX_GCR3_TABLES,
+};
 use super::AmdViUnit;
 use crate::iommu::{
     Capabilities, DeviceHints, DeviceId, DomainConfig, DomainHandle, DomainPages, Error, Iommu,
     Missing, Pasid, ReclaimScope, Source, Sources,
 };
-use crate::mem::{Iova, PageAllocator, PhysAddr};
+use crate::mem::{Iova, PageAllocator, PhysAddr, PAGE_SHIFT_4K};
 use crate::mmio::RegisterWindow;
 use crate::pgtable::{self, Gather, InvalidationComplete, IovaRange, Leaf, Mapping, Prot};
 
@@ -179,15 +189,28 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> AmdViUni
         let plan = FlushPlan::new(gather, &owed);
         let (blocks, pde) = (plan.blocks(), plan.pde);
         let domain_id = dom.domain_id;
-        let pages = blocks
+        let v2 = dom.is_v2();
+        // A v1 domain's translations are tagged with its ID; a v2 domain's with each device's
+        // GCR3 domain ID and the PASID (`GN`).
+        let host = blocks
             .iter()
+            .filter(|_| !v2)
             .map(|&b| Command::invalidate_iommu_pages(domain_id, None, b, pde));
+        let guest = cfg
+            .of_domain(slot)
+            .filter(|_| v2)
+            .filter_map(|a| Some((a.pasid?, cfg.gcr3_tag(a.device)?)))
+            .flat_map(|(pasid, tag)| {
+                blocks
+                    .iter()
+                    .map(move |&b| Command::invalidate_iommu_pages(tag, Some(pasid), b, pde))
+            });
         let iotlb = cfg.ats_of_domain(slot).flat_map(|a| {
             blocks
                 .iter()
-                .map(move |&b| Command::invalidate_iotlb_pages(a.device as u16, 0, None, b))
+                .map(move |&b| Command::invalidate_iotlb_pages(a.device as u16, 0, a.pasid, b))
         });
-        let result = self.run_iter(pages.chain(iotlb));
+        let result = self.run_iter(host.chain(guest).chain(iotlb));
         if let Err(e) = result {
             owed.add_ranges_of(gather);
             return Err(e.into());
@@ -227,7 +250,10 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> AmdViUni
     #[inline(never)]
     fn undo_map(&self, domain: DomainHandle, iova: Iova, len: u64) {
         let mut gather = Gather::new();
-        let _ = self.with_domain(domain, |d| d.table.unmap(iova, len, &mut gather));
+        let _ = self.with_domain(
+            domain,
+            |d| on_table!(&d.table, t => t.unmap(iova, len, &mut gather)),
+        );
         if self.flush_gather(domain, &mut gather).is_err() {
             let _ = self.with_domain(domain, |d| {
                 d.owed.lock().absorb(core::mem::take(&mut gather));
@@ -244,7 +270,19 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> AmdViUni
         let dom = guard
             .as_ref()
             .ok_or(Error::InvalidDomain(DomainHandle(slot as u16)))?;
-        let entry = DeviceTableEntry::translated(dom.domain_id, dom.table.root(), dom.mode(), ats)?;
+        let Table::V1(table) = &dom.table else {
+            return Err(Error::Unsupported(Missing::Mode {
+                what: "AMD-Vi v2 domain for requests without PASID",
+            }));
+        };
+        if cfg.has_pasids(device) {
+            // With GV set and a host table, the unit translates the PASIDs' guest outputs
+            // again through the host table (nesting): the device's PASIDs go first.
+            return Err(Error::Unsupported(Missing::Mode {
+                what: "AMD-Vi v1 domain beside PASIDs (GV with a host table nests)",
+            }));
+        }
+        let entry = DeviceTableEntry::translated(dom.domain_id, table.root(), dom.mode(), ats)?;
         let old = cfg.find(device);
         let index =
             match old {
@@ -263,6 +301,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> AmdViUni
             index,
             Some(Attachment {
                 device,
+                pasid: None,
                 slot,
                 ats,
                 settled: false,
@@ -274,6 +313,158 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> AmdViUni
             a.settled = true;
         }
         Ok(())
+    }
+
+    /// Points `pasid` of `device` at the v2 domain in `slot` through the device's GCR3 table
+    /// (allocated at its first PASID): the table's entry first, then, if the device's entry
+    /// does not name the table yet, the DTE's lower half (one 128-bit store, see
+    /// [`dte`](super::dte)); then INVALIDATE_DEVTAB_ENTRY, INVALIDATE_IOMMU_PAGES of the PASID
+    /// (`GN`, everything, `PDE`: what the unit cached through the entry's old table), the ATS
+    /// device's IOTLB for the PASID, and one wait.
+    fn attach_pasid_impl(
+        &self,
+        device: u32,
+        pasid: Pasid,
+        slot: usize,
+        ats: bool,
+    ) -> Result<(), Error> {
+        let mut cfg = self.config.lock();
+        if device >= cfg.devtab.device_ids() || device > u32::from(u16::MAX) {
+            return Err(Error::InvalidDevice(DeviceId(device)));
+        }
+        if pasid.get() == 0 || pasid.get() >= 1 << self.pasid_bits() {
+            return Err(Error::InvalidPasid(pasid));
+        }
+        let guard = self.domains[slot].read();
+        let dom = guard
+            .as_ref()
+            .ok_or(Error::InvalidDomain(DomainHandle(slot as u16)))?;
+        let Table::V2(table) = &dom.table else {
+            return Err(Error::Unsupported(Missing::Mode {
+                what: "AMD-Vi v1 domain for a PASID (PASIDs take v2 domains)",
+            }));
+        };
+        if cfg.find(device).is_some() {
+            return Err(Error::Unsupported(Missing::Mode {
+                what: "AMD-Vi PASID beside a v1 domain (GV with a host table nests)",
+            }));
+        }
+        let index =
+            match cfg.find_pasid(device, Some(pasid)) {
+                Some(i) => i,
+                None => cfg.attachments.iter().position(Option::is_none).ok_or(
+                    Error::InvalidArgument {
+                        what: "attachments (MAX_ATTACHMENTS)",
+                        value: MAX_ATTACHMENTS as u64,
+                    },
+                )?,
+            };
+        let gi =
+            match cfg.gcr3_of(device) {
+                Some(i) => i,
+                None => {
+                    let i = cfg.gcr3.iter().position(Option::is_none).ok_or(
+                        Error::InvalidArgument {
+                            what: "devices with PASIDs (MAX_GCR3_TABLES)",
+                            value: MAX_GCR3_TABLES as u64,
+                        },
+                    )?;
+                    let page = self.alloc.alloc(PAGE_SHIFT_4K).ok_or(Error::NoMemory)?;
+                    cfg.gcr3[i] = Some(Gcr3Table {
+                        device,
+                        page,
+                        domain_id: GCR3_DOMAIN_ID_BASE + i as u16,
+                    });
+                    i
+                }
+            };
+        let was_ats = cfg.attachments[index].is_some_and(|a| a.ats);
+        cfg.set(
+            index,
+            Some(Attachment {
+                device,
+                pasid: Some(pasid),
+                slot,
+                ats,
+                settled: false,
+            }),
+        );
+        let Some(g) = cfg.gcr3[gi].as_ref() else {
+            return Err(Error::NoMemory);
+        };
+        g.set(pasid.get(), Some(table.root()));
+        let tag = g.domain_id;
+        let entry = DeviceTableEntry::guest(tag, g.page.pa, ats)?;
+        let extra = [
+            Command::invalidate_iommu_pages(tag, Some(pasid), InvalidationRange::All, true),
+            Command::invalidate_iotlb_pages(device as u16, 0, Some(pasid), InvalidationRange::All),
+        ];
+        let n = if ats || was_ats { 2 } else { 1 };
+        self.set_device_entry_locked(&cfg.devtab, device, &entry, &extra[..n])?;
+        if let Some(a) = cfg.attachments[index].as_mut() {
+            a.settled = true;
+        }
+        Ok(())
+    }
+
+    /// Clears `pasid`'s GCR3 entry; after the device's last PASID the device's entry becomes
+    /// blocking and, once the invalidations (INVALIDATE_DEVTAB_ENTRY, INVALIDATE_IOMMU_PAGES
+    /// of the PASID with `GN`, the ATS device's IOTLB) completed, the GCR3 table's page goes
+    /// back and its domain ID may be given to another device.
+    fn detach_pasid_impl(&self, device: u32, pasid: Pasid) -> Result<(), Error> {
+        let mut cfg = self.config.lock();
+        let index = cfg
+            .find_pasid(device, Some(pasid))
+            .ok_or(Error::NotAttached(DeviceId(device)))?;
+        let Some(a) = cfg.attachments[index] else {
+            return Err(Error::NotAttached(DeviceId(device)));
+        };
+        if let Some(a) = cfg.attachments[index].as_mut() {
+            a.settled = false;
+        }
+        let gi = cfg
+            .gcr3_of(device)
+            .ok_or(Error::NotAttached(DeviceId(device)))?;
+        let Some(g) = cfg.gcr3[gi].as_ref() else {
+            return Err(Error::NotAttached(DeviceId(device)));
+        };
+        g.set(pasid.get(), None);
+        let tag = g.domain_id;
+        let extra = [
+            Command::invalidate_iommu_pages(tag, Some(pasid), InvalidationRange::All, true),
+            Command::invalidate_iotlb_pages(device as u16, 0, Some(pasid), InvalidationRange::All),
+        ];
+        let extra = &extra[..if a.ats { 2 } else { 1 }];
+        let last = !cfg
+            .recorded()
+            .iter()
+            .flatten()
+            .any(|o| o.device == device && o.pasid.is_some() && o.pasid != Some(pasid));
+        if last {
+            self.set_device_entry_locked(&cfg.devtab, device, &DeviceTableEntry::BLOCKED, extra)?;
+        } else {
+            self.run(&[extra])?;
+        }
+        cfg.set(index, None);
+        if last {
+            if let Some(g) = cfg.gcr3[gi].take() {
+                // SAFETY: from `self.alloc`; the device's entry no longer names the table and
+                // the INVALIDATE_DEVTAB_ENTRY and INVALIDATE_IOMMU_PAGES (`GN`, `PDE`) behind
+                // it completed: the unit holds nothing read from it.
+                unsafe { self.alloc.free(g.page, PAGE_SHIFT_4K) };
+            }
+        }
+        Ok(())
+    }
+
+    /// PASID width of attachments: EFR `PASmax + 1` with `GTSup`, at most what one GCR3
+    /// level indexes.
+    fn pasid_bits(&self) -> u32 {
+        if domain::guest_tables(&self.info) {
+            self.info.pasid_bits.min(gcr3::PASID_BITS)
+        } else {
+            0
+        }
     }
 
     fn detach_impl(&self, device: u32) -> Result<(), Error> {
@@ -309,7 +500,7 @@ where
             ias: domain::max_bits(&self.info),
             oas: self.info.output_bits,
             page_sizes: 1 << 12 | 1 << 21 | 1 << 30,
-            pasid_bits: 0,
+            pasid_bits: self.pasid_bits(),
             enforce_snoop: true,
             dirty_tracking: false,
             nesting: false,
@@ -320,7 +511,9 @@ where
                 ias: Source::Register("EFR.HATS"),
                 oas: Source::Embedder("AmdViConfig::output_bits"),
                 page_sizes: Source::Embedder("AMD-Vi v1 table (2 MiB, 1 GiB leaves)"),
-                pasid_bits: Source::Embedder("AMD-Vi driver: no GCR3 tables yet"),
+                pasid_bits: Source::Register(
+                    "EFR.GTSup, EFR.PASmax (one GCR3 level: 9 bits at most)",
+                ),
                 enforce_snoop: V1_FC,
                 dirty_tracking: Source::Register("EFR.HDSup (not used yet)"),
                 nesting: Source::Embedder("AMD-Vi driver: no nesting"),
@@ -353,7 +546,7 @@ where
 
     fn domain_geometry(&self, domain: DomainHandle) -> Result<(u32, u64), Error> {
         self.with_domain(domain, |d| {
-            let g = d.table.geometry();
+            let g = on_table!(&d.table, t => *t.geometry());
             (g.ias, g.page_sizes)
         })
     }
@@ -363,7 +556,7 @@ where
         let slot = self.slot(domain)?;
         let mut guard = self.domains[slot].write();
         let d = guard.as_mut().ok_or(Error::InvalidDomain(domain))?;
-        d.table.set_max_leaf_log2(max);
+        on_table!(&mut d.table, t => t.set_max_leaf_log2(max));
         Ok(())
     }
 
@@ -392,7 +585,7 @@ where
         drop(guard);
         drop(cfg);
         let mut gather = dom.owed.into_inner();
-        let destroyed = dom.table.destroy(&mut gather);
+        let destroyed = on_table!(dom.table, t => t.destroy(&mut gather));
         // SAFETY: no entry points at the table (no attachment; each detach or replace
         // invalidated the device's entry) and everything tagged with its ID was invalidated
         // above, the wait completed.
@@ -414,7 +607,7 @@ where
             if prot.contains(Prot::PRIV) {
                 return Err(Error::PageTable(pgtable::Error::UnsupportedProt { prot }));
             }
-            d.table.map(iova, pa, len, prot).map_err(Error::from)
+            on_table!(&d.table, t => t.map(iova, pa, len, prot)).map_err(Error::from)
         })??;
         if self.info.np_cache {
             if let Err(e) = self.flush_map(domain, iova, len) {
@@ -433,7 +626,7 @@ where
         gather: &mut Gather,
     ) -> Result<u64, Error> {
         self.with_domain(domain, |d| {
-            d.table.unmap(iova, len, gather).map_err(Error::from)
+            on_table!(&d.table, t => t.unmap(iova, len, gather)).map_err(Error::from)
         })?
     }
 
@@ -447,7 +640,7 @@ where
         let mut guard = self.domains[slot].write();
         let dom = guard.as_mut().ok_or(Error::InvalidDomain(domain))?;
         let mut gather = Gather::new();
-        let unlinked = scope.reclaim(&mut dom.table, &mut gather);
+        let unlinked = on_table!(&mut dom.table, t => scope.reclaim(t, &mut gather));
         let pages = gather.freed_pages() + dom.owed.get_mut().freed_pages();
         if let Err(e) = self.flush_locked(&cfg, slot, dom, &mut gather) {
             dom.owed.get_mut().absorb(gather);
@@ -460,14 +653,14 @@ where
     fn table_pages(&self, domain: DomainHandle) -> Result<DomainPages, Error> {
         self.with_domain(domain, |d| {
             Ok(DomainPages {
-                tables: d.table.table_pages()?,
+                tables: on_table!(&d.table, t => t.table_pages())?,
                 unflushed: d.owed.lock().freed_pages(),
             })
         })?
     }
 
     fn query(&self, domain: DomainHandle, iova: Iova) -> Option<Mapping> {
-        self.with_domain(domain, |d| d.table.query(iova))
+        self.with_domain(domain, |d| on_table!(&d.table, t => t.query(iova)))
             .ok()
             .flatten()
     }
@@ -480,9 +673,7 @@ where
         f: &mut dyn FnMut(Leaf),
     ) -> Result<(), Error> {
         self.with_domain(domain, |d| {
-            d.table
-                .for_each_mapping(iova, len, &mut *f)
-                .map_err(Error::from)
+            on_table!(&d.table, t => t.for_each_mapping(iova, len, &mut *f)).map_err(Error::from)
         })?
     }
 
@@ -496,8 +687,7 @@ where
         gather: &mut Gather,
     ) -> Result<(), Error> {
         self.with_domain(domain, |d| {
-            d.table
-                .read_dirty(iova, len, how, &mut *sink, gather)
+            on_table!(&d.table, t => t.read_dirty(iova, len, how, &mut *sink, gather))
                 .map_err(Error::from)
         })?
     }
@@ -525,18 +715,21 @@ where
         domain: DomainHandle,
         hints: &DeviceHints,
     ) -> Result<(), Error> {
-        if let Some(p) = pasid {
-            let _ = p;
-            return Err(Error::Unsupported(Missing::Pasid { bits: 0 }));
-        }
         let slot = self.slot(domain)?;
-        self.attach_impl(device.0, slot, hints.ats)
+        match pasid {
+            Some(p) if self.pasid_bits() == 0 => {
+                let _ = p;
+                Err(Error::Unsupported(Missing::Pasid { bits: 0 }))
+            }
+            Some(p) => self.attach_pasid_impl(device.0, p, slot, hints.ats),
+            None => self.attach_impl(device.0, slot, hints.ats),
+        }
     }
 
     fn detach(&self, device: DeviceId, pasid: Option<Pasid>) -> Result<(), Error> {
-        if let Some(p) = pasid {
-            return Err(Error::InvalidPasid(p));
+        match pasid {
+            Some(p) => self.detach_pasid_impl(device.0, p),
+            None => self.detach_impl(device.0),
         }
-        self.detach_impl(device.0)
     }
 }

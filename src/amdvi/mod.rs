@@ -12,12 +12,13 @@
 //! | [`efr`] | §3.4 Extended Feature Register (EFR, EFR2) |
 //! | [`dte`] | §2.2.2.1 Device Table Entry Format; the order of live updates |
 //! | [`devtab`] | §2.2.2 Device Table: size from the device-ID range |
+//! | [`gcr3`] | §2.2.6 GCR3 table: one guest (v2) table root per PASID |
 //! | [`cmd`] | §2.4 Commands: COMPLETION_WAIT, INVALIDATE_* (the `S`-bit range encoding) |
 //! | [`cmdbuf`] | §2.4 the command buffer: head/tail, completion wait, error recovery |
 //! | [`event`] | §2.5 Event Logging: the event types and their fields |
 //! | [`eventlog`] | §2.5 the event log: drain, overflow restart |
 //! | [`unit`](mod@unit) | the unit: enable/disable/takeover, device entries, commands |
-//! | `domain` | §2.2.3 v1 tables as domains, domain IDs, `HATS` |
+//! | `domain` | §2.2.3 v1 tables as domains, domain IDs, `HATS`; §2.2.6 v2 tables for PASIDs |
 //! | `iommu_impl` | [`crate::iommu::Iommu`]: attach/detach through DTEs, flush with the fewest INVALIDATE_IOMMU_PAGES |
 //!
 //! Register access goes through [`crate::mmio::RegisterWindow`]; every wait is bounded by a poll
@@ -34,6 +35,7 @@ pub mod dte;
 pub mod efr;
 pub mod event;
 pub mod eventlog;
+pub mod gcr3;
 pub mod regs;
 pub mod unit;
 

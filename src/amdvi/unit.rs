@@ -28,14 +28,16 @@ use core::ptr::{addr_of_mut, NonNull};
 use super::cmd::{self, Command, InvalidationRange};
 use super::cmdbuf::CommandBuffer;
 use super::devtab::DeviceTable;
-use super::domain::Domain;
+use super::domain::{on_table, Domain};
 use super::dte::{self, DeviceTableEntry, Store128};
 use super::efr::{Efr, Efr2, EfrFlags};
 use super::event::{Event, EventCode};
 use super::eventlog::{DrainSummary, EventLog};
+use super::gcr3::Gcr3Table;
 use super::regs::{self, Control, Status};
 use super::{CommandErrorKind, Error};
-use crate::mem::{PageAllocator, PhysAddr, WalkerCoherency};
+use crate::iommu::Pasid;
+use crate::mem::{PageAllocator, PhysAddr, WalkerCoherency, PAGE_SHIFT_4K};
 use crate::mmio::{RegisterWindow, DEFAULT_POLL_BUDGET};
 
 /// Command buffer length unless told otherwise: 2^9 = 512 commands (8 KiB), as Linux.
@@ -48,8 +50,14 @@ pub const DEFAULT_DOMAINS: usize = 64;
 /// Output width unless told otherwise: 48 bits (every physical address of today's AMD servers
 /// below 256 TiB).
 pub const DEFAULT_OUTPUT_BITS: u32 = 48;
-/// Device attachments one unit tracks.
+/// Device attachments one unit tracks (a device's requests without PASID and each of its
+/// PASIDs count one each).
 pub const MAX_ATTACHMENTS: usize = 256;
+/// Devices with a GCR3 table (PASIDs attached) one unit tracks.
+pub const MAX_GCR3_TABLES: usize = 64;
+/// The `DomainID` of the `i`-th GCR3 table's device entry is `GCR3_DOMAIN_ID_BASE + i`: above
+/// every domain slot's ID (a unit with this many domain slots is refused).
+pub const GCR3_DOMAIN_ID_BASE: u16 = 0xFF00;
 /// Device IDs the device table covers unless told otherwise: bus 0 (one 8 KiB table).
 pub const DEFAULT_DEVICE_IDS: u32 = 256;
 
@@ -231,6 +239,12 @@ impl<W: RegisterWindow, A: PageAllocator, const DOMAINS: usize> AmdViUnit<W, A, 
         alloc: A,
         config: AmdViConfig,
     ) -> Result<(), Error> {
+        if DOMAINS >= usize::from(GCR3_DOMAIN_ID_BASE) {
+            return Err(Error::InvalidArgument {
+                what: "DOMAINS (domain IDs below GCR3_DOMAIN_ID_BASE)",
+                value: DOMAINS as u64,
+            });
+        }
         let cx16 = Store128::detect().ok_or(Error::Unsupported {
             what: "CMPXCHG16B (CPUID.01H:ECX.CX16) for 128-bit device table entry stores",
             value: 0,
@@ -474,11 +488,17 @@ impl<W: RegisterWindow, A: PageAllocator, const DOMAINS: usize> AmdViUnit<W, A, 
             if let Some(dom) = lock.get_mut().take() {
                 let mut gather = dom.owed.into_inner();
                 // A corrupt table leaks what it could not walk; the rest goes back.
-                let _ = dom.table.destroy(&mut gather);
+                let _ = on_table!(dom.table, t => t.destroy(&mut gather));
                 // SAFETY: IommuEn is clear: the unit walks no table, and a later enable would
                 // point it at another device table (this one is freed below).
                 let done = unsafe { crate::pgtable::InvalidationComplete::assume() };
                 let _ = gather.release(&unit.alloc, done);
+            }
+        }
+        for g in unit.config.get_mut().gcr3.iter_mut() {
+            if let Some(g) = g.take() {
+                // SAFETY: from `unit.alloc`; IommuEn is clear, so the unit reads no GCR3 table.
+                unsafe { unit.alloc.free(g.page, PAGE_SHIFT_4K) };
             }
         }
         // SAFETY: the table is read out once and the unit is never used again (the caller's
@@ -604,6 +624,8 @@ impl<W: RegisterWindow, A: PageAllocator, const DOMAINS: usize> AmdViUnit<W, A, 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Attachment {
     pub device: u32,
+    /// The PASID, for an attachment through the device's GCR3 table.
+    pub pasid: Option<Pasid>,
     pub slot: usize,
     pub ats: bool,
     /// `false` while an attach or detach of the device failed half-way (its entry written,
@@ -624,6 +646,8 @@ pub(crate) struct ConfigState {
     /// the slots, issue 18).
     #[cfg(test)]
     pub flush_slot_reads: core::sync::atomic::AtomicUsize,
+    /// The GCR3 tables of devices with PASIDs attached.
+    pub gcr3: [Option<Gcr3Table>; MAX_GCR3_TABLES],
 }
 
 impl ConfigState {
@@ -638,6 +662,7 @@ impl ConfigState {
         ats: 0,
         #[cfg(test)]
         flush_slot_reads: core::sync::atomic::AtomicUsize::new(0),
+        gcr3: [const { None }; MAX_GCR3_TABLES],
     });
 
     /// Records (or with `None` removes) the attachment in slot `index`, keeping `used` and
@@ -668,10 +693,38 @@ impl ConfigState {
             .unwrap_or(&self.attachments)
     }
 
+    /// The attachment of `device`'s requests without PASID.
     pub fn find(&self, device: u32) -> Option<usize> {
+        self.find_pasid(device, None)
+    }
+
+    /// The attachment of `device` with `pasid` (`None`: without PASID).
+    pub fn find_pasid(&self, device: u32, pasid: Option<Pasid>) -> Option<usize> {
         self.recorded()
             .iter()
-            .position(|a| a.is_some_and(|a| a.device == device))
+            .position(|a| a.is_some_and(|a| a.device == device && a.pasid == pasid))
+    }
+
+    /// Whether `device` has PASIDs attached (or half-attached).
+    pub fn has_pasids(&self, device: u32) -> bool {
+        self.recorded()
+            .iter()
+            .flatten()
+            .any(|a| a.device == device && a.pasid.is_some())
+    }
+
+    /// The `DomainID` of `device`'s GCR3 table.
+    pub fn gcr3_tag(&self, device: u32) -> Option<u16> {
+        self.gcr3_of(device)
+            .and_then(|i| self.gcr3[i].as_ref())
+            .map(|g| g.domain_id)
+    }
+
+    /// The index of `device`'s GCR3 table.
+    pub fn gcr3_of(&self, device: u32) -> Option<usize> {
+        self.gcr3
+            .iter()
+            .position(|g| g.as_ref().is_some_and(|g| g.device == device))
     }
 
     pub fn of_domain(&self, slot: usize) -> impl Iterator<Item = &Attachment> {

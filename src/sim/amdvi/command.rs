@@ -122,11 +122,9 @@ impl State<'_> {
                 let domain = (c[0] >> 32) as u16;
                 let (first, log2) = decode_range(c[1]);
                 let pde = c[1] & 2 != 0;
-                if c[1] & 4 != 0 {
-                    // GN: guest translations are not modelled (none are cached).
-                } else {
-                    self.invalidate_pages(domain, first, log2, pde);
-                }
+                // GN: the guest translations of the PASID (bits 19:0), else the host ones.
+                let pasid = (c[1] & 4 != 0).then_some((c[0] & 0xF_FFFF) as u32);
+                self.invalidate_pages(domain, pasid, first, log2, pde && pasid.is_none());
                 match (c[1] & 1 != 0, log2) {
                     (false, _) => self.stats.invalidate_pages_page += 1,
                     (true, 64) => self.stats.invalidate_pages_all += 1,
@@ -165,7 +163,14 @@ impl State<'_> {
         Outcome::Done
     }
 
-    fn invalidate_pages(&mut self, domain: u16, first: u64, log2: u32, pde: bool) {
+    fn invalidate_pages(
+        &mut self,
+        domain: u16,
+        pasid: Option<u32>,
+        first: u64,
+        log2: u32,
+        pde: bool,
+    ) {
         let last = if log2 >= 64 {
             u64::MAX
         } else {
@@ -173,7 +178,7 @@ impl State<'_> {
         };
         self.iotlb.retain(|e| {
             let e_last = e.iova + ((1u64 << e.size_log2) - 1);
-            e.domain != domain || e_last < first || e.iova > last
+            e.domain != domain || e.pasid != pasid || e_last < first || e.iova > last
         });
         if pde {
             self.pde_cache

@@ -19,8 +19,12 @@
 //! passed: `PDE` drops them) that keep entries until invalidated; the event log with overflow
 //! (`EventOverflow`, `EventLogRun` clear, events dropped); fault injection ([`Injection`]).
 //!
-//! What is not: interrupt remapping (INVALIDATE_INTERRUPT_TABLE is counted), guest (v2)
-//! translation and GCR3 tables, ATS translation requests (INVALIDATE_IOTLB_PAGES is counted,
+//! Guest (v2) translation through one-level GCR3 tables for PASID-tagged requests
+//! ([`AmdViModel::dma_pasid`]), cached in the IOTLB under the DTE's `DomainID` and the PASID
+//! (see `translate.rs`).
+//!
+//! What is not: interrupt remapping (INVALIDATE_INTERRUPT_TABLE is counted), nested (`GV` with a
+//! host table) translation and multi-level GCR3 tables, ATS translation requests (INVALIDATE_IOTLB_PAGES is counted,
 //! and [`Injection::IotlbTimeout`] logs its time-out), PPR, the exclusion range (its enable
 //! bit is recorded), performance counters. Interrupts are counted, not delivered.
 
@@ -112,6 +116,14 @@ impl AmdViModelConfig {
             efr: 1 << 0 | 1 << 1 | EFR_GT_SUP | EFR_IA_SUP | 1 << 7 | 1 << 8 | 2 << 10 | 2 << 12,
             efr2: 0,
         }
+    }
+
+    /// With EFR `GTSup` and `PASmax` = `bits - 1` (1..=20): PASIDs of `bits` bits.
+    pub const fn with_pasids(mut self, bits: u32) -> Self {
+        self.efr = (self.efr & !(0x1F << 32))
+            | EFR_GT_SUP
+            | ((bits.saturating_sub(1) as u64) & 0x1F) << 32;
+        self
     }
 
     /// Without EFR `IASup`: INVALIDATE_IOMMU_ALL is illegal.
@@ -395,7 +407,7 @@ impl<'m> AmdViModel<'m> {
         let kept = (st.stats, st.event_tail, st.status, st.control);
         // The walk logs no event: the log is off for it.
         st.control &= !regs::CTRL_EVENT_LOG_EN;
-        let pa = st.translate(device_id, iova, false).ok().map(|t| t.pa);
+        let pa = st.translate(device_id, None, iova, false).ok().map(|t| t.pa);
         (st.dte_cache, st.iotlb, st.pde_cache) = caches;
         (st.stats, st.event_tail, st.status, st.control) = kept;
         pa

@@ -10,13 +10,30 @@
 //! index bits must be zero), anything else is an illegal level (a fault with `RZ`). IOVA bits
 //! above what `Mode` levels translate must be zero. Read and write permission is the AND of
 //! the DTE's `IR`/`IW` and every entry's on the walk; `FC` in the leaf forces snooping.
+//!
+//! Guest translation (§2.2.6 "I/O Page Tables for Guest Translations"): a request with a PASID
+//! is refused (INVALID_DEVICE_REQUEST) unless the DTE has `GV`; one without a PASID is
+//! translated as PASID 0's when the DTE has `GV` and `GIoV`. The PASID's entry of the GCR3
+//! table (`GLX` 0 only: one 4 KiB level of 512 eight-byte entries; bit 0 valid, bits 51:12 the
+//! guest CR3) names a v2 table, walked by the reference walker [`crate::sim::walk::amdvi_v2`]
+//! (4 levels, NX) as user requests; with `Mode` 0 the output is a system physical address
+//! (nested translation through a host table, `Mode` 1..=6 with `GV`, is not modelled: such a
+//! DTE is refused as illegal). Guest translations are cached in the IOTLB tagged with the
+//! DTE's `DomainID` and the PASID: only INVALIDATE_IOMMU_PAGES with `GN` and that PASID (or
+//! INVALIDATE_IOMMU_ALL) removes them. GCR3 entries are not cached (read on every IOTLB miss).
 
 use super::{regs, AmdViModel, State};
+use crate::mem::{Iova, PhysAddr};
 use crate::sim::arena::PhysMem;
+use crate::sim::walk::{self, Access};
 
 const EVENT_ILLEGAL_DEV_TABLE_ENTRY: u64 = 0x1;
 const EVENT_IO_PAGE_FAULT: u64 = 0x2;
 const EVENT_PAGE_TAB_HARDWARE_ERROR: u64 = 0x4;
+const EVENT_INVALID_DEVICE_REQUEST: u64 = 0x8;
+const FLAG_GN: u64 = 1 << 0;
+const DTE_GIOV: u64 = 1 << 54;
+const DTE_GV: u64 = 1 << 55;
 const FLAG_PR: u64 = 1 << 4;
 const FLAG_RW: u64 = 1 << 5;
 const FLAG_PE: u64 = 1 << 6;
@@ -31,6 +48,8 @@ const ADDR: u64 = 0x000F_FFFF_FFFF_F000;
 #[derive(Clone, Copy, Debug)]
 pub(super) struct IotlbEntry {
     pub domain: u16,
+    /// The PASID of a guest translation (`None`: a host translation).
+    pub pasid: Option<u32>,
     pub iova: u64,
     pub size_log2: u32,
     pub pa: u64,
@@ -108,7 +127,21 @@ impl AmdViModel<'_> {
     pub fn dma(&self, device_id: u16, iova: u64, write: bool) -> Result<DmaOk, DmaFault> {
         let mut st = self.lock();
         st.stats.translations += 1;
-        st.translate(device_id, iova, write)
+        st.translate(device_id, None, iova, write)
+    }
+
+    /// As [`dma`](Self::dma), for a request carrying `pasid` (a PASID TLP prefix, user
+    /// privilege).
+    pub fn dma_pasid(
+        &self,
+        device_id: u16,
+        pasid: u32,
+        iova: u64,
+        write: bool,
+    ) -> Result<DmaOk, DmaFault> {
+        let mut st = self.lock();
+        st.stats.translations += 1;
+        st.translate(device_id, Some(pasid & 0xF_FFFF), iova, write)
     }
 }
 
@@ -162,6 +195,7 @@ impl State<'_> {
     pub(super) fn translate(
         &mut self,
         device: u16,
+        pasid: Option<u32>,
         iova: u64,
         write: bool,
     ) -> Result<DmaOk, DmaFault> {
@@ -190,6 +224,16 @@ impl State<'_> {
                 iova,
             );
         }
+        let pasid = match pasid {
+            Some(_) if q0 & DTE_GV == 0 => {
+                return self.fault(EVENT_INVALID_DEVICE_REQUEST, device, domain, rw, iova);
+            }
+            None if q0 & (DTE_GV | DTE_GIOV) == DTE_GV | DTE_GIOV => Some(0),
+            p => p,
+        };
+        if let Some(p) = pasid {
+            return self.translate_guest(dte, device, p, iova, write);
+        }
         if mode == 0 {
             if allowed(dir, diw) {
                 return Ok(DmaOk {
@@ -208,11 +252,12 @@ impl State<'_> {
                 iova,
             );
         }
-        if let Some(e) = self
-            .iotlb
-            .iter()
-            .find(|e| e.domain == domain && iova >= e.iova && iova - e.iova < (1u64 << e.size_log2))
-        {
+        if let Some(e) = self.iotlb.iter().find(|e| {
+            e.domain == domain
+                && e.pasid.is_none()
+                && iova >= e.iova
+                && iova - e.iova < (1u64 << e.size_log2)
+        }) {
             let e = *e;
             self.stats.iotlb_hits += 1;
             if !allowed(e.read && dir, e.write && diw) {
@@ -312,6 +357,7 @@ impl State<'_> {
             let fc = pte & PTE_FC != 0;
             self.iotlb.push(IotlbEntry {
                 domain,
+                pasid: None,
                 iova: base,
                 size_log2,
                 pa: pa_base,
@@ -336,5 +382,121 @@ impl State<'_> {
                 from_iotlb: false,
             });
         }
+    }
+
+    /// A request of `pasid` through the DTE's GCR3 table (see the module).
+    fn translate_guest(
+        &mut self,
+        dte: [u64; 4],
+        device: u16,
+        pasid: u32,
+        iova: u64,
+        write: bool,
+    ) -> Result<DmaOk, DmaFault> {
+        let q0 = dte[0];
+        let domain = dte[1] as u16;
+        let rw = if write { FLAG_RW } else { 0 };
+        let gn = FLAG_GN | rw;
+        let (dir, diw) = (q0 & PTE_IR != 0, q0 & PTE_IW != 0);
+        let mode = (q0 >> 9) & 7;
+        let glx = (q0 >> 56) & 3;
+        if mode != 0 || glx != 0 {
+            return self.fault(
+                EVENT_ILLEGAL_DEV_TABLE_ENTRY,
+                device,
+                domain,
+                rw | FLAG_RZ,
+                iova,
+            );
+        }
+        let hit = self.iotlb.iter().copied().find(|e| {
+            e.domain == domain
+                && e.pasid == Some(pasid)
+                && iova >= e.iova
+                && iova - e.iova < (1u64 << e.size_log2)
+        });
+        let e = match hit {
+            Some(e) => {
+                self.stats.iotlb_hits += 1;
+                e
+            }
+            None => {
+                let gcr3 = ((q0 >> 58) & 0x7) << 12
+                    | ((dte[1] >> 16) & 0xFFFF) << 15
+                    | ((dte[1] >> 43) & 0x1F_FFFF) << 31;
+                if pasid >= 512 {
+                    return self.fault(EVENT_IO_PAGE_FAULT, device, pasid as u16, gn, iova);
+                }
+                let Some(entry) = self.mem.read_u64(gcr3 + u64::from(pasid) * 8) else {
+                    return self.fault(EVENT_PAGE_TAB_HARDWARE_ERROR, device, domain, rw, iova);
+                };
+                if entry & 1 == 0 {
+                    return self.fault_pasid(device, pasid, gn, iova);
+                }
+                self.stats.walks += 1;
+                let cfg = walk::amdvi_v2::AmdV2Config {
+                    root: PhysAddr::new(entry & ADDR),
+                    levels: 4,
+                    oas: 52,
+                    no_execute: true,
+                };
+                let t = match walk::amdvi_v2::translate(
+                    self.mem,
+                    &cfg,
+                    Iova::new(iova),
+                    Access::READ,
+                ) {
+                    Ok(t) => t,
+                    Err(_) => return self.fault_pasid(device, pasid, gn, iova),
+                };
+                let size = t.page_size_log2;
+                let base = iova >> size << size;
+                let e = IotlbEntry {
+                    domain,
+                    pasid: Some(pasid),
+                    iova: base,
+                    size_log2: size,
+                    pa: t.pa.get() - (iova - base),
+                    read: t.read,
+                    write: t.write,
+                    fc: false,
+                };
+                self.iotlb.push(e);
+                e
+            }
+        };
+        let ok = if write { e.write && diw } else { e.read && dir };
+        if !ok {
+            return self.fault_pasid(device, pasid, gn | FLAG_PR | FLAG_PE, iova);
+        }
+        Ok(DmaOk {
+            pa: e.pa + (iova - e.iova),
+            page_size_log2: e.size_log2,
+            force_coherent: false,
+            domain,
+            from_iotlb: hit.is_some(),
+        })
+    }
+
+    /// An IO_PAGE_FAULT of a guest request: `GN` set, the PASID in the domain/PASID field.
+    fn fault_pasid(
+        &mut self,
+        device: u16,
+        pasid: u32,
+        flags: u64,
+        address: u64,
+    ) -> Result<DmaOk, DmaFault> {
+        self.log_event([
+            EVENT_IO_PAGE_FAULT << 60
+                | flags << 48
+                | u64::from(pasid & 0xFFFF) << 32
+                | u64::from(pasid & 0xF_0000)
+                | u64::from(device),
+            address,
+        ]);
+        Err(DmaFault {
+            event_code: EVENT_IO_PAGE_FAULT as u8,
+            flags: flags as u16,
+        })
     }
 }
