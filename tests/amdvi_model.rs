@@ -493,3 +493,85 @@ fn pasid_translations_need_the_gn_invalidation() {
     u.flush(d, &mut g).unwrap();
     assert!(model.dma_pasid(DEV.0 as u16, 3, 0x10_0000, false).is_err());
 }
+
+/// Dirty tracking with EFR `HDSup` (issue 20), as the other families' dirty tests: a write
+/// sets `D` (DTE `HAD`), reported once and cleaned; `NO_CLEAR` reports without cleaning; the
+/// clean is seen again only after the flush invalidated the IOTLB; turning tracking on leaves
+/// every page clean; off, writes set nothing.
+#[test]
+fn dirty_tracking_with_hdsup() {
+    use iommu_engine::pgtable::DirtyRead;
+    let mem = Arena::with_defaults().unwrap();
+    let model = AmdViModel::new(&mem, AmdViModelConfig::qemu_default().with_dirty_tracking());
+    let u = setup(&mem, &model);
+    assert!(u.capabilities().dirty_tracking);
+    let d = u
+        .domain_alloc(&DomainConfig {
+            dirty_tracking: true,
+            ..DomainConfig::default()
+        })
+        .unwrap();
+    u.attach(DEV, None, d).unwrap();
+    assert_ne!(u.device_entry(DEV.0).unwrap().0[0] & (3 << 7), 0, "HAD");
+    u.map(d, Iova::new(0x4000), PhysAddr::new(0x7000_0000), 0x4000, RW)
+        .unwrap();
+    let read = |how, g: &mut Gather| {
+        let mut seen = Vec::new();
+        u.read_dirty(
+            d,
+            Iova::new(0),
+            0x10_0000,
+            how,
+            &mut |i, _| seen.push(i.get()),
+            g,
+        )
+        .unwrap();
+        seen
+    };
+    // A read sets nothing.
+    model.dma(DEV.0 as u16, 0x4000, false).unwrap();
+    let mut g = Gather::new();
+    assert!(read(DirtyRead::Clear, &mut g).is_empty());
+    // A write sets D: NO_CLEAR reports and keeps it, Clear reports and cleans it.
+    model.dma(DEV.0 as u16, 0x5008, true).unwrap();
+    assert_eq!(read(DirtyRead::NoClear, &mut g), [0x5000]);
+    assert!(g.is_empty(), "NO_CLEAR cleans nothing, owes nothing");
+    assert_eq!(read(DirtyRead::NoClear, &mut g), [0x5000]);
+    assert_eq!(read(DirtyRead::Clear, &mut g), [0x5000]);
+    assert!(read(DirtyRead::Clear, &mut Gather::new()).is_empty());
+    // Without the invalidation the IOTLB entry, cached dirty, hides the next write.
+    model.dma(DEV.0 as u16, 0x5008, true).unwrap();
+    assert!(read(DirtyRead::NoClear, &mut Gather::new()).is_empty());
+    u.flush(d, &mut g).unwrap();
+    model.dma(DEV.0 as u16, 0x5008, true).unwrap();
+    assert_eq!(read(DirtyRead::Clear, &mut g), [0x5000]);
+    u.flush(d, &mut g).unwrap();
+    // Off: HAD clear in the device's entry.
+    u.set_dirty_tracking(d, false).unwrap();
+    assert_eq!(u.device_entry(DEV.0).unwrap().0[0] & (3 << 7), 0);
+    model.dma(DEV.0 as u16, 0x5000, true).unwrap();
+    // On again: every page starts clean, and the next write is recorded.
+    let before = model.stats();
+    u.set_dirty_tracking(d, true).unwrap();
+    let after = model.stats();
+    assert_eq!(after.invalidate_devtab - before.invalidate_devtab, 1);
+    assert_eq!(after.invalidate_pages_all - before.invalidate_pages_all, 1);
+    assert_eq!(after.completion_waits - before.completion_waits, 1);
+    assert!(
+        read(DirtyRead::NoClear, &mut Gather::new()).is_empty(),
+        "starts clean"
+    );
+    model.dma(DEV.0 as u16, 0x6000, true).unwrap();
+    assert_eq!(read(DirtyRead::NoClear, &mut Gather::new()), [0x6000]);
+    // Without HDSup: refused.
+    let m2 = AmdViModel::new(&mem, AmdViModelConfig::qemu_default());
+    let u2 = setup(&mem, &m2);
+    assert!(!u2.capabilities().dirty_tracking);
+    assert!(matches!(
+        u2.domain_alloc(&DomainConfig {
+            dirty_tracking: true,
+            ..DomainConfig::default()
+        }),
+        Err(Error::Unsupported(_))
+    ));
+}

@@ -15,6 +15,8 @@
 //! domain's own ID.
 
 use super::efr::EfrFlags;
+use core::sync::atomic::AtomicBool;
+
 use super::unit::UnitInfo;
 use crate::iommu::{DomainConfig, Error, Missing, Stage};
 use crate::mem::{PageAllocator, WalkerCoherency};
@@ -60,7 +62,7 @@ pub fn choose(info: &UnitInfo, cfg: &DomainConfig) -> Result<DomainFormat, Error
     if cfg.supervisor {
         return Err(Error::Unsupported(Missing::SupervisorRequests));
     }
-    if cfg.dirty_tracking {
+    if cfg.dirty_tracking && !info.efr.flags().contains(EfrFlags::HD_SUP) {
         return Err(Error::Unsupported(Missing::DirtyTracking));
     }
     if cfg.nest_parent {
@@ -78,7 +80,7 @@ pub fn choose(info: &UnitInfo, cfg: &DomainConfig) -> Result<DomainFormat, Error
         oas: info.output_bits,
         large_pages: true,
         force_coherent: cfg.enforce_snoop,
-        dirty_tracking: false,
+        dirty_tracking: cfg.dirty_tracking,
     }))
 }
 
@@ -145,6 +147,10 @@ pub struct Domain<A: PageAllocator> {
     pub domain_id: u16,
     /// What a failed flush still owes (ranges and the pages waiting for them).
     pub owed: spin::Mutex<Gather>,
+    /// Built with dirty tracking (a v1 table whose leaves take `D`, EFR `HDSup`).
+    pub dirty: bool,
+    /// Dirty tracking is on: the entries of the domain's devices have `HAD` 11b.
+    pub tracking: AtomicBool,
 }
 
 impl<A: PageAllocator> Domain<A> {
@@ -153,6 +159,7 @@ impl<A: PageAllocator> Domain<A> {
     /// # Errors
     /// [`Error::NoMemory`], [`Error::PageTable`].
     pub fn new(cfg: DomainFormat, alloc: A, domain_id: u16) -> Result<Self, Error> {
+        let dirty = matches!(cfg, DomainFormat::V1(c) if c.dirty_tracking);
         let table = match cfg {
             DomainFormat::V1(c) => Table::V1(PageTable::new(
                 AmdV1::new(c)?,
@@ -169,6 +176,8 @@ impl<A: PageAllocator> Domain<A> {
             table,
             domain_id,
             owed: spin::Mutex::new(Gather::new()),
+            dirty,
+            tracking: AtomicBool::new(dirty),
         })
     }
 

@@ -10,6 +10,7 @@
 //! |---|---|
 //! | 0 | `V`: the entry is valid (clear: the unit does not translate the device's DMA) |
 //! | 1 | `TV`: the translation fields are valid |
+//! | 8:7 | `HAD`: the unit sets A and D in host (v1) leaves (11b; needs EFR `HASup`/`HDSup`) |
 //! | 11:9 | `Mode`: levels of the host (v1) table, 1-6; 0 = no translation (IR/IW still apply) |
 //! | 51:12 | `Host Page Table Root Pointer` |
 //! | 54 | `GIoV`: requests without a PASID are translated as PASID 0's (through the GCR3 table) |
@@ -61,6 +62,8 @@ use crate::mem::PhysAddr;
 pub const V: u64 = 1 << 0;
 /// `TV`.
 pub const TV: u64 = 1 << 1;
+/// `HAD`, quadword 0 bits 8:7: 11b, host access and dirty updates.
+pub const HAD: u64 = 3 << 7;
 /// `Mode`, quadword 0 bits 11:9.
 pub const MODE_SHIFT: u32 = 9;
 /// `Mode` mask.
@@ -161,6 +164,16 @@ impl DeviceTableEntry {
         self.0[0] |= GV | u64::from(glx) << GLX_SHIFT | ((p >> 12) & 0x7) << GCR3_A_SHIFT;
         self.0[1] |= ((p >> 15) & 0xFFFF) << GCR3_B_SHIFT | ((p >> 31) & 0x1F_FFFF) << GCR3_C_SHIFT;
         Ok(self)
+    }
+
+    /// This entry with `HAD` 11b (`on`) or 00b: whether the unit sets `D` in the host table's
+    /// leaves it writes through.
+    pub const fn with_had(mut self, on: bool) -> Self {
+        self.0[0] &= !HAD;
+        if on {
+            self.0[0] |= HAD;
+        }
+        self
     }
 
     /// `Mode`.

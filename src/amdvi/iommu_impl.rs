@@ -26,7 +26,8 @@
 
 use super::cmd::{Command, InvalidationRange};
 use super::domain::{self, on_table, Domain, Table};
-use super::dte::DeviceTableEntry;
+use super::dte::{self, DeviceTableEntry};
+use super::efr::EfrFlags;
 use super::gcr3::{self, Gcr3Table};
 use super::unit::{
     domain_id_of, Attachment, ConfigState, GCR3_DOMAIN_ID_BASE, MAX_ATTACHMENTS, MAX_GCR3_TABLES,
@@ -39,6 +40,7 @@ use crate::iommu::{
 use crate::mem::{Iova, PageAllocator, PhysAddr, PAGE_SHIFT_4K};
 use crate::mmio::RegisterWindow;
 use crate::pgtable::{self, Gather, InvalidationComplete, IovaRange, Leaf, Mapping, Prot};
+use core::sync::atomic::Ordering;
 
 /// The interrupt address range (MSI writes are interrupt requests) and the HyperTransport
 /// reserved range 0xFD_0000_0000-0xFF_FFFF_FFFF that AMD platforms decode themselves (Linux
@@ -282,7 +284,8 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> AmdViUni
                 what: "AMD-Vi v1 domain beside PASIDs (GV with a host table nests)",
             }));
         }
-        let entry = DeviceTableEntry::translated(dom.domain_id, table.root(), dom.mode(), ats)?;
+        let entry = DeviceTableEntry::translated(dom.domain_id, table.root(), dom.mode(), ats)?
+            .with_had(dom.dirty && dom.tracking.load(Ordering::Acquire));
         let old = cfg.find(device);
         let index =
             match old {
@@ -457,6 +460,57 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> AmdViUni
         Ok(())
     }
 
+    /// [`Iommu::set_dirty_tracking`]: the table first (turning on cleans every leaf), then
+    /// `HAD` in the entry of every device attached to the domain (each one 128-bit store of the
+    /// lower half), then one run: INVALIDATE_DEVTAB_ENTRY per device, INVALIDATE_IOMMU_PAGES of
+    /// the whole domain (IOTLB entries filled while `HAD` was clear, or of leaves just cleaned,
+    /// would let writes through unrecorded), the ATS devices' IOTLBs, one wait.
+    fn set_dirty_tracking_impl(&self, domain: DomainHandle, on: bool) -> Result<(), Error> {
+        let slot = self.slot(domain)?;
+        let cfg = self.config.lock();
+        let guard = self.domains[slot].read();
+        let dom = guard.as_ref().ok_or(Error::InvalidDomain(domain))?;
+        let Table::V1(table) = &dom.table else {
+            return Err(Error::Unsupported(Missing::DirtyTracking));
+        };
+        if !dom.dirty {
+            return Err(Error::Unsupported(Missing::DirtyTracking));
+        }
+        let mut cleaned = Gather::new();
+        table.set_dirty_tracking(on, &mut cleaned)?;
+        dom.tracking.store(on, Ordering::Release);
+        for a in cfg.of_domain(slot) {
+            if let Some(entry) = cfg.devtab.entry(a.device) {
+                let new = entry.load().with_had(on);
+                // Only the lower half changes: one store, no forget needed.
+                dte::write_live(self.cx16, entry, &new, |_| {}, || Ok::<(), Error>(()))?;
+            }
+        }
+        let devtab = cfg
+            .of_domain(slot)
+            .map(|a| Command::invalidate_devtab_entry(a.device as u16));
+        let pages = [Command::invalidate_iommu_pages(
+            dom.domain_id,
+            None,
+            InvalidationRange::All,
+            false,
+        )];
+        let iotlb = cfg.of_domain(slot).filter(|a| a.ats).map(|a| {
+            Command::invalidate_iotlb_pages(a.device as u16, 0, None, InvalidationRange::All)
+        });
+        if let Err(e) = self.run_iter(devtab.chain(pages).chain(iotlb)) {
+            // The next flush of the domain reissues the cleaned ranges' invalidation.
+            dom.owed.lock().absorb(cleaned);
+            return Err(e.into());
+        }
+        cleaned.clear_ranges();
+        // SAFETY: cleaning dirty state unlinks no table, so the gather holds no page; the
+        // invalidation of the whole domain above completed anyway.
+        let done = unsafe { InvalidationComplete::assume() };
+        cleaned.release(&self.alloc, done)?;
+        Ok(())
+    }
+
     /// PASID width of attachments: EFR `PASmax + 1` with `GTSup`, at most what one GCR3
     /// level indexes.
     fn pasid_bits(&self) -> u32 {
@@ -502,7 +556,7 @@ where
             page_sizes: 1 << 12 | 1 << 21 | 1 << 30,
             pasid_bits: self.pasid_bits(),
             enforce_snoop: true,
-            dirty_tracking: false,
+            dirty_tracking: self.info.efr.flags().contains(EfrFlags::HD_SUP),
             nesting: false,
             coherent_walk: true,
             coherent_dma: true,
@@ -515,7 +569,7 @@ where
                     "EFR.GTSup, EFR.PASmax (one GCR3 level: 9 bits at most)",
                 ),
                 enforce_snoop: V1_FC,
-                dirty_tracking: Source::Register("EFR.HDSup (not used yet)"),
+                dirty_tracking: Source::Register("EFR.HDSup"),
                 nesting: Source::Embedder("AMD-Vi driver: no nesting"),
                 coherent_walk: X86,
                 coherent_dma: X86,
@@ -693,10 +747,7 @@ where
     }
 
     fn set_dirty_tracking(&self, domain: DomainHandle, on: bool) -> Result<(), Error> {
-        // No domain of this unit is built with dirty tracking (`capabilities` says so), so
-        // there is nothing to switch: the same refusal `domain_alloc` gives.
-        let _ = (self.with_domain(domain, |_| ())?, on);
-        Err(Error::Unsupported(Missing::DirtyTracking))
+        self.set_dirty_tracking_impl(domain, on)
     }
 
     fn attach(

@@ -19,6 +19,8 @@
 //! passed: `PDE` drops them) that keep entries until invalidated; the event log with overflow
 //! (`EventOverflow`, `EventLogRun` clear, events dropped); fault injection ([`Injection`]).
 //!
+//! Dirty tracking: `D` set in v1 leaves under DTE `HAD` (see `translate.rs`).
+//!
 //! Guest (v2) translation through one-level GCR3 tables for PASID-tagged requests
 //! ([`AmdViModel::dma_pasid`]), cached in the IOTLB under the DTE's `DomainID` and the PASID
 //! (see `translate.rs`).
@@ -97,6 +99,8 @@ pub mod regs {
 pub const EFR_IA_SUP: u64 = 1 << 6;
 /// EFR `GTSup`.
 pub const EFR_GT_SUP: u64 = 1 << 4;
+/// EFR `HDSup`.
+pub const EFR_HD_SUP: u64 = 1 << 52;
 
 /// What the model reports and does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -123,6 +127,12 @@ impl AmdViModelConfig {
         self.efr = (self.efr & !(0x1F << 32))
             | EFR_GT_SUP
             | ((bits.saturating_sub(1) as u64) & 0x1F) << 32;
+        self
+    }
+
+    /// With EFR `HDSup` (and `HASup`): the unit sets `D` in v1 leaves under DTE `HAD`.
+    pub const fn with_dirty_tracking(mut self) -> Self {
+        self.efr |= EFR_HD_SUP | 1 << 49;
         self
     }
 

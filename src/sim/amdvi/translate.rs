@@ -11,6 +11,11 @@
 //! above what `Mode` levels translate must be zero. Read and write permission is the AND of
 //! the DTE's `IR`/`IW` and every entry's on the walk; `FC` in the leaf forces snooping.
 //!
+//! Dirty tracking (EFR `HDSup`, DTE `HAD` = 11b, bits 8:7): a write the unit lets through sets
+//! `D` (bit 6) in the leaf it was translated by, on the walk or, for an IOTLB entry cached
+//! clean, on the first write through it; an entry cached dirty sets nothing again (software
+//! that cleans `D` must invalidate). `A` is not modelled.
+//!
 //! Guest translation (§2.2.6 "I/O Page Tables for Guest Translations"): a request with a PASID
 //! is refused (INVALID_DEVICE_REQUEST) unless the DTE has `GV`; one without a PASID is
 //! translated as PASID 0's when the DTE has `GV` and `GIoV`. The PASID's entry of the GCR3
@@ -39,6 +44,8 @@ const FLAG_RW: u64 = 1 << 5;
 const FLAG_PE: u64 = 1 << 6;
 const FLAG_RZ: u64 = 1 << 7;
 const PTE_PR: u64 = 1;
+const PTE_D: u64 = 1 << 6;
+const DTE_HAD: u64 = 3 << 7;
 const PTE_FC: u64 = 1 << 60;
 const PTE_IR: u64 = 1 << 61;
 const PTE_IW: u64 = 1 << 62;
@@ -56,6 +63,10 @@ pub(super) struct IotlbEntry {
     pub read: bool,
     pub write: bool,
     pub fc: bool,
+    /// The leaf's address (host translations), for `D` updates.
+    pub pte: u64,
+    /// The leaf's `D` as cached.
+    pub dirty: bool,
 }
 
 /// A cached page directory entry: the table at `level` that translates the `2^span_log2`
@@ -252,13 +263,14 @@ impl State<'_> {
                 iova,
             );
         }
-        if let Some(e) = self.iotlb.iter().find(|e| {
+        let had = q0 & DTE_HAD == DTE_HAD;
+        if let Some(i) = self.iotlb.iter().position(|e| {
             e.domain == domain
                 && e.pasid.is_none()
                 && iova >= e.iova
                 && iova - e.iova < (1u64 << e.size_log2)
         }) {
-            let e = *e;
+            let e = self.iotlb[i];
             self.stats.iotlb_hits += 1;
             if !allowed(e.read && dir, e.write && diw) {
                 return self.fault(
@@ -268,6 +280,10 @@ impl State<'_> {
                     rw | FLAG_PR | FLAG_PE,
                     iova,
                 );
+            }
+            if write && had && !e.dirty {
+                self.set_dirty(e.pte);
+                self.iotlb[i].dirty = true;
             }
             return Ok(DmaOk {
                 pa: e.pa + (iova - e.iova),
@@ -355,6 +371,12 @@ impl State<'_> {
             let base = iova >> size_log2 << size_log2;
             let pa_base = (pte & ADDR) >> size_log2 << size_log2;
             let fc = pte & PTE_FC != 0;
+            let at = table + index * 8;
+            let granted = allowed(r && dir, w && diw);
+            let dirty = pte & PTE_D != 0 || (write && had && granted);
+            if dirty && pte & PTE_D == 0 {
+                self.set_dirty(at);
+            }
             self.iotlb.push(IotlbEntry {
                 domain,
                 pasid: None,
@@ -364,8 +386,10 @@ impl State<'_> {
                 read: r,
                 write: w,
                 fc,
+                pte: at,
+                dirty,
             });
-            if !allowed(r && dir, w && diw) {
+            if !granted {
                 return self.fault(
                     EVENT_IO_PAGE_FAULT,
                     device,
@@ -460,6 +484,8 @@ impl State<'_> {
                     read: t.read,
                     write: t.write,
                     fc: false,
+                    pte: 0,
+                    dirty: true,
                 };
                 self.iotlb.push(e);
                 e
@@ -476,6 +502,13 @@ impl State<'_> {
             domain,
             from_iotlb: hit.is_some(),
         })
+    }
+
+    /// Sets `D` in the leaf at `at` (a locked read-modify-write, as the unit's).
+    fn set_dirty(&mut self, at: u64) {
+        if let Some(v) = self.mem.read_u64(at) {
+            let _ = self.mem.write_u64(at, v | PTE_D);
+        }
     }
 
     /// An IO_PAGE_FAULT of a guest request: `GN` set, the PASID in the domain/PASID field.
