@@ -198,9 +198,12 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> AmdViUni
             .iter()
             .filter(|_| !v2)
             .map(|&b| Command::invalidate_iommu_pages(domain_id, None, b, pde));
-        let guest = cfg
-            .of_domain(slot)
-            .filter(|_| v2)
+        // A v1 flush looks at no attachment slot (issue 18).
+        let guest_src = if v2 { cfg.recorded() } else { &[] };
+        let guest = guest_src
+            .iter()
+            .flatten()
+            .filter(|a| a.slot == slot)
             .filter_map(|a| Some((a.pasid?, cfg.gcr3_tag(a.device)?)))
             .flat_map(|(pasid, tag)| {
                 blocks
@@ -495,7 +498,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> AmdViUni
             InvalidationRange::All,
             false,
         )];
-        let iotlb = cfg.of_domain(slot).filter(|a| a.ats).map(|a| {
+        let iotlb = cfg.ats_of_domain(slot).map(|a| {
             Command::invalidate_iotlb_pages(a.device as u16, 0, None, InvalidationRange::All)
         });
         if let Err(e) = self.run_iter(devtab.chain(pages).chain(iotlb)) {
