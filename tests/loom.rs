@@ -40,6 +40,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use iommu_engine::mem::{Iova, Page, PageAllocator, PhysAddr, WalkerCoherency};
+use iommu_engine::pgtable::amdvi_v1::{AmdV1, AmdV1Config};
 use iommu_engine::pgtable::arm_s2::{ArmS2, ArmS2Config, S2Attributes};
 use iommu_engine::pgtable::vtd_ss::{VtdSs, VtdSsConfig};
 use iommu_engine::pgtable::{Format, Gather, InvalidationComplete, PageTable, Prot};
@@ -93,6 +94,9 @@ struct Decoder {
     levels: u32,
     shifts: [u32; 6],
     bits: [u32; 6],
+    /// Every leaf of a run holds the run's (page's) address, as AMD-Vi v1's Next Level 7
+    /// entries do, rather than its own, as Arm's contiguous leaves do.
+    runs_hold_page_address: bool,
     decode: Box<dyn Fn(u32, u64) -> Decoded + Send + Sync>,
 }
 
@@ -105,18 +109,15 @@ impl Decoder {
             shifts[l as usize] = g.level_shift(l);
             bits[l as usize] = g.level_bits(l);
         }
+        let runs_hold_page_address = f.contiguous_bit() == 0;
         let decode = move |level: u32, raw: u64| {
             if !f.is_present(raw) {
                 Decoded::Empty
             } else if level > 0 && f.is_table(level, raw) {
                 Decoded::Table(f.table_address(raw).get())
             } else {
-                let bit = f.contiguous_bit();
-                let run_log2 = if bit != 0 && raw & bit != 0 {
-                    f.contiguous_log2(level)
-                } else {
-                    0
-                };
+                // Arm's contiguous hint or AMD-Vi v1's Next Level 7 pages.
+                let run_log2 = f.leaf_run_log2(level, raw);
                 Decoded::Leaf {
                     pa: f.leaf_address(level, raw).get(),
                     size_log2: f.geometry().level_shift(level),
@@ -129,12 +130,25 @@ impl Decoder {
             levels: g.levels,
             shifts,
             bits,
+            runs_hold_page_address,
             decode: Box::new(decode),
         }
     }
 
     fn index(&self, level: u32, iova: u64) -> usize {
         ((iova >> self.shifts[level as usize]) & ((1 << self.bits[level as usize]) - 1)) as usize
+    }
+
+    /// The output address of the leaf at `base` from the address `pa` its entry holds. A leaf
+    /// of an AMD-Vi v1 Next Level 7 page holds the page's address: the bits below the page come
+    /// from the IOVA, as the IOMMU takes them. An Arm contiguous leaf holds its own, which is
+    /// checked as it is.
+    fn leaf_pa(&self, pa: u64, base: u64, size_log2: u32, run_log2: u32) -> u64 {
+        if !self.runs_hold_page_address || run_log2 == 0 {
+            return pa;
+        }
+        let span = 1u64 << (size_log2 + run_log2);
+        (pa & !(span - 1)) | (base & (span - 1))
     }
 }
 
@@ -265,13 +279,14 @@ impl LoomAlloc {
                     run_log2,
                     prot,
                 } => {
+                    let base = iova & !((1u64 << size_log2) - 1);
                     return Some(Translation {
-                        base: iova & !((1u64 << size_log2) - 1),
-                        pa,
+                        base,
+                        pa: d.leaf_pa(pa, base, size_log2, run_log2),
                         size_log2,
                         run_log2,
                         prot,
-                    })
+                    });
                 }
             }
         }
@@ -313,7 +328,7 @@ impl LoomAlloc {
                     iova,
                     Translation {
                         base: iova,
-                        pa,
+                        pa: d.leaf_pa(pa, iova, size_log2, run_log2),
                         size_log2,
                         run_log2,
                         prot,
@@ -897,6 +912,20 @@ fn arm_contiguous() -> ArmS2 {
     .expect("Arm format")
 }
 
+/// AMD-Vi v1, 39 bits (3 levels), 2 MiB and 1 GiB leaves and Next Level 7 pages of any size
+/// (runs of 2 to 256 entries, the page's address with its size encoded in every entry);
+/// `dirty_tracking`: no runs, the IOMMU sets D (bit 6).
+fn amd_v1(dirty_tracking: bool) -> AmdV1 {
+    AmdV1::new(AmdV1Config {
+        ias: 39,
+        oas: 48,
+        large_pages: true,
+        force_coherent: false,
+        dirty_tracking,
+    })
+    .expect("AMD-Vi v1 format")
+}
+
 // ------------------------------------------------------------------------------------------
 // scenarios
 
@@ -1137,5 +1166,84 @@ fn hinted_map_vs_run_break() {
             }],
         ],
         probes: vec![K4, 2 * K4, M2 - K64, M2],
+    });
+}
+
+/// AMD-Vi v1 D bit (bit 6, with DTE `HAD`).
+const AMD_D: u64 = 1 << 6;
+
+/// `split_vs_dirty` on AMD-Vi v1 with HDSup (no Next Level 7 pages, the IOMMU sets D, bit
+/// 6): an unmap splits a dirty 2 MiB leaf (Next Level 0 in a level-2 entry) while another
+/// thread reads and clears a page of it; the split's leaves must carry D.
+#[test]
+fn amd_v1_split_vs_dirty() {
+    run(Scenario {
+        name: "amd_v1_split_vs_dirty",
+        format: amd_v1(true),
+        coherency: WalkerCoherency::Coherent,
+        premap: vec![(0, M2)],
+        dirty: vec![(0, 1, AMD_D)],
+        threads: vec![
+            vec![Op::Unmap {
+                iova: 0,
+                len: K4,
+                bytes: K4,
+            }],
+            vec![Op::Dirty { iova: K4, len: K4 }],
+        ],
+        probes: vec![0, K4, 2 * K4],
+    });
+}
+
+/// AMD-Vi v1's Next Level 7 pages above 2 MiB: 8 MiB is 4 level-2 entries each holding the
+/// page's address with its size encoded in bits 21:12. One thread unmaps the first 2 MiB (the
+/// other three entries are rewritten as 2 MiB leaves of their own addresses, hitlessly) while
+/// another maps the next 8 MiB as one such page into the same level-2 table.
+#[test]
+fn amd_v1_block_run_break_vs_block_run_map() {
+    const M8: u64 = 4 * M2;
+    run(Scenario {
+        name: "amd_v1_block_run_break_vs_block_run_map",
+        format: amd_v1(false),
+        coherency: WalkerCoherency::Coherent,
+        premap: vec![(0, M8)],
+        dirty: vec![],
+        threads: vec![
+            vec![Op::Unmap {
+                iova: 0,
+                len: M2,
+                bytes: M2,
+            }],
+            vec![Op::Map { iova: M8, len: M8 }],
+        ],
+        probes: vec![0, M2, M8],
+    });
+}
+
+/// AMD-Vi v1's runs: one thread unmaps a page of a 64 KiB Next Level 7 page (16 entries holding
+/// the page's address and size; the other 15 are rewritten as 4 KiB leaves of their own
+/// addresses, hitlessly) while another maps the neighbouring 64 KiB as one such page in the same
+/// leaf table.
+#[test]
+fn amd_v1_run_break_vs_neighbour_map() {
+    const K64: u64 = 0x1_0000;
+    run(Scenario {
+        name: "amd_v1_run_break_vs_neighbour_map",
+        format: amd_v1(false),
+        coherency: WalkerCoherency::Coherent,
+        premap: vec![(0, K64)],
+        dirty: vec![],
+        threads: vec![
+            vec![Op::Unmap {
+                iova: 0,
+                len: K4,
+                bytes: K4,
+            }],
+            vec![Op::Map {
+                iova: K64,
+                len: K64,
+            }],
+        ],
+        probes: vec![0, K4, K64],
     });
 }

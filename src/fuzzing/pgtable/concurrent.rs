@@ -1,5 +1,6 @@
-//! Target `pgtable_concurrent`: two to four threads map, unmap (cutting larger pages they
-//! share), mark dirty and read-and-clear dirty state on disjoint slices of one window of ONE
+//! Target `pgtable_concurrent` (VT-d second and first stage, Arm stage 2 and stage 1, AMD-Vi
+//! v1 and v2 tables, chosen by the input's first byte): two to four threads map, unmap (cutting
+//! larger pages they share), mark dirty and read-and-clear dirty state on disjoint slices of one window of ONE
 //! table, while a checker thread walks the tables through the reference walker (issue 13,
 //! "threaded stress").
 //!
@@ -42,7 +43,9 @@ use std::vec::Vec;
 use arbitrary::{Arbitrary, Unstructured};
 
 use super::shadow::{Granule, Segments, Shadow};
-use super::subjects::{ArmS1Subject, ArmS2Subject, Subject, VtdFsSubject, VtdSsSubject};
+use super::subjects::{
+    AmdV1Subject, AmdV2Subject, ArmS1Subject, ArmS2Subject, Subject, VtdFsSubject, VtdSsSubject,
+};
 use super::{done, place};
 use crate::mem::{Iova, PhysAddr, WalkerCoherency};
 use crate::pgtable::{Error, Format, Gather, IovaRange, PageTable, Prot};
@@ -78,11 +81,14 @@ pub fn concurrent(data: &[u8]) {
     let Ok(which) = u8::arbitrary(&mut u) else {
         return;
     };
-    match which % 4 {
+    match which % 6 {
         0 => run::<VtdSsSubject>(&mut u, VtdSsSubject::draw),
         1 => run::<VtdFsSubject>(&mut u, VtdFsSubject::draw),
         2 => run::<ArmS2Subject>(&mut u, |u| ArmS2Subject::draw_granule(u, GRAN_LOG2)),
-        _ => run::<ArmS1Subject>(&mut u, |u| ArmS1Subject::draw_granule(u, GRAN_LOG2)),
+        3 => run::<ArmS1Subject>(&mut u, |u| ArmS1Subject::draw_granule(u, GRAN_LOG2)),
+        // AMD-Vi v1 (Next Level 7 runs of any size, D set by the device with HAD) and v2.
+        4 => run::<AmdV1Subject>(&mut u, AmdV1Subject::draw),
+        _ => run::<AmdV2Subject>(&mut u, AmdV2Subject::draw),
     }
 }
 

@@ -417,7 +417,10 @@ impl<'m> AmdViModel<'m> {
         let kept = (st.stats, st.event_tail, st.status, st.control);
         // The walk logs no event: the log is off for it.
         st.control &= !regs::CTRL_EVENT_LOG_EN;
-        let pa = st.translate(device_id, None, iova, false).ok().map(|t| t.pa);
+        let pa = st
+            .translate(device_id, None, iova, false)
+            .ok()
+            .map(|t| t.pa);
         (st.dte_cache, st.iotlb, st.pde_cache) = caches;
         (st.stats, st.event_tail, st.status, st.control) = kept;
         pa
