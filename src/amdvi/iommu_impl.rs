@@ -115,6 +115,122 @@ impl FlushPlan {
     }
 }
 
+/// The commands of one flush, made one at a time as the command buffer takes them (no copy of
+/// them on the stack, and a small state where a chain of iterator adapters took hundreds of
+/// bytes in the frames of the flush and of the submit):
+/// - a v1 domain: INVALIDATE_IOMMU_PAGES of each block under its domain ID; it looks at no
+///   attachment slot for PASIDs (issue 18);
+/// - a v2 domain: its translations are tagged with each device's GCR3 domain ID and the PASID
+///   (`GN`): INVALIDATE_IOMMU_PAGES of each block per (device, PASID) attachment;
+/// - then INVALIDATE_IOTLB_PAGES of each block per ATS device attached (for its PASID, if any);
+///   no slot is looked at when no device has ATS.
+struct FlushCommands<'a> {
+    cfg: &'a ConfigState,
+    blocks: &'a [InvalidationRange],
+    slot: usize,
+    pde: bool,
+    phase: FlushPhase,
+    /// The next attachment slot to look at (`Guest`, `Iotlb`).
+    next_slot: usize,
+    /// The next block of the current target.
+    block: usize,
+    /// The current target: a v1 domain's ID, a (device's GCR3 domain ID, PASID) or an ATS
+    /// device and its PASID; `None`: find the next one.
+    target: Option<(u16, Option<Pasid>)>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum FlushPhase {
+    Host,
+    Guest,
+    Iotlb,
+}
+
+impl<'a> FlushCommands<'a> {
+    fn new<A: PageAllocator>(
+        cfg: &'a ConfigState,
+        slot: usize,
+        dom: &Domain<A>,
+        plan: &'a FlushPlan,
+    ) -> Self {
+        let v2 = dom.is_v2();
+        FlushCommands {
+            cfg,
+            blocks: plan.blocks(),
+            slot,
+            pde: plan.pde,
+            phase: if v2 {
+                FlushPhase::Guest
+            } else {
+                FlushPhase::Host
+            },
+            next_slot: 0,
+            block: 0,
+            target: (!v2).then_some((dom.domain_id, None)),
+        }
+    }
+
+    /// The next target of `phase` from `next_slot` on.
+    fn next_target(&mut self) -> Option<(u16, Option<Pasid>)> {
+        let cfg = self.cfg;
+        let candidates = match self.phase {
+            FlushPhase::Host => return None,
+            FlushPhase::Guest => cfg.recorded(),
+            FlushPhase::Iotlb => cfg.ats_candidates(),
+        };
+        while let Some(a) = candidates.get(self.next_slot) {
+            self.next_slot += 1;
+            if self.phase == FlushPhase::Iotlb {
+                cfg.count_flush_read();
+            }
+            let Some(a) = a.as_ref().filter(|a| a.slot == self.slot) else {
+                continue;
+            };
+            if self.phase == FlushPhase::Guest {
+                if let (Some(pasid), Some(tag)) = (a.pasid, cfg.gcr3_tag(a.device)) {
+                    return Some((tag, Some(pasid)));
+                }
+            } else if a.ats {
+                return Some((a.device as u16, a.pasid));
+            }
+        }
+        None
+    }
+}
+
+impl Iterator for FlushCommands<'_> {
+    type Item = Command;
+
+    fn next(&mut self) -> Option<Command> {
+        loop {
+            if let Some((tag, pasid)) = self.target {
+                if let Some(&b) = self.blocks.get(self.block) {
+                    self.block += 1;
+                    return Some(match self.phase {
+                        FlushPhase::Iotlb => Command::invalidate_iotlb_pages(tag, 0, pasid, b),
+                        _ => Command::invalidate_iommu_pages(tag, pasid, b, self.pde),
+                    });
+                }
+                self.block = 0;
+                self.target = self.next_target();
+                if self.target.is_some() {
+                    continue;
+                }
+            } else if let Some(t) = self.next_target() {
+                self.target = Some(t);
+                continue;
+            }
+            match self.phase {
+                FlushPhase::Host | FlushPhase::Guest => {
+                    self.phase = FlushPhase::Iotlb;
+                    self.next_slot = 0;
+                }
+                FlushPhase::Iotlb => return None,
+            }
+        }
+    }
+}
+
 /// What a new DTE for `device`, attached as `previous` and now going to domain slot `slot`
 /// (`usize::MAX`: detached), needs besides INVALIDATE_DEVTAB_ENTRY: when it leaves a domain,
 /// INVALIDATE_IOMMU_PAGES of everything tagged with the old domain ID (PDE set); when it was
@@ -148,6 +264,17 @@ fn leave_commands(device: u32, previous: Option<Attachment>, slot: usize) -> ([C
         n += 1;
     }
     (cmds, n)
+}
+
+/// `scope`'s reclaim of `table`. Not inlined: the walks of both formats stay out of the frame
+/// that holds the gather under the flush.
+#[inline(never)]
+fn reclaim_table<A: PageAllocator>(
+    table: &mut Table<A>,
+    scope: ReclaimScope<'_>,
+    gather: &mut Gather,
+) -> Result<usize, pgtable::Error> {
+    on_table!(table, t => scope.reclaim(t, gather))
 }
 
 fn span(b: InvalidationRange) -> (u64, u32) {
@@ -189,33 +316,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> AmdViUni
             return Ok(());
         }
         let plan = FlushPlan::new(gather, &owed);
-        let (blocks, pde) = (plan.blocks(), plan.pde);
-        let domain_id = dom.domain_id;
-        let v2 = dom.is_v2();
-        // A v1 domain's translations are tagged with its ID; a v2 domain's with each device's
-        // GCR3 domain ID and the PASID (`GN`).
-        let host = blocks
-            .iter()
-            .filter(|_| !v2)
-            .map(|&b| Command::invalidate_iommu_pages(domain_id, None, b, pde));
-        // A v1 flush looks at no attachment slot (issue 18).
-        let guest_src = if v2 { cfg.recorded() } else { &[] };
-        let guest = guest_src
-            .iter()
-            .flatten()
-            .filter(|a| a.slot == slot)
-            .filter_map(|a| Some((a.pasid?, cfg.gcr3_tag(a.device)?)))
-            .flat_map(|(pasid, tag)| {
-                blocks
-                    .iter()
-                    .map(move |&b| Command::invalidate_iommu_pages(tag, Some(pasid), b, pde))
-            });
-        let iotlb = cfg.ats_of_domain(slot).flat_map(|a| {
-            blocks
-                .iter()
-                .map(move |&b| Command::invalidate_iotlb_pages(a.device as u16, 0, a.pasid, b))
-        });
-        let result = self.run_iter(host.chain(guest).chain(iotlb));
+        let result = self.run_iter(FlushCommands::new(cfg, slot, dom, &plan));
         if let Err(e) = result {
             owed.add_ranges_of(gather);
             return Err(e.into());
@@ -697,7 +798,7 @@ where
         let mut guard = self.domains[slot].write();
         let dom = guard.as_mut().ok_or(Error::InvalidDomain(domain))?;
         let mut gather = Gather::new();
-        let unlinked = on_table!(&mut dom.table, t => scope.reclaim(t, &mut gather));
+        let unlinked = reclaim_table(&mut dom.table, scope, &mut gather);
         let pages = gather.freed_pages() + dom.owed.get_mut().freed_pages();
         if let Err(e) = self.flush_locked(&cfg, slot, dom, &mut gather) {
             dom.owed.get_mut().absorb(gather);

@@ -738,23 +738,32 @@ impl ConfigState {
     /// No slot is looked at when no device has ATS (issue 18: a flush does no work
     /// proportional to the unit's attachment slots).
     pub fn ats_of_domain(&self, slot: usize) -> impl Iterator<Item = &Attachment> {
-        let candidates = if self.ats == 0 { &[] } else { self.recorded() };
-        candidates
+        self.ats_candidates()
             .iter()
             .inspect(|_| self.count_flush_read())
             .flatten()
             .filter(move |a| a.slot == slot && a.ats)
     }
 
+    /// The attachment slots that may hold an ATS device: none when no device has ATS.
+    pub fn ats_candidates(&self) -> &[Option<Attachment>] {
+        if self.ats == 0 {
+            &[]
+        } else {
+            self.recorded()
+        }
+    }
+
+    /// Counts one attachment slot looked at by a flush (tests only).
     #[cfg(test)]
-    fn count_flush_read(&self) {
+    pub fn count_flush_read(&self) {
         self.flush_slot_reads
             .fetch_add(1, core::sync::atomic::Ordering::Relaxed);
     }
 
     #[cfg(not(test))]
     #[inline(always)]
-    fn count_flush_read(&self) {}
+    pub fn count_flush_read(&self) {}
 }
 
 /// The domain ID of domain slot `slot`: `slot + 1` (ID 0 is left to blocking entries).
