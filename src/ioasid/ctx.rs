@@ -827,6 +827,16 @@ impl<A: PageAllocator> Drop for IoasidCtx<'_, '_, A> {
                 let _ = self.detach(DeviceHandle::new(self.id, i as u16));
             }
         }
+        self.release_all();
+    }
+}
+
+impl<A: PageAllocator> IoasidCtx<'_, '_, A> {
+    /// The end of the context's drop, once every device was detached (or refused to be):
+    /// frees what remains, releases the devices, counts what was given up. Not inlined: its
+    /// locals are not in the frame that detaches (the kernel-stack bound of the C ABI).
+    #[inline(never)]
+    fn release_all(&mut self) {
         let mut guard = self.state.write();
         let st = &mut *guard;
         let mut leaked = Leaked::default();

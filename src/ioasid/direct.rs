@@ -248,7 +248,10 @@ pub(super) fn direct_overlap<A: PageAllocator>(
 
 impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     /// Refuses an attach of `device` to `ioasid` whose direct regions cannot be mapped there
-    /// (see the module documentation), before anything is written.
+    /// (see the module documentation), before anything is written. Not inlined: its locals
+    /// are not in the frame of the attach that goes on to call the unit (the kernel-stack
+    /// bound of the C ABI).
+    #[inline(never)]
     pub(super) fn check_direct(
         &self,
         st: &State<'a, A>,

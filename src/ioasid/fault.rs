@@ -224,7 +224,10 @@ impl<A: PageAllocator> IoasidCtx<'_, '_, A> {
     /// Answers Invalid every fault of `label` (with `pasid`; `None`: the RID's own) the queue
     /// holds, read or not, before the device or PASID is detached. Returns how many groups
     /// were answered; an answer the unit does not take is dropped (the device then waits for
-    /// its own timeout), since the detach must go on.
+    /// its own timeout), since the detach must go on. Not inlined: its lock guard and closures
+    /// are not in the frame of the detach that goes on to call the unit (the kernel-stack bound
+    /// of the C ABI).
+    #[inline(never)]
     pub(super) fn answer_faults_of(&self, label: DeviceLabel, pasid: Option<Pasid>) -> usize {
         let unit = self.unit(label.unit).ok();
         self.faults.lock().answer_matching(
