@@ -6,7 +6,7 @@
 use iommu_engine::amdvi::event::EventCode;
 use iommu_engine::amdvi::{AmdViConfig, AmdViUnit};
 use iommu_engine::ioasid::{DeviceLabel, IoasidCtx, IoasidFlags, PasidAllocator, Registry, UnitId};
-use iommu_engine::iommu::{DeviceHints, DeviceId, DomainConfig, Error, Iommu, Pasid};
+use iommu_engine::iommu::{DeviceHints, DeviceId, DomainConfig, DomainHandle, Error, Iommu, Pasid};
 use iommu_engine::mem::{Iova, PhysAddr};
 use iommu_engine::pgtable::{Gather, Prot};
 use iommu_engine::sim::amdvi::{AmdViModel, AmdViModelConfig, Injection};
@@ -27,6 +27,12 @@ fn config() -> AmdViConfig {
     }
 }
 
+/// Maps `len` bytes at `iova` to `pa`, readable and writable.
+fn map_rw(u: &Unit<'_>, d: DomainHandle, iova: u64, pa: u64, len: u64) {
+    u.map(d, Iova::new(iova), PhysAddr::new(pa), len, RW)
+        .expect("map");
+}
+
 fn setup<'a>(mem: &'a Arena, model: &'a AmdViModel<'a>) -> Unit<'a> {
     let u = AmdViUnit::new(model, mem, config()).expect("unit");
     u.enable().expect("enable");
@@ -44,22 +50,8 @@ fn map_dma_unmap_flush_and_fault() {
         (48, 1 << 12 | 1 << 21 | 1 << 30)
     );
     u.attach(DEV, None, d).unwrap();
-    u.map(
-        d,
-        Iova::new(0x10_0000),
-        PhysAddr::new(0x8000_0000),
-        0x1000,
-        RW,
-    )
-    .unwrap();
-    u.map(
-        d,
-        Iova::new(0x4000_0000),
-        PhysAddr::new(0x1_0000_0000),
-        2 << 20,
-        RW,
-    )
-    .unwrap();
+    map_rw(&u, d, 0x10_0000, 0x8000_0000, 0x1000);
+    map_rw(&u, d, 0x4000_0000, 0x1_0000_0000, 2 << 20);
     let ok = model.dma(DEV.0 as u16, 0x10_0123, true).unwrap();
     assert_eq!((ok.pa, ok.page_size_log2, ok.domain), (0x8000_0123, 12, 1));
     let ok = model.dma(DEV.0 as u16, 0x4012_3456, false).unwrap();
@@ -117,14 +109,7 @@ fn force_coherent_domains_set_fc() {
     };
     let d = u.domain_alloc(&cfg).unwrap();
     u.attach(DEV, None, d).unwrap();
-    u.map(
-        d,
-        Iova::new(0x20_0000),
-        PhysAddr::new(0x9000_0000),
-        0x1000,
-        RW,
-    )
-    .unwrap();
+    map_rw(&u, d, 0x20_0000, 0x9000_0000, 0x1000);
     assert!(
         model
             .dma(DEV.0 as u16, 0x20_0000, true)
@@ -187,14 +172,7 @@ fn a_failed_flush_owes_its_invalidation_and_frees_nothing() {
     let d = u.domain_alloc(&DomainConfig::default()).unwrap();
     u.attach(DEV, None, d).unwrap();
     // A 2 MiB range of 4 KiB pages: its unmap frees the leaf table.
-    u.map(
-        d,
-        Iova::new(0x20_0000),
-        PhysAddr::new(0x8000_0000),
-        0x1000,
-        RW,
-    )
-    .unwrap();
+    map_rw(&u, d, 0x20_0000, 0x8000_0000, 0x1000);
     model.dma(DEV.0 as u16, 0x20_0000, false).unwrap();
     let mut g = Gather::new();
     u.unmap(d, Iova::new(0), 1 << 30, &mut g).unwrap();
@@ -310,14 +288,7 @@ fn iotlb_invalidation_timeout_fails_the_flush() {
         ..DeviceHints::default()
     };
     u.attach_device(DEV, None, d, &ats).unwrap();
-    u.map(
-        d,
-        Iova::new(0x20_0000),
-        PhysAddr::new(0x8000_0000),
-        0x1000,
-        RW,
-    )
-    .unwrap();
+    map_rw(&u, d, 0x20_0000, 0x8000_0000, 0x1000);
     model.dma(DEV.0 as u16, 0x20_0000, false).unwrap();
     let mut g = Gather::new();
     u.unmap(d, Iova::new(0), 1 << 30, &mut g).unwrap();
@@ -373,22 +344,8 @@ fn pasid_dma_translates_through_its_v2_table_until_detached() {
     };
     let d = u.domain_alloc(&cfg).unwrap();
     let e = u.domain_alloc(&cfg).unwrap();
-    u.map(
-        d,
-        Iova::new(0x10_0000),
-        PhysAddr::new(0x8000_0000),
-        0x2000,
-        RW,
-    )
-    .unwrap();
-    u.map(
-        e,
-        Iova::new(0x10_0000),
-        PhysAddr::new(0x9000_0000),
-        0x1000,
-        RW,
-    )
-    .unwrap();
+    map_rw(&u, d, 0x10_0000, 0x8000_0000, 0x2000);
+    map_rw(&u, e, 0x10_0000, 0x9000_0000, 0x1000);
     let live = mem.live_pages().len();
     let p5 = Pasid::new(5).unwrap();
     let p7 = Pasid::new(7).unwrap();
@@ -466,14 +423,7 @@ fn pasid_translations_need_the_gn_invalidation() {
         ..DomainConfig::default()
     };
     let d = u.domain_alloc(&cfg).unwrap();
-    u.map(
-        d,
-        Iova::new(0x10_0000),
-        PhysAddr::new(0x8000_0000),
-        0x1000,
-        RW,
-    )
-    .unwrap();
+    map_rw(&u, d, 0x10_0000, 0x8000_0000, 0x1000);
     let p = Pasid::new(3).unwrap();
     u.attach(DEV, Some(p), d).unwrap();
     model.dma_pasid(DEV.0 as u16, 3, 0x10_0000, false).unwrap();

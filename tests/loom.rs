@@ -994,12 +994,18 @@ const VTD_D: u64 = 1 << 9;
 /// but read_and_clear_dirty reported only []".
 #[test]
 fn split_vs_dirty() {
-    run(Scenario {
-        name: "split_vs_dirty",
-        format: vtd(true),
+    run(split_vs_dirty_of("split_vs_dirty", vtd(true), VTD_D));
+}
+
+/// A dirty 2 MiB leaf (its dirty bit `d`) split by an unmap of its first page while another
+/// thread reads and clears the dirty state of its second.
+fn split_vs_dirty_of<F: Format>(name: &'static str, format: F, d: u64) -> Scenario<F> {
+    Scenario {
+        name,
+        format,
         coherency: WalkerCoherency::Coherent,
         premap: vec![(0, M2)],
-        dirty: vec![(0, 1, VTD_D)],
+        dirty: vec![(0, 1, d)],
         threads: vec![
             vec![Op::Unmap {
                 iova: 0,
@@ -1009,7 +1015,7 @@ fn split_vs_dirty() {
             vec![Op::Dirty { iova: K4, len: K4 }],
         ],
         probes: vec![0, K4, 2 * K4],
-    });
+    }
 }
 
 /// One thread unmaps a page of a 64 KiB contiguous run (clearing the hint from all 16 leaves
@@ -1017,25 +1023,43 @@ fn split_vs_dirty() {
 #[test]
 fn contiguous_break_vs_neighbour_map() {
     const K64: u64 = 0x1_0000;
-    run(Scenario {
-        name: "contiguous_break_vs_neighbour_map",
-        format: arm_contiguous(),
+    run(run_break_vs_next_run(
+        "contiguous_break_vs_neighbour_map",
+        arm_contiguous(),
+        K4,
+        K64,
+    ));
+}
+
+/// A run of `run` bytes mapped whole (a contiguous run, a Next Level 7 page) broken by the unmap
+/// of its first `page` while another thread maps the next `run` bytes as one run into the same
+/// table: the rest of the broken run must stay translated throughout, the new run appear whole
+/// or not at all.
+fn run_break_vs_next_run<F: Format>(
+    name: &'static str,
+    format: F,
+    page: u64,
+    run: u64,
+) -> Scenario<F> {
+    Scenario {
+        name,
+        format,
         coherency: WalkerCoherency::Coherent,
-        premap: vec![(0, K64)],
+        premap: vec![(0, run)],
         dirty: vec![],
         threads: vec![
             vec![Op::Unmap {
                 iova: 0,
-                len: K4,
-                bytes: K4,
+                len: page,
+                bytes: page,
             }],
             vec![Op::Map {
-                iova: K64,
-                len: K64,
+                iova: run,
+                len: run,
             }],
         ],
-        probes: vec![0, K4, K64],
-    });
+        probes: vec![0, page, run],
+    }
 }
 
 /// One thread unmaps a whole 2 MiB span, unlinking its leaf table and freeing it after the
@@ -1120,25 +1144,12 @@ fn block_unmap_vs_block_map() {
 #[test]
 fn block_run_break_vs_block_run_map() {
     const M32: u64 = 16 * M2;
-    run(Scenario {
-        name: "block_run_break_vs_block_run_map",
-        format: arm_contiguous(),
-        coherency: WalkerCoherency::Coherent,
-        premap: vec![(0, M32)],
-        dirty: vec![],
-        threads: vec![
-            vec![Op::Unmap {
-                iova: 0,
-                len: M2,
-                bytes: M2,
-            }],
-            vec![Op::Map {
-                iova: M32,
-                len: M32,
-            }],
-        ],
-        probes: vec![0, M2, M32],
-    });
+    run(run_break_vs_next_run(
+        "block_run_break_vs_block_run_map",
+        arm_contiguous(),
+        M2,
+        M32,
+    ));
 }
 
 /// The general walk's map into an existing leaf table with whole aligned runs
@@ -1177,22 +1188,11 @@ const AMD_D: u64 = 1 << 6;
 /// thread reads and clears a page of it; the split's leaves must carry D.
 #[test]
 fn amd_v1_split_vs_dirty() {
-    run(Scenario {
-        name: "amd_v1_split_vs_dirty",
-        format: amd_v1(true),
-        coherency: WalkerCoherency::Coherent,
-        premap: vec![(0, M2)],
-        dirty: vec![(0, 1, AMD_D)],
-        threads: vec![
-            vec![Op::Unmap {
-                iova: 0,
-                len: K4,
-                bytes: K4,
-            }],
-            vec![Op::Dirty { iova: K4, len: K4 }],
-        ],
-        probes: vec![0, K4, 2 * K4],
-    });
+    run(split_vs_dirty_of(
+        "amd_v1_split_vs_dirty",
+        amd_v1(true),
+        AMD_D,
+    ));
 }
 
 /// AMD-Vi v1's Next Level 7 pages above 2 MiB: 8 MiB is 4 level-2 entries each holding the
@@ -1202,22 +1202,12 @@ fn amd_v1_split_vs_dirty() {
 #[test]
 fn amd_v1_block_run_break_vs_block_run_map() {
     const M8: u64 = 4 * M2;
-    run(Scenario {
-        name: "amd_v1_block_run_break_vs_block_run_map",
-        format: amd_v1(false),
-        coherency: WalkerCoherency::Coherent,
-        premap: vec![(0, M8)],
-        dirty: vec![],
-        threads: vec![
-            vec![Op::Unmap {
-                iova: 0,
-                len: M2,
-                bytes: M2,
-            }],
-            vec![Op::Map { iova: M8, len: M8 }],
-        ],
-        probes: vec![0, M2, M8],
-    });
+    run(run_break_vs_next_run(
+        "amd_v1_block_run_break_vs_block_run_map",
+        amd_v1(false),
+        M2,
+        M8,
+    ));
 }
 
 /// AMD-Vi v1's runs: one thread unmaps a page of a 64 KiB Next Level 7 page (16 entries holding
@@ -1227,23 +1217,10 @@ fn amd_v1_block_run_break_vs_block_run_map() {
 #[test]
 fn amd_v1_run_break_vs_neighbour_map() {
     const K64: u64 = 0x1_0000;
-    run(Scenario {
-        name: "amd_v1_run_break_vs_neighbour_map",
-        format: amd_v1(false),
-        coherency: WalkerCoherency::Coherent,
-        premap: vec![(0, K64)],
-        dirty: vec![],
-        threads: vec![
-            vec![Op::Unmap {
-                iova: 0,
-                len: K4,
-                bytes: K4,
-            }],
-            vec![Op::Map {
-                iova: K64,
-                len: K64,
-            }],
-        ],
-        probes: vec![0, K4, K64],
-    });
+    run(run_break_vs_next_run(
+        "amd_v1_run_break_vs_neighbour_map",
+        amd_v1(false),
+        K4,
+        K64,
+    ));
 }
