@@ -27,10 +27,11 @@ use crate::pgtable::{Gather, PageTable};
 /// Width a domain gets when nothing larger is asked: 4 levels, as VT-d's second stage.
 const DEFAULT_BITS: u32 = 48;
 
-/// Largest input width of a domain: what `HATS` levels translate (4: 48 bits, 5: 57, 6: 63).
+/// Largest input width of a domain: what `HATS` levels translate (4: 48 bits, 5: 57, 6: 63),
+/// at most the platform's `IVinfo.VAsize` ([`AmdViConfig::input_bits`](super::AmdViConfig)).
 pub fn max_bits(info: &UnitInfo) -> u32 {
     // The v1 format takes at most 63 bits (its level-6 table resolves bits 62:57 here).
-    (12 + 9 * info.host_levels).min(63)
+    (12 + 9 * info.host_levels).min(63).min(info.input_bits)
 }
 
 /// The format a domain is built in.

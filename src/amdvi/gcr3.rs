@@ -29,7 +29,7 @@ pub const PASID_BITS: u32 = 9;
 #[derive(Debug)]
 pub struct Gcr3Table {
     /// The device whose DTE names the table.
-    pub device: u32,
+    pub device: u16,
     /// The table's page (4 KiB, zeroed when allocated).
     pub page: Page,
     /// The DTE's `DomainID`: with `GV`, guest translations are tagged with it and the PASID.

@@ -191,7 +191,7 @@ impl<'a> FlushCommands<'a> {
                     return Some((tag, Some(pasid)));
                 }
             } else if a.ats {
-                return Some((a.device as u16, a.pasid));
+                return Some((a.device, a.pasid));
             }
         }
         None
@@ -244,26 +244,29 @@ impl Iterator for FlushCommands<'_> {
 /// DTE flush since stale DMA mappings were seen on AMD hardware (its 2023 change "iommu/amd-vi:
 /// flush IOMMU TLB when flushing the DTE"), and Linux's detach flushes the whole domain after
 /// clearing the DTE (`amd_iommu_domain_flush_all`).
-fn leave_commands(device: u32, previous: Option<Attachment>, slot: usize) -> ([Command; 2], usize) {
+fn leave_commands(device: u16, previous: Option<Attachment>, slot: usize) -> ([Command; 2], usize) {
+    let old_domain = previous.filter(|p| p.slot != slot).map(|p| {
+        Command::invalidate_iommu_pages(domain_id_of(p.slot), None, InvalidationRange::All, true)
+    });
+    let ats = previous
+        .filter(|p| p.ats)
+        .map(|_| Command::invalidate_iotlb_pages(device, 0, None, InvalidationRange::All));
     let mut cmds = [Command::invalidate_iommu_all(); 2];
-    let mut n = 0;
-    let Some(p) = previous else {
-        return (cmds, 0);
-    };
-    if p.slot != slot {
-        cmds[n] = Command::invalidate_iommu_pages(
-            domain_id_of(p.slot),
-            None,
-            InvalidationRange::All,
-            true,
-        );
-        n += 1;
-    }
-    if p.ats {
-        cmds[n] = Command::invalidate_iotlb_pages(device as u16, 0, None, InvalidationRange::All);
-        n += 1;
-    }
+    let n = cmds
+        .iter_mut()
+        .zip(old_domain.into_iter().chain(ats))
+        .map(|(slot, cmd)| *slot = cmd)
+        .count();
     (cmds, n)
+}
+
+/// `device` has an entry in the device table, or [`Error::InvalidDevice`].
+fn in_device_table(cfg: &ConfigState, device: u16) -> Result<(), Error> {
+    if u32::from(device) < cfg.devtab.device_ids() {
+        Ok(())
+    } else {
+        Err(Error::InvalidDevice(DeviceId(device.into())))
+    }
 }
 
 /// `scope`'s reclaim of `table`. Not inlined: the walks of both formats stay out of the frame
@@ -367,11 +370,9 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> AmdViUni
         }
     }
 
-    fn attach_impl(&self, device: u32, slot: usize, ats: bool) -> Result<(), Error> {
+    fn attach_impl(&self, device: u16, slot: usize, ats: bool) -> Result<(), Error> {
         let mut cfg = self.config.lock();
-        if device >= cfg.devtab.device_ids() || device > u32::from(u16::MAX) {
-            return Err(Error::InvalidDevice(DeviceId(device)));
-        }
+        in_device_table(&cfg, device)?;
         let guard = self.domains[slot].read();
         let dom = guard
             .as_ref()
@@ -415,8 +416,27 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> AmdViUni
             }),
         );
         let (extra, n) = leave_commands(device, previous, slot);
-        self.set_device_entry_locked(&cfg.devtab, device, &entry, extra.get(..n).unwrap_or(&[]))?;
-        if let Some(a) = cfg.attachments[index].as_mut() {
+        self.publish_attachment(
+            &mut cfg,
+            index,
+            device,
+            &entry,
+            extra.get(..n).unwrap_or(&[]),
+        )
+    }
+
+    /// Writes `device`'s new entry and runs its invalidations (then `extra`), and marks the
+    /// attachment recorded at `index` settled once they completed.
+    fn publish_attachment(
+        &self,
+        cfg: &mut ConfigState,
+        index: usize,
+        device: u16,
+        entry: &DeviceTableEntry,
+        extra: &[Command],
+    ) -> Result<(), Error> {
+        self.set_device_entry_locked(&cfg.devtab, device.into(), entry, extra)?;
+        if let Some(a) = cfg.attachments.get_mut(index).and_then(Option::as_mut) {
             a.settled = true;
         }
         Ok(())
@@ -430,15 +450,13 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> AmdViUni
     /// device's IOTLB for the PASID, and one wait.
     fn attach_pasid_impl(
         &self,
-        device: u32,
+        device: u16,
         pasid: Pasid,
         slot: usize,
         ats: bool,
     ) -> Result<(), Error> {
         let mut cfg = self.config.lock();
-        if device >= cfg.devtab.device_ids() || device > u32::from(u16::MAX) {
-            return Err(Error::InvalidDevice(DeviceId(device)));
-        }
+        in_device_table(&cfg, device)?;
         if pasid.get() == 0 || pasid.get() >= 1 << self.pasid_bits() {
             return Err(Error::InvalidPasid(pasid));
         }
@@ -504,42 +522,44 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> AmdViUni
         let entry = DeviceTableEntry::guest(tag, g.page.pa, ats)?;
         let extra = [
             Command::invalidate_iommu_pages(tag, Some(pasid), InvalidationRange::All, true),
-            Command::invalidate_iotlb_pages(device as u16, 0, Some(pasid), InvalidationRange::All),
+            Command::invalidate_iotlb_pages(device, 0, Some(pasid), InvalidationRange::All),
         ];
         let n = if ats || was_ats { 2 } else { 1 };
-        self.set_device_entry_locked(&cfg.devtab, device, &entry, &extra[..n])?;
-        if let Some(a) = cfg.attachments[index].as_mut() {
-            a.settled = true;
-        }
-        Ok(())
+        self.publish_attachment(
+            &mut cfg,
+            index,
+            device,
+            &entry,
+            extra.get(..n).unwrap_or(&[]),
+        )
     }
 
     /// Clears `pasid`'s GCR3 entry; after the device's last PASID the device's entry becomes
     /// blocking and, once the invalidations (INVALIDATE_DEVTAB_ENTRY, INVALIDATE_IOMMU_PAGES
     /// of the PASID with `GN`, the ATS device's IOTLB) completed, the GCR3 table's page goes
     /// back and its domain ID may be given to another device.
-    fn detach_pasid_impl(&self, device: u32, pasid: Pasid) -> Result<(), Error> {
+    fn detach_pasid_impl(&self, device: u16, pasid: Pasid) -> Result<(), Error> {
         let mut cfg = self.config.lock();
         let index = cfg
             .find_pasid(device, Some(pasid))
-            .ok_or(Error::NotAttached(DeviceId(device)))?;
+            .ok_or(Error::NotAttached(DeviceId(device.into())))?;
         let Some(a) = cfg.attachments[index] else {
-            return Err(Error::NotAttached(DeviceId(device)));
+            return Err(Error::NotAttached(DeviceId(device.into())));
         };
         if let Some(a) = cfg.attachments[index].as_mut() {
             a.settled = false;
         }
         let gi = cfg
             .gcr3_of(device)
-            .ok_or(Error::NotAttached(DeviceId(device)))?;
+            .ok_or(Error::NotAttached(DeviceId(device.into())))?;
         let Some(g) = cfg.gcr3[gi].as_ref() else {
-            return Err(Error::NotAttached(DeviceId(device)));
+            return Err(Error::NotAttached(DeviceId(device.into())));
         };
         g.set(pasid.get(), None);
         let tag = g.domain_id;
         let extra = [
             Command::invalidate_iommu_pages(tag, Some(pasid), InvalidationRange::All, true),
-            Command::invalidate_iotlb_pages(device as u16, 0, Some(pasid), InvalidationRange::All),
+            Command::invalidate_iotlb_pages(device, 0, Some(pasid), InvalidationRange::All),
         ];
         let extra = &extra[..if a.ats { 2 } else { 1 }];
         let last = !cfg
@@ -548,7 +568,12 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> AmdViUni
             .flatten()
             .any(|o| o.device == device && o.pasid.is_some() && o.pasid != Some(pasid));
         if last {
-            self.set_device_entry_locked(&cfg.devtab, device, &DeviceTableEntry::BLOCKED, extra)?;
+            self.set_device_entry_locked(
+                &cfg.devtab,
+                device.into(),
+                &DeviceTableEntry::BLOCKED,
+                extra,
+            )?;
         } else {
             self.run(&[extra])?;
         }
@@ -584,7 +609,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> AmdViUni
         table.set_dirty_tracking(on, &mut cleaned)?;
         dom.tracking.store(on, Ordering::Release);
         for a in cfg.of_domain(slot) {
-            if let Some(entry) = cfg.devtab.entry(a.device) {
+            if let Some(entry) = cfg.devtab.entry(a.device.into()) {
                 let new = entry.load().with_had(on);
                 // Only the lower half changes: one store, no forget needed.
                 dte::write_live(self.cx16, entry, &new, |_| {}, || Ok::<(), Error>(()))?;
@@ -592,16 +617,16 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> AmdViUni
         }
         let devtab = cfg
             .of_domain(slot)
-            .map(|a| Command::invalidate_devtab_entry(a.device as u16));
+            .map(|a| Command::invalidate_devtab_entry(a.device));
         let pages = [Command::invalidate_iommu_pages(
             dom.domain_id,
             None,
             InvalidationRange::All,
             false,
         )];
-        let iotlb = cfg.ats_of_domain(slot).map(|a| {
-            Command::invalidate_iotlb_pages(a.device as u16, 0, None, InvalidationRange::All)
-        });
+        let iotlb = cfg
+            .ats_of_domain(slot)
+            .map(|a| Command::invalidate_iotlb_pages(a.device, 0, None, InvalidationRange::All));
         if let Err(e) = self.run_iter(devtab.chain(pages).chain(iotlb)) {
             // The next flush of the domain reissues the cleaned ranges' invalidation.
             dom.owed.lock().absorb(cleaned);
@@ -625,13 +650,13 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> AmdViUni
         }
     }
 
-    fn detach_impl(&self, device: u32) -> Result<(), Error> {
+    fn detach_impl(&self, device: u16) -> Result<(), Error> {
         let mut cfg = self.config.lock();
         let index = cfg
             .find(device)
-            .ok_or(Error::NotAttached(DeviceId(device)))?;
+            .ok_or(Error::NotAttached(DeviceId(device.into())))?;
         let Some(a) = cfg.attachments[index] else {
-            return Err(Error::NotAttached(DeviceId(device)));
+            return Err(Error::NotAttached(DeviceId(device.into())));
         };
         if let Some(a) = cfg.attachments[index].as_mut() {
             a.settled = false;
@@ -639,7 +664,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> AmdViUni
         let (extra, n) = leave_commands(device, Some(a), usize::MAX);
         self.set_device_entry_locked(
             &cfg.devtab,
-            device,
+            device.into(),
             &DeviceTableEntry::BLOCKED,
             extra.get(..n).unwrap_or(&[]),
         )?;
@@ -666,7 +691,7 @@ where
             coherent_dma: true,
             supervisor: false,
             sources: Sources {
-                ias: Source::Register("EFR.HATS"),
+                ias: Source::Register("EFR.HATS, AmdViConfig::input_bits (IVinfo.VAsize)"),
                 oas: Source::Embedder("AmdViConfig::output_bits"),
                 page_sizes: Source::Embedder("AMD-Vi v1 table (2 MiB, 1 GiB leaves)"),
                 pasid_bits: Source::Register(
@@ -871,20 +896,23 @@ where
         hints: &DeviceHints,
     ) -> Result<(), Error> {
         let slot = self.slot(domain)?;
+        // AMD-Vi device IDs are 16 bits (bus, device, function): no device table has more.
+        let id = u16::try_from(device.0).map_err(|_| Error::InvalidDevice(device))?;
         match pasid {
             Some(p) if self.pasid_bits() == 0 => {
                 let _ = p;
                 Err(Error::Unsupported(Missing::Pasid { bits: 0 }))
             }
-            Some(p) => self.attach_pasid_impl(device.0, p, slot, hints.ats),
-            None => self.attach_impl(device.0, slot, hints.ats),
+            Some(p) => self.attach_pasid_impl(id, p, slot, hints.ats),
+            None => self.attach_impl(id, slot, hints.ats),
         }
     }
 
     fn detach(&self, device: DeviceId, pasid: Option<Pasid>) -> Result<(), Error> {
+        let id = u16::try_from(device.0).map_err(|_| Error::NotAttached(device))?;
         match pasid {
-            Some(p) => self.detach_pasid_impl(device.0, p),
-            None => self.detach_impl(device.0),
+            Some(p) => self.detach_pasid_impl(id, p),
+            None => self.detach_impl(id),
         }
     }
 }

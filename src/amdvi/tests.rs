@@ -370,3 +370,52 @@ fn flushes_look_at_no_attachment_slot_without_ats() {
     }
     assert_eq!(books(), (0, 0));
 }
+
+/// `AmdViConfig::input_bits` (ACPI `IVinfo.VAsize`) bounds every domain's width below what
+/// `EFR.HATS` walks: the capabilities say it, a wider domain is refused naming both widths, and
+/// a default domain takes the levels that cover it (3 for 39 bits: the DTE's `Mode`).
+#[test]
+fn input_bits_bound_every_domain() {
+    use crate::iommu::{DeviceId, DomainConfig, Error as IommuError, Iommu, Missing};
+    let mem = Arena::with_defaults().unwrap();
+    let model = AmdViModel::new(&mem, AmdViModelConfig::qemu_default());
+    let wide = unit(&model, &mem, small());
+    let hats = wide.capabilities().ias;
+    assert!(hats > 39, "the model walks {hats} bits");
+    let u = unit(
+        &model,
+        &mem,
+        AmdViConfig {
+            input_bits: 39,
+            ..small()
+        },
+    );
+    assert_eq!(u.capabilities().ias, 39);
+    let wider = DomainConfig {
+        min_ias: 40,
+        ..DomainConfig::default()
+    };
+    assert_eq!(
+        u.domain_alloc(&wider),
+        Err(IommuError::Unsupported(Missing::AddressWidth {
+            need: 40,
+            have: 39
+        }))
+    );
+    let d = u.domain_alloc(&DomainConfig::default()).unwrap();
+    u.enable().unwrap();
+    u.attach(DeviceId(EDU), None, d).unwrap();
+    let entry = u.config.lock().devtab.entry(EDU).unwrap().load();
+    assert_eq!(entry.mode(), 3);
+    // Below 32 or above 64 the configuration is refused.
+    for bits in [31, 65] {
+        let c = AmdViConfig {
+            input_bits: bits,
+            ..small()
+        };
+        assert!(matches!(
+            AmdViUnit::<_, _, 8>::new(&model, &mem, c),
+            Err(Error::InvalidArgument { value, .. }) if value == u64::from(bits)
+        ));
+    }
+}

@@ -76,6 +76,9 @@ pub struct AmdViConfig {
     /// The system's physical address width, 32..=52 (no unit register reports it: the CPU's
     /// `MAXPHYADDR`, CPUID 0x8000_0008): the output width of every domain.
     pub output_bits: u32,
+    /// The widest IOVA the platform lets the unit translate (ACPI `IVinfo.VAsize`), 32..=64:
+    /// a domain is never wider. 64 (the default): `EFR.HATS` alone decides.
+    pub input_bits: u32,
     /// The unit may cache not-present entries (PCI capability header `NpCache`, bit 26): every
     /// map is then followed by an INVALIDATE_IOMMU_PAGES of its range. QEMU's `amd-iommu`
     /// reports it set.
@@ -91,6 +94,7 @@ impl AmdViConfig {
             command_len_log2: DEFAULT_COMMAND_LEN_LOG2,
             event_len_log2: DEFAULT_EVENT_LEN_LOG2,
             output_bits: DEFAULT_OUTPUT_BITS,
+            input_bits: 64,
             np_cache: true,
         }
     }
@@ -127,6 +131,8 @@ pub struct UnitInfo {
     pub event_len_log2: u32,
     /// Output width of domains.
     pub output_bits: u32,
+    /// Most input width of domains ([`AmdViConfig::input_bits`]).
+    pub input_bits: u32,
     /// Maps invalidate their range ([`AmdViConfig::np_cache`]).
     pub np_cache: bool,
 }
@@ -153,6 +159,12 @@ impl UnitInfo {
                 value: u64::from(config.output_bits),
             });
         }
+        if !(32..=64).contains(&config.input_bits) {
+            return Err(Error::InvalidArgument {
+                what: "input_bits (32..=64)",
+                value: u64::from(config.input_bits),
+            });
+        }
         let host_levels = efr.host_levels().ok_or(Error::Unsupported {
             what: "EFR HATS (reserved encoding)",
             value: efr.0,
@@ -166,6 +178,7 @@ impl UnitInfo {
             command_len_log2: config.command_len_log2,
             event_len_log2: config.event_len_log2,
             output_bits: config.output_bits,
+            input_bits: config.input_bits,
             np_cache: config.np_cache,
         })
     }
@@ -598,11 +611,12 @@ impl<W: RegisterWindow, A: PageAllocator, const DOMAINS: usize> AmdViUnit<W, A, 
         entry: &DeviceTableEntry,
         extra: &[Command],
     ) -> Result<(), Error> {
-        let slot = devtab.entry(device_id).ok_or(Error::InvalidArgument {
+        let beyond = Error::InvalidArgument {
             what: "device ID beyond the device table",
             value: u64::from(device_id),
-        })?;
-        let inv = Command::invalidate_devtab_entry(device_id as u16);
+        };
+        let slot = devtab.entry(device_id).ok_or(beyond)?;
+        let inv = Command::invalidate_devtab_entry(u16::try_from(device_id).map_err(|_| beyond)?);
         dte::write_live(
             self.cx16,
             slot,
@@ -623,7 +637,7 @@ impl<W: RegisterWindow, A: PageAllocator, const DOMAINS: usize> AmdViUnit<W, A, 
 /// One attachment: a device pointing at a domain slot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Attachment {
-    pub device: u32,
+    pub device: u16,
     /// The PASID, for an attachment through the device's GCR3 table.
     pub pasid: Option<Pasid>,
     pub slot: usize,
@@ -694,19 +708,19 @@ impl ConfigState {
     }
 
     /// The attachment of `device`'s requests without PASID.
-    pub fn find(&self, device: u32) -> Option<usize> {
+    pub fn find(&self, device: u16) -> Option<usize> {
         self.find_pasid(device, None)
     }
 
     /// The attachment of `device` with `pasid` (`None`: without PASID).
-    pub fn find_pasid(&self, device: u32, pasid: Option<Pasid>) -> Option<usize> {
+    pub fn find_pasid(&self, device: u16, pasid: Option<Pasid>) -> Option<usize> {
         self.recorded()
             .iter()
             .position(|a| a.is_some_and(|a| a.device == device && a.pasid == pasid))
     }
 
     /// Whether `device` has PASIDs attached (or half-attached).
-    pub fn has_pasids(&self, device: u32) -> bool {
+    pub fn has_pasids(&self, device: u16) -> bool {
         self.recorded()
             .iter()
             .flatten()
@@ -714,14 +728,14 @@ impl ConfigState {
     }
 
     /// The `DomainID` of `device`'s GCR3 table.
-    pub fn gcr3_tag(&self, device: u32) -> Option<u16> {
+    pub fn gcr3_tag(&self, device: u16) -> Option<u16> {
         self.gcr3_of(device)
             .and_then(|i| self.gcr3[i].as_ref())
             .map(|g| g.domain_id)
     }
 
     /// The index of `device`'s GCR3 table.
-    pub fn gcr3_of(&self, device: u32) -> Option<usize> {
+    pub fn gcr3_of(&self, device: u16) -> Option<usize> {
         self.gcr3
             .iter()
             .position(|g| g.as_ref().is_some_and(|g| g.device == device))

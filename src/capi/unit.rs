@@ -387,6 +387,8 @@ impl From<IeAmdViConfig> for AmdViConfig {
             event_len_log2: c.event_len_log2,
             output_bits: c.output_bits,
             np_cache: c.np_cache,
+            // The C configuration has no IVinfo.VAsize limit: EFR.HATS decides.
+            ..AmdViConfig::new()
         }
     }
 }

@@ -10,8 +10,9 @@
 
 use std::vec::Vec;
 
+use crate::amdvi::AmdViConfig;
 use crate::firmware::acpi::checksum;
-use crate::firmware::ivrs::{AmdViUnitDefaults, Block, DeviceEntry, Ivrs};
+use crate::firmware::ivrs::{AmdViUnitDefaults, Block, DeviceEntry, IvmdDevices, Ivrs};
 
 /// Most device IDs looked up per unit.
 const LOOKUPS_PER_UNIT: usize = 64;
@@ -55,6 +56,9 @@ pub fn exercise(table: &[u8]) {
                 if let Ok((start, length)) = m.range() {
                     assert!(start.get() % 4096 == 0 && length % 4096 == 0 && length != 0);
                 }
+                if let IvmdDevices::Range { first, last } = m.devices {
+                    assert!(first <= last, "reversed IVMD device range");
+                }
                 m.offset
             }
             Block::Other { offset, bytes, .. } => {
@@ -96,6 +100,8 @@ pub fn exercise(table: &[u8]) {
         if let Ok(d) = AmdViUnitDefaults::of(&ivrs, &unit) {
             assert!(d.register_base.get() % 0x4000 == 0 && d.register_base.get() != 0);
             assert!((1..=0x1_0000).contains(&d.device_ids));
+            let c = d.apply(AmdViConfig::new());
+            assert!((32..=52).contains(&c.output_bits) && (32..=64).contains(&c.input_bits));
         }
     }
 }

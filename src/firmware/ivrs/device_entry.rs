@@ -3,9 +3,14 @@
 //! the DTE settings firmware asks for, aliases, and the special devices (IOAPIC, HPET) and ACPI
 //! devices behind it.
 //!
-//! An entry's length follows from its type: 00h-3Fh 4 bytes, 40h-7Fh 8 bytes, 80h-FFh variable
-//! (only F0h, ACPI HID, is defined: 22 bytes plus its UID). Type facts checked against Linux
-//! `drivers/iommu/amd/init.c` (`IVHD_DEV_*`, facts only).
+//! An entry's length follows from its type: bits 7:6 encode it (00b 4 bytes, 01b 8, 10b 16, 11b
+//! 32), except for the variable-length ACPI HID entry F0h (22 bytes plus its UID). The
+//! specification defines no entry of types 80h-EFh: they are skipped by the length their type
+//! gives, as reserved entries of the other sizes are, and the entries after them apply. Types
+//! F1h-FFh are variable-length like F0h, of no known length: the entries after one cannot be
+//! found, and the IVHD is refused. Type facts checked against Linux `drivers/iommu/amd/init.c`
+//! (`IVHD_DEV_*`; `ivhd_entry_length` takes `4 << (type >> 6)` below 80h and, before F0h was
+//! defined, for every type; facts only).
 //!
 //! | type | entry | bytes |
 //! |---|---|---|
@@ -145,7 +150,8 @@ pub enum DeviceEntry<'a> {
         /// `UID`.
         uid: &'a [u8],
     },
-    /// A reserved 4- or 8-byte type (00h is padding): skipped, as the specification says.
+    /// A reserved type of 4, 8, 16 or 32 bytes (00h-7Fh undefined, 80h-EFh; 00h is padding):
+    /// skipped by the length its type gives.
     Reserved {
         /// `Type`.
         entry_type: u8,
@@ -158,6 +164,8 @@ fn entry_len(bytes: &[u8], offset: usize) -> Result<usize, Error> {
     match entry_type {
         0x00..=0x3F => Ok(4),
         0x40..=0x7F => Ok(8),
+        0x80..=0xBF => Ok(16),
+        0xC0..=0xEF => Ok(32),
         0xF0 => Ok(22
             + usize::from(read_u8(bytes, 21).map_err(|_| Error::TooShort {
                 structure: Structure::DeviceEntry,

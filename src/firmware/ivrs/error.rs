@@ -50,7 +50,7 @@ pub enum Error {
         /// Bytes left in the container from `offset`.
         remaining: usize,
     },
-    /// A variable-length device entry (type 80h-FFh) other than ACPI HID (F0h): its length
+    /// A variable-length device entry of type F1h-FFh (beside ACPI HID, F0h): its length
     /// cannot be known, so the entries after it cannot be found (§5.2.2.3).
     UnknownEntry {
         /// Offset of the entry in the table.
@@ -73,6 +73,24 @@ pub enum Error {
     RegisterBase {
         /// `IOMMU Base Address`.
         base: u64,
+    },
+    /// An IVMD of type 22h whose first device ID (`DeviceID`) is after its last (`Auxiliary
+    /// Data`): it would name no device (§5.2.2.4).
+    IvmdDeviceRange {
+        /// Offset of the IVMD in the table.
+        offset: usize,
+        /// `DeviceID`.
+        first: u16,
+        /// `Auxiliary Data`.
+        last: u16,
+    },
+    /// An `IVinfo` address size no unit can have (§5.2.1): `PAsize` outside 32..=52, `VAsize`
+    /// outside 32..=64, `GVAsize` neither 2 (48 bits) nor 3 (57 bits); 0 reports nothing.
+    AddressSize {
+        /// `PAsize`, `VAsize` or `GVAsize`.
+        field: &'static str,
+        /// Its value (bits; for `GVAsize` its code).
+        bits: u32,
     },
     /// An IVMD whose start is not 4 KiB aligned, whose length is not a multiple of 4 KiB, or
     /// whose end overflows (§5.2.2.4).
@@ -109,6 +127,14 @@ impl fmt::Display for Error {
             Error::RegisterBase { base } => write!(
                 f,
                 "IVRS IVHD IOMMU base address {base:#x} is zero or not 16 KiB aligned"
+            ),
+            Error::IvmdDeviceRange { offset, first, last } => write!(
+                f,
+                "IVRS IVMD at {offset:#x}: device range {first:#06x}..={last:#06x} starts after its end"
+            ),
+            Error::AddressSize { field, bits } => write!(
+                f,
+                "IVRS IVinfo {field} {bits} is not an address size a unit can have"
             ),
             Error::MemoryRange { start, length } => write!(
                 f,

@@ -73,7 +73,8 @@ impl Ivmd {
     /// Decodes the IVMD in `bytes` (exactly its `Length` bytes) at table offset `offset`.
     ///
     /// # Errors
-    /// [`Error::TooShort`].
+    /// [`Error::TooShort`]; [`Error::IvmdDeviceRange`] for a type 22h whose first device ID
+    /// is after its last.
     pub fn parse(bytes: &[u8], offset: usize) -> Result<Self, Error> {
         if bytes.len() < LEN {
             return Err(Error::TooShort {
@@ -87,10 +88,20 @@ impl Ivmd {
         let devices = match read_u8(bytes, 0)? {
             0x20 => IvmdDevices::All,
             0x21 => IvmdDevices::One(device_id),
-            _ => IvmdDevices::Range {
-                first: device_id,
-                last: read_u16(bytes, 6)?,
-            },
+            _ => {
+                let last = read_u16(bytes, 6)?;
+                if last < device_id {
+                    return Err(Error::IvmdDeviceRange {
+                        offset,
+                        first: device_id,
+                        last,
+                    });
+                }
+                IvmdDevices::Range {
+                    first: device_id,
+                    last,
+                }
+            }
         };
         Ok(Self {
             devices,

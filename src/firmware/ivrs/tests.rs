@@ -91,6 +91,9 @@ fn q35_ivrs_decodes_as_qemu_builds_it() {
             device_id: 0x0008,
             device_ids: 0xfc,
             efr_image: Some(0x29d3),
+            output_bits: Some(40),
+            input_bits: None,
+            guest_input_bits: None,
         }
     );
     assert_eq!(d.apply(AmdViConfig::new()).device_ids, 0xfc);
@@ -188,7 +191,7 @@ fn every_entry_and_block_type() {
         b
     };
     let t = ivrs(
-        0x0030_2800 | 1,
+        0x0018_2800 | 1,
         &[
             ivhd(0x10, 0, 0xfeb8_0000, 0, &every_entry()[..4 * 4]),
             ivhd(0x40, 0, 0xfeb8_0000, 0x1234, &every_entry()),
@@ -199,7 +202,7 @@ fn every_entry_and_block_type() {
         ],
     );
     let t = Ivrs::parse(&t).unwrap();
-    assert_eq!(t.iv_info().va_size(), 96 & 0x7f);
+    assert_eq!((t.iv_info().pa_size(), t.iv_info().va_size()), (40, 48));
     assert_eq!(t.blocks().count(), 6);
     assert!(matches!(
         t.blocks().last(),
@@ -310,12 +313,12 @@ fn malformed_tables_are_refused_with_the_offending_value() {
         Err(Error::Range { offset: 72, .. })
     ));
     // A variable-length entry of unknown length.
-    let t = ivrs(0, &[ivhd(0x10, 0, 0xfed8_0000, 0, &entry4(0x80, 0, 0))]);
+    let t = ivrs(0, &[ivhd(0x10, 0, 0xfed8_0000, 0, &entry4(0xff, 0, 0))]);
     assert_eq!(
         Ivrs::parse(&t),
         Err(Error::UnknownEntry {
             offset: 72,
-            entry_type: 0x80
+            entry_type: 0xff
         })
     );
     // An 8-byte entry cut by the block's end.
@@ -468,4 +471,130 @@ fn a_later_device_entry_overrides_an_earlier_one() {
     assert_eq!(run.requester(0x0300), 0x0310);
     let (_, run) = t.unit_for(0, 0x0200).unwrap();
     assert_eq!(run.requester(0x0200), 0x0200);
+}
+
+/// §5.2.2.3: a device entry's type gives its length in bits 7:6 (00b 4 bytes, 01b 8, 10b 16,
+/// 11b 32), the rule Linux's `ivhd_entry_length` applies to every type below 80h and applied
+/// to every type before ACPI HID (F0h, 22 bytes and its UID) was defined. Types 80h-EFh define
+/// no entry: software skips them by that length and reads the entries after them.
+#[test]
+fn reserved_entries_80h_to_efh_are_skipped_by_their_length() {
+    let mut e = Vec::new();
+    e.extend_from_slice(&entry4(0x80, 0x1234, 0xff));
+    e.extend_from_slice(&[0xee; 12]);
+    e.extend_from_slice(&entry4(0x02, 0x0020, 0));
+    e.extend_from_slice(&entry4(0xef, 0x4321, 0xff));
+    e.extend_from_slice(&[0xdd; 28]);
+    e.extend_from_slice(&entry4(0x02, 0x0030, 0));
+    let t = ivrs(0, &[ivhd(0x11, 0, 0xfed8_0000, 0, &e)]);
+    let t = Ivrs::parse(&t).expect("reserved entries skipped");
+    let unit = t.units().next().unwrap();
+    let types: Vec<u8> = unit
+        .device_entries()
+        .map(|(_, entry)| match entry {
+            DeviceEntry::Reserved { entry_type } => entry_type,
+            DeviceEntry::Select { device_id, .. } => device_id as u8,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(types, [0x80, 0x20, 0xef, 0x30]);
+    assert!(t.unit_for(0, 0x20).is_some());
+    assert!(t.unit_for(0, 0x30).is_some());
+    assert!(t.unit_for(0, 0x1234).is_none());
+    // A reserved 16-byte entry cut by the block's end.
+    let t = ivrs(0, &[ivhd(0x11, 0, 0xfed8_0000, 0, &entry4(0x81, 0, 0))]);
+    assert!(matches!(
+        Ivrs::parse(&t),
+        Err(Error::Overrun {
+            structure: Structure::DeviceEntry,
+            length: 16,
+            remaining: 4,
+            ..
+        })
+    ));
+    // Variable-length types beside ACPI HID (F1h-FFh) have no known length.
+    let t = ivrs(0, &[ivhd(0x10, 0, 0xfed8_0000, 0, &entry4(0xf1, 0, 0))]);
+    assert_eq!(
+        Ivrs::parse(&t),
+        Err(Error::UnknownEntry {
+            offset: 72,
+            entry_type: 0xf1
+        })
+    );
+}
+
+/// §5.2.2.4: an IVMD of type 22h names device IDs `DeviceID..=Auxiliary Data`; one whose
+/// start is after its end names no device and is refused, naming both.
+#[test]
+fn an_ivmd_range_whose_start_is_after_its_end_is_refused() {
+    let mut body = Vec::new();
+    body.extend_from_slice(&0x0040u16.to_le_bytes());
+    body.extend_from_slice(&0x0010u16.to_le_bytes());
+    body.extend_from_slice(&[0; 8]);
+    body.extend_from_slice(&0x8000_0000u64.to_le_bytes());
+    body.extend_from_slice(&0x1000u64.to_le_bytes());
+    let t = ivrs(0, &[block(0x22, 0x07, &body)]);
+    assert_eq!(
+        Ivrs::parse(&t),
+        Err(Error::IvmdDeviceRange {
+            offset: 48,
+            first: 0x40,
+            last: 0x10
+        })
+    );
+    // The same range the right way round is accepted.
+    body[0..2].copy_from_slice(&0x0010u16.to_le_bytes());
+    body[2..4].copy_from_slice(&0x0040u16.to_le_bytes());
+    let t = ivrs(0, &[block(0x22, 0x07, &body)]);
+    let t = Ivrs::parse(&t).expect("a range of devices");
+    assert_eq!(t.memory_for(0x20).count(), 1);
+}
+
+/// §5.2.1 `IVinfo`: `PAsize` and `VAsize` bound every unit's output and input addresses;
+/// `GVAsize` the guest (v2) tables' input. The defaults carry them to the unit's
+/// configuration; 0 (QEMU 10 reports `VAsize` and `GVAsize` 0) reports nothing.
+#[test]
+fn iv_info_address_sizes_reach_the_unit_configuration() {
+    let iv_info = 2 << 5 | 44 << 8 | 48 << 15;
+    let t = ivrs(
+        iv_info,
+        &[ivhd(0x11, 0, 0xfed8_0000, 0, &entry4(0x01, 0, 0))],
+    );
+    let t = Ivrs::parse(&t).unwrap();
+    let d = AmdViUnitDefaults::of(&t, &t.units().next().unwrap()).unwrap();
+    assert_eq!(
+        (d.output_bits, d.input_bits, d.guest_input_bits),
+        (Some(44), Some(48), Some(48))
+    );
+    let c = d.apply(AmdViConfig::new());
+    assert_eq!((c.output_bits, c.input_bits), (44, 48));
+    // QEMU's table: PAsize 40, VAsize and GVAsize 0.
+    let q = Ivrs::parse(Q35).unwrap();
+    let d = AmdViUnitDefaults::of(&q, &q.units().next().unwrap()).unwrap();
+    assert_eq!(
+        (d.output_bits, d.input_bits, d.guest_input_bits),
+        (Some(40), None, None)
+    );
+    let c = d.apply(AmdViConfig::new());
+    assert_eq!(
+        (c.output_bits, c.input_bits),
+        (40, AmdViConfig::new().input_bits)
+    );
+    // A width no unit can have is refused, naming the field and its value.
+    for (iv_info, field, bits) in [
+        (20 << 8, "PAsize", 20),
+        (60 << 8, "PAsize", 60),
+        (12 << 15, "VAsize", 12),
+        (5 << 5, "GVAsize", 5),
+    ] {
+        let t = ivrs(
+            iv_info,
+            &[ivhd(0x11, 0, 0xfed8_0000, 0, &entry4(0x01, 0, 0))],
+        );
+        let t = Ivrs::parse(&t).unwrap();
+        assert_eq!(
+            AmdViUnitDefaults::of(&t, &t.units().next().unwrap()),
+            Err(Error::AddressSize { field, bits })
+        );
+    }
 }
