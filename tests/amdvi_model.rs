@@ -4,15 +4,17 @@
 //! owe their invalidation, and one IOASID spanning a VT-d and an AMD-Vi unit.
 
 use iommu_engine::amdvi::event::EventCode;
-use iommu_engine::amdvi::{AmdViConfig, AmdViUnit};
+use iommu_engine::amdvi::{AmdViConfig, AmdViUnit, ATS_UNLIKE_THE_DEVICE};
 use iommu_engine::ioasid::{DeviceLabel, IoasidCtx, IoasidFlags, PasidAllocator, Registry, UnitId};
 use iommu_engine::iommu::{DeviceHints, DeviceId, DomainConfig, DomainHandle, Error, Iommu, Pasid};
-use iommu_engine::mem::{Iova, PhysAddr};
+use iommu_engine::mem::{Iova, Page, PageAllocator, PhysAddr};
 use iommu_engine::pgtable::{Gather, Prot};
 use iommu_engine::sim::amdvi::{AmdViModel, AmdViModelConfig, Injection};
 use iommu_engine::sim::vtd::{VtdModel, VtdModelConfig};
-use iommu_engine::sim::{walk, Arena};
+use iommu_engine::sim::{walk, Arena, ArenaConfig};
 use iommu_engine::vtd::{VtdConfig, VtdUnit};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 const DEV: DeviceId = DeviceId(0x20);
 const DEV2: DeviceId = DeviceId(0x28);
@@ -234,6 +236,45 @@ fn ats_devices_get_iotlb_invalidations() {
     assert_eq!(after.completion_waits - before.completion_waits, 1);
 }
 
+/// The model's ATC: an ATS device (DTE `I`) caches what its translation requests were
+/// answered, and the flush's INVALIDATE_IOTLB_PAGES empties it; a device without `I` is
+/// refused (INVALID_DEVICE_REQUEST) and caches nothing.
+#[test]
+fn an_ats_devices_cache_is_invalidated_by_the_flush() {
+    let mem = Arena::with_defaults().unwrap();
+    let model = AmdViModel::new(&mem, AmdViModelConfig::qemu_default());
+    let u = setup(&mem, &model);
+    let d = u.domain_alloc(&DomainConfig::default()).unwrap();
+    let ats = DeviceHints {
+        ats: true,
+        ..DeviceHints::default()
+    };
+    u.attach_device(DEV, None, d, &ats).unwrap();
+    u.attach(DEV2, None, d).unwrap();
+    map_rw(&u, d, 0x1000, 0xA000_0000, 0x2000);
+    let t = model
+        .ats_translate(DEV.0 as u16, None, 0x1008, true)
+        .unwrap();
+    assert_eq!(t.pa, 0xA000_0008);
+    assert_eq!(
+        model.atc_translation(DEV.0 as u16, None, 0x1010),
+        Some(0xA000_0010)
+    );
+    let refused = model.ats_translate(DEV2.0 as u16, None, 0x1008, true);
+    assert_eq!(refused.map_err(|f| f.event_code), Err(0x8), "DTE I clear");
+    assert_eq!(model.atc_translation(DEV2.0 as u16, None, 0x1008), None);
+    let mut g = Gather::new();
+    u.unmap(d, Iova::new(0x1000), 0x1000, &mut g).unwrap();
+    u.flush(d, &mut g).unwrap();
+    assert_eq!(model.atc_translation(DEV.0 as u16, None, 0x1008), None);
+    // Detach: the device's whole cache.
+    model
+        .ats_translate(DEV.0 as u16, None, 0x2000, false)
+        .unwrap();
+    u.detach(DEV, None).unwrap();
+    assert_eq!(model.atc_translation(DEV.0 as u16, None, 0x2000), None);
+}
+
 #[test]
 fn one_ioasid_spans_a_vtd_and_an_amdvi_unit() {
     let mem = Arena::with_defaults().unwrap();
@@ -442,6 +483,197 @@ fn pasid_translations_need_the_gn_invalidation() {
     assert!(stale.from_iotlb, "stale without GN");
     u.flush(d, &mut g).unwrap();
     assert!(model.dma_pasid(DEV.0 as u16, 3, 0x10_0000, false).is_err());
+}
+
+/// DTE `I` (ATS) is the device's, not a PASID's (issue 20, an escape found by review): with
+/// `I` set the device may cache the translations of every PASID in its ATC, so every PASID of
+/// an ATS device must be in the IOTLB invalidations of its domain. A PASID attach whose ATS
+/// differs from the device's other PASIDs' is refused (`InvalidArgument`, the hint's value):
+/// before, the last attach rewrote `I` while only PASIDs attached with ATS were invalidated,
+/// and PASID 1 (attached without ATS) kept a translation in the device's ATC after its unmap.
+#[test]
+fn ats_is_the_devices_for_every_pasid() {
+    let mem = Arena::with_defaults().unwrap();
+    let model = pasid_model(&mem);
+    let u = setup(&mem, &model);
+    let cfg = DomainConfig {
+        pasid: true,
+        ..DomainConfig::default()
+    };
+    let d = u.domain_alloc(&cfg).unwrap();
+    let e = u.domain_alloc(&cfg).unwrap();
+    map_rw(&u, d, 0x10_0000, 0x8000_0000, 0x1000);
+    map_rw(&u, e, 0x10_0000, 0x9000_0000, 0x1000);
+    let ats = DeviceHints {
+        ats: true,
+        ..DeviceHints::default()
+    };
+    let (p1, p2) = (Pasid::new(1).unwrap(), Pasid::new(2).unwrap());
+    let dte_i = |u: &Unit<'_>| u.device_entry(DEV.0).unwrap().0[1] & (1 << 32) != 0;
+    u.attach(DEV, Some(p1), d).unwrap();
+    let second = u.attach_device(DEV, Some(p2), e, &ats);
+    // Whatever the unit answered, PASID 1's translation must not outlive its unmap in the
+    // device's cache.
+    if model
+        .ats_translate(DEV.0 as u16, Some(1), 0x10_0000, true)
+        .is_ok()
+    {
+        let mut g = Gather::new();
+        u.unmap(d, Iova::new(0x10_0000), 0x1000, &mut g).unwrap();
+        u.flush(d, &mut g).unwrap();
+        assert_eq!(
+            model.atc_translation(DEV.0 as u16, Some(1), 0x10_0000),
+            None,
+            "PASID 1's unmapped page still in the device's ATC (DTE I = {})",
+            dte_i(&u)
+        );
+    }
+    assert_eq!(
+        second,
+        Err(Error::InvalidArgument {
+            what: ATS_UNLIKE_THE_DEVICE,
+            value: 1,
+        })
+    );
+    assert!(!dte_i(&u), "the device's entry unchanged");
+    assert!(model.dma_pasid(DEV.0 as u16, 2, 0x10_0000, false).is_err());
+    // The other way round: a device with ATS takes no PASID without it.
+    u.detach(DEV, Some(p1)).unwrap();
+    u.attach_device(DEV, Some(p1), d, &ats).unwrap();
+    assert!(dte_i(&u));
+    assert_eq!(
+        u.attach(DEV, Some(p2), e),
+        Err(Error::InvalidArgument {
+            what: ATS_UNLIKE_THE_DEVICE,
+            value: 0,
+        })
+    );
+    // Both with ATS: an unmap in one domain empties that PASID's entries of the device's
+    // cache, not the other's; a detach empties the PASID's.
+    u.attach_device(DEV, Some(p2), e, &ats).unwrap();
+    assert!(dte_i(&u));
+    map_rw(&u, d, 0x20_0000, 0x8010_0000, 0x1000);
+    for p in [1, 2] {
+        model
+            .ats_translate(DEV.0 as u16, Some(p), 0x10_0000, true)
+            .ok();
+    }
+    model
+        .ats_translate(DEV.0 as u16, Some(1), 0x20_0000, true)
+        .unwrap();
+    assert_eq!(
+        model.atc_translation(DEV.0 as u16, Some(2), 0x10_0000),
+        Some(0x9000_0000)
+    );
+    let mut g = Gather::new();
+    u.unmap(d, Iova::new(0x20_0000), 0x1000, &mut g).unwrap();
+    u.flush(d, &mut g).unwrap();
+    assert_eq!(
+        model.atc_translation(DEV.0 as u16, Some(1), 0x20_0000),
+        None
+    );
+    assert_eq!(
+        model.atc_translation(DEV.0 as u16, Some(2), 0x10_0000),
+        Some(0x9000_0000)
+    );
+    u.detach(DEV, Some(p2)).unwrap();
+    assert_eq!(
+        model.atc_translation(DEV.0 as u16, Some(2), 0x10_0000),
+        None
+    );
+    u.detach(DEV, Some(p1)).unwrap();
+}
+
+/// An allocator that gives its next page, once armed, from a second arena at 2^52 (where no
+/// AMD-Vi structure can lie: its address fields are bits 51:12), every other from the first.
+#[derive(Clone, Copy)]
+struct HighOnce<'a> {
+    low: &'a Arena,
+    high: &'a Arena,
+    armed: &'a AtomicBool,
+}
+
+// SAFETY: every page comes from one of two arenas and goes back to the one that gave it.
+unsafe impl PageAllocator for HighOnce<'_> {
+    fn alloc(&self, size_log2: u32) -> Option<Page> {
+        if self.armed.swap(false, Ordering::SeqCst) {
+            self.high.alloc(size_log2)
+        } else {
+            self.low.alloc(size_log2)
+        }
+    }
+
+    unsafe fn free(&self, page: Page, size_log2: u32) {
+        if self.high.phys_to_virt(page.pa).is_some() {
+            // SAFETY: the caller's contract; the page is the high arena's.
+            unsafe { self.high.free(page, size_log2) }
+        } else {
+            // SAFETY: as above, the low arena's.
+            unsafe { self.low.free(page, size_log2) }
+        }
+    }
+
+    fn phys_to_virt(&self, pa: PhysAddr) -> Option<NonNull<u8>> {
+        self.low
+            .phys_to_virt(pa)
+            .or_else(|| self.high.phys_to_virt(pa))
+    }
+}
+
+/// A PASID attach whose device entry cannot be built changes nothing (issue 20, defect 7 of
+/// the review): here the device's new GCR3 table lies at 2^52, which no DTE can name. Before,
+/// the GCR3 entry was written, the attachment recorded and the table kept as the device's
+/// before `DeviceTableEntry::guest` refused the address: the page never went back, and every
+/// later PASID attach of the device failed on the same table.
+#[test]
+fn a_pasid_attach_whose_entry_cannot_be_built_changes_nothing() {
+    let mem = Arena::with_defaults().unwrap();
+    let high = Arena::new(ArenaConfig {
+        base_pa: 1 << 52,
+        capacity: 1 << 20,
+    })
+    .unwrap();
+    let armed = AtomicBool::new(false);
+    let alloc = HighOnce {
+        low: &mem,
+        high: &high,
+        armed: &armed,
+    };
+    let model = pasid_model(&mem);
+    let u = AmdViUnit::<_, _, 8>::new(&model, alloc, config()).expect("unit");
+    u.enable().unwrap();
+    let cfg = DomainConfig {
+        pasid: true,
+        ..DomainConfig::default()
+    };
+    let d = u.domain_alloc(&cfg).unwrap();
+    u.map(
+        d,
+        Iova::new(0x10_0000),
+        PhysAddr::new(0x8000_0000),
+        0x1000,
+        RW,
+    )
+    .unwrap();
+    let live = mem.live_pages().len();
+    let p = Pasid::new(1).unwrap();
+    armed.store(true, Ordering::SeqCst);
+    let refused = u.attach(DEV, Some(p), d);
+    assert!(high.live_pages().is_empty(), "the GCR3 page given back");
+    assert_eq!(mem.live_pages().len(), live);
+    assert!(u.device_entry(DEV.0).unwrap().blocks_dma());
+    assert!(model.dma_pasid(DEV.0 as u16, 1, 0x10_0000, false).is_err());
+    // A page the unit can reach: the same attach goes through.
+    u.attach(DEV, Some(p), d)
+        .expect("attach with a reachable GCR3 table");
+    let ok = model.dma_pasid(DEV.0 as u16, 1, 0x10_0123, false).unwrap();
+    assert_eq!(ok.pa, 0x8000_0123);
+    u.detach(DEV, Some(p)).unwrap();
+    u.domain_free(d).unwrap();
+    assert!(matches!(
+        refused,
+        Err(Error::TableOutOfRange { table: "GCR3 table", pa, width: 52 }) if pa.get() == 1 << 52
+    ));
 }
 
 /// Dirty tracking with EFR `HDSup` (issue 20), as the other families' dirty tests: a write

@@ -2,7 +2,9 @@
 //! is read back by an independent decoder of STEs, CDs, commands and tables, which translates
 //! DMA, caches what hardware may cache until it is invalidated, and counts commands.
 
-use iommu_engine::iommu::{DeviceId, DomainConfig, Error, Iommu, Missing, Pasid, Source, Stage};
+use iommu_engine::iommu::{
+    DeviceHints, DeviceId, DomainConfig, Error, Iommu, Missing, Pasid, Source, Stage,
+};
 use iommu_engine::mem::{Iova, PhysAddr};
 use iommu_engine::pgtable::{Gather, Prot};
 use iommu_engine::sim::arena::Arena;
@@ -748,4 +750,50 @@ fn non_coherent_device_is_reported_with_its_source() {
         !ok.cacheable_wb,
         "non-coherent device got Write-Back leaves"
     );
+}
+
+/// ATS is the stream's (`STE.EATS`): its ATC may hold translations of every substream. A PASID
+/// attached with a plain `attach` on an ATS stream gets CMD_ATC_INV of its substream behind the
+/// flush of its domain, and an attach declaring no ATS on the attached ATS stream is refused
+/// (`Busy`) rather than turning ATS off under its other PASIDs (issue 20's review asked the
+/// AMD-Vi question of SMMUv3).
+#[test]
+fn every_pasid_of_an_ats_stream_gets_atc_invalidations() {
+    let mem = arena();
+    let model = SmmuModel::new(
+        &mem,
+        SmmuModelConfig::qemu_like()
+            .with_ssid_bits(10)
+            .with_ats(true),
+    );
+    let u = unit(&model, &mem, cfg());
+    let (a, b) = (
+        u.domain_alloc(&s1()).unwrap(),
+        u.domain_alloc(&s1()).unwrap(),
+    );
+    let ats = DeviceHints {
+        ats: true,
+        ..DeviceHints::default()
+    };
+    let (p5, p6) = (Pasid::new(5).unwrap(), Pasid::new(6).unwrap());
+    u.attach_device(DeviceId(SID), Some(p5), a, &ats).unwrap();
+    assert_eq!(
+        u.attach_device(DeviceId(SID), Some(p6), b, &DeviceHints::default()),
+        Err(Error::Busy)
+    );
+    u.attach(DeviceId(SID), Some(p6), b).unwrap();
+    u.map(b, Iova::new(0x1000), PhysAddr::new(0x5000_0000), K4, RW)
+        .unwrap();
+    let mut g = Gather::new();
+    u.unmap(b, Iova::new(0x1000), K4, &mut g).unwrap();
+    model.reset_stats();
+    u.flush(b, &mut g).unwrap();
+    // CMD_ATC_INV: SSV word 0 bit 11, SubstreamID bits 31:12, StreamID bits 63:32.
+    let atc: Vec<(u64, u64, u64)> = model
+        .command_log()
+        .iter()
+        .filter(|c| c[0] & 0xff == u64::from(op::ATC_INV))
+        .map(|c| (c[0] >> 32, (c[0] >> 11) & 1, (c[0] >> 12) & 0xF_FFFF))
+        .collect();
+    assert_eq!(atc, [(u64::from(SID), 1, 6)], "PASID 6's ATC entries");
 }

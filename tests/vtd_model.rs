@@ -1165,3 +1165,50 @@ fn supervisor_requests_reach_privileged_pages_only_with_sre() {
     let legacy = unit(&m3, &a, Mode::Legacy);
     assert_eq!(legacy.domain_alloc(&first), want);
 }
+
+/// Scalable mode: the context entry's `DTE` is the device's, set by its first attachment, so
+/// every PASID of a device whose `DTE` is set may be in its ATC, whatever that PASID's attach
+/// said. The flush of a PASID attached without ATS on such a device must invalidate the
+/// device TLB for that PASID too (issue 20's review asked the AMD-Vi question of VT-d).
+#[test]
+fn every_pasid_of_a_device_with_dte_gets_device_tlb_invalidations() {
+    let a = arena();
+    let m = VtdModel::new(&a, VtdModelConfig::scalable().with_dt(true));
+    let u = unit(&m, &a, Mode::Scalable);
+    let fs = DomainConfig {
+        stage: Stage::First,
+        ..DomainConfig::default()
+    };
+    let d5 = u.domain_alloc(&fs).unwrap();
+    let d6 = u.domain_alloc(&fs).unwrap();
+    let ats = AttachOptions {
+        ats: true,
+        ..AttachOptions::default()
+    };
+    let (p5, p6) = (Pasid::new(5).unwrap(), Pasid::new(6).unwrap());
+    u.attach_with(DEV, Some(p5), d5, ats).unwrap();
+    u.attach_with(DEV, Some(p6), d6, AttachOptions::default())
+        .unwrap();
+    for d in [d5, d6] {
+        u.map(d, Iova::new(0x3000), PhysAddr::new(0x4000_0000), K4, RW)
+            .unwrap();
+    }
+    for p in [5, 6] {
+        ok(m.ats_translate(sid(DEV), Some(p), 0x3000, Access::READ));
+        assert!(m.atc_holds(sid(DEV), Some(p), 0x3000));
+    }
+    unmap_and_flush(&u, d6, 0x3000, K4);
+    assert!(
+        !m.atc_holds(sid(DEV), Some(6), 0x3000),
+        "PASID 6 (attached without ATS) left in the ATC of a device whose DTE is set"
+    );
+    assert!(m.atc_holds(sid(DEV), Some(5), 0x3000), "PASID 5 untouched");
+    unmap_and_flush(&u, d5, 0x3000, K4);
+    assert!(!m.atc_holds(sid(DEV), Some(5), 0x3000));
+    // A detach of the PASID empties its entries too.
+    u.map(d6, Iova::new(0x3000), PhysAddr::new(0x4000_0000), K4, RW)
+        .unwrap();
+    ok(m.ats_translate(sid(DEV), Some(6), 0x3000, Access::READ));
+    u.detach(DEV, Some(p6)).unwrap();
+    assert!(!m.atc_holds(sid(DEV), Some(6), 0x3000));
+}

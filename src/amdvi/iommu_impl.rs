@@ -21,8 +21,12 @@
 //! table ([`gcr3`](super::gcr3)); the device's entry then has `Mode` 0, `GV` and `GIoV` and a
 //! `DomainID` of its own, which with the PASID tags the guest translations: a v2 domain's flush
 //! issues INVALIDATE_IOMMU_PAGES with `GN` per (device, PASID) attachment. A PASID beside a v1
-//! domain on one device is refused (`GV` with a host table nests). See ARCHITECTURE.md,
-//! "Platform facts".
+//! domain on one device is refused (`GV` with a host table nests). ATS (DTE `I`) is the
+//! device's: its first PASID sets it, every later PASID must ask the same (else
+//! `InvalidArgument`), so that every PASID the device's IOTLB may hold gets the
+//! INVALIDATE_IOTLB_PAGES of its flushes and detach. An attach decides everything that can
+//! refuse (the GCR3 page, the entry naming it) before it writes anything. See
+//! ARCHITECTURE.md, "Platform facts".
 
 use super::cmd::{Command, InvalidationRange};
 use super::domain::{self, on_table, Domain, Table};
@@ -280,6 +284,11 @@ fn reclaim_table<A: PageAllocator>(
     on_table!(table, t => scope.reclaim(t, gather))
 }
 
+/// What a PASID attach whose ATS differs from the device's other PASIDs' is refused with
+/// ([`Error::InvalidArgument`], the hint as 0 or 1): DTE `I` is the device's.
+pub const ATS_UNLIKE_THE_DEVICE: &str =
+    "DeviceHints::ats unlike the device's other PASIDs' (DTE I is the device's)";
+
 fn span(b: InvalidationRange) -> (u64, u32) {
     let (a, s) = b.encode();
     InvalidationRange::decode(a, s)
@@ -443,11 +452,20 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> AmdViUni
     }
 
     /// Points `pasid` of `device` at the v2 domain in `slot` through the device's GCR3 table
-    /// (allocated at its first PASID): the table's entry first, then, if the device's entry
-    /// does not name the table yet, the DTE's lower half (one 128-bit store, see
-    /// [`dte`](super::dte)); then INVALIDATE_DEVTAB_ENTRY, INVALIDATE_IOMMU_PAGES of the PASID
-    /// (`GN`, everything, `PDE`: what the unit cached through the entry's old table), the ATS
-    /// device's IOTLB for the PASID, and one wait.
+    /// (allocated at its first PASID). Everything that can refuse is decided first (the
+    /// device's ATS, the slots, the GCR3 page and the device entry that names it): a refusal
+    /// changes nothing and gives a new GCR3 page back. Then, in the order the unit may see
+    /// them: the table becomes the device's, the attachment is recorded (unsettled), the
+    /// table's entry, then, if the device's entry does not name the table yet, the DTE's
+    /// lower half (one 128-bit store, see [`dte`](super::dte)); then INVALIDATE_DEVTAB_ENTRY,
+    /// INVALIDATE_IOMMU_PAGES of the PASID (`GN`, everything, `PDE`: what the unit cached
+    /// through the entry's old table), the ATS device's IOTLB for the PASID, and one wait.
+    ///
+    /// ATS is the device's (DTE `I`): with `I` set the device may cache the translations of
+    /// every PASID, so every PASID of a device has the ATS of the device's others, and a flush
+    /// invalidates the device's IOTLB for each. An attach asking otherwise is refused
+    /// ([`ATS_UNLIKE_THE_DEVICE`], the hint's value); detaching every PASID lets the next
+    /// first one choose again.
     fn attach_pasid_impl(
         &self,
         device: u16,
@@ -474,6 +492,18 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> AmdViUni
                 what: "AMD-Vi PASID beside a v1 domain (GV with a host table nests)",
             }));
         }
+        let device_ats = cfg
+            .recorded()
+            .iter()
+            .flatten()
+            .find(|a| a.device == device && a.pasid.is_some())
+            .map(|a| a.ats);
+        if device_ats.is_some_and(|d| d != ats) {
+            return Err(Error::InvalidArgument {
+                what: ATS_UNLIKE_THE_DEVICE,
+                value: u64::from(ats),
+            });
+        }
         let index =
             match cfg.find_pasid(device, Some(pasid)) {
                 Some(i) => i,
@@ -484,9 +514,9 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> AmdViUni
                     },
                 )?,
             };
-        let gi =
+        let (gi, fresh) =
             match cfg.gcr3_of(device) {
-                Some(i) => i,
+                Some(i) => (i, None),
                 None => {
                     let i = cfg.gcr3.iter().position(Option::is_none).ok_or(
                         Error::InvalidArgument {
@@ -495,15 +525,42 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> AmdViUni
                         },
                     )?;
                     let page = self.alloc.alloc(PAGE_SHIFT_4K).ok_or(Error::NoMemory)?;
-                    cfg.gcr3[i] = Some(Gcr3Table {
-                        device,
-                        page,
-                        domain_id: GCR3_DOMAIN_ID_BASE + i as u16,
-                    });
-                    i
+                    (i, Some(page))
                 }
             };
-        let was_ats = cfg.attachments[index].is_some_and(|a| a.ats);
+        let (tag, root) = match (fresh, cfg.gcr3.get(gi).and_then(Option::as_ref)) {
+            (Some(page), _) => (GCR3_DOMAIN_ID_BASE + gi as u16, page.pa),
+            (None, Some(g)) => (g.domain_id, g.page.pa),
+            (None, None) => return Err(Error::NoMemory),
+        };
+        let entry = match DeviceTableEntry::guest(tag, root, ats) {
+            Ok(entry) => entry,
+            Err(e) => {
+                if let Some(page) = fresh {
+                    // SAFETY: from `self.alloc` just now; nothing names it.
+                    unsafe { self.alloc.free(page, PAGE_SHIFT_4K) };
+                }
+                return Err(match e {
+                    // The GCR3 root pointer is bits 51:12: a page above cannot be named.
+                    super::Error::InvalidArgument { .. } if root.get() >> 52 != 0 => {
+                        Error::TableOutOfRange {
+                            table: "GCR3 table",
+                            pa: root,
+                            width: 52,
+                        }
+                    }
+                    e => e.into(),
+                });
+            }
+        };
+        // Nothing refuses from here on.
+        if let (Some(page), Some(free)) = (fresh, cfg.gcr3.get_mut(gi)) {
+            *free = Some(Gcr3Table {
+                device,
+                page,
+                domain_id: tag,
+            });
+        }
         cfg.set(
             index,
             Some(Attachment {
@@ -514,17 +571,14 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> AmdViUni
                 settled: false,
             }),
         );
-        let Some(g) = cfg.gcr3[gi].as_ref() else {
-            return Err(Error::NoMemory);
-        };
-        g.set(pasid.get(), Some(table.root()));
-        let tag = g.domain_id;
-        let entry = DeviceTableEntry::guest(tag, g.page.pa, ats)?;
+        if let Some(g) = cfg.gcr3.get(gi).and_then(Option::as_ref) {
+            g.set(pasid.get(), Some(table.root()));
+        }
         let extra = [
             Command::invalidate_iommu_pages(tag, Some(pasid), InvalidationRange::All, true),
             Command::invalidate_iotlb_pages(device, 0, Some(pasid), InvalidationRange::All),
         ];
-        let n = if ats || was_ats { 2 } else { 1 };
+        let n = if ats { 2 } else { 1 };
         self.publish_attachment(
             &mut cfg,
             index,

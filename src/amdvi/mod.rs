@@ -43,4 +43,5 @@ pub mod unit;
 mod tests;
 
 pub use error::{CommandErrorKind, Error, Wait};
+pub use iommu_impl::ATS_UNLIKE_THE_DEVICE;
 pub use unit::{AmdViConfig, AmdViUnit, CommandStats, UnitInfo};

@@ -133,14 +133,23 @@ impl State<'_> {
             }
             0x4 => {
                 self.stats.invalidate_iotlb += 1;
+                let dev = c[0] & 0xFFFF;
                 if self.inj.iotlb_timeout {
                     self.stats.injections_fired += 1;
                     // §2.5 IOTLB_INV_TIMEOUT: DeviceID and the physical address of the
                     // command that timed out; command processing goes on.
                     self.inj.iotlb_timeout = false;
                     self.stats.iotlb_timeouts += 1;
-                    let dev = c[0] & 0xFFFF;
                     self.log_event([EVENT_IOTLB_INV_TIMEOUT << 60 | dev, at]);
+                } else {
+                    // DeviceID 15:0; PASID[15:8] in bits 23:16 and PASID[7:0] in bits 55:48
+                    // (the second doubleword's 23:16), meaningful with GN (second quadword
+                    // bit 2); the address with S as INVALIDATE_IOMMU_PAGES's.
+                    let (first, log2) = decode_range(c[1]);
+                    let pasid = (c[1] & 4 != 0)
+                        .then_some(((c[0] >> 16) & 0xFF) << 8 | (c[0] >> 48) & 0xFF)
+                        .map(|p| p as u32);
+                    self.invalidate_atc(dev as u16, pasid, first, log2);
                 }
             }
             0x5 => {
@@ -184,6 +193,20 @@ impl State<'_> {
             self.pde_cache
                 .retain(|p| p.domain != domain || p.last() < first || p.iova > last);
         }
+    }
+
+    /// INVALIDATE_IOTLB_PAGES reaching `device`: its ATC entries of `pasid` (`None`: those
+    /// without PASID) that overlap the range go.
+    fn invalidate_atc(&mut self, device: u16, pasid: Option<u32>, first: u64, log2: u32) {
+        let last = if log2 >= 64 {
+            u64::MAX
+        } else {
+            first + ((1u64 << log2) - 1)
+        };
+        self.atc.retain(|e| {
+            let e_last = e.iova + ((1u64 << e.size_log2) - 1);
+            e.device != device || e.pasid != pasid || e_last < first || e.iova > last
+        });
     }
 }
 

@@ -25,10 +25,19 @@
 //! ([`AmdViModel::dma_pasid`]), cached in the IOTLB under the DTE's `DomainID` and the PASID
 //! (see `translate.rs`).
 //!
+//! ATS (§2.2.2.1 DTE `I`, §2.4 INVALIDATE_IOTLB_PAGES): a device's translation requests
+//! ([`AmdViModel::ats_translate`]) are answered only while its DTE has `I` set, for requests
+//! with or without a PASID alike (`I` is the device's, not a PASID's); the answer goes into the
+//! device's own cache (its ATC, [`AmdViModel::atc_translation`]), which nothing but an
+//! INVALIDATE_IOTLB_PAGES of that device covering the address empties: with `GN` the PASID's
+//! entries only, without `GN` the entries without PASID only (the stricter of the readings of
+//! an invalidation without a PASID prefix: a driver must name every PASID). A DTE change,
+//! INVALIDATE_IOMMU_PAGES and INVALIDATE_IOMMU_ALL leave it alone: they are the unit's caches.
+//!
 //! What is not: interrupt remapping (INVALIDATE_INTERRUPT_TABLE is counted), nested (`GV` with a
-//! host table) translation and multi-level GCR3 tables, ATS translation requests (INVALIDATE_IOTLB_PAGES is counted,
-//! and [`Injection::IotlbTimeout`] logs its time-out), PPR, the exclusion range (its enable
-//! bit is recorded), performance counters. Interrupts are counted, not delivered.
+//! host table) translation and multi-level GCR3 tables, translated (AT = 10b) requests (the
+//! ATC's answer is what a device would send), PPR, the exclusion range (its enable bit is
+//! recorded), performance counters. Interrupts are counted, not delivered.
 
 mod command;
 mod translate;
@@ -214,6 +223,10 @@ pub struct AmdViModelStats {
     pub invalidate_iotlb: u64,
     /// INVALIDATE_IOTLB_PAGES the device did not complete in time (IOTLB_INV_TIMEOUT logged).
     pub iotlb_timeouts: u64,
+    /// ATS translation requests answered (the answer cached in the device's ATC).
+    pub ats_translations: u64,
+    /// ATS translation requests refused (DTE `I` clear, or the translation faulted).
+    pub ats_refused: u64,
     /// INVALIDATE_INTERRUPT_TABLE.
     pub invalidate_interrupt_table: u64,
     /// INVALIDATE_IOMMU_ALL.
@@ -263,6 +276,8 @@ struct State<'m> {
     iotlb: Vec<translate::IotlbEntry>,
     /// Page directory entries cached by walks.
     pde_cache: Vec<translate::PdeEntry>,
+    /// The devices' ATS translation caches (not the unit's: see the module).
+    atc: Vec<translate::AtcEntry>,
     inj: Injections,
     stats: AmdViModelStats,
 }
@@ -293,6 +308,7 @@ impl<'m> AmdViModel<'m> {
                 dte_cache: HashMap::new(),
                 iotlb: Vec::new(),
                 pde_cache: Vec::new(),
+                atc: Vec::new(),
                 inj: Injections::default(),
                 stats: AmdViModelStats::default(),
             }),

@@ -43,6 +43,10 @@ const FLAG_PR: u64 = 1 << 4;
 const FLAG_RW: u64 = 1 << 5;
 const FLAG_PE: u64 = 1 << 6;
 const FLAG_RZ: u64 = 1 << 7;
+/// `TR`: the request was an ATS translation request.
+const FLAG_TR: u64 = 1 << 8;
+/// DTE `I` (quadword 1 bit 32): the device's IOTLB (ATS) may cache translations.
+const DTE_I: u64 = 1 << 32;
 const PTE_PR: u64 = 1;
 const PTE_D: u64 = 1 << 6;
 const DTE_HAD: u64 = 3 << 7;
@@ -67,6 +71,18 @@ pub(super) struct IotlbEntry {
     pub pte: u64,
     /// The leaf's `D` as cached.
     pub dirty: bool,
+}
+
+/// A translation a device holds in its own cache (its ATC), from an answered ATS translation
+/// request: the unit's invalidations of its own caches do not reach it.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct AtcEntry {
+    pub device: u16,
+    /// The PASID of the request (`None`: a request without PASID).
+    pub pasid: Option<u32>,
+    pub iova: u64,
+    pub size_log2: u32,
+    pub pa: u64,
 }
 
 /// A cached page directory entry: the table at `level` that translates the `2^span_log2`
@@ -153,6 +169,75 @@ impl AmdViModel<'_> {
         let mut st = self.lock();
         st.stats.translations += 1;
         st.translate(device_id, Some(pasid & 0xF_FFFF), iova, write)
+    }
+
+    /// An ATS translation request of `device_id` (with `pasid`, if any) for `iova`, asking
+    /// for write permission when `write`: refused with INVALID_DEVICE_REQUEST (`TR`) unless the
+    /// unit is on and the device's DTE has `I`; otherwise translated as a request would be
+    /// (its faults logged as the request's) and the answer kept in the device's ATC until an
+    /// INVALIDATE_IOTLB_PAGES of it (see the module).
+    pub fn ats_translate(
+        &self,
+        device_id: u16,
+        pasid: Option<u32>,
+        iova: u64,
+        write: bool,
+    ) -> Result<DmaOk, DmaFault> {
+        let mut st = self.lock();
+        st.stats.translations += 1;
+        let pasid = pasid.map(|p| p & 0xF_FFFF);
+        let dte = if st.control & regs::CTRL_IOMMU_EN != 0 {
+            st.dte(device_id)
+        } else {
+            None
+        };
+        if !dte.is_some_and(|d| d[0] & 3 == 3 && d[1] & DTE_I != 0) {
+            st.stats.ats_refused += 1;
+            let rw = if write { FLAG_RW } else { 0 };
+            let domain = dte.map_or(0, |d| d[1] as u16);
+            return st.fault(
+                EVENT_INVALID_DEVICE_REQUEST,
+                device_id,
+                domain,
+                rw | FLAG_TR,
+                iova,
+            );
+        }
+        match st.translate(device_id, pasid, iova, write) {
+            Ok(t) => {
+                let size_log2 = t.page_size_log2;
+                let base = iova >> size_log2 << size_log2;
+                st.atc.push(AtcEntry {
+                    device: device_id,
+                    pasid,
+                    iova: base,
+                    size_log2,
+                    pa: t.pa - (iova - base),
+                });
+                st.stats.ats_translations += 1;
+                Ok(t)
+            }
+            Err(f) => {
+                st.stats.ats_refused += 1;
+                Err(f)
+            }
+        }
+    }
+
+    /// What `device_id`'s ATC holds for `iova` of `pasid` (`None`: without PASID): the output
+    /// address a translated request of the device would carry, whatever the tables say now.
+    pub fn atc_translation(&self, device_id: u16, pasid: Option<u32>, iova: u64) -> Option<u64> {
+        let st = self.lock();
+        st.atc
+            .iter()
+            .rev()
+            .find(|e| {
+                e.device == device_id
+                    && e.pasid == pasid
+                    && iova >= e.iova
+                    && iova - e.iova < 1u64 << e.size_log2
+            })
+            .map(|e| e.pa + (iova - e.iova))
     }
 }
 
