@@ -4,6 +4,7 @@
 //! bookkeeping against a fake unit, these check what a device would see: every claim is read
 //! back through a model's translation, caches included, and every page through the arena.
 
+mod guest;
 mod rig;
 
 mod amdvi_matrix;

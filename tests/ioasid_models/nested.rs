@@ -4,54 +4,15 @@
 //! and IDs or refused. Named after the iommufd behaviour each matches.
 
 use iommu_engine::ioasid::{Error, IoasidCtx, IoasidFlags};
-use iommu_engine::iommu::{self, Refusal, UserStage1};
-use iommu_engine::mem::{Iova, Page, PageAllocator, PhysAddr};
-use iommu_engine::pgtable::Prot;
-use iommu_engine::sim::Arena;
+use iommu_engine::iommu::{Refusal, UserStage1};
+use iommu_engine::mem::{Iova, PhysAddr};
 
+use crate::guest::*;
 use crate::rig::*;
 
-const RW: Prot = Prot::READ.union(Prot::WRITE);
-/// The guest's IOVA (stage-1 input), below 4 GiB: its CD says T0SZ = 32.
-const IOVA: u64 = 0x1234_5000;
-/// Guest physical addresses of the guest's pages: IPA_BASE + 4 KiB * n.
-const IPA_BASE: u64 = 0x1000_0000;
 /// The guest's StreamID for SID_A (iommufd vDEVICE virt_id).
 const VSID_A: u32 = 0x7;
 const ASID: u64 = 5;
-
-/// Guest RAM: pages from the arena that the parent maps at IPA_BASE + 4 KiB * n.
-struct GuestRam<'a> {
-    arena: &'a Arena,
-    pages: Vec<Page>,
-}
-
-impl<'a> GuestRam<'a> {
-    fn new(arena: &'a Arena, n: usize) -> Self {
-        let pages = (0..n).map(|_| arena.alloc(12).expect("page")).collect();
-        Self { arena, pages }
-    }
-    fn ipa(&self, n: usize) -> u64 {
-        IPA_BASE + 0x1000 * n as u64
-    }
-    fn pa(&self, n: usize) -> u64 {
-        self.pages[n].pa.get()
-    }
-    /// The guest writes its own memory.
-    fn write(&self, n: usize, offset: u64, value: u64) {
-        assert!(self.arena.write_u64(self.pa(n) + offset, value));
-    }
-}
-
-impl Drop for GuestRam<'_> {
-    fn drop(&mut self) {
-        for p in self.pages.drain(..) {
-            // SAFETY: the parent no longer maps them (the context was dropped first) and the
-            // crate never points a unit at them itself.
-            unsafe { self.arena.free(p, 12) };
-        }
-    }
-}
 
 /// The guest's tables, hand-encoded from IHI 0070 G.b §5.4 (CD) and Arm ARM D8 (stage 1,
 /// 4 KiB granule, start level 1): page 0 CD table (one CD), 1-3 levels 1-3, 4 and 5 data.
@@ -106,13 +67,8 @@ fn hwpt_alloc_nested_over_nest_parent() {
                 ctx.alloc_nested(plain, guest_ste(&g)),
                 Err(Error::NotNestParent(plain))
             );
-            let parent = ctx.alloc(IoasidFlags::NEST_PARENT).unwrap();
-            for n in 0..6 {
-                ctx.map(parent, Iova::new(g.ipa(n)), PhysAddr::new(g.pa(n)), K4, RW)
-                    .unwrap();
-            }
             guest_smmu_tables(&g);
-            let child = ctx.alloc_nested(parent, guest_ste(&g)).unwrap();
+            let (parent, child) = parent_and_child(&ctx, &g, guest_ste(&g));
             assert_eq!(ctx.nest_parent(child), Ok(Some(parent)));
             // The guest maps by writing its tables, never through the child.
             assert_eq!(
@@ -152,13 +108,8 @@ fn hwpt_invalidate_rewrites_vmid_and_refuses_foreign_sid() {
     with_rig(VtdSetup::scalable(), SmmuSetup::qemu(false), |r| {
         let g = GuestRam::new(r.arena, 6);
         let ctx = IoasidCtx::new(r.reg, r.arena, 0);
-        let parent = ctx.alloc(IoasidFlags::NEST_PARENT).unwrap();
-        for n in 0..6 {
-            ctx.map(parent, Iova::new(g.ipa(n)), PhysAddr::new(g.pa(n)), K4, RW)
-                .unwrap();
-        }
         guest_smmu_tables(&g);
-        let child = ctx.alloc_nested(parent, guest_ste(&g)).unwrap();
+        let (parent, child) = parent_and_child(&ctx, &g, guest_ste(&g));
         let dev = ctx.bind(smmu_dev(SID_A), false).unwrap();
         let foreign = ctx.bind(smmu_dev(SID_B), false).unwrap();
         ctx.set_virtual_id(dev, Some(VSID_A)).unwrap();
@@ -173,13 +124,6 @@ fn hwpt_invalidate_rewrites_vmid_and_refuses_foreign_sid() {
         // Refused, each naming what the guest does not own, and nothing of the batch issued.
         r.sm.reset_stats();
         let good = tlbi_nh_va(0, IOVA);
-        let refused = |index: u32, request: [u64; 2], why| {
-            Err(Error::Iommu(iommu::Error::Refused {
-                index,
-                request,
-                why,
-            }))
-        };
         let with_vmid = tlbi_nh_va(3, IOVA);
         assert_eq!(
             ctx.invalidate_user(child, &[good, with_vmid]),
