@@ -166,20 +166,32 @@ fn replace_detach_and_free() {
     assert!(mem.bad_frees().is_empty());
 }
 
+/// A domain with `DEV` attached (`hints`), one 4 KiB page at 0x20_0000 in it used by a DMA
+/// (so cached), then the whole first GiB unmapped into a gather, not yet flushed: a 2 MiB range
+/// of 4 KiB pages, so the leaf table goes with the unmap. Returns the domain, the gather and
+/// the number of pages it frees once flushed (at least 1).
+fn used_then_unmapped(
+    u: &Unit<'_>,
+    model: &AmdViModel<'_>,
+    hints: &DeviceHints,
+) -> (DomainHandle, Gather, usize) {
+    let d = u.domain_alloc(&DomainConfig::default()).unwrap();
+    u.attach_device(DEV, None, d, hints).unwrap();
+    map_rw(u, d, 0x20_0000, 0x8000_0000, 0x1000);
+    model.dma(DEV.0 as u16, 0x20_0000, false).unwrap();
+    let mut g = Gather::new();
+    u.unmap(d, Iova::new(0), 1 << 30, &mut g).unwrap();
+    let freed = g.freed_pages();
+    assert!(freed >= 1, "the leaf table goes with the unmap");
+    (d, g, freed)
+}
+
 #[test]
 fn a_failed_flush_owes_its_invalidation_and_frees_nothing() {
     let mem = Arena::with_defaults().unwrap();
     let model = AmdViModel::new(&mem, AmdViModelConfig::qemu_default());
     let u = setup(&mem, &model);
-    let d = u.domain_alloc(&DomainConfig::default()).unwrap();
-    u.attach(DEV, None, d).unwrap();
-    // A 2 MiB range of 4 KiB pages: its unmap frees the leaf table.
-    map_rw(&u, d, 0x20_0000, 0x8000_0000, 0x1000);
-    model.dma(DEV.0 as u16, 0x20_0000, false).unwrap();
-    let mut g = Gather::new();
-    u.unmap(d, Iova::new(0), 1 << 30, &mut g).unwrap();
-    let freed = g.freed_pages();
-    assert!(freed >= 1);
+    let (d, mut g, _) = used_then_unmapped(&u, &model, &DeviceHints::default());
     model.inject(Injection::IllegalCommandAt(1));
     let live = mem.live_pages().len();
     assert!(matches!(
@@ -323,18 +335,11 @@ fn iotlb_invalidation_timeout_fails_the_flush() {
     let mem = Arena::with_defaults().unwrap();
     let model = AmdViModel::new(&mem, AmdViModelConfig::qemu_default());
     let u = setup(&mem, &model);
-    let d = u.domain_alloc(&DomainConfig::default()).unwrap();
     let ats = DeviceHints {
         ats: true,
         ..DeviceHints::default()
     };
-    u.attach_device(DEV, None, d, &ats).unwrap();
-    map_rw(&u, d, 0x20_0000, 0x8000_0000, 0x1000);
-    model.dma(DEV.0 as u16, 0x20_0000, false).unwrap();
-    let mut g = Gather::new();
-    u.unmap(d, Iova::new(0), 1 << 30, &mut g).unwrap();
-    let freed = g.freed_pages();
-    assert!(freed >= 1, "the leaf table goes with the unmap");
+    let (d, mut g, freed) = used_then_unmapped(&u, &model, &ats);
     let live = mem.live_pages().len();
     model.inject(Injection::IotlbTimeout);
     let before = model.stats();
