@@ -453,6 +453,45 @@ fn dmar_reserved_regions_of_a_requester() {
     );
 }
 
+/// A unit on a model (`make` creates both and enables the unit), a registry and a context over
+/// it, and a NEST_PARENT IOASID; `f` runs with the context and the parent, and must leave the
+/// parent without children; then the
+/// parent, context, registry, unit, model and arena are destroyed, each call checked.
+///
+/// # Safety
+/// `make` returns live handles made from the arena and its allocator it is given.
+unsafe fn with_nest_parent(
+    make: impl FnOnce(*mut IeSimArena, &IeEnv) -> (*mut IeSimModel, *mut IeUnit),
+    f: impl FnOnce(*mut IeCtx, u32),
+) {
+    use super::ioasid::{ie_ctx_alloc, ie_ctx_free, IeIoasidFlag};
+    let (arena, env) = arena();
+    let (model, unit) = make(arena, &env);
+    let mut registry: *mut IeRegistry = null_mut();
+    let mut ctx: *mut IeCtx = null_mut();
+    let mut parent = 0u32;
+    // SAFETY: live handles (the caller's contract for `make`'s), readable inputs and writable
+    // outputs throughout.
+    unsafe {
+        let units = [unit];
+        assert_eq!(
+            ie_registry_create(&env, units.as_ptr(), 1, 20, &mut registry),
+            OK
+        );
+        assert_eq!(ie_ctx_create(registry, 4, &mut ctx), OK);
+        let nest = IeIoasidFlag::NestParent as u32;
+        assert_eq!(ie_ctx_alloc(ctx, nest, &mut parent), OK);
+        f(ctx, parent);
+        assert_eq!(ie_ctx_free(ctx, parent), OK);
+        assert_eq!(ie_ctx_destroy(ctx), OK);
+        assert_eq!(ie_registry_destroy(registry), OK);
+        assert_eq!(ie_unit_disable(unit), OK);
+        assert_eq!(ie_unit_destroy(unit), OK);
+        assert_eq!(ie_sim_model_destroy(model), OK);
+        assert_eq!(ie_sim_arena_destroy(arena), OK);
+    }
+}
+
 /// iommufd `IOMMU_HWPT_ALLOC` with a parent and `IOMMU_HWPT_INVALIDATE` through the C ABI: a
 /// nested child over a NEST_PARENT IOASID, a device attached to it under its guest StreamID,
 /// a guest command naming another StreamID refused with the request and the reason, one
@@ -462,107 +501,95 @@ fn dmar_reserved_regions_of_a_requester() {
 // built and enabled) but would take a third of the CI's 10-minute Miri budget for capi::tests.
 #[cfg_attr(miri, ignore = "passes; too slow for the CI's Miri budget")]
 fn capi_hwpt_alloc_nested_and_invalidate() {
-    use super::ioasid::{
-        ie_ctx_alloc, ie_ctx_attach, ie_ctx_bind, ie_ctx_detach, ie_ctx_free, ie_ctx_map,
-        IeIoasidFlag,
-    };
+    use super::ioasid::{ie_ctx_attach, ie_ctx_bind, ie_ctx_detach, ie_ctx_free, ie_ctx_map};
     use super::nested::{
         ie_ctx_alloc_nested, ie_ctx_invalidate_user, ie_ctx_set_virtual_id, IeRefusal,
         IeRefusedRequest, IeUserStage1, IeUserStage1Format,
     };
-    let (arena, env) = arena();
-    let mut model: *mut IeSimModel = null_mut();
-    let mcfg = IeSimSmmuConfig {
-        fwb: false,
-        cohacc: true,
-        ril: false,
-        canwbs: false,
-        httu: false,
-        pri: false,
-    };
-    let mut regs = MaybeUninit::<IeRegs>::uninit();
-    let mut cfg = MaybeUninit::<IeSmmuConfig>::uninit();
-    let mut unit: *mut IeUnit = null_mut();
-    let mut registry: *mut IeRegistry = null_mut();
-    let mut ctx: *mut IeCtx = null_mut();
-    let (mut parent, mut child, mut dev) = (0u32, 0u32, 0u32);
-    // SAFETY: live handles, readable inputs and writable outputs throughout.
-    unsafe {
-        assert_eq!(ie_sim_smmu_model_create(arena, &mcfg, &mut model), OK);
-        assert_eq!(ie_sim_model_regs(model, regs.as_mut_ptr()), OK);
-        assert_eq!(ie_smmu_config_default(cfg.as_mut_ptr()), OK);
-        assert_eq!(
-            ie_smmu_create(&env, regs.as_ptr(), cfg.as_ptr(), &mut unit),
-            OK
-        );
-        assert_eq!(ie_unit_enable(unit), OK);
-        let units = [unit];
-        assert_eq!(
-            ie_registry_create(&env, units.as_ptr(), 1, 20, &mut registry),
-            OK
-        );
-        assert_eq!(ie_ctx_create(registry, 4, &mut ctx), OK);
-        let nest = IeIoasidFlag::NestParent as u32;
-        assert_eq!(ie_ctx_alloc(ctx, nest, &mut parent), OK);
-        // The guest's STE: V, Config = stage-1 translate, its CD table at IPA 0x8_0000.
-        let stage1 = IeUserStage1 {
-            format: IeUserStage1Format::SmmuV3 as u32,
-            smmuv3_ste: [1 | 0b101 << 1 | 0x8_0000, 0],
-            vtd_flags: 0,
-            vtd_pgtbl_addr: 0,
-            vtd_addr_width: 0,
+    let make = |arena, env: &IeEnv| {
+        let mut model: *mut IeSimModel = null_mut();
+        let mcfg = IeSimSmmuConfig {
+            fwb: false,
+            cohacc: true,
+            ril: false,
+            canwbs: false,
+            httu: false,
+            pri: false,
         };
-        assert_eq!(ie_ctx_alloc_nested(ctx, parent, &stage1, &mut child), OK);
-        let invalid = IeStatus::InvalidArgument as i32;
-        assert_eq!(
-            ie_ctx_map(ctx, child, 0x1000, 0x4000_0000, 0x1000, 3),
-            invalid
-        );
-        assert_eq!(ie_ctx_bind(ctx, 0, 0x20, false, &mut dev), OK);
-        assert_eq!(ie_ctx_set_virtual_id(ctx, dev, true, 7), OK);
-        assert_eq!(ie_ctx_attach(ctx, dev, child, null_mut()), OK);
-        // CFGI_CD_ALL of guest StreamID 8 (no device), then TLBI_NH_ALL.
-        let requests = [0x06 | 8 << 32, 0, 0x10, 0];
-        let mut issued = usize::MAX;
-        let mut refused = MaybeUninit::<IeRefusedRequest>::uninit();
-        let st = ie_ctx_invalidate_user(
-            ctx,
-            child,
-            requests.as_ptr(),
-            2,
-            &mut issued,
-            refused.as_mut_ptr(),
-        );
-        assert_eq!(st, IeStatus::NotPermitted as i32);
-        let r = refused.assume_init();
-        assert_eq!(
-            (r.index, r.why, r.request),
-            (0, IeRefusal::ForeignDevice as u32, [0x06 | 8 << 32, 0])
-        );
-        assert_eq!(issued, usize::MAX);
-        let requests = [0x06 | 7 << 32, 0, 0x10, 0];
-        let st = ie_ctx_invalidate_user(
-            ctx,
-            child,
-            requests.as_ptr(),
-            2,
-            &mut issued,
-            refused.as_mut_ptr(),
-        );
-        assert_eq!(
-            (st, issued, refused.assume_init().why),
-            (OK, 2, IeRefusal::None as u32)
-        );
-        assert_eq!(ie_ctx_free(ctx, parent), BUSY);
-        assert_eq!(ie_ctx_detach(ctx, dev), OK);
-        assert_eq!(ie_ctx_free(ctx, child), OK);
-        assert_eq!(ie_ctx_free(ctx, parent), OK);
-        assert_eq!(ie_ctx_destroy(ctx), OK);
-        assert_eq!(ie_registry_destroy(registry), OK);
-        assert_eq!(ie_unit_disable(unit), OK);
-        assert_eq!(ie_unit_destroy(unit), OK);
-        assert_eq!(ie_sim_model_destroy(model), OK);
-        assert_eq!(ie_sim_arena_destroy(arena), OK);
+        let mut regs = MaybeUninit::<IeRegs>::uninit();
+        let mut cfg = MaybeUninit::<IeSmmuConfig>::uninit();
+        let mut unit: *mut IeUnit = null_mut();
+        // SAFETY: a live arena, readable inputs and writable outputs.
+        unsafe {
+            assert_eq!(ie_sim_smmu_model_create(arena, &mcfg, &mut model), OK);
+            assert_eq!(ie_sim_model_regs(model, regs.as_mut_ptr()), OK);
+            assert_eq!(ie_smmu_config_default(cfg.as_mut_ptr()), OK);
+            assert_eq!(
+                ie_smmu_create(env, regs.as_ptr(), cfg.as_ptr(), &mut unit),
+                OK
+            );
+            assert_eq!(ie_unit_enable(unit), OK);
+        }
+        (model, unit)
+    };
+    // SAFETY: `make` returns live handles; live handles, readable inputs and writable outputs
+    // throughout.
+    unsafe {
+        with_nest_parent(make, |ctx, parent| {
+            let (mut child, mut dev) = (0u32, 0u32);
+            // The guest's STE: V, Config = stage-1 translate, its CD table at IPA 0x8_0000.
+            let stage1 = IeUserStage1 {
+                format: IeUserStage1Format::SmmuV3 as u32,
+                smmuv3_ste: [1 | 0b101 << 1 | 0x8_0000, 0],
+                vtd_flags: 0,
+                vtd_pgtbl_addr: 0,
+                vtd_addr_width: 0,
+            };
+            assert_eq!(ie_ctx_alloc_nested(ctx, parent, &stage1, &mut child), OK);
+            let invalid = IeStatus::InvalidArgument as i32;
+            assert_eq!(
+                ie_ctx_map(ctx, child, 0x1000, 0x4000_0000, 0x1000, 3),
+                invalid
+            );
+            assert_eq!(ie_ctx_bind(ctx, 0, 0x20, false, &mut dev), OK);
+            assert_eq!(ie_ctx_set_virtual_id(ctx, dev, true, 7), OK);
+            assert_eq!(ie_ctx_attach(ctx, dev, child, null_mut()), OK);
+            // CFGI_CD_ALL of guest StreamID 8 (no device), then TLBI_NH_ALL.
+            let requests = [0x06 | 8 << 32, 0, 0x10, 0];
+            let mut issued = usize::MAX;
+            let mut refused = MaybeUninit::<IeRefusedRequest>::uninit();
+            let st = ie_ctx_invalidate_user(
+                ctx,
+                child,
+                requests.as_ptr(),
+                2,
+                &mut issued,
+                refused.as_mut_ptr(),
+            );
+            assert_eq!(st, IeStatus::NotPermitted as i32);
+            let r = refused.assume_init();
+            assert_eq!(
+                (r.index, r.why, r.request),
+                (0, IeRefusal::ForeignDevice as u32, [0x06 | 8 << 32, 0])
+            );
+            assert_eq!(issued, usize::MAX);
+            let requests = [0x06 | 7 << 32, 0, 0x10, 0];
+            let st = ie_ctx_invalidate_user(
+                ctx,
+                child,
+                requests.as_ptr(),
+                2,
+                &mut issued,
+                refused.as_mut_ptr(),
+            );
+            assert_eq!(
+                (st, issued, refused.assume_init().why),
+                (OK, 2, IeRefusal::None as u32)
+            );
+            assert_eq!(ie_ctx_free(ctx, parent), BUSY);
+            assert_eq!(ie_ctx_detach(ctx, dev), OK);
+            assert_eq!(ie_ctx_free(ctx, child), OK);
+        });
     }
 }
 
@@ -576,117 +603,105 @@ fn capi_hwpt_alloc_nested_and_invalidate() {
     ignore = "as capi_hwpt_alloc_nested_and_invalidate: too slow for the CI's Miri budget"
 )]
 fn capi_hwpt_alloc_nested_vtd_and_invalidate() {
-    use super::ioasid::{
-        ie_ctx_alloc, ie_ctx_attach, ie_ctx_bind, ie_ctx_detach, ie_ctx_free, ie_ctx_map,
-        IeIoasidFlag,
-    };
+    use super::ioasid::{ie_ctx_attach, ie_ctx_bind, ie_ctx_detach, ie_ctx_free, ie_ctx_map};
     use super::nested::{
         ie_ctx_alloc_nested, ie_ctx_invalidate_user_vtd, IeRefusal, IeRefusedRequest, IeUserStage1,
         IeUserStage1Format, IeVtdS1Invalidate,
     };
-    let (arena, env) = arena();
-    let mut model: *mut IeSimModel = null_mut();
-    let mcfg = IeSimVtdConfig {
-        scalable: true,
-        snoop_control: true,
-        caching_mode: false,
-        page_requests: false,
+    let make = |arena, env: &IeEnv| {
+        let mut model: *mut IeSimModel = null_mut();
+        let mcfg = IeSimVtdConfig {
+            scalable: true,
+            snoop_control: true,
+            caching_mode: false,
+            page_requests: false,
+        };
+        let mut regs = MaybeUninit::<IeRegs>::uninit();
+        let mut cfg = MaybeUninit::<IeVtdConfig>::uninit();
+        let mut unit: *mut IeUnit = null_mut();
+        // SAFETY: a live arena, readable inputs and writable outputs.
+        unsafe {
+            assert_eq!(ie_sim_vtd_model_create(arena, &mcfg, &mut model), OK);
+            assert_eq!(ie_sim_model_regs(model, regs.as_mut_ptr()), OK);
+            assert_eq!(ie_vtd_config_default(cfg.as_mut_ptr()), OK);
+            let mut cfg = cfg.assume_init();
+            cfg.scalable = true;
+            assert_eq!(ie_vtd_create(env, regs.as_ptr(), &cfg, &mut unit), OK);
+            assert_eq!(ie_unit_enable(unit), OK);
+        }
+        (model, unit)
     };
-    let mut regs = MaybeUninit::<IeRegs>::uninit();
-    let mut cfg = MaybeUninit::<IeVtdConfig>::uninit();
-    let mut unit: *mut IeUnit = null_mut();
-    let mut registry: *mut IeRegistry = null_mut();
-    let mut ctx: *mut IeCtx = null_mut();
-    let (mut parent, mut child, mut bad, mut dev) = (0u32, 0u32, 0u32, 0u32);
-    // SAFETY: live handles, readable inputs and writable outputs throughout.
+    // SAFETY: `make` returns live handles; live handles, readable inputs and writable outputs
+    // throughout.
     unsafe {
-        assert_eq!(ie_sim_vtd_model_create(arena, &mcfg, &mut model), OK);
-        assert_eq!(ie_sim_model_regs(model, regs.as_mut_ptr()), OK);
-        assert_eq!(ie_vtd_config_default(cfg.as_mut_ptr()), OK);
-        let mut cfg = cfg.assume_init();
-        cfg.scalable = true;
-        assert_eq!(ie_vtd_create(&env, regs.as_ptr(), &cfg, &mut unit), OK);
-        assert_eq!(ie_unit_enable(unit), OK);
-        let units = [unit];
-        assert_eq!(
-            ie_registry_create(&env, units.as_ptr(), 1, 20, &mut registry),
-            OK
-        );
-        assert_eq!(ie_ctx_create(registry, 4, &mut ctx), OK);
-        let nest = IeIoasidFlag::NestParent as u32;
-        assert_eq!(ie_ctx_alloc(ctx, nest, &mut parent), OK);
-        assert_eq!(
-            ie_ctx_map(ctx, parent, 0x10_0000, 0x4000_0000, 0x1000, 3),
-            OK
-        );
-        // The guest's first-stage table at GPA 0x10_0000, 4-level paging.
-        let mut stage1 = IeUserStage1 {
-            format: IeUserStage1Format::Vtd as u32,
-            smmuv3_ste: [0, 0],
-            vtd_flags: 1 << 3,
-            vtd_pgtbl_addr: 0x10_0000,
-            vtd_addr_width: 48,
-        };
-        assert_eq!(ie_ctx_alloc_nested(ctx, parent, &stage1, &mut bad), OK);
-        stage1.vtd_flags = 0;
-        assert_eq!(ie_ctx_alloc_nested(ctx, parent, &stage1, &mut child), OK);
-        assert_eq!(ie_ctx_bind(ctx, 0, 0x20, false, &mut dev), OK);
-        // A flag iommufd does not define: refused by the unit when the device attaches.
-        assert_eq!(
-            ie_ctx_attach(ctx, dev, bad, null_mut()),
-            IeStatus::InvalidArgument as i32
-        );
-        assert_eq!(ie_ctx_attach(ctx, dev, child, null_mut()), OK);
-        let good = IeVtdS1Invalidate {
-            addr: 0x1234_5000,
-            npages: 1,
-            flags: 1,
-            reserved: 0,
-        };
-        let misaligned = IeVtdS1Invalidate {
-            addr: 0x1234_5800,
-            ..good
-        };
-        let mut processed = usize::MAX;
-        let mut refused = MaybeUninit::<IeRefusedRequest>::uninit();
-        let batch = [good, misaligned];
-        let st = ie_ctx_invalidate_user_vtd(
-            ctx,
-            child,
-            batch.as_ptr(),
-            2,
-            &mut processed,
-            refused.as_mut_ptr(),
-        );
-        assert_eq!(st, IeStatus::NotPermitted as i32);
-        let r = refused.assume_init();
-        assert_eq!(
-            (r.index, r.why, r.request),
-            (1, IeRefusal::Misaligned as u32, [0x1234_5800, 1])
-        );
-        assert_eq!(processed, usize::MAX);
-        let st = ie_ctx_invalidate_user_vtd(
-            ctx,
-            child,
-            batch.as_ptr(),
-            1,
-            &mut processed,
-            refused.as_mut_ptr(),
-        );
-        assert_eq!(
-            (st, processed, refused.assume_init().why),
-            (OK, 1, IeRefusal::None as u32)
-        );
-        assert_eq!(ie_ctx_free(ctx, parent), BUSY);
-        assert_eq!(ie_ctx_detach(ctx, dev), OK);
-        assert_eq!(ie_ctx_free(ctx, bad), OK);
-        assert_eq!(ie_ctx_free(ctx, child), OK);
-        assert_eq!(ie_ctx_free(ctx, parent), OK);
-        assert_eq!(ie_ctx_destroy(ctx), OK);
-        assert_eq!(ie_registry_destroy(registry), OK);
-        assert_eq!(ie_unit_disable(unit), OK);
-        assert_eq!(ie_unit_destroy(unit), OK);
-        assert_eq!(ie_sim_model_destroy(model), OK);
-        assert_eq!(ie_sim_arena_destroy(arena), OK);
+        with_nest_parent(make, |ctx, parent| {
+            let (mut child, mut bad, mut dev) = (0u32, 0u32, 0u32);
+            assert_eq!(
+                ie_ctx_map(ctx, parent, 0x10_0000, 0x4000_0000, 0x1000, 3),
+                OK
+            );
+            // The guest's first-stage table at GPA 0x10_0000, 4-level paging.
+            let mut stage1 = IeUserStage1 {
+                format: IeUserStage1Format::Vtd as u32,
+                smmuv3_ste: [0, 0],
+                vtd_flags: 1 << 3,
+                vtd_pgtbl_addr: 0x10_0000,
+                vtd_addr_width: 48,
+            };
+            assert_eq!(ie_ctx_alloc_nested(ctx, parent, &stage1, &mut bad), OK);
+            stage1.vtd_flags = 0;
+            assert_eq!(ie_ctx_alloc_nested(ctx, parent, &stage1, &mut child), OK);
+            assert_eq!(ie_ctx_bind(ctx, 0, 0x20, false, &mut dev), OK);
+            // A flag iommufd does not define: refused by the unit when the device attaches.
+            assert_eq!(
+                ie_ctx_attach(ctx, dev, bad, null_mut()),
+                IeStatus::InvalidArgument as i32
+            );
+            assert_eq!(ie_ctx_attach(ctx, dev, child, null_mut()), OK);
+            let good = IeVtdS1Invalidate {
+                addr: 0x1234_5000,
+                npages: 1,
+                flags: 1,
+                reserved: 0,
+            };
+            let misaligned = IeVtdS1Invalidate {
+                addr: 0x1234_5800,
+                ..good
+            };
+            let mut processed = usize::MAX;
+            let mut refused = MaybeUninit::<IeRefusedRequest>::uninit();
+            let batch = [good, misaligned];
+            let st = ie_ctx_invalidate_user_vtd(
+                ctx,
+                child,
+                batch.as_ptr(),
+                2,
+                &mut processed,
+                refused.as_mut_ptr(),
+            );
+            assert_eq!(st, IeStatus::NotPermitted as i32);
+            let r = refused.assume_init();
+            assert_eq!(
+                (r.index, r.why, r.request),
+                (1, IeRefusal::Misaligned as u32, [0x1234_5800, 1])
+            );
+            assert_eq!(processed, usize::MAX);
+            let st = ie_ctx_invalidate_user_vtd(
+                ctx,
+                child,
+                batch.as_ptr(),
+                1,
+                &mut processed,
+                refused.as_mut_ptr(),
+            );
+            assert_eq!(
+                (st, processed, refused.assume_init().why),
+                (OK, 1, IeRefusal::None as u32)
+            );
+            assert_eq!(ie_ctx_free(ctx, parent), BUSY);
+            assert_eq!(ie_ctx_detach(ctx, dev), OK);
+            assert_eq!(ie_ctx_free(ctx, bad), OK);
+            assert_eq!(ie_ctx_free(ctx, child), OK);
+        });
     }
 }
