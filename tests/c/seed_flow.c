@@ -177,10 +177,83 @@ static void smmu_flow(IeSimArena *arena, const IeEnv *env)
     OK(ie_sim_model_destroy(model));
 }
 
-/* I/O page faults (iommufd's fault queue): a device's page request on a VT-d model with a page
- * request queue reaches the context's queue, the VMM maps the page and answers, the device's
- * retry translates; a second answer and a foreign cookie are refused; detach answers what is
- * left. */
+/* I/O page faults (iommufd's fault queue) on `unit` over `model`, both up and taking page
+ * requests: a device's page request reaches its context's queue (with `two`, not the other
+ * context's, which also may not answer it), the VMM maps the page and answers, the device's
+ * retry translates; a second answer is refused; detach answers what is left and nothing
+ * overflowed. Then the unit and the model are destroyed. `who` opens every message. */
+static void fault_flow(const char *who, IeSimModel *model, IeUnit *unit, const IeEnv *env, bool two)
+{
+    int32_t st;
+    IeRegistry *registry = NULL;
+    OK(ie_registry_create(env, (IeUnit *const *)&unit, 1, 20, &registry));
+    IeCtx *ctx = NULL, *other = NULL;
+    OK(ie_ctx_create(registry, 0, &ctx));
+    if (two)
+        OK(ie_ctx_create(registry, 0, &other));
+    OK(ie_ctx_fault_queue_alloc(ctx));
+    if (two)
+        OK(ie_ctx_fault_queue_alloc(other));
+    uint32_t dev = 0, ioasid = 0, reason = 0;
+    OK(ie_ctx_bind(ctx, 0, 0x20, false, &dev));
+    OK(ie_ctx_alloc(ctx, 0, &ioasid));
+    OK(ie_ctx_attach(ctx, dev, ioasid, &reason));
+    /* The other context first: dispatch must find the device's owner. */
+    IeCtx *ctxs[2] = { two ? other : ctx, ctx };
+    uint32_t nctx = two ? 2 : 1;
+
+    OK(ie_sim_model_page_request(model, 0x20, 0x5000, true, 7, true));
+    uint32_t queued = 0;
+    OK(ie_registry_dispatch_faults(registry, 0, (IeCtx *const *)ctxs, nctx, &queued));
+    CHECK(queued == 1, "%s: queued %u", who, queued);
+    IePageFault faults[4];
+    uint32_t n = 99;
+    if (two) {
+        OK(ie_ctx_read_faults(other, faults, 4, &n));
+        CHECK(n == 0, "%s: the other context read %u", who, n);
+    }
+    OK(ie_ctx_read_faults(ctx, faults, 4, &n));
+    CHECK(n == 1 && faults[0].device == 0x20 && faults[0].addr == 0x5000 &&
+              faults[0].group == 7 && (faults[0].flags & IE_PAGE_FAULT_FLAG_LAST_PAGE) &&
+              faults[0].perm == IE_PAGE_FAULT_PERM_WRITE,
+          "%s: read %u: device %#x addr %#" PRIx64 " group %u flags %#x perm %#x", who, n,
+          faults[0].device, faults[0].addr, faults[0].group, faults[0].flags, faults[0].perm);
+    IeSimDma dma;
+    CHECK(ie_sim_model_translate(model, 0x20, 0x5000, true, &dma) == IE_STATUS_NOT_FOUND,
+          "%s: not mapped yet", who);
+    OK(ie_ctx_map(ctx, ioasid, 0x5000, 0x6000000, KIB4, IE_PROT_READ | IE_PROT_WRITE));
+    if (two)
+        CHECK(ie_ctx_respond_fault(other, faults[0].cookie, IE_FAULT_RESPONSE_SUCCESS) ==
+                  IE_STATUS_NOT_PERMITTED,
+              "%s: another context's cookie", who);
+    OK(ie_ctx_respond_fault(ctx, faults[0].cookie, IE_FAULT_RESPONSE_SUCCESS));
+    CHECK(ie_ctx_respond_fault(ctx, faults[0].cookie, IE_FAULT_RESPONSE_SUCCESS) ==
+              IE_STATUS_INVALID_ARGUMENT,
+          "%s: second response", who);
+    OK(ie_sim_model_translate(model, 0x20, 0x5000, true, &dma));
+    CHECK(dma.pa == 0x6000000, "%s: retry translates to %#" PRIx64, who, dma.pa);
+
+    /* A request left unanswered is answered by the detach. */
+    OK(ie_sim_model_page_request(model, 0x20, 0x9000, false, 8, true));
+    OK(ie_registry_dispatch_faults(registry, 0, (IeCtx *const *)ctxs, nctx, &queued));
+    CHECK(queued == 1, "%s: second request queued %u", who, queued);
+    OK(ie_ctx_detach(ctx, dev));
+    OK(ie_ctx_read_faults(ctx, faults, 4, &n));
+    CHECK(n == 0, "%s: detach left %u faults", who, n);
+    uint64_t lost = 1;
+    OK(ie_ctx_faults_overflowed(ctx, &lost));
+    CHECK(lost == 0, "%s: overflowed %" PRIu64, who, lost);
+
+    if (two)
+        OK(ie_ctx_destroy(other));
+    OK(ie_ctx_destroy(ctx));
+    OK(ie_registry_destroy(registry));
+    OK(ie_unit_disable(unit));
+    OK(ie_unit_destroy(unit));
+    OK(ie_sim_model_destroy(model));
+}
+
+/* The page-fault flow on a VT-d model with a page request queue, two contexts. */
 static void page_fault_flow(IeSimArena *arena, const IeEnv *env)
 {
     int32_t st;
@@ -196,63 +269,7 @@ static void page_fault_flow(IeSimArena *arena, const IeEnv *env)
     OK(ie_vtd_create(env, &regs, &vcfg, &unit));
     OK(ie_unit_enable(unit));
     OK(ie_unit_enable_page_requests(unit, 0));
-    IeRegistry *registry = NULL;
-    OK(ie_registry_create(env, (IeUnit *const *)&unit, 1, 20, &registry));
-    IeCtx *ctx = NULL, *other = NULL;
-    OK(ie_ctx_create(registry, 0, &ctx));
-    OK(ie_ctx_create(registry, 0, &other));
-    OK(ie_ctx_fault_queue_alloc(ctx));
-    OK(ie_ctx_fault_queue_alloc(other));
-    uint32_t dev = 0, ioasid = 0, reason = 0;
-    OK(ie_ctx_bind(ctx, 0, 0x20, false, &dev));
-    OK(ie_ctx_alloc(ctx, 0, &ioasid));
-    OK(ie_ctx_attach(ctx, dev, ioasid, &reason));
-
-    OK(ie_sim_model_page_request(model, 0x20, 0x5000, true, 7, true));
-    IeCtx *ctxs[2] = { other, ctx };
-    uint32_t queued = 0;
-    OK(ie_registry_dispatch_faults(registry, 0, (IeCtx *const *)ctxs, 2, &queued));
-    CHECK(queued == 1, "queued %u", queued);
-    IePageFault faults[4];
-    uint32_t n = 99;
-    OK(ie_ctx_read_faults(other, faults, 4, &n));
-    CHECK(n == 0, "the other context read %u", n);
-    OK(ie_ctx_read_faults(ctx, faults, 4, &n));
-    CHECK(n == 1 && faults[0].device == 0x20 && faults[0].addr == 0x5000 &&
-              faults[0].group == 7 && (faults[0].flags & IE_PAGE_FAULT_FLAG_LAST_PAGE) &&
-              faults[0].perm == IE_PAGE_FAULT_PERM_WRITE,
-          "read %u: device %#x addr %#" PRIx64 " group %u flags %#x perm %#x", n,
-          faults[0].device, faults[0].addr, faults[0].group, faults[0].flags, faults[0].perm);
-    IeSimDma dma;
-    CHECK(ie_sim_model_translate(model, 0x20, 0x5000, true, &dma) == IE_STATUS_NOT_FOUND,
-          "not mapped yet");
-    OK(ie_ctx_map(ctx, ioasid, 0x5000, 0x6000000, KIB4, IE_PROT_READ | IE_PROT_WRITE));
-    CHECK(ie_ctx_respond_fault(other, faults[0].cookie, IE_FAULT_RESPONSE_SUCCESS) ==
-              IE_STATUS_NOT_PERMITTED,
-          "another context's cookie");
-    OK(ie_ctx_respond_fault(ctx, faults[0].cookie, IE_FAULT_RESPONSE_SUCCESS));
-    CHECK(ie_ctx_respond_fault(ctx, faults[0].cookie, IE_FAULT_RESPONSE_SUCCESS) ==
-              IE_STATUS_INVALID_ARGUMENT,
-          "second response");
-    OK(ie_sim_model_translate(model, 0x20, 0x5000, true, &dma));
-    CHECK(dma.pa == 0x6000000, "retry translates to %#" PRIx64, dma.pa);
-
-    /* A request left unanswered is answered by the detach. */
-    OK(ie_sim_model_page_request(model, 0x20, 0x9000, false, 8, true));
-    OK(ie_registry_dispatch_faults(registry, 0, (IeCtx *const *)ctxs, 2, &queued));
-    OK(ie_ctx_detach(ctx, dev));
-    OK(ie_ctx_read_faults(ctx, faults, 4, &n));
-    CHECK(n == 0, "detach left %u faults", n);
-    uint64_t lost = 1;
-    OK(ie_ctx_faults_overflowed(ctx, &lost));
-    CHECK(lost == 0, "overflowed %" PRIu64, lost);
-
-    OK(ie_ctx_destroy(other));
-    OK(ie_ctx_destroy(ctx));
-    OK(ie_registry_destroy(registry));
-    OK(ie_unit_disable(unit));
-    OK(ie_unit_destroy(unit));
-    OK(ie_sim_model_destroy(model));
+    fault_flow("vtd", model, unit, env, true);
 }
 
 /* The same on the SMMUv3 model with a PRI queue (ie_unit_enable() sets it up on a unit with
@@ -270,52 +287,7 @@ static void smmu_page_fault_flow(IeSimArena *arena, const IeEnv *env)
     IeUnit *unit = NULL;
     OK(ie_smmu_create(env, &regs, &scfg, &unit));
     OK(ie_unit_enable(unit));
-    IeRegistry *registry = NULL;
-    OK(ie_registry_create(env, (IeUnit *const *)&unit, 1, 20, &registry));
-    IeCtx *ctx = NULL;
-    OK(ie_ctx_create(registry, 0, &ctx));
-    OK(ie_ctx_fault_queue_alloc(ctx));
-    uint32_t dev = 0, ioasid = 0, reason = 0;
-    OK(ie_ctx_bind(ctx, 0, 0x20, false, &dev));
-    OK(ie_ctx_alloc(ctx, 0, &ioasid));
-    OK(ie_ctx_attach(ctx, dev, ioasid, &reason));
-
-    OK(ie_sim_model_page_request(model, 0x20, 0x5000, true, 7, true));
-    uint32_t queued = 0;
-    OK(ie_registry_dispatch_faults(registry, 0, (IeCtx *const *)&ctx, 1, &queued));
-    CHECK(queued == 1, "smmu: queued %u", queued);
-    IePageFault faults[4];
-    uint32_t n = 99;
-    OK(ie_ctx_read_faults(ctx, faults, 4, &n));
-    CHECK(n == 1 && faults[0].device == 0x20 && faults[0].addr == 0x5000 &&
-              faults[0].group == 7 && (faults[0].flags & IE_PAGE_FAULT_FLAG_LAST_PAGE) &&
-              faults[0].perm == IE_PAGE_FAULT_PERM_WRITE,
-          "smmu: read %u: device %#x addr %#" PRIx64 " group %u flags %#x perm %#x", n,
-          faults[0].device, faults[0].addr, faults[0].group, faults[0].flags, faults[0].perm);
-    IeSimDma dma;
-    CHECK(ie_sim_model_translate(model, 0x20, 0x5000, true, &dma) == IE_STATUS_NOT_FOUND,
-          "smmu: not mapped yet");
-    OK(ie_ctx_map(ctx, ioasid, 0x5000, 0x6000000, KIB4, IE_PROT_READ | IE_PROT_WRITE));
-    OK(ie_ctx_respond_fault(ctx, faults[0].cookie, IE_FAULT_RESPONSE_SUCCESS));
-    CHECK(ie_ctx_respond_fault(ctx, faults[0].cookie, IE_FAULT_RESPONSE_SUCCESS) ==
-              IE_STATUS_INVALID_ARGUMENT,
-          "smmu: second response");
-    OK(ie_sim_model_translate(model, 0x20, 0x5000, true, &dma));
-    CHECK(dma.pa == 0x6000000, "smmu: retry translates to %#" PRIx64, dma.pa);
-
-    /* A request left unanswered is answered by the detach. */
-    OK(ie_sim_model_page_request(model, 0x20, 0x9000, false, 8, true));
-    OK(ie_registry_dispatch_faults(registry, 0, (IeCtx *const *)&ctx, 1, &queued));
-    CHECK(queued == 1, "smmu: second request queued %u", queued);
-    OK(ie_ctx_detach(ctx, dev));
-    OK(ie_ctx_read_faults(ctx, faults, 4, &n));
-    CHECK(n == 0, "smmu: detach left %u faults", n);
-
-    OK(ie_ctx_destroy(ctx));
-    OK(ie_registry_destroy(registry));
-    OK(ie_unit_disable(unit));
-    OK(ie_unit_destroy(unit));
-    OK(ie_sim_model_destroy(model));
+    fault_flow("smmu", model, unit, env, false);
 }
 
 int main(void)
