@@ -7,18 +7,14 @@
 //! Each `EventQueue::drain` call handles a bounded number of records so that an event storm
 //! cannot hold the CPU.
 
-use core::ptr::NonNull;
-use core::sync::atomic::Ordering;
-
 use super::event::Event;
-use super::queue::{QueueMemory, QueuePointer};
+use super::queue::{QueueMemory, QueuePointer, QueueReader, QueueRegisters};
 use super::regs;
 use super::SmmuError;
 use crate::mem::{PageAllocator, WalkerCoherency};
-use crate::mmio::{dma_read_barrier, RegisterWindow};
+use crate::mmio::RegisterWindow;
 
 const ENTRY_LOG2: u32 = 5;
-const OVERFLOW_FLAG: u32 = 1 << 31;
 
 /// What one drain of the event queue ([`SmmuUnit::handle_events`](super::SmmuUnit::handle_events)) did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,15 +33,20 @@ pub struct DrainReport {
 /// uses it (translation or the queue turned off and acknowledged). [`SmmuUnit`](super::SmmuUnit)
 /// is the one owner that can know it, and leaks the memory when it cannot (its `Drop`).
 pub(crate) struct EventQueue<A: PageAllocator> {
-    mem: QueueMemory<A>,
-    cons: QueuePointer,
-    overflow_ack: u32,
+    q: QueueReader<A, EventQueueRegisters>,
     /// Records handed out by [`drain`](Self::drain) since the queue was made: the position in
     /// the stream of records of the next one (it never goes back, even when `program` empties
     /// the queue).
     read: u64,
-    prod_offset: usize,
-    cons_offset: usize,
+}
+
+/// EVENTQ_BASE, EVENTQ_PROD, EVENTQ_CONS.
+pub(crate) struct EventQueueRegisters;
+
+impl QueueRegisters for EventQueueRegisters {
+    const BASE: usize = regs::EVENTQ_BASE;
+    const PROD: usize = regs::EVENTQ_PROD;
+    const CONS: usize = regs::EVENTQ_CONS;
 }
 
 // SAFETY: the raw page pointers are owned by the EventQueue (the queue page, freed only by its `Drop`);
@@ -79,27 +80,19 @@ impl<A: PageAllocator> EventQueue<A> {
             oas,
         )?;
         Ok(Self {
-            mem,
-            cons: QueuePointer::zero(log2),
-            overflow_ack: 0,
+            q: QueueReader::new(mem),
             read: 0,
-            prod_offset: regs::EVENTQ_PROD,
-            cons_offset: regs::EVENTQ_CONS,
         })
     }
 
     /// The EVENTQ_BASE value.
     pub fn base_register(&self) -> u64 {
-        self.mem.base_register()
+        self.q.mem.base_register()
     }
 
     /// Writes EVENTQ_BASE and zeroes PROD and CONS. Only while `CR0.EVENTQEN = 0`.
     pub fn program<W: RegisterWindow + ?Sized>(&mut self, regs: &W) {
-        regs.write64(regs::EVENTQ_BASE, self.base_register());
-        regs.write32(self.prod_offset, 0);
-        regs.write32(self.cons_offset, 0);
-        self.cons = QueuePointer::zero(self.mem.log2);
-        self.overflow_ack = 0;
+        self.q.program(regs);
     }
 
     /// The position of the next record [`drain`](Self::drain) hands out, counted in records
@@ -111,8 +104,9 @@ impl<A: PageAllocator> EventQueue<A> {
     /// The position just past the last record the unit has written (PROD read now): every
     /// record written before this call is before it.
     pub fn written<W: RegisterWindow + ?Sized>(&self, regs: &W) -> u64 {
-        let prod = QueuePointer::from_register(self.mem.log2, regs.read32(self.prod_offset));
-        self.read + u64::from(prod.used_since(self.cons))
+        let raw = regs.read32(EventQueueRegisters::PROD);
+        let prod = QueuePointer::from_register(self.q.mem.log2, raw);
+        self.read + u64::from(prod.used_since(self.q.cons))
     }
 
     /// Hands at most `max` records to `handle`, then publishes CONS (acknowledging any
@@ -123,38 +117,24 @@ impl<A: PageAllocator> EventQueue<A> {
         max: usize,
         mut handle: impl FnMut(Event),
     ) -> DrainReport {
-        let raw_prod = regs.read32(self.prod_offset);
-        let prod = QueuePointer::from_register(self.mem.log2, raw_prod);
-        let overflow = raw_prod & OVERFLOW_FLAG;
-        // Records the unit wrote before updating PROD are read after reading PROD.
-        dma_read_barrier();
+        let (prod, overflow) = self.q.read_prod(regs);
         let mut consumed = 0;
-        while self.cons != prod && consumed < max {
-            let entry = self.mem.entry(self.cons.index());
-            if let (WalkerCoherency::NonCoherent, Some(first)) = (self.mem.coherency, entry.first())
-            {
-                // The unit wrote the record to memory behind the CPU caches.
-                let len = entry.len() * 8;
-                self.mem
-                    .alloc
-                    .sync_for_cpu(NonNull::from(first).cast(), len);
-            }
-            let mut raw = [0u64; 4];
-            for (r, w) in raw.iter_mut().zip(entry) {
-                *r = w.load(Ordering::Acquire);
-            }
+        while consumed < max {
+            let Some(raw) = self.q.pop::<4>(prod) else {
+                break;
+            };
             handle(Event::decode(raw));
-            self.cons = self.cons.advance(1);
             self.read += 1;
             consumed += 1;
         }
-        let overflowed = overflow != self.overflow_ack;
-        self.overflow_ack = overflow;
-        regs.write32(self.cons_offset, self.cons.register() | overflow);
+        // Acknowledged with every CONS write: a record the unit dropped is gone either way.
+        let overflowed = overflow != self.q.overflow_ack;
+        self.q.overflow_ack = overflow;
+        self.q.publish(regs);
         DrainReport {
             consumed,
             overflowed,
-            more: self.cons != prod,
+            more: self.q.cons != prod,
         }
     }
 }

@@ -17,20 +17,16 @@
 //! `PriQueue::drain` reports the overflow with that write, and the caller drops the groups
 //! that did not complete (`FaultQueue::discard_partial`).
 
-use core::ptr::NonNull;
-use core::sync::atomic::Ordering;
-
 use super::field::Field;
-use super::queue::{QueueMemory, QueuePointer};
+use super::queue::{QueueMemory, QueueReader, QueueRegisters};
 use super::regs;
 use super::SmmuError;
 use crate::iommu::{DeviceId, Pasid};
 use crate::iopf::{FaultKind, FaultPerm, PageFault};
 use crate::mem::{PageAllocator, WalkerCoherency};
-use crate::mmio::{dma_read_barrier, RegisterWindow};
+use crate::mmio::RegisterWindow;
 
 const ENTRY_LOG2: u32 = 4;
-const OVERFLOW_FLAG: u32 = 1 << 31;
 
 /// `dw0` bits 31:0.
 pub const STREAM_ID: Field = Field::new("StreamID", 31, 0);
@@ -96,9 +92,16 @@ pub struct PriDrain {
 /// The PRI queue of one unit. Crate-private for the reason [`EventQueue`](super::eventq) is:
 /// it frees its memory on `Drop`, which only the unit can know to be safe (`CR0.PRIQEN` off).
 pub(crate) struct PriQueue<A: PageAllocator> {
-    mem: QueueMemory<A>,
-    cons: QueuePointer,
-    overflow_ack: u32,
+    q: QueueReader<A, PriQueueRegisters>,
+}
+
+/// PRIQ_BASE, PRIQ_PROD, PRIQ_CONS.
+pub(crate) struct PriQueueRegisters;
+
+impl QueueRegisters for PriQueueRegisters {
+    const BASE: usize = regs::PRIQ_BASE;
+    const PROD: usize = regs::PRIQ_PROD;
+    const CONS: usize = regs::PRIQ_CONS;
 }
 
 // SAFETY: the queue page is owned by the PriQueue (freed only by its `Drop`); moving it to
@@ -127,19 +130,13 @@ impl<A: PageAllocator> PriQueue<A> {
             oas,
         )?;
         Ok(Self {
-            mem,
-            cons: QueuePointer::zero(log2),
-            overflow_ack: 0,
+            q: QueueReader::new(mem),
         })
     }
 
     /// Writes PRIQ_BASE and zeroes PROD and CONS. Only while `CR0.PRIQEN = 0`.
     pub fn program<W: RegisterWindow + ?Sized>(&mut self, regs: &W) {
-        regs.write64(regs::PRIQ_BASE, self.mem.base_register());
-        regs.write32(regs::PRIQ_PROD, 0);
-        regs.write32(regs::PRIQ_CONS, 0);
-        self.cons = QueuePointer::zero(self.mem.log2);
-        self.overflow_ack = 0;
+        self.q.program(regs);
     }
 
     /// Moves up to `out.len()` requests into `out`, oldest first, then publishes CONS. An
@@ -151,38 +148,24 @@ impl<A: PageAllocator> PriQueue<A> {
         regs: &W,
         out: &mut [PageFault],
     ) -> PriDrain {
-        let raw_prod = regs.read32(regs::PRIQ_PROD);
-        let prod = QueuePointer::from_register(self.mem.log2, raw_prod);
-        let flag = raw_prod & OVERFLOW_FLAG;
-        // Entries the unit wrote before updating PROD are read after reading PROD.
-        dma_read_barrier();
+        let (prod, flag) = self.q.read_prod(regs);
         let mut reported = 0;
-        while self.cons != prod && reported < out.len() {
-            let entry = self.mem.entry(self.cons.index());
-            if let (WalkerCoherency::NonCoherent, Some(first)) = (self.mem.coherency, entry.first())
-            {
-                // The unit wrote the entry to memory behind the CPU caches.
-                let len = entry.len() * 8;
-                self.mem
-                    .alloc
-                    .sync_for_cpu(NonNull::from(first).cast(), len);
-            }
-            let mut raw = [0u64; 2];
-            for (r, w) in raw.iter_mut().zip(entry) {
-                *r = w.load(Ordering::Acquire);
-            }
-            if let (Some(fault), Some(slot)) = (decode(raw[0], raw[1]), out.get_mut(reported)) {
+        while reported < out.len() {
+            let Some([dw0, dw1]) = self.q.pop::<2>(prod) else {
+                break;
+            };
+            if let (Some(fault), Some(slot)) = (decode(dw0, dw1), out.get_mut(reported)) {
                 *slot = fault;
                 reported += 1;
             }
-            self.cons = self.cons.advance(1);
         }
-        let drained = self.cons == prod;
-        let overflow = drained && flag != self.overflow_ack;
+        // Acknowledged only with the CONS write that reaches the PROD it was seen with (§8.1).
+        let drained = self.q.cons == prod;
+        let overflow = drained && flag != self.q.overflow_ack;
         if drained {
-            self.overflow_ack = flag;
+            self.q.overflow_ack = flag;
         }
-        regs.write32(regs::PRIQ_CONS, self.cons.register() | self.overflow_ack);
+        self.q.publish(regs);
         PriDrain {
             reported,
             more: !drained,

@@ -5,12 +5,14 @@
 //! queue is empty when index and wrap are equal, full when the indexes are equal and the wraps
 //! differ. §6.3.26 / §6.3.29 give the `*_BASE` layout: RA/WA bit 62, ADDR `51:5`, LOG2SIZE `4:0`.
 
+use core::marker::PhantomData;
 use core::ptr::NonNull;
-use core::sync::atomic::AtomicU64;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use super::field::{address_bits, table_page, Field};
 use super::SmmuError;
 use crate::mem::{Page, PageAllocator, WalkerCoherency, PAGE_SHIFT_4K};
+use crate::mmio::{dma_read_barrier, RegisterWindow};
 
 /// `*_BASE.ADDR`, bits 51:5.
 pub const Q_BASE_ADDR: Field = Field::new("Q_BASE.ADDR", 51, 5);
@@ -182,6 +184,93 @@ impl<A: PageAllocator> Drop for QueueMemory<A> {
         // must have disabled the queue (CR0.CMDQEN/EVENTQEN = 0) before dropping it; the queue
         // types document that requirement.
         unsafe { self.alloc.free(self.page, self.size_log2) }
+    }
+}
+
+/// Software's side of a queue the unit produces into: the event queue (§7) and the PRI queue
+/// (chapter 8). Both are read the same way (§3.5): PROD first, then the entries before it
+/// (each invalidated from the CPU caches on a non-coherent unit, read with acquire loads),
+/// then CONS written back with `OVACKFLG` (bit 31) in the same write. When an overflow is
+/// acknowledged is each queue's own rule, so `overflow_ack` is theirs to set: the event queue
+/// acknowledges with every CONS write, the PRI queue only with the write that reaches the PROD
+/// the overflow was seen with (§8.1).
+pub(crate) struct QueueReader<A: PageAllocator, R: QueueRegisters> {
+    pub(crate) mem: QueueMemory<A>,
+    /// CONS as software last published it.
+    pub(crate) cons: QueuePointer,
+    /// `OVACKFLG` as software last wrote it.
+    pub(crate) overflow_ack: u32,
+    registers: PhantomData<R>,
+}
+
+/// The `*_BASE`, `*_PROD` and `*_CONS` register offsets of a queue software consumes (types,
+/// not fields: nothing is added to the queue the unit keeps on its enable path's stack).
+pub(crate) trait QueueRegisters {
+    const BASE: usize;
+    const PROD: usize;
+    const CONS: usize;
+}
+
+/// `*_PROD.OVFLG` / `*_CONS.OVACKFLG`.
+pub(crate) const OVERFLOW_FLAG: u32 = 1 << 31;
+
+impl<A: PageAllocator, R: QueueRegisters> QueueReader<A, R> {
+    /// A reader of `mem` through `R`'s registers.
+    pub(crate) fn new(mem: QueueMemory<A>) -> Self {
+        Self {
+            cons: QueuePointer::zero(mem.log2),
+            mem,
+            overflow_ack: 0,
+            registers: PhantomData,
+        }
+    }
+
+    /// Writes `*_BASE` and zeroes PROD and CONS. Only while the queue is disabled in `CR0`.
+    pub(crate) fn program<W: RegisterWindow + ?Sized>(&mut self, regs: &W) {
+        regs.write64(R::BASE, self.mem.base_register());
+        regs.write32(R::PROD, 0);
+        regs.write32(R::CONS, 0);
+        self.cons = QueuePointer::zero(self.mem.log2);
+        self.overflow_ack = 0;
+    }
+
+    /// PROD and its `OVFLG`; the entries the unit wrote before it are visible to the reads
+    /// that follow.
+    pub(crate) fn read_prod<W: RegisterWindow + ?Sized>(&self, regs: &W) -> (QueuePointer, u32) {
+        let raw = regs.read32(R::PROD);
+        // Entries the unit wrote before updating PROD are read after reading PROD.
+        dma_read_barrier();
+        (
+            QueuePointer::from_register(self.mem.log2, raw),
+            raw & OVERFLOW_FLAG,
+        )
+    }
+
+    /// The first `N` words of the entry at CONS, CONS moved past it (not yet published);
+    /// `None` once CONS is at `prod`.
+    pub(crate) fn pop<const N: usize>(&mut self, prod: QueuePointer) -> Option<[u64; N]> {
+        if self.cons == prod {
+            return None;
+        }
+        let entry = self.mem.entry(self.cons.index());
+        if let (WalkerCoherency::NonCoherent, Some(first)) = (self.mem.coherency, entry.first()) {
+            // The unit wrote the entry to memory behind the CPU caches.
+            let len = entry.len() * 8;
+            self.mem
+                .alloc
+                .sync_for_cpu(NonNull::from(first).cast(), len);
+        }
+        let mut raw = [0u64; N];
+        for (r, w) in raw.iter_mut().zip(entry) {
+            *r = w.load(Ordering::Acquire);
+        }
+        self.cons = self.cons.advance(1);
+        Some(raw)
+    }
+
+    /// Publishes CONS with `overflow_ack` as `OVACKFLG`, so the unit can reuse the entries.
+    pub(crate) fn publish<W: RegisterWindow + ?Sized>(&self, regs: &W) {
+        regs.write32(R::CONS, self.cons.register() | self.overflow_ack);
     }
 }
 
