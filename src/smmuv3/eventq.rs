@@ -225,4 +225,36 @@ mod tests {
         );
         assert!(EventQueue::new(&alloc, 2, 19, WalkerCoherency::NonCoherent, 52).is_ok());
     }
+
+    /// The event queue's own overflow rule on the reader it shares with the PRI queue: every
+    /// CONS write acknowledges, so a drain that stops short of PROD reports the overflow and
+    /// acknowledges it (records the unit dropped are gone either way).
+    #[test]
+    fn overflow_acknowledged_by_a_partial_drain() {
+        let (alloc, m) = (VecAllocator::default(), ModelSmmu::new());
+        let mut q = EventQueue::new(&alloc, 2, 19, WalkerCoherency::Coherent, 52).unwrap();
+        q.program(&m);
+        for i in 0..6 {
+            m.push_event(record(i));
+        }
+        let r = q.drain(&m, 1, |e| assert_eq!(e.stream_id, StreamId(0)));
+        assert_eq!(
+            r,
+            DrainReport {
+                consumed: 1,
+                overflowed: true,
+                more: true
+            }
+        );
+        assert_eq!(m.read32(regs::EVENTQ_CONS), 1 | 1 << 31);
+        let r = q.drain(&m, 16, |_| {});
+        assert_eq!(
+            r,
+            DrainReport {
+                consumed: 3,
+                overflowed: false,
+                more: false
+            }
+        );
+    }
 }

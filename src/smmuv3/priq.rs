@@ -202,4 +202,31 @@ mod tests {
         // Without a PASID the same bits are a page request.
         assert!(decode(0x42 | LAST, 0).is_some());
     }
+
+    /// The PRI queue's own overflow rule on the reader it shares with the event queue: an
+    /// overflow is neither acknowledged nor reported by a drain that stops short of the PROD it
+    /// was seen with, only by the one that reaches it (then once).
+    #[test]
+    fn overflow_acknowledged_only_by_the_drain_that_reaches_prod() {
+        use crate::smmuv3::testutil::{ModelSmmu, VecAllocator};
+        let (alloc, m) = (VecAllocator::default(), ModelSmmu::new());
+        let mut q = PriQueue::new(&alloc, 2, 19, WalkerCoherency::Coherent, 52).unwrap();
+        q.program(&m);
+        for i in 0..3u64 {
+            let entry = q.q.mem.entry(i as u32);
+            entry[0].store(0x42 | LAST, core::sync::atomic::Ordering::Relaxed);
+            entry[1].store((0x1000 * i) | i, core::sync::atomic::Ordering::Relaxed);
+        }
+        m.set32(regs::PRIQ_PROD, 3 | 1 << 31);
+        let mut out = [PageFault::EMPTY; 2];
+        let d = q.drain(&m, &mut out);
+        assert_eq!((d.reported, d.more, d.overflow), (2, true, false));
+        assert_eq!(m.read32(regs::PRIQ_CONS), 2, "OVACKFLG still 0");
+        let d = q.drain(&m, &mut out);
+        assert_eq!((d.reported, d.more, d.overflow), (1, false, true));
+        assert_eq!(out[0].addr, 0x2000);
+        assert_eq!(m.read32(regs::PRIQ_CONS), 3 | 1 << 31);
+        let d = q.drain(&m, &mut out);
+        assert_eq!((d.reported, d.more, d.overflow), (0, false, false));
+    }
 }

@@ -276,7 +276,77 @@ impl<A: PageAllocator, R: QueueRegisters> QueueReader<A, R> {
 
 #[cfg(test)]
 mod tests {
+    extern crate std;
     use super::*;
+    use crate::smmuv3::regs;
+    use crate::smmuv3::testutil::{ModelSmmu, VecAllocator};
+    use std::vec;
+    use std::vec::Vec;
+
+    struct Priq;
+    impl QueueRegisters for Priq {
+        const BASE: usize = regs::PRIQ_BASE;
+        const PROD: usize = regs::PRIQ_PROD;
+        const CONS: usize = regs::PRIQ_CONS;
+    }
+
+    /// A 4-entry queue of `2^entry_log2`-byte entries, entry `i` holding words `i << 8 | w`
+    /// written as the unit would (behind the CPU), PROD at 3 with OVFLG set.
+    fn reader_with_three<'a>(
+        alloc: &'a VecAllocator,
+        m: &ModelSmmu,
+        entry_log2: u32,
+        coherency: WalkerCoherency,
+    ) -> QueueReader<&'a VecAllocator, Priq> {
+        let mem = QueueMemory::new(alloc, "test", 2, 19, entry_log2, coherency, 52).unwrap();
+        let mut q = QueueReader::<_, Priq>::new(mem);
+        q.program(m);
+        for i in 0..3u32 {
+            for (w, word) in q.mem.entry(i).iter().enumerate() {
+                word.store(u64::from(i) << 8 | w as u64, Ordering::Relaxed);
+            }
+        }
+        m.set32(regs::PRIQ_PROD, 3 | OVERFLOW_FLAG);
+        q
+    }
+
+    /// The reader both the event queue and the PRI queue use: PROD with its OVFLG, then each
+    /// entry invalidated from the CPU caches (its whole size, at its own address) before it is
+    /// read on a non-coherent unit and never on a coherent one, then CONS with the OVACKFLG the
+    /// owner chose.
+    #[test]
+    fn reader_invalidates_each_entry_of_a_non_coherent_unit_before_reading_it() {
+        for (entry_log2, coherency) in [
+            (4, WalkerCoherency::NonCoherent),
+            (5, WalkerCoherency::NonCoherent),
+            (4, WalkerCoherency::Coherent),
+        ] {
+            let (alloc, m) = (VecAllocator::default(), ModelSmmu::new());
+            let mut q = reader_with_three(&alloc, &m, entry_log2, coherency);
+            alloc.cpu_syncs.borrow_mut().clear();
+            let (prod, flag) = q.read_prod(&m);
+            assert_eq!((prod.index(), flag), (3, OVERFLOW_FLAG));
+            // PRI queue entries are 2 words (16 bytes), event records 4 (32 bytes).
+            assert_eq!(q.pop::<2>(prod), Some([0, 1]));
+            assert_eq!(q.pop::<2>(prod), Some([1 << 8, 1 << 8 | 1]));
+            let base = q.mem.page.va.as_ptr() as usize;
+            let size = 1usize << entry_log2;
+            let want: Vec<(usize, usize)> = match coherency {
+                WalkerCoherency::NonCoherent => vec![(base, size), (base + size, size)],
+                WalkerCoherency::Coherent => vec![],
+            };
+            assert_eq!(*alloc.cpu_syncs.borrow(), want);
+            // Nothing published until the owner says so, and then OVACKFLG as it chose.
+            assert_eq!(m.read32(regs::PRIQ_CONS), 0);
+            q.publish(&m);
+            assert_eq!(m.read32(regs::PRIQ_CONS), 2);
+            q.overflow_ack = flag;
+            assert_eq!(q.pop::<2>(prod), Some([2 << 8, 2 << 8 | 1]));
+            assert_eq!(q.pop::<2>(prod), None, "CONS reached PROD");
+            q.publish(&m);
+            assert_eq!(m.read32(regs::PRIQ_CONS), 3 | OVERFLOW_FLAG);
+        }
+    }
 
     #[test]
     fn wrap_semantics() {

@@ -51,6 +51,8 @@ pub struct VecAllocator {
     pub fail: Cell<bool>,
     /// Pages handed back, in order.
     pub frees: Cell<usize>,
+    /// Every `sync_for_cpu` call, as (address, length), in order.
+    pub cpu_syncs: RefCell<Vec<(usize, usize)>>,
 }
 
 impl VecAllocator {
@@ -106,6 +108,12 @@ unsafe impl PageAllocator for VecAllocator {
 
     fn sync_for_device(&self, _va: NonNull<u8>, _len: usize) {
         self.syncs.set(self.syncs.get() + 1);
+    }
+
+    fn sync_for_cpu(&self, va: NonNull<u8>, len: usize) {
+        self.cpu_syncs
+            .borrow_mut()
+            .push((va.as_ptr() as usize, len));
     }
 }
 
