@@ -2,9 +2,9 @@
 //!
 //! AMD I/O Virtualization Technology (IOMMU) Specification, document 48882, rev. 3.10:
 //! §2.2.6 "I/O Page Tables for Guest Translations" (the guest tables are the AMD64 long-mode
-//! format, AMD64 APM vol. 2 §5.3); §2.2.2 "Device Table": the DTE's `GV`, `GLX` (00b: 4 levels,
-//! 01b: 5 levels, `EFR.GLXSup`) and `GCR3 Table Root Pointer` (the GCR3 table holds one root per
-//! PASID).
+//! format, AMD64 APM vol. 2 §5.3); §2.2.2 "Device Table": the DTE's `GV`, `GLX` and `GCR3
+//! Table Root Pointer` (the GCR3 table holds one root per PASID; `GLX` is the number of GCR3
+//! table levels minus one, not the guest table's depth) and `GuestPagingMode` (quadword 2 bits 55:54: 00b 4 levels, 01b 5 levels, `EFR.GATS`).
 //!
 //! The entry layout is the processor's, the one VT-d's first stage uses too: both formats
 //! share `x86_paging.rs`. Levels (this crate -> APM): 0 = PTE (4 KiB), 1 = PDE (2 MiB with PS),
@@ -21,7 +21,7 @@ use crate::mem::PhysAddr;
 /// Configuration of a v2 table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AmdV2Config {
-    /// 4 or 5 levels (DTE `GLX` 00b / 01b; 5 needs `EFR.GLXSup`).
+    /// 4 or 5 levels (DTE `GuestPagingMode` 00b / 01b; 5 needs `EFR.GATS` = 01b).
     pub levels: u32,
     /// Output address bits, 32..=52.
     pub oas: u32,
@@ -53,8 +53,9 @@ impl AmdV2 {
         &self.cfg
     }
 
-    /// The DTE's `GLX` field for this table: 0 for 4 levels, 1 for 5.
-    pub const fn glx(&self) -> u64 {
+    /// The DTE's `GuestPagingMode` field (quadword 2, bits 55:54) for this table: 0 for 4
+    /// levels, 1 for 5. Not `GLX`, which counts the GCR3 table's levels.
+    pub const fn guest_paging_mode(&self) -> u64 {
         (self.cfg.levels - 4) as u64
     }
 }

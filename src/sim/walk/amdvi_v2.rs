@@ -3,7 +3,7 @@
 //! AMD I/O Virtualization Technology (IOMMU) Specification, document 48882, rev. 3.10: §2.2.6
 //! "I/O Page Tables for Guest Translations": the guest tables are the AMD64 long-mode format
 //! (AMD64 APM vol. 2, 24593, §5.3 "Long-Mode Page Translation", §5.4 "Page-Translation-Table
-//! Entry Fields"), 4 or 5 levels by the DTE's `GLX`, the root from the GCR3 table entry of the
+//! Entry Fields"), 4 or 5 levels by the DTE's `GuestPagingMode` (quadword 2 bits 55:54), the root from the GCR3 table entry of the
 //! request's PASID.
 //!
 //! That format is the one the VT-d first-stage walker ([`super::vtd_fs`]) reads from the Intel
@@ -31,7 +31,7 @@ pub type AmdV2Attrs = vtd_fs::VtdFsAttrs;
 pub struct AmdV2Config {
     /// The guest CR3 of the PASID (GCR3 table entry, bits 51:12), 4 KiB aligned.
     pub root: PhysAddr,
-    /// 4 or 5 levels (DTE `GLX` 00b / 01b).
+    /// 4 or 5 levels (DTE `GuestPagingMode` 00b / 01b).
     pub levels: u8,
     /// Output address size in bits (at most 52): address bits at or above it are reserved.
     pub oas: u32,
