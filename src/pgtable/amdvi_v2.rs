@@ -4,7 +4,8 @@
 //! §2.2.6 "I/O Page Tables for Guest Translations" (the guest tables are the AMD64 long-mode
 //! format, AMD64 APM vol. 2 §5.3); §2.2.2 "Device Table": the DTE's `GV`, `GLX` and `GCR3
 //! Table Root Pointer` (the GCR3 table holds one root per PASID; `GLX` is the number of GCR3
-//! table levels minus one, not the guest table's depth) and `GuestPagingMode` (quadword 2 bits 55:54: 00b 4 levels, 01b 5 levels, `EFR.GATS`).
+//! table levels minus one, not the guest table's depth) and `GuestPagingMode` (quadword 2 bits
+//! 55:54: 00b 4 levels, 01b 5 levels, `EFR.GATS`).
 //!
 //! The entry layout is the processor's, the one VT-d's first stage uses too: both formats
 //! share `x86_paging.rs`. Levels (this crate -> APM): 0 = PTE (4 KiB), 1 = PDE (2 MiB with PS),
