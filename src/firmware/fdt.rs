@@ -365,6 +365,22 @@ impl<'a> Fdt<'a> {
         Ok(false)
     }
 
+    /// The [`DeviceHints`](crate::iommu::DeviceHints) the tree declares for the device at
+    /// `node`: `dma-can-stall` on the node itself (the SMMUv3 binding: the device tolerates
+    /// stalled transactions; not inherited) is [`DeviceHints::stall`]. ATS, PRI and the
+    /// PASID width of a PCIe device are its own capabilities, not in the tree: unset.
+    ///
+    /// [`DeviceHints::stall`]: crate::iommu::DeviceHints::stall
+    ///
+    /// # Errors
+    /// The errors of reading the node's properties.
+    pub fn device_hints(&self, node: &FdtNode<'a>) -> Result<crate::iommu::DeviceHints, Error> {
+        Ok(crate::iommu::DeviceHints {
+            stall: node.property(b"dma-can-stall")?.is_some(),
+            ..crate::iommu::DeviceHints::default()
+        })
+    }
+
     fn node_at(&self, offset: usize) -> Result<FdtNode<'a>, Error> {
         match self.token(offset)? {
             (Token::Begin(name), body) => Ok(FdtNode {

@@ -102,6 +102,7 @@ fn tree() -> Vec<u8> {
         .prop("dma-coherent", &[])
         .begin("dma@1000")
         .cells("iommus", &[1, 0x42, 2, 0x7, 0xff00])
+        .prop("dma-can-stall", &[])
         .end()
         .begin("gpu@2000")
         .prop("dma-noncoherent", &[])
@@ -192,6 +193,22 @@ fn dma_coherent_is_inherited_from_the_nearest_ancestor_that_says() {
     assert!(!at(b"/soc/gpu@2000/sub"));
     assert!(!at(b"/plain"));
     assert!(!at(b"/smmu@2b400000"));
+}
+
+#[test]
+fn dma_can_stall_is_the_stall_hint() {
+    let t = tree();
+    let fdt = Fdt::parse(&t).unwrap();
+    let stall = |p: &[u8]| {
+        fdt.device_hints(&fdt.node_by_path(p).unwrap().unwrap())
+            .unwrap()
+            .stall
+    };
+    assert!(stall(b"/soc/dma@1000"));
+    // Not inherited, and absent elsewhere.
+    assert!(!stall(b"/soc"));
+    assert!(!stall(b"/soc/gpu@2000"));
+    assert!(!stall(b"/pcie@40000000"));
 }
 
 #[test]

@@ -6,6 +6,8 @@
 //!   named component, with a [`Source::Firmware`] naming the IORT field.
 //! - [`Iort::smmu_platform`]: a unit's [`Platform`] for [`SmmuConfig::platform`]: one
 //!   declaration per StreamID range a root complex or named component maps to the SMMU.
+//! - [`device_hints`]: the [`DeviceHints`] the table declares for a device: a named
+//!   component's `Node Flags` bit 0 (the device can be stalled) as [`DeviceHints::stall`].
 //! - [`unit_facts`]: the SMMU's own facts (COHACC and HTTU overrides).
 //! - [`Iort::reserved_regions`]: every (SMMU, StreamID range, memory range) an RMR node
 //!   declares, as values the IOASID layer takes ([`MemoryRange::identity`] is an
@@ -14,7 +16,7 @@
 //! [`SmmuConfig::platform`]: crate::smmuv3::SmmuConfig::platform
 
 use super::id_mapping::IdMapping;
-use super::named_component::NamedComponent;
+use super::named_component::{NamedComponent, NamedComponentFlags};
 use super::node::{Node, NodeRef, NodeType};
 use super::resolve::StreamTarget;
 use super::rmr::{MemoryRange, Rmr, RmrFlags};
@@ -22,7 +24,7 @@ use super::root_complex::RootComplex;
 use super::smmu_v3::{HttuOverride, SmmuV3};
 use super::table::{Iort, Nodes, REVISION_E_D};
 use super::Error;
-use crate::iommu::Source;
+use crate::iommu::{DeviceHints, Source};
 use crate::smmuv3::{DeviceFacts, Platform, StreamId, MAX_DECLARATIONS};
 
 /// [`Source`] of the facts of a device behind a root complex.
@@ -54,6 +56,32 @@ pub fn device_facts(node: Node<'_>) -> Result<DeviceFacts, Error> {
         canwbs: access.canwbs(),
         coherent_dma: Some(access.coherent()),
         source,
+    })
+}
+
+/// The [`DeviceHints`] the IORT declares for the devices a named component or root complex
+/// describes, for [`IoasidCtx::bind_with`](crate::ioasid::IoasidCtx::bind_with): a named
+/// component's `Node Flags` bit 0 ("the device can be stalled") is
+/// [`DeviceHints::stall`] (what Linux turns into the `dma-can-stall` property); a root
+/// complex's devices are PCIe, which never stall (IHI 0070 §3.12.1). ATS, PRI and a PCIe
+/// device's PASID width are the device's own capabilities (its configuration space), which
+/// the IORT does not give per device: those hints stay unset.
+///
+/// # Errors
+/// [`Error::WrongNodeType`] for another node type; the node's decoding errors.
+pub fn device_hints(node: Node<'_>) -> Result<DeviceHints, Error> {
+    let stall = match node.node_type() {
+        NodeType::NamedComponent => NamedComponent::decode(node)?
+            .flags
+            .contains(NamedComponentFlags::STALL_SUPPORTED),
+        _ => {
+            RootComplex::decode(node)?;
+            false
+        }
+    };
+    Ok(DeviceHints {
+        stall,
+        ..DeviceHints::default()
     })
 }
 

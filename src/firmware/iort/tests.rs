@@ -9,7 +9,7 @@ use super::smmu_v3::{HttuOverride, SmmuV3Flags, SmmuV3Model};
 use super::table::REVISION_E_F;
 use super::*;
 use crate::firmware::acpi;
-use crate::iommu::Source;
+use crate::iommu::{DeviceHints, Source};
 use crate::mem::Iova;
 use crate::pgtable::IovaRange;
 use crate::smmuv3::{DeviceFacts, StreamId};
@@ -292,6 +292,26 @@ fn lookups_by_segment_name_and_base() {
     );
     assert!(iort.smmu_v3(0).unwrap().is_none());
     assert_eq!(iort.nodes_of(NodeType::SmmuV3).count(), 1);
+}
+
+#[test]
+fn named_component_stall_flag_is_the_stall_hint() {
+    let p = platform();
+    let iort = Iort::parse(&p.table).unwrap();
+    let hints = |n| platform::device_hints(iort.node(n).unwrap());
+    // The platform's DMA engine declares STALL_SUPPORTED (and a substream width of 5).
+    assert!(hints(p.nc).unwrap().stall);
+    assert_eq!(hints(p.rc), Ok(DeviceHints::default()), "PCIe never stalls");
+    assert!(matches!(hints(p.smmu), Err(Error::WrongNodeType { .. })));
+    let mut b = TableBuilder::new(REVISION_E_F);
+    let plain = b.named_component(5 << 1, INCOHERENT, 32, b"X", &[]);
+    let t = b.build();
+    let iort = Iort::parse(&t).unwrap();
+    assert_eq!(
+        platform::device_hints(iort.node(plain).unwrap()),
+        Ok(DeviceHints::default()),
+        "a named component without the flag"
+    );
 }
 
 #[test]
