@@ -50,6 +50,40 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#if defined(IOMMU_ENGINE_SIM)
+// What became of a transaction the SMMUv3 model stalled (ie_sim_model_stall()).
+typedef enum {
+#if defined(IOMMU_ENGINE_SIM)
+  // Still held: nobody answered it yet.
+  IE_SIM_STALL_END_HELD = 0,
+#endif
+#if defined(IOMMU_ENGINE_SIM)
+  // Resumed (`CMD_RESUME` Retry) and translated: it reached `*pa`.
+  IE_SIM_STALL_END_COMPLETED = 1,
+#endif
+#if defined(IOMMU_ENGINE_SIM)
+  // Resumed and faulted without stalling.
+  IE_SIM_STALL_END_FAULTED = 2,
+#endif
+#if defined(IOMMU_ENGINE_SIM)
+  // Resumed and stalled again (a new STAG).
+  IE_SIM_STALL_END_STALLED_AGAIN = 3,
+#endif
+#if defined(IOMMU_ENGINE_SIM)
+  // Terminated with an abort (`CMD_RESUME` Abort).
+  IE_SIM_STALL_END_ABORTED = 4,
+#endif
+#if defined(IOMMU_ENGINE_SIM)
+  // Terminated with RAZ/WI.
+  IE_SIM_STALL_END_RAZ_WI = 5,
+#endif
+#if defined(IOMMU_ENGINE_SIM)
+  // Terminated with its stream (`CMD_STALL_TERM`).
+  IE_SIM_STALL_END_TERMINATED = 6,
+#endif
+} IeSimStallEnd;
+#endif
+
 // The result of a C ABI call.
 typedef enum {
   // Success.
@@ -439,6 +473,10 @@ typedef struct {
   // page faults (ie_registry_dispatch_faults()); another SMMUv3 refuses the attach
   // (`IE_STATUS_INCOMPATIBLE`).
   bool stall;
+  // The device's PRI capability has "PRG Response PASID Required" set: an SMMUv3 sets
+  // `STE.PPAR` for it (the SMMU's own answers to page requests lost in a PRI queue
+  // overflow carry their PASID).
+  bool pri_pasid_required;
 } IeDeviceHints;
 
 // Where one claim comes from.
@@ -587,6 +625,10 @@ typedef struct {
   // IDR0.PRI (IDR1.PRIQS = 19): the PRI queue, which ie_unit_enable() sets up, and devices'
   // page requests (ie_sim_model_page_request()).
   bool pri;
+  // IDR0.STALL_MODEL = 0b00 (stall and terminate; else 0b01, terminate only): the stream of
+  // a device bound declared able to stall (`IeDeviceHints::stall`) holds a faulting
+  // transaction until it is answered (ie_sim_model_stall()).
+  bool stall;
 } IeSimSmmuConfig;
 #endif
 
@@ -1308,6 +1350,22 @@ int32_t ie_sim_model_page_request(IeSimModel *model,
                                   bool write,
                                   uint32_t group,
                                   bool last);
+#endif
+
+#if defined(IOMMU_ENGINE_SIM)
+// What became of the transaction of StreamID `stream_id` the SMMUv3 model stalled with STAG
+// `stag` (an `IePageFault`'s `group`): `*end` gets an `IeSimStallEnd` (its last outcome,
+// or held) and `*pa` (if not NULL) the address it reached when completed, else 0.
+// `IE_STATUS_NOT_FOUND`: the model never stalled it; `IE_STATUS_UNSUPPORTED`: not an SMMUv3
+// model.
+//
+// # Safety
+// `model` is a live model handle; `end` is writable; `pa` is NULL or writable.
+int32_t ie_sim_model_stall(IeSimModel *model,
+                           uint32_t stream_id,
+                           uint32_t stag,
+                           IeSimStallEnd *end,
+                           uint64_t *pa);
 #endif
 
 #if defined(IOMMU_ENGINE_SIM)

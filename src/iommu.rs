@@ -640,6 +640,13 @@ pub struct DeviceHints {
     /// requests for translations that fault. VT-d sets the scalable-mode context entry's
     /// `PRE` for it (with `ECAP.PRS`); reported by `device_info`.
     pub pri: bool,
+    /// The device's PRI capability has "PRG Response PASID Required" set (its PCIe PRI Status
+    /// register): it expects the PASID on the answer to a page request that carried one.
+    /// SMMUv3 (with `IDR0.PRI` and SubstreamIDs) sets `STE.PPAR` for its stream, so that the
+    /// SMMU's own answers to the requests it discards in a PRI queue overflow carry the PASID
+    /// when `IDR3.PPS` = 0 (IHI 0070 §5.2, §8.1, which expects PPAR to equal this flag); the
+    /// stream must be idle to change it, as for `stall`. VT-d and AMD-Vi ignore it.
+    pub pri_pasid_required: bool,
     /// The device tolerates stalled transactions: a platform fact, from firmware (ACPI IORT
     /// named component "DMA stall supported" / device tree `dma-can-stall`), never true of a
     /// PCIe device (IHI 0070 §3.12.1: PCIe streams must not stall). SMMUv3 then configures

@@ -350,6 +350,10 @@ pub struct IeDeviceHints {
     /// page faults (ie_registry_dispatch_faults()); another SMMUv3 refuses the attach
     /// (`IE_STATUS_INCOMPATIBLE`).
     pub stall: bool,
+    /// The device's PRI capability has "PRG Response PASID Required" set: an SMMUv3 sets
+    /// `STE.PPAR` for it (the SMMU's own answers to page requests lost in a PRI queue
+    /// overflow carry their PASID).
+    pub pri_pasid_required: bool,
 }
 
 impl IeDeviceHints {
@@ -362,6 +366,7 @@ impl IeDeviceHints {
                 .then_some(DeviceId(self.physical_function)),
             pasid_bits: self.has_pasid_bits.then_some(self.pasid_bits),
             pri: self.pri,
+            pri_pasid_required: self.pri_pasid_required,
             stall: self.stall,
         }
     }

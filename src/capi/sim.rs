@@ -198,6 +198,30 @@ pub struct IeSimSmmuConfig {
     /// IDR0.PRI (IDR1.PRIQS = 19): the PRI queue, which ie_unit_enable() sets up, and devices'
     /// page requests (ie_sim_model_page_request()).
     pub pri: bool,
+    /// IDR0.STALL_MODEL = 0b00 (stall and terminate; else 0b01, terminate only): the stream of
+    /// a device bound declared able to stall (`IeDeviceHints::stall`) holds a faulting
+    /// transaction until it is answered (ie_sim_model_stall()).
+    pub stall: bool,
+}
+
+/// What became of a transaction the SMMUv3 model stalled (ie_sim_model_stall()).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IeSimStallEnd {
+    /// Still held: nobody answered it yet.
+    Held = 0,
+    /// Resumed (`CMD_RESUME` Retry) and translated: it reached `*pa`.
+    Completed = 1,
+    /// Resumed and faulted without stalling.
+    Faulted = 2,
+    /// Resumed and stalled again (a new STAG).
+    StalledAgain = 3,
+    /// Terminated with an abort (`CMD_RESUME` Abort).
+    Aborted = 4,
+    /// Terminated with RAZ/WI.
+    RazWi = 5,
+    /// Terminated with its stream (`CMD_STALL_TERM`).
+    Terminated = 6,
 }
 
 fn new_model(
@@ -285,6 +309,9 @@ pub unsafe extern "C" fn ie_sim_smmu_model_create(
             .with_ril(c.ril)
             .with_httu(c.httu, c.httu)
             .with_pri(c.pri, 19);
+        if c.stall {
+            cfg = cfg.with_stall_model(0);
+        }
         if c.canwbs {
             cfg = cfg.with_canwbs(0, u32::MAX);
         }
@@ -426,6 +453,58 @@ pub unsafe extern "C" fn ie_sim_model_page_request(
             PageRequestOutcome::Overflow => Err(IeStatus::FaultsLost),
             PageRequestOutcome::Refused => Err(IeStatus::Unsupported),
         }
+    })())
+}
+
+/// What became of the transaction of StreamID `stream_id` the SMMUv3 model stalled with STAG
+/// `stag` (an `IePageFault`'s `group`): `*end` gets an `IeSimStallEnd` (its last outcome,
+/// or held) and `*pa` (if not NULL) the address it reached when completed, else 0.
+/// `IE_STATUS_NOT_FOUND`: the model never stalled it; `IE_STATUS_UNSUPPORTED`: not an SMMUv3
+/// model.
+///
+/// # Safety
+/// `model` is a live model handle; `end` is writable; `pa` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn ie_sim_model_stall(
+    model: *mut IeSimModel,
+    stream_id: u32,
+    stag: u32,
+    end: *mut IeSimStallEnd,
+    pa: *mut u64,
+) -> i32 {
+    use crate::sim::smmuv3::stall::StallEnd;
+    code((|| {
+        let m = model_obj(model)?;
+        // SAFETY: the C contract.
+        let end = unsafe { end.as_mut() }.ok_or(IeStatus::InvalidArgument)?;
+        let ModelObj::Smmu(s) = &m.model else {
+            return Err(IeStatus::Unsupported);
+        };
+        let mine = |sid: u32, t: u16| sid == stream_id && u32::from(t) == stag;
+        let (e, at) = if s.stalled().iter().any(|t| mine(t.sid, t.stag)) {
+            (IeSimStallEnd::Held, 0)
+        } else {
+            let outcomes = s.stall_outcomes();
+            let last = outcomes
+                .iter()
+                .rev()
+                .find(|o| mine(o.stalled.sid, o.stalled.stag))
+                .ok_or(IeStatus::NotFound)?;
+            match last.end {
+                StallEnd::Completed(a) => (IeSimStallEnd::Completed, a),
+                StallEnd::Faulted(_) => (IeSimStallEnd::Faulted, 0),
+                StallEnd::StalledAgain(_) => (IeSimStallEnd::StalledAgain, 0),
+                StallEnd::Aborted => (IeSimStallEnd::Aborted, 0),
+                StallEnd::RazWi => (IeSimStallEnd::RazWi, 0),
+                StallEnd::Terminated => (IeSimStallEnd::Terminated, 0),
+            }
+        };
+        *end = e;
+        // SAFETY: the C contract.
+        if let Some(p) = unsafe { pa.as_mut() } {
+            *p = at;
+        }
+        Ok(())
     })())
 }
 

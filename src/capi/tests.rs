@@ -156,6 +156,7 @@ fn smmu_unit_built_in_place_and_destroyed() {
         canwbs: false,
         httu: false,
         pri: false,
+        stall: false,
     };
     // SAFETY: a live arena, readable config, writable out.
     let st = unsafe { ie_sim_smmu_model_create(arena, &mcfg, &mut model) };
@@ -197,6 +198,7 @@ fn smmu_platform_facts_and_granule_are_checked() {
         canwbs: true,
         httu: false,
         pri: false,
+        stall: false,
     };
     // SAFETY: a live arena, readable config, writable out.
     let st = unsafe { ie_sim_smmu_model_create(arena, &mcfg, &mut model) };
@@ -515,6 +517,7 @@ fn capi_hwpt_alloc_nested_and_invalidate() {
             canwbs: false,
             httu: false,
             pri: false,
+            stall: false,
         };
         let mut regs = MaybeUninit::<IeRegs>::uninit();
         let mut cfg = MaybeUninit::<IeSmmuConfig>::uninit();

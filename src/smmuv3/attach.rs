@@ -617,15 +617,25 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         Ok(cd)
     }
 
-    /// Declares whether `device`'s stream may stall ([`DeviceHints::stall`]) for an attach:
-    /// nothing if it already says so; otherwise only while the stream has no attachment.
+    /// Declares what the device's hints say about its stream for an attach: whether it may
+    /// stall ([`DeviceHints::stall`]) and whether its PRI responses need a PASID
+    /// ([`DeviceHints::pri_pasid_required`]: `STE.PPAR`); nothing if it already says so;
+    /// otherwise only while the stream has no attachment.
     ///
     /// [`DeviceHints::stall`]: crate::iommu::DeviceHints::stall
+    /// [`DeviceHints::pri_pasid_required`]: crate::iommu::DeviceHints::pri_pasid_required
     ///
     /// # Errors
     /// [`Error::Unsupported`] for a stall on a unit whose `IDR0.STALL_MODEL` is not 0b00;
     /// [`Error::Busy`] for an attached stream declared otherwise before.
-    pub(crate) fn stall_for_attach(&self, device: DeviceId, stall: bool) -> Result<(), Error> {
+    pub(crate) fn declare_for_attach(
+        &self,
+        device: DeviceId,
+        hints: &crate::iommu::DeviceHints,
+    ) -> Result<(), Error> {
+        let stall = hints.stall;
+        // STE.PPAR is RES0 without IDR0.PRI or SubstreamIDs (§5.2).
+        let ppar = hints.pri_pasid_required && self.features.pri && self.features.ssid_bits > 0;
         if stall && !self.features.stall {
             return Err(Error::Unsupported(Missing::Mode {
                 what: "stalls (IDR0.STALL_MODEL = 0b00)",
@@ -634,13 +644,14 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         let sid = self.check_sid(device)?;
         let mut guard = self.config.lock();
         let config = &mut *guard;
-        let Some(i) = Self::stream_index(config, sid, stall) else {
-            return if stall { Err(Error::Busy) } else { Ok(()) };
+        let declared = stall || ppar;
+        let Some(i) = Self::stream_index(config, sid, declared) else {
+            return if declared { Err(Error::Busy) } else { Ok(()) };
         };
         let Some(Some(stream)) = config.streams.get_mut(i) else {
             return Err(Error::Busy);
         };
-        if stream.stall == stall {
+        if (stream.stall, stream.ppar) == (stall, ppar) {
             return Ok(());
         }
         // A termination still owed is sent by the attach, before the STE is valid again.
@@ -648,6 +659,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
             return Err(Error::Busy);
         }
         stream.stall = stall;
+        stream.ppar = ppar;
         Ok(())
     }
 

@@ -744,7 +744,7 @@ where
             self.no_ats_for_attach(device)?;
             false
         };
-        self.stall_for_attach(device, hints.stall)?;
+        self.declare_for_attach(device, hints)?;
         let r = self.attach_impl(device, pasid, domain);
         if enabled && matches!(&r, Err(e) if !e.is_unit_fault()) {
             // Refused before anything was written: the stream is idle again.

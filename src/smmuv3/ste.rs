@@ -34,6 +34,10 @@ pub const S1COR: Field = Field::new("S1COR", 5, 4);
 pub const S1CSH: Field = Field::new("S1CSH", 7, 6);
 /// `STE[83]`, word 1 bit 19: merge events for this stream.
 pub const MEV: u64 = 1 << 19;
+/// PPAR (bit 82): the SMMU's own answers to page requests it discarded in a PRI queue
+/// overflow carry the request's PASID (§5.2, §8.1; ignored with `IDR3.PPS` = 1). Set to the
+/// endpoint's "PRG Response PASID Required" (its PCIe PRI Status register), as §8.1 asks.
+pub const PPAR: u64 = 1 << 18;
 /// `STE[89]`, word 1 bit 25: stage-2 forced write-back (with `IDR3.FWB`).
 pub const S2FWB: u64 = 1 << 25;
 /// `STE[91]`, word 1 bit 27: stage-1 stall disable.
@@ -284,6 +288,7 @@ pub struct SteBuilder {
     mev: bool,
     shcfg: Shcfg,
     s1stalld: bool,
+    ppar: bool,
 }
 
 impl SteBuilder {
@@ -297,6 +302,7 @@ impl SteBuilder {
             mev: false,
             shcfg: Shcfg::UseIncoming,
             s1stalld: false,
+            ppar: false,
         }
     }
     /// Config = abort.
@@ -340,6 +346,11 @@ impl SteBuilder {
         self.s1stalld = on;
         self
     }
+    /// Sets PPAR (only with `IDR0.PRI` and SubstreamIDs, where the field exists).
+    pub const fn ppar(mut self, on: bool) -> Self {
+        self.ppar = on;
+        self
+    }
     /// Sets SHCFG.
     pub const fn shcfg(mut self, shcfg: Shcfg) -> Self {
         self.shcfg = shcfg;
@@ -374,6 +385,9 @@ impl SteBuilder {
             if self.mev {
                 w[1] |= MEV;
             }
+        }
+        if self.ppar {
+            w[1] |= PPAR;
         }
         if let Some(s1) = &self.s1 {
             encode_stage1(&mut w, s1, self.shcfg)?;

@@ -47,6 +47,9 @@ pub(crate) struct StreamState<A: PageAllocator> {
     /// known to have completed: transactions of its last owner may still be held, and its
     /// filed stalls are still in the book. The next attach or detach sends it first.
     pub(crate) stalls_owed: bool,
+    /// The device's PRI responses need a PASID (`DeviceHints::pri_pasid_required`): its STE
+    /// gets `PPAR`. Set while the stream is idle, as `stall`.
+    pub(crate) ppar: bool,
     /// The last attach or detach stopped part-way (a command wait failed after the books
     /// changed): the STE and CDs in memory, and what the unit caches, may differ from the
     /// attachments. The next attach or detach of the stream settles it first.
@@ -88,6 +91,7 @@ impl<A: PageAllocator> StreamState<A> {
             ats: false,
             stall: false,
             stalls_owed: false,
+            ppar: false,
             unsettled: false,
             retiring: None,
         }
@@ -208,6 +212,7 @@ impl<A: PageAllocator> StreamState<A> {
         };
         builder
             .s1_stall_disabled(stall_model && !self.stall)
+            .ppar(self.ppar)
             .build()
     }
 }
@@ -233,7 +238,9 @@ impl<A: PageAllocator> StreamState<A> {
         };
         // A guest's CD with S = 1 must not make a stream stall that the platform does not
         // declare able to.
-        let builder = builder.s1_stall_disabled(stall_model && !self.stall);
+        let builder = builder
+            .s1_stall_disabled(stall_model && !self.stall)
+            .ppar(self.ppar);
         if self.ats {
             builder.eats(Eats::Translate).build()
         } else {

@@ -272,6 +272,42 @@ static void page_fault_flow(IeSimArena *arena, const IeEnv *env)
     fault_flow("vtd", model, unit, env, true);
 }
 
+/* An SMMUv3 model as `mcfg` says, its unit enabled, a registry over it and a context whose
+ * fault queue is open: what the SMMUv3 fault flows share. */
+typedef struct {
+    IeSimModel *model;
+    IeUnit *unit;
+    IeRegistry *registry;
+    IeCtx *ctx;
+} SmmuRig;
+
+static SmmuRig smmu_rig(IeSimArena *arena, const IeEnv *env, IeSimSmmuConfig mcfg)
+{
+    int32_t st;
+    SmmuRig r = { 0 };
+    OK(ie_sim_smmu_model_create(arena, &mcfg, &r.model));
+    IeRegs regs;
+    OK(ie_sim_model_regs(r.model, &regs));
+    IeSmmuConfig scfg;
+    OK(ie_smmu_config_default(&scfg));
+    OK(ie_smmu_create(env, &regs, &scfg, &r.unit));
+    OK(ie_unit_enable(r.unit));
+    OK(ie_registry_create(env, (IeUnit *const *)&r.unit, 1, 20, &r.registry));
+    OK(ie_ctx_create(r.registry, 0, &r.ctx));
+    OK(ie_ctx_fault_queue_alloc(r.ctx));
+    return r;
+}
+
+static void smmu_rig_destroy(SmmuRig *r)
+{
+    int32_t st;
+    OK(ie_ctx_destroy(r->ctx));
+    OK(ie_registry_destroy(r->registry));
+    OK(ie_unit_disable(r->unit));
+    OK(ie_unit_destroy(r->unit));
+    OK(ie_sim_model_destroy(r->model));
+}
+
 /* The same on the SMMUv3 model with a PRI queue (ie_unit_enable() sets it up on a unit with
  * IDR0.PRI): the answer is a CMD_PRI_RESP, and the device's retry translates. */
 static void smmu_page_fault_flow(IeSimArena *arena, const IeEnv *env)
@@ -288,6 +324,67 @@ static void smmu_page_fault_flow(IeSimArena *arena, const IeEnv *env)
     OK(ie_smmu_create(env, &regs, &scfg, &unit));
     OK(ie_unit_enable(unit));
     fault_flow("smmu", model, unit, env, false);
+}
+
+/* A stalled transaction on the SMMUv3 model (IDR0.STALL_MODEL = 0b00) through the C ABI: a
+ * platform device declared able to stall (IeDeviceHints.stall) writes to a page nobody mapped;
+ * the SMMU holds the write and records it with Stall = 1. The event interrupt
+ * (ie_unit_drain_faults()) files it, ie_registry_dispatch_faults() queues it in the context,
+ * the VMM maps the page and answers Success: CMD_RESUME with Retry, and the held write
+ * completes at the page's address. A second stall, answered Invalid, is aborted. */
+static void smmu_stall_flow(IeSimArena *arena, const IeEnv *env)
+{
+    int32_t st;
+    SmmuRig rig = smmu_rig(arena, env, (IeSimSmmuConfig){ .cohacc = true, .stall = true });
+    IeDeviceHints hints = { .stall = true };
+    uint32_t dev = 0, ioasid = 0, reason = 0;
+    OK(ie_ctx_bind_with(rig.ctx, 0, 0x40, false, &hints, &dev));
+    OK(ie_ctx_alloc(rig.ctx, 0, &ioasid));
+    OK(ie_ctx_attach(rig.ctx, dev, ioasid, &reason));
+
+    IeSimDma dma;
+    CHECK(ie_sim_model_translate(rig.model, 0x40, 0x5000, true, &dma) == IE_STATUS_NOT_FOUND,
+          "stall: the write completed");
+    uint32_t events = 0, queued = 0;
+    OK(ie_unit_drain_faults(rig.unit, 16, &events));
+    CHECK(events == 1, "stall: %u events", events);
+    OK(ie_registry_dispatch_faults(rig.registry, 0, (IeCtx *const *)&rig.ctx, 1, &queued));
+    CHECK(queued == 1, "stall: queued %u", queued);
+    IePageFault faults[4];
+    uint32_t n = 99;
+    OK(ie_ctx_read_faults(rig.ctx, faults, 4, &n));
+    CHECK(n == 1 && faults[0].device == 0x40 && faults[0].addr == 0x5000 &&
+              (faults[0].flags & IE_PAGE_FAULT_FLAG_STALL) &&
+              faults[0].perm == IE_PAGE_FAULT_PERM_WRITE,
+          "stall: read %u: device %#x addr %#" PRIx64 " flags %#x perm %#x", n,
+          faults[0].device, faults[0].addr, faults[0].flags, faults[0].perm);
+    uint32_t stag = faults[0].group;
+    IeSimStallEnd end = IE_SIM_STALL_END_TERMINATED;
+    uint64_t pa = 1;
+    OK(ie_sim_model_stall(rig.model, 0x40, stag, &end, &pa));
+    CHECK(end == IE_SIM_STALL_END_HELD, "stall: held before the answer (%u)", (unsigned)end);
+    OK(ie_ctx_map(rig.ctx, ioasid, 0x5000, 0x6000000, KIB4, IE_PROT_READ | IE_PROT_WRITE));
+    OK(ie_ctx_respond_fault(rig.ctx, faults[0].cookie, IE_FAULT_RESPONSE_SUCCESS));
+    OK(ie_sim_model_stall(rig.model, 0x40, stag, &end, &pa));
+    CHECK(end == IE_SIM_STALL_END_COMPLETED && pa == 0x6000000,
+          "stall: resumed: end %u pa %#" PRIx64, (unsigned)end, pa);
+    CHECK(ie_ctx_respond_fault(rig.ctx, faults[0].cookie, IE_FAULT_RESPONSE_SUCCESS) ==
+              IE_STATUS_INVALID_ARGUMENT,
+          "stall: second response");
+
+    /* Answered Invalid: CMD_RESUME with Abort. */
+    CHECK(ie_sim_model_translate(rig.model, 0x40, 0x9000, false, &dma) == IE_STATUS_NOT_FOUND,
+          "stall: the read completed");
+    OK(ie_unit_drain_faults(rig.unit, 16, &events));
+    OK(ie_registry_dispatch_faults(rig.registry, 0, (IeCtx *const *)&rig.ctx, 1, &queued));
+    OK(ie_ctx_read_faults(rig.ctx, faults, 4, &n));
+    CHECK(n == 1 && (faults[0].flags & IE_PAGE_FAULT_FLAG_STALL), "stall: second read %u", n);
+    OK(ie_ctx_respond_fault(rig.ctx, faults[0].cookie, IE_FAULT_RESPONSE_INVALID));
+    OK(ie_sim_model_stall(rig.model, 0x40, faults[0].group, &end, NULL));
+    CHECK(end == IE_SIM_STALL_END_ABORTED, "stall: aborted: end %u", (unsigned)end);
+
+    OK(ie_ctx_detach(rig.ctx, dev));
+    smmu_rig_destroy(&rig);
 }
 
 int main(void)
@@ -511,6 +608,7 @@ int main(void)
     smmu_flow(arena, &env);
     page_fault_flow(arena, &env);
     smmu_page_fault_flow(arena, &env);
+    smmu_stall_flow(arena, &env);
     CHECK(ie_sim_arena_live_pages(arena) == pages_at_start, "pages leaked: %" PRIu64 " live",
           ie_sim_arena_live_pages(arena) - pages_at_start);
     OK(ie_sim_arena_destroy(arena));

@@ -688,3 +688,47 @@ fn smmu_unit_refuses_a_response_for_no_outstanding_fault() {
         assert_eq!(sent(r), before + 2);
     })
 }
+
+#[test]
+fn smmu_pri_device_requiring_a_pasid_gets_it_on_the_smmus_own_answers() {
+    // IHI 0070 §8.1: in a PRI queue overflow the SMMU answers a lost Last = 1 request itself;
+    // with IDR3.PPS = 0 that answer carries the request's PASID only if the stream's STE.PPAR
+    // is 1, which Arm expects to equal the endpoint's "PRG Response PASID Required". A device
+    // that requires it and gets an answer without it treats the response as malformed.
+    for required in [false, true] {
+        let mut s = pri(1);
+        s.model = s.model.with_pps(false);
+        with_rig(VtdSetup::scalable(), s, |r| {
+            let ctx = IoasidCtx::new(r.reg, r.arena, 1);
+            ctx.fault_queue_alloc();
+            let hints = DeviceHints {
+                pri: true,
+                pri_pasid_required: required,
+                ..DeviceHints::default()
+            };
+            let dev = ctx.bind_with(smmu_dev(SID_A), false, hints).unwrap();
+            let io = ctx.alloc(IoasidFlags::empty()).unwrap();
+            ctx.attach(dev, io).unwrap();
+            // A 2-entry queue: the third request overflows it.
+            for addr in [0x1000, 0x2000] {
+                assert_eq!(
+                    r.sm.page_request(request(Some(1), addr, 1, false)),
+                    PriOutcome::Queued
+                );
+            }
+            assert_eq!(
+                r.sm.page_request(request(Some(1), 0x3000, 2, true)),
+                PriOutcome::Overflow
+            );
+            let answers = r.sm.pri_responses();
+            assert_eq!(answers.len(), 1);
+            assert!(answers[0].automatic);
+            assert_eq!(
+                (answers[0].ssid, answers[0].code),
+                (required.then_some(1), 0),
+                "PASID required: {required}"
+            );
+            ctx.detach(dev).unwrap();
+        })
+    }
+}

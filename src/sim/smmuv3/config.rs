@@ -224,6 +224,12 @@ impl SmmuModelConfig {
         self.set(0, idr0::PRI, on).set(3, idr3::PPS, on)
     }
 
+    /// IDR3.PPS: automatic PRI responses carry the request's PASID whatever STE.PPAR says
+    /// (`false`: the STE's PPAR decides, §8.1). [`with_pri`](Self::with_pri) sets it.
+    pub const fn with_pps(self, on: bool) -> Self {
+        self.set(3, idr3::PPS, on)
+    }
+
     /// IDR0.STALL_MODEL: 0b00 stall and terminate, 0b01 terminate only, 0b10 stall forced.
     pub const fn with_stall_model(mut self, model: u32) -> Self {
         self.idr[0] =

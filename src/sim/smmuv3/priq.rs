@@ -14,8 +14,9 @@
 //!   discarded and answered at once with Response Failure (0xF), without PASID (§8.2);
 //! - in an overflow condition (`PROD.OVFLG` != `CONS.OVACKFLG`), or when the queue is full
 //!   (which toggles `OVFLG`), it is discarded; a request with Last = 1 is answered at once
-//!   with Success and, when it had one, its PASID (the model behaves as `IDR3.PPS` = 1, which
-//!   it reports), one with Last = 0 is dropped silently (§8.1);
+//!   with Success and, when it had one, its PASID if `IDR3.PPS` = 1 or else its STE's `PPAR`
+//!   is 1 (an STE that cannot be read or has V = 0: Response Failure without PASID); one with
+//!   Last = 0 is dropped silently (§8.1);
 //! - otherwise it is written at PROD, which moves on.
 //!
 //! `CMD_PRI_RESP` (0x41; ILLEGAL without `IDR0.PRI`; Resp 0b11 ILLEGAL; IGNORED with
@@ -27,8 +28,9 @@
 
 use std::vec::Vec;
 
-use super::config::{idr0, SmmuModelConfig};
+use super::config::{idr0, idr3, SmmuModelConfig};
 use super::regs::{cr0, gerror, QueueShape, PRIQ_OVFLG};
+use super::strtab;
 use super::State;
 use crate::sim::arena::Arena;
 use crate::sim::walk::Access;
@@ -121,6 +123,33 @@ impl PriState {
     }
 }
 
+/// STE.PPAR (bit 82: word 1, bit 18).
+const STE_PPAR: u64 = 1 << 18;
+
+/// The PASID and code of the SMMU's own answer to a Last = 1 request discarded in an overflow
+/// condition (§8.1): Success, with the request's PASID when it had one and `IDR3.PPS` = 1 or
+/// its STE's `PPAR` = 1; an STE that cannot be read or is invalid gives Response Failure
+/// without PASID.
+fn overflow_answer(
+    state: &State,
+    mem: &Arena,
+    cfg: &SmmuModelConfig,
+    req: &PriRequest,
+) -> (Option<u32>, u8) {
+    let Some(ssid) = req.ssid else {
+        return (None, SUCCESS);
+    };
+    if cfg.has3(idr3::PPS) {
+        return (Some(ssid), SUCCESS);
+    }
+    let ste =
+        strtab::ste_address(cfg, &state.regs, mem, req.sid).and_then(|a| strtab::fetch_ste(mem, a));
+    match ste {
+        Ok(w) if w[0] & 1 != 0 => ((w[1] & STE_PPAR != 0).then_some(ssid), SUCCESS),
+        _ => (None, FAILURE),
+    }
+}
+
 /// Receives `req` (see the module documentation).
 pub(crate) fn page_request(
     state: &mut State,
@@ -150,7 +179,8 @@ pub(crate) fn page_request(
             let same =
                 |r: &PriRequest| r.sid == req.sid && r.ssid == req.ssid && r.group == req.group;
             state.pri.outstanding.retain(|r| !same(r));
-            state.pri.auto(&req, req.ssid, SUCCESS);
+            let (ssid, code) = overflow_answer(state, mem, cfg, &req);
+            state.pri.auto(&req, ssid, code);
         }
         return PriOutcome::Overflow;
     }
