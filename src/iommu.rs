@@ -1059,4 +1059,15 @@ pub trait Iommu: Sync {
             what: "I/O page faults (VT-d ECAP.PRS, SMMUv3 IDR0.PRI or stalls)",
         }))
     }
+
+    /// Whether the unit still owes the device the answer `response` gives, after
+    /// [`page_response`](Self::page_response) failed: `true` when nothing was sent (SMMUv3:
+    /// the command never reached the command queue), so the answer may be sent again;
+    /// `false` when it was taken whatever became of it (or was never owed). The default,
+    /// `false`, is what a unit that does not keep its faults says (VT-d, AMD-Vi: a failed
+    /// answer is gone and the device waits for its own time-out).
+    fn page_response_owed(&self, response: &PageResponse) -> bool {
+        let _ = response;
+        false
+    }
 }

@@ -391,6 +391,28 @@ impl<const N: usize> FaultQueue<N> {
         n
     }
 
+    /// The unit and the response of the outstanding group named `cookie`, left in the queue.
+    ///
+    /// # Errors
+    /// As [`respond`](Self::respond).
+    pub fn outstanding(
+        &self,
+        cookie: FaultCookie,
+        code: ResponseCode,
+    ) -> Result<(u8, PageResponse), FaultError> {
+        if (cookie.0 >> 24) as u8 != self.tag {
+            return Err(FaultError::NotOwned(cookie));
+        }
+        self.entries
+            .iter()
+            .flatten()
+            .find(|e| {
+                e.cookie == cookie && e.stage == Stage::Outstanding && e.fault.needs_response()
+            })
+            .map(|e| (e.unit, e.fault.response(code)))
+            .ok_or(FaultError::NotOutstanding(cookie))
+    }
+
     /// Takes the outstanding group named `cookie` out of the queue and returns the unit and the
     /// response it must send.
     ///

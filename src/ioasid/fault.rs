@@ -206,19 +206,33 @@ impl<A: PageAllocator> IoasidCtx<'_, '_, A> {
     /// # Errors
     /// [`Error::Fault`] with [`FaultError::NotOutstanding`] (answered already, not read, or
     /// unknown) or [`FaultError::NotOwned`] (another context's cookie), nothing changed;
-    /// [`Error::Iommu`] if the unit did not take the response.
+    /// [`Error::Iommu`] if the unit did not take the response: the group stays outstanding
+    /// (answer it again) when the unit says it still owes it
+    /// ([`Iommu::page_response_owed`](crate::iommu::Iommu::page_response_owed): SMMUv3, whose
+    /// command never reached the queue), else it is gone from the queue (the device has the
+    /// answer, or waits for its own time-out).
     pub fn respond_fault(
         &self,
         cookie: crate::iopf::FaultCookie,
         code: ResponseCode,
     ) -> Result<(), Error> {
-        let (unit, response) = self
-            .faults
-            .lock()
-            .respond(cookie, code)
-            .map_err(Error::Fault)?;
-        self.unit(UnitId(unit))?.page_response(&response)?;
-        Ok(())
+        // The queue's lock is held over the unit's call (lock order: the fault queue, then
+        // the unit's), so a concurrent answer or detach sees the group either still owed or
+        // gone, never in between.
+        let mut faults = self.faults.lock();
+        let (unit, response) = faults.outstanding(cookie, code).map_err(Error::Fault)?;
+        let unit = match self.unit(UnitId(unit)) {
+            Ok(u) => u,
+            Err(e) => {
+                let _ = faults.respond(cookie, code);
+                return Err(e);
+            }
+        };
+        let r = unit.page_response(&response);
+        if r.is_ok() || !unit.page_response_owed(&response) {
+            let _ = faults.respond(cookie, code);
+        }
+        Ok(r?)
     }
 
     /// Answers Invalid every fault of `label` (with `pasid`; `None`: the RID's own) the queue

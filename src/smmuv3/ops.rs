@@ -781,4 +781,8 @@ where
     fn page_response(&self, response: &PageResponse) -> Result<(), Error> {
         self.page_response_impl(response)
     }
+
+    fn page_response_owed(&self, response: &PageResponse) -> bool {
+        self.page_response_owed_impl(response)
+    }
 }

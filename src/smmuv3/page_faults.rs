@@ -14,7 +14,20 @@
 //! still holds (`SmmuUnit::terminate_stalls`); only once its sync completed are its filed
 //! stalls forgotten, and the records of its stalls still unread in the event queue fenced off
 //! (never filed). Until then the stream owes the termination and its next attach or detach
-//! sends it again.
+//! sends it again. Clearing `SMMU_CR0.SMMUEN` (`disable`, and `enable`, which starts from
+//! `CR0` = 0) ends every stalled transaction (§3.12.2): the book forgets every stall and
+//! fences off every record still unread.
+//!
+//! Each stream may hold at most [`STREAM_QUOTA`] of the [`MAX_UNANSWERED`] faults awaiting an
+//! answer; a fault that needs an answer and finds its stream's share (or the book) full is not
+//! handed out but answered by the drain itself (`CMD_PRI_RESP` Invalid Request, `CMD_RESUME`
+//! Abort), so that a context that never answers cannot stop the PRI queue from being drained.
+//!
+//! Lock order (the unit's, outermost first): configuration, event queue, book, PRI queue,
+//! command queue. An answer, an abort or a termination holds the book (or the event queue)
+//! until its command is in the command queue: a STAG is reused only once its transaction was
+//! resumed, terminated, or ended by clearing `SMMUEN` (§3.12.2), each of which happens under
+//! the book, so a command queued under the book names the transaction it was meant for.
 
 use core::sync::atomic::Ordering;
 
@@ -30,8 +43,17 @@ use crate::mmio::RegisterWindow;
 pub const MAX_STALLS: usize = 32;
 
 /// Faults a unit has handed out (stalls, and page request groups whose last request was
-/// drained) and not seen answered: a drain hands out no more until some are answered.
+/// drained) and not seen answered. Past it, a drain answers what needs an answer itself.
 pub const MAX_UNANSWERED: usize = 64;
+
+/// Of [`MAX_UNANSWERED`], what one stream (device) may hold: a device whose context never
+/// answers keeps at most this many, and the others still get theirs (four streams at their
+/// share fill the book; then every fault that needs an answer is answered by the drain).
+pub const STREAM_QUOTA: usize = 16;
+
+/// Answers a drain sends itself, at most, per call: it takes no more from the queues than it
+/// could answer (the rest wait for the next call, which `FaultDrain::more` asks for).
+const REFUSED_BATCH: usize = 8;
 
 /// Streams whose stalls were terminated while records of theirs may still wait in the event
 /// queue unread: a termination beyond them waits (`Error::Busy`) until `handle_events` read them.
@@ -52,7 +74,12 @@ pub(crate) struct StallBook {
     len: usize,
     /// Stalls aborted because the book was full.
     pub(crate) aborted: u64,
+    /// Faults a drain answered itself (their stream's share or the book full).
+    pub(crate) refused: u64,
     fences: [Option<Fence>; MAX_FENCES],
+    /// Records of every stream before this position of the event queue are stale: their
+    /// transactions ended when `SMMUEN` was cleared.
+    fence_all: Option<u64>,
     /// What [`Iommu::page_response`](crate::iommu::Iommu::page_response) may answer.
     unanswered: [Option<Unanswered>; MAX_UNANSWERED],
 }
@@ -104,40 +131,39 @@ impl StallBook {
             head: 0,
             len: 0,
             aborted: 0,
+            refused: 0,
             fences: [None; MAX_FENCES],
+            fence_all: None,
             unanswered: [None; MAX_UNANSWERED],
         }
     }
 
-    /// Room for faults that need an answer.
-    fn unanswered_room(&self) -> usize {
-        self.unanswered.iter().filter(|u| u.is_none()).count()
-    }
-
-    /// Notes that `f` was handed out (nothing if it needs no answer, or if there is no room:
-    /// the drain leaves room for all it hands out).
-    fn handed_out(&mut self, f: &PageFault) {
-        if let (Some(u), Some(slot)) = (
-            Unanswered::of(f),
-            self.unanswered.iter_mut().find(|u| u.is_none()),
-        ) {
-            *slot = Some(u);
+    /// Notes that `f` is handed out, if it may be: `true` for a fault that needs no answer
+    /// (a page request that is not its group's last), or one whose stream holds less than
+    /// [`STREAM_QUOTA`] while the book has room; `false` (nothing noted) otherwise, and the
+    /// caller answers it.
+    fn hand_out(&mut self, f: &PageFault) -> bool {
+        let Some(u) = Unanswered::of(f) else {
+            return true;
+        };
+        let held = self.unanswered.iter().flatten().filter(|h| h.sid == u.sid);
+        if held.count() >= STREAM_QUOTA {
+            return false;
         }
-    }
-
-    /// Takes the fault `r` answers; `false` if none is outstanding.
-    fn answer(&mut self, r: &PageResponse) -> bool {
-        match self
-            .unanswered
-            .iter_mut()
-            .find(|u| u.is_some_and(|u| u.answered_by(r)))
-        {
+        match self.unanswered.iter_mut().find(|s| s.is_none()) {
             Some(slot) => {
-                *slot = None;
+                *slot = Some(u);
                 true
             }
             None => false,
         }
+    }
+
+    /// Where the record of the fault `r` answers is, if it is outstanding.
+    pub(crate) fn outstanding(&self, r: &PageResponse) -> Option<usize> {
+        self.unanswered
+            .iter()
+            .position(|u| u.is_some_and(|u| u.answered_by(r)))
     }
 
     /// Drops the fences the event queue's reader has passed (`read`: its position).
@@ -146,6 +172,9 @@ impl StallBook {
             if f.is_some_and(|f| f.until <= read) {
                 *f = None;
             }
+        }
+        if self.fence_all.is_some_and(|until| until <= read) {
+            self.fence_all = None;
         }
     }
 
@@ -170,15 +199,36 @@ impl StallBook {
 
     /// Whether the record of `sid` at position `at` of the event queue is stale.
     fn fenced(&self, sid: StreamId, at: u64) -> bool {
-        self.fences
-            .iter()
-            .flatten()
-            .any(|f| f.sid == sid && at < f.until)
+        self.fence_all.is_some_and(|until| at < until)
+            || self
+                .fences
+                .iter()
+                .flatten()
+                .any(|f| f.sid == sid && at < f.until)
     }
 
     /// The event queue was (re)programmed empty: no stale record is left in it.
     pub(crate) fn clear_fences(&mut self) {
         self.fences = [None; MAX_FENCES];
+        self.fence_all = None;
+    }
+
+    /// `SMMUEN` was cleared: every stalled transaction ended (§3.12.2) and its STAG may name
+    /// a new stall from now on. Forgets every filed and every outstanding stall (an answer to
+    /// one is then `NotOutstanding`, nothing sent) and fences off every record before `until`
+    /// (`EventQueue::written` after the clear; `None`: no event queue). Outstanding page
+    /// request groups stay: the device still waits for their answers.
+    pub(crate) fn translation_ended(&mut self, until: Option<u64>) {
+        self.head = 0;
+        self.len = 0;
+        for u in self.unanswered.iter_mut() {
+            if u.is_some_and(|u| matches!(u.kind, FaultKind::Stall { .. })) {
+                *u = None;
+            }
+        }
+        if let Some(until) = until {
+            self.fence_all = Some(until);
+        }
     }
 
     /// Files `f`; `false` when the book is full.
@@ -246,8 +296,25 @@ pub fn stall_fault(e: &Event) -> Option<PageFault> {
     })
 }
 
+/// The answer a drain sends itself for `f` when it cannot hand it out: Invalid Request for
+/// a page request group's last request (what Linux sends for a fault it cannot queue,
+/// `iopf_error_response`; Response Failure would disable the function's PRI for good),
+/// Abort for a stall; `None` for what needs no answer.
+fn refusal(f: &PageFault) -> Option<Command> {
+    let sid = StreamId(f.device.0);
+    match f.kind {
+        FaultKind::PageRequest { last: false, .. } => None,
+        FaultKind::PageRequest { group, .. } => {
+            let ssid = f.pasid.and_then(|p| SubstreamId::new(p.get()).ok());
+            Command::pri_resp(sid, ssid, group, PriResponse::InvalidRequest).ok()
+        }
+        FaultKind::Stall { stag } => Some(Command::resume(sid, stag, ResumeAction::Abort)),
+    }
+}
+
 /// Events taken from the queue per round of [`SmmuUnit::handle_events`]: the stalls of a
-/// round that find the book full are aborted after the event queue's lock is released.
+/// round that find the book full are aborted at its end, before the event queue's lock is
+/// released.
 pub(crate) const EVENT_ROUND: usize = 16;
 
 impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
@@ -276,6 +343,8 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
     }
 
     /// Aborts the stalled transaction `(sid, stag)` (a `CMD_RESUME` with Abort and a sync).
+    /// Called with the event queue's lock held since its record was read, so no termination
+    /// nor `SMMUEN` clear (which take it) has freed the STAG meanwhile.
     pub(crate) fn abort_stall(&self, sid: StreamId, stag: u16) -> Result<(), SmmuError> {
         self.with_cmdq(|q, r| {
             q.submit_and_sync(r, &[Command::resume(sid, stag, ResumeAction::Abort)])
@@ -287,8 +356,8 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
     /// of its stalls still unread in the event queue: for a stream that may stall, when its
     /// last attachment leaves (§4.7.2).
     ///
-    /// The event queue's lock is held throughout (lock order: event queue, book, command
-    /// queue), so no [`handle_events`](Self::handle_events) is between reading a record and
+    /// The event queue's lock is held throughout (lock order: event queue, book, PRI queue,
+    /// command queue), so no [`handle_events`](Self::handle_events) is between reading a record and
     /// filing it: a record read before is filed before and forgotten here; one still in the
     /// queue (the unit wrote it before the termination completed, so before the `PROD` read
     /// after the sync) is at a position the fence covers and is never filed.
@@ -320,44 +389,72 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
     }
 
     /// [`Iommu::drain_page_faults`](crate::iommu::Iommu::drain_page_faults): filed stalls
-    /// first, then the PRI queue.
+    /// first, then the PRI queue. A fault that needs an answer and finds its stream's share
+    /// ([`STREAM_QUOTA`]) or the book full is answered here (Invalid Request, or Abort) rather
+    /// than handed out; a call answers at most [`REFUSED_BATCH`] so and then returns with
+    /// `more`, so every call makes progress and the PRI queue is drained whoever answers.
     pub(crate) fn drain_page_faults_impl(
         &self,
         out: &mut [PageFault],
     ) -> Result<FaultDrain, Error> {
         self.usable()?;
-        let has_priq = self.priq.lock().is_some();
-        if !has_priq && !self.features.stall {
+        let mut d = FaultDrain::default();
+        let mut refused = [Command::plain_sync(); REFUSED_BATCH];
+        let mut n_refused = 0;
+        // Lock order: book, PRI queue, command queue. The book is held until the answers this
+        // call sends are queued (see the module documentation).
+        let mut book = self.stalls.lock();
+        let mut priq = self.priq.lock();
+        if priq.is_none() && !self.features.stall {
             return Err(Error::Unsupported(Missing::Mode {
                 what: "I/O page faults (SMMUv3 IDR0.PRI, or IDR0.STALL_MODEL = 0b00)",
             }));
         }
-        let mut d = FaultDrain::default();
-        // The book's lock is held throughout (lock order: book, PRI queue), so that what is
-        // handed out always fits in the record of what is unanswered: no more faults than it
-        // has room for are taken (each needs at most one answer); the rest wait for answers.
-        let mut book = self.stalls.lock();
-        let room = book.unanswered_room();
-        let n = out.len().min(room);
-        let out = out.get_mut(..n).unwrap_or_default();
-        while d.reported < out.len() {
+        while d.reported < out.len() && n_refused < REFUSED_BATCH {
             let Some(f) = book.pop() else { break };
-            book.handed_out(&f);
-            if let Some(slot) = out.get_mut(d.reported) {
-                *slot = f;
+            if book.hand_out(&f) {
+                if let Some(slot) = out.get_mut(d.reported) {
+                    *slot = f;
+                }
+                d.reported += 1;
+            } else if let (FaultKind::Stall { stag }, Some(slot)) =
+                (f.kind, refused.get_mut(n_refused))
+            {
+                *slot = Command::resume(StreamId(f.device.0), stag, ResumeAction::Abort);
+                n_refused += 1;
             }
-            d.reported += 1;
         }
         d.more = book.len > 0;
-        if let Some(pq) = self.priq.lock().as_mut() {
-            let rest = out.get_mut(d.reported..).unwrap_or_default();
+        if let Some(pq) = priq.as_mut() {
+            // No more requests than the refusals left could answer.
+            let room = out.len().min(d.reported + REFUSED_BATCH - n_refused);
+            let rest = out.get_mut(d.reported..room).unwrap_or_default();
             let p = pq.drain(&self.regs, rest);
-            for f in rest.iter().take(p.reported) {
-                book.handed_out(f);
+            let mut kept = 0;
+            for k in 0..p.reported {
+                let Some(f) = rest.get(k).copied() else { break };
+                if book.hand_out(&f) {
+                    if let Some(slot) = rest.get_mut(kept) {
+                        *slot = f;
+                    }
+                    kept += 1;
+                } else if let (Some(cmd), Some(slot)) = (refusal(&f), refused.get_mut(n_refused)) {
+                    *slot = cmd;
+                    n_refused += 1;
+                }
             }
-            d.reported += p.reported;
+            d.reported += kept;
             d.more |= p.more;
             d.overflow = p.overflow;
+        }
+        drop(priq);
+        if n_refused > 0 {
+            book.refused = book.refused.saturating_add(n_refused as u64);
+            // Sent under the book; a failure leaves the devices to their own time-outs
+            // (nothing else would answer them), as an abort of an unfiled stall.
+            let cmds = refused.get(..n_refused).unwrap_or_default();
+            let _ = self.with_cmdq(|q, r| q.submit_and_sync(r, cmds));
+            d.more = true;
         }
         drop(book);
         if !d.more && self.priq_lost.swap(false, Ordering::AcqRel) {
@@ -366,22 +463,68 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         Ok(d)
     }
 
+    /// Faults the unit answered itself because their stream's share ([`STREAM_QUOTA`]) or
+    /// the book ([`MAX_UNANSWERED`]) was full.
+    pub fn faults_refused(&self) -> u64 {
+        self.stalls.lock().refused
+    }
+
     /// [`Iommu::page_response`](crate::iommu::Iommu::page_response): `CMD_PRI_RESP` for a page
     /// request group (Success, InvalidRequest, ResponseFailure), `CMD_RESUME` for a stall
     /// (Retry for Success, Abort otherwise), then a sync. Only for a fault a drain handed out
-    /// and nobody answered ([`Error::NotOutstanding`] otherwise, nothing sent); the fault is
-    /// answered once the command is queued, whatever becomes of the sync (a second answer
-    /// is refused: the device has, or will have, the first).
+    /// and nobody answered ([`Error::NotOutstanding`] otherwise, nothing sent).
+    ///
+    /// The book is held from the check until the command is in the command queue (lock order:
+    /// book, command queue), and the fault is answered once it is: a termination or an
+    /// `SMMUEN` clear (which free STAGs, under the book) comes wholly before (the answer is
+    /// `NotOutstanding`) or after (its command is behind this one in the queue).
+    ///
+    /// # Errors
+    /// What is true after each:
+    /// - the command never reached the queue (the unit failed or was never enabled, no room
+    ///   in the queue within the poll budget: [`Error::Timeout`] "command queue space", or a
+    ///   command error of an earlier command met while waiting for room): the fault is still
+    ///   outstanding (`page_response_owed` says so) and the answer may be sent again;
+    /// - the command was queued and its sync failed (`Timeout` "CMD_SYNC", a command error,
+    ///   service failure, an aborted completion MSI): the fault is answered (a second answer
+    ///   is `NotOutstanding`): the device has, or will have, this one, or (for a command the
+    ///   unit refused) waits for its own time-out.
     pub(crate) fn page_response_impl(&self, response: &PageResponse) -> Result<(), Error> {
         let cmd = self.response_command(response)?;
-        if !self.stalls.lock().answer(response) {
+        let mut book = self.stalls.lock();
+        let Some(i) = book.outstanding(response) else {
             return Err(Error::NotOutstanding {
                 device: response.device,
                 pasid: response.pasid,
                 kind: response.kind,
             });
+        };
+        self.usable()?;
+        let mut guard = self.cmdq.lock();
+        let Some(q) = guard.as_mut() else {
+            return Err(SmmuError::InvalidConfig {
+                reason: "the unit is not enabled",
+            }
+            .into());
+        };
+        if let Err(e) = q.submit(&self.regs, &[cmd]) {
+            // Never queued: the record stays, and the answer may be sent again.
+            drop(guard);
+            drop(book);
+            return Ok(self.note(Err(e))?);
         }
-        Ok(self.with_cmdq(|q, r| q.submit_and_sync(r, &[cmd]))?)
+        if let Some(slot) = book.unanswered.get_mut(i) {
+            *slot = None;
+        }
+        drop(book);
+        let r = q.sync(&self.regs);
+        drop(guard);
+        Ok(self.note(r)?)
+    }
+
+    /// [`Iommu::page_response_owed`](crate::iommu::Iommu::page_response_owed).
+    pub(crate) fn page_response_owed_impl(&self, response: &PageResponse) -> bool {
+        self.stalls.lock().outstanding(response).is_some()
     }
 
     /// The command that sends `response`.

@@ -563,10 +563,15 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
     }
 
     fn enable_locked(&self) -> Result<(), SmmuError> {
+        // The unit's lock order (`page_faults.rs`): configuration, event queue, book, PRI
+        // queue, command queue. (The command queue was taken before the event queue, and the
+        // PRI queue before the book: against a drain, which takes the book then the PRI queue,
+        // each waited for the other for ever.)
         let mut config = self.config.lock();
-        let mut cmdq = self.cmdq.lock();
         let mut eventq = self.eventq.lock();
+        let mut book = self.stalls.lock();
         let mut priq = self.priq.lock();
+        let mut cmdq = self.cmdq.lock();
         let budget = self.cfg.budget;
         let coherency = self.features.coherency();
         // GBPA first: it governs traffic only once SMMUEN is clear, so setting it while a
@@ -575,6 +580,8 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         regs::update_gbpa(&self.regs, self.gbpa_value(), budget)?;
         regs::write_cr0(&self.regs, 0, budget)?;
         self.enabled.store(false, Ordering::Release);
+        // SMMUEN is clear: every stalled transaction ended (§3.12.2).
+        book.translation_ended(eventq.as_ref().map(|q| q.written(&self.regs)));
         self.quiesce_interrupts(budget)?;
         if config.strtab.is_none() {
             config.strtab = Some(StreamTable::new(
@@ -646,7 +653,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         cq.submit_and_sync(&self.regs, &[Command::tlbi_nsnh_all()])?;
         eq.program(&self.regs);
         // Programmed empty: no record of a terminated stall is left unread.
-        self.stalls.lock().clear_fences();
+        book.clear_fences();
         cr0 |= Cr0::EVENTQEN;
         regs::write_cr0(&self.regs, cr0.bits(), budget)?;
         if let Some(pq) = priq.as_mut() {
@@ -707,12 +714,18 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
     /// still be on; call again.
     pub fn disable(&self) -> Result<(), SmmuError> {
         self.usable()?;
+        // Lock order: configuration, event queue, book (`page_faults.rs`).
         let _config = self.config.lock();
+        let eventq = self.eventq.lock();
+        let mut book = self.stalls.lock();
         let budget = self.cfg.budget;
         regs::update_gbpa(&self.regs, self.gbpa_value(), budget)?;
         let cr0 = Cr0::from_bits_truncate(self.regs.read32(regs::CR0)) - Cr0::SMMUEN;
         regs::write_cr0(&self.regs, cr0.bits(), budget)?;
         self.enabled.store(false, Ordering::Release);
+        // Every stalled transaction ended with SMMUEN (§3.12.2), and their STAGs may name new
+        // stalls once it is set again: the book forgets them and fences off their records.
+        book.translation_ended(eventq.as_ref().map(|q| q.written(&self.regs)));
         Ok(())
     }
 
@@ -731,29 +744,29 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
             more: false,
         };
         // In rounds: a stall record is filed for the fault path (`page_faults`), and one the
-        // unit's book has no room for is aborted once the event queue's lock is released.
+        // unit's book has no room for is aborted at the end of the round, before the event
+        // queue's lock is released: no termination or SMMUEN clear (which take it) can free
+        // its STAG for a new stall before the abort is queued (§3.12.2).
         loop {
             let budget = (max - events.consumed).min(EVENT_ROUND);
             let mut abort = [None; EVENT_ROUND];
-            let round = match self.eventq.lock().as_mut() {
-                Some(q) => {
-                    let mut at = q.read();
-                    q.drain(&self.regs, budget, |e| {
-                        let filed = self.file_stall(&e, at);
-                        at += 1;
-                        if let Some(a) = filed {
-                            if let Some(slot) = abort.iter_mut().find(|s| s.is_none()) {
-                                *slot = Some(a);
-                            }
-                        }
-                        handler(e)
-                    })
+            let mut eventq = self.eventq.lock();
+            let Some(q) = eventq.as_mut() else { break };
+            let mut at = q.read();
+            let round = q.drain(&self.regs, budget, |e| {
+                let filed = self.file_stall(&e, at);
+                at += 1;
+                if let Some(a) = filed {
+                    if let Some(slot) = abort.iter_mut().find(|s| s.is_none()) {
+                        *slot = Some(a);
+                    }
                 }
-                None => break,
-            };
+                handler(e)
+            });
             for (sid, stag) in abort.iter().flatten().copied() {
                 let _ = self.abort_stall(sid, stag);
             }
+            drop(eventq);
             events.consumed += round.consumed;
             events.overflowed |= round.overflowed;
             events.more = round.more;

@@ -33,8 +33,10 @@
 //! dispatch the VT-d page request queue's; `Op::RespondFaultSmmu` (SID_A's PRI group,
 //! `CMD_PRI_RESP`), `Op::RespondStall` (SID_STALL's stalled write, `CMD_RESUME`) and
 //! `Op::DispatchFaultsSmmu` (both queued, SID_B's group answered Invalid) do it on an SMMUv3
-//! with a PRI queue and the stall model. A failed answer leaves the group gone from the context
-//! (the retry is `NotOutstanding`, nothing unexpected reaches the device); a stall whose
+//! with a PRI queue and the stall model. A failed answer whose command was queued (every
+//! injection here meets one) leaves the group gone from the context (the retry is
+//! `NotOutstanding`, nothing unexpected reaches the device; one never queued stays owed:
+//! `iopf_smmu.rs`); a stall whose
 //! `CMD_RESUME` never ran stays held until its stream's detach terminates it: no cell may end
 //! with a transaction still stalled after the teardown.
 //!

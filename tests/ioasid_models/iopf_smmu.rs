@@ -732,3 +732,195 @@ fn smmu_pri_device_requiring_a_pasid_gets_it_on_the_smmus_own_answers() {
         })
     }
 }
+
+#[test]
+fn smmu_response_the_unit_could_not_queue_stays_outstanding() {
+    // The unit is stuck on a CMD_SYNC and its 8-entry command queue fills: an answer whose
+    // CMD_PRI_RESP got into the queue is taken (it reaches the device once the queue runs),
+    // but one that found no room was never sent. It was taken all the same: the VMM's retry
+    // was refused and the device waited for ever. It stays outstanding, in the context and at
+    // the unit, and the retry sends it.
+    let mut s = pri(7);
+    s.unit.cmdq_log2 = Some(3);
+    with_rig(VtdSetup::scalable(), s, |r| {
+        let (ctx, dev, _io) = attached(r);
+        for g in 1..=6u16 {
+            assert_eq!(
+                r.sm.page_request(request(None, 0x1000 * u64::from(g), g, true)),
+                PriOutcome::Queued
+            );
+        }
+        assert_eq!(
+            dispatch_page_faults(SMMU, r.smmu, &[&ctx]).unwrap().queued,
+            6
+        );
+        let mut out = empty();
+        assert_eq!(ctx.read_faults(&mut out), 6);
+        r.sm.inject(Injection::SyncStall);
+        // Answers 1-4 queue CMD_PRI_RESP and a CMD_SYNC that never completes; answer 5's
+        // CMD_PRI_RESP takes the last entry and its CMD_SYNC finds no room: all queued.
+        for q in &out[..5] {
+            assert!(matches!(
+                ctx.respond_fault(q.cookie, ResponseCode::Success),
+                Err(Error::Iommu(IommuError::Timeout { .. }))
+            ));
+        }
+        // Answer 6 finds no room for its command: nothing was sent.
+        assert_eq!(
+            ctx.respond_fault(out[5].cookie, ResponseCode::Success),
+            Err(Error::Iommu(IommuError::Timeout {
+                what: "command queue space"
+            }))
+        );
+        r.sm.clear_injections();
+        // The queued ones reached the device and are answered; the sixth is still owed.
+        assert_eq!(r.sm.pri_responses().len(), 5);
+        assert_eq!(
+            ctx.respond_fault(out[4].cookie, ResponseCode::Success),
+            Err(Error::Fault(FaultError::NotOutstanding(out[4].cookie)))
+        );
+        ctx.respond_fault(out[5].cookie, ResponseCode::Success)
+            .expect("the answer that was never queued can be sent again");
+        let sent = r.sm.pri_responses();
+        assert_eq!(sent.len(), 6);
+        assert!(sent.iter().all(|p| p.expected && p.code == 0));
+        assert_eq!(r.sm.outstanding_page_requests(), 0);
+        ctx.detach(dev).unwrap();
+    })
+}
+
+#[test]
+fn smmu_reenable_forgets_the_stalls_the_unit_ended() {
+    // Clearing SMMU_CR0.SMMUEN (disable, and enable, which starts from CR0 = 0) terminates
+    // every stalled transaction and frees their STAGs for new stalls (IHI 0070 §3.12.2). The
+    // unit's book kept them: stale stalls were handed out after the re-enable, and the VMM's
+    // late answer to an old one sent CMD_RESUME with a STAG the SMMU had given to a new stall.
+    with_rig(VtdSetup::scalable(), stalls(), |r| {
+        let (ctx, dev, io) = attached_stall(r, true);
+        let old =
+            r.sm.translate(SID_A, None, 0x5000, Access::WRITE)
+                .unwrap_err()
+                .stag
+                .unwrap();
+        assert_eq!(event_interrupt(r, &ctx), (1, 0));
+        let mut out = empty();
+        assert_eq!(ctx.read_faults(&mut out), 1);
+        let old_cookie = out[0].cookie;
+        // A stall filed by the event interrupt and not dispatched yet, and one whose record
+        // is still unread when translation goes off.
+        r.sm.translate(SID_A, None, 0x6000, Access::WRITE)
+            .unwrap_err();
+        let _ = r.smmu.handle_events(usize::MAX, |_| {});
+        r.sm.translate(SID_A, None, 0x8000, Access::WRITE)
+            .unwrap_err();
+        r.smmu.disable().unwrap();
+        assert!(r.sm.stalled().is_empty(), "SMMUEN cleared: all terminated");
+        // The event interrupt runs while translation is off.
+        let _ = r.smmu.handle_events(usize::MAX, |_| {});
+        r.smmu.enable().unwrap();
+        let new =
+            r.sm.translate(SID_A, None, 0x9000, Access::WRITE)
+                .unwrap_err()
+                .stag
+                .unwrap();
+        assert_eq!(new, old, "the SMMU gave the new stall an old STAG");
+        // The late answer to the old stall: refused, nothing sent.
+        let resumes = r.sm.stats().commands_of(op::RESUME);
+        assert!(matches!(
+            ctx.respond_fault(old_cookie, ResponseCode::Invalid),
+            Err(Error::Iommu(IommuError::NotOutstanding { .. }))
+        ));
+        assert_eq!(r.sm.stats().commands_of(op::RESUME), resumes);
+        assert_eq!(r.sm.stalled().len(), 1, "the new stall is still held");
+        // Only the new stall is handed out, and its answer resumes it.
+        assert_eq!(event_interrupt(r, &ctx), (1, 0));
+        assert_eq!(ctx.read_faults(&mut out), 1);
+        assert_eq!(
+            (out[0].fault.addr, out[0].fault.kind),
+            (0x9000, FaultKind::Stall { stag: new })
+        );
+        ctx.map(io, Iova::new(0x9000), PhysAddr::new(PA), K4, RW)
+            .unwrap();
+        ctx.respond_fault(out[0].cookie, ResponseCode::Success)
+            .unwrap();
+        assert_eq!(
+            r.sm.stall_outcomes().last().map(|o| o.end),
+            Some(StallEnd::Completed(PA))
+        );
+        ctx.detach(dev).unwrap();
+    })
+}
+
+/// Reads every readable fault of `ctx` (they stay outstanding) and returns how many.
+fn read_all(ctx: &IoasidCtx<'_, '_, Arena>) -> usize {
+    let mut out = [QueuedFault {
+        unit: 0,
+        fault: PageFault::EMPTY,
+        cookie: FaultCookie(0),
+    }; 128];
+    ctx.read_faults(&mut out)
+}
+
+#[test]
+fn smmu_context_that_never_answers_does_not_starve_the_others() {
+    // A context that never answers its faults held every one of the unit's records of faults
+    // awaiting an answer (64): the unit handed out nothing more and left the PRI queue
+    // undrained, so every other device's requests waited (then overflowed) and the dispatch
+    // went round for nothing. Each stream may hold a share of the records; past it, the unit
+    // answers what it cannot hand out itself (Invalid Request) and keeps draining.
+    with_rig(VtdSetup::scalable(), pri(8), |r| {
+        let (ctx, dev, _io) = attached(r);
+        let other = IoasidCtx::new(r.reg, r.arena, 2);
+        other.fault_queue_alloc();
+        let dev_b = other.bind(smmu_dev(SID_B), false).unwrap();
+        let io_b = other.alloc(IoasidFlags::empty()).unwrap();
+        other.attach(dev_b, io_b).unwrap();
+        let both = [&ctx, &other];
+        for g in 0..100u16 {
+            assert_eq!(
+                r.sm.page_request(request(None, 0x1000, g, true)),
+                PriOutcome::Queued
+            );
+        }
+        let d = dispatch_page_faults(SMMU, r.smmu, &both).unwrap();
+        let kept = read_all(&ctx);
+        assert_eq!(
+            kept,
+            iommu_engine::smmuv3::page_faults::STREAM_QUOTA,
+            "SID_A's share"
+        );
+        assert_eq!(d.queued as usize, kept);
+        // The rest were answered Invalid Request at once: the device is not left waiting.
+        let answered = r.sm.pri_responses();
+        assert_eq!(answered.len(), 100 - kept);
+        assert!(answered
+            .iter()
+            .all(|p| p.code == 1 && p.expected && !p.automatic));
+        // Another device's request is handed to its context at once, again and again.
+        for g in 0..100u16 {
+            let mut req = request(None, 0x2000, g % 512, true);
+            req.sid = SID_B;
+            assert_eq!(r.sm.page_request(req), PriOutcome::Queued);
+            // SID_A goes on asking too.
+            assert_eq!(
+                r.sm.page_request(request(None, 0x3000, 100 + g, true)),
+                PriOutcome::Queued
+            );
+            let d = dispatch_page_faults(SMMU, r.smmu, &both).unwrap();
+            assert_eq!((d.queued, d.unit_overflow), (1, false), "round {g}");
+            let mut out = empty();
+            assert_eq!(other.read_faults(&mut out), 1);
+            other
+                .respond_fault(out[0].cookie, ResponseCode::Success)
+                .unwrap();
+        }
+        assert_eq!(
+            read_all(&ctx),
+            0,
+            "SID_A's context holds its share, no more"
+        );
+        assert_eq!(r.sm.pri_responses().len(), 100 - kept + 2 * 100);
+        ctx.detach(dev).unwrap();
+        other.detach(dev_b).unwrap();
+    })
+}

@@ -625,11 +625,17 @@ impl<'m> SmmuModel<'m> {
         let mut consume = false;
         match offset {
             regs::CR0 => {
+                let translating = r.cr0ack & cr0::SMMUEN != 0;
                 r.cr0 = value & cr0::ALL;
                 if !st.injections.cr0ack_stuck {
                     r.cr0ack = r.cr0;
                 } else {
                     st.stats.injections_fired += 1;
+                }
+                if translating && st.regs.cr0ack & cr0::SMMUEN == 0 {
+                    // §3.12.2: clearing SMMUEN terminates every stalled transaction, and
+                    // their STAGs may be given to new stalls.
+                    stall::translation_disabled(st);
                 }
                 consume = true;
             }

@@ -9,7 +9,8 @@
 //! had just arrived (it may complete, fault, or stall again with a new STAG); with Terminate it
 //! ends with an abort (Ab = 1, or `IDR0.TERM_MODEL`) or RAZ/WI. A STAG that names no held
 //! transaction of that StreamID does nothing. `CMD_STALL_TERM` ends every held transaction of
-//! the stream with an abort.
+//! the stream with an abort; clearing `SMMU_CR0.SMMUEN` ends every held transaction and the
+//! STAGs start again from 1 (a STAG may be reused once its transaction ended, §3.12.2).
 //!
 //! Model choice: when the record cannot be written (queue off, full or broken), the
 //! transaction is terminated with an abort at once; an SMMU may instead retry it once the
@@ -53,7 +54,7 @@ pub enum StallEnd {
     Aborted,
     /// Terminated with RAZ/WI (`CMD_RESUME` Terminate with Ab = 0, without `TERM_MODEL`).
     RazWi,
-    /// Terminated with its stream by `CMD_STALL_TERM`.
+    /// Terminated with its stream by `CMD_STALL_TERM`, or by `SMMU_CR0.SMMUEN` cleared.
     Terminated,
 }
 
@@ -152,6 +153,18 @@ pub(super) fn resume(
         StallEnd::RazWi
     };
     state.stalls.outcomes.push(StallOutcome { stalled, end });
+}
+
+/// `SMMU_CR0.SMMUEN` cleared (its acknowledgement): every held transaction is terminated
+/// (§3.12.2) and the STAGs start again from 1, as an SMMU may reuse them from then on.
+pub(super) fn translation_disabled(state: &mut State) {
+    for stalled in core::mem::take(&mut state.stalls.held) {
+        state.stalls.outcomes.push(StallOutcome {
+            stalled,
+            end: StallEnd::Terminated,
+        });
+    }
+    state.stalls.next = 0;
 }
 
 /// `CMD_STALL_TERM(sid)`.

@@ -105,5 +105,6 @@ pub(super) fn s1() -> DomainConfig {
 
 mod attach;
 mod enable;
+mod faults;
 mod flush;
 mod in_place;

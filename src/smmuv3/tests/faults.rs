@@ -1,0 +1,153 @@
+//! The I/O page fault path's locks (`page_faults.rs`), against the SMMUv3 reference model on
+//! threads: the one lock order (configuration, event queue, book, PRI queue, command queue)
+//! and an answer that keeps the book until its command is queued.
+
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::iopf::{FaultKind, PageFault, PageResponse, ResponseCode};
+use crate::sim::smmuv3::priq::{PriOutcome, PriRequest};
+use crate::sim::smmuv3::{SmmuModel, SmmuModelConfig};
+use crate::sim::walk::Access;
+use crate::sim::{Arena, ArenaConfig};
+
+const SID: u32 = 0x20;
+
+fn arena() -> Arena {
+    Arena::new(ArenaConfig {
+        base_pa: 0x1_0000_0000,
+        capacity: 16 << 20,
+    })
+    .unwrap()
+}
+
+/// An enabled unit with a PRI queue over the model.
+fn pri_unit<'m>(sm: &'m SmmuModel<'m>, arena: &'m Arena) -> SmmuUnit<&'m SmmuModel<'m>, &'m Arena> {
+    let u = SmmuUnit::new(
+        sm,
+        arena,
+        SmmuConfig {
+            poll_budget: 10_000,
+            ..SmmuConfig::default()
+        },
+    )
+    .unwrap();
+    u.enable().unwrap();
+    u
+}
+
+fn pri_model() -> SmmuModelConfig {
+    SmmuModelConfig::qemu_like().with_pri(true, 19)
+}
+
+fn group(g: u16) -> PriRequest {
+    PriRequest {
+        sid: SID,
+        ssid: None,
+        addr: 0x1000 * u64::from(g),
+        access: Access::WRITE,
+        group: g,
+        last: true,
+    }
+}
+
+#[test]
+fn enable_never_holds_the_pri_queue_while_it_waits_for_the_book() {
+    // drain_page_faults takes the book, then the PRI queue. enable took the PRI queue, then
+    // the book (to clear the fences): with a drain on another CPU, each waited for the other
+    // for ever. Here the test holds the book, as a drain does, while enable runs: enable must
+    // wait for it without holding the PRI queue.
+    let arena = arena();
+    let sm = SmmuModel::new(&arena, pri_model());
+    let u = pri_unit(&sm, &arena);
+    std::thread::scope(|s| {
+        let book = u.stalls.lock();
+        let enabling = s.spawn(|| u.enable());
+        // Give enable the time to reach the book (it cannot pass it).
+        std::thread::sleep(Duration::from_millis(500));
+        let start = Instant::now();
+        let mut free = false;
+        while start.elapsed() < Duration::from_secs(2) {
+            if u.priq.try_lock().is_some() {
+                free = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(!enabling.is_finished(), "enable passed the book");
+        drop(book);
+        // Released either way, so that enable ends and the scope with it.
+        let enabled = enabling.join().unwrap();
+        assert!(
+            free,
+            "enable held the PRI queue while waiting for the book: ABBA with drain_page_faults"
+        );
+        enabled.unwrap();
+    });
+    // The order also holds with a drain on another thread, over and over.
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for _ in 0..200 {
+                u.enable().unwrap();
+            }
+        });
+        let mut out = [PageFault::EMPTY; 4];
+        for _ in 0..200 {
+            u.drain_page_faults(&mut out).unwrap();
+        }
+    });
+}
+
+#[test]
+fn an_answer_keeps_the_book_until_its_command_is_queued() {
+    // A STAG (a PRI group's index likewise) may be given to a new stall once CMD_STALL_TERM
+    // or an SMMUEN clear has ended its transaction (IHI 0070 §3.12.2). An answer that took its
+    // record out of the book and let the book go before its CMD_RESUME was queued could be
+    // overtaken by a termination (which holds the book while it queues CMD_STALL_TERM) and then
+    // resume the new stall. The answer must hold the book until the command is in the queue.
+    let arena = arena();
+    let sm = SmmuModel::new(&arena, pri_model());
+    let u = pri_unit(&sm, &arena);
+    assert_eq!(sm.page_request(group(3)), PriOutcome::Queued);
+    let mut out = [PageFault::EMPTY; 4];
+    assert_eq!(u.drain_page_faults(&mut out).unwrap().reported, 1);
+    let response = PageResponse {
+        device: DeviceId(SID),
+        pasid: None,
+        kind: FaultKind::PageRequest {
+            group: 3,
+            last: true,
+        },
+        code: ResponseCode::Success,
+    };
+    let outstanding = |book: &page_faults::StallBook| book.outstanding(&response).is_some();
+    std::thread::scope(|s| {
+        // The command queue is busy (another CPU's flush).
+        let cmdq = u.cmdq.lock();
+        let answering = s.spawn(|| u.page_response(&response));
+        let start = Instant::now();
+        let mut left_early = false;
+        while start.elapsed() < Duration::from_secs(2) {
+            if let Some(book) = u.stalls.try_lock() {
+                if !outstanding(&book) {
+                    left_early = true;
+                    break;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        drop(cmdq);
+        answering.join().unwrap().unwrap();
+        assert!(
+            !left_early,
+            "the answer left the book before its command was queued"
+        );
+    });
+    assert!(!outstanding(&u.stalls.lock()), "answered once queued");
+    let sent = sm.pri_responses();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(
+        (sent[0].group, sent[0].code, sent[0].expected),
+        (3, 0, true)
+    );
+}
