@@ -924,3 +924,27 @@ fn smmu_context_that_never_answers_does_not_starve_the_others() {
         other.detach(dev_b).unwrap();
     })
 }
+
+#[test]
+fn smmu_stalls_past_a_streams_share_are_aborted() {
+    // The share holds for stalls too: once a stream's context holds STREAM_QUOTA stalls
+    // unanswered, its further stalls are aborted by the drain (CMD_RESUME Abort), not handed
+    // out, and the transactions are not left held.
+    use iommu_engine::smmuv3::page_faults::STREAM_QUOTA;
+    with_rig(VtdSetup::scalable(), stalls(), |r| {
+        let (ctx, dev, _io) = attached_stall(r, true);
+        for k in 0..STREAM_QUOTA as u64 + 4 {
+            r.sm.translate(SID_A, None, 0x10_0000 + k * K4, Access::WRITE)
+                .unwrap_err();
+        }
+        assert_eq!(event_interrupt(r, &ctx), (STREAM_QUOTA as u32, 0));
+        assert_eq!(r.sm.stalled().len(), STREAM_QUOTA);
+        let ends = r.sm.stall_outcomes();
+        assert_eq!(ends.len(), 4);
+        assert!(ends.iter().all(|o| o.end == StallEnd::Aborted));
+        assert_eq!(r.smmu.faults_refused(), 4);
+        assert_eq!(read_all(&ctx), STREAM_QUOTA);
+        ctx.detach(dev).unwrap();
+        assert!(r.sm.stalled().is_empty());
+    })
+}
