@@ -253,6 +253,24 @@ impl State<'_> {
         })
     }
 
+    /// ILLEGAL_DEV_TABLE_ENTRY for a DTE whose fields the unit cannot use (RZ: a reserved
+    /// value), for a request of `rw`.
+    fn illegal_dte(
+        &mut self,
+        device: u16,
+        domain: u16,
+        rw: u64,
+        iova: u64,
+    ) -> Result<DmaOk, DmaFault> {
+        self.fault(
+            EVENT_ILLEGAL_DEV_TABLE_ENTRY,
+            device,
+            domain,
+            rw | FLAG_RZ,
+            iova,
+        )
+    }
+
     fn fault(
         &mut self,
         code: u64,
@@ -312,13 +330,7 @@ impl State<'_> {
         let (dir, diw) = (q0 & PTE_IR != 0, q0 & PTE_IW != 0);
         let allowed = |r: bool, w: bool| if write { w } else { r };
         if mode == 7 {
-            return self.fault(
-                EVENT_ILLEGAL_DEV_TABLE_ENTRY,
-                device,
-                domain,
-                rw | FLAG_RZ,
-                iova,
-            );
+            return self.illegal_dte(device, domain, rw, iova);
         }
         let pasid = match pasid {
             Some(_) if q0 & DTE_GV == 0 => {
@@ -510,13 +522,7 @@ impl State<'_> {
         let mode = (q0 >> 9) & 7;
         let glx = (q0 >> 56) & 3;
         if mode != 0 || glx != 0 {
-            return self.fault(
-                EVENT_ILLEGAL_DEV_TABLE_ENTRY,
-                device,
-                domain,
-                rw | FLAG_RZ,
-                iova,
-            );
+            return self.illegal_dte(device, domain, rw, iova);
         }
         let hit = self.iotlb.iter().copied().find(|e| {
             e.domain == domain
