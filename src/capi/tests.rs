@@ -11,6 +11,7 @@ use super::ioasid::{
     ie_ctx_create, ie_ctx_destroy, ie_registry_create, ie_registry_destroy, ie_registry_leaked,
     IeCtx, IeRegistry,
 };
+use super::nested::IeRefusedRequest;
 use super::sim::{
     ie_sim_amdvi_model_create, ie_sim_arena_create, ie_sim_arena_destroy, ie_sim_arena_env,
     ie_sim_arena_live_pages, ie_sim_model_destroy, ie_sim_model_regs, ie_sim_smmu_model_create,
@@ -70,38 +71,77 @@ unsafe fn with_context(env: &IeEnv, unit: *mut IeUnit) {
     }
 }
 
-#[test]
-fn vtd_unit_and_context_built_and_released_in_place() {
-    let (arena, env) = arena();
+/// A model the C ABI simulates, with what its ID registers report.
+enum Sim {
+    Vtd(IeSimVtdConfig),
+    AmdVi,
+    Smmu(IeSimSmmuConfig),
+}
+
+/// The model `sim` names, then its unit, built in place from the kind's default configuration
+/// (a VT-d unit scalable where its model is) and enabled, each call checked; returns the model,
+/// the unit and the arena's live pages between the two (what the unit's release gives back to).
+///
+/// # Safety
+/// `arena` is live and `env` its allocator.
+unsafe fn sim_unit(
+    arena: *mut IeSimArena,
+    env: &IeEnv,
+    sim: Sim,
+) -> (*mut IeSimModel, *mut IeUnit, u64) {
     let mut model: *mut IeSimModel = null_mut();
-    let mcfg = IeSimVtdConfig {
-        scalable: false,
-        snoop_control: true,
-        caching_mode: false,
-        page_requests: false,
-    };
-    // SAFETY: a live arena, readable config, writable out.
-    let st = unsafe { ie_sim_vtd_model_create(arena, &mcfg, &mut model) };
-    assert_eq!(st, OK);
     let mut regs = MaybeUninit::<IeRegs>::uninit();
-    let mut cfg = MaybeUninit::<IeVtdConfig>::uninit();
-    // SAFETY: a live model; writable outs.
-    unsafe {
-        assert_eq!(ie_sim_model_regs(model, regs.as_mut_ptr()), OK);
-        assert_eq!(ie_vtd_config_default(cfg.as_mut_ptr()), OK);
-    }
-    // SAFETY: a live arena.
-    let before = unsafe { ie_sim_arena_live_pages(arena) };
     let mut unit: *mut IeUnit = null_mut();
-    // SAFETY: valid arguments; `regs` and `cfg` were written above.
+    // SAFETY: a live arena (the caller's contract), readable configs, writable outs; `regs`
+    // and each unit configuration are written before they are read.
     unsafe {
-        assert_eq!(
-            ie_vtd_create(&env, regs.as_ptr(), cfg.as_ptr(), &mut unit),
-            OK
-        );
+        let st = match &sim {
+            Sim::Vtd(mcfg) => ie_sim_vtd_model_create(arena, mcfg, &mut model),
+            Sim::AmdVi => ie_sim_amdvi_model_create(arena, true, &mut model),
+            Sim::Smmu(mcfg) => ie_sim_smmu_model_create(arena, mcfg, &mut model),
+        };
+        assert_eq!(st, OK);
+        assert_eq!(ie_sim_model_regs(model, regs.as_mut_ptr()), OK);
+        let before = ie_sim_arena_live_pages(arena);
+        let st = match &sim {
+            Sim::Vtd(mcfg) => {
+                let mut cfg = MaybeUninit::<IeVtdConfig>::uninit();
+                assert_eq!(ie_vtd_config_default(cfg.as_mut_ptr()), OK);
+                let mut cfg = cfg.assume_init();
+                cfg.scalable = mcfg.scalable;
+                ie_vtd_create(env, regs.as_ptr(), &cfg, &mut unit)
+            }
+            Sim::AmdVi => {
+                let mut cfg = MaybeUninit::<IeAmdViConfig>::uninit();
+                assert_eq!(ie_amdvi_config_default(cfg.as_mut_ptr()), OK);
+                ie_amdvi_create(env, regs.as_ptr(), cfg.as_ptr(), &mut unit)
+            }
+            Sim::Smmu(_) => {
+                let mut cfg = MaybeUninit::<IeSmmuConfig>::uninit();
+                assert_eq!(ie_smmu_config_default(cfg.as_mut_ptr()), OK);
+                ie_smmu_create(env, regs.as_ptr(), cfg.as_ptr(), &mut unit)
+            }
+        };
+        assert_eq!(st, OK);
         assert_eq!(ie_unit_enable(unit), OK);
-        with_context(&env, unit);
-        // Enabled: refused, and the unit stays usable.
+        (model, unit, before)
+    }
+}
+
+/// Releases what [`sim_unit`] made and the arena, each call checked: the enabled unit refuses
+/// its destruction and stays usable, then is disabled and destroyed, the arena back at
+/// `before`, the model and the arena destroyed.
+///
+/// # Safety
+/// The handles are [`sim_unit`]'s, nothing else uses them.
+unsafe fn release_sim_unit(
+    arena: *mut IeSimArena,
+    model: *mut IeSimModel,
+    unit: *mut IeUnit,
+    before: u64,
+) {
+    // SAFETY: live handles (the caller's contract).
+    unsafe {
         assert_eq!(ie_unit_destroy(unit), BUSY);
         assert_eq!(ie_unit_disable(unit), OK);
         assert_eq!(ie_unit_destroy(unit), OK);
@@ -109,82 +149,39 @@ fn vtd_unit_and_context_built_and_released_in_place() {
         assert_eq!(ie_sim_model_destroy(model), OK);
         assert_eq!(ie_sim_arena_destroy(arena), OK);
     }
+}
+
+/// A unit of `sim`'s kind built in place, a registry and a context over it ([`with_context`]),
+/// then everything released in place, every page given back.
+fn built_and_released_in_place(sim: Sim) {
+    let (arena, env) = arena();
+    // SAFETY: a live arena and its allocator; the handles are this function's alone.
+    unsafe {
+        let (model, unit, before) = sim_unit(arena, &env, sim);
+        with_context(&env, unit);
+        release_sim_unit(arena, model, unit, before);
+    }
+}
+
+#[test]
+fn vtd_unit_and_context_built_and_released_in_place() {
+    built_and_released_in_place(Sim::Vtd(IeSimVtdConfig {
+        snoop_control: true,
+        ..IeSimVtdConfig::default()
+    }));
 }
 
 #[test]
 fn amdvi_unit_built_and_released_in_place() {
-    let (arena, env) = arena();
-    let mut model: *mut IeSimModel = null_mut();
-    // SAFETY: a live arena, writable out.
-    let st = unsafe { ie_sim_amdvi_model_create(arena, true, &mut model) };
-    assert_eq!(st, OK);
-    let mut regs = MaybeUninit::<IeRegs>::uninit();
-    let mut cfg = MaybeUninit::<IeAmdViConfig>::uninit();
-    // SAFETY: a live model; writable outs.
-    unsafe {
-        assert_eq!(ie_sim_model_regs(model, regs.as_mut_ptr()), OK);
-        assert_eq!(ie_amdvi_config_default(cfg.as_mut_ptr()), OK);
-    }
-    // SAFETY: a live arena.
-    let before = unsafe { ie_sim_arena_live_pages(arena) };
-    let mut unit: *mut IeUnit = null_mut();
-    // SAFETY: valid arguments; `regs` and `cfg` were written above.
-    unsafe {
-        assert_eq!(
-            ie_amdvi_create(&env, regs.as_ptr(), cfg.as_ptr(), &mut unit),
-            OK
-        );
-        assert_eq!(ie_unit_enable(unit), OK);
-        with_context(&env, unit);
-        assert_eq!(ie_unit_destroy(unit), BUSY);
-        assert_eq!(ie_unit_disable(unit), OK);
-        assert_eq!(ie_unit_destroy(unit), OK);
-        assert_eq!(ie_sim_arena_live_pages(arena), before);
-        assert_eq!(ie_sim_model_destroy(model), OK);
-        assert_eq!(ie_sim_arena_destroy(arena), OK);
-    }
+    built_and_released_in_place(Sim::AmdVi);
 }
 
 #[test]
 fn smmu_unit_built_in_place_and_destroyed() {
-    let (arena, env) = arena();
-    let mut model: *mut IeSimModel = null_mut();
-    let mcfg = IeSimSmmuConfig {
-        fwb: false,
+    built_and_released_in_place(Sim::Smmu(IeSimSmmuConfig {
         cohacc: true,
-        ril: false,
-        canwbs: false,
-        httu: false,
-        pri: false,
-        stall: false,
-    };
-    // SAFETY: a live arena, readable config, writable out.
-    let st = unsafe { ie_sim_smmu_model_create(arena, &mcfg, &mut model) };
-    assert_eq!(st, OK);
-    let mut regs = MaybeUninit::<IeRegs>::uninit();
-    let mut cfg = MaybeUninit::<IeSmmuConfig>::uninit();
-    // SAFETY: a live model; writable outs.
-    unsafe {
-        assert_eq!(ie_sim_model_regs(model, regs.as_mut_ptr()), OK);
-        assert_eq!(ie_smmu_config_default(cfg.as_mut_ptr()), OK);
-    }
-    // SAFETY: a live arena.
-    let before = unsafe { ie_sim_arena_live_pages(arena) };
-    let mut unit: *mut IeUnit = null_mut();
-    // SAFETY: valid arguments; `regs` and `cfg` were written above.
-    unsafe {
-        assert_eq!(
-            ie_smmu_create(&env, regs.as_ptr(), cfg.as_ptr(), &mut unit),
-            OK
-        );
-        assert_eq!(ie_unit_enable(unit), OK);
-        with_context(&env, unit);
-        assert_eq!(ie_unit_disable(unit), OK);
-        assert_eq!(ie_unit_destroy(unit), OK);
-        assert_eq!(ie_sim_arena_live_pages(arena), before);
-        assert_eq!(ie_sim_model_destroy(model), OK);
-        assert_eq!(ie_sim_arena_destroy(arena), OK);
-    }
+        ..IeSimSmmuConfig::default()
+    }));
 }
 
 #[test]
@@ -455,26 +452,20 @@ fn dmar_reserved_regions_of_a_requester() {
     );
 }
 
-/// A unit on a model (`make` creates both and enables the unit), a registry and a context over
-/// it, and a NEST_PARENT IOASID; `f` runs with the context and the parent, and must leave the
-/// parent without children; then the
-/// parent, context, registry, unit, model and arena are destroyed, each call checked.
-///
-/// # Safety
-/// `make` returns live handles made from the arena and its allocator it is given.
-unsafe fn with_nest_parent(
-    make: impl FnOnce(*mut IeSimArena, &IeEnv) -> (*mut IeSimModel, *mut IeUnit),
-    f: impl FnOnce(*mut IeCtx, u32),
-) {
+/// A unit on a model ([`sim_unit`]), a registry and a context over it, and a NEST_PARENT
+/// IOASID; `f` runs with the context and the parent, and must leave the parent without
+/// children; then the parent, context and registry are destroyed and the unit, model and arena
+/// released ([`release_sim_unit`]), each call checked.
+fn with_nest_parent(sim: Sim, f: impl FnOnce(*mut IeCtx, u32)) {
     use super::ioasid::{ie_ctx_alloc, ie_ctx_free, IeIoasidFlag};
     let (arena, env) = arena();
-    let (model, unit) = make(arena, &env);
     let mut registry: *mut IeRegistry = null_mut();
     let mut ctx: *mut IeCtx = null_mut();
     let mut parent = 0u32;
-    // SAFETY: live handles (the caller's contract for `make`'s), readable inputs and writable
+    // SAFETY: a live arena and its allocator, then live handles, readable inputs and writable
     // outputs throughout.
     unsafe {
+        let (model, unit, before) = sim_unit(arena, &env, sim);
         let units = [unit];
         assert_eq!(
             ie_registry_create(&env, units.as_ptr(), 1, 20, &mut registry),
@@ -487,11 +478,24 @@ unsafe fn with_nest_parent(
         assert_eq!(ie_ctx_free(ctx, parent), OK);
         assert_eq!(ie_ctx_destroy(ctx), OK);
         assert_eq!(ie_registry_destroy(registry), OK);
-        assert_eq!(ie_unit_disable(unit), OK);
-        assert_eq!(ie_unit_destroy(unit), OK);
-        assert_eq!(ie_sim_model_destroy(model), OK);
-        assert_eq!(ie_sim_arena_destroy(arena), OK);
+        release_sim_unit(arena, model, unit, before);
     }
+}
+
+/// A guest invalidation batch through `call` (`ie_ctx_invalidate_user[_vtd]` with the batch,
+/// given the count and refusal outputs): its status, the count it wrote (`usize::MAX` if
+/// none) and the refusal it wrote.
+///
+/// # Safety
+/// `call` writes the refusal (the C ABI does, whatever the status).
+unsafe fn invalidate(
+    call: impl FnOnce(*mut usize, *mut IeRefusedRequest) -> i32,
+) -> (i32, usize, IeRefusedRequest) {
+    let mut count = usize::MAX;
+    let mut refused = MaybeUninit::uninit();
+    let st = call(&mut count, refused.as_mut_ptr());
+    // SAFETY: written by `call` (the caller's contract).
+    (st, count, unsafe { refused.assume_init() })
 }
 
 /// iommufd `IOMMU_HWPT_ALLOC` with a parent and `IOMMU_HWPT_INVALIDATE` through the C ABI: a
@@ -506,93 +510,55 @@ fn capi_hwpt_alloc_nested_and_invalidate() {
     use super::ioasid::{ie_ctx_attach, ie_ctx_bind, ie_ctx_detach, ie_ctx_free, ie_ctx_map};
     use super::nested::{
         ie_ctx_alloc_nested, ie_ctx_invalidate_user, ie_ctx_set_virtual_id, IeRefusal,
-        IeRefusedRequest, IeUserStage1, IeUserStage1Format,
+        IeUserStage1, IeUserStage1Format,
     };
-    let make = |arena, env: &IeEnv| {
-        let mut model: *mut IeSimModel = null_mut();
-        let mcfg = IeSimSmmuConfig {
-            fwb: false,
-            cohacc: true,
-            ril: false,
-            canwbs: false,
-            httu: false,
-            pri: false,
-            stall: false,
-        };
-        let mut regs = MaybeUninit::<IeRegs>::uninit();
-        let mut cfg = MaybeUninit::<IeSmmuConfig>::uninit();
-        let mut unit: *mut IeUnit = null_mut();
-        // SAFETY: a live arena, readable inputs and writable outputs.
-        unsafe {
-            assert_eq!(ie_sim_smmu_model_create(arena, &mcfg, &mut model), OK);
-            assert_eq!(ie_sim_model_regs(model, regs.as_mut_ptr()), OK);
-            assert_eq!(ie_smmu_config_default(cfg.as_mut_ptr()), OK);
-            assert_eq!(
-                ie_smmu_create(env, regs.as_ptr(), cfg.as_ptr(), &mut unit),
-                OK
-            );
-            assert_eq!(ie_unit_enable(unit), OK);
-        }
-        (model, unit)
-    };
-    // SAFETY: `make` returns live handles; live handles, readable inputs and writable outputs
+    // SAFETY: the closure's calls get live handles, readable inputs and writable outputs
     // throughout.
     unsafe {
-        with_nest_parent(make, |ctx, parent| {
-            let (mut child, mut dev) = (0u32, 0u32);
-            // The guest's STE: V, Config = stage-1 translate, its CD table at IPA 0x8_0000.
-            let stage1 = IeUserStage1 {
-                format: IeUserStage1Format::SmmuV3 as u32,
-                smmuv3_ste: [1 | 0b101 << 1 | 0x8_0000, 0],
-                vtd_flags: 0,
-                vtd_pgtbl_addr: 0,
-                vtd_addr_width: 0,
-            };
-            assert_eq!(ie_ctx_alloc_nested(ctx, parent, &stage1, &mut child), OK);
-            let invalid = IeStatus::InvalidArgument as i32;
-            assert_eq!(
-                ie_ctx_map(ctx, child, 0x1000, 0x4000_0000, 0x1000, 3),
-                invalid
-            );
-            assert_eq!(ie_ctx_bind(ctx, 0, 0x20, false, &mut dev), OK);
-            assert_eq!(ie_ctx_set_virtual_id(ctx, dev, true, 7), OK);
-            assert_eq!(ie_ctx_attach(ctx, dev, child, null_mut()), OK);
-            // CFGI_CD_ALL of guest StreamID 8 (no device), then TLBI_NH_ALL.
-            let requests = [0x06 | 8 << 32, 0, 0x10, 0];
-            let mut issued = usize::MAX;
-            let mut refused = MaybeUninit::<IeRefusedRequest>::uninit();
-            let st = ie_ctx_invalidate_user(
-                ctx,
-                child,
-                requests.as_ptr(),
-                2,
-                &mut issued,
-                refused.as_mut_ptr(),
-            );
-            assert_eq!(st, IeStatus::NotPermitted as i32);
-            let r = refused.assume_init();
-            assert_eq!(
-                (r.index, r.why, r.request),
-                (0, IeRefusal::ForeignDevice as u32, [0x06 | 8 << 32, 0])
-            );
-            assert_eq!(issued, usize::MAX);
-            let requests = [0x06 | 7 << 32, 0, 0x10, 0];
-            let st = ie_ctx_invalidate_user(
-                ctx,
-                child,
-                requests.as_ptr(),
-                2,
-                &mut issued,
-                refused.as_mut_ptr(),
-            );
-            assert_eq!(
-                (st, issued, refused.assume_init().why),
-                (OK, 2, IeRefusal::None as u32)
-            );
-            assert_eq!(ie_ctx_free(ctx, parent), BUSY);
-            assert_eq!(ie_ctx_detach(ctx, dev), OK);
-            assert_eq!(ie_ctx_free(ctx, child), OK);
-        });
+        with_nest_parent(
+            Sim::Smmu(IeSimSmmuConfig {
+                cohacc: true,
+                ..IeSimSmmuConfig::default()
+            }),
+            |ctx, parent| {
+                let (mut child, mut dev) = (0u32, 0u32);
+                // The guest's STE: V, Config = stage-1 translate, its CD table at IPA 0x8_0000.
+                let stage1 = IeUserStage1 {
+                    format: IeUserStage1Format::SmmuV3 as u32,
+                    smmuv3_ste: [1 | 0b101 << 1 | 0x8_0000, 0],
+                    vtd_flags: 0,
+                    vtd_pgtbl_addr: 0,
+                    vtd_addr_width: 0,
+                };
+                assert_eq!(ie_ctx_alloc_nested(ctx, parent, &stage1, &mut child), OK);
+                let invalid = IeStatus::InvalidArgument as i32;
+                assert_eq!(
+                    ie_ctx_map(ctx, child, 0x1000, 0x4000_0000, 0x1000, 3),
+                    invalid
+                );
+                assert_eq!(ie_ctx_bind(ctx, 0, 0x20, false, &mut dev), OK);
+                assert_eq!(ie_ctx_set_virtual_id(ctx, dev, true, 7), OK);
+                assert_eq!(ie_ctx_attach(ctx, dev, child, null_mut()), OK);
+                // CFGI_CD_ALL of guest StreamID 8 (no device), then TLBI_NH_ALL.
+                let user = |requests: [u64; 4]| {
+                    invalidate(|n, refused| {
+                        ie_ctx_invalidate_user(ctx, child, requests.as_ptr(), 2, n, refused)
+                    })
+                };
+                let (st, issued, r) = user([0x06 | 8 << 32, 0, 0x10, 0]);
+                assert_eq!(st, IeStatus::NotPermitted as i32);
+                assert_eq!(
+                    (r.index, r.why, r.request),
+                    (0, IeRefusal::ForeignDevice as u32, [0x06 | 8 << 32, 0])
+                );
+                assert_eq!(issued, usize::MAX);
+                let (st, issued, r) = user([0x06 | 7 << 32, 0, 0x10, 0]);
+                assert_eq!((st, issued, r.why), (OK, 2, IeRefusal::None as u32));
+                assert_eq!(ie_ctx_free(ctx, parent), BUSY);
+                assert_eq!(ie_ctx_detach(ctx, dev), OK);
+                assert_eq!(ie_ctx_free(ctx, child), OK);
+            },
+        );
     }
 }
 
@@ -608,103 +574,79 @@ fn capi_hwpt_alloc_nested_and_invalidate() {
 fn capi_hwpt_alloc_nested_vtd_and_invalidate() {
     use super::ioasid::{ie_ctx_attach, ie_ctx_bind, ie_ctx_detach, ie_ctx_free, ie_ctx_map};
     use super::nested::{
-        ie_ctx_alloc_nested, ie_ctx_invalidate_user_vtd, IeRefusal, IeRefusedRequest, IeUserStage1,
+        ie_ctx_alloc_nested, ie_ctx_invalidate_user_vtd, IeRefusal, IeUserStage1,
         IeUserStage1Format, IeVtdS1Invalidate,
     };
-    let make = |arena, env: &IeEnv| {
-        let mut model: *mut IeSimModel = null_mut();
-        let mcfg = IeSimVtdConfig {
-            scalable: true,
-            snoop_control: true,
-            caching_mode: false,
-            page_requests: false,
-        };
-        let mut regs = MaybeUninit::<IeRegs>::uninit();
-        let mut cfg = MaybeUninit::<IeVtdConfig>::uninit();
-        let mut unit: *mut IeUnit = null_mut();
-        // SAFETY: a live arena, readable inputs and writable outputs.
-        unsafe {
-            assert_eq!(ie_sim_vtd_model_create(arena, &mcfg, &mut model), OK);
-            assert_eq!(ie_sim_model_regs(model, regs.as_mut_ptr()), OK);
-            assert_eq!(ie_vtd_config_default(cfg.as_mut_ptr()), OK);
-            let mut cfg = cfg.assume_init();
-            cfg.scalable = true;
-            assert_eq!(ie_vtd_create(env, regs.as_ptr(), &cfg, &mut unit), OK);
-            assert_eq!(ie_unit_enable(unit), OK);
-        }
-        (model, unit)
-    };
-    // SAFETY: `make` returns live handles; live handles, readable inputs and writable outputs
+    // SAFETY: the closure's calls get live handles, readable inputs and writable outputs
     // throughout.
     unsafe {
-        with_nest_parent(make, |ctx, parent| {
-            let (mut child, mut bad, mut dev) = (0u32, 0u32, 0u32);
-            assert_eq!(
-                ie_ctx_map(ctx, parent, 0x10_0000, 0x4000_0000, 0x1000, 3),
-                OK
-            );
-            // The guest's first-stage table at GPA 0x10_0000, 4-level paging.
-            let mut stage1 = IeUserStage1 {
-                format: IeUserStage1Format::Vtd as u32,
-                smmuv3_ste: [0, 0],
-                vtd_flags: 1 << 3,
-                vtd_pgtbl_addr: 0x10_0000,
-                vtd_addr_width: 48,
-            };
-            assert_eq!(ie_ctx_alloc_nested(ctx, parent, &stage1, &mut bad), OK);
-            stage1.vtd_flags = 0;
-            assert_eq!(ie_ctx_alloc_nested(ctx, parent, &stage1, &mut child), OK);
-            assert_eq!(ie_ctx_bind(ctx, 0, 0x20, false, &mut dev), OK);
-            // A flag iommufd does not define: refused by the unit when the device attaches.
-            assert_eq!(
-                ie_ctx_attach(ctx, dev, bad, null_mut()),
-                IeStatus::InvalidArgument as i32
-            );
-            assert_eq!(ie_ctx_attach(ctx, dev, child, null_mut()), OK);
-            let good = IeVtdS1Invalidate {
-                addr: 0x1234_5000,
-                npages: 1,
-                flags: 1,
-                reserved: 0,
-            };
-            let misaligned = IeVtdS1Invalidate {
-                addr: 0x1234_5800,
-                ..good
-            };
-            let mut processed = usize::MAX;
-            let mut refused = MaybeUninit::<IeRefusedRequest>::uninit();
-            let batch = [good, misaligned];
-            let st = ie_ctx_invalidate_user_vtd(
-                ctx,
-                child,
-                batch.as_ptr(),
-                2,
-                &mut processed,
-                refused.as_mut_ptr(),
-            );
-            assert_eq!(st, IeStatus::NotPermitted as i32);
-            let r = refused.assume_init();
-            assert_eq!(
-                (r.index, r.why, r.request),
-                (1, IeRefusal::Misaligned as u32, [0x1234_5800, 1])
-            );
-            assert_eq!(processed, usize::MAX);
-            let st = ie_ctx_invalidate_user_vtd(
-                ctx,
-                child,
-                batch.as_ptr(),
-                1,
-                &mut processed,
-                refused.as_mut_ptr(),
-            );
-            assert_eq!(
-                (st, processed, refused.assume_init().why),
-                (OK, 1, IeRefusal::None as u32)
-            );
-            assert_eq!(ie_ctx_free(ctx, parent), BUSY);
-            assert_eq!(ie_ctx_detach(ctx, dev), OK);
-            assert_eq!(ie_ctx_free(ctx, bad), OK);
-            assert_eq!(ie_ctx_free(ctx, child), OK);
-        });
+        with_nest_parent(
+            Sim::Vtd(IeSimVtdConfig {
+                scalable: true,
+                snoop_control: true,
+                ..IeSimVtdConfig::default()
+            }),
+            |ctx, parent| {
+                let (mut child, mut bad, mut dev) = (0u32, 0u32, 0u32);
+                assert_eq!(
+                    ie_ctx_map(ctx, parent, 0x10_0000, 0x4000_0000, 0x1000, 3),
+                    OK
+                );
+                // The guest's first-stage table at GPA 0x10_0000, 4-level paging.
+                let mut stage1 = IeUserStage1 {
+                    format: IeUserStage1Format::Vtd as u32,
+                    smmuv3_ste: [0, 0],
+                    vtd_flags: 1 << 3,
+                    vtd_pgtbl_addr: 0x10_0000,
+                    vtd_addr_width: 48,
+                };
+                assert_eq!(ie_ctx_alloc_nested(ctx, parent, &stage1, &mut bad), OK);
+                stage1.vtd_flags = 0;
+                assert_eq!(ie_ctx_alloc_nested(ctx, parent, &stage1, &mut child), OK);
+                assert_eq!(ie_ctx_bind(ctx, 0, 0x20, false, &mut dev), OK);
+                // A flag iommufd does not define: refused by the unit when the device attaches.
+                assert_eq!(
+                    ie_ctx_attach(ctx, dev, bad, null_mut()),
+                    IeStatus::InvalidArgument as i32
+                );
+                assert_eq!(ie_ctx_attach(ctx, dev, child, null_mut()), OK);
+                let good = IeVtdS1Invalidate {
+                    addr: 0x1234_5000,
+                    npages: 1,
+                    flags: 1,
+                    reserved: 0,
+                };
+                let misaligned = IeVtdS1Invalidate {
+                    addr: 0x1234_5800,
+                    ..good
+                };
+                let batch = [good, misaligned];
+                let vtd = |n: usize| {
+                    invalidate(|processed, refused| {
+                        ie_ctx_invalidate_user_vtd(
+                            ctx,
+                            child,
+                            batch.as_ptr(),
+                            n,
+                            processed,
+                            refused,
+                        )
+                    })
+                };
+                let (st, processed, r) = vtd(2);
+                assert_eq!(st, IeStatus::NotPermitted as i32);
+                assert_eq!(
+                    (r.index, r.why, r.request),
+                    (1, IeRefusal::Misaligned as u32, [0x1234_5800, 1])
+                );
+                assert_eq!(processed, usize::MAX);
+                let (st, processed, r) = vtd(1);
+                assert_eq!((st, processed, r.why), (OK, 1, IeRefusal::None as u32));
+                assert_eq!(ie_ctx_free(ctx, parent), BUSY);
+                assert_eq!(ie_ctx_detach(ctx, dev), OK);
+                assert_eq!(ie_ctx_free(ctx, bad), OK);
+                assert_eq!(ie_ctx_free(ctx, child), OK);
+            },
+        );
     }
 }
