@@ -717,11 +717,7 @@ impl<'r> Cell<'r> {
         if op == Op::RespondFault {
             let d = dispatch_page_faults(VTD, r.vtd, &[&ctx]).expect("setup dispatch");
             assert_eq!(d.queued, 1, "setup dispatch");
-            let mut out = [QueuedFault {
-                unit: 0,
-                fault: iommu_engine::iopf::PageFault::EMPTY,
-                cookie: iommu_engine::iopf::FaultCookie(0),
-            }; 2];
+            let mut out: [QueuedFault; 2] = no_faults();
             assert_eq!(ctx.read_faults(&mut out), 1, "setup read_faults");
             cookie = Some(out[0].cookie);
         }
@@ -753,11 +749,7 @@ impl<'r> Cell<'r> {
         if matches!(op, Op::RespondFaultSmmu | Op::RespondStall) {
             let d = dispatch_page_faults(SMMU, r.smmu, &[&ctx]).expect("setup dispatch");
             assert_eq!(d.queued, 2, "setup dispatch");
-            let mut out = [QueuedFault {
-                unit: 0,
-                fault: iommu_engine::iopf::PageFault::EMPTY,
-                cookie: iommu_engine::iopf::FaultCookie(0),
-            }; 2];
+            let mut out: [QueuedFault; 2] = no_faults();
             assert_eq!(ctx.read_faults(&mut out), 2, "setup read_faults");
             let stalled = op == Op::RespondStall;
             let f = out
@@ -1306,11 +1298,7 @@ impl<'r> Cell<'r> {
                     .any(|o| (o.stalled.sid, Some(o.stalled.stag)) == (SID_STALL, self.stag)),
             ),
             Op::DispatchFaultsSmmu => {
-                let mut out = [QueuedFault {
-                    unit: 0,
-                    fault: iommu_engine::iopf::PageFault::EMPTY,
-                    cookie: iommu_engine::iopf::FaultCookie(0),
-                }; 4];
+                let mut out: [QueuedFault; 4] = no_faults();
                 let n = ctx.read_faults(&mut out);
                 let took = |dev: u32, stall: bool| {
                     out[..n].iter().any(|q| {
@@ -1333,11 +1321,7 @@ impl<'r> Cell<'r> {
                 )
             }
             Op::DispatchFaults => {
-                let mut out = [QueuedFault {
-                    unit: 0,
-                    fault: iommu_engine::iopf::PageFault::EMPTY,
-                    cookie: iommu_engine::iopf::FaultCookie(0),
-                }; 2];
+                let mut out: [QueuedFault; 2] = no_faults();
                 want(
                     "RID_A's request not queued in the context",
                     ctx.read_faults(&mut out) == 1 && out[0].fault.addr == FAULT_PAGE,

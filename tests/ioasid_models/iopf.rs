@@ -7,9 +7,7 @@
 use iommu_engine::ioasid::{
     dispatch_page_faults, DeviceHandle, Error, IoasidCtx, IoasidFlags, IoasidId, MAX_FAULTS,
 };
-use iommu_engine::iopf::{
-    FaultCookie, FaultError, FaultKind, FaultPerm, QueuedFault, ResponseCode,
-};
+use iommu_engine::iopf::{FaultCookie, FaultError, FaultKind, FaultPerm, ResponseCode};
 use iommu_engine::mem::{Iova, PhysAddr};
 use iommu_engine::pgtable::Prot;
 use iommu_engine::sim::arena::Arena;
@@ -40,14 +38,6 @@ fn request(sid: u32, addr: u64, group: u16, last: bool) -> PageRequest {
     }
 }
 
-fn empty() -> [QueuedFault; 8] {
-    [QueuedFault {
-        unit: 0,
-        fault: iommu_engine::iopf::PageFault::EMPTY,
-        cookie: FaultCookie(0),
-    }; 8]
-}
-
 /// A context with RID_A bound and attached to a new IOASID, its fault queue open.
 fn attached<'a>(r: &Rig<'a, '_>) -> (IoasidCtx<'a, 'a, Arena>, DeviceHandle, IoasidId) {
     let ctx = IoasidCtx::new(r.reg, r.arena, 0);
@@ -70,7 +60,7 @@ fn fault_queue_reports_page_request_and_accepts_response() {
         );
         let d = dispatch_page_faults(VTD, r.vtd, &[&ctx]).unwrap();
         assert_eq!((d.queued, d.refused), (1, 0));
-        let mut out = empty();
+        let mut out = no_faults::<8>();
         assert_eq!(ctx.read_faults(&mut out), 0, "group incomplete");
         assert_eq!(
             r.vm.page_request(request(RID_A, 0x6000, 3, true)),
@@ -130,7 +120,7 @@ fn fault_response_to_unknown_cookie_refused() {
         other.fault_queue_alloc();
         r.vm.page_request(request(RID_A, 0x5000, 1, true));
         dispatch_page_faults(VTD, r.vtd, &[&other, &ctx]).unwrap();
-        let mut out = empty();
+        let mut out = no_faults::<8>();
         assert_eq!(
             other.read_faults(&mut out),
             0,
@@ -162,7 +152,7 @@ fn detach_answers_outstanding_faults() {
         let (ctx, dev, _io) = attached(r);
         r.vm.page_request(request(RID_A, 0x5000, 1, true));
         dispatch_page_faults(VTD, r.vtd, &[&ctx]).unwrap();
-        let mut out = empty();
+        let mut out = no_faults::<8>();
         assert_eq!(ctx.read_faults(&mut out), 1, "read, not answered");
         r.vm.page_request(request(RID_A, 0x9000, 2, true));
         dispatch_page_faults(VTD, r.vtd, &[&ctx]).unwrap();
@@ -265,7 +255,7 @@ fn page_request_queue_overflow_reported_once_drained() {
         let d = dispatch_page_faults(VTD, r.vtd, &[&ctx]).unwrap();
         assert!(!d.unit_overflow);
         assert_eq!((d.queued, d.refused), (1, 0));
-        let mut out = empty();
+        let mut out = no_faults::<8>();
         assert_eq!(ctx.read_faults(&mut out), 1);
         ctx.detach(dev).unwrap();
     })

@@ -4,6 +4,7 @@
 use iommu_engine::ioasid::{DeviceLabel, PasidAllocator, Registry, UnitId};
 use iommu_engine::iommu::Source;
 use iommu_engine::iommu::{DeviceId, DomainHandle, Iommu};
+use iommu_engine::iopf::{FaultCookie, PageFault, QueuedFault};
 use iommu_engine::sim::smmuv3::{SmmuModel, SmmuModelConfig};
 use iommu_engine::sim::vtd::{VtdModel, VtdModelConfig};
 use iommu_engine::sim::walk::Access;
@@ -227,4 +228,13 @@ impl Rig<'_, '_> {
         let _ = self.vtd.drain_faults(|_, _| {});
         let _ = self.smmu.handle_events(usize::MAX, |_| {});
     }
+}
+
+/// `N` placeholder faults, a buffer for `IoasidCtx::read_faults` to fill.
+pub fn no_faults<const N: usize>() -> [QueuedFault; N] {
+    [QueuedFault {
+        unit: 0,
+        fault: PageFault::EMPTY,
+        cookie: FaultCookie(0),
+    }; N]
 }
