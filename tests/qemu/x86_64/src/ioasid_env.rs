@@ -350,6 +350,27 @@ pub fn dma_4k<U: Driver>(
     Ok(())
 }
 
+/// Maps `(iova, pa, len)` read-write into `io`: the unit's table must hold leaves of
+/// `2^size_log2` bytes at each of `probes`, and the table the hardware walks one at `walked`.
+fn map_in_leaves<U: Driver>(
+    v: &Env<'_, '_, '_, U>,
+    io: IoasidId,
+    (iova, pa, len): (u64, u64, u64),
+    size_log2: u32,
+    probes: &[u64],
+    walked: u64,
+) -> Result<(), Fail> {
+    v.map(io, iova, pa, len, Prot::READ | Prot::WRITE)?;
+    for &probe in probes {
+        ensure!(
+            v.leaf_size(probe) == Some(size_log2),
+            "leaf at {probe:#x}: {:?} (want 2^{size_log2})",
+            v.leaf_size(probe)
+        );
+    }
+    U::check_walked_leaf(v, walked, size_log2)
+}
+
 /// A 2 MiB-aligned IOVA range mapped onto the 2 MiB-aligned PA range holding the buffers: the
 /// unit's table must hold 2 MiB leaves (and the table the hardware walks, where the scenario
 /// can read it), and DMA through them lands at the right offset. `p0`..: the row's patterns.
@@ -360,13 +381,7 @@ pub fn dma_2m<U: Driver>(v: &Env<'_, '_, '_, U>, [p0, p1]: [u8; 2]) -> Result<()
     const M2: u64 = 1 << 21;
     let base = src.pa().min(dst.pa()) & !(M2 - 1);
     let end = (src.pa().max(dst.pa()) + M2) & !(M2 - 1);
-    v.map(io, IOVA_2M, base, end - base, Prot::READ | Prot::WRITE)?;
-    ensure!(
-        v.leaf_size(IOVA_2M) == Some(21),
-        "leaf at {IOVA_2M:#x}: {:?} (want 2 MiB)",
-        v.leaf_size(IOVA_2M)
-    );
-    U::check_walked_leaf(v, IOVA_2M, 21)?;
+    map_in_leaves(v, io, (IOVA_2M, base, end - base), 21, &[IOVA_2M], IOVA_2M)?;
     let (s, d) = (IOVA_2M + (src.pa() - base), IOVA_2M + (dst.pa() - base));
     roundtrip(v.edu, &src, s + 0x20, 0x20, &dst, d + 0x200, 0x200, LEN, p0)?;
     roundtrip(v.edu, &dst, d, 0, &src, s + 0x300, 0x300, LEN, p1)?;
@@ -385,15 +400,8 @@ pub fn dma_1g<U: Driver>(v: &Env<'_, '_, '_, U>, [p0, p1]: [u8; 2]) -> Result<()
     const G1: u64 = 1 << 30;
     ensure!(dst.pa() < G1 && src.pa() < G1, "buffers above 1 GiB");
     let want = U::largest_leaf(v);
-    v.map(io, IOVA_1G, 0, G1, Prot::READ | Prot::WRITE)?;
-    for probe in [IOVA_1G, IOVA_1G + src.pa(), IOVA_1G + G1 - 4096] {
-        ensure!(
-            v.leaf_size(probe) == Some(want),
-            "leaf at {probe:#x}: {:?} (want 2^{want})",
-            v.leaf_size(probe)
-        );
-    }
-    U::check_walked_leaf(v, IOVA_1G + src.pa(), want)?;
+    let probes = [IOVA_1G, IOVA_1G + src.pa(), IOVA_1G + G1 - 4096];
+    map_in_leaves(v, io, (IOVA_1G, 0, G1), want, &probes, probes[1])?;
     let (s, d) = (IOVA_1G + src.pa(), IOVA_1G + dst.pa());
     roundtrip(
         v.edu,
@@ -411,15 +419,22 @@ pub fn dma_1g<U: Driver>(v: &Env<'_, '_, '_, U>, [p0, p1]: [u8; 2]) -> Result<()
     Ok(())
 }
 
-/// Detach blocks the device at once, also for translations the hardware cached; attaching
-/// again rebuilds the domain from the IOASID's mappings. `p0`..: the row's patterns.
-pub fn detach<U: Driver>(v: &Env<'_, '_, '_, U>, [p0, p1]: [u8; 2]) -> Result<(), Fail> {
+/// An IOASID mapping a source buffer at [`IOVA_A`] and a destination buffer at [`IOVA_B`]
+/// (read-write), attached to `edu` afterwards, and a round trip through both with pattern `p`.
+fn attached_pair<U: Driver>(v: &Env<'_, '_, '_, U>, p: u8) -> Result<(IoasidId, Buf, Buf), Fail> {
     let io = v.alloc(IoasidFlags::empty())?;
     let (src, dst) = (v.buf()?, v.buf()?);
     v.map(io, IOVA_A, src.pa(), 4096, Prot::READ | Prot::WRITE)?;
     v.map(io, IOVA_B, dst.pa(), 4096, Prot::READ | Prot::WRITE)?;
     v.attach(io)?;
-    roundtrip(v.edu, &src, IOVA_A, 0, &dst, IOVA_B, 0, LEN, p0)?;
+    roundtrip(v.edu, &src, IOVA_A, 0, &dst, IOVA_B, 0, LEN, p)?;
+    Ok((io, src, dst))
+}
+
+/// Detach blocks the device at once, also for translations the hardware cached; attaching
+/// again rebuilds the domain from the IOASID's mappings. `p0`..: the row's patterns.
+pub fn detach<U: Driver>(v: &Env<'_, '_, '_, U>, [p0, p1]: [u8; 2]) -> Result<(), Fail> {
+    let (io, src, dst) = attached_pair(v, p0)?;
     v.ctx.detach(v.dev).or_fail("detach")?;
     v.write_refused("write after detach", IOVA_B, Refusal::Detached, &dst)?;
     v.attach(io)?;
@@ -465,12 +480,7 @@ pub fn reattach_replaces<U: Driver>(v: &Env<'_, '_, '_, U>, p: u8) -> Result<(),
 /// again translates through the same tables, and the physical address is refused again.
 /// `p0`..: the row's patterns.
 pub fn disable<U: Driver>(v: &Env<'_, '_, '_, U>, [p0, p1, p2]: [u8; 3]) -> Result<(), Fail> {
-    let io = v.alloc(IoasidFlags::empty())?;
-    let (src, dst) = (v.buf()?, v.buf()?);
-    v.map(io, IOVA_A, src.pa(), 4096, Prot::READ | Prot::WRITE)?;
-    v.map(io, IOVA_B, dst.pa(), 4096, Prot::READ | Prot::WRITE)?;
-    v.attach(io)?;
-    roundtrip(v.edu, &src, IOVA_A, 0, &dst, IOVA_B, 0, LEN, p0)?;
+    let (_, src, dst) = attached_pair(v, p0)?;
     v.unit.disable()?;
     ensure!(
         !v.unit.translating(),
