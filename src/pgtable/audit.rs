@@ -8,7 +8,7 @@
 
 use super::sync::Ordering;
 
-use super::table::Table;
+use super::table::{Table, WALK_LEVELS};
 use super::{Error, Format, PageTable};
 use crate::mem::PageAllocator;
 
@@ -49,27 +49,61 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
 
     /// (tables linked at and below `t`, tables needed at and below `t`, whether a leaf is
     /// present below `t`).
+    ///
+    /// Depth first without recursion (one frame however deep the tables: a kernel stack): a
+    /// table counts as needed once the walk of it is done and found a leaf beneath it.
     fn count_tables(&self, t: Table, level: u32) -> Result<(usize, usize, bool), Error> {
-        let (mut linked, mut needed, mut leaf) = (1, 0, false);
-        for idx in 0..1usize << self.geometry().level_bits(level) {
-            // SAFETY: `t` is a live table at `level` and `idx` is below its entry count.
-            let raw = unsafe { t.slot(idx) }.load(Ordering::Acquire);
-            if !self.format().is_present(raw) {
+        /// A table being walked: the next slot, whether a leaf is present below it so far.
+        #[derive(Clone, Copy)]
+        struct Open {
+            t: Table,
+            next: usize,
+            leaf: bool,
+        }
+        let mut path = [Open {
+            t,
+            next: 0,
+            leaf: false,
+        }; WALK_LEVELS];
+        let (mut depth, mut linked, mut needed) = (0usize, 1, 0);
+        loop {
+            let at = level - depth as u32;
+            let open = &mut path[depth];
+            if open.next < 1usize << self.geometry().level_bits(at) {
+                let idx = open.next;
+                open.next += 1;
+                // SAFETY: `t` is a live table at `at` and `idx` is below its entry count.
+                let raw = unsafe { open.t.slot(idx) }.load(Ordering::Acquire);
+                if !self.format().is_present(raw) {
+                    continue;
+                }
+                if at > 0 && self.format().is_table(at, raw) {
+                    let child = self.child(raw)?;
+                    linked += 1;
+                    depth += 1;
+                    let Some(below) = path.get_mut(depth) else {
+                        return Err(Self::too_deep(level));
+                    };
+                    *below = Open {
+                        t: child,
+                        next: 0,
+                        leaf: false,
+                    };
+                } else {
+                    open.leaf = true;
+                }
                 continue;
             }
-            if level > 0 && self.format().is_table(level, raw) {
-                let (l, n, has) = self.count_tables(self.child(raw)?, level - 1)?;
-                linked += l;
-                needed += n;
-                leaf |= has;
-            } else {
-                leaf = true;
+            let leaf = open.leaf;
+            if leaf {
+                needed += 1;
             }
+            if depth == 0 {
+                return Ok((linked, needed, leaf));
+            }
+            depth -= 1;
+            path[depth].leaf |= leaf;
         }
-        if leaf {
-            needed += 1;
-        }
-        Ok((linked, needed, leaf))
     }
 }
 

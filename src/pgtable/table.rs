@@ -88,6 +88,21 @@ impl<F: Format, A: PageAllocator> core::fmt::Debug for PageTable<F, A> {
     }
 }
 
+/// The most levels a table has (`Geometry::validate`; AMD-Vi v1 with a 64-bit domain): the
+/// depth of a walk's path. The walks below the root (`visit`, `reap`, `clear_dirty_level`,
+/// `reclaim_level`, `count_tables`) keep the tables they have open in an array of this many,
+/// not in frames of their own: a walk takes one frame however deep the table (a kernel stack).
+pub(super) const WALK_LEVELS: usize = 6;
+
+/// What `clear_dirty_entry` found in its slot.
+#[derive(Clone, Copy)]
+enum Dirty {
+    /// No table: a hole or a leaf, and whether this call cleaned it.
+    Leaf(bool),
+    /// A table entry (its raw value), to be walked.
+    Table(u64),
+}
+
 /// The entry slots of a table page.
 #[derive(Clone, Copy)]
 pub(super) struct Table(pub(super) NonNull<u8>);
@@ -212,6 +227,16 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     #[inline]
     fn geo(&self) -> &Geometry {
         self.format.geometry()
+    }
+
+    /// A walk from `level` needs more than [`WALK_LEVELS`] open tables: never for a validated
+    /// geometry (`new` refuses more levels), the error if the format's geometry changed.
+    #[cold]
+    pub(super) fn too_deep(level: u32) -> Error {
+        Error::InvalidConfig {
+            what: "levels",
+            value: u64::from(level) + 1,
+        }
     }
 
     /// `raw`, a leaf a map is about to write, made clean while dirty tracking is on (Arm: a
@@ -1290,28 +1315,64 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     /// Hands the unlinked table `t` (at `level`, linked by `raw`) and every table under it to
     /// `gather`, recording the sizes of the leaves they held; returns the bytes those leaves
     /// mapped.
+    ///
+    /// Depth first without recursion: one frame however deep the tables (a kernel stack), a
+    /// table handed over after every table under it.
     fn reap(&self, t: Table, level: u32, raw: u64, gather: &mut Gather) -> Result<u64, Error> {
-        let shift = self.geo().level_shift(level);
-        let (mut bytes, mut leaves) = (0, false);
-        for idx in 0..1usize << self.geo().level_bits(level) {
-            // SAFETY: `idx` is below the table's entry count.
-            let e = unsafe { t.slot(idx) }.load(Ordering::Acquire);
-            if !self.format.is_present(e) {
+        /// A table being reaped: the entry that links it, the next slot, whether it held leaves.
+        #[derive(Clone, Copy)]
+        struct Open {
+            t: Table,
+            raw: u64,
+            next: usize,
+            leaves: bool,
+        }
+        let mut path = [Open {
+            t,
+            raw,
+            next: 0,
+            leaves: false,
+        }; WALK_LEVELS];
+        let (mut depth, mut bytes) = (0usize, 0u64);
+        loop {
+            let at = level - depth as u32;
+            let shift = self.geo().level_shift(at);
+            let open = &mut path[depth];
+            if open.next < 1usize << self.geo().level_bits(at) {
+                // SAFETY: `next` is below the table's entry count.
+                let e = unsafe { open.t.slot(open.next) }.load(Ordering::Acquire);
+                open.next += 1;
+                if !self.format.is_present(e) {
+                    continue;
+                }
+                if at > 0 && self.format.is_table(at, e) {
+                    let child = self.child(e)?;
+                    depth += 1;
+                    let Some(below) = path.get_mut(depth) else {
+                        return Err(Self::too_deep(level));
+                    };
+                    *below = Open {
+                        t: child,
+                        raw: e,
+                        next: 0,
+                        leaves: false,
+                    };
+                } else {
+                    bytes += 1 << shift;
+                    open.leaves = true;
+                }
                 continue;
             }
-            if level > 0 && self.format.is_table(level, e) {
-                bytes += self.reap(self.child(e)?, level - 1, e, gather)?;
-            } else {
-                bytes += 1 << shift;
-                leaves = true;
+            if open.leaves {
+                gather.note_page_size(shift);
             }
+            let pa = self.format.table_address(open.raw);
+            gather.add_freed(Page { pa, va: open.t.0 }, self.geo().granule_log2);
+            if depth == 0 {
+                return Ok(bytes);
+            }
+            depth -= 1;
         }
-        if leaves {
-            gather.note_page_size(shift);
-        }
-        let pa = self.format.table_address(raw);
-        gather.add_freed(Page { pa, va: t.0 }, self.geo().granule_log2);
-        Ok(bytes)
     }
 
     /// Replaces the leaf `raw` in slot `idx` of `t` by a fully populated table of next-level
@@ -1428,6 +1489,8 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     }
 
     /// Walks the leaves intersecting a range; `f` gets the slot, the leaf and its raw value.
+    ///
+    /// Without recursion: one frame however deep the tables (a kernel stack).
     pub(super) fn visit(
         &self,
         t: Table,
@@ -1436,31 +1499,64 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         len: u64,
         f: &mut impl FnMut(&AtomicU64, Leaf, u64) -> Result<(), Error>,
     ) -> Result<(), Error> {
-        let shift = self.geo().level_shift(level);
-        let size = 1u64 << shift;
-        let (mut iova, mut left) = (iova, len);
-        let mut idx = self.geo().index(level, iova);
-        while left > 0 {
-            let chunk = left.min(size - (iova & (size - 1)));
-            // SAFETY: `t` is a live table at `level`; `idx` comes from an IOVA in its span.
-            let slot = unsafe { t.slot(idx) };
+        /// A table being walked: the part of the range left in it and its next slot.
+        #[derive(Clone, Copy)]
+        struct Open {
+            t: Table,
+            iova: u64,
+            left: u64,
+            idx: usize,
+        }
+        let mut path = [Open {
+            t,
+            iova,
+            left: len,
+            idx: self.geo().index(level, iova),
+        }; WALK_LEVELS];
+        let mut depth = 0usize;
+        loop {
+            let at = level - depth as u32;
+            let open = &mut path[depth];
+            if open.left == 0 {
+                if depth == 0 {
+                    return Ok(());
+                }
+                depth -= 1;
+                continue;
+            }
+            let shift = self.geo().level_shift(at);
+            let size = 1u64 << shift;
+            let (iova, idx) = (open.iova, open.idx);
+            let chunk = open.left.min(size - (iova & (size - 1)));
+            (open.iova, open.left, open.idx) =
+                (iova.wrapping_add(chunk), open.left - chunk, idx + 1);
+            // SAFETY: `open.t` is a live table at `at`; `idx` comes from an IOVA in its span.
+            let slot = unsafe { open.t.slot(idx) };
             let raw = slot.load(Ordering::Acquire);
             if !self.format.is_present(raw) {
                 // hole
-            } else if level > 0 && self.format.is_table(level, raw) {
-                self.visit(self.child(raw)?, level - 1, iova, chunk, f)?;
+            } else if at > 0 && self.format.is_table(at, raw) {
+                let child = self.child(raw)?;
+                depth += 1;
+                let Some(below) = path.get_mut(depth) else {
+                    return Err(Self::too_deep(level));
+                };
+                *below = Open {
+                    t: child,
+                    iova,
+                    left: chunk,
+                    idx: self.geo().index(at - 1, iova),
+                };
             } else {
                 let leaf = Leaf {
                     iova: Iova::new(iova & !(size - 1)),
-                    pa: PhysAddr::new(self.entry_pa(level, raw, iova)),
-                    prot: self.format.leaf_prot(level, raw),
+                    pa: PhysAddr::new(self.entry_pa(at, raw, iova)),
+                    prot: self.format.leaf_prot(at, raw),
                     size_log2: shift,
                 };
                 f(slot, leaf, raw)?;
             }
-            (iova, left, idx) = (iova.wrapping_add(chunk), left - chunk, idx + 1);
         }
-        Ok(())
     }
 
     /// Reports every dirty leaf intersecting `[iova, iova + len)` to `sink` (its IOVA and log2
@@ -1546,7 +1642,13 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         Ok(())
     }
 
-    /// `read_and_clear_dirty` below `t` (at `level`); returns whether it cleaned anything.
+    /// `read_and_clear_dirty` below `t` (at `level`) for `[iova, iova + len)`; returns whether
+    /// it cleaned anything.
+    ///
+    /// Depth first without recursion (one frame however deep the tables: a kernel stack): each
+    /// entry is read once per attempt by `clear_dirty_entry`, a table it finds is walked before
+    /// the next entry, and once that table is done its split mark decides whether the larger
+    /// page it replaced goes into `gather` (rule 5).
     #[allow(clippy::too_many_arguments)]
     fn clear_dirty_level(
         &self,
@@ -1558,21 +1660,78 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         sink: &mut impl FnMut(Iova, u32),
         gather: &mut Gather,
     ) -> Result<bool, Error> {
-        let shift = self.geo().level_shift(level);
-        let size = 1u64 << shift;
-        let (mut iova, mut left, mut cleaned) = (iova, len, false);
-        let mut idx = self.geo().index(level, iova);
-        while left > 0 {
-            let chunk = left.min(size - (iova & (size - 1)));
-            cleaned |= self.clear_dirty_entry(t, level, idx, iova, chunk, how, sink, gather)?;
-            (iova, left, idx) = (iova.wrapping_add(chunk), left - chunk, idx + 1);
+        /// A table being walked: the part of the range left in it (its parent's entry stays
+        /// current until it is done), the entry that links it, whether anything below it was
+        /// cleaned.
+        #[derive(Clone, Copy)]
+        struct Open {
+            t: Table,
+            iova: u64,
+            left: u64,
+            link: u64,
+            cleaned: bool,
         }
-        Ok(cleaned)
+        let mut path = [Open {
+            t,
+            iova,
+            left: len,
+            link: 0,
+            cleaned: false,
+        }; WALK_LEVELS];
+        let mut depth = 0usize;
+        loop {
+            let at = level - depth as u32;
+            let open = path[depth];
+            if open.left == 0 {
+                if depth == 0 {
+                    return Ok(open.cleaned);
+                }
+                // Back in the parent, at the entry that links the table just walked.
+                depth -= 1;
+                let (up, parent) = (at + 1, &mut path[depth]);
+                let size = 1u64 << self.geo().level_shift(up);
+                let chunk = parent.left.min(size - (parent.iova & (size - 1)));
+                if open.cleaned && self.split_made(up, open.link) {
+                    // The larger page may still be cached, writable and dirty: an
+                    // invalidation of the small pages alone could leave writes through it
+                    // unrecorded.
+                    self.note_split_page(up, parent.iova, gather);
+                }
+                parent.cleaned |= open.cleaned;
+                (parent.iova, parent.left) = (parent.iova.wrapping_add(chunk), parent.left - chunk);
+                continue;
+            }
+            let size = 1u64 << self.geo().level_shift(at);
+            let chunk = open.left.min(size - (open.iova & (size - 1)));
+            let idx = self.geo().index(at, open.iova);
+            match self.clear_dirty_entry(open.t, at, idx, open.iova, how, sink, gather)? {
+                Dirty::Leaf(cleaned) => {
+                    let open = &mut path[depth];
+                    open.cleaned |= cleaned;
+                    (open.iova, open.left) = (open.iova.wrapping_add(chunk), open.left - chunk);
+                }
+                Dirty::Table(raw) => {
+                    let child = self.child(raw)?;
+                    depth += 1;
+                    let Some(below) = path.get_mut(depth) else {
+                        return Err(Self::too_deep(level));
+                    };
+                    *below = Open {
+                        t: child,
+                        iova: open.iova,
+                        left: chunk,
+                        link: raw,
+                        cleaned: false,
+                    };
+                }
+            }
+        }
     }
 
-    /// Cleans the dirty state under slot `idx` of `t` for `[iova, iova + chunk)`, re-reading
-    /// the slot when a compare-and-swap fails: hardware set accessed/dirty bits, or a
-    /// concurrent unmap split the leaf (then the table it installed is walked).
+    /// Cleans the dirty state of the leaf in slot `idx` of `t` (`iova` lies in it),
+    /// re-reading the slot when a compare-and-swap fails: hardware set accessed/dirty bits, or
+    /// a concurrent unmap split the leaf (then the table it installed is returned, for
+    /// `clear_dirty_level` to walk).
     #[allow(clippy::too_many_arguments)]
     fn clear_dirty_entry(
         &self,
@@ -1580,37 +1739,27 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         level: u32,
         idx: usize,
         iova: u64,
-        chunk: u64,
         how: DirtyRead,
         sink: &mut impl FnMut(Iova, u32),
         gather: &mut Gather,
-    ) -> Result<bool, Error> {
+    ) -> Result<Dirty, Error> {
         let shift = self.geo().level_shift(level);
         // SAFETY: `t` is a live table at `level`; `idx` comes from an IOVA in its span.
         let slot = unsafe { t.slot(idx) };
         let mut raw = slot.load(Ordering::Acquire);
         for _ in 0..HW_UPDATE_RETRIES {
             if !self.format.is_present(raw) {
-                return Ok(false);
+                return Ok(Dirty::Leaf(false));
             }
             if level > 0 && self.format.is_table(level, raw) {
-                let child = self.child(raw)?;
-                let cleaned =
-                    self.clear_dirty_level(child, level - 1, iova, chunk, how, sink, gather)?;
-                if cleaned && self.split_made(level, raw) {
-                    // The larger page may still be cached, writable and dirty: an
-                    // invalidation of the small pages alone could leave writes through it
-                    // unrecorded.
-                    self.note_split_page(level, iova, gather);
-                }
-                return Ok(cleaned);
+                return Ok(Dirty::Table(raw));
             }
             if !self.format.leaf_is_dirty(raw) {
-                return Ok(false);
+                return Ok(Dirty::Leaf(false));
             }
             if how == DirtyRead::NoClear {
                 sink(Iova::new(iova & !((1u64 << shift) - 1)), shift);
-                return Ok(false);
+                return Ok(Dirty::Leaf(false));
             }
             let clean = self.format.leaf_clear_dirty(raw);
             race_window();
@@ -1620,7 +1769,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
                     let leaf_iova = iova & !((1u64 << shift) - 1);
                     sink(Iova::new(leaf_iova), shift);
                     gather.add_leaves(leaf_iova, 1 << shift, shift);
-                    return Ok(true);
+                    return Ok(Dirty::Leaf(true));
                 }
                 Err(now) => raw = now,
             }
@@ -1668,54 +1817,91 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     /// Unlinks the empty tables whose span meets `[first, last]`; returns how many.
     fn reclaim_range(&self, first: u64, last: u64, gather: &mut Gather) -> Result<usize, Error> {
         let top = self.geo().top_level();
-        let mut count = 0;
-        let range = (first, last);
-        self.reclaim_level(self.root_table(), top, 0, range, gather, &mut count)?;
-        Ok(count)
+        self.reclaim_level(self.root_table(), top, (first, last), gather)
     }
 
-    /// Reclaims below `t` (at `level`, spanning from `base`) inside the inclusive `range`;
-    /// returns whether `t` is now empty.
+    /// Reclaims below `t` (at `level`, spanning from IOVA 0) inside the inclusive `range`:
+    /// unlinks every table under `t` that is empty once the tables under it are reclaimed, and
+    /// returns how many it unlinked.
+    ///
+    /// Depth first without recursion (one frame however deep the tables: a kernel stack): a
+    /// table is unlinked, and handed to `gather`, once the walk of it is done and found it
+    /// empty, after every table under it.
     fn reclaim_level(
         &self,
         t: Table,
         level: u32,
-        base: u64,
         range: (u64, u64),
         gather: &mut Gather,
-        count: &mut usize,
-    ) -> Result<bool, Error> {
-        let shift = self.geo().level_shift(level);
-        let mut empty = true;
-        for idx in 0..1usize << self.geo().level_bits(level) {
-            // SAFETY: `idx` is below the table's entry count.
-            let raw = unsafe { t.slot(idx) }.load(Ordering::Acquire);
-            if !self.format.is_present(raw) {
+    ) -> Result<usize, Error> {
+        /// A table being walked: its first IOVA, the next slot, the entry that links it,
+        /// whether it is empty so far.
+        #[derive(Clone, Copy)]
+        struct Open {
+            t: Table,
+            base: u64,
+            next: usize,
+            link: u64,
+            empty: bool,
+        }
+        let mut path = [Open {
+            t,
+            base: 0,
+            next: 0,
+            link: 0,
+            empty: true,
+        }; WALK_LEVELS];
+        let (mut depth, mut count) = (0usize, 0usize);
+        loop {
+            let at = level - depth as u32;
+            let shift = self.geo().level_shift(at);
+            let open = &mut path[depth];
+            if open.next < 1usize << self.geo().level_bits(at) {
+                let idx = open.next;
+                open.next += 1;
+                // SAFETY: `idx` is below the table's entry count.
+                let raw = unsafe { open.t.slot(idx) }.load(Ordering::Acquire);
+                if !self.format.is_present(raw) {
+                    continue;
+                }
+                let iova = open.base + ((idx as u64) << shift);
+                let outside = iova > range.1 || iova + ((1u64 << shift) - 1) < range.0;
+                if at == 0 || !self.format.is_table(at, raw) || outside {
+                    open.empty = false;
+                    continue;
+                }
+                let child = self.child(raw)?;
+                depth += 1;
+                let Some(below) = path.get_mut(depth) else {
+                    return Err(Self::too_deep(level));
+                };
+                *below = Open {
+                    t: child,
+                    base: iova,
+                    next: 0,
+                    link: raw,
+                    empty: true,
+                };
                 continue;
             }
-            let iova = base + ((idx as u64) << shift);
-            let outside = iova > range.1 || iova + ((1u64 << shift) - 1) < range.0;
-            if level == 0 || !self.format.is_table(level, raw) || outside {
-                empty = false;
-                continue;
+            let done = *open;
+            if depth == 0 {
+                return Ok(count);
             }
-            if self.reclaim_level(self.child(raw)?, level - 1, iova, range, gather, count)? {
-                self.store_synced(t, idx, 0);
-                gather.add_table_change(iova, 1 << shift);
-                let pa = self.format.table_address(raw);
-                gather.add_freed(
-                    Page {
-                        pa,
-                        va: self.child(raw)?.0,
-                    },
-                    self.geo().granule_log2,
-                );
-                *count += 1;
+            // Back in the parent, whose last slot read links the table just walked.
+            depth -= 1;
+            let parent = &mut path[depth];
+            if done.empty {
+                let up_shift = self.geo().level_shift(at + 1);
+                self.store_synced(parent.t, parent.next - 1, 0);
+                gather.add_table_change(done.base, 1 << up_shift);
+                let pa = self.format.table_address(done.link);
+                gather.add_freed(Page { pa, va: done.t.0 }, self.geo().granule_log2);
+                count += 1;
             } else {
-                empty = false;
+                parent.empty = false;
             }
         }
-        Ok(empty)
     }
 
     // ---------------------------------------------------------------------------------------

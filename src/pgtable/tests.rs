@@ -6,6 +6,7 @@ extern crate std;
 use std::collections::BTreeMap;
 
 use super::arm_s2::{ArmS2, ArmS2Config, S2Attributes};
+use super::table::Table;
 use super::testutil::{test_alloc, TestAlloc};
 use super::vtd_ss::{VtdSs, VtdSsConfig};
 use super::*;
@@ -982,4 +983,145 @@ fn reclaim_around_ends_in_one_leaf_table_walks_once() {
     assert_eq!(g.freed_pages(), 1, "the leaf table only");
     g.release(&counted, done()).unwrap();
     assert_eq!(t.query(iova(base + M2)).map(|m| m.pa), Some(pa(G1)));
+}
+
+/// The arena, recording the order in which pages are freed.
+struct FreeOrder<'a> {
+    arena: &'a TestAlloc,
+    freed: std::sync::Mutex<std::vec::Vec<PhysAddr>>,
+}
+
+// SAFETY: forwards to the arena, which upholds the contract; it only records.
+unsafe impl PageAllocator for FreeOrder<'_> {
+    fn alloc(&self, size_log2: u32) -> Option<crate::mem::Page> {
+        self.arena.alloc(size_log2)
+    }
+    unsafe fn free(&self, page: crate::mem::Page, size_log2: u32) {
+        self.freed.lock().unwrap().push(page.pa);
+        // SAFETY: the caller upholds `free`'s contract for the arena the page came from.
+        unsafe { self.arena.free(page, size_log2) }
+    }
+    fn phys_to_virt(&self, pa: PhysAddr) -> Option<core::ptr::NonNull<u8>> {
+        self.arena.phys_to_virt(pa)
+    }
+    fn sync_for_device(&self, va: core::ptr::NonNull<u8>, len: usize) {
+        self.arena.sync_for_device(va, len);
+    }
+}
+
+/// The tables below `t` (at `level`), children before their parent, in slot order: the order
+/// in which the recursive walks handed them over (a reference for the iterative ones).
+fn tables_post_order<F: Format, A: PageAllocator>(
+    pt: &PageTable<F, A>,
+    t: Table,
+    level: u32,
+    out: &mut std::vec::Vec<PhysAddr>,
+) {
+    if level == 0 {
+        return;
+    }
+    for idx in 0..1usize << pt.geometry().level_bits(level) {
+        // SAFETY: `t` is a live table at `level`; `idx` is below its entry count.
+        let raw = unsafe { t.slot(idx) }.load(core::sync::atomic::Ordering::Acquire);
+        if pt.format().is_present(raw) && pt.format().is_table(level, raw) {
+            let child = pt.child(raw).unwrap();
+            tables_post_order(pt, child, level - 1, out);
+            out.push(pt.format().table_address(raw));
+        }
+    }
+}
+
+/// The walks that keep their open tables in a fixed path rather than in frames of their own
+/// (`visit`, `reap`, `reclaim_level`, `count_tables`), on the deepest table there is
+/// (AMD-Vi v1, 63-bit input: six levels), against the recursive order: leaves in IOVA order
+/// with an early exit that stops the walk, tables handed to the gather after every table
+/// under them and in slot order (release frees them in the reverse order), the counts of a
+/// recursive count.
+#[test]
+fn walks_of_a_six_level_table_keep_the_recursive_order() {
+    use super::amdvi_v1::{AmdV1, AmdV1Config};
+    let arena = test_alloc();
+    let order = FreeOrder {
+        arena: &arena,
+        freed: std::vec::Vec::new().into(),
+    };
+    let cfg = AmdV1Config {
+        ias: 63,
+        oas: 48,
+        large_pages: true,
+        force_coherent: false,
+        dirty_tracking: true,
+    };
+    let mut t =
+        PageTable::new(AmdV1::new(cfg).unwrap(), &order, WalkerCoherency::Coherent).unwrap();
+    assert_eq!(t.geometry().levels, 6);
+    let top = t.geometry().top_level();
+    // Two entries at each of the three levels above 1 GiB pages, and below each a 1 GiB page,
+    // a 2 MiB page and two 4 KiB pages (tables at every level).
+    let mut mapped = BTreeMap::new();
+    for i in 0..2u64 {
+        for j in 0..2u64 {
+            for k in 0..2u64 {
+                let base = (i << 62) | (j << 48) | (k << 39);
+                for (off, len) in [(K4, K4), (5 * K4, K4), (4 * M2, M2), (3 * G1, G1)] {
+                    let phys = (mapped.len() as u64) << 30;
+                    t.map(iova(base + off), pa(phys), len, RW).unwrap();
+                    mapped.insert(base + off, (phys, len));
+                }
+            }
+        }
+    }
+    // `visit`: every leaf in IOVA order, and an error from `f` ends the walk.
+    let mut seen = std::vec::Vec::new();
+    t.for_each_mapping(iova(0), 1 << 63, |l| seen.push((l.iova.get(), l.pa.get())))
+        .unwrap();
+    let want: std::vec::Vec<(u64, u64)> = mapped.iter().map(|(&v, &(p, _))| (v, p)).collect();
+    assert_eq!(seen, want);
+    let mut calls = 0;
+    let stop = t.visit(t.root_table(), top, 0, 1 << 63, &mut |_, _, _| {
+        calls += 1;
+        if calls == 7 {
+            return Err(Error::NoMemory);
+        }
+        Ok(())
+    });
+    assert_eq!((stop, calls), (Err(Error::NoMemory), 7));
+    // `count_tables` against a recursive count.
+    let mut tables = std::vec::Vec::new();
+    tables_post_order(&t, t.root_table(), top, &mut tables);
+    let pages = t.table_pages().unwrap();
+    assert_eq!(pages.linked, tables.len() + 1);
+    assert_eq!(pages.surplus(), 0);
+    // `reap`: unmapping the whole second half of the input range frees the tables below the
+    // root's entry for it, children first (release frees in the reverse order).
+    let half = 1u64 << 62;
+    // SAFETY: the root is a live table at `top`; the index comes from an in-range IOVA.
+    let root_raw = unsafe { t.root_table().slot(t.geometry().index(top, half)) }
+        .load(core::sync::atomic::Ordering::Acquire);
+    let mut below = std::vec::Vec::new();
+    tables_post_order(&t, t.child(root_raw).unwrap(), top - 1, &mut below);
+    below.push(t.format().table_address(root_raw));
+    let mut g = Gather::new();
+    let bytes = t.unmap(iova(half), half, &mut g).unwrap();
+    let want_bytes: u64 = mapped.range(half..).map(|(_, &(_, len))| len).sum();
+    assert_eq!(bytes, want_bytes);
+    g.release(t.allocator(), done()).unwrap();
+    let mut freed = core::mem::take(&mut *order.freed.lock().unwrap());
+    freed.reverse();
+    assert_eq!(freed, below);
+    // `reclaim_level`: unmapping every leaf of the first half leaves its tables empty; a
+    // reclaim unlinks them all, children first, and the root alone stays.
+    let mut left = std::vec::Vec::new();
+    tables_post_order(&t, t.root_table(), top, &mut left);
+    for (&v, &(_, len)) in mapped.range(..half) {
+        assert_eq!(t.unmap(iova(v), len, &mut g), Ok(len));
+    }
+    assert_eq!(t.table_pages().unwrap().surplus(), left.len());
+    assert_eq!(t.reclaim_empty(&mut g), Ok(left.len()));
+    g.release(t.allocator(), done()).unwrap();
+    let mut freed = core::mem::take(&mut *order.freed.lock().unwrap());
+    freed.reverse();
+    assert_eq!(freed, left);
+    assert_eq!(t.table_pages().unwrap().linked, 1);
+    assert!(arena.bad_frees().is_empty());
 }
