@@ -28,9 +28,6 @@ mod process;
 /// The deepest stack an exported function may need, in bytes (kernel stacks are 16 KiB),
 /// unless [`STACK_DEBT`] lists it.
 const STACK_LIMIT: u64 = 2048;
-/// The most levels a page table has (AMD-Vi v1 with a 64-bit domain): a walk of the engine
-/// that recurses per level is counted with its frame this many times.
-const TABLE_LEVELS: u64 = 6;
 /// Wall-clock limit for one boot (about 6 s under TCG on an idle machine).
 const BOOT_TIMEOUT: Duration = Duration::from_secs(150);
 
@@ -984,37 +981,26 @@ fn stack_depths(obj: &elf::Elf, disasm: &str) -> Result<BTreeMap<String, (u64, C
             if !skip.is_empty() && skip.split(',').any(|p| obj.symbols[c].name.contains(p)) {
                 continue;
             }
-            if c != f {
-                let d = visit(
-                    c,
-                    obj,
-                    frame,
-                    edges,
-                    indirect,
-                    slots,
-                    taken,
-                    depth,
-                    deepest_callee,
-                    path,
-                )?;
-                if d > deepest {
-                    deepest = d;
-                    deepest_callee.insert(f, (c, via_dyn));
-                }
+            // A call to itself (or back up the path) is recursion: an error.
+            let d = visit(
+                c,
+                obj,
+                frame,
+                edges,
+                indirect,
+                slots,
+                taken,
+                depth,
+                deepest_callee,
+                path,
+            )?;
+            if d > deepest {
+                deepest = d;
+                deepest_callee.insert(f, (c, via_dyn));
             }
         }
         path.pop();
-        let own = frame.get(&f).copied().unwrap_or(8);
-        let d = if edges.get(&f).is_some_and(|e| e.contains(&f)) {
-            // A function that calls itself: only the page-table walks may (one call per
-            // table level), and each level below the top costs its frame again.
-            if !obj.symbols[f].name.contains("12iommu_engine7pgtable") {
-                return Err(format!("recursion: {0} -> {0}", obj.symbols[f].name));
-            }
-            own * TABLE_LEVELS + deepest
-        } else {
-            own + deepest
-        };
+        let d = frame.get(&f).copied().unwrap_or(8) + deepest;
         depth.insert(f, d);
         Ok(d)
     }
@@ -1064,27 +1050,22 @@ fn stack_depths(obj: &elf::Elf, disasm: &str) -> Result<BTreeMap<String, (u64, C
 /// its STE update and syncs) below the IOASID layer's attach, or the AMD-Vi or VT-d map with
 /// its flush below the IOASID layer's fill of a new domain (`fill_domain`'s walk of the
 /// record). `ie_ctx_unbind` detaches an attached device first, as iommufd's unbind does
-/// (issue 17, item 7): `ie_ctx_detach`'s path plus its own frame. The engine's walks of a
-/// whole table or range (`visit`, `reap`, `clear_dirty_level`, `reclaim_level`,
-/// `count_tables`) no longer recurse (one frame each, whatever the depth): that took
-/// `ie_ctx_free`, `ie_ctx_get_dirty_bitmap` and `ie_ctx_set_dirty_tracking` under 2 KiB.
-/// The map and unmap walks (`map_level`, `plan_map`, `count_new`, `unmap_level`) recurse
-/// once per level and count [`TABLE_LEVELS`] frames; until 2026-12-06 their calls to
-/// themselves, which the assembler resolves without a relocation, were not seen at all
-/// (`resolved_calls`) and these figures were up to 1.4 KiB low. A function that grows past
-/// its figure fails.
+/// (issue 17, item 7): `ie_ctx_detach`'s path plus its own frame. No walk of the engine
+/// recurses (`map_level`, `plan_map`, `count_new`, `unmap_level`, `visit`, `reap`,
+/// `clear_dirty_level`, `reclaim_level`, `count_tables`: one frame each, whatever the depth),
+/// and any recursion fails the check: that took `ie_ctx_map`, `ie_ctx_free`,
+/// `ie_ctx_get_dirty_bitmap` and `ie_ctx_set_dirty_tracking` under 2 KiB. A function that
+/// grows past its figure fails.
 const STACK_DEBT: &[(&str, u64)] = &[
-    ("ie_ctx_attach", 4864),
-    ("ie_ctx_attach_pasid", 4864),
+    ("ie_ctx_attach", 3584),
+    ("ie_ctx_attach_pasid", 3584),
     // A map, and on a failed run the unmap of the runs before it (issue 17, item 5).
-    ("ie_ctx_copy", 3840),
-    ("ie_ctx_destroy", 4096),
-    ("ie_ctx_detach", 3840),
+    ("ie_ctx_copy", 2560),
+    ("ie_ctx_destroy", 3072),
+    ("ie_ctx_detach", 2816),
     ("ie_ctx_detach_pasid", 2560),
-    // A map whose run fails unmaps what it wrote (`undo_map`, `unmap_level` once per level).
-    ("ie_ctx_map", 3584),
-    ("ie_ctx_unbind", 4096),
-    ("ie_ctx_unmap", 3584),
+    ("ie_ctx_unbind", 3072),
+    ("ie_ctx_unmap", 2304),
 ];
 
 /// The Rust object the module links, checked for a kernel host: no recursion, every exported

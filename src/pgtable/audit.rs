@@ -8,7 +8,7 @@
 
 use super::sync::Ordering;
 
-use super::table::{Table, WALK_LEVELS};
+use super::table::{open_at, Table, WALK_LEVELS};
 use super::{Error, Format, PageTable};
 use crate::mem::PageAllocator;
 
@@ -68,7 +68,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         let (mut depth, mut linked, mut needed) = (0usize, 1, 0);
         loop {
             let at = level - depth as u32;
-            let open = &mut path[depth];
+            let open = &mut path[open_at(depth)];
             if open.next < 1usize << self.geometry().level_bits(at) {
                 let idx = open.next;
                 open.next += 1;
@@ -102,7 +102,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
                 return Ok((linked, needed, leaf));
             }
             depth -= 1;
-            path[depth].leaf |= leaf;
+            path[open_at(depth)].leaf |= leaf;
         }
     }
 }

@@ -94,6 +94,18 @@ impl<F: Format, A: PageAllocator> core::fmt::Debug for PageTable<F, A> {
 /// not in frames of their own: a walk takes one frame however deep the table (a kernel stack).
 pub(super) const WALK_LEVELS: usize = 6;
 
+/// `depth` as an index into a walk's path: `depth` itself, since a walk opens a table only
+/// below one at level 1 or more and starts below level 6 (`depth <= level < WALK_LEVELS`),
+/// but bounded where the compiler sees it, so that no bounds check (a panic) is compiled in.
+#[inline(always)]
+pub(super) const fn open_at(depth: usize) -> usize {
+    if depth < WALK_LEVELS {
+        depth
+    } else {
+        WALK_LEVELS - 1
+    }
+}
+
 /// What `clear_dirty_entry` found in its slot.
 #[derive(Clone, Copy)]
 enum Dirty {
@@ -101,6 +113,16 @@ enum Dirty {
     Leaf(bool),
     /// A table entry (its raw value), to be walked.
     Table(u64),
+}
+
+/// What `unmap_entry` did with its slot.
+#[derive(Clone, Copy)]
+enum Unmapped {
+    /// Unmapped this many bytes (0: nothing there).
+    Bytes(u64),
+    /// Found a table to walk for the part of the range under the slot, and the entry that
+    /// linked it before (0: the table this call's split installed).
+    Below(Table, u64),
 }
 
 /// The entry slots of a table page.
@@ -598,36 +620,79 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     }
 
     /// First pass of `map`: fails on overlap, returns the number of tables to allocate.
+    ///
+    /// Depth first without recursion (one frame however deep the tables: a kernel stack): a
+    /// table's part of the range is checked before the next entry of the table above, each
+    /// entry read once, the first overlap in IOVA order reported.
     fn plan_map(&self, t: Table, level: u32, iova: u64, pa: u64, len: u64) -> Result<usize, Error> {
         if level == 0 {
             return self.plan_leaves(t, iova, len);
         }
-        let size = 1u64 << self.geo().level_shift(level);
-        let (mut iova, mut pa, mut left, mut need) = (iova, pa, len, 0);
-        let mut idx = self.geo().index(level, iova);
-        while left > 0 {
-            let chunk = left.min(size - (iova & (size - 1)));
-            // SAFETY: `t` is a live table at `level` and `idx` indexes it (derived from an IOVA
+        /// A table being checked: the part of the range left in it and its next slot.
+        #[derive(Clone, Copy)]
+        struct Open {
+            t: Table,
+            iova: u64,
+            pa: u64,
+            left: u64,
+            idx: usize,
+        }
+        let mut path = [Open {
+            t,
+            iova,
+            pa,
+            left: len,
+            idx: self.geo().index(level, iova),
+        }; WALK_LEVELS];
+        let (mut depth, mut need) = (0usize, 0usize);
+        loop {
+            let at = level - depth as u32;
+            let open = &mut path[open_at(depth)];
+            if open.left == 0 {
+                if depth == 0 {
+                    return Ok(need);
+                }
+                depth -= 1;
+                continue;
+            }
+            let size = 1u64 << self.geo().level_shift(at);
+            let (t, iova, pa, idx) = (open.t, open.iova, open.pa, open.idx);
+            let chunk = open.left.min(size - (iova & (size - 1)));
+            (open.iova, open.pa, open.left, open.idx) = (
+                iova.wrapping_add(chunk),
+                pa.wrapping_add(chunk),
+                open.left - chunk,
+                idx + 1,
+            );
+            // SAFETY: `t` is a live table at `at` and `idx` indexes it (derived from an IOVA
             // inside the table's span).
             let raw = unsafe { t.slot(idx) }.load(Ordering::Acquire);
             if self.format.is_present(raw) {
-                if level == 0 || !self.format.is_table(level, raw) {
+                if !self.format.is_table(at, raw) {
                     return Err(Error::Overlap {
                         iova: Iova::new(iova),
                     });
                 }
-                need += self.plan_map(self.child(raw)?, level - 1, iova, pa, chunk)?;
-            } else if !self.leaf_fits(level, iova, pa, chunk) {
-                need += 1 + self.count_new(level - 1, iova, pa, chunk);
+                let child = self.child(raw)?;
+                if at == 1 {
+                    need += self.plan_leaves(child, iova, chunk)?;
+                    continue;
+                }
+                depth += 1;
+                let Some(below) = path.get_mut(depth) else {
+                    return Err(Self::too_deep(level));
+                };
+                *below = Open {
+                    t: child,
+                    iova,
+                    pa,
+                    left: chunk,
+                    idx: self.geo().index(at - 1, iova),
+                };
+            } else if !self.leaf_fits(at, iova, pa, chunk) {
+                need += 1 + self.count_new(at - 1, iova, pa, chunk);
             }
-            (iova, pa, left, idx) = (
-                iova.wrapping_add(chunk),
-                pa.wrapping_add(chunk),
-                left - chunk,
-                idx + 1,
-            );
         }
-        Ok(need)
     }
 
     /// `plan_map` at level 0, where every entry is one granule and needs no table: only the
@@ -650,26 +715,69 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     }
 
     /// Tables needed beneath a new table at `level` to map `[iova, iova + len)`.
+    ///
+    /// Without recursion: the parts of the range still to count at each level below `level`
+    /// are kept in a fixed path (one frame however deep the tables: a kernel stack).
     fn count_new(&self, level: u32, iova: u64, pa: u64, len: u64) -> usize {
         if level == 0 {
             return 0;
         }
-        let size = 1u64 << self.geo().level_shift(level);
-        let (mut iova, mut pa, mut left, mut need) = (iova, pa, len, 0);
-        while left > 0 {
-            let chunk = left.min(size - (iova & (size - 1)));
-            if !self.leaf_fits(level, iova, pa, chunk) {
-                need += 1 + self.count_new(level - 1, iova, pa, chunk);
+        /// A new table's part of the range not yet counted.
+        #[derive(Clone, Copy)]
+        struct Open {
+            iova: u64,
+            pa: u64,
+            left: u64,
+        }
+        let mut path = [Open {
+            iova,
+            pa,
+            left: len,
+        }; WALK_LEVELS];
+        let (mut depth, mut need) = (0usize, 0usize);
+        loop {
+            let at = level - depth as u32;
+            let open = &mut path[open_at(depth)];
+            if open.left == 0 {
+                if depth == 0 {
+                    return need;
+                }
+                depth -= 1;
+                continue;
             }
-            (iova, pa, left) = (
+            let size = 1u64 << self.geo().level_shift(at);
+            let (iova, pa) = (open.iova, open.pa);
+            let chunk = open.left.min(size - (iova & (size - 1)));
+            (open.iova, open.pa, open.left) = (
                 iova.wrapping_add(chunk),
                 pa.wrapping_add(chunk),
-                left - chunk,
+                open.left - chunk,
             );
+            if self.leaf_fits(at, iova, pa, chunk) {
+                continue;
+            }
+            need += 1;
+            // The new table at `at - 1` needs tables of its own only above level 0; a path
+            // deeper than a validated geometry's cannot occur (`depth < at <= level < 6`).
+            if at > 1 && depth + 1 < WALK_LEVELS {
+                depth += 1;
+                path[open_at(depth)] = Open {
+                    iova,
+                    pa,
+                    left: chunk,
+                };
+            }
         }
-        need
     }
 
+    /// Maps `[iova, iova + len)` to `pa` below `t` (at `level`), installing tables from
+    /// `spares` where entries are empty.
+    ///
+    /// Depth first without recursion (one frame however deep the tables: a kernel stack). A
+    /// table's entry stays current while the table below it is mapped; once that table's part
+    /// is done its visited entries are cleaned (rule 2) and the walk moves past the entry. On an
+    /// error every open table's visited entries are cleaned, the deepest first, the entry being
+    /// descended through excluded, as the recursion did when it returned.
     #[allow(clippy::too_many_arguments)]
     fn map_level(
         &self,
@@ -684,56 +792,108 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         if level == 0 {
             return self.map_leaves(t, iova, pa, len, prot);
         }
-        let size = 1u64 << self.geo().level_shift(level);
-        let (mut iova, mut pa, mut left) = (iova, pa, len);
-        let mut idx = self.geo().index(level, iova);
-        let first = idx;
-        let mut result = Ok(());
-        while left > 0 {
-            let chunk = left.min(size - (iova & (size - 1)));
-            // SAFETY: as in `plan_map`.
-            let slot = unsafe { t.slot(idx) };
-            let raw = slot.load(Ordering::Acquire);
-            if !self.format.is_present(raw) && self.leaf_fits(level, iova, pa, chunk) {
-                // One leaf, or a whole run of them under the contiguous hint.
-                let run_log2 = self.contiguous_run(t, level, idx, iova, pa, left);
-                self.write_leaves(t, level, idx, pa, prot, run_log2);
-                let run = 1usize << run_log2;
-                let bytes = (run as u64) << self.geo().level_shift(level);
-                (iova, pa, left, idx) = (
-                    iova.wrapping_add(bytes),
-                    pa.wrapping_add(bytes),
-                    left - bytes,
-                    idx + run,
+        /// A table being mapped: the part of the range left in it, its current slot, and the
+        /// first slot visited.
+        #[derive(Clone, Copy)]
+        struct Open {
+            t: Table,
+            iova: u64,
+            pa: u64,
+            left: u64,
+            idx: usize,
+            first: usize,
+        }
+        impl Open {
+            /// Past `bytes` of the range and `entries` slots.
+            fn advance(&mut self, bytes: u64, entries: usize) {
+                (self.iova, self.pa, self.left, self.idx) = (
+                    self.iova.wrapping_add(bytes),
+                    self.pa.wrapping_add(bytes),
+                    self.left - bytes,
+                    self.idx + entries,
                 );
-                continue;
-            } else {
-                let (child, fresh) = match self.table_at(slot, level, raw, iova, spares) {
-                    Ok(child) => child,
-                    Err(e) => {
-                        result = Err(e);
-                        break;
-                    }
-                };
-                if fresh && level == 1 {
-                    self.fill_leaves(child, iova, pa, chunk, prot);
-                } else if let Err(e) =
-                    self.map_level(child, level - 1, iova, pa, chunk, prot, spares)
-                {
-                    result = Err(e);
-                    break;
-                }
             }
-            (iova, pa, left, idx) = (
-                iova.wrapping_add(chunk),
-                pa.wrapping_add(chunk),
-                left - chunk,
-                idx + 1,
+        }
+        let idx = self.geo().index(level, iova);
+        let mut path = [Open {
+            t,
+            iova,
+            pa,
+            left: len,
+            idx,
+            first: idx,
+        }; WALK_LEVELS];
+        let mut depth = 0usize;
+        let failed = loop {
+            let at = level - depth as u32;
+            let open = path[open_at(depth)];
+            if open.left == 0 {
+                // SAFETY: entries `first..idx` of the live table `t` were just visited.
+                self.sync(
+                    unsafe { open.t.entry_ptr(open.first) },
+                    (open.idx - open.first) * 8,
+                );
+                if depth == 0 {
+                    return Ok(());
+                }
+                // On past the parent's entry that links the table just mapped.
+                depth -= 1;
+                let parent = &mut path[open_at(depth)];
+                let size = 1u64 << self.geo().level_shift(at + 1);
+                parent.advance(parent.left.min(size - (parent.iova & (size - 1))), 1);
+                continue;
+            }
+            let shift = self.geo().level_shift(at);
+            let size = 1u64 << shift;
+            let chunk = open.left.min(size - (open.iova & (size - 1)));
+            // SAFETY: `open.t` is a live table at `at` and `open.idx` indexes it (derived from
+            // an IOVA inside the table's span).
+            let slot = unsafe { open.t.slot(open.idx) };
+            let raw = slot.load(Ordering::Acquire);
+            if !self.format.is_present(raw) && self.leaf_fits(at, open.iova, open.pa, chunk) {
+                // One leaf, or a whole run of them under the contiguous hint.
+                let run_log2 =
+                    self.contiguous_run(open.t, at, open.idx, open.iova, open.pa, open.left);
+                self.write_leaves(open.t, at, open.idx, open.pa, prot, run_log2);
+                let run = 1usize << run_log2;
+                path[open_at(depth)].advance((run as u64) << shift, run);
+                continue;
+            }
+            let (child, fresh) = match self.table_at(slot, at, raw, open.iova, spares) {
+                Ok(child) => child,
+                Err(e) => break e,
+            };
+            if at == 1 {
+                if fresh {
+                    self.fill_leaves(child, open.iova, open.pa, chunk, prot);
+                } else if let Err(e) = self.map_leaves(child, open.iova, open.pa, chunk, prot) {
+                    break e;
+                }
+                path[open_at(depth)].advance(chunk, 1);
+                continue;
+            }
+            if depth + 1 >= WALK_LEVELS {
+                break Self::too_deep(level);
+            }
+            depth += 1;
+            let idx = self.geo().index(at - 1, open.iova);
+            path[open_at(depth)] = Open {
+                t: child,
+                iova: open.iova,
+                pa: open.pa,
+                left: chunk,
+                idx,
+                first: idx,
+            };
+        };
+        for open in path.iter().take(depth + 1).rev() {
+            // SAFETY: entries `first..idx` of the live table `t` were visited.
+            self.sync(
+                unsafe { open.t.entry_ptr(open.first) },
+                (open.idx - open.first) * 8,
             );
         }
-        // SAFETY: entries `first..idx` of the live table `t` were just visited.
-        self.sync(unsafe { t.entry_ptr(first) }, (idx - first) * 8);
-        result
+        Err(failed)
     }
 
     /// `map_level` at level 0: one granule-sized leaf per entry, written in one tight loop per
@@ -908,31 +1068,34 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         iova: u64,
         spares: &mut Spares,
     ) -> Result<(Table, bool), Error> {
-        if self.format.is_present(raw) {
-            return if level > 0 && self.format.is_table(level, raw) {
-                self.child(raw).map(|t| (t, false))
-            } else {
-                Err(Error::Overlap {
+        let mut raw = raw;
+        loop {
+            if self.format.is_present(raw) {
+                return if level > 0 && self.format.is_table(level, raw) {
+                    self.child(raw).map(|t| (t, false))
+                } else {
+                    Err(Error::Overlap {
+                        iova: Iova::new(iova),
+                    })
+                };
+            }
+            if level == 0 {
+                return Err(Error::Overlap {
                     iova: Iova::new(iova),
-                })
-            };
-        }
-        if level == 0 {
-            return Err(Error::Overlap {
-                iova: Iova::new(iova),
-            });
-        }
-        let page = spares.take(&self.alloc).ok_or(Error::NoMemory)?;
-        // The zeroed table must reach memory before the entry that links it.
-        self.sync(page.va, 1 << self.geo().granule_log2);
-        let new = self.format.encode_table(level, page.pa);
-        crate::barrier::publish_table();
-        match slot.compare_exchange(raw, new, Ordering::Release, Ordering::Acquire) {
-            Ok(_) => Ok((Table(page.va), true)),
-            Err(now) => {
-                // A concurrent map of a disjoint range installed a table first: use it.
-                spares.put(page);
-                self.table_at(slot, level, now, iova, spares)
+                });
+            }
+            let page = spares.take(&self.alloc).ok_or(Error::NoMemory)?;
+            // The zeroed table must reach memory before the entry that links it.
+            self.sync(page.va, 1 << self.geo().granule_log2);
+            let new = self.format.encode_table(level, page.pa);
+            crate::barrier::publish_table();
+            match slot.compare_exchange(raw, new, Ordering::Release, Ordering::Acquire) {
+                Ok(_) => return Ok((Table(page.va), true)),
+                Err(now) => {
+                    // A concurrent map of a disjoint range installed a table first: use it.
+                    spares.put(page);
+                    raw = now;
+                }
             }
         }
     }
@@ -1042,6 +1205,15 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         Ok(0)
     }
 
+    /// Unmaps `[iova, iova + len)` below `t` (at `level`); returns the bytes unmapped.
+    ///
+    /// Depth first without recursion (one frame however deep the tables: a kernel stack). Each
+    /// entry is handled by `unmap_entry`, which may hand back a table to walk (one already
+    /// there, or the one its split installed); that table's part of the range is unmapped
+    /// before the next entry, with the parent's entry current meanwhile, so that the part
+    /// (each level's `range`, as `unmap_entry` takes it) and the larger page of a split table
+    /// (rule 5) are known when the walk returns to it. Errors return at once, as the recursion
+    /// did.
     fn unmap_level(
         &self,
         t: Table,
@@ -1054,27 +1226,103 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         if level == 0 {
             return Ok(self.unmap_leaves(t, iova, len, gather));
         }
-        let size = 1u64 << self.geo().level_shift(level);
-        let start = iova;
-        let (mut iova, mut left, mut unmapped) = (iova, len, 0);
-        let mut idx = self.geo().index(level, iova);
-        while left > 0 {
-            let chunk = left.min(size - (iova & (size - 1)));
-            let range = (start, start + len);
-            unmapped += self.unmap_entry(t, level, idx, iova, chunk, range, gather, spares)?;
-            (iova, left, idx) = (iova.wrapping_add(chunk), left - chunk, idx + 1);
+        /// A table being unmapped: the part of the range left in it, its current slot, the
+        /// bytes unmapped below it so far, and the entry that links it if it was there before
+        /// (0 for a table this walk's split installed).
+        #[derive(Clone, Copy)]
+        struct Open {
+            t: Table,
+            iova: u64,
+            left: u64,
+            idx: usize,
+            unmapped: u64,
+            link: u64,
         }
-        Ok(unmapped)
+        let mut path = [Open {
+            t,
+            iova,
+            left: len,
+            idx: self.geo().index(level, iova),
+            unmapped: 0,
+            link: 0,
+        }; WALK_LEVELS];
+        let mut depth = 0usize;
+        // The part of the range under the current entry of the table at `up`.
+        let chunk_of = |open: &Open, up: u32| {
+            let size = 1u64 << self.geo().level_shift(up);
+            open.left.min(size - (open.iova & (size - 1)))
+        };
+        loop {
+            let at = level - depth as u32;
+            let open = path[open_at(depth)];
+            // Below the current entry of the table at `up`: `bytes` unmapped, in the table
+            // linked by `link`. Records the split page (rule 5), moves past the entry.
+            let (up, bytes, link) = if open.left == 0 {
+                if depth == 0 {
+                    return Ok(open.unmapped);
+                }
+                depth -= 1;
+                (at + 1, open.unmapped, open.link)
+            } else {
+                let chunk = chunk_of(&open, at);
+                // The part of the range this table was asked for, as `unmap_entry` takes it.
+                let range = match depth.checked_sub(1).and_then(|d| path.get(d)) {
+                    Some(parent) => (parent.iova, parent.iova + chunk_of(parent, at + 1)),
+                    None => (iova, iova + len),
+                };
+                let found = self.unmap_entry(
+                    open.t, at, open.idx, open.iova, chunk, range, gather, spares,
+                )?;
+                match found {
+                    Unmapped::Bytes(bytes) => (at, bytes, 0),
+                    Unmapped::Below(child, link) if at == 1 => {
+                        (at, self.unmap_leaves(child, open.iova, chunk, gather), link)
+                    }
+                    Unmapped::Below(child, link) => {
+                        if depth + 1 >= WALK_LEVELS {
+                            return Err(Self::too_deep(level));
+                        }
+                        depth += 1;
+                        path[open_at(depth)] = Open {
+                            t: child,
+                            iova: open.iova,
+                            left: chunk,
+                            idx: self.geo().index(at - 1, open.iova),
+                            unmapped: 0,
+                            link,
+                        };
+                        continue;
+                    }
+                }
+            };
+            let current = &mut path[open_at(depth)];
+            if bytes > 0 && link != 0 && self.split_made(up, link) {
+                self.note_split_page(up, current.iova, gather);
+            }
+            let chunk = chunk_of(current, up);
+            current.unmapped += bytes;
+            (current.iova, current.left, current.idx) = (
+                current.iova.wrapping_add(chunk),
+                current.left - chunk,
+                current.idx + 1,
+            );
+        }
     }
 
-    /// Unmaps `[iova, iova + chunk)` under slot `idx` of `t` (at `level`); `range` is the whole
-    /// unmap's. Returns the bytes unmapped.
+    /// Unmaps `[iova, iova + chunk)` under slot `idx` of `t` (at `level`); `range` is the part
+    /// of the range the walk of `t` was asked for. Returns the bytes unmapped, or the table
+    /// whose entries cover the part (for `unmap_level` to walk) with the entry that linked it
+    /// before (a split of this call's installs a table: no entry, 0).
     ///
     /// Other threads may change the slot meanwhile, within the contract (their ranges are
     /// disjoint from ours): another unmap may split the same larger page, or clear its
     /// contiguous hint; hardware may set accessed/dirty bits. So every decision is taken on the
     /// value last read, and a failed compare-and-swap re-examines what the slot holds now:
     /// a table (someone else's split) is descended into, a leaf is split again.
+    ///
+    /// Out of line, with `split_leaf`: their locals are not in `unmap_level`'s frame, under
+    /// the leaf-table walk it calls (a kernel stack).
+    #[inline(never)]
     #[allow(clippy::too_many_arguments)]
     fn unmap_entry(
         &self,
@@ -1086,7 +1334,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         range: (u64, u64),
         gather: &mut Gather,
         spares: &mut Spares,
-    ) -> Result<u64, Error> {
+    ) -> Result<Unmapped, Error> {
         let shift = self.geo().level_shift(level);
         let size = 1u64 << shift;
         // SAFETY: `t` is a live table at `level`; `idx` comes from an IOVA in its span.
@@ -1097,30 +1345,26 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
                 raw = self.break_contiguous(t, level, idx, iova, raw, range, gather);
             }
             if !self.format.is_present(raw) {
-                return Ok(0);
+                return Ok(Unmapped::Bytes(0));
             }
             if level > 0 && self.format.is_table(level, raw) {
                 let child = self.child(raw)?;
                 if chunk == size {
                     self.store_synced(t, idx, 0);
                     gather.add_table_change(iova, size);
-                    return self.reap(child, level - 1, raw, gather);
+                    return self
+                        .reap(child, level - 1, raw, gather)
+                        .map(Unmapped::Bytes);
                 }
-                let bytes = self.unmap_level(child, level - 1, iova, chunk, gather, spares)?;
-                if bytes > 0 && self.split_made(level, raw) {
-                    self.note_split_page(level, iova, gather);
-                }
-                return Ok(bytes);
+                return Ok(Unmapped::Below(child, raw));
             }
             if chunk == size {
                 self.store_synced(t, idx, 0);
                 gather.add_leaves(iova, size, shift);
-                return Ok(size);
+                return Ok(Unmapped::Bytes(size));
             }
             match self.split_leaf(t, idx, level, raw, iova, gather, spares)? {
-                Ok(child) => {
-                    return self.unmap_level(child, level - 1, iova, chunk, gather, spares)
-                }
+                Ok(child) => return Ok(Unmapped::Below(child, 0)),
                 // A concurrent split installed its table, or hardware set accessed/dirty
                 // bits: look again.
                 Err(now) => raw = now,
@@ -1337,7 +1581,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         loop {
             let at = level - depth as u32;
             let shift = self.geo().level_shift(at);
-            let open = &mut path[depth];
+            let open = &mut path[open_at(depth)];
             if open.next < 1usize << self.geo().level_bits(at) {
                 // SAFETY: `next` is below the table's entry count.
                 let e = unsafe { open.t.slot(open.next) }.load(Ordering::Acquire);
@@ -1382,6 +1626,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     /// Returns the new table, or, if the slot no longer held `raw`, what it holds now (the table
     /// of a concurrent split, or the leaf with bits the walker set); the spare page then goes
     /// back zeroed.
+    #[inline(never)]
     #[allow(clippy::too_many_arguments)]
     fn split_leaf(
         &self,
@@ -1516,7 +1761,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         let mut depth = 0usize;
         loop {
             let at = level - depth as u32;
-            let open = &mut path[depth];
+            let open = &mut path[open_at(depth)];
             if open.left == 0 {
                 if depth == 0 {
                     return Ok(());
@@ -1681,14 +1926,14 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         let mut depth = 0usize;
         loop {
             let at = level - depth as u32;
-            let open = path[depth];
+            let open = path[open_at(depth)];
             if open.left == 0 {
                 if depth == 0 {
                     return Ok(open.cleaned);
                 }
                 // Back in the parent, at the entry that links the table just walked.
                 depth -= 1;
-                let (up, parent) = (at + 1, &mut path[depth]);
+                let (up, parent) = (at + 1, &mut path[open_at(depth)]);
                 let size = 1u64 << self.geo().level_shift(up);
                 let chunk = parent.left.min(size - (parent.iova & (size - 1)));
                 if open.cleaned && self.split_made(up, open.link) {
@@ -1706,7 +1951,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
             let idx = self.geo().index(at, open.iova);
             match self.clear_dirty_entry(open.t, at, idx, open.iova, how, sink, gather)? {
                 Dirty::Leaf(cleaned) => {
-                    let open = &mut path[depth];
+                    let open = &mut path[open_at(depth)];
                     open.cleaned |= cleaned;
                     (open.iova, open.left) = (open.iova.wrapping_add(chunk), open.left - chunk);
                 }
@@ -1855,7 +2100,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         loop {
             let at = level - depth as u32;
             let shift = self.geo().level_shift(at);
-            let open = &mut path[depth];
+            let open = &mut path[open_at(depth)];
             if open.next < 1usize << self.geo().level_bits(at) {
                 let idx = open.next;
                 open.next += 1;
@@ -1890,7 +2135,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
             }
             // Back in the parent, whose last slot read links the table just walked.
             depth -= 1;
-            let parent = &mut path[depth];
+            let parent = &mut path[open_at(depth)];
             if done.empty {
                 let up_shift = self.geo().level_shift(at + 1);
                 self.store_synced(parent.t, parent.next - 1, 0);

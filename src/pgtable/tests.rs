@@ -1032,8 +1032,9 @@ fn tables_post_order<F: Format, A: PageAllocator>(
 }
 
 /// The walks that keep their open tables in a fixed path rather than in frames of their own
-/// (`visit`, `reap`, `reclaim_level`, `count_tables`), on the deepest table there is
-/// (AMD-Vi v1, 63-bit input: six levels), against the recursive order: leaves in IOVA order
+/// (`map_level`, `plan_map`, `count_new`, `unmap_level`, `visit`, `reap`, `reclaim_level`,
+/// `count_tables`), on the deepest table there is (AMD-Vi v1, 63-bit input: six levels, a
+/// table installed at every level by the maps), against the recursive order: leaves in IOVA order
 /// with an early exit that stops the walk, tables handed to the gather after every table
 /// under them and in slot order (release frees them in the reverse order), the counts of a
 /// recursive count.
