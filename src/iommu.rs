@@ -1062,10 +1062,11 @@ pub trait Iommu: Sync {
 
     /// Whether the unit still owes the device the answer `response` gives, after
     /// [`page_response`](Self::page_response) failed: `true` when nothing was sent (SMMUv3:
-    /// the command never reached the command queue), so the answer may be sent again;
-    /// `false` when it was taken whatever became of it (or was never owed). The default,
-    /// `false`, is what a unit that does not keep its faults says (VT-d, AMD-Vi: a failed
-    /// answer is gone and the device waits for its own time-out).
+    /// the command never reached the command queue; VT-d: the page group response never
+    /// reached the invalidation queue), so the answer may be sent again; `false` when it was
+    /// taken whatever became of it (or was never owed). The default, `false`, is what a unit
+    /// that answers no page faults says (AMD-Vi: no PPR log is driven, so no fault is handed
+    /// out and none answered).
     fn page_response_owed(&self, response: &PageResponse) -> bool {
         let _ = response;
         false

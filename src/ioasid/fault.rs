@@ -209,8 +209,9 @@ impl<A: PageAllocator> IoasidCtx<'_, '_, A> {
     /// [`Error::Iommu`] if the unit did not take the response: the group stays outstanding
     /// (answer it again) when the unit says it still owes it
     /// ([`Iommu::page_response_owed`](crate::iommu::Iommu::page_response_owed): SMMUv3, whose
-    /// command never reached the queue), else it is gone from the queue (the device has the
-    /// answer, or waits for its own time-out).
+    /// command never reached the command queue; VT-d, whose page group response never reached
+    /// the invalidation queue), else it is gone from the queue (the device has the answer, or
+    /// waits for its own time-out).
     pub fn respond_fault(
         &self,
         cookie: crate::iopf::FaultCookie,

@@ -407,13 +407,33 @@ impl QueueCore {
         descriptors: &[Descriptor],
         budget: u32,
     ) -> Result<(), Error> {
-        self.check_batch(descriptors, 1)?;
+        self.submit_and_wait_noting(regs, descriptors, budget)
+            .map_err(|(e, _)| e)
+    }
+
+    /// As [`submit_and_wait_within`](Self::submit_and_wait_within), saying with an error
+    /// whether `descriptors` were queued (`true`: they are in the ring and the doorbell was
+    /// rung, so the unit runs them whatever became of the wait; `false`: nothing was written,
+    /// as for a batch refused, no room within `budget`, or a queue error met while looking
+    /// for room).
+    ///
+    /// # Errors
+    /// As [`submit_and_wait`](Self::submit_and_wait), with the flag.
+    pub fn submit_and_wait_noting<W: RegisterWindow + ?Sized>(
+        &mut self,
+        regs: &W,
+        descriptors: &[Descriptor],
+        budget: u32,
+    ) -> Result<(), (Error, bool)> {
+        self.check_batch(descriptors, 1).map_err(|e| (e, false))?;
         let sequence = self.sequence.wrapping_add(1);
         let wait = Descriptor::wait(
             WaitFlags::default(),
             Some((sequence, self.status_pa(STATUS_OFFSET))),
-        )?;
-        self.reserve(regs, descriptors.len() as u32 + 1, budget)?;
+        )
+        .map_err(|e| (e, false))?;
+        self.reserve(regs, descriptors.len() as u32 + 1, budget)
+            .map_err(|e| (e, false))?;
         for d in descriptors {
             self.push(d);
         }
@@ -421,6 +441,7 @@ impl QueueCore {
         self.sequence = sequence;
         self.ring_doorbell(regs);
         self.await_status(regs, sequence, budget)
+            .map_err(|e| (e, true))
     }
 
     /// Waits for the unit to consume everything queued, then clears `GCMD.QIE`.

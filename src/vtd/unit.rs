@@ -487,6 +487,9 @@ pub struct VtdUnit<
     counters: Counters,
     /// The page request queue, once [`enable_page_requests`](Self::enable_page_requests).
     prq: spin::Mutex<Option<PageRequestQueue>>,
+    /// Page group responses whose descriptor never reached the invalidation queue, so still
+    /// owed (`Iommu::page_response_owed`): a leaf lock, taken under `inval` or alone.
+    unqueued: spin::Mutex<page_requests::Unqueued>,
 }
 
 impl<W: RegisterWindow, A: PageAllocator + Clone> VtdUnit<W, A> {
@@ -576,6 +579,10 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
             addr_of_mut!((*p).flush_plan).write(FLUSH_PLAN);
             addr_of_mut!((*p).counters).write(Counters::default());
             addr_of_mut!((*p).prq).write(spin::Mutex::new(None));
+            #[allow(clippy::declare_interior_mutable_const)]
+            const UNQUEUED: spin::Mutex<page_requests::Unqueued> =
+                spin::Mutex::new(page_requests::Unqueued::EMPTY);
+            addr_of_mut!((*p).unqueued).write(UNQUEUED);
         }
         Ok(())
     }

@@ -260,3 +260,114 @@ fn page_request_queue_overflow_reported_once_drained() {
         ctx.detach(dev).unwrap();
     })
 }
+
+/// An Invalid answer to `sid`'s group `group`, as a unit is told to send it.
+fn answer_to(sid: u32, group: u16) -> iommu_engine::iopf::PageResponse {
+    iommu_engine::iopf::PageResponse {
+        device: iommu_engine::iommu::DeviceId(sid),
+        pasid: None,
+        kind: FaultKind::PageRequest { group, last: true },
+        code: ResponseCode::Invalid,
+    }
+}
+
+/// Answers of the model's device `sid` to its group `group`.
+fn answers(r: &Rig<'_, '_>, sid: u32, group: u16) -> usize {
+    r.vm.page_responses()
+        .iter()
+        .filter(|g| g.sid == sid as u16 && g.group == group)
+        .count()
+}
+
+/// A page group response the unit could not put on its invalidation queue (no room: waits
+/// never complete and the ring filled up; then an earlier batch's queue error met while
+/// looking for room) is still owed: the group stays in the context, the retry sends it once
+/// there is room, and the device is answered exactly once. One that was queued and whose
+/// wait then failed is answered (the device gets it once the queue runs): the retry is
+/// `NotOutstanding`.
+#[test]
+fn vtd_response_the_unit_could_not_queue_stays_outstanding() {
+    use iommu_engine::sim::vtd::Injection;
+    with_rig(prs(), SmmuSetup::qemu(true), |r| {
+        r.vtd.enable_page_requests(0).unwrap();
+        let (ctx, dev, _io) = attached(r);
+        for g in [5, 6] {
+            assert_eq!(
+                r.vm.page_request(request(RID_A, 0x5000 + u64::from(g) * K4, g, true)),
+                PageRequestOutcome::Queued
+            );
+        }
+        assert_eq!(dispatch_page_faults(VTD, r.vtd, &[&ctx]).unwrap().queued, 2);
+        let mut out = no_faults::<8>();
+        assert_eq!(ctx.read_faults(&mut out), 2);
+        let (c5, c6) = (out[0].cookie, out[1].cookie);
+        assert_eq!(
+            out[0].fault.kind,
+            FaultKind::PageRequest {
+                group: 5,
+                last: true
+            }
+        );
+
+        // Waits never complete: every batch after the first stays in the ring, until none fits.
+        r.vm.inject(Injection::StallWaits);
+        let mut filled = false;
+        for g in 0..512u16 {
+            match r.vtd.page_group_response(&answer_to(RID_B, g)) {
+                Err(e) if format!("{e:?}").contains("QueueSpace") => {
+                    filled = true;
+                    break;
+                }
+                Err(_) => {}
+                Ok(()) => panic!("a wait completed while waits are stalled"),
+            }
+        }
+        assert!(filled, "the invalidation queue never filled");
+
+        // No room: the answer never reaches the queue, and stays owed.
+        let e = ctx.respond_fault(c5, ResponseCode::Success);
+        assert!(matches!(e, Err(Error::Iommu(_))), "{e:?}");
+        assert_eq!(answers(r, RID_A, 5), 0);
+        let e = ctx.respond_fault(c5, ResponseCode::Success);
+        assert!(
+            matches!(e, Err(Error::Iommu(_))),
+            "the retry of an answer never queued: {e:?}"
+        );
+
+        // Room again (the waits complete), but an earlier batch's queue error is met while
+        // looking for room: still never queued, still owed.
+        r.vm.clear_injections();
+        r.vm.leave_queue_errors(1 << 4); // FSTS.IQE
+        let e = ctx.respond_fault(c5, ResponseCode::Success);
+        assert!(matches!(e, Err(Error::Iommu(_))), "{e:?}");
+        assert_eq!(answers(r, RID_A, 5), 0);
+
+        // The retry sends it, once; the device retries its page.
+        ctx.respond_fault(c5, ResponseCode::Success)
+            .expect("the retry of an answer the unit never queued");
+        assert_eq!(answers(r, RID_A, 5), 1, "the group answered exactly once");
+        assert_eq!(
+            ctx.respond_fault(c5, ResponseCode::Success),
+            Err(Error::Fault(FaultError::NotOutstanding(c5)))
+        );
+
+        // Queued, and its wait never completes: the answer is taken (the device has it once
+        // the queue runs), so the group is gone and the retry sends nothing.
+        r.vm.inject(Injection::StallWaits);
+        let e = ctx.respond_fault(c6, ResponseCode::Success);
+        assert!(matches!(e, Err(Error::Iommu(_))), "{e:?}");
+        assert_eq!(
+            ctx.respond_fault(c6, ResponseCode::Success),
+            Err(Error::Fault(FaultError::NotOutstanding(c6)))
+        );
+        r.vm.clear_injections();
+        assert_eq!(
+            answers(r, RID_A, 6),
+            1,
+            "the queued answer ran once the queue did"
+        );
+        assert_eq!(answers(r, RID_A, 5), 1);
+        assert_eq!(r.vm.outstanding_page_requests(), 0);
+        ctx.detach(dev).unwrap();
+    })
+}

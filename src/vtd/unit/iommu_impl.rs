@@ -327,4 +327,8 @@ where
     fn page_response(&self, response: &PageResponse) -> Result<(), Error> {
         Ok(self.page_group_response(response)?)
     }
+
+    fn page_response_owed(&self, response: &PageResponse) -> bool {
+        VtdUnit::page_response_owed(self, response)
+    }
 }

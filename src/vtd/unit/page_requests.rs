@@ -77,27 +77,133 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
     /// Sends the page group response answering `response` on the invalidation queue and waits
     /// for it to be consumed (an invalidation wait behind it).
     ///
+    /// The answer is taken once, and only once, its descriptor is in the invalidation queue:
+    /// until then the unit still owes it
+    /// ([`page_response_owed`](Self::page_response_owed) says so), and the IOASID layer keeps
+    /// the group in its context to be answered again.
+    ///
     /// # Errors
-    /// [`Error::Unsupported`] without `ECAP.PRS` or an invalidation queue;
-    /// [`Error::InvalidArgument`] (a
-    /// stall, or a field too wide); queue errors and time-outs.
+    /// What is true after each:
+    /// - nothing was queued: [`Error::Unsupported`] without `ECAP.PRS` or an invalidation
+    ///   queue (the unit not enabled, or with register-based invalidation);
+    ///   [`Error::InvalidArgument`] (a stall, or a field too wide); no room in the queue within
+    ///   the poll budget ([`Error::Timeout`], `Wait::QueueSpace`); a queue error (IQE, ITE,
+    ///   ICE) of an earlier batch met while looking for room ([`Error::QueueError`], cleared):
+    ///   the answer is still owed and may be sent again (before, it was lost: the IOASID
+    ///   layer dropped the group, its retry was `NotOutstanding`, and the device waited for
+    ///   ever);
+    /// - the descriptor was queued and its wait failed ([`Error::Timeout`]
+    ///   `Wait::InvalidationWait`, a queue error): the answer is taken (not owed): the unit
+    ///   runs it once the queue moves, or, for a descriptor it rejected (IQE, neutralised),
+    ///   the device waits for its own PRI time-out.
     pub fn page_group_response(&self, response: &PageResponse) -> Result<(), Error> {
+        let mut inv = self.inval.lock();
+        let (r, queued) = self.page_group_response_locked(&mut inv, response);
+        // Under `inval` (lock order: `inval`, then `unqueued`, a leaf), so that the record
+        // agrees with the queue for any answer that follows.
+        let mut unqueued = self.unqueued.lock();
+        if queued {
+            unqueued.forget(response);
+        } else if r.is_err() {
+            unqueued.note(response);
+        }
+        r
+    }
+
+    /// Whether the answer `response` gives is still owed after
+    /// [`page_group_response`](Self::page_group_response) failed: its descriptor never
+    /// reached the invalidation queue (see there).
+    pub fn page_response_owed(&self, response: &PageResponse) -> bool {
+        self.unqueued.lock().owes(response)
+    }
+
+    /// The response, and whether its descriptor was queued.
+    fn page_group_response_locked(
+        &self,
+        inv: &mut Invalidator,
+        response: &PageResponse,
+    ) -> (Result<(), Error>, bool) {
         if !self.info.ecap.flags().contains(EcapFlags::PRS) {
-            return Err(Error::Unsupported {
+            let e = Error::Unsupported {
                 what: "ECAP.PRS (page requests)",
                 value: self.info.ecap.0,
-            });
+            };
+            return (Err(e), false);
         }
-        let d = page_group_response(response)?;
-        let mut inv = self.inval.lock();
-        match &mut *inv {
+        let d = match page_group_response(response) {
+            Ok(d) => d,
+            Err(e) => return (Err(e), false),
+        };
+        match inv {
             Invalidator::Queue(q) => {
-                q.submit_and_wait_within(&self.regs, &[d], self.info.poll_budget)
+                match q.submit_and_wait_noting(&self.regs, &[d], self.info.poll_budget) {
+                    Ok(()) => (Ok(()), true),
+                    Err((e, queued)) => (Err(e), queued),
+                }
             }
-            Invalidator::Registers | Invalidator::Off => Err(Error::Unsupported {
-                what: "queued invalidation (page group responses go on the queue)",
-                value: 0,
-            }),
+            Invalidator::Registers | Invalidator::Off => {
+                let e = Error::Unsupported {
+                    what: "queued invalidation (page group responses go on the queue)",
+                    value: 0,
+                };
+                (Err(e), false)
+            }
         }
+    }
+}
+
+/// Page group responses a unit holds as still owed, at most: answers that failed before
+/// reaching the invalidation queue and were not yet sent again. Past it, the oldest is
+/// forgotten (its answer is then lost, as every failed answer was before).
+pub(crate) const MAX_UNQUEUED: usize = 16;
+
+/// The answers a unit still owes because their descriptor never reached the invalidation
+/// queue: an answer is noted when it fails before the queue, forgotten once queued.
+pub(crate) struct Unqueued {
+    slots: [Option<PageResponse>; MAX_UNQUEUED],
+    /// The slot overwritten next when all are taken.
+    next: usize,
+}
+
+impl Unqueued {
+    pub(crate) const EMPTY: Self = Self {
+        slots: [None; MAX_UNQUEUED],
+        next: 0,
+    };
+
+    /// Whether `a` and `b` answer the same group (whatever their codes).
+    fn same(a: &PageResponse, b: &PageResponse) -> bool {
+        a.device == b.device && a.pasid == b.pasid && a.kind == b.kind
+    }
+
+    fn note(&mut self, r: &PageResponse) {
+        if let Some(s) = self
+            .slots
+            .iter_mut()
+            .find(|s| s.is_some_and(|s| Self::same(&s, r)))
+        {
+            *s = Some(*r);
+            return;
+        }
+        if let Some(s) = self.slots.iter_mut().find(|s| s.is_none()) {
+            *s = Some(*r);
+            return;
+        }
+        if let Some(s) = self.slots.get_mut(self.next) {
+            *s = Some(*r);
+        }
+        self.next = (self.next + 1) % MAX_UNQUEUED;
+    }
+
+    fn forget(&mut self, r: &PageResponse) {
+        for s in self.slots.iter_mut() {
+            if s.is_some_and(|s| Self::same(&s, r)) {
+                *s = None;
+            }
+        }
+    }
+
+    fn owes(&self, r: &PageResponse) -> bool {
+        self.slots.iter().flatten().any(|s| Self::same(s, r))
     }
 }
