@@ -91,6 +91,23 @@ pub fn dma_read_barrier() {
     compiler_fence(Ordering::SeqCst);
 }
 
+/// Orders earlier reads of memory the device wrote (queue entries) before a later register
+/// write that hands those entries back to the device (a queue's consumer index).
+///
+/// aarch64: `DSB LD`, so every entry read has completed before the device can see the new
+/// index and overwrite the entry (the entries' acquire loads order the store for the CPU's
+/// own observers; the unit is not one of them on a non-coherent system). x86-64: stores are
+/// not reordered with older loads.
+#[inline]
+pub fn dma_consumed_barrier() {
+    #[cfg(target_arch = "aarch64")]
+    // SAFETY: a barrier instruction; it touches no memory the compiler tracks.
+    unsafe {
+        core::arch::asm!("dsb ld", options(nostack, preserves_flags));
+    }
+    compiler_fence(Ordering::SeqCst);
+}
+
 /// A real register window at a CPU virtual address mapped as device memory.
 #[derive(Debug)]
 pub struct Mmio {

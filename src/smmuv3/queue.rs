@@ -12,7 +12,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use super::field::{address_bits, table_page, Field};
 use super::SmmuError;
 use crate::mem::{Page, PageAllocator, WalkerCoherency, PAGE_SHIFT_4K};
-use crate::mmio::{dma_read_barrier, RegisterWindow};
+use crate::mmio::{dma_consumed_barrier, dma_read_barrier, RegisterWindow};
 
 /// `*_BASE.ADDR`, bits 51:5.
 pub const Q_BASE_ADDR: Field = Field::new("Q_BASE.ADDR", 51, 5);
@@ -270,6 +270,8 @@ impl<A: PageAllocator, R: QueueRegisters> QueueReader<A, R> {
 
     /// Publishes CONS with `overflow_ack` as `OVACKFLG`, so the unit can reuse the entries.
     pub(crate) fn publish<W: RegisterWindow + ?Sized>(&self, regs: &W) {
+        // The entries before CONS are read before the unit may reuse them.
+        dma_consumed_barrier();
         regs.write32(R::CONS, self.cons.register() | self.overflow_ack);
     }
 }
