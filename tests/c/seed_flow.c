@@ -273,7 +273,7 @@ static void page_fault_flow(IeSimArena *arena, const IeEnv *env)
 }
 
 /* An SMMUv3 model as `mcfg` says, its unit enabled, a registry over it and a context whose
- * fault queue is open: what the SMMUv3 fault flows share. */
+ * fault queue is open: the stall flow's set-up (the PRI flow is fault_flow's). */
 typedef struct {
     IeSimModel *model;
     IeUnit *unit;
