@@ -95,12 +95,19 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
 
     /// Unmaps the `done` bytes a failed [`copy`](Self::copy) mapped at `dst_iova`; the error
     /// to report, `e`, becomes [`Error::InvalidationPending`] if a unit did not confirm the
-    /// unmap's invalidation. A failure's path, not inlined; `e` is changed in place (the
-    /// kernel-stack bound of the C ABI).
+    /// unmap's invalidation. The unmap does not first settle what is owed (as
+    /// [`IoasidCtx::unmap`] does): when the failed run's own rollback left an invalidation
+    /// unconfirmed, settling would fail again and leave the earlier runs mapped. A failure's
+    /// path, not inlined; `e` is changed in place (the kernel-stack bound of the C ABI).
     #[cold]
     #[inline(never)]
     fn undo_copy(&self, dst: IoasidId, dst_iova: Iova, done: u64, e: &mut Error) {
-        if let Err(p @ Error::InvalidationPending { .. }) = self.unmap(dst, dst_iova, done) {
+        let st = self.state.read();
+        let Ok(io) = st.ioasid(dst) else {
+            return;
+        };
+        if let Err(p @ Error::InvalidationPending { .. }) = self.unmap_unsettled(io, dst_iova, done)
+        {
             *e = p;
         }
     }

@@ -263,6 +263,19 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     /// Unmaps from every domain of `io` and from the record (see [`IoasidCtx::unmap`]).
     pub(super) fn unmap_in(&self, io: &Ioasid<'a, A>, iova: Iova, len: u64) -> Result<u64, Error> {
         self.settle(io)?;
+        self.unmap_unsettled(io, iova, len)
+    }
+
+    /// [`Self::unmap_in`] without settling what is owed first: the entries go even while a
+    /// unit still owes an invalidation (their flush carries the owed ranges along), for the
+    /// undo of a failed copy, which must not leave what it mapped behind because an earlier
+    /// invalidation is unconfirmed.
+    pub(super) fn unmap_unsettled(
+        &self,
+        io: &Ioasid<'a, A>,
+        iova: Iova,
+        len: u64,
+    ) -> Result<u64, Error> {
         // The first invalidation left owed, reported once every domain and the record agree.
         let mut out = Ok(0);
         for (k, (slot, d)) in domains(io).enumerate() {

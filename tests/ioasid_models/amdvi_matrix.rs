@@ -2,9 +2,9 @@
 //! on `sim::amdvi::AmdViModel`), as `fault_matrix.rs` is for VT-d and SMMUv3: every `IoasidCtx`
 //! call that reaches the unit, against every fault the model injects at every point the call's
 //! clean run reaches (an illegal command, ILLEGAL_COMMAND_ERROR, or an unreadable one,
-//! COMMAND_HARDWARE_ERROR, at each command; COMPLETION_WAITs that never complete; an IOTLB
-//! invalidation of the ATS device timing out, at each one; the k-th page allocation failing),
-//! one fresh rig per cell. Every cell checks that its fault fired
+//! COMMAND_HARDWARE_ERROR, at each command; a COMPLETION_WAIT that never completes, at each
+//! wait; an IOTLB invalidation of the ATS device timing out, at each one; the k-th page
+//! allocation failing), one fresh rig per cell. Every cell checks that its fault fired
 //! (`AmdViModelStats::injections_fired`, the arena's failed allocations).
 //!
 //! After every cell:
@@ -132,8 +132,10 @@ fn faults(c: Census) -> Vec<Fault> {
         v.push(Fault::Unit(Injection::IllegalCommandAt(n)));
         v.push(Fault::Unit(Injection::CommandHardwareErrorAt(n)));
     }
-    if c.waits > 0 {
-        v.push(Fault::Unit(Injection::StallWaits));
+    // A COMPLETION_WAIT that never completes at each wait of the clean run (and every wait
+    // after it until the fault is cleared).
+    for n in 1..=c.waits as u32 {
+        v.push(Fault::Unit(Injection::StallWaitAt(n)));
     }
     if c.iotlb > 0 {
         v.push(Fault::Unit(Injection::IotlbTimeout));

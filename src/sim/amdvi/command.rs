@@ -92,6 +92,9 @@ impl State<'_> {
                 if c[0] & 0x0FF0_0000_0000_0000 != 0 {
                     return Outcome::Illegal;
                 }
+                if !self.inj.stall_waits && countdown(&mut self.inj.stall_wait_at) {
+                    self.inj.stall_waits = true;
+                }
                 if self.inj.stall_waits {
                     self.stats.injections_fired += 1;
                     return Outcome::Stall;

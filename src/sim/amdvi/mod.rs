@@ -169,11 +169,17 @@ pub enum Injection {
     /// COMPLETION_WAITs do not complete (the unit stops on the first one, head on it, run bit
     /// set) until [`AmdViModel::clear_injections`].
     StallWaits,
+    /// The `n`-th COMPLETION_WAIT fetched from now (1-based) does not complete, nor does any
+    /// after it, until [`AmdViModel::clear_injections`] (as [`Injection::StallWaits`] from
+    /// that wait on): a timeout at each step of a call that waits more than once.
+    StallWaitAt(u32),
     /// The next INVALIDATE_IOTLB_PAGES times out: IOTLB_INV_TIMEOUT logged with the command's
     /// address, the device's cache kept, the buffer running on (the unit treats the command as
     /// done).
     IotlbTimeout,
-    /// `CmdBufRun` / `EventLogRun` never clear when their enable bit is cleared.
+    /// `CmdBufRun` / `EventLogRun` do not clear when their enable bit is cleared, until
+    /// [`AmdViModel::clear_injections`] (a unit slow to stop: then they follow their enable
+    /// bits).
     StuckRun,
 }
 
@@ -182,6 +188,7 @@ struct Injections {
     illegal_at: u32,
     hw_error_at: u32,
     stall_waits: bool,
+    stall_wait_at: u32,
     iotlb_timeout: bool,
     stuck_run: bool,
 }
@@ -331,14 +338,24 @@ impl<'m> AmdViModel<'m> {
             Injection::IllegalCommandAt(n) => st.inj.illegal_at = n,
             Injection::CommandHardwareErrorAt(n) => st.inj.hw_error_at = n,
             Injection::StallWaits => st.inj.stall_waits = true,
+            Injection::StallWaitAt(n) => st.inj.stall_wait_at = n,
             Injection::IotlbTimeout => st.inj.iotlb_timeout = true,
             Injection::StuckRun => st.inj.stuck_run = true,
         }
     }
 
-    /// Disarms every fault, and lets a stalled buffer run on.
+    /// Disarms every fault, lets a stalled buffer run on and run bits held by
+    /// [`Injection::StuckRun`] follow their enable bits.
     pub fn clear_injections(&self) {
         let mut st = self.lock();
+        if st.inj.stuck_run {
+            if st.control & regs::CTRL_CMD_BUF_EN == 0 {
+                st.status &= !regs::ST_CMD_BUF_RUN;
+            }
+            if st.control & regs::CTRL_EVENT_LOG_EN == 0 {
+                st.status &= !regs::ST_EVENT_LOG_RUN;
+            }
+        }
         st.inj = Injections::default();
         st.run_commands();
     }
