@@ -760,16 +760,19 @@ typedef struct {
 
 // One decoded fault, as ie_unit_read_faults() reports it.
 typedef struct {
-  // The requester: PCI RID (VT-d `SID`) or StreamID (SMMUv3).
+  // The requester: PCI RID (VT-d `SID`), StreamID (SMMUv3) or DeviceID (AMD-Vi).
   uint32_t device_id;
-  // VT-d: the fault reason (`FR`, VT-d 4.1 §7 tables); SMMUv3: the event type (§7.3).
+  // VT-d: the fault reason (`FR`, VT-d 4.1 §7 tables); SMMUv3: the event type (§7.3);
+  // AMD-Vi: the event code (document 48882 §2.5: 2 IO_PAGE_FAULT, 8
+  // INVALID_DEVICE_REQUEST, ...).
   uint32_t reason;
   // VT-d: the faulting page (`FI`, 4 KiB aligned); SMMUv3: the input address (0 when the
-  // event has none).
+  // event has none); AMD-Vi: the event's address (the command's for the command errors and
+  // IOTLB_INV_TIMEOUT).
   uint64_t address;
-  // The faulting request was a write (VT-d `T1` = 0; SMMUv3 `RnW` = 0).
+  // The faulting request was a write (VT-d `T1` = 0; SMMUv3 `RnW` = 0; AMD-Vi `RW`).
   bool write;
-  // `pasid` is valid (VT-d `PP`; SMMUv3 `SSV`).
+  // `pasid` is valid (VT-d `PP`; SMMUv3 `SSV`; AMD-Vi `GN`).
   bool pasid_valid;
   // The request's PASID / SubstreamID.
   uint32_t pasid;
@@ -1478,14 +1481,18 @@ int32_t ie_unit_drain_faults(IeUnit *unit, uint32_t max, uint32_t *count);
 // Reports and clears pending faults like ie_unit_drain_faults() and decodes them: the first
 // `max` go to `out[0..max]` (NULL with `max` = 0 to only count), `*count` (if not NULL) gets
 // how many were seen (VT-d: every pending record is cleared, at most `CAP.NFR`, also those
-// beyond `max`; SMMUv3: at most `max` events are consumed). The status and the state of the
+// beyond `max`; SMMUv3: at most `max` events are consumed; AMD-Vi: every logged event is
+// consumed, also those beyond `max`, which are counted but not decoded). The status and the state of the
 // records are those of ie_unit_drain_faults() (`IE_STATUS_FAULTS_LOST`, `IE_STATUS_BUSY`,
 // `IE_STATUS_HARDWARE`); `out` and `*count` are written in those cases too.
 //
 // # Safety
 // `unit` is a live unit handle; `out` is NULL or points to `max` writable `IeFault`s; `count`
 // is NULL or writable.
-int32_t ie_unit_read_faults(IeUnit *unit, IeFault *out, uint32_t max, uint32_t *count);
+int32_t ie_unit_read_faults(IeUnit *unit,
+                            IeFault *out,
+                            uint32_t max,
+                            uint32_t *count);
 
 // Destroys a disabled unit that no registry uses and returns every page it holds
 // (`IE_STATUS_BUSY` while it is enabled or in a registry: the hardware may still walk its

@@ -1,8 +1,9 @@
 //! The AMD-Vi fault matrix (as `tests/vtd_fault_matrix.rs` for VT-d): every operation of the
 //! unit through the `Iommu` trait against every fault the model injects at every point the
 //! operation reaches: an illegal command (ILLEGAL_COMMAND_ERROR) or an unreadable one
-//! (COMMAND_HARDWARE_ERROR) at each of its first commands, COMPLETION_WAITs that never
-//! complete, an ATS device that does not answer INVALIDATE_IOTLB_PAGES (IOTLB_INV_TIMEOUT:
+//! (COMMAND_HARDWARE_ERROR) at each of its first commands, a COMPLETION_WAIT that never
+//! completes at each of its first waits (and every wait after it), run bits that never clear
+//! (`CmdBufRun`, `EventLogRun`: enable and disable), an ATS device that does not answer INVALIDATE_IOTLB_PAGES (IOTLB_INV_TIMEOUT:
 //! `DEV` is bound with ATS, so every flush of its domain reaches its IOTLB), and allocation
 //! failure at each of its first allocations.
 //!
@@ -13,6 +14,9 @@
 //! - a call during which the unit logged IOTLB_INV_TIMEOUT does not return `Ok`;
 //! - `Ok` (of the call or of its retry) means the whole effect, checked by DMA through the
 //!   model;
+//! - after a failed enable (a takeover of the enabled unit, or from off) or disable, `DEV`'s
+//!   DMA is translated by its domain or refused, never passed through untranslated while the
+//!   unit reads enabled;
 //! - at the end, tearing everything down returns every page, with no bad free.
 
 use std::collections::BTreeSet;
@@ -44,6 +48,12 @@ enum Op {
     DomainFree,
     Reclaim,
     DomainAlloc,
+    /// `enable` of the enabled unit: the takeover path (a unit found enabled, its command
+    /// buffer and event log running).
+    Takeover,
+    /// `enable` after `disable` (the buffer and log allocated again).
+    Enable,
+    Disable,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -66,7 +76,7 @@ struct Rig<'a> {
 }
 
 impl<'a> Rig<'a> {
-    fn new(mem: &'a Arena, model: &'a AmdViModel<'a>) -> Self {
+    fn new(mem: &'a Arena, model: &'a AmdViModel<'a>, op: Op) -> Self {
         let unit = AmdViUnit::new(
             model,
             mem,
@@ -90,6 +100,9 @@ impl<'a> Rig<'a> {
         unit.attach_device(DEV, None, a, &ats).unwrap();
         // Warm the caches: DTE, IOTLB, page directory entries.
         model.dma(DEV.0 as u16, 0x1000, false).unwrap();
+        if matches!(op, Op::Enable) {
+            unit.disable().expect("disable");
+        }
         Self {
             mem,
             model,
@@ -138,6 +151,8 @@ impl<'a> Rig<'a> {
                 self.extra = Some(d);
                 Ok(())
             }
+            Op::Takeover | Op::Enable => Ok(u.enable()?),
+            Op::Disable => Ok(u.disable()?),
         }
     }
 
@@ -159,6 +174,14 @@ impl<'a> Rig<'a> {
                 return Err(format!("cached entries of domain ID {id}, no live domain"));
             }
         }
+        if self.unit.is_enabled() {
+            match self.model.dma(DEV.0 as u16, 0x1000, false) {
+                Ok(o) if o.pa != PA_A && o.pa != PA_B => {
+                    return Err(format!("DEV's DMA reached {:#x} with the unit on", o.pa));
+                }
+                _ => {}
+            }
+        }
         Ok(())
     }
 
@@ -173,6 +196,11 @@ impl<'a> Rig<'a> {
             Op::Detach => dma(DEV, 0x1000).is_err(),
             Op::DomainFree => self.b.is_none(),
             Op::DomainAlloc => self.extra.is_some(),
+            Op::Takeover | Op::Enable => {
+                self.unit.is_enabled() && dma(DEV, 0x1000).map(|o| o.pa) == Ok(PA_A)
+            }
+            // Off: untranslated.
+            Op::Disable => !self.unit.is_enabled() && dma(DEV, 0x1000).map(|o| o.pa) == Ok(0x1000),
         };
         let owes = self
             .unit
@@ -190,6 +218,9 @@ impl<'a> Rig<'a> {
 
     fn teardown(self) -> Result<(), String> {
         let u = &self.unit;
+        if !u.is_enabled() {
+            u.enable().map_err(|e| format!("teardown enable: {e}"))?;
+        }
         for dev in [DEV, DEV2] {
             let _ = u.detach(dev, None);
         }
@@ -209,7 +240,7 @@ fn cell(op: Op, fault: Fault) -> Result<&'static str, String> {
     let mem = Arena::with_defaults().unwrap();
     let base = mem.live_pages().len();
     let model = AmdViModel::new(&mem, AmdViModelConfig::qemu_default());
-    let mut rig = Rig::new(&mem, &model);
+    let mut rig = Rig::new(&mem, &model, op);
     match fault {
         Fault::None => {}
         Fault::Command(i) => model.inject(i),
@@ -264,16 +295,20 @@ fn fault_matrix() {
         Op::DomainFree,
         Op::Reclaim,
         Op::DomainAlloc,
+        Op::Takeover,
+        Op::Enable,
+        Op::Disable,
     ];
     let mut faults = vec![
         Fault::None,
-        Fault::Command(Injection::StallWaits),
         Fault::Command(Injection::IotlbTimeout),
+        Fault::Command(Injection::StuckRun),
     ];
     for n in 1..=4 {
         faults.push(Fault::Command(Injection::IllegalCommandAt(n)));
         faults.push(Fault::Command(Injection::CommandHardwareErrorAt(n)));
         faults.push(Fault::Alloc(u64::from(n)));
+        faults.push(Fault::Command(Injection::StallWaitAt(n)));
     }
     let mut failures = Vec::new();
     let (mut cells, mut errs) = (0, 0);

@@ -688,16 +688,19 @@ fn read_records(
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct IeFault {
-    /// The requester: PCI RID (VT-d `SID`) or StreamID (SMMUv3).
+    /// The requester: PCI RID (VT-d `SID`), StreamID (SMMUv3) or DeviceID (AMD-Vi).
     pub device_id: u32,
-    /// VT-d: the fault reason (`FR`, VT-d 4.1 §7 tables); SMMUv3: the event type (§7.3).
+    /// VT-d: the fault reason (`FR`, VT-d 4.1 §7 tables); SMMUv3: the event type (§7.3);
+    /// AMD-Vi: the event code (document 48882 §2.5: 2 IO_PAGE_FAULT, 8
+    /// INVALID_DEVICE_REQUEST, ...).
     pub reason: u32,
     /// VT-d: the faulting page (`FI`, 4 KiB aligned); SMMUv3: the input address (0 when the
-    /// event has none).
+    /// event has none); AMD-Vi: the event's address (the command's for the command errors and
+    /// IOTLB_INV_TIMEOUT).
     pub address: u64,
-    /// The faulting request was a write (VT-d `T1` = 0; SMMUv3 `RnW` = 0).
+    /// The faulting request was a write (VT-d `T1` = 0; SMMUv3 `RnW` = 0; AMD-Vi `RW`).
     pub write: bool,
-    /// `pasid` is valid (VT-d `PP`; SMMUv3 `SSV`).
+    /// `pasid` is valid (VT-d `PP`; SMMUv3 `SSV`; AMD-Vi `GN`).
     pub pasid_valid: bool,
     /// The request's PASID / SubstreamID.
     pub pasid: u32,
@@ -745,7 +748,8 @@ impl IeFault {
 /// Reports and clears pending faults like ie_unit_drain_faults() and decodes them: the first
 /// `max` go to `out[0..max]` (NULL with `max` = 0 to only count), `*count` (if not NULL) gets
 /// how many were seen (VT-d: every pending record is cleared, at most `CAP.NFR`, also those
-/// beyond `max`; SMMUv3: at most `max` events are consumed). The status and the state of the
+/// beyond `max`; SMMUv3: at most `max` events are consumed; AMD-Vi: every logged event is
+/// consumed, also those beyond `max`, which are counted but not decoded). The status and the state of the
 /// records are those of ie_unit_drain_faults() (`IE_STATUS_FAULTS_LOST`, `IE_STATUS_BUSY`,
 /// `IE_STATUS_HARDWARE`); `out` and `*count` are written in those cases too.
 ///

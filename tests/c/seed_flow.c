@@ -1,9 +1,9 @@
 /*
  * The seed flow of the IOASID proposal, driven from C through include/iommu_engine.h against the
- * crate's VT-d and SMMUv3 models: bind -> device_info -> alloc(ENFORCE_SNOOP) -> attach -> map ->
- * the model translates with snoop enforced -> unmap -> the model faults; a device behind a unit
- * without snoop control is refused and nothing changes; incoherent DMA only for a no-snoop-capable
- * device, revocable. Every result is checked; the exit status is the number of failed checks.
+ * crate's VT-d, SMMUv3 and AMD-Vi models: bind -> device_info -> alloc(ENFORCE_SNOOP) -> attach ->
+ * map -> the model translates with snoop enforced -> unmap -> the model faults; a device behind a
+ * unit without snoop control is refused and nothing changes; incoherent DMA only for a
+ * no-snoop-capable device, revocable. Every result is checked; the exit status is the number of failed checks.
  *
  * Built and run by tests/capi.rs: gcc -std=c11 -Wall -Wextra -Werror, linked against the host
  * static library (capi/, features "sim").
@@ -387,6 +387,69 @@ static void smmu_stall_flow(IeSimArena *arena, const IeEnv *env)
     smmu_rig_destroy(&rig);
 }
 
+/* The seed flow on an AMD-Vi model (QEMU's amd-iommu): create, enable, bind, attach to an
+ * ENFORCE_SNOOP IOASID (its leaves carry FC), a write to a read-only page refused and decoded from
+ * the event log as IO_PAGE_FAULT (event code 2), the unmap's invalidation seen by the next DMA,
+ * detach blocking the device. */
+static void amdvi_flow(IeSimArena *arena, const IeEnv *env)
+{
+    int32_t st;
+    IeSimModel *model = NULL;
+    OK(ie_sim_amdvi_model_create(arena, true, &model));
+    IeRegs regs;
+    OK(ie_sim_model_regs(model, &regs));
+    IeAmdViConfig acfg;
+    OK(ie_amdvi_config_default(&acfg));
+    IeUnit *unit = NULL;
+    OK(ie_amdvi_create(env, &regs, &acfg, &unit));
+    OK(ie_unit_enable(unit));
+    IeRegistry *registry = NULL;
+    OK(ie_registry_create(env, (IeUnit *const *)&unit, 1, 20, &registry));
+    IeCtx *ctx = NULL;
+    OK(ie_ctx_create(registry, 0, &ctx));
+    uint32_t dev = 0, ioasid = 0, reason = 0;
+    OK(ie_ctx_bind(ctx, 0, 0x20, false, &dev));
+    IeSimDma dma;
+    CHECK(ie_sim_model_translate(model, 0x20, 0x40000010, false, &dma) == IE_STATUS_NOT_FOUND,
+          "amdvi: bound, not attached: blocked");
+    uint32_t events = 0;
+    OK(ie_unit_drain_faults(unit, 64, &events));
+    CHECK(events == 1, "amdvi: the blocked DMA's event: %u", events);
+    OK(ie_ctx_alloc(ctx, IE_IOASID_FLAG_ENFORCE_SNOOP, &ioasid));
+    OK(ie_ctx_attach(ctx, dev, ioasid, &reason));
+    OK(ie_ctx_map(ctx, ioasid, 0x40000000, 0x80000000, MIB2, IE_PROT_READ));
+    OK(ie_sim_model_translate(model, 0x20, 0x40000010, false, &dma));
+    CHECK(dma.pa == 0x80000010 && dma.snoop, "amdvi: pa %#" PRIx64 " snoop (FC) %d", dma.pa,
+          dma.snoop);
+    CHECK(ie_sim_model_translate(model, 0x20, 0x40000010, true, &dma) == IE_STATUS_NOT_FOUND,
+          "amdvi: write to a read-only mapping must fault");
+    IeFault ev;
+    OK(ie_unit_read_faults(unit, &ev, 1, &events));
+    CHECK(events == 1 && ev.device_id == 0x20 && ev.write && ev.address == 0x40000010 &&
+              ev.reason == 2 && !ev.pasid_valid,
+          "amdvi: %u events, DeviceID %#x address %#" PRIx64 " code %u", events, ev.device_id,
+          ev.address, ev.reason);
+    OK(ie_unit_drain_faults(unit, 64, &events));
+    CHECK(events == 0, "amdvi: events left after the read: %u", events);
+    uint64_t unmapped = 0;
+    OK(ie_ctx_unmap(ctx, ioasid, 0x40000000, MIB2, &unmapped));
+    CHECK(unmapped == MIB2, "amdvi: unmapped %" PRIu64, unmapped);
+    CHECK(ie_sim_model_translate(model, 0x20, 0x40000010, false, &dma) == IE_STATUS_NOT_FOUND,
+          "amdvi: DMA after unmap must fault (IOTLB invalidated)");
+    OK(ie_ctx_map(ctx, ioasid, 0x1000, 0x80000000, KIB4, IE_PROT_READ));
+    OK(ie_sim_model_translate(model, 0x20, 0x1008, false, &dma));
+    CHECK(dma.pa == 0x80000008, "amdvi: 4K pa %#" PRIx64, dma.pa);
+    OK(ie_ctx_detach(ctx, dev));
+    CHECK(ie_sim_model_translate(model, 0x20, 0x1008, false, &dma) == IE_STATUS_NOT_FOUND,
+          "amdvi: detached: blocked");
+    OK(ie_ctx_free(ctx, ioasid));
+    OK(ie_ctx_destroy(ctx));
+    OK(ie_registry_destroy(registry));
+    OK(ie_unit_disable(unit));
+    OK(ie_unit_destroy(unit));
+    OK(ie_sim_model_destroy(model));
+}
+
 int main(void)
 {
     int32_t st;
@@ -609,6 +672,7 @@ int main(void)
     page_fault_flow(arena, &env);
     smmu_page_fault_flow(arena, &env);
     smmu_stall_flow(arena, &env);
+    amdvi_flow(arena, &env);
     CHECK(ie_sim_arena_live_pages(arena) == pages_at_start, "pages leaked: %" PRIu64 " live",
           ie_sim_arena_live_pages(arena) - pages_at_start);
     OK(ie_sim_arena_destroy(arena));
