@@ -216,11 +216,8 @@ fn a_failed_flush_owes_its_invalidation_and_frees_nothing() {
     );
 }
 
-#[test]
-fn ats_devices_get_iotlb_invalidations() {
-    let mem = Arena::with_defaults().unwrap();
-    let model = AmdViModel::new(&mem, AmdViModelConfig::qemu_default());
-    let u = setup(&mem, &model);
+/// A domain with DEV attached as an ATS device (DTE `I`) and DEV2 attached without ATS.
+fn ats_and_plain_device(u: &Unit<'_>) -> DomainHandle {
     let d = u.domain_alloc(&DomainConfig::default()).unwrap();
     let ats = DeviceHints {
         ats: true,
@@ -228,6 +225,15 @@ fn ats_devices_get_iotlb_invalidations() {
     };
     u.attach_device(DEV, None, d, &ats).unwrap();
     u.attach(DEV2, None, d).unwrap();
+    d
+}
+
+#[test]
+fn ats_devices_get_iotlb_invalidations() {
+    let mem = Arena::with_defaults().unwrap();
+    let model = AmdViModel::new(&mem, AmdViModelConfig::qemu_default());
+    let u = setup(&mem, &model);
+    let d = ats_and_plain_device(&u);
     assert_ne!(u.device_entry(DEV.0).unwrap().0[1] & (1 << 32), 0, "DTE I");
     u.map(d, Iova::new(0x1000), PhysAddr::new(0xA000_0000), 0x3000, RW)
         .unwrap();
@@ -256,13 +262,7 @@ fn an_ats_devices_cache_is_invalidated_by_the_flush() {
     let mem = Arena::with_defaults().unwrap();
     let model = AmdViModel::new(&mem, AmdViModelConfig::qemu_default());
     let u = setup(&mem, &model);
-    let d = u.domain_alloc(&DomainConfig::default()).unwrap();
-    let ats = DeviceHints {
-        ats: true,
-        ..DeviceHints::default()
-    };
-    u.attach_device(DEV, None, d, &ats).unwrap();
-    u.attach(DEV2, None, d).unwrap();
+    let d = ats_and_plain_device(&u);
     map_rw(&u, d, 0x1000, 0xA000_0000, 0x2000);
     let t = model
         .ats_translate(DEV.0 as u16, None, 0x1008, true)
