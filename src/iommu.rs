@@ -1071,4 +1071,15 @@ pub trait Iommu: Sync {
         let _ = response;
         false
     }
+
+    /// The caller gives up an answer [`page_response`](Self::page_response) could not send
+    /// (the IOASID layer's Invalid answer to a fault no context took, and a detach's answers
+    /// to the faults its context still held): the unit stops owing it, so its record no
+    /// longer holds a place of the device's share of outstanding faults (SMMUv3:
+    /// `STREAM_QUOTA`). The device waits for its own time-out. The default does nothing:
+    /// VT-d's record of unqueued answers is bounded and drops its oldest entry, and AMD-Vi
+    /// answers no page faults.
+    fn page_response_abandon(&self, response: &PageResponse) {
+        let _ = response;
+    }
 }

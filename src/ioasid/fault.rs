@@ -121,12 +121,13 @@ fn route<'c, 'r: 'c, 'a: 'r, A: PageAllocator + 'a>(
         return;
     }
     d.refused += 1;
-    if fault.needs_response()
-        && unit
-            .page_response(&fault.response(ResponseCode::Invalid))
-            .is_err()
-    {
-        d.unanswered += 1;
+    if fault.needs_response() {
+        let response = fault.response(ResponseCode::Invalid);
+        if unit.page_response(&response).is_err() {
+            // Nobody sends it again: the unit must not keep owing it.
+            unit.page_response_abandon(&response);
+            d.unanswered += 1;
+        }
     }
 }
 
@@ -238,8 +239,9 @@ impl<A: PageAllocator> IoasidCtx<'_, '_, A> {
 
     /// Answers Invalid every fault of `label` (with `pasid`; `None`: the RID's own) the queue
     /// holds, read or not, before the device or PASID is detached. Returns how many groups
-    /// were answered; an answer the unit does not take is dropped (the device then waits for
-    /// its own timeout), since the detach must go on. Not inlined: its lock guard and closures
+    /// were answered; an answer the unit does not take is given up (the device then waits for
+    /// its own timeout, and the unit no longer owes it: `Iommu::page_response_abandon`), since
+    /// the detach must go on. Not inlined: its lock guard and closures
     /// are not in the frame of the detach that goes on to call the unit (the kernel-stack bound
     /// of the C ABI).
     #[inline(never)]
@@ -250,7 +252,9 @@ impl<A: PageAllocator> IoasidCtx<'_, '_, A> {
             |u, f| u == label.unit.0 && f.device == label.id && f.pasid == pasid,
             |_, response| {
                 if let Some(unit) = unit {
-                    let _ = unit.page_response(&response);
+                    if unit.page_response(&response).is_err() {
+                        unit.page_response_abandon(&response);
+                    }
                 }
             },
         )

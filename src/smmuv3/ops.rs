@@ -785,4 +785,8 @@ where
     fn page_response_owed(&self, response: &PageResponse) -> bool {
         self.page_response_owed_impl(response)
     }
+
+    fn page_response_abandon(&self, response: &PageResponse) {
+        self.page_response_abandon_impl(response)
+    }
 }

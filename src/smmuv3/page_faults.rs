@@ -527,6 +527,18 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         self.stalls.lock().outstanding(response).is_some()
     }
 
+    /// [`Iommu::page_response_abandon`](crate::iommu::Iommu::page_response_abandon): the
+    /// record goes, so it no longer counts against its stream's [`STREAM_QUOTA`] (a record
+    /// kept for an answer nobody sends again held that place for the unit's life).
+    pub(crate) fn page_response_abandon_impl(&self, response: &PageResponse) {
+        let mut book = self.stalls.lock();
+        if let Some(i) = book.outstanding(response) {
+            if let Some(slot) = book.unanswered.get_mut(i) {
+                *slot = None;
+            }
+        }
+    }
+
     /// The command that sends `response`.
     fn response_command(&self, response: &PageResponse) -> Result<Command, Error> {
         let sid = StreamId(response.device.0);

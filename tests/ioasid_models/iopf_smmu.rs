@@ -790,6 +790,46 @@ fn smmu_response_the_unit_could_not_queue_stays_outstanding() {
 }
 
 #[test]
+fn smmu_answers_given_up_do_not_hold_the_streams_share() {
+    // A fault no context takes is answered Invalid by the dispatch (and a detach answers
+    // Invalid what the context still holds); when that answer finds no room in the command
+    // queue the caller gives it up. The unit kept its record all the same: each held a place
+    // of the stream's share (STREAM_QUOTA, 16) for ever, and once 16 were held every later
+    // fault of the device was refused. A given-up answer is forgotten
+    // (Iommu::page_response_abandon).
+    let mut s = pri(7);
+    s.unit.cmdq_log2 = Some(3);
+    with_rig(VtdSetup::scalable(), s, |r| {
+        let (ctx, dev, _io) = attached(r);
+        r.sm.inject(Injection::SyncStall);
+        for g in 1..=16u16 {
+            assert_eq!(
+                r.sm.page_request(request(None, 0x1000 * u64::from(g), g, true)),
+                PriOutcome::Queued
+            );
+        }
+        // No context: every fault refused, and most answers find no room.
+        let d = dispatch_page_faults::<Arena>(SMMU, r.smmu, &[]).unwrap();
+        assert_eq!(d.refused, 16);
+        assert!(d.unanswered >= 8, "answers given up: {}", d.unanswered);
+        r.sm.clear_injections();
+        for g in 17..=32u16 {
+            assert_eq!(
+                r.sm.page_request(request(None, 0x1000 * u64::from(g), g, true)),
+                PriOutcome::Queued
+            );
+        }
+        let d = dispatch_page_faults(SMMU, r.smmu, &[&ctx]).unwrap();
+        assert_eq!(
+            (d.queued, d.refused),
+            (16, 0),
+            "the stream's share held by answers given up"
+        );
+        ctx.detach(dev).unwrap();
+    })
+}
+
+#[test]
 fn smmu_reenable_forgets_the_stalls_the_unit_ended() {
     // Clearing SMMU_CR0.SMMUEN (disable, and enable, which starts from CR0 = 0) terminates
     // every stalled transaction and frees their STAGs for new stalls (IHI 0070 §3.12.2). The
