@@ -736,7 +736,10 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
     ///
     /// It takes the event queue's and the command queue's spin locks: call it from a context
     /// that cannot interrupt a unit operation on the same CPU (a threaded handler, or with the
-    /// unit's other calls made with that interrupt masked).
+    /// unit's other calls made with that interrupt masked). `handler` runs with the event
+    /// queue's lock held: it must not call this unit (an attach, detach, enable or disable
+    /// takes the configuration lock, which comes before the event queue's): copy the records
+    /// out and act on them after the call returns.
     pub fn handle_events(&self, max: usize, mut handler: impl FnMut(Event)) -> EventReport {
         let mut events = DrainReport {
             consumed: 0,
