@@ -120,6 +120,18 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         (address & !run_mask) | (iova & run_mask & !entry_mask)
     }
 
+    /// Names a run of `2^size_log2` bytes in `gather` where the run is one page of that size
+    /// (AMD-Vi v1's Next Level 7 pages, a format without a contiguous-hint bit): a unit may
+    /// cache it as one translation of that size, so a gather that named only the granule would
+    /// not say what was removed. A hinted run (Arm) is leaves of the granule's size, whose
+    /// lookup level the TLB invalidation's hint keeps naming.
+    #[inline]
+    pub(super) fn note_run_page(&self, gather: &mut Gather, size_log2: u32) {
+        if self.format().contiguous_bit() == 0 {
+            gather.note_page_size(size_log2);
+        }
+    }
+
     /// Makes every leaf of the run that `raw` (read from slot `idx` of `t`, mapping `iova`) was
     /// written as part of stand alone, unless `range` covers the whole run; returns the entry
     /// now in slot `idx`.
@@ -164,6 +176,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         self.sync(unsafe { t.entry_ptr(first) }, 8 << n_log2);
         // A TLB may hold the run as one entry: invalidate all of it.
         gather.add_leaves(base, run, shift);
+        self.note_run_page(gather, shift + n_log2);
         // SAFETY: `idx` indexes the live table `t`.
         unsafe { t.slot(idx) }.load(Ordering::Acquire)
     }

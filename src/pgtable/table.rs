@@ -1400,7 +1400,18 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
                 i += 1;
             }
             let start = i;
-            while i < n && self.format.is_present(slot(i).load(Ordering::Acquire)) {
+            while i < n {
+                let raw = slot(i).load(Ordering::Acquire);
+                if !self.format.is_present(raw) {
+                    break;
+                }
+                if self.leaf_runs != 0 {
+                    // A run the range holds whole (break_cut_runs left it).
+                    let r_log2 = self.contiguous_span_log2(0, raw);
+                    if r_log2 != 0 {
+                        self.note_run_page(gather, shift + r_log2);
+                    }
+                }
                 slot(i).store(0, Ordering::Release);
                 i += 1;
             }
