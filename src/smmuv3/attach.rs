@@ -146,20 +146,22 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         strtab: &mut StreamTable<A>,
         stream: &StreamState<A>,
     ) -> Result<usize, SmmuError> {
-        let ste = self.target_ste(stream)?;
+        let mut ste = Ste::ABORT;
+        self.target_ste(stream, &mut ste)?;
         let sid = stream.sid;
         strtab.write(sid, &ste, || {
             self.with_cmdq(|q, r| q.submit_and_sync(r, &[Command::cfgi_ste(sid, false)]))
         })
     }
 
-    /// The STE `stream` needs now. Not inlined: the domains' shapes it reads are not on the
-    /// stack under the STE update's syncs.
+    /// Writes into `out` the STE `stream` needs now. Not inlined: the domains' shapes it
+    /// reads (and the result it unpacks) are not on the stack under the STE update's syncs.
     #[inline(never)]
-    fn target_ste(&self, stream: &StreamState<A>) -> Result<Ste, SmmuError> {
-        stream.ste(self.features.coherency(), self.features.stall, |d| {
+    fn target_ste(&self, stream: &StreamState<A>, out: &mut Ste) -> Result<(), SmmuError> {
+        *out = stream.ste(self.features.coherency(), self.features.stall, |d| {
             self.shape(d)
-        })
+        })?;
+        Ok(())
     }
 
     fn check_sid(&self, device: DeviceId) -> Result<StreamId, Error> {
@@ -291,6 +293,8 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
     /// of earlier commands (§4.7): while the live STE still points at the CD table, a TLBI
     /// queued right behind the CFGI_CD could complete first and a transaction using the cached
     /// CD refill the TLB under the tag being retired, so the CFGI_CD gets a sync of its own.
+    /// Not inlined: its batches are not on the stack under a caller's STE update.
+    #[inline(never)]
     fn retire(
         &self,
         strtab: &StreamTable<A>,
@@ -298,8 +302,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         cfgi: [Option<Command>; 2],
         forget: (DomainHandle, Option<SubstreamId>, bool),
     ) -> Result<(), SmmuError> {
-        let live = strtab.read(sid)?;
-        let cd_reachable = live.valid() && live.config_raw() & 0b101 == 0b101;
+        let cd_reachable = self.uses_cd(strtab, sid)?;
         let (d, ssid, ats) = forget;
         self.with_cmdq(|q, r| {
             let mut b = Batch::new(q, r, &self.cmd_staging);
@@ -378,16 +381,22 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         if previous == Some(d) {
             return Ok(());
         }
-        let saved = (stream.rid, stream.pasids);
+        // What the refusal below restores: the RID's domain, or the one PASID slot changed
+        // (not a copy of the whole table: this frame is under the attach's syncs).
+        let saved_rid = stream.rid;
+        let mut saved_pasid = None;
         match ssid {
             None => stream.rid = Some(d),
             Some(s) => {
-                if let Some(entry) = stream.pasids.iter_mut().flatten().find(|(x, _)| *x == s) {
-                    entry.1 = d;
-                } else if let Some(free) = stream.pasids.iter_mut().find(|p| p.is_none()) {
-                    *free = Some((s, d));
-                } else {
-                    return Err(Error::Busy);
+                let i = stream
+                    .pasids
+                    .iter()
+                    .position(|p| p.is_some_and(|(x, _)| x == s))
+                    .or_else(|| stream.pasids.iter().position(Option::is_none))
+                    .ok_or(Error::Busy)?;
+                if let Some(slot) = stream.pasids.get_mut(i) {
+                    saved_pasid = Some((i, *slot));
+                    *slot = Some((s, d));
                 }
             }
         }
@@ -396,7 +405,12 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         let l1cd_published = match self.prepare_attach(strtab, stream, at, stage2) {
             Ok(published) => published,
             Err(e) => {
-                (stream.rid, stream.pasids) = saved;
+                stream.rid = saved_rid;
+                if let Some((i, old)) = saved_pasid {
+                    if let Some(slot) = stream.pasids.get_mut(i) {
+                        *slot = old;
+                    }
+                }
                 if created_cd {
                     stream.cd = None;
                 }
@@ -449,6 +463,22 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         }
         self.settle_cds(stream)?;
         self.write_ste(strtab, stream)?;
+        self.invalidate_stream(stream)?;
+        self.settled(stream);
+        if stream.is_empty() {
+            // The STE aborts and the CD caches are clean: the CD table can go.
+            stream.cd = None;
+        }
+        Ok(())
+    }
+
+    /// The invalidations of [`Self::settle`] once the stream's CDs and STE match its
+    /// attachments: everything the unit may cache for the stream (CMD_CFGI_STE with Leaf = 0,
+    /// CMD_CFGI_CD_ALL) and a sync, then the retiring domain's tag (and the stream's ATC) and
+    /// a sync. In a frame of its own, as the other steps.
+    #[inline(never)]
+    fn invalidate_stream(&self, stream: &StreamState<A>) -> Result<(), SmmuError> {
+        let sid = stream.sid;
         let has_cd = stream.cd.is_some();
         let retiring = stream.retiring;
         self.with_cmdq(|q, r| {
@@ -462,53 +492,68 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
             let mut b = Batch::new(q, r, &self.cmd_staging);
             self.forget(x.domain, sid, x.ssid, x.ats, &mut b)?;
             b.sync()
-        })?;
-        self.settled(stream);
-        if stream.is_empty() {
-            // The STE aborts and the CD caches are clean: the CD table can go.
-            stream.cd = None;
+        })
+    }
+
+    /// The CD part of [`Self::settle`]: makes every CD of `stream` match its attachments,
+    /// one CD at a time in a frame of its own ([`settle_cd`](Self::settle_cd)).
+    #[inline(never)]
+    fn settle_cds(&self, stream: &mut StreamState<A>) -> Result<(), Error> {
+        if stream.cd.is_none() {
+            return Ok(());
+        }
+        let ssid0 = SubstreamId::new(0)?;
+        // Every domain is checked before any CD changes (a vanished one refuses the settle).
+        for (_, d) in stream.attachments() {
+            self.domain_is_stage2(d)?;
+        }
+        for k in 0..=MAX_PASIDS {
+            let Some((ssid, d)) = stream.attachments().nth(k) else {
+                break;
+            };
+            if !self.domain_is_stage2(d)? {
+                self.settle_cd(stream, ssid.unwrap_or(ssid0), d)?;
+            }
+        }
+        if let Some(r) = stream.retiring {
+            let at = r.ssid.unwrap_or(ssid0);
+            let mut attached = false;
+            for (ssid, d) in stream.attachments() {
+                attached |= ssid.unwrap_or(ssid0) == at && !self.domain_is_stage2(d)?;
+            }
+            let table = stream.cd.as_mut().ok_or(NOT_ENABLED)?;
+            if !attached && cd_in_slot(table, at, None)?.1 {
+                // Covered by the CMD_CFGI_CD_ALL of `invalidate_stream`.
+                let _covered = table.remove(at)?;
+            }
         }
         Ok(())
     }
 
-    /// The CD part of [`Self::settle`]: makes every CD of `stream` match its attachments.
+    /// Makes the CD at `at` of `stream` that of stage-1 domain `d` (for
+    /// [`settle_cds`](Self::settle_cds)), by the live procedure of §3.21.3.1.
     #[inline(never)]
-    fn settle_cds(&self, stream: &mut StreamState<A>) -> Result<(), Error> {
+    fn settle_cd(
+        &self,
+        stream: &mut StreamState<A>,
+        at: SubstreamId,
+        d: DomainHandle,
+    ) -> Result<(), Error> {
         let sid = stream.sid;
-        let ssid0 = SubstreamId::new(0)?;
-        if stream.cd.is_some() {
-            let mut stage1 = [None; MAX_PASIDS + 1];
-            for (slot, (ssid, d)) in stage1.iter_mut().zip(stream.attachments()) {
-                if !self.domain_is_stage2(d)? {
-                    *slot = Some((ssid.unwrap_or(ssid0), d));
-                }
-            }
-            let cfgi = |c: super::cd::CdSync| {
-                self.with_cmdq(|q, r| q.submit_and_sync(r, &[c.command(sid)]))
-            };
-            let table = stream.cd.as_mut().ok_or(NOT_ENABLED)?;
-            let stall = stream.stall;
-            for (at, d) in stage1.iter().flatten().copied() {
-                let want = self.stream_cd(d, stall)?;
-                let have = table.read(at)?;
-                if have == want {
-                    continue;
-                }
-                if have.words[0] & super::cd::V != 0 {
-                    cfgi(table.remove(at)?)?;
-                }
-                let installed = table.install_live(at, &want, cfgi)?;
-                cfgi(installed)?;
-            }
-            if let Some(r) = stream.retiring {
-                let at = r.ssid.unwrap_or(ssid0);
-                let attached = stage1.iter().flatten().any(|&(x, _)| x == at);
-                if !attached && table.read(at)?.words[0] & super::cd::V != 0 {
-                    // Covered by the CMD_CFGI_CD_ALL below.
-                    let _covered = table.remove(at)?;
-                }
-            }
+        let mut want = super::cd::Cd { words: [0; 8] };
+        self.stream_cd(d, stream.stall, &mut want)?;
+        let table = stream.cd.as_mut().ok_or(NOT_ENABLED)?;
+        let (same, valid) = cd_in_slot(table, at, Some(&want))?;
+        if same {
+            return Ok(());
         }
+        let cfgi =
+            |c: super::cd::CdSync| self.with_cmdq(|q, r| q.submit_and_sync(r, &[c.command(sid)]));
+        if valid {
+            cfgi(table.remove(at)?)?;
+        }
+        let installed = table.install_live(at, &want, cfgi)?;
+        cfgi(installed)?;
         Ok(())
     }
 
@@ -544,7 +589,10 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
     }
 
     /// Writes the CD (stage 1) and the STE for the attachment `(ssid, d, stage2,
-    /// l1cd_published)` and retires `previous`.
+    /// l1cd_published)` and retires `previous`. Each step runs in a frame of its own
+    /// ([`install_cd`](Self::install_cd), [`write_ste`](Self::write_ste),
+    /// [`retire_previous`](Self::retire_previous)): this one holds no CD or STE under the
+    /// STE update's syncs.
     #[inline(never)]
     fn apply_attach(
         &self,
@@ -553,68 +601,145 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         (ssid, d, stage2, l1cd_published): (Option<SubstreamId>, DomainHandle, bool, bool),
         previous: Option<DomainHandle>,
     ) -> Result<(), Error> {
-        let sid = stream.sid;
-        let current = strtab.read(sid)?;
-        // Config 0b1x1: the unit may be using (and caching) CDs of this stream now.
-        let uses_cd_now = current.valid() && current.config_raw() & 0b101 == 0b101;
-        let at = ssid.unwrap_or(SubstreamId::new(0)?);
         if !stage2 {
-            let cd = self.stream_cd(d, stream.stall)?;
-            let table = stream.cd.as_mut().ok_or(NOT_ENABLED)?;
-            if table.read(at)?.words[0] & super::cd::V != 0 {
-                // Replacing a stage-1 domain: its CD goes invalid first (not hitless).
-                let gone = table.remove(at)?;
-                if uses_cd_now {
-                    self.with_cmdq(|q, r| q.submit_and_sync(r, &[gone.command(sid)]))?;
-                }
-            }
-            if uses_cd_now {
-                // The unit may be fetching this slot: words with V = 0, CFGI_CD and sync, then
-                // V = 1, CFGI_CD and sync (§3.21.3.1).
-                let cfgi = |s: super::cd::CdSync| {
-                    self.with_cmdq(|q, r| q.submit_and_sync(r, &[s.command(sid)]))
-                };
-                // The leaf was published by `prepare_attach`: the first CFGI_CD covers the
-                // L1CD too.
-                let first = |s: super::cd::CdSync| {
-                    cfgi(super::cd::CdSync {
-                        leaf: s.leaf && !l1cd_published,
-                        ..s
-                    })
-                };
-                let installed = table.install_live(at, &cd, first)?;
-                cfgi(installed)?;
-            } else {
-                // No STE reaches the table yet: the CFGI_STE of the switch covers the CD.
-                let _ = table.install(at, &cd)?;
-            }
+            self.install_cd(strtab, stream, ssid, d, l1cd_published)?;
         }
         self.write_ste(strtab, stream)?;
         let Some(p) = previous else { return Ok(()) };
+        self.retire_previous(strtab, stream, ssid, stage2, p)
+    }
+
+    /// The CD part of [`apply_attach`](Self::apply_attach): writes stage-1 domain `d`'s CD
+    /// into the slot of `ssid` (0 for the RID), by the live procedure of §3.21.3.1 when the
+    /// unit may be using the stream's CDs now.
+    #[inline(never)]
+    fn install_cd(
+        &self,
+        strtab: &StreamTable<A>,
+        stream: &mut StreamState<A>,
+        ssid: Option<SubstreamId>,
+        d: DomainHandle,
+        l1cd_published: bool,
+    ) -> Result<(), Error> {
+        let sid = stream.sid;
+        // Config 0b1x1: the unit may be using (and caching) CDs of this stream now.
+        let uses_cd_now = self.uses_cd(strtab, sid)?;
+        let at = ssid.unwrap_or(SubstreamId::new(0)?);
+        let mut cd = super::cd::Cd { words: [0; 8] };
+        self.stream_cd(d, stream.stall, &mut cd)?;
+        let table = stream.cd.as_mut().ok_or(NOT_ENABLED)?;
+        if cd_in_slot(table, at, None)?.1 {
+            // Replacing a stage-1 domain: its CD goes invalid first (not hitless).
+            let gone = table.remove(at)?;
+            if uses_cd_now {
+                self.with_cmdq(|q, r| q.submit_and_sync(r, &[gone.command(sid)]))?;
+            }
+        }
+        if uses_cd_now {
+            // The unit may be fetching this slot: words with V = 0, CFGI_CD and sync, then
+            // V = 1, CFGI_CD and sync (§3.21.3.1).
+            let cfgi = |s: super::cd::CdSync| {
+                self.with_cmdq(|q, r| q.submit_and_sync(r, &[s.command(sid)]))
+            };
+            // The leaf was published by `prepare_attach`: the first CFGI_CD covers the
+            // L1CD too.
+            let first = |s: super::cd::CdSync| {
+                cfgi(super::cd::CdSync {
+                    leaf: s.leaf && !l1cd_published,
+                    ..s
+                })
+            };
+            let installed = table.install_live(at, &cd, first)?;
+            cfgi(installed)?;
+        } else {
+            // No STE reaches the table yet: the CFGI_STE of the switch covers the CD.
+            let _ = table.install(at, &cd)?;
+        }
+        Ok(())
+    }
+
+    /// Whether the live STE of `sid` lets the unit use (and cache) the stream's CDs: valid,
+    /// Config 0b1x1.
+    #[inline(never)]
+    fn uses_cd(&self, strtab: &StreamTable<A>, sid: StreamId) -> Result<bool, SmmuError> {
+        let live = strtab.read(sid)?;
+        Ok(live.valid() && live.config_raw() & 0b101 == 0b101)
+    }
+
+    /// The retirement part of [`apply_attach`](Self::apply_attach): `previous`, replaced by
+    /// the attachment of `ssid`, leaves the TLBs and ATC of the stream (and a stage-1 RID
+    /// domain replaced by a stage-2 one its CD 0).
+    #[inline(never)]
+    fn retire_previous(
+        &self,
+        strtab: &StreamTable<A>,
+        stream: &mut StreamState<A>,
+        ssid: Option<SubstreamId>,
+        stage2: bool,
+        previous: DomainHandle,
+    ) -> Result<(), Error> {
+        let sid = stream.sid;
+        let at = ssid.unwrap_or(SubstreamId::new(0)?);
         // A stage-1 RID domain replaced by a stage-2 one: its CD 0 is unused now, retire it.
         let mut retired = None;
-        if stage2 && !self.domain_is_stage2(p).unwrap_or(true) {
+        if stage2 && !self.domain_is_stage2(previous).unwrap_or(true) {
             if let Some(table) = stream.cd.as_mut() {
                 retired = Some(table.remove(at)?.command(sid));
             }
         }
         let ats = stream.ats;
-        self.retire(strtab, sid, [retired, None], (p, ssid, ats))?;
+        self.retire(strtab, sid, [retired, None], (previous, ssid, ats))?;
         Ok(())
     }
 
     /// The CD of stage-1 domain `d` for a stream: the domain's, with `S` (stall stage-1
     /// faults; `R` records them) for a stream that may stall.
-    fn stream_cd(&self, d: DomainHandle, stall: bool) -> Result<super::cd::Cd, Error> {
+    /// Written into `out`, and not inlined: the CD's construction is not on the stack under
+    /// the syncs of its installation.
+    #[inline(never)]
+    fn stream_cd(
+        &self,
+        d: DomainHandle,
+        stall: bool,
+        out: &mut super::cd::Cd,
+    ) -> Result<(), Error> {
         let slot = self.slot(d)?.read();
-        let mut cd = slot
+        *out = slot
             .as_ref()
             .ok_or(Error::InvalidDomain(d))?
             .context_descriptor()?;
         if stall {
-            cd.words[0] |= super::cd::S | super::cd::R;
+            out.words[0] |= super::cd::S | super::cd::R;
         }
-        Ok(cd)
+        Ok(())
+    }
+
+    /// The stream's ATS and stall declarations for an attach with `hints`
+    /// ([`ats_for_attach`](Self::ats_for_attach) or
+    /// [`no_ats_for_attach`](Self::no_ats_for_attach), then
+    /// [`declare_for_attach`](Self::declare_for_attach)); whether this call enabled ATS. Not
+    /// inlined: its frame is gone before the attach runs.
+    #[inline(never)]
+    pub(crate) fn hints_for_attach(
+        &self,
+        device: DeviceId,
+        hints: &crate::iommu::DeviceHints,
+    ) -> Result<bool, Error> {
+        let enabled = if hints.ats {
+            self.ats_for_attach(device)?
+        } else {
+            self.no_ats_for_attach(device)?;
+            false
+        };
+        self.declare_for_attach(device, hints)?;
+        Ok(enabled)
+    }
+
+    /// Disables the ATS an attach refused before anything was written had enabled.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn undo_ats(&self, device: DeviceId) {
+        let _ = self.set_ats(device, false);
     }
 
     /// Declares what the device's hints say about its stream for an attach: whether it may
@@ -841,4 +966,19 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         }
         Ok(())
     }
+}
+
+/// The CD in `table`'s slot `at`: whether it is `want`, and whether it is valid. Not inlined:
+/// the copy it reads is not on its callers' stack under their syncs.
+#[inline(never)]
+fn cd_in_slot<A: PageAllocator>(
+    table: &CdTable<A>,
+    at: SubstreamId,
+    want: Option<&super::cd::Cd>,
+) -> Result<(bool, bool), SmmuError> {
+    let have = table.read(at)?;
+    Ok((
+        want.is_some_and(|w| have == *w),
+        have.words[0] & super::cd::V != 0,
+    ))
 }

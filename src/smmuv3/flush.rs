@@ -105,96 +105,196 @@ fn range_granule(granule_log2: u32) -> RangeGranule {
     }
 }
 
-/// Emits the range-form commands for `r`.
-fn emit_ranges<E: From<SmmuError>>(
-    tag: TlbTag,
-    r: &IovaRange,
-    gather: &Gather,
-    policy: &FlushPolicy,
-    emit: &mut impl FnMut(Command) -> Result<(), E>,
-) -> Result<(), E> {
-    let g = policy.granule_log2;
-    let leaf = gather.leaf_only();
-    let ttl = ttl(gather, g);
-    // With a TTL naming a block level the range must start on a block boundary, or the range
-    // invalidated is UNPREDICTABLE (§4.4.1). A non-zero TTL means every changed leaf had that
-    // one size, and the engine records a leaf from its aligned start for its whole size, so
-    // `r` starts and ends on block boundaries; every chunk below is then a multiple of the
-    // block's page count (SCALE is the lowest set bit of what is left) and keeps `addr`
-    // aligned.
-    let mut addr = r.start.get() & !((1u64 << g) - 1);
-    let mut pages = r.end.get().saturating_sub(addr).div_ceil(1 << g);
-    // NUM = 0 and SCALE = 0 with TTL = 0 is a single page at an unknown level, which the
-    // architecture does not define for range invalidation: round up to two pages.
-    if ttl == 0 && pages & 31 == 1 {
-        pages += 1;
-    }
-    while pages > 0 {
-        let scale = pages.trailing_zeros().min(31);
-        let chunk = pages >> scale;
-        let num = match chunk & 31 {
-            0 => 32,
-            n => n,
-        };
-        let range = TlbiRange {
-            tg: range_granule(g),
-            scale: scale as u8,
-            num: (num - 1) as u8,
-            ttl,
-        };
-        emit(one(tag, addr, leaf, Some(range))?)?;
-        addr = addr.saturating_add(num << (scale + g));
-        pages -= num << scale;
-    }
-    Ok(())
+/// Where a [`TlbiCommands`] is.
+#[derive(Clone, Copy, Debug)]
+enum Phase {
+    /// The per-range commands: the next is at `cursor` in range `next_range - 1` (see
+    /// [`TlbiCommands::start`]); range `next_range` is started when `cursor` is `None`.
+    Ranges {
+        next_range: usize,
+        cursor: Option<(u64, u64)>,
+    },
+    /// The whole-tag command.
+    Whole,
+    /// `CMD_TLBI_NH_ALL` of a nest parent's VMID.
+    NestAll,
+    Done,
 }
 
-/// Emits one command per stride in `r`.
-fn emit_pages<E: From<SmmuError>>(
+/// The TLB invalidation commands of a flush, one at a time: what [`plan_tlbi`] hands its
+/// caller, as an iterator (made by [`tlbi_commands`]; it ends after an error). The caller
+/// issues each command from its own frame, so the planning's locals are not on the stack
+/// under the command queue.
+#[derive(Clone, Debug)]
+pub struct TlbiCommands<'g> {
     tag: TlbTag,
-    r: &IovaRange,
-    gather: &Gather,
-    policy: &FlushPolicy,
-    emit: &mut impl FnMut(Command) -> Result<(), E>,
-) -> Result<(), E> {
-    let stride = stride_log2(gather, policy.granule_log2);
-    let mut addr = r.start.get() & !((1u64 << stride) - 1);
-    while addr < r.end.get() {
-        emit(one(tag, addr, gather.leaf_only(), None)?)?;
-        match addr.checked_add(1 << stride) {
-            Some(next) => addr = next,
-            None => break,
+    gather: &'g Gather,
+    policy: FlushPolicy,
+    phase: Phase,
+}
+
+impl<'g> TlbiCommands<'g> {
+    /// The per-range commands of `gather`, then (for a nest parent) `CMD_TLBI_NH_ALL`.
+    fn ranges(tag: TlbTag, gather: &'g Gather, policy: &FlushPolicy) -> Self {
+        Self {
+            tag,
+            gather,
+            policy: *policy,
+            phase: Phase::Ranges {
+                next_range: 0,
+                cursor: None,
+            },
         }
     }
-    Ok(())
-}
 
-fn emit_all_ranges<E: From<SmmuError>>(
-    tag: TlbTag,
-    gather: &Gather,
-    policy: &FlushPolicy,
-    emit: &mut impl FnMut(Command) -> Result<(), E>,
-) -> Result<(), E> {
-    for r in gather.ranges() {
-        if policy.ril {
-            emit_ranges(tag, r, gather, policy, emit)?;
+    /// The first cursor of range `r`, `None` if it needs no command: its first address, and
+    /// the pages left (range form) or the end of the range (one command per stride).
+    fn start(&self, r: &IovaRange) -> Option<(u64, u64)> {
+        let g = self.policy.granule_log2;
+        if self.policy.ril {
+            // With a TTL naming a block level the range must start on a block boundary, or
+            // the range invalidated is UNPREDICTABLE (§4.4.1). A non-zero TTL means every
+            // changed leaf had that one size, and the engine records a leaf from its aligned
+            // start for its whole size, so `r` starts and ends on block boundaries; every
+            // chunk is then a multiple of the block's page count (SCALE is the lowest set bit
+            // of what is left) and keeps the address aligned.
+            let addr = r.start.get() & !((1u64 << g) - 1);
+            let mut pages = r.end.get().saturating_sub(addr).div_ceil(1 << g);
+            // NUM = 0 and SCALE = 0 with TTL = 0 is a single page at an unknown level, which
+            // the architecture does not define for range invalidation: round up to two pages.
+            if ttl(self.gather, g) == 0 && pages & 31 == 1 {
+                pages += 1;
+            }
+            (pages > 0).then_some((addr, pages))
         } else {
-            emit_pages(tag, r, gather, policy, emit)?;
+            let stride = stride_log2(self.gather, g);
+            let addr = r.start.get() & !((1u64 << stride) - 1);
+            (addr < r.end.get()).then_some((addr, r.end.get()))
         }
     }
-    Ok(())
-}
 
-/// Why the counting pass stopped.
-enum DryRun {
-    OverThreshold,
-    Encode(SmmuError),
-}
-
-impl From<SmmuError> for DryRun {
-    fn from(e: SmmuError) -> Self {
-        Self::Encode(e)
+    /// The command at `(addr, rest)` and the cursor after it (`None`: the range is done).
+    fn step(&self, (addr, rest): (u64, u64)) -> Result<(Command, Option<(u64, u64)>), SmmuError> {
+        let g = self.policy.granule_log2;
+        let leaf = self.gather.leaf_only();
+        if self.policy.ril {
+            // One range-form command per 5 bits of the page count.
+            let pages = rest;
+            let scale = pages.trailing_zeros().min(31);
+            let num = match (pages >> scale) & 31 {
+                0 => 32,
+                n => n,
+            };
+            let range = TlbiRange {
+                tg: range_granule(g),
+                scale: scale as u8,
+                num: (num - 1) as u8,
+                ttl: ttl(self.gather, g),
+            };
+            let c = one(self.tag, addr, leaf, Some(range))?;
+            let left = pages - (num << scale);
+            let next = (left > 0).then(|| (addr.saturating_add(num << (scale + g)), left));
+            Ok((c, next))
+        } else {
+            let stride = stride_log2(self.gather, g);
+            let c = one(self.tag, addr, leaf, None)?;
+            let next = addr
+                .checked_add(1 << stride)
+                .filter(|&n| n < rest)
+                .map(|n| (n, rest));
+            Ok((c, next))
+        }
     }
+
+    /// The next per-range command; `None` once the ranges are done (the phase is then
+    /// [`Phase::NestAll`]) or outside them.
+    fn next_in_ranges(&mut self) -> Option<Result<Command, SmmuError>> {
+        loop {
+            let Phase::Ranges { next_range, cursor } = self.phase else {
+                return None;
+            };
+            let Some(at) = cursor else {
+                self.phase = match self.gather.ranges().get(next_range) {
+                    Some(r) => Phase::Ranges {
+                        next_range: next_range + 1,
+                        cursor: self.start(r),
+                    },
+                    None => Phase::NestAll,
+                };
+                continue;
+            };
+            return Some(match self.step(at) {
+                Ok((c, next)) => {
+                    self.phase = Phase::Ranges {
+                        next_range,
+                        cursor: next,
+                    };
+                    Ok(c)
+                }
+                Err(e) => {
+                    self.phase = Phase::Done;
+                    Err(e)
+                }
+            });
+        }
+    }
+}
+
+impl Iterator for TlbiCommands<'_> {
+    type Item = Result<Command, SmmuError>;
+
+    /// Not inlined: its frame is gone before the caller issues the command.
+    #[inline(never)]
+    fn next(&mut self) -> Option<Self::Item> {
+        if let Some(c) = self.next_in_ranges() {
+            return Some(c);
+        }
+        match self.phase {
+            Phase::Whole => {
+                self.phase = Phase::NestAll;
+                Some(Ok(invalidate_all(self.tag)))
+            }
+            Phase::NestAll => {
+                self.phase = Phase::Done;
+                match self.tag {
+                    TlbTag::Stage2 {
+                        vmid,
+                        nest_parent: true,
+                    } => Some(Ok(Command::tlbi_nh_all(vmid))),
+                    _ => None,
+                }
+            }
+            Phase::Ranges { .. } | Phase::Done => None,
+        }
+    }
+}
+
+/// The TLB invalidation commands for `gather` (no CMD_SYNC), as [`plan_tlbi`] emits them:
+/// per-range commands, or the whole-tag command once they would exceed the policy's
+/// threshold (a dry run counts them first, stopping as soon as the threshold is passed),
+/// then a nest parent's `CMD_TLBI_NH_ALL`.
+///
+/// # Errors
+///
+/// A field error if an address does not fit its command (met in the dry run).
+pub fn tlbi_commands<'g>(
+    tag: TlbTag,
+    gather: &'g Gather,
+    policy: &FlushPolicy,
+) -> Result<TlbiCommands<'g>, SmmuError> {
+    let mut count = 0u32;
+    let mut dry = TlbiCommands::ranges(tag, gather, policy);
+    while let Some(c) = dry.next_in_ranges() {
+        c?;
+        count += 1;
+        if count > policy.threshold {
+            return Ok(TlbiCommands {
+                phase: Phase::Whole,
+                ..dry
+            });
+        }
+    }
+    Ok(TlbiCommands::ranges(tag, gather, policy))
 }
 
 /// Hands `emit` the TLB invalidation commands for `gather` (no CMD_SYNC): per-range commands,
@@ -210,32 +310,10 @@ pub fn plan_tlbi(
     policy: &FlushPolicy,
     mut emit: impl FnMut(Command) -> Result<(), SmmuError>,
 ) -> Result<u32, SmmuError> {
-    // A dry run counts, stopping as soon as the threshold is passed.
-    let mut count = 0u32;
-    let counted = emit_all_ranges(tag, gather, policy, &mut |_| {
-        count += 1;
-        if count > policy.threshold {
-            Err(DryRun::OverThreshold)
-        } else {
-            Ok(())
-        }
-    });
     let mut emitted = 0u32;
-    let mut out = |c| {
+    for c in tlbi_commands(tag, gather, policy)? {
+        emit(c?)?;
         emitted += 1;
-        emit(c)
-    };
-    match counted {
-        Ok(()) => emit_all_ranges(tag, gather, policy, &mut out)?,
-        Err(DryRun::OverThreshold) => out(invalidate_all(tag))?,
-        Err(DryRun::Encode(e)) => return Err(e),
-    }
-    if let TlbTag::Stage2 {
-        vmid,
-        nest_parent: true,
-    } = tag
-    {
-        out(Command::tlbi_nh_all(vmid))?;
     }
     Ok(emitted)
 }

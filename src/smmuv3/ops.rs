@@ -42,7 +42,7 @@ use super::attach::Batch;
 use super::cmd::Command;
 use super::cmdq::CommandQueue;
 use super::domain::{Domain, DomainParams};
-use super::flush::{atc_inv_for, invalidate_all, plan_tlbi, FlushPolicy, TlbTag};
+use super::flush::{atc_inv_for, invalidate_all, tlbi_commands, FlushPolicy, TlbTag};
 use super::platform::{DeviceFacts, CANWBS_NOT_DECLARED};
 use super::unit::SmmuUnit;
 use super::{Asid, StreamId, Vmid};
@@ -481,7 +481,11 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         if whole_tag {
             b.push(invalidate_all(tag))?;
         } else {
-            plan_tlbi(tag, gather, &policy, |c| b.push(c))?;
+            // One command at a time from the planner (its frame is gone when the batch
+            // submits), not a callback under it.
+            for c in tlbi_commands(tag, gather, &policy)? {
+                b.push(c?)?;
+            }
         }
         b.sync()
     }
@@ -738,17 +742,11 @@ where
         domain: DomainHandle,
         hints: &DeviceHints,
     ) -> Result<(), Error> {
-        let enabled = if hints.ats {
-            self.ats_for_attach(device)?
-        } else {
-            self.no_ats_for_attach(device)?;
-            false
-        };
-        self.declare_for_attach(device, hints)?;
+        let enabled = self.hints_for_attach(device, hints)?;
         let r = self.attach_impl(device, pasid, domain);
         if enabled && matches!(&r, Err(e) if !e.is_unit_fault()) {
             // Refused before anything was written: the stream is idle again.
-            let _ = self.set_ats(device, false);
+            self.undo_ats(device);
         }
         r
     }

@@ -368,6 +368,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
     /// owes the termination and sends it again. [`Error::Busy`] (nothing sent) when
     /// [`MAX_FENCES`] other streams are fenced with records still unread: once
     /// `handle_events` has read them, the call succeeds.
+    #[inline(never)]
     pub(crate) fn terminate_stalls(&self, sid: StreamId) -> Result<(), Error> {
         let eventq = self.eventq.lock();
         let mut book = self.stalls.lock();

@@ -155,6 +155,11 @@ pub fn plan_update(current: &Ste, target: &Ste) -> UpdatePlan {
 /// as it is planned, without keeping the plan: as [`UpdatePlan::apply`] (one release store per
 /// write, `sync` at each sync point, stopping at its first error). Returns the number of syncs.
 ///
+/// `sync` is called from this frame, not from the planner's: each group of writes (the steps
+/// up to a sync point) is planned and stored by `write_group` in a frame of its own, which
+/// has returned before the sync runs, so the planner's locals are not on the stack under the
+/// command queue (this runs under the unit's locks on a kernel stack).
+///
 /// # Errors
 ///
 /// The first error `sync` returns, as [`UpdatePlan::apply`].
@@ -164,22 +169,41 @@ pub fn apply_update<E>(
     entry: &[AtomicU64; 8],
     mut sync: impl FnMut() -> Result<(), E>,
 ) -> Result<usize, E> {
-    let mut result = Ok(0);
+    let mut syncs = 0;
+    // Each group that writes anything ends with a sync point: group `syncs` exists while the
+    // previous ones did.
+    while write_group(current, target, entry, syncs) {
+        sync()?;
+        syncs += 1;
+    }
+    Ok(syncs)
+}
+
+/// Stores the writes of group `g` of the plan from `current` to `target` (the steps after its
+/// `g`-th sync point, up to the next) into `entry`; whether the plan has such a group. The
+/// plan is made again for each group: it depends on `current` and `target` only.
+#[inline(never)]
+fn write_group(current: &Ste, target: &Ste, entry: &[AtomicU64; 8], g: usize) -> bool {
+    let mut seen = 0;
+    let mut exists = false;
     plan_steps(current, target, |step| {
-        let Ok(syncs) = &mut result else { return };
+        if seen != g {
+            if step == UpdateStep::Sync {
+                seen += 1;
+            }
+            return;
+        }
         match step {
             UpdateStep::Write { word, value } => {
+                exists = true;
                 if let Some(w) = entry.get(word as usize) {
                     w.store(value, Ordering::Release);
                 }
             }
-            UpdateStep::Sync => match sync() {
-                Ok(()) => *syncs += 1,
-                Err(e) => result = Err(e),
-            },
+            UpdateStep::Sync => seen += 1,
         }
     });
-    result
+    exists
 }
 
 /// Hands the steps of the change from `current` to `target` to `step`, in order. Each
