@@ -266,7 +266,12 @@ impl<A: PageAllocator> CommandQueue<A> {
     /// - the errors of [`submit`](Self::submit).
     pub fn sync<W: RegisterWindow + ?Sized>(&mut self, regs: &W) -> Result<(), SmmuError> {
         let cmd = self.sync_command()?;
-        self.submit(regs, &[cmd])?;
+        // Queued here rather than through `submit`: one frame fewer under every sync's wait
+        // for space.
+        self.wait_for_space(regs)?;
+        self.write_entry(self.prod.index(), &cmd);
+        self.prod = self.prod.advance(1);
+        regs.doorbell32(regs::CMDQ_PROD, self.prod.register());
         let sync_at = self.prod.advance((1u32 << self.mem.log2) * 2 - 1);
         let target = self.prod;
         let mut first_error = None;

@@ -316,60 +316,59 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
                 dom.owed.is_owed(),
             ))
         })?;
-        if owed {
-            return self.flush_owed(d, gather);
-        }
-        if gather.is_empty() {
+        // A whole-tag invalidation is owed (an earlier flush failed): the owed pages are taken
+        // into the unit's `owed_kept` (locked first, before any other lock of the unit; put
+        // back below if this flush fails too; empty whenever it is unlocked). One frame for
+        // both cases: the owed case is not a frame of its own above the commands' path.
+        let mut kept = owed.then(|| self.owed_kept.lock());
+        let whole_tag = match kept.as_deref_mut() {
+            Some(kept) => self.with_domain(d, |dom| Ok(dom.owed.take_into(kept)))?,
+            None => false,
+        };
+        if gather.is_empty() && !whole_tag {
             return Ok(());
         }
-        let r = self.flush_tag(d, gather, tag, granule_log2, ats, false);
+        let r = self.flush_tag(d, gather, tag, granule_log2, ats, whole_tag);
+        let r = match (r, kept.as_deref_mut()) {
+            (Ok(()), Some(kept)) => {
+                // SAFETY: `kept` holds pages only when `whole_tag`: the whole tag was then
+                // invalidated and the CMD_SYNC after it completed (or the unit has no command
+                // queue and never walked them).
+                kept.release(&self.alloc, unsafe { InvalidationComplete::assume() })
+                    .map_err(Error::from)
+            }
+            (r, _) => r,
+        };
         if r.is_err() {
-            // As in `flush_owed`: the whole tag is owed (with no pages of its own).
-            let _ = self.with_domain(d, |dom| {
-                dom.owed.owe_whole_tag();
-                Ok(())
-            });
+            self.flush_failed(d, kept.as_deref_mut());
         }
         r
     }
 
-    /// [`flush_impl`](Self::flush_impl) when a whole-tag invalidation is owed (an earlier
-    /// flush failed), on a path of its own: the owed pages travel through this frame only.
+    /// What a failed flush leaves (for [`flush_impl`](Self::flush_impl)): the whole tag owed,
+    /// with the owed pages this flush took (`kept`) put back. Whatever this flush was to
+    /// invalidate is owed (a gather the caller drops no longer says which ranges): the whole
+    /// tag, conservatively.
+    #[cold]
     #[inline(never)]
-    fn flush_owed(&self, d: DomainHandle, gather: &mut Gather) -> Result<(), Error> {
-        // Taken: put back below if this flush fails too. Empty whenever it is unlocked.
-        let mut kept = self.owed_kept.lock();
-        let (tag, granule_log2, ats, whole_tag) = self.with_domain(d, |dom| {
-            Ok((
-                dom.tag,
-                dom.geometry().granule_log2,
-                dom.ats_users.load(Ordering::Acquire) != 0,
-                dom.owed.take_into(&mut kept),
-            ))
-        })?;
-        if gather.is_empty() && !whole_tag {
-            return Ok(());
+    fn flush_failed(&self, d: DomainHandle, kept: Option<&mut Gather>) {
+        match kept {
+            None => {
+                let _ = self.with_domain(d, |dom| {
+                    dom.owed.owe_whole_tag();
+                    Ok(())
+                });
+            }
+            Some(kept) => {
+                let _ = self.with_domain(d, |dom| {
+                    dom.owed.put_back(kept);
+                    Ok(())
+                });
+                // A domain freed meanwhile: its pages are leaked, never left for the next
+                // owed flush (of another domain) to take.
+                leak(kept);
+            }
         }
-        let r = self
-            .flush_tag(d, gather, tag, granule_log2, ats, whole_tag)
-            .and_then(|()| {
-                // SAFETY: `kept` holds pages only when `whole_tag`: the whole tag was then
-                // invalidated and the CMD_SYNC after it completed (or the unit has no command
-                // queue and never walked them).
-                Ok(kept.release(&self.alloc, unsafe { InvalidationComplete::assume() })?)
-            });
-        if r.is_err() {
-            // Whatever this flush was to invalidate is owed (a gather the caller drops no
-            // longer says which ranges): the whole tag, conservatively.
-            let _ = self.with_domain(d, |dom| {
-                dom.owed.put_back(&mut kept);
-                Ok(())
-            });
-            // A domain freed meanwhile: its pages are leaked, never left for the next owed
-            // flush (of another domain) to take.
-            leak(&mut kept);
-        }
-        r
     }
 
     /// The commands of [`flush_impl`](Self::flush_impl); `whole_tag`: the whole tag and every
@@ -551,35 +550,76 @@ fn invalidate_atcs<W: RegisterWindow, A: PageAllocator>(
     span: IovaRange,
 ) -> Result<(), super::SmmuError> {
     let mut pushed = false;
-    #[cfg(test)]
-    let streams = config.streams.iter().inspect(|_| {
-        config
-            .flush_stream_reads
-            .fetch_add(1, core::sync::atomic::Ordering::Relaxed);
-    });
-    #[cfg(not(test))]
-    let streams = config.streams.iter();
-    for s in streams.flatten().filter(|s| s.ats) {
-        for (ssid, x) in s.attachments() {
-            let user_child =
-                user_children & super::nested::user_index(x).map_or(0, |i| 1u64 << i) != 0;
-            let cmd = if x == d {
-                atc_inv_for(s.sid, ssid, span)?
-            } else if user_child || children & 1u64.checked_shl(x.0.into()).unwrap_or(0) != 0 {
-                // The ATC holds stage-1 input addresses translated through this stage 2: an
-                // IPA range does not say which, so all of them.
-                Command::atc_inv(s.sid, ssid, Iova::ZERO, 52, ssid.is_none())?
-            } else {
-                continue;
-            };
-            b.push(cmd)?;
-            pushed = true;
-        }
+    let commands = AtcCommands {
+        config,
+        d,
+        children,
+        user_children,
+        span,
+        stream: 0,
+        attachment: 0,
+    };
+    // One command at a time from the iterator (its frame is gone when the batch submits).
+    for c in commands {
+        b.push(c?)?;
+        pushed = true;
     }
     if pushed {
         b.sync()
     } else {
         Ok(())
+    }
+}
+
+/// The commands of [`invalidate_atcs`], one at a time: for each ATS stream (in slot order)
+/// and each of its attachments, `CMD_ATC_INV` of `span` where `d` is attached, of everything
+/// where one of its stage-1 `children` or user domains is.
+struct AtcCommands<'c, A: PageAllocator> {
+    config: &'c super::unit::ConfigState<A>,
+    d: DomainHandle,
+    children: u64,
+    user_children: u64,
+    span: IovaRange,
+    /// The stream slot looked at, and the next of its attachments.
+    stream: usize,
+    attachment: usize,
+}
+
+impl<A: PageAllocator> Iterator for AtcCommands<'_, A> {
+    type Item = Result<Command, super::SmmuError>;
+
+    /// Not inlined: its frame is gone before the caller pushes the command.
+    #[inline(never)]
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let slot = self.config.streams.get(self.stream)?;
+            #[cfg(test)]
+            if self.attachment == 0 {
+                self.config
+                    .flush_stream_reads
+                    .fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+            }
+            let at = slot
+                .as_ref()
+                .filter(|s| s.ats)
+                .and_then(|s| s.attachments().nth(self.attachment).map(|a| (s.sid, a)));
+            let Some((sid, (ssid, x))) = at else {
+                self.stream += 1;
+                self.attachment = 0;
+                continue;
+            };
+            self.attachment += 1;
+            let user_child =
+                self.user_children & super::nested::user_index(x).map_or(0, |i| 1u64 << i) != 0;
+            if x == self.d {
+                return Some(atc_inv_for(sid, ssid, self.span));
+            }
+            if user_child || self.children & 1u64.checked_shl(x.0.into()).unwrap_or(0) != 0 {
+                // The ATC holds stage-1 input addresses translated through this stage 2: an
+                // IPA range does not say which, so all of them.
+                return Some(Command::atc_inv(sid, ssid, Iova::ZERO, 52, ssid.is_none()));
+            }
+        }
     }
 }
 

@@ -363,10 +363,10 @@ pub struct SmmuUnit<W: RegisterWindow, A: PageAllocator + Clone> {
     pub(crate) cmdq: Mutex<Option<CommandQueue<A>>>,
     /// The command batches' buffer: locked only by a batch, under `cmdq`.
     pub(crate) cmd_staging: Mutex<CommandStaging>,
-    /// The pages a flush of an owing domain took from it (`flush_owed`), held while its
+    /// The pages a flush of an owing domain took from it (`flush_impl`), held while its
     /// whole-tag invalidation runs and empty otherwise: kept here rather than on the stack
     /// under the command queue. Taken first, before every other lock of the unit, and only
-    /// by `flush_owed`, which it serializes (they serialize on `cmdq` anyway).
+    /// by a flush of an owing domain, which it serializes (they serialize on `cmdq` anyway).
     pub(crate) owed_kept: Mutex<Gather>,
     pub(crate) eventq: Mutex<Option<EventQueue<A>>>,
     /// The PRI queue, on a unit with `IDR0.PRI` once enabled.
