@@ -373,9 +373,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> AmdViUni
             |d| on_table!(&d.table, t => t.unmap(iova, len, &mut gather)),
         );
         if self.flush_gather(domain, &mut gather).is_err() {
-            let _ = self.with_domain(domain, |d| {
-                d.owed.lock().absorb(core::mem::take(&mut gather));
-            });
+            let _ = self.with_domain(domain, |d| keep_owed(&mut d.owed.lock(), &mut gather));
         }
     }
 
@@ -876,11 +874,14 @@ where
         let cfg = self.config.lock();
         let mut guard = self.domains[slot].write();
         let dom = guard.as_mut().ok_or(Error::InvalidDomain(domain))?;
-        let mut gather = Gather::new();
-        let unlinked = reclaim_table(&mut dom.table, scope, &mut gather);
+        // The unit's, not the stack's: it is under the flush. Empty when unlocked (a completed
+        // flush releases it, a failed one leaves it to the domain).
+        let mut gather = self.reclaim_gather.lock();
+        let gather = &mut *gather;
+        let unlinked = reclaim_table(&mut dom.table, scope, gather);
         let pages = gather.freed_pages() + dom.owed.get_mut().freed_pages();
-        if let Err(e) = self.flush_locked(&cfg, slot, dom, &mut gather) {
-            dom.owed.get_mut().absorb(gather);
+        if let Err(e) = self.flush_locked(&cfg, slot, dom, gather) {
+            keep_owed(dom.owed.get_mut(), gather);
             return Err(e);
         }
         unlinked?;
@@ -969,4 +970,13 @@ where
             None => self.detach_impl(id),
         }
     }
+}
+
+/// Keeps what a failed reclaim's (or a map's undo's) flush left in `gather` as owed by the
+/// domain. A failure's path, not inlined: the gather it moves is not a copy in the caller's
+/// frame.
+#[cold]
+#[inline(never)]
+fn keep_owed(owed: &mut Gather, gather: &mut Gather) {
+    owed.absorb(core::mem::take(gather));
 }

@@ -209,6 +209,10 @@ pub struct AmdViUnit<W: RegisterWindow, A: PageAllocator, const DOMAINS: usize =
     pub(crate) config: spin::Mutex<ConfigState>,
     pub(crate) domains: [spin::RwLock<Option<Domain<A>>>; DOMAINS],
     pub(crate) cmd: spin::Mutex<Option<CommandBuffer>>,
+    /// The gather of a reclaim (112 bytes, which a kernel stack should not carry under the
+    /// flush): locked only by `reclaim`, under the configuration lock (so never contended);
+    /// empty whenever it is unlocked.
+    pub(crate) reclaim_gather: spin::Mutex<crate::pgtable::Gather>,
     pub(crate) events: spin::Mutex<Option<EventLog>>,
     /// The 128-bit store a live device table entry needs (checked in `new`).
     pub(crate) cx16: Store128,
@@ -286,6 +290,8 @@ impl<W: RegisterWindow, A: PageAllocator, const DOMAINS: usize> AmdViUnit<W, A, 
                 domains.add(i).write(spin::RwLock::new(None));
             }
             addr_of_mut!((*p).cmd).write(spin::Mutex::new(None));
+            addr_of_mut!((*p).reclaim_gather)
+                .write(spin::Mutex::new(crate::pgtable::Gather::new()));
             addr_of_mut!((*p).events).write(spin::Mutex::new(None));
             addr_of_mut!((*p).cx16).write(cx16);
         }

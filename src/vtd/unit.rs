@@ -484,6 +484,10 @@ pub struct VtdUnit<
     /// The plan of the flush in progress (280 bytes, which a kernel stack should not carry
     /// under the invalidation chain): locked only by `flush_locked`, under `inval`.
     flush_plan: spin::Mutex<FlushPlan>,
+    /// The gather of a reclaim (112 bytes, which a kernel stack should not carry under the
+    /// invalidation chain): locked only by `reclaim_domain`, under the configuration lock
+    /// (so never contended); empty whenever it is unlocked.
+    reclaim_gather: spin::Mutex<crate::pgtable::Gather>,
     counters: Counters,
     /// The page request queue, once [`enable_page_requests`](Self::enable_page_requests).
     prq: spin::Mutex<Option<PageRequestQueue>>,
@@ -577,6 +581,8 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
             #[allow(clippy::declare_interior_mutable_const)]
             const FLUSH_PLAN: spin::Mutex<FlushPlan> = spin::Mutex::new(FlushPlan::Nothing);
             addr_of_mut!((*p).flush_plan).write(FLUSH_PLAN);
+            addr_of_mut!((*p).reclaim_gather)
+                .write(spin::Mutex::new(crate::pgtable::Gather::new()));
             addr_of_mut!((*p).counters).write(Counters::default());
             addr_of_mut!((*p).prq).write(spin::Mutex::new(None));
             #[allow(clippy::declare_interior_mutable_const)]

@@ -27,15 +27,18 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
         let cfg = self.config.lock();
         let mut guard = self.domain_lock(domain)?.write();
         let dom = guard.as_mut().ok_or(iommu::Error::InvalidDomain(domain))?;
-        let mut gather = Gather::new();
-        let unlinked = with_table!(&mut dom.table, t => scope.reclaim(t, &mut gather));
+        // The unit's, not the stack's: it is under the whole invalidation chain. Empty when
+        // unlocked (a completed flush releases it, a failed one leaves it to the domain).
+        let mut gather = self.reclaim_gather.lock();
+        let gather = &mut *gather;
+        let unlinked = with_table!(&mut dom.table, t => scope.reclaim(t, gather));
         // What an earlier failed flush still owes (this reclaim's pages included) is issued
         // again and freed by `flush_locked` too.
         let pages = gather.freed_pages() + dom.owed.get_mut().freed_pages();
-        if let Err(e) = self.flush_locked(&cfg, slot, dom, &mut gather, Purpose::Unmap) {
+        if let Err(e) = self.flush_locked(&cfg, slot, dom, gather, Purpose::Unmap) {
             // Never freed without a completed invalidation: the domain keeps the pages with
             // the ranges `flush_locked` recorded as owed, for its next flush or its free.
-            keep_owed(dom.owed.get_mut(), &mut gather);
+            keep_owed(dom.owed.get_mut(), gather);
             return Err(e);
         }
         unlinked?;
