@@ -488,6 +488,9 @@ pub struct VtdUnit<
     /// invalidation chain): locked only by `reclaim_domain`, under the configuration lock
     /// (so never contended); empty whenever it is unlocked.
     reclaim_gather: spin::Mutex<crate::pgtable::Gather>,
+    /// The gather of a failed map's undo (`undo_map`), for the same reason: locked only
+    /// there, before any other lock of the unit; empty whenever it is unlocked.
+    undo_gather: spin::Mutex<crate::pgtable::Gather>,
     counters: Counters,
     /// The page request queue, once [`enable_page_requests`](Self::enable_page_requests).
     prq: spin::Mutex<Option<PageRequestQueue>>,
@@ -583,6 +586,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
             addr_of_mut!((*p).flush_plan).write(FLUSH_PLAN);
             addr_of_mut!((*p).reclaim_gather)
                 .write(spin::Mutex::new(crate::pgtable::Gather::new()));
+            addr_of_mut!((*p).undo_gather).write(spin::Mutex::new(crate::pgtable::Gather::new()));
             addr_of_mut!((*p).counters).write(Counters::default());
             addr_of_mut!((*p).prq).write(spin::Mutex::new(None));
             #[allow(clippy::declare_interior_mutable_const)]

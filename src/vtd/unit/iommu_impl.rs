@@ -48,18 +48,23 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
     #[cold]
     #[inline(never)]
     fn undo_map(&self, domain: DomainHandle, iova: Iova, len: u64) {
-        let mut gather = Gather::new();
+        // The unit's gather, not the stack's (it would be under the flush): locked first,
+        // only here, so undos serialize; empty whenever it is unlocked.
+        let mut gather = self.undo_gather.lock();
+        let gather = &mut *gather;
         // The range was empty before `map` (it refuses to map over a present entry) and holds
         // exactly what `map` wrote, so this unmap needs no split and cannot fail.
         let _ = self.with_domain(
             domain,
-            |d| with_table!(&d.table, t => t.unmap(iova, len, &mut gather)),
+            |d| with_table!(&d.table, t => t.unmap(iova, len, &mut *gather)),
         );
-        if self
-            .flush_gather(domain, &mut gather, Purpose::Unmap)
-            .is_err()
-        {
-            self.owe(domain, &mut gather);
+        if self.flush_gather(domain, gather, Purpose::Unmap).is_err() {
+            self.owe(domain, gather);
+            if !gather.is_empty() {
+                // A domain freed meanwhile: its pages are leaked (as a dropped gather's
+                // were), never left for the next undo to free.
+                leak(gather);
+            }
         }
     }
 
@@ -331,4 +336,11 @@ where
     fn page_response_owed(&self, response: &PageResponse) -> bool {
         VtdUnit::page_response_owed(self, response)
     }
+}
+
+/// Empties `gather` without freeing its pages (`Gather` has no `Drop`: they are leaked).
+#[cold]
+#[inline(never)]
+fn leak(gather: &mut Gather) {
+    *gather = Gather::new();
 }
