@@ -367,13 +367,21 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> AmdViUni
     /// owed by the domain. Not inlined: a path taken only after a failure.
     #[inline(never)]
     fn undo_map(&self, domain: DomainHandle, iova: Iova, len: u64) {
-        let mut gather = Gather::new();
+        // The unit's gather, not the stack's (it would be under the table's unmap and the
+        // flush): locked first, only here, so undos serialize; empty whenever it is unlocked.
+        let mut gather = self.undo_gather.lock();
+        let gather = &mut *gather;
         let _ = self.with_domain(
             domain,
-            |d| on_table!(&d.table, t => t.unmap(iova, len, &mut gather)),
+            |d| on_table!(&d.table, t => t.unmap(iova, len, &mut *gather)),
         );
-        if self.flush_gather(domain, &mut gather).is_err() {
-            let _ = self.with_domain(domain, |d| keep_owed(&mut d.owed.lock(), &mut gather));
+        if self.flush_gather(domain, gather).is_err() {
+            let _ = self.with_domain(domain, |d| keep_owed(&mut d.owed.lock(), gather));
+            if !gather.is_empty() {
+                // A domain freed meanwhile: its pages are leaked (as a dropped gather's
+                // were), never left for the next undo to free.
+                *gather = Gather::new();
+            }
         }
     }
 
@@ -659,6 +667,22 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> AmdViUni
         }
         let mut cleaned = Gather::new();
         table.set_dirty_tracking(on, &mut cleaned)?;
+        self.publish_tracking(&cfg, slot, dom, on, &mut cleaned)
+    }
+
+    /// The part of [`Self::set_dirty_tracking_impl`] after the table's walk: `HAD` in the
+    /// entries of the domain's devices, then their invalidations and those of the cleaned
+    /// leaves (owed by the domain if they fail). Not inlined: its commands are not in the
+    /// frame above the walk (`clear_dirty_level`, once per table level).
+    #[inline(never)]
+    fn publish_tracking(
+        &self,
+        cfg: &ConfigState,
+        slot: usize,
+        dom: &Domain<A>,
+        on: bool,
+        cleaned: &mut Gather,
+    ) -> Result<(), Error> {
         dom.tracking.store(on, Ordering::Release);
         for a in cfg.of_domain(slot) {
             if let Some(entry) = cfg.devtab.entry(a.device.into()) {
@@ -681,7 +705,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> AmdViUni
             .map(|a| Command::invalidate_iotlb_pages(a.device, 0, None, InvalidationRange::All));
         if let Err(e) = self.run_iter(devtab.chain(pages).chain(iotlb)) {
             // The next flush of the domain reissues the cleaned ranges' invalidation.
-            dom.owed.lock().absorb(cleaned);
+            dom.owed.lock().absorb(core::mem::take(cleaned));
             return Err(e.into());
         }
         cleaned.clear_ranges();
@@ -814,20 +838,10 @@ where
             InvalidationRange::All,
             true,
         )]])?;
-        let Some(dom) = guard.take() else {
-            return Err(Error::InvalidDomain(domain));
-        };
-        drop(guard);
+        // The slot's write lock is held until it is emptied: whatever takes the configuration
+        // lock now (an attach) waits for the slot and then finds no domain.
         drop(cfg);
-        let mut gather = dom.owed.into_inner();
-        let destroyed = on_table!(dom.table, t => t.destroy(&mut gather));
-        // SAFETY: no entry points at the table (no attachment; each detach or replace
-        // invalidated the device's entry) and everything tagged with its ID was invalidated
-        // above, the wait completed.
-        let done = unsafe { InvalidationComplete::assume() };
-        gather.release(&self.alloc, done)?;
-        destroyed?;
-        Ok(())
+        destroy_in_slot(&self.alloc, &mut guard, domain)
     }
 
     fn map(
@@ -970,6 +984,33 @@ where
             None => self.detach_impl(id),
         }
     }
+}
+
+/// The table part of [`Iommu::domain_free`], once everything tagged with the domain's ID is
+/// invalidated: the domain in `slot` is destroyed where it lies (not moved out of its slot
+/// onto the stack, about 450 bytes in the frame above the table's walk), its pages and those
+/// it owed go back to `alloc`, and the slot is emptied whatever the result.
+#[inline(never)]
+fn destroy_in_slot<A: PageAllocator>(
+    alloc: &A,
+    slot: &mut Option<Domain<A>>,
+    domain: DomainHandle,
+) -> Result<(), Error> {
+    let Some(dom) = slot.as_mut() else {
+        return Err(Error::InvalidDomain(domain));
+    };
+    let gather = dom.owed.get_mut();
+    // SAFETY: the slot is emptied below, whatever the result: the table is only dropped.
+    let destroyed = on_table!(&mut dom.table, t => unsafe { t.destroy_in_place(gather) });
+    // SAFETY: no entry points at the table (no attachment; each detach or replace
+    // invalidated the device's entry) and everything tagged with its ID was invalidated
+    // before this call, the wait completed.
+    let done = unsafe { InvalidationComplete::assume() };
+    let released = gather.release(alloc, done);
+    *slot = None;
+    released?;
+    destroyed?;
+    Ok(())
 }
 
 /// Keeps what a failed reclaim's (or a map's undo's) flush left in `gather` as owed by the

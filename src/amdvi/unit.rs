@@ -213,6 +213,10 @@ pub struct AmdViUnit<W: RegisterWindow, A: PageAllocator, const DOMAINS: usize =
     /// flush): locked only by `reclaim`, under the configuration lock (so never contended);
     /// empty whenever it is unlocked.
     pub(crate) reclaim_gather: spin::Mutex<crate::pgtable::Gather>,
+    /// The gather of a failed map's undo (`undo_map`), for the same reason: locked only
+    /// there, before any other lock of the unit (undos serialize); empty whenever it is
+    /// unlocked.
+    pub(crate) undo_gather: spin::Mutex<crate::pgtable::Gather>,
     pub(crate) events: spin::Mutex<Option<EventLog>>,
     /// The 128-bit store a live device table entry needs (checked in `new`).
     pub(crate) cx16: Store128,
@@ -292,6 +296,7 @@ impl<W: RegisterWindow, A: PageAllocator, const DOMAINS: usize> AmdViUnit<W, A, 
             addr_of_mut!((*p).cmd).write(spin::Mutex::new(None));
             addr_of_mut!((*p).reclaim_gather)
                 .write(spin::Mutex::new(crate::pgtable::Gather::new()));
+            addr_of_mut!((*p).undo_gather).write(spin::Mutex::new(crate::pgtable::Gather::new()));
             addr_of_mut!((*p).events).write(spin::Mutex::new(None));
             addr_of_mut!((*p).cx16).write(cx16);
         }

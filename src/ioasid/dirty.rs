@@ -152,16 +152,11 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         let unit = self.unit(d.unit)?;
         let mut gather = Gather::new();
         let r = unit.read_dirty(d.handle, iova, len, how, sink, &mut gather);
-        if let Err(error) = unit.flush(d.handle, &mut gather) {
-            io.pending.park(slot, &mut gather);
+        match unit.flush(d.handle, &mut gather) {
+            Ok(()) => Ok(r?),
             // The read's own error stops the caller; the flush's is owed and it goes on.
-            r?;
-            return Err(Error::InvalidationPending {
-                unit: d.unit,
-                error,
-            });
+            Err(error) => super::map::owe_flush(&io.pending, slot, d.unit, &mut gather, r, error),
         }
-        Ok(r?)
     }
 
     /// Sets, in the caller's `bitmap`, the bit of every `2^page_log2`-byte page of

@@ -490,21 +490,21 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     }
 }
 
-/// The end of [`IoasidCtx::unmap_domain`] when the unit's flush failed: the gather is owed
-/// (see `pending.rs`), and the unmap's own error is reported, else
-/// [`Error::InvalidationPending`]. A failure's path, not inlined: the error is built here, not
-/// in the frame that flushes (the kernel-stack bound of the C ABI).
+/// The end of [`IoasidCtx::unmap_domain`] (and of a dirty read's flush) when the unit's flush
+/// failed: the gather is owed (see `pending.rs`), and the call's own error (`done`) is
+/// reported, else [`Error::InvalidationPending`]. A failure's path, not inlined: the error is
+/// built here, not in the frame that flushes (the kernel-stack bound of the C ABI).
 #[cold]
 #[inline(never)]
-fn owe_flush(
+pub(super) fn owe_flush<T>(
     pending: &Pending,
     slot: usize,
     unit: UnitId,
     gather: &mut Gather,
-    unmapped: Result<u64, crate::iommu::Error>,
+    done: Result<T, crate::iommu::Error>,
     error: crate::iommu::Error,
-) -> Result<u64, Error> {
+) -> Result<T, Error> {
     pending.park(slot, gather);
-    unmapped?;
+    done?;
     Err(Error::InvalidationPending { unit, error })
 }

@@ -513,9 +513,20 @@ impl<A: PageAllocator> Domain<A> {
         })
     }
 
-    /// Hands every page of the table to `gather`.
-    pub(crate) fn destroy(self, gather: &mut Gather) -> Result<(), Error> {
-        Ok(with_table!(self.table, t => t.destroy(gather))?)
+    /// Hands every page of the table to the domain's owed gather, which also holds the tables
+    /// a failed reclaim left for an owed whole-tag invalidation, and returns that gather (to
+    /// be released once the whole tag is invalidated) with the walk's result. In place: a
+    /// domain is not moved onto the stack to be destroyed.
+    ///
+    /// # Safety
+    /// The domain is not used again, except to be dropped.
+    pub(crate) unsafe fn destroy_in_place(&mut self) -> (&mut Gather, Result<(), Error>) {
+        // Tables a failed reclaim left owed (held only while a whole-tag invalidation is owed:
+        // the gather is empty otherwise) go with the rest.
+        let gather = self.owed.pages.get_mut();
+        // SAFETY: the caller's promise: the table is not used again.
+        let destroyed = with_table!(&mut self.table, t => unsafe { t.destroy_in_place(gather) });
+        (gather, destroyed.map_err(Error::from))
     }
 
     /// Whether anything still uses the domain.

@@ -269,17 +269,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         if self.has_cmdq() {
             self.with_cmdq(|q, r| q.submit_and_sync(r, &[invalidate_all(tag)]))?;
         }
-        let dom = self
-            .slot(d)?
-            .write()
-            .take()
-            .ok_or(Error::InvalidDomain(d))?;
-        // Tables a failed reclaim left owed go with the rest, after the whole-tag TLBI.
-        let mut g = dom.owed.take().unwrap_or_default();
-        dom.destroy(&mut g)?;
-        // SAFETY: no STE or CD points at the table (the domain had no users), and the TLBI of
-        // its whole tag completed (or the unit never had a command queue, so never walked it).
-        g.release(&self.alloc, unsafe { InvalidationComplete::assume() })?;
+        self.destroy_domain(d)?;
         free_tag(&mut config, tag);
         if let Some(p) = parent {
             if let Some(pd) = self.slot(p)?.read().as_ref() {
@@ -287,6 +277,26 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
             }
         }
         Ok(())
+    }
+
+    /// The table part of [`free_domain`](Self::free_domain), once the domain's whole tag is
+    /// invalidated: the domain is destroyed where it lies (not moved out of its slot onto the
+    /// stack, about 500 bytes in the frame above the table's walk), its pages and the tables a
+    /// failed reclaim left owed go back to the allocator, and its slot is emptied.
+    #[inline(never)]
+    fn destroy_domain(&self, d: DomainHandle) -> Result<(), Error> {
+        let mut slot = self.slot(d)?.write();
+        let dom = slot.as_mut().ok_or(Error::InvalidDomain(d))?;
+        // SAFETY: the slot is emptied below, whatever the result: the domain is only dropped.
+        let (g, destroyed) = unsafe { dom.destroy_in_place() };
+        let released = destroyed.and_then(|()| {
+            // SAFETY: no STE or CD points at the table (the domain had no users), and the
+            // TLBI of its whole tag completed (or the unit never had a command queue, so never
+            // walked it).
+            Ok(g.release(&self.alloc, unsafe { InvalidationComplete::assume() })?)
+        });
+        *slot = None;
+        released
     }
 
     fn with_domain<R>(

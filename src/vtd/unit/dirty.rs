@@ -44,6 +44,22 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
         }
         let mut cleaned = Gather::new();
         table.set_dirty_tracking(on, &mut cleaned)?;
+        self.publish_tracking(&cfg, slot, dom, on, &mut cleaned)
+    }
+
+    /// The part of [`Self::set_dirty_tracking_impl`] after the table's walk: `SSADE` in the
+    /// present PASID entries, then their invalidations and those of the cleaned leaves (owed
+    /// by the domain if they fail). Not inlined: its batch and iterators are not in the frame
+    /// above the walk (`clear_dirty_level`, once per table level).
+    #[inline(never)]
+    fn publish_tracking(
+        &self,
+        cfg: &super::ConfigState,
+        slot: usize,
+        dom: &crate::vtd::domain::Domain<A>,
+        on: bool,
+        cleaned: &mut Gather,
+    ) -> Result<(), iommu::Error> {
         let ssade = if on { PasidEntry::SSADE } else { 0 };
         let (co, alloc) = (self.info.coherency, &self.alloc);
         // The domain's own entries, then those of its nested children: SSADE lives in the
@@ -89,7 +105,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
         };
         if let Err(e) = issued {
             // The next flush of the domain reissues the cleaned ranges' invalidation.
-            dom.owed.lock().absorb(cleaned);
+            dom.owed.lock().absorb(core::mem::take(cleaned));
             return Err(e.into());
         }
         cleaned.clear_ranges();

@@ -39,6 +39,32 @@ fn check_width<A: PageAllocator>(dom: &Domain<A>, iova: Iova, len: u64) -> Resul
 }
 
 impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<W, A, DOMAINS> {
+    /// The table part of [`Iommu::domain_free`], once the domain's DID is invalidated: the
+    /// domain in `slot` is destroyed where it lies (not moved out of its slot onto the stack,
+    /// about 500 bytes in the frame above the table's walk), its pages and those it owed go
+    /// back to the allocator, and the slot is emptied whatever the result.
+    #[inline(never)]
+    fn destroy_in_slot(
+        &self,
+        slot: &mut Option<Domain<A>>,
+        domain: DomainHandle,
+    ) -> Result<(), Error> {
+        let Some(dom) = slot.as_mut() else {
+            return Err(Error::InvalidDomain(domain));
+        };
+        let gather = dom.owed.get_mut();
+        // SAFETY: the slot is emptied below, whatever the result: the table is only dropped.
+        let destroyed = with_table!(&mut dom.table, t => unsafe { t.destroy_in_place(gather) });
+        // SAFETY: the table is unreachable (no attachment; each detach invalidated what its
+        // entry cached) and the domain-selective IOTLB invalidation before this call completed.
+        let done = unsafe { pgtable::InvalidationComplete::assume() };
+        let released = gather.release(&self.alloc, done);
+        *slot = None;
+        released?;
+        destroyed?;
+        Ok(())
+    }
+
     /// Takes back a mapping whose publication (caching-mode invalidation, write-buffer flush)
     /// failed, so that `map` fails with nothing mapped: the PTEs are cleared at once; the
     /// hardware may have cached them meanwhile, so their invalidation follows, and if it fails
@@ -171,19 +197,10 @@ where
             b.push(Request::Iotlb(IotlbScope::Domain(did)))?;
             b.finish()?;
         }
-        let Some(dom) = guard.take() else {
-            return Err(Error::InvalidDomain(domain));
-        };
-        drop(guard);
+        // The slot's write lock is held until it is emptied: whatever takes the configuration
+        // lock now (an attach) waits for the slot and then finds no domain.
         drop(cfg);
-        let mut gather = dom.owed.into_inner();
-        let destroyed = with_table!(dom.table, t => t.destroy(&mut gather));
-        // SAFETY: the table is unreachable (no attachment; each detach invalidated what its
-        // entry cached) and the domain-selective IOTLB invalidation above completed.
-        let done = unsafe { pgtable::InvalidationComplete::assume() };
-        gather.release(&self.alloc, done)?;
-        destroyed?;
-        Ok(())
+        self.destroy_in_slot(&mut guard, domain)
     }
 
     fn map(
