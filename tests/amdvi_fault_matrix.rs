@@ -7,10 +7,19 @@
 //! `DEV` is bound with ATS, so every flush of its domain reaches its IOTLB), and allocation
 //! failure at each of its first allocations.
 //!
+//! PASID attach and detach (GCR3 table; the first PASID of a device allocates the table, the
+//! last one frees it) and dirty tracking (`set_dirty_tracking` on and off, the dirty
+//! read-and-clear with its flush) run on a model whose EFR has `GTSup` with 16-bit PASIDs and
+//! `HDSup`; the other operations on QEMU's EFR. `DEV3`'s PASIDs are ATS attachments, so
+//! their detaches reach its IOTLB.
+//!
 //! After every cell, and again after the retry of a failed call with the fault cleared:
 //! - no page-table page the model can still reach (the latched device table's entries, the
-//!   cached entries, the page directory cache) is memory the allocator has back;
-//! - no cache holds an entry tagged with a domain ID no live domain carries;
+//!   cached entries, the page directory cache, a GCR3 table and the v2 tables its entries
+//!   name) is memory the allocator has back;
+//! - no cache holds an entry tagged with a domain ID no live domain carries (nor the GCR3
+//!   table's `DomainID` once the device's last PASID was detached);
+//! - `DEV3`'s PASID DMA is translated by the PASID's domain or refused;
 //! - a call during which the unit logged IOTLB_INV_TIMEOUT does not return `Ok`;
 //! - `Ok` (of the call or of its retry) means the whole effect, checked by DMA through the
 //!   model;
@@ -21,10 +30,13 @@
 
 use std::collections::BTreeSet;
 
+use iommu_engine::amdvi::unit::GCR3_DOMAIN_ID_BASE;
 use iommu_engine::amdvi::{AmdViConfig, AmdViUnit};
-use iommu_engine::iommu::{DeviceHints, DeviceId, DomainConfig, DomainHandle, Iommu, ReclaimScope};
+use iommu_engine::iommu::{
+    DeviceHints, DeviceId, DomainConfig, DomainHandle, Iommu, Pasid, ReclaimScope,
+};
 use iommu_engine::mem::{Iova, PhysAddr};
-use iommu_engine::pgtable::{Gather, Prot};
+use iommu_engine::pgtable::{DirtyRead, Gather, Prot};
 use iommu_engine::sim::amdvi::{AmdViModel, AmdViModelConfig, Injection};
 use iommu_engine::sim::{Arena, FailPolicy};
 
@@ -33,8 +45,14 @@ type Unit<'a> = AmdViUnit<&'a AmdViModel<'a>, &'a Arena, 8>;
 const RW: Prot = Prot::READ.union(Prot::WRITE);
 const DEV: DeviceId = DeviceId(0x20);
 const DEV2: DeviceId = DeviceId(0x28);
+/// The PASID device (ATS): its PASIDs translate through the v2 domain `p`.
+const DEV3: DeviceId = DeviceId(0x30);
 const PA_A: u64 = 0xA000_0000;
 const PA_B: u64 = 0xB000_0000;
+/// What `p` maps at 0x1000.
+const PA_P: u64 = 0xC000_0000;
+/// What `q` (the PASID's new domain of the replace rows) maps at 0x1000.
+const PA_Q: u64 = 0xD000_0000;
 const NEW_IOVA: u64 = 0x4000_0000;
 
 #[derive(Clone, Copy, Debug)]
@@ -54,6 +72,78 @@ enum Op {
     /// `enable` after `disable` (the buffer and log allocated again).
     Enable,
     Disable,
+    /// The first PASID (7) of `DEV3`: a GCR3 table allocated, the device's entry made `GV`.
+    PasidAttachFirst,
+    /// PASID 7 of `DEV3` beside its PASID 5: the GCR3 entry and the device's entry rewritten.
+    PasidAttach,
+    /// PASID 7 of `DEV3`, its PASID 5 staying.
+    PasidDetach,
+    /// `DEV3`'s only PASID (5): the entry blocking, the GCR3 table freed after the wait.
+    PasidDetachLast,
+    /// PASID 5 of `DEV3` moved from `p` to `q`; after a failure (before the retry) `p`'s
+    /// page is unmapped and `p` flushed.
+    PasidReplace,
+    /// As `PasidReplace`; after a failure `p` is freed.
+    PasidReplaceFreeOld,
+    /// `set_dirty_tracking(a, true)` (`DEV`'s entry gets `HAD`), after a write under an
+    /// earlier tracking period left a leaf dirty.
+    DirtyOn,
+    /// `set_dirty_tracking(a, false)`.
+    DirtyOff,
+    /// `read_dirty` (`Clear`) of `a` after `DEV` wrote 0x1000, then the flush of its gather.
+    DirtyReadAndClear,
+}
+
+impl Op {
+    /// `DEV3`'s PASIDs when the call starts.
+    fn pasids_before(self) -> &'static [u32] {
+        match self {
+            Op::PasidAttach | Op::PasidDetachLast | Op::PasidReplace | Op::PasidReplaceFreeOld => {
+                &[5]
+            }
+            Op::PasidDetach => &[5, 7],
+            _ => &[],
+        }
+    }
+
+    fn is_pasid(self) -> bool {
+        matches!(
+            self,
+            Op::PasidAttachFirst
+                | Op::PasidAttach
+                | Op::PasidDetach
+                | Op::PasidDetachLast
+                | Op::PasidReplace
+                | Op::PasidReplaceFreeOld
+        )
+    }
+
+    fn is_dirty(self) -> bool {
+        matches!(self, Op::DirtyOn | Op::DirtyOff | Op::DirtyReadAndClear)
+    }
+
+    /// The model: QEMU's EFR, with `GTSup`, 16-bit PASIDs and `HDSup` for the PASID and
+    /// dirty-tracking rows.
+    fn model_config(self) -> AmdViModelConfig {
+        if self.is_pasid() || self.is_dirty() {
+            AmdViModelConfig::qemu_default()
+                .with_pasids(16)
+                .with_dirty_tracking()
+        } else {
+            AmdViModelConfig::qemu_default()
+        }
+    }
+}
+
+fn pasid(p: u32) -> Option<Pasid> {
+    Pasid::new(p)
+}
+
+fn ats() -> DeviceHints {
+    DeviceHints {
+        ats: true,
+        ..DeviceHints::default()
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -73,6 +163,15 @@ struct Rig<'a> {
     /// The gather of the unmaps: kept across a failed flush and its retry, as a caller must
     /// (dropping it would leak its pages on purpose).
     gather: Gather,
+    /// The v2 domain of `DEV3`'s PASIDs (PASID rows).
+    p: Option<DomainHandle>,
+    /// The v2 domain PASID 5 moves to (PASID rows).
+    q: Option<DomainHandle>,
+    /// Whether the unit may still hold `DEV3`'s GCR3 table, and so its `DomainID`: from its
+    /// first PASID attach (tried) until the detach of its last PASID returned `Ok`.
+    gcr3_held: bool,
+    /// The IOVAs `read_dirty` reported, over every attempt.
+    dirty_seen: Vec<u64>,
 }
 
 impl<'a> Rig<'a> {
@@ -87,21 +186,71 @@ impl<'a> Rig<'a> {
         )
         .expect("unit");
         unit.enable().expect("enable");
-        let a = unit.domain_alloc(&DomainConfig::default()).unwrap();
+        let a = unit
+            .domain_alloc(&DomainConfig {
+                dirty_tracking: op.is_dirty(),
+                ..DomainConfig::default()
+            })
+            .unwrap();
         let b = unit.domain_alloc(&DomainConfig::default()).unwrap();
         unit.map(a, Iova::new(0x1000), PhysAddr::new(PA_A), 0x1000, RW)
             .unwrap();
         unit.map(b, Iova::new(0x1000), PhysAddr::new(PA_B), 0x1000, RW)
             .unwrap();
-        let ats = DeviceHints {
-            ats: true,
-            ..DeviceHints::default()
-        };
-        unit.attach_device(DEV, None, a, &ats).unwrap();
+        unit.attach_device(DEV, None, a, &ats()).unwrap();
         // Warm the caches: DTE, IOTLB, page directory entries.
         model.dma(DEV.0 as u16, 0x1000, false).unwrap();
         if matches!(op, Op::Enable) {
             unit.disable().expect("disable");
+        }
+        if matches!(op, Op::Replace) {
+            // DEV's ATC holds a's page: the move must invalidate it, or a's flush must.
+            model
+                .ats_translate(DEV.0 as u16, None, 0x1000, false)
+                .unwrap();
+        }
+        let (mut p, mut q) = (None, None);
+        if op.is_pasid() {
+            let v2 = DomainConfig {
+                pasid: true,
+                ..DomainConfig::default()
+            };
+            let d = unit.domain_alloc(&v2).unwrap();
+            unit.map(d, Iova::new(0x1000), PhysAddr::new(PA_P), 0x1000, RW)
+                .unwrap();
+            let e = unit.domain_alloc(&v2).unwrap();
+            unit.map(e, Iova::new(0x1000), PhysAddr::new(PA_Q), 0x1000, RW)
+                .unwrap();
+            q = Some(e);
+            for &n in op.pasids_before() {
+                unit.attach_device(DEV3, pasid(n), d, &ats()).unwrap();
+                // Warm the IOTLB (tagged with the GCR3 table's DomainID and the PASID) and
+                // the device's ATC.
+                model.dma_pasid(DEV3.0 as u16, n, 0x1000, false).unwrap();
+                model
+                    .ats_translate(DEV3.0 as u16, Some(n), 0x1000, false)
+                    .unwrap();
+            }
+            p = Some(d);
+        }
+        match op {
+            Op::DirtyOn => {
+                // A leaf left dirty by an earlier period of tracking: `on` must clean it.
+                unit.set_dirty_tracking(a, true).unwrap();
+                model.dma(DEV.0 as u16, 0x1000, true).unwrap();
+                unit.set_dirty_tracking(a, false).unwrap();
+                model.dma(DEV.0 as u16, 0x1000, false).unwrap();
+            }
+            Op::DirtyOff => {
+                unit.set_dirty_tracking(a, true).unwrap();
+                model.dma(DEV.0 as u16, 0x1000, false).unwrap();
+            }
+            Op::DirtyReadAndClear => {
+                unit.set_dirty_tracking(a, true).unwrap();
+                // Sets D; the IOTLB caches the entry dirty.
+                model.dma(DEV.0 as u16, 0x1000, true).unwrap();
+            }
+            _ => {}
         }
         Self {
             mem,
@@ -111,7 +260,27 @@ impl<'a> Rig<'a> {
             b: Some(b),
             extra: None,
             gather: Gather::new(),
+            p,
+            q,
+            gcr3_held: !op.pasids_before().is_empty(),
+            dirty_seen: Vec::new(),
         }
+    }
+
+    /// The dirty IOVAs of `a`'s first 1 GiB, `D` kept.
+    fn dirty(&self) -> Result<Vec<u64>, String> {
+        let mut seen = Vec::new();
+        self.unit
+            .read_dirty(
+                self.a,
+                Iova::new(0),
+                1 << 30,
+                DirtyRead::NoClear,
+                &mut |i, _| seen.push(i.get()),
+                &mut Gather::new(),
+            )
+            .map_err(|e| format!("read_dirty: {e}"))?;
+        Ok(seen)
     }
 
     fn run(&mut self, op: Op) -> Result<(), iommu_engine::iommu::Error> {
@@ -133,7 +302,8 @@ impl<'a> Rig<'a> {
                 u.flush(self.a, &mut self.gather)
             }
             Op::Attach => u.attach(DEV2, None, self.a),
-            Op::Replace => u.attach(DEV, None, self.b.expect("b")),
+            // With the device's hints, as the IOASID layer attaches (its ATS stays on).
+            Op::Replace => u.attach_device(DEV, None, self.b.expect("b"), &ats()),
             Op::Detach => u.detach(DEV, None),
             Op::DomainFree => {
                 u.domain_free(self.b.expect("b"))?;
@@ -153,6 +323,33 @@ impl<'a> Rig<'a> {
             }
             Op::Takeover | Op::Enable => Ok(u.enable()?),
             Op::Disable => Ok(u.disable()?),
+            Op::PasidAttachFirst | Op::PasidAttach => {
+                self.gcr3_held = true;
+                u.attach_device(DEV3, pasid(7), self.p.expect("p"), &ats())
+            }
+            Op::PasidDetach => u.detach(DEV3, pasid(7)),
+            Op::PasidDetachLast => {
+                u.detach(DEV3, pasid(5))?;
+                self.gcr3_held = false;
+                Ok(())
+            }
+            Op::PasidReplace | Op::PasidReplaceFreeOld => {
+                u.attach_device(DEV3, pasid(5), self.q.expect("q"), &ats())
+            }
+            Op::DirtyOn => u.set_dirty_tracking(self.a, true),
+            Op::DirtyOff => u.set_dirty_tracking(self.a, false),
+            Op::DirtyReadAndClear => {
+                let seen = &mut self.dirty_seen;
+                u.read_dirty(
+                    self.a,
+                    Iova::new(0),
+                    1 << 30,
+                    DirtyRead::Clear,
+                    &mut |i, _| seen.push(i.get()),
+                    &mut self.gather,
+                )?;
+                u.flush(self.a, &mut self.gather)
+            }
         }
     }
 
@@ -164,11 +361,15 @@ impl<'a> Rig<'a> {
                 return Err(format!("table {t:#x} reachable by the unit but freed"));
             }
         }
-        let ids: BTreeSet<u16> = [Some(self.a), self.b, self.extra]
+        let mut ids: BTreeSet<u16> = [Some(self.a), self.b, self.extra, self.p, self.q]
             .into_iter()
             .flatten()
             .map(|d| d.0 + 1)
             .collect();
+        if self.gcr3_held {
+            // DEV3's GCR3 table is the unit's first.
+            ids.insert(GCR3_DOMAIN_ID_BASE);
+        }
         for id in self.model.cached_domain_ids() {
             if !ids.contains(&id) {
                 return Err(format!("cached entries of domain ID {id}, no live domain"));
@@ -180,6 +381,14 @@ impl<'a> Rig<'a> {
                     return Err(format!("DEV's DMA reached {:#x} with the unit on", o.pa));
                 }
                 _ => {}
+            }
+            for n in [5, 7] {
+                match self.model.dma_pasid(DEV3.0 as u16, n, 0x1000, false) {
+                    Ok(o) if o.pa != PA_P && o.pa != PA_Q => {
+                        return Err(format!("DEV3 PASID {n}'s DMA reached {:#x}", o.pa));
+                    }
+                    _ => {}
+                }
             }
         }
         Ok(())
@@ -201,6 +410,22 @@ impl<'a> Rig<'a> {
             }
             // Off: untranslated.
             Op::Disable => !self.unit.is_enabled() && dma(DEV, 0x1000).map(|o| o.pa) == Ok(0x1000),
+            Op::PasidAttachFirst | Op::PasidAttach => {
+                self.pasid_dma(7) == Some(PA_P)
+                    && op
+                        .pasids_before()
+                        .iter()
+                        .all(|&n| self.pasid_dma(n) == Some(PA_P))
+            }
+            Op::PasidDetach => self.pasid_gone(7) && self.pasid_dma(5) == Some(PA_P),
+            // The device's entry blocking: no PASID, no request without one.
+            Op::PasidDetachLast => self.pasid_gone(5) && dma(DEV3, 0x1000).is_err(),
+            Op::PasidReplace | Op::PasidReplaceFreeOld => self.pasid_dma(5) == Some(PA_Q),
+            Op::DirtyOn => self.dirty_after(op, true)?,
+            Op::DirtyOff => self.dirty_after(op, false)?,
+            Op::DirtyReadAndClear => {
+                self.dirty_seen.contains(&0x1000) && self.dirty_after(op, true)?
+            }
         };
         let owes = self
             .unit
@@ -216,6 +441,82 @@ impl<'a> Rig<'a> {
         }
     }
 
+    /// After a failed move, before its retry: the caller may go on using the domain the device
+    /// left (unmap and flush, or free it). When that returns `Ok`, nothing of the old domain's
+    /// page is left for the device, in the unit's caches or in its ATC.
+    fn after_failure(&mut self, op: Op) -> Result<(), String> {
+        let u = &self.unit;
+        let (device, n, old, page) = match op {
+            Op::Replace => (DEV, None, self.a, PA_A),
+            Op::PasidReplace | Op::PasidReplaceFreeOld => (DEV3, Some(5), self.p.expect("p"), PA_P),
+            _ => return Ok(()),
+        };
+        let what = if matches!(op, Op::PasidReplaceFreeOld) {
+            match u.domain_free(old) {
+                Ok(()) => self.p = None,
+                Err(_) => return Ok(()),
+            }
+            "freed"
+        } else {
+            u.unmap(old, Iova::new(0x1000), 0x1000, &mut self.gather)
+                .map_err(|e| format!("unmap of the old domain: {e}"))?;
+            if u.flush(old, &mut self.gather).is_err() {
+                return Ok(());
+            }
+            "unmapped and flushed"
+        };
+        let dma = match n {
+            Some(n) => self.model.dma_pasid(device.0 as u16, n, 0x1000, false),
+            None => self.model.dma(device.0 as u16, 0x1000, false),
+        };
+        if dma.is_ok_and(|o| o.pa == page) {
+            return Err(format!(
+                "the unit still translates to the page of the domain the device left, {what}"
+            ));
+        }
+        if self.model.atc_translation(device.0 as u16, n, 0x1000) == Some(page) {
+            return Err(format!(
+                "the device's ATC still holds the page of the domain it left, {what}"
+            ));
+        }
+        Ok(())
+    }
+
+    /// What `DEV3`'s PASID `n` reads at 0x1000.
+    fn pasid_dma(&self, n: u32) -> Option<u64> {
+        self.model
+            .dma_pasid(DEV3.0 as u16, n, 0x1000, false)
+            .ok()
+            .map(|o| o.pa)
+    }
+
+    /// PASID `n` of `DEV3` translates nothing, through the unit or the device's ATC.
+    fn pasid_gone(&self, n: u32) -> bool {
+        self.pasid_dma(n).is_none()
+            && self
+                .model
+                .atc_translation(DEV3.0 as u16, Some(n), 0x1000)
+                .is_none()
+    }
+
+    /// After a call that left tracking `on`: no leaf is dirty (the call cleaned or read and
+    /// cleared them; the reads use no fault), `DEV`'s entry has `HAD` as asked, and a write
+    /// through the IOTLB entry the setup cached is recorded exactly when tracking is on (a
+    /// cached entry without `HAD`, or cached dirty, would hide it; a cached entry with `HAD`
+    /// after `off` would record it).
+    fn dirty_after(&self, op: Op, on: bool) -> Result<bool, String> {
+        if !self.dirty()?.is_empty() {
+            return Err(format!("{op:?} left dirty leaves: {:?}", self.dirty()?));
+        }
+        let dte = self.unit.device_entry(DEV.0).ok_or("no entry for DEV")?;
+        let had = dte.0[0] & (3 << 7) == 3 << 7;
+        self.model
+            .dma(DEV.0 as u16, 0x1000, true)
+            .map_err(|e| format!("write: {e:?}"))?;
+        let recorded = self.dirty()? == [0x1000];
+        Ok(had == on && recorded == on)
+    }
+
     fn teardown(self) -> Result<(), String> {
         let u = &self.unit;
         if !u.is_enabled() {
@@ -224,7 +525,13 @@ impl<'a> Rig<'a> {
         for dev in [DEV, DEV2] {
             let _ = u.detach(dev, None);
         }
-        for d in [Some(self.a), self.b, self.extra].into_iter().flatten() {
+        for n in [5, 7] {
+            let _ = u.detach(DEV3, pasid(n));
+        }
+        for d in [Some(self.a), self.b, self.extra, self.p, self.q]
+            .into_iter()
+            .flatten()
+        {
             u.domain_free(d)
                 .map_err(|e| format!("teardown free: {e}"))?;
         }
@@ -239,7 +546,7 @@ impl<'a> Rig<'a> {
 fn cell(op: Op, fault: Fault) -> Result<&'static str, String> {
     let mem = Arena::with_defaults().unwrap();
     let base = mem.live_pages().len();
-    let model = AmdViModel::new(&mem, AmdViModelConfig::qemu_default());
+    let model = AmdViModel::new(&mem, op.model_config());
     let mut rig = Rig::new(&mem, &model, op);
     match fault {
         Fault::None => {}
@@ -263,6 +570,10 @@ fn cell(op: Op, fault: Fault) -> Result<&'static str, String> {
             if matches!(fault, Fault::None) {
                 return Err(format!("{op:?} failed without a fault: {e}"));
             }
+            rig.after_failure(op)
+                .map_err(|x| format!("after {e}: {x}"))?;
+            rig.invariants()
+                .map_err(|e| format!("after the old domain's use: {e}"))?;
             rig.run(op).map_err(|e| format!("retry failed: {e}"))?;
             rig.invariants()
                 .map_err(|e| format!("after the retry: {e}"))?;
@@ -298,6 +609,15 @@ fn fault_matrix() {
         Op::Takeover,
         Op::Enable,
         Op::Disable,
+        Op::PasidAttachFirst,
+        Op::PasidAttach,
+        Op::PasidDetach,
+        Op::PasidDetachLast,
+        Op::PasidReplace,
+        Op::PasidReplaceFreeOld,
+        Op::DirtyOn,
+        Op::DirtyOff,
+        Op::DirtyReadAndClear,
     ];
     let mut faults = vec![
         Fault::None,
@@ -313,18 +633,24 @@ fn fault_matrix() {
     let mut failures = Vec::new();
     let (mut cells, mut errs) = (0, 0);
     for op in ops {
-        let mut reached = 0;
+        // One line per operation: `.` Ok, `R` failed then retried, `X` broken.
+        let (mut reached, mut row) = (0, String::new());
         for &fault in &faults {
             cells += 1;
             match cell(op, fault) {
                 Ok("err") => {
                     errs += 1;
                     reached += 1;
+                    row.push('R');
                 }
-                Ok(_) => {}
-                Err(e) => failures.push(format!("{op:?} x {fault:?}: {e}")),
+                Ok(_) => row.push('.'),
+                Err(e) => {
+                    row.push('X');
+                    failures.push(format!("{op:?} x {fault:?}: {e}"));
+                }
             }
         }
+        println!("{:>17} {row}", format!("{op:?}"));
         if reached == 0 {
             failures.push(format!("{op:?}: no fault reached it"));
         }

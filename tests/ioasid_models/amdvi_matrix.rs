@@ -7,6 +7,11 @@
 //! allocation failing), one fresh rig per cell. Every cell checks that its fault fired
 //! (`AmdViModelStats::injections_fired`, the arena's failed allocations).
 //!
+//! The PASID rows (`attach_pasid` of a device's first PASID, which builds its GCR3 table, and
+//! of a second; `detach_pasid` of one of two and of the last, which frees the table) and the
+//! dirty-tracking rows (`set_dirty_tracking` on and off, `read_and_clear_dirty`) run on a
+//! model whose EFR has `GTSup` with 16-bit PASIDs and `HDSup`; their devices have ATS.
+//!
 //! After every cell:
 //! - `Ok` means the whole effect, checked by DMA through the model (its caches included, so a
 //!   lost invalidation shows as a stale translation);
@@ -25,14 +30,15 @@
 
 use std::cell::Cell as StdCell;
 
+use iommu_engine::amdvi::unit::GCR3_DOMAIN_ID_BASE;
 use iommu_engine::amdvi::{AmdViConfig, AmdViUnit};
 use iommu_engine::ioasid::{
     Attachment, DeviceHandle, DeviceLabel, Error, IoasidCtx, IoasidFlags, IoasidId, Leaked,
     PasidAllocator, Registry, UnitId,
 };
-use iommu_engine::iommu::{DeviceHints, DeviceId, DomainHandle, Iommu};
+use iommu_engine::iommu::{DeviceHints, DeviceId, DomainHandle, Iommu, Pasid};
 use iommu_engine::mem::{Iova, PhysAddr};
-use iommu_engine::pgtable::Prot;
+use iommu_engine::pgtable::{DirtyRead, Gather, Prot};
 use iommu_engine::sim::amdvi::{AmdViModel, AmdViModelConfig, Injection};
 use iommu_engine::sim::arena::FailPolicy;
 use iommu_engine::sim::{Arena, ArenaConfig};
@@ -60,6 +66,19 @@ const A_NEW: (u64, u64, u64) = (0x40_0000, 0x5200_0000, 2 * K4);
 const B_MAP: (u64, u64, u64) = (0x1000, 0x6000_0000, K4);
 const B_MAP2: (u64, u64, u64) = (0x2000, 0x6100_0000, K4);
 const COPY_TO: u64 = 0x60_0000;
+/// The PASID device (ATS): its PASIDs translate IOASID P.
+const DEV_PASID: u32 = 0x30;
+/// IOASID P (`IoasidFlags::PASID`): what the PASIDs of DEV_PASID translate.
+const P_MAP: (u64, u64, u64) = (0x1000, 0x5900_0000, K4);
+/// IOASID P2 (`IoasidFlags::PASID`), where `Op::ReplacePasid` moves P1: the same IOVA, another
+/// page.
+const P2_MAP: (u64, u64, u64) = (0x1000, 0x5A00_0000, K4);
+/// The dirty-tracking device (ATS), attached to IOASID D.
+const DEV_DIRTY: u32 = 0x38;
+/// IOASID D (`IoasidFlags::DIRTY_TRACKING`).
+const D_MAP: (u64, u64, u64) = (0x1000, 0x5800_0000, 2 * K4);
+/// What the dirty reads cover.
+const DIRTY_LEN: u64 = 1 << 30;
 /// What the snapshot reads for each device and record.
 const PROBES: [u64; 7] = [
     0x1000,
@@ -81,9 +100,24 @@ enum Op {
     Copy,
     Reclaim,
     DropContext,
+    /// The first PASID of DEV_PASID: its GCR3 table built.
+    AttachPasidFirst,
+    /// A second PASID of DEV_PASID.
+    AttachPasid,
+    /// One of DEV_PASID's two PASIDs.
+    DetachPasid,
+    /// DEV_PASID's only PASID: its entry blocking, its GCR3 table freed.
+    DetachPasidLast,
+    /// DEV_PASID's PASID P1 moved from IOASID P to P2.
+    ReplacePasid,
+    /// On, after an earlier period of tracking left a page dirty.
+    SetDirtyTracking,
+    SetDirtyTrackingOff,
+    /// After DEV_DIRTY wrote D's first page.
+    ReadClearDirty,
 }
 
-const OPS: [Op; 8] = [
+const OPS: [Op; 16] = [
     Op::Attach,
     Op::Replace,
     Op::Detach,
@@ -92,7 +126,44 @@ const OPS: [Op; 8] = [
     Op::Copy,
     Op::Reclaim,
     Op::DropContext,
+    Op::AttachPasidFirst,
+    Op::AttachPasid,
+    Op::DetachPasid,
+    Op::DetachPasidLast,
+    Op::ReplacePasid,
+    Op::SetDirtyTracking,
+    Op::SetDirtyTrackingOff,
+    Op::ReadClearDirty,
 ];
+
+impl Op {
+    fn is_pasid(self) -> bool {
+        matches!(
+            self,
+            Op::AttachPasidFirst
+                | Op::AttachPasid
+                | Op::DetachPasid
+                | Op::DetachPasidLast
+                | Op::ReplacePasid
+        )
+    }
+
+    fn is_dirty(self) -> bool {
+        matches!(
+            self,
+            Op::SetDirtyTracking | Op::SetDirtyTrackingOff | Op::ReadClearDirty
+        )
+    }
+
+    /// How many of DEV_PASID's PASIDs (P1, then P2) are attached when the call starts.
+    fn pasids_before(self) -> usize {
+        match self {
+            Op::AttachPasid | Op::DetachPasidLast | Op::ReplacePasid => 1,
+            Op::DetachPasid => 2,
+            _ => 0,
+        }
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Fault {
@@ -151,13 +222,20 @@ struct Rig<'a> {
     reg: &'a Registry<'a>,
 }
 
-fn with_rig<R>(f: impl FnOnce(&Rig<'_>) -> R) -> R {
+fn with_rig<R>(op: Op, f: impl FnOnce(&Rig<'_>) -> R) -> R {
     let arena = Arena::new(ArenaConfig {
         base_pa: 0x1_0000_0000,
         capacity: 16 << 20,
     })
     .expect("arena");
-    let model = AmdViModel::new(&arena, AmdViModelConfig::qemu_default());
+    let cfg = if op.is_pasid() || op.is_dirty() {
+        AmdViModelConfig::qemu_default()
+            .with_pasids(16)
+            .with_dirty_tracking()
+    } else {
+        AmdViModelConfig::qemu_default()
+    };
+    let model = AmdViModel::new(&arena, cfg);
     let unit: Unit<'_> = AmdViUnit::new(
         &model,
         &arena,
@@ -202,10 +280,18 @@ struct Cell<'r> {
     c: IoasidId,
     /// Stranded devices the drop left.
     stranded: Vec<DeviceLabel>,
+    /// The PASID rows: DEV_PASID, IOASID P, the PASIDs P1 and P2.
+    pasid: Option<(DeviceHandle, IoasidId, Pasid, Pasid)>,
+    /// IOASID P2 (PASID rows).
+    pio2: Option<IoasidId>,
+    /// The dirty rows: DEV_DIRTY and IOASID D.
+    dirty: Option<(DeviceHandle, IoasidId)>,
+    /// The pages `read_and_clear_dirty` reported, over every attempt.
+    dirty_seen: StdCell<u32>,
 }
 
 impl<'r> Cell<'r> {
-    fn new(r: &Rig<'r>) -> Self {
+    fn new(r: &Rig<'r>, op: Op) -> Self {
         let ctx = IoasidCtx::new(r.reg, r.arena, 4);
         let ats = DeviceHints {
             ats: true,
@@ -229,6 +315,74 @@ impl<'r> Cell<'r> {
         for m in A_MAPS {
             r.model.dma(DEV_A as u16, m.0, false).expect("setup DMA");
         }
+        let (mut pasid, mut pio2s) = (None, None);
+        if op.is_pasid() {
+            let vp = ctx
+                .bind_with(dev(DEV_PASID), true, ats)
+                .expect("setup bind");
+            let pio = ctx.alloc(IoasidFlags::PASID).expect("setup alloc");
+            ctx.map(pio, Iova::new(P_MAP.0), PhysAddr::new(P_MAP.1), P_MAP.2, RW)
+                .expect("setup map");
+            let pio2 = ctx.alloc(IoasidFlags::PASID).expect("setup alloc");
+            ctx.map(
+                pio2,
+                Iova::new(P2_MAP.0),
+                PhysAddr::new(P2_MAP.1),
+                P2_MAP.2,
+                RW,
+            )
+            .expect("setup map");
+            pio2s = Some(pio2);
+            let p1 = ctx.alloc_pasid().expect("setup PASID");
+            let p2 = ctx.alloc_pasid().expect("setup PASID");
+            for p in [p1, p2].into_iter().take(op.pasids_before()) {
+                ctx.attach_pasid(vp, p, pio).expect("setup attach_pasid");
+                // The IOTLB (tagged with the GCR3 table's DomainID and the PASID) and the ATC.
+                r.model
+                    .dma_pasid(DEV_PASID as u16, p.get(), P_MAP.0, false)
+                    .expect("setup PASID DMA");
+                r.model
+                    .ats_translate(DEV_PASID as u16, Some(p.get()), P_MAP.0, false)
+                    .expect("setup ATS translation");
+            }
+            pasid = Some((vp, pio, p1, p2));
+        }
+        let mut dirty = None;
+        if op.is_dirty() {
+            let vd = ctx
+                .bind_with(dev(DEV_DIRTY), true, ats)
+                .expect("setup bind");
+            let d = ctx.alloc(IoasidFlags::DIRTY_TRACKING).expect("setup alloc");
+            ctx.map(d, Iova::new(D_MAP.0), PhysAddr::new(D_MAP.1), D_MAP.2, RW)
+                .expect("setup map");
+            ctx.attach(vd, d).expect("setup attach");
+            let write = |iova| {
+                r.model
+                    .dma(DEV_DIRTY as u16, iova, true)
+                    .expect("setup write");
+            };
+            ctx.set_dirty_tracking(d, true).expect("setup tracking on");
+            match op {
+                Op::SetDirtyTracking => {
+                    // A page left dirty by an earlier period: turning on cleans it. The read
+                    // after `off` caches the entry without `HAD`.
+                    write(D_MAP.0);
+                    ctx.set_dirty_tracking(d, false)
+                        .expect("setup tracking off");
+                    r.model
+                        .dma(DEV_DIRTY as u16, D_MAP.0, false)
+                        .expect("setup read");
+                }
+                Op::SetDirtyTrackingOff => {
+                    r.model
+                        .dma(DEV_DIRTY as u16, D_MAP.0, false)
+                        .expect("setup read");
+                }
+                // D set, the IOTLB entry cached dirty.
+                _ => write(D_MAP.0),
+            }
+            dirty = Some((vd, d));
+        }
         Self {
             ctx: Some(ctx),
             v,
@@ -237,6 +391,49 @@ impl<'r> Cell<'r> {
             b,
             c,
             stranded: Vec::new(),
+            pasid,
+            pio2: pio2s,
+            dirty,
+            dirty_seen: StdCell::new(0),
+        }
+    }
+
+    fn pasids(&self) -> (DeviceHandle, IoasidId, Pasid, Pasid) {
+        self.pasid.expect("a PASID row")
+    }
+
+    fn dirty_ioasid(&self) -> IoasidId {
+        self.dirty.expect("a dirty-tracking row").1
+    }
+
+    /// The dirty pages of D (a read with no fault armed, `clear` or not).
+    fn dirty_pages(&self, r: &Rig<'_>) -> Result<u32, String> {
+        r.model.clear_injections();
+        let seen = StdCell::new(0u32);
+        self.ctx()
+            .read_and_clear_dirty(self.dirty_ioasid(), Iova::ZERO, DIRTY_LEN, &mut |_, _| {
+                seen.set(seen.get() + 1)
+            })
+            .map_err(|e| format!("read_and_clear_dirty: {e:?}"))?;
+        Ok(seen.get())
+    }
+
+    /// After a call that left tracking on and every page clean: nothing is dirty, and a write
+    /// of DEV_DIRTY through the IOTLB entry the setup cached is reported (an entry cached
+    /// without `HAD`, or cached dirty, would hide it).
+    fn cleared_then_seen(&self, r: &Rig<'_>, op: Op) -> Result<(), String> {
+        let n = self.dirty_pages(r)?;
+        if n != 0 {
+            return Err(format!("{op:?} left {n} page(s) dirty"));
+        }
+        r.model
+            .dma(DEV_DIRTY as u16, D_MAP.0, true)
+            .map_err(|e| format!("write: {e:?}"))?;
+        match self.dirty_pages(r)? {
+            1 => Ok(()),
+            n => Err(format!(
+                "{op:?} succeeded but a write after it reported {n} page(s)"
+            )),
         }
     }
 
@@ -274,6 +471,37 @@ impl<'r> Cell<'r> {
             )?,
             Op::Reclaim => {
                 ctx.reclaim(self.a)?;
+            }
+            Op::AttachPasidFirst => {
+                let (vp, pio, p1, _) = self.pasids();
+                ctx.attach_pasid(vp, p1, pio)?;
+            }
+            Op::AttachPasid => {
+                let (vp, pio, _, p2) = self.pasids();
+                ctx.attach_pasid(vp, p2, pio)?;
+            }
+            Op::DetachPasid => {
+                let (vp, _, _, p2) = self.pasids();
+                ctx.detach_pasid(vp, p2)?;
+            }
+            Op::DetachPasidLast => {
+                let (vp, _, p1, _) = self.pasids();
+                ctx.detach_pasid(vp, p1)?;
+            }
+            Op::ReplacePasid => {
+                let (vp, _, p1, _) = self.pasids();
+                ctx.attach_pasid(vp, p1, self.pio2.expect("P2"))?;
+            }
+            Op::SetDirtyTracking => ctx.set_dirty_tracking(self.dirty_ioasid(), true)?,
+            Op::SetDirtyTrackingOff => ctx.set_dirty_tracking(self.dirty_ioasid(), false)?,
+            Op::ReadClearDirty => {
+                let seen = &self.dirty_seen;
+                ctx.read_and_clear_dirty(
+                    self.dirty_ioasid(),
+                    Iova::ZERO,
+                    DIRTY_LEN,
+                    &mut |_, _| seen.set(seen.get() + 1),
+                )?;
             }
             Op::DropContext => unreachable!(),
         }
@@ -330,8 +558,134 @@ impl<'r> Cell<'r> {
                 let again = ctx.reclaim(self.a).map_err(|e| format!("{e:?}"))?;
                 want("an empty table left behind", again == 0)
             }
+            Op::AttachPasidFirst | Op::AttachPasid => {
+                let (_, _, p1, p2) = self.pasids();
+                let attached = if op == Op::AttachPasid { 2 } else { 1 };
+                want(
+                    "a PASID does not translate P",
+                    [p1, p2]
+                        .iter()
+                        .take(attached)
+                        .all(|p| self.pasid_dma(r, *p) == Some(P_MAP.1)),
+                )
+            }
+            Op::DetachPasid => {
+                let (_, _, p1, p2) = self.pasids();
+                want(
+                    "the PASID or its ATC entry still translates, or the other does not",
+                    self.pasid_gone(r, p2) && self.pasid_dma(r, p1) == Some(P_MAP.1),
+                )
+            }
+            Op::ReplacePasid => {
+                let (_, _, p1, _) = self.pasids();
+                want(
+                    "the PASID does not translate P2",
+                    self.pasid_dma(r, p1) == Some(P2_MAP.1),
+                )
+            }
+            Op::DetachPasidLast => {
+                let (_, _, p1, _) = self.pasids();
+                want(
+                    "the PASID or its ATC entry still translates",
+                    self.pasid_gone(r, p1) && dma(DEV_PASID, P_MAP.0).is_none(),
+                )
+            }
+            Op::SetDirtyTracking => {
+                want(
+                    "tracking is off",
+                    ctx.dirty_tracking(self.dirty_ioasid()) == Ok(true),
+                )?;
+                self.cleared_then_seen(r, op)
+            }
+            Op::SetDirtyTrackingOff => {
+                let d = self.dirty_ioasid();
+                want(
+                    "tracking is on, or a read is not refused",
+                    ctx.dirty_tracking(d) == Ok(false)
+                        && ctx.read_and_clear_dirty(d, Iova::ZERO, K4, &mut |_, _| {})
+                            == Err(Error::DirtyTrackingOff(d)),
+                )?;
+                // Off on the unit: a write sets nothing (seen once tracking is on again,
+                // which cleans first: read the leaves through the unit instead).
+                r.model
+                    .dma(DEV_DIRTY as u16, D_MAP.0, true)
+                    .map_err(|e| format!("write: {e:?}"))?;
+                want(
+                    "a write with tracking off set D",
+                    !r.unit
+                        .device_entry(DEV_DIRTY)
+                        .is_some_and(|e| e.0[0] & (3 << 7) != 0)
+                        && self.unit_dirty(r)? == 0,
+                )
+            }
+            Op::ReadClearDirty => {
+                want("the dirty page not reported", self.dirty_seen.get() >= 1)?;
+                self.cleared_then_seen(r, op)
+            }
             Op::DropContext => unreachable!(),
         }
+    }
+
+    /// After a failed PASID move, before its retry: the caller unmaps the page of the IOASID
+    /// the PASID left. When that returns `Ok`, the PASID reaches nothing of the page, through
+    /// the unit or the device's ATC (an unsettled attachment is covered by every flush).
+    fn after_failure(&self, r: &Rig<'_>, op: Op) -> Result<(), String> {
+        if op != Op::ReplacePasid {
+            return Ok(());
+        }
+        let (_, pio, p1, _) = self.pasids();
+        if self.ctx().unmap(pio, Iova::new(P_MAP.0), P_MAP.2).is_err() {
+            return Ok(());
+        }
+        self.invariants(r)?;
+        if self.pasid_dma(r, p1) == Some(P_MAP.1)
+            || r.model
+                .atc_translation(DEV_PASID as u16, Some(p1.get()), P_MAP.0)
+                == Some(P_MAP.1)
+        {
+            return Err("the PASID still reaches the page unmapped from the IOASID it left".into());
+        }
+        Ok(())
+    }
+
+    /// What DEV_PASID's PASID `p` reads at P_MAP through the unit.
+    fn pasid_dma(&self, r: &Rig<'_>, p: Pasid) -> Option<u64> {
+        r.model
+            .dma_pasid(DEV_PASID as u16, p.get(), P_MAP.0, false)
+            .ok()
+            .map(|t| t.pa)
+    }
+
+    /// PASID `p` translates nothing, through the unit or the device's ATC.
+    fn pasid_gone(&self, r: &Rig<'_>, p: Pasid) -> bool {
+        self.pasid_dma(r, p).is_none()
+            && r.model
+                .atc_translation(DEV_PASID as u16, Some(p.get()), P_MAP.0)
+                .is_none()
+    }
+
+    /// D's dirty leaves in the unit's domain, read without cleaning (the IOASID layer refuses
+    /// reads while tracking is off).
+    fn unit_dirty(&self, r: &Rig<'_>) -> Result<usize, String> {
+        let mut n = 0;
+        for h in live_domains(r.unit) {
+            let mut here = 0;
+            // Domains built without dirty tracking refuse: they count nothing.
+            if r.unit
+                .read_dirty(
+                    h,
+                    Iova::ZERO,
+                    DIRTY_LEN,
+                    DirtyRead::NoClear,
+                    &mut |_, _| here += 1,
+                    &mut Gather::new(),
+                )
+                .is_ok()
+            {
+                n += here;
+            }
+        }
+        Ok(n)
     }
 
     fn invariants(&self, r: &Rig<'_>) -> Result<(), String> {
@@ -352,9 +706,20 @@ impl<'r> Cell<'r> {
         if !bad.is_empty() {
             return Err(format!("bad frees: {bad:?}"));
         }
-        // Domain IDs are the slot + 1 (`amdvi::unit`, ID 0 left to blocking entries).
-        let live_ids: std::collections::BTreeSet<u16> =
+        // Domain IDs are the slot + 1 (`amdvi::unit`, ID 0 left to blocking entries); a
+        // device's GCR3 table has its own (`GCR3_DOMAIN_ID_BASE` + the table's index: DEV_PASID's
+        // is the first), the unit's until the detach of its last PASID completed, which the
+        // context's books follow (a failed detach keeps the attachment).
+        let mut live_ids: std::collections::BTreeSet<u16> =
             live_domains(r.unit).into_iter().map(|h| h.0 + 1).collect();
+        if let (Some(ctx), Some((vp, _, p1, p2))) = (self.ctx.as_ref(), self.pasid) {
+            if [p1, p2]
+                .iter()
+                .any(|&p| ctx.attachment(vp, Some(p)).ok().flatten().is_some())
+            {
+                live_ids.insert(GCR3_DOMAIN_ID_BASE);
+            }
+        }
         if let Some(id) = r
             .model
             .cached_domain_ids()
@@ -366,7 +731,7 @@ impl<'r> Cell<'r> {
             ));
         }
         if let Some(ctx) = self.ctx.as_ref() {
-            for io in [self.a, self.b, self.c] {
+            for io in self.ioasids() {
                 match ctx.audit(io) {
                     Ok(()) | Err(Error::NoSuchIoasid(_)) => {}
                     Err(e) => return Err(format!("IOASID {}: {e}", io.0)),
@@ -374,6 +739,17 @@ impl<'r> Cell<'r> {
             }
         }
         Ok(())
+    }
+}
+
+impl Cell<'_> {
+    /// A, B, C, then P and D where the row has them.
+    fn ioasids(&self) -> Vec<IoasidId> {
+        let mut v = vec![self.a, self.b, self.c];
+        v.extend(self.pasid.map(|p| p.1));
+        v.extend(self.pio2);
+        v.extend(self.dirty.map(|d| d.1));
+        v
     }
 }
 
@@ -392,6 +768,14 @@ struct Snapshot {
     record: Vec<Option<u64>>,
     attachments: Vec<Option<Attachment>>,
     ioasids: Vec<bool>,
+    /// What DEV_PASID's PASIDs P1 and P2 translate at P_MAP from memory alone.
+    pasid_hw: Vec<Option<u64>>,
+    /// The attachments of P1 and P2.
+    pasid_attachments: Vec<Option<Attachment>>,
+    /// D's dirty tracking.
+    dirty: Option<bool>,
+    /// `HAD` in DEV_DIRTY's device table entry (the unit's side of tracking).
+    had: Option<bool>,
     domains: usize,
     pages: usize,
 }
@@ -399,14 +783,30 @@ struct Snapshot {
 impl Snapshot {
     fn take(cell: &Cell<'_>, r: &Rig<'_>) -> Self {
         let mut hw = Vec::new();
-        for d in [DEV_A, DEV_NEW] {
+        for d in [DEV_A, DEV_NEW, DEV_DIRTY, DEV_PASID] {
             for iova in PROBES {
                 hw.push(r.model.translate_in_memory(d as u16, iova));
             }
         }
+        let (mut pasid_hw, mut pasid_attachments, mut dirty) = (Vec::new(), Vec::new(), None);
+        if let Some((vp, _, p1, p2)) = cell.pasid {
+            for p in [p1, p2] {
+                pasid_hw.push(r.model.translate_in_memory_pasid(
+                    DEV_PASID as u16,
+                    Some(p.get()),
+                    P_MAP.0,
+                ));
+                if let Some(ctx) = cell.ctx.as_ref() {
+                    pasid_attachments.push(ctx.attachment(vp, Some(p)).ok().flatten());
+                }
+            }
+        }
         let (mut record, mut attachments, mut ioasids) = (Vec::new(), Vec::new(), Vec::new());
         if let Some(ctx) = cell.ctx.as_ref() {
-            for io in [cell.a, cell.b, cell.c] {
+            if let Some((_, d)) = cell.dirty {
+                dirty = ctx.dirty_tracking(d).ok();
+            }
+            for io in cell.ioasids() {
                 ioasids.push(ctx.flags(io).is_ok());
                 for iova in PROBES {
                     let m = ctx.translate(io, Iova::new(iova));
@@ -422,6 +822,13 @@ impl Snapshot {
             record,
             attachments,
             ioasids,
+            pasid_hw,
+            pasid_attachments,
+            dirty,
+            had: cell
+                .dirty
+                .and_then(|_| r.unit.device_entry(DEV_DIRTY))
+                .map(|e| e.0[0] & (3 << 7) == 3 << 7),
             domains: live_domains(r.unit).len(),
             pages: r.arena.live_pages().len(),
         }
@@ -453,7 +860,14 @@ fn partial_state(
     };
     let books_same = after.record == before.record
         && after.ioasids == before.ioasids
-        && after.attachments == before.attachments;
+        && after.attachments == before.attachments
+        && after.pasid_attachments == before.pasid_attachments
+        && after.dirty == before.dirty;
+    // The PASID a PASID row attaches or detaches (its index in `pasid_attachments`).
+    let pasid_k = match op {
+        Op::AttachPasidFirst | Op::DetachPasidLast | Op::ReplacePasid => 0,
+        _ => 1,
+    };
     let state =
         match op {
             // The unit may have written the entry: the books say attached, unsettled, holding the
@@ -481,7 +895,7 @@ fn partial_state(
                 "attached, unit unsettled"
             }
             // A failed attach's new domain that could not be freed either: parked in the context.
-            Op::Attach | Op::Replace
+            Op::Attach | Op::Replace | Op::AttachPasidFirst | Op::ReplacePasid
                 if books_same
                     && after.hw == before.hw
                     && after.domains == before.domains + 1
@@ -549,6 +963,78 @@ fn partial_state(
             {
                 "empty tables unlinked, invalidation owed"
             }
+            // The unit may have written the GCR3 entry and the device's entry: the books say the
+            // PASID attached, unsettled (from nothing, or from P), the IOASID's domain built if
+            // needed.
+            Op::AttachPasidFirst | Op::AttachPasid | Op::ReplacePasid
+                if unit_fault
+                    && after.record == before.record
+                    && after.ioasids == before.ioasids
+                    && after.attachments == before.attachments
+                    && after.dirty == before.dirty
+                    && after.hw == before.hw
+                    && after.pasid_attachments.iter().enumerate().all(|(k, a)| {
+                        if k == pasid_k {
+                            *a == Some(if op == Op::ReplacePasid {
+                                Attachment {
+                                    ioasid: cell.pio2.expect("P2"),
+                                    unsettled: Some(Some(cell.pasids().1)),
+                                }
+                            } else {
+                                Attachment {
+                                    ioasid: cell.pasids().1,
+                                    unsettled: Some(None),
+                                }
+                            })
+                        } else {
+                            *a == before.pasid_attachments[k]
+                        }
+                    })
+                    && after.domains <= before.domains + 1
+                    && after.pages >= before.pages =>
+            {
+                "PASID attached, unit unsettled"
+            }
+            // A PASID detach whose unit failed: the books unchanged (the retry completes it);
+            // the GCR3 entry may be cleared and the device's entry blocking already; the
+            // GCR3 table kept.
+            Op::DetachPasid | Op::DetachPasidLast
+                if unit_fault
+                    && books_same
+                    && after.hw == before.hw
+                    && after.pasid_hw.iter().enumerate().all(|(k, t)| {
+                        *t == before.pasid_hw[k] || (k == pasid_k && t.is_none())
+                    })
+                    && after.domains == before.domains
+                    && after.pages == before.pages =>
+            {
+                "unit PASID detach unsettled"
+            }
+            // A unit did not confirm the switch: tracking counts as off (reads refused) until
+            // the retry; nothing else moved (the cleaned leaves' invalidation owed).
+            Op::SetDirtyTracking | Op::SetDirtyTrackingOff
+                if unit_fault
+                    && after.dirty == Some(false)
+                    && after.record == before.record
+                    && after.ioasids == before.ioasids
+                    && after.attachments == before.attachments
+                    && after.pasid_attachments == before.pasid_attachments
+                    && after.hw == before.hw
+                    && after.domains == before.domains
+                    && after.pages == before.pages =>
+            {
+                "dirty tracking off until retried"
+            }
+            // The dirty state read and cleaned; its invalidation owed.
+            Op::ReadClearDirty
+                if pending
+                    && books_same
+                    && after.hw == before.hw
+                    && after.domains == before.domains
+                    && after.pages == before.pages =>
+            {
+                "dirty state cleaned, invalidation pending"
+            }
             _ => {
                 return Err(format!(
                     "neither no effect nor a documented partial state:\n  before {before:?}\n  \
@@ -566,8 +1052,8 @@ struct Outcome {
 }
 
 fn run_cell(op: Op, fault: Fault, clean_live: Option<usize>) -> Result<Outcome, String> {
-    with_rig(|r| {
-        let mut cell = Cell::new(r);
+    with_rig(op, |r| {
+        let mut cell = Cell::new(r, op);
         if op == Op::Reclaim {
             // The last leaves of A's table at 0x20_0000 go: the table stays linked, empty.
             cell.ctx()
@@ -612,6 +1098,8 @@ fn run_cell(op: Op, fault: Fault, clean_live: Option<usize>) -> Result<Outcome, 
                 let state = partial_state(&cell, op, &e, &before, &Snapshot::take(&cell, r))
                     .map_err(|x| format!("after {e:?}: {x}"))?;
                 r.model.clear_injections();
+                cell.after_failure(r, op)
+                    .map_err(|x| format!("after {e:?}: {x}"))?;
                 cell.run(r, op)
                     .map_err(|x| format!("failed with {e:?}, the retry failed with {x:?}"))?;
                 cell.effect(r, op)

@@ -386,15 +386,25 @@ impl<'m> AmdViModel<'m> {
 
     /// Every page-table page the unit can still reach: walked from the roots of the device
     /// table's entries (the latched table) and of the cached entries, and the tables the page
-    /// directory cache holds (walked too). A page here that the allocator has back is memory
-    /// the unit would read after it was freed.
+    /// directory cache holds (walked too); for an entry with `GV`, its GCR3 table and the v2
+    /// tables its valid entries name (GCR3 entries are not cached: read on every IOTLB miss).
+    /// A page here that the allocator has back is memory the unit would read after it was
+    /// freed.
     pub fn reachable_tables(&self) -> BTreeSet<u64> {
         let st = self.lock();
         let mut roots: Vec<(u64, u32)> = Vec::new();
-        let push_dte = |roots: &mut Vec<(u64, u32)>, d: [u64; 4]| {
+        let mut guest: Vec<u64> = Vec::new();
+        let push_dte = |roots: &mut Vec<(u64, u32)>, guest: &mut Vec<u64>, d: [u64; 4]| {
             let mode = ((d[0] >> 9) & 7) as u32;
             if d[0] & 3 == 3 && (1..=6).contains(&mode) {
                 roots.push((d[0] & 0x000F_FFFF_FFFF_F000, mode));
+            }
+            if d[0] & 1 != 0 && d[0] & (1 << 55) != 0 {
+                guest.push(
+                    ((d[0] >> 58) & 0x7) << 12
+                        | ((d[1] >> 16) & 0xFFFF) << 15
+                        | ((d[1] >> 43) & 0x1F_FFFF) << 31,
+                );
             }
         };
         if st.control & regs::CTRL_IOMMU_EN != 0 {
@@ -410,15 +420,16 @@ impl<'m> AmdViModel<'m> {
                     }
                 }
                 if ok {
-                    push_dte(&mut roots, d);
+                    push_dte(&mut roots, &mut guest, d);
                 }
             }
         }
         for d in st.dte_cache.values() {
-            push_dte(&mut roots, *d);
+            push_dte(&mut roots, &mut guest, *d);
         }
         roots.extend(st.pde_cache.iter().map(|p| (p.table, p.level)));
         let mut seen = BTreeSet::new();
+        st.guest_tables(guest, &mut seen);
         while let Some((table, level)) = roots.pop() {
             if !seen.insert(table) || level <= 1 {
                 continue;
@@ -441,6 +452,17 @@ impl<'m> AmdViModel<'m> {
     /// no event logged and no counter moved (for tests that compare what the tables say
     /// before and after a call). `None`: the request faults.
     pub fn translate_in_memory(&self, device_id: u16, iova: u64) -> Option<u64> {
+        self.translate_in_memory_pasid(device_id, None, iova)
+    }
+
+    /// As [`translate_in_memory`](Self::translate_in_memory), for a request with `pasid`
+    /// (through the device's GCR3 table).
+    pub fn translate_in_memory_pasid(
+        &self,
+        device_id: u16,
+        pasid: Option<u32>,
+        iova: u64,
+    ) -> Option<u64> {
         let mut st = self.lock();
         let caches = (
             core::mem::take(&mut st.dte_cache),
@@ -451,7 +473,7 @@ impl<'m> AmdViModel<'m> {
         // The walk logs no event: the log is off for it.
         st.control &= !regs::CTRL_EVENT_LOG_EN;
         let pa = st
-            .translate(device_id, None, iova, false)
+            .translate(device_id, pasid, iova, false)
             .ok()
             .map(|t| t.pa);
         (st.dte_cache, st.iotlb, st.pde_cache) = caches;
@@ -476,6 +498,38 @@ impl<'m> AmdViModel<'m> {
 }
 
 impl State<'_> {
+    /// Adds to `seen` the GCR3 tables `gcr3` and the v2 (x86-64 4-level) tables their valid
+    /// entries name, walked down to the last table (`PS`, bit 7, ends a walk at levels 3 and
+    /// 2).
+    fn guest_tables(&self, gcr3: Vec<u64>, seen: &mut BTreeSet<u64>) {
+        let mut v2: Vec<(u64, u32)> = Vec::new();
+        for g in gcr3 {
+            if !seen.insert(g) {
+                continue;
+            }
+            for i in 0..512u64 {
+                match self.mem.read_u64(g + i * 8) {
+                    Some(e) if e & 1 != 0 => v2.push((e & 0x000F_FFFF_FFFF_F000, 4)),
+                    Some(_) => {}
+                    None => break,
+                }
+            }
+        }
+        while let Some((table, level)) = v2.pop() {
+            if !seen.insert(table) || level <= 1 {
+                continue;
+            }
+            for i in 0..512u64 {
+                let Some(e) = self.mem.read_u64(table + i * 8) else {
+                    break;
+                };
+                if e & 1 != 0 && e & (1 << 7) == 0 {
+                    v2.push((e & 0x000F_FFFF_FFFF_F000, level - 1));
+                }
+            }
+        }
+    }
+
     fn ring_size(base: u64) -> u64 {
         16u64 << ((base >> 56) & 0xF)
     }
