@@ -128,6 +128,8 @@ impl FlushPlan {
 ///   (`GN`): INVALIDATE_IOMMU_PAGES of each block per (device, PASID) attachment;
 /// - then INVALIDATE_IOTLB_PAGES of each block per ATS device attached (for its PASID, if any);
 ///   no slot is looked at when no device has ATS.
+///
+/// An unsettled attachment of any domain counts as attached ([`Attachment::flushed_with`]).
 struct FlushCommands<'a> {
     cfg: &'a ConfigState,
     blocks: &'a [InvalidationRange],
@@ -187,7 +189,7 @@ impl<'a> FlushCommands<'a> {
             if self.phase == FlushPhase::Iotlb {
                 cfg.count_flush_read();
             }
-            let Some(a) = a.as_ref().filter(|a| a.slot == self.slot) else {
+            let Some(a) = a.as_ref().filter(|a| a.flushed_with(self.slot)) else {
                 continue;
             };
             if self.phase == FlushPhase::Guest {
@@ -831,13 +833,25 @@ where
             .ok_or(Error::InvalidDomain(domain))?
             .domain_id;
         // The IOTLB and page directory caches may still hold entries tagged with the ID: they
-        // go while the slot (the handle, the ID) stays taken. If that fails nothing changed.
-        self.run(&[&[Command::invalidate_iommu_pages(
-            id,
-            None,
-            InvalidationRange::All,
-            true,
-        )]])?;
+        // go while the slot (the handle, the ID) stays taken. So do the translations of the
+        // domain that an unsettled attachment (a move away whose invalidation failed) may have
+        // left under its PASID or in its ATC (`Attachment::flushed_with`). If that fails
+        // nothing changed.
+        let own = Command::invalidate_iommu_pages(id, None, InvalidationRange::All, true);
+        let unsettled = cfg.recorded().iter().flatten().filter(|a| !a.settled);
+        let guest = unsettled.clone().filter_map(|a| {
+            let tag = cfg.gcr3_tag(a.device)?;
+            Some(Command::invalidate_iommu_pages(
+                tag,
+                Some(a.pasid?),
+                InvalidationRange::All,
+                true,
+            ))
+        });
+        let atc = unsettled
+            .filter(|a| a.ats)
+            .map(|a| Command::invalidate_iotlb_pages(a.device, 0, a.pasid, InvalidationRange::All));
+        self.run_iter(core::iter::once(own).chain(guest).chain(atc))?;
         // The slot's write lock is held until it is emptied: whatever takes the configuration
         // lock now (an attach) waits for the slot and then finds no domain.
         drop(cfg);

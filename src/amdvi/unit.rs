@@ -658,6 +658,18 @@ pub(crate) struct Attachment {
     pub settled: bool,
 }
 
+impl Attachment {
+    /// Whether a flush of domain `slot` must reach this attachment's tags (a GCR3 table's
+    /// `DomainID` with the PASID, the ATS device's IOTLB): attached to it, or unsettled. A
+    /// move whose invalidation was not confirmed may have left translations of the domain
+    /// the device left in the PASID-tagged IOTLB entries or in the device's ATC, which that
+    /// domain's ID does not tag; the record names only the new domain, so every flush covers
+    /// an unsettled attachment until its retry or detach completes.
+    pub fn flushed_with(&self, slot: usize) -> bool {
+        self.slot == slot || !self.settled
+    }
+}
+
 /// What the configuration lock protects.
 pub(crate) struct ConfigState {
     pub devtab: DeviceTable,
