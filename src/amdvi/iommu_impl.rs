@@ -3,12 +3,17 @@
 //! (INVALIDATE_DEVTAB_ENTRY, INVALIDATE_IOMMU_PAGES, INVALIDATE_IOTLB_PAGES, COMPLETION_WAIT).
 //!
 //! **Flush.** Each range a gather (or what an earlier failed flush owes) holds becomes the one
-//! naturally aligned block that covers it, encoded with the `S` bit: one INVALIDATE_IOMMU_PAGES
-//! per range (a gather keeps at most [`crate::pgtable::GATHER_RANGES`]), `PDE` set unless only
-//! leaves changed, a block inside another dropped; the same blocks as INVALIDATE_IOTLB_PAGES
-//! for every attached device with ATS; then one COMPLETION_WAIT, and only after it the
-//! gathered pages go back to the allocator. On error nothing is freed and the domain owes the
-//! ranges: its next flush issues them again, whatever that flush's gather holds.
+//! naturally aligned block that covers it, encoded with the `S` bit (one command is the
+//! fewest for a range; over-invalidation is correct); then the blocks are made the fewest
+//! whose union is the union `U` of those blocks ([`fewest_blocks`]: a block inside another is
+//! dropped, two halves of one aligned block become that block). That is the minimum over every
+//! set of commands that invalidates nothing outside `U`; one command of everything would be
+//! fewer still, and is not used: it drops every other translation of the domain. At most
+//! [`crate::pgtable::GATHER_RANGES`] INVALIDATE_IOMMU_PAGES per tag, `PDE` set unless only
+//! leaves changed; the same blocks as INVALIDATE_IOTLB_PAGES for every attached device with
+//! ATS; then one COMPLETION_WAIT, and only after it the gathered pages go back to the
+//! allocator. On error nothing is freed and the domain owes the ranges: its next flush issues
+//! them again, whatever that flush's gather holds.
 //!
 //! **Attach** writes the device's DTE in the order of [`dte`](super::dte) (a device moved
 //! from another domain passes through blocking), then INVALIDATE_DEVTAB_ENTRY (and, for an ATS
@@ -28,7 +33,7 @@
 //! refuse (the GCR3 page, the entry naming it) before it writes anything. See
 //! ARCHITECTURE.md, "Platform facts".
 
-use super::cmd::{Command, InvalidationRange};
+use super::cmd::{fewest_blocks, Command, InvalidationRange};
 use super::domain::{self, on_table, Domain, Table};
 use super::dte::{self, DeviceTableEntry};
 use super::efr::EfrFlags;
@@ -43,7 +48,9 @@ use crate::iommu::{
 };
 use crate::mem::{Iova, PageAllocator, PhysAddr, PAGE_SHIFT_4K};
 use crate::mmio::RegisterWindow;
-use crate::pgtable::{self, Gather, InvalidationComplete, IovaRange, Leaf, Mapping, Prot};
+use crate::pgtable::{
+    self, Gather, InvalidationComplete, IovaRange, Leaf, Mapping, Prot, GATHER_RANGES,
+};
 use core::sync::atomic::Ordering;
 
 /// The interrupt address range (MSI writes are interrupt requests) and the HyperTransport
@@ -64,12 +71,13 @@ static RESERVED: [IovaRange; 2] = [
 const X86: Source = Source::Embedder("x86: table walks and DMA snoop CPU caches (No-Snoop aside)");
 const V1_FC: Source = Source::Embedder("AMD-Vi v1 PTE FC (every unit)");
 
-/// Most INVALIDATE_IOMMU_PAGES one flush issues before one of everything replaces them.
-const MAX_BLOCKS: usize = 8;
+/// Most INVALIDATE_IOMMU_PAGES one flush issues per tag: one per range of the merged gather,
+/// which keeps at most [`GATHER_RANGES`].
+const MAX_BLOCKS: usize = GATHER_RANGES;
 
-/// What one flush invalidates: a block per gathered or owed range, contained ones dropped,
-/// more than [`MAX_BLOCKS`] replaced by one block of everything; `pde` unless only leaves
-/// changed.
+/// What one flush invalidates: the fewest blocks that cover the gathered and owed ranges
+/// inside the union of each range's own covering block ([`fewest_blocks`]); `pde` unless only
+/// leaves changed.
 struct FlushPlan {
     blocks: [InvalidationRange; MAX_BLOCKS],
     n: usize,
@@ -89,28 +97,18 @@ impl FlushPlan {
             n: 0,
             pde: !all.leaf_only(),
         };
-        for r in all.ranges().iter().filter(|r| !r.is_empty()) {
-            let b = InvalidationRange::covering(r.start.get(), r.end.get());
-            let (first, log2) = span(b);
-            let inside = plan.blocks().iter().any(|&o| {
-                let (of, ol) = span(o);
-                ol >= log2 && of <= first && (ol >= 64 || first - of < 1u64 << ol)
-            });
-            if inside {
-                continue;
-            }
-            match plan.blocks.get_mut(plan.n) {
-                Some(slot) => {
-                    *slot = b;
-                    plan.n += 1;
-                }
-                None => {
-                    plan.blocks[0] = InvalidationRange::All;
-                    plan.n = 1;
-                    break;
-                }
-            }
+        let ranges = all.ranges().iter().filter(|r| !r.is_empty());
+        for r in ranges {
+            let Some(slot) = plan.blocks.get_mut(plan.n) else {
+                // Not reached (a gather keeps at most `MAX_BLOCKS` ranges); never fewer.
+                plan.blocks[0] = InvalidationRange::All;
+                plan.n = 1;
+                return plan;
+            };
+            *slot = InvalidationRange::covering(r.start.get(), r.end.get());
+            plan.n += 1;
         }
+        plan.n = fewest_blocks(plan.blocks.get_mut(..plan.n).unwrap_or(&mut []));
         plan
     }
 
@@ -290,11 +288,6 @@ fn reclaim_table<A: PageAllocator>(
 /// ([`Error::InvalidArgument`], the hint as 0 or 1): DTE `I` is the device's.
 pub const ATS_UNLIKE_THE_DEVICE: &str =
     "DeviceHints::ats unlike the device's other PASIDs' (DTE I is the device's)";
-
-fn span(b: InvalidationRange) -> (u64, u32) {
-    let (a, s) = b.encode();
-    InvalidationRange::decode(a, s)
-}
 
 impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> AmdViUnit<W, A, DOMAINS> {
     fn slot(&self, domain: DomainHandle) -> Result<usize, Error> {

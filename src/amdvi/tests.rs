@@ -536,3 +536,63 @@ fn input_bits_bound_every_domain() {
         ));
     }
 }
+
+/// A flush issues the fewest INVALIDATE_IOMMU_PAGES whose blocks stay inside the union of
+/// the gathered ranges' own covering blocks (`InvalidationRange::covering`): a block inside
+/// another is dropped whatever their order, and two blocks that are the halves of one aligned
+/// block become that block, again and again. Counted at the model: commands it executed.
+#[test]
+fn flush_issues_the_fewest_blocks_for_several_ranges() {
+    use crate::iommu::{DeviceId, DomainConfig, Iommu};
+    use crate::pgtable::Gather;
+
+    let mem = Arena::with_defaults().unwrap();
+    let model = AmdViModel::new(&mem, AmdViModelConfig::qemu_default());
+    let u = unit(&model, &mem, small());
+    u.enable().unwrap();
+    let d = u.domain_alloc(&DomainConfig::default()).unwrap();
+    u.attach(DeviceId(EDU), None, d).unwrap();
+    // (page invalidations, block invalidations, everything, waits) of one flush of `ranges`.
+    let flush = |ranges: &[(u64, u64)]| {
+        let mut g = Gather::new();
+        for &(start, end) in ranges {
+            g.add_leaves(start, end - start, 12);
+        }
+        assert_eq!(g.ranges().len(), ranges.len(), "disjoint, not adjacent");
+        let before = model.stats();
+        u.flush(d, &mut g).unwrap();
+        let after = model.stats();
+        (
+            after.invalidate_pages_page - before.invalidate_pages_page,
+            after.invalidate_pages_range - before.invalidate_pages_range,
+            after.invalidate_pages_all - before.invalidate_pages_all,
+            after.completion_waits - before.completion_waits,
+        )
+    };
+    // A page, then a range whose covering block (64 KiB at 0) holds that page.
+    assert_eq!(flush(&[(0x5000, 0x6000), (0x7000, 0x1_0000)]), (0, 1, 0, 1));
+    // The same, the other way round.
+    assert_eq!(flush(&[(0x7000, 0x1_0000), (0x5000, 0x6000)]), (0, 1, 0, 1));
+    // Four 16 KiB covering blocks that tile 64 KiB at 0: one block.
+    let tiles = [
+        (0x1000, 0x3000),
+        (0x5000, 0x7000),
+        (0x9000, 0xB000),
+        (0xD000, 0xF000),
+    ];
+    assert_eq!(flush(&tiles), (0, 1, 0, 1));
+    // A page inside another range's block (0x1_3000 in 8 KiB at 0x1_2000), and two pages
+    // that are the halves of 8 KiB at 0x1_0000, which is the buddy of that block: 16 KiB.
+    let nested = [
+        (0x1_3C00, 0x1_3D00),
+        (0x1_0000, 0x1_1000),
+        (0x1_1800, 0x1_1900),
+        (0x1_2800, 0x1_3800),
+    ];
+    assert_eq!(flush(&nested), (0, 1, 0, 1));
+    // Two pages whose union is no aligned block: two commands (one block of both would
+    // invalidate the pages between them, outside every range's covering block).
+    assert_eq!(flush(&[(0x1000, 0x2000), (0x9000, 0xA000)]), (2, 0, 0, 1));
+    // Two pages that are buddies: one 8 KiB block.
+    assert_eq!(flush(&[(0x4000, 0x4800), (0x5400, 0x5800)]), (0, 1, 0, 1));
+}
