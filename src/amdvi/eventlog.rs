@@ -4,7 +4,7 @@
 //! and the unit stopped logging, `EventLogRun` clear).
 //!
 //! **Overflow.** Events that arrive while the log is full are lost, and logging stops. The
-//! drain reports every entry that is in the log, acknowledges `EventOverflow` and restarts
+//! drain reports the entries in the log (as many as its caller takes), acknowledges `EventOverflow` and restarts
 //! logging the way the spec asks (`EventLogEn` cleared, `EventOverflow` written 1 to clear,
 //! `EventLogEn` set), so that the next event is logged; [`DrainSummary::overflow`] tells the
 //! embedder that some were lost (Linux restarts its log the same way).
@@ -161,8 +161,11 @@ impl EventLog {
         None
     }
 
-    /// Reports and consumes every logged event (at most the log's size), acknowledges the
-    /// event interrupt, and restarts logging after an overflow (see the module).
+    /// Reports and consumes the oldest logged events, at most `max` (and at most the log's
+    /// size): the head moves past the events reported and no further, so the rest stay for
+    /// the next drain. Acknowledges the event interrupt, and restarts logging after an
+    /// overflow (see the module) whether or not events are left: the unit logs into the
+    /// entries freed, from its tail (§3.4 `EventOverflow`: clear it and set `EventLogEn`).
     ///
     /// # Errors
     /// [`Error::Timeout`] when `EventLogRun` did not clear for the restart (the events were
@@ -172,6 +175,7 @@ impl EventLog {
         regs: &W,
         alloc: &A,
         budget: u32,
+        max: usize,
         mut report: impl FnMut(Event),
     ) -> Result<DrainSummary, Error>
     where
@@ -183,7 +187,7 @@ impl EventLog {
         let mut head = self.pointer(regs, regs::EVENT_LOG_HEAD);
         let tail = self.pointer(regs, regs::EVENT_LOG_TAIL);
         dma_read_barrier();
-        for _ in 0..(1u32 << self.len_log2) {
+        for _ in 0..(1usize << self.len_log2).min(max) {
             if head == tail {
                 break;
             }

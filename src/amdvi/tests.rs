@@ -596,3 +596,46 @@ fn flush_issues_the_fewest_blocks_for_several_ranges() {
     // Two pages that are buddies: one 8 KiB block.
     assert_eq!(flush(&[(0x4000, 0x4800), (0x5400, 0x5800)]), (0, 1, 0, 1));
 }
+
+/// A drain of at most `max` events consumes only those it reports: the head moves past them
+/// and no further, the rest come out of the next drain in order. After an overflow a partial
+/// drain still acknowledges it and restarts logging: the unit logs into the entries freed.
+#[test]
+fn a_drain_of_at_most_max_events_consumes_only_those() {
+    let mem = Arena::with_defaults().unwrap();
+    let model = AmdViModel::new(&mem, AmdViModelConfig::qemu_default());
+    let u = unit(&model, &mem, small());
+    u.enable().unwrap();
+    let fault = |i: u64| [2 << 60 | 0x20, i << 12];
+    for i in 0..3 {
+        model.raise_event(fault(i));
+    }
+    let mut seen = Vec::new();
+    let sum = u.drain_events_at_most(1, |e| seen.push(e.address)).unwrap();
+    assert_eq!((sum.events, sum.overflow), (1, false));
+    let sum = u.drain_events_at_most(0, |e| seen.push(e.address)).unwrap();
+    assert_eq!(sum.events, 0);
+    let sum = u.drain_events_at_most(8, |e| seen.push(e.address)).unwrap();
+    assert_eq!(sum.events, 2);
+    assert_eq!(seen, [0, 0x1000, 0x2000]);
+    // Overflow: 255 logged (one slot stays empty), 45 dropped.
+    for i in 0..300 {
+        model.raise_event(fault(i));
+    }
+    seen.clear();
+    let sum = u
+        .drain_events_at_most(10, |e| seen.push(e.address))
+        .unwrap();
+    assert_eq!((sum.events, sum.overflow), (10, true));
+    assert_eq!(model.stats().events_dropped, 45);
+    // Logging runs again, into the 10 entries freed: the 11th new event is dropped.
+    for i in 1000..1011 {
+        model.raise_event(fault(i));
+    }
+    assert_eq!(model.stats().events_dropped, 46);
+    let sum = u.drain_events(|e| seen.push(e.address)).unwrap();
+    assert_eq!(sum.events, 245 + 10);
+    assert!(sum.overflow, "the 11th was lost");
+    let expected: Vec<u64> = (0..255).chain(1000..1010).map(|i| i << 12).collect();
+    assert_eq!(seen, expected);
+}

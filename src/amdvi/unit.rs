@@ -545,9 +545,24 @@ impl<W: RegisterWindow, A: PageAllocator, const DOMAINS: usize> AmdViUnit<W, A, 
     /// # Errors
     /// [`Error::Timeout`] when the restart after an overflow did not see `EventLogRun` clear.
     pub fn drain_events(&self, report: impl FnMut(Event)) -> Result<DrainSummary, Error> {
+        self.drain_events_at_most(usize::MAX, report)
+    }
+
+    /// As [`drain_events`](Self::drain_events), for at most `max` events, the oldest: only
+    /// those reported are consumed, the rest stay logged for the next call (an embedder with
+    /// room for `max` records loses none). An overflow is acknowledged and logging restarted
+    /// whatever is left.
+    ///
+    /// # Errors
+    /// As [`drain_events`](Self::drain_events).
+    pub fn drain_events_at_most(
+        &self,
+        max: usize,
+        report: impl FnMut(Event),
+    ) -> Result<DrainSummary, Error> {
         let events = self.events.lock();
         match events.as_ref() {
-            Some(log) => log.drain(&self.regs, &self.alloc, self.info.poll_budget, report),
+            Some(log) => log.drain(&self.regs, &self.alloc, self.info.poll_budget, max, report),
             None => Ok(DrainSummary::default()),
         }
     }

@@ -423,14 +423,24 @@ static void amdvi_flow(IeSimArena *arena, const IeEnv *env)
           dma.snoop);
     CHECK(ie_sim_model_translate(model, 0x20, 0x40000010, true, &dma) == IE_STATUS_NOT_FOUND,
           "amdvi: write to a read-only mapping must fault");
+    /* Two more faults: a read with max 1 consumes one event, the next read the next. */
+    for (uint64_t i = 1; i <= 2; i++)
+        CHECK(ie_sim_model_translate(model, 0x20, 0x40000010 + 0x1000 * i, true, &dma) ==
+                  IE_STATUS_NOT_FOUND,
+              "amdvi: write fault %" PRIu64, i);
     IeFault ev;
     OK(ie_unit_read_faults(unit, &ev, 1, &events));
     CHECK(events == 1 && ev.device_id == 0x20 && ev.write && ev.address == 0x40000010 &&
               ev.reason == 2 && !ev.pasid_valid,
           "amdvi: %u events, DeviceID %#x address %#" PRIx64 " code %u", events, ev.device_id,
           ev.address, ev.reason);
+    OK(ie_unit_read_faults(unit, &ev, 1, &events));
+    CHECK(events == 1 && ev.address == 0x40001010,
+          "amdvi: the second read, max 1: %u events, address %#" PRIx64, events, ev.address);
+    OK(ie_unit_drain_faults(unit, 1, &events));
+    CHECK(events == 1, "amdvi: the third event, drained with max 1: %u", events);
     OK(ie_unit_drain_faults(unit, 64, &events));
-    CHECK(events == 0, "amdvi: events left after the read: %u", events);
+    CHECK(events == 0, "amdvi: events left after the reads: %u", events);
     uint64_t unmapped = 0;
     OK(ie_ctx_unmap(ctx, ioasid, 0x40000000, MIB2, &unmapped));
     CHECK(unmapped == MIB2, "amdvi: unmapped %" PRIu64, unmapped);
