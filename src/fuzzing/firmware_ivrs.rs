@@ -1,7 +1,9 @@
 //! Fuzz target `firmware_ivrs`: the IVRS decoders ([`crate::firmware::ivrs`]) on arbitrary
 //! bytes. Never a panic; every block and device entry lies inside the table, in order; every
 //! device range is well formed and found again by the lookup; every unit's register window is
-//! 16 KiB aligned when it is accepted; every memory range accepted is aligned and non-empty.
+//! 16 KiB aligned when it is accepted; every memory range accepted is aligned and non-empty;
+//! a block refused alone (the table kept) is an IVMD whose device range is reversed, and no
+//! IVMD the table yields is one.
 //!
 //! The first input byte chooses the mode: bit 0 clear, the rest is the table as is (the
 //! header and checksum checks see everything); bit 0 set, the rest is the body after a
@@ -12,7 +14,7 @@ use std::vec::Vec;
 
 use crate::amdvi::AmdViConfig;
 use crate::firmware::acpi::checksum;
-use crate::firmware::ivrs::{AmdViUnitDefaults, Block, DeviceEntry, IvmdDevices, Ivrs};
+use crate::firmware::ivrs::{AmdViUnitDefaults, Block, DeviceEntry, Error, IvmdDevices, Ivrs};
 
 /// Most device IDs looked up per unit.
 const LOOKUPS_PER_UNIT: usize = 64;
@@ -61,6 +63,18 @@ pub fn exercise(table: &[u8]) {
                 }
                 m.offset
             }
+            Block::Refused(e) => match e {
+                Error::IvmdDeviceRange {
+                    offset,
+                    first,
+                    last,
+                } => {
+                    assert!(first > last, "refused IVMD with a range in order");
+                    assert!(ivrs.ivmds().all(|m| m.offset != offset));
+                    offset
+                }
+                other => panic!("a block refused alone for {other}"),
+            },
             Block::Other { offset, bytes, .. } => {
                 assert!(offset + bytes.len() <= len);
                 offset

@@ -75,7 +75,8 @@ pub enum Error {
         base: u64,
     },
     /// An IVMD of type 22h whose first device ID (`DeviceID`) is after its last (`Auxiliary
-    /// Data`): it would name no device (§5.2.2.4).
+    /// Data`): it would name no device (§5.2.2.4). The IVMD alone is refused
+    /// ([`Block::Refused`](super::Block::Refused)), the table kept.
     IvmdDeviceRange {
         /// Offset of the IVMD in the table.
         offset: usize,

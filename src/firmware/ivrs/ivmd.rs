@@ -74,7 +74,9 @@ impl Ivmd {
     ///
     /// # Errors
     /// [`Error::TooShort`]; [`Error::IvmdDeviceRange`] for a type 22h whose first device ID
-    /// is after its last.
+    /// is after its last (the table keeps the other blocks: [`Block::Refused`]).
+    ///
+    /// [`Block::Refused`]: super::Block::Refused
     pub fn parse(bytes: &[u8], offset: usize) -> Result<Self, Error> {
         if bytes.len() < LEN {
             return Err(Error::TooShort {

@@ -11,6 +11,17 @@
 //!
 //! Block types: 10h, 11h, 40h IVHD ([`Ivhd`]); 20h, 21h, 22h IVMD ([`Ivmd`]); others are
 //! skipped (their `Length` is still checked), as Linux skips types above those it knows.
+//!
+//! **One bad block.** A block whose bytes cannot be walked (a `Length` too short or running
+//! past the table, a device entry of unknown length) makes the whole table refused: nothing
+//! after it can be found. A block that is well formed but says something impossible is
+//! refused alone and the table kept ([`Block::Refused`], [`Ivrs::refused_blocks`]): an IVMD of
+//! type 22h whose first device ID is after its last names no device, as Linux reads it (it
+//! iterates the empty range). Refusing the whole IVRS for it would let an embedder that takes
+//! "no IVRS" for "no IOMMU" run every device untranslated. Its memory is then unity-mapped or
+//! excluded for no device, which only narrows what devices reach. The DMAR parser does the
+//! same with an RMRR's range and the IVMD's own memory range (refused when asked for,
+//! [`Ivmd::range`]).
 
 use super::error::{Error, Structure};
 use super::ivhd::Ivhd;
@@ -60,8 +71,9 @@ impl IvInfo {
 }
 
 /// An IVRS table, checked as a whole when it is built: the ACPI header (length, checksum),
-/// every block's length, every IVHD's device entries and every IVMD. The iterators then yield
-/// every block the table holds.
+/// every block's length, every IVHD's device entries and every IVMD's length. The iterators
+/// then yield every block the table holds; an IVMD that names no device is refused alone
+/// (see the module).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Ivrs<'a> {
     table: Sdt<'a>,
@@ -156,6 +168,15 @@ impl<'a> Ivrs<'a> {
         })
     }
 
+    /// Every block refused alone (the table kept, see the module), in table order: the error
+    /// its decoder gave, with its offset.
+    pub fn refused_blocks(&self) -> impl Iterator<Item = Error> + 'a {
+        self.blocks().filter_map(|b| match b {
+            Block::Refused(e) => Some(e),
+            _ => None,
+        })
+    }
+
     /// The IVHD type software uses: the highest of 10h, 11h and 40h the table holds (each
     /// type describes every unit again, the higher ones with more), as Linux's
     /// `get_highest_supported_ivhd_type`. `None` without an IVHD.
@@ -194,6 +215,9 @@ pub enum Block<'a> {
     Ivhd(Ivhd<'a>),
     /// Types 20h, 21h, 22h.
     Ivmd(Ivmd),
+    /// A well-formed block that says something impossible, refused alone (see the module):
+    /// [`Error::IvmdDeviceRange`].
+    Refused(Error),
     /// A type this parser does not decode.
     Other {
         /// `Type`.
@@ -245,7 +269,11 @@ fn raw_block(bytes: &[u8], at: usize) -> Result<Option<RawBlock<'_>>, Error> {
 fn decode(block_type: u8, bytes: &[u8], offset: usize) -> Result<Block<'_>, Error> {
     Ok(match block_type {
         0x10 | 0x11 | 0x40 => Block::Ivhd(Ivhd::parse(bytes, offset)?),
-        0x20..=0x22 => Block::Ivmd(Ivmd::parse(bytes, offset)?),
+        0x20..=0x22 => match Ivmd::parse(bytes, offset) {
+            Ok(m) => Block::Ivmd(m),
+            Err(e @ Error::IvmdDeviceRange { .. }) => Block::Refused(e),
+            Err(e) => return Err(e),
+        },
         _ => Block::Other {
             block_type,
             bytes,

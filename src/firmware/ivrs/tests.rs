@@ -524,30 +524,53 @@ fn reserved_entries_80h_to_efh_are_skipped_by_their_length() {
 }
 
 /// §5.2.2.4: an IVMD of type 22h names device IDs `DeviceID..=Auxiliary Data`; one whose
-/// start is after its end names no device and is refused, naming both.
+/// start is after its end names no device. That IVMD alone is refused, naming both (Linux
+/// iterates the empty range: it applies to no device): the table, its units and its other
+/// IVMDs stay, so that an embedder that takes "no IVRS" for "no IOMMU" does not run its
+/// devices untranslated over one bad block.
 #[test]
-fn an_ivmd_range_whose_start_is_after_its_end_is_refused() {
-    let mut body = Vec::new();
-    body.extend_from_slice(&0x0040u16.to_le_bytes());
-    body.extend_from_slice(&0x0010u16.to_le_bytes());
-    body.extend_from_slice(&[0; 8]);
-    body.extend_from_slice(&0x8000_0000u64.to_le_bytes());
-    body.extend_from_slice(&0x1000u64.to_le_bytes());
-    let t = ivrs(0, &[block(0x22, 0x07, &body)]);
+fn an_ivmd_range_whose_start_is_after_its_end_is_refused_alone() {
+    let ivmd = |first: u16, last: u16| {
+        let mut body = Vec::new();
+        body.extend_from_slice(&first.to_le_bytes());
+        body.extend_from_slice(&last.to_le_bytes());
+        body.extend_from_slice(&[0; 8]);
+        body.extend_from_slice(&0x8000_0000u64.to_le_bytes());
+        body.extend_from_slice(&0x1000u64.to_le_bytes());
+        block(0x22, 0x07, &body)
+    };
+    let unit = ivhd(0x10, 0, 0xfed8_0000, 0, &entry4(0x02, 0x20, 0));
+    let at = 48 + unit.len();
+    let t = ivrs(0, &[unit, ivmd(0x40, 0x10), ivmd(0x10, 0x40)]);
+    let t = Ivrs::parse(&t).expect("the table stays");
+    let refused = Error::IvmdDeviceRange {
+        offset: at,
+        first: 0x40,
+        last: 0x10,
+    };
+    assert_eq!(t.refused_blocks().collect::<Vec<_>>(), [refused]);
+    assert_eq!(t.blocks().nth(1), Some(Block::Refused(refused)));
+    // The other IVMD (the same range the right way round) and the unit are there.
+    let m: Vec<_> = t.ivmds().collect();
+    assert_eq!(m.len(), 1);
     assert_eq!(
-        Ivrs::parse(&t),
-        Err(Error::IvmdDeviceRange {
-            offset: 48,
-            first: 0x40,
-            last: 0x10
-        })
+        (m[0].devices, m[0].offset),
+        (
+            IvmdDevices::Range {
+                first: 0x10,
+                last: 0x40
+            },
+            at + 32
+        )
     );
-    // The same range the right way round is accepted.
-    body[0..2].copy_from_slice(&0x0010u16.to_le_bytes());
-    body[2..4].copy_from_slice(&0x0040u16.to_le_bytes());
-    let t = ivrs(0, &[block(0x22, 0x07, &body)]);
-    let t = Ivrs::parse(&t).expect("a range of devices");
     assert_eq!(t.memory_for(0x20).count(), 1);
+    assert!(t.unit_for(0, 0x20).is_some());
+    // The block's own decoder still says why.
+    let raw = ivmd(0x40, 0x10);
+    assert_eq!(Ivmd::parse(&raw, at), Err(refused));
+    // A table of good blocks refuses none.
+    let t = ivrs(0, &[ivmd(0x10, 0x40)]);
+    assert_eq!(Ivrs::parse(&t).unwrap().refused_blocks().count(), 0);
 }
 
 /// §5.2.1 `IVinfo`: `PAsize` and `VAsize` bound every unit's output and input addresses;
