@@ -251,6 +251,11 @@ pub struct IoasidCtx<'r, 'a, A: PageAllocator> {
     /// I/O page faults of the context's devices (`fault.rs`), closed until
     /// [`IoasidCtx::fault_queue_alloc`]. Taken after `state`, never before.
     pub(super) faults: spin::Mutex<FaultQueue<MAX_FAULTS>>,
+    /// The gather of the unmaps made under the state's write lock (the direct regions a
+    /// detach leaves without users, `direct.rs`): locked only there, so never contended;
+    /// empty whenever it is unlocked. Not on the stack, where it would be under the units'
+    /// unmaps and flushes (the kernel-stack bound of the C ABI).
+    pub(super) unmap_gather: spin::Mutex<Gather>,
 }
 
 impl<A: PageAllocator> core::fmt::Debug for IoasidCtx<'_, '_, A> {
@@ -347,6 +352,7 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
                 spin::Mutex::new(FaultQueue::new(0));
             let faults = addr_of_mut!((*p).faults);
             faults.write(NO_FAULTS);
+            addr_of_mut!((*p).unmap_gather).write(spin::Mutex::new(Gather::new()));
             (*faults)
                 .get_mut()
                 .retag(FaultQueue::<MAX_FAULTS>::tag_for(id));

@@ -382,6 +382,9 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
 
     /// Unmaps the direct mappings of `io` left without users (see [`Self::drop_direct`]).
     fn drop_unused_direct(&self, io: &mut Ioasid<'a, A>) -> Result<(), Error> {
+        // The context's gather, not the stack's (it would be under the units' unmaps and
+        // flushes): `io` is borrowed from the state's write lock, so the lock is never contended.
+        let mut gather = self.unmap_gather.lock();
         let mut result = Ok(());
         for slot in 0..io.direct.len() {
             let Some(m) = io.direct[slot].filter(|m| m.users == 0) else {
@@ -390,7 +393,7 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
             let (start, len) = (m.region.range.start, m.region.len());
             // The tables the mapping used may be left empty: the caller reclaims.
             io.reclaim.note_rollback(start, len);
-            match self.unmap_in(io, start, len) {
+            match self.unmap_in(io, start, len, &mut gather) {
                 Ok(_) => io.direct[slot] = None,
                 Err(e @ Error::InvalidationPending { .. }) => {
                     io.direct[slot] = None;

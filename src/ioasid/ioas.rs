@@ -20,7 +20,7 @@ use super::ctx::{Ioasid, IoasidCtx, State};
 use super::record::RECORD_IAS;
 use super::{Error, IoasidId};
 use crate::mem::{Iova, PageAllocator, PhysAddr};
-use crate::pgtable::{self, IovaRange, Prot};
+use crate::pgtable::{self, Gather, IovaRange, Prot};
 
 /// A stretch of the source of a copy: contiguous in IOVA and physical address, one
 /// permission.
@@ -106,8 +106,8 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         let Ok(io) = st.ioasid(dst) else {
             return;
         };
-        if let Err(p @ Error::InvalidationPending { .. }) = self.unmap_unsettled(io, dst_iova, done)
-        {
+        let undone = self.unmap_unsettled(io, dst_iova, done, &mut Gather::new());
+        if let Err(p @ Error::InvalidationPending { .. }) = undone {
             *e = p;
         }
     }

@@ -146,10 +146,11 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         e: Error,
     ) -> Error {
         let mut report = e;
+        let mut gather = Gather::new();
         for (slot, d) in domains(io).take(failed + 1) {
             // The mapping may have been visible: remove it and invalidate.
             if let Err(p @ Error::InvalidationPending { .. }) =
-                self.unmap_domain(io, slot, &d, iova, len)
+                self.unmap_domain(io, slot, &d, iova, len, &mut gather)
             {
                 report = p;
             }
@@ -224,7 +225,7 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         if let Some(r) = direct_overlap(io, iova.get(), iova.get().saturating_add(len)) {
             return Err(Error::Reserved(r));
         }
-        self.unmap_in(io, iova, len)
+        self.unmap_in(io, iova, len, &mut Gather::new())
     }
 
     /// [`IoasidCtx::unmap`] of everything: every range of the IOASID's address space (the
@@ -251,7 +252,8 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
             let gap_end = start.min(limit);
             if gap_end > at {
                 // A failure stops here: what lies below `at` stays unmapped.
-                bytes = bytes.saturating_add(self.unmap_in(io, iova(at), gap_end - at)?);
+                let unmapped = self.unmap_in(io, iova(at), gap_end - at, &mut Gather::new())?;
+                bytes = bytes.saturating_add(unmapped);
             }
             if end >= limit {
                 return Ok(bytes);
@@ -260,10 +262,19 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         }
     }
 
-    /// Unmaps from every domain of `io` and from the record (see [`IoasidCtx::unmap`]).
-    pub(super) fn unmap_in(&self, io: &Ioasid<'a, A>, iova: Iova, len: u64) -> Result<u64, Error> {
+    /// Unmaps from every domain of `io` and from the record (see [`IoasidCtx::unmap`]). Each
+    /// domain's leaves are gathered in `gather`, which the caller passes empty and gets back
+    /// empty: on the stack, or the context's `unmap_gather` under the write lock (a kernel
+    /// stack: it is then not in a frame under the units' unmaps and flushes).
+    pub(super) fn unmap_in(
+        &self,
+        io: &Ioasid<'a, A>,
+        iova: Iova,
+        len: u64,
+        gather: &mut Gather,
+    ) -> Result<u64, Error> {
         self.settle(io)?;
-        self.unmap_unsettled(io, iova, len)
+        self.unmap_unsettled(io, iova, len, gather)
     }
 
     /// [`Self::unmap_in`] without settling what is owed first: the entries go even while a
@@ -275,11 +286,12 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         io: &Ioasid<'a, A>,
         iova: Iova,
         len: u64,
+        gather: &mut Gather,
     ) -> Result<u64, Error> {
         // The first invalidation left owed, reported once every domain and the record agree.
         let mut out = Ok(0);
         for (k, (slot, d)) in domains(io).enumerate() {
-            match self.unmap_domain(io, slot, &d, iova, len) {
+            match self.unmap_domain(io, slot, &d, iova, len, gather) {
                 Ok(_) => {}
                 // The entries are gone: go on, so that every domain and the record agree.
                 Err(e @ Error::InvalidationPending { .. }) => {
@@ -293,7 +305,7 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
                 }
             }
         }
-        let bytes = self.unmap_from_record(io, iova, len)?;
+        let bytes = self.unmap_from_record(io, iova, len, gather)?;
         out.map(|_| bytes)
     }
 
@@ -307,13 +319,20 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         }
     }
 
-    /// The record's part of [`Self::unmap_in`], after every domain's: on failure the domains
-    /// get the range back from the record. Not inlined: its gather is on the stack only
-    /// while it runs, not under the domains' unmaps and flushes.
+    /// The record's part of [`Self::unmap_in`], after every domain's, gathering in `gather`
+    /// (the domains', empty again: see [`Self::unmap_domain`]), which it leaves empty: on
+    /// failure the domains get the range back from the record. Not inlined: its locals are
+    /// not under the domains' unmaps and flushes.
     #[inline(never)]
-    fn unmap_from_record(&self, io: &Ioasid<'a, A>, iova: Iova, len: u64) -> Result<u64, Error> {
-        let mut gather = Gather::new();
-        let bytes = match io.record.unmap(iova, len, &mut gather) {
+    fn unmap_from_record(
+        &self,
+        io: &Ioasid<'a, A>,
+        iova: Iova,
+        len: u64,
+        gather: &mut Gather,
+    ) -> Result<u64, Error> {
+        *gather = Gather::new();
+        let bytes = match io.record.unmap(iova, len, gather) {
             Ok(bytes) => bytes,
             Err(e) => {
                 for (_, d) in domains(io) {
@@ -429,8 +448,12 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         Ok(found.map(|r| r.take()).is_some())
     }
 
-    /// Unmaps a range from the domain in slot `slot` and flushes its unit. A flush that fails
-    /// leaves its gather owed (see `pending.rs`) and reports [`Error::InvalidationPending`].
+    /// Unmaps a range from the domain in slot `slot` and flushes its unit, gathering in
+    /// `gather` (the caller's: see [`Self::unmap_in`]), which it leaves empty: a completed flush
+    /// releases it; one that fails leaves it owed (see `pending.rs`) and reports
+    /// [`Error::InvalidationPending`]. Not inlined: its locals are not in the frame that
+    /// goes on to unmap the record (the kernel-stack bound of the C ABI).
+    #[inline(never)]
     fn unmap_domain(
         &self,
         io: &Ioasid<'a, A>,
@@ -438,14 +461,19 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         d: &UnitDomain,
         iova: Iova,
         len: u64,
+        gather: &mut Gather,
     ) -> Result<u64, Error> {
         let unit = self.unit(d.unit)?;
-        let mut gather = Gather::new();
-        let r = unit.unmap(d.handle, iova, len, &mut gather);
+        // Empty whenever it is passed (a completed flush releases it, a failed one is parked):
+        // made so again in case a unit returned one that is not, so that this domain's flush
+        // never carries another's ranges (a page still held would be leaked, as a dropped
+        // gather's are, never freed).
+        *gather = Gather::new();
+        let r = unit.unmap(d.handle, iova, len, gather);
         // Flush even after a failure: the gather holds what did change.
-        match unit.flush(d.handle, &mut gather) {
+        match unit.flush(d.handle, gather) {
             Ok(()) => Ok(r?),
-            Err(error) => owe_flush(&io.pending, slot, d.unit, &mut gather, r, error),
+            Err(error) => owe_flush(&io.pending, slot, d.unit, gather, r, error),
         }
     }
 
