@@ -9,6 +9,18 @@
 //! 12 up gives the size: a naturally aligned block of 2^(n+1) bytes when bits 12..n are set and
 //! bit n is clear, so that the whole address space is bit 63 clear and bits 62:12 set.
 //!
+//! The unit reads only address bits 51:12 and takes bits 63:52 as copies of bit 51 (Linux
+//! `build_inv_address`: "Bits 63:52 are sign extended", and it invalidates everything when the
+//! range's highest differing bit is above 51; 48882 Table 14's example encodings make a first
+//! clear bit at 51 "every page", as QEMU's decoder reads them). So a page or block at or above
+//! 2^51, which 5- and 6-level v1 domains (57 and 63 bits, `EFR.HATS`) hold, cannot be named: the
+//! unit would invalidate other addresses and leave the unmapped ones cached. Every such range
+//! is sent as everything ([`ALL_PAGES_ADDRESS`]), which keeps the widths `HATS` offers and costs
+//! a full flush of the domain only for invalidations that reach 2^51
+//! ([`INV_ADDRESS_LIMIT_LOG2`]). INVALIDATE_IOTLB_PAGES has the same address field and Linux
+//! builds it the same way, so the same rule holds there (the ATS Invalidate Request the unit
+//! sends carries 64 bits, but what it copies into it is what it read).
+//!
 //! Layouts checked against QEMU `hw/i386/amd_iommu.c` (`amdvi_cmdbuf_exec` and the handlers it
 //! calls) and Linux `drivers/iommu/amd/iommu.c` (`build_*` helpers), facts only.
 
@@ -41,8 +53,17 @@ const INV_PDE: u64 = 1 << 1;
 const INV_GN: u64 = 1 << 2;
 /// The address bits of the second quadword, 63:12.
 const INV_ADDRESS_MASK: u64 = !0xFFF;
-/// The address of "every page": bit 63 clear, bits 62:12 set, with `S`.
+/// The address of "every page": bit 63 clear, bits 62:12 set, with `S` (bits 50:12 set is
+/// enough for the unit; the PCIe ATS form of "everything" is this one).
 pub const ALL_PAGES_ADDRESS: u64 = 0x7FFF_FFFF_FFFF_F000;
+/// The page invalidations name addresses below `2^51` exactly: the unit reads bits 51:12 and
+/// takes bits 63:52 as copies of bit 51. A range that reaches `2^51` is sent as everything.
+pub const INV_ADDRESS_LIMIT_LOG2: u32 = 51;
+
+/// Whether `[first, first + 2^size_log2)` lies below [`INV_ADDRESS_LIMIT_LOG2`].
+const fn nameable(first: u64, size_log2: u32) -> bool {
+    size_log2 <= INV_ADDRESS_LIMIT_LOG2 && first >> INV_ADDRESS_LIMIT_LOG2 == 0
+}
 
 /// One 128-bit command, as the unit reads it from the buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,9 +72,11 @@ pub struct Command(pub [u64; 2]);
 /// What a page invalidation covers, as the `S` bit and the address encode it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum InvalidationRange {
-    /// The 4 KiB page at this address (`S` clear).
+    /// The 4 KiB page at this address (`S` clear); at or above `2^51`, encoded as
+    /// [`All`](Self::All).
     Page(Iova),
-    /// The naturally aligned block of `2^size_log2` bytes (13..=63) at `base`.
+    /// The naturally aligned block of `2^size_log2` bytes (13..=63) at `base`; one that
+    /// reaches `2^51` is encoded as [`All`](Self::All) (see the module).
     Block {
         /// First address, aligned to the block.
         base: Iova,
@@ -66,10 +89,14 @@ pub enum InvalidationRange {
 
 impl InvalidationRange {
     /// The smallest range that covers `[start, end)` (`end > start`): over-invalidation is
-    /// always correct, and one command is the fewest.
+    /// always correct, and one command is the fewest. Everything when the range reaches
+    /// `2^51`, which the command cannot name ([`INV_ADDRESS_LIMIT_LOG2`]).
     pub fn covering(start: u64, end: u64) -> Self {
         let first = start >> PAGE_SHIFT_4K;
         let last = end.saturating_sub(1).max(start) >> PAGE_SHIFT_4K;
+        if last >> (INV_ADDRESS_LIMIT_LOG2 - PAGE_SHIFT_4K) != 0 {
+            return InvalidationRange::All;
+        }
         // Pages in the block: 2^k where k is one past the highest bit first and last differ in.
         let k = u64::BITS - (first ^ last).leading_zeros();
         if k == 0 {
@@ -86,32 +113,39 @@ impl InvalidationRange {
         }
     }
 
-    /// The address field and the `S` bit.
+    /// The address field and the `S` bit. A page or block that reaches `2^51` is encoded as
+    /// everything: the unit would read it as other addresses.
     pub const fn encode(self) -> (u64, bool) {
         match self {
-            InvalidationRange::Page(a) => (a.get() & INV_ADDRESS_MASK, false),
-            InvalidationRange::Block { base, size_log2 } => {
+            InvalidationRange::Page(a) if nameable(a.get(), PAGE_SHIFT_4K) => {
+                (a.get() & INV_ADDRESS_MASK, false)
+            }
+            InvalidationRange::Block { base, size_log2 }
+                if size_log2 > PAGE_SHIFT_4K && nameable(base.get(), size_log2) =>
+            {
                 // Bits 12..size_log2-2 set, bit size_log2-1 clear.
                 let ones = (1u64 << (size_log2 - 1)) - 1;
                 ((base.get() | ones) & INV_ADDRESS_MASK, true)
             }
-            InvalidationRange::All => (ALL_PAGES_ADDRESS, true),
+            _ => (ALL_PAGES_ADDRESS, true),
         }
     }
 
-    /// What an `S`-encoded address covers: `(first, log2 size)` (the inverse of
-    /// [`encode`](Self::encode), for models and logs).
+    /// What an `S`-encoded address covers as the unit reads it: `(first, log2 size)`, 64 for
+    /// everything (the inverse of [`encode`](Self::encode), for models and logs). Bits 63:52
+    /// are taken as copies of bit 51; the lowest clear bit from 12 up gives the size, and one
+    /// at 51 or above (none below) is everything.
     pub const fn decode(address: u64, s: bool) -> (u64, u32) {
-        let address = address & INV_ADDRESS_MASK;
+        let shift = 63 - INV_ADDRESS_LIMIT_LOG2;
+        let address = ((((address & INV_ADDRESS_MASK) << shift) as i64) >> shift) as u64;
         if !s {
             return (address, PAGE_SHIFT_4K);
         }
-        // The lowest clear bit from 12 up; none clear below 64 means everything.
         let n = (address | 0xFFF).trailing_ones();
-        let size_log2 = n + 1;
-        if size_log2 >= 64 {
+        if n >= INV_ADDRESS_LIMIT_LOG2 {
             return (0, 64);
         }
+        let size_log2 = n + 1;
         (address & !((1u64 << size_log2) - 1), size_log2)
     }
 }
@@ -126,10 +160,10 @@ impl InvalidationRange {
     /// The range of a naturally aligned `(first, log2 size)` (`log2` 12..=64; `first` is
     /// aligned down).
     const fn of_span(first: u64, size_log2: u32) -> Self {
-        if size_log2 <= PAGE_SHIFT_4K {
-            InvalidationRange::Page(Iova::new(first & INV_ADDRESS_MASK))
-        } else if size_log2 >= 64 {
+        if !nameable(first, size_log2) {
             InvalidationRange::All
+        } else if size_log2 <= PAGE_SHIFT_4K {
+            InvalidationRange::Page(Iova::new(first & INV_ADDRESS_MASK))
         } else {
             InvalidationRange::Block {
                 base: Iova::new(first & !((1u64 << size_log2) - 1)),
@@ -308,8 +342,52 @@ mod tests {
             };
             let (a, s) = r.encode();
             assert!(s);
-            assert_eq!(InvalidationRange::decode(a, s), (base, size_log2));
+            if nameable(base, size_log2) {
+                assert_eq!(InvalidationRange::decode(a, s), (base, size_log2));
+            } else {
+                assert_eq!(a, ALL_PAGES_ADDRESS, "{base:#x} 2^{size_log2}");
+            }
         }
+        // What reaches 2^51 is everything: the unit reads bits 63:52 as copies of bit 51.
+        for (start, end) in [
+            (1u64 << 56, (1 << 56) + 0x1000),
+            (1 << 51, (1 << 51) + 0x1000),
+            ((1 << 51) - 0x1000, (1 << 51) + 0x1000),
+            (1 << 52, (1 << 52) + 0x20_0000),
+        ] {
+            let r = InvalidationRange::covering(start, end);
+            assert_eq!(r, InvalidationRange::All, "{start:#x}..{end:#x}");
+        }
+        let below = InvalidationRange::covering((1 << 51) - 0x2000, (1 << 51) - 0x1000);
+        assert_eq!(below.span(), ((1 << 51) - 0x2000, 12));
+        let low_half = InvalidationRange::covering(0, 1 << 51);
+        assert_eq!(low_half.span(), (0, 51));
+        for r in [
+            InvalidationRange::Page(Iova::new(1 << 56)),
+            InvalidationRange::Block {
+                base: Iova::new(1 << 52),
+                size_log2: 21,
+            },
+            InvalidationRange::Block {
+                base: Iova::new(0),
+                size_log2: 52,
+            },
+        ] {
+            assert_eq!(r.encode(), (ALL_PAGES_ADDRESS, true), "{r:?}");
+            assert_eq!(r.span(), (0, 64));
+        }
+        // The unit's reading of what the old encoding sent: other addresses.
+        assert_eq!(InvalidationRange::decode(1 << 56, false), (0, 12));
+        assert_eq!(
+            InvalidationRange::decode(0xF_FFFF_FFFF_F000, false),
+            (0xFFFF_FFFF_FFFF_F000, 12)
+        );
+        assert_eq!(
+            InvalidationRange::decode((1 << 52) | 0xFF000, true),
+            (0, 21)
+        );
+        // A first clear bit at 51 is everything (48882 Table 14).
+        assert_eq!(InvalidationRange::decode(0x7_FFFF_FFFF_F000, true), (0, 64));
         let (a, s) = InvalidationRange::All.encode();
         assert_eq!((a, s), (ALL_PAGES_ADDRESS, true));
         assert_eq!(InvalidationRange::decode(a, s), (0, 64));
@@ -436,7 +514,14 @@ mod tests {
         };
         let mut blocks = [half(0), half(1 << 63)];
         assert_eq!(fewest_blocks(&mut blocks), 1);
-        assert_eq!(blocks[0], InvalidationRange::All);
+        assert_eq!(blocks[0].span(), (0, 64));
+        // So are the two halves of the 2^52 the command names.
+        let mut blocks = [
+            InvalidationRange::covering(0, 1 << 51),
+            InvalidationRange::covering(1 << 51, 1 << 52),
+        ];
+        assert_eq!(fewest_blocks(&mut blocks), 1);
+        assert_eq!(blocks[0].span(), (0, 64));
     }
 
     #[test]

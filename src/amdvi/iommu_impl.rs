@@ -8,7 +8,9 @@
 //! whose union is the union `U` of those blocks ([`fewest_blocks`]: a block inside another is
 //! dropped, two halves of one aligned block become that block). That is the minimum over every
 //! set of commands that invalidates nothing outside `U`; one command of everything would be
-//! fewer still, and is not used: it drops every other translation of the domain. At most
+//! fewer still, and is not used: it drops every other translation of the domain (except for a
+//! range that reaches 2^51, which the command cannot name: the unit reads address bits 63:52
+//! as copies of bit 51, so such a range is everything; see [`super::cmd`]). At most
 //! [`crate::pgtable::GATHER_RANGES`] INVALIDATE_IOMMU_PAGES per tag, `PDE` set unless only
 //! leaves changed; the same blocks as INVALIDATE_IOTLB_PAGES for every attached device with
 //! ATS; then one COMPLETION_WAIT, and only after it the gathered pages go back to the

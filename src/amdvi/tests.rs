@@ -639,3 +639,57 @@ fn a_drain_of_at_most_max_events_consumes_only_those() {
     let expected: Vec<u64> = (0..255).chain(1000..1010).map(|i| i << 12).collect();
     assert_eq!(seen, expected);
 }
+
+/// Unmaps at and above 2^51 in a 6-level (63-bit) domain are invalidated as the unit reads
+/// the command: INVALIDATE_IOMMU_PAGES carries address bits 51:12 and the unit takes bits
+/// 63:52 as copies of bit 51 (48882 Table 14's encodings, Linux `build_inv_address`), so a
+/// page or block named there would invalidate other addresses. The model reads it that way;
+/// each DMA below was cached in the IOTLB before the unmap and must fault after the flush.
+#[test]
+fn unmaps_above_2_51_are_invalidated_as_the_unit_reads_the_address() {
+    use crate::iommu::{DeviceId, DomainConfig, Iommu};
+    use crate::mem::Iova;
+    use crate::pgtable::{Gather, Prot};
+
+    let mem = Arena::with_defaults().unwrap();
+    let model = AmdViModel::new(&mem, AmdViModelConfig::qemu_default());
+    let u = unit(&model, &mem, small());
+    u.enable().unwrap();
+    let wide = DomainConfig {
+        min_ias: 63,
+        ..DomainConfig::default()
+    };
+    let d = u.domain_alloc(&wide).unwrap();
+    u.attach(DeviceId(EDU), None, d).unwrap();
+    let rw = Prot::READ | Prot::WRITE;
+    // (first IOVA, length): a page at 2^56; the page just below 2^52 (address bit 51 set);
+    // two pages across 2^52; a 2 MiB page at 2^52.
+    let cases = [
+        (1u64 << 56, 0x1000u64),
+        ((1 << 52) - 0x1000, 0x1000),
+        ((1 << 52) - 0x1000, 0x2000),
+        (1 << 52, 0x20_0000),
+    ];
+    let mut stale = Vec::new();
+    for (iova, len) in cases {
+        u.map(d, Iova::new(iova), PhysAddr::new(0xA000_0000), len, rw)
+            .unwrap();
+        let last = iova + len - 0x1000;
+        for at in [iova, last] {
+            assert!(model.dma(EDU as u16, at, false).is_ok(), "{at:#x} mapped");
+        }
+        let mut g = Gather::new();
+        u.unmap(d, Iova::new(iova), len, &mut g).unwrap();
+        u.flush(d, &mut g).unwrap();
+        for at in [iova, last] {
+            if model.dma(EDU as u16, at, false).is_ok() {
+                stale.push((iova, len, at));
+            }
+        }
+    }
+    assert_eq!(
+        stale,
+        [],
+        "(unmapped, length, still translated) after the flush"
+    );
+}

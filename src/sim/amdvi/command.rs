@@ -11,19 +11,23 @@ const EVENT_COMMAND_HARDWARE: u64 = 0x6;
 const EVENT_IOTLB_INV_TIMEOUT: u64 = 0x7;
 
 /// What an `S`-encoded address covers: (first byte, log2 size); 64 is everything.
+///
+/// The unit reads address bits 51:12 and takes bits 63:52 as copies of bit 51 (Linux
+/// `build_inv_address`: "Bits 63:52 are sign extended"); with `S`, a first clear bit at 51
+/// or above is every page (48882 Table 14's example encodings, as QEMU reads them).
 pub(super) fn decode_range(q1: u64) -> (u64, u32) {
-    let addr = q1 & !0xFFF;
+    let addr = ((((q1 & !0xFFF) << 12) as i64) >> 12) as u64;
     if q1 & 1 == 0 {
         return (addr, 12);
     }
     let mut n = 12;
-    while n < 64 && addr & (1 << n) != 0 {
+    while n < 51 && addr & (1 << n) != 0 {
         n += 1;
     }
-    let log2 = n + 1;
-    if log2 >= 64 {
+    if n >= 51 {
         return (0, 64);
     }
+    let log2 = n + 1;
     (addr & !((1u64 << log2) - 1), log2)
 }
 
@@ -224,5 +228,14 @@ mod tests {
         assert_eq!(decode_range(0x9001), (0x8000, 14));
         assert_eq!(decode_range(0x7FFF_FFFF_FFFF_F001), (0, 64));
         assert_eq!(decode_range(0xF_F001), (0, 21));
+        // Bits 63:52 are bit 51's copies: 2^56 is read as 0, 2^52 - 4 KiB as its sign
+        // extension; a first clear bit at 51 or above is everything.
+        assert_eq!(decode_range(1 << 56), (0, 12));
+        assert_eq!(
+            decode_range(0xF_FFFF_FFFF_F000),
+            (0xFFFF_FFFF_FFFF_F000, 12)
+        );
+        assert_eq!(decode_range(0x7_FFFF_FFFF_F001), (0, 64));
+        assert_eq!(decode_range(0x3_FFFF_FFFF_F001), (0, 51));
     }
 }
