@@ -1456,8 +1456,9 @@ int32_t ie_unit_enable(IeUnit *unit);
 // `unit` is a live unit handle.
 int32_t ie_unit_disable(IeUnit *unit);
 
-// Reports and clears pending fault records (VT-d: every pending record, at most `CAP.NFR`;
-// SMMUv3 and AMD-Vi: at most `max` events) and writes how many were seen to `*count` (if not NULL). For
+// Reports and clears at most `max` pending fault records (VT-d: fault recording registers,
+// SMMUv3 and AMD-Vi: events), the rest left pending for the next call, and writes how many
+// were seen to `*count` (if not NULL). For
 // the embedder's fault handling: a threaded interrupt handler, a bottom half or a poll loop,
 // not a hard interrupt handler that may interrupt another call into the library.
 //
@@ -1470,29 +1471,30 @@ int32_t ie_unit_disable(IeUnit *unit);
 //   `GERROR.EVENTQ_ABT_ERR`: the unit could not write a record; AMD-Vi: the event log
 //   overflowed, `Status.EventOverflow`). The overflow is
 //   acknowledged and the unit records again; what was lost cannot be read back.
-// - `IE_STATUS_BUSY` (VT-d): records are still pending after the drain (`FSTS.PPF`: faults
-//   arrived during it, or a record did not clear): call again.
+// - `IE_STATUS_BUSY` (VT-d): records are still pending after the drain (`FSTS.PPF`: more
+//   than `max`, faults arrived during it, or a record did not clear): call again. The unit
+//   raises no new fault event while records are pending.
 // - `IE_STATUS_HARDWARE` (SMMUv3): the unit is in service failure mode (`GERROR.SFM_ERR`):
 //   it translates nothing until reset and re-enabled; the records counted were read before.
 //
 // # Safety
 // `unit` is a live unit handle; `count` is NULL or writable.
-int32_t ie_unit_drain_faults(IeUnit *unit,
-                             uint32_t max,
-                             uint32_t *count);
+int32_t ie_unit_drain_faults(IeUnit *unit, uint32_t max, uint32_t *count);
 
 // Reports and clears pending faults like ie_unit_drain_faults() and decodes them: the first
-// `max` go to `out[0..max]` (NULL with `max` = 0 to only count), `*count` (if not NULL) gets
-// how many were seen (VT-d: every pending record is cleared, at most `CAP.NFR`, also those
-// beyond `max`; SMMUv3 and AMD-Vi: at most `max` events are consumed, the rest stay queued or
-// logged for the next call). The status and the state of the
+// `max` go to `out[0..max]` (`out` may be NULL with `max` = 0, which reads none), `*count` (if not NULL) gets
+// how many were seen (at most `max` records are cleared or consumed, the rest stay pending,
+// queued or logged for the next call). The status and the state of the
 // records are those of ie_unit_drain_faults() (`IE_STATUS_FAULTS_LOST`, `IE_STATUS_BUSY`,
 // `IE_STATUS_HARDWARE`); `out` and `*count` are written in those cases too.
 //
 // # Safety
 // `unit` is a live unit handle; `out` is NULL or points to `max` writable `IeFault`s; `count`
 // is NULL or writable.
-int32_t ie_unit_read_faults(IeUnit *unit, IeFault *out, uint32_t max, uint32_t *count);
+int32_t ie_unit_read_faults(IeUnit *unit,
+                            IeFault *out,
+                            uint32_t max,
+                            uint32_t *count);
 
 // Destroys a disabled unit that no registry uses and returns every page it holds
 // (`IE_STATUS_BUSY` while it is enabled or in a registry: the hardware may still walk its

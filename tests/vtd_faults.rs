@@ -545,3 +545,52 @@ fn scalable_caching_mode_attach_retried_after_no_memory_invalidates_the_context(
         "the attach allocates its directory and PASID table"
     );
 }
+
+/// A drain of at most `max` fault records reports and clears only those (VT-d 4.1 §7.2.1,
+/// §11.4.9.x): the rest stay pending for the next call, found even though `FSTS.FRI` names
+/// the first record of the batch, which the previous call cleared (hardware moves FRI only
+/// when it sets PPF). Four fault recording registers (`CAP.NFR` = 3), three faults.
+#[test]
+fn a_drain_of_at_most_max_records_clears_only_those() {
+    let a = arena();
+    let m = VtdModel::new(&a, VtdModelConfig::qemu_default().with_nfr(3));
+    let u = unit(&m, &a, Mode::Legacy);
+    for i in 0..3u64 {
+        assert!(m
+            .translate(sid(DEV), None, 0x10_0000 + i * K4, Access::WRITE)
+            .is_err());
+    }
+    let mut seen = Vec::new();
+    let mut counts = Vec::new();
+    for _ in 0..4 {
+        let s = u.drain_faults_at_most(1, |_, r| seen.push(r.fault_info()));
+        counts.push((s.records, s.still_pending));
+    }
+    assert_eq!(
+        counts,
+        [(1, true), (1, true), (1, false), (0, false)],
+        "(records, still pending) per drain of at most 1"
+    );
+    assert_eq!(seen, [0x10_0000, 0x10_1000, 0x10_2000]);
+    // Nothing read is dropped while records wait: a fourth and a fifth fault are recorded
+    // into the freed registers and come out after the older one, a drain of 0 reads none.
+    assert!(m
+        .translate(sid(DEV), None, 0x20_0000, Access::WRITE)
+        .is_err());
+    assert!(m
+        .translate(sid(DEV), None, 0x20_1000, Access::WRITE)
+        .is_err());
+    assert!(m
+        .translate(sid(DEV), None, 0x20_2000, Access::WRITE)
+        .is_err());
+    assert_eq!(u.drain_faults_at_most(0, |_, _| {}).records, 0);
+    seen.clear();
+    let s = u.drain_faults_at_most(2, |_, r| seen.push(r.fault_info()));
+    assert_eq!((s.records, s.still_pending), (2, true));
+    let s = u.drain_faults(|_, r| seen.push(r.fault_info()));
+    assert_eq!(
+        (s.records, s.still_pending, s.overflowed),
+        (1, false, false)
+    );
+    assert_eq!(seen, [0x20_0000, 0x20_1000, 0x20_2000]);
+}

@@ -610,8 +610,9 @@ pub unsafe extern "C" fn ie_unit_disable(unit: *mut IeUnit) -> i32 {
     })())
 }
 
-/// Reports and clears pending fault records (VT-d: every pending record, at most `CAP.NFR`;
-/// SMMUv3 and AMD-Vi: at most `max` events) and writes how many were seen to `*count` (if not NULL). For
+/// Reports and clears at most `max` pending fault records (VT-d: fault recording registers,
+/// SMMUv3 and AMD-Vi: events), the rest left pending for the next call, and writes how many
+/// were seen to `*count` (if not NULL). For
 /// the embedder's fault handling: a threaded interrupt handler, a bottom half or a poll loop,
 /// not a hard interrupt handler that may interrupt another call into the library.
 ///
@@ -624,8 +625,9 @@ pub unsafe extern "C" fn ie_unit_disable(unit: *mut IeUnit) -> i32 {
 ///   `GERROR.EVENTQ_ABT_ERR`: the unit could not write a record; AMD-Vi: the event log
 ///   overflowed, `Status.EventOverflow`). The overflow is
 ///   acknowledged and the unit records again; what was lost cannot be read back.
-/// - `IE_STATUS_BUSY` (VT-d): records are still pending after the drain (`FSTS.PPF`: faults
-///   arrived during it, or a record did not clear): call again.
+/// - `IE_STATUS_BUSY` (VT-d): records are still pending after the drain (`FSTS.PPF`: more
+///   than `max`, faults arrived during it, or a record did not clear): call again. The unit
+///   raises no new fault event while records are pending.
 /// - `IE_STATUS_HARDWARE` (SMMUv3): the unit is in service failure mode (`GERROR.SFM_ERR`):
 ///   it translates nothing until reset and re-enabled; the records counted were read before.
 ///
@@ -644,7 +646,7 @@ pub unsafe extern "C" fn ie_unit_drain_faults(unit: *mut IeUnit, max: u32, count
     })())
 }
 
-/// Drains `unit`'s fault records (VT-d) or at most `max` events (SMMUv3) into `report`, and
+/// Drains at most `max` of `unit`'s fault records or events into `report`, and
 /// turns what the drain saw into the status ie_unit_drain_faults() documents.
 fn read_records(
     unit: &Obj<UnitObj>,
@@ -653,7 +655,7 @@ fn read_records(
 ) -> Result<(), IeStatus> {
     match &unit.value {
         UnitObj::Vtd(u) => {
-            let summary = u.drain_faults(|_, r| report(IeFault::vtd(&r)));
+            let summary = u.drain_faults_at_most(max as usize, |_, r| report(IeFault::vtd(&r)));
             if summary.overflowed {
                 Err(IeStatus::FaultsLost)
             } else if summary.still_pending {
@@ -747,10 +749,9 @@ impl IeFault {
 }
 
 /// Reports and clears pending faults like ie_unit_drain_faults() and decodes them: the first
-/// `max` go to `out[0..max]` (NULL with `max` = 0 to only count), `*count` (if not NULL) gets
-/// how many were seen (VT-d: every pending record is cleared, at most `CAP.NFR`, also those
-/// beyond `max`; SMMUv3 and AMD-Vi: at most `max` events are consumed, the rest stay queued or
-/// logged for the next call). The status and the state of the
+/// `max` go to `out[0..max]` (`out` may be NULL with `max` = 0, which reads none), `*count` (if not NULL) gets
+/// how many were seen (at most `max` records are cleared or consumed, the rest stay pending,
+/// queued or logged for the next call). The status and the state of the
 /// records are those of ie_unit_drain_faults() (`IE_STATUS_FAULTS_LOST`, `IE_STATUS_BUSY`,
 /// `IE_STATUS_HARDWARE`); `out` and `*count` are written in those cases too.
 ///

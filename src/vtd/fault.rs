@@ -3,9 +3,14 @@
 //! (§11.4, at `CAP.FRO * 16`, `CAP.NFR + 1` registers of 128 bits).
 //!
 //! Hardware writes a record into the next register and sets its `F` bit (127, write-1-to-clear);
-//! `FSTS.PPF` (read-only) stays set while any `F` is set and `FSTS.FRI` names the first one.
-//! [`drain_primary_faults`] walks the ring from `FRI`, reports and clears each record, and stops
-//! after `NFR + 1` registers even if a register never clears.
+//! `FSTS.PPF` (read-only) is the OR of every `F`, and `FSTS.FRI` names the register of the first
+//! pending fault *when hardware set PPF*: it does not move while PPF stays set (§11.4.9.x
+//! FSTS_REG). `FSTS.PFO` (write-1-to-clear) is set when a fault found the next register still
+//! pending; while it is set no fault is recorded.
+//! [`drain_primary_faults`] walks the `NFR + 1` registers once from `FRI`, wrapping, reports and
+//! clears those with `F` set, at most `max` of them, and leaves the rest pending: a register
+//! cleared by an earlier partial drain is passed over (FRI may still name it), and a register
+//! that never clears costs one read per call.
 
 use core::fmt;
 
@@ -283,14 +288,19 @@ pub struct DrainSummary {
     pub still_pending: bool,
 }
 
-/// Reports every pending primary fault to `report` and clears it.
+/// Reports at most `max` pending primary faults to `report` and clears them (only those: the
+/// others stay pending, `still_pending` says so, for the next call).
 ///
-/// Starts at `FSTS.FRI` and walks at most `CAP.NFR + 1` registers, wrapping; stops at the first
-/// register without `F`. Clears each record by writing `F` (write-1-to-clear) to its top dword,
-/// then `FSTS.PFO`; `FSTS.PPF` is read-only and drops by itself once no `F` is set.
+/// Starts at `FSTS.FRI` and looks at each of the `CAP.NFR + 1` registers once, wrapping,
+/// passing over those without `F` (FRI keeps naming the first record of a batch that an
+/// earlier call cleared part of). Clears each record it reports by writing `F`
+/// (write-1-to-clear) to its top dword, then `FSTS.PFO`, whatever is left: hardware records
+/// again into the registers freed, and pending ones make the next fault overflow again rather
+/// than overwrite them. `FSTS.PPF` is read-only and drops by itself once no `F` is set.
 pub fn drain_primary_faults<W: RegisterWindow + ?Sized>(
     regs: &W,
     cap: Cap,
+    max: usize,
     mut report: impl FnMut(u16, FaultRecord),
 ) -> DrainSummary {
     let (status, fri) = fsts(regs);
@@ -302,20 +312,24 @@ pub fn drain_primary_faults<W: RegisterWindow + ?Sized>(
     let base = cap.fault_recording_offset();
     if status.contains(Fsts::PPF) {
         let mut index = fri as u16 % count;
+        let mut reported = 0usize;
         for _ in 0..count {
-            let offset = frcd_reg(base, index);
-            let hi = regs.read64(offset + 8);
-            if hi & FaultRecord::F == 0 {
+            if reported >= max {
                 break;
             }
-            let record = FaultRecord {
-                lo: regs.read64(offset),
-                hi,
-            };
-            // F is bit 31 of the top dword; the other bits there are read-only.
-            regs.write32(offset + 12, 1 << 31);
-            report(index, record);
-            summary.records += 1;
+            let offset = frcd_reg(base, index);
+            let hi = regs.read64(offset + 8);
+            if hi & FaultRecord::F != 0 {
+                let record = FaultRecord {
+                    lo: regs.read64(offset),
+                    hi,
+                };
+                // F is bit 31 of the top dword; the other bits there are read-only.
+                regs.write32(offset + 12, 1 << 31);
+                report(index, record);
+                summary.records += 1;
+                reported += 1;
+            }
             index = (index + 1) % count;
         }
     }
@@ -383,19 +397,20 @@ mod tests {
         m.inject_fault(2, 0x1000, HI);
         m.inject_fault(3, 0x2000, 0x5 << 32);
         m.inject_fault(0, 0x3000, 0x1 << 32);
-        // FRI is the first pending index, 0: records 0 then stop at 1 (no F).
+        // FRI is the first pending index, 0: record 0, register 1 (no F) passed over, then
+        // 2 and 3, at most 2 of them: 0 and 2.
         let mut seen = Vec::new();
-        let s = drain_primary_faults(&m, cap, |i, r| seen.push((i, r.lo)));
-        assert_eq!(seen, [(0, 0x3000)]);
+        let s = drain_primary_faults(&m, cap, 2, |i, r| seen.push((i, r.lo)));
+        assert_eq!(seen, [(0, 0x3000), (2, 0x1000)]);
         assert!(s.still_pending);
-        // Now FRI = 2: 2, 3, wrap to 0 (already clear) -> stop.
+        // Now FRI = 3: 3, wrap to 0 (already clear), 1, 2 (clear).
         seen.clear();
-        let s = drain_primary_faults(&m, cap, |i, r| seen.push((i, r.lo)));
-        assert_eq!(seen, [(2, 0x1000), (3, 0x2000)]);
+        let s = drain_primary_faults(&m, cap, usize::MAX, |i, r| seen.push((i, r.lo)));
+        assert_eq!(seen, [(3, 0x2000)]);
         assert_eq!(
             s,
             DrainSummary {
-                records: 2,
+                records: 1,
                 overflowed: false,
                 still_pending: false
             }
@@ -411,7 +426,7 @@ mod tests {
         m.inject_fault(1, 0x2000, HI);
         m.raise_fsts(Fsts::PFO);
         let mut n = 0;
-        let s = drain_primary_faults(&m, cap, |_, _| n += 1);
+        let s = drain_primary_faults(&m, cap, usize::MAX, |_, _| n += 1);
         assert_eq!(n, 2, "at most NFR + 1 registers per drain");
         assert!(s.overflowed && s.still_pending);
         assert!(!fsts(&m).0.contains(Fsts::PFO));

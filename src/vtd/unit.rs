@@ -724,7 +724,17 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
     /// Reports and clears every pending primary fault record (§7), for the embedder's fault
     /// interrupt handler or a poll loop. Bounded by `CAP.NFR + 1` records per call.
     pub fn drain_faults(&self, report: impl FnMut(u16, FaultRecord)) -> DrainSummary {
-        drain_primary_faults(&self.regs, self.info.cap, report)
+        self.drain_faults_at_most(usize::MAX, report)
+    }
+
+    /// As [`drain_faults`](Self::drain_faults), reporting and clearing at most `max` records:
+    /// the others stay pending (`FSTS.PPF` stays set) for the next call.
+    pub fn drain_faults_at_most(
+        &self,
+        max: usize,
+        report: impl FnMut(u16, FaultRecord),
+    ) -> DrainSummary {
+        drain_primary_faults(&self.regs, self.info.cap, max, report)
     }
 
     /// Drains and turns off the queue (if any) and returns its pages; the invalidator is off.

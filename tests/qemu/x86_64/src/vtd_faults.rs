@@ -144,7 +144,7 @@ impl FaultReader {
             count: 0,
             summary: DrainSummary::default(),
         };
-        f.summary = drain_primary_faults(&self.regs, self.cap, |index, r| {
+        f.summary = drain_primary_faults(&self.regs, self.cap, usize::MAX, |index, r| {
             print_record(index, &r);
             if let Some(slot) = f.records.get_mut(f.count) {
                 *slot = r;
