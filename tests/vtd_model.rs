@@ -324,6 +324,46 @@ fn exact_descriptor_counts() {
     assert_eq!(u.stats().waits - waits_before, flushes);
 }
 
+/// One flush of several gathered ranges: the fewest page-selective descriptors whose blocks stay
+/// inside the union of the ranges' own blocks (`vtd::flush`): a page then a range whose 64 KiB
+/// block holds it, four 16 KiB blocks tiling 64 KiB, two buddy pages: one descriptor each; two
+/// pages 32 KiB apart: two. Counted at the model, one wait each.
+#[test]
+fn several_ranges_flush_with_the_fewest_descriptors() {
+    let a = arena();
+    let m = VtdModel::new(&a, VtdModelConfig::qemu_default());
+    let u = unit(&m, &a, Mode::Legacy);
+    let d = u.domain_alloc(&DomainConfig::default()).unwrap();
+    u.attach(DEV, None, d).unwrap();
+    let flush = |ranges: &[(u64, u64)]| {
+        let mut g = Gather::new();
+        for &(start, end) in ranges {
+            u.map(d, Iova::new(start), PhysAddr::new(start), end - start, RW)
+                .unwrap();
+        }
+        for &(start, end) in ranges {
+            u.unmap(d, Iova::new(start), end - start, &mut g).unwrap();
+        }
+        m.reset_stats();
+        u.flush(d, &mut g).unwrap();
+        let types = types(&m);
+        let invs = types.iter().filter(|&&t| t == 2).count();
+        assert_eq!(types.iter().filter(|&&t| t == 5).count(), 1, "one wait");
+        invs
+    };
+    assert_eq!(flush(&[(0x5000, 0x6000), (0x7000, 0x1_0000)]), 1);
+    assert_eq!(flush(&[(0x7000, 0x1_0000), (0x5000, 0x6000)]), 1);
+    let tiles = [
+        (0x1000, 0x3000),
+        (0x5000, 0x7000),
+        (0x9000, 0xB000),
+        (0xD000, 0xF000),
+    ];
+    assert_eq!(flush(&tiles), 1);
+    assert_eq!(flush(&[(0x4000, 0x5000), (0x5000, 0x6000)]), 1);
+    assert_eq!(flush(&[(0x1000, 0x2000), (0x9000, 0xA000)]), 2);
+}
+
 #[test]
 fn thousands_of_flushes_wrap_the_queue() {
     let a = arena();

@@ -7,7 +7,12 @@
 //! Each gathered range is covered by the *one* smallest naturally aligned block that contains
 //! it, when `AM <= CAP.MAMV` (over-invalidation is always correct, and one descriptor is the
 //! fewest); a range whose covering block is too large is cut into the largest aligned blocks
-//! `MAMV` allows. Past [`PAGE_SELECTIVE_LIMIT`] blocks, or without `CAP.PSI`, one
+//! `MAMV` allows. Then the blocks of all ranges are made the fewest whose union is the union
+//! `U` of those blocks (`fewest_blocks`: a block inside another is dropped, two halves of an
+//! aligned block within `MAMV` become that block), the minimum over every set of
+//! page-selective descriptors that invalidates nothing outside `U` (one domain-selective
+//! invalidation, fewer still, is chosen only past the limit: it drops the domain's other
+//! translations). Past [`PAGE_SELECTIVE_LIMIT`] blocks (after merging), or without `CAP.PSI`, one
 //! domain-selective (PASID-selective for first-stage domains) invalidation replaces them.
 //! `IH` (invalidation hint: the paging-structure caches may stay) is set only when the gather
 //! changed leaves alone.
@@ -92,6 +97,10 @@ pub fn plan_into(out: &mut FlushPlan, ranges: &[IovaRange], leaf_only: bool, lim
             return;
         }
         let mut add = |b: Block| {
+            if *len == blocks.len() {
+                // Full: merge what is planned before giving up on page-selective.
+                *len = fewest_blocks(blocks, limits.mamv);
+            }
             let slot = blocks.get_mut(*len).ok_or(())?;
             *slot = b;
             *len += 1;
@@ -106,9 +115,64 @@ pub fn plan_into(out: &mut FlushPlan, ranges: &[IovaRange], leaf_only: bool, lim
             return;
         }
     }
+    *len = fewest_blocks(blocks.get_mut(..*len).unwrap_or(&mut []), limits.mamv);
     if *len == 0 {
         *out = FlushPlan::Nothing;
     }
+}
+
+/// Replaces the blocks of `blocks` by the fewest of at most `2^mamv` pages that cover the same
+/// addresses and no other (as AMD-Vi's `cmd::fewest_blocks`): a block inside another is
+/// dropped, two blocks that are the halves of one aligned block within MAMV become that
+/// block, until neither applies. Returns how many are left, at the front, in their order.
+///
+/// The result is the set of maximal aligned blocks of at most `2^mamv` pages inside the union
+/// `U` of the blocks given: the fewest page-selective descriptors whose blocks all lie inside
+/// `U` (aligned blocks are nested or disjoint, so every such block lies inside exactly one
+/// maximal one, and each maximal one holds addresses of `U` to cover; one tiled by smaller
+/// blocks would hold the smallest of them and its other half, which could be joined).
+fn fewest_blocks(blocks: &mut [Block], mamv: u8) -> usize {
+    let mut n = blocks.len();
+    // Each step removes one block, so at most `blocks.len()` steps.
+    while let Some((i, j, merged)) = mergeable(blocks.get(..n).unwrap_or(&[]), mamv) {
+        blocks[i] = merged;
+        blocks.copy_within(j + 1..n, j);
+        n -= 1;
+    }
+    n
+}
+
+/// Whether `a` covers every page of `b`.
+fn contains(a: Block, b: Block) -> bool {
+    let shift = a.size_log2();
+    a.am >= b.am
+        && a.addr.get().checked_shr(shift).unwrap_or(0)
+            == b.addr.get().checked_shr(shift).unwrap_or(0)
+}
+
+/// Two blocks `i` and `j` that one block within MAMV covers exactly (one inside the other, or
+/// the two halves of one), and that block.
+fn mergeable(blocks: &[Block], mamv: u8) -> Option<(usize, usize, Block)> {
+    for (i, &a) in blocks.iter().enumerate() {
+        for (j, &b) in blocks.iter().enumerate() {
+            if i == j {
+                continue;
+            }
+            if contains(a, b) {
+                return Some((i, j, a));
+            }
+            let halves = a.am == b.am
+                && a.am < mamv
+                && 1u64
+                    .checked_shl(a.size_log2())
+                    .is_some_and(|size| a.addr.get() ^ b.addr.get() == size);
+            if halves {
+                let addr = Iova::new(a.addr.get().min(b.addr.get()));
+                return Some((i, j, Block { addr, am: a.am + 1 }));
+            }
+        }
+    }
+    None
 }
 
 /// First and last 4 KiB page numbers of a non-empty range.
@@ -374,6 +438,92 @@ mod tests {
                     assert!(matches!(p, FlushPlan::Pages { ih: false, .. }));
                 }
             }
+        }
+    }
+
+    /// Several ranges give the fewest page-selective descriptors whose blocks stay inside the
+    /// union of the ranges' own blocks: a block inside another is dropped whatever their order,
+    /// two halves of an aligned block within MAMV become that block. Descriptor counts.
+    #[test]
+    fn several_ranges_give_the_fewest_blocks() {
+        let count = |ranges: &[(u64, u64)], mamv: u8| {
+            let ranges: std::vec::Vec<_> = ranges.iter().map(|&(s, e)| range(s, e)).collect();
+            plan(&ranges, true, limits(mamv)).blocks().len()
+        };
+        // A page, then a range whose covering block (64 KiB at 0) holds it: one descriptor.
+        assert_eq!(count(&[(0x5000, 0x6000), (0x7000, 0x1_0000)], 18), 1);
+        assert_eq!(count(&[(0x7000, 0x1_0000), (0x5000, 0x6000)], 18), 1);
+        // Four 16 KiB blocks that tile 64 KiB at 0: one.
+        let tiles = [
+            (0x1000, 0x3000),
+            (0x5000, 0x7000),
+            (0x9000, 0xB000),
+            (0xD000, 0xF000),
+        ];
+        assert_eq!(count(&tiles, 18), 1);
+        // ...but not past MAMV: two of 32 KiB under MAMV 3.
+        assert_eq!(count(&tiles, 3), 2);
+        // Two buddy pages: one 8 KiB block; two pages 32 KiB apart: two.
+        assert_eq!(count(&[(0x4000, 0x4800), (0x5400, 0x5800)], 18), 1);
+        assert_eq!(count(&[(0x1000, 0x2000), (0x9000, 0xA000)], 18), 2);
+        // 17 single pages that tile 64 KiB and one more page: within the limit once merged.
+        let mut pages: std::vec::Vec<(u64, u64)> =
+            (0..16u64).map(|p| (p << 12, (p + 1) << 12)).collect();
+        pages.push((0x2_0000, 0x2_1000));
+        assert_eq!(count(&pages, 18), 2);
+
+        // Against brute force over 64 pages: the union is kept, and the count is the number of
+        // maximal aligned blocks of at most 2^MAMV pages inside it.
+        let mask = |am: u32, at: u64| -> u64 {
+            if am >= 6 {
+                u64::MAX
+            } else {
+                ((1u64 << (1u64 << am)) - 1) << at
+            }
+        };
+        let pages_of = |bs: &[Block]| {
+            bs.iter()
+                .fold(0u64, |u, b| u | mask(u32::from(b.am), b.addr.get() >> 12))
+        };
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..20_000 {
+            let mamv = (next() % 7) as u8;
+            let n = (next() % 4 + 1) as usize;
+            let ranges: std::vec::Vec<_> = (0..n)
+                .map(|_| {
+                    let first = next() % 64;
+                    let len = (next() % 8 + 1).min(64 - first);
+                    range(first << 12, (first + len) << 12)
+                })
+                .collect();
+            let p = plan(&ranges, true, limits(mamv));
+            if p == FlushPlan::Everything {
+                continue;
+            }
+            // The union of each range's own blocks (planned alone).
+            let union = ranges.iter().fold(0, |u, &r| {
+                u | pages_of(plan(&[r], true, limits(mamv)).blocks())
+            });
+            assert_eq!(pages_of(p.blocks()), union, "{ranges:x?} MAMV {mamv}");
+            let mut maximal = 0;
+            for am in 0..=u32::from(mamv).min(6) {
+                for at in (0..64u64).step_by(1 << am) {
+                    let parent = at & !((2u64 << am) - 1);
+                    let inside = union & mask(am, at) == mask(am, at);
+                    let parent_inside = am < u32::from(mamv).min(6)
+                        && union & mask(am + 1, parent) == mask(am + 1, parent);
+                    if inside && !parent_inside {
+                        maximal += 1;
+                    }
+                }
+            }
+            assert_eq!(p.blocks().len(), maximal, "{ranges:x?} MAMV {mamv}");
         }
     }
 }
