@@ -606,6 +606,8 @@ typedef struct {
   bool caching_mode;
   // ECAP.PRS: the page request queue (ie_sim_model_page_request()).
   bool page_requests;
+  // Fault recording registers (`CAP.NFR + 1`); 0 is the default, one.
+  uint8_t fault_records;
 } IeSimVtdConfig;
 #endif
 

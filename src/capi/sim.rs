@@ -178,6 +178,8 @@ pub struct IeSimVtdConfig {
     pub caching_mode: bool,
     /// ECAP.PRS: the page request queue (ie_sim_model_page_request()).
     pub page_requests: bool,
+    /// Fault recording registers (`CAP.NFR + 1`); 0 is the default, one.
+    pub fault_records: u8,
 }
 
 /// What the SMMUv3 model reports in its ID registers.
@@ -265,7 +267,8 @@ pub unsafe extern "C" fn ie_sim_vtd_model_create(
         let cfg = base
             .with_sc(c.snoop_control)
             .with_caching_mode(c.caching_mode)
-            .with_prs(c.page_requests);
+            .with_prs(c.page_requests)
+            .with_nfr(c.fault_records.saturating_sub(1));
         new_model(arena, out, |a| ModelObj::Vtd(VtdModel::new(a, cfg)))
     })())
 }

@@ -471,7 +471,8 @@ int main(void)
 
     /* Two units: a VT-d unit with snoop control and one without. */
     IeSimModel *snoop_model = NULL, *plain_model = NULL;
-    IeSimVtdConfig with_sc = { .scalable = false, .snoop_control = true, .caching_mode = false };
+    IeSimVtdConfig with_sc = { .scalable = false, .snoop_control = true, .caching_mode = false,
+                               .fault_records = 4 };
     IeSimVtdConfig without_sc = { .scalable = false, .snoop_control = false, .caching_mode = false };
     OK(ie_sim_vtd_model_create(arena, &with_sc, &snoop_model));
     OK(ie_sim_vtd_model_create(arena, &without_sc, &plain_model));
@@ -590,6 +591,24 @@ int main(void)
               IE_STATUS_NOT_FOUND,
           "DMA after unmap must fault");
     CHECK(ie_ctx_translate(ctx, ioasid, iova, &found) == IE_STATUS_NOT_FOUND, "record");
+    /* Three write faults in unit 0's four fault recording registers, read with max 1 three
+     * times: one record each, in order, the others left pending (IE_STATUS_BUSY) until read. */
+    uint32_t nfaults = 0;
+    IeFault rec;
+    OK(ie_unit_drain_faults(units[0], 64, &nfaults));
+    for (uint64_t i = 0; i < 3; i++)
+        CHECK(ie_sim_model_translate(snoop_model, 0x20, iova + 0x1000 * i, true, &dma) ==
+                  IE_STATUS_NOT_FOUND,
+              "vtd: write fault %" PRIu64, i);
+    for (uint64_t i = 0; i < 3; i++) {
+        int32_t st = ie_unit_read_faults(units[0], &rec, 1, &nfaults);
+        CHECK(st == (i < 2 ? IE_STATUS_BUSY : IE_STATUS_OK) && nfaults == 1 &&
+                  rec.address == iova + 0x1000 * i && rec.write,
+              "vtd: read %" PRIu64 " with max 1: status %d, %u records, address %#" PRIx64, i,
+              st, nfaults, rec.address);
+    }
+    OK(ie_unit_drain_faults(units[0], 64, &nfaults));
+    CHECK(nfaults == 0, "vtd: records left after the reads: %u", nfaults);
 
     /* Incoherent DMA needs a bound, no-snoop-capable device. */
     CHECK(!ie_ctx_incoherent_dma_allowed(ctx), "no grant yet");
