@@ -53,6 +53,8 @@ const PA_B: u64 = 0xB000_0000;
 const PA_P: u64 = 0xC000_0000;
 /// What `q` (the PASID's new domain of the replace rows) maps at 0x1000.
 const PA_Q: u64 = 0xD000_0000;
+/// What `c` (the second move's target of `ReplaceAgain`) maps at 0x1000.
+const PA_C: u64 = 0xE000_0000;
 const NEW_IOVA: u64 = 0x4000_0000;
 
 #[derive(Clone, Copy, Debug)]
@@ -62,6 +64,14 @@ enum Op {
     UnmapTablesFlush,
     Attach,
     Replace,
+    /// `DEV` (ATS, its ATC warm) moved to `b` with the plain `attach`: no ATS hint, so its
+    /// entry's `I` goes off. After a failure (before the retry) `a`'s page is unmapped and `a`
+    /// flushed; after the retry or an `Ok`, `DEV`'s ATC must hold nothing of `a`.
+    ReplaceWithoutAts,
+    /// A second failed move: `DEV`'s move to `b` failed (IOTLB_INV_TIMEOUT: its ATC kept `a`'s
+    /// page) and was not retried; now `DEV` moves on to `c`. After a failure (before the
+    /// retry) `a`'s and `b`'s pages are unmapped and both flushed: `DEV` must reach neither.
+    ReplaceAgain,
     Detach,
     DomainFree,
     Reclaim,
@@ -85,6 +95,12 @@ enum Op {
     PasidReplace,
     /// As `PasidReplace`; after a failure `p` is freed.
     PasidReplaceFreeOld,
+    /// As `PasidReplace`, but a failure is followed by the PASID's detach instead of a
+    /// retry: nothing of `p` or `q` is left for the PASID, every page comes back.
+    PasidReplaceThenDetach,
+    /// As `PasidAttachFirst`, a failure followed by the PASID's detach instead of a retry:
+    /// the device's entry blocking, its GCR3 table freed, every page back.
+    PasidAttachFirstThenDetach,
     /// `set_dirty_tracking(a, true)` (`DEV`'s entry gets `HAD`), after a write under an
     /// earlier tracking period left a leaf dirty.
     DirtyOn,
@@ -98,9 +114,11 @@ impl Op {
     /// `DEV3`'s PASIDs when the call starts.
     fn pasids_before(self) -> &'static [u32] {
         match self {
-            Op::PasidAttach | Op::PasidDetachLast | Op::PasidReplace | Op::PasidReplaceFreeOld => {
-                &[5]
-            }
+            Op::PasidAttach
+            | Op::PasidDetachLast
+            | Op::PasidReplace
+            | Op::PasidReplaceFreeOld
+            | Op::PasidReplaceThenDetach => &[5],
             Op::PasidDetach => &[5, 7],
             _ => &[],
         }
@@ -115,6 +133,16 @@ impl Op {
                 | Op::PasidDetachLast
                 | Op::PasidReplace
                 | Op::PasidReplaceFreeOld
+                | Op::PasidReplaceThenDetach
+                | Op::PasidAttachFirstThenDetach
+        )
+    }
+
+    /// A failure is followed by a detach of what the call attached, not by its retry.
+    fn detach_instead_of_retry(self) -> bool {
+        matches!(
+            self,
+            Op::PasidReplaceThenDetach | Op::PasidAttachFirstThenDetach
         )
     }
 
@@ -159,6 +187,8 @@ struct Rig<'a> {
     unit: Unit<'a>,
     a: DomainHandle,
     b: Option<DomainHandle>,
+    /// The second move's target (`ReplaceAgain`).
+    c: Option<DomainHandle>,
     extra: Option<DomainHandle>,
     /// The gather of the unmaps: kept across a failed flush and its retry, as a caller must
     /// (dropping it would leak its pages on purpose).
@@ -172,6 +202,8 @@ struct Rig<'a> {
     gcr3_held: bool,
     /// The IOVAs `read_dirty` reported, over every attempt.
     dirty_seen: Vec<u64>,
+    /// The failed call was followed by a detach, not retried.
+    detached_after_failure: bool,
 }
 
 impl<'a> Rig<'a> {
@@ -203,11 +235,32 @@ impl<'a> Rig<'a> {
         if matches!(op, Op::Enable) {
             unit.disable().expect("disable");
         }
-        if matches!(op, Op::Replace) {
+        if matches!(op, Op::Replace | Op::ReplaceWithoutAts | Op::ReplaceAgain) {
             // DEV's ATC holds a's page: the move must invalidate it, or a's flush must.
             model
                 .ats_translate(DEV.0 as u16, None, 0x1000, false)
                 .unwrap();
+        }
+        let mut c = None;
+        if matches!(op, Op::ReplaceAgain) {
+            let d = unit.domain_alloc(&DomainConfig::default()).unwrap();
+            unit.map(d, Iova::new(0x1000), PhysAddr::new(PA_C), 0x1000, RW)
+                .unwrap();
+            c = Some(d);
+            // The first move fails at its ATC invalidation and is not retried: DEV is
+            // unsettled under b, its ATC still holding a's page; b's page gets in too.
+            model.inject(Injection::IotlbTimeout);
+            unit.attach_device(DEV, None, b, &ats()).unwrap_err();
+            model.clear_injections();
+            model.dma(DEV.0 as u16, 0x1000, false).unwrap();
+            model
+                .ats_translate(DEV.0 as u16, None, 0x1000, false)
+                .unwrap();
+            assert_eq!(
+                model.atc_translation(DEV.0 as u16, None, 0x1000),
+                Some(PA_B),
+                "setup: DEV's ATC holds b's page (and a's under it)"
+            );
         }
         let (mut p, mut q) = (None, None);
         if op.is_pasid() {
@@ -258,12 +311,14 @@ impl<'a> Rig<'a> {
             unit,
             a,
             b: Some(b),
+            c,
             extra: None,
             gather: Gather::new(),
             p,
             q,
             gcr3_held: !op.pasids_before().is_empty(),
             dirty_seen: Vec::new(),
+            detached_after_failure: false,
         }
     }
 
@@ -304,6 +359,9 @@ impl<'a> Rig<'a> {
             Op::Attach => u.attach(DEV2, None, self.a),
             // With the device's hints, as the IOASID layer attaches (its ATS stays on).
             Op::Replace => u.attach_device(DEV, None, self.b.expect("b"), &ats()),
+            // The unit-level call without hints: DEV's ATS is dropped by the move.
+            Op::ReplaceWithoutAts => u.attach(DEV, None, self.b.expect("b")),
+            Op::ReplaceAgain => u.attach_device(DEV, None, self.c.expect("c"), &ats()),
             Op::Detach => u.detach(DEV, None),
             Op::DomainFree => {
                 u.domain_free(self.b.expect("b"))?;
@@ -323,7 +381,7 @@ impl<'a> Rig<'a> {
             }
             Op::Takeover | Op::Enable => Ok(u.enable()?),
             Op::Disable => Ok(u.disable()?),
-            Op::PasidAttachFirst | Op::PasidAttach => {
+            Op::PasidAttachFirst | Op::PasidAttach | Op::PasidAttachFirstThenDetach => {
                 self.gcr3_held = true;
                 u.attach_device(DEV3, pasid(7), self.p.expect("p"), &ats())
             }
@@ -333,7 +391,7 @@ impl<'a> Rig<'a> {
                 self.gcr3_held = false;
                 Ok(())
             }
-            Op::PasidReplace | Op::PasidReplaceFreeOld => {
+            Op::PasidReplace | Op::PasidReplaceFreeOld | Op::PasidReplaceThenDetach => {
                 u.attach_device(DEV3, pasid(5), self.q.expect("q"), &ats())
             }
             Op::DirtyOn => u.set_dirty_tracking(self.a, true),
@@ -361,7 +419,7 @@ impl<'a> Rig<'a> {
                 return Err(format!("table {t:#x} reachable by the unit but freed"));
             }
         }
-        let mut ids: BTreeSet<u16> = [Some(self.a), self.b, self.extra, self.p, self.q]
+        let mut ids: BTreeSet<u16> = [Some(self.a), self.b, self.c, self.extra, self.p, self.q]
             .into_iter()
             .flatten()
             .map(|d| d.0 + 1)
@@ -377,7 +435,7 @@ impl<'a> Rig<'a> {
         }
         if self.unit.is_enabled() {
             match self.model.dma(DEV.0 as u16, 0x1000, false) {
-                Ok(o) if o.pa != PA_A && o.pa != PA_B => {
+                Ok(o) if o.pa != PA_A && o.pa != PA_B && o.pa != PA_C => {
                     return Err(format!("DEV's DMA reached {:#x} with the unit on", o.pa));
                 }
                 _ => {}
@@ -402,6 +460,12 @@ impl<'a> Rig<'a> {
             Op::UnmapFlush | Op::UnmapTablesFlush | Op::Reclaim => dma(DEV, 0x1000).is_err(),
             Op::Attach => dma(DEV2, 0x1000).map(|o| o.pa) == Ok(PA_A),
             Op::Replace => dma(DEV, 0x1000).map(|o| o.pa) == Ok(PA_B),
+            Op::ReplaceWithoutAts => {
+                dma(DEV, 0x1000).map(|o| o.pa) == Ok(PA_B) && self.atc_free_of(&[PA_A])?
+            }
+            Op::ReplaceAgain => {
+                dma(DEV, 0x1000).map(|o| o.pa) == Ok(PA_C) && self.atc_free_of(&[PA_A, PA_B])?
+            }
             Op::Detach => dma(DEV, 0x1000).is_err(),
             Op::DomainFree => self.b.is_none(),
             Op::DomainAlloc => self.extra.is_some(),
@@ -410,7 +474,13 @@ impl<'a> Rig<'a> {
             }
             // Off: untranslated.
             Op::Disable => !self.unit.is_enabled() && dma(DEV, 0x1000).map(|o| o.pa) == Ok(0x1000),
-            Op::PasidAttachFirst | Op::PasidAttach => {
+            Op::PasidReplaceThenDetach if self.detached_after_failure => self.pasid_gone(5),
+            Op::PasidReplaceThenDetach => self.pasid_dma(5) == Some(PA_Q),
+            // The device's only PASID detached: its entry blocking.
+            Op::PasidAttachFirstThenDetach if self.detached_after_failure => {
+                self.pasid_gone(7) && dma(DEV3, 0x1000).is_err()
+            }
+            Op::PasidAttachFirst | Op::PasidAttach | Op::PasidAttachFirstThenDetach => {
                 self.pasid_dma(7) == Some(PA_P)
                     && op
                         .pasids_before()
@@ -446,8 +516,11 @@ impl<'a> Rig<'a> {
     /// page is left for the device, in the unit's caches or in its ATC.
     fn after_failure(&mut self, op: Op) -> Result<(), String> {
         let u = &self.unit;
+        if matches!(op, Op::ReplaceAgain) {
+            return self.after_second_failure();
+        }
         let (device, n, old, page) = match op {
-            Op::Replace => (DEV, None, self.a, PA_A),
+            Op::Replace | Op::ReplaceWithoutAts => (DEV, None, self.a, PA_A),
             Op::PasidReplace | Op::PasidReplaceFreeOld => (DEV3, Some(5), self.p.expect("p"), PA_P),
             _ => return Ok(()),
         };
@@ -480,6 +553,64 @@ impl<'a> Rig<'a> {
             ));
         }
         Ok(())
+    }
+
+    /// Instead of a retry: the PASID the failed call attached (or moved) is detached. A
+    /// first attach refused before anything was recorded leaves nothing to detach.
+    fn detach_after_failure(&mut self, op: Op) -> Result<(), String> {
+        let n = if matches!(op, Op::PasidReplaceThenDetach) {
+            5
+        } else {
+            7
+        };
+        match self.unit.detach(DEV3, pasid(n)) {
+            Ok(()) => {}
+            Err(iommu_engine::iommu::Error::NotAttached(_))
+                if matches!(op, Op::PasidAttachFirstThenDetach) => {}
+            Err(e) => return Err(format!("the detach instead of the retry failed: {e}")),
+        }
+        // The device's last PASID: its GCR3 table is gone.
+        self.gcr3_held = false;
+        self.detached_after_failure = true;
+        Ok(())
+    }
+
+    /// `ReplaceAgain` after its failure: both domains `DEV` left (`a`, then `b`) unmapped and
+    /// flushed; if both flushes return `Ok`, `DEV` reaches neither page, through the unit or
+    /// its ATC.
+    fn after_second_failure(&mut self) -> Result<(), String> {
+        let u = &self.unit;
+        for d in [self.a, self.b.expect("b")] {
+            u.unmap(d, Iova::new(0x1000), 0x1000, &mut self.gather)
+                .map_err(|e| format!("unmap of a domain DEV left: {e}"))?;
+            if u.flush(d, &mut self.gather).is_err() {
+                return Ok(());
+            }
+        }
+        let left = [PA_A, PA_B];
+        if let Ok(o) = self.model.dma(DEV.0 as u16, 0x1000, false) {
+            if left.contains(&o.pa) {
+                return Err(format!(
+                    "the unit still translates to {:#x}, of a domain DEV left, unmapped and flushed",
+                    o.pa
+                ));
+            }
+        }
+        if !self.atc_free_of(&left)? {
+            return Err(
+                "DEV's ATC still holds a page of a domain it left, unmapped and flushed".into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// `DEV`'s ATC holds none of `pages` at 0x1000 (an INVALIDATE_IOTLB_PAGES covers an
+    /// address whatever the entries under it: the newest stands for all).
+    fn atc_free_of(&self, pages: &[u64]) -> Result<bool, String> {
+        Ok(!self
+            .model
+            .atc_translation(DEV.0 as u16, None, 0x1000)
+            .is_some_and(|pa| pages.contains(&pa)))
     }
 
     /// What `DEV3`'s PASID `n` reads at 0x1000.
@@ -528,7 +659,7 @@ impl<'a> Rig<'a> {
         for n in [5, 7] {
             let _ = u.detach(DEV3, pasid(n));
         }
-        for d in [Some(self.a), self.b, self.extra, self.p, self.q]
+        for d in [Some(self.a), self.b, self.c, self.extra, self.p, self.q]
             .into_iter()
             .flatten()
         {
@@ -554,11 +685,18 @@ fn cell(op: Op, fault: Fault) -> Result<&'static str, String> {
         Fault::Alloc(n) => mem.set_fail_policy(FailPolicy::Nth(n)),
     }
     let timeouts = model.stats().iotlb_timeouts;
+    let fired_before = model.stats().injections_fired + mem.stats().failed_allocs;
     let first = rig.run(op);
+    let fired = model.stats().injections_fired + mem.stats().failed_allocs > fired_before;
     if first.is_ok() && model.stats().iotlb_timeouts != timeouts {
         return Err(format!(
             "{op:?} returned Ok though the ATS device did not complete its invalidation"
         ));
+    }
+    match (&first, fired) {
+        (Err(e), false) => return Err(format!("{op:?} failed ({e}) but its fault never fired")),
+        (Ok(()), true) => return Err(format!("{op:?} returned Ok though its fault fired")),
+        _ => {}
     }
     model.clear_injections();
     mem.set_fail_policy(FailPolicy::Never);
@@ -574,7 +712,11 @@ fn cell(op: Op, fault: Fault) -> Result<&'static str, String> {
                 .map_err(|x| format!("after {e}: {x}"))?;
             rig.invariants()
                 .map_err(|e| format!("after the old domain's use: {e}"))?;
-            rig.run(op).map_err(|e| format!("retry failed: {e}"))?;
+            if op.detach_instead_of_retry() {
+                rig.detach_after_failure(op)?;
+            } else {
+                rig.run(op).map_err(|e| format!("retry failed: {e}"))?;
+            }
             rig.invariants()
                 .map_err(|e| format!("after the retry: {e}"))?;
             "err"
@@ -602,6 +744,8 @@ fn fault_matrix() {
         Op::UnmapTablesFlush,
         Op::Attach,
         Op::Replace,
+        Op::ReplaceWithoutAts,
+        Op::ReplaceAgain,
         Op::Detach,
         Op::DomainFree,
         Op::Reclaim,
@@ -615,6 +759,8 @@ fn fault_matrix() {
         Op::PasidDetachLast,
         Op::PasidReplace,
         Op::PasidReplaceFreeOld,
+        Op::PasidReplaceThenDetach,
+        Op::PasidAttachFirstThenDetach,
         Op::DirtyOn,
         Op::DirtyOff,
         Op::DirtyReadAndClear,
@@ -655,6 +801,9 @@ fn fault_matrix() {
             failures.push(format!("{op:?}: no fault reached it"));
         }
     }
-    println!("AMD-Vi fault matrix: {cells} cells, {errs} failed calls retried");
+    println!(
+        "AMD-Vi fault matrix: {cells} cells, {errs} faults fired, each failing its call \
+         (then retried, or detached)"
+    );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

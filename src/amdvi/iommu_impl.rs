@@ -417,16 +417,18 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> AmdViUni
         let previous = old.and_then(|i| cfg.attachments[i]);
         // Counted as attached to the new domain from the first store on; the old domain, if
         // any, keeps nothing the device can reach once the entry is replaced and invalidated.
-        cfg.set(
-            index,
-            Some(Attachment {
-                device,
-                pasid: None,
-                slot,
-                ats,
-                settled: false,
-            }),
-        );
+        // A device that had ATS stays an ATS attachment until that is confirmed, whatever the
+        // new entry's `I`: its ATC may hold the old domain's translations until the move's
+        // INVALIDATE_IOTLB_PAGES completed, and only an ATS attachment gets that invalidation
+        // from the flushes, the `domain_free`s and the retry (`Attachment::flushed_with`).
+        let mut attachment = Attachment {
+            device,
+            pasid: None,
+            slot,
+            ats: ats || previous.is_some_and(|p| p.ats),
+            settled: false,
+        };
+        cfg.set(index, Some(attachment));
         let (extra, n) = leave_commands(device, previous, slot);
         self.publish_attachment(
             &mut cfg,
@@ -434,7 +436,11 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> AmdViUni
             device,
             &entry,
             extra.get(..n).unwrap_or(&[]),
-        )
+        )?;
+        attachment.ats = ats;
+        attachment.settled = true;
+        cfg.set(index, Some(attachment));
+        Ok(())
     }
 
     /// Writes `device`'s new entry and runs its invalidations (then `extra`), and marks the

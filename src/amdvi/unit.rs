@@ -667,6 +667,8 @@ pub(crate) struct Attachment {
     /// The PASID, for an attachment through the device's GCR3 table.
     pub pasid: Option<Pasid>,
     pub slot: usize,
+    /// The device's ATC may hold translations: its hint, or, while unsettled, a hint it had
+    /// before the move (until the move's INVALIDATE_IOTLB_PAGES is confirmed).
     pub ats: bool,
     /// `false` while an attach or detach of the device failed half-way (its entry written,
     /// the invalidation not confirmed): the domain cannot be freed meanwhile.
