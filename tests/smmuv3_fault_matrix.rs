@@ -23,7 +23,7 @@ use std::fmt::Write as _;
 
 use iommu_engine::iommu::{DeviceId, DomainConfig, DomainHandle, Error, Iommu, Pasid, Stage};
 use iommu_engine::mem::{Iova, PhysAddr};
-use iommu_engine::pgtable::{Gather, Prot};
+use iommu_engine::pgtable::{DirtyRead, Gather, Prot};
 use iommu_engine::sim::arena::{Arena, ArenaConfig, FailPolicy};
 use iommu_engine::sim::smmuv3::{Injection, SmmuModel, SmmuModelConfig};
 use iommu_engine::sim::walk::Access;
@@ -67,11 +67,16 @@ enum Op {
     Unmap,
     Flush,
     DirtyReadClear,
+    /// `set_dirty_tracking(d2, true)`, after a write under an earlier period of tracking left
+    /// a leaf dirty (and the TLB holds it writable-dirty) and tracking went off.
+    DirtyOn,
+    /// `set_dirty_tracking(d2, false)`.
+    DirtyOff,
     Disable,
     Release,
 }
 
-const OPS: [Op; 15] = [
+const OPS: [Op; 17] = [
     Op::Enable,
     Op::Takeover,
     Op::DomainAlloc,
@@ -85,6 +90,8 @@ const OPS: [Op; 15] = [
     Op::Unmap,
     Op::Flush,
     Op::DirtyReadClear,
+    Op::DirtyOn,
+    Op::DirtyOff,
     Op::Disable,
     Op::Release,
 ];
@@ -296,6 +303,15 @@ impl<'a> Rig<'a> {
                     .translate(SID_S2, None, IOVA + K4, Access::WRITE)
                     .map_err(|f| format!("setup DMA write: {f:?}"))?;
             }
+            Op::DirtyOn => {
+                // d2 tracks from its allocation: the write marks the leaf dirty and the TLB
+                // caches it writable-dirty; `on` must clean it and drop that TLB entry.
+                model
+                    .translate(SID_S2, None, IOVA + K4, Access::WRITE)
+                    .map_err(|f| format!("setup DMA write: {f:?}"))?;
+                u.set_dirty_tracking(d2, false)
+                    .map_err(e("dirty tracking off"))?;
+            }
             _ => {}
         }
         if op == Op::Takeover {
@@ -374,6 +390,8 @@ impl<'a> Rig<'a> {
                 self.gather = g;
                 r
             }
+            Op::DirtyOn => self.unit().set_dirty_tracking(d2, true),
+            Op::DirtyOff => self.unit().set_dirty_tracking(d2, false),
             Op::Disable => self.unit().disable().map_err(Error::from),
             Op::Release => {
                 self.release_pages.set(self.mem.stats().live_pages);
@@ -460,6 +478,35 @@ impl<'a> Rig<'a> {
                 want("the dirty page reported", self.dirty_seen.get() >= 1)?;
                 want("the gather released", self.gather.is_empty())
             }
+            Op::DirtyOn => {
+                want("no leaf dirty after on", self.dirty_of_d2()?.is_empty())?;
+                // Through the TLB entry the setup cached writable-dirty: recorded only if
+                // the call's invalidation dropped it.
+                m.translate(SID_S2, None, IOVA + K4, Access::WRITE)
+                    .map_err(|f| format!("DMA write: {f:?}"))?;
+                want(
+                    "a write after on recorded",
+                    self.dirty_of_d2()? == [IOVA + K4],
+                )
+            }
+            // Off keeps HD (`Domain::set_dirty_tracking`): a write to a clean leaf is still
+            // taken (no fault), and a leaf mapped from now on is written writable-dirty.
+            // The new leaf goes into the table IOVA's are in: no allocation, whatever fault
+            // is still armed. A unit in service failure mode (raised after the call, which
+            // issued no command) translates and maps nothing until reset: nothing to check.
+            Op::DirtyOff if m.in_service_failure() => Ok(()),
+            Op::DirtyOff => {
+                m.translate(SID_S2, None, IOVA, Access::WRITE)
+                    .map_err(|f| format!("DMA write after off: {f:?}"))?;
+                let (d2, new) = (self.d2.ok_or("no d2")?, IOVA + 8 * K4);
+                self.unit()
+                    .map(d2, Iova::new(new), PhysAddr::new(PA_D2B), K4, RW)
+                    .map_err(|x| format!("map after off: {x:?}"))?;
+                want(
+                    "a leaf mapped after off is writable-dirty",
+                    self.dirty_of_d2()?.contains(&new),
+                )
+            }
             Op::Disable => want("disabled", !self.unit().is_enabled()),
             // Disabled and dropped: translation off with GBPA.ABORT (the default
             // `DisabledTraffic::Abort`), so every stream aborts, none passes untranslated. The
@@ -476,6 +523,23 @@ impl<'a> Rig<'a> {
                 want("structures not returned", after < before)
             }
         }
+    }
+
+    /// The dirty IOVAs of d2 in `[IOVA, IOVA2 + K4)`, `D` kept.
+    fn dirty_of_d2(&self) -> Result<Vec<u64>, String> {
+        let d2 = self.d2.ok_or("no d2")?;
+        let mut seen = Vec::new();
+        self.unit()
+            .read_dirty(
+                d2,
+                Iova::new(IOVA),
+                IOVA2 + K4 - IOVA,
+                DirtyRead::NoClear,
+                &mut |i, _| seen.push(i.get()),
+                &mut Gather::new(),
+            )
+            .map_err(|x| format!("read_dirty: {x:?}"))?;
+        Ok(seen)
     }
 
     /// The invariants that hold after every call, whatever it returned.
@@ -664,7 +728,7 @@ fn partial_state(op: Op, before: &Snapshot, after: &Snapshot) -> Result<&'static
         Op::AttachNew if unsettled(SID_NEW) => "stream unsettled",
         Op::AttachPasid | Op::DetachPasid if unsettled(SID_S1) => "stream unsettled",
         // The gather keeps its pages; the domain owes a whole-tag invalidation.
-        Op::Flush | Op::DirtyReadClear
+        Op::Flush | Op::DirtyReadClear | Op::DirtyOn
             if same_books
                 && after.translations == before.translations
                 && aa.owing == ab.owing + 1

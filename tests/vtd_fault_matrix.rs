@@ -27,7 +27,7 @@ use std::collections::BTreeSet;
 use iommu_engine::iommu::{DeviceId, DomainConfig, DomainHandle, Iommu, Pasid, Stage};
 use iommu_engine::mem::{Iova, PhysAddr};
 use iommu_engine::mmio::RegisterWindow;
-use iommu_engine::pgtable::{Gather, Prot};
+use iommu_engine::pgtable::{DirtyRead, Gather, Prot};
 use iommu_engine::sim::arena::PhysMem;
 use iommu_engine::sim::vtd::{regs, Injection, VtdModel, VtdModelConfig};
 use iommu_engine::sim::walk::Access;
@@ -128,13 +128,18 @@ enum Op {
     UnmapAndFlush,
     Flush,
     DirtyReadAndClear,
+    /// `set_dirty_tracking(d1, true)`, after a write under an earlier period of tracking left
+    /// the leaf dirty and a read cached the entry without `SSADE`.
+    DirtyOn,
+    /// `set_dirty_tracking(d1, false)`, its entry cached with `SSADE`.
+    DirtyOff,
     Disable,
     Release,
     /// `drain_faults` after more faults than the unit has fault recording registers.
     DrainFaults,
 }
 
-const OPS: [Op; 17] = [
+const OPS: [Op; 19] = [
     Op::Enable,
     Op::Takeover,
     Op::DomainAlloc,
@@ -149,6 +154,8 @@ const OPS: [Op; 17] = [
     Op::UnmapAndFlush,
     Op::Flush,
     Op::DirtyReadAndClear,
+    Op::DirtyOn,
+    Op::DirtyOff,
     Op::Disable,
     Op::Release,
     Op::DrainFaults,
@@ -158,7 +165,9 @@ impl Op {
     fn applies(self, v: Variant) -> bool {
         match self {
             Op::PasidAttach | Op::PasidDetach => v.mode() == Mode::Scalable,
-            Op::DirtyReadAndClear => matches!(v, Variant::Scalable | Variant::ScalableCachingMode),
+            Op::DirtyReadAndClear | Op::DirtyOn | Op::DirtyOff => {
+                matches!(v, Variant::Scalable | Variant::ScalableCachingMode)
+            }
             _ => true,
         }
     }
@@ -286,6 +295,18 @@ impl<'a> Fixture<'a> {
             // A DMA write: the model sets the leaf's D flag (SSADE), the IOTLB caches it dirty.
             m.translate(sid(DEV), None, 0, Access::WRITE).unwrap();
         }
+        if op == Op::DirtyOn {
+            // d1 tracks from its allocation: a write leaves the leaf dirty, then tracking goes
+            // off and a read caches the entry without SSADE. `on` must clean the leaf and
+            // make the next write through that IOTLB entry recorded.
+            m.translate(sid(DEV), None, 0, Access::WRITE).unwrap();
+            f.unit().set_dirty_tracking(d1, false).unwrap();
+            m.translate(sid(DEV), None, 0, Access::READ).unwrap();
+        }
+        if op == Op::DirtyOff {
+            // The entry cached with SSADE: `off` must make the next write unrecorded.
+            m.translate(sid(DEV), None, 0, Access::READ).unwrap();
+        }
         if op == Op::DrainFaults {
             // More faults than fault recording registers: FSTS.PFO.
             let records = m.fault_records().len() as u64;
@@ -347,6 +368,8 @@ impl<'a> Fixture<'a> {
                     .map_err(|x| e(&x))?;
                 u.flush(d1.unwrap(), &mut g).map_err(|x| e(&x))
             }
+            Op::DirtyOn => u.set_dirty_tracking(d1.unwrap(), true).map_err(|x| e(&x)),
+            Op::DirtyOff => u.set_dirty_tracking(d1.unwrap(), false).map_err(|x| e(&x)),
             Op::Disable => u.disable().map_err(|x| e(&x)),
             Op::DrainFaults => {
                 let summary = u.drain_faults(|_, _| {});
@@ -441,6 +464,7 @@ impl<'a> Fixture<'a> {
                 u.flush(d1, &mut g).map_err(|x| format!("{x:?}"))?;
                 want("a write after the clear is seen", again == [0])
             }
+            Op::DirtyOn | Op::DirtyOff => self.tracking_is(op == Op::DirtyOn),
             Op::Disable => want("translation off", !self.unit().is_enabled()),
             Op::DrainFaults => want(
                 "fault records clear",
@@ -449,6 +473,56 @@ impl<'a> Fixture<'a> {
             ),
             Op::Release => want("released", self.u.is_none()),
         }
+    }
+
+    /// After `set_dirty_tracking(d1, on)`: no leaf of d1 is dirty (`on` cleaned it, nothing
+    /// wrote since), and a write by `DEV`, without PASID and with PASID 5 (both on d1), through
+    /// the IOTLB entries the setup cached, is recorded exactly when tracking is on (a cached
+    /// entry without `SSADE`, or with it after `off`, would say otherwise).
+    fn tracking_is(&self, on: bool) -> Result<(), String> {
+        let (u, d1) = (self.unit(), self.d1.ok_or("no d1")?);
+        let dirty = || -> Result<Vec<u64>, String> {
+            let mut seen = Vec::new();
+            u.read_dirty(
+                d1,
+                Iova::new(0),
+                1 << 30,
+                DirtyRead::NoClear,
+                &mut |i, _| seen.push(i.get()),
+                &mut Gather::new(),
+            )
+            .map_err(|x| format!("read_dirty: {x:?}"))?;
+            Ok(seen)
+        };
+        if !dirty()?.is_empty() {
+            return Err(format!("dirty leaves after the call: {:?}", dirty()?));
+        }
+        for p in [None, Some(5)] {
+            self.m
+                .translate(sid(DEV), p, 0, Access::WRITE)
+                .map_err(|x| format!("write: {x:?}"))?;
+            let recorded = dirty()? == [0];
+            if recorded != on {
+                return Err(format!(
+                    "tracking {on}: a write by DEV (PASID {p:?}) recorded: {recorded}"
+                ));
+            }
+            if recorded {
+                // Cleared again for the next write's check.
+                let mut g = Gather::new();
+                u.read_dirty(
+                    d1,
+                    Iova::new(0),
+                    1 << 30,
+                    DirtyRead::Clear,
+                    &mut |_, _| {},
+                    &mut g,
+                )
+                .and_then(|()| u.flush(d1, &mut g))
+                .map_err(|x| format!("read and clear: {x:?}"))?;
+            }
+        }
+        Ok(())
     }
 
     /// The invariants that hold after every call, failed or not.
@@ -765,6 +839,17 @@ fn partial_state(
                 && after.pages == before.pages =>
         {
             "unmapped, invalidation owed"
+        }
+        // SSADE written in the present entries (the tracking state is the call's), their
+        // invalidation not confirmed: the ranges `on` cleaned are owed by the domain (none
+        // for `off`, which cleans nothing); the retry completes it.
+        Op::DirtyOn | Op::DirtyOff
+            if same_books
+                && after.translations == before.translations
+                && (aa.owing == ab.owing || op == Op::DirtyOn && aa.owing == ab.owing + 1)
+                && after.pages == before.pages =>
+        {
+            "tracking switched, invalidation owed"
         }
         // The gather keeps its pages and the domain owes its ranges.
         Op::Flush | Op::DirtyReadAndClear
