@@ -121,6 +121,11 @@ enum Op {
     /// `Attach` of a device on a new bus: the attach allocates.
     AttachNewBus,
     Replace,
+    /// `DEV` (ATS, its ATC holding d1's page) moved to d2 with the trait's plain `attach`: no
+    /// ATS asked (legacy: `TT` untranslated-only; scalable: the context entry's `DTE` stays).
+    /// After a failure, d1's page is unmapped and d1 flushed before the retry: if that returns
+    /// `Ok`, `DEV`'s ATC holds nothing at 0; after the move, nothing either.
+    ReplaceWithoutAts,
     Detach,
     PasidAttach,
     PasidDetach,
@@ -139,7 +144,7 @@ enum Op {
     DrainFaults,
 }
 
-const OPS: [Op; 19] = [
+const OPS: [Op; 20] = [
     Op::Enable,
     Op::Takeover,
     Op::DomainAlloc,
@@ -147,6 +152,7 @@ const OPS: [Op; 19] = [
     Op::Attach,
     Op::AttachNewBus,
     Op::Replace,
+    Op::ReplaceWithoutAts,
     Op::Detach,
     Op::PasidAttach,
     Op::PasidDetach,
@@ -340,6 +346,7 @@ impl<'a> Fixture<'a> {
             Op::Replace => u
                 .attach_with(DEV, None, d2.unwrap(), ATS)
                 .map_err(|x| e(&x)),
+            Op::ReplaceWithoutAts => u.attach(DEV, None, d2.unwrap()).map_err(|x| e(&x)),
             Op::Detach => u.detach(DEV, None).map_err(|x| e(&x)),
             Op::PasidAttach => u.attach(DEV, pasid(7), d2.unwrap()).map_err(|x| e(&x)),
             Op::PasidDetach => u.detach(DEV, pasid(5)).map_err(|x| e(&x)),
@@ -415,6 +422,10 @@ impl<'a> Fixture<'a> {
             Op::Attach => want("DEV2 -> d1", tr(DEV2, None, 0) == Ok(PA_A)),
             Op::AttachNewBus => want("DEV3 -> d1", tr(DEV3, None, 0) == Ok(PA_A)),
             Op::Replace => want("DEV -> d2", tr(DEV, None, 0) == Ok(PA_B)),
+            Op::ReplaceWithoutAts => {
+                want("DEV -> d2", tr(DEV, None, 0) == Ok(PA_B))?;
+                want("DEV's ATC empty of d1", !m.atc_holds(sid(DEV), None, 0))
+            }
             Op::Detach => {
                 want("DEV blocked", tr(DEV, None, 0).is_err())?;
                 want("DEV's ATC empty", !m.atc_holds(sid(DEV), None, 0))
@@ -521,6 +532,23 @@ impl<'a> Fixture<'a> {
                 .and_then(|()| u.flush(d1, &mut g))
                 .map_err(|x| format!("read and clear: {x:?}"))?;
             }
+        }
+        Ok(())
+    }
+
+    /// After a failed move of `DEV` away from d1, before its retry: the caller unmaps d1's page
+    /// and flushes d1. If the flush returns `Ok`, `DEV`'s ATC holds nothing at 0.
+    fn use_the_domain_left(&mut self) -> Result<(), String> {
+        let (u, d1) = (self.unit(), self.d1.ok_or("no d1")?);
+        let mut g = Gather::new();
+        u.unmap(d1, Iova::new(0), K4, &mut g)
+            .map_err(|x| format!("unmap of d1: {x:?}"))?;
+        if u.flush(d1, &mut g).is_err() {
+            // Owed by d1; the caller keeps the gather's pages (none: a leaf only).
+            return Ok(());
+        }
+        if self.m.atc_holds(sid(DEV), None, 0) {
+            return Err("d1 unmapped and flushed, DEV's ATC still holds its page".into());
         }
         Ok(())
     }
@@ -774,11 +802,11 @@ fn partial_state(
         }
         Op::Attach if attached(DEV2, None) => "attachment unsettled",
         Op::AttachNewBus if attached(DEV3, None) => "attachment unsettled",
-        Op::Replace if attached(DEV, None) => "attachment unsettled",
+        Op::Replace | Op::ReplaceWithoutAts if attached(DEV, None) => "attachment unsettled",
         Op::PasidAttach if attached(DEV, Some(7)) => "attachment unsettled",
         // The scalable-mode attach that ran out of memory: the device's context entry is
         // present over an empty PASID directory (blocking like no entry); nothing else moved.
-        Op::Attach | Op::AttachNewBus | Op::Replace | Op::PasidAttach
+        Op::Attach | Op::AttachNewBus | Op::Replace | Op::ReplaceWithoutAts | Op::PasidAttach
             if v.mode() == Mode::Scalable
                 && same_books
                 && after.translations == before.translations
@@ -907,6 +935,10 @@ fn cell(v: Variant, op: Op, fault: Fault) -> Result<Option<&'static str>, String
     } else {
         None
     };
+    if failed && op == Op::ReplaceWithoutAts {
+        f.use_the_domain_left()
+            .map_err(|e| format!("after {first:?}: {e}"))?;
+    }
     if failed {
         f.run(op)
             .map_err(|e| format!("retry after {first:?}: {e}"))?;
