@@ -643,11 +643,12 @@ fn a_drain_of_at_most_max_events_consumes_only_those() {
 /// Unmaps at and above 2^51 in a 6-level (63-bit) domain are invalidated as the unit reads
 /// the command: INVALIDATE_IOMMU_PAGES carries address bits 51:12 and the unit takes bits
 /// 63:52 as copies of bit 51 (48882 Table 14's encodings, Linux `build_inv_address`), so a
-/// page or block named there would invalidate other addresses. The model reads it that way;
-/// each DMA below was cached in the IOTLB before the unmap and must fault after the flush.
+/// page or block named there would invalidate other addresses. The model reads it that way,
+/// for INVALIDATE_IOTLB_PAGES too; each DMA below was cached in the IOTLB (and an ATS
+/// device's translation in its ATC) before the unmap and must be gone after the flush.
 #[test]
 fn unmaps_above_2_51_are_invalidated_as_the_unit_reads_the_address() {
-    use crate::iommu::{DeviceId, DomainConfig, Iommu};
+    use crate::iommu::{DeviceHints, DeviceId, DomainConfig, Iommu};
     use crate::mem::Iova;
     use crate::pgtable::{Gather, Prot};
 
@@ -661,6 +662,13 @@ fn unmaps_above_2_51_are_invalidated_as_the_unit_reads_the_address() {
     };
     let d = u.domain_alloc(&wide).unwrap();
     u.attach(DeviceId(EDU), None, d).unwrap();
+    const ATS_DEV: u16 = 0xF0;
+    let ats = DeviceHints {
+        ats: true,
+        ..DeviceHints::default()
+    };
+    u.attach_device(DeviceId(ATS_DEV.into()), None, d, &ats)
+        .unwrap();
     let rw = Prot::READ | Prot::WRITE;
     // (first IOVA, length): a page at 2^56; the page just below 2^52 (address bit 51 set);
     // two pages across 2^52; a 2 MiB page at 2^52.
@@ -677,19 +685,23 @@ fn unmaps_above_2_51_are_invalidated_as_the_unit_reads_the_address() {
         let last = iova + len - 0x1000;
         for at in [iova, last] {
             assert!(model.dma(EDU as u16, at, false).is_ok(), "{at:#x} mapped");
+            assert!(model.ats_translate(ATS_DEV, None, at, false).is_ok());
         }
         let mut g = Gather::new();
         u.unmap(d, Iova::new(iova), len, &mut g).unwrap();
         u.flush(d, &mut g).unwrap();
         for at in [iova, last] {
             if model.dma(EDU as u16, at, false).is_ok() {
-                stale.push((iova, len, at));
+                stale.push(("IOTLB", iova, len, at));
+            }
+            if model.atc_translation(ATS_DEV, None, at).is_some() {
+                stale.push(("ATC", iova, len, at));
             }
         }
     }
     assert_eq!(
         stale,
         [],
-        "(unmapped, length, still translated) after the flush"
+        "(cache, unmapped, length, still translated) after the flush"
     );
 }
