@@ -408,10 +408,12 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     /// Level-0 leaves under a contiguous hint are handled there too, run by run (see
     /// [`Self::hinted_runs`]).
     ///
-    /// Also returns the levels (bit `l` for level `l`) whose entry on the way is marked as made
-    /// by a split ([`Self::split_made`]). With `sync_path`, cleans every entry on the way for
-    /// a non-coherent walker: a map relies on them, and a concurrent map that linked one may
-    /// not have cleaned it yet.
+    /// `sync_path` is set by `map` and clear for `unmap`. With it, cleans every entry on the way
+    /// for a non-coherent walker: a map relies on them, and a concurrent map that linked one may
+    /// not have cleaned it yet. Without it (an unmap), also returns the levels (bit `l` for
+    /// level `l`) whose entry on the way is marked as made by a split ([`Self::split_made`]),
+    /// which the unmap's gather must cover; a map records nothing in a gather, so it gets 0
+    /// and does not pay for the test (issue 18, goal 3).
     #[inline(always)]
     fn plain_leaf_table_for(&self, iova: u64, len: u64, sync_path: bool) -> Option<(Table, u32)> {
         self.table_for(0, iova, len, sync_path)
@@ -442,7 +444,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
                 // SAFETY: as above.
                 self.sync(unsafe { t.entry_ptr(idx) }, 8);
             }
-            if self.split_made(level, raw) {
+            if !sync_path && self.split_made(level, raw) {
                 split_levels |= 1 << level;
             }
             t = self.child(raw).ok()?;
