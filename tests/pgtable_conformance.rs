@@ -625,6 +625,60 @@ fn run<C: Case>(case: &C) {
     dirty_state(case);
     privilege_and_execute(case);
     device_memory(case);
+    leaf_templates(case);
+}
+
+/// The two-step leaf encoding of the map loops (`Format::leaf_template` once per stretch,
+/// `Format::leaf_from_template` per leaf) gives exactly `encode_leaf`, and `encode_run_leaf`
+/// for every leaf of every run size, at every level that holds leaves, for every
+/// permission set the format accepts, at output addresses low and high in the output range.
+fn leaf_templates<C: Case>(case: &C) {
+    let f = case.format();
+    let g = *f.geometry();
+    let extra = [
+        Prot::empty(),
+        Prot::EXEC,
+        Prot::PRIV,
+        Prot::MMIO,
+        Prot::EXEC | Prot::PRIV,
+    ];
+    let bases = [Prot::READ, Prot::WRITE, Prot::READ | Prot::WRITE];
+    let prots = bases
+        .iter()
+        .flat_map(|&b| extra.iter().map(move |&e| b | e))
+        .filter(|&p| f.check_prot(p).is_ok());
+    for prot in prots {
+        for level in (0..g.levels).filter(|&l| g.leaf_allowed(l)) {
+            let shift = g.level_shift(level);
+            let mut runs = f.contiguous_runs(level) | 1;
+            while runs != 0 {
+                let n_log2 = runs.trailing_zeros();
+                runs &= runs - 1;
+                let run = 1u64 << (shift + n_log2);
+                if shift + n_log2 >= g.oas {
+                    continue;
+                }
+                let template = f.leaf_template(level, n_log2, prot);
+                let top = ((1u64 << g.oas) - run) & !(run - 1);
+                for run_pa in [0, run, top / 2 & !(run - 1), top] {
+                    for index in [0usize, (1 << n_log2) - 1, (1 << n_log2) / 2] {
+                        let pa = PhysAddr::new(run_pa + ((index as u64) << shift));
+                        let want = if n_log2 == 0 {
+                            f.encode_leaf(level, pa, prot)
+                        } else {
+                            f.encode_run_leaf(level, PhysAddr::new(run_pa), n_log2, index, prot)
+                        };
+                        assert_eq!(
+                            f.leaf_from_template(template, level, n_log2, pa),
+                            want,
+                            "{}: level {level}, run 2^{n_log2}, {prot:?}, leaf {index} of the run at {run_pa:#x}",
+                            case.name()
+                        );
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// [`Prot::MMIO`] leaves, pages and blocks, next to memory: the walker sees the format's device

@@ -254,6 +254,23 @@ unsafe impl Format for AmdV1 {
     }
 
     #[inline]
+    fn leaf_template(&self, level: u32, n_log2: u32, prot: Prot) -> u64 {
+        if n_log2 == 0 {
+            self.encode_leaf(level, PhysAddr::new(0), prot)
+        } else {
+            self.encode_run_leaf(level, PhysAddr::new(0), n_log2, 0, prot)
+        }
+    }
+
+    #[inline]
+    fn leaf_from_template(&self, template: u64, level: u32, n_log2: u32, pa: PhysAddr) -> u64 {
+        // Every leaf of a page holds the page's address (`encode_run_leaf`).
+        let size_log2 = self.geometry.level_shift(level).wrapping_add(n_log2);
+        let page_mask = 1u64.wrapping_shl(size_log2).wrapping_sub(1);
+        template | pa.get() & !page_mask
+    }
+
+    #[inline]
     fn leaf_run_log2(&self, level: u32, raw: u64) -> u32 {
         if next_level(raw) == NEXT_LEVEL_SIZED {
             encoded_size_log2(raw).saturating_sub(self.geometry.level_shift(level))

@@ -165,6 +165,17 @@ macro_rules! vmsa_shared_format_methods {
             PhysAddr::new(vmsa::decode_addr(self.cfg.granule_log2, raw, shift))
         }
 
+        #[inline]
+        fn leaf_from_template(
+            &self,
+            template: u64,
+            _level: u32,
+            _n_log2: u32,
+            pa: PhysAddr,
+        ) -> u64 {
+            template | vmsa::encode_addr(self.cfg.granule_log2, pa.get())
+        }
+
         fn relevel_leaf(&self, raw: u64, _from: u32, to: u32, pa: PhysAddr) -> u64 {
             vmsa::relevel(self.cfg.granule_log2, raw, to, pa)
         }

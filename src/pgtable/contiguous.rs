@@ -21,7 +21,7 @@
 
 use super::sync::Ordering;
 
-use super::table::Table;
+use super::table::{store_leaves, Leaves, Table};
 use super::{Format, Gather, PageTable, Prot};
 use crate::mem::{PageAllocator, PhysAddr};
 
@@ -77,16 +77,15 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         prot: Prot,
         run_log2: u32,
     ) {
-        for i in 0..1usize << run_log2 {
-            let raw = self.tracked(if run_log2 == 0 {
-                self.format().encode_leaf(level, PhysAddr::new(pa), prot)
-            } else {
-                self.format()
-                    .encode_run_leaf(level, PhysAddr::new(pa), run_log2, i, prot)
-            });
-            // SAFETY: the caller passes slots of the live table `t` (see `contiguous_run`).
-            unsafe { t.slot(idx + i) }.store(raw, Ordering::Relaxed);
-        }
+        let leaves = Leaves {
+            level,
+            first: idx,
+            pa,
+            prot,
+            run_log2,
+            tracking: self.writes_clean(),
+        };
+        store_leaves(self.format(), t, &leaves, 0, 1 << run_log2);
     }
 
     /// Whether the present entry `raw` at `level` is a leaf written as part of a run.

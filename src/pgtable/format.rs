@@ -277,6 +277,36 @@ pub unsafe trait Format {
         self.encode_leaf(level, PhysAddr::new(own), prot) | self.contiguous_bit()
     }
 
+    /// The bits of the leaves a map writes at `level` with `prot` that do not depend on their
+    /// output address: of lone leaves if `n_log2` is 0, else of the leaves of runs of
+    /// `2^n_log2`. Worked out once per stretch of leaves; [`Self::leaf_from_template`] adds the
+    /// address of each.
+    ///
+    /// Default: `encode_leaf` for output address 0, with [`Self::contiguous_bit`] in a run.
+    #[inline]
+    fn leaf_template(&self, level: u32, n_log2: u32, prot: Prot) -> u64 {
+        let leaf = self.encode_leaf(level, PhysAddr::new(0), prot);
+        if n_log2 == 0 {
+            leaf
+        } else {
+            leaf | self.contiguous_bit()
+        }
+    }
+
+    /// The leaf at `level` mapping `pa` (its own output address, aligned to the level) from
+    /// `template = leaf_template(level, n_log2, prot)`: exactly `encode_leaf(level, pa, prot)`
+    /// if `n_log2` is 0, else `encode_run_leaf(level, run, n_log2, index, prot)` for the leaf
+    /// `index` of the run at `run` that `pa` is (`pa = run + (index << level_shift)`). The
+    /// conformance suite checks both equalities for every format.
+    ///
+    /// Default: `template | pa`, for formats that hold the output address's own bits in place
+    /// (all but Arm's 64 KiB granule, which moves OA\[51:48\], and AMD-Vi's size-encoded runs).
+    #[inline]
+    fn leaf_from_template(&self, template: u64, level: u32, n_log2: u32, pa: PhysAddr) -> u64 {
+        let _ = (level, n_log2);
+        template | pa.get()
+    }
+
     /// Log2 of the number of leaves of the run the present leaf `raw` at `level` was written as
     /// part of, or 0 if it stands alone.
     ///

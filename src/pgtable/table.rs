@@ -261,17 +261,14 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         }
     }
 
-    /// `raw`, a leaf a map is about to write, made clean while dirty tracking is on (Arm: a
-    /// writable leaf with DBM set is encoded writable-dirty, `S2AP[1]` / `AP[2]` = write
-    /// allowed; clean it is write-protected until the walker's first write sets it, DDI 0487
-    /// K.a D8.4.6; VT-d and AMD-Vi: `D` starts clear either way).
+    /// Whether a map writes its leaves clean: dirty tracking is on (Arm: a writable leaf with
+    /// DBM set is encoded writable-dirty, `S2AP[1]` / `AP[2]` = write allowed; clean it is
+    /// write-protected until the walker's first write sets it, DDI 0487 K.a D8.4.6; VT-d and
+    /// AMD-Vi: `D` starts clear either way). Read once per map: switching tracking must not
+    /// race maps (see [`PageTable::set_dirty_tracking`]).
     #[inline]
-    pub(super) fn tracked(&self, raw: u64) -> u64 {
-        if self.tracking.load(core::sync::atomic::Ordering::Relaxed) {
-            self.format.leaf_clear_dirty(raw)
-        } else {
-            raw
-        }
+    pub(super) fn writes_clean(&self) -> bool {
+        self.tracking.load(core::sync::atomic::Ordering::Relaxed)
     }
 
     #[inline]
@@ -604,21 +601,16 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         prot: Prot,
         run_log2: u32,
     ) {
-        let shift = self.geo().level_shift(level);
-        for i in from..to {
-            // Wraps only past the last page, at the top of a 64-bit output range.
-            let leaf_pa = pa.wrapping_add((i as u64) << shift);
-            let raw = self.tracked(if run_log2 == 0 {
-                self.format.encode_leaf(level, PhysAddr::new(leaf_pa), prot)
-            } else {
-                let k = (first + i) & ((1usize << run_log2) - 1);
-                let run_pa = PhysAddr::new(leaf_pa.wrapping_sub((k as u64) << shift));
-                self.format
-                    .encode_run_leaf(level, run_pa, run_log2, k, prot)
-            });
-            // SAFETY: callers pass entries of the live table `t` (see `plan_leaves`).
-            unsafe { t.slot(first + i) }.store(raw, Ordering::Relaxed);
-        }
+        let tracking = self.writes_clean();
+        let leaves = Leaves {
+            level,
+            first,
+            pa,
+            prot,
+            run_log2,
+            tracking,
+        };
+        store_leaves(&self.format, t, &leaves, from, to);
     }
 
     /// First pass of `map`: fails on overlap, returns the number of tables to allocate.
@@ -911,24 +903,21 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         if a != b {
             return self.map_leaves_hinted(t, iova, pa, len, prot, (a, b, run_log2));
         }
-        let mut result = Ok(());
-        let mut written = 0;
-        while written < n {
-            let offset = (written as u64) << shift;
-            // SAFETY: as in `plan_leaves`.
-            let slot = unsafe { t.slot(first + written) };
-            if self.format.is_present(slot.load(Ordering::Acquire)) {
-                result = Err(Error::Overlap {
-                    iova: Iova::new(iova + offset),
-                });
-                break;
-            }
-            slot.store(
-                self.tracked(self.format.encode_leaf(0, PhysAddr::new(pa + offset), prot)),
-                Ordering::Relaxed,
-            );
-            written += 1;
-        }
+        // The entries up to the first present one (none, after `plan_map`) are written.
+        let written = (0..n)
+            .find(|&i| {
+                // SAFETY: as in `plan_leaves`.
+                let raw = unsafe { t.slot(first + i) }.load(Ordering::Acquire);
+                self.format.is_present(raw)
+            })
+            .unwrap_or(n);
+        self.write_level0(t, first, 0, written, pa, prot, 0);
+        let result = match written < n {
+            true => Err(Error::Overlap {
+                iova: Iova::new(iova + ((written as u64) << shift)),
+            }),
+            false => Ok(()),
+        };
         // SAFETY: `first + written` is at most the entry count (see `plan_leaves`).
         self.sync(unsafe { t.entry_ptr(first) }, written * 8);
         result
@@ -2200,5 +2189,54 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         }
         gather.add_freed(self.root, g.root_size_log2());
         Ok(())
+    }
+}
+
+/// What a map writes into a stretch of one table: leaves at `level`, entry `first` mapping `pa`
+/// (entry `first + i` mapping `pa + (i << level_shift)`), with `prot`, as runs of
+/// `1 << run_log2` leaves aligned to the table if `run_log2 > 0`, written clean if dirty
+/// tracking is on (`tracking`, read once per call: switching it must not race maps).
+#[derive(Clone, Copy)]
+pub(super) struct Leaves {
+    pub(super) level: u32,
+    pub(super) first: usize,
+    pub(super) pa: u64,
+    pub(super) prot: Prot,
+    pub(super) run_log2: u32,
+    pub(super) tracking: bool,
+}
+
+/// The leaf loop of every map path: writes entries `first + from .. first + to` of the live
+/// table `t` as `leaves` describes, one 64-bit atomic store each; the caller syncs them.
+///
+/// The leaf bits that `prot` and the format's configuration decide are worked out once per
+/// call ([`Format::leaf_template`]), each leaf adds its address
+/// ([`Format::leaf_from_template`]): the compiler cannot hoist them itself, since every store
+/// into table memory might, for all it knows, change the format's configuration (callgrind, a
+/// one-call map of 256 x 4K: VT-d 6,450 -> 3,395 instructions, Arm stage 2 11,892 -> 5,518;
+/// 256 x 2M: 6,421 -> 3,372 and 21,144 -> 7,396).
+#[inline(always)]
+pub(super) fn store_leaves<F: Format>(format: &F, t: Table, leaves: &Leaves, from: usize, to: usize) {
+    let Leaves {
+        level,
+        first,
+        pa,
+        prot,
+        run_log2,
+        tracking,
+    } = *leaves;
+    let shift = format.geometry().level_shift(level);
+    let template = format.leaf_template(level, run_log2, prot);
+    for i in from..to {
+        // Wraps only past the last page, at the top of a 64-bit output range.
+        let leaf_pa = PhysAddr::new(pa.wrapping_add((i as u64) << shift));
+        let raw = format.leaf_from_template(template, level, run_log2, leaf_pa);
+        let raw = if tracking {
+            format.leaf_clear_dirty(raw)
+        } else {
+            raw
+        };
+        // SAFETY: callers pass entries of the live table `t` (see `plan_leaves`).
+        unsafe { t.slot(first + i) }.store(raw, Ordering::Relaxed);
     }
 }
