@@ -660,7 +660,7 @@ fn leaf_templates<C: Case>(case: &C) {
                 }
                 let template = f.leaf_template(level, n_log2, prot);
                 let top = ((1u64 << g.oas) - run) & !(run - 1);
-                for run_pa in [0, run, top / 2 & !(run - 1), top] {
+                for run_pa in [0, run, (top / 2) & !(run - 1), top] {
                     for index in [0usize, (1 << n_log2) - 1, (1 << n_log2) / 2] {
                         let pa = PhysAddr::new(run_pa + ((index as u64) << shift));
                         let want = if n_log2 == 0 {

@@ -2216,7 +2216,13 @@ pub(super) struct Leaves {
 /// one-call map of 256 x 4K: VT-d 6,450 -> 3,395 instructions, Arm stage 2 11,892 -> 5,518;
 /// 256 x 2M: 6,421 -> 3,372 and 21,144 -> 7,396).
 #[inline(always)]
-pub(super) fn store_leaves<F: Format>(format: &F, t: Table, leaves: &Leaves, from: usize, to: usize) {
+pub(super) fn store_leaves<F: Format>(
+    format: &F,
+    t: Table,
+    leaves: &Leaves,
+    from: usize,
+    to: usize,
+) {
     let Leaves {
         level,
         first,
