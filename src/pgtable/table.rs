@@ -2231,6 +2231,11 @@ pub(super) fn store_leaves<F: Format>(
         run_log2,
         tracking,
     } = *leaves;
+    if from >= to {
+        // The template costs a whole leaf encoding: not for an empty stretch (the ends of a
+        // map written as runs are often empty).
+        return;
+    }
     let shift = format.geometry().level_shift(level);
     let template = format.leaf_template(level, run_log2, prot);
     for i in from..to {
