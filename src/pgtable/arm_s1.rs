@@ -59,6 +59,9 @@ pub struct ArmS1Config {
 pub struct ArmS1 {
     cfg: ArmS1Config,
     geometry: Geometry,
+    /// How table descriptors hold their address, worked out from the granule once (the
+    /// descent decodes one per level).
+    table_addr: vmsa::TableAddr,
 }
 
 impl ArmS1 {
@@ -82,7 +85,11 @@ impl ArmS1 {
         }
         let valid = (0..natural.levels).fold(0u64, |m, l| m | 1 << natural.level_shift(l));
         let geometry = Geometry::new(cfg.granule_log2, cfg.ias, cfg.oas, pages & valid)?;
-        Ok(Self { cfg, geometry })
+        Ok(Self {
+            cfg,
+            geometry,
+            table_addr: vmsa::TableAddr::new(cfg.granule_log2),
+        })
     }
 
     /// The configuration.

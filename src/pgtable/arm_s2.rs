@@ -67,6 +67,9 @@ pub struct ArmS2Config {
 pub struct ArmS2 {
     cfg: ArmS2Config,
     geometry: Geometry,
+    /// How table descriptors hold their address, worked out from the granule once (the
+    /// descent decodes one per level).
+    table_addr: vmsa::TableAddr,
 }
 
 impl ArmS2 {
@@ -112,7 +115,11 @@ impl ArmS2 {
             top_bits,
             pages & valid,
         )?;
-        Ok(Self { cfg, geometry })
+        Ok(Self {
+            cfg,
+            geometry,
+            table_addr: vmsa::TableAddr::new(cfg.granule_log2),
+        })
     }
 
     /// The configuration.

@@ -39,6 +39,14 @@ pub(super) const fn encode_addr(granule_log2: u32, pa: u64) -> u64 {
     }
 }
 
+/// [`encode_addr`] without the granule test, for an output address of a table's own output
+/// size: OA[51:48] is 0 below 2^48 (the 4 KiB and 16 KiB granules' largest output size), so
+/// moving it into bits 15:12 changes nothing there.
+#[inline]
+pub(super) const fn encode_addr_any_granule(pa: u64) -> u64 {
+    (pa & ADDR_47_12) | (pa >> 48 & 0xf) << 12
+}
+
 /// Decodes the address of a descriptor whose address field starts at bit `shift`.
 #[inline]
 pub(super) const fn decode_addr(granule_log2: u32, raw: u64, shift: u32) -> u64 {
@@ -47,6 +55,32 @@ pub(super) const fn decode_addr(granule_log2: u32, raw: u64, shift: u32) -> u64 
         (low & !OA_51_48_LOW) | (raw & OA_51_48_LOW) >> 12 << 48
     } else {
         low
+    }
+}
+
+/// Where a table descriptor holds its table's address, for one granule: bits 47:granule
+/// (`low`), and with the 64 KiB granule OA\[51:48\] in bits 15:12 (`high`, 0 otherwise).
+/// [`TableAddr::decode`] is `decode_addr(granule_log2, raw, granule_log2)` without its
+/// granule test: the walk decodes one table address per level.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct TableAddr {
+    low: u64,
+    high: u64,
+}
+
+impl TableAddr {
+    pub(super) const fn new(granule_log2: u32) -> Self {
+        let below_granule = 1u64.wrapping_shl(granule_log2).wrapping_sub(1);
+        Self {
+            low: ADDR_47_12 & !below_granule,
+            high: if granule_log2 == 16 { OA_51_48_LOW } else { 0 },
+        }
+    }
+
+    /// The table address in the table descriptor `raw`.
+    #[inline]
+    pub(super) const fn decode(self, raw: u64) -> u64 {
+        (raw & self.low) | (raw & self.high) << 36
     }
 }
 
@@ -144,8 +178,7 @@ macro_rules! vmsa_shared_format_methods {
 
         #[inline]
         fn table_address(&self, raw: u64) -> PhysAddr {
-            let g = self.cfg.granule_log2;
-            PhysAddr::new(vmsa::decode_addr(g, raw, g))
+            PhysAddr::new(self.table_addr.decode(raw))
         }
 
         #[inline]
@@ -173,7 +206,10 @@ macro_rules! vmsa_shared_format_methods {
             _n_log2: u32,
             pa: PhysAddr,
         ) -> u64 {
-            template | vmsa::encode_addr(self.cfg.granule_log2, pa.get())
+            // Branch-free: the engine maps only output addresses below 2^oas, and 4 KiB / 16 KiB
+            // tables have at most 48 output bits, so OA[51:48] moved into bits 15:12 is 0
+            // there and this is `encode_addr` for every granule (no per-leaf granule test).
+            template | vmsa::encode_addr_any_granule(pa.get())
         }
 
         fn relevel_leaf(&self, raw: u64, _from: u32, to: u32, pa: PhysAddr) -> u64 {
@@ -204,3 +240,34 @@ macro_rules! vmsa_shared_format_methods {
     };
 }
 pub(super) use vmsa_shared_format_methods;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `TableAddr::decode` is `decode_addr` at the granule's own shift, for every granule and
+    /// any descriptor bits (the engine's own table entries and anything else).
+    #[test]
+    fn table_addr_decodes_as_decode_addr() {
+        let raws = [
+            0,
+            u64::MAX,
+            0x0000_ffff_ffff_f003,
+            0x0000_1234_5678_9abf,
+            0x00f0_0000_4000_f003,
+            0x8000_0000_0001_5003,
+            0x5555_5555_5555_5555,
+            0xaaaa_aaaa_aaaa_aaaa,
+        ];
+        for g in [12, 14, 16] {
+            let t = TableAddr::new(g);
+            for raw in raws {
+                assert_eq!(
+                    t.decode(raw),
+                    decode_addr(g, raw, g),
+                    "granule 2^{g}, {raw:#x}"
+                );
+            }
+        }
+    }
+}

@@ -293,7 +293,8 @@ pub unsafe trait Format {
         }
     }
 
-    /// The leaf at `level` mapping `pa` (its own output address, aligned to the level) from
+    /// The leaf at `level` mapping `pa` (its own output address, aligned to the level and below
+    /// `2^oas`: the engine maps no other) from
     /// `template = leaf_template(level, n_log2, prot)`: exactly `encode_leaf(level, pa, prot)`
     /// if `n_log2` is 0, else `encode_run_leaf(level, run, n_log2, index, prot)` for the leaf
     /// `index` of the run at `run` that `pa` is (`pa = run + (index << level_shift)`). The

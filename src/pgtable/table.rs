@@ -57,6 +57,8 @@ pub struct PageTable<F: Format, A: PageAllocator> {
     split: SplitPolicy,
     /// `format.contiguous_runs(0)`, read once: the leaf-table paths consult it on every call.
     leaf_runs: u32,
+    /// `format.contiguous_runs(1)`, read once for the level-1 fast paths.
+    block_runs: u32,
     /// Log2 of the largest translation `map` may write: a leaf above level 0, or a run of
     /// leaves under the contiguous hint, spanning more is not written (`u32::MAX`: no limit).
     /// See [`PageTable::set_max_leaf_log2`].
@@ -64,6 +66,13 @@ pub struct PageTable<F: Format, A: PageAllocator> {
     /// The sizes of `leaf_runs` whose runs of level-0 leaves fit `max_leaf_log2`: the runs `map`
     /// writes (unmap still meets the runs earlier maps wrote, by `leaf_runs`).
     map_runs: u32,
+    /// The same for `block_runs`: the runs of level-1 blocks `map` writes.
+    map_block_runs: u32,
+    /// The bits an IOVA of a single-page call must not have: below the granule and at or above
+    /// the input size (the geometry's, worked out once for `map_one` and `unmap_one`).
+    iova_reject: u64,
+    /// The same for an output address: below the granule, at or above the output size.
+    pa_reject: u64,
     /// Dirty tracking is on ([`PageTable::set_dirty_tracking`]): new writable leaves are
     /// written clean, so that only writes after the map mark them dirty. Not table memory:
     /// a plain atomic also under loom.
@@ -173,6 +182,9 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         let root = spares::reachable(&alloc, root, size, g.oas)?;
         coherency.sync(&alloc, root.va, 1 << size);
         let leaf_runs = format.contiguous_runs(0);
+        let reject =
+            |bits: u32| ((1u64 << g.granule_log2) - 1) | u64::MAX.checked_shl(bits).unwrap_or(0);
+        let block_runs = format.contiguous_runs(1);
         Ok(Self {
             format,
             alloc,
@@ -180,8 +192,12 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
             coherency,
             split: SplitPolicy::default(),
             leaf_runs,
+            block_runs,
             max_leaf_log2: u32::MAX,
             map_runs: leaf_runs,
+            map_block_runs: block_runs,
+            iova_reject: reject(g.ias),
+            pa_reject: reject(g.oas),
             tracking: core::sync::atomic::AtomicBool::new(false),
         })
     }
@@ -235,6 +251,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     pub fn set_max_leaf_log2(&mut self, max: Option<u32>) {
         self.max_leaf_log2 = max.unwrap_or(u32::MAX);
         self.map_runs = self.runs_within_limit(0, self.leaf_runs);
+        self.map_block_runs = self.runs_within_limit(1, self.block_runs);
     }
 
     /// Whether `map` may write a translation of `2^size_log2` bytes at `level` (a leaf, or a
@@ -292,7 +309,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     }
 
     /// Checks an IOVA range: non-empty, no overflow, granule-aligned, inside the input size.
-    fn check_iova_range(&self, iova: Iova, len: u64) -> Result<(), Error> {
+    pub(super) fn check_iova_range(&self, iova: Iova, len: u64) -> Result<(), Error> {
         let g = self.geo();
         if len == 0 {
             return Err(Error::ZeroLength);
@@ -319,7 +336,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         Ok(())
     }
 
-    fn check_pa_range(&self, pa: PhysAddr, len: u64) -> Result<(), Error> {
+    pub(super) fn check_pa_range(&self, pa: PhysAddr, len: u64) -> Result<(), Error> {
         let g = self.geo();
         let last = pa.checked_add(len - 1).ok_or(Error::Overflow {
             start: pa.get(),
@@ -335,6 +352,31 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
             return Err(Error::PaOutOfRange { last, oas: g.oas });
         }
         Ok(())
+    }
+
+    /// [`Self::map_ranges_ok`] for `len` = one granule, with two masks worked out in `new`: a
+    /// granule-aligned address below `2^bits` starts a page that lies below it.
+    #[inline(always)]
+    pub(super) fn one_page_ok(&self, iova: u64, pa: u64) -> bool {
+        (iova & self.iova_reject) | (pa & self.pa_reject) == 0
+    }
+
+    /// Whether `check_iova_range(iova, len)` and `check_pa_range(pa, len)` both pass, as one
+    /// branch-free test of the common case (a map's checks were about 30 instructions of
+    /// taken branches; issue 18, goal 3). Never true where either check fails.
+    #[inline(always)]
+    pub(super) fn map_ranges_ok(&self, iova: u64, pa: u64, len: u64) -> bool {
+        let g = self.geo();
+        let granule_mask = (1u64 << g.granule_log2) - 1;
+        let (last_iova, iova_wraps) = iova.overflowing_add(len.wrapping_sub(1));
+        let (last_pa, pa_wraps) = pa.overflowing_add(len.wrapping_sub(1));
+        let fits = |last: u64, bits: u32| last.checked_shr(bits).unwrap_or(0) == 0;
+        (len != 0)
+            & !iova_wraps
+            & !pa_wraps
+            & ((iova | pa | len) & granule_mask == 0)
+            & fits(last_iova, g.ias)
+            & fits(last_pa, g.oas)
     }
 
     /// Whether a leaf at `level` can map `[iova, iova + len)` to `pa` entirely.
@@ -362,13 +404,32 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     /// [`Error::UnsupportedProt`]; [`Error::NoMemory`]; [`Error::TableOutOfRange`] if the
     /// allocator gave a table page the hardware cannot address.
     pub fn map(&self, iova: Iova, pa: PhysAddr, len: u64, prot: Prot) -> Result<(), Error> {
-        self.check_iova_range(iova, len)?;
-        self.check_pa_range(pa, len)?;
+        // One page (the hot path of per-page callers) is checked with two masks.
+        let one_page = len == 1 << self.geo().granule_log2;
+        let ranges_ok = if one_page {
+            self.one_page_ok(iova.get(), pa.get())
+        } else {
+            self.map_ranges_ok(iova.get(), pa.get(), len)
+        };
+        if !ranges_ok {
+            // The checks name what is wrong (the tests above are only their common case).
+            self.check_iova_range(iova, len)?;
+            self.check_pa_range(pa, len)?;
+        }
         self.format.check_prot(prot)?;
-        if let Some((leaf, _)) = self.plain_leaf_table_for(iova.get(), len, true) {
+        let leaf = if one_page {
+            // A page never crosses a leaf table: no span to check.
+            self.descend(0, iova.get(), true)
+        } else {
+            self.plain_leaf_table_for(iova.get(), len, true)
+        };
+        if let Some((leaf, _)) = leaf {
             // The general walk would descend the same existing tables and need no new one.
             // Once `plan_leaves` found every entry empty, only a concurrent map of an
             // overlapping range, which the contract forbids, could fill one.
+            if one_page {
+                return self.map_one(leaf, iova.get(), pa.get(), prot);
+            }
             self.plan_leaves(leaf, iova.get(), len)?;
             self.fill_leaves(leaf, iova.get(), pa.get(), len, prot);
             return Ok(());
@@ -396,6 +457,48 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         r
     }
 
+    /// `plan_leaves` and `fill_leaves` for the one page at `iova` in the leaf table `t` (issue
+    /// 18, goal 3: without their range loops and run search): the entry is read (an overlap
+    /// fails with nothing changed), then written with one atomic store and cleaned for a
+    /// non-coherent walker.
+    #[inline(always)]
+    fn map_one(&self, t: Table, iova: u64, pa: u64, prot: Prot) -> Result<(), Error> {
+        let idx = self.geo().index(0, iova);
+        // SAFETY: `t` is a live leaf table and `idx` comes from an in-range IOVA.
+        let raw = unsafe { t.slot(idx) }.load(Ordering::Acquire);
+        if self.format.is_present(raw) {
+            return Err(Error::Overlap {
+                iova: Iova::new(iova),
+            });
+        }
+        self.write_level0(t, idx, 0, 1, pa, prot, 0);
+        // SAFETY: as above.
+        self.sync(unsafe { t.entry_ptr(idx) }, 8);
+        Ok(())
+    }
+
+    /// `unmap_leaves` for the one page at `iova` in the leaf table `t`, without its range loops
+    /// and run search: a present leaf is cleared with an atomic store of 0 (rule 6), cleaned
+    /// and recorded in `gather`; a leaf that is part of a run takes `unmap_leaves`, which
+    /// breaks the run first (rule 4). Returns the bytes unmapped.
+    #[inline(always)]
+    fn unmap_one(&self, t: Table, iova: u64, gather: &mut Gather) -> u64 {
+        let shift = self.geo().granule_log2;
+        let idx = self.geo().index(0, iova);
+        // SAFETY: `t` is a live leaf table and `idx` comes from an in-range IOVA.
+        let slot = unsafe { t.slot(idx) };
+        let raw = slot.load(Ordering::Acquire);
+        if !self.format.is_present(raw) {
+            return 0;
+        }
+        if self.leaf_runs != 0 && self.contiguous_span_log2(0, raw) != 0 {
+            return self.unmap_leaves(t, iova, 1 << shift, gather);
+        }
+        slot.store(0, Ordering::Release);
+        self.cleared_run(t, 0, idx, 0, 1, iova, gather);
+        1 << shift
+    }
+
     /// The existing leaf (level-0) table whose span holds all of `[iova, iova + len)` with room
     /// to spare, if every entry on the way down is a table pointer. Then the general walks of
     /// `map` and `unmap` would only descend to it (no larger page can be placed or cut, no
@@ -420,12 +523,22 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     /// table of level-1 entries, the fast path of block-sized maps and unmaps).
     #[inline(always)]
     fn table_for(&self, at: u32, iova: u64, len: u64, sync_path: bool) -> Option<(Table, u32)> {
-        let g = self.geo();
-        if g.levels < at + 2 {
+        let span_log2 = self.geo().level_shift(at + 1);
+        if len >> span_log2 != 0 || iova >> span_log2 != (iova + (len - 1)) >> span_log2 {
             return None;
         }
-        let span_log2 = g.level_shift(at + 1);
-        if len >> span_log2 != 0 || iova >> span_log2 != (iova + (len - 1)) >> span_log2 {
+        self.descend(at, iova, sync_path)
+    }
+
+    /// The descent of [`Self::table_for`] to the existing table at `at` whose span holds
+    /// `iova` (an IOVA inside the input size), if every entry on the way is a table pointer.
+    #[inline(always)]
+    fn descend(&self, at: u32, iova: u64, sync_path: bool) -> Option<(Table, u32)> {
+        // A copy: the compiler would reload each field after every load of an entry (a
+        // `PageTable` is not `Freeze`: its dirty-tracking flag is an atomic).
+        let g = *self.geo();
+        let clean = sync_path && self.coherency == WalkerCoherency::NonCoherent;
+        if g.levels < at + 2 {
             return None;
         }
         let mut t = self.root_table();
@@ -437,7 +550,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
             if !self.format.is_present(raw) || !self.format.is_table(level, raw) {
                 return None;
             }
-            if sync_path {
+            if clean {
                 // SAFETY: as above.
                 self.sync(unsafe { t.entry_ptr(idx) }, 8);
             }
@@ -505,6 +618,10 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         pa: u64,
     ) -> (usize, usize, u32) {
         let mut sizes = self.map_runs_at(level);
+        if n < 2 {
+            // Every run has at least two leaves.
+            sizes = 0;
+        }
         while sizes != 0 {
             let r_log2 = 31 - sizes.leading_zeros();
             sizes &= !(1 << r_log2);
@@ -526,14 +643,15 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     }
 
     /// The run sizes `map` writes at `level` (a mask as [`Format::contiguous_runs`]): the
-    /// format's that fit the page-size limit (`set_max_leaf_log2`); level 0's are worked out
-    /// once.
+    /// format's that fit the page-size limit (`set_max_leaf_log2`); levels 0 and 1 (the fast
+    /// paths') are worked out once.
     #[inline(always)]
     fn map_runs_at(&self, level: u32) -> u32 {
-        if level == 0 {
-            return self.map_runs;
+        match level {
+            0 => self.map_runs,
+            1 => self.map_block_runs,
+            _ => self.runs_within_limit(level, self.format.contiguous_runs(level)),
         }
-        self.runs_within_limit(level, self.format.contiguous_runs(level))
     }
 
     /// The sizes of `runs` (at `level`) whose runs fit the page-size limit.
@@ -556,10 +674,10 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     /// limit now; level 0's are read once in `new`.
     #[inline(always)]
     fn runs_at(&self, level: u32) -> u32 {
-        if level == 0 {
-            self.leaf_runs
-        } else {
-            self.format.contiguous_runs(level)
+        match level {
+            0 => self.leaf_runs,
+            1 => self.block_runs,
+            _ => self.format.contiguous_runs(level),
         }
     }
 
@@ -1105,7 +1223,11 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     /// Range and alignment errors; [`Error::SplitRefused`], [`Error::SplitUnsupported`];
     /// [`Error::NoMemory`] or [`Error::TableOutOfRange`] for a split.
     pub fn unmap(&self, iova: Iova, len: u64, gather: &mut Gather) -> Result<u64, Error> {
-        self.check_iova_range(iova, len)?;
+        let one_page = len == 1 << self.geo().granule_log2;
+        if !one_page || !self.one_page_ok(iova.get(), 0) {
+            // One page is checked with a mask (as in `map`); the checks name what is wrong.
+            self.check_iova_range(iova, len)?;
+        }
         let end = iova.get().checked_add(len).ok_or(Error::Overflow {
             start: iova.get(),
             len,
@@ -1118,11 +1240,17 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
             && (iova.get() | end) & ((1u64 << (self.geo().granule_log2 + r_log2)) - 1) != 0;
         let fast = if may_cut && self.split == SplitPolicy::Refuse {
             None
+        } else if one_page {
+            self.descend(0, iova.get(), false)
         } else {
             self.plain_leaf_table_for(iova.get(), len, false)
         };
         if let Some((leaf, split_levels)) = fast {
-            let bytes = self.unmap_leaves(leaf, iova.get(), len, gather);
+            let bytes = if one_page {
+                self.unmap_one(leaf, iova.get(), gather)
+            } else {
+                self.unmap_leaves(leaf, iova.get(), len, gather)
+            };
             if bytes > 0 {
                 self.note_split_pages(split_levels, iova.get(), gather);
             }
@@ -1381,7 +1509,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         let n = (len >> shift) as usize;
         // SAFETY: as in `plan_leaves`, `first + i` indexes the live leaf table `t` for i < n.
         let slot = |i: usize| unsafe { t.slot(first + i) };
-        if self.leaf_runs != 0 {
+        if self.leaf_runs != 0 && self.may_cut_runs(t, 0, self.leaf_runs, iova, len) {
             self.break_cut_runs(t, 0, iova, len, gather);
         }
         let mut cleared = 0u64;
@@ -1426,7 +1554,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         if g.levels < 3 || (iova | len) & ((1u64 << shift) - 1) != 0 {
             return None;
         }
-        let runs = self.format.contiguous_runs(1);
+        let runs = self.block_runs;
         let run_mask = (1u64 << (shift + Self::largest_run_log2(runs))) - 1;
         if runs != 0 && (iova | end) & run_mask != 0 && self.split == SplitPolicy::Refuse {
             return None;
@@ -1449,7 +1577,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         let shift = self.geo().level_shift(1);
         let first = self.geo().index(1, iova);
         let n = (len >> shift) as usize;
-        if self.format.contiguous_runs(1) != 0 {
+        if self.block_runs != 0 && self.may_cut_runs(t, 1, self.block_runs, iova, len) {
             self.break_cut_runs(t, 1, iova, len, gather);
         }
         // SAFETY: the range lies inside `t`'s span (`table_for`), so `first + i` indexes it.
@@ -1482,6 +1610,29 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
             bytes += ((i - run) as u64) << shift;
         }
         Ok(bytes)
+    }
+
+    /// Whether an unmap of `[iova, iova + len)` inside the table `t` at `level`, where the
+    /// format has the runs `runs` (non-zero), has to look for runs it cuts
+    /// ([`Self::break_cut_runs`]): not when both ends are aligned to the largest run (every
+    /// run, aligned to its own size, then lies wholly inside the range or outside it), and for
+    /// a single entry only when it is part of a run (every run has at least two leaves). What
+    /// `break_cut_runs` would find in both cases, without its call and setup (issue 18: 92
+    /// instructions of a one-page Arm unmap).
+    #[inline(always)]
+    fn may_cut_runs(&self, t: Table, level: u32, runs: u32, iova: u64, len: u64) -> bool {
+        let g = self.geo();
+        let shift = g.level_shift(level);
+        let run_mask = (1u64 << (shift + Self::largest_run_log2(runs))) - 1;
+        if (iova | iova.wrapping_add(len)) & run_mask == 0 {
+            return false;
+        }
+        if len >> shift != 1 {
+            return true;
+        }
+        // SAFETY: the entry of `iova` lies in the live table `t` (callers' range is inside it).
+        let raw = unsafe { t.slot(g.index(level, iova)) }.load(Ordering::Acquire);
+        self.format.is_present(raw) && self.contiguous_span_log2(level, raw) != 0
     }
 
     /// The first step of `unmap_leaves` (and `unmap_blocks`, at `level` 1) where the format

@@ -1126,3 +1126,127 @@ fn walks_of_a_six_level_table_keep_the_recursive_order() {
     assert_eq!(t.table_pages().unwrap().linked, 1);
     assert!(arena.bad_frees().is_empty());
 }
+
+/// The argument tests of the hot paths (`map_ranges_ok` for any length, `one_page_ok` for
+/// one granule) pass exactly where `check_iova_range` and `check_pa_range` both do, on
+/// addresses and lengths at every edge (alignment, input and output size, wrapping), for
+/// geometries with 39, 48 and 64 input bits, 46 and 52 output bits, 4 KiB and 64 KiB granules.
+#[test]
+fn hot_path_argument_tests_agree_with_the_checks() {
+    fn agree<F: Format>(f: F) {
+        let t = PageTable::new(f, test_alloc(), WalkerCoherency::Coherent).unwrap();
+        let g = *t.geometry();
+        let gran = 1u64 << g.granule_log2;
+        let edges = |bits: u32| {
+            let top = 1u64.checked_shl(bits).unwrap_or(0);
+            [
+                0,
+                gran / 2,
+                gran,
+                3 * gran,
+                top.wrapping_sub(gran),
+                top.wrapping_sub(1),
+                top,
+                top.wrapping_add(gran),
+                u64::MAX - (gran - 1),
+                u64::MAX,
+            ]
+        };
+        let lens = [
+            0,
+            gran / 2,
+            gran,
+            gran + 1,
+            2 * gran,
+            1 << 30,
+            u64::MAX - (gran - 1),
+        ];
+        for iova in edges(g.ias) {
+            for pa in edges(g.oas) {
+                for len in lens {
+                    let checks = t
+                        .check_iova_range(Iova::new(iova), len)
+                        .and_then(|()| t.check_pa_range(PhysAddr::new(pa), len))
+                        .is_ok();
+                    assert_eq!(
+                        t.map_ranges_ok(iova, pa, len),
+                        checks,
+                        "{iova:#x} -> {pa:#x}, {len:#x}"
+                    );
+                    if len == gran {
+                        assert_eq!(t.one_page_ok(iova, pa), checks, "{iova:#x} -> {pa:#x}");
+                    }
+                }
+            }
+        }
+    }
+    for agaw in [39, 48] {
+        let cfg = VtdSsConfig {
+            agaw,
+            haw: 46,
+            page_2m: true,
+            page_1g: true,
+            snoop: false,
+            dirty_tracking: false,
+        };
+        agree(VtdSs::new(cfg).unwrap());
+    }
+    let cfg = ArmS2Config {
+        granule_log2: 16,
+        ias: 52,
+        oas: 52,
+        blocks: true,
+        attributes: S2Attributes::WriteBack,
+        dirty_tracking: false,
+        bbml2: true,
+    };
+    agree(ArmS2::new(cfg).unwrap());
+    agree(Ias64);
+}
+
+/// A format of 64 input bits (4 KiB granule, 6 levels of 9 bits and a root of 7), for the
+/// edge where no IOVA is out of range: only the geometry is used.
+struct Ias64;
+
+// SAFETY: the geometry is valid and the same on every call; no other method is called by
+// `hot_path_argument_tests_agree_with_the_checks` (table entries are never written).
+unsafe impl Format for Ias64 {
+    fn geometry(&self) -> &Geometry {
+        static G: Geometry = Geometry {
+            granule_log2: 12,
+            levels: 6,
+            top_bits: 7,
+            ias: 64,
+            oas: 64,
+            page_sizes: 1 << 12,
+        };
+        &G
+    }
+    fn is_present(&self, raw: u64) -> bool {
+        raw & 1 != 0
+    }
+    fn is_table(&self, level: u32, raw: u64) -> bool {
+        level > 0 && raw & 1 != 0
+    }
+    fn table_address(&self, raw: u64) -> PhysAddr {
+        PhysAddr::new(raw & !0xfff)
+    }
+    fn encode_table(&self, _level: u32, table: PhysAddr) -> u64 {
+        table.get() | 1
+    }
+    fn check_prot(&self, _prot: Prot) -> Result<(), Error> {
+        Ok(())
+    }
+    fn encode_leaf(&self, _level: u32, pa: PhysAddr, _prot: Prot) -> u64 {
+        pa.get() | 1
+    }
+    fn leaf_address(&self, _level: u32, raw: u64) -> PhysAddr {
+        PhysAddr::new(raw & !0xfff)
+    }
+    fn leaf_prot(&self, _level: u32, _raw: u64) -> Prot {
+        Prot::READ
+    }
+    fn relevel_leaf(&self, raw: u64, _from: u32, _to: u32, _pa: PhysAddr) -> u64 {
+        raw
+    }
+}
