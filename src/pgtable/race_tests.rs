@@ -253,6 +253,28 @@ fn split_pages_are_invalidated_by_every_later_unmap<F: Format>(t: PageTable<F, T
         Ok(0)
     );
     assert!(d.is_empty());
+    // F: maps into the split tables (the one-page path and the level-1 block path, whose
+    // descents do not test split marks) leave the marks in place: a later unmap of what they
+    // mapped still covers the larger pages.
+    t.map(
+        Iova::new(base + 5 * M2 + 3 * K4),
+        PhysAddr::new(pa + 5 * M2 + 3 * K4),
+        K4,
+        RW,
+    )
+    .unwrap();
+    t.map(Iova::new(base + 9 * M2), PhysAddr::new(pa + 9 * M2), M2, RW)
+        .unwrap();
+    let mut f = Gather::new();
+    assert_eq!(
+        t.unmap(Iova::new(base + 5 * M2 + 3 * K4), 2 * K4, &mut f),
+        Ok(2 * K4)
+    );
+    assert!(covers(&f, base, G1), "{:?}", f.ranges());
+    assert!(covers(&f, base + 5 * M2, M2), "{:?}", f.ranges());
+    let mut f2 = Gather::new();
+    assert_eq!(t.unmap(Iova::new(base + 9 * M2), M2, &mut f2), Ok(M2));
+    assert!(covers(&f2, base, G1), "{:?}", f2.ranges());
     // E: 4 KiB pages mapped as such: exactly the page.
     t.map(Iova::new(4 * G1), PhysAddr::new(pa), M2, Prot::READ)
         .unwrap();
@@ -275,7 +297,7 @@ fn split_pages_are_invalidated_by_every_later_unmap<F: Format>(t: PageTable<F, T
         (e.ranges(), e.page_sizes(), e.leaf_only()),
         (&exact[..], K4, true)
     );
-    for mut g in [a, b, c, d, e, g] {
+    for mut g in [a, b, c, d, e, f, f2, g] {
         g.release(t.allocator(), done()).unwrap();
     }
 }
