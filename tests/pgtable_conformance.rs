@@ -626,10 +626,48 @@ fn run<C: Case>(case: &C) {
     privilege_and_execute(case);
     device_memory(case);
     leaf_templates(case);
+    present_mask(case);
+}
+
+/// Where a format gives a presence mask (`Format::present_mask`, with which the map paths test
+/// a stretch of entries by the OR of their values), `is_present` is exactly a test of it: on
+/// every single bit, every entry the format encodes and mixed values.
+fn present_mask<C: Case>(case: &C) {
+    let f = case.format();
+    let Some(mask) = f.present_mask() else {
+        return;
+    };
+    let g = *f.geometry();
+    let mut raws: Vec<u64> = (0..64).map(|b| 1u64 << b).collect();
+    raws.extend([0, u64::MAX, 0x5555_5555_5555_5555, 0xaaaa_aaaa_aaaa_aaaa]);
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for _ in 0..256 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        raws.push(x);
+    }
+    for level in 0..g.levels {
+        if g.leaf_allowed(level) {
+            raws.push(f.encode_leaf(level, PhysAddr::new(0), case.rw()));
+        }
+        if level > 0 {
+            raws.push(f.encode_table(level, PhysAddr::new(1 << g.granule_log2)));
+        }
+    }
+    for raw in raws {
+        assert_eq!(
+            f.is_present(raw),
+            raw & mask != 0,
+            "{}: {raw:#x} against the presence mask {mask:#x}",
+            case.name()
+        );
+    }
 }
 
 /// The two-step leaf encoding of the map loops (`Format::leaf_template` once per stretch,
-/// `Format::leaf_from_template` per leaf) gives exactly `encode_leaf`, and `encode_run_leaf`
+/// `Format::leaf_from_template` per leaf, or `template | pa` where
+/// `Format::leaf_address_in_place` says so) gives exactly `encode_leaf`, and `encode_run_leaf`
 /// for every leaf of every run size, at every level that holds leaves, for every
 /// permission set the format accepts, at output addresses low and high in the output range.
 fn leaf_templates<C: Case>(case: &C) {
@@ -674,6 +712,14 @@ fn leaf_templates<C: Case>(case: &C) {
                             "{}: level {level}, run 2^{n_log2}, {prot:?}, leaf {index} of the run at {run_pa:#x}",
                             case.name()
                         );
+                        if f.leaf_address_in_place(level, n_log2) {
+                            assert_eq!(
+                                template | pa.get(),
+                                want,
+                                "{}: in place at level {level}, run 2^{n_log2}, {prot:?}, leaf {index} of the run at {run_pa:#x}",
+                                case.name()
+                            );
+                        }
                     }
                 }
             }

@@ -154,6 +154,11 @@ unsafe impl Format for AmdV1 {
     }
 
     #[inline]
+    fn present_mask(&self) -> Option<u64> {
+        Some(PR)
+    }
+
+    #[inline]
     fn is_table(&self, level: u32, raw: u64) -> bool {
         level > 0 && !matches!(next_level(raw), 0 | 7)
     }
@@ -268,6 +273,12 @@ unsafe impl Format for AmdV1 {
         let size_log2 = self.geometry.level_shift(level).wrapping_add(n_log2);
         let page_mask = 1u64.wrapping_shl(size_log2).wrapping_sub(1);
         template | pa.get() & !page_mask
+    }
+
+    #[inline]
+    fn leaf_address_in_place(&self, _level: u32, n_log2: u32) -> bool {
+        // A lone leaf holds its own (aligned) address; a run's leaves hold the run's.
+        n_log2 == 0
     }
 
     #[inline]

@@ -172,6 +172,11 @@ macro_rules! vmsa_shared_format_methods {
         }
 
         #[inline]
+        fn present_mask(&self) -> Option<u64> {
+            Some(vmsa::VALID)
+        }
+
+        #[inline]
         fn is_table(&self, level: u32, raw: u64) -> bool {
             vmsa::is_table(level, raw)
         }
@@ -210,6 +215,13 @@ macro_rules! vmsa_shared_format_methods {
             // tables have at most 48 output bits, so OA[51:48] moved into bits 15:12 is 0
             // there and this is `encode_addr` for every granule (no per-leaf granule test).
             template | vmsa::encode_addr_any_granule(pa.get())
+        }
+
+        #[inline]
+        fn leaf_address_in_place(&self, _level: u32, _n_log2: u32) -> bool {
+            // Below 2^48 (every 4 KiB and 16 KiB table, and 64 KiB tables of up to 48 output
+            // bits) an aligned output address is its own encoding: OA[51:48] is 0.
+            self.cfg.oas <= 48
         }
 
         fn relevel_leaf(&self, raw: u64, _from: u32, to: u32, pa: PhysAddr) -> u64 {

@@ -179,6 +179,18 @@ pub unsafe trait Format {
     /// Whether `raw` is a present entry (a table pointer or a leaf).
     fn is_present(&self, raw: u64) -> bool;
 
+    /// `Some(mask)` if [`Self::is_present`] is exactly `raw & mask != 0` (presence is any of
+    /// some bits), so that whether any of many entries is present is one test of their OR:
+    /// the map paths check a stretch of entries for emptiness that way, four loads and ORs
+    /// per loop step instead of a test and branch per entry (issue 18, goal 2). The
+    /// conformance suite checks the equality.
+    ///
+    /// Default: `None` (every entry is tested on its own).
+    #[inline]
+    fn present_mask(&self) -> Option<u64> {
+        None
+    }
+
     /// Whether the present entry `raw` at `level` points to a next-level table.
     fn is_table(&self, level: u32, raw: u64) -> bool;
 
@@ -306,6 +318,20 @@ pub unsafe trait Format {
     fn leaf_from_template(&self, template: u64, level: u32, n_log2: u32, pa: PhysAddr) -> u64 {
         let _ = (level, n_log2);
         template | pa.get()
+    }
+
+    /// Whether [`Self::leaf_from_template`] at `level` for runs of `2^n_log2` is
+    /// `template | pa` for every output address the table maps (aligned to the level, below
+    /// `2^oas`): then the leaf loop adds each address with one OR, decided once per stretch
+    /// (issue 18, goal 1: Arm's address encoding was 4-5 instructions per leaf). The
+    /// conformance suite checks the equality wherever this is true.
+    ///
+    /// Default: true, as the default `leaf_from_template` is `template | pa`; a format that
+    /// overrides that method overrides this one too.
+    #[inline]
+    fn leaf_address_in_place(&self, level: u32, n_log2: u32) -> bool {
+        let _ = (level, n_log2);
+        true
     }
 
     /// Log2 of the number of leaves of the run the present leaf `raw` at `level` was written as

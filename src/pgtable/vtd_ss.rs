@@ -103,6 +103,11 @@ unsafe impl Format for VtdSs {
     }
 
     #[inline]
+    fn present_mask(&self) -> Option<u64> {
+        Some(R | W)
+    }
+
+    #[inline]
     fn is_table(&self, level: u32, raw: u64) -> bool {
         level > 0 && raw & PS == 0
     }

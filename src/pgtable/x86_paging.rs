@@ -63,6 +63,11 @@ macro_rules! x86_paging_format_methods {
         }
 
         #[inline]
+        fn present_mask(&self) -> Option<u64> {
+            Some(x86::P)
+        }
+
+        #[inline]
         fn is_table(&self, level: u32, raw: u64) -> bool {
             level > 0 && raw & x86::PS == 0
         }
