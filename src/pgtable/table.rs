@@ -57,8 +57,6 @@ pub struct PageTable<F: Format, A: PageAllocator> {
     split: SplitPolicy,
     /// `format.contiguous_runs(0)`, read once: the leaf-table paths consult it on every call.
     leaf_runs: u32,
-    /// `format.contiguous_runs(1)`, read once for the level-1 fast paths.
-    block_runs: u32,
     /// Log2 of the largest translation `map` may write: a leaf above level 0, or a run of
     /// leaves under the contiguous hint, spanning more is not written (`u32::MAX`: no limit).
     /// See [`PageTable::set_max_leaf_log2`].
@@ -66,13 +64,6 @@ pub struct PageTable<F: Format, A: PageAllocator> {
     /// The sizes of `leaf_runs` whose runs of level-0 leaves fit `max_leaf_log2`: the runs `map`
     /// writes (unmap still meets the runs earlier maps wrote, by `leaf_runs`).
     map_runs: u32,
-    /// The same for `block_runs`: the runs of level-1 blocks `map` writes.
-    map_block_runs: u32,
-    /// The bits an IOVA of a single-page call must not have: below the granule and at or above
-    /// the input size (the geometry's, worked out once for `map_one` and `unmap_one`).
-    iova_reject: u64,
-    /// The same for an output address: below the granule, at or above the output size.
-    pa_reject: u64,
     /// Dirty tracking is on ([`PageTable::set_dirty_tracking`]): new writable leaves are
     /// written clean, so that only writes after the map mark them dirty. Not table memory:
     /// a plain atomic also under loom.
@@ -182,9 +173,6 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         let root = spares::reachable(&alloc, root, size, g.oas)?;
         coherency.sync(&alloc, root.va, 1 << size);
         let leaf_runs = format.contiguous_runs(0);
-        let reject =
-            |bits: u32| ((1u64 << g.granule_log2) - 1) | u64::MAX.checked_shl(bits).unwrap_or(0);
-        let block_runs = format.contiguous_runs(1);
         Ok(Self {
             format,
             alloc,
@@ -192,12 +180,8 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
             coherency,
             split: SplitPolicy::default(),
             leaf_runs,
-            block_runs,
             max_leaf_log2: u32::MAX,
             map_runs: leaf_runs,
-            map_block_runs: block_runs,
-            iova_reject: reject(g.ias),
-            pa_reject: reject(g.oas),
             tracking: core::sync::atomic::AtomicBool::new(false),
         })
     }
@@ -251,7 +235,6 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     pub fn set_max_leaf_log2(&mut self, max: Option<u32>) {
         self.max_leaf_log2 = max.unwrap_or(u32::MAX);
         self.map_runs = self.runs_within_limit(0, self.leaf_runs);
-        self.map_block_runs = self.runs_within_limit(1, self.block_runs);
     }
 
     /// Whether `map` may write a translation of `2^size_log2` bytes at `level` (a leaf, or a
@@ -354,11 +337,16 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         Ok(())
     }
 
-    /// [`Self::map_ranges_ok`] for `len` = one granule, with two masks worked out in `new`: a
-    /// granule-aligned address below `2^bits` starts a page that lies below it.
+    /// [`Self::map_ranges_ok`] for `len` = one granule, without a branch: a granule-aligned
+    /// address below `2^bits` starts a page that lies below it.
     #[inline(always)]
     pub(super) fn one_page_ok(&self, iova: u64, pa: u64) -> bool {
-        (iova & self.iova_reject) | (pa & self.pa_reject) == 0
+        // From the geometry, not from masks kept in the `PageTable`: every byte of it is on the
+        // kernel stack of the IOASID calls that build or move a domain (tests/linux_module.rs).
+        let g = self.geo();
+        // `x >> (bits - 1) >> 1` is `x >> bits` for every `bits` in 1..=64, without a test.
+        let above = |x: u64, bits: u32| x >> (bits.wrapping_sub(1) & 63) >> 1;
+        ((iova | pa) & ((1u64 << g.granule_log2) - 1)) | above(iova, g.ias) | above(pa, g.oas) == 0
     }
 
     /// Whether `check_iova_range(iova, len)` and `check_pa_range(pa, len)` both pass, as one
@@ -404,7 +392,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     /// [`Error::UnsupportedProt`]; [`Error::NoMemory`]; [`Error::TableOutOfRange`] if the
     /// allocator gave a table page the hardware cannot address.
     pub fn map(&self, iova: Iova, pa: PhysAddr, len: u64, prot: Prot) -> Result<(), Error> {
-        // One page (the hot path of per-page callers) is checked with two masks.
+        // One page (the hot path of per-page callers) is checked without a branch.
         let one_page = len == 1 << self.geo().granule_log2;
         let ranges_ok = if one_page {
             self.one_page_ok(iova.get(), pa.get())
@@ -643,13 +631,13 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     }
 
     /// The run sizes `map` writes at `level` (a mask as [`Format::contiguous_runs`]): the
-    /// format's that fit the page-size limit (`set_max_leaf_log2`); levels 0 and 1 (the fast
-    /// paths') are worked out once.
+    /// format's that fit the page-size limit (`set_max_leaf_log2`); level 0's are worked out
+    /// once (level 1's are not kept, to keep a `PageTable` as small as it was: see
+    /// `one_page_ok`).
     #[inline(always)]
     fn map_runs_at(&self, level: u32) -> u32 {
         match level {
             0 => self.map_runs,
-            1 => self.map_block_runs,
             _ => self.runs_within_limit(level, self.format.contiguous_runs(level)),
         }
     }
@@ -676,7 +664,6 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     fn runs_at(&self, level: u32) -> u32 {
         match level {
             0 => self.leaf_runs,
-            1 => self.block_runs,
             _ => self.format.contiguous_runs(level),
         }
     }
@@ -1570,7 +1557,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         if g.levels < 3 || (iova | len) & ((1u64 << shift) - 1) != 0 {
             return None;
         }
-        let runs = self.block_runs;
+        let runs = self.format.contiguous_runs(1);
         let run_mask = (1u64 << (shift + Self::largest_run_log2(runs))) - 1;
         if runs != 0 && (iova | end) & run_mask != 0 && self.split == SplitPolicy::Refuse {
             return None;
@@ -1593,7 +1580,8 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         let shift = self.geo().level_shift(1);
         let first = self.geo().index(1, iova);
         let n = (len >> shift) as usize;
-        if self.block_runs != 0 && self.may_cut_runs(t, 1, self.block_runs, iova, len) {
+        let runs = self.format.contiguous_runs(1);
+        if runs != 0 && self.may_cut_runs(t, 1, runs, iova, len) {
             self.break_cut_runs(t, 1, iova, len, gather);
         }
         // SAFETY: the range lies inside `t`'s span (`table_for`), so `first + i` indexes it.
