@@ -1488,7 +1488,10 @@ int32_t ie_unit_drain_faults(IeUnit *unit, uint32_t max, uint32_t *count);
 // how many were seen (at most `max` records are cleared or consumed, the rest stay pending,
 // queued or logged for the next call). The status and the state of the
 // records are those of ie_unit_drain_faults() (`IE_STATUS_FAULTS_LOST`, `IE_STATUS_BUSY`,
-// `IE_STATUS_HARDWARE`); `out` and `*count` are written in those cases too.
+// `IE_STATUS_HARDWARE`); `out` and `*count` are written in those cases too. On VT-d the
+// records come in fault recording register order from `FSTS.FRI`, not necessarily in fault
+// order: after a partial read FRI stays frozen while records are pending and the unit records
+// new faults into the freed registers, wrapping (SMMUv3 and AMD-Vi: oldest first).
 //
 // # Safety
 // `unit` is a live unit handle; `out` is NULL or points to `max` writable `IeFault`s; `count`

@@ -72,6 +72,10 @@ enum Op {
     /// page) and was not retried; now `DEV` moves on to `c`. After a failure (before the
     /// retry) `a`'s and `b`'s pages are unmapped and both flushed: `DEV` must reach neither.
     ReplaceAgain,
+    /// As `Replace`; after a failure (before the retry) `a` is freed. A move whose
+    /// INVALIDATE_DEVTAB_ENTRY failed leaves `DEV`'s cached entry naming `a`'s root: the free
+    /// must invalidate it before `a`'s tables go.
+    ReplaceFreeOld,
     Detach,
     DomainFree,
     Reclaim,
@@ -204,6 +208,8 @@ struct Rig<'a> {
     dirty_seen: Vec<u64>,
     /// The failed call was followed by a detach, not retried.
     detached_after_failure: bool,
+    /// `a` was freed (`ReplaceFreeOld` after its failure).
+    a_freed: bool,
 }
 
 impl<'a> Rig<'a> {
@@ -235,7 +241,10 @@ impl<'a> Rig<'a> {
         if matches!(op, Op::Enable) {
             unit.disable().expect("disable");
         }
-        if matches!(op, Op::Replace | Op::ReplaceWithoutAts | Op::ReplaceAgain) {
+        if matches!(
+            op,
+            Op::Replace | Op::ReplaceWithoutAts | Op::ReplaceAgain | Op::ReplaceFreeOld
+        ) {
             // DEV's ATC holds a's page: the move must invalidate it, or a's flush must.
             model
                 .ats_translate(DEV.0 as u16, None, 0x1000, false)
@@ -319,6 +328,7 @@ impl<'a> Rig<'a> {
             gcr3_held: !op.pasids_before().is_empty(),
             dirty_seen: Vec::new(),
             detached_after_failure: false,
+            a_freed: false,
         }
     }
 
@@ -358,7 +368,9 @@ impl<'a> Rig<'a> {
             }
             Op::Attach => u.attach(DEV2, None, self.a),
             // With the device's hints, as the IOASID layer attaches (its ATS stays on).
-            Op::Replace => u.attach_device(DEV, None, self.b.expect("b"), &ats()),
+            Op::Replace | Op::ReplaceFreeOld => {
+                u.attach_device(DEV, None, self.b.expect("b"), &ats())
+            }
             // The unit-level call without hints: DEV's ATS is dropped by the move.
             Op::ReplaceWithoutAts => u.attach(DEV, None, self.b.expect("b")),
             Op::ReplaceAgain => u.attach_device(DEV, None, self.c.expect("c"), &ats()),
@@ -419,7 +431,8 @@ impl<'a> Rig<'a> {
                 return Err(format!("table {t:#x} reachable by the unit but freed"));
             }
         }
-        let mut ids: BTreeSet<u16> = [Some(self.a), self.b, self.c, self.extra, self.p, self.q]
+        let a = (!self.a_freed).then_some(self.a);
+        let mut ids: BTreeSet<u16> = [a, self.b, self.c, self.extra, self.p, self.q]
             .into_iter()
             .flatten()
             .map(|d| d.0 + 1)
@@ -459,7 +472,7 @@ impl<'a> Rig<'a> {
             Op::Map => dma(DEV, NEW_IOVA).map(|o| o.pa) == Ok(PA_A + 0x10_0000),
             Op::UnmapFlush | Op::UnmapTablesFlush | Op::Reclaim => dma(DEV, 0x1000).is_err(),
             Op::Attach => dma(DEV2, 0x1000).map(|o| o.pa) == Ok(PA_A),
-            Op::Replace => dma(DEV, 0x1000).map(|o| o.pa) == Ok(PA_B),
+            Op::Replace | Op::ReplaceFreeOld => dma(DEV, 0x1000).map(|o| o.pa) == Ok(PA_B),
             Op::ReplaceWithoutAts => {
                 dma(DEV, 0x1000).map(|o| o.pa) == Ok(PA_B) && self.atc_free_of(&[PA_A])?
             }
@@ -497,11 +510,14 @@ impl<'a> Rig<'a> {
                 self.dirty_seen.contains(&0x1000) && self.dirty_after(op, true)?
             }
         };
-        let owes = self
-            .unit
-            .table_pages(self.a)
-            .map_err(|e| e.to_string())?
-            .unflushed;
+        let owes = if self.a_freed {
+            0
+        } else {
+            self.unit
+                .table_pages(self.a)
+                .map_err(|e| e.to_string())?
+                .unflushed
+        };
         match (ok, owes) {
             (true, 0) => Ok(()),
             (false, _) => Err(format!("{op:?} returned Ok without its effect")),
@@ -520,12 +536,13 @@ impl<'a> Rig<'a> {
             return self.after_second_failure();
         }
         let (device, n, old, page) = match op {
-            Op::Replace | Op::ReplaceWithoutAts => (DEV, None, self.a, PA_A),
+            Op::Replace | Op::ReplaceWithoutAts | Op::ReplaceFreeOld => (DEV, None, self.a, PA_A),
             Op::PasidReplace | Op::PasidReplaceFreeOld => (DEV3, Some(5), self.p.expect("p"), PA_P),
             _ => return Ok(()),
         };
-        let what = if matches!(op, Op::PasidReplaceFreeOld) {
+        let what = if matches!(op, Op::PasidReplaceFreeOld | Op::ReplaceFreeOld) {
             match u.domain_free(old) {
+                Ok(()) if matches!(op, Op::ReplaceFreeOld) => self.a_freed = true,
                 Ok(()) => self.p = None,
                 Err(_) => return Ok(()),
             }
@@ -659,7 +676,8 @@ impl<'a> Rig<'a> {
         for n in [5, 7] {
             let _ = u.detach(DEV3, pasid(n));
         }
-        for d in [Some(self.a), self.b, self.c, self.extra, self.p, self.q]
+        let a = (!self.a_freed).then_some(self.a);
+        for d in [a, self.b, self.c, self.extra, self.p, self.q]
             .into_iter()
             .flatten()
         {
@@ -746,6 +764,7 @@ fn fault_matrix() {
         Op::Replace,
         Op::ReplaceWithoutAts,
         Op::ReplaceAgain,
+        Op::ReplaceFreeOld,
         Op::Detach,
         Op::DomainFree,
         Op::Reclaim,

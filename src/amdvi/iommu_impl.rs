@@ -836,10 +836,14 @@ where
         // The IOTLB and page directory caches may still hold entries tagged with the ID: they
         // go while the slot (the handle, the ID) stays taken. So do the translations of the
         // domain that an unsettled attachment (a move away whose invalidation failed) may have
-        // left under its PASID or in its ATC (`Attachment::flushed_with`). If that fails
-        // nothing changed.
+        // left in the DTE cache (the entry naming this root and ID: first, so the completion
+        // wait covers it), under its PASID or in its ATC (`Attachment::flushed_with`). If that
+        // fails nothing changed.
         let own = Command::invalidate_iommu_pages(id, None, InvalidationRange::All, true);
         let unsettled = cfg.recorded().iter().flatten().filter(|a| !a.settled);
+        let dte = unsettled
+            .clone()
+            .map(|a| Command::invalidate_devtab_entry(a.device));
         let guest = unsettled.clone().filter_map(|a| {
             let tag = cfg.gcr3_tag(a.device)?;
             Some(Command::invalidate_iommu_pages(
@@ -852,7 +856,7 @@ where
         let atc = unsettled
             .filter(|a| a.ats)
             .map(|a| Command::invalidate_iotlb_pages(a.device, 0, a.pasid, InvalidationRange::All));
-        self.run_iter(core::iter::once(own).chain(guest).chain(atc))?;
+        self.run_iter(dte.chain(core::iter::once(own)).chain(guest).chain(atc))?;
         // The slot's write lock is held until it is emptied: whatever takes the configuration
         // lock now (an attach) waits for the slot and then finds no domain.
         drop(cfg);

@@ -10,7 +10,8 @@
 //! [`drain_primary_faults`] walks the `NFR + 1` registers once from `FRI`, wrapping, reports and
 //! clears those with `F` set, at most `max` of them, and leaves the rest pending: a register
 //! cleared by an earlier partial drain is passed over (FRI may still name it), and a register
-//! that never clears costs one read per call.
+//! that never clears costs one read per call. The order is the registers', not necessarily the
+//! faults' (after a partial drain FRI is frozen and hardware's next index wraps).
 
 use core::fmt;
 
@@ -297,6 +298,11 @@ pub struct DrainSummary {
 /// (write-1-to-clear) to its top dword, then `FSTS.PFO`, whatever is left: hardware records
 /// again into the registers freed, and pending ones make the next fault overflow again rather
 /// than overwrite them. `FSTS.PPF` is read-only and drops by itself once no `F` is set.
+///
+/// Records come in register order from `FRI`, which is fault order only for a full drain:
+/// after a partial one `FRI` stays frozen while `PPF` stays set, and hardware records new
+/// faults into the freed registers at its own next index (wrapping), so a newer fault may be
+/// reported before an older one. Sort by the record's content if order matters.
 pub fn drain_primary_faults<W: RegisterWindow + ?Sized>(
     regs: &W,
     cap: Cap,
