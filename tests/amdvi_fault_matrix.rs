@@ -76,6 +76,11 @@ enum Op {
     /// INVALIDATE_DEVTAB_ENTRY failed leaves `DEV`'s cached entry naming `a`'s root: the free
     /// must invalidate it before `a`'s tables go.
     ReplaceFreeOld,
+    /// As `ReplaceAgain` on a model whose IOTLB is looked up by device ID (as QEMU's), the
+    /// first move having lost its INVALIDATE_IOMMU_PAGES of `a`'s ID (IllegalCommandAt(2)):
+    /// after the second move returns `Ok`, `DEV` must not reach `a`'s page through an IOTLB
+    /// entry cached for it under `a`.
+    ReplaceAgainPerDevice,
     Detach,
     DomainFree,
     Reclaim,
@@ -157,7 +162,9 @@ impl Op {
     /// The model: QEMU's EFR, with `GTSup`, 16-bit PASIDs and `HDSup` for the PASID and
     /// dirty-tracking rows.
     fn model_config(self) -> AmdViModelConfig {
-        if self.is_pasid() || self.is_dirty() {
+        if matches!(self, Op::ReplaceAgainPerDevice) {
+            AmdViModelConfig::qemu_default().with_iotlb_by_device()
+        } else if self.is_pasid() || self.is_dirty() {
             AmdViModelConfig::qemu_default()
                 .with_pasids(16)
                 .with_dirty_tracking()
@@ -243,7 +250,11 @@ impl<'a> Rig<'a> {
         }
         if matches!(
             op,
-            Op::Replace | Op::ReplaceWithoutAts | Op::ReplaceAgain | Op::ReplaceFreeOld
+            Op::Replace
+                | Op::ReplaceWithoutAts
+                | Op::ReplaceAgain
+                | Op::ReplaceFreeOld
+                | Op::ReplaceAgainPerDevice
         ) {
             // DEV's ATC holds a's page: the move must invalidate it, or a's flush must.
             model
@@ -251,6 +262,17 @@ impl<'a> Rig<'a> {
                 .unwrap();
         }
         let mut c = None;
+        if matches!(op, Op::ReplaceAgainPerDevice) {
+            let d = unit.domain_alloc(&DomainConfig::default()).unwrap();
+            unit.map(d, Iova::new(0x1000), PhysAddr::new(PA_C), 0x1000, RW)
+                .unwrap();
+            c = Some(d);
+            // The first move loses a's INVALIDATE_IOMMU_PAGES and is not retried: the entry
+            // cached for DEV under a stays.
+            model.inject(Injection::IllegalCommandAt(2));
+            unit.attach_device(DEV, None, b, &ats()).unwrap_err();
+            model.clear_injections();
+        }
         if matches!(op, Op::ReplaceAgain) {
             let d = unit.domain_alloc(&DomainConfig::default()).unwrap();
             unit.map(d, Iova::new(0x1000), PhysAddr::new(PA_C), 0x1000, RW)
@@ -373,7 +395,9 @@ impl<'a> Rig<'a> {
             }
             // The unit-level call without hints: DEV's ATS is dropped by the move.
             Op::ReplaceWithoutAts => u.attach(DEV, None, self.b.expect("b")),
-            Op::ReplaceAgain => u.attach_device(DEV, None, self.c.expect("c"), &ats()),
+            Op::ReplaceAgain | Op::ReplaceAgainPerDevice => {
+                u.attach_device(DEV, None, self.c.expect("c"), &ats())
+            }
             Op::Detach => u.detach(DEV, None),
             Op::DomainFree => {
                 u.domain_free(self.b.expect("b"))?;
@@ -476,7 +500,7 @@ impl<'a> Rig<'a> {
             Op::ReplaceWithoutAts => {
                 dma(DEV, 0x1000).map(|o| o.pa) == Ok(PA_B) && self.atc_free_of(&[PA_A])?
             }
-            Op::ReplaceAgain => {
+            Op::ReplaceAgain | Op::ReplaceAgainPerDevice => {
                 dma(DEV, 0x1000).map(|o| o.pa) == Ok(PA_C) && self.atc_free_of(&[PA_A, PA_B])?
             }
             Op::Detach => dma(DEV, 0x1000).is_err(),
@@ -532,7 +556,7 @@ impl<'a> Rig<'a> {
     /// page is left for the device, in the unit's caches or in its ATC.
     fn after_failure(&mut self, op: Op) -> Result<(), String> {
         let u = &self.unit;
-        if matches!(op, Op::ReplaceAgain) {
+        if matches!(op, Op::ReplaceAgain | Op::ReplaceAgainPerDevice) {
             return self.after_second_failure();
         }
         let (device, n, old, page) = match op {
@@ -765,6 +789,7 @@ fn fault_matrix() {
         Op::ReplaceWithoutAts,
         Op::ReplaceAgain,
         Op::ReplaceFreeOld,
+        Op::ReplaceAgainPerDevice,
         Op::Detach,
         Op::DomainFree,
         Op::Reclaim,

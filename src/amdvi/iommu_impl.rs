@@ -250,17 +250,26 @@ impl Iterator for FlushCommands<'_> {
 /// DTE flush since stale DMA mappings were seen on AMD hardware (its 2023 change "iommu/amd-vi:
 /// flush IOMMU TLB when flushing the DTE"), and Linux's detach flushes the whole domain after
 /// clearing the DTE (`amd_iommu_domain_flush_all`).
-fn leave_commands(device: u16, previous: Option<Attachment>, slot: usize) -> ([Command; 2], usize) {
-    let old_domain = previous.filter(|p| p.slot != slot).map(|p| {
-        Command::invalidate_iommu_pages(domain_id_of(p.slot), None, InvalidationRange::All, true)
-    });
+///
+/// An unsettled `previous` also names the domain its own move left (`Attachment::left`): that
+/// move's invalidation of it was not confirmed, so it goes again (a per-device IOTLB may still
+/// hold its translations for `device`, whatever domain the entry names now).
+fn leave_commands(device: u16, previous: Option<Attachment>, slot: usize) -> ([Command; 3], usize) {
+    let ids = |p: Attachment| [Some(p.slot), p.left].into_iter().flatten();
+    let old_domains = previous
+        .into_iter()
+        .flat_map(ids)
+        .filter(move |&s| s != slot)
+        .map(|s| {
+            Command::invalidate_iommu_pages(domain_id_of(s), None, InvalidationRange::All, true)
+        });
     let ats = previous
         .filter(|p| p.ats)
         .map(|_| Command::invalidate_iotlb_pages(device, 0, None, InvalidationRange::All));
-    let mut cmds = [Command::invalidate_iommu_all(); 2];
+    let mut cmds = [Command::invalidate_iommu_all(); 3];
     let n = cmds
         .iter_mut()
-        .zip(old_domain.into_iter().chain(ats))
+        .zip(old_domains.chain(ats))
         .map(|(slot, cmd)| *slot = cmd)
         .count();
     (cmds, n)
@@ -421,12 +430,17 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> AmdViUni
         // new entry's `I`: its ATC may hold the old domain's translations until the move's
         // INVALIDATE_IOTLB_PAGES completed, and only an ATS attachment gets that invalidation
         // from the flushes, the `domain_free`s and the retry (`Attachment::flushed_with`).
+        // The domain this move leaves stays named until the move settles (a second move
+        // invalidates it again); when the device does not change domain, what an unsettled
+        // earlier move left.
+        let left = previous.and_then(|p| if p.slot != slot { Some(p.slot) } else { p.left });
         let mut attachment = Attachment {
             device,
             pasid: None,
             slot,
             ats: ats || previous.is_some_and(|p| p.ats),
             settled: false,
+            left,
         };
         cfg.set(index, Some(attachment));
         let (extra, n) = leave_commands(device, previous, slot);
@@ -439,6 +453,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> AmdViUni
         )?;
         attachment.ats = ats;
         attachment.settled = true;
+        attachment.left = None;
         cfg.set(index, Some(attachment));
         Ok(())
     }
@@ -456,6 +471,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> AmdViUni
         self.set_device_entry_locked(&cfg.devtab, device.into(), entry, extra)?;
         if let Some(a) = cfg.attachments.get_mut(index).and_then(Option::as_mut) {
             a.settled = true;
+            a.left = None;
         }
         Ok(())
     }
@@ -578,6 +594,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> AmdViUni
                 slot,
                 ats,
                 settled: false,
+                left: None,
             }),
         );
         if let Some(g) = cfg.gcr3.get(gi).and_then(Option::as_ref) {

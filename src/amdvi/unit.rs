@@ -673,6 +673,10 @@ pub(crate) struct Attachment {
     /// `false` while an attach or detach of the device failed half-way (its entry written,
     /// the invalidation not confirmed): the domain cannot be freed meanwhile.
     pub settled: bool,
+    /// While unsettled after a move: the slot of the domain the move left, whose
+    /// INVALIDATE_IOMMU_PAGES was not confirmed; the next move or detach invalidates it again
+    /// (`leave_commands`). `None` once settled.
+    pub left: Option<usize>,
 }
 
 impl Attachment {

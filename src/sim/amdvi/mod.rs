@@ -118,6 +118,11 @@ pub struct AmdViModelConfig {
     pub efr: u64,
     /// EFR2.
     pub efr2: u64,
+    /// Host translations in the IOTLB are looked up by device ID (and IOVA), whatever domain
+    /// ID the device's entry names now, as QEMU 10.0's `amd-iommu` keys its IOTLB
+    /// (`amdvi_iotlb_lookup` by `devid`); they still go with INVALIDATE_IOMMU_PAGES of the
+    /// domain ID they were cached under. `false`: tagged and looked up by domain ID (the spec).
+    pub iotlb_by_device: bool,
 }
 
 impl AmdViModelConfig {
@@ -128,7 +133,15 @@ impl AmdViModelConfig {
         Self {
             efr: 1 << 0 | 1 << 1 | EFR_GT_SUP | EFR_IA_SUP | 1 << 7 | 1 << 8 | 2 << 10 | 2 << 12,
             efr2: 0,
+            iotlb_by_device: false,
         }
+    }
+
+    /// With the IOTLB's host translations looked up by device ID, as QEMU's
+    /// ([`iotlb_by_device`](Self::iotlb_by_device)).
+    pub const fn with_iotlb_by_device(mut self) -> Self {
+        self.iotlb_by_device = true;
+        self
     }
 
     /// With EFR `GTSup` and `PASmax` = `bits - 1` (1..=20): PASIDs of `bits` bits.

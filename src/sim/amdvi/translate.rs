@@ -59,6 +59,8 @@ const ADDR: u64 = 0x000F_FFFF_FFFF_F000;
 #[derive(Clone, Copy, Debug)]
 pub(super) struct IotlbEntry {
     pub domain: u16,
+    /// The device whose request cached it (the key with `iotlb_by_device`).
+    pub device: u16,
     /// The PASID of a guest translation (`None`: a host translation).
     pub pasid: Option<u32>,
     pub iova: u64,
@@ -361,9 +363,13 @@ impl State<'_> {
             );
         }
         let had = q0 & DTE_HAD == DTE_HAD;
+        let by_device = self.cfg.iotlb_by_device;
         if let Some(i) = self.iotlb.iter().position(|e| {
-            e.domain == domain
-                && e.pasid.is_none()
+            (if by_device {
+                e.device == device
+            } else {
+                e.domain == domain
+            }) && e.pasid.is_none()
                 && iova >= e.iova
                 && iova - e.iova < (1u64 << e.size_log2)
         }) {
@@ -476,6 +482,7 @@ impl State<'_> {
             }
             self.iotlb.push(IotlbEntry {
                 domain,
+                device,
                 pasid: None,
                 iova: base,
                 size_log2,
@@ -568,6 +575,7 @@ impl State<'_> {
                 let base = iova >> size << size;
                 let e = IotlbEntry {
                     domain,
+                    device,
                     pasid: Some(pasid),
                     iova: base,
                     size_log2: size,
