@@ -123,6 +123,9 @@ enum Unmapped {
     /// Found a table to walk for the part of the range under the slot, and the entry that
     /// linked it before (0: the table this call's split installed).
     Below(Table, u64),
+    /// Unlinked the table the part covers whole (the slot is cleared, the change gathered),
+    /// linked by this entry: its pages and bytes are for the walk to reap.
+    Unlinked(Table, u64),
 }
 
 /// The entry slots of a table page.
@@ -1266,12 +1269,26 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
             }
             return Ok(bytes);
         }
-        let need = self.plan_split(iova.get(), iova.get(), end)?
-            + self.plan_split(end, iova.get(), end)?;
+        self.unmap_walk(iova.get(), end, gather)
+    }
+
+    /// The general walk of [`Self::unmap`] over `[iova, end)`: the tables its splits need
+    /// reserved first, then `unmap_level` from the root. Out of line: the fast paths' locals
+    /// in `unmap`'s frame are not under the walk (a kernel stack).
+    #[inline(never)]
+    fn unmap_walk(&self, iova: u64, end: u64, gather: &mut Gather) -> Result<u64, Error> {
+        let need = self.plan_split(iova, iova, end)? + self.plan_split(end, iova, end)?;
         let g = self.geo();
         let mut spares = Spares::reserve(&self.alloc, need, g.granule_log2, g.oas)?;
         let top = self.geo().top_level();
-        let r = self.unmap_level(self.root_table(), top, iova.get(), len, gather, &mut spares);
+        let r = self.unmap_level(
+            self.root_table(),
+            top,
+            iova,
+            end - iova,
+            gather,
+            &mut spares,
+        );
         spares.release(&self.alloc);
         r
     }
@@ -1346,45 +1363,51 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         spares: &mut Spares,
     ) -> Result<u64, Error> {
         if level == 0 {
-            return Ok(self.unmap_leaves(t, iova, len, gather));
+            self.break_leaf_runs(t, iova, len, gather);
+            return Ok(self.clear_leaves(t, iova, len, gather));
         }
-        /// A table being unmapped: the part of the range left in it, its current slot, the
-        /// bytes unmapped below it so far, and the entry that links it if it was there before
-        /// (0 for a table this walk's split installed).
+        /// A table being unmapped: the IOVA of its current slot (its index comes from it), where
+        /// its part of the range ends, and, if the entry that links it marks a split (rule 5),
+        /// the bytes the walk had unmapped when it opened the table (else `NO_SPLIT`: no walk
+        /// unmaps `u64::MAX` bytes, as a range is whole granules). 32 bytes: the path of six is
+        /// most of this frame, which lies under the reap of a table the range covers whole.
         #[derive(Clone, Copy)]
         struct Open {
             t: Table,
             iova: u64,
-            left: u64,
-            idx: usize,
-            unmapped: u64,
-            link: u64,
+            end: u64,
+            split_from: u64,
         }
+        const NO_SPLIT: u64 = u64::MAX;
         let mut path = [Open {
             t,
             iova,
-            left: len,
-            idx: self.geo().index(level, iova),
-            unmapped: 0,
-            link: 0,
+            end: iova + len,
+            split_from: NO_SPLIT,
         }; WALK_LEVELS];
         let mut depth = 0usize;
+        // The bytes unmapped so far, under every table.
+        let mut total = 0u64;
         // The part of the range under the current entry of the table at `up`.
         let chunk_of = |open: &Open, up: u32| {
             let size = 1u64 << self.geo().level_shift(up);
-            open.left.min(size - (open.iova & (size - 1)))
+            (open.end - open.iova).min(size - (open.iova & (size - 1)))
         };
         loop {
             let at = level - depth as u32;
             let open = path[open_at(depth)];
-            // Below the current entry of the table at `up`: `bytes` unmapped, in the table
-            // linked by `link`. Records the split page (rule 5), moves past the entry.
-            let (up, bytes, link) = if open.left == 0 {
+            // Done below the current entry of the table at `up`; `split`: something was
+            // unmapped in a table a split made there, whose page is recorded (rule 5). Then the
+            // walk moves past the entry.
+            let (up, split) = if open.iova == open.end {
                 if depth == 0 {
-                    return Ok(open.unmapped);
+                    return Ok(total);
                 }
                 depth -= 1;
-                (at + 1, open.unmapped, open.link)
+                (
+                    at + 1,
+                    open.split_from != NO_SPLIT && total > open.split_from,
+                )
             } else {
                 let chunk = chunk_of(&open, at);
                 // The part of the range this table was asked for, as `unmap_entry` takes it.
@@ -1392,13 +1415,25 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
                     Some(parent) => (parent.iova, parent.iova + chunk_of(parent, at + 1)),
                     None => (iova, iova + len),
                 };
-                let found = self.unmap_entry(
-                    open.t, at, open.idx, open.iova, chunk, range, gather, spares,
-                )?;
+                let idx = self.geo().index(at, open.iova);
+                let found =
+                    self.unmap_entry(open.t, at, idx, open.iova, chunk, range, gather, spares)?;
                 match found {
-                    Unmapped::Bytes(bytes) => (at, bytes, 0),
+                    Unmapped::Bytes(bytes) => {
+                        total += bytes;
+                        (at, false)
+                    }
+                    // Reaped from this frame, not from `unmap_entry`'s: the deepest part of
+                    // the walk (a kernel stack).
+                    Unmapped::Unlinked(child, raw) => {
+                        total += self.reap(child, at - 1, raw, gather)?;
+                        (at, false)
+                    }
                     Unmapped::Below(child, link) if at == 1 => {
-                        (at, self.unmap_leaves(child, open.iova, chunk, gather), link)
+                        self.break_leaf_runs(child, open.iova, chunk, gather);
+                        let bytes = self.clear_leaves(child, open.iova, chunk, gather);
+                        total += bytes;
+                        (at, bytes > 0 && link != 0 && self.split_made(at, link))
                     }
                     Unmapped::Below(child, link) => {
                         if depth + 1 >= WALK_LEVELS {
@@ -1408,33 +1443,31 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
                         path[open_at(depth)] = Open {
                             t: child,
                             iova: open.iova,
-                            left: chunk,
-                            idx: self.geo().index(at - 1, open.iova),
-                            unmapped: 0,
-                            link,
+                            end: open.iova + chunk,
+                            split_from: if link != 0 && self.split_made(at, link) {
+                                total
+                            } else {
+                                NO_SPLIT
+                            },
                         };
                         continue;
                     }
                 }
             };
             let current = &mut path[open_at(depth)];
-            if bytes > 0 && link != 0 && self.split_made(up, link) {
+            if split {
                 self.note_split_page(up, current.iova, gather);
             }
             let chunk = chunk_of(current, up);
-            current.unmapped += bytes;
-            (current.iova, current.left, current.idx) = (
-                current.iova.wrapping_add(chunk),
-                current.left - chunk,
-                current.idx + 1,
-            );
+            current.iova = current.iova.wrapping_add(chunk);
         }
     }
 
     /// Unmaps `[iova, iova + chunk)` under slot `idx` of `t` (at `level`); `range` is the part
     /// of the range the walk of `t` was asked for. Returns the bytes unmapped, or the table
     /// whose entries cover the part (for `unmap_level` to walk) with the entry that linked it
-    /// before (a split of this call's installs a table: no entry, 0).
+    /// before (a split of this call's installs a table: no entry, 0), or the table it unlinked
+    /// because the part covers it whole (for `unmap_level` to reap, from its own frame).
     ///
     /// Other threads may change the slot meanwhile, within the contract (their ranges are
     /// disjoint from ours): another unmap may split the same larger page, or clear its
@@ -1474,9 +1507,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
                 if chunk == size {
                     self.store_synced(t, idx, 0);
                     gather.add_table_change(iova, size);
-                    return self
-                        .reap(child, level - 1, raw, gather)
-                        .map(Unmapped::Bytes);
+                    return Ok(Unmapped::Unlinked(child, raw));
                 }
                 return Ok(Unmapped::Below(child, raw));
             }
@@ -1507,14 +1538,29 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     /// covered whole are cleared like plain leaves, as the general walk does.
     #[inline]
     fn unmap_leaves(&self, t: Table, iova: u64, len: u64, gather: &mut Gather) -> u64 {
+        self.break_leaf_runs(t, iova, len, gather);
+        self.clear_leaves(t, iova, len, gather)
+    }
+
+    /// The first step of [`Self::unmap_leaves`]: the runs the range cuts lose their hint.
+    /// The general walk takes it from its own frame, so that `break_cut_runs` is not under
+    /// `clear_leaves`' (a kernel stack).
+    #[inline(always)]
+    fn break_leaf_runs(&self, t: Table, iova: u64, len: u64, gather: &mut Gather) {
+        if self.leaf_runs != 0 && self.may_cut_runs(t, 0, self.leaf_runs, iova, len) {
+            self.break_cut_runs(t, 0, iova, len, gather);
+        }
+    }
+
+    /// The rest of [`Self::unmap_leaves`], once the cut runs are broken: the loop that clears
+    /// the leaves. Returns the bytes unmapped.
+    #[inline(never)]
+    fn clear_leaves(&self, t: Table, iova: u64, len: u64, gather: &mut Gather) -> u64 {
         let shift = self.geo().granule_log2;
         let first = self.geo().index(0, iova);
         let n = (len >> shift) as usize;
         // SAFETY: as in `plan_leaves`, `first + i` indexes the live leaf table `t` for i < n.
         let slot = |i: usize| unsafe { t.slot(first + i) };
-        if self.leaf_runs != 0 && self.may_cut_runs(t, 0, self.leaf_runs, iova, len) {
-            self.break_cut_runs(t, 0, iova, len, gather);
-        }
         let mut cleared = 0u64;
         let mut i = 0;
         while i < n {
@@ -1570,6 +1616,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     /// loop (one cache-maintenance call and one gather record per run of blocks, as
     /// `unmap_leaves`) and unlinks every table, handing it to the gather as `unmap_entry`
     /// does for an entry covered whole. Returns the bytes unmapped.
+    #[inline(never)]
     fn unmap_blocks(
         &self,
         t: Table,
@@ -1721,11 +1768,13 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     /// table handed over after every table under it.
     fn reap(&self, t: Table, level: u32, raw: u64, gather: &mut Gather) -> Result<u64, Error> {
         /// A table being reaped: the entry that links it, the next slot, whether it held leaves.
+        /// 24 bytes (a slot index fits 32 bits): the path of six is most of this frame, the
+        /// deepest of an unmap.
         #[derive(Clone, Copy)]
         struct Open {
             t: Table,
             raw: u64,
-            next: usize,
+            next: u32,
             leaves: bool,
         }
         let mut path = [Open {
@@ -1739,9 +1788,9 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
             let at = level - depth as u32;
             let shift = self.geo().level_shift(at);
             let open = &mut path[open_at(depth)];
-            if open.next < 1usize << self.geo().level_bits(at) {
+            if (open.next as usize) < 1usize << self.geo().level_bits(at) {
                 // SAFETY: `next` is below the table's entry count.
-                let e = unsafe { open.t.slot(open.next) }.load(Ordering::Acquire);
+                let e = unsafe { open.t.slot(open.next as usize) }.load(Ordering::Acquire);
                 open.next += 1;
                 if !self.format.is_present(e) {
                     continue;
