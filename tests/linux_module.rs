@@ -1073,6 +1073,10 @@ const STACK_DEBT: &[(&str, u64)] = &[
     ("ie_ctx_attach", 3328),
     ("ie_ctx_attach_pasid", 3328),
     ("ie_ctx_destroy", 2304),
+    // 2016 bytes on 88d2b3f, 2096 on 15c99a5 (the same code as far as detach goes: rustc's
+    // inlining moves a figure by 16-80 bytes between builds): listed until it has a margin
+    // that no build erases.
+    ("ie_ctx_detach", 2304),
     ("ie_ctx_unbind", 2304),
 ];
 
