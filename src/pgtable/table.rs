@@ -608,11 +608,8 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         iova: u64,
         pa: u64,
     ) -> (usize, usize, u32) {
-        let mut sizes = self.map_runs_at(level);
-        if n < 2 {
-            // Every run has at least two leaves.
-            sizes = 0;
-        }
+        // Every run has at least two leaves (a per-page map of blocks asks for none).
+        let mut sizes = if n < 2 { 0 } else { self.map_runs_at(level) };
         while sizes != 0 {
             let r_log2 = 31 - sizes.leading_zeros();
             sizes &= !(1 << r_log2);
@@ -1788,7 +1785,17 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
             let at = level - depth as u32;
             let shift = self.geo().level_shift(at);
             let open = &mut path[open_at(depth)];
-            if (open.next as usize) < 1usize << self.geo().level_bits(at) {
+            let entries = 1usize << self.geo().level_bits(at);
+            if at == 0 && open.next == 0 {
+                // A leaf table: every present entry is a leaf, counted in a loop of its own
+                // (the step below costs about 55 instructions per entry; a 1 GiB unmap reaps
+                // 262,144).
+                let leaves = self.count_present(open.t, entries);
+                bytes += (leaves as u64) << shift;
+                open.leaves = leaves != 0;
+                open.next = entries as u32;
+            }
+            if (open.next as usize) < entries {
                 // SAFETY: `next` is below the table's entry count.
                 let e = unsafe { open.t.slot(open.next as usize) }.load(Ordering::Acquire);
                 open.next += 1;
@@ -1822,6 +1829,19 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
                 return Ok(bytes);
             }
             depth -= 1;
+        }
+    }
+
+    /// The number of present entries among the first `n` of the live table `t` (callers pass
+    /// at most its entry count): a load and a test per entry, the test a mask where the
+    /// format has one ([`Format::present_mask`]).
+    #[inline(always)]
+    fn count_present(&self, t: Table, n: usize) -> usize {
+        // SAFETY: callers pass at most `t`'s entry count.
+        let load = |i: usize| unsafe { t.slot(i) }.load(Ordering::Acquire);
+        match self.format.present_mask() {
+            Some(mask) => (0..n).map(|i| usize::from(load(i) & mask != 0)).sum(),
+            None => (0..n).filter(|&i| self.format.is_present(load(i))).count(),
         }
     }
 
@@ -2448,24 +2468,20 @@ pub(super) fn store_leaves<F: Format>(
     let step = 1u64 << shift;
     // Wraps only past the last page, at the top of a 64-bit output range.
     let from_pa = pa.wrapping_add((from as u64) << shift);
-    if format.leaf_address_in_place(level, run_log2) {
-        store_each(t, first, from, to, from_pa, step, |leaf_pa| {
-            let raw = template | leaf_pa;
-            if tracking {
-                format.leaf_clear_dirty(raw)
-            } else {
-                raw
-            }
-        });
-    } else {
-        store_each(t, first, from, to, from_pa, step, |leaf_pa| {
-            let raw = format.leaf_from_template(template, level, run_log2, PhysAddr::new(leaf_pa));
-            if tracking {
-                format.leaf_clear_dirty(raw)
-            } else {
-                raw
-            }
-        });
+    // Dirty tracking is decided once too: a test per leaf kept the compiler from unrolling.
+    let from_template =
+        |leaf_pa: u64| format.leaf_from_template(template, level, run_log2, PhysAddr::new(leaf_pa));
+    match (format.leaf_address_in_place(level, run_log2), tracking) {
+        (true, false) => store_each(t, first, from, to, from_pa, step, |leaf_pa| {
+            template | leaf_pa
+        }),
+        (true, true) => store_each(t, first, from, to, from_pa, step, |leaf_pa| {
+            format.leaf_clear_dirty(template | leaf_pa)
+        }),
+        (false, false) => store_each(t, first, from, to, from_pa, step, from_template),
+        (false, true) => store_each(t, first, from, to, from_pa, step, |leaf_pa| {
+            format.leaf_clear_dirty(from_template(leaf_pa))
+        }),
     }
 }
 
@@ -2482,10 +2498,25 @@ fn store_each(
     step: u64,
     leaf: impl Fn(u64) -> u64,
 ) {
+    // SAFETY: callers pass entries of the live table `t` (see `plan_leaves`).
+    let store = |i: usize, pa: u64| unsafe { t.slot(first + i) }.store(leaf(pa), Ordering::Relaxed);
     let mut pa = from_pa;
-    for i in from..to {
-        // SAFETY: callers pass entries of the live table `t` (see `plan_leaves`).
-        unsafe { t.slot(first + i) }.store(leaf(pa), Ordering::Relaxed);
+    let mut i = from;
+    // Four entries per step, in entry order: the compiler unrolled this loop for some
+    // stretches and not others (Arm's level-1 blocks: 7 instructions per entry against VT-d's
+    // 3.75, callgrind).
+    let fours = from + ((to - from) & !3);
+    while i < fours {
+        store(i, pa);
+        store(i + 1, pa.wrapping_add(step));
+        store(i + 2, pa.wrapping_add(2 * step));
+        store(i + 3, pa.wrapping_add(3 * step));
+        pa = pa.wrapping_add(4 * step);
+        i += 4;
+    }
+    while i < to {
+        store(i, pa);
         pa = pa.wrapping_add(step);
+        i += 1;
     }
 }
