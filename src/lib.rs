@@ -128,6 +128,7 @@
 #[cfg(feature = "std")]
 extern crate std;
 
+mod aligned_blocks;
 pub mod amdvi;
 mod barrier;
 #[cfg(feature = "capi")]

@@ -24,6 +24,7 @@
 //! Layouts checked against QEMU `hw/i386/amd_iommu.c` (`amdvi_cmdbuf_exec` and the handlers it
 //! calls) and Linux `drivers/iommu/amd/iommu.c` (`build_*` helpers), facts only.
 
+use crate::aligned_blocks::AlignedBlock;
 use crate::iommu::Pasid;
 use crate::mem::{Iova, PhysAddr, PAGE_SHIFT_4K};
 
@@ -173,60 +174,26 @@ impl InvalidationRange {
     }
 
     /// Whether `self` covers every address `other` covers.
-    pub const fn contains(self, other: Self) -> bool {
-        let ((f, l), (of, ol)) = (self.span(), other.span());
-        l >= ol && (l >= 64 || f >> l == of >> l)
-    }
-
-    /// The one block whose two halves are `self` and `other`, if they are that.
-    const fn union_of_halves(self, other: Self) -> Option<Self> {
-        let ((f, l), (of, ol)) = (self.span(), other.span());
-        if l != ol || l >= 64 || f ^ of != 1 << l {
-            return None;
-        }
-        Some(Self::of_span(f, l + 1))
+    pub fn contains(self, other: Self) -> bool {
+        crate::aligned_blocks::contains(self, other)
     }
 }
 
-/// Replaces the blocks of `blocks` by the fewest that cover the same addresses and no other:
-/// a block inside another is dropped, and two blocks that are the halves of one naturally
-/// aligned block become that block, until neither applies. Returns how many are left, at
-/// the front of `blocks` (in no particular order).
-///
-/// The result is the set of *maximal* naturally aligned blocks inside the union `U` of the
-/// blocks given, which is the fewest commands whose blocks all lie inside `U`: aligned blocks
-/// are nested or disjoint, so every block inside `U` lies inside exactly one maximal block,
-/// and each maximal block holds addresses of `U` that must be covered (a set with no nested
-/// pair and no pair of halves is that set: a maximal block tiled by smaller ones would hold
-/// the smallest of them and its other half).
+impl AlignedBlock for InvalidationRange {
+    fn span(self) -> (u64, u32) {
+        InvalidationRange::span(self)
+    }
+    fn of_span(first: u64, size_log2: u32) -> Self {
+        InvalidationRange::of_span(first, size_log2)
+    }
+}
+
+/// Replaces the blocks of `blocks` by the fewest that cover the same addresses and no other
+/// (a block inside another dropped, two halves of one aligned block joined, until neither
+/// applies): the maximal aligned blocks inside their union, the fewest commands that
+/// invalidate nothing outside it. The `S` encoding names blocks of every size: no cap. Returns how many are left, at the front of `blocks`.
 pub fn fewest_blocks(blocks: &mut [InvalidationRange]) -> usize {
-    let mut n = blocks.len();
-    // Each step removes one block, so at most `blocks.len()` steps.
-    while let Some((i, j, merged)) = mergeable(blocks.get(..n).unwrap_or(&[])) {
-        blocks[i] = merged;
-        blocks.swap(j, n - 1);
-        n -= 1;
-    }
-    n
-}
-
-/// Two blocks `i` and `j` that one block covers exactly (one inside the other, or the two
-/// halves of one), and that block.
-fn mergeable(blocks: &[InvalidationRange]) -> Option<(usize, usize, InvalidationRange)> {
-    for (i, &a) in blocks.iter().enumerate() {
-        for (j, &b) in blocks.iter().enumerate() {
-            if i == j {
-                continue;
-            }
-            if a.contains(b) {
-                return Some((i, j, a));
-            }
-            if let Some(u) = a.union_of_halves(b) {
-                return Some((i, j, u));
-            }
-        }
-    }
-    None
+    crate::aligned_blocks::fewest_blocks(blocks, u32::MAX)
 }
 
 const fn op(opcode: u8) -> u64 {
@@ -447,59 +414,21 @@ mod tests {
         }
     }
 
-    /// `fewest_blocks` against brute force over 64 pages: the union is kept, and the count is
-    /// the number of maximal aligned blocks inside it (the fewest blocks inside the union),
-    /// for every set of up to 4 blocks a small generator makes.
+    /// The merge itself is tested against brute force in `aligned_blocks`; here, the ends of
+    /// what the `S` encoding names.
     #[test]
-    fn fewest_blocks_is_the_maximal_blocks_of_the_union() {
-        let pages = |b: InvalidationRange| -> u64 {
-            let (first, log2) = b.span();
-            let n = 1u64 << (log2 - PAGE_SHIFT_4K);
-            let at = first >> PAGE_SHIFT_4K;
-            (if n >= 64 { u64::MAX } else { (1u64 << n) - 1 }) << at
-        };
-        let maximal = |union: u64| -> usize {
-            let mut count = 0;
-            for k in 0..=6u32 {
-                for at in (0..64u32).step_by(1 << k) {
-                    let mask = |k: u32, at: u32| {
-                        if k >= 6 {
-                            u64::MAX
-                        } else {
-                            ((1u64 << (1 << k)) - 1) << at
-                        }
-                    };
-                    let inside = union & mask(k, at) == mask(k, at);
-                    let parent = at & !((2u32 << k) - 1);
-                    let parent_inside = k < 6 && union & mask(k + 1, parent) == mask(k + 1, parent);
-                    if inside && !parent_inside {
-                        count += 1;
-                    }
-                }
-            }
-            count
-        };
-        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
-        let mut next = || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
-        for _ in 0..20_000 {
-            let n = (next() % 4 + 1) as usize;
-            let mut blocks = [InvalidationRange::All; 4];
-            for b in blocks.iter_mut().take(n) {
-                let k = (next() % 4) as u32;
-                let at = (next() % 64) >> k << k;
-                *b = InvalidationRange::of_span(at << PAGE_SHIFT_4K, PAGE_SHIFT_4K + k);
-            }
-            let union = blocks[..n].iter().fold(0, |u, &b| u | pages(b));
-            let left = fewest_blocks(&mut blocks[..n]);
-            let after = blocks[..left].iter().fold(0, |u, &b| u | pages(b));
-            assert_eq!(after, union, "{:?}", &blocks[..n]);
-            assert_eq!(left, maximal(union), "{:?}", &blocks[..n]);
-        }
+    fn fewest_blocks_join_up_to_everything() {
+        // A page inside the 64 KiB block around it; four 16 KiB blocks that tile 64 KiB.
+        let mut blocks = [
+            InvalidationRange::Page(Iova::new(0x5000)),
+            InvalidationRange::covering(0, 0x1_0000),
+        ];
+        assert_eq!(fewest_blocks(&mut blocks), 1);
+        assert_eq!(blocks[0].span(), (0, 16));
+        let mut blocks =
+            [0, 0x4000, 0x8000, 0xC000].map(|a| InvalidationRange::covering(a, a + 0x4000));
+        assert_eq!(fewest_blocks(&mut blocks), 1);
+        assert_eq!(blocks[0].span(), (0, 16));
         // Everything swallows the rest.
         let mut blocks = [
             InvalidationRange::Page(Iova::new(0x5000)),

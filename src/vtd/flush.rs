@@ -17,6 +17,7 @@
 //! `IH` (invalidation hint: the paging-structure caches may stay) is set only when the gather
 //! changed leaves alone.
 
+use crate::aligned_blocks::{self, AlignedBlock};
 use crate::mem::{Iova, PAGE_SHIFT_4K};
 use crate::pgtable::IovaRange;
 
@@ -122,57 +123,24 @@ pub fn plan_into(out: &mut FlushPlan, ranges: &[IovaRange], leaf_only: bool, lim
 }
 
 /// Replaces the blocks of `blocks` by the fewest of at most `2^mamv` pages that cover the same
-/// addresses and no other (as AMD-Vi's `cmd::fewest_blocks`): a block inside another is
-/// dropped, two blocks that are the halves of one aligned block within MAMV become that
-/// block, until neither applies. Returns how many are left, at the front, in their order.
-///
-/// The result is the set of maximal aligned blocks of at most `2^mamv` pages inside the union
-/// `U` of the blocks given: the fewest page-selective descriptors whose blocks all lie inside
-/// `U` (aligned blocks are nested or disjoint, so every such block lies inside exactly one
-/// maximal one, and each maximal one holds addresses of `U` to cover; one tiled by smaller
-/// blocks would hold the smallest of them and its other half, which could be joined).
+/// addresses and no other: the maximal aligned blocks within MAMV inside their union, the
+/// fewest page-selective descriptors that invalidate nothing outside it (see
+/// `aligned_blocks::fewest_blocks`). Returns how many are left, at the front, in their order.
 fn fewest_blocks(blocks: &mut [Block], mamv: u8) -> usize {
-    let mut n = blocks.len();
-    // Each step removes one block, so at most `blocks.len()` steps.
-    while let Some((i, j, merged)) = mergeable(blocks.get(..n).unwrap_or(&[]), mamv) {
-        blocks[i] = merged;
-        blocks.copy_within(j + 1..n, j);
-        n -= 1;
+    aligned_blocks::fewest_blocks(blocks, PAGE_SHIFT_4K + u32::from(mamv))
+}
+
+impl AlignedBlock for Block {
+    fn span(self) -> (u64, u32) {
+        (self.addr.get(), self.size_log2())
     }
-    n
-}
-
-/// Whether `a` covers every page of `b`.
-fn contains(a: Block, b: Block) -> bool {
-    let shift = a.size_log2();
-    a.am >= b.am
-        && a.addr.get().checked_shr(shift).unwrap_or(0)
-            == b.addr.get().checked_shr(shift).unwrap_or(0)
-}
-
-/// Two blocks `i` and `j` that one block within MAMV covers exactly (one inside the other, or
-/// the two halves of one), and that block.
-fn mergeable(blocks: &[Block], mamv: u8) -> Option<(usize, usize, Block)> {
-    for (i, &a) in blocks.iter().enumerate() {
-        for (j, &b) in blocks.iter().enumerate() {
-            if i == j {
-                continue;
-            }
-            if contains(a, b) {
-                return Some((i, j, a));
-            }
-            let halves = a.am == b.am
-                && a.am < mamv
-                && 1u64
-                    .checked_shl(a.size_log2())
-                    .is_some_and(|size| a.addr.get() ^ b.addr.get() == size);
-            if halves {
-                let addr = Iova::new(a.addr.get().min(b.addr.get()));
-                return Some((i, j, Block { addr, am: a.am + 1 }));
-            }
+    fn of_span(first: u64, size_log2: u32) -> Self {
+        Block {
+            addr: Iova::new(first),
+            // Merges only join blocks of at most 2^MAMV pages: 12..=12 + 63.
+            am: size_log2.saturating_sub(PAGE_SHIFT_4K) as u8,
         }
     }
-    None
 }
 
 /// First and last 4 KiB page numbers of a non-empty range.
@@ -485,13 +453,8 @@ mod tests {
             bs.iter()
                 .fold(0u64, |u, b| u | mask(u32::from(b.am), b.addr.get() >> 12))
         };
-        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
-        let mut next = || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut rng = crate::aligned_blocks::XorShift(0x9E37_79B9_7F4A_7C15);
+        let mut next = || rng.next();
         for _ in 0..20_000 {
             let mamv = (next() % 7) as u8;
             let n = (next() % 4 + 1) as usize;
