@@ -813,7 +813,9 @@ pub trait Iommu: Sync {
     /// Unmaps a range in a domain, recording what must be invalidated in `gather`.
     ///
     /// # Errors
-    /// [`Error::PageTable`], [`Error::InvalidDomain`].
+    /// [`Error::PageTable`], [`Error::InvalidDomain`]. A table error met during the walk
+    /// (`EntryUnstable`, `UnknownTable`) leaves what was unmapped before it unmapped and
+    /// recorded in `gather` (see [`crate::pgtable::PageTable::unmap`]): flush it then too.
     fn unmap(
         &self,
         domain: DomainHandle,

@@ -10,7 +10,8 @@ use std::sync::Barrier;
 use std::vec::Vec;
 
 use super::arm_s2::{ArmS2, ArmS2Config, S2Attributes};
-use super::testutil::{test_alloc, TestAlloc};
+use super::sync::AtomicU64;
+use super::testutil::{keep_rewriting, stop_rewriting, test_alloc, TestAlloc};
 use super::vtd_ss::{VtdSs, VtdSsConfig};
 use super::*;
 use crate::mem::{Iova, PhysAddr, WalkerCoherency};
@@ -312,6 +313,161 @@ fn split_pages_are_invalidated_by_every_later_unmap_vtd_ss() {
 fn split_pages_are_invalidated_by_every_later_unmap_arm_s2() {
     // The contiguous hint at level 0: the leaf-table fast path, run by run.
     split_pages_are_invalidated_by_every_later_unmap(arm_s2_4k(false));
+}
+
+/// The slot of the leaf that maps `iova`.
+fn leaf_slot<F: Format>(t: &PageTable<F, TestAlloc>, iova: u64) -> &AtomicU64 {
+    let mut found = None;
+    let top = t.geometry().top_level();
+    t.visit(t.root_table(), top, iova, K4, &mut |slot, _, _| {
+        found = Some(core::ptr::from_ref(slot));
+        Ok(())
+    })
+    .unwrap();
+    // SAFETY: the slot lies in a live table of `t`, which outlives the borrow.
+    unsafe { &*found.expect("a leaf maps the IOVA") }
+}
+
+/// One 1 GiB leaf at `G1`, split by an unmap of one page of its 2 MiB block 5 (rule 5's
+/// "others' split": that unmap's gather is released without being flushed, so the larger
+/// pages may still be cached when the next unmap runs).
+fn split_gigabyte<F: Format>(t: &PageTable<F, TestAlloc>) {
+    t.map(Iova::new(G1), PhysAddr::new(4 * G1), G1, RW).unwrap();
+    let mut a = Gather::new();
+    assert_eq!(t.unmap(Iova::new(G1 + 5 * M2 + 3 * K4), K4, &mut a), Ok(K4));
+    assert!(covers(&a, G1, G1) && covers(&a, G1 + 5 * M2, M2));
+    a.release(t.allocator(), done()).unwrap();
+}
+
+/// Rule 5 after an error: an unmap that cleared leaves below a table a split made, then
+/// failed on a later entry (`EntryUnstable`: hardware kept rewriting the leaf it had to split),
+/// has still recorded the larger page in its gather, which the caller flushes on error too
+/// (`IoasidCtx::unmap_domain`): else a TLB entry of the 1 GiB page would keep reaching the
+/// cleared 2 MiB pages. `accessed`: the format's accessed flag, which the "hardware" flips.
+fn a_failed_unmap_invalidates_the_split_pages_above_what_it_cleared<F: Format>(
+    t: PageTable<F, TestAlloc>,
+    accessed: u64,
+) {
+    split_gigabyte(&t);
+    // Blocks 7 and 8 cleared whole; block 9 cut at 4 KiB, where the split keeps failing.
+    keep_rewriting(leaf_slot(&t, G1 + 9 * M2), accessed);
+    let mut b = Gather::new();
+    let r = t.unmap(Iova::new(G1 + 7 * M2), 2 * M2 + K4, &mut b);
+    stop_rewriting();
+    assert_eq!(
+        r,
+        Err(Error::EntryUnstable {
+            iova: Iova::new(G1 + 9 * M2)
+        })
+    );
+    assert_eq!(t.query(Iova::new(G1 + 8 * M2)), None, "block 8 was cleared");
+    assert!(covers(&b, G1 + 7 * M2, M2) && covers(&b, G1 + 8 * M2, M2));
+    assert!(covers(&b, G1, G1), "the split 1 GiB page: {:?}", b.ranges());
+    b.release(t.allocator(), done()).unwrap();
+    // The same with a split 2 MiB page below the 1 GiB one: its 4 KiB pages cleared, block 6
+    // cleared, 7 and 8 (holes) skipped, and block 9 failing again.
+    keep_rewriting(leaf_slot(&t, G1 + 9 * M2), accessed);
+    let mut c = Gather::new();
+    let r = t.unmap(Iova::new(G1 + 5 * M2 + 8 * K4), 4 * M2, &mut c);
+    stop_rewriting();
+    assert!(matches!(r, Err(Error::EntryUnstable { .. })), "{r:?}");
+    assert!(
+        covers(&c, G1 + 5 * M2, M2),
+        "the split 2 MiB page: {:?}",
+        c.ranges()
+    );
+    assert!(covers(&c, G1, G1), "the split 1 GiB page: {:?}", c.ranges());
+    c.release(t.allocator(), done()).unwrap();
+}
+
+#[test]
+fn a_failed_unmap_invalidates_the_split_pages_above_what_it_cleared_vtd_ss() {
+    // VT-d second stage: A is bit 8.
+    a_failed_unmap_invalidates_the_split_pages_above_what_it_cleared(vtd_ss(false), 1 << 8);
+}
+
+#[test]
+fn a_failed_unmap_invalidates_the_split_pages_above_what_it_cleared_arm_s2() {
+    // Arm stage 2: AF is bit 10.
+    a_failed_unmap_invalidates_the_split_pages_above_what_it_cleared(arm_s2_4k(false), 1 << 10);
+}
+
+/// The level-1 fast path (`unmap_blocks`, a range of whole 2 MiB entries in one table) after
+/// an error: blocks 6 and 7 cleared, then entry 8 links a table outside the allocator
+/// (`UnknownTable`); the split 1 GiB page above them is still recorded.
+#[test]
+fn a_failed_block_unmap_invalidates_the_split_page_above_what_it_cleared() {
+    let t = vtd_ss(false);
+    split_gigabyte(&t);
+    let corrupt = t.format().encode_table(1, PhysAddr::new(1 << 40));
+    leaf_slot(&t, G1 + 8 * M2).store(corrupt, core::sync::atomic::Ordering::Release);
+    let mut b = Gather::new();
+    let r = t.unmap(Iova::new(G1 + 6 * M2), 3 * M2, &mut b);
+    assert_eq!(
+        r,
+        Err(Error::UnknownTable {
+            pa: PhysAddr::new(1 << 40)
+        })
+    );
+    assert!(covers(&b, G1 + 6 * M2, M2) && covers(&b, G1 + 7 * M2, M2));
+    assert!(covers(&b, G1, G1), "the split 1 GiB page: {:?}", b.ranges());
+    b.release(t.allocator(), done()).unwrap();
+}
+
+/// Rule 5 for dirty state after an error: a `read_and_clear_dirty` that cleaned 2 MiB leaves
+/// below a table a split made, then failed on a later leaf (`EntryUnstable`), has recorded the
+/// larger page: a TLB entry of the 1 GiB page, writable and dirty, would otherwise take
+/// writes to the cleaned pages without marking them.
+#[test]
+fn a_failed_dirty_read_invalidates_the_split_page_above_what_it_cleaned() {
+    let t = vtd_ss(true);
+    split_gigabyte(&t);
+    for block in 6..9 {
+        set_dirty_vtd_ss(&t, G1 + block * M2);
+    }
+    keep_rewriting(leaf_slot(&t, G1 + 8 * M2), 1 << 8);
+    let (mut g, mut seen) = (Gather::new(), Vec::new());
+    let r = t.read_and_clear_dirty(
+        Iova::new(G1 + 6 * M2),
+        3 * M2,
+        |iova, log2| seen.push((iova.get(), log2)),
+        &mut g,
+    );
+    stop_rewriting();
+    assert_eq!(
+        r,
+        Err(Error::EntryUnstable {
+            iova: Iova::new(G1 + 8 * M2)
+        })
+    );
+    assert_eq!(seen, [(G1 + 6 * M2, 21), (G1 + 7 * M2, 21)]);
+    assert!(covers(&g, G1 + 6 * M2, M2) && covers(&g, G1 + 7 * M2, M2));
+    assert!(covers(&g, G1, G1), "the split 1 GiB page: {:?}", g.ranges());
+    g.release(t.allocator(), done()).unwrap();
+    // Failing inside the split 2 MiB page, after cleaning 4 KiB pages of it: both larger
+    // pages, though nothing was cleaned directly in the 1 GiB page's table.
+    let page = |i: u64| G1 + 5 * M2 + i * K4;
+    for i in 4..8 {
+        set_dirty_vtd_ss(&t, page(i));
+    }
+    keep_rewriting(leaf_slot(&t, page(7)), 1 << 8);
+    let (mut g, mut seen) = (Gather::new(), Vec::new());
+    let r = t.read_and_clear_dirty(
+        Iova::new(page(4)),
+        4 * K4,
+        |iova, _| seen.push(iova.get()),
+        &mut g,
+    );
+    stop_rewriting();
+    assert!(matches!(r, Err(Error::EntryUnstable { .. })), "{r:?}");
+    assert_eq!(seen, [page(4), page(5), page(6)]);
+    assert!(
+        covers(&g, G1 + 5 * M2, M2),
+        "the split 2 MiB page: {:?}",
+        g.ranges()
+    );
+    assert!(covers(&g, G1, G1), "the split 1 GiB page: {:?}", g.ranges());
+    g.release(t.allocator(), done()).unwrap();
 }
 
 /// Marks the leaf that maps `iova` dirty, as the walker would (VT-d second stage: D, bit 9).

@@ -3,7 +3,10 @@
 //! Every operation validates its whole range first and either completes or leaves the table
 //! exactly as it was: `map` checks for overlap and reserves every table page it will need in a
 //! read-only first pass; `unmap` checks the larger pages its ends would cut and reserves the
-//! pages a split needs before it clears anything.
+//! pages a split needs before it clears anything. The exceptions are what only the walk can
+//! meet (an entry hardware keeps rewriting, a corrupt table entry): `unmap` and
+//! `read_and_clear_dirty` then stop with what they changed so far in their gather, which the
+//! caller flushes.
 
 use super::sync::{AtomicU64, Ordering};
 use core::ptr::NonNull;
@@ -27,13 +30,19 @@ pub enum SplitPolicy {
 /// accessed/dirty bits. Those bits only ever get set, so a handful of retries always suffices.
 const HW_UPDATE_RETRIES: u32 = 8;
 
-/// Where an operation has read an entry and is about to replace it with a compare-and-swap.
-/// Unit-test builds yield the CPU here, so that the threaded tests (`race_tests`) lose the race
-/// on a loaded machine too; other builds compile it to nothing.
+/// Where an operation has read the entry `slot` and is about to replace it with a
+/// compare-and-swap. Unit-test builds yield the CPU here, so that the threaded tests
+/// (`race_tests`) lose the race on a loaded machine too, and let a test play hardware that
+/// keeps rewriting the entry (`testutil::keep_rewriting`); other builds compile it to nothing.
 #[inline(always)]
-pub(super) fn race_window() {
+pub(super) fn race_window(slot: &AtomicU64) {
     #[cfg(all(test, feature = "std"))]
-    std::thread::yield_now();
+    {
+        super::testutil::rewrite_if_asked(slot);
+        std::thread::yield_now();
+    }
+    #[cfg(not(all(test, feature = "std")))]
+    let _ = slot;
 }
 
 /// Whether reading dirty state cleans it ([`PageTable::read_dirty`]).
@@ -126,6 +135,35 @@ enum Unmapped {
     /// Unlinked the table the part covers whole (the slot is cleared, the change gathered),
     /// linked by this entry: its pages and bytes are for the walk to reap.
     Unlinked(Table, u64),
+}
+
+/// A table `unmap_level` is unmapping: the IOVA of its current slot (its index comes from it),
+/// where its part of the range ends, and, if the entry that links it marks a split (rule 5),
+/// the bytes the walk had unmapped when it opened the table (else [`NO_SPLIT`]). 32 bytes: the
+/// path of six is most of that frame, which lies under the reap of a table the range covers
+/// whole.
+#[derive(Clone, Copy)]
+struct UnmapOpen {
+    t: Table,
+    iova: u64,
+    end: u64,
+    split_from: u64,
+}
+
+/// [`UnmapOpen::split_from`] of a table no split made: no walk unmaps `u64::MAX` bytes, as a
+/// range is whole granules.
+const NO_SPLIT: u64 = u64::MAX;
+
+/// A table `clear_dirty_level` is walking: the part of the range left in it (its parent's
+/// entry stays current until it is done), the entry that links it, whether anything below it
+/// was cleaned.
+#[derive(Clone, Copy)]
+struct DirtyOpen {
+    t: Table,
+    iova: u64,
+    left: u64,
+    link: u64,
+    cleaned: bool,
 }
 
 /// The entry slots of a table page.
@@ -1219,12 +1257,16 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     /// (holes count for nothing). The cleared ranges and unlinked tables go into `gather`.
     ///
     /// A larger page that reaches outside the range is split (or, with
-    /// [`SplitPolicy::Refuse`], the call fails). Either the whole range is unmapped or nothing
-    /// changed.
+    /// [`SplitPolicy::Refuse`], the call fails).
     ///
     /// # Errors
-    /// Range and alignment errors; [`Error::SplitRefused`], [`Error::SplitUnsupported`];
-    /// [`Error::NoMemory`] or [`Error::TableOutOfRange`] for a split.
+    /// Refusals, with nothing changed: range and alignment errors; [`Error::SplitRefused`],
+    /// [`Error::SplitUnsupported`]; [`Error::NoMemory`] or [`Error::TableOutOfRange`] for the
+    /// tables a split needs (reserved before anything changes). Met during the walk, which
+    /// stops there: [`Error::EntryUnstable`] (hardware kept rewriting an entry to be split),
+    /// [`Error::UnknownTable`] (a corrupt entry). Then what the walk cleared before stays
+    /// cleared, and `gather` holds it together with the larger page of every split table
+    /// above it (ARCHITECTURE.md "Concurrency", rule 5): flush `gather` on an error too.
     pub fn unmap(&self, iova: Iova, len: u64, gather: &mut Gather) -> Result<u64, Error> {
         let one_page = len == 1 << self.geo().granule_log2;
         if !one_page || !self.one_page_ok(iova.get(), 0) {
@@ -1260,11 +1302,12 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
             return Ok(bytes);
         }
         if let Some((blocks, split_levels)) = self.block_unmap_table_for(iova.get(), end, len) {
-            let bytes = self.unmap_blocks(blocks, iova.get(), len, gather)?;
-            if bytes > 0 {
+            let r = self.unmap_blocks(blocks, iova.get(), len, gather);
+            // After an error too: blocks before the failing entry are cleared (rule 5).
+            if !matches!(r, Ok(0)) {
                 self.note_split_pages(split_levels, iova.get(), gather);
             }
-            return Ok(bytes);
+            return r;
         }
         self.unmap_walk(iova.get(), end, gather)
     }
@@ -1348,8 +1391,9 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     /// there, or the one its split installed); that table's part of the range is unmapped
     /// before the next entry, with the parent's entry current meanwhile, so that the part
     /// (each level's `range`, as `unmap_entry` takes it) and the larger page of a split table
-    /// (rule 5) are known when the walk returns to it. Errors return at once, as the recursion
-    /// did.
+    /// (rule 5) are known when the walk returns to it. Errors return at once, through
+    /// [`Self::unmap_failed`]: what was cleared before stays cleared and in `gather`, with the
+    /// larger pages of the split tables still open.
     fn unmap_level(
         &self,
         t: Table,
@@ -1363,20 +1407,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
             self.break_leaf_runs(t, iova, len, gather);
             return Ok(self.clear_leaves(t, iova, len, gather));
         }
-        /// A table being unmapped: the IOVA of its current slot (its index comes from it), where
-        /// its part of the range ends, and, if the entry that links it marks a split (rule 5),
-        /// the bytes the walk had unmapped when it opened the table (else `NO_SPLIT`: no walk
-        /// unmaps `u64::MAX` bytes, as a range is whole granules). 32 bytes: the path of six is
-        /// most of this frame, which lies under the reap of a table the range covers whole.
-        #[derive(Clone, Copy)]
-        struct Open {
-            t: Table,
-            iova: u64,
-            end: u64,
-            split_from: u64,
-        }
-        const NO_SPLIT: u64 = u64::MAX;
-        let mut path = [Open {
+        let mut path = [UnmapOpen {
             t,
             iova,
             end: iova + len,
@@ -1386,7 +1417,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         // The bytes unmapped so far, under every table.
         let mut total = 0u64;
         // The part of the range under the current entry of the table at `up`.
-        let chunk_of = |open: &Open, up: u32| {
+        let chunk_of = |open: &UnmapOpen, up: u32| {
             let size = 1u64 << self.geo().level_shift(up);
             (open.end - open.iova).min(size - (open.iova & (size - 1)))
         };
@@ -1413,8 +1444,12 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
                     None => (iova, iova + len),
                 };
                 let idx = self.geo().index(at, open.iova);
-                let found =
-                    self.unmap_entry(open.t, at, idx, open.iova, chunk, range, gather, spares)?;
+                let found = match self
+                    .unmap_entry(open.t, at, idx, open.iova, chunk, range, gather, spares)
+                {
+                    Ok(found) => found,
+                    Err(e) => return Err(self.unmap_failed(e, &path, depth, level, gather)),
+                };
                 match found {
                     Unmapped::Bytes(bytes) => {
                         total += bytes;
@@ -1422,10 +1457,13 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
                     }
                     // Reaped from this frame, not from `unmap_entry`'s: the deepest part of
                     // the walk (a kernel stack).
-                    Unmapped::Unlinked(child, raw) => {
-                        total += self.reap(child, at - 1, raw, gather)?;
-                        (at, false)
-                    }
+                    Unmapped::Unlinked(child, raw) => match self.reap(child, at - 1, raw, gather) {
+                        Ok(bytes) => {
+                            total += bytes;
+                            (at, false)
+                        }
+                        Err(e) => return Err(self.unmap_failed(e, &path, depth, level, gather)),
+                    },
                     Unmapped::Below(child, link) if at == 1 => {
                         self.break_leaf_runs(child, open.iova, chunk, gather);
                         let bytes = self.clear_leaves(child, open.iova, chunk, gather);
@@ -1434,10 +1472,11 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
                     }
                     Unmapped::Below(child, link) => {
                         if depth + 1 >= WALK_LEVELS {
-                            return Err(Self::too_deep(level));
+                            let e = Self::too_deep(level);
+                            return Err(self.unmap_failed(e, &path, depth, level, gather));
                         }
                         depth += 1;
-                        path[open_at(depth)] = Open {
+                        path[open_at(depth)] = UnmapOpen {
                             t: child,
                             iova: open.iova,
                             end: open.iova + chunk,
@@ -1458,6 +1497,34 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
             let chunk = chunk_of(current, up);
             current.iova = current.iova.wrapping_add(chunk);
         }
+    }
+
+    /// `unmap_level`'s error return: records in `gather` the larger page of every table on
+    /// `path` (the open tables, `path[0]` at `level`, `path[depth]` the deepest) whose link
+    /// marks a split (rule 5), then hands `e` back. Every such table, not only those whose
+    /// bytes `unmap_level` counted: the failing step may itself have changed entries below it
+    /// without counting them (a table unlinked whose reap then failed), and an invalidation
+    /// too many costs nothing but itself. Out of line and cold: none of it is in the walk's
+    /// frame (a kernel stack).
+    #[cold]
+    #[inline(never)]
+    fn unmap_failed(
+        &self,
+        e: Error,
+        path: &[UnmapOpen; WALK_LEVELS],
+        depth: usize,
+        level: u32,
+        gather: &mut Gather,
+    ) -> Error {
+        let pairs = path.iter().zip(path.iter().skip(1)).take(depth);
+        for (i, (parent, open)) in pairs.enumerate() {
+            // `open` is at `level - i - 1`: its link at `level - i`.
+            let up = level - i as u32;
+            if open.split_from != NO_SPLIT {
+                self.note_split_page(up, parent.iova, gather);
+            }
+        }
+        e
     }
 
     /// Unmaps `[iova, iova + chunk)` under slot `idx` of `t` (at `level`); `range` is the part
@@ -1877,15 +1944,11 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
             unsafe { new.slot(i) }.store(e, Ordering::Relaxed);
         }
         self.sync(page.va, 1 << self.geo().granule_log2);
-        race_window();
-        crate::barrier::publish_table();
         // SAFETY: `idx` indexes the live table `t`.
-        match unsafe { t.slot(idx) }.compare_exchange(
-            raw,
-            table_entry,
-            Ordering::Release,
-            Ordering::Acquire,
-        ) {
+        let slot = unsafe { t.slot(idx) };
+        race_window(slot);
+        crate::barrier::publish_table();
+        match slot.compare_exchange(raw, table_entry, Ordering::Release, Ordering::Acquire) {
             Ok(_) => {
                 // SAFETY: `idx` indexes the live table `t`.
                 self.sync(unsafe { t.entry_ptr(idx) }, 8);
@@ -2041,7 +2104,9 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     ///
     /// # Errors
     /// [`Error::NoDirtyTracking`] when the format is configured without it; range errors;
-    /// [`Error::EntryUnstable`] if hardware kept rewriting an entry.
+    /// [`Error::EntryUnstable`] if hardware kept rewriting an entry, [`Error::UnknownTable`]
+    /// for a corrupt entry: the walk stops there, and `gather` holds what it cleaned before,
+    /// with the larger page of every split table above it (flush it on an error too).
     pub fn read_and_clear_dirty(
         &self,
         iova: Iova,
@@ -2098,7 +2163,9 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     ///
     /// # Errors
     /// [`Error::NoDirtyTracking`] when the format is configured without it;
-    /// [`Error::EntryUnstable`] if hardware kept rewriting an entry.
+    /// [`Error::EntryUnstable`] if hardware kept rewriting an entry: tracking is on and
+    /// `gather` holds what was cleaned, as after a failed
+    /// [`read_and_clear_dirty`](Self::read_and_clear_dirty).
     pub fn set_dirty_tracking(&self, on: bool, gather: &mut Gather) -> Result<(), Error> {
         if !self.format.dirty_tracking() {
             return Err(Error::NoDirtyTracking);
@@ -2119,7 +2186,8 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     /// Depth first without recursion (one frame however deep the tables: a kernel stack): each
     /// entry is read once per attempt by `clear_dirty_entry`, a table it finds is walked before
     /// the next entry, and once that table is done its split mark decides whether the larger
-    /// page it replaced goes into `gather` (rule 5).
+    /// page it replaced goes into `gather` (rule 5). Errors return at once, through
+    /// [`Self::clear_dirty_failed`], which decides the same for the tables still open.
     #[allow(clippy::too_many_arguments)]
     fn clear_dirty_level(
         &self,
@@ -2131,18 +2199,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         sink: &mut impl FnMut(Iova, u32),
         gather: &mut Gather,
     ) -> Result<bool, Error> {
-        /// A table being walked: the part of the range left in it (its parent's entry stays
-        /// current until it is done), the entry that links it, whether anything below it was
-        /// cleaned.
-        #[derive(Clone, Copy)]
-        struct Open {
-            t: Table,
-            iova: u64,
-            left: u64,
-            link: u64,
-            cleaned: bool,
-        }
-        let mut path = [Open {
+        let mut path = [DirtyOpen {
             t,
             iova,
             left: len,
@@ -2175,19 +2232,30 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
             let size = 1u64 << self.geo().level_shift(at);
             let chunk = open.left.min(size - (open.iova & (size - 1)));
             let idx = self.geo().index(at, open.iova);
-            match self.clear_dirty_entry(open.t, at, idx, open.iova, how, sink, gather)? {
+            let found = match self.clear_dirty_entry(open.t, at, idx, open.iova, how, sink, gather)
+            {
+                Ok(found) => found,
+                Err(e) => return Err(self.clear_dirty_failed(e, &path, depth, level, gather)),
+            };
+            match found {
                 Dirty::Leaf(cleaned) => {
                     let open = &mut path[open_at(depth)];
                     open.cleaned |= cleaned;
                     (open.iova, open.left) = (open.iova.wrapping_add(chunk), open.left - chunk);
                 }
                 Dirty::Table(raw) => {
-                    let child = self.child(raw)?;
-                    depth += 1;
-                    let Some(below) = path.get_mut(depth) else {
-                        return Err(Self::too_deep(level));
+                    let child = match self.child(raw) {
+                        Ok(child) => child,
+                        Err(e) => {
+                            return Err(self.clear_dirty_failed(e, &path, depth, level, gather))
+                        }
                     };
-                    *below = Open {
+                    if depth + 1 >= WALK_LEVELS {
+                        let e = Self::too_deep(level);
+                        return Err(self.clear_dirty_failed(e, &path, depth, level, gather));
+                    }
+                    depth += 1;
+                    path[open_at(depth)] = DirtyOpen {
                         t: child,
                         iova: open.iova,
                         left: chunk,
@@ -2197,6 +2265,36 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
                 }
             }
         }
+    }
+
+    /// `clear_dirty_level`'s error return: records in `gather` the larger page of every table
+    /// on `path` (the open tables, `path[0]` at `level`, `path[depth]` the deepest) whose link
+    /// marks a split and below which something was cleaned (rule 5: the larger page may still
+    /// be cached writable and dirty), then hands `e` back. `cleaned` is exact here, unlike an
+    /// unmap's byte count: a failing `clear_dirty_entry` cleaned nothing; it is propagated up
+    /// from the deepest table, as the walk would have done on its way back. Out of line and
+    /// cold: none of it is in the walk's frame (a kernel stack).
+    #[cold]
+    #[inline(never)]
+    fn clear_dirty_failed(
+        &self,
+        e: Error,
+        path: &[DirtyOpen; WALK_LEVELS],
+        depth: usize,
+        level: u32,
+        gather: &mut Gather,
+    ) -> Error {
+        let pairs = path.iter().zip(path.iter().skip(1)).take(depth);
+        let mut below = false;
+        for (i, (parent, open)) in pairs.enumerate().rev() {
+            // `open` is at `level - i - 1`: its link at `level - i`.
+            let up = level - i as u32;
+            below |= open.cleaned;
+            if below && self.split_made(up, open.link) {
+                self.note_split_page(up, parent.iova, gather);
+            }
+        }
+        e
     }
 
     /// Cleans the dirty state of the leaf in slot `idx` of `t` (`iova` lies in it),
@@ -2233,7 +2331,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
                 return Ok(Dirty::Leaf(false));
             }
             let clean = self.format.leaf_clear_dirty(raw);
-            race_window();
+            race_window(slot);
             match slot.compare_exchange(raw, clean, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => {
                     self.sync(NonNull::from(slot).cast(), 8);
@@ -2487,7 +2585,7 @@ pub(super) fn store_leaves<F: Format>(
 
 /// Stores `leaf(pa)` into entry `first + i` of the live table `t` for `i` in `from..to`, `pa`
 /// going from `from_pa` by `step` per entry: one 64-bit atomic store each (the loop of
-/// [`store_leaves`]).
+/// [`store_leaves`]). Nothing for `from >= to`.
 #[inline(always)]
 fn store_each(
     t: Table,
@@ -2505,7 +2603,9 @@ fn store_each(
     // Four entries per step, in entry order: the compiler unrolled this loop for some
     // stretches and not others (Arm's level-1 blocks: 7 instructions per entry against VT-d's
     // 3.75, callgrind).
-    let fours = from + ((to - from) & !3);
+    // Saturating: `to - from` wrapping for `from > to` would make `fours` an index past the
+    // table (today's caller returns before that, but the stores are unchecked).
+    let fours = from + (to.saturating_sub(from) & !3);
     while i < fours {
         store(i, pa);
         store(i + 1, pa.wrapping_add(step));
