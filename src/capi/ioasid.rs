@@ -505,7 +505,13 @@ pub unsafe extern "C" fn ie_ctx_bind_direct(
 #[no_mangle]
 pub unsafe extern "C" fn ie_ctx_unbind(ctx: *mut IeCtx, device: u32) -> i32 {
     code((|| {
-        Ok(ctx_obj(ctx)?.value.ctx.unbind(self::device(ctx, device)?)?)
+        let c = ctx_obj(ctx)?;
+        let device = self::device(ctx, device)?;
+        // The unbind's result in this frame, not copied out of a frame of its own over the
+        // detach (the kernel-stack bound).
+        let mut r = Ok(());
+        c.value.ctx.unbind_into(device, &mut r);
+        Ok(r?)
     })())
 }
 
@@ -860,7 +866,13 @@ pub unsafe extern "C" fn ie_ctx_attach_pasid(
 #[no_mangle]
 pub unsafe extern "C" fn ie_ctx_detach(ctx: *mut IeCtx, device: u32) -> i32 {
     code((|| {
-        Ok(ctx_obj(ctx)?.value.ctx.detach(self::device(ctx, device)?)?)
+        let c = ctx_obj(ctx)?;
+        let device = self::device(ctx, device)?;
+        // The detach's result in this frame, not copied out of a frame of its own over the
+        // unmaps and flushes (the kernel-stack bound).
+        let mut r = Ok(());
+        c.value.ctx.detach_into(device, &mut r);
+        Ok(r?)
     })())
 }
 

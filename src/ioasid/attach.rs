@@ -1,9 +1,11 @@
 //! Attaching devices and (device, PASID) pairs to IOASIDs; the hardware domains behind them.
 
 use super::ctx::{Ioasid, IoasidCtx, PasidAttachment, State, UnitDomain};
+use super::direct::unuse_device_direct_into;
 use super::registry::UnitId;
 use super::{
-    Attachment, DeviceHandle, Error, Incompatibility, IoasidFlags, IoasidId, MAX_DIRECT_REGIONS,
+    keep_first, Attachment, DeviceHandle, DeviceLabel, Error, Incompatibility, IoasidFlags,
+    IoasidId, MAX_DIRECT_REGIONS,
 };
 use crate::iommu::{self, DeviceId, DomainConfig, DomainHandle, Iommu, Missing, Pasid, Stage};
 use crate::mem::{Iova, PageAllocator};
@@ -193,89 +195,210 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     /// (reissues the invalidation, retries the unmap) and returns `Ok` once nothing is owed.
     /// Any later call on the IOASID (map, unmap, free, ...) settles the invalidation too.
     pub fn detach(&self, device: DeviceHandle) -> Result<(), Error> {
+        // The one `Result` of the detach, which each step puts its errors into: the return
+        // value itself, not a copy in a frame over the unmaps and flushes (the kernel-stack
+        // bound of the C ABI).
+        let mut r = Ok(());
+        self.detach_into(device, &mut r);
+        r
+    }
+
+    /// [`IoasidCtx::detach`] with its error in `r`, which the caller passes `Ok`. Inlined in
+    /// its callers (detach, unbind, the context's drop, the C ABI's detach): `r` is theirs,
+    /// not a copy in a frame of its own over the unmaps and flushes.
+    #[inline(always)]
+    pub(crate) fn detach_into(&self, device: DeviceHandle, r: &mut Result<(), Error>) {
         let (touched, label) = {
             let st = self.state.read();
-            let dev = st.device(device)?;
+            let dev = match st.device(device) {
+                Ok(dev) => dev,
+                Err(e) => {
+                    *r = Err(e);
+                    return;
+                }
+            };
             let [l0, l1] = dev.left_owing;
             ([dev.attached, dev.unsettled.flatten(), l0, l1], dev.label)
         };
         // Its page faults are answered first (iommufd_auto_response_faults): nothing will.
         self.answer_faults_of(label, None);
-        let mut r = self.detach_locked(device);
-        // Unmapped direct regions may leave empty tables: reclaimed now. A reclaim whose
-        // invalidation is not confirmed is owed like the unmap's, and the retry settles it.
-        for io in touched.into_iter().flatten() {
-            if let Err(e @ Error::InvalidationPending { .. }) = self.reclaim_when_due(io) {
-                let mut st = self.state.write();
-                if let Ok(d) = st.device_mut(device) {
-                    // A device attached again (by another thread) settles it at its detach.
-                    if d.attached.is_none() {
-                        note_left(&mut d.left_owing, io);
-                        r = r.and(Err(e));
-                    }
-                }
-            }
-        }
-        r
+        self.detach_locked(device, r);
+        self.reclaim_after_detach(device, touched, r);
     }
 
-    fn detach_locked(&self, device: DeviceHandle) -> Result<(), Error> {
+    /// The end of [`IoasidCtx::detach`]: unmapped direct regions may leave empty tables in
+    /// the IOASIDs the device `touched`, reclaimed now. A reclaim whose invalidation is not
+    /// confirmed is owed like the unmap's (noted, its error added to `r`), and the retry
+    /// settles it. Not inlined: its locals are not in the frame over the detach's unmaps and
+    /// flushes (the kernel-stack bound of the C ABI).
+    #[inline(never)]
+    fn reclaim_after_detach(
+        &self,
+        device: DeviceHandle,
+        touched: [Option<IoasidId>; 4],
+        r: &mut Result<(), Error>,
+    ) {
+        for io in touched.into_iter().flatten() {
+            let mut reclaimed = Ok(());
+            self.reclaim_when_due_into(io, &mut reclaimed);
+            if let Err(e @ Error::InvalidationPending { .. }) = reclaimed {
+                self.note_reclaim_owed(device, io, e, r);
+            }
+        }
+    }
+
+    /// A detach's reclaim in `io` left invalidation `e` owed: noted in the device's
+    /// `left_owing` and kept in `r` (unless an earlier error is there), for the retry to settle.
+    /// A failure's path, not inlined.
+    #[cold]
+    #[inline(never)]
+    fn note_reclaim_owed(
+        &self,
+        device: DeviceHandle,
+        io: IoasidId,
+        e: Error,
+        r: &mut Result<(), Error>,
+    ) {
         let mut st = self.state.write();
-        let label = st.device(device)?.label;
-        // What an earlier detach left owed is settled first (what still fails stays noted).
-        let earlier = self.settle_left(&mut st, device);
-        let Some(old) = st.device(device)?.attached else {
-            return earlier.unwrap_or(Err(Error::NotAttached(device)));
+        if let Ok(d) = st.device_mut(device) {
+            // A device attached again (by another thread) settles it at its detach.
+            if d.attached.is_none() {
+                note_left(&mut d.left_owing, io);
+                keep_first(r, e);
+            }
+        }
+    }
+
+    /// [`IoasidCtx::detach`] under the context's write lock, its error in `result` (passed
+    /// `Ok`). Not inlined, nor are the steps that unmap (`settle_left`, `leave_noting`): their
+    /// errors go straight into `result`, no `Result` of this layer is in the frames over their
+    /// unmaps and flushes (the kernel-stack bound of the C ABI).
+    #[inline(never)]
+    fn detach_locked(&self, device: DeviceHandle, result: &mut Result<(), Error>) {
+        let mut st = self.state.write();
+        let label = match st.device(device) {
+            Ok(dev) => dev.label,
+            Err(e) => {
+                *result = Err(e);
+                return;
+            }
         };
-        unit_detach(self.unit(label.unit)?, label.id, None)?;
-        let dev = st.device_mut(device)?;
+        // What an earlier detach left owed is settled first (what still fails stays noted).
+        let earlier = self.settle_left(&mut st, device, result);
+        let old = match st.device(device) {
+            Ok(dev) => dev.attached,
+            Err(e) => {
+                *result = Err(e);
+                return;
+            }
+        };
+        let Some(old) = old else {
+            if !earlier {
+                *result = Err(Error::NotAttached(device));
+            }
+            return;
+        };
+        if !self.unit_detach_into(label, result) {
+            return;
+        }
+        let dev = match st.device_mut(device) {
+            Ok(dev) => dev,
+            Err(e) => {
+                *result = Err(e);
+                return;
+            }
+        };
         let previous = dev.unsettled.take().flatten();
         dev.attached = None;
         // The device is blocked: its direct regions go with their last user, invalidated
         // before the domain (and its table pages) can be freed; so does what an unsettled
         // attach still held of the IOASID it was leaving. What fails is noted for the retry.
-        let mut result = earlier.unwrap_or(Ok(()));
         for io in [Some(old), previous].into_iter().flatten() {
-            if let Err(e) = self.leave(&mut st, io, label.unit, device) {
-                note_left(&mut st.device_mut(device)?.left_owing, io);
-                result = result.and(Err(e));
+            self.leave_noting(&mut st, io, label.unit, device, result);
+        }
+    }
+
+    /// Detaches `label` on its unit, as [`unit_detach`] does; on failure its error replaces
+    /// what `result` held (what an earlier detach left owed), and `false`. Not inlined (see
+    /// `detach_locked`); the error is built in [`detach_refused`].
+    #[inline(never)]
+    fn unit_detach_into(&self, label: DeviceLabel, result: &mut Result<(), Error>) -> bool {
+        let Ok(unit) = self.unit(label.unit) else {
+            return detach_refused(result, Error::NoSuchUnit(label.unit));
+        };
+        match unit.detach(label.id, None) {
+            Ok(()) | Err(iommu::Error::NotAttached(_)) => true,
+            Err(e) => detach_refused(result, e),
+        }
+    }
+
+    /// [`Self::leave`] for a detach: what fails is noted in the device's `left_owing` for the
+    /// retry, and its error kept in `result` unless an earlier one is. Not inlined (see
+    /// `detach_locked`).
+    #[inline(never)]
+    fn leave_noting(
+        &self,
+        st: &mut State<'a, A>,
+        ioasid: IoasidId,
+        unit: UnitId,
+        device: DeviceHandle,
+        result: &mut Result<(), Error>,
+    ) {
+        // `leave`, its errors put straight into `result`.
+        let failed = match unuse_device_direct_into(st, ioasid, device, MAX_DIRECT_REGIONS, result)
+        {
+            Some(io) => self.drop_unused_direct_into(io, result),
+            None => true,
+        };
+        self.release_domain(st, ioasid, unit);
+        if failed {
+            // The device is there: the caller holds the write lock it found it under.
+            if let Ok(d) = st.device_mut(device) {
+                note_left(&mut d.left_owing, ioasid);
             }
         }
-        result
     }
 
     /// Settles what an earlier detach of `device` left owed (see [`IoasidCtx::detach`]):
     /// retries the unmap of direct regions left without users and reissues the invalidations
-    /// each noted IOASID owes. `None` if nothing was noted.
+    /// each noted IOASID owes; the first error goes to `result` unless an earlier one is
+    /// there. `false` if nothing was noted. Not inlined (see `detach_locked`).
+    #[inline(never)]
     fn settle_left(
         &self,
         st: &mut State<'a, A>,
         device: DeviceHandle,
-    ) -> Option<Result<(), Error>> {
-        let left = st.device(device).ok()?.left_owing;
+        result: &mut Result<(), Error>,
+    ) -> bool {
+        let Ok(dev) = st.device(device) else {
+            return false;
+        };
+        let left = dev.left_owing;
         if left.iter().all(Option::is_none) {
-            return None;
+            return false;
         }
-        let mut result = Ok(());
         let mut still = [None; 2];
         for (slot, io) in still.iter_mut().zip(left) {
             // An IOASID freed since: its free settled what was owed first.
             let Some(io) = io.filter(|io| st.ioasid(*io).is_ok()) else {
                 continue;
             };
-            let mut r = self.drop_direct(st, io, &[]);
-            if r.is_ok() {
-                r = st.ioasid(io).and_then(|i| self.settle(i));
-            }
-            if r.is_err() {
+            // Its direct mappings left without users, then what it owes, errors into `result`.
+            let settled = match st.ioasid_mut(io) {
+                Ok(i) => !self.drop_unused_direct_into(i, result) && self.settle_into(i, result),
+                Err(e) => {
+                    keep_first(result, e);
+                    false
+                }
+            };
+            if !settled {
                 *slot = Some(io);
             }
-            result = result.and(r);
         }
         if let Ok(d) = st.device_mut(device) {
             d.left_owing = still;
         }
-        Some(result)
+        true
     }
 
     /// Attaches a (device, PASID) pair to an IOASID allocated with [`IoasidFlags::PASID`]. The
@@ -821,6 +944,15 @@ fn place_run(
             .map(handle, r.iova, r.pa, r.len, r.prot)
             .map_err(|e| inexpressible(device, r.iova, e)),
     }
+}
+
+/// The end of [`IoasidCtx::unit_detach_into`] when the unit refused: `e` replaces what
+/// `result` held; `false`. A failure's path, not inlined: the error is built here.
+#[cold]
+#[inline(never)]
+fn detach_refused(result: &mut Result<(), Error>, e: impl Into<Error>) -> bool {
+    *result = Err(e.into());
+    false
 }
 
 /// Notes `io` among the IOASIDs a detach left something owed in (at most two: the one the

@@ -477,28 +477,73 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
     /// again meanwhile. The errors of `detach_pasid` and `detach`: the device stays bound, with
     /// what was not detached yet still attached; a retry goes on.
     pub fn unbind(&self, device: DeviceHandle) -> Result<(), Error> {
+        let mut r = Ok(());
+        self.unbind_into(device, &mut r);
+        r
+    }
+
+    /// [`IoasidCtx::unbind`] with its error in `r`, which the caller passes `Ok`: each step's
+    /// error goes into the caller's `Result`, none is kept in this frame, over the detaches'
+    /// unmaps and flushes (the kernel-stack bound of the C ABI, whose call passes its own).
+    pub(crate) fn unbind_into(&self, device: DeviceHandle, r: &mut Result<(), Error>) {
+        *r = self.unbind_check(device);
+        // One PASID at a time, each under its own lock (bounded: each pass detaches one).
+        for _ in 0..=super::MAX_PASID_ATTACHMENTS {
+            if r.is_err() {
+                return;
+            }
+            let Some(p) = self.next_pasid_of(device) else {
+                break;
+            };
+            *r = self.detach_pasid(device, p);
+        }
+        if r.is_ok() && self.attached_for_unbind(device, r) {
+            self.detach_into(device, r);
+        }
+        if r.is_ok() {
+            *r = self.release_device(device);
+        }
+    }
+
+    /// Whether [`IoasidCtx::unbind`] may go on: the device exists and holds no grant.
+    #[inline(never)]
+    fn unbind_check(&self, device: DeviceHandle) -> Result<(), Error> {
         self.state.read().device(device)?;
         if self.grant_count(device) != 0 {
             return Err(Error::Busy);
         }
-        // One PASID at a time, each under its own lock (bounded: each pass detaches one).
-        for _ in 0..=super::MAX_PASID_ATTACHMENTS {
-            let next = self
-                .state
-                .read()
-                .pasid_attachments
-                .iter()
-                .flatten()
-                .find(|a| a.device == device)
-                .map(|a| a.pasid);
-            match next {
-                Some(p) => self.detach_pasid(device, p)?,
-                None => break,
+        Ok(())
+    }
+
+    /// A PASID `device` is attached through, for [`IoasidCtx::unbind`].
+    #[inline(never)]
+    fn next_pasid_of(&self, device: DeviceHandle) -> Option<Pasid> {
+        self.state
+            .read()
+            .pasid_attachments
+            .iter()
+            .flatten()
+            .find(|a| a.device == device)
+            .map(|a| a.pasid)
+    }
+
+    /// Whether `device` is attached, for [`IoasidCtx::unbind`]; `false` with the error in `r`
+    /// if it is gone.
+    #[inline(never)]
+    fn attached_for_unbind(&self, device: DeviceHandle, r: &mut Result<(), Error>) -> bool {
+        match self.state.read().device(device) {
+            Ok(dev) => dev.attached.is_some(),
+            Err(e) => {
+                *r = Err(e);
+                false
             }
         }
-        if self.state.read().device(device)?.attached.is_some() {
-            self.detach(device)?;
-        }
+    }
+
+    /// The end of [`IoasidCtx::unbind`], once the device is detached: releases it unless
+    /// another call attached it (or granted it) meanwhile. Not inlined (see `unbind`).
+    #[inline(never)]
+    fn release_device(&self, device: DeviceHandle) -> Result<(), Error> {
         let mut st = self.state.write();
         let dev = st.device(device)?;
         let pasid_attached = st
@@ -818,9 +863,20 @@ impl<A: PageAllocator> Drop for IoasidCtx<'_, '_, A> {
     /// and PASIDs stay allocated, and invalidations never confirmed keep their table pages;
     /// the registry counts what was given up ([`Registry::leaked`]).
     fn drop(&mut self) {
-        // Errors cannot be reported from drop: each step is still attempted. Slot by slot,
-        // each read under a short lock, rather than from snapshots of the tables (1.5 KiB of
-        // stack): a detach clears only its own slot and binds nothing.
+        // Errors cannot be reported from drop: each step is still attempted. Each step in a
+        // frame of its own (the kernel-stack bound of the C ABI): the detaches' locals are not
+        // under the frees, nor the frees' under the detaches.
+        self.detach_all();
+        self.release_all();
+    }
+}
+
+impl<A: PageAllocator> IoasidCtx<'_, '_, A> {
+    /// The start of the context's drop: detaches every (device, PASID) pair and every device,
+    /// whatever fails. Slot by slot, each read under a short lock, rather than from snapshots
+    /// of the tables (1.5 KiB of stack): a detach clears only its own slot and binds nothing.
+    #[inline(never)]
+    fn detach_all(&self) {
         for i in 0..MAX_PASID_ATTACHMENTS {
             let pair = self.state.read().pasid_attachments[i].map(|a| (a.device, a.pasid));
             if let Some((d, p)) = pair {
@@ -830,14 +886,13 @@ impl<A: PageAllocator> Drop for IoasidCtx<'_, '_, A> {
         for i in 0..MAX_DEVICES {
             let bound = self.state.read().devices[i].is_some();
             if bound {
-                let _ = self.detach(DeviceHandle::new(self.id, i as u16));
+                // Into a `Result` of this frame, not one of `detach` over it.
+                let mut ignored = Ok(());
+                self.detach_into(DeviceHandle::new(self.id, i as u16), &mut ignored);
             }
         }
-        self.release_all();
     }
-}
 
-impl<A: PageAllocator> IoasidCtx<'_, '_, A> {
     /// The end of the context's drop, once every device was detached (or refused to be):
     /// frees what remains, releases the devices, counts what was given up. Not inlined: its
     /// locals are not in the frame that detaches (the kernel-stack bound of the C ABI).

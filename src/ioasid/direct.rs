@@ -51,7 +51,7 @@
 //! attachments: a device's PASID-tagged requests use the PASID's IOASID.
 
 use super::ctx::{Ioasid, IoasidCtx, State};
-use super::{DeviceHandle, Error, Incompatibility, IoasidId};
+use super::{keep_first, DeviceHandle, Error, Incompatibility, IoasidId};
 use crate::mem::{Iova, PageAllocator, PhysAddr};
 use crate::pgtable::{IovaRange, Prot};
 
@@ -218,19 +218,33 @@ fn unuse_direct<A: PageAllocator>(io: &mut Ioasid<'_, A>, regions: &[Option<Dire
 }
 
 /// [`unuse_direct`] of the first `upto` regions `device` was bound with, in `ioasid`; returns
-/// the IOASID. Not inlined: the copy of the device's table is on the stack only while it
-/// runs, not under the unmaps (and their flushes) that follow.
+/// the IOASID, or `None` with the error put into `result` unless an earlier one is there.
+/// Not inlined: the copy of the device's table is on the stack only while it runs, not under
+/// the unmaps (and their flushes) that follow.
 #[inline(never)]
-fn unuse_device_direct<'s, 'a, A: PageAllocator>(
+pub(super) fn unuse_device_direct_into<'s, 'a, A: PageAllocator>(
     st: &'s mut State<'a, A>,
     ioasid: IoasidId,
     device: DeviceHandle,
     upto: usize,
-) -> Result<&'s mut Ioasid<'a, A>, Error> {
-    let regions = st.device(device)?.direct;
-    let io = st.ioasid_mut(ioasid)?;
+    result: &mut Result<(), Error>,
+) -> Option<&'s mut Ioasid<'a, A>> {
+    let regions = match st.device(device) {
+        Ok(d) => d.direct,
+        Err(e) => {
+            keep_first(result, e);
+            return None;
+        }
+    };
+    let io = match st.ioasid_mut(ioasid) {
+        Ok(io) => io,
+        Err(e) => {
+            keep_first(result, e);
+            return None;
+        }
+    };
     unuse_direct(io, regions.get(..upto).unwrap_or(&regions));
-    Ok(io)
+    Some(io)
 }
 
 /// The direct mapping of `io` that overlaps `[start, end)`, for `map` and `unmap`.
@@ -348,27 +362,16 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         Ok(())
     }
 
-    /// Counts one user fewer of each region in `regions` mapped in `ioasid`; a region left
-    /// without users is unmapped from every domain (with the invalidation) and from the
-    /// record. Mappings left without users by an earlier failure are retried.
+    /// Counts one user fewer, in `ioasid`, of each of the first `upto` regions `device` was
+    /// bound with (read from its binding rather than from a copy the caller keeps on the
+    /// stack); a region left without users is unmapped from every domain (with the
+    /// invalidation) and from the record. Mappings left without users by an earlier failure
+    /// are retried.
     ///
     /// # Errors
     /// The first failure to unmap: that region stays mapped and reserved, without users, until
     /// the next detach from the IOASID retries it or the IOASID is freed.
     /// [`Error::InvalidationPending`]: unmapped, the invalidation owed by the IOASID.
-    pub(super) fn drop_direct(
-        &self,
-        st: &mut State<'a, A>,
-        ioasid: IoasidId,
-        regions: &[Option<DirectRegion>],
-    ) -> Result<(), Error> {
-        let io = st.ioasid_mut(ioasid)?;
-        unuse_direct(io, regions);
-        self.drop_unused_direct(io)
-    }
-
-    /// [`Self::drop_direct`] of the first `upto` regions `device` was bound with, read from
-    /// its binding rather than from a copy the caller keeps on the stack.
     pub(super) fn drop_device_direct(
         &self,
         st: &mut State<'a, A>,
@@ -376,16 +379,28 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         device: DeviceHandle,
         upto: usize,
     ) -> Result<(), Error> {
-        let io = unuse_device_direct(st, ioasid, device, upto)?;
-        self.drop_unused_direct(io)
+        let mut result = Ok(());
+        if let Some(io) = unuse_device_direct_into(st, ioasid, device, upto, &mut result) {
+            self.drop_unused_direct_into(io, &mut result);
+        }
+        result
     }
 
-    /// Unmaps the direct mappings of `io` left without users (see [`Self::drop_direct`]).
-    fn drop_unused_direct(&self, io: &mut Ioasid<'a, A>) -> Result<(), Error> {
+    /// Unmaps the direct mappings of `io` left without users (see
+    /// [`Self::drop_device_direct`]), its first error put into `result` unless an earlier one
+    /// is there; `true` if a mapping failed to go (or its invalidation is owed). The
+    /// errors go straight into `result` and into one `Result` per mapping here: no other
+    /// `Result` of this layer is in this frame, over the units' unmaps and flushes (the
+    /// kernel-stack bound of the C ABI).
+    pub(super) fn drop_unused_direct_into(
+        &self,
+        io: &mut Ioasid<'a, A>,
+        result: &mut Result<(), Error>,
+    ) -> bool {
         // The context's gather, not the stack's (it would be under the units' unmaps and
         // flushes): `io` is borrowed from the state's write lock, so the lock is never contended.
         let mut gather = self.unmap_gather.lock();
-        let mut result = Ok(());
+        let mut failed = false;
         for slot in 0..io.direct.len() {
             let Some(m) = io.direct[slot].filter(|m| m.users == 0) else {
                 continue;
@@ -393,16 +408,25 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
             let (start, len) = (m.region.range.start, m.region.len());
             // The tables the mapping used may be left empty: the caller reclaims.
             io.reclaim.note_rollback(start, len);
-            match self.unmap_in(io, start, len, &mut gather) {
-                Ok(_) => io.direct[slot] = None,
+            // `unmap_in`, its error in `r`.
+            let mut r = self.settle(io);
+            if r.is_ok() {
+                self.unmap_unsettled_into(io, start, len, &mut gather, &mut r);
+            }
+            match r {
+                Ok(()) => io.direct[slot] = None,
                 Err(e @ Error::InvalidationPending { .. }) => {
                     io.direct[slot] = None;
-                    result = result.and(Err(e));
+                    failed = true;
+                    keep_first(result, e);
                 }
-                Err(e) => result = result.and(Err(e)),
+                Err(e) => {
+                    failed = true;
+                    keep_first(result, e);
+                }
             }
         }
-        result
+        failed
     }
 
     /// The direct regions `device` was bound with.

@@ -288,25 +288,33 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         len: u64,
         gather: &mut Gather,
     ) -> Result<u64, Error> {
+        let mut out = Ok(());
+        let bytes = self.unmap_unsettled_into(io, iova, len, gather, &mut out);
+        out.map(|()| bytes)
+    }
+
+    /// [`Self::unmap_unsettled`] with its error in `out`, which the caller passes `Ok`; returns
+    /// the bytes unmapped (meaningful when `out` is still `Ok`). Every error goes straight into
+    /// the caller's `out`, so that no `Result` of this layer is in this frame or the domains'
+    /// (the kernel-stack bound of the C ABI: the frames over the units' unmaps and flushes).
+    pub(super) fn unmap_unsettled_into(
+        &self,
+        io: &Ioasid<'a, A>,
+        iova: Iova,
+        len: u64,
+        gather: &mut Gather,
+        out: &mut Result<(), Error>,
+    ) -> u64 {
         // The first invalidation left owed, reported once every domain and the record agree.
-        let mut out = Ok(0);
         for (k, (slot, d)) in domains(io).enumerate() {
-            match self.unmap_domain(io, slot, &d, iova, len, gather) {
-                Ok(_) => {}
-                // The entries are gone: go on, so that every domain and the record agree.
-                Err(e @ Error::InvalidationPending { .. }) => {
-                    if out.is_ok() {
-                        out = Err(e);
-                    }
-                }
-                Err(e) => {
-                    self.remap_domains(io, k, iova, len);
-                    return Err(e);
-                }
+            // The entries are gone when owed: go on, so that every domain and the record agree.
+            if self.unmap_domain_into(io, slot, &d, iova, len, gather, out) == DomainUnmap::Refused
+            {
+                self.remap_domains(io, k, iova, len);
+                return 0;
             }
         }
-        let bytes = self.unmap_from_record(io, iova, len, gather)?;
-        out.map(|_| bytes)
+        self.unmap_from_record(io, iova, len, gather, out)
     }
 
     /// Maps back into the first `n` domains what the record holds in `[iova, iova + len)`
@@ -321,8 +329,9 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
 
     /// The record's part of [`Self::unmap_in`], after every domain's, gathering in `gather`
     /// (the domains', empty again: see [`Self::unmap_domain`]), which it leaves empty: on
-    /// failure the domains get the range back from the record. Not inlined: its locals are
-    /// not under the domains' unmaps and flushes.
+    /// failure the domains get the range back from the record, and the error replaces what
+    /// `out` held. Returns the bytes unmapped. Not inlined: its locals are not under the
+    /// domains' unmaps and flushes.
     #[inline(never)]
     fn unmap_from_record(
         &self,
@@ -330,7 +339,8 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         iova: Iova,
         len: u64,
         gather: &mut Gather,
-    ) -> Result<u64, Error> {
+        out: &mut Result<(), Error>,
+    ) -> u64 {
         *gather = Gather::new();
         let bytes = match io.record.unmap(iova, len, gather) {
             Ok(bytes) => bytes,
@@ -338,12 +348,15 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
                 for (_, d) in domains(io) {
                     let _ = self.remap_from_record(io, &d, iova, len);
                 }
-                return Err(e.into());
+                *out = Err(e.into());
+                return 0;
             }
         };
         // SAFETY: the record is a software table: no hardware walks it.
-        gather.release(self.alloc, unsafe { InvalidationComplete::assume() })?;
-        Ok(bytes)
+        if let Err(e) = gather.release(self.alloc, unsafe { InvalidationComplete::assume() }) {
+            *out = Err(e.into());
+        }
+        bytes
     }
 
     /// What the IOASID's owner mapped at `iova`. `size_log2` is the page the devices see it
@@ -477,6 +490,39 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         }
     }
 
+    /// [`Self::unmap_domain`] for [`Self::unmap_unsettled_into`]: an invalidation left owed
+    /// goes into `out` unless an earlier error is there ([`DomainUnmap::Owed`]), any other
+    /// error replaces what `out` held ([`DomainUnmap::Refused`]). Not inlined, and the errors
+    /// are built in [`domain_error`]: no `Result` of this layer is in the frame over the
+    /// unit's unmap and flush.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(never)]
+    fn unmap_domain_into(
+        &self,
+        io: &Ioasid<'a, A>,
+        slot: usize,
+        d: &UnitDomain,
+        iova: Iova,
+        len: u64,
+        gather: &mut Gather,
+        out: &mut Result<(), Error>,
+    ) -> DomainUnmap {
+        let Ok(unit) = self.unit(d.unit) else {
+            return domain_error(out, Error::NoSuchUnit(d.unit));
+        };
+        // Empty whenever it is passed: see `unmap_domain`.
+        *gather = Gather::new();
+        let r = unit.unmap(d.handle, iova, len, gather);
+        // Flush even after a failure: the gather holds what did change.
+        match unit.flush(d.handle, gather) {
+            Ok(()) => match r {
+                Ok(_) => DomainUnmap::Done,
+                Err(e) => domain_error(out, e),
+            },
+            Err(error) => owe_flush_into(&io.pending, slot, d.unit, gather, r, error, out),
+        }
+    }
+
     // Not inlined: its gather is not on the stack under the domains' unmaps before it.
     #[inline(never)]
     fn unmap_record(&self, io: &Ioasid<'a, A>, iova: Iova, len: u64) {
@@ -515,6 +561,55 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
             }
         })?;
         result
+    }
+}
+
+/// How a domain's part of [`IoasidCtx::unmap_unsettled_into`] ended; its error is in the
+/// caller's `out`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DomainUnmap {
+    /// Unmapped and invalidated.
+    Done,
+    /// Unmapped, the invalidation owed ([`Error::InvalidationPending`]).
+    Owed,
+    /// The unit refused (or its table failed): the unmap stops there.
+    Refused,
+}
+
+/// Puts a domain's error `e` into `out` as [`IoasidCtx::unmap_unsettled`] reports it: an
+/// invalidation left owed unless an earlier error is there, any other error in place of
+/// what was there. A failure's path, not inlined: `e` is built in this frame.
+#[cold]
+#[inline(never)]
+fn domain_error(out: &mut Result<(), Error>, e: impl Into<Error>) -> DomainUnmap {
+    let e = e.into();
+    if let Error::InvalidationPending { .. } = e {
+        if out.is_ok() {
+            *out = Err(e);
+        }
+        DomainUnmap::Owed
+    } else {
+        *out = Err(e);
+        DomainUnmap::Refused
+    }
+}
+
+/// [`owe_flush`] for [`IoasidCtx::unmap_domain_into`]: its error goes into `out` as
+/// [`domain_error`] puts it. A failure's path, not inlined.
+#[cold]
+#[inline(never)]
+fn owe_flush_into(
+    pending: &Pending,
+    slot: usize,
+    unit: UnitId,
+    gather: &mut Gather,
+    done: Result<u64, crate::iommu::Error>,
+    error: crate::iommu::Error,
+    out: &mut Result<(), Error>,
+) -> DomainUnmap {
+    match owe_flush(pending, slot, unit, gather, done, error) {
+        Ok(_) => DomainUnmap::Done,
+        Err(e) => domain_error(out, e),
     }
 }
 

@@ -540,3 +540,12 @@ impl fmt::Display for Error {
 pub(crate) fn overlaps(a: &IovaRange, start: u64, end: u64) -> bool {
     a.start.get() < end && start < a.end.get()
 }
+
+/// Keeps `e` in `result` unless it holds an earlier error: `result.and(Err(e))` in place, with
+/// no copy of either on the stack of a caller over the units' unmaps and flushes (the
+/// kernel-stack bound of the C ABI).
+pub(crate) fn keep_first(result: &mut Result<(), Error>, e: Error) {
+    if result.is_ok() {
+        *result = Err(e);
+    }
+}

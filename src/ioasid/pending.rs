@@ -154,6 +154,29 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         self.settle_owed(io)
     }
 
+    /// [`Self::settle`] with its error put into `result` unless an earlier one is there;
+    /// `false` if it failed. No `Result` in the caller's frame.
+    #[inline]
+    pub(super) fn settle_into(&self, io: &Ioasid<'a, A>, result: &mut Result<(), Error>) -> bool {
+        if !io.pending.any() {
+            return true;
+        }
+        self.settle_owed_into(io, result)
+    }
+
+    /// [`Self::settle_into`] when something is owed.
+    #[cold]
+    #[inline(never)]
+    fn settle_owed_into(&self, io: &Ioasid<'a, A>, result: &mut Result<(), Error>) -> bool {
+        match self.settle_owed(io) {
+            Ok(()) => true,
+            Err(e) => {
+                super::keep_first(result, e);
+                false
+            }
+        }
+    }
+
     /// [`Self::settle`] when something is owed.
     #[cold]
     #[inline(never)]

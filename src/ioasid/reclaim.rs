@@ -17,7 +17,7 @@ use super::ctx::{IoasidCtx, UnitDomain};
 use super::pending::Pending;
 use super::record::Record;
 use super::registry::UnitId;
-use super::{Error, IoasidId, MAX_UNITS};
+use super::{keep_first, Error, IoasidId, MAX_UNITS};
 use crate::iommu::{DomainHandle, DomainPages, Iommu, ReclaimScope};
 use crate::mem::{Iova, PageAllocator};
 use crate::pgtable::{Gather, InvalidationComplete, PageTable, TablePages};
@@ -187,54 +187,82 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     /// Those of the reclaim ([`Error::InvalidationPending`]: the tables it unlinked stay
     /// owed by the IOASID).
     pub(super) fn reclaim_when_due(&self, ioasid: IoasidId) -> Result<(), Error> {
+        let mut result = Ok(());
+        self.reclaim_when_due_into(ioasid, &mut result);
+        result
+    }
+
+    /// [`Self::reclaim_when_due`] with its error in `result`, which the caller passes `Ok`.
+    pub(super) fn reclaim_when_due_into(&self, ioasid: IoasidId, result: &mut Result<(), Error>) {
         let due = self
             .state
             .read()
             .ioasid(ioasid)
             .is_ok_and(|io| io.reclaim.due());
         if due {
-            self.reclaim_due(ioasid)?;
+            self.reclaim_due_into(ioasid, result);
         }
-        Ok(())
     }
 
     /// Takes the write lock and reclaims around the noted ends, unless another thread did it
     /// first.
     fn reclaim_due(&self, ioasid: IoasidId) -> Result<usize, Error> {
+        let mut result = Ok(());
+        let freed = self.reclaim_due_into(ioasid, &mut result);
+        result.map(|()| freed)
+    }
+
+    /// [`Self::reclaim_due`] with its error in `result`, which the caller passes `Ok`; returns
+    /// the pages freed. The errors go straight into the caller's `result`: no `Result` of this
+    /// layer is in the frames over the units' reclaims and flushes (the kernel-stack bound of
+    /// the C ABI).
+    fn reclaim_due_into(&self, ioasid: IoasidId, result: &mut Result<(), Error>) -> usize {
         // An upgradeable guard stops new readers, so that a stream of maps and unmaps cannot
         // keep the reclaim out (a plain `write` waits for a moment with no reader at all).
         let guard = self.state.upgradeable_read();
         if !guard.ioasid(ioasid).is_ok_and(|io| io.reclaim.due()) {
-            return Ok(0);
+            return 0;
         }
         let mut st = guard.upgrade();
-        let io = st.ioasid_mut(ioasid)?;
+        let io = match st.ioasid_mut(ioasid) {
+            Ok(io) => io,
+            Err(e) => {
+                *result = Err(e);
+                return 0;
+            }
+        };
         // The scope borrows the log's ends in place, beside the record and domains it reclaims.
         let scope = match io.reclaim.take() {
             Some(ends) => ReclaimScope::Around(ends),
             None => ReclaimScope::All,
         };
-        self.reclaim_tables(&mut io.record, &io.domains, &io.pending, scope)
+        self.reclaim_tables_into(&mut io.record, &io.domains, &io.pending, scope, result)
     }
 
-    /// The record's part of [`Self::reclaim_tables`]: the pages it freed, and the result so
-    /// far. Not inlined: its gather is on the stack only while it runs, not under the units'
-    /// reclaims (and their flushes).
+    /// The record's part of [`Self::reclaim_tables_into`]: the pages it freed, its error put
+    /// into `result` (passed `Ok`). Not inlined: its gather is on the stack only while it
+    /// runs, not under the units' reclaims (and their flushes).
     ///
-    /// # Errors
-    /// Returning the record's pages to the allocator failed.
+    /// `None` (the error in `result`) if returning the record's pages to the allocator failed.
     #[inline(never)]
     fn reclaim_record(
         &self,
         record: &mut PageTable<Record, &'a A>,
         scope: ReclaimScope<'_>,
-    ) -> Result<(usize, Result<(), Error>), Error> {
+        result: &mut Result<(), Error>,
+    ) -> Option<usize> {
         let mut gather = Gather::new();
         let record = scope.reclaim(record, &mut gather);
         let freed = gather.freed_pages();
         // SAFETY: the record is a software table: no hardware walks it.
-        gather.release(self.alloc, unsafe { InvalidationComplete::assume() })?;
-        Ok((freed, record.map(|_| ()).map_err(Error::from)))
+        if let Err(e) = gather.release(self.alloc, unsafe { InvalidationComplete::assume() }) {
+            *result = Err(e.into());
+            return None;
+        }
+        if let Err(e) = record {
+            keep_first(result, e.into());
+        }
+        Some(freed)
     }
 
     /// Reclaims `scope` in the record and in every domain; the caller holds the write lock.
@@ -245,29 +273,60 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         pending: &Pending,
         scope: ReclaimScope<'_>,
     ) -> Result<usize, Error> {
-        let (mut freed, mut result) = self.reclaim_record(record, scope)?;
+        let mut result = Ok(());
+        let freed = self.reclaim_tables_into(record, domains, pending, scope, &mut result);
+        result.map(|()| freed)
+    }
+
+    /// [`Self::reclaim_tables`] with its first error in `result`, which the caller passes
+    /// `Ok`; returns the pages freed.
+    fn reclaim_tables_into(
+        &self,
+        record: &mut PageTable<Record, &'a A>,
+        domains: &[Option<UnitDomain>; MAX_UNITS],
+        pending: &Pending,
+        scope: ReclaimScope<'_>,
+        result: &mut Result<(), Error>,
+    ) -> usize {
+        let Some(mut freed) = self.reclaim_record(record, scope, result) else {
+            return 0;
+        };
         for (slot, d) in domains.iter().enumerate() {
             let Some(d) = d else { continue };
             let unit: &dyn Iommu = match self.unit(d.unit) {
                 Ok(u) => u,
                 Err(e) => {
-                    result = result.and(Err(e));
+                    keep_first(result, e);
                     continue;
                 }
             };
             match unit.reclaim(d.handle, scope) {
                 Ok(n) => freed += n,
-                // The unit's invalidation was not confirmed: the domain owes it, with the
-                // tables the reclaim unlinked. Noted as owed by the IOASID too (an empty gather),
-                // so that its next call, or a retried detach, flushes the domain and settles it.
-                Err(error) if error.is_unit_fault() => {
-                    pending.park_empty(slot);
-                    let unit = d.unit;
-                    result = result.and(Err(Error::InvalidationPending { unit, error }));
-                }
-                Err(e) => result = result.and(Err(e.into())),
+                Err(error) => reclaim_failed(pending, slot, d.unit, error, result),
             }
         }
-        result.map(|()| freed)
+        freed
+    }
+}
+
+/// A domain's reclaim that failed with `error`, for [`IoasidCtx::reclaim_tables_into`]: a unit
+/// whose invalidation was not confirmed leaves the domain owing it, with the tables the reclaim
+/// unlinked; noted as owed by the IOASID too (an empty gather), so that its next call, or a
+/// retried detach, flushes the domain and settles it. The error goes into `result` unless an
+/// earlier one is there. A failure's path, not inlined: the error is built here.
+#[cold]
+#[inline(never)]
+fn reclaim_failed(
+    pending: &Pending,
+    slot: usize,
+    unit: UnitId,
+    error: crate::iommu::Error,
+    result: &mut Result<(), Error>,
+) {
+    if error.is_unit_fault() {
+        pending.park_empty(slot);
+        keep_first(result, Error::InvalidationPending { unit, error });
+    } else {
+        keep_first(result, error.into());
     }
 }

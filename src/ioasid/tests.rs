@@ -35,6 +35,9 @@ struct FakeUnit<'a> {
     /// entries fails, and that leaves them: what `Iommu::map` forbids, and the layer survives).
     fail_after_map_at: Mutex<Option<u64>>,
     fail_unmap_at: Mutex<Option<u64>>,
+    /// A flush whose gather records this IOVA fails (keeping its pages), as a unit whose
+    /// invalidation wait timed out.
+    fail_flush_at: Mutex<Option<u64>>,
     /// Overrides what `domain_geometry` reports (input bits, page sizes).
     geometry: Option<(u32, u64)>,
     /// Every attach, detach and domain free, in order.
@@ -76,6 +79,7 @@ impl<'a> FakeUnit<'a> {
             fail_map_at: Mutex::new(None),
             fail_after_map_at: Mutex::new(None),
             fail_unmap_at: Mutex::new(None),
+            fail_flush_at: Mutex::new(None),
             geometry: None,
             events: Mutex::new(Vec::new()),
         }
@@ -204,6 +208,14 @@ impl Iommu for FakeUnit<'_> {
     }
     fn flush(&self, _d: DomainHandle, g: &mut Gather) -> Result<(), IommuError> {
         *self.flushes.lock().unwrap() += 1;
+        if let Some(at) = *self.fail_flush_at.lock().unwrap() {
+            if g.ranges()
+                .iter()
+                .any(|r| r.start.get() <= at && at < r.end.get())
+            {
+                return Err(IommuError::Timeout { what: "flush" });
+            }
+        }
         // SAFETY: nothing walks the fake unit's tables.
         g.release(self.alloc, unsafe { InvalidationComplete::assume() })
             .map_err(Into::into)
@@ -831,6 +843,78 @@ fn failed_unmap_puts_back_what_was_removed() {
     assert!(ctx.translate(io, Iova::new(M2 + K4)).unwrap().is_some());
     *u1.fail_unmap_at.lock().unwrap() = None;
     assert_eq!(ctx.unmap(io, Iova::new(M2 + K4), K4), Ok(K4));
+}
+
+/// An unmap that a unit refuses reports that refusal, even after another unit left the
+/// invalidation owed: the refusal puts the range back everywhere; the owed invalidation is
+/// settled first by the next calls (which fail while it does).
+#[test]
+fn a_refused_unmap_is_reported_over_an_owed_invalidation() {
+    let alloc = test_alloc();
+    let (u0, u1) = (FakeUnit::new(&alloc, true), FakeUnit::new(&alloc, true));
+    let pasids = PasidAllocator::new(20);
+    let reg = Registry::new(&[&u0, &u1], &pasids).unwrap();
+    let ctx = IoasidCtx::new(&reg, &alloc, 0);
+    let io = ctx.alloc(IoasidFlags::empty()).unwrap();
+    ctx.attach(ctx.bind(label(0, 1), false).unwrap(), io)
+        .unwrap();
+    ctx.attach(ctx.bind(label(1, 1), false).unwrap(), io)
+        .unwrap();
+    ctx.map(io, Iova::new(M2), PhysAddr::new(4 * M2), K4, RW)
+        .unwrap();
+    *u0.fail_flush_at.lock().unwrap() = Some(M2);
+    *u1.fail_unmap_at.lock().unwrap() = Some(M2);
+    assert_eq!(
+        ctx.unmap(io, Iova::new(M2), K4),
+        Err(Error::Iommu(IommuError::Timeout { what: "test" }))
+    );
+    assert!(ctx.translate(io, Iova::new(M2)).unwrap().is_some());
+    *u1.fail_unmap_at.lock().unwrap() = None;
+    assert!(matches!(
+        ctx.unmap(io, Iova::new(M2), K4),
+        Err(Error::InvalidationPending {
+            unit: UnitId(0),
+            ..
+        })
+    ));
+    *u0.fail_flush_at.lock().unwrap() = None;
+    assert_eq!(ctx.unmap(io, Iova::new(M2), K4), Ok(K4));
+}
+
+/// A detach whose unmaps of direct regions fail reports the first failure (a refused unmap
+/// of the first region, not the invalidation the second one left owed), notes both for the
+/// retry, and the retry completes them.
+#[test]
+fn a_detach_reports_its_first_failure_and_the_retry_completes_it() {
+    let alloc = test_alloc();
+    let u = FakeUnit::new(&alloc, true);
+    let pasids = PasidAllocator::new(20);
+    let reg = Registry::new(&[&u], &pasids).unwrap();
+    let ctx = IoasidCtx::new(&reg, &alloc, 0);
+    let (a, b) = (0x3000_0000, 0x4000_0000);
+    let regions = [
+        DirectRegion::new(range(a, a + K4), false).unwrap(),
+        DirectRegion::new(range(b, b + K4), false).unwrap(),
+    ];
+    let dev = ctx
+        .bind_with_direct(label(0, 1), false, None, &regions)
+        .unwrap();
+    let io = ctx.alloc(IoasidFlags::empty()).unwrap();
+    ctx.attach(dev, io).unwrap();
+    *u.fail_unmap_at.lock().unwrap() = Some(a);
+    *u.fail_flush_at.lock().unwrap() = Some(b);
+    assert_eq!(
+        ctx.detach(dev),
+        Err(Error::Iommu(IommuError::Timeout { what: "test" }))
+    );
+    assert_eq!(u.domain_of(DeviceId(1)), None);
+    *u.fail_unmap_at.lock().unwrap() = None;
+    *u.fail_flush_at.lock().unwrap() = None;
+    assert_eq!(ctx.detach(dev), Ok(()));
+    for iova in [a, b] {
+        assert_eq!(ctx.translate(io, Iova::new(iova)), Ok(None), "{iova:#x}");
+    }
+    assert_eq!(ctx.detach(dev), Err(Error::NotAttached(dev)));
 }
 
 #[test]
