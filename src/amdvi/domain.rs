@@ -155,11 +155,17 @@ pub struct Domain<A: PageAllocator> {
 }
 
 impl<A: PageAllocator> Domain<A> {
-    /// Builds the table.
+    /// Builds the domain into `slot` (left as it was on error): no `Result` of a domain, nor
+    /// a second copy of it, in the allocating frame (a kernel host's stack).
     ///
     /// # Errors
     /// [`Error::NoMemory`], [`Error::PageTable`].
-    pub fn new(cfg: DomainFormat, alloc: A, domain_id: u16) -> Result<Self, Error> {
+    pub fn build_into(
+        slot: &mut Option<Self>,
+        cfg: DomainFormat,
+        alloc: A,
+        domain_id: u16,
+    ) -> Result<(), Error> {
         let dirty = matches!(cfg, DomainFormat::V1(c) if c.dirty_tracking);
         let table = match cfg {
             DomainFormat::V1(c) => Table::V1(PageTable::new(
@@ -173,13 +179,14 @@ impl<A: PageAllocator> Domain<A> {
                 WalkerCoherency::Coherent,
             )?),
         };
-        Ok(Self {
+        *slot = Some(Self {
             table,
             domain_id,
             owed: spin::Mutex::new(Gather::new()),
             dirty,
             tracking: AtomicBool::new(dirty),
-        })
+        });
+        Ok(())
     }
 
     /// The DTE `Mode`: the table's levels.

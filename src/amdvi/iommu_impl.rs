@@ -817,7 +817,7 @@ where
                 continue;
             }
             let handle = DomainHandle(u16::try_from(slot).map_err(|_| Error::NoDomainIds)?);
-            *guard = Some(Domain::new(format, self.alloc.clone(), domain_id_of(slot))?);
+            Domain::build_into(&mut guard, format, self.alloc.clone(), domain_id_of(slot))?;
             return Ok(handle);
         }
         Err(Error::NoDomainIds)

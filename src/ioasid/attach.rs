@@ -12,6 +12,7 @@ use crate::mem::{Iova, PageAllocator};
 use crate::pgtable::{self, Leaf, Prot};
 
 use super::record::RECORD_IAS;
+use core::ops::ControlFlow;
 
 /// Turns a unit's refusal (of a domain or of the attach itself: SMMUv3 refuses a stage-1
 /// substream domain on a stream whose stage 2 differs) into the reason an attach is
@@ -55,13 +56,20 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     /// (then the old IOASID is released), or [`IoasidCtx::detach`] tears it down; until then,
     /// attaching the device elsewhere fails with [`Error::Busy`].
     pub fn attach(&self, device: DeviceHandle, ioasid: IoasidId) -> Result<(), Error> {
-        let r = self.attach_locked(device, ioasid);
-        // Undone direct mappings may leave empty tables: reclaimed like a failed map's.
-        let old = r.as_ref().ok().copied().flatten();
-        for io in [Some(ioasid), old].into_iter().flatten() {
+        let mut left = None;
+        let r = self.attach_locked(device, ioasid, &mut left);
+        self.reclaim_after_attach(ioasid, left);
+        r
+    }
+
+    /// Undone direct mappings may leave empty tables in the IOASID attached to, and those the
+    /// device left in the IOASID it `left`: reclaimed like a failed map's. In a frame of its
+    /// own, beside the attach.
+    #[inline(never)]
+    fn reclaim_after_attach(&self, ioasid: IoasidId, left: Option<IoasidId>) {
+        for io in [Some(ioasid), left].into_iter().flatten() {
             self.reclaim_if_due(io);
         }
-        r.map(|_| ())
     }
 
     /// Where a device (`pasid` `None`) or one of its PASIDs is attached in the context's
@@ -93,62 +101,110 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         })
     }
 
-    /// [`IoasidCtx::attach`] under the context's write lock; returns the IOASID the device
-    /// left.
+    /// [`IoasidCtx::attach`] under the context's write lock; sets `left` to the IOASID the
+    /// device left. Each step runs in a frame of its own, beside the others (the kernel-stack
+    /// bound: ARCHITECTURE.md "Stack"): this frame holds the lock and a few handles.
+    #[inline(never)]
     fn attach_locked(
         &self,
         device: DeviceHandle,
         ioasid: IoasidId,
-    ) -> Result<Option<IoasidId>, Error> {
+        left: &mut Option<IoasidId>,
+    ) -> Result<(), Error> {
         let mut st = self.state.write();
         let dev = st.device(device)?;
-        let (label, old, hints) = (dev.label, dev.attached, dev.hints);
-        let unit = self.unit(label.unit)?;
-        if let Some(previous) = dev.unsettled {
+        let (unit, old, unsettled) = (dev.label.unit, dev.attached, dev.unsettled);
+        if let Some(previous) = unsettled {
             // Only the attach the unit did not confirm may complete it.
             if old != Some(ioasid) {
                 return Err(Error::Busy);
             }
-            let (handle, _) = self.domain_for(&mut st, device, ioasid, label.unit)?;
-            unit.attach_device(label.id, None, handle, &hints)
-                .map_err(|e| incompatible(device, e))?;
-            st.device_mut(device)?.unsettled = None;
+            let (handle, _) = self.domain_for(&mut st, device, ioasid, unit)?;
+            self.settle_attach(&mut st, device, handle)?;
             if let Some(previous) = previous {
-                let _ = self.leave(&mut st, previous, label.unit, device);
+                let _ = self.leave(&mut st, previous, unit, device);
             }
-            return Ok(previous);
+            *left = previous;
+            return Ok(());
         }
         if old == Some(ioasid) {
-            return Ok(None);
+            return Ok(());
         }
         self.check_direct(&st, device, ioasid)?;
         self.take_direct(&mut st, device, ioasid)?;
-        let (handle, created) = match self.domain_for(&mut st, device, ioasid, label.unit) {
+        let built = match self.domain_for(&mut st, device, ioasid, unit) {
             Ok(d) => d,
             Err(e) => return Err(self.give_back_direct(&mut st, ioasid, device, e)),
         };
-        if let Err(e) = unit.attach_device(label.id, None, handle, &hints) {
+        match self.switch_device(&mut st, device, ioasid, built) {
+            // Refused (the books do not name `ioasid`): what the attach took is given back,
+            // from this frame.
+            Err(e) if !st.device(device).is_ok_and(|d| d.attached == Some(ioasid)) => {
+                Err(self.give_back_direct(&mut st, ioasid, device, e))
+            }
+            Err(e) => Err(e),
+            Ok(()) => {
+                if let Some(old) = old {
+                    let _ = self.leave(&mut st, old, unit, device);
+                }
+                *left = old;
+                Ok(())
+            }
+        }
+    }
+
+    /// The unit confirms the attach of `device` that it did not confirm before (to `handle`)
+    /// (the caller then leaves the IOASID the device was leaving).
+    #[inline(never)]
+    fn settle_attach(
+        &self,
+        st: &mut State<'a, A>,
+        device: DeviceHandle,
+        handle: DomainHandle,
+    ) -> Result<(), Error> {
+        let dev = st.device(device)?;
+        let label = dev.label;
+        self.unit(label.unit)?
+            .attach_device(label.id, None, handle, &dev.hints)
+            .map_err(|e| incompatible(device, e))?;
+        st.device_mut(device)?.unsettled = None;
+        Ok(())
+    }
+
+    /// The unit switches `device` to `ioasid`'s domain (`handle`, and whether it was just
+    /// `created`) and the books follow (the caller then leaves the IOASID the device left).
+    /// On a refusal the books do not change (the caller gives back what the attach took).
+    #[inline(never)]
+    fn switch_device(
+        &self,
+        st: &mut State<'a, A>,
+        device: DeviceHandle,
+        ioasid: IoasidId,
+        (handle, created): (DomainHandle, bool),
+    ) -> Result<(), Error> {
+        let dev = st.device(device)?;
+        let (label, old) = (dev.label, dev.attached);
+        if let Err(e) = self
+            .unit(label.unit)?
+            .attach_device(label.id, None, handle, &dev.hints)
+        {
             if e.is_unit_fault() {
                 // The entry may be present: the device may reach the new domain (and, through
                 // cached entries, the old one). Both stay held until the attachment settles.
-                self.add_user(&mut st, ioasid, label.unit);
+                self.add_user(st, ioasid, label.unit);
                 let dev = st.device_mut(device)?;
                 dev.attached = Some(ioasid);
                 dev.unsettled = Some(old);
                 return Err(e.into());
             }
             if created {
-                self.release_domain(&mut st, ioasid, label.unit);
+                self.release_domain(st, ioasid, label.unit);
             }
-            let e = incompatible(device, e);
-            return Err(self.give_back_direct(&mut st, ioasid, device, e));
+            return Err(incompatible(device, e));
         }
-        self.add_user(&mut st, ioasid, label.unit);
+        self.add_user(st, ioasid, label.unit);
         st.device_mut(device)?.attached = Some(ioasid);
-        if let Some(old) = old {
-            let _ = self.leave(&mut st, old, label.unit, device);
-        }
-        Ok(old)
+        Ok(())
     }
 
     /// `device` no longer reaches `ioasid`: its direct regions there may go (an unmap not
@@ -166,7 +222,9 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     }
 
     /// Undoes `take_direct` after a failed attach; returns the error to report: `e`, or the
-    /// invalidation the undo left owed.
+    /// invalidation the undo left owed. Not inlined: the attach's frame stays small above the
+    /// other steps.
+    #[inline(never)]
     fn give_back_direct(
         &self,
         st: &mut State<'a, A>,
@@ -414,7 +472,47 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         pasid: Pasid,
         ioasid: IoasidId,
     ) -> Result<(), Error> {
+        // Each step in a frame of its own, beside the others (as `attach_locked`).
         let mut st = self.state.write();
+        let (unit, existing) = self.check_pasid_attach(&st, device, pasid, ioasid)?;
+        let recorded = existing.and_then(|i| st.pasid_attachments.get(i).copied().flatten());
+        let old = recorded.map(|a| a.ioasid);
+        if let (Some(i), Some(previous)) = (existing, recorded.and_then(|a| a.unsettled)) {
+            // Only the attach the unit did not confirm may complete it.
+            if old != Some(ioasid) {
+                return Err(Error::Busy);
+            }
+            let (handle, _) = self.domain_for(&mut st, device, ioasid, unit)?;
+            self.settle_pasid_attach(&mut st, device, (pasid, i), handle)?;
+            if let Some(previous) = previous {
+                self.release_domain(&mut st, previous, unit);
+            }
+            return Ok(());
+        }
+        if old == Some(ioasid) {
+            return Ok(());
+        }
+        let slot = existing
+            .or_else(|| st.pasid_attachments.iter().position(Option::is_none))
+            .ok_or(Error::Capacity("PASID attachments"))?;
+        let built = self.domain_for(&mut st, device, ioasid, unit)?;
+        self.switch_pasid(&mut st, device, (pasid, slot), ioasid, old, built)?;
+        if let Some(old) = old {
+            self.release_domain(&mut st, old, unit);
+        }
+        Ok(())
+    }
+
+    /// What [`IoasidCtx::attach_pasid`] checks before anything changes; returns the device's
+    /// unit and the slot of the pair's attachment, if it has one.
+    #[inline(never)]
+    fn check_pasid_attach(
+        &self,
+        st: &State<'a, A>,
+        device: DeviceHandle,
+        pasid: Pasid,
+        ioasid: IoasidId,
+    ) -> Result<(UnitId, Option<usize>), Error> {
         if !st.pasids.contains(&Some(pasid)) {
             return Err(Error::PasidNotOwned(pasid));
         }
@@ -427,8 +525,7 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
                 reason: Incompatibility::NotPasidCapable,
             });
         }
-        let unit = self.unit(label.unit)?;
-        let bits = pasid_bits(unit);
+        let bits = pasid_bits(self.unit(label.unit)?);
         if bits == 0 || pasid.get() >> bits != 0 {
             let reason = Incompatibility::Missing(Missing::Pasid { bits });
             return Err(Error::Incompatible { device, reason });
@@ -444,57 +541,74 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
             .pasid_attachments
             .iter()
             .position(|a| a.is_some_and(|a| a.device == device && a.pasid == pasid));
-        let recorded = existing.and_then(|i| st.pasid_attachments[i]);
-        let old = recorded.map(|a| a.ioasid);
-        if let (Some(i), Some(previous)) = (existing, recorded.and_then(|a| a.unsettled)) {
-            // Only the attach the unit did not confirm may complete it.
-            if old != Some(ioasid) {
-                return Err(Error::Busy);
-            }
-            let (handle, _) = self.domain_for(&mut st, device, ioasid, label.unit)?;
-            unit.attach_device(label.id, Some(pasid), handle, &hints)
-                .map_err(|e| incompatible(device, e))?;
-            if let Some(a) = st.pasid_attachments[i].as_mut() {
-                a.unsettled = None;
-            }
-            if let Some(previous) = previous {
-                self.release_domain(&mut st, previous, label.unit);
-            }
-            return Ok(());
+        Ok((label.unit, existing))
+    }
+
+    /// The unit confirms the attach of (`device`, PASID) -- recorded in slot `i` -- that it
+    /// did not confirm before (to `handle`) (the caller then releases the IOASID the pair
+    /// was leaving).
+    #[inline(never)]
+    fn settle_pasid_attach(
+        &self,
+        st: &mut State<'a, A>,
+        device: DeviceHandle,
+        (pasid, i): (Pasid, usize),
+        handle: DomainHandle,
+    ) -> Result<(), Error> {
+        let dev = st.device(device)?;
+        let label = dev.label;
+        self.unit(label.unit)?
+            .attach_device(label.id, Some(pasid), handle, &dev.hints)
+            .map_err(|e| incompatible(device, e))?;
+        if let Some(a) = st.pasid_attachments.get_mut(i).and_then(Option::as_mut) {
+            a.unsettled = None;
         }
-        if old == Some(ioasid) {
-            return Ok(());
-        }
-        let slot = existing
-            .or_else(|| st.pasid_attachments.iter().position(Option::is_none))
-            .ok_or(Error::Capacity("PASID attachments"))?;
-        let (handle, created) = self.domain_for(&mut st, device, ioasid, label.unit)?;
+        Ok(())
+    }
+
+    /// The unit switches (`device`, PASID) to `ioasid`'s domain (`handle`, and whether it was
+    /// just `created`), recorded in attachment slot `slot` (the caller then releases the
+    /// IOASID it left, `old`).
+    #[inline(never)]
+    fn switch_pasid(
+        &self,
+        st: &mut State<'a, A>,
+        device: DeviceHandle,
+        (pasid, slot): (Pasid, usize),
+        ioasid: IoasidId,
+        old: Option<IoasidId>,
+        (handle, created): (DomainHandle, bool),
+    ) -> Result<(), Error> {
+        let dev = st.device(device)?;
+        let label = dev.label;
         // After a unit fault the entry may be present: the pair stays attached, unsettled,
         // holding both domains (as `attach`).
-        let fault = match unit.attach_device(label.id, Some(pasid), handle, &hints) {
-            Ok(()) => None,
-            Err(e) if e.is_unit_fault() => Some(e),
-            Err(e) => {
-                if created {
-                    self.release_domain(&mut st, ioasid, label.unit);
+        let fault =
+            match self
+                .unit(label.unit)?
+                .attach_device(label.id, Some(pasid), handle, &dev.hints)
+            {
+                Ok(()) => None,
+                Err(e) if e.is_unit_fault() => Some(e),
+                Err(e) => {
+                    if created {
+                        self.release_domain(st, ioasid, label.unit);
+                    }
+                    return Err(incompatible(device, e));
                 }
-                return Err(incompatible(device, e));
-            }
-        };
-        self.add_user(&mut st, ioasid, label.unit);
-        st.pasid_attachments[slot] = Some(PasidAttachment {
-            device,
-            pasid,
-            ioasid,
-            unsettled: fault.map(|_| old),
-        });
-        match (fault, old) {
-            (Some(e), _) => Err(e.into()),
-            (None, Some(old)) => {
-                self.release_domain(&mut st, old, label.unit);
-                Ok(())
-            }
-            (None, None) => Ok(()),
+            };
+        self.add_user(st, ioasid, label.unit);
+        if let Some(a) = st.pasid_attachments.get_mut(slot) {
+            *a = Some(PasidAttachment {
+                device,
+                pasid,
+                ioasid,
+                unsettled: fault.map(|_| old),
+            });
+        }
+        match fault {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
         }
     }
 
@@ -524,6 +638,10 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
 
     /// The IOASID's domain on `unit_id`, built and filled if it does not exist yet. Returns
     /// whether it was built (it then has no user yet).
+    ///
+    /// A nested child's parent domain is built first (from this frame: not under the
+    /// child's), then the child's.
+    #[inline(never)]
     fn domain_for(
         &self,
         st: &mut State<'a, A>,
@@ -532,69 +650,130 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         unit_id: UnitId,
     ) -> Result<(DomainHandle, bool), Error> {
         let io = st.ioasid(ioasid)?;
-        let Some(n) = io.nested else {
-            return self.plain_domain_for(st, device, ioasid, unit_id);
+        let (plain, child_slot) = match io.nested {
+            None => (ioasid, None),
+            Some(n) => {
+                if let Some(d) = io.domains.iter().flatten().find(|d| d.unit == unit_id) {
+                    return Ok((d.handle, false));
+                }
+                let slot = io
+                    .domains
+                    .iter()
+                    .position(Option::is_none)
+                    .ok_or(Error::Capacity("units per IOASID"))?;
+                (n.parent, Some(slot))
+            }
         };
-        if let Some(d) = io.domains.iter().flatten().find(|d| d.unit == unit_id) {
-            return Ok((d.handle, false));
+        let (handle, slot, park) = match self.new_domain(st, device, plain, unit_id)? {
+            NewDomain::Existing(handle) => (handle, None, 0),
+            NewDomain::Built { handle, slot, park } => (handle, Some(slot), park),
+        };
+        if let Some(slot) = slot {
+            // Filled by steps beside one another: the record's walk is never under a map.
+            let mut built = self.prepare_domain(st, device, plain, unit_id, handle);
+            if built.is_ok() {
+                built = self.fill_domain(st, device, plain, unit_id, handle);
+            }
+            if let Err(e) = built {
+                self.discard_domain(st, unit_id, handle, park);
+                return Err(e);
+            }
+            st.ioasid_mut(plain)?.domains[slot] = Some(UnitDomain {
+                unit: unit_id,
+                handle,
+                users: 0,
+            });
         }
-        let slot = io
-            .domains
-            .iter()
-            .position(Option::is_none)
-            .ok_or(Error::Capacity("units per IOASID"))?;
-        // The parent's domain first, from this frame: not under the child's.
-        let parent = self.plain_domain_for(st, device, n.parent, unit_id)?;
-        self.user_domain_for(st, device, ioasid, n, unit_id, slot, parent)
+        let Some(child_slot) = child_slot else {
+            return Ok((handle, slot.is_some()));
+        };
+        let child = self.user_domain_for(st, device, ioasid, unit_id, child_slot, handle);
+        if child.is_err() && slot.is_some() {
+            self.drop_new_parent(st, plain, unit_id);
+        }
+        child
     }
 
-    /// [`domain_for`](Self::domain_for) of an IOASID that is not a nested child (a nest
-    /// parent never is one: `alloc_nested` refuses it), so that a child's parent domain is
-    /// built without a recursive call (the kernel-stack check refuses recursion).
-    fn plain_domain_for(
+    /// A new domain's page-size policy and dirty tracking, as the IOASID fixes them, before
+    /// anything is mapped.
+    #[inline(never)]
+    fn prepare_domain(
+        &self,
+        st: &State<'a, A>,
+        device: DeviceHandle,
+        ioasid: IoasidId,
+        unit_id: UnitId,
+        handle: DomainHandle,
+    ) -> Result<(), Error> {
+        let unit = self.unit(unit_id)?;
+        let io = st.ioasid(ioasid)?;
+        // The IOASID's page-size policy before anything is mapped (`page_size.rs`).
+        if let Some(max) = io.max_page_log2 {
+            unit.set_max_page_log2(handle, Some(max))
+                .map_err(|e| incompatible(device, e))?;
+        }
+        // A domain starts tracking; one for an IOASID whose tracking is off is switched off
+        // before anything is mapped or attached (nothing to clean or invalidate).
+        if io.flags.contains(IoasidFlags::DIRTY_TRACKING) && !io.tracking() {
+            unit.set_dirty_tracking(handle, false)?;
+        }
+        Ok(())
+    }
+
+    /// Frees a new domain that could not be prepared or filled. Nothing points at it, but
+    /// freeing it waits for the invalidation of its tag (a caching-mode map may have cached
+    /// entries), which may fail like the fill did: the domain is then parked in `park`, and
+    /// freed again later.
+    #[inline(never)]
+    fn discard_domain(
+        &self,
+        st: &mut State<'a, A>,
+        unit_id: UnitId,
+        handle: DomainHandle,
+        park: usize,
+    ) {
+        let freed = self.unit(unit_id).and_then(|u| Ok(u.domain_free(handle)?));
+        if freed.is_err() {
+            if let Some(p) = st.parked.get_mut(park) {
+                *p = Some((unit_id, handle));
+            }
+        }
+    }
+
+    /// Checks that a new domain can hold the IOASID's mappings, and copies them in.
+    ///
+    /// The record holds 4 KiB pages (and 2 MiB / 1 GiB leaves); a unit with a larger granule
+    /// (SMMUv3 16 KiB, 64 KiB) maps whole granules only, so contiguous leaves are gathered into
+    /// runs until they make whole granules, and each run is checked and mapped as one. On a
+    /// 4 KiB unit every leaf is its own run.
+    ///
+    /// The runs are collected from the record [`FILL_CHUNK`] at most at a time, into the
+    /// state's `fill` (`collect_runs`), and mapped after that walk returned, in IOVA order;
+    /// the next walk resumes at the leaf the last one stopped at. The record does not change
+    /// meanwhile: the state's write lock is held.
+    #[inline(never)]
+    fn fill_domain(
         &self,
         st: &mut State<'a, A>,
         device: DeviceHandle,
         ioasid: IoasidId,
         unit_id: UnitId,
-    ) -> Result<(DomainHandle, bool), Error> {
-        let (handle, slot, park) = match self.new_domain(st, device, ioasid, unit_id)? {
-            NewDomain::Existing(handle) => return Ok((handle, false)),
-            NewDomain::Built { handle, slot, park } => (handle, slot, park),
-        };
+        handle: DomainHandle,
+    ) -> Result<(), Error> {
         let unit = self.unit(unit_id)?;
-        let io = st.ioasid(ioasid)?;
-        // The IOASID's page-size policy before anything is mapped (`page_size.rs`).
-        let limited = match io.max_page_log2 {
-            Some(max) => unit
-                .set_max_page_log2(handle, Some(max))
-                .map_err(|e| incompatible(device, e)),
-            None => Ok(()),
-        };
-        // A domain starts tracking; one for an IOASID whose tracking is off is switched off
-        // before anything is mapped or attached (nothing to clean or invalidate).
-        let off = io.flags.contains(IoasidFlags::DIRTY_TRACKING) && !io.tracking();
-        let built = limited.and_then(|()| match off {
-            true => unit.set_dirty_tracking(handle, false).map_err(Error::from),
-            false => Ok(()),
-        });
-        if let Err(e) = built.and_then(|()| fill_domain(unit, handle, io, device)) {
-            // Nothing points at the new domain, but freeing it waits for the invalidation of
-            // its tag (a caching-mode map may have cached entries), which may fail like the
-            // fill did: the domain is then parked, and freed again later.
-            if unit.domain_free(handle).is_err() {
-                if let Some(p) = st.parked.get_mut(park) {
-                    *p = Some((unit_id, handle));
-                }
+        let (ias, page_sizes) = unit.domain_geometry(handle)?;
+        let granule_log2 = page_sizes.trailing_zeros().min(63);
+        st.fill.start();
+        loop {
+            let more = collect_runs(st, ioasid, granule_log2)?;
+            for i in 0..st.fill.count {
+                let Some(&r) = st.fill.runs.get(i) else { break };
+                place_run(unit, handle, device, granule_log2, ias, r)?;
             }
-            return Err(e);
+            if !more {
+                return Ok(());
+            }
         }
-        st.ioasid_mut(ioasid)?.domains[slot] = Some(UnitDomain {
-            unit: unit_id,
-            handle,
-            users: 0,
-        });
-        Ok((handle, true))
     }
 
     /// The first part of [`Self::domain_for`]: the IOASID's domain on `unit_id`, or a new,
@@ -609,78 +788,104 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         ioasid: IoasidId,
         unit_id: UnitId,
     ) -> Result<NewDomain, Error> {
+        let (slot, cfg) = match self.domain_plan(st, device, ioasid, unit_id)? {
+            Ok(handle) => return Ok(NewDomain::Existing(handle)),
+            Err(plan) => plan,
+        };
+        let park = self.park_slot(st)?;
+        let handle = self
+            .unit(unit_id)?
+            .domain_alloc(&cfg)
+            .map_err(|e| incompatible(device, e))?;
+        Ok(NewDomain::Built { handle, slot, park })
+    }
+
+    /// The IOASID's domain on `unit_id` (`Ok`), or the slot and configuration of a new one
+    /// (`Err`), after the checks the unit makes before anything is built or written.
+    #[inline(never)]
+    fn domain_plan(
+        &self,
+        st: &State<'a, A>,
+        device: DeviceHandle,
+        ioasid: IoasidId,
+        unit_id: UnitId,
+    ) -> Result<Result<DomainHandle, (usize, DomainConfig)>, Error> {
         let id = st.device(device)?.label.id;
         let io = st.ioasid(ioasid)?;
+        let cfg = domain_config(io, id)?;
         // Refusals the unit can give before anything is built or written.
         self.unit(unit_id)?
-            .check_device(id, &domain_config(io, id)?)
+            .check_device(id, &cfg)
             .map_err(|m| Error::Incompatible {
                 device,
                 reason: Incompatibility::Missing(m),
             })?;
         if let Some(d) = io.domains.iter().flatten().find(|d| d.unit == unit_id) {
-            return Ok(NewDomain::Existing(d.handle));
+            return Ok(Ok(d.handle));
         }
         let slot = io
             .domains
             .iter()
             .position(Option::is_none)
             .ok_or(Error::Capacity("units per IOASID"))?;
-        let unit = self.unit(unit_id)?;
-        let cfg = domain_config(io, id)?;
-        // A domain is built only with room to park it if it can be neither filled nor freed.
+        Ok(Err((slot, cfg)))
+    }
+
+    /// The parking slot a new domain would take if it could be neither filled nor freed: a
+    /// domain is built only with room to park it. Frees what is parked first.
+    #[inline(never)]
+    fn park_slot(&self, st: &mut State<'a, A>) -> Result<usize, Error> {
         let parked = self.free_parked(st);
-        let park = st
-            .parked
+        st.parked
             .iter()
             .position(Option::is_none)
-            .ok_or_else(|| parked.err().unwrap_or(Error::Capacity("parked domains")))?;
-        let handle = unit
-            .domain_alloc(&cfg)
-            .map_err(|e| incompatible(device, e))?;
-        Ok(NewDomain::Built { handle, slot, park })
+            .ok_or_else(|| parked.err().unwrap_or(Error::Capacity("parked domains")))
     }
 
     /// The last part of [`domain_for`](Self::domain_for) for a nested child without a domain
-    /// on `unit_id`: the child's domain over `parent` (the parent's domain there, and whether
-    /// it was just built), for the IOASID's slot `slot`. The unit holds the parent's domain
-    /// while the child's exists.
+    /// on `unit_id`: the child's domain over `parent` (the parent's domain there), for the
+    /// IOASID's slot `slot`. The unit holds the parent's domain while the child's exists.
     #[inline(never)]
-    #[allow(clippy::too_many_arguments)]
     fn user_domain_for(
         &self,
         st: &mut State<'a, A>,
         device: DeviceHandle,
         ioasid: IoasidId,
-        n: super::nested::Nested,
         unit_id: UnitId,
         slot: usize,
-        (parent, parent_created): (DomainHandle, bool),
+        parent: DomainHandle,
     ) -> Result<(DomainHandle, bool), Error> {
-        let handle = match self.unit(unit_id)?.domain_alloc_user(parent, &n.stage1) {
-            Ok(h) => h,
-            Err(e) => {
-                if parent_created {
-                    // Without users: freed (or kept by the parent until its free).
-                    if let Ok(p) = st.ioasid_mut(n.parent) {
-                        let at = p
-                            .domains
-                            .iter()
-                            .position(|d| d.is_some_and(|d| d.unit == unit_id));
-                        if let Some(i) = at {
-                            let _ = self.free_domain(p, i);
-                        }
-                    }
-                }
-                return Err(incompatible(device, e));
-            }
-        };
+        let unit = self.unit(unit_id)?;
+        let stage1 = &st
+            .ioasid(ioasid)?
+            .nested
+            .as_ref()
+            .ok_or(Error::NoSuchIoasid(ioasid))?
+            .stage1;
+        let handle = unit
+            .domain_alloc_user(parent, stage1)
+            .map_err(|e| incompatible(device, e))?;
         st.ioasid_mut(ioasid)?.domains[slot] = Some(UnitDomain {
             unit: unit_id,
             handle,
             users: 0,
         });
         Ok((handle, true))
+    }
+
+    /// Frees the domain just built on `unit_id` for the nest parent `parent`, without users,
+    /// after its child's could not be built (or the parent keeps it until its free).
+    #[inline(never)]
+    fn drop_new_parent(&self, st: &mut State<'a, A>, parent: IoasidId, unit_id: UnitId) {
+        if let Ok(p) = st.ioasid_mut(parent) {
+            let at = p
+                .domains
+                .iter()
+                .position(|d| d.is_some_and(|d| d.unit == unit_id));
+            if let Some(i) = at {
+                let _ = self.free_domain(p, i);
+            }
+        }
     }
 
     /// Frees again the domains of failed attaches that a unit would not free (see
@@ -823,37 +1028,68 @@ fn inexpressible(device: DeviceHandle, iova: Iova, e: iommu::Error) -> Error {
 /// A run of the record's leaves, contiguous in IOVA and physical address with one `prot`:
 /// what one map of the owner may have made, cut into the record's 4 KiB pages.
 #[derive(Clone, Copy)]
-struct Run {
+pub(super) struct Run {
     iova: Iova,
     pa: crate::mem::PhysAddr,
     len: u64,
     prot: Prot,
 }
 
-/// Checks that a new domain can hold the IOASID's mappings, and copies them in.
-///
-/// The record holds 4 KiB pages (and 2 MiB / 1 GiB leaves); a unit with a larger granule
-/// (SMMUv3 16 KiB, 64 KiB) maps whole granules only, so contiguous leaves are gathered into
-/// runs until they make whole granules, and each run is checked and mapped as one. On a 4 KiB
-/// unit every leaf is its own run.
-fn fill_domain<A: PageAllocator>(
-    unit: &dyn Iommu,
-    handle: DomainHandle,
-    io: &Ioasid<'_, A>,
-    device: DeviceHandle,
-) -> Result<(), Error> {
-    let (ias, page_sizes) = unit.domain_geometry(handle)?;
-    let granule_log2 = page_sizes.trailing_zeros().min(63);
-    let whole = |r: &Run| r.len & ((1 << granule_log2) - 1) == 0;
-    let place = |r: Run| place_run(unit, handle, device, granule_log2, ias, r);
-    let mut result = Ok(());
-    let mut pending: Option<Run> = None;
-    let mut copy = |l: Leaf| {
-        if result.is_err() {
-            return;
+impl Run {
+    const EMPTY: Self = Self {
+        iova: Iova::ZERO,
+        pa: crate::mem::PhysAddr::new(0),
+        len: 0,
+        prot: Prot::empty(),
+    };
+}
+
+/// How many runs a fill collects from one walk of the record before it maps them.
+pub(super) const FILL_CHUNK: usize = 16;
+
+/// The runs a fill collected from the record and has yet to map (`State::fill`): in the
+/// state, not on the stack, where they would be under the maps and their flushes. Used only
+/// under the state's write lock, by [`IoasidCtx::fill_domain`].
+pub(super) struct FillRuns {
+    /// Complete runs (or a last one that makes no whole granule), in IOVA order.
+    runs: [Run; FILL_CHUNK],
+    count: usize,
+    /// The run being gathered: not yet a whole granule.
+    pending: Option<Run>,
+    /// Where the next walk of the record starts; `None` once it reached the end.
+    next: Option<Iova>,
+}
+
+impl FillRuns {
+    pub(super) const EMPTY: Self = Self {
+        runs: [Run::EMPTY; FILL_CHUNK],
+        count: 0,
+        pending: None,
+        next: None,
+    };
+
+    /// Ready for a fill from the record's start.
+    fn start(&mut self) {
+        self.count = 0;
+        self.pending = None;
+        self.next = Some(Iova::ZERO);
+    }
+
+    fn push(&mut self, r: Run) {
+        // Room is kept by `collect_runs` (two slots per leaf, one at the end).
+        if let Some(slot) = self.runs.get_mut(self.count) {
+            *slot = r;
+            self.count += 1;
         }
+    }
+
+    /// Adds leaf `l` to the run being gathered, or closes that run and starts one with `l`;
+    /// a run that makes whole granules of `1 << granule_log2` bytes is complete. At most two
+    /// runs complete per leaf.
+    fn add(&mut self, l: Leaf, granule_log2: u32) {
+        let whole = |r: &Run| r.len & ((1 << granule_log2) - 1) == 0;
         let len = 1u64 << l.size_log2;
-        match pending.as_mut() {
+        match self.pending.as_mut() {
             Some(r)
                 if !whole(r)
                     && r.iova.get() + r.len == l.iova.get()
@@ -863,10 +1099,10 @@ fn fill_domain<A: PageAllocator>(
                 r.len += len;
             }
             _ => {
-                if let Some(r) = pending.take() {
-                    result = place(r);
+                if let Some(r) = self.pending.take() {
+                    self.push(r);
                 }
-                pending = Some(Run {
+                self.pending = Some(Run {
                     iova: l.iova,
                     pa: l.pa,
                     len,
@@ -874,15 +1110,51 @@ fn fill_domain<A: PageAllocator>(
                 });
             }
         }
-        if result.is_ok() && pending.as_ref().is_some_and(whole) {
-            result = pending.take().map_or(Ok(()), place);
+        if let Some(r) = self.pending.filter(whole) {
+            self.pending = None;
+            self.push(r);
         }
+    }
+}
+
+/// Collects the next runs of the IOASID's record into `st.fill` (at most [`FILL_CHUNK`]),
+/// from where the last walk stopped; a run left over at the record's end, which makes no
+/// whole granule, is collected too (its map refuses it). Returns whether the record has more.
+/// Not inlined: the record's walk is beside the maps, not under them.
+#[inline(never)]
+fn collect_runs<A: PageAllocator>(
+    st: &mut State<'_, A>,
+    ioasid: IoasidId,
+    granule_log2: u32,
+) -> Result<bool, Error> {
+    let State { ioasids, fill, .. } = st;
+    let io = ioasids
+        .get(usize::from(ioasid.0))
+        .and_then(Option::as_ref)
+        .ok_or(Error::NoSuchIoasid(ioasid))?;
+    fill.count = 0;
+    let Some(from) = fill.next.take() else {
+        return Ok(false);
     };
+    let mut next = None;
     io.record
-        .for_each_mapping(Iova::ZERO, 1 << RECORD_IAS, &mut copy)?;
-    result?;
-    // A run left over does not make a whole granule: refused.
-    pending.map_or(Ok(()), place)
+        .for_each_mapping_until(from, (1 << RECORD_IAS) - from.get(), |l| {
+            // A leaf completes two runs at most: it waits for the next walk unless both fit.
+            if fill.count + 2 > FILL_CHUNK {
+                next = Some(l.iova);
+                return ControlFlow::Break(());
+            }
+            fill.add(l, granule_log2);
+            ControlFlow::Continue(())
+        })?;
+    fill.next = next;
+    if next.is_none() {
+        // A run left over does not make a whole granule: refused when placed.
+        if let Some(r) = fill.pending.take() {
+            fill.push(r);
+        }
+    }
+    Ok(next.is_some())
 }
 
 /// The PASID width of `unit`. Not inlined: the 272-byte capability report is on the stack

@@ -4,6 +4,7 @@ use core::mem::MaybeUninit;
 use core::ptr::{addr_of_mut, NonNull};
 use core::sync::atomic::{AtomicU32, Ordering};
 
+use super::attach::FillRuns;
 use super::direct::{
     device_regions, DeviceRegions, DirectMapping, DirectRegion, MAX_DIRECT_PER_IOASID,
 };
@@ -175,6 +176,10 @@ pub(super) struct State<'a, A: PageAllocator> {
     /// does. Freed again before any new domain is built and when the context is dropped
     /// (`attach.rs`, `free_parked`); counted as leaked if the unit never confirms.
     pub(super) parked: [Option<(UnitId, DomainHandle)>; MAX_UNITS],
+    /// The runs of an IOASID's record that an attach's fill of a new domain collected and has
+    /// yet to map (`attach.rs`): here rather than on the stack, where they would be under the
+    /// maps and their flushes. Used only under the write lock.
+    pub(super) fill: FillRuns,
 }
 
 impl<'a, A: PageAllocator> State<'a, A> {
@@ -190,6 +195,7 @@ impl<'a, A: PageAllocator> State<'a, A> {
         pasids: [None; MAX_PASID_ATTACHMENTS],
         reserved: [None; MAX_RESERVED],
         parked: [None; MAX_UNITS],
+        fill: FillRuns::EMPTY,
     });
 
     pub(super) fn device(&self, d: DeviceHandle) -> Result<&Device, Error> {

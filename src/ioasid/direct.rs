@@ -317,6 +317,9 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
 
     /// Maps the device's direct regions in `ioasid` (checked by `check_direct`), or counts one
     /// more user of those already mapped. All or nothing: on an error, what was done is undone.
+    /// Not inlined, nor is what it calls: the attach's frame stays small above the maps and
+    /// the undo's unmaps.
+    #[inline(never)]
     pub(super) fn take_direct(
         &self,
         st: &mut State<'a, A>,
@@ -326,25 +329,27 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         // One region at a time from the device's table: no copy of the table stays on the
         // stack under the maps (and their flushes).
         for k in 0..MAX_DIRECT_REGIONS {
-            let Some(r) = st.device(device)?.direct.get(k).copied().flatten() else {
-                continue;
-            };
-            if let Err(e) = self.take_one(st, ioasid, &r) {
-                let _ = self.drop_device_direct(st, ioasid, device, k);
-                return Err(e);
+            if let Err(e) = self.take_one(st, device, ioasid, k) {
+                return Err(self.untake_direct(st, device, ioasid, k, e));
             }
         }
         Ok(())
     }
 
+    /// Maps the device's `k`-th direct region in `ioasid`, or counts one more user of it.
+    #[inline(never)]
     fn take_one(
         &self,
         st: &mut State<'a, A>,
+        device: DeviceHandle,
         ioasid: IoasidId,
-        r: &DirectRegion,
+        k: usize,
     ) -> Result<(), Error> {
+        let Some(r) = st.device(device)?.direct.get(k).copied().flatten() else {
+            return Ok(());
+        };
         let io = st.ioasid_mut(ioasid)?;
-        if let Some(m) = io.direct.iter_mut().flatten().find(|m| m.region == *r) {
+        if let Some(m) = io.direct.iter_mut().flatten().find(|m| m.region == r) {
             m.users = m.users.saturating_add(1);
             return Ok(());
         }
@@ -356,10 +361,25 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         let start = r.range.start;
         self.map_in(io, start, PhysAddr::new(start.get()), r.len(), r.prot())?;
         io.direct[slot] = Some(DirectMapping {
-            region: *r,
+            region: r,
             users: 1,
         });
         Ok(())
+    }
+
+    /// Undoes what [`Self::take_direct`] did for the device's first `k` regions after the
+    /// `k`-th failed with `e`, which it returns. In a frame of its own, beside the maps.
+    #[inline(never)]
+    fn untake_direct(
+        &self,
+        st: &mut State<'a, A>,
+        device: DeviceHandle,
+        ioasid: IoasidId,
+        k: usize,
+        e: Error,
+    ) -> Error {
+        let _ = self.drop_device_direct(st, ioasid, device, k);
+        e
     }
 
     /// Counts one user fewer, in `ioasid`, of each of the first `upto` regions `device` was

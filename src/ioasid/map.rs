@@ -82,6 +82,9 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     }
 
     /// Maps into the record and every domain of `io`, all or nothing (the checks done).
+    /// Always inlined: a wrapper of [`Self::map_domains`] and its rollback, whose frame would
+    /// only add to its callers' (`map`, `take_one`).
+    #[inline(always)]
     pub(super) fn map_in(
         &self,
         io: &Ioasid<'a, A>,

@@ -1342,3 +1342,131 @@ fn iommufd_unmap_of_nothing_is_0_bytes() {
     assert_eq!(ctx.unmap(io, Iova::new(0x10_0000), K4), Ok(K4));
     assert_eq!(ctx.unmap(io, Iova::new(0x10_0000), K4), Ok(0));
 }
+
+/// A new domain is filled from the record `attach::FILL_CHUNK` runs at a time (each walk of
+/// the record resumes where the last one stopped): more runs than three chunks hold, with a
+/// 2 MiB leaf among them and 64 KiB runs of sixteen 4 KiB leaves, all reach the domain.
+#[test]
+fn a_fill_copies_more_runs_than_a_chunk_holds() {
+    let alloc = test_alloc();
+    let fine = FakeUnit::new(&alloc, false);
+    let mut coarse = FakeUnit::new(&alloc, false);
+    coarse.geometry = Some((48, 1 << 16));
+    let pasids = PasidAllocator::new(20);
+    let reg = Registry::new(&[&fine, &coarse], &pasids).unwrap();
+    let ctx = IoasidCtx::new(&reg, &alloc, 0);
+    let io = ctx.alloc(IoasidFlags::empty()).unwrap();
+    let runs = 3 * attach::FILL_CHUNK + 5;
+    // 64 KiB runs, 128 KiB apart, each its own PA range (not contiguous with the next).
+    let at = |i: usize| (i as u64) * (1 << 17);
+    for i in 0..runs {
+        ctx.map(
+            io,
+            Iova::new(at(i)),
+            PhysAddr::new(G1 + at(i) * 3),
+            1 << 16,
+            RW,
+        )
+        .unwrap();
+    }
+    ctx.map(io, Iova::new(2 * G1), PhysAddr::new(4 * G1), M2, RW)
+        .unwrap();
+    for (n, u) in [&fine, &coarse].into_iter().enumerate() {
+        let dev = ctx.bind(label(n as u8, 1), false).unwrap();
+        ctx.attach(dev, io).unwrap();
+        let d = u.domain_of(DeviceId(1)).unwrap();
+        for i in 0..runs {
+            for page in [0, 15] {
+                let iova = at(i) + page * K4;
+                let m = u.query(d, Iova::new(iova)).expect("copied");
+                assert_eq!(m.pa, PhysAddr::new(G1 + at(i) * 3 + page * K4), "{iova:#x}");
+            }
+            assert!(u.query(d, Iova::new(at(i) + (1 << 16))).is_none());
+        }
+        let m = u
+            .query(d, Iova::new(2 * G1 + M2 - K4))
+            .expect("2 MiB copied");
+        assert_eq!(m.pa, PhysAddr::new(4 * G1 + M2 - K4));
+        let mut leaves = 0;
+        u.for_each_mapping(d, Iova::ZERO, 1 << 40, &mut |_| leaves += 1)
+            .unwrap();
+        // The unit's table holds 4 KiB leaves for each 64 KiB run, and the 2 MiB leaf.
+        assert_eq!(leaves, runs * 16 + 1);
+    }
+}
+
+/// A run the unit refuses in the fill's second chunk: the attach fails with nothing left of
+/// the new domain (its maps of the first chunk go with it), the device stays where it was, and
+/// the same attach succeeds once the unit takes the run. A run that makes no whole granule in
+/// the second chunk is refused, named by its IOVA, the same way.
+#[test]
+fn a_fill_that_fails_in_its_second_chunk_is_undone() {
+    let alloc = test_alloc();
+    let fine = FakeUnit::new(&alloc, false);
+    let mut coarse = FakeUnit::new(&alloc, false);
+    coarse.geometry = Some((48, 1 << 16));
+    let pasids = PasidAllocator::new(20);
+    let reg = Registry::new(&[&fine, &coarse], &pasids).unwrap();
+    let ctx = IoasidCtx::new(&reg, &alloc, 0);
+    let io = ctx.alloc(IoasidFlags::empty()).unwrap();
+    let pages = 3 * attach::FILL_CHUNK;
+    // 4 KiB pages 8 KiB apart: one run each.
+    let at = |i: usize| (i as u64) * 2 * K4;
+    for i in 0..pages {
+        ctx.map(io, Iova::new(at(i)), PhysAddr::new(G1 + at(i)), K4, RW)
+            .unwrap();
+    }
+    let dev = ctx.bind(label(0, 1), false).unwrap();
+    let before = ctx.alloc(IoasidFlags::empty()).unwrap();
+    ctx.attach(dev, before).unwrap();
+    let live = alloc.stats().live_pages;
+    let failing = at(attach::FILL_CHUNK + 2);
+    *fine.fail_map_at.lock().unwrap() = Some(failing);
+    assert!(ctx.attach(dev, io).is_err());
+    assert_eq!(alloc.stats().live_pages, live);
+    assert_eq!(fine.live_domains(), 1, "only the first IOASID's domain");
+    assert_eq!(
+        ctx.attachment(dev, None).unwrap().map(|a| a.ioasid),
+        Some(before)
+    );
+    assert!(fine.events().iter().any(|e| matches!(e, Event::Free(_))));
+    *fine.fail_map_at.lock().unwrap() = None;
+    ctx.attach(dev, io).unwrap();
+    let d = fine.domain_of(DeviceId(1)).unwrap();
+    for i in 0..pages {
+        let m = fine.query(d, Iova::new(at(i))).expect("copied");
+        assert_eq!(m.pa, PhysAddr::new(G1 + at(i)));
+    }
+    // On a 64 KiB unit every one of these runs is short: the first is refused.
+    let coarse_dev = ctx.bind(label(1, 1), false).unwrap();
+    let short = ctx.alloc(IoasidFlags::empty()).unwrap();
+    // Whole granules in the first chunk and beyond, then a short run in the second chunk.
+    let whole = attach::FILL_CHUNK + 3;
+    for i in 0..whole {
+        let iova = (i as u64) << 17;
+        ctx.map(
+            short,
+            Iova::new(iova),
+            PhysAddr::new(G1 + iova),
+            1 << 16,
+            RW,
+        )
+        .unwrap();
+    }
+    let tail = (whole as u64) << 17;
+    ctx.map(short, Iova::new(tail), PhysAddr::new(G1 + tail), K4, RW)
+        .unwrap();
+    let live = alloc.stats().live_pages;
+    assert_eq!(
+        ctx.attach(coarse_dev, short),
+        Err(Error::Incompatible {
+            device: coarse_dev,
+            reason: Incompatibility::Alignment {
+                iova: Iova::new(tail),
+                granule_log2: 16
+            }
+        })
+    );
+    assert_eq!(alloc.stats().live_pages, live);
+    assert_eq!(coarse.live_domains(), 0);
+}

@@ -2022,6 +2022,43 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         )
     }
 
+    /// As [`for_each_mapping`](Self::for_each_mapping), until `f` returns
+    /// [`ControlFlow::Break`](core::ops::ControlFlow::Break): the walk ends there, with the
+    /// leaves after it not visited. Returns whether `f` stopped it (a caller resumes from the
+    /// leaf it stopped at).
+    ///
+    /// # Errors
+    /// As [`for_each_mapping`](Self::for_each_mapping).
+    pub fn for_each_mapping_until(
+        &self,
+        iova: Iova,
+        len: u64,
+        mut f: impl FnMut(Leaf) -> core::ops::ControlFlow<()>,
+    ) -> Result<bool, Error> {
+        self.check_iova_range(iova, len)?;
+        let top = self.geo().top_level();
+        let mut stopped = false;
+        // The walk ends at the first error its visitor returns: `stopped` tells the visitor's
+        // stop from the walk's own errors (the variant carried is never reported).
+        let walked = self.visit(
+            self.root_table(),
+            top,
+            iova.get(),
+            len,
+            &mut |_, leaf, _| {
+                if f(leaf).is_break() {
+                    stopped = true;
+                    return Err(Error::ZeroLength);
+                }
+                Ok(())
+            },
+        );
+        match walked {
+            Err(_) if stopped => Ok(true),
+            r => r.map(|()| false),
+        }
+    }
+
     /// Walks the leaves intersecting a range; `f` gets the slot, the leaf and its raw value.
     ///
     /// Without recursion: one frame however deep the tables (a kernel stack).

@@ -1250,3 +1250,39 @@ unsafe impl Format for Ias64 {
         raw
     }
 }
+
+/// `for_each_mapping_until` visits the leaves in IOVA order and stops at the one its visitor
+/// breaks at (reporting that it stopped); a walk resumed from that leaf's IOVA visits it
+/// first; a walk its visitor never stops reports that it ran to the end; range errors are
+/// the walk's own.
+#[test]
+fn a_walk_of_the_mappings_stops_where_its_visitor_breaks() {
+    use core::ops::ControlFlow;
+    let t = vtd(48);
+    t.map(iova(G1), pa(2 * G1), G1 + M2 + K4, RW).unwrap();
+    t.map(iova(4 * G1), pa(K4), K4, RW).unwrap();
+    let mut seen = std::vec::Vec::new();
+    let stopped = t
+        .for_each_mapping_until(iova(0), 1 << 40, |l| {
+            if seen.len() == 2 {
+                return ControlFlow::Break(());
+            }
+            seen.push(l.iova.get());
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    assert!(stopped);
+    assert_eq!(seen, [G1, 2 * G1]);
+    let mut rest = std::vec::Vec::new();
+    let stopped = t
+        .for_each_mapping_until(iova(2 * G1 + M2), (1 << 40) - (2 * G1 + M2), |l| {
+            rest.push(l.iova.get());
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    assert!(!stopped);
+    assert_eq!(rest, [2 * G1 + M2, 4 * G1]);
+    assert!(t
+        .for_each_mapping_until(iova(1 << 48), K4, |_| ControlFlow::Continue(()))
+        .is_err());
+}

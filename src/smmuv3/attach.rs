@@ -107,6 +107,14 @@ impl<'q, W: RegisterWindow, A: PageAllocator> Batch<'q, W, A> {
     }
 }
 
+/// What [`SmmuUnit::attach_locked`] prepared and the unit's memory does not show yet: the new
+/// attachment (its SubstreamID, domain, stage, whether an L1CD was published) and the
+/// domain it replaces, for `apply_attach`.
+struct Change {
+    target: (Option<SubstreamId>, DomainHandle, bool, bool),
+    previous: Option<DomainHandle>,
+}
+
 const NOT_ENABLED: Error = Error::Unsupported(Missing::Mode {
     what: "the SMMU is not enabled",
 });
@@ -352,7 +360,20 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         else {
             return Err(NOT_ENABLED);
         };
-        let r = self.attach_locked(strtab, stream, ssid, d, stage2);
+        // What an earlier call left unfinished comes first (for the retry of that very call,
+        // it is all there is to do): from this frame, not under `attach_locked`'s.
+        // Then the books and allocations, and then the unit's memory: each step from this
+        // frame, not one under another (the kernel-stack bound of the C ABI).
+        let mut r = self.settle(strtab, stream);
+        if r.is_ok() {
+            r = match self.attach_locked(strtab, stream, ssid, d, stage2) {
+                Ok(Some(Change { target, previous })) => self
+                    .apply_attach(strtab, stream, target, previous)
+                    .map(|()| self.settled(stream)),
+                Ok(None) => Ok(()),
+                Err(e) => Err(e),
+            };
+        }
         // A stream that is unsettled, or still holds a CD table, stays: the unit may still
         // reach the table, and the retry needs the record.
         if stream.is_idle() && !stream.ats && stream.cd.is_none() {
@@ -363,6 +384,9 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         r
     }
 
+    /// The attach of a settled stream up to the unit's memory: books and allocations (undone
+    /// on a refusal). Returns the change for `apply_attach`, or `None` if `d` is attached
+    /// there already.
     fn attach_locked(
         &self,
         strtab: &mut StreamTable<A>,
@@ -370,16 +394,14 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         ssid: Option<SubstreamId>,
         d: DomainHandle,
         stage2: bool,
-    ) -> Result<(), Error> {
-        // What an earlier call left unfinished comes first (for the retry of that very call,
-        // it is all there is to do).
-        self.settle(strtab, stream)?;
+    ) -> Result<Option<Change>, Error> {
+        // The stream is settled (`attach_impl`).
         let previous = match ssid {
             None => stream.rid,
             Some(s) => stream.pasid_domain(s),
         };
         if previous == Some(d) {
-            return Ok(());
+            return Ok(None);
         }
         // What the refusal below restores: the RID's domain, or the one PASID slot changed
         // (not a copy of the whole table: this frame is under the attach's syncs).
@@ -428,10 +450,11 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
             ssid,
             ats: stream.ats,
         });
-        let target = (ssid, d, stage2, l1cd_published);
-        self.apply_attach(strtab, stream, target, previous)?;
-        self.settled(stream);
-        Ok(())
+        // The caller applies it (`apply_attach`), then marks the stream settled.
+        Ok(Some(Change {
+            target: (ssid, d, stage2, l1cd_published),
+            previous,
+        }))
     }
 
     /// Marks `stream` settled after a call completed, releasing the retired domain's user.

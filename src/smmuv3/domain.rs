@@ -210,6 +210,25 @@ fn start_tracking<F: crate::pgtable::Format, A: PageAllocator>(
     }
 }
 
+impl<A: PageAllocator> Domain<A> {
+    /// The domain [`build_stage1`](Self::build_stage1) or [`build_stage2`](Self::build_stage2)
+    /// just built into `slot` starts tracking if its table can (`start_tracking`); on an
+    /// error the slot is emptied again. Called after the build returned, and not inlined: the
+    /// walk (and its gather) is beside the build's frame, which holds the domain while it is
+    /// built, not under it (the kernel-stack bound of the C ABI).
+    #[inline(never)]
+    pub(crate) fn start_tracking_in(slot: &mut Option<Self>) -> Result<(), Error> {
+        let Some(d) = slot.as_ref() else {
+            return Ok(());
+        };
+        let started = with_table!(&d.table, t => start_tracking(t));
+        if started.is_err() {
+            *slot = None;
+        }
+        started
+    }
+}
+
 /// Inputs common to both stages.
 pub(crate) struct DomainParams {
     pub(crate) granule_log2: u32,
@@ -275,7 +294,6 @@ impl<A: PageAllocator> Domain<A> {
             bbml2: p.bbml2,
         })?;
         let table = PageTable::new(fmt, alloc, p.coherency)?;
-        start_tracking(&table)?;
         let tag = TlbTag::Stage2 {
             vmid,
             nest_parent: cfg.nest_parent,
@@ -289,7 +307,8 @@ impl<A: PageAllocator> Domain<A> {
     /// Normal Non-cacheable Outer Shareable ones otherwise. The walker's coherency
     /// (`IDR0.COHACC`) decides only the CD's walk attributes: a non-coherent TCU says nothing
     /// about the masters behind it.
-    /// Built into `slot` as [`build_stage2`](Self::build_stage2).
+    /// Built into `slot` as [`build_stage2`](Self::build_stage2); tracking then starts with
+    /// [`start_tracking_in`](Self::start_tracking_in).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn build_stage1(
         slot: &mut Option<Self>,
@@ -311,7 +330,6 @@ impl<A: PageAllocator> Domain<A> {
             bbml2: p.bbml2,
         })?;
         let table = PageTable::new(fmt, alloc, p.coherency)?;
-        start_tracking(&table)?;
         *slot = Some(Self::with(
             DomainTable::Stage1(table),
             TlbTag::Stage1 { vmid, asid },

@@ -173,7 +173,9 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
             oas,
             vmid,
             Asid(asid),
-        ) {
+        )
+        .and_then(|()| Domain::start_tracking_in(&mut slot))
+        {
             config.asids.free(asid);
             return Err(e);
         }
@@ -236,6 +238,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
                 f.oas_for(g),
                 Vmid(vmid),
             )
+            .and_then(|()| Domain::start_tracking_in(&mut slot))
             .inspect_err(|_| config.vmids.free(vmid))?;
         } else {
             let asid = config.asids.alloc().ok_or(Error::NoDomainIds)?;
@@ -249,6 +252,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
                 Vmid(0),
                 Asid(asid),
             )
+            .and_then(|()| Domain::start_tracking_in(&mut slot))
             .inspect_err(|_| config.asids.free(asid))?;
         }
         Ok(handle)

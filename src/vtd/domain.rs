@@ -291,7 +291,8 @@ pub struct Domain<A: PageAllocator> {
 
 impl<A: PageAllocator> Domain<A> {
     /// Builds the table `choice` describes into `slot` (left as it was on error): in place,
-    /// so that no copy of the domain passes through the stack (a kernel host's).
+    /// so that no copy of the domain passes through the stack (a kernel host's). A domain
+    /// built for dirty tracking then starts it with [`Self::start_tracking`].
     ///
     /// # Errors
     /// [`Error::NoMemory`], [`Error::PageTable`] for a configuration the engine refuses.
@@ -316,17 +317,36 @@ impl<A: PageAllocator> Domain<A> {
         match choice {
             Choice::Second(c) => {
                 let t = PageTable::new(VtdSs::new(c)?, alloc, info.page_walk_coherency)?;
-                if c.dirty_tracking {
-                    // A domain starts tracking (`SSADE` set in its PASID entries); its table is
-                    // empty, so there is nothing to clean or invalidate.
-                    t.set_dirty_tracking(true, &mut Gather::new())?;
-                }
                 *slot = Some(with(DomainTable::Second(t), c.agaw.min(info.mgaw)));
             }
             Choice::First(c) => {
                 let t = PageTable::new(VtdFs::new(c)?, alloc, info.page_walk_coherency)?;
                 let bits = t.geometry().ias.min(first_stage_max_bits(info));
                 *slot = Some(with(DomainTable::First(t), bits));
+            }
+        }
+        Ok(())
+    }
+
+    /// A domain [`Self::build_into`] built for dirty tracking starts tracking (`SSADE` set in
+    /// its PASID entries); its table is empty, so there is nothing to clean or invalidate. On
+    /// an error the slot is emptied again. Called after `build_into` returned, and not
+    /// inlined: the walk (and its gather) is beside `build_into`'s frame, which holds the
+    /// domain while it is built, not under it (the kernel-stack bound of the C ABI).
+    ///
+    /// # Errors
+    /// Those of [`PageTable::set_dirty_tracking`].
+    #[inline(never)]
+    pub fn start_tracking(slot: &mut Option<Self>) -> Result<(), Error> {
+        if let Some(Self {
+            table: DomainTable::Second(t),
+            dirty: true,
+            ..
+        }) = slot
+        {
+            if let Err(e) = t.set_dirty_tracking(true, &mut Gather::new()) {
+                *slot = None;
+                return Err(e.into());
             }
         }
         Ok(())

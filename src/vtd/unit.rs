@@ -491,6 +491,10 @@ pub struct VtdUnit<
     /// The gather of a failed map's undo (`undo_map`), for the same reason: locked only
     /// there, before any other lock of the unit; empty whenever it is unlocked.
     undo_gather: spin::Mutex<crate::pgtable::Gather>,
+    /// The gather of a map's caching-mode invalidation (`flush_map`), for the same reason:
+    /// locked only there, before any other lock of the unit (flushes serialize on the
+    /// configuration lock anyway); empty whenever it is unlocked.
+    map_gather: spin::Mutex<crate::pgtable::Gather>,
     counters: Counters,
     /// The page request queue, once [`enable_page_requests`](Self::enable_page_requests).
     prq: spin::Mutex<Option<PageRequestQueue>>,
@@ -587,6 +591,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
             addr_of_mut!((*p).reclaim_gather)
                 .write(spin::Mutex::new(crate::pgtable::Gather::new()));
             addr_of_mut!((*p).undo_gather).write(spin::Mutex::new(crate::pgtable::Gather::new()));
+            addr_of_mut!((*p).map_gather).write(spin::Mutex::new(crate::pgtable::Gather::new()));
             addr_of_mut!((*p).counters).write(Counters::default());
             addr_of_mut!((*p).prq).write(spin::Mutex::new(None));
             #[allow(clippy::declare_interior_mutable_const)]
@@ -817,6 +822,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
             }
             let handle = DomainHandle(u16::try_from(slot).map_err(|_| iommu::Error::NoDomainIds)?);
             Domain::build_into(&mut guard, choice, self.alloc.clone(), did, &self.info, cfg)?;
+            Domain::start_tracking(&mut guard)?;
             return Ok(handle);
         }
         Err(iommu::Error::NoDomainIds)

@@ -95,12 +95,17 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
     }
 
     /// The caching-mode invalidation after `map` wrote `[iova, iova + len)` (not-present
-    /// entries may be cached). Not inlined: its gather is on the stack only while it runs.
+    /// entries may be cached). Its gather is the unit's `map_gather`, not the stack's (it
+    /// would be under the flush); not inlined, so `map`'s frame holds no guard of it.
     #[inline(never)]
     fn flush_map(&self, domain: DomainHandle, iova: Iova, len: u64) -> Result<(), Error> {
-        let mut gather = Gather::new();
+        let mut gather = self.map_gather.lock();
         gather.add_table_change(iova.get(), len);
-        self.flush_gather(domain, &mut gather, Purpose::Map)
+        let flushed = self.flush_gather(domain, &mut gather, Purpose::Map);
+        // Ranges only (a map frees no table page): a completed flush emptied it, a failed
+        // one left its ranges owed by the domain (`flush_locked`). Empty for the next map.
+        *gather = Gather::new();
+        flushed
     }
 }
 
