@@ -686,8 +686,30 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> AmdViUni
             return Err(Error::Unsupported(Missing::DirtyTracking));
         }
         let mut cleaned = Gather::new();
-        table.set_dirty_tracking(on, &mut cleaned)?;
+        if let Err(e) = table.set_dirty_tracking(on, &mut cleaned) {
+            return Err(self.tracking_failed(&cfg, slot, dom, &mut cleaned, e.into()));
+        }
         self.publish_tracking(&cfg, slot, dom, on, &mut cleaned)
+    }
+
+    /// A table walk that failed partway (`EntryUnstable`) has cleaned a prefix of the leaves,
+    /// which an IOTLB entry may still hold dirty (taking writes without setting `D`): their
+    /// ranges are invalidated, or owed by the domain if that fails (`flush_locked` keeps
+    /// them); `HAD` is left as it was. Returns the walk's error. A failure's path, not
+    /// inlined.
+    #[cold]
+    #[inline(never)]
+    fn tracking_failed(
+        &self,
+        cfg: &ConfigState,
+        slot: usize,
+        dom: &Domain<A>,
+        cleaned: &mut Gather,
+        error: Error,
+    ) -> Error {
+        // No page in it (cleaning unlinks no table): only ranges, which a failed flush keeps.
+        let _ = self.flush_locked(cfg, slot, dom, cleaned);
+        error
     }
 
     /// The part of [`Self::set_dirty_tracking_impl`] after the table's walk: `HAD` in the

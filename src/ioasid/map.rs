@@ -6,7 +6,7 @@ use super::pending::Pending;
 use super::record::RECORD_IAS;
 use super::registry::UnitId;
 use super::{Error, IoasidFlags, IoasidId, UNMAP_ALL};
-use crate::iommu::Iommu;
+use crate::iommu::{DomainHandle, Iommu};
 use crate::mem::{Iova, PageAllocator, PhysAddr};
 use crate::pgtable::{self, Gather, InvalidationComplete, IovaRange, Mapping, Prot};
 
@@ -164,8 +164,9 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
 
     /// Unmaps `[iova, iova + len)` from the IOASID and every domain behind it, with one flush
     /// (one completion wait) per unit. Returns the bytes that were mapped. If a domain refuses
-    /// (a split it cannot make), the domains already changed get the range back from the record
-    /// and nothing is unmapped.
+    /// (a split it cannot make) or fails partway (`EntryUnstable`, after unmapping a prefix),
+    /// the domains already changed get the range back from the record, the failing one what it
+    /// lost of it, and nothing is unmapped.
     ///
     /// # Errors
     /// [`Error::PageTable`] (range errors, a refused split, memory); unit errors: nothing is
@@ -313,7 +314,7 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
             // The entries are gone when owed: go on, so that every domain and the record agree.
             if self.unmap_domain_into(io, slot, &d, iova, len, gather, out) == DomainUnmap::Refused
             {
-                self.remap_domains(io, k, iova, len);
+                self.remap_domains(io, k, &d, iova, len);
                 return 0;
             }
         }
@@ -321,13 +322,45 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     }
 
     /// Maps back into the first `n` domains what the record holds in `[iova, iova + len)`
-    /// (an unmap that a later domain refused). A failure's path, not inlined.
+    /// (an unmap that a later domain refused), and into the one that refused (`failed`, the
+    /// `n`th) what it lacks of it: a walk that failed partway (`EntryUnstable`,
+    /// `UnknownTable`) has unmapped a prefix. A failure's path, not inlined.
     #[cold]
     #[inline(never)]
-    fn remap_domains(&self, io: &Ioasid<'a, A>, n: usize, iova: Iova, len: u64) {
+    fn remap_domains(
+        &self,
+        io: &Ioasid<'a, A>,
+        n: usize,
+        failed: &UnitDomain,
+        iova: Iova,
+        len: u64,
+    ) {
         for (_, done) in domains(io).take(n) {
             let _ = self.remap_from_record(io, &done, iova, len);
         }
+        let _ = self.refill_from_record(io, failed, iova, len);
+    }
+
+    /// Maps back into a domain whose unmap of `[iova, iova + len)` failed partway what it lost:
+    /// its walk goes in address order and stops at the failing entry, so what it unmapped is
+    /// everything below its first leaf still in the range, which the record holds. Not nested
+    /// in the record's walk (`remap_from_record` after the domain's): both walks' frames at
+    /// once would not fit the C ABI's kernel-stack bound. A rollback's path, not inlined.
+    #[cold]
+    #[inline(never)]
+    fn refill_from_record(
+        &self,
+        io: &Ioasid<'a, A>,
+        d: &UnitDomain,
+        iova: Iova,
+        len: u64,
+    ) -> Result<(), Error> {
+        let unit: &dyn Iommu = self.unit(d.unit)?;
+        let lost = first_leaf(unit, d.handle, iova.get(), len)? - iova.get();
+        if lost == 0 {
+            return Ok(());
+        }
+        self.remap_from_record(io, d, iova, lost)
     }
 
     /// The record's part of [`Self::unmap_in`], after every domain's, gathering in `gather`
@@ -614,6 +647,16 @@ fn owe_flush_into(
         Ok(_) => DomainUnmap::Done,
         Err(e) => domain_error(out, e),
     }
+}
+
+/// Where the first leaf of domain `d` of `unit` in `[iova, iova + len)` begins (`iova` for a
+/// leaf that covers it), or the range's end if it has none.
+fn first_leaf(unit: &dyn Iommu, d: DomainHandle, iova: u64, len: u64) -> Result<u64, Error> {
+    let mut first = iova.saturating_add(len);
+    unit.for_each_mapping(d, Iova::new(iova), len, &mut |leaf| {
+        first = first.min(leaf.iova.get().max(iova));
+    })?;
+    Ok(first)
 }
 
 /// The end of [`IoasidCtx::unmap_domain`] (and of a dirty read's flush) when the unit's flush

@@ -38,6 +38,9 @@ struct FakeUnit<'a> {
     /// A flush whose gather records this IOVA fails (keeping its pages), as a unit whose
     /// invalidation wait timed out.
     fail_flush_at: Mutex<Option<u64>>,
+    /// An unmap whose range reaches past this IOVA unmaps what lies before it, then fails
+    /// with `EntryUnstable` there (as the table does when hardware keeps rewriting an entry).
+    unstable_at: Mutex<Option<u64>>,
     /// Overrides what `domain_geometry` reports (input bits, page sizes).
     geometry: Option<(u32, u64)>,
     /// Every attach, detach and domain free, in order.
@@ -80,6 +83,7 @@ impl<'a> FakeUnit<'a> {
             fail_after_map_at: Mutex::new(None),
             fail_unmap_at: Mutex::new(None),
             fail_flush_at: Mutex::new(None),
+            unstable_at: Mutex::new(None),
             geometry: None,
             events: Mutex::new(Vec::new()),
         }
@@ -203,6 +207,12 @@ impl Iommu for FakeUnit<'_> {
     ) -> Result<u64, IommuError> {
         if *self.fail_unmap_at.lock().unwrap() == Some(iova.get()) {
             return Err(IommuError::Timeout { what: "test" });
+        }
+        let unstable = *self.unstable_at.lock().unwrap();
+        if let Some(at) = unstable.filter(|&at| iova.get() < at && at - iova.get() < len) {
+            self.with(d, |t| t.unmap(iova, at - iova.get(), g))??;
+            let iova = Iova::new(at);
+            return Err(crate::pgtable::Error::EntryUnstable { iova }.into());
         }
         self.with(d, |t| t.unmap(iova, len, g))?.map_err(Into::into)
     }
@@ -915,6 +925,40 @@ fn a_detach_reports_its_first_failure_and_the_retry_completes_it() {
         assert_eq!(ctx.translate(io, Iova::new(iova)), Ok(None), "{iova:#x}");
     }
     assert_eq!(ctx.detach(dev), Err(Error::NotAttached(dev)));
+}
+
+/// A domain whose unmap fails partway (`EntryUnstable` after a prefix went) gets that prefix
+/// back too, as the domains before it get the whole range: after the error every domain maps
+/// what the record holds.
+#[test]
+fn an_unmap_that_fails_partway_puts_back_the_failing_domains_prefix() {
+    let alloc = test_alloc();
+    let (u0, u1) = (FakeUnit::new(&alloc, true), FakeUnit::new(&alloc, true));
+    let pasids = PasidAllocator::new(20);
+    let reg = Registry::new(&[&u0, &u1], &pasids).unwrap();
+    let ctx = IoasidCtx::new(&reg, &alloc, 0);
+    let io = ctx.alloc(IoasidFlags::empty()).unwrap();
+    ctx.attach(ctx.bind(label(0, 1), false).unwrap(), io)
+        .unwrap();
+    ctx.attach(ctx.bind(label(1, 1), false).unwrap(), io)
+        .unwrap();
+    ctx.map(io, Iova::new(M2), PhysAddr::new(4 * M2), M2, RW)
+        .unwrap();
+    // u1's unmap of pages 1-7 clears pages 1-3, then fails at page 4.
+    *u1.unstable_at.lock().unwrap() = Some(M2 + 4 * K4);
+    let r = ctx.unmap(io, Iova::new(M2 + K4), 7 * K4);
+    assert!(r.is_err(), "{r:?}");
+    for (n, u) in [&u0, &u1].into_iter().enumerate() {
+        let d = u.domain_of(DeviceId(1)).unwrap();
+        for i in 0..512 {
+            let m = u.query(d, Iova::new(M2 + i * K4));
+            let m = m.unwrap_or_else(|| panic!("unit {n}: page {i} unmapped after the error"));
+            assert_eq!(m.pa, PhysAddr::new(4 * M2 + i * K4), "unit {n}, page {i}");
+        }
+    }
+    assert!(ctx.translate(io, Iova::new(M2 + K4)).unwrap().is_some());
+    *u1.unstable_at.lock().unwrap() = None;
+    assert_eq!(ctx.unmap(io, Iova::new(M2 + K4), 7 * K4), Ok(7 * K4));
 }
 
 #[test]

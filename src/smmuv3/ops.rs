@@ -769,11 +769,15 @@ where
     fn set_dirty_tracking(&self, domain: DomainHandle, on: bool) -> Result<(), Error> {
         self.usable()?;
         let mut cleaned = Gather::new();
-        self.with_domain(domain, |d| d.set_dirty_tracking(on, &mut cleaned))?;
+        let r = self.with_domain(domain, |d| d.set_dirty_tracking(on, &mut cleaned));
         // The leaves cleaned were writable-dirty, and may be cached so: a write through such
         // a TLB entry needs no hardware update and would go unrecorded. HD stays set (see
-        // `Domain::set_dirty_tracking`), so nothing else changes in the STE or CD.
-        self.flush_impl(domain, &mut cleaned)
+        // `Domain::set_dirty_tracking`), so nothing else changes in the STE or CD. A walk that
+        // failed partway has cleaned a prefix: flushed too (owed if that fails), the walk's
+        // error reported.
+        let flushed = self.flush_impl(domain, &mut cleaned);
+        r?;
+        flushed
     }
 
     fn attach(

@@ -900,3 +900,91 @@ fn user_domain_gets_the_guests_stage1_over_the_parent() {
     u.domain_free(parent).unwrap();
     assert_eq!(u.audit().map(|a| a.unsettled), Ok(0));
 }
+
+/// The slot of the level-0 leaf that maps `iova` in `d` (a 4 KiB stage-2 domain).
+fn leaf_slot_of(
+    u: &Unit<'_>,
+    d: DomainHandle,
+    iova: u64,
+) -> &'static core::sync::atomic::AtomicU64 {
+    let slot = u.domains[usize::from(d.0)].read();
+    let dom = slot.as_ref().unwrap();
+    let mut table = match &dom.table {
+        domain::DomainTable::Stage2(t) => t.root().get(),
+        domain::DomainTable::Stage1(t) => t.root().get(),
+    };
+    let geo = *dom.geometry();
+    for level in (1..geo.levels).rev() {
+        let idx = geo.index(level, iova) as u64;
+        // SAFETY: PA == VA for VecAllocator pages; the walk stays inside live tables.
+        let e = unsafe { ((table + idx * 8) as *const u64).read_volatile() };
+        assert_eq!(e & 3, 3, "a table at level {level}");
+        table = e & 0x0000_ffff_ffff_f000;
+    }
+    let at = table + geo.index(0, iova) as u64 * 8;
+    // SAFETY: an entry of a live leaf table, which outlives the test's use (the allocator's
+    // pages are never unmapped while the test runs); table memory is 64-bit atomics.
+    unsafe { &*(at as *const core::sync::atomic::AtomicU64) }
+}
+
+/// A `set_dirty_tracking` on whose table walk fails partway (`EntryUnstable`: hardware kept
+/// rewriting the third leaf) has cleaned the first two: their TLB entries may still be
+/// writable-dirty, taking writes without marking the leaves, so the call invalidates them
+/// before it returns (or leaves the invalidation owed by the domain if that fails too).
+#[test]
+fn a_failed_tracking_switch_invalidates_the_leaves_it_cleaned() {
+    let (m, alloc) = (model(IDR0 | 2 << 6, 0), VecAllocator::default());
+    let u = enabled(&m, &alloc);
+    let d = u
+        .domain_alloc(&DomainConfig {
+            dirty_tracking: true,
+            ..s2()
+        })
+        .unwrap();
+    u.attach(DeviceId(1), None, d).unwrap();
+    // Tracking off: maps write writable-dirty leaves, S2AP[1] (bit 7) set.
+    u.set_dirty_tracking(d, false).unwrap();
+    for i in 1..4 {
+        u.map(
+            d,
+            Iova::new(i * K4),
+            PhysAddr::new(0x8000_0000 + i * K4),
+            K4,
+            RW,
+        )
+        .unwrap();
+    }
+    take_ops(&m);
+    // AF (bit 10) keeps flipping on the third leaf.
+    crate::pgtable::testutil::keep_rewriting(leaf_slot_of(&u, d, 3 * K4), 1 << 10);
+    let r = u.set_dirty_tracking(d, true);
+    crate::pgtable::testutil::stop_rewriting();
+    assert!(
+        matches!(
+            r,
+            Err(Error::PageTable(
+                crate::pgtable::Error::EntryUnstable { .. }
+            ))
+        ),
+        "{r:?}"
+    );
+    assert_eq!((leaf_of(&u, d, K4) >> 7) & 1, 0, "leaf 1 cleaned");
+    assert_eq!((leaf_of(&u, d, 2 * K4) >> 7) & 1, 0, "leaf 2 cleaned");
+    assert_eq!((leaf_of(&u, d, 3 * K4) >> 7) & 1, 1, "leaf 3 not cleaned");
+    let ops = take_ops(&m);
+    let owed = u.domains[usize::from(d.0)]
+        .read()
+        .as_ref()
+        .unwrap()
+        .owed
+        .is_owed();
+    assert!(
+        !owed && (count(&ops, TLBI_S2_IPA) == 2 && ops.last() == Some(&SYNC)),
+        "the cleaned leaves not invalidated (or owed instead): {ops:x?}"
+    );
+    // The retry cleans the third and invalidates it.
+    u.set_dirty_tracking(d, true).unwrap();
+    assert_eq!((leaf_of(&u, d, 3 * K4) >> 7) & 1, 0);
+    u.detach(DeviceId(1), None).unwrap();
+    u.domain_free(d).unwrap();
+}

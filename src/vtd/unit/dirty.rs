@@ -13,7 +13,7 @@
 //! (`intel_pasid_setup_dirty_tracking`) issues the same three; the domain-selective IOTLB
 //! invalidation covers every range the cleaning gathered.
 
-use super::invalidate::device_tlb;
+use super::invalidate::{device_tlb, Purpose};
 use super::VtdUnit;
 use crate::iommu::{self, DomainHandle, Missing};
 use crate::mem::{Iova, PageAllocator};
@@ -43,8 +43,30 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
             return Err(iommu::Error::Unsupported(Missing::DirtyTracking));
         }
         let mut cleaned = Gather::new();
-        table.set_dirty_tracking(on, &mut cleaned)?;
+        if let Err(e) = table.set_dirty_tracking(on, &mut cleaned) {
+            return Err(self.tracking_failed(&cfg, slot, dom, &mut cleaned, e.into()));
+        }
         self.publish_tracking(&cfg, slot, dom, on, &mut cleaned)
+    }
+
+    /// A table walk that failed partway (`EntryUnstable`) has cleaned a prefix of the leaves,
+    /// which an IOTLB entry may still hold dirty (taking writes without setting `D`): their
+    /// ranges are invalidated as after an unmap, or owed by the domain if that fails
+    /// (`flush_locked` keeps them); `SSADE` is left as it was. Returns the walk's error. A
+    /// failure's path, not inlined.
+    #[cold]
+    #[inline(never)]
+    fn tracking_failed(
+        &self,
+        cfg: &super::ConfigState,
+        slot: usize,
+        dom: &crate::vtd::domain::Domain<A>,
+        cleaned: &mut Gather,
+        error: iommu::Error,
+    ) -> iommu::Error {
+        // No page in it (cleaning unlinks no table): only ranges, which a failed flush keeps.
+        let _ = self.flush_locked(cfg, slot, dom, cleaned, Purpose::Unmap);
+        error
     }
 
     /// The part of [`Self::set_dirty_tracking_impl`] after the table's walk: `SSADE` in the

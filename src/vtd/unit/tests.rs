@@ -1211,3 +1211,93 @@ fn pri_device_gets_the_context_entry_pre() {
         assert_eq!(lo & 1 << 4 != 0, pre, "PRE, ECAP {ecap:#x}, pri {pri}");
     }
 }
+
+/// The slot of the 4 KiB second-stage leaf that maps `iova` in `d`.
+fn ss_leaf_slot(
+    u: &Unit<'_>,
+    d: DomainHandle,
+    iova: u64,
+) -> &'static core::sync::atomic::AtomicU64 {
+    let guard = u.domain_lock(d).unwrap().read();
+    let dom = guard.as_ref().unwrap();
+    let crate::vtd::domain::DomainTable::Second(t) = &dom.table else {
+        panic!("a second-stage domain");
+    };
+    let (mut table, top) = (t.root().get(), t.geometry().top_level());
+    for level in (1..=top).rev() {
+        let idx = (iova >> (12 + 9 * level)) & 511;
+        // SAFETY: PA == VA for TestAlloc pages; the walk stays inside live tables.
+        let e = unsafe { ((table + idx * 8) as *const u64).read_volatile() };
+        assert!(e & 3 != 0 && e & 1 << 7 == 0, "a table at level {level}");
+        table = e & 0x000f_ffff_ffff_f000;
+    }
+    let at = table + ((iova >> 12) & 511) * 8;
+    // SAFETY: an entry of a live leaf table, which outlives the test's use; table memory is
+    // 64-bit atomics.
+    unsafe { &*(at as *const core::sync::atomic::AtomicU64) }
+}
+
+/// A `set_dirty_tracking` whose table walk fails partway (`EntryUnstable`: hardware kept
+/// rewriting the third leaf) has cleaned `D` of the first two: an IOTLB entry may still hold
+/// them dirty, so the call invalidates them before returning (or the domain owes it).
+#[test]
+fn a_failed_tracking_switch_invalidates_the_leaves_it_cleaned() {
+    use core::sync::atomic::Ordering::SeqCst;
+    let a = TestAlloc::default();
+    let m = Model::with_caps(QEMU_CAP, SCALABLE_ECAP | 1 << 45);
+    let u = unit(&m, &a, Mode::Scalable);
+    let d = u
+        .domain_alloc(&DomainConfig {
+            dirty_tracking: true,
+            ..DomainConfig::default()
+        })
+        .unwrap();
+    u.attach(DEV, None, d).unwrap();
+    for i in 1..4 {
+        u.map(
+            d,
+            Iova::new(i * K4),
+            PhysAddr::new(0x8000_0000 + i * K4),
+            K4,
+            RW,
+        )
+        .unwrap();
+        // D (bit 9): the device wrote the page.
+        ss_leaf_slot(&u, d, i * K4).fetch_or(1 << 9, SeqCst);
+    }
+    m.clear_logs();
+    // A (bit 8) keeps flipping on the third leaf.
+    crate::pgtable::testutil::keep_rewriting(ss_leaf_slot(&u, d, 3 * K4), 1 << 8);
+    let r = u.set_dirty_tracking(d, true);
+    crate::pgtable::testutil::stop_rewriting();
+    assert!(
+        matches!(
+            r,
+            Err(crate::iommu::Error::PageTable(
+                crate::pgtable::Error::EntryUnstable { .. }
+            ))
+        ),
+        "{r:?}"
+    );
+    let dirty = |i: u64| ss_leaf_slot(&u, d, i * K4).load(SeqCst) & 1 << 9 != 0;
+    assert_eq!([dirty(1), dirty(2), dirty(3)], [false, false, true]);
+    let w = words(&m);
+    let owed = !u
+        .domain_lock(d)
+        .unwrap()
+        .read()
+        .as_ref()
+        .unwrap()
+        .owed
+        .lock()
+        .is_empty();
+    // Page-selective IOTLB invalidations of pages 1-2, then a wait.
+    let iotlb = w.iter().filter(|x| x.0 & 0xf == 2).count();
+    let wait = w.last().map(|x| x.0 & 0xf) == Some(5);
+    assert!(
+        !owed && (iotlb >= 1 && wait),
+        "the cleaned leaves not invalidated (or owed instead): {w:x?}"
+    );
+    u.set_dirty_tracking(d, true).unwrap();
+    assert!(!dirty(3));
+}
