@@ -628,6 +628,78 @@ fn run<C: Case>(case: &C) {
     device_memory(case);
     leaf_templates(case);
     present_mask(case);
+    table_masks_and_run_bits(case);
+}
+
+/// Where a format decodes table entries with a mask (`Format::table_address_mask`, with which
+/// the fast paths' descent decodes each level), the mask gives `table_address`, and the table
+/// address, for every table entry the engine writes: low and high table addresses below the
+/// output size, with and without the split mark. Where a hint bit makes the runs
+/// (`Format::contiguous_bit`, which the unmap paths clear with an atomic AND to break a run),
+/// no table entry carries it and a run's leaf stands alone once it is cleared
+/// (`leaf_out_of_run`).
+fn table_masks_and_run_bits<C: Case>(case: &C) {
+    let f = case.format();
+    let g = *f.geometry();
+    let granule = 1u64 << g.granule_log2;
+    let top = ((1u64 << g.oas) - granule) & !(granule - 1);
+    let tables = [granule, (top / 3) & !(granule - 1), top];
+    let bit = f.contiguous_bit();
+    for level in 1..g.levels {
+        for pa in tables {
+            for mark in [0, f.split_table_bit()] {
+                let raw = f.encode_table(level, PhysAddr::new(pa)) | mark;
+                assert_eq!(
+                    f.table_address(raw).get(),
+                    pa,
+                    "{}: table at {pa:#x}",
+                    case.name()
+                );
+                if let Some(mask) = f.table_address_mask() {
+                    assert_eq!(
+                        raw & mask,
+                        pa,
+                        "{}: table at {pa:#x} by the mask {mask:#x}",
+                        case.name()
+                    );
+                }
+                assert_eq!(
+                    raw & bit,
+                    0,
+                    "{}: table entry {raw:#x} carries the run bit",
+                    case.name()
+                );
+            }
+        }
+    }
+    if bit == 0 {
+        return;
+    }
+    for level in (0..g.levels).filter(|&l| g.leaf_allowed(l)) {
+        let n_log2 = f.contiguous_log2(level);
+        if n_log2 == 0 {
+            continue;
+        }
+        let shift = g.level_shift(level);
+        let run_pa = PhysAddr::new(1u64 << (shift + n_log2));
+        for index in [0, (1usize << n_log2) - 1] {
+            let leaf = f.encode_run_leaf(level, run_pa, n_log2, index, case.rw());
+            let pa = PhysAddr::new(run_pa.get() + ((index as u64) << shift));
+            assert_ne!(leaf & bit, 0, "{}: a run leaf without the bit", case.name());
+            assert_eq!(
+                f.leaf_out_of_run(level, leaf, pa),
+                leaf & !bit,
+                "{}: level {level}, leaf {index} of a run",
+                case.name()
+            );
+            assert_eq!(
+                f.leaf_run_log2(level, leaf & !bit),
+                0,
+                "{}: level {level}",
+                case.name()
+            );
+        }
+    }
 }
 
 /// Where a format gives a presence mask (`Format::present_mask`, with which the map paths test

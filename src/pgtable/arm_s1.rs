@@ -59,9 +59,8 @@ pub struct ArmS1Config {
 pub struct ArmS1 {
     cfg: ArmS1Config,
     geometry: Geometry,
-    /// How table descriptors hold their address, worked out from the granule once (the
-    /// descent decodes one per level).
-    table_addr: vmsa::TableAddr,
+    /// What the descriptor code works out from the configuration once.
+    derived: vmsa::Derived,
 }
 
 impl ArmS1 {
@@ -85,10 +84,11 @@ impl ArmS1 {
         }
         let valid = (0..natural.levels).fold(0u64, |m, l| m | 1 << natural.level_shift(l));
         let geometry = Geometry::new(cfg.granule_log2, cfg.ias, cfg.oas, pages & valid)?;
+        let hint = vmsa::use_contiguous(cfg.bbml2, cfg.dirty_tracking);
         Ok(Self {
             cfg,
             geometry,
-            table_addr: vmsa::TableAddr::new(cfg.granule_log2),
+            derived: vmsa::Derived::new(&geometry, Self::normal_attributes(cfg.coherent), hint),
         })
     }
 
@@ -102,16 +102,23 @@ impl ArmS1 {
         (64 - self.cfg.ias) as u64
     }
 
-    fn leaf_attributes(&self, prot: Prot) -> u64 {
-        // Device memory is always Outer Shareable whatever SH says (Arm ARM D8.5.2).
-        let (index, sh) = if prot.contains(Prot::MMIO) {
-            (ATTR_INDEX_DEVICE, SH_OUTER)
-        } else if self.cfg.coherent {
+    /// AttrIndx, SH, AF and nG of Normal memory leaves, fixed by the table's coherency.
+    const fn normal_attributes(coherent: bool) -> u64 {
+        let (index, sh) = if coherent {
             (ATTR_INDEX_WB, SH_INNER)
         } else {
             (ATTR_INDEX_NC, SH_OUTER)
         };
         index << ATTRINDX_SHIFT | sh << SH_SHIFT | AF | NG
+    }
+
+    fn leaf_attributes(&self, prot: Prot) -> u64 {
+        if prot.contains(Prot::MMIO) {
+            // Device memory is always Outer Shareable whatever SH says (Arm ARM D8.5.2).
+            ATTR_INDEX_DEVICE << ATTRINDX_SHIFT | SH_OUTER << SH_SHIFT | AF | NG
+        } else {
+            self.derived.normal_leaf()
+        }
     }
 }
 

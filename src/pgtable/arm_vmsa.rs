@@ -58,29 +58,85 @@ pub(super) const fn decode_addr(granule_log2: u32, raw: u64, shift: u32) -> u64 
     }
 }
 
-/// Where a table descriptor holds its table's address, for one granule: bits 47:granule
-/// (`low`), and with the 64 KiB granule OA\[51:48\] in bits 15:12 (`high`, 0 otherwise).
-/// [`TableAddr::decode`] is `decode_addr(granule_log2, raw, granule_log2)` without its
-/// granule test: the walk decodes one table address per level.
+/// What the descriptor code of one configuration works out once, in the format's `new`: how a
+/// table descriptor holds its table's address, the leaf bits no `prot` changes, and the hint's
+/// run size per level. 16 bytes, as the two masks it replaced: a `PageTable` holds its format,
+/// and every byte of it is on the kernel stack of the calls that build or move a domain.
+///
+/// The descent decodes one table address per level, and `map` / `unmap` ask for the hint's run
+/// size at every run they write, break or clear: worked out from the configuration each time,
+/// these were 5 and about 20 instructions (issue 18, goal 1: callgrind).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct TableAddr {
-    low: u64,
-    high: u64,
+pub(super) struct Derived {
+    /// Bits 47:granule: where a table descriptor holds its table's address below OA\[51:48\].
+    table_low: u64,
+    /// OA\[51:48\] (bits 15:12) with the 64 KiB granule, 0 with the others.
+    table_high: u16,
+    /// The leaf bits of Normal memory that the configuration fixes (attribute index or
+    /// MemAttr, SH, AF and, at stage 1, nG): bits 11:2, so 16 bits hold them.
+    normal_leaf: u16,
+    /// Log2 of the contiguous hint's run at engine level `l` in bits `4l + 3 : 4l` (0: no
+    /// hint there; levels 0-3, the most a VMSAv8-64 table without FEAT_LPA2 has).
+    contiguous: u32,
 }
 
-impl TableAddr {
-    pub(super) const fn new(granule_log2: u32) -> Self {
+impl Derived {
+    /// For a table of `geometry` (`granule_log2` its granule) whose Normal leaves carry
+    /// `normal_leaf`, with the hint on (`hint`: see [`use_contiguous`]).
+    pub(super) fn new(geometry: &Geometry, normal_leaf: u64, hint: bool) -> Self {
+        let granule_log2 = geometry.granule_log2;
         let below_granule = 1u64.wrapping_shl(granule_log2).wrapping_sub(1);
+        let mut contiguous = 0;
+        for level in 0..geometry.levels.min(4) {
+            if hint && geometry.leaf_allowed(level) {
+                contiguous |= contiguous_log2(granule_log2, level) << (4 * level);
+            }
+        }
         Self {
-            low: ADDR_47_12 & !below_granule,
-            high: if granule_log2 == 16 { OA_51_48_LOW } else { 0 },
+            table_low: ADDR_47_12 & !below_granule,
+            table_high: if granule_log2 == 16 { 0xf000 } else { 0 },
+            // Bits 11:2 only: the callers' attributes (checked by the conformance suite's
+            // encodings, which go through this field).
+            normal_leaf: (normal_leaf & 0xffc) as u16,
+            contiguous,
         }
     }
 
-    /// The table address in the table descriptor `raw`.
+    /// The table address in the table descriptor `raw`: `decode_addr(granule_log2, raw,
+    /// granule_log2)` without its granule test.
     #[inline]
-    pub(super) const fn decode(self, raw: u64) -> u64 {
-        (raw & self.low) | (raw & self.high) << 36
+    pub(super) const fn table_address(self, raw: u64) -> u64 {
+        (raw & self.table_low) | (raw & self.table_high as u64) << 36
+    }
+
+    /// The mask that is [`Self::table_address`] for every table descriptor the engine writes
+    /// in a table of at most 48 output bits (`oas`): OA\[51:48\] is 0 there, and the bits
+    /// between bit 12 and the granule are 0 (a table is aligned to the granule, and the walker
+    /// sets no bit there). One constant for every granule: the compiler folds it into what
+    /// the descent does next (an allocator's range test).
+    #[inline]
+    pub(super) const fn table_address_mask(oas: u32) -> Option<u64> {
+        if oas <= 48 {
+            Some(ADDR_47_12)
+        } else {
+            None
+        }
+    }
+
+    /// See [`Self::normal_leaf`](field@Self::normal_leaf).
+    #[inline]
+    pub(super) const fn normal_leaf(self) -> u64 {
+        self.normal_leaf as u64
+    }
+
+    /// Log2 of the hint's run at `level` (0: none).
+    #[inline]
+    pub(super) const fn contiguous_log2(self, level: u32) -> u32 {
+        if level < 8 {
+            self.contiguous >> (4 * level) & 0xf
+        } else {
+            0
+        }
     }
 }
 
@@ -183,7 +239,12 @@ macro_rules! vmsa_shared_format_methods {
 
         #[inline]
         fn table_address(&self, raw: u64) -> PhysAddr {
-            PhysAddr::new(self.table_addr.decode(raw))
+            PhysAddr::new(self.derived.table_address(raw))
+        }
+
+        #[inline]
+        fn table_address_mask(&self) -> Option<u64> {
+            vmsa::Derived::table_address_mask(self.cfg.oas)
         }
 
         #[inline]
@@ -232,18 +293,36 @@ macro_rules! vmsa_shared_format_methods {
             self.cfg.bbml2
         }
 
+        #[inline]
         fn contiguous_bit(&self) -> u64 {
             vmsa::CONTIGUOUS
         }
 
+        #[inline]
         fn contiguous_log2(&self, level: u32) -> u32 {
-            if vmsa::use_contiguous(self.cfg.bbml2, self.cfg.dirty_tracking)
-                && self.geometry.leaf_allowed(level)
-            {
-                vmsa::contiguous_log2(self.cfg.granule_log2, level)
+            self.derived.contiguous_log2(level)
+        }
+
+        #[inline]
+        fn contiguous_runs(&self, level: u32) -> u32 {
+            match self.derived.contiguous_log2(level) {
+                0 => 0,
+                n => 1 << n,
+            }
+        }
+
+        #[inline]
+        fn leaf_run_log2(&self, level: u32, raw: u64) -> u32 {
+            if raw & vmsa::CONTIGUOUS != 0 {
+                self.derived.contiguous_log2(level)
             } else {
                 0
             }
+        }
+
+        #[inline]
+        fn leaf_out_of_run(&self, _level: u32, raw: u64, _pa: PhysAddr) -> u64 {
+            raw & !vmsa::CONTIGUOUS
         }
 
         fn dirty_tracking(&self) -> bool {
@@ -257,8 +336,8 @@ pub(super) use vmsa_shared_format_methods;
 mod tests {
     use super::*;
 
-    /// `TableAddr::decode` is `decode_addr` at the granule's own shift, for every granule and
-    /// any descriptor bits (the engine's own table entries and anything else).
+    /// `Derived::table_address` is `decode_addr` at the granule's own shift, for every granule
+    /// and any descriptor bits (the engine's own table entries and anything else).
     #[test]
     fn table_addr_decodes_as_decode_addr() {
         let raws = [
@@ -272,10 +351,11 @@ mod tests {
             0xaaaa_aaaa_aaaa_aaaa,
         ];
         for g in [12, 14, 16] {
-            let t = TableAddr::new(g);
+            let geometry = natural_geometry(g, 48, if g == 16 { 52 } else { 48 }).unwrap();
+            let t = Derived::new(&geometry, 0, true);
             for raw in raws {
                 assert_eq!(
-                    t.decode(raw),
+                    t.table_address(raw),
                     decode_addr(g, raw, g),
                     "granule 2^{g}, {raw:#x}"
                 );

@@ -169,6 +169,11 @@ impl Geometry {
 ///   at level `l > 0` is present and not a table (`is_table(l, leaf)` is false);
 /// - the same holds for `encode_table(level, pa) | split_table_bit()`, and the walker ignores
 ///   that bit in a table entry;
+/// - [`table_address_mask`](Self::table_address_mask), where it is `Some(mask)`, gives
+///   `table_address(raw) == raw & mask` for every such table entry;
+/// - where [`contiguous_bit`](Self::contiguous_bit) is non-zero, no table entry above carries
+///   it, and [`leaf_out_of_run`](Self::leaf_out_of_run) is the leaf without it (the engine
+///   breaks such runs by clearing the bit with an atomic AND);
 /// - a raw entry whose bits 3:0 are zero is not present. The engine relies on it to link freed
 ///   table pages into a list through their first word while the hardware may still walk them
 ///   (see [`super::Gather`]).
@@ -196,6 +201,20 @@ pub unsafe trait Format {
 
     /// The table address in a table entry.
     fn table_address(&self, raw: u64) -> PhysAddr;
+
+    /// `Some(mask)` if [`Self::table_address`] is `raw & mask` for every table entry of this
+    /// table: `encode_table(level, pa)` for every table address `pa` below `2^oas`, with the
+    /// split mark and any bits the walker sets. The fast paths' descent reads it once per
+    /// call and decodes each level's entry with one AND (issue 18, goals 1 and 3: Arm's
+    /// decode, which moves OA\[51:48\] with the 64 KiB granule, took 5 instructions and two
+    /// loads per level, reloaded after every entry's acquire load). The conformance suite
+    /// checks the equality.
+    ///
+    /// Default: `None` (every entry is decoded by `table_address`).
+    #[inline]
+    fn table_address_mask(&self) -> Option<u64> {
+        None
+    }
 
     /// Encodes a pointer to the table at `table` from an entry at `level`.
     fn encode_table(&self, level: u32, table: PhysAddr) -> u64;
@@ -241,7 +260,9 @@ pub unsafe trait Format {
 
     /// The contiguous-hint bit of a leaf (Arm's Contiguous, bit 52), or 0 for formats without
     /// one. A run of leaves carrying it must be complete and consistent (same attributes,
-    /// contiguous output aligned to the run) for as long as any of them carries it.
+    /// contiguous output aligned to the run) for as long as any of them carries it. A format
+    /// with one makes a run's leaf stand alone by clearing it, and sets it in no table entry
+    /// (see the trait's safety section): the engine breaks a run with one atomic AND per leaf.
     fn contiguous_bit(&self) -> u64 {
         0
     }

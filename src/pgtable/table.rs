@@ -115,6 +115,17 @@ pub(super) const fn open_at(depth: usize) -> usize {
     }
 }
 
+/// What `map_page` did with its page.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum PageMap {
+    /// Mapped.
+    Mapped,
+    /// Nothing changed: the page's entry is present (`Error::Overlap` at the page).
+    Overlap,
+    /// Nothing changed: not a case of the one-page path (`map_range` decides).
+    NotHere,
+}
+
 /// What `clear_dirty_entry` found in its slot.
 #[derive(Clone, Copy)]
 enum Dirty {
@@ -432,33 +443,60 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     /// [`Error::Overlap`] naming the first mapped IOVA in the range; range and alignment errors;
     /// [`Error::UnsupportedProt`]; [`Error::NoMemory`]; [`Error::TableOutOfRange`] if the
     /// allocator gave a table page the hardware cannot address.
+    #[inline]
     pub fn map(&self, iova: Iova, pa: PhysAddr, len: u64, prot: Prot) -> Result<(), Error> {
-        // One page (the hot path of per-page callers) is checked without a branch.
-        let one_page = len == 1 << self.geo().granule_log2;
-        let ranges_ok = if one_page {
-            self.one_page_ok(iova.get(), pa.get())
-        } else {
-            self.map_ranges_ok(iova.get(), pa.get(), len)
-        };
-        if !ranges_ok {
-            // The checks name what is wrong (the tests above are only their common case).
+        if len == 1 << self.geo().granule_log2 {
+            match self.map_page(iova, pa, prot) {
+                PageMap::Mapped => return Ok(()),
+                PageMap::Overlap => return Err(Error::Overlap { iova }),
+                PageMap::NotHere => {}
+            }
+        }
+        // Called from here, not from `map_page`: its frame is not under the walk's (a kernel
+        // stack).
+        self.map_range(iova, pa, len, prot)
+    }
+
+    /// [`Self::map`] of one granule, the hot path of per-page callers (issue 18, goal 3), in a
+    /// function of its own: inside `map_range`'s frame it shared the registers of the general
+    /// walk, which spilled the descent's (callgrind: 3 instructions per level). The addresses
+    /// are tested without a branch and the descent reaches the existing leaf table;
+    /// [`PageMap::NotHere`] for every other case (an argument error to name, a table to
+    /// allocate), which `map` hands to `map_range`. A one-byte answer: an `Option` of a
+    /// `Result` went through memory (callgrind: 6-8 instructions per call).
+    #[inline(never)]
+    fn map_page(&self, iova: Iova, pa: PhysAddr, prot: Prot) -> PageMap {
+        if !self.one_page_ok(iova.get(), pa.get()) || self.format.check_prot(prot).is_err() {
+            return PageMap::NotHere;
+        }
+        // A page never crosses a leaf table: no span to check.
+        match self.descend(0, iova.get(), true) {
+            Some((leaf, _)) => self.map_one(leaf, iova.get(), pa.get(), prot),
+            None => PageMap::NotHere,
+        }
+    }
+
+    /// [`Self::map`] of any range: the checks, then the leaf-table and level-1 fast paths and
+    /// the general walk. One granule comes here only from `map` once `map_page` found no leaf
+    /// table or an argument to refuse: it does not descend to look for one again (a second
+    /// descent is more entries read in every interleaving `loom` explores, and no faster).
+    #[inline(never)]
+    fn map_range(&self, iova: Iova, pa: PhysAddr, len: u64, prot: Prot) -> Result<(), Error> {
+        if !self.map_ranges_ok(iova.get(), pa.get(), len) {
+            // The checks name what is wrong (the test above is only their common case).
             self.check_iova_range(iova, len)?;
             self.check_pa_range(pa, len)?;
         }
         self.format.check_prot(prot)?;
-        let leaf = if one_page {
-            // A page never crosses a leaf table: no span to check.
-            self.descend(0, iova.get(), true)
-        } else {
-            self.plain_leaf_table_for(iova.get(), len, true)
+        let page_tried = len == 1 << self.geo().granule_log2;
+        let leaf = match page_tried {
+            true => None,
+            false => self.plain_leaf_table_for(iova.get(), len, true),
         };
         if let Some((leaf, _)) = leaf {
             // The general walk would descend the same existing tables and need no new one.
             // Once `plan_leaves` found every entry empty, only a concurrent map of an
             // overlapping range, which the contract forbids, could fill one.
-            if one_page {
-                return self.map_one(leaf, iova.get(), pa.get(), prot);
-            }
             self.plan_leaves(leaf, iova.get(), len)?;
             self.fill_leaves(leaf, iova.get(), pa.get(), len, prot);
             return Ok(());
@@ -491,19 +529,17 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     /// fails with nothing changed), then written with one atomic store and cleaned for a
     /// non-coherent walker.
     #[inline(always)]
-    fn map_one(&self, t: Table, iova: u64, pa: u64, prot: Prot) -> Result<(), Error> {
+    fn map_one(&self, t: Table, iova: u64, pa: u64, prot: Prot) -> PageMap {
         let idx = self.geo().index(0, iova);
         // SAFETY: `t` is a live leaf table and `idx` comes from an in-range IOVA.
         let raw = unsafe { t.slot(idx) }.load(Ordering::Acquire);
         if self.format.is_present(raw) {
-            return Err(Error::Overlap {
-                iova: Iova::new(iova),
-            });
+            return PageMap::Overlap;
         }
         self.write_level0(t, idx, 0, 1, pa, prot, 0);
         // SAFETY: as above.
         self.sync(unsafe { t.entry_ptr(idx) }, 8);
-        Ok(())
+        PageMap::Mapped
     }
 
     /// `unmap_leaves` for the one page at `iova` in the leaf table `t`, without its range loops
@@ -570,6 +606,8 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         if g.levels < at + 2 {
             return None;
         }
+        // Read once: the format's fields would be reloaded after every entry's acquire load.
+        let address_mask = self.format.table_address_mask();
         let mut t = self.root_table();
         let mut split_levels = 0;
         for level in (at + 1..g.levels).rev() {
@@ -586,7 +624,11 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
             if !sync_path && self.split_made(level, raw) {
                 split_levels |= 1 << level;
             }
-            t = self.child(raw).ok()?;
+            let pa = match address_mask {
+                Some(mask) => PhysAddr::new(raw & mask),
+                None => self.format.table_address(raw),
+            };
+            t = Table(self.alloc.phys_to_virt(pa)?);
         }
         Some((t, split_levels))
     }
@@ -704,6 +746,13 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
             0 => self.leaf_runs,
             _ => self.format.contiguous_runs(level),
         }
+    }
+
+    /// The IOVA bits below the largest run of leaves (`leaf_runs`, non-zero): a range whose
+    /// ends have none of them set cuts no run.
+    #[inline(always)]
+    fn largest_leaf_run_mask(&self) -> u64 {
+        (1u64 << (self.geo().granule_log2 + Self::largest_run_log2(self.leaf_runs))) - 1
     }
 
     /// Log2 of the largest run in the mask `runs` (0 if none).
@@ -1101,11 +1150,6 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         let first = self.geo().index(0, iova);
         let n = (len >> shift) as usize;
         let run = 1usize << run_log2;
-        let present = |i: usize| {
-            // SAFETY: as in `plan_leaves`, `first + i` indexes the live leaf table `t`, i < n.
-            let raw = unsafe { t.slot(first + i) }.load(Ordering::Acquire);
-            self.format.is_present(raw)
-        };
         let mut result = Ok(());
         let mut written = 0;
         while written < n {
@@ -1117,7 +1161,9 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
             } else {
                 (n, 0)
             };
-            if let Some(i) = (written..end).find(|&i| present(i)) {
+            // As in `plan_leaves`, entries `first + written .. first + end` are `t`'s (end <= n).
+            let found = self.first_present(t, first + written, end - written);
+            if let Some(i) = found.map(|k| written + k) {
                 if bits == 0 {
                     self.write_level0(t, first, written, i, pa, prot, 0);
                     written = i;
@@ -1267,42 +1313,86 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     /// [`Error::UnknownTable`] (a corrupt entry). Then what the walk cleared before stays
     /// cleared, and `gather` holds it together with the larger page of every split table
     /// above it (ARCHITECTURE.md "Concurrency", rule 5): flush `gather` on an error too.
+    #[inline]
     pub fn unmap(&self, iova: Iova, len: u64, gather: &mut Gather) -> Result<u64, Error> {
-        let one_page = len == 1 << self.geo().granule_log2;
-        if !one_page || !self.one_page_ok(iova.get(), 0) {
-            // One page is checked with a mask (as in `map`); the checks name what is wrong.
+        if len == 1 << self.geo().granule_log2 {
+            if let Some(bytes) = self.unmap_page(iova, gather) {
+                return Ok(bytes);
+            }
+        }
+        // Called from here, not from `unmap_page`: its frame is not under the walk's (a kernel
+        // stack).
+        self.unmap_range(iova, len, gather)
+    }
+
+    /// [`Self::unmap`] of one granule, in a function of its own as [`Self::map_page`]: the
+    /// address tested without a branch, the descent to the existing leaf table, the one entry
+    /// (`unmap_one`); `None` for every other case (an argument error to name, an end that
+    /// overflows, a run that `SplitPolicy::Refuse` must refuse to cut, no leaf table), which
+    /// `unmap` hands to `unmap_range`, before anything changed.
+    #[inline(never)]
+    fn unmap_page(&self, iova: Iova, gather: &mut Gather) -> Option<u64> {
+        let granule = 1u64 << self.geo().granule_log2;
+        // Every run has at least two leaves, so one page may cut one wherever there are runs.
+        let may_refuse = self.leaf_runs != 0 && self.split == SplitPolicy::Refuse;
+        if !self.one_page_ok(iova.get(), 0)
+            || iova.get().checked_add(granule).is_none()
+            || may_refuse
+        {
+            return None;
+        }
+        let (leaf, split_levels) = self.descend(0, iova.get(), false)?;
+        let bytes = self.unmap_one(leaf, iova.get(), gather);
+        if bytes > 0 {
+            self.note_split_pages(split_levels, iova.get(), gather);
+        }
+        Some(bytes)
+    }
+
+    /// [`Self::unmap`] of any range: the checks, then the leaf-table and level-1 fast paths and
+    /// the general walk. One granule comes here only from `unmap` once `unmap_page` found no
+    /// leaf table or a case it leaves to the walk: it does not descend to look for one again
+    /// (see `map_range`).
+    #[inline(never)]
+    fn unmap_range(&self, iova: Iova, len: u64, gather: &mut Gather) -> Result<u64, Error> {
+        // `map`'s branch-free test with an output address that always passes (0): the common
+        // case of the checks, which name what is wrong.
+        if !self.map_ranges_ok(iova.get(), 0, len) {
             self.check_iova_range(iova, len)?;
         }
         let end = iova.get().checked_add(len).ok_or(Error::Overflow {
             start: iova.get(),
             len,
         })?;
-        // Under `SplitPolicy::Refuse`, a range that may cut a contiguous run takes the general
-        // walk, whose `plan_split` refuses before anything changes.
-        // (The largest run bounds the others: a range aligned to it cuts none.)
-        let r_log2 = Self::largest_run_log2(self.leaf_runs);
-        let may_cut = self.leaf_runs != 0
-            && (iova.get() | end) & ((1u64 << (self.geo().granule_log2 + r_log2)) - 1) != 0;
-        let fast = if may_cut && self.split == SplitPolicy::Refuse {
+        let page_tried = len == 1 << self.geo().granule_log2;
+        let fast = if page_tried || len >> self.geo().level_shift(1) != 0 {
+            // `unmap_page` tried, or no leaf table holds the range (as `plain_leaf_table_for`
+            // finds, for less).
             None
-        } else if one_page {
-            self.descend(0, iova.get(), false)
+        } else if self.leaf_runs != 0
+            && (iova.get() | end) & self.largest_leaf_run_mask() != 0
+            && self.split == SplitPolicy::Refuse
+        {
+            // Under `SplitPolicy::Refuse`, a range that may cut a contiguous run takes the
+            // general walk, whose `plan_split` refuses before anything changes. (The largest
+            // run bounds the others: a range aligned to it cuts none.)
+            None
         } else {
             self.plain_leaf_table_for(iova.get(), len, false)
         };
         if let Some((leaf, split_levels)) = fast {
-            let bytes = if one_page {
-                self.unmap_one(leaf, iova.get(), gather)
-            } else {
-                self.unmap_leaves(leaf, iova.get(), len, gather)
-            };
+            let bytes = self.unmap_leaves(leaf, iova.get(), len, gather);
             if bytes > 0 {
                 self.note_split_pages(split_levels, iova.get(), gather);
             }
             return Ok(bytes);
         }
         if let Some((blocks, split_levels)) = self.block_unmap_table_for(iova.get(), end, len) {
-            let r = self.unmap_blocks(blocks, iova.get(), len, gather);
+            let r = if len >> self.geo().level_shift(1) == 1 {
+                self.unmap_one_block(blocks, iova.get(), gather)
+            } else {
+                self.unmap_blocks(blocks, iova.get(), len, gather)
+            };
             // After an error too: blocks before the failing entry are cleared (rule 5).
             if !matches!(r, Ok(0)) {
                 self.note_split_pages(split_levels, iova.get(), gather);
@@ -1667,12 +1757,37 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         if g.levels < 3 || (iova | len) & ((1u64 << shift) - 1) != 0 {
             return None;
         }
-        let runs = self.format.contiguous_runs(1);
-        let run_mask = (1u64 << (shift + Self::largest_run_log2(runs))) - 1;
-        if runs != 0 && (iova | end) & run_mask != 0 && self.split == SplitPolicy::Refuse {
-            return None;
+        if self.split == SplitPolicy::Refuse {
+            let runs = self.format.contiguous_runs(1);
+            let run_mask = (1u64 << (shift + Self::largest_run_log2(runs))) - 1;
+            if runs != 0 && (iova | end) & run_mask != 0 {
+                return None;
+            }
         }
         self.table_for(1, iova, len, false)
+    }
+
+    /// [`Self::unmap_blocks`] for the one level-1 entry at `iova` in `t` (per-page callers of
+    /// blocks), as `unmap_one` is `unmap_leaves` for one page: a present block that stands
+    /// alone is cleared with an atomic store of 0, cleaned and recorded in `gather`; a block
+    /// of a run (which must lose its hint first, rule 4) and a table (reaped) take
+    /// `unmap_blocks`. Returns the bytes unmapped.
+    #[inline(always)]
+    fn unmap_one_block(&self, t: Table, iova: u64, gather: &mut Gather) -> Result<u64, Error> {
+        let shift = self.geo().level_shift(1);
+        let idx = self.geo().index(1, iova);
+        // SAFETY: `t` is a live table at level 1 and `idx` comes from an in-range IOVA.
+        let slot = unsafe { t.slot(idx) };
+        let raw = slot.load(Ordering::Acquire);
+        if !self.format.is_present(raw) {
+            return Ok(0);
+        }
+        if self.format.is_table(1, raw) || self.contiguous_span_log2(1, raw) != 0 {
+            return self.unmap_blocks(t, iova, 1 << shift, gather);
+        }
+        slot.store(0, Ordering::Release);
+        self.cleared_run(t, 1, idx, 0, 1, iova, gather);
+        Ok(1 << shift)
     }
 
     /// `unmap_level` at level 1 for a range of whole entries inside `t`: breaks the contiguous
