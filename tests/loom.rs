@@ -1084,6 +1084,33 @@ fn unmap_table_vs_sibling_map() {
     });
 }
 
+/// One thread unmaps four pages of a leaf table in one call (the leaf-table fast path reads the
+/// four entries, finds them all present and clears the four: `clear_fours`), while another maps
+/// the next page of the same table: the walker sees each of the four until it is cleared and
+/// none after the invalidation, and the neighbour's page once its map returned.
+#[test]
+fn four_page_unmap_vs_neighbour_map() {
+    run(Scenario {
+        name: "four_page_unmap_vs_neighbour_map",
+        format: vtd(false),
+        coherency: WalkerCoherency::Coherent,
+        premap: vec![(0, 4 * K4)],
+        dirty: vec![],
+        threads: vec![
+            vec![Op::Unmap {
+                iova: 0,
+                len: 4 * K4,
+                bytes: 4 * K4,
+            }],
+            vec![Op::Map {
+                iova: 4 * K4,
+                len: K4,
+            }],
+        ],
+        probes: vec![0, 3 * K4, 4 * K4],
+    });
+}
+
 /// A walker that does not snoop the CPU caches (VT-d `ECAP.C` = 0, SMMUv3 `IDR0.COHACC` = 0)
 /// reads memory as the last cache clean left it. Two threads map neighbouring pages into an empty
 /// table: the first links the new tables; the second finds the leaf table linked, writes and

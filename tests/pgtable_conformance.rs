@@ -18,7 +18,7 @@ use iommu_engine::pgtable::arm_s2::{ArmS2, ArmS2Config, S2Attributes};
 use iommu_engine::pgtable::vtd_fs::{VtdFs, VtdFsConfig};
 use iommu_engine::pgtable::vtd_ss::{VtdSs, VtdSsConfig};
 use iommu_engine::pgtable::{
-    Error, Format, Gather, InvalidationComplete, PageTable, Prot, SplitPolicy,
+    Error, Format, Gather, InvalidationComplete, IovaRange, PageTable, Prot, SplitPolicy,
 };
 use iommu_engine::sim::arena::{Arena, ArenaConfig, Snapshot};
 use iommu_engine::sim::walk::arm::Shareability;
@@ -629,6 +629,7 @@ fn run<C: Case>(case: &C) {
     leaf_templates(case);
     present_mask(case);
     table_masks_and_run_bits(case);
+    unmaps_with_holes_gather_exactly(case);
 }
 
 /// Where a format decodes table entries with a mask (`Format::table_address_mask`, with which
@@ -700,6 +701,109 @@ fn table_masks_and_run_bits<C: Case>(case: &C) {
             );
         }
     }
+}
+
+/// An unmap of a stretch of leaves with holes in it (the leaf-table and level-1 fast paths
+/// clear whole fours of present leaves at once and the rest entry by entry): for no hole, every
+/// hole and every pair of holes among 14 granule pages or 14 blocks, leaves of every permission
+/// the format accepts (VT-d's read-only and write-only leaves are present by different bits),
+/// and at block size also a leaf table in place of the second hole, the call returns the bytes
+/// mapped, its gather names exactly the runs it cleared (the table's block when it unlinks
+/// one), the page size and whether a table changed, the walker finds nothing left in the range
+/// and the leaves beside it untouched.
+fn unmaps_with_holes_gather_exactly<C: Case>(case: &C) {
+    let f = case.format();
+    let g = *f.geometry();
+    let gran_log2 = g.granule_log2;
+    let prots: Vec<Prot> = [Prot::READ, Prot::WRITE, Prot::READ | Prot::WRITE]
+        .into_iter()
+        .filter(|&p| f.check_prot(p).is_ok())
+        .collect();
+    let mut sizes = vec![gran_log2];
+    sizes.extend((gran_log2 + 1..64).find(|s| g.page_sizes >> s & 1 != 0));
+    let n = 14u64;
+    let mut holes: Vec<Vec<u64>> = vec![vec![]];
+    for a in 0..n {
+        holes.push(vec![a]);
+        holes.extend((a + 2..n).map(|b| vec![a, b]));
+    }
+    let base_pa = 1u64 << (g.oas - 2);
+    let mem = arena(g.oas);
+    let t = table(case, &mem);
+    for size_log2 in sizes {
+        let size = 1u64 << size_log2;
+        // Entries 3 .. 3 + n of one table, with a leaf on either side.
+        if (n + 4) << size_log2 > 1u64 << g.ias.min(63) {
+            continue;
+        }
+        let start = 3 * size;
+        // Entry `start + i` (`i` = u64::MAX: the one before `start`).
+        let at = |i: u64| start.wrapping_add(i.wrapping_mul(size));
+        let map = |i: u64, prot: Prot| {
+            t.map(Iova::new(at(i)), PhysAddr::new(base_pa + at(i)), size, prot)
+                .unwrap();
+        };
+        for hole in &holes {
+            let table_at = (size_log2 > gran_log2 && hole.len() == 2).then(|| hole[1]);
+            map(u64::MAX, case.rw());
+            map(n, case.rw());
+            let mut leaves = 0;
+            for i in (0..n).filter(|i| !hole.contains(i)) {
+                map(i, prots[(i as usize) % prots.len()]);
+                leaves += 1;
+            }
+            if let Some(i) = table_at {
+                // One granule page where the block would be: a leaf table there.
+                let iova = Iova::new(start + i * size);
+                t.map(iova, PhysAddr::new(base_pa), 1 << gran_log2, case.rw())
+                    .unwrap();
+            }
+            // The runs the unmap clears (a linked table's block with its neighbours).
+            let mut want: Vec<IovaRange> = Vec::new();
+            for i in (0..n).filter(|i| !hole.contains(i) || table_at == Some(*i)) {
+                match want.last_mut() {
+                    Some(r) if r.end.get() == at(i) => r.end = Iova::new(at(i) + size),
+                    _ => want.push(IovaRange {
+                        start: Iova::new(at(i)),
+                        end: Iova::new(at(i) + size),
+                    }),
+                }
+            }
+            let mut gather = Gather::new();
+            let bytes = t.unmap(Iova::new(start), n * size, &mut gather).unwrap();
+            let name = format!("{} size 2^{size_log2} holes {hole:?}", case.name());
+            let table_bytes = if table_at.is_some() {
+                1 << gran_log2
+            } else {
+                0
+            };
+            assert_eq!(bytes, leaves * size + table_bytes, "{name}: bytes");
+            assert_eq!(gather.ranges(), &want[..], "{name}: gather ranges");
+            assert_ne!(gather.page_sizes() & size, 0, "{name}: page size");
+            assert_eq!(gather.leaf_only(), table_at.is_none(), "{name}: leaf only");
+            let left: Vec<u64> = case
+                .walk_all(&mem, t.root())
+                .into_iter()
+                .map(|(iova, _)| iova)
+                .collect();
+            assert_eq!(
+                left,
+                [start - size, start + n * size],
+                "{name}: left mapped"
+            );
+            gather.release(&mem, done()).unwrap();
+            let mut gather = Gather::new();
+            for i in [u64::MAX, n] {
+                assert_eq!(
+                    t.unmap(Iova::new(at(i)), size, &mut gather),
+                    Ok(size),
+                    "{name}"
+                );
+            }
+            gather.release(&mem, done()).unwrap();
+        }
+    }
+    assert!(mem.bad_frees().is_empty());
 }
 
 /// Where a format gives a presence mask (`Format::present_mask`, with which the map paths test

@@ -1286,3 +1286,62 @@ fn a_walk_of_the_mappings_stops_where_its_visitor_breaks() {
         .for_each_mapping_until(iova(1 << 48), K4, |_| ControlFlow::Continue(()))
         .is_err());
 }
+
+/// `address_bits` covers every bit of every address of a stretch, so that a template without
+/// any of them gives `template | pa == template + pa` for each (the leaf loop then adds the
+/// page size to the leaf before): aligned and misaligned starts, steps of 4 KiB to 1 GiB,
+/// stretches up to the top of the 64-bit range and past it, templates of one bit anywhere and
+/// of the formats' shapes (attribute bits low and high around an address field).
+#[test]
+fn address_bits_cover_every_address_of_a_stretch() {
+    use super::table::address_bits;
+    let templates = [
+        0u64,
+        0x3,
+        0x883,
+        0xfff,
+        0x7ff0_0000_0000_0003,
+        0x0060_0000_0000_0743,
+    ]
+    .into_iter()
+    .chain((0..64).map(|b| 1u64 << b));
+    let templates: std::vec::Vec<u64> = templates.collect();
+    for step_log2 in [12u32, 14, 16, 21, 30] {
+        let step = 1u64 << step_log2;
+        for from_pa in [
+            0,
+            step,
+            0x80_0000_1000,
+            (1 << 46) - 16 * step,
+            (1 << 48) - step,
+            u64::MAX - (4 * step - 1),
+            0x1234_5000 | (step >> 1),
+        ] {
+            // Miri runs the short stretches only (a 512-entry stretch is 36,000 checks).
+            let counts: &[usize] = if cfg!(miri) {
+                &[1, 2, 5]
+            } else {
+                &[1, 2, 3, 4, 5, 16, 512]
+            };
+            for &count in counts {
+                let bits = address_bits(from_pa, count, step);
+                for k in 0..count as u64 {
+                    let Some(pa) = k.checked_mul(step).and_then(|d| from_pa.checked_add(d)) else {
+                        assert_eq!(bits, u64::MAX, "{from_pa:#x} x{count} by {step:#x}");
+                        break;
+                    };
+                    assert_eq!(
+                        pa & !bits,
+                        0,
+                        "{pa:#x} in {from_pa:#x} x{count} by {step:#x}"
+                    );
+                    for &t in &templates {
+                        if t & bits == 0 {
+                            assert_eq!(t | pa, t.wrapping_add(pa), "{t:#x} | {pa:#x}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
