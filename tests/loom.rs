@@ -1251,3 +1251,33 @@ fn amd_v1_run_break_vs_neighbour_map() {
         K64,
     ));
 }
+
+/// Two one-page unmaps of one run, the smallest AMD-Vi v1 writes at 4 KiB (a 16 KiB Next
+/// Level 7 page in 4 entries): thread 0 unmaps page 3 and breaks the page (entries 0..=3 in
+/// order), thread 1 unmaps page 1, which it may find out of the run while entries 2 and 3
+/// still carry it; the walker translates page 2. Page 1 must not be translated through the
+/// run once thread 1's unmap has returned (rule 4: a run's last leaf claims it until the
+/// break is complete). Failed on c04c5c6 after 5,436 interleavings.
+#[test]
+fn two_page_unmaps_of_one_run_amd_v1() {
+    run(Scenario {
+        name: "two_page_unmaps_of_one_run_amd_v1",
+        format: amd_v1(false),
+        coherency: WalkerCoherency::Coherent,
+        premap: vec![(0, 4 * K4)],
+        dirty: vec![],
+        threads: vec![
+            vec![Op::Unmap {
+                iova: 3 * K4,
+                len: K4,
+                bytes: K4,
+            }],
+            vec![Op::Unmap {
+                iova: K4,
+                len: K4,
+                bytes: K4,
+            }],
+        ],
+        probes: vec![2 * K4],
+    });
+}

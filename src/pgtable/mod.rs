@@ -115,6 +115,8 @@ pub struct Leaf {
 #[cfg(test)]
 mod race_tests;
 #[cfg(test)]
+mod run_break_tests;
+#[cfg(test)]
 mod stress_tests;
 #[cfg(test)]
 mod tests;

@@ -556,7 +556,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         if !self.format.is_present(raw) {
             return 0;
         }
-        if self.leaf_runs != 0 && self.contiguous_span_log2(0, raw) != 0 {
+        if self.leaf_runs != 0 && self.claimed_by_run(t, 0, self.leaf_runs, idx, raw) {
             return self.unmap_leaves(t, iova, 1 << shift, gather);
         }
         slot.store(0, Ordering::Release);
@@ -1658,9 +1658,12 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         // SAFETY: `t` is a live table at `level`; `idx` comes from an IOVA in its span.
         let slot = unsafe { t.slot(idx) };
         let mut raw = slot.load(Ordering::Acquire);
+        let runs = self.runs_at(level);
         for _ in 0..HW_UPDATE_RETRIES {
-            if self.format.is_present(raw) && self.is_contiguous_leaf(level, raw) {
-                raw = self.break_contiguous(t, level, idx, iova, raw, range, gather);
+            if runs != 0 && self.claimed_by_run(t, level, runs, idx, raw) {
+                let t_iova = (iova & !(size - 1)) - ((idx as u64) << shift);
+                self.break_runs_over(t, level, idx, t_iova, range, gather);
+                raw = slot.load(Ordering::Acquire);
             }
             if !self.format.is_present(raw) {
                 return Ok(Unmapped::Bytes(0));
@@ -1822,8 +1825,8 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     /// [`Self::unmap_blocks`] for the one level-1 entry at `iova` in `t` (per-page callers of
     /// blocks), as `unmap_one` is `unmap_leaves` for one page: a present block that stands
     /// alone is cleared with an atomic store of 0, cleaned and recorded in `gather`; a block
-    /// of a run (which must lose its hint first, rule 4) and a table (reaped) take
-    /// `unmap_blocks`. Returns the bytes unmapped.
+    /// a run still claims (which must lose its hint first, rule 4: its own or, half broken,
+    /// the run's last block's) and a table (reaped) take `unmap_blocks`. Returns the bytes unmapped.
     #[inline(always)]
     fn unmap_one_block(&self, t: Table, iova: u64, gather: &mut Gather) -> Result<u64, Error> {
         let shift = self.geo().level_shift(1);
@@ -1834,7 +1837,9 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         if !self.format.is_present(raw) {
             return Ok(0);
         }
-        if self.format.is_table(1, raw) || self.contiguous_span_log2(1, raw) != 0 {
+        let runs = self.format.contiguous_runs(1);
+        if self.format.is_table(1, raw) || (runs != 0 && self.claimed_by_run(t, 1, runs, idx, raw))
+        {
             return self.unmap_blocks(t, iova, 1 << shift, gather);
         }
         slot.store(0, Ordering::Release);
@@ -1916,54 +1921,101 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         if len >> shift != 1 {
             return true;
         }
+        let idx = g.index(level, iova);
         // SAFETY: the entry of `iova` lies in the live table `t` (callers' range is inside it).
-        let raw = unsafe { t.slot(g.index(level, iova)) }.load(Ordering::Acquire);
-        self.format.is_present(raw) && self.contiguous_span_log2(level, raw) != 0
+        let raw = unsafe { t.slot(idx) }.load(Ordering::Acquire);
+        self.claimed_by_run(t, level, runs, idx, raw)
+    }
+
+    /// Whether a run of leaves may still claim entry `e` of the table `t` at `level` (`raw`,
+    /// read from it), where the format has the runs `runs`: `e`'s own leaf is part of one, or,
+    /// as a break leaves a run (leaf by leaf in entry order, `break_contiguous`), the last
+    /// entry of the block of some run size around `e` is still part of a run over `e`. A leaf
+    /// standing alone is no proof that its run is broken whole (rule 4).
+    #[inline(always)]
+    fn claimed_by_run(&self, t: Table, level: u32, runs: u32, e: usize, raw: u64) -> bool {
+        if !self.format.is_present(raw) {
+            return false;
+        }
+        if self.contiguous_span_log2(level, raw) != 0 {
+            return true;
+        }
+        self.run_last_over(t, level, runs, e).is_some()
+    }
+
+    /// The last entry of a run of leaves of `t` (at `level`, runs `runs`) that still claims
+    /// entry `e`, with its value: of the blocks of each run size around `e`, the first whose
+    /// last entry is part of a run holding `e`. Until a break is complete the run's last leaf
+    /// carries it (rule 4), so a run over `e` that is whole or being broken is found.
+    #[inline(always)]
+    fn run_last_over(&self, t: Table, level: u32, runs: u32, e: usize) -> Option<(usize, u64)> {
+        let entries = 1usize << self.geo().level_bits(level);
+        let mut sizes = runs;
+        while sizes != 0 {
+            let last = e | ((1usize << sizes.trailing_zeros()) - 1);
+            sizes &= sizes - 1;
+            if last >= entries {
+                break;
+            }
+            // SAFETY: `last < entries` indexes the live table `t`.
+            let raw = unsafe { t.slot(last) }.load(Ordering::Acquire);
+            let held = if self.format.is_present(raw) {
+                self.contiguous_span_log2(level, raw)
+            } else {
+                0
+            };
+            if held != 0 && last >> held == e >> held {
+                return Some((last, raw));
+            }
+        }
+        None
+    }
+
+    /// Breaks every run of leaves of `t` (at `level`; entry 0 maps `t_iova`) that still claims
+    /// entry `e` and that `range` does not cover whole (`break_contiguous`), found from the
+    /// run's last leaf (`run_last_over`), which a break rewrites last.
+    #[allow(clippy::too_many_arguments)]
+    fn break_runs_over(
+        &self,
+        t: Table,
+        level: u32,
+        e: usize,
+        t_iova: u64,
+        range: (u64, u64),
+        gather: &mut Gather,
+    ) {
+        let shift = self.geo().level_shift(level);
+        // Each break leaves the run's last leaf alone: at most one per run size.
+        for _ in 0..usize::BITS {
+            let Some((last, raw)) = self.run_last_over(t, level, self.runs_at(level), e) else {
+                return;
+            };
+            let at = t_iova + ((last as u64) << shift);
+            let run = 1u64 << (shift + self.contiguous_span_log2(level, raw));
+            let base = at & !(run - 1);
+            if range.0 <= base && base + run <= range.1 {
+                // Covered whole: cleared like plain leaves.
+                return;
+            }
+            self.break_contiguous(t, level, last, at, raw, range, gather);
+        }
     }
 
     /// The first step of `unmap_leaves` (and `unmap_blocks`, at `level` 1) where the format
     /// has runs there: breaks the runs that `[iova, iova + len)` (inside the table `t`) covers
-    /// only in part -- runs holding its first or its last entry -- where one of the range's
-    /// leaves in them is still part of the run (another thread may be breaking it: some of its
-    /// leaves stand alone already). Every such run lies in the block of the largest run size
-    /// that holds the first or the last entry; those blocks' parts in the range are searched.
+    /// only in part -- runs holding its first or its last entry -- that still claim it, even
+    /// where the range's own leaves in them stand alone already (another thread may be
+    /// breaking the run: its last leaf carries it until the break is complete, rule 4).
     /// Out of line (see `map_leaves_hinted`).
     #[inline(never)]
     fn break_cut_runs(&self, t: Table, level: u32, iova: u64, len: u64, gather: &mut Gather) {
         let shift = self.geo().level_shift(level);
         let first = self.geo().index(level, iova);
-        let n = (len >> shift) as usize;
-        // SAFETY: as in `plan_leaves`, `first + i` indexes the live table `t` for i < n.
-        let slot = |i: usize| unsafe { t.slot(first + i) };
-        let mask = (1usize << Self::largest_run_log2(self.runs_at(level))) - 1;
+        let last = first + (len >> shift) as usize - 1;
+        let t_iova = iova - ((first as u64) << shift);
         let range = (iova, iova + len);
-        let last = first + n - 1;
-        // The range's part of the largest-run block holding its first entry, and of the one
-        // holding its last (the same block, or the rest of the range when they are adjacent).
-        let head_end = ((first | mask) + 1 - first).min(n);
-        let tail_start = (last & !mask).saturating_sub(first).max(head_end);
-        let mut i = 0;
-        while i < n {
-            if i >= head_end && i < tail_start {
-                i = tail_start;
-                continue;
-            }
-            let raw = slot(i).load(Ordering::Acquire);
-            let r_log2 = if self.format.is_present(raw) {
-                self.contiguous_span_log2(level, raw)
-            } else {
-                0
-            };
-            if r_log2 == 0 {
-                i += 1;
-                continue;
-            }
-            let at = iova + ((i as u64) << shift);
-            self.break_contiguous(t, level, first + i, at, raw, range, gather);
-            // On past the run (which ends at a multiple of its size in the table).
-            let run_mask = (1usize << r_log2) - 1;
-            i = ((first + i) | run_mask) + 1 - first;
-        }
+        self.break_runs_over(t, level, first, t_iova, range, gather);
+        self.break_runs_over(t, level, last, t_iova, range, gather);
     }
 
     /// Reports entries `first + start .. first + end` of the leaf table `t` (mapping from
