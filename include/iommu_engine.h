@@ -36,7 +36,7 @@
  * ie_ctx_device_info, ie_smmu_create, ie_ctx_set_dirty_tracking, ie_ctx_get_dirty_bitmap,
  * ie_ctx_free, ie_ctx_detach_pasid, ie_ctx_map, ie_ctx_unmap, ie_ctx_copy, ie_ctx_detach,
  * ie_ctx_destroy and ie_ctx_unbind (the last three detach: 1.7-1.8 KiB) and
- * ie_ctx_attach_pasid; about 2.0-2.1 KiB ie_ctx_attach. No call recurses: the page-table
+ * ie_ctx_attach_pasid (1.9 KiB); about 2.0 KiB ie_ctx_attach. No call recurses: the page-table
  * walks keep a fixed path of six
  * open tables in one frame, whatever the table's depth.
  * Debug builds need more: make creation and destruction calls where a debug kernel has the

@@ -825,10 +825,15 @@ pub unsafe extern "C" fn ie_ctx_attach(
     reason: *mut u32,
 ) -> i32 {
     let r = ctx_obj(ctx).and_then(|c| Ok((c, self::device(ctx, device)?, self::ioasid(ioasid)?)));
-    match r {
-        Ok((c, d, i)) => attach_result(c.value.ctx.attach(d, i), reason),
-        Err(e) => refused(e, reason),
-    }
+    let (c, d, i) = match r {
+        Ok(v) => v,
+        Err(e) => return refused(e, reason),
+    };
+    // The attach's result in this frame, not copied out of a frame of its own over the maps
+    // and flushes (the kernel-stack bound).
+    let mut r = Ok(());
+    c.value.ctx.attach_into(d, i, &mut r);
+    attach_result(r, reason)
 }
 
 /// Attaches a (device, PASID) pair to an IOASID allocated with `IE_IOASID_FLAG_PASID`; `reason`,

@@ -4,12 +4,12 @@ use super::ctx::{Ioasid, IoasidCtx, PasidAttachment, State, UnitDomain};
 use super::direct::unuse_device_direct_into;
 use super::registry::UnitId;
 use super::{
-    keep_first, Attachment, DeviceHandle, DeviceLabel, Error, Incompatibility, IoasidFlags,
-    IoasidId, MAX_DIRECT_REGIONS,
+    keep_first, refuse_into, Attachment, DeviceHandle, DeviceLabel, Error, Incompatibility,
+    IoasidFlags, IoasidId, MAX_DIRECT_REGIONS,
 };
 use crate::iommu::{self, DeviceId, DomainConfig, DomainHandle, Iommu, Missing, Pasid, Stage};
 use crate::mem::{Iova, PageAllocator};
-use crate::pgtable::{self, Leaf, Prot};
+use crate::pgtable::{self, IovaRange, Leaf, Prot};
 
 use super::record::RECORD_IAS;
 use core::ops::ControlFlow;
@@ -56,10 +56,27 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     /// (then the old IOASID is released), or [`IoasidCtx::detach`] tears it down; until then,
     /// attaching the device elsewhere fails with [`Error::Busy`].
     pub fn attach(&self, device: DeviceHandle, ioasid: IoasidId) -> Result<(), Error> {
-        let mut left = None;
-        let r = self.attach_locked(device, ioasid, &mut left);
-        self.reclaim_after_attach(ioasid, left);
+        // The one `Result` of the attach, which each step puts its errors into: the return
+        // value itself, not a copy in the frames over the units' maps and flushes (the
+        // kernel-stack bound of the C ABI).
+        let mut r = Ok(());
+        self.attach_into(device, ioasid, &mut r);
         r
+    }
+
+    /// [`IoasidCtx::attach`] with its error in `r`, which the caller passes `Ok`. Inlined in
+    /// its callers (attach, the C ABI's attach): `r` is theirs, not a copy in a frame of its
+    /// own over the maps and flushes.
+    #[inline(always)]
+    pub(crate) fn attach_into(
+        &self,
+        device: DeviceHandle,
+        ioasid: IoasidId,
+        r: &mut Result<(), Error>,
+    ) {
+        let mut left = None;
+        self.attach_locked(device, ioasid, &mut left, r);
+        self.reclaim_after_attach(ioasid, left);
     }
 
     /// Undone direct mappings may leave empty tables in the IOASID attached to, and those the
@@ -101,62 +118,83 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         })
     }
 
-    /// [`IoasidCtx::attach`] under the context's write lock; sets `left` to the IOASID the
-    /// device left. Each step runs in a frame of its own, beside the others (the kernel-stack
-    /// bound: ARCHITECTURE.md "Stack"): this frame holds the lock and a few handles.
+    /// [`IoasidCtx::attach`] under the context's write lock, its error in `r` (passed `Ok`);
+    /// sets `left` to the IOASID the device left. Each step runs in a frame of its own, beside
+    /// the others, and puts its error into `r` (the kernel-stack bound: ARCHITECTURE.md
+    /// "Stack"): this frame holds the lock and a few handles, no `Result` of this layer.
     #[inline(never)]
     fn attach_locked(
         &self,
         device: DeviceHandle,
         ioasid: IoasidId,
         left: &mut Option<IoasidId>,
-    ) -> Result<(), Error> {
+        r: &mut Result<(), Error>,
+    ) {
         let mut st = self.state.write();
-        let dev = st.device(device)?;
+        let Ok(dev) = st.device(device) else {
+            refuse_into(r, Error::NoSuchDevice(device));
+            return;
+        };
         let (unit, old, unsettled) = (dev.label.unit, dev.attached, dev.unsettled);
         if let Some(previous) = unsettled {
             // Only the attach the unit did not confirm may complete it.
             if old != Some(ioasid) {
-                return Err(Error::Busy);
+                refuse_into(r, Error::Busy);
+                return;
             }
-            let (handle, _) = self.domain_for(&mut st, device, ioasid, unit)?;
-            self.settle_attach(&mut st, device, handle)?;
+            let Some((handle, _)) = self.domain_for(&mut st, device, ioasid, unit, r) else {
+                return;
+            };
+            if !self.settle_attach(&mut st, device, handle, r) {
+                return;
+            }
             if let Some(previous) = previous {
-                let _ = self.leave(&mut st, previous, unit, device);
+                self.leave_after_attach(&mut st, previous, unit, device);
             }
             *left = previous;
-            return Ok(());
+            return;
         }
         if old == Some(ioasid) {
-            return Ok(());
+            return;
         }
-        self.check_direct(&st, device, ioasid)?;
-        self.take_direct(&mut st, device, ioasid)?;
-        let built = match self.domain_for(&mut st, device, ioasid, unit) {
-            Ok(d) => d,
-            Err(e) => return Err(self.give_back_direct(&mut st, ioasid, device, e)),
+        if !self.check_direct_into(&st, device, ioasid, r)
+            || !self.take_direct_into(&mut st, device, ioasid, r)
+        {
+            return;
+        }
+        let Some(built) = self.domain_for(&mut st, device, ioasid, unit, r) else {
+            self.give_back_direct(&mut st, ioasid, device, r);
+            return;
         };
-        match self.switch_device(&mut st, device, ioasid, built) {
+        if self.switch_device(&mut st, device, ioasid, built, r) {
+            if let Some(old) = old {
+                self.leave_after_attach(&mut st, old, unit, device);
+            }
+            *left = old;
+        } else if !st.device(device).is_ok_and(|d| d.attached == Some(ioasid)) {
             // Refused (the books do not name `ioasid`): what the attach took is given back,
             // from this frame.
-            Err(e) if !st.device(device).is_ok_and(|d| d.attached == Some(ioasid)) => {
-                Err(self.give_back_direct(&mut st, ioasid, device, e))
-            }
-            Err(e) => Err(e),
-            Ok(()) => {
-                if let Some(old) = old {
-                    let _ = self.leave(&mut st, old, unit, device);
-                }
-                *left = old;
-                Ok(())
-            }
+            self.give_back_direct(&mut st, ioasid, device, r);
         }
     }
 
     /// The unit confirms the attach of `device` that it did not confirm before (to `handle`)
-    /// (the caller then leaves the IOASID the device was leaving).
+    /// (the caller then leaves the IOASID the device was leaving); the error in `r`, `false`.
+    /// Not inlined: the `Result` is in this frame, beside the attach's others.
     #[inline(never)]
     fn settle_attach(
+        &self,
+        st: &mut State<'a, A>,
+        device: DeviceHandle,
+        handle: DomainHandle,
+        r: &mut Result<(), Error>,
+    ) -> bool {
+        put_error(self.settle_attach_result(st, device, handle), r).is_some()
+    }
+
+    /// [`Self::settle_attach`] returning its error.
+    #[inline(always)]
+    fn settle_attach_result(
         &self,
         st: &mut State<'a, A>,
         device: DeviceHandle,
@@ -174,8 +212,22 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     /// The unit switches `device` to `ioasid`'s domain (`handle`, and whether it was just
     /// `created`) and the books follow (the caller then leaves the IOASID the device left).
     /// On a refusal the books do not change (the caller gives back what the attach took).
+    /// The error in `r`, `false`. Not inlined: the `Result` is in this frame.
     #[inline(never)]
     fn switch_device(
+        &self,
+        st: &mut State<'a, A>,
+        device: DeviceHandle,
+        ioasid: IoasidId,
+        built: (DomainHandle, bool),
+        r: &mut Result<(), Error>,
+    ) -> bool {
+        put_error(self.switch_device_result(st, device, ioasid, built), r).is_some()
+    }
+
+    /// [`Self::switch_device`] returning its error.
+    #[inline(always)]
+    fn switch_device_result(
         &self,
         st: &mut State<'a, A>,
         device: DeviceHandle,
@@ -207,6 +259,19 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         Ok(())
     }
 
+    /// [`Self::leave`] after an attach, its error dropped (an unmap not confirmed stays owed
+    /// by the IOASID). Not inlined: its `Result` is not in the attach's frame.
+    #[inline(never)]
+    fn leave_after_attach(
+        &self,
+        st: &mut State<'a, A>,
+        ioasid: IoasidId,
+        unit: UnitId,
+        device: DeviceHandle,
+    ) {
+        let _ = self.leave(st, ioasid, unit, device);
+    }
+
     /// `device` no longer reaches `ioasid`: its direct regions there may go (an unmap not
     /// confirmed stays owed by the IOASID, settled by its next call), and its domain user.
     fn leave(
@@ -221,20 +286,22 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         dropped
     }
 
-    /// Undoes `take_direct` after a failed attach; returns the error to report: `e`, or the
-    /// invalidation the undo left owed. Not inlined: the attach's frame stays small above the
-    /// other steps.
+    /// Undoes `take_direct_into` after a failed attach; the error to report is left in `r`:
+    /// the attach's, or the invalidation the undo left owed in its place. Not inlined: the
+    /// attach's frame stays small above the other steps.
+    #[cold]
     #[inline(never)]
     fn give_back_direct(
         &self,
         st: &mut State<'a, A>,
         ioasid: IoasidId,
         device: DeviceHandle,
-        e: Error,
-    ) -> Error {
-        match self.drop_device_direct(st, ioasid, device, MAX_DIRECT_REGIONS) {
-            Err(p @ Error::InvalidationPending { .. }) => p,
-            _ => e,
+        r: &mut Result<(), Error>,
+    ) {
+        if let Err(p @ Error::InvalidationPending { .. }) =
+            self.drop_device_direct(st, ioasid, device, MAX_DIRECT_REGIONS)
+        {
+            *r = Err(p);
         }
     }
 
@@ -472,41 +539,83 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         pasid: Pasid,
         ioasid: IoasidId,
     ) -> Result<(), Error> {
-        // Each step in a frame of its own, beside the others (as `attach_locked`).
+        // The one `Result` of the attach, which each step puts its errors into (as `attach`).
+        let mut r = Ok(());
+        self.attach_pasid_locked(device, pasid, ioasid, &mut r);
+        r
+    }
+
+    /// [`IoasidCtx::attach_pasid`] under the context's write lock, its error in `r` (passed
+    /// `Ok`). Each step in a frame of its own, beside the others, its error put into `r` (as
+    /// `attach_locked`).
+    #[inline(never)]
+    fn attach_pasid_locked(
+        &self,
+        device: DeviceHandle,
+        pasid: Pasid,
+        ioasid: IoasidId,
+        r: &mut Result<(), Error>,
+    ) {
         let mut st = self.state.write();
-        let (unit, existing) = self.check_pasid_attach(&st, device, pasid, ioasid)?;
+        let Some((unit, existing)) = self.check_pasid_attach(&st, device, pasid, ioasid, r) else {
+            return;
+        };
         let recorded = existing.and_then(|i| st.pasid_attachments.get(i).copied().flatten());
         let old = recorded.map(|a| a.ioasid);
         if let (Some(i), Some(previous)) = (existing, recorded.and_then(|a| a.unsettled)) {
             // Only the attach the unit did not confirm may complete it.
             if old != Some(ioasid) {
-                return Err(Error::Busy);
+                refuse_into(r, Error::Busy);
+                return;
             }
-            let (handle, _) = self.domain_for(&mut st, device, ioasid, unit)?;
-            self.settle_pasid_attach(&mut st, device, (pasid, i), handle)?;
+            let Some((handle, _)) = self.domain_for(&mut st, device, ioasid, unit, r) else {
+                return;
+            };
+            if !self.settle_pasid_attach(&mut st, device, (pasid, i), handle, r) {
+                return;
+            }
             if let Some(previous) = previous {
                 self.release_domain(&mut st, previous, unit);
             }
-            return Ok(());
+            return;
         }
         if old == Some(ioasid) {
-            return Ok(());
+            return;
         }
-        let slot = existing
-            .or_else(|| st.pasid_attachments.iter().position(Option::is_none))
-            .ok_or(Error::Capacity("PASID attachments"))?;
-        let built = self.domain_for(&mut st, device, ioasid, unit)?;
-        self.switch_pasid(&mut st, device, (pasid, slot), ioasid, old, built)?;
+        let Some(slot) = existing.or_else(|| st.pasid_attachments.iter().position(Option::is_none))
+        else {
+            refuse_into(r, Error::Capacity("PASID attachments"));
+            return;
+        };
+        let Some(built) = self.domain_for(&mut st, device, ioasid, unit, r) else {
+            return;
+        };
+        if !self.switch_pasid(&mut st, device, (pasid, slot), (ioasid, old), built, r) {
+            return;
+        }
         if let Some(old) = old {
             self.release_domain(&mut st, old, unit);
         }
-        Ok(())
     }
 
     /// What [`IoasidCtx::attach_pasid`] checks before anything changes; returns the device's
-    /// unit and the slot of the pair's attachment, if it has one.
+    /// unit and the slot of the pair's attachment, if it has one; the refusal in `r`, `None`.
+    /// Not inlined: its `Result` and locals are in this frame, beside the attach's others.
     #[inline(never)]
     fn check_pasid_attach(
+        &self,
+        st: &State<'a, A>,
+        device: DeviceHandle,
+        pasid: Pasid,
+        ioasid: IoasidId,
+        r: &mut Result<(), Error>,
+    ) -> Option<(UnitId, Option<usize>)> {
+        put_error(self.pasid_attach_checks(st, device, pasid, ioasid), r)
+    }
+
+    /// [`Self::check_pasid_attach`] returning its refusal.
+    #[inline(always)]
+    fn pasid_attach_checks(
         &self,
         st: &State<'a, A>,
         device: DeviceHandle,
@@ -546,9 +655,22 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
 
     /// The unit confirms the attach of (`device`, PASID) -- recorded in slot `i` -- that it
     /// did not confirm before (to `handle`) (the caller then releases the IOASID the pair
-    /// was leaving).
+    /// was leaving); the error in `r`, `false`. Not inlined: the `Result` is in this frame.
     #[inline(never)]
     fn settle_pasid_attach(
+        &self,
+        st: &mut State<'a, A>,
+        device: DeviceHandle,
+        at: (Pasid, usize),
+        handle: DomainHandle,
+        r: &mut Result<(), Error>,
+    ) -> bool {
+        put_error(self.settle_pasid_attach_result(st, device, at, handle), r).is_some()
+    }
+
+    /// [`Self::settle_pasid_attach`] returning its error.
+    #[inline(always)]
+    fn settle_pasid_attach_result(
         &self,
         st: &mut State<'a, A>,
         device: DeviceHandle,
@@ -568,9 +690,28 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
 
     /// The unit switches (`device`, PASID) to `ioasid`'s domain (`handle`, and whether it was
     /// just `created`), recorded in attachment slot `slot` (the caller then releases the
-    /// IOASID it left, `old`).
+    /// IOASID it left, `old`); the error in `r`, `false`. Not inlined: the `Result` is in this
+    /// frame.
     #[inline(never)]
     fn switch_pasid(
+        &self,
+        st: &mut State<'a, A>,
+        device: DeviceHandle,
+        at: (Pasid, usize),
+        (ioasid, old): (IoasidId, Option<IoasidId>),
+        built: (DomainHandle, bool),
+        r: &mut Result<(), Error>,
+    ) -> bool {
+        put_error(
+            self.switch_pasid_result(st, device, at, ioasid, old, built),
+            r,
+        )
+        .is_some()
+    }
+
+    /// [`Self::switch_pasid`] returning its error.
+    #[inline(always)]
+    fn switch_pasid_result(
         &self,
         st: &mut State<'a, A>,
         device: DeviceHandle,
@@ -637,7 +778,9 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     }
 
     /// The IOASID's domain on `unit_id`, built and filled if it does not exist yet. Returns
-    /// whether it was built (it then has no user yet).
+    /// whether it was built (it then has no user yet); the error in `r` (passed `Ok`), `None`.
+    /// No `Result` of this layer is in this frame over the fill's maps (the kernel-stack bound
+    /// of the C ABI).
     ///
     /// A nested child's parent domain is built first (from this frame: not under the
     /// child's), then the child's.
@@ -648,56 +791,79 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         device: DeviceHandle,
         ioasid: IoasidId,
         unit_id: UnitId,
-    ) -> Result<(DomainHandle, bool), Error> {
-        let io = st.ioasid(ioasid)?;
+        r: &mut Result<(), Error>,
+    ) -> Option<(DomainHandle, bool)> {
+        let Ok(io) = st.ioasid(ioasid) else {
+            refuse_into(r, Error::NoSuchIoasid(ioasid));
+            return None;
+        };
         let (plain, child_slot) = match io.nested {
             None => (ioasid, None),
             Some(n) => {
                 if let Some(d) = io.domains.iter().flatten().find(|d| d.unit == unit_id) {
-                    return Ok((d.handle, false));
+                    return Some((d.handle, false));
                 }
-                let slot = io
-                    .domains
-                    .iter()
-                    .position(Option::is_none)
-                    .ok_or(Error::Capacity("units per IOASID"))?;
+                let Some(slot) = io.domains.iter().position(Option::is_none) else {
+                    refuse_into(r, Error::Capacity("units per IOASID"));
+                    return None;
+                };
                 (n.parent, Some(slot))
             }
         };
-        let (handle, slot, park) = match self.new_domain(st, device, plain, unit_id)? {
+        let (handle, slot, park) = match self.new_domain(st, device, plain, unit_id, r)? {
             NewDomain::Existing(handle) => (handle, None, 0),
             NewDomain::Built { handle, slot, park } => (handle, Some(slot), park),
         };
         if let Some(slot) = slot {
             // Filled by steps beside one another: the record's walk is never under a map.
-            let mut built = self.prepare_domain(st, device, plain, unit_id, handle);
-            if built.is_ok() {
-                built = self.fill_domain(st, device, plain, unit_id, handle);
-            }
-            if let Err(e) = built {
+            let built = self.prepare_domain(st, device, plain, (unit_id, handle), r)
+                && self.fill_domain(st, device, plain, (unit_id, handle), r);
+            if !built {
                 self.discard_domain(st, unit_id, handle, park);
-                return Err(e);
+                return None;
             }
-            st.ioasid_mut(plain)?.domains[slot] = Some(UnitDomain {
+            let Ok(io) = st.ioasid_mut(plain) else {
+                refuse_into(r, Error::NoSuchIoasid(plain));
+                return None;
+            };
+            io.domains[slot] = Some(UnitDomain {
                 unit: unit_id,
                 handle,
                 users: 0,
             });
         }
         let Some(child_slot) = child_slot else {
-            return Ok((handle, slot.is_some()));
+            return Some((handle, slot.is_some()));
         };
-        let child = self.user_domain_for(st, device, ioasid, unit_id, child_slot, handle);
-        if child.is_err() && slot.is_some() {
+        let child = self.user_domain_for(st, device, (ioasid, unit_id), child_slot, handle, r);
+        if child.is_none() && slot.is_some() {
             self.drop_new_parent(st, plain, unit_id);
         }
         child
     }
 
     /// A new domain's page-size policy and dirty tracking, as the IOASID fixes them, before
-    /// anything is mapped.
+    /// anything is mapped; the refusal in `r`, `false`. Not inlined: the `Result` is in this
+    /// frame, beside the fill.
     #[inline(never)]
     fn prepare_domain(
+        &self,
+        st: &State<'a, A>,
+        device: DeviceHandle,
+        ioasid: IoasidId,
+        (unit_id, handle): (UnitId, DomainHandle),
+        r: &mut Result<(), Error>,
+    ) -> bool {
+        put_error(
+            self.prepare_domain_result(st, device, ioasid, unit_id, handle),
+            r,
+        )
+        .is_some()
+    }
+
+    /// [`Self::prepare_domain`] returning its refusal.
+    #[inline(always)]
+    fn prepare_domain_result(
         &self,
         st: &State<'a, A>,
         device: DeviceHandle,
@@ -751,27 +917,40 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     /// state's `fill` (`collect_runs`), and mapped after that walk returned, in IOVA order;
     /// the next walk resumes at the leaf the last one stopped at. The record does not change
     /// meanwhile: the state's write lock is held.
+    ///
+    /// The refusal goes into `r` (passed `Ok`), and `false`: no `Result` of this layer is in
+    /// this frame over the maps (the kernel-stack bound of the C ABI).
     #[inline(never)]
     fn fill_domain(
         &self,
         st: &mut State<'a, A>,
         device: DeviceHandle,
         ioasid: IoasidId,
-        unit_id: UnitId,
-        handle: DomainHandle,
-    ) -> Result<(), Error> {
-        let unit = self.unit(unit_id)?;
-        let (ias, page_sizes) = unit.domain_geometry(handle)?;
+        (unit_id, handle): (UnitId, DomainHandle),
+        r: &mut Result<(), Error>,
+    ) -> bool {
+        let Ok(unit) = self.unit(unit_id) else {
+            return refuse_into(r, Error::NoSuchUnit(unit_id));
+        };
+        let Some((ias, page_sizes)) = geometry(unit, handle, r) else {
+            return false;
+        };
         let granule_log2 = page_sizes.trailing_zeros().min(63);
         st.fill.start();
         loop {
-            let more = collect_runs(st, ioasid, granule_log2)?;
+            let Some(more) = collect_runs(st, ioasid, granule_log2, r) else {
+                return false;
+            };
             for i in 0..st.fill.count {
-                let Some(&r) = st.fill.runs.get(i) else { break };
-                place_run(unit, handle, device, granule_log2, ias, r)?;
+                let Some(&run) = st.fill.runs.get(i) else {
+                    break;
+                };
+                if !place_run(unit, handle, device, (granule_log2, ias), run, r) {
+                    return false;
+                }
             }
             if !more {
-                return Ok(());
+                return true;
             }
         }
     }
@@ -779,9 +958,22 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     /// The first part of [`Self::domain_for`]: the IOASID's domain on `unit_id`, or a new,
     /// empty one with the IOASID's slot it goes to and the parking slot it would take. Not
     /// inlined: its checks' locals are on the stack only while it runs, not under the fill's
-    /// maps (and their flushes).
+    /// maps (and their flushes). The refusal in `r`, `None`.
     #[inline(never)]
     fn new_domain(
+        &self,
+        st: &mut State<'a, A>,
+        device: DeviceHandle,
+        ioasid: IoasidId,
+        unit_id: UnitId,
+        r: &mut Result<(), Error>,
+    ) -> Option<NewDomain> {
+        put_error(self.new_domain_result(st, device, ioasid, unit_id), r)
+    }
+
+    /// [`Self::new_domain`] returning its refusal.
+    #[inline(always)]
+    fn new_domain_result(
         &self,
         st: &mut State<'a, A>,
         device: DeviceHandle,
@@ -845,8 +1037,26 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     /// The last part of [`domain_for`](Self::domain_for) for a nested child without a domain
     /// on `unit_id`: the child's domain over `parent` (the parent's domain there), for the
     /// IOASID's slot `slot`. The unit holds the parent's domain while the child's exists.
+    /// The refusal in `r`, `None`.
     #[inline(never)]
     fn user_domain_for(
+        &self,
+        st: &mut State<'a, A>,
+        device: DeviceHandle,
+        (ioasid, unit_id): (IoasidId, UnitId),
+        slot: usize,
+        parent: DomainHandle,
+        r: &mut Result<(), Error>,
+    ) -> Option<(DomainHandle, bool)> {
+        put_error(
+            self.user_domain_result(st, device, ioasid, unit_id, slot, parent),
+            r,
+        )
+    }
+
+    /// [`Self::user_domain_for`] returning its refusal.
+    #[inline(always)]
+    fn user_domain_result(
         &self,
         st: &mut State<'a, A>,
         device: DeviceHandle,
@@ -1119,25 +1329,28 @@ impl FillRuns {
 
 /// Collects the next runs of the IOASID's record into `st.fill` (at most [`FILL_CHUNK`]),
 /// from where the last walk stopped; a run left over at the record's end, which makes no
-/// whole granule, is collected too (its map refuses it). Returns whether the record has more.
-/// Not inlined: the record's walk is beside the maps, not under them.
+/// whole granule, is collected too (its map refuses it). Returns whether the record has more;
+/// the refusal in `r`, `None`. Not inlined: the record's walk is beside the maps, not under
+/// them.
 #[inline(never)]
 fn collect_runs<A: PageAllocator>(
     st: &mut State<'_, A>,
     ioasid: IoasidId,
     granule_log2: u32,
-) -> Result<bool, Error> {
+    r: &mut Result<(), Error>,
+) -> Option<bool> {
     let State { ioasids, fill, .. } = st;
-    let io = ioasids
-        .get(usize::from(ioasid.0))
-        .and_then(Option::as_ref)
-        .ok_or(Error::NoSuchIoasid(ioasid))?;
+    let Some(io) = ioasids.get(usize::from(ioasid.0)).and_then(Option::as_ref) else {
+        refuse_into(r, Error::NoSuchIoasid(ioasid));
+        return None;
+    };
     fill.count = 0;
     let Some(from) = fill.next.take() else {
-        return Ok(false);
+        return Some(false);
     };
     let mut next = None;
-    io.record
+    let walked = io
+        .record
         .for_each_mapping_until(from, (1 << RECORD_IAS) - from.get(), |l| {
             // A leaf completes two runs at most: it waits for the next walk unless both fit.
             if fill.count + 2 > FILL_CHUNK {
@@ -1146,7 +1359,11 @@ fn collect_runs<A: PageAllocator>(
             }
             fill.add(l, granule_log2);
             ControlFlow::Continue(())
-        })?;
+        });
+    if let Err(e) = walked {
+        refuse_into(r, e);
+        return None;
+    }
     fill.next = next;
     if next.is_none() {
         // A run left over does not make a whole granule: refused when placed.
@@ -1154,7 +1371,24 @@ fn collect_runs<A: PageAllocator>(
             fill.push(r);
         }
     }
-    Ok(next.is_some())
+    Some(next.is_some())
+}
+
+/// The IOASID address width and page sizes of `unit`'s domain `handle`; the unit's error in
+/// `r`, `None`. Not inlined: the `Result` is in this frame, not in the fill's over its maps.
+#[inline(never)]
+fn geometry(
+    unit: &dyn Iommu,
+    handle: DomainHandle,
+    r: &mut Result<(), Error>,
+) -> Option<(u32, u64)> {
+    match unit.domain_geometry(handle) {
+        Ok(g) => Some(g),
+        Err(e) => {
+            refuse_into(r, e);
+            None
+        }
+    }
 }
 
 /// The PASID width of `unit`. Not inlined: the 272-byte capability report is on the stack
@@ -1177,45 +1411,80 @@ enum NewDomain {
     },
 }
 
-/// Checks one run against the unit and maps it.
+/// Checks one run against the unit and maps it; the refusal in `out`, `false`. No `Result`
+/// of this layer is in this frame over the unit's map: the check and the error are built in
+/// frames of their own.
 fn place_run(
     unit: &dyn Iommu,
     handle: DomainHandle,
     device: DeviceHandle,
-    granule_log2: u32,
-    ias: u32,
+    (granule_log2, ias): (u32, u32),
     r: Run,
-) -> Result<(), Error> {
+    out: &mut Result<(), Error>,
+) -> bool {
+    // The unit's calls are made here, through its vtable (not from a frame the compiler may
+    // hand a bare method pointer, which the stack check cannot tell from any other).
+    if !check_run(
+        unit.reserved_regions(),
+        device,
+        (granule_log2, ias),
+        &r,
+        out,
+    ) {
+        return false;
+    }
+    match unit.map(handle, r.iova, r.pa, r.len, r.prot) {
+        Ok(()) => true,
+        Err(e) => run_refused(out, device, r.iova, e),
+    }
+}
+
+/// Whether a unit with `reserved` regions can take run `r` (none of them, whole granules,
+/// within its address width); else the incompatibility in `out`, `false`. Not inlined: its
+/// locals are not under the map.
+#[inline(never)]
+fn check_run(
+    reserved: &[IovaRange],
+    device: DeviceHandle,
+    (granule_log2, ias): (u32, u32),
+    r: &Run,
+    out: &mut Result<(), Error>,
+) -> bool {
     let (start, end) = (r.iova.get(), r.iova.get() + r.len);
-    let reason = if let Some(reserved) = unit
-        .reserved_regions()
+    let reason = if let Some(reserved) = reserved
         .iter()
         .find(|reserved| super::overlaps(reserved, start, end))
     {
-        Some(Incompatibility::ReservedRegionMapped(*reserved))
+        Incompatibility::ReservedRegionMapped(*reserved)
     } else if !(r.iova.is_aligned(granule_log2)
         && r.pa.is_aligned(granule_log2)
         && r.len & ((1 << granule_log2) - 1) == 0)
     {
-        Some(Incompatibility::Alignment {
+        Incompatibility::Alignment {
             iova: r.iova,
             granule_log2,
-        })
+        }
     } else if ias < 64 && (end - 1) >> ias != 0 {
         let need = 64 - (end - 1).leading_zeros();
-        Some(Incompatibility::Missing(Missing::AddressWidth {
-            need,
-            have: ias,
-        }))
+        Incompatibility::Missing(Missing::AddressWidth { need, have: ias })
     } else {
-        None
+        return true;
     };
-    match reason {
-        Some(reason) => Err(Error::Incompatible { device, reason }),
-        None => unit
-            .map(handle, r.iova, r.pa, r.len, r.prot)
-            .map_err(|e| inexpressible(device, r.iova, e)),
-    }
+    refuse_into(out, Error::Incompatible { device, reason })
+}
+
+/// The unit refused to map a run at `iova` with `e`: its error in `out`, `false`. A
+/// failure's path, not inlined: the error is built here.
+#[cold]
+#[inline(never)]
+fn run_refused(
+    out: &mut Result<(), Error>,
+    device: DeviceHandle,
+    iova: Iova,
+    e: iommu::Error,
+) -> bool {
+    *out = Err(inexpressible(device, iova, e));
+    false
 }
 
 /// The end of [`IoasidCtx::unit_detach_into`] when the unit refused: `e` replaces what
@@ -1225,6 +1494,19 @@ fn place_run(
 fn detach_refused(result: &mut Result<(), Error>, e: impl Into<Error>) -> bool {
     *result = Err(e.into());
     false
+}
+
+/// `r`'s value, or its error put into `out` (in place of what was there, where a `?`
+/// returned) and `None`. Inlined into the step that converts its `Result` for the caller.
+#[inline(always)]
+fn put_error<T>(r: Result<T, Error>, out: &mut Result<(), Error>) -> Option<T> {
+    match r {
+        Ok(v) => Some(v),
+        Err(e) => {
+            *out = Err(e);
+            None
+        }
+    }
 }
 
 /// Notes `io` among the IOASIDs a detach left something owed in (at most two: the one the

@@ -261,6 +261,22 @@ pub(super) fn direct_overlap<A: PageAllocator>(
 }
 
 impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
+    /// [`Self::check_direct`] with its error in `out` (passed `Ok`); `false` if refused. Not
+    /// inlined: the `Result` is in this frame, not in the attach's over the maps.
+    #[inline(never)]
+    pub(super) fn check_direct_into(
+        &self,
+        st: &State<'a, A>,
+        device: DeviceHandle,
+        ioasid: IoasidId,
+        out: &mut Result<(), Error>,
+    ) -> bool {
+        match self.check_direct(st, device, ioasid) {
+            Ok(()) => true,
+            Err(e) => super::refuse_into(out, e),
+        }
+    }
+
     /// Refuses an attach of `device` to `ioasid` whose direct regions cannot be mapped there
     /// (see the module documentation), before anything is written. Not inlined: its locals
     /// are not in the frame of the attach that goes on to call the unit (the kernel-stack
@@ -316,59 +332,80 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     }
 
     /// Maps the device's direct regions in `ioasid` (checked by `check_direct`), or counts one
-    /// more user of those already mapped. All or nothing: on an error, what was done is undone.
-    /// Not inlined, nor is what it calls: the attach's frame stays small above the maps and
-    /// the undo's unmaps.
+    /// more user of those already mapped. All or nothing: on an error, what was done is undone,
+    /// the error put into `out` (which the caller passes `Ok`), and `false`. Not inlined, nor
+    /// is what it calls: the attach's frame stays small above the maps and the undo's unmaps,
+    /// and no `Result` of this layer is in the frames over the units' maps (the kernel-stack
+    /// bound of the C ABI).
     #[inline(never)]
-    pub(super) fn take_direct(
+    pub(super) fn take_direct_into(
         &self,
         st: &mut State<'a, A>,
         device: DeviceHandle,
         ioasid: IoasidId,
-    ) -> Result<(), Error> {
+        out: &mut Result<(), Error>,
+    ) -> bool {
         // One region at a time from the device's table: no copy of the table stays on the
         // stack under the maps (and their flushes).
         for k in 0..MAX_DIRECT_REGIONS {
-            if let Err(e) = self.take_one(st, device, ioasid, k) {
-                return Err(self.untake_direct(st, device, ioasid, k, e));
+            if !self.take_one(st, (device, k), ioasid, out) {
+                self.untake_direct(st, device, ioasid, k);
+                return false;
             }
         }
-        Ok(())
+        true
     }
 
-    /// Maps the device's `k`-th direct region in `ioasid`, or counts one more user of it.
+    /// Maps the device's `k`-th direct region in `ioasid`, or counts one more user of it; the
+    /// error in `out`, `false` if it failed.
     #[inline(never)]
     fn take_one(
         &self,
         st: &mut State<'a, A>,
-        device: DeviceHandle,
+        (device, k): (DeviceHandle, usize),
         ioasid: IoasidId,
-        k: usize,
-    ) -> Result<(), Error> {
-        let Some(r) = st.device(device)?.direct.get(k).copied().flatten() else {
-            return Ok(());
+        out: &mut Result<(), Error>,
+    ) -> bool {
+        let dev = match st.device(device) {
+            Ok(dev) => dev,
+            Err(e) => return super::refuse_into(out, e),
         };
-        let io = st.ioasid_mut(ioasid)?;
+        let Some(r) = dev.direct.get(k).copied().flatten() else {
+            return true;
+        };
+        let io = match st.ioasid_mut(ioasid) {
+            Ok(io) => io,
+            Err(e) => return super::refuse_into(out, e),
+        };
         if let Some(m) = io.direct.iter_mut().flatten().find(|m| m.region == r) {
             m.users = m.users.saturating_add(1);
-            return Ok(());
+            return true;
         }
-        let slot = io
-            .direct
-            .iter()
-            .position(Option::is_none)
-            .ok_or(Error::Capacity("direct regions per IOASID"))?;
+        let Some(slot) = io.direct.iter().position(Option::is_none) else {
+            return super::refuse_into(out, Error::Capacity("direct regions per IOASID"));
+        };
         let start = r.range.start;
-        self.map_in(io, start, PhysAddr::new(start.get()), r.len(), r.prot())?;
+        if !self.map_in_into(
+            io,
+            start,
+            PhysAddr::new(start.get()),
+            r.len(),
+            r.prot(),
+            out,
+        ) {
+            return false;
+        }
         io.direct[slot] = Some(DirectMapping {
             region: r,
             users: 1,
         });
-        Ok(())
+        true
     }
 
-    /// Undoes what [`Self::take_direct`] did for the device's first `k` regions after the
-    /// `k`-th failed with `e`, which it returns. In a frame of its own, beside the maps.
+    /// Undoes what [`Self::take_direct_into`] did for the device's first `k` regions after
+    /// the `k`-th failed (the error to report is the caller's). In a frame of its own, beside
+    /// the maps.
+    #[cold]
     #[inline(never)]
     fn untake_direct(
         &self,
@@ -376,10 +413,8 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         device: DeviceHandle,
         ioasid: IoasidId,
         k: usize,
-        e: Error,
-    ) -> Error {
+    ) {
         let _ = self.drop_device_direct(st, ioasid, device, k);
-        e
     }
 
     /// Counts one user fewer, in `ioasid`, of each of the first `upto` regions `device` was

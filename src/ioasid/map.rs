@@ -82,8 +82,7 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     }
 
     /// Maps into the record and every domain of `io`, all or nothing (the checks done).
-    /// Always inlined: a wrapper of [`Self::map_domains`] and its rollback, whose frame would
-    /// only add to its callers' (`map`, `take_one`).
+    /// Always inlined: a wrapper of [`Self::map_in_into`], whose `Result` is its caller's.
     #[inline(always)]
     pub(super) fn map_in(
         &self,
@@ -93,51 +92,74 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         len: u64,
         prot: Prot,
     ) -> Result<(), Error> {
-        let mut failed = None;
-        match self.map_domains(io, iova, pa, len, prot, &mut failed) {
-            Err(e) => match failed {
-                Some(k) => Err(self.roll_back_map(io, k, iova, len, e)),
-                None => Err(e),
-            },
-            Ok(()) => Ok(()),
-        }
+        let mut r = Ok(());
+        self.map_in_into(io, iova, pa, len, prot, &mut r);
+        r
     }
 
-    /// Maps into the record and every domain of `io`; on a domain's refusal, sets `failed` to
-    /// its position for [`Self::roll_back_map`]. Not inlined: the rollback's unmaps and
-    /// flushes run from its caller's frame, not under this one (the kernel-stack bound of
-    /// the C ABI).
-    #[inline(never)]
-    fn map_domains(
+    /// [`Self::map_in`] with its error in `out`, which the caller passes `Ok`; `false` if it
+    /// failed. Always inlined: a wrapper of [`Self::map_domains`] and its rollback, whose frame
+    /// would only add to its callers' (`map`, `take_one`).
+    #[inline(always)]
+    pub(super) fn map_in_into(
         &self,
         io: &Ioasid<'a, A>,
         iova: Iova,
         pa: PhysAddr,
         len: u64,
         prot: Prot,
-        failed: &mut Option<usize>,
-    ) -> Result<(), Error> {
-        // A new mapping never lands where a stale translation may still be cached.
-        self.settle(io)?;
-        io.record.map(iova, pa, len, prot)?;
-        for (k, (_, d)) in domains(io).enumerate() {
-            let r = self
-                .unit(d.unit)
-                .and_then(|u| u.map(d.handle, iova, pa, len, prot).map_err(Error::from));
-            if r.is_err() {
-                *failed = Some(k);
-                return r;
-            }
+        out: &mut Result<(), Error>,
+    ) -> bool {
+        let mut failed = None;
+        if self.map_domains(io, (iova, pa, len, prot), &mut failed, out) {
+            return true;
         }
-        Ok(())
+        if let Some(k) = failed {
+            self.roll_back_map(io, k, iova, len, out);
+        }
+        false
     }
 
-    /// Undoes a map that the `failed`-th domain refused with `e`: the range is unmapped from
-    /// that domain too (a unit may fail after writing entries: `Iommu::map`), from the domains
-    /// before it and from the record. The range was free in the record, and every domain holds
-    /// what the record holds, so nothing else is touched. Returns the error to report: `e`, or
-    /// [`Error::InvalidationPending`] if a unit did not confirm the invalidation. A failure's
-    /// path, not inlined: its locals are not in the frame of the domains' maps.
+    /// Maps into the record and every domain of `io`, its error in `out` (passed `Ok`);
+    /// `false` if it failed, and on a domain's refusal `failed` set to its position for
+    /// [`Self::roll_back_map`]. Not inlined: the rollback's unmaps and flushes run from its
+    /// caller's frame, not under this one; no `Result` of this layer is in this frame over
+    /// the units' maps and their flushes (the kernel-stack bound of the C ABI).
+    #[inline(never)]
+    fn map_domains(
+        &self,
+        io: &Ioasid<'a, A>,
+        (iova, pa, len, prot): (Iova, PhysAddr, u64, Prot),
+        failed: &mut Option<usize>,
+        out: &mut Result<(), Error>,
+    ) -> bool {
+        // A new mapping never lands where a stale translation may still be cached.
+        if !self.settle_into(io, out) {
+            return false;
+        }
+        if let Err(e) = io.record.map(iova, pa, len, prot) {
+            return super::refuse_into(out, e);
+        }
+        for (k, (_, d)) in domains(io).enumerate() {
+            let Ok(u) = self.unit(d.unit) else {
+                *failed = Some(k);
+                return super::refuse_into(out, Error::NoSuchUnit(d.unit));
+            };
+            if let Err(e) = u.map(d.handle, iova, pa, len, prot) {
+                *failed = Some(k);
+                return super::refuse_into(out, e);
+            }
+        }
+        true
+    }
+
+    /// Undoes a map that the `failed`-th domain refused with the error in `out`: the range is
+    /// unmapped from that domain too (a unit may fail after writing entries: `Iommu::map`),
+    /// from the domains before it and from the record. The range was free in the record, and
+    /// every domain holds what the record holds, so nothing else is touched. The error to
+    /// report is left in `out`: the refusal, or [`Error::InvalidationPending`] if a unit did
+    /// not confirm the invalidation. A failure's path, not inlined: its locals are not in the
+    /// frame of the domains' maps.
     #[cold]
     #[inline(never)]
     fn roll_back_map(
@@ -146,20 +168,18 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         failed: usize,
         iova: Iova,
         len: u64,
-        e: Error,
-    ) -> Error {
-        let mut report = e;
+        out: &mut Result<(), Error>,
+    ) {
         let mut gather = Gather::new();
         for (slot, d) in domains(io).take(failed + 1) {
             // The mapping may have been visible: remove it and invalidate.
             if let Err(p @ Error::InvalidationPending { .. }) =
                 self.unmap_domain(io, slot, &d, iova, len, &mut gather)
             {
-                report = p;
+                *out = Err(p);
             }
         }
         self.unmap_record(io, iova, len);
-        report
     }
 
     /// Unmaps `[iova, iova + len)` from the IOASID and every domain behind it, with one flush

@@ -549,3 +549,13 @@ pub(crate) fn keep_first(result: &mut Result<(), Error>, e: Error) {
         *result = Err(e);
     }
 }
+
+/// Puts `e` into `result` in place of what it held (where a `?` returned), and `false`. A
+/// failure's path, not inlined: the error is built here, not in the frame of a caller over
+/// the units' maps and flushes (the kernel-stack bound of the C ABI).
+#[cold]
+#[inline(never)]
+pub(crate) fn refuse_into(result: &mut Result<(), Error>, e: impl Into<Error>) -> bool {
+    *result = Err(e.into());
+    false
+}

@@ -123,6 +123,54 @@ impl Pending {
         result
     }
 
+    /// [`Self::settle_with`] with its first error put into `out` unless an earlier one is
+    /// there; `false` if any slot failed. The same flushes in the same order; inlined only in
+    /// `settle_owed_into`, whose callers hold no `Result` over it (the kernel-stack bound of
+    /// the C ABI), while `settle_with` keeps its own frame for the others.
+    #[inline(always)]
+    fn settle_with_into<A: PageAllocator>(
+        &self,
+        ctx: &IoasidCtx<'_, '_, A>,
+        domains: &[Option<UnitDomain>; MAX_UNITS],
+        out: &mut Result<(), Error>,
+    ) -> bool {
+        if !self.any() {
+            return true;
+        }
+        let mut gathers = self.gathers.lock();
+        let mut settled = true;
+        for (slot, (g, d)) in gathers.iter_mut().zip(domains).enumerate() {
+            // The mask, not the gather, says what is owed: an empty gather may be owed too.
+            if !self.owed(slot) {
+                continue;
+            }
+            let flushed = match d {
+                Some(d) => match ctx.unit(d.unit) {
+                    Ok(unit) => {
+                        unit.flush(d.handle, g)
+                            .map_err(|error| Error::InvalidationPending {
+                                unit: d.unit,
+                                error,
+                            })
+                    }
+                    Err(e) => Err(e),
+                },
+                None => Ok(()),
+            };
+            match flushed {
+                Ok(()) if g.is_empty() => {
+                    self.mask.fetch_and(!(1 << slot), Ordering::AcqRel);
+                }
+                Ok(()) => {}
+                Err(e) => {
+                    settled = false;
+                    super::keep_first(out, e);
+                }
+            }
+        }
+        settled
+    }
+
     /// Gives up on everything owed (a context being dropped whose unit never confirmed):
     /// the gathers are dropped unreleased, so their table pages are never freed. Returns how many
     /// pages were leaked that way.
@@ -168,13 +216,7 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     #[cold]
     #[inline(never)]
     fn settle_owed_into(&self, io: &Ioasid<'a, A>, result: &mut Result<(), Error>) -> bool {
-        match self.settle_owed(io) {
-            Ok(()) => true,
-            Err(e) => {
-                super::keep_first(result, e);
-                false
-            }
-        }
+        io.pending.settle_with_into(self, &io.domains, result)
     }
 
     /// [`Self::settle`] when something is owed.
