@@ -217,16 +217,19 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         for i in 0..1usize << n_log2 {
             let pa = PhysAddr::new(run_pa + ((i as u64) << shift));
             // An atomic update keeps accessed/dirty bits the walker may set meanwhile; it leaves
-            // alone an entry that is no longer part of a run (an unmap of another part of the
-            // run may have broken it and split a leaf already: a table entry's bit 52 is not a
-            // hint, and may be the software's).
+            // alone an entry that is no longer part of *this* run: another unmap of the run may
+            // have broken it and split a leaf already (a table entry's bit 52 is not a hint,
+            // and may be the software's), or, once that break was complete, cleared leaves and
+            // mapped a smaller run of its own in their place, which must keep its addresses.
             // SAFETY: the run is aligned inside the live table `t`.
             let _ = unsafe { t.slot(first + i) }.fetch_update(
                 Ordering::AcqRel,
                 Ordering::Acquire,
                 |e| {
-                    let part = self.format().is_present(e) && self.is_contiguous_leaf(level, e);
-                    part.then(|| self.format().leaf_out_of_run(level, e, pa))
+                    let ours = self.format().is_present(e)
+                        && self.contiguous_span_log2(level, e) == n_log2
+                        && self.format().leaf_address(level, e).get() & !(run - 1) == run_pa;
+                    ours.then(|| self.format().leaf_out_of_run(level, e, pa))
                 },
             );
         }

@@ -471,3 +471,60 @@ fn fast_path_maps_are_all_or_nothing() {
         }
     }
 }
+
+/// The leaf table that maps `iova` (every level above it a table pointer).
+fn leaf_table<F: Format>(t: &PageTable<F, TestAlloc>, iova: u64) -> super::table::Table {
+    let g = *t.geometry();
+    let mut tab = t.root_table();
+    for level in (1..g.levels).rev() {
+        // SAFETY: `tab` is a live table at `level`; the index comes from an in-range IOVA.
+        let raw = unsafe { tab.slot(g.index(level, iova)) }.load(Ordering::Acquire);
+        tab = t.child(raw).expect("a table pointer");
+    }
+    tab
+}
+
+/// AMD-Vi v1 has runs of every size from 2 to 256 leaves, so once a run's break is complete
+/// another thread may map a smaller run inside its block. Thread A unmaps page 15 of a 16-page
+/// run and is preempted in its break (it read the run's leaf before); thread B unmaps pages 4
+/// and 5 (completing the break), and maps them again elsewhere as a run of two; A resumes its
+/// break with the leaf it read. A must leave B's new run alone: rewriting it as leaves of the
+/// old run would map B's IOVAs to the old run's freed pages.
+#[test]
+fn a_resumed_break_leaves_a_new_run_in_its_block_alone_amd_v1() {
+    let t = amd_v1();
+    let (base, pa, q) = (G1, 4 * G1, 8 * G1);
+    t.map(Iova::new(base), PhysAddr::new(pa), 16 * K4, RW)
+        .unwrap();
+    let leaf = leaf_table(&t, base);
+    let idx = t.geometry().index(0, base + 15 * K4);
+    // SAFETY: `leaf` is live and `idx` indexes it.
+    let a_read = unsafe { leaf.slot(idx) }.load(Ordering::Acquire);
+    assert_eq!(t.format().leaf_run_log2(0, a_read), 4);
+    let mut g = Gather::new();
+    assert_eq!(
+        t.unmap(Iova::new(base + 4 * K4), 2 * K4, &mut g),
+        Ok(2 * K4)
+    );
+    g.release(t.allocator(), done()).unwrap();
+    t.map(Iova::new(base + 4 * K4), PhysAddr::new(q), 2 * K4, RW)
+        .unwrap();
+    let before = raws(&t, base + 4 * K4, 2);
+    assert!(
+        before.iter().all(|&e| t.format().leaf_run_log2(0, e) == 1),
+        "B's map wrote a run of two: {before:#x?}"
+    );
+    // A resumes: its break, with the leaf it read before.
+    let range = (base + 15 * K4, base + 16 * K4);
+    t.break_contiguous(leaf, 0, idx, base + 15 * K4, a_read, range, &mut g);
+    for (i, want) in [(4u64, q), (5, q + K4)] {
+        let got = t.query(Iova::new(base + i * K4)).map(|m| m.pa.get());
+        assert_eq!(
+            got,
+            Some(want),
+            "page {i} (B's new run) after A's resumed break: {:#x?}",
+            raws(&t, base + 4 * K4, 2)
+        );
+    }
+    g.release(t.allocator(), done()).unwrap();
+}
