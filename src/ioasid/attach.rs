@@ -4,8 +4,8 @@ use super::ctx::{Ioasid, IoasidCtx, PasidAttachment, State, UnitDomain};
 use super::direct::unuse_device_direct_into;
 use super::registry::UnitId;
 use super::{
-    keep_first, refuse_into, Attachment, DeviceHandle, DeviceLabel, Error, Incompatibility,
-    IoasidFlags, IoasidId, MAX_DIRECT_REGIONS,
+    keep_first, refuse_by, refuse_into, refuse_with, Attachment, DeviceHandle, DeviceLabel, Error,
+    Incompatibility, IoasidFlags, IoasidId, MAX_DIRECT_REGIONS,
 };
 use crate::iommu::{self, DeviceId, DomainConfig, DomainHandle, Iommu, Missing, Pasid, Stage};
 use crate::mem::{Iova, PageAllocator};
@@ -25,6 +25,14 @@ fn incompatible(device: DeviceHandle, e: iommu::Error) -> Error {
         },
         e => Error::from(e),
     }
+}
+
+/// [`refuse_into`] of [`incompatible`]`(device, e)`, `e` read where the caller holds it. A
+/// failure's path, not inlined: the error is built here, not in the caller's frame.
+#[cold]
+#[inline(never)]
+fn refuse_incompatible(r: &mut Result<(), Error>, device: DeviceHandle, e: &iommu::Error) -> bool {
+    refuse_into(r, incompatible(device, *e))
 }
 
 impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
@@ -131,15 +139,16 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         r: &mut Result<(), Error>,
     ) {
         let mut st = self.state.write();
+        // The refusals are built in `refuse_by`'s frame, not in this one over the steps.
         let Ok(dev) = st.device(device) else {
-            refuse_into(r, Error::NoSuchDevice(device));
+            refuse_by(r, || Error::NoSuchDevice(device));
             return;
         };
         let (unit, old, unsettled) = (dev.label.unit, dev.attached, dev.unsettled);
         if let Some(previous) = unsettled {
             // Only the attach the unit did not confirm may complete it.
             if old != Some(ioasid) {
-                refuse_into(r, Error::Busy);
+                refuse_by(r, || Error::Busy);
                 return;
             }
             let Some((handle, _)) = self.domain_for(&mut st, device, ioasid, unit, r) else {
@@ -843,8 +852,9 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     }
 
     /// A new domain's page-size policy and dirty tracking, as the IOASID fixes them, before
-    /// anything is mapped; the refusal in `r`, `false`. Not inlined: the `Result` is in this
-    /// frame, beside the fill.
+    /// anything is mapped; the refusal in `r`, `false`. Not inlined, and no `Result` of this
+    /// layer in its frame over the unit's calls (the kernel-stack bound of the C ABI): a
+    /// unit's error is read where the call returned it (`refuse_with`, `refuse_incompatible`).
     #[inline(never)]
     fn prepare_domain(
         &self,
@@ -854,36 +864,26 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         (unit_id, handle): (UnitId, DomainHandle),
         r: &mut Result<(), Error>,
     ) -> bool {
-        put_error(
-            self.prepare_domain_result(st, device, ioasid, unit_id, handle),
-            r,
-        )
-        .is_some()
-    }
-
-    /// [`Self::prepare_domain`] returning its refusal.
-    #[inline(always)]
-    fn prepare_domain_result(
-        &self,
-        st: &State<'a, A>,
-        device: DeviceHandle,
-        ioasid: IoasidId,
-        unit_id: UnitId,
-        handle: DomainHandle,
-    ) -> Result<(), Error> {
-        let unit = self.unit(unit_id)?;
-        let io = st.ioasid(ioasid)?;
+        let Ok(unit) = self.unit(unit_id) else {
+            return refuse_into(r, Error::NoSuchUnit(unit_id));
+        };
+        let Ok(io) = st.ioasid(ioasid) else {
+            return refuse_into(r, Error::NoSuchIoasid(ioasid));
+        };
         // The IOASID's page-size policy before anything is mapped (`page_size.rs`).
         if let Some(max) = io.max_page_log2 {
-            unit.set_max_page_log2(handle, Some(max))
-                .map_err(|e| incompatible(device, e))?;
+            if let Err(e) = &unit.set_max_page_log2(handle, Some(max)) {
+                return refuse_incompatible(r, device, e);
+            }
         }
         // A domain starts tracking; one for an IOASID whose tracking is off is switched off
         // before anything is mapped or attached (nothing to clean or invalidate).
         if io.flags.contains(IoasidFlags::DIRTY_TRACKING) && !io.tracking() {
-            unit.set_dirty_tracking(handle, false)?;
+            if let Err(e) = &unit.set_dirty_tracking(handle, false) {
+                return refuse_with(r, e);
+            }
         }
-        Ok(())
+        true
     }
 
     /// Frees a new domain that could not be prepared or filled. Nothing points at it, but

@@ -258,9 +258,12 @@ pub struct IoasidCtx<'r, 'a, A: PageAllocator> {
     /// [`IoasidCtx::fault_queue_alloc`]. Taken after `state`, never before.
     pub(super) faults: spin::Mutex<FaultQueue<MAX_FAULTS>>,
     /// The gather of the unmaps made under the state's write lock (the direct regions a
-    /// detach leaves without users, `direct.rs`): locked only there, so never contended;
-    /// empty whenever it is unlocked. Not on the stack, where it would be under the units'
-    /// unmaps and flushes (the kernel-stack bound of the C ABI).
+    /// detach leaves without users, `direct.rs`), and of a refused map's undo
+    /// (`roll_back_map`, under either lock): empty whenever it is unlocked. Under the write
+    /// lock never contended; undos under the read lock (`map`, `copy`) take turns. Taken
+    /// after `state` and before an IOASID's owed invalidations and any unit's lock; nothing
+    /// holding it takes it again or takes `state`. Not on the stack, where it would be under
+    /// the units' unmaps and flushes (the kernel-stack bound of the C ABI).
     pub(super) unmap_gather: spin::Mutex<Gather>,
 }
 

@@ -366,23 +366,22 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         ioasid: IoasidId,
         out: &mut Result<(), Error>,
     ) -> bool {
-        let dev = match st.device(device) {
-            Ok(dev) => dev,
-            Err(e) => return super::refuse_into(out, e),
+        // The refusals are built in `refuse_by`'s frame, not in this one over the maps.
+        let Ok(dev) = st.device(device) else {
+            return super::refuse_by(out, || Error::NoSuchDevice(device));
         };
         let Some(r) = dev.direct.get(k).copied().flatten() else {
             return true;
         };
-        let io = match st.ioasid_mut(ioasid) {
-            Ok(io) => io,
-            Err(e) => return super::refuse_into(out, e),
+        let Ok(io) = st.ioasid_mut(ioasid) else {
+            return super::refuse_by(out, || Error::NoSuchIoasid(ioasid));
         };
         if let Some(m) = io.direct.iter_mut().flatten().find(|m| m.region == r) {
             m.users = m.users.saturating_add(1);
             return true;
         }
         let Some(slot) = io.direct.iter().position(Option::is_none) else {
-            return super::refuse_into(out, Error::Capacity("direct regions per IOASID"));
+            return super::refuse_by(out, || Error::Capacity("direct regions per IOASID"));
         };
         let start = r.range.start;
         if !self.map_in_into(

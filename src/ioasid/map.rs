@@ -137,17 +137,18 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         if !self.settle_into(io, out) {
             return false;
         }
-        if let Err(e) = io.record.map(iova, pa, len, prot) {
-            return super::refuse_into(out, e);
+        // The errors are read where the calls returned them (`refuse_with`), not copied.
+        if let Err(e) = &io.record.map(iova, pa, len, prot) {
+            return super::refuse_with(out, e);
         }
         for (k, (_, d)) in domains(io).enumerate() {
             let Ok(u) = self.unit(d.unit) else {
                 *failed = Some(k);
                 return super::refuse_into(out, Error::NoSuchUnit(d.unit));
             };
-            if let Err(e) = u.map(d.handle, iova, pa, len, prot) {
+            if let Err(e) = &u.map(d.handle, iova, pa, len, prot) {
                 *failed = Some(k);
-                return super::refuse_into(out, e);
+                return super::refuse_with(out, e);
             }
         }
         true
@@ -159,7 +160,10 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     /// every domain holds what the record holds, so nothing else is touched. The error to
     /// report is left in `out`: the refusal, or [`Error::InvalidationPending`] if a unit did
     /// not confirm the invalidation. A failure's path, not inlined: its locals are not in the
-    /// frame of the domains' maps.
+    /// frame of the domains' maps. The domains' leaves gather in the context's
+    /// `unmap_gather`, not in this frame over the units' unmaps and flushes (the kernel-stack
+    /// bound of the C ABI): under the state's read lock (`map`, `copy`) concurrent undos take
+    /// turns on it, under the write lock (an attach's direct regions) it is never contended.
     #[cold]
     #[inline(never)]
     fn roll_back_map(
@@ -170,13 +174,17 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         len: u64,
         out: &mut Result<(), Error>,
     ) {
-        let mut gather = Gather::new();
-        for (slot, d) in domains(io).take(failed + 1) {
-            // The mapping may have been visible: remove it and invalidate.
-            if let Err(p @ Error::InvalidationPending { .. }) =
-                self.unmap_domain(io, slot, &d, iova, len, &mut gather)
-            {
-                *out = Err(p);
+        {
+            // Never held by this thread here: locked only by this undo and by
+            // `drop_unused_direct_into`, neither of which calls the other.
+            let mut gather = self.unmap_gather.lock();
+            for (slot, d) in domains(io).take(failed + 1) {
+                // The mapping may have been visible: remove it and invalidate.
+                if let Err(p @ Error::InvalidationPending { .. }) =
+                    self.unmap_domain(io, slot, &d, iova, len, &mut gather)
+                {
+                    *out = Err(p);
+                }
             }
         }
         self.unmap_record(io, iova, len);

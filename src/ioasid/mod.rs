@@ -559,3 +559,22 @@ pub(crate) fn refuse_into(result: &mut Result<(), Error>, e: impl Into<Error>) -
     *result = Err(e.into());
     false
 }
+
+/// [`refuse_into`] of the error `e` builds, built in this frame: an error built by the
+/// caller for [`refuse_into`] is a temporary in the caller's frame (48 bytes over whatever
+/// that frame calls next).
+#[cold]
+#[inline(never)]
+pub(crate) fn refuse_by(result: &mut Result<(), Error>, e: impl FnOnce() -> Error) -> bool {
+    *result = Err(e());
+    false
+}
+
+/// [`refuse_into`] of an error the caller holds in a `Result` of its own frame, read where it
+/// lies: an error passed by value is copied into the caller's frame for the call.
+#[cold]
+#[inline(never)]
+pub(crate) fn refuse_with<E: Copy + Into<Error>>(result: &mut Result<(), Error>, e: &E) -> bool {
+    *result = Err((*e).into());
+    false
+}

@@ -31,6 +31,8 @@ struct FakeUnit<'a> {
     attached: Mutex<Vec<(DeviceId, Option<Pasid>, DomainHandle)>>,
     flushes: Mutex<u32>,
     fail_map_at: Mutex<Option<u64>>,
+    /// Every map at or above this IOVA is refused.
+    fail_maps_from: Mutex<Option<u64>>,
     /// A map at this IOVA writes its entries, then fails (a unit whose step after writing the
     /// entries fails, and that leaves them: what `Iommu::map` forbids, and the layer survives).
     fail_after_map_at: Mutex<Option<u64>>,
@@ -80,6 +82,7 @@ impl<'a> FakeUnit<'a> {
             attached: Mutex::new(Vec::new()),
             flushes: Mutex::new(0),
             fail_map_at: Mutex::new(None),
+            fail_maps_from: Mutex::new(None),
             fail_after_map_at: Mutex::new(None),
             fail_unmap_at: Mutex::new(None),
             fail_flush_at: Mutex::new(None),
@@ -189,7 +192,13 @@ impl Iommu for FakeUnit<'_> {
         len: u64,
         prot: Prot,
     ) -> Result<(), IommuError> {
-        if *self.fail_map_at.lock().unwrap() == Some(iova.get()) {
+        if *self.fail_map_at.lock().unwrap() == Some(iova.get())
+            || self
+                .fail_maps_from
+                .lock()
+                .unwrap()
+                .is_some_and(|from| iova.get() >= from)
+        {
             return Err(IommuError::NoMemory);
         }
         self.with(d, |t| t.map(iova, pa, len, prot))??;
@@ -454,6 +463,93 @@ fn failed_map_rolls_back_everywhere() {
     *u1.fail_map_at.lock().unwrap() = None;
     ctx.map(io, Iova::new(0x10_0000), PhysAddr::new(0), K4, RW)
         .unwrap();
+}
+
+/// Maps refused at once on several threads: each undo (under the context's read lock) gathers
+/// in the context's `unmap_gather` in turn, and leaves nothing mapped anywhere.
+#[test]
+fn concurrent_refused_maps_are_each_undone() {
+    const PER_THREAD: u64 = if cfg!(miri) { 3 } else { 32 };
+    let alloc = test_alloc();
+    let (u0, u1) = (FakeUnit::new(&alloc, true), FakeUnit::new(&alloc, true));
+    let pasids = PasidAllocator::new(20);
+    let reg = Registry::new(&[&u0, &u1], &pasids).unwrap();
+    let ctx = IoasidCtx::new(&reg, &alloc, 0);
+    let io = ctx.alloc(IoasidFlags::empty()).unwrap();
+    ctx.attach(ctx.bind(label(0, 1), false).unwrap(), io)
+        .unwrap();
+    ctx.attach(ctx.bind(label(1, 1), false).unwrap(), io)
+        .unwrap();
+    *u1.fail_maps_from.lock().unwrap() = Some(M2);
+    std::thread::scope(|s| {
+        for t in 0..4u64 {
+            let ctx = &ctx;
+            s.spawn(move || {
+                for i in 0..PER_THREAD {
+                    let at = (i * 4 + t) * K4;
+                    let r = ctx.map(io, Iova::new(at + M2), PhysAddr::new(at), K4, RW);
+                    assert_eq!(r, Err(Error::Iommu(IommuError::NoMemory)));
+                }
+            });
+        }
+    });
+    for p in 0..4 * PER_THREAD {
+        let at = Iova::new(M2 + p * K4);
+        assert_eq!(ctx.translate(io, at).unwrap(), None);
+        for u in [&u0, &u1] {
+            assert_eq!(u.query(u.domain_of(DeviceId(1)).unwrap(), at), None);
+        }
+    }
+    ctx.audit(io).unwrap();
+    assert!(ctx.unmap_gather.lock().is_empty());
+    *u1.fail_maps_from.lock().unwrap() = None;
+    ctx.map(io, Iova::new(M2), PhysAddr::new(0), K4, RW)
+        .unwrap();
+    ctx.audit(io).unwrap();
+}
+
+/// An attach whose second direct region a domain refuses: that region's map is undone under
+/// the state's write lock (in the context's `unmap_gather`), then the first region's (which
+/// locks the gather again), and the attach changes nothing; without the refusal it completes.
+#[test]
+fn an_attach_whose_direct_region_a_domain_refuses_takes_nothing() {
+    let alloc = test_alloc();
+    let (u0, u1) = (FakeUnit::new(&alloc, true), FakeUnit::new(&alloc, true));
+    let pasids = PasidAllocator::new(20);
+    let reg = Registry::new(&[&u0, &u1], &pasids).unwrap();
+    let ctx = IoasidCtx::new(&reg, &alloc, 0);
+    let io = ctx.alloc(IoasidFlags::empty()).unwrap();
+    ctx.attach(ctx.bind(label(0, 1), false).unwrap(), io)
+        .unwrap();
+    ctx.attach(ctx.bind(label(1, 1), false).unwrap(), io)
+        .unwrap();
+    let regions = [
+        DirectRegion::new(range(M2, M2 + 2 * K4), false).unwrap(),
+        DirectRegion::new(range(2 * M2, 2 * M2 + K4), false).unwrap(),
+    ];
+    let dev = ctx
+        .bind_with_direct(label(0, 2), false, None, &regions)
+        .unwrap();
+    *u1.fail_map_at.lock().unwrap() = Some(2 * M2);
+    assert_eq!(ctx.attach(dev, io), Err(Error::Iommu(IommuError::NoMemory)));
+    assert_eq!(ctx.attachment(dev, None).unwrap(), None);
+    assert!(ctx.direct_mappings(io).unwrap().iter().all(Option::is_none));
+    for at in [M2, M2 + K4, 2 * M2] {
+        assert_eq!(ctx.translate(io, Iova::new(at)).unwrap(), None);
+        for u in [&u0, &u1] {
+            let d = u.domain_of(DeviceId(1)).unwrap();
+            assert_eq!(u.query(d, Iova::new(at)), None, "{at:#x} left mapped");
+        }
+    }
+    ctx.audit(io).unwrap();
+    assert!(ctx.unmap_gather.lock().is_empty());
+    *u1.fail_map_at.lock().unwrap() = None;
+    ctx.attach(dev, io).unwrap();
+    for at in [M2, M2 + K4, 2 * M2] {
+        let m = ctx.translate(io, Iova::new(at)).unwrap().unwrap();
+        assert_eq!(m.pa, PhysAddr::new(at));
+    }
+    ctx.audit(io).unwrap();
 }
 
 #[test]
