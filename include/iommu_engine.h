@@ -941,8 +941,8 @@ int32_t ie_ctx_max_page_log2(IeCtx *ctx, uint32_t ioasid, uint32_t *max_log2);
 // exist); `IE_STATUS_RESERVED` for a source range over an attached device's direct region;
 // otherwise the errors of ie_ctx_map() in the destination: nothing is mapped in `dst`
 // after any error (`IE_STATUS_TIMEOUT` / `IE_STATUS_HARDWARE` / `IE_STATUS_COMMAND_ERROR`:
-// what was mapped was unmapped again, but a unit may not have confirmed the invalidation, as
-// after ie_ctx_map()).
+// what was mapped was unmapped again, but a unit may not have confirmed the invalidation, or
+// may still map some of the range, as after ie_ctx_map()).
 //
 // # Safety
 // `ctx` is a live context handle.
@@ -1138,9 +1138,10 @@ int32_t ie_ctx_detach_pasid(IeCtx *ctx, uint32_t device, uint32_t pasid);
 
 // Maps `[iova, iova + len)` to `[pa, pa + len)` with `prot` (`IE_PROT_*`) in the IOASID and
 // every hardware domain behind it; all or nothing. `IE_STATUS_TIMEOUT` /
-// `IE_STATUS_HARDWARE` / `IE_STATUS_COMMAND_ERROR`: nothing is mapped, but a unit may not
-// have confirmed the invalidation of what was undone: call again (or unmap the range) until
-// `IE_STATUS_OK` before reusing `pa`.
+// `IE_STATUS_HARDWARE` / `IE_STATUS_COMMAND_ERROR`: nothing is mapped in the IOASID, but a
+// unit may not have confirmed the invalidation of what was undone, or may still map some of
+// the range (its unmap failed; the next call again may return `IE_STATUS_EXISTS` while it
+// undoes that): call again (or unmap the range) until `IE_STATUS_OK` before reusing `pa`.
 //
 // # Safety
 // `ctx` is a live context handle.

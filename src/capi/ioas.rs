@@ -51,8 +51,8 @@ pub unsafe extern "C" fn ie_ctx_max_page_log2(
 /// exist); `IE_STATUS_RESERVED` for a source range over an attached device's direct region;
 /// otherwise the errors of ie_ctx_map() in the destination: nothing is mapped in `dst`
 /// after any error (`IE_STATUS_TIMEOUT` / `IE_STATUS_HARDWARE` / `IE_STATUS_COMMAND_ERROR`:
-/// what was mapped was unmapped again, but a unit may not have confirmed the invalidation, as
-/// after ie_ctx_map()).
+/// what was mapped was unmapped again, but a unit may not have confirmed the invalidation, or
+/// may still map some of the range, as after ie_ctx_map()).
 ///
 /// # Safety
 /// `ctx` is a live context handle.

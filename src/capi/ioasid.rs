@@ -925,9 +925,10 @@ const _: () = assert!(
 
 /// Maps `[iova, iova + len)` to `[pa, pa + len)` with `prot` (`IE_PROT_*`) in the IOASID and
 /// every hardware domain behind it; all or nothing. `IE_STATUS_TIMEOUT` /
-/// `IE_STATUS_HARDWARE` / `IE_STATUS_COMMAND_ERROR`: nothing is mapped, but a unit may not
-/// have confirmed the invalidation of what was undone: call again (or unmap the range) until
-/// `IE_STATUS_OK` before reusing `pa`.
+/// `IE_STATUS_HARDWARE` / `IE_STATUS_COMMAND_ERROR`: nothing is mapped in the IOASID, but a
+/// unit may not have confirmed the invalidation of what was undone, or may still map some of
+/// the range (its unmap failed; the next call again may return `IE_STATUS_EXISTS` while it
+/// undoes that): call again (or unmap the range) until `IE_STATUS_OK` before reusing `pa`.
 ///
 /// # Safety
 /// `ctx` is a live context handle.

@@ -52,9 +52,9 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     /// nesting, address width, page size), the mapping it cannot take, or the direct region
     /// that collides ([`Incompatibility::DirectRegionCollides`]); [`Error::Capacity`]
     /// (`"direct regions per IOASID"`): nothing changed. A failure after the direct regions
-    /// were mapped unmaps them again; if a unit then does not confirm the invalidation, the
-    /// call reports [`Error::InvalidationPending`] and the IOASID owes it (as after a failed
-    /// map).
+    /// were mapped unmaps them again; if a unit then does not confirm the invalidation, or
+    /// cannot unmap a region it has just mapped, the call reports
+    /// [`Error::InvalidationPending`] as a failed map does.
     ///
     /// [`Error::Iommu`] with a unit fault ([`iommu::Error::is_unit_fault`]: a wait ran out, the
     /// unit reported an error): the unit may have made the device's entry present, so the

@@ -349,7 +349,7 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         // stack under the maps (and their flushes).
         for k in 0..MAX_DIRECT_REGIONS {
             if !self.take_one(st, (device, k), ioasid, out) {
-                self.untake_direct(st, device, ioasid, k);
+                self.untake_direct(st, device, ioasid, k, out);
                 return false;
             }
         }
@@ -402,8 +402,12 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     }
 
     /// Undoes what [`Self::take_direct_into`] did for the device's first `k` regions after
-    /// the `k`-th failed (the error to report is the caller's). In a frame of its own, beside
-    /// the maps.
+    /// the `k`-th failed; the error to report is left in `out`: the attach's, or the
+    /// invalidation the undo left owed in its place (as `give_back_direct`). A region whose
+    /// unmap is refused (see `undo_left` in `map.rs` for why a unit cannot refuse it) stays
+    /// a direct mapping without users, in the record and every domain, reserved against `map`
+    /// and `unmap`, until the next detach from the IOASID or its free removes it. In a frame of
+    /// its own, beside the maps.
     #[cold]
     #[inline(never)]
     fn untake_direct(
@@ -412,8 +416,15 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         device: DeviceHandle,
         ioasid: IoasidId,
         k: usize,
+        out: &mut Result<(), Error>,
     ) {
-        let _ = self.drop_device_direct(st, ioasid, device, k);
+        if let Err(p @ Error::InvalidationPending { .. }) =
+            self.drop_device_direct(st, ioasid, device, k)
+        {
+            if !matches!(out, Err(Error::InvalidationPending { .. })) {
+                *out = Err(p);
+            }
+        }
     }
 
     /// Counts one user fewer, in `ioasid`, of each of the first `upto` regions `device` was

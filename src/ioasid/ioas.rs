@@ -18,9 +18,9 @@
 
 use super::ctx::{Ioasid, IoasidCtx, State};
 use super::record::RECORD_IAS;
-use super::{Error, IoasidId};
+use super::{Error, IoasidId, MAX_UNITS};
 use crate::mem::{Iova, PageAllocator, PhysAddr};
-use crate::pgtable::{self, Gather, IovaRange, Prot};
+use crate::pgtable::{self, IovaRange, Prot};
 
 /// A stretch of the source of a copy: contiguous in IOVA and physical address, one
 /// permission.
@@ -43,8 +43,9 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     /// direct region of an attached device (not the owner's to copy); then any error of
     /// [`IoasidCtx::map`] in the destination. Nothing is mapped in `dst` after any of them:
     /// what was mapped before the failure is unmapped again, with its invalidation; if a unit
-    /// does not confirm it, the error is [`Error::InvalidationPending`] (as after a failed
-    /// `map`: do not rely on the pages being unreachable until a retry returns `Ok`).
+    /// does not confirm it, or cannot unmap it (its domain still maps some of the range), the
+    /// error is [`Error::InvalidationPending`] (as after a failed `map`: do not rely on the
+    /// pages being unreachable until a retry or an unmap of the range returns `Ok`).
     pub fn copy(
         &self,
         src: IoasidId,
@@ -93,12 +94,15 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         Ok(())
     }
 
-    /// Unmaps the `done` bytes a failed [`copy`](Self::copy) mapped at `dst_iova`; the error
-    /// to report, `e`, becomes [`Error::InvalidationPending`] if a unit did not confirm the
-    /// unmap's invalidation. The unmap does not first settle what is owed (as
-    /// [`IoasidCtx::unmap`] does): when the failed run's own rollback left an invalidation
-    /// unconfirmed, settling would fail again and leave the earlier runs mapped. A failure's
-    /// path, not inlined; `e` is changed in place (the kernel-stack bound of the C ABI).
+    /// Unmaps the `done` bytes a failed [`copy`](Self::copy) mapped at `dst_iova` from every
+    /// domain of `dst` and its record, as a refused map's undo does ([`Self::roll_back_map`]);
+    /// the error to report, `e`, becomes [`Error::InvalidationPending`] if a domain may still
+    /// reach the pages (an invalidation not confirmed, or an unmap that failed leaving them
+    /// mapped). What is owed is not settled first (as [`IoasidCtx::unmap`] does): when the
+    /// failed run's own rollback left an invalidation unconfirmed, settling would fail again
+    /// and leave the earlier runs mapped. Nor does a domain that fails put the range back
+    /// everywhere (as an unmap's refusal does): the undo removes all it can. A failure's path,
+    /// not inlined; `e` is changed in place (the kernel-stack bound of the C ABI).
     #[cold]
     #[inline(never)]
     fn undo_copy(&self, dst: IoasidId, dst_iova: Iova, done: u64, e: &mut Error) {
@@ -106,8 +110,10 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         let Ok(io) = st.ioasid(dst) else {
             return;
         };
-        let undone = self.unmap_unsettled(io, dst_iova, done, &mut Gather::new());
-        if let Err(p @ Error::InvalidationPending { .. }) = undone {
+        let mut out = Ok(());
+        // Every domain of `dst` took the runs.
+        self.roll_back_map(io, MAX_UNITS, dst_iova, done, &mut out);
+        if let Err(p) = out {
             *e = p;
         }
     }

@@ -32,10 +32,12 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     /// [`Error::Reserved`] for a range touching a reserved region; [`Error::PageTable`]
     /// (overlap, alignment, width, memory; `UnsupportedProt` for [`Prot::PRIV`] in an IOASID
     /// not allocated with [`IoasidFlags::SUPERVISOR`]); unit errors. Nothing is mapped after any of them.
-    /// [`Error::InvalidationPending`]: nothing is mapped, but a unit did not confirm the
-    /// invalidation of the undone mapping (or of an earlier unmap): devices behind it may still
-    /// reach `pa`; do not reuse it until this call (retried) or an unmap of the range returns
-    /// `Ok`.
+    /// [`Error::InvalidationPending`]: the record maps nothing of the range, but a unit did not
+    /// confirm the invalidation of the undone mapping (or of an earlier unmap), or could not
+    /// unmap it again (its domain still maps some of the range, which [`IoasidCtx::audit`]
+    /// reports as a [`Error::Mismatch`] naming that unit): devices behind it may still reach
+    /// `pa`; do not reuse it until this call (retried: a retry may first be refused while it
+    /// undoes what was left) or an unmap of the range returns `Ok`.
     pub fn map(
         &self,
         ioasid: IoasidId,
@@ -115,7 +117,7 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
             return true;
         }
         if let Some(k) = failed {
-            self.roll_back_map(io, k, iova, len, out);
+            self.roll_back_map(io, k + 1, iova, len, out);
         }
         false
     }
@@ -154,22 +156,27 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         true
     }
 
-    /// Undoes a map that the `failed`-th domain refused with the error in `out`: the range is
-    /// unmapped from that domain too (a unit may fail after writing entries: `Iommu::map`),
-    /// from the domains before it and from the record. The range was free in the record, and
-    /// every domain holds what the record holds, so nothing else is touched. The error to
-    /// report is left in `out`: the refusal, or [`Error::InvalidationPending`] if a unit did
-    /// not confirm the invalidation. A failure's path, not inlined: its locals are not in the
-    /// frame of the domains' maps. The domains' leaves gather in the context's
-    /// `unmap_gather`, not in this frame over the units' unmaps and flushes (the kernel-stack
-    /// bound of the C ABI): under the state's read lock (`map`, `copy`) concurrent undos take
-    /// turns on it, under the write lock (an attach's direct regions) it is never contended.
+    /// Undoes a map that the `n`-th domain refused with the error in `out` (or, from
+    /// [`IoasidCtx::copy`], the runs it mapped in every domain, `n` at least their number): the
+    /// range is unmapped from the first `n` domains (the refusing one too: a unit may fail
+    /// after writing entries, `Iommu::map`) and from the record. The range was free in the
+    /// record, and every domain holds what the record holds, so nothing else is touched.
+    ///
+    /// The error to report is left in `out`: the refusal, or, if a domain may still reach the
+    /// pages, [`Error::InvalidationPending`] naming its unit: its flush failed (the
+    /// invalidation is owed, reissued by the next call), or its unmap failed with the range
+    /// still mapped there (see [`undo_left`]). A failure's path, not inlined: its locals are
+    /// not in the frame of the domains' maps. The domains' leaves gather in the
+    /// context's `unmap_gather`, not in this frame over the units' unmaps and flushes (the
+    /// kernel-stack bound of the C ABI): under the state's read lock (`map`, `copy`) concurrent
+    /// undos take turns on it, under the write lock (an attach's direct regions) it is never
+    /// contended.
     #[cold]
     #[inline(never)]
-    fn roll_back_map(
+    pub(super) fn roll_back_map(
         &self,
         io: &Ioasid<'a, A>,
-        failed: usize,
+        n: usize,
         iova: Iova,
         len: u64,
         out: &mut Result<(), Error>,
@@ -178,16 +185,43 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
             // Never held by this thread here: locked only by this undo and by
             // `drop_unused_direct_into`, neither of which calls the other.
             let mut gather = self.unmap_gather.lock();
-            for (slot, d) in domains(io).take(failed + 1) {
+            for (slot, d) in domains(io).take(n) {
                 // The mapping may have been visible: remove it and invalidate.
-                if let Err(p @ Error::InvalidationPending { .. }) =
-                    self.unmap_domain(io, slot, &d, iova, len, &mut gather)
-                {
-                    *out = Err(p);
-                }
+                self.undo_domain(io, slot, &d, (iova, len), &mut gather, out);
             }
         }
         self.unmap_record(io, iova, len);
+    }
+
+    /// [`Self::roll_back_map`]'s unmap and flush of the domain in slot `slot`, gathering in
+    /// `gather`, which it leaves empty (released, or owed). Not inlined, and what a failure
+    /// leaves is worked out in [`owe_undo`] and [`undo_left`]: no `Result` of this layer is in
+    /// the frame over the unit's unmap and flush.
+    #[inline(never)]
+    fn undo_domain(
+        &self,
+        io: &Ioasid<'a, A>,
+        slot: usize,
+        d: &UnitDomain,
+        range: (Iova, u64),
+        gather: &mut Gather,
+        out: &mut Result<(), Error>,
+    ) {
+        // A domain's unit is in the registry for the context's life: the lookup cannot fail.
+        let Ok(unit) = self.unit(d.unit) else {
+            return;
+        };
+        // Empty whenever it is passed: see `unmap_domain_into`.
+        *gather = Gather::new();
+        // Only the error is kept over the flush (the kernel-stack bound of the C ABI).
+        let unmapped = unit.unmap(d.handle, range.0, range.1, gather).err();
+        // Flush even after a failure: the gather holds what did change.
+        if let Err(error) = unit.flush(d.handle, gather) {
+            owe_undo(&io.pending, slot, d.unit, gather, error, out);
+        }
+        if let Some(error) = unmapped {
+            undo_left(d, unit, range, error, out);
+        }
     }
 
     /// Unmaps `[iova, iova + len)` from the IOASID and every domain behind it, with one flush
@@ -392,7 +426,7 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     }
 
     /// The record's part of [`Self::unmap_in`], after every domain's, gathering in `gather`
-    /// (the domains', empty again: see [`Self::unmap_domain`]), which it leaves empty: on
+    /// (the domains', empty again: see [`Self::unmap_domain_into`]), which it leaves empty: on
     /// failure the domains get the range back from the record, and the error replaces what
     /// `out` held. Returns the bytes unmapped. Not inlined: its locals are not under the
     /// domains' unmaps and flushes.
@@ -525,40 +559,14 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         Ok(found.map(|r| r.take()).is_some())
     }
 
-    /// Unmaps a range from the domain in slot `slot` and flushes its unit, gathering in
-    /// `gather` (the caller's: see [`Self::unmap_in`]), which it leaves empty: a completed flush
-    /// releases it; one that fails leaves it owed (see `pending.rs`) and reports
-    /// [`Error::InvalidationPending`]. Not inlined: its locals are not in the frame that
-    /// goes on to unmap the record (the kernel-stack bound of the C ABI).
-    #[inline(never)]
-    fn unmap_domain(
-        &self,
-        io: &Ioasid<'a, A>,
-        slot: usize,
-        d: &UnitDomain,
-        iova: Iova,
-        len: u64,
-        gather: &mut Gather,
-    ) -> Result<u64, Error> {
-        let unit = self.unit(d.unit)?;
-        // Empty whenever it is passed (a completed flush releases it, a failed one is parked):
-        // made so again in case a unit returned one that is not, so that this domain's flush
-        // never carries another's ranges (a page still held would be leaked, as a dropped
-        // gather's are, never freed).
-        *gather = Gather::new();
-        let r = unit.unmap(d.handle, iova, len, gather);
-        // Flush even after a failure: the gather holds what did change.
-        match unit.flush(d.handle, gather) {
-            Ok(()) => Ok(r?),
-            Err(error) => owe_flush(&io.pending, slot, d.unit, gather, r, error),
-        }
-    }
-
-    /// [`Self::unmap_domain`] for [`Self::unmap_unsettled_into`]: an invalidation left owed
-    /// goes into `out` unless an earlier error is there ([`DomainUnmap::Owed`]), any other
-    /// error replaces what `out` held ([`DomainUnmap::Refused`]). Not inlined, and the errors
-    /// are built in [`domain_error`]: no `Result` of this layer is in the frame over the
-    /// unit's unmap and flush.
+    /// Unmaps a range from the domain in slot `slot` and flushes its unit, for
+    /// [`Self::unmap_unsettled_into`], gathering in `gather` (the caller's: see
+    /// [`Self::unmap_in`]), which it leaves empty: a completed flush releases it; one that
+    /// fails leaves it owed (see `pending.rs`). An invalidation left owed goes into `out` as
+    /// [`Error::InvalidationPending`] unless an earlier error is there ([`DomainUnmap::Owed`]),
+    /// any other error replaces what `out` held ([`DomainUnmap::Refused`]). Not inlined, and
+    /// the errors are built in [`domain_error`]: no `Result` of this layer is in the frame
+    /// over the unit's unmap and flush.
     #[allow(clippy::too_many_arguments)]
     #[inline(never)]
     fn unmap_domain_into(
@@ -574,7 +582,10 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         let Ok(unit) = self.unit(d.unit) else {
             return domain_error(out, Error::NoSuchUnit(d.unit));
         };
-        // Empty whenever it is passed: see `unmap_domain`.
+        // Empty whenever it is passed (a completed flush releases it, a failed one is parked):
+        // made so again in case a unit returned one that is not, so that this domain's flush
+        // never carries another's ranges (a page still held would be leaked, as a dropped
+        // gather's are, never freed).
         *gather = Gather::new();
         let r = unit.unmap(d.handle, iova, len, gather);
         // Flush even after a failure: the gather holds what did change.
@@ -677,6 +688,68 @@ fn owe_flush_into(
     }
 }
 
+/// The end of [`IoasidCtx::undo_domain`] when the unit's flush failed with `error`: the
+/// gather is owed (see `pending.rs`), and [`Error::InvalidationPending`] naming `unit` goes
+/// into `out` in place of the refusal (not of an earlier one: the first such domain is named).
+/// A failure's path, not inlined: the error is built here.
+#[cold]
+#[inline(never)]
+fn owe_undo(
+    pending: &Pending,
+    slot: usize,
+    unit: UnitId,
+    gather: &mut Gather,
+    error: crate::iommu::Error,
+    out: &mut Result<(), Error>,
+) {
+    pending.park(slot, gather);
+    reachable(out, Error::InvalidationPending { unit, error });
+}
+
+/// The end of [`IoasidCtx::undo_domain`] when the unit's unmap of `[iova, iova + len)` failed
+/// with `error`: if domain `d` still maps anything there, [`Error::InvalidationPending`]
+/// naming its unit goes into `out` in place of the refusal (not of an earlier one). The record
+/// no longer holds the range: an unmap of it finishes the undo (every domain is unmapped
+/// whatever the record holds), and `audit` names the unit meanwhile; a map of the range finds
+/// it taken in that domain and its undo retries too. A failure's path, not inlined.
+///
+/// Which unmap errors can come on an undo: the range is exactly what this call mapped, all
+/// of its leaves inside it, so the unmap splits nothing (no `NoMemory`, `TableOutOfRange`,
+/// `SplitRefused`, `SplitUnsupported`, and no `EntryUnstable`, met only on a leaf to be split);
+/// the unit accepted the range for its map (no range or alignment error), or refused it with
+/// nothing written (then its unmap's refusal leaves nothing mapped: not reported); the domain
+/// lives under the state's lock (no `InvalidDomain`). What is left is a corrupt table
+/// (`UnknownTable`, partway) or a unit breaking its contract (the tests' fake unit): whatever
+/// the error, the domain is walked, and any leaf left in the range is reported.
+#[cold]
+#[inline(never)]
+fn undo_left(
+    d: &UnitDomain,
+    unit: &dyn Iommu,
+    (iova, len): (Iova, u64),
+    error: crate::iommu::Error,
+    out: &mut Result<(), Error>,
+) {
+    // A walk that fails counts as a leaf left: reported, never assumed gone.
+    let end = iova.get().saturating_add(len);
+    if first_leaf(unit, d.handle, iova.get(), len).map_or(true, |first| first < end) {
+        reachable(
+            out,
+            Error::InvalidationPending {
+                unit: d.unit,
+                error,
+            },
+        );
+    }
+}
+
+/// Puts `e` (pages still reachable) into `out` in place of a refusal, not of an earlier one.
+fn reachable(out: &mut Result<(), Error>, e: Error) {
+    if !matches!(out, Err(Error::InvalidationPending { .. })) {
+        *out = Err(e);
+    }
+}
+
 /// Where the first leaf of domain `d` of `unit` in `[iova, iova + len)` begins (`iova` for a
 /// leaf that covers it), or the range's end if it has none.
 fn first_leaf(unit: &dyn Iommu, d: DomainHandle, iova: u64, len: u64) -> Result<u64, Error> {
@@ -687,10 +760,11 @@ fn first_leaf(unit: &dyn Iommu, d: DomainHandle, iova: u64, len: u64) -> Result<
     Ok(first)
 }
 
-/// The end of [`IoasidCtx::unmap_domain`] (and of a dirty read's flush) when the unit's flush
-/// failed: the gather is owed (see `pending.rs`), and the call's own error (`done`) is
-/// reported, else [`Error::InvalidationPending`]. A failure's path, not inlined: the error is
-/// built here, not in the frame that flushes (the kernel-stack bound of the C ABI).
+/// The end of [`IoasidCtx::unmap_domain_into`] (through [`owe_flush_into`]) and of a dirty
+/// read's flush when the unit's flush failed: the gather is owed (see `pending.rs`), and the
+/// call's own error (`done`) is reported, else [`Error::InvalidationPending`]. A failure's
+/// path, not inlined: the error is built here, not in the frame that flushes (the
+/// kernel-stack bound of the C ABI).
 #[cold]
 #[inline(never)]
 pub(super) fn owe_flush<T>(

@@ -416,6 +416,11 @@ pub enum Error {
     /// with each call. The invalidation is kept and reissued by the next call on the IOASID
     /// (map, unmap, read_and_clear_dirty, detach, free). The caller must not reuse the pages
     /// involved until a retry returns `Ok`; if the unit keeps failing, reset it.
+    ///
+    /// Also the undo of a refused map (or copy, or an attach's direct region) whose unmap in
+    /// this unit failed with `error` and left some of the range mapped in its domain, though
+    /// the record no longer holds it ([`IoasidCtx::audit`]: [`Error::Mismatch`] naming the
+    /// unit): the same rule holds, and an unmap of the range (or the call retried) removes it.
     InvalidationPending {
         /// The unit that owes the invalidation.
         unit: UnitId,

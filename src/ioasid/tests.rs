@@ -1610,3 +1610,260 @@ fn a_fill_that_fails_in_its_second_chunk_is_undone() {
     assert_eq!(alloc.stats().live_pages, live);
     assert_eq!(coarse.live_domains(), 0);
 }
+
+/// Two units, one device on each attached to a new IOASID.
+fn undo_setup<'r, 'a>(
+    reg: &'r Registry<'a>,
+    alloc: &'a TestAlloc,
+) -> (IoasidCtx<'r, 'a, TestAlloc>, IoasidId) {
+    let ctx = IoasidCtx::new(reg, alloc, 0);
+    let io = ctx.alloc(IoasidFlags::empty()).unwrap();
+    ctx.attach(ctx.bind(label(0, 1), false).unwrap(), io)
+        .unwrap();
+    ctx.attach(ctx.bind(label(1, 1), false).unwrap(), io)
+        .unwrap();
+    (ctx, io)
+}
+
+/// What unit `u`'s domain for device 1 maps at `at`.
+fn unit_maps(u: &FakeUnit<'_>, at: u64) -> Option<Mapping> {
+    u.query(u.domain_of(DeviceId(1)).unwrap(), Iova::new(at))
+}
+
+/// A map that u1 refuses, whose undo cannot unmap the page from u0 (which took it): the error
+/// says the page is still reachable through u0 (not u1's refusal, which would tell the caller
+/// nothing is mapped), `audit` names u0 where it differs, and an unmap of the range finishes
+/// the undo.
+#[test]
+fn a_refused_map_whose_undo_cannot_unmap_reports_the_page_reachable() {
+    let alloc = test_alloc();
+    let (u0, u1) = (FakeUnit::new(&alloc, true), FakeUnit::new(&alloc, true));
+    let pasids = PasidAllocator::new(20);
+    let reg = Registry::new(&[&u0, &u1], &pasids).unwrap();
+    let (ctx, io) = undo_setup(&reg, &alloc);
+    *u1.fail_map_at.lock().unwrap() = Some(M2);
+    *u0.fail_unmap_at.lock().unwrap() = Some(M2);
+    assert_eq!(
+        ctx.map(io, Iova::new(M2), PhysAddr::new(4 * M2), K4, RW),
+        Err(Error::InvalidationPending {
+            unit: UnitId(0),
+            error: IommuError::Timeout { what: "test" }
+        })
+    );
+    assert_eq!(
+        unit_maps(&u0, M2).map(|m| m.pa),
+        Some(PhysAddr::new(4 * M2))
+    );
+    assert_eq!(unit_maps(&u1, M2), None);
+    assert_eq!(
+        ctx.audit(io),
+        Err(Error::Mismatch {
+            unit: UnitId(0),
+            iova: Iova::new(M2)
+        })
+    );
+    *u0.fail_unmap_at.lock().unwrap() = None;
+    assert_eq!(ctx.unmap(io, Iova::new(M2), K4), Ok(0));
+    assert_eq!(unit_maps(&u0, M2), None);
+    ctx.audit(io).unwrap();
+    *u1.fail_map_at.lock().unwrap() = None;
+    ctx.map(io, Iova::new(M2), PhysAddr::new(4 * M2), K4, RW)
+        .unwrap();
+    ctx.audit(io).unwrap();
+}
+
+/// A map that u1 refuses, whose undo unmaps the page from u0 but whose flush there fails:
+/// `InvalidationPending` naming u0 (the page may be reached through a stale IOTLB entry), and
+/// the next call reissues the invalidation first.
+#[test]
+fn a_refused_map_whose_undo_flush_fails_reports_the_invalidation_pending() {
+    let alloc = test_alloc();
+    let (u0, u1) = (FakeUnit::new(&alloc, true), FakeUnit::new(&alloc, true));
+    let pasids = PasidAllocator::new(20);
+    let reg = Registry::new(&[&u0, &u1], &pasids).unwrap();
+    let (ctx, io) = undo_setup(&reg, &alloc);
+    *u1.fail_map_at.lock().unwrap() = Some(M2);
+    *u0.fail_flush_at.lock().unwrap() = Some(M2);
+    assert_eq!(
+        ctx.map(io, Iova::new(M2), PhysAddr::new(4 * M2), K4, RW),
+        Err(Error::InvalidationPending {
+            unit: UnitId(0),
+            error: IommuError::Timeout { what: "flush" }
+        })
+    );
+    assert_eq!(unit_maps(&u0, M2), None);
+    ctx.audit(io).unwrap();
+    *u1.fail_map_at.lock().unwrap() = None;
+    // Still owed: the next map reissues it first, and fails while it does.
+    assert!(matches!(
+        ctx.map(io, Iova::new(M2), PhysAddr::new(4 * M2), K4, RW),
+        Err(Error::InvalidationPending {
+            unit: UnitId(0),
+            ..
+        })
+    ));
+    *u0.fail_flush_at.lock().unwrap() = None;
+    ctx.map(io, Iova::new(M2), PhysAddr::new(4 * M2), K4, RW)
+        .unwrap();
+    ctx.audit(io).unwrap();
+}
+
+/// The source of the copy tests: two 4 KiB runs at `SRC` (physical pages apart), in an IOASID
+/// with no device.
+const SRC: u64 = 0x10_0000;
+
+fn two_runs(ctx: &IoasidCtx<'_, '_, TestAlloc>) -> IoasidId {
+    let src = ctx.alloc(IoasidFlags::empty()).unwrap();
+    ctx.map(src, Iova::new(SRC), PhysAddr::new(4 * M2), K4, RW)
+        .unwrap();
+    ctx.map(src, Iova::new(SRC + K4), PhysAddr::new(8 * M2), K4, RW)
+        .unwrap();
+    src
+}
+
+/// A copy whose second run u1 refuses, and whose undo of the first run cannot unmap it from u0:
+/// the error says the page is still reachable through u0, and an unmap of the range finishes
+/// the undo.
+#[test]
+fn a_failed_copy_whose_undo_cannot_unmap_reports_the_page_reachable() {
+    let alloc = test_alloc();
+    let (u0, u1) = (FakeUnit::new(&alloc, true), FakeUnit::new(&alloc, true));
+    let pasids = PasidAllocator::new(20);
+    let reg = Registry::new(&[&u0, &u1], &pasids).unwrap();
+    let (ctx, io) = undo_setup(&reg, &alloc);
+    let src = two_runs(&ctx);
+    *u1.fail_map_at.lock().unwrap() = Some(M2 + K4);
+    *u0.fail_unmap_at.lock().unwrap() = Some(M2);
+    assert_eq!(
+        ctx.copy(src, Iova::new(SRC), io, Iova::new(M2), 2 * K4),
+        Err(Error::InvalidationPending {
+            unit: UnitId(0),
+            error: IommuError::Timeout { what: "test" }
+        })
+    );
+    assert_eq!(
+        unit_maps(&u0, M2).map(|m| m.pa),
+        Some(PhysAddr::new(4 * M2))
+    );
+    assert_eq!(unit_maps(&u0, M2 + K4), None);
+    *u0.fail_unmap_at.lock().unwrap() = None;
+    *u1.fail_map_at.lock().unwrap() = None;
+    assert!(ctx.unmap(io, Iova::new(M2), 2 * K4).is_ok());
+    for u in [&u0, &u1] {
+        assert_eq!(unit_maps(u, M2), None);
+    }
+    ctx.audit(io).unwrap();
+    ctx.copy(src, Iova::new(SRC), io, Iova::new(M2), 2 * K4)
+        .unwrap();
+    ctx.audit(io).unwrap();
+}
+
+/// A copy whose second run u1 refuses, and whose undo of the first run unmaps it from u0 but
+/// cannot flush: `InvalidationPending` naming u0.
+#[test]
+fn a_failed_copy_whose_undo_flush_fails_reports_the_invalidation_pending() {
+    let alloc = test_alloc();
+    let (u0, u1) = (FakeUnit::new(&alloc, true), FakeUnit::new(&alloc, true));
+    let pasids = PasidAllocator::new(20);
+    let reg = Registry::new(&[&u0, &u1], &pasids).unwrap();
+    let (ctx, io) = undo_setup(&reg, &alloc);
+    let src = two_runs(&ctx);
+    *u1.fail_map_at.lock().unwrap() = Some(M2 + K4);
+    *u0.fail_flush_at.lock().unwrap() = Some(M2);
+    assert_eq!(
+        ctx.copy(src, Iova::new(SRC), io, Iova::new(M2), 2 * K4),
+        Err(Error::InvalidationPending {
+            unit: UnitId(0),
+            error: IommuError::Timeout { what: "flush" }
+        })
+    );
+    for u in [&u0, &u1] {
+        assert_eq!(unit_maps(u, M2), None);
+        assert_eq!(unit_maps(u, M2 + K4), None);
+    }
+    ctx.audit(io).unwrap();
+    *u0.fail_flush_at.lock().unwrap() = None;
+    *u1.fail_map_at.lock().unwrap() = None;
+    ctx.copy(src, Iova::new(SRC), io, Iova::new(M2), 2 * K4)
+        .unwrap();
+    ctx.audit(io).unwrap();
+}
+
+/// Two units with a device on each attached to an IOASID, and a device of u0 bound with two
+/// direct regions (at 2 MiB and 4 MiB), not attached; u1 refuses the second region's map.
+fn refused_attach_setup<'r, 'a>(
+    reg: &'r Registry<'a>,
+    alloc: &'a TestAlloc,
+    u1: &FakeUnit<'_>,
+) -> (IoasidCtx<'r, 'a, TestAlloc>, IoasidId, DeviceHandle) {
+    let (ctx, io) = undo_setup(reg, alloc);
+    let regions = [
+        DirectRegion::new(range(M2, M2 + K4), false).unwrap(),
+        DirectRegion::new(range(2 * M2, 2 * M2 + K4), false).unwrap(),
+    ];
+    let dev = ctx
+        .bind_with_direct(label(0, 2), false, None, &regions)
+        .unwrap();
+    *u1.fail_map_at.lock().unwrap() = Some(2 * M2);
+    (ctx, io, dev)
+}
+
+/// An attach whose second direct region u1 refuses, and whose undo of that region cannot
+/// unmap it from u0: the attach says the region is still reachable through u0 (not u1's
+/// refusal), and an unmap of the range finishes the undo.
+#[test]
+fn a_refused_attach_whose_undo_cannot_unmap_reports_the_region_reachable() {
+    let alloc = test_alloc();
+    let (u0, u1) = (FakeUnit::new(&alloc, true), FakeUnit::new(&alloc, true));
+    let pasids = PasidAllocator::new(20);
+    let reg = Registry::new(&[&u0, &u1], &pasids).unwrap();
+    let (ctx, io, dev) = refused_attach_setup(&reg, &alloc, &u1);
+    *u0.fail_unmap_at.lock().unwrap() = Some(2 * M2);
+    assert_eq!(
+        ctx.attach(dev, io),
+        Err(Error::InvalidationPending {
+            unit: UnitId(0),
+            error: IommuError::Timeout { what: "test" }
+        })
+    );
+    assert_eq!(ctx.attachment(dev, None).unwrap(), None);
+    assert!(unit_maps(&u0, 2 * M2).is_some());
+    assert_eq!(unit_maps(&u0, M2), None);
+    *u0.fail_unmap_at.lock().unwrap() = None;
+    assert_eq!(ctx.unmap(io, Iova::new(2 * M2), K4), Ok(0));
+    ctx.audit(io).unwrap();
+    *u1.fail_map_at.lock().unwrap() = None;
+    ctx.attach(dev, io).unwrap();
+    ctx.audit(io).unwrap();
+}
+
+/// An attach whose second direct region u1 refuses, and whose undo of the first region
+/// unmaps it from u0 but cannot flush: `InvalidationPending` naming u0 (not u1's refusal).
+#[test]
+fn a_refused_attach_whose_undo_flush_fails_reports_the_invalidation_pending() {
+    let alloc = test_alloc();
+    let (u0, u1) = (FakeUnit::new(&alloc, true), FakeUnit::new(&alloc, true));
+    let pasids = PasidAllocator::new(20);
+    let reg = Registry::new(&[&u0, &u1], &pasids).unwrap();
+    let (ctx, io, dev) = refused_attach_setup(&reg, &alloc, &u1);
+    *u0.fail_flush_at.lock().unwrap() = Some(M2);
+    assert_eq!(
+        ctx.attach(dev, io),
+        Err(Error::InvalidationPending {
+            unit: UnitId(0),
+            error: IommuError::Timeout { what: "flush" }
+        })
+    );
+    assert_eq!(ctx.attachment(dev, None).unwrap(), None);
+    assert!(ctx.direct_mappings(io).unwrap().iter().all(Option::is_none));
+    for at in [M2, 2 * M2] {
+        for u in [&u0, &u1] {
+            assert_eq!(unit_maps(u, at), None, "{at:#x}");
+        }
+    }
+    ctx.audit(io).unwrap();
+    *u0.fail_flush_at.lock().unwrap() = None;
+    *u1.fail_map_at.lock().unwrap() = None;
+    ctx.attach(dev, io).unwrap();
+    ctx.audit(io).unwrap();
+}

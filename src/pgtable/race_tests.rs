@@ -342,7 +342,7 @@ fn split_gigabyte<F: Format>(t: &PageTable<F, TestAlloc>) {
 /// Rule 5 after an error: an unmap that cleared leaves below a table a split made, then
 /// failed on a later entry (`EntryUnstable`: hardware kept rewriting the leaf it had to split),
 /// has still recorded the larger page in its gather, which the caller flushes on error too
-/// (`IoasidCtx::unmap_domain`): else a TLB entry of the 1 GiB page would keep reaching the
+/// (`IoasidCtx::unmap_domain_into`): else a TLB entry of the 1 GiB page would keep reaching the
 /// cleared 2 MiB pages. `accessed`: the format's accessed flag, which the "hardware" flips.
 fn a_failed_unmap_invalidates_the_split_pages_above_what_it_cleared<F: Format>(
     t: PageTable<F, TestAlloc>,
