@@ -1867,3 +1867,52 @@ fn a_refused_attach_whose_undo_flush_fails_reports_the_invalidation_pending() {
     ctx.attach(dev, io).unwrap();
     ctx.audit(io).unwrap();
 }
+
+/// An attach whose second direct region u1 refuses, and whose undo of the first region u0
+/// refuses to unmap (no real unit can: see `undo_left`): that region stays a direct mapping
+/// without users, in the record and both domains (`audit` holds), reserved against `map` and
+/// `unmap`; the attach retried takes it again.
+#[test]
+fn a_refused_attach_whose_first_region_cannot_be_unmapped_keeps_it_reserved() {
+    let alloc = test_alloc();
+    let (u0, u1) = (FakeUnit::new(&alloc, true), FakeUnit::new(&alloc, true));
+    let pasids = PasidAllocator::new(20);
+    let reg = Registry::new(&[&u0, &u1], &pasids).unwrap();
+    let (ctx, io, dev) = refused_attach_setup(&reg, &alloc, &u1);
+    *u0.fail_unmap_at.lock().unwrap() = Some(M2);
+    assert_eq!(ctx.attach(dev, io), Err(Error::Iommu(IommuError::NoMemory)));
+    assert_eq!(ctx.attachment(dev, None).unwrap(), None);
+    let kept: Vec<_> = ctx
+        .direct_mappings(io)
+        .unwrap()
+        .into_iter()
+        .flatten()
+        .collect();
+    assert_eq!(kept.len(), 1);
+    assert_eq!((kept[0].0.range().start, kept[0].1), (Iova::new(M2), 0));
+    for u in [&u0, &u1] {
+        assert_eq!(unit_maps(u, M2).map(|m| m.pa), Some(PhysAddr::new(M2)));
+        assert_eq!(unit_maps(u, 2 * M2), None);
+    }
+    ctx.audit(io).unwrap();
+    assert!(matches!(
+        ctx.map(io, Iova::new(M2), PhysAddr::new(4 * M2), K4, RW),
+        Err(Error::Reserved(_))
+    ));
+    assert!(matches!(
+        ctx.unmap(io, Iova::new(M2), K4),
+        Err(Error::Reserved(_))
+    ));
+    *u0.fail_unmap_at.lock().unwrap() = None;
+    *u1.fail_map_at.lock().unwrap() = None;
+    ctx.attach(dev, io).unwrap();
+    let users: Vec<_> = ctx
+        .direct_mappings(io)
+        .unwrap()
+        .into_iter()
+        .flatten()
+        .map(|(_, users)| users)
+        .collect();
+    assert_eq!(users, [1, 1]);
+    ctx.audit(io).unwrap();
+}
