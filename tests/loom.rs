@@ -655,6 +655,17 @@ enum Op {
         iova: u64,
         len: u64,
     },
+    /// Walk the leaves of `[iova, iova + len)` with `for_each_mapping_until`, stopping at
+    /// every `chunk + 1`-th leaf and resuming there, as an attach's fill does
+    /// (`collect_runs`): nobody changes the range, so every page of it must be reported
+    /// exactly once, at the address it was mapped to, whatever another thread does to the
+    /// leaves and tables around it (the IOASID layer's walks under its read lock:
+    /// `remap_from_record` and `first_leaf`, an unmap's rollback; `alloc_iova`).
+    Walk {
+        iova: u64,
+        len: u64,
+        chunk: usize,
+    },
 }
 
 struct Scenario<F> {
@@ -877,8 +888,51 @@ fn run_thread<F: Format>(w: &World<F>, t: usize, ops: &[Op]) {
                 }
                 w.invalidate_and_release(t, gather);
             }
+            Op::Walk { iova, len, chunk } => walk_in_chunks(w, t, iova, len, chunk),
         }
     }
+}
+
+/// [`Op::Walk`]: the leaves reported, clipped to the range, must tile it once, each
+/// translating to what the set-up mapped.
+fn walk_in_chunks<F: Format>(w: &World<F>, t: usize, iova: u64, len: u64, chunk: usize) {
+    let end = iova + len;
+    let mut pages = vec![0u32; (len / K4) as usize];
+    let mut at = iova;
+    // Each pass reports at least one leaf before it stops: at most one pass per page.
+    for _ in 0..=pages.len() {
+        let mut seen = 0;
+        let mut resume = None;
+        let stopped =
+            w.pt.for_each_mapping_until(Iova::new(at), end - at, |leaf| {
+                if seen == chunk {
+                    resume = Some(leaf.iova.get().max(at));
+                    return std::ops::ControlFlow::Break(());
+                }
+                seen += 1;
+                let size = 1u64 << leaf.size_log2;
+                let (l, pa) = (leaf.iova.get(), leaf.pa.get());
+                assert_eq!(
+                    pa,
+                    l + DATA_OFFSET,
+                    "thread {t}: walk of {iova:#x}+{len:#x} saw the leaf at {l:#x} map {pa:#x}"
+                );
+                assert_eq!(leaf.prot, PROT, "thread {t}: leaf at {l:#x}");
+                for page in (l.max(at)..(l + size).min(end)).step_by(K4 as usize) {
+                    pages[((page - iova) / K4) as usize] += 1;
+                }
+                std::ops::ControlFlow::Continue(())
+            })
+            .unwrap_or_else(|e| panic!("thread {t}: walk {at:#x}..{end:#x}: {e}"));
+        match (stopped, resume) {
+            (true, Some(next)) => at = next,
+            _ => break,
+        }
+    }
+    assert!(
+        pages.iter().all(|&n| n == 1),
+        "thread {t}: walk of {iova:#x}+{len:#x} in chunks of {chunk} reported its pages {pages:?} times"
+    );
 }
 
 // ------------------------------------------------------------------------------------------
@@ -1279,5 +1333,61 @@ fn two_page_unmaps_of_one_run_amd_v1() {
             }],
         ],
         probes: vec![2 * K4],
+    });
+}
+
+/// A walk of the leaves of pages 1-3 of a 2 MiB leaf, in chunks of one leaf (stopping and
+/// resuming, as an attach's fill walks the record), while another thread unmaps page 0 and
+/// splits the leaf: before the split the walk sees the 2 MiB leaf, after it three 4 KiB
+/// leaves, across a resume a mix; every page of its range exactly once, at its address.
+#[test]
+fn walk_vs_split() {
+    run(Scenario {
+        name: "walk_vs_split",
+        format: vtd(false),
+        coherency: WalkerCoherency::Coherent,
+        premap: vec![(0, M2)],
+        dirty: vec![],
+        threads: vec![
+            vec![Op::Unmap {
+                iova: 0,
+                len: K4,
+                bytes: K4,
+            }],
+            vec![Op::Walk {
+                iova: K4,
+                len: 3 * K4,
+                chunk: 1,
+            }],
+        ],
+        probes: vec![0],
+    });
+}
+
+/// AMD-Vi v1: a walk of pages 0-2 of a 16 KiB Next Level 7 page (four entries holding the
+/// page's address and size), a leaf at a time, while another thread unmaps page 3 and breaks
+/// the page into 4 KiB leaves entry by entry: the walk may meet entries of the page on either
+/// side of the break, and must still report each of its pages once.
+#[test]
+fn amd_v1_walk_vs_run_break() {
+    run(Scenario {
+        name: "amd_v1_walk_vs_run_break",
+        format: amd_v1(false),
+        coherency: WalkerCoherency::Coherent,
+        premap: vec![(0, 4 * K4)],
+        dirty: vec![],
+        threads: vec![
+            vec![Op::Unmap {
+                iova: 3 * K4,
+                len: K4,
+                bytes: K4,
+            }],
+            vec![Op::Walk {
+                iova: 0,
+                len: 3 * K4,
+                chunk: 1,
+            }],
+        ],
+        probes: vec![3 * K4],
     });
 }

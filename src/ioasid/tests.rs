@@ -3,7 +3,8 @@
 
 extern crate std;
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Barrier, Mutex};
 use std::vec::Vec;
 
 use super::*;
@@ -47,7 +48,13 @@ struct FakeUnit<'a> {
     geometry: Option<(u32, u64)>,
     /// Every attach, detach and domain free, in order.
     events: Mutex<Vec<Event>>,
+    /// The first map at this IOVA stops before writing: it meets the test at the first
+    /// barrier, and goes on once the test passes the second.
+    pause_map_at: Mutex<Option<(u64, Arc<Pause>)>>,
 }
+
+/// Where a paused call meets the test (`.0`) and waits for it to go on (`.1`).
+type Pause = (Barrier, Barrier);
 
 /// What the fake unit was asked to do to its configuration.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,6 +96,7 @@ impl<'a> FakeUnit<'a> {
             unstable_at: Mutex::new(None),
             geometry: None,
             events: Mutex::new(Vec::new()),
+            pause_map_at: Mutex::new(None),
         }
     }
 
@@ -200,6 +208,17 @@ impl Iommu for FakeUnit<'_> {
                 .is_some_and(|from| iova.get() >= from)
         {
             return Err(IommuError::NoMemory);
+        }
+        let pause = {
+            let mut at = self.pause_map_at.lock().unwrap();
+            match at.as_ref() {
+                Some((i, _)) if *i == iova.get() => at.take().map(|(_, p)| p),
+                _ => None,
+            }
+        };
+        if let Some(p) = pause {
+            p.0.wait();
+            p.1.wait();
         }
         self.with(d, |t| t.map(iova, pa, len, prot))??;
         if *self.fail_after_map_at.lock().unwrap() == Some(iova.get()) {
@@ -781,6 +800,96 @@ fn concurrent_maps_of_disjoint_ranges() {
                 PhysAddr::new(p * K4)
             );
         }
+    }
+}
+
+/// An attach copies the record into a new domain in chunks of `FILL_CHUNK` runs, the domain
+/// joining the IOASID only once it is full. A map or unmap of the same IOASID that ran while
+/// the copy was under way would reach the record and the old domains but not the new one:
+/// a map below the walk's position would be missing from it, and an unmap of a page it
+/// already copied would leave the device that attach switches a translation to a page its
+/// owner unmapped (and may free). The state's write lock, held by the attach from the
+/// record's first walk to the switch, keeps them out: here the copy stops in its second
+/// chunk (page 20 of 40) while another thread unmaps a copied page and an uncopied one and
+/// maps a page below the walk; none of them may return before the attach, and afterwards
+/// every domain holds what the record holds.
+#[test]
+fn maps_and_unmaps_wait_for_an_attach_filling_a_new_domain() {
+    const PAGES: u64 = 40;
+    let page = |i: u64| Iova::new(G1 + 2 * i * K4);
+    let alloc = test_alloc();
+    let (u0, u1) = (FakeUnit::new(&alloc, true), FakeUnit::new(&alloc, true));
+    let pasids = PasidAllocator::new(20);
+    let reg = Registry::new(&[&u0, &u1], &pasids).unwrap();
+    let ctx = IoasidCtx::new(&reg, &alloc, 0);
+    let io = ctx.alloc(IoasidFlags::empty()).unwrap();
+    ctx.attach(ctx.bind(label(0, 1), false).unwrap(), io)
+        .unwrap();
+    // Every other page: each leaf a run of its own, 40 runs in three chunks.
+    for i in 0..PAGES {
+        let pa = PhysAddr::new(0x8000_0000 + i * K4);
+        ctx.map(io, page(i), pa, K4, RW).unwrap();
+    }
+    let late = ctx.bind(label(1, 1), false).unwrap();
+    let pause = Arc::new((Barrier::new(2), Barrier::new(2)));
+    *u1.pause_map_at.lock().unwrap() = Some((page(20).get(), Arc::clone(&pause)));
+    // Below the walk's position (it passed page 5), and two pages it did and did not copy.
+    let gap = Iova::new(page(5).get() + K4);
+    let returned = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let attach = s.spawn(|| ctx.attach(late, io));
+        pause.0.wait();
+        let other = s.spawn(|| {
+            let r = (
+                ctx.unmap(io, page(3), K4),
+                ctx.unmap(io, page(30), K4),
+                ctx.map(io, gap, PhysAddr::new(0x9000_0000), K4, RW),
+            );
+            returned.store(true, Ordering::SeqCst);
+            r
+        });
+        // Long enough for the other thread's calls to complete if nothing held them.
+        for _ in 0..200 {
+            if returned.load(Ordering::SeqCst) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let overtook = returned.load(Ordering::SeqCst);
+        // Resumed before any assertion: a panic here would leave the attach waiting.
+        pause.1.wait();
+        attach.join().unwrap().unwrap();
+        assert!(
+            !overtook,
+            "a map or unmap of the IOASID returned while an attach was filling its new domain"
+        );
+        assert_eq!(other.join().unwrap(), (Ok(K4), Ok(K4), Ok(())));
+    });
+    let d1 = u1.domain_of(DeviceId(1)).unwrap();
+    let d0 = u0.domain_of(DeviceId(1)).unwrap();
+    let mut want: Vec<(Iova, Option<PhysAddr>)> = (0..PAGES)
+        .map(|i| {
+            let gone = i == 3 || i == 30;
+            (
+                page(i),
+                (!gone).then(|| PhysAddr::new(0x8000_0000 + i * K4)),
+            )
+        })
+        .collect();
+    want.push((gap, Some(PhysAddr::new(0x9000_0000))));
+    for (at, pa) in want {
+        let recorded = ctx.translate(io, at).unwrap().map(|m| m.pa);
+        assert_eq!(recorded, pa, "the record at {at:?}");
+        assert_eq!(
+            u0.query(d0, at).map(|m| m.pa),
+            pa,
+            "the old domain at {at:?}"
+        );
+        assert_eq!(
+            u1.query(d1, at).map(|m| m.pa),
+            pa,
+            "the new domain at {at:?}"
+        );
     }
 }
 
