@@ -705,3 +705,103 @@ fn unmaps_above_2_51_are_invalidated_as_the_unit_reads_the_address() {
         "(cache, unmapped, length, still translated) after the flush"
     );
 }
+
+/// The slot of the 4 KiB v1 leaf that maps `iova` in `d` (4 levels: the default domain).
+fn v1_leaf_slot<'a>(
+    u: &Unit<'a>,
+    mem: &'a Arena,
+    d: crate::iommu::DomainHandle,
+    iova: u64,
+) -> &'a core::sync::atomic::AtomicU64 {
+    let guard = u.domains[usize::from(d.0)].read();
+    let super::domain::Table::V1(t) = &guard.as_ref().unwrap().table else {
+        panic!("a v1 domain");
+    };
+    let mut table = t.root().get();
+    for level in (1..=t.geometry().top_level()).rev() {
+        let at = table + ((iova >> (12 + 9 * level)) & 0x1FF) * 8;
+        let e = crate::sim::arena::PhysMem::read_u64(mem, at);
+        let e = e.expect("table memory");
+        let next = (e >> 9) & 7;
+        assert!(e & PR != 0 && next != 0 && next != 7, "a table at {level}");
+        table = e & 0x000F_FFFF_FFFF_F000;
+    }
+    let at = PhysAddr::new(table + ((iova >> 12) & 0x1FF) * 8);
+    let va = mem.phys_to_virt(at).expect("a live leaf table");
+    // SAFETY: an entry of a live leaf table of `mem`, which outlives the borrow; table memory
+    // is 64-bit atomics.
+    unsafe { va.cast::<core::sync::atomic::AtomicU64>().as_ref() }
+}
+
+/// A `set_dirty_tracking` whose table walk fails partway (`EntryUnstable`: hardware kept
+/// rewriting the third leaf) has cleaned `D` of the first two leaves, which the IOTLB holds
+/// dirty from the device's writes: the call invalidates them before returning (or the domain
+/// owes it), else the next write through page 1 hits the cached dirty entry and sets no `D`
+/// (the model's IOTLB: an entry cached dirty sets nothing again), lost to live migration.
+#[test]
+fn a_failed_tracking_switch_invalidates_the_leaves_it_cleaned() {
+    use crate::iommu::{DeviceId, DomainConfig, Iommu};
+    use crate::mem::Iova;
+    use crate::pgtable::testutil::{keep_rewriting, stop_rewriting};
+    use crate::pgtable::Prot;
+    use core::sync::atomic::Ordering::SeqCst;
+    const D: u64 = 1 << 6;
+    const A: u64 = 1 << 5;
+
+    let mem = Arena::with_defaults().unwrap();
+    let model = AmdViModel::new(&mem, AmdViModelConfig::qemu_default().with_dirty_tracking());
+    let u = unit(&model, &mem, small());
+    u.enable().unwrap();
+    let tracked = DomainConfig {
+        dirty_tracking: true,
+        ..DomainConfig::default()
+    };
+    let d = u.domain_alloc(&tracked).unwrap();
+    u.attach(DeviceId(EDU), None, d).unwrap();
+    for i in 1..4 {
+        let (iova, pa) = (Iova::new(i << 12), PhysAddr::new(0xA000_0000 + (i << 12)));
+        u.map(d, iova, pa, 0x1000, Prot::READ | Prot::WRITE)
+            .unwrap();
+    }
+    u.set_dirty_tracking(d, true).unwrap();
+    let dirty = |i: u64| v1_leaf_slot(&u, &mem, d, i << 12).load(SeqCst) & D != 0;
+    // The device writes each page: D set, the IOTLB entries cached dirty.
+    for i in 1..4 {
+        assert!(model.dma(EDU as u16, i << 12, true).is_ok());
+    }
+    assert_eq!([dirty(1), dirty(2), dirty(3)], [true; 3]);
+    let before = model.stats();
+    keep_rewriting(v1_leaf_slot(&u, &mem, d, 3 << 12), A);
+    let r = u.set_dirty_tracking(d, true);
+    stop_rewriting();
+    assert!(
+        matches!(
+            r,
+            Err(crate::iommu::Error::PageTable(
+                crate::pgtable::Error::EntryUnstable { .. }
+            ))
+        ),
+        "{r:?}"
+    );
+    assert_eq!([dirty(1), dirty(2), dirty(3)], [false, false, true]);
+    let after = model.stats();
+    let invalidations =
+        after.invalidate_pages_page + after.invalidate_pages_range + after.invalidate_pages_all
+            - before.invalidate_pages_page
+            - before.invalidate_pages_range
+            - before.invalidate_pages_all;
+    let dom = u.domains[usize::from(d.0)].read();
+    let owed = !dom.as_ref().unwrap().owed.lock().is_empty();
+    drop(dom);
+    assert!(
+        invalidations >= 1 && !owed,
+        "the cleaned leaves not invalidated (or owed instead): {invalidations} commands"
+    );
+    assert!(model.dma(EDU as u16, 1 << 12, true).is_ok());
+    assert!(
+        dirty(1),
+        "a write through page 1 after the failed switch went unrecorded"
+    );
+    u.set_dirty_tracking(d, true).unwrap();
+    assert_eq!([dirty(1), dirty(2), dirty(3)], [false; 3]);
+}
