@@ -114,37 +114,13 @@ mod tests {
     use std::collections::BTreeSet;
 
     use super::*;
-    use crate::mem::{Iova, PhysAddr, WalkerCoherency};
-    use crate::pgtable::testutil::{test_alloc, TestAlloc};
-    use crate::pgtable::vtd_ss::{VtdSs, VtdSsConfig};
-    use crate::pgtable::{Gather, InvalidationComplete, Prot};
-
-    const K4: u64 = 1 << 12;
-    const M2: u64 = 1 << 21;
-    const G1: u64 = 1 << 30;
-    const RW: Prot = Prot::READ.union(Prot::WRITE);
-
-    fn vtd48() -> PageTable<VtdSs, TestAlloc> {
-        let cfg = VtdSsConfig {
-            agaw: 48,
-            haw: 46,
-            page_2m: true,
-            page_1g: true,
-            snoop: false,
-            dirty_tracking: false,
-        };
-        PageTable::new(
-            VtdSs::new(cfg).unwrap(),
-            test_alloc(),
-            WalkerCoherency::Coherent,
-        )
-        .unwrap()
-    }
+    use crate::mem::{Iova, PhysAddr};
+    use crate::pgtable::testutil::{done, vtd_ss, TestAlloc, G1, K4, M2, RW};
+    use crate::pgtable::vtd_ss::VtdSs;
+    use crate::pgtable::Gather;
 
     fn release(t: &PageTable<VtdSs, TestAlloc>, g: &mut Gather) {
-        // SAFETY: no hardware walks the test tables.
-        g.release(t.allocator(), unsafe { InvalidationComplete::assume() })
-            .unwrap();
+        g.release(t.allocator(), done()).unwrap();
     }
 
     /// What the leaves need, counted from the leaves alone: the root, and for every level
@@ -165,7 +141,7 @@ mod tests {
 
     #[test]
     fn linked_and_needed_tables_are_counted() {
-        let t = vtd48();
+        let t = vtd_ss(false);
         assert_eq!(
             t.table_pages().unwrap(),
             TablePages {
@@ -195,7 +171,7 @@ mod tests {
 
     #[test]
     fn reclaim_at_unlinks_only_the_empty_tables_around_one_iova() {
-        let mut t = vtd48();
+        let mut t = vtd_ss(false);
         t.map(Iova::new(0), PhysAddr::new(0), 2 * K4, RW).unwrap();
         t.map(Iova::new(G1), PhysAddr::new(0), K4, RW).unwrap();
         t.map(Iova::new(2 * G1), PhysAddr::new(0), K4, RW).unwrap();
@@ -222,7 +198,7 @@ mod tests {
     /// holds exactly the tables its leaves need, whatever was mapped and unmapped before.
     #[test]
     fn reclaiming_at_both_ends_of_each_unmap_leaves_no_surplus() {
-        let mut t = vtd48();
+        let mut t = vtd_ss(false);
         let mut seed = 0x1234_5678_9abc_def1u64;
         let mut next = move |n: u64| {
             seed ^= seed << 13;

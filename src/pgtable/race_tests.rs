@@ -9,42 +9,17 @@ extern crate std;
 use std::sync::Barrier;
 use std::vec::Vec;
 
-use super::arm_s2::{ArmS2, ArmS2Config, S2Attributes};
 use super::sync::AtomicU64;
-use super::testutil::{keep_rewriting, stop_rewriting, test_alloc, TestAlloc};
-use super::vtd_ss::{VtdSs, VtdSsConfig};
+use super::testutil::{
+    arm_s2_4k, done, keep_rewriting, stop_rewriting, test_alloc, vtd_ss, TestAlloc, G1, K4, M2, RW,
+    VTD_SS_48,
+};
+use super::vtd_ss::VtdSs;
 use super::*;
 use crate::mem::{Iova, PhysAddr, WalkerCoherency};
 
-const K4: u64 = 1 << 12;
-const M2: u64 = 1 << 21;
-const G1: u64 = 1 << 30;
-const RW: Prot = Prot::READ.union(Prot::WRITE);
-
 /// Repetitions of a race: enough to lose it reliably on the old code outside Miri.
 const ROUNDS: usize = if cfg!(miri) { 3 } else { 400 };
-
-fn vtd_ss(dirty: bool) -> PageTable<VtdSs, TestAlloc> {
-    let cfg = VtdSsConfig {
-        agaw: 48,
-        haw: 46,
-        page_2m: true,
-        page_1g: true,
-        snoop: false,
-        dirty_tracking: dirty,
-    };
-    PageTable::new(
-        VtdSs::new(cfg).unwrap(),
-        test_alloc(),
-        WalkerCoherency::Coherent,
-    )
-    .unwrap()
-}
-
-fn done() -> InvalidationComplete {
-    // SAFETY: no hardware walks the test tables.
-    unsafe { InvalidationComplete::assume() }
-}
 
 /// Physical addresses of the test arena (`testutil`): a leaf pointing there maps page tables.
 fn in_arena(pa: PhysAddr) -> bool {
@@ -133,24 +108,6 @@ fn unmaps_inside_one_superpage_split_it_once() {
             "round {round}: a table leaked"
         );
     }
-}
-
-fn arm_s2_4k(dirty: bool) -> PageTable<ArmS2, TestAlloc> {
-    let cfg = ArmS2Config {
-        granule_log2: 12,
-        ias: 40,
-        oas: 40,
-        blocks: true,
-        attributes: S2Attributes::WriteBack,
-        dirty_tracking: dirty,
-        bbml2: true,
-    };
-    PageTable::new(
-        ArmS2::new(cfg).unwrap(),
-        test_alloc(),
-        WalkerCoherency::Coherent,
-    )
-    .unwrap()
 }
 
 /// The same race one level up through a contiguous run (Arm stage 2, 4 KiB granule: 16 blocks
@@ -339,6 +296,17 @@ fn split_gigabyte<F: Format>(t: &PageTable<F, TestAlloc>) {
     a.release(t.allocator(), done()).unwrap();
 }
 
+/// `g` covers both larger pages [`split_gigabyte`] split, which may still be cached: its 2 MiB
+/// block 5 and the 1 GiB page.
+fn assert_covers_split_gigabyte(g: &Gather) {
+    let ranges = g.ranges();
+    assert!(
+        covers(g, G1 + 5 * M2, M2),
+        "the split 2 MiB page: {ranges:?}"
+    );
+    assert!(covers(g, G1, G1), "the split 1 GiB page: {ranges:?}");
+}
+
 /// Rule 5 after an error: an unmap that cleared leaves below a table a split made, then
 /// failed on a later entry (`EntryUnstable`: hardware kept rewriting the leaf it had to split),
 /// has still recorded the larger page in its gather, which the caller flushes on error too
@@ -371,12 +339,7 @@ fn a_failed_unmap_invalidates_the_split_pages_above_what_it_cleared<F: Format>(
     let r = t.unmap(Iova::new(G1 + 5 * M2 + 8 * K4), 4 * M2, &mut c);
     stop_rewriting();
     assert!(matches!(r, Err(Error::EntryUnstable { .. })), "{r:?}");
-    assert!(
-        covers(&c, G1 + 5 * M2, M2),
-        "the split 2 MiB page: {:?}",
-        c.ranges()
-    );
-    assert!(covers(&c, G1, G1), "the split 1 GiB page: {:?}", c.ranges());
+    assert_covers_split_gigabyte(&c);
     c.release(t.allocator(), done()).unwrap();
 }
 
@@ -461,12 +424,7 @@ fn a_failed_dirty_read_invalidates_the_split_page_above_what_it_cleaned() {
     stop_rewriting();
     assert!(matches!(r, Err(Error::EntryUnstable { .. })), "{r:?}");
     assert_eq!(seen, [page(4), page(5), page(6)]);
-    assert!(
-        covers(&g, G1 + 5 * M2, M2),
-        "the split 2 MiB page: {:?}",
-        g.ranges()
-    );
-    assert!(covers(&g, G1, G1), "the split 1 GiB page: {:?}", g.ranges());
+    assert_covers_split_gigabyte(&g);
     g.release(t.allocator(), done()).unwrap();
 }
 
@@ -532,17 +490,9 @@ fn dirty_read_racing_a_split_reports_the_page() {
 #[test]
 fn a_map_returns_after_its_whole_path_is_clean() {
     let arena = test_alloc();
-    let cfg = VtdSsConfig {
-        agaw: 48,
-        haw: 46,
-        page_2m: true,
-        page_1g: true,
-        snoop: false,
-        dirty_tracking: false,
-    };
     for round in 0..ROUNDS {
         let t = PageTable::new(
-            VtdSs::new(cfg).unwrap(),
+            VtdSs::new(VTD_SS_48).unwrap(),
             &arena,
             WalkerCoherency::NonCoherent,
         )

@@ -8,55 +8,13 @@ extern crate std;
 use std::vec::Vec;
 
 use super::amdvi_v1::{AmdV1, AmdV1Config};
-use super::arm_s2::{ArmS2, ArmS2Config, S2Attributes};
-use super::testutil::{test_alloc, TestAlloc};
+use super::arm_s2::{ArmS2, ArmS2Config};
+use super::testutil::{
+    amd_v1, arm_s2_4k, done, new_table, TestAlloc, AMD_V1_48, ARM_S2_4K, G1, K4, M2, RW, VTD_SS_48,
+};
 use super::*;
-use crate::mem::{Iova, PhysAddr, WalkerCoherency};
+use crate::mem::{Iova, PhysAddr};
 use core::sync::atomic::Ordering;
-
-const K4: u64 = 1 << 12;
-const M2: u64 = 1 << 21;
-const G1: u64 = 1 << 30;
-const RW: Prot = Prot::READ.union(Prot::WRITE);
-
-fn done() -> InvalidationComplete {
-    // SAFETY: no hardware walks the test tables.
-    unsafe { InvalidationComplete::assume() }
-}
-
-fn arm_s2_4k() -> PageTable<ArmS2, TestAlloc> {
-    let cfg = ArmS2Config {
-        granule_log2: 12,
-        ias: 40,
-        oas: 40,
-        blocks: true,
-        attributes: S2Attributes::WriteBack,
-        dirty_tracking: false,
-        bbml2: true,
-    };
-    PageTable::new(
-        ArmS2::new(cfg).unwrap(),
-        test_alloc(),
-        WalkerCoherency::Coherent,
-    )
-    .unwrap()
-}
-
-fn amd_v1() -> PageTable<AmdV1, TestAlloc> {
-    let cfg = AmdV1Config {
-        ias: 48,
-        oas: 48,
-        large_pages: true,
-        force_coherent: true,
-        dirty_tracking: false,
-    };
-    PageTable::new(
-        AmdV1::new(cfg).unwrap(),
-        test_alloc(),
-        WalkerCoherency::Coherent,
-    )
-    .unwrap()
-}
 
 /// The raw level-0 entry that maps `iova`, and a closure target to rewrite it.
 fn leaf_slot<F: Format>(
@@ -160,7 +118,14 @@ fn unmap_beside_a_half_broken_run<F: Format>(
 #[test]
 fn one_page_unmap_beside_a_half_broken_run_arm() {
     let (base, pa) = (G1, 4 * G1);
-    unmap_beside_a_half_broken_run(arm_s2_4k(), base, pa, base + 12 * K4, K4, "arm one page");
+    unmap_beside_a_half_broken_run(
+        arm_s2_4k(false),
+        base,
+        pa,
+        base + 12 * K4,
+        K4,
+        "arm one page",
+    );
 }
 
 /// The leaf-table fast path (`plain_leaf_table_for` + `break_leaf_runs` + `clear_leaves`).
@@ -168,7 +133,7 @@ fn one_page_unmap_beside_a_half_broken_run_arm() {
 fn leaf_table_unmap_beside_a_half_broken_run_arm() {
     let (base, pa) = (G1, 4 * G1);
     unmap_beside_a_half_broken_run(
-        arm_s2_4k(),
+        arm_s2_4k(false),
         base,
         pa,
         base + 4 * K4,
@@ -182,7 +147,7 @@ fn leaf_table_unmap_beside_a_half_broken_run_arm() {
 #[test]
 fn general_walk_unmap_beside_a_half_broken_run_arm() {
     let (base, pa) = (G1 + M2, 4 * G1 + M2);
-    let t = arm_s2_4k();
+    let t = arm_s2_4k(false);
     // The previous leaf table exists (B's range starts in it).
     t.map(Iova::new(base - K4), PhysAddr::new(pa - K4), K4, RW)
         .unwrap();
@@ -323,20 +288,8 @@ fn the_top_of_the_address_space_through_every_fast_path() {
     use super::vtd_fs::{VtdFs, VtdFsConfig};
     use super::vtd_ss::{VtdSs, VtdSsConfig};
     for agaw in [39, 48, 57] {
-        let cfg = VtdSsConfig {
-            agaw,
-            haw: 46,
-            page_2m: true,
-            page_1g: true,
-            snoop: false,
-            dirty_tracking: false,
-        };
-        let t = PageTable::new(
-            VtdSs::new(cfg).unwrap(),
-            test_alloc(),
-            WalkerCoherency::Coherent,
-        );
-        top_of_the_address_space(t.unwrap(), 4 * G1, "vtd ss");
+        let cfg = VtdSsConfig { agaw, ..VTD_SS_48 };
+        top_of_the_address_space(new_table(VtdSs::new(cfg).unwrap()), 4 * G1, "vtd ss");
     }
     for levels in [4, 5] {
         let cfg = VtdFsConfig {
@@ -346,44 +299,20 @@ fn the_top_of_the_address_space_through_every_fast_path() {
             execute_disable: false,
             dirty_tracking: false,
         };
-        let t = PageTable::new(
-            VtdFs::new(cfg).unwrap(),
-            test_alloc(),
-            WalkerCoherency::Coherent,
-        );
-        top_of_the_address_space(t.unwrap(), 4 * G1, "vtd fs");
+        top_of_the_address_space(new_table(VtdFs::new(cfg).unwrap()), 4 * G1, "vtd fs");
     }
     for (granule_log2, ias) in [(12, 48), (12, 40), (14, 47), (16, 48), (16, 42)] {
         let cfg = ArmS2Config {
             granule_log2,
             ias,
             oas: 48,
-            blocks: true,
-            attributes: S2Attributes::WriteBack,
-            dirty_tracking: false,
-            bbml2: true,
+            ..ARM_S2_4K
         };
-        let t = PageTable::new(
-            ArmS2::new(cfg).unwrap(),
-            test_alloc(),
-            WalkerCoherency::Coherent,
-        );
-        top_of_the_address_space(t.unwrap(), 1 << 40, "arm s2");
+        top_of_the_address_space(new_table(ArmS2::new(cfg).unwrap()), 1 << 40, "arm s2");
     }
     for ias in [39, 48, 57, 63] {
-        let cfg = AmdV1Config {
-            ias,
-            oas: 48,
-            large_pages: true,
-            force_coherent: true,
-            dirty_tracking: false,
-        };
-        let t = PageTable::new(
-            AmdV1::new(cfg).unwrap(),
-            test_alloc(),
-            WalkerCoherency::Coherent,
-        );
-        top_of_the_address_space(t.unwrap(), 1 << 40, "amd v1");
+        let cfg = AmdV1Config { ias, ..AMD_V1_48 };
+        top_of_the_address_space(new_table(AmdV1::new(cfg).unwrap()), 1 << 40, "amd v1");
     }
 }
 
@@ -393,7 +322,7 @@ fn the_top_of_the_address_space_through_every_fast_path() {
 /// (`may_cut_runs`), finds it out of the run and clears it.
 #[test]
 fn block_unmap_beside_a_half_broken_run_arm() {
-    let t = arm_s2_4k();
+    let t = arm_s2_4k(false);
     let (base, pa) = (G1, 4 * G1);
     t.map(Iova::new(base), PhysAddr::new(pa), 16 * M2, RW)
         .unwrap();
@@ -432,7 +361,7 @@ fn block_unmap_beside_a_half_broken_run_arm() {
 /// already fails with `Overlap` at `p` and changes nothing, for the ranges ending at entry 511.
 #[test]
 fn fast_path_maps_are_all_or_nothing() {
-    let t = arm_s2_4k();
+    let t = arm_s2_4k(false);
     let mapped = |t: &PageTable<ArmS2, TestAlloc>, iova: u64, len: u64| {
         let mut v = Vec::new();
         t.for_each_mapping(Iova::new(iova), len, |l| v.push(l))

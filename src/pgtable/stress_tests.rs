@@ -23,16 +23,13 @@ extern crate std;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
 use std::vec::Vec;
 
-use super::arm_s2::{ArmS2, ArmS2Config, S2Attributes};
+use super::arm_s2::ArmS2;
+use super::testutil::{ARM_S2_4K, G1, K4, M2, VTD_SS_48};
 use super::vtd_ss::{VtdSs, VtdSsConfig};
 use super::*;
 use crate::mem::{Iova, PhysAddr, WalkerCoherency};
 use crate::sim::arena::{Arena, ArenaConfig};
 use crate::sim::walk::{self, Access, Fault};
-
-const K4: u64 = 1 << 12;
-const M2: u64 = 1 << 21;
-const G1: u64 = 1 << 30;
 
 const THREADS: usize = 3;
 /// Not a multiple of 2 MiB: blocks straddle the boundaries between owners.
@@ -537,12 +534,9 @@ fn stress<'a, S: Subject<'a>>(s: &S, seed: u64) {
 fn stress_vtd_ss_with_dirty_tracking() {
     let arena = &arena();
     let cfg = VtdSsConfig {
-        agaw: 48,
-        haw: 46,
-        page_2m: true,
-        page_1g: true,
         snoop: true,
         dirty_tracking: true,
+        ..VTD_SS_48
     };
     let table = PageTable::new(VtdSs::new(cfg).unwrap(), arena, WalkerCoherency::Coherent).unwrap();
     let walker = walk::vtd_ss::VtdSsConfig {
@@ -566,16 +560,7 @@ fn stress_vtd_ss_with_dirty_tracking() {
 #[test]
 fn stress_arm_s2_4k_with_contiguous_hint() {
     let arena = &arena();
-    let cfg = ArmS2Config {
-        granule_log2: 12,
-        ias: 40,
-        oas: 40,
-        blocks: true,
-        attributes: S2Attributes::WriteBack,
-        dirty_tracking: false,
-        bbml2: true,
-    };
-    let f = ArmS2::new(cfg).unwrap();
+    let f = ArmS2::new(ARM_S2_4K).unwrap();
     assert!(f.contiguous_log2(0) > 0);
     let table = PageTable::new(f, arena, WalkerCoherency::Coherent).unwrap();
     let walker = walk::arm_s2::ArmS2Config {

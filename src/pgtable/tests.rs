@@ -5,39 +5,23 @@ extern crate std;
 
 use std::collections::BTreeMap;
 
-use super::arm_s2::{ArmS2, ArmS2Config, S2Attributes};
+use super::arm_s2::{ArmS2, ArmS2Config};
 use super::table::Table;
-use super::testutil::{test_alloc, TestAlloc};
+use super::testutil::{
+    done, new_table, test_alloc, TestAlloc, AMD_V1_48, ARM_S2_4K, G1, K4, M2, RW, VTD_SS_48,
+};
 use super::vtd_ss::{VtdSs, VtdSsConfig};
 use super::*;
 use crate::mem::{Iova, PageAllocator, PhysAddr, WalkerCoherency};
 use crate::sim::arena::FailPolicy;
 
-const K4: u64 = 1 << 12;
-const M2: u64 = 1 << 21;
-const G1: u64 = 1 << 30;
-const RW: Prot = Prot::READ.union(Prot::WRITE);
-
 fn vtd(agaw: u32) -> PageTable<VtdSs, TestAlloc> {
     let cfg = VtdSsConfig {
         agaw,
-        haw: 46,
-        page_2m: true,
-        page_1g: true,
-        snoop: false,
         dirty_tracking: true,
+        ..VTD_SS_48
     };
-    PageTable::new(
-        VtdSs::new(cfg).unwrap(),
-        test_alloc(),
-        WalkerCoherency::Coherent,
-    )
-    .unwrap()
-}
-
-fn done() -> InvalidationComplete {
-    // SAFETY: no hardware walks the test tables.
-    unsafe { InvalidationComplete::assume() }
+    new_table(VtdSs::new(cfg).unwrap())
 }
 
 fn iova(v: u64) -> Iova {
@@ -203,18 +187,13 @@ fn partial_superpage_unmap_splits_or_refuses() {
 #[test]
 fn arm_split_needs_bbml2() {
     let cfg = ArmS2Config {
-        granule_log2: 12,
-        ias: 40,
-        oas: 40,
-        blocks: true,
-        attributes: S2Attributes::WriteBack,
-        dirty_tracking: false,
         bbml2: false,
+        ..ARM_S2_4K
     };
     let f = ArmS2::new(cfg).unwrap();
     // IAS 40 with 4K: start level 1 with two concatenated tables (Arm ARM D8.2.8).
     assert_eq!((f.start_level(), f.concatenated()), (1, 2));
-    let t = PageTable::new(f, test_alloc(), WalkerCoherency::Coherent).unwrap();
+    let t = new_table(f);
     t.map(iova(0), pa(0), M2, RW).unwrap();
     let mut g = Gather::new();
     assert_eq!(
@@ -258,16 +237,11 @@ fn dirty_bits_are_read_and_cleared() {
 #[test]
 fn set_dirty_tracking_cleans_and_no_clear_keeps() {
     let f = ArmS2::new(ArmS2Config {
-        granule_log2: 12,
-        ias: 40,
-        oas: 40,
-        blocks: true,
-        attributes: S2Attributes::WriteBack,
         dirty_tracking: true,
-        bbml2: true,
+        ..ARM_S2_4K
     })
     .unwrap();
-    let t = PageTable::new(f, test_alloc(), WalkerCoherency::Coherent).unwrap();
+    let t = new_table(f);
     let read = |how| {
         let (mut seen, mut g) = (std::vec::Vec::new(), Gather::new());
         t.read_dirty(iova(0), 4 * K4, how, |i, _| seen.push(i.get()), &mut g)
@@ -391,12 +365,9 @@ fn destroy_hands_every_page_to_the_gather() {
 #[test]
 fn non_coherent_walker_is_told_about_every_write() {
     let cfg = VtdSsConfig {
-        agaw: 48,
-        haw: 46,
-        page_2m: true,
         page_1g: false,
         snoop: true,
-        dirty_tracking: false,
+        ..VTD_SS_48
     };
     let alloc = test_alloc();
     let before = alloc.start_sync_recording();
@@ -506,15 +477,7 @@ fn the_loser_of_a_table_install_returns_its_page() {
         table: std::sync::OnceLock::new(),
         fired: false.into(),
     };
-    let cfg = VtdSsConfig {
-        agaw: 48,
-        haw: 46,
-        page_2m: true,
-        page_1g: true,
-        snoop: false,
-        dirty_tracking: false,
-    };
-    let f = VtdSs::new(cfg).unwrap();
+    let f = VtdSs::new(VTD_SS_48).unwrap();
     let t = PageTable::new(f, &racer, WalkerCoherency::NonCoherent).unwrap();
     assert!(racer.table.set(&t).is_ok());
     // Needs a PDPT, a PD and a PT; the racer installs all three first (for its own page in the
@@ -576,13 +539,9 @@ fn hinted_leaf_table_calls_descend_once() {
         calls: 0.into(),
     };
     let cfg = ArmS2Config {
-        granule_log2: 12,
         ias: 48,
         oas: 48,
-        blocks: true,
-        attributes: S2Attributes::WriteBack,
-        dirty_tracking: false,
-        bbml2: true,
+        ..ARM_S2_4K
     };
     let f = ArmS2::new(cfg).unwrap();
     assert_eq!(f.contiguous_log2(0), 4);
@@ -697,18 +656,11 @@ fn leaves_under_limit<F: Format>(
 fn option_huge_pages_off_maps_only_4k() {
     use super::arm_s1::{ArmS1, ArmS1Config};
     use super::vtd_fs::{VtdFs, VtdFsConfig};
-    fn new<F: Format>(f: F) -> PageTable<F, TestAlloc> {
-        PageTable::new(f, test_alloc(), WalkerCoherency::Coherent).unwrap()
-    }
     let s2 = || {
         ArmS2::new(ArmS2Config {
-            granule_log2: 12,
             ias: 48,
             oas: 48,
-            blocks: true,
-            attributes: S2Attributes::WriteBack,
-            dirty_tracking: false,
-            bbml2: true,
+            ..ARM_S2_4K
         })
         .unwrap()
     };
@@ -737,24 +689,24 @@ fn option_huge_pages_off_maps_only_4k() {
     // Root, level 2 and level 1 tables; the limit adds the leaf table.
     assert_eq!(leaves_under_limit(vtd(48), None), (1, 0, 3));
     assert_eq!(leaves_under_limit(vtd(48), Some(12)), (512, 0, 4));
-    assert_eq!(leaves_under_limit(new(s2()), Some(16)), (512, 512, 4));
+    assert_eq!(leaves_under_limit(new_table(s2()), Some(16)), (512, 512, 4));
     if cfg!(miri) {
         // One format with the hint and one without are enough to check the memory accesses.
         return;
     }
-    assert_eq!(leaves_under_limit(new(fs()), None), (1, 0, 3));
-    assert_eq!(leaves_under_limit(new(fs()), Some(12)), (512, 0, 4));
+    assert_eq!(leaves_under_limit(new_table(fs()), None), (1, 0, 3));
+    assert_eq!(leaves_under_limit(new_table(fs()), Some(12)), (512, 0, 4));
     for limit_below_granule in [Some(0), Some(11)] {
         assert_eq!(
             leaves_under_limit(vtd(48), limit_below_granule),
             (512, 0, 4)
         );
     }
-    assert_eq!(leaves_under_limit(new(s2()), None), (1, 0, 3));
-    assert_eq!(leaves_under_limit(new(s2()), Some(12)), (512, 0, 4));
-    assert_eq!(leaves_under_limit(new(s1()), None), (1, 0, 3));
-    assert_eq!(leaves_under_limit(new(s1()), Some(12)), (512, 0, 4));
-    assert_eq!(leaves_under_limit(new(s1()), Some(20)), (512, 512, 4));
+    assert_eq!(leaves_under_limit(new_table(s2()), None), (1, 0, 3));
+    assert_eq!(leaves_under_limit(new_table(s2()), Some(12)), (512, 0, 4));
+    assert_eq!(leaves_under_limit(new_table(s1()), None), (1, 0, 3));
+    assert_eq!(leaves_under_limit(new_table(s1()), Some(12)), (512, 0, 4));
+    assert_eq!(leaves_under_limit(new_table(s1()), Some(20)), (512, 512, 4));
     // Lifting the limit: the next map uses blocks again; the small pages stay.
     let mut t = vtd(48);
     t.set_max_leaf_log2(Some(12));
@@ -768,7 +720,7 @@ fn option_huge_pages_off_maps_only_4k() {
     assert_eq!(t.query(iova(M2)).unwrap().size_log2, 21);
     // Arm with 2 MiB blocks allowed but not a hinted run of 16 (32 MiB), in an existing
     // level-1 table: blocks without the hint.
-    let mut t = new(s2());
+    let mut t = new_table(s2());
     t.map(iova(0), pa(G1), K4, RW).unwrap();
     t.set_max_leaf_log2(Some(21));
     let run = 16 * M2;
@@ -799,13 +751,9 @@ fn block_aligned_calls_in_a_level1_table_descend_once() {
         calls: 0.into(),
     };
     let cfg = ArmS2Config {
-        granule_log2: 12,
         ias: 48,
         oas: 48,
-        blocks: true,
-        attributes: S2Attributes::WriteBack,
-        dirty_tracking: false,
-        bbml2: true,
+        ..ARM_S2_4K
     };
     let f = ArmS2::new(cfg).unwrap();
     assert_eq!(f.contiguous_log2(1), 4);
@@ -948,15 +896,7 @@ fn reclaim_around_ends_in_one_leaf_table_walks_once() {
         arena: &arena,
         calls: 0.into(),
     };
-    let f = VtdSs::new(VtdSsConfig {
-        agaw: 48,
-        haw: 46,
-        page_2m: true,
-        page_1g: true,
-        snoop: false,
-        dirty_tracking: false,
-    })
-    .unwrap();
+    let f = VtdSs::new(VTD_SS_48).unwrap();
     let mut t = PageTable::new(f, &counted, WalkerCoherency::Coherent).unwrap();
     let base = 0x40_0000_0000;
     let pages = if cfg!(miri) { 4 } else { 8 };
@@ -1048,10 +988,9 @@ fn walks_of_a_six_level_table_keep_the_recursive_order() {
     };
     let cfg = AmdV1Config {
         ias: 63,
-        oas: 48,
-        large_pages: true,
         force_coherent: false,
         dirty_tracking: true,
+        ..AMD_V1_48
     };
     let mut t =
         PageTable::new(AmdV1::new(cfg).unwrap(), &order, WalkerCoherency::Coherent).unwrap();
@@ -1134,7 +1073,7 @@ fn walks_of_a_six_level_table_keep_the_recursive_order() {
 #[test]
 fn hot_path_argument_tests_agree_with_the_checks() {
     fn agree<F: Format>(f: F) {
-        let t = PageTable::new(f, test_alloc(), WalkerCoherency::Coherent).unwrap();
+        let t = new_table(f);
         let g = *t.geometry();
         let gran = 1u64 << g.granule_log2;
         let edges = |bits: u32| {
@@ -1181,24 +1120,13 @@ fn hot_path_argument_tests_agree_with_the_checks() {
         }
     }
     for agaw in [39, 48] {
-        let cfg = VtdSsConfig {
-            agaw,
-            haw: 46,
-            page_2m: true,
-            page_1g: true,
-            snoop: false,
-            dirty_tracking: false,
-        };
-        agree(VtdSs::new(cfg).unwrap());
+        agree(VtdSs::new(VtdSsConfig { agaw, ..VTD_SS_48 }).unwrap());
     }
     let cfg = ArmS2Config {
         granule_log2: 16,
         ias: 52,
         oas: 52,
-        blocks: true,
-        attributes: S2Attributes::WriteBack,
-        dirty_tracking: false,
-        bbml2: true,
+        ..ARM_S2_4K
     };
     agree(ArmS2::new(cfg).unwrap());
     agree(Ias64);
