@@ -13,14 +13,9 @@ use crate::iommu::{
     ReclaimScope, Source, Sources, Stage,
 };
 use crate::mem::{Iova, PhysAddr, WalkerCoherency};
-use crate::pgtable::testutil::{test_alloc, TestAlloc};
+use crate::pgtable::testutil::{test_alloc, TestAlloc, G1, K4, M2, RW, VTD_SS_48};
 use crate::pgtable::vtd_ss::{VtdSs, VtdSsConfig};
 use crate::pgtable::{Gather, InvalidationComplete, Leaf, Mapping, PageTable, Prot};
-
-const K4: u64 = 1 << 12;
-const M2: u64 = 1 << 21;
-const G1: u64 = 1 << 30;
-const RW: Prot = Prot::READ.union(Prot::WRITE);
 
 type Table<'a> = PageTable<VtdSs, &'a TestAlloc>;
 
@@ -160,12 +155,8 @@ impl Iommu for FakeUnit<'_> {
         }
         let _ = Stage::Any;
         let f = VtdSs::new(VtdSsConfig {
-            agaw: 48,
-            haw: 46,
-            page_2m: true,
-            page_1g: true,
             snoop: cfg.enforce_snoop,
-            dirty_tracking: false,
+            ..VTD_SS_48
         })?;
         let t = PageTable::new(f, self.alloc, WalkerCoherency::Coherent)?;
         let mut doms = self.domains.lock().unwrap();
@@ -345,6 +336,39 @@ fn label(unit: u8, id: u32) -> DeviceLabel {
     }
 }
 
+/// Two fake units (snoop control) in one registry, a context, and an IOASID with device 1 of
+/// each unit attached: `f` gets the context, the IOASID and the units.
+fn with_two_attached_units(
+    f: impl for<'a> FnOnce(&IoasidCtx<'_, 'a, TestAlloc>, IoasidId, &FakeUnit<'a>, &FakeUnit<'a>),
+) {
+    let alloc = test_alloc();
+    let (u0, u1) = (FakeUnit::new(&alloc, true), FakeUnit::new(&alloc, true));
+    let pasids = PasidAllocator::new(20);
+    let reg = Registry::new(&[&u0, &u1], &pasids).unwrap();
+    let ctx = IoasidCtx::new(&reg, &alloc, 0);
+    let io = ctx.alloc(IoasidFlags::empty()).unwrap();
+    ctx.attach(ctx.bind(label(0, 1), false).unwrap(), io)
+        .unwrap();
+    ctx.attach(ctx.bind(label(1, 1), false).unwrap(), io)
+        .unwrap();
+    f(&ctx, io, &u0, &u1);
+}
+
+/// `f(at)` on four threads at once, thread `t` taking the `per_thread` pages `at = (4i + t)`
+/// 4 KiB: the threads' pages interleave, so that they share every table.
+fn on_four_threads(per_thread: u64, f: impl Fn(u64) + Sync) {
+    std::thread::scope(|s| {
+        for t in 0..4u64 {
+            let f = &f;
+            s.spawn(move || {
+                for i in 0..per_thread {
+                    f((i * 4 + t) * K4);
+                }
+            });
+        }
+    });
+}
+
 #[test]
 fn seed_flow_enforce_snoop() {
     let alloc = test_alloc();
@@ -460,28 +484,20 @@ fn mappings_reach_every_unit_and_late_domains_get_copies() {
 
 #[test]
 fn failed_map_rolls_back_everywhere() {
-    let alloc = test_alloc();
-    let (u0, u1) = (FakeUnit::new(&alloc, true), FakeUnit::new(&alloc, true));
-    let pasids = PasidAllocator::new(20);
-    let reg = Registry::new(&[&u0, &u1], &pasids).unwrap();
-    let ctx = IoasidCtx::new(&reg, &alloc, 0);
-    let io = ctx.alloc(IoasidFlags::empty()).unwrap();
-    ctx.attach(ctx.bind(label(0, 1), false).unwrap(), io)
-        .unwrap();
-    ctx.attach(ctx.bind(label(1, 1), false).unwrap(), io)
-        .unwrap();
-    *u1.fail_map_at.lock().unwrap() = Some(0x10_0000);
-    assert!(ctx
-        .map(io, Iova::new(0x10_0000), PhysAddr::new(0), K4, RW)
-        .is_err());
-    assert_eq!(ctx.translate(io, Iova::new(0x10_0000)).unwrap(), None);
-    assert_eq!(
-        u0.query(u0.domain_of(DeviceId(1)).unwrap(), Iova::new(0x10_0000)),
-        None
-    );
-    *u1.fail_map_at.lock().unwrap() = None;
-    ctx.map(io, Iova::new(0x10_0000), PhysAddr::new(0), K4, RW)
-        .unwrap();
+    with_two_attached_units(|ctx, io, u0, u1| {
+        *u1.fail_map_at.lock().unwrap() = Some(0x10_0000);
+        assert!(ctx
+            .map(io, Iova::new(0x10_0000), PhysAddr::new(0), K4, RW)
+            .is_err());
+        assert_eq!(ctx.translate(io, Iova::new(0x10_0000)).unwrap(), None);
+        assert_eq!(
+            u0.query(u0.domain_of(DeviceId(1)).unwrap(), Iova::new(0x10_0000)),
+            None
+        );
+        *u1.fail_map_at.lock().unwrap() = None;
+        ctx.map(io, Iova::new(0x10_0000), PhysAddr::new(0), K4, RW)
+            .unwrap();
+    });
 }
 
 /// Maps refused at once on several threads: each undo (under the context's read lock) gathers
@@ -489,42 +505,26 @@ fn failed_map_rolls_back_everywhere() {
 #[test]
 fn concurrent_refused_maps_are_each_undone() {
     const PER_THREAD: u64 = if cfg!(miri) { 3 } else { 32 };
-    let alloc = test_alloc();
-    let (u0, u1) = (FakeUnit::new(&alloc, true), FakeUnit::new(&alloc, true));
-    let pasids = PasidAllocator::new(20);
-    let reg = Registry::new(&[&u0, &u1], &pasids).unwrap();
-    let ctx = IoasidCtx::new(&reg, &alloc, 0);
-    let io = ctx.alloc(IoasidFlags::empty()).unwrap();
-    ctx.attach(ctx.bind(label(0, 1), false).unwrap(), io)
-        .unwrap();
-    ctx.attach(ctx.bind(label(1, 1), false).unwrap(), io)
-        .unwrap();
-    *u1.fail_maps_from.lock().unwrap() = Some(M2);
-    std::thread::scope(|s| {
-        for t in 0..4u64 {
-            let ctx = &ctx;
-            s.spawn(move || {
-                for i in 0..PER_THREAD {
-                    let at = (i * 4 + t) * K4;
-                    let r = ctx.map(io, Iova::new(at + M2), PhysAddr::new(at), K4, RW);
-                    assert_eq!(r, Err(Error::Iommu(IommuError::NoMemory)));
-                }
-            });
+    with_two_attached_units(|ctx, io, u0, u1| {
+        *u1.fail_maps_from.lock().unwrap() = Some(M2);
+        on_four_threads(PER_THREAD, |at| {
+            let r = ctx.map(io, Iova::new(at + M2), PhysAddr::new(at), K4, RW);
+            assert_eq!(r, Err(Error::Iommu(IommuError::NoMemory)));
+        });
+        for p in 0..4 * PER_THREAD {
+            let at = Iova::new(M2 + p * K4);
+            assert_eq!(ctx.translate(io, at).unwrap(), None);
+            for u in [u0, u1] {
+                assert_eq!(u.query(u.domain_of(DeviceId(1)).unwrap(), at), None);
+            }
         }
+        ctx.audit(io).unwrap();
+        assert!(ctx.unmap_gather.lock().is_empty());
+        *u1.fail_maps_from.lock().unwrap() = None;
+        ctx.map(io, Iova::new(M2), PhysAddr::new(0), K4, RW)
+            .unwrap();
+        ctx.audit(io).unwrap();
     });
-    for p in 0..4 * PER_THREAD {
-        let at = Iova::new(M2 + p * K4);
-        assert_eq!(ctx.translate(io, at).unwrap(), None);
-        for u in [&u0, &u1] {
-            assert_eq!(u.query(u.domain_of(DeviceId(1)).unwrap(), at), None);
-        }
-    }
-    ctx.audit(io).unwrap();
-    assert!(ctx.unmap_gather.lock().is_empty());
-    *u1.fail_maps_from.lock().unwrap() = None;
-    ctx.map(io, Iova::new(M2), PhysAddr::new(0), K4, RW)
-        .unwrap();
-    ctx.audit(io).unwrap();
 }
 
 /// An attach whose second direct region a domain refuses: that region's map is undone under
@@ -532,72 +532,56 @@ fn concurrent_refused_maps_are_each_undone() {
 /// locks the gather again), and the attach changes nothing; without the refusal it completes.
 #[test]
 fn an_attach_whose_direct_region_a_domain_refuses_takes_nothing() {
-    let alloc = test_alloc();
-    let (u0, u1) = (FakeUnit::new(&alloc, true), FakeUnit::new(&alloc, true));
-    let pasids = PasidAllocator::new(20);
-    let reg = Registry::new(&[&u0, &u1], &pasids).unwrap();
-    let ctx = IoasidCtx::new(&reg, &alloc, 0);
-    let io = ctx.alloc(IoasidFlags::empty()).unwrap();
-    ctx.attach(ctx.bind(label(0, 1), false).unwrap(), io)
-        .unwrap();
-    ctx.attach(ctx.bind(label(1, 1), false).unwrap(), io)
-        .unwrap();
-    let regions = [
-        DirectRegion::new(range(M2, M2 + 2 * K4), false).unwrap(),
-        DirectRegion::new(range(2 * M2, 2 * M2 + K4), false).unwrap(),
-    ];
-    let dev = ctx
-        .bind_with_direct(label(0, 2), false, None, &regions)
-        .unwrap();
-    *u1.fail_map_at.lock().unwrap() = Some(2 * M2);
-    assert_eq!(ctx.attach(dev, io), Err(Error::Iommu(IommuError::NoMemory)));
-    assert_eq!(ctx.attachment(dev, None).unwrap(), None);
-    assert!(ctx.direct_mappings(io).unwrap().iter().all(Option::is_none));
-    for at in [M2, M2 + K4, 2 * M2] {
-        assert_eq!(ctx.translate(io, Iova::new(at)).unwrap(), None);
-        for u in [&u0, &u1] {
-            let d = u.domain_of(DeviceId(1)).unwrap();
-            assert_eq!(u.query(d, Iova::new(at)), None, "{at:#x} left mapped");
+    with_two_attached_units(|ctx, io, u0, u1| {
+        let regions = [
+            DirectRegion::new(range(M2, M2 + 2 * K4), false).unwrap(),
+            DirectRegion::new(range(2 * M2, 2 * M2 + K4), false).unwrap(),
+        ];
+        let dev = ctx
+            .bind_with_direct(label(0, 2), false, None, &regions)
+            .unwrap();
+        *u1.fail_map_at.lock().unwrap() = Some(2 * M2);
+        assert_eq!(ctx.attach(dev, io), Err(Error::Iommu(IommuError::NoMemory)));
+        assert_eq!(ctx.attachment(dev, None).unwrap(), None);
+        assert!(ctx.direct_mappings(io).unwrap().iter().all(Option::is_none));
+        for at in [M2, M2 + K4, 2 * M2] {
+            assert_eq!(ctx.translate(io, Iova::new(at)).unwrap(), None);
+            for u in [u0, u1] {
+                let d = u.domain_of(DeviceId(1)).unwrap();
+                assert_eq!(u.query(d, Iova::new(at)), None, "{at:#x} left mapped");
+            }
         }
-    }
-    ctx.audit(io).unwrap();
-    assert!(ctx.unmap_gather.lock().is_empty());
-    *u1.fail_map_at.lock().unwrap() = None;
-    ctx.attach(dev, io).unwrap();
-    for at in [M2, M2 + K4, 2 * M2] {
-        let m = ctx.translate(io, Iova::new(at)).unwrap().unwrap();
-        assert_eq!(m.pa, PhysAddr::new(at));
-    }
-    ctx.audit(io).unwrap();
+        ctx.audit(io).unwrap();
+        assert!(ctx.unmap_gather.lock().is_empty());
+        *u1.fail_map_at.lock().unwrap() = None;
+        ctx.attach(dev, io).unwrap();
+        for at in [M2, M2 + K4, 2 * M2] {
+            let m = ctx.translate(io, Iova::new(at)).unwrap().unwrap();
+            assert_eq!(m.pa, PhysAddr::new(at));
+        }
+        ctx.audit(io).unwrap();
+    });
 }
 
 #[test]
 fn a_map_that_fails_with_its_entries_written_is_undone_in_that_unit_too() {
-    let alloc = test_alloc();
-    let (u0, u1) = (FakeUnit::new(&alloc, true), FakeUnit::new(&alloc, true));
-    let pasids = PasidAllocator::new(20);
-    let reg = Registry::new(&[&u0, &u1], &pasids).unwrap();
-    let ctx = IoasidCtx::new(&reg, &alloc, 0);
-    let io = ctx.alloc(IoasidFlags::empty()).unwrap();
-    ctx.attach(ctx.bind(label(0, 1), false).unwrap(), io)
-        .unwrap();
-    ctx.attach(ctx.bind(label(1, 1), false).unwrap(), io)
-        .unwrap();
-    for unit in [&u0, &u1] {
-        *unit.fail_after_map_at.lock().unwrap() = Some(0x10_0000);
-        let e = ctx.map(io, Iova::new(0x10_0000), PhysAddr::new(0), K4, RW);
-        assert_eq!(e, Err(Error::Iommu(IommuError::Timeout { what: "test" })));
-        *unit.fail_after_map_at.lock().unwrap() = None;
-        assert_eq!(ctx.translate(io, Iova::new(0x10_0000)).unwrap(), None);
-        for u in [&u0, &u1] {
-            let d = u.domain_of(DeviceId(1)).unwrap();
-            assert_eq!(u.query(d, Iova::new(0x10_0000)), None, "left mapped");
+    with_two_attached_units(|ctx, io, u0, u1| {
+        for unit in [u0, u1] {
+            *unit.fail_after_map_at.lock().unwrap() = Some(0x10_0000);
+            let e = ctx.map(io, Iova::new(0x10_0000), PhysAddr::new(0), K4, RW);
+            assert_eq!(e, Err(Error::Iommu(IommuError::Timeout { what: "test" })));
+            *unit.fail_after_map_at.lock().unwrap() = None;
+            assert_eq!(ctx.translate(io, Iova::new(0x10_0000)).unwrap(), None);
+            for u in [u0, u1] {
+                let d = u.domain_of(DeviceId(1)).unwrap();
+                assert_eq!(u.query(d, Iova::new(0x10_0000)), None, "left mapped");
+            }
+            ctx.audit(io).unwrap();
         }
+        ctx.map(io, Iova::new(0x10_0000), PhysAddr::new(0), K4, RW)
+            .unwrap();
         ctx.audit(io).unwrap();
-    }
-    ctx.map(io, Iova::new(0x10_0000), PhysAddr::new(0), K4, RW)
-        .unwrap();
-    ctx.audit(io).unwrap();
+    });
 }
 
 #[test]
@@ -768,39 +752,23 @@ fn reattach_switches_domains_and_frees_the_old_one() {
 
 #[test]
 fn concurrent_maps_of_disjoint_ranges() {
+    // Fewer under Miri, which interleaves the threads at every atomic access.
     const PER_THREAD: u64 = if cfg!(miri) { 6 } else { 64 };
-    let alloc = test_alloc();
-    let (u0, u1) = (FakeUnit::new(&alloc, true), FakeUnit::new(&alloc, true));
-    let pasids = PasidAllocator::new(20);
-    let reg = Registry::new(&[&u0, &u1], &pasids).unwrap();
-    let ctx = IoasidCtx::new(&reg, &alloc, 0);
-    let io = ctx.alloc(IoasidFlags::empty()).unwrap();
-    ctx.attach(ctx.bind(label(0, 1), false).unwrap(), io)
-        .unwrap();
-    ctx.attach(ctx.bind(label(1, 1), false).unwrap(), io)
-        .unwrap();
-    std::thread::scope(|s| {
-        for t in 0..4u64 {
-            let ctx = &ctx;
-            s.spawn(move || {
-                // Fewer under Miri, which interleaves the threads at every atomic access.
-                for i in 0..PER_THREAD {
-                    let at = (i * 4 + t) * K4;
-                    ctx.map(io, Iova::new(at + M2), PhysAddr::new(at), K4, RW)
-                        .unwrap();
-                }
-            });
+    with_two_attached_units(|ctx, io, u0, u1| {
+        on_four_threads(PER_THREAD, |at| {
+            ctx.map(io, Iova::new(at + M2), PhysAddr::new(at), K4, RW)
+                .unwrap();
+        });
+        for u in [u0, u1] {
+            let d = u.domain_of(DeviceId(1)).unwrap();
+            for p in 0..4 * PER_THREAD {
+                assert_eq!(
+                    u.query(d, Iova::new(M2 + p * K4)).unwrap().pa,
+                    PhysAddr::new(p * K4)
+                );
+            }
         }
     });
-    for u in [&u0, &u1] {
-        let d = u.domain_of(DeviceId(1)).unwrap();
-        for p in 0..4 * PER_THREAD {
-            assert_eq!(
-                u.query(d, Iova::new(M2 + p * K4)).unwrap().pa,
-                PhysAddr::new(p * K4)
-            );
-        }
-    }
 }
 
 /// An attach copies the record into a new domain in chunks of `FILL_CHUNK` runs, the domain
@@ -1036,28 +1004,20 @@ fn incompatible_attach_names_the_reason_and_changes_nothing() {
 
 #[test]
 fn failed_unmap_puts_back_what_was_removed() {
-    let alloc = test_alloc();
-    let (u0, u1) = (FakeUnit::new(&alloc, true), FakeUnit::new(&alloc, true));
-    let pasids = PasidAllocator::new(20);
-    let reg = Registry::new(&[&u0, &u1], &pasids).unwrap();
-    let ctx = IoasidCtx::new(&reg, &alloc, 0);
-    let io = ctx.alloc(IoasidFlags::empty()).unwrap();
-    ctx.attach(ctx.bind(label(0, 1), false).unwrap(), io)
-        .unwrap();
-    ctx.attach(ctx.bind(label(1, 1), false).unwrap(), io)
-        .unwrap();
-    ctx.map(io, Iova::new(M2), PhysAddr::new(4 * M2), M2, RW)
-        .unwrap();
-    *u1.fail_unmap_at.lock().unwrap() = Some(M2 + K4);
-    assert!(ctx.unmap(io, Iova::new(M2 + K4), K4).is_err());
-    for u in [&u0, &u1] {
-        let d = u.domain_of(DeviceId(1)).unwrap();
-        let m = u.query(d, Iova::new(M2 + K4)).expect("mapped again");
-        assert_eq!(m.pa, PhysAddr::new(4 * M2 + K4));
-    }
-    assert!(ctx.translate(io, Iova::new(M2 + K4)).unwrap().is_some());
-    *u1.fail_unmap_at.lock().unwrap() = None;
-    assert_eq!(ctx.unmap(io, Iova::new(M2 + K4), K4), Ok(K4));
+    with_two_attached_units(|ctx, io, u0, u1| {
+        ctx.map(io, Iova::new(M2), PhysAddr::new(4 * M2), M2, RW)
+            .unwrap();
+        *u1.fail_unmap_at.lock().unwrap() = Some(M2 + K4);
+        assert!(ctx.unmap(io, Iova::new(M2 + K4), K4).is_err());
+        for u in [u0, u1] {
+            let d = u.domain_of(DeviceId(1)).unwrap();
+            let m = u.query(d, Iova::new(M2 + K4)).expect("mapped again");
+            assert_eq!(m.pa, PhysAddr::new(4 * M2 + K4));
+        }
+        assert!(ctx.translate(io, Iova::new(M2 + K4)).unwrap().is_some());
+        *u1.fail_unmap_at.lock().unwrap() = None;
+        assert_eq!(ctx.unmap(io, Iova::new(M2 + K4), K4), Ok(K4));
+    });
 }
 
 /// An unmap that a unit refuses reports that refusal, even after another unit left the
@@ -1065,35 +1025,27 @@ fn failed_unmap_puts_back_what_was_removed() {
 /// settled first by the next calls (which fail while it does).
 #[test]
 fn a_refused_unmap_is_reported_over_an_owed_invalidation() {
-    let alloc = test_alloc();
-    let (u0, u1) = (FakeUnit::new(&alloc, true), FakeUnit::new(&alloc, true));
-    let pasids = PasidAllocator::new(20);
-    let reg = Registry::new(&[&u0, &u1], &pasids).unwrap();
-    let ctx = IoasidCtx::new(&reg, &alloc, 0);
-    let io = ctx.alloc(IoasidFlags::empty()).unwrap();
-    ctx.attach(ctx.bind(label(0, 1), false).unwrap(), io)
-        .unwrap();
-    ctx.attach(ctx.bind(label(1, 1), false).unwrap(), io)
-        .unwrap();
-    ctx.map(io, Iova::new(M2), PhysAddr::new(4 * M2), K4, RW)
-        .unwrap();
-    *u0.fail_flush_at.lock().unwrap() = Some(M2);
-    *u1.fail_unmap_at.lock().unwrap() = Some(M2);
-    assert_eq!(
-        ctx.unmap(io, Iova::new(M2), K4),
-        Err(Error::Iommu(IommuError::Timeout { what: "test" }))
-    );
-    assert!(ctx.translate(io, Iova::new(M2)).unwrap().is_some());
-    *u1.fail_unmap_at.lock().unwrap() = None;
-    assert!(matches!(
-        ctx.unmap(io, Iova::new(M2), K4),
-        Err(Error::InvalidationPending {
-            unit: UnitId(0),
-            ..
-        })
-    ));
-    *u0.fail_flush_at.lock().unwrap() = None;
-    assert_eq!(ctx.unmap(io, Iova::new(M2), K4), Ok(K4));
+    with_two_attached_units(|ctx, io, u0, u1| {
+        ctx.map(io, Iova::new(M2), PhysAddr::new(4 * M2), K4, RW)
+            .unwrap();
+        *u0.fail_flush_at.lock().unwrap() = Some(M2);
+        *u1.fail_unmap_at.lock().unwrap() = Some(M2);
+        assert_eq!(
+            ctx.unmap(io, Iova::new(M2), K4),
+            Err(Error::Iommu(IommuError::Timeout { what: "test" }))
+        );
+        assert!(ctx.translate(io, Iova::new(M2)).unwrap().is_some());
+        *u1.fail_unmap_at.lock().unwrap() = None;
+        assert!(matches!(
+            ctx.unmap(io, Iova::new(M2), K4),
+            Err(Error::InvalidationPending {
+                unit: UnitId(0),
+                ..
+            })
+        ));
+        *u0.fail_flush_at.lock().unwrap() = None;
+        assert_eq!(ctx.unmap(io, Iova::new(M2), K4), Ok(K4));
+    });
 }
 
 /// A detach whose unmaps of direct regions fail reports the first failure (a refused unmap
@@ -1137,33 +1089,25 @@ fn a_detach_reports_its_first_failure_and_the_retry_completes_it() {
 /// what the record holds.
 #[test]
 fn an_unmap_that_fails_partway_puts_back_the_failing_domains_prefix() {
-    let alloc = test_alloc();
-    let (u0, u1) = (FakeUnit::new(&alloc, true), FakeUnit::new(&alloc, true));
-    let pasids = PasidAllocator::new(20);
-    let reg = Registry::new(&[&u0, &u1], &pasids).unwrap();
-    let ctx = IoasidCtx::new(&reg, &alloc, 0);
-    let io = ctx.alloc(IoasidFlags::empty()).unwrap();
-    ctx.attach(ctx.bind(label(0, 1), false).unwrap(), io)
-        .unwrap();
-    ctx.attach(ctx.bind(label(1, 1), false).unwrap(), io)
-        .unwrap();
-    ctx.map(io, Iova::new(M2), PhysAddr::new(4 * M2), M2, RW)
-        .unwrap();
-    // u1's unmap of pages 1-7 clears pages 1-3, then fails at page 4.
-    *u1.unstable_at.lock().unwrap() = Some(M2 + 4 * K4);
-    let r = ctx.unmap(io, Iova::new(M2 + K4), 7 * K4);
-    assert!(r.is_err(), "{r:?}");
-    for (n, u) in [&u0, &u1].into_iter().enumerate() {
-        let d = u.domain_of(DeviceId(1)).unwrap();
-        for i in 0..512 {
-            let m = u.query(d, Iova::new(M2 + i * K4));
-            let m = m.unwrap_or_else(|| panic!("unit {n}: page {i} unmapped after the error"));
-            assert_eq!(m.pa, PhysAddr::new(4 * M2 + i * K4), "unit {n}, page {i}");
+    with_two_attached_units(|ctx, io, u0, u1| {
+        ctx.map(io, Iova::new(M2), PhysAddr::new(4 * M2), M2, RW)
+            .unwrap();
+        // u1's unmap of pages 1-7 clears pages 1-3, then fails at page 4.
+        *u1.unstable_at.lock().unwrap() = Some(M2 + 4 * K4);
+        let r = ctx.unmap(io, Iova::new(M2 + K4), 7 * K4);
+        assert!(r.is_err(), "{r:?}");
+        for (n, u) in [u0, u1].into_iter().enumerate() {
+            let d = u.domain_of(DeviceId(1)).unwrap();
+            for i in 0..512 {
+                let m = u.query(d, Iova::new(M2 + i * K4));
+                let m = m.unwrap_or_else(|| panic!("unit {n}: page {i} unmapped after the error"));
+                assert_eq!(m.pa, PhysAddr::new(4 * M2 + i * K4), "unit {n}, page {i}");
+            }
         }
-    }
-    assert!(ctx.translate(io, Iova::new(M2 + K4)).unwrap().is_some());
-    *u1.unstable_at.lock().unwrap() = None;
-    assert_eq!(ctx.unmap(io, Iova::new(M2 + K4), 7 * K4), Ok(7 * K4));
+        assert!(ctx.translate(io, Iova::new(M2 + K4)).unwrap().is_some());
+        *u1.unstable_at.lock().unwrap() = None;
+        assert_eq!(ctx.unmap(io, Iova::new(M2 + K4), 7 * K4), Ok(7 * K4));
+    });
 }
 
 #[test]
@@ -1592,11 +1536,18 @@ fn iommufd_unmap_of_nothing_is_0_bytes() {
     assert_eq!(ctx.unmap(io, Iova::new(0x10_0000), K4), Ok(0));
 }
 
-/// A new domain is filled from the record `attach::FILL_CHUNK` runs at a time (each walk of
-/// the record resumes where the last one stopped): more runs than three chunks hold, with a
-/// 2 MiB leaf among them and 64 KiB runs of sixteen 4 KiB leaves, all reach the domain.
-#[test]
-fn a_fill_copies_more_runs_than_a_chunk_holds() {
+/// Two units without snoop control in one registry, the second mapping 64 KiB granules
+/// (`fine`, `coarse`), a context and an IOASID with no device attached: `f` gets the
+/// allocator, the context, the IOASID and the units.
+fn with_fine_and_coarse_units(
+    f: impl for<'a> FnOnce(
+        &'a TestAlloc,
+        &IoasidCtx<'_, 'a, TestAlloc>,
+        IoasidId,
+        &FakeUnit<'a>,
+        &FakeUnit<'a>,
+    ),
+) {
     let alloc = test_alloc();
     let fine = FakeUnit::new(&alloc, false);
     let mut coarse = FakeUnit::new(&alloc, false);
@@ -1605,43 +1556,53 @@ fn a_fill_copies_more_runs_than_a_chunk_holds() {
     let reg = Registry::new(&[&fine, &coarse], &pasids).unwrap();
     let ctx = IoasidCtx::new(&reg, &alloc, 0);
     let io = ctx.alloc(IoasidFlags::empty()).unwrap();
-    let runs = 3 * attach::FILL_CHUNK + 5;
-    // 64 KiB runs, 128 KiB apart, each its own PA range (not contiguous with the next).
-    let at = |i: usize| (i as u64) * (1 << 17);
-    for i in 0..runs {
-        ctx.map(
-            io,
-            Iova::new(at(i)),
-            PhysAddr::new(G1 + at(i) * 3),
-            1 << 16,
-            RW,
-        )
-        .unwrap();
-    }
-    ctx.map(io, Iova::new(2 * G1), PhysAddr::new(4 * G1), M2, RW)
-        .unwrap();
-    for (n, u) in [&fine, &coarse].into_iter().enumerate() {
-        let dev = ctx.bind(label(n as u8, 1), false).unwrap();
-        ctx.attach(dev, io).unwrap();
-        let d = u.domain_of(DeviceId(1)).unwrap();
+    f(&alloc, &ctx, io, &fine, &coarse);
+}
+
+/// A new domain is filled from the record `attach::FILL_CHUNK` runs at a time (each walk of
+/// the record resumes where the last one stopped): more runs than three chunks hold, with a
+/// 2 MiB leaf among them and 64 KiB runs of sixteen 4 KiB leaves, all reach the domain.
+#[test]
+fn a_fill_copies_more_runs_than_a_chunk_holds() {
+    with_fine_and_coarse_units(|_, ctx, io, fine, coarse| {
+        let runs = 3 * attach::FILL_CHUNK + 5;
+        // 64 KiB runs, 128 KiB apart, each its own PA range (not contiguous with the next).
+        let at = |i: usize| (i as u64) * (1 << 17);
         for i in 0..runs {
-            for page in [0, 15] {
-                let iova = at(i) + page * K4;
-                let m = u.query(d, Iova::new(iova)).expect("copied");
-                assert_eq!(m.pa, PhysAddr::new(G1 + at(i) * 3 + page * K4), "{iova:#x}");
-            }
-            assert!(u.query(d, Iova::new(at(i) + (1 << 16))).is_none());
-        }
-        let m = u
-            .query(d, Iova::new(2 * G1 + M2 - K4))
-            .expect("2 MiB copied");
-        assert_eq!(m.pa, PhysAddr::new(4 * G1 + M2 - K4));
-        let mut leaves = 0;
-        u.for_each_mapping(d, Iova::ZERO, 1 << 40, &mut |_| leaves += 1)
+            ctx.map(
+                io,
+                Iova::new(at(i)),
+                PhysAddr::new(G1 + at(i) * 3),
+                1 << 16,
+                RW,
+            )
             .unwrap();
-        // The unit's table holds 4 KiB leaves for each 64 KiB run, and the 2 MiB leaf.
-        assert_eq!(leaves, runs * 16 + 1);
-    }
+        }
+        ctx.map(io, Iova::new(2 * G1), PhysAddr::new(4 * G1), M2, RW)
+            .unwrap();
+        for (n, u) in [fine, coarse].into_iter().enumerate() {
+            let dev = ctx.bind(label(n as u8, 1), false).unwrap();
+            ctx.attach(dev, io).unwrap();
+            let d = u.domain_of(DeviceId(1)).unwrap();
+            for i in 0..runs {
+                for page in [0, 15] {
+                    let iova = at(i) + page * K4;
+                    let m = u.query(d, Iova::new(iova)).expect("copied");
+                    assert_eq!(m.pa, PhysAddr::new(G1 + at(i) * 3 + page * K4), "{iova:#x}");
+                }
+                assert!(u.query(d, Iova::new(at(i) + (1 << 16))).is_none());
+            }
+            let m = u
+                .query(d, Iova::new(2 * G1 + M2 - K4))
+                .expect("2 MiB copied");
+            assert_eq!(m.pa, PhysAddr::new(4 * G1 + M2 - K4));
+            let mut leaves = 0;
+            u.for_each_mapping(d, Iova::ZERO, 1 << 40, &mut |_| leaves += 1)
+                .unwrap();
+            // The unit's table holds 4 KiB leaves for each 64 KiB run, and the 2 MiB leaf.
+            assert_eq!(leaves, runs * 16 + 1);
+        }
+    });
 }
 
 /// A run the unit refuses in the fill's second chunk: the attach fails with nothing left of
@@ -1650,88 +1611,68 @@ fn a_fill_copies_more_runs_than_a_chunk_holds() {
 /// the second chunk is refused, named by its IOVA, the same way.
 #[test]
 fn a_fill_that_fails_in_its_second_chunk_is_undone() {
-    let alloc = test_alloc();
-    let fine = FakeUnit::new(&alloc, false);
-    let mut coarse = FakeUnit::new(&alloc, false);
-    coarse.geometry = Some((48, 1 << 16));
-    let pasids = PasidAllocator::new(20);
-    let reg = Registry::new(&[&fine, &coarse], &pasids).unwrap();
-    let ctx = IoasidCtx::new(&reg, &alloc, 0);
-    let io = ctx.alloc(IoasidFlags::empty()).unwrap();
-    let pages = 3 * attach::FILL_CHUNK;
-    // 4 KiB pages 8 KiB apart: one run each.
-    let at = |i: usize| (i as u64) * 2 * K4;
-    for i in 0..pages {
-        ctx.map(io, Iova::new(at(i)), PhysAddr::new(G1 + at(i)), K4, RW)
+    with_fine_and_coarse_units(|alloc, ctx, io, fine, coarse| {
+        let pages = 3 * attach::FILL_CHUNK;
+        // 4 KiB pages 8 KiB apart: one run each.
+        let at = |i: usize| (i as u64) * 2 * K4;
+        for i in 0..pages {
+            ctx.map(io, Iova::new(at(i)), PhysAddr::new(G1 + at(i)), K4, RW)
+                .unwrap();
+        }
+        let dev = ctx.bind(label(0, 1), false).unwrap();
+        let before = ctx.alloc(IoasidFlags::empty()).unwrap();
+        ctx.attach(dev, before).unwrap();
+        let live = alloc.stats().live_pages;
+        let failing = at(attach::FILL_CHUNK + 2);
+        *fine.fail_map_at.lock().unwrap() = Some(failing);
+        assert!(ctx.attach(dev, io).is_err());
+        assert_eq!(alloc.stats().live_pages, live);
+        assert_eq!(fine.live_domains(), 1, "only the first IOASID's domain");
+        assert_eq!(
+            ctx.attachment(dev, None).unwrap().map(|a| a.ioasid),
+            Some(before)
+        );
+        assert!(fine.events().iter().any(|e| matches!(e, Event::Free(_))));
+        *fine.fail_map_at.lock().unwrap() = None;
+        ctx.attach(dev, io).unwrap();
+        let d = fine.domain_of(DeviceId(1)).unwrap();
+        for i in 0..pages {
+            let m = fine.query(d, Iova::new(at(i))).expect("copied");
+            assert_eq!(m.pa, PhysAddr::new(G1 + at(i)));
+        }
+        // On a 64 KiB unit every one of these runs is short: the first is refused.
+        let coarse_dev = ctx.bind(label(1, 1), false).unwrap();
+        let short = ctx.alloc(IoasidFlags::empty()).unwrap();
+        // Whole granules in the first chunk and beyond, then a short run in the second chunk.
+        let whole = attach::FILL_CHUNK + 3;
+        for i in 0..whole {
+            let iova = (i as u64) << 17;
+            ctx.map(
+                short,
+                Iova::new(iova),
+                PhysAddr::new(G1 + iova),
+                1 << 16,
+                RW,
+            )
             .unwrap();
-    }
-    let dev = ctx.bind(label(0, 1), false).unwrap();
-    let before = ctx.alloc(IoasidFlags::empty()).unwrap();
-    ctx.attach(dev, before).unwrap();
-    let live = alloc.stats().live_pages;
-    let failing = at(attach::FILL_CHUNK + 2);
-    *fine.fail_map_at.lock().unwrap() = Some(failing);
-    assert!(ctx.attach(dev, io).is_err());
-    assert_eq!(alloc.stats().live_pages, live);
-    assert_eq!(fine.live_domains(), 1, "only the first IOASID's domain");
-    assert_eq!(
-        ctx.attachment(dev, None).unwrap().map(|a| a.ioasid),
-        Some(before)
-    );
-    assert!(fine.events().iter().any(|e| matches!(e, Event::Free(_))));
-    *fine.fail_map_at.lock().unwrap() = None;
-    ctx.attach(dev, io).unwrap();
-    let d = fine.domain_of(DeviceId(1)).unwrap();
-    for i in 0..pages {
-        let m = fine.query(d, Iova::new(at(i))).expect("copied");
-        assert_eq!(m.pa, PhysAddr::new(G1 + at(i)));
-    }
-    // On a 64 KiB unit every one of these runs is short: the first is refused.
-    let coarse_dev = ctx.bind(label(1, 1), false).unwrap();
-    let short = ctx.alloc(IoasidFlags::empty()).unwrap();
-    // Whole granules in the first chunk and beyond, then a short run in the second chunk.
-    let whole = attach::FILL_CHUNK + 3;
-    for i in 0..whole {
-        let iova = (i as u64) << 17;
-        ctx.map(
-            short,
-            Iova::new(iova),
-            PhysAddr::new(G1 + iova),
-            1 << 16,
-            RW,
-        )
-        .unwrap();
-    }
-    let tail = (whole as u64) << 17;
-    ctx.map(short, Iova::new(tail), PhysAddr::new(G1 + tail), K4, RW)
-        .unwrap();
-    let live = alloc.stats().live_pages;
-    assert_eq!(
-        ctx.attach(coarse_dev, short),
-        Err(Error::Incompatible {
-            device: coarse_dev,
-            reason: Incompatibility::Alignment {
-                iova: Iova::new(tail),
-                granule_log2: 16
-            }
-        })
-    );
-    assert_eq!(alloc.stats().live_pages, live);
-    assert_eq!(coarse.live_domains(), 0);
-}
-
-/// Two units, one device on each attached to a new IOASID.
-fn undo_setup<'r, 'a>(
-    reg: &'r Registry<'a>,
-    alloc: &'a TestAlloc,
-) -> (IoasidCtx<'r, 'a, TestAlloc>, IoasidId) {
-    let ctx = IoasidCtx::new(reg, alloc, 0);
-    let io = ctx.alloc(IoasidFlags::empty()).unwrap();
-    ctx.attach(ctx.bind(label(0, 1), false).unwrap(), io)
-        .unwrap();
-    ctx.attach(ctx.bind(label(1, 1), false).unwrap(), io)
-        .unwrap();
-    (ctx, io)
+        }
+        let tail = (whole as u64) << 17;
+        ctx.map(short, Iova::new(tail), PhysAddr::new(G1 + tail), K4, RW)
+            .unwrap();
+        let live = alloc.stats().live_pages;
+        assert_eq!(
+            ctx.attach(coarse_dev, short),
+            Err(Error::Incompatible {
+                device: coarse_dev,
+                reason: Incompatibility::Alignment {
+                    iova: Iova::new(tail),
+                    granule_log2: 16
+                }
+            })
+        );
+        assert_eq!(alloc.stats().live_pages, live);
+        assert_eq!(coarse.live_domains(), 0);
+    });
 }
 
 /// What unit `u`'s domain for device 1 maps at `at`.
@@ -1745,40 +1686,34 @@ fn unit_maps(u: &FakeUnit<'_>, at: u64) -> Option<Mapping> {
 /// the undo.
 #[test]
 fn a_refused_map_whose_undo_cannot_unmap_reports_the_page_reachable() {
-    let alloc = test_alloc();
-    let (u0, u1) = (FakeUnit::new(&alloc, true), FakeUnit::new(&alloc, true));
-    let pasids = PasidAllocator::new(20);
-    let reg = Registry::new(&[&u0, &u1], &pasids).unwrap();
-    let (ctx, io) = undo_setup(&reg, &alloc);
-    *u1.fail_map_at.lock().unwrap() = Some(M2);
-    *u0.fail_unmap_at.lock().unwrap() = Some(M2);
-    assert_eq!(
-        ctx.map(io, Iova::new(M2), PhysAddr::new(4 * M2), K4, RW),
-        Err(Error::InvalidationPending {
-            unit: UnitId(0),
-            error: IommuError::Timeout { what: "test" }
-        })
-    );
-    assert_eq!(
-        unit_maps(&u0, M2).map(|m| m.pa),
-        Some(PhysAddr::new(4 * M2))
-    );
-    assert_eq!(unit_maps(&u1, M2), None);
-    assert_eq!(
-        ctx.audit(io),
-        Err(Error::Mismatch {
-            unit: UnitId(0),
-            iova: Iova::new(M2)
-        })
-    );
-    *u0.fail_unmap_at.lock().unwrap() = None;
-    assert_eq!(ctx.unmap(io, Iova::new(M2), K4), Ok(0));
-    assert_eq!(unit_maps(&u0, M2), None);
-    ctx.audit(io).unwrap();
-    *u1.fail_map_at.lock().unwrap() = None;
-    ctx.map(io, Iova::new(M2), PhysAddr::new(4 * M2), K4, RW)
-        .unwrap();
-    ctx.audit(io).unwrap();
+    with_two_attached_units(|ctx, io, u0, u1| {
+        *u1.fail_map_at.lock().unwrap() = Some(M2);
+        *u0.fail_unmap_at.lock().unwrap() = Some(M2);
+        assert_eq!(
+            ctx.map(io, Iova::new(M2), PhysAddr::new(4 * M2), K4, RW),
+            Err(Error::InvalidationPending {
+                unit: UnitId(0),
+                error: IommuError::Timeout { what: "test" }
+            })
+        );
+        assert_eq!(unit_maps(u0, M2).map(|m| m.pa), Some(PhysAddr::new(4 * M2)));
+        assert_eq!(unit_maps(u1, M2), None);
+        assert_eq!(
+            ctx.audit(io),
+            Err(Error::Mismatch {
+                unit: UnitId(0),
+                iova: Iova::new(M2)
+            })
+        );
+        *u0.fail_unmap_at.lock().unwrap() = None;
+        assert_eq!(ctx.unmap(io, Iova::new(M2), K4), Ok(0));
+        assert_eq!(unit_maps(u0, M2), None);
+        ctx.audit(io).unwrap();
+        *u1.fail_map_at.lock().unwrap() = None;
+        ctx.map(io, Iova::new(M2), PhysAddr::new(4 * M2), K4, RW)
+            .unwrap();
+        ctx.audit(io).unwrap();
+    });
 }
 
 /// A map that u1 refuses, whose undo unmaps the page from u0 but whose flush there fails:
@@ -1786,35 +1721,32 @@ fn a_refused_map_whose_undo_cannot_unmap_reports_the_page_reachable() {
 /// the next call reissues the invalidation first.
 #[test]
 fn a_refused_map_whose_undo_flush_fails_reports_the_invalidation_pending() {
-    let alloc = test_alloc();
-    let (u0, u1) = (FakeUnit::new(&alloc, true), FakeUnit::new(&alloc, true));
-    let pasids = PasidAllocator::new(20);
-    let reg = Registry::new(&[&u0, &u1], &pasids).unwrap();
-    let (ctx, io) = undo_setup(&reg, &alloc);
-    *u1.fail_map_at.lock().unwrap() = Some(M2);
-    *u0.fail_flush_at.lock().unwrap() = Some(M2);
-    assert_eq!(
-        ctx.map(io, Iova::new(M2), PhysAddr::new(4 * M2), K4, RW),
-        Err(Error::InvalidationPending {
-            unit: UnitId(0),
-            error: IommuError::Timeout { what: "flush" }
-        })
-    );
-    assert_eq!(unit_maps(&u0, M2), None);
-    ctx.audit(io).unwrap();
-    *u1.fail_map_at.lock().unwrap() = None;
-    // Still owed: the next map reissues it first, and fails while it does.
-    assert!(matches!(
-        ctx.map(io, Iova::new(M2), PhysAddr::new(4 * M2), K4, RW),
-        Err(Error::InvalidationPending {
-            unit: UnitId(0),
-            ..
-        })
-    ));
-    *u0.fail_flush_at.lock().unwrap() = None;
-    ctx.map(io, Iova::new(M2), PhysAddr::new(4 * M2), K4, RW)
-        .unwrap();
-    ctx.audit(io).unwrap();
+    with_two_attached_units(|ctx, io, u0, u1| {
+        *u1.fail_map_at.lock().unwrap() = Some(M2);
+        *u0.fail_flush_at.lock().unwrap() = Some(M2);
+        assert_eq!(
+            ctx.map(io, Iova::new(M2), PhysAddr::new(4 * M2), K4, RW),
+            Err(Error::InvalidationPending {
+                unit: UnitId(0),
+                error: IommuError::Timeout { what: "flush" }
+            })
+        );
+        assert_eq!(unit_maps(u0, M2), None);
+        ctx.audit(io).unwrap();
+        *u1.fail_map_at.lock().unwrap() = None;
+        // Still owed: the next map reissues it first, and fails while it does.
+        assert!(matches!(
+            ctx.map(io, Iova::new(M2), PhysAddr::new(4 * M2), K4, RW),
+            Err(Error::InvalidationPending {
+                unit: UnitId(0),
+                ..
+            })
+        ));
+        *u0.fail_flush_at.lock().unwrap() = None;
+        ctx.map(io, Iova::new(M2), PhysAddr::new(4 * M2), K4, RW)
+            .unwrap();
+        ctx.audit(io).unwrap();
+    });
 }
 
 /// The source of the copy tests: two 4 KiB runs at `SRC` (physical pages apart), in an IOASID
@@ -1835,77 +1767,63 @@ fn two_runs(ctx: &IoasidCtx<'_, '_, TestAlloc>) -> IoasidId {
 /// the undo.
 #[test]
 fn a_failed_copy_whose_undo_cannot_unmap_reports_the_page_reachable() {
-    let alloc = test_alloc();
-    let (u0, u1) = (FakeUnit::new(&alloc, true), FakeUnit::new(&alloc, true));
-    let pasids = PasidAllocator::new(20);
-    let reg = Registry::new(&[&u0, &u1], &pasids).unwrap();
-    let (ctx, io) = undo_setup(&reg, &alloc);
-    let src = two_runs(&ctx);
-    *u1.fail_map_at.lock().unwrap() = Some(M2 + K4);
-    *u0.fail_unmap_at.lock().unwrap() = Some(M2);
-    assert_eq!(
-        ctx.copy(src, Iova::new(SRC), io, Iova::new(M2), 2 * K4),
-        Err(Error::InvalidationPending {
-            unit: UnitId(0),
-            error: IommuError::Timeout { what: "test" }
-        })
-    );
-    assert_eq!(
-        unit_maps(&u0, M2).map(|m| m.pa),
-        Some(PhysAddr::new(4 * M2))
-    );
-    assert_eq!(unit_maps(&u0, M2 + K4), None);
-    *u0.fail_unmap_at.lock().unwrap() = None;
-    *u1.fail_map_at.lock().unwrap() = None;
-    assert!(ctx.unmap(io, Iova::new(M2), 2 * K4).is_ok());
-    for u in [&u0, &u1] {
-        assert_eq!(unit_maps(u, M2), None);
-    }
-    ctx.audit(io).unwrap();
-    ctx.copy(src, Iova::new(SRC), io, Iova::new(M2), 2 * K4)
-        .unwrap();
-    ctx.audit(io).unwrap();
+    with_two_attached_units(|ctx, io, u0, u1| {
+        let src = two_runs(ctx);
+        *u1.fail_map_at.lock().unwrap() = Some(M2 + K4);
+        *u0.fail_unmap_at.lock().unwrap() = Some(M2);
+        assert_eq!(
+            ctx.copy(src, Iova::new(SRC), io, Iova::new(M2), 2 * K4),
+            Err(Error::InvalidationPending {
+                unit: UnitId(0),
+                error: IommuError::Timeout { what: "test" }
+            })
+        );
+        assert_eq!(unit_maps(u0, M2).map(|m| m.pa), Some(PhysAddr::new(4 * M2)));
+        assert_eq!(unit_maps(u0, M2 + K4), None);
+        *u0.fail_unmap_at.lock().unwrap() = None;
+        *u1.fail_map_at.lock().unwrap() = None;
+        assert!(ctx.unmap(io, Iova::new(M2), 2 * K4).is_ok());
+        for u in [u0, u1] {
+            assert_eq!(unit_maps(u, M2), None);
+        }
+        ctx.audit(io).unwrap();
+        ctx.copy(src, Iova::new(SRC), io, Iova::new(M2), 2 * K4)
+            .unwrap();
+        ctx.audit(io).unwrap();
+    });
 }
 
 /// A copy whose second run u1 refuses, and whose undo of the first run unmaps it from u0 but
 /// cannot flush: `InvalidationPending` naming u0.
 #[test]
 fn a_failed_copy_whose_undo_flush_fails_reports_the_invalidation_pending() {
-    let alloc = test_alloc();
-    let (u0, u1) = (FakeUnit::new(&alloc, true), FakeUnit::new(&alloc, true));
-    let pasids = PasidAllocator::new(20);
-    let reg = Registry::new(&[&u0, &u1], &pasids).unwrap();
-    let (ctx, io) = undo_setup(&reg, &alloc);
-    let src = two_runs(&ctx);
-    *u1.fail_map_at.lock().unwrap() = Some(M2 + K4);
-    *u0.fail_flush_at.lock().unwrap() = Some(M2);
-    assert_eq!(
-        ctx.copy(src, Iova::new(SRC), io, Iova::new(M2), 2 * K4),
-        Err(Error::InvalidationPending {
-            unit: UnitId(0),
-            error: IommuError::Timeout { what: "flush" }
-        })
-    );
-    for u in [&u0, &u1] {
-        assert_eq!(unit_maps(u, M2), None);
-        assert_eq!(unit_maps(u, M2 + K4), None);
-    }
-    ctx.audit(io).unwrap();
-    *u0.fail_flush_at.lock().unwrap() = None;
-    *u1.fail_map_at.lock().unwrap() = None;
-    ctx.copy(src, Iova::new(SRC), io, Iova::new(M2), 2 * K4)
-        .unwrap();
-    ctx.audit(io).unwrap();
+    with_two_attached_units(|ctx, io, u0, u1| {
+        let src = two_runs(ctx);
+        *u1.fail_map_at.lock().unwrap() = Some(M2 + K4);
+        *u0.fail_flush_at.lock().unwrap() = Some(M2);
+        assert_eq!(
+            ctx.copy(src, Iova::new(SRC), io, Iova::new(M2), 2 * K4),
+            Err(Error::InvalidationPending {
+                unit: UnitId(0),
+                error: IommuError::Timeout { what: "flush" }
+            })
+        );
+        for u in [u0, u1] {
+            assert_eq!(unit_maps(u, M2), None);
+            assert_eq!(unit_maps(u, M2 + K4), None);
+        }
+        ctx.audit(io).unwrap();
+        *u0.fail_flush_at.lock().unwrap() = None;
+        *u1.fail_map_at.lock().unwrap() = None;
+        ctx.copy(src, Iova::new(SRC), io, Iova::new(M2), 2 * K4)
+            .unwrap();
+        ctx.audit(io).unwrap();
+    });
 }
 
-/// Two units with a device on each attached to an IOASID, and a device of u0 bound with two
-/// direct regions (at 2 MiB and 4 MiB), not attached; u1 refuses the second region's map.
-fn refused_attach_setup<'r, 'a>(
-    reg: &'r Registry<'a>,
-    alloc: &'a TestAlloc,
-    u1: &FakeUnit<'_>,
-) -> (IoasidCtx<'r, 'a, TestAlloc>, IoasidId, DeviceHandle) {
-    let (ctx, io) = undo_setup(reg, alloc);
+/// In [`with_two_attached_units`]' context: a device of u0 bound with two direct regions (at
+/// 2 MiB and 4 MiB), not attached; u1 refuses the second region's map.
+fn refused_attach_setup(ctx: &IoasidCtx<'_, '_, TestAlloc>, u1: &FakeUnit<'_>) -> DeviceHandle {
     let regions = [
         DirectRegion::new(range(M2, M2 + K4), false).unwrap(),
         DirectRegion::new(range(2 * M2, 2 * M2 + K4), false).unwrap(),
@@ -1914,7 +1832,7 @@ fn refused_attach_setup<'r, 'a>(
         .bind_with_direct(label(0, 2), false, None, &regions)
         .unwrap();
     *u1.fail_map_at.lock().unwrap() = Some(2 * M2);
-    (ctx, io, dev)
+    dev
 }
 
 /// An attach whose second direct region u1 refuses, and whose undo of that region cannot
@@ -1922,59 +1840,55 @@ fn refused_attach_setup<'r, 'a>(
 /// refusal), and an unmap of the range finishes the undo.
 #[test]
 fn a_refused_attach_whose_undo_cannot_unmap_reports_the_region_reachable() {
-    let alloc = test_alloc();
-    let (u0, u1) = (FakeUnit::new(&alloc, true), FakeUnit::new(&alloc, true));
-    let pasids = PasidAllocator::new(20);
-    let reg = Registry::new(&[&u0, &u1], &pasids).unwrap();
-    let (ctx, io, dev) = refused_attach_setup(&reg, &alloc, &u1);
-    *u0.fail_unmap_at.lock().unwrap() = Some(2 * M2);
-    assert_eq!(
-        ctx.attach(dev, io),
-        Err(Error::InvalidationPending {
-            unit: UnitId(0),
-            error: IommuError::Timeout { what: "test" }
-        })
-    );
-    assert_eq!(ctx.attachment(dev, None).unwrap(), None);
-    assert!(unit_maps(&u0, 2 * M2).is_some());
-    assert_eq!(unit_maps(&u0, M2), None);
-    *u0.fail_unmap_at.lock().unwrap() = None;
-    assert_eq!(ctx.unmap(io, Iova::new(2 * M2), K4), Ok(0));
-    ctx.audit(io).unwrap();
-    *u1.fail_map_at.lock().unwrap() = None;
-    ctx.attach(dev, io).unwrap();
-    ctx.audit(io).unwrap();
+    with_two_attached_units(|ctx, io, u0, u1| {
+        let dev = refused_attach_setup(ctx, u1);
+        *u0.fail_unmap_at.lock().unwrap() = Some(2 * M2);
+        assert_eq!(
+            ctx.attach(dev, io),
+            Err(Error::InvalidationPending {
+                unit: UnitId(0),
+                error: IommuError::Timeout { what: "test" }
+            })
+        );
+        assert_eq!(ctx.attachment(dev, None).unwrap(), None);
+        assert!(unit_maps(u0, 2 * M2).is_some());
+        assert_eq!(unit_maps(u0, M2), None);
+        *u0.fail_unmap_at.lock().unwrap() = None;
+        assert_eq!(ctx.unmap(io, Iova::new(2 * M2), K4), Ok(0));
+        ctx.audit(io).unwrap();
+        *u1.fail_map_at.lock().unwrap() = None;
+        ctx.attach(dev, io).unwrap();
+        ctx.audit(io).unwrap();
+    });
 }
 
 /// An attach whose second direct region u1 refuses, and whose undo of the first region
 /// unmaps it from u0 but cannot flush: `InvalidationPending` naming u0 (not u1's refusal).
 #[test]
 fn a_refused_attach_whose_undo_flush_fails_reports_the_invalidation_pending() {
-    let alloc = test_alloc();
-    let (u0, u1) = (FakeUnit::new(&alloc, true), FakeUnit::new(&alloc, true));
-    let pasids = PasidAllocator::new(20);
-    let reg = Registry::new(&[&u0, &u1], &pasids).unwrap();
-    let (ctx, io, dev) = refused_attach_setup(&reg, &alloc, &u1);
-    *u0.fail_flush_at.lock().unwrap() = Some(M2);
-    assert_eq!(
-        ctx.attach(dev, io),
-        Err(Error::InvalidationPending {
-            unit: UnitId(0),
-            error: IommuError::Timeout { what: "flush" }
-        })
-    );
-    assert_eq!(ctx.attachment(dev, None).unwrap(), None);
-    assert!(ctx.direct_mappings(io).unwrap().iter().all(Option::is_none));
-    for at in [M2, 2 * M2] {
-        for u in [&u0, &u1] {
-            assert_eq!(unit_maps(u, at), None, "{at:#x}");
+    with_two_attached_units(|ctx, io, u0, u1| {
+        let dev = refused_attach_setup(ctx, u1);
+        *u0.fail_flush_at.lock().unwrap() = Some(M2);
+        assert_eq!(
+            ctx.attach(dev, io),
+            Err(Error::InvalidationPending {
+                unit: UnitId(0),
+                error: IommuError::Timeout { what: "flush" }
+            })
+        );
+        assert_eq!(ctx.attachment(dev, None).unwrap(), None);
+        assert!(ctx.direct_mappings(io).unwrap().iter().all(Option::is_none));
+        for at in [M2, 2 * M2] {
+            for u in [u0, u1] {
+                assert_eq!(unit_maps(u, at), None, "{at:#x}");
+            }
         }
-    }
-    ctx.audit(io).unwrap();
-    *u0.fail_flush_at.lock().unwrap() = None;
-    *u1.fail_map_at.lock().unwrap() = None;
-    ctx.attach(dev, io).unwrap();
-    ctx.audit(io).unwrap();
+        ctx.audit(io).unwrap();
+        *u0.fail_flush_at.lock().unwrap() = None;
+        *u1.fail_map_at.lock().unwrap() = None;
+        ctx.attach(dev, io).unwrap();
+        ctx.audit(io).unwrap();
+    });
 }
 
 /// An attach whose second direct region u1 refuses, and whose undo of the first region u0
@@ -1983,45 +1897,43 @@ fn a_refused_attach_whose_undo_flush_fails_reports_the_invalidation_pending() {
 /// `unmap`; the attach retried takes it again.
 #[test]
 fn a_refused_attach_whose_first_region_cannot_be_unmapped_keeps_it_reserved() {
-    let alloc = test_alloc();
-    let (u0, u1) = (FakeUnit::new(&alloc, true), FakeUnit::new(&alloc, true));
-    let pasids = PasidAllocator::new(20);
-    let reg = Registry::new(&[&u0, &u1], &pasids).unwrap();
-    let (ctx, io, dev) = refused_attach_setup(&reg, &alloc, &u1);
-    *u0.fail_unmap_at.lock().unwrap() = Some(M2);
-    assert_eq!(ctx.attach(dev, io), Err(Error::Iommu(IommuError::NoMemory)));
-    assert_eq!(ctx.attachment(dev, None).unwrap(), None);
-    let kept: Vec<_> = ctx
-        .direct_mappings(io)
-        .unwrap()
-        .into_iter()
-        .flatten()
-        .collect();
-    assert_eq!(kept.len(), 1);
-    assert_eq!((kept[0].0.range().start, kept[0].1), (Iova::new(M2), 0));
-    for u in [&u0, &u1] {
-        assert_eq!(unit_maps(u, M2).map(|m| m.pa), Some(PhysAddr::new(M2)));
-        assert_eq!(unit_maps(u, 2 * M2), None);
-    }
-    ctx.audit(io).unwrap();
-    assert!(matches!(
-        ctx.map(io, Iova::new(M2), PhysAddr::new(4 * M2), K4, RW),
-        Err(Error::Reserved(_))
-    ));
-    assert!(matches!(
-        ctx.unmap(io, Iova::new(M2), K4),
-        Err(Error::Reserved(_))
-    ));
-    *u0.fail_unmap_at.lock().unwrap() = None;
-    *u1.fail_map_at.lock().unwrap() = None;
-    ctx.attach(dev, io).unwrap();
-    let users: Vec<_> = ctx
-        .direct_mappings(io)
-        .unwrap()
-        .into_iter()
-        .flatten()
-        .map(|(_, users)| users)
-        .collect();
-    assert_eq!(users, [1, 1]);
-    ctx.audit(io).unwrap();
+    with_two_attached_units(|ctx, io, u0, u1| {
+        let dev = refused_attach_setup(ctx, u1);
+        *u0.fail_unmap_at.lock().unwrap() = Some(M2);
+        assert_eq!(ctx.attach(dev, io), Err(Error::Iommu(IommuError::NoMemory)));
+        assert_eq!(ctx.attachment(dev, None).unwrap(), None);
+        let kept: Vec<_> = ctx
+            .direct_mappings(io)
+            .unwrap()
+            .into_iter()
+            .flatten()
+            .collect();
+        assert_eq!(kept.len(), 1);
+        assert_eq!((kept[0].0.range().start, kept[0].1), (Iova::new(M2), 0));
+        for u in [u0, u1] {
+            assert_eq!(unit_maps(u, M2).map(|m| m.pa), Some(PhysAddr::new(M2)));
+            assert_eq!(unit_maps(u, 2 * M2), None);
+        }
+        ctx.audit(io).unwrap();
+        assert!(matches!(
+            ctx.map(io, Iova::new(M2), PhysAddr::new(4 * M2), K4, RW),
+            Err(Error::Reserved(_))
+        ));
+        assert!(matches!(
+            ctx.unmap(io, Iova::new(M2), K4),
+            Err(Error::Reserved(_))
+        ));
+        *u0.fail_unmap_at.lock().unwrap() = None;
+        *u1.fail_map_at.lock().unwrap() = None;
+        ctx.attach(dev, io).unwrap();
+        let users: Vec<_> = ctx
+            .direct_mappings(io)
+            .unwrap()
+            .into_iter()
+            .flatten()
+            .map(|(_, users)| users)
+            .collect();
+        assert_eq!(users, [1, 1]);
+        ctx.audit(io).unwrap();
+    });
 }
