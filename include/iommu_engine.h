@@ -942,7 +942,8 @@ int32_t ie_ctx_max_page_log2(IeCtx *ctx, uint32_t ioasid, uint32_t *max_log2);
 // otherwise the errors of ie_ctx_map() in the destination: nothing is mapped in `dst`
 // after any error (`IE_STATUS_TIMEOUT` / `IE_STATUS_HARDWARE` / `IE_STATUS_COMMAND_ERROR`:
 // what was mapped was unmapped again, but a unit may not have confirmed the invalidation, or
-// may still map some of the range, as after ie_ctx_map()).
+// may still map some of the range: then, as after ie_ctx_map(), `dst` keeps the range, and
+// ie_ctx_unmap() of `[dst_iova, dst_iova + len)` until `IE_STATUS_OK` lets it go).
 //
 // # Safety
 // `ctx` is a live context handle.
@@ -1105,8 +1106,13 @@ int32_t ie_ctx_free(IeCtx *ctx, uint32_t ioasid);
 // *unsettled*, and both the new and the previous IOASID keep their domains and the device's
 // direct regions. Call ie_ctx_attach() again with the same arguments to settle it (the
 // previous IOASID is then released), or ie_ctx_detach() to tear both down; meanwhile an
-// attach to a third IOASID and ie_ctx_free() of either return `IE_STATUS_BUSY`. Any other
-// error changed nothing.
+// attach to a third IOASID and ie_ctx_free() of either return `IE_STATUS_BUSY`. Except when
+// the attach was refused and undoing its direct regions failed (`InvalidationPending`
+// underneath): then the same statuses mean the device is *not* attached, and its direct
+// regions may still be reachable through the IOASID as after a failed ie_ctx_map(). Call
+// ie_ctx_attach() again once the unit recovers (if it returns `IE_STATUS_EXISTS`, a region
+// whose own map failed is still held: ie_ctx_unmap() it first). Any other error changed
+// nothing.
 //
 // # Safety
 // `ctx` is a live context handle; `reason` is NULL or writable.
@@ -1138,10 +1144,12 @@ int32_t ie_ctx_detach_pasid(IeCtx *ctx, uint32_t device, uint32_t pasid);
 
 // Maps `[iova, iova + len)` to `[pa, pa + len)` with `prot` (`IE_PROT_*`) in the IOASID and
 // every hardware domain behind it; all or nothing. `IE_STATUS_TIMEOUT` /
-// `IE_STATUS_HARDWARE` / `IE_STATUS_COMMAND_ERROR`: nothing is mapped in the IOASID, but a
-// unit may not have confirmed the invalidation of what was undone, or may still map some of
-// the range (its unmap failed; the next call again may return `IE_STATUS_EXISTS` while it
-// undoes that): call again (or unmap the range) until `IE_STATUS_OK` before reusing `pa`.
+// `IE_STATUS_HARDWARE` / `IE_STATUS_COMMAND_ERROR`: the call was refused, but a unit may not
+// have confirmed the invalidation of what was undone (nothing is mapped in the IOASID: call
+// again until `IE_STATUS_OK` before reusing `pa`), or may still map some of the range (its
+// unmap failed: the IOASID keeps the range, so a map over it returns `IE_STATUS_EXISTS`
+// and no other caller gets it; ie_ctx_unmap() of the range until `IE_STATUS_OK` before
+// reusing `pa`). Unmapping the range covers both cases.
 //
 // # Safety
 // `ctx` is a live context handle.

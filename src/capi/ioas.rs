@@ -52,7 +52,8 @@ pub unsafe extern "C" fn ie_ctx_max_page_log2(
 /// otherwise the errors of ie_ctx_map() in the destination: nothing is mapped in `dst`
 /// after any error (`IE_STATUS_TIMEOUT` / `IE_STATUS_HARDWARE` / `IE_STATUS_COMMAND_ERROR`:
 /// what was mapped was unmapped again, but a unit may not have confirmed the invalidation, or
-/// may still map some of the range, as after ie_ctx_map()).
+/// may still map some of the range: then, as after ie_ctx_map(), `dst` keeps the range, and
+/// ie_ctx_unmap() of `[dst_iova, dst_iova + len)` until `IE_STATUS_OK` lets it go).
 ///
 /// # Safety
 /// `ctx` is a live context handle.

@@ -54,7 +54,11 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     /// (`"direct regions per IOASID"`): nothing changed. A failure after the direct regions
     /// were mapped unmaps them again; if a unit then does not confirm the invalidation, or
     /// cannot unmap a region it has just mapped, the call reports
-    /// [`Error::InvalidationPending`] as a failed map does.
+    /// [`Error::InvalidationPending`] as a failed map does, and the device is not attached: a
+    /// region whose own map was refused and left mapped stays in the record as a failed map's
+    /// range does (an unmap of it lets it go); one taken before it that could not be unmapped
+    /// (or whose unmap could not start, the invalidation owed failing again) stays a direct
+    /// mapping without users, reserved, which the attach retried takes again.
     ///
     /// [`Error::Iommu`] with a unit fault ([`iommu::Error::is_unit_fault`]: a wait ran out, the
     /// unit reported an error): the unit may have made the device's entry present, so the
@@ -324,8 +328,10 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     /// Once the unit blocked the device, the device is detached in the books whatever follows;
     /// if unmapping its direct regions (or reclaiming the tables they used) then fails --
     /// [`Error::InvalidationPending`]: unmapped everywhere, but a unit did not confirm the
-    /// invalidation; another error: the region stays mapped and reserved in the IOASID,
-    /// without users -- the device records the IOASID, and `detach` called again settles it
+    /// invalidation, or, if the invalidation the IOASID already owed could not be reissued
+    /// first, not unmapped (the region stays as after another error); another error: the
+    /// region stays mapped and reserved in the IOASID, without users -- the device records
+    /// the IOASID, and `detach` called again settles it
     /// (reissues the invalidation, retries the unmap) and returns `Ok` once nothing is owed.
     /// Any later call on the IOASID (map, unmap, free, ...) settles the invalidation too.
     pub fn detach(&self, device: DeviceHandle) -> Result<(), Error> {

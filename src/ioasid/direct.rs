@@ -404,10 +404,11 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     /// Undoes what [`Self::take_direct_into`] did for the device's first `k` regions after
     /// the `k`-th failed; the error to report is left in `out`: the attach's, or the
     /// invalidation the undo left owed in its place (as `give_back_direct`). A region whose
-    /// unmap is refused (see `undo_left` in `map.rs` for why a unit cannot refuse it) stays
+    /// unmap is refused (see `undo_left` in `map.rs` for why a unit cannot refuse it), or
+    /// whose unmap never starts because what the IOASID owed cannot be settled first, stays
     /// a direct mapping without users, in the record and every domain, reserved against `map`
-    /// and `unmap`, until the next detach from the IOASID or its free removes it. In a frame of
-    /// its own, beside the maps.
+    /// and `unmap`, until the next detach from the IOASID or its free removes it (or the
+    /// attach retried takes it again). In a frame of its own, beside the maps.
     #[cold]
     #[inline(never)]
     fn untake_direct(
@@ -436,7 +437,10 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     /// # Errors
     /// The first failure to unmap: that region stays mapped and reserved, without users, until
     /// the next detach from the IOASID retries it or the IOASID is freed.
-    /// [`Error::InvalidationPending`]: unmapped, the invalidation owed by the IOASID.
+    /// [`Error::InvalidationPending`]: unmapped, the invalidation owed by the IOASID; or, when
+    /// what the IOASID already owed could not be settled first (the unit failed again), not
+    /// unmapped at all: the region stays as after any other failure (mapped, reserved, without
+    /// users), never forgotten while mapped (found by review 19).
     pub(super) fn drop_device_direct(
         &self,
         st: &mut State<'a, A>,
@@ -453,7 +457,9 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
 
     /// Unmaps the direct mappings of `io` left without users (see
     /// [`Self::drop_device_direct`]), its first error put into `result` unless an earlier one
-    /// is there; `true` if a mapping failed to go (or its invalidation is owed). The
+    /// is there; `true` if a mapping failed to go (or its invalidation is owed). A mapping
+    /// leaves its slot only once unmapped everywhere: a settle that fails before its unmap
+    /// keeps it (without users, reserved). The
     /// errors go straight into `result` and into one `Result` per mapping here: no other
     /// `Result` of this layer is in this frame, over the units' unmaps and flushes (the
     /// kernel-stack bound of the C ABI).
@@ -475,12 +481,16 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
             io.reclaim.note_rollback(start, len);
             // `unmap_in`, its error in `r`.
             let mut r = self.settle(io);
-            if r.is_ok() {
+            // Unless what was owed is settled first, the region is not unmapped: its
+            // `InvalidationPending` then keeps the slot (without users), for a later detach
+            // or the free to remove it.
+            let settled = r.is_ok();
+            if settled {
                 self.unmap_unsettled_into(io, start, len, &mut gather, &mut r);
             }
             match r {
                 Ok(()) => io.direct[slot] = None,
-                Err(e @ Error::InvalidationPending { .. }) => {
+                Err(e @ Error::InvalidationPending { .. }) if settled => {
                     io.direct[slot] = None;
                     failed = true;
                     keep_first(result, e);

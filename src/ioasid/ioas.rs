@@ -43,9 +43,13 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     /// direct region of an attached device (not the owner's to copy); then any error of
     /// [`IoasidCtx::map`] in the destination. Nothing is mapped in `dst` after any of them:
     /// what was mapped before the failure is unmapped again, with its invalidation; if a unit
-    /// does not confirm it, or cannot unmap it (its domain still maps some of the range), the
-    /// error is [`Error::InvalidationPending`] (as after a failed `map`: do not rely on the
-    /// pages being unreachable until a retry or an unmap of the range returns `Ok`).
+    /// does not confirm it, the error is [`Error::InvalidationPending`] (as after a failed
+    /// `map`: do not rely on the pages being unreachable until a retry returns `Ok`). If a
+    /// unit cannot unmap it (its domain still maps some of the range), the error is
+    /// [`Error::InvalidationPending`] too, and, as after a failed `map`, `dst`'s record keeps
+    /// what the copy mapped at `dst_iova` (a retry is refused with `Overlap`): do not rely on
+    /// the pages being unreachable until an unmap of `[dst_iova, dst_iova + len)` returns
+    /// `Ok`.
     pub fn copy(
         &self,
         src: IoasidId,
@@ -98,7 +102,7 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     /// domain of `dst` and its record, as a refused map's undo does ([`Self::roll_back_map`]);
     /// the error to report, `e`, becomes [`Error::InvalidationPending`] if a domain may still
     /// reach the pages (an invalidation not confirmed, or an unmap that failed leaving them
-    /// mapped). What is owed is not settled first (as [`IoasidCtx::unmap`] does): when the
+    /// mapped: then the record keeps the `done` bytes, as after a refused map). What is owed is not settled first (as [`IoasidCtx::unmap`] does): when the
     /// failed run's own rollback left an invalidation unconfirmed, settling would fail again
     /// and leave the earlier runs mapped. Nor does a domain that fails put the range back
     /// everywhere (as an unmap's refusal does): the undo removes all it can. A failure's path,

@@ -32,12 +32,15 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     /// [`Error::Reserved`] for a range touching a reserved region; [`Error::PageTable`]
     /// (overlap, alignment, width, memory; `UnsupportedProt` for [`Prot::PRIV`] in an IOASID
     /// not allocated with [`IoasidFlags::SUPERVISOR`]); unit errors. Nothing is mapped after any of them.
-    /// [`Error::InvalidationPending`]: the record maps nothing of the range, but a unit did not
-    /// confirm the invalidation of the undone mapping (or of an earlier unmap), or could not
-    /// unmap it again (its domain still maps some of the range, which [`IoasidCtx::audit`]
-    /// reports as a [`Error::Mismatch`] naming that unit): devices behind it may still reach
-    /// `pa`; do not reuse it until this call (retried: a retry may first be refused while it
-    /// undoes what was left) or an unmap of the range returns `Ok`.
+    /// [`Error::InvalidationPending`]: devices behind the unit it names may still reach `pa`.
+    /// Either the unit did not confirm the invalidation of the undone mapping (or of an
+    /// earlier unmap): the record maps nothing of the range; do not reuse `pa` until this call
+    /// retried (or any later call on the IOASID) returns `Ok`. Or it could not unmap the range
+    /// again (its domain still maps some of it): the record keeps the whole range, so no other
+    /// caller maps over it or is handed it by [`IoasidCtx::alloc_iova`], a retry is refused
+    /// (`Overlap`), and [`IoasidCtx::audit`] reports a [`Error::Mismatch`] naming a unit
+    /// whose domain no longer maps it; do not reuse `pa` until an unmap of the range (which
+    /// unmaps every domain, then the record) returns `Ok`.
     pub fn map(
         &self,
         ioasid: IoasidId,
@@ -165,7 +168,11 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     /// The error to report is left in `out`: the refusal, or, if a domain may still reach the
     /// pages, [`Error::InvalidationPending`] naming its unit: its flush failed (the
     /// invalidation is owed, reissued by the next call), or its unmap failed with the range
-    /// still mapped there (see [`undo_left`]). A failure's path, not inlined: its locals are
+    /// still mapped there (see [`undo_left`]). In that last case the record keeps the whole
+    /// range (found by review 19: dropped, it let another caller map the range, through an
+    /// undo that cleared the leftover, and the first caller's unmap then erased that mapping;
+    /// `alloc_iova` handed the range out too): only an unmap of the range lets it go. A
+    /// failure's path, not inlined: its locals are
     /// not in the frame of the domains' maps. The domains' leaves gather in the
     /// context's `unmap_gather`, not in this frame over the units' unmaps and flushes (the
     /// kernel-stack bound of the C ABI): under the state's read lock (`map`, `copy`) concurrent
@@ -181,20 +188,29 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         len: u64,
         out: &mut Result<(), Error>,
     ) {
+        let mut left = false;
         {
             // Never held by this thread here: locked only by this undo and by
             // `drop_unused_direct_into`, neither of which calls the other.
             let mut gather = self.unmap_gather.lock();
             for (slot, d) in domains(io).take(n) {
                 // The mapping may have been visible: remove it and invalidate.
-                self.undo_domain(io, slot, &d, (iova, len), &mut gather, out);
+                left |= self.undo_domain(io, slot, &d, (iova, len), &mut gather, out);
             }
         }
-        self.unmap_record(io, iova, len);
+        if left {
+            // A domain still maps some of the range: the record keeps all of it, so no other
+            // caller is handed the range or maps over it, and only an unmap of the range
+            // (every domain, then the record) lets it go.
+            io.reclaim.note_rollback(iova, len);
+        } else {
+            self.unmap_record(io, iova, len);
+        }
     }
 
     /// [`Self::roll_back_map`]'s unmap and flush of the domain in slot `slot`, gathering in
-    /// `gather`, which it leaves empty (released, or owed). Not inlined, and what a failure
+    /// `gather`, which it leaves empty (released, or owed); `true` if the domain still maps
+    /// some of the range ([`undo_left`] reported it). Not inlined, and what a failure
     /// leaves is worked out in [`owe_undo`] and [`undo_left`]: no `Result` of this layer is in
     /// the frame over the unit's unmap and flush.
     #[inline(never)]
@@ -206,10 +222,10 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         range: (Iova, u64),
         gather: &mut Gather,
         out: &mut Result<(), Error>,
-    ) {
+    ) -> bool {
         // A domain's unit is in the registry for the context's life: the lookup cannot fail.
         let Ok(unit) = self.unit(d.unit) else {
-            return;
+            return false;
         };
         // Empty whenever it is passed: see `unmap_domain_into`.
         *gather = Gather::new();
@@ -219,8 +235,9 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         if let Err(error) = unit.flush(d.handle, gather) {
             owe_undo(&io.pending, slot, d.unit, gather, error, out);
         }
-        if let Some(error) = unmapped {
-            undo_left(d, unit, range, error, out);
+        match unmapped {
+            Some(error) => undo_left(d, unit, range, error, out),
+            None => false,
         }
     }
 
@@ -708,13 +725,17 @@ fn owe_undo(
 
 /// The end of [`IoasidCtx::undo_domain`] when the unit's unmap of `[iova, iova + len)` failed
 /// with `error`: if domain `d` still maps anything there, [`Error::InvalidationPending`]
-/// naming its unit goes into `out` in place of the refusal (not of an earlier one). The record
-/// no longer holds the range: an unmap of it finishes the undo (every domain is unmapped
-/// whatever the record holds), and `audit` names the unit meanwhile; a map of the range finds
-/// it taken in that domain and its undo retries too. A failure's path, not inlined.
+/// naming its unit goes into `out` in place of the refusal (not of an earlier one), and `true`
+/// (the caller keeps the range in the record). An unmap of the range finishes the undo (it
+/// unmaps every domain, then the record); meanwhile `audit` names a unit whose domain no
+/// longer maps it, and a map over any of the range is refused by the record before any
+/// domain is touched. A failure's path, not inlined.
 ///
 /// Which unmap errors can come on an undo: the range is exactly what this call mapped, all
-/// of its leaves inside it, so the unmap splits nothing (no `NoMemory`, `TableOutOfRange`,
+/// of its leaves inside it, so the unmap splits nothing. That holds because the record refuses
+/// a map over any part of a range it holds before a domain is touched, and the record keeps
+/// every range a domain may still map after an undo (above): a domain's leaf in the range can
+/// only be this call's own (no `NoMemory`, `TableOutOfRange`,
 /// `SplitRefused`, `SplitUnsupported`, and no `EntryUnstable`, met only on a leaf to be split);
 /// the unit accepted the range for its map (no range or alignment error), or refused it with
 /// nothing written (then its unmap's refusal leaves nothing mapped: not reported); the domain
@@ -729,10 +750,19 @@ fn undo_left(
     (iova, len): (Iova, u64),
     error: crate::iommu::Error,
     out: &mut Result<(), Error>,
-) {
+) -> bool {
+    // Only the part of the range inside the domain's input width can hold a leaf: a map there
+    // refused for its width must not count its walk's range error as one (kept in the record,
+    // no unmap could ever let it go). Its geometry unknown, the whole range is walked.
+    let limit = unit.domain_geometry(d.handle).map_or(u64::MAX, |(ias, _)| {
+        1u64.checked_shl(ias).unwrap_or(u64::MAX)
+    });
+    let start = iova.get();
+    let end = start.saturating_add(len).min(limit);
     // A walk that fails counts as a leaf left: reported, never assumed gone.
-    let end = iova.get().saturating_add(len);
-    if first_leaf(unit, d.handle, iova.get(), len).map_or(true, |first| first < end) {
+    let left = start < end
+        && first_leaf(unit, d.handle, start, end - start).map_or(true, |first| first < end);
+    if left {
         reachable(
             out,
             Error::InvalidationPending {
@@ -741,6 +771,7 @@ fn undo_left(
             },
         );
     }
+    left
 }
 
 /// Puts `e` (pages still reachable) into `out` in place of a refusal, not of an earlier one.

@@ -1698,15 +1698,25 @@ fn a_refused_map_whose_undo_cannot_unmap_reports_the_page_reachable() {
         );
         assert_eq!(unit_maps(u0, M2).map(|m| m.pa), Some(PhysAddr::new(4 * M2)));
         assert_eq!(unit_maps(u1, M2), None);
+        // The record keeps the range (u0 still maps it): `audit` names u1, which does not.
+        assert_eq!(
+            ctx.translate(io, Iova::new(M2)).unwrap().map(|m| m.pa),
+            Some(PhysAddr::new(4 * M2))
+        );
         assert_eq!(
             ctx.audit(io),
             Err(Error::Mismatch {
-                unit: UnitId(0),
+                unit: UnitId(1),
                 iova: Iova::new(M2)
             })
         );
         *u0.fail_unmap_at.lock().unwrap() = None;
-        assert_eq!(ctx.unmap(io, Iova::new(M2), K4), Ok(0));
+        // A retry is refused by the record, before any domain is touched.
+        assert!(matches!(
+            ctx.map(io, Iova::new(M2), PhysAddr::new(4 * M2), K4, RW),
+            Err(Error::PageTable(crate::pgtable::Error::Overlap { .. }))
+        ));
+        assert_eq!(ctx.unmap(io, Iova::new(M2), K4), Ok(K4));
         assert_eq!(unit_maps(u0, M2), None);
         ctx.audit(io).unwrap();
         *u1.fail_map_at.lock().unwrap() = None;
@@ -1854,7 +1864,8 @@ fn a_refused_attach_whose_undo_cannot_unmap_reports_the_region_reachable() {
         assert!(unit_maps(u0, 2 * M2).is_some());
         assert_eq!(unit_maps(u0, M2), None);
         *u0.fail_unmap_at.lock().unwrap() = None;
-        assert_eq!(ctx.unmap(io, Iova::new(2 * M2), K4), Ok(0));
+        // The record kept the region's range (u0 still maps it): the unmap frees it.
+        assert_eq!(ctx.unmap(io, Iova::new(2 * M2), K4), Ok(K4));
         ctx.audit(io).unwrap();
         *u1.fail_map_at.lock().unwrap() = None;
         ctx.attach(dev, io).unwrap();
@@ -1935,5 +1946,235 @@ fn a_refused_attach_whose_first_region_cannot_be_unmapped_keeps_it_reserved() {
             .collect();
         assert_eq!(users, [1, 1]);
         ctx.audit(io).unwrap();
+    });
+}
+
+/// An attach whose second direct region u1 refuses, and whose undo of that region cannot flush
+/// u0 (and u0 keeps failing): the undo of the first region settles what is owed first, which
+/// fails again, so the region is never unmapped. It stays a direct mapping of the IOASID
+/// (without users, reserved, removed by a later detach or the free), never a mapping that is
+/// in the record and both domains but no longer reserved (found by review 19).
+#[test]
+fn an_attach_undo_that_cannot_settle_keeps_its_first_direct_region() {
+    with_two_attached_units(|ctx, io, u0, u1| {
+        let dev = refused_attach_setup(ctx, u1);
+        // u0 keeps failing the flush covering the second region's undo (a unit timing out).
+        *u0.fail_flush_at.lock().unwrap() = Some(2 * M2);
+        let r = ctx.attach(dev, io);
+        assert!(
+            matches!(
+                r,
+                Err(Error::InvalidationPending {
+                    unit: UnitId(0),
+                    ..
+                })
+            ),
+            "{r:?}"
+        );
+        let direct: Vec<_> = ctx
+            .direct_mappings(io)
+            .unwrap()
+            .into_iter()
+            .flatten()
+            .collect();
+        let recorded = ctx.translate(io, Iova::new(M2)).unwrap();
+        let in_u0 = unit_maps(u0, M2);
+        assert!(
+        direct.len() == 1 || (recorded.is_none() && in_u0.is_none()),
+        "the first direct region (M2 -> M2) is still mapped (record {recorded:?}, u0 {in_u0:?}) \
+         but is no longer a direct mapping of the IOASID"
+    );
+        assert_eq!(direct[0].1, 0, "{direct:?}");
+        assert_eq!(ctx.attachment(dev, None).unwrap(), None);
+        // Reserved against the owner's map and unmap.
+        assert!(matches!(
+            ctx.unmap(io, Iova::new(M2), K4),
+            Err(Error::Reserved(_) | Error::InvalidationPending { .. })
+        ));
+    });
+}
+
+/// Same state, then the unit recovers: the attach retried takes the kept region again and
+/// succeeds (it was refused with `DirectRegionCollides` while the region was forgotten).
+#[test]
+fn an_attach_retried_after_its_undo_could_not_settle_succeeds() {
+    with_two_attached_units(|ctx, io, u0, u1| {
+        let dev = refused_attach_setup(ctx, u1);
+        *u0.fail_flush_at.lock().unwrap() = Some(2 * M2);
+        let _ = ctx.attach(dev, io);
+        *u0.fail_flush_at.lock().unwrap() = None;
+        *u1.fail_map_at.lock().unwrap() = None;
+        let r = ctx.attach(dev, io);
+        assert_eq!(r, Ok(()), "the attach retried after the unit recovered");
+        ctx.audit(io).unwrap();
+        let users: Vec<_> = ctx
+            .direct_mappings(io)
+            .unwrap()
+            .into_iter()
+            .flatten()
+            .map(|(_, n)| n)
+            .collect();
+        assert_eq!(users, [1, 1]);
+    });
+}
+
+/// A map refused by u1 whose undo cannot unmap u0: the record keeps the range, so
+/// `alloc_iova` never hands it out again (A gave its reservation back), B's map at the IOVA it
+/// got succeeds, and A's unmap of its range erases nothing of B's, then frees the range.
+#[test]
+fn alloc_iova_never_hands_out_a_range_a_domain_still_maps() {
+    with_two_attached_units(|ctx, io, u0, u1| {
+        let x = ctx.alloc_iova(io, K4, K4).unwrap();
+        *u1.fail_map_at.lock().unwrap() = Some(x.get());
+        *u0.fail_unmap_at.lock().unwrap() = Some(x.get());
+        let r = ctx.map(io, x, PhysAddr::new(4 * M2), K4, RW);
+        assert!(matches!(r, Err(Error::InvalidationPending { .. })), "{r:?}");
+        *u1.fail_map_at.lock().unwrap() = None;
+        *u0.fail_unmap_at.lock().unwrap() = None;
+        // Caller A gives its IOVA back.
+        assert!(ctx.free_iova(io, x).unwrap());
+        // Caller B.
+        let y = ctx.alloc_iova(io, K4, K4).unwrap();
+        assert_ne!(y, x);
+        let rb = ctx.map(io, y, PhysAddr::new(8 * M2), K4, RW);
+        assert_eq!(
+            rb,
+            Ok(()),
+            "B's map at {y:?}, which alloc_iova just reserved for it"
+        );
+        // A's way out: an unmap of its range, which leaves B's mapping alone.
+        assert_eq!(ctx.unmap(io, x, K4), Ok(K4));
+        for u in [u0, u1] {
+            assert_eq!(unit_maps(u, x.get()), None);
+            assert_eq!(
+                unit_maps(u, y.get()).map(|m| m.pa),
+                Some(PhysAddr::new(8 * M2))
+            );
+        }
+        ctx.audit(io).unwrap();
+        assert_eq!(ctx.alloc_iova(io, K4, K4), Ok(x));
+    });
+}
+
+/// After A's map of R got `InvalidationPending` (u0 still maps R), B's map of R is refused by
+/// the record (`Overlap`) before any domain is touched, so B's undo never clears A's leftover
+/// and B never holds R; A's retry is refused the same way; A's unmap of R (the documented way
+/// out) unmaps it everywhere, and B's map of R then succeeds and stays.
+#[test]
+fn a_map_over_a_range_a_domain_still_maps_is_refused_until_the_owner_unmaps_it() {
+    with_two_attached_units(|ctx, io, u0, u1| {
+        let (pa_a, pa_b) = (PhysAddr::new(4 * M2), PhysAddr::new(8 * M2));
+        *u1.fail_map_at.lock().unwrap() = Some(M2);
+        *u0.fail_unmap_at.lock().unwrap() = Some(M2);
+        let r = ctx.map(io, Iova::new(M2), pa_a, K4, RW);
+        assert!(matches!(r, Err(Error::InvalidationPending { .. })), "{r:?}");
+        *u1.fail_map_at.lock().unwrap() = None;
+        *u0.fail_unmap_at.lock().unwrap() = None;
+        // B, between A's failure and A's recovery: refused by the record, twice.
+        for _ in 0..2 {
+            let b = ctx.map(io, Iova::new(M2), pa_b, K4, RW);
+            assert!(
+                matches!(
+                    b,
+                    Err(Error::PageTable(crate::pgtable::Error::Overlap { .. }))
+                ),
+                "{b:?}"
+            );
+            assert_eq!(unit_maps(u0, M2).map(|m| m.pa), Some(pa_a));
+        }
+        // A's retry: refused the same way.
+        let a2 = ctx.map(io, Iova::new(M2), pa_a, K4, RW);
+        assert!(
+            matches!(
+                a2,
+                Err(Error::PageTable(crate::pgtable::Error::Overlap { .. }))
+            ),
+            "{a2:?}"
+        );
+        // A's way out: erases nothing of B's (B holds nothing), frees the range.
+        assert_eq!(ctx.unmap(io, Iova::new(M2), K4), Ok(K4));
+        for u in [u0, u1] {
+            assert_eq!(unit_maps(u, M2), None);
+        }
+        ctx.audit(io).unwrap();
+        ctx.map(io, Iova::new(M2), pa_b, K4, RW).unwrap();
+        assert_eq!(
+            ctx.translate(io, Iova::new(M2)).unwrap().map(|m| m.pa),
+            Some(pa_b),
+            "B's mapping, made with Ok, was erased by A's documented recovery"
+        );
+        ctx.audit(io).unwrap();
+    });
+}
+
+/// A detach while the IOASID owes an invalidation (an earlier unmap's flush failed) and the
+/// unit keeps failing: the unmap of the device's direct region is never made (the settle
+/// before it fails), and the region stays a direct mapping without users; once the unit
+/// recovers, the detach retried unmaps it everywhere.
+#[test]
+fn a_detach_that_cannot_settle_keeps_the_direct_region_until_it_is_retried() {
+    with_two_attached_units(|ctx, io, u0, u1| {
+        let regions = [DirectRegion::new(range(M2, M2 + K4), false).unwrap()];
+        let dev = ctx
+            .bind_with_direct(label(0, 2), false, None, &regions)
+            .unwrap();
+        ctx.attach(dev, io).unwrap();
+        ctx.map(io, Iova::new(3 * M2), PhysAddr::new(4 * M2), K4, RW)
+            .unwrap();
+        *u0.fail_flush_at.lock().unwrap() = Some(3 * M2);
+        let r = ctx.unmap(io, Iova::new(3 * M2), K4);
+        assert!(matches!(r, Err(Error::InvalidationPending { .. })), "{r:?}");
+        let d = ctx.detach(dev);
+        assert!(matches!(d, Err(Error::InvalidationPending { .. })), "{d:?}");
+        let direct: Vec<_> = ctx
+            .direct_mappings(io)
+            .unwrap()
+            .into_iter()
+            .flatten()
+            .collect();
+        let recorded = ctx.translate(io, Iova::new(M2)).unwrap();
+        assert!(
+            direct.len() == 1 || (recorded.is_none() && unit_maps(u0, M2).is_none()),
+            "the detached device's direct region is still mapped but no longer a direct mapping"
+        );
+        assert_eq!(direct[0].1, 0, "{direct:?}");
+        *u0.fail_flush_at.lock().unwrap() = None;
+        // The documented way out: detach again settles and returns Ok once nothing is owed.
+        assert_eq!(ctx.detach(dev), Ok(()));
+        assert_eq!(ctx.translate(io, Iova::new(M2)).unwrap(), None);
+        for u in [u0, u1] {
+            assert_eq!(unit_maps(u, M2), None);
+        }
+        assert!(ctx.direct_mappings(io).unwrap().iter().all(Option::is_none));
+        ctx.audit(io).unwrap();
+    });
+}
+
+/// A map inside another call's leftover (here a 2 MiB leaf u0 still maps after a refused map's
+/// undo) is refused by the record before any domain is touched, so no undo splits the
+/// leftover (what `undo_left` relies on).
+#[test]
+fn a_map_inside_a_leftover_is_refused_before_any_domain_is_touched() {
+    with_two_attached_units(|ctx, io, u0, u1| {
+        *u1.fail_map_at.lock().unwrap() = Some(M2);
+        *u0.fail_unmap_at.lock().unwrap() = Some(M2);
+        let r = ctx.map(io, Iova::new(M2), PhysAddr::new(4 * M2), M2, RW);
+        assert!(matches!(r, Err(Error::InvalidationPending { .. })), "{r:?}");
+        assert_eq!(unit_maps(u0, M2).map(|m| m.size_log2), Some(21));
+        *u1.fail_map_at.lock().unwrap() = None;
+        *u0.fail_unmap_at.lock().unwrap() = None;
+        let b = ctx.map(io, Iova::new(M2 + K4), PhysAddr::new(8 * M2), K4, RW);
+        assert!(
+            matches!(
+                b,
+                Err(Error::PageTable(crate::pgtable::Error::Overlap { .. }))
+            ),
+            "{b:?}"
+        );
+        assert_eq!(
+            unit_maps(u0, M2).map(|m| m.size_log2),
+            Some(21),
+            "B's undo split A's 2 MiB leftover in u0 (undo_left says an undo splits nothing)"
+        );
     });
 }

@@ -303,6 +303,7 @@ fn run_on(arena: &Arena, setup: &Setup, ops: &[Op]) {
             shadow: core::array::from_fn(|i| CtxShadow::new(quota(setup.quotas[i]))),
             owner: [None; LABELS.len()],
             fail_armed: false,
+            loose: std::collections::BTreeSet::new(),
             steps: 0,
             domains_changed: true,
             seed: 0x9e37_79b9_7f4a_7c15,
@@ -390,6 +391,10 @@ struct Harness<'h, 'm> {
     /// Label index -> owning context.
     owner: [Option<usize>; LABELS.len()],
     fail_armed: bool,
+    /// Pages (context, IOASID, IOVA) a refused map's undo left in a domain: the record keeps
+    /// them (as mapped) until an unmap of them, and a device may reach them (the recorded
+    /// page) or fault.
+    loose: std::collections::BTreeSet<(usize, u16, u64)>,
     steps: usize,
     /// A step since the last count of the units' domains attached or detached something.
     domains_changed: bool,

@@ -358,6 +358,7 @@ impl<'h, 'm> Harness<'h, 'm> {
                 let map = &mut self.shadow[c].ios.get_mut(&id.0).expect("IOASID").1;
                 for i in 0..pages {
                     map.insert(start + i * K4, (pa_start + i * K4, prot));
+                    self.loose.remove(&(c, id.0, start + i * K4));
                 }
             }
             Err(e) if prot.contains(Prot::PRIV) && !flags.contains(IoasidFlags::SUPERVISOR) => {
@@ -368,7 +369,27 @@ impl<'h, 'm> Harness<'h, 'm> {
                 );
             }
             Err(e) if reserved => assert!(matches!(e, Error::Reserved(_)), "{e:?}"),
-            Err(_) => {
+            Err(e) => {
+                // An undo that left a domain mapping some of the range (`undo_left`) keeps the
+                // whole range in the record, as mapped, until an unmap of it; any other
+                // failure leaves the record as it was. All or nothing, and only with
+                // `InvalidationPending`.
+                let kept = !overlap
+                    && ctxs[c]
+                        .translate(id, Iova::new(start))
+                        .expect("IOASID exists")
+                        .is_some();
+                if kept {
+                    assert!(
+                        matches!(e, Error::InvalidationPending { .. }),
+                        "record kept after {e:?}"
+                    );
+                    let map = &mut self.shadow[c].ios.get_mut(&id.0).expect("IOASID").1;
+                    for i in 0..pages {
+                        map.insert(start + i * K4, (pa_start + i * K4, prot));
+                        self.loose.insert((c, id.0, start + i * K4));
+                    }
+                }
                 // A domain that mapped before another refused got the range back out, with
                 // one flush, and the tables the map built were reclaimed, with one more.
                 let after = self.completions();

@@ -751,6 +751,11 @@ fn address_width(g: &mut Ctx) -> Result<(), Fail> {
             4096,
             Prot::READ | Prot::WRITE,
         ) {
+            // Nothing can be mapped beyond the width: a plain refusal, not pages reported
+            // reachable (the undo's walk of a range beyond the width is no leaf left).
+            Err(e @ IoError::InvalidationPending { .. }) => {
+                bail!("map at {beyond:#x} beyond the width reported reachable: {e}")
+            }
             Err(e) => println!("map at {beyond:#x} refused: {e}"),
             Ok(()) => bail!("map at {beyond:#x}, beyond the domain's {bits} bits, succeeded"),
         }
