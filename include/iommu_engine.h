@@ -1110,9 +1110,9 @@ int32_t ie_ctx_free(IeCtx *ctx, uint32_t ioasid);
 // the attach was refused and undoing its direct regions failed (`InvalidationPending`
 // underneath): then the same statuses mean the device is *not* attached, and its direct
 // regions may still be reachable through the IOASID as after a failed ie_ctx_map(). Call
-// ie_ctx_attach() again once the unit recovers (if it returns `IE_STATUS_EXISTS`, a region
-// whose own map failed is still held: ie_ctx_unmap() it first). Any other error changed
-// nothing.
+// ie_ctx_attach() again once the unit recovers (if it returns `IE_STATUS_INCOMPATIBLE`
+// with a direct region colliding with itself, a region whose own map failed is still held
+// as a mapping: ie_ctx_unmap() it first). Any other error changed nothing.
 //
 // # Safety
 // `ctx` is a live context handle; `reason` is NULL or writable.

@@ -242,7 +242,15 @@ impl From<ioasid::Error> for IeStatus {
             E::PasidNotOwned(_) | E::NotMapped(_) => IeStatus::NotFound,
             E::BufferTooSmall { .. } => IeStatus::BufferTooSmall,
             E::PageTable(p) => p.into(),
-            E::Iommu(i) | E::InvalidationPending { error: i, .. } => i.into(),
+            E::Iommu(i) => i.into(),
+            // The pages stay reachable: a C caller must be able to tell this from a refusal
+            // that left nothing mapped. A failed flush is a timeout, a hardware or a command
+            // error already; an undo's unmap that failed (`undo_left`) may carry any error, and
+            // reads as the unit's fault.
+            E::InvalidationPending { error: i, .. } => match IeStatus::from(i) {
+                s @ (IeStatus::Timeout | IeStatus::Hardware | IeStatus::CommandError) => s,
+                _ => IeStatus::Hardware,
+            },
             E::Mismatch { .. } => IeStatus::Hardware,
             E::UserOwned(_) | E::NotNestParent(_) | E::NotNested(_) => IeStatus::InvalidArgument,
             // iommufd answers a response to no outstanding group with -EINVAL.

@@ -650,3 +650,26 @@ fn capi_hwpt_alloc_nested_vtd_and_invalidate() {
         );
     }
 }
+
+/// An undo's unmap that failed with an argument error leaves pages reachable
+/// (`InvalidationPending`): C must see one of the TIMEOUT / HARDWARE / COMMAND_ERROR that
+/// `ie_ctx_map` documents for "the IOASID keeps the range", not a refusal's status (review
+/// 19b: it was INVALID_ARGUMENT).
+#[test]
+fn a_kept_range_reaches_c_as_a_unit_fault() {
+    let e = crate::ioasid::Error::InvalidationPending {
+        unit: crate::ioasid::UnitId(1),
+        error: crate::iommu::Error::PageTable(crate::pgtable::Error::MisalignedLength {
+            len: 4096,
+            granule_log2: 16,
+        }),
+    };
+    let st = IeStatus::from(e);
+    assert!(
+        matches!(
+            st,
+            IeStatus::Timeout | IeStatus::Hardware | IeStatus::CommandError
+        ),
+        "kept range reported to C as {st:?}"
+    );
+}

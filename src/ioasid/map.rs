@@ -751,14 +751,22 @@ fn undo_left(
     error: crate::iommu::Error,
     out: &mut Result<(), Error>,
 ) -> bool {
-    // Only the part of the range inside the domain's input width can hold a leaf: a map there
-    // refused for its width must not count its walk's range error as one (kept in the record,
-    // no unmap could ever let it go). Its geometry unknown, the whole range is walked.
-    let limit = unit.domain_geometry(d.handle).map_or(u64::MAX, |(ias, _)| {
-        1u64.checked_shl(ias).unwrap_or(u64::MAX)
-    });
-    let start = iova.get();
-    let end = start.saturating_add(len).min(limit);
+    // Only the part of the range inside the domain's input width can hold a leaf, and the walk
+    // must be one the unit accepts: a map refused for its width or for the domain's granule
+    // (nothing written) must not count its walk's argument error as a leaf (kept in the record,
+    // no unmap of the range could ever let it go). So the range is widened to the granule --
+    // every leaf is a granule-aligned multiple of it, so any leaf of the widened range covers
+    // part of the range -- and cut at the width. Its geometry unknown, the whole range is
+    // walked.
+    let (limit, granule) = unit
+        .domain_geometry(d.handle)
+        .map_or((u64::MAX, 1), |(ias, sizes)| {
+            let limit = 1u64.checked_shl(ias).unwrap_or(u64::MAX);
+            (limit, (sizes & sizes.wrapping_neg()).max(1))
+        });
+    let start = iova.get() & !(granule - 1);
+    let end =
+        (iova.get().saturating_add(len).saturating_add(granule - 1) & !(granule - 1)).min(limit);
     // A walk that fails counts as a leaf left: reported, never assumed gone.
     let left = start < end
         && first_leaf(unit, d.handle, start, end - start).map_or(true, |first| first < end);
