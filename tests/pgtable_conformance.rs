@@ -630,6 +630,8 @@ fn run<C: Case>(case: &C) {
     present_mask(case);
     table_masks_and_run_bits(case);
     unmaps_with_holes_gather_exactly(case);
+    maps_over_one_mapped_entry_change_nothing(case);
+    whole_runs_name_their_page_size(case);
 }
 
 /// Where a format decodes table entries with a mask (`Format::table_address_mask`, with which
@@ -801,6 +803,129 @@ fn unmaps_with_holes_gather_exactly<C: Case>(case: &C) {
                 );
             }
             gather.release(&mem, done()).unwrap();
+        }
+    }
+    assert!(mem.bad_frees().is_empty());
+}
+
+/// A map of a stretch of pages or blocks inside one table over one mapped entry (the fast
+/// paths test the stretch as a whole, by the OR of its entries, eight at a time and the rest
+/// four and one at a time, before they write any): for every position of that entry in
+/// stretches of 1 to 19 entries from entry 0 and entry 3, with each permission the format
+/// accepts (VT-d's read-only and write-only leaves are present by different bits), the map
+/// fails naming that entry's IOVA and the walker finds what it found before the call.
+fn maps_over_one_mapped_entry_change_nothing<C: Case>(case: &C) {
+    let f = case.format();
+    let g = *f.geometry();
+    let gran_log2 = g.granule_log2;
+    let prots: Vec<Prot> = [Prot::READ, Prot::WRITE, Prot::READ | Prot::WRITE]
+        .into_iter()
+        .filter(|&p| f.check_prot(p).is_ok())
+        .collect();
+    let mut sizes = vec![gran_log2];
+    sizes.extend((gran_log2 + 1..64).find(|s| g.page_sizes >> s & 1 != 0));
+    let base_pa = 1u64 << (g.oas - 2);
+    let mem = arena(g.oas);
+    let t = table(case, &mem);
+    let mut tried = 0;
+    for size_log2 in sizes {
+        let size = 1u64 << size_log2;
+        for start_entry in [0u64, 3] {
+            for n in [1u64, 4, 7, 8, 9, 12, 15, 16, 17, 19] {
+                if (start_entry + n) << size_log2 > 1u64 << g.ias.min(63) {
+                    continue;
+                }
+                let start = start_entry * size;
+                for k in 0..n {
+                    let name = format!(
+                        "{} size 2^{size_log2} entries {start_entry}+{n}, mapped {k}",
+                        case.name()
+                    );
+                    let at = start + k * size;
+                    let prot = prots[(k as usize) % prots.len()];
+                    t.map(Iova::new(at), PhysAddr::new(base_pa + at), size, prot)
+                        .unwrap();
+                    let before = case.walk_all(&mem, t.root());
+                    assert_eq!(
+                        t.map(
+                            Iova::new(start),
+                            PhysAddr::new(base_pa + start),
+                            n * size,
+                            case.rw()
+                        ),
+                        Err(Error::Overlap {
+                            iova: Iova::new(at)
+                        }),
+                        "{name}"
+                    );
+                    let after = case.walk_all(&mem, t.root());
+                    assert!(after == before, "{name}: mapped {after:?}");
+                    let mut gather = Gather::new();
+                    assert_eq!(
+                        t.unmap(Iova::new(at), size, &mut gather),
+                        Ok(size),
+                        "{name}"
+                    );
+                    gather.release(&mem, done()).unwrap();
+                    tried += 1;
+                }
+            }
+        }
+    }
+    assert!(tried > 0, "{}", case.name());
+    assert!(mem.bad_frees().is_empty());
+}
+
+/// An unmap of whole runs of leaves that are pages of the run's size (a format without a hint
+/// bit whose leaves form runs: AMD-Vi v1's Next Level 7 pages) names each run's page size in
+/// its gather, also where the leaf-table fast path clears whole fours of leaves at once: for
+/// every run size, one run alone and one beside a page on either side.
+fn whole_runs_name_their_page_size<C: Case>(case: &C) {
+    let f = case.format();
+    let g = *f.geometry();
+    let runs = f.contiguous_runs(0);
+    if f.contiguous_bit() != 0 || runs == 0 {
+        return;
+    }
+    let gran_log2 = g.granule_log2;
+    let gran = 1u64 << gran_log2;
+    let base_pa = 1u64 << (g.oas - 2);
+    let mem = arena(g.oas);
+    let t = table(case, &mem);
+    for r in (1..32).filter(|r| runs >> r & 1 != 0) {
+        let run_bytes = gran << r;
+        // A run at the start of its leaf table and one a run further.
+        for start in [0, run_bytes] {
+            if start + run_bytes + gran > 1u64 << g.level_shift(1) {
+                continue;
+            }
+            let name = format!("{} run of 2^{r} pages at {start:#x}", case.name());
+            let map = |iova: u64, len: u64| {
+                t.map(
+                    Iova::new(iova),
+                    PhysAddr::new(base_pa + iova),
+                    len,
+                    case.rw(),
+                )
+                .unwrap()
+            };
+            // A page after the run: the leaf table exists before the run is mapped.
+            map(start + run_bytes, gran);
+            for len in [run_bytes, run_bytes + gran] {
+                map(start, run_bytes);
+                let mut gather = Gather::new();
+                assert_eq!(
+                    t.unmap(Iova::new(start), len, &mut gather),
+                    Ok(len),
+                    "{name}, unmap {len:#x}"
+                );
+                assert_ne!(
+                    gather.page_sizes() & run_bytes,
+                    0,
+                    "{name}, unmap {len:#x}: the run's page size in the gather"
+                );
+                gather.release(&mem, done()).unwrap();
+            }
         }
     }
     assert!(mem.bad_frees().is_empty());
