@@ -1768,8 +1768,9 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     /// Clears entries `first + i ..` of the live table `t` at `level` (callers pass entries of
     /// it, `i <= n`) four at a time while all four are present leaves (rule 6: a plain store of
     /// 0 each, in entry order, each entry read before it is cleared as entry by entry); returns
-    /// the index of the first entry left, a four that holds an empty entry or a table, or
-    /// fewer than four before `n`. A load, one or two mask operations and a store per entry
+    /// the index of the first entry left, a four that holds an empty entry, a table or (a
+    /// format whose run leaf is a page of the run's size, AMD-Vi v1) a run leaf, or fewer than
+    /// four before `n`. A load, one or two mask operations and a store per entry
     /// where presence is a mask test, against a test and branch per entry (issue 18, goal 2);
     /// at level 0 first eight at a time (`and_of_eight`: on x86-64 each load is the operand
     /// of the AND, 2.6 instructions per entry with the store and the loop's).
@@ -2916,7 +2917,8 @@ fn all_present(e: [u64; 4], mask: u64) -> bool {
 /// read once with the effect of an acquire load: the emptiness test of `first_present`.
 ///
 /// # Safety
-/// The entries are entries of the live table `t`.
+/// `t` is a live table page, `count` is a multiple of 8 and `first + count` is at most its
+/// entry count (every block reads eight entries: any other `count` reads past the range).
 #[inline(always)]
 unsafe fn or_of_eights(t: Table, first: usize, count: usize) -> u64 {
     #[cfg(all(target_arch = "x86_64", not(loom), not(miri)))]
@@ -2927,15 +2929,28 @@ unsafe fn or_of_eights(t: Table, first: usize, count: usize) -> u64 {
     #[cfg(not(all(target_arch = "x86_64", not(loom), not(miri))))]
     {
         // SAFETY: the caller's contract.
-        let load = |i: usize| unsafe { t.slot(first + i) }.load(Ordering::Acquire);
-        let (mut acc, mut i) = (0u64, 0);
-        while i < count {
-            let low = load(i) | load(i + 1) | load(i + 2) | load(i + 3);
-            acc |= low | (load(i + 4) | load(i + 5) | load(i + 6) | load(i + 7));
-            i += 8;
-        }
-        acc
+        unsafe { or_of_eights_portable(t, first, count) }
     }
+}
+
+/// [`or_of_eights`] with atomic loads: every target but hosted x86-64, and the model checkers
+/// (loom, Miri), which therefore check this form; `asm_reads_match_the_portable_loops` checks
+/// the x86-64 form against it.
+///
+/// # Safety
+/// As [`or_of_eights`].
+#[cfg(any(test, not(all(target_arch = "x86_64", not(loom), not(miri)))))]
+#[inline(always)]
+unsafe fn or_of_eights_portable(t: Table, first: usize, count: usize) -> u64 {
+    // SAFETY: the caller's contract.
+    let load = |i: usize| unsafe { t.slot(first + i) }.load(Ordering::Acquire);
+    let (mut acc, mut i) = (0u64, 0);
+    while i < count {
+        let low = load(i) | load(i + 1) | load(i + 2) | load(i + 3);
+        acc |= low | (load(i + 4) | load(i + 5) | load(i + 6) | load(i + 7));
+        i += 8;
+    }
+    acc
 }
 
 /// [`or_of_eights`] on x86-64: each entry is the memory operand of an `OR` (issue 18, goal
@@ -2989,7 +3004,7 @@ unsafe fn or_of_eights_x86(t: Table, first: usize, count: usize) -> u64 {
 /// of an acquire load: `clear_fours`' test of eight leaves.
 ///
 /// # Safety
-/// The entries are entries of the live table `t`.
+/// `t` is a live table page and `first + 8` is at most its entry count.
 #[inline(always)]
 unsafe fn and_of_eight(t: Table, first: usize) -> u64 {
     #[cfg(all(target_arch = "x86_64", not(loom), not(miri)))]
@@ -3022,8 +3037,79 @@ unsafe fn and_of_eight(t: Table, first: usize) -> u64 {
     #[cfg(not(all(target_arch = "x86_64", not(loom), not(miri))))]
     {
         // SAFETY: the caller's contract.
-        let load = |i: usize| unsafe { t.slot(first + i) }.load(Ordering::Acquire);
-        (load(0) & load(1) & load(2) & load(3)) & (load(4) & load(5) & load(6) & load(7))
+        unsafe { and_of_eight_portable(t, first) }
+    }
+}
+
+/// [`and_of_eight`] with atomic loads (as [`or_of_eights_portable`]).
+///
+/// # Safety
+/// As [`and_of_eight`].
+#[cfg(any(test, not(all(target_arch = "x86_64", not(loom), not(miri)))))]
+#[inline(always)]
+unsafe fn and_of_eight_portable(t: Table, first: usize) -> u64 {
+    // SAFETY: the caller's contract.
+    let load = |i: usize| unsafe { t.slot(first + i) }.load(Ordering::Acquire);
+    (load(0) & load(1) & load(2) & load(3)) & (load(4) & load(5) & load(6) & load(7))
+}
+
+/// The x86-64 `asm!` reads give the portable loops' answers: every `first` and every count of
+/// eights up to the longest that fits, over tables of one bit at every position,
+/// of random values, and of random values with a few empty entries.
+#[cfg(all(test, target_arch = "x86_64", not(loom), not(miri)))]
+#[test]
+fn asm_reads_match_the_portable_loops() {
+    #[repr(C, align(4096))]
+    struct Page([u64; 512]);
+    let mut rng = crate::aligned_blocks::XorShift(0x2545_F491_4F6C_DD1D);
+    let mut page = Page([0; 512]);
+    let mut fills: std::vec::Vec<std::vec::Vec<u64>> = std::vec::Vec::new();
+    for bit in 0..64 {
+        for at in [0usize, 7, 8, 255, 511] {
+            let mut v = std::vec![0u64; 512];
+            v[at] = 1 << bit;
+            fills.push(v);
+        }
+    }
+    for holes in [0u64, 3] {
+        let v = (0..512)
+            .map(|_| {
+                let r = rng.next();
+                if holes != 0 && r % 7 < holes {
+                    0
+                } else {
+                    rng.next()
+                }
+            })
+            .collect();
+        fills.push(v);
+    }
+    for fill in &fills {
+        page.0.copy_from_slice(fill);
+        let t = Table::at(NonNull::from(&mut page).cast());
+        for first in 0..512 {
+            // Short counts, and the longest that fits (to the table's end or 7 short of it).
+            let longest = (512 - first) & !7;
+            for count in [0, 8, 16, 24, 64, longest]
+                .into_iter()
+                .filter(|&c| c <= longest)
+            {
+                // SAFETY: `first + count <= 512`, `count` a multiple of 8: in the page.
+                let (asm, portable) = unsafe {
+                    (
+                        or_of_eights(t, first, count),
+                        or_of_eights_portable(t, first, count),
+                    )
+                };
+                assert_eq!(asm, portable, "OR of {count} entries from {first}");
+            }
+            if first + 8 <= 512 {
+                // SAFETY: `first + 8 <= 512`: in the page.
+                let (asm, portable) =
+                    unsafe { (and_of_eight(t, first), and_of_eight_portable(t, first)) };
+                assert_eq!(asm, portable, "AND of 8 entries from {first}");
+            }
+        }
     }
 }
 
