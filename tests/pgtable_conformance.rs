@@ -705,6 +705,19 @@ fn table_masks_and_run_bits<C: Case>(case: &C) {
     }
 }
 
+/// The permissions of `f`'s leaves the stretch tests try (VT-d's read-only and write-only
+/// leaves are present by different bits), and its granule and next larger page size.
+fn leaf_prots_and_sizes<F: Format>(f: &F) -> (Vec<Prot>, Vec<u32>) {
+    let g = *f.geometry();
+    let prots = [Prot::READ, Prot::WRITE, Prot::READ | Prot::WRITE]
+        .into_iter()
+        .filter(|&p| f.check_prot(p).is_ok())
+        .collect();
+    let mut sizes = vec![g.granule_log2];
+    sizes.extend((g.granule_log2 + 1..64).find(|s| g.page_sizes >> s & 1 != 0));
+    (prots, sizes)
+}
+
 /// An unmap of a stretch of leaves with holes in it (the leaf-table and level-1 fast paths
 /// clear whole fours of present leaves at once and the rest entry by entry): for no hole, every
 /// hole and every pair of holes among 14 granule pages or 14 blocks, leaves of every permission
@@ -717,12 +730,7 @@ fn unmaps_with_holes_gather_exactly<C: Case>(case: &C) {
     let f = case.format();
     let g = *f.geometry();
     let gran_log2 = g.granule_log2;
-    let prots: Vec<Prot> = [Prot::READ, Prot::WRITE, Prot::READ | Prot::WRITE]
-        .into_iter()
-        .filter(|&p| f.check_prot(p).is_ok())
-        .collect();
-    let mut sizes = vec![gran_log2];
-    sizes.extend((gran_log2 + 1..64).find(|s| g.page_sizes >> s & 1 != 0));
+    let (prots, sizes) = leaf_prots_and_sizes(&f);
     let n = 14u64;
     let mut holes: Vec<Vec<u64>> = vec![vec![]];
     for a in 0..n {
@@ -817,13 +825,7 @@ fn unmaps_with_holes_gather_exactly<C: Case>(case: &C) {
 fn maps_over_one_mapped_entry_change_nothing<C: Case>(case: &C) {
     let f = case.format();
     let g = *f.geometry();
-    let gran_log2 = g.granule_log2;
-    let prots: Vec<Prot> = [Prot::READ, Prot::WRITE, Prot::READ | Prot::WRITE]
-        .into_iter()
-        .filter(|&p| f.check_prot(p).is_ok())
-        .collect();
-    let mut sizes = vec![gran_log2];
-    sizes.extend((gran_log2 + 1..64).find(|s| g.page_sizes >> s & 1 != 0));
+    let (prots, sizes) = leaf_prots_and_sizes(&f);
     let base_pa = 1u64 << (g.oas - 2);
     let mem = arena(g.oas);
     let t = table(case, &mem);

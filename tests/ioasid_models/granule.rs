@@ -137,20 +137,11 @@ fn an_unmap_after_a_granule_refusal_maps_nothing_back() {
 /// nothing written; the attach must not report the region reachable nor keep it in the record.
 #[test]
 fn an_attach_whose_direct_region_is_refused_for_the_granule_keeps_nothing() {
-    use iommu_engine::ioasid::DirectRegion;
-    use iommu_engine::pgtable::IovaRange;
     let mut s = SmmuSetup::qemu(true);
     s.unit.granule_log2 = Some(16);
     with_rig(VtdSetup::legacy(true), s, |r| {
         let ctx = IoasidCtx::new(r.reg, r.arena, 0);
-        let region = DirectRegion::new(
-            IovaRange {
-                start: Iova::new(0x7f00_0000),
-                end: Iova::new(0x7f00_1000),
-            },
-            false,
-        )
-        .unwrap();
+        let region = rmr_page();
         let dev = ctx
             .bind_with_direct(smmu_dev(SID_A), false, None, &[region])
             .unwrap();
@@ -174,8 +165,6 @@ fn an_attach_whose_direct_region_is_refused_for_the_granule_keeps_nothing() {
 /// found, on 13c24d7, the region kept as a mapping no unmap could clear).
 #[test]
 fn a_vtd_direct_region_refused_by_a_coarse_domain_keeps_nothing() {
-    use iommu_engine::ioasid::DirectRegion;
-    use iommu_engine::pgtable::IovaRange;
     let mut s = SmmuSetup::qemu(true);
     s.unit.granule_log2 = Some(16);
     with_rig(VtdSetup::legacy(true), s, |r| {
@@ -183,14 +172,7 @@ fn a_vtd_direct_region_refused_by_a_coarse_domain_keeps_nothing() {
         let io = ctx.alloc(IoasidFlags::empty()).unwrap();
         let sdev = ctx.bind(smmu_dev(SID_A), false).unwrap();
         ctx.attach(sdev, io).unwrap();
-        let region = DirectRegion::new(
-            IovaRange {
-                start: Iova::new(0x7f00_0000),
-                end: Iova::new(0x7f00_1000),
-            },
-            false,
-        )
-        .unwrap();
+        let region = rmr_page();
         let vdev = ctx
             .bind_with_direct(vtd_dev(RID_A), false, None, &[region])
             .unwrap();
@@ -213,4 +195,13 @@ fn a_vtd_direct_region_refused_by_a_coarse_domain_keeps_nothing() {
         );
         assert_eq!(kept, None);
     });
+}
+
+/// A one-page direct region at 0x7f00_0000 (an RMRR or IORT RMR page).
+fn rmr_page() -> iommu_engine::ioasid::DirectRegion {
+    let range = iommu_engine::pgtable::IovaRange {
+        start: Iova::new(0x7f00_0000),
+        end: Iova::new(0x7f00_1000),
+    };
+    iommu_engine::ioasid::DirectRegion::new(range, false).unwrap()
 }
