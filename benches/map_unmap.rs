@@ -767,6 +767,90 @@ fn memset_bound(c: &mut Criterion) {
         });
     }
     g.finish();
+    all_or_nothing_limits(c);
+}
+
+/// The OR of `buf`'s entries, each read once as an acquire load: on x86-64 as the memory
+/// operand of an `OR`, four accumulators, eight entries a step (the engine's read pass,
+/// `or_of_eights_x86`); elsewhere with atomic loads. `buf.len()` is a multiple of eight.
+fn or_of_all(buf: &[AtomicU64]) -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let (mut a, mut b, mut c, mut d) = (0u64, 0u64, 0u64, 0u64);
+        for eight in buf.chunks_exact(8) {
+            // SAFETY: `eight` is eight aligned, live `AtomicU64`s; the block only reads them,
+            // each as the aligned 8-byte load an acquire load is on x86-64.
+            unsafe {
+                core::arch::asm!(
+                    "or {a}, qword ptr [{p}]",
+                    "or {b}, qword ptr [{p} + 8]",
+                    "or {c}, qword ptr [{p} + 16]",
+                    "or {d}, qword ptr [{p} + 24]",
+                    "or {a}, qword ptr [{p} + 32]",
+                    "or {b}, qword ptr [{p} + 40]",
+                    "or {c}, qword ptr [{p} + 48]",
+                    "or {d}, qword ptr [{p} + 56]",
+                    p = in(reg) eight.as_ptr(),
+                    a = inout(reg) a,
+                    b = inout(reg) b,
+                    c = inout(reg) c,
+                    d = inout(reg) d,
+                    options(nostack),
+                );
+            }
+        }
+        (a | b) | (c | d)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        buf.iter().fold(0, |acc, e| acc | e.load(Ordering::Acquire))
+    }
+}
+
+/// The least an all-or-nothing map and an exact unmap can do with 64-bit atomic accesses, for
+/// the 256-entry and 1 GiB rows (issue 18, goal 2: what bounds them).
+/// - `check-store-limit`: one pass reading every entry (their OR, as the engine's emptiness
+///   check does) and, when a mask of it is clear, a second pass storing every entry: a map
+///   may write nothing until every entry is known empty, since a device may walk the table.
+///   The entries hold the previous iteration's stores and the mask is a bit they never set,
+///   so the check reads real entries and always passes.
+/// - `load-store-limit`: one pass loading each entry and storing 0 in its place, with the
+///   loaded values' OR kept: an unmap must know what it clears (the bytes it returns, the
+///   gather's exact ranges).
+fn all_or_nothing_limits(c: &mut Criterion) {
+    const ABSENT: u64 = 1 << 62;
+    let mut g = c.benchmark_group("check-store-limit");
+    for (name, ptes) in [("256x4K", 256usize), ("262144x4K", 262_144)] {
+        let buf: Vec<AtomicU64> = (0..ptes).map(|_| AtomicU64::new(0)).collect();
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let buf = black_box(&buf[..]);
+                let v = black_box(0x5a5a_5000_0003u64);
+                if or_of_all(buf) & ABSENT == 0 {
+                    for (i, e) in buf.iter().enumerate() {
+                        e.store(v + ((i as u64) << 12), Ordering::Release);
+                    }
+                }
+            })
+        });
+    }
+    g.finish();
+    let mut g = c.benchmark_group("load-store-limit");
+    for (name, ptes) in [("256x4K", 256usize), ("262144x4K", 262_144)] {
+        let buf: Vec<AtomicU64> = (0..ptes).map(|_| AtomicU64::new(0)).collect();
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let buf = black_box(&buf[..]);
+                let mut seen = 0;
+                for e in buf {
+                    seen |= e.load(Ordering::Acquire);
+                    e.store(0, Ordering::Release);
+                }
+                black_box(seen)
+            })
+        });
+    }
+    g.finish();
 }
 
 fn map_unmap(c: &mut Criterion) {
