@@ -109,9 +109,11 @@ typedef enum {
   IE_STATUS_NOT_ATTACHED = 6,
   // The IOVA range is already mapped (`-EEXIST`).
   IE_STATUS_EXISTS = 7,
-  // The IOVA or physical range is outside what the address space covers, or the allocator
-  // gave a table page the unit cannot address (above its output or host address width)
-  // (`-ERANGE`).
+  // The IOVA or physical range is outside what the address space covers (for an IOASID: a
+  // map or copy reaching beyond the input width of one of its hardware domains, refused
+  // with nothing changed, or an attach whose device's direct region does), or the
+  // allocator gave a table page the unit cannot address (above its output or host address
+  // width) (`-ERANGE`).
   IE_STATUS_OUT_OF_RANGE = 8,
   // The range overlaps a reserved IOVA region (`-EADDRINUSE`).
   IE_STATUS_RESERVED = 9,
@@ -1149,7 +1151,9 @@ int32_t ie_ctx_detach_pasid(IeCtx *ctx, uint32_t device, uint32_t pasid);
 // again until `IE_STATUS_OK` before reusing `pa`), or may still map some of the range (its
 // unmap failed: the IOASID keeps the range, so a map over it returns `IE_STATUS_EXISTS`
 // and no other caller gets it; ie_ctx_unmap() of the range until `IE_STATUS_OK` before
-// reusing `pa`). Unmapping the range covers both cases.
+// reusing `pa`). Unmapping the range covers both cases. `IE_STATUS_OUT_OF_RANGE`: the range
+// reaches beyond the input width of a domain behind the IOASID (ie_ctx_iova_ranges() says
+// what may be mapped), or the physical range beyond a unit's output width; nothing changed.
 //
 // # Safety
 // `ctx` is a live context handle.

@@ -935,7 +935,9 @@ const _: () = assert!(
 /// again until `IE_STATUS_OK` before reusing `pa`), or may still map some of the range (its
 /// unmap failed: the IOASID keeps the range, so a map over it returns `IE_STATUS_EXISTS`
 /// and no other caller gets it; ie_ctx_unmap() of the range until `IE_STATUS_OK` before
-/// reusing `pa`). Unmapping the range covers both cases.
+/// reusing `pa`). Unmapping the range covers both cases. `IE_STATUS_OUT_OF_RANGE`: the range
+/// reaches beyond the input width of a domain behind the IOASID (ie_ctx_iova_ranges() says
+/// what may be mapped), or the physical range beyond a unit's output width; nothing changed.
 ///
 /// # Safety
 /// `ctx` is a live context handle.

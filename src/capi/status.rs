@@ -34,9 +34,11 @@ pub enum IeStatus {
     NotAttached = 6,
     /// The IOVA range is already mapped (`-EEXIST`).
     Exists = 7,
-    /// The IOVA or physical range is outside what the address space covers, or the allocator
-    /// gave a table page the unit cannot address (above its output or host address width)
-    /// (`-ERANGE`).
+    /// The IOVA or physical range is outside what the address space covers (for an IOASID: a
+    /// map or copy reaching beyond the input width of one of its hardware domains, refused
+    /// with nothing changed, or an attach whose device's direct region does), or the
+    /// allocator gave a table page the unit cannot address (above its output or host address
+    /// width) (`-ERANGE`).
     OutOfRange = 8,
     /// The range overlaps a reserved IOVA region (`-EADDRINUSE`).
     Reserved = 9,
@@ -240,6 +242,8 @@ impl From<ioasid::Error> for IeStatus {
                 IeStatus::NoSpace
             }
             E::PasidNotOwned(_) | E::NotMapped(_) => IeStatus::NotFound,
+            // Nothing changed: the range is beyond a domain's width (`ie_ctx_iova_ranges`).
+            E::BeyondInputWidth { .. } => IeStatus::OutOfRange,
             E::BufferTooSmall { .. } => IeStatus::BufferTooSmall,
             E::PageTable(p) => p.into(),
             E::Iommu(i) => i.into(),
@@ -368,5 +372,18 @@ mod tests {
         assert_eq!(IeStatus::from_raw(16), Some(IeStatus::CommandError));
         assert_eq!(IeStatus::from_raw(17), Some(IeStatus::BufferTooSmall));
         assert_eq!(IeStatus::from_raw(18), None);
+    }
+
+    /// A map beyond a domain's width (nothing changed) is OUT_OF_RANGE, not a unit fault
+    /// that would tell C the pages may be reachable.
+    #[test]
+    fn a_map_beyond_a_domains_width_is_out_of_range() {
+        let e = ioasid::Error::BeyondInputWidth {
+            last: crate::mem::Iova::new(1 << 44),
+            ias: 44,
+            unit: ioasid::UnitId(1),
+        };
+        assert_eq!(IeStatus::from(e), IeStatus::OutOfRange);
+        assert_eq!(IeStatus::OutOfRange.errno(), -34);
     }
 }

@@ -831,12 +831,15 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         };
         if let Some(slot) = slot {
             // Filled by steps beside one another: the record's walk is never under a map.
-            let built = self.prepare_domain(st, device, plain, (unit_id, handle), r)
-                && self.fill_domain(st, device, plain, (unit_id, handle), r);
-            if !built {
+            let ias = if self.prepare_domain(st, device, plain, (unit_id, handle), r) {
+                self.fill_domain(st, device, plain, (unit_id, handle), r)
+            } else {
+                None
+            };
+            let Some(ias) = ias else {
                 self.discard_domain(st, unit_id, handle, park);
                 return None;
-            }
+            };
             let Ok(io) = st.ioasid_mut(plain) else {
                 refuse_into(r, Error::NoSuchIoasid(plain));
                 return None;
@@ -845,6 +848,7 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
                 unit: unit_id,
                 handle,
                 users: 0,
+                ias,
             });
         }
         let Some(child_slot) = child_slot else {
@@ -924,8 +928,10 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     /// the next walk resumes at the leaf the last one stopped at. The record does not change
     /// meanwhile: the state's write lock is held.
     ///
-    /// The refusal goes into `r` (passed `Ok`), and `false`: no `Result` of this layer is in
-    /// this frame over the maps (the kernel-stack bound of the C ABI).
+    /// Returns the domain's input address width, which every mapping of the IOASID is below
+    /// (checked run by run: `Missing::AddressWidth` otherwise), for [`UnitDomain::ias`]. The
+    /// refusal goes into `r` (passed `Ok`), and `None`: no `Result` of this layer is in this
+    /// frame over the maps (the kernel-stack bound of the C ABI).
     #[inline(never)]
     fn fill_domain(
         &self,
@@ -934,29 +940,26 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         ioasid: IoasidId,
         (unit_id, handle): (UnitId, DomainHandle),
         r: &mut Result<(), Error>,
-    ) -> bool {
+    ) -> Option<u32> {
         let Ok(unit) = self.unit(unit_id) else {
-            return refuse_into(r, Error::NoSuchUnit(unit_id));
+            refuse_into(r, Error::NoSuchUnit(unit_id));
+            return None;
         };
-        let Some((ias, page_sizes)) = geometry(unit, handle, r) else {
-            return false;
-        };
+        let (ias, page_sizes) = geometry(unit, handle, r)?;
         let granule_log2 = page_sizes.trailing_zeros().min(63);
         st.fill.start();
         loop {
-            let Some(more) = collect_runs(st, ioasid, granule_log2, r) else {
-                return false;
-            };
+            let more = collect_runs(st, ioasid, granule_log2, r)?;
             for i in 0..st.fill.count {
                 let Some(&run) = st.fill.runs.get(i) else {
                     break;
                 };
                 if !place_run(unit, handle, device, (granule_log2, ias), run, r) {
-                    return false;
+                    return None;
                 }
             }
             if !more {
-                return true;
+                return Some(ias);
             }
         }
     }
@@ -1085,6 +1088,8 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
             unit: unit_id,
             handle,
             users: 0,
+            // A nested child maps nothing: no width of its own to keep its mappings below.
+            ias: 64,
         });
         Ok((handle, true))
     }

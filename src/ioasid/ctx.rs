@@ -79,6 +79,10 @@ pub(super) struct UnitDomain {
     pub(super) unit: UnitId,
     pub(super) handle: DomainHandle,
     pub(super) users: u32,
+    /// The domain's input address width, in bits (`Iommu::domain_geometry`, read once when
+    /// it joins the IOASID): no mapping of the IOASID reaches beyond it (`map.rs`,
+    /// `beyond_width`). 64 for a nested child's user domain, which maps nothing.
+    pub(super) ias: u32,
 }
 
 pub(super) struct Ioasid<'a, A: PageAllocator> {

@@ -309,6 +309,10 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
                 continue;
             }
             new += 1;
+            // No domain of the IOASID may hold a page another cannot (`map.rs`, `beyond_width`).
+            if let Some(e) = super::map::beyond_width(io, start, end - start) {
+                return Err(e);
+            }
             let mapped = io.first_mapping_in(start, end)?;
             let reservation = io.reservation_overlapping(start, end);
             let unit_reserved = self

@@ -40,7 +40,9 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     /// [`Error::NoSuchIoasid`]; [`Error::PageTable`] for a range that is empty, overflows or
     /// is not 4 KiB aligned; [`Error::NotMapped`] naming the first IOVA of the source range
     /// that maps nothing (iommufd's `ENOENT`); [`Error::Reserved`] for a source range over a
-    /// direct region of an attached device (not the owner's to copy); then any error of
+    /// direct region of an attached device (not the owner's to copy);
+    /// [`Error::BeyondInputWidth`] for a destination range reaching beyond a domain of `dst`
+    /// (refused before any run is mapped); then any error of
     /// [`IoasidCtx::map`] in the destination. Nothing is mapped in `dst` after any of them:
     /// what was mapped before the failure is unmapped again, with its invalidation; if a unit
     /// does not confirm it, the error is [`Error::InvalidationPending`] (as after a failed
@@ -83,7 +85,12 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     ) -> Result<(), Error> {
         check_range(src_iova, len)?;
         check_range(dst_iova, len)?;
-        self.state.read().ioasid(dst)?;
+        // Beyond a domain's width, refused whole before any run is mapped.
+        if let Some(e) =
+            super::map::beyond_width(self.state.read().ioasid(dst)?, dst_iova.get(), len)
+        {
+            return Err(e);
+        }
         // The whole source first, so that a hole is refused before anything is mapped.
         let mut at = 0;
         while at < len {

@@ -29,7 +29,9 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     /// behind it. If any domain refuses, what was done is undone and nothing is mapped.
     ///
     /// # Errors
-    /// [`Error::Reserved`] for a range touching a reserved region; [`Error::PageTable`]
+    /// [`Error::Reserved`] for a range touching a reserved region;
+    /// [`Error::BeyondInputWidth`] for one reaching beyond the input width of a domain behind
+    /// the IOASID (refused before anything is touched); [`Error::PageTable`]
     /// (overlap, alignment, width, memory; `UnsupportedProt` for [`Prot::PRIV`] in an IOASID
     /// not allocated with [`IoasidFlags::SUPERVISOR`]); unit errors. Nothing is mapped after any of them.
     /// [`Error::InvalidationPending`]: devices behind the unit it names may still reach `pa`.
@@ -82,6 +84,9 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         }
         if let Some(r) = direct_overlap(io, iova.get(), end) {
             return Err(Error::Reserved(r));
+        }
+        if let Some(e) = beyond_width(io, iova.get(), len) {
+            return Err(e);
         }
         self.map_in(io, iova, pa, len, prot)
     }
@@ -654,6 +659,35 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         })?;
         result
     }
+}
+
+/// [`Error::BeyondInputWidth`] naming the narrowest domain of `io` that `[iova, iova + len)`
+/// reaches beyond, if any (an empty or overflowing range is left to the record to name).
+///
+/// Every mapping of an IOASID lies below every one of its domains' input widths: `map` and
+/// `copy` refuse anything else here, before the record or a domain is touched; an attach
+/// refuses a domain narrower than a mapping (`Missing::AddressWidth`, `check_run`) and a
+/// direct region beyond a domain the IOASID has (`check_direct`). Without it, a range that
+/// a wide domain took and a narrow one refused, whose undo then failed in the wide one,
+/// stayed in the record straddling the narrow width, and `unmap(0, UNMAP_ALL)`, which stops
+/// at the narrowest width, returned `Ok` with the page above it still mapped (review 19b).
+pub(super) fn beyond_width<A: PageAllocator>(
+    io: &Ioasid<'_, A>,
+    iova: u64,
+    len: u64,
+) -> Option<Error> {
+    let last = iova.checked_add(len.checked_sub(1)?)?;
+    let d = io
+        .domains
+        .iter()
+        .flatten()
+        .filter(|d| d.ias < 64 && last >> d.ias != 0)
+        .min_by_key(|d| d.ias)?;
+    Some(Error::BeyondInputWidth {
+        last: Iova::new(last),
+        ias: d.ias,
+        unit: d.unit,
+    })
 }
 
 /// How a domain's part of [`IoasidCtx::unmap_unsettled_into`] ended; its error is in the

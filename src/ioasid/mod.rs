@@ -427,6 +427,21 @@ pub enum Error {
         /// How its flush failed.
         error: iommu::Error,
     },
+    /// [`IoasidCtx::map`], [`IoasidCtx::copy`]: the range reaches beyond the input address
+    /// width of a hardware domain behind the IOASID (the narrowest such domain is named).
+    /// Refused before the record or any domain is touched: every mapping of an IOASID lies
+    /// below every one of its domains' widths, so that no domain holds a page another cannot
+    /// (which `unmap(0, UNMAP_ALL)`, cut at the narrowest width, would leave mapped: review
+    /// 19b). iommufd refuses such a map too (the domain's aperture is reserved in the IOAS
+    /// while the domain is in it). [`IoasidCtx::iova_ranges`] reports what may be mapped.
+    BeyondInputWidth {
+        /// The range's last IOVA.
+        last: crate::mem::Iova,
+        /// The domain's input address width, in bits.
+        ias: u32,
+        /// The domain's unit.
+        unit: UnitId,
+    },
     /// The IOASID is a nested child ([`IoasidCtx::alloc_nested`]): the guest owns its stage 1,
     /// it has no mappings of its own to map, unmap, reserve or read dirty state from.
     UserOwned(IoasidId),
@@ -507,6 +522,11 @@ impl fmt::Display for Error {
             Error::NoIovaSpace { size } => write!(f, "no free IOVA range of {size:#x} bytes"),
             Error::PageTable(e) => write!(f, "page table: {e}"),
             Error::Iommu(e) => write!(f, "IOMMU: {e}"),
+            Error::BeyondInputWidth { last, ias, unit } => write!(
+                f,
+                "range up to {last} beyond the {ias}-bit input width of unit {}'s domain",
+                unit.0
+            ),
             Error::UserOwned(i) => write!(
                 f,
                 "IOASID {} is a nested child: its stage 1 is the user's",

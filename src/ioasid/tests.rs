@@ -121,6 +121,20 @@ impl<'a> FakeUnit<'a> {
             .map(|a| a.2)
     }
 
+    /// Refuses a range beyond the input width `geometry` overrides (the table itself has 48
+    /// bits), as a unit of that width refuses it: nothing written.
+    fn within_width(&self, iova: Iova, len: u64) -> Result<(), IommuError> {
+        let Some((ias, _)) = self.geometry.filter(|&(ias, _)| ias < 64) else {
+            return Ok(());
+        };
+        let last = iova.get().saturating_add(len.saturating_sub(1));
+        if last >> ias != 0 {
+            let last = Iova::new(last);
+            return Err(crate::pgtable::Error::IovaOutOfRange { last, ias }.into());
+        }
+        Ok(())
+    }
+
     fn snoop_of(&self, d: DomainHandle) -> bool {
         self.domains.lock().unwrap()[usize::from(d.0)]
             .as_ref()
@@ -211,6 +225,7 @@ impl Iommu for FakeUnit<'_> {
             p.0.wait();
             p.1.wait();
         }
+        self.within_width(iova, len)?;
         self.with(d, |t| t.map(iova, pa, len, prot))??;
         if *self.fail_after_map_at.lock().unwrap() == Some(iova.get()) {
             return Err(IommuError::Timeout { what: "test" });
@@ -227,6 +242,7 @@ impl Iommu for FakeUnit<'_> {
         if *self.fail_unmap_at.lock().unwrap() == Some(iova.get()) {
             return Err(IommuError::Timeout { what: "test" });
         }
+        self.within_width(iova, len)?;
         let unstable = *self.unstable_at.lock().unwrap();
         if let Some(at) = unstable.filter(|&at| iova.get() < at && at - iova.get() < len) {
             self.with(d, |t| t.unmap(iova, at - iova.get(), g))??;
@@ -2177,4 +2193,67 @@ fn a_map_inside_a_leftover_is_refused_before_any_domain_is_touched() {
             "B's undo split A's 2 MiB leftover in u0 (undo_left says an undo splits nothing)"
         );
     });
+}
+
+/// Review 19b F2: a map that straddles the narrowest domain's input width (u1: 39 bits), taken
+/// by the wider u0 and refused by u1, whose undo cannot unmap it from u0. Before the IOASID
+/// refused such a range itself, the record kept it (`InvalidationPending`), and
+/// `unmap(0, UNMAP_ALL)`, cut at the narrowest width, returned `Ok` with u0 still mapping the
+/// page above 2^39: the caller freed a page a device behind u0 could reach.
+#[test]
+fn unmap_all_leaves_nothing_of_a_map_straddling_the_narrowest_width() {
+    let alloc = test_alloc();
+    let wide = FakeUnit::new(&alloc, true);
+    let mut narrow = FakeUnit::new(&alloc, true);
+    narrow.geometry = Some((39, K4 | M2 | G1));
+    let pasids = PasidAllocator::new(20);
+    let reg = Registry::new(&[&wide, &narrow], &pasids).unwrap();
+    let ctx = IoasidCtx::new(&reg, &alloc, 0);
+    let io = ctx.alloc(IoasidFlags::empty()).unwrap();
+    ctx.attach(ctx.bind(label(0, 1), false).unwrap(), io)
+        .unwrap();
+    ctx.attach(ctx.bind(label(1, 1), false).unwrap(), io)
+        .unwrap();
+    let edge = 1u64 << 39;
+    let below = edge - K4;
+    *wide.fail_unmap_at.lock().unwrap() = Some(below);
+    let mapped = ctx.map(io, Iova::new(below), PhysAddr::new(4 * M2), 2 * K4, RW);
+    *wide.fail_unmap_at.lock().unwrap() = None;
+    let all = ctx.unmap(io, Iova::ZERO, UNMAP_ALL);
+    let beyond = unit_maps(&wide, edge).map(|m| m.pa);
+    assert!(
+        all.is_err() || beyond.is_none(),
+        "UNMAP_ALL returned {all:?} with the wide domain still mapping {beyond:?} at 2^39 \
+         (the map returned {mapped:?})"
+    );
+    assert_eq!(ctx.translate(io, Iova::new(edge)).unwrap(), None);
+    // Refused by the IOASID itself, naming the narrow domain, before anything was touched.
+    assert_eq!(
+        mapped,
+        Err(Error::BeyondInputWidth {
+            last: Iova::new(edge + K4 - 1),
+            ias: 39,
+            unit: UnitId(1)
+        })
+    );
+    assert_eq!(all, Ok(0));
+    assert_eq!(unit_maps(&wide, below), None);
+    ctx.audit(io).unwrap();
+    // So is a copy that would straddle it, before any run is mapped; and below the width
+    // both go through.
+    let src = two_runs(&ctx);
+    assert_eq!(
+        ctx.copy(src, Iova::new(SRC), io, Iova::new(below), 2 * K4),
+        Err(Error::BeyondInputWidth {
+            last: Iova::new(edge + K4 - 1),
+            ias: 39,
+            unit: UnitId(1)
+        })
+    );
+    assert_eq!(unit_maps(&wide, below), None);
+    ctx.copy(src, Iova::new(SRC), io, Iova::new(below - K4), 2 * K4)
+        .unwrap();
+    ctx.map(io, Iova::new(edge - 4 * K4), PhysAddr::new(4 * M2), K4, RW)
+        .unwrap();
+    ctx.audit(io).unwrap();
 }

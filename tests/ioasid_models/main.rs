@@ -26,3 +26,4 @@ mod reclaim;
 mod seed;
 mod supervisor;
 mod two_units;
+mod width;
