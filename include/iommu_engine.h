@@ -1093,7 +1093,9 @@ int32_t ie_ctx_device_info(IeCtx *ctx, uint32_t device, IeDeviceInfo *out);
 // `ctx` is a live context handle; `out` is writable.
 int32_t ie_ctx_alloc(IeCtx *ctx, uint32_t flags, uint32_t *out);
 
-// Frees an IOASID with nothing attached.
+// Frees an IOASID with nothing attached. `IE_STATUS_BUSY` while a device or PASID is
+// attached, a nested child has it as its parent, or an ie_ctx_copy() from or into it runs
+// on another thread (the copy holds its IOASIDs until its undo is done).
 //
 // # Safety
 // `ctx` is a live context handle.

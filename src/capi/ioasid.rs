@@ -769,7 +769,9 @@ pub unsafe extern "C" fn ie_ctx_alloc(ctx: *mut IeCtx, flags: u32, out: *mut u32
     })())
 }
 
-/// Frees an IOASID with nothing attached.
+/// Frees an IOASID with nothing attached. `IE_STATUS_BUSY` while a device or PASID is
+/// attached, a nested child has it as its parent, or an ie_ctx_copy() from or into it runs
+/// on another thread (the copy holds its IOASIDs until its undo is done).
 ///
 /// # Safety
 /// `ctx` is a live context handle.

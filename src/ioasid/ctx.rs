@@ -104,6 +104,11 @@ pub(super) struct Ioasid<'a, A: PageAllocator> {
     /// [`IoasidCtx::set_dirty_tracking`] turned tracking off (an IOASID allocated with
     /// `DIRTY_TRACKING` starts with it on; false is zeroes, like the rest).
     pub(super) dirty_off: bool,
+    /// Copies in flight from or into the IOASID (`ioas.rs`): [`IoasidCtx::free`] is `Busy`
+    /// while any is, so that the number a copy holds names this IOASID until its undo is
+    /// done. Changed under the state's read lock, read under its write lock (which orders
+    /// them: relaxed).
+    pub(super) copies: AtomicU32,
 }
 
 impl<'a, A: PageAllocator> Ioasid<'a, A> {
@@ -122,6 +127,7 @@ impl<'a, A: PageAllocator> Ioasid<'a, A> {
             max_page_log2: None,
             nested: None,
             dirty_off: false,
+            copies: AtomicU32::new(0),
         }
     }
 
@@ -646,7 +652,8 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
     /// Frees an IOASID with nothing attached, and its mappings.
     ///
     /// # Errors
-    /// [`Error::Busy`] while devices or PASIDs are attached. [`Error::InvalidationPending`] or
+    /// [`Error::Busy`] while devices or PASIDs are attached, a nested child has it as its
+    /// parent, or a [`IoasidCtx::copy`] from or into it is in flight. [`Error::InvalidationPending`] or
     /// a unit error: a domain behind the IOASID could not be freed yet (the invalidation of its
     /// tag or of an earlier unmap was not confirmed); the IOASID stays, with its mappings and
     /// what remains of its domains, and a retry completes the free.
@@ -658,7 +665,10 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
             .iter()
             .flatten()
             .any(|io| io.nested.is_some_and(|n| n.parent == ioasid));
-        if st.in_use(ioasid) || has_child {
+        // A copy in flight holds the number: freed, another IOASID could take it and lose
+        // mappings to the copy's undo, or get its later runs (review 19 finding 4).
+        let copying = st.ioasid(ioasid)?.copies.load(Ordering::Relaxed) != 0;
+        if st.in_use(ioasid) || has_child || copying {
             return Err(Error::Busy);
         }
         self.free_domains(st.ioasid_mut(ioasid)?)?;

@@ -310,8 +310,8 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
             }
             new += 1;
             // No domain of the IOASID may hold a page another cannot (`map.rs`, `beyond_width`).
-            if let Some(e) = super::map::beyond_width(io, start, end - start) {
-                return Err(e);
+            if let Some((last, ias, unit)) = super::map::beyond_width(io, start, end - start) {
+                return Err(Error::BeyondInputWidth { last, ias, unit });
             }
             let mapped = io.first_mapping_in(start, end)?;
             let reservation = io.reservation_overlapping(start, end);

@@ -16,11 +16,19 @@
 //! direct regions mapped for its attached devices: what `map` would accept, as
 //! `IOMMU_IOAS_IOVA_RANGES` reports the ranges `IOMMU_IOAS_MAP` accepts.
 
+use core::sync::atomic::Ordering;
+
 use super::ctx::{Ioasid, IoasidCtx, State};
 use super::record::RECORD_IAS;
 use super::{Error, IoasidId, MAX_UNITS};
 use crate::mem::{Iova, PageAllocator, PhysAddr};
 use crate::pgtable::{self, IovaRange, Prot};
+
+/// How far a copy went: the bytes it mapped, and whether it holds its IOASIDs.
+struct Progress {
+    done: u64,
+    held: bool,
+}
 
 /// A stretch of the source of a copy: contiguous in IOVA and physical address, one
 /// permission.
@@ -60,18 +68,27 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         dst_iova: Iova,
         len: u64,
     ) -> Result<(), Error> {
-        let mut done = 0;
-        let mut r = self.copy_runs(src, src_iova, dst, dst_iova, len, &mut done);
+        let mut progress = Progress {
+            done: 0,
+            held: false,
+        };
+        let mut r = self.copy_runs(src, src_iova, dst, dst_iova, len, &mut progress);
         if let Err(e) = r.as_mut() {
-            if done != 0 {
-                self.undo_copy(dst, dst_iova, done, e);
+            if progress.done != 0 {
+                #[cfg(test)]
+                super::tests::copy_pause("undo");
+                self.undo_copy(dst, dst_iova, progress.done, e);
             }
+        }
+        if progress.held {
+            self.release_copy(src, dst);
         }
         r
     }
 
-    /// [`copy`](Self::copy) but for the undo of a failure: `done` is how many bytes it mapped
-    /// at `dst_iova` before it failed. Not inlined: the undo's unmap and flushes run from its
+    /// [`copy`](Self::copy) but for the undo of a failure and the release of its IOASIDs:
+    /// `progress` says how many bytes it mapped at `dst_iova` before it failed, and whether
+    /// it holds `src` and `dst`. Not inlined: the undo's unmap and flushes run from its
     /// caller's frame, not under this one (the kernel-stack bound of the C ABI).
     #[inline(never)]
     fn copy_runs(
@@ -81,28 +98,66 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         dst: IoasidId,
         dst_iova: Iova,
         len: u64,
-        done: &mut u64,
+        progress: &mut Progress,
     ) -> Result<(), Error> {
         check_range(src_iova, len)?;
         check_range(dst_iova, len)?;
-        // Beyond a domain's width, refused whole before any run is mapped.
-        if let Some(e) =
-            super::map::beyond_width(self.state.read().ioasid(dst)?, dst_iova.get(), len)
-        {
-            return Err(e);
-        }
+        // Both IOASIDs are held until the undo is done (`free` is `Busy`): an `IoasidId` is a
+        // slot number, and the lock is released between runs and before the undo, so one
+        // freed and allocated again meanwhile would take the later runs, or lose the range to
+        // the undo (review 19 finding 4).
+        self.hold_for_copy(src, dst, dst_iova, len)?;
+        progress.held = true;
         // The whole source first, so that a hole is refused before anything is mapped.
         let mut at = 0;
         while at < len {
             at += self.source_run(src, src_iova.get() + at, len - at)?.len;
         }
-        while *done < len {
-            let run = self.source_run(src, src_iova.get() + *done, len - *done)?;
-            let to = Iova::new(dst_iova.get() + *done);
+        while progress.done < len {
+            let done = progress.done;
+            let run = self.source_run(src, src_iova.get() + done, len - done)?;
+            let to = Iova::new(dst_iova.get() + done);
             self.map(dst, to, run.pa, run.len, run.prot)?;
-            *done += run.len;
+            progress.done += run.len;
+            #[cfg(test)]
+            super::tests::copy_pause("between runs");
         }
         Ok(())
+    }
+
+    /// Counts a copy in flight from `src` into `dst`, under the read lock
+    /// ([`IoasidCtx::free`] refuses either while the count is not zero), once both exist
+    /// (`dst` named first) and the destination range is below every domain's width
+    /// (refused whole, before any run is mapped: `map.rs`, `beyond_width`). Not inlined:
+    /// beside the runs, not above them.
+    #[inline(never)]
+    fn hold_for_copy(
+        &self,
+        src: IoasidId,
+        dst: IoasidId,
+        dst_iova: Iova,
+        len: u64,
+    ) -> Result<(), Error> {
+        let st = self.state.read();
+        let (d, s) = (st.ioasid(dst)?, st.ioasid(src)?);
+        if let Some((last, ias, unit)) = super::map::beyond_width(d, dst_iova.get(), len) {
+            return Err(Error::BeyondInputWidth { last, ias, unit });
+        }
+        s.copies.fetch_add(1, Ordering::Relaxed);
+        d.copies.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Counts the copy [`Self::hold_for_copy`] counted as done. Not inlined, as it.
+    #[inline(never)]
+    fn release_copy(&self, src: IoasidId, dst: IoasidId) {
+        let st = self.state.read();
+        // Held: both still exist.
+        for id in [src, dst] {
+            if let Ok(io) = st.ioasid(id) {
+                io.copies.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
     }
 
     /// Unmaps the `done` bytes a failed [`copy`](Self::copy) mapped at `dst_iova` from every

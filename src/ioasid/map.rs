@@ -85,8 +85,8 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         if let Some(r) = direct_overlap(io, iova.get(), end) {
             return Err(Error::Reserved(r));
         }
-        if let Some(e) = beyond_width(io, iova.get(), len) {
-            return Err(e);
+        if let Some((last, ias, unit)) = beyond_width(io, iova.get(), len) {
+            return Err(Error::BeyondInputWidth { last, ias, unit });
         }
         self.map_in(io, iova, pa, len, prot)
     }
@@ -661,8 +661,10 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     }
 }
 
-/// [`Error::BeyondInputWidth`] naming the narrowest domain of `io` that `[iova, iova + len)`
-/// reaches beyond, if any (an empty or overflowing range is left to the record to name).
+/// What [`Error::BeyondInputWidth`] names when `[iova, iova + len)` reaches beyond the input
+/// width of a domain of `io`: the range's last IOVA, the narrowest such width and its unit
+/// (an empty or overflowing range is left to the record to name). Not the error itself: a
+/// 56-byte value in the frame of `map`, which calls the units.
 ///
 /// Every mapping of an IOASID lies below every one of its domains' input widths: `map` and
 /// `copy` refuse anything else here, before the record or a domain is touched; an attach
@@ -675,7 +677,7 @@ pub(super) fn beyond_width<A: PageAllocator>(
     io: &Ioasid<'_, A>,
     iova: u64,
     len: u64,
-) -> Option<Error> {
+) -> Option<(Iova, u32, UnitId)> {
     let last = iova.checked_add(len.checked_sub(1)?)?;
     let d = io
         .domains
@@ -683,11 +685,7 @@ pub(super) fn beyond_width<A: PageAllocator>(
         .flatten()
         .filter(|d| d.ias < 64 && last >> d.ias != 0)
         .min_by_key(|d| d.ias)?;
-    Some(Error::BeyondInputWidth {
-        last: Iova::new(last),
-        ias: d.ias,
-        unit: d.unit,
-    })
+    Some((Iova::new(last), d.ias, d.unit))
 }
 
 /// How a domain's part of [`IoasidCtx::unmap_unsettled_into`] ended; its error is in the

@@ -359,7 +359,8 @@ pub enum Error {
         /// Why.
         reason: Incompatibility,
     },
-    /// The object is in use: a device bound elsewhere, an IOASID with attachments, a device
+    /// The object is in use: a device bound elsewhere, an IOASID with attachments (or a
+    /// [`IoasidCtx::copy`] from or into it in flight on another thread), a device
     /// attached or holding a grant, a PASID attached, or a device (or PASID) whose attach the
     /// unit did not confirm being attached to another IOASID than that attach's
     /// ([`Attachment::unsettled`]: retry that attach, or detach, first).

@@ -51,6 +51,28 @@ struct FakeUnit<'a> {
 /// Where a paused call meets the test (`.0`) and waits for it to go on (`.1`).
 type Pause = (Barrier, Barrier);
 
+std::thread_local! {
+    /// A pause the next `copy` on this thread makes at a named point where it holds no lock
+    /// of the context (`ioas.rs`: "between runs", "undo"): another thread's calls run there.
+    static COPY_PAUSE: core::cell::RefCell<Option<(&'static str, Arc<Pause>)>> =
+        const { core::cell::RefCell::new(None) };
+}
+
+/// Called by `copy` at `point`: meets the test there, if its pause is set for that point.
+pub(super) fn copy_pause(point: &'static str) {
+    let pause = COPY_PAUSE.with(|c| {
+        let mut c = c.borrow_mut();
+        match c.as_ref() {
+            Some((at, _)) if *at == point => c.take().map(|(_, p)| p),
+            _ => None,
+        }
+    });
+    if let Some(p) = pause {
+        p.0.wait();
+        p.1.wait();
+    }
+}
+
 /// What the fake unit was asked to do to its configuration.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Event {
@@ -2256,4 +2278,98 @@ fn unmap_all_leaves_nothing_of_a_map_straddling_the_narrowest_width() {
     ctx.map(io, Iova::new(edge - 4 * K4), PhysAddr::new(4 * M2), K4, RW)
         .unwrap();
     ctx.audit(io).unwrap();
+}
+
+/// Review 19 finding 4: a copy releases the context's lock between its runs and before its
+/// undo, and an `IoasidId` is a slot number. Here the copy's second run is refused (`dst`'s
+/// record already maps it) and, before its undo, another thread frees `dst`, allocates an
+/// IOASID (which takes `dst`'s number when the free went through) and maps at the copy's
+/// first page. The undo must never unmap that IOASID's page: before the copy held its
+/// IOASIDs, it did (the other caller's mapping lost, its device faulting).
+#[test]
+fn a_copy_undo_never_unmaps_an_ioasid_allocated_in_its_place() {
+    let alloc = test_alloc();
+    let u = FakeUnit::new(&alloc, true);
+    let pasids = PasidAllocator::new(20);
+    let reg = Registry::new(&[&u], &pasids).unwrap();
+    let ctx = IoasidCtx::new(&reg, &alloc, 0);
+    let src = two_runs(&ctx);
+    let dst = ctx.alloc(IoasidFlags::empty()).unwrap();
+    ctx.map(dst, Iova::new(M2 + K4), PhysAddr::new(12 * M2), K4, RW)
+        .unwrap();
+    let pause = Arc::new((Barrier::new(2), Barrier::new(2)));
+    let (copied, freed, other) = std::thread::scope(|s| {
+        let copy = s.spawn(|| {
+            COPY_PAUSE.with(|c| *c.borrow_mut() = Some(("undo", Arc::clone(&pause))));
+            ctx.copy(src, Iova::new(SRC), dst, Iova::new(M2), 2 * K4)
+        });
+        pause.0.wait();
+        let freed = ctx.free(dst);
+        let other = ctx.alloc(IoasidFlags::empty());
+        let mapped = other.map(|o| ctx.map(o, Iova::new(M2), PhysAddr::new(16 * M2), K4, RW));
+        // Resumed before any assertion: a panic here would leave the copy waiting.
+        pause.1.wait();
+        assert_eq!(mapped, Ok(Ok(())));
+        (copy.join().unwrap(), freed, other.unwrap())
+    });
+    assert_eq!(
+        ctx.translate(other, Iova::new(M2)).unwrap().map(|m| m.pa),
+        Some(PhysAddr::new(16 * M2)),
+        "the copy's undo unmapped IOASID {other:?}'s page (the free of {dst:?} returned \
+         {freed:?}, the copy {copied:?})"
+    );
+    // `dst` was held by the copy: the free was refused, and the undo took only its run.
+    assert_eq!(freed, Err(Error::Busy));
+    assert_ne!(other, dst);
+    assert_eq!(
+        copied,
+        Err(Error::PageTable(crate::pgtable::Error::Overlap {
+            iova: Iova::new(M2 + K4)
+        }))
+    );
+    assert_eq!(ctx.translate(dst, Iova::new(M2)).unwrap(), None);
+    assert!(ctx.translate(dst, Iova::new(M2 + K4)).unwrap().is_some());
+    ctx.free(dst).unwrap();
+}
+
+/// The same between a copy's two runs: an IOASID allocated in `dst`'s place must not get the
+/// copy's second run (a mapping its owner never asked for).
+#[test]
+fn a_copy_never_maps_into_an_ioasid_allocated_in_its_place() {
+    let alloc = test_alloc();
+    let u = FakeUnit::new(&alloc, true);
+    let pasids = PasidAllocator::new(20);
+    let reg = Registry::new(&[&u], &pasids).unwrap();
+    let ctx = IoasidCtx::new(&reg, &alloc, 0);
+    let src = two_runs(&ctx);
+    let dst = ctx.alloc(IoasidFlags::empty()).unwrap();
+    let pause = Arc::new((Barrier::new(2), Barrier::new(2)));
+    let (copied, freed, other) = std::thread::scope(|s| {
+        let copy = s.spawn(|| {
+            COPY_PAUSE.with(|c| *c.borrow_mut() = Some(("between runs", Arc::clone(&pause))));
+            ctx.copy(src, Iova::new(SRC), dst, Iova::new(M2), 2 * K4)
+        });
+        pause.0.wait();
+        let freed = ctx.free(dst);
+        let other = ctx.alloc(IoasidFlags::empty());
+        pause.1.wait();
+        (copy.join().unwrap(), freed, other.unwrap())
+    });
+    assert_eq!(
+        ctx.translate(other, Iova::new(M2 + K4)).unwrap(),
+        None,
+        "IOASID {other:?} got the copy's second run (the free of {dst:?} returned {freed:?}, \
+         the copy {copied:?})"
+    );
+    // The copy went into `dst`, which it held: the free was refused meanwhile.
+    assert_eq!(freed, Err(Error::Busy));
+    assert_eq!(copied, Ok(()));
+    assert_ne!(other, dst);
+    for (at, pa) in [(M2, 4 * M2), (M2 + K4, 8 * M2)] {
+        let m = ctx.translate(dst, Iova::new(at)).unwrap();
+        assert_eq!(m.map(|m| m.pa), Some(PhysAddr::new(pa)));
+    }
+    // Held no longer: the free goes through.
+    ctx.free(dst).unwrap();
+    ctx.free(src).unwrap();
 }
