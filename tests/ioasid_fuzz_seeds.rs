@@ -156,7 +156,8 @@ fn encode(setup: &Setup, ops: &[Op]) -> Vec<u8> {
 
 // Device indices: 0, 1, 2 are VT-d RIDs 0x20, 0x28, 0x100; 3, 4, 5 SMMUv3 SIDs 0x20, 0x300,
 // 0x400. IOASID flags: 1 ENFORCE_SNOOP, 2 NEST_PARENT, 4 DIRTY_TRACKING, 8 PASID. Regions: 0
-// low, 1 around the VT-d interrupt window, 2 at 1 TiB, 3 at 32 TiB (beyond SMMUv3 stage 2).
+// low, 1 around the VT-d interrupt window, 2 at 1 TiB, 3 at 32 TiB (beyond SMMUv3 stage 2),
+// 4 from 2 MiB below 2^44 (across SMMUv3 stage 2's width); region 255 unmaps everything.
 // Map `pa`: bit 14 keeps the IOVA's 2 MiB offset (2 MiB leaves), bit 15 puts it above 2^45.
 const RW: u8 = 3;
 const HUGE: u16 = 0x4000;
@@ -393,7 +394,49 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             Op::DropCtx { ctx: 0, quota: 0 },
         ],
     );
+    // A 64 KiB-granule SMMUv3 (`vtd` bits 3:2 = 3) beside VT-d, both devices on IOASID 0:
+    // 4 KiB maps and unmaps refused by the coarse domain with nothing written (review 19b),
+    // a whole granule mapped and unmapped, a map across the SMMUv3 domain's 44 bits
+    // (region 4) refused by the IOASID, then, with only VT-d attached, taken; the SMMUv3
+    // device's attach refused for it; `UNMAP_ALL` (region 255) clears everything.
+    let granule_64k = encode(
+        &Setup {
+            vtd: 3 << 2 | 1,
+            fwb: true,
+            cohacc_off: false,
+            ssids: false,
+            ril: true,
+            quotas: [0, 0],
+            bind: 0b00_1001,
+            no_snoop: 0,
+            flags: 1,
+        },
+        &[
+            map(0, 0, 3, 1, 0),
+            map(0, 0, 16, 16, 16),
+            unmap(0, 0, 17, 1),
+            unmap(0, 0, 16, 16),
+            map(0, 0, 32, 32, 32),
+            map(0, 4, 500, 24, 0),
+            Op::Detach { ctx: 0, dev: 3 },
+            map(0, 4, 500, 24, 0),
+            Op::Attach {
+                ctx: 0,
+                dev: 3,
+                io: 0,
+            },
+            unmap(0, 255, 0, 1),
+            Op::Attach {
+                ctx: 0,
+                dev: 3,
+                io: 0,
+            },
+            map(0, 0, 48, 16, 48),
+            unmap(0, 255, 0, 1),
+        ],
+    );
     std::vec![
+        ("seed-granule-64k", granule_64k),
         ("seed-two-units", two_units),
         ("seed-pasids", pasids),
         ("seed-no-snoop-units", no_snoop_units),

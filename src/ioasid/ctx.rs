@@ -389,6 +389,23 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
         self.registry.unit(id)
     }
 
+    /// The hardware domains behind `ioasid`, by unit: for the fuzzing harness, which walks
+    /// them to check what a domain still holds (`fuzzing::ioasid`).
+    ///
+    /// # Errors
+    /// [`Error::NoSuchIoasid`].
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn domains_of(
+        &self,
+        ioasid: IoasidId,
+    ) -> Result<[Option<(UnitId, DomainHandle)>; MAX_UNITS], Error> {
+        let st = self.state.read();
+        let io = st.ioasid(ioasid)?;
+        Ok(core::array::from_fn(|i| {
+            io.domains[i].map(|d| (d.unit, d.handle))
+        }))
+    }
+
     // -------------------------------------------------------------------------------------------
     // devices
 

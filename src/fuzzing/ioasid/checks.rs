@@ -224,6 +224,41 @@ impl Harness<'_, '_> {
         }
     }
 
+    /// The first leaf each domain of IOASID `io` of context `c` holds in `[start, end)`, as
+    /// (unit, IOVA), walked in the domain's tables (not through the models' caches): the range
+    /// widened to the domain's granule (every leaf of the widened range covers part of the
+    /// range) and cut at its input width (beyond it no leaf can be, and the walk refuses).
+    pub(super) fn domain_leaves(
+        &self,
+        ctxs: &[Ctx<'_, '_>],
+        c: usize,
+        io: u16,
+        start: u64,
+        end: u64,
+    ) -> Vec<(u8, u64)> {
+        let domains = ctxs[c].domains_of(IoasidId(io)).expect("IOASID exists");
+        let mut found = Vec::new();
+        for &(unit, handle) in domains.iter().flatten() {
+            let u = self.units[usize::from(unit.0)];
+            let (ias, sizes) = u.domain_geometry(handle).expect("a live domain");
+            let granule = sizes & sizes.wrapping_neg();
+            let limit = 1u64.checked_shl(ias).unwrap_or(u64::MAX);
+            let from = start & !(granule - 1);
+            let to = end.saturating_add(granule - 1) & !(granule - 1);
+            let to = to.min(limit);
+            if from >= to {
+                continue;
+            }
+            let mut first = None;
+            u.for_each_mapping(handle, Iova::new(from), to - from, &mut |l| {
+                first = first.or(Some(l.iova.get()));
+            })
+            .expect("walk of a domain");
+            found.extend(first.map(|f| (unit.0, f)));
+        }
+        found
+    }
+
     pub(super) fn final_check(&mut self, ctxs: &[Ctx<'_, '_>]) {
         let pairs = self.all_pairs();
         for (pair, _) in pairs {

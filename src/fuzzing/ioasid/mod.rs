@@ -18,6 +18,10 @@
 //!   nothing the models or the layer's record show;
 //! - an unmap that removed something completed exactly one wait on each unit with a domain
 //!   behind the IOASID (VT-d wait descriptors, SMMUv3 CMD_SYNCs);
+//! - an unmap (or `UNMAP_ALL`) that returns `Ok` leaves no leaf of its range in any domain of
+//!   the IOASID, walked in the tables; a refused map whose range the record keeps
+//!   (`InvalidationPending`) has a domain that really holds a leaf of it (review 19b F2, F4);
+//!   a map refused with `BeyondInputWidth` names a domain of the IOASID that is that narrow;
 //! - each unit holds exactly one domain per (IOASID, unit) pair that has attachments;
 //! - the arena saw no double or unknown free.
 //!
@@ -64,8 +68,14 @@ const K4: u64 = 1 << 12;
 /// Pages in each IOVA region the fuzzer maps in.
 const WINDOW: u64 = 1024;
 /// Region starts: low memory; around the VT-d interrupt window 0xFEE0_0000; high; above the
-/// SMMUv3 model's 44-bit stage-2 input size (VT-d takes it, SMMUv3 stage 2 refuses it).
-const REGIONS: [u64; 4] = [0, 0xfec0_0000, 1 << 40, 1 << 45];
+/// SMMUv3 model's 44-bit stage-2 input size (VT-d takes it, SMMUv3 stage 2 refuses it);
+/// straddling that size (2 MiB below 2^44: an IOASID with an SMMUv3 domain refuses a range
+/// across it, review 19b F2).
+const REGIONS: [u64; 5] = [0, 0xfec0_0000, 1 << 40, 1 << 45, (1 << 44) - (2 << 20)];
+/// The SMMUv3 model's stage-2 input size, in bits.
+const SMMU_IAS: u32 = 44;
+/// An [`Op::Unmap`] with this `region` is `unmap(0, UNMAP_ALL)`.
+const UNMAP_ALL_REGION: u8 = u8::MAX;
 /// The VT-d interrupt address range, reserved on every VT-d domain.
 const MSI: (u64, u64) = (0xfee0_0000, 0xfef0_0000);
 /// Every this many steps every device is probed, attached or not.
@@ -102,8 +112,11 @@ pub fn ioasid(data: &[u8]) {
 /// The units' configurations and the contexts' PASID quotas.
 #[derive(Arbitrary, Debug)]
 struct Setup {
-    /// 0: QEMU legacy without SC; 1: with SC; 2: scalable (SC, PASIDs, both stages);
-    /// 3: legacy with SC and caching mode (not-present entries cached).
+    /// Bits 1:0, the VT-d unit: 0: QEMU legacy without SC; 1: with SC; 2: scalable (SC,
+    /// PASIDs, both stages); 3: legacy with SC and caching mode (not-present entries cached).
+    /// Bits 3:2, the SMMUv3 granule: 2: 16 KiB, 3: 64 KiB, else 4 KiB (the record's 4 KiB
+    /// pages then meet a coarser domain: maps and unmaps of part of a granule refused, with
+    /// nothing written, review 19b).
     vtd: u8,
     /// SMMUv3 with `IDR3.FWB`, on a platform that declares every device `CANWBS`.
     fwb: bool,
@@ -251,6 +264,11 @@ fn run_on(arena: &Arena, setup: &Setup, ops: &[Op]) {
             Mode::Legacy,
         ),
     };
+    let granule_log2 = match setup.vtd >> 2 & 3 {
+        2 => 14,
+        3 => 16,
+        _ => 12,
+    };
     let mut scfg = SmmuModelConfig::qemu_like()
         .with_fwb(setup.fwb)
         .with_cohacc(!setup.cohacc_off)
@@ -278,6 +296,7 @@ fn run_on(arena: &Arena, setup: &Setup, ops: &[Op]) {
         SmmuConfig {
             sid_bits: Some(11),
             ssid_bits: Some(if setup.ssids { PASID_BITS } else { 0 }),
+            granule_log2: (granule_log2 != 12).then_some(granule_log2),
             poll_budget: 1000,
             platform: Platform::new(DeviceFacts {
                 canwbs: setup.fwb,
@@ -300,6 +319,7 @@ fn run_on(arena: &Arena, setup: &Setup, ops: &[Op]) {
             units,
             caps: [vtd.capabilities(), smmu.capabilities()],
             caching_mode: setup.vtd % 4 == 3,
+            smmu_granule: 1 << granule_log2,
             shadow: core::array::from_fn(|i| CtxShadow::new(quota(setup.quotas[i]))),
             owner: [None; LABELS.len()],
             fail_armed: false,
@@ -387,6 +407,8 @@ struct Harness<'h, 'm> {
     caps: [Capabilities; 2],
     /// The VT-d unit caches not-present entries (CAP.CM): a map invalidates and waits too.
     caching_mode: bool,
+    /// The SMMUv3 unit's granule, in bytes.
+    smmu_granule: u64,
     shadow: [CtxShadow; CONTEXTS],
     /// Label index -> owning context.
     owner: [Option<usize>; LABELS.len()],

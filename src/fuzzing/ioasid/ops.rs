@@ -369,6 +369,21 @@ impl<'h, 'm> Harness<'h, 'm> {
                 );
             }
             Err(e) if reserved => assert!(matches!(e, Error::Reserved(_)), "{e:?}"),
+            Err(Error::BeyondInputWidth { last, ias, unit }) => {
+                // Named truly: that unit's domain of the IOASID is that narrow, and the range
+                // reaches beyond it; nothing was touched (the probes after the step).
+                assert_eq!(last.get(), end - 1, "BeyondInputWidth names {last}");
+                assert!((end - 1) >> ias != 0, "{end:#x} is below {ias} bits");
+                let domains = ctxs[c].domains_of(id).expect("IOASID exists");
+                let (u, h) = domains
+                    .iter()
+                    .flatten()
+                    .find(|d| d.0 == unit)
+                    .copied()
+                    .expect("the named unit has a domain of the IOASID");
+                let width = self.units[usize::from(u.0)].domain_geometry(h).map(|g| g.0);
+                assert_eq!(width, Ok(ias), "BeyondInputWidth of unit {}", u.0);
+            }
             Err(e) => {
                 // An undo that left a domain mapping some of the range (`undo_left`) keeps the
                 // whole range in the record, as mapped, until an unmap of it; any other
@@ -383,6 +398,14 @@ impl<'h, 'm> Harness<'h, 'm> {
                     assert!(
                         matches!(e, Error::InvalidationPending { .. }),
                         "record kept after {e:?}"
+                    );
+                    // Kept only because a domain still maps some of it (`undo_left`): a
+                    // range kept with nothing behind it could never be told from a mapping
+                    // (review 19b F4; 19b's granule refusal was one).
+                    let held = self.domain_leaves(ctxs, c, id.0, start, end);
+                    assert!(
+                        !held.is_empty(),
+                        "map at {start:#x} kept in the record after {e:?}, no domain holds it"
                     );
                     let map = &mut self.shadow[c].ios.get_mut(&id.0).expect("IOASID").1;
                     for i in 0..pages {
@@ -422,10 +445,19 @@ impl<'h, 'm> Harness<'h, 'm> {
     ) -> Touched {
         let c = Self::ctx_index(ctx);
         let id = self.ioasid(c, io);
-        let (start, pages) = Self::range(region, first, count);
-        let end = start + pages * K4;
+        let all = region == UNMAP_ALL_REGION;
+        let (start, pages) = if all {
+            (0, 0)
+        } else {
+            Self::range(region, first, count)
+        };
+        let end = if all { u64::MAX } else { start + pages * K4 };
         let before = self.completions();
-        let r = ctxs[c].unmap(id, Iova::new(start), pages * K4);
+        let r = if all {
+            ctxs[c].unmap(id, Iova::ZERO, crate::ioasid::UNMAP_ALL)
+        } else {
+            ctxs[c].unmap(id, Iova::new(start), pages * K4)
+        };
         let after = self.completions();
         let Some((_, map)) = self.shadow[c].ios.get(&id.0) else {
             assert_eq!(r, Err(Error::NoSuchIoasid(id)));
@@ -450,18 +482,48 @@ impl<'h, 'm> Harness<'h, 'm> {
                         assert!(waits <= 2 * u64::from(units[u]), "unit {u}: {waits} waits");
                     }
                 }
+                // `Ok` only once no domain of the IOASID maps anything in the range asked,
+                // walked in the tables (review 19b F2: `UNMAP_ALL` returned `Ok` with a page
+                // beyond the narrowest width still mapped in a wider domain).
+                let left = self.domain_leaves(ctxs, c, id.0, start, end);
+                assert!(
+                    left.is_empty(),
+                    "unmap of {start:#x}..{end:#x} returned Ok, domains still map {left:x?}"
+                );
                 let map = &mut self.shadow[c].ios.get_mut(&id.0).expect("IOASID").1;
                 let gone: Vec<u64> = map.range(start..end).map(|(&k, _)| k).collect();
-                for k in gone {
-                    map.remove(&k);
+                for k in &gone {
+                    map.remove(k);
+                    self.loose.remove(&(c, id.0, *k));
+                }
+                if all {
+                    // Probe a sample of what went, from each device of the IOASID.
+                    let step = (gone.len() / PROBES).max(1);
+                    let at: Vec<u64> = gone.iter().step_by(step).copied().collect();
+                    let pairs: Vec<_> = self.shadow[c]
+                        .pairs()
+                        .into_iter()
+                        .filter(|&(_, i)| i == id.0)
+                        .collect();
+                    self.probe_pairs(&pairs, &at);
                 }
             }
-            // A split that needed a page the arena refused, or a range beyond the input size
-            // of a domain (the SMMUv3's 44 bits): every domain got the range back.
-            Err(e) => assert!(
-                self.fail_armed || self.low_memory() || (units[1] && end > 1 << 44),
-                "unmap: {e:?}"
-            ),
+            // A split that needed a page the arena refused, a range beyond the input size of
+            // a domain (the SMMUv3's 44 bits), or part of a coarser SMMUv3 granule: every
+            // domain got the range back.
+            Err(e) => {
+                let g = self.smmu_granule;
+                let part = start % g != 0 || end % g != 0;
+                assert!(
+                    self.fail_armed
+                        || self.low_memory()
+                        || (units[1] && !all && (end > 1 << SMMU_IAS || part)),
+                    "unmap of {start:#x}..{end:#x}: {e:?}"
+                );
+            }
+        }
+        if all {
+            return Touched::Nothing;
         }
         Touched::Range {
             c,
