@@ -97,6 +97,8 @@ struct Decoder {
     /// Every leaf of a run holds the run's (page's) address, as AMD-Vi v1's Next Level 7
     /// entries do, rather than its own, as Arm's contiguous leaves do.
     runs_hold_page_address: bool,
+    /// Runs are pages of their own size (AMD-Vi v1's Next Level 7), which a gather must name.
+    sized_runs: bool,
     decode: Box<dyn Fn(u32, u64) -> Decoded + Send + Sync>,
 }
 
@@ -110,6 +112,7 @@ impl Decoder {
             bits[l as usize] = g.level_bits(l);
         }
         let runs_hold_page_address = f.contiguous_bit() == 0;
+        let sized_runs = runs_hold_page_address && (0..g.levels).any(|l| f.contiguous_runs(l) != 0);
         let decode = move |level: u32, raw: u64| {
             if !f.is_present(raw) {
                 Decoded::Empty
@@ -131,6 +134,7 @@ impl Decoder {
             shifts,
             bits,
             runs_hold_page_address,
+            sized_runs,
             decode: Box::new(decode),
         }
     }
@@ -465,6 +469,9 @@ struct Owner {
     unmap_done: AtomicBool,
     /// The IOVA range the owner unmaps, checked against the TLB after its invalidation.
     unmaps: Option<(u64, u64)>,
+    /// The sizes (log2) of the Next Level 7 pages (AMD-Vi v1) its range holds whole when the
+    /// threads start: nobody else may break them, so its gather must name each (rule 6).
+    whole_runs: Vec<u32>,
 }
 
 struct World<F: Format> {
@@ -565,6 +572,14 @@ impl<F: Format> World<F> {
     /// nothing of the owner's unmapped range in the TLB, the release of its pages, and the
     /// publication of the unmap's completion.
     fn invalidate_and_release(&self, owner: usize, mut gather: Gather) {
+        for &size_log2 in &self.owners[owner].whole_runs {
+            assert_ne!(
+                gather.page_sizes() & (1u64 << size_log2),
+                0,
+                "owner {owner}: its range held a page of 2^{size_log2} (Next Level 7) whole, but its gather names only the page sizes {:#x}",
+                gather.page_sizes()
+            );
+        }
         {
             let mut tlb = self.tlb.lock().unwrap();
             let ttl_size = (gather.leaf_only() && gather.page_sizes().count_ones() == 1)
@@ -782,10 +797,15 @@ fn setup<F: Format + Copy + Send + Sync + 'static>(s: &Scenario<F>) -> World<F> 
             Op::Unmap { iova, len, .. } => Some((iova, iova + len)),
             _ => None,
         });
+        let whole_runs = match unmaps {
+            Some((s, e)) if alloc.decoder.sized_runs => whole_runs_in(&alloc, root, s, e),
+            _ => Vec::new(),
+        };
         owners.push(Owner {
             map_done: AtomicBool::new(false),
             unmap_done: AtomicBool::new(false),
             unmaps,
+            whole_runs,
         });
         for op in ops {
             if let Op::Map { iova, len } = *op {
@@ -828,6 +848,7 @@ fn setup<F: Format + Copy + Send + Sync + 'static>(s: &Scenario<F>) -> World<F> 
         map_done: AtomicBool::new(true),
         unmap_done: AtomicBool::new(false),
         unmaps: None,
+        whole_runs: Vec::new(),
     });
     World {
         pt,
@@ -838,6 +859,27 @@ fn setup<F: Format + Copy + Send + Sync + 'static>(s: &Scenario<F>) -> World<F> 
         mappable,
         tlb: loom::sync::Mutex::new(Vec::new()),
     }
+}
+
+/// The sizes (log2, each once) of the runs that are pages of their own size (AMD-Vi v1's Next
+/// Level 7) lying wholly inside `[s, e)` of the quiescent table at `root`.
+fn whole_runs_in(alloc: &LoomAlloc, root: u64, s: u64, e: u64) -> Vec<u32> {
+    let mut sizes = Vec::new();
+    let mut at = s;
+    while at < e {
+        let Some(tr) = alloc.walk(root, at, "setup", false, |_| {}) else {
+            at += K4;
+            continue;
+        };
+        let span_log2 = tr.size_log2 + tr.run_log2;
+        let base = tr.base & !((1u64 << span_log2) - 1);
+        let whole = s <= base && base + (1u64 << span_log2) <= e;
+        if tr.run_log2 != 0 && whole && !sizes.contains(&span_log2) {
+            sizes.push(span_log2);
+        }
+        at = tr.base + (1u64 << tr.size_log2);
+    }
+    sizes
 }
 
 fn run_thread<F: Format>(w: &World<F>, t: usize, ops: &[Op]) {
@@ -1389,5 +1431,135 @@ fn amd_v1_walk_vs_run_break() {
             }],
         ],
         probes: vec![3 * K4],
+    });
+}
+
+/// The leaf-table fast path's eight-at-a-time clear (`clear_fours` at level 0, its test of eight
+/// entries `and_of_eight`, whose portable form loom runs) beside a neighbour's map: one thread
+/// unmaps twelve pages of a leaf table in one call (an eight, then a four), while another maps
+/// the next four pages of the same table. The walker sees each of the twelve until it is
+/// cleared and none after the invalidation, and the neighbour's pages once its map returned:
+/// an eight never reaches past the range, whatever the neighbour has written by then.
+#[test]
+fn eight_page_unmap_vs_neighbour_map() {
+    run(Scenario {
+        name: "eight_page_unmap_vs_neighbour_map",
+        format: vtd(false),
+        coherency: WalkerCoherency::Coherent,
+        premap: vec![(0, 12 * K4)],
+        dirty: vec![],
+        threads: vec![
+            vec![Op::Unmap {
+                iova: 0,
+                len: 12 * K4,
+                bytes: 12 * K4,
+            }],
+            vec![Op::Map {
+                iova: 12 * K4,
+                len: 4 * K4,
+            }],
+        ],
+        probes: vec![7 * K4, 11 * K4, 12 * K4],
+    });
+}
+
+/// Two eight-at-a-time clears side by side in one leaf table, for a walker that does not snoop:
+/// one thread unmaps pages 0-11 (an eight and a four), the other pages 12-23 (the same), each
+/// in one call; each must remove exactly its own pages, whichever of them the other has
+/// cleared already, and clean every entry it cleared (one clean per run of cleared entries,
+/// `cleared_run`) before its invalidation: the walker reads memory.
+#[test]
+fn eight_page_unmaps_side_by_side() {
+    run(Scenario {
+        name: "eight_page_unmaps_side_by_side",
+        format: vtd(false),
+        coherency: WalkerCoherency::NonCoherent,
+        premap: vec![(0, 24 * K4)],
+        dirty: vec![],
+        threads: vec![
+            vec![Op::Unmap {
+                iova: 0,
+                len: 12 * K4,
+                bytes: 12 * K4,
+            }],
+            vec![Op::Unmap {
+                iova: 12 * K4,
+                len: 12 * K4,
+                bytes: 12 * K4,
+            }],
+        ],
+        probes: vec![11 * K4, 12 * K4],
+    });
+}
+
+/// Arm stage 2 with the contiguous hint: pages 4-15 of a leaf table are plain leaves, pages
+/// 16-31 a 64 KiB run (16 hinted leaves). One thread unmaps pages 4-15 in one call (an eight,
+/// then a four, up to the run), while another unmaps page 16 on its own (`unmap_one`), which
+/// breaks the run next to them: the eight and the four must stop at the run, which the break
+/// rewrites leaf by leaf meanwhile (pages 17-31 stay translated throughout), and neither unmap
+/// may leave a page of its range translated once it returned.
+///
+/// Not here: the eight inside the run the other thread breaks (the first eight pages of a run,
+/// beside a one-page unmap of its ninth). Loom 0.7.3 fails that one in an execution no machine
+/// has: the break's `fetch_and` of a leaf reads it, the eight's store of 0 lands, and the
+/// `fetch_and`'s write lands after it, resurrecting the leaf ("final walk: 0x7000 mapped =
+/// true", after 6,070 interleavings); loom does not keep a plain store out from between the
+/// read and the write of a read-modify-write (tokio-rs/loom#254, #389; the fix, #391, is not
+/// released).
+#[test]
+fn eight_page_unmap_vs_run_break_arm() {
+    const K64: u64 = 0x1_0000;
+    run(Scenario {
+        name: "eight_page_unmap_vs_run_break_arm",
+        format: arm_contiguous(),
+        coherency: WalkerCoherency::Coherent,
+        premap: vec![(4 * K4, 12 * K4), (K64, K64)],
+        dirty: vec![],
+        threads: vec![
+            vec![Op::Unmap {
+                iova: 4 * K4,
+                len: 12 * K4,
+                bytes: 12 * K4,
+            }],
+            vec![Op::Unmap {
+                iova: K64,
+                len: K4,
+                bytes: K4,
+            }],
+        ],
+        probes: vec![15 * K4, K64, K64 + K4],
+    });
+}
+
+/// AMD-Vi v1's fours beside a run break, in one leaf table: pages 0-3 are a 16 KiB Next Level 7
+/// page, 4-7 four plain leaves, 8-11 another 16 KiB page. One thread unmaps pages 0-7 in one
+/// call (the run's leaves entry by entry, naming the 16 KiB page in its gather, then a four of
+/// plain leaves, `clear_fours` from `fours_from`), while another unmaps page 8 and breaks the
+/// second page into 4 KiB leaves beside it: pages 9-11 stay translated throughout, and the
+/// first thread's gather names the 16 KiB page it held whole (`Owner::whole_runs`).
+#[test]
+fn amd_v1_fours_beside_run_break() {
+    let mut premap = vec![(0, 4 * K4)];
+    premap.extend((4..8).map(|p| (p * K4, K4)));
+    premap.push((8 * K4, 4 * K4));
+    run(Scenario {
+        name: "amd_v1_fours_beside_run_break",
+        format: amd_v1(false),
+        coherency: WalkerCoherency::Coherent,
+        premap,
+        dirty: vec![],
+        threads: vec![
+            vec![Op::Unmap {
+                iova: 0,
+                len: 8 * K4,
+                bytes: 8 * K4,
+            }],
+            vec![Op::Unmap {
+                iova: 8 * K4,
+                len: K4,
+                bytes: K4,
+            }],
+        ],
+        probes: vec![0, 4 * K4, 11 * K4],
     });
 }
