@@ -2373,3 +2373,51 @@ fn a_copy_never_maps_into_an_ioasid_allocated_in_its_place() {
     ctx.free(dst).unwrap();
     ctx.free(src).unwrap();
 }
+
+/// Review 20 E1: the copy holds its source too. Between the copy's two runs another thread
+/// frees `src`, allocates an IOASID (which takes `src`'s number when the free went through)
+/// and maps at the source's second page: the copy's second run must not map that IOASID's
+/// page into `dst` (a page its owner never gave `dst`'s devices).
+#[test]
+fn a_copy_never_reads_an_ioasid_allocated_in_its_source_s_place() {
+    let alloc = test_alloc();
+    let u = FakeUnit::new(&alloc, true);
+    let pasids = PasidAllocator::new(20);
+    let reg = Registry::new(&[&u], &pasids).unwrap();
+    let ctx = IoasidCtx::new(&reg, &alloc, 0);
+    let src = two_runs(&ctx);
+    let dst = ctx.alloc(IoasidFlags::empty()).unwrap();
+    let pause = Arc::new((Barrier::new(2), Barrier::new(2)));
+    let (copied, freed, other) = std::thread::scope(|s| {
+        let copy = s.spawn(|| {
+            COPY_PAUSE.with(|c| *c.borrow_mut() = Some(("between runs", Arc::clone(&pause))));
+            ctx.copy(src, Iova::new(SRC), dst, Iova::new(M2), 2 * K4)
+        });
+        pause.0.wait();
+        let freed = ctx.free(src);
+        let other = ctx.alloc(IoasidFlags::empty());
+        let mapped = other.map(|o| ctx.map(o, Iova::new(SRC + K4), PhysAddr::new(20 * M2), K4, RW));
+        // Resumed before any assertion: a panic here would leave the copy waiting.
+        pause.1.wait();
+        assert_eq!(mapped, Ok(Ok(())));
+        (copy.join().unwrap(), freed, other.unwrap())
+    });
+    assert_ne!(
+        ctx.translate(dst, Iova::new(M2 + K4))
+            .unwrap()
+            .map(|m| m.pa),
+        Some(PhysAddr::new(20 * M2)),
+        "the copy mapped IOASID {other:?}'s page into {dst:?} (the free of {src:?} returned \
+         {freed:?}, the copy {copied:?})"
+    );
+    // `src` was held by the copy: the free was refused, and the copy read only `src`.
+    assert_eq!(freed, Err(Error::Busy));
+    assert_ne!(other, src);
+    assert_eq!(copied, Ok(()));
+    for (at, pa) in [(M2, 4 * M2), (M2 + K4, 8 * M2)] {
+        let m = ctx.translate(dst, Iova::new(at)).unwrap();
+        assert_eq!(m.map(|m| m.pa), Some(PhysAddr::new(pa)));
+    }
+    ctx.free(src).unwrap();
+    ctx.free(dst).unwrap();
+}
