@@ -106,9 +106,15 @@ pub(super) struct Ioasid<'a, A: PageAllocator> {
     pub(super) dirty_off: bool,
     /// Copies in flight from or into the IOASID (`ioas.rs`): [`IoasidCtx::free`] is `Busy`
     /// while any is, so that the number a copy holds names this IOASID until its undo is
-    /// done. Changed under the state's read lock, read under its write lock (which orders
-    /// them: relaxed).
-    pub(super) copies: AtomicU32,
+    /// done. Changed and read under the state's write lock.
+    pub(super) copies: u32,
+    /// The destination ranges of the copies in flight into the IOASID (`ioas.rs`): until the
+    /// copy ends, no other call maps or unmaps there (`map`, `unmap`, `UNMAP_ALL` are `Busy`,
+    /// an attach's direct region collides, `alloc_iova` passes over it, another copy into it
+    /// is `Busy`), so that the copy's undo unmaps only what the copy mapped (review 20 L1).
+    /// Written under the state's write lock (when the copy starts, with no map or unmap in
+    /// flight, and when it ends), read under its read lock.
+    pub(super) copying: [Option<IovaRange>; super::ioas::MAX_COPIES_PER_IOASID],
 }
 
 impl<'a, A: PageAllocator> Ioasid<'a, A> {
@@ -127,7 +133,8 @@ impl<'a, A: PageAllocator> Ioasid<'a, A> {
             max_page_log2: None,
             nested: None,
             dirty_off: false,
-            copies: AtomicU32::new(0),
+            copies: 0,
+            copying: [None; super::ioas::MAX_COPIES_PER_IOASID],
         }
     }
 
@@ -151,6 +158,16 @@ impl<'a, A: PageAllocator> Ioasid<'a, A> {
             }));
         })?;
         Ok(mapped)
+    }
+
+    /// The destination range of a copy in flight into the IOASID overlapping `[start, end)`,
+    /// if any (see [`Self::copying`]).
+    pub(super) fn copy_overlapping(&self, start: u64, end: u64) -> Option<IovaRange> {
+        self.copying
+            .iter()
+            .flatten()
+            .copied()
+            .find(|v| super::overlaps(v, start, end))
     }
 
     /// The IOVA reservation overlapping `[start, end)`, if any.
@@ -684,7 +701,7 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
             .any(|io| io.nested.is_some_and(|n| n.parent == ioasid));
         // A copy in flight holds the number: freed, another IOASID could take it and lose
         // mappings to the copy's undo, or get its later runs (review 19 finding 4).
-        let copying = st.ioasid(ioasid)?.copies.load(Ordering::Relaxed) != 0;
+        let copying = st.ioasid(ioasid)?.copies != 0;
         if st.in_use(ioasid) || has_child || copying {
             return Err(Error::Busy);
         }

@@ -324,7 +324,9 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
             let with = mapped
                 .or(reservation)
                 .or(unit_reserved)
-                .or_else(|| self.reserved_overlap(st, io, start, end));
+                .or_else(|| self.reserved_overlap(st, io, start, end))
+                // A copy's destination range is the copy's until it ends (`ioas.rs`).
+                .or_else(|| io.copy_overlapping(start, end));
             if let Some(with) = with {
                 return Err(collides(r.range, with));
             }

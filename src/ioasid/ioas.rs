@@ -16,18 +16,38 @@
 //! direct regions mapped for its attached devices: what `map` would accept, as
 //! `IOMMU_IOAS_IOVA_RANGES` reports the ranges `IOMMU_IOAS_MAP` accepts.
 
-use core::sync::atomic::Ordering;
-
 use super::ctx::{Ioasid, IoasidCtx, State};
 use super::record::RECORD_IAS;
 use super::{Error, IoasidId, MAX_UNITS};
 use crate::mem::{Iova, PageAllocator, PhysAddr};
 use crate::pgtable::{self, IovaRange, Prot};
 
-/// How far a copy went: the bytes it mapped, and whether it holds its IOASIDs.
-struct Progress {
+/// How many copies may be in flight into one IOASID at once ([`Ioasid::copying`]).
+pub(super) const MAX_COPIES_PER_IOASID: usize = 4;
+
+/// How far a copy went: the bytes it mapped, and its hold on its IOASIDs.
+struct Progress<'c, 'r, 'a, A: PageAllocator> {
     done: u64,
-    held: bool,
+    hold: Option<CopyHold<'c, 'r, 'a, A>>,
+}
+
+/// A copy's hold on its IOASIDs ([`IoasidCtx::hold_for_copy`]): counted in both (`free` of
+/// either is `Busy`), its destination range in `dst`'s [`Ioasid::copying`] (no other call
+/// maps or unmaps there). Released when dropped, after the undo: also when a unit's call
+/// panics and unwinds (a hosted embedder's), which would otherwise leave both IOASIDs `Busy`
+/// for ever and the range refused (review 20 L2).
+struct CopyHold<'c, 'r, 'a, A: PageAllocator> {
+    ctx: &'c IoasidCtx<'r, 'a, A>,
+    src: IoasidId,
+    dst: IoasidId,
+    /// The slot of `dst`'s `copying` holding the range.
+    slot: u8,
+}
+
+impl<A: PageAllocator> Drop for CopyHold<'_, '_, '_, A> {
+    fn drop(&mut self) {
+        self.ctx.release_copy(self.src, self.dst, self.slot);
+    }
 }
 
 /// A stretch of the source of a copy: contiguous in IOVA and physical address, one
@@ -39,7 +59,7 @@ struct Run {
     prot: Prot,
 }
 
-impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
+impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
     /// iommufd `IOMMU_IOAS_COPY`: maps `[dst_iova, dst_iova + len)` in `dst` to the physical
     /// pages `[src_iova, src_iova + len)` maps in `src`, with the same permissions, all or
     /// nothing. `src` and `dst` may be the same IOASID (at a range that does not overlap).
@@ -50,7 +70,9 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     /// that maps nothing (iommufd's `ENOENT`); [`Error::Reserved`] for a source range over a
     /// direct region of an attached device (not the owner's to copy);
     /// [`Error::BeyondInputWidth`] for a destination range reaching beyond a domain of `dst`
-    /// (refused before any run is mapped); then any error of
+    /// (refused before any run is mapped); [`Error::Busy`] for a destination range
+    /// overlapping that of another copy in flight into `dst`, [`Error::Capacity`] with
+    /// [`MAX_COPIES_PER_IOASID`] in flight into it; then any error of
     /// [`IoasidCtx::map`] in the destination. Nothing is mapped in `dst` after any of them:
     /// what was mapped before the failure is unmapped again, with its invalidation; if a unit
     /// does not confirm it, the error is [`Error::InvalidationPending`] (as after a failed
@@ -60,6 +82,11 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     /// what the copy mapped at `dst_iova` (a retry is refused with `Overlap`): do not rely on
     /// the pages being unreachable until an unmap of `[dst_iova, dst_iova + len)` returns
     /// `Ok`.
+    ///
+    /// Until it returns, the destination range is the copy's: any other [`IoasidCtx::map`]
+    /// or [`IoasidCtx::unmap`] of `dst` touching it (`UNMAP_ALL` too) is [`Error::Busy`],
+    /// so that a failed copy's undo removes only what the copy mapped; and [`IoasidCtx::free`]
+    /// of `src` or `dst` is [`Error::Busy`].
     pub fn copy(
         &self,
         src: IoasidId,
@@ -70,7 +97,7 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     ) -> Result<(), Error> {
         let mut progress = Progress {
             done: 0,
-            held: false,
+            hold: None,
         };
         let mut r = self.copy_runs(src, src_iova, dst, dst_iova, len, &mut progress);
         if let Err(e) = r.as_mut() {
@@ -80,34 +107,39 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
                 self.undo_copy(dst, dst_iova, progress.done, e);
             }
         }
-        if progress.held {
-            self.release_copy(src, dst);
-        }
+        // The hold is released here, after the undo.
+        drop(progress);
         r
     }
 
     /// [`copy`](Self::copy) but for the undo of a failure and the release of its IOASIDs:
-    /// `progress` says how many bytes it mapped at `dst_iova` before it failed, and whether
-    /// it holds `src` and `dst`. Not inlined: the undo's unmap and flushes run from its
-    /// caller's frame, not under this one (the kernel-stack bound of the C ABI).
+    /// `progress` says how many bytes it mapped at `dst_iova` before it failed, and holds
+    /// `src` and `dst`. Not inlined: the undo's unmap and flushes run from its caller's frame,
+    /// not under this one (the kernel-stack bound of the C ABI).
     #[inline(never)]
-    fn copy_runs(
-        &self,
+    fn copy_runs<'c>(
+        &'c self,
         src: IoasidId,
         src_iova: Iova,
         dst: IoasidId,
         dst_iova: Iova,
         len: u64,
-        progress: &mut Progress,
+        progress: &mut Progress<'c, 'r, 'a, A>,
     ) -> Result<(), Error> {
         check_range(src_iova, len)?;
         check_range(dst_iova, len)?;
         // Both IOASIDs are held until the undo is done (`free` is `Busy`): an `IoasidId` is a
         // slot number, and the lock is released between runs and before the undo, so one
         // freed and allocated again meanwhile would take the later runs, or lose the range to
-        // the undo (review 19 finding 4).
-        self.hold_for_copy(src, dst, dst_iova, len)?;
-        progress.held = true;
+        // the undo (review 19 finding 4). The destination range is the copy's alone
+        // meanwhile, so that the undo unmaps only the copy's runs (review 20 L1).
+        let slot = self.hold_for_copy(src, dst, dst_iova, len)?;
+        progress.hold = Some(CopyHold {
+            ctx: self,
+            src,
+            dst,
+            slot,
+        });
         // The whole source first, so that a hole is refused before anything is mapped.
         let mut at = 0;
         while at < len {
@@ -117,7 +149,8 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
             let done = progress.done;
             let run = self.source_run(src, src_iova.get() + done, len - done)?;
             let to = Iova::new(dst_iova.get() + done);
-            self.map(dst, to, run.pa, run.len, run.prot)?;
+            // Into the range the copy holds: not refused as another call's would be.
+            self.map_or_copy_run(dst, to, run.pa, run.len, run.prot, true)?;
             progress.done += run.len;
             #[cfg(test)]
             super::tests::copy_pause("between runs");
@@ -125,11 +158,15 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         Ok(())
     }
 
-    /// Counts a copy in flight from `src` into `dst`, under the read lock
-    /// ([`IoasidCtx::free`] refuses either while the count is not zero), once both exist
-    /// (`dst` named first) and the destination range is below every domain's width
-    /// (refused whole, before any run is mapped: `map.rs`, `beyond_width`). Not inlined:
-    /// beside the runs, not above them.
+    /// Counts a copy in flight from `src` into `dst` and keeps its destination range
+    /// `[dst_iova, dst_iova + len)` in `dst`'s [`Ioasid::copying`], under the write lock: no
+    /// map or unmap of `dst` is in flight then, and every later one sees the range (`Busy`
+    /// there until the copy ends). [`IoasidCtx::free`] refuses either IOASID while it is
+    /// counted. Refused once both exist (`dst` named first) if the destination range
+    /// reaches beyond a domain's width (whole, before any run is mapped: `map.rs`,
+    /// `beyond_width`), overlaps another copy's in flight (`Busy`) or `dst` has
+    /// [`MAX_COPIES_PER_IOASID`] in flight (`Capacity`). Returns the slot of the range. Not
+    /// inlined: beside the runs, not above them.
     #[inline(never)]
     fn hold_for_copy(
         &self,
@@ -137,26 +174,49 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         dst: IoasidId,
         dst_iova: Iova,
         len: u64,
-    ) -> Result<(), Error> {
-        let st = self.state.read();
-        let (d, s) = (st.ioasid(dst)?, st.ioasid(src)?);
+    ) -> Result<u8, Error> {
+        let mut st = self.state.write();
+        st.ioasid(dst)?;
+        st.ioasid(src)?;
+        let d = st.ioasid_mut(dst)?;
         if let Some((last, ias, unit)) = super::map::beyond_width(d, dst_iova.get(), len) {
             return Err(Error::BeyondInputWidth { last, ias, unit });
         }
-        s.copies.fetch_add(1, Ordering::Relaxed);
-        d.copies.fetch_add(1, Ordering::Relaxed);
-        Ok(())
+        // `check_range`: no overflow.
+        let end = dst_iova.get().saturating_add(len);
+        if d.copy_overlapping(dst_iova.get(), end).is_some() {
+            return Err(Error::Busy);
+        }
+        let slot = d
+            .copying
+            .iter()
+            .position(Option::is_none)
+            .ok_or(Error::Capacity("copies in flight into an IOASID"))?;
+        d.copying[slot] = Some(IovaRange {
+            start: dst_iova,
+            end: Iova::new(end),
+        });
+        d.copies = d.copies.saturating_add(1);
+        let s = st.ioasid_mut(src)?;
+        s.copies = s.copies.saturating_add(1);
+        // At most MAX_COPIES_PER_IOASID.
+        Ok(slot as u8)
     }
 
-    /// Counts the copy [`Self::hold_for_copy`] counted as done. Not inlined, as it.
+    /// Counts the copy [`Self::hold_for_copy`] counted as done and lets its destination range
+    /// (in slot `slot` of `dst`'s `copying`) go, under the write lock. Not inlined, as it.
     #[inline(never)]
-    fn release_copy(&self, src: IoasidId, dst: IoasidId) {
-        let st = self.state.read();
+    fn release_copy(&self, src: IoasidId, dst: IoasidId, slot: u8) {
+        let mut st = self.state.write();
         // Held: both still exist.
-        for id in [src, dst] {
-            if let Ok(io) = st.ioasid(id) {
-                io.copies.fetch_sub(1, Ordering::Relaxed);
+        if let Ok(d) = st.ioasid_mut(dst) {
+            if let Some(range) = d.copying.get_mut(usize::from(slot)) {
+                *range = None;
             }
+            d.copies = d.copies.saturating_sub(1);
+        }
+        if let Ok(s) = st.ioasid_mut(src) {
+            s.copies = s.copies.saturating_sub(1);
         }
     }
 

@@ -31,7 +31,8 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     /// # Errors
     /// [`Error::Reserved`] for a range touching a reserved region;
     /// [`Error::BeyondInputWidth`] for one reaching beyond the input width of a domain behind
-    /// the IOASID (refused before anything is touched); [`Error::PageTable`]
+    /// the IOASID (refused before anything is touched); [`Error::Busy`] for one touching the
+    /// destination range of a [`IoasidCtx::copy`] into the IOASID in flight; [`Error::PageTable`]
     /// (overlap, alignment, width, memory; `UnsupportedProt` for [`Prot::PRIV`] in an IOASID
     /// not allocated with [`IoasidFlags::SUPERVISOR`]); unit errors. Nothing is mapped after any of them.
     /// [`Error::InvalidationPending`]: devices behind the unit it names may still reach `pa`.
@@ -51,7 +52,23 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         len: u64,
         prot: Prot,
     ) -> Result<(), Error> {
-        let r = self.map_everywhere(ioasid, iova, pa, len, prot);
+        self.map_or_copy_run(ioasid, iova, pa, len, prot, false)
+    }
+
+    /// [`IoasidCtx::map`], or with `copy_run` a run of a copy into the destination range it
+    /// holds (`ioas.rs`: [`Ioasid::copying`], which refuses every other call's map there).
+    /// Always inlined: `map`'s body.
+    #[inline(always)]
+    pub(super) fn map_or_copy_run(
+        &self,
+        ioasid: IoasidId,
+        iova: Iova,
+        pa: PhysAddr,
+        len: u64,
+        prot: Prot,
+        copy_run: bool,
+    ) -> Result<(), Error> {
+        let r = self.map_everywhere(ioasid, iova, pa, len, prot, copy_run);
         if r.is_err() {
             // A rollback leaves no table empty: it asked for a reclaim (see `reclaim.rs`).
             self.reclaim_if_due(ioasid);
@@ -59,7 +76,7 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         r
     }
 
-    /// [`IoasidCtx::map`] under the context's read lock.
+    /// [`IoasidCtx::map_or_copy_run`] under the context's read lock.
     fn map_everywhere(
         &self,
         ioasid: IoasidId,
@@ -67,6 +84,7 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         pa: PhysAddr,
         len: u64,
         prot: Prot,
+        copy_run: bool,
     ) -> Result<(), Error> {
         let st = self.state.read();
         let io = st.ioasid(ioasid)?;
@@ -84,6 +102,11 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         }
         if let Some(r) = direct_overlap(io, iova.get(), end) {
             return Err(Error::Reserved(r));
+        }
+        // A copy in flight owns its destination range until it ends: its undo must find there
+        // only what it mapped (review 20 L1).
+        if !copy_run && io.copy_overlapping(iova.get(), end).is_some() {
+            return Err(Error::Busy);
         }
         if let Some((last, ias, unit)) = beyond_width(io, iova.get(), len) {
             return Err(Error::BeyondInputWidth { last, ias, unit });
@@ -168,7 +191,13 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     /// [`IoasidCtx::copy`], the runs it mapped in every domain, `n` at least their number): the
     /// range is unmapped from the first `n` domains (the refusing one too: a unit may fail
     /// after writing entries, `Iommu::map`) and from the record. The range was free in the
-    /// record, and every domain holds what the record holds, so nothing else is touched.
+    /// record when the call mapped it and no other call has mapped or unmapped there since,
+    /// and every domain holds what the record holds, so nothing else is touched: a map's
+    /// range by the callers' contract (calls on overlapping ranges do not overlap in time;
+    /// another map over it is refused by the record), a copy's runs because its destination
+    /// range is its own until it ends ([`Ioasid::copying`]: every other map and unmap there is
+    /// `Busy`; before, another caller's unmap and map between two runs was erased by the
+    /// undo, review 20 L1), an attach's direct region under the write lock.
     ///
     /// The error to report is left in `out`: the refusal, or, if a domain may still reach the
     /// pages, [`Error::InvalidationPending`] naming its unit: its flush failed (the
@@ -253,8 +282,9 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     /// lost of it, and nothing is unmapped.
     ///
     /// # Errors
-    /// [`Error::PageTable`] (range errors, a refused split, memory); unit errors: nothing is
-    /// unmapped. [`Error::InvalidationPending`]: the range is unmapped from the record and from
+    /// [`Error::PageTable`] (range errors, a refused split, memory); unit errors;
+    /// [`Error::Busy`] for a range (`UNMAP_ALL` too) touching the destination range of a
+    /// [`IoasidCtx::copy`] into the IOASID in flight: nothing is unmapped. [`Error::InvalidationPending`]: the range is unmapped from the record and from
     /// every domain, but a unit did not confirm the invalidation, so devices behind it may still
     /// reach the old pages through stale caches (and the table pages the unmap emptied are
     /// kept). Do not reuse the pages until a retry of this call returns `Ok` (it reissues the
@@ -305,6 +335,13 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     ) -> Result<u64, Error> {
         if io.nested.is_some() {
             return Err(Error::UserOwned(ioasid));
+        }
+        // Nor an unmap, `UNMAP_ALL` included (see `map_everywhere`).
+        if io
+            .copy_overlapping(iova.get(), iova.get().saturating_add(len))
+            .is_some()
+        {
+            return Err(Error::Busy);
         }
         if iova.get() == 0 && len == UNMAP_ALL {
             return self.unmap_all(io);
@@ -548,6 +585,10 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
                 .map(|r| r.end.get())
                 .max();
             if let Some(r) = self.reserved_overlap(&st, io, at, end) {
+                busy_until = busy_until.max(Some(r.end.get()));
+            }
+            // A copy's destination range: mapped by the copy, or free again when it ends.
+            if let Some(r) = io.copy_overlapping(at, end) {
                 busy_until = busy_until.max(Some(r.end.get()));
             }
             io.record.for_each_mapping(iova(at), size, |l| {

@@ -360,7 +360,8 @@ pub enum Error {
         reason: Incompatibility,
     },
     /// The object is in use: a device bound elsewhere, an IOASID with attachments (or a
-    /// [`IoasidCtx::copy`] from or into it in flight on another thread), a device
+    /// [`IoasidCtx::copy`] from or into it in flight on another thread), a range of an IOASID
+    /// that a copy in flight is mapping into (map, unmap, another copy), a device
     /// attached or holding a grant, a PASID attached, or a device (or PASID) whose attach the
     /// unit did not confirm being attached to another IOASID than that attach's
     /// ([`Attachment::unsettled`]: retry that attach, or detach, first).

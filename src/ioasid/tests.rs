@@ -2421,3 +2421,63 @@ fn a_copy_never_reads_an_ioasid_allocated_in_its_source_s_place() {
     ctx.free(src).unwrap();
     ctx.free(dst).unwrap();
 }
+
+/// Review 20 L1: a copy's undo removes only what the copy mapped. `dst` already maps the
+/// copy's second page, so its second run is refused (`Overlap`) and the first undone; between
+/// the runs another caller unmaps the first run's page and maps its own there. Whatever those
+/// two calls return must hold afterwards in the record and in every domain: before the fix both
+/// returned `Ok` and the undo then erased the second caller's mapping (its device faulting).
+#[test]
+fn a_copy_undo_never_unmaps_another_caller_s_mapping_in_its_range() {
+    with_two_attached_units(|ctx, dst, u0, u1| {
+        let src = two_runs(ctx);
+        ctx.map(dst, Iova::new(M2 + K4), PhysAddr::new(12 * M2), K4, RW)
+            .unwrap();
+        let pause = Arc::new((Barrier::new(2), Barrier::new(2)));
+        let (copied, unmapped, mapped) = std::thread::scope(|s| {
+            let copy = s.spawn(|| {
+                COPY_PAUSE.with(|c| *c.borrow_mut() = Some(("between runs", Arc::clone(&pause))));
+                ctx.copy(src, Iova::new(SRC), dst, Iova::new(M2), 2 * K4)
+            });
+            pause.0.wait();
+            let unmapped = ctx.unmap(dst, Iova::new(M2), K4);
+            let mapped = ctx.map(dst, Iova::new(M2), PhysAddr::new(24 * M2), K4, RW);
+            pause.1.wait();
+            (copy.join().unwrap(), unmapped, mapped)
+        });
+        let now = ctx.translate(dst, Iova::new(M2)).unwrap().map(|m| m.pa);
+        let says = std::format!(
+            "(the unmap returned {unmapped:?}, the map {mapped:?}, the copy {copied:?})"
+        );
+        if mapped.is_ok() {
+            assert_eq!(
+                now,
+                Some(PhysAddr::new(24 * M2)),
+                "the map's page is gone {says}"
+            );
+        }
+        for u in [u0, u1] {
+            assert_eq!(
+                unit_maps(u, M2).map(|m| m.pa),
+                now,
+                "a domain differs {says}"
+            );
+        }
+        ctx.audit(dst).unwrap();
+        // The copy's range is its own until it ends: both calls were refused, nothing touched,
+        // and the undo took the first run away again.
+        assert_eq!(unmapped, Err(Error::Busy), "{says}");
+        assert_eq!(mapped, Err(Error::Busy), "{says}");
+        assert_eq!(now, None);
+        assert_eq!(
+            copied,
+            Err(Error::PageTable(crate::pgtable::Error::Overlap {
+                iova: Iova::new(M2 + K4)
+            }))
+        );
+        // Ended: the range is the caller's again.
+        ctx.map(dst, Iova::new(M2), PhysAddr::new(24 * M2), K4, RW)
+            .unwrap();
+        assert_eq!(ctx.unmap(dst, Iova::new(M2), 2 * K4), Ok(2 * K4));
+    });
+}
