@@ -46,6 +46,9 @@ struct FakeUnit<'a> {
     /// The first map at this IOVA stops before writing: it meets the test at the first
     /// barrier, and goes on once the test passes the second.
     pause_map_at: Mutex<Option<(u64, Arc<Pause>)>>,
+    /// A map at this IOVA panics before touching anything (a hosted embedder's unit whose
+    /// call unwinds).
+    panic_map_at: Mutex<Option<u64>>,
 }
 
 /// Where a paused call meets the test (`.0`) and waits for it to go on (`.1`).
@@ -114,6 +117,7 @@ impl<'a> FakeUnit<'a> {
             geometry: None,
             events: Mutex::new(Vec::new()),
             pause_map_at: Mutex::new(None),
+            panic_map_at: Mutex::new(None),
         }
     }
 
@@ -227,6 +231,8 @@ impl Iommu for FakeUnit<'_> {
         len: u64,
         prot: Prot,
     ) -> Result<(), IommuError> {
+        let panics = *self.panic_map_at.lock().unwrap() == Some(iova.get());
+        assert!(!panics, "the test's unit panics in its map at {iova:?}");
         if *self.fail_map_at.lock().unwrap() == Some(iova.get())
             || self
                 .fail_maps_from
@@ -2479,5 +2485,28 @@ fn a_copy_undo_never_unmaps_another_caller_s_mapping_in_its_range() {
         ctx.map(dst, Iova::new(M2), PhysAddr::new(24 * M2), K4, RW)
             .unwrap();
         assert_eq!(ctx.unmap(dst, Iova::new(M2), 2 * K4), Ok(2 * K4));
+    });
+}
+
+/// Review 20 L2: a copy's hold is released when a unit's call panics and unwinds (a hosted
+/// embedder): before it was a drop guard, the counts and the destination range stayed, and
+/// `free` of either IOASID, a map or unmap of the range, were `Busy` for ever.
+#[test]
+fn a_copy_unwinding_from_a_unit_s_panic_lets_its_ioasids_and_range_go() {
+    with_two_attached_units(|ctx, dst, _, u1| {
+        let src = two_runs(ctx);
+        *u1.panic_map_at.lock().unwrap() = Some(M2 + K4);
+        let copied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            ctx.copy(src, Iova::new(SRC), dst, Iova::new(M2), 2 * K4)
+        }));
+        assert!(copied.is_err(), "the unit did not panic: {copied:?}");
+        *u1.panic_map_at.lock().unwrap() = None;
+        // No undo ran: the first run stays, and the second in the record and u0, which took
+        // it before u1 panicked. The range is the caller's again to unmap.
+        assert_eq!(ctx.unmap(dst, Iova::new(M2), 2 * K4), Ok(2 * K4));
+        ctx.audit(dst).unwrap();
+        ctx.copy(src, Iova::new(SRC), dst, Iova::new(M2), 2 * K4)
+            .unwrap();
+        ctx.free(src).unwrap();
     });
 }
