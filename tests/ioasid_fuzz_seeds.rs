@@ -4,7 +4,9 @@
 //! `tests/fuzz_corpus.rs` replays with the rest of the corpus. Every other file there (crash
 //! inputs kept as regression cases) is replayed here too.
 
-use iommu_engine::fuzzing::ioasid::{ioasid, Op};
+use iommu_engine::fuzzing::ioasid::{
+    decode_ops, ioasid, region_base, Op, STRADDLE_REGION, UNMAP_ALL_REGION,
+};
 
 /// An encoder mirroring `arbitrary` 1.x: integers little-endian, `bool` as one byte, an enum's
 /// variant as a `u32` scaled onto the variant count.
@@ -397,8 +399,8 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     // A 64 KiB-granule SMMUv3 (`vtd` bits 3:2 = 3) beside VT-d, both devices on IOASID 0:
     // 4 KiB maps and unmaps refused by the coarse domain with nothing written (review 19b),
     // a whole granule mapped and unmapped, a map across the SMMUv3 domain's 44 bits
-    // (region 4) refused by the IOASID, then, with only VT-d attached, taken; the SMMUv3
-    // device's attach refused for it; `UNMAP_ALL` (region 255) clears everything.
+    // (`STRADDLE_REGION`) refused by the IOASID, then, with only VT-d attached, taken; the
+    // SMMUv3 device's attach refused for it; `UNMAP_ALL` (region 255) clears everything.
     let granule_64k = encode(
         &Setup {
             vtd: 3 << 2 | 1,
@@ -417,9 +419,9 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             unmap(0, 0, 17, 1),
             unmap(0, 0, 16, 16),
             map(0, 0, 32, 32, 32),
-            map(0, 4, 500, 24, 0),
+            map(0, STRADDLE_REGION, 500, 24, 0),
             Op::Detach { ctx: 0, dev: 3 },
-            map(0, 4, 500, 24, 0),
+            map(0, STRADDLE_REGION, 500, 24, 0),
             Op::Attach {
                 ctx: 0,
                 dev: 3,
@@ -477,4 +479,49 @@ fn the_whole_ioasid_corpus_replays() {
         n += 1;
     }
     assert!(n >= seeds().len());
+}
+
+/// The crash inputs kept in `fuzz/corpus/ioasid` (every file but the seeds) still decode as
+/// when they were saved, so each still replays the case it was kept for: the setup's SMMUv3
+/// granule bits (3:2, added by efe2931) clear, and no map or unmap with a region byte that
+/// later changed meaning (`STRADDLE_REGION`, `UNMAP_ALL_REGION`). Review 20 L3b: a fifth
+/// entry in the harness's regions, picked modulo their number, decoded crash-967b...'s unmap
+/// region byte 0xe3 as REGIONS[2] where it had been REGIONS[3].
+#[test]
+fn saved_crash_inputs_decode_as_when_they_were_saved() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/ioasid");
+    let mut crashes = 0;
+    for e in std::fs::read_dir(dir).expect("corpus directory") {
+        let path = e.expect("corpus entry").path();
+        let name = path
+            .file_name()
+            .expect("file name")
+            .to_string_lossy()
+            .into_owned();
+        if name.starts_with("seed-") {
+            continue;
+        }
+        crashes += 1;
+        let data = std::fs::read(&path).expect("read corpus file");
+        let Some((vtd, ops)) = decode_ops(&data) else {
+            continue;
+        };
+        assert!(
+            !matches!(vtd >> 2 & 3, 2 | 3),
+            "{name}: setup {vtd:#x} now picks a coarse granule"
+        );
+        for op in ops {
+            if let Op::Map { region, .. } | Op::Unmap { region, .. } = op {
+                // The regions when the crash inputs were saved (f5e91ae to b1bdacc).
+                let saved = [0, 0xfec0_0000, 1 << 40, 1 << 45][usize::from(region) % 4];
+                assert!(
+                    region != STRADDLE_REGION
+                        && region != UNMAP_ALL_REGION
+                        && region_base(region) == saved,
+                    "{name}: {op:?} decodes differently since it was saved"
+                );
+            }
+        }
+    }
+    assert!(crashes >= 4, "the kept crash inputs are gone: {crashes}");
 }

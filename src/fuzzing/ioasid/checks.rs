@@ -98,7 +98,8 @@ impl Harness<'_, '_> {
             }) else {
                 continue;
             };
-            let region = REGIONS[(point % REGIONS.len() as u64) as usize];
+            let bases = [REGIONS[0], REGIONS[1], REGIONS[2], REGIONS[3], STRADDLE];
+            let region = bases[(point % bases.len() as u64) as usize];
             let at = region + (point >> 32) % WINDOW * K4;
             let page = m.range(at..).next().or_else(|| m.iter().next());
             v.extend(page.map(|(&iova, _)| iova));

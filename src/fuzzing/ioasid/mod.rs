@@ -21,7 +21,8 @@
 //! - an unmap (or `UNMAP_ALL`) that returns `Ok` leaves no leaf of its range in any domain of
 //!   the IOASID, walked in the tables; a refused map whose range the record keeps
 //!   (`InvalidationPending`) has a domain that really holds a leaf of it (review 19b F2, F4);
-//!   a map refused with `BeyondInputWidth` names a domain of the IOASID that is that narrow;
+//!   a map reaching beyond the narrowest input width of the IOASID's domains is refused with
+//!   `BeyondInputWidth` naming it, with no wait completed, and nothing else is (review 20 L3a);
 //! - each unit holds exactly one domain per (IOASID, unit) pair that has attachments;
 //! - the arena saw no double or unknown free.
 //!
@@ -67,15 +68,31 @@ const PASID_BITS: u32 = 4;
 const K4: u64 = 1 << 12;
 /// Pages in each IOVA region the fuzzer maps in.
 const WINDOW: u64 = 1024;
-/// Region starts: low memory; around the VT-d interrupt window 0xFEE0_0000; high; above the
-/// SMMUv3 model's 44-bit stage-2 input size (VT-d takes it, SMMUv3 stage 2 refuses it);
-/// straddling that size (2 MiB below 2^44: an IOASID with an SMMUv3 domain refuses a range
-/// across it, review 19b F2).
-const REGIONS: [u64; 5] = [0, 0xfec0_0000, 1 << 40, 1 << 45, (1 << 44) - (2 << 20)];
+/// Region starts, picked by an op's `region` byte modulo their number: low memory; around the
+/// VT-d interrupt window 0xFEE0_0000; high; above the SMMUv3 model's 44-bit stage-2 input
+/// size (VT-d takes it, SMMUv3 stage 2 refuses it). Four, as when the crash inputs of
+/// `fuzz/corpus/ioasid` were saved: they decode as they did (`tests/ioasid_fuzz_seeds.rs`).
+const REGIONS: [u64; 4] = [0, 0xfec0_0000, 1 << 40, 1 << 45];
+/// An op's `region` byte that picks [`STRADDLE`] rather than a region of [`REGIONS`] (no
+/// saved crash input has it: review 20 L3b, a fifth entry in `REGIONS` decoded them
+/// differently).
+pub const STRADDLE_REGION: u8 = 0xfe;
+/// Where the region an op's `region` byte picks starts ([`REGIONS`], [`STRADDLE`]).
+pub fn region_base(region: u8) -> u64 {
+    if region == STRADDLE_REGION {
+        STRADDLE
+    } else {
+        REGIONS[usize::from(region) % REGIONS.len()]
+    }
+}
+
+/// A region straddling the SMMUv3 model's stage-2 input size (2 MiB below 2^44: an IOASID
+/// with an SMMUv3 domain refuses a range across it, review 19b F2).
+const STRADDLE: u64 = (1 << 44) - (2 << 20);
 /// The SMMUv3 model's stage-2 input size, in bits.
 const SMMU_IAS: u32 = 44;
 /// An [`Op::Unmap`] with this `region` is `unmap(0, UNMAP_ALL)`.
-const UNMAP_ALL_REGION: u8 = u8::MAX;
+pub const UNMAP_ALL_REGION: u8 = u8::MAX;
 /// The VT-d interrupt address range, reserved on every VT-d domain.
 const MSI: (u64, u64) = (0xfee0_0000, 0xfef0_0000);
 /// Every this many steps every device is probed, attached or not.
@@ -95,10 +112,16 @@ const LABELS: [(u8, u32); 6] = [
 
 /// Target `ioasid`.
 pub fn ioasid(data: &[u8]) {
+    if let Some((setup, ops)) = decode(data) {
+        run(&setup, &ops);
+    }
+}
+
+/// How the target decodes `data`: the setup, `None` if there is not enough for it, and the
+/// operations.
+fn decode(data: &[u8]) -> Option<(Setup, Vec<Op>)> {
     let mut u = Unstructured::new(data);
-    let Ok(setup) = Setup::arbitrary(&mut u) else {
-        return;
-    };
+    let setup = Setup::arbitrary(&mut u).ok()?;
     let mut ops = Vec::new();
     while ops.len() < MAX_OPS && !u.is_empty() {
         match Op::arbitrary(&mut u) {
@@ -106,7 +129,13 @@ pub fn ioasid(data: &[u8]) {
             Err(_) => break,
         }
     }
-    run(&setup, &ops);
+    Some((setup, ops))
+}
+
+/// The setup's `vtd` byte and the operations the target decodes from `data` (for
+/// `tests/ioasid_fuzz_seeds.rs`: saved inputs must decode as when they were saved).
+pub fn decode_ops(data: &[u8]) -> Option<(u8, Vec<Op>)> {
+    decode(data).map(|(s, ops)| (s.vtd, ops))
 }
 
 /// The units' configurations and the contexts' PASID quotas.

@@ -286,7 +286,7 @@ impl<'h, 'm> Harness<'h, 'm> {
 
     /// (first IOVA, pages) of a range inside a region.
     pub(super) fn range(region: u8, first: u16, count: u16) -> (u64, u64) {
-        let base = REGIONS[usize::from(region) % REGIONS.len()];
+        let base = region_base(region);
         let first = u64::from(first) % WINDOW;
         let pages = 1 + u64::from(count) % (WINDOW - first);
         (base + first * K4, pages)
@@ -340,8 +340,19 @@ impl<'h, 'm> Harness<'h, 'm> {
         let overlap = map.range(start..end).next().is_some();
         let units = self.shadow[c].units_of(id.0);
         let reserved = units[0] && start < MSI.1 && MSI.0 < end;
+        // The narrowest input width of the IOASID's domains, if the range reaches beyond it:
+        // every such map is refused for it, naming it, before anything is touched (review 20
+        // L3a: a map across 2^44 refused by SMMUv3's table after VT-d was written and rolled
+        // back would pass the catch-all arm below).
+        let beyond = self
+            .narrowest_width(ctxs, c, id)
+            .filter(|&ias| (end - 1) >> ias != 0);
         match r {
             Ok(()) => {
+                assert_eq!(
+                    beyond, None,
+                    "map at {start:#x}..{end:#x} beyond a domain's width"
+                );
                 assert!(!overlap, "map over an existing mapping at {start:#x}");
                 assert!(
                     !reserved,
@@ -370,8 +381,15 @@ impl<'h, 'm> Harness<'h, 'm> {
             }
             Err(e) if reserved => assert!(matches!(e, Error::Reserved(_)), "{e:?}"),
             Err(Error::BeyondInputWidth { last, ias, unit }) => {
-                // Named truly: that unit's domain of the IOASID is that narrow, and the range
-                // reaches beyond it; nothing was touched (the probes after the step).
+                // Named truly: that unit's domain of the IOASID is the narrowest, and the range
+                // reaches beyond it; nothing was touched (no wait completed; the probes after
+                // the step).
+                assert_eq!(beyond, Some(ias), "BeyondInputWidth names {ias} bits");
+                assert_eq!(
+                    self.completions(),
+                    before,
+                    "a width refusal waited on a unit"
+                );
                 assert_eq!(last.get(), end - 1, "BeyondInputWidth names {last}");
                 assert!((end - 1) >> ias != 0, "{end:#x} is below {ias} bits");
                 let domains = ctxs[c].domains_of(id).expect("IOASID exists");
@@ -385,6 +403,10 @@ impl<'h, 'm> Harness<'h, 'm> {
                 assert_eq!(width, Ok(ias), "BeyondInputWidth of unit {}", u.0);
             }
             Err(e) => {
+                assert_eq!(
+                    beyond, None,
+                    "map at {start:#x}..{end:#x} beyond a domain's width refused with {e:?}"
+                );
                 // An undo that left a domain mapping some of the range (`undo_left`) keeps the
                 // whole range in the record, as mapped, until an unmap of it; any other
                 // failure leaves the record as it was. All or nothing, and only with
@@ -432,6 +454,19 @@ impl<'h, 'm> Harness<'h, 'm> {
             start,
             pages,
         }
+    }
+
+    /// The narrowest input width of the domains of IOASID `id` of context `c`, if it has any.
+    fn narrowest_width(&self, ctxs: &[Ctx<'_, '_>], c: usize, id: IoasidId) -> Option<u32> {
+        let domains = ctxs[c].domains_of(id).ok()?;
+        domains
+            .iter()
+            .flatten()
+            .map(|&(u, h)| {
+                let width = self.units[usize::from(u.0)].domain_geometry(h);
+                width.expect("a domain of the IOASID has a geometry").0
+            })
+            .min()
     }
 
     pub(super) fn unmap(
