@@ -946,6 +946,10 @@ int32_t ie_ctx_max_page_log2(IeCtx *ctx, uint32_t ioasid, uint32_t *max_log2);
 // what was mapped was unmapped again, but a unit may not have confirmed the invalidation, or
 // may still map some of the range: then, as after ie_ctx_map(), `dst` keeps the range, and
 // ie_ctx_unmap() of `[dst_iova, dst_iova + len)` until `IE_STATUS_OK` lets it go).
+// `IE_STATUS_BUSY` when the destination range overlaps that of another copy into `dst`
+// running on another thread. Until it returns, the destination range is the copy's:
+// ie_ctx_map() and ie_ctx_unmap() of `dst` touching it return `IE_STATUS_BUSY`, and so does
+// ie_ctx_free() of `src` or `dst`.
 //
 // # Safety
 // `ctx` is a live context handle.
@@ -1116,7 +1120,9 @@ int32_t ie_ctx_free(IeCtx *ctx, uint32_t ioasid);
 // regions may still be reachable through the IOASID as after a failed ie_ctx_map(). Call
 // ie_ctx_attach() again once the unit recovers (if it returns `IE_STATUS_INCOMPATIBLE`
 // with a direct region colliding with itself, a region whose own map failed is still held
-// as a mapping: ie_ctx_unmap() it first). Any other error changed nothing.
+// as a mapping: ie_ctx_unmap() it first). `IE_STATUS_OUT_OF_RANGE`: a direct region of the
+// device reaches beyond the input width of a hardware domain the IOASID has. Any other
+// error changed nothing.
 //
 // # Safety
 // `ctx` is a live context handle; `reason` is NULL or writable.
@@ -1156,6 +1162,8 @@ int32_t ie_ctx_detach_pasid(IeCtx *ctx, uint32_t device, uint32_t pasid);
 // reusing `pa`). Unmapping the range covers both cases. `IE_STATUS_OUT_OF_RANGE`: the range
 // reaches beyond the input width of a domain behind the IOASID (ie_ctx_iova_ranges() says
 // what may be mapped), or the physical range beyond a unit's output width; nothing changed.
+// `IE_STATUS_BUSY`: the range touches the destination range of an ie_ctx_copy() into the
+// IOASID running on another thread; nothing changed.
 //
 // # Safety
 // `ctx` is a live context handle.
@@ -1173,7 +1181,9 @@ int32_t ie_ctx_map(IeCtx *ctx,
 // still reach the pages; call again (it reissues the invalidation and reports 0 bytes) until
 // `IE_STATUS_OK` before reusing them. `iova` 0 with `len` `UINT64_MAX` unmaps everything but
 // attached devices' direct regions, whatever the address width (iommufd's `IOMMU_IOAS_UNMAP`
-// form). A range holding no mapping returns `IE_STATUS_OK` with 0 bytes.
+// form). A range holding no mapping returns `IE_STATUS_OK` with 0 bytes. `IE_STATUS_BUSY`:
+// the range (`UINT64_MAX` too) touches the destination range of an ie_ctx_copy() into the
+// IOASID running on another thread; nothing was unmapped.
 //
 // # Safety
 // `ctx` is a live context handle; `unmapped` is NULL or writable.

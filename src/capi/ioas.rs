@@ -54,6 +54,10 @@ pub unsafe extern "C" fn ie_ctx_max_page_log2(
 /// what was mapped was unmapped again, but a unit may not have confirmed the invalidation, or
 /// may still map some of the range: then, as after ie_ctx_map(), `dst` keeps the range, and
 /// ie_ctx_unmap() of `[dst_iova, dst_iova + len)` until `IE_STATUS_OK` lets it go).
+/// `IE_STATUS_BUSY` when the destination range overlaps that of another copy into `dst`
+/// running on another thread. Until it returns, the destination range is the copy's:
+/// ie_ctx_map() and ie_ctx_unmap() of `dst` touching it return `IE_STATUS_BUSY`, and so does
+/// ie_ctx_free() of `src` or `dst`.
 ///
 /// # Safety
 /// `ctx` is a live context handle.

@@ -820,7 +820,9 @@ fn attach_result(r: Result<(), crate::ioasid::Error>, reason: *mut u32) -> i32 {
 /// regions may still be reachable through the IOASID as after a failed ie_ctx_map(). Call
 /// ie_ctx_attach() again once the unit recovers (if it returns `IE_STATUS_INCOMPATIBLE`
 /// with a direct region colliding with itself, a region whose own map failed is still held
-/// as a mapping: ie_ctx_unmap() it first). Any other error changed nothing.
+/// as a mapping: ie_ctx_unmap() it first). `IE_STATUS_OUT_OF_RANGE`: a direct region of the
+/// device reaches beyond the input width of a hardware domain the IOASID has. Any other
+/// error changed nothing.
 ///
 /// # Safety
 /// `ctx` is a live context handle; `reason` is NULL or writable.
@@ -940,6 +942,8 @@ const _: () = assert!(
 /// reusing `pa`). Unmapping the range covers both cases. `IE_STATUS_OUT_OF_RANGE`: the range
 /// reaches beyond the input width of a domain behind the IOASID (ie_ctx_iova_ranges() says
 /// what may be mapped), or the physical range beyond a unit's output width; nothing changed.
+/// `IE_STATUS_BUSY`: the range touches the destination range of an ie_ctx_copy() into the
+/// IOASID running on another thread; nothing changed.
 ///
 /// # Safety
 /// `ctx` is a live context handle.
@@ -972,7 +976,9 @@ pub unsafe extern "C" fn ie_ctx_map(
 /// still reach the pages; call again (it reissues the invalidation and reports 0 bytes) until
 /// `IE_STATUS_OK` before reusing them. `iova` 0 with `len` `UINT64_MAX` unmaps everything but
 /// attached devices' direct regions, whatever the address width (iommufd's `IOMMU_IOAS_UNMAP`
-/// form). A range holding no mapping returns `IE_STATUS_OK` with 0 bytes.
+/// form). A range holding no mapping returns `IE_STATUS_OK` with 0 bytes. `IE_STATUS_BUSY`:
+/// the range (`UINT64_MAX` too) touches the destination range of an ie_ctx_copy() into the
+/// IOASID running on another thread; nothing was unmapped.
 ///
 /// # Safety
 /// `ctx` is a live context handle; `unmapped` is NULL or writable.

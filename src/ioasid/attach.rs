@@ -50,7 +50,11 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     /// # Errors
     /// [`Error::Incompatible`] naming what the unit lacks (snoop control, dirty tracking,
     /// nesting, address width, page size), the mapping it cannot take, or the direct region
-    /// that collides ([`Incompatibility::DirectRegionCollides`]); [`Error::Capacity`]
+    /// that collides ([`Incompatibility::DirectRegionCollides`]: with a mapping, a
+    /// reservation, a reserved region, another device's region, or the destination range of a
+    /// [`IoasidCtx::copy`] into `ioasid` in flight); [`Error::BeyondInputWidth`] for a direct
+    /// region of the device reaching beyond the input width of a domain `ioasid` has (the
+    /// narrowest is named); [`Error::Capacity`]
     /// (`"direct regions per IOASID"`): nothing changed. A failure after the direct regions
     /// were mapped unmaps them again; if a unit then does not confirm the invalidation, or
     /// cannot unmap a region it has just mapped, the call reports

@@ -430,7 +430,9 @@ pub enum Error {
         error: iommu::Error,
     },
     /// [`IoasidCtx::map`], [`IoasidCtx::copy`]: the range reaches beyond the input address
-    /// width of a hardware domain behind the IOASID (the narrowest such domain is named).
+    /// width of a hardware domain behind the IOASID (the narrowest such domain is named);
+    /// [`IoasidCtx::attach`]: a direct region of the device does (`last` is the region's
+    /// last IOVA).
     /// Refused before the record or any domain is touched: every mapping of an IOASID lies
     /// below every one of its domains' widths, so that no domain holds a page another cannot
     /// (which `unmap(0, UNMAP_ALL)`, cut at the narrowest width, would leave mapped: review
