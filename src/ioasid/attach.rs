@@ -54,7 +54,8 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     /// reservation, a reserved region, another device's region, or the destination range of a
     /// [`IoasidCtx::copy`] into `ioasid` in flight); [`Error::BeyondInputWidth`] for a direct
     /// region of the device reaching beyond the input width of a domain `ioasid` has (the
-    /// narrowest is named); [`Error::Capacity`]
+    /// narrowest is named); [`Error::UserOwned`] for a device with direct regions and a
+    /// nested child `ioasid` (it maps nothing of its own); [`Error::Capacity`]
     /// (`"direct regions per IOASID"`): nothing changed. A failure after the direct regions
     /// were mapped unmaps them again; if a unit then does not confirm the invalidation, or
     /// cannot unmap a region it has just mapped, the call reports

@@ -290,6 +290,12 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     ) -> Result<(), Error> {
         let dev = st.device(device)?;
         let io = st.ioasid(ioasid)?;
+        // A nested child maps nothing (its user domains take no maps): its record would hold
+        // the regions alone, reaching no table, and, once a user domain is there, keep a
+        // refused region no unmap can reach (review 20 D4).
+        if io.nested.is_some() && dev.direct.iter().flatten().next().is_some() {
+            return Err(Error::UserOwned(ioasid));
+        }
         let collides = |region: IovaRange, with: IovaRange| Error::Incompatible {
             device,
             reason: Incompatibility::DirectRegionCollides { region, with },

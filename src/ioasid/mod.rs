@@ -447,7 +447,8 @@ pub enum Error {
         unit: UnitId,
     },
     /// The IOASID is a nested child ([`IoasidCtx::alloc_nested`]): the guest owns its stage 1,
-    /// it has no mappings of its own to map, unmap, reserve or read dirty state from.
+    /// it has no mappings of its own to map, unmap, reserve or read dirty state from, nor
+    /// takes an attached device's direct regions.
     UserOwned(IoasidId),
     /// [`IoasidCtx::alloc_nested`] was given a parent not allocated with
     /// [`IoasidFlags::NEST_PARENT`] (or a nested child).

@@ -164,3 +164,59 @@ fn hwpt_invalidate_rewrites_vmid_and_refuses_foreign_sid() {
         assert_eq!(r.smmu_domains(), 0);
     });
 }
+
+/// Review 20 D4: a device with direct regions (RMRR, RMR) cannot be attached to a nested
+/// child: the child maps nothing (its user domains take no maps), so its regions went into
+/// the child's record alone, reaching no table (the device's DMA to them faulted, the attach
+/// returned `Ok`); with a user domain already there the region's map was refused
+/// (`InvalidDomain`), reported `InvalidationPending`, and the range stayed in the child's
+/// record, where no unmap can reach it (`UserOwned`). Refused now, nothing changed. Nothing of
+/// such a region was ever mapped in a table, the parent's stage 2 included (this region lies
+/// beyond its 44 bits).
+#[test]
+fn a_device_with_direct_regions_is_not_attached_to_a_nested_child() {
+    use iommu_engine::ioasid::DirectRegion;
+    use iommu_engine::pgtable::IovaRange;
+    with_rig(VtdSetup::scalable(), SmmuSetup::qemu(false), |r| {
+        let g = GuestRam::new(r.arena, 6);
+        let ctx = IoasidCtx::new(r.reg, r.arena, 0);
+        guest_smmu_tables(&g);
+        let (parent, child) = parent_and_child(&ctx, &g, guest_ste(&g));
+        let region = |start: u64| {
+            let range = IovaRange {
+                start: Iova::new(start),
+                end: Iova::new(start + K4),
+            };
+            DirectRegion::new(range, false).unwrap()
+        };
+        let (beyond, low) = (1u64 << 45, 0x40_0000);
+        let dev = ctx
+            .bind_with_direct(smmu_dev(SID_A), false, None, &[region(beyond)])
+            .unwrap();
+        // First with no domain on the unit yet, then with the child's user domain there.
+        assert_eq!(ctx.attach(dev, child), Err(Error::UserOwned(child)));
+        let plain = ctx.bind(smmu_dev(SID_B), false).unwrap();
+        ctx.attach(plain, child).unwrap();
+        let other = ctx
+            .bind_with_direct(smmu_dev(0x400), false, None, &[region(low)])
+            .unwrap();
+        assert_eq!(ctx.attach(other, child), Err(Error::UserOwned(child)));
+        for at in [beyond, low] {
+            assert_eq!(ctx.translate(child, Iova::new(at)), Ok(None));
+            assert_eq!(ctx.translate(parent, Iova::new(at)), Ok(None));
+            assert_eq!(r.smmu_read(SID_A, None, at), None);
+        }
+        assert_eq!(
+            ctx.attachment(dev, None).map(|a| a.map(|a| a.ioasid)),
+            Ok(None)
+        );
+        ctx.audit(child).unwrap();
+        // The parent takes them as any IOASID does.
+        ctx.attach(other, parent).unwrap();
+        assert_eq!(r.smmu_read(0x400, None, low), Some((low, false)));
+        ctx.detach(other).unwrap();
+        ctx.detach(plain).unwrap();
+        ctx.free(child).unwrap();
+        ctx.free(parent).unwrap();
+    });
+}
