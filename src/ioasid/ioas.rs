@@ -72,7 +72,7 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
     /// [`Error::BeyondInputWidth`] for a destination range reaching beyond a domain of `dst`
     /// (refused before any run is mapped); [`Error::Busy`] for a destination range
     /// overlapping that of another copy in flight into `dst`, [`Error::Capacity`] with
-    /// [`MAX_COPIES_PER_IOASID`] in flight into it; then any error of
+    /// four (`MAX_COPIES_PER_IOASID`) in flight into it; then any error of
     /// [`IoasidCtx::map`] in the destination. Nothing is mapped in `dst` after any of them:
     /// what was mapped before the failure is unmapped again, with its invalidation; if a unit
     /// does not confirm it, the error is [`Error::InvalidationPending`] (as after a failed

@@ -73,11 +73,11 @@ const WINDOW: u64 = 1024;
 /// size (VT-d takes it, SMMUv3 stage 2 refuses it). Four, as when the crash inputs of
 /// `fuzz/corpus/ioasid` were saved: they decode as they did (`tests/ioasid_fuzz_seeds.rs`).
 const REGIONS: [u64; 4] = [0, 0xfec0_0000, 1 << 40, 1 << 45];
-/// An op's `region` byte that picks [`STRADDLE`] rather than a region of [`REGIONS`] (no
+/// An op's `region` byte that picks `STRADDLE` rather than a region of `REGIONS` (no
 /// saved crash input has it: review 20 L3b, a fifth entry in `REGIONS` decoded them
 /// differently).
 pub const STRADDLE_REGION: u8 = 0xfe;
-/// Where the region an op's `region` byte picks starts ([`REGIONS`], [`STRADDLE`]).
+/// Where the region an op's `region` byte picks starts (`REGIONS`, `STRADDLE`).
 pub fn region_base(region: u8) -> u64 {
     if region == STRADDLE_REGION {
         STRADDLE
