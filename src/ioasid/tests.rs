@@ -2510,3 +2510,63 @@ fn a_copy_unwinding_from_a_unit_s_panic_lets_its_ioasids_and_range_go() {
         ctx.free(src).unwrap();
     });
 }
+
+/// Review 20 L1: while a copy runs, its destination range (here `[M2 - 4K, M2 + 4K)`, paused
+/// after its first run) is refused to every other call on `dst` that would map or unmap
+/// there: a map or unmap touching it, `UNMAP_ALL` and another copy into it are `Busy`,
+/// `alloc_iova` passes over it, and a device's direct region in it collides with it; nothing
+/// is changed by any of them. Once the copy ended the range is the caller's again.
+#[test]
+fn a_copy_s_destination_range_is_refused_to_other_calls_while_it_runs() {
+    with_two_attached_units(|ctx, dst, u0, _| {
+        let src = two_runs(ctx);
+        let at = M2 - K4;
+        let copying = range(at, at + 2 * K4);
+        let regions = [DirectRegion::new(range(M2, M2 + K4), false).unwrap()];
+        let dev = ctx
+            .bind_with_direct(label(0, 2), false, None, &regions)
+            .unwrap();
+        let pause = Arc::new((Barrier::new(2), Barrier::new(2)));
+        let (copied, answers) = std::thread::scope(|s| {
+            let copy = s.spawn(|| {
+                COPY_PAUSE.with(|c| *c.borrow_mut() = Some(("between runs", Arc::clone(&pause))));
+                ctx.copy(src, Iova::new(SRC), dst, Iova::new(at), 2 * K4)
+            });
+            pause.0.wait();
+            let answers = (
+                ctx.map(dst, Iova::new(M2), PhysAddr::new(24 * M2), K4, RW),
+                ctx.unmap(dst, Iova::new(at), K4),
+                ctx.unmap(dst, Iova::new(0), UNMAP_ALL),
+                ctx.copy(src, Iova::new(SRC), dst, Iova::new(M2), K4),
+                ctx.alloc_iova(dst, K4, M2),
+                ctx.attach(dev, dst),
+            );
+            pause.1.wait();
+            (copy.join().unwrap(), answers)
+        });
+        let (mapped, unmapped, unmapped_all, other_copy, iova, attached) = answers;
+        assert_eq!(mapped, Err(Error::Busy));
+        assert_eq!(unmapped, Err(Error::Busy));
+        assert_eq!(unmapped_all, Err(Error::Busy));
+        assert_eq!(other_copy, Err(Error::Busy));
+        // Not M2: the copy's second page, which it had yet to map.
+        assert_eq!(iova, Ok(Iova::new(2 * M2)));
+        assert_eq!(
+            attached,
+            Err(Error::Incompatible {
+                device: dev,
+                reason: Incompatibility::DirectRegionCollides {
+                    region: range(M2, M2 + K4),
+                    with: copying
+                }
+            })
+        );
+        assert_eq!(copied, Ok(()));
+        for (iova, pa) in [(at, 4 * M2), (M2, 8 * M2)] {
+            assert_eq!(unit_maps(u0, iova).map(|m| m.pa), Some(PhysAddr::new(pa)));
+        }
+        ctx.audit(dst).unwrap();
+        assert_eq!(ctx.unmap(dst, Iova::new(0), UNMAP_ALL), Ok(2 * K4));
+        ctx.attach(dev, dst).unwrap();
+    });
+}
