@@ -1260,8 +1260,8 @@ fn block_unmap_vs_block_map() {
 }
 
 /// Arm stage 2 with FEAT_BBM level 2 sets the contiguous hint on runs of 16 blocks of 2 MiB.
-/// One thread unmaps the first block of such a run (`unmap_blocks` breaks the run first,
-/// `break_cut_runs` at level 1: the 15 other blocks must stay translated throughout) while
+/// One thread unmaps the first block of such a run (`unmap_one_block` breaks the run first,
+/// `break_runs_at` at level 1: the 15 other blocks must stay translated throughout) while
 /// another maps the next run whole into empty entries of the same level-1 table (`fill_blocks`
 /// with the hint).
 #[test]

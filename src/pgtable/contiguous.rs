@@ -161,8 +161,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     }
 
     /// Makes every leaf of the run that `raw` (read from slot `idx` of `t`, mapping `iova`) was
-    /// written as part of stand alone, unless `range` covers the whole run; returns the entry
-    /// now in slot `idx`.
+    /// written as part of stand alone, unless `range` covers the whole run.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn break_contiguous(
         &self,
@@ -173,14 +172,13 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         raw: u64,
         range: (u64, u64),
         gather: &mut Gather,
-    ) -> u64 {
+    ) {
         let shift = self.geometry().level_shift(level);
         let n_log2 = self.contiguous_span_log2(level, raw);
         let run = 1u64 << (shift + n_log2);
         let base = iova & !(run - 1);
         if n_log2 == 0 || (range.0 <= base && base + run <= range.1) {
-            // SAFETY: `idx` indexes the live table `t`.
-            return unsafe { t.slot(idx) }.load(Ordering::Acquire);
+            return;
         }
         let first = idx - ((iova - base) >> shift) as usize;
         let bit = self.format().contiguous_bit();
@@ -203,8 +201,6 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         // A TLB may hold the run as one entry: invalidate all of it.
         gather.add_leaves(base, run, shift);
         self.note_run_page(gather, shift + n_log2);
-        // SAFETY: `idx` indexes the live table `t`.
-        unsafe { t.slot(idx) }.load(Ordering::Acquire)
     }
 
     /// [`Self::break_contiguous`] of a format whose runs are more than a bit

@@ -356,6 +356,189 @@ fn block_unmap_beside_a_half_broken_run_arm() {
     g.release(t.allocator(), done()).unwrap();
 }
 
+/// The level-1 entry that maps `iova` (0 for a hole).
+fn raws_at_level1<F: Format>(t: &PageTable<F, TestAlloc>, iova: u64) -> u64 {
+    let mut v = 0;
+    let top = t.geometry().top_level();
+    let _ = t.visit(t.root_table(), top, iova, M2, &mut |_, _, raw| {
+        v = raw;
+        Ok(())
+    });
+    v
+}
+
+/// The general walk at level 1 (`unmap_level` + `clear_stretch`): the whole blocks of a range
+/// that starts in the leaf table before them are cleared in one loop, whose rule-4 check looks
+/// at the stretch's first and last block only. Thread A unmaps block 15 of a run of 16 blocks
+/// of 2 MiB (blocks `run..run + 16` of the level-1 table) and has made blocks `run..=run + 12`
+/// stand alone; thread B unmaps the last page before block 0 and blocks `0..=run + 12`. A run
+/// whose first block B covers (at the stretch's first block) and a run whose last block B cuts
+/// (at its last): B must complete the break before it returns, and leave whole runs it covers
+/// to be cleared as plain blocks.
+fn general_walk_block_unmap_beside_a_half_broken_run(run: u64) {
+    let t = arm_s2_4k(false);
+    let (base, pa) = (G1, 4 * G1);
+    // The leaf table before block 0 (B's range starts in it), and blocks 0..run + 16.
+    t.map(Iova::new(base - K4), PhysAddr::new(pa - K4), K4, RW)
+        .unwrap();
+    t.map(Iova::new(base), PhysAddr::new(pa), (run + 16) * M2, RW)
+        .unwrap();
+    let run_of = |raw: u64| t.format().leaf_run_log2(1, raw);
+    for i in run..run + 13 {
+        leaf_slot(&t, base + i * M2, &mut |slot, raw| {
+            assert_eq!(run_of(raw), 4, "block {i} was mapped in a run of 16");
+            let _ = slot.fetch_update(Ordering::AcqRel, Ordering::Acquire, |e| {
+                (run_of(e) != 0)
+                    .then(|| t.format().leaf_out_of_run(1, e, PhysAddr::new(pa + i * M2)))
+            });
+        });
+    }
+    let mut g = Gather::new();
+    let b_len = K4 + (run + 13) * M2;
+    assert_eq!(t.unmap(Iova::new(base - K4), b_len, &mut g), Ok(b_len));
+    for i in 0..run + 13 {
+        let raw = raws_at_level1(&t, base + i * M2);
+        assert_eq!(raw, 0, "block {i} after B's unmap");
+    }
+    let mut stale = Vec::new();
+    for i in run + 13..run + 16 {
+        leaf_slot(&t, base + i * M2, &mut |_, raw| {
+            if run_of(raw) != 0 {
+                stale.push(i);
+            }
+        });
+    }
+    assert!(
+        stale.is_empty(),
+        "B's unmap up to block {} returned (gather {:x?}, page sizes {:#x}) while blocks \
+         {stale:?} still carry the run of 16 over it",
+        run + 12,
+        g.ranges(),
+        g.page_sizes()
+    );
+    // Exactly B's range and the run it cut, in 2 MiB leaves (and B's one page).
+    let span = g.span().unwrap();
+    assert_eq!(
+        (span.start.get(), span.end.get()),
+        (base - K4, base + (run + 16) * M2)
+    );
+    assert!(g.leaf_only());
+    g.release(t.allocator(), done()).unwrap();
+}
+
+#[test]
+fn general_walk_block_unmap_beside_a_half_broken_run_at_its_start_arm() {
+    general_walk_block_unmap_beside_a_half_broken_run(0);
+}
+
+#[test]
+fn general_walk_block_unmap_beside_a_half_broken_run_at_its_end_arm() {
+    general_walk_block_unmap_beside_a_half_broken_run(16);
+}
+
+/// As above, B's range starting inside the run: B unmaps blocks 5..=16 and the first page of
+/// block 17 (a leaf table), so its stretch of whole blocks is 5..=16, whose last block stands
+/// alone outside any run: only the check at the stretch's first block finds the run.
+#[test]
+fn general_walk_block_unmap_from_inside_a_half_broken_run_arm() {
+    let t = arm_s2_4k(false);
+    let (base, pa) = (G1, 4 * G1);
+    t.map(Iova::new(base), PhysAddr::new(pa), 17 * M2, RW)
+        .unwrap();
+    t.map(
+        Iova::new(base + 17 * M2),
+        PhysAddr::new(pa + 17 * M2),
+        K4,
+        RW,
+    )
+    .unwrap();
+    let run_of = |raw: u64| t.format().leaf_run_log2(1, raw);
+    for i in 0..13u64 {
+        leaf_slot(&t, base + i * M2, &mut |slot, raw| {
+            assert_eq!(run_of(raw), 4, "block {i} was mapped in a run of 16");
+            let _ = slot.fetch_update(Ordering::AcqRel, Ordering::Acquire, |e| {
+                (run_of(e) != 0)
+                    .then(|| t.format().leaf_out_of_run(1, e, PhysAddr::new(pa + i * M2)))
+            });
+        });
+    }
+    let mut g = Gather::new();
+    let (b, b_len) = (base + 5 * M2, 12 * M2 + K4);
+    assert_eq!(t.unmap(Iova::new(b), b_len, &mut g), Ok(b_len));
+    let mut stale = Vec::new();
+    for i in 0..5u64 {
+        leaf_slot(&t, base + i * M2, &mut |_, raw| {
+            if run_of(raw) != 0 {
+                stale.push(i);
+            }
+        });
+    }
+    for i in 13..16u64 {
+        // B cleared these: no leaf of the run is left over them.
+        assert!(t.query(Iova::new(base + i * M2)).is_none(), "block {i}");
+    }
+    assert!(
+        stale.is_empty(),
+        "B's unmap from block 5 returned (gather {:x?}) while blocks {stale:?} still carry the \
+         run of 16 over its blocks 5..=15",
+        g.ranges()
+    );
+    let span = g.span().unwrap();
+    assert_eq!((span.start.get(), span.end.get()), (base, b + b_len));
+    g.release(t.allocator(), done()).unwrap();
+}
+
+/// The general walk writes the blocks of a range that starts in a leaf table as `fill_blocks`
+/// does (`write_stretch`): whole aligned runs of 16 carry the hint, the blocks outside them
+/// stand alone; a block already there fails the map with `Overlap` at it, nothing written.
+#[test]
+fn general_walk_writes_block_runs_arm() {
+    let t = arm_s2_4k(false);
+    let (base, pa) = (G1, 4 * G1);
+    // The last page before block 0, blocks 0..=34 (runs 0..16 and 16..32, then 3 alone).
+    t.map(
+        Iova::new(base - K4),
+        PhysAddr::new(pa - K4),
+        K4 + 35 * M2,
+        RW,
+    )
+    .unwrap();
+    let run_of = |i: u64| {
+        let mut r = None;
+        leaf_slot(&t, base + i * M2, &mut |_, raw| {
+            r = Some(t.format().leaf_run_log2(1, raw))
+        });
+        r
+    };
+    let runs: Vec<_> = (0..35).map(run_of).collect();
+    let want: Vec<_> = (0..35u64)
+        .map(|i| Some(if i < 32 { 4 } else { 0 }))
+        .collect();
+    assert_eq!(runs, want);
+    for i in 0..35u64 {
+        let got = t.query(Iova::new(base + i * M2 + K4)).map(|m| m.pa.get());
+        assert_eq!(got, Some(pa + i * M2 + K4), "block {i}");
+    }
+    // A block in the middle of a later map's blocks: the map fails there, changing nothing.
+    let (b2, p2) = (2 * G1, 8 * G1);
+    t.map(Iova::new(b2 + 20 * M2), PhysAddr::new(p2 + 20 * M2), M2, RW)
+        .unwrap();
+    t.map(Iova::new(b2 - K4), PhysAddr::new(p2 - K4), K4, RW)
+        .unwrap();
+    let mut g = Gather::new();
+    t.unmap(Iova::new(b2 - K4), K4, &mut g).unwrap();
+    g.release(t.allocator(), done()).unwrap();
+    assert_eq!(
+        t.map(Iova::new(b2 - K4), PhysAddr::new(p2 - K4), K4 + 32 * M2, RW),
+        Err(Error::Overlap {
+            iova: Iova::new(b2 + 20 * M2)
+        })
+    );
+    assert!((0..32u64)
+        .filter(|&i| i != 20)
+        .all(|i| t.query(Iova::new(b2 + i * M2)).is_none()));
+}
+
 /// All-or-nothing maps through the leaf-table fast path (`plan_leaves`' four-per-step OR and
 /// its tail) and the block fast path: a map of `n` pages (or blocks) whose page `p` is mapped
 /// already fails with `Overlap` at `p` and changes nothing, for the ranges ending at entry 511.
