@@ -691,6 +691,10 @@ struct Scenario<F> {
     premap: Vec<(u64, u64)>,
     /// Leaves (IOVA, level) whose dirty bit the hardware set before the threads start.
     dirty: Vec<(u64, u32, u64)>,
+    /// Leaves (IOVA, level) of contiguous runs that a run break stalled half-way has made stand
+    /// alone (`Format::leaf_out_of_run`) before the threads start: another thread's unmap,
+    /// preempted in the middle of its break (rule 4), which does not resume in the scenario.
+    stalled: Vec<(u64, u32)>,
     /// One list of operations per thread.
     threads: Vec<Vec<Op>>,
     probes: Vec<u64>,
@@ -781,6 +785,37 @@ fn setup<F: Format + Copy + Send + Sync + 'static>(s: &Scenario<F>) -> World<F> 
             .slot(table, idx, "setup")
             .fetch_or(bit, Ordering::Relaxed)
             | bit;
+        let (i, w) = LoomAlloc::rec_index(table).expect("table");
+        alloc.pages.lock().unwrap()[i].dram[w + idx] = raw;
+    }
+    for &(iova, level) in &s.stalled {
+        let d = &alloc.decoder;
+        let mut table = root;
+        for l in (level + 1..d.levels).rev() {
+            match (d.decode)(
+                l,
+                alloc
+                    .slot(table, d.index(l, iova), "setup")
+                    .load(Ordering::Relaxed),
+            ) {
+                Decoded::Table(pa) => table = pa,
+                e => panic!("setup: no table above the stalled run's leaf: {e:?}"),
+            }
+        }
+        // One thread only here: a load and a store are the break's atomic update. As the
+        // engine's break leaves them (`leaf_out_of_run`), cleaned for the walker.
+        let idx = d.index(level, iova);
+        let slot = alloc.slot(table, idx, "setup");
+        let old = slot.load(Ordering::Relaxed);
+        assert_ne!(
+            s.format.leaf_run_log2(level, old),
+            0,
+            "setup: {iova:#x} is not a leaf of a run"
+        );
+        let raw = s
+            .format
+            .leaf_out_of_run(level, old, PhysAddr::new(iova + DATA_OFFSET));
+        slot.store(raw, Ordering::Relaxed);
         let (i, w) = LoomAlloc::rec_index(table).expect("table");
         alloc.pages.lock().unwrap()[i].dram[w + idx] = raw;
     }
@@ -1036,6 +1071,7 @@ fn install_race() {
         coherency: WalkerCoherency::Coherent,
         premap: vec![],
         dirty: vec![],
+        stalled: vec![],
         threads: vec![
             vec![Op::Map { iova: 0, len: K4 }],
             vec![Op::Map { iova: M2, len: K4 }],
@@ -1064,6 +1100,7 @@ fn split_race() {
         coherency: WalkerCoherency::Coherent,
         premap: vec![(0, M2)],
         dirty: vec![],
+        stalled: vec![],
         threads: vec![
             vec![Op::Unmap {
                 iova: 0,
@@ -1102,6 +1139,7 @@ fn split_vs_dirty_of<F: Format>(name: &'static str, format: F, d: u64) -> Scenar
         coherency: WalkerCoherency::Coherent,
         premap: vec![(0, M2)],
         dirty: vec![(0, 1, d)],
+        stalled: vec![],
         threads: vec![
             vec![Op::Unmap {
                 iova: 0,
@@ -1143,6 +1181,7 @@ fn run_break_vs_next_run<F: Format>(
         coherency: WalkerCoherency::Coherent,
         premap: vec![(0, run)],
         dirty: vec![],
+        stalled: vec![],
         threads: vec![
             vec![Op::Unmap {
                 iova: 0,
@@ -1168,6 +1207,7 @@ fn unmap_table_vs_sibling_map() {
         coherency: WalkerCoherency::Coherent,
         premap: vec![(0, K4)],
         dirty: vec![],
+        stalled: vec![],
         threads: vec![
             vec![Op::Unmap {
                 iova: 0,
@@ -1192,6 +1232,7 @@ fn four_page_unmap_vs_neighbour_map() {
         coherency: WalkerCoherency::Coherent,
         premap: vec![(0, 4 * K4)],
         dirty: vec![],
+        stalled: vec![],
         threads: vec![
             vec![Op::Unmap {
                 iova: 0,
@@ -1223,6 +1264,7 @@ fn publish_noncoherent() {
         coherency: WalkerCoherency::NonCoherent,
         premap: vec![],
         dirty: vec![],
+        stalled: vec![],
         threads: vec![
             vec![Op::Map { iova: 0, len: K4 }],
             vec![Op::Map { iova: K4, len: K4 }],
@@ -1244,6 +1286,7 @@ fn block_unmap_vs_block_map() {
         coherency: WalkerCoherency::Coherent,
         premap: vec![(0, K4), (M2, M2)],
         dirty: vec![],
+        stalled: vec![],
         threads: vec![
             vec![Op::Unmap {
                 iova: 0,
@@ -1288,6 +1331,7 @@ fn hinted_map_vs_run_break() {
         coherency: WalkerCoherency::Coherent,
         premap: vec![(0, K64), (M2 + K4, K4)],
         dirty: vec![],
+        stalled: vec![],
         threads: vec![
             vec![Op::Unmap {
                 iova: K4,
@@ -1362,6 +1406,7 @@ fn two_page_unmaps_of_one_run_amd_v1() {
         coherency: WalkerCoherency::Coherent,
         premap: vec![(0, 4 * K4)],
         dirty: vec![],
+        stalled: vec![],
         threads: vec![
             vec![Op::Unmap {
                 iova: 3 * K4,
@@ -1390,6 +1435,7 @@ fn walk_vs_split() {
         coherency: WalkerCoherency::Coherent,
         premap: vec![(0, M2)],
         dirty: vec![],
+        stalled: vec![],
         threads: vec![
             vec![Op::Unmap {
                 iova: 0,
@@ -1418,6 +1464,7 @@ fn amd_v1_walk_vs_run_break() {
         coherency: WalkerCoherency::Coherent,
         premap: vec![(0, 4 * K4)],
         dirty: vec![],
+        stalled: vec![],
         threads: vec![
             vec![Op::Unmap {
                 iova: 3 * K4,
@@ -1448,6 +1495,7 @@ fn eight_page_unmap_vs_neighbour_map() {
         coherency: WalkerCoherency::Coherent,
         premap: vec![(0, 12 * K4)],
         dirty: vec![],
+        stalled: vec![],
         threads: vec![
             vec![Op::Unmap {
                 iova: 0,
@@ -1476,6 +1524,7 @@ fn eight_page_unmaps_side_by_side() {
         coherency: WalkerCoherency::NonCoherent,
         premap: vec![(0, 24 * K4)],
         dirty: vec![],
+        stalled: vec![],
         threads: vec![
             vec![Op::Unmap {
                 iova: 0,
@@ -1515,6 +1564,7 @@ fn eight_page_unmap_vs_run_break_arm() {
         coherency: WalkerCoherency::Coherent,
         premap: vec![(4 * K4, 12 * K4), (K64, K64)],
         dirty: vec![],
+        stalled: vec![],
         threads: vec![
             vec![Op::Unmap {
                 iova: 4 * K4,
@@ -1548,6 +1598,7 @@ fn amd_v1_fours_beside_run_break() {
         coherency: WalkerCoherency::Coherent,
         premap,
         dirty: vec![],
+        stalled: vec![],
         threads: vec![
             vec![Op::Unmap {
                 iova: 0,
@@ -1561,5 +1612,64 @@ fn amd_v1_fours_beside_run_break() {
             }],
         ],
         probes: vec![0, 4 * K4, 11 * K4],
+    });
+}
+
+/// The general walk clears a level's whole entries as one stretch (`clear_stretch`), after
+/// rule 4's check at the stretch's first and last entry: a run that the range cuts and that
+/// holds one of them is broken first, found from its last leaf even when a break stalled
+/// half-way left the entry itself standing alone. Arm stage 2 with FEAT_BBM level 2, runs of
+/// 16 blocks of 2 MiB in one level-1 table; two stretches of two threads run side by side,
+/// each completing the break of a run another thread's unmap left half done (`stalled`: that
+/// thread does not resume here, so the leaves left of its run must stay translated):
+/// - thread 0 unmaps blocks 21..=32 and the first page of (empty) block 33, so its stretch is
+///   blocks 21..=32. Run 16..=31 was being broken by an unmap of block 16 that rewrote blocks
+///   16 and 17 only: thread 0 must break it from the stretch's first block (block 18 keeps the
+///   run over thread 0's blocks otherwise);
+/// - thread 1 unmaps the last page of (empty) block 46 and blocks 47..=60, so its stretch is
+///   blocks 47..=60 (47 a lone block). Run 48..=63 was being broken by an unmap of block 63
+///   that rewrote blocks 48..=60, the stretch's last block included: only the run's last leaf
+///   (block 63) says that the run still claims block 60.
+///
+/// Both must complete their break before clearing anything: the walker translates the run's
+/// leaves left of it (blocks 18, 61) throughout, and no translation of them may cover a block
+/// after its unmap returned. Without the stretch's first-block check it fails on thread 0's
+/// side, without its last-block check on thread 1's (see ARCHITECTURE.md, rule 4).
+#[test]
+fn stretch_unmaps_complete_stalled_run_breaks() {
+    const M32: u64 = 16 * M2;
+    let block = |i: u64| i * M2;
+    run(Scenario {
+        name: "stretch_unmaps_complete_stalled_run_breaks",
+        format: arm_contiguous(),
+        coherency: WalkerCoherency::Coherent,
+        // Run 16..=31, lone block 32, lone block 47 and run 48..=63.
+        premap: vec![(block(16), M32), (block(32), M2), (block(47), M2 + M32)],
+        dirty: vec![],
+        stalled: [16, 17]
+            .into_iter()
+            .chain(48..=60)
+            .map(|i| (block(i), 1))
+            .collect(),
+        threads: vec![
+            vec![Op::Unmap {
+                iova: block(21),
+                len: 12 * M2 + K4,
+                bytes: 12 * M2,
+            }],
+            vec![Op::Unmap {
+                iova: block(47) - K4,
+                len: K4 + 14 * M2,
+                bytes: 14 * M2,
+            }],
+        ],
+        probes: vec![
+            block(18),
+            block(21),
+            block(32),
+            block(47),
+            block(60),
+            block(61),
+        ],
     });
 }

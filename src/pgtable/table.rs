@@ -557,14 +557,15 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
             0 => None,
             runs => self.run_claiming(t, 0, runs, idx, raw),
         };
+        let mut broken = false;
         if claim.is_some() {
-            raw = self.break_runs_at(t, 0, idx, iova, gather);
+            (raw, broken) = self.break_runs_at(t, 0, idx, iova, gather);
         }
         if !self.format.is_present(raw) {
             return 0;
         }
         slot.store(0, Ordering::Release);
-        self.cleared_one(t, 0, idx, iova, claim.is_some(), gather);
+        self.cleared_one(t, 0, idx, iova, broken, gather);
         1 << shift
     }
 
@@ -2006,8 +2007,9 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
             0 => None,
             runs => self.run_claiming(t, 1, runs, idx, raw),
         };
+        let mut broken = false;
         if claim.is_some() {
-            raw = self.break_runs_at(t, 1, idx, iova, gather);
+            (raw, broken) = self.break_runs_at(t, 1, idx, iova, gather);
         }
         if !self.format.is_present(raw) {
             return Ok(0);
@@ -2016,7 +2018,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
             return self.unmap_blocks(t, iova, 1 << shift, gather);
         }
         slot.store(0, Ordering::Release);
-        self.cleared_one(t, 1, idx, iova, claim.is_some(), gather);
+        self.cleared_one(t, 1, idx, iova, broken, gather);
         Ok(1 << shift)
     }
 
@@ -2195,8 +2197,13 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     /// `run_claiming`) claims: no run lies inside one entry, so every run it is part of is
     /// cut. Without `unmap_leaves` / `unmap_blocks`' search of both ends of a range (issue 18,
     /// goal 1: about 250 instructions at the first per-block unmap of each run of 16 blocks).
-    /// Returns the entry now in `idx`. Out of line: once per run, and its frame is not under
-    /// `unmap`'s.
+    /// Returns the entry now in `idx`, and whether this call broke a run holding it (then its
+    /// gather record of the run holds the entry's). Not so when another thread completed the
+    /// break between the caller's search and this one's, which then finds no run: the caller
+    /// records its entry as for one that stood alone (else its gather misses the entry, and a
+    /// TLB entry of the run cached before that break outlives the unmap's invalidation: loom
+    /// `two_page_unmaps_of_one_run_amd_v1` failed so). Out of line: once per run, and its
+    /// frame is not under `unmap`'s.
     #[inline(never)]
     fn break_runs_at(
         &self,
@@ -2205,19 +2212,20 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         idx: usize,
         iova: u64,
         gather: &mut Gather,
-    ) -> u64 {
+    ) -> (u64, bool) {
         let shift = self.geo().level_shift(level);
         let t_iova = iova - ((idx as u64) << shift);
         // An entry at `iova` lies below the end of the input space (the callers' checks).
         let range = (iova, iova + (1u64 << shift));
-        self.break_runs_over(t, level, idx, t_iova, range, gather);
+        let broken = self.break_runs_over(t, level, idx, t_iova, range, gather);
         // SAFETY: `idx` indexes the live table `t`.
-        unsafe { t.slot(idx) }.load(Ordering::Acquire)
+        (unsafe { t.slot(idx) }.load(Ordering::Acquire), broken)
     }
 
     /// Breaks every run of leaves of `t` (at `level`; entry 0 maps `t_iova`) that still claims
     /// entry `e` and that `range` does not cover whole (`break_contiguous`), found from the
-    /// run's last leaf (`run_last_over`), which a break rewrites last.
+    /// run's last leaf (`run_last_over`), which a break rewrites last. Returns whether it broke
+    /// one (and recorded it whole in `gather`).
     fn break_runs_over(
         &self,
         t: Table,
@@ -2226,22 +2234,25 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         t_iova: u64,
         range: (u64, u64),
         gather: &mut Gather,
-    ) {
+    ) -> bool {
         let shift = self.geo().level_shift(level);
+        let mut broken = false;
         // Each break leaves the run's last leaf alone: at most one per run size.
         for _ in 0..usize::BITS {
             let Some((last, raw)) = self.run_last_over_any(t, level, self.runs_at(level), e) else {
-                return;
+                break;
             };
             let at = t_iova + ((last as u64) << shift);
             let run = 1u64 << (shift + self.contiguous_span_log2(level, raw));
             let base = at & !(run - 1);
             if range.0 <= base && base + run <= range.1 {
                 // Covered whole: cleared like plain leaves.
-                return;
+                break;
             }
             self.break_contiguous(t, level, last, at, raw, range, gather);
+            broken = true;
         }
+        broken
     }
 
     /// The first step of `unmap_leaves` (and `unmap_blocks`, at `level` 1) where the format
@@ -2287,9 +2298,11 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     }
 
     /// `cleared_run` for the one entry `idx` of `t` (at `level`, mapping `iova`) that a
-    /// per-page unmap cleared; `broken`: the entry's run was just broken by this call, whose
-    /// gather record of the whole run (`break_contiguous`: its range, the entry's page size)
-    /// holds the entry's already, so only the cache maintenance is left (issue 18, goal 1).
+    /// per-page unmap cleared; `broken`: this call broke the entry's run (`break_runs_at`
+    /// says so, not the search that found the run: another thread may have completed the
+    /// break in between), whose gather record of the whole run (`break_contiguous`: its range,
+    /// the entry's page size) holds the entry's already, so only the cache maintenance is left
+    /// (issue 18, goal 1).
     #[inline(always)]
     fn cleared_one(
         &self,
