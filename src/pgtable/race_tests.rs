@@ -181,6 +181,81 @@ fn unmaps_inside_one_contiguous_run_split_each_block_once() {
     }
 }
 
+/// Per-page unmaps of pages of one run (Arm stage 2, 4 KiB granule: runs of 16 pages or of 16
+/// blocks of 2 MiB carry the hint), four threads at once, each of a different `size` entry:
+/// each finds its entry claimed by the run and breaks the run (`unmap_one` /
+/// `unmap_one_block` -> `break_runs_at`). A thread that finds the run already broken by the
+/// time it looks again breaks nothing and so records no run: it must record its own entry.
+/// Each thread's gather must cover its entry at its size when the unmap returns, since a TLB
+/// may hold the run (cached before the break) until then. Before the fix, a thread skipped
+/// its record whenever its first look found the run (loom `two_page_unmaps_of_one_run_amd_v1`
+/// failed so; review of 98f7158, finding 1).
+fn per_page_unmaps_of_one_run_each_record_their_entry(size: u64) {
+    const THREADS: u64 = 4;
+    let run = 16 * size;
+    let t = arm_s2_4k(false);
+    let (base, pa) = (G1, 4 * G1);
+    // The tables stay from one round to the next: map and unmap once first.
+    t.map(Iova::new(base), PhysAddr::new(pa), run, RW).unwrap();
+    let mut g = Gather::new();
+    t.unmap(Iova::new(base), run, &mut g).unwrap();
+    g.release(t.allocator(), done()).unwrap();
+    let live = t.allocator().stats().live_pages;
+    // Entries 1, 4, 7, 10 of the run.
+    let entry = |i: u64| base + (3 * i + 1) * size;
+    for round in 0..ROUNDS {
+        t.map(Iova::new(base), PhysAddr::new(pa), run, RW).unwrap();
+        let start = Barrier::new(THREADS as usize);
+        let gathers: Vec<Gather> = std::thread::scope(|s| {
+            let spawned: Vec<_> = (0..THREADS)
+                .map(|i| {
+                    let (t, start) = (&t, &start);
+                    s.spawn(move || {
+                        let mut g = Gather::new();
+                        start.wait();
+                        assert_eq!(t.unmap(Iova::new(entry(i)), size, &mut g), Ok(size));
+                        g
+                    })
+                })
+                .collect();
+            spawned.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for (i, g) in (0..THREADS).zip(&gathers) {
+            assert!(
+                covers(g, entry(i), size),
+                "round {round}: thread {i} unmapped {:#x} with the gather {:x?} (page sizes \
+                 {:#x})",
+                entry(i),
+                g.ranges(),
+                g.page_sizes()
+            );
+        }
+        // The rest of the run stands alone, each leaf where it was.
+        let found = leaves(&t, base, run);
+        assert_eq!(found.len() as u64, 16 - THREADS, "round {round}");
+        for &(iova, leaf_pa, _) in &found {
+            assert_eq!(leaf_pa - pa, iova - base, "round {round}");
+        }
+        let mut g = Gather::new();
+        t.unmap(Iova::new(base), run, &mut g).unwrap();
+        for mut g in gathers {
+            g.release(t.allocator(), done()).unwrap();
+        }
+        g.release(t.allocator(), done()).unwrap();
+        assert_eq!(t.allocator().stats().live_pages, live, "round {round}");
+    }
+}
+
+#[test]
+fn per_page_unmaps_of_one_run_each_record_their_page() {
+    per_page_unmaps_of_one_run_each_record_their_entry(K4);
+}
+
+#[test]
+fn per_block_unmaps_of_one_run_each_record_their_block() {
+    per_page_unmaps_of_one_run_each_record_their_entry(M2);
+}
+
 /// Issue 13, item 3: a thread that unmaps a page under a table another thread's split made
 /// cannot know whether the splitter's invalidation of the larger page has completed, so its
 /// own gather covers the larger page (at its size). Pages never split cost only themselves.

@@ -31,7 +31,7 @@ pub enum SplitPolicy {
 const HW_UPDATE_RETRIES: u32 = 8;
 
 /// Where an operation has read the entry `slot` and is about to replace it with a
-/// compare-and-swap. Unit-test builds yield the CPU here, so that the threaded tests
+/// compare-and-swap (or to break the run that claims it: `break_runs_at`). Unit-test builds yield the CPU here, so that the threaded tests
 /// (`race_tests`) lose the race on a loaded machine too, and let a test play hardware that
 /// keeps rewriting the entry (`testutil::keep_rewriting`); other builds compile it to nothing.
 #[inline(always)]
@@ -1768,7 +1768,6 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     ///
     /// Out of line, as `unmap_entry`: its locals are not in `unmap_level`'s frame.
     #[inline(never)]
-    #[allow(clippy::too_many_arguments)]
     fn clear_stretch(
         &self,
         open: &UnmapOpen,
@@ -2193,9 +2192,9 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     }
 
     /// `break_runs_over` for the one entry `idx` of `t` (at `level`), mapping `iova`, that a
-    /// per-page unmap removes (`unmap_one`, `unmap_one_block`) and that the run `found` (from
-    /// `run_claiming`) claims: no run lies inside one entry, so every run it is part of is
-    /// cut. Without `unmap_leaves` / `unmap_blocks`' search of both ends of a range (issue 18,
+    /// per-page unmap removes (`unmap_one`, `unmap_one_block`) and that a run claimed when
+    /// the caller looked (`run_claiming`): no run lies inside one entry, so every run it is
+    /// part of is cut. Without `unmap_leaves` / `unmap_blocks`' search of both ends of a range (issue 18,
     /// goal 1: about 250 instructions at the first per-block unmap of each run of 16 blocks).
     /// Returns the entry now in `idx`, and whether this call broke a run holding it (then its
     /// gather record of the run holds the entry's). Not so when another thread completed the
@@ -2217,6 +2216,8 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         let t_iova = iova - ((idx as u64) << shift);
         // An entry at `iova` lies below the end of the input space (the callers' checks).
         let range = (iova, iova + (1u64 << shift));
+        // SAFETY: `idx` indexes the live table `t`.
+        race_window(unsafe { t.slot(idx) });
         let broken = self.break_runs_over(t, level, idx, t_iova, range, gather);
         // SAFETY: `idx` indexes the live table `t`.
         (unsafe { t.slot(idx) }.load(Ordering::Acquire), broken)
