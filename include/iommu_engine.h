@@ -947,9 +947,14 @@ int32_t ie_ctx_max_page_log2(IeCtx *ctx, uint32_t ioasid, uint32_t *max_log2);
 // may still map some of the range: then, as after ie_ctx_map(), `dst` keeps the range, and
 // ie_ctx_unmap() of `[dst_iova, dst_iova + len)` until `IE_STATUS_OK` lets it go).
 // `IE_STATUS_BUSY` when the destination range overlaps that of another copy into `dst`
-// running on another thread. Until it returns, the destination range is the copy's:
-// ie_ctx_map() and ie_ctx_unmap() of `dst` touching it return `IE_STATUS_BUSY`, and so does
-// ie_ctx_free() of `src` or `dst`.
+// running on another thread, or the source range overlaps that of a copy into `src` still
+// running (pages it may yet undo: `src` == `dst` included); `IE_STATUS_NO_SPACE` with four
+// copies already running into `dst`, nothing held. Until it returns, the destination range
+// is the copy's: ie_ctx_map() and ie_ctx_unmap() of `dst` touching it, ie_ctx_unmap() of
+// all of `dst` (`iova` 0, `len` `UINT64_MAX`) and another copy into it return
+// `IE_STATUS_BUSY`, and so does ie_ctx_free() of `src` or `dst`; an attach to `dst` of a
+// device whose direct region lies in it fails with `IE_STATUS_INCOMPATIBLE` and
+// `IE_MISSING_DIRECT_REGION`.
 //
 // # Safety
 // `ctx` is a live context handle.

@@ -173,6 +173,22 @@ impl<'a, A: PageAllocator> Ioasid<'a, A> {
             .find(|v| super::overlaps(v, start, end))
     }
 
+    /// As [`Self::copy_overlapping`], passing over slot `own` of [`Self::copying`] (the
+    /// copy asking, when it copies within one IOASID). Not inlined, as it.
+    #[inline(never)]
+    pub(super) fn other_copy_overlapping(
+        &self,
+        start: u64,
+        end: u64,
+        own: Option<u8>,
+    ) -> Option<IovaRange> {
+        self.copying
+            .iter()
+            .enumerate()
+            .filter(|&(slot, _)| own.map(usize::from) != Some(slot))
+            .find_map(|(_, v)| v.filter(|v| super::overlaps(v, start, end)))
+    }
+
     /// The IOVA reservation overlapping `[start, end)`, if any.
     pub(super) fn reservation_overlapping(&self, start: u64, end: u64) -> Option<IovaRange> {
         self.reservations

@@ -3,8 +3,9 @@
 //!
 //! A copy maps, in the destination IOASID, the physical pages the source range maps, with
 //! the same permissions: the record's leaves are read back run by run (contiguous in IOVA and
-//! physical address, one permission), each run mapped with [`IoasidCtx::map`] (so every check
-//! and every domain of the destination apply). iommufd's copy takes the destination's
+//! physical address, one permission), each run mapped as [`IoasidCtx::map`] maps (every check
+//! and every domain of the destination apply, but the refusal of the destination range the
+//! copy itself holds). iommufd's copy takes the destination's
 //! permissions from its flags; here they are the source's, leaf by leaf, which a VMM that
 //! mirrors a guest's mappings between address spaces wants (a copy of a read-only range
 //! stays read-only). A run that fails undoes the runs mapped before it (with their unmap's
@@ -70,8 +71,11 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
     /// that maps nothing (iommufd's `ENOENT`); [`Error::Reserved`] for a source range over a
     /// direct region of an attached device (not the owner's to copy);
     /// [`Error::BeyondInputWidth`] for a destination range reaching beyond a domain of `dst`
-    /// (refused before any run is mapped); [`Error::Busy`] for a destination range
-    /// overlapping that of another copy in flight into `dst`, [`Error::Capacity`] with
+    /// (the whole range refused before any run is mapped; a narrower domain attached between
+    /// runs makes a later run fail with it, and the runs before it are undone); [`Error::Busy`] for a destination range
+    /// overlapping that of another copy in flight into `dst`, or a source range overlapping
+    /// that of a copy in flight into `src` (checked at the start and again with each run read:
+    /// pages a copy is still mapping, and may yet undo, are not copied on), [`Error::Capacity`] with
     /// four (`MAX_COPIES_PER_IOASID`) in flight into it; then any error of
     /// [`IoasidCtx::map`] in the destination. Nothing is mapped in `dst` after any of them:
     /// what was mapped before the failure is unmapped again, with its invalidation; if a unit
@@ -133,21 +137,25 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
         // freed and allocated again meanwhile would take the later runs, or lose the range to
         // the undo (review 19 finding 4). The destination range is the copy's alone
         // meanwhile, so that the undo unmaps only the copy's runs (review 20 L1).
-        let slot = self.hold_for_copy(src, dst, dst_iova, len)?;
+        let slot = self.hold_for_copy(src, src_iova, dst, dst_iova, len)?;
         progress.hold = Some(CopyHold {
             ctx: self,
             src,
             dst,
             slot,
         });
+        // Its own range, when copying within one IOASID, is not another copy's.
+        let own = (src == dst).then_some(slot);
         // The whole source first, so that a hole is refused before anything is mapped.
         let mut at = 0;
         while at < len {
-            at += self.source_run(src, src_iova.get() + at, len - at)?.len;
+            at += self
+                .source_run(src, src_iova.get() + at, len - at, own)?
+                .len;
         }
         while progress.done < len {
             let done = progress.done;
-            let run = self.source_run(src, src_iova.get() + done, len - done)?;
+            let run = self.source_run(src, src_iova.get() + done, len - done, own)?;
             let to = Iova::new(dst_iova.get() + done);
             // Into the range the copy holds: not refused as another call's would be.
             self.map_or_copy_run(dst, to, run.pa, run.len, run.prot, true)?;
@@ -171,14 +179,22 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
     fn hold_for_copy(
         &self,
         src: IoasidId,
+        src_iova: Iova,
         dst: IoasidId,
         dst_iova: Iova,
         len: u64,
     ) -> Result<u8, Error> {
         let mut st = self.state.write();
-        st.ioasid(dst)?;
-        st.ioasid(src)?;
-        let d = st.ioasid_mut(dst)?;
+        let d = st.ioasid(dst)?;
+        // A source range another copy is filling (`source_run` checks it again run by run).
+        let src_end = src_iova.get().saturating_add(len);
+        if st
+            .ioasid(src)?
+            .copy_overlapping(src_iova.get(), src_end)
+            .is_some()
+        {
+            return Err(Error::Busy);
+        }
         if let Some((last, ias, unit)) = super::map::beyond_width(d, dst_iova.get(), len) {
             return Err(Error::BeyondInputWidth { last, ias, unit });
         }
@@ -192,13 +208,18 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
             .iter()
             .position(Option::is_none)
             .ok_or(Error::Capacity("copies in flight into an IOASID"))?;
-        d.copying[slot] = Some(IovaRange {
-            start: dst_iova,
-            end: Iova::new(end),
-        });
-        d.copies = d.copies.saturating_add(1);
-        let s = st.ioasid_mut(src)?;
-        s.copies = s.copies.saturating_add(1);
+        // Every refusal is above: both exist under this lock, so nothing below fails and the
+        // hold is taken whole or not at all.
+        if let Ok(d) = st.ioasid_mut(dst) {
+            d.copying[slot] = Some(IovaRange {
+                start: dst_iova,
+                end: Iova::new(end),
+            });
+            d.copies = d.copies.saturating_add(1);
+        }
+        if let Ok(s) = st.ioasid_mut(src) {
+            s.copies = s.copies.saturating_add(1);
+        }
         // At most MAX_COPIES_PER_IOASID.
         Ok(slot as u8)
     }
@@ -244,11 +265,24 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
         }
     }
 
-    /// The run of the source of a copy from `iova`, at most `left` bytes.
-    fn source_run(&self, src: IoasidId, iova: u64, left: u64) -> Result<Run, Error> {
+    /// The run of the source of a copy from `iova`, at most `left` bytes. `Busy` if the
+    /// rest of the source, `[iova, iova + left)`, overlaps the destination range of a copy in
+    /// flight into `src` other than the asking copy's own slot `own`: read under the same
+    /// lock as the run, so that no copy takes pages another copy mapped and may yet undo
+    /// (review 20b finding 1; iommufd refuses to copy an area not fully populated).
+    fn source_run(
+        &self,
+        src: IoasidId,
+        iova: u64,
+        left: u64,
+        own: Option<u8>,
+    ) -> Result<Run, Error> {
         let st = self.state.read();
         let io = st.ioasid(src)?;
         let end = iova.saturating_add(left);
+        if io.other_copy_overlapping(iova, end, own).is_some() {
+            return Err(Error::Busy);
+        }
         if let Some(r) = super::direct::direct_overlap(io, iova, end) {
             return Err(Error::Reserved(r));
         }

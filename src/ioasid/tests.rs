@@ -2570,3 +2570,100 @@ fn a_copy_s_destination_range_is_refused_to_other_calls_while_it_runs() {
         ctx.attach(dev, dst).unwrap();
     });
 }
+
+/// Review 20b finding 1: a copy from a range another copy is still filling is refused. The
+/// first copy maps `dst[M2]` and pauses; its second run is refused (`dst` maps `M2 + 4K`) and
+/// the first undone, so no successful call ever mapped `dst[M2]`. A copy from `dst[M2]` into
+/// a third IOASID meanwhile must be `Busy` and leave it empty: before the fix it returned `Ok`
+/// and the third IOASID's devices reached the page.
+#[test]
+fn a_copy_from_a_range_another_copy_is_filling_is_busy() {
+    with_two_attached_units(|ctx, dst, _, _| {
+        let src = two_runs(ctx);
+        let third = ctx.alloc(IoasidFlags::empty()).unwrap();
+        ctx.map(dst, Iova::new(M2 + K4), PhysAddr::new(12 * M2), K4, RW)
+            .unwrap();
+        let pause = Arc::new((Barrier::new(2), Barrier::new(2)));
+        let (copied, from_filling, self_copy) = std::thread::scope(|s| {
+            let copy = s.spawn(|| {
+                COPY_PAUSE.with(|c| *c.borrow_mut() = Some(("between runs", Arc::clone(&pause))));
+                ctx.copy(src, Iova::new(SRC), dst, Iova::new(M2), 2 * K4)
+            });
+            pause.0.wait();
+            let from_filling = ctx.copy(dst, Iova::new(M2), third, Iova::new(M2), K4);
+            // From the range being filled into `dst` itself, outside the copy's range.
+            let self_copy = ctx.copy(dst, Iova::new(M2), dst, Iova::new(4 * M2), K4);
+            pause.1.wait();
+            (copy.join().unwrap(), from_filling, self_copy)
+        });
+        assert_eq!(from_filling, Err(Error::Busy));
+        assert_eq!(self_copy, Err(Error::Busy));
+        assert_eq!(ctx.translate(third, Iova::new(M2)).unwrap(), None);
+        assert_eq!(ctx.translate(dst, Iova::new(4 * M2)).unwrap(), None);
+        assert_eq!(
+            copied,
+            Err(Error::PageTable(crate::pgtable::Error::Overlap {
+                iova: Iova::new(M2 + K4)
+            }))
+        );
+        ctx.audit(dst).unwrap();
+        ctx.audit(third).unwrap();
+        // Ended: a copy from `dst`'s mapped page goes through again.
+        ctx.copy(dst, Iova::new(M2 + K4), third, Iova::new(M2), K4)
+            .unwrap();
+    });
+}
+
+/// Review 20b finding 1, the per-run check: a copy `C` from `dst[M2, M2 + 8K)` maps its first
+/// run into `third` and pauses; another caller unmaps `dst[M2 + 4K]` and a copy `A` from `src`
+/// fills it, paused after its first run (its second refused: `dst` maps `M2 + 8K`, so it is
+/// undone). `C`'s second run reads a page only `A` mapped: `Busy`, and `C` undoes its first
+/// run. Without the check `C` copied `A`'s page into `third`.
+#[test]
+fn a_copy_s_later_run_from_a_range_another_copy_is_filling_is_busy() {
+    with_two_attached_units(|ctx, dst, _, _| {
+        let src = two_runs(ctx);
+        let third = ctx.alloc(IoasidFlags::empty()).unwrap();
+        ctx.map(dst, Iova::new(M2), PhysAddr::new(12 * M2), K4, RW)
+            .unwrap();
+        // Not contiguous with M2's page: a run of its own.
+        ctx.map(dst, Iova::new(M2 + K4), PhysAddr::new(16 * M2), K4, RW)
+            .unwrap();
+        ctx.map(dst, Iova::new(M2 + 2 * K4), PhysAddr::new(20 * M2), K4, RW)
+            .unwrap();
+        let (pc, pa) = (
+            Arc::new((Barrier::new(2), Barrier::new(2))),
+            Arc::new((Barrier::new(2), Barrier::new(2))),
+        );
+        let (c, a) = std::thread::scope(|s| {
+            let c = s.spawn(|| {
+                COPY_PAUSE.with(|p| *p.borrow_mut() = Some(("between runs", Arc::clone(&pc))));
+                ctx.copy(dst, Iova::new(M2), third, Iova::new(M2), 2 * K4)
+            });
+            pc.0.wait();
+            assert_eq!(ctx.unmap(dst, Iova::new(M2 + K4), K4), Ok(K4));
+            let a = s.spawn(|| {
+                COPY_PAUSE.with(|p| *p.borrow_mut() = Some(("between runs", Arc::clone(&pa))));
+                ctx.copy(src, Iova::new(SRC), dst, Iova::new(M2 + K4), 2 * K4)
+            });
+            pa.0.wait();
+            // `A` holds `dst[M2 + 4K]`, mapped to its first page: `C` goes on from there.
+            pc.1.wait();
+            let c = c.join().unwrap();
+            pa.1.wait();
+            (c, a.join().unwrap())
+        });
+        assert_eq!(c, Err(Error::Busy));
+        assert_eq!(
+            a,
+            Err(Error::PageTable(crate::pgtable::Error::Overlap {
+                iova: Iova::new(M2 + 2 * K4)
+            }))
+        );
+        for iova in [M2, M2 + K4] {
+            assert_eq!(ctx.translate(third, Iova::new(iova)).unwrap(), None);
+        }
+        ctx.audit(dst).unwrap();
+        ctx.audit(third).unwrap();
+    });
+}
