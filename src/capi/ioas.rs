@@ -151,9 +151,9 @@ pub unsafe extern "C" fn ie_ctx_iova_ranges(
 /// Declares `[start, start + len)` a range no IOASID of the context may map (beyond the
 /// units' own reserved regions), as iommufd's reserved IOVA ranges: ie_ctx_map() refuses it
 /// and ie_ctx_iova_ranges() leaves it out. `IE_STATUS_RESERVED` if the context already uses
-/// part of it (a bound device's direct region, a mapping, an IOVA reservation; iommufd's
-/// `EADDRINUSE`); `IE_STATUS_NO_SPACE` beyond 8 regions; `IE_STATUS_INVALID_ARGUMENT` for an
-/// empty or overflowing range.
+/// part of it (a bound device's direct region, a mapping, an IOVA reservation, the destination
+/// range of an ie_ctx_copy() in flight; iommufd's `EADDRINUSE`); `IE_STATUS_NO_SPACE` beyond
+/// 8 regions; `IE_STATUS_INVALID_ARGUMENT` for an empty or overflowing range.
 ///
 /// # Safety
 /// `ctx` is a live context handle.

@@ -765,8 +765,9 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
     ///
     /// # Errors
     /// [`Error::ReserveOverlaps`] naming what the range overlaps: a direct region of a bound
-    /// device (which could then never be attached), a mapping of an IOASID or an IOVA
-    /// reservation (as iommufd refuses a reserved range over an existing area); nothing is
+    /// device (which could then never be attached), a mapping of an IOASID, an IOVA
+    /// reservation (as iommufd refuses a reserved range over an existing area) or the
+    /// destination range of a copy in flight (its runs not mapped yet); nothing is
     /// reserved. [`Error::Capacity`].
     pub fn reserve_region(&self, range: IovaRange) -> Result<(), Error> {
         let mut st = self.state.write();
@@ -808,6 +809,11 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
             }
             if let Some(range) = io.reservation_overlapping(start, end) {
                 return Ok(Some(InUse::IovaReservation { ioasid, range }));
+            }
+            // Its runs not mapped yet are the copy's too: a reservation there would refuse
+            // them (review 20b finding 2).
+            if let Some(range) = io.copy_overlapping(start, end) {
+                return Ok(Some(InUse::CopyInFlight { ioasid, range }));
             }
         }
         Ok(None)

@@ -324,6 +324,14 @@ pub enum InUse {
         /// The reservation.
         range: IovaRange,
     },
+    /// The destination range of a copy in flight into an IOASID ([`IoasidCtx::copy`]): its
+    /// runs not mapped yet are the copy's too.
+    CopyInFlight {
+        /// The destination IOASID.
+        ioasid: IoasidId,
+        /// The copy's destination range.
+        range: IovaRange,
+    },
 }
 
 impl fmt::Display for InUse {
@@ -343,6 +351,11 @@ impl fmt::Display for InUse {
                 f,
                 "IOASID {}'s IOVA reservation {}..{}",
                 ioasid.0, range.start, range.end
+            ),
+            InUse::CopyInFlight { ioasid, range } => write!(
+                f,
+                "the range {}..{} of a copy in flight into IOASID {}",
+                range.start, range.end, ioasid.0
             ),
         }
     }

@@ -2667,3 +2667,33 @@ fn a_copy_s_later_run_from_a_range_another_copy_is_filling_is_busy() {
         ctx.audit(third).unwrap();
     });
 }
+
+/// Review 20b finding 2: a reservation over the part of a copy's destination range it has not
+/// mapped yet is refused, naming the copy's range, as one over its mapped part is (a
+/// mapping): before, it succeeded between the runs and the copy's next run was refused.
+#[test]
+fn a_reservation_over_a_copy_s_destination_range_is_refused_while_it_runs() {
+    with_two_attached_units(|ctx, dst, _, _| {
+        let src = two_runs(ctx);
+        let pause = Arc::new((Barrier::new(2), Barrier::new(2)));
+        let (copied, reserved) = std::thread::scope(|s| {
+            let copy = s.spawn(|| {
+                COPY_PAUSE.with(|c| *c.borrow_mut() = Some(("between runs", Arc::clone(&pause))));
+                ctx.copy(src, Iova::new(SRC), dst, Iova::new(M2), 2 * K4)
+            });
+            pause.0.wait();
+            let reserved = ctx.reserve_region(range(M2 + K4, M2 + 2 * K4));
+            pause.1.wait();
+            (copy.join().unwrap(), reserved)
+        });
+        assert_eq!(
+            reserved,
+            Err(Error::ReserveOverlaps(InUse::CopyInFlight {
+                ioasid: dst,
+                range: range(M2, M2 + 2 * K4)
+            }))
+        );
+        assert_eq!(copied, Ok(()));
+        ctx.audit(dst).unwrap();
+    });
+}
