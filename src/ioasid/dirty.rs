@@ -90,6 +90,11 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     /// [`DirtyReadFlags::NO_CLEAR`], flushing each unit once. A page written through two units
     /// is reported by each.
     ///
+    /// `sink` is called under the context's read lock: it must not call anything of the
+    /// context that takes the write lock ([`IoasidCtx::copy`], [`IoasidCtx::free`],
+    /// [`IoasidCtx::attach`], an allocation or reservation...), which would wait for this
+    /// call for ever (a self-deadlock); it should only record what it is given.
+    ///
     /// # Errors
     /// [`Error::PageTable`] (`NoDirtyTracking` for an IOASID allocated without it; range
     /// errors); [`Error::DirtyTrackingOff`] while tracking is off; [`Error::UserOwned`] for a

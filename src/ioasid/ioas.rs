@@ -91,6 +91,12 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
     /// or [`IoasidCtx::unmap`] of `dst` touching it (`UNMAP_ALL` too) is [`Error::Busy`],
     /// so that a failed copy's undo removes only what the copy mapped; and [`IoasidCtx::free`]
     /// of `src` or `dst` is [`Error::Busy`].
+    ///
+    /// If a unit's call panics and unwinds through the copy (a hosted embedder's unit), no
+    /// undo runs: the hold is released (both IOASIDs and the range are the caller's again),
+    /// and what the copy had mapped stays mapped in `dst`'s record and the domains that took
+    /// it -- the runs before the panic, and the panicking run in the domains before the unit
+    /// that panicked. An unmap of `[dst_iova, dst_iova + len)` removes it.
     pub fn copy(
         &self,
         src: IoasidId,
