@@ -2697,3 +2697,98 @@ fn a_reservation_over_a_copy_s_destination_range_is_refused_while_it_runs() {
         ctx.audit(dst).unwrap();
     });
 }
+
+/// A fifth copy in flight into one IOASID is refused with `Capacity`, holding nothing: its
+/// range can be mapped, and the source freed, once the four others ended.
+#[test]
+fn a_fifth_copy_in_flight_into_an_ioasid_is_refused_holding_nothing() {
+    with_two_attached_units(|ctx, dst, _, _| {
+        let src = two_runs(ctx);
+        let pauses: [Arc<Pause>; super::ioas::MAX_COPIES_PER_IOASID] =
+            core::array::from_fn(|_| Arc::new((Barrier::new(2), Barrier::new(2))));
+        let (copied, fifth) = std::thread::scope(|s| {
+            let copies: Vec<_> = pauses
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    let copy = s.spawn(move || {
+                        COPY_PAUSE
+                            .with(|c| *c.borrow_mut() = Some(("between runs", Arc::clone(p))));
+                        ctx.copy(
+                            src,
+                            Iova::new(SRC),
+                            dst,
+                            Iova::new((i as u64 + 1) * M2),
+                            2 * K4,
+                        )
+                    });
+                    p.0.wait();
+                    copy
+                })
+                .collect();
+            let fifth = ctx.copy(src, Iova::new(SRC), dst, Iova::new(8 * M2), 2 * K4);
+            for p in &pauses {
+                p.1.wait();
+            }
+            let copied: Vec<_> = copies.into_iter().map(|c| c.join().unwrap()).collect();
+            (copied, fifth)
+        });
+        assert_eq!(
+            fifth,
+            Err(Error::Capacity("copies in flight into an IOASID"))
+        );
+        assert!(copied.iter().all(Result::is_ok), "{copied:?}");
+        assert_eq!(ctx.translate(dst, Iova::new(8 * M2)).unwrap(), None);
+        ctx.map(dst, Iova::new(8 * M2), PhysAddr::new(24 * M2), 2 * K4, RW)
+            .unwrap();
+        ctx.audit(dst).unwrap();
+        assert_eq!(ctx.unmap(dst, Iova::new(0), UNMAP_ALL), Ok(10 * K4));
+        // Counted out of `src` as well (`dst` has devices attached: its free is `Busy`).
+        ctx.free(src).unwrap();
+    });
+}
+
+/// A device attached to the destination between a copy's runs, on a unit the IOASID had no
+/// domain on: its new domain takes the first run with the IOASID's mappings, and the undo of
+/// the failing second run removes it from that domain too (the device must not keep reaching
+/// a page the failed copy mapped).
+#[test]
+fn a_domain_attached_between_a_copy_s_runs_loses_them_with_the_undo() {
+    let alloc = test_alloc();
+    let (u0, u1) = (FakeUnit::new(&alloc, true), FakeUnit::new(&alloc, true));
+    let pasids = PasidAllocator::new(20);
+    let reg = Registry::new(&[&u0, &u1], &pasids).unwrap();
+    let ctx = IoasidCtx::new(&reg, &alloc, 0);
+    let dst = ctx.alloc(IoasidFlags::empty()).unwrap();
+    ctx.attach(ctx.bind(label(0, 1), false).unwrap(), dst)
+        .unwrap();
+    let late = ctx.bind(label(1, 1), false).unwrap();
+    let src = two_runs(&ctx);
+    ctx.map(dst, Iova::new(M2 + K4), PhysAddr::new(12 * M2), K4, RW)
+        .unwrap();
+    let pause = Arc::new((Barrier::new(2), Barrier::new(2)));
+    let (copied, attached) = std::thread::scope(|s| {
+        let copy = s.spawn(|| {
+            COPY_PAUSE.with(|c| *c.borrow_mut() = Some(("between runs", Arc::clone(&pause))));
+            ctx.copy(src, Iova::new(SRC), dst, Iova::new(M2), 2 * K4)
+        });
+        pause.0.wait();
+        let attached = ctx.attach(late, dst);
+        pause.1.wait();
+        (copy.join().unwrap(), attached)
+    });
+    assert_eq!(attached, Ok(()));
+    assert_eq!(
+        copied,
+        Err(Error::PageTable(crate::pgtable::Error::Overlap {
+            iova: Iova::new(M2 + K4)
+        }))
+    );
+    assert_eq!(unit_maps(&u1, M2), None);
+    assert_eq!(unit_maps(&u0, M2), None);
+    assert_eq!(
+        unit_maps(&u1, M2 + K4).map(|m| m.pa),
+        Some(PhysAddr::new(12 * M2))
+    );
+    ctx.audit(dst).unwrap();
+}
