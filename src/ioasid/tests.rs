@@ -1816,6 +1816,40 @@ fn two_runs(ctx: &IoasidCtx<'_, '_, TestAlloc>) -> IoasidId {
     src
 }
 
+/// One fake unit, a context, `two_runs` as the source and an empty destination IOASID: `f`
+/// gets the context, the source and the destination.
+fn with_copy_src_and_dst(f: impl FnOnce(&IoasidCtx<'_, '_, TestAlloc>, IoasidId, IoasidId)) {
+    let alloc = test_alloc();
+    let u = FakeUnit::new(&alloc, true);
+    let pasids = PasidAllocator::new(20);
+    let reg = Registry::new(&[&u], &pasids).unwrap();
+    let ctx = IoasidCtx::new(&reg, &alloc, 0);
+    let src = two_runs(&ctx);
+    let dst = ctx.alloc(IoasidFlags::empty()).unwrap();
+    f(&ctx, src, dst);
+}
+
+/// Runs `copy` on a thread of its own, paused at `point` (`copy_pause`: it holds no lock of the
+/// context there), runs `meanwhile` on this thread, lets the copy go on and returns both
+/// answers. `meanwhile` must not panic (no assertion): the copy would be left waiting.
+fn copy_paused_at<R: Send, T>(
+    point: &'static str,
+    copy: impl FnOnce() -> R + Send,
+    meanwhile: impl FnOnce() -> T,
+) -> (R, T) {
+    let pause = Arc::new((Barrier::new(2), Barrier::new(2)));
+    std::thread::scope(|s| {
+        let copying = s.spawn(|| {
+            COPY_PAUSE.with(|c| *c.borrow_mut() = Some((point, Arc::clone(&pause))));
+            copy()
+        });
+        pause.0.wait();
+        let answers = meanwhile();
+        pause.1.wait();
+        (copying.join().unwrap(), answers)
+    })
+}
+
 /// A copy whose second run u1 refuses, and whose undo of the first run cannot unmap it from u0:
 /// the error says the page is still reachable through u0, and an unmap of the range finishes
 /// the undo.
@@ -2294,90 +2328,72 @@ fn unmap_all_leaves_nothing_of_a_map_straddling_the_narrowest_width() {
 /// IOASIDs, it did (the other caller's mapping lost, its device faulting).
 #[test]
 fn a_copy_undo_never_unmaps_an_ioasid_allocated_in_its_place() {
-    let alloc = test_alloc();
-    let u = FakeUnit::new(&alloc, true);
-    let pasids = PasidAllocator::new(20);
-    let reg = Registry::new(&[&u], &pasids).unwrap();
-    let ctx = IoasidCtx::new(&reg, &alloc, 0);
-    let src = two_runs(&ctx);
-    let dst = ctx.alloc(IoasidFlags::empty()).unwrap();
-    ctx.map(dst, Iova::new(M2 + K4), PhysAddr::new(12 * M2), K4, RW)
-        .unwrap();
-    let pause = Arc::new((Barrier::new(2), Barrier::new(2)));
-    let (copied, freed, other) = std::thread::scope(|s| {
-        let copy = s.spawn(|| {
-            COPY_PAUSE.with(|c| *c.borrow_mut() = Some(("undo", Arc::clone(&pause))));
-            ctx.copy(src, Iova::new(SRC), dst, Iova::new(M2), 2 * K4)
-        });
-        pause.0.wait();
-        let freed = ctx.free(dst);
-        let other = ctx.alloc(IoasidFlags::empty());
-        let mapped = other.map(|o| ctx.map(o, Iova::new(M2), PhysAddr::new(16 * M2), K4, RW));
-        // Resumed before any assertion: a panic here would leave the copy waiting.
-        pause.1.wait();
+    with_copy_src_and_dst(|ctx, src, dst| {
+        ctx.map(dst, Iova::new(M2 + K4), PhysAddr::new(12 * M2), K4, RW)
+            .unwrap();
+        let (copied, (freed, other, mapped)) = copy_paused_at(
+            "undo",
+            || ctx.copy(src, Iova::new(SRC), dst, Iova::new(M2), 2 * K4),
+            || {
+                let freed = ctx.free(dst);
+                let other = ctx.alloc(IoasidFlags::empty());
+                let mapped =
+                    other.map(|o| ctx.map(o, Iova::new(M2), PhysAddr::new(16 * M2), K4, RW));
+                (freed, other, mapped)
+            },
+        );
         assert_eq!(mapped, Ok(Ok(())));
-        (copy.join().unwrap(), freed, other.unwrap())
-    });
-    assert_eq!(
-        ctx.translate(other, Iova::new(M2)).unwrap().map(|m| m.pa),
-        Some(PhysAddr::new(16 * M2)),
-        "the copy's undo unmapped IOASID {other:?}'s page (the free of {dst:?} returned \
+        let other = other.unwrap();
+        assert_eq!(
+            ctx.translate(other, Iova::new(M2)).unwrap().map(|m| m.pa),
+            Some(PhysAddr::new(16 * M2)),
+            "the copy's undo unmapped IOASID {other:?}'s page (the free of {dst:?} returned \
          {freed:?}, the copy {copied:?})"
-    );
-    // `dst` was held by the copy: the free was refused, and the undo took only its run.
-    assert_eq!(freed, Err(Error::Busy));
-    assert_ne!(other, dst);
-    assert_eq!(
-        copied,
-        Err(Error::PageTable(crate::pgtable::Error::Overlap {
-            iova: Iova::new(M2 + K4)
-        }))
-    );
-    assert_eq!(ctx.translate(dst, Iova::new(M2)).unwrap(), None);
-    assert!(ctx.translate(dst, Iova::new(M2 + K4)).unwrap().is_some());
-    ctx.free(dst).unwrap();
+        );
+        // `dst` was held by the copy: the free was refused, and the undo took only its run.
+        assert_eq!(freed, Err(Error::Busy));
+        assert_ne!(other, dst);
+        assert_eq!(
+            copied,
+            Err(Error::PageTable(crate::pgtable::Error::Overlap {
+                iova: Iova::new(M2 + K4)
+            }))
+        );
+        assert_eq!(ctx.translate(dst, Iova::new(M2)).unwrap(), None);
+        assert!(ctx.translate(dst, Iova::new(M2 + K4)).unwrap().is_some());
+        ctx.free(dst).unwrap();
+    });
 }
 
 /// The same between a copy's two runs: an IOASID allocated in `dst`'s place must not get the
 /// copy's second run (a mapping its owner never asked for).
 #[test]
 fn a_copy_never_maps_into_an_ioasid_allocated_in_its_place() {
-    let alloc = test_alloc();
-    let u = FakeUnit::new(&alloc, true);
-    let pasids = PasidAllocator::new(20);
-    let reg = Registry::new(&[&u], &pasids).unwrap();
-    let ctx = IoasidCtx::new(&reg, &alloc, 0);
-    let src = two_runs(&ctx);
-    let dst = ctx.alloc(IoasidFlags::empty()).unwrap();
-    let pause = Arc::new((Barrier::new(2), Barrier::new(2)));
-    let (copied, freed, other) = std::thread::scope(|s| {
-        let copy = s.spawn(|| {
-            COPY_PAUSE.with(|c| *c.borrow_mut() = Some(("between runs", Arc::clone(&pause))));
-            ctx.copy(src, Iova::new(SRC), dst, Iova::new(M2), 2 * K4)
-        });
-        pause.0.wait();
-        let freed = ctx.free(dst);
-        let other = ctx.alloc(IoasidFlags::empty());
-        pause.1.wait();
-        (copy.join().unwrap(), freed, other.unwrap())
-    });
-    assert_eq!(
-        ctx.translate(other, Iova::new(M2 + K4)).unwrap(),
-        None,
-        "IOASID {other:?} got the copy's second run (the free of {dst:?} returned {freed:?}, \
+    with_copy_src_and_dst(|ctx, src, dst| {
+        let (copied, (freed, other)) = copy_paused_at(
+            "between runs",
+            || ctx.copy(src, Iova::new(SRC), dst, Iova::new(M2), 2 * K4),
+            || (ctx.free(dst), ctx.alloc(IoasidFlags::empty())),
+        );
+        let other = other.unwrap();
+        assert_eq!(
+            ctx.translate(other, Iova::new(M2 + K4)).unwrap(),
+            None,
+            "IOASID {other:?} got the copy's second run (the free of {dst:?} returned {freed:?}, \
          the copy {copied:?})"
-    );
-    // The copy went into `dst`, which it held: the free was refused meanwhile.
-    assert_eq!(freed, Err(Error::Busy));
-    assert_eq!(copied, Ok(()));
-    assert_ne!(other, dst);
-    for (at, pa) in [(M2, 4 * M2), (M2 + K4, 8 * M2)] {
-        let m = ctx.translate(dst, Iova::new(at)).unwrap();
-        assert_eq!(m.map(|m| m.pa), Some(PhysAddr::new(pa)));
-    }
-    // Held no longer: the free goes through.
-    ctx.free(dst).unwrap();
-    ctx.free(src).unwrap();
+        );
+        // The copy went into `dst`, which it held: the free was refused meanwhile.
+        assert_eq!(freed, Err(Error::Busy));
+        assert_eq!(copied, Ok(()));
+        assert_ne!(other, dst);
+        for (at, pa) in [(M2, 4 * M2), (M2 + K4, 8 * M2)] {
+            let m = ctx.translate(dst, Iova::new(at)).unwrap();
+            assert_eq!(m.map(|m| m.pa), Some(PhysAddr::new(pa)));
+        }
+        // Held no longer: the free goes through.
+        ctx.free(dst).unwrap();
+        ctx.free(src).unwrap();
+    });
 }
 
 /// Review 20 E1: the copy holds its source too. Between the copy's two runs another thread
@@ -2386,46 +2402,39 @@ fn a_copy_never_maps_into_an_ioasid_allocated_in_its_place() {
 /// page into `dst` (a page its owner never gave `dst`'s devices).
 #[test]
 fn a_copy_never_reads_an_ioasid_allocated_in_its_source_s_place() {
-    let alloc = test_alloc();
-    let u = FakeUnit::new(&alloc, true);
-    let pasids = PasidAllocator::new(20);
-    let reg = Registry::new(&[&u], &pasids).unwrap();
-    let ctx = IoasidCtx::new(&reg, &alloc, 0);
-    let src = two_runs(&ctx);
-    let dst = ctx.alloc(IoasidFlags::empty()).unwrap();
-    let pause = Arc::new((Barrier::new(2), Barrier::new(2)));
-    let (copied, freed, other) = std::thread::scope(|s| {
-        let copy = s.spawn(|| {
-            COPY_PAUSE.with(|c| *c.borrow_mut() = Some(("between runs", Arc::clone(&pause))));
-            ctx.copy(src, Iova::new(SRC), dst, Iova::new(M2), 2 * K4)
-        });
-        pause.0.wait();
-        let freed = ctx.free(src);
-        let other = ctx.alloc(IoasidFlags::empty());
-        let mapped = other.map(|o| ctx.map(o, Iova::new(SRC + K4), PhysAddr::new(20 * M2), K4, RW));
-        // Resumed before any assertion: a panic here would leave the copy waiting.
-        pause.1.wait();
+    with_copy_src_and_dst(|ctx, src, dst| {
+        let (copied, (freed, other, mapped)) = copy_paused_at(
+            "between runs",
+            || ctx.copy(src, Iova::new(SRC), dst, Iova::new(M2), 2 * K4),
+            || {
+                let freed = ctx.free(src);
+                let other = ctx.alloc(IoasidFlags::empty());
+                let mapped =
+                    other.map(|o| ctx.map(o, Iova::new(SRC + K4), PhysAddr::new(20 * M2), K4, RW));
+                (freed, other, mapped)
+            },
+        );
         assert_eq!(mapped, Ok(Ok(())));
-        (copy.join().unwrap(), freed, other.unwrap())
-    });
-    assert_ne!(
-        ctx.translate(dst, Iova::new(M2 + K4))
-            .unwrap()
-            .map(|m| m.pa),
-        Some(PhysAddr::new(20 * M2)),
-        "the copy mapped IOASID {other:?}'s page into {dst:?} (the free of {src:?} returned \
+        let other = other.unwrap();
+        assert_ne!(
+            ctx.translate(dst, Iova::new(M2 + K4))
+                .unwrap()
+                .map(|m| m.pa),
+            Some(PhysAddr::new(20 * M2)),
+            "the copy mapped IOASID {other:?}'s page into {dst:?} (the free of {src:?} returned \
          {freed:?}, the copy {copied:?})"
-    );
-    // `src` was held by the copy: the free was refused, and the copy read only `src`.
-    assert_eq!(freed, Err(Error::Busy));
-    assert_ne!(other, src);
-    assert_eq!(copied, Ok(()));
-    for (at, pa) in [(M2, 4 * M2), (M2 + K4, 8 * M2)] {
-        let m = ctx.translate(dst, Iova::new(at)).unwrap();
-        assert_eq!(m.map(|m| m.pa), Some(PhysAddr::new(pa)));
-    }
-    ctx.free(src).unwrap();
-    ctx.free(dst).unwrap();
+        );
+        // `src` was held by the copy: the free was refused, and the copy read only `src`.
+        assert_eq!(freed, Err(Error::Busy));
+        assert_ne!(other, src);
+        assert_eq!(copied, Ok(()));
+        for (at, pa) in [(M2, 4 * M2), (M2 + K4, 8 * M2)] {
+            let m = ctx.translate(dst, Iova::new(at)).unwrap();
+            assert_eq!(m.map(|m| m.pa), Some(PhysAddr::new(pa)));
+        }
+        ctx.free(src).unwrap();
+        ctx.free(dst).unwrap();
+    });
 }
 
 /// Review 20 L1: a copy's undo removes only what the copy mapped. `dst` already maps the
@@ -2439,18 +2448,15 @@ fn a_copy_undo_never_unmaps_another_caller_s_mapping_in_its_range() {
         let src = two_runs(ctx);
         ctx.map(dst, Iova::new(M2 + K4), PhysAddr::new(12 * M2), K4, RW)
             .unwrap();
-        let pause = Arc::new((Barrier::new(2), Barrier::new(2)));
-        let (copied, unmapped, mapped) = std::thread::scope(|s| {
-            let copy = s.spawn(|| {
-                COPY_PAUSE.with(|c| *c.borrow_mut() = Some(("between runs", Arc::clone(&pause))));
-                ctx.copy(src, Iova::new(SRC), dst, Iova::new(M2), 2 * K4)
-            });
-            pause.0.wait();
-            let unmapped = ctx.unmap(dst, Iova::new(M2), K4);
-            let mapped = ctx.map(dst, Iova::new(M2), PhysAddr::new(24 * M2), K4, RW);
-            pause.1.wait();
-            (copy.join().unwrap(), unmapped, mapped)
-        });
+        let (copied, (unmapped, mapped)) = copy_paused_at(
+            "between runs",
+            || ctx.copy(src, Iova::new(SRC), dst, Iova::new(M2), 2 * K4),
+            || {
+                let unmapped = ctx.unmap(dst, Iova::new(M2), K4);
+                let mapped = ctx.map(dst, Iova::new(M2), PhysAddr::new(24 * M2), K4, RW);
+                (unmapped, mapped)
+            },
+        );
         let now = ctx.translate(dst, Iova::new(M2)).unwrap().map(|m| m.pa);
         let says = std::format!(
             "(the unmap returned {unmapped:?}, the map {mapped:?}, the copy {copied:?})"
@@ -2526,24 +2532,20 @@ fn a_copy_s_destination_range_is_refused_to_other_calls_while_it_runs() {
         let dev = ctx
             .bind_with_direct(label(0, 2), false, None, &regions)
             .unwrap();
-        let pause = Arc::new((Barrier::new(2), Barrier::new(2)));
-        let (copied, answers) = std::thread::scope(|s| {
-            let copy = s.spawn(|| {
-                COPY_PAUSE.with(|c| *c.borrow_mut() = Some(("between runs", Arc::clone(&pause))));
-                ctx.copy(src, Iova::new(SRC), dst, Iova::new(at), 2 * K4)
-            });
-            pause.0.wait();
-            let answers = (
-                ctx.map(dst, Iova::new(M2), PhysAddr::new(24 * M2), K4, RW),
-                ctx.unmap(dst, Iova::new(at), K4),
-                ctx.unmap(dst, Iova::new(0), UNMAP_ALL),
-                ctx.copy(src, Iova::new(SRC), dst, Iova::new(M2), K4),
-                ctx.alloc_iova(dst, K4, M2),
-                ctx.attach(dev, dst),
-            );
-            pause.1.wait();
-            (copy.join().unwrap(), answers)
-        });
+        let (copied, answers) = copy_paused_at(
+            "between runs",
+            || ctx.copy(src, Iova::new(SRC), dst, Iova::new(at), 2 * K4),
+            || {
+                (
+                    ctx.map(dst, Iova::new(M2), PhysAddr::new(24 * M2), K4, RW),
+                    ctx.unmap(dst, Iova::new(at), K4),
+                    ctx.unmap(dst, Iova::new(0), UNMAP_ALL),
+                    ctx.copy(src, Iova::new(SRC), dst, Iova::new(M2), K4),
+                    ctx.alloc_iova(dst, K4, M2),
+                    ctx.attach(dev, dst),
+                )
+            },
+        );
         let (mapped, unmapped, unmapped_all, other_copy, iova, attached) = answers;
         assert_eq!(mapped, Err(Error::Busy));
         assert_eq!(unmapped, Err(Error::Busy));
@@ -2583,19 +2585,16 @@ fn a_copy_from_a_range_another_copy_is_filling_is_busy() {
         let third = ctx.alloc(IoasidFlags::empty()).unwrap();
         ctx.map(dst, Iova::new(M2 + K4), PhysAddr::new(12 * M2), K4, RW)
             .unwrap();
-        let pause = Arc::new((Barrier::new(2), Barrier::new(2)));
-        let (copied, from_filling, self_copy) = std::thread::scope(|s| {
-            let copy = s.spawn(|| {
-                COPY_PAUSE.with(|c| *c.borrow_mut() = Some(("between runs", Arc::clone(&pause))));
-                ctx.copy(src, Iova::new(SRC), dst, Iova::new(M2), 2 * K4)
-            });
-            pause.0.wait();
-            let from_filling = ctx.copy(dst, Iova::new(M2), third, Iova::new(M2), K4);
-            // From the range being filled into `dst` itself, outside the copy's range.
-            let self_copy = ctx.copy(dst, Iova::new(M2), dst, Iova::new(4 * M2), K4);
-            pause.1.wait();
-            (copy.join().unwrap(), from_filling, self_copy)
-        });
+        let (copied, (from_filling, self_copy)) = copy_paused_at(
+            "between runs",
+            || ctx.copy(src, Iova::new(SRC), dst, Iova::new(M2), 2 * K4),
+            || {
+                let from_filling = ctx.copy(dst, Iova::new(M2), third, Iova::new(M2), K4);
+                // From the range being filled into `dst` itself, outside the copy's range.
+                let self_copy = ctx.copy(dst, Iova::new(M2), dst, Iova::new(4 * M2), K4);
+                (from_filling, self_copy)
+            },
+        );
         assert_eq!(from_filling, Err(Error::Busy));
         assert_eq!(self_copy, Err(Error::Busy));
         assert_eq!(ctx.translate(third, Iova::new(M2)).unwrap(), None);
@@ -2675,17 +2674,11 @@ fn a_copy_s_later_run_from_a_range_another_copy_is_filling_is_busy() {
 fn a_reservation_over_a_copy_s_destination_range_is_refused_while_it_runs() {
     with_two_attached_units(|ctx, dst, _, _| {
         let src = two_runs(ctx);
-        let pause = Arc::new((Barrier::new(2), Barrier::new(2)));
-        let (copied, reserved) = std::thread::scope(|s| {
-            let copy = s.spawn(|| {
-                COPY_PAUSE.with(|c| *c.borrow_mut() = Some(("between runs", Arc::clone(&pause))));
-                ctx.copy(src, Iova::new(SRC), dst, Iova::new(M2), 2 * K4)
-            });
-            pause.0.wait();
-            let reserved = ctx.reserve_region(range(M2 + K4, M2 + 2 * K4));
-            pause.1.wait();
-            (copy.join().unwrap(), reserved)
-        });
+        let (copied, reserved) = copy_paused_at(
+            "between runs",
+            || ctx.copy(src, Iova::new(SRC), dst, Iova::new(M2), 2 * K4),
+            || ctx.reserve_region(range(M2 + K4, M2 + 2 * K4)),
+        );
         assert_eq!(
             reserved,
             Err(Error::ReserveOverlaps(InUse::CopyInFlight {
@@ -2766,17 +2759,11 @@ fn a_domain_attached_between_a_copy_s_runs_loses_them_with_the_undo() {
     let src = two_runs(&ctx);
     ctx.map(dst, Iova::new(M2 + K4), PhysAddr::new(12 * M2), K4, RW)
         .unwrap();
-    let pause = Arc::new((Barrier::new(2), Barrier::new(2)));
-    let (copied, attached) = std::thread::scope(|s| {
-        let copy = s.spawn(|| {
-            COPY_PAUSE.with(|c| *c.borrow_mut() = Some(("between runs", Arc::clone(&pause))));
-            ctx.copy(src, Iova::new(SRC), dst, Iova::new(M2), 2 * K4)
-        });
-        pause.0.wait();
-        let attached = ctx.attach(late, dst);
-        pause.1.wait();
-        (copy.join().unwrap(), attached)
-    });
+    let (copied, attached) = copy_paused_at(
+        "between runs",
+        || ctx.copy(src, Iova::new(SRC), dst, Iova::new(M2), 2 * K4),
+        || ctx.attach(late, dst),
+    );
     assert_eq!(attached, Ok(()));
     assert_eq!(
         copied,

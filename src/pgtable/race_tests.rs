@@ -47,6 +47,56 @@ fn leaves<F: Format>(t: &PageTable<F, TestAlloc>, iova: u64, len: u64) -> Vec<(u
     v
 }
 
+/// Maps and unmaps `[base, base + len)` once, so that the tables above it stay from one round
+/// to the next: the allocator's live pages then.
+fn map_unmap_once<F: Format>(t: &PageTable<F, TestAlloc>, base: u64, pa: u64, len: u64) -> usize {
+    t.map(Iova::new(base), PhysAddr::new(pa), len, RW).unwrap();
+    let mut g = Gather::new();
+    t.unmap(Iova::new(base), len, &mut g).unwrap();
+    g.release(t.allocator(), done()).unwrap();
+    t.allocator().stats().live_pages
+}
+
+/// `threads` threads started together, thread `i` unmapping `len` bytes at `at(i)`: their
+/// gathers, in thread order.
+fn unmap_on_threads<F: Format + Sync>(
+    t: &PageTable<F, TestAlloc>,
+    threads: u64,
+    at: impl Fn(u64) -> u64 + Sync,
+    len: u64,
+) -> Vec<Gather> {
+    let start = Barrier::new(threads as usize);
+    std::thread::scope(|s| {
+        let spawned: Vec<_> = (0..threads)
+            .map(|i| {
+                let (t, start, at) = (t, &start, &at);
+                s.spawn(move || {
+                    let mut g = Gather::new();
+                    start.wait();
+                    assert_eq!(t.unmap(Iova::new(at(i)), len, &mut g), Ok(len));
+                    g
+                })
+            })
+            .collect();
+        spawned.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+/// Unmaps the rest of `[base, base + len)`, then releases the threads' gathers and its own.
+fn unmap_and_release<F: Format>(
+    t: &PageTable<F, TestAlloc>,
+    base: u64,
+    len: u64,
+    gathers: Vec<Gather>,
+) {
+    let mut g = Gather::new();
+    t.unmap(Iova::new(base), len, &mut g).unwrap();
+    for mut g in gathers {
+        g.release(t.allocator(), done()).unwrap();
+    }
+    g.release(t.allocator(), done()).unwrap();
+}
+
 /// Threads unmapping disjoint 4 KiB pages of one 2 MiB leaf all split it: exactly one split
 /// wins, the others descend into the table it installed. Issue 13, item 1: the losers used to
 /// split the winner's *table entry* as if it were a leaf, installing 512 read/write leaves over
@@ -57,29 +107,11 @@ fn unmaps_inside_one_superpage_split_it_once() {
     let t = vtd_ss(false);
     let (base, pa) = (G1, 4 * G1);
     // Root, level-2 and level-1 tables stay; each round adds and removes one leaf table.
-    t.map(Iova::new(base), PhysAddr::new(pa), M2, RW).unwrap();
-    let mut g = Gather::new();
-    t.unmap(Iova::new(base), M2, &mut g).unwrap();
-    g.release(t.allocator(), done()).unwrap();
-    let live = t.allocator().stats().live_pages;
+    let live = map_unmap_once(&t, base, pa, M2);
     let page = |i: u64| base + (i * 97 + 5) * K4;
     for round in 0..ROUNDS {
         t.map(Iova::new(base), PhysAddr::new(pa), M2, RW).unwrap();
-        let start = Barrier::new(THREADS as usize);
-        let gathers: Vec<Gather> = std::thread::scope(|s| {
-            let spawned: Vec<_> = (0..THREADS)
-                .map(|i| {
-                    let (t, start) = (&t, &start);
-                    s.spawn(move || {
-                        let mut g = Gather::new();
-                        start.wait();
-                        assert_eq!(t.unmap(Iova::new(page(i)), K4, &mut g), Ok(K4));
-                        g
-                    })
-                })
-                .collect();
-            spawned.into_iter().map(|h| h.join().unwrap()).collect()
-        });
+        let gathers = unmap_on_threads(&t, THREADS, page, K4);
         let found = leaves(&t, base, M2);
         for &(iova, leaf_pa, size_log2) in &found {
             assert!(
@@ -96,12 +128,7 @@ fn unmaps_inside_one_superpage_split_it_once() {
         for i in 0..THREADS {
             assert_eq!(t.query(Iova::new(page(i))), None, "round {round}");
         }
-        let mut g = Gather::new();
-        t.unmap(Iova::new(base), M2, &mut g).unwrap();
-        for mut g in gathers {
-            g.release(t.allocator(), done()).unwrap();
-        }
-        g.release(t.allocator(), done()).unwrap();
+        unmap_and_release(&t, base, M2, gathers);
         assert_eq!(
             t.allocator().stats().live_pages,
             live,
@@ -118,31 +145,13 @@ fn unmaps_inside_one_contiguous_run_split_each_block_once() {
     const RUN: u64 = 16 * M2;
     let t = arm_s2_4k(false);
     let (base, pa) = (G1, 4 * G1);
-    t.map(Iova::new(base), PhysAddr::new(pa), RUN, RW).unwrap();
-    let mut g = Gather::new();
-    t.unmap(Iova::new(base), RUN, &mut g).unwrap();
-    g.release(t.allocator(), done()).unwrap();
-    let live = t.allocator().stats().live_pages;
+    let live = map_unmap_once(&t, base, pa, RUN);
     // Threads 0 and 1 cut block 3, threads 2 and 3 block 4.
     let page = |i: u64| base + (3 + i / 2) * M2 + ((i % 2) * 300 + 7) * K4;
     for round in 0..ROUNDS {
         t.map(Iova::new(base), PhysAddr::new(pa), RUN, RW).unwrap();
         assert_eq!(leaves(&t, base, RUN).len(), 16);
-        let start = Barrier::new(THREADS as usize);
-        let gathers: Vec<Gather> = std::thread::scope(|s| {
-            let spawned: Vec<_> = (0..THREADS)
-                .map(|i| {
-                    let (t, start) = (&t, &start);
-                    s.spawn(move || {
-                        let mut g = Gather::new();
-                        start.wait();
-                        assert_eq!(t.unmap(Iova::new(page(i)), K4, &mut g), Ok(K4));
-                        g
-                    })
-                })
-                .collect();
-            spawned.into_iter().map(|h| h.join().unwrap()).collect()
-        });
+        let gathers = unmap_on_threads(&t, THREADS, page, K4);
         let found = leaves(&t, base, RUN);
         let mut bytes = 0;
         for &(iova, leaf_pa, size_log2) in &found {
@@ -167,12 +176,7 @@ fn unmaps_inside_one_contiguous_run_split_each_block_once() {
                 g.ranges()
             );
         }
-        let mut g = Gather::new();
-        t.unmap(Iova::new(base), RUN, &mut g).unwrap();
-        for mut g in gathers {
-            g.release(t.allocator(), done()).unwrap();
-        }
-        g.release(t.allocator(), done()).unwrap();
+        unmap_and_release(&t, base, RUN, gathers);
         assert_eq!(
             t.allocator().stats().live_pages,
             live,
@@ -196,30 +200,12 @@ fn per_page_unmaps_of_one_run_each_record_their_entry(size: u64) {
     let t = arm_s2_4k(false);
     let (base, pa) = (G1, 4 * G1);
     // The tables stay from one round to the next: map and unmap once first.
-    t.map(Iova::new(base), PhysAddr::new(pa), run, RW).unwrap();
-    let mut g = Gather::new();
-    t.unmap(Iova::new(base), run, &mut g).unwrap();
-    g.release(t.allocator(), done()).unwrap();
-    let live = t.allocator().stats().live_pages;
+    let live = map_unmap_once(&t, base, pa, run);
     // Entries 1, 4, 7, 10 of the run.
     let entry = |i: u64| base + (3 * i + 1) * size;
     for round in 0..ROUNDS {
         t.map(Iova::new(base), PhysAddr::new(pa), run, RW).unwrap();
-        let start = Barrier::new(THREADS as usize);
-        let gathers: Vec<Gather> = std::thread::scope(|s| {
-            let spawned: Vec<_> = (0..THREADS)
-                .map(|i| {
-                    let (t, start) = (&t, &start);
-                    s.spawn(move || {
-                        let mut g = Gather::new();
-                        start.wait();
-                        assert_eq!(t.unmap(Iova::new(entry(i)), size, &mut g), Ok(size));
-                        g
-                    })
-                })
-                .collect();
-            spawned.into_iter().map(|h| h.join().unwrap()).collect()
-        });
+        let gathers = unmap_on_threads(&t, THREADS, entry, size);
         for (i, g) in (0..THREADS).zip(&gathers) {
             assert!(
                 covers(g, entry(i), size),
@@ -236,12 +222,7 @@ fn per_page_unmaps_of_one_run_each_record_their_entry(size: u64) {
         for &(iova, leaf_pa, _) in &found {
             assert_eq!(leaf_pa - pa, iova - base, "round {round}");
         }
-        let mut g = Gather::new();
-        t.unmap(Iova::new(base), run, &mut g).unwrap();
-        for mut g in gathers {
-            g.release(t.allocator(), done()).unwrap();
-        }
-        g.release(t.allocator(), done()).unwrap();
+        unmap_and_release(&t, base, run, gathers);
         assert_eq!(t.allocator().stats().live_pages, live, "round {round}");
     }
 }

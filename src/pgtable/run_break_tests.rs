@@ -60,6 +60,26 @@ fn break_run_partly<F: Format>(t: &PageTable<F, TestAlloc>, base: u64, pa: u64, 
     }
 }
 
+/// The same one level up (Arm, 4 KiB granule): `break_contiguous` has made `blocks` of the run
+/// of 2 MiB blocks at `base` stand alone, in entry order, and not yet the rest.
+fn break_block_run_partly(
+    t: &PageTable<ArmS2, TestAlloc>,
+    base: u64,
+    pa: u64,
+    blocks: core::ops::Range<u64>,
+) {
+    let run_of = |raw: u64| t.format().leaf_run_log2(1, raw);
+    for i in blocks {
+        leaf_slot(t, base + i * M2, &mut |slot, raw| {
+            assert_eq!(run_of(raw), 4, "block {i} was mapped in a run of 16");
+            let _ = slot.fetch_update(Ordering::AcqRel, Ordering::Acquire, |e| {
+                (run_of(e) != 0)
+                    .then(|| t.format().leaf_out_of_run(1, e, PhysAddr::new(pa + i * M2)))
+            });
+        });
+    }
+}
+
 /// Rule 4 / "What the walker may see" ("never a hinted run with a hole"): thread A unmaps page
 /// 15 of a 16-leaf run and is breaking it (its `break_contiguous` updates leaves 0..=15 in
 /// order and has made 0..=12 stand alone; 13..=15 still carry the run); thread B unmaps pages
@@ -327,15 +347,7 @@ fn block_unmap_beside_a_half_broken_run_arm() {
     t.map(Iova::new(base), PhysAddr::new(pa), 16 * M2, RW)
         .unwrap();
     let run_of = |raw: u64| t.format().leaf_run_log2(1, raw);
-    for i in 0..13u64 {
-        leaf_slot(&t, base + i * M2, &mut |slot, raw| {
-            assert_eq!(run_of(raw), 4, "block {i} was mapped in a run of 16");
-            let _ = slot.fetch_update(Ordering::AcqRel, Ordering::Acquire, |e| {
-                (run_of(e) != 0)
-                    .then(|| t.format().leaf_out_of_run(1, e, PhysAddr::new(pa + i * M2)))
-            });
-        });
-    }
+    break_block_run_partly(&t, base, pa, 0..13);
     let mut g = Gather::new();
     assert_eq!(t.unmap(Iova::new(base + 12 * M2), M2, &mut g), Ok(M2));
     let mut stale = Vec::new();
@@ -384,15 +396,7 @@ fn general_walk_block_unmap_beside_a_half_broken_run(run: u64) {
     t.map(Iova::new(base), PhysAddr::new(pa), (run + 16) * M2, RW)
         .unwrap();
     let run_of = |raw: u64| t.format().leaf_run_log2(1, raw);
-    for i in run..run + 13 {
-        leaf_slot(&t, base + i * M2, &mut |slot, raw| {
-            assert_eq!(run_of(raw), 4, "block {i} was mapped in a run of 16");
-            let _ = slot.fetch_update(Ordering::AcqRel, Ordering::Acquire, |e| {
-                (run_of(e) != 0)
-                    .then(|| t.format().leaf_out_of_run(1, e, PhysAddr::new(pa + i * M2)))
-            });
-        });
-    }
+    break_block_run_partly(&t, base, pa, run..run + 13);
     let mut g = Gather::new();
     let b_len = K4 + (run + 13) * M2;
     assert_eq!(t.unmap(Iova::new(base - K4), b_len, &mut g), Ok(b_len));
@@ -453,15 +457,7 @@ fn general_walk_block_unmap_from_inside_a_half_broken_run_arm() {
     )
     .unwrap();
     let run_of = |raw: u64| t.format().leaf_run_log2(1, raw);
-    for i in 0..13u64 {
-        leaf_slot(&t, base + i * M2, &mut |slot, raw| {
-            assert_eq!(run_of(raw), 4, "block {i} was mapped in a run of 16");
-            let _ = slot.fetch_update(Ordering::AcqRel, Ordering::Acquire, |e| {
-                (run_of(e) != 0)
-                    .then(|| t.format().leaf_out_of_run(1, e, PhysAddr::new(pa + i * M2)))
-            });
-        });
-    }
+    break_block_run_partly(&t, base, pa, 0..13);
     let mut g = Gather::new();
     let (b, b_len) = (base + 5 * M2, 12 * M2 + K4);
     assert_eq!(t.unmap(Iova::new(b), b_len, &mut g), Ok(b_len));

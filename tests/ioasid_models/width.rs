@@ -4,10 +4,11 @@
 //! itself, naming that domain, before the record or a domain is touched, and an attach that
 //! would bring a domain narrower than a mapping is refused with nothing left behind.
 
-use iommu_engine::ioasid::{Error, Incompatibility, IoasidCtx, IoasidFlags, UNMAP_ALL};
+use iommu_engine::ioasid::{Error, Incompatibility, IoasidCtx, IoasidFlags, IoasidId, UNMAP_ALL};
 use iommu_engine::iommu::Missing;
 use iommu_engine::mem::{Iova, PhysAddr};
 use iommu_engine::pgtable::{IovaRange, Prot};
+use iommu_engine::sim::Arena;
 
 use crate::rig::*;
 
@@ -16,13 +17,20 @@ const RW: Prot = Prot::READ.union(Prot::WRITE);
 /// The SMMUv3 model's stage-2 input width (`SmmuModelConfig::qemu_like`).
 const SMMU_IAS: u32 = 44;
 
+/// The rig (VT-d 48 bits, SMMUv3 44 bits), a context and an IOASID of it: `f` gets all three.
+fn with_ioasid(f: impl FnOnce(&Rig<'_, '_>, &IoasidCtx<'_, '_, Arena>, IoasidId)) {
+    with_rig(VtdSetup::legacy(true), SmmuSetup::qemu(true), |r| {
+        let ctx = IoasidCtx::new(r.reg, r.arena, 0);
+        let io = ctx.alloc(IoasidFlags::empty()).unwrap();
+        f(r, &ctx, io)
+    })
+}
+
 /// A map straddling the SMMUv3 domain's width, with both units' devices attached: refused,
 /// nothing reaches either device, and the same range below the width maps in both.
 #[test]
 fn a_map_beyond_the_narrowest_domain_is_refused_before_anything_is_touched() {
-    with_rig(VtdSetup::legacy(true), SmmuSetup::qemu(true), |r| {
-        let ctx = IoasidCtx::new(r.reg, r.arena, 0);
-        let io = ctx.alloc(IoasidFlags::empty()).unwrap();
+    with_ioasid(|r, ctx, io| {
         let v = ctx.bind(vtd_dev(RID_A), false).unwrap();
         let s = ctx.bind(smmu_dev(SID_A), false).unwrap();
         ctx.attach(v, io).unwrap();
@@ -97,9 +105,7 @@ fn a_map_beyond_the_narrowest_domain_is_refused_before_anything_is_touched() {
 /// the mapping is.
 #[test]
 fn an_attach_narrower_than_a_mapping_is_refused_with_nothing_left_behind() {
-    with_rig(VtdSetup::legacy(true), SmmuSetup::qemu(true), |r| {
-        let ctx = IoasidCtx::new(r.reg, r.arena, 0);
-        let io = ctx.alloc(IoasidFlags::empty()).unwrap();
+    with_ioasid(|r, ctx, io| {
         let v = ctx.bind(vtd_dev(RID_A), false).unwrap();
         let s = ctx.bind(smmu_dev(SID_A), false).unwrap();
         ctx.attach(v, io).unwrap();
@@ -143,9 +149,7 @@ fn an_attach_narrower_than_a_mapping_is_refused_with_nothing_left_behind() {
 /// IOASID that has an SMMUv3 domain: refused before the region is mapped anywhere.
 #[test]
 fn a_direct_region_beyond_a_domain_of_the_ioasid_is_refused() {
-    with_rig(VtdSetup::legacy(true), SmmuSetup::qemu(true), |r| {
-        let ctx = IoasidCtx::new(r.reg, r.arena, 0);
-        let io = ctx.alloc(IoasidFlags::empty()).unwrap();
+    with_ioasid(|r, ctx, io| {
         let s = ctx.bind(smmu_dev(SID_A), false).unwrap();
         ctx.attach(s, io).unwrap();
         let at = 1u64 << SMMU_IAS;
