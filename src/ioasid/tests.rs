@@ -2348,7 +2348,7 @@ fn a_copy_undo_never_unmaps_an_ioasid_allocated_in_its_place() {
             ctx.translate(other, Iova::new(M2)).unwrap().map(|m| m.pa),
             Some(PhysAddr::new(16 * M2)),
             "the copy's undo unmapped IOASID {other:?}'s page (the free of {dst:?} returned \
-         {freed:?}, the copy {copied:?})"
+             {freed:?}, the copy {copied:?})"
         );
         // `dst` was held by the copy: the free was refused, and the undo took only its run.
         assert_eq!(freed, Err(Error::Busy));
@@ -2380,7 +2380,7 @@ fn a_copy_never_maps_into_an_ioasid_allocated_in_its_place() {
             ctx.translate(other, Iova::new(M2 + K4)).unwrap(),
             None,
             "IOASID {other:?} got the copy's second run (the free of {dst:?} returned {freed:?}, \
-         the copy {copied:?})"
+             the copy {copied:?})"
         );
         // The copy went into `dst`, which it held: the free was refused meanwhile.
         assert_eq!(freed, Err(Error::Busy));
@@ -2422,7 +2422,7 @@ fn a_copy_never_reads_an_ioasid_allocated_in_its_source_s_place() {
                 .map(|m| m.pa),
             Some(PhysAddr::new(20 * M2)),
             "the copy mapped IOASID {other:?}'s page into {dst:?} (the free of {src:?} returned \
-         {freed:?}, the copy {copied:?})"
+             {freed:?}, the copy {copied:?})"
         );
         // `src` was held by the copy: the free was refused, and the copy read only `src`.
         assert_eq!(freed, Err(Error::Busy));
