@@ -747,6 +747,25 @@ fn run<F: Format + Copy + Send + Sync + 'static>(s: Scenario<F>) {
     }
 }
 
+/// Setup: the table holding the level-`level` entry of `iova`, walked down from `root` (the
+/// `what` there, whose tables exist: a panic naming it otherwise).
+fn table_above(alloc: &LoomAlloc, root: u64, iova: u64, level: u32, what: &str) -> u64 {
+    let d = &alloc.decoder;
+    let mut table = root;
+    for l in (level + 1..d.levels).rev() {
+        match (d.decode)(
+            l,
+            alloc
+                .slot(table, d.index(l, iova), "setup")
+                .load(Ordering::Relaxed),
+        ) {
+            Decoded::Table(pa) => table = pa,
+            e => panic!("setup: no table above the {what}: {e:?}"),
+        }
+    }
+    table
+}
+
 fn setup<F: Format + Copy + Send + Sync + 'static>(s: &Scenario<F>) -> World<F> {
     let coherent = s.coherency == WalkerCoherency::Coherent;
     let alloc = Arc::new(LoomAlloc::new(
@@ -767,18 +786,7 @@ fn setup<F: Format + Copy + Send + Sync + 'static>(s: &Scenario<F>) -> World<F> 
     }
     for &(iova, level, bit) in &s.dirty {
         let d = &alloc.decoder;
-        let mut table = root;
-        for l in (level + 1..d.levels).rev() {
-            match (d.decode)(
-                l,
-                alloc
-                    .slot(table, d.index(l, iova), "setup")
-                    .load(Ordering::Relaxed),
-            ) {
-                Decoded::Table(pa) => table = pa,
-                e => panic!("setup: no table above the dirty leaf: {e:?}"),
-            }
-        }
+        let table = table_above(&alloc, root, iova, level, "dirty leaf");
         // The walker sets the bit in memory, which the CPUs see.
         let idx = d.index(level, iova);
         let raw = alloc
@@ -790,18 +798,7 @@ fn setup<F: Format + Copy + Send + Sync + 'static>(s: &Scenario<F>) -> World<F> 
     }
     for &(iova, level) in &s.stalled {
         let d = &alloc.decoder;
-        let mut table = root;
-        for l in (level + 1..d.levels).rev() {
-            match (d.decode)(
-                l,
-                alloc
-                    .slot(table, d.index(l, iova), "setup")
-                    .load(Ordering::Relaxed),
-            ) {
-                Decoded::Table(pa) => table = pa,
-                e => panic!("setup: no table above the stalled run's leaf: {e:?}"),
-            }
-        }
+        let table = table_above(&alloc, root, iova, level, "stalled run's leaf");
         // One thread only here: a load and a store are the break's atomic update. As the
         // engine's break leaves them (`leaf_out_of_run`), cleaned for the walker.
         let idx = d.index(level, iova);
