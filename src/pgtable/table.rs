@@ -877,7 +877,9 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     ///
     /// Depth first without recursion (one frame however deep the tables: a kernel stack): a
     /// table's part of the range is checked before the next entry of the table above, each
-    /// entry read once, the first overlap in IOVA order reported.
+    /// entry read once (the present entry that ends a stretch of empty ones where leaves fit
+    /// twice, as `map_level` reads it after `write_stretch`), the first overlap in IOVA order
+    /// reported.
     fn plan_map(&self, t: Table, level: u32, iova: u64, pa: u64, len: u64) -> Result<usize, Error> {
         if level == 0 {
             return self.plan_leaves(t, iova, len);
@@ -943,7 +945,25 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
                     left: chunk,
                     idx: self.geo().index(at - 1, iova),
                 };
-            } else if !self.leaf_fits(at, iova, pa, chunk) {
+            } else if self.leaf_fits(at, iova, pa, chunk) {
+                // Every later entry of the range in `t` is as aligned (`write_stretch`): the
+                // empty ones up to the first present one need no table either, found so by
+                // one `first_present` (entry by entry, the walk took about 30 instructions a
+                // block: the 15 blocks of the mixed map). The present one, if any, is read
+                // again by the next turn, as `map_level` reads it after `write_stretch`.
+                let shift = self.geo().level_shift(at);
+                let entries = 1usize << self.geo().level_bits(at);
+                // Slot `idx` was read above; the others are `t`'s (`entries` bounds them).
+                let n = ((open.left >> shift) as usize).min(entries - (idx + 1));
+                let k = self.first_present(t, idx + 1, n).unwrap_or(n);
+                let bytes = (k as u64) << shift;
+                (open.iova, open.pa, open.left, open.idx) = (
+                    open.iova.wrapping_add(bytes),
+                    open.pa.wrapping_add(bytes),
+                    open.left - bytes,
+                    open.idx + k,
+                );
+            } else {
                 need += 1 + self.count_new(at - 1, iova, pa, chunk);
             }
         }
@@ -998,7 +1018,11 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     /// Tables needed beneath a new table at `level` to map `[iova, iova + len)`.
     ///
     /// Without recursion: the parts of the range still to count at each level below `level`
-    /// are kept in a fixed path (one frame however deep the tables: a kernel stack).
+    /// are kept in a fixed path (one frame however deep the tables: a kernel stack). Out of
+    /// line: only a map that allocates tables comes here, and inline in `map_range` its loop
+    /// shared the registers of `plan_map`'s and `map_level`'s (callgrind: 4 instructions per
+    /// new leaf table of a 1 GiB map when `plan_map` gained its stretches).
+    #[inline(never)]
     fn count_new(&self, level: u32, iova: u64, pa: u64, len: u64) -> usize {
         if level == 0 {
             return 0;
