@@ -303,6 +303,10 @@ impl<'a, W: RegisterWindow + ?Sized> Batch<'a, W> {
         }
     }
 
+    /// `push` on a unit without queued invalidation. Out of line: inline, its register
+    /// sequences' locals sat in `push`'s frame, under every queued submission's
+    /// (`submit_within`), the deepest stack of the IOASID calls (tests/linux_module.rs).
+    #[inline(never)]
     fn by_register(&mut self, request: Request) -> Result<(), Error> {
         let p = self.params;
         self.counters

@@ -78,12 +78,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
         // only here, so undos serialize; empty whenever it is unlocked.
         let mut gather = self.undo_gather.lock();
         let gather = &mut *gather;
-        // The range was empty before `map` (it refuses to map over a present entry) and holds
-        // exactly what `map` wrote, so this unmap needs no split and cannot fail.
-        let _ = self.with_domain(
-            domain,
-            |d| with_table!(&d.table, t => t.unmap(iova, len, &mut *gather)),
-        );
+        self.undo_unmap(domain, iova, len, gather);
         if self.flush_gather(domain, gather, Purpose::Unmap).is_err() {
             self.owe(domain, gather);
             if !gather.is_empty() {
@@ -92,6 +87,20 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
                 leak(gather);
             }
         }
+    }
+
+    /// The unmap of [`Self::undo_map`], out of line: inline, the table's unmap (two formats)
+    /// kept its locals in `undo_map`'s frame, under the flush that follows (the deepest stack
+    /// of the IOASID calls that map: tests/linux_module.rs).
+    #[cold]
+    #[inline(never)]
+    fn undo_unmap(&self, domain: DomainHandle, iova: Iova, len: u64, gather: &mut Gather) {
+        // The range was empty before `map` (it refuses to map over a present entry) and holds
+        // exactly what `map` wrote, so this unmap needs no split and cannot fail.
+        let _ = self.with_domain(
+            domain,
+            |d| with_table!(&d.table, t => t.unmap(iova, len, &mut *gather)),
+        );
     }
 
     /// The caching-mode invalidation after `map` wrote `[iova, iova + len)` (not-present
