@@ -11,6 +11,11 @@
 //! between earlier stores to normal memory (queue entries, tables) and the register write that
 //! tells the device to read them; [`dma_read_barrier`] orders a register read (a queue's consumer
 //! index) before reads of memory the device wrote.
+//!
+//! A `--cfg loom` build (model checking, `tests/loom_queues.rs`) turns each barrier into the
+//! `loom` fence that gives the same guarantee to a thread standing in for the device (a release
+//! fence before a doorbell, an acquire fence after reading an index), and makes [`poll`] yield
+//! to loom's scheduler, so that the thread standing in for the device can run between polls.
 
 use core::ptr::NonNull;
 use core::sync::atomic::{compiler_fence, Ordering};
@@ -70,6 +75,8 @@ impl<W: RegisterWindow + ?Sized> RegisterWindow for &W {
 /// not reordered with later stores to UC memory, so only the compiler must be stopped.
 #[inline]
 pub fn dma_write_barrier() {
+    #[cfg(loom)]
+    loom::sync::atomic::fence(core::sync::atomic::Ordering::Release);
     #[cfg(target_arch = "aarch64")]
     // SAFETY: a barrier instruction; it touches no memory the compiler tracks.
     unsafe {
@@ -83,6 +90,8 @@ pub fn dma_write_barrier() {
 /// aarch64: `DSB LD`. x86-64: loads are not reordered with older loads.
 #[inline]
 pub fn dma_read_barrier() {
+    #[cfg(loom)]
+    loom::sync::atomic::fence(core::sync::atomic::Ordering::Acquire);
     #[cfg(target_arch = "aarch64")]
     // SAFETY: a barrier instruction; it touches no memory the compiler tracks.
     unsafe {
@@ -100,6 +109,8 @@ pub fn dma_read_barrier() {
 /// not reordered with older loads.
 #[inline]
 pub fn dma_consumed_barrier() {
+    #[cfg(loom)]
+    loom::sync::atomic::fence(core::sync::atomic::Ordering::Release);
     #[cfg(target_arch = "aarch64")]
     // SAFETY: a barrier instruction; it touches no memory the compiler tracks.
     unsafe {
@@ -295,6 +306,9 @@ pub fn poll<T>(budget: u32, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
             return Some(v);
         }
         core::hint::spin_loop();
+        // Under loom a spin that never yields is explored forever.
+        #[cfg(loom)]
+        loom::thread::yield_now();
     }
     None
 }

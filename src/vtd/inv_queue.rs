@@ -22,8 +22,16 @@
 //! The descriptor ring and the status words are plain memory the unit reads and writes directly;
 //! this module assumes those accesses are coherent with the CPU caches (`ECAP.C` covers the
 //! translation structures; queue accesses are treated as snooped, as common drivers do).
+//!
+//! A `--cfg loom` build (`tests/loom_queues.rs`) replaces `write_slot` and `status_word` with
+//! forms over loom's atomics (module `loom_words`), so that a thread standing in for the unit
+//! fetches the descriptors and writes the status while the real producer runs; a normal build
+//! compiles the code below unchanged.
 
+// A loom build replaces the functions that use these (`loom_words`).
+#[cfg_attr(loom, allow(unused_imports))]
 use core::ptr::NonNull;
+#[cfg_attr(loom, allow(unused_imports))]
 use core::sync::atomic::{AtomicU32, Ordering};
 
 use super::inv_desc::{Descriptor, WaitFlags};
@@ -527,6 +535,7 @@ impl QueueCore {
         PhysAddr::new(self.status.pa.get() | offset as u64)
     }
 
+    #[cfg(not(loom))]
     fn status_word(&self) -> &AtomicU32 {
         // SAFETY: the status page is a live, 4 KiB-aligned page owned by this queue until
         // `release`; the word at offset 0 is aligned, and hardware writes it whole.
@@ -577,6 +586,7 @@ impl QueueCore {
         }))
     }
 
+    #[cfg(not(loom))]
     fn slot(&self, index: u32) -> NonNull<u64> {
         let offset = (index as usize) << self.config.width.shift();
         // SAFETY: `index < entries`, so the offset lies inside the 2^(12+QS)-byte ring.
@@ -584,6 +594,7 @@ impl QueueCore {
     }
 
     /// Writes `d` at `index` (the words the width carries).
+    #[cfg(not(loom))]
     fn write_slot(&self, index: u32, d: &Descriptor) {
         let words = if self.config.width == DescriptorWidth::Bits256 {
             4
@@ -662,6 +673,50 @@ impl QueueCore {
         // The write must be visible before IQE is cleared and the unit re-fetches the slot.
         crate::mmio::dma_write_barrier();
         Ok(())
+    }
+}
+
+/// Under `--cfg loom` the test allocator's pages are arrays of loom's `AtomicU64`, reached by
+/// index, never by byte offset; the status word is the low half (little-endian) of word 0.
+#[cfg(loom)]
+mod loom_words {
+    use super::{Descriptor, DescriptorWidth, QueueCore, STATUS_OFFSET};
+    use core::sync::atomic::Ordering;
+    use loom::sync::atomic::AtomicU64;
+
+    const _: () = assert!(STATUS_OFFSET == 0);
+
+    /// The status word as `QueueCore::await_status` reads it.
+    pub(super) struct StatusWord<'a>(&'a AtomicU64);
+
+    impl StatusWord<'_> {
+        pub(super) fn load(&self, order: Ordering) -> u32 {
+            self.0.load(order) as u32
+        }
+    }
+
+    impl QueueCore {
+        /// As the normal build's `write_slot`: the words the width carries, each one relaxed
+        /// 64-bit store (the doorbell's barrier orders them before `IQT`).
+        pub(super) fn write_slot(&self, index: u32, d: &Descriptor) {
+            let words = if self.config.width == DescriptorWidth::Bits256 {
+                4
+            } else {
+                2
+            };
+            let first = self.ring.va.cast::<AtomicU64>().as_ptr();
+            for (i, &w) in d.qw.iter().take(words).enumerate() {
+                // SAFETY: `index < entries`, so word `index * words + i` lies inside the ring,
+                // a live page of loom atomics until `release`.
+                unsafe { &*first.add(index as usize * words + i) }.store(w, Ordering::Relaxed)
+            }
+        }
+
+        /// As the normal build's `status_word`.
+        pub(super) fn status_word(&self) -> StatusWord<'_> {
+            // SAFETY: the status page is a live page of loom atomics until `release`.
+            StatusWord(unsafe { &*self.status.va.cast::<AtomicU64>().as_ptr() })
+        }
     }
 }
 
