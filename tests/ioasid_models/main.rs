@@ -26,4 +26,5 @@ mod reclaim;
 mod seed;
 mod supervisor;
 mod two_units;
+mod undo_matrix;
 mod width;
