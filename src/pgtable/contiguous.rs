@@ -152,11 +152,43 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     /// (AMD-Vi v1's Next Level 7 pages, a format without a contiguous-hint bit): a unit may
     /// cache it as one translation of that size, so a gather that named only the granule would
     /// not say what was removed. A hinted run (Arm) is leaves of the granule's size, whose
-    /// lookup level the TLB invalidation's hint keeps naming.
+    /// lookup level the TLB invalidation's hint keeps naming. A run that another CPU's break
+    /// had completed before this call first looked at it cannot be named (its leaves stand
+    /// alone, nothing says they were a run's), though a unit may hold it until that CPU's
+    /// invalidation completes: page sizes are no bound on an AMD-Vi v1 unit's cached
+    /// translations, whose invalidations go by address range (ARCHITECTURE.md, "The
+    /// engine", Runs).
     #[inline]
     pub(super) fn note_run_page(&self, gather: &mut Gather, size_log2: u32) {
         if self.format().contiguous_bit() == 0 {
             gather.note_page_size(size_log2);
+        }
+    }
+
+    /// [`Self::note_run_page`] for the run a search found claiming an entry that this call
+    /// then removes or cuts (`claim`: the run's last leaf, as `run_last_over` returns it).
+    /// Another CPU's unmap of the run may complete its break between that search and this
+    /// call's own (`break_runs_over`, which then breaks and records nothing); that CPU's
+    /// invalidation of the run may not have completed when this call returns, and a unit may
+    /// hold the run as one translation of its size until then. Where this call breaks the run
+    /// itself, `break_contiguous` names the same size. Nothing for a hinted run (Arm).
+    #[inline(always)]
+    pub(super) fn note_claimed_run(
+        &self,
+        level: u32,
+        claim: Option<(usize, u64)>,
+        gather: &mut Gather,
+    ) {
+        if self.format().contiguous_bit() == 0 {
+            // A format without runs has none to name (its span is 0 whatever the entry: VT-d
+            // compiles this out).
+            if let Some((_, last)) = claim {
+                let span = self.contiguous_span_log2(level, last);
+                if span != 0 {
+                    let shift = self.geometry().level_shift(level);
+                    gather.note_page_size(shift + span);
+                }
+            }
         }
     }
 

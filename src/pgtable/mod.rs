@@ -117,6 +117,8 @@ mod race_tests;
 #[cfg(test)]
 mod run_break_tests;
 #[cfg(test)]
+mod run_size_tests;
+#[cfg(test)]
 mod stress_tests;
 #[cfg(test)]
 mod tests;

@@ -31,14 +31,17 @@ pub enum SplitPolicy {
 const HW_UPDATE_RETRIES: u32 = 8;
 
 /// Where an operation has read the entry `slot` and is about to replace it with a
-/// compare-and-swap (or to break the run that claims it: `break_runs_at`). Unit-test builds yield the CPU here, so that the threaded tests
+/// compare-and-swap (or, having found a run claiming it, to look for that run again and break
+/// it: `break_runs_over`). Unit-test builds yield the CPU here, so that the threaded tests
 /// (`race_tests`) lose the race on a loaded machine too, and let a test play hardware that
-/// keeps rewriting the entry (`testutil::keep_rewriting`); other builds compile it to nothing.
+/// keeps rewriting the entry (`testutil::keep_rewriting`) or another CPU that completes the
+/// run's break first (`testutil::with_other_cpu_at`); other builds compile it to nothing.
 #[inline(always)]
 pub(super) fn race_window(slot: &AtomicU64) {
     #[cfg(all(test, feature = "std"))]
     {
         super::testutil::rewrite_if_asked(slot);
+        super::testutil::other_cpu_if_asked(slot);
         std::thread::yield_now();
     }
     #[cfg(not(all(test, feature = "std")))]
@@ -623,6 +626,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         let mut broken = false;
         if claim.is_some() {
             (raw, broken) = self.break_runs_at(t, 0, idx, iova, gather);
+            self.note_claimed_run(0, claim, gather);
         }
         if !self.format.is_present(raw) {
             return 0;
@@ -1861,6 +1865,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
             if claim.is_some() {
                 let t_iova = (iova & !(size - 1)) - ((idx as u64) << shift);
                 self.break_runs_over(t, level, idx, t_iova, range, gather);
+                self.note_claimed_run(level, claim, gather);
                 raw = slot.load(Ordering::Acquire);
             }
             if !self.format.is_present(raw) {
@@ -1935,12 +1940,18 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         if runs != 0 && (range.0 | range.1) & run_mask != 0 {
             let t_iova = iova - ((idx as u64) << shift);
             // `break_runs_over` only where a run claims the entry (its search, inline).
-            if self.run_last_over(t, level, runs, idx).is_some() {
+            let claim = self.run_last_over(t, level, runs, idx);
+            if claim.is_some() {
                 self.break_runs_over(t, level, idx, t_iova, range, gather);
+                self.note_claimed_run(level, claim, gather);
             }
             let last = idx + n - 1;
-            if last != idx && self.run_last_over(t, level, runs, last).is_some() {
-                self.break_runs_over(t, level, last, t_iova, range, gather);
+            if last != idx {
+                let claim = self.run_last_over(t, level, runs, last);
+                if claim.is_some() {
+                    self.break_runs_over(t, level, last, t_iova, range, gather);
+                    self.note_claimed_run(level, claim, gather);
+                }
             }
         }
         // SAFETY: `idx + i` indexes the live table `t` for `i < n` (see above).
@@ -1954,8 +1965,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
             let raw = slot(i).load(Ordering::Acquire);
             let present = self.format.is_present(raw);
             if present && !self.format.is_table(level, raw) {
-                slot(i).store(0, Ordering::Release);
-                i += 1;
+                i = self.clear_leaf(t, level, idx, i, n, raw, gather);
                 continue;
             }
             if i > run {
@@ -2064,6 +2074,88 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         cleared << shift
     }
 
+    /// Clears the present leaf `raw`, entry `first + i` of the live table `t` at `level` (1 or
+    /// more), in a stretch of entries `first..first + n` that `clear_stretch` or
+    /// `unmap_blocks` clears and records; returns the index past what it cleared. A leaf of a
+    /// run that is one page of the run's size (AMD-Vi v1's Next Level 7, which `clear_fours`
+    /// leaves to this) gets that size named in `gather` (runs the range cuts are broken
+    /// before, so the range holds this one whole), and the rest of the run in the stretch is
+    /// cleared with it (`clear_sized_runs`: a 512 MiB page is 256 level-1 entries).
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn clear_leaf(
+        &self,
+        t: Table,
+        level: u32,
+        first: usize,
+        i: usize,
+        n: usize,
+        raw: u64,
+        gather: &mut Gather,
+    ) -> usize {
+        if self.sized_runs_at(level) && self.contiguous_span_log2(level, raw) != 0 {
+            return self.clear_sized_runs(t, level, first, i, n, raw, gather);
+        }
+        // SAFETY: callers pass an entry of the live table `t`.
+        unsafe { t.slot(first + i) }.store(0, Ordering::Release);
+        i + 1
+    }
+
+    /// [`Self::clear_leaf`] from the run leaf `raw` at `i` on: names the run's size, clears
+    /// the run four at a time and the rest of it (fewer than four) one by one, then the runs
+    /// right after it the same way (a mixed range's blocks are runs of growing sizes), up to
+    /// the first entry that is not a present run leaf. Returns the index past the last entry
+    /// it cleared (more than `i`).
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn clear_sized_runs(
+        &self,
+        t: Table,
+        level: u32,
+        first: usize,
+        i: usize,
+        n: usize,
+        raw: u64,
+        gather: &mut Gather,
+    ) -> usize {
+        // SAFETY: callers pass entries `first + i` with `i < n` of the live table `t`.
+        let slot = |i: usize| unsafe { t.slot(first + i) };
+        let shift = self.geo().level_shift(level);
+        let (mut at, mut raw) = (i, raw);
+        loop {
+            let r_log2 = self.contiguous_span_log2(level, raw);
+            if r_log2 == 0 {
+                break;
+            }
+            self.note_run_page(gather, shift + r_log2);
+            // Runs are aligned in the table: the run ends at the next multiple.
+            let end = (((first + at) | ((1 << r_log2) - 1)) + 1 - first).min(n);
+            at = self.clear_fours_of(t, level, first, at, end, false);
+            while at < end {
+                let e = slot(at).load(Ordering::Acquire);
+                if !self.format.is_present(e) || self.format.is_table(level, e) {
+                    break;
+                }
+                slot(at).store(0, Ordering::Release);
+                at += 1;
+            }
+            if at != end || at == n {
+                break;
+            }
+            raw = slot(at).load(Ordering::Acquire);
+            if !self.format.is_present(raw) || self.format.is_table(level, raw) {
+                break;
+            }
+        }
+        if at == i {
+            // The caller read entry `i` as a present leaf of its range, which no other thread
+            // changes: cleared as the caller would clear it.
+            slot(i).store(0, Ordering::Release);
+            at += 1;
+        }
+        at
+    }
+
     /// Clears entries `first + i ..` of the live table `t` at `level` (callers pass entries of
     /// it, `i <= n`) four at a time while all four are present leaves (rule 6: a plain store of
     /// 0 each, in entry order, each entry read before it is cleared as entry by entry); returns
@@ -2074,20 +2166,44 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     /// at level 0 first eight at a time (`and_of_eight`: on x86-64 each load is the operand
     /// of the AND, 2.6 instructions per entry with the store and the loop's).
     #[inline(always)]
-    fn clear_fours(&self, t: Table, level: u32, first: usize, mut i: usize, n: usize) -> usize {
+    fn clear_fours(&self, t: Table, level: u32, first: usize, i: usize, n: usize) -> usize {
+        // Where a leaf of a run is a page of the run's size (AMD-Vi v1's Next Level 7), the
+        // caller names that size in the gather (`clear_leaves`, `clear_leaf`): here only fours
+        // without such a leaf (a run leaf of a hint-bit format needs nothing recorded but its
+        // range). Before, such a format cleared every leaf entry by entry (issue 18: AMD-Vi v1
+        // unmapped 256 x 4K in 3,739 instructions against VT-d's 1,533).
+        self.clear_fours_of(t, level, first, i, n, self.sized_runs_at(level))
+    }
+
+    /// Whether a run leaf at `level` is a page of the run's size (AMD-Vi v1's Next Level 7:
+    /// a format without a hint bit that has runs there), which a gather must name.
+    #[inline(always)]
+    fn sized_runs_at(&self, level: u32) -> bool {
+        self.format.contiguous_bit() == 0
+            && match level {
+                0 => self.leaf_runs != 0,
+                _ => self.format.contiguous_runs(level) != 0,
+            }
+    }
+
+    /// [`Self::clear_fours`], stopping at a four that holds a run leaf if `sized_runs`.
+    #[inline(always)]
+    fn clear_fours_of(
+        &self,
+        t: Table,
+        level: u32,
+        first: usize,
+        mut i: usize,
+        n: usize,
+        sized_runs: bool,
+    ) -> usize {
         // SAFETY: callers pass entries of the live table `t`.
         let slot = |i: usize| unsafe { t.slot(first + i) };
         let Some(mask) = self.format.present_mask() else {
             return i;
         };
         let leaf = |raw: u64| !(level > 0 && self.format.is_table(level, raw));
-        // Where a leaf of a run at level 0 is a page of the run's size (AMD-Vi v1's Next Level
-        // 7), `clear_leaves` names that size in the gather entry by entry: here only fours
-        // without such a leaf (a run leaf of a hint-bit format needs nothing recorded but its
-        // range). Before, such a format cleared every leaf entry by entry (issue 18: AMD-Vi v1
-        // unmapped 256 x 4K in 3,739 instructions against VT-d's 1,533).
-        let sized_runs = level == 0 && self.leaf_runs != 0 && self.format.contiguous_bit() == 0;
-        let stands_alone = |raw: u64| !sized_runs || self.format.leaf_run_log2(0, raw) == 0;
+        let stands_alone = |raw: u64| !sized_runs || self.format.leaf_run_log2(level, raw) == 0;
         if level == 0 && !sized_runs {
             // Leaves eight at a time while all eight have the mask's lowest bit (`all_present`'s
             // first test; every leaf at level 0 is one); the first eight without it is looked at
@@ -2165,6 +2281,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         let mut broken = false;
         if claim.is_some() {
             (raw, broken) = self.break_runs_at(t, 1, idx, iova, gather);
+            self.note_claimed_run(1, claim, gather);
         }
         if !self.format.is_present(raw) {
             return Ok(0);
@@ -2208,8 +2325,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
             let raw = slot(i).load(Ordering::Acquire);
             let table = self.format.is_present(raw) && self.format.is_table(1, raw);
             if self.format.is_present(raw) && !table {
-                slot(i).store(0, Ordering::Release);
-                i += 1;
+                i = self.clear_leaf(t, 1, first, i, n, raw, gather);
                 continue;
             }
             if i > run {
@@ -2372,8 +2488,6 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         let t_iova = iova - ((idx as u64) << shift);
         // An entry at `iova` lies below the end of the input space (the callers' checks).
         let range = (iova, iova + (1u64 << shift));
-        // SAFETY: `idx` indexes the live table `t`.
-        race_window(unsafe { t.slot(idx) });
         let broken = self.break_runs_over(t, level, idx, t_iova, range, gather);
         // SAFETY: `idx` indexes the live table `t`.
         (unsafe { t.slot(idx) }.load(Ordering::Acquire), broken)
@@ -2394,6 +2508,8 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     ) -> bool {
         let shift = self.geo().level_shift(level);
         let mut broken = false;
+        // SAFETY: callers pass an entry `e` of the live table `t`.
+        race_window(unsafe { t.slot(e) });
         // Each break leaves the run's last leaf alone: at most one per run size.
         for _ in 0..usize::BITS {
             let Some((last, raw)) = self.run_last_over_any(t, level, self.runs_at(level), e) else {
@@ -2427,8 +2543,10 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         let range = (iova, iova + len);
         let runs = self.runs_at(level);
         for e in [first, last] {
-            if self.run_last_over(t, level, runs, e).is_some() {
+            let claim = self.run_last_over(t, level, runs, e);
+            if claim.is_some() {
                 self.break_runs_over(t, level, e, t_iova, range, gather);
+                self.note_claimed_run(level, claim, gather);
             }
         }
     }

@@ -11,7 +11,8 @@ use super::sync::{AtomicU64, Ordering};
 use super::vtd_ss::{VtdSs, VtdSsConfig};
 use super::{Format, InvalidationComplete, PageTable, Prot};
 use crate::mem::WalkerCoherency;
-use core::cell::Cell;
+use core::cell::{Cell, RefCell};
+use std::vec::Vec;
 
 pub(crate) use crate::sim::arena::Arena as TestAlloc;
 use crate::sim::arena::ArenaConfig;
@@ -122,5 +123,67 @@ pub(super) fn rewrite_if_asked(slot: &AtomicU64) {
     let (at, bits) = REWRITE.with(Cell::get);
     if at == core::ptr::from_ref(slot) as usize {
         slot.fetch_xor(bits, Ordering::AcqRel);
+    }
+}
+
+/// What `with_other_cpu_at` asked for: the entry (its address; 0: none), the stores, as
+/// (entry, value), and whether they were made.
+#[derive(Default)]
+struct OtherCpu {
+    at: usize,
+    stores: Vec<(*const AtomicU64, u64)>,
+    made: bool,
+}
+
+std::thread_local! {
+    static OTHER_CPU: RefCell<OtherCpu> = const {
+        RefCell::new(OtherCpu {
+            at: 0,
+            stores: Vec::new(),
+            made: false,
+        })
+    };
+}
+
+/// Runs `f`; the first time this thread is about to break the run over the entry at `slot`
+/// or to compare-and-swap it during `f` (`table::race_window`), another CPU is taken to have
+/// just made its `stores` first (each a release store of the value into the entry): a break of a run that another unmap of it completes between this call's two
+/// looks. Returns what `f` returned and whether the stores were made.
+///
+/// # Safety
+///
+/// Each entry in `stores` is one of a table that stays live while `f` runs.
+pub(crate) unsafe fn with_other_cpu_at<R>(
+    slot: usize,
+    stores: &[(*const AtomicU64, u64)],
+    f: impl FnOnce() -> R,
+) -> (R, bool) {
+    OTHER_CPU.with(|o| {
+        *o.borrow_mut() = OtherCpu {
+            at: slot,
+            stores: stores.to_vec(),
+            made: false,
+        }
+    });
+    let r = f();
+    let made = OTHER_CPU.with(|o| core::mem::take(&mut *o.borrow_mut()).made);
+    (r, made)
+}
+
+/// `table::race_window`'s second hook: makes the stores `with_other_cpu_at` asked for, once,
+/// if `slot` is its entry.
+pub(super) fn other_cpu_if_asked(slot: &AtomicU64) {
+    let stores = OTHER_CPU.with(|o| {
+        let mut o = o.borrow_mut();
+        if o.at == 0 || o.at != core::ptr::from_ref(slot) as usize || o.made {
+            return Vec::new();
+        }
+        o.made = true;
+        core::mem::take(&mut o.stores)
+    });
+    for (entry, value) in stores {
+        // SAFETY: the entries stay live while `with_other_cpu_at`'s `f` runs (its contract),
+        // and only then does this hook find them (it empties the list when `f` returns).
+        unsafe { &*entry }.store(value, Ordering::Release);
     }
 }
