@@ -23,6 +23,8 @@
 //!   KiB that never cross the stack); the header gives each call's deepest stack, which
 //!   `tests/linux_module.rs` measures and holds.
 
+#[cfg(all(test, feature = "sim"))]
+mod copy_tests;
 mod dirty;
 mod env;
 mod fault;

@@ -28,7 +28,7 @@ const OK: i32 = IeStatus::Ok as i32;
 const BUSY: i32 = IeStatus::Busy as i32;
 
 /// An arena, its allocator and the pages it holds before any object is made.
-fn arena() -> (*mut IeSimArena, IeEnv) {
+pub(super) fn arena() -> (*mut IeSimArena, IeEnv) {
     let mut arena = null_mut();
     // SAFETY: `arena` is writable.
     assert_eq!(unsafe { ie_sim_arena_create(4 << 20, &mut arena) }, OK);
@@ -72,7 +72,7 @@ unsafe fn with_context(env: &IeEnv, unit: *mut IeUnit) {
 }
 
 /// A model the C ABI simulates, with what its ID registers report.
-enum Sim {
+pub(super) enum Sim {
     Vtd(IeSimVtdConfig),
     AmdVi,
     Smmu(IeSimSmmuConfig),
@@ -84,7 +84,7 @@ enum Sim {
 ///
 /// # Safety
 /// `arena` is live and `env` its allocator.
-unsafe fn sim_unit(
+pub(super) unsafe fn sim_unit(
     arena: *mut IeSimArena,
     env: &IeEnv,
     sim: Sim,
@@ -134,7 +134,7 @@ unsafe fn sim_unit(
 ///
 /// # Safety
 /// The handles are [`sim_unit`]'s, nothing else uses them.
-unsafe fn release_sim_unit(
+pub(super) unsafe fn release_sim_unit(
     arena: *mut IeSimArena,
     model: *mut IeSimModel,
     unit: *mut IeUnit,

@@ -102,7 +102,7 @@ mod record;
 mod registry;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub use ctx::{DeviceInfo, IncoherentDmaGrant, IoasidCtx, BIND_HINTS, NO_HINTS, NO_SNOOP_DECLARED};
 pub use direct::{DirectRegion, MAX_DIRECT_PER_IOASID, MAX_DIRECT_REGIONS};

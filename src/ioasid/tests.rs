@@ -1832,7 +1832,7 @@ fn with_copy_src_and_dst(f: impl FnOnce(&IoasidCtx<'_, '_, TestAlloc>, IoasidId,
 /// Runs `copy` on a thread of its own, paused at `point` (`copy_pause`: it holds no lock of the
 /// context there), runs `meanwhile` on this thread, lets the copy go on and returns both
 /// answers. `meanwhile` must not panic (no assertion): the copy would be left waiting.
-fn copy_paused_at<R: Send, T>(
+pub(crate) fn copy_paused_at<R: Send, T>(
     point: &'static str,
     copy: impl FnOnce() -> R + Send,
     meanwhile: impl FnOnce() -> T,
