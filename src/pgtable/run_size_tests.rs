@@ -18,6 +18,7 @@ use super::*;
 use crate::mem::{Iova, PhysAddr};
 
 const K64: u64 = 1 << 16;
+const M4: u64 = 1 << 22;
 const M8: u64 = 1 << 23;
 const IOVA: u64 = G1;
 const PA: u64 = 4 * G1;
@@ -223,6 +224,38 @@ fn block_run_cleared_whole_names_its_size_amd_v1() {
             g.page_sizes() & M8,
             0,
             "{what}: the unmap cleared an 8 MiB Next Level 7 page whole, but its gather names \
+             only the page sizes {:#x}",
+            g.page_sizes()
+        );
+        g.release(t.allocator(), done()).unwrap();
+    }
+}
+
+/// (b) without the range's ends: a 4 MiB page in the middle of the range (a 2 MiB block before
+/// it, an 8 MiB page after it), which neither end's run search reaches, is named by the
+/// clearing loop itself (`clear_leaf`), on the level-1 fast path and in the general walk
+/// (review of 34e789c: the test above passes without `clear_leaf`, its page being at an end).
+#[test]
+fn block_run_inside_the_range_names_its_size_amd_v1() {
+    for (start, len, what) in [
+        (IOVA + M2, 7 * M2, "level-1 fast path"),
+        (IOVA + M2 - K4, K4 + 7 * M2, "general walk"),
+    ] {
+        let t = amd_v1();
+        t.map(Iova::new(start), PhysAddr::new(PA + start - IOVA), len, RW)
+            .unwrap();
+        let page = entries(&t, IOVA + M4, M4, M2);
+        assert!(
+            page.iter()
+                .all(|&(_, raw)| t.format().leaf_run_log2(1, raw) == 1),
+            "{what}: the map wrote a 4 MiB page"
+        );
+        let mut g = Gather::new();
+        assert_eq!(t.unmap(Iova::new(start), len, &mut g), Ok(len), "{what}");
+        assert_ne!(
+            g.page_sizes() & M4,
+            0,
+            "{what}: the unmap cleared a 4 MiB Next Level 7 page whole, but its gather names \
              only the page sizes {:#x}",
             g.page_sizes()
         );
