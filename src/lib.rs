@@ -145,4 +145,5 @@ pub mod pgtable;
 #[cfg(feature = "sim")]
 pub mod sim;
 pub mod smmuv3;
+mod sync;
 pub mod vtd;

@@ -147,7 +147,7 @@ pub struct Domain<A: PageAllocator> {
     /// `DomainID`.
     pub domain_id: u16,
     /// What a failed flush still owes (ranges and the pages waiting for them).
-    pub owed: spin::Mutex<Gather>,
+    pub owed: crate::sync::Mutex<Gather>,
     /// Built with dirty tracking (a v1 table whose leaves take `D`, EFR `HDSup`).
     pub dirty: bool,
     /// Dirty tracking is on: the entries of the domain's devices have `HAD` 11b.
@@ -182,7 +182,7 @@ impl<A: PageAllocator> Domain<A> {
         *slot = Some(Self {
             table,
             domain_id,
-            owed: spin::Mutex::new(Gather::new()),
+            owed: crate::sync::Mutex::new(Gather::new()),
             dirty,
             tracking: AtomicBool::new(dirty),
         });

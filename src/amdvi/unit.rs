@@ -206,18 +206,18 @@ pub struct AmdViUnit<W: RegisterWindow, A: PageAllocator, const DOMAINS: usize =
     pub(crate) regs: W,
     pub(crate) alloc: A,
     pub(crate) info: UnitInfo,
-    pub(crate) config: spin::Mutex<ConfigState>,
-    pub(crate) domains: [spin::RwLock<Option<Domain<A>>>; DOMAINS],
-    pub(crate) cmd: spin::Mutex<Option<CommandBuffer>>,
+    pub(crate) config: crate::sync::Mutex<ConfigState>,
+    pub(crate) domains: [crate::sync::RwLock<Option<Domain<A>>>; DOMAINS],
+    pub(crate) cmd: crate::sync::Mutex<Option<CommandBuffer>>,
     /// The gather of a reclaim (112 bytes, which a kernel stack should not carry under the
     /// flush): locked only by `reclaim`, under the configuration lock (so never contended);
     /// empty whenever it is unlocked.
-    pub(crate) reclaim_gather: spin::Mutex<crate::pgtable::Gather>,
+    pub(crate) reclaim_gather: crate::sync::Mutex<crate::pgtable::Gather>,
     /// The gather of a failed map's undo (`undo_map`), for the same reason: locked only
     /// there, before any other lock of the unit (undos serialize); empty whenever it is
     /// unlocked.
-    pub(crate) undo_gather: spin::Mutex<crate::pgtable::Gather>,
-    pub(crate) events: spin::Mutex<Option<EventLog>>,
+    pub(crate) undo_gather: crate::sync::Mutex<crate::pgtable::Gather>,
+    pub(crate) events: crate::sync::Mutex<Option<EventLog>>,
     /// The 128-bit store a live device table entry needs (checked in `new`).
     pub(crate) cx16: Store128,
 }
@@ -289,15 +289,17 @@ impl<W: RegisterWindow, A: PageAllocator, const DOMAINS: usize> AmdViUnit<W, A, 
             addr_of_mut!((*cfg).get_mut().devtab).write(devtab);
             // An array is laid out as `DOMAINS` consecutive elements (the Reference, "Type
             // layout"): each is written in turn.
-            let domains = addr_of_mut!((*p).domains).cast::<spin::RwLock<Option<Domain<A>>>>();
+            let domains =
+                addr_of_mut!((*p).domains).cast::<crate::sync::RwLock<Option<Domain<A>>>>();
             for i in 0..DOMAINS {
-                domains.add(i).write(spin::RwLock::new(None));
+                domains.add(i).write(crate::sync::RwLock::new(None));
             }
-            addr_of_mut!((*p).cmd).write(spin::Mutex::new(None));
+            addr_of_mut!((*p).cmd).write(crate::sync::Mutex::new(None));
             addr_of_mut!((*p).reclaim_gather)
-                .write(spin::Mutex::new(crate::pgtable::Gather::new()));
-            addr_of_mut!((*p).undo_gather).write(spin::Mutex::new(crate::pgtable::Gather::new()));
-            addr_of_mut!((*p).events).write(spin::Mutex::new(None));
+                .write(crate::sync::Mutex::new(crate::pgtable::Gather::new()));
+            addr_of_mut!((*p).undo_gather)
+                .write(crate::sync::Mutex::new(crate::pgtable::Gather::new()));
+            addr_of_mut!((*p).events).write(crate::sync::Mutex::new(None));
             addr_of_mut!((*p).cx16).write(cx16);
         }
         Ok(())
@@ -713,7 +715,7 @@ impl ConfigState {
     /// from read-only data rather than from a temporary built on the stack.
     // Each use is a fresh value written once into a new object: no lock is shared.
     #[allow(clippy::declare_interior_mutable_const)]
-    const EMPTY: spin::Mutex<Self> = spin::Mutex::new(ConfigState {
+    const EMPTY: crate::sync::Mutex<Self> = crate::sync::Mutex::new(ConfigState {
         devtab: DeviceTable::PLACEHOLDER,
         attachments: [None; MAX_ATTACHMENTS],
         used: 0,

@@ -35,7 +35,7 @@ pub(super) struct RegistryObj {
 
 pub(super) struct CtxObj {
     // Declared first so that grants (which borrow `ctx`) drop before it.
-    grants: spin::Mutex<[Option<IncoherentDmaGrant<'static>>; MAX_DEVICES]>,
+    grants: crate::sync::Mutex<[Option<IncoherentDmaGrant<'static>>; MAX_DEVICES]>,
     pub(super) ctx: IoasidCtx<'static, 'static, CEnv>,
     registry: NonNull<Obj<RegistryObj>>,
 }
@@ -233,7 +233,8 @@ pub unsafe extern "C" fn ie_ctx_create(
             // SAFETY: `slot` is writable and aligned (`create_with`); each field is written
             // once, in place, so the context never exists on the stack as part of a `CtxObj`.
             unsafe {
-                addr_of_mut!((*slot).grants).write(spin::Mutex::new([const { None }; MAX_DEVICES]));
+                addr_of_mut!((*slot).grants)
+                    .write(crate::sync::Mutex::new([const { None }; MAX_DEVICES]));
                 addr_of_mut!((*slot).registry).write(NonNull::from(reg));
                 IoasidCtx::init_in_place(
                     NonNull::new_unchecked(addr_of_mut!((*slot).ctx)),

@@ -89,7 +89,7 @@ pub(super) struct Ioasid<'a, A: PageAllocator> {
     pub(super) flags: IoasidFlags,
     pub(super) record: PageTable<Record, &'a A>,
     pub(super) domains: [Option<UnitDomain>; MAX_UNITS],
-    pub(super) reservations: spin::Mutex<[Option<IovaRange>; MAX_IOVA_RESERVATIONS]>,
+    pub(super) reservations: crate::sync::Mutex<[Option<IovaRange>; MAX_IOVA_RESERVATIONS]>,
     /// Invalidations a unit has not confirmed, per slot of `domains`.
     pub(super) pending: Pending,
     /// Where unmaps may have left tables empty since the last reclaim.
@@ -126,7 +126,7 @@ impl<'a, A: PageAllocator> Ioasid<'a, A> {
             flags,
             record,
             domains: [None; MAX_UNITS],
-            reservations: spin::Mutex::new([None; MAX_IOVA_RESERVATIONS]),
+            reservations: crate::sync::Mutex::new([None; MAX_IOVA_RESERVATIONS]),
             pending: Pending::new(),
             reclaim: ReclaimLog::new(),
             direct: [None; MAX_DIRECT_PER_IOASID],
@@ -245,7 +245,7 @@ impl<'a, A: PageAllocator> State<'a, A> {
     /// read-only data rather than from a 30 KiB temporary built on the stack.
     // Each use is a fresh value written once into a new object: no lock is shared.
     #[allow(clippy::declare_interior_mutable_const)]
-    const EMPTY: spin::RwLock<Self> = spin::RwLock::new(State {
+    const EMPTY: crate::sync::RwLock<Self> = crate::sync::RwLock::new(State {
         ctx: 0,
         devices: [const { None }; MAX_DEVICES],
         ioasids: [const { None }; MAX_IOASIDS],
@@ -310,11 +310,11 @@ pub struct IoasidCtx<'r, 'a, A: PageAllocator> {
     pub(super) alloc: &'a A,
     pub(super) id: u32,
     pub(super) pasid_quota: u32,
-    pub(super) state: spin::RwLock<State<'a, A>>,
+    pub(super) state: crate::sync::RwLock<State<'a, A>>,
     grants: [AtomicU32; MAX_DEVICES],
     /// I/O page faults of the context's devices (`fault.rs`), closed until
     /// [`IoasidCtx::fault_queue_alloc`]. Taken after `state`, never before.
-    pub(super) faults: spin::Mutex<FaultQueue<MAX_FAULTS>>,
+    pub(super) faults: crate::sync::Mutex<FaultQueue<MAX_FAULTS>>,
     /// The gather of the unmaps made under the state's write lock (the direct regions a
     /// detach leaves without users, `direct.rs`), and of a refused map's undo
     /// (`roll_back_map`, under either lock): empty whenever it is unlocked. Under the write
@@ -322,7 +322,7 @@ pub struct IoasidCtx<'r, 'a, A: PageAllocator> {
     /// after `state` and before an IOASID's owed invalidations and any unit's lock; nothing
     /// holding it takes it again or takes `state`. Not on the stack, where it would be under
     /// the units' unmaps and flushes (the kernel-stack bound of the C ABI).
-    pub(super) unmap_gather: spin::Mutex<Gather>,
+    pub(super) unmap_gather: crate::sync::Mutex<Gather>,
 }
 
 impl<A: PageAllocator> core::fmt::Debug for IoasidCtx<'_, '_, A> {
@@ -415,11 +415,11 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
             }
             // Copied from a constant (no 4 KiB temporary on the stack), then tagged.
             #[allow(clippy::declare_interior_mutable_const)]
-            const NO_FAULTS: spin::Mutex<FaultQueue<MAX_FAULTS>> =
-                spin::Mutex::new(FaultQueue::new(0));
+            const NO_FAULTS: crate::sync::Mutex<FaultQueue<MAX_FAULTS>> =
+                crate::sync::Mutex::new(FaultQueue::new(0));
             let faults = addr_of_mut!((*p).faults);
             faults.write(NO_FAULTS);
-            addr_of_mut!((*p).unmap_gather).write(spin::Mutex::new(Gather::new()));
+            addr_of_mut!((*p).unmap_gather).write(crate::sync::Mutex::new(Gather::new()));
             (*faults)
                 .get_mut()
                 .retag(FaultQueue::<MAX_FAULTS>::tag_for(id));

@@ -58,7 +58,7 @@ macro_rules! flush_owed {
 
 /// The unconfirmed invalidations of one IOASID, one gather per domain slot.
 pub(super) struct Pending {
-    gathers: spin::Mutex<[Gather; MAX_UNITS]>,
+    gathers: crate::sync::Mutex<[Gather; MAX_UNITS]>,
     /// Bit `n` set: slot `n` holds a gather. Lets maps and unmaps skip the lock when nothing
     /// is owed (the common case).
     mask: AtomicU32,
@@ -67,7 +67,7 @@ pub(super) struct Pending {
 impl Pending {
     pub(super) const fn new() -> Self {
         Self {
-            gathers: spin::Mutex::new([const { Gather::new() }; MAX_UNITS]),
+            gathers: crate::sync::Mutex::new([const { Gather::new() }; MAX_UNITS]),
             mask: AtomicU32::new(0),
         }
     }

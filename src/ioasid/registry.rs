@@ -42,7 +42,7 @@ pub struct Leaked {
 /// not inside it but borrowed, typically from a `static` (see [`PasidAllocator::new`]).
 pub struct Registry<'a> {
     units: [Option<&'a dyn Iommu>; MAX_UNITS],
-    owners: spin::Mutex<[Option<(DeviceLabel, u32)>; MAX_BOUND]>,
+    owners: crate::sync::Mutex<[Option<(DeviceLabel, u32)>; MAX_BOUND]>,
     pasids: &'a PasidAllocator,
     next_ctx: AtomicU32,
     leaked: [AtomicU64; 3],
@@ -107,8 +107,8 @@ impl<'a> Registry<'a> {
         /// No device bound. Only ever copied into a new registry, never used in place: the
         /// interior mutability is the copy's.
         #[allow(clippy::declare_interior_mutable_const)]
-        const NO_OWNERS: spin::Mutex<[Option<(DeviceLabel, u32)>; MAX_BOUND]> =
-            spin::Mutex::new([None; MAX_BOUND]);
+        const NO_OWNERS: crate::sync::Mutex<[Option<(DeviceLabel, u32)>; MAX_BOUND]> =
+            crate::sync::Mutex::new([None; MAX_BOUND]);
         let p = slot.as_ptr();
         // SAFETY: the caller guarantees `slot` is writable and aligned; each field is written
         // exactly once.

@@ -64,7 +64,7 @@ pub(crate) struct Batch<'q, W: RegisterWindow, A: PageAllocator> {
     q: &'q mut CommandQueue<A>,
     regs: &'q W,
     /// The unit's buffer; the first `len` commands are pending.
-    staging: spin::MutexGuard<'q, CommandStaging>,
+    staging: crate::sync::MutexGuard<'q, CommandStaging>,
     len: usize,
 }
 
@@ -73,7 +73,7 @@ impl<'q, W: RegisterWindow, A: PageAllocator> Batch<'q, W, A> {
     pub(crate) fn new(
         q: &'q mut CommandQueue<A>,
         regs: &'q W,
-        staging: &'q spin::Mutex<CommandStaging>,
+        staging: &'q crate::sync::Mutex<CommandStaging>,
     ) -> Self {
         Self {
             q,

@@ -134,14 +134,14 @@ pub(crate) struct Owed {
     whole_tag: AtomicBool,
     /// Unlinked tables that wait for it. Changed only together with `whole_tag`, under the
     /// lock.
-    pages: spin::Mutex<Gather>,
+    pages: crate::sync::Mutex<Gather>,
 }
 
 impl Owed {
     const fn new() -> Self {
         Self {
             whole_tag: AtomicBool::new(false),
-            pages: spin::Mutex::new(Gather::new()),
+            pages: crate::sync::Mutex::new(Gather::new()),
         }
     }
 

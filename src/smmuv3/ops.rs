@@ -33,7 +33,7 @@
 
 use core::sync::atomic::Ordering;
 
-use spin::RwLockWriteGuard;
+use crate::sync::RwLockWriteGuard;
 
 /// A domain slot, write-locked.
 type SlotGuard<'s, A> = RwLockWriteGuard<'s, Option<Domain<A>>>;

@@ -123,7 +123,7 @@ impl StallBook {
     /// read-only data rather than building it (1.3 KiB) on the stack.
     // Each use is a fresh value written once into a new unit: no lock is shared.
     #[allow(clippy::declare_interior_mutable_const)]
-    pub(crate) const EMPTY: spin::Mutex<Self> = spin::Mutex::new(Self::new());
+    pub(crate) const EMPTY: crate::sync::Mutex<Self> = crate::sync::Mutex::new(Self::new());
 
     pub(crate) const fn new() -> Self {
         Self {

@@ -33,7 +33,7 @@ use core::mem::MaybeUninit;
 use core::ptr::{addr_of_mut, NonNull};
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
-use spin::{Mutex, RwLock};
+use crate::sync::{Mutex, RwLock};
 
 use super::attach::CommandStaging;
 

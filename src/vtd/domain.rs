@@ -286,7 +286,7 @@ pub struct Domain<A: PageAllocator> {
     /// What a failed flush still owes: the ranges whose invalidation did not complete (issued
     /// again with the next flush of the domain) and table pages that wait for it (a map undone
     /// after its invalidation failed). Empty in the normal case.
-    pub owed: spin::Mutex<Gather>,
+    pub owed: crate::sync::Mutex<Gather>,
 }
 
 impl<A: PageAllocator> Domain<A> {
@@ -312,7 +312,7 @@ impl<A: PageAllocator> Domain<A> {
             supervisor: cfg.supervisor,
             input_bits,
             nest_parent: cfg.nest_parent,
-            owed: spin::Mutex::new(Gather::new()),
+            owed: crate::sync::Mutex::new(Gather::new()),
         };
         match choice {
             Choice::Second(c) => {

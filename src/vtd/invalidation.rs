@@ -191,7 +191,7 @@ pub(crate) struct Batch<'a, W: RegisterWindow + ?Sized> {
     params: BatchParams,
     counters: &'a Counters,
     /// The unit's staging buffer, locked for the batch's lifetime; the first `len` are pending.
-    staging: spin::MutexGuard<'a, Staging>,
+    staging: crate::sync::MutexGuard<'a, Staging>,
     len: usize,
     /// A device-TLB invalidation was pushed: the batch completes only when devices answer.
     device_tlb: bool,
@@ -204,7 +204,7 @@ impl<'a, W: RegisterWindow + ?Sized> Batch<'a, W> {
         inv: &'a mut Invalidator,
         params: BatchParams,
         counters: &'a Counters,
-        staging: spin::MutexGuard<'a, Staging>,
+        staging: crate::sync::MutexGuard<'a, Staging>,
     ) -> Self {
         Self {
             regs,

@@ -380,7 +380,7 @@ impl ConfigState {
     /// copies from read-only data rather than from a temporary built on the stack.
     // Each use is a fresh value written once into a new object: no lock is shared.
     #[allow(clippy::declare_interior_mutable_const)]
-    const EMPTY: spin::Mutex<Self> = spin::Mutex::new(ConfigState {
+    const EMPTY: crate::sync::Mutex<Self> = crate::sync::Mutex::new(ConfigState {
         root: RootTable::PLACEHOLDER,
         attachments: [None; MAX_ATTACHMENTS],
         used: 0,
@@ -476,31 +476,31 @@ pub struct VtdUnit<
     regs: W,
     alloc: A,
     info: UnitInfo,
-    config: spin::Mutex<ConfigState>,
-    domains: [spin::RwLock<Option<Domain<A>>>; DOMAINS],
-    inval: spin::Mutex<Invalidator>,
+    config: crate::sync::Mutex<ConfigState>,
+    domains: [crate::sync::RwLock<Option<Domain<A>>>; DOMAINS],
+    inval: crate::sync::Mutex<Invalidator>,
     /// The batches' descriptor buffer: locked only by a batch, under `inval`.
-    staging: spin::Mutex<Staging>,
+    staging: crate::sync::Mutex<Staging>,
     /// The plan of the flush in progress (280 bytes, which a kernel stack should not carry
     /// under the invalidation chain): locked only by `flush_locked`, under `inval`.
-    flush_plan: spin::Mutex<FlushPlan>,
+    flush_plan: crate::sync::Mutex<FlushPlan>,
     /// The gather of a reclaim (112 bytes, which a kernel stack should not carry under the
     /// invalidation chain): locked only by `reclaim_domain`, under the configuration lock
     /// (so never contended); empty whenever it is unlocked.
-    reclaim_gather: spin::Mutex<crate::pgtable::Gather>,
+    reclaim_gather: crate::sync::Mutex<crate::pgtable::Gather>,
     /// The gather of a failed map's undo (`undo_map`), for the same reason: locked only
     /// there, before any other lock of the unit; empty whenever it is unlocked.
-    undo_gather: spin::Mutex<crate::pgtable::Gather>,
+    undo_gather: crate::sync::Mutex<crate::pgtable::Gather>,
     /// The gather of a map's caching-mode invalidation (`flush_map`), for the same reason:
     /// locked only there, before any other lock of the unit (flushes serialize on the
     /// configuration lock anyway); empty whenever it is unlocked.
-    map_gather: spin::Mutex<crate::pgtable::Gather>,
+    map_gather: crate::sync::Mutex<crate::pgtable::Gather>,
     counters: Counters,
     /// The page request queue, once [`enable_page_requests`](Self::enable_page_requests).
-    prq: spin::Mutex<Option<PageRequestQueue>>,
+    prq: crate::sync::Mutex<Option<PageRequestQueue>>,
     /// Page group responses whose descriptor never reached the invalidation queue, so still
     /// owed (`Iommu::page_response_owed`): a leaf lock, taken under `inval` or alone.
-    unqueued: spin::Mutex<page_requests::Unqueued>,
+    unqueued: crate::sync::Mutex<page_requests::Unqueued>,
 }
 
 impl<W: RegisterWindow, A: PageAllocator + Clone> VtdUnit<W, A> {
@@ -574,29 +574,33 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
             addr_of_mut!((*config).get_mut().root).write(root);
             // An array is laid out as `DOMAINS` consecutive elements (the Reference, "Type
             // layout"): each is written in turn.
-            let domains = addr_of_mut!((*p).domains).cast::<spin::RwLock<Option<Domain<A>>>>();
+            let domains =
+                addr_of_mut!((*p).domains).cast::<crate::sync::RwLock<Option<Domain<A>>>>();
             for i in 0..DOMAINS {
-                domains.add(i).write(spin::RwLock::new(None));
+                domains.add(i).write(crate::sync::RwLock::new(None));
             }
-            addr_of_mut!((*p).inval).write(spin::Mutex::new(Invalidator::Off));
+            addr_of_mut!((*p).inval).write(crate::sync::Mutex::new(Invalidator::Off));
             // A constant, so that the 1 KiB buffer is copied straight into place, not built
             // on the stack first.
             // Only ever the initial value of the field, never borrowed.
             #[allow(clippy::declare_interior_mutable_const)]
-            const STAGING: spin::Mutex<Staging> = spin::Mutex::new(Staging::new());
+            const STAGING: crate::sync::Mutex<Staging> = crate::sync::Mutex::new(Staging::new());
             addr_of_mut!((*p).staging).write(STAGING);
             #[allow(clippy::declare_interior_mutable_const)]
-            const FLUSH_PLAN: spin::Mutex<FlushPlan> = spin::Mutex::new(FlushPlan::Nothing);
+            const FLUSH_PLAN: crate::sync::Mutex<FlushPlan> =
+                crate::sync::Mutex::new(FlushPlan::Nothing);
             addr_of_mut!((*p).flush_plan).write(FLUSH_PLAN);
             addr_of_mut!((*p).reclaim_gather)
-                .write(spin::Mutex::new(crate::pgtable::Gather::new()));
-            addr_of_mut!((*p).undo_gather).write(spin::Mutex::new(crate::pgtable::Gather::new()));
-            addr_of_mut!((*p).map_gather).write(spin::Mutex::new(crate::pgtable::Gather::new()));
+                .write(crate::sync::Mutex::new(crate::pgtable::Gather::new()));
+            addr_of_mut!((*p).undo_gather)
+                .write(crate::sync::Mutex::new(crate::pgtable::Gather::new()));
+            addr_of_mut!((*p).map_gather)
+                .write(crate::sync::Mutex::new(crate::pgtable::Gather::new()));
             addr_of_mut!((*p).counters).write(Counters::default());
-            addr_of_mut!((*p).prq).write(spin::Mutex::new(None));
+            addr_of_mut!((*p).prq).write(crate::sync::Mutex::new(None));
             #[allow(clippy::declare_interior_mutable_const)]
-            const UNQUEUED: spin::Mutex<page_requests::Unqueued> =
-                spin::Mutex::new(page_requests::Unqueued::EMPTY);
+            const UNQUEUED: crate::sync::Mutex<page_requests::Unqueued> =
+                crate::sync::Mutex::new(page_requests::Unqueued::EMPTY);
             addr_of_mut!((*p).unqueued).write(UNQUEUED);
         }
         Ok(())
@@ -831,7 +835,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
     pub(crate) fn domain_lock(
         &self,
         domain: DomainHandle,
-    ) -> Result<&spin::RwLock<Option<Domain<A>>>, iommu::Error> {
+    ) -> Result<&crate::sync::RwLock<Option<Domain<A>>>, iommu::Error> {
         let slot = self.slot(domain)?;
         self.domains
             .get(slot)

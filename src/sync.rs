@@ -1,0 +1,27 @@
+//! The locks of the crate: one name for each, whatever the build.
+//!
+//! Normally `spin`'s: `const` construction (contexts, units and their in-place constructors
+//! copy locked values from constants), no allocator, no operating system. A `--cfg loom` build
+//! (model checking, `tests/loom.rs`) takes them from `loom_locks`, over
+//! [`loom`](https://docs.rs/loom/0.7)'s scheduled locks: a `spin` lock spins on `core` atomics
+//! loom does not see, so a thread waiting for one would spin for ever where loom must switch to
+//! the holder. The atomics of table memory have their own switch, `pgtable/sync.rs`.
+//!
+//! The API is the part of `spin`'s the crate uses: `Mutex::{new, lock, try_lock, get_mut,
+//! into_inner}`, `RwLock::{new, read, write, try_write, upgradeable_read, get_mut}`,
+//! `RwLockUpgradableGuard::upgrade` and the guards. Everything else takes these names, never
+//! `spin::` (a `spin` lock under loom would hang a scenario, not fail it).
+
+#[cfg(not(loom))]
+#[allow(unused_imports)]
+pub(crate) use spin::{
+    Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockUpgradableGuard, RwLockWriteGuard,
+};
+
+#[cfg(loom)]
+mod loom_locks;
+#[cfg(loom)]
+#[allow(unused_imports)]
+pub(crate) use loom_locks::{
+    Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockUpgradableGuard, RwLockWriteGuard,
+};
