@@ -2,7 +2,7 @@
 //!
 //! Normally `spin`'s: `const` construction (contexts, units and their in-place constructors
 //! copy locked values from constants), no allocator, no operating system. A `--cfg loom` build
-//! (model checking, `tests/loom.rs`) takes them from `loom_locks`, over
+//! (model checking, `tests/loom.rs`, `tests/loom_ioasid.rs`) takes them from `loom_locks`, over
 //! [`loom`](https://docs.rs/loom/0.7)'s scheduled locks: a `spin` lock spins on `core` atomics
 //! loom does not see, so a thread waiting for one would spin for ever where loom must switch to
 //! the holder. The atomics of table memory have their own switch, `pgtable/sync.rs`.
