@@ -131,6 +131,13 @@ impl Gather {
     }
 
     /// Bit `n` set: a leaf of `1 << n` bytes was changed.
+    ///
+    /// A hint for invalidations that take a page size, not a bound on what a unit may still
+    /// cache: of AMD-Vi v1's Next Level 7 pages (one translation of the run's size), an unmap
+    /// that first looks after another CPU *finished* breaking the run finds stand-alone leaves
+    /// and names only their size, while a TLB may hold the run until that CPU's invalidation
+    /// completes. Invalidate AMD-Vi by address range (`INVALIDATE_IOMMU_PAGES` removes every
+    /// cached translation overlapping the range), as this crate's driver does.
     pub const fn page_sizes(&self) -> u64 {
         self.page_sizes
     }
