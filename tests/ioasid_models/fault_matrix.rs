@@ -1411,31 +1411,10 @@ impl<'r> Cell<'r> {
 
     /// What holds after every call, whatever it returned.
     fn invariants(&self, r: &Rig<'_, '_>, settled: bool) -> Result<(), String> {
-        let live = r.arena.live_pages();
-        let is_live = |addr: u64| {
-            live.iter()
-                .any(|&(p, log2)| addr >= p.get() && addr - p.get() < 1 << log2)
-        };
-        if let Some(addr) = r.vm.reachable().into_iter().find(|&a| !is_live(a)) {
-            return Err(format!("{addr:#x} reachable by the VT-d unit but freed"));
-        }
-        let reach = r.sm.reachable();
         // A nested child's CD table is the guest's, at an IPA the model's walk does not
         // translate: not the crate's memory.
         let guest = |a: u64| self.nested && (IPA_BASE..IPA_BASE + 6 * K4).contains(&a);
-        if let Some((addr, what)) = reach
-            .structures
-            .iter()
-            .find(|(a, _)| !is_live(*a) && !guest(*a))
-        {
-            return Err(format!(
-                "{what} at {addr:#x} reachable by the SMMUv3 but freed"
-            ));
-        }
-        let bad = r.arena.bad_frees();
-        if !bad.is_empty() {
-            return Err(format!("bad frees: {bad:?}"));
-        }
+        let reach = r.nothing_freed_is_reached(guest)?;
         let (vmids, asids) = r.smmu.tags_in_use();
         for &(vmid, asid) in &reach.tags {
             let held = match asid {

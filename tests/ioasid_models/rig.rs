@@ -5,7 +5,7 @@ use iommu_engine::ioasid::{DeviceLabel, PasidAllocator, Registry, UnitId};
 use iommu_engine::iommu::Source;
 use iommu_engine::iommu::{DeviceId, DomainHandle, Iommu};
 use iommu_engine::iopf::{FaultCookie, PageFault, QueuedFault};
-use iommu_engine::sim::smmuv3::{SmmuModel, SmmuModelConfig};
+use iommu_engine::sim::smmuv3::{Reach, SmmuModel, SmmuModelConfig};
 use iommu_engine::sim::vtd::{VtdModel, VtdModelConfig};
 use iommu_engine::sim::walk::Access;
 use iommu_engine::sim::{Arena, ArenaConfig};
@@ -163,6 +163,35 @@ pub fn smmu_dev(sid: u32) -> DeviceLabel {
 }
 
 impl Rig<'_, '_> {
+    /// No page a unit reaches (VT-d's structures, the SMMUv3's but those `foreign` names) is
+    /// back in the arena, and the arena saw no bad free. Returns what the SMMUv3 reaches, for
+    /// the callers' own checks of its cached tags.
+    pub fn nothing_freed_is_reached(&self, foreign: impl Fn(u64) -> bool) -> Result<Reach, String> {
+        let live = self.arena.live_pages();
+        let is_live = |addr: u64| {
+            live.iter()
+                .any(|&(p, log2)| addr >= p.get() && addr - p.get() < 1 << log2)
+        };
+        if let Some(addr) = self.vm.reachable().into_iter().find(|&a| !is_live(a)) {
+            return Err(format!("{addr:#x} reachable by the VT-d unit but freed"));
+        }
+        let reach = self.sm.reachable();
+        if let Some((addr, what)) = reach
+            .structures
+            .iter()
+            .find(|(a, _)| !is_live(*a) && !foreign(*a))
+        {
+            return Err(format!(
+                "{what} at {addr:#x} reachable by the SMMUv3 but freed"
+            ));
+        }
+        let bad = self.arena.bad_frees();
+        if !bad.is_empty() {
+            return Err(format!("bad frees: {bad:?}"));
+        }
+        Ok(reach)
+    }
+
     /// Pages the arena has handed out and not taken back.
     pub fn live(&self) -> usize {
         self.arena.live_pages().len()

@@ -197,24 +197,7 @@ fn left_in_memory(r: &Rig<'_, '_>, (iova, len): (u64, u64)) -> Vec<(UnitId, u64)
 /// No page back in the allocator while a unit reaches it, no bad free, no tag the units gave
 /// back still cached.
 fn invariants(r: &Rig<'_, '_>) -> Result<(), String> {
-    let live = r.arena.live_pages();
-    let is_live = |addr: u64| {
-        live.iter()
-            .any(|&(p, log2)| addr >= p.get() && addr - p.get() < 1 << log2)
-    };
-    if let Some(addr) = r.vm.reachable().into_iter().find(|&a| !is_live(a)) {
-        return Err(format!("{addr:#x} reachable by the VT-d unit but freed"));
-    }
-    let reach = r.sm.reachable();
-    if let Some((addr, what)) = reach.structures.iter().find(|(a, _)| !is_live(*a)) {
-        return Err(format!(
-            "{what} at {addr:#x} reachable by the SMMUv3 but freed"
-        ));
-    }
-    let bad = r.arena.bad_frees();
-    if !bad.is_empty() {
-        return Err(format!("bad frees: {bad:?}"));
-    }
+    let reach = r.nothing_freed_is_reached(|_| false)?;
     let (vmids, _) = r.smmu.tags_in_use();
     for &(vmid, _) in &reach.tags {
         if !vmids.is_used(vmid) {
