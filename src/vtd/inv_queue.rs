@@ -32,7 +32,7 @@
 #[cfg_attr(loom, allow(unused_imports))]
 use core::ptr::NonNull;
 #[cfg_attr(loom, allow(unused_imports))]
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use super::inv_desc::{Descriptor, WaitFlags};
 use super::regs::{self, clear_fsts, set_persistent, Fsts, Gsts, PersistentCommand};
@@ -601,11 +601,14 @@ impl QueueCore {
         } else {
             2
         };
-        let p = self.slot(index);
+        let p = self.slot(index).cast::<AtomicU64>();
         for (i, &w) in d.qw.iter().take(words).enumerate() {
             // SAFETY: `slot` points at a descriptor-aligned slot of `words` u64s inside the ring,
-            // which only this queue writes; volatile, as the unit reads it asynchronously.
-            unsafe { p.as_ptr().add(i).write_volatile(w) }
+            // a live page only this queue writes from the CPU; the unit reads it concurrently,
+            // so each word is one 64-bit atomic store. Relaxed: the doorbell's barrier
+            // (`doorbell64`: `dma_write_barrier` before the `IQT` write) orders them before the
+            // unit may fetch them.
+            unsafe { &*p.as_ptr().add(i) }.store(w, Ordering::Relaxed)
         }
     }
 
