@@ -1,10 +1,13 @@
 //! The rig every test runs on: one arena, a VT-d model and an SMMUv3 model over it, a driver
-//! unit on each (unit 0 is the VT-d unit, unit 1 the SMMUv3 unit) and a registry over both.
+//! unit on each (unit 0 is the VT-d unit, unit 1 the SMMUv3 unit) and a registry over both;
+//! with [`with_rig_amd`], an AMD-Vi model and unit too (unit 2).
 
+use iommu_engine::amdvi::{AmdViConfig, AmdViUnit};
 use iommu_engine::ioasid::{DeviceLabel, PasidAllocator, Registry, UnitId};
 use iommu_engine::iommu::Source;
 use iommu_engine::iommu::{DeviceId, DomainHandle, Iommu};
 use iommu_engine::iopf::{FaultCookie, PageFault, QueuedFault};
+use iommu_engine::sim::amdvi::{AmdViModel, AmdViModelConfig};
 use iommu_engine::sim::smmuv3::{Reach, SmmuModel, SmmuModelConfig};
 use iommu_engine::sim::vtd::{VtdModel, VtdModelConfig};
 use iommu_engine::sim::walk::Access;
@@ -19,6 +22,8 @@ pub const M2: u64 = 1 << 21;
 pub const VTD: UnitId = UnitId(0);
 /// The SMMUv3 unit's place in the registry.
 pub const SMMU: UnitId = UnitId(1);
+/// The AMD-Vi unit's place in the registry ([`with_rig_amd`] only).
+pub const AMD: UnitId = UnitId(2);
 
 /// 00:04.0 and 00:05.0 behind the VT-d unit.
 pub const RID_A: u32 = 0x20;
@@ -30,6 +35,7 @@ pub const SID_C: u32 = 0x400;
 
 pub type Vtd<'a> = VtdUnit<&'a VtdModel<'a>, &'a Arena>;
 pub type Smmu<'a> = SmmuUnit<&'a SmmuModel<'a>, &'a Arena>;
+pub type Amd<'a> = AmdViUnit<&'a AmdViModel<'a>, &'a Arena, 16>;
 
 /// How the VT-d side is built.
 #[derive(Clone, Copy)]
@@ -93,6 +99,13 @@ impl SmmuSetup {
     }
 }
 
+/// How the AMD-Vi side is built ([`with_rig_amd`]).
+#[derive(Clone, Copy)]
+pub struct AmdSetup {
+    pub model: AmdViModelConfig,
+    pub unit: AmdViConfig,
+}
+
 /// Everything a test needs, borrowed from [`with_rig`]'s frame.
 pub struct Rig<'a, 'm> {
     pub arena: &'m Arena,
@@ -100,16 +113,40 @@ pub struct Rig<'a, 'm> {
     pub sm: &'m SmmuModel<'m>,
     pub vtd: &'a Vtd<'m>,
     pub smmu: &'a Smmu<'m>,
+    /// The AMD-Vi model and unit ([`with_rig_amd`] only).
+    pub am: Option<&'m AmdViModel<'m>>,
+    pub amd: Option<&'a Amd<'m>>,
     pub reg: &'a Registry<'a>,
 }
 
 /// Builds the rig, enables both units, clears the models' counters and runs `f`.
 pub fn with_rig<R>(v: VtdSetup, s: SmmuSetup, f: impl FnOnce(&Rig<'_, '_>) -> R) -> R {
+    with_units(v, s, None, f)
+}
+
+/// As [`with_rig`], with an AMD-Vi unit on its model as unit 2 ([`AMD`]).
+pub fn with_rig_amd<R>(
+    v: VtdSetup,
+    s: SmmuSetup,
+    a: AmdSetup,
+    f: impl FnOnce(&Rig<'_, '_>) -> R,
+) -> R {
+    with_units(v, s, Some(a), f)
+}
+
+fn with_units<R>(
+    v: VtdSetup,
+    s: SmmuSetup,
+    a: Option<AmdSetup>,
+    f: impl FnOnce(&Rig<'_, '_>) -> R,
+) -> R {
     let arena = Arena::new(ArenaConfig {
         base_pa: 0x1_0000_0000,
         capacity: 64 << 20,
     })
     .expect("arena");
+    // Declared before the units: every one of them borrows the models for as long.
+    let am = a.map(|a| AmdViModel::new(&arena, a.model));
     let vm = VtdModel::new(&arena, v.model);
     let sm = SmmuModel::new(&arena, s.model);
     let vcfg = VtdConfig {
@@ -126,10 +163,16 @@ pub fn with_rig<R>(v: VtdSetup, s: SmmuSetup, f: impl FnOnce(&Rig<'_, '_>) -> R)
     vtd.enable().expect("VT-d enable");
     let smmu = SmmuUnit::new(&sm, &arena, s.unit).expect("SMMUv3 unit");
     smmu.enable().expect("SMMUv3 enable");
+    let amd = a.zip(am.as_ref()).map(|(a, m)| {
+        let u: Amd<'_> = AmdViUnit::new(m, &arena, a.unit).expect("AMD-Vi unit");
+        u.enable().expect("AMD-Vi enable");
+        u
+    });
     vm.reset_stats();
     sm.reset_stats();
     let pasids = PasidAllocator::new(20);
-    let units: [&dyn Iommu; 2] = [&vtd, &smmu];
+    let mut units: Vec<&dyn Iommu> = vec![&vtd, &smmu];
+    units.extend(amd.as_ref().map(|u| u as &dyn Iommu));
     let reg = Registry::new(&units, &pasids).expect("registry");
     let rig = Rig {
         arena: &arena,
@@ -137,6 +180,8 @@ pub fn with_rig<R>(v: VtdSetup, s: SmmuSetup, f: impl FnOnce(&Rig<'_, '_>) -> R)
         sm: &sm,
         vtd: &vtd,
         smmu: &smmu,
+        am: am.as_ref(),
+        amd: amd.as_ref(),
         reg: &reg,
     };
     let r = f(&rig);
@@ -163,8 +208,8 @@ pub fn smmu_dev(sid: u32) -> DeviceLabel {
 }
 
 impl Rig<'_, '_> {
-    /// No page a unit reaches (VT-d's structures, the SMMUv3's but those `foreign` names) is
-    /// back in the arena, and the arena saw no bad free. Returns what the SMMUv3 reaches, for
+    /// No page a unit reaches (VT-d's structures, the SMMUv3's but those `foreign` names, the
+    /// AMD-Vi's tables if the rig has one) is back in the arena, and the arena saw no bad free. Returns what the SMMUv3 reaches, for
     /// the callers' own checks of its cached tags.
     pub fn nothing_freed_is_reached(&self, foreign: impl Fn(u64) -> bool) -> Result<Reach, String> {
         let live = self.arena.live_pages();
@@ -174,6 +219,12 @@ impl Rig<'_, '_> {
         };
         if let Some(addr) = self.vm.reachable().into_iter().find(|&a| !is_live(a)) {
             return Err(format!("{addr:#x} reachable by the VT-d unit but freed"));
+        }
+        if let Some(addr) = self
+            .am
+            .and_then(|m| m.reachable_tables().into_iter().find(|&a| !is_live(a)))
+        {
+            return Err(format!("{addr:#x} reachable by the AMD-Vi unit but freed"));
         }
         let reach = self.sm.reachable();
         if let Some((addr, what)) = reach
@@ -256,6 +307,9 @@ impl Rig<'_, '_> {
     pub fn drain(&self) {
         let _ = self.vtd.drain_faults(|_, _| {});
         let _ = self.smmu.handle_events(usize::MAX, |_| {});
+        if let Some(amd) = self.amd {
+            let _ = amd.drain_events(|_| {});
+        }
     }
 }
 
