@@ -251,7 +251,9 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
     /// domain of `dst` and its record, as a refused map's undo does ([`Self::roll_back_map`]);
     /// the error to report, `e`, becomes [`Error::InvalidationPending`] if a domain may still
     /// reach the pages (an invalidation not confirmed, or an unmap that failed leaving them
-    /// mapped: then the record keeps the `done` bytes, as after a refused map). What is owed is not settled first (as [`IoasidCtx::unmap`] does): when the
+    /// mapped: then the record keeps the `done` bytes, as after a refused map), unless it is
+    /// one already (the failed run's own undo's, met first: the undo names the first unit,
+    /// as `roll_back_map` does). What is owed is not settled first (as [`IoasidCtx::unmap`] does): when the
     /// failed run's own rollback left an invalidation unconfirmed, settling would fail again
     /// and leave the earlier runs mapped. Nor does a domain that fails put the range back
     /// everywhere (as an unmap's refusal does): the undo removes all it can. A failure's path,
@@ -266,8 +268,12 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
         let mut out = Ok(());
         // Every domain of `dst` took the runs.
         self.roll_back_map(io, MAX_UNITS, dst_iova, done, &mut out);
+        // In place of the refusal, not of the failed run's own undo's InvalidationPending
+        // (met first), as the undo itself reports (`reachable`).
         if let Err(p) = out {
-            *e = p;
+            if !matches!(e, Error::InvalidationPending { .. }) {
+                *e = p;
+            }
         }
     }
 

@@ -8,10 +8,17 @@
 //! Each unit's device (RID_A, SID_A, DEV_AMD) has ATS, so each flush also meets device-TLB
 //! descriptors / CMD_ATC_INV / INVALIDATE_IOTLB_PAGES.
 //!
+//! Each second fault is armed alone, then, where both units' undos issue commands, in both
+//! units at once (`double_faults`: a diagonal of the product, every fault of each unit met
+//! once beside one of the other's), checked against the two cells of its faults alone: each
+//! unit's undo meets only its own fault, so the call must name the first unit whose undo
+//! left an invalidation pending alone, or refuse with each unit owing what it owed alone
+//! (`Outcome::both`).
+//!
 //! After each cell (ARCHITECTURE.md, "IOASID layer", `map`):
 //! - the call fails: with the first fault's refusal only if nothing is left mapped in any
-//!   unit's tables in memory and the faulted unit completed a wait after its undo's
-//!   invalidation, else with `InvalidationPending` naming the faulted unit, carrying an
+//!   unit's tables in memory and each faulted unit completed a wait after its undo's
+//!   invalidation, else with `InvalidationPending` naming a faulted unit, carrying an
 //!   invalidation's failure (the undo's unmap never fails here);
 //! - every page still mapped in a unit's tables in memory is named by the IOASID's record
 //!   (a later unmap or `UNMAP_ALL` reaches it);
@@ -522,6 +529,20 @@ fn single_faults(order: Order, c: &Census) -> Vec<Vec<Fault>> {
     cells
 }
 
+/// The cells of one census with a fault armed in both units at once, where both undos issue
+/// commands: the i-th fault of the first unit's list with the (i mod n)-th of the second's, for
+/// i up to the longer list's length, so that every fault of each list is met once beside one
+/// of the other unit's (a diagonal of the product, not all of it).
+fn double_faults(order: Order, c: &Census) -> Vec<Vec<Fault>> {
+    let (a, b) = (faults_of(order[0], c), faults_of(order[1], c));
+    if a.is_empty() || b.is_empty() {
+        return Vec::new();
+    }
+    (0..a.len().max(b.len()))
+        .map(|i| vec![a[i % a.len()], b[i % b.len()]])
+        .collect()
+}
+
 /// Wait descriptors / CMD_SYNCs / COMPLETION_WAITs the unit of `kind` completed.
 fn completions(r: &Rig<'_, '_>, kind: Kind) -> u64 {
     match kind {
@@ -586,6 +607,20 @@ impl Outcome {
             Outcome::Pending(_) => "pending",
             Outcome::Refusal([false, false]) => "refusal",
             Outcome::Refusal(_) => "refusal, the reclaim's invalidation owed",
+        }
+    }
+
+    /// What a cell with `a` (in the first domain's unit) and `b` (in the second's) armed
+    /// together must end with, from the cells with each alone: each unit's undo meets its own
+    /// fault only (each counts its own unit's commands), so the first unit in domain order
+    /// whose undo left an invalidation pending is named (`reachable` keeps the first), and
+    /// with none, each unit owes what it owed alone.
+    fn both(a: Self, b: Self) -> Self {
+        match (a, b) {
+            (Outcome::Pending(u), _) | (Outcome::Refusal(_), Outcome::Pending(u)) => {
+                Outcome::Pending(u)
+            }
+            (Outcome::Refusal([a, _]), Outcome::Refusal([_, b])) => Outcome::Refusal([a, b]),
         }
     }
 }
@@ -714,25 +749,50 @@ fn cell(order: Order, call: Call, c: &Census, second: &[Fault]) -> Result<Outcom
     })
 }
 
-/// Runs every cell of `orders` for every call and first fault, each second fault alone;
-/// panics listing the cells that failed.
+/// Runs every cell of `orders` for every call and first fault: each second fault alone, then
+/// the pairs of `double_faults`, each checked against the cells of its two faults alone
+/// (`Outcome::both`); panics listing the cells that failed.
 fn matrix(orders: &[Order]) {
     let mut failures = Vec::new();
-    let mut cells = 0;
+    let (mut singles, mut doubles) = (0, 0);
     let mut outcomes = std::collections::BTreeMap::<String, u32>::new();
     for call in CALLS {
         for &order in orders {
             let clean = clean(order, call);
             for k in 1..=clean.0 {
                 let c = census(order, call, k, clean);
+                let mut alone: Vec<(Vec<Fault>, Outcome)> = Vec::new();
                 for second in single_faults(order, &c) {
-                    cells += 1;
+                    singles += 1;
                     match cell(order, call, &c, &second) {
                         Ok(o) => {
                             *outcomes
                                 .entry(format!("{call:?} {}", o.label()))
-                                .or_default() += 1
+                                .or_default() += 1;
+                            alone.push((second, o));
                         }
+                        Err(m) => {
+                            failures.push(format!("{call:?} {order:?} alloc {k} {second:?}: {m}"))
+                        }
+                    }
+                }
+                for second in double_faults(order, &c) {
+                    doubles += 1;
+                    let alone_with = |f: &[Fault]| alone.iter().find(|a| a.0 == f).map(|a| a.1);
+                    let expected = match (alone_with(&second[..1]), alone_with(&second[1..])) {
+                        (Some(a), Some(b)) => Outcome::both(a, b),
+                        // Already reported.
+                        _ => continue,
+                    };
+                    match cell(order, call, &c, &second) {
+                        Ok(o) if o == expected => {
+                            *outcomes
+                                .entry(format!("{call:?} both: {}", o.label()))
+                                .or_default() += 1;
+                        }
+                        Ok(o) => failures.push(format!(
+                            "{call:?} {order:?} alloc {k} {second:?}: {o:?}, alone {expected:?}"
+                        )),
                         Err(m) => {
                             failures.push(format!("{call:?} {order:?} alloc {k} {second:?}: {m}"))
                         }
@@ -741,11 +801,14 @@ fn matrix(orders: &[Order]) {
             }
         }
     }
-    println!("{orders:?}: {cells} cells: {outcomes:#?}");
+    println!(
+        "{orders:?}: {singles} cells with one second fault, {doubles} with two: {outcomes:#?}"
+    );
     assert!(
         failures.is_empty(),
-        "{} of {cells} cells failed:\n{}",
+        "{} of {} cells failed:\n{}",
         failures.len(),
+        singles + doubles,
         failures.join("\n")
     );
 }
