@@ -30,6 +30,11 @@
 //!   succeeds and reaches both units, and dropping the context leaves no domain, no bad free,
 //!   nothing in `Registry::leaked` and as many live pages as the clean run's teardown.
 //!
+//! `reclaim_after_an_undo_frees_no_cached_table` runs the map whose last allocation fails set
+//! up warm (WARM: the tables above TARGET's leaf tables walked by the devices and left empty
+//! in the walk caches), in all six orders: the reclaim after the undo then unlinks cached
+//! tables in both units, so a page freed before that invalidation completed is reachable.
+//!
 //! Every second fault is checked to have fired (`injections_fired`), and the first to have
 //! failed exactly one allocation. The census also asserts that the undo allocates nothing
 //! (the failed allocation is the call's last attempt), so a second allocation failure has
@@ -71,6 +76,13 @@ const B_MAPS: [(u64, u64, u64); 2] = [(0x1000, 0x6000_0000, K4), (0x2000, 0x6100
 /// The copy's second run lands in the next 2 MiB: its own leaf tables to allocate, so a
 /// failed allocation there undoes the first run in both domains.
 const COPY_TO: u64 = (4 << 39) + M2 - K4;
+/// With a warm setup (`reclaim_after_an_undo_frees_no_cached_table`), a page in TARGET's GiB
+/// (another 2 MiB), mapped, read through both units and unmapped before the call: the tables
+/// above TARGET's leaf table then exist, empty and in the units' walk caches (an unmap of
+/// leaves keeps them there), so the map allocates only leaf tables and the reclaim after its
+/// undo unlinks cached tables, whose pages must not go back to the allocator before that
+/// reclaim's invalidation completed (the reachability walks read the caches).
+const WARM: (u64, u64) = (TARGET.0 + 4 * M2, 0x5300_0000);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Kind {
@@ -149,6 +161,8 @@ struct Census {
     allocs: u64,
     /// The pages live after the clean run's teardown (`clean`).
     clean_live: usize,
+    /// Set up warm (WARM mapped, read and unmapped first).
+    warm: bool,
 }
 
 impl Census {
@@ -257,7 +271,7 @@ fn reset_stats(r: &Rig<'_, '_>) {
     r.sm.reset_stats();
 }
 
-fn setup<'a>(r: &Rig<'a, '_>, order: Order) -> Setup<'a> {
+fn setup<'a>(r: &Rig<'a, '_>, order: Order, warm: bool) -> Setup<'a> {
     let ctx = IoasidCtx::new(r.reg, r.arena, 0);
     let ats = DeviceHints {
         ats: true,
@@ -283,6 +297,15 @@ fn setup<'a>(r: &Rig<'a, '_>, order: Order) -> Setup<'a> {
     for (iova, pa, len) in B_MAPS {
         ctx.map(b, Iova::new(iova), PhysAddr::new(pa), len, RW)
             .unwrap();
+    }
+    if warm {
+        let (w, pa) = WARM;
+        ctx.map(io, Iova::new(w), PhysAddr::new(pa), K4, RW)
+            .unwrap();
+        for k in order {
+            assert!(reaches(r, k, w), "{k:?}");
+        }
+        ctx.unmap(io, Iova::new(w), K4).unwrap();
     }
     // Warm both units' caches over the base mapping (and the AMD-Vi device's ATC).
     for k in order {
@@ -388,9 +411,9 @@ fn is_refusal(e: &Error) -> bool {
 /// What `call`'s clean run does: the page allocations it makes, and the pages live once it,
 /// an `UNMAP_ALL`, the call again and the context's drop are done (the unit structures the
 /// devices keep: what every cell must end with).
-fn clean(order: Order, call: Call) -> (u64, usize) {
+fn clean(order: Order, call: Call, warm: bool) -> (u64, usize) {
     with_order(order, |r| {
-        let s = setup(r, order);
+        let s = setup(r, order, warm);
         let a0 = r.arena.stats().allocs;
         run(&s, call).unwrap();
         let allocs = r.arena.stats().allocs - a0;
@@ -425,9 +448,15 @@ fn amd_commands(r: &Rig<'_, '_>) -> (u32, u32, u32) {
 
 /// The run whose `allocs`-th allocation fails: what it issued, and that it holds the
 /// documented state.
-fn census(order: Order, call: Call, allocs: u64, (all, clean_live): (u64, usize)) -> Census {
+fn census(
+    order: Order,
+    call: Call,
+    allocs: u64,
+    (all, clean_live): (u64, usize),
+    warm: bool,
+) -> Census {
     with_order(order, |r| {
-        let s = setup(r, order);
+        let s = setup(r, order, warm);
         reset_stats(r);
         let amd0 = amd_commands(r);
         r.arena.set_fail_policy(FailPolicy::Nth(allocs));
@@ -456,10 +485,12 @@ fn census(order: Order, call: Call, allocs: u64, (all, clean_live): (u64, usize)
             amd_iotlb: amd.2 - amd0.2,
             allocs,
             clean_live,
+            warm,
         };
         // The map's second unit failed at its last allocation before issuing anything: what
-        // the call issued is the first unit's undo.
-        if call == Call::Map && allocs == all {
+        // the call issued is the first unit's undo (set up warm, the second unit reclaims
+        // WARM's tables too).
+        if call == Call::Map && allocs == all && !warm {
             assert_eq!(c.issued(order[1]), 0, "{order:?} {call:?}");
         }
         // Units outside the IOASID issue nothing.
@@ -628,7 +659,7 @@ impl Outcome {
 /// One cell: the first fault, the second ones, the documented state, recovery.
 fn cell(order: Order, call: Call, c: &Census, second: &[Fault]) -> Result<Outcome, String> {
     with_order(order, |r| {
-        let s = setup(r, order);
+        let s = setup(r, order, c.warm);
         r.arena.set_fail_policy(FailPolicy::Nth(c.allocs));
         for &f in second {
             match f {
@@ -657,8 +688,14 @@ fn cell(order: Order, call: Call, c: &Census, second: &[Fault]) -> Result<Outcom
                     return Err(format!("refusal {e:?} with {left:x?} still mapped"));
                 }
                 // The undo's flush completed on each unit a second fault met: it issued the
-                // range's invalidation first, so a completion came after it.
-                if let Some(f) = second.iter().find(|f| completions(r, f.kind()) == 0) {
+                // range's invalidation first, so a completion came after it. Set up warm,
+                // the second unit (its map refused, nothing to undo) issues only the
+                // reclaim's invalidation: failed, it keeps the pages it unlinked.
+                let reclaim_only = |k: Kind| c.warm && k == order[1] && owing(r, k).1 > 0;
+                if let Some(f) = second
+                    .iter()
+                    .find(|f| completions(r, f.kind()) == 0 && !reclaim_only(f.kind()))
+                {
                     return Err(format!(
                         "refusal {e:?}, but no flush of the undo completed on {:?}",
                         f.kind()
@@ -752,15 +789,18 @@ fn cell(order: Order, call: Call, c: &Census, second: &[Fault]) -> Result<Outcom
 /// Runs every cell of `orders` for every call and first fault: each second fault alone, then
 /// the pairs of `double_faults`, each checked against the cells of its two faults alone
 /// (`Outcome::both`); panics listing the cells that failed.
-fn matrix(orders: &[Order]) {
+fn matrix(orders: &[Order], warm: bool) {
     let mut failures = Vec::new();
     let (mut singles, mut doubles) = (0, 0);
     let mut outcomes = std::collections::BTreeMap::<String, u32>::new();
-    for call in CALLS {
+    // Set up warm: the map whose last allocation fails only.
+    let calls: &[Call] = if warm { &[Call::Map] } else { &CALLS };
+    for &call in calls {
         for &order in orders {
-            let clean = clean(order, call);
-            for k in 1..=clean.0 {
-                let c = census(order, call, k, clean);
+            let clean = clean(order, call, warm);
+            let first = if warm { clean.0 } else { 1 };
+            for k in first..=clean.0 {
+                let c = census(order, call, k, clean, warm);
                 let mut alone: Vec<(Vec<Fault>, Outcome)> = Vec::new();
                 for second in single_faults(order, &c) {
                     singles += 1;
@@ -815,10 +855,20 @@ fn matrix(orders: &[Order]) {
 
 #[test]
 fn double_faults_in_undo_leave_the_documented_state() {
-    matrix(&VTD_SMMU);
+    matrix(&VTD_SMMU, false);
 }
 
 #[test]
 fn double_faults_in_undo_with_amdvi_leave_the_documented_state() {
-    matrix(&WITH_AMD);
+    matrix(&WITH_AMD, false);
+}
+
+/// The map over tables a device walked (WARM), its last allocation failing, each second fault
+/// of both units (the first unit's undo and reclaim, the second's reclaim), in all six orders:
+/// the reclaim after the undo unlinks tables the units' walk caches hold, so a page freed
+/// before its invalidation completed is seen.
+#[test]
+fn reclaim_after_an_undo_frees_no_cached_table() {
+    let orders: Vec<Order> = VTD_SMMU.into_iter().chain(WITH_AMD).collect();
+    matrix(&orders, true);
 }
