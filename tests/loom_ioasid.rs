@@ -1,5 +1,7 @@
-//! Model checking of the IOASID layer's copy protocol ([`IoasidCtx::copy`]: the hold on both
-//! IOASIDs, `Ioasid::copying`, `source_run`'s check) with [`loom`].
+//! Model checking of the IOASID layer's calls that run beside one another with [`loom`]: the
+//! copy protocol ([`IoasidCtx::copy`]: the hold on both IOASIDs, `Ioasid::copying`,
+//! `source_run`'s check), attach and detach (a domain joining or leaving an IOASID), the
+//! context's reserved regions and `alloc_iova`.
 //!
 //! Built only with `--cfg loom`, which makes the context's locks loom's (`src/sync.rs`) and the
 //! record's table memory loom's atomics (`src/pgtable/sync.rs`):
@@ -9,30 +11,43 @@
 //!   cargo test --release --test loom_ioasid -- --test-threads=1 --nocapture
 //! ```
 //!
-//! Each scenario runs a copy of two runs (two source pages whose physical addresses are not
-//! contiguous) on one thread and one or two other threads calling the context on the same
-//! IOASIDs: `free` and `alloc` in the copy's source's and destination's places, `map` /
-//! `unmap` / `UNMAP_ALL` into the destination range, a second copy reading that range. Each
-//! thread records what it called, with the arguments it used (an IOASID number `alloc`
-//! returned) and what came back. In every interleaving loom explores:
+//! Each scenario runs two or three threads calling the context on the same IOASIDs: a copy of
+//! two runs (two source pages whose physical addresses are not contiguous) beside `free` and
+//! `alloc` in the copy's source's and destination's places, `map` / `unmap` / `UNMAP_ALL` into
+//! the destination range, a second copy reading that range, an attach or a detach of the one
+//! device, a reservation of part of the destination range, `alloc_iova`; maps and unmaps beside
+//! an attach or a detach; two `alloc_iova`s. Each thread records what it called, with the
+//! arguments it used (an IOASID number `alloc` returned, an IOVA `alloc_iova` returned), what
+//! came back, and when it started and returned (`ModelUnit::clock`). In every interleaving
+//! loom explores:
 //! - every call's answer and the final state must be those of *some* order of the calls one at
 //!   a time, each whole (`check_serial`): a small model of the calls (`Model`) replays every
-//!   order of the threads' histories that keeps each thread's own order (no real-time order:
-//!   loom has no clock). `Busy` passes anywhere as a call that changed nothing: a call
-//!   overlapping a copy in flight gets it, which calls one at a time never meet. The final
-//!   state compared is, for each IOASID slot, whether it exists and what its record maps at
-//!   each page of the window;
+//!   order of the threads' histories that keeps each thread's own order. `Busy` passes
+//!   anywhere as a call that changed nothing: a call overlapping a copy in flight gets it,
+//!   which calls one at a time never meet. `alloc_iova` may answer any aligned range nothing
+//!   maps or reserves at its place in the order (it passes over a copy's destination range).
+//!   The model refuses a map into a reserved region and a reservation over a mapping or an
+//!   IOVA reservation, and fills an attached IOASID's new domain with its pages (the unit may
+//!   refuse them). The final state compared is, for each IOASID slot, whether it exists and
+//!   what its record maps at each page of the window;
+//! - a reservation or an `alloc_iova` that started and returned while a copy certainly held
+//!   its destination range (between its first run reaching the unit and the unit's next write
+//!   in the range: the clock orders them) neither reserves nor returns any of that range
+//!   (`check_copy_hold`): the calls one at a time cannot tell, as they may order the call
+//!   before the copy;
 //! - every domain maps exactly what its IOASID's record maps at the end (`IoasidCtx::audit`,
 //!   the unit's domains walked page by page);
-//! - at every step, the unit is never asked to map into or unmap from a domain it freed, and
-//!   the record's tables are only reached in pages the allocator handed out and did not take
-//!   back.
+//! - at every step, the unit is never asked to map into, unmap from, flush, walk or attach a
+//!   device to a domain it freed (a detach's last user frees it), nor to free one twice or while a
+//!   device is attached to it, and the record's tables are only reached in pages the allocator
+//!   handed out and did not take back.
 //!
 //! The unit is a model (`ModelUnit`): each domain a map from page to translation under one
 //! loom mutex, so the scenarios explore the context's interleavings (its `state` lock, the
-//! copy's runs, the record's table walks) without the engine's own, which `tests/loom.rs`
-//! covers. It can refuse every map touching one IOVA (as a unit out of memory), which makes a
-//! copy fail in its second run and undo the first.
+//! copy's runs, the record's table walks, an IOASID's IOVA reservations) without the engine's
+//! own, which `tests/loom.rs` covers. It can refuse every map touching one IOVA (as a unit out
+//! of memory), which makes a copy fail in its second run and undo the first, and an attach's
+//! fill fail. It notes every write with the clock's tick (`ModelUnit::events`).
 #![cfg(loom)]
 
 use std::collections::BTreeMap;
@@ -42,8 +57,8 @@ use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Instant;
 
 use iommu_engine::ioasid::{
-    DeviceLabel, Error, IoasidCtx, IoasidFlags, IoasidId, PasidAllocator, Registry, UnitId,
-    UNMAP_ALL,
+    DeviceHandle, DeviceLabel, Error, IoasidCtx, IoasidFlags, IoasidId, PasidAllocator, Registry,
+    UnitId, UNMAP_ALL,
 };
 use iommu_engine::iommu::{
     Capabilities, DeviceId, DomainConfig, DomainHandle, DomainPages, Error as IommuError, Iommu,
@@ -63,7 +78,7 @@ type Pages = BTreeMap<u64, (u64, Prot)>;
 /// record's translation of each page of `WINDOW`.
 type Slot = Option<Vec<Option<(u64, Prot)>>>;
 /// The pages whose translation the final check compares.
-const WINDOW: [u64; 3] = [0x1000, 0x2000, 0x3000];
+const WINDOW: [u64; 5] = [0x1000, 0x2000, 0x3000, 0x4000, 0x5000];
 /// The copy's source: two pages, two runs (their physical addresses are not contiguous).
 const SRC: [(u64, u64); 2] = [(0x1000, 0x10_0000), (0x2000, 0x30_0000)];
 /// Where the record's table pages seem to be.
@@ -149,9 +164,32 @@ struct ModelUnit {
     /// Every map whose range holds this IOVA is refused, nothing written.
     refuse_map_at: Option<u64>,
     alloc: &'static Alloc,
+    /// The order of the interleaving's events: calls starting and returning (`Thread::run`)
+    /// and the unit's writes (`events`). Not loom's: it adds no interleavings, and loom runs
+    /// one thread at a time, so it orders what happened in real time.
+    clock: std::sync::atomic::AtomicUsize,
+    /// Every map the unit made and every unmap it was asked for, with its tick.
+    events: StdMutex<Vec<(usize, UnitEvent)>>,
+}
+
+/// A write of the unit into a domain, as `ModelUnit::events` keeps it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum UnitEvent {
+    Map { iova: u64, pa: u64 },
+    Unmap { iova: u64 },
 }
 
 impl ModelUnit {
+    fn tick(&self) -> usize {
+        self.clock
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn note(&self, e: UnitEvent) {
+        let t = self.tick();
+        self.events.lock().unwrap().push((t, e));
+    }
+
     fn domain<R>(&self, d: DomainHandle, what: &str, f: impl FnOnce(&mut Pages) -> R) -> R {
         let mut st = self.state.lock().unwrap();
         let dom = st
@@ -201,7 +239,9 @@ impl Iommu for ModelUnit {
             !st.attached.iter().any(|a| a.1 == d),
             "freed attached {d:?}"
         );
-        st.domains[usize::from(d.0)] = None;
+        let dom = &mut st.domains[usize::from(d.0)];
+        assert!(dom.is_some(), "{d:?} freed twice");
+        *dom = None;
         Ok(())
     }
     fn map(
@@ -227,6 +267,7 @@ impl Iommu for ModelUnit {
             for p in pages(iova, len) {
                 dom.insert(p, (pa + (p - iova), prot));
             }
+            self.note(UnitEvent::Map { iova, pa });
             Ok(())
         })
     }
@@ -243,10 +284,12 @@ impl Iommu for ModelUnit {
             for p in &gone {
                 dom.remove(p);
             }
+            self.note(UnitEvent::Unmap { iova: iova.get() });
             Ok(gone.len() as u64 * K4)
         })
     }
-    fn flush(&self, _d: DomainHandle, g: &mut Gather) -> Result<(), IommuError> {
+    fn flush(&self, d: DomainHandle, g: &mut Gather) -> Result<(), IommuError> {
+        self.domain(d, "flush", |_| ());
         // SAFETY: nothing caches the model's translations.
         g.release(self.alloc, unsafe { InvalidationComplete::assume() })
             .map_err(Into::into)
@@ -309,6 +352,12 @@ impl Iommu for ModelUnit {
         d: DomainHandle,
     ) -> Result<(), IommuError> {
         let mut st = self.state.lock().unwrap();
+        assert!(
+            st.domains
+                .get(usize::from(d.0))
+                .is_some_and(Option::is_some),
+            "attach of {dev:?} to {d:?}, which the unit freed"
+        );
         st.attached.retain(|a| a.0 != dev);
         st.attached.push((dev, d));
         Ok(())
@@ -332,6 +381,8 @@ impl Iommu for ModelUnit {
 /// until the world is dropped, in field order (the context, which borrows the rest, first).
 struct World {
     ctx: Box<IoasidCtx<'static, 'static, Alloc>>,
+    /// The one device, bound to the context (attached to B with `Setup::device_on_b`).
+    dev: DeviceHandle,
     _registry: Box<Registry<'static>>,
     unit: Box<ModelUnit>,
     _alloc: Box<Alloc>,
@@ -369,6 +420,8 @@ impl World {
             state: loom::sync::Mutex::new(UnitState::default()),
             refuse_map_at: s.refuse_map_at,
             alloc: a,
+            clock: std::sync::atomic::AtomicUsize::new(0),
+            events: StdMutex::new(Vec::new()),
         });
         // SAFETY: as for the allocator: dropped after the registry and the context.
         let u: &'static ModelUnit = unsafe { &*(&*unit as *const ModelUnit) };
@@ -399,15 +452,17 @@ impl World {
             ctx.map(B, Iova::new(iova), PhysAddr::new(pa), K4, RW)
                 .unwrap();
         }
+        let label = DeviceLabel {
+            unit: UnitId(0),
+            id: DeviceId(1),
+        };
+        let dev = ctx.bind(label, false).unwrap();
         if s.device_on_b {
-            let label = DeviceLabel {
-                unit: UnitId(0),
-                id: DeviceId(1),
-            };
-            ctx.attach(ctx.bind(label, false).unwrap(), B).unwrap();
+            ctx.attach(dev, B).unwrap();
         }
         World {
             ctx,
+            dev,
             _registry: registry,
             unit,
             _alloc: alloc,
@@ -435,11 +490,15 @@ impl World {
 
     /// Every domain maps what its IOASID's record maps (the context's own audit), and the unit
     /// holds no domain beyond those of B.
-    fn audit(&self) {
+    fn audit(&self, histories: &[History]) {
         for slot in 0..4 {
             match self.ctx.audit(IoasidId(slot)) {
                 Ok(()) | Err(Error::NoSuchIoasid(_)) => {}
-                Err(e) => panic!("audit of IOASID {slot}: {e:?}"),
+                Err(e) => panic!(
+                    "audit of IOASID {slot}: {e:?}\ncalls per thread: {histories:x?}\n\
+                     unit's writes: {:x?}",
+                    self.unit.events.lock().unwrap()
+                ),
             }
         }
         let live = self
@@ -471,17 +530,27 @@ enum Call {
         dst_iova: u64,
         len: u64,
     },
+    /// The world's device attached to the IOASID.
+    Attach(IoasidId),
+    /// The world's device detached.
+    Detach,
+    /// `reserve_region` of `[start, end)`.
+    Reserve(u64, u64),
+    /// `alloc_iova` of this many bytes, 4 KiB aligned.
+    AllocIova(IoasidId, u64),
 }
 
 /// A call's answer, as the model can predict it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Answer {
-    /// `Ok`, with the IOASID `alloc` returned or the bytes `unmap` did.
+    /// `Ok`, with the IOASID `alloc` returned, the bytes `unmap` did or the IOVA `alloc_iova`
+    /// returned.
     Ok(u64),
     Busy,
     NoSuchIoasid,
     NotMapped,
-    /// Any other refusal (a range already mapped, a unit's refusal).
+    /// Any other refusal (a range already mapped or reserved, a unit's refusal, a device not
+    /// attached).
     Refused,
 }
 
@@ -496,7 +565,8 @@ fn answer<T>(r: Result<T, Error>, ok: impl FnOnce(T) -> u64) -> Answer {
 }
 
 impl Call {
-    fn run(self, ctx: &IoasidCtx<'_, '_, Alloc>) -> Answer {
+    fn run(self, w: &World) -> Answer {
+        let ctx = &w.ctx;
         match self {
             Call::Alloc => answer(ctx.alloc(IoasidFlags::empty()), |id| u64::from(id.0)),
             Call::Free(id) => answer(ctx.free(id), |()| 0),
@@ -515,12 +585,31 @@ impl Call {
                 ctx.copy(src, Iova::new(src_iova), dst, Iova::new(dst_iova), len),
                 |()| 0,
             ),
+            Call::Attach(id) => answer(ctx.attach(w.dev, id), |()| 0),
+            Call::Detach => answer(ctx.detach(w.dev), |()| 0),
+            Call::Reserve(start, end) => answer(
+                ctx.reserve_region(IovaRange {
+                    start: Iova::new(start),
+                    end: Iova::new(end),
+                }),
+                |()| 0,
+            ),
+            Call::AllocIova(id, size) => answer(ctx.alloc_iova(id, size, K4), |v| v.get()),
         }
     }
 }
 
+/// One call a thread made: what it called, what it heard, and the ticks (`ModelUnit::clock`)
+/// at which it started and returned.
+#[derive(Clone, Copy, Debug)]
+struct Step {
+    call: Call,
+    heard: Answer,
+    ticks: (usize, usize),
+}
+
 /// What a thread called and heard, in its order.
-type History = Vec<(Call, Answer)>;
+type History = Vec<Step>;
 
 /// A thread's calls as it makes them: `run` makes one and records it.
 struct Thread<'w> {
@@ -530,79 +619,148 @@ struct Thread<'w> {
 
 impl Thread<'_> {
     fn run(&mut self, call: Call) -> Answer {
-        let a = call.run(&self.world.ctx);
-        self.history.push((call, a));
-        a
+        let begin = self.world.unit.tick();
+        let heard = call.run(self.world);
+        let end = self.world.unit.tick();
+        self.history.push(Step {
+            call,
+            heard,
+            ticks: (begin, end),
+        });
+        heard
     }
 }
 
-/// The IOASIDs one call at a time: per slot, `None` or (pages, has a device).
+/// An IOASID one call at a time: its pages and its IOVA reservations (`alloc_iova`).
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+struct ModelIoasid {
+    pages: Pages,
+    iovas: Vec<(u64, u64)>,
+}
+
+/// The IOASIDs one call at a time, where the device is attached and the context's reserved
+/// regions.
 #[derive(Clone, PartialEq, Eq, Debug)]
 struct Model {
-    slots: Vec<Option<(Pages, bool)>>,
+    slots: Vec<Option<ModelIoasid>>,
+    /// The slot the device is attached to: its domain takes every map of it.
+    attached: Option<usize>,
+    reserved: Vec<(u64, u64)>,
     refuse_map_at: Option<u64>,
+}
+
+fn overlap((s, e): (u64, u64), start: u64, end: u64) -> bool {
+    s < end && start < e
 }
 
 impl Model {
     fn new(s: Setup) -> Self {
         let a: Pages = SRC.iter().map(|&(i, p)| (i, (p, RW))).collect();
         let mut slots = vec![None; 4];
-        slots[0] = Some((a, false));
+        slots[0] = Some(ModelIoasid {
+            pages: a,
+            iovas: Vec::new(),
+        });
         let b = if s.b_page {
             BTreeMap::from([(B_PAGE.0, (B_PAGE.1, RW))])
         } else {
             BTreeMap::new()
         };
-        slots[1] = Some((b, s.device_on_b));
+        slots[1] = Some(ModelIoasid {
+            pages: b,
+            iovas: Vec::new(),
+        });
         if s.c {
-            slots[2] = Some((BTreeMap::new(), false));
+            slots[2] = Some(ModelIoasid::default());
         }
         Model {
             slots,
+            attached: s.device_on_b.then_some(1),
+            reserved: Vec::new(),
             refuse_map_at: s.refuse_map_at,
         }
     }
 
+    /// Whether the unit refuses a domain's map of `pages`.
+    fn unit_refuses(&self, pages: &Pages) -> bool {
+        self.refuse_map_at.is_some_and(|at| pages.contains_key(&at))
+    }
+
     /// Maps `pages` (IOVA -> translation) into `id` whole, or answers why not.
     fn map_pages(&mut self, id: IoasidId, pages: &Pages) -> Answer {
-        let Some((have, device)) = self.slots[usize::from(id.0)].as_mut() else {
+        let slot = usize::from(id.0);
+        let refused = self.attached == Some(slot) && self.unit_refuses(pages);
+        let reserved = pages
+            .keys()
+            .any(|&p| self.reserved.iter().any(|&r| overlap(r, p, p + K4)));
+        let Some(io) = self.slots[slot].as_mut() else {
             return Answer::NoSuchIoasid;
         };
-        let refused = *device && self.refuse_map_at.is_some_and(|at| pages.contains_key(&at));
-        if refused || pages.keys().any(|p| have.contains_key(p)) {
+        if refused || reserved || pages.keys().any(|p| io.pages.contains_key(p)) {
             return Answer::Refused;
         }
-        have.extend(pages);
+        io.pages.extend(pages);
         Answer::Ok(0)
     }
 
-    fn apply(&mut self, call: Call) -> Answer {
+    /// Whether the call, made now, could answer `heard`; if so, its effect is applied.
+    fn apply(&mut self, call: Call, heard: Answer) -> bool {
+        match (call, heard) {
+            (Call::AllocIova(id, size), Answer::Ok(at)) => self.reserve_iova(id, at, size),
+            _ => self.apply_one(call) == heard,
+        }
+    }
+
+    /// `alloc_iova` answered `at`: it may have picked any aligned range above page 0 that
+    /// nothing maps or reserves now (it passes over a copy's destination range, which the
+    /// calls one at a time never meet); the range is then reserved.
+    fn reserve_iova(&mut self, id: IoasidId, at: u64, size: u64) -> bool {
+        let end = at + size;
+        let reserved = self.reserved.iter().any(|&r| overlap(r, at, end));
+        let Some(io) = self.slots[usize::from(id.0)].as_mut() else {
+            return false;
+        };
+        let free = at >= K4
+            && at % K4 == 0
+            && !reserved
+            && !io.iovas.iter().any(|&r| overlap(r, at, end))
+            && io.pages.range(at..end).next().is_none();
+        if free {
+            io.iovas.push((at, end));
+        }
+        free
+    }
+
+    fn apply_one(&mut self, call: Call) -> Answer {
         match call {
             Call::Alloc => {
                 let slot = self.slots.iter().position(Option::is_none).unwrap();
-                self.slots[slot] = Some((BTreeMap::new(), false));
+                self.slots[slot] = Some(ModelIoasid::default());
                 Answer::Ok(slot as u64)
             }
-            Call::Free(id) => match &self.slots[usize::from(id.0)] {
-                None => Answer::NoSuchIoasid,
-                Some((_, true)) => Answer::Busy,
-                Some(_) => {
-                    self.slots[usize::from(id.0)] = None;
-                    Answer::Ok(0)
+            Call::Free(id) => {
+                let slot = usize::from(id.0);
+                match &self.slots[slot] {
+                    None => Answer::NoSuchIoasid,
+                    Some(_) if self.attached == Some(slot) => Answer::Busy,
+                    Some(_) => {
+                        self.slots[slot] = None;
+                        Answer::Ok(0)
+                    }
                 }
-            },
+            }
             Call::Map(id, iova, pa, len) => {
                 let pages = pages(iova, len).map(|p| (p, (pa + p - iova, RW))).collect();
                 self.map_pages(id, &pages)
             }
             Call::Unmap(id, iova, len) => {
-                let Some((have, _)) = self.slots[usize::from(id.0)].as_mut() else {
+                let Some(io) = self.slots[usize::from(id.0)].as_mut() else {
                     return Answer::NoSuchIoasid;
                 };
                 let end = iova.saturating_add(len);
-                let gone: Vec<u64> = have.range(iova..end).map(|(&p, _)| p).collect();
+                let gone: Vec<u64> = io.pages.range(iova..end).map(|(&p, _)| p).collect();
                 for p in &gone {
-                    have.remove(p);
+                    io.pages.remove(p);
                 }
                 Answer::Ok(gone.len() as u64 * K4)
             }
@@ -616,18 +774,49 @@ impl Model {
                 if self.slots[usize::from(dst.0)].is_none() {
                     return Answer::NoSuchIoasid;
                 }
-                let Some((have, _)) = &self.slots[usize::from(src.0)] else {
+                let Some(io) = &self.slots[usize::from(src.0)] else {
                     return Answer::NoSuchIoasid;
                 };
                 let mut pages = BTreeMap::new();
                 for p in self::pages(src_iova, len) {
-                    let Some(&t) = have.get(&p) else {
+                    let Some(&t) = io.pages.get(&p) else {
                         return Answer::NotMapped;
                     };
                     pages.insert(p - src_iova + dst_iova, t);
                 }
                 self.map_pages(dst, &pages)
             }
+            Call::Attach(id) => {
+                let slot = usize::from(id.0);
+                let Some(io) = &self.slots[slot] else {
+                    return Answer::NoSuchIoasid;
+                };
+                if self.attached == Some(slot) {
+                    return Answer::Ok(0);
+                }
+                // The new domain is filled with what the record maps, which the unit may refuse.
+                if self.attached.is_some() || self.unit_refuses(&io.pages) {
+                    return Answer::Refused;
+                }
+                self.attached = Some(slot);
+                Answer::Ok(0)
+            }
+            Call::Detach => match self.attached.take() {
+                Some(_) => Answer::Ok(0),
+                None => Answer::Refused,
+            },
+            Call::Reserve(start, end) => {
+                let used = self.slots.iter().flatten().any(|io| {
+                    io.pages.range(start..end).next().is_some()
+                        || io.iovas.iter().any(|&r| overlap(r, start, end))
+                });
+                if used {
+                    return Answer::Refused;
+                }
+                self.reserved.push((start, end));
+                Answer::Ok(0)
+            }
+            Call::AllocIova(..) => Answer::Refused,
         }
     }
 
@@ -637,7 +826,7 @@ impl Model {
             .iter()
             .map(|s| {
                 s.as_ref()
-                    .map(|(have, _)| WINDOW.iter().map(|p| have.get(p).copied()).collect())
+                    .map(|io| WINDOW.iter().map(|p| io.pages.get(p).copied()).collect())
             })
             .collect()
     }
@@ -650,13 +839,13 @@ fn serial(model: &Model, histories: &[History], next: &mut [usize], seen: &[Slot
         return model.observe() == seen;
     }
     for t in 0..histories.len() {
-        let Some(&(call, heard)) = histories[t].get(next[t]) else {
+        let Some(step) = histories[t].get(next[t]) else {
             continue;
         };
         let mut m = model.clone();
-        let fits = match heard {
-            Answer::Busy => !matches!(call, Call::Alloc),
-            _ => m.apply(call) == heard,
+        let fits = match step.heard {
+            Answer::Busy => !matches!(step.call, Call::Alloc),
+            heard => m.apply(step.call, heard),
         };
         if fits {
             next[t] += 1;
@@ -678,6 +867,57 @@ fn check_serial(s: Setup, histories: &[History], seen: &[Slot]) {
          calls and answers per thread: {histories:x?}\n\
          IOASID slots at the end (pages {WINDOW:x?}): {seen:x?}"
     );
+}
+
+/// The ticks between which a copy into `[dst, dst + 2 pages)` certainly held that range: its
+/// first run reaching a domain (the first map of `SRC[0]`'s page at `dst`) and the next thing
+/// the unit did in the range (the second run, or the undo of the first). `None` if the first
+/// run never reached a domain.
+fn copy_hold(events: &[(usize, UnitEvent)], dst: u64) -> Option<(usize, usize)> {
+    let first = UnitEvent::Map {
+        iova: dst,
+        pa: SRC[0].1,
+    };
+    let at = events.iter().position(|&(_, e)| e == first)?;
+    let next = events[at + 1..].iter().find(|&&(_, e)| match e {
+        UnitEvent::Map { iova, .. } | UnitEvent::Unmap { iova } => {
+            (dst..dst + 2 * K4).contains(&iova)
+        }
+    })?;
+    Some((events[at].0, next.0))
+}
+
+/// A call made while a copy of both source pages held its destination range (from start to
+/// return within [`copy_hold`]'s ticks): a reservation over that range must be refused and
+/// `alloc_iova` must pass over it (`ioas.rs`: what a copy's hold refuses). The calls one at a
+/// time cannot tell: they may order such a call before the copy.
+fn check_copy_hold(histories: &[History], events: &[(usize, UnitEvent)]) {
+    for copy in histories.iter().flatten() {
+        let Call::Copy { dst_iova, len, .. } = copy.call else {
+            continue;
+        };
+        let Some((held, until)) = copy_hold(events, dst_iova) else {
+            continue;
+        };
+        let range = (dst_iova, dst_iova + len);
+        let during = histories
+            .iter()
+            .flatten()
+            .filter(|s| held < s.ticks.0 && s.ticks.1 < until);
+        for s in during {
+            let bad = match (s.call, s.heard) {
+                (Call::Reserve(start, end), Answer::Ok(_)) => overlap(range, start, end),
+                (Call::AllocIova(_, size), Answer::Ok(at)) => overlap(range, at, at + size),
+                _ => false,
+            };
+            assert!(
+                !bad,
+                "{:x?} answered {:x?} while a copy held {range:x?} (ticks {held}..{until}):\n\
+                 calls per thread: {histories:x?}\nunit's writes: {events:x?}",
+                s.call, s.heard
+            );
+        }
+    }
 }
 
 // ------------------------------------------------------------------------------------------
@@ -720,8 +960,9 @@ fn run(name: &str, setup: Setup, threads: &'static [Body]) {
                 })
                 .collect();
             let histories: Vec<History> = handles.into_iter().map(|h| h.join().unwrap()).collect();
-            world.audit();
+            world.audit(&histories);
             check_serial(setup, &histories, &world.observe());
+            check_copy_hold(&histories, &world.unit.events.lock().unwrap());
         })
     }));
     println!(
@@ -897,6 +1138,224 @@ fn copy_from_a_range_another_copy_fills_and_undoes() {
                     dst_iova: 0x1000,
                     len: K4,
                 });
+            },
+        ],
+    );
+}
+
+// ------------------------------------------------------------------------------------------
+// attach and detach beside maps and copies
+
+/// (d) A copy from A into B (no device yet: B has no domain) while another thread attaches a
+/// device to B, which builds B's domain and fills it from B's record. The fill takes the runs
+/// the record holds, whole, under the write lock, and the copy's later runs go into every
+/// domain B has then: B's domain ends mapping both pages whatever the order (`audit`).
+#[test]
+fn attach_between_a_copy_s_runs() {
+    run(
+        "attach_between_a_copy_s_runs",
+        Setup {
+            device_on_b: false,
+            refuse_map_at: None,
+            c: false,
+            b_page: false,
+        },
+        &[
+            |t| {
+                t.run(copy_a_to(B));
+            },
+            |t| {
+                t.run(Call::Attach(B));
+            },
+        ],
+    );
+}
+
+/// (d') As (d), the unit refusing every map of the second page: a copy whose second run
+/// reaches B's new domain fails there and undoes its first run from every domain B has then,
+/// the one the attach built and filled with it too; an attach after the copy is refused (its
+/// fill meets the second page). No domain keeps a page its record does not map (`audit`).
+#[test]
+fn attach_between_the_runs_of_a_copy_that_fails() {
+    run(
+        "attach_between_the_runs_of_a_copy_that_fails",
+        Setup {
+            device_on_b: false,
+            refuse_map_at: Some(0x2000),
+            c: false,
+            b_page: false,
+        },
+        &[
+            |t| {
+                t.run(copy_a_to(B));
+            },
+            |t| {
+                t.run(Call::Attach(B));
+            },
+        ],
+    );
+}
+
+/// (e) A copy from A into B (attached, the unit refusing the second page) while another
+/// thread detaches B's only device, which frees B's domain. Detached first, the copy
+/// succeeds (no domain refuses); detached after, the copy failed and undid its first run from
+/// the domain; detached between the runs, the second run and the record are all that is left
+/// and the copy succeeds. The unit is never asked to map into, unmap from or flush a domain
+/// it freed (`ModelUnit` panics).
+#[test]
+fn detach_between_a_copy_s_runs() {
+    run(
+        "detach_between_a_copy_s_runs",
+        Setup {
+            device_on_b: true,
+            refuse_map_at: Some(0x2000),
+            c: false,
+            b_page: false,
+        },
+        &[
+            |t| {
+                t.run(copy_a_to(B));
+            },
+            |t| {
+                t.run(Call::Detach);
+            },
+        ],
+    );
+}
+
+/// (f) Two maps into B while another thread attaches a device to B: each map goes into the
+/// record and B's domain whole, before or after the attach's fill of that domain, never between
+/// the fill and the domain joining B (`audit`).
+#[test]
+fn attach_vs_maps() {
+    run(
+        "attach_vs_maps",
+        Setup {
+            device_on_b: false,
+            refuse_map_at: None,
+            c: false,
+            b_page: false,
+        },
+        &[
+            |t| {
+                t.run(Call::Map(B, 0x1000, 0x70_0000, K4));
+                t.run(Call::Map(B, 0x3000, 0x80_0000, K4));
+            },
+            |t| {
+                t.run(Call::Attach(B));
+            },
+        ],
+    );
+}
+
+/// (g) A map and an unmap in B (attached) while another thread detaches B's only device: the
+/// domain is freed with the detach, and no later map or unmap of B reaches it (`ModelUnit`
+/// panics on a freed domain).
+#[test]
+fn detach_vs_map_and_unmap() {
+    run(
+        "detach_vs_map_and_unmap",
+        Setup {
+            device_on_b: true,
+            refuse_map_at: None,
+            c: false,
+            b_page: false,
+        },
+        &[
+            |t| {
+                t.run(Call::Map(B, 0x1000, 0x70_0000, K4));
+                t.run(Call::Unmap(B, 0x1000, K4));
+            },
+            |t| {
+                t.run(Call::Detach);
+            },
+        ],
+    );
+}
+
+// ------------------------------------------------------------------------------------------
+// reserved regions and IOVA allocation beside maps and copies
+
+/// (h) A copy from A into B (attached) at `[0x4000, 0x6000)` while another thread reserves
+/// the second page of that range, `[0x5000, 0x6000)`, for the context: the reservation is refused while the copy holds the range (its runs not
+/// mapped yet are the copy's), or comes whole before the copy (which is then refused) or after
+/// it (refused: mapped). A reserved range never ends up mapped (`check_serial`: the model
+/// refuses maps into a reserved region), and a reservation made while the copy held the range
+/// is a defect (`check_copy_hold`).
+#[test]
+fn reserve_region_vs_copy_into_it() {
+    run(
+        "reserve_region_vs_copy_into_it",
+        Setup {
+            device_on_b: true,
+            refuse_map_at: None,
+            c: false,
+            b_page: false,
+        },
+        &[
+            |t| {
+                t.run(Call::Copy {
+                    src: A,
+                    src_iova: 0x1000,
+                    dst: B,
+                    dst_iova: 0x4000,
+                    len: 2 * K4,
+                });
+            },
+            |t| {
+                t.run(Call::Reserve(0x5000, 0x6000));
+            },
+        ],
+    );
+}
+
+/// (i) A copy from A into B (attached) while another thread asks `alloc_iova` for a page of B
+/// and maps it. `alloc_iova` never returns a range mapped or reserved (`check_serial`), nor
+/// one the copy holds while it runs (`check_copy_hold`); the map into the page it got is
+/// explained by the calls one at a time (handed a page before the copy took it, it is `Busy`
+/// or refused by the copy's run).
+#[test]
+fn alloc_iova_vs_copy() {
+    run(
+        "alloc_iova_vs_copy",
+        Setup {
+            device_on_b: true,
+            refuse_map_at: None,
+            c: false,
+            b_page: false,
+        },
+        &[
+            |t| {
+                t.run(copy_a_to(B));
+            },
+            |t| {
+                if let Answer::Ok(at) = t.run(Call::AllocIova(B, K4)) {
+                    t.run(Call::Map(B, at, 0x70_0000, K4));
+                }
+            },
+        ],
+    );
+}
+
+/// (j) Two threads each ask `alloc_iova` for a page of B, beside a map of B's first page:
+/// neither is handed a page mapped or reserved (the other's) at the time (`check_serial`).
+#[test]
+fn alloc_iova_vs_alloc_iova_and_map() {
+    run(
+        "alloc_iova_vs_alloc_iova_and_map",
+        Setup {
+            device_on_b: false,
+            refuse_map_at: None,
+            c: false,
+            b_page: false,
+        },
+        &[
+            |t| {
+                t.run(Call::Map(B, 0x1000, 0x70_0000, K4));
+                t.run(Call::AllocIova(B, K4));
+            },
+            |t| {
+                t.run(Call::AllocIova(B, K4));
             },
         ],
     );
