@@ -29,7 +29,15 @@
 //!
 //! The queue is owned by one `&mut` user at a time; the producer index lives here and is written
 //! to CMDQ_PROD once per batch through the doorbell barrier. Every wait is bounded.
+//!
+//! A `--cfg loom` build (`tests/loom_queues.rs`) reaches the ring through loom's atomics
+//! (`queue.rs`, `QueueWord`) and the MSI word through `loom_words` (in place of `msi_word`),
+//! and exposes the queue to the test as `LoomCommandQueue`, so that a thread standing in for
+//! the SMMU consumes commands while the real producer runs; a normal build compiles the code
+//! above unchanged.
 
+// A loom build replaces the function that uses `AtomicU32` (`loom_words`).
+#[cfg_attr(loom, allow(unused_imports))]
 use core::sync::atomic::{AtomicU32, Ordering};
 
 use super::cmd::{Command, SyncMsi, SyncSignal};
@@ -366,9 +374,7 @@ impl<A: PageAllocator> CommandQueue<A> {
         first_error: &mut Option<SmmuError>,
     ) -> bool {
         let Some(page) = self.msi else { return false };
-        // SAFETY: the page is live while the queue is, 4 KiB aligned, and the unit writes the
-        // word only through DMA; the CPU reads it atomically.
-        let word = unsafe { &*page.va.as_ptr().cast::<AtomicU32>() };
+        let word = msi_word(&page);
         let want = self.msi_sequence;
         let target = self.prod;
         let mut polls = 0u32;
@@ -439,6 +445,14 @@ impl<A: PageAllocator> CommandQueue<A> {
     }
 }
 
+/// The CMD_SYNC MSI word: the first 32 bits of the queue's MSI page.
+#[cfg(not(loom))]
+fn msi_word(page: &Page) -> &AtomicU32 {
+    // SAFETY: the page is live while the queue is, 4 KiB aligned, and the unit writes the word
+    // only through DMA; the CPU reads it atomically.
+    unsafe { &*page.va.as_ptr().cast::<AtomicU32>() }
+}
+
 impl<A: PageAllocator> Drop for CommandQueue<A> {
     /// Frees the MSI page (the queue memory frees itself). The unit must have stopped using
     /// the queue (`CR0.CMDQEN = 0` acknowledged) first.
@@ -450,6 +464,104 @@ impl<A: PageAllocator> Drop for CommandQueue<A> {
         }
     }
 }
+
+/// Under `--cfg loom` (`tests/loom_queues.rs`) the test allocator's pages are arrays of loom's
+/// `AtomicU64`: the ring is reached through `QueueMemory::entry` by word index, the MSI word is
+/// the low half (little-endian) of the MSI page's word 0. `LoomCommandQueue` lets the test
+/// build the crate-private queue and drive its real producer.
+#[cfg(loom)]
+mod loom_words {
+    use super::{CommandQueue, SmmuError, SyncMode};
+    use crate::mem::{Page, PageAllocator, WalkerCoherency};
+    use crate::mmio::RegisterWindow;
+    use crate::smmuv3::cmd::Command;
+    use core::sync::atomic::Ordering;
+    use loom::sync::atomic::AtomicU64;
+
+    /// The MSI word as `CommandQueue::wait_msi` reads it.
+    pub(super) struct MsiWord<'a>(&'a AtomicU64);
+
+    impl MsiWord<'_> {
+        pub(super) fn load(&self, order: Ordering) -> u32 {
+            self.0.load(order) as u32
+        }
+    }
+
+    /// As the normal build's `msi_word`.
+    pub(super) fn msi_word(page: &Page) -> MsiWord<'_> {
+        // SAFETY: the MSI page is a live page of loom atomics while the queue is.
+        MsiWord(unsafe { &*page.va.cast::<AtomicU64>().as_ptr() })
+    }
+
+    /// The crate's command queue for a model-checking test: a coherent unit, `IDR1.CMDQS` 19,
+    /// 52-bit addresses.
+    pub struct LoomCommandQueue<A: PageAllocator>(CommandQueue<A>);
+
+    impl<A: PageAllocator> LoomCommandQueue<A> {
+        /// `CommandQueue::new`.
+        ///
+        /// # Errors
+        /// As `CommandQueue::new`.
+        pub fn new(alloc: A, log2: u32, mode: SyncMode, budget: u32) -> Result<Self, SmmuError> {
+            CommandQueue::new(alloc, log2, 19, WalkerCoherency::Coherent, mode, budget, 52)
+                .map(Self)
+        }
+
+        /// `CommandQueue::program`.
+        pub fn program<W: RegisterWindow + ?Sized>(&mut self, regs: &W) {
+            self.0.program(regs)
+        }
+
+        /// Every later wait's poll budget.
+        pub fn set_budget(&mut self, budget: u32) {
+            self.0.budget = budget;
+        }
+
+        /// `CommandQueue::submit`.
+        ///
+        /// # Errors
+        /// As `CommandQueue::submit`.
+        pub fn submit<W: RegisterWindow + ?Sized>(
+            &mut self,
+            regs: &W,
+            commands: &[Command],
+        ) -> Result<(), SmmuError> {
+            self.0.submit(regs, commands)
+        }
+
+        /// `CommandQueue::submit_and_sync`.
+        ///
+        /// # Errors
+        /// As `CommandQueue::submit_and_sync`.
+        pub fn submit_and_sync<W: RegisterWindow + ?Sized>(
+            &mut self,
+            regs: &W,
+            commands: &[Command],
+        ) -> Result<(), SmmuError> {
+            self.0.submit_and_sync(regs, commands)
+        }
+
+        /// The producer position (`CMDQ_PROD` encoding: index and wrap flag).
+        pub fn prod(&self) -> u32 {
+            self.0.prod.register()
+        }
+
+        /// The sequence number the last CMD_SYNC's MSI carries.
+        pub fn msi_sequence(&self) -> u32 {
+            self.0.msi_sequence
+        }
+
+        /// The sync mode (an aborted MSI turns `Msi` into `PollCons`).
+        pub fn mode(&self) -> SyncMode {
+            self.0.mode
+        }
+    }
+}
+
+#[cfg(loom)]
+use loom_words::msi_word;
+#[cfg(loom)]
+pub use loom_words::LoomCommandQueue;
 
 #[cfg(test)]
 mod tests {

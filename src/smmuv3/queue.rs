@@ -7,7 +7,17 @@
 
 use core::marker::PhantomData;
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::Ordering;
+
+/// A 64-bit word of queue memory: `core`'s atomic, or under `--cfg loom`
+/// (`tests/loom_queues.rs`) loom's, so that a thread standing in for the unit reads the command
+/// queue while the real producer fills it (the test's pages are arrays of loom atomics, reached
+/// by word index).
+#[cfg(not(loom))]
+pub(crate) type QueueWord = core::sync::atomic::AtomicU64;
+/// A 64-bit word of queue memory (see the normal build's).
+#[cfg(loom)]
+pub(crate) type QueueWord = loom::sync::atomic::AtomicU64;
 
 use super::field::{address_bits, table_page, Field};
 use super::SmmuError;
@@ -157,13 +167,14 @@ impl<A: PageAllocator> QueueMemory<A> {
     }
 
     /// The 64-bit words of entry `index` (taken modulo the queue size).
-    pub(crate) fn entry(&self, index: u32) -> &[AtomicU64] {
+    pub(crate) fn entry(&self, index: u32) -> &[QueueWord] {
         let words = 1usize << (self.entry_log2 - 3);
         let index = (index & ((1 << self.log2) - 1)) as usize;
-        let base = self.page.va.as_ptr().cast::<AtomicU64>();
+        let base = self.page.va.as_ptr().cast::<QueueWord>();
         // SAFETY: the page holds 2^(log2 + entry_log2) bytes, so entry `index` (masked below
         // 2^log2) lies inside it; the page is 8-byte aligned, live until `drop`, and only
-        // accessed through atomics.
+        // accessed through atomics. (Under loom: an array of loom atomics at least as long as
+        // the queue's words, the test allocator's promise.)
         unsafe { core::slice::from_raw_parts(base.add(index * words), words) }
     }
 
