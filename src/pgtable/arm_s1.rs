@@ -88,7 +88,7 @@ impl ArmS1 {
         Ok(Self {
             cfg,
             geometry,
-            derived: vmsa::Derived::new(&geometry, Self::normal_attributes(cfg.coherent), hint),
+            derived: vmsa::Derived::new(&geometry, Self::normal_attributes(cfg.coherent), hint, 0),
         })
     }
 

@@ -28,6 +28,34 @@ const MEMATTR_MASK: u64 = 0b1111 << MEMATTR_SHIFT;
 /// is Device in both encodings, and stage 2 Device wins over any stage-1 type).
 const MEMATTR_DEVICE_NGNRE: u64 = 0b0001;
 
+/// The bits of `prot` a leaf encodes (READ, WRITE, EXEC, PRIV, MMIO): `prot`'s index in a row
+/// of [`LEAF_BITS`].
+const PROT_INDEX: u8 = 0x1f;
+const _: () = assert!(Prot::all().bits() == PROT_INDEX);
+
+/// [`ArmS2::leaf_bits`] without the descriptor type, for every configuration that changes
+/// them (row `2 * attributes + dirty_tracking`, see [`ArmS2::leaf_row`]) and every value of
+/// `prot`'s bits (the column). Worked out at compile time and read with one load (issue 18,
+/// goal 3: worked out per call, the bits were 22 instructions of a one-page map, callgrind);
+/// in read-only data, not in the format: a `PageTable` holds its format on kernel stacks.
+/// Rows 6 and 7 are no configuration's (`leaf_row` is at most 5 rows in): they repeat rows 0
+/// and 1, so that any `u8` index is in bounds without a test.
+static LEAF_BITS: [u64; 256] = {
+    let mut bits = [0u64; 256];
+    let mut i = 0;
+    while i < 256 {
+        let row = (i >> 5) % 6;
+        let attributes = match row / 2 {
+            0 => S2Attributes::NonCoherent,
+            1 => S2Attributes::WriteBack,
+            _ => S2Attributes::ForcedWriteBack,
+        };
+        bits[i] = ArmS2::prot_bits(attributes, row % 2 == 1, (i & 0x1f) as u64);
+        i += 1;
+    }
+    bits
+};
+
 /// The memory attributes every leaf gets, fixed by the domain's snoop policy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum S2Attributes {
@@ -115,11 +143,23 @@ impl ArmS2 {
             pages & valid,
         )?;
         let hint = vmsa::use_contiguous(cfg.bbml2, cfg.dirty_tracking);
+        let normal = Self::normal_attributes(cfg.attributes);
+        let row = Self::leaf_row(cfg.attributes, cfg.dirty_tracking);
         Ok(Self {
             cfg,
             geometry,
-            derived: vmsa::Derived::new(&geometry, Self::normal_attributes(cfg.attributes), hint),
+            derived: vmsa::Derived::new(&geometry, normal, hint, row),
         })
+    }
+
+    /// Where the configuration's row of [`LEAF_BITS`] starts.
+    const fn leaf_row(attributes: S2Attributes, dirty_tracking: bool) -> u8 {
+        let attributes = match attributes {
+            S2Attributes::NonCoherent => 0,
+            S2Attributes::WriteBack => 1,
+            S2Attributes::ForcedWriteBack => 2,
+        };
+        (2 * attributes + dirty_tracking as u8) << 5
     }
 
     /// The configuration.
@@ -162,29 +202,32 @@ impl ArmS2 {
         memattr << MEMATTR_SHIFT | sh << SH_SHIFT | AF
     }
 
-    /// Every bit of a leaf at `level` with `prot` but its output address (and the hint):
-    /// branch-free from the bits of `prot`, which sit where S2AP and XN want them shifted (the
-    /// assertions below), the Normal attributes read from `derived` (issue 18, goal 3: the
-    /// leaf's bits took about twice VT-d's instructions).
+    /// Every bit of a leaf at `level` with `prot` but its output address (and the hint): the
+    /// configuration's entry of [`LEAF_BITS`] for `prot` and the descriptor type of `level`.
     #[inline]
     fn leaf_bits(&self, level: u32, prot: Prot) -> u64 {
+        // Within the table for every `u8` (its size), and of this configuration's row: the
+        // row's start is a multiple of 32, `prot`'s bits below 32.
+        let index = self.derived.leaf_row() | prot.bits() & PROT_INDEX;
+        LEAF_BITS[usize::from(index)] | vmsa::leaf_type(level)
+    }
+
+    /// [`Self::leaf_bits`] without the descriptor type, for the Normal attributes of
+    /// `attributes`, with dirty tracking or not, and `prot`'s bits `p`: branch-free from them,
+    /// which sit where S2AP and XN want them shifted (the assertions below).
+    const fn prot_bits(attributes: S2Attributes, dirty_tracking: bool, p: u64) -> u64 {
         const _: () = assert!((Prot::READ.bits() as u64) << 6 == S2AP_R);
         const _: () = assert!((Prot::WRITE.bits() as u64) << 6 == S2AP_W);
         const _: () = assert!((Prot::WRITE.bits() as u64) << 50 == DBM);
         const _: () = assert!((Prot::EXEC.bits() as u64) << 52 == XN);
-        let p = u64::from(prot.bits());
-        let attributes = if prot.contains(Prot::MMIO) {
+        let attributes = if p & Prot::MMIO.bits() as u64 != 0 {
             MEMATTR_DEVICE_NGNRE << MEMATTR_SHIFT | SH_OUTER << SH_SHIFT | AF
         } else {
-            self.derived.normal_leaf()
+            Self::normal_attributes(attributes)
         };
         // With DBM a writable page starts dirty: S2AP write set, DBM marks it trackable.
-        let dbm = if self.cfg.dirty_tracking {
-            p << 50 & DBM
-        } else {
-            0
-        };
-        attributes | vmsa::leaf_type(level) | (p << 6 & (S2AP_R | S2AP_W)) | dbm | (!p << 52 & XN)
+        let dbm = if dirty_tracking { p << 50 & DBM } else { 0 };
+        attributes | (p << 6 & (S2AP_R | S2AP_W)) | dbm | (!p << 52 & XN)
     }
 }
 
@@ -236,5 +279,45 @@ unsafe impl Format for ArmS2 {
     #[inline]
     fn leaf_clear_dirty(&self, raw: u64) -> u64 {
         raw & !S2AP_W
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every configuration reads its own row of `LEAF_BITS`: a leaf's bits are those worked
+    /// out from the configuration, for every value of `prot`'s bits and every level.
+    #[test]
+    fn leaf_bits_come_from_the_configurations_row() {
+        for attributes in [
+            S2Attributes::NonCoherent,
+            S2Attributes::WriteBack,
+            S2Attributes::ForcedWriteBack,
+        ] {
+            for dirty_tracking in [false, true] {
+                let f = ArmS2::new(ArmS2Config {
+                    granule_log2: 12,
+                    ias: 48,
+                    oas: 48,
+                    blocks: true,
+                    attributes,
+                    dirty_tracking,
+                    bbml2: false,
+                })
+                .unwrap();
+                for bits in 0..=u8::MAX {
+                    let prot = Prot::from_bits_retain(bits);
+                    let p = u64::from(bits & PROT_INDEX);
+                    for level in 0..4 {
+                        assert_eq!(
+                            f.leaf_bits(level, prot),
+                            ArmS2::prot_bits(attributes, dirty_tracking, p) | vmsa::leaf_type(level),
+                            "{attributes:?}, dirty tracking {dirty_tracking}, {bits:#x}, level {level}"
+                        );
+                    }
+                }
+            }
+        }
     }
 }

@@ -59,9 +59,10 @@ pub(super) const fn decode_addr(granule_log2: u32, raw: u64, shift: u32) -> u64 
 }
 
 /// What the descriptor code of one configuration works out once, in the format's `new`: how a
-/// table descriptor holds its table's address, the leaf bits no `prot` changes, and the hint's
-/// run size per level. 16 bytes, as the two masks it replaced: a `PageTable` holds its format,
-/// and every byte of it is on the kernel stack of the calls that build or move a domain.
+/// table descriptor holds its table's address, the leaf bits no `prot` changes (stage 2: the
+/// row of its table of leaf bits), and the hint's run size per level. 16 bytes, as the two
+/// masks it replaced: a `PageTable` holds its format, and every byte of it is on the kernel
+/// stack of the calls that build or move a domain.
 ///
 /// The descent decodes one table address per level, and `map` / `unmap` ask for the hint's run
 /// size at every run they write, break or clear: worked out from the configuration each time,
@@ -77,19 +78,27 @@ pub(super) struct Derived {
     normal_leaf: u16,
     /// Log2 of the contiguous hint's run at engine level `l` in bits `4l + 3 : 4l` (0: no
     /// hint there; levels 0-3, the most a VMSAv8-64 table without FEAT_LPA2 has).
-    contiguous: u32,
+    contiguous: u16,
+    /// Where the format's table of leaf bits per `prot` starts for this configuration (stage
+    /// 2's `LEAF_BITS`: a multiple of 32, one entry per value of `prot`'s five bits), 0 where
+    /// the format has none (stage 1).
+    leaf_row: u8,
 }
+
+const _: () = assert!(core::mem::size_of::<Derived>() == 16);
 
 impl Derived {
     /// For a table of `geometry` (`granule_log2` its granule) whose Normal leaves carry
-    /// `normal_leaf`, with the hint on (`hint`: see [`use_contiguous`]).
-    pub(super) fn new(geometry: &Geometry, normal_leaf: u64, hint: bool) -> Self {
+    /// `normal_leaf`, with the hint on (`hint`: see [`use_contiguous`]), and `leaf_row` (see
+    /// [`Self::leaf_row`](field@Self::leaf_row)).
+    pub(super) fn new(geometry: &Geometry, normal_leaf: u64, hint: bool, leaf_row: u8) -> Self {
         let granule_log2 = geometry.granule_log2;
         let below_granule = 1u64.wrapping_shl(granule_log2).wrapping_sub(1);
-        let mut contiguous = 0;
+        let mut contiguous = 0u16;
         for level in 0..geometry.levels.min(4) {
             if hint && geometry.leaf_allowed(level) {
-                contiguous |= contiguous_log2(granule_log2, level) << (4 * level);
+                // At most 7 (`contiguous_log2`): four bits.
+                contiguous |= (contiguous_log2(granule_log2, level) as u16) << (4 * level);
             }
         }
         Self {
@@ -99,6 +108,7 @@ impl Derived {
             // encodings, which go through this field).
             normal_leaf: (normal_leaf & 0xffc) as u16,
             contiguous,
+            leaf_row,
         }
     }
 
@@ -129,11 +139,17 @@ impl Derived {
         self.normal_leaf as u64
     }
 
+    /// See [`Self::leaf_row`](field@Self::leaf_row).
+    #[inline]
+    pub(super) const fn leaf_row(self) -> u8 {
+        self.leaf_row
+    }
+
     /// Log2 of the hint's run at `level` (0: none).
     #[inline]
     pub(super) const fn contiguous_log2(self, level: u32) -> u32 {
-        if level < 8 {
-            self.contiguous >> (4 * level) & 0xf
+        if level < 4 {
+            (self.contiguous >> (4 * level) & 0xf) as u32
         } else {
             0
         }
@@ -352,7 +368,7 @@ mod tests {
         ];
         for g in [12, 14, 16] {
             let geometry = natural_geometry(g, 48, if g == 16 { 52 } else { 48 }).unwrap();
-            let t = Derived::new(&geometry, 0, true);
+            let t = Derived::new(&geometry, 0, true, 0);
             for raw in raws {
                 assert_eq!(
                     t.table_address(raw),

@@ -127,6 +127,17 @@ impl Geometry {
         (iova.wrapping_shr(self.level_shift(level)) & mask) as usize
     }
 
+    /// [`Self::index`] at a `level` below the top, whose tables all have `granule_log2 - 3`
+    /// index bits: without `index`'s test of the level (the one-page paths, which reach their
+    /// leaf table below the root).
+    #[inline]
+    pub const fn index_below_top(&self, level: u32, iova: u64) -> usize {
+        let mask = 1u64
+            .wrapping_shl(self.granule_log2.wrapping_sub(3))
+            .wrapping_sub(1);
+        (iova.wrapping_shr(self.level_shift(level)) & mask) as usize
+    }
+
     /// Whether a leaf may sit at `level`.
     #[inline]
     pub const fn leaf_allowed(&self, level: u32) -> bool {

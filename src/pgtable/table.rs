@@ -118,6 +118,13 @@ pub(super) const fn open_at(depth: usize) -> usize {
     }
 }
 
+/// `x >> bits` for every `bits` in 1..=64 (a validated geometry's input and output sizes),
+/// without a test: `x >> (bits - 1) >> 1`.
+#[inline(always)]
+fn above(x: u64, bits: u32) -> u64 {
+    x >> (bits.wrapping_sub(1) & 63) >> 1
+}
+
 /// What `map_page` did with its page.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum PageMap {
@@ -427,14 +434,15 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         // From the geometry, not from masks kept in the `PageTable`: every byte of it is on the
         // kernel stack of the IOASID calls that build or move a domain (tests/linux_module.rs).
         let g = self.geo();
-        // `x >> (bits - 1) >> 1` is `x >> bits` for every `bits` in 1..=64, without a test.
-        let above = |x: u64, bits: u32| x >> (bits.wrapping_sub(1) & 63) >> 1;
         ((iova | pa) & ((1u64 << g.granule_log2) - 1)) | above(iova, g.ias) | above(pa, g.oas) == 0
     }
 
     /// Whether `check_iova_range(iova, len)` and `check_pa_range(pa, len)` both pass, as one
     /// branch-free test of the common case (a map's checks were about 30 instructions of
-    /// taken branches; issue 18, goal 3). Never true where either check fails.
+    /// taken branches; issue 18, goal 3). Never true where either check fails. (Written as
+    /// `unmap_range_ok`, one OR of every failure's bits, it took up to 15 instructions fewer
+    /// in `map_fast`'s own part, but changed the registers of its leaf loop: one more per
+    /// eight leaves, VT-d or Arm by variant, callgrind.)
     #[inline(always)]
     pub(super) fn map_ranges_ok(&self, iova: u64, pa: u64, len: u64) -> bool {
         let g = self.geo();
@@ -448,6 +456,22 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
             & ((iova | pa | len) & granule_mask == 0)
             & fits(last_iova, g.ias)
             & fits(last_pa, g.oas)
+    }
+
+    /// Whether `check_iova_range(iova, len)` passes and the range's end, `iova + len`, does
+    /// not overflow (an unmap's `Error::Overflow`), as one branch-free test as
+    /// [`Self::map_ranges_ok`] (issue 18, goal 2: that test with an output address of 0 was
+    /// about 35 instructions of an unmap of 256 pages). Never true where either fails.
+    #[inline(always)]
+    pub(super) fn unmap_range_ok(&self, iova: u64, len: u64) -> bool {
+        let g = self.geo();
+        let granule_mask = (1u64 << g.granule_log2) - 1;
+        let (end, wraps) = iova.overflowing_add(len);
+        // Without overflow and with `len` not 0, `end - 1` is the range's last IOVA.
+        let wrong = ((iova | len) & granule_mask)
+            | above(end.wrapping_sub(1), g.ias)
+            | u64::from(wraps | (len == 0));
+        wrong == 0
     }
 
     /// Whether a leaf at `level` can map `[iova, iova + len)` to `pa` entirely.
@@ -596,7 +620,8 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     /// non-coherent walker.
     #[inline(always)]
     fn map_one(&self, t: Table, iova: u64, pa: u64, prot: Prot) -> PageMap {
-        let idx = self.geo().index(0, iova);
+        // `t` is below the root (`descend`).
+        let idx = self.geo().index_below_top(0, iova);
         // SAFETY: `t` is a live leaf table and `idx` comes from an in-range IOVA.
         let raw = unsafe { t.slot(idx) }.load(Ordering::Acquire);
         if self.format.is_present(raw) {
@@ -615,7 +640,8 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     #[inline(always)]
     fn unmap_one(&self, t: Table, iova: u64, gather: &mut Gather) -> u64 {
         let shift = self.geo().granule_log2;
-        let idx = self.geo().index(0, iova);
+        // `t` is below the root (`descend`).
+        let idx = self.geo().index_below_top(0, iova);
         // SAFETY: `t` is a live leaf table and `idx` comes from an in-range IOVA.
         let slot = unsafe { t.slot(idx) };
         let mut raw = slot.load(Ordering::Acquire);
@@ -671,6 +697,25 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     /// `iova` (an IOVA inside the input size), if every entry on the way is a table pointer.
     #[inline(always)]
     fn descend(&self, at: u32, iova: u64, sync_path: bool) -> Option<(Table, u32)> {
+        // Read once, and the descent compiled once per answer: the format's fields would be
+        // reloaded after every entry's acquire load, and a test of the answer at each level
+        // kept the compiler from folding the decode into the allocator's range test (Arm,
+        // whose mask depends on the output size: issue 18, goal 3).
+        match self.format.table_address_mask() {
+            Some(mask) => self.descend_with(at, iova, sync_path, |raw| PhysAddr::new(raw & mask)),
+            None => self.descend_with(at, iova, sync_path, |raw| self.format.table_address(raw)),
+        }
+    }
+
+    /// [`Self::descend`] with `address` decoding each table entry's address.
+    #[inline(always)]
+    fn descend_with(
+        &self,
+        at: u32,
+        iova: u64,
+        sync_path: bool,
+        address: impl Fn(u64) -> PhysAddr,
+    ) -> Option<(Table, u32)> {
         // A copy: the compiler would reload each field after every load of an entry (a
         // `PageTable` is not `Freeze`: its dirty-tracking flag is an atomic).
         let g = *self.geo();
@@ -678,8 +723,6 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         if g.levels < at + 2 {
             return None;
         }
-        // Read once: the format's fields would be reloaded after every entry's acquire load.
-        let address_mask = self.format.table_address_mask();
         let mut t = self.root_table();
         let mut split_levels = 0;
         for level in (at + 1..g.levels).rev() {
@@ -693,14 +736,17 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
                 // SAFETY: as above.
                 self.sync(unsafe { t.entry_ptr(idx) }, 8);
             }
-            if !sync_path && self.split_made(level, raw) {
+            let split = !sync_path && self.split_made(level, raw);
+            if at == 0 {
+                // The one-page and leaf-table unmaps: without a branch (a test and a jump per
+                // level kept the mask in memory, 12-14 instructions per call; issue 18, goal 2).
+                split_levels |= u32::from(split) << level;
+            } else if split {
+                // `unmap_range`'s level-1 path keeps the branch: without it, that frame, on
+                // the deepest chain of the C ABI's unmap, took 16 bytes more.
                 split_levels |= 1 << level;
             }
-            let pa = match address_mask {
-                Some(mask) => PhysAddr::new(raw & mask),
-                None => self.format.table_address(raw),
-            };
-            t = Table(self.alloc.phys_to_virt(pa)?);
+            t = Table(self.alloc.phys_to_virt(address(raw))?);
         }
         Some((t, split_levels))
     }
@@ -1527,7 +1573,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     }
 
     /// [`Self::unmap`] of a range other than one granule, shorter than a leaf table's span
-    /// (`unmap_fast_or_page`), on the leaf-table fast path, in a
+    /// (`unmap_fast_or_page`, its one caller, tests it), on the leaf-table fast path, in a
     /// function of its own as [`Self::map_fast`] (issue 18, goal 2: the clearing loop was a
     /// call of its own, `clear_leaves`, whose prologue, epilogue and set-up again were about
     /// 40 instructions of a 256-page unmap): the checks as one branch-free test, the descent to
@@ -1539,13 +1585,11 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     #[inline(never)]
     fn unmap_fast(&self, iova: Iova, len: u64, gather: &mut Gather) -> FastUnmap {
         let iova = iova.get();
-        // `map`'s branch-free test with an output address that always passes (0).
-        let Some(end) = iova.checked_add(len) else {
-            return FastUnmap::Unchecked;
-        };
-        if !self.map_ranges_ok(iova, 0, len) {
+        if !self.unmap_range_ok(iova, len) {
             return FastUnmap::Unchecked;
         }
+        // Does not overflow (`unmap_range_ok`).
+        let end = iova.wrapping_add(len);
         if self.leaf_runs != 0
             && (iova | end) & self.largest_leaf_run_mask() != 0
             && self.split == SplitPolicy::Refuse
@@ -1555,7 +1599,13 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
             // run bounds the others: a range aligned to it cuts none.)
             return FastUnmap::NotHere;
         }
-        let Some((leaf, split_levels)) = self.plain_leaf_table_for(iova, len, false) else {
+        // `plain_leaf_table_for` without its test of `len` (shorter than a leaf table's span,
+        // the caller's test): the range lies inside one leaf table's span if its ends do.
+        let span_log2 = self.geo().level_shift(1);
+        if iova >> span_log2 != (end - 1) >> span_log2 {
+            return FastUnmap::NotHere;
+        }
+        let Some((leaf, split_levels)) = self.descend(0, iova, false) else {
             return FastUnmap::NotHere;
         };
         let bytes = self.unmap_leaves(leaf, iova, len, gather);
@@ -1579,7 +1629,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     ) -> Result<u64, Error> {
         // `map`'s branch-free test with an output address that always passes (0): the common
         // case of the checks, which name what is wrong.
-        if !checked && !self.map_ranges_ok(iova.get(), 0, len) {
+        if !checked && !self.unmap_range_ok(iova.get(), len) {
             self.check_iova_range(iova, len)?;
         }
         let end = iova.get().checked_add(len).ok_or(Error::Overflow {

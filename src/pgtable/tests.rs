@@ -1067,7 +1067,8 @@ fn walks_of_a_six_level_table_keep_the_recursive_order() {
 }
 
 /// The argument tests of the hot paths (`map_ranges_ok` for any length, `one_page_ok` for
-/// one granule) pass exactly where `check_iova_range` and `check_pa_range` both do, on
+/// one granule) pass exactly where `check_iova_range` and `check_pa_range` both do (and
+/// `unmap_range_ok` where `check_iova_range` does and the range's end does not overflow), on
 /// addresses and lengths at every edge (alignment, input and output size, wrapping), for
 /// geometries with 39, 48 and 64 input bits, 46 and 52 output bits, 4 KiB and 64 KiB granules.
 #[test]
@@ -1101,6 +1102,15 @@ fn hot_path_argument_tests_agree_with_the_checks() {
             u64::MAX - (gran - 1),
         ];
         for iova in edges(g.ias) {
+            for len in lens {
+                let checks = t.check_iova_range(Iova::new(iova), len).is_ok()
+                    && iova.checked_add(len).is_some();
+                assert_eq!(
+                    t.unmap_range_ok(iova, len),
+                    checks,
+                    "unmap {iova:#x}, {len:#x}"
+                );
+            }
             for pa in edges(g.oas) {
                 for len in lens {
                     let checks = t
