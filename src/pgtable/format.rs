@@ -131,7 +131,7 @@ impl Geometry {
     /// index bits: without `index`'s test of the level (the one-page paths, which reach their
     /// leaf table below the root).
     #[inline]
-    pub const fn index_below_top(&self, level: u32, iova: u64) -> usize {
+    pub(crate) const fn index_below_top(&self, level: u32, iova: u64) -> usize {
         let mask = 1u64
             .wrapping_shl(self.granule_log2.wrapping_sub(3))
             .wrapping_sub(1);

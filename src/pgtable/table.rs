@@ -1627,8 +1627,8 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         gather: &mut Gather,
         checked: bool,
     ) -> Result<u64, Error> {
-        // `map`'s branch-free test with an output address that always passes (0): the common
-        // case of the checks, which name what is wrong.
+        // The unmap's branch-free test of its arguments (`unmap_range_ok`): the common case of
+        // the checks, which name what is wrong.
         if !checked && !self.unmap_range_ok(iova.get(), len) {
             self.check_iova_range(iova, len)?;
         }
