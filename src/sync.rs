@@ -7,6 +7,12 @@
 //! loom does not see, so a thread waiting for one would spin for ever where loom must switch to
 //! the holder. The atomics of table memory have their own switch, `pgtable/sync.rs`.
 //!
+//! The IOASID layer's own atomics (an IOASID's `Pending` mask and `ReclaimLog`, the registry's
+//! counters) are named by `atomic`: `core`'s in normal builds, loom's under `--cfg loom`, so
+//! that `tests/loom_ioasid.rs` explores their interleavings and weak-memory outcomes with the
+//! locks'. loom's have no `const` `new` and no `get_mut`: the few places that need either say so
+//! with `cfg(loom)`, and normal builds keep `core`'s own code.
+//!
 //! The API is the part of `spin`'s the crate uses: `Mutex::{new, lock, try_lock, get_mut,
 //! into_inner}`, `RwLock::{new, read, write, try_write, upgradeable_read, get_mut}`,
 //! `RwLockUpgradableGuard::upgrade` and the guards. Everything else takes these names, never
@@ -17,6 +23,15 @@
 pub(crate) use spin::{
     Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockUpgradableGuard, RwLockWriteGuard,
 };
+
+/// The IOASID layer's atomics: `core`'s, or loom's under `--cfg loom` (see the module's
+/// documentation).
+pub(crate) mod atomic {
+    #[cfg(not(loom))]
+    pub(crate) use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+    #[cfg(loom)]
+    pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+}
 
 #[cfg(loom)]
 mod loom_locks;

@@ -3,8 +3,9 @@
 //! `source_run`'s check), attach and detach (a domain joining or leaving an IOASID), the
 //! context's reserved regions and `alloc_iova`.
 //!
-//! Built only with `--cfg loom`, which makes the context's locks loom's (`src/sync.rs`) and the
-//! record's table memory loom's atomics (`src/pgtable/sync.rs`):
+//! Built only with `--cfg loom`, which makes the context's locks and the IOASID layer's own
+//! atomics (`Pending`'s mask, `ReclaimLog`, the registry's counters) loom's (`src/sync.rs`) and
+//! the record's table memory loom's atomics (`src/pgtable/sync.rs`):
 //!
 //! ```sh
 //! RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom LOOM_MAX_PREEMPTIONS=2 \
@@ -16,10 +17,10 @@
 //! `alloc` in the copy's source's and destination's places, `map` / `unmap` / `UNMAP_ALL` into
 //! the destination range, a second copy reading that range, an attach or a detach of the one
 //! device, a reservation of part of the destination range, `alloc_iova`; maps and unmaps beside
-//! an attach or a detach; two `alloc_iova`s. Each thread records what it called, with the
-//! arguments it used (an IOASID number `alloc` returned, an IOVA `alloc_iova` returned), what
-//! came back, and when it started and returned (`ModelUnit::clock`). In every interleaving
-//! loom explores:
+//! an attach or a detach; two `alloc_iova`s; an unmap whose flush the unit fails beside a map.
+//! Each thread records what it called, with the arguments it used (an IOASID number `alloc`
+//! returned, an IOVA `alloc_iova` returned), what came back, and when it started and returned
+//! (`ModelUnit::clock`). In every interleaving loom explores:
 //! - every call's answer and the final state must be those of *some* order of the calls one at
 //!   a time, each whole (`check_serial`): a small model of the calls (`Model`) replays every
 //!   order of the threads' histories that keeps each thread's own order. `Busy` passes
@@ -38,19 +39,22 @@
 //! - every domain maps exactly what its IOASID's record maps at the end (`IoasidCtx::audit`,
 //!   the unit's domains walked page by page);
 //! - at every step, the unit is never asked to map into, unmap from, flush, walk or attach a
-//!   device to a domain it freed (a detach's last user frees it), nor to free one twice or while a
-//!   device is attached to it, and the record's tables are only reached in pages the allocator
-//!   handed out and did not take back.
+//!   device to a domain it freed (a detach's last user frees it), nor to free one twice or
+//!   while a device is attached to it, nor to map a page whose invalidation it owes (unmapped,
+//!   no flush of the domain completed since), and the record's tables are only reached in
+//!   pages the allocator handed out and did not take back.
 //!
 //! The unit is a model (`ModelUnit`): each domain a map from page to translation under one
 //! loom mutex, so the scenarios explore the context's interleavings (its `state` lock, the
 //! copy's runs, the record's table walks, an IOASID's IOVA reservations) without the engine's
 //! own, which `tests/loom.rs` covers. It can refuse every map touching one IOVA (as a unit out
 //! of memory), which makes a copy fail in its second run and undo the first, and an attach's
-//! fill fail. It notes every write with the clock's tick (`ModelUnit::events`).
+//! fill fail, and fail the flushes owing a page a number of times (`Setup::failing_flushes`),
+//! which the model replays (`InvalidationPending`). It notes every write with the clock's tick
+//! (`ModelUnit::events`).
 #![cfg(loom)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ptr::NonNull;
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex as StdMutex};
@@ -157,6 +161,11 @@ struct UnitState {
     /// Each domain's pages: IOVA -> (PA, permissions). `None`: freed.
     domains: Vec<Option<Pages>>,
     attached: Vec<(DeviceId, DomainHandle)>,
+    /// Per domain, the pages unmapped since its last completed flush: their invalidation is
+    /// owed, and no map may land on them meanwhile.
+    owing: BTreeMap<u16, BTreeSet<u64>>,
+    /// Per page, how many more flushes owing it fail (`Setup::failing_flushes`).
+    failing: BTreeMap<u64, u32>,
 }
 
 struct ModelUnit {
@@ -191,14 +200,29 @@ impl ModelUnit {
     }
 
     fn domain<R>(&self, d: DomainHandle, what: &str, f: impl FnOnce(&mut Pages) -> R) -> R {
+        self.domain_owing(d, what, |dom, _, _| f(dom))
+    }
+
+    /// As [`Self::domain`], with the pages whose invalidation the domain owes and the
+    /// flushes still to fail, under the same lock (one scheduling point per call of the unit).
+    fn domain_owing<R>(
+        &self,
+        d: DomainHandle,
+        what: &str,
+        f: impl FnOnce(&mut Pages, &mut BTreeSet<u64>, &mut BTreeMap<u64, u32>) -> R,
+    ) -> R {
         let mut st = self.state.lock().unwrap();
-        let dom = st
-            .domains
-            .get_mut(usize::from(d.0))
-            .and_then(Option::as_mut);
+        let UnitState {
+            domains,
+            owing,
+            failing,
+            ..
+        } = &mut *st;
+        let dom = domains.get_mut(usize::from(d.0)).and_then(Option::as_mut);
         // The context reads its domains' handles under its lock and frees them under the
         // write lock: a call on a freed domain is a defect, not a unit error.
-        f(dom.unwrap_or_else(|| panic!("{what} of domain {d:?}, which the unit freed")))
+        let dom = dom.unwrap_or_else(|| panic!("{what} of domain {d:?}, which the unit freed"));
+        f(dom, owing.entry(d.0).or_default(), failing)
     }
 }
 
@@ -253,7 +277,11 @@ impl Iommu for ModelUnit {
         prot: Prot,
     ) -> Result<(), IommuError> {
         let (iova, pa) = (iova.get(), pa.get());
-        self.domain(d, "map", |dom| {
+        self.domain_owing(d, "map", |dom, owing, _| {
+            if let Some(p) = owing.iter().find(|&&p| iova <= p && p - iova < len) {
+                // `pending.rs`: a new mapping never lands where a stale translation may be.
+                panic!("map of {d:?} at {p:#x}, whose invalidation the unit still owes");
+            }
             if self
                 .refuse_map_at
                 .is_some_and(|at| iova <= at && at - iova < len)
@@ -279,17 +307,39 @@ impl Iommu for ModelUnit {
         _g: &mut Gather,
     ) -> Result<u64, IommuError> {
         let end = iova.get().saturating_add(len);
-        self.domain(d, "unmap", |dom| {
+        let n = self.domain_owing(d, "unmap", |dom, owing, _| {
             let gone: Vec<u64> = dom.range(iova.get()..end).map(|(&p, _)| p).collect();
             for p in &gone {
                 dom.remove(p);
             }
-            self.note(UnitEvent::Unmap { iova: iova.get() });
-            Ok(gone.len() as u64 * K4)
-        })
+            let n = gone.len() as u64 * K4;
+            owing.extend(gone);
+            n
+        });
+        self.note(UnitEvent::Unmap { iova: iova.get() });
+        Ok(n)
     }
     fn flush(&self, d: DomainHandle, g: &mut Gather) -> Result<(), IommuError> {
-        self.domain(d, "flush", |_| ());
+        // Every invalidation the domain owes is reissued; it fails while one of its pages is
+        // to fail again.
+        let failed = self.domain_owing(d, "flush", |_, owed, failing| {
+            let mut failed = false;
+            for p in owed.iter() {
+                if let Some(n) = failing.get_mut(p).filter(|n| **n > 0) {
+                    *n -= 1;
+                    failed = true;
+                }
+            }
+            if !failed {
+                owed.clear();
+            }
+            failed
+        });
+        if failed {
+            return Err(IommuError::Timeout {
+                what: "the model's invalidation",
+            });
+        }
         // SAFETY: nothing caches the model's translations.
         g.release(self.alloc, unsafe { InvalidationComplete::assume() })
             .map_err(Into::into)
@@ -400,6 +450,9 @@ struct Setup {
     /// B maps `B_PAGE` before the threads start: a copy into B's `[0x1000, 0x3000)` fails in
     /// its second run and undoes its first.
     b_page: bool,
+    /// Per page, how many flushes of a domain owing its invalidation fail (`Timeout`) before
+    /// one completes.
+    failing_flushes: &'static [(u64, u32)],
 }
 
 /// What B maps when `Setup::b_page` is set: (IOVA, PA).
@@ -417,7 +470,10 @@ impl World {
         // SAFETY: the box is dropped last (`World`'s field order), and never moved out.
         let a: &'static Alloc = unsafe { &*(&*alloc as *const Alloc) };
         let unit = Box::new(ModelUnit {
-            state: loom::sync::Mutex::new(UnitState::default()),
+            state: loom::sync::Mutex::new(UnitState {
+                failing: s.failing_flushes.iter().copied().collect(),
+                ..UnitState::default()
+            }),
             refuse_map_at: s.refuse_map_at,
             alloc: a,
             clock: std::sync::atomic::AtomicUsize::new(0),
@@ -549,6 +605,8 @@ enum Answer {
     Busy,
     NoSuchIoasid,
     NotMapped,
+    /// `InvalidationPending`: a unit did not confirm an invalidation.
+    Pending,
     /// Any other refusal (a range already mapped or reserved, a unit's refusal, a device not
     /// attached).
     Refused,
@@ -560,6 +618,7 @@ fn answer<T>(r: Result<T, Error>, ok: impl FnOnce(T) -> u64) -> Answer {
         Err(Error::Busy) => Answer::Busy,
         Err(Error::NoSuchIoasid(_)) => Answer::NoSuchIoasid,
         Err(Error::NotMapped(_)) => Answer::NotMapped,
+        Err(Error::InvalidationPending { .. }) => Answer::Pending,
         Err(_) => Answer::Refused,
     }
 }
@@ -647,6 +706,12 @@ struct Model {
     attached: Option<usize>,
     reserved: Vec<(u64, u64)>,
     refuse_map_at: Option<u64>,
+    /// The pages the domain owes an invalidation of, as the unit keeps them.
+    owing: BTreeSet<u64>,
+    /// Per page, how many more flushes owing it fail.
+    failing: BTreeMap<u64, u32>,
+    /// The context's books: an invalidation is owed (`Pending`'s mask).
+    owes: bool,
 }
 
 fn overlap((s, e): (u64, u64), start: u64, end: u64) -> bool {
@@ -678,7 +743,35 @@ impl Model {
             attached: s.device_on_b.then_some(1),
             reserved: Vec::new(),
             refuse_map_at: s.refuse_map_at,
+            owing: BTreeSet::new(),
+            failing: s.failing_flushes.iter().copied().collect(),
+            owes: false,
         }
+    }
+
+    /// The domain's flush, as `ModelUnit::flush` answers it.
+    fn flush(&mut self) -> bool {
+        let mut failed = false;
+        for p in &self.owing {
+            if let Some(n) = self.failing.get_mut(p).filter(|n| **n > 0) {
+                *n -= 1;
+                failed = true;
+            }
+        }
+        if !failed {
+            self.owing.clear();
+        }
+        !failed
+    }
+
+    /// What an attached IOASID owes is flushed again before a map or an unmap goes on
+    /// (`pending.rs`); `false` if that failed.
+    fn settle(&mut self, slot: usize) -> bool {
+        if self.attached != Some(slot) || !self.owes {
+            return true;
+        }
+        self.owes = !self.flush();
+        !self.owes
     }
 
     /// Whether the unit refuses a domain's map of `pages`.
@@ -693,6 +786,9 @@ impl Model {
         let reserved = pages
             .keys()
             .any(|&p| self.reserved.iter().any(|&r| overlap(r, p, p + K4)));
+        if self.slots[slot].is_some() && !self.settle(slot) {
+            return Answer::Pending;
+        }
         let Some(io) = self.slots[slot].as_mut() else {
             return Answer::NoSuchIoasid;
         };
@@ -754,13 +850,28 @@ impl Model {
                 self.map_pages(id, &pages)
             }
             Call::Unmap(id, iova, len) => {
-                let Some(io) = self.slots[usize::from(id.0)].as_mut() else {
+                let slot = usize::from(id.0);
+                if self.slots[slot].is_none() {
+                    return Answer::NoSuchIoasid;
+                }
+                if !self.settle(slot) {
+                    return Answer::Pending;
+                }
+                let Some(io) = self.slots[slot].as_mut() else {
                     return Answer::NoSuchIoasid;
                 };
                 let end = iova.saturating_add(len);
                 let gone: Vec<u64> = io.pages.range(iova..end).map(|(&p, _)| p).collect();
                 for p in &gone {
                     io.pages.remove(p);
+                }
+                if self.attached == Some(slot) {
+                    // The domain's unmap and its flush, whose failure is owed.
+                    self.owing.extend(&gone);
+                    if !self.flush() {
+                        self.owes = true;
+                        return Answer::Pending;
+                    }
                 }
                 Answer::Ok(gone.len() as u64 * K4)
             }
@@ -1006,6 +1117,7 @@ fn copy_vs_free_and_reuse_of_source_and_destination() {
             refuse_map_at: None,
             c: false,
             b_page: false,
+            failing_flushes: &[],
         },
         &[
             |t| {
@@ -1043,6 +1155,7 @@ fn copy_undo_vs_free_and_reuse_of_its_destination() {
             refuse_map_at: None,
             c: false,
             b_page: true,
+            failing_flushes: &[],
         },
         &[
             |t| {
@@ -1073,6 +1186,7 @@ fn copy_undo_vs_unmap_and_map_in_its_range() {
             refuse_map_at: Some(0x2000),
             c: false,
             b_page: false,
+            failing_flushes: &[],
         },
         &[
             |t| {
@@ -1099,6 +1213,7 @@ fn copy_vs_unmap_all_of_its_destination() {
             refuse_map_at: None,
             c: false,
             b_page: false,
+            failing_flushes: &[],
         },
         &[
             |t| {
@@ -1125,6 +1240,7 @@ fn copy_from_a_range_another_copy_fills_and_undoes() {
             refuse_map_at: Some(0x2000),
             c: true,
             b_page: false,
+            failing_flushes: &[],
         },
         &[
             |t| {
@@ -1159,6 +1275,7 @@ fn attach_between_a_copy_s_runs() {
             refuse_map_at: None,
             c: false,
             b_page: false,
+            failing_flushes: &[],
         },
         &[
             |t| {
@@ -1184,6 +1301,7 @@ fn attach_between_the_runs_of_a_copy_that_fails() {
             refuse_map_at: Some(0x2000),
             c: false,
             b_page: false,
+            failing_flushes: &[],
         },
         &[
             |t| {
@@ -1211,6 +1329,7 @@ fn detach_between_a_copy_s_runs() {
             refuse_map_at: Some(0x2000),
             c: false,
             b_page: false,
+            failing_flushes: &[],
         },
         &[
             |t| {
@@ -1235,6 +1354,7 @@ fn attach_vs_maps() {
             refuse_map_at: None,
             c: false,
             b_page: false,
+            failing_flushes: &[],
         },
         &[
             |t| {
@@ -1260,6 +1380,7 @@ fn detach_vs_map_and_unmap() {
             refuse_map_at: None,
             c: false,
             b_page: false,
+            failing_flushes: &[],
         },
         &[
             |t| {
@@ -1277,11 +1398,11 @@ fn detach_vs_map_and_unmap() {
 // reserved regions and IOVA allocation beside maps and copies
 
 /// (h) A copy from A into B (attached) at `[0x4000, 0x6000)` while another thread reserves
-/// the second page of that range, `[0x5000, 0x6000)`, for the context: the reservation is refused while the copy holds the range (its runs not
-/// mapped yet are the copy's), or comes whole before the copy (which is then refused) or after
-/// it (refused: mapped). A reserved range never ends up mapped (`check_serial`: the model
-/// refuses maps into a reserved region), and a reservation made while the copy held the range
-/// is a defect (`check_copy_hold`).
+/// the second page of that range, `[0x5000, 0x6000)`, for the context: the reservation is
+/// refused while the copy holds the range (its runs not mapped yet are the copy's), or comes
+/// whole before the copy (which is then refused) or after it (refused: mapped). A reserved
+/// range never ends up mapped (`check_serial`: the model refuses maps into a reserved region),
+/// and a reservation made while the copy held the range is a defect (`check_copy_hold`).
 #[test]
 fn reserve_region_vs_copy_into_it() {
     run(
@@ -1291,6 +1412,7 @@ fn reserve_region_vs_copy_into_it() {
             refuse_map_at: None,
             c: false,
             b_page: false,
+            failing_flushes: &[],
         },
         &[
             |t| {
@@ -1323,6 +1445,7 @@ fn alloc_iova_vs_copy() {
             refuse_map_at: None,
             c: false,
             b_page: false,
+            failing_flushes: &[],
         },
         &[
             |t| {
@@ -1348,6 +1471,7 @@ fn alloc_iova_vs_alloc_iova_and_map() {
             refuse_map_at: None,
             c: false,
             b_page: false,
+            failing_flushes: &[],
         },
         &[
             |t| {
@@ -1356,6 +1480,39 @@ fn alloc_iova_vs_alloc_iova_and_map() {
             },
             |t| {
                 t.run(Call::AllocIova(B, K4));
+            },
+        ],
+    );
+}
+
+// ------------------------------------------------------------------------------------------
+// invalidations a unit did not confirm
+
+/// (k) An unmap of B's page `B_PAGE` (B attached) whose flush the unit fails (`Timeout`), and
+/// a map of another page there, while another thread maps a third page of B. The unit fails
+/// the first two flushes owing `B_PAGE`'s invalidation: the unmap answers `InvalidationPending`
+/// (the page unmapped, the invalidation owed in B's `Pending`), and whichever call settles
+/// first fails again. A map never lands on a page whose invalidation the unit still owes
+/// (`ModelUnit` panics): every map and unmap of B reissues what is owed first, and whichever
+/// fails keeps it owed, `Pending`'s mask included.
+#[test]
+fn unmap_with_failing_flushes_vs_maps() {
+    run(
+        "unmap_with_failing_flushes_vs_maps",
+        Setup {
+            device_on_b: true,
+            refuse_map_at: None,
+            c: false,
+            b_page: true,
+            failing_flushes: &[(B_PAGE.0, 2)],
+        },
+        &[
+            |t| {
+                t.run(Call::Unmap(B, B_PAGE.0, K4));
+                t.run(Call::Map(B, B_PAGE.0, 0x70_0000, K4));
+            },
+            |t| {
+                t.run(Call::Map(B, 0x3000, 0x80_0000, K4));
             },
         ],
     );

@@ -9,7 +9,7 @@
 //! anything else; its pages return to the unit's allocator only when such a flush completes,
 //! or never (dropping a context leaks what it still holds, on purpose).
 
-use core::sync::atomic::{AtomicU32, Ordering};
+use crate::sync::atomic::{AtomicU32, Ordering};
 
 use super::ctx::{Ioasid, IoasidCtx, UnitDomain};
 use super::{Error, MAX_UNITS};
@@ -65,7 +65,8 @@ pub(super) struct Pending {
 }
 
 impl Pending {
-    pub(super) const fn new() -> Self {
+    // Not `const`: loom's atomics have no `const` `new` (`sync.rs`).
+    pub(super) fn new() -> Self {
         Self {
             gathers: crate::sync::Mutex::new([const { Gather::new() }; MAX_UNITS]),
             mask: AtomicU32::new(0),

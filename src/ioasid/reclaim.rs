@@ -11,7 +11,7 @@
 //! once), and on each unit through [`Iommu::reclaim`], which invalidates once and frees the
 //! pages only after that invalidation completed.
 
-use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use crate::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use super::ctx::{IoasidCtx, UnitDomain};
 use super::pending::Pending;
@@ -56,11 +56,15 @@ pub(super) struct ReclaimLog {
 }
 
 impl ReclaimLog {
-    pub(super) const fn new() -> Self {
+    // Not `const`: loom's atomics have no `const` `new` (`sync.rs`).
+    pub(super) fn new() -> Self {
         Self {
             noted: AtomicUsize::new(0),
             urgent: AtomicBool::new(false),
+            #[cfg(not(loom))]
             ends: [const { [AtomicU64::new(0), AtomicU64::new(0)] }; RECLAIM_BATCH],
+            #[cfg(loom)]
+            ends: core::array::from_fn(|_| [AtomicU64::new(0), AtomicU64::new(0)]),
             taken: [Iova::ZERO; 2 * RECLAIM_BATCH],
         }
     }
@@ -93,6 +97,7 @@ impl ReclaimLog {
     }
 
     /// Empties the log, returning the IOVAs to reclaim around (`None`: every table).
+    #[cfg(not(loom))]
     fn take(&mut self) -> Option<&[Iova]> {
         let n = core::mem::take(self.noted.get_mut());
         *self.urgent.get_mut() = false;
@@ -100,6 +105,20 @@ impl ReclaimLog {
         for (out, slot) in self.taken.chunks_exact_mut(2).zip(slots) {
             out[0] = Iova::new(*slot[0].get_mut());
             out[1] = Iova::new(*slot[1].get_mut());
+        }
+        self.taken.get(..2 * n)
+    }
+
+    /// [`Self::take`] under loom, whose atomics have no `get_mut` (`sync.rs`): the same reads
+    /// and writes, exclusive by `&mut self`.
+    #[cfg(loom)]
+    fn take(&mut self) -> Option<&[Iova]> {
+        let n = self.noted.with_mut(core::mem::take);
+        self.urgent.store(false, Ordering::Relaxed);
+        let slots = self.ends.get_mut(..n)?;
+        for (out, slot) in self.taken.chunks_exact_mut(2).zip(slots) {
+            out[0] = Iova::new(slot[0].with_mut(|v| *v));
+            out[1] = Iova::new(slot[1].with_mut(|v| *v));
         }
         self.taken.get(..2 * n)
     }

@@ -2,11 +2,11 @@
 
 use core::mem::MaybeUninit;
 use core::ptr::{addr_of_mut, NonNull};
-use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use super::pasid::PasidAllocator;
 use super::{Error, MAX_BOUND, MAX_UNITS};
 use crate::iommu::{DeviceId, Iommu};
+use crate::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 /// A unit, as the registry numbers it (its position in the slice given to [`Registry::new`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -117,7 +117,11 @@ impl<'a> Registry<'a> {
             addr_of_mut!((*p).owners).write(NO_OWNERS);
             addr_of_mut!((*p).pasids).write(pasids);
             addr_of_mut!((*p).next_ctx).write(AtomicU32::new(1));
+            #[cfg(not(loom))]
             addr_of_mut!((*p).leaked).write([const { AtomicU64::new(0) }; 3]);
+            // loom's atomics have no `const` `new` (`sync.rs`).
+            #[cfg(loom)]
+            addr_of_mut!((*p).leaked).write(core::array::from_fn(|_| AtomicU64::new(0)));
         }
         Ok(())
     }
