@@ -1,8 +1,9 @@
 //! Model checking, with [`loom`], of a queue the hardware consumes while the CPU produces into
 //! it: the VT-d invalidation queue (`src/vtd/inv_queue.rs`; Intel VT-d specification rev. 4.1,
 //! §6.5.2 Queued Invalidation Interface, §6.5.2.8 Invalidation Wait Descriptor, and the
-//! registers IQH / IQT / IQA, §11.4), here, and the SMMUv3 command queue (module `smmuv3`,
-//! `tests/loom_queues/smmuv3.rs`, which says what its model unit does).
+//! registers IQH / IQT / IQA, §11.4), here, the SMMUv3 command queue (module `smmuv3`,
+//! `tests/loom_queues/smmuv3.rs`) and the AMD-Vi command buffer (module `amdvi`,
+//! `tests/loom_queues/amdvi.rs`); each module says what its model unit does.
 //!
 //! Built only with `--cfg loom`, which points the queue's ring and status word at loom's atomics
 //! (`inv_queue.rs`, `loom_words`), turns the `mmio` barriers into loom fences and makes
@@ -38,10 +39,12 @@
 //! Not modelled: queue errors (`FSTS.IQE/ITE/ICE`, the recovery's `neutralise`), 256-bit
 //! descriptors, a unit that does not snoop the ring, more than one producer (the unit's queue
 //! is behind its `inval` lock), the weak orderings loom does not explore (load buffering: a
-//! fetch reading a store the producer made after seeing the fetch's `IQH`), and the AMD-Vi
-//! command buffer (ARCHITECTURE.md, "Queues the hardware consumes").
+//! fetch reading a store the producer made after seeing the fetch's `IQH`) (ARCHITECTURE.md,
+//! "Queues the hardware consumes").
 #![cfg(loom)]
 
+#[path = "loom_queues/amdvi.rs"]
+mod amdvi;
 #[path = "loom_queues/smmuv3.rs"]
 mod smmuv3;
 

@@ -15,8 +15,15 @@
 //! what the lost command covered and its retry issues it again -- the SMMUv3 driver replaces a
 //! `CERROR_ILL` command and the VT-d driver skips an IQE descriptor the same way. A command
 //! whose fetch failed (`COMMAND_HARDWARE_ERROR`) is replaced too: the retry writes it anew.
+//!
+//! A `--cfg loom` build (`tests/loom_queues.rs`) reaches the ring and the semaphore word
+//! through loom's atomics (`loom_words`, in place of `entry` and `semaphore_word`) and yields
+//! to loom in its waits, so that a thread standing in for the unit consumes commands while
+//! the real producer runs; a normal build compiles the code above unchanged.
 
 use core::ptr::NonNull;
+// A loom build replaces the functions that use `AtomicU64` (`loom_words`).
+#[cfg_attr(loom, allow(unused_imports))]
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use super::cmd::Command;
@@ -125,6 +132,7 @@ impl CommandBuffer {
         self.size() - used - ENTRY_BYTES
     }
 
+    #[cfg(not(loom))]
     fn entry(&self, offset: u32) -> [&AtomicU64; 2] {
         let base = self
             .ring
@@ -200,6 +208,9 @@ impl CommandBuffer {
                 return Err(e);
             }
             core::hint::spin_loop();
+            // Under loom a spin that never yields holds the model unit back.
+            #[cfg(loom)]
+            loom::thread::yield_now();
         }
         Err(Error::Timeout {
             what: Wait::CommandSpace,
@@ -228,9 +239,8 @@ impl CommandBuffer {
         let cmd = Command::completion_wait(Some((self.semaphore.pa, sequence)), false);
         self.submit(regs, alloc, [cmd], kind_of)?;
         self.waits += 1;
-        // SAFETY: the semaphore page is live and 8-byte aligned; the unit writes it with DMA,
-        // which the crate reads only atomically.
-        let word = unsafe { &*self.semaphore.va.as_ptr().cast::<AtomicU64>() };
+        let semaphore = self.semaphore;
+        let word = semaphore_word(&semaphore);
         for _ in 0..self.budget {
             if self.coherency == WalkerCoherency::NonCoherent {
                 alloc.sync_for_cpu(self.semaphore.va, 8);
@@ -243,6 +253,8 @@ impl CommandBuffer {
                 return Err(e);
             }
             core::hint::spin_loop();
+            #[cfg(loom)]
+            loom::thread::yield_now();
         }
         Err(Error::Timeout {
             what: Wait::CompletionWait { sequence },
@@ -296,6 +308,48 @@ impl CommandBuffer {
         }
     }
 }
+
+/// The word COMPLETION_WAIT stores its sequence number in: the first of the semaphore page.
+#[cfg(not(loom))]
+fn semaphore_word(page: &Page) -> &AtomicU64 {
+    // SAFETY: the semaphore page is live while the buffer is, and 8-byte aligned; the unit
+    // writes it with DMA, which the crate reads only atomically.
+    unsafe { &*page.va.as_ptr().cast::<AtomicU64>() }
+}
+
+/// Under `--cfg loom` (`tests/loom_queues.rs`) the test allocator's pages are arrays of loom's
+/// `AtomicU64`, reached by word index, never by byte offset.
+#[cfg(loom)]
+mod loom_words {
+    use super::CommandBuffer;
+    use crate::mem::Page;
+    use loom::sync::atomic::AtomicU64;
+
+    impl CommandBuffer {
+        /// Every later wait's poll budget (for a model-checking scenario).
+        pub fn set_budget(&mut self, budget: u32) {
+            self.budget = budget;
+        }
+
+        /// As the normal build's `entry`: the two words of the command at byte `offset`.
+        pub(super) fn entry(&self, offset: u32) -> [&AtomicU64; 2] {
+            let first = self.ring.va.cast::<AtomicU64>().as_ptr();
+            let word = offset as usize / 8;
+            // SAFETY: `offset` is an entry offset below the ring's size, so words `word` and
+            // `word + 1` lie inside the ring, a live page of loom atomics until `release`.
+            unsafe { [&*first.add(word), &*first.add(word + 1)] }
+        }
+    }
+
+    /// As the normal build's `semaphore_word`.
+    pub(super) fn semaphore_word(page: &Page) -> &AtomicU64 {
+        // SAFETY: the semaphore page is a live page of loom atomics while the buffer is.
+        unsafe { &*page.va.cast::<AtomicU64>().as_ptr() }
+    }
+}
+
+#[cfg(loom)]
+use loom_words::semaphore_word;
 
 // SAFETY: the ring and completion pages are owned by the buffer (nothing else writes them from
 // the CPU); moving the buffer to another thread moves that ownership.

@@ -1,0 +1,397 @@
+//! The AMD-Vi command buffer (`src/amdvi/cmdbuf.rs`; AMD IOMMU specification 48882 rev. 3.10,
+//! §2.4 Commands: the circular buffer, the head and tail pointers, COMPLETION_WAIT) under
+//! loom: the crate's real producer (`CommandBuffer::submit` and `wait`, which the unit calls
+//! under its `cmd` lock) against a model unit consuming the buffer on another thread.
+//!
+//! The model reads the tail pointer (relaxed, then an acquire fence: a device fetches what the
+//! tail write's barrier published), fetches each command from the head on and checks it word
+//! for word against the one the scenario queued there (torn, stale or overwritten before it
+//! was fetched: failure), moves the head past it (release) before running it, as a unit that
+//! fetches ahead may (so the head past a COMPLETION_WAIT is not its completion), counts other
+//! commands as executed, and runs a COMPLETION_WAIT with `S` by a 64-bit release store of its
+//! data to its address (§2.4: the store is made once every earlier command completed). The
+//! head and tail registers are relaxed: only the crate's barriers order them with memory.
+//!
+//! A buffer is at least 256 commands (`ComLen` 8): as for the VT-d queue, fillers are queued
+//! before the threads start and the unit takes those from the third on in one step.
+
+use super::*;
+use iommu_engine::amdvi::cmd::Command as AmdCommand;
+use iommu_engine::amdvi::cmdbuf::CommandBuffer;
+use iommu_engine::amdvi::regs::{
+    Control, Status, CMD_BUF_BASE, CMD_BUF_HEAD, CMD_BUF_TAIL, CONTROL, STATUS,
+};
+use iommu_engine::amdvi::{Error as AmdError, Wait as AmdWait};
+use iommu_engine::mem::WalkerCoherency;
+
+/// `ComLen` 8: 256 commands of 16 bytes, one 4 KiB page.
+const LEN_LOG2: u32 = 8;
+const SIZE: u64 = 16 << LEN_LOG2;
+/// COMPLETION_WAIT's opcode (bits 63:60) and its `S` bit (word 0 bit 0).
+const COMPLETION_WAIT: u64 = 0x1;
+const STORE: u64 = 1;
+
+/// The unit's registers: the head and tail pointers as loom atomics; `Status` reads
+/// `CmdBufRun` and `Control` `CmdBufEn` (no command error is modelled).
+struct AmdRegs {
+    head: AtomicU64,
+    tail: AtomicU64,
+    /// Tail pointer writes.
+    doorbells: StdU32,
+}
+
+#[derive(Clone)]
+struct AmdWindow(Arc<AmdRegs>);
+
+impl RegisterWindow for AmdWindow {
+    fn read32(&self, offset: usize) -> u32 {
+        panic!("read32 of register {offset:#x}")
+    }
+
+    fn write32(&self, offset: usize, value: u32) {
+        panic!("write32 of register {offset:#x} ({value:#x})")
+    }
+
+    fn read64(&self, offset: usize) -> u64 {
+        match offset {
+            CMD_BUF_HEAD => self.0.head.load(Ordering::Relaxed),
+            CMD_BUF_TAIL => self.0.tail.load(Ordering::Relaxed),
+            STATUS => Status::CMD_BUF_RUN.bits(),
+            CONTROL => Control::CMD_BUF_EN.bits(),
+            _ => panic!("read64 of register {offset:#x}"),
+        }
+    }
+
+    fn write64(&self, offset: usize, value: u64) {
+        match offset {
+            CMD_BUF_TAIL => {
+                self.0
+                    .doorbells
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.0.tail.store(value, Ordering::Relaxed)
+            }
+            // `program`, before the threads start.
+            CMD_BUF_HEAD => self.0.head.store(value, Ordering::Relaxed),
+            CMD_BUF_BASE => {}
+            _ => panic!("write64 of register {offset:#x} ({value:#x})"),
+        }
+    }
+}
+
+struct AmdPlan {
+    /// The head (byte offset) when the threads start.
+    head: u64,
+    expected: Vec<AmdCommand>,
+    /// `expected[from..to]` is consumed in one step (see the module).
+    bulk: Option<(usize, usize)>,
+}
+
+struct AmdWorld {
+    pages: Arc<Pages>,
+    regs: Arc<AmdRegs>,
+    /// Commands other than COMPLETION_WAIT the unit ran, published by the stores of the
+    /// COMPLETION_WAITs after them.
+    executed: AtomicU64,
+    producer_done: AtomicBool,
+    /// The semaphore page (the second page allocated).
+    semaphore_pa: u64,
+}
+
+impl AmdWorld {
+    fn window(&self) -> AmdWindow {
+        AmdWindow(self.regs.clone())
+    }
+
+    fn fetch(&self, offset: u64) -> [u64; 2] {
+        let word = offset as usize / 8;
+        [0, 1].map(|w| self.pages.word(0, word + w).load(Ordering::Relaxed))
+    }
+
+    fn executed(&self) -> u64 {
+        self.executed.load(Ordering::Relaxed)
+    }
+
+    /// The unit: fetches and runs commands until the producer is done and the buffer empty.
+    /// Returns how many of the plan's commands it consumed. It reads the tail only once it
+    /// has consumed up to the last value it read.
+    fn run_unit(&self, plan: &AmdPlan) -> usize {
+        let mut head = plan.head;
+        let mut tail = head;
+        let mut executed = self.executed();
+        let mut k = 0;
+        while k < plan.expected.len() {
+            if let Some((from, to)) = plan.bulk.filter(|&(from, _)| from == k) {
+                let n = (to - from) as u64;
+                head = (head + 16 * n) % SIZE;
+                executed += n;
+                k = to;
+                self.executed.store(executed, Ordering::Relaxed);
+                self.regs.head.store(head, Ordering::Release);
+                continue;
+            }
+            if head == tail {
+                // Read first: once the producer is done, the tail read after sees its last
+                // write.
+                let done = self.producer_done.load(Ordering::Acquire);
+                tail = self.regs.tail.load(Ordering::Relaxed);
+                // The fetches that follow see what the tail write's barrier published.
+                fence(Ordering::Acquire);
+                assert!(
+                    tail % 16 == 0 && tail < SIZE,
+                    "tail pointer {tail:#x} is outside the buffer or misaligned"
+                );
+                if head == tail {
+                    if done {
+                        break;
+                    }
+                    loom::thread::yield_now();
+                    continue;
+                }
+            }
+            let fetched = self.fetch(head);
+            let want = plan.expected[k].0;
+            assert_eq!(
+                fetched, want,
+                "unit: command at {head:#x} (tail {tail:#x}) holds {fetched:x?}, not the command \
+                 queued there, {want:x?}: torn, stale, or overwritten before it was fetched"
+            );
+            // Fetched: the entry may be reused; the head moves before the command runs.
+            head = (head + 16) % SIZE;
+            self.regs.head.store(head, Ordering::Release);
+            if fetched[0] >> 60 == COMPLETION_WAIT {
+                self.completion_wait(fetched);
+            } else {
+                executed += 1;
+                self.executed.store(executed, Ordering::Relaxed);
+            }
+            k += 1;
+        }
+        k
+    }
+
+    /// COMPLETION_WAIT with `S`: a 64-bit store of word 1 to the address in word 0 (51:3),
+    /// made once every earlier command completed (release: publishes `executed`).
+    fn completion_wait(&self, d: [u64; 2]) {
+        assert_eq!(
+            d[0] & STORE,
+            STORE,
+            "a COMPLETION_WAIT of the buffer's without S"
+        );
+        let address = d[0] & 0x000f_ffff_ffff_fff8;
+        assert_eq!(
+            address, self.semaphore_pa,
+            "a COMPLETION_WAIT's store address"
+        );
+        self.pages.word(1, 0).store(d[1], Ordering::Release);
+    }
+}
+
+/// A command the scenario queues, told apart by its device.
+fn devtab(device: u16) -> AmdCommand {
+    AmdCommand::invalidate_devtab_entry(device)
+}
+
+fn completion(world: &AmdWorld, sequence: u64) -> AmdCommand {
+    AmdCommand::completion_wait(Some((PhysAddr::new(world.semaphore_pa), sequence)), false)
+}
+
+/// Setup: a buffer of 256 commands, `fillers` fillers queued (published), the unit having
+/// consumed the first `consumed`.
+fn amd_setup(fillers: u16, consumed: u64) -> (Arc<AmdWorld>, CommandBuffer, Vec<AmdCommand>) {
+    let regs = Arc::new(AmdRegs {
+        head: AtomicU64::new(0),
+        tail: AtomicU64::new(0),
+        doorbells: StdU32::new(0),
+    });
+    let pages = Arc::new(Pages::default());
+    let window = AmdWindow(regs.clone());
+    let mut b = CommandBuffer::new(&*pages, LEN_LOG2, WalkerCoherency::Coherent, PATIENT).unwrap();
+    b.program(&window).unwrap();
+    let queued: Vec<AmdCommand> = (0..fillers).map(|i| devtab(1000 + i)).collect();
+    b.submit(&window, &*pages, queued.iter().copied(), &mut |_| None)
+        .unwrap();
+    let world = Arc::new(AmdWorld {
+        pages,
+        regs,
+        executed: AtomicU64::new(consumed),
+        producer_done: AtomicBool::new(false),
+        semaphore_pa: PAGE_BASE + (1 << 16),
+    });
+    for (i, d) in queued.iter().enumerate() {
+        assert_eq!(world.fetch(16 * i as u64), d.0, "setup: filler {i}");
+    }
+    world.regs.head.store(16 * consumed, Ordering::Relaxed);
+    world
+        .regs
+        .doorbells
+        .store(0, std::sync::atomic::Ordering::Relaxed);
+    (world, b, queued)
+}
+
+/// Spawns the unit on `plan`, runs `producer` on another thread, and checks that the unit
+/// consumed what the producer says it queued.
+fn amd_race(
+    world: Arc<AmdWorld>,
+    b: CommandBuffer,
+    plan: AmdPlan,
+    producer: impl FnOnce(&AmdWorld, &mut CommandBuffer) -> usize + Send + 'static,
+) {
+    let w = world.clone();
+    let unit = loom::thread::spawn(move || w.run_unit(&plan));
+    let w = world.clone();
+    let producer = loom::thread::spawn(move || {
+        let mut b = b;
+        let queued = producer(&w, &mut b);
+        w.producer_done.store(true, Ordering::Release);
+        queued
+    });
+    let queued = producer.join().unwrap();
+    let consumed = unit.join().unwrap();
+    assert_eq!(
+        consumed, queued,
+        "the unit consumed {consumed} of the {queued} commands queued"
+    );
+}
+
+/// The buffer nearly full when the producer comes, and its commands wrapping: 254 fillers
+/// unconsumed (head 0, tail 254: one free entry besides the one that must stay empty). A
+/// command takes entry 254; its COMPLETION_WAIT must wait (bounded) for the unit to fetch a
+/// filler, take entry 255 and wrap the tail pointer to 0; `wait` returns only once the
+/// command ran.
+#[test]
+fn amdvi_full_buffer_wraps() {
+    run("amdvi_full_buffer_wraps", &["ok"], |t| {
+        let (world, b, mut expected) = amd_setup(254, 0);
+        expected.extend([devtab(1), completion(&world, 1)]);
+        let plan = AmdPlan {
+            head: 0,
+            expected,
+            bulk: Some((2, 254)),
+        };
+        let t = t.clone();
+        amd_race(world, b, plan, move |w, b| {
+            let window = w.window();
+            b.submit(&window, &*w.pages, [devtab(1)], &mut |_| None)
+                .expect("the command, in the free entry");
+            b.wait(&window, &*w.pages, &mut |_| None)
+                .expect("the COMPLETION_WAIT, with room to wait");
+            t.note("ok");
+            assert_eq!(
+                w.executed(),
+                255,
+                "the wait returned before its command ran"
+            );
+            let tail = w.regs.tail.load(Ordering::Relaxed);
+            assert_eq!(tail, 0, "the tail pointer after wrapping");
+            256
+        });
+    });
+}
+
+/// No room within the budget: 255 fillers unconsumed (the buffer full), a command given one
+/// poll for room. Either it is queued, or `submit` fails with `Timeout { CommandSpace }` and
+/// nothing written: the tail pointer where it was and the entry there untouched; the retry,
+/// with room to wait, queues it. (Its completion is the other scenarios' business: no
+/// COMPLETION_WAIT here.)
+#[test]
+fn amdvi_space_timeout_writes_nothing() {
+    run(
+        "amdvi_space_timeout_writes_nothing",
+        &["space timeout"],
+        |t| {
+            let (world, b, mut expected) = amd_setup(255, 0);
+            expected.push(devtab(1));
+            let plan = AmdPlan {
+                head: 0,
+                expected,
+                bulk: Some((2, 255)),
+            };
+            let t = t.clone();
+            amd_race(world, b, plan, move |w, b| {
+                let window = w.window();
+                b.set_budget(1);
+                let r = b.submit(&window, &*w.pages, [devtab(1)], &mut |_| None);
+                b.set_budget(PATIENT);
+                match r {
+                    Ok(()) => t.note("ok"),
+                    Err(e) => {
+                        t.note("space timeout");
+                        let space = AmdError::Timeout {
+                            what: AmdWait::CommandSpace,
+                            polls: 1,
+                        };
+                        assert_eq!(e, space, "the error of a command refused for want of room");
+                        assert_eq!(b.commands, 255, "a refused command was written");
+                        let tail = w.regs.tail.load(Ordering::Relaxed);
+                        assert_eq!(tail, 16 * 255, "the tail pointer after a refusal");
+                        assert_eq!(w.fetch(tail), [0, 0], "an entry written past the tail");
+                        b.submit(&window, &*w.pages, [devtab(1)], &mut |_| None)
+                            .expect("the retry, with room to wait");
+                    }
+                }
+                let tail = w.regs.tail.load(Ordering::Relaxed);
+                assert_eq!(tail, 0, "the tail pointer after the command: wrapped");
+                256
+            });
+        },
+    );
+}
+
+/// A COMPLETION_WAIT whose store comes late: the buffer empty with head = tail = 254, a
+/// command, then `wait` with two polls: `Ok` (the command ran) or
+/// `Timeout { CompletionWait { sequence: 1 } }`; the unit still runs it, and its store may
+/// land while the next wait polls. That wait (after another command, sequence 2) must not
+/// take store 1 for its own: it returns only after both commands ran.
+#[test]
+fn amdvi_wait_timeout_then_late_store() {
+    run(
+        "amdvi_wait_timeout_then_late_store",
+        &["ok", "wait timeout"],
+        |t| {
+            let (world, b, _) = amd_setup(254, 254);
+            let expected = vec![
+                devtab(1),
+                completion(&world, 1),
+                devtab(2),
+                completion(&world, 2),
+            ];
+            let plan = AmdPlan {
+                head: 16 * 254,
+                expected,
+                bulk: None,
+            };
+            let t = t.clone();
+            amd_race(world, b, plan, move |w, b| {
+                let window = w.window();
+                b.submit(&window, &*w.pages, [devtab(1)], &mut |_| None)
+                    .expect("the first command");
+                b.set_budget(2);
+                match b.wait(&window, &*w.pages, &mut |_| None) {
+                    Ok(()) => {
+                        t.note("ok");
+                        assert_eq!(w.executed(), 255, "the first wait returned early");
+                    }
+                    Err(e) => {
+                        t.note("wait timeout");
+                        let late = AmdError::Timeout {
+                            what: AmdWait::CompletionWait { sequence: 1 },
+                            polls: 2,
+                        };
+                        assert_eq!(e, late, "the first wait's error");
+                    }
+                }
+                b.set_budget(PATIENT);
+                b.submit(&window, &*w.pages, [devtab(2)], &mut |_| None)
+                    .expect("the second command");
+                b.wait(&window, &*w.pages, &mut |_| None)
+                    .expect("the second wait");
+                assert_eq!(
+                    w.executed(),
+                    256,
+                    "the second wait returned before its command ran"
+                );
+                4
+            });
+        },
+    );
+}
