@@ -944,8 +944,9 @@ int32_t ie_ctx_max_page_log2(IeCtx *ctx, uint32_t ioasid, uint32_t *max_log2);
 // otherwise the errors of ie_ctx_map() in the destination: nothing is mapped in `dst`
 // after any error (`IE_STATUS_TIMEOUT` / `IE_STATUS_HARDWARE` / `IE_STATUS_COMMAND_ERROR`:
 // what was mapped was unmapped again, but a unit may not have confirmed the invalidation, or
-// may still map some of the range: then, as after ie_ctx_map(), `dst` keeps the range, and
-// ie_ctx_unmap() of `[dst_iova, dst_iova + len)` until `IE_STATUS_OK` lets it go).
+// may still map some of the range (then, as after ie_ctx_map(), `dst` keeps the range), or
+// both on different units: in every case, as after ie_ctx_map(), do not reuse the pages
+// until ie_ctx_unmap() of `[dst_iova, dst_iova + len)` returns `IE_STATUS_OK`).
 // `IE_STATUS_BUSY` when the destination range overlaps that of another copy into `dst`
 // running on another thread, or the source range overlaps that of a copy into `src` still
 // running (pages it may yet undo: `src` == `dst` included); `IE_STATUS_NO_SPACE` with four
@@ -1160,11 +1161,12 @@ int32_t ie_ctx_detach_pasid(IeCtx *ctx, uint32_t device, uint32_t pasid);
 // Maps `[iova, iova + len)` to `[pa, pa + len)` with `prot` (`IE_PROT_*`) in the IOASID and
 // every hardware domain behind it; all or nothing. `IE_STATUS_TIMEOUT` /
 // `IE_STATUS_HARDWARE` / `IE_STATUS_COMMAND_ERROR`: the call was refused, but a unit may not
-// have confirmed the invalidation of what was undone (nothing is mapped in the IOASID: call
-// again until `IE_STATUS_OK` before reusing `pa`), or may still map some of the range (its
-// unmap failed: the IOASID keeps the range, so a map over it returns `IE_STATUS_EXISTS`
-// and no other caller gets it; ie_ctx_unmap() of the range until `IE_STATUS_OK` before
-// reusing `pa`). Unmapping the range covers both cases. `IE_STATUS_OUT_OF_RANGE`: the range
+// have confirmed the invalidation of what was undone (nothing is mapped in the IOASID), or
+// may still map some of the range (its unmap failed: the IOASID keeps the range, so a map
+// over it returns `IE_STATUS_EXISTS` and no other caller gets it); both can happen at once
+// on different units, and the status does not say which. Call ie_ctx_unmap() of the range
+// until it returns `IE_STATUS_OK` before reusing `pa` (it reissues the owed invalidations
+// first); another call's `IE_STATUS_OK` is not enough. `IE_STATUS_OUT_OF_RANGE`: the range
 // reaches beyond the input width of a domain behind the IOASID (ie_ctx_iova_ranges() says
 // what may be mapped), or the physical range beyond a unit's output width; nothing changed.
 // `IE_STATUS_BUSY`: the range touches the destination range of an ie_ctx_copy() into the

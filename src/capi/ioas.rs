@@ -52,8 +52,9 @@ pub unsafe extern "C" fn ie_ctx_max_page_log2(
 /// otherwise the errors of ie_ctx_map() in the destination: nothing is mapped in `dst`
 /// after any error (`IE_STATUS_TIMEOUT` / `IE_STATUS_HARDWARE` / `IE_STATUS_COMMAND_ERROR`:
 /// what was mapped was unmapped again, but a unit may not have confirmed the invalidation, or
-/// may still map some of the range: then, as after ie_ctx_map(), `dst` keeps the range, and
-/// ie_ctx_unmap() of `[dst_iova, dst_iova + len)` until `IE_STATUS_OK` lets it go).
+/// may still map some of the range (then, as after ie_ctx_map(), `dst` keeps the range), or
+/// both on different units: in every case, as after ie_ctx_map(), do not reuse the pages
+/// until ie_ctx_unmap() of `[dst_iova, dst_iova + len)` returns `IE_STATUS_OK`).
 /// `IE_STATUS_BUSY` when the destination range overlaps that of another copy into `dst`
 /// running on another thread, or the source range overlaps that of a copy into `src` still
 /// running (pages it may yet undo: `src` == `dst` included); `IE_STATUS_NO_SPACE` with four

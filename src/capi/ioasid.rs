@@ -936,11 +936,12 @@ const _: () = assert!(
 /// Maps `[iova, iova + len)` to `[pa, pa + len)` with `prot` (`IE_PROT_*`) in the IOASID and
 /// every hardware domain behind it; all or nothing. `IE_STATUS_TIMEOUT` /
 /// `IE_STATUS_HARDWARE` / `IE_STATUS_COMMAND_ERROR`: the call was refused, but a unit may not
-/// have confirmed the invalidation of what was undone (nothing is mapped in the IOASID: call
-/// again until `IE_STATUS_OK` before reusing `pa`), or may still map some of the range (its
-/// unmap failed: the IOASID keeps the range, so a map over it returns `IE_STATUS_EXISTS`
-/// and no other caller gets it; ie_ctx_unmap() of the range until `IE_STATUS_OK` before
-/// reusing `pa`). Unmapping the range covers both cases. `IE_STATUS_OUT_OF_RANGE`: the range
+/// have confirmed the invalidation of what was undone (nothing is mapped in the IOASID), or
+/// may still map some of the range (its unmap failed: the IOASID keeps the range, so a map
+/// over it returns `IE_STATUS_EXISTS` and no other caller gets it); both can happen at once
+/// on different units, and the status does not say which. Call ie_ctx_unmap() of the range
+/// until it returns `IE_STATUS_OK` before reusing `pa` (it reissues the owed invalidations
+/// first); another call's `IE_STATUS_OK` is not enough. `IE_STATUS_OUT_OF_RANGE`: the range
 /// reaches beyond the input width of a domain behind the IOASID (ie_ctx_iova_ranges() says
 /// what may be mapped), or the physical range beyond a unit's output width; nothing changed.
 /// `IE_STATUS_BUSY`: the range touches the destination range of an ie_ctx_copy() into the

@@ -59,7 +59,8 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     /// (`"direct regions per IOASID"`): nothing changed. A failure after the direct regions
     /// were mapped unmaps them again; if a unit then does not confirm the invalidation, or
     /// cannot unmap a region it has just mapped, the call reports
-    /// [`Error::InvalidationPending`] as a failed map does, and the device is not attached: a
+    /// [`Error::InvalidationPending`] as a failed map does (another call's `Ok` settles no
+    /// leftover mapping), and the device is not attached: a
     /// region whose own map was refused and left mapped stays in the record as a failed map's
     /// range does (an unmap of it lets it go); one taken before it that could not be unmapped
     /// (or whose unmap could not start, the invalidation owed failing again) stays a direct

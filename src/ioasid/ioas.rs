@@ -78,14 +78,14 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
     /// pages a copy is still mapping, and may yet undo, are not copied on), [`Error::Capacity`] with
     /// four (`MAX_COPIES_PER_IOASID`) in flight into it; then any error of
     /// [`IoasidCtx::map`] in the destination. Nothing is mapped in `dst` after any of them:
-    /// what was mapped before the failure is unmapped again, with its invalidation; if a unit
-    /// does not confirm it, the error is [`Error::InvalidationPending`] (as after a failed
-    /// `map`: do not rely on the pages being unreachable until a retry returns `Ok`). If a
-    /// unit cannot unmap it (its domain still maps some of the range), the error is
-    /// [`Error::InvalidationPending`] too, and, as after a failed `map`, `dst`'s record keeps
-    /// what the copy mapped at `dst_iova` (a retry is refused with `Overlap`): do not rely on
-    /// the pages being unreachable until an unmap of `[dst_iova, dst_iova + len)` returns
-    /// `Ok`.
+    /// what was mapped before the failure is unmapped again, with its invalidation. If a unit
+    /// does not confirm it, or cannot unmap it (its domain still maps some of the range: as
+    /// after a failed `map`, `dst`'s record then keeps what the copy mapped at `dst_iova`, and
+    /// a retry is refused with `Overlap`), the error is [`Error::InvalidationPending`], naming
+    /// one unit though both may have happened on different units: as after a failed `map`, do
+    /// not rely on the pages being unreachable until an unmap of `[dst_iova, dst_iova + len)`
+    /// returns `Ok` (it settles every owed invalidation first; another call's `Ok` is not
+    /// enough).
     ///
     /// Until it returns, the destination range is the copy's: any other [`IoasidCtx::map`]
     /// or [`IoasidCtx::unmap`] of `dst` touching it (`UNMAP_ALL` too) is [`Error::Busy`],

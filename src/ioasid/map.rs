@@ -35,15 +35,18 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     /// destination range of a [`IoasidCtx::copy`] into the IOASID in flight; [`Error::PageTable`]
     /// (overlap, alignment, width, memory; `UnsupportedProt` for [`Prot::PRIV`] in an IOASID
     /// not allocated with [`IoasidFlags::SUPERVISOR`]); unit errors. Nothing is mapped after any of them.
-    /// [`Error::InvalidationPending`]: devices behind the unit it names may still reach `pa`.
-    /// Either the unit did not confirm the invalidation of the undone mapping (or of an
-    /// earlier unmap): the record maps nothing of the range; do not reuse `pa` until this call
-    /// retried (or any later call on the IOASID) returns `Ok`. Or it could not unmap the range
-    /// again (its domain still maps some of it): the record keeps the whole range, so no other
-    /// caller maps over it or is handed it by [`IoasidCtx::alloc_iova`], a retry is refused
-    /// (`Overlap`), and [`IoasidCtx::audit`] reports a [`Error::Mismatch`] naming a unit
-    /// whose domain no longer maps it; do not reuse `pa` until an unmap of the range (which
-    /// unmaps every domain, then the record) returns `Ok`.
+    /// [`Error::InvalidationPending`]: devices may still reach `pa`. Do not reuse `pa` until
+    /// an unmap of the range returns `Ok`: it reissues every invalidation the IOASID's units
+    /// owe first (failing while one fails), then unmaps whatever a domain or the record still
+    /// holds of the range (`Ok(0)` if nothing). Nothing weaker is safe, because the error names
+    /// one unit only (the first whose undo left something) and two things can lie behind it,
+    /// on different units at once: a unit did not confirm the invalidation of the undone
+    /// mapping (or of an earlier unmap; the record maps nothing of the range), and a unit
+    /// could not unmap the range again (its domain still maps some of it: the record keeps the
+    /// whole range, so no other caller maps over it or is handed it by
+    /// [`IoasidCtx::alloc_iova`], a retry is refused with `Overlap`, and
+    /// [`IoasidCtx::audit`] reports a [`Error::Mismatch`] naming a unit whose domain no longer
+    /// maps it). Another call's `Ok` settles the first, never the second.
     pub fn map(
         &self,
         ioasid: IoasidId,

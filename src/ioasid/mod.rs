@@ -430,12 +430,15 @@ pub enum Error {
     /// may still reach the old pages through stale caches; what the call did is documented
     /// with each call. The invalidation is kept and reissued by the next call on the IOASID
     /// (map, unmap, read_and_clear_dirty, detach, free). The caller must not reuse the pages
-    /// involved until a retry returns `Ok`; if the unit keeps failing, reset it.
+    /// involved until an unmap of the range returns `Ok` (for an unmap: the unmap retried;
+    /// for a detach or a free: the call retried); if the unit keeps failing, reset it.
     ///
     /// Also the undo of a refused map (or copy, or an attach's direct region) whose unmap in
-    /// this unit failed with `error` and left some of the range mapped in its domain, though
-    /// the record no longer holds it ([`IoasidCtx::audit`]: [`Error::Mismatch`] naming the
-    /// unit): the same rule holds, and an unmap of the range (or the call retried) removes it.
+    /// this unit failed with `error` and left some of the range mapped in its domain (the
+    /// record keeps the range; [`IoasidCtx::audit`]: [`Error::Mismatch`] naming a unit that
+    /// no longer maps it). Both can come from one undo on different units, and the error names
+    /// only the first: so after a refused map, copy or attach the one safe rule is the first
+    /// one's, an unmap of the range returning `Ok`; another call's `Ok` is not enough.
     InvalidationPending {
         /// The unit that owes the invalidation.
         unit: UnitId,

@@ -1803,6 +1803,84 @@ fn a_refused_map_whose_undo_flush_fails_reports_the_invalidation_pending() {
     });
 }
 
+/// A refused map whose undo leaves both meanings of `InvalidationPending` at once: u1 writes
+/// the page then fails, u0's undo flush fails (owed: the error names u0), and u1's undo
+/// unmap fails with the page still mapped there (the record keeps the range). The error names
+/// only u0, so a caller that took it for the flush-only case, and reused `pa` once a later
+/// call returned `Ok`, would free a page u1's devices still reach (review of the undo matrix).
+/// The one rule the docs state for both (do not reuse `pa` until an unmap of the range
+/// returns `Ok`) holds: that unmap settles u0's owed flush and removes u1's leaf.
+#[test]
+fn a_refused_map_whose_undo_owes_one_unit_and_leaves_another_is_settled_by_an_unmap() {
+    with_two_attached_units(|ctx, io, u0, u1| {
+        let pa = PhysAddr::new(4 * M2);
+        *u1.fail_after_map_at.lock().unwrap() = Some(M2);
+        *u0.fail_flush_at.lock().unwrap() = Some(M2);
+        *u1.fail_unmap_at.lock().unwrap() = Some(M2);
+        assert_eq!(
+            ctx.map(io, Iova::new(M2), pa, K4, RW),
+            Err(Error::InvalidationPending {
+                unit: UnitId(0),
+                error: IommuError::Timeout { what: "flush" }
+            })
+        );
+        assert_eq!(unit_maps(u1, M2).map(|m| m.pa), Some(pa));
+        *u1.fail_after_map_at.lock().unwrap() = None;
+        *u0.fail_flush_at.lock().unwrap() = None;
+        *u1.fail_unmap_at.lock().unwrap() = None;
+        // A later call elsewhere settles u0's owed flush and returns `Ok`...
+        ctx.map(io, Iova::new(8 * M2), PhysAddr::new(16 * M2), K4, RW)
+            .unwrap();
+        // ...while u1 still maps `pa`: what the docs promised for the flush-only case before
+        // (reuse `pa` once "any later call on the IOASID returns `Ok`") failed here.
+        assert_eq!(unit_maps(u1, M2).map(|m| m.pa), Some(pa));
+        assert!(matches!(
+            ctx.map(io, Iova::new(M2), pa, K4, RW),
+            Err(Error::PageTable(crate::pgtable::Error::Overlap { .. }))
+        ));
+        // The rule the docs state for every `InvalidationPending` of a refused map.
+        assert_eq!(ctx.unmap(io, Iova::new(M2), K4), Ok(K4));
+        assert_eq!(unit_maps(u0, M2), None);
+        assert_eq!(unit_maps(u1, M2), None);
+        assert_eq!(ctx.translate(io, Iova::new(M2)).unwrap(), None);
+        ctx.audit(io).unwrap();
+    });
+}
+
+/// The rule's other case: a refused map whose undo only left u0's flush owed (the record maps
+/// nothing of the range): an unmap of the range settles the owed flush first, and fails while
+/// it cannot, so its `Ok` (0 bytes) is the point after which `pa` may be reused.
+#[test]
+fn a_refused_map_whose_undo_flush_fails_is_settled_by_an_unmap_of_the_range() {
+    with_two_attached_units(|ctx, io, u0, u1| {
+        *u1.fail_map_at.lock().unwrap() = Some(M2);
+        *u0.fail_flush_at.lock().unwrap() = Some(M2);
+        assert!(matches!(
+            ctx.map(io, Iova::new(M2), PhysAddr::new(4 * M2), K4, RW),
+            Err(Error::InvalidationPending {
+                unit: UnitId(0),
+                ..
+            })
+        ));
+        assert!(matches!(
+            ctx.unmap(io, Iova::new(M2), K4),
+            Err(Error::InvalidationPending {
+                unit: UnitId(0),
+                ..
+            })
+        ));
+        let flushes = *u0.flushes.lock().unwrap();
+        *u0.fail_flush_at.lock().unwrap() = None;
+        assert_eq!(ctx.unmap(io, Iova::new(M2), K4), Ok(0));
+        assert!(
+            *u0.flushes.lock().unwrap() > flushes,
+            "the owed flush reissued"
+        );
+        assert_eq!(ctx.unmap(io, Iova::new(M2), K4), Ok(0));
+        *u1.fail_map_at.lock().unwrap() = None;
+    });
+}
+
 /// The source of the copy tests: two 4 KiB runs at `SRC` (physical pages apart), in an IOASID
 /// with no device.
 const SRC: u64 = 0x10_0000;
