@@ -1987,6 +1987,51 @@ fn a_failed_copy_whose_undo_flush_fails_reports_the_invalidation_pending() {
     });
 }
 
+/// Which unit a failed copy names when two owe: the first whose undo left something in the
+/// order the undo ran, the failed run's own undo (domain order) before the earlier runs'
+/// (domain order), not the first in domain order. u1 writes run 2 then fails (as a unit whose
+/// map publishes with an invalidation can), and its flush of run 2's undo fails: owed, named;
+/// u0's flush of the earlier run's undo fails too, and u0 comes first in domain order. Only a
+/// unit that wrote before failing owes in its own run's undo, so with two units whose maps
+/// issue no command (the undo matrix's) the two orders name the same unit. An unmap of the
+/// range settles both.
+#[test]
+fn a_failed_copy_names_its_failed_runs_undo_before_the_earlier_runs() {
+    with_two_attached_units(|ctx, io, u0, u1| {
+        let src = two_runs(ctx);
+        *u1.fail_after_map_at.lock().unwrap() = Some(M2 + K4);
+        *u1.fail_flush_at.lock().unwrap() = Some(M2 + K4);
+        *u0.fail_flush_at.lock().unwrap() = Some(M2);
+        assert_eq!(
+            ctx.copy(src, Iova::new(SRC), io, Iova::new(M2), 2 * K4),
+            Err(Error::InvalidationPending {
+                unit: UnitId(1),
+                error: IommuError::Timeout { what: "flush" }
+            })
+        );
+        for u in [u0, u1] {
+            assert_eq!(unit_maps(u, M2), None);
+            assert_eq!(unit_maps(u, M2 + K4), None);
+        }
+        // Both owe: an unmap of the range fails while either's flush does.
+        *u1.fail_flush_at.lock().unwrap() = None;
+        assert!(matches!(
+            ctx.unmap(io, Iova::new(M2), 2 * K4),
+            Err(Error::InvalidationPending {
+                unit: UnitId(0),
+                ..
+            })
+        ));
+        *u0.fail_flush_at.lock().unwrap() = None;
+        assert_eq!(ctx.unmap(io, Iova::new(M2), 2 * K4), Ok(0));
+        *u1.fail_after_map_at.lock().unwrap() = None;
+        ctx.audit(io).unwrap();
+        ctx.copy(src, Iova::new(SRC), io, Iova::new(M2), 2 * K4)
+            .unwrap();
+        ctx.audit(io).unwrap();
+    });
+}
+
 /// In [`with_two_attached_units`]' context: a device of u0 bound with two direct regions (at
 /// 2 MiB and 4 MiB), not attached; u1 refuses the second region's map.
 fn refused_attach_setup(ctx: &IoasidCtx<'_, '_, TestAlloc>, u1: &FakeUnit<'_>) -> DeviceHandle {

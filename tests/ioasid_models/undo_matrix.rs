@@ -9,11 +9,13 @@
 //! descriptors / CMD_ATC_INV / INVALIDATE_IOTLB_PAGES.
 //!
 //! Each second fault is armed alone, then, where both units' undos issue commands, in both
-//! units at once (`double_faults`: a diagonal of the product, every fault of each unit met
-//! once beside one of the other's), checked against the two cells of its faults alone: each
-//! unit's undo meets only its own fault, so the call must name the first unit whose undo
-//! left an invalidation pending alone, or refuse with each unit owing what it owed alone
-//! (`Outcome::both`).
+//! units at once (`double_faults`: a diagonal of the product, as many cells as the longer
+//! list, each of its faults met once and the shorter list's repeating, so each of those meets
+//! several of the other's; for `copy` also the diagonal with the second list reversed),
+//! checked against the two cells of its faults alone: each unit's undo meets only its own
+//! fault, so the call must name the first unit in domain order whose undo left an
+//! invalidation pending alone, with every unit that owed alone still owing (`owed_by`), or
+//! refuse with each unit owing what it owed alone (`Outcome::both`).
 //!
 //! After each cell (ARCHITECTURE.md, "IOASID layer", `map`):
 //! - the call fails: with the first fault's refusal only if nothing is left mapped in any
@@ -564,17 +566,29 @@ fn single_faults(order: Order, c: &Census) -> Vec<Vec<Fault>> {
 }
 
 /// The cells of one census with a fault armed in both units at once, where both undos issue
-/// commands: the i-th fault of the first unit's list with the (i mod n)-th of the second's, for
-/// i up to the longer list's length, so that every fault of each list is met once beside one
-/// of the other unit's (a diagonal of the product, not all of it).
-fn double_faults(order: Order, c: &Census) -> Vec<Vec<Fault>> {
+/// commands: for i up to the longer list's length, the (i mod m)-th fault of the first unit's
+/// list (m long) with the (i mod n)-th of the second's (n long), so that every fault of the
+/// longer list is met once and the shorter list's faults repeat, each beside several of the
+/// other's: a diagonal of the product (max(m, n) cells of its m * n),
+/// not all of it. With `reversed` (the copy's), a second diagonal too, the second list read
+/// backwards ((n - 1 - i mod n)-th), the cells of the first left out: a fault early in one
+/// undo beside one late in the other, where the failed run's undo and the earlier runs' meet.
+fn double_faults(order: Order, c: &Census, reversed: bool) -> Vec<Vec<Fault>> {
     let (a, b) = (faults_of(order[0], c), faults_of(order[1], c));
     if a.is_empty() || b.is_empty() {
         return Vec::new();
     }
-    (0..a.len().max(b.len()))
-        .map(|i| vec![a[i % a.len()], b[i % b.len()]])
-        .collect()
+    let (m, n) = (a.len(), b.len());
+    let mut cells: Vec<Vec<Fault>> = (0..m.max(n)).map(|i| vec![a[i % m], b[i % n]]).collect();
+    if reversed {
+        for i in 0..m.max(n) {
+            let cell = vec![a[i % m], b[n - 1 - i % n]];
+            if !cells.contains(&cell) {
+                cells.push(cell);
+            }
+        }
+    }
+    cells
 }
 
 /// Wait descriptors / CMD_SYNCs / COMPLETION_WAITs the unit of `kind` completed.
@@ -617,6 +631,27 @@ fn owing(r: &Rig<'_, '_>, kind: Kind) -> (usize, usize) {
     }
 }
 
+/// Checks that each unit of `owe` owed an invalidation: a call that unmaps nothing (a page
+/// BASE's tables hold, never mapped) settles what the IOASID's units owe first, so each of
+/// them completes a wait, and a unit that owes nothing issues nothing for it.
+fn owed_by(r: &Rig<'_, '_>, s: &Setup<'_>, owe: &[Kind]) -> Result<(), String> {
+    if owe.is_empty() {
+        return Ok(());
+    }
+    let done0 = ALL_KINDS.map(|k| completions(r, k));
+    let unmapped = s.ctx.unmap(s.io, Iova::new(BASE.0 + K4), K4);
+    if unmapped != Ok(0) {
+        return Err(format!("the settling unmap: {unmapped:?}"));
+    }
+    match owe
+        .iter()
+        .find(|&&k| completions(r, k) == done0[k as usize])
+    {
+        Some(k) => Err(format!("{k:?} owed nothing (its cell alone was pending)")),
+        None => Ok(()),
+    }
+}
+
 fn clear_injections(r: &Rig<'_, '_>) {
     r.vm.clear_injections();
     r.sm.clear_injections();
@@ -646,9 +681,14 @@ impl Outcome {
 
     /// What a cell with `a` (in the first domain's unit) and `b` (in the second's) armed
     /// together must end with, from the cells with each alone: each unit's undo meets its own
-    /// fault only (each counts its own unit's commands), so the first unit in domain order
-    /// whose undo left an invalidation pending is named (`reachable` keeps the first), and
-    /// with none, each unit owes what it owed alone.
+    /// fault only (each counts its own unit's commands), so the first unit whose undo left an
+    /// invalidation pending is named (`reachable` keeps the first), and with none, each unit
+    /// owes what it owed alone. The undo names the first in the order it ran: `map`'s and an
+    /// attach's in domain order; a copy's the failed run's own undo (domain order) before the
+    /// earlier runs' (domain order). Here that is domain order too: the failed run's refusing
+    /// unit wrote nothing, so only a unit before it in domain order can owe in that undo (with
+    /// two units, the first) (`a_failed_copy_names_its_failed_runs_undo_before_the_earlier_runs`
+    /// in `src/ioasid/tests.rs` plays a unit that wrote before failing, where they differ).
     fn both(a: Self, b: Self) -> Self {
         match (a, b) {
             (Outcome::Pending(u), _) | (Outcome::Refusal(_), Outcome::Pending(u)) => {
@@ -659,8 +699,15 @@ impl Outcome {
     }
 }
 
-/// One cell: the first fault, the second ones, the documented state, recovery.
-fn cell(order: Order, call: Call, c: &Census, second: &[Fault]) -> Result<Outcome, String> {
+/// One cell: the first fault, the second ones, the documented state, recovery; each unit of
+/// `owe` must owe an invalidation after the call (its cell alone was `InvalidationPending`).
+fn cell(
+    order: Order,
+    call: Call,
+    c: &Census,
+    second: &[Fault],
+    owe: &[Kind],
+) -> Result<Outcome, String> {
     with_order(order, |r| {
         let s = setup(r, order, c.warm);
         r.arena.set_fail_policy(FailPolicy::Nth(c.allocs));
@@ -750,6 +797,7 @@ fn cell(order: Order, call: Call, c: &Census, second: &[Fault]) -> Result<Outcom
         };
         // Clear every fault: UNMAP_ALL reaches everything.
         clear_injections(r);
+        owed_by(r, &s, owe).map_err(|m| format!("{e:?}: {m}"))?;
         s.ctx
             .unmap(s.io, Iova::ZERO, UNMAP_ALL)
             .map_err(|u| format!("{e:?}, then UNMAP_ALL: {u:?}"))?;
@@ -813,7 +861,7 @@ fn matrix(orders: &[Order], warm: bool) {
                 let mut alone: Vec<(Vec<Fault>, Outcome)> = Vec::new();
                 for second in single_faults(order, &c) {
                     singles += 1;
-                    match cell(order, call, &c, &second) {
+                    match cell(order, call, &c, &second, &[]) {
                         Ok(o) => {
                             *outcomes
                                 .entry(format!("{call:?} {}", o.label()))
@@ -825,15 +873,20 @@ fn matrix(orders: &[Order], warm: bool) {
                         }
                     }
                 }
-                for second in double_faults(order, &c) {
+                for second in double_faults(order, &c, call == Call::Copy) {
                     doubles += 1;
                     let alone_with = |f: &[Fault]| alone.iter().find(|a| a.0 == f).map(|a| a.1);
-                    let expected = match (alone_with(&second[..1]), alone_with(&second[1..])) {
-                        (Some(a), Some(b)) => Outcome::both(a, b),
+                    let (expected, owe) = match (alone_with(&second[..1]), alone_with(&second[1..]))
+                    {
+                        // Each unit owed alone: both must owe together, not only the named.
+                        (Some(a @ Outcome::Pending(_)), Some(b @ Outcome::Pending(_))) => {
+                            (Outcome::both(a, b), &order[..])
+                        }
+                        (Some(a), Some(b)) => (Outcome::both(a, b), &[][..]),
                         // Already reported.
                         _ => continue,
                     };
-                    match cell(order, call, &c, &second) {
+                    match cell(order, call, &c, &second, owe) {
                         Ok(o) if o == expected => {
                             *outcomes
                                 .entry(format!("{call:?} both: {}", o.label()))
