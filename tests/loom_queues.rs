@@ -402,13 +402,38 @@ fn run(name: &str, outcomes: &[&str], body: impl Fn(&Tally) + Send + Sync + 'sta
     }
 }
 
-/// Spawns the unit on `plan`, runs `producer` on another thread, and checks that the unit
-/// consumed what the producer says it queued: the plan's first `producer()` descriptors.
-fn race(
-    world: Arc<World>,
-    q: QueueCore,
-    plan: Plan,
-    producer: impl FnOnce(&World, &mut QueueCore) -> usize + Send + 'static,
+/// A model unit the scenarios race a producer against: the VT-d invalidation queue's
+/// (`World`), the SMMUv3 command queue's (`smmuv3::SmmuWorld`), the AMD-Vi command buffer's
+/// (`amdvi::AmdWorld`).
+trait ModelUnit: Send + Sync + 'static {
+    /// What the unit expects to fetch, and how.
+    type Plan: Send + 'static;
+    /// Consumes the queue on `plan` until the producer is done and nothing is left; returns
+    /// how many entries it consumed.
+    fn run_unit(&self, plan: &Self::Plan) -> usize;
+    /// Set by the producer's thread once it returned.
+    fn producer_done(&self) -> &AtomicBool;
+}
+
+impl ModelUnit for World {
+    type Plan = Plan;
+    fn run_unit(&self, plan: &Plan) -> usize {
+        World::run_unit(self, plan)
+    }
+    fn producer_done(&self) -> &AtomicBool {
+        &self.producer_done
+    }
+}
+
+/// Spawns the unit on `plan`, runs `producer` on another thread with the queue `q`, and checks
+/// that the unit consumed what the producer says it queued: the plan's first `producer()`
+/// entries (`what`: descriptors, commands).
+fn race<W: ModelUnit, Q: Send + 'static>(
+    world: Arc<W>,
+    q: Q,
+    plan: W::Plan,
+    what: &'static str,
+    producer: impl FnOnce(&W, &mut Q) -> usize + Send + 'static,
 ) {
     let w = world.clone();
     let unit = loom::thread::spawn(move || w.run_unit(&plan));
@@ -416,14 +441,14 @@ fn race(
     let producer = loom::thread::spawn(move || {
         let mut q = q;
         let queued = producer(&w, &mut q);
-        w.producer_done.store(true, Ordering::Release);
+        w.producer_done().store(true, Ordering::Release);
         queued
     });
     let queued = producer.join().unwrap();
     let consumed = unit.join().unwrap();
     assert_eq!(
         consumed, queued,
-        "the unit consumed {consumed} of the {queued} descriptors queued"
+        "the unit consumed {consumed} of the {queued} {what} queued"
     );
 }
 
@@ -445,7 +470,7 @@ fn vtd_full_queue_batch_wraps() {
             bulk: Some((3, 254)),
         };
         let t = t.clone();
-        race(world, q, plan, move |w, q| {
+        race(world, q, plan, "descriptors", move |w, q| {
             let r = q.submit_and_wait_noting(&w.window(), &[iotlb(1), iotlb(2)], PATIENT);
             assert_eq!(r, Ok(()), "a full queue's batch with {PATIENT} polls");
             t.note("ok");
@@ -485,7 +510,7 @@ fn vtd_space_timeout_writes_nothing() {
             bulk: Some((3, 254)),
         };
         let t = t.clone();
-        race(world, q, plan, move |w, q| {
+        race(world, q, plan, "descriptors", move |w, q| {
             let batch = [iotlb(1), iotlb(2)];
             let mut queued = 257;
             match q.submit_and_wait_noting(&w.window(), &batch, 1) {
@@ -544,7 +569,7 @@ fn vtd_wait_timeout_then_late_status() {
                 bulk: None,
             };
             let t = t.clone();
-            race(world, q, plan, move |w, q| {
+            race(world, q, plan, "descriptors", move |w, q| {
                 match q.submit_and_wait_noting(&w.window(), &[iotlb(1)], 2) {
                     Ok(()) => {
                         t.note("ok");

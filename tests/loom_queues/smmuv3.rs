@@ -327,29 +327,14 @@ fn smmu_setup(
     (world, q, queued)
 }
 
-/// Spawns the unit on `plan`, runs `producer` on another thread, and checks that the unit
-/// consumed what the producer says it queued: the plan's first `producer()` commands.
-fn smmu_race(
-    world: Arc<SmmuWorld>,
-    q: Queue,
-    plan: SmmuPlan,
-    producer: impl FnOnce(&SmmuWorld, &mut Queue) -> usize + Send + 'static,
-) {
-    let w = world.clone();
-    let unit = loom::thread::spawn(move || w.run_unit(&plan));
-    let w = world.clone();
-    let producer = loom::thread::spawn(move || {
-        let mut q = q;
-        let queued = producer(&w, &mut q);
-        w.producer_done.store(true, Ordering::Release);
-        queued
-    });
-    let queued = producer.join().unwrap();
-    let consumed = unit.join().unwrap();
-    assert_eq!(
-        consumed, queued,
-        "the unit consumed {consumed} of the {queued} commands queued"
-    );
+impl ModelUnit for SmmuWorld {
+    type Plan = SmmuPlan;
+    fn run_unit(&self, plan: &SmmuPlan) -> usize {
+        SmmuWorld::run_unit(self, plan)
+    }
+    fn producer_done(&self) -> &AtomicBool {
+        &self.producer_done
+    }
 }
 
 fn executed(w: &SmmuWorld) -> u64 {
@@ -374,7 +359,7 @@ fn smmu_full_queue_batch_wraps() {
             illegal: None,
         };
         let t = t.clone();
-        smmu_race(world, q, plan, move |w, q| {
+        race(world, q, plan, "commands", move |w, q| {
             let r = q.submit_and_sync(&w.window(), &[cfgi(1)]);
             assert_eq!(r, Ok(()), "a full queue's batch with {PATIENT} polls");
             t.note("ok");
@@ -410,7 +395,7 @@ fn smmu_space_timeout_writes_nothing() {
             illegal: None,
         };
         let t = t.clone();
-        smmu_race(world, q, plan, move |w, q| {
+        race(world, q, plan, "commands", move |w, q| {
             q.set_budget(1);
             let before = q.prod();
             let r = q.submit_and_sync(&w.window(), &batch);
@@ -475,7 +460,7 @@ fn smmu_msi_sync_timeout_then_late_completion() {
                 illegal: None,
             };
             let t = t.clone();
-            smmu_race(world, q, plan, move |w, q| {
+            race(world, q, plan, "commands", move |w, q| {
                 q.set_budget(2);
                 match q.submit_and_sync(&w.window(), &[cfgi(1)]) {
                     Ok(()) => {
@@ -527,7 +512,7 @@ fn smmu_illegal_command_replaced() {
             illegal: Some(0),
         };
         let t = t.clone();
-        smmu_race(world, q, plan, move |w, q| {
+        race(world, q, plan, "commands", move |w, q| {
             let r = q.submit_and_sync(&w.window(), &[bad]);
             let want = SmmuError::CommandError {
                 index: 0,
