@@ -17,27 +17,37 @@
 //! `alloc` in the copy's source's and destination's places, `map` / `unmap` / `UNMAP_ALL` into
 //! the destination range, a second copy reading that range, an attach or a detach of the one
 //! device, a reservation of part of the destination range, `alloc_iova`; maps and unmaps beside
-//! an attach or a detach; two `alloc_iova`s; an unmap whose flush the unit fails beside a map.
+//! an attach or a detach; an attach of the device elsewhere beside a copy; two `alloc_iova`s;
+//! an unmap whose flush the unit fails beside a map.
 //! Each thread records what it called, with the arguments it used (an IOASID number `alloc`
 //! returned, an IOVA `alloc_iova` returned), what came back, and when it started and returned
 //! (`ModelUnit::clock`). In every interleaving loom explores:
 //! - every call's answer and the final state must be those of *some* order of the calls one at
 //!   a time, each whole (`check_serial`): a small model of the calls (`Model`) replays every
-//!   order of the threads' histories that keeps each thread's own order. `Busy` passes
-//!   anywhere as a call that changed nothing: a call overlapping a copy in flight gets it,
-//!   which calls one at a time never meet. `alloc_iova` may answer any aligned range nothing
-//!   maps or reserves at its place in the order (it passes over a copy's destination range).
-//!   The model refuses a map into a reserved region and a reservation over a mapping or an
-//!   IOVA reservation, and fills an attached IOASID's new domain with its pages (the unit may
-//!   refuse them). The final state compared is, for each IOASID slot, whether it exists and
-//!   what its record maps at each page of the window;
+//!   order of the threads' histories that keeps each thread's own order. `Busy` passes as a
+//!   call that changed nothing only for the calls whose docs give it beside a copy in flight
+//!   (`free`, `map`, `unmap`, `copy`), and only when another thread copies: calls one at a
+//!   time never meet a copy in flight (`busy_beside_a_copy`); `attach`, `detach`,
+//!   `reserve_region`, `alloc_iova` and `alloc` must answer as the model does. `alloc_iova`
+//!   may answer any aligned range nothing maps or reserves at its place in the order (it
+//!   passes over a copy's destination range), and fails only where the model says it must
+//!   (the IOASID gone, its reservations full). The model refuses a map into a reserved region
+//!   and a reservation over a mapping or an IOVA reservation, fills an attached IOASID's new
+//!   domain with its pages (the unit may refuse them), and an attach of a device attached
+//!   elsewhere switches it (`attach`'s docs). The final state compared is, for each IOASID
+//!   slot, whether it exists and what its record maps at each page of the window, and where
+//!   the context attaches the device (`IoasidCtx::attachment`);
 //! - a reservation or an `alloc_iova` that started and returned while a copy certainly held
 //!   its destination range (between its first run reaching the unit and the unit's next write
 //!   in the range: the clock orders them) neither reserves nor returns any of that range
 //!   (`check_copy_hold`): the calls one at a time cannot tell, as they may order the call
 //!   before the copy;
 //! - every domain maps exactly what its IOASID's record maps at the end (`IoasidCtx::audit`,
-//!   the unit's domains walked page by page);
+//!   the unit's domains walked page by page), and the unit holds one live domain, the device
+//!   attached to it, if the context attaches the device, else none (`World::audit`);
+//! - each scenario names outcomes some interleaving must reach (`outcomes`, `run`'s
+//!   `required`: "attach ok filling 1" is an attach between a copy's runs), so that a change
+//!   that makes the race unreachable fails instead of passing;
 //! - at every step, the unit is never asked to map into, unmap from, flush, walk or attach a
 //!   device to a domain it freed (a detach's last user frees it), nor to free one twice or
 //!   while a device is attached to it, nor to map a page whose invalidation it owes (unmapped,
@@ -62,7 +72,7 @@ use std::time::Instant;
 
 use iommu_engine::ioasid::{
     DeviceHandle, DeviceLabel, Error, IoasidCtx, IoasidFlags, IoasidId, PasidAllocator, Registry,
-    UnitId, UNMAP_ALL,
+    UnitId, MAX_IOVA_RESERVATIONS, UNMAP_ALL,
 };
 use iommu_engine::iommu::{
     Capabilities, DeviceId, DomainConfig, DomainHandle, DomainPages, Error as IommuError, Iommu,
@@ -81,6 +91,9 @@ type Pages = BTreeMap<u64, (u64, Prot)>;
 /// An IOASID slot as the final check sees it: `None` if it holds no IOASID, else the
 /// record's translation of each page of `WINDOW`.
 type Slot = Option<Vec<Option<(u64, Prot)>>>;
+/// The final state as the check sees it: each IOASID slot, and the IOASID slot the device is
+/// attached to (`None`: detached).
+type Seen = (Vec<Slot>, Option<usize>);
 /// The pages whose translation the final check compares.
 const WINDOW: [u64; 5] = [0x1000, 0x2000, 0x3000, 0x4000, 0x5000];
 /// The copy's source: two pages, two runs (their physical addresses are not contiguous).
@@ -526,9 +539,10 @@ impl World {
     }
 
     /// For each IOASID slot: `None` if it holds no IOASID, else its record's translation of
-    /// each page of the window.
-    fn observe(&self) -> Vec<Slot> {
-        (0..4)
+    /// each page of the window; and where the context's books attach the device (confirmed:
+    /// the model unit never faults, so no attach is left unsettled).
+    fn observe(&self) -> Seen {
+        let slots = (0..4)
             .map(|slot| {
                 let id = IoasidId(slot);
                 let mut pages = Vec::new();
@@ -541,11 +555,24 @@ impl World {
                 }
                 Some(pages)
             })
-            .collect()
+            .collect();
+        (slots, self.attached())
     }
 
-    /// Every domain maps what its IOASID's record maps (the context's own audit), and the unit
-    /// holds no domain beyond those of B.
+    /// The IOASID slot the context's books attach the device to.
+    fn attached(&self) -> Option<usize> {
+        let at = self.ctx.attachment(self.dev, None).unwrap();
+        assert!(
+            !at.is_some_and(|a| a.unsettled.is_some()),
+            "attachment {at:?} unsettled: the model unit confirms every attach"
+        );
+        at.map(|a| usize::from(a.ioasid.0))
+    }
+
+    /// Every domain maps what its IOASID's record maps (the context's own audit); the unit
+    /// holds one domain, the device attached to it, if the books attach the device, else none
+    /// (only the device's IOASID ever has a domain: a detach, or an attach elsewhere, frees
+    /// the one it left).
     fn audit(&self, histories: &[History]) {
         for slot in 0..4 {
             match self.ctx.audit(IoasidId(slot)) {
@@ -557,16 +584,23 @@ impl World {
                 ),
             }
         }
-        let live = self
-            .unit
-            .state
-            .lock()
-            .unwrap()
-            .domains
-            .iter()
-            .flatten()
-            .count();
-        assert!(live <= 1, "{live} domains live on the unit");
+        let attached = self.attached();
+        // Read, then the unit's lock released before asserting: a panic holding it would
+        // poison it, and the context's drop (which detaches) would panic again and abort.
+        let (live, on_unit) = {
+            let st = self.unit.state.lock().unwrap();
+            let live: Vec<usize> = (st.domains.iter().enumerate())
+                .filter_map(|(d, dom)| dom.as_ref().map(|_| d))
+                .collect();
+            let on_unit: Vec<usize> = st.attached.iter().map(|a| usize::from(a.1 .0)).collect();
+            (live, on_unit)
+        };
+        let want = usize::from(attached.is_some());
+        assert!(
+            live.len() == want && on_unit == live,
+            "the books attach the device to {attached:?}, the unit has live domains {live:?} \
+             and the device attached to {on_unit:?}\ncalls per thread: {histories:x?}"
+        );
     }
 }
 
@@ -803,7 +837,19 @@ impl Model {
     fn apply(&mut self, call: Call, heard: Answer) -> bool {
         match (call, heard) {
             (Call::AllocIova(id, size), Answer::Ok(at)) => self.reserve_iova(id, at, size),
+            (Call::AllocIova(id, _), heard) => self.alloc_iova_refusal(id) == Some(heard),
             _ => self.apply_one(call) == heard,
+        }
+    }
+
+    /// Why `alloc_iova` of a page of `id` fails now, `None` if it cannot: the IOASID is gone,
+    /// or holds `MAX_IOVA_RESERVATIONS` reservations (`Capacity`). It never runs out of space
+    /// (`NoIovaSpace`): the scenarios map and reserve a few pages of a 48-bit space.
+    fn alloc_iova_refusal(&self, id: IoasidId) -> Option<Answer> {
+        match &self.slots[usize::from(id.0)] {
+            None => Some(Answer::NoSuchIoasid),
+            Some(io) if io.iovas.len() >= MAX_IOVA_RESERVATIONS => Some(Answer::Refused),
+            Some(_) => None,
         }
     }
 
@@ -905,8 +951,10 @@ impl Model {
                 if self.attached == Some(slot) {
                     return Answer::Ok(0);
                 }
-                // The new domain is filled with what the record maps, which the unit may refuse.
-                if self.attached.is_some() || self.unit_refuses(&io.pages) {
+                // The new domain is filled with what the record maps, which the unit may refuse
+                // (the device stays where it was). Attached elsewhere, the device switches to
+                // it (`attach`'s docs: an attach replaces), and the domain it left is freed.
+                if self.unit_refuses(&io.pages) {
                     return Answer::Refused;
                 }
                 self.attached = Some(slot);
@@ -927,35 +975,55 @@ impl Model {
                 self.reserved.push((start, end));
                 Answer::Ok(0)
             }
-            Call::AllocIova(..) => Answer::Refused,
+            Call::AllocIova(id, _) => {
+                unreachable!("alloc_iova of {id:?} is `apply`'s: its answer is not one value")
+            }
         }
     }
 
     /// What `World::observe` reads in this state.
-    fn observe(&self) -> Vec<Slot> {
-        self.slots
+    fn observe(&self) -> Seen {
+        let slots = self
+            .slots
             .iter()
             .map(|s| {
                 s.as_ref()
                     .map(|io| WINDOW.iter().map(|p| io.pages.get(p).copied()).collect())
             })
-            .collect()
+            .collect();
+        (slots, self.attached)
     }
 }
 
+/// Whether `call` may answer `Busy` because a copy is in flight: the calls whose docs say so
+/// (`free` of either IOASID of a copy, `map` / `unmap` touching its destination range, a copy
+/// overlapping another's). `attach` is `Busy` only while an attach is unsettled (a unit's
+/// fault, which the model unit never makes); `detach`, `reserve_region`, `alloc_iova` and
+/// `alloc` never are.
+fn busy_beside_a_copy(call: Call) -> bool {
+    matches!(
+        call,
+        Call::Free(_) | Call::Map(..) | Call::Unmap(..) | Call::Copy { .. }
+    )
+}
+
 /// Whether some order of the histories' calls (each thread's kept) gives every answer heard
-/// and the final state seen, one call at a time (`Busy`: a call that changed nothing).
-fn serial(model: &Model, histories: &[History], next: &mut [usize], seen: &[Slot]) -> bool {
+/// and the final state seen, one call at a time (`Busy` beside a copy: a call that changed
+/// nothing).
+fn serial(model: &Model, histories: &[History], next: &mut [usize], seen: &Seen) -> bool {
     if next.iter().zip(histories).all(|(&n, h)| n == h.len()) {
-        return model.observe() == seen;
+        return model.observe() == *seen;
     }
     for t in 0..histories.len() {
         let Some(step) = histories[t].get(next[t]) else {
             continue;
         };
         let mut m = model.clone();
+        // Another thread's copy may be in flight (this thread's own are over when it calls).
+        let copy_elsewhere = (histories.iter().enumerate())
+            .any(|(u, h)| u != t && h.iter().any(|s| matches!(s.call, Call::Copy { .. })));
         let fits = match step.heard {
-            Answer::Busy => !matches!(step.call, Call::Alloc),
+            Answer::Busy if copy_elsewhere && busy_beside_a_copy(step.call) => true,
             heard => m.apply(step.call, heard),
         };
         if fits {
@@ -970,13 +1038,13 @@ fn serial(model: &Model, histories: &[History], next: &mut [usize], seen: &[Slot
     false
 }
 
-fn check_serial(s: Setup, histories: &[History], seen: &[Slot]) {
+fn check_serial(s: Setup, histories: &[History], seen: &Seen) {
     let mut next = vec![0; histories.len()];
     assert!(
         serial(&Model::new(s), histories, &mut next, seen),
         "no order of the calls one at a time gives what they answered and left:\n\
          calls and answers per thread: {histories:x?}\n\
-         IOASID slots at the end (pages {WINDOW:x?}): {seen:x?}"
+         IOASID slots at the end (pages {WINDOW:x?}), the device's IOASID: {seen:x?}"
     );
 }
 
@@ -1045,10 +1113,67 @@ fn model_builder() -> loom::model::Builder {
     b
 }
 
-fn run(name: &str, setup: Setup, threads: &'static [Body]) {
+/// The outcomes of one interleaving's calls, as a scenario names those it must reach: each
+/// call's kind and answer (`"attach ok"`); that again with `" during a copy's hold"` for a call
+/// that started and returned within a copy's hold of its destination range ([`copy_hold`]);
+/// for an attach that answered `Ok`, how many pages the unit mapped meanwhile (its fill:
+/// `"attach ok filling 1"`); for a copy, how many maps the unit made while it ran (its runs
+/// reaching a domain, and any other thread's maps meanwhile: `"copy ok mapping 1"`).
+fn outcomes(histories: &[History], events: &[(usize, UnitEvent)]) -> BTreeSet<String> {
+    let holds: Vec<(usize, usize)> = (histories.iter().flatten())
+        .filter_map(|s| match s.call {
+            Call::Copy { dst_iova, .. } => copy_hold(events, dst_iova),
+            _ => None,
+        })
+        .collect();
+    let mut seen = BTreeSet::new();
+    for s in histories.iter().flatten() {
+        let kind = match s.call {
+            Call::Alloc => "alloc",
+            Call::Free(_) => "free",
+            Call::Map(..) => "map",
+            Call::Unmap(..) => "unmap",
+            Call::Copy { .. } => "copy",
+            Call::Attach(_) => "attach",
+            Call::Detach => "detach",
+            Call::Reserve(..) => "reserve",
+            Call::AllocIova(..) => "alloc_iova",
+        };
+        let heard = match s.heard {
+            Answer::Ok(_) => "ok",
+            Answer::Busy => "busy",
+            Answer::NoSuchIoasid => "no such ioasid",
+            Answer::NotMapped => "not mapped",
+            Answer::Pending => "pending",
+            Answer::Refused => "refused",
+        };
+        seen.insert(format!("{kind} {heard}"));
+        if holds
+            .iter()
+            .any(|&(held, until)| held < s.ticks.0 && s.ticks.1 < until)
+        {
+            seen.insert(format!("{kind} {heard} during a copy's hold"));
+        }
+        let mapped = (events.iter())
+            .filter(|&&(t, e)| s.ticks.0 < t && t < s.ticks.1 && matches!(e, UnitEvent::Map { .. }))
+            .count();
+        match (s.call, s.heard) {
+            (Call::Attach(_), Answer::Ok(_)) => seen.insert(format!("attach ok filling {mapped}")),
+            (Call::Copy { .. }, _) => seen.insert(format!("{kind} {heard} mapping {mapped}")),
+            _ => false,
+        };
+    }
+    seen
+}
+
+/// Runs a scenario under loom, printing the interleavings explored, the time taken and the
+/// outcomes reached ([`outcomes`]); fails if one of `required` never came up (the scenario
+/// would not test what it is for).
+fn run(name: &str, setup: Setup, required: &[&str], threads: &'static [Body]) {
     let iterations = Arc::new(AtomicUsize::new(0));
+    let tally = Arc::new(StdMutex::new(BTreeMap::<String, usize>::new()));
     let start = Instant::now();
-    let it = iterations.clone();
+    let (it, tl) = (iterations.clone(), tally.clone());
     let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         model_builder().check(move || {
             it.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -1073,11 +1198,18 @@ fn run(name: &str, setup: Setup, threads: &'static [Body]) {
             let histories: Vec<History> = handles.into_iter().map(|h| h.join().unwrap()).collect();
             world.audit(&histories);
             check_serial(setup, &histories, &world.observe());
-            check_copy_hold(&histories, &world.unit.events.lock().unwrap());
+            let events = world.unit.events.lock().unwrap();
+            check_copy_hold(&histories, &events);
+            let mut tally = tl.lock().unwrap();
+            for o in outcomes(&histories, &events) {
+                *tally.entry(o).or_default() += 1;
+            }
         })
     }));
+    let seen = tally.lock().unwrap().clone();
     println!(
-        "loom scenario {name}: {} after {} interleavings in {:.1} s (preemption bound {:?})",
+        "loom scenario {name}: {} after {} interleavings in {:.1} s (preemption bound {:?}); \
+         outcomes {seen:?}",
         if checked.is_ok() { "passed" } else { "FAILED" },
         iterations.load(std::sync::atomic::Ordering::Relaxed),
         start.elapsed().as_secs_f64(),
@@ -1085,6 +1217,12 @@ fn run(name: &str, setup: Setup, threads: &'static [Body]) {
     );
     if let Err(p) = checked {
         std::panic::resume_unwind(p);
+    }
+    for o in required {
+        assert!(
+            seen.contains_key(*o),
+            "{name}: no interleaving reached {o:?}"
+        );
     }
 }
 
@@ -1119,6 +1257,7 @@ fn copy_vs_free_and_reuse_of_source_and_destination() {
             b_page: false,
             failing_flushes: &[],
         },
+        &["copy ok", "copy no such ioasid", "free busy", "free ok"],
         &[
             |t| {
                 t.run(copy_a_to(B));
@@ -1157,6 +1296,7 @@ fn copy_undo_vs_free_and_reuse_of_its_destination() {
             b_page: true,
             failing_flushes: &[],
         },
+        &["copy refused", "free busy", "free ok", "map ok"],
         &[
             |t| {
                 t.run(copy_a_to(B));
@@ -1189,6 +1329,11 @@ fn copy_undo_vs_unmap_and_map_in_its_range() {
             failing_flushes: &[],
         },
         &[
+            "map busy during a copy's hold",
+            "unmap busy during a copy's hold",
+            "map ok",
+        ],
+        &[
             |t| {
                 t.run(copy_a_to(B));
             },
@@ -1215,6 +1360,7 @@ fn copy_vs_unmap_all_of_its_destination() {
             b_page: false,
             failing_flushes: &[],
         },
+        &["copy ok", "unmap busy during a copy's hold", "unmap ok"],
         &[
             |t| {
                 t.run(copy_a_to(B));
@@ -1242,6 +1388,7 @@ fn copy_from_a_range_another_copy_fills_and_undoes() {
             b_page: false,
             failing_flushes: &[],
         },
+        &["copy busy during a copy's hold", "copy not mapped"],
         &[
             |t| {
                 t.run(copy_a_to(B));
@@ -1278,6 +1425,11 @@ fn attach_between_a_copy_s_runs() {
             failing_flushes: &[],
         },
         &[
+            "attach ok filling 1",
+            "attach ok filling 0",
+            "attach ok filling 2",
+        ],
+        &[
             |t| {
                 t.run(copy_a_to(B));
             },
@@ -1303,6 +1455,7 @@ fn attach_between_the_runs_of_a_copy_that_fails() {
             b_page: false,
             failing_flushes: &[],
         },
+        &["attach ok filling 1", "attach refused", "copy ok"],
         &[
             |t| {
                 t.run(copy_a_to(B));
@@ -1331,6 +1484,7 @@ fn detach_between_a_copy_s_runs() {
             b_page: false,
             failing_flushes: &[],
         },
+        &["copy ok mapping 1", "copy refused", "detach ok"],
         &[
             |t| {
                 t.run(copy_a_to(B));
@@ -1356,6 +1510,7 @@ fn attach_vs_maps() {
             b_page: false,
             failing_flushes: &[],
         },
+        &["attach ok filling 1"],
         &[
             |t| {
                 t.run(Call::Map(B, 0x1000, 0x70_0000, K4));
@@ -1382,6 +1537,7 @@ fn detach_vs_map_and_unmap() {
             b_page: false,
             failing_flushes: &[],
         },
+        &["detach ok", "map ok", "unmap ok"],
         &[
             |t| {
                 t.run(Call::Map(B, 0x1000, 0x70_0000, K4));
@@ -1389,6 +1545,36 @@ fn detach_vs_map_and_unmap() {
             },
             |t| {
                 t.run(Call::Detach);
+            },
+        ],
+    );
+}
+
+/// (g') A copy from A into B (attached, the unit refusing the second page) while another
+/// thread attaches the device to C: the attach replaces B's attachment (`attach`'s docs), and
+/// B's domain, its last user gone, is freed, as with a detach in (e). Switched first, the copy
+/// succeeds (no domain refuses); switched after, the copy failed and undid its first run;
+/// switched between the runs, the copy succeeds. The unit is never asked to map into, unmap
+/// from or flush the domain B left (`ModelUnit` panics), and it ends with C's domain alone,
+/// the device attached to it (`World::audit`).
+#[test]
+fn attach_elsewhere_between_a_copy_s_runs() {
+    run(
+        "attach_elsewhere_between_a_copy_s_runs",
+        Setup {
+            device_on_b: true,
+            refuse_map_at: Some(0x2000),
+            c: true,
+            b_page: false,
+            failing_flushes: &[],
+        },
+        &["attach ok", "copy ok mapping 1", "copy refused"],
+        &[
+            |t| {
+                t.run(copy_a_to(B));
+            },
+            |t| {
+                t.run(Call::Attach(C));
             },
         ],
     );
@@ -1414,6 +1600,11 @@ fn reserve_region_vs_copy_into_it() {
             b_page: false,
             failing_flushes: &[],
         },
+        &[
+            "reserve ok",
+            "reserve refused during a copy's hold",
+            "copy refused",
+        ],
         &[
             |t| {
                 t.run(Call::Copy {
@@ -1447,6 +1638,7 @@ fn alloc_iova_vs_copy() {
             b_page: false,
             failing_flushes: &[],
         },
+        &["alloc_iova ok during a copy's hold", "map busy", "copy ok"],
         &[
             |t| {
                 t.run(copy_a_to(B));
@@ -1473,6 +1665,7 @@ fn alloc_iova_vs_alloc_iova_and_map() {
             b_page: false,
             failing_flushes: &[],
         },
+        &["alloc_iova ok"],
         &[
             |t| {
                 t.run(Call::Map(B, 0x1000, 0x70_0000, K4));
@@ -1506,6 +1699,7 @@ fn unmap_with_failing_flushes_vs_maps() {
             b_page: true,
             failing_flushes: &[(B_PAGE.0, 2)],
         },
+        &["unmap pending", "map pending", "map ok"],
         &[
             |t| {
                 t.run(Call::Unmap(B, B_PAGE.0, K4));
