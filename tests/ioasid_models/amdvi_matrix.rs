@@ -185,15 +185,7 @@ struct Census {
 
 fn commands(m: &AmdViModel<'_>) -> (u64, u64, u64) {
     let s = m.stats();
-    let all = s.completion_waits
-        + s.invalidate_devtab
-        + s.invalidate_pages_page
-        + s.invalidate_pages_range
-        + s.invalidate_pages_all
-        + s.invalidate_iotlb
-        + s.invalidate_interrupt_table
-        + s.invalidate_all;
-    (all, s.completion_waits, s.invalidate_iotlb)
+    (s.total_commands(), s.completion_waits, s.invalidate_iotlb)
 }
 
 /// Every fault at every point the clean run reached.

@@ -436,16 +436,8 @@ fn amd_commands(r: &Rig<'_, '_>) -> (u32, u32, u32) {
         return (0, 0, 0);
     };
     let s = m.stats();
-    let all = s.completion_waits
-        + s.invalidate_devtab
-        + s.invalidate_pages_page
-        + s.invalidate_pages_range
-        + s.invalidate_pages_all
-        + s.invalidate_iotlb
-        + s.invalidate_interrupt_table
-        + s.invalidate_all;
     (
-        all as u32,
+        s.total_commands() as u32,
         s.completion_waits as u32,
         s.invalidate_iotlb as u32,
     )

@@ -275,6 +275,21 @@ pub struct AmdViModelStats {
     pub injections_fired: u64,
 }
 
+impl AmdViModelStats {
+    /// Every command the unit executed (COMPLETION_WAITs and the invalidations; the errors
+    /// are not commands executed).
+    pub fn total_commands(&self) -> u64 {
+        self.completion_waits
+            + self.invalidate_devtab
+            + self.invalidate_pages_page
+            + self.invalidate_pages_range
+            + self.invalidate_pages_all
+            + self.invalidate_iotlb
+            + self.invalidate_interrupt_table
+            + self.invalidate_all
+    }
+}
+
 /// Everything behind the lock.
 struct State<'m> {
     mem: &'m Arena,
