@@ -4,13 +4,16 @@
 //! under its `cmd` lock) against a model unit consuming the buffer on another thread.
 //!
 //! The model reads the tail pointer (relaxed, then an acquire fence: a device fetches what the
-//! tail write's barrier published), fetches each command from the head on and checks it word
-//! for word against the one the scenario queued there (torn, stale or overwritten before it
-//! was fetched: failure), moves the head past it (release) before running it, as a unit that
-//! fetches ahead may (so the head past a COMPLETION_WAIT is not its completion), counts other
-//! commands as executed, and runs a COMPLETION_WAIT with `S` by a 64-bit release store of its
-//! data to its address (§2.4: the store is made once every earlier command completed). The
-//! head and tail registers are relaxed: only the crate's barriers order them with memory.
+//! tail write's barrier published), fetches every command from the head up to that tail into
+//! a list of its own, checking each word for word against the one the scenario queued there
+//! (torn, stale or overwritten before it was fetched: failure), moves the head past them all
+//! (release: the entries may be reused), and only then runs the list in order: other commands
+//! are counted as executed, a COMPLETION_WAIT with `S` is a 64-bit release store of its data
+//! to its address, made after every command before it ran (§2.4: the head pointer is the
+//! offset of the next command to fetch; only COMPLETION_WAIT says earlier commands completed,
+//! and a device-IOTLB invalidation completes when the device answers). So the head past a
+//! COMPLETION_WAIT, or at the tail, is not its completion. The head and tail registers are
+//! relaxed: only the crate's barriers order them with memory.
 //!
 //! A buffer is at least 256 commands (`ComLen` 8): as for the VT-d queue, fillers are queued
 //! before the threads start and the unit takes those from the third on in one step.
@@ -38,6 +41,11 @@ struct AmdRegs {
     tail: AtomicU64,
     /// Tail pointer writes.
     doorbells: StdU32,
+    /// The last tail pointer written (the producer's, so no loom operation).
+    tail_written: StdU64,
+    /// Head pointer reads that found the buffer full (the tail written one entry behind the
+    /// head): the producer's space checks and polls that saw no room.
+    full_reads: StdU32,
 }
 
 #[derive(Clone)]
@@ -54,7 +62,19 @@ impl RegisterWindow for AmdWindow {
 
     fn read64(&self, offset: usize) -> u64 {
         match offset {
-            CMD_BUF_HEAD => self.0.head.load(Ordering::Relaxed),
+            CMD_BUF_HEAD => {
+                let head = self.0.head.load(Ordering::Relaxed);
+                let tail = self
+                    .0
+                    .tail_written
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                if (head + SIZE - tail) % SIZE == 16 {
+                    self.0
+                        .full_reads
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                head
+            }
             CMD_BUF_TAIL => self.0.tail.load(Ordering::Relaxed),
             STATUS => Status::CMD_BUF_RUN.bits(),
             CONTROL => Control::CMD_BUF_EN.bits(),
@@ -68,6 +88,9 @@ impl RegisterWindow for AmdWindow {
                 self.0
                     .doorbells
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.0
+                    .tail_written
+                    .store(value, std::sync::atomic::Ordering::Relaxed);
                 self.0.tail.store(value, Ordering::Relaxed)
             }
             // `program`, before the threads start.
@@ -113,7 +136,7 @@ impl AmdWorld {
 
     /// The unit: fetches and runs commands until the producer is done and the buffer empty.
     /// Returns how many of the plan's commands it consumed. It reads the tail only once it
-    /// has consumed up to the last value it read.
+    /// has fetched up to the last value it read, and fetches up to it before running any.
     fn run_unit(&self, plan: &AmdPlan) -> usize {
         let mut head = plan.head;
         let mut tail = head;
@@ -123,10 +146,10 @@ impl AmdWorld {
             if let Some((from, to)) = plan.bulk.filter(|&(from, _)| from == k) {
                 let n = (to - from) as u64;
                 head = (head + 16 * n) % SIZE;
-                executed += n;
                 k = to;
-                self.executed.store(executed, Ordering::Relaxed);
                 self.regs.head.store(head, Ordering::Release);
+                executed += n;
+                self.executed.store(executed, Ordering::Relaxed);
                 continue;
             }
             if head == tail {
@@ -148,23 +171,35 @@ impl AmdWorld {
                     continue;
                 }
             }
-            let fetched = self.fetch(head);
-            let want = plan.expected[k].0;
-            assert_eq!(
-                fetched, want,
-                "unit: command at {head:#x} (tail {tail:#x}) holds {fetched:x?}, not the command \
-                 queued there, {want:x?}: torn, stale, or overwritten before it was fetched"
-            );
-            // Fetched: the entry may be reused; the head moves before the command runs.
-            head = (head + 16) % SIZE;
-            self.regs.head.store(head, Ordering::Release);
-            if fetched[0] >> 60 == COMPLETION_WAIT {
-                self.completion_wait(fetched);
-            } else {
-                executed += 1;
-                self.executed.store(executed, Ordering::Relaxed);
+            // Fetch ahead up to the tail (or the bulk step), then move the head past it all:
+            // the entries may be reused before any of the commands ran.
+            let stop = match plan.bulk {
+                Some((from, _)) if from > k => from,
+                _ => plan.expected.len(),
+            };
+            let mut fetched = Vec::new();
+            while head != tail && k < stop {
+                let d = self.fetch(head);
+                let want = plan.expected[k].0;
+                assert_eq!(
+                    d, want,
+                    "unit: command at {head:#x} (tail {tail:#x}) holds {d:x?}, not the command \
+                     queued there, {want:x?}: torn, stale, or overwritten before it was fetched"
+                );
+                fetched.push(d);
+                head = (head + 16) % SIZE;
+                k += 1;
             }
-            k += 1;
+            self.regs.head.store(head, Ordering::Release);
+            // Then run them in order: a COMPLETION_WAIT's store after every earlier command.
+            for d in fetched {
+                if d[0] >> 60 == COMPLETION_WAIT {
+                    self.completion_wait(d);
+                } else {
+                    executed += 1;
+                    self.executed.store(executed, Ordering::Relaxed);
+                }
+            }
         }
         k
     }
@@ -202,6 +237,8 @@ fn amd_setup(fillers: u16, consumed: u64) -> (Arc<AmdWorld>, CommandBuffer, Vec<
         head: AtomicU64::new(0),
         tail: AtomicU64::new(0),
         doorbells: StdU32::new(0),
+        tail_written: StdU64::new(0),
+        full_reads: StdU32::new(0),
     });
     let pages = Arc::new(Pages::default());
     let window = AmdWindow(regs.clone());
@@ -224,6 +261,10 @@ fn amd_setup(fillers: u16, consumed: u64) -> (Arc<AmdWorld>, CommandBuffer, Vec<
     world
         .regs
         .doorbells
+        .store(0, std::sync::atomic::Ordering::Relaxed);
+    world
+        .regs
+        .full_reads
         .store(0, std::sync::atomic::Ordering::Relaxed);
     (world, b, queued)
 }
@@ -257,10 +298,14 @@ fn amd_race(
 /// unconsumed (head 0, tail 254: one free entry besides the one that must stay empty). A
 /// command takes entry 254; its COMPLETION_WAIT must wait (bounded) for the unit to fetch a
 /// filler, take entry 255 and wrap the tail pointer to 0; `wait` returns only once the
-/// command ran.
+/// command ran. Outcomes, by the head reads that found the buffer full: "room at once" (none:
+/// the unit had fetched before the COMPLETION_WAIT's space check), "full, room at the first
+/// poll" (one: the command published by a third tail write, then the wait for room's first
+/// poll found room) and "waited for room" (a poll found it still full); the last is
+/// required, so the bounded wait for room is exercised.
 #[test]
 fn amdvi_full_buffer_wraps() {
-    run("amdvi_full_buffer_wraps", &["ok"], |t| {
+    run("amdvi_full_buffer_wraps", &["waited for room"], |t| {
         let (world, b, mut expected) = amd_setup(254, 0);
         expected.extend([devtab(1), completion(&world, 1)]);
         let plan = AmdPlan {
@@ -275,12 +320,20 @@ fn amdvi_full_buffer_wraps() {
                 .expect("the command, in the free entry");
             b.wait(&window, &*w.pages, &mut |_| None)
                 .expect("the COMPLETION_WAIT, with room to wait");
-            t.note("ok");
+            let doorbells = w.regs.doorbells.load(std::sync::atomic::Ordering::Relaxed);
+            let full = w.regs.full_reads.load(std::sync::atomic::Ordering::Relaxed);
             assert_eq!(
                 w.executed(),
                 255,
                 "the wait returned before its command ran"
             );
+            // A buffer found full publishes what it holds before waiting for room.
+            t.note(match (full, doorbells) {
+                (0, 2) => "room at once",
+                (1, 3) => "full, room at the first poll",
+                (2.., 3) => "waited for room",
+                _ => panic!("{full} head reads found the buffer full, {doorbells} tail writes"),
+            });
             let tail = w.regs.tail.load(Ordering::Relaxed);
             assert_eq!(tail, 0, "the tail pointer after wrapping");
             256
