@@ -269,29 +269,14 @@ fn amd_setup(fillers: u16, consumed: u64) -> (Arc<AmdWorld>, CommandBuffer, Vec<
     (world, b, queued)
 }
 
-/// Spawns the unit on `plan`, runs `producer` on another thread, and checks that the unit
-/// consumed what the producer says it queued.
-fn amd_race(
-    world: Arc<AmdWorld>,
-    b: CommandBuffer,
-    plan: AmdPlan,
-    producer: impl FnOnce(&AmdWorld, &mut CommandBuffer) -> usize + Send + 'static,
-) {
-    let w = world.clone();
-    let unit = loom::thread::spawn(move || w.run_unit(&plan));
-    let w = world.clone();
-    let producer = loom::thread::spawn(move || {
-        let mut b = b;
-        let queued = producer(&w, &mut b);
-        w.producer_done.store(true, Ordering::Release);
-        queued
-    });
-    let queued = producer.join().unwrap();
-    let consumed = unit.join().unwrap();
-    assert_eq!(
-        consumed, queued,
-        "the unit consumed {consumed} of the {queued} commands queued"
-    );
+impl ModelUnit for AmdWorld {
+    type Plan = AmdPlan;
+    fn run_unit(&self, plan: &AmdPlan) -> usize {
+        AmdWorld::run_unit(self, plan)
+    }
+    fn producer_done(&self) -> &AtomicBool {
+        &self.producer_done
+    }
 }
 
 /// The buffer nearly full when the producer comes, and its commands wrapping: 254 fillers
@@ -314,7 +299,7 @@ fn amdvi_full_buffer_wraps() {
             bulk: Some((2, 254)),
         };
         let t = t.clone();
-        amd_race(world, b, plan, move |w, b| {
+        race(world, b, plan, "commands", move |w, b| {
             let window = w.window();
             b.submit(&window, &*w.pages, [devtab(1)], &mut |_| None)
                 .expect("the command, in the free entry");
@@ -360,7 +345,7 @@ fn amdvi_space_timeout_writes_nothing() {
                 bulk: Some((2, 255)),
             };
             let t = t.clone();
-            amd_race(world, b, plan, move |w, b| {
+            race(world, b, plan, "commands", move |w, b| {
                 let window = w.window();
                 b.set_budget(1);
                 let r = b.submit(&window, &*w.pages, [devtab(1)], &mut |_| None);
@@ -414,7 +399,7 @@ fn amdvi_wait_timeout_then_late_store() {
                 bulk: None,
             };
             let t = t.clone();
-            amd_race(world, b, plan, move |w, b| {
+            race(world, b, plan, "commands", move |w, b| {
                 let window = w.window();
                 b.submit(&window, &*w.pages, [devtab(1)], &mut |_| None)
                     .expect("the first command");
