@@ -1711,3 +1711,61 @@ fn unmap_with_failing_flushes_vs_maps() {
         ],
     );
 }
+
+/// (k') An unmap of B's page `B_PAGE` (B attached) whose flush the unit fails, while another
+/// thread maps `B_PAGE` again: the owed invalidation must reach the other thread. The map is
+/// refused if it comes before the unmap took the page (`Overlap`); after, it maps only once it
+/// reissued the owed invalidation, and if that fails too it answers `InvalidationPending` with
+/// the record left without the page: a map never lands on a page whose invalidation the unit
+/// still owes (`ModelUnit` panics). Unlike (k), the thread that meets the owed state is not the
+/// one that parked it: the map must settle after its record took the range (settled before,
+/// the unmap could park and let the range go in between: found by this scenario on 994999e).
+fn unmap_with_failing_flushes_vs_a_map_of_its_page(
+    name: &'static str,
+    failures: u32,
+    required: &[&str],
+) {
+    run(
+        name,
+        Setup {
+            device_on_b: true,
+            refuse_map_at: None,
+            c: false,
+            b_page: true,
+            failing_flushes: if failures == 1 {
+                &[(B_PAGE.0, 1)]
+            } else {
+                &[(B_PAGE.0, 2)]
+            },
+        },
+        required,
+        &[
+            |t| {
+                t.run(Call::Unmap(B, B_PAGE.0, K4));
+            },
+            |t| {
+                t.run(Call::Map(B, B_PAGE.0, 0x80_0000, K4));
+            },
+        ],
+    );
+}
+
+/// (k') with one failing flush: the map, after the unmap, settles and maps.
+#[test]
+fn unmap_with_a_failing_flush_vs_a_map_of_its_page() {
+    unmap_with_failing_flushes_vs_a_map_of_its_page(
+        "unmap_with_a_failing_flush_vs_a_map_of_its_page",
+        1,
+        &["unmap pending", "map ok", "map refused"],
+    );
+}
+
+/// (k') with two: the map, after the unmap, cannot settle and lets the record's range go.
+#[test]
+fn unmap_with_two_failing_flushes_vs_a_map_of_its_page() {
+    unmap_with_failing_flushes_vs_a_map_of_its_page(
+        "unmap_with_two_failing_flushes_vs_a_map_of_its_page",
+        2,
+        &["unmap pending", "map pending", "map refused"],
+    );
+}

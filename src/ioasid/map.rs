@@ -172,13 +172,19 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         failed: &mut Option<usize>,
         out: &mut Result<(), Error>,
     ) -> bool {
-        // A new mapping never lands where a stale translation may still be cached.
-        if !self.settle_into(io, out) {
-            return false;
-        }
         // The errors are read where the calls returned them (`refuse_with`), not copied.
         if let Err(e) = &io.record.map(iova, pa, len, prot) {
             return super::refuse_with(out, e);
+        }
+        // A new mapping never lands where a stale translation may still be cached. Settled
+        // once the record holds the range, not before: an unmap that let the range go parked
+        // what it owes before its record did (`unmap_unsettled_into`, `roll_back_map`), so the
+        // record's taking the range sees it. Settled first, an unmap on another CPU could park
+        // and let the range go in between, and the domains took the range while its
+        // invalidation was owed (loom_ioasid: unmap_with_a_failing_flush_vs_a_map_of_its_page).
+        if !self.settle_into(io, out) {
+            self.unmap_record(io, iova, len);
+            return false;
         }
         for (k, (_, d)) in domains(io).enumerate() {
             let Ok(u) = self.unit(d.unit) else {
