@@ -1720,6 +1720,8 @@ fn unmap_with_failing_flushes_vs_maps() {
 /// still owes (`ModelUnit` panics). Unlike (k), the thread that meets the owed state is not the
 /// one that parked it: the map must settle after its record took the range (settled before,
 /// the unmap could park and let the range go in between: found by this scenario on 994999e).
+/// The two calls overlap, which the layer's contract forbids (module docs, "Locking"): the
+/// rule is kept even for such a caller (ARCHITECTURE.md, "Overlapping calls").
 fn unmap_with_failing_flushes_vs_a_map_of_its_page(
     name: &'static str,
     failures: u32,

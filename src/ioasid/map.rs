@@ -179,9 +179,10 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         // A new mapping never lands where a stale translation may still be cached. Settled
         // once the record holds the range, not before: an unmap that let the range go parked
         // what it owes before its record did (`unmap_unsettled_into`, `roll_back_map`), so the
-        // record's taking the range sees it. Settled first, an unmap on another CPU could park
-        // and let the range go in between, and the domains took the range while its
-        // invalidation was owed (loom_ioasid: unmap_with_a_failing_flush_vs_a_map_of_its_page).
+        // record's taking the range sees it. Settled first, an overlapping unmap on another
+        // CPU (which the contract forbids) could park and let the range go in between, and the
+        // domains took the range while its invalidation was owed (loom_ioasid:
+        // unmap_with_a_failing_flush_vs_a_map_of_its_page).
         if !self.settle_into(io, out) {
             self.unmap_record(io, iova, len);
             return false;
