@@ -639,9 +639,24 @@ fn batch(w: &Work) -> u64 {
     }
 }
 
+/// Distance between the ranges of a timed batch. By default each range starts its own 1 GiB
+/// (the layout every row of BENCHMARKS.md uses: a 256 x 4K batch fills entries 0-255 of 16 leaf
+/// tables, whose lines share L1 sets). `IE_BENCH_LAYOUT=packed`, a diagnostic of that layout's
+/// cost: back to back (4K workloads) or 2 MiB apart (the others, for their page sizes), as a
+/// VMM maps guest memory or an IOVA allocator hands out ranges.
+fn stride(w: &Work) -> u64 {
+    let packed = std::env::var("IE_BENCH_LAYOUT").is_ok_and(|v| v == "packed");
+    if packed && w.len < G1 {
+        w.len
+            .next_multiple_of(if w.name.ends_with("x4K") { K4 } else { M2 })
+    } else {
+        w.len.next_multiple_of(G1).max(G1)
+    }
+}
+
 /// Times `map` of `iters` copies of the workload (untimed unmap between batches).
 fn time_map<C: Contender>(c: &mut C, w: &Work, per_page: bool, iters: u64) -> Duration {
-    let stride = w.len.next_multiple_of(G1).max(G1);
+    let stride = stride(w);
     let n = batch(w);
     let mut total = Duration::ZERO;
     let mut left = iters;
@@ -666,7 +681,7 @@ fn time_map<C: Contender>(c: &mut C, w: &Work, per_page: bool, iters: u64) -> Du
 
 /// Times `unmap` (with the gather's release) of `iters` copies (untimed map between batches).
 fn time_unmap<C: Contender>(c: &mut C, w: &Work, per_page: bool, iters: u64) -> Duration {
-    let stride = w.len.next_multiple_of(G1).max(G1);
+    let stride = stride(w);
     let n = batch(w);
     let mut total = Duration::ZERO;
     let mut left = iters;
@@ -867,6 +882,19 @@ fn tables_limits(c: &mut Criterion) {
     // Entry 512 * t of the buffer starts table t: 4 KiB apart; each table's first 256 used.
     let buf: Vec<AtomicU64> = (0..TABLES * 512).map(|_| AtomicU64::new(0)).collect();
     let table = |t: usize| &buf[t * 512..t * 512 + 256];
+    let mut g = c.benchmark_group("store-limit");
+    g.bench_function("16-tables", |b| {
+        let mut t = 0;
+        b.iter(|| {
+            let entries = black_box(table(t));
+            t = (t + 1) % TABLES;
+            let v = black_box(0x5a5a_5000_0003u64);
+            for (i, e) in entries.iter().enumerate() {
+                e.store(v + ((i as u64) << 12), Ordering::Release);
+            }
+        })
+    });
+    g.finish();
     let mut g = c.benchmark_group("check-store-limit");
     g.bench_function("16-tables", |b| {
         let mut t = 0;
@@ -892,6 +920,98 @@ fn tables_limits(c: &mut Criterion) {
             for e in entries {
                 seen |= e.load(Ordering::Acquire);
                 e.store(0, Ordering::Release);
+            }
+            black_box(seen)
+        })
+    });
+    g.finish();
+    walk_limits(c);
+}
+
+/// A 4 KiB table page of the walk limits below, aligned as the pool's.
+#[repr(C, align(4096))]
+struct TablePage([AtomicU64; 512]);
+
+/// The engine rows' tables for a 256 x 4K batch, as a walk reaches them: a root, one level-3
+/// table whose entries `t` lead to 16 level-2 tables (one per 1 GiB), whose entry 0 leads to a
+/// leaf table. Each table entry holds the next table's host address with bits 0-1 set.
+struct WalkTables {
+    pages: Vec<TablePage>,
+}
+
+impl WalkTables {
+    const TABLES: usize = 16;
+
+    fn new() -> Self {
+        let n = 2 + 2 * Self::TABLES;
+        let pages: Vec<TablePage> = (0..n)
+            .map(|_| TablePage([const { AtomicU64::new(0) }; 512]))
+            .collect();
+        let link = |from: usize, idx: usize, to: usize| {
+            let to = &pages[to] as *const TablePage as u64;
+            pages[from].0[idx].store(to | 3, Ordering::Relaxed);
+        };
+        link(0, 0, 1);
+        for t in 0..Self::TABLES {
+            // Level-2 and leaf tables alternate, as the pool hands them out to a map.
+            link(1, t, 2 + 2 * t);
+            link(2 + 2 * t, 0, 3 + 2 * t);
+        }
+        Self { pages }
+    }
+
+    /// The first 256 entries of leaf table `t`, reached by three dependent loads from the root.
+    fn leaf(&self, t: usize) -> &[AtomicU64] {
+        let next = |e: &AtomicU64| {
+            let va = e.load(Ordering::Acquire) & !0xfff;
+            // SAFETY: every entry read here was linked by `new` to a page of `self.pages`,
+            // which lives as long as `self`.
+            unsafe { &*(va as *const TablePage) }
+        };
+        let l3 = next(&self.pages[0].0[0]);
+        let l2 = next(&l3.0[t]);
+        &next(&l2.0[0]).0[..256]
+    }
+}
+
+/// The least any engine that walks its tables can do on the 256 x 4K rows' layout (issue 18,
+/// goal 2: what bounds them): `walk-<limit>/16-tables`, the descent's three dependent loads from
+/// the root to the leaf table (the level-2 tables' entry 0 shares its L1 set with the leaf
+/// entries), then the limit's pass over the leaf's 256 entries, the next of 16 such each time.
+fn walk_limits(c: &mut Criterion) {
+    const ABSENT: u64 = 1 << 62;
+    let tables = WalkTables::new();
+    let mut g = c.benchmark_group("walk-check-store-limit");
+    g.bench_function("16-tables", |b| {
+        let mut t = 0;
+        b.iter(|| {
+            let entries = tables.leaf(black_box(t));
+            t = (t + 1) % WalkTables::TABLES;
+            let v = black_box(0x5a5a_5000_0003u64);
+            if or_of_all(entries) & ABSENT == 0 {
+                for (i, e) in entries.iter().enumerate() {
+                    e.store(v + ((i as u64) << 12), Ordering::Release);
+                }
+            }
+        })
+    });
+    g.finish();
+    let mut g = c.benchmark_group("walk-load-store-limit");
+    g.bench_function("16-tables", |b| {
+        let mut t = 0;
+        b.iter(|| {
+            let entries = tables.leaf(black_box(t));
+            t = (t + 1) % WalkTables::TABLES;
+            // Eight at a time, as the engine's clearing loop: their OR, then their stores.
+            let mut seen = 0;
+            for eight in entries.chunks_exact(8) {
+                let or = or_of_all(eight);
+                if or != 0 {
+                    for e in eight {
+                        e.store(0, Ordering::Release);
+                    }
+                }
+                seen |= or;
             }
             black_box(seen)
         })
