@@ -771,18 +771,59 @@ fn memset_bound(c: &mut Criterion) {
     let mut g = c.benchmark_group("store-limit");
     for (name, ptes) in [("1x4K", 1usize), ("256x4K", 256), ("262144x4K", 262_144)] {
         let buf: Vec<AtomicU64> = (0..ptes).map(|_| AtomicU64::new(0)).collect();
-        g.bench_function(name, |b| {
-            b.iter(|| {
-                let buf = black_box(&buf[..]);
-                let v = black_box(0x5a5a_5000_0003u64);
-                for (i, e) in buf.iter().enumerate() {
-                    e.store(v + ((i as u64) << 12), Ordering::Release);
-                }
-            })
-        });
+        g.bench_function(name, |b| b.iter(|| store_pass(black_box(&buf[..]))));
     }
     g.finish();
     all_or_nothing_limits(c);
+}
+
+/// A bit no entry of the limits' tables ever has: their emptiness checks always pass.
+const ABSENT: u64 = 1 << 62;
+
+/// One 64-bit `Release` store per entry, each the next page's (a map's leaf loop).
+#[inline(always)]
+fn store_pass(entries: &[AtomicU64]) {
+    let v = black_box(0x5a5a_5000_0003u64);
+    for (i, e) in entries.iter().enumerate() {
+        e.store(v + ((i as u64) << 12), Ordering::Release);
+    }
+}
+
+/// An all-or-nothing map's least work: every entry read (their OR), then, the range found
+/// empty, every entry stored.
+#[inline(always)]
+fn check_store_pass(entries: &[AtomicU64]) {
+    if or_of_all(entries) & ABSENT == 0 {
+        store_pass(entries);
+    }
+}
+
+/// An exact unmap's least work, entry by entry: each loaded (their OR kept), then cleared.
+#[inline(always)]
+fn load_store_pass(entries: &[AtomicU64]) {
+    let mut seen = 0;
+    for e in entries {
+        seen |= e.load(Ordering::Acquire);
+        e.store(0, Ordering::Release);
+    }
+    black_box(seen);
+}
+
+/// The same eight entries at a time, as the engine's clearing loop: their OR, then their
+/// stores.
+#[inline(always)]
+fn clear_eights_pass(entries: &[AtomicU64]) {
+    let mut seen = 0;
+    for eight in entries.chunks_exact(8) {
+        let or = or_of_all(eight);
+        if or != 0 {
+            for e in eight {
+                e.store(0, Ordering::Release);
+            }
+        }
+        seen |= or;
+    }
+    black_box(seen);
 }
 
 /// The OR of `buf`'s entries, each read once as an acquire load: on x86-64 as the memory
@@ -833,43 +874,22 @@ fn or_of_all(buf: &[AtomicU64]) -> u64 {
 ///   loaded values' OR kept: an unmap must know what it clears (the bytes it returns, the
 ///   gather's exact ranges).
 fn all_or_nothing_limits(c: &mut Criterion) {
-    const ABSENT: u64 = 1 << 62;
-    let mut g = c.benchmark_group("check-store-limit");
-    for (name, ptes) in [("256x4K", 256usize), ("262144x4K", 262_144)] {
-        let buf: Vec<AtomicU64> = (0..ptes).map(|_| AtomicU64::new(0)).collect();
-        g.bench_function(name, |b| {
-            b.iter(|| {
-                let buf = black_box(&buf[..]);
-                let v = black_box(0x5a5a_5000_0003u64);
-                if or_of_all(buf) & ABSENT == 0 {
-                    for (i, e) in buf.iter().enumerate() {
-                        e.store(v + ((i as u64) << 12), Ordering::Release);
-                    }
-                }
-            })
-        });
-    }
-    g.finish();
-    let mut g = c.benchmark_group("load-store-limit");
-    for (name, ptes) in [("256x4K", 256usize), ("262144x4K", 262_144)] {
-        let buf: Vec<AtomicU64> = (0..ptes).map(|_| AtomicU64::new(0)).collect();
-        g.bench_function(name, |b| {
-            b.iter(|| {
-                let buf = black_box(&buf[..]);
-                let mut seen = 0;
-                for e in buf {
-                    seen |= e.load(Ordering::Acquire);
-                    e.store(0, Ordering::Release);
-                }
-                black_box(seen)
-            })
-        });
-    }
-    g.finish();
+    bench_flat(c, "check-store-limit", check_store_pass);
+    bench_flat(c, "load-store-limit", load_store_pass);
     tables_limits(c);
 }
 
-/// The two limits above over the engine rows' own layout (issue 18, goal 2): a 256 x 4K
+/// `<group>/256x4K` and `<group>/262144x4K`: `pass` over one array of that many entries.
+fn bench_flat(c: &mut Criterion, group: &str, pass: impl Fn(&[AtomicU64])) {
+    let mut g = c.benchmark_group(group);
+    for (name, ptes) in [("256x4K", 256usize), ("262144x4K", 262_144)] {
+        let buf: Vec<AtomicU64> = (0..ptes).map(|_| AtomicU64::new(0)).collect();
+        g.bench_function(name, |b| b.iter(|| pass(black_box(&buf[..]))));
+    }
+    g.finish();
+}
+
+/// The limits above over the engine rows' own layout (issue 18, goal 2): a 256 x 4K
 /// workload's timed batch maps 16 ranges 1 GiB apart, each into entries 0-255 of its own leaf
 /// table, so the batch's entries are 16 x 2 KiB at the same offset of 16 pages: the same 32
 /// sets of a 64-set L1 data cache, 16 lines a set where this machine's has 12 ways (48 KiB,
@@ -877,55 +897,34 @@ fn all_or_nothing_limits(c: &mut Criterion) {
 /// `<limit>/16-tables`: one call's worth (256 entries) per iteration, the next of 16 such
 /// tables 4 KiB apart each time, as the engine rows go through theirs.
 fn tables_limits(c: &mut Criterion) {
-    const TABLES: usize = 16;
-    const ABSENT: u64 = 1 << 62;
     // Entry 512 * t of the buffer starts table t: 4 KiB apart; each table's first 256 used.
-    let buf: Vec<AtomicU64> = (0..TABLES * 512).map(|_| AtomicU64::new(0)).collect();
-    let table = |t: usize| &buf[t * 512..t * 512 + 256];
-    let mut g = c.benchmark_group("store-limit");
-    g.bench_function("16-tables", |b| {
-        let mut t = 0;
-        b.iter(|| {
-            let entries = black_box(table(t));
-            t = (t + 1) % TABLES;
-            let v = black_box(0x5a5a_5000_0003u64);
-            for (i, e) in entries.iter().enumerate() {
-                e.store(v + ((i as u64) << 12), Ordering::Release);
-            }
-        })
-    });
-    g.finish();
-    let mut g = c.benchmark_group("check-store-limit");
-    g.bench_function("16-tables", |b| {
-        let mut t = 0;
-        b.iter(|| {
-            let entries = black_box(table(t));
-            t = (t + 1) % TABLES;
-            let v = black_box(0x5a5a_5000_0003u64);
-            if or_of_all(entries) & ABSENT == 0 {
-                for (i, e) in entries.iter().enumerate() {
-                    e.store(v + ((i as u64) << 12), Ordering::Release);
-                }
-            }
-        })
-    });
-    g.finish();
-    let mut g = c.benchmark_group("load-store-limit");
-    g.bench_function("16-tables", |b| {
-        let mut t = 0;
-        b.iter(|| {
-            let entries = black_box(table(t));
-            t = (t + 1) % TABLES;
-            let mut seen = 0;
-            for e in entries {
-                seen |= e.load(Ordering::Acquire);
-                e.store(0, Ordering::Release);
-            }
-            black_box(seen)
-        })
-    });
-    g.finish();
+    let buf: Vec<AtomicU64> = (0..WalkTables::TABLES * 512)
+        .map(|_| AtomicU64::new(0))
+        .collect();
+    let table = |t: usize| black_box(&buf[t * 512..t * 512 + 256]);
+    bench_tables(c, "store-limit", table, store_pass);
+    bench_tables(c, "check-store-limit", table, check_store_pass);
+    bench_tables(c, "load-store-limit", table, load_store_pass);
     walk_limits(c);
+}
+
+/// `<group>/16-tables`: `pass` over `leaf(t)`, the next of 16 tables each iteration.
+fn bench_tables<'a>(
+    c: &mut Criterion,
+    group: &str,
+    leaf: impl Fn(usize) -> &'a [AtomicU64],
+    pass: impl Fn(&[AtomicU64]),
+) {
+    let mut g = c.benchmark_group(group);
+    g.bench_function("16-tables", |b| {
+        let mut t = 0;
+        b.iter(|| {
+            let entries = leaf(t);
+            t = (t + 1) % WalkTables::TABLES;
+            pass(entries)
+        })
+    });
+    g.finish();
 }
 
 /// A 4 KiB table page of the walk limits below, aligned as the pool's.
@@ -979,44 +978,10 @@ impl WalkTables {
 /// the root to the leaf table (the level-2 tables' entry 0 shares its L1 set with the leaf
 /// entries), then the limit's pass over the leaf's 256 entries, the next of 16 such each time.
 fn walk_limits(c: &mut Criterion) {
-    const ABSENT: u64 = 1 << 62;
     let tables = WalkTables::new();
-    let mut g = c.benchmark_group("walk-check-store-limit");
-    g.bench_function("16-tables", |b| {
-        let mut t = 0;
-        b.iter(|| {
-            let entries = tables.leaf(black_box(t));
-            t = (t + 1) % WalkTables::TABLES;
-            let v = black_box(0x5a5a_5000_0003u64);
-            if or_of_all(entries) & ABSENT == 0 {
-                for (i, e) in entries.iter().enumerate() {
-                    e.store(v + ((i as u64) << 12), Ordering::Release);
-                }
-            }
-        })
-    });
-    g.finish();
-    let mut g = c.benchmark_group("walk-load-store-limit");
-    g.bench_function("16-tables", |b| {
-        let mut t = 0;
-        b.iter(|| {
-            let entries = tables.leaf(black_box(t));
-            t = (t + 1) % WalkTables::TABLES;
-            // Eight at a time, as the engine's clearing loop: their OR, then their stores.
-            let mut seen = 0;
-            for eight in entries.chunks_exact(8) {
-                let or = or_of_all(eight);
-                if or != 0 {
-                    for e in eight {
-                        e.store(0, Ordering::Release);
-                    }
-                }
-                seen |= or;
-            }
-            black_box(seen)
-        })
-    });
-    g.finish();
+    let leaf = |t: usize| tables.leaf(black_box(t));
+    bench_tables(c, "walk-check-store-limit", leaf, check_store_pass);
+    bench_tables(c, "walk-load-store-limit", leaf, clear_eights_pass);
 }
 
 fn map_unmap(c: &mut Criterion) {
