@@ -18,7 +18,9 @@
 //! the destination range, a second copy reading that range, an attach or a detach of the one
 //! device, a reservation of part of the destination range, `alloc_iova`; maps and unmaps beside
 //! an attach or a detach; an attach of the device elsewhere beside a copy; two `alloc_iova`s;
-//! an unmap whose flush the unit fails beside a map.
+//! an unmap whose flush the unit fails beside a map, and, retried until it returns `Ok` before
+//! its page goes back, beside a copy into or out of its IOASID, a detach then an attach back,
+//! an attach elsewhere then a free of the IOASID.
 //! Each thread records what it called, with the arguments it used (an IOASID number `alloc`
 //! returned, an IOVA `alloc_iova` returned), what came back, and when it started and returned
 //! (`ModelUnit::clock`). In every interleaving loom explores:
@@ -34,25 +36,32 @@
 //!   (the IOASID gone, its reservations full). The model refuses a map into a reserved region
 //!   and a reservation over a mapping or an IOVA reservation, fills an attached IOASID's new
 //!   domain with its pages (the unit may refuse them), and an attach of a device attached
-//!   elsewhere switches it (`attach`'s docs). The final state compared is, for each IOASID
-//!   slot, whether it exists and what its record maps at each page of the window, and where
-//!   the context attaches the device (`IoasidCtx::attachment`);
+//!   elsewhere switches it (`attach`'s docs); a domain whose last user left while it owed an
+//!   invalidation is kept (`free_domain`), takes the IOASID's maps and unmaps, is used again
+//!   by an attach, and is freed by `free` once settled (`InvalidationPending` while not). The
+//!   final state compared is, for each IOASID slot, whether it exists and what its record maps
+//!   at each page of the window, where the context attaches the device
+//!   (`IoasidCtx::attachment`), and which IOASIDs hold a domain (`IoasidCtx::table_pages`);
 //! - a reservation or an `alloc_iova` that started and returned while a copy certainly held
 //!   its destination range (between its first run reaching the unit and the unit's next write
 //!   in the range: the clock orders them) neither reserves nor returns any of that range
 //!   (`check_copy_hold`): the calls one at a time cannot tell, as they may order the call
 //!   before the copy;
 //! - every domain maps exactly what its IOASID's record maps at the end (`IoasidCtx::audit`,
-//!   the unit's domains walked page by page), and the unit holds one live domain, the device
-//!   attached to it, if the context attaches the device, else none (`World::audit`);
+//!   the unit's domains walked page by page), the unit's live domains are exactly those the
+//!   context holds, and the device is attached on the unit to its IOASID's domain if the
+//!   context attaches it, else to none (`World::audit`);
 //! - each scenario names outcomes some interleaving must reach (`outcomes`, `run`'s
 //!   `required`: "attach ok filling 1" is an attach between a copy's runs), so that a change
 //!   that makes the race unreachable fails instead of passing;
 //! - at every step, the unit is never asked to map into, unmap from, flush, walk or attach a
-//!   device to a domain it freed (a detach's last user frees it), nor to free one twice or
-//!   while a device is attached to it, nor to map a page whose invalidation it owes (unmapped,
-//!   no flush of the domain completed since), and the record's tables are only reached in
-//!   pages the allocator handed out and did not take back.
+//!   device to a domain it freed (a detach's last user frees it), nor to free one twice, while
+//!   a device is attached to it or while it owes an invalidation, nor to map a page whose
+//!   invalidation it owes (unmapped, no flush of the domain completed since), and the record's
+//!   tables are only reached in pages the allocator handed out and did not take back;
+//! - a physical page the caller gives back (`Thread::reuse`: after an unmap of it returned
+//!   `Ok`, or its IOASID was freed) is mapped by no domain and owed by none (a stale IOTLB
+//!   entry a device could still use).
 //!
 //! The unit is a model (`ModelUnit`): each domain a map from page to translation under one
 //! loom mutex, so the scenarios explore the context's interleavings (its `state` lock, the
@@ -91,11 +100,13 @@ type Pages = BTreeMap<u64, (u64, Prot)>;
 /// An IOASID slot as the final check sees it: `None` if it holds no IOASID, else the
 /// record's translation of each page of `WINDOW`.
 type Slot = Option<Vec<Option<(u64, Prot)>>>;
-/// The final state as the check sees it: each IOASID slot, and the IOASID slot the device is
-/// attached to (`None`: detached).
-type Seen = (Vec<Slot>, Option<usize>);
+/// The final state as the check sees it: each IOASID slot, the IOASID slot the device is
+/// attached to (`None`: detached), and the IOASID slots that hold a domain on the unit (the
+/// device's, and one its last user left while it owed an invalidation: `free_domain` keeps
+/// it, without users, until it is settled and freed with the IOASID or used again).
+type Seen = (Vec<Slot>, Option<usize>, BTreeSet<usize>);
 /// The pages whose translation the final check compares.
-const WINDOW: [u64; 5] = [0x1000, 0x2000, 0x3000, 0x4000, 0x5000];
+const WINDOW: [u64; 7] = [0x1000, 0x2000, 0x3000, 0x4000, 0x5000, 0x6000, 0x7000];
 /// The copy's source: two pages, two runs (their physical addresses are not contiguous).
 const SRC: [(u64, u64); 2] = [(0x1000, 0x10_0000), (0x2000, 0x30_0000)];
 /// Where the record's table pages seem to be.
@@ -174,9 +185,10 @@ struct UnitState {
     /// Each domain's pages: IOVA -> (PA, permissions). `None`: freed.
     domains: Vec<Option<Pages>>,
     attached: Vec<(DeviceId, DomainHandle)>,
-    /// Per domain, the pages unmapped since its last completed flush: their invalidation is
-    /// owed, and no map may land on them meanwhile.
-    owing: BTreeMap<u16, BTreeSet<u64>>,
+    /// Per domain, the pages unmapped since its last completed flush, with the physical page
+    /// each translated to: their invalidation is owed (a device may still reach that physical
+    /// page through a stale IOTLB entry), and no map may land on them meanwhile.
+    owing: BTreeMap<u16, BTreeMap<u64, u64>>,
     /// Per page, how many more flushes owing it fail (`Setup::failing_flushes`).
     failing: BTreeMap<u64, u32>,
 }
@@ -194,11 +206,14 @@ struct ModelUnit {
     events: StdMutex<Vec<(usize, UnitEvent)>>,
 }
 
-/// A write of the unit into a domain, as `ModelUnit::events` keeps it.
+/// A write of the unit into a domain, or a domain built or freed, as `ModelUnit::events`
+/// keeps it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum UnitEvent {
     Map { iova: u64, pa: u64 },
     Unmap { iova: u64 },
+    Alloc,
+    Free,
 }
 
 impl ModelUnit {
@@ -209,7 +224,10 @@ impl ModelUnit {
 
     fn note(&self, e: UnitEvent) {
         let t = self.tick();
-        self.events.lock().unwrap().push((t, e));
+        // Poisoned by a check's panic that printed the events: the context's drop (which frees
+        // domains) notes on, rather than panicking in a destructor and aborting.
+        let mut events = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        events.push((t, e));
     }
 
     fn domain<R>(&self, d: DomainHandle, what: &str, f: impl FnOnce(&mut Pages) -> R) -> R {
@@ -222,7 +240,7 @@ impl ModelUnit {
         &self,
         d: DomainHandle,
         what: &str,
-        f: impl FnOnce(&mut Pages, &mut BTreeSet<u64>, &mut BTreeMap<u64, u32>) -> R,
+        f: impl FnOnce(&mut Pages, &mut BTreeMap<u64, u64>, &mut BTreeMap<u64, u32>) -> R,
     ) -> R {
         let mut st = self.state.lock().unwrap();
         let UnitState {
@@ -236,6 +254,26 @@ impl ModelUnit {
         // write lock: a call on a freed domain is a defect, not a unit error.
         let dom = dom.unwrap_or_else(|| panic!("{what} of domain {d:?}, which the unit freed"));
         f(dom, owing.entry(d.0).or_default(), failing)
+    }
+}
+
+impl ModelUnit {
+    /// How a device could still reach physical page `pa`: a live domain mapping it, or a
+    /// domain owing the invalidation of a translation to it (a stale IOTLB entry); `None` if
+    /// nothing does, and the page may go back to its owner's allocator.
+    fn reaches(&self, pa: u64) -> Option<String> {
+        let st = self.state.lock().unwrap();
+        for (d, dom) in st.domains.iter().enumerate() {
+            let Some(dom) = dom else { continue };
+            if let Some((iova, _)) = dom.iter().find(|(_, &(p, _))| p == pa) {
+                return Some(format!("domain {d} maps it at {iova:#x}"));
+            }
+        }
+        (st.owing.iter())
+            .find_map(|(d, o)| o.iter().find(|(_, &p)| p == pa).map(|(iova, _)| (d, iova)))
+            .map(|(d, iova)| {
+                format!("domain {d} owes the invalidation of its translation at {iova:#x}")
+            })
     }
 }
 
@@ -265,6 +303,7 @@ impl Iommu for ModelUnit {
     fn domain_alloc(&self, _cfg: &DomainConfig) -> Result<DomainHandle, IommuError> {
         let mut st = self.state.lock().unwrap();
         st.domains.push(Some(BTreeMap::new()));
+        self.note(UnitEvent::Alloc);
         Ok(DomainHandle(st.domains.len() as u16 - 1))
     }
     fn domain_geometry(&self, _d: DomainHandle) -> Result<(u32, u64), IommuError> {
@@ -276,9 +315,18 @@ impl Iommu for ModelUnit {
             !st.attached.iter().any(|a| a.1 == d),
             "freed attached {d:?}"
         );
+        // `pending.rs`: a domain that owes an invalidation is never freed (its tag and the
+        // table pages its owed gather holds would be reused while a device may still cache
+        // translations through them).
+        if let Some(owed) = st.owing.get(&d.0).filter(|o| !o.is_empty()).cloned() {
+            // Released first: see `World::audit`.
+            drop(st);
+            panic!("freed {d:?}, which still owes the invalidation of {owed:x?}");
+        }
         let dom = &mut st.domains[usize::from(d.0)];
         assert!(dom.is_some(), "{d:?} freed twice");
         *dom = None;
+        self.note(UnitEvent::Free);
         Ok(())
     }
     fn map(
@@ -291,7 +339,7 @@ impl Iommu for ModelUnit {
     ) -> Result<(), IommuError> {
         let (iova, pa) = (iova.get(), pa.get());
         self.domain_owing(d, "map", |dom, owing, _| {
-            if let Some(p) = owing.iter().find(|&&p| iova <= p && p - iova < len) {
+            if let Some(p) = owing.keys().find(|&&p| iova <= p && p - iova < len) {
                 // `pending.rs`: a new mapping never lands where a stale translation may be.
                 panic!("map of {d:?} at {p:#x}, whose invalidation the unit still owes");
             }
@@ -321,8 +369,11 @@ impl Iommu for ModelUnit {
     ) -> Result<u64, IommuError> {
         let end = iova.get().saturating_add(len);
         let n = self.domain_owing(d, "unmap", |dom, owing, _| {
-            let gone: Vec<u64> = dom.range(iova.get()..end).map(|(&p, _)| p).collect();
-            for p in &gone {
+            let gone: Vec<(u64, u64)> = dom
+                .range(iova.get()..end)
+                .map(|(&p, &(pa, _))| (p, pa))
+                .collect();
+            for (p, _) in &gone {
                 dom.remove(p);
             }
             let n = gone.len() as u64 * K4;
@@ -337,7 +388,7 @@ impl Iommu for ModelUnit {
         // to fail again.
         let failed = self.domain_owing(d, "flush", |_, owed, failing| {
             let mut failed = false;
-            for p in owed.iter() {
+            for p in owed.keys() {
                 if let Some(n) = failing.get_mut(p).filter(|n| **n > 0) {
                     *n -= 1;
                     failed = true;
@@ -463,10 +514,16 @@ struct Setup {
     /// B maps `B_PAGE` before the threads start: a copy into B's `[0x1000, 0x3000)` fails in
     /// its second run and undoes its first.
     b_page: bool,
+    /// B maps `B_SOURCE` before the threads start: the source of a copy out of B.
+    b_source: bool,
     /// Per page, how many flushes of a domain owing its invalidation fail (`Timeout`) before
     /// one completes.
     failing_flushes: &'static [(u64, u32)],
 }
+
+/// What B maps when `Setup::b_source` is set: (IOVA, PA) of two pages whose physical addresses
+/// are not contiguous (a copy of both is two runs).
+const B_SOURCE: [(u64, u64); 2] = [(0x4000, 0xa0_0000), (0x5000, 0xc0_0000)];
 
 /// What B maps when `Setup::b_page` is set: (IOVA, PA).
 const B_PAGE: (u64, u64) = (0x2000, 0x90_0000);
@@ -521,6 +578,10 @@ impl World {
             ctx.map(B, Iova::new(iova), PhysAddr::new(pa), K4, RW)
                 .unwrap();
         }
+        for (iova, pa) in B_SOURCE.iter().filter(|_| s.b_source) {
+            ctx.map(B, Iova::new(*iova), PhysAddr::new(*pa), K4, RW)
+                .unwrap();
+        }
         let label = DeviceLabel {
             unit: UnitId(0),
             id: DeviceId(1),
@@ -539,8 +600,9 @@ impl World {
     }
 
     /// For each IOASID slot: `None` if it holds no IOASID, else its record's translation of
-    /// each page of the window; and where the context's books attach the device (confirmed:
-    /// the model unit never faults, so no attach is left unsettled).
+    /// each page of the window; where the context's books attach the device (confirmed:
+    /// the model unit never faults, so no attach is left unsettled); the slots holding a
+    /// domain.
     fn observe(&self) -> Seen {
         let slots = (0..4)
             .map(|slot| {
@@ -556,7 +618,24 @@ impl World {
                 Some(pages)
             })
             .collect();
-        (slots, self.attached())
+        let with_domain = self.held().into_iter().map(|(slot, _)| slot).collect();
+        (slots, self.attached(), with_domain)
+    }
+
+    /// The domains the context holds, with their IOASID slots (`IoasidCtx::table_pages`).
+    fn held(&self) -> Vec<(usize, usize)> {
+        let mut held = Vec::new();
+        for slot in 0..4 {
+            match self.ctx.table_pages(IoasidId(slot)) {
+                Err(Error::NoSuchIoasid(_)) => {}
+                Err(e) => panic!("table_pages({slot}): {e:?}"),
+                Ok(p) => held.extend(
+                    (p.domains.iter().flatten())
+                        .map(|u| (usize::from(slot), usize::from(u.domain.0))),
+                ),
+            }
+        }
+        held
     }
 
     /// The IOASID slot the context's books attach the device to.
@@ -569,10 +648,11 @@ impl World {
         at.map(|a| usize::from(a.ioasid.0))
     }
 
-    /// Every domain maps what its IOASID's record maps (the context's own audit); the unit
-    /// holds one domain, the device attached to it, if the books attach the device, else none
-    /// (only the device's IOASID ever has a domain: a detach, or an attach elsewhere, frees
-    /// the one it left).
+    /// Every domain maps what its IOASID's record maps (the context's own audit); the unit's
+    /// live domains are exactly those the context holds (none leaked, none freed while held),
+    /// and the device is attached on the unit to the domain of the IOASID the books attach it
+    /// to, else to none (a detach, or an attach elsewhere, frees the domain it left unless
+    /// that domain owes an invalidation: `Seen` says which IOASIDs hold one).
     fn audit(&self, histories: &[History]) {
         for slot in 0..4 {
             match self.ctx.audit(IoasidId(slot)) {
@@ -585,6 +665,13 @@ impl World {
             }
         }
         let attached = self.attached();
+        let held = self.held();
+        let mut held_domains: Vec<usize> = held.iter().map(|&(_, d)| d).collect();
+        held_domains.sort_unstable();
+        let device_domain: Vec<usize> = (held.iter())
+            .filter(|&&(slot, _)| Some(slot) == attached)
+            .map(|&(_, d)| d)
+            .collect();
         // Read, then the unit's lock released before asserting: a panic holding it would
         // poison it, and the context's drop (which detaches) would panic again and abort.
         let (live, on_unit) = {
@@ -595,11 +682,13 @@ impl World {
             let on_unit: Vec<usize> = st.attached.iter().map(|a| usize::from(a.1 .0)).collect();
             (live, on_unit)
         };
-        let want = usize::from(attached.is_some());
         assert!(
-            live.len() == want && on_unit == live,
-            "the books attach the device to {attached:?}, the unit has live domains {live:?} \
-             and the device attached to {on_unit:?}\ncalls per thread: {histories:x?}"
+            live == held_domains
+                && on_unit == device_domain
+                && device_domain.len() == usize::from(attached.is_some()),
+            "the books attach the device to {attached:?} and hold domains {held:?} (IOASID \
+             slot, domain), the unit has live domains {live:?} and the device attached to \
+             {on_unit:?}\ncalls per thread: {histories:x?}"
         );
     }
 }
@@ -724,6 +813,39 @@ impl Thread<'_> {
     }
 }
 
+impl Thread<'_> {
+    /// The caller gives physical page `pa` back to its allocator (anything may then be put
+    /// there): no device may reach it any more, through a domain that maps it or one that owes
+    /// the invalidation of a translation to it (`ModelUnit::reaches`). Not a call of the
+    /// context: the serial check does not see it.
+    fn reuse(&self, pa: u64) {
+        if let Some(how) = self.world.unit.reaches(pa) {
+            panic!(
+                "page {pa:#x} reused after {:x?}, but {how}\ncalls: {:x?}",
+                self.history.last(),
+                self.history
+            );
+        }
+    }
+
+    /// Unmaps `B_PAGE` from B until the unmap returns `Ok` (at most four times: each
+    /// `InvalidationPending` of a retry is a flush that failed, and no scenario fails more
+    /// than three), then gives its page back: the rule after `InvalidationPending` (`unmap`'s
+    /// docs: do not reuse the pages until a retry returns `Ok`). A retry answering
+    /// `NoSuchIoasid` means another thread freed B, and `free` returns `Ok` only once every
+    /// invalidation B owed completed (`free_domains` settles before it frees a domain), so the
+    /// page is the caller's then too.
+    fn unmap_b_page_until_ok(&mut self) {
+        for _ in 0..4 {
+            match self.run(Call::Unmap(B, B_PAGE.0, K4)) {
+                Answer::Pending => {}
+                Answer::Ok(_) | Answer::NoSuchIoasid => return self.reuse(B_PAGE.1),
+                _ => return,
+            }
+        }
+    }
+}
+
 /// An IOASID one call at a time: its pages and its IOVA reservations (`alloc_iova`).
 #[derive(Clone, PartialEq, Eq, Debug, Default)]
 struct ModelIoasid {
@@ -731,21 +853,30 @@ struct ModelIoasid {
     iovas: Vec<(u64, u64)>,
 }
 
-/// The IOASIDs one call at a time, where the device is attached and the context's reserved
-/// regions.
+/// An IOASID's domain on the unit, one call at a time.
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+struct ModelDomain {
+    /// The pages the domain owes an invalidation of, as the unit keeps them.
+    owing: BTreeSet<u64>,
+    /// The context's books: an invalidation is owed (`Pending`'s mask).
+    owes: bool,
+}
+
+/// The IOASIDs one call at a time, where the device is attached, the IOASIDs' domains and
+/// the context's reserved regions.
 #[derive(Clone, PartialEq, Eq, Debug)]
 struct Model {
     slots: Vec<Option<ModelIoasid>>,
     /// The slot the device is attached to: its domain takes every map of it.
     attached: Option<usize>,
+    /// Per IOASID slot, its domain: the attached one's, and one its last user left while it
+    /// owed an invalidation (kept without users, `free_domain`). Every domain of an IOASID
+    /// takes its maps and unmaps.
+    domains: BTreeMap<usize, ModelDomain>,
     reserved: Vec<(u64, u64)>,
     refuse_map_at: Option<u64>,
-    /// The pages the domain owes an invalidation of, as the unit keeps them.
-    owing: BTreeSet<u64>,
     /// Per page, how many more flushes owing it fail.
     failing: BTreeMap<u64, u32>,
-    /// The context's books: an invalidation is owed (`Pending`'s mask).
-    owes: bool,
 }
 
 fn overlap((s, e): (u64, u64), start: u64, end: u64) -> bool {
@@ -760,11 +891,12 @@ impl Model {
             pages: a,
             iovas: Vec::new(),
         });
-        let b = if s.b_page {
+        let mut b = if s.b_page {
             BTreeMap::from([(B_PAGE.0, (B_PAGE.1, RW))])
         } else {
             BTreeMap::new()
         };
+        b.extend((B_SOURCE.iter().filter(|_| s.b_source)).map(|&(i, p)| (i, (p, RW))));
         slots[1] = Some(ModelIoasid {
             pages: b,
             iovas: Vec::new(),
@@ -775,37 +907,54 @@ impl Model {
         Model {
             slots,
             attached: s.device_on_b.then_some(1),
+            domains: (s.device_on_b.then_some((1, ModelDomain::default())))
+                .into_iter()
+                .collect(),
             reserved: Vec::new(),
             refuse_map_at: s.refuse_map_at,
-            owing: BTreeSet::new(),
             failing: s.failing_flushes.iter().copied().collect(),
-            owes: false,
         }
     }
 
-    /// The domain's flush, as `ModelUnit::flush` answers it.
-    fn flush(&mut self) -> bool {
+    /// The flush of `slot`'s domain, as `ModelUnit::flush` answers it: every owed page
+    /// reissued, failing while one of them is to fail again.
+    fn flush(&mut self, slot: usize) -> bool {
+        let Some(d) = self.domains.get_mut(&slot) else {
+            return true;
+        };
         let mut failed = false;
-        for p in &self.owing {
+        for p in &d.owing {
             if let Some(n) = self.failing.get_mut(p).filter(|n| **n > 0) {
                 *n -= 1;
                 failed = true;
             }
         }
         if !failed {
-            self.owing.clear();
+            d.owing.clear();
         }
         !failed
     }
 
-    /// What an attached IOASID owes is flushed again before a map or an unmap goes on
-    /// (`pending.rs`); `false` if that failed.
+    /// What an IOASID's domain owes is flushed again before a map or an unmap goes on, and
+    /// before the domain is freed (`pending.rs`); `false` if that failed.
     fn settle(&mut self, slot: usize) -> bool {
-        if self.attached != Some(slot) || !self.owes {
+        if !self.domains.get(&slot).is_some_and(|d| d.owes) {
             return true;
         }
-        self.owes = !self.flush();
-        !self.owes
+        let settled = self.flush(slot);
+        if let Some(d) = self.domains.get_mut(&slot) {
+            d.owes = !settled;
+        }
+        settled
+    }
+
+    /// The device's last use of `slot`'s domain is gone (`release_domain`): the domain is
+    /// freed once what it owes is settled, else kept without users (`free_domain`); the
+    /// caller's answer does not change either way.
+    fn release(&mut self, slot: usize) {
+        if self.settle(slot) {
+            self.domains.remove(&slot);
+        }
     }
 
     /// Whether the unit refuses a domain's map of `pages`.
@@ -813,23 +962,32 @@ impl Model {
         self.refuse_map_at.is_some_and(|at| pages.contains_key(&at))
     }
 
-    /// Maps `pages` (IOVA -> translation) into `id` whole, or answers why not.
+    /// Maps `pages` (IOVA -> translation) into `id` whole, or answers why not: a reserved
+    /// range, then the record's refusal (a page mapped), then what is owed (settled once the
+    /// record took the range: `map_domains`), then the unit's refusal. (A copy's later run
+    /// meets the record's refusal after its first run settled: no scenario copies over a
+    /// mapped page while an invalidation is owed.)
     fn map_pages(&mut self, id: IoasidId, pages: &Pages) -> Answer {
         let slot = usize::from(id.0);
-        let refused = self.attached == Some(slot) && self.unit_refuses(pages);
+        let refused = self.domains.contains_key(&slot) && self.unit_refuses(pages);
         let reserved = pages
             .keys()
             .any(|&p| self.reserved.iter().any(|&r| overlap(r, p, p + K4)));
-        if self.slots[slot].is_some() && !self.settle(slot) {
-            return Answer::Pending;
-        }
-        let Some(io) = self.slots[slot].as_mut() else {
+        let Some(io) = self.slots[slot].as_ref() else {
             return Answer::NoSuchIoasid;
         };
-        if refused || reserved || pages.keys().any(|p| io.pages.contains_key(p)) {
+        if reserved || pages.keys().any(|p| io.pages.contains_key(p)) {
             return Answer::Refused;
         }
-        io.pages.extend(pages);
+        if !self.settle(slot) {
+            return Answer::Pending;
+        }
+        if refused {
+            return Answer::Refused;
+        }
+        if let Some(io) = self.slots[slot].as_mut() {
+            io.pages.extend(pages);
+        }
         Answer::Ok(0)
     }
 
@@ -882,14 +1040,19 @@ impl Model {
             }
             Call::Free(id) => {
                 let slot = usize::from(id.0);
-                match &self.slots[slot] {
-                    None => Answer::NoSuchIoasid,
-                    Some(_) if self.attached == Some(slot) => Answer::Busy,
-                    Some(_) => {
-                        self.slots[slot] = None;
-                        Answer::Ok(0)
-                    }
+                if self.slots[slot].is_none() {
+                    return Answer::NoSuchIoasid;
                 }
+                if self.attached == Some(slot) {
+                    return Answer::Busy;
+                }
+                // A domain left owing is freed first, once settled (`free_domains`).
+                if !self.settle(slot) {
+                    return Answer::Pending;
+                }
+                self.domains.remove(&slot);
+                self.slots[slot] = None;
+                Answer::Ok(0)
             }
             Call::Map(id, iova, pa, len) => {
                 let pages = pages(iova, len).map(|p| (p, (pa + p - iova, RW))).collect();
@@ -911,11 +1074,13 @@ impl Model {
                 for p in &gone {
                     io.pages.remove(p);
                 }
-                if self.attached == Some(slot) {
+                if let Some(d) = self.domains.get_mut(&slot) {
                     // The domain's unmap and its flush, whose failure is owed.
-                    self.owing.extend(&gone);
-                    if !self.flush() {
-                        self.owes = true;
+                    d.owing.extend(&gone);
+                    if !self.flush(slot) {
+                        if let Some(d) = self.domains.get_mut(&slot) {
+                            d.owes = true;
+                        }
                         return Answer::Pending;
                     }
                 }
@@ -951,17 +1116,26 @@ impl Model {
                 if self.attached == Some(slot) {
                     return Answer::Ok(0);
                 }
-                // The new domain is filled with what the record maps, which the unit may refuse
-                // (the device stays where it was). Attached elsewhere, the device switches to
-                // it (`attach`'s docs: an attach replaces), and the domain it left is freed.
-                if self.unit_refuses(&io.pages) {
-                    return Answer::Refused;
+                // A new domain is filled with what the record maps, which the unit may refuse
+                // (the device stays where it was); a domain the IOASID kept (left owing) is
+                // used as it is. Attached elsewhere, the device switches to it (`attach`'s
+                // docs: an attach replaces), and the domain it left is released.
+                if !self.domains.contains_key(&slot) {
+                    if self.unit_refuses(&io.pages) {
+                        return Answer::Refused;
+                    }
+                    self.domains.insert(slot, ModelDomain::default());
                 }
-                self.attached = Some(slot);
+                if let Some(old) = self.attached.replace(slot) {
+                    self.release(old);
+                }
                 Answer::Ok(0)
             }
             Call::Detach => match self.attached.take() {
-                Some(_) => Answer::Ok(0),
+                Some(old) => {
+                    self.release(old);
+                    Answer::Ok(0)
+                }
                 None => Answer::Refused,
             },
             Call::Reserve(start, end) => {
@@ -991,7 +1165,7 @@ impl Model {
                     .map(|io| WINDOW.iter().map(|p| io.pages.get(p).copied()).collect())
             })
             .collect();
-        (slots, self.attached)
+        (slots, self.attached, self.domains.keys().copied().collect())
     }
 }
 
@@ -1062,6 +1236,7 @@ fn copy_hold(events: &[(usize, UnitEvent)], dst: u64) -> Option<(usize, usize)> 
         UnitEvent::Map { iova, .. } | UnitEvent::Unmap { iova } => {
             (dst..dst + 2 * K4).contains(&iova)
         }
+        UnitEvent::Alloc | UnitEvent::Free => false,
     })?;
     Some((events[at].0, next.0))
 }
@@ -1118,7 +1293,10 @@ fn model_builder() -> loom::model::Builder {
 /// that started and returned within a copy's hold of its destination range ([`copy_hold`]);
 /// for an attach that answered `Ok`, how many pages the unit mapped meanwhile (its fill:
 /// `"attach ok filling 1"`); for a copy, how many maps the unit made while it ran (its runs
-/// reaching a domain, and any other thread's maps meanwhile: `"copy ok mapping 1"`).
+/// reaching a domain, and any other thread's maps meanwhile: `"copy ok mapping 1"`); for an
+/// attach, a detach or a free that answered `Ok`, how many domains the unit freed meanwhile
+/// (`"detach ok freeing 0"`: the domain kept, as it owed an invalidation), and for an attach
+/// how many it built (`"attach ok building 0"`: into a domain the IOASID kept).
 fn outcomes(histories: &[History], events: &[(usize, UnitEvent)]) -> BTreeSet<String> {
     let holds: Vec<(usize, usize)> = (histories.iter().flatten())
         .filter_map(|s| match s.call {
@@ -1154,11 +1332,23 @@ fn outcomes(histories: &[History], events: &[(usize, UnitEvent)]) -> BTreeSet<St
         {
             seen.insert(format!("{kind} {heard} during a copy's hold"));
         }
-        let mapped = (events.iter())
-            .filter(|&&(t, e)| s.ticks.0 < t && t < s.ticks.1 && matches!(e, UnitEvent::Map { .. }))
-            .count();
+        let during = |what: fn(&UnitEvent) -> bool| {
+            (events.iter())
+                .filter(|&&(t, ref e)| s.ticks.0 < t && t < s.ticks.1 && what(e))
+                .count()
+        };
+        let mapped = during(|e| matches!(e, UnitEvent::Map { .. }));
+        let freed = during(|e| matches!(e, UnitEvent::Free));
+        let built = during(|e| matches!(e, UnitEvent::Alloc));
         match (s.call, s.heard) {
-            (Call::Attach(_), Answer::Ok(_)) => seen.insert(format!("attach ok filling {mapped}")),
+            (Call::Attach(_), Answer::Ok(_)) => {
+                seen.insert(format!("attach ok filling {mapped}"));
+                seen.insert(format!("attach ok building {built}"));
+                seen.insert(format!("attach ok freeing {freed}"))
+            }
+            (Call::Detach | Call::Free(_), Answer::Ok(_)) => {
+                seen.insert(format!("{kind} ok freeing {freed}"))
+            }
             (Call::Copy { .. }, _) => seen.insert(format!("{kind} {heard} mapping {mapped}")),
             _ => false,
         };
@@ -1255,6 +1445,7 @@ fn copy_vs_free_and_reuse_of_source_and_destination() {
             refuse_map_at: None,
             c: false,
             b_page: false,
+            b_source: false,
             failing_flushes: &[],
         },
         &["copy ok", "copy no such ioasid", "free busy", "free ok"],
@@ -1294,6 +1485,7 @@ fn copy_undo_vs_free_and_reuse_of_its_destination() {
             refuse_map_at: None,
             c: false,
             b_page: true,
+            b_source: false,
             failing_flushes: &[],
         },
         &["copy refused", "free busy", "free ok", "map ok"],
@@ -1326,6 +1518,7 @@ fn copy_undo_vs_unmap_and_map_in_its_range() {
             refuse_map_at: Some(0x2000),
             c: false,
             b_page: false,
+            b_source: false,
             failing_flushes: &[],
         },
         &[
@@ -1358,6 +1551,7 @@ fn copy_vs_unmap_all_of_its_destination() {
             refuse_map_at: None,
             c: false,
             b_page: false,
+            b_source: false,
             failing_flushes: &[],
         },
         &["copy ok", "unmap busy during a copy's hold", "unmap ok"],
@@ -1386,6 +1580,7 @@ fn copy_from_a_range_another_copy_fills_and_undoes() {
             refuse_map_at: Some(0x2000),
             c: true,
             b_page: false,
+            b_source: false,
             failing_flushes: &[],
         },
         &["copy busy during a copy's hold", "copy not mapped"],
@@ -1422,6 +1617,7 @@ fn attach_between_a_copy_s_runs() {
             refuse_map_at: None,
             c: false,
             b_page: false,
+            b_source: false,
             failing_flushes: &[],
         },
         &[
@@ -1453,6 +1649,7 @@ fn attach_between_the_runs_of_a_copy_that_fails() {
             refuse_map_at: Some(0x2000),
             c: false,
             b_page: false,
+            b_source: false,
             failing_flushes: &[],
         },
         &["attach ok filling 1", "attach refused", "copy ok"],
@@ -1482,6 +1679,7 @@ fn detach_between_a_copy_s_runs() {
             refuse_map_at: Some(0x2000),
             c: false,
             b_page: false,
+            b_source: false,
             failing_flushes: &[],
         },
         &["copy ok mapping 1", "copy refused", "detach ok"],
@@ -1508,6 +1706,7 @@ fn attach_vs_maps() {
             refuse_map_at: None,
             c: false,
             b_page: false,
+            b_source: false,
             failing_flushes: &[],
         },
         &["attach ok filling 1"],
@@ -1535,6 +1734,7 @@ fn detach_vs_map_and_unmap() {
             refuse_map_at: None,
             c: false,
             b_page: false,
+            b_source: false,
             failing_flushes: &[],
         },
         &["detach ok", "map ok", "unmap ok"],
@@ -1566,6 +1766,7 @@ fn attach_elsewhere_between_a_copy_s_runs() {
             refuse_map_at: Some(0x2000),
             c: true,
             b_page: false,
+            b_source: false,
             failing_flushes: &[],
         },
         &["attach ok", "copy ok mapping 1", "copy refused"],
@@ -1598,6 +1799,7 @@ fn reserve_region_vs_copy_into_it() {
             refuse_map_at: None,
             c: false,
             b_page: false,
+            b_source: false,
             failing_flushes: &[],
         },
         &[
@@ -1636,6 +1838,7 @@ fn alloc_iova_vs_copy() {
             refuse_map_at: None,
             c: false,
             b_page: false,
+            b_source: false,
             failing_flushes: &[],
         },
         &["alloc_iova ok during a copy's hold", "map busy", "copy ok"],
@@ -1663,6 +1866,7 @@ fn alloc_iova_vs_alloc_iova_and_map() {
             refuse_map_at: None,
             c: false,
             b_page: false,
+            b_source: false,
             failing_flushes: &[],
         },
         &["alloc_iova ok"],
@@ -1697,6 +1901,7 @@ fn unmap_with_failing_flushes_vs_maps() {
             refuse_map_at: None,
             c: false,
             b_page: true,
+            b_source: false,
             failing_flushes: &[(B_PAGE.0, 2)],
         },
         &["unmap pending", "map pending", "map ok"],
@@ -1734,6 +1939,7 @@ fn unmap_with_failing_flushes_vs_a_map_of_its_page(
             refuse_map_at: None,
             c: false,
             b_page: true,
+            b_source: false,
             failing_flushes: if failures == 1 {
                 &[(B_PAGE.0, 1)]
             } else {
@@ -1769,5 +1975,271 @@ fn unmap_with_two_failing_flushes_vs_a_map_of_its_page() {
         "unmap_with_two_failing_flushes_vs_a_map_of_its_page",
         2,
         &["unmap pending", "map pending", "map refused"],
+    );
+}
+
+// ------------------------------------------------------------------------------------------
+// invalidations a unit did not confirm, beside copies, attaches, detaches and frees
+//
+// In each, one thread unmaps B's page `B_PAGE` (B attached: its domain on the unit) while the
+// unit fails the flushes owing that page's invalidation a number of times, retries the unmap
+// until it returns `Ok` and then gives the page back (`Thread::unmap_b_page_until_ok`); the
+// other thread makes calls the contract lets run beside it on other ranges, or configuration
+// calls. In every interleaving: no page whose invalidation the unit still owes is mapped again
+// (`ModelUnit::map` panics) and no domain that owes one is freed (`ModelUnit::domain_free`
+// panics); when the caller gives the page back, no domain maps it and none owes the
+// invalidation of a translation to it (`Thread::reuse`); the answers and the final state,
+// which IOASIDs hold a domain included (one left owing by its last user is kept), are those
+// of some order of the calls one at a time (`check_serial`: the model replays the failing
+// flushes, and `InvalidationPending` only where a flush failed); the unit holds exactly the
+// domains the context holds (`World::audit`).
+
+/// The failing flushes of a scenario: `B_PAGE`'s, `n` times.
+fn b_page_failing(n: u32) -> &'static [(u64, u32)] {
+    match n {
+        1 => &[(B_PAGE.0, 1)],
+        2 => &[(B_PAGE.0, 2)],
+        _ => &[(B_PAGE.0, 3)],
+    }
+}
+
+/// (l) Beside a copy from A into B at `[0x4000, 0x6000)` (two runs, each mapped into B's
+/// domain, each settling what B owes once the record took it): a run that meets the owed
+/// invalidation settles it or, failing again, answers `InvalidationPending` and the copy
+/// undoes its earlier run with their flush (`roll_back_map`, which does not settle first):
+/// the copy answers `Ok` (before the unmap, or after it with the invalidation settled) or
+/// `InvalidationPending` with nothing of it left in B; no run lands while the page's
+/// invalidation is owed.
+fn unmap_with_failing_flushes_vs_a_copy_into_its_ioasid(
+    name: &'static str,
+    failures: u32,
+    required: &[&str],
+) {
+    run(
+        name,
+        Setup {
+            device_on_b: true,
+            refuse_map_at: None,
+            c: false,
+            b_page: true,
+            b_source: false,
+            failing_flushes: b_page_failing(failures),
+        },
+        required,
+        &[
+            |t| t.unmap_b_page_until_ok(),
+            |t| {
+                t.run(Call::Copy {
+                    src: A,
+                    src_iova: 0x1000,
+                    dst: B,
+                    dst_iova: 0x4000,
+                    len: 2 * K4,
+                });
+            },
+        ],
+    );
+}
+
+/// (l) with one failing flush: the copy, after the unmap, settles and maps.
+#[test]
+fn unmap_with_a_failing_flush_vs_a_copy_into_its_ioasid() {
+    unmap_with_failing_flushes_vs_a_copy_into_its_ioasid(
+        "unmap_with_a_failing_flush_vs_a_copy_into_its_ioasid",
+        1,
+        &["unmap pending", "unmap ok", "copy ok mapping 2"],
+    );
+}
+
+/// (l) with two: a copy after the unmap fails to settle and is undone.
+#[test]
+fn unmap_with_two_failing_flushes_vs_a_copy_into_its_ioasid() {
+    unmap_with_failing_flushes_vs_a_copy_into_its_ioasid(
+        "unmap_with_two_failing_flushes_vs_a_copy_into_its_ioasid",
+        2,
+        &[
+            "unmap pending",
+            "unmap ok",
+            "copy pending",
+            "copy ok mapping 2",
+        ],
+    );
+}
+
+/// (l') Beside a copy out of B: B's two pages at `B_SOURCE` into B at `[0x6000, 0x8000)`
+/// (within one IOASID: the copy's own slot), each run settling what B owes before its
+/// domain takes it. The copy reads a range the unmap does not touch; what it maps goes into
+/// the domain that owes, never over the owed page.
+fn unmap_with_failing_flushes_vs_a_copy_out_of_its_ioasid(
+    name: &'static str,
+    failures: u32,
+    required: &[&str],
+) {
+    run(
+        name,
+        Setup {
+            device_on_b: true,
+            refuse_map_at: None,
+            c: false,
+            b_page: true,
+            b_source: true,
+            failing_flushes: b_page_failing(failures),
+        },
+        required,
+        &[
+            |t| t.unmap_b_page_until_ok(),
+            |t| {
+                t.run(Call::Copy {
+                    src: B,
+                    src_iova: B_SOURCE[0].0,
+                    dst: B,
+                    dst_iova: 0x6000,
+                    len: 2 * K4,
+                });
+            },
+        ],
+    );
+}
+
+/// (l') with one failing flush.
+#[test]
+fn unmap_with_a_failing_flush_vs_a_copy_out_of_its_ioasid() {
+    unmap_with_failing_flushes_vs_a_copy_out_of_its_ioasid(
+        "unmap_with_a_failing_flush_vs_a_copy_out_of_its_ioasid",
+        1,
+        &["unmap pending", "unmap ok", "copy ok mapping 2"],
+    );
+}
+
+/// (l') with two.
+#[test]
+fn unmap_with_two_failing_flushes_vs_a_copy_out_of_its_ioasid() {
+    unmap_with_failing_flushes_vs_a_copy_out_of_its_ioasid(
+        "unmap_with_two_failing_flushes_vs_a_copy_out_of_its_ioasid",
+        2,
+        &["unmap pending", "copy pending", "copy ok mapping 2"],
+    );
+}
+
+/// (m) Beside a detach of B's only device, then its attach to B again. The detach releases
+/// B's domain, which is freed only once what B owes is settled (`free_domain`): settled, or
+/// kept without users while the flush fails again (the detach still answers `Ok`: the device
+/// is blocked). The attach then uses the kept domain as it is (no fill), or builds and fills a
+/// new one from B's record. The unmap's retry settles through whichever domain B holds, and
+/// the page goes back only then.
+fn unmap_with_failing_flushes_vs_detach_and_attach(
+    name: &'static str,
+    failures: u32,
+    required: &[&str],
+) {
+    run(
+        name,
+        Setup {
+            device_on_b: true,
+            refuse_map_at: None,
+            c: false,
+            b_page: true,
+            b_source: false,
+            failing_flushes: b_page_failing(failures),
+        },
+        required,
+        &[
+            |t| t.unmap_b_page_until_ok(),
+            |t| {
+                t.run(Call::Detach);
+                t.run(Call::Attach(B));
+            },
+        ],
+    );
+}
+
+/// (m) with one failing flush: the detach after the unmap settles what is owed and frees the
+/// domain.
+#[test]
+fn unmap_with_a_failing_flush_vs_detach_and_attach() {
+    unmap_with_failing_flushes_vs_detach_and_attach(
+        "unmap_with_a_failing_flush_vs_detach_and_attach",
+        1,
+        &[
+            "unmap pending",
+            "detach ok freeing 1",
+            "attach ok building 1",
+        ],
+    );
+}
+
+/// (m) with two: the detach's settle fails too, B keeps its domain, and the attach uses it.
+#[test]
+fn unmap_with_two_failing_flushes_vs_detach_and_attach() {
+    unmap_with_failing_flushes_vs_detach_and_attach(
+        "unmap_with_two_failing_flushes_vs_detach_and_attach",
+        2,
+        &[
+            "unmap pending",
+            "detach ok freeing 0",
+            "attach ok building 0",
+        ],
+    );
+}
+
+/// (n) Beside an attach of the device to C (a replace: C's domain built, B's released as a
+/// detach releases it) and then a free of B. The free settles what B still owes before it
+/// frees the domain B kept (`free_domains`): `InvalidationPending` with B left whole while
+/// the flush fails again, `Ok` once settled. After the free, the unmap's retry answers
+/// `NoSuchIoasid`, and the page goes back then: nothing may reach it.
+fn unmap_with_failing_flushes_vs_attach_elsewhere_and_free(
+    name: &'static str,
+    failures: u32,
+    required: &[&str],
+) {
+    run(
+        name,
+        Setup {
+            device_on_b: true,
+            refuse_map_at: None,
+            c: true,
+            b_page: true,
+            b_source: false,
+            failing_flushes: b_page_failing(failures),
+        },
+        required,
+        &[
+            |t| t.unmap_b_page_until_ok(),
+            |t| {
+                t.run(Call::Attach(C));
+                t.run(Call::Free(B));
+            },
+        ],
+    );
+}
+
+/// (n) with two failing flushes: the attach's release keeps B's domain, the free settles and
+/// frees it.
+#[test]
+fn unmap_with_two_failing_flushes_vs_attach_elsewhere_and_free() {
+    unmap_with_failing_flushes_vs_attach_elsewhere_and_free(
+        "unmap_with_two_failing_flushes_vs_attach_elsewhere_and_free",
+        2,
+        &[
+            "unmap pending",
+            "attach ok freeing 0",
+            "free ok freeing 1",
+            "unmap no such ioasid",
+        ],
+    );
+}
+
+/// (n) with three: the free's settle fails too, and B stays, its domain with it.
+#[test]
+fn unmap_with_three_failing_flushes_vs_attach_elsewhere_and_free() {
+    unmap_with_failing_flushes_vs_attach_elsewhere_and_free(
+        "unmap_with_three_failing_flushes_vs_attach_elsewhere_and_free",
+        3,
+        &[
+            "unmap pending",
+            "attach ok freeing 0",
+            "free pending",
+            "free ok freeing 1",
+        ],
     );
 }
