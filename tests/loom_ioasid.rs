@@ -20,7 +20,8 @@
 //! an attach or a detach; an attach of the device elsewhere beside a copy; two `alloc_iova`s;
 //! an unmap whose flush the unit fails beside a map, and, retried until it returns `Ok` before
 //! its page goes back, beside a copy into or out of its IOASID, a detach then an attach back,
-//! an attach elsewhere then a free of the IOASID.
+//! an attach elsewhere then a free of the IOASID; an unmap whose flushes fail in the domains
+//! of two units beside an attach that builds the second.
 //! Each thread records what it called, with the arguments it used (an IOASID number `alloc`
 //! returned, an IOVA `alloc_iova` returned), what came back, and when it started and returned
 //! (`ModelUnit::clock`). In every interleaving loom explores:
@@ -69,8 +70,9 @@
 //! own, which `tests/loom.rs` covers. It can refuse every map touching one IOVA (as a unit out
 //! of memory), which makes a copy fail in its second run and undo the first, and an attach's
 //! fill fail, and fail the flushes owing a page a number of times (`Setup::failing_flushes`),
-//! which the model replays (`InvalidationPending`). It notes every write with the clock's tick
-//! (`ModelUnit::events`).
+//! which the model replays (`InvalidationPending`). It notes every write, and every domain it
+//! builds or frees, with the clock's tick (`ModelUnit::events`). With `Setup::second_unit` the
+//! registry holds it twice, as units 0 and 1, each with a device of the context.
 #![cfg(loom)]
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -100,11 +102,12 @@ type Pages = BTreeMap<u64, (u64, Prot)>;
 /// An IOASID slot as the final check sees it: `None` if it holds no IOASID, else the
 /// record's translation of each page of `WINDOW`.
 type Slot = Option<Vec<Option<(u64, Prot)>>>;
-/// The final state as the check sees it: each IOASID slot, the IOASID slot the device is
-/// attached to (`None`: detached), and the IOASID slots that hold a domain on the unit (the
-/// device's, and one its last user left while it owed an invalidation: `free_domain` keeps
-/// it, without users, until it is settled and freed with the IOASID or used again).
-type Seen = (Vec<Slot>, Option<usize>, BTreeSet<usize>);
+/// The final state as the check sees it: each IOASID slot, the IOASID slot each device (unit
+/// 0's, unit 1's) is attached to (`None`: detached), and the (IOASID slot, unit) pairs that
+/// hold a domain (a device's, and one its last user left while it owed an invalidation:
+/// `free_domain` keeps it, without users, until it is settled and freed with the IOASID or
+/// used again).
+type Seen = (Vec<Slot>, [Option<usize>; 2], BTreeSet<(usize, usize)>);
 /// The pages whose translation the final check compares.
 const WINDOW: [u64; 7] = [0x1000, 0x2000, 0x3000, 0x4000, 0x5000, 0x6000, 0x7000];
 /// The copy's source: two pages, two runs (their physical addresses are not contiguous).
@@ -495,8 +498,10 @@ impl Iommu for ModelUnit {
 /// until the world is dropped, in field order (the context, which borrows the rest, first).
 struct World {
     ctx: Box<IoasidCtx<'static, 'static, Alloc>>,
-    /// The one device, bound to the context (attached to B with `Setup::device_on_b`).
+    /// The device on unit 0, bound to the context (attached to B with `Setup::device_on_b`).
     dev: DeviceHandle,
+    /// The device on unit 1 (`Setup::second_unit`), bound to the context.
+    dev2: Option<DeviceHandle>,
     _registry: Box<Registry<'static>>,
     unit: Box<ModelUnit>,
     _alloc: Box<Alloc>,
@@ -516,6 +521,10 @@ struct Setup {
     b_page: bool,
     /// B maps `B_SOURCE` before the threads start: the source of a copy out of B.
     b_source: bool,
+    /// The registry holds the unit twice (unit 1 is the same model: its domains are numbered
+    /// with unit 0's), and a second device, on unit 1, is bound to the context
+    /// (`Call::AttachSecond`): an IOASID then has a domain on each unit.
+    second_unit: bool,
     /// Per page, how many flushes of a domain owing its invalidation fail (`Timeout`) before
     /// one completes.
     failing_flushes: &'static [(u64, u32)],
@@ -551,7 +560,8 @@ impl World {
         });
         // SAFETY: as for the allocator: dropped after the registry and the context.
         let u: &'static ModelUnit = unsafe { &*(&*unit as *const ModelUnit) };
-        let registry = Box::new(Registry::new(&[u as &dyn Iommu], &PASIDS).unwrap());
+        let units: &[&dyn Iommu] = if s.second_unit { &[u, u] } else { &[u] };
+        let registry = Box::new(Registry::new(units, &PASIDS).unwrap());
         // SAFETY: as above: dropped after the context.
         let r: &'static Registry<'static> = unsafe { &*(&*registry as *const Registry<'static>) };
         // The context is ~32 KiB: built in place, not on loom's small thread stack.
@@ -590,9 +600,15 @@ impl World {
         if s.device_on_b {
             ctx.attach(dev, B).unwrap();
         }
+        let label2 = DeviceLabel {
+            unit: UnitId(1),
+            id: DeviceId(2),
+        };
+        let dev2 = s.second_unit.then(|| ctx.bind(label2, false).unwrap());
         World {
             ctx,
             dev,
+            dev2,
             _registry: registry,
             unit,
             _alloc: alloc,
@@ -618,34 +634,41 @@ impl World {
                 Some(pages)
             })
             .collect();
-        let with_domain = self.held().into_iter().map(|(slot, _)| slot).collect();
+        let with_domain = (self.held().into_iter())
+            .map(|(slot, unit, _)| (slot, unit))
+            .collect();
         (slots, self.attached(), with_domain)
     }
 
-    /// The domains the context holds, with their IOASID slots (`IoasidCtx::table_pages`).
-    fn held(&self) -> Vec<(usize, usize)> {
+    /// The domains the context holds: (IOASID slot, unit, domain) (`IoasidCtx::table_pages`).
+    fn held(&self) -> Vec<(usize, usize, usize)> {
         let mut held = Vec::new();
         for slot in 0..4 {
             match self.ctx.table_pages(IoasidId(slot)) {
                 Err(Error::NoSuchIoasid(_)) => {}
                 Err(e) => panic!("table_pages({slot}): {e:?}"),
-                Ok(p) => held.extend(
-                    (p.domains.iter().flatten())
-                        .map(|u| (usize::from(slot), usize::from(u.domain.0))),
-                ),
+                Ok(p) => held.extend((p.domains.iter().flatten()).map(|u| {
+                    (
+                        usize::from(slot),
+                        usize::from(u.unit.0),
+                        usize::from(u.domain.0),
+                    )
+                })),
             }
         }
         held
     }
 
-    /// The IOASID slot the context's books attach the device to.
-    fn attached(&self) -> Option<usize> {
-        let at = self.ctx.attachment(self.dev, None).unwrap();
-        assert!(
-            !at.is_some_and(|a| a.unsettled.is_some()),
-            "attachment {at:?} unsettled: the model unit confirms every attach"
-        );
-        at.map(|a| usize::from(a.ioasid.0))
+    /// The IOASID slot the context's books attach each device to (unit 0's, unit 1's).
+    fn attached(&self) -> [Option<usize>; 2] {
+        [Some(self.dev), self.dev2].map(|dev| {
+            let at = self.ctx.attachment(dev?, None).unwrap();
+            assert!(
+                !at.is_some_and(|a| a.unsettled.is_some()),
+                "attachment {at:?} unsettled: the model unit confirms every attach"
+            );
+            at.map(|a| usize::from(a.ioasid.0))
+        })
     }
 
     /// Every domain maps what its IOASID's record maps (the context's own audit); the unit's
@@ -666,12 +689,15 @@ impl World {
         }
         let attached = self.attached();
         let held = self.held();
-        let mut held_domains: Vec<usize> = held.iter().map(|&(_, d)| d).collect();
+        let mut held_domains: Vec<usize> = held.iter().map(|&(_, _, d)| d).collect();
         held_domains.sort_unstable();
-        let device_domain: Vec<usize> = (held.iter())
-            .filter(|&&(slot, _)| Some(slot) == attached)
-            .map(|&(_, d)| d)
+        // Device i (id i + 1) on unit i: attached to its IOASID's domain on that unit.
+        let mut device_domain: Vec<(u32, usize)> = (held.iter())
+            .filter(|&&(slot, unit, _)| attached.get(unit) == Some(&Some(slot)))
+            .map(|&(_, unit, d)| (unit as u32 + 1, d))
             .collect();
+        device_domain.sort_unstable();
+        let devices = attached.iter().flatten().count();
         // Read, then the unit's lock released before asserting: a panic holding it would
         // poison it, and the context's drop (which detaches) would panic again and abort.
         let (live, on_unit) = {
@@ -679,15 +705,17 @@ impl World {
             let live: Vec<usize> = (st.domains.iter().enumerate())
                 .filter_map(|(d, dom)| dom.as_ref().map(|_| d))
                 .collect();
-            let on_unit: Vec<usize> = st.attached.iter().map(|a| usize::from(a.1 .0)).collect();
+            let mut on_unit: Vec<(u32, usize)> = (st.attached.iter())
+                .map(|a| (a.0 .0, usize::from(a.1 .0)))
+                .collect();
+            on_unit.sort_unstable();
             (live, on_unit)
         };
         assert!(
-            live == held_domains
-                && on_unit == device_domain
-                && device_domain.len() == usize::from(attached.is_some()),
+            live == held_domains && on_unit == device_domain && device_domain.len() == devices,
             "the books attach the device to {attached:?} and hold domains {held:?} (IOASID \
-             slot, domain), the unit has live domains {live:?} and the device attached to \
+             slot, unit, domain), the unit has live domains {live:?} and the devices attached \
+             to \
              {on_unit:?}\ncalls per thread: {histories:x?}"
         );
     }
@@ -709,8 +737,10 @@ enum Call {
         dst_iova: u64,
         len: u64,
     },
-    /// The world's device attached to the IOASID.
+    /// The world's device (on unit 0) attached to the IOASID.
     Attach(IoasidId),
+    /// The second device (on unit 1, `Setup::second_unit`) attached to the IOASID.
+    AttachSecond(IoasidId),
     /// The world's device detached.
     Detach,
     /// `reserve_region` of `[start, end)`.
@@ -768,6 +798,12 @@ impl Call {
                 |()| 0,
             ),
             Call::Attach(id) => answer(ctx.attach(w.dev, id), |()| 0),
+            Call::AttachSecond(id) => {
+                let dev = w
+                    .dev2
+                    .expect("a second device without `Setup::second_unit`");
+                answer(ctx.attach(dev, id), |()| 0)
+            }
             Call::Detach => answer(ctx.detach(w.dev), |()| 0),
             Call::Reserve(start, end) => answer(
                 ctx.reserve_region(IovaRange {
@@ -853,9 +889,11 @@ struct ModelIoasid {
     iovas: Vec<(u64, u64)>,
 }
 
-/// An IOASID's domain on the unit, one call at a time.
+/// An IOASID's domain on a unit, one call at a time.
 #[derive(Clone, PartialEq, Eq, Debug, Default)]
 struct ModelDomain {
+    /// The unit it is on (0, or 1 with `Setup::second_unit`).
+    unit: usize,
     /// The pages the domain owes an invalidation of, as the unit keeps them.
     owing: BTreeSet<u64>,
     /// The context's books: an invalidation is owed (`Pending`'s mask).
@@ -867,12 +905,13 @@ struct ModelDomain {
 #[derive(Clone, PartialEq, Eq, Debug)]
 struct Model {
     slots: Vec<Option<ModelIoasid>>,
-    /// The slot the device is attached to: its domain takes every map of it.
-    attached: Option<usize>,
-    /// Per IOASID slot, its domain: the attached one's, and one its last user left while it
+    /// The slot each device (unit 0's, unit 1's) is attached to.
+    attached: [Option<usize>; 2],
+    /// The IOASIDs' domains by (IOASID slot, position in `Ioasid::domains`, the order every
+    /// call goes through them): an attached device's, and one its last user left while it
     /// owed an invalidation (kept without users, `free_domain`). Every domain of an IOASID
     /// takes its maps and unmaps.
-    domains: BTreeMap<usize, ModelDomain>,
+    domains: BTreeMap<(usize, usize), ModelDomain>,
     reserved: Vec<(u64, u64)>,
     refuse_map_at: Option<u64>,
     /// Per page, how many more flushes owing it fail.
@@ -906,8 +945,8 @@ impl Model {
         }
         Model {
             slots,
-            attached: s.device_on_b.then_some(1),
-            domains: (s.device_on_b.then_some((1, ModelDomain::default())))
+            attached: [s.device_on_b.then_some(1), None],
+            domains: (s.device_on_b.then_some(((1, 0), ModelDomain::default())))
                 .into_iter()
                 .collect(),
             reserved: Vec::new(),
@@ -916,10 +955,24 @@ impl Model {
         }
     }
 
-    /// The flush of `slot`'s domain, as `ModelUnit::flush` answers it: every owed page
+    /// The keys of `slot`'s domains, in the order the calls go through them.
+    fn domains_of(&self, slot: usize) -> Vec<(usize, usize)> {
+        (self.domains.range((slot, 0)..(slot + 1, 0)))
+            .map(|(&k, _)| k)
+            .collect()
+    }
+
+    /// The key of `slot`'s domain on `unit`.
+    fn domain_on(&self, slot: usize, unit: usize) -> Option<(usize, usize)> {
+        (self.domains.range((slot, 0)..(slot + 1, 0)))
+            .find(|(_, d)| d.unit == unit)
+            .map(|(&k, _)| k)
+    }
+
+    /// The flush of domain `key`, as `ModelUnit::flush` answers it: every owed page
     /// reissued, failing while one of them is to fail again.
-    fn flush(&mut self, slot: usize) -> bool {
-        let Some(d) = self.domains.get_mut(&slot) else {
+    fn flush(&mut self, key: (usize, usize)) -> bool {
+        let Some(d) = self.domains.get_mut(&key) else {
             return true;
         };
         let mut failed = false;
@@ -935,25 +988,40 @@ impl Model {
         !failed
     }
 
-    /// What an IOASID's domain owes is flushed again before a map or an unmap goes on, and
-    /// before the domain is freed (`pending.rs`); `false` if that failed.
+    /// What an IOASID's domains owe is flushed again before a map or an unmap goes on, and
+    /// before a domain is freed (`pending.rs`: every owing domain, in order, each failure
+    /// kept owed); `false` if one failed.
     fn settle(&mut self, slot: usize) -> bool {
-        if !self.domains.get(&slot).is_some_and(|d| d.owes) {
-            return true;
-        }
-        let settled = self.flush(slot);
-        if let Some(d) = self.domains.get_mut(&slot) {
-            d.owes = !settled;
+        let mut settled = true;
+        for key in self.domains_of(slot) {
+            if !self.domains[&key].owes {
+                continue;
+            }
+            let flushed = self.flush(key);
+            if let Some(d) = self.domains.get_mut(&key) {
+                d.owes = !flushed;
+            }
+            settled &= flushed;
         }
         settled
     }
 
-    /// The device's last use of `slot`'s domain is gone (`release_domain`): the domain is
-    /// freed once what it owes is settled, else kept without users (`free_domain`); the
-    /// caller's answer does not change either way.
-    fn release(&mut self, slot: usize) {
-        if self.settle(slot) {
-            self.domains.remove(&slot);
+    /// `free_domain` of domain `key`: freed once its IOASID's settle left it owing nothing,
+    /// else kept without users; `true` if freed.
+    fn free_domain(&mut self, key: (usize, usize)) -> bool {
+        self.settle(key.0);
+        let freed = !self.domains[&key].owes;
+        if freed {
+            self.domains.remove(&key);
+        }
+        freed
+    }
+
+    /// The last use of `slot`'s domain on `unit` is gone (`release_domain`): `free_domain`;
+    /// the caller's answer does not change either way.
+    fn release(&mut self, slot: usize, unit: usize) {
+        if let Some(key) = self.domain_on(slot, unit) {
+            self.free_domain(key);
         }
     }
 
@@ -969,7 +1037,7 @@ impl Model {
     /// mapped page while an invalidation is owed.)
     fn map_pages(&mut self, id: IoasidId, pages: &Pages) -> Answer {
         let slot = usize::from(id.0);
-        let refused = self.domains.contains_key(&slot) && self.unit_refuses(pages);
+        let refused = !self.domains_of(slot).is_empty() && self.unit_refuses(pages);
         let reserved = pages
             .keys()
             .any(|&p| self.reserved.iter().any(|&r| overlap(r, p, p + K4)));
@@ -1043,14 +1111,18 @@ impl Model {
                 if self.slots[slot].is_none() {
                     return Answer::NoSuchIoasid;
                 }
-                if self.attached == Some(slot) {
+                if self.attached.contains(&Some(slot)) {
                     return Answer::Busy;
                 }
-                // A domain left owing is freed first, once settled (`free_domains`).
-                if !self.settle(slot) {
+                // A domain left owing is freed first, once settled (`free_domains`: each
+                // domain's free settles again); one still owing keeps the IOASID.
+                let mut freed = true;
+                for key in self.domains_of(slot) {
+                    freed &= self.free_domain(key);
+                }
+                if !freed {
                     return Answer::Pending;
                 }
-                self.domains.remove(&slot);
                 self.slots[slot] = None;
                 Answer::Ok(0)
             }
@@ -1074,15 +1146,22 @@ impl Model {
                 for p in &gone {
                     io.pages.remove(p);
                 }
-                if let Some(d) = self.domains.get_mut(&slot) {
-                    // The domain's unmap and its flush, whose failure is owed.
-                    d.owing.extend(&gone);
-                    if !self.flush(slot) {
-                        if let Some(d) = self.domains.get_mut(&slot) {
+                // Each domain's unmap and its flush, whose failure is owed (the entries are
+                // gone: the other domains and the record are unmapped too).
+                let mut owed = false;
+                for key in self.domains_of(slot) {
+                    if let Some(d) = self.domains.get_mut(&key) {
+                        d.owing.extend(&gone);
+                    }
+                    if !self.flush(key) {
+                        if let Some(d) = self.domains.get_mut(&key) {
                             d.owes = true;
                         }
-                        return Answer::Pending;
+                        owed = true;
                     }
+                }
+                if owed {
+                    return Answer::Pending;
                 }
                 Answer::Ok(gone.len() as u64 * K4)
             }
@@ -1108,32 +1187,11 @@ impl Model {
                 }
                 self.map_pages(dst, &pages)
             }
-            Call::Attach(id) => {
-                let slot = usize::from(id.0);
-                let Some(io) = &self.slots[slot] else {
-                    return Answer::NoSuchIoasid;
-                };
-                if self.attached == Some(slot) {
-                    return Answer::Ok(0);
-                }
-                // A new domain is filled with what the record maps, which the unit may refuse
-                // (the device stays where it was); a domain the IOASID kept (left owing) is
-                // used as it is. Attached elsewhere, the device switches to it (`attach`'s
-                // docs: an attach replaces), and the domain it left is released.
-                if !self.domains.contains_key(&slot) {
-                    if self.unit_refuses(&io.pages) {
-                        return Answer::Refused;
-                    }
-                    self.domains.insert(slot, ModelDomain::default());
-                }
-                if let Some(old) = self.attached.replace(slot) {
-                    self.release(old);
-                }
-                Answer::Ok(0)
-            }
-            Call::Detach => match self.attached.take() {
+            Call::Attach(id) => self.attach(0, id),
+            Call::AttachSecond(id) => self.attach(1, id),
+            Call::Detach => match self.attached[0].take() {
                 Some(old) => {
-                    self.release(old);
+                    self.release(old, 0);
                     Answer::Ok(0)
                 }
                 None => Answer::Refused,
@@ -1155,6 +1213,36 @@ impl Model {
         }
     }
 
+    /// The device on `unit` attached to `id`. A new domain on the unit is filled with what
+    /// the record maps, which the unit may refuse (the device stays where it was), and takes
+    /// the first free position; a domain the IOASID kept there (left owing) is used as it is.
+    /// Attached elsewhere, the device switches (`attach`'s docs: an attach replaces), and the
+    /// domain it left is released.
+    fn attach(&mut self, unit: usize, id: IoasidId) -> Answer {
+        let slot = usize::from(id.0);
+        let Some(io) = &self.slots[slot] else {
+            return Answer::NoSuchIoasid;
+        };
+        if self.attached[unit] == Some(slot) {
+            return Answer::Ok(0);
+        }
+        if self.domain_on(slot, unit).is_none() {
+            if self.unit_refuses(&io.pages) {
+                return Answer::Refused;
+            }
+            let free = (0..).find(|&p| !self.domains.contains_key(&(slot, p)));
+            let domain = ModelDomain {
+                unit,
+                ..ModelDomain::default()
+            };
+            self.domains.insert((slot, free.unwrap_or(0)), domain);
+        }
+        if let Some(old) = self.attached[unit].replace(slot) {
+            self.release(old, unit);
+        }
+        Answer::Ok(0)
+    }
+
     /// What `World::observe` reads in this state.
     fn observe(&self) -> Seen {
         let slots = self
@@ -1165,7 +1253,10 @@ impl Model {
                     .map(|io| WINDOW.iter().map(|p| io.pages.get(p).copied()).collect())
             })
             .collect();
-        (slots, self.attached, self.domains.keys().copied().collect())
+        let domains = (self.domains.iter())
+            .map(|(&(slot, _), d)| (slot, d.unit))
+            .collect();
+        (slots, self.attached, domains)
     }
 }
 
@@ -1296,7 +1387,9 @@ fn model_builder() -> loom::model::Builder {
 /// reaching a domain, and any other thread's maps meanwhile: `"copy ok mapping 1"`); for an
 /// attach, a detach or a free that answered `Ok`, how many domains the unit freed meanwhile
 /// (`"detach ok freeing 0"`: the domain kept, as it owed an invalidation), and for an attach
-/// how many it built (`"attach ok building 0"`: into a domain the IOASID kept).
+/// how many it built (`"attach ok building 0"`: into a domain the IOASID kept); for an unmap,
+/// how many domains the unit was asked to unmap from meanwhile (`"unmap pending unmapping 2"`:
+/// both units' domains of B).
 fn outcomes(histories: &[History], events: &[(usize, UnitEvent)]) -> BTreeSet<String> {
     let holds: Vec<(usize, usize)> = (histories.iter().flatten())
         .filter_map(|s| match s.call {
@@ -1312,7 +1405,7 @@ fn outcomes(histories: &[History], events: &[(usize, UnitEvent)]) -> BTreeSet<St
             Call::Map(..) => "map",
             Call::Unmap(..) => "unmap",
             Call::Copy { .. } => "copy",
-            Call::Attach(_) => "attach",
+            Call::Attach(_) | Call::AttachSecond(_) => "attach",
             Call::Detach => "detach",
             Call::Reserve(..) => "reserve",
             Call::AllocIova(..) => "alloc_iova",
@@ -1339,9 +1432,10 @@ fn outcomes(histories: &[History], events: &[(usize, UnitEvent)]) -> BTreeSet<St
         };
         let mapped = during(|e| matches!(e, UnitEvent::Map { .. }));
         let freed = during(|e| matches!(e, UnitEvent::Free));
+        let unmapped = during(|e| matches!(e, UnitEvent::Unmap { .. }));
         let built = during(|e| matches!(e, UnitEvent::Alloc));
         match (s.call, s.heard) {
-            (Call::Attach(_), Answer::Ok(_)) => {
+            (Call::Attach(_) | Call::AttachSecond(_), Answer::Ok(_)) => {
                 seen.insert(format!("attach ok filling {mapped}"));
                 seen.insert(format!("attach ok building {built}"));
                 seen.insert(format!("attach ok freeing {freed}"))
@@ -1350,6 +1444,7 @@ fn outcomes(histories: &[History], events: &[(usize, UnitEvent)]) -> BTreeSet<St
                 seen.insert(format!("{kind} ok freeing {freed}"))
             }
             (Call::Copy { .. }, _) => seen.insert(format!("{kind} {heard} mapping {mapped}")),
+            (Call::Unmap(..), _) => seen.insert(format!("{kind} {heard} unmapping {unmapped}")),
             _ => false,
         };
     }
@@ -1446,6 +1541,7 @@ fn copy_vs_free_and_reuse_of_source_and_destination() {
             c: false,
             b_page: false,
             b_source: false,
+            second_unit: false,
             failing_flushes: &[],
         },
         &["copy ok", "copy no such ioasid", "free busy", "free ok"],
@@ -1486,6 +1582,7 @@ fn copy_undo_vs_free_and_reuse_of_its_destination() {
             c: false,
             b_page: true,
             b_source: false,
+            second_unit: false,
             failing_flushes: &[],
         },
         &["copy refused", "free busy", "free ok", "map ok"],
@@ -1519,6 +1616,7 @@ fn copy_undo_vs_unmap_and_map_in_its_range() {
             c: false,
             b_page: false,
             b_source: false,
+            second_unit: false,
             failing_flushes: &[],
         },
         &[
@@ -1552,6 +1650,7 @@ fn copy_vs_unmap_all_of_its_destination() {
             c: false,
             b_page: false,
             b_source: false,
+            second_unit: false,
             failing_flushes: &[],
         },
         &["copy ok", "unmap busy during a copy's hold", "unmap ok"],
@@ -1581,6 +1680,7 @@ fn copy_from_a_range_another_copy_fills_and_undoes() {
             c: true,
             b_page: false,
             b_source: false,
+            second_unit: false,
             failing_flushes: &[],
         },
         &["copy busy during a copy's hold", "copy not mapped"],
@@ -1618,6 +1718,7 @@ fn attach_between_a_copy_s_runs() {
             c: false,
             b_page: false,
             b_source: false,
+            second_unit: false,
             failing_flushes: &[],
         },
         &[
@@ -1650,6 +1751,7 @@ fn attach_between_the_runs_of_a_copy_that_fails() {
             c: false,
             b_page: false,
             b_source: false,
+            second_unit: false,
             failing_flushes: &[],
         },
         &["attach ok filling 1", "attach refused", "copy ok"],
@@ -1680,6 +1782,7 @@ fn detach_between_a_copy_s_runs() {
             c: false,
             b_page: false,
             b_source: false,
+            second_unit: false,
             failing_flushes: &[],
         },
         &["copy ok mapping 1", "copy refused", "detach ok"],
@@ -1707,6 +1810,7 @@ fn attach_vs_maps() {
             c: false,
             b_page: false,
             b_source: false,
+            second_unit: false,
             failing_flushes: &[],
         },
         &["attach ok filling 1"],
@@ -1735,6 +1839,7 @@ fn detach_vs_map_and_unmap() {
             c: false,
             b_page: false,
             b_source: false,
+            second_unit: false,
             failing_flushes: &[],
         },
         &["detach ok", "map ok", "unmap ok"],
@@ -1767,6 +1872,7 @@ fn attach_elsewhere_between_a_copy_s_runs() {
             c: true,
             b_page: false,
             b_source: false,
+            second_unit: false,
             failing_flushes: &[],
         },
         &["attach ok", "copy ok mapping 1", "copy refused"],
@@ -1800,6 +1906,7 @@ fn reserve_region_vs_copy_into_it() {
             c: false,
             b_page: false,
             b_source: false,
+            second_unit: false,
             failing_flushes: &[],
         },
         &[
@@ -1839,6 +1946,7 @@ fn alloc_iova_vs_copy() {
             c: false,
             b_page: false,
             b_source: false,
+            second_unit: false,
             failing_flushes: &[],
         },
         &["alloc_iova ok during a copy's hold", "map busy", "copy ok"],
@@ -1867,6 +1975,7 @@ fn alloc_iova_vs_alloc_iova_and_map() {
             c: false,
             b_page: false,
             b_source: false,
+            second_unit: false,
             failing_flushes: &[],
         },
         &["alloc_iova ok"],
@@ -1902,6 +2011,7 @@ fn unmap_with_failing_flushes_vs_maps() {
             c: false,
             b_page: true,
             b_source: false,
+            second_unit: false,
             failing_flushes: &[(B_PAGE.0, 2)],
         },
         &["unmap pending", "map pending", "map ok"],
@@ -1940,6 +2050,7 @@ fn unmap_with_failing_flushes_vs_a_map_of_its_page(
             c: false,
             b_page: true,
             b_source: false,
+            second_unit: false,
             failing_flushes: if failures == 1 {
                 &[(B_PAGE.0, 1)]
             } else {
@@ -2023,6 +2134,7 @@ fn unmap_with_failing_flushes_vs_a_copy_into_its_ioasid(
             c: false,
             b_page: true,
             b_source: false,
+            second_unit: false,
             failing_flushes: b_page_failing(failures),
         },
         required,
@@ -2083,6 +2195,7 @@ fn unmap_with_failing_flushes_vs_a_copy_out_of_its_ioasid(
             c: false,
             b_page: true,
             b_source: true,
+            second_unit: false,
             failing_flushes: b_page_failing(failures),
         },
         required,
@@ -2140,6 +2253,7 @@ fn unmap_with_failing_flushes_vs_detach_and_attach(
             c: false,
             b_page: true,
             b_source: false,
+            second_unit: false,
             failing_flushes: b_page_failing(failures),
         },
         required,
@@ -2200,6 +2314,7 @@ fn unmap_with_failing_flushes_vs_attach_elsewhere_and_free(
             c: true,
             b_page: true,
             b_source: false,
+            second_unit: false,
             failing_flushes: b_page_failing(failures),
         },
         required,
@@ -2240,6 +2355,70 @@ fn unmap_with_three_failing_flushes_vs_attach_elsewhere_and_free() {
             "attach ok freeing 0",
             "free pending",
             "free ok freeing 1",
+        ],
+    );
+}
+
+/// (o) An unmap of `B_PAGE` whose flushes fail, then (the same thread, after it returned) a map
+/// of another page at `B_PAGE`, beside an attach of a second device, on a second unit, to B
+/// (its domain there built and filled from B's record under the write lock: with `B_PAGE`
+/// before the unmap, which then unmaps and flushes both domains; without it after), then a map
+/// of another page of B. Each domain's failed flush is owed in its own slot of B's `Pending`,
+/// and every map settles every domain B has before any takes the range: neither map lands in
+/// a domain that still owes `B_PAGE`'s invalidation (`ModelUnit::map` panics), a map whose
+/// settle fails again answers `InvalidationPending` with nothing mapped.
+fn unmap_with_failing_flushes_vs_an_attach_on_another_unit(
+    name: &'static str,
+    failures: u32,
+    required: &[&str],
+) {
+    run(
+        name,
+        Setup {
+            device_on_b: true,
+            refuse_map_at: None,
+            c: false,
+            b_page: true,
+            b_source: false,
+            second_unit: true,
+            failing_flushes: b_page_failing(failures),
+        },
+        required,
+        &[
+            |t| {
+                t.run(Call::Unmap(B, B_PAGE.0, K4));
+                t.run(Call::Map(B, B_PAGE.0, 0x70_0000, K4));
+            },
+            |t| {
+                t.run(Call::AttachSecond(B));
+                t.run(Call::Map(B, 0x3000, 0x80_0000, K4));
+            },
+        ],
+    );
+}
+
+/// (o) with one failing flush: with both domains owing, the first's flush fails, the
+/// second's completes; the next map's settle completes.
+#[test]
+fn unmap_with_a_failing_flush_vs_an_attach_on_another_unit() {
+    unmap_with_failing_flushes_vs_an_attach_on_another_unit(
+        "unmap_with_a_failing_flush_vs_an_attach_on_another_unit",
+        1,
+        &["unmap pending unmapping 2", "attach ok filling 0", "map ok"],
+    );
+}
+
+/// (o) with two: both domains' flushes fail (each owed in its slot), and the next settle
+/// completes both.
+#[test]
+fn unmap_with_two_failing_flushes_vs_an_attach_on_another_unit() {
+    unmap_with_failing_flushes_vs_an_attach_on_another_unit(
+        "unmap_with_two_failing_flushes_vs_an_attach_on_another_unit",
+        2,
+        &[
+            "unmap pending unmapping 2",
+            "attach ok filling 0",
+            "map pending",
         ],
     );
 }
