@@ -39,7 +39,10 @@
 //!   domain with its pages (the unit may refuse them), and an attach of a device attached
 //!   elsewhere switches it (`attach`'s docs); a domain whose last user left while it owed an
 //!   invalidation is kept (`free_domain`), takes the IOASID's maps and unmaps, is used again
-//!   by an attach, and is freed by `free` once settled (`InvalidationPending` while not). The
+//!   by an attach, and is freed by `free` once settled (`InvalidationPending` while not); a
+//!   copy answering `InvalidationPending` is tried with and without one more flush of its
+//!   destination's domains (its undo's, when its first run went in before the owed
+//!   invalidation: `Model::undo_flush`). The
 //!   final state compared is, for each IOASID slot, whether it exists and what its record maps
 //!   at each page of the window, where the context attaches the device
 //!   (`IoasidCtx::attachment`), and which IOASIDs hold a domain (`IoasidCtx::table_pages`);
@@ -1006,6 +1009,19 @@ impl Model {
         settled
     }
 
+    /// A failed copy's undo of its earlier runs: each domain of `slot` unmaps them and is
+    /// flushed, a failure owed (`owe_undo`); a flush that completes leaves the books owing
+    /// until the next settle (the run's failed settle kept the slot owed).
+    fn undo_flush(&mut self, slot: usize) {
+        for key in self.domains_of(slot) {
+            if !self.flush(key) {
+                if let Some(d) = self.domains.get_mut(&key) {
+                    d.owes = true;
+                }
+            }
+        }
+    }
+
     /// `free_domain` of domain `key`: freed once its IOASID's settle left it owing nothing,
     /// else kept without users; `true` if freed.
     fn free_domain(&mut self, key: (usize, usize)) -> bool {
@@ -1291,7 +1307,21 @@ fn serial(model: &Model, histories: &[History], next: &mut [usize], seen: &Seen)
             Answer::Busy if copy_elsewhere && busy_beside_a_copy(step.call) => true,
             heard => m.apply(step.call, heard),
         };
-        if fits {
+        // A copy answering `InvalidationPending` may have mapped its first run before the
+        // invalidation came to be owed and failed to settle at a later run: it then undid the
+        // first run with a flush of every domain of its destination (`roll_back_map`, which
+        // does not settle first), one more flush than the copy one at a time makes, which the
+        // unit may fail too. Calls one at a time cannot split the copy around the unmap that
+        // parked: both are tried.
+        let undone = match (step.call, step.heard) {
+            (Call::Copy { dst, .. }, Answer::Pending) if fits => {
+                let mut u = m.clone();
+                u.undo_flush(usize::from(dst.0));
+                Some(u)
+            }
+            _ => None,
+        };
+        for m in [fits.then_some(m), undone].into_iter().flatten() {
             next[t] += 1;
             let ok = serial(&m, histories, next, seen);
             next[t] -= 1;
@@ -2175,6 +2205,18 @@ fn unmap_with_two_failing_flushes_vs_a_copy_into_its_ioasid() {
             "copy pending",
             "copy ok mapping 2",
         ],
+    );
+}
+
+/// (l) with three: the copy's undo of its first run, which does not settle first, fails its
+/// own flush too and leaves that invalidation owed (`owe_undo`), the first run gone from the
+/// record and the domain: the unmap's retry settles both.
+#[test]
+fn unmap_with_three_failing_flushes_vs_a_copy_into_its_ioasid() {
+    unmap_with_failing_flushes_vs_a_copy_into_its_ioasid(
+        "unmap_with_three_failing_flushes_vs_a_copy_into_its_ioasid",
+        3,
+        &["unmap pending", "unmap ok", "copy pending mapping 1"],
     );
 }
 
