@@ -20,8 +20,15 @@
 //! written before the `GERROR` toggle, and reads of one device's registers are not reordered).
 //! `CMDQ_PROD` and `GERRORN` (CPU to unit) are relaxed: only the crate's barriers order them
 //! with the queue memory.
+//!
+//! Command errors (§7.1, `Cerror`): CERROR_ILL, CERROR_ABT and CERROR_ATC_INV_SYNC, each raised
+//! once at a chosen command. The unit stops with CONS on the command and the code in
+//! `CMDQ_CONS.ERR`, toggles `GERROR.CMDQ_ERR`, and fetches again from CONS once `GERRORN`
+//! matches. Two CPUs' calls are made one after the other on one thread: the queue's calls
+//! hold the unit's `cmdq` lock from their first write to the end of their wait.
 
 use super::*;
+use iommu_engine::mem::Iova;
 use iommu_engine::smmuv3::cmd::{Command, SyncMsi, SyncSignal};
 use iommu_engine::smmuv3::cmdq::{LoomCommandQueue, SyncMode};
 use iommu_engine::smmuv3::regs::{CMDQ_BASE, CMDQ_CONS, CMDQ_PROD, GERROR, GERRORN};
@@ -30,10 +37,37 @@ use loom::sync::atomic::AtomicU32;
 
 /// `CMD_SYNC`'s opcode.
 const CMD_SYNC: u8 = 0x46;
-/// `CMDQ_CONS.ERR` for CERROR_ILL, bits 30:24.
-const CERROR_ILL: u32 = 1 << 24;
 /// `GERROR.CMDQ_ERR`.
 const CMDQ_ERR: u32 = 1;
+
+/// A command error the model unit raises once (§7.1, `CMDQ_CONS.ERR`, bits 30:24).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cerror {
+    /// CERROR_ILL (0x01): the unit expects the command replaced (by a CMD_SYNC without
+    /// signal) when it fetches again.
+    Illegal,
+    /// CERROR_ABT (0x02): the fetch of the command aborted. CONS stays on it, and it is
+    /// fetched again, unchanged, once software acknowledges (§7.1: commands at or after CONS
+    /// are re-fetched when processing restarts).
+    Abort,
+    /// CERROR_ATC_INV_SYNC (0x03): a CMD_SYNC waited for CMD_ATC_INVs before it and one of
+    /// their ATS invalidations timed out (§3.9.1.4). CONS stays on the CMD_SYNC; once
+    /// acknowledged it is fetched again and completes, for the timed-out invalidation is no
+    /// longer outstanding: the second run says nothing about it (Linux's driver sees the
+    /// repeated CMD_SYNC complete after such a timeout, and its `arm_smmu_cmdq_skip_err`
+    /// notes that only the issuer can tell). A device may still hold the translation.
+    AtcInvSync,
+}
+
+impl Cerror {
+    fn code(self) -> u32 {
+        match self {
+            Cerror::Illegal => 1,
+            Cerror::Abort => 2,
+            Cerror::AtcInvSync => 3,
+        }
+    }
+}
 
 /// The unit's registers. `GERROR` / `GERRORN` are loom atomics only in the scenario that
 /// reports a command error (elsewhere they read 0 and cost no interleavings).
@@ -45,6 +79,11 @@ struct SmmuRegs {
     gerrorn: AtomicU32,
     /// `CMDQ_PROD` writes.
     doorbells: StdU32,
+    /// `GERRORN` writes: command errors acknowledged.
+    acks: StdU32,
+    /// `GERRORN` as the CPUs read it: only they write it, under the queue's lock, so their
+    /// reads need no loom operation (the unit reads `gerrorn`).
+    gerrorn_written: StdU32,
 }
 
 #[derive(Clone)]
@@ -56,7 +95,10 @@ impl RegisterWindow for SmmuWindow {
             CMDQ_PROD => self.0.prod.load(Ordering::Relaxed),
             CMDQ_CONS => self.0.cons.load(Ordering::Acquire),
             GERROR if self.0.errors => self.0.gerror.load(Ordering::Acquire),
-            GERRORN if self.0.errors => self.0.gerrorn.load(Ordering::Relaxed),
+            GERRORN if self.0.errors => self
+                .0
+                .gerrorn_written
+                .load(std::sync::atomic::Ordering::Relaxed),
             GERROR | GERRORN => 0,
             _ => panic!("read32 of register {offset:#x}"),
         }
@@ -72,7 +114,15 @@ impl RegisterWindow for SmmuWindow {
             }
             // Written by `program` only, before the threads start.
             CMDQ_CONS => self.0.cons.store(value, Ordering::Relaxed),
-            GERRORN if self.0.errors => self.0.gerrorn.store(value, Ordering::Relaxed),
+            GERRORN if self.0.errors => {
+                self.0
+                    .acks
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.0
+                    .gerrorn_written
+                    .store(value, std::sync::atomic::Ordering::Relaxed);
+                self.0.gerrorn.store(value, Ordering::Relaxed)
+            }
             _ => panic!("write32 of register {offset:#x} ({value:#x})"),
         }
     }
@@ -94,18 +144,19 @@ struct SmmuPlan {
     /// `CMDQ_CONS` (index and wrap) when the threads start.
     cons: u32,
     expected: Vec<Command>,
-    /// The command at this position of `expected` is reported as CERROR_ILL (once); the unit
-    /// then expects the producer to have replaced it with a CMD_SYNC (no signal) before
-    /// acknowledging.
-    illegal: Option<usize>,
+    /// A command error raised once at this position of `expected` (see [`Cerror`]).
+    fault: Option<(usize, Cerror)>,
 }
 
 struct SmmuWorld {
     pages: Arc<Pages>,
     regs: Arc<SmmuRegs>,
-    /// Commands other than CMD_SYNC the unit executed, published by the CONS store of the
-    /// CMD_SYNC after them.
+    /// Commands other than CMD_SYNC the unit executed (bits 31:0), and which ran (bit 32 + n:
+    /// one naming StreamID n, below 32), published by the CONS store of the CMD_SYNC after
+    /// them (one word: one store per command).
     executed: AtomicU64,
+    /// Command errors the unit raised (a test's count: no loom operation).
+    raised: StdU32,
     producer_done: AtomicBool,
     /// Where the queue's MSI page is (the second page allocated), if it has one.
     msi_pa: u64,
@@ -142,7 +193,7 @@ impl SmmuWorld {
         let mut cons = plan.cons;
         let mut prod = cons;
         let mut executed = self.executed.load(Ordering::Relaxed);
-        let mut illegal = plan.illegal;
+        let mut fault = plan.fault;
         let mut replaced = None;
         let mut k = 0;
         while k < plan.expected.len() {
@@ -165,20 +216,39 @@ impl SmmuWorld {
                 }
             }
             let index = cons % self.entries();
-            if illegal == Some(k) {
-                // The unit stops at the command: its words are read once the recovery has
-                // replaced it (reading them now, before the acknowledgement's yields, would
-                // let loom's progress rule hide a stale re-fetch).
-                illegal = None;
-                replaced = Some(cons);
-                self.report_illegal(cons);
-                continue;
+            let want = plan.expected[k].words;
+            match fault.take_if(|&mut (at, _)| at == k).map(|(_, kind)| kind) {
+                Some(Cerror::Illegal) => {
+                    // The unit stops at the command: its words are read once the recovery
+                    // has replaced it (reading them now, before the acknowledgement's
+                    // yields, would let loom's progress rule hide a stale re-fetch).
+                    replaced = Some(cons);
+                    self.report(cons, Cerror::Illegal);
+                    continue;
+                }
+                Some(Cerror::Abort) => {
+                    // Nothing was read: the command is fetched again below, and must be the
+                    // one queued there.
+                    self.report(cons, Cerror::Abort);
+                    continue;
+                }
+                Some(Cerror::AtcInvSync) => {
+                    let fetched = self.fetch(index);
+                    assert_eq!(fetched, want, "unit: the CMD_SYNC at {index}");
+                    assert_eq!(
+                        fetched[0] as u8, CMD_SYNC,
+                        "CERROR_ATC_INV_SYNC at a CMD_SYNC"
+                    );
+                    self.report(cons, Cerror::AtcInvSync);
+                    continue;
+                }
+                None => {}
             }
             let fetched = self.fetch(index);
             let want = if replaced == Some(cons) {
                 Command::plain_sync().words
             } else {
-                plan.expected[k].words
+                want
             };
             assert_eq!(
                 fetched, want,
@@ -196,6 +266,10 @@ impl SmmuWorld {
                 // Consumed before it runs.
                 self.regs.cons.store(next, Ordering::Release);
                 executed += 1;
+                let sid = fetched[0] >> 32;
+                if sid < 32 {
+                    executed |= 1 << (32 + sid);
+                }
                 self.executed.store(executed, Ordering::Relaxed);
             }
             cons = next;
@@ -204,11 +278,15 @@ impl SmmuWorld {
         k
     }
 
-    /// §7.1: the unit stops at the command, CONS on it with `ERR` = CERROR_ILL, toggles
-    /// `GERROR.CMDQ_ERR`, and fetches nothing until software makes `GERRORN.CMDQ_ERR` match;
-    /// then it fetches again from CONS.
-    fn report_illegal(&self, cons: u32) {
-        self.regs.cons.store(cons | CERROR_ILL, Ordering::Relaxed);
+    /// §7.1: the unit stops at the command, CONS on it with `ERR` = the error's code, toggles
+    /// `GERROR.CMDQ_ERR` (the code is visible before the toggle), and fetches nothing until
+    /// software makes `GERRORN.CMDQ_ERR` match; then it fetches again from CONS.
+    fn report(&self, cons: u32, error: Cerror) {
+        self.raised
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.regs
+            .cons
+            .store(cons | error.code() << 24, Ordering::Relaxed);
         let gerror = self.regs.gerror.load(Ordering::Relaxed) ^ CMDQ_ERR;
         self.regs.gerror.store(gerror, Ordering::Release);
         loop {
@@ -297,6 +375,8 @@ fn smmu_setup(
         gerror: AtomicU32::new(0),
         gerrorn: AtomicU32::new(0),
         doorbells: StdU32::new(0),
+        acks: StdU32::new(0),
+        gerrorn_written: StdU32::new(0),
     });
     let pages = Arc::new(Pages::default());
     let window = SmmuWindow(regs.clone());
@@ -312,6 +392,7 @@ fn smmu_setup(
         pages,
         regs,
         executed: AtomicU64::new(u64::from(consumed)),
+        raised: StdU32::new(0),
         producer_done: AtomicBool::new(false),
         msi_pa: PAGE_BASE + (1 << 16),
         log2,
@@ -338,7 +419,7 @@ impl ModelUnit for SmmuWorld {
 }
 
 fn executed(w: &SmmuWorld) -> u64 {
-    w.executed.load(Ordering::Relaxed)
+    w.executed.load(Ordering::Relaxed) & 0xffff_ffff
 }
 
 /// The queue full when the producer comes, and its batch wrapping the index and flipping the
@@ -356,7 +437,7 @@ fn smmu_full_queue_batch_wraps() {
         let plan = SmmuPlan {
             cons: 1,
             expected,
-            illegal: None,
+            fault: None,
         };
         let t = t.clone();
         race(world, q, plan, "commands", move |w, q| {
@@ -392,7 +473,7 @@ fn smmu_space_timeout_writes_nothing() {
         let plan = SmmuPlan {
             cons: 1,
             expected,
-            illegal: None,
+            fault: None,
         };
         let t = t.clone();
         race(world, q, plan, "commands", move |w, q| {
@@ -457,7 +538,7 @@ fn smmu_msi_sync_timeout_then_late_completion() {
             let plan = SmmuPlan {
                 cons: 1,
                 expected,
-                illegal: None,
+                fault: None,
             };
             let t = t.clone();
             race(world, q, plan, "commands", move |w, q| {
@@ -509,7 +590,7 @@ fn smmu_illegal_command_replaced() {
         let plan = SmmuPlan {
             cons: 0,
             expected,
-            illegal: Some(0),
+            fault: Some((0, Cerror::Illegal)),
         };
         let t = t.clone();
         race(world, q, plan, "commands", move |w, q| {
@@ -539,4 +620,155 @@ fn smmu_illegal_command_replaced() {
             4
         });
     });
+}
+
+/// Bit n: a command naming StreamID n ran, as a call that just returned sees it.
+fn ran(w: &SmmuWorld) -> u64 {
+    w.executed.load(Ordering::Relaxed) >> 32
+}
+
+fn acks(w: &SmmuWorld) -> u32 {
+    w.regs.acks.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// A fetch abort (CERROR_ABT, §7.1) on one CPU's command while another CPU submits and syncs:
+/// a queue of eight commands, empty at 0. CPU A's call queues CFGI_STE(1) and a CMD_SYNC with
+/// one poll per wait; then CPU B's call queues CFGI_STE(2) and a CMD_SYNC with room to wait;
+/// the unit aborts the fetch of A's command once. The queue's calls hold the unit's `cmdq` lock from
+/// their first write to the end of their wait, so the CPUs' calls run one after the other:
+/// they are made on one loom thread, in the order that leaves A's error pending when B's call
+/// comes (B first would meet nothing of A's), and each races the unit.
+///
+/// In every interleaving: the unit fetches the aborted command again after the
+/// acknowledgement and finds it unchanged (word for word: never replaced, never dropped); a
+/// call returns `Ok` only once its own command ran; A fails only with `SyncTimeout` or with
+/// `CommandError { Abort }` naming its command's index and opcode (the abort met, the budget
+/// gone), its command still queued, which B's CMD_SYNC then covers; B, with room to wait,
+/// completes, acknowledging the error itself when A left before meeting it; the error is
+/// acknowledged exactly once and every command consumed. Required: A
+/// completing after the abort, A failing with it, and B's wait acknowledging it.
+#[test]
+fn smmu_fetch_abort_beside_a_submitter() {
+    let outcomes = ["a ok after the abort", "a abort", "b acknowledged"];
+    run("smmu_fetch_abort_beside_a_submitter", &outcomes, |t| {
+        let (world, q, _) = smmu_setup(3, SyncMode::PollCons, true, 0, 0);
+        let sync = Command::plain_sync();
+        let plan = SmmuPlan {
+            cons: 0,
+            expected: vec![cfgi(1), sync, cfgi(2), sync],
+            fault: Some((0, Cerror::Abort)),
+        };
+        let t = t.clone();
+        race(world, q, plan, "commands", move |w, q| {
+            q.set_budget(1);
+            let a = q.submit_and_sync(&w.window(), &[cfgi(1)]);
+            let acks_after_a = acks(w);
+            let abort = SmmuError::CommandError {
+                index: 0,
+                opcode: 0x03,
+                kind: CommandErrorKind::Abort,
+            };
+            match a {
+                Ok(()) => {
+                    t.note("a ok after the abort");
+                    assert_ne!(
+                        ran(w) & 1 << 1,
+                        0,
+                        "A's call returned before its command ran"
+                    );
+                }
+                Err(e) if e == abort => t.note("a abort"),
+                Err(SmmuError::SyncTimeout { .. }) => t.note("a sync timeout"),
+                Err(e) => panic!("A's call (its command's fetch aborted once): {e}"),
+            }
+            q.set_budget(PATIENT);
+            q.submit_and_sync(&w.window(), &[cfgi(2)])
+                .expect("B's call, with room to wait");
+            assert_eq!(
+                ran(w),
+                1 << 1 | 1 << 2,
+                "B's CMD_SYNC completed before its command, or A's before it, ran"
+            );
+            if a.is_err() && acks_after_a == 0 {
+                t.note("b acknowledged");
+            }
+            assert_eq!(executed(w), 2);
+            assert_eq!(w.raised.load(std::sync::atomic::Ordering::Relaxed), 1);
+            assert_eq!(acks(w), 1, "the abort acknowledged {} times", acks(w));
+            4
+        });
+    });
+}
+
+/// CERROR_ATC_INV_SYNC (§7.1, §3.9.1.4) on one CPU's CMD_SYNC while another CPU's sync is
+/// pending: a queue of eight commands, empty at 0. CPU A's call queues CMD_ATC_INV(1) and a
+/// CMD_SYNC with two polls per wait; then CPU B's call queues CFGI_STE(2) and a CMD_SYNC
+/// with room to wait. A's ATS invalidation times out: the unit stops at A's CMD_SYNC with CERROR_ATC_INV_SYNC, and once acknowledged runs it
+/// again, and it completes (`Cerror::AtcInvSync`). The CPUs' calls are made on one loom
+/// thread, as in `smmu_fetch_abort_beside_a_submitter`: A's CMD_SYNC, when A's budget runs
+/// out first, is still pending before B's.
+///
+/// In every interleaving each call reports exactly its own outcome: A never returns `Ok`
+/// (its invalidation did not complete: a flush reporting it complete would free pages the
+/// device may still reach through its ATC), but `CommandError { AtcInvalidationSync }`
+/// naming its CMD_SYNC, or `SyncTimeout` if its budget ran out first; B returns `Ok` after
+/// its command ran, even when its wait is the one that meets and acknowledges the error at
+/// A's CMD_SYNC (B's CMD_SYNC waited for no failed invalidation). The error is raised and acknowledged once, and every
+/// command consumed. Required: A's error, and B acknowledging it for A.
+#[test]
+fn smmu_atc_sync_timeout_beside_a_pending_sync() {
+    let outcomes = ["a atc error", "b acknowledged a's error"];
+    run(
+        "smmu_atc_sync_timeout_beside_a_pending_sync",
+        &outcomes,
+        |t| {
+            let (world, q, _) = smmu_setup(3, SyncMode::PollCons, true, 0, 0);
+            let atc = Command::atc_inv(StreamId(1), None, Iova::new(0), 0, false).unwrap();
+            let sync = Command::plain_sync();
+            let plan = SmmuPlan {
+                cons: 0,
+                expected: vec![atc, sync, cfgi(2), sync],
+                fault: Some((1, Cerror::AtcInvSync)),
+            };
+            let t = t.clone();
+            race(world, q, plan, "commands", move |w, q| {
+                q.set_budget(2);
+                let a = q.submit_and_sync(&w.window(), &[atc]);
+                let acks_after_a = acks(w);
+                let atc_error = SmmuError::CommandError {
+                    index: 1,
+                    opcode: CMD_SYNC,
+                    kind: CommandErrorKind::AtcInvalidationSync,
+                };
+                match a {
+                    Ok(()) => panic!(
+                    "A's CMD_SYNC, whose ATS invalidation timed out, reported as complete (its \
+                     pages would be freed while the device's ATC may still hold them)"
+                ),
+                    Err(e) if e == atc_error => t.note("a atc error"),
+                    Err(SmmuError::SyncTimeout { .. }) => t.note("a sync timeout"),
+                    Err(e) => panic!("A's call (its ATS invalidation timed out): {e}"),
+                }
+                q.set_budget(PATIENT);
+                let b = q.submit_and_sync(&w.window(), &[cfgi(2)]);
+                assert_eq!(
+                    b,
+                    Ok(()),
+                    "B's call, whose CMD_SYNC waited for no failed invalidation"
+                );
+                assert_ne!(
+                    ran(w) & 1 << 2,
+                    0,
+                    "B's call returned before its command ran"
+                );
+                if acks_after_a == 0 {
+                    t.note("b acknowledged a's error");
+                }
+                assert_eq!(executed(w), 2);
+                assert_eq!(w.raised.load(std::sync::atomic::Ordering::Relaxed), 1);
+                assert_eq!(acks(w), 1, "the error acknowledged {} times", acks(w));
+                4
+            });
+        },
+    );
 }
