@@ -854,7 +854,9 @@ fn run_cell(op: Op, fault: Fault) -> Result<&'static str, String> {
             event_overflow(&model, u, report.events)?;
         }
     }
-    let transient = matches!(fault, Fault::Abort(_, false) | Fault::AtcSync(_, false));
+    // A transient fetch abort: the command is fetched again. Not an ATC invalidation timeout,
+    // even once: the CMD_SYNC run again completes without the invalidation (cmdq.rs).
+    let transient = matches!(fault, Fault::Abort(_, false));
     let outcome = match first {
         Err(e) if transient => {
             return Err(format!(

@@ -133,7 +133,7 @@ fn a_persistent_fetch_abort_fails_keeps_the_command_and_a_retry_completes() {
 }
 
 #[test]
-fn an_atc_invalidation_timeout_repeats_the_sync() {
+fn an_atc_invalidation_timeout_fails_the_flush_though_the_repeated_sync_completes() {
     let mem = Arena::with_defaults().unwrap();
     let model = SmmuModel::new(&mem, SmmuModelConfig::qemu_like().with_ats(true));
     let u = SmmuUnit::new(&model, &mem, cfg()).unwrap();
@@ -146,14 +146,31 @@ fn an_atc_invalidation_timeout_repeats_the_sync() {
     let mut g = unmap_all(&u, d);
     model.reset_stats();
     // A flush of an ATS domain: TLBI, CMD_SYNC, ATC_INV, CMD_SYNC. The second sync reports the
-    // ATC invalidation timeout once: repeating it completes.
+    // ATC invalidation timeout once: repeating it completes, but without the invalidation
+    // (§3.9.1.4), so the flush fails and keeps its pages; its retry issues the ATC_INV again.
     model.inject(Injection::AtcInvSyncAt { at: 1, times: 1 });
-    u.flush(d, &mut g).unwrap();
+    let err = u.flush(d, &mut g).unwrap_err();
+    assert!(
+        matches!(err, Error::CommandError { code, .. } if code & 0xff == 3),
+        "{err:?}"
+    );
     let st = model.stats();
     assert_eq!(st.cerrors, 1);
     assert_eq!(st.commands_of(op::ATC_INV), 1);
-    assert_eq!(st.syncs, 2);
+    assert_eq!(st.syncs, 2, "the repeated CMD_SYNC completed");
+    assert_eq!(
+        g.freed_pages(),
+        1,
+        "pages freed after an ATC invalidation timed out"
+    );
+    model.reset_stats();
+    u.flush(d, &mut g).unwrap();
     assert_eq!(g.freed_pages(), 0);
+    assert_eq!(
+        model.stats().commands_of(op::ATC_INV),
+        1,
+        "the retry reissued the ATC_INV"
+    );
 
     // Persistent: the flush fails with the code, keeps its pages, and a retry completes.
     u.map(d, Iova::new(IOVA), PhysAddr::new(PA), K4, RW)

@@ -18,8 +18,13 @@
 //!   persistent one ends the wait with [`CommandErrorKind::Abort`] and the command still
 //!   queued (fetched again by the next wait).
 //! - `CERROR_ATC_INV_SYNC`: CONS is on the CMD_SYNC whose ATS invalidations timed out; it is
-//!   acknowledged and so run again (the device may answer late). A wait that ends with it
-//!   still failing reports [`CommandErrorKind::AtcInvalidationSync`].
+//!   acknowledged, so the queue runs again, and the CMD_SYNC runs again and may then complete:
+//!   the timed-out invalidations are no longer outstanding, so that completion does not mean
+//!   they took effect (§3.9.1.4: the error keeps the sync from looking complete, lest an
+//!   unmapped page the device may still reach be reused). The wait of that CMD_SYNC fails
+//!   with [`CommandErrorKind::AtcInvalidationSync`] whatever follows (its caller keeps the
+//!   pages and retries, issuing the ATC invalidations again); a wait that meets it at an
+//!   earlier CMD_SYNC (another call's, still pending) recovers it and completes on its own.
 //!
 //! `GERROR.SFM_ERR` ends every wait at once with [`SmmuError::ServiceFailure`] (it is left
 //! unacknowledged: acknowledging does not leave the mode, and the unit's `enable` uses it to
@@ -84,6 +89,11 @@ pub(crate) struct CommandQueue<A: PageAllocator> {
     /// The last fetch abort or ATC invalidation timeout recovered (by re-running the command)
     /// during the current wait: reported if the wait runs out.
     retrying: Option<SmmuError>,
+    /// The index of the CMD_SYNC the current `sync` waits for.
+    awaited: Option<u32>,
+    /// A CERROR_ATC_INV_SYNC met at the awaited CMD_SYNC: its wait fails even if the CMD_SYNC,
+    /// run again, completes.
+    atc_failed: Option<SmmuError>,
     /// A CMD_SYNC completion MSI aborted during the current wait.
     msi_aborted: bool,
 }
@@ -145,6 +155,8 @@ impl<A: PageAllocator> CommandQueue<A> {
             msi_sequence: 0,
             budget,
             retrying: None,
+            awaited: None,
+            atc_failed: None,
             msi_aborted: false,
         })
     }
@@ -182,10 +194,18 @@ impl<A: PageAllocator> CommandQueue<A> {
             match self.recover(regs) {
                 Some(
                     e @ SmmuError::CommandError {
-                        kind: CommandErrorKind::Abort | CommandErrorKind::AtcInvalidationSync,
+                        kind:
+                            kind @ (CommandErrorKind::Abort | CommandErrorKind::AtcInvalidationSync),
+                        index,
                         ..
                     },
-                ) => self.retrying = Some(e),
+                ) => {
+                    if kind == CommandErrorKind::AtcInvalidationSync && self.awaited == Some(index)
+                    {
+                        self.atc_failed = Some(e);
+                    }
+                    self.retrying = Some(e)
+                }
                 Some(e) => return Err(e),
                 None => {}
             }
@@ -266,6 +286,8 @@ impl<A: PageAllocator> CommandQueue<A> {
     ///
     /// - [`SmmuError::CommandError`] with `CERROR_ILL`: a command was replaced by a CMD_SYNC
     ///   (the first such error; the wait still ran until this CMD_SYNC completed);
+    /// - [`SmmuError::CommandError`] with `CERROR_ATC_INV_SYNC` at this CMD_SYNC: its ATS
+    ///   invalidations timed out (reported even if the CMD_SYNC, run again, completed);
     /// - [`SmmuError::CommandError`] with `CERROR_ABT` / `CERROR_ATC_INV_SYNC`: still failing
     ///   when the budget ran out (the command stays queued);
     /// - [`SmmuError::SyncMsiAborted`]: the CMD_SYNC completed (CONS passed it) but its MSI
@@ -285,22 +307,31 @@ impl<A: PageAllocator> CommandQueue<A> {
         let mut first_error = None;
         self.retrying = None;
         self.msi_aborted = false;
+        self.awaited = Some(sync_at.index());
+        self.atc_failed = None;
         let done = match self.mode {
             SyncMode::Msi => self.wait_msi(regs, sync_at, &mut first_error),
             SyncMode::PollCons | SyncMode::Sev => self.wait_cons(regs, target, &mut first_error),
         };
+        self.awaited = None;
         let retrying = self.retrying.take();
+        let atc_failed = self.atc_failed.take();
         if let Some(e) = first_error {
             return Err(e);
         }
         if self.msi_aborted {
             // The MSI target cannot be written: observe completion through CONS from now on.
             self.mode = SyncMode::PollCons;
-            if done {
-                return Err(SmmuError::SyncMsiAborted {
-                    address: self.msi.map_or(0, |p| p.pa.get()),
-                });
-            }
+        }
+        if let Some(e) = atc_failed {
+            // This CMD_SYNC's ATS invalidations timed out: its completion, if it came, is the
+            // second run's, which did not wait for them.
+            return Err(e);
+        }
+        if self.msi_aborted && done {
+            return Err(SmmuError::SyncMsiAborted {
+                address: self.msi.map_or(0, |p| p.pa.get()),
+            });
         }
         match (done, retrying) {
             (true, _) => Ok(()),

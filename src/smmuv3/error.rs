@@ -16,7 +16,8 @@ pub enum CommandErrorKind {
     /// queue and is fetched again on every acknowledgement.
     Abort,
     /// `CERROR_ATC_INV_SYNC` (0x03): a CMD_SYNC whose ATS invalidations timed out. The CMD_SYNC
-    /// stays in the queue and runs again on every acknowledgement.
+    /// stays in the queue and runs again on every acknowledgement; its wait fails with this
+    /// even if it then completes (the invalidations it waited for did not take effect).
     AtcInvalidationSync,
     /// Any other code: kept as read, handled as `Illegal`.
     Other(u8),
