@@ -323,9 +323,9 @@ pub enum Error {
     /// The unit stopped at a command it was given and the driver's recovery did not get it
     /// through: VT-d `FSTS.IQE` (a descriptor rejected), `ITE` (a device-TLB invalidation the
     /// ATS device did not complete in time), `ICE` (one it completed wrongly); SMMUv3
-    /// `CMDQ_CONS.ERR` (`CERROR_ILL` rejected, `CERROR_ABT` a fetch abort and
-    /// `CERROR_ATC_INV_SYNC` an ATS invalidation timing out, each run again for the whole poll
-    /// budget); AMD-Vi ILLEGAL_COMMAND_ERROR / COMMAND_HARDWARE_ERROR (the command replaced)
+    /// `CMDQ_CONS.ERR` (`CERROR_ILL` rejected, `CERROR_ABT` a fetch abort run again for the
+    /// whole poll budget, `CERROR_ATC_INV_SYNC` an ATS invalidation before the call's CMD_SYNC
+    /// timing out, even once); AMD-Vi ILLEGAL_COMMAND_ERROR / COMMAND_HARDWARE_ERROR (the command replaced)
     /// and IOTLB_INV_TIMEOUT (an ATS device did not complete INVALIDATE_IOTLB_PAGES). A condition of the unit, its queue or an ATS device, not of the call.
     ///
     /// What to do: as for [`Error::Timeout`]: retry (the call kept every page and tag the

@@ -178,7 +178,8 @@ impl<A: PageAllocator> CommandQueue<A> {
     /// Reads CMDQ_CONS after handling the global errors that concern the queue (see the module
     /// documentation): an error for `CERROR_ILL` (the command was replaced) and service
     /// failure; `CERROR_ABT` and `CERROR_ATC_INV_SYNC` are re-run and remembered in
-    /// `retrying`; an aborted completion MSI in `msi_aborted`.
+    /// `retrying`, the latter also in `atc_failed` when it is at the awaited CMD_SYNC (that
+    /// wait then fails whatever follows); an aborted completion MSI in `msi_aborted`.
     fn refresh_cons<W: RegisterWindow + ?Sized>(&mut self, regs: &W) -> Result<(), SmmuError> {
         let active = Gerror::active(regs);
         if active.contains(Gerror::SFM_ERR) {

@@ -190,10 +190,12 @@ pub enum SmmuError {
     },
     /// The unit stopped at a command (`GERROR.CMDQ_ERR`), acknowledged. With
     /// [`CommandErrorKind::Illegal`] the command was replaced by a CMD_SYNC (a driver bug, or a
-    /// unit rejecting a field); with `Abort` / `AtcInvalidationSync` it was run again until the
-    /// poll budget ran out and stays queued. Either way the call kept every page and tag the
-    /// command covers: retry (the retry issues the command again); reset the unit if it
-    /// persists.
+    /// unit rejecting a field); with `Abort` it was fetched again until the poll budget ran out
+    /// and stays queued; with `AtcInvalidationSync` an ATS invalidation before the call's
+    /// CMD_SYNC timed out, even once: the CMD_SYNC, run again, may have completed, which says
+    /// nothing of the invalidations that timed out. Either way the call kept every page and tag
+    /// the command covers: retry (the retry issues the command again); reset the unit (or turn
+    /// ATS off for the device that does not answer) if it persists.
     CommandError {
         /// Queue index of the offending command.
         index: u32,

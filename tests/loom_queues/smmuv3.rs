@@ -53,9 +53,10 @@ enum Cerror {
     /// CERROR_ATC_INV_SYNC (0x03): a CMD_SYNC waited for CMD_ATC_INVs before it and one of
     /// their ATS invalidations timed out (§3.9.1.4). CONS stays on the CMD_SYNC; once
     /// acknowledged it is fetched again and completes, for the timed-out invalidation is no
-    /// longer outstanding: the second run says nothing about it (Linux's driver sees the
-    /// repeated CMD_SYNC complete after such a timeout, and its `arm_smmu_cmdq_skip_err`
-    /// notes that only the issuer can tell). A device may still hold the translation.
+    /// longer outstanding: the second run says nothing about it (one behaviour the spec allows;
+    /// Linux's `arm_smmu_cmdq_skip_err` repeats the CMD_SYNC allowing that it may fail again,
+    /// and a 2026 Linux series marks the faulting CMD_SYNC for its issuer because the issuer's
+    /// wait cannot tell). A device may still hold the translation.
     AtcInvSync,
 }
 
@@ -81,8 +82,10 @@ struct SmmuRegs {
     doorbells: StdU32,
     /// `GERRORN` writes: command errors acknowledged.
     acks: StdU32,
-    /// `GERRORN` as the CPUs read it: only they write it, under the queue's lock, so their
-    /// reads need no loom operation (the unit reads `gerrorn`).
+    /// `GERRORN` as the CPUs read it: in these scenarios only the queue's calls write it, one
+    /// after the other, so their reads need no loom operation (the unit reads `gerrorn`). (The
+    /// crate's `SmmuUnit::handle_events` also writes it, outside the queue's lock: not
+    /// modelled here.)
     gerrorn_written: StdU32,
 }
 
