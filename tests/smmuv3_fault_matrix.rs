@@ -845,7 +845,9 @@ fn run_cell(op: Op, fault: Fault) -> Result<&'static str, String> {
     let before = Snapshot::take(&rig);
     inject(&rig, fault);
     let lost = model.stats().events_lost;
+    let fired_before = model.stats().injections_fired;
     let first = rig.run(op);
+    let fired = model.stats().injections_fired > fired_before;
     // An embedder's interrupt handler sees the global errors.
     if let Some(u) = rig.unit.as_ref() {
         let report = u.handle_events(usize::MAX, |_| {});
@@ -862,6 +864,11 @@ fn run_cell(op: Op, fault: Fault) -> Result<&'static str, String> {
             return Err(format!(
                 "a transient fault failed the call ({e:?}): the command is to be run again"
             ))
+        }
+        // An ATC invalidation timeout at one of the call's CMD_SYNCs, even once, fails it:
+        // the CMD_SYNC run again completes without the invalidation.
+        Ok(()) if fired && matches!(fault, Fault::AtcSync(_, false)) => {
+            return Err("a CMD_SYNC that met CERROR_ATC_INV_SYNC was reported complete".into())
         }
         Ok(()) => {
             rig.effect(op)?;
