@@ -21,7 +21,9 @@
 //! an unmap whose flush the unit fails beside a map, and, retried until it returns `Ok` before
 //! its page goes back, beside a copy into or out of its IOASID, a detach then an attach back,
 //! an attach elsewhere then a free of the IOASID; an unmap whose flushes fail in the domains
-//! of two units beside an attach that builds the second.
+//! of two units beside an attach that builds the second, and beside the detaches and the free
+//! of an IOASID with a domain on each unit (one owing); a free of another IOASID holding a
+//! domain on the same unit.
 //! Each thread records what it called, with the arguments it used (an IOASID number `alloc`
 //! returned, an IOVA `alloc_iova` returned), what came back, and when it started and returned
 //! (`ModelUnit::clock`). In every interleaving loom explores:
@@ -64,8 +66,8 @@
 //!   invalidation it owes (unmapped, no flush of the domain completed since), and the record's
 //!   tables are only reached in pages the allocator handed out and did not take back;
 //! - a physical page the caller gives back (`Thread::reuse`: after an unmap of it returned
-//!   `Ok`, or its IOASID was freed) is mapped by no domain and owed by none (a stale IOTLB
-//!   entry a device could still use).
+//!   `Ok`, or a free of its IOASID did, `Thread::free_and_reuse`) is mapped by no domain and
+//!   owed by none (a stale IOTLB entry a device could still use).
 //!
 //! The unit is a model (`ModelUnit`): each domain a map from page to translation under one
 //! loom mutex, so the scenarios explore the context's interleavings (its `state` lock, the
@@ -197,6 +199,10 @@ struct UnitState {
     owing: BTreeMap<u16, BTreeMap<u64, u64>>,
     /// Per page, how many more flushes owing it fail (`Setup::failing_flushes`).
     failing: BTreeMap<u64, u32>,
+    /// Per domain, the unit it is on: 1 if built for the second device (`DeviceId(2)`).
+    unit_of: Vec<usize>,
+    /// `Setup::failing_on_unit1`: unit 1's domains' failing flushes, if counted apart.
+    failing1: Option<BTreeMap<u64, u32>>,
 }
 
 struct ModelUnit {
@@ -253,8 +259,14 @@ impl ModelUnit {
             domains,
             owing,
             failing,
+            unit_of,
+            failing1,
             ..
         } = &mut *st;
+        let failing = match failing1 {
+            Some(f1) if unit_of.get(usize::from(d.0)) == Some(&1) => f1,
+            _ => failing,
+        };
         let dom = domains.get_mut(usize::from(d.0)).and_then(Option::as_mut);
         // The context reads its domains' handles under its lock and frees them under the
         // write lock: a call on a freed domain is a defect, not a unit error.
@@ -306,9 +318,11 @@ impl Iommu for ModelUnit {
     fn reserved_regions(&self) -> &[IovaRange] {
         &[]
     }
-    fn domain_alloc(&self, _cfg: &DomainConfig) -> Result<DomainHandle, IommuError> {
+    fn domain_alloc(&self, cfg: &DomainConfig) -> Result<DomainHandle, IommuError> {
         let mut st = self.state.lock().unwrap();
         st.domains.push(Some(BTreeMap::new()));
+        st.unit_of
+            .push(usize::from(cfg.device == Some(DeviceId(2))));
         self.note(UnitEvent::Alloc);
         Ok(DomainHandle(st.domains.len() as u16 - 1))
     }
@@ -528,6 +542,15 @@ struct Setup {
     /// with unit 0's), and a second device, on unit 1, is bound to the context
     /// (`Call::AttachSecond`): an IOASID then has a domain on each unit.
     second_unit: bool,
+    /// The second device (`Setup::second_unit`) attached to B too: B has a domain on each
+    /// unit (unit 0's first, in `Ioasid::domains` position 0).
+    second_on_b: bool,
+    /// C maps `C_PAGE` before the threads start (with `Setup::c`).
+    c_page: bool,
+    /// Per page, how many flushes of a domain on unit 1 owing its invalidation fail, counted
+    /// apart from unit 0's (`failing_flushes` then counts unit 0's only; the model unit knows
+    /// a domain's unit by the device it was built for). `None`: one count for both units.
+    failing_on_unit1: Option<&'static [(u64, u32)]>,
     /// Per page, how many flushes of a domain owing its invalidation fail (`Timeout`) before
     /// one completes.
     failing_flushes: &'static [(u64, u32)],
@@ -539,6 +562,9 @@ const B_SOURCE: [(u64, u64); 2] = [(0x4000, 0xa0_0000), (0x5000, 0xc0_0000)];
 
 /// What B maps when `Setup::b_page` is set: (IOVA, PA).
 const B_PAGE: (u64, u64) = (0x2000, 0x90_0000);
+
+/// What C maps when `Setup::c_page` is set: (IOVA, PA).
+const C_PAGE: (u64, u64) = (0x3000, 0xb0_0000);
 
 const A: IoasidId = IoasidId(0);
 const B: IoasidId = IoasidId(1);
@@ -554,6 +580,7 @@ impl World {
         let unit = Box::new(ModelUnit {
             state: loom::sync::Mutex::new(UnitState {
                 failing: s.failing_flushes.iter().copied().collect(),
+                failing1: (s.failing_on_unit1).map(|f| f.iter().copied().collect()),
                 ..UnitState::default()
             }),
             refuse_map_at: s.refuse_map_at,
@@ -591,6 +618,11 @@ impl World {
             ctx.map(B, Iova::new(iova), PhysAddr::new(pa), K4, RW)
                 .unwrap();
         }
+        if s.c_page {
+            let (iova, pa) = C_PAGE;
+            ctx.map(C, Iova::new(iova), PhysAddr::new(pa), K4, RW)
+                .unwrap();
+        }
         for (iova, pa) in B_SOURCE.iter().filter(|_| s.b_source) {
             ctx.map(B, Iova::new(*iova), PhysAddr::new(*pa), K4, RW)
                 .unwrap();
@@ -608,6 +640,9 @@ impl World {
             id: DeviceId(2),
         };
         let dev2 = s.second_unit.then(|| ctx.bind(label2, false).unwrap());
+        if let Some(dev2) = dev2.filter(|_| s.second_on_b) {
+            ctx.attach(dev2, B).unwrap();
+        }
         World {
             ctx,
             dev,
@@ -746,6 +781,8 @@ enum Call {
     AttachSecond(IoasidId),
     /// The world's device detached.
     Detach,
+    /// The second device (`Setup::second_unit`) detached.
+    DetachSecond,
     /// `reserve_region` of `[start, end)`.
     Reserve(u64, u64),
     /// `alloc_iova` of this many bytes, 4 KiB aligned.
@@ -808,6 +845,12 @@ impl Call {
                 answer(ctx.attach(dev, id), |()| 0)
             }
             Call::Detach => answer(ctx.detach(w.dev), |()| 0),
+            Call::DetachSecond => {
+                let dev = w
+                    .dev2
+                    .expect("a second device without `Setup::second_unit`");
+                answer(ctx.detach(dev), |()| 0)
+            }
             Call::Reserve(start, end) => answer(
                 ctx.reserve_region(IovaRange {
                     start: Iova::new(start),
@@ -874,6 +917,16 @@ impl Thread<'_> {
     /// `NoSuchIoasid` means another thread freed B, and `free` returns `Ok` only once every
     /// invalidation B owed completed (`free_domains` settles before it frees a domain), so the
     /// page is the caller's then too.
+    /// Frees `id`; if that returns `Ok`, gives physical page `pa`, which `id` mapped or
+    /// unmapped with an invalidation owed, back: `free` settles everything the IOASID's units
+    /// owe before it frees any domain and returns `Ok` only once each is freed (`unmap`'s
+    /// docs: a free's `Ok`, like a retried unmap's, lets the pages be reused).
+    fn free_and_reuse(&mut self, id: IoasidId, pa: u64) {
+        if let Answer::Ok(_) = self.run(Call::Free(id)) {
+            self.reuse(pa);
+        }
+    }
+
     fn unmap_b_page_until_ok(&mut self) {
         for _ in 0..4 {
             match self.run(Call::Unmap(B, B_PAGE.0, K4)) {
@@ -919,6 +972,9 @@ struct Model {
     refuse_map_at: Option<u64>,
     /// Per page, how many more flushes owing it fail.
     failing: BTreeMap<u64, u32>,
+    /// Per page, how many more flushes of a domain on unit 1 owing it fail, if counted apart
+    /// (`Setup::failing_on_unit1`).
+    failing1: Option<BTreeMap<u64, u32>>,
 }
 
 fn overlap((s, e): (u64, u64), start: u64, end: u64) -> bool {
@@ -944,17 +1000,27 @@ impl Model {
             iovas: Vec::new(),
         });
         if s.c {
-            slots[2] = Some(ModelIoasid::default());
+            let c = (s.c_page.then_some((C_PAGE.0, (C_PAGE.1, RW)))).into_iter();
+            slots[2] = Some(ModelIoasid {
+                pages: c.collect(),
+                iovas: Vec::new(),
+            });
         }
+        let on_unit1 = ModelDomain {
+            unit: 1,
+            ..ModelDomain::default()
+        };
         Model {
             slots,
-            attached: [s.device_on_b.then_some(1), None],
+            attached: [s.device_on_b.then_some(1), s.second_on_b.then_some(1)],
             domains: (s.device_on_b.then_some(((1, 0), ModelDomain::default())))
                 .into_iter()
+                .chain(s.second_on_b.then_some(((1, 1), on_unit1)))
                 .collect(),
             reserved: Vec::new(),
             refuse_map_at: s.refuse_map_at,
             failing: s.failing_flushes.iter().copied().collect(),
+            failing1: (s.failing_on_unit1).map(|f| f.iter().copied().collect()),
         }
     }
 
@@ -979,8 +1045,12 @@ impl Model {
             return true;
         };
         let mut failed = false;
+        let failing = match &mut self.failing1 {
+            Some(f1) if d.unit == 1 => f1,
+            _ => &mut self.failing,
+        };
         for p in &d.owing {
-            if let Some(n) = self.failing.get_mut(p).filter(|n| **n > 0) {
+            if let Some(n) = failing.get_mut(p).filter(|n| **n > 0) {
                 *n -= 1;
                 failed = true;
             }
@@ -1205,13 +1275,16 @@ impl Model {
             }
             Call::Attach(id) => self.attach(0, id),
             Call::AttachSecond(id) => self.attach(1, id),
-            Call::Detach => match self.attached[0].take() {
-                Some(old) => {
-                    self.release(old, 0);
-                    Answer::Ok(0)
+            Call::Detach | Call::DetachSecond => {
+                let unit = usize::from(matches!(call, Call::DetachSecond));
+                match self.attached[unit].take() {
+                    Some(old) => {
+                        self.release(old, unit);
+                        Answer::Ok(0)
+                    }
+                    None => Answer::Refused,
                 }
-                None => Answer::Refused,
-            },
+            }
             Call::Reserve(start, end) => {
                 let used = self.slots.iter().flatten().any(|io| {
                     io.pages.range(start..end).next().is_some()
@@ -1415,8 +1488,10 @@ fn model_builder() -> loom::model::Builder {
 /// for an attach that answered `Ok`, how many pages the unit mapped meanwhile (its fill:
 /// `"attach ok filling 1"`); for a copy, how many maps the unit made while it ran (its runs
 /// reaching a domain, and any other thread's maps meanwhile: `"copy ok mapping 1"`); for an
-/// attach, a detach or a free that answered `Ok`, how many domains the unit freed meanwhile
-/// (`"detach ok freeing 0"`: the domain kept, as it owed an invalidation), and for an attach
+/// attach, a detach or a free that answered `Ok`, or a free that answered
+/// `InvalidationPending`, how many domains the unit freed meanwhile (`"detach ok freeing 0"`:
+/// the domain kept, as it owed an invalidation; `"free pending freeing 1"`: one domain of
+/// two freed, the other kept owing), and for an attach
 /// how many it built (`"attach ok building 0"`: into a domain the IOASID kept); for an unmap,
 /// how many domains the unit was asked to unmap from meanwhile (`"unmap pending unmapping 2"`:
 /// both units' domains of B).
@@ -1436,7 +1511,7 @@ fn outcomes(histories: &[History], events: &[(usize, UnitEvent)]) -> BTreeSet<St
             Call::Unmap(..) => "unmap",
             Call::Copy { .. } => "copy",
             Call::Attach(_) | Call::AttachSecond(_) => "attach",
-            Call::Detach => "detach",
+            Call::Detach | Call::DetachSecond => "detach",
             Call::Reserve(..) => "reserve",
             Call::AllocIova(..) => "alloc_iova",
         };
@@ -1470,8 +1545,11 @@ fn outcomes(histories: &[History], events: &[(usize, UnitEvent)]) -> BTreeSet<St
                 seen.insert(format!("attach ok building {built}"));
                 seen.insert(format!("attach ok freeing {freed}"))
             }
-            (Call::Detach | Call::Free(_), Answer::Ok(_)) => {
+            (Call::Detach | Call::DetachSecond | Call::Free(_), Answer::Ok(_)) => {
                 seen.insert(format!("{kind} ok freeing {freed}"))
+            }
+            (Call::Free(_), Answer::Pending) => {
+                seen.insert(format!("free pending freeing {freed}"))
             }
             (Call::Copy { .. }, _) => seen.insert(format!("{kind} {heard} mapping {mapped}")),
             (Call::Unmap(..), _) => seen.insert(format!("{kind} {heard} unmapping {unmapped}")),
@@ -1572,6 +1650,9 @@ fn copy_vs_free_and_reuse_of_source_and_destination() {
             b_page: false,
             b_source: false,
             second_unit: false,
+            second_on_b: false,
+            c_page: false,
+            failing_on_unit1: None,
             failing_flushes: &[],
         },
         &["copy ok", "copy no such ioasid", "free busy", "free ok"],
@@ -1613,6 +1694,9 @@ fn copy_undo_vs_free_and_reuse_of_its_destination() {
             b_page: true,
             b_source: false,
             second_unit: false,
+            second_on_b: false,
+            c_page: false,
+            failing_on_unit1: None,
             failing_flushes: &[],
         },
         &["copy refused", "free busy", "free ok", "map ok"],
@@ -1647,6 +1731,9 @@ fn copy_undo_vs_unmap_and_map_in_its_range() {
             b_page: false,
             b_source: false,
             second_unit: false,
+            second_on_b: false,
+            c_page: false,
+            failing_on_unit1: None,
             failing_flushes: &[],
         },
         &[
@@ -1681,6 +1768,9 @@ fn copy_vs_unmap_all_of_its_destination() {
             b_page: false,
             b_source: false,
             second_unit: false,
+            second_on_b: false,
+            c_page: false,
+            failing_on_unit1: None,
             failing_flushes: &[],
         },
         &["copy ok", "unmap busy during a copy's hold", "unmap ok"],
@@ -1711,6 +1801,9 @@ fn copy_from_a_range_another_copy_fills_and_undoes() {
             b_page: false,
             b_source: false,
             second_unit: false,
+            second_on_b: false,
+            c_page: false,
+            failing_on_unit1: None,
             failing_flushes: &[],
         },
         &["copy busy during a copy's hold", "copy not mapped"],
@@ -1749,6 +1842,9 @@ fn attach_between_a_copy_s_runs() {
             b_page: false,
             b_source: false,
             second_unit: false,
+            second_on_b: false,
+            c_page: false,
+            failing_on_unit1: None,
             failing_flushes: &[],
         },
         &[
@@ -1782,6 +1878,9 @@ fn attach_between_the_runs_of_a_copy_that_fails() {
             b_page: false,
             b_source: false,
             second_unit: false,
+            second_on_b: false,
+            c_page: false,
+            failing_on_unit1: None,
             failing_flushes: &[],
         },
         &["attach ok filling 1", "attach refused", "copy ok"],
@@ -1813,6 +1912,9 @@ fn detach_between_a_copy_s_runs() {
             b_page: false,
             b_source: false,
             second_unit: false,
+            second_on_b: false,
+            c_page: false,
+            failing_on_unit1: None,
             failing_flushes: &[],
         },
         &["copy ok mapping 1", "copy refused", "detach ok"],
@@ -1841,6 +1943,9 @@ fn attach_vs_maps() {
             b_page: false,
             b_source: false,
             second_unit: false,
+            second_on_b: false,
+            c_page: false,
+            failing_on_unit1: None,
             failing_flushes: &[],
         },
         &["attach ok filling 1"],
@@ -1870,6 +1975,9 @@ fn detach_vs_map_and_unmap() {
             b_page: false,
             b_source: false,
             second_unit: false,
+            second_on_b: false,
+            c_page: false,
+            failing_on_unit1: None,
             failing_flushes: &[],
         },
         &["detach ok", "map ok", "unmap ok"],
@@ -1903,6 +2011,9 @@ fn attach_elsewhere_between_a_copy_s_runs() {
             b_page: false,
             b_source: false,
             second_unit: false,
+            second_on_b: false,
+            c_page: false,
+            failing_on_unit1: None,
             failing_flushes: &[],
         },
         &["attach ok", "copy ok mapping 1", "copy refused"],
@@ -1937,6 +2048,9 @@ fn reserve_region_vs_copy_into_it() {
             b_page: false,
             b_source: false,
             second_unit: false,
+            second_on_b: false,
+            c_page: false,
+            failing_on_unit1: None,
             failing_flushes: &[],
         },
         &[
@@ -1977,6 +2091,9 @@ fn alloc_iova_vs_copy() {
             b_page: false,
             b_source: false,
             second_unit: false,
+            second_on_b: false,
+            c_page: false,
+            failing_on_unit1: None,
             failing_flushes: &[],
         },
         &["alloc_iova ok during a copy's hold", "map busy", "copy ok"],
@@ -2006,6 +2123,9 @@ fn alloc_iova_vs_alloc_iova_and_map() {
             b_page: false,
             b_source: false,
             second_unit: false,
+            second_on_b: false,
+            c_page: false,
+            failing_on_unit1: None,
             failing_flushes: &[],
         },
         &["alloc_iova ok"],
@@ -2042,6 +2162,9 @@ fn unmap_with_failing_flushes_vs_maps() {
             b_page: true,
             b_source: false,
             second_unit: false,
+            second_on_b: false,
+            c_page: false,
+            failing_on_unit1: None,
             failing_flushes: &[(B_PAGE.0, 2)],
         },
         &["unmap pending", "map pending", "map ok"],
@@ -2081,6 +2204,9 @@ fn unmap_with_failing_flushes_vs_a_map_of_its_page(
             b_page: true,
             b_source: false,
             second_unit: false,
+            second_on_b: false,
+            c_page: false,
+            failing_on_unit1: None,
             failing_flushes: if failures == 1 {
                 &[(B_PAGE.0, 1)]
             } else {
@@ -2165,6 +2291,9 @@ fn unmap_with_failing_flushes_vs_a_copy_into_its_ioasid(
             b_page: true,
             b_source: false,
             second_unit: false,
+            second_on_b: false,
+            c_page: false,
+            failing_on_unit1: None,
             failing_flushes: b_page_failing(failures),
         },
         required,
@@ -2238,6 +2367,9 @@ fn unmap_with_failing_flushes_vs_a_copy_out_of_its_ioasid(
             b_page: true,
             b_source: true,
             second_unit: false,
+            second_on_b: false,
+            c_page: false,
+            failing_on_unit1: None,
             failing_flushes: b_page_failing(failures),
         },
         required,
@@ -2296,6 +2428,9 @@ fn unmap_with_failing_flushes_vs_detach_and_attach(
             b_page: true,
             b_source: false,
             second_unit: false,
+            second_on_b: false,
+            c_page: false,
+            failing_on_unit1: None,
             failing_flushes: b_page_failing(failures),
         },
         required,
@@ -2357,6 +2492,9 @@ fn unmap_with_failing_flushes_vs_attach_elsewhere_and_free(
             b_page: true,
             b_source: false,
             second_unit: false,
+            second_on_b: false,
+            c_page: false,
+            failing_on_unit1: None,
             failing_flushes: b_page_failing(failures),
         },
         required,
@@ -2423,6 +2561,9 @@ fn unmap_with_failing_flushes_vs_an_attach_on_another_unit(
             b_page: true,
             b_source: false,
             second_unit: true,
+            second_on_b: false,
+            c_page: false,
+            failing_on_unit1: None,
             failing_flushes: b_page_failing(failures),
         },
         required,
@@ -2462,5 +2603,189 @@ fn unmap_with_two_failing_flushes_vs_an_attach_on_another_unit() {
             "attach ok filling 0",
             "map pending",
         ],
+    );
+}
+
+// ------------------------------------------------------------------------------------------
+// an IOASID with two domains, one owing; a free of another IOASID on the same unit; a copy
+// out of B whose undo's flush fails
+//
+// As above (`Thread::unmap_b_page_until_ok` beside calls the contract lets run with it), and
+// a page given back after a `free` of its IOASID returned `Ok` (`Thread::free_and_reuse`) is
+// reachable through no domain either: every interleaving must keep the same rules (no page
+// the unit still owes an invalidation for mapped again or given back, no domain owing freed,
+// the answers and final state serialisable, only documented errors).
+
+/// The failing flushes of a scenario: `B_PAGE`'s, `n` times (up to 5).
+fn b_page_failing_up_to_5(n: u32) -> &'static [(u64, u32)] {
+    match n {
+        0..=3 => b_page_failing(n.max(1)),
+        4 => &[(B_PAGE.0, 4)],
+        _ => &[(B_PAGE.0, 5)],
+    }
+}
+
+/// (p) B with a domain on each unit (both devices attached to B), the units failing the
+/// flushes owing `B_PAGE` a number of times each (`on_unit0`, `on_unit1`, counted apart),
+/// beside the detach of unit 0's device, then of unit 1's, then a free of B that gives
+/// `B_PAGE` back if it returns `Ok`. Each detach releases its domain: `free_domain` settles
+/// every domain B has, then frees its own only if that one owes nothing (the other may still
+/// owe: it is flushed, not freed), else keeps it without users (the detach still `Ok`). The
+/// free settles again and frees each domain that owes nothing, keeping B (`InvalidationPending`)
+/// while one still owes. In every interleaving no domain is freed while it owes
+/// (`ModelUnit::domain_free` panics), in particular not the domain of one slot because another
+/// slot's settle completed, and no page goes back while a domain owes it.
+fn unmap_with_failing_flushes_vs_detaches_and_free_of_two_domains(
+    name: &'static str,
+    on_unit0: u32,
+    on_unit1: u32,
+    required: &[&str],
+) {
+    let f0: &'static [(u64, u32)] = if on_unit0 == 0 {
+        &[]
+    } else {
+        b_page_failing_up_to_5(on_unit0)
+    };
+    run(
+        name,
+        Setup {
+            device_on_b: true,
+            refuse_map_at: None,
+            c: false,
+            b_page: true,
+            b_source: false,
+            second_unit: true,
+            second_on_b: true,
+            c_page: false,
+            failing_on_unit1: Some(b_page_failing_up_to_5(on_unit1)),
+            failing_flushes: f0,
+        },
+        required,
+        &[
+            |t| t.unmap_b_page_until_ok(),
+            |t| {
+                t.run(Call::Detach);
+                t.run(Call::DetachSecond);
+                t.free_and_reuse(B, B_PAGE.1);
+            },
+        ],
+    );
+}
+
+/// (p) with unit 1's flushes failing twice, unit 0's never: unit 0's domain is freed by its
+/// detach while unit 1's owes (that one's settle failing again or not), unit 1's kept by its
+/// detach when its settle fails again and freed by the free.
+#[test]
+fn unmap_with_two_failing_flushes_on_unit_1_vs_detaches_and_free_of_two_domains() {
+    unmap_with_failing_flushes_vs_detaches_and_free_of_two_domains(
+        "unmap_with_two_failing_flushes_on_unit_1_vs_detaches_and_free_of_two_domains",
+        0,
+        2,
+        &[
+            "unmap pending unmapping 2",
+            "detach ok freeing 1",
+            "detach ok freeing 0",
+            "free ok freeing 1",
+            "unmap no such ioasid",
+        ],
+    );
+}
+
+/// (p) with unit 0's flushes failing twice and unit 1's five times: both domains kept by
+/// their detaches, the free meets B with two domains, frees unit 0's once settled and keeps
+/// unit 1's while it owes (`InvalidationPending`, B whole), or frees both.
+#[test]
+fn unmap_with_failing_flushes_on_both_units_vs_detaches_and_free_of_two_domains() {
+    unmap_with_failing_flushes_vs_detaches_and_free_of_two_domains(
+        "unmap_with_failing_flushes_on_both_units_vs_detaches_and_free_of_two_domains",
+        2,
+        5,
+        &[
+            "unmap pending unmapping 2",
+            "detach ok freeing 0",
+            "free pending freeing 1",
+            "free ok freeing 2",
+        ],
+    );
+}
+
+/// (q) A free of C, which holds a domain on the same unit as B, beside the unmap of B's page
+/// whose flush fails: the device moves from B to C (B's domain released: freed once settled,
+/// else kept owing), C's page `C_PAGE` is unmapped with its own flush failing (C's domain
+/// owes), the device is detached (C's domain kept while it owes), then C is freed and, if that
+/// returns `Ok`, `C_PAGE` goes back without the unmap of C having been retried. The free must
+/// settle C's owed invalidation, not B's, before it frees C's domain, and free it; B's owed
+/// invalidation stays B's (its unmap's retry settles it).
+fn unmap_with_failing_flushes_vs_a_free_of_another_ioasid_on_its_unit(
+    name: &'static str,
+    failing: &'static [(u64, u32)],
+    required: &[&str],
+) {
+    run(
+        name,
+        Setup {
+            device_on_b: true,
+            refuse_map_at: None,
+            c: true,
+            b_page: true,
+            b_source: false,
+            second_unit: false,
+            second_on_b: false,
+            c_page: true,
+            failing_on_unit1: None,
+            failing_flushes: failing,
+        },
+        required,
+        &[
+            |t| t.unmap_b_page_until_ok(),
+            |t| {
+                t.run(Call::Attach(C));
+                t.run(Call::Unmap(C, C_PAGE.0, K4));
+                t.run(Call::Detach);
+                t.free_and_reuse(C, C_PAGE.1);
+            },
+        ],
+    );
+}
+
+/// (q) with B's flushes failing twice and C's twice: C's unmap and its detach's settle fail,
+/// the free settles and frees C's domain, or C's unmap fails and the detach settles.
+#[test]
+fn unmap_with_two_failing_flushes_vs_a_free_of_another_ioasid_on_its_unit() {
+    unmap_with_failing_flushes_vs_a_free_of_another_ioasid_on_its_unit(
+        "unmap_with_two_failing_flushes_vs_a_free_of_another_ioasid_on_its_unit",
+        &[(B_PAGE.0, 2), (C_PAGE.0, 2)],
+        &[
+            "unmap pending",
+            "attach ok freeing 0",
+            "detach ok freeing 0",
+            "free ok freeing 1",
+            "unmap ok",
+        ],
+    );
+}
+
+/// (q) with C's flushes failing three times: the free's own settle fails too, and C stays
+/// (`InvalidationPending`), its domain with it.
+#[test]
+fn unmap_with_failing_flushes_vs_a_free_of_another_ioasid_on_its_unit_that_fails() {
+    unmap_with_failing_flushes_vs_a_free_of_another_ioasid_on_its_unit(
+        "unmap_with_failing_flushes_vs_a_free_of_another_ioasid_on_its_unit_that_fails",
+        &[(B_PAGE.0, 1), (C_PAGE.0, 3)],
+        &["unmap pending", "detach ok freeing 0", "free pending"],
+    );
+}
+
+/// (l') with three failing flushes: a copy out of B (into B) whose first run went in before
+/// the unmap parked, and whose second run's settle fails, undoes the first run with a flush
+/// that fails too and is owed (`owe_undo`): the copy answers `InvalidationPending` with
+/// nothing of it left in B, and the unmap's retry settles everything before the page goes
+/// back.
+#[test]
+fn unmap_with_three_failing_flushes_vs_a_copy_out_of_its_ioasid() {
+    unmap_with_failing_flushes_vs_a_copy_out_of_its_ioasid(
+        "unmap_with_three_failing_flushes_vs_a_copy_out_of_its_ioasid",
+        3,
+        &["unmap pending", "unmap ok", "copy pending mapping 1"],
     );
 }

@@ -976,7 +976,10 @@ pub unsafe extern "C" fn ie_ctx_map(
 /// (if not NULL). `IE_STATUS_TIMEOUT` / `IE_STATUS_HARDWARE` / `IE_STATUS_COMMAND_ERROR`
 /// after the range was unmapped: a unit did not confirm the invalidation, and devices may
 /// still reach the pages; call again (it reissues the invalidation and reports 0 bytes) until
-/// `IE_STATUS_OK` before reusing them. `iova` 0 with `len` `UINT64_MAX` unmaps everything but
+/// `IE_STATUS_OK` before reusing them, or until ie_ctx_free() of the IOASID returns
+/// `IE_STATUS_OK` (it settles everything owed before it frees any domain; a call after it
+/// answers `IE_STATUS_NOT_FOUND`, or reaches an IOASID allocated since under the same
+/// number: do not call again then). `iova` 0 with `len` `UINT64_MAX` unmaps everything but
 /// attached devices' direct regions, whatever the address width (iommufd's `IOMMU_IOAS_UNMAP`
 /// form). A range holding no mapping returns `IE_STATUS_OK` with 0 bytes. `IE_STATUS_BUSY`:
 /// the range (`UINT64_MAX` too) touches the destination range of an ie_ctx_copy() into the

@@ -301,7 +301,10 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     /// every domain, but a unit did not confirm the invalidation, so devices behind it may still
     /// reach the old pages through stale caches (and the table pages the unmap emptied are
     /// kept). Do not reuse the pages until a retry of this call returns `Ok` (it reissues the
-    /// invalidation first, and reports 0 bytes: the range is already unmapped).
+    /// invalidation first, and reports 0 bytes: the range is already unmapped), or until
+    /// [`IoasidCtx::free`] of the IOASID returns `Ok` (it settles everything the IOASID's
+    /// units owe before it frees any domain; a retry after it answers `NoSuchIoasid`, or
+    /// reaches an IOASID allocated since under the same number: do not retry then).
     ///
     /// `iova` 0 with `len` [`UNMAP_ALL`](super::UNMAP_ALL) (`u64::MAX`) unmaps everything the
     /// owner mapped, whatever the address width, as iommufd's `IOMMU_IOAS_UNMAP` does: every

@@ -431,7 +431,10 @@ pub enum Error {
     /// with each call. The invalidation is kept and reissued by the next call on the IOASID
     /// (map, unmap, read_and_clear_dirty, detach, free). The caller must not reuse the pages
     /// involved until an unmap of the range returns `Ok` (for an unmap: the unmap retried;
-    /// for a detach or a free: the call retried); if the unit keeps failing, reset it.
+    /// for a detach or a free: the call retried), or a free of the IOASID returns `Ok` (it
+    /// settles everything owed before it frees any domain; an unmap retried after it answers
+    /// `NoSuchIoasid`, or reaches an IOASID allocated since under the same number); if the
+    /// unit keeps failing, reset it.
     ///
     /// Also the undo of a refused map (or copy, or an attach's direct region) whose unmap in
     /// this unit failed with `error` and left some of the range mapped in its domain (the
