@@ -2,7 +2,7 @@
 //! failure mode and aborted completion MSIs, driven against the behavioural model with the fault
 //! injected at a chosen command.
 
-use iommu_engine::iommu::{DeviceId, DomainConfig, DomainHandle, Error, Iommu, Stage};
+use iommu_engine::iommu::{DeviceId, DomainConfig, DomainHandle, Error, Iommu, Pasid, Stage};
 use iommu_engine::mem::{Iova, PhysAddr};
 use iommu_engine::pgtable::{Gather, Prot};
 use iommu_engine::sim::arena::Arena;
@@ -195,6 +195,146 @@ fn an_atc_invalidation_timeout_fails_the_flush_though_the_repeated_sync_complete
         1,
         "the retry reissued the ATC_INV"
     );
+}
+
+/// How a domain `d` that a flush must reach leaves `SID` (see
+/// `a_flush_reaches_the_atc_of_a_stream_still_retiring_its_domain`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum TakeOff {
+    /// Stage-2 `d`, the RID domain, replaced by another stage-2 domain.
+    Replace,
+    /// Stage-1 `d` on PASID 1 detached, another domain staying on PASID 2.
+    DetachPasid,
+    /// `d` a nest parent, its stage-1 child (the RID domain) replaced by a stage-2 domain.
+    ReplaceChild,
+}
+
+/// An enabled unit with ATS on `SID`, the domain `d` a flush must reach with 4 pages mapped
+/// at `IOVA`, attached (itself or its child) as `case` says, and the other domain `d2`.
+fn ats_setup<'a>(
+    model: &'a SmmuModel<'a>,
+    mem: &'a Arena,
+    case: TakeOff,
+) -> (Unit<'a>, DomainHandle, DomainHandle) {
+    let u = SmmuUnit::new(model, mem, cfg()).unwrap();
+    u.enable().unwrap();
+    u.set_ats(DeviceId(SID), true).unwrap();
+    let conf = match case {
+        TakeOff::DetachPasid => DomainConfig {
+            stage: Stage::First,
+            ..DomainConfig::default()
+        },
+        TakeOff::Replace => s2(),
+        TakeOff::ReplaceChild => DomainConfig {
+            nest_parent: true,
+            ..s2()
+        },
+    };
+    let d = u.domain_alloc(&conf).unwrap();
+    u.map(d, Iova::new(IOVA), PhysAddr::new(PA), 4 * K4, RW)
+        .unwrap();
+    let d2 = match case {
+        TakeOff::DetachPasid => {
+            let d2 = u.domain_alloc(&conf).unwrap();
+            u.attach(DeviceId(SID), Pasid::new(1), d).unwrap();
+            u.attach(DeviceId(SID), Pasid::new(2), d2).unwrap();
+            d2
+        }
+        TakeOff::Replace => {
+            u.attach(DeviceId(SID), None, d).unwrap();
+            u.domain_alloc(&conf).unwrap()
+        }
+        TakeOff::ReplaceChild => {
+            let s1 = DomainConfig {
+                stage: Stage::First,
+                ..DomainConfig::default()
+            };
+            let child = u.domain_alloc_nested(&s1, d).unwrap();
+            u.attach(DeviceId(SID), None, child).unwrap();
+            u.domain_alloc(&s2()).unwrap()
+        }
+    };
+    model.reset_stats();
+    (u, d, d2)
+}
+
+/// What takes `d` (or its child) off `SID`.
+fn take_off(u: &Unit<'_>, case: TakeOff, d2: DomainHandle) -> Result<(), Error> {
+    match case {
+        TakeOff::DetachPasid => u.detach(DeviceId(SID), Pasid::new(1)),
+        TakeOff::Replace | TakeOff::ReplaceChild => u.attach(DeviceId(SID), None, d2),
+    }
+}
+
+/// A stream whose retirement of `d` failed (the CMD_SYNC after the whole-stream CMD_ATC_INV
+/// met CERROR_ATC_INV_SYNC) keeps `d` retiring: its ATC may still hold `d`'s translations, and
+/// the device answers translated requests from it (its STE has EATS). A flush of `d` that
+/// unmapped something must reach that ATC (CMD_ATC_INV of the stream, for the SubstreamID `d`
+/// had, then a CMD_SYNC) before it frees the pages, or fail and keep them. The replace of a
+/// RID domain, the detach of one PASID while another stays attached, and the replace of a
+/// nest parent's stage-1 child (the flush of the parent).
+#[test]
+fn a_flush_reaches_the_atc_of_a_stream_still_retiring_its_domain() {
+    let model_cfg = SmmuModelConfig::qemu_like()
+        .with_ats(true)
+        .with_ssid_bits(10);
+    for case in [
+        TakeOff::Replace,
+        TakeOff::DetachPasid,
+        TakeOff::ReplaceChild,
+    ] {
+        // Where the take-off's last CMD_SYNC (that of its CMD_ATC_INV) stands.
+        let syncs = {
+            let mem = Arena::with_defaults().unwrap();
+            let model = SmmuModel::new(&mem, model_cfg);
+            let (u, _, d2) = ats_setup(&model, &mem, case);
+            take_off(&u, case, d2).unwrap();
+            model.stats().syncs
+        };
+        let mem = Arena::with_defaults().unwrap();
+        let model = SmmuModel::new(&mem, model_cfg);
+        let (u, d, d2) = ats_setup(&model, &mem, case);
+        model.inject(Injection::AtcInvSyncAt {
+            at: syncs as u32 - 1,
+            times: 1,
+        });
+        let err = take_off(&u, case, d2).unwrap_err();
+        assert!(
+            matches!(err, Error::CommandError { code, .. } if code & 0xff == 3),
+            "{case:?}: {err:?}"
+        );
+        let mut g = unmap_all(&u, d);
+        model.reset_stats();
+        let r = u.flush(d, &mut g);
+        let log = model.command_log();
+        let ssid = |w: u64| (w & 1 << 11 != 0).then_some((w >> 12) & 0xf_ffff);
+        let for_the_stream = |w: &[u64; 2]| {
+            w[0] & 0xff == u64::from(op::ATC_INV)
+                && w[0] >> 32 == u64::from(SID)
+                && ssid(w[0]) == (case == TakeOff::DetachPasid).then_some(1)
+        };
+        let synced = log.iter().rposition(for_the_stream).is_some_and(|i| {
+            log[i + 1..]
+                .iter()
+                .any(|w| w[0] & 0xff == u64::from(op::CMD_SYNC))
+        });
+        match r {
+            Ok(()) => {
+                assert!(
+                    synced,
+                    "{case:?}: the flush freed {} page(s) without a CMD_ATC_INV of stream \
+                     {SID:#x} and a CMD_SYNC after it ({} command(s), {} CMD_ATC_INV)",
+                    1 - g.freed_pages(),
+                    log.len(),
+                    model.stats().commands_of(op::ATC_INV),
+                );
+                assert_eq!(g.freed_pages(), 0);
+            }
+            Err(e) => assert_eq!(g.freed_pages(), 1, "{case:?}: {e:?}"),
+        }
+        // The retry settles the stream.
+        take_off(&u, case, d2).unwrap();
+    }
 }
 
 #[test]
