@@ -587,7 +587,9 @@ fn invalidate_atcs<W: RegisterWindow, A: PageAllocator>(
 
 /// The commands of [`invalidate_atcs`], one at a time: for each ATS stream (in slot order)
 /// and each of its attachments, `CMD_ATC_INV` of `span` where `d` is attached, of everything
-/// where one of its stage-1 `children` or user domains is.
+/// where one of its stage-1 `children` or user domains is; then, for the domain the stream is
+/// retiring (an attach or detach that failed part-way), of everything if it is `d` or one of
+/// those children.
 struct AtcCommands<'c, A: PageAllocator> {
     config: &'c super::unit::ConfigState<A>,
     d: DomainHandle,
@@ -613,11 +615,17 @@ impl<A: PageAllocator> Iterator for AtcCommands<'_, A> {
                     .flush_stream_reads
                     .fetch_add(1, core::sync::atomic::Ordering::Relaxed);
             }
-            let at = slot
-                .as_ref()
-                .filter(|s| s.ats)
-                .and_then(|s| s.attachments().nth(self.attachment).map(|a| (s.sid, a)));
-            let Some((sid, (ssid, x))) = at else {
+            // The attachments, then the domain an unfinished attach or detach took off the
+            // stream (`retiring`): until the stream is settled, its ATC may still hold that
+            // domain's translations, and the device may use them (the STE keeps EATS).
+            let at = slot.as_ref().filter(|s| s.ats).and_then(|s| {
+                s.attachments()
+                    .map(|(ssid, x)| (ssid, x, false))
+                    .chain(s.retiring.map(|r| (r.ssid, r.domain, true)))
+                    .nth(self.attachment)
+                    .map(|a| (s.sid, a))
+            });
+            let Some((sid, (ssid, x, retiring))) = at else {
                 self.stream += 1;
                 self.attachment = 0;
                 continue;
@@ -625,12 +633,16 @@ impl<A: PageAllocator> Iterator for AtcCommands<'_, A> {
             self.attachment += 1;
             let user_child =
                 self.user_children & super::nested::user_index(x).map_or(0, |i| 1u64 << i) != 0;
-            if x == self.d {
+            if x == self.d && !retiring {
                 return Some(atc_inv_for(sid, ssid, self.span));
             }
-            if user_child || self.children & 1u64.checked_shl(x.0.into()).unwrap_or(0) != 0 {
-                // The ATC holds stage-1 input addresses translated through this stage 2: an
-                // IPA range does not say which, so all of them.
+            if x == self.d
+                || user_child
+                || self.children & 1u64.checked_shl(x.0.into()).unwrap_or(0) != 0
+            {
+                // A retiring `d`: the whole ATC of its SubstreamID, as the retry's settle
+                // sends (`forget`). A child: the ATC holds stage-1 input addresses translated
+                // through this stage 2: an IPA range does not say which, so all of them.
                 return Some(Command::atc_inv(sid, ssid, Iova::ZERO, 52, ssid.is_none()));
             }
         }
