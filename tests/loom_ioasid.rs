@@ -556,6 +556,22 @@ struct Setup {
     failing_flushes: &'static [(u64, u32)],
 }
 
+impl Setup {
+    /// Nothing but A and B: no device, no page, no failure (each scenario sets what it needs).
+    const NONE: Setup = Setup {
+        device_on_b: false,
+        refuse_map_at: None,
+        c: false,
+        b_page: false,
+        b_source: false,
+        second_unit: false,
+        second_on_b: false,
+        c_page: false,
+        failing_on_unit1: None,
+        failing_flushes: &[],
+    };
+}
+
 /// What B maps when `Setup::b_source` is set: (IOVA, PA) of two pages whose physical addresses
 /// are not contiguous (a copy of both is two runs).
 const B_SOURCE: [(u64, u64); 2] = [(0x4000, 0xa0_0000), (0x5000, 0xc0_0000)];
@@ -1643,18 +1659,7 @@ fn copy_a_to(dst: IoasidId) -> Call {
 fn copy_vs_free_and_reuse_of_source_and_destination() {
     run(
         "copy_vs_free_and_reuse_of_source_and_destination",
-        Setup {
-            device_on_b: false,
-            refuse_map_at: None,
-            c: false,
-            b_page: false,
-            b_source: false,
-            second_unit: false,
-            second_on_b: false,
-            c_page: false,
-            failing_on_unit1: None,
-            failing_flushes: &[],
-        },
+        Setup::NONE,
         &["copy ok", "copy no such ioasid", "free busy", "free ok"],
         &[
             |t| {
@@ -1688,16 +1693,8 @@ fn copy_undo_vs_free_and_reuse_of_its_destination() {
     run(
         "copy_undo_vs_free_and_reuse_of_its_destination",
         Setup {
-            device_on_b: false,
-            refuse_map_at: None,
-            c: false,
             b_page: true,
-            b_source: false,
-            second_unit: false,
-            second_on_b: false,
-            c_page: false,
-            failing_on_unit1: None,
-            failing_flushes: &[],
+            ..Setup::NONE
         },
         &["copy refused", "free busy", "free ok", "map ok"],
         &[
@@ -1727,14 +1724,7 @@ fn copy_undo_vs_unmap_and_map_in_its_range() {
         Setup {
             device_on_b: true,
             refuse_map_at: Some(0x2000),
-            c: false,
-            b_page: false,
-            b_source: false,
-            second_unit: false,
-            second_on_b: false,
-            c_page: false,
-            failing_on_unit1: None,
-            failing_flushes: &[],
+            ..Setup::NONE
         },
         &[
             "map busy during a copy's hold",
@@ -1763,15 +1753,7 @@ fn copy_vs_unmap_all_of_its_destination() {
         "copy_vs_unmap_all_of_its_destination",
         Setup {
             device_on_b: true,
-            refuse_map_at: None,
-            c: false,
-            b_page: false,
-            b_source: false,
-            second_unit: false,
-            second_on_b: false,
-            c_page: false,
-            failing_on_unit1: None,
-            failing_flushes: &[],
+            ..Setup::NONE
         },
         &["copy ok", "unmap busy during a copy's hold", "unmap ok"],
         &[
@@ -1798,13 +1780,7 @@ fn copy_from_a_range_another_copy_fills_and_undoes() {
             device_on_b: true,
             refuse_map_at: Some(0x2000),
             c: true,
-            b_page: false,
-            b_source: false,
-            second_unit: false,
-            second_on_b: false,
-            c_page: false,
-            failing_on_unit1: None,
-            failing_flushes: &[],
+            ..Setup::NONE
         },
         &["copy busy during a copy's hold", "copy not mapped"],
         &[
@@ -1835,18 +1811,7 @@ fn copy_from_a_range_another_copy_fills_and_undoes() {
 fn attach_between_a_copy_s_runs() {
     run(
         "attach_between_a_copy_s_runs",
-        Setup {
-            device_on_b: false,
-            refuse_map_at: None,
-            c: false,
-            b_page: false,
-            b_source: false,
-            second_unit: false,
-            second_on_b: false,
-            c_page: false,
-            failing_on_unit1: None,
-            failing_flushes: &[],
-        },
+        Setup::NONE,
         &[
             "attach ok filling 1",
             "attach ok filling 0",
@@ -1872,16 +1837,8 @@ fn attach_between_the_runs_of_a_copy_that_fails() {
     run(
         "attach_between_the_runs_of_a_copy_that_fails",
         Setup {
-            device_on_b: false,
             refuse_map_at: Some(0x2000),
-            c: false,
-            b_page: false,
-            b_source: false,
-            second_unit: false,
-            second_on_b: false,
-            c_page: false,
-            failing_on_unit1: None,
-            failing_flushes: &[],
+            ..Setup::NONE
         },
         &["attach ok filling 1", "attach refused", "copy ok"],
         &[
@@ -1908,14 +1865,7 @@ fn detach_between_a_copy_s_runs() {
         Setup {
             device_on_b: true,
             refuse_map_at: Some(0x2000),
-            c: false,
-            b_page: false,
-            b_source: false,
-            second_unit: false,
-            second_on_b: false,
-            c_page: false,
-            failing_on_unit1: None,
-            failing_flushes: &[],
+            ..Setup::NONE
         },
         &["copy ok mapping 1", "copy refused", "detach ok"],
         &[
@@ -1936,18 +1886,7 @@ fn detach_between_a_copy_s_runs() {
 fn attach_vs_maps() {
     run(
         "attach_vs_maps",
-        Setup {
-            device_on_b: false,
-            refuse_map_at: None,
-            c: false,
-            b_page: false,
-            b_source: false,
-            second_unit: false,
-            second_on_b: false,
-            c_page: false,
-            failing_on_unit1: None,
-            failing_flushes: &[],
-        },
+        Setup::NONE,
         &["attach ok filling 1"],
         &[
             |t| {
@@ -1970,15 +1909,7 @@ fn detach_vs_map_and_unmap() {
         "detach_vs_map_and_unmap",
         Setup {
             device_on_b: true,
-            refuse_map_at: None,
-            c: false,
-            b_page: false,
-            b_source: false,
-            second_unit: false,
-            second_on_b: false,
-            c_page: false,
-            failing_on_unit1: None,
-            failing_flushes: &[],
+            ..Setup::NONE
         },
         &["detach ok", "map ok", "unmap ok"],
         &[
@@ -2008,13 +1939,7 @@ fn attach_elsewhere_between_a_copy_s_runs() {
             device_on_b: true,
             refuse_map_at: Some(0x2000),
             c: true,
-            b_page: false,
-            b_source: false,
-            second_unit: false,
-            second_on_b: false,
-            c_page: false,
-            failing_on_unit1: None,
-            failing_flushes: &[],
+            ..Setup::NONE
         },
         &["attach ok", "copy ok mapping 1", "copy refused"],
         &[
@@ -2043,15 +1968,7 @@ fn reserve_region_vs_copy_into_it() {
         "reserve_region_vs_copy_into_it",
         Setup {
             device_on_b: true,
-            refuse_map_at: None,
-            c: false,
-            b_page: false,
-            b_source: false,
-            second_unit: false,
-            second_on_b: false,
-            c_page: false,
-            failing_on_unit1: None,
-            failing_flushes: &[],
+            ..Setup::NONE
         },
         &[
             "reserve ok",
@@ -2086,15 +2003,7 @@ fn alloc_iova_vs_copy() {
         "alloc_iova_vs_copy",
         Setup {
             device_on_b: true,
-            refuse_map_at: None,
-            c: false,
-            b_page: false,
-            b_source: false,
-            second_unit: false,
-            second_on_b: false,
-            c_page: false,
-            failing_on_unit1: None,
-            failing_flushes: &[],
+            ..Setup::NONE
         },
         &["alloc_iova ok during a copy's hold", "map busy", "copy ok"],
         &[
@@ -2116,18 +2025,7 @@ fn alloc_iova_vs_copy() {
 fn alloc_iova_vs_alloc_iova_and_map() {
     run(
         "alloc_iova_vs_alloc_iova_and_map",
-        Setup {
-            device_on_b: false,
-            refuse_map_at: None,
-            c: false,
-            b_page: false,
-            b_source: false,
-            second_unit: false,
-            second_on_b: false,
-            c_page: false,
-            failing_on_unit1: None,
-            failing_flushes: &[],
-        },
+        Setup::NONE,
         &["alloc_iova ok"],
         &[
             |t| {
@@ -2157,15 +2055,9 @@ fn unmap_with_failing_flushes_vs_maps() {
         "unmap_with_failing_flushes_vs_maps",
         Setup {
             device_on_b: true,
-            refuse_map_at: None,
-            c: false,
             b_page: true,
-            b_source: false,
-            second_unit: false,
-            second_on_b: false,
-            c_page: false,
-            failing_on_unit1: None,
             failing_flushes: &[(B_PAGE.0, 2)],
+            ..Setup::NONE
         },
         &["unmap pending", "map pending", "map ok"],
         &[
@@ -2286,15 +2178,9 @@ fn unmap_with_failing_flushes_vs_a_copy_into_its_ioasid(
         name,
         Setup {
             device_on_b: true,
-            refuse_map_at: None,
-            c: false,
             b_page: true,
-            b_source: false,
-            second_unit: false,
-            second_on_b: false,
-            c_page: false,
-            failing_on_unit1: None,
             failing_flushes: b_page_failing(failures),
+            ..Setup::NONE
         },
         required,
         &[
@@ -2362,15 +2248,10 @@ fn unmap_with_failing_flushes_vs_a_copy_out_of_its_ioasid(
         name,
         Setup {
             device_on_b: true,
-            refuse_map_at: None,
-            c: false,
             b_page: true,
             b_source: true,
-            second_unit: false,
-            second_on_b: false,
-            c_page: false,
-            failing_on_unit1: None,
             failing_flushes: b_page_failing(failures),
+            ..Setup::NONE
         },
         required,
         &[
@@ -2423,15 +2304,9 @@ fn unmap_with_failing_flushes_vs_detach_and_attach(
         name,
         Setup {
             device_on_b: true,
-            refuse_map_at: None,
-            c: false,
             b_page: true,
-            b_source: false,
-            second_unit: false,
-            second_on_b: false,
-            c_page: false,
-            failing_on_unit1: None,
             failing_flushes: b_page_failing(failures),
+            ..Setup::NONE
         },
         required,
         &[
@@ -2487,15 +2362,10 @@ fn unmap_with_failing_flushes_vs_attach_elsewhere_and_free(
         name,
         Setup {
             device_on_b: true,
-            refuse_map_at: None,
             c: true,
             b_page: true,
-            b_source: false,
-            second_unit: false,
-            second_on_b: false,
-            c_page: false,
-            failing_on_unit1: None,
             failing_flushes: b_page_failing(failures),
+            ..Setup::NONE
         },
         required,
         &[
@@ -2556,15 +2426,10 @@ fn unmap_with_failing_flushes_vs_an_attach_on_another_unit(
         name,
         Setup {
             device_on_b: true,
-            refuse_map_at: None,
-            c: false,
             b_page: true,
-            b_source: false,
             second_unit: true,
-            second_on_b: false,
-            c_page: false,
-            failing_on_unit1: None,
             failing_flushes: b_page_failing(failures),
+            ..Setup::NONE
         },
         required,
         &[
@@ -2650,15 +2515,12 @@ fn unmap_with_failing_flushes_vs_detaches_and_free_of_two_domains(
         name,
         Setup {
             device_on_b: true,
-            refuse_map_at: None,
-            c: false,
             b_page: true,
-            b_source: false,
             second_unit: true,
             second_on_b: true,
-            c_page: false,
             failing_on_unit1: Some(b_page_failing_up_to_5(on_unit1)),
             failing_flushes: f0,
+            ..Setup::NONE
         },
         required,
         &[
@@ -2725,15 +2587,11 @@ fn unmap_with_failing_flushes_vs_a_free_of_another_ioasid_on_its_unit(
         name,
         Setup {
             device_on_b: true,
-            refuse_map_at: None,
             c: true,
             b_page: true,
-            b_source: false,
-            second_unit: false,
-            second_on_b: false,
             c_page: true,
-            failing_on_unit1: None,
             failing_flushes: failing,
+            ..Setup::NONE
         },
         required,
         &[
