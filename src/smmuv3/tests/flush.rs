@@ -209,3 +209,40 @@ fn flushes_look_at_no_stream_slot_without_ats() {
     }
     assert_eq!(flush(), one, "no stream attached");
 }
+
+/// An ATS stream attached to a domain while a flush of it runs, after the flush read the
+/// domain's ATS user count (0) and before its TLBI: until that TLBI completes, the device can
+/// fill its ATC from the stale TLB entries of the pages being freed (an ATS translation
+/// request is answered from the TLB), so the flush must still invalidate that stream's ATC
+/// before it releases them. Linux's order: TLBI, CMD_SYNC, a full barrier, then the count.
+#[test]
+fn a_flush_reaches_the_atc_of_a_stream_attached_while_it_runs() {
+    let m: &'static ModelSmmu = std::boxed::Box::leak(std::boxed::Box::new(model(IDR0, RIL)));
+    let alloc: &'static VecAllocator = std::boxed::Box::leak(std::boxed::Box::default());
+    let u: &'static Unit<'static> = std::boxed::Box::leak(std::boxed::Box::new(enabled(m, alloc)));
+    let s2 = DomainConfig {
+        stage: Stage::Second,
+        ..DomainConfig::default()
+    };
+    let d = u.domain_alloc(&s2).unwrap();
+    u.attach(DeviceId(1), None, d).unwrap();
+    u.set_ats(DeviceId(50), true).unwrap();
+    u.map(d, Iova::new(0x3000), PhysAddr::new(0x8000_0000), K4, RW)
+        .unwrap();
+    let mut g = Gather::new();
+    u.unmap(d, Iova::new(0x3000), K4, &mut g).unwrap();
+    take_ops(m);
+    super::super::ops::AFTER_ATS_READ.with(|h| {
+        *h.borrow_mut() = Some(std::boxed::Box::new(move || {
+            u.attach(DeviceId(50), None, d).unwrap();
+            take_ops(m);
+        }));
+    });
+    u.flush(d, &mut g).unwrap();
+    assert!(g.is_empty());
+    assert_eq!(
+        take_ops(m),
+        std::vec![TLBI_S2_IPA, SYNC, ATC_INV, SYNC],
+        "the stream attached during the flush has its ATC invalidated after the TLBI"
+    );
+}
