@@ -100,7 +100,8 @@ pub(crate) struct Domain<A: PageAllocator> {
     pub(crate) parent: Option<DomainHandle>,
     /// Attachments (StreamIDs and (StreamID, SubstreamID) pairs) using the domain.
     pub(crate) users: AtomicU32,
-    /// Attachments with ATS enabled: flushes also invalidate their ATCs.
+    /// Attachments with ATS enabled, and ATS streams still retiring the domain: flushes also
+    /// invalidate their ATCs.
     pub(crate) ats_users: AtomicU32,
     /// Stage-1 domains nested on this one.
     pub(crate) children: AtomicU32,

@@ -322,8 +322,10 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
 
     /// [`Iommu::flush`]: the commands of [`super::flush`], one CMD_SYNC (a second one before
     /// CMD_ATC_INV when the domain has ATS users: the ATC must not refill from a stale TLB),
-    /// then the gathered pages go back to the allocator. A nest parent's ATS users include the
-    /// streams attached through its stage-1 children: their ATCs are invalidated whole.
+    /// then the gathered pages go back to the allocator. A nest parent's flush always looks at
+    /// the streams (the ATS users of its stage-1 children are counted on the children): the
+    /// ATCs of those attached through its children are invalidated whole. A flush that found
+    /// no ATS user looks again once its TLBI completed (`atcs_attached_meanwhile`).
     ///
     /// What the domain owes ([`Owed`](super::domain::Owed): a failed flush or reclaim) is
     /// issued instead of the gather's ranges, even with an empty gather, and the tables it
@@ -433,11 +435,57 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
                 whole_tag,
             };
             self.invalidate(&target, gather)?;
+            if config.is_none() {
+                self.atcs_attached_meanwhile(d, gather, whole_tag)?;
+            }
         }
         // SAFETY: every range of the gather was invalidated in the domain's tag (or the whole
-        // tag) and the CMD_SYNC after those commands completed; a unit without a command queue
-        // was never enabled and never walked the table.
+        // tag) and the CMD_SYNC after those commands completed, and in the ATC of every ATS
+        // stream attached before that CMD_SYNC completed; a unit without a command queue was
+        // never enabled and never walked the table.
         gather.release(&self.alloc, unsafe { InvalidationComplete::assume() })?;
+        Ok(())
+    }
+
+    /// For a flush that found no ATS user of `d` before its TLBI: the ATCs of ATS streams
+    /// attached since. Until that TLBI's CMD_SYNC completed, such a device could fill its ATC
+    /// from the stale TLB entries of the pages the flush frees (an ATS translation request is
+    /// answered from the TLB), so the count is read again after it, behind a full barrier
+    /// (Linux's order: TLBI, CMD_SYNC, barrier, then the count): an attach raises the count
+    /// before it writes the STE that lets the device ask.
+    #[cold]
+    #[inline(never)]
+    fn atcs_attached_meanwhile(
+        &self,
+        d: DomainHandle,
+        gather: &Gather,
+        whole_tag: bool,
+    ) -> Result<(), Error> {
+        core::sync::atomic::fence(Ordering::SeqCst);
+        if !self.with_domain(d, |dom| Ok(dom.ats_users.load(Ordering::Acquire) != 0))? {
+            return Ok(());
+        }
+        let span = if whole_tag {
+            IovaRange {
+                start: Iova::ZERO,
+                end: Iova::new(u64::MAX),
+            }
+        } else {
+            match gather.span() {
+                Some(span) => span,
+                None => return Ok(()),
+            }
+        };
+        let config = self.config.lock();
+        self.with_cmdq(|q, r| {
+            invalidate_atcs(
+                Batch::new(q, r, &self.cmd_staging),
+                &config,
+                d,
+                (0, self.user_children_of(d)),
+                span,
+            )
+        })?;
         Ok(())
     }
 
@@ -524,7 +572,8 @@ fn leak(gather: &mut Gather) {
 }
 
 /// What [`SmmuUnit::invalidate`] invalidates: a domain's tag, and the ATCs of the streams
-/// attached to it (when `config` is given) or to its stage-1 `children` (a bitmap of handles).
+/// attached to it or still retiring it (when `config` is given), or attached to its stage-1
+/// `children` (a bitmap of handles).
 pub(crate) struct FlushTarget<'c, A: PageAllocator> {
     pub(crate) domain: DomainHandle,
     pub(crate) tag: TlbTag,
@@ -567,7 +616,8 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
 /// The ATC invalidations that follow a TLB invalidation of domain `d`: `span` in the ATC of
 /// every ATS stream attached to `d`, everything in those attached to one of its stage-1
 /// `children` (a bitmap of handles) or of its user domains (a bitmap of user-domain
-/// indices); one CMD_SYNC if any command was issued.
+/// indices), and everything (of its SubstreamID) in those still retiring `d` or one of them
+/// (an attach or detach that failed part-way); one CMD_SYNC if any command was issued.
 fn invalidate_atcs<W: RegisterWindow, A: PageAllocator>(
     mut b: Batch<'_, W, A>,
     config: &super::unit::ConfigState<A>,

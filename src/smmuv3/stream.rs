@@ -54,8 +54,9 @@ pub(crate) struct StreamState<A: PageAllocator> {
     /// changed): the STE and CDs in memory, and what the unit caches, may differ from the
     /// attachments. The next attach or detach of the stream settles it first.
     pub(crate) unsettled: bool,
-    /// A domain the stream used until that call: it keeps its user, and its tag's TLB entries
-    /// are not known to be gone, until the stream is settled.
+    /// A domain the stream used until that call: it keeps its user (and ATS user), and its
+    /// tag's TLB entries and the stream's ATC entries of it are not known to be gone, until
+    /// the stream is settled; meanwhile flushes of it invalidate the stream's ATC whole.
     pub(crate) retiring: Option<Retiring>,
 }
 
