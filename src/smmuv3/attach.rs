@@ -19,8 +19,9 @@
 //! call, typically -- first settles it: every CD and the STE are made to match the books, the
 //! stream's configuration caches and the retiring domain's tag (and ATC) are invalidated, and
 //! only then is that domain released. Until then, flushes and reclaims of the retiring domain
-//! invalidate the stream's whole ATC too (`ops::AtcCommands`). The retry of a failed attach then finds the attachment
-//! made and returns `Ok`; the retry of a failed detach finds it gone and returns `Ok`.
+//! invalidate the stream's whole ATC too (`ops::AtcCommands`). The retry of a failed attach
+//! then finds the attachment made and returns `Ok`; the retry of a failed detach finds it gone
+//! and returns `Ok`.
 //! [`SmmuUnit::audit`](super::SmmuUnit::audit) counts unsettled streams.
 
 use core::sync::atomic::Ordering;

@@ -324,8 +324,8 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
     /// CMD_ATC_INV when the domain has ATS users: the ATC must not refill from a stale TLB),
     /// then the gathered pages go back to the allocator. A nest parent's flush always looks at
     /// the streams (the ATS users of its stage-1 children are counted on the children): the
-    /// ATCs of those attached through its children are invalidated whole. A flush that found
-    /// no ATS user looks again once its TLBI completed (`atcs_attached_meanwhile`).
+    /// ATCs of those attached through its children are invalidated whole. Any other flush that
+    /// found no ATS user looks again once its TLBI completed (`ats_users_after_tlbi`).
     ///
     /// What the domain owes ([`Owed`](super::domain::Owed): a failed flush or reclaim) is
     /// issued instead of the gather's ranges, even with an empty gather, and the tables it
@@ -435,7 +435,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
                 whole_tag,
             };
             self.invalidate(&target, gather)?;
-            if config.is_none() {
+            if config.is_none() && self.ats_users_after_tlbi(d)? {
                 self.atcs_attached_meanwhile(d, gather, whole_tag)?;
             }
         }
@@ -447,12 +447,24 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         Ok(())
     }
 
-    /// For a flush that found no ATS user of `d` before its TLBI: the ATCs of ATS streams
-    /// attached since. Until that TLBI's CMD_SYNC completed, such a device could fill its ATC
-    /// from the stale TLB entries of the pages the flush frees (an ATS translation request is
-    /// answered from the TLB), so the count is read again after it, behind a full barrier
-    /// (Linux's order: TLBI, CMD_SYNC, barrier, then the count): an attach raises the count
-    /// before it writes the STE that lets the device ask.
+    /// For a flush that found no ATS user of `d` before its TLBI, once that TLBI's CMD_SYNC
+    /// completed: whether `d` has ATS users now. Until that CMD_SYNC completed, a device
+    /// attached meanwhile could fill its ATC from the stale TLB entries of the pages the flush
+    /// frees (an ATS translation request is answered from the TLB). Linux's order: TLBI,
+    /// CMD_SYNC, barrier, then the count. An attach raises the count before the CFGI doorbell
+    /// (`DSB ST` on aarch64) that precedes every STE or CD word letting the device ask, and
+    /// the completion was read from the unit: a read barrier and a full barrier order this
+    /// load after it.
+    #[inline]
+    fn ats_users_after_tlbi(&self, d: DomainHandle) -> Result<bool, Error> {
+        crate::mmio::dma_read_barrier();
+        core::sync::atomic::fence(Ordering::SeqCst);
+        self.with_domain(d, |dom| Ok(dom.ats_users.load(Ordering::Acquire) != 0))
+    }
+
+    /// The ATC invalidations of a flush whose domain `d` gained ATS users while its TLBI ran
+    /// ([`Self::ats_users_after_tlbi`]): `gather`'s span (everything if `whole_tag`) in the ATC
+    /// of each, under the configuration lock, with their own CMD_SYNC.
     #[cold]
     #[inline(never)]
     fn atcs_attached_meanwhile(
@@ -461,10 +473,6 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         gather: &Gather,
         whole_tag: bool,
     ) -> Result<(), Error> {
-        core::sync::atomic::fence(Ordering::SeqCst);
-        if !self.with_domain(d, |dom| Ok(dom.ats_users.load(Ordering::Acquire) != 0))? {
-            return Ok(());
-        }
         let span = if whole_tag {
             IovaRange {
                 start: Iova::ZERO,
