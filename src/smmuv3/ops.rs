@@ -473,16 +473,8 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         gather: &Gather,
         whole_tag: bool,
     ) -> Result<(), Error> {
-        let span = if whole_tag {
-            IovaRange {
-                start: Iova::ZERO,
-                end: Iova::new(u64::MAX),
-            }
-        } else {
-            match gather.span() {
-                Some(span) => span,
-                None => return Ok(()),
-            }
+        let Some(span) = atc_span(gather, whole_tag) else {
+            return Ok(());
         };
         let config = self.config.lock();
         self.with_cmdq(|q, r| {
@@ -514,14 +506,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
             children,
             whole_tag,
         } = *target;
-        let span = if whole_tag {
-            Some(IovaRange {
-                start: Iova::ZERO,
-                end: Iova::new(u64::MAX),
-            })
-        } else {
-            gather.span()
-        };
+        let span = atc_span(gather, whole_tag);
         self.with_cmdq(|q, r| {
             self.invalidate_tlb(q, r, tag, granule_log2, whole_tag, gather)?;
             let (Some(config), Some(span)) = (config, span) else {
@@ -569,6 +554,19 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
             }
         }
         b.sync()
+    }
+}
+
+/// The IOVA range a flush's ATC invalidations cover: everything when the whole tag is owed,
+/// else the gather's span (`None`: nothing gathered).
+fn atc_span(gather: &Gather, whole_tag: bool) -> Option<IovaRange> {
+    if whole_tag {
+        Some(IovaRange {
+            start: Iova::ZERO,
+            end: Iova::new(u64::MAX),
+        })
+    } else {
+        gather.span()
     }
 }
 
