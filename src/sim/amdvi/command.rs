@@ -72,7 +72,12 @@ impl State<'_> {
                 Some(c) => self.execute(c, at),
             };
             match outcome {
-                Outcome::Done => self.cmd_head = (self.cmd_head + 16) % size,
+                Outcome::Done => {
+                    if let (Some(log), Some(c)) = (self.log.as_mut(), raw) {
+                        log.push(c);
+                    }
+                    self.cmd_head = (self.cmd_head + 16) % size;
+                }
                 Outcome::Stall => return,
                 Outcome::Illegal => {
                     self.stop(EVENT_ILLEGAL_COMMAND, at);

@@ -315,6 +315,10 @@ struct State<'m> {
     atc: Vec<translate::AtcEntry>,
     inj: Injections,
     stats: AmdViModelStats,
+    /// Every command executed since [`AmdViModel::take_command_log`] while
+    /// [`AmdViModel::record_commands`] is on (COMPLETION_WAITs included; a command the unit
+    /// stopped on is not executed). Off by default: a bench's long run keeps no log.
+    log: Option<Vec<[u64; 2]>>,
 }
 
 /// The model. Implements [`RegisterWindow`]; DMA is issued with [`dma`](Self::dma).
@@ -346,6 +350,7 @@ impl<'m> AmdViModel<'m> {
                 atc: Vec::new(),
                 inj: Injections::default(),
                 stats: AmdViModelStats::default(),
+                log: None,
             }),
         }
     }
@@ -357,6 +362,23 @@ impl<'m> AmdViModel<'m> {
     /// Counters.
     pub fn stats(&self) -> AmdViModelStats {
         self.lock().stats
+    }
+
+    /// Starts (or stops) logging every command the unit executes, for
+    /// [`take_command_log`](Self::take_command_log).
+    pub fn record_commands(&self, on: bool) {
+        self.lock().log = on.then(Vec::new);
+    }
+
+    /// Every command executed since the last call (or since
+    /// [`record_commands`](Self::record_commands)), oldest first, as its two quadwords; the log
+    /// starts again empty. Empty when not recording.
+    pub fn take_command_log(&self) -> Vec<[u64; 2]> {
+        self.lock()
+            .log
+            .as_mut()
+            .map(core::mem::take)
+            .unwrap_or_default()
     }
 
     /// Arms a fault.

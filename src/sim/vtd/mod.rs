@@ -603,6 +603,19 @@ impl<'m> VtdModel<'m> {
         self.lock().caches.atc_covers(sid, pasid, iova)
     }
 
+    /// What the ATC of `sid` (and `pasid`) holds for `iova`: the output address a translated
+    /// request of the device would carry, whatever the tables and the unit's caches say now.
+    pub fn atc_translation(&self, sid: u16, pasid: Option<u32>, iova: u64) -> Option<u64> {
+        let st = self.lock();
+        st.caches
+            .atc
+            .iter()
+            .find(|(&(s, p, base), &(size, _))| {
+                s == sid && p == pasid && iova >> size == base >> size
+            })
+            .map(|(_, &(size, page))| page + (iova & ((1u64 << size) - 1)))
+    }
+
     /// The 4 KiB-aligned base of every structure the unit could still read: root, context and
     /// PASID tables and page tables reachable from the latched root table or from a cached
     /// context, PASID or paging-structure entry, and the invalidation queue while it is on. A
