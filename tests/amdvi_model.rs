@@ -762,3 +762,160 @@ fn dirty_tracking_with_hdsup() {
         Err(Error::Unsupported(_))
     ));
 }
+
+/// The INVALIDATE_IOTLB_PAGES (opcode 4) of a command log, as (DeviceID 15:0, the PASID when
+/// `GN`: PASID[15:8] in 23:16, PASID[7:0] in 55:48).
+fn iotlb_targets(log: &[[u64; 2]]) -> Vec<(u16, Option<u32>)> {
+    log.iter()
+        .filter(|c| c[0] >> 60 == 4)
+        .map(|c| {
+            let pasid = (c[1] & 4 != 0).then_some(((c[0] >> 16) & 0xFF) << 8 | (c[0] >> 48) & 0xFF);
+            (c[0] as u16, pasid.map(|p| p as u32))
+        })
+        .collect()
+}
+
+/// How an ATS device leaves its domain in
+/// `a_flush_reaches_the_iotlb_of_an_ats_device_whose_move_or_detach_failed`.
+#[derive(Clone, Copy, Debug)]
+enum Leave {
+    /// `DEV` from `a` to `b`, with ATS.
+    Replace,
+    /// `DEV` from `a` to `b` with the trait's plain `attach` (no ATS hint: `I` goes off).
+    ReplaceWithoutAts,
+    /// `DEV` detached from `a`.
+    Detach,
+    /// PASID 5 of `DEV2` from `p` to `q`.
+    PasidReplace,
+    /// PASID 5 of `DEV2` detached from `p`, its PASID 7 staying.
+    PasidDetach,
+    /// PASID 5 of `DEV2`, its only one, detached from `p` (the entry blocks).
+    PasidDetachLast,
+}
+
+/// A move or detach of an ATS device away from domain `a` (or of its PASID away from `p`)
+/// that fails part-way (a command error at each of its first commands, a COMPLETION_WAIT that
+/// never completes, the device not answering INVALIDATE_IOTLB_PAGES) may leave the old domain
+/// reachable by the device: its cached DTE, the old domain's IOTLB entries, or its own ATC.
+/// The device goes on asking (an ATS request answered from whatever still translates for it
+/// refills its ATC); then the caller unmaps the old domain's page and flushes that domain. If
+/// the flush returns `Ok` it frees the page, so when the device's ATC held it the flush
+/// issued INVALIDATE_IOTLB_PAGES for that device (and PASID), and afterwards nothing of the
+/// page is left for it.
+///
+/// Passed when written (no defect): an unsettled attachment, which a failed attach or detach
+/// leaves in the books (never removed before its invalidation completed), counts as attached
+/// for every domain's flush and stays an ATS attachment while unsettled
+/// (`Attachment::flushed_with`), so the old domain's flush reaches the device's IOTLB. The
+/// fault matrix checked the ATC after the failed replaces; this checks the commands, and the
+/// detaches too.
+#[test]
+fn a_flush_reaches_the_iotlb_of_an_ats_device_whose_move_or_detach_failed() {
+    const PA_OLD: u64 = 0xA000_0000;
+    const PA_NEW: u64 = 0xB000_0000;
+    const IOVA: u64 = 0x1000;
+    let ats = DeviceHints {
+        ats: true,
+        ..DeviceHints::default()
+    };
+    let mut faults = vec![Injection::StallWaits, Injection::IotlbTimeout];
+    for n in 1..=4 {
+        faults.push(Injection::IllegalCommandAt(n));
+        faults.push(Injection::CommandHardwareErrorAt(n));
+        faults.push(Injection::StallWaitAt(n));
+    }
+    let leaves = [
+        Leave::Replace,
+        Leave::ReplaceWithoutAts,
+        Leave::Detach,
+        Leave::PasidReplace,
+        Leave::PasidDetach,
+        Leave::PasidDetachLast,
+    ];
+    let (mut failed, mut held, mut owed) = (0, 0, 0);
+    for leave in leaves {
+        for &fault in &faults {
+            let cell = format!("{leave:?}, {fault:?}");
+            let mem = Arena::with_defaults().unwrap();
+            let model = pasid_model(&mem);
+            let u: Unit<'_> = AmdViUnit::new(
+                &model,
+                &mem,
+                AmdViConfig {
+                    poll_budget: 2_000,
+                    ..AmdViConfig::new()
+                },
+            )
+            .unwrap();
+            u.enable().unwrap();
+            let pasid_leave = !matches!(
+                leave,
+                Leave::Replace | Leave::ReplaceWithoutAts | Leave::Detach
+            );
+            let v2 = DomainConfig {
+                pasid: pasid_leave,
+                ..DomainConfig::default()
+            };
+            let old = u.domain_alloc(&v2).unwrap();
+            let new = u.domain_alloc(&v2).unwrap();
+            map_rw(&u, old, IOVA, PA_OLD, 0x1000);
+            map_rw(&u, new, IOVA, PA_NEW, 0x1000);
+            let (p5, p7) = (Pasid::new(5), Pasid::new(7));
+            let (dev, pasid) = if pasid_leave {
+                u.attach_device(DEV2, p5, old, &ats).unwrap();
+                if matches!(leave, Leave::PasidDetach) {
+                    u.attach_device(DEV2, p7, new, &ats).unwrap();
+                }
+                (DEV2.0 as u16, Some(5))
+            } else {
+                u.attach_device(DEV, None, old, &ats).unwrap();
+                (DEV.0 as u16, None)
+            };
+            model.ats_translate(dev, pasid, IOVA, false).unwrap();
+            model.inject(fault);
+            let r = match leave {
+                Leave::Replace => u.attach_device(DEV, None, new, &ats),
+                Leave::ReplaceWithoutAts => u.attach(DEV, None, new),
+                Leave::Detach => u.detach(DEV, None),
+                Leave::PasidReplace => u.attach_device(DEV2, p5, new, &ats),
+                Leave::PasidDetach | Leave::PasidDetachLast => u.detach(DEV2, p5),
+            };
+            model.clear_injections();
+            if r.is_ok() {
+                continue;
+            }
+            failed += 1;
+            // The device asks again: whatever still translates for it refills its ATC.
+            let _ = model.ats_translate(dev, pasid, IOVA, false);
+            let atc_holds_old = model.atc_translation(dev, pasid, IOVA) == Some(PA_OLD);
+            let mut g = Gather::new();
+            assert_eq!(
+                u.unmap(old, Iova::new(IOVA), 0x1000, &mut g),
+                Ok(0x1000),
+                "{cell}"
+            );
+            model.record_commands(true);
+            if u.flush(old, &mut g).is_err() {
+                owed += 1;
+                continue;
+            }
+            if atc_holds_old {
+                held += 1;
+                let targets = iotlb_targets(&model.take_command_log());
+                assert!(
+                    targets.contains(&(dev, pasid)),
+                    "{cell} ({r:?}): the device's ATC held the old domain's page, its flush \
+                     invalidated the IOTLBs of {targets:x?} only"
+                );
+            }
+            let _ = model.ats_translate(dev, pasid, IOVA, false);
+            assert_ne!(
+                model.atc_translation(dev, pasid, IOVA),
+                Some(PA_OLD),
+                "{cell} ({r:?}): the old domain flushed, the device can still reach its page"
+            );
+        }
+    }
+    println!("{failed} failed calls, {held} with the old page in the ATC, {owed} flushes owed");
+    assert!(held > 0, "the cells must reach the case");
+}
