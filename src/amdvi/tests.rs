@@ -805,3 +805,109 @@ fn a_failed_tracking_switch_invalidates_the_leaves_it_cleaned() {
     u.set_dirty_tracking(d, true).unwrap();
     assert_eq!([dirty(1), dirty(2), dirty(3)], [false; 3]);
 }
+
+/// An ATS device attached to a domain while a flush of it runs, after the flush's commands
+/// read the ATS devices attached and before the COMPLETION_WAIT behind its
+/// INVALIDATE_IOMMU_PAGES: were the attach to land there, the device could fill its ATC from
+/// the IOTLB entry of the page the flush then frees, with no INVALIDATE_IOTLB_PAGES of it in
+/// the flush. The flush holds the configuration lock from its read of the attachments to its
+/// wait, and an attach holds it from its record to its wait, so the attach waits for the
+/// flush and the device's requests are refused until then. The test's hook starts the attach
+/// on another thread in that window and lets the device ask for the page. Passed when
+/// written: no defect (Linux's `amd_iommu_iotlb_sync` likewise flushes the pages of the
+/// domain's device list and waits under the domain lock an attach takes to join that list).
+#[test]
+fn a_device_attached_while_a_flush_runs_waits_for_its_invalidation() {
+    use crate::iommu::{DeviceHints, DeviceId, DomainConfig, Iommu};
+    use crate::mem::Iova;
+    use crate::pgtable::{Gather, Prot};
+    use core::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    use std::boxed::Box;
+    use std::sync::{Arc, Mutex};
+
+    let mem: &'static Arena = Box::leak(Box::new(Arena::with_defaults().unwrap()));
+    let model: &'static AmdViModel<'static> = Box::leak(Box::new(AmdViModel::new(
+        mem,
+        AmdViModelConfig::qemu_default(),
+    )));
+    let u: &'static Unit<'static> = Box::leak(Box::new(unit(model, mem, small())));
+    u.enable().unwrap();
+    let d = u.domain_alloc(&DomainConfig::default()).unwrap();
+    // EDU (no ATS) on d: its DMA leaves d's page in the IOTLB, tagged with d's domain ID.
+    u.attach(DeviceId(EDU), None, d).unwrap();
+    let rw = Prot::READ | Prot::WRITE;
+    u.map(d, Iova::new(0x1000), PhysAddr::new(0xA000_0000), 0x1000, rw)
+        .unwrap();
+    model.dma(EDU as u16, 0x1000, false).unwrap();
+    let mut g = Gather::new();
+    u.unmap(d, Iova::new(0x1000), 0x1000, &mut g).unwrap();
+    const ATS_DEV: u32 = 0x28;
+    let attacher = Arc::new(Mutex::new(None));
+    let attached_in_window = Arc::new(AtomicBool::new(false));
+    let (t, w) = (attacher.clone(), attached_in_window.clone());
+    super::iommu_impl::AFTER_ATS_READ.with(|h| {
+        *h.borrow_mut() = Some(Box::new(move || {
+            let started = Arc::new(AtomicBool::new(false));
+            let attached = Arc::new(AtomicBool::new(false));
+            let (s, a) = (started.clone(), attached.clone());
+            let thread = std::thread::spawn(move || {
+                s.store(true, SeqCst);
+                let ats = DeviceHints {
+                    ats: true,
+                    ..DeviceHints::default()
+                };
+                u.attach_device(DeviceId(ATS_DEV), None, d, &ats).unwrap();
+                a.store(true, SeqCst);
+            });
+            while !started.load(SeqCst) {
+                std::thread::yield_now();
+            }
+            // A bound, not a timing: the attach cannot finish while the flush runs.
+            for _ in 0..1_000 {
+                if attached.load(SeqCst) {
+                    break;
+                }
+                std::thread::yield_now();
+            }
+            w.store(attached.load(SeqCst), SeqCst);
+            // The device's driver enabled ATS: it asks for the page.
+            let _ = model.ats_translate(ATS_DEV as u16, None, 0x1000, false);
+            *t.lock().unwrap() = Some(thread);
+        }));
+    });
+    model.record_commands(true);
+    u.flush(d, &mut g).unwrap();
+    let flushed: Vec<u64> = model
+        .take_command_log()
+        .iter()
+        .map(|c| c[0] >> 60)
+        .collect();
+    let thread = attacher.lock().unwrap().take().expect("the hook ran");
+    thread.join().unwrap();
+    assert_eq!(
+        flushed.get(..2),
+        Some(&[3, 1][..]),
+        "the flush: INVALIDATE_IOMMU_PAGES of d's page, one COMPLETION_WAIT"
+    );
+    assert_eq!(
+        model.atc_translation(ATS_DEV as u16, None, 0x1000),
+        None,
+        "the ATS device's ATC holds the page the flush freed"
+    );
+    assert!(
+        !attached_in_window.load(SeqCst),
+        "the attach finished between the flush's read of the ATS devices and its wait"
+    );
+    assert!(model
+        .ats_translate(ATS_DEV as u16, None, 0x1000, false)
+        .is_err());
+    // Attached now: the next flush reaches its IOTLB.
+    u.map(d, Iova::new(0x1000), PhysAddr::new(0xA000_0000), 0x1000, rw)
+        .unwrap();
+    model
+        .ats_translate(ATS_DEV as u16, None, 0x1000, false)
+        .unwrap();
+    u.unmap(d, Iova::new(0x1000), 0x1000, &mut g).unwrap();
+    u.flush(d, &mut g).unwrap();
+    assert_eq!(model.atc_translation(ATS_DEV as u16, None, 0x1000), None);
+}

@@ -1301,3 +1301,106 @@ fn a_failed_tracking_switch_invalidates_the_leaves_it_cleaned() {
     u.set_dirty_tracking(d, true).unwrap();
     assert!(!dirty(3));
 }
+
+/// An ATS device attached to a domain while an unmap's flush of it runs, after the flush read
+/// the domain's ATS attachments and before its IOTLB invalidation completed: were the attach
+/// to land there, the device could fill its ATC from the IOTLB entry of the page the flush
+/// then frees (a translation request is answered from the IOTLB), with no device-TLB
+/// invalidation of it in the flush. The flush holds the configuration lock from its read of
+/// the attachments to its wait, and an attach holds it from its record to the entry's
+/// publication, so the attach waits for the flush and the device's requests fault until
+/// then. The test's hook starts the attach on another thread in that window and lets the
+/// device ask for the page. Passed when written: no defect (Linux's `cache_tag_flush_range`
+/// likewise walks the domain's cache tags, and waits for the batch, under the lock an attach
+/// takes to add its tag before the device's entry is set up).
+#[test]
+fn a_device_attached_while_a_flush_runs_waits_for_its_iotlb_invalidation() {
+    use crate::sim::vtd::{VtdModel, VtdModelConfig};
+    use crate::sim::walk::Access;
+    use crate::sim::Arena;
+    use core::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    use std::boxed::Box;
+    use std::sync::{Arc, Mutex};
+
+    let arena: &'static Arena = Box::leak(Box::new(Arena::with_defaults().unwrap()));
+    let cfg = VtdModelConfig::qemu_default().with_dt(true);
+    let m: &'static VtdModel<'static> = Box::leak(Box::new(VtdModel::new(arena, cfg)));
+    type SimUnit = VtdUnit<&'static VtdModel<'static>, &'static Arena>;
+    let u: &'static SimUnit = Box::leak(Box::new(
+        VtdUnit::new(m, arena, VtdConfig::legacy()).unwrap(),
+    ));
+    u.enable().unwrap();
+    let d = u.domain_alloc(&DomainConfig::default()).unwrap();
+    // DEV (no ATS) on d: its DMA leaves d's page in the IOTLB, tagged with d's domain-ID.
+    u.attach(DEV, None, d).unwrap();
+    u.map(d, Iova::new(0x3000), PhysAddr::new(0x4000_0000), K4, RW)
+        .unwrap();
+    m.translate(DEV.0 as u16, None, 0x3000, Access::READ)
+        .unwrap();
+    let mut g = Gather::new();
+    u.unmap(d, Iova::new(0x3000), K4, &mut g).unwrap();
+    m.reset_stats();
+    let attacher = Arc::new(Mutex::new(None));
+    let attached_in_window = Arc::new(AtomicBool::new(false));
+    let (t, w) = (attacher.clone(), attached_in_window.clone());
+    super::invalidate::AFTER_ATS_READ.with(|h| {
+        *h.borrow_mut() = Some(Box::new(move || {
+            let (started, attached) = (
+                Arc::new(AtomicBool::new(false)),
+                Arc::new(AtomicBool::new(false)),
+            );
+            let (s, a) = (started.clone(), attached.clone());
+            let ats = AttachOptions {
+                ats: true,
+                ..AttachOptions::default()
+            };
+            let thread = std::thread::spawn(move || {
+                s.store(true, SeqCst);
+                u.attach_with(DEV2, None, d, ats).unwrap();
+                a.store(true, SeqCst);
+            });
+            while !started.load(SeqCst) {
+                std::thread::yield_now();
+            }
+            // A bound, not a timing: the attach cannot finish while the flush runs.
+            for _ in 0..1_000 {
+                if attached.load(SeqCst) {
+                    break;
+                }
+                std::thread::yield_now();
+            }
+            w.store(attached.load(SeqCst), SeqCst);
+            // DEV2's driver enabled ATS: it asks for the page.
+            let _ = m.ats_translate(DEV2.0 as u16, None, 0x3000, Access::READ);
+            *t.lock().unwrap() = Some(thread);
+        }));
+    });
+    u.flush(d, &mut g).unwrap();
+    let flushed = m.descriptor_log();
+    let thread = attacher.lock().unwrap().take().expect("the hook ran");
+    thread.join().unwrap();
+    assert_eq!(
+        flushed.iter().map(|d| d[0] & 0xf).collect::<Vec<_>>(),
+        [2, 5],
+        "the flush: d's page in the IOTLB, one wait"
+    );
+    assert!(
+        !m.atc_holds(DEV2.0 as u16, None, 0x3000),
+        "DEV2's ATC holds the page the flush freed"
+    );
+    assert!(
+        !attached_in_window.load(SeqCst),
+        "the attach finished between the flush's read of the ATS attachments and its wait"
+    );
+    assert!(m
+        .ats_translate(DEV2.0 as u16, None, 0x3000, Access::READ)
+        .is_err());
+    // Attached now: the next flush reaches its device TLB.
+    u.map(d, Iova::new(0x3000), PhysAddr::new(0x4000_0000), K4, RW)
+        .unwrap();
+    m.ats_translate(DEV2.0 as u16, None, 0x3000, Access::READ)
+        .unwrap();
+    u.unmap(d, Iova::new(0x3000), K4, &mut g).unwrap();
+    u.flush(d, &mut g).unwrap();
+    assert!(!m.atc_holds(DEV2.0 as u16, None, 0x3000));
+}
