@@ -775,3 +775,120 @@ fn a_flush_reaches_the_device_tlb_of_a_device_whose_move_or_detach_failed() {
     println!("{failed} failed calls, {held} with d1's page in DEV's ATC, {owed} flushes owed");
     assert!(held > 0 && held < failed, "the cells must reach both cases");
 }
+
+/// As `a_flush_reaches_the_device_tlb_of_a_device_whose_move_or_detach_failed`, for a device
+/// on a nested (user) domain: `DEV` (ATS) translates through a guest's first stage over a nest
+/// parent P, its ATC holding the nested translation of `IOVA`; its move to d2 (with or
+/// without ATS) or its detach fails part-way; the device asks again; then P unmaps the
+/// guest-physical page behind `IOVA` and is flushed. If that flush returns `Ok` it frees the
+/// page, so where the ATC held it the flush issued a device-TLB invalidation for `DEV` and
+/// afterwards nothing of the page is left for it. Passed when written (no defect): the user
+/// domain keeps the attachment in its slot until the tear-down completed, and a nest parent's
+/// flush invalidates the whole device TLB of each ATS attachment of its user domains, settled
+/// or not (`push_user_children`).
+#[test]
+fn a_nest_parent_flush_reaches_the_device_tlb_of_a_device_whose_move_from_its_child_failed() {
+    use iommu_engine::iommu::UserStage1;
+    use iommu_engine::mem::PageAllocator;
+    const PA_A: u64 = 0x4000_0000;
+    const PA_B: u64 = 0x5000_0000;
+    const IOVA: u64 = 0x3000;
+    /// Guest-physical address of the guest's page `i`: its PML4, PDPT, PD, PT (0-3), and its
+    /// data page (4), which P maps to `PA_A`.
+    const fn gpa(i: u64) -> u64 {
+        0x10_0000 + i * K4
+    }
+    // First-stage entries (VT-d §9.7): P, R/W, U/S, A for a table; D too for a leaf.
+    const FS_TABLE: u64 = 0x27;
+    const FS_LEAF: u64 = 0x67;
+    let ats = AttachOptions {
+        ats: true,
+        ..AttachOptions::default()
+    };
+    let mut faults = vec![
+        Injection::StallWaits,
+        Injection::DeviceTlbTimeoutAt(1),
+        Injection::CompletionErrorAt(1),
+    ];
+    faults.extend((1..=6).map(Injection::QueueErrorAt));
+    let (mut failed, mut held) = (0, 0);
+    for leave in [Leave::Replace, Leave::ReplaceWithoutAts, Leave::Detach] {
+        for &fault in &faults {
+            let cell = format!("nested, {leave:?}, {fault:?}");
+            let a = arena();
+            let m = VtdModel::new(&a, VtdModelConfig::scalable());
+            let u = unit(&m, &a, Mode::Scalable);
+            let parent = u
+                .domain_alloc(&DomainConfig {
+                    nest_parent: true,
+                    ..DomainConfig::default()
+                })
+                .unwrap();
+            let tables: Vec<u64> = (0..4).map(|_| a.alloc(12).unwrap().pa.get()).collect();
+            for (i, &pa) in tables.iter().enumerate() {
+                u.map(parent, Iova::new(gpa(i as u64)), PhysAddr::new(pa), K4, RW)
+                    .unwrap();
+            }
+            u.map(parent, Iova::new(gpa(4)), PhysAddr::new(PA_A), K4, RW)
+                .unwrap();
+            let index = |shift: u32| ((IOVA >> shift) & 0x1ff) * 8;
+            for (level, shift) in [39, 30, 21].into_iter().enumerate() {
+                let next = gpa(level as u64 + 1) | FS_TABLE;
+                assert!(a.write_u64(tables[level] + index(shift), next));
+            }
+            assert!(a.write_u64(tables[3] + index(12), gpa(4) | FS_LEAF));
+            let stage1 = UserStage1::Vtd {
+                flags: 0,
+                pgtbl_addr: gpa(0),
+                addr_width: 48,
+            };
+            let child = u.domain_alloc_user(parent, &stage1).unwrap();
+            let d2 = u.domain_alloc(&DomainConfig::default()).unwrap();
+            u.map(d2, Iova::new(IOVA), PhysAddr::new(PA_B), K4, RW)
+                .unwrap();
+            u.attach_with(DEV, None, child, ats).unwrap();
+            let t = m.ats_translate(sid(DEV), None, IOVA, Access::READ).unwrap();
+            assert_eq!(t.pa, PA_A, "setup: the nested translation");
+            m.inject(fault);
+            let r = match leave {
+                Leave::Replace => u.attach_with(DEV, None, d2, ats),
+                Leave::ReplaceWithoutAts => u.attach(DEV, None, d2),
+                _ => u.detach(DEV, None),
+            };
+            m.clear_injections();
+            if r.is_ok() {
+                continue;
+            }
+            failed += 1;
+            let _ = m.ats_translate(sid(DEV), None, IOVA, Access::READ);
+            let atc_holds_a = m.atc_translation(sid(DEV), None, IOVA) == Some(PA_A);
+            let mut g = Gather::new();
+            assert_eq!(
+                u.unmap(parent, Iova::new(gpa(4)), K4, &mut g),
+                Ok(K4),
+                "{cell}"
+            );
+            m.reset_stats();
+            if u.flush(parent, &mut g).is_err() {
+                continue;
+            }
+            if atc_holds_a {
+                held += 1;
+                let targets = device_tlb_targets(&m.descriptor_log());
+                assert!(
+                    targets.contains(&(sid(DEV), None)),
+                    "{cell} ({r:?}): DEV's ATC held the parent's page, the parent's flush \
+                     invalidated the device TLBs of {targets:x?} only"
+                );
+            }
+            let _ = m.ats_translate(sid(DEV), None, IOVA, Access::READ);
+            assert_ne!(
+                m.atc_translation(sid(DEV), None, IOVA),
+                Some(PA_A),
+                "{cell} ({r:?}): the parent flushed, DEV can still reach its page"
+            );
+        }
+    }
+    println!("{failed} failed calls, {held} with the parent's page in DEV's ATC");
+    assert!(held > 0, "the cells must reach the case");
+}
