@@ -604,3 +604,81 @@ fn a_failed_flush_is_owed_by_the_domain_and_reissued_with_an_empty_gather() {
     assert_eq!(model.stats().syncs, 0);
     assert!(translates(&model, IOVA + K4), "the other pages stay mapped");
 }
+
+/// Whether `log` holds, after its last CFGI_STE of `sid`, a CMD_ATC_INV of `sid`'s whole ATC
+/// (no SubstreamID, Size 52 from 0) followed by a CMD_SYNC.
+fn whole_atc_invalidated_after_the_ste(log: &[[u64; 2]], sid: u32) -> bool {
+    let of = |w: &[u64; 2], o: u8| w[0] & 0xff == u64::from(o) && w[0] >> 32 == u64::from(sid);
+    let Some(ste) = log.iter().rposition(|w| of(w, op::CFGI_STE)) else {
+        return false;
+    };
+    let whole = |w: &[u64; 2]| of(w, op::ATC_INV) && w[0] & 1 << 11 == 0 && w[1] == 52;
+    log[ste..].iter().position(whole).is_some_and(|i| {
+        log[ste + i..]
+            .iter()
+            .any(|w| w[0] & 0xff == u64::from(op::CMD_SYNC))
+    })
+}
+
+/// The first ATS attach of a stream whose whole-ATC invalidation fails (its CMD_SYNC stalls,
+/// or meets CERROR_ATC_INV_SYNC) fails: the STE already allows ATS and the device's ATC is
+/// not known to be clean. The stream is left unsettled, attached to the domain in the books
+/// (the domain cannot be freed); nothing is leaked and nothing rolled back. The retry issues
+/// the whole-ATC invalidation again and returns `Ok`; a detach instead settles it too.
+#[test]
+fn a_first_ats_attach_whose_atc_invalidation_fails_is_unsettled_and_its_retry_invalidates() {
+    for (stall, retry_detaches) in [(true, false), (false, false), (true, true)] {
+        let mem = Arena::with_defaults().unwrap();
+        let model = SmmuModel::new(&mem, SmmuModelConfig::qemu_like().with_ats(true));
+        let u = SmmuUnit::new(&model, &mem, cfg()).unwrap();
+        u.enable().unwrap();
+        let d = u.domain_alloc(&s2()).unwrap();
+        u.map(d, Iova::new(IOVA), PhysAddr::new(PA), K4, RW)
+            .unwrap();
+        u.set_ats(DeviceId(SID), true).unwrap();
+        let pages = mem.live_pages().len();
+        model.reset_stats();
+        if stall {
+            model.inject(Injection::SyncStallAfter(op::ATC_INV));
+        } else {
+            model.inject(Injection::AtcInvSyncAt { at: 2, times: 1 });
+        }
+        let err = u.attach(DeviceId(SID), None, d).unwrap_err();
+        let what = (stall, retry_detaches);
+        assert!(
+            matches!(err, Error::Timeout { .. } | Error::CommandError { .. }),
+            "{what:?}: {err:?}"
+        );
+        assert_eq!(model.stats().commands_of(op::ATC_INV), 1, "{what:?}");
+        model.clear_injections();
+        let report = u.audit().unwrap();
+        assert_eq!(report.unsettled, 1, "{what:?}");
+        assert_eq!(u.domain_free(d), Err(Error::Busy), "{what:?}");
+        // The level-2 stream table stays (the STE lives in it); nothing else was taken.
+        assert_eq!(mem.live_pages().len(), pages + 1, "{what:?}");
+        model.reset_stats();
+        if retry_detaches {
+            u.detach(DeviceId(SID), None).unwrap();
+            assert!(
+                whole_atc_invalidated_after_the_ste(&model.command_log(), SID),
+                "{what:?}: {:x?}",
+                model.command_log()
+            );
+            assert!(!translates(&model, IOVA));
+        } else {
+            u.attach(DeviceId(SID), None, d).unwrap();
+            assert!(
+                whole_atc_invalidated_after_the_ste(&model.command_log(), SID),
+                "{what:?}: the retry did not invalidate the whole ATC: {:x?}",
+                model.command_log()
+            );
+            assert_eq!(
+                model.translate(SID, None, IOVA, Access::READ).unwrap().pa,
+                PA
+            );
+            assert_eq!(u.audit().unwrap().unsettled, 0);
+            u.detach(DeviceId(SID), None).unwrap();
+        }
+        u.domain_free(d).unwrap();
+    }
+}

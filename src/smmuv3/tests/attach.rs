@@ -470,6 +470,82 @@ fn ats_streams_get_atc_invalidations_after_the_tlbi_completes() {
     assert_eq!(&ops[ops.len() - 3..], [TLBI_S12_VMALL, ATC_INV, SYNC]);
 }
 
+/// A device's ATC may hold translations from before its stream's STE allowed ATS (boot
+/// firmware, a previous kernel, a previous owner whose teardown this unit did not see): once
+/// `STE.EATS` is on, the device's translated requests using them pass (`CR0.ATSCHK` checks
+/// EATS only). The attach that turns EATS on (abort -> translating with EATS) must invalidate
+/// the stream's whole ATC -- CMD_ATC_INV without SubstreamID, Size 52 from 0 -- after the
+/// STE's CFGI_STE completed, and wait for it, before it returns; an attach that keeps EATS on
+/// (a replace, a PASID beside the RID) issues only the retiring domain's CMD_ATC_INV, and a
+/// stream without ATS none. A detach to abort turns EATS off: the next attach owes it again.
+#[test]
+fn the_attach_that_turns_eats_on_invalidates_the_streams_whole_atc() {
+    let (m, alloc) = (model(IDR0, 0), VecAllocator::default());
+    let u = enabled(&m, &alloc);
+    let whole = Command::atc_inv(StreamId(4), None, Iova::ZERO, 52, true)
+        .unwrap()
+        .words;
+    let (d, e) = (
+        u.domain_alloc(&s2()).unwrap(),
+        u.domain_alloc(&s2()).unwrap(),
+    );
+    u.set_ats(DeviceId(4), true).unwrap();
+    take_ops(&m);
+    u.attach(DeviceId(4), None, d).unwrap();
+    let cmds: Vec<[u64; 2]> = m.executed.borrow().clone();
+    // Abort -> stage 2 with EATS (two CFGI_STE + CMD_SYNC pairs), then the whole ATC.
+    assert_eq!(
+        take_ops(&m),
+        [CFGI_STE, SYNC, CFGI_STE, SYNC, ATC_INV, SYNC],
+        "the first ATS attach must invalidate the stream's whole ATC"
+    );
+    assert_eq!(cmds[4], whole);
+    // A replace keeps EATS on: only the retiring domain's VMID and whole-stream ATC.
+    u.attach(DeviceId(4), None, e).unwrap();
+    let ops = take_ops(&m);
+    assert_eq!(count(&ops, ATC_INV), 1, "{ops:x?}");
+    assert_eq!(&ops[ops.len() - 3..], [TLBI_S12_VMALL, ATC_INV, SYNC]);
+    // Detached, the STE aborts (EATS off); the next attach turns it on again.
+    u.detach(DeviceId(4), None).unwrap();
+    take_ops(&m);
+    u.attach(DeviceId(4), None, d).unwrap();
+    let cmds: Vec<[u64; 2]> = m.executed.borrow().clone();
+    assert_eq!(
+        take_ops(&m),
+        [CFGI_STE, SYNC, CFGI_STE, SYNC, ATC_INV, SYNC]
+    );
+    assert_eq!(cmds[4], whole);
+    // A stream without ATS: no CMD_ATC_INV.
+    u.attach(DeviceId(5), None, e).unwrap();
+    assert_eq!(take_ops(&m), [CFGI_STE, SYNC, CFGI_STE, SYNC]);
+    // A stage-1 first attach with ATS: the CD and STE, then the whole ATC; a PASID beside
+    // the RID domain keeps EATS on and issues none.
+    let (x, y) = (
+        u.domain_alloc(&s1()).unwrap(),
+        u.domain_alloc(&s1()).unwrap(),
+    );
+    u.set_ats(DeviceId(6), true).unwrap();
+    take_ops(&m);
+    u.attach(DeviceId(6), None, x).unwrap();
+    let cmds: Vec<[u64; 2]> = m.executed.borrow().clone();
+    let ops = take_ops(&m);
+    assert_eq!(count(&ops, ATC_INV), 1, "{ops:x?}");
+    assert_eq!(&ops[ops.len() - 2..], [ATC_INV, SYNC]);
+    assert_eq!(
+        cmds[ops.len() - 2],
+        Command::atc_inv(StreamId(6), None, Iova::ZERO, 52, true)
+            .unwrap()
+            .words
+    );
+    u.attach(DeviceId(6), Pasid::new(1), y).unwrap();
+    let ops = take_ops(&m);
+    assert_eq!(count(&ops, ATC_INV), 0, "{ops:x?}");
+    u.detach(DeviceId(6), Pasid::new(1)).unwrap();
+    u.detach(DeviceId(6), None).unwrap();
+    u.detach(DeviceId(5), None).unwrap();
+    u.detach(DeviceId(4), None).unwrap();
+}
+
 #[test]
 fn replacing_between_stages_retires_the_old_configuration() {
     let (m, alloc) = (model(IDR0, 0), VecAllocator::default());
