@@ -25,7 +25,7 @@ use iommu_engine::iommu::{DeviceId, DomainConfig, DomainHandle, Error, Iommu, Pa
 use iommu_engine::mem::{Iova, PhysAddr};
 use iommu_engine::pgtable::{DirtyRead, Gather, Prot};
 use iommu_engine::sim::arena::{Arena, ArenaConfig, FailPolicy};
-use iommu_engine::sim::smmuv3::{Injection, SmmuModel, SmmuModelConfig};
+use iommu_engine::sim::smmuv3::{op, Injection, SmmuModel, SmmuModelConfig};
 use iommu_engine::sim::walk::Access;
 use iommu_engine::smmuv3::cmdq::SyncMode;
 use iommu_engine::smmuv3::{AuditReport, SmmuConfig, SmmuUnit, StreamTableLayout};
@@ -42,6 +42,8 @@ const SID_SPARE: u32 = 0x12;
 const IOVA_FAULT: u64 = 0x1000_0000;
 /// First attached by `AttachNew`, in a level-2 stream table of its own (split 6).
 const SID_NEW: u32 = 0x50;
+/// ATS on, nothing attached: first attached by `AttachAts` (its STE turns EATS on).
+const SID_ATS: u32 = 0x13;
 const IOVA: u64 = 0x40_0000;
 const IOVA2: u64 = 0x80_0000;
 const PA_D2: u64 = 0x4000_0000;
@@ -60,6 +62,9 @@ enum Op {
     DomainFree,
     Attach,
     AttachNew,
+    /// The first attach of a stream with ATS: the STE turns EATS on, then the stream's whole
+    /// ATC is invalidated.
+    AttachAts,
     Detach,
     AttachPasid,
     DetachPasid,
@@ -76,13 +81,14 @@ enum Op {
     Release,
 }
 
-const OPS: [Op; 17] = [
+const OPS: [Op; 18] = [
     Op::Enable,
     Op::Takeover,
     Op::DomainAlloc,
     Op::DomainFree,
     Op::Attach,
     Op::AttachNew,
+    Op::AttachAts,
     Op::Detach,
     Op::AttachPasid,
     Op::DetachPasid,
@@ -274,7 +280,10 @@ impl<'a> Rig<'a> {
         rig.d2 = Some(d2);
         rig.spare = Some(spare);
         match op {
-            Op::Attach => {
+            Op::Attach | Op::AttachAts => {
+                if op == Op::AttachAts {
+                    u.set_ats(DeviceId(SID_ATS), true).map_err(e("ats"))?;
+                }
                 let d2b = u.domain_alloc(&s2(false)).map_err(e("d2b"))?;
                 u.map(d2b, Iova::new(IOVA), PhysAddr::new(PA_D2B), K4, RW)
                     .map_err(e("map d2b"))?;
@@ -345,6 +354,9 @@ impl<'a> Rig<'a> {
             Op::AttachNew => self
                 .unit()
                 .attach(DeviceId(SID_NEW), None, self.p2.unwrap_or(d2)),
+            Op::AttachAts => self
+                .unit()
+                .attach(DeviceId(SID_ATS), None, self.d2b.unwrap_or(d2)),
             Op::Detach => self.unit().detach(DeviceId(SID_S2), None),
             Op::AttachPasid => {
                 self.unit()
@@ -439,6 +451,16 @@ impl<'a> Rig<'a> {
                 "the new stream translates",
                 pa(m, SID_NEW, None, IOVA) == Some(PA_P2),
             ),
+            Op::AttachAts => {
+                want(
+                    "the stream translates through the domain",
+                    pa(m, SID_ATS, None, IOVA) == Some(PA_D2B),
+                )?;
+                want(
+                    "the stream's whole ATC invalidated after its STE, and synced",
+                    whole_atc_invalidated_after_the_ste(&m.command_log(), SID_ATS),
+                )
+            }
             Op::Detach => want("the stream aborts", pa(m, SID_S2, None, IOVA).is_none()),
             Op::AttachPasid => want(
                 "the PASID translates",
@@ -605,13 +627,14 @@ struct Snapshot {
 }
 
 /// The probes: (StreamID, SubstreamID) x IOVA.
-const PROBE_STREAMS: [(u32, Option<u32>); 6] = [
+const PROBE_STREAMS: [(u32, Option<u32>); 7] = [
     (SID_S2, None),
     (SID_S1, None),
     (SID_S1, Some(1)),
     (SID_S1, Some(2)),
     (SID_SPARE, None),
     (SID_NEW, None),
+    (SID_ATS, None),
 ];
 const PROBE_IOVAS: [u64; 3] = [IOVA, IOVA + K4, IOVA2 + K4];
 
@@ -726,6 +749,9 @@ fn partial_state(op: Op, before: &Snapshot, after: &Snapshot) -> Result<&'static
         }
         Op::Attach | Op::Detach if unsettled(SID_S2) => "stream unsettled",
         Op::AttachNew if unsettled(SID_NEW) => "stream unsettled",
+        // The STE may allow ATS already; the whole-ATC invalidation is owed (the retry, or
+        // the next detach, issues it).
+        Op::AttachAts if unsettled(SID_ATS) => "stream unsettled",
         Op::AttachPasid | Op::DetachPasid if unsettled(SID_S1) => "stream unsettled",
         // The gather keeps its pages; the domain owes a whole-tag invalidation.
         Op::Flush | Op::DirtyReadClear | Op::DirtyOn
@@ -740,6 +766,21 @@ fn partial_state(op: Op, before: &Snapshot, after: &Snapshot) -> Result<&'static
         _ => return fail("none documented"),
     };
     Ok(state)
+}
+
+/// Whether `log` holds, after the last CFGI_STE of `sid`, a CMD_ATC_INV of `sid`'s whole ATC
+/// (no SubstreamID, Size 52 from 0) and then a CMD_SYNC.
+fn whole_atc_invalidated_after_the_ste(log: &[[u64; 2]], sid: u32) -> bool {
+    let is = |w: &[u64; 2], o: u8| w[0] & 0xff == u64::from(o);
+    let of = |w: &[u64; 2], o: u8| is(w, o) && w[0] >> 32 == u64::from(sid);
+    let Some(ste) = log.iter().rposition(|w| of(w, op::CFGI_STE)) else {
+        return false;
+    };
+    let whole = |w: &[u64; 2]| of(w, op::ATC_INV) && w[0] & 1 << 11 == 0 && w[1] == 52;
+    log[ste..]
+        .iter()
+        .position(whole)
+        .is_some_and(|i| log[ste + i..].iter().any(|w| is(w, op::CMD_SYNC)))
 }
 
 fn inject(rig: &Rig<'_>, fault: Fault) {

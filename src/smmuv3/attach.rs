@@ -23,6 +23,10 @@
 //! then finds the attachment made and returns `Ok`; the retry of a failed detach finds it gone
 //! and returns `Ok`.
 //! [`SmmuUnit::audit`](super::SmmuUnit::audit) counts unsettled streams.
+//!
+//! The STE write that turns `EATS` on (§5.2, §3.9.1) is followed by CMD_ATC_INV of the
+//! stream's whole ATC (§4.5.1: no SubstreamID, Size 52 from 0) and a CMD_SYNC before the call
+//! returns: the device's ATC may hold translations from before this unit let it use ATS.
 
 use core::sync::atomic::Ordering;
 
@@ -150,18 +154,58 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
     /// Rewrites the live STE of `stream` to match its attachments; returns the syncs used.
     /// Not inlined (nor are the other steps of an attach or settle): each step's locals are
     /// on the stack only while it runs, not all along the update's deepest path.
+    ///
+    /// A write that turns `EATS` on (the live STE does not allow ATS, the new one does) makes
+    /// the stream owe the invalidation of its whole ATC (`StreamState::atc_owed`, set before
+    /// the write so that a write that fails part-way leaves it owed), which the caller issues
+    /// and waits for once the STE's CFGI_STE completed ([`settle_atc`](Self::settle_atc)):
+    /// the device's ATC may hold translations from before (boot firmware, a previous kernel,
+    /// a previous owner) that its translated requests could use from now on. Linux's order
+    /// (`arm_smmu_enable_ats`): the STE with EATS, then the ATC invalidation, then ATS enabled
+    /// in the device's capability, which the embedder does once the attach returned. A call
+    /// that fails before it completed leaves the stream unsettled, and the settle of the
+    /// next attach or detach issues it again.
     #[inline(never)]
     fn write_ste(
         &self,
         strtab: &mut StreamTable<A>,
-        stream: &StreamState<A>,
+        stream: &mut StreamState<A>,
     ) -> Result<usize, SmmuError> {
         let mut ste = Ste::ABORT;
         self.target_ste(stream, &mut ste)?;
         let sid = stream.sid;
-        strtab.write(sid, &ste, || {
+        let allows_ats = ste.allows_ats();
+        if allows_ats && !strtab.read(sid)?.allows_ats() {
+            stream.atc_owed = true;
+        }
+        let syncs = strtab.write(sid, &ste, || {
             self.with_cmdq(|q, r| q.submit_and_sync(r, &[Command::cfgi_ste(sid, false)]))
-        })
+        })?;
+        // With EATS off (and CR0.ATSCHK) the ATC's entries are unusable; turning it on again
+        // owes the invalidation again.
+        if !allows_ats {
+            stream.atc_owed = false;
+        }
+        Ok(syncs)
+    }
+
+    /// The whole-ATC invalidation `stream` owes since an STE write turned `EATS` on
+    /// (`StreamState::atc_owed`), once that STE's CFGI_STE completed: nothing if none is owed.
+    fn settle_atc(&self, stream: &mut StreamState<A>) -> Result<(), SmmuError> {
+        if stream.atc_owed {
+            self.invalidate_whole_atc(stream.sid)?;
+            stream.atc_owed = false;
+        }
+        Ok(())
+    }
+
+    /// CMD_ATC_INV of `sid`'s whole ATC (no SubstreamID: every entry, with a PASID or
+    /// without; Global; Size 52 from address 0), then a CMD_SYNC, which completes only once
+    /// the device answered (a timeout is CERROR_ATC_INV_SYNC at that CMD_SYNC).
+    #[inline(never)]
+    fn invalidate_whole_atc(&self, sid: StreamId) -> Result<(), SmmuError> {
+        let inv = Command::atc_inv(sid, None, Iova::ZERO, 52, true)?;
+        self.with_cmdq(|q, r| q.submit_and_sync(r, &[inv]))
     }
 
     /// Writes into `out` the STE `stream` needs now. Not inlined: the domains' shapes it
@@ -483,12 +527,13 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
             self.terminate_stalls(sid)?;
             stream.stalls_owed = false;
         }
-        if !stream.unsettled && stream.retiring.is_none() {
+        if !stream.unsettled && stream.retiring.is_none() && !stream.atc_owed {
             return Ok(());
         }
         self.settle_cds(stream)?;
         self.write_ste(strtab, stream)?;
         self.invalidate_stream(stream)?;
+        self.settle_atc(stream)?;
         self.settled(stream);
         if stream.is_empty() {
             // The STE aborts and the CD caches are clean: the CD table can go.
@@ -630,6 +675,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
             self.install_cd(strtab, stream, ssid, d, l1cd_published)?;
         }
         self.write_ste(strtab, stream)?;
+        self.settle_atc(stream)?;
         let Some(p) = previous else { return Ok(()) };
         self.retire_previous(strtab, stream, ssid, stage2, p)
     }
@@ -885,6 +931,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         });
         let stage2 = self.domain_is_stage2(d).unwrap_or(true);
         self.write_ste(strtab, stream)?;
+        self.settle_atc(stream)?;
         let ssid0 = SubstreamId::new(0)?;
         let mut cfgi = None;
         if !stage2 {

@@ -275,6 +275,13 @@ impl Ste {
     pub const fn config_raw(&self) -> u8 {
         CONFIG.get(self.words[0]) as u8
     }
+
+    /// Whether the unit answers ATS Translation Requests of the stream and lets its
+    /// translated transactions pass (`CR0.ATSCHK`): valid, a translating Config (stage 1 or 2
+    /// enabled) and `EATS` not 0 (§5.2, §3.9.1).
+    pub const fn allows_ats(&self) -> bool {
+        self.valid() && self.config_raw() & 0b011 != 0 && EATS.get(self.words[1]) != 0
+    }
 }
 
 /// Builds STEs from typed halves, checking every field.

@@ -58,6 +58,13 @@ pub(crate) struct StreamState<A: PageAllocator> {
     /// tag's TLB entries and the stream's ATC entries of it are not known to be gone, until
     /// the stream is settled; meanwhile flushes of it invalidate the stream's ATC whole.
     pub(crate) retiring: Option<Retiring>,
+    /// An STE write turned `EATS` on (the live STE did not allow ATS, the new one does) and
+    /// the whole-ATC invalidation that must follow it (CMD_ATC_INV without SubstreamID, Size
+    /// 52, then a CMD_SYNC) has not completed: the device's ATC may still hold translations
+    /// from before (boot firmware, a previous kernel, a previous owner), which its translated
+    /// requests may now use. Set before that STE write, cleared when the invalidation
+    /// completed or an STE write turned `EATS` off again; while set, the stream is unsettled.
+    pub(crate) atc_owed: bool,
 }
 
 /// A domain an unfinished attach or detach took off a stream.
@@ -95,6 +102,7 @@ impl<A: PageAllocator> StreamState<A> {
             ppar: false,
             unsettled: false,
             retiring: None,
+            atc_owed: false,
         }
     }
 
