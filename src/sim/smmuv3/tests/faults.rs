@@ -157,6 +157,51 @@ fn fetch_aborts() {
     );
 }
 
+/// CERROR_ATC_INV_SYNC reports that a CMD_SYNC waited on ATC invalidations that timed out
+/// (IHI 0070 G.b §4.7, §7.1): a CMD_SYNC with no CMD_ATC_INV consumed since the previous
+/// CMD_SYNC has none to wait for and cannot report it. An injection scheduled at such a
+/// CMD_SYNC moves to the next CMD_SYNC that follows a CMD_ATC_INV.
+#[test]
+fn an_atc_inv_sync_timeout_fires_only_at_a_sync_after_an_atc_inv() {
+    let rig = Rig::new();
+    let m = rig.model(SmmuModelConfig::qemu_like().with_sev(true));
+    let sync = [0x46 | 2 << 12, 0];
+    let atc_inv = [0x40 | 9 << 32, 0];
+    let cfgi_ste = [0x03 | 9 << 32, 0];
+    // Scheduled at the first CMD_SYNC, which follows only a CFGI_STE: it completes.
+    m.inject(Injection::AtcInvSyncTimeout);
+    rig.submit(&m, &[cfgi_ste, sync]);
+    assert_eq!(
+        m.read32(CMDQ_CONS),
+        2,
+        "a CMD_SYNC without ATC_INV reported an ATC timeout"
+    );
+    assert_eq!(m.stats().injections_fired, 0);
+    // Moved to the next CMD_SYNC after a CMD_ATC_INV (not the next CMD_SYNC: another plain
+    // one completes first).
+    rig.submit(&m, &[sync]);
+    assert_eq!(m.read32(CMDQ_CONS), 3);
+    rig.submit(&m, &[atc_inv, cfgi_ste, sync]);
+    assert_eq!(
+        m.read32(CMDQ_CONS),
+        u32::from(cerror::ATC_INV_SYNC) << 24 | 5
+    );
+    m.write32(GERRORN, m.read32(GERROR));
+    assert_eq!(m.read32(CMDQ_CONS) & 0xff, 6);
+    // The CMD_SYNC that completed ends what was outstanding: `at` counts every CMD_SYNC, and
+    // the one it names (the second from now) has no ATC_INV before it since the last one.
+    m.inject(Injection::AtcInvSyncAt { at: 1, times: 1 });
+    rig.submit(&m, &[atc_inv, sync, sync]);
+    assert_eq!(m.read32(CMDQ_CONS) & 0xff, 9);
+    assert_eq!(m.stats().injections_fired, 1);
+    rig.submit(&m, &[atc_inv, sync]);
+    assert_eq!(
+        m.read32(CMDQ_CONS),
+        u32::from(cerror::ATC_INV_SYNC) << 24 | 10
+    );
+    assert_eq!(m.stats().injections_fired, 2);
+}
+
 #[test]
 fn injected_atc_inv_sync_timeout_retries_the_sync() {
     let rig = Rig::new();
