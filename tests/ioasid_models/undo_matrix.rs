@@ -149,6 +149,23 @@ impl Fault {
     }
 }
 
+/// The indices of the CMD_SYNCs of `log` that follow a CMD_ATC_INV issued since the previous
+/// CMD_SYNC: the only ones at which the model reports CERROR_ATC_INV_SYNC.
+fn atc_syncs(log: &[[u64; 2]]) -> Vec<u32> {
+    let (mut v, mut i, mut atc) = (Vec::new(), 0u32, false);
+    for c in log {
+        if c[0] as u8 == op::ATC_INV {
+            atc = true;
+        } else if c[0] as u8 == op::CMD_SYNC {
+            if atc {
+                v.push(i);
+            }
+            (i, atc) = (i + 1, false);
+        }
+    }
+    v
+}
+
 /// What the first-fault run of a cell issued.
 #[derive(Debug, Default)]
 struct Census {
@@ -158,6 +175,9 @@ struct Census {
     /// SMMUv3 commands, of which CMD_SYNCs.
     smmu_cmds: u32,
     smmu_syncs: u32,
+    /// The indices of the CMD_SYNCs that wait on a CMD_ATC_INV issued since the previous one:
+    /// where CERROR_ATC_INV_SYNC can be reported.
+    smmu_atc_syncs: Vec<u32>,
     /// AMD-Vi commands, of which COMPLETION_WAITs and INVALIDATE_IOTLB_PAGES.
     amd_cmds: u32,
     amd_waits: u32,
@@ -477,6 +497,7 @@ fn census(
                 .iter()
                 .filter(|c| c[0] as u8 == op::CMD_SYNC)
                 .count() as u32,
+            smmu_atc_syncs: atc_syncs(&r.sm.command_log()),
             amd_cmds: amd.0 - amd0.0,
             amd_waits: amd.1 - amd0.1,
             amd_iotlb: amd.2 - amd0.2,
@@ -525,7 +546,7 @@ fn faults_of(kind: Kind, c: &Census) -> Vec<Fault> {
                     f.push(Fault::Smmu(SmmuFault::CommandAbortAt { at, times }));
                 }
             }
-            for at in 0..c.smmu_syncs {
+            for &at in &c.smmu_atc_syncs {
                 for times in [1, u32::MAX] {
                     f.push(Fault::Smmu(SmmuFault::AtcInvSyncAt { at, times }));
                 }

@@ -206,8 +206,11 @@ pub enum Injection {
     /// GBPA updates never complete: a write with UPDATE leaves UPDATE set and the old fields in
     /// force until [`SmmuModel::clear_injections`], which completes it.
     GbpaUpdateStuck,
-    /// The next CMD_SYNC reports an ATC invalidation completion timeout: CERROR_ATC_INV_SYNC
-    /// with CONS on the CMD_SYNC, which runs again once GERRORN acknowledges the error.
+    /// The next CMD_SYNC that waits on an ATC invalidation (a CMD_ATC_INV consumed since the
+    /// previous CMD_SYNC completed) reports its completion timeout: CERROR_ATC_INV_SYNC with
+    /// CONS on the CMD_SYNC, which runs again once GERRORN acknowledges the error. A CMD_SYNC
+    /// with no CMD_ATC_INV to wait on completes: the injection waits for the next one that has
+    /// (IHI 0070 G.b §4.7, §7.1: the error reports ATC invalidations the CMD_SYNC waited on).
     AtcInvSyncTimeout,
     /// The next command with this opcode ([`cmdq::op`]) is CERROR_ILL, once: a command the
     /// unit refuses, whatever its position in the queue.
@@ -231,7 +234,10 @@ pub enum Injection {
         times: u32,
     },
     /// The CMD_SYNC `at` CMD_SYNCs from now reports CERROR_ATC_INV_SYNC `times` times in a row
-    /// (`u32::MAX`: until cleared); each acknowledgement runs it again.
+    /// (`u32::MAX`: until cleared); each acknowledgement runs it again. As for
+    /// [`Injection::AtcInvSyncTimeout`], only a CMD_SYNC that waits on a CMD_ATC_INV can: if
+    /// that one does not, the injection moves to the next CMD_SYNC that does (never dropped:
+    /// a cell meant to meet an ATC timeout meets the first one the call can have).
     AtcInvSyncAt {
         /// CMD_SYNCs completed before it.
         at: u32,
@@ -298,16 +304,23 @@ pub(crate) struct State {
     pri: priq::PriState,
     /// Stalled transactions ([`stall`]).
     stalls: stall::StallState,
+    /// A CMD_ATC_INV was consumed since the last CMD_SYNC completed: the next CMD_SYNC waits
+    /// on it, and only such a CMD_SYNC can report CERROR_ATC_INV_SYNC.
+    atc_inv_outstanding: bool,
 }
 
 impl State {
     /// The command error armed for the command about to be consumed (`sync`: it is a
     /// CMD_SYNC), if one fires now.
     fn command_fault(&mut self, opcode: Option<u8>) -> Option<u8> {
+        let atc_waited = self.atc_inv_outstanding;
         let armed = &mut self.injections.armed;
-        let i = armed
-            .iter()
-            .position(|a| a.countdown == 0 && (a.only.is_none() || a.only == opcode))?;
+        // An ATC timeout left at countdown 0 by a CMD_SYNC with no ATC invalidation to wait on
+        // stays armed for the next one that has.
+        let eligible = |a: &Armed| a.code != cerror::ATC_INV_SYNC || atc_waited;
+        let i = armed.iter().position(|a| {
+            a.countdown == 0 && (a.only.is_none() || a.only == opcode) && eligible(a)
+        })?;
         let a = armed.get_mut(i)?;
         let code = a.code;
         self.stats.injections_fired += 1;
@@ -322,6 +335,11 @@ impl State {
 
     /// A command was consumed without error: armed errors come one command closer.
     fn command_consumed(&mut self, opcode: u8) {
+        match opcode {
+            cmdq::op::ATC_INV => self.atc_inv_outstanding = true,
+            cmdq::op::CMD_SYNC => self.atc_inv_outstanding = false,
+            _ => {}
+        }
         for a in &mut self.injections.armed {
             if a.only.map_or(true, |o| o == opcode) {
                 a.countdown = a.countdown.saturating_sub(1);
@@ -357,6 +375,7 @@ impl<'m> SmmuModel<'m> {
                 service_failure: false,
                 pri: priq::PriState::default(),
                 stalls: stall::StallState::default(),
+                atc_inv_outstanding: false,
             }),
         }
     }
@@ -529,6 +548,7 @@ impl<'m> SmmuModel<'m> {
         st.injections = Injections::default();
         st.sync_stalled = false;
         st.service_failure = false;
+        st.atc_inv_outstanding = false;
     }
 
     /// A CPU's broadcast `TLBI VMALLS12E1IS` for `vmid` (a hypervisor invalidating its guest):
