@@ -3,7 +3,7 @@
 //! DMA, caches what hardware may cache until it is invalidated, and counts commands.
 
 use iommu_engine::iommu::{
-    DeviceHints, DeviceId, DomainConfig, Error, Iommu, Missing, Pasid, Source, Stage,
+    DeviceHints, DeviceId, DomainConfig, DomainHandle, Error, Iommu, Missing, Pasid, Source, Stage,
 };
 use iommu_engine::mem::{Iova, PhysAddr};
 use iommu_engine::pgtable::{Gather, Prot};
@@ -796,4 +796,109 @@ fn every_pasid_of_an_ats_stream_gets_atc_invalidations() {
         .map(|c| (c[0] >> 32, (c[0] >> 11) & 1, (c[0] >> 12) & 0xF_FFFF))
         .collect();
     assert_eq!(atc, [(u64::from(SID), 1, 6)], "PASID 6's ATC entries");
+}
+
+/// An ATS stream's unit with domain `d` attached to `SID` (ATS on) and 4 KiB at 0x1000 mapped.
+fn ats_unit<'a>(model: &'a SmmuModel<'a>, mem: &'a Arena) -> (Unit<'a>, DomainHandle) {
+    let u = unit(model, mem, cfg());
+    let d = u.domain_alloc(&s2()).unwrap();
+    let ats = DeviceHints {
+        ats: true,
+        ..DeviceHints::default()
+    };
+    u.attach_device(DeviceId(SID), None, d, &ats).unwrap();
+    u.map(d, Iova::new(0x1000), PhysAddr::new(0x5000_0000), K4, RW)
+        .unwrap();
+    (u, d)
+}
+
+/// The CMD_ATC_INVs of the log for `sid`, as (SSV, Size): after `enable`, Size 52 at 0 is the
+/// stream's whole ATC.
+fn atc_invs(model: &SmmuModel<'_>, sid: u32) -> Vec<(u64, u64)> {
+    model
+        .command_log()
+        .iter()
+        .filter(|c| c[0] & 0xff == u64::from(op::ATC_INV) && c[0] >> 32 == u64::from(sid))
+        .map(|c| ((c[0] >> 11) & 1, c[1] & 0x3f))
+        .collect()
+}
+
+/// While SMMUEN = 0 the unit ignores CMD_ATC_INV (IHI 0070 §6.3.9.6, §4.5), and a device's ATC
+/// outlives the disable (its STE keeps EATS). A flush of an ATS domain while disabled must not
+/// report the page invalidated: it fails, the domain owes the invalidation, and `enable`
+/// invalidates the whole ATC of every ATS stream (the re-initialisation §6.3.9.6 asks for)
+/// before it returns; the retried flush then completes.
+#[test]
+fn a_flush_while_disabled_owes_the_atc_and_enable_invalidates_it() {
+    let mem = arena();
+    let model = SmmuModel::new(&mem, SmmuModelConfig::qemu_like().with_ats(true));
+    let (u, d) = ats_unit(&model, &mem);
+    u.disable().unwrap();
+    let mut g = Gather::new();
+    u.unmap(d, Iova::new(0x1000), K4, &mut g).unwrap();
+    model.reset_stats();
+    let r = u.flush(d, &mut g);
+    assert!(
+        r.is_err(),
+        "a flush whose ATC_INV the unit ignores reported {r:?}"
+    );
+    assert_eq!(model.stats().atc_invalidations.get(&SID), None);
+    assert_eq!(
+        u.audit().unwrap().owing,
+        1,
+        "the domain owes its invalidation"
+    );
+    model.reset_stats();
+    u.enable().unwrap();
+    assert_eq!(model.stats().atc_invalidations.get(&SID), Some(&1));
+    assert_eq!(atc_invs(&model, SID), [(0, 52)], "the stream's whole ATC");
+    u.flush(d, &mut g).unwrap();
+    assert_eq!(u.audit().unwrap().owing, 0);
+}
+
+/// Detach and free while disabled: the detach cannot invalidate the stream's ATC (ignored while
+/// SMMUEN = 0), so it fails with the domain still held (retiring), and the free is refused
+/// (`Busy`); after `enable` the retried detach and the free complete.
+#[test]
+fn a_detach_while_disabled_keeps_the_domain_until_enable() {
+    let mem = arena();
+    let model = SmmuModel::new(&mem, SmmuModelConfig::qemu_like().with_ats(true));
+    let (u, d) = ats_unit(&model, &mem);
+    u.disable().unwrap();
+    model.reset_stats();
+    assert!(u.detach(DeviceId(SID), None).is_err());
+    assert_eq!(u.domain_free(d), Err(Error::Busy));
+    assert_eq!(model.stats().atc_invalidations.get(&SID), None);
+    u.enable().unwrap();
+    assert_eq!(model.stats().atc_invalidations.get(&SID), Some(&1));
+    u.detach(DeviceId(SID), None).unwrap();
+    u.domain_free(d).unwrap();
+}
+
+/// The first ATS attach of a stream owes the invalidation of its whole ATC (the device's ATC
+/// may hold translations from before); while SMMUEN = 0 that CMD_ATC_INV would be ignored, so
+/// the attach fails with the stream unsettled, and its retry after `enable` completes it.
+#[test]
+fn an_ats_attach_while_disabled_owes_its_atc_invalidation_until_enable() {
+    let mem = arena();
+    let model = SmmuModel::new(&mem, SmmuModelConfig::qemu_like().with_ats(true));
+    let u = unit(&model, &mem, cfg());
+    let d = u.domain_alloc(&s2()).unwrap();
+    let ats = DeviceHints {
+        ats: true,
+        ..DeviceHints::default()
+    };
+    u.disable().unwrap();
+    model.reset_stats();
+    let r = u.attach_device(DeviceId(SID), None, d, &ats);
+    assert!(
+        r.is_err(),
+        "an attach whose ATC_INV the unit ignores reported {r:?}"
+    );
+    assert_eq!(model.stats().atc_invalidations.get(&SID), None);
+    assert_eq!(u.audit().unwrap().unsettled, 1);
+    u.enable().unwrap();
+    u.attach_device(DeviceId(SID), None, d, &ats).unwrap();
+    assert!(model.stats().atc_invalidations.get(&SID) >= Some(&1));
+    assert_eq!(u.audit().unwrap().unsettled, 0);
 }

@@ -204,6 +204,8 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
     /// the device answered (a timeout is CERROR_ATC_INV_SYNC at that CMD_SYNC).
     #[inline(never)]
     fn invalidate_whole_atc(&self, sid: StreamId) -> Result<(), SmmuError> {
+        // Ignored while SMMUEN = 0 (§6.3.9.6): still owed, the call fails.
+        self.atc_reachable(sid)?;
         let inv = Command::atc_inv(sid, None, Iova::ZERO, 52, true)?;
         self.with_cmdq(|q, r| q.submit_and_sync(r, &[inv]))
     }
@@ -327,6 +329,10 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         ats: bool,
         batch: &mut Batch<'_, W, A>,
     ) -> Result<(), SmmuError> {
+        if ats {
+            // Before anything is queued: the domain stays retiring until this can complete.
+            self.atc_reachable(sid)?;
+        }
         if let Some(u) = self.user_domain(d) {
             // The guest's stage-1 entries under the parent's VMID (its ASIDs are its own).
             batch.push(Command::tlbi_nh_all(u.vmid))?;

@@ -262,6 +262,24 @@ pub enum SmmuError {
         /// [`MAX_DECLARATIONS`](super::MAX_DECLARATIONS).
         max: usize,
     },
+    /// Translation is off (`CR0.SMMUEN` = 0, after [`disable`](super::SmmuUnit::disable) or
+    /// before `enable` completed): the unit ignores `CMD_ATC_INV` (IHI 0070 G.b §6.3.9.6,
+    /// §4.5), so the ATC of ATS stream `sid` cannot be invalidated. The call kept every page and
+    /// tag it was to release: a flush or reclaim leaves the domain owing its invalidation, a
+    /// detach or attach leaves the stream unsettled with its old domain retiring (held, so
+    /// `domain_free` is refused). [`enable`](super::SmmuUnit::enable) invalidates every ATS
+    /// stream's whole ATC; retry after it.
+    AtcInvalidationIgnored {
+        /// The StreamID whose ATC would have been invalidated.
+        sid: u32,
+    },
+    /// Translation is off (`CR0.SMMUEN` = 0): the unit ignores `CMD_PRI_RESP` (§6.3.9.6), so
+    /// a page request of StreamID `sid` cannot be answered. Nothing was queued; the fault is
+    /// still outstanding.
+    PriResponseIgnored {
+        /// The StreamID the answer was for.
+        sid: u32,
+    },
     /// The unit fixes where its stream table or queues are (`IDR1.TABLES_PRESET`,
     /// `QUEUES_PRESET`) or places them relative to a base of its own (`IDR1.REL`): the
     /// structures this driver builds would not be the ones the unit walks. Refused at
@@ -384,6 +402,14 @@ impl fmt::Display for SmmuError {
             Self::DescriptorLive { what, index } => write!(f, "{what} {index:#x} is live"),
             Self::NotMapped { address } => write!(f, "table at {address:#x} is not mapped"),
             Self::InvalidConfig { reason } => write!(f, "invalid configuration: {reason}"),
+            Self::PriResponseIgnored { sid } => write!(
+                f,
+                "translation disabled (CR0.SMMUEN = 0): CMD_PRI_RESP for StreamID {sid:#x} would be ignored"
+            ),
+            Self::AtcInvalidationIgnored { sid } => write!(
+                f,
+                "translation disabled (CR0.SMMUEN = 0): CMD_ATC_INV for StreamID {sid:#x} would be ignored"
+            ),
             Self::Preset { idr1 } => write!(
                 f,
                 "the unit presets its tables or queues (IDR1 {idr1:#010x}: TABLES_PRESET, QUEUES_PRESET or REL)"

@@ -357,11 +357,15 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
                 .any(|s| s.sid == sid && s.rid == Some(d))
         };
         for (index, r) in requests.iter().enumerate() {
-            rewrite(*r, u.vmid, ids, attached).map_err(|why| Error::Refused {
+            let c = rewrite(*r, u.vmid, ids, attached).map_err(|why| Error::Refused {
                 index: index as u32,
                 request: *r,
                 why,
             })?;
+            if c.words[0] & 0xff == Opcode::AtcInv as u64 {
+                // Ignored while translation is off (§6.3.9.6): not reported done.
+                self.atc_reachable(StreamId((c.words[0] >> 32) as u32))?;
+            }
         }
         if requests.is_empty() || !self.has_cmdq() {
             return Ok(0);

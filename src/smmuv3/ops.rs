@@ -480,6 +480,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         self.with_cmdq(|q, r| {
             invalidate_atcs(
                 Batch::new(q, r, &self.cmd_staging),
+                self.is_enabled(),
                 &config,
                 d,
                 (0, self.user_children_of(d)),
@@ -514,6 +515,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
             };
             invalidate_atcs(
                 Batch::new(q, r, &self.cmd_staging),
+                self.is_enabled(),
                 config,
                 d,
                 (children, self.user_children_of(d)),
@@ -624,8 +626,11 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
 /// `children` (a bitmap of handles) or of its user domains (a bitmap of user-domain
 /// indices), and everything (of its SubstreamID) in those still retiring `d` or one of them
 /// (an attach or detach that failed part-way); one CMD_SYNC if any command was issued.
+/// Refused before the first command unless `translating` (read under the configuration lock,
+/// which `enable` and `disable` hold): while SMMUEN = 0 the unit would ignore them.
 fn invalidate_atcs<W: RegisterWindow, A: PageAllocator>(
     mut b: Batch<'_, W, A>,
+    translating: bool,
     config: &super::unit::ConfigState<A>,
     d: DomainHandle,
     (children, user_children): (u64, u64),
@@ -643,7 +648,13 @@ fn invalidate_atcs<W: RegisterWindow, A: PageAllocator>(
     };
     // One command at a time from the iterator (its frame is gone when the batch submits).
     for c in commands {
-        b.push(c?)?;
+        let c = c?;
+        if !translating {
+            return Err(super::SmmuError::AtcInvalidationIgnored {
+                sid: (c.words[0] >> 32) as u32,
+            });
+        }
+        b.push(c)?;
         pushed = true;
     }
     if pushed {

@@ -482,6 +482,9 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
     ///
     /// # Errors
     /// What is true after each:
+    /// - a page request answered while translation is off ([`disable`](SmmuUnit::disable):
+    ///   the unit would ignore CMD_PRI_RESP, §6.3.9.6): [`Error::Hardware`] from
+    ///   [`SmmuError::PriResponseIgnored`], nothing queued, the fault still outstanding;
     /// - the command never reached the queue (the unit failed or was never enabled, no room
     ///   in the queue within the poll budget: [`Error::Timeout`] "command queue space", or a
     ///   command error of an earlier command met while waiting for room): the fault is still
@@ -501,6 +504,14 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
             });
         };
         self.usable()?;
+        if matches!(response.kind, FaultKind::PageRequest { .. }) && !self.is_enabled() {
+            // The unit would ignore the CMD_PRI_RESP (§6.3.9.6): never queued, the record
+            // stays. `enable` and `disable` change SMMUEN under the book.
+            return Err(SmmuError::PriResponseIgnored {
+                sid: response.device.0,
+            }
+            .into());
+        }
         let mut guard = self.cmdq.lock();
         let Some(q) = guard.as_mut() else {
             return Err(SmmuError::InvalidConfig {

@@ -143,8 +143,11 @@ pub struct ModelSmmu {
     pub stalled: Cell<bool>,
     /// Commands consumed per PROD write or CONS read; 0 means all.
     pub consume_batch: Cell<usize>,
-    /// Every command consumed, in order.
+    /// Every command consumed and executed, in order.
     pub executed: RefCell<Vec<[u64; 2]>>,
+    /// CMD_ATC_INV and CMD_PRI_RESP consumed while CR0.SMMUEN = 0: ignored (IHI 0070 G.b
+    /// §6.3.9.6, §4.5), not in `executed`.
+    pub ignored: RefCell<Vec<[u64; 2]>>,
     /// CMD_SYNCs that signalled SEV.
     pub sevs: Cell<usize>,
     /// MSI writes performed.
@@ -239,6 +242,11 @@ impl ModelSmmu {
             } else if cs == 2 {
                 self.sevs.set(self.sevs.get() + 1);
             }
+        }
+        // The ATS interface is not operational while SMMUEN (CR0 bit 0) is clear.
+        if matches!(op, 0x40 | 0x41) && self.get32(CR0) & 1 == 0 {
+            self.ignored.borrow_mut().push(cmd);
+            return true;
         }
         self.executed.borrow_mut().push(cmd);
         true

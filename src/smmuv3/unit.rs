@@ -19,11 +19,19 @@
 //! 3. allocate the stream table (every STE aborts), command and event queues;
 //! 4. CR1 (cacheability of table and queue accesses, from `IDR0.COHACC` or the declared
 //!    [`SmmuConfig::coherent_access`]), CR2 (RECINVSID);
-//! 5. STRTAB_BASE, STRTAB_BASE_CFG; CMDQ_BASE/PROD/CONS; CR0.CMDQEN, CR0ACK;
+//! 5. STRTAB_BASE, STRTAB_BASE_CFG; CMDQ_BASE/PROD/CONS; with `IDR0.ATS`, CR0.ATSCHK alone,
+//!    CR0ACK (§6.3.9.2: it may be cached with STEs, so it changes while SMMUEN = 0, before
+//!    the configuration invalidation of step 6); CR0.CMDQEN, CR0ACK;
 //! 6. CMD_CFGI_ALL, CMD_TLBI_EL2_ALL (with `IDR0.HYP`), CMD_TLBI_NSNH_ALL, CMD_SYNC;
 //! 7. EVENTQ_BASE/PROD/CONS; CR0.EVENTQEN, CR0ACK; with `IDR0.PRI`, PRIQ_BASE/PROD/CONS and
 //!    CR0.PRIQEN, CR0ACK; IRQ_CTRL as configured;
-//! 8. CR0.SMMUEN (with CR0.ATSCHK on a unit with `IDR0.ATS`), CR0ACK.
+//! 8. CR0.SMMUEN, CR0ACK;
+//! 9. CMD_ATC_INV of the whole ATC of every ATS stream (attached before a `disable`), then
+//!    CMD_SYNC: the re-initialisation of ATS clients §6.3.9.6 asks for on re-enable.
+//!
+//! While SMMUEN = 0 the unit ignores CMD_ATC_INV and CMD_PRI_RESP (§6.3.9.6, §4.5): the calls
+//! that need one fail with [`SmmuError::AtcInvalidationIgnored`] or
+//! [`SmmuError::PriResponseIgnored`] and keep what they owe (see [`SmmuUnit::disable`]).
 //!
 //! Locks (`spin`): configuration (stream table, streams, tag allocators) before a domain slot
 //! before the command queue. Map and unmap take only their domain's slot for reading, so they
@@ -35,7 +43,7 @@ use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use crate::sync::{Mutex, RwLock};
 
-use super::attach::CommandStaging;
+use super::attach::{Batch, CommandStaging};
 
 use super::cmd::Command;
 use super::cmdq::{CommandQueue, SyncMode};
@@ -53,9 +61,9 @@ use super::regs::{self, Cr0, Cr1, Cr2, Gbpa, Gerror, IrqCtrl};
 use super::ste::S1Fmt;
 use super::stream::{StreamState, MAX_STREAMS};
 use super::strtab::{StreamTable, StrtabFormat};
-use super::{CommandErrorKind, SmmuError};
+use super::{CommandErrorKind, SmmuError, StreamId};
 use crate::iommu::{DomainHandle, Error, Missing, Pasid, Source};
-use crate::mem::PageAllocator;
+use crate::mem::{Iova, PageAllocator};
 use crate::mmio::{RegisterWindow, DEFAULT_POLL_BUDGET};
 use crate::pgtable::Gather;
 
@@ -533,7 +541,10 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
 
     /// Allocates the stream table and queues (first call only), programs them and turns
     /// translation on, in the order of the module documentation. Streams attached before a
-    /// [`disable`](Self::disable) keep their STEs.
+    /// [`disable`](Self::disable) keep their STEs. Once SMMUEN is set, the whole ATC of every
+    /// ATS stream is invalidated (the re-initialisation of ATS clients §6.3.9.6 asks for) and
+    /// waited for before it returns; if that fails the unit is turned off again and the error
+    /// returned.
     ///
     /// It is also the way back from service failure mode: once the SMMU has been reset
     /// (`GERROR.SFM_ERR` no longer active), `enable` programs it again from the unit's books
@@ -644,7 +655,17 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         strtab.program(&self.regs);
         strtab.check_programmed(&self.regs)?;
         cq.program(&self.regs);
-        let mut cr0 = Cr0::CMDQEN;
+        let mut cr0 = Cr0::empty();
+        if self.features.ats {
+            // Otherwise every ATS Translated transaction passes unchecked (§3.9.1): any
+            // device, even one whose STE aborts, could reach any address by claiming its
+            // requests were translated. In a CR0 write of its own, acknowledged, while SMMUEN
+            // is clear (it may be cached with the STEs: §6.3.9.2 asks for every STE of ATS
+            // traffic to be invalidated after it changes, which the CMD_CFGI_ALL below does).
+            cr0 |= Cr0::ATSCHK;
+            regs::write_cr0(&self.regs, cr0.bits(), budget)?;
+        }
+        cr0 |= Cr0::CMDQEN;
         regs::write_cr0(&self.regs, cr0.bits(), budget)?;
         cq.submit(&self.regs, &[Command::cfgi_all()])?;
         if self.features.hyp {
@@ -667,17 +688,56 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         if !self.cfg.interrupts.is_empty() {
             regs::write_irq_ctrl(&self.regs, self.cfg.interrupts, budget)?;
         }
-        cr0 |= Cr0::SMMUEN;
-        if self.features.ats {
-            // Otherwise every ATS Translated transaction passes unchecked (§3.9.1): any
-            // device, even one whose STE aborts, could reach any address by claiming its
-            // requests were translated. Set with SMMUEN, as CR0.ATSCHK may only change while
-            // translation is off.
-            cr0 |= Cr0::ATSCHK;
+        regs::write_cr0(&self.regs, (cr0 | Cr0::SMMUEN).bits(), budget)?;
+        if let Err(e) = self.reinit_atcs(&config, cq) {
+            // Left off, as every other failure leaves it: the retry of `enable` sends them.
+            let _ = regs::write_cr0(&self.regs, cr0.bits(), budget);
+            return Err(e);
         }
-        regs::write_cr0(&self.regs, cr0.bits(), budget)?;
         self.enabled.store(true, Ordering::Release);
         Ok(())
+    }
+
+    /// The re-initialisation of the ATS clients §6.3.9.6 asks for once SMMUEN is set again:
+    /// the whole ATC of every ATS stream (Size 52 from 0, SSV = 0: an ATS Invalidation Request
+    /// without a PASID prefix, which is what the stream-wide invalidations of `forget` send;
+    /// Global is ignored with SSV = 0, §4.5.1), then a CMD_SYNC. Their STEs kept EATS while translation was off, and the unit ignored
+    /// every CMD_ATC_INV sent meanwhile (none was: [`Self::atc_reachable`]).
+    ///
+    /// No freed page is reachable between SMMUEN = 1 and their completion: every flush that
+    /// returned `Ok` (and so let its pages go) completed its CMD_ATC_INVs while translation
+    /// was on, and while it was off every one that needed one failed and kept its pages (the
+    /// domain owes the invalidation, a detached domain stays retiring and cannot be freed).
+    /// While SMMUEN was 0 ATS Translation Requests were refused (Unsupported Request), so the
+    /// ATCs gained nothing. What an ATC may hold now is a translation of a page still mapped or
+    /// still kept.
+    fn reinit_atcs(
+        &self,
+        config: &ConfigState<A>,
+        cq: &mut CommandQueue<A>,
+    ) -> Result<(), SmmuError> {
+        let mut b = Batch::new(cq, &self.regs, &self.cmd_staging);
+        let mut pushed = false;
+        for s in config.streams.iter().flatten().filter(|s| s.ats) {
+            b.push(Command::atc_inv(s.sid, None, Iova::ZERO, 52, false)?)?;
+            pushed = true;
+        }
+        if pushed {
+            b.sync()
+        } else {
+            Ok(())
+        }
+    }
+
+    /// [`SmmuError::AtcInvalidationIgnored`] while translation is off: the unit would ignore a
+    /// CMD_ATC_INV for `sid` (§6.3.9.6). Read under the configuration lock, which `enable`
+    /// and `disable` hold while they change it.
+    pub(crate) fn atc_reachable(&self, sid: StreamId) -> Result<(), SmmuError> {
+        if self.is_enabled() {
+            Ok(())
+        } else {
+            Err(SmmuError::AtcInvalidationIgnored { sid: sid.0 })
+        }
     }
 
     /// Turns every interrupt off (a previous owner may have left them on), acknowledges the
@@ -706,6 +766,16 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
 
     /// Turns translation off: GBPA is set to the configured abort or bypass first, then
     /// CR0.SMMUEN cleared. The queues stay enabled, so configuration can still be invalidated.
+    ///
+    /// ATS streams may stay attached (a hypervisor turns the unit off to reset or hand it
+    /// over, and cannot always reach its endpoints first), but §3.9 asks the embedder to have
+    /// turned ATS off at the endpoints before: while SMMUEN is clear the unit answers no ATS
+    /// Translation Request, aborts Translated transactions and ignores CMD_ATC_INV
+    /// (§6.3.9.6). So, until [`enable`](Self::enable), every call that would have to
+    /// invalidate an ATS stream's ATC (a flush, reclaim or free of a domain an ATS stream uses,
+    /// a detach or replacing attach of one, the attach that turns its EATS on) fails with
+    /// [`SmmuError::AtcInvalidationIgnored`] and keeps what it was to release; `enable`
+    /// invalidates every ATS stream's whole ATC before it returns, and the retries complete.
     ///
     /// # Errors
     ///
@@ -941,6 +1011,14 @@ impl From<SmmuError> for Error {
             SmmuError::ServiceFailure { gerror } => Error::Hardware {
                 what: "SMMU in service failure mode (GERROR.SFM_ERR): reset it, then enable",
                 code: gerror.into(),
+            },
+            SmmuError::AtcInvalidationIgnored { sid } => Error::Hardware {
+                what: "SMMU translation disabled (CR0.SMMUEN = 0): CMD_ATC_INV ignored for this StreamID; enable, then retry",
+                code: sid.into(),
+            },
+            SmmuError::PriResponseIgnored { sid } => Error::Hardware {
+                what: "SMMU translation disabled (CR0.SMMUEN = 0): CMD_PRI_RESP ignored for this StreamID; the fault stays outstanding",
+                code: sid.into(),
             },
             SmmuError::StreamIdOutOfRange { sid, .. } => {
                 Error::InvalidDevice(crate::iommu::DeviceId(sid))

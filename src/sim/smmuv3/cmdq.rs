@@ -290,10 +290,17 @@ fn execute(
         }
         op::ATC_INV => {
             only(cmd, [SSV | SSID | ATC_GLOBAL | SID, ATC_SIZE | VA])?;
+            if !state.regs.enabled(cr0::SMMUEN) {
+                return Ok(ignored(state));
+            }
+            *state.stats.atc_invalidations.entry(sid).or_insert(0) += 1;
             Outcome::Done
         }
         op::PRI_RESP if cfg.has0(idr0::PRI) => {
             only(cmd, [SSV | SSID | SID, bits(8, 0) | bits(13, 12)])?;
+            if !state.regs.enabled(cr0::SMMUEN) {
+                return Ok(ignored(state));
+            }
             super::priq::respond(state, mem, cfg, cmd).map_err(|()| cerror::ILL)?;
             Outcome::Done
         }
@@ -313,6 +320,13 @@ fn execute(
     };
     *state.stats.commands.entry(opcode).or_insert(0) += 1;
     Ok(outcome)
+}
+
+/// A CMD_ATC_INV or CMD_PRI_RESP consumed while SMMUEN = 0: the ATS interface is not
+/// operational, the command is ignored (§6.3.9.6, §4.5): consumed, counted apart, no effect.
+fn ignored(state: &mut State) -> Outcome {
+    state.stats.ignored_commands += 1;
+    Outcome::Done
 }
 
 /// VMID[47:32]: bits above 7 are reserved without IDR0.VMID16.

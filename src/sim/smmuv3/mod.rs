@@ -118,8 +118,13 @@ pub struct DmaFault {
 /// What the model counted since creation or [`SmmuModel::reset_stats`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SmmuModelStats {
-    /// Commands consumed without error, by opcode.
+    /// Commands consumed without error and not ignored, by opcode.
     pub commands: BTreeMap<u8, u64>,
+    /// CMD_ATC_INV and CMD_PRI_RESP consumed while SMMUEN = 0: ignored (§6.3.9.6), not in
+    /// `commands` (the command log has them).
+    pub ignored_commands: u64,
+    /// CMD_ATC_INV that took effect (SMMUEN = 1), by StreamID.
+    pub atc_invalidations: BTreeMap<u32, u64>,
     /// CMD_SYNCs completed.
     pub syncs: u64,
     /// MSI writes made by CMD_SYNCs.

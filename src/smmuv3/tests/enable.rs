@@ -42,6 +42,7 @@ fn enable_follows_the_documented_order() {
             regs::CMDQ_BASE,
             regs::CMDQ_CONS,
             regs::CR0,
+            regs::CR0,
             regs::EVENTQ_BASE,
             regs::EVENTQ_PROD,
             regs::EVENTQ_CONS,
@@ -54,13 +55,16 @@ fn enable_follows_the_documented_order() {
         .filter(|w| w.0 == regs::CR0)
         .map(|w| w.1)
         .collect();
+    // ATSCHK in a write of its own while SMMUEN is clear, before the CMD_CFGI_ALL that
+    // invalidates the STEs it may be cached with (§6.3.9.2); SMMUEN alone in the last.
     assert_eq!(
         cr0,
         [
             0,
-            cmdqen,
-            cmdqen | eventqen,
-            cmdqen | eventqen | smmuen | atschk
+            atschk,
+            atschk | cmdqen,
+            atschk | cmdqen | eventqen,
+            atschk | cmdqen | eventqen | smmuen
         ]
     );
     // GBPA: abort while disabled, written with UPDATE.

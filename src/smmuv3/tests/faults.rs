@@ -151,3 +151,30 @@ fn an_answer_keeps_the_book_until_its_command_is_queued() {
         (3, 0, true)
     );
 }
+
+#[test]
+fn a_page_response_while_disabled_is_refused_and_keeps_its_record() {
+    // While SMMUEN = 0 the unit ignores CMD_PRI_RESP (IHI 0070 §6.3.9.6): an answer sent
+    // then is lost, and must not be recorded as given.
+    let arena = arena();
+    let sm = SmmuModel::new(&arena, pri_model());
+    let u = pri_unit(&sm, &arena);
+    assert_eq!(sm.page_request(group(4)), PriOutcome::Queued);
+    let mut out = [PageFault::EMPTY; 4];
+    assert_eq!(u.drain_page_faults(&mut out).unwrap().reported, 1);
+    let response = PageResponse {
+        device: DeviceId(SID),
+        pasid: None,
+        kind: FaultKind::PageRequest {
+            group: 4,
+            last: true,
+        },
+        code: ResponseCode::Success,
+    };
+    u.disable().unwrap();
+    let r = u.page_response(&response);
+    assert!(r.is_err(), "an answer the unit ignores reported {r:?}");
+    assert!(u.page_response_owed(&response), "the record is kept");
+    assert!(sm.pri_responses().is_empty());
+    assert_eq!(sm.stats().ignored_commands, 0, "nothing was queued");
+}
