@@ -8,6 +8,7 @@ use iommu_engine::amdvi::{AmdViConfig, AmdViUnit, ATS_UNLIKE_THE_DEVICE};
 use iommu_engine::ioasid::{DeviceLabel, IoasidCtx, IoasidFlags, PasidAllocator, Registry, UnitId};
 use iommu_engine::iommu::{DeviceHints, DeviceId, DomainConfig, DomainHandle, Error, Iommu, Pasid};
 use iommu_engine::mem::{Iova, Page, PageAllocator, PhysAddr};
+use iommu_engine::mmio::RegisterWindow;
 use iommu_engine::pgtable::{Gather, Prot};
 use iommu_engine::sim::amdvi::{AmdViModel, AmdViModelConfig, Injection};
 use iommu_engine::sim::vtd::{VtdModel, VtdModelConfig};
@@ -454,6 +455,43 @@ fn pasid_dma_translates_through_its_v2_table_until_detached() {
     assert_eq!(mem.live_pages().len(), live - 1, "the GCR3 table back");
     // Now the v1 domain may take the device's requests without PASID.
     u.attach(DEV, None, v1).unwrap();
+}
+
+/// Control `GTEn` (§3.4): with it clear the unit ignores `GV`, and a PASID attach's entry
+/// (`Mode` 0, `IR`, `IW`, `GV`, `GIoV`) would let the device's requests without PASID reach
+/// all memory untranslated. `enable` sets it where EFR `GTSup` says so (as Linux's
+/// `iommu_enable_gt`); a unit on which it does not read set refuses PASID attaches.
+#[test]
+fn pasid_attaches_need_gten() {
+    let mem = Arena::with_defaults().unwrap();
+    let model = pasid_model(&mem);
+    let u = setup(&mem, &model);
+    assert_ne!(model.read64(0x18) & 1 << 16, 0, "enable sets GTEn");
+    let cfg = DomainConfig {
+        pasid: true,
+        ..DomainConfig::default()
+    };
+    let d = u.domain_alloc(&cfg).unwrap();
+    map_rw(&u, d, 0x10_0000, 0x8000_0000, 0x1000);
+    u.attach(DEV, Some(Pasid::new(5).unwrap()), d).unwrap();
+    assert!(
+        model.dma(DEV.0 as u16, 0x5000_0000, true).is_err(),
+        "no PASID: PASID 0's entry, invalid -- not untranslated"
+    );
+    assert_eq!(
+        model
+            .dma_pasid(DEV.0 as u16, 5, 0x10_0010, false)
+            .unwrap()
+            .pa,
+        0x8000_0010
+    );
+    // A unit whose GTEn does not read set takes no PASID.
+    model.write64(0x18, model.read64(0x18) & !(1 << 16));
+    assert!(matches!(
+        u.attach(DEV2, Some(Pasid::new(5).unwrap()), d),
+        Err(Error::Unsupported(_))
+    ));
+    assert!(u.device_entry(DEV2.0).unwrap().blocks_dma());
 }
 
 /// The PASIDs' cached translations are tagged with the PASID: an invalidation without `GN`

@@ -40,6 +40,7 @@ use super::domain::{self, on_table, Domain, Table};
 use super::dte::{self, DeviceTableEntry};
 use super::efr::EfrFlags;
 use super::gcr3::{self, Gcr3Table};
+use super::regs::{self, Control};
 use super::unit::{
     domain_id_of, Attachment, ConfigState, GCR3_DOMAIN_ID_BASE, MAX_ATTACHMENTS, MAX_GCR3_TABLES,
 };
@@ -523,6 +524,13 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> AmdViUni
         in_device_table(&cfg, device)?;
         if pasid.get() == 0 || pasid.get() >= 1 << self.pasid_bits() {
             return Err(Error::InvalidPasid(pasid));
+        }
+        // A unit with `GTEn` clear may ignore `GV`: the entry (`Mode` 0, `IR`, `IW`) would
+        // then pass the device's requests without PASID untranslated.
+        if !regs::control(&self.regs).contains(Control::GT_EN) {
+            return Err(Error::Unsupported(Missing::Mode {
+                what: "AMD-Vi PASID without Control.GTEn (guest translation off)",
+            }));
         }
         let guard = self.domains[slot].read();
         let dom = guard

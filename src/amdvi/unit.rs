@@ -10,7 +10,9 @@
 //!
 //! **Enable and takeover.** [`AmdViUnit::enable`] programs the device table, the command buffer
 //! and the event log, turns off the exclusion range (`ExEn`: DMA to it would bypass
-//! translation), then sets `CmdBufEn`, `EventLogEn` and `IommuEn`, and invalidates every cache
+//! translation), sets `GTEn` where EFR `GTSup` says so (before any entry with `GV` exists:
+//! with it clear a PASID attach's entry would pass requests without PASID untranslated),
+//! then sets `CmdBufEn`, `EventLogEn` and `IommuEn`, and invalidates every cache
 //! before it returns: `INVALIDATE_IOMMU_ALL` where EFR `IASup` says so, else
 //! INVALIDATE_DEVTAB_ENTRY and INVALIDATE_INTERRUPT_TABLE for every device ID of the table and
 //! INVALIDATE_IOMMU_PAGES (all pages, PDE) for every domain ID this unit uses, each before its
@@ -394,6 +396,12 @@ impl<W: RegisterWindow, A: PageAllocator, const DOMAINS: usize> AmdViUnit<W, A, 
         let mut ctrl = regs::control(&self.regs);
         ctrl.remove(Control::EVENT_INT_EN | Control::COM_WAIT_INT_EN);
         ctrl.insert(Control::COHERENT);
+        // §3.4 `GTEn`: with it clear the unit may ignore `GV`, and a PASID attach's entry
+        // (`Mode` 0 with `IR`/`IW`) would pass requests without PASID untranslated. Set before
+        // any `GV` entry exists, as Linux's `iommu_enable_gt`; PASID attaches check it.
+        if self.info.efr.flags().contains(EfrFlags::GT_SUP) {
+            ctrl.insert(Control::GT_EN);
+        }
         let ctrl = (ctrl.bits() & !regs::INV_TIMEOUT_MASK)
             | regs::INV_TIMEOUT_1S << regs::INV_TIMEOUT_SHIFT;
         self.regs.write64(regs::CONTROL, ctrl);

@@ -88,6 +88,8 @@ pub mod regs {
     pub const CTRL_COM_WAIT_INT_EN: u64 = 1 << 4;
     /// Control `CmdBufEn`.
     pub const CTRL_CMD_BUF_EN: u64 = 1 << 12;
+    /// Control `GTEn`: guest translation; with it clear the unit ignores DTE `GV` and `GIoV`.
+    pub const CTRL_GT_EN: u64 = 1 << 16;
     /// Status `EventOverflow` (RW1C).
     pub const ST_EVENT_OVERFLOW: u64 = 1 << 0;
     /// Status `EventLogInt` (RW1C).

@@ -16,7 +16,8 @@
 //! clean, on the first write through it; an entry cached dirty sets nothing again (software
 //! that cleans `D` must invalidate). `A` is not modelled.
 //!
-//! Guest translation (§2.2.6 "I/O Page Tables for Guest Translations"): a request with a PASID
+//! Guest translation (§2.2.6 "I/O Page Tables for Guest Translations"), only while Control
+//! `GTEn` is set (clear: `GV` and `GIoV` are taken as 0): a request with a PASID
 //! is refused (INVALID_DEVICE_REQUEST) unless the DTE has `GV`; one without a PASID is
 //! translated as PASID 0's when the DTE has `GV` and `GIoV`. The PASID's entry of the GCR3
 //! table (`GLX` 0 only: one 4 KiB level of 512 eight-byte entries; bit 0 valid, bits 51:12 the
@@ -334,6 +335,14 @@ impl State<'_> {
         if mode == 7 {
             return self.illegal_dte(device, domain, rw, iova);
         }
+        // §3.4 Control `GTEn`: guest translation is off while it is clear; the unit then takes
+        // `GV` (and `GIoV`) as 0, the reading in which a guest entry's `Mode` 0 with `IR`/`IW`
+        // lets requests without PASID through untranslated (the stricter for a driver).
+        let q0 = if self.control & regs::CTRL_GT_EN == 0 {
+            q0 & !(DTE_GV | DTE_GIOV)
+        } else {
+            q0
+        };
         let pasid = match pasid {
             Some(_) if q0 & DTE_GV == 0 => {
                 return self.fault(EVENT_INVALID_DEVICE_REQUEST, device, domain, rw, iova);
