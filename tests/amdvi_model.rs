@@ -371,6 +371,82 @@ fn iotlb_invalidation_timeout_fails_the_flush() {
     assert!(model.dma(DEV.0 as u16, 0x20_0000, false).is_err());
 }
 
+/// The tail of the event log can move before the entry is written (the erratum Linux's event
+/// handling retries for while an entry's type reads 0). A flush that reads the IOTLB_INV_TIMEOUT
+/// slot too early must not take "no event" for "no time-out": it waits for the entry (bounded)
+/// and fails; the pages stay.
+#[test]
+fn a_flush_waits_for_an_iotlb_timeout_entry_written_after_the_tail() {
+    let mem = Arena::with_defaults().unwrap();
+    let model = AmdViModel::new(&mem, AmdViModelConfig::qemu_default());
+    let u = setup(&mem, &model);
+    let ats = DeviceHints {
+        ats: true,
+        ..DeviceHints::default()
+    };
+    let (d, mut g, freed) = used_then_unmapped(&u, &model, &ats);
+    let live = mem.live_pages().len();
+    model.inject(Injection::IotlbTimeout);
+    model.inject(Injection::DelayedEventWrite(3));
+    let e = u.flush(d, &mut g).unwrap_err();
+    assert!(
+        matches!(e, Error::CommandError { what, .. } if what.contains("IOTLB_INV_TIMEOUT")),
+        "{e:?}"
+    );
+    assert_eq!(model.stats().iotlb_timeouts, 1);
+    assert_eq!(mem.live_pages().len(), live, "nothing freed");
+    assert_eq!(g.freed_pages(), freed);
+    // An entry never written within the poll budget: the outcome is unknown, the flush fails.
+    let mut events = Vec::new();
+    u.drain_events(|e| events.push(e)).unwrap();
+    assert_eq!(events.len(), 1);
+    model.inject(Injection::IotlbTimeout);
+    model.inject(Injection::DelayedEventWrite(u32::MAX));
+    let e = u.flush(d, &mut g).unwrap_err();
+    assert!(matches!(e, Error::Timeout { .. }), "{e:?}");
+    assert_eq!(mem.live_pages().len(), live, "nothing freed");
+    model.clear_injections();
+    events.clear();
+    u.drain_events(|e| events.push(e)).unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].code, EventCode::IotlbInvTimeout);
+    u.flush(d, &mut g).unwrap();
+    assert_eq!(mem.live_pages().len(), live - freed);
+}
+
+/// As above, where the slot still holds the previous lap's entry: a drain clears what it
+/// consumed, so a stale entry reads as not written rather than as some other event.
+#[test]
+fn a_stale_entry_of_the_last_lap_is_not_taken_for_the_new_one() {
+    let mem = Arena::with_defaults().unwrap();
+    let model = AmdViModel::new(&mem, AmdViModelConfig::qemu_default());
+    let u = setup(&mem, &model);
+    let ats = DeviceHints {
+        ats: true,
+        ..DeviceHints::default()
+    };
+    let (d, mut g, _) = used_then_unmapped(&u, &model, &ats);
+    // A lap of page faults (512 entries), drained as they come.
+    let fault =
+        iommu_engine::amdvi::event::Event::encode(EventCode::IoPageFault, 0x99, 1, 0, 0x5000);
+    for i in 0..600 {
+        model.raise_event(fault);
+        if i % 100 == 99 {
+            u.drain_events(|_| {}).unwrap();
+        }
+    }
+    u.drain_events(|_| {}).unwrap();
+    let live = mem.live_pages().len();
+    model.inject(Injection::IotlbTimeout);
+    model.inject(Injection::DelayedEventWrite(3));
+    let e = u.flush(d, &mut g).unwrap_err();
+    assert!(
+        matches!(e, Error::CommandError { what, .. } if what.contains("IOTLB_INV_TIMEOUT")),
+        "{e:?}"
+    );
+    assert_eq!(mem.live_pages().len(), live, "nothing freed");
+}
+
 /// A model whose EFR has `GTSup` and 16-bit PASIDs.
 fn pasid_model(mem: &Arena) -> AmdViModel<'_> {
     AmdViModel::new(mem, AmdViModelConfig::qemu_default().with_pasids(16))

@@ -18,6 +18,11 @@ pub enum Wait {
     },
     /// The command buffer head to advance so that a command fits.
     CommandSpace,
+    /// An event log entry the tail has passed to be written (its code non-zero; §2.5).
+    EventEntry {
+        /// The entry's byte offset in the log.
+        offset: u32,
+    },
     /// A `Status` run bit (`CmdBufRun`, `EventLogRun`) to follow its enable bit (§3.4 "IOMMU Status Register").
     Run {
         /// The status bit awaited.
@@ -156,6 +161,7 @@ const fn wait_name(what: Wait) -> &'static str {
     match what {
         Wait::CompletionWait { .. } => "the COMPLETION_WAIT store",
         Wait::CommandSpace => "free command-buffer entries",
+        Wait::EventEntry { .. } => "an event log entry the tail passed to be written",
         Wait::Run { .. } => "Status CmdBufRun/EventLogRun to follow Control",
     }
 }

@@ -8,12 +8,21 @@
 //! logging the way the spec asks (`EventLogEn` cleared, `EventOverflow` written 1 to clear,
 //! `EventLogEn` set), so that the next event is logged; [`DrainSummary::overflow`] tells the
 //! embedder that some were lost (Linux restarts its log the same way).
+//!
+//! **Entries not written yet.** The tail can become visible before the entry it passed is
+//! written (an erratum Linux's event handling meets by re-reading an entry whose type is 0
+//! until it is not). Every entry is therefore read through [`EventLog::read_written`]: an entry
+//! whose code (bits 63:60, never 0 in a written event) reads 0 is polled, within the poll
+//! budget, until written; a drain clears each entry it consumed (and `program` the whole ring),
+//! so that the previous lap's entry in a slot reads as "not written", never as a new event.
+//! A reader whose budget ran out does not know what the entry holds: [`EventLog::find_since`]
+//! fails with [`Error::Timeout`] (`Wait::EventEntry`), and a drain stops there, unconsumed.
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use super::event::Event;
 use super::regs::{self, Control, Status};
-use super::Error;
+use super::{Error, Wait};
 use crate::mem::{Page, PageAllocator, WalkerCoherency};
 use crate::mmio::{dma_read_barrier, RegisterWindow};
 
@@ -64,11 +73,20 @@ impl EventLog {
         ENTRY_BYTES << self.len_log2
     }
 
-    /// Points the unit at the log, empty (`EventLogEn` must be clear).
+    /// Points the unit at the log, empty and every entry cleared (`EventLogEn` must be clear).
     ///
     /// # Errors
     /// None in practice (checked in [`new`](Self::new)).
-    pub fn program<W: RegisterWindow + ?Sized>(&self, regs: &W) -> Result<(), Error> {
+    pub fn program<W: RegisterWindow + ?Sized, A: PageAllocator + ?Sized>(
+        &self,
+        regs: &W,
+        alloc: &A,
+    ) -> Result<(), Error> {
+        // A log programmed again (a retried enable) keeps its page: its old entries would
+        // read as written when the unit's tail passes them before writing.
+        for i in 0..(1u32 << self.len_log2) {
+            self.clear(alloc, i * ENTRY_BYTES);
+        }
         regs.write64(
             regs::EVENT_LOG_BASE,
             regs::ring_base("event log", self.ring.pa, self.len_log2)?,
@@ -82,22 +100,81 @@ impl EventLog {
         (regs.read64(offset) & regs::POINTER_MASK) as u32 & (self.size() - 1)
     }
 
-    fn read<A: PageAllocator + ?Sized>(&self, alloc: &A, offset: u32) -> Event {
+    /// The two words of the entry at byte `offset` (masked to the log).
+    fn words(&self, offset: u32) -> [&AtomicU64; 2] {
         let p = self
             .ring
             .va
             .as_ptr()
-            .wrapping_add(offset as usize)
+            .wrapping_add((offset & (self.size() - 1)) as usize)
             .cast::<AtomicU64>();
+        // SAFETY: the offset is masked below the log's size and 16-byte aligned by every
+        // caller; the page is live and the unit writes it with DMA, which the crate accesses
+        // only atomically.
+        unsafe { [&*p, &*p.add(1)] }
+    }
+
+    fn read<A: PageAllocator + ?Sized>(&self, alloc: &A, offset: u32) -> Event {
+        let [lo, hi] = self.words(offset);
         if self.coherency == WalkerCoherency::NonCoherent {
-            if let Some(va) = core::ptr::NonNull::new(p.cast::<u8>()) {
-                alloc.sync_for_cpu(va, ENTRY_BYTES as usize);
-            }
+            alloc.sync_for_cpu(
+                core::ptr::NonNull::from(lo).cast::<u8>(),
+                ENTRY_BYTES as usize,
+            );
         }
-        // SAFETY: `offset` is an entry offset below the log's size; the page is live and the
-        // unit writes it with DMA, which the crate reads only atomically.
-        let (lo, hi) = unsafe { (&*p, &*p.add(1)) };
-        Event::decode([lo.load(Ordering::Relaxed), hi.load(Ordering::Relaxed)])
+        // The code is in the first word: read it first, the second behind a read barrier, so
+        // that a code seen written comes with the rest of the entry.
+        let q0 = lo.load(Ordering::Relaxed);
+        dma_read_barrier();
+        Event::decode([q0, hi.load(Ordering::Relaxed)])
+    }
+
+    /// Whether `e` was written: its code (bits 63:60) is never 0 in an event the unit logs.
+    const fn written(e: &Event) -> bool {
+        e.raw[0] >> 60 != 0
+    }
+
+    /// The entry at `offset`, which the tail has passed: polled (at most `budget` times, a
+    /// register read between polls) while its code still reads 0 (see the module).
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] (`Wait::EventEntry`) when it was not written within the budget.
+    pub fn read_written<W, A>(
+        &self,
+        regs: &W,
+        alloc: &A,
+        offset: u32,
+        budget: u32,
+    ) -> Result<Event, Error>
+    where
+        W: RegisterWindow + ?Sized,
+        A: PageAllocator + ?Sized,
+    {
+        for _ in 0..budget {
+            let e = self.read(alloc, offset);
+            if Self::written(&e) {
+                return Ok(e);
+            }
+            // The register read spaces the polls out (the unit's write is in flight).
+            let _ = regs.read64(regs::EVENT_LOG_TAIL);
+            core::hint::spin_loop();
+        }
+        Err(Error::Timeout {
+            what: Wait::EventEntry { offset },
+            polls: budget,
+        })
+    }
+
+    /// Clears the entry at `offset` once consumed (see the module).
+    fn clear<A: PageAllocator + ?Sized>(&self, alloc: &A, offset: u32) {
+        let [lo, hi] = self.words(offset);
+        lo.store(0, Ordering::Relaxed);
+        hi.store(0, Ordering::Relaxed);
+        self.coherency.sync(
+            alloc,
+            core::ptr::NonNull::from(lo).cast::<u8>(),
+            ENTRY_BYTES as usize,
+        );
     }
 
     /// Where the unit writes its next event (the tail's byte offset): the start of what
@@ -107,14 +184,20 @@ impl EventLog {
     }
 
     /// As [`find`](Self::find), over the events logged since the tail was `since` (and not
-    /// consumed since: the caller holds the log against drains).
+    /// consumed since: the caller holds the log against drains), each awaited until written
+    /// ([`read_written`](Self::read_written), `budget` polls).
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] when an entry the tail passed was not written within the budget:
+    /// what it holds is unknown.
     pub fn find_since<W, A, T>(
         &self,
         regs: &W,
         alloc: &A,
         since: u32,
+        budget: u32,
         mut f: impl FnMut(&Event) -> Option<T>,
-    ) -> Option<T>
+    ) -> Result<Option<T>, Error>
     where
         W: RegisterWindow + ?Sized,
         A: PageAllocator + ?Sized,
@@ -126,16 +209,17 @@ impl EventLog {
             if at == tail {
                 break;
             }
-            if let Some(t) = f(&self.read(alloc, at)) {
-                return Some(t);
+            if let Some(t) = f(&self.read_written(regs, alloc, at, budget)?) {
+                return Ok(Some(t));
             }
             at = (at + ENTRY_BYTES) & (self.size() - 1);
         }
-        None
+        Ok(None)
     }
 
     /// Calls `f` on each logged, unconsumed event (oldest first) without consuming it, until
-    /// `f` returns `Some`.
+    /// `f` returns `Some`. An entry not written yet is not waited for: `f` sees it with code
+    /// `Other(0)` (a command error's event missed this way only makes the error `Stopped`).
     pub fn find<W, A, T>(
         &self,
         regs: &W,
@@ -163,7 +247,9 @@ impl EventLog {
 
     /// Reports and consumes the oldest logged events, at most `max` (and at most the log's
     /// size): the head moves past the events reported and no further, so the rest stay for
-    /// the next drain. Acknowledges the event interrupt, and restarts logging after an
+    /// the next drain. Each entry is awaited until written ([`read_written`](Self::read_written));
+    /// one still not written stops the drain before it (the next drain reads it again), and
+    /// each consumed entry is cleared. Acknowledges the event interrupt, and restarts logging after an
     /// overflow (see the module) whether or not events are left: the unit logs into the
     /// entries freed, from its tail (§3.4 `EventOverflow`: clear it and set `EventLogEn`).
     ///
@@ -191,7 +277,11 @@ impl EventLog {
             if head == tail {
                 break;
             }
-            report(self.read(alloc, head));
+            let Ok(event) = self.read_written(regs, alloc, head, budget) else {
+                break;
+            };
+            self.clear(alloc, head);
+            report(event);
             summary.events += 1;
             head = (head + ENTRY_BYTES) & (self.size() - 1);
         }
@@ -217,7 +307,7 @@ impl EventLog {
     }
 }
 
-// SAFETY: the log's page is owned by it; the CPU only reads it, through atomics.
+// SAFETY: the log's page is owned by it; the CPU reads and clears it only through atomics.
 unsafe impl Send for EventLog {}
 // SAFETY: as above.
 unsafe impl Sync for EventLog {}

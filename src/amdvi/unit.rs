@@ -388,7 +388,7 @@ impl<W: RegisterWindow, A: PageAllocator, const DOMAINS: usize> AmdViUnit<W, A, 
             return Err(Error::NoMemory);
         };
         c.program(&self.regs)?;
-        log.program(&self.regs)?;
+        log.program(&self.regs, &self.alloc)?;
         self.regs.write64(
             regs::STATUS,
             (Status::EVENT_OVERFLOW | Status::EVENT_LOG_INT | Status::COM_WAIT_INT).bits(),
@@ -614,7 +614,9 @@ impl<W: RegisterWindow, A: PageAllocator, const DOMAINS: usize> AmdViUnit<W, A, 
         c.submit(&self.regs, &self.alloc, cmds, &mut kind_of)?;
         c.wait(&self.regs, &self.alloc, &mut kind_of)?;
         match (ats, events.as_ref(), since) {
-            (true, Some(log), Some(since)) => iotlb_timeout(&self.regs, &self.alloc, log, since),
+            (true, Some(log), Some(since)) => {
+                iotlb_timeout(&self.regs, &self.alloc, log, since, self.info.poll_budget)
+            }
             _ => Ok(()),
         }
     }
@@ -843,14 +845,22 @@ pub(crate) const fn domain_id_of(slot: usize) -> u16 {
 /// logged since the log's tail was `since` (§2.5: the unit completes a command whose ATS
 /// device did not answer in time, and logs the event with the command's address), or the
 /// overflow that may have dropped one. Read, not consumed: the embedder's drain reports it.
-fn iotlb_timeout<W, A>(regs: &W, alloc: &A, log: &EventLog, since: u32) -> Result<(), Error>
+/// An entry the tail passed that is not written within the budget fails the call with
+/// [`Error::Timeout`]: it may be the time-out (see [`eventlog`](super::eventlog)).
+fn iotlb_timeout<W, A>(
+    regs: &W,
+    alloc: &A,
+    log: &EventLog,
+    since: u32,
+    budget: u32,
+) -> Result<(), Error>
 where
     W: RegisterWindow + ?Sized,
     A: PageAllocator + ?Sized,
 {
-    let found = log.find_since(regs, alloc, since, |e| {
+    let found = log.find_since(regs, alloc, since, budget, |e| {
         (e.code == EventCode::IotlbInvTimeout).then_some((e.device_id, e.address))
-    });
+    })?;
     if let Some((device_id, command)) = found {
         return Err(Error::IotlbInvTimeout {
             device_id: Some(device_id),

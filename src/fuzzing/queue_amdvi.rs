@@ -116,7 +116,11 @@ impl Model<'_> {
             8 => self.stop(&mut st),
             9 | 10 => {}
             11..=13 => {
-                let entry = [self.next_u64(), self.next_u64()];
+                // A logged event's code (63:60) is never 0: 0 is what the driver reads as
+                // "not written yet".
+                let first = self.next_u64();
+                let code = if first >> 60 == 0 { 1 << 60 } else { 0 };
+                let entry = [first | code, self.next_u64()];
                 self.log(&mut st, entry);
             }
             n => {
@@ -391,7 +395,7 @@ fn run(mem: &Arena, wild: bool, budget: u32, script: &[u8], u: &mut Unstructured
     let mut cb = CommandBuffer::new(mem, LEN_LOG2, coherent, budget).expect("command buffer");
     let log = EventLog::new(mem, LEN_LOG2, coherent).expect("event log");
     cb.program(&model).expect("program");
-    log.program(&model).expect("program");
+    log.program(&model, mem).expect("program");
     model.write64(regs::CONTROL, CTRL_CMD_BUF_EN | CTRL_EVENT_LOG_EN);
     let kind_of = &mut |pa: PhysAddr| {
         log.find(&model, mem, |e| {

@@ -17,7 +17,8 @@
 //! set, with the head stopping on an illegal or unreadable command (`CmdBufRun` clear) and the
 //! event logged; a device table cache and an IOTLB (with the page directory entries it
 //! passed: `PDE` drops them) that keep entries until invalidated; the event log with overflow
-//! (`EventOverflow`, `EventLogRun` clear, events dropped); fault injection ([`Injection`]).
+//! (`EventOverflow`, `EventLogRun` clear, events dropped; an entry written some register reads
+//! after its tail moved, [`Injection::DelayedEventWrite`]); fault injection ([`Injection`]).
 //!
 //! Dirty tracking: `D` set in v1 leaves under DTE `HAD` (see `translate.rs`).
 //!
@@ -196,6 +197,12 @@ pub enum Injection {
     /// [`AmdViModel::clear_injections`] (a unit slow to stop: then they follow their enable
     /// bits).
     StuckRun,
+    /// The next event logged moves the tail at once but its entry is written only after `n`
+    /// more register reads (or at [`AmdViModel::clear_injections`]): the tail visible before
+    /// the entry, as the erratum Linux's event handling retries for (it re-reads an entry
+    /// whose type is 0). Until then the slot holds what it held: zero, or the entry of the
+    /// previous lap if software did not clear it.
+    DelayedEventWrite(u32),
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -206,6 +213,7 @@ struct Injections {
     stall_wait_at: u32,
     iotlb_timeout: bool,
     stuck_run: bool,
+    event_write_delay: u32,
 }
 
 /// Counts `counter` down; true when it reaches its event.
@@ -316,6 +324,9 @@ struct State<'m> {
     /// The devices' ATS translation caches (not the unit's: see the module).
     atc: Vec<translate::AtcEntry>,
     inj: Injections,
+    /// An event whose tail moved but whose entry is not written yet: (address, entry,
+    /// register reads left), see [`Injection::DelayedEventWrite`].
+    pending_event: Option<(u64, [u64; 2], u32)>,
     stats: AmdViModelStats,
     /// Every command executed since [`AmdViModel::take_command_log`] while
     /// [`AmdViModel::record_commands`] is on (COMPLETION_WAITs included; a command the unit
@@ -351,6 +362,7 @@ impl<'m> AmdViModel<'m> {
                 pde_cache: Vec::new(),
                 atc: Vec::new(),
                 inj: Injections::default(),
+                pending_event: None,
                 stats: AmdViModelStats::default(),
                 log: None,
             }),
@@ -393,6 +405,7 @@ impl<'m> AmdViModel<'m> {
             Injection::StallWaitAt(n) => st.inj.stall_wait_at = n,
             Injection::IotlbTimeout => st.inj.iotlb_timeout = true,
             Injection::StuckRun => st.inj.stuck_run = true,
+            Injection::DelayedEventWrite(n) => st.inj.event_write_delay = n.max(1),
         }
     }
 
@@ -409,6 +422,7 @@ impl<'m> AmdViModel<'m> {
             }
         }
         st.inj = Injections::default();
+        st.write_pending_event();
         st.run_commands();
     }
 
@@ -606,13 +620,38 @@ impl State<'_> {
             return;
         }
         let at = Self::ring_addr(self.event_base) + self.event_tail;
-        if !(self.mem.write_u64(at, raw[0]) && self.mem.write_u64(at + 8, raw[1])) {
+        if self.inj.event_write_delay != 0 {
+            // The tail moves now, the entry later (see `Injection::DelayedEventWrite`).
+            self.write_pending_event();
+            self.pending_event = Some((at, raw, self.inj.event_write_delay));
+            self.inj.event_write_delay = 0;
+            self.stats.injections_fired += 1;
+        } else if !(self.mem.write_u64(at, raw[0]) && self.mem.write_u64(at + 8, raw[1])) {
             self.stats.events_dropped += 1;
             return;
         }
         self.event_tail = next;
         self.status |= regs::ST_EVENT_LOG_INT;
         self.stats.events_logged += 1;
+    }
+
+    /// Writes the delayed event's entry (see `Injection::DelayedEventWrite`).
+    fn write_pending_event(&mut self) {
+        if let Some((at, raw, _)) = self.pending_event.take() {
+            // Second quadword first: the code (first quadword, bits 63:60) is the last to
+            // appear, as for a unit that writes the entry's halves in any order.
+            let _ = self.mem.write_u64(at + 8, raw[1]) && self.mem.write_u64(at, raw[0]);
+        }
+    }
+
+    /// One register read: the delayed event's entry comes nearer.
+    fn tick(&mut self) {
+        if let Some((_, _, left)) = self.pending_event.as_mut() {
+            *left -= 1;
+            if *left == 0 {
+                self.write_pending_event();
+            }
+        }
     }
 
     fn read64(&self, offset: usize) -> u64 {
@@ -691,7 +730,9 @@ impl State<'_> {
 
 impl RegisterWindow for AmdViModel<'_> {
     fn read32(&self, offset: usize) -> u32 {
-        let v = self.lock().read64(offset & !7);
+        let mut st = self.lock();
+        st.tick();
+        let v = st.read64(offset & !7);
         (v >> ((offset & 4) * 8)) as u32
     }
 
@@ -704,7 +745,9 @@ impl RegisterWindow for AmdViModel<'_> {
     }
 
     fn read64(&self, offset: usize) -> u64 {
-        self.lock().read64(offset)
+        let mut st = self.lock();
+        st.tick();
+        st.read64(offset)
     }
 
     fn write64(&self, offset: usize, value: u64) {
