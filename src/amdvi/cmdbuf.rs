@@ -16,6 +16,14 @@
 //! `CERROR_ILL` command and the VT-d driver skips an IQE descriptor the same way. A command
 //! whose fetch failed (`COMMAND_HARDWARE_ERROR`) is replaced too: the retry writes it anew.
 //!
+//! **Starting.** A unit may show `CmdBufRun` some time after `CmdBufEn` was set (in `enable`,
+//! and after a recovery). "Running clear" is therefore taken for a stop only once the buffer
+//! is known to have started since `CmdBufEn` was last set: `CmdBufRun` was seen set, the head
+//! moved from where it was, a COMPLETION_WAIT completed, or the event log names the command at
+//! the head (a unit that stops at once on it). Until then a wait goes on, bounded by the poll
+//! budget ([`Error::Timeout`]). After a recovery the head holds a legal command, so a unit
+//! that starts and stops again before it is seen running has moved its head.
+//!
 //! A `--cfg loom` build (`tests/loom_queues.rs`) reaches the ring and the semaphore word
 //! through loom's atomics (`loom_words`, in place of `entry` and `semaphore_word`) and yields
 //! to loom in its waits, so that a thread standing in for the unit consumes commands while
@@ -49,6 +57,10 @@ pub struct CommandBuffer {
     sequence: u64,
     coherency: WalkerCoherency,
     budget: u32,
+    /// The buffer was seen started since `CmdBufEn` was last set (see the module).
+    started: bool,
+    /// The head when `CmdBufEn` was last set.
+    enabled_head: u32,
     /// Commands replaced after the unit stopped on them.
     pub recoveries: u64,
     /// Commands written.
@@ -98,6 +110,8 @@ impl CommandBuffer {
             sequence: 0,
             coherency,
             budget,
+            started: false,
+            enabled_head: 0,
             recoveries: 0,
             commands: 0,
             waits: 0,
@@ -120,6 +134,8 @@ impl CommandBuffer {
         regs.write64(regs::CMD_BUF_HEAD, 0);
         regs.write64(regs::CMD_BUF_TAIL, 0);
         self.tail = 0;
+        self.started = false;
+        self.enabled_head = 0;
         Ok(())
     }
 
@@ -247,6 +263,7 @@ impl CommandBuffer {
             }
             if word.load(Ordering::Acquire) == sequence {
                 dma_read_barrier();
+                self.started = true;
                 return Ok(());
             }
             if let Some(e) = self.check_stopped(regs, kind_of) {
@@ -262,20 +279,31 @@ impl CommandBuffer {
         })
     }
 
-    /// If the unit stopped on a command, recovers (see the module) and returns the error.
+    /// If the unit stopped on a command, recovers (see the module) and returns the error. A
+    /// buffer not seen started since `CmdBufEn` was set is not stopped (see the module).
     fn check_stopped<W: RegisterWindow + ?Sized>(
         &mut self,
         regs: &W,
         kind_of: &mut impl FnMut(PhysAddr) -> Option<CommandErrorKind>,
     ) -> Option<Error> {
-        if regs::status(regs).contains(Status::CMD_BUF_RUN)
-            || !regs::control(regs).contains(Control::CMD_BUF_EN)
-        {
+        // Known started before `Status` was read: only then is "running clear" a stop (a
+        // start seen after it, by the head, is judged at the next poll).
+        let started = self.started;
+        if regs::status(regs).contains(Status::CMD_BUF_RUN) {
+            self.started = true;
+            return None;
+        }
+        if !regs::control(regs).contains(Control::CMD_BUF_EN) {
             return None;
         }
         let head = self.head(regs);
+        self.started |= head != self.enabled_head;
         let pa = self.ring.pa.checked_add(u64::from(head))?;
-        let kind = kind_of(pa).unwrap_or(CommandErrorKind::Stopped);
+        let logged = kind_of(pa);
+        if !started && logged.is_none() {
+            return None;
+        }
+        let kind = logged.unwrap_or(CommandErrorKind::Stopped);
         let [lo, hi] = self.entry(head);
         let opcode = (lo.load(Ordering::Relaxed) >> 60) as u8;
         if let Err(e) = regs::set_control(regs, Control::CMD_BUF_EN, false, self.budget) {
@@ -288,6 +316,8 @@ impl CommandBuffer {
         // `CmdBufEn` is clear); the tail stays ours.
         regs.write64(regs::CMD_BUF_HEAD, u64::from(head));
         regs.write64(regs::CMD_BUF_TAIL, u64::from(self.tail));
+        self.started = false;
+        self.enabled_head = head;
         if let Err(e) = regs::set_control(regs, Control::CMD_BUF_EN, true, self.budget) {
             return Some(e);
         }

@@ -165,7 +165,8 @@ pub fn set_control<W: RegisterWindow + ?Sized>(
         run |= Status::EVENT_LOG_RUN;
     }
     // Only the way to "stopped" is awaited: a unit may clear CmdBufRun again at once when it
-    // meets an illegal command, so a wait for "running" could miss it.
+    // meets an illegal command, so a wait for "running" could miss it. A unit slow to show
+    // CmdBufRun is the command buffer's to tell from a stopped one (`cmdbuf`, "Starting").
     if run.is_empty() || on {
         return Ok(());
     }

@@ -214,6 +214,42 @@ fn illegal_command_is_replaced_and_the_buffer_runs_on() {
     }
 }
 
+/// A unit may show `CmdBufRun` some time after `CmdBufEn` was set (in `enable`, and after a
+/// recovery): "not running" then is a buffer not started yet, not one stopped on a command.
+/// Before, `enable` failed with `CommandError { Stopped }` (its INVALIDATE_IOMMU_ALL replaced),
+/// and the call after a recovery failed the same way.
+#[test]
+fn a_buffer_slow_to_start_is_not_stopped() {
+    let mem = Arena::with_defaults().unwrap();
+    let model = AmdViModel::new(&mem, AmdViModelConfig::qemu_default());
+    let u = unit(&model, &mem, small());
+    model.inject(Injection::SlowCmdBufRun(6));
+    u.enable().unwrap();
+    assert_eq!(u.command_stats().recoveries, 0);
+    assert_eq!(model.stats().invalidate_all, 1, "not replaced");
+    // A real stop is still found, and the call after its recovery goes through.
+    model.inject(Injection::IllegalCommandAt(1));
+    let r = u.run(&[&[Command::invalidate_devtab_entry(5)]]);
+    assert!(
+        matches!(
+            r,
+            Err(Error::CommandError {
+                kind: CommandErrorKind::IllegalCommand,
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+    let before = model.stats();
+    u.run(&[&[Command::invalidate_devtab_entry(5)]]).unwrap();
+    assert_eq!(u.command_stats().recoveries, 1);
+    // The recovery's INVALIDATE_DEVTAB_ENTRY(0), run once the buffer started, and ours.
+    assert_eq!(
+        model.stats().invalidate_devtab,
+        before.invalidate_devtab + 2
+    );
+}
+
 #[test]
 fn stalled_completion_wait_times_out_and_the_retry_completes() {
     let mem = Arena::with_defaults().unwrap();

@@ -18,7 +18,8 @@
 //! event logged; a device table cache and an IOTLB (with the page directory entries it
 //! passed: `PDE` drops them) that keep entries until invalidated; the event log with overflow
 //! (`EventOverflow`, `EventLogRun` clear, events dropped; an entry written some register reads
-//! after its tail moved, [`Injection::DelayedEventWrite`]); fault injection ([`Injection`]).
+//! after its tail moved, [`Injection::DelayedEventWrite`]; `CmdBufRun` set some register reads
+//! after `CmdBufEn`, [`Injection::SlowCmdBufRun`]); fault injection ([`Injection`]).
 //!
 //! Dirty tracking: `D` set in v1 leaves under DTE `HAD` (see `translate.rs`).
 //!
@@ -203,6 +204,9 @@ pub enum Injection {
     /// whose type is 0). Until then the slot holds what it held: zero, or the entry of the
     /// previous lap if software did not clear it.
     DelayedEventWrite(u32),
+    /// Each time `CmdBufEn` is set, `CmdBufRun` sets (and fetching starts) only `n` register
+    /// reads later, until [`AmdViModel::clear_injections`]: a unit slow to start its buffer.
+    SlowCmdBufRun(u32),
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -214,6 +218,7 @@ struct Injections {
     iotlb_timeout: bool,
     stuck_run: bool,
     event_write_delay: u32,
+    slow_cmd_buf_run: u32,
 }
 
 /// Counts `counter` down; true when it reaches its event.
@@ -327,6 +332,8 @@ struct State<'m> {
     /// An event whose tail moved but whose entry is not written yet: (address, entry,
     /// register reads left), see [`Injection::DelayedEventWrite`].
     pending_event: Option<(u64, [u64; 2], u32)>,
+    /// Register reads left before `CmdBufRun` sets (see [`Injection::SlowCmdBufRun`]).
+    pending_run: Option<u32>,
     stats: AmdViModelStats,
     /// Every command executed since [`AmdViModel::take_command_log`] while
     /// [`AmdViModel::record_commands`] is on (COMPLETION_WAITs included; a command the unit
@@ -363,6 +370,7 @@ impl<'m> AmdViModel<'m> {
                 atc: Vec::new(),
                 inj: Injections::default(),
                 pending_event: None,
+                pending_run: None,
                 stats: AmdViModelStats::default(),
                 log: None,
             }),
@@ -406,6 +414,7 @@ impl<'m> AmdViModel<'m> {
             Injection::IotlbTimeout => st.inj.iotlb_timeout = true,
             Injection::StuckRun => st.inj.stuck_run = true,
             Injection::DelayedEventWrite(n) => st.inj.event_write_delay = n.max(1),
+            Injection::SlowCmdBufRun(n) => st.inj.slow_cmd_buf_run = n.max(1),
         }
     }
 
@@ -423,6 +432,7 @@ impl<'m> AmdViModel<'m> {
         }
         st.inj = Injections::default();
         st.write_pending_event();
+        st.start_pending_run();
         st.run_commands();
     }
 
@@ -644,12 +654,26 @@ impl State<'_> {
         }
     }
 
-    /// One register read: the delayed event's entry comes nearer.
+    /// Sets `CmdBufRun` held back by [`Injection::SlowCmdBufRun`] (if `CmdBufEn` is still set).
+    fn start_pending_run(&mut self) {
+        if self.pending_run.take().is_some() && self.control & regs::CTRL_CMD_BUF_EN != 0 {
+            self.status |= regs::ST_CMD_BUF_RUN;
+            self.run_commands();
+        }
+    }
+
+    /// One register read: the delayed event's entry and a slow `CmdBufRun` come nearer.
     fn tick(&mut self) {
         if let Some((_, _, left)) = self.pending_event.as_mut() {
             *left -= 1;
             if *left == 0 {
                 self.write_pending_event();
+            }
+        }
+        if let Some(left) = self.pending_run.as_mut() {
+            *left -= 1;
+            if *left == 0 {
+                self.start_pending_run();
             }
         }
     }
@@ -721,7 +745,13 @@ impl State<'_> {
             // A newly enabled unit starts with empty caches only if software says so: the
             // caches are kept, as hardware keeps them across IommuEn.
         }
-        if rose & regs::CTRL_CMD_BUF_EN != 0 {
+        if fell & regs::CTRL_CMD_BUF_EN != 0 {
+            self.pending_run = None;
+        }
+        if rose & regs::CTRL_CMD_BUF_EN != 0 && self.inj.slow_cmd_buf_run != 0 {
+            self.stats.injections_fired += 1;
+            self.pending_run = Some(self.inj.slow_cmd_buf_run);
+        } else if rose & regs::CTRL_CMD_BUF_EN != 0 {
             self.status |= regs::ST_CMD_BUF_RUN;
             self.run_commands();
         }
