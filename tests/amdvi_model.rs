@@ -570,6 +570,48 @@ fn pasid_attaches_need_gten() {
     assert!(u.device_entry(DEV2.0).unwrap().blocks_dma());
 }
 
+/// A takeover on a unit without `IASup`: the previous owner's guest translations, cached
+/// under the GCR3 `DomainID` this driver gives its first device with PASIDs (0xFF00) and a
+/// PASID it never attaches, must not translate that device's requests.
+#[test]
+fn a_takeover_without_ia_leaves_no_earlier_pasid_translation() {
+    let mem = Arena::with_defaults().unwrap();
+    let model = AmdViModel::new(
+        &mem,
+        AmdViModelConfig::qemu_default()
+            .with_pasids(16)
+            .without_invalidate_all(),
+    );
+    let cfg = DomainConfig {
+        pasid: true,
+        ..DomainConfig::default()
+    };
+    // The previous owner: PASID 7 of DEV cached under 0xFF00.
+    let old = setup(&mem, &model);
+    let d = old.domain_alloc(&cfg).unwrap();
+    map_rw(&old, d, 0x10_0000, 0x8000_0000, 0x1000);
+    old.attach(DEV, Some(Pasid::new(7).unwrap()), d).unwrap();
+    model.dma_pasid(DEV.0 as u16, 7, 0x10_0010, true).unwrap();
+    assert!(model.cached_domain_ids().contains(&0xFF00));
+    // This driver takes the unit over and attaches PASID 5 of DEV.
+    let u = setup(&mem, &model);
+    let e = u.domain_alloc(&cfg).unwrap();
+    map_rw(&u, e, 0x20_0000, 0x9000_0000, 0x1000);
+    u.attach(DEV, Some(Pasid::new(5).unwrap()), e).unwrap();
+    assert_eq!(u.device_entry(DEV.0).unwrap().0[1] as u16, 0xFF00);
+    assert_eq!(
+        model
+            .dma_pasid(DEV.0 as u16, 5, 0x20_0010, false)
+            .unwrap()
+            .pa,
+        0x9000_0010
+    );
+    assert!(
+        model.dma_pasid(DEV.0 as u16, 7, 0x10_0010, true).is_err(),
+        "the earlier owner's PASID 7 translation"
+    );
+}
+
 /// The PASIDs' cached translations are tagged with the PASID: an invalidation without `GN`
 /// leaves them stale, the driver's flush (with `GN`) removes them.
 #[test]

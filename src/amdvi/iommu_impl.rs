@@ -607,6 +607,25 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> AmdViUni
                 });
             }
         };
+        // A tag first given out on a unit without `IASup`: an earlier owner's guest
+        // translations under it, of any PASID the table may name (and PASID 0, which `GIoV`
+        // sends requests without PASID to), go first (see `enable`).
+        let bit = 1u64.checked_shl(gi as u32).unwrap_or(0);
+        if fresh.is_some() && cfg.gcr3_tags_clean & bit == 0 {
+            let all = (0..1u32 << self.pasid_bits())
+                .filter_map(Pasid::new)
+                .map(|p| {
+                    Command::invalidate_iommu_pages(tag, Some(p), InvalidationRange::All, true)
+                });
+            if let Err(e) = self.run_iter(all) {
+                if let Some(page) = fresh {
+                    // SAFETY: from `self.alloc` just now; nothing names it.
+                    unsafe { self.alloc.free(page, PAGE_SHIFT_4K) };
+                }
+                return Err(e.into());
+            }
+            cfg.gcr3_tags_clean |= bit;
+        }
         // Nothing refuses from here on.
         if let (Some(page), Some(free)) = (fresh, cfg.gcr3.get_mut(gi)) {
             *free = Some(Gcr3Table {

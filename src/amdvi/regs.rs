@@ -91,6 +91,10 @@ bitflags! {
         const GT_EN = 1 << 16;
         /// `GAEn`: guest virtual APIC.
         const GA_EN = 1 << 17;
+        /// `GALogEn`: guest virtual APIC log.
+        const GA_LOG_EN = 1 << 28;
+        /// `GAIntEn`: guest virtual APIC log interrupt.
+        const GA_INT_EN = 1 << 29;
         /// `XTEn`: x2APIC interrupts.
         const XT_EN = 1 << 50;
         /// Bits this driver never sets and keeps as it finds them.

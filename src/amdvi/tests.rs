@@ -8,6 +8,7 @@ use super::dte::DeviceTableEntry;
 use super::event::{EventCode, FaultFlags};
 use super::{AmdViConfig, AmdViUnit, CommandErrorKind, Error, Wait};
 use crate::mem::{PageAllocator, PhysAddr};
+use crate::mmio::RegisterWindow;
 use crate::sim::amdvi::{AmdViModel, AmdViModelConfig, Injection};
 use crate::sim::Arena;
 
@@ -71,12 +72,16 @@ fn enable_invalidates_every_entry_and_domain_id_without_ia() {
     let s = model.stats();
     assert_eq!(s.invalidate_devtab, 256);
     assert_eq!(s.invalidate_interrupt_table, 256);
-    assert_eq!(s.invalidate_pages_all, 8, "one per domain ID of the unit");
+    assert_eq!(
+        s.invalidate_pages_all,
+        8 + 64,
+        "one per domain ID of the unit: its domain slots' and its GCR3 tables'"
+    );
     assert_eq!(s.invalidate_all, 0);
     assert_eq!(s.completion_waits, 1);
     assert_eq!(s.illegal_commands, 0);
     // More commands than the 256-entry buffer holds went through: the head wrapped.
-    assert_eq!(u.command_stats().commands, 256 * 2 + 8 + 1);
+    assert_eq!(u.command_stats().commands, 256 * 2 + 8 + 64 + 1);
 }
 
 #[test]
@@ -123,8 +128,13 @@ fn takeover_stops_the_firmware_state_and_replaces_it() {
         model.dma(EDU as u16, 0x1000, false).is_ok(),
         "firmware passes DMA"
     );
+    // The previous owner's PPR log and guest APIC log (bits 13-15, 28-29) would keep writing
+    // memory that is not ours.
+    let logs = 0b111 << 13 | 0b11 << 28;
+    model.write64(0x18, model.read64(0x18) | logs);
     let u = unit(&model, &mem, small());
     u.enable().unwrap();
+    assert_eq!(model.read64(0x18) & logs, 0, "PPR and GA logs off");
     assert_eq!(
         model.stats().ignored_writes,
         0,

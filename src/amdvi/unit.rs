@@ -15,8 +15,10 @@
 //! then sets `CmdBufEn`, `EventLogEn` and `IommuEn`, and invalidates every cache
 //! before it returns: `INVALIDATE_IOMMU_ALL` where EFR `IASup` says so, else
 //! INVALIDATE_DEVTAB_ENTRY and INVALIDATE_INTERRUPT_TABLE for every device ID of the table and
-//! INVALIDATE_IOMMU_PAGES (all pages, PDE) for every domain ID this unit uses, each before its
-//! first use, as Linux's driver does without `IASup`. On a unit found enabled (`IommuEn` set by
+//! INVALIDATE_IOMMU_PAGES (all pages, PDE) for every domain ID this unit uses (the domain
+//! slots' and the GCR3 tables'), as Linux's driver does without `IASup`; there the guest
+//! (PASID-tagged) entries of a GCR3 table's ID are invalidated, PASID by PASID, when the ID is
+//! first given out. It also clears the previous owner's PPR and guest APIC log enables. On a unit found enabled (`IommuEn` set by
 //! firmware or a previous kernel) the base registers may change only with `IommuEn` clear: the
 //! takeover stops the previous owner's command buffer and event log (bounded waits on their
 //! run bits), clears `IommuEn`, and programs and enables the unit again. Between the clear and
@@ -351,7 +353,10 @@ impl<W: RegisterWindow, A: PageAllocator, const DOMAINS: usize> AmdViUnit<W, A, 
     /// the buffer or the log; [`Error::CommandError`]. Each leaves a state a retry of `enable`
     /// completes (a retry stops and reprograms the command buffer and log).
     pub fn enable(&self) -> Result<(), Error> {
-        let cfg = self.config.lock();
+        let mut cfg = self.config.lock();
+        // Until INVALIDATE_IOMMU_ALL completed, no GCR3 tag is known free of an earlier
+        // owner's guest translations.
+        cfg.gcr3_tags_clean = 0;
         let devtab = &cfg.devtab;
         let mut cmd = self.cmd.lock();
         let mut events = self.events.lock();
@@ -394,7 +399,17 @@ impl<W: RegisterWindow, A: PageAllocator, const DOMAINS: usize> AmdViUnit<W, A, 
             (Status::EVENT_OVERFLOW | Status::EVENT_LOG_INT | Status::COM_WAIT_INT).bits(),
         );
         let mut ctrl = regs::control(&self.regs);
-        ctrl.remove(Control::EVENT_INT_EN | Control::COM_WAIT_INT_EN);
+        // The previous owner's PPR and guest APIC logs would go on writing memory that is
+        // not ours (as Linux's disable clears them); this driver uses neither.
+        ctrl.remove(
+            Control::EVENT_INT_EN
+                | Control::COM_WAIT_INT_EN
+                | Control::PPR_LOG_EN
+                | Control::PPR_INT_EN
+                | Control::PPR_EN
+                | Control::GA_LOG_EN
+                | Control::GA_INT_EN,
+        );
         ctrl.insert(Control::COHERENT);
         // §3.4 `GTEn`: with it clear the unit may ignore `GV`, and a PASID attach's entry
         // (`Mode` 0 with `IR`/`IW`) would pass requests without PASID untranslated. Set before
@@ -413,7 +428,8 @@ impl<W: RegisterWindow, A: PageAllocator, const DOMAINS: usize> AmdViUnit<W, A, 
         )?;
         regs::set_control(&self.regs, Control::IOMMU_EN, true, budget)?;
         let mut kind_of = |pa| command_error_kind(&self.regs, &self.alloc, log, pa);
-        if self.info.efr.flags().contains(EfrFlags::IA_SUP) {
+        let ia = self.info.efr.flags().contains(EfrFlags::IA_SUP);
+        if ia {
             c.submit(
                 &self.regs,
                 &self.alloc,
@@ -444,8 +460,23 @@ impl<W: RegisterWindow, A: PageAllocator, const DOMAINS: usize> AmdViUnit<W, A, 
                 );
                 c.submit(&self.regs, &self.alloc, [cmd], &mut kind_of)?;
             }
+            // And under the GCR3 tables' IDs (host entries; their PASIDs' guest entries go
+            // when a tag is first given out: `gcr3_tags_clean`).
+            for i in 0..MAX_GCR3_TABLES {
+                let cmd = Command::invalidate_iommu_pages(
+                    GCR3_DOMAIN_ID_BASE + i as u16,
+                    None,
+                    InvalidationRange::All,
+                    true,
+                );
+                c.submit(&self.regs, &self.alloc, [cmd], &mut kind_of)?;
+            }
         }
-        c.wait(&self.regs, &self.alloc, &mut kind_of)
+        c.wait(&self.regs, &self.alloc, &mut kind_of)?;
+        if ia {
+            cfg.gcr3_tags_clean = u64::MAX;
+        }
+        Ok(())
     }
 
     /// Turns translation off (`IommuEn` clear: DMA is no longer translated), then stops the
@@ -718,6 +749,10 @@ pub(crate) struct ConfigState {
     pub flush_slot_reads: core::sync::atomic::AtomicUsize,
     /// The GCR3 tables of devices with PASIDs attached.
     pub gcr3: [Option<Gcr3Table>; MAX_GCR3_TABLES],
+    /// Bit `i`: `GCR3_DOMAIN_ID_BASE + i` holds no guest translation of an earlier owner
+    /// (INVALIDATE_IOMMU_ALL completed, or every PASID of it was invalidated when it was
+    /// first given out on a unit without `IASup`).
+    pub gcr3_tags_clean: u64,
 }
 
 impl ConfigState {
@@ -733,6 +768,7 @@ impl ConfigState {
         #[cfg(test)]
         flush_slot_reads: core::sync::atomic::AtomicUsize::new(0),
         gcr3: [const { None }; MAX_GCR3_TABLES],
+        gcr3_tags_clean: 0,
     });
 
     /// Records (or with `None` removes) the attachment in slot `index`, keeping `used` and
