@@ -31,12 +31,14 @@
 //! **Blocking.** `V` = 1, `TV` = 1, `Mode` = 0, `IR` = `IW` = 0: no translation and no
 //! permission, every DMA is refused (an entry with `V` clear would let DMA through untranslated).
 //!
-//! **Changing a live entry** ([`write_live`]). The unit reads an entry in two 128-bit halves
-//! (quadwords 0-1 and 2-3), each read whole, at times of its own, and the specification requires
-//! software to write each half with one 128-bit store (Linux's `update_dte256`, 2024, was
-//! written to meet that requirement). A half is therefore stored with `CMPXCHG16B` (x86-64;
+//! **Changing a live entry** ([`write_live`]). The unit reads the whole 256-bit entry in one
+//! transaction (so Linux's `update_dte256` comment, 2024; the spec's own sentence was not
+//! checked here), while the processor stores at most 128 bits at once: software writes each
+//! half (quadwords 0-1 and 2-3) with one 128-bit store, and a read between the two stores sees
+//! one half old and the other new. The order below is safe whether the unit reads the entry
+//! whole or as two halves at times of its own. A half is stored with `CMPXCHG16B` (x86-64;
 //! [`Store128`] is the proof that the processor has it), never as two 64-bit stores: with
-//! those, a half read between them would pair one domain's root with another's `DomainID`
+//! those, a read between them would pair one domain's root with another's `DomainID`
 //! unless a blocking state came first. Everything the crate translates with lives in the
 //! lower half (`V`, `TV`, `Mode`, root, `IR`/`IW`, `GV`/`GLX`/GCR3 root, `DomainID`, `I`);
 //! the upper half holds only the interrupt fields, which stay blocking. So:
@@ -213,7 +215,7 @@ impl DeviceTableEntry {
 }
 
 /// The memory of one live entry: 32 bytes, 32-byte aligned (a 128-bit store needs 16), read
-/// by the unit in two 128-bit halves.
+/// by the unit whole, written by software in two 128-bit halves.
 #[repr(C, align(32))]
 #[derive(Debug, Default)]
 pub struct DteSlot(pub [AtomicU64; 4]);
