@@ -721,7 +721,12 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
     /// parent, or a [`IoasidCtx::copy`] from or into it is in flight. [`Error::InvalidationPending`] or
     /// a unit error: a domain behind the IOASID could not be freed yet (the invalidation of its
     /// tag or of an earlier unmap was not confirmed); the IOASID stays, with its mappings and
-    /// what remains of its domains, and a retry completes the free.
+    /// what remains of its domains, and a retry completes the free. An error from the
+    /// IOASID's own record ([`Error::PageTable`] with `UnknownTable`: the record's table is
+    /// corrupt, or the allocator does not know one of its pages) comes after every domain was
+    /// freed: the IOASID is freed all the same (its number may be taken again), and the
+    /// record's pages not yet given back stay out of the allocator. No hardware walks the
+    /// record.
     pub fn free(&self, ioasid: IoasidId) -> Result<(), Error> {
         let mut st = self.state.write();
         st.ioasid(ioasid)?;
