@@ -107,4 +107,5 @@ mod attach;
 mod enable;
 mod faults;
 mod flush;
+mod gerror;
 mod in_place;
