@@ -32,6 +32,17 @@
 //! means its MSI will never arrive: the wait falls back to CMDQ_CONS, completion is polled
 //! there from then on, and the sync reports [`SmmuError::SyncMsiAborted`].
 //!
+//! GERRORN (§6.3.18) is acknowledged by a read-modify-write, and the unit's event handler
+//! (`SmmuUnit::handle_events`) writes it too, for the errors that are not the queue's. Every
+//! GERRORN write is made under the unit's lock of this queue (`acknowledge_global_errors`
+//! for the handler; the queue's own waits hold it throughout): two read-modify-writes that
+//! interleaved would write back the other's bit as read before, undoing its acknowledgement
+//! (a CMDQ_ERR active again, a toggle of an inactive error: CONSTRAINED UNPREDICTABLE). The
+//! errors that concern the queue's calls, `CMDQ_ERR` and `MSI_CMDQ_ABT_ERR`, are the queue's:
+//! the handler recovers a command error only through `CommandQueue::recover` under that
+//! lock (no wait is in progress then), and never acknowledges `MSI_CMDQ_ABT_ERR`, which the
+//! waiter it belongs to (or the next wait) must see.
+//!
 //! The queue is owned by one `&mut` user at a time; the producer index lives here and is written
 //! to CMDQ_PROD once per batch through the doorbell barrier. Every wait is bounded.
 //!
@@ -52,6 +63,7 @@ use super::regs::{self, Gerror};
 use super::{CommandErrorKind, SmmuError};
 use crate::mem::{Page, PageAllocator, WalkerCoherency, PAGE_SHIFT_4K};
 use crate::mmio::{dma_read_barrier, dma_write_barrier, poll, RegisterWindow};
+use crate::sync::Mutex;
 
 /// `CMDQ_CONS.ERR`, bits 30:24.
 pub const CMDQ_CONS_ERR: super::field::Field = super::field::Field::new("ERR", 30, 24);
@@ -477,6 +489,42 @@ impl<A: PageAllocator> CommandQueue<A> {
     }
 }
 
+/// The global errors that belong to the command queue's calls: a command error and an aborted
+/// CMD_SYNC MSI (IHI 0070 G.b §7.5). The event handler leaves them to the queue (see the
+/// module documentation).
+pub const QUEUE_ERRORS: Gerror = Gerror::CMDQ_ERR.union(Gerror::MSI_CMDQ_ABT_ERR);
+
+/// The command queue's part of the unit's global-error handler (`SmmuUnit::handle_events`),
+/// given the errors `active` it read: under the queue's lock `queue`, recovers an active
+/// command error through [`CommandQueue::recover`] (which finds nothing if a wait recovered
+/// it meanwhile) and acknowledges the errors that are neither the queue's ([`QUEUE_ERRORS`])
+/// nor `SFM_ERR` (left active, see [`SmmuError::ServiceFailure`]). Returns the command error
+/// recovered.
+///
+/// The lock is taken only when there is something to do, and then waits for a call on the
+/// queue in progress (each of its waits bounded by the poll budget). Every GERRORN write is
+/// made under it, so that this read-modify-write and a wait's never interleave.
+pub(crate) fn acknowledge_global_errors<A: PageAllocator, W: RegisterWindow + ?Sized>(
+    queue: &Mutex<Option<CommandQueue<A>>>,
+    regs: &W,
+    active: Gerror,
+) -> Option<SmmuError> {
+    let others = active - QUEUE_ERRORS - Gerror::SFM_ERR;
+    if others.is_empty() && !active.contains(Gerror::CMDQ_ERR) {
+        return None;
+    }
+    let mut queue = queue.lock();
+    let recovered = if active.contains(Gerror::CMDQ_ERR) {
+        queue.as_mut().and_then(|q| q.recover(regs))
+    } else {
+        None
+    };
+    if !others.is_empty() {
+        Gerror::acknowledge(regs, others);
+    }
+    recovered
+}
+
 /// The CMD_SYNC MSI word: the first 32 bits of the queue's MSI page.
 #[cfg(not(loom))]
 fn msi_word(page: &Page) -> &AtomicU32 {
@@ -500,10 +548,11 @@ impl<A: PageAllocator> Drop for CommandQueue<A> {
 /// Under `--cfg loom` (`tests/loom_queues.rs`) the test allocator's pages are arrays of loom's
 /// `AtomicU64`: the ring is reached through `QueueMemory::entry` by word index, the MSI word is
 /// the low half (little-endian) of the MSI page's word 0. `LoomCommandQueue` lets the test
-/// build the crate-private queue and drive its real producer.
+/// build the crate-private queue and drive its real producer; `LoomLockedQueue` puts it behind
+/// the unit's lock, beside the global-error handler's part (`acknowledge_global_errors`).
 #[cfg(loom)]
 mod loom_words {
-    use super::{CommandQueue, SmmuError, SyncMode};
+    use super::{acknowledge_global_errors, CommandQueue, Gerror, Mutex, SmmuError, SyncMode};
     use crate::mem::{Page, PageAllocator, WalkerCoherency};
     use crate::mmio::RegisterWindow;
     use crate::smmuv3::cmd::Command;
@@ -588,12 +637,53 @@ mod loom_words {
             self.0.mode
         }
     }
+
+    /// The queue behind the unit's lock (`SmmuUnit::cmdq`), shared by the test's CPUs: a
+    /// call on the queue holds the lock throughout, as `SmmuUnit::with_cmdq` does, and the
+    /// global-error handler's part takes it as `SmmuUnit::handle_events` does.
+    pub struct LoomLockedQueue<A: PageAllocator>(Mutex<Option<CommandQueue<A>>>);
+
+    impl<A: PageAllocator> LoomLockedQueue<A> {
+        /// The queue, behind its lock.
+        pub fn new(q: LoomCommandQueue<A>) -> Self {
+            Self(Mutex::new(Some(q.0)))
+        }
+
+        /// `CommandQueue::submit_and_sync` under the lock, with `budget` polls per wait.
+        ///
+        /// # Errors
+        /// As `CommandQueue::submit_and_sync`.
+        pub fn submit_and_sync<W: RegisterWindow + ?Sized>(
+            &self,
+            regs: &W,
+            commands: &[Command],
+            budget: u32,
+        ) -> Result<(), SmmuError> {
+            let mut queue = self.0.lock();
+            let q = queue
+                .as_mut()
+                .ok_or(SmmuError::InvalidConfig { reason: "no queue" })?;
+            q.budget = budget;
+            q.submit_and_sync(regs, commands)
+        }
+
+        /// What `SmmuUnit::handle_events` does with the global errors, but for `SFM_ERR` and
+        /// `PRIQ_ABT_ERR` (which it notes in the unit): reads the active errors, then
+        /// `acknowledge_global_errors`. Returns both.
+        pub fn handle_global_errors<W: RegisterWindow + ?Sized>(
+            &self,
+            regs: &W,
+        ) -> (Gerror, Option<SmmuError>) {
+            let active = Gerror::active(regs);
+            (active, acknowledge_global_errors(&self.0, regs, active))
+        }
+    }
 }
 
 #[cfg(loom)]
 use loom_words::msi_word;
 #[cfg(loom)]
-pub use loom_words::LoomCommandQueue;
+pub use loom_words::{LoomCommandQueue, LoomLockedQueue};
 
 #[cfg(test)]
 mod tests {

@@ -273,7 +273,11 @@ impl Gerror {
         Self::from_bits_truncate(regs.read32(GERROR) ^ regs.read32(GERRORN))
     }
 
-    /// Acknowledges `which` by making GERRORN match GERROR in those bits only.
+    /// Acknowledges `which` by making GERRORN match GERROR in those bits only: a
+    /// read-modify-write of GERRORN, which the unit never changes. The caller holds the
+    /// unit's command-queue lock, as every GERRORN writer does (`cmdq.rs`): two of these
+    /// interleaved would write back each other's bits as read before, undoing an
+    /// acknowledgement or toggling an inactive error (CONSTRAINED UNPREDICTABLE, §6.3.18).
     pub fn acknowledge<W: RegisterWindow + ?Sized>(regs: &W, which: Self) {
         let gerror = regs.read32(GERROR);
         let gerrorn = regs.read32(GERRORN);

@@ -36,6 +36,8 @@
 //! Locks (`spin`): configuration (stream table, streams, tag allocators) before a domain slot
 //! before the command queue. Map and unmap take only their domain's slot for reading, so they
 //! run concurrently on one domain and never wait on another domain or on configuration.
+//! GERRORN is written only under the command queue's lock (`cmdq.rs`), `handle_events`'
+//! acknowledgements included.
 
 use core::mem::MaybeUninit;
 use core::ptr::{addr_of_mut, NonNull};
@@ -46,7 +48,7 @@ use crate::sync::{Mutex, RwLock};
 use super::attach::{Batch, CommandStaging};
 
 use super::cmd::Command;
-use super::cmdq::{CommandQueue, SyncMode};
+use super::cmdq::{self, CommandQueue, SyncMode};
 use super::domain::{Domain, TagAllocator, MAX_DOMAINS};
 use super::event::Event;
 use super::eventq::{DrainReport, EventQueue};
@@ -347,7 +349,8 @@ pub struct EventReport {
     /// The event queue drain.
     pub events: DrainReport,
     /// Global errors that were active, now acknowledged (`CMDQ_ERR` included when a command
-    /// error was recovered).
+    /// error was recovered), but for `SFM_ERR` (left active) and `MSI_CMDQ_ABT_ERR` (left to
+    /// the command queue: the CMD_SYNC wait it concerns, or the next one, takes it).
     pub gerror: Gerror,
     /// The command error recovered, if any: a `CERROR_ILL` command was replaced by a CMD_SYNC;
     /// after `CERROR_ABT` or `CERROR_ATC_INV_SYNC` the command runs again. Either way the
@@ -749,6 +752,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         regs::write_irq_ctrl(&self.regs, IrqCtrl::empty(), budget)?;
         // Errors a previous owner left active: an unacknowledged CMDQ_ERR keeps the command
         // queue stopped, and the first command queued here would be taken for the culprit.
+        // `enable` holds the command queue's lock, as every GERRORN write must (`cmdq.rs`).
         let stale = Gerror::active(&self.regs);
         if !stale.is_empty() {
             Gerror::acknowledge(&self.regs, stale);
@@ -801,13 +805,23 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
 
     /// Handles at most `max` event records with `handler` and acknowledges global errors: a
     /// command error is recovered (by its code, see [`cmdq`](super::cmdq)); `SFM_ERR` fails
-    /// the unit (see [`SmmuError::ServiceFailure`]) and stays active; the others are
-    /// acknowledged and reported. For the embedder's interrupt handler, or to poll.
+    /// the unit (see [`SmmuError::ServiceFailure`]) and stays active; `MSI_CMDQ_ABT_ERR` is
+    /// reported and left to the command queue (the CMD_SYNC wait whose MSI aborted must see
+    /// it, to fail with [`SmmuError::SyncMsiAborted`] and fall back to polling CMDQ_CONS,
+    /// rather than time out); the others are acknowledged and reported. For the embedder's
+    /// interrupt handler, or to poll.
     ///
-    /// It takes the event queue's and the command queue's spin locks: call it from a context
-    /// that cannot interrupt a unit operation on the same CPU (a threaded handler, or with the
-    /// unit's other calls made with that interrupt masked). `handler` runs with the event
-    /// queue's lock held: it must not call this unit (an attach, detach, enable or disable
+    /// Locks (`spin`): the event queue's while it drains (inside it the stall book's, and the
+    /// command queue's to abort a stall it cannot file), released before the global errors;
+    /// then the command queue's alone, only when a command error is active or an error other
+    /// than the queue's and `SFM_ERR` is to be acknowledged. Every GERRORN write is made under
+    /// that lock (a read-modify-write interleaved with a queue wait's would undo the wait's
+    /// acknowledgement), and a command-queue call holds it for its whole wait, so
+    /// `handle_events` may spin that long (each wait bounded by [`SmmuConfig::poll_budget`]).
+    /// Call it from a context that cannot interrupt a unit operation on the same CPU (a
+    /// threaded handler, or with the unit's other calls made with that interrupt masked): an
+    /// interrupt that arrived while its CPU held one of these locks would spin for ever.
+    /// `handler` runs with the event queue's lock held: it must not call this unit (an attach, detach, enable or disable
     /// takes the configuration lock, which comes before the event queue's): copy the records
     /// out and act on them after the call returns.
     pub fn handle_events(&self, max: usize, mut handler: impl FnMut(Event)) -> EventReport {
@@ -853,23 +867,14 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
             // while it is active.
             self.enter_failure(gerror.bits());
         }
-        let command_error = if gerror.contains(Gerror::CMDQ_ERR) {
-            self.cmdq
-                .lock()
-                .as_mut()
-                .and_then(|q| q.recover(&self.regs))
-        } else {
-            None
-        };
         if gerror.contains(Gerror::PRIQ_ABT_ERR) {
             // §8.2: PRI records may have been lost (their requests answered or not): the next
             // drain reports it, so that the groups they belonged to are dropped.
             self.priq_lost.store(true, Ordering::Release);
         }
-        let others = gerror - Gerror::CMDQ_ERR - Gerror::SFM_ERR;
-        if !others.is_empty() {
-            Gerror::acknowledge(&self.regs, others);
-        }
+        // Under the command queue's lock, as every GERRORN write; the queue's own errors are
+        // left to it.
+        let command_error = cmdq::acknowledge_global_errors(&self.cmdq, &self.regs, gerror);
         EventReport {
             events,
             gerror,

@@ -25,12 +25,15 @@
 //! once at a chosen command. The unit stops with CONS on the command and the code in
 //! `CMDQ_CONS.ERR`, toggles `GERROR.CMDQ_ERR`, and fetches again from CONS once `GERRORN`
 //! matches. Two CPUs' calls are made one after the other on one thread: the queue's calls
-//! hold the unit's `cmdq` lock from their first write to the end of their wait.
+//! hold the unit's `cmdq` lock from their first write to the end of their wait. The unit's
+//! global-error handler, which takes that lock too, runs on a thread of its own beside them
+//! (`smmu_handle_events_beside_a_waiter`, the queue behind a `LoomLockedQueue`).
 
 use super::*;
 use iommu_engine::mem::Iova;
 use iommu_engine::smmuv3::cmd::{Command, SyncMsi, SyncSignal};
-use iommu_engine::smmuv3::cmdq::{LoomCommandQueue, SyncMode};
+use iommu_engine::smmuv3::cmdq::{LoomCommandQueue, LoomLockedQueue, SyncMode};
+use iommu_engine::smmuv3::regs::Gerror;
 use iommu_engine::smmuv3::regs::{CMDQ_BASE, CMDQ_CONS, CMDQ_PROD, GERROR, GERRORN};
 use iommu_engine::smmuv3::{CommandErrorKind, SmmuError, StreamId};
 use loom::sync::atomic::AtomicU32;
@@ -82,10 +85,11 @@ struct SmmuRegs {
     doorbells: StdU32,
     /// `GERRORN` writes: command errors acknowledged.
     acks: StdU32,
-    /// `GERRORN` as the CPUs read it: in these scenarios only the queue's calls write it, one
-    /// after the other, so their reads need no loom operation (the unit reads `gerrorn`). (The
-    /// crate's `SmmuUnit::handle_events` also writes it, outside the queue's lock: not
-    /// modelled here.)
+    /// `GERRORN` as the CPUs read it: the value last written, as a read of the register
+    /// returns (its writers take turns under the queue's lock: the queue's calls, and
+    /// `handle_events`' part in `smmu_handle_events_beside_a_waiter`), so their reads need no
+    /// loom operation; the unit reads `gerrorn`. A write is a loom store, where loom may run
+    /// another thread between a CPU's read and its write.
     gerrorn_written: StdU32,
 }
 
@@ -774,4 +778,81 @@ fn smmu_atc_sync_timeout_beside_a_pending_sync() {
             });
         },
     );
+}
+
+/// The unit's global-error handler (`SmmuUnit::handle_events`, its part that writes `GERRORN`:
+/// `LoomLockedQueue::handle_global_errors`) on CPU H beside CPU A's calls on the command queue
+/// (IHI 0070 G.b §7.5, §6.3.18): a queue of four commands, empty at 0, behind the unit's lock;
+/// `GERROR.EVENTQ_ABT_ERR` active when the threads start (H acknowledges it); A queues an
+/// illegal command (opcode 0xff) and a CMD_SYNC, the unit stops at it with CERROR_ILL and
+/// toggles `GERROR.CMDQ_ERR`, and A's wait recovers and acknowledges it; then A queues
+/// CFGI_STE(1) and a CMD_SYNC. Three threads: A, H and the unit.
+///
+/// In every interleaving: A's first call fails with `CommandError { index: 0, opcode: 0xff,
+/// Illegal }` and its second completes after its command ran; H reports no command error of
+/// its own (A's wait recovers A's); at the end no error is active and `GERRORN` was written
+/// twice, once per error. With H's read-modify-write outside the queue's lock (as before the
+/// fix) it fails (after 32,824 interleavings): H writes back the `CMDQ_ERR` bit it read before
+/// A's acknowledgement, the error is active again, the unit stops and A's second call times
+/// out. Required: H's read of the errors finding A's `CMDQ_ERR` active.
+#[test]
+fn smmu_handle_events_beside_a_waiter() {
+    let outcomes = ["h saw cmdq_err"];
+    run("smmu_handle_events_beside_a_waiter", &outcomes, |t| {
+        let (world, q, _) = smmu_setup(2, SyncMode::PollCons, true, 0, 0);
+        world
+            .regs
+            .gerror
+            .store(Gerror::EVENTQ_ABT_ERR.bits(), Ordering::Relaxed);
+        let bad = Command { words: [0xff, 0] };
+        let plan = SmmuPlan {
+            cons: 0,
+            expected: vec![bad, Command::plain_sync(), cfgi(1), Command::plain_sync()],
+            fault: Some((0, Cerror::Illegal)),
+        };
+        let t = t.clone();
+        race(
+            world,
+            Arc::new(LoomLockedQueue::new(q)),
+            plan,
+            "commands",
+            move |w, q| {
+                let (window, handler) = (w.window(), q.clone());
+                let h = loom::thread::spawn(move || handler.handle_global_errors(&window));
+                let a = q.submit_and_sync(&w.window(), &[bad], PATIENT);
+                let illegal = SmmuError::CommandError {
+                    index: 0,
+                    opcode: 0xff,
+                    kind: CommandErrorKind::Illegal,
+                };
+                assert_eq!(a, Err(illegal), "A's call with an illegal command");
+                q.submit_and_sync(&w.window(), &[cfgi(1)], PATIENT)
+                    .expect("A's call after the recovery");
+                assert_eq!(
+                    executed(w),
+                    1,
+                    "A's second call returned before its command ran"
+                );
+                let (seen, recovered) = h.join().unwrap();
+                assert!(seen.contains(Gerror::EVENTQ_ABT_ERR));
+                if seen.contains(Gerror::CMDQ_ERR) {
+                    t.note("h saw cmdq_err");
+                }
+                assert_eq!(recovered, None, "H recovered A's command error");
+                let (gerror, gerrorn) = (
+                    w.regs.gerror.load(Ordering::Relaxed),
+                    w.regs.gerrorn.load(Ordering::Relaxed),
+                );
+                assert_eq!(
+                    gerror ^ gerrorn,
+                    0,
+                    "errors left active (GERROR {gerror:#x}, GERRORN {gerrorn:#x}): an \
+                     acknowledgement undone"
+                );
+                assert_eq!(w.raised.load(std::sync::atomic::Ordering::Relaxed), 1);
+                assert_eq!(acks(w), 2, "GERRORN written {} times", acks(w));
+                4
+            },
+        );
+    });
 }
