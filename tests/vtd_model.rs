@@ -1252,3 +1252,153 @@ fn every_pasid_of_a_device_with_dte_gets_device_tlb_invalidations() {
     u.detach(DEV, Some(p6)).unwrap();
     assert!(!m.atc_holds(sid(DEV), Some(6), 0x3000));
 }
+
+/// The review of the VT-d driver, item 1: a device-TLB invalidation asked for while the unit is
+/// disabled is dropped (nothing walks the tables), but the device's ATC still holds what it
+/// translated before: `enable` must invalidate the whole device TLB of every ATS attachment, or
+/// a page unmapped, flushed (`Ok`) and freed while the unit was off stays reachable by
+/// translated requests (legacy `TT = 01b`, scalable `DTE`) once it is on again.
+#[test]
+fn enable_invalidates_the_device_tlbs_of_an_unmap_while_disabled() {
+    const X: u64 = 0x3000;
+    let ats = AttachOptions {
+        ats: true,
+        ..AttachOptions::default()
+    };
+    let cases = [
+        (Mode::Legacy, None),
+        (Mode::Scalable, None),
+        (Mode::Scalable, Some(5)),
+    ];
+    for (mode, p) in cases {
+        let a = arena();
+        let cfg = match mode {
+            Mode::Legacy => VtdModelConfig::qemu_default(),
+            Mode::Scalable => VtdModelConfig::scalable(),
+        };
+        let m = VtdModel::new(&a, cfg.with_dt(true));
+        let u = unit(&m, &a, mode);
+        let d = u.domain_alloc(&DomainConfig::default()).unwrap();
+        let pasid = p.map(|p| Pasid::new(p).unwrap());
+        u.attach_with(DEV, pasid, d, ats).unwrap();
+        u.map(d, Iova::new(X), PhysAddr::new(0x4000_0000), K4, RW)
+            .unwrap();
+        ok(m.ats_translate(sid(DEV), p, X, Access::READ));
+        u.disable().unwrap();
+        unmap_and_flush(&u, d, X, K4);
+        m.reset_stats();
+        u.enable().unwrap();
+        assert!(
+            !m.atc_holds(sid(DEV), p, X),
+            "{mode:?} PASID {p:?}: the ATC keeps a page unmapped and flushed while disabled"
+        );
+        let s = m.stats();
+        assert_eq!(
+            (s.device_tlb + s.pasid_device_tlb, s.wait),
+            (1, 1),
+            "{mode:?}"
+        );
+    }
+}
+
+/// Item 1, the detach variant: a scalable-mode detach while disabled clears the PASID entry,
+/// but the device's context entry keeps `DTE`, so translated requests still pass: its ATC must
+/// be emptied by `enable` though no attachment of it is recorded any more.
+#[test]
+fn enable_invalidates_the_device_tlb_of_a_device_detached_while_disabled() {
+    const X: u64 = 0x3000;
+    let ats = AttachOptions {
+        ats: true,
+        ..AttachOptions::default()
+    };
+    for mode in [Mode::Legacy, Mode::Scalable] {
+        let a = arena();
+        let cfg = match mode {
+            Mode::Legacy => VtdModelConfig::qemu_default(),
+            Mode::Scalable => VtdModelConfig::scalable(),
+        };
+        let m = VtdModel::new(&a, cfg.with_dt(true));
+        let u = unit(&m, &a, mode);
+        let d = u.domain_alloc(&DomainConfig::default()).unwrap();
+        u.attach_with(DEV, None, d, ats).unwrap();
+        u.map(d, Iova::new(X), PhysAddr::new(0x4000_0000), K4, RW)
+            .unwrap();
+        ok(m.ats_translate(sid(DEV), None, X, Access::READ));
+        u.disable().unwrap();
+        u.detach(DEV, None).unwrap();
+        u.enable().unwrap();
+        assert!(
+            !m.atc_holds(sid(DEV), None, X),
+            "{mode:?}: the ATC of a device detached while disabled survives enable"
+        );
+        // Owed once: a second enable has nothing left to invalidate.
+        u.disable().unwrap();
+        m.reset_stats();
+        u.enable().unwrap();
+        assert_eq!(m.stats().device_tlb, 0, "{mode:?}");
+    }
+}
+
+/// Item 2: a device's first ATS attachment is published with no device-TLB invalidation, so
+/// whatever a previous owner (firmware, a kexec'd kernel) left in its ATC is accepted. The
+/// attach invalidates the whole device TLB once the entry is published (counted: one
+/// device-TLB descriptor with `S` and the all-addresses encoding, for that SID), and a
+/// translation the previous owner's tables gave is gone.
+#[test]
+fn a_first_ats_attach_invalidates_the_whole_device_tlb() {
+    const X: u64 = 0x3000;
+    let ats = AttachOptions {
+        ats: true,
+        ..AttachOptions::default()
+    };
+    for (mode, p) in [
+        (Mode::Legacy, None),
+        (Mode::Scalable, None),
+        (Mode::Scalable, Some(5u32)),
+    ] {
+        let a = arena();
+        let cfg = match mode {
+            Mode::Legacy => VtdModelConfig::qemu_default(),
+            Mode::Scalable => VtdModelConfig::scalable(),
+        };
+        let m = VtdModel::new(&a, cfg.with_dt(true));
+        let pasid = p.map(|p| Pasid::new(p).unwrap());
+        // The previous owner: ATS on, X translated into the device's ATC, then gone without
+        // a word (dropping a unit leaks its pages, which the hardware still walks).
+        {
+            let old = unit(&m, &a, mode);
+            let d = old.domain_alloc(&DomainConfig::default()).unwrap();
+            old.attach_with(DEV, pasid, d, ats).unwrap();
+            old.map(d, Iova::new(X), PhysAddr::new(0x4000_0000), K4, RW)
+                .unwrap();
+            ok(m.ats_translate(sid(DEV), p, X, Access::READ));
+        }
+        let u = unit(&m, &a, mode);
+        let d = u.domain_alloc(&DomainConfig::default()).unwrap();
+        m.reset_stats();
+        let before = m.descriptor_log().len();
+        u.attach_with(DEV, pasid, d, ats).unwrap();
+        let log = m.descriptor_log();
+        let devtlb: Vec<_> = log[before..]
+            .iter()
+            .filter(|d| matches!(d[0] & 0xf, 3 | 8))
+            .collect();
+        assert_eq!(devtlb.len(), 1, "{mode:?} PASID {p:?}: {devtlb:x?}");
+        let desc = devtlb[0];
+        let (s, sid_of) = match p {
+            None => (desc[1] & 1, (desc[0] >> 32) as u16),
+            Some(_) => (desc[1] >> 11 & 1, (desc[0] >> 16) as u16),
+        };
+        assert_eq!((s, sid_of), (1, sid(DEV)), "{mode:?}: {desc:x?}");
+        assert!(
+            !m.atc_holds(sid(DEV), p, X),
+            "{mode:?} PASID {p:?}: the previous owner's translation survives the first ATS attach"
+        );
+        // Moving the device to another domain does not invalidate it twice (tear-down does).
+        let d2 = u.domain_alloc(&DomainConfig::default()).unwrap();
+        m.reset_stats();
+        u.attach_with(DEV, pasid, d2, ats).unwrap();
+        let s = m.stats();
+        assert_eq!(s.device_tlb + s.pasid_device_tlb, 1, "{mode:?}");
+    }
+}

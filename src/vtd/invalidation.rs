@@ -11,8 +11,9 @@
 //! ATS both need `ECAP.QI`, which the unit checks up front).
 //!
 //! While translation is off ([`Invalidator::Off`]: before `enable`, after `disable`), hardware
-//! walks none of the unit's structures, and enabling invalidates every cache globally; requests
-//! are then dropped and only counted. `Off` with `GSTS.TES` set (a takeover `enable` that failed
+//! walks none of the unit's structures, and enabling invalidates every cache globally, and the
+//! device TLB of every ATS attachment recorded or detached meanwhile whole (no global
+//! invalidation reaches device TLBs, §6.5.3); requests are then dropped and only counted. `Off` with `GSTS.TES` set (a takeover `enable` that failed
 //! after latching the root table) is refused instead: [`Error::UnexpectedState`], never `Ok`
 //! for an invalidation that was not issued.
 

@@ -84,6 +84,8 @@ pub use audit::{AuditError, AuditReport};
 pub use nested::{MAX_USER_DOMAINS, USER_DOMAIN_BASE};
 pub use release::Released;
 
+use invalidate::device_tlb;
+
 /// Polls a wait on device-TLB invalidations may take unless told otherwise. The PCIe Base
 /// Specification (Address Translation Services, "Invalidate Completion Timeout") lets a device
 /// take up to 1 minute (+50% -0%, so up to 90 s) to answer an ATS Invalidate Request before
@@ -373,7 +375,24 @@ pub(crate) struct ConfigState {
     ats: usize,
     /// User domains (a guest's first stage over a table domain): `unit/nested.rs`.
     pub users: [Option<nested::UserDomain>; nested::MAX_USER_DOMAINS],
+    /// Device TLBs of ATS attachments detached while translation was off: their tear-down's
+    /// device-TLB invalidation was dropped (nothing to send it through), yet the device's ATC
+    /// may still hold what it translated, which a scalable-mode context entry's `DTE` keeps
+    /// usable. [`VtdUnit::enable`] invalidates them, then forgets them.
+    pub devtlb_owed: [Option<OwedDeviceTlb>; MAX_DEVTLB_OWED],
 }
+
+/// A device TLB (of requests without PASID, or of one PASID) owed a whole invalidation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct OwedDeviceTlb {
+    pub sid: SourceId,
+    pub pasid: Option<Pasid>,
+    pub pfsid: SourceId,
+}
+
+/// Device TLBs a unit keeps owed while disabled (detaches of ATS attachments while off beyond
+/// it fail with [`iommu::Error::NoMemory`], nothing changed).
+pub const MAX_DEVTLB_OWED: usize = 64;
 
 impl ConfigState {
     /// Unlocked, nothing attached, a placeholder root table: a constant, so that writing it
@@ -386,6 +405,7 @@ impl ConfigState {
         used: 0,
         ats: 0,
         users: [None; nested::MAX_USER_DOMAINS],
+        devtlb_owed: [None; MAX_DEVTLB_OWED],
     });
 
     /// The recorded attachments' part of the table: every slot past it is `None`.
@@ -422,6 +442,40 @@ impl ConfigState {
             .iter()
             .flatten()
             .filter(move |a| a.slot == slot && a.ats)
+    }
+
+    /// Records that `owed`'s device TLB needs a whole invalidation at the next `enable`.
+    ///
+    /// # Errors
+    /// [`iommu::Error::NoMemory`] when [`MAX_DEVTLB_OWED`] other device TLBs are owed.
+    pub fn owe_device_tlb(&mut self, owed: OwedDeviceTlb) -> Result<(), iommu::Error> {
+        if self.devtlb_owed.contains(&Some(owed)) {
+            return Ok(());
+        }
+        let free = self.devtlb_owed.iter_mut().find(|o| o.is_none());
+        *free.ok_or(iommu::Error::NoMemory)? = Some(owed);
+        Ok(())
+    }
+
+    /// Every device TLB `enable` must invalidate whole: those of the recorded ATS attachments,
+    /// then the owed ones no recorded ATS attachment names.
+    pub fn device_tlbs(&self) -> impl Iterator<Item = Attachment> + '_ {
+        let recorded = self.recorded().iter().flatten().filter(|a| a.ats).copied();
+        let owed = self.devtlb_owed.iter().flatten().filter(move |o| {
+            !self
+                .recorded()
+                .iter()
+                .flatten()
+                .any(|a| a.ats && a.sid == o.sid && a.pasid == o.pasid)
+        });
+        recorded.chain(owed.map(|o| Attachment {
+            sid: o.sid,
+            pasid: o.pasid,
+            slot: 0,
+            ats: true,
+            pfsid: o.pfsid,
+            settled: true,
+        }))
     }
 
     /// The attachment recorded at `index`.
@@ -629,8 +683,17 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
     /// Turns DMA remapping on (§11.4 Global Command Register, §6.5.3): `RTADDR` (root table
     /// and mode) with `SRTP`, the invalidation queue when `ECAP.QI` (else register-based
     /// invalidation), global context-cache, PASID-cache (scalable mode) and IOTLB invalidation,
-    /// a write-buffer flush when `CAP.RWBF`, then `TE`. May be called again after
+    /// a whole device-TLB invalidation (§6.5.2.5, PASID-based §6.5.2.6 for a PASID) of every
+    /// recorded ATS attachment and of every ATS attachment detached while the unit was off,
+    /// all awaited, a write-buffer flush when `CAP.RWBF`, then `TE`. May be called again after
     /// [`disable`](Self::disable).
+    ///
+    /// Device TLBs: a global IOTLB invalidation does not reach them (§6.5.3), and while the
+    /// unit was off every invalidation was dropped, yet an ATS device's ATC kept what it
+    /// translated and its translated requests pass again once `TE` is set (legacy `TT = 01b`,
+    /// scalable `DTE`). Device TLBs of devices this unit never attached with ATS (a previous
+    /// owner's) are not touched here: each is invalidated whole by the device's first ATS
+    /// attachment ([`attach_with`](Self::attach_with)).
     ///
     /// **Takeover.** On a unit found translating (`GSTS.TES` set by firmware or a previous
     /// kernel) translation is never turned off, since DMA would then pass untranslated: the
@@ -638,20 +701,23 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
     /// with translation on; every device not attached here is then blocked), the previous
     /// owner's queue gets a bounded time to drain and is turned off whether it drained or not
     /// (as Linux does), the queue errors it left (`FSTS.IQE/ITE/ICE`) are cleared so that they
-    /// cannot stop the new queue, and every cache is invalidated globally. The previous
-    /// owner's pages are never freed (they are not this unit's).
+    /// cannot stop the new queue, and the unit's own caches are invalidated globally (device
+    /// TLBs as above). The previous owner's pages are never freed (they are not this unit's).
     ///
     /// # Errors
     /// [`Error::Timeout`] naming the register that did not respond; [`Error::NoMemory`] for
     /// the queue; queue errors; [`Error::Unsupported`] when taking over a unit that runs in the
     /// other root-table mode (`RTADDR.TTM` may change only with translation off: call
-    /// [`disable`](Self::disable) first, accepting untranslated DMA meanwhile). Each leaves the
-    /// unit in a state a retry of `enable` completes. A takeover that fails after the root
+    /// [`disable`](Self::disable) first, accepting untranslated DMA meanwhile); a device-TLB
+    /// invalidation that fails (`FSTS.ITE`, `FSTS.ICE`, or a wait that times out): the queue
+    /// runs, `TE` is not set yet (still set, in a takeover) and the device TLBs are still owed,
+    /// so a retry issues them again. Each leaves the unit in a state a retry of `enable`
+    /// completes. A takeover that fails after the root
     /// table was latched leaves translation on through this unit's tables with no invalidation
     /// interface: until a retried `enable` succeeds, every call that needs an invalidation
     /// fails with [`Error::UnexpectedState`] (`GSTS.TES`) rather than drop it.
     pub fn enable(&self) -> Result<(), Error> {
-        let cfg = self.config.lock();
+        let mut cfg = self.config.lock();
         let mut inv = self.inval.lock();
         let budget = self.info.poll_budget;
         let ttm = match self.info.mode {
@@ -696,7 +762,15 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
             batch.push(Request::PasidCache(PasidCacheScope::Global))?;
         }
         batch.push(Request::Iotlb(IotlbScope::Global))?;
+        // A global IOTLB invalidation does not reach device TLBs (§6.5.3): every device TLB
+        // that may hold translations this unit's books no longer back -- anything flushed or
+        // detached while the unit was off, whose device-TLB invalidations were dropped -- is
+        // invalidated whole, before `TE` (or, in a takeover, before this returns).
+        for a in cfg.device_tlbs() {
+            batch.push(device_tlb(&a, Iova::ZERO, 64))?;
+        }
         batch.finish()?;
+        cfg.devtlb_owed = [None; MAX_DEVTLB_OWED];
         if self.info.cap.flags().contains(CapFlags::RWBF) {
             write_buffer_flush(&self.regs, budget)?;
         }

@@ -14,10 +14,12 @@
 //! second stage, PASID-based for first stage), then the device TLB -- waits, and only then
 //! publishes the new entry. Making an entry present needs no invalidation, except under
 //! caching mode (`CAP.CM`), where not-present entries may be cached under DID 0; without it,
-//! `CAP.RWBF` asks for a write-buffer flush.
+//! `CAP.RWBF` asks for a write-buffer flush. A new ATS attachment (no ATS attachment of that
+//! device and PASID recorded and settled) then invalidates the device's whole device TLB
+//! (§6.5.2.5, §6.5.2.6) and waits: a previous owner may have left ATS enabled and the ATC full.
 
 use super::invalidate::device_tlb;
-use super::{Attachment, Mode, VtdUnit, RID_PASID};
+use super::{Attachment, Mode, OwedDeviceTlb, VtdUnit, RID_PASID};
 use crate::iommu::{self, DeviceId, DomainHandle, Missing};
 use crate::mem::{Iova, PageAllocator};
 use crate::mmio::RegisterWindow;
@@ -28,7 +30,7 @@ use crate::vtd::context_entry::{
 use crate::vtd::domain::{Domain, DomainTable};
 use crate::vtd::ecap::EcapFlags;
 use crate::vtd::inv_desc::{ContextCacheScope, IotlbScope, PasidCacheScope, PasidIotlbScope};
-use crate::vtd::invalidation::{Batch, Request};
+use crate::vtd::invalidation::{Batch, Invalidator, Request};
 use crate::vtd::live_entry::LiveEntry;
 use crate::vtd::pasid_entry::{PasidEntry, PasidEntryFlags, PasidTranslation, Pgtt};
 use crate::vtd::pasid_table::{alloc_directory, directory_size_log2, PasidDirectory};
@@ -101,7 +103,9 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
     /// [`iommu::Error::InvalidDomain`], [`iommu::Error::Unsupported`] (a PASID in legacy mode,
     /// ATS without `ECAP.DT`), [`iommu::Error::Busy`] (`exclusive` and attached elsewhere),
     /// [`iommu::Error::NoMemory`] (tables, or all [`super::MAX_ATTACHMENTS`] in use),
-    /// hardware errors.
+    /// hardware errors. An error of the whole device-TLB invalidation of a new ATS attachment
+    /// leaves the entry present and the attachment recorded, unsettled: a retry issues it
+    /// again.
     pub fn attach_with(
         &self,
         device: DeviceId,
@@ -225,6 +229,24 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
                 b.push(iotlb_of(did, p, first_stage))
             }
         })?;
+        // The device's ATC may hold translations nothing here ever gave (a previous owner's,
+        // with ATS left enabled): a new ATS attachment invalidates its whole device TLB once
+        // the entry is published, so that whatever it caches from now on came through it.
+        let first_ats = !recorded.is_some_and(|a| a.ats && a.settled);
+        if published.ats && first_ats {
+            let a = Attachment {
+                sid,
+                pasid,
+                slot,
+                ats: true,
+                pfsid,
+                settled: true,
+            };
+            let mut inv = self.inval.lock();
+            let mut b = self.batch(&mut inv);
+            b.push(device_tlb(&a, Iova::ZERO, 64))?;
+            b.finish()?;
+        }
         cfg.set_settled(index, true);
         Ok(())
     }
@@ -232,7 +254,9 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
     /// Blocks `device` (or its `pasid`) again, as [`iommu::Iommu::detach`] does.
     ///
     /// If the invalidation that follows clearing the entry fails, the entry stays cleared and
-    /// the attachment recorded (unsettled): a retry of the detach completes it.
+    /// the attachment recorded (unsettled): a retry of the detach completes it. While the
+    /// unit is off, an ATS attachment's device TLB is owed to the next `enable`; with
+    /// [`super::MAX_DEVTLB_OWED`] owed already, [`iommu::Error::NoMemory`] and nothing changed.
     pub(super) fn detach_impl(
         &self,
         device: DeviceId,
@@ -248,6 +272,15 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
             return Err(iommu::Error::NotAttached(device));
         };
         let old = self.old_of(&att);
+        // Translation off: the tear-down's device-TLB invalidation is dropped, so `enable`
+        // owes it (before anything is written: if the unit cannot keep it, nothing changes).
+        if att.ats && matches!(*self.inval.lock(), Invalidator::Off) {
+            cfg.owe_device_tlb(OwedDeviceTlb {
+                sid,
+                pasid,
+                pfsid: att.pfsid,
+            })?;
+        }
         let entry = match self.info.mode {
             Mode::Legacy => cfg
                 .root
