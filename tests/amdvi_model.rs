@@ -1075,3 +1075,49 @@ fn a_flush_reaches_the_iotlb_of_an_ats_device_whose_move_or_detach_failed() {
     println!("{failed} failed calls, {held} with the old page in the ATC, {owed} flushes owed");
     assert!(held > 0, "the cells must reach the case");
 }
+
+/// Review of the VT-d driver, item 3 (the AMD-Vi question): a device's first ATS attachment
+/// (DTE `I` set, no ATS attachment of it recorded) was published with no INVALIDATE_IOTLB_PAGES,
+/// so whatever a previous owner with ATS left in the device's IOTLB (ATC) was accepted. The
+/// attach invalidates the whole device IOTLB once the DTE and its INVALIDATE_DEVTAB_ENTRY are
+/// out (counted: one INVALIDATE_IOTLB_PAGES), and the previous owner's translation is gone.
+#[test]
+fn a_first_ats_attach_invalidates_the_whole_device_iotlb() {
+    let mem = Arena::with_defaults().unwrap();
+    let model = AmdViModel::new(&mem, AmdViModelConfig::qemu_default());
+    let ats = DeviceHints {
+        ats: true,
+        ..DeviceHints::default()
+    };
+    // The previous owner: ATS on, 0x1000 translated into the device's ATC, then gone without
+    // a word (dropping a unit leaks its pages, which the hardware still walks).
+    {
+        let old = setup(&mem, &model);
+        let d = old.domain_alloc(&DomainConfig::default()).unwrap();
+        old.attach_device(DEV, None, d, &ats).unwrap();
+        map_rw(&old, d, 0x1000, 0xA000_0000, 0x1000);
+        model
+            .ats_translate(DEV.0 as u16, None, 0x1000, false)
+            .unwrap();
+        assert_eq!(
+            model.atc_translation(DEV.0 as u16, None, 0x1000),
+            Some(0xA000_0000)
+        );
+    }
+    let u = setup(&mem, &model);
+    let d = u.domain_alloc(&DomainConfig::default()).unwrap();
+    let before = model.stats();
+    u.attach_device(DEV, None, d, &ats).unwrap();
+    let after = model.stats();
+    assert_eq!(after.invalidate_iotlb - before.invalidate_iotlb, 1);
+    assert_eq!(
+        model.atc_translation(DEV.0 as u16, None, 0x1000),
+        None,
+        "the previous owner's translation survives the first ATS attach"
+    );
+    // A move to another domain invalidates it once, as before (the previous attachment's).
+    let d2 = u.domain_alloc(&DomainConfig::default()).unwrap();
+    let before = model.stats();
+    u.attach_device(DEV, None, d2, &ats).unwrap();
+    assert_eq!(model.stats().invalidate_iotlb - before.invalidate_iotlb, 1);
+}

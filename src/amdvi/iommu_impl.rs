@@ -20,7 +20,8 @@
 //! **Attach** writes the device's DTE in the order of [`dte`](super::dte) (a device moved
 //! from another domain passes through blocking), then INVALIDATE_DEVTAB_ENTRY (and, for an ATS
 //! device, INVALIDATE_IOTLB_PAGES of everything: its cache holds the old domain's
-//! translations) and one wait. The attachment is recorded before the write and settled after
+//! translations, or, at its first ATS attachment, whatever a previous owner left) and one
+//! wait. The attachment is recorded before the write and settled after
 //! the wait; until then the domain cannot be freed. **Detach** writes the blocking entry the
 //! same way.
 //!
@@ -262,7 +263,10 @@ fn after_ats_read() {
 /// What a new DTE for `device`, attached as `previous` and now going to domain slot `slot`
 /// (`usize::MAX`: detached), needs besides INVALIDATE_DEVTAB_ENTRY: when it leaves a domain,
 /// INVALIDATE_IOMMU_PAGES of everything tagged with the old domain ID (PDE set); when it was
-/// attached with ATS, INVALIDATE_IOTLB_PAGES of everything in its own cache.
+/// attached with ATS, or is now attached with ATS (`ats_now`) for the first time,
+/// INVALIDATE_IOTLB_PAGES of everything in its own cache: a device's first ATS attachment may
+/// find its IOTLB filled by a previous owner that left ATS enabled, and the command, behind
+/// the new DTE and its INVALIDATE_DEVTAB_ENTRY, leaves only what the new entry answers.
 ///
 /// The specification tags IOMMU TLB entries with the domain ID, so a new DTE would miss the
 /// old domain's; but an IOMMU may cache translations per device as well: QEMU 10.0's
@@ -276,7 +280,12 @@ fn after_ats_read() {
 /// An unsettled `previous` also names the domain its own move left (`Attachment::left`): that
 /// move's invalidation of it was not confirmed, so it goes again (a per-device IOTLB may still
 /// hold its translations for `device`, whatever domain the entry names now).
-fn leave_commands(device: u16, previous: Option<Attachment>, slot: usize) -> ([Command; 3], usize) {
+fn leave_commands(
+    device: u16,
+    previous: Option<Attachment>,
+    slot: usize,
+    ats_now: bool,
+) -> ([Command; 3], usize) {
     let ids = |p: Attachment| [Some(p.slot), p.left].into_iter().flatten();
     let old_domains = previous
         .into_iter()
@@ -285,9 +294,8 @@ fn leave_commands(device: u16, previous: Option<Attachment>, slot: usize) -> ([C
         .map(|s| {
             Command::invalidate_iommu_pages(domain_id_of(s), None, InvalidationRange::All, true)
         });
-    let ats = previous
-        .filter(|p| p.ats)
-        .map(|_| Command::invalidate_iotlb_pages(device, 0, None, InvalidationRange::All));
+    let ats = (ats_now || previous.is_some_and(|p| p.ats))
+        .then(|| Command::invalidate_iotlb_pages(device, 0, None, InvalidationRange::All));
     let mut cmds = [Command::invalidate_iommu_all(); 3];
     let n = cmds
         .iter_mut()
@@ -465,7 +473,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> AmdViUni
             left,
         };
         cfg.set(index, Some(attachment));
-        let (extra, n) = leave_commands(device, previous, slot);
+        let (extra, n) = leave_commands(device, previous, slot, ats);
         self.publish_attachment(
             &mut cfg,
             index,
@@ -827,7 +835,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> AmdViUni
         if let Some(a) = cfg.attachments[index].as_mut() {
             a.settled = false;
         }
-        let (extra, n) = leave_commands(device, Some(a), usize::MAX);
+        let (extra, n) = leave_commands(device, Some(a), usize::MAX, false);
         self.set_device_entry_locked(
             &cfg.devtab,
             device.into(),
