@@ -60,6 +60,15 @@ fn model_obj<'h>(m: *mut IeSimModel) -> Result<&'h ModelBox, IeStatus> {
     unsafe { m.cast::<ModelBox>().as_ref() }.ok_or(IeStatus::InvalidArgument)
 }
 
+/// The SMMUv3 model behind a live model handle (tests: its command log and injections).
+#[cfg(test)]
+pub(super) fn smmu_model<'h>(m: *mut IeSimModel) -> &'h SmmuModel<'static> {
+    match model_obj(m).map(|b| &b.model) {
+        Ok(ModelObj::Smmu(s)) => s,
+        _ => panic!("not an SMMUv3 model"),
+    }
+}
+
 /// Creates an arena of `bytes` (a multiple of 1 MiB) at physical address 2 GiB.
 ///
 /// # Safety

@@ -251,7 +251,8 @@ impl From<ioasid::Error> for IeStatus {
             // that left nothing mapped. A failed flush is a timeout, a hardware or a command
             // error already; an undo's unmap that failed (`undo_left`) may carry any error, and
             // reads as the unit's fault.
-            E::InvalidationPending { error: i, .. } => match IeStatus::from(i) {
+            E::InvalidationPending { error: i, .. }
+            | E::UserInvalidationIncomplete { error: i, .. } => match IeStatus::from(i) {
                 s @ (IeStatus::Timeout | IeStatus::Hardware | IeStatus::CommandError) => s,
                 _ => IeStatus::Hardware,
             },

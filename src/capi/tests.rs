@@ -562,6 +562,126 @@ fn capi_hwpt_alloc_nested_and_invalidate() {
     }
 }
 
+/// A nested child with device A behind SMMUv3 unit 0 (the guest's StreamID 1) and B behind
+/// unit 1 (2), from C: a CFGI_CD of A's virtual StreamID reaches unit 0 alone (it was
+/// `NOT_PERMITTED`, FOREIGN_DEVICE from unit 1, after unit 0 had issued it); a batch naming
+/// both is issued, each to its unit, `*issued` counting the guest's requests; one naming a
+/// StreamID no device of the child has is refused with nothing issued on either unit; unit 1
+/// timing out after unit 0 completed its part is `IE_STATUS_TIMEOUT` with `*issued` the
+/// leading requests complete on every unit they were for.
+#[test]
+#[cfg_attr(
+    miri,
+    ignore = "as capi_hwpt_alloc_nested_and_invalidate: too slow for the CI's Miri budget"
+)]
+fn capi_invalidate_user_over_two_smmu_units() {
+    use super::ioasid::{
+        ie_ctx_alloc, ie_ctx_attach, ie_ctx_bind, ie_ctx_detach, ie_ctx_free, IeIoasidFlag,
+    };
+    use super::nested::{
+        ie_ctx_alloc_nested, ie_ctx_invalidate_user, ie_ctx_set_virtual_id, IeRefusal,
+        IeUserStage1, IeUserStage1Format,
+    };
+    use super::sim::smmu_model;
+    use crate::sim::smmuv3::{op, Injection};
+    let (arena, env) = arena();
+    let sim = || {
+        Sim::Smmu(IeSimSmmuConfig {
+            cohacc: true,
+            ..IeSimSmmuConfig::default()
+        })
+    };
+    // SAFETY: a live arena and its allocator, then live handles, readable inputs and writable
+    // outputs throughout.
+    unsafe {
+        let (model0, unit0, before0) = sim_unit(arena, &env, sim());
+        let (model1, unit1, before1) = sim_unit(arena, &env, sim());
+        let (m0, m1) = (smmu_model(model0), smmu_model(model1));
+        let units = [unit0, unit1];
+        let mut registry: *mut IeRegistry = null_mut();
+        let mut ctx: *mut IeCtx = null_mut();
+        assert_eq!(
+            ie_registry_create(&env, units.as_ptr(), 2, 20, &mut registry),
+            OK
+        );
+        assert_eq!(ie_ctx_create(registry, 4, &mut ctx), OK);
+        let (mut parent, mut child, mut a, mut b) = (0u32, 0u32, 0u32, 0u32);
+        let nest = IeIoasidFlag::NestParent as u32;
+        assert_eq!(ie_ctx_alloc(ctx, nest, &mut parent), OK);
+        let stage1 = IeUserStage1 {
+            format: IeUserStage1Format::SmmuV3 as u32,
+            smmuv3_ste: [1 | 0b101 << 1 | 0x8_0000, 0],
+            vtd_flags: 0,
+            vtd_pgtbl_addr: 0,
+            vtd_addr_width: 0,
+        };
+        assert_eq!(ie_ctx_alloc_nested(ctx, parent, &stage1, &mut child), OK);
+        assert_eq!(ie_ctx_bind(ctx, 0, 0x20, false, &mut a), OK);
+        assert_eq!(ie_ctx_bind(ctx, 1, 0x300, false, &mut b), OK);
+        assert_eq!(ie_ctx_set_virtual_id(ctx, a, true, 1), OK);
+        assert_eq!(ie_ctx_set_virtual_id(ctx, b, true, 2), OK);
+        assert_eq!(ie_ctx_attach(ctx, a, child, null_mut()), OK);
+        assert_eq!(ie_ctx_attach(ctx, b, child, null_mut()), OK);
+        m0.reset_stats();
+        m1.reset_stats();
+        let cfgi_cd = |vsid: u64| [u64::from(op::CFGI_CD) | vsid << 32, 1];
+        let user = |batch: &[[u64; 2]]| {
+            invalidate(|n, refused| {
+                ie_ctx_invalidate_user(ctx, child, batch.as_ptr().cast(), batch.len(), n, refused)
+            })
+        };
+        // The opcode and StreamID field of each command a model consumed.
+        let log = |m: &crate::sim::smmuv3::SmmuModel<'_>| {
+            let l: std::vec::Vec<(u8, u64)> = m
+                .command_log()
+                .iter()
+                .map(|c| (c[0] as u8, c[0] >> 32))
+                .collect();
+            m.reset_stats();
+            l
+        };
+        let sync = (op::CMD_SYNC, 0);
+        let none = IeRefusal::None as u32;
+
+        let (st, issued, r) = user(&[cfgi_cd(1)]);
+        assert_eq!((st, issued, r.why), (OK, 1, none));
+        assert_eq!(log(m0), [(op::CFGI_CD, 0x20), sync]);
+        assert_eq!(log(m1), []);
+
+        let (st, issued, r) = user(&[cfgi_cd(1), cfgi_cd(2)]);
+        assert_eq!((st, issued, r.why), (OK, 2, none));
+        assert_eq!(log(m0), [(op::CFGI_CD, 0x20), sync]);
+        assert_eq!(log(m1), [(op::CFGI_CD, 0x300), sync]);
+
+        let (st, issued, r) = user(&[cfgi_cd(1), cfgi_cd(3)]);
+        assert_eq!(st, IeStatus::NotPermitted as i32);
+        assert_eq!(
+            (r.index, r.why, r.request, issued),
+            (1, IeRefusal::ForeignDevice as u32, cfgi_cd(3), usize::MAX)
+        );
+        assert_eq!((log(m0), log(m1)), (std::vec![], std::vec![]));
+
+        // Unit 1's CMD_SYNC never completes: a unit fault, request 0 (unit 0's) complete.
+        m1.inject(Injection::SyncStall);
+        let (st, issued, r) = user(&[cfgi_cd(1), cfgi_cd(2)]);
+        assert_eq!((st, issued, r.why), (IeStatus::Timeout as i32, 1, none));
+        assert_eq!(log(m0), [(op::CFGI_CD, 0x20), sync]);
+        m1.clear_injections();
+
+        assert_eq!(ie_ctx_detach(ctx, a), OK);
+        assert_eq!(ie_ctx_detach(ctx, b), OK);
+        assert_eq!(ie_ctx_free(ctx, child), OK);
+        assert_eq!(ie_ctx_free(ctx, parent), OK);
+        assert_eq!(ie_ctx_destroy(ctx), OK);
+        assert_eq!(ie_registry_destroy(registry), OK);
+        assert_eq!(ie_unit_disable(unit1), OK);
+        assert_eq!(ie_unit_destroy(unit1), OK);
+        assert_eq!(ie_sim_arena_live_pages(arena), before1);
+        assert_eq!(ie_sim_model_destroy(model1), OK);
+        release_sim_unit(arena, model0, unit0, before0);
+    }
+}
+
 /// iommufd `IOMMU_HWPT_ALLOC` of a VT-d stage 1 and `IOMMU_HWPT_INVALIDATE` with
 /// `IOMMU_HWPT_INVALIDATE_DATA_VTD_S1` from C, on the scalable VT-d model: a guest field the
 /// unit lacks refused at attach, a device attached to the nested child, a batch with a

@@ -125,6 +125,8 @@ pub const MAX_DEVICES: usize = 32;
 pub const MAX_IOASIDS: usize = 32;
 /// Most units a registry can hold (and so hardware domains behind one IOASID).
 pub const MAX_UNITS: usize = 8;
+// `Error::UserInvalidationIncomplete::completed` holds one bit per unit.
+const _: () = assert!(MAX_UNITS <= u8::BITS as usize);
 /// Most (device, PASID) attachments one context can hold.
 pub const MAX_PASID_ATTACHMENTS: usize = 64;
 /// Most reserved IOVA regions the embedder can declare per context.
@@ -448,6 +450,25 @@ pub enum Error {
         /// How its flush failed.
         error: iommu::Error,
     },
+    /// [`IoasidCtx::invalidate_user`]: the guest's batch was checked against every unit of the
+    /// nested child and accepted whole, then unit `unit` failed to complete its part with
+    /// `error` (a wait that timed out, a queue error): a unit fault, not a refusal. The units
+    /// in `completed` had completed their part before; `unit` may have issued any of its part
+    /// and none of it is known complete; the child's other units were given nothing. `done` is
+    /// how many leading requests of the batch completed on every unit they were for (what
+    /// iommufd reports in `entry_num` after a failure). Invalidations may be issued again: pass
+    /// the batch again (or its requests from `done` on) once the unit answers; if it keeps
+    /// failing, reset it.
+    UserInvalidationIncomplete {
+        /// The unit whose part failed.
+        unit: UnitId,
+        /// The units whose part completed: bit `n` for `UnitId(n)`.
+        completed: u8,
+        /// Leading requests of the batch complete on every unit they were for.
+        done: u32,
+        /// How the unit failed.
+        error: iommu::Error,
+    },
     /// [`IoasidCtx::map`], [`IoasidCtx::copy`]: the range reaches beyond the input address
     /// width of a hardware domain behind the IOASID (the narrowest such domain is named);
     /// [`IoasidCtx::attach`]: a direct region of the device does (`last` is the region's
@@ -574,6 +595,17 @@ impl fmt::Display for Error {
                 write!(f, "unit {}: domain and record differ at {iova}", unit.0)
             }
             Error::Fault(e) => write!(f, "I/O page fault: {e}"),
+            Error::UserInvalidationIncomplete {
+                unit,
+                completed,
+                done,
+                error,
+            } => write!(
+                f,
+                "unit {} failed its part of a user invalidation ({error}): units {completed:#b} \
+                 completed theirs, the first {done} requests are complete",
+                unit.0
+            ),
             Error::InvalidationPending { unit, error } => {
                 write!(
                     f,

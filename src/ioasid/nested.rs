@@ -17,6 +17,9 @@ use crate::mem::PageAllocator;
 
 use super::DeviceHandle;
 
+#[cfg(test)]
+mod tests;
+
 /// What makes an IOASID a nested child.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Nested {
