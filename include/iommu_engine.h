@@ -1263,11 +1263,18 @@ int32_t ie_ctx_set_virtual_id(IeCtx *ctx, uint32_t device_handle, bool has_id, u
 // TLBI_NH_ASID / TLBI_NH_ALL / ATC_INV / CFGI_CD / CFGI_CD_ALL commands) for the nested
 // child `child` to its units, each checked and rewritten with the host's VMID and StreamID,
 // and waits for completion (iommufd `IOMMU_HWPT_INVALIDATE` with
-// `IOMMU_VIOMMU_INVALIDATE_DATA_ARM_SMMUV3`). A VT-d child takes
-// ie_ctx_invalidate_user_vtd(). `*issued` (if not NULL) is how many
-// were issued. On `IE_STATUS_NOT_PERMITTED` nothing of the batch was issued and `*refused` (if
-// not NULL) names the first request refused and why; after every other return its `why` is
-// `IE_REFUSAL_NONE`.
+// `IOMMU_VIOMMU_INVALIDATE_DATA_ARM_SMMUV3`). A command naming a device (ATC_INV, CFGI_CD,
+// CFGI_CD_ALL) goes to the unit of the device attached to the child under that virtual ID,
+// a TLBI to every unit the child is on; every unit checks the whole batch before any is
+// given its part. A VT-d child takes ie_ctx_invalidate_user_vtd(). On success `*issued` (if
+// not NULL) is how many requests were consumed: `n` (0 while no device is attached). On
+// `IE_STATUS_NOT_PERMITTED` nothing of the batch was issued on any unit, `*issued` is not
+// written and `*refused` (if not NULL) names the first request refused and why; after every
+// other return its `why` is `IE_REFUSAL_NONE`. On `IE_STATUS_TIMEOUT`, `IE_STATUS_HARDWARE`
+// or `IE_STATUS_COMMAND_ERROR` the batch was accepted and a unit failed its part after the
+// units before it completed theirs: `*issued` is how many leading requests completed on
+// every unit they were for (iommufd's `entry_num` after a failure); the rest may have been
+// issued on some units and none is known complete: pass them again.
 //
 // # Safety
 // `ctx` is a live context handle; `requests` is readable for `2 * n` words (or NULL with `n`

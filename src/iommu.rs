@@ -561,6 +561,20 @@ pub struct VirtualId {
     pub virt: u32,
     /// The device.
     pub device: DeviceId,
+    /// The device is behind the unit given the list. A user's domain may have devices on
+    /// several units ([`Iommu::invalidate_user`]): a request naming one behind another unit is
+    /// that unit's, neither refused nor issued here.
+    pub local: bool,
+}
+
+/// What [`Iommu::invalidate_user`] does with a batch it accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UserPass {
+    /// Checks every request and counts those for this unit; nothing reaches the hardware.
+    /// The caller checks a batch on every unit before it issues any part of it.
+    Check,
+    /// Checks every request again, then issues those for this unit and waits for them.
+    Issue,
 }
 
 /// Which translation a domain performs for its devices.
@@ -997,21 +1011,28 @@ pub trait Iommu: Sync {
 
     /// Passes a user's cache invalidation requests for a domain of
     /// [`domain_alloc_user`](Self::domain_alloc_user) to the unit, each checked and
-    /// rewritten with the host's tags and IDs (SMMUv3 commands, VT-d descriptors: two 64-bit
-    /// words each; `ids` names the user's devices), then waits for their completion. All or
-    /// nothing: the first request refused stops the batch before anything is issued. Returns
-    /// how many requests were issued.
+    /// rewritten with the host's tags and IDs (SMMUv3 commands: two 64-bit words each), then
+    /// waits for their completion ([`UserPass::Issue`]), or only checks them
+    /// ([`UserPass::Check`]). `ids` names the user's devices attached to the user's domains on
+    /// every unit the batch goes to ([`VirtualId::local`]: behind this one): a request naming
+    /// a device (SMMUv3 CFGI_CD(_ALL), ATC_INV) is this unit's if its device is local, another
+    /// unit's (skipped here) if it is not, refused if `ids` does not name it; a request naming
+    /// no device (SMMUv3 TLBI_NH_*, under the domain's tag) is every unit's. All or nothing:
+    /// the first request refused stops the batch before anything is issued. Returns how many
+    /// requests are this unit's (issued, or that would be).
     ///
     /// # Errors
     /// [`Error::Refused`] carrying the offending request; [`Error::InvalidDomain`]; hardware
-    /// errors (then every request may have been issued, none is known complete: retry).
+    /// errors (then every request of this unit's may have been issued, none is known
+    /// complete: retry).
     fn invalidate_user(
         &self,
         domain: DomainHandle,
         requests: &[[u64; 2]],
         ids: &[VirtualId],
+        pass: UserPass,
     ) -> Result<usize, Error> {
-        let _ = (domain, requests, ids);
+        let _ = (domain, requests, ids, pass);
         Err(Error::Unsupported(Missing::Nesting))
     }
 

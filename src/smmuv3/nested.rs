@@ -15,7 +15,9 @@
 //! The guest's commands name its own StreamIDs (a vSID, iommufd vDEVICE `virt_id`) and no
 //! VMID: each is checked (opcode among those a stage-1 owner may issue, no reserved bit, VMID
 //! field 0, the StreamID one of the guest's devices attached to the domain) and rewritten with
-//! the parent's VMID and the real StreamID. Stage-2 and global commands (TLBI_S2_IPA,
+//! the parent's VMID and the real StreamID. The guest's domain may span units (its devices
+//! behind several): a command naming a device behind another unit is that unit's, skipped
+//! here; a TLBI is every unit's. Stage-2 and global commands (TLBI_S2_IPA,
 //! TLBI_S12_VMALL, TLBI_NSNH_ALL, CFGI_STE, CFGI_ALL...), prefetches and CMD_SYNC are
 //! refused: the host adds its own CMD_SYNC.
 //!
@@ -38,7 +40,9 @@ use super::flush::TlbTag;
 use super::regs::Shareability;
 use super::unit::SmmuUnit;
 use super::{StreamId, Vmid};
-use crate::iommu::{DeviceId, DomainHandle, Error, Missing, Refusal, UserStage1, VirtualId};
+use crate::iommu::{
+    DeviceId, DomainHandle, Error, Missing, Refusal, UserPass, UserStage1, VirtualId,
+};
 use crate::mem::{PageAllocator, PhysAddr};
 use crate::mmio::RegisterWindow;
 
@@ -164,18 +168,33 @@ const W1_ATC_INV: u64 = ATC_SIZE.mask() | ADDRESS_63_12.mask();
 const W0_CFGI_CD: u64 = OPCODE.mask() | SUBSTREAM_ID.mask() | STREAM_ID.mask();
 const W0_CFGI_CD_ALL: u64 = OPCODE.mask() | STREAM_ID.mask();
 
-/// The host StreamID of the guest's `vsid`, if it names one of the guest's devices that
-/// `attached` says is attached to the domain.
-fn host_sid(vsid: u32, ids: &[VirtualId], attached: impl Fn(StreamId) -> bool) -> Option<StreamId> {
-    let VirtualId {
-        device: DeviceId(sid),
-        ..
-    } = ids.iter().find(|v| v.virt == vsid)?;
-    attached(StreamId(*sid)).then_some(StreamId(*sid))
+/// Where the guest's `vsid` leads: the host StreamID of the guest's device behind this unit
+/// that it names, if `attached` says that device is attached to the domain; `None` if it
+/// names a device of the guest behind another unit only (that unit's command).
+///
+/// # Errors
+/// [`Refusal::ForeignDevice`]: no device of the guest, or a local one not attached here.
+fn host_sid(
+    vsid: u32,
+    ids: &[VirtualId],
+    attached: impl Fn(StreamId) -> bool,
+) -> Result<Option<StreamId>, Refusal> {
+    let mut named = ids.iter().filter(|v| v.virt == vsid);
+    // IDs are unique per unit, not across units: the local device, if any, is this unit's.
+    match named.clone().find(|v| v.local) {
+        Some(&VirtualId {
+            device: DeviceId(sid),
+            ..
+        }) if attached(StreamId(sid)) => Ok(Some(StreamId(sid))),
+        Some(_) => Err(Refusal::ForeignDevice),
+        None if named.next().is_some() => Ok(None),
+        None => Err(Refusal::ForeignDevice),
+    }
 }
 
 /// One guest command, checked and rewritten: the parent's `vmid` in TLBI_NH_*, the host
-/// StreamID in ATC_INV and CFGI_CD(_ALL).
+/// StreamID in ATC_INV and CFGI_CD(_ALL). `None`: a command for a device behind another unit
+/// (see [`host_sid`]).
 ///
 /// # Errors
 /// The [`Refusal`].
@@ -184,7 +203,7 @@ pub(crate) fn rewrite(
     vmid: Vmid,
     ids: &[VirtualId],
     attached: impl Fn(StreamId) -> bool,
-) -> Result<Command, Refusal> {
+) -> Result<Option<Command>, Refusal> {
     let [w0, w1] = cmd;
     let op = OPCODE.get(w0);
     let allowed = |m0: u64, m1: u64| {
@@ -194,43 +213,34 @@ pub(crate) fn rewrite(
             Ok(())
         }
     };
-    let tlbi = |m0: u64, m1: u64| -> Result<Command, Refusal> {
+    let tlbi = |m0: u64, m1: u64| -> Result<Option<Command>, Refusal> {
         // The guest has no stage 2 and so no VMID: a non-zero one is not its to name.
         if TLBI_VMID.get(w0) != 0 {
             return Err(Refusal::Vmid);
         }
         allowed(m0, m1)?;
-        Ok(Command {
+        // Under the parent's VMID on every unit the domain is on: each unit's TLB may hold
+        // entries of the guest's ASIDs.
+        Ok(Some(Command {
             words: [TLBI_VMID.set_masked(w0, u64::from(vmid.0)), w1],
-        })
+        }))
     };
-    let sid = |vsid: u64| host_sid(vsid as u32, ids, &attached).ok_or(Refusal::ForeignDevice);
+    // A command naming a device: to that device's unit alone.
+    let device = |m0: u64, m1: u64| -> Result<Option<Command>, Refusal> {
+        allowed(m0, m1)?;
+        let s = host_sid(STREAM_ID.get(w0) as u32, ids, &attached)?;
+        Ok(s.map(|s| Command {
+            words: [STREAM_ID.set_masked(w0, u64::from(s.0)), w1],
+        }))
+    };
     match op {
         x if x == Opcode::TlbiNhAll as u64 => tlbi(W0_TLBI_NH_ALL, 0),
         x if x == Opcode::TlbiNhAsid as u64 => tlbi(W0_TLBI_NH_ASID, 0),
         x if x == Opcode::TlbiNhVa as u64 => tlbi(W0_TLBI_NH_VA, W1_TLBI_VA),
         x if x == Opcode::TlbiNhVaa as u64 => tlbi(W0_TLBI_NH_VAA, W1_TLBI_VA),
-        x if x == Opcode::AtcInv as u64 => {
-            allowed(W0_ATC_INV, W1_ATC_INV)?;
-            let s = sid(STREAM_ID.get(w0))?;
-            Ok(Command {
-                words: [STREAM_ID.set_masked(w0, u64::from(s.0)), w1],
-            })
-        }
-        x if x == Opcode::CfgiCd as u64 => {
-            allowed(W0_CFGI_CD, LEAF)?;
-            let s = sid(STREAM_ID.get(w0))?;
-            Ok(Command {
-                words: [STREAM_ID.set_masked(w0, u64::from(s.0)), w1],
-            })
-        }
-        x if x == Opcode::CfgiCdAll as u64 => {
-            allowed(W0_CFGI_CD_ALL, 0)?;
-            let s = sid(STREAM_ID.get(w0))?;
-            Ok(Command {
-                words: [STREAM_ID.set_masked(w0, u64::from(s.0)), w1],
-            })
-        }
+        x if x == Opcode::AtcInv as u64 => device(W0_ATC_INV, W1_ATC_INV),
+        x if x == Opcode::CfgiCd as u64 => device(W0_CFGI_CD, LEAF),
+        x if x == Opcode::CfgiCdAll as u64 => device(W0_CFGI_CD_ALL, 0),
         _ => Err(Refusal::Type),
     }
 }
@@ -339,12 +349,14 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
     }
 
     /// [`Iommu::invalidate_user`](crate::iommu::Iommu::invalidate_user): every command checked
-    /// and rewritten first, then all issued, with one CMD_SYNC at the end.
+    /// and rewritten first, then (for [`UserPass::Issue`]) this unit's issued, with one
+    /// CMD_SYNC at the end. Returns how many are this unit's.
     pub(crate) fn invalidate_user_impl(
         &self,
         d: DomainHandle,
         requests: &[[u64; 2]],
         ids: &[VirtualId],
+        pass: UserPass,
     ) -> Result<usize, Error> {
         self.usable()?;
         let config = self.config.lock();
@@ -356,30 +368,36 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
                 .flatten()
                 .any(|s| s.sid == sid && s.rid == Some(d))
         };
+        let mut mine = 0;
         for (index, r) in requests.iter().enumerate() {
             let c = rewrite(*r, u.vmid, ids, attached).map_err(|why| Error::Refused {
                 index: index as u32,
                 request: *r,
                 why,
             })?;
+            let Some(c) = c else { continue };
             if c.words[0] & 0xff == Opcode::AtcInv as u64 {
                 // Ignored while translation is off (§6.3.9.6): not reported done.
                 self.atc_reachable(StreamId((c.words[0] >> 32) as u32))?;
             }
+            mine += 1;
         }
-        if requests.is_empty() || !self.has_cmdq() {
+        if pass == UserPass::Check || mine == 0 {
+            return Ok(mine);
+        }
+        if !self.has_cmdq() {
             return Ok(0);
         }
         self.with_cmdq(|q, regs| {
             let mut b = Batch::new(q, regs, &self.cmd_staging);
             for r in requests {
-                if let Ok(c) = rewrite(*r, u.vmid, ids, attached) {
+                if let Ok(Some(c)) = rewrite(*r, u.vmid, ids, attached) {
                     b.push(c)?;
                 }
             }
             b.sync()
         })?;
-        Ok(requests.len())
+        Ok(mine)
     }
 }
 
@@ -389,14 +407,22 @@ mod tests {
     use crate::mem::Iova;
     use crate::smmuv3::{Asid, SubstreamId};
 
-    const IDS: [VirtualId; 2] = [
+    /// 0x10 and 0x11 behind this unit, 0x12 behind another.
+    const IDS: [VirtualId; 3] = [
         VirtualId {
             virt: 0x10,
             device: DeviceId(0x100),
+            local: true,
         },
         VirtualId {
             virt: 0x11,
             device: DeviceId(0x200),
+            local: true,
+        },
+        VirtualId {
+            virt: 0x12,
+            device: DeviceId(0x100),
+            local: false,
         },
     ];
 
@@ -404,8 +430,9 @@ mod tests {
         s.0 == 0x100
     }
 
+    /// The command this unit issues for `c` (a command for another unit's device: a test bug).
     fn ok(c: Command) -> Result<Command, Refusal> {
-        rewrite(c.words, Vmid(7), &IDS, attached)
+        rewrite(c.words, Vmid(7), &IDS, attached).map(|c| c.expect("this unit's command"))
     }
 
     #[test]
@@ -466,6 +493,17 @@ mod tests {
         );
         assert_eq!(
             ok(Command::cfgi_cd_all(StreamId(0x100))),
+            Err(Refusal::ForeignDevice)
+        );
+        // 0x12 names the guest's device behind another unit: that unit's, nothing here.
+        let elsewhere = |c: Command| rewrite(c.words, Vmid(7), &IDS, attached);
+        assert_eq!(elsewhere(Command::cfgi_cd_all(StreamId(0x12))), Ok(None));
+        assert_eq!(
+            elsewhere(Command::cfgi_cd(StreamId(0x12), ssid, true)),
+            Ok(None)
+        );
+        assert_eq!(
+            elsewhere(Command::cfgi_cd_all(StreamId(0x13))),
             Err(Refusal::ForeignDevice)
         );
     }

@@ -48,7 +48,7 @@ use super::unit::SmmuUnit;
 use super::{Asid, StreamId, Vmid};
 use crate::iommu::{
     Capabilities, DeviceHints, DeviceId, DomainConfig, DomainHandle, DomainPages, Error, Iommu,
-    Missing, Pasid, ReclaimScope, Stage, UserStage1, VirtualId,
+    Missing, Pasid, ReclaimScope, Stage, UserPass, UserStage1, VirtualId,
 };
 use crate::iopf::{FaultDrain, PageFault, PageResponse};
 use crate::mem::{Iova, PageAllocator, PhysAddr};
@@ -917,8 +917,9 @@ where
         domain: DomainHandle,
         requests: &[[u64; 2]],
         ids: &[VirtualId],
+        pass: UserPass,
     ) -> Result<usize, Error> {
-        self.invalidate_user_impl(domain, requests, ids)
+        self.invalidate_user_impl(domain, requests, ids, pass)
     }
 
     fn drain_page_faults(&self, out: &mut [PageFault]) -> Result<FaultDrain, Error> {
