@@ -71,6 +71,21 @@ fn rig(
     DomainHandle,
     Gather,
 ) {
+    rig_with_budget(model_cfg, sync, 1000)
+}
+
+/// As [`rig`], with the unit's poll budget.
+fn rig_with_budget(
+    model_cfg: SmmuModelConfig,
+    sync: cmdq::SyncMode,
+    poll_budget: u32,
+) -> (
+    &'static SmmuModel<'static>,
+    &'static Hooked<'static>,
+    &'static HookedUnit,
+    DomainHandle,
+    Gather,
+) {
     let arena: &'static Arena = Box::leak(Box::new(Arena::with_defaults().unwrap()));
     let model: &'static SmmuModel<'static> = Box::leak(Box::new(SmmuModel::new(arena, model_cfg)));
     let window: &'static Hooked<'static> = Box::leak(Box::new(Hooked {
@@ -80,7 +95,7 @@ fn rig(
     }));
     let cfg = SmmuConfig {
         sync,
-        poll_budget: 1000,
+        poll_budget,
         ..SmmuConfig::default()
     };
     let u: &'static HookedUnit = Box::leak(Box::new(SmmuUnit::new(window, arena, cfg).unwrap()));
@@ -201,6 +216,36 @@ fn a_sync_msi_abort_seen_first_by_handle_events_still_reaches_the_waiter() {
     u.flush(d, &mut g).unwrap();
     assert!(g.is_empty());
     // CMD_SYNC.CS (bits 13:12): SIG_IRQ (1) asks for the MSI.
+    let msi_syncs = model
+        .command_log()
+        .iter()
+        .filter(|c| c[0] as u8 == op::CMD_SYNC && c[0] >> 12 & 3 == 1)
+        .count();
+    assert_eq!(msi_syncs, 0, "the queue did not fall back to CMDQ_CONS");
+    assert!(Gerror::active(model).is_empty());
+}
+
+/// A poll budget below the MSI wait's GERROR check interval (64 polls): the wait must still
+/// look at GERROR before it gives up, or an aborted CMD_SYNC MSI is never seen, every sync
+/// times out, and nothing acknowledges MSI_CMDQ_ABT_ERR (`handle_events` leaves it to the
+/// queue).
+#[test]
+fn an_msi_wait_with_a_short_budget_still_sees_the_abort() {
+    let (model, _window, u, d, mut g) = rig_with_budget(
+        SmmuModelConfig::qemu_like().with_msi(true),
+        cmdq::SyncMode::Msi,
+        32,
+    );
+    model.inject(Injection::SyncMsiAbort);
+    let err = u.flush(d, &mut g).unwrap_err();
+    assert!(
+        matches!(err, Error::Hardware { what, .. } if what.contains("MSI_CMDQ_ABT_ERR")),
+        "the flush whose CMD_SYNC MSI aborted: {err:?}"
+    );
+    assert!(!g.is_empty(), "the failed flush keeps its gather");
+    model.reset_stats();
+    u.flush(d, &mut g).unwrap();
+    assert!(g.is_empty());
     let msi_syncs = model
         .command_log()
         .iter()
