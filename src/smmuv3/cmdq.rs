@@ -423,13 +423,16 @@ impl<A: PageAllocator> CommandQueue<A> {
         let target = self.prod;
         let mut polls = 0u32;
         let mut sync_faulted = false;
-        poll(self.budget, || {
+        let budget = self.budget;
+        poll(budget, || {
             if word.load(Ordering::Acquire) == want {
                 dma_read_barrier();
                 return Some(());
             }
             polls = polls.wrapping_add(1);
-            if polls % MSI_ERROR_CHECK_INTERVAL != 0 && !sync_faulted {
+            // The last poll looks too: a budget below the interval would otherwise never see
+            // an aborted MSI, and nothing else acknowledges MSI_CMDQ_ABT_ERR.
+            if polls % MSI_ERROR_CHECK_INTERVAL != 0 && polls != budget && !sync_faulted {
                 return None;
             }
             match self.refresh_cons(regs) {
