@@ -682,3 +682,62 @@ fn a_first_ats_attach_whose_atc_invalidation_fails_is_unsettled_and_its_retry_in
         u.domain_free(d).unwrap();
     }
 }
+
+/// A first ATS attach whose whole-ATC invalidation keeps failing (the device never answers:
+/// CERROR_ATC_INV_SYNC at every CMD_SYNC that waits on a CMD_ATC_INV) leaves the STE with
+/// EATS and the domain's translation. A detach must still take both away: it writes the
+/// aborting STE before anything waits on the device (the stale ATC entries are unusable once
+/// EATS is off, CR0.ATSCHK), and may then fail on its own whole-ATC invalidation, keeping the
+/// domain (`domain_free` Busy) until a retry completes it.
+///
+/// The device that never answers is `AtcInvSyncTimeout` armed before every call (each call
+/// here waits on one CMD_ATC_INV): after CERROR_ATC_INV_SYNC the acknowledged CMD_SYNC runs
+/// again and completes, and the queue with it (§3.9.1.4). `AtcInvSyncAt { times: u32::MAX }`
+/// instead fails that same CMD_SYNC at every re-run, a queue that never moves again, which no
+/// STE write (its CFGI_STE behind that CMD_SYNC) gets past.
+#[test]
+fn a_detach_aborts_the_ste_though_the_owed_atc_invalidation_keeps_failing() {
+    let mem = Arena::with_defaults().unwrap();
+    let model = SmmuModel::new(&mem, SmmuModelConfig::qemu_like().with_ats(true));
+    let u = SmmuUnit::new(&model, &mem, cfg()).unwrap();
+    u.enable().unwrap();
+    let d = u.domain_alloc(&s2()).unwrap();
+    u.map(d, Iova::new(IOVA), PhysAddr::new(PA), K4, RW)
+        .unwrap();
+    u.set_ats(DeviceId(SID), true).unwrap();
+    model.inject(Injection::AtcInvSyncTimeout);
+    let err = u.attach(DeviceId(SID), None, d).unwrap_err();
+    assert!(
+        matches!(err, Error::CommandError { code, .. } if code & 0xff == 3),
+        "{err:?}"
+    );
+    assert_eq!(model.stats().injections_fired, 1);
+    assert!(translates(&model, IOVA), "the STE with EATS is live");
+    // Every detach meets the timeout again; none may leave the STE translating.
+    for attempt in 0..2 {
+        model.inject(Injection::AtcInvSyncTimeout);
+        let r = u.detach(DeviceId(SID), None);
+        assert!(
+            matches!(r, Err(Error::CommandError { code, .. }) if code & 0xff == 3),
+            "attempt {attempt}: {r:?}"
+        );
+        assert!(
+            model
+                .translate_in_memory(SID, None, IOVA, Access::READ)
+                .is_none(),
+            "attempt {attempt}: {r:?}: the STE still translates"
+        );
+        assert!(!translates(&model, IOVA), "attempt {attempt}: {r:?}");
+        assert!(
+            model.translated_transaction(SID, PA, Access::READ).is_err(),
+            "attempt {attempt}: {r:?}: a translated request passes (EATS on)"
+        );
+        assert_eq!(u.audit().unwrap().live_stes, 0, "attempt {attempt}: {r:?}");
+        // The stream's ATC is not known to be clean: the domain (and its VMID) stays.
+        assert_eq!(u.domain_free(d), Err(Error::Busy), "attempt {attempt}");
+    }
+    model.clear_injections();
+    u.detach(DeviceId(SID), None).unwrap();
+    assert_eq!(u.audit().unwrap().unsettled, 0);
+    u.domain_free(d).unwrap();
+}
