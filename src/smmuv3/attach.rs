@@ -200,13 +200,14 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
     }
 
     /// CMD_ATC_INV of `sid`'s whole ATC (no SubstreamID: every entry, with a PASID or
-    /// without; Global; Size 52 from address 0), then a CMD_SYNC, which completes only once
-    /// the device answered (a timeout is CERROR_ATC_INV_SYNC at that CMD_SYNC).
+    /// without; G = 0, ignored without SSV, §4.5.1; Size 52 from address 0), then a
+    /// CMD_SYNC, which completes only once the device answered (a timeout is
+    /// CERROR_ATC_INV_SYNC at that CMD_SYNC).
     #[inline(never)]
     fn invalidate_whole_atc(&self, sid: StreamId) -> Result<(), SmmuError> {
         // Ignored while SMMUEN = 0 (§6.3.9.6): still owed, the call fails.
         self.atc_reachable(sid)?;
-        let inv = Command::atc_inv(sid, None, Iova::ZERO, 52, true)?;
+        let inv = Command::atc_inv(sid, None, Iova::ZERO, 52, false)?;
         self.with_cmdq(|q, r| q.submit_and_sync(r, &[inv]))
     }
 
@@ -342,8 +343,9 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
             }
         }
         if ats {
-            // Size 52 from address 0: the whole ATC of the stream (or substream).
-            batch.push(Command::atc_inv(sid, ssid, Iova::ZERO, 52, ssid.is_none())?)?;
+            // Size 52 from address 0: the whole ATC of the stream (no SubstreamID: entries
+            // with a PASID and without) or of the substream.
+            batch.push(Command::atc_inv(sid, ssid, Iova::ZERO, 52, false)?)?;
         }
         Ok(())
     }
@@ -416,7 +418,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         // it is all there is to do): from this frame, not under `attach_locked`'s.
         // Then the books and allocations, and then the unit's memory: each step from this
         // frame, not one under another (the kernel-stack bound of the C ABI).
-        let mut r = self.settle(strtab, stream);
+        let mut r = self.settle(strtab, stream, false);
         if r.is_ok() {
             r = match self.attach_locked(strtab, stream, ssid, d, stage2) {
                 Ok(Some(Change { target, previous })) => self
@@ -509,9 +511,10 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         }))
     }
 
-    /// Marks `stream` settled after a call completed, releasing the retired domain's user.
+    /// Marks `stream` settled after a call completed, releasing the retired domain's user;
+    /// it stays unsettled while it owes a whole-ATC invalidation (`settle` with `defer_atc`).
     fn settled(&self, stream: &mut StreamState<A>) {
-        stream.unsettled = false;
+        stream.unsettled = stream.atc_owed;
         if let Some(r) = stream.retiring.take() {
             self.add_user(r.domain, r.ats, false);
         }
@@ -523,10 +526,18 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
     /// Leaf = 0, CMD_CFGI_CD_ALL) and waits, then invalidates the retiring domain's tag (and
     /// the stream's ATC) and waits, and only then releases that domain. On error the stream
     /// stays unsettled and the call can be retried again.
+    ///
+    /// With `defer_atc` (a detach, which writes the STE again right after) the whole-ATC
+    /// invalidation the stream owes (`StreamState::atc_owed`) is left to the caller's STE
+    /// write: an STE that no longer allows ATS makes it unnecessary (`write_ste`; CR0.ATSCHK
+    /// refuses translated requests, and the retired domain's whole-stream CMD_ATC_INV follows
+    /// in `forget`), one that still does is followed by it (`settle_atc`). Issuing it here
+    /// first would let a device that never answers keep the detach from ever turning EATS off.
     fn settle(
         &self,
         strtab: &mut StreamTable<A>,
         stream: &mut StreamState<A>,
+        defer_atc: bool,
     ) -> Result<(), Error> {
         let sid = stream.sid;
         if stream.stalls_owed {
@@ -539,7 +550,9 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         self.settle_cds(stream)?;
         self.write_ste(strtab, stream)?;
         self.invalidate_stream(stream)?;
-        self.settle_atc(stream)?;
+        if !defer_atc {
+            self.settle_atc(stream)?;
+        }
         self.settled(stream);
         if stream.is_empty() {
             // The STE aborts and the CD caches are clean: the CD table can go.
@@ -913,7 +926,13 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         stream: &mut StreamState<A>,
         ssid: Option<SubstreamId>,
     ) -> Result<(), Error> {
-        self.settle(strtab, stream)?;
+        // Settling does not change the attachments: whether this detach reaches its own STE
+        // write, which settles an owed whole-ATC invalidation (see `settle`).
+        let attached = match ssid {
+            None => stream.rid.is_some(),
+            Some(s) => stream.pasid_domain(s).is_some(),
+        };
+        self.settle(strtab, stream, attached)?;
         let sid = stream.sid;
         let d = match ssid {
             None => stream.rid.take(),

@@ -85,7 +85,9 @@ pub const TLBI_TG: Field = Field::new("TG", 11, 10);
 pub const TLBI_VA: Field = Field::new("Address", 63, 12);
 /// Word 1 bits 51:12 of TLBI_S2_IPA.
 pub const TLBI_IPA: Field = Field::new("Address", 51, 12);
-/// Word 0 bit 9 of ATC_INV: invalidate every SubstreamID.
+/// Word 0 bit 9 of ATC_INV: G, the Global Invalidate flag of the ATS Invalidate Request.
+/// Only with SSV = 1; ignored when SSV = 0 (§4.5.1). An invalidation without SSV (no PASID
+/// prefix) is the one that covers entries with a PASID and without.
 pub const ATC_GLOBAL: u64 = 1 << 9;
 /// Word 1 bits 5:0 of ATC_INV: span of 2^Size 4 KiB pages.
 pub const ATC_SIZE: Field = Field::new("Size", 5, 0);
@@ -380,7 +382,10 @@ impl Command {
     }
 
     /// `CMD_ATC_INV`: invalidate a device's ATC for `2^size` 4 KiB pages at `address` (which
-    /// must be aligned to that span); `global` covers every SubstreamID.
+    /// must be aligned to that span). Without `ssid` it covers every entry of the stream, with
+    /// a PASID and without; `global` sets G, the request's Global Invalidate flag, which
+    /// means something only with `ssid` (§4.5.1: ignored when SSV = 0). The driver never sets
+    /// it.
     ///
     /// # Errors
     ///

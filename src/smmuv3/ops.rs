@@ -722,7 +722,7 @@ impl<A: PageAllocator> Iterator for AtcCommands<'_, A> {
                 // A retiring `d`: the whole ATC of its SubstreamID, as the retry's settle
                 // sends (`forget`). A child: the ATC holds stage-1 input addresses translated
                 // through this stage 2: an IPA range does not say which, so all of them.
-                return Some(Command::atc_inv(sid, ssid, Iova::ZERO, 52, ssid.is_none()));
+                return Some(Command::atc_inv(sid, ssid, Iova::ZERO, 52, false));
             }
         }
     }

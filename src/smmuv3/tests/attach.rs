@@ -482,7 +482,7 @@ fn ats_streams_get_atc_invalidations_after_the_tlbi_completes() {
 fn the_attach_that_turns_eats_on_invalidates_the_streams_whole_atc() {
     let (m, alloc) = (model(IDR0, 0), VecAllocator::default());
     let u = enabled(&m, &alloc);
-    let whole = Command::atc_inv(StreamId(4), None, Iova::ZERO, 52, true)
+    let whole = Command::atc_inv(StreamId(4), None, Iova::ZERO, 52, false)
         .unwrap()
         .words;
     let (d, e) = (
@@ -533,7 +533,7 @@ fn the_attach_that_turns_eats_on_invalidates_the_streams_whole_atc() {
     assert_eq!(&ops[ops.len() - 2..], [ATC_INV, SYNC]);
     assert_eq!(
         cmds[ops.len() - 2],
-        Command::atc_inv(StreamId(6), None, Iova::ZERO, 52, true)
+        Command::atc_inv(StreamId(6), None, Iova::ZERO, 52, false)
             .unwrap()
             .words
     );
@@ -823,7 +823,7 @@ fn flushing_a_nest_parent_invalidates_the_atcs_of_nested_ats_streams() {
     // The whole ATC of the stream: Size 52 from 0, every SubstreamID.
     assert_eq!(
         cmds[3],
-        Command::atc_inv(StreamId(4), None, Iova::ZERO, 52, true)
+        Command::atc_inv(StreamId(4), None, Iova::ZERO, 52, false)
             .unwrap()
             .words
     );
@@ -957,7 +957,7 @@ fn user_domain_gets_the_guests_stage1_over_the_parent() {
     assert_eq!(take_ops(&m), [TLBI_S2_IPA, 0x10, SYNC, ATC_INV, SYNC]);
     assert_eq!(
         cmds[3],
-        Command::atc_inv(StreamId(4), None, Iova::ZERO, 52, true)
+        Command::atc_inv(StreamId(4), None, Iova::ZERO, 52, false)
             .unwrap()
             .words
     );
