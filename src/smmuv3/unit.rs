@@ -592,8 +592,10 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         // previous owner's translation is still on is harmless, and clearing CR0 after it
         // never lets DMA through untranslated under the reset GBPA (bypass).
         regs::update_gbpa(&self.regs, self.gbpa_value(), budget)?;
-        regs::write_cr0(&self.regs, 0, budget)?;
+        // Before the write: SMMUEN may clear before CR0ACK shows it (§6.3.9), and a timeout
+        // must not leave `enabled` claiming the unit still acts on CMD_ATC_INV.
         self.enabled.store(false, Ordering::Release);
+        regs::write_cr0(&self.regs, 0, budget)?;
         // SMMUEN is clear: every stalled transaction ended (§3.12.2).
         book.translation_ended(eventq.as_ref().map(|q| q.written(&self.regs)));
         self.quiesce_interrupts(budget)?;
@@ -785,7 +787,9 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
     ///
     /// [`SmmuError::ServiceFailure`] on a failed unit (it was turned off when the failure was
     /// seen); [`SmmuError::GbpaUpdateTimeout`], [`SmmuError::Cr0AckTimeout`]: translation may
-    /// still be on; call again.
+    /// still be on; call again. After a `Cr0AckTimeout` the unit counts as disabled all the
+    /// same (SMMUEN may have cleared before the acknowledgement, §6.3.9): the calls that need a
+    /// CMD_ATC_INV fail until `enable` succeeds.
     pub fn disable(&self) -> Result<(), SmmuError> {
         self.usable()?;
         // Lock order: configuration, event queue, book (`page_faults.rs`).
@@ -795,8 +799,10 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         let budget = self.cfg.budget;
         regs::update_gbpa(&self.regs, self.gbpa_value(), budget)?;
         let cr0 = Cr0::from_bits_truncate(self.regs.read32(regs::CR0)) - Cr0::SMMUEN;
-        regs::write_cr0(&self.regs, cr0.bits(), budget)?;
+        // Before the write, whose effect may come before its acknowledgement (§6.3.9): on a
+        // timeout translation may be off, and every CMD_ATC_INV may be ignored.
         self.enabled.store(false, Ordering::Release);
+        regs::write_cr0(&self.regs, cr0.bits(), budget)?;
         // Every stalled transaction ended with SMMUEN (§3.12.2), and their STAGs may name new
         // stalls once it is set again: the book forgets them and fences off their records.
         book.translation_ended(eventq.as_ref().map(|q| q.written(&self.regs)));

@@ -448,3 +448,31 @@ fn ats_capable_units_check_translated_transactions() {
     let _u = enabled(&m, &alloc);
     assert_eq!(m.read32(regs::CR0ACK) & regs::Cr0::ATSCHK.bits(), 0);
 }
+
+/// A CR0 write may take effect before CR0ACK shows it (IHI 0070 §6.3.9): a `disable` whose
+/// acknowledgement times out may have cleared SMMUEN already, and the unit then ignores
+/// CMD_ATC_INV (§4.5). A flush of an ATS stream's domain after it must not report its pages
+/// invalidated (the ATC_INV lands in the model's ignored list and the sync still completes).
+#[test]
+fn a_flush_after_an_unacknowledged_disable_does_not_trust_the_atc() {
+    let (m, alloc) = (model(IDR0, RIL), VecAllocator::default());
+    let u = enabled(&m, &alloc);
+    let d = u.domain_alloc(&s2()).unwrap();
+    u.set_ats(DeviceId(50), true).unwrap();
+    u.attach(DeviceId(50), None, d).unwrap();
+    u.map(d, Iova::new(0x3000), PhysAddr::new(0x8000_0000), K4, RW)
+        .unwrap();
+    m.set_cr0_stuck(true);
+    assert!(matches!(u.disable(), Err(SmmuError::Cr0AckTimeout { .. })));
+    let mut g = Gather::new();
+    u.unmap(d, Iova::new(0x3000), K4, &mut g).unwrap();
+    let r = u.flush(d, &mut g);
+    assert!(
+        r.is_err(),
+        "a flush whose ATC_INV may be ignored returned {r:?}"
+    );
+    assert!(
+        m.ignored.borrow().is_empty(),
+        "nothing was sent to be ignored"
+    );
+}
