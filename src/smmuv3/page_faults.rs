@@ -475,10 +475,11 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
     /// (Retry for Success, Abort otherwise), then a sync. Only for a fault a drain handed out
     /// and nobody answered ([`Error::NotOutstanding`] otherwise, nothing sent).
     ///
-    /// The book is held from the check until the command is in the command queue (lock order:
-    /// book, command queue), and the fault is answered once it is: a termination or an
+    /// The book is held from the check until the command's sync completed (lock order:
+    /// book, command queue), and the fault is answered once it is queued: a termination or an
     /// `SMMUEN` clear (which free STAGs, under the book) comes wholly before (the answer is
-    /// `NotOutstanding`) or after (its command is behind this one in the queue).
+    /// `NotOutstanding`, or `PriResponseIgnored`) or after the unit consumed the command
+    /// (so a CMD_PRI_RESP is never left in the queue for a unit that ignores it, §4.5).
     ///
     /// # Errors
     /// What is true after each:
@@ -528,9 +529,12 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         if let Some(slot) = book.unanswered.get_mut(i) {
             *slot = None;
         }
-        drop(book);
+        // The book is held through the sync: `disable` clears SMMUEN under it, and a
+        // CMD_PRI_RESP still queued when it did would be ignored (§4.5) with the sync
+        // completing all the same: answered `Ok`, the record gone, the device never told.
         let r = q.sync(&self.regs);
         drop(guard);
+        drop(book);
         Ok(self.note(r)?)
     }
 
