@@ -11,7 +11,7 @@ use iommu_engine::sim::arena::Arena;
 use iommu_engine::sim::smmuv3::{event, op, Injection, SmmuModel, SmmuModelConfig};
 use iommu_engine::sim::walk::Access;
 use iommu_engine::smmuv3::platform::CANWBS_NOT_DECLARED;
-use iommu_engine::smmuv3::{DeviceFacts, Platform, SmmuConfig, SmmuUnit};
+use iommu_engine::smmuv3::{DeviceFacts, Platform, SmmuConfig, SmmuError, SmmuUnit};
 
 const K4: u64 = 1 << 12;
 const M2: u64 = 1 << 21;
@@ -862,6 +862,70 @@ fn a_flush_while_disabled_owes_the_atc_and_enable_invalidates_it() {
     assert_eq!(u.audit().unwrap().owing, 0);
 }
 
+/// `enable` re-initialises the ATC of the streams whose STE lets the device use it, not of
+/// every stream with ATS on: an idle one (detached, its STE aborting) needs nothing now (the
+/// attach that turns its EATS on again owes its whole ATC), and a device gone (D3cold,
+/// surprise-removed) would time out every enable's CMD_SYNC (CERROR_ATC_INV_SYNC), keeping the
+/// whole unit off for good.
+#[test]
+fn enable_does_not_wait_on_the_atc_of_a_detached_ats_stream() {
+    let mem = arena();
+    let model = SmmuModel::new(&mem, SmmuModelConfig::qemu_like().with_ats(true));
+    let (u, d) = ats_unit(&model, &mem);
+    u.detach(DeviceId(SID), None).unwrap();
+    u.disable().unwrap();
+    model.inject(Injection::AtcInvSyncAt {
+        at: 0,
+        times: u32::MAX,
+    });
+    model.reset_stats();
+    let r = u.enable();
+    model.clear_injections();
+    assert_eq!(r, Ok(()), "the dead device's ATC kept the unit off");
+    assert_eq!(
+        atc_invs(&model, SID),
+        [],
+        "its STE aborts: nothing to invalidate"
+    );
+    u.domain_free(d).unwrap();
+}
+
+/// An ATS endpoint that no longer answers (D3cold, surprise-removed) while its stream is
+/// attached: `enable`'s re-initialisation of its ATC times out (CERROR_ATC_INV_SYNC), and the
+/// error names the StreamID. The way out: detach it while disabled (its STE is written to
+/// abort; the detach fails on the ignored ATC_INV and leaves it unsettled, the domain held),
+/// then `enable` succeeds; the domain stays `Busy` until the stream's ATC is settled.
+#[test]
+fn a_dead_ats_endpoint_can_be_detached_while_disabled_and_enable_then_succeeds() {
+    let mem = arena();
+    let model = SmmuModel::new(&mem, SmmuModelConfig::qemu_like().with_ats(true));
+    let (u, d) = ats_unit(&model, &mem);
+    u.disable().unwrap();
+    model.inject(Injection::AtcInvSyncAt {
+        at: 0,
+        times: u32::MAX,
+    });
+    assert_eq!(
+        u.enable(),
+        Err(SmmuError::AtcReinitTimeout { sid: SID }),
+        "enable names the stream whose invalidation timed out"
+    );
+    assert!(!u.is_enabled());
+    // The model keeps a timed-out CMD_ATC_INV waited on by every later CMD_SYNC, even across
+    // enable's queue reset: cleared for the detach's CFGI_STE, armed again for enable.
+    model.clear_injections();
+    assert!(u.detach(DeviceId(SID), None).is_err());
+    model.inject(Injection::AtcInvSyncAt {
+        at: 0,
+        times: u32::MAX,
+    });
+    u.enable().unwrap();
+    model.clear_injections();
+    assert_eq!(u.domain_free(d), Err(Error::Busy));
+    u.detach(DeviceId(SID), None).unwrap();
+    u.domain_free(d).unwrap();
+}
+
 /// Detach and free while disabled: the detach cannot invalidate the stream's ATC (ignored while
 /// SMMUEN = 0), so it fails with the domain still held (retiring), and the free is refused
 /// (`Busy`); after `enable` the retried detach and the free complete.
@@ -876,7 +940,8 @@ fn a_detach_while_disabled_keeps_the_domain_until_enable() {
     assert_eq!(u.domain_free(d), Err(Error::Busy));
     assert_eq!(model.stats().atc_invalidations.get(&SID), None);
     u.enable().unwrap();
-    assert_eq!(model.stats().atc_invalidations.get(&SID), Some(&1));
+    // The failed detach wrote the aborting STE: enable has no ATC of it to re-initialise.
+    assert_eq!(model.stats().atc_invalidations.get(&SID), None);
     model.reset_stats();
     u.detach(DeviceId(SID), None).unwrap();
     assert_eq!(

@@ -267,10 +267,19 @@ pub enum SmmuError {
     /// §4.5), so the ATC of ATS stream `sid` cannot be invalidated. The call kept every page and
     /// tag it was to release: a flush or reclaim leaves the domain owing its invalidation, a
     /// detach or attach leaves the stream unsettled with its old domain retiring (held, so
-    /// `domain_free` is refused). [`enable`](super::SmmuUnit::enable) invalidates every ATS
-    /// stream's whole ATC; retry after it.
+    /// `domain_free` is refused). [`enable`](super::SmmuUnit::enable) invalidates the whole
+    /// ATC of every ATS stream whose STE allows ATS; retry after it.
     AtcInvalidationIgnored {
         /// The StreamID whose ATC would have been invalidated.
+        sid: u32,
+    },
+    /// The CMD_SYNC after `enable`'s whole-ATC `CMD_ATC_INV` of StreamID `sid` reported
+    /// `CERROR_ATC_INV_SYNC` (the endpoint did not answer: D3cold, removed). `enable` turned
+    /// `SMMUEN` off again. Detach the stream (its STE is written to abort while disabled; the
+    /// call fails with [`Self::AtcInvalidationIgnored`] and leaves it unsettled), then
+    /// `enable` again: it does not wait on a stream whose STE aborts.
+    AtcReinitTimeout {
+        /// The StreamID whose ATC invalidation timed out.
         sid: u32,
     },
     /// Translation is off (`CR0.SMMUEN` = 0): the unit ignores `CMD_PRI_RESP` (§6.3.9.6), so
@@ -405,6 +414,10 @@ impl fmt::Display for SmmuError {
             Self::PriResponseIgnored { sid } => write!(
                 f,
                 "translation disabled (CR0.SMMUEN = 0): CMD_PRI_RESP for StreamID {sid:#x} would be ignored"
+            ),
+            Self::AtcReinitTimeout { sid } => write!(
+                f,
+                "enable: the ATC invalidation of StreamID {sid:#x} timed out (CERROR_ATC_INV_SYNC); detach it, then enable"
             ),
             Self::AtcInvalidationIgnored { sid } => write!(
                 f,

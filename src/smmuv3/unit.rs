@@ -26,7 +26,7 @@
 //! 7. EVENTQ_BASE/PROD/CONS; CR0.EVENTQEN, CR0ACK; with `IDR0.PRI`, PRIQ_BASE/PROD/CONS and
 //!    CR0.PRIQEN, CR0ACK; IRQ_CTRL as configured;
 //! 8. CR0.SMMUEN, CR0ACK;
-//! 9. CMD_ATC_INV of the whole ATC of every ATS stream (attached before a `disable`), then
+//! 9. CMD_ATC_INV of the whole ATC of every ATS stream whose live STE allows ATS, each then
 //!    CMD_SYNC: the re-initialisation of ATS clients §6.3.9.6 asks for on re-enable.
 //!
 //! While SMMUEN = 0 the unit ignores CMD_ATC_INV and CMD_PRI_RESP (§6.3.9.6, §4.5): the calls
@@ -45,7 +45,7 @@ use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use crate::sync::{Mutex, RwLock};
 
-use super::attach::{Batch, CommandStaging};
+use super::attach::CommandStaging;
 
 use super::cmd::Command;
 use super::cmdq::{self, CommandQueue, SyncMode};
@@ -545,9 +545,11 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
     /// Allocates the stream table and queues (first call only), programs them and turns
     /// translation on, in the order of the module documentation. Streams attached before a
     /// [`disable`](Self::disable) keep their STEs. Once SMMUEN is set, the whole ATC of every
-    /// ATS stream is invalidated (the re-initialisation of ATS clients §6.3.9.6 asks for) and
-    /// waited for before it returns; if that fails the unit is turned off again and the error
-    /// returned.
+    /// ATS stream whose STE allows ATS is invalidated (the re-initialisation of ATS clients
+    /// §6.3.9.6 asks for), one CMD_SYNC per stream, and waited for before it returns; if that
+    /// fails the unit is turned off again and the error returned. A stream whose STE aborts
+    /// (idle, or detached while disabled) is not waited on: its ATC is owed by the attach that
+    /// turns its EATS on, or by the retried detach.
     ///
     /// It is also the way back from service failure mode: once the SMMU has been reset
     /// (`GERROR.SFM_ERR` no longer active), `enable` programs it again from the unit's books
@@ -560,7 +562,10 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
     /// is written); [`SmmuError::Cr0AckTimeout`], [`SmmuError::GbpaUpdateTimeout`],
     /// [`SmmuError::IrqCtrlAckTimeout`], [`SmmuError::NoMemory`], command queue errors: the
     /// unit is left off (translation disabled, GBPA as configured) with its tables; call
-    /// `enable` again.
+    /// `enable` again. [`SmmuError::AtcReinitTimeout`] names an ATS stream whose endpoint did
+    /// not answer its ATC invalidation: retrying fails the same way while it stays dead;
+    /// detach it (while disabled the detach writes its aborting STE, then fails with
+    /// [`SmmuError::AtcInvalidationIgnored`]), then `enable` again.
     pub fn enable(&self) -> Result<(), SmmuError> {
         let active = Gerror::active(&self.regs);
         if active.contains(Gerror::SFM_ERR) {
@@ -706,8 +711,11 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
     /// The re-initialisation of the ATS clients §6.3.9.6 asks for once SMMUEN is set again:
     /// the whole ATC of every ATS stream (Size 52 from 0, SSV = 0: an ATS Invalidation Request
     /// without a PASID prefix, which is what the stream-wide invalidations of `forget` send;
-    /// Global is ignored with SSV = 0, §4.5.1), then a CMD_SYNC. Their STEs kept EATS while translation was off, and the unit ignored
-    /// every CMD_ATC_INV sent meanwhile (none was: [`Self::atc_reachable`]).
+    /// Global is ignored with SSV = 0, §4.5.1), each followed by its CMD_SYNC. Only the
+    /// streams whose live STE allows ATS: their STEs kept EATS while translation was off, and
+    /// the unit ignored every CMD_ATC_INV sent meanwhile (none was: [`Self::atc_reachable`]).
+    /// A stream whose STE aborts (detached, even while disabled: the STE is written before
+    /// the ignored CMD_ATC_INV fails the detach) is left to its `atc_owed` or unsettled state.
     ///
     /// No freed page is reachable between SMMUEN = 1 and their completion: every flush that
     /// returned `Ok` (and so let its pages go) completed its CMD_ATC_INVs while translation
@@ -721,17 +729,28 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         config: &ConfigState<A>,
         cq: &mut CommandQueue<A>,
     ) -> Result<(), SmmuError> {
-        let mut b = Batch::new(cq, &self.regs, &self.cmd_staging);
-        let mut pushed = false;
+        let Some(strtab) = config.strtab.as_ref() else {
+            return Ok(());
+        };
         for s in config.streams.iter().flatten().filter(|s| s.ats) {
-            b.push(Command::atc_inv(s.sid, None, Iova::ZERO, 52, false)?)?;
-            pushed = true;
+            // Only where the live STE lets the device use its ATC: one that aborts needs
+            // nothing now (the write that turns its EATS on owes the whole ATC, `atc_owed`),
+            // and an idle endpoint gone quiet (D3cold, removed) would time out every retry.
+            if !strtab.read(s.sid)?.allows_ats() {
+                continue;
+            }
+            // A CMD_SYNC per stream, so that a timeout names the endpoint to detach.
+            let inv = Command::atc_inv(s.sid, None, Iova::ZERO, 52, false)?;
+            cq.submit_and_sync(&self.regs, &[inv])
+                .map_err(|e| match e {
+                    SmmuError::CommandError {
+                        kind: CommandErrorKind::AtcInvalidationSync,
+                        ..
+                    } => SmmuError::AtcReinitTimeout { sid: s.sid.0 },
+                    e => e,
+                })?;
         }
-        if pushed {
-            b.sync()
-        } else {
-            Ok(())
-        }
+        Ok(())
     }
 
     /// [`SmmuError::AtcInvalidationIgnored`] while translation is off: the unit would ignore a
@@ -781,7 +800,10 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
     /// invalidate an ATS stream's ATC (a flush, reclaim or free of a domain an ATS stream uses,
     /// a detach or replacing attach of one, the attach that turns its EATS on) fails with
     /// [`SmmuError::AtcInvalidationIgnored`] and keeps what it was to release; `enable`
-    /// invalidates every ATS stream's whole ATC before it returns, and the retries complete.
+    /// invalidates the whole ATC of every ATS stream whose STE allows ATS before it returns,
+    /// and the retries complete. A detach while disabled writes the stream's aborting STE
+    /// (CMD_CFGI_STE works with SMMUEN clear) before it fails, so a dead endpoint no longer
+    /// holds `enable` back (see [`SmmuError::AtcReinitTimeout`]).
     ///
     /// # Errors
     ///
@@ -1025,6 +1047,10 @@ impl From<SmmuError> for Error {
             },
             SmmuError::AtcInvalidationIgnored { sid } => Error::Hardware {
                 what: "SMMU translation disabled (CR0.SMMUEN = 0): CMD_ATC_INV ignored for this StreamID; enable, then retry",
+                code: sid.into(),
+            },
+            SmmuError::AtcReinitTimeout { sid } => Error::Hardware {
+                what: "SMMU enable: ATS invalidation timed out (CERROR_ATC_INV_SYNC) for this StreamID; detach it, then enable",
                 code: sid.into(),
             },
             SmmuError::PriResponseIgnored { sid } => Error::Hardware {
