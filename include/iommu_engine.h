@@ -20,7 +20,14 @@
  *
  * Threads: every function may be called from any CPU; map/unmap on disjoint ranges run
  * concurrently, configuration calls serialise on the library's spin locks. A handle must not be
- * used concurrently with, or after, its own destroy.
+ * used concurrently with, or after, its own destroy. The locks disable neither preemption nor
+ * interrupts: on a preemptible kernel call with preemption disabled (Linux: preempt_disable()),
+ * or a caller preempted holding a lock leaves every other CPU that wants it spinning.
+ *
+ * Callbacks (IeEnv's page allocation, free, address and cache functions; IeRegs' accessors) may
+ * be called with the library's locks held: they must not sleep (Linux: GFP_ATOMIC or
+ * GFP_NOWAIT, never GFP_KERNEL) and must not call back into the library (its locks are not
+ * re-entrant: a call on the same unit, registry or context deadlocks).
  *
  * Interrupt context: no function sleeps or masks interrupts; calls spin on the library's locks
  * and on bounded hardware waits (poll_budget). Never call into the library from an interrupt
@@ -431,9 +438,13 @@ typedef struct {
 
 // The memory services an embedder lends to the crate.
 //
-// Every function is called with `ctx`. The crate calls them from whichever thread calls into
-// it, with its own spin locks held but never with interrupts masked by it: they must be safe to
-// call concurrently and must not sleep if the embedder calls the crate from atomic context.
+// Every function is called with `ctx`, from whichever thread calls into the crate, and may be
+// called with the crate's own locks held. Those are spin locks that disable neither preemption
+// nor interrupts: a function must be safe to call concurrently, must not sleep (Linux: no
+// `GFP_KERNEL`; `GFP_ATOMIC` or `GFP_NOWAIT`, with `__GFP_ZERO`), since a holder that sleeps
+// leaves every other caller spinning, and must not call into the library (its locks are not
+// re-entrant: a call on the same unit, registry or context deadlocks). The same holds for the
+// `IeRegs` accessor functions.
 typedef struct {
   // Passed to every function.
   void *ctx;
@@ -640,9 +651,13 @@ typedef struct {
 
 // A unit's register window: either mapped MMIO (`base` non-NULL: the crate accesses it with
 // single loads and stores) or four accessor functions (`base` NULL), e.g. for a hypervisor
-// that traps or a model.
+// that traps or a model. The functions are called as those of `IeEnv` are: from any thread,
+// with the library's spin locks held, so they must not sleep nor call into the library.
 typedef struct {
   // CPU address of the registers, mapped as device memory; NULL to use the functions.
+  // Aligned to 8 bytes (the widest register access, a single 64-bit load or store, is then
+  // aligned wherever the register is); a misaligned base is refused with
+  // `IE_STATUS_INVALID_ARGUMENT`.
   void *base;
   // Length of the mapped window in bytes (VT-d: 4 KiB at least; SMMUv3: 128 KiB, pages 0
   // and 1); a shorter one is refused. Ignored for accessor functions.
@@ -841,11 +856,12 @@ int32_t ie_ctx_fault_queue_alloc(IeCtx *ctx);
 // a threaded handler of the unit's page request interrupt, or to poll.
 //
 // `IE_STATUS_FAULTS_LOST`: the unit's own queue overflowed before the drain (acknowledged;
-// partial groups from it were dropped; devices ask again).
+// partial groups from it were dropped; devices ask again). `IE_STATUS_INVALID_ARGUMENT`, with
+// nothing drained: an entry of `ctxs` is neither NULL nor a live context of `registry`.
 //
 // # Safety
-// `registry` is a live registry handle; `ctxs` points to `n_ctxs` handles, each NULL or a live
-// context of that registry; `queued` is NULL or writable.
+// `registry` is a live registry handle; `ctxs` points to `n_ctxs` handles, each NULL or a
+// handle; `queued` is NULL or writable.
 int32_t ie_registry_dispatch_faults(IeRegistry *registry,
                                     uint32_t unit,
                                     IeCtx *const *ctxs,
@@ -862,8 +878,9 @@ int32_t ie_ctx_read_faults(IeCtx *ctx, IePageFault *out, uint32_t max, uint32_t 
 
 // Answers the fault group `cookie` names with `response` (an `IeFaultResponse`): the unit
 // sends the device a page group response (VT-d) or `CMD_PRI_RESP` / `CMD_RESUME` (SMMUv3).
-// `IE_STATUS_INVALID_ARGUMENT`: no such group awaits an answer (answered already, or not read;
-// iommufd's `-EINVAL`) or an unknown code; `IE_STATUS_NOT_PERMITTED`: another context's cookie.
+// `IE_STATUS_INVALID_ARGUMENT`: no such group awaits an answer (answered already, not read,
+// or no longer outstanding at the unit, e.g. a stall it terminated; iommufd's `-EINVAL`) or an
+// unknown code; `IE_STATUS_NOT_PERMITTED`: another context's cookie.
 //
 // # Safety
 // `ctx` is a live context handle.
@@ -994,6 +1011,12 @@ int32_t ie_ctx_reserve_region(IeCtx *ctx, uint64_t start, uint64_t len);
 // PASIDs of `pasid_bits` bits (the narrowest of the system's units and devices). The units
 // cannot be destroyed while the registry exists.
 //
+// A unit appears once in one registry: the registry decides which context owns each of the
+// unit's devices, and a second registry (or the same unit under a second number) would hand
+// the same device to another context, whose attach replaces the first one's context entry or
+// STE. `IE_STATUS_INVALID_ARGUMENT` for a handle listed twice, `IE_STATUS_BUSY` for a unit in
+// another live registry (free again once that registry is destroyed).
+//
 // # Safety
 // `env` is a valid `IeEnv`; `units` points to `n_units` live unit handles; `out` is writable.
 int32_t ie_registry_create(const IeEnv *env,
@@ -1020,7 +1043,8 @@ int32_t ie_registry_leaked(IeRegistry *registry,
                            uint64_t *domains,
                            uint64_t *table_pages);
 
-// Creates a context drawing PASIDs from `registry` up to `pasid_quota` (at most 64).
+// Creates a context drawing PASIDs from `registry` up to `pasid_quota` (at most 64, the PASID
+// attachments a context holds; more is refused with `IE_STATUS_INVALID_ARGUMENT`).
 //
 // # Safety
 // `registry` is a live registry handle; `out` is writable.
@@ -1367,10 +1391,11 @@ int32_t ie_sim_smmu_model_create(IeSimArena *arena,
 #endif
 
 #if defined(IOMMU_ENGINE_SIM)
-// Destroys a model whose unit is destroyed.
+// Destroys a model whose unit is destroyed (`IE_STATUS_BUSY` while a unit created on its
+// window lives).
 //
 // # Safety
-// `model` is NULL or a live model handle, not used again (nor its register window).
+// `model` is NULL or a model handle, not used again after success (nor its register window).
 int32_t ie_sim_model_destroy(IeSimModel *model);
 #endif
 
@@ -1455,7 +1480,8 @@ int32_t ie_amdvi_config_default(IeAmdViConfig *out);
 
 // Creates a VT-d unit on `regs` (not yet enabled: see ie_unit_enable()). Reads CAP/ECAP
 // and refuses a configuration the unit cannot run (`IE_STATUS_UNSUPPORTED`), or a mapped
-// window shorter than 4 KiB (`IE_STATUS_INVALID_ARGUMENT`).
+// window shorter than 4 KiB or whose base is not 8-byte aligned
+// (`IE_STATUS_INVALID_ARGUMENT`).
 //
 // # Safety
 // `env` is a valid `IeEnv`; `regs` a valid `IeRegs` whose window stays mapped while the unit
@@ -1468,7 +1494,7 @@ int32_t ie_vtd_create(const IeEnv *env,
 // Creates an SMMUv3 unit on `regs` (a 128 KiB window; not yet enabled: see
 // ie_unit_enable()). Reads the ID registers and refuses a configuration the unit cannot run
 // (`IE_STATUS_UNSUPPORTED`, e.g. `sid_bits` above `IDR1.SIDSIZE`) or an invalid one, or a
-// mapped window shorter than 128 KiB (`IE_STATUS_INVALID_ARGUMENT`).
+// mapped window shorter than 128 KiB or misaligned (`IE_STATUS_INVALID_ARGUMENT`).
 //
 // # Safety
 // As for ie_vtd_create().
@@ -1479,7 +1505,8 @@ int32_t ie_smmu_create(const IeEnv *env,
 
 // Creates an AMD-Vi unit on `regs` (a 16 KiB window; not yet enabled: see
 // ie_unit_enable()). Reads EFR and refuses a configuration the unit cannot run or an invalid
-// one (`IE_STATUS_INVALID_ARGUMENT`, `IE_STATUS_UNSUPPORTED`), or a shorter mapped window.
+// one (`IE_STATUS_INVALID_ARGUMENT`, `IE_STATUS_UNSUPPORTED`), or a shorter or misaligned
+// mapped window.
 //
 // # Safety
 // As for ie_vtd_create().

@@ -140,7 +140,9 @@ impl Mmio {
     ///
     /// `base..base + len` is mapped as device memory (uncached, non-reordering) for the whole life
     /// of the returned value, holds the registers of one IOMMU unit, and nothing else writes those
-    /// registers while the driver owns them.
+    /// registers while the driver owns them. `base` should be 8-byte aligned: an access whose
+    /// address is not aligned to its size is not made (reads return all-ones, as outside the
+    /// window), since it would be undefined behaviour and fault on Arm device memory.
     pub const unsafe fn new(base: NonNull<u8>, len: usize) -> Self {
         Self { base, len }
     }
@@ -155,10 +157,12 @@ impl Mmio {
         self.len == 0
     }
 
-    /// The register pointer for an access of `size` bytes at `offset`, if inside and aligned.
+    /// The register pointer for an access of `size` bytes at `offset`, if inside and aligned
+    /// (the address, not only the offset: a misaligned base would misalign every access).
     fn reg(&self, offset: usize, size: usize) -> Option<*mut u8> {
         let end = offset.checked_add(size)?;
-        (end <= self.len && offset % size == 0).then(|| self.base.as_ptr().wrapping_add(offset))
+        let p = self.base.as_ptr().wrapping_add(offset);
+        (end <= self.len && (p as usize) % size == 0).then_some(p)
     }
 }
 

@@ -23,9 +23,13 @@ pub(super) type IeSyncFn = unsafe extern "C" fn(ctx: *mut c_void, va: *mut c_voi
 
 /// The memory services an embedder lends to the crate.
 ///
-/// Every function is called with `ctx`. The crate calls them from whichever thread calls into
-/// it, with its own spin locks held but never with interrupts masked by it: they must be safe to
-/// call concurrently and must not sleep if the embedder calls the crate from atomic context.
+/// Every function is called with `ctx`, from whichever thread calls into the crate, and may be
+/// called with the crate's own locks held. Those are spin locks that disable neither preemption
+/// nor interrupts: a function must be safe to call concurrently, must not sleep (Linux: no
+/// `GFP_KERNEL`; `GFP_ATOMIC` or `GFP_NOWAIT`, with `__GFP_ZERO`), since a holder that sleeps
+/// leaves every other caller spinning, and must not call into the library (its locks are not
+/// re-entrant: a call on the same unit, registry or context deadlocks). The same holds for the
+/// `IeRegs` accessor functions.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct IeEnv {
@@ -153,11 +157,15 @@ pub(super) type IeWrite64Fn = unsafe extern "C" fn(ctx: *mut c_void, off: usize,
 
 /// A unit's register window: either mapped MMIO (`base` non-NULL: the crate accesses it with
 /// single loads and stores) or four accessor functions (`base` NULL), e.g. for a hypervisor
-/// that traps or a model.
+/// that traps or a model. The functions are called as those of `IeEnv` are: from any thread,
+/// with the library's spin locks held, so they must not sleep nor call into the library.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct IeRegs {
     /// CPU address of the registers, mapped as device memory; NULL to use the functions.
+    /// Aligned to 8 bytes (the widest register access, a single 64-bit load or store, is then
+    /// aligned wherever the register is); a misaligned base is refused with
+    /// `IE_STATUS_INVALID_ARGUMENT`.
     pub base: *mut c_void,
     /// Length of the mapped window in bytes (VT-d: 4 KiB at least; SMMUv3: 128 KiB, pages 0
     /// and 1); a shorter one is refused. Ignored for accessor functions.
@@ -173,6 +181,9 @@ pub struct IeRegs {
     /// 64-bit write.
     pub write64: Option<unsafe extern "C" fn(ctx: *mut c_void, off: usize, value: u64)>,
 }
+
+/// The alignment `IeRegs::base` needs: the widest register access (64 bits).
+const MMIO_BASE_ALIGN: usize = 8;
 
 /// A validated [`IeRegs`].
 #[derive(Debug)]
@@ -212,6 +223,12 @@ impl CRegs {
         // SAFETY: the caller guarantees `regs` is null or readable.
         let r = unsafe { regs.as_ref() }.ok_or(IeStatus::InvalidArgument)?;
         if let Some(base) = NonNull::new(r.base.cast::<u8>()) {
+            // Registers sit at offsets aligned to their size (`Mmio` checks): on an aligned
+            // base every access is aligned. A misaligned one is undefined behaviour, and an
+            // alignment fault on Arm device memory.
+            if (base.as_ptr() as usize) % MMIO_BASE_ALIGN != 0 {
+                return Err(IeStatus::InvalidArgument);
+            }
             // SAFETY: the caller guarantees the mapping, per this function's contract.
             return Ok(CRegs::Mmio(unsafe { Mmio::new(base, r.len) }));
         }

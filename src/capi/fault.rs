@@ -142,11 +142,12 @@ pub unsafe extern "C" fn ie_ctx_fault_queue_alloc(ctx: *mut IeCtx) -> i32 {
 /// a threaded handler of the unit's page request interrupt, or to poll.
 ///
 /// `IE_STATUS_FAULTS_LOST`: the unit's own queue overflowed before the drain (acknowledged;
-/// partial groups from it were dropped; devices ask again).
+/// partial groups from it were dropped; devices ask again). `IE_STATUS_INVALID_ARGUMENT`, with
+/// nothing drained: an entry of `ctxs` is neither NULL nor a live context of `registry`.
 ///
 /// # Safety
-/// `registry` is a live registry handle; `ctxs` points to `n_ctxs` handles, each NULL or a live
-/// context of that registry; `queued` is NULL or writable.
+/// `registry` is a live registry handle; `ctxs` points to `n_ctxs` handles, each NULL or a
+/// handle; `queued` is NULL or writable.
 #[no_mangle]
 pub unsafe extern "C" fn ie_registry_dispatch_faults(
     registry: *mut IeRegistry,
@@ -162,11 +163,19 @@ pub unsafe extern "C" fn ie_registry_dispatch_faults(
         }
         let id = UnitId(u8::try_from(unit).map_err(|_| IeStatus::InvalidArgument)?);
         let iommu = reg.value.registry().unit(id)?;
-        let context = |i: usize| {
+        let entry = |i: usize| {
             // SAFETY: `ctxs` has `n_ctxs` readable entries (the caller's contract).
-            let c = unsafe { *ctxs.add(i) };
-            ctx_obj(c).ok().map(|o| o.value.ctx())
+            unsafe { *ctxs.add(i) }
         };
+        // Before anything is drained: a context of another registry would be handed faults
+        // of a device this registry's owner table gave to someone else.
+        for i in 0..n_ctxs as usize {
+            let c = entry(i);
+            if !c.is_null() && !ctx_obj(c)?.value.belongs_to(reg) {
+                return Err(IeStatus::InvalidArgument);
+            }
+        }
+        let context = |i: usize| ctx_obj(entry(i)).ok().map(|o| o.value.ctx());
         let d = dispatch_page_faults_with(id, iommu, n_ctxs as usize, context)?;
         // SAFETY: the C contract: NULL or writable.
         if let Some(q) = unsafe { queued.as_mut() } {
@@ -229,8 +238,9 @@ pub enum IeFaultResponse {
 
 /// Answers the fault group `cookie` names with `response` (an `IeFaultResponse`): the unit
 /// sends the device a page group response (VT-d) or `CMD_PRI_RESP` / `CMD_RESUME` (SMMUv3).
-/// `IE_STATUS_INVALID_ARGUMENT`: no such group awaits an answer (answered already, or not read;
-/// iommufd's `-EINVAL`) or an unknown code; `IE_STATUS_NOT_PERMITTED`: another context's cookie.
+/// `IE_STATUS_INVALID_ARGUMENT`: no such group awaits an answer (answered already, not read,
+/// or no longer outstanding at the unit, e.g. a stall it terminated; iommufd's `-EINVAL`) or an
+/// unknown code; `IE_STATUS_NOT_PERMITTED`: another context's cookie.
 ///
 /// # Safety
 /// `ctx` is a live context handle.

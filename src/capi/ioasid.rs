@@ -4,7 +4,8 @@ use core::ptr::{addr_of_mut, NonNull};
 
 use crate::ioasid::{
     DeviceHandle, DeviceLabel, DirectRegion, IncoherentDmaGrant, IoasidCtx, IoasidFlags, IoasidId,
-    PasidAllocator, Registry, UnitId, MAX_DEVICES, MAX_DIRECT_REGIONS, MAX_UNITS,
+    PasidAllocator, Registry, UnitId, MAX_DEVICES, MAX_DIRECT_REGIONS, MAX_PASID_ATTACHMENTS,
+    MAX_UNITS,
 };
 use crate::iommu::{DeviceHints, DeviceId, Iommu, Pasid, Source};
 use crate::mem::{Iova, PhysAddr};
@@ -58,6 +59,11 @@ impl CtxObj {
     pub(super) fn ctx(&self) -> &IoasidCtx<'static, 'static, CEnv> {
         &self.ctx
     }
+
+    /// Whether the context was created in `registry`.
+    pub(super) fn belongs_to(&self, registry: &Obj<RegistryObj>) -> bool {
+        core::ptr::eq(self.registry.as_ptr(), registry)
+    }
 }
 
 impl Tagged for RegistryObj {
@@ -100,6 +106,12 @@ pub(super) fn put<T>(out: *mut T, v: T) -> Result<(), IeStatus> {
 /// PASIDs of `pasid_bits` bits (the narrowest of the system's units and devices). The units
 /// cannot be destroyed while the registry exists.
 ///
+/// A unit appears once in one registry: the registry decides which context owns each of the
+/// unit's devices, and a second registry (or the same unit under a second number) would hand
+/// the same device to another context, whose attach replaces the first one's context entry or
+/// STE. `IE_STATUS_INVALID_ARGUMENT` for a handle listed twice, `IE_STATUS_BUSY` for a unit in
+/// another live registry (free again once that registry is destroyed).
+///
 /// # Safety
 /// `env` is a valid `IeEnv`; `units` points to `n_units` live unit handles; `out` is writable.
 #[no_mangle]
@@ -132,33 +144,64 @@ pub unsafe extern "C" fn ie_registry_create(
         let mut list = [iommu_of(first); MAX_UNITS];
         for i in 0..n_units {
             let u = unit_at(i)?;
+            if objs[..i].contains(&Some(u)) {
+                return Err(IeStatus::InvalidArgument);
+            }
             objs[i] = Some(u);
             list[i] = iommu_of(u);
         }
-        let pasids = PasidPage::new(env, pasid_bits)?;
-        // SAFETY: the allocator lives in its own page, which the registry object owns and
-        // frees only after the registry is dropped: `'static` stands for that.
-        let allocator: &'static PasidAllocator = unsafe { &*(pasids.allocator() as *const _) };
-        let obj = Obj::create_with(env, |slot: *mut RegistryObj| {
-            // SAFETY: `slot` is writable and aligned (`create_with`); the registry is built in
-            // place (its owner table is 6 KiB), then the other fields are written once each.
-            unsafe {
-                Registry::init_in_place(
-                    NonNull::new_unchecked(addr_of_mut!((*slot).registry)),
-                    &list[..n_units],
-                    allocator,
-                )?;
-                addr_of_mut!((*slot).units).write(objs);
-                addr_of_mut!((*slot)._pasids).write(pasids);
+        claim_units(&objs)?;
+        let made = (|| {
+            let pasids = PasidPage::new(env, pasid_bits)?;
+            // SAFETY: the allocator lives in its own page, which the registry object owns and
+            // frees only after the registry is dropped: `'static` stands for that.
+            let allocator: &'static PasidAllocator = unsafe { &*(pasids.allocator() as *const _) };
+            Obj::create_with(env, |slot: *mut RegistryObj| {
+                // SAFETY: `slot` is writable and aligned (`create_with`); the registry is built
+                // in place (its owner table is 6 KiB), then the other fields are written once
+                // each.
+                unsafe {
+                    Registry::init_in_place(
+                        NonNull::new_unchecked(addr_of_mut!((*slot).registry)),
+                        &list[..n_units],
+                        allocator,
+                    )?;
+                    addr_of_mut!((*slot).units).write(objs);
+                    addr_of_mut!((*slot)._pasids).write(pasids);
+                }
+                Ok(())
+            })
+        })();
+        match made {
+            Ok(obj) => put(out, obj.as_ptr().cast()),
+            Err(e) => {
+                release_units(&objs);
+                Err(e)
             }
-            Ok(())
-        })?;
-        for u in objs.iter().flatten() {
-            // SAFETY: checked live above.
-            unsafe { u.as_ref() }.acquire();
         }
-        put(out, obj.as_ptr().cast())
     })())
+}
+
+/// Makes the registry being created the sole user of each unit in `objs`: `Busy`, with none
+/// of them claimed, if another registry has one.
+fn claim_units(objs: &[Option<NonNull<Obj<UnitObj>>>]) -> Result<(), IeStatus> {
+    for (i, u) in objs.iter().enumerate() {
+        let Some(u) = u else { continue };
+        // SAFETY: checked live by the caller.
+        if !unsafe { u.as_ref() }.acquire_sole() {
+            release_units(&objs[..i]);
+            return Err(IeStatus::Busy);
+        }
+    }
+    Ok(())
+}
+
+/// Gives up the registry's claim on each unit in `objs`.
+fn release_units(objs: &[Option<NonNull<Obj<UnitObj>>>]) {
+    for u in objs.iter().flatten() {
+        // SAFETY: the registry held a user count, so the unit is live.
+        unsafe { u.as_ref() }.release();
+    }
 }
 
 /// Destroys a registry with no context left.
@@ -174,10 +217,7 @@ pub unsafe extern "C" fn ie_registry_destroy(registry: *mut IeRegistry) -> i32 {
         let units = unsafe { obj.as_ref() }.value.units;
         // SAFETY: as above; `destroy` refuses while contexts use it.
         unsafe { Obj::destroy(obj) }?;
-        for u in units.iter().flatten() {
-            // SAFETY: the registry held a user count, so the unit is live.
-            unsafe { u.as_ref() }.release();
-        }
+        release_units(&units);
         Ok(())
     })())
 }
@@ -211,7 +251,8 @@ pub unsafe extern "C" fn ie_registry_leaked(
     })())
 }
 
-/// Creates a context drawing PASIDs from `registry` up to `pasid_quota` (at most 64).
+/// Creates a context drawing PASIDs from `registry` up to `pasid_quota` (at most 64, the PASID
+/// attachments a context holds; more is refused with `IE_STATUS_INVALID_ARGUMENT`).
 ///
 /// # Safety
 /// `registry` is a live registry handle; `out` is writable.
@@ -223,7 +264,7 @@ pub unsafe extern "C" fn ie_ctx_create(
 ) -> i32 {
     code((|| {
         let reg = registry_obj(registry)?;
-        if out.is_null() {
+        if out.is_null() || pasid_quota > MAX_PASID_ATTACHMENTS as u32 {
             return Err(IeStatus::InvalidArgument);
         }
         // SAFETY: the context holds a user count on the registry, which therefore outlives it:

@@ -16,13 +16,21 @@
 //! - Concurrency is that of [`crate::ioasid`]: every function may be called from any thread;
 //!   map/unmap on disjoint ranges run concurrently; configuration calls serialise inside. No
 //!   call sleeps; calls spin for bounded hardware waits, so none belongs in a hard interrupt
-//!   handler (drain faults from a threaded handler or bottom half).
+//!   handler (drain faults from a threaded handler or bottom half). The locks are `spin`'s
+//!   (`crate::sync`), which disable neither preemption nor interrupts: callers on a
+//!   preemptible kernel disable preemption around calls, and the embedder's callbacks
+//!   ([`IeEnv`], [`IeRegs`] accessors), which may run with a lock held, never sleep and never
+//!   call back into the library (the locks are not re-entrant).
+//! - A unit belongs to one registry, once (`ie_registry_create` refuses a duplicate handle
+//!   and a unit another live registry holds); a register window's base is 8-byte aligned.
 //! - Handles are checked: NULL, a handle of another type or a destroyed one (while its page
 //!   is not reused) is `IE_STATUS_INVALID_ARGUMENT`; enum values cross as integers.
 //! - Stack: units, registries and contexts are built and released in their pages (tens of
 //!   KiB that never cross the stack); the header gives each call's deepest stack, which
 //!   `tests/linux_module.rs` measures and holds.
 
+#[cfg(all(test, feature = "sim"))]
+mod contract_tests;
 #[cfg(all(test, feature = "sim"))]
 mod copy_tests;
 mod dirty;

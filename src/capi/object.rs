@@ -81,6 +81,15 @@ impl<T: Tagged> Obj<T> {
         self.users.fetch_add(1, Ordering::AcqRel);
     }
 
+    /// Counts this object's only user: `false` (nothing counted) if it has one already. A
+    /// unit takes one registry at most (two registries driving one unit would each write its
+    /// context entries and STEs: a device bound in one could be attached by the other).
+    pub(super) fn acquire_sole(&self) -> bool {
+        self.users
+            .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
     /// Counts one user less.
     pub(super) fn release(&self) {
         self.users.fetch_sub(1, Ordering::AcqRel);

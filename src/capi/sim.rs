@@ -7,6 +7,8 @@ extern crate std;
 use core::ffi::c_void;
 use core::ptr::NonNull;
 use std::boxed::Box;
+use std::collections::BTreeMap;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::mem::{Page, PageAllocator, PhysAddr};
 use crate::mmio::RegisterWindow;
@@ -50,14 +52,67 @@ unsafe impl Send for ModelBox {}
 // SAFETY: as above.
 unsafe impl Sync for ModelBox {}
 
+/// What a live sim handle is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Arena,
+    Model,
+}
+
+/// The live sim handles, and the model each unit created on a model's window uses. A table
+/// rather than a tag in the object: a destroyed handle's memory is gone (`Box`), so it is looked
+/// up, never read, and a handle destroyed twice or of the other type is refused for certain.
+struct Handles {
+    live: BTreeMap<usize, Kind>,
+    /// Unit handle to the model whose window it drives.
+    units: BTreeMap<usize, usize>,
+}
+
+static HANDLES: Mutex<Handles> = Mutex::new(Handles {
+    live: BTreeMap::new(),
+    units: BTreeMap::new(),
+});
+
+/// The table, even if a thread panicked holding it (it is consistent between statements).
+fn handles() -> MutexGuard<'static, Handles> {
+    HANDLES.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// `h`, if it is a live handle of `kind`.
+fn live<T>(h: *mut T, kind: Kind) -> Result<NonNull<T>, IeStatus> {
+    let p = NonNull::new(h).ok_or(IeStatus::InvalidArgument)?;
+    match handles().live.get(&(h as usize)) {
+        Some(k) if *k == kind => Ok(p),
+        _ => Err(IeStatus::InvalidArgument),
+    }
+}
+
 fn arena_obj<'h>(a: *mut IeSimArena) -> Result<&'h ArenaObj, IeStatus> {
-    // SAFETY: the C contract: NULL or a live arena handle.
-    unsafe { a.cast::<ArenaObj>().as_ref() }.ok_or(IeStatus::InvalidArgument)
+    let a = live(a, Kind::Arena)?;
+    // SAFETY: a live arena handle (the table); the C contract keeps it live during the call.
+    Ok(unsafe { a.cast::<ArenaObj>().as_ref() })
 }
 
 fn model_obj<'h>(m: *mut IeSimModel) -> Result<&'h ModelBox, IeStatus> {
-    // SAFETY: the C contract: NULL or a live model handle.
-    unsafe { m.cast::<ModelBox>().as_ref() }.ok_or(IeStatus::InvalidArgument)
+    let m = live(m, Kind::Model)?;
+    // SAFETY: a live model handle (the table); the C contract keeps it live during the call.
+    Ok(unsafe { m.cast::<ModelBox>().as_ref() })
+}
+
+/// Notes that `unit` (a new unit handle) drives the window `window_ctx` names, when that is
+/// a model's (`IeRegs.ctx` from ie_sim_model_regs()): the model is then busy until
+/// [`unit_destroyed`].
+pub(super) fn unit_created(unit: usize, window_ctx: *mut c_void) {
+    let mut h = handles();
+    let model = window_ctx as usize;
+    if h.live.get(&model) == Some(&Kind::Model) {
+        h.units.insert(unit, model);
+    }
+}
+
+/// `unit` is destroyed: its model, if any, is free again.
+pub(super) fn unit_destroyed(unit: usize) {
+    handles().units.remove(&unit);
 }
 
 /// The SMMUv3 model behind a live model handle (tests: its command log and injections).
@@ -84,11 +139,12 @@ pub unsafe extern "C" fn ie_sim_arena_create(bytes: u64, out: *mut *mut IeSimAre
             ..ArenaConfig::default()
         })
         .map_err(|_| IeStatus::InvalidArgument)?;
-        let obj = Box::new(ArenaObj {
+        let obj = Box::into_raw(Box::new(ArenaObj {
             arena,
             models: core::sync::atomic::AtomicU32::new(0),
-        });
-        *out = Box::into_raw(obj).cast();
+        }));
+        handles().live.insert(obj as usize, Kind::Arena);
+        *out = obj.cast();
         Ok(())
     })())
 }
@@ -100,10 +156,17 @@ pub unsafe extern "C" fn ie_sim_arena_create(bytes: u64, out: *mut *mut IeSimAre
 #[no_mangle]
 pub unsafe extern "C" fn ie_sim_arena_destroy(arena: *mut IeSimArena) -> i32 {
     code((|| {
-        let a = arena_obj(arena)?;
+        let mut h = handles();
+        if h.live.get(&(arena as usize)) != Some(&Kind::Arena) {
+            return Err(IeStatus::InvalidArgument);
+        }
+        // SAFETY: a live arena (the table).
+        let a = unsafe { &*arena.cast::<ArenaObj>() };
         if a.models.load(core::sync::atomic::Ordering::Acquire) != 0 {
             return Err(IeStatus::Busy);
         }
+        h.live.remove(&(arena as usize));
+        drop(h);
         // SAFETY: created by `Box::into_raw` in `ie_sim_arena_create`; unused from now on.
         drop(unsafe { Box::from_raw(arena.cast::<ArenaObj>()) });
         Ok(())
@@ -246,12 +309,13 @@ fn new_model(
     // SAFETY: the model holds a count on the arena, which therefore outlives it: `'static`
     // stands for that.
     let arena_static: &'static Arena = unsafe { &*(&a.arena as *const Arena) };
-    let obj = Box::new(ModelBox {
+    let obj = Box::into_raw(Box::new(ModelBox {
         model: make(arena_static),
         arena: NonNull::from(a),
-    });
+    }));
     a.models.fetch_add(1, core::sync::atomic::Ordering::AcqRel);
-    *out = Box::into_raw(obj).cast();
+    handles().live.insert(obj as usize, Kind::Model);
+    *out = obj.cast();
     Ok(())
 }
 
@@ -331,14 +395,25 @@ pub unsafe extern "C" fn ie_sim_smmu_model_create(
     })())
 }
 
-/// Destroys a model whose unit is destroyed.
+/// Destroys a model whose unit is destroyed (`IE_STATUS_BUSY` while a unit created on its
+/// window lives).
 ///
 /// # Safety
-/// `model` is NULL or a live model handle, not used again (nor its register window).
+/// `model` is NULL or a model handle, not used again after success (nor its register window).
 #[no_mangle]
 pub unsafe extern "C" fn ie_sim_model_destroy(model: *mut IeSimModel) -> i32 {
     code((|| {
-        let m = model_obj(model)?;
+        let mut h = handles();
+        if h.live.get(&(model as usize)) != Some(&Kind::Model) {
+            return Err(IeStatus::InvalidArgument);
+        }
+        if h.units.values().any(|&m| m == model as usize) {
+            return Err(IeStatus::Busy);
+        }
+        h.live.remove(&(model as usize));
+        drop(h);
+        // SAFETY: a live model (the table, just left).
+        let m = unsafe { &*model.cast::<ModelBox>() };
         // SAFETY: the model held a count on the arena, so it is live.
         unsafe { m.arena.as_ref() }
             .models

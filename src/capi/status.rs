@@ -217,8 +217,10 @@ impl From<iommu::Error> for IeStatus {
             // A guest's invalidation naming what it does not own (the request is in
             // `ie_ctx_invalidate_user`'s out-parameters).
             E::Refused { .. } => IeStatus::NotPermitted,
-            // An answer for a fault the unit does not have outstanding.
-            E::NotOutstanding { .. } => IeStatus::NotFound,
+            // An answer for a fault the unit does not have outstanding (a stall it
+            // terminated): "no such group" to ie_ctx_respond_fault's caller, as one the
+            // context's queue does not hold (iommufd's -EINVAL).
+            E::NotOutstanding { .. } => IeStatus::InvalidArgument,
         }
     }
 }

@@ -458,6 +458,15 @@ unsafe fn unit_args<'c, C>(
     Ok((env, regs, config))
 }
 
+/// What an accessor window passes its functions (a sim model's handle, for one), NULL for
+/// mapped MMIO: noted with the unit.
+fn window_ctx(regs: &CRegs) -> *mut core::ffi::c_void {
+    match regs {
+        CRegs::Ops { ctx, .. } => *ctx,
+        CRegs::Mmio(_) => core::ptr::null_mut(),
+    }
+}
+
 /// Builds a unit straight into its page with `init` (a unit is 13-18 KiB: not one copy on the
 /// stack) and hands it out.
 ///
@@ -467,6 +476,7 @@ unsafe fn unit_args<'c, C>(
 /// `out` is writable.
 unsafe fn publish(
     env: CEnv,
+    window: *mut core::ffi::c_void,
     init: impl FnOnce(NonNull<UnitObj>) -> Result<(), IeStatus>,
     out: *mut *mut IeUnit,
 ) -> Result<(), IeStatus> {
@@ -474,6 +484,11 @@ unsafe fn publish(
         // SAFETY: `create_with` hands out a slot in its page: never null.
         init(unsafe { NonNull::new_unchecked(slot) })
     })?;
+    // A model's window stays in use until the unit is destroyed.
+    #[cfg(feature = "sim")]
+    super::sim::unit_created(obj.as_ptr() as usize, window);
+    #[cfg(not(feature = "sim"))]
+    let _ = window;
     // SAFETY: checked non-null and writable by the caller's contract.
     unsafe { *out = obj.as_ptr().cast() };
     Ok(())
@@ -481,7 +496,8 @@ unsafe fn publish(
 
 /// Creates a VT-d unit on `regs` (not yet enabled: see ie_unit_enable()). Reads CAP/ECAP
 /// and refuses a configuration the unit cannot run (`IE_STATUS_UNSUPPORTED`), or a mapped
-/// window shorter than 4 KiB (`IE_STATUS_INVALID_ARGUMENT`).
+/// window shorter than 4 KiB or whose base is not 8-byte aligned
+/// (`IE_STATUS_INVALID_ARGUMENT`).
 ///
 /// # Safety
 /// `env` is a valid `IeEnv`; `regs` a valid `IeRegs` whose window stays mapped while the unit
@@ -496,6 +512,7 @@ pub unsafe extern "C" fn ie_vtd_create(
     code((|| {
         // SAFETY: the caller's contract.
         let (env, regs, config) = unsafe { unit_args(env, regs, VTD_MIN_WINDOW, config, out) }?;
+        let window = window_ctx(&regs);
         let init = |slot: NonNull<UnitObj>| {
             let slot = slot.cast::<VtdVariant>().as_ptr();
             // SAFETY: `slot` is a writable, aligned `UnitObj`, laid out as `VtdVariant` for
@@ -509,14 +526,14 @@ pub unsafe extern "C" fn ie_vtd_create(
             Ok(())
         };
         // SAFETY: `init` keeps `publish`'s contract; `out` was checked by `unit_args`.
-        unsafe { publish(env, init, out) }
+        unsafe { publish(env, window, init, out) }
     })())
 }
 
 /// Creates an SMMUv3 unit on `regs` (a 128 KiB window; not yet enabled: see
 /// ie_unit_enable()). Reads the ID registers and refuses a configuration the unit cannot run
 /// (`IE_STATUS_UNSUPPORTED`, e.g. `sid_bits` above `IDR1.SIDSIZE`) or an invalid one, or a
-/// mapped window shorter than 128 KiB (`IE_STATUS_INVALID_ARGUMENT`).
+/// mapped window shorter than 128 KiB or misaligned (`IE_STATUS_INVALID_ARGUMENT`).
 ///
 /// # Safety
 /// As for ie_vtd_create().
@@ -530,6 +547,7 @@ pub unsafe extern "C" fn ie_smmu_create(
     code((|| {
         // SAFETY: the caller's contract.
         let (env, regs, config) = unsafe { unit_args(env, regs, SMMU_WINDOW, config, out) }?;
+        let window = window_ctx(&regs);
         let config = smmu_config(config)?;
         let config = &config;
         let init = |slot: NonNull<UnitObj>| {
@@ -543,13 +561,14 @@ pub unsafe extern "C" fn ie_smmu_create(
             Ok(())
         };
         // SAFETY: `init` keeps `publish`'s contract; `out` was checked by `unit_args`.
-        unsafe { publish(env, init, out) }
+        unsafe { publish(env, window, init, out) }
     })())
 }
 
 /// Creates an AMD-Vi unit on `regs` (a 16 KiB window; not yet enabled: see
 /// ie_unit_enable()). Reads EFR and refuses a configuration the unit cannot run or an invalid
-/// one (`IE_STATUS_INVALID_ARGUMENT`, `IE_STATUS_UNSUPPORTED`), or a shorter mapped window.
+/// one (`IE_STATUS_INVALID_ARGUMENT`, `IE_STATUS_UNSUPPORTED`), or a shorter or misaligned
+/// mapped window.
 ///
 /// # Safety
 /// As for ie_vtd_create().
@@ -563,6 +582,7 @@ pub unsafe extern "C" fn ie_amdvi_create(
     code((|| {
         // SAFETY: the caller's contract.
         let (env, regs, config) = unsafe { unit_args(env, regs, AMDVI_WINDOW, config, out) }?;
+        let window = window_ctx(&regs);
         let init = |slot: NonNull<UnitObj>| {
             let slot = slot.cast::<AmdViVariant>().as_ptr();
             // SAFETY: as in ie_vtd_create(), for the `AmdVi` variant.
@@ -574,7 +594,7 @@ pub unsafe extern "C" fn ie_amdvi_create(
             Ok(())
         };
         // SAFETY: `init` keeps `publish`'s contract; `out` was checked by `unit_args`.
-        unsafe { publish(env, init, out) }
+        unsafe { publish(env, window, init, out) }
     })())
 }
 
@@ -810,13 +830,19 @@ pub unsafe extern "C" fn ie_unit_destroy(unit: *mut IeUnit) -> i32 {
             // Refused by reference: moving a unit (13-18 KiB) out and back costs kernel stack.
             return Err(IeStatus::Busy);
         }
-        if smmu {
+        let r = if smmu {
             // Its stream table, CD tables and queues return their pages when dropped in place.
             // SAFETY: a live handle (the caller's contract); refused while a registry uses it.
-            return unsafe { Obj::destroy(obj) };
+            unsafe { Obj::destroy(obj) }
+        } else {
+            // SAFETY: as above.
+            unsafe { release_vtd(obj) }
+        };
+        #[cfg(feature = "sim")]
+        if r.is_ok() {
+            super::sim::unit_destroyed(unit as usize);
         }
-        // SAFETY: as above.
-        unsafe { release_vtd(obj) }
+        r
     })())
 }
 

@@ -61,6 +61,13 @@ impl<'a> Registry<'a> {
     /// A registry over `units` (at most [`MAX_UNITS`]), drawing PASIDs from `pasids` (the
     /// system's one PASID space, sized to the narrowest PASID width of its units and devices).
     ///
+    /// The embedder's contract, not checked: each hardware unit appears once, in one live
+    /// registry. Device ownership is kept per (unit number, device ID), and a unit's attach
+    /// replaces the device's context entry or STE: a unit listed twice, or in two registries,
+    /// lets a second context bind and attach a device another context owns, which then DMAs
+    /// through the second one's tables. (The C ABI refuses both; the crate's own tests list one
+    /// model unit twice to run two units' worth of domains against one model.)
+    ///
     /// ```
     /// use iommu_engine::ioasid::{PasidAllocator, Registry};
     /// // In .bss: no stack, no heap.

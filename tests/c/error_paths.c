@@ -187,7 +187,11 @@ static void scalable_flow(IeSimArena *arena, const IeEnv *env)
         st = ie_registry_create(env, one, 1, pasid_bits[i], &registry);
         if (st == IE_STATUS_OK) {
             IeCtx *big = NULL;
-            OK(ie_ctx_create(registry, UINT32_MAX, &big));
+            /* A quota above the 64 PASIDs a context holds is refused, not capped. */
+            IS(ie_ctx_create(registry, UINT32_MAX, &big), IE_STATUS_INVALID_ARGUMENT);
+            IS(ie_ctx_create(registry, 65, &big), IE_STATUS_INVALID_ARGUMENT);
+            CHECK(big == NULL, "no context for a refused quota");
+            OK(ie_ctx_create(registry, 64, &big));
             uint32_t p = 0;
             st = ie_ctx_alloc_pasid(big, &p);
             CHECK(st == IE_STATUS_OK || st == IE_STATUS_NO_SPACE, "pasid_bits %u: %d",
