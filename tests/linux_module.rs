@@ -352,6 +352,7 @@ fn boot(test: &str, scalable: bool, snoop: bool, caching_mode: bool) {
         "incoherent_grant",
         "teardown_order",
         "detach_free",
+        "buf_page",
         "ctx_destroy",
         "registry_destroy",
         "disable",

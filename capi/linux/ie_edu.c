@@ -16,6 +16,12 @@
  *
  * Module parameters say what the runner asked QEMU for; the module checks the unit's CAP/ECAP
  * against them, so a row that booted the wrong configuration fails instead of passing vacuously.
+ *
+ * The header's rules for callers (IeEnv): the library's locks are plain spin locks that disable
+ * neither preemption nor interrupts, and it calls this module's IeEnv functions with them held.
+ * So every call into the library runs with preemption disabled (IE(), below: a holder preempted
+ * would leave another CPU spinning on its lock), and the callbacks never sleep (GFP_ATOMIC) nor
+ * call back into the library.
  */
 #include <linux/acpi.h>
 #include <linux/delay.h>
@@ -64,6 +70,19 @@ MODULE_PARM_DESC(expect_cm, "the unit reports CAP.CM (QEMU caching-mode=on)");
 
 static int passed, failed;
 
+/*
+ * A call into the library with preemption disabled: its spin locks do not disable it
+ * themselves (the header's Threads rules).
+ */
+#define IE(call)                          \
+	({                                \
+		int32_t __ie_st;          \
+		preempt_disable();        \
+		__ie_st = (call);         \
+		preempt_enable();         \
+		__ie_st;                  \
+	})
+
 #define STEP(ok, name, fmt, ...)                                                         \
 	do {                                                                             \
 		if (ok) {                                                                \
@@ -78,9 +97,8 @@ static int passed, failed;
 /*
  * IeEnv over the page allocator. Every live allocation is recorded so that phys_to_virt can
  * answer NULL outside the crate's pages (IeEnv's contract) and the teardown can check that every
- * page came back. The crate calls alloc_page from process context here (the probe), with only its
- * own spin locks held and interrupts enabled: GFP_KERNEL. A caller of the crate from atomic
- * context would need GFP_ATOMIC.
+ * page came back. The crate calls alloc_page with its own spin locks held, here with preemption
+ * disabled (IE()): it must not sleep, so GFP_ATOMIC, never GFP_KERNEL.
  */
 #define MAX_PAGES 256
 static struct {
@@ -98,7 +116,7 @@ static void *env_alloc_page(void *ctx, u32 size_log2, u64 *pa)
 
 	if (size_log2 < PAGE_SHIFT || size_log2 > 20)
 		return NULL;
-	page = alloc_pages(GFP_KERNEL | __GFP_ZERO, size_log2 - PAGE_SHIFT);
+	page = alloc_pages(GFP_ATOMIC | __GFP_ZERO, size_log2 - PAGE_SHIFT);
 	if (!page)
 		return NULL;
 	spin_lock_irqsave(&live_lock, flags);
@@ -242,7 +260,7 @@ static int run(struct pci_dev *pdev)
 	struct page *buf_page;
 	u8 *buf;
 	int st, i;
-	bool same;
+	bool same, reachable = false;
 
 	st = find_unit(bus, devfn, &dmar_unit);
 	base = dmar_unit.register_base;
@@ -270,31 +288,31 @@ static int run(struct pci_dev *pdev)
 	cfg.scalable = scalable;
 	cfg.host_address_width = haw;
 	cfg.host_address_width_from_dmar = true; /* reported as the firmware's declaration */
-	st = ie_vtd_create(&env, &regs, &cfg, &unit);
+	st = IE(ie_vtd_create(&env, &regs, &cfg, &unit));
 	STEP(st == IE_STATUS_OK, "create", "%s mode (status %d)", scalable ? "scalable" : "legacy", st);
 	if (st)
 		goto unmap_regs;
-	st = ie_unit_enable(unit);
+	st = IE(ie_unit_enable(unit));
 	STEP(st == IE_STATUS_OK, "enable", "(status %d)", st);
 	if (st)
 		goto destroy_unit;
-	st = ie_registry_create(&env, &unit, 1, 20, &registry);
+	st = IE(ie_registry_create(&env, &unit, 1, 20, &registry));
 	STEP(st == IE_STATUS_OK, "registry", "(status %d)", st);
 	if (st)
 		goto disable;
-	st = ie_ctx_create(registry, 8, &ctx);
+	st = IE(ie_ctx_create(registry, 8, &ctx));
 	STEP(st == IE_STATUS_OK, "context", "(status %d)", st);
 	if (st)
 		goto destroy_registry;
 
-	st = ie_ctx_bind(ctx, 0, rid, false, &dev);
+	st = IE(ie_ctx_bind(ctx, 0, rid, false, &dev));
 	STEP(st == IE_STATUS_OK, "bind", "RID %#x (status %d)", rid, st);
 	if (st)
 		goto destroy_ctx;
 	/* IeDeviceInfo is 864 bytes: off the 16 KiB kernel stack. */
 	info = kzalloc(sizeof(*info), GFP_KERNEL);
 	if (info) {
-		st = ie_ctx_device_info(ctx, dev, info);
+		st = IE(ie_ctx_device_info(ctx, dev, info));
 		STEP(st == IE_STATUS_OK && info->enforce_snoop == expect_snoop,
 		     "device_info", "enforce_snoop %d from %s, coherent_walk %d, coherent_dma %d from %s, ias %u, oas %u (status %d)",
 		     info->enforce_snoop, info->sources.enforce_snoop.name, info->coherent_walk,
@@ -302,18 +320,18 @@ static int run(struct pci_dev *pdev)
 		kfree(info);
 	}
 
-	st = ie_ctx_alloc(ctx, IE_IOASID_FLAG_ENFORCE_SNOOP, &snoop_ioasid);
+	st = IE(ie_ctx_alloc(ctx, IE_IOASID_FLAG_ENFORCE_SNOOP, &snoop_ioasid));
 	STEP(st == IE_STATUS_OK, "alloc_enforce_snoop", "IOASID %u (status %d)", snoop_ioasid, st);
-	st = ie_ctx_attach(ctx, dev, snoop_ioasid, &reason);
+	st = IE(ie_ctx_attach(ctx, dev, snoop_ioasid, &reason));
 	if (expect_snoop) {
 		STEP(st == IE_STATUS_OK, "attach_enforce_snoop", "accepted (status %d reason %u)", st, reason);
 		ioasid = snoop_ioasid;
 	} else {
 		STEP(st == IE_STATUS_INCOMPATIBLE && reason == IE_MISSING_SNOOP_CONTROL,
 		     "attach_enforce_snoop", "refused without ECAP.SC (status %d reason %u)", st, reason);
-		st = ie_ctx_alloc(ctx, 0, &ioasid);
+		st = IE(ie_ctx_alloc(ctx, 0, &ioasid));
 		if (!st)
-			st = ie_ctx_attach(ctx, dev, ioasid, &reason);
+			st = IE(ie_ctx_attach(ctx, dev, ioasid, &reason));
 		STEP(st == IE_STATUS_OK, "attach_plain", "IOASID %u (status %d)", ioasid, st);
 	}
 	if (st)
@@ -326,9 +344,15 @@ static int run(struct pci_dev *pdev)
 	}
 	buf = page_address(buf_page);
 	pa = page_to_phys(buf_page);
-	st = ie_ctx_map(ctx, ioasid, IOVA, pa, PAGE_SIZE, IE_PROT_READ | IE_PROT_WRITE);
+	/*
+	 * From the map on, the unit may reach the page until an unmap of it returns OK or the
+	 * IOASID's free does (the header: after TIMEOUT / HARDWARE / COMMAND_ERROR the device may
+	 * still reach it, and only those calls settle the invalidation owed).
+	 */
+	reachable = true;
+	st = IE(ie_ctx_map(ctx, ioasid, IOVA, pa, PAGE_SIZE, IE_PROT_READ | IE_PROT_WRITE));
 	if (!st)
-		st = ie_ctx_translate(ctx, ioasid, IOVA + 0x10, &found);
+		st = IE(ie_ctx_translate(ctx, ioasid, IOVA + 0x10, &found));
 	STEP(st == IE_STATUS_OK && IOVA != pa && found == pa + 0x10, "map",
 	     "IOVA %#llx -> PA %#llx (status %d)", IOVA, pa, st);
 
@@ -338,11 +362,13 @@ static int run(struct pci_dev *pdev)
 	same = edu_dma(IOVA, EDU_BUFFER, LEN, 0) &&
 	       edu_dma(EDU_BUFFER, IOVA + PAT_OFF, LEN, EDU_DMA_TO_RAM);
 	same = same && memcmp(buf, buf + PAT_OFF, LEN) == 0;
-	st = ie_unit_read_faults(unit, faults, ARRAY_SIZE(faults), &n);
+	st = IE(ie_unit_read_faults(unit, faults, ARRAY_SIZE(faults), &n));
 	STEP(same && st == IE_STATUS_OK && n == 0, "dma", "%d bytes through IOVA %#llx, %u faults",
 	     LEN, IOVA, n);
 
-	st = ie_ctx_unmap(ctx, ioasid, IOVA, PAGE_SIZE, &unmapped);
+	st = IE(ie_ctx_unmap(ctx, ioasid, IOVA, PAGE_SIZE, &unmapped));
+	if (st == IE_STATUS_OK)
+		reachable = false;
 	STEP(st == IE_STATUS_OK && unmapped == PAGE_SIZE, "unmap", "%llu bytes (status %d)",
 	     unmapped, st);
 
@@ -352,49 +378,59 @@ static int run(struct pci_dev *pdev)
 	for (i = 0; i < LEN && buf[PAT_OFF + i] == 0x5a; i++)
 		;
 	STEP(same && i == LEN, "dma_blocked", "memory unchanged after the DMA");
-	st = ie_unit_read_faults(unit, faults, ARRAY_SIZE(faults), &n);
+	st = IE(ie_unit_read_faults(unit, faults, ARRAY_SIZE(faults), &n));
 	STEP(st == IE_STATUS_OK && n >= 1 && faults[0].device_id == rid &&
 		     faults[0].address == ((IOVA + PAT_OFF) & ~0xfffULL) && faults[0].write,
 	     "fault", "%u records: SID %#x address %#llx %s reason %#x (status %d)", n,
 	     n ? faults[0].device_id : 0, n ? faults[0].address : 0,
 	     n && faults[0].write ? "write" : "read", n ? faults[0].reason : 0, st);
-	st = ie_unit_read_faults(unit, faults, ARRAY_SIZE(faults), &n);
+	st = IE(ie_unit_read_faults(unit, faults, ARRAY_SIZE(faults), &n));
 	STEP(st == IE_STATUS_OK && n == 0, "fault_drained", "%u records left", n);
 
 	/* Incoherent DMA needs a bound, no-snoop-capable device; edu is not one. */
-	st = ie_ctx_bind(ctx, 0, PCI_DEVID(0, PCI_DEVFN(5, 0)), true, &fake);
-	STEP(st == IE_STATUS_OK && ie_ctx_allow_incoherent_dma(ctx, dev) == IE_STATUS_NOT_PERMITTED &&
-		     ie_ctx_allow_incoherent_dma(ctx, 31) == IE_STATUS_NOT_FOUND &&
-		     !ie_ctx_incoherent_dma_allowed(ctx) &&
-		     ie_ctx_allow_incoherent_dma(ctx, fake) == IE_STATUS_OK &&
-		     ie_ctx_incoherent_dma_allowed(ctx) &&
-		     ie_ctx_revoke_incoherent_dma(ctx, fake) == IE_STATUS_OK &&
-		     !ie_ctx_incoherent_dma_allowed(ctx) && ie_ctx_unbind(ctx, fake) == IE_STATUS_OK,
+	st = IE(ie_ctx_bind(ctx, 0, PCI_DEVID(0, PCI_DEVFN(5, 0)), true, &fake));
+	STEP(st == IE_STATUS_OK && IE(ie_ctx_allow_incoherent_dma(ctx, dev)) == IE_STATUS_NOT_PERMITTED &&
+		     IE(ie_ctx_allow_incoherent_dma(ctx, 31)) == IE_STATUS_NOT_FOUND &&
+		     !IE(ie_ctx_incoherent_dma_allowed(ctx)) &&
+		     IE(ie_ctx_allow_incoherent_dma(ctx, fake)) == IE_STATUS_OK &&
+		     IE(ie_ctx_incoherent_dma_allowed(ctx)) &&
+		     IE(ie_ctx_revoke_incoherent_dma(ctx, fake)) == IE_STATUS_OK &&
+		     !IE(ie_ctx_incoherent_dma_allowed(ctx)) && IE(ie_ctx_unbind(ctx, fake)) == IE_STATUS_OK,
 	     "incoherent_grant", "refused for edu and an unbound device, granted and revoked for a no-snoop-capable one");
 
 	/* Teardown in order; out of order is refused. */
-	STEP(ie_ctx_free(ctx, ioasid) == IE_STATUS_BUSY &&
-		     ie_registry_destroy(registry) == IE_STATUS_BUSY &&
-		     ie_unit_destroy(unit) == IE_STATUS_BUSY,
+	STEP(IE(ie_ctx_free(ctx, ioasid)) == IE_STATUS_BUSY &&
+		     IE(ie_registry_destroy(registry)) == IE_STATUS_BUSY &&
+		     IE(ie_unit_destroy(unit)) == IE_STATUS_BUSY,
 	     "teardown_order", "busy objects refused");
-	st = ie_ctx_detach(ctx, dev);
-	if (!st)
-		st = ie_ctx_free(ctx, ioasid);
+	st = IE(ie_ctx_detach(ctx, dev));
+	if (!st) {
+		st = IE(ie_ctx_free(ctx, ioasid));
+		if (st == IE_STATUS_OK)
+			reachable = false;
+	}
 	if (!st && ioasid != snoop_ioasid)
-		st = ie_ctx_free(ctx, snoop_ioasid);
+		st = IE(ie_ctx_free(ctx, snoop_ioasid));
 	STEP(st == IE_STATUS_OK, "detach_free", "(status %d)", st);
-	__free_pages(buf_page, 0);
+	/* Never give the page back while the device may still write it: leak it instead. */
+	if (!reachable)
+		__free_pages(buf_page, 0);
+	else
+		pr_warn("ie_edu: DMA page %#llx leaked on purpose: no unmap or free of its IOASID returned OK, the device may still reach it\n",
+			pa);
+	STEP(!reachable, "buf_page", "%s", reachable ? "leaked: the device may still reach it" :
+			"freed after an OK unmap");
 destroy_ctx:
-	st = ie_ctx_destroy(ctx);
+	st = IE(ie_ctx_destroy(ctx));
 	STEP(st == IE_STATUS_OK, "ctx_destroy", "(status %d)", st);
 destroy_registry:
-	st = ie_registry_destroy(registry);
+	st = IE(ie_registry_destroy(registry));
 	STEP(st == IE_STATUS_OK, "registry_destroy", "(status %d)", st);
 disable:
-	st = ie_unit_disable(unit);
+	st = IE(ie_unit_disable(unit));
 	STEP(st == IE_STATUS_OK, "disable", "(status %d)", st);
 destroy_unit:
-	st = ie_unit_destroy(unit);
+	st = IE(ie_unit_destroy(unit));
 	STEP(st == IE_STATUS_OK && live_pages() == 0 && allocs == frees, "pages_back",
 	     "%lu allocated, %lu freed, %lu live, %lu clflush calls (status %d)", allocs, frees,
 	     live_pages(), syncs, st);
