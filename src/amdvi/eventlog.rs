@@ -87,7 +87,8 @@ impl EventLog {
         for i in 0..(1u32 << self.len_log2) {
             self.clear(alloc, i * ENTRY_BYTES);
         }
-        regs.write64(
+        // The cleared ring reaches memory before the unit is pointed at it.
+        regs.doorbell64(
             regs::EVENT_LOG_BASE,
             regs::ring_base("event log", self.ring.pa, self.len_log2)?,
         );
@@ -285,7 +286,9 @@ impl EventLog {
             summary.events += 1;
             head = (head + ENTRY_BYTES) & (self.size() - 1);
         }
-        regs.write64(regs::EVENT_LOG_HEAD, u64::from(head));
+        // The head frees the consumed slots for the unit: their clearing must reach memory
+        // first, or the zero could land after the unit's next entry there (read as unwritten).
+        regs.doorbell64(regs::EVENT_LOG_HEAD, u64::from(head));
         regs.write64(regs::STATUS, Status::EVENT_LOG_INT.bits());
         if status.contains(Status::EVENT_OVERFLOW) {
             summary.overflow = true;
