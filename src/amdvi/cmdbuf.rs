@@ -22,7 +22,9 @@
 //! moved from where it was, a COMPLETION_WAIT completed, or the event log names the command at
 //! the head (a unit that stops at once on it). Until then a wait goes on, bounded by the poll
 //! budget ([`Error::Timeout`]). After a recovery the head holds a legal command, so a unit
-//! that starts and stops again before it is seen running has moved its head.
+//! that starts and stops again before it is seen running has moved its head; until then the
+//! log is not asked about the head: the stop just recovered is still logged against that slot
+//! (read, not consumed) and would read as a new stop on every call until a drain.
 //!
 //! A `--cfg loom` build (`tests/loom_queues.rs`) reaches the ring and the semaphore word
 //! through loom's atomics (`loom_words`, in place of `entry` and `semaphore_word`) and yields
@@ -61,6 +63,9 @@ pub struct CommandBuffer {
     started: bool,
     /// The head when `CmdBufEn` was last set.
     enabled_head: u32,
+    /// `CmdBufEn` was last set by a recovery: the command at `enabled_head` is our legal
+    /// replacement, and the event naming it is the stop already recovered (see the module).
+    replaced: bool,
     /// Commands replaced after the unit stopped on them.
     pub recoveries: u64,
     /// Commands written.
@@ -112,6 +117,7 @@ impl CommandBuffer {
             budget,
             started: false,
             enabled_head: 0,
+            replaced: false,
             recoveries: 0,
             commands: 0,
             waits: 0,
@@ -136,6 +142,7 @@ impl CommandBuffer {
         self.tail = 0;
         self.started = false;
         self.enabled_head = 0;
+        self.replaced = false;
         Ok(())
     }
 
@@ -298,6 +305,11 @@ impl CommandBuffer {
         }
         let head = self.head(regs);
         self.started |= head != self.enabled_head;
+        if !started && self.replaced {
+            // Not started since a recovery: the head still holds the replacement, and the
+            // event naming that slot is the stop just recovered (read, not consumed).
+            return None;
+        }
         let pa = self.ring.pa.checked_add(u64::from(head))?;
         let logged = kind_of(pa);
         if !started && logged.is_none() {
@@ -318,6 +330,7 @@ impl CommandBuffer {
         regs.write64(regs::CMD_BUF_TAIL, u64::from(self.tail));
         self.started = false;
         self.enabled_head = head;
+        self.replaced = true;
         if let Err(e) = regs::set_control(regs, Control::CMD_BUF_EN, true, self.budget) {
             return Some(e);
         }

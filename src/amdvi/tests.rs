@@ -260,6 +260,58 @@ fn a_buffer_slow_to_start_is_not_stopped() {
     );
 }
 
+/// After a recovery the ILLEGAL_COMMAND event naming the replaced command stays in the log
+/// (read, not consumed), and the head still names that slot: a unit slow to start again must
+/// not be taken for one stopped at once on it. Before, with `SlowCmdBufRun(20)` the call after
+/// the recovery failed with `CommandError { IllegalCommand }` (a second recovery), and so did
+/// every call until the events were drained.
+#[test]
+fn a_buffer_slow_to_start_after_a_recovery_is_not_stopped_by_the_old_event() {
+    let mem = Arena::with_defaults().unwrap();
+    let model = AmdViModel::new(&mem, AmdViModelConfig::qemu_default());
+    let u = unit(&model, &mem, small());
+    model.inject(Injection::SlowCmdBufRun(20));
+    u.enable().unwrap();
+    model.inject(Injection::IllegalCommandAt(1));
+    let r = u.run(&[&[Command::invalidate_devtab_entry(5)]]);
+    assert!(
+        matches!(
+            r,
+            Err(Error::CommandError {
+                kind: CommandErrorKind::IllegalCommand,
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+    let before = model.stats();
+    for _ in 0..3 {
+        u.run(&[&[Command::invalidate_devtab_entry(5)]]).unwrap();
+    }
+    assert_eq!(u.command_stats().recoveries, 1);
+    // The recovery's INVALIDATE_DEVTAB_ENTRY(0) and our three.
+    assert_eq!(
+        model.stats().invalidate_devtab,
+        before.invalidate_devtab + 4
+    );
+    // A real stop after the recovery is still found, and recovered once.
+    model.inject(Injection::IllegalCommandAt(1));
+    let r = u.run(&[&[Command::invalidate_devtab_entry(6)]]);
+    assert!(
+        matches!(
+            r,
+            Err(Error::CommandError {
+                kind: CommandErrorKind::IllegalCommand,
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+    assert_eq!(u.command_stats().recoveries, 2);
+    u.run(&[&[Command::invalidate_devtab_entry(6)]]).unwrap();
+    assert_eq!(u.command_stats().recoveries, 2);
+}
+
 #[test]
 fn stalled_completion_wait_times_out_and_the_retry_completes() {
     let mem = Arena::with_defaults().unwrap();
