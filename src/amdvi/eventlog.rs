@@ -16,7 +16,12 @@
 //! budget, until written; a drain clears each entry it consumed (and `program` the whole ring),
 //! so that the previous lap's entry in a slot reads as "not written", never as a new event.
 //! A reader whose budget ran out does not know what the entry holds: [`EventLog::find_since`]
-//! fails with [`Error::Timeout`] (`Wait::EventEntry`), and a drain stops there, unconsumed.
+//! fails with [`Error::Timeout`] (`Wait::EventEntry`). A drain gives up on it (Linux reports
+//! "no event written" and moves on the same way): clears it, moves the head past it and
+//! counts it in [`DrainSummary::unwritten`], so that one lost write cannot stop the log (every
+//! later drain waiting at it, the log filling and overflowing behind it). The skip is safe for
+//! the IOTLB_INV_TIMEOUT check: it reads from the tail at its call's start, under the lock
+//! that keeps drains out, so a skipped entry was logged before its window.
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
@@ -36,6 +41,9 @@ pub struct DrainSummary {
     pub events: u32,
     /// The log had overflowed: events were lost; logging was restarted.
     pub overflow: bool,
+    /// Entries the tail passed that were still not written after the poll budget: skipped
+    /// (cleared and consumed, see the module), their events lost.
+    pub unwritten: u32,
 }
 
 /// The event log's memory and geometry.
@@ -249,8 +257,9 @@ impl EventLog {
     /// Reports and consumes the oldest logged events, at most `max` (and at most the log's
     /// size): the head moves past the events reported and no further, so the rest stay for
     /// the next drain. Each entry is awaited until written ([`read_written`](Self::read_written));
-    /// one still not written stops the drain before it (the next drain reads it again), and
-    /// each consumed entry is cleared. Acknowledges the event interrupt, and restarts logging after an
+    /// one still not written after the budget is skipped, not reported, and counted in
+    /// [`DrainSummary::unwritten`] (it counts against `max`); each consumed or skipped entry is
+    /// cleared. Acknowledges the event interrupt, and restarts logging after an
     /// overflow (see the module) whether or not events are left: the unit logs into the
     /// entries freed, from its tail (§3.4 `EventOverflow`: clear it and set `EventLogEn`).
     ///
@@ -278,12 +287,19 @@ impl EventLog {
             if head == tail {
                 break;
             }
-            let Ok(event) = self.read_written(regs, alloc, head, budget) else {
-                break;
-            };
-            self.clear(alloc, head);
-            report(event);
-            summary.events += 1;
+            // Past the budget the entry is given up on (as Linux does): waiting at it on every
+            // drain would stop the log for good and let it fill up behind it.
+            match self.read_written(regs, alloc, head, budget) {
+                Ok(event) => {
+                    self.clear(alloc, head);
+                    report(event);
+                    summary.events += 1;
+                }
+                Err(_) => {
+                    self.clear(alloc, head);
+                    summary.unwritten += 1;
+                }
+            }
             head = (head + ENTRY_BYTES) & (self.size() - 1);
         }
         // The head frees the consumed slots for the unit: their clearing must reach memory

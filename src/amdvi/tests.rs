@@ -331,6 +331,36 @@ fn stalled_completion_wait_times_out_and_the_retry_completes() {
     u.run(&[]).unwrap();
 }
 
+/// An entry the tail passed that the unit never writes: a drain waits for it (bounded), then
+/// skips it and says so (`DrainSummary::unwritten`), so later events are still reported and
+/// the log does not fill behind it. Before, every drain stopped at it and returned `Ok` with
+/// 0 events (the log filled and overflowed, failing every ATS flush after).
+#[test]
+fn an_entry_never_written_is_skipped_and_reported_by_the_drain() {
+    let mem = Arena::with_defaults().unwrap();
+    let model = AmdViModel::new(&mem, AmdViModelConfig::qemu_default());
+    let u = unit(&model, &mem, small());
+    u.enable().unwrap();
+    let fault = |i: u64| super::event::Event::encode(EventCode::IoPageFault, 0x99, 1, 0, i << 12);
+    model.inject(Injection::DelayedEventWrite(u32::MAX));
+    model.raise_event(fault(1));
+    model.raise_event(fault(2));
+    let mut seen = Vec::new();
+    let sum = u.drain_events(|e| seen.push(e.address)).unwrap();
+    assert_eq!((sum.events, sum.unwritten, sum.overflow), (1, 1, false));
+    assert_eq!(seen, [2 << 12]);
+    // Later drains make progress and do not wait at the skipped slot again.
+    for round in 0..3u64 {
+        seen.clear();
+        for i in 0..100 {
+            model.raise_event(fault(10 + round * 100 + i));
+        }
+        let sum = u.drain_events(|e| seen.push(e.address)).unwrap();
+        assert_eq!((sum.events, sum.unwritten, sum.overflow), (100, 0, false));
+    }
+    assert_eq!(model.stats().events_dropped, 0);
+}
+
 #[test]
 fn event_log_overflow_is_reported_and_logging_restarts() {
     let mem = Arena::with_defaults().unwrap();

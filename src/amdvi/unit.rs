@@ -581,7 +581,9 @@ impl<W: RegisterWindow, A: PageAllocator, const DOMAINS: usize> AmdViUnit<W, A, 
     }
 
     /// Reports and consumes every logged event (for the embedder's event interrupt or a poll
-    /// loop), restarting the log after an overflow. Nothing while the unit is disabled.
+    /// loop), restarting the log after an overflow. Nothing while the unit is disabled. An
+    /// entry the unit never wrote (within the poll budget) is skipped and counted in
+    /// [`DrainSummary::unwritten`].
     ///
     /// # Errors
     /// [`Error::Timeout`] when the restart after an overflow did not see `EventLogRun` clear.
