@@ -146,4 +146,6 @@ pub mod pgtable;
 pub mod sim;
 pub mod smmuv3;
 mod sync;
+#[cfg(test)]
+mod test_hooks;
 pub mod vtd;

@@ -235,28 +235,11 @@ impl Iterator for FlushCommands<'_> {
                 }
                 FlushPhase::Iotlb => {
                     #[cfg(test)]
-                    after_ats_read();
+                    crate::test_hooks::after_ats_read();
                     return None;
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-std::thread_local! {
-    /// Run once by the next flush on this thread once its commands read the ATS devices
-    /// attached, before the COMPLETION_WAIT behind them: a test's stand-in for another CPU's
-    /// call in that window.
-    pub(crate) static AFTER_ATS_READ: core::cell::RefCell<Option<std::boxed::Box<dyn FnOnce()>>> =
-        const { core::cell::RefCell::new(None) };
-}
-
-/// Runs [`AFTER_ATS_READ`], if set.
-#[cfg(test)]
-fn after_ats_read() {
-    if let Some(f) = AFTER_ATS_READ.with(|h| h.borrow_mut().take()) {
-        f();
     }
 }
 

@@ -973,35 +973,33 @@ fn a_device_attached_while_a_flush_runs_waits_for_its_invalidation() {
     let attacher = Arc::new(Mutex::new(None));
     let attached_in_window = Arc::new(AtomicBool::new(false));
     let (t, w) = (attacher.clone(), attached_in_window.clone());
-    super::iommu_impl::AFTER_ATS_READ.with(|h| {
-        *h.borrow_mut() = Some(Box::new(move || {
-            let started = Arc::new(AtomicBool::new(false));
-            let attached = Arc::new(AtomicBool::new(false));
-            let (s, a) = (started.clone(), attached.clone());
-            let thread = std::thread::spawn(move || {
-                s.store(true, SeqCst);
-                let ats = DeviceHints {
-                    ats: true,
-                    ..DeviceHints::default()
-                };
-                u.attach_device(DeviceId(ATS_DEV), None, d, &ats).unwrap();
-                a.store(true, SeqCst);
-            });
-            while !started.load(SeqCst) {
-                std::thread::yield_now();
+    crate::test_hooks::set_after_ats_read(move || {
+        let started = Arc::new(AtomicBool::new(false));
+        let attached = Arc::new(AtomicBool::new(false));
+        let (s, a) = (started.clone(), attached.clone());
+        let thread = std::thread::spawn(move || {
+            s.store(true, SeqCst);
+            let ats = DeviceHints {
+                ats: true,
+                ..DeviceHints::default()
+            };
+            u.attach_device(DeviceId(ATS_DEV), None, d, &ats).unwrap();
+            a.store(true, SeqCst);
+        });
+        while !started.load(SeqCst) {
+            std::thread::yield_now();
+        }
+        // A bound, not a timing: the attach cannot finish while the flush runs.
+        for _ in 0..1_000 {
+            if attached.load(SeqCst) {
+                break;
             }
-            // A bound, not a timing: the attach cannot finish while the flush runs.
-            for _ in 0..1_000 {
-                if attached.load(SeqCst) {
-                    break;
-                }
-                std::thread::yield_now();
-            }
-            w.store(attached.load(SeqCst), SeqCst);
-            // The device's driver enabled ATS: it asks for the page.
-            let _ = model.ats_translate(ATS_DEV as u16, None, 0x1000, false);
-            *t.lock().unwrap() = Some(thread);
-        }));
+            std::thread::yield_now();
+        }
+        w.store(attached.load(SeqCst), SeqCst);
+        // The device's driver enabled ATS: it asks for the page.
+        let _ = model.ats_translate(ATS_DEV as u16, None, 0x1000, false);
+        *t.lock().unwrap() = Some(thread);
     });
     model.record_commands(true);
     u.flush(d, &mut g).unwrap();

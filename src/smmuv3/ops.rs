@@ -55,14 +55,6 @@ use crate::mem::{Iova, PageAllocator, PhysAddr};
 use crate::mmio::RegisterWindow;
 use crate::pgtable::{DirtyRead, Gather, InvalidationComplete, IovaRange, Leaf, Mapping, Prot};
 
-#[cfg(test)]
-std::thread_local! {
-    /// Run once by the next flush on this thread right after it read the domain's ATS user
-    /// count: a test's stand-in for another CPU's call in that window.
-    pub(crate) static AFTER_ATS_READ: core::cell::RefCell<Option<std::boxed::Box<dyn FnOnce()>>> =
-        const { core::cell::RefCell::new(None) };
-}
-
 impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
     /// The granule of a domain for `cfg`: its own, else the unit's.
     fn granule_for(&self, cfg: &DomainConfig) -> Result<u32, Error> {
@@ -341,9 +333,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
             ))
         })?;
         #[cfg(test)]
-        if let Some(f) = AFTER_ATS_READ.with(|h| h.borrow_mut().take()) {
-            f();
-        }
+        crate::test_hooks::after_ats_read();
         // A whole-tag invalidation is owed (an earlier flush failed): the owed pages are taken
         // into the unit's `owed_kept` (locked first, before any other lock of the unit; put
         // back below if this flush fails too; empty whenever it is unlocked). One frame for

@@ -232,11 +232,9 @@ fn a_flush_reaches_the_atc_of_a_stream_attached_while_it_runs() {
     let mut g = Gather::new();
     u.unmap(d, Iova::new(0x3000), K4, &mut g).unwrap();
     take_ops(m);
-    super::super::ops::AFTER_ATS_READ.with(|h| {
-        *h.borrow_mut() = Some(std::boxed::Box::new(move || {
-            u.attach(DeviceId(50), None, d).unwrap();
-            take_ops(m);
-        }));
+    crate::test_hooks::set_after_ats_read(move || {
+        u.attach(DeviceId(50), None, d).unwrap();
+        take_ops(m);
     });
     u.flush(d, &mut g).unwrap();
     assert!(g.is_empty());

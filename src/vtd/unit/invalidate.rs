@@ -29,23 +29,6 @@ pub(crate) enum Purpose {
     Map,
 }
 
-#[cfg(test)]
-std::thread_local! {
-    /// Run once by the next unmap flush on this thread once it read the domain's ATS
-    /// attachments, before its batch's wait: a test's stand-in for another CPU's call in that
-    /// window.
-    pub(crate) static AFTER_ATS_READ: core::cell::RefCell<Option<std::boxed::Box<dyn FnOnce()>>> =
-        const { core::cell::RefCell::new(None) };
-}
-
-/// Runs [`AFTER_ATS_READ`], if set.
-#[cfg(test)]
-fn after_ats_read() {
-    if let Some(f) = AFTER_ATS_READ.with(|h| h.borrow_mut().take()) {
-        f();
-    }
-}
-
 impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<W, A, DOMAINS> {
     /// Invalidates what `gather` recorded in `domain`, and what an earlier flush of the domain
     /// failed to invalidate, waits once, then releases the pages of both.
@@ -113,7 +96,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
                 Ok(()) if purpose == Purpose::Unmap => {
                     push_device_tlb(&mut batch, plan, cfg.ats_of_domain(slot)).and_then(|()| {
                         #[cfg(test)]
-                        after_ats_read();
+                        crate::test_hooks::after_ats_read();
                         batch.finish()
                     })
                 }

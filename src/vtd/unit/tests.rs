@@ -1343,37 +1343,35 @@ fn a_device_attached_while_a_flush_runs_waits_for_its_iotlb_invalidation() {
     let attacher = Arc::new(Mutex::new(None));
     let attached_in_window = Arc::new(AtomicBool::new(false));
     let (t, w) = (attacher.clone(), attached_in_window.clone());
-    super::invalidate::AFTER_ATS_READ.with(|h| {
-        *h.borrow_mut() = Some(Box::new(move || {
-            let (started, attached) = (
-                Arc::new(AtomicBool::new(false)),
-                Arc::new(AtomicBool::new(false)),
-            );
-            let (s, a) = (started.clone(), attached.clone());
-            let ats = AttachOptions {
-                ats: true,
-                ..AttachOptions::default()
-            };
-            let thread = std::thread::spawn(move || {
-                s.store(true, SeqCst);
-                u.attach_with(DEV2, None, d, ats).unwrap();
-                a.store(true, SeqCst);
-            });
-            while !started.load(SeqCst) {
-                std::thread::yield_now();
+    crate::test_hooks::set_after_ats_read(move || {
+        let (started, attached) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let (s, a) = (started.clone(), attached.clone());
+        let ats = AttachOptions {
+            ats: true,
+            ..AttachOptions::default()
+        };
+        let thread = std::thread::spawn(move || {
+            s.store(true, SeqCst);
+            u.attach_with(DEV2, None, d, ats).unwrap();
+            a.store(true, SeqCst);
+        });
+        while !started.load(SeqCst) {
+            std::thread::yield_now();
+        }
+        // A bound, not a timing: the attach cannot finish while the flush runs.
+        for _ in 0..1_000 {
+            if attached.load(SeqCst) {
+                break;
             }
-            // A bound, not a timing: the attach cannot finish while the flush runs.
-            for _ in 0..1_000 {
-                if attached.load(SeqCst) {
-                    break;
-                }
-                std::thread::yield_now();
-            }
-            w.store(attached.load(SeqCst), SeqCst);
-            // DEV2's driver enabled ATS: it asks for the page.
-            let _ = m.ats_translate(DEV2.0 as u16, None, 0x3000, Access::READ);
-            *t.lock().unwrap() = Some(thread);
-        }));
+            std::thread::yield_now();
+        }
+        w.store(attached.load(SeqCst), SeqCst);
+        // DEV2's driver enabled ATS: it asks for the page.
+        let _ = m.ats_translate(DEV2.0 as u16, None, 0x3000, Access::READ);
+        *t.lock().unwrap() = Some(thread);
     });
     u.flush(d, &mut g).unwrap();
     let flushed = m.descriptor_log();

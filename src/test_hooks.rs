@@ -1,0 +1,24 @@
+//! Test-only hook points: a test's stand-in for another CPU's call at a chosen point of a
+//! driver's path, run on the test's own thread (no spec structure: `cfg(test)` only).
+
+use std::boxed::Box;
+use std::cell::RefCell;
+
+std::thread_local! {
+    static AFTER_ATS_READ: RefCell<Option<Box<dyn FnOnce()>>> = const { RefCell::new(None) };
+}
+
+/// Sets what the next flush on this thread runs, once, right after it read which ATS devices
+/// its domain has: SMMUv3 after the domain's ATS user count, VT-d after the domain's ATS
+/// attachments (before its batch's wait), AMD-Vi after its commands named the ATS devices
+/// (before the COMPLETION_WAIT behind them).
+pub(crate) fn set_after_ats_read(f: impl FnOnce() + 'static) {
+    AFTER_ATS_READ.with(|h| *h.borrow_mut() = Some(Box::new(f)));
+}
+
+/// Runs the call [`set_after_ats_read`] left, if any.
+pub(crate) fn after_ats_read() {
+    if let Some(f) = AFTER_ATS_READ.with(|h| h.borrow_mut().take()) {
+        f();
+    }
+}
