@@ -282,9 +282,13 @@ pub enum SmmuError {
         /// The StreamID whose ATC invalidation timed out.
         sid: u32,
     },
-    /// Translation is off (`CR0.SMMUEN` = 0): the unit ignores `CMD_PRI_RESP` (§6.3.9.6), so
-    /// a page request of StreamID `sid` cannot be answered. Nothing was queued; the fault is
-    /// still outstanding.
+    /// Translation may be off (`CR0.SMMUEN` written 0, its `CR0ACK` not seen: a
+    /// [`disable`](super::SmmuUnit::disable) that failed with [`Self::Cr0AckTimeout`]): the
+    /// unit may ignore `CMD_PRI_RESP` (§6.3.9.6), so a page request of StreamID `sid` cannot be
+    /// answered. Nothing was queued; the fault is still outstanding until a `disable` or
+    /// `enable` completes the clear, which forgets it (the endpoint's PRI is re-initialised
+    /// before the re-enable). After a `disable` that completed, an answer is
+    /// `NotOutstanding`.
     PriResponseIgnored {
         /// The StreamID the answer was for.
         sid: u32,

@@ -15,8 +15,10 @@
 //! stalls forgotten, and the records of its stalls still unread in the event queue fenced off
 //! (never filed). Until then the stream owes the termination and its next attach or detach
 //! sends it again. Clearing `SMMU_CR0.SMMUEN` (`disable`, and `enable`, which starts from
-//! `CR0` = 0) ends every stalled transaction (§3.12.2): the book forgets every stall and
-//! fences off every record still unread.
+//! `CR0` = 0) ends every stalled transaction (§3.12.2) and takes the ATS interface down: the
+//! unit ignores CMD_PRI_RESP and the endpoints' PRI is re-initialised before it is enabled
+//! again (§6.3.9.6), so an old group's index may name a new group. The book forgets every
+//! stall and every outstanding page request group, and fences off every record still unread.
 //!
 //! Each stream may hold at most [`STREAM_QUOTA`] of the [`MAX_UNANSWERED`] faults awaiting an
 //! answer; a fault that needs an answer and finds its stream's share (or the book) full is not
@@ -214,18 +216,16 @@ impl StallBook {
     }
 
     /// `SMMUEN` was cleared: every stalled transaction ended (§3.12.2) and its STAG may name
-    /// a new stall from now on. Forgets every filed and every outstanding stall (an answer to
-    /// one is then `NotOutstanding`, nothing sent) and fences off every record before `until`
-    /// (`EventQueue::written` after the clear; `None`: no event queue). Outstanding page
-    /// request groups stay: the device still waits for their answers.
+    /// a new stall from now on; the ATS interface went down, so the unit ignores CMD_PRI_RESP
+    /// and the endpoints' PRI is re-initialised before it is enabled again (§6.3.9.6), after
+    /// which a device may give an old group's index to a new group. Forgets every filed stall
+    /// and every outstanding fault, page request groups included (an answer to one is then
+    /// `NotOutstanding`, nothing sent), and fences off every record before `until`
+    /// (`EventQueue::written` after the clear; `None`: no event queue).
     pub(crate) fn translation_ended(&mut self, until: Option<u64>) {
         self.head = 0;
         self.len = 0;
-        for u in self.unanswered.iter_mut() {
-            if u.is_some_and(|u| matches!(u.kind, FaultKind::Stall { .. })) {
-                *u = None;
-            }
-        }
+        self.unanswered = [None; MAX_UNANSWERED];
         if let Some(until) = until {
             self.fence_all = Some(until);
         }
@@ -483,9 +483,15 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
     ///
     /// # Errors
     /// What is true after each:
-    /// - a page request answered while translation is off ([`disable`](SmmuUnit::disable):
-    ///   the unit would ignore CMD_PRI_RESP, §6.3.9.6): [`Error::Hardware`] from
-    ///   [`SmmuError::PriResponseIgnored`], nothing queued, the fault still outstanding;
+    /// - a fault handed out before `SMMUEN` was cleared ([`disable`](SmmuUnit::disable), or
+    ///   [`enable`](SmmuUnit::enable), which starts from `CR0` = 0): [`Error::NotOutstanding`],
+    ///   nothing sent, as for any fault not outstanding. The clear forgot it: the endpoint's
+    ///   PRI is re-initialised before the re-enable (§6.3.9.6) and may reuse the group index;
+    /// - a page request answered while `enabled` is false but the clear of `SMMUEN` was not
+    ///   acknowledged (`disable` failed with [`SmmuError::Cr0AckTimeout`]: the unit may
+    ///   already ignore CMD_PRI_RESP, §6.3.9.6): [`Error::Hardware`] from
+    ///   [`SmmuError::PriResponseIgnored`], nothing queued, the fault still outstanding until
+    ///   a `disable` or `enable` completes the clear;
     /// - the command never reached the queue (the unit failed or was never enabled, no room
     ///   in the queue within the poll budget: [`Error::Timeout`] "command queue space", or a
     ///   command error of an earlier command met while waiting for room): the fault is still
@@ -506,8 +512,9 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         };
         self.usable()?;
         if matches!(response.kind, FaultKind::PageRequest { .. }) && !self.is_enabled() {
-            // The unit would ignore the CMD_PRI_RESP (§6.3.9.6): never queued, the record
-            // stays. `enable` and `disable` change SMMUEN under the book.
+            // The unit may ignore the CMD_PRI_RESP (§6.3.9.6): never queued, the record stays
+            // until the clear of SMMUEN is acknowledged, which forgets it. `enable` and
+            // `disable` change SMMUEN under the book.
             return Err(SmmuError::PriResponseIgnored {
                 sid: response.device.0,
             }

@@ -31,7 +31,9 @@
 //!
 //! While SMMUEN = 0 the unit ignores CMD_ATC_INV and CMD_PRI_RESP (§6.3.9.6, §4.5): the calls
 //! that need one fail with [`SmmuError::AtcInvalidationIgnored`] or
-//! [`SmmuError::PriResponseIgnored`] and keep what they owe (see [`SmmuUnit::disable`]).
+//! [`SmmuError::PriResponseIgnored`] and keep what they owe (see [`SmmuUnit::disable`]). The
+//! endpoints' PRI is re-initialised before the unit is enabled again, so clearing SMMUEN
+//! forgets every page request group handed out (`page_faults.rs`).
 //!
 //! Locks (`spin`): configuration (stream table, streams, tag allocators) before a domain slot
 //! before the command queue. Map and unmap take only their domain's slot for reading, so they
@@ -601,7 +603,9 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         // must not leave `enabled` claiming the unit still acts on CMD_ATC_INV.
         self.enabled.store(false, Ordering::Release);
         regs::write_cr0(&self.regs, 0, budget)?;
-        // SMMUEN is clear: every stalled transaction ended (§3.12.2).
+        // SMMUEN is clear: every stalled transaction ended (§3.12.2), and every page request
+        // group handed out belongs to the endpoints' PRI from before their re-initialisation
+        // (§6.3.9.6).
         book.translation_ended(eventq.as_ref().map(|q| q.written(&self.regs)));
         self.quiesce_interrupts(budget)?;
         if config.strtab.is_none() {
@@ -805,6 +809,11 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
     /// (CMD_CFGI_STE works with SMMUEN clear) before it fails, so a dead endpoint no longer
     /// holds `enable` back (see [`SmmuError::AtcReinitTimeout`]).
     ///
+    /// Once the clear is acknowledged, every stalled transaction has ended (§3.12.2) and the
+    /// unit ignores CMD_PRI_RESP, and the endpoints' PRI is to be re-initialised before
+    /// `enable` (§6.3.9.6): the unit forgets every stall and page request group it handed
+    /// out (an answer to one is `NotOutstanding`, nothing sent).
+    ///
     /// # Errors
     ///
     /// [`SmmuError::ServiceFailure`] on a failed unit (it was turned off when the failure was
@@ -826,7 +835,9 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         self.enabled.store(false, Ordering::Release);
         regs::write_cr0(&self.regs, cr0.bits(), budget)?;
         // Every stalled transaction ended with SMMUEN (§3.12.2), and their STAGs may name new
-        // stalls once it is set again: the book forgets them and fences off their records.
+        // stalls once it is set again; the endpoints' PRI is re-initialised before then
+        // (§6.3.9.6), and may reuse group indexes: the book forgets both and fences off the
+        // stalls' records.
         book.translation_ended(eventq.as_ref().map(|q| q.written(&self.regs)));
         Ok(())
     }

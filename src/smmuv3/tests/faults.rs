@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use super::*;
 use crate::iopf::{FaultKind, PageFault, PageResponse, ResponseCode};
 use crate::sim::smmuv3::priq::{PriOutcome, PriRequest};
-use crate::sim::smmuv3::{SmmuModel, SmmuModelConfig};
+use crate::sim::smmuv3::{Injection, SmmuModel, SmmuModelConfig};
 use crate::sim::walk::Access;
 use crate::sim::{Arena, ArenaConfig};
 
@@ -152,29 +152,96 @@ fn an_answer_keeps_the_book_until_its_command_is_queued() {
     );
 }
 
+fn group_response(g: u16) -> PageResponse {
+    PageResponse {
+        device: DeviceId(SID),
+        pasid: None,
+        kind: FaultKind::PageRequest {
+            group: g,
+            last: true,
+        },
+        code: ResponseCode::Success,
+    }
+}
+
 #[test]
-fn a_page_response_while_disabled_is_refused_and_keeps_its_record() {
+fn a_page_response_while_disabled_is_refused_and_sends_nothing() {
     // While SMMUEN = 0 the unit ignores CMD_PRI_RESP (IHI 0070 §6.3.9.6): an answer sent
-    // then is lost, and must not be recorded as given.
+    // then is lost, and must not be recorded as given. Once the clear is acknowledged the
+    // record is gone (the endpoint's PRI is re-initialised before the re-enable).
     let arena = arena();
     let sm = SmmuModel::new(&arena, pri_model());
     let u = pri_unit(&sm, &arena);
     assert_eq!(sm.page_request(group(4)), PriOutcome::Queued);
     let mut out = [PageFault::EMPTY; 4];
     assert_eq!(u.drain_page_faults(&mut out).unwrap().reported, 1);
-    let response = PageResponse {
-        device: DeviceId(SID),
-        pasid: None,
-        kind: FaultKind::PageRequest {
-            group: 4,
-            last: true,
-        },
-        code: ResponseCode::Success,
-    };
+    let response = group_response(4);
     u.disable().unwrap();
-    let r = u.page_response(&response);
-    assert!(r.is_err(), "an answer the unit ignores reported {r:?}");
+    assert_eq!(
+        u.page_response(&response),
+        Err(Error::NotOutstanding {
+            device: DeviceId(SID),
+            pasid: None,
+            kind: response.kind,
+        })
+    );
+    assert!(!u.page_response_owed(&response), "SMMUEN clear forgot it");
+    assert!(sm.pri_responses().is_empty());
+    assert_eq!(sm.stats().ignored_commands, 0, "nothing was queued");
+}
+
+#[test]
+fn a_page_response_after_an_unacknowledged_disable_keeps_its_record() {
+    // The CR0 write may take effect before CR0ACK shows it (§6.3.9): the unit counts as off
+    // and may ignore CMD_PRI_RESP, but the clear was not seen, so the record stays, to be
+    // forgotten by the disable (or enable) that completes it.
+    let arena = arena();
+    let sm = SmmuModel::new(&arena, pri_model());
+    let u = pri_unit(&sm, &arena);
+    assert_eq!(sm.page_request(group(4)), PriOutcome::Queued);
+    let mut out = [PageFault::EMPTY; 4];
+    assert_eq!(u.drain_page_faults(&mut out).unwrap().reported, 1);
+    let response = group_response(4);
+    sm.inject(Injection::Cr0AckStuck);
+    assert!(matches!(u.disable(), Err(SmmuError::Cr0AckTimeout { .. })));
+    assert_eq!(
+        u.page_response(&response),
+        Err(Error::from(SmmuError::PriResponseIgnored { sid: SID }))
+    );
     assert!(u.page_response_owed(&response), "the record is kept");
     assert!(sm.pri_responses().is_empty());
     assert_eq!(sm.stats().ignored_commands, 0, "nothing was queued");
+}
+
+#[test]
+fn an_answer_from_before_a_disable_is_refused_after_the_enable() {
+    // Clearing SMMUEN takes the ATS interface down, and the endpoints' PRI is re-initialised
+    // before the unit is enabled again (IHI 0070 §6.3.9.6): the device forgets its groups and
+    // may give their indexes to new ones. A late answer to a group handed out before the
+    // disable must not be sent as a CMD_PRI_RESP that would answer the new group.
+    let arena = arena();
+    let sm = SmmuModel::new(&arena, pri_model());
+    let u = pri_unit(&sm, &arena);
+    assert_eq!(sm.page_request(group(3)), PriOutcome::Queued);
+    let mut out = [PageFault::EMPTY; 4];
+    assert_eq!(u.drain_page_faults(&mut out).unwrap().reported, 1);
+    let stale = out[0].response(ResponseCode::Success);
+    u.disable().unwrap();
+    u.enable().unwrap();
+    // The re-initialised endpoint's new group 3, not drained yet.
+    assert_eq!(sm.page_request(group(3)), PriOutcome::Queued);
+    assert_eq!(
+        u.page_response(&stale),
+        Err(Error::NotOutstanding {
+            device: DeviceId(SID),
+            pasid: None,
+            kind: stale.kind,
+        })
+    );
+    assert!(
+        sm.pri_responses().is_empty(),
+        "a CMD_PRI_RESP from before the disable answered the new group: {:?}",
+        sm.pri_responses()
+    );
+    assert!(!u.page_response_owed(&stale), "the record outlived SMMUEN");
 }
