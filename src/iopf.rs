@@ -154,7 +154,9 @@ pub struct FaultDrain {
     /// Faults remain (the slice was full): drain again.
     pub more: bool,
     /// The unit lost requests before this drain (VT-d `PRS.PRO`, SMMUv3 `PRIQ_PROD.OVFLG`);
-    /// the overflow was acknowledged.
+    /// the overflow was acknowledged. SMMUv3 also sets it when the drain dropped the PRI
+    /// queue's requests because translation is off (their groups died with the endpoint's
+    /// PRI, re-initialised before the unit is enabled again): drop the partial groups.
     pub overflow: bool,
 }
 

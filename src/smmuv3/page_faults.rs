@@ -19,6 +19,8 @@
 //! unit ignores CMD_PRI_RESP and the endpoints' PRI is re-initialised before it is enabled
 //! again (§6.3.9.6), so an old group's index may name a new group. The book forgets every
 //! stall and every outstanding page request group, and fences off every record still unread.
+//! While translation is off a drain sends no CMD_PRI_RESP and hands out no page request: it
+//! drops what the PRI queue holds (`SmmuUnit::faults_discarded`) and reports an overflow.
 //!
 //! Each stream may hold at most [`STREAM_QUOTA`] of the [`MAX_UNANSWERED`] faults awaiting an
 //! answer; a fault that needs an answer and finds its stream's share (or the book) full is not
@@ -78,6 +80,8 @@ pub(crate) struct StallBook {
     pub(crate) aborted: u64,
     /// Faults a drain answered itself (their stream's share or the book full).
     pub(crate) refused: u64,
+    /// Page requests a drain took from the PRI queue while translation was off and dropped.
+    discarded: u64,
     fences: [Option<Fence>; MAX_FENCES],
     /// Records of every stream before this position of the event queue are stale: their
     /// transactions ended when `SMMUEN` was cleared.
@@ -134,6 +138,7 @@ impl StallBook {
             len: 0,
             aborted: 0,
             refused: 0,
+            discarded: 0,
             fences: [None; MAX_FENCES],
             fence_all: None,
             unanswered: [None; MAX_UNANSWERED],
@@ -394,6 +399,15 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
     /// ([`STREAM_QUOTA`]) or the book full is answered here (Invalid Request, or Abort) rather
     /// than handed out; a call answers at most [`REFUSED_BATCH`] so and then returns with
     /// `more`, so every call makes progress and the PRI queue is drained whoever answers.
+    ///
+    /// While translation is off ([`disable`](SmmuUnit::disable), a failed `enable`) the PRI
+    /// queue's requests are taken and dropped: no CMD_PRI_RESP is sent (the unit would ignore
+    /// it, §6.3.9.6) and none is handed out (the endpoint's PRI is re-initialised before the
+    /// re-enable and forgets their groups, which `disable` forgot too). After such a call the
+    /// requests it took are gone, counted in [`faults_discarded`](SmmuUnit::faults_discarded),
+    /// and `overflow` is set, as for requests the unit lost, so that the caller drops the
+    /// partial groups it holds (`FaultQueue::discard_partial`); the slots of `out` past
+    /// `reported` may have been written. Filed stalls are handed out as ever.
     pub(crate) fn drain_page_faults_impl(
         &self,
         out: &mut [PageFault],
@@ -426,7 +440,15 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
             }
         }
         d.more = book.len > 0;
-        if let Some(pq) = priq.as_mut() {
+        let translating = self.is_enabled();
+        if let (Some(pq), false) = (priq.as_mut(), translating) {
+            // Translation off (`enable` and `disable` change `enabled` under the book, held
+            // here): dropped, not answered. `out` past what was reported serves as scratch.
+            let p = pq.drain(&self.regs, out.get_mut(d.reported..).unwrap_or_default());
+            book.discarded = book.discarded.saturating_add(p.reported as u64);
+            d.more |= p.more;
+            d.overflow = p.overflow || p.reported > 0;
+        } else if let Some(pq) = priq.as_mut() {
             // No more requests than the refusals left could answer.
             let room = out.len().min(d.reported + REFUSED_BATCH - n_refused);
             let rest = out.get_mut(d.reported..room).unwrap_or_default();
@@ -468,6 +490,12 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
     /// the book ([`MAX_UNANSWERED`]) was full.
     pub fn faults_refused(&self) -> u64 {
         self.stalls.lock().refused
+    }
+
+    /// Page requests a drain took from the PRI queue while translation was off and dropped,
+    /// unanswered (see [`disable`](SmmuUnit::disable)).
+    pub fn faults_discarded(&self) -> u64 {
+        self.stalls.lock().discarded
     }
 
     /// [`Iommu::page_response`](crate::iommu::Iommu::page_response): `CMD_PRI_RESP` for a page

@@ -812,7 +812,10 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
     /// Once the clear is acknowledged, every stalled transaction has ended (§3.12.2) and the
     /// unit ignores CMD_PRI_RESP, and the endpoints' PRI is to be re-initialised before
     /// `enable` (§6.3.9.6): the unit forgets every stall and page request group it handed
-    /// out (an answer to one is `NotOutstanding`, nothing sent).
+    /// out (an answer to one is `NotOutstanding`, nothing sent). Until `enable`,
+    /// [`Iommu::drain_page_faults`](crate::iommu::Iommu::drain_page_faults) drops what the PRI
+    /// queue still holds, unanswered and not handed out
+    /// ([`faults_discarded`](Self::faults_discarded)).
     ///
     /// # Errors
     ///

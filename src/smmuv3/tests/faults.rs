@@ -245,3 +245,51 @@ fn an_answer_from_before_a_disable_is_refused_after_the_enable() {
     );
     assert!(!u.page_response_owed(&stale), "the record outlived SMMUEN");
 }
+
+#[test]
+fn a_drain_while_disabled_sends_nothing_and_hands_out_nothing() {
+    // While SMMUEN = 0 the unit ignores CMD_PRI_RESP (IHI 0070 §6.3.9.6), and the endpoints'
+    // PRI is re-initialised before it is enabled again: requests the PRI queue still holds
+    // from before the disable belong to groups the device forgets. A drain then must not
+    // answer them (the refusals past the stream's share were ignored) nor hand them out (an
+    // answer could only be NotOutstanding, or, after the enable, name a reused index).
+    let arena = arena();
+    let sm = SmmuModel::new(&arena, pri_model());
+    let u = pri_unit(&sm, &arena);
+    let queued = page_faults::STREAM_QUOTA as u16 + 4;
+    for g in 0..queued {
+        assert_eq!(sm.page_request(group(g)), PriOutcome::Queued);
+    }
+    u.disable().unwrap();
+    let mut out = [PageFault::EMPTY; 32];
+    let (mut reported, mut overflow, mut calls) = (0, false, 0);
+    loop {
+        let d = u.drain_page_faults(&mut out).unwrap();
+        reported += d.reported;
+        overflow |= d.overflow;
+        calls += 1;
+        if !d.more || calls == 16 {
+            break;
+        }
+    }
+    assert_eq!(
+        sm.stats().ignored_commands,
+        0,
+        "a drain while disabled sent CMD_PRI_RESPs the unit ignored"
+    );
+    assert_eq!(
+        reported, 0,
+        "requests of a PRI the endpoint forgets handed out"
+    );
+    assert!(
+        overflow,
+        "the requests dropped are reported, as lost ones are"
+    );
+    assert_eq!(u.faults_discarded(), u64::from(queued));
+    assert_eq!(u.faults_refused(), 0);
+    u.enable().unwrap();
+    for g in 0..queued {
+        assert!(!u.page_response_owed(&group_response(g)));
+    }
+    assert!(sm.pri_responses().is_empty());
+}
