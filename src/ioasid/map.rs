@@ -544,7 +544,8 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     /// # Errors
     /// [`Error::NoSuchIoasid`].
     pub fn translate(&self, ioasid: IoasidId, iova: Iova) -> Result<Option<Mapping>, Error> {
-        let st = self.state.read();
+        // The write lock: an unmap (read lock) may free the record's tables under the descent.
+        let st = self.state.write();
         let io = st.ioasid(ioasid)?;
         let Some(m) = io.record.query(iova) else {
             return Ok(None);
@@ -569,7 +570,9 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     /// # Errors
     /// [`Error::NoIovaSpace`]; [`Error::Capacity`] with too many outstanding reservations.
     pub fn alloc_iova(&self, ioasid: IoasidId, size: u64, align: u64) -> Result<Iova, Error> {
-        let st = self.state.read();
+        // The write lock: the search walks the record, whose tables an unmap (read lock) frees
+        // at once.
+        let st = self.state.write();
         let io = st.ioasid(ioasid)?;
         if io.nested.is_some() {
             return Err(Error::UserOwned(ioasid));

@@ -78,7 +78,10 @@
 //! [`IoasidCtx`] is `Sync`. Configuration (bind, alloc, attach, detach, free, PASIDs) takes the
 //! context's lock for writing and serialises. [`IoasidCtx::map`] and [`IoasidCtx::unmap`] take it
 //! for reading: any number may run at once on *disjoint* IOVA ranges of one IOASID; callers must
-//! not map or unmap overlapping ranges concurrently (the page-table engine's contract). Every
+//! not map or unmap overlapping ranges concurrently (the page-table engine's contract).
+//! [`IoasidCtx::translate`], [`IoasidCtx::alloc_iova`] and [`IoasidCtx::table_pages`] read the
+//! record beyond any range their caller owns, so they take the lock for writing: an unmap frees
+//! the record's tables at once. Every
 //! [`RECLAIM_BATCH`] unmaps of an IOASID, the unmap that fills its log takes the lock for
 //! writing to reclaim the tables unmaps left empty (after a rolled-back map, the map does), so
 //! an IOASID's table pages stay within what its mappings need plus [`reclaim_slack`]. No call

@@ -163,13 +163,14 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     }
 
     /// Counts the table pages of the IOASID's record and of its domain on every unit: linked,
-    /// needed by the leaves, held after a failed invalidation. Exact when no map or unmap of the
-    /// IOASID runs concurrently.
+    /// needed by the leaves, held after a failed invalidation. Exact: no map or unmap runs
+    /// meanwhile (the context's lock is taken for writing).
     ///
     /// # Errors
     /// [`Error::NoSuchIoasid`]; [`Error::PageTable`] or unit errors for a corrupt table.
     pub fn table_pages(&self, ioasid: IoasidId) -> Result<IoasidPages, Error> {
-        let st = self.state.read();
+        // The write lock: an unmap (read lock) frees tables the walks would read.
+        let st = self.state.write();
         let io = st.ioasid(ioasid)?;
         let mut out = IoasidPages {
             record: io.record.table_pages()?,

@@ -2902,3 +2902,122 @@ fn a_domain_attached_between_a_copy_s_runs_loses_them_with_the_undo() {
     );
     ctx.audit(dst).unwrap();
 }
+
+/// The context's allocator with a hook: the first `phys_to_virt` on the armed thread (a walk
+/// descending into a table) runs the armed call before its answer is used, as another CPU's
+/// call running between the walk's read of a table pointer and its reads of the table.
+struct HookAlloc {
+    inner: TestAlloc,
+    armed: Mutex<Option<(std::thread::ThreadId, std::boxed::Box<dyn FnOnce() + Send>)>>,
+}
+
+// SAFETY: every call is `inner`'s; the hook only runs other calls of the context.
+unsafe impl crate::mem::PageAllocator for HookAlloc {
+    fn alloc(&self, size_log2: u32) -> Option<crate::mem::Page> {
+        self.inner.alloc(size_log2)
+    }
+
+    unsafe fn free(&self, page: crate::mem::Page, size_log2: u32) {
+        // SAFETY: the caller upholds `free`'s contract, for `inner`'s page.
+        unsafe { self.inner.free(page, size_log2) }
+    }
+
+    fn phys_to_virt(&self, pa: PhysAddr) -> Option<core::ptr::NonNull<u8>> {
+        let va = self.inner.phys_to_virt(pa);
+        let me = std::thread::current().id();
+        let hook = {
+            let mut armed = self.armed.lock().unwrap();
+            match armed.take() {
+                Some((t, f)) if t == me => Some(f),
+                other => {
+                    *armed = other;
+                    None
+                }
+            }
+        };
+        if let Some(f) = hook {
+            f();
+        }
+        va
+    }
+}
+
+/// Runs `walk` on this thread with the hook armed: at its first descent into a table, another
+/// thread unmaps everything the IOASID maps (the record frees its tables at once) and the walk
+/// waits for that unmap up to 200 ms before it reads the table it descended to. A walk the
+/// unmap cannot overlap (the context's write lock) goes on after the timeout and sees the
+/// mapping; one it can overlap reads a freed table. Returns the walk's answer and the unmap's.
+fn walk_beside_unmap_all<R: Send>(
+    walk: impl FnOnce(&IoasidCtx<'_, '_, HookAlloc>, IoasidId) -> R,
+) -> (R, u64) {
+    let alloc = HookAlloc {
+        inner: test_alloc(),
+        armed: Mutex::new(None),
+    };
+    let u = FakeUnit::new(&alloc.inner, true);
+    let pasids = PasidAllocator::new(20);
+    let reg = Registry::new(&[&u], &pasids).unwrap();
+    let ctx = IoasidCtx::new(&reg, &alloc, 0);
+    let io = ctx.alloc(IoasidFlags::empty()).unwrap();
+    ctx.map(io, Iova::new(0x1000), PhysAddr::new(0), 0x3000, RW)
+        .unwrap();
+    let (go, done) = (
+        std::sync::mpsc::channel::<()>(),
+        std::sync::mpsc::channel::<u64>(),
+    );
+    let (go_tx, done_rx) = (go.0, Mutex::new(done.1));
+    std::thread::scope(|s| {
+        let ctx = &ctx;
+        let done_tx = done.0;
+        let unmapper = s.spawn(move || {
+            go.1.recv().unwrap();
+            let bytes = ctx.unmap(io, Iova::new(0), UNMAP_ALL).unwrap();
+            let _ = done_tx.send(bytes);
+            bytes
+        });
+        *alloc.armed.lock().unwrap() = Some((
+            std::thread::current().id(),
+            std::boxed::Box::new(move || {
+                go_tx.send(()).unwrap();
+                let _ = done_rx
+                    .lock()
+                    .unwrap()
+                    .recv_timeout(std::time::Duration::from_millis(200));
+            }),
+        ));
+        let r = walk(ctx, io);
+        (r, unmapper.join().unwrap())
+    })
+}
+
+/// `alloc_iova` walks the record for mappings in each candidate range. Under the read lock an
+/// unmap beside it freed the tables it was reading (the sim's freed pages hold POISON, which
+/// reads as 1 GiB leaves), so it skipped to 1 GiB; it must see the mapping it was searching
+/// past, or none at all, never freed memory.
+#[test]
+fn iova_allocation_never_walks_a_table_an_unmap_frees() {
+    let (a, unmapped) = walk_beside_unmap_all(|ctx, io| ctx.alloc_iova(io, 0x1000, 0x1000));
+    assert_eq!(unmapped, 0x3000);
+    assert_eq!(a, Ok(Iova::new(0x4000)));
+}
+
+/// `table_pages` walks the record's tables: the same race as `alloc_iova`'s.
+#[test]
+fn table_counts_never_walk_a_table_an_unmap_frees() {
+    let (pages, unmapped) = walk_beside_unmap_all(|ctx, io| ctx.table_pages(io).map(|p| p.record));
+    assert_eq!(unmapped, 0x3000);
+    let record = pages.unwrap();
+    // The root and one table on each of the four levels below it.
+    assert_eq!((record.linked, record.needed), (5, 5), "{record:?}");
+}
+
+/// `translate` descends the record to the leaf: the same race as `alloc_iova`'s.
+#[test]
+fn translate_never_reads_a_table_an_unmap_frees() {
+    let (m, unmapped) = walk_beside_unmap_all(|ctx, io| {
+        ctx.translate(io, Iova::new(0x2000))
+            .map(|m| m.map(|m| m.pa))
+    });
+    assert_eq!(unmapped, 0x3000);
+    assert_eq!(m, Ok(Some(PhysAddr::new(0x1000))));
+}
