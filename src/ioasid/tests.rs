@@ -2908,8 +2908,11 @@ fn a_domain_attached_between_a_copy_s_runs_loses_them_with_the_undo() {
 /// call running between the walk's read of a table pointer and its reads of the table.
 struct HookAlloc {
     inner: TestAlloc,
-    armed: Mutex<Option<(std::thread::ThreadId, std::boxed::Box<dyn FnOnce() + Send>)>>,
+    armed: Mutex<Option<(std::thread::ThreadId, Hook)>>,
 }
+
+/// What [`HookAlloc`] runs.
+type Hook = std::boxed::Box<dyn FnOnce() + Send>;
 
 // SAFETY: every call is `inner`'s; the hook only runs other calls of the context.
 unsafe impl crate::mem::PageAllocator for HookAlloc {
