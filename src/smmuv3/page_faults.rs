@@ -88,6 +88,10 @@ pub(crate) struct StallBook {
     fence_all: Option<u64>,
     /// What [`Iommu::page_response`](crate::iommu::Iommu::page_response) may answer.
     unanswered: [Option<Unanswered>; MAX_UNANSWERED],
+    /// Clears of `SMMUEN` seen ([`translation_ended`](Self::translation_ended)): given to
+    /// what a drain hands out ([`PageFault::generation`]), so that an answer from before a
+    /// clear never matches a new fault that reuses its group index or STAG.
+    generation: u32,
 }
 
 /// A fault handed out and not answered: what an answer must name.
@@ -96,6 +100,7 @@ struct Unanswered {
     sid: StreamId,
     pasid: Option<Pasid>,
     kind: FaultKind,
+    generation: u32,
 }
 
 impl Unanswered {
@@ -107,11 +112,14 @@ impl Unanswered {
                 sid: StreamId(f.device.0),
                 pasid: f.pasid,
                 kind,
+                generation: f.generation,
             }),
         }
     }
 
-    /// Whether `r` answers it: the same stream and PASID, and the same STAG or group.
+    /// Whether `r` answers it: the same stream and PASID, the same STAG or group, and the
+    /// same generation (an answer from before an `SMMUEN` clear names a group or stall that
+    /// ended with it, whatever new one now has its index or STAG).
     fn answered_by(&self, r: &PageResponse) -> bool {
         let kind = match (self.kind, r.kind) {
             (FaultKind::Stall { stag: a }, FaultKind::Stall { stag: b }) => a == b,
@@ -120,7 +128,7 @@ impl Unanswered {
             }
             _ => false,
         };
-        kind && self.sid.0 == r.device.0 && self.pasid == r.pasid
+        kind && self.sid.0 == r.device.0 && self.pasid == r.pasid && self.generation == r.generation
     }
 }
 
@@ -142,14 +150,16 @@ impl StallBook {
             fences: [None; MAX_FENCES],
             fence_all: None,
             unanswered: [None; MAX_UNANSWERED],
+            generation: 0,
         }
     }
 
-    /// Notes that `f` is handed out, if it may be: `true` for a fault that needs no answer
-    /// (a page request that is not its group's last), or one whose stream holds less than
-    /// [`STREAM_QUOTA`] while the book has room; `false` (nothing noted) otherwise, and the
-    /// caller answers it.
-    fn hand_out(&mut self, f: &PageFault) -> bool {
+    /// Notes that `f` is handed out, if it may be, and gives it the book's generation: `true`
+    /// for a fault that needs no answer (a page request that is not its group's last), or one
+    /// whose stream holds less than [`STREAM_QUOTA`] while the book has room; `false` (nothing
+    /// noted) otherwise, and the caller answers it.
+    fn hand_out(&mut self, f: &mut PageFault) -> bool {
+        f.generation = self.generation;
         let Some(u) = Unanswered::of(f) else {
             return true;
         };
@@ -224,13 +234,18 @@ impl StallBook {
     /// a new stall from now on; the ATS interface went down, so the unit ignores CMD_PRI_RESP
     /// and the endpoints' PRI is re-initialised before it is enabled again (§6.3.9.6), after
     /// which a device may give an old group's index to a new group. Forgets every filed stall
-    /// and every outstanding fault, page request groups included (an answer to one is then
-    /// `NotOutstanding`, nothing sent), and fences off every record before `until`
+    /// and every outstanding fault, page request groups included, and starts a new generation
+    /// (an answer to one of them is then `NotOutstanding`, nothing sent, even once a new
+    /// fault with its group index or STAG is handed out), and fences off every record before `until`
     /// (`EventQueue::written` after the clear; `None`: no event queue).
     pub(crate) fn translation_ended(&mut self, until: Option<u64>) {
         self.head = 0;
         self.len = 0;
         self.unanswered = [None; MAX_UNANSWERED];
+        // What was handed out before is of an older generation: its answer matches nothing,
+        // even once a new fault with the same index or STAG is handed out. (Wrapping takes
+        // 2^32 clears while an answer is held.)
+        self.generation = self.generation.wrapping_add(1);
         if let Some(until) = until {
             self.fence_all = Some(until);
         }
@@ -298,6 +313,8 @@ pub fn stall_fault(e: &Event) -> Option<PageFault> {
         addr: e.input_address.unwrap_or(0),
         perm,
         kind: FaultKind::Stall { stag },
+        // Given when the fault is handed out (`drain_page_faults`).
+        generation: 0,
     })
 }
 
@@ -426,8 +443,8 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
             }));
         }
         while d.reported < out.len() && n_refused < REFUSED_BATCH {
-            let Some(f) = book.pop() else { break };
-            if book.hand_out(&f) {
+            let Some(mut f) = book.pop() else { break };
+            if book.hand_out(&mut f) {
                 if let Some(slot) = out.get_mut(d.reported) {
                     *slot = f;
                 }
@@ -455,8 +472,10 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
             let p = pq.drain(&self.regs, rest);
             let mut kept = 0;
             for k in 0..p.reported {
-                let Some(f) = rest.get(k).copied() else { break };
-                if book.hand_out(&f) {
+                let Some(mut f) = rest.get(k).copied() else {
+                    break;
+                };
+                if book.hand_out(&mut f) {
                     if let Some(slot) = rest.get_mut(kept) {
                         *slot = f;
                     }
@@ -513,8 +532,11 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
     /// What is true after each:
     /// - a fault handed out before `SMMUEN` was cleared ([`disable`](SmmuUnit::disable), or
     ///   [`enable`](SmmuUnit::enable), which starts from `CR0` = 0): [`Error::NotOutstanding`],
-    ///   nothing sent, as for any fault not outstanding. The clear forgot it: the endpoint's
-    ///   PRI is re-initialised before the re-enable (§6.3.9.6) and may reuse the group index;
+    ///   nothing sent, as for any fault not outstanding, also once a new fault with the same
+    ///   group index or STAG was handed out (the answer carries the fault's
+    ///   [`generation`](PageFault::generation), which the clear ended). The clear forgot it:
+    ///   the endpoint's PRI is re-initialised before the re-enable (§6.3.9.6) and may reuse
+    ///   the group index, and the unit gives the ended stalls' STAGs to new ones (§3.12.2);
     /// - a page request answered while `enabled` is false but the clear of `SMMUEN` was not
     ///   acknowledged (`disable` failed with [`SmmuError::Cr0AckTimeout`]: the unit may
     ///   already ignore CMD_PRI_RESP, §6.3.9.6): [`Error::Hardware`] from

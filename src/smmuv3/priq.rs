@@ -75,6 +75,8 @@ pub fn decode(dw0: u64, dw1: u64) -> Option<PageFault> {
             group: PRG_INDEX.get(dw1) as u16,
             last: dw0 & LAST != 0,
         },
+        // Given when the request is handed out (`drain_page_faults`).
+        generation: 0,
     })
 }
 

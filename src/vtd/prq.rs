@@ -104,6 +104,7 @@ impl PageRequestDescriptor {
                 group: Self::PRGI.get(w1) as u16,
                 last: w1 & Self::LPIG != 0,
             },
+            generation: 0,
         })
     }
 }
@@ -346,6 +347,7 @@ mod tests {
                 last: true,
             },
             code: ResponseCode::Failure,
+            generation: 0,
         };
         let d = page_group_response(&r).unwrap();
         assert_eq!(d.qw[0], 0x9 | 1 << 4 | 0xf << 12 | 0x20 << 16 | 7 << 32);

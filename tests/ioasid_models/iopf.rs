@@ -268,6 +268,8 @@ fn answer_to(sid: u32, group: u16) -> iommu_engine::iopf::PageResponse {
         pasid: None,
         kind: FaultKind::PageRequest { group, last: true },
         code: ResponseCode::Invalid,
+        // VT-d has no generations.
+        generation: 0,
     }
 }
 

@@ -616,11 +616,14 @@ fn smmu_unit_refuses_a_response_for_no_outstanding_fault() {
                 .unwrap();
         let _ = r.smmu.handle_events(usize::MAX, |_| {});
         r.sm.page_request(request(None, 0x1000, 3, true));
+        // The unit's generation (its count of SMMUEN clears: 1 after the rig's enable), which
+        // the faults it hands out carry; an answer from another one is refused below.
         let response = |device, pasid, kind| PageResponse {
             device,
             pasid,
             kind,
             code: ResponseCode::Success,
+            generation: 1,
         };
         let stall = FaultKind::Stall { stag };
         let group = FaultKind::PageRequest {
@@ -645,7 +648,25 @@ fn smmu_unit_refuses_a_response_for_no_outstanding_fault() {
                 "not handed out yet"
             );
         }
-        assert_eq!(unit_faults(r), 2);
+        let mut handed = [PageFault::EMPTY; 8];
+        assert_eq!(r.smmu.drain_page_faults(&mut handed).unwrap().reported, 2);
+        assert_eq!((handed[0].generation, handed[1].generation), (1, 1));
+        // The right fault from another generation (before an SMMUEN clear) is not it.
+        for kind in [stall, group] {
+            let older = PageResponse {
+                generation: 0,
+                ..response(dev, None, kind)
+            };
+            assert_eq!(
+                r.smmu.page_response(&older),
+                Err(IommuError::NotOutstanding {
+                    device: dev,
+                    pasid: None,
+                    kind
+                }),
+                "an answer of generation 0"
+            );
+        }
         let pasid = Pasid::new(1);
         for (device, pasid, kind) in [
             (other, None, stall),
@@ -864,6 +885,9 @@ fn smmu_reenable_forgets_the_stalls_the_unit_ended() {
                 .stag
                 .unwrap();
         assert_eq!(new, old, "the SMMU gave the new stall an old STAG");
+        // Only the new stall is handed out (the unit's book then holds a record of the same
+        // stream and STAG again).
+        assert_eq!(event_interrupt(r, &ctx), (1, 0));
         // The late answer to the old stall: refused, nothing sent.
         let resumes = r.sm.stats().commands_of(op::RESUME);
         assert!(matches!(
@@ -872,8 +896,7 @@ fn smmu_reenable_forgets_the_stalls_the_unit_ended() {
         ));
         assert_eq!(r.sm.stats().commands_of(op::RESUME), resumes);
         assert_eq!(r.sm.stalled().len(), 1, "the new stall is still held");
-        // Only the new stall is handed out, and its answer resumes it.
-        assert_eq!(event_interrupt(r, &ctx), (1, 0));
+        // The new stall's own answer resumes it.
         assert_eq!(ctx.read_faults(&mut out), 1);
         assert_eq!(
             (out[0].fault.addr, out[0].fault.kind),

@@ -111,15 +111,14 @@ fn an_answer_keeps_the_book_until_its_command_is_queued() {
     assert_eq!(sm.page_request(group(3)), PriOutcome::Queued);
     let mut out = [PageFault::EMPTY; 4];
     assert_eq!(u.drain_page_faults(&mut out).unwrap().reported, 1);
-    let response = PageResponse {
-        device: DeviceId(SID),
-        pasid: None,
-        kind: FaultKind::PageRequest {
+    let response = out[0].response(ResponseCode::Success);
+    assert_eq!(
+        response.kind,
+        FaultKind::PageRequest {
             group: 3,
             last: true,
-        },
-        code: ResponseCode::Success,
-    };
+        }
+    );
     let outstanding = |book: &page_faults::StallBook| book.outstanding(&response).is_some();
     std::thread::scope(|s| {
         // The command queue is busy (another CPU's flush).
@@ -152,7 +151,9 @@ fn an_answer_keeps_the_book_until_its_command_is_queued() {
     );
 }
 
-fn group_response(g: u16) -> PageResponse {
+/// A Success answer to group `g` of generation `generation` (the unit's count of SMMUEN
+/// clears: 1 after the first `enable`).
+fn group_response(g: u16, generation: u32) -> PageResponse {
     PageResponse {
         device: DeviceId(SID),
         pasid: None,
@@ -161,6 +162,7 @@ fn group_response(g: u16) -> PageResponse {
             last: true,
         },
         code: ResponseCode::Success,
+        generation,
     }
 }
 
@@ -175,7 +177,7 @@ fn a_page_response_while_disabled_is_refused_and_sends_nothing() {
     assert_eq!(sm.page_request(group(4)), PriOutcome::Queued);
     let mut out = [PageFault::EMPTY; 4];
     assert_eq!(u.drain_page_faults(&mut out).unwrap().reported, 1);
-    let response = group_response(4);
+    let response = out[0].response(ResponseCode::Success);
     u.disable().unwrap();
     assert_eq!(
         u.page_response(&response),
@@ -201,7 +203,7 @@ fn a_page_response_after_an_unacknowledged_disable_keeps_its_record() {
     assert_eq!(sm.page_request(group(4)), PriOutcome::Queued);
     let mut out = [PageFault::EMPTY; 4];
     assert_eq!(u.drain_page_faults(&mut out).unwrap().reported, 1);
-    let response = group_response(4);
+    let response = out[0].response(ResponseCode::Success);
     sm.inject(Injection::Cr0AckStuck);
     assert!(matches!(u.disable(), Err(SmmuError::Cr0AckTimeout { .. })));
     assert_eq!(
@@ -228,8 +230,11 @@ fn an_answer_from_before_a_disable_is_refused_after_the_enable() {
     let stale = out[0].response(ResponseCode::Success);
     u.disable().unwrap();
     u.enable().unwrap();
-    // The re-initialised endpoint's new group 3, not drained yet.
+    // The re-initialised endpoint's new group 3, drained (handed out) before the late
+    // answer: the book then holds a record of stream, PASID and index 3 again.
     assert_eq!(sm.page_request(group(3)), PriOutcome::Queued);
+    assert_eq!(u.drain_page_faults(&mut out).unwrap().reported, 1);
+    let fresh = out[0].response(ResponseCode::Invalid);
     assert_eq!(
         u.page_response(&stale),
         Err(Error::NotOutstanding {
@@ -244,6 +249,12 @@ fn an_answer_from_before_a_disable_is_refused_after_the_enable() {
         sm.pri_responses()
     );
     assert!(!u.page_response_owed(&stale), "the record outlived SMMUEN");
+    // The new group's own answer is the one sent.
+    assert!(u.page_response_owed(&fresh));
+    u.page_response(&fresh).unwrap();
+    let sent = sm.pri_responses();
+    assert_eq!(sent.len(), 1);
+    assert_eq!((sent[0].group, sent[0].code), (3, 1));
 }
 
 #[test]
@@ -289,7 +300,9 @@ fn a_drain_while_disabled_sends_nothing_and_hands_out_nothing() {
     assert_eq!(u.faults_refused(), 0);
     u.enable().unwrap();
     for g in 0..queued {
-        assert!(!u.page_response_owed(&group_response(g)));
+        for generation in 0..4 {
+            assert!(!u.page_response_owed(&group_response(g, generation)));
+        }
     }
     assert!(sm.pri_responses().is_empty());
 }
