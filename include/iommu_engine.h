@@ -3,10 +3,10 @@
  *
  * Results: every function returns an IeStatus as int32_t (0 = IE_STATUS_OK); ie_status_errno()
  * maps it to the negative errno a Linux module would return. Enum values (IeStatus, IeMissing,
- * IeIoasidFlag, IeDirtyFlag, IeProt, IeStreamTable, IeUserStage1Format, IeRefusal) always
- * cross the boundary as int32_t / uint32_t, never as the enum type, so that any integer a
- * caller passes is checked, not undefined. bool is C99 _Bool (one byte, 0 or 1), the same as
- * Rust's bool.
+ * IeIoasidFlag, IeDirtyFlag, IeProt, IeStreamTable, IeUserStage1Format, IeRefusal,
+ * IeFunctionKind) always cross the boundary as int32_t / uint32_t, never as the enum type, so
+ * that any integer a caller passes is checked, not undefined. bool is C99 _Bool (one byte, 0
+ * or 1), the same as Rust's bool.
  *
  * Symbols: the library needs none from the embedder; its services come in as the function
  * pointers of IeEnv (memory) and IeRegs (registers).
@@ -346,6 +346,23 @@ typedef enum {
   // Nobody can answer: the device stops using page requests (stall: ABORT).
   IE_FAULT_RESPONSE_FAILURE = 2,
 } IeFaultResponse;
+
+// What a PCI function is, for ie_dmar_unit_for_function() (VT-d 4.1 §8.3.2, §8.3.3): firmware
+// lists only traditional functions in device scopes.
+typedef enum {
+  // A function device scopes may name: looked up by its own RID (as ie_dmar_unit_for()).
+  IE_FUNCTION_KIND_TRADITIONAL = 0,
+  // An ARI Extended Function (function number above 7): under the unit of its device's
+  // function 0 (`bus:00.0`).
+  IE_FUNCTION_KIND_ARI_EXTENDED = 1,
+  // An SR-IOV Virtual Function: under the unit of its Physical Function
+  // `physical_function` (Linux: `pci_physfn()`, the RID given as
+  // `IeDeviceHints.physical_function` at bind).
+  IE_FUNCTION_KIND_VIRTUAL = 2,
+  // An SR-IOV Virtual Function whose Physical Function `physical_function` is itself an
+  // ARI Extended Function: under the unit of the PF's function 0.
+  IE_FUNCTION_KIND_VIRTUAL_OF_ARI_EXTENDED = 3,
+} IeFunctionKind;
 
 // An IOASID context: what one process or VM holds.
 typedef struct IeCtx IeCtx;
@@ -902,7 +919,9 @@ int32_t ie_ctx_faults_overflowed(IeCtx *ctx, uint64_t *out);
 // `bridge_buses` does not report as a bridge (or `bridge_buses` is NULL and a scope's path
 // has more than one entry, or names a sub-hierarchy the requester is not the bridge of): the
 // unit would be a guess, so none is given. `IE_STATUS_NOT_FOUND` if no unit covers the
-// requester (its DMA is not remapped).
+// requester (its DMA is not remapped). `rid` is looked up as itself: for an SR-IOV Virtual
+// Function or an ARI Extended Function, which firmware does not list, use
+// ie_dmar_unit_for_function().
 //
 // # Safety
 // `table` points to `len` readable bytes; `out` is writable; `bridge_buses` is NULL or safe
@@ -914,6 +933,25 @@ int32_t ie_dmar_unit_for(const uint8_t *table,
                          IeBridgeBusesFn bridge_buses,
                          void *ctx,
                          IeDmarUnit *out);
+
+// As ie_dmar_unit_for(), for PCI function `rid` of kind `kind` (an `IeFunctionKind` value):
+// the unit is that of the function device scopes name for it, a Virtual Function's Physical
+// Function `physical_function` (VT-d 4.1 §8.3.3) or an ARI Extended Function's function 0
+// (§8.3.2); ie_dmar_unit_for() would give a VF or an Extended Function its segment's
+// INCLUDE_PCI_ALL unit (or none), not its PF's. `physical_function` is read only for the two
+// Virtual kinds. `IE_STATUS_INVALID_ARGUMENT` also for an unknown `kind`.
+//
+// # Safety
+// As ie_dmar_unit_for().
+int32_t ie_dmar_unit_for_function(const uint8_t *table,
+                                  size_t len,
+                                  uint16_t segment,
+                                  uint16_t rid,
+                                  uint32_t kind,
+                                  uint16_t physical_function,
+                                  IeBridgeBusesFn bridge_buses,
+                                  void *ctx,
+                                  IeDmarUnit *out);
 
 // The regions (RMRRs, VT-d 4.1 §8.4) that PCI requester `rid` on `segment` must keep reaching,
 // from the ACPI DMAR table `table` (`len` bytes), for ie_ctx_bind_direct(): the first `max`

@@ -5,6 +5,7 @@
 use core::ffi::c_void;
 
 use crate::firmware::dmar::device_scope::BusRange;
+use crate::firmware::dmar::lookup::FunctionKind;
 use crate::firmware::dmar::table::Dmar;
 use crate::vtd::SourceId;
 
@@ -59,6 +60,42 @@ fn bridge_bus_range(
     })
 }
 
+/// What a PCI function is, for ie_dmar_unit_for_function() (VT-d 4.1 §8.3.2, §8.3.3): firmware
+/// lists only traditional functions in device scopes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IeFunctionKind {
+    /// A function device scopes may name: looked up by its own RID (as ie_dmar_unit_for()).
+    Traditional = 0,
+    /// An ARI Extended Function (function number above 7): under the unit of its device's
+    /// function 0 (`bus:00.0`).
+    AriExtended = 1,
+    /// An SR-IOV Virtual Function: under the unit of its Physical Function
+    /// `physical_function` (Linux: `pci_physfn()`, the RID given as
+    /// `IeDeviceHints.physical_function` at bind).
+    Virtual = 2,
+    /// An SR-IOV Virtual Function whose Physical Function `physical_function` is itself an
+    /// ARI Extended Function: under the unit of the PF's function 0.
+    VirtualOfAriExtended = 3,
+}
+
+impl IeFunctionKind {
+    /// The crate's kind for the C value `kind` and the PF's RID `physical_function`.
+    fn from_c(kind: u32, physical_function: u16) -> Result<FunctionKind, IeStatus> {
+        let pf = |physical_function_ari_extended| FunctionKind::Virtual {
+            physical_function: SourceId::new(physical_function),
+            physical_function_ari_extended,
+        };
+        match kind {
+            k if k == Self::Traditional as u32 => Ok(FunctionKind::Traditional),
+            k if k == Self::AriExtended as u32 => Ok(FunctionKind::AriExtended),
+            k if k == Self::Virtual as u32 => Ok(pf(false)),
+            k if k == Self::VirtualOfAriExtended as u32 => Ok(pf(true)),
+            _ => Err(IeStatus::InvalidArgument),
+        }
+    }
+}
+
 /// Finds in the ACPI DMAR table `table` (`len` bytes, header included, as `acpi_get_table`
 /// returns it) the remapping unit that covers PCI requester `rid` on `segment`: the DRHD whose
 /// device scope names it or a bridge above it, else the segment's INCLUDE_PCI_ALL DRHD.
@@ -69,7 +106,9 @@ fn bridge_bus_range(
 /// `bridge_buses` does not report as a bridge (or `bridge_buses` is NULL and a scope's path
 /// has more than one entry, or names a sub-hierarchy the requester is not the bridge of): the
 /// unit would be a guess, so none is given. `IE_STATUS_NOT_FOUND` if no unit covers the
-/// requester (its DMA is not remapped).
+/// requester (its DMA is not remapped). `rid` is looked up as itself: for an SR-IOV Virtual
+/// Function or an ARI Extended Function, which firmware does not list, use
+/// ie_dmar_unit_for_function().
 ///
 /// # Safety
 /// `table` points to `len` readable bytes; `out` is writable; `bridge_buses` is NULL or safe
@@ -84,32 +123,90 @@ pub unsafe extern "C" fn ie_dmar_unit_for(
     ctx: *mut c_void,
     out: *mut IeDmarUnit,
 ) -> i32 {
-    code((|| {
-        if table.is_null() || out.is_null() {
-            return Err(IeStatus::InvalidArgument);
-        }
-        // SAFETY: the C contract: `len` readable bytes at `table`.
-        let bytes = unsafe { core::slice::from_raw_parts(table, len) };
-        let dmar = Dmar::parse(bytes).map_err(|_| IeStatus::InvalidArgument)?;
-        let buses = |seg: u16, bridge: SourceId| bridge_bus_range(bridge_buses, ctx, seg, bridge);
-        let unit = dmar
-            .unit_for(segment, SourceId::new(rid), &buses)
-            .map_err(|_| IeStatus::InvalidArgument)?
-            .ok_or(IeStatus::NotFound)?;
-        let d = dmar
-            .unit_defaults(&unit.drhd)
-            .map_err(|_| IeStatus::InvalidArgument)?;
-        let found = IeDmarUnit {
-            register_base: d.register_base.get(),
-            register_len: d.register_len,
-            host_address_width: u32::from(d.host_address_width_field) + 1,
-            segment: d.segment,
-            include_pci_all: d.include_pci_all,
-        };
-        // SAFETY: the C contract: `out` is writable.
-        unsafe { out.write(found) };
-        Ok(())
-    })())
+    // SAFETY: the caller's contract, the same.
+    code(unsafe {
+        unit_for(
+            table,
+            len,
+            segment,
+            rid,
+            FunctionKind::Traditional,
+            bridge_buses,
+            ctx,
+            out,
+        )
+    })
+}
+
+/// As ie_dmar_unit_for(), for PCI function `rid` of kind `kind` (an `IeFunctionKind` value):
+/// the unit is that of the function device scopes name for it, a Virtual Function's Physical
+/// Function `physical_function` (VT-d 4.1 §8.3.3) or an ARI Extended Function's function 0
+/// (§8.3.2); ie_dmar_unit_for() would give a VF or an Extended Function its segment's
+/// INCLUDE_PCI_ALL unit (or none), not its PF's. `physical_function` is read only for the two
+/// Virtual kinds. `IE_STATUS_INVALID_ARGUMENT` also for an unknown `kind`.
+///
+/// # Safety
+/// As ie_dmar_unit_for().
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn ie_dmar_unit_for_function(
+    table: *const u8,
+    len: usize,
+    segment: u16,
+    rid: u16,
+    kind: u32,
+    physical_function: u16,
+    bridge_buses: IeBridgeBusesFn,
+    ctx: *mut c_void,
+    out: *mut IeDmarUnit,
+) -> i32 {
+    code(
+        IeFunctionKind::from_c(kind, physical_function).and_then(|kind| {
+            // SAFETY: the caller's contract, the same as ie_dmar_unit_for()'s.
+            unsafe { unit_for(table, len, segment, rid, kind, bridge_buses, ctx, out) }
+        }),
+    )
+}
+
+/// ie_dmar_unit_for() and ie_dmar_unit_for_function().
+///
+/// # Safety
+/// As ie_dmar_unit_for().
+#[allow(clippy::too_many_arguments)]
+unsafe fn unit_for(
+    table: *const u8,
+    len: usize,
+    segment: u16,
+    rid: u16,
+    kind: FunctionKind,
+    bridge_buses: IeBridgeBusesFn,
+    ctx: *mut c_void,
+    out: *mut IeDmarUnit,
+) -> Result<(), IeStatus> {
+    if table.is_null() || out.is_null() {
+        return Err(IeStatus::InvalidArgument);
+    }
+    // SAFETY: the C contract: `len` readable bytes at `table`.
+    let bytes = unsafe { core::slice::from_raw_parts(table, len) };
+    let dmar = Dmar::parse(bytes).map_err(|_| IeStatus::InvalidArgument)?;
+    let buses = |seg: u16, bridge: SourceId| bridge_bus_range(bridge_buses, ctx, seg, bridge);
+    let unit = dmar
+        .unit_for_function(segment, SourceId::new(rid), kind, &buses)
+        .map_err(|_| IeStatus::InvalidArgument)?
+        .ok_or(IeStatus::NotFound)?;
+    let d = dmar
+        .unit_defaults(&unit.drhd)
+        .map_err(|_| IeStatus::InvalidArgument)?;
+    let found = IeDmarUnit {
+        register_base: d.register_base.get(),
+        register_len: d.register_len,
+        host_address_width: u32::from(d.host_address_width_field) + 1,
+        segment: d.segment,
+        include_pci_all: d.include_pci_all,
+    };
+    // SAFETY: the C contract: `out` is writable.
+    unsafe { out.write(found) };
+    Ok(())
 }
 
 /// The regions (RMRRs, VT-d 4.1 §8.4) that PCI requester `rid` on `segment` must keep reaching,

@@ -392,6 +392,66 @@ fn dmar_unit_for_a_requester() {
     }
 }
 
+/// ie_dmar_unit_for_function: an SR-IOV VF is looked up by its PF (VT-d §8.3.3), an ARI
+/// Extended Function by its device's function 0 (§8.3.2), not by its own RID (which only the
+/// INCLUDE_PCI_ALL unit would take); an unknown kind is refused.
+#[test]
+fn dmar_unit_for_a_virtual_or_ari_extended_function() {
+    use super::firmware::{ie_dmar_unit_for_function, IeDmarUnit, IeFunctionKind};
+    use crate::firmware::testutil::{dmar, drhd, scope};
+    let t = dmar(
+        47,
+        0,
+        &[
+            // PF 00:02.0 and function 0 of an ARI device on bus 5.
+            drhd(
+                0,
+                0,
+                0,
+                0xfed9_1000,
+                &[scope(1, 0, 0, 0, &[(2, 0)]), scope(1, 0, 0, 5, &[(0, 0)])],
+            ),
+            drhd(1, 0, 0, 0xfed9_0000, &[]),
+        ],
+    );
+    let find = |rid: u16, kind: u32, pf: u16| {
+        let mut u = IeDmarUnit::default();
+        // SAFETY: `t` is readable; `u` is writable.
+        let st = unsafe {
+            ie_dmar_unit_for_function(
+                t.as_ptr(),
+                t.len(),
+                0,
+                rid,
+                kind,
+                pf,
+                None,
+                core::ptr::null_mut(),
+                &mut u,
+            )
+        };
+        (st, u.register_base)
+    };
+    let ok = IeStatus::Ok as i32;
+    let vf = IeFunctionKind::Virtual as u32;
+    assert_eq!(find(0x0090, vf, 0x0010), (ok, 0xfed9_1000), "VF of 00:02.0");
+    assert_eq!(
+        find(0x0090, IeFunctionKind::Traditional as u32, 0),
+        (ok, 0xfed9_0000),
+        "the RID itself: no scope names it"
+    );
+    assert_eq!(
+        find(0x052a, IeFunctionKind::AriExtended as u32, 0),
+        (ok, 0xfed9_1000)
+    );
+    assert_eq!(
+        find(0x0680, IeFunctionKind::VirtualOfAriExtended as u32, 0x0509),
+        (ok, 0xfed9_1000),
+        "VF of ARI function 05:00.9"
+    );
+    assert_eq!(find(0x0090, 4, 0x0010).0, IeStatus::InvalidArgument as i32);
+}
+
 /// ie_dmar_reserved_regions: a requester's RMRRs as direct regions, counted beyond `max`;
 /// an RMRR it may need behind a bridge NULL `bridge_buses` cannot follow is refused.
 #[test]

@@ -186,6 +186,16 @@ fn check_lookups(t: &Dmar<'_>, segment: u16, rid: SourceId) {
             drop(format!("{e}"));
         }
     }
+    // A VF is looked up as its PF: here `rid` is the PF of a VF on the next bus.
+    let vf = SourceId::new(rid.get().wrapping_add(0x100));
+    let kind = crate::firmware::dmar::FunctionKind::Virtual {
+        physical_function: rid,
+        physical_function_ari_extended: false,
+    };
+    assert_eq!(
+        t.unit_for_function(segment, vf, kind, &buses),
+        t.unit_for(segment, rid, &buses)
+    );
     for region in t.reserved_regions(segment, rid, &buses) {
         match region {
             Ok(r) => {

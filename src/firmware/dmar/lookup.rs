@@ -1,6 +1,7 @@
 //! Which remapping unit covers a requester, and which reserved regions a requester needs
 //! (Intel VT-d specification rev. 4.1, §8.3 "DMA Remapping Hardware Unit Definition", §8.3.1
-//! "Device Scope Structure", §8.4 "Reserved Memory Region Reporting").
+//! "Device Scope Structure", §8.3.2 ARI Extended Functions, §8.3.3 SR-IOV Virtual Functions,
+//! §8.4 "Reserved Memory Region Reporting").
 //!
 //! A PCI requester belongs to the DRHD whose device scopes name it (a PCI endpoint scope naming
 //! the function, or a PCI sub-hierarchy scope naming a bridge above it); failing that, to the
@@ -16,6 +17,11 @@
 //! requester and the bridge, rather than fall back to an INCLUDE_PCI_ALL unit (the wrong unit)
 //! or drop an RMRR (a broken device). A scope that does name the requester decides even when
 //! another does not resolve.
+//!
+//! Functions firmware does not list are under the unit of one it does: an SR-IOV Virtual
+//! Function under its Physical Function's (§8.3.3), an ARI Extended Function under its device's
+//! function 0's (§8.3.2). Only the embedder knows what a function is (PCI enumeration):
+//! [`Dmar::unit_for_function`] takes it as a [`FunctionKind`].
 
 use super::device_scope::{DeviceScope, PciBuses};
 use super::drhd::Drhd;
@@ -40,6 +46,53 @@ pub struct CoveringUnit<'a> {
     pub drhd: Drhd<'a>,
     /// How it covers the requester.
     pub coverage: Coverage<'a>,
+}
+
+/// What a PCI function is, as far as device scopes go (§8.3.2, §8.3.3): firmware names only
+/// traditional functions in device scopes, and the others are under the unit of the function
+/// this says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FunctionKind {
+    /// A function device scopes may name (every function of a device without ARI, and
+    /// functions 0..=7 of an ARI device): looked up by its own requester ID.
+    Traditional,
+    /// An ARI Extended Function (function number above 7 of a device with ARI, §8.3.2): under
+    /// the unit of its device's function 0, requester ID `bus:00.0` (with ARI the 8 bits below
+    /// the bus are the function number).
+    AriExtended,
+    /// An SR-IOV Virtual Function (§8.3.3): under the unit of its Physical Function
+    /// `physical_function`, which firmware is not required to list (nor could it: VFs appear
+    /// when the PF's driver enables them, on buses the OS may number).
+    Virtual {
+        /// The Physical Function's requester ID.
+        physical_function: SourceId,
+        /// The Physical Function is itself an ARI Extended Function (then its function 0's
+        /// unit).
+        physical_function_ari_extended: bool,
+    },
+}
+
+impl FunctionKind {
+    /// The function device scopes name for `rid`, a function of this kind.
+    pub const fn scoped_function(self, rid: SourceId) -> SourceId {
+        match self {
+            Self::Traditional => rid,
+            Self::AriExtended => function_0(rid),
+            Self::Virtual {
+                physical_function,
+                physical_function_ari_extended: false,
+            } => physical_function,
+            Self::Virtual {
+                physical_function,
+                physical_function_ari_extended: true,
+            } => function_0(physical_function),
+        }
+    }
+}
+
+/// Function 0 of the ARI device `rid` is a function of: the same bus, function number 0.
+const fn function_0(rid: SourceId) -> SourceId {
+    SourceId::new(rid.get() & 0xff00)
 }
 
 /// What the scopes of one structure say about a requester.
@@ -87,6 +140,11 @@ impl<'a> Dmar<'a> {
     /// `Ok(None)` if no unit covers it: its DMA is not remapped at all, so it must not be given
     /// to anything untrusted.
     ///
+    /// `rid` is taken as a function scopes may name ([`FunctionKind::Traditional`]): for an
+    /// SR-IOV Virtual Function or an ARI Extended Function, which firmware does not list, this
+    /// answers the INCLUDE_PCI_ALL unit (or none) where its PF's or function 0's unit is the
+    /// right one. Use [`unit_for_function`](Self::unit_for_function) for those.
+    ///
     /// # Errors
     /// [`Error::ScopeUnresolved`] if no scope names the requester but one that might could not
     /// be followed through `buses` (a path through a function that answers as no bridge, or
@@ -125,6 +183,25 @@ impl<'a> Dmar<'a> {
                 drhd,
                 coverage: Coverage::IncludePciAll,
             }))
+    }
+
+    /// The unit that covers PCI function `rid` on `segment`, a function of `kind`: the unit of
+    /// the function scopes name for it ([`FunctionKind::scoped_function`]): a Virtual
+    /// Function's Physical Function (§8.3.3), an ARI Extended Function's function 0 (§8.3.2),
+    /// else `rid` itself, as [`unit_for`](Self::unit_for). The coverage names the scope that
+    /// covers that function.
+    ///
+    /// # Errors
+    /// As [`unit_for`](Self::unit_for); [`Error::ScopeUnresolved`] names the function looked
+    /// up (the PF, function 0) as the requester.
+    pub fn unit_for_function<B: PciBuses + ?Sized>(
+        &self,
+        segment: u16,
+        rid: SourceId,
+        kind: FunctionKind,
+        buses: &B,
+    ) -> Result<Option<CoveringUnit<'a>>, Error> {
+        self.unit_for(segment, kind.scoped_function(rid), buses)
     }
 
     /// The reserved memory regions (RMRRs, §8.4) that requester `rid` on `segment` must keep

@@ -47,7 +47,7 @@ pub use device_scope::{
 };
 pub use drhd::{Drhd, DrhdFlags};
 pub use error::{Error, Structure};
-pub use lookup::{Coverage, CoveringUnit};
+pub use lookup::{Coverage, CoveringUnit, FunctionKind};
 pub use rhsa::Rhsa;
 pub use rmrr::Rmrr;
 pub use satc::{Satc, SatcFlags};

@@ -856,3 +856,112 @@ fn unresolved_scopes_are_errors_not_silence() {
         "{shown}"
     );
 }
+
+/// DRHD A (flags 0) lists the PF 00:02.0 by an endpoint scope; DRHD B is the INCLUDE_PCI_ALL
+/// unit of segment 0.
+fn pf_under_a() -> Vec<u8> {
+    dmar(
+        47,
+        0,
+        &[
+            drhd(0, 0, 0, 0xfed9_0000, &[scope(1, 0, 0, 0, &[(2, 0)])]),
+            drhd(1, 0, 0, 0xfed9_1000, &[]),
+        ],
+    )
+}
+
+#[test]
+fn a_virtual_function_is_under_its_physical_functions_unit() {
+    let bytes = pf_under_a();
+    let t = Dmar::parse(&bytes).unwrap();
+    let (a, b) = (t.drhds().next().unwrap(), t.drhds().nth(1).unwrap());
+    let pf = rid(0, 2, 0);
+    let vf = SourceId::new(0x0090); // 00:12.0, the PF's first VF
+    let vf_of_pf = FunctionKind::Virtual {
+        physical_function: pf,
+        physical_function_ari_extended: false,
+    };
+    let found = t
+        .unit_for_function(0, vf, vf_of_pf, &no_bridges)
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.drhd, a, "§8.3.3: a VF is under its PF's unit, not B");
+    assert!(
+        matches!(found.coverage, Coverage::Scope(s) if s.path.entries().last()
+        == Some(PathEntry { device: 2, function: 0 }))
+    );
+    // Without the INCLUDE_PCI_ALL unit, the VF is still A's, not "not remapped".
+    let only_a = dmar(
+        47,
+        0,
+        &[drhd(0, 0, 0, 0xfed9_0000, &[scope(1, 0, 0, 0, &[(2, 0)])])],
+    );
+    let t2 = Dmar::parse(&only_a).unwrap();
+    assert_eq!(
+        t2.unit_for_function(0, vf, vf_of_pf, &no_bridges)
+            .unwrap()
+            .map(|c| c.drhd.register_base),
+        Some(0xfed9_0000)
+    );
+    // The plain lookup still names the requester itself (documented): B for the VF.
+    assert_eq!(t.unit_for(0, vf, &no_bridges).unwrap().unwrap().drhd, b);
+    assert_eq!(
+        t.unit_for_function(0, vf, FunctionKind::Traditional, &no_bridges),
+        t.unit_for(0, vf, &no_bridges)
+    );
+}
+
+#[test]
+fn an_ari_extended_function_is_under_its_function_0s_unit() {
+    // With ARI the device number is 0: the ARI device on bus 5 has function 0 at 05:00.0,
+    // which A lists; B is the INCLUDE_PCI_ALL unit.
+    let bytes = dmar(
+        47,
+        0,
+        &[
+            drhd(0, 0, 0, 0xfed9_0000, &[scope(1, 0, 0, 5, &[(0, 0)])]),
+            drhd(1, 0, 0, 0xfed9_1000, &[]),
+        ],
+    );
+    let t = Dmar::parse(&bytes).unwrap();
+    let (a, b) = (t.drhds().next().unwrap(), t.drhds().nth(1).unwrap());
+    // Function 0x2a of the ARI device on bus 5: RID 05:05.2 read the traditional way.
+    let extended = SourceId::new(0x052a);
+    assert_eq!(
+        t.unit_for_function(0, extended, FunctionKind::AriExtended, &no_bridges)
+            .unwrap()
+            .unwrap()
+            .drhd,
+        a,
+        "§8.3.2: an Extended Function is under the unit of its device's function 0"
+    );
+    assert_eq!(
+        t.unit_for(0, extended, &no_bridges).unwrap().unwrap().drhd,
+        b
+    );
+    // A VF whose PF is an ARI Extended Function (05:00.9 = function 9): function 0's unit.
+    let vf = SourceId::new(0x0680);
+    let kind = FunctionKind::Virtual {
+        physical_function: SourceId::new(0x0509),
+        physical_function_ari_extended: true,
+    };
+    assert_eq!(
+        t.unit_for_function(0, vf, kind, &no_bridges)
+            .unwrap()
+            .unwrap()
+            .drhd,
+        a
+    );
+    let as_traditional = FunctionKind::Virtual {
+        physical_function: SourceId::new(0x0509),
+        physical_function_ari_extended: false,
+    };
+    assert_eq!(
+        t.unit_for_function(0, vf, as_traditional, &no_bridges)
+            .unwrap()
+            .unwrap()
+            .drhd,
+        b,
+        "05:01.1 is named by no scope"
+    );
+}
