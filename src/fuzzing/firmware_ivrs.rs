@@ -61,6 +61,10 @@ pub fn exercise(table: &[u8]) {
                 if let IvmdDevices::Range { first, last } = m.devices {
                     assert!(first <= last, "reversed IVMD device range");
                 }
+                // Device IDs are per segment: never another segment's.
+                assert!((0..=u16::MAX)
+                    .step_by(257)
+                    .all(|d| !m.applies_to(m.segment.wrapping_add(1), d)));
                 m.offset
             }
             Block::Refused(e) => match e {

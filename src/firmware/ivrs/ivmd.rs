@@ -10,7 +10,8 @@
 //! | 2 | 2 | Length (32) |
 //! | 4 | 2 | DeviceID (21h; the first of the range for 22h) |
 //! | 6 | 2 | Auxiliary Data (22h: the last DeviceID of the range) |
-//! | 8 | 8 | Reserved |
+//! | 8 | 2 | PCI Segment Group of the devices named (reserved, so 0, in tables before segments) |
+//! | 10 | 6 | Reserved |
 //! | 16 | 8 | IVMD Start Address |
 //! | 24 | 8 | IVMD Memory Block Length |
 
@@ -41,7 +42,7 @@ bitflags! {
 /// Which devices an IVMD is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IvmdDevices {
-    /// 20h: every device of every IOMMU.
+    /// 20h: every device of the IVMD's PCI segment.
     All,
     /// 21h: one device ID.
     One(u16),
@@ -59,6 +60,8 @@ pub enum IvmdDevices {
 pub struct Ivmd {
     /// The devices it is for.
     pub devices: IvmdDevices,
+    /// `PCI Segment Group` of the devices.
+    pub segment: u16,
     /// `Flags`.
     pub flags: IvmdFlags,
     /// `IVMD Start Address`.
@@ -107,6 +110,7 @@ impl Ivmd {
         };
         Ok(Self {
             devices,
+            segment: read_u16(bytes, 8)?,
             flags: IvmdFlags::from_bits_retain(read_u8(bytes, 1)?),
             start: read_u64(bytes, 16)?,
             length: read_u64(bytes, 24)?,
@@ -114,8 +118,12 @@ impl Ivmd {
         })
     }
 
-    /// Whether the IVMD is for `device_id`.
-    pub const fn applies_to(&self, device_id: u16) -> bool {
+    /// Whether the IVMD is for `device_id` of PCI segment `segment`: device IDs are per
+    /// segment, so another segment's IVMD (20h "all devices" included) is not.
+    pub const fn applies_to(&self, segment: u16, device_id: u16) -> bool {
+        if self.segment != segment {
+            return false;
+        }
         match self.devices {
             IvmdDevices::All => true,
             IvmdDevices::One(d) => d == device_id,

@@ -201,9 +201,10 @@ impl<'a> Ivrs<'a> {
             .find_map(|h| h.covering(device_id).map(|r| (h, r)))
     }
 
-    /// The memory definitions that apply to `device_id` (on any unit).
-    pub fn memory_for(&self, device_id: u16) -> impl Iterator<Item = Ivmd> + 'a {
-        self.ivmds().filter(move |m| m.applies_to(device_id))
+    /// The memory definitions that apply to `device_id` of PCI segment `segment`.
+    pub fn memory_for(&self, segment: u16, device_id: u16) -> impl Iterator<Item = Ivmd> + 'a {
+        self.ivmds()
+            .filter(move |m| m.applies_to(segment, device_id))
     }
 }
 

@@ -267,11 +267,11 @@ fn every_entry_and_block_type() {
     assert_eq!((s1.segment, all.first, all.last), (1, 0, 0xffff));
     assert_eq!(AmdViUnitDefaults::of(&t, &s1).unwrap().device_ids, 0x1_0000);
     // Memory definitions.
-    let m: Vec<_> = t.memory_for(0x0100).collect();
+    let m: Vec<_> = t.memory_for(0, 0x0100).collect();
     assert_eq!(m.len(), 1);
     assert_eq!(m[0].flags, IvmdFlags::UNITY | IvmdFlags::IR | IvmdFlags::IW);
     assert_eq!(m[0].range(), Ok((PhysAddr::new(0xf_0000), 0x1_0000)));
-    let r: Vec<_> = t.memory_for(0x0280).collect();
+    let r: Vec<_> = t.memory_for(0, 0x0280).collect();
     assert_eq!(r.len(), 1);
     assert_eq!(
         (r[0].devices, r[0].flags),
@@ -283,7 +283,7 @@ fn every_entry_and_block_type() {
             IvmdFlags::EXCLUSION_RANGE
         )
     );
-    assert_eq!(t.memory_for(0x0300).count(), 0);
+    assert_eq!(t.memory_for(0, 0x0300).count(), 0);
 }
 
 #[test]
@@ -411,6 +411,7 @@ fn malformed_tables_are_refused_with_the_offending_value() {
     );
     let m = Ivmd {
         devices: IvmdDevices::All,
+        segment: 0,
         flags: IvmdFlags::UNITY,
         start: !0xfff_u64,
         length: 0x2000,
@@ -563,7 +564,7 @@ fn an_ivmd_range_whose_start_is_after_its_end_is_refused_alone() {
             at + 32
         )
     );
-    assert_eq!(t.memory_for(0x20).count(), 1);
+    assert_eq!(t.memory_for(0, 0x20).count(), 1);
     assert!(t.unit_for(0, 0x20).is_some());
     // The block's own decoder still says why.
     let raw = ivmd(0x40, 0x10);
@@ -620,4 +621,50 @@ fn iv_info_address_sizes_reach_the_unit_configuration() {
             Err(Error::AddressSize { field, bits })
         );
     }
+}
+
+/// An IVMD of `block_type` on PCI segment `segment` (offset 8) for `device_id` (..=`aux` for
+/// 22h): 4 KiB unity-mapped read/write at `start`.
+fn ivmd_on(block_type: u8, segment: u16, device_id: u16, aux: u16, start: u64) -> Vec<u8> {
+    let mut b = Vec::new();
+    b.extend_from_slice(&device_id.to_le_bytes());
+    b.extend_from_slice(&aux.to_le_bytes());
+    b.extend_from_slice(&segment.to_le_bytes());
+    b.extend_from_slice(&[0; 6]);
+    b.extend_from_slice(&start.to_le_bytes());
+    b.extend_from_slice(&0x1000u64.to_le_bytes());
+    block(block_type, 0x07, &b)
+}
+
+#[test]
+fn an_ivmd_applies_to_its_own_pci_segment_only() {
+    let t = ivrs(
+        0,
+        &[
+            ivhd(0x40, 0, 0xfeb8_0000, 0, &entry4(0x01, 0, 0)),
+            ivhd(0x40, 1, 0xfec0_0000, 0, &entry4(0x01, 0, 0)),
+            ivmd_on(0x21, 1, 0x0100, 0, 0x10_0000),
+            ivmd_on(0x20, 1, 0, 0, 0x20_0000),
+            ivmd_on(0x22, 1, 0x0080, 0x01ff, 0x30_0000),
+            ivmd_on(0x21, 0, 0x0100, 0, 0x40_0000),
+        ],
+    );
+    let t = Ivrs::parse(&t).unwrap();
+    let starts = |segment, device_id| -> Vec<u64> {
+        t.memory_for(segment, device_id).map(|m| m.start).collect()
+    };
+    assert_eq!(
+        t.ivmds().map(|m| m.segment).collect::<Vec<_>>(),
+        [1, 1, 1, 0]
+    );
+    // Segment 0's device 0x0100 gets only segment 0's IVMD: not segment 1's one-device,
+    // all-devices or range IVMD of the same device ID.
+    assert_eq!(starts(0, 0x0100), [0x40_0000]);
+    assert_eq!(starts(1, 0x0100), [0x10_0000, 0x20_0000, 0x30_0000]);
+    assert_eq!(starts(0, 0x0300), []);
+    assert_eq!(
+        starts(1, 0x0300),
+        [0x20_0000],
+        "20h: every device of segment 1"
+    );
 }
