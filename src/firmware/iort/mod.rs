@@ -153,7 +153,9 @@ pub enum Error {
         /// Its type.
         node_type: NodeType,
     },
-    /// An SMMUv3 node's `DeviceID mapping index` is not an index of its ID mappings.
+    /// An SMMUv3 node's valid `DeviceID mapping index` is not an index of its ID mappings: a
+    /// firmware bug, reported by `SmmuV3::device_id_mapping_index_check` (decoding ignores the
+    /// index).
     DeviceIdMappingIndex {
         /// The node.
         node: NodeRef,

@@ -7,8 +7,11 @@
 //! An SMMUv3's ID mappings send its StreamIDs on to an ITS group as DeviceIDs (the MSIs of the
 //! devices behind it), and one of them, a single mapping named by `DeviceID mapping index`,
 //! gives the SMMU's own DeviceID for its own MSIs (event queue, GERROR, CMD_SYNC). Issue E.e
-//! added `Flags` bit 4 to say that index is valid; before it the index held when the SMMU has
-//! no wired interrupt for one of its sources (a GSIV of 0), which is what Linux checks.
+//! (node revision 5) added `Flags` bit 4 to say that index is valid, and only from that
+//! revision does the bit count (reserved before); at revisions 1 to 4 the index holds when the
+//! SMMU has no wired interrupt for one of its sources (a GSIV of 0), and revision 0 has no
+//! index. Linux decides the same way, and ignores an index past the node's mappings as a
+//! firmware bug.
 
 use bitflags::bitflags;
 
@@ -125,15 +128,19 @@ pub struct SmmuV3<'a> {
     pub sync_gsiv: Option<u32>,
     /// `Proximity domain`, when `Flags` says it is valid.
     pub proximity_domain: Option<u32>,
-    device_id_mapping_index: Option<u32>,
+    /// `DeviceID mapping index`, when the node's revision and fields say it is valid (in
+    /// range or not).
+    declared_device_id_mapping_index: Option<u32>,
 }
 
 impl<'a> SmmuV3<'a> {
     /// Decodes `node`.
     ///
     /// # Errors
-    /// [`Error::WrongNodeType`], [`Error::NodeTooShort`], [`Error::DeviceIdMappingIndex`] if
-    /// the index is valid but names no mapping of the node.
+    /// [`Error::WrongNodeType`], [`Error::NodeTooShort`]. A valid index that names no mapping
+    /// of the node is a firmware bug ignored here (as Linux does: the SMMU then has no own
+    /// DeviceID), not an error that would hide the node and every SMMU looked up past it;
+    /// [`device_id_mapping_index_check`](Self::device_id_mapping_index_check) reports it.
     pub fn decode(node: Node<'a>) -> Result<Self, Error> {
         node.expect(NodeType::SmmuV3)?;
         let rev = node.revision();
@@ -157,27 +164,19 @@ impl<'a> SmmuV3<'a> {
         } else {
             (0, 0)
         };
-        let index_valid = if flags.contains(SmmuV3Flags::DEVICE_ID_MAPPING_INDEX_VALID) {
-            true
+        let index_valid = if rev == 0 {
+            // No index field before revision 1.
+            false
+        } else if rev < REVISION_DEVICE_ID_VALID_FLAG {
+            // Before E.e bit 4 is reserved: valid when some interrupt source is not wired
+            // (uses MSIs).
+            [event_gsiv, pri_gsiv, gerr_gsiv, sync_gsiv]
+                .iter()
+                .any(Option::is_none)
         } else {
-            // Before E.e: valid when some interrupt source is not wired (uses MSIs).
-            (1..REVISION_DEVICE_ID_VALID_FLAG).contains(&rev)
-                && [event_gsiv, pri_gsiv, gerr_gsiv, sync_gsiv]
-                    .iter()
-                    .any(Option::is_none)
+            flags.contains(SmmuV3Flags::DEVICE_ID_MAPPING_INDEX_VALID)
         };
-        let device_id_mapping_index = if index_valid && node.mapping_count() != 0 {
-            if index >= node.mapping_count() {
-                return Err(Error::DeviceIdMappingIndex {
-                    node: node.reference(),
-                    index,
-                    count: node.mapping_count(),
-                });
-            }
-            Some(index)
-        } else {
-            None
-        };
+        let declared_device_id_mapping_index = index_valid.then_some(index);
         Ok(Self {
             node,
             base: u64_at(bytes, BASE)?,
@@ -191,7 +190,7 @@ impl<'a> SmmuV3<'a> {
             proximity_domain: flags
                 .contains(SmmuV3Flags::PROXIMITY_DOMAIN_VALID)
                 .then_some(proximity),
-            device_id_mapping_index,
+            declared_device_id_mapping_index,
         })
     }
 
@@ -200,9 +199,29 @@ impl<'a> SmmuV3<'a> {
         self.flags.contains(SmmuV3Flags::COHACC_OVERRIDE)
     }
 
-    /// The index of the mapping that gives the SMMU's own DeviceID, when it has one.
+    /// The index of the mapping that gives the SMMU's own DeviceID, when it has one: the
+    /// `DeviceID mapping index` when valid (node revision 1 to 4: some interrupt is not wired;
+    /// revision 5 on: `Flags` bit 4) and naming a mapping of the node.
     pub const fn device_id_mapping_index(&self) -> Option<u32> {
-        self.device_id_mapping_index
+        match self.declared_device_id_mapping_index {
+            Some(i) if i < self.node.mapping_count() => Some(i),
+            _ => None,
+        }
+    }
+
+    /// Whether the DeviceID mapping index firmware declared valid names a mapping of the node.
+    ///
+    /// # Errors
+    /// [`Error::DeviceIdMappingIndex`].
+    pub fn device_id_mapping_index_check(&self) -> Result<(), Error> {
+        match self.declared_device_id_mapping_index {
+            Some(index) if index >= self.node.mapping_count() => Err(Error::DeviceIdMappingIndex {
+                node: self.node.reference(),
+                index,
+                count: self.node.mapping_count(),
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// The mapping that gives the SMMU's own DeviceID (for its MSIs), when it has one.
@@ -211,6 +230,6 @@ impl<'a> SmmuV3<'a> {
     /// [`Error::MappingsOutsideNode`].
     pub fn device_id_mapping(&self) -> Result<Option<IdMapping>, Error> {
         let mappings = self.node.id_mappings()?;
-        Ok(self.device_id_mapping_index.and_then(|i| mappings.get(i)))
+        Ok(self.device_id_mapping_index().and_then(|i| mappings.get(i)))
     }
 }

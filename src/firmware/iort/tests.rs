@@ -543,21 +543,84 @@ fn device_id_index_before_e_e_follows_the_gsivs() {
         let s = iort.smmu_v3(SMMU_BASE).unwrap().unwrap();
         assert_eq!(s.device_id_mapping_index().is_some(), valid, "{gsivs:?}");
     }
-    // An index past the mappings is an error only when valid.
+}
+
+/// An SMMUv3 node of `revision` with `Flags` bit 4 (DeviceID mapping index valid) set, its four
+/// interrupts wired, index 0, and one range mapping (StreamIDs 0..0x100 to DeviceIDs 0x1000..
+/// of the ITS group): the table, the SMMU and a root complex sending RIDs to it.
+fn smmu_with_index_flag(revision: u8) -> (std::vec::Vec<u8>, NodeRef, NodeRef) {
     let mut b = TableBuilder::new(REVISION_E_F);
     let its = b.its_group(&[0]);
     let flags = SmmuV3Flags::DEVICE_ID_MAPPING_INDEX_VALID.bits();
-    let smmu = b.smmu_v3(SMMU_BASE, flags, [0; 4], 3, &[Map::single(0x77, its)]);
+    let smmu = b.smmu_v3(
+        SMMU_BASE,
+        flags,
+        [1, 2, 3, 4],
+        0,
+        &[Map::range(0, 0x100, 0x1000, its)],
+    );
+    let rc = b.root_complex(INCOHERENT, 0, 0, 48, &[Map::range(0, 0x100, 0, smmu)]);
+    let mut t = b.build();
+    t[smmu.0 as usize + 3] = revision;
+    seal(&mut t);
+    (t, smmu, rc)
+}
+
+#[test]
+fn device_id_index_valid_flag_is_reserved_before_revision_5() {
+    // E.e (node revision 5) added Flags bit 4; below it the bit is reserved: at revision 0 (no
+    // index field) and at revision 3 with every interrupt wired, no mapping is the SMMU's own.
+    for revision in [0, 3] {
+        let (t, smmu, rc) = smmu_with_index_flag(revision);
+        let iort = Iort::parse(&t).unwrap();
+        let s = iort.smmu_v3(SMMU_BASE).unwrap().unwrap();
+        assert_eq!(s.device_id_mapping_index(), None, "revision {revision}");
+        // So a device's MSIs go through mapping 0, which is not skipped.
+        assert_eq!(
+            iort.msi_target(rc, 0x12),
+            Ok(MsiTarget {
+                its_group: iort.nodes().next().unwrap().unwrap().reference(),
+                device_id: 0x1012
+            }),
+            "revision {revision}"
+        );
+        assert_eq!(
+            iort.smmu_v3(SMMU_BASE).unwrap().unwrap().node.reference(),
+            smmu
+        );
+    }
+    // From revision 5 the flag decides.
+    let (t, _, _) = smmu_with_index_flag(5);
+    let iort = Iort::parse(&t).unwrap();
+    let s = iort.smmu_v3(SMMU_BASE).unwrap().unwrap();
+    assert_eq!(s.device_id_mapping_index(), Some(0));
+}
+
+#[test]
+fn a_device_id_index_past_the_mappings_is_ignored_and_hides_no_later_smmu() {
+    let mut b = TableBuilder::new(REVISION_E_F);
+    let its = b.its_group(&[0]);
+    let flags = SmmuV3Flags::DEVICE_ID_MAPPING_INDEX_VALID.bits();
+    let bad = b.smmu_v3(SMMU_BASE, flags, [0; 4], 3, &[Map::single(0x77, its)]);
+    let later = SMMU_BASE + 0x10_0000;
+    let good = b.smmu_v3(later, 0, [1, 2, 3, 4], 0, &[]);
     let t = b.build();
+    let iort = Iort::parse(&t).unwrap();
+    // A firmware bug (Linux ignores the index): no own DeviceID, the node decodes...
+    let s = iort.smmu_v3(SMMU_BASE).unwrap().unwrap();
+    assert_eq!(s.device_id_mapping_index(), None);
+    assert_eq!(s.device_id_mapping(), Ok(None));
+    assert!(iort.node(bad).unwrap().kind().is_ok());
+    // ...and the SMMU after it is still found.
     assert_eq!(
-        Iort::parse(&t)
-            .unwrap()
-            .node(smmu)
-            .unwrap()
-            .kind()
-            .map(|_| ()),
+        iort.smmu_v3(later).unwrap().map(|s| s.node.reference()),
+        Some(good)
+    );
+    // The bad index is still there to report, with its values.
+    assert_eq!(
+        s.device_id_mapping_index_check(),
         Err(Error::DeviceIdMappingIndex {
-            node: smmu,
+            node: bad,
             index: 3,
             count: 1
         })
