@@ -1402,3 +1402,83 @@ fn a_first_ats_attach_invalidates_the_whole_device_tlb() {
         assert_eq!(s.device_tlb + s.pasid_device_tlb, 1, "{mode:?}");
     }
 }
+
+/// A previous owner's ATC entries for a PASID this unit never attached (and for requests
+/// without PASID) must not survive a device's first ATS attachment: a Device-TLB invalidation
+/// (§6.5.2.5) covers only requests without PASID, a PASID-based one (§6.5.2.6) with `G` clear
+/// only the PASID it names. Each case attaches the device once, without PASID or with PASID 5,
+/// after the previous owner filled the ATC through PASID 7 and without PASID.
+#[test]
+fn a_first_ats_attach_invalidates_every_pasid_of_the_device_tlb() {
+    const X: u64 = 0x3000;
+    let ats = AttachOptions {
+        ats: true,
+        ..AttachOptions::default()
+    };
+    let p7 = Pasid::new(7).unwrap();
+    for p in [None, Some(5u32)] {
+        let a = arena();
+        let m = VtdModel::new(&a, VtdModelConfig::scalable().with_dt(true));
+        {
+            let old = unit(&m, &a, Mode::Scalable);
+            let d = old.domain_alloc(&DomainConfig::default()).unwrap();
+            old.attach_with(DEV, None, d, ats).unwrap();
+            old.attach_with(DEV, Some(p7), d, ats).unwrap();
+            old.map(d, Iova::new(X), PhysAddr::new(0x4000_0000), K4, RW)
+                .unwrap();
+            ok(m.ats_translate(sid(DEV), None, X, Access::READ));
+            ok(m.ats_translate(sid(DEV), Some(7), X, Access::READ));
+        }
+        let u = unit(&m, &a, Mode::Scalable);
+        let d = u.domain_alloc(&DomainConfig::default()).unwrap();
+        let pasid = p.map(|p| Pasid::new(p).unwrap());
+        u.attach_with(DEV, pasid, d, ats).unwrap();
+        assert!(
+            !m.atc_holds(sid(DEV), Some(7), X),
+            "attach of PASID {p:?}: the previous owner's PASID 7 entry survives"
+        );
+        assert!(
+            !m.atc_holds(sid(DEV), None, X),
+            "attach of PASID {p:?}: the previous owner's entry without PASID survives"
+        );
+    }
+}
+
+/// The same for `enable`'s make-up of the device TLBs it owes: a device attached with ATS
+/// while the unit was off gets its whole device TLB invalidated by `enable`, every PASID of it
+/// included, not only the PASID (or requests without PASID) it was attached through.
+#[test]
+fn enable_invalidates_every_pasid_of_an_owed_device_tlb() {
+    const X: u64 = 0x3000;
+    let ats = AttachOptions {
+        ats: true,
+        ..AttachOptions::default()
+    };
+    let a = arena();
+    let m = VtdModel::new(&a, VtdModelConfig::scalable().with_dt(true));
+    {
+        let old = unit(&m, &a, Mode::Scalable);
+        let d = old.domain_alloc(&DomainConfig::default()).unwrap();
+        old.attach_with(DEV, Some(Pasid::new(7).unwrap()), d, ats)
+            .unwrap();
+        old.map(d, Iova::new(X), PhysAddr::new(0x4000_0000), K4, RW)
+            .unwrap();
+        ok(m.ats_translate(sid(DEV), Some(7), X, Access::READ));
+        old.disable().unwrap();
+    }
+    let cfg = VtdConfig {
+        poll_budget: 10_000,
+        ..VtdConfig::scalable()
+    }
+    .with_dmar_host_address_width((m.config().haw - 1) as u8);
+    let u: Unit<'_> = VtdUnit::new(&m, &a, cfg).expect("unit");
+    let d = u.domain_alloc(&DomainConfig::default()).unwrap();
+    // Off: the attach's own whole device-TLB invalidation is dropped, owed to `enable`.
+    u.attach_with(DEV, None, d, ats).unwrap();
+    assert!(m.atc_holds(sid(DEV), Some(7), X));
+    u.enable().unwrap();
+    assert!(
+        !m.atc_holds(sid(DEV), Some(7), X),
+        "enable leaves the previous owner's PASID 7 entry in the ATC"
+    );
+}

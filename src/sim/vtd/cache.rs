@@ -192,7 +192,9 @@ impl Caches {
 
     /// A device-TLB invalidation of `2^size_log2` bytes at `addr` for `sid`: `pasid` `None`
     /// (the non-PASID form) removes the entries of requests without PASID, `Some(p)` those of
-    /// PASID `p`; `global` (the PASID form's G bit) every PASID's.
+    /// PASID `p`; `global` (the PASID form's G bit, PCIe ATS "Global Invalidate") those of
+    /// every PASID, never those of requests without PASID (only the non-PASID form reaches
+    /// them).
     pub(crate) fn invalidate_atc(
         &mut self,
         sid: u16,
@@ -208,7 +210,8 @@ impl Caches {
         );
         self.atc.retain(|&(s, p, base), &mut (size, _)| {
             let last = base.saturating_add((1u64 << size) - 1);
-            let hit = s == sid && (global || p == pasid) && base <= end && addr <= last;
+            let tagged = p == pasid || (global && p.is_some());
+            let hit = s == sid && tagged && base <= end && addr <= last;
             !hit
         });
     }
