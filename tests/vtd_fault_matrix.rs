@@ -52,6 +52,7 @@ const ATS: AttachOptions = AttachOptions {
     exclusive: false,
     physical_function: None,
     pri: false,
+    no_pasid: false,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -3,7 +3,7 @@
 //! shows up as a translation that should have faulted.
 
 use iommu_engine::iommu::{
-    DeviceId, DomainConfig, DomainHandle, Error, Iommu, Missing, Pasid, Stage,
+    DeviceHints, DeviceId, DomainConfig, DomainHandle, Error, Iommu, Missing, Pasid, Stage,
 };
 use iommu_engine::mem::{Iova, PhysAddr};
 use iommu_engine::pgtable::{Gather, Prot};
@@ -1292,12 +1292,11 @@ fn enable_invalidates_the_device_tlbs_of_an_unmap_while_disabled() {
             !m.atc_holds(sid(DEV), p, X),
             "{mode:?} PASID {p:?}: the ATC keeps a page unmapped and flushed while disabled"
         );
+        // Scalable: the PASID-based invalidation with G rides along (every PASID).
         let s = m.stats();
-        assert_eq!(
-            (s.device_tlb + s.pasid_device_tlb, s.wait),
-            (1, 1),
-            "{mode:?}"
-        );
+        let want = if mode == Mode::Legacy { (1, 0) } else { (1, 1) };
+        assert_eq!((s.device_tlb, s.pasid_device_tlb), want, "{mode:?}");
+        assert_eq!(s.wait, 1, "{mode:?}");
     }
 }
 
@@ -1383,13 +1382,30 @@ fn a_first_ats_attach_invalidates_the_whole_device_tlb() {
             .iter()
             .filter(|d| matches!(d[0] & 0xf, 3 | 8))
             .collect();
-        assert_eq!(devtlb.len(), 1, "{mode:?} PASID {p:?}: {devtlb:x?}");
+        // Legacy: one Device-TLB descriptor; scalable (PASIDs): that one, then a PASID-based
+        // one with G (every PASID) naming the attachment's PASID (0 for RID_PASID).
+        let want = if mode == Mode::Legacy { 1 } else { 2 };
+        assert_eq!(devtlb.len(), want, "{mode:?} PASID {p:?}: {devtlb:x?}");
         let desc = devtlb[0];
-        let (s, sid_of) = match p {
-            None => (desc[1] & 1, (desc[0] >> 32) as u16),
-            Some(_) => (desc[1] >> 11 & 1, (desc[0] >> 16) as u16),
-        };
-        assert_eq!((s, sid_of), (1, sid(DEV)), "{mode:?}: {desc:x?}");
+        assert_eq!(desc[0] & 0xf, 3, "{mode:?}: {desc:x?}");
+        assert_eq!(
+            (desc[1] & 1, (desc[0] >> 32) as u16),
+            (1, sid(DEV)),
+            "{mode:?}: {desc:x?}"
+        );
+        if let Some(desc) = devtlb.get(1) {
+            let (s, g, sid_of, pasid_of) = (
+                desc[1] >> 11 & 1,
+                desc[1] & 1,
+                (desc[0] >> 16) as u16,
+                (desc[0] >> 32 & 0xf_ffff) as u32,
+            );
+            assert_eq!(
+                (desc[0] & 0xf, s, g, sid_of, pasid_of),
+                (8, 1, 1, sid(DEV), p.unwrap_or(0)),
+                "{mode:?}: {desc:x?}"
+            );
+        }
         assert!(
             !m.atc_holds(sid(DEV), p, X),
             "{mode:?} PASID {p:?}: the previous owner's translation survives the first ATS attach"
@@ -1481,4 +1497,33 @@ fn enable_invalidates_every_pasid_of_an_owed_device_tlb() {
         !m.atc_holds(sid(DEV), Some(7), X),
         "enable leaves the previous owner's PASID 7 entry in the ATC"
     );
+}
+
+/// A device said to have no PASIDs (`AttachOptions::no_pasid`, from `DeviceHints::pasid_bits`
+/// of `Some(0)`) is never sent a PASID-based invalidation by its first ATS attach: only the
+/// Device-TLB form, which empties what it can hold.
+#[test]
+fn a_first_ats_attach_of_a_device_without_pasids_sends_no_pasid_form() {
+    let a = arena();
+    let m = VtdModel::new(&a, VtdModelConfig::scalable().with_dt(true));
+    let u = unit(&m, &a, Mode::Scalable);
+    let d = u.domain_alloc(&DomainConfig::default()).unwrap();
+    let opts = AttachOptions {
+        ats: true,
+        no_pasid: true,
+        ..AttachOptions::default()
+    };
+    u.attach_with(DEV, None, d, opts).unwrap();
+    let s = m.stats();
+    assert_eq!((s.device_tlb, s.pasid_device_tlb), (1, 0));
+    // Through the Iommu trait, the hints say it.
+    let hints = DeviceHints {
+        ats: true,
+        pasid_bits: Some(0),
+        ..DeviceHints::default()
+    };
+    m.reset_stats();
+    u.attach_device(DEV_HI, None, d, &hints).unwrap();
+    let s = m.stats();
+    assert_eq!((s.device_tlb, s.pasid_device_tlb), (1, 0));
 }

@@ -90,6 +90,9 @@ pub(crate) enum Request {
         pfsid: SourceId,
         /// PASID.
         pasid: Pasid,
+        /// `G`: the range is invalidated for every PASID of the device, not only `pasid`
+        /// (PCIe ATS Global Invalidate; requests without PASID are not reached).
+        global: bool,
         /// First address.
         addr: Iova,
         /// Log2 of the range (64: everything).
@@ -119,9 +122,10 @@ impl Request {
                 sid,
                 pfsid,
                 pasid,
+                global,
                 addr,
                 size_log2,
-            } => Descriptor::pasid_device_tlb(sid, pfsid, 0, pasid, false, addr, size_log2),
+            } => Descriptor::pasid_device_tlb(sid, pfsid, 0, pasid, global, addr, size_log2),
         }
     }
 }

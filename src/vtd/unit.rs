@@ -84,7 +84,7 @@ pub use audit::{AuditError, AuditReport};
 pub use nested::{MAX_USER_DOMAINS, USER_DOMAIN_BASE};
 pub use release::Released;
 
-use invalidate::device_tlb;
+use invalidate::push_whole_device_tlb;
 
 /// Polls a wait on device-TLB invalidations may take unless told otherwise. The PCIe Base
 /// Specification (Address Translation Services, "Invalidate Completion Timeout") lets a device
@@ -356,6 +356,9 @@ pub(crate) struct Attachment {
     /// The `PFSID` of the attachment's device-TLB invalidations (see
     /// [`AttachOptions::physical_function`]).
     pub pfsid: SourceId,
+    /// The device may use PASIDs (not said otherwise by [`AttachOptions::no_pasid`]): its
+    /// whole device-TLB invalidations cover every PASID too.
+    pub pasids: bool,
     /// `false` while an attach or detach of this entry failed half-way: the entry is either
     /// not present (torn down, its invalidation not confirmed) or present and pointing at
     /// `slot` (published, the caching-mode invalidation or write-buffer flush not confirmed).
@@ -382,12 +385,15 @@ pub(crate) struct ConfigState {
     pub devtlb_owed: [Option<OwedDeviceTlb>; MAX_DEVTLB_OWED],
 }
 
-/// A device TLB (of requests without PASID, or of one PASID) owed a whole invalidation.
+/// A device TLB owed a whole invalidation (every tag it may hold, as for a first ATS
+/// attachment), recorded by the detach of the attachment (`sid`, `pasid`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct OwedDeviceTlb {
     pub sid: SourceId,
     pub pasid: Option<Pasid>,
     pub pfsid: SourceId,
+    /// As [`Attachment::pasids`].
+    pub pasids: bool,
 }
 
 /// Device TLBs a unit keeps owed while disabled (detaches of ATS attachments while off beyond
@@ -474,6 +480,7 @@ impl ConfigState {
             slot: 0,
             ats: true,
             pfsid: o.pfsid,
+            pasids: o.pasids,
             settled: true,
         }))
     }
@@ -766,8 +773,9 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
         // that may hold translations this unit's books no longer back -- anything flushed or
         // detached while the unit was off, whose device-TLB invalidations were dropped -- is
         // invalidated whole, before `TE` (or, in a takeover, before this returns).
+        let pasid_unit = self.info.pasid_bits > 0;
         for a in cfg.device_tlbs() {
-            batch.push(device_tlb(&a, Iova::ZERO, 64))?;
+            push_whole_device_tlb(&mut batch, &a, pasid_unit)?;
         }
         batch.finish()?;
         cfg.devtlb_owed = [None; MAX_DEVTLB_OWED];

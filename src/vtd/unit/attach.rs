@@ -18,7 +18,7 @@
 //! device and PASID recorded and settled) then invalidates the device's whole device TLB
 //! (§6.5.2.5, §6.5.2.6) and waits: a previous owner may have left ATS enabled and the ATC full.
 
-use super::invalidate::device_tlb;
+use super::invalidate::{device_tlb, push_whole_device_tlb};
 use super::{Attachment, Mode, OwedDeviceTlb, VtdUnit, RID_PASID};
 use crate::iommu::{self, DeviceId, DomainHandle, Missing};
 use crate::mem::{Iova, PageAllocator};
@@ -65,6 +65,15 @@ pub struct AttachOptions {
     /// first made present, so that the unit reports its page requests to the page request
     /// queue. Ignored in legacy mode (no page requests) and without `ECAP.PRS`.
     pub pri: bool,
+    /// The device is known not to use PASIDs (no PCIe PASID capability, or it is disabled:
+    /// [`iommu::DeviceHints::pasid_bits`] of `Some(0)`). A device's first ATS attachment
+    /// (and `enable`'s make-up of its device TLB) invalidates its whole device TLB: without
+    /// this, on a unit with PASIDs, that includes a PASID-based invalidation with `G` (every
+    /// PASID, §6.5.2.6), since a previous owner may have filled the ATC through any PASID;
+    /// with it, only requests without PASID (§6.5.2.5), so that a device without PASID
+    /// support is never sent an Invalidate Request carrying a PASID. Ignored for a PASID
+    /// attachment.
+    pub no_pasid: bool,
 }
 
 /// What writing an attachment's entry did.
@@ -116,6 +125,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
         let sid = source_id(device)?;
         let pasid = self.check_pasid(pasid)?;
         let pfsid = self.pfsid(sid, opts)?;
+        let pasids = !opts.no_pasid || pasid.is_some();
         if opts.ats
             && !self
                 .info
@@ -193,6 +203,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
                 slot,
                 ats: published.ats,
                 pfsid,
+                pasids,
                 settled: unchanged,
             }),
         );
@@ -240,11 +251,12 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
                 slot,
                 ats: true,
                 pfsid,
+                pasids,
                 settled: true,
             };
             let mut inv = self.inval.lock();
             let mut b = self.batch(&mut inv);
-            b.push(device_tlb(&a, Iova::ZERO, 64))?;
+            push_whole_device_tlb(&mut b, &a, self.info.pasid_bits > 0)?;
             b.finish()?;
         }
         cfg.set_settled(index, true);
@@ -279,6 +291,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
                 sid,
                 pasid,
                 pfsid: att.pfsid,
+                pasids: att.pasids,
             })?;
         }
         let entry = match self.info.mode {
@@ -621,6 +634,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
                 slot: 0,
                 ats: true,
                 pfsid: old.pfsid,
+                pasids: false,
                 settled: true,
             };
             b.push(device_tlb(&a, Iova::ZERO, 64))?;

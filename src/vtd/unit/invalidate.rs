@@ -245,8 +245,41 @@ pub(crate) fn device_tlb(a: &Attachment, addr: Iova, size_log2: u32) -> Request 
             sid: a.sid,
             pfsid: a.pfsid,
             pasid,
+            global: false,
             addr,
             size_log2,
         },
     }
+}
+
+/// Invalidates everything the device of attachment `a` may cache, whatever it was attached
+/// through: a Device-TLB invalidation of the whole range (§6.5.2.5: requests without PASID),
+/// then, on a unit with PASIDs (`pasid_unit`) and a device that may use them, a PASID-based one
+/// of the whole range with `G` (§6.5.2.6: every PASID). `G` names the attachment's PASID (or
+/// `RID_PASID`) too: a device whose ATS capability lacks Global Invalidate Supported ignores
+/// `G` (PCIe ATS) and still drops that PASID's entries. A PASID attachment on a device said
+/// to have no PASIDs keeps its own PASID-based invalidation, without `G`.
+pub(crate) fn push_whole_device_tlb<W: RegisterWindow + ?Sized>(
+    batch: &mut Batch<'_, W>,
+    a: &Attachment,
+    pasid_unit: bool,
+) -> Result<(), Error> {
+    batch.push(Request::DeviceTlb {
+        sid: a.sid,
+        pfsid: a.pfsid,
+        addr: Iova::ZERO,
+        size_log2: 64,
+    })?;
+    let global = pasid_unit && a.pasids;
+    if !global && a.pasid.is_none() {
+        return Ok(());
+    }
+    batch.push(Request::PasidDeviceTlb {
+        sid: a.sid,
+        pfsid: a.pfsid,
+        pasid: a.pasid.unwrap_or(RID_PASID),
+        global,
+        addr: Iova::ZERO,
+        size_log2: 64,
+    })
 }

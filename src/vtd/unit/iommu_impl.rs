@@ -331,6 +331,7 @@ where
             ats: hints.ats,
             physical_function: hints.physical_function,
             pri: hints.pri,
+            no_pasid: hints.pasid_bits == Some(0),
             ..super::AttachOptions::default()
         };
         self.attach_with(device, pasid, domain, opts)
