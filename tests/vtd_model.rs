@@ -6,6 +6,7 @@ use iommu_engine::iommu::{
     DeviceHints, DeviceId, DomainConfig, DomainHandle, Error, Iommu, Missing, Pasid, Stage,
 };
 use iommu_engine::mem::{Iova, PhysAddr};
+use iommu_engine::mmio::RegisterWindow;
 use iommu_engine::pgtable::{Gather, Prot};
 use iommu_engine::sim::vtd::{DmaOk, Injection, VtdModel, VtdModelConfig};
 use iommu_engine::sim::walk::Access;
@@ -1526,4 +1527,116 @@ fn a_first_ats_attach_of_a_device_without_pasids_sends_no_pasid_form() {
     u.attach_device(DEV_HI, None, d, &hints).unwrap();
     let s = m.stats();
     assert_eq!((s.device_tlb, s.pasid_device_tlb), (1, 0));
+}
+
+/// As [`unit`], the model's counters kept.
+fn unit_keeping_stats<'a>(m: &'a VtdModel<'a>, a: &'a Arena, mode: Mode) -> Unit<'a> {
+    let cfg = VtdConfig {
+        mode,
+        poll_budget: 10_000,
+        ..VtdConfig::legacy()
+    }
+    .with_dmar_host_address_width((m.config().haw - 1) as u8);
+    let u = VtdUnit::new(m, a, cfg).expect("unit");
+    u.enable().expect("enable");
+    u
+}
+
+/// Firmware (or tboot) programmed the protected memory regions and left `PMEN.EPM` set: a
+/// low region at 1 GiB and a high region at 8 GiB, 2 MiB each.
+fn firmware_protects(m: &VtdModel<'_>) {
+    m.write32(0x68, 0x4000_0000); // PLMBASE
+    m.write32(0x6C, 0x4000_0000); // PLMLIMIT
+    m.write64(0x70, 0x2_0000_0000); // PHMBASE
+    m.write64(0x78, 0x2_0000_0000); // PHMLIMIT
+    m.write32(0x64, 1 << 31); // PMEN.EPM
+    assert_eq!(m.read32(0x64), 1 << 31 | 1, "PMEN: EPM and PRS");
+}
+
+/// VT-d PMEN left set by firmware is never cleared: DMA to the protected regions stays
+/// blocked once translation is on, though the domain maps them (register descriptions,
+/// `PMEN_REG`: software should disable the protected memory regions after setting up DMA
+/// remapping). `enable` must clear `EPM` after `TE` is set -- before, DMA to the regions would
+/// run untranslated -- and wait for `PRS` to clear.
+#[test]
+fn enable_turns_off_the_protected_memory_regions_firmware_left_on() {
+    for mode in [Mode::Legacy, Mode::Scalable] {
+        let a = arena();
+        let cfg = match mode {
+            Mode::Legacy => VtdModelConfig::qemu_default(),
+            Mode::Scalable => VtdModelConfig::scalable(),
+        };
+        let m = VtdModel::new(&a, cfg.with_protected_memory(true));
+        firmware_protects(&m);
+        // Translation off: the regions block DMA, unrecorded.
+        let f = m.translate(sid(DEV), None, 0x4000_1000, Access::WRITE);
+        assert!(f.is_err_and(|f| !f.recorded), "{mode:?}");
+        let u = unit_keeping_stats(&m, &a, mode);
+        let d = u.domain_alloc(&DomainConfig::default()).unwrap();
+        u.attach(DEV, None, d).unwrap();
+        u.map(d, Iova::new(0x10_0000), PhysAddr::new(0x4000_0000), K4, RW)
+            .unwrap();
+        u.map(
+            d,
+            Iova::new(0x20_0000),
+            PhysAddr::new(0x2_0000_0000),
+            K4,
+            RW,
+        )
+        .unwrap();
+        for (iova, pa) in [(0x10_0000, 0x4000_0000), (0x20_0000, 0x2_0000_0000)] {
+            let r = m.translate(sid(DEV), None, iova, Access::WRITE);
+            assert!(
+                r.is_ok_and(|ok| ok.pa == pa),
+                "{mode:?}: DMA to {pa:#x} (a protected region firmware left on) is still \
+                 blocked after enable"
+            );
+        }
+        assert_eq!(m.read32(0x64), 0, "{mode:?}: PMEN");
+        assert_eq!(
+            m.stats().pmr_off_before_te,
+            0,
+            "{mode:?}: EPM cleared before TE"
+        );
+    }
+}
+
+/// `PRS` that never clears (the `EPM` write ignored) fails `enable` with a timeout naming
+/// `PMEN_REG`, after a bounded number of polls; translation stays on (the regions still
+/// protect); a retried `enable` completes once the register answers.
+#[test]
+fn enable_times_out_when_pmen_does_not_answer() {
+    let a = arena();
+    let m = VtdModel::new(
+        &a,
+        VtdModelConfig::qemu_default().with_protected_memory(true),
+    );
+    firmware_protects(&m);
+    let cfg = VtdConfig {
+        poll_budget: 100,
+        ..VtdConfig::legacy()
+    }
+    .with_dmar_host_address_width((m.config().haw - 1) as u8);
+    let u: Unit<'_> = VtdUnit::new(&m, &a, cfg).expect("unit");
+    m.inject(Injection::IgnoreWrites(0x64));
+    let r = u.enable();
+    assert!(
+        matches!(r, Err(vtd::Error::Timeout { polls: 100, .. })),
+        "a PMEN whose PRS never clears: {r:?}"
+    );
+    assert!(u.is_enabled());
+    assert_eq!(m.read32(0x64), 1 << 31 | 1);
+    m.clear_injections();
+    u.enable().unwrap();
+    assert_eq!(m.read32(0x64), 0);
+}
+
+/// A unit whose `CAP.PLMR` and `CAP.PHMR` are clear has no protected memory regions
+/// (`PMEN_REG` reads 0): `enable` never touches the register.
+#[test]
+fn enable_leaves_pmen_alone_without_protected_memory_regions() {
+    let a = arena();
+    let m = VtdModel::new(&a, VtdModelConfig::qemu_default());
+    let _u = unit_keeping_stats(&m, &a, Mode::Legacy);
+    assert_eq!(m.register_writes(0x60), 0, "PMEN_REG written");
 }

@@ -91,6 +91,11 @@ impl VtdModelConfig {
     pub const fn with_sc(self, on: bool) -> Self {
         self.with_ecap_bit(ECAP_SC, on)
     }
+    /// CAP.PLMR and CAP.PHMR: protected low- and high-memory regions (`PMEN_REG` and the
+    /// region registers, which firmware programs through the register window).
+    pub const fn with_protected_memory(self, on: bool) -> Self {
+        self.with_cap_bit(CAP_PLMR, on).with_cap_bit(CAP_PHMR, on)
+    }
     /// CAP.CM: caching mode (not-present entries may be cached).
     pub const fn with_caching_mode(self, on: bool) -> Self {
         self.with_cap_bit(CAP_CM, on)

@@ -64,6 +64,9 @@
 
 /// Root entry P clear (legacy).
 pub const ROOT_ENTRY_NOT_PRESENT: u8 = 0x1;
+/// Not a fault reason (0 is none): the model's [`DmaFault::reason`](super::DmaFault::reason) for a
+/// request a protected memory region blocked, which is never recorded (`pmr.rs`).
+pub const BLOCKED_BY_PMR: u8 = 0x0;
 /// Context entry P clear (legacy).
 pub const CONTEXT_ENTRY_NOT_PRESENT: u8 = 0x2;
 /// Invalid programming of a context entry: reserved TT, unsupported AW (legacy).

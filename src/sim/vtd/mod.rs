@@ -17,6 +17,7 @@
 //! | `scalable.rs` | scalable root / context / PASID entries, first-stage and nested walks | §3.4.3, §3.6, §3.8, §9.2, §9.4-§9.6 |
 //! | `fault.rs` | fault reason codes and primary fault recording | chapter 7, §11.4 |
 //! | `prq.rs` | page request queue, page group responses, retry after Success | chapter 7 "Page Request", §11.4 |
+//! | `pmr.rs` | protected memory regions: PMEN, PLMBASE/PLMLIMIT, PHMBASE/PHMLIMIT | §11.4 |
 //! | `reach.rs` | every structure the unit can still read: tables, caches, queue | §3.4, §6, §6.5.2 |
 //!
 //! What is modelled: every register a driver touches; queued and register-based invalidation
@@ -30,12 +31,13 @@
 //! device-TLB invalidations empty (not timed-out ones, nor ones answered with ICE).
 //!
 //! What is not: interrupt remapping (IRTA is latched, interrupt-entry-cache descriptors only
-//! counted), ATS translation-request checks (TT / DTE), the scalable-mode context entry's PRE bit (page requests are taken from any device), advanced fault logging, protected memory
-//! regions, performance monitoring. Interrupts are counted in [`VtdModelStats`] instead of being delivered.
+//! counted), ATS translation-request checks (TT / DTE), the scalable-mode context entry's PRE bit (page requests are taken from any device), advanced fault logging,
+//! performance monitoring. Interrupts are counted in [`VtdModelStats`] instead of being delivered.
 
 mod cache;
 mod config;
 pub mod fault;
+mod pmr;
 pub mod prq;
 mod queue;
 mod reach;
@@ -201,6 +203,11 @@ pub(crate) fn countdown(counter: &mut u32) -> bool {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct VtdModelStats {
+    /// DMA requests blocked by a protected memory region (`PMEN.PRS`), never recorded.
+    pub pmr_blocked: u64,
+    /// Protected memory regions turned off (`PMEN.EPM` cleared) while translation was off:
+    /// DMA to them then ran untranslated and unprotected.
+    pub pmr_off_before_te: u64,
     /// Context-cache invalidate descriptors executed.
     pub context_cache_descs: u64,
     /// IOTLB invalidate descriptors, global.
@@ -342,6 +349,8 @@ struct State<'m> {
     probing: bool,
     /// Page request queue registers and the groups devices wait on.
     prq: prq::PrqState,
+    /// Protected memory regions.
+    pmr: pmr::Pmr,
 }
 
 /// The model of one VT-d unit over the memory of an [`Arena`].
@@ -388,6 +397,7 @@ impl<'m> VtdModel<'m> {
             stats: VtdModelStats::default(),
             probing: false,
             prq: prq::PrqState::default(),
+            pmr: pmr::Pmr::default(),
             log: Vec::new(),
             writes: std::collections::BTreeMap::new(),
             inject: Injections::default(),
@@ -425,6 +435,14 @@ impl<'m> VtdModel<'m> {
         let mut st = self.lock();
         st.stats.translations += 1;
         let fail = match st.translate_inner(sid, pasid, iova, access) {
+            Ok(ok) if st.pmr.blocks(st.cfg.cap, ok.pa) => {
+                st.stats.pmr_blocked += 1;
+                return Err(DmaFault {
+                    reason: fault::BLOCKED_BY_PMR,
+                    recorded: false,
+                    suppressed_by_fpd: false,
+                });
+            }
             Ok(ok) => return Ok(ok),
             Err(fail) => fail,
         };

@@ -31,6 +31,16 @@ pub const FEDATA: usize = 0x3C;
 pub const FEADDR: usize = 0x40;
 /// Fault event upper address register (32-bit).
 pub const FEUADDR: usize = 0x44;
+/// Protected memory enable register (32-bit): 31 EPM, 0 PRS.
+pub const PMEN: usize = 0x64;
+/// Protected low-memory base register (32-bit).
+pub const PLMBASE: usize = 0x68;
+/// Protected low-memory limit register (32-bit).
+pub const PLMLIMIT: usize = 0x6C;
+/// Protected high-memory base register (64-bit).
+pub const PHMBASE: usize = 0x70;
+/// Protected high-memory limit register (64-bit).
+pub const PHMLIMIT: usize = 0x78;
 /// Invalidation queue head register (64-bit, read-only).
 pub const IQH: usize = 0x80;
 /// Invalidation queue tail register (64-bit).
@@ -70,6 +80,14 @@ pub const WINDOW: usize = 0x1000;
 pub const CAP_ND: u64 = bits(2, 0);
 /// CAP 4 RWBF: software must flush the write buffer (GCMD.WBF).
 pub const CAP_RWBF: u64 = 1 << 4;
+/// CAP 5 PLMR: protected low-memory region supported.
+pub const CAP_PLMR: u64 = 1 << 5;
+/// CAP 6 PHMR: protected high-memory region supported.
+pub const CAP_PHMR: u64 = 1 << 6;
+/// PMEN 31 EPM: enable protected memory.
+pub const PMEN_EPM: u32 = 1 << 31;
+/// PMEN 0 PRS: protected region status.
+pub const PMEN_PRS: u32 = 1 << 0;
 /// CAP 7 CM: caching mode, not-present and erroneous entries may be cached.
 pub const CAP_CM: u64 = 1 << 7;
 /// CAP 12:8 SAGAW: bit n set = AW value n supported (1: 39-bit, 2: 48-bit, 3: 57-bit).

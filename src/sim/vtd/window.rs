@@ -51,6 +51,7 @@ impl State<'_> {
             IQERCD => self.iqercd,
             IRTA => self.irta,
             PQH | PQT | PQA => return self.prq_reg64(base),
+            PHMBASE | PHMLIMIT => return self.pmr.reg64(base),
             _ if base == iotlb => self.iva,
             _ if base == iotlb + 8 => self.iotlb_reg,
             _ => return self.frcd_offset(base).and_then(|off| self.read_frcd(off)),
@@ -72,7 +73,11 @@ impl State<'_> {
             IEADDR => self.ieaddr,
             IEUADDR => self.ieuaddr,
             // GCMD is write-only; everything else is reserved.
-            _ => self.prq_reg32(offset).unwrap_or(0),
+            _ => self
+                .pmr
+                .reg32(offset)
+                .or_else(|| self.prq_reg32(offset))
+                .unwrap_or(0),
         }
     }
 
@@ -165,6 +170,10 @@ impl State<'_> {
                     self.iotlb_command();
                 }
             }
+            PHMBASE | PHMLIMIT => {
+                let (cap, haw) = (self.cfg.cap, self.cfg.haw);
+                self.pmr.write64(cap, haw, base, value, mask);
+            }
             _ => {
                 if let Some(off) = self.frcd_offset(base) {
                     self.write_frcd(off, value & mask);
@@ -199,7 +208,16 @@ impl State<'_> {
             IEADDR => self.ieaddr = value & !3,
             IEUADDR => self.ieuaddr = value,
             _ => {
-                self.prq_write32(offset, value);
+                let cap = self.cfg.cap;
+                let was_on = self.pmr.reg32(PMEN).is_some_and(|v| v & PMEN_PRS != 0);
+                if !self.pmr.write32(cap, offset, value) {
+                    self.prq_write32(offset, value);
+                    return;
+                }
+                let now_on = self.pmr.reg32(PMEN).is_some_and(|v| v & PMEN_PRS != 0);
+                if was_on && !now_on && self.gsts & G_TE == 0 {
+                    self.stats.pmr_off_before_te += 1;
+                }
             }
         }
     }

@@ -181,3 +181,45 @@ fn fault_events_respect_the_interrupt_mask() {
     assert_eq!(m.stats().fault_interrupts, 2);
     assert_eq!(m.read32(R_FSTS), 2 << 8 | 2);
 }
+
+#[test]
+fn protected_memory_regions() {
+    let a = arena();
+    // Without CAP.PLMR/PHMR: PMEN and the region registers read 0 and ignore writes.
+    let m = VtdModel::new(&a, VtdModelConfig::qemu_default());
+    m.write32(0x68, 0x4000_0000);
+    m.write32(0x64, 1 << 31);
+    assert_eq!((m.read32(0x64), m.read32(0x68)), (0, 0));
+    let m = VtdModel::new(
+        &a,
+        VtdModelConfig::qemu_default().with_protected_memory(true),
+    );
+    // 2 MiB granularity: bits 20:0 read 0; bits at or above HAW (48) too.
+    m.write32(0x68, 0x4012_3456);
+    m.write32(0x6C, 0x4000_0000);
+    m.write64(0x70, 0xffff_0002_0000_0000);
+    m.write64(0x78, 0x2_0000_0000);
+    assert_eq!(
+        (m.read32(0x68), m.read64(0x70)),
+        (0x4000_0000, 0x2_0000_0000)
+    );
+    // EPM off: nothing is blocked.
+    assert!(m.translate(1, None, 0x4000_0000, Access::WRITE).is_ok());
+    m.write32(0x64, 1 << 31);
+    assert_eq!(m.read32(0x64), 1 << 31 | 1, "EPM, PRS");
+    // Both regions (inclusive of the limit's 2 MiB) block, unrecorded; around them, no.
+    for pa in [0x4000_0000, 0x401f_ffff, 0x2_0000_0000, 0x2_001f_ffff] {
+        let f = m.translate(1, None, pa, Access::WRITE);
+        assert!(f.is_err_and(|f| !f.recorded), "{pa:#x}");
+    }
+    for pa in [0x3fff_ffff, 0x4020_0000, 0x2_0020_0000] {
+        assert!(m.translate(1, None, pa, Access::READ).is_ok(), "{pa:#x}");
+    }
+    assert_eq!(m.stats().pmr_blocked, 4);
+    assert_eq!(m.read32(0x34), 0, "FSTS: nothing recorded");
+    // Cleared with translation off: counted.
+    m.write32(0x64, 0);
+    assert_eq!(m.read32(0x64), 0);
+    assert_eq!(m.stats().pmr_off_before_te, 1);
+    assert!(m.translate(1, None, 0x4000_0000, Access::WRITE).is_ok());
+}
