@@ -1619,10 +1619,13 @@ fn enable_times_out_when_pmen_does_not_answer() {
     .with_dmar_host_address_width((m.config().haw - 1) as u8);
     let u: Unit<'_> = VtdUnit::new(&m, &a, cfg).expect("unit");
     m.inject(Injection::IgnoreWrites(0x64));
-    let r = u.enable();
-    assert!(
-        matches!(r, Err(vtd::Error::Timeout { polls: 100, .. })),
-        "a PMEN whose PRS never clears: {r:?}"
+    assert_eq!(
+        u.enable(),
+        Err(vtd::Error::Timeout {
+            what: vtd::Wait::ProtectedMemoryStatus { set: false },
+            polls: 100
+        }),
+        "a PMEN whose PRS never clears"
     );
     assert!(u.is_enabled());
     assert_eq!(m.read32(0x64), 1 << 31 | 1);

@@ -30,6 +30,11 @@ pub enum Wait {
     },
     /// `IQH` to reach `IQT` before the queue is disabled.
     QueueDrain,
+    /// `PMEN_REG.PRS` to read `set` (the protected memory regions turned on or off).
+    ProtectedMemoryStatus {
+        /// Awaited value.
+        set: bool,
+    },
 }
 
 /// Which invalidation-queue error `FSTS` reported (§6.5.2.10).
@@ -177,6 +182,13 @@ impl fmt::Display for Wait {
             }
             Wait::QueueSpace { needed } => write!(f, "{needed} free invalidation-queue slots"),
             Wait::QueueDrain => f.write_str("IQH to reach IQT"),
+            Wait::ProtectedMemoryStatus { set } => {
+                write!(
+                    f,
+                    "PMEN_REG.PRS to become {}",
+                    if set { "set" } else { "clear" }
+                )
+            }
         }
     }
 }

@@ -45,6 +45,10 @@ pub const FEUADDR_REG: usize = 0x44;
 pub const AFLOG_REG: usize = 0x58;
 /// Protected Memory Enable Register (32-bit).
 pub const PMEN_REG: usize = 0x64;
+/// `PMEN_REG` 31 `EPM`: Enable Protected Memory (the other bits but `PRS` are reserved).
+pub const PMEN_EPM: u32 = 1 << 31;
+/// `PMEN_REG` 0 `PRS`: Protected Region Status.
+pub const PMEN_PRS: u32 = 1 << 0;
 /// Protected Low-Memory Base Register (32-bit).
 pub const PLMBASE_REG: usize = 0x68;
 /// Protected Low-Memory Limit Register (32-bit).
@@ -269,6 +273,46 @@ pub fn write_buffer_flush<W: RegisterWindow + ?Sized>(regs: &W, budget: u32) -> 
     await_status(regs, Gsts::WBFS, false, budget)
 }
 
+/// Turns off the protected memory regions firmware (or a measured launch) left on (`PMEN_REG`;
+/// §10.4.16 in rev 3): with `PRS` clear and `EPM` clear there is nothing to do; a transition to
+/// on still in progress (`EPM` set, `PRS` clear) is awaited first, since `EPM` must not change
+/// before `PRS` reflects the last write; then `EPM` is written 0 (every other bit is reserved
+/// or read-only) and `PRS` awaited clear. Only for a unit whose `CAP.PLMR` or `CAP.PHMR` is set
+/// (else the register is read-only 0), and only once translation is on: until then the regions
+/// are all that keeps DMA off them.
+///
+/// # Errors
+/// [`Error::Timeout`] ([`Wait::ProtectedMemoryStatus`]) if `PRS` does not follow.
+pub fn disable_protected_memory<W: RegisterWindow + ?Sized>(
+    regs: &W,
+    budget: u32,
+) -> Result<(), Error> {
+    let pmen = regs.read32(PMEN_REG);
+    if pmen & (PMEN_EPM | PMEN_PRS) == 0 {
+        return Ok(());
+    }
+    if pmen & PMEN_EPM != 0 && pmen & PMEN_PRS == 0 {
+        await_pmen_status(regs, true, budget)?;
+    }
+    regs.write32(PMEN_REG, 0);
+    await_pmen_status(regs, false, budget)
+}
+
+/// Polls `PMEN_REG.PRS` until it reads `set`.
+fn await_pmen_status<W: RegisterWindow + ?Sized>(
+    regs: &W,
+    set: bool,
+    budget: u32,
+) -> Result<(), Error> {
+    poll(budget, || {
+        ((regs.read32(PMEN_REG) & PMEN_PRS != 0) == set).then_some(())
+    })
+    .ok_or(Error::Timeout {
+        what: Wait::ProtectedMemoryStatus { set },
+        polls: budget,
+    })
+}
+
 /// `RTADDR_REG.TTM` (11:10): the translation table mode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
@@ -457,6 +501,31 @@ mod tests {
                 what: "RTADDR.TTM",
                 value: 2
             })
+        );
+    }
+
+    #[test]
+    fn protected_memory_regions_turned_off() {
+        let m = Model::new();
+        disable_protected_memory(&m, 5).unwrap();
+        assert_eq!(m.read32(PMEN_REG), 0);
+        // On (EPM, PRS): EPM written 0, PRS awaited clear.
+        m.write32(PMEN_REG, PMEN_EPM | PMEN_PRS);
+        disable_protected_memory(&m, 5).unwrap();
+        assert_eq!(m.read32(PMEN_REG), 0);
+        // Turning on still in progress (EPM, PRS clear): PRS awaited set before EPM changes.
+        m.write32(PMEN_REG, PMEN_EPM);
+        assert_eq!(
+            disable_protected_memory(&m, 5),
+            Err(Error::Timeout {
+                what: Wait::ProtectedMemoryStatus { set: true },
+                polls: 5
+            })
+        );
+        assert_eq!(
+            m.read32(PMEN_REG),
+            PMEN_EPM,
+            "EPM changed before PRS followed it"
         );
     }
 

@@ -692,8 +692,12 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
     /// invalidation), global context-cache, PASID-cache (scalable mode) and IOTLB invalidation,
     /// a whole device-TLB invalidation (§6.5.2.5, PASID-based §6.5.2.6 for a PASID) of every
     /// recorded ATS attachment and of every ATS attachment detached while the unit was off,
-    /// all awaited, a write-buffer flush when `CAP.RWBF`, then `TE`. May be called again after
-    /// [`disable`](Self::disable).
+    /// all awaited, a write-buffer flush when `CAP.RWBF`, then `TE`, then, on a unit with
+    /// protected memory regions (`CAP.PLMR` or `CAP.PHMR`), `PMEN.EPM` cleared if firmware (or
+    /// tboot) left the regions on (`PMEN.PRS` set), and `PRS` awaited clear: the register
+    /// descriptions (`PMEN_REG`) ask software to disable them once DMA remapping is set up, as
+    /// with translation on they may keep blocking DMA the domains map. May be called again
+    /// after [`disable`](Self::disable).
     ///
     /// Device TLBs: a global IOTLB invalidation does not reach them (§6.5.3), and while the
     /// unit was off every invalidation was dropped, yet an ATS device's ATC kept what it
@@ -712,7 +716,9 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
     /// TLBs as above). The previous owner's pages are never freed (they are not this unit's).
     ///
     /// # Errors
-    /// [`Error::Timeout`] naming the register that did not respond; [`Error::NoMemory`] for
+    /// [`Error::Timeout`] naming the register that did not respond (`PMEN_REG.PRS`:
+    /// [`Wait::ProtectedMemoryStatus`], with `TE` set and the regions possibly still on; a
+    /// retry, a takeover of the running unit, completes it); [`Error::NoMemory`] for
     /// the queue; queue errors; [`Error::Unsupported`] when taking over a unit that runs in the
     /// other root-table mode (`RTADDR.TTM` may change only with translation off: call
     /// [`disable`](Self::disable) first, accepting untranslated DMA meanwhile); a device-TLB
@@ -787,7 +793,17 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
             PersistentCommand::TranslationEnable,
             true,
             budget,
-        )
+        )?;
+        // Only now: with TE clear the regions are all that keeps DMA off them.
+        if self
+            .info
+            .cap
+            .flags()
+            .intersects(CapFlags::PLMR | CapFlags::PHMR)
+        {
+            regs::disable_protected_memory(&self.regs, budget)?;
+        }
+        Ok(())
     }
 
     /// Turns DMA remapping off (`TE` clear: DMA is no longer translated), then drains and
@@ -945,6 +961,7 @@ const fn wait_name(what: Wait) -> &'static str {
         Wait::InvalidationWait { .. } => "the invalidation wait descriptor's status write",
         Wait::QueueSpace { .. } => "free invalidation-queue slots",
         Wait::QueueDrain => "the invalidation queue to drain",
+        Wait::ProtectedMemoryStatus { .. } => "PMEN_REG.PRS to reflect EPM",
     }
 }
 
