@@ -3,7 +3,9 @@
 //! §6.5.2 Queued Invalidation Interface, §6.5.2.8 Invalidation Wait Descriptor, and the
 //! registers IQH / IQT / IQA, §11.4), here, the SMMUv3 command queue (module `smmuv3`,
 //! `tests/loom_queues/smmuv3.rs`) and the AMD-Vi command buffer (module `amdvi`,
-//! `tests/loom_queues/amdvi.rs`); each module says what its model unit does.
+//! `tests/loom_queues/amdvi.rs`); each module says what its model unit does. Modules
+//! `vtd_enable` and `amdvi_enable` run the whole VT-d and AMD-Vi drivers instead: `enable`
+//! beside a flush, against a unit model that answers in the caller's thread.
 //!
 //! Built only with `--cfg loom`, which points the queue's ring and status word at loom's atomics
 //! (`inv_queue.rs`, `loom_words`), turns the `mmio` barriers into loom fences and makes
@@ -45,8 +47,12 @@
 
 #[path = "loom_queues/amdvi.rs"]
 mod amdvi;
+#[path = "loom_queues/amdvi_enable.rs"]
+mod amdvi_enable;
 #[path = "loom_queues/smmuv3.rs"]
 mod smmuv3;
+#[path = "loom_queues/vtd_enable.rs"]
+mod vtd_enable;
 
 use std::collections::BTreeMap;
 use std::ptr::NonNull;
