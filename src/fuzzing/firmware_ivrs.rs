@@ -104,6 +104,13 @@ pub fn exercise(table: &[u8]) {
                 assert!(offset + 22 + uid.len() <= len);
             }
         }
+        // One run per entry that opens one: a range is never lost to an entry between its
+        // start and its end.
+        let opening = unit
+            .device_entries()
+            .filter(|(_, e)| !e.names_no_pci_device() && !matches!(e, DeviceEntry::End { .. }))
+            .count();
+        assert_eq!(unit.device_ranges().count(), opening);
         let last_id = unit.last_device_id();
         for range in unit.device_ranges().take(LOOKUPS_PER_UNIT) {
             assert!(range.first <= range.last, "reversed range");

@@ -8,7 +8,13 @@
 //! specification defines no entry of types 80h-EFh: they are skipped by the length their type
 //! gives, as reserved entries of the other sizes are, and the entries after them apply. Types
 //! F1h-FFh are variable-length like F0h, of no known length: the entries after one cannot be
-//! found, and the IVHD is refused. Type facts checked against Linux `drivers/iommu/amd/init.c`
+//! found, and the IVHD is refused.
+//!
+//! A range start (03h, 43h, 47h) is closed by the next End of Range (04h). Entries that name
+//! no PCI device (pads and reserved types, which are ignored; special devices 48h; ACPI
+//! devices F0h) may sit between them, as Linux and FreeBSD read the list (they keep the start
+//! across any entry); an entry that names PCI devices itself (01h, 02h, 42h, 46h, another start)
+//! there is refused, since which start an end closes would be a guess. Type facts checked against Linux `drivers/iommu/amd/init.c`
 //! (`IVHD_DEV_*`; `ivhd_entry_length` takes `4 << (type >> 6)` below 80h and, before F0h was
 //! defined, for every type; facts only).
 //!
@@ -76,14 +82,16 @@ pub enum DeviceEntry<'a> {
         /// `DTE Setting`.
         dte: DteSetting,
     },
-    /// 03h: the first device ID of a range closed by the next entry, an [`End`](Self::End).
+    /// 03h: the first device ID of a range closed by the next [`End`](Self::End) (entries
+    /// that name no PCI device may come between:
+    /// [`names_no_pci_device`](Self::names_no_pci_device)).
     RangeStart {
         /// `DeviceID`.
         device_id: u16,
         /// `DTE Setting` (for the whole range).
         dte: DteSetting,
     },
-    /// 04h: the last device ID of the range opened by the previous entry.
+    /// 04h: the last device ID of the range opened by the last range start.
     End {
         /// `DeviceID`.
         device_id: u16,
@@ -177,6 +185,18 @@ fn entry_len(bytes: &[u8], offset: usize) -> Result<usize, Error> {
     }
 }
 
+impl DeviceEntry<'_> {
+    /// Whether the entry names no PCI device ID of the unit's ranges: a pad or reserved type
+    /// (ignored), a special device (IOAPIC, HPET) or an ACPI device. Such an entry may sit
+    /// between a range start and its end without closing the range.
+    pub const fn names_no_pci_device(&self) -> bool {
+        matches!(
+            self,
+            Self::Reserved { .. } | Self::Special { .. } | Self::AcpiHid { .. }
+        )
+    }
+}
+
 /// Decodes the entry in `e` (exactly its length).
 fn decode(e: &[u8]) -> Result<DeviceEntry<'_>, Error> {
     let entry_type = read_u8(e, 0)?;
@@ -245,8 +265,8 @@ pub(super) struct EntryList<'a> {
 }
 
 impl<'a> EntryList<'a> {
-    /// Checks every entry: its length, its fields, and that each range start is followed at
-    /// once by an end not below it.
+    /// Checks every entry: its length, its fields, and that each range start is followed by
+    /// an end not below it, with only entries that name no PCI device in between.
     pub fn parse(bytes: &'a [u8], base: usize) -> Result<Self, Error> {
         let list = Self { bytes, base };
         let mut open: Option<(usize, u16)> = None;
@@ -254,6 +274,11 @@ impl<'a> EntryList<'a> {
         while at < bytes.len() {
             let (entry, len) = list.entry_at(at)?;
             let offset = base + at;
+            if open.is_some() && entry.names_no_pci_device() {
+                // Between a start and its end: the range stays open.
+                at += len;
+                continue;
+            }
             match (open.take(), entry) {
                 (Some((o, start)), DeviceEntry::End { device_id }) => {
                     if device_id < start {
@@ -420,9 +445,14 @@ impl Iterator for DeviceRanges<'_> {
                 } => one(device_id, dte, None, Some(extended)),
                 _ => continue,
             };
-            // `EntryList::parse` checked that an end follows every start.
-            let (_, DeviceEntry::End { device_id }) = self.entries.next()? else {
-                return None;
+            // `EntryList::parse` checked that an end follows every start, past entries that
+            // name no PCI device only.
+            let device_id = loop {
+                match self.entries.next()? {
+                    (_, DeviceEntry::End { device_id }) => break device_id,
+                    (_, e) if e.names_no_pci_device() => {}
+                    _ => return None,
+                }
             };
             return Some(DeviceRange {
                 last: device_id,

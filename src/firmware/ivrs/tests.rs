@@ -668,3 +668,58 @@ fn an_ivmd_applies_to_its_own_pci_segment_only() {
         "20h: every device of segment 1"
     );
 }
+
+#[test]
+fn entries_naming_no_pci_device_may_sit_between_a_range_start_and_its_end() {
+    // 03h .. 00h pad .. 04h; 47h .. 48h special (an IOAPIC) .. 04h; 43h .. reserved 8-byte
+    // 7Fh .. 04h: each IVHD is kept, each range is whole, and the entry in between is still
+    // listed. Before, each refused the whole IVRS.
+    let mut e = Vec::new();
+    e.extend_from_slice(&entry4(0x03, 0x0100, 0x01));
+    e.extend_from_slice(&entry4(0x00, 0, 0));
+    e.extend_from_slice(&entry4(0x04, 0x01ff, 0));
+    e.extend_from_slice(&entry8(0x47, 0x0200, 0, 0x8000_0000u32.to_le_bytes()));
+    e.extend_from_slice(&entry8(0x48, 0, 0xd7, [0x21, 0xa0, 0x00, 0x01]));
+    e.extend_from_slice(&entry4(0x04, 0x02ff, 0));
+    e.extend_from_slice(&entry8(0x43, 0x0300, 0, [0, 0x10, 0x03, 0]));
+    e.extend_from_slice(&entry8(0x7f, 0, 0, [0; 4]));
+    e.extend_from_slice(&entry4(0x04, 0x03ff, 0));
+    let t = ivrs(0, &[ivhd(0x40, 0, 0xfeb8_0000, 0, &e)]);
+    let t = Ivrs::parse(&t).expect("the IVRS is kept");
+    let u = t.units().next().unwrap();
+    let runs: Vec<_> = u
+        .device_ranges()
+        .map(|r| (r.first, r.last, r.alias, r.extended))
+        .collect();
+    assert_eq!(
+        runs,
+        [
+            (0x0100, 0x01ff, None, None),
+            (0x0200, 0x02ff, None, Some(0x8000_0000)),
+            (0x0300, 0x03ff, Some(0x0310), None),
+        ]
+    );
+    assert_eq!(
+        t.unit_for(0, 0x0250).map(|(_, r)| (r.first, r.last)),
+        Some((0x0200, 0x02ff))
+    );
+    assert!(u.device_entries().any(|(_, e)| matches!(
+        e,
+        DeviceEntry::Special {
+            variety: SpecialVariety::Ioapic,
+            ..
+        }
+    )));
+    // An entry that names PCI devices itself between a start and its end stays an error:
+    // which entry the end closes would be a guess.
+    for between in [entry4(0x02, 0x0150, 0), entry4(0x03, 0x0150, 0)] {
+        let mut e = entry4(0x03, 0x0100, 0).to_vec();
+        e.extend_from_slice(&between);
+        e.extend_from_slice(&entry4(0x04, 0x01ff, 0));
+        let t = ivrs(0, &[ivhd(0x40, 0, 0xfeb8_0000, 0, &e)]);
+        assert!(
+            matches!(Ivrs::parse(&t), Err(Error::Range { start: 0x0100, .. })),
+            "{between:?}"
+        );
+    }
+}
