@@ -1554,13 +1554,20 @@ int32_t ie_amdvi_create(const IeEnv *env,
                         IeUnit **out);
 
 // Turns translation on: tables, queues, global invalidation, then the enable bit, in the
-// order the specification requires.
+// order the specification requires. SMMUv3: it clears SMMUEN first, which forgets every
+// outstanding page request group and stall (a late ie_ctx_respond_fault() to one is
+// refused, nothing sent); re-initialise the endpoints' PRI (PCIe Page Request Control:
+// Reset, then Enable) before calling it, as SMMUv3 §6.3.9.6 requires.
 //
 // # Safety
 // `unit` is a live unit handle.
 int32_t ie_unit_enable(IeUnit *unit);
 
 // Turns translation off (an SMMUv3 then aborts or bypasses DMA per its configuration).
+// SMMUv3: clearing SMMUEN forgets every outstanding page request group and stall (a late
+// ie_ctx_respond_fault() to one is refused, nothing sent; the next dispatch drops the
+// contexts' partial groups of the unit); re-initialise the endpoints' PRI (PCIe Page Request
+// Control: Reset, then Enable) before ie_unit_enable(), as SMMUv3 §6.3.9.6 requires.
 //
 // # Safety
 // `unit` is a live unit handle.

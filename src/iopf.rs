@@ -164,8 +164,10 @@ pub struct FaultDrain {
     pub more: bool,
     /// The unit lost requests before this drain (VT-d `PRS.PRO`, SMMUv3 `PRIQ_PROD.OVFLG`);
     /// the overflow was acknowledged. SMMUv3 also sets it when the drain dropped the PRI
-    /// queue's requests because translation is off (their groups died with the endpoint's
-    /// PRI, re-initialised before the unit is enabled again): drop the partial groups.
+    /// queue's requests because translation is off, and on the first drain after `SMMUEN`
+    /// was cleared if a request that was not its group's last had been handed out (those
+    /// groups died with the endpoint's PRI, re-initialised before the unit is enabled again,
+    /// even when the PRI queue was empty): drop the partial groups.
     pub overflow: bool,
 }
 

@@ -604,7 +604,10 @@ pub(super) fn unit_obj<'h>(u: *mut IeUnit) -> Result<&'h Obj<UnitObj>, IeStatus>
 }
 
 /// Turns translation on: tables, queues, global invalidation, then the enable bit, in the
-/// order the specification requires.
+/// order the specification requires. SMMUv3: it clears SMMUEN first, which forgets every
+/// outstanding page request group and stall (a late ie_ctx_respond_fault() to one is
+/// refused, nothing sent); re-initialise the endpoints' PRI (PCIe Page Request Control:
+/// Reset, then Enable) before calling it, as SMMUv3 §6.3.9.6 requires.
 ///
 /// # Safety
 /// `unit` is a live unit handle.
@@ -618,6 +621,10 @@ pub unsafe extern "C" fn ie_unit_enable(unit: *mut IeUnit) -> i32 {
 }
 
 /// Turns translation off (an SMMUv3 then aborts or bypasses DMA per its configuration).
+/// SMMUv3: clearing SMMUEN forgets every outstanding page request group and stall (a late
+/// ie_ctx_respond_fault() to one is refused, nothing sent; the next dispatch drops the
+/// contexts' partial groups of the unit); re-initialise the endpoints' PRI (PCIe Page Request
+/// Control: Reset, then Enable) before ie_unit_enable(), as SMMUv3 §6.3.9.6 requires.
 ///
 /// # Safety
 /// `unit` is a live unit handle.

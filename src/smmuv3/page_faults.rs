@@ -21,6 +21,10 @@
 //! stall and every outstanding page request group, and fences off every record still unread.
 //! While translation is off a drain sends no CMD_PRI_RESP and hands out no page request: it
 //! drops what the PRI queue holds (`SmmuUnit::faults_discarded`) and reports an overflow.
+//! Each clear starts a new generation ([`PageFault::generation`]), which what a drain hands
+//! out carries and an answer must match, so a late answer never reaches a new fault that
+//! reuses the index or STAG; and the first drain after a clear reports an overflow if a group
+//! could have been left partial, so that the caller drops the partial groups that died.
 //!
 //! Each stream may hold at most [`STREAM_QUOTA`] of the [`MAX_UNANSWERED`] faults awaiting an
 //! answer; a fault that needs an answer and finds its stream's share (or the book) full is not
@@ -92,6 +96,13 @@ pub(crate) struct StallBook {
     /// what a drain hands out ([`PageFault::generation`]), so that an answer from before a
     /// clear never matches a new fault that reuses its group index or STAG.
     generation: u32,
+    /// A request that is not its group's last was handed out in this generation: a context
+    /// may hold its group partial.
+    partials: bool,
+    /// `SMMUEN` was cleared after such a request was handed out, and no drain has reported
+    /// it yet: the next one sets `overflow`, so that the caller drops the partial groups of
+    /// the ended generation (whose last requests will never come).
+    partials_ended: bool,
 }
 
 /// A fault handed out and not answered: what an answer must name.
@@ -151,6 +162,8 @@ impl StallBook {
             fence_all: None,
             unanswered: [None; MAX_UNANSWERED],
             generation: 0,
+            partials: false,
+            partials_ended: false,
         }
     }
 
@@ -161,6 +174,7 @@ impl StallBook {
     fn hand_out(&mut self, f: &mut PageFault) -> bool {
         f.generation = self.generation;
         let Some(u) = Unanswered::of(f) else {
+            self.partials = true;
             return true;
         };
         let held = self.unanswered.iter().flatten().filter(|h| h.sid == u.sid);
@@ -246,6 +260,9 @@ impl StallBook {
         // even once a new fault with the same index or STAG is handed out. (Wrapping takes
         // 2^32 clears while an answer is held.)
         self.generation = self.generation.wrapping_add(1);
+        // Their groups' last requests will never come: the next drain reports it.
+        self.partials_ended |= self.partials;
+        self.partials = false;
         if let Some(until) = until {
             self.fence_all = Some(until);
         }
@@ -424,7 +441,9 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
     /// requests it took are gone, counted in [`faults_discarded`](SmmuUnit::faults_discarded),
     /// and `overflow` is set, as for requests the unit lost, so that the caller drops the
     /// partial groups it holds (`FaultQueue::discard_partial`); the slots of `out` past
-    /// `reported` may have been written. Filed stalls are handed out as ever.
+    /// `reported` may have been written. Filed stalls are handed out as ever. The first call
+    /// after `SMMUEN` was cleared also sets `overflow` if a request that was not its group's
+    /// last had been handed out before, whether or not the PRI queue held anything.
     pub(crate) fn drain_page_faults_impl(
         &self,
         out: &mut [PageFault],
@@ -497,6 +516,12 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
             let cmds = refused.get(..n_refused).unwrap_or_default();
             let _ = self.with_cmdq(|q, r| q.submit_and_sync(r, cmds));
             d.more = true;
+        }
+        if book.partials_ended {
+            // Reported once, whether or not this call took anything (the PRI queue may have
+            // been empty when SMMUEN was cleared).
+            book.partials_ended = false;
+            d.overflow = true;
         }
         drop(book);
         if !d.more && self.priq_lost.swap(false, Ordering::AcqRel) {

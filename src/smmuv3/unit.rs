@@ -553,6 +553,10 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
     /// (idle, or detached while disabled) is not waited on: its ATC is owed by the attach that
     /// turns its EATS on, or by the retried detach.
     ///
+    /// `enable` starts by clearing `SMMUEN` (`CR0` = 0), which forgets the outstanding page
+    /// requests and stalls as [`disable`](Self::disable) does: re-initialise the endpoints'
+    /// PRI (PCIe Page Request Control: Reset, then Enable) before it, as §6.3.9.6 requires.
+    ///
     /// It is also the way back from service failure mode: once the SMMU has been reset
     /// (`GERROR.SFM_ERR` no longer active), `enable` programs it again from the unit's books
     /// (stream table, queues, every attachment's STE and CD are still in memory), invalidates
@@ -810,12 +814,17 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
     /// holds `enable` back (see [`SmmuError::AtcReinitTimeout`]).
     ///
     /// Once the clear is acknowledged, every stalled transaction has ended (§3.12.2) and the
-    /// unit ignores CMD_PRI_RESP, and the endpoints' PRI is to be re-initialised before
-    /// `enable` (§6.3.9.6): the unit forgets every stall and page request group it handed
-    /// out (an answer to one is `NotOutstanding`, nothing sent). Until `enable`,
+    /// unit ignores CMD_PRI_RESP: the unit forgets every stall and outstanding page request
+    /// group it handed out, and starts a new [`generation`](crate::iopf::PageFault::generation)
+    /// (an answer to one of them is `NotOutstanding`, nothing sent, even after a new fault with
+    /// its group index or STAG). The embedder must re-initialise the endpoints' PRI (PCIe
+    /// Page Request Control: Reset, then Enable) before `enable`, as §6.3.9.6 requires: the
+    /// device is to forget the groups whose answers will never come. Until `enable`,
     /// [`Iommu::drain_page_faults`](crate::iommu::Iommu::drain_page_faults) drops what the PRI
     /// queue still holds, unanswered and not handed out
-    /// ([`faults_discarded`](Self::faults_discarded)).
+    /// ([`faults_discarded`](Self::faults_discarded)); the next drain sets `overflow` if a
+    /// group could be left partial (a request that was not its group's last was handed out),
+    /// so that `dispatch_page_faults` drops the contexts' partial groups of the unit.
     ///
     /// # Errors
     ///

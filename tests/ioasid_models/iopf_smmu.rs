@@ -914,6 +914,52 @@ fn smmu_reenable_forgets_the_stalls_the_unit_ended() {
     })
 }
 
+#[test]
+fn smmu_reenable_drops_the_contexts_partial_groups() {
+    // A group whose last request had not come when SMMUEN was cleared never completes: the
+    // endpoint's PRI is re-initialised before the re-enable (IHI 0070 §6.3.9.6). The context
+    // kept its requests as a partial group, holding their records for ever (the dispatch drops
+    // a unit's partial groups only when a drain reports an overflow, and one did only when it
+    // dropped requests from the PRI queue, here empty).
+    with_rig(VtdSetup::scalable(), pri(7), |r| {
+        let (ctx, dev, _io) = attached(r);
+        let mut out = empty();
+        // MAX_FAULTS partial records of group 3: the context's queue is full.
+        for k in 0..iommu_engine::ioasid::MAX_FAULTS as u64 {
+            assert_eq!(
+                r.sm.page_request(request(None, 0x1000 * (k + 1), 3, false)),
+                PriOutcome::Queued
+            );
+            if k % 32 == 31 {
+                let d = dispatch_page_faults(SMMU, r.smmu, &[&ctx]).unwrap();
+                assert_eq!((d.queued, d.refused), (32, 0));
+            }
+        }
+        assert_eq!(ctx.read_faults(&mut out), 0, "partial: nothing readable");
+        r.smmu.disable().unwrap();
+        r.smmu.enable().unwrap();
+        // The PRI interrupt of the re-enabled unit: nothing queued yet.
+        let d = dispatch_page_faults(SMMU, r.smmu, &[&ctx]).unwrap();
+        assert!(d.unit_overflow, "the dead partial group was not reported");
+        // The re-initialised device's group 3 finds room, and alone.
+        assert_eq!(
+            r.sm.page_request(request(None, 0x9000, 3, true)),
+            PriOutcome::Queued
+        );
+        let d = dispatch_page_faults(SMMU, r.smmu, &[&ctx]).unwrap();
+        assert_eq!(
+            (d.queued, d.refused),
+            (1, 0),
+            "the dead partial group held the context's queue"
+        );
+        assert_eq!(ctx.read_faults(&mut out), 1);
+        assert_eq!(out[0].fault.addr, 0x9000);
+        ctx.respond_fault(out[0].cookie, ResponseCode::Invalid)
+            .unwrap();
+        ctx.detach(dev).unwrap();
+    })
+}
+
 /// Reads every readable fault of `ctx` (they stay outstanding) and returns how many.
 fn read_all(ctx: &IoasidCtx<'_, '_, Arena>) -> usize {
     let mut out = [QueuedFault {

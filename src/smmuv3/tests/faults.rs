@@ -306,3 +306,53 @@ fn a_drain_while_disabled_sends_nothing_and_hands_out_nothing() {
     }
     assert!(sm.pri_responses().is_empty());
 }
+
+#[test]
+fn partial_groups_from_before_a_clear_are_reported_even_with_an_empty_pri_queue() {
+    // A context holds a group whose last request has not come as a partial group, until a
+    // drain reports an overflow (the dispatch then drops the unit's partial groups). Once
+    // SMMUEN is cleared the endpoint's PRI is re-initialised (IHI 0070 §6.3.9.6): the last
+    // request never comes, and the partial group would hold its records for ever. A drain
+    // reported that only when it happened to drop requests from the PRI queue.
+    let arena = arena();
+    let sm = SmmuModel::new(&arena, pri_model());
+    let u = pri_unit(&sm, &arena);
+    let mut out = [PageFault::EMPTY; 4];
+    // No partial group handed out: a clear has nothing to report.
+    u.disable().unwrap();
+    u.enable().unwrap();
+    assert!(!u.drain_page_faults(&mut out).unwrap().overflow);
+    for disabled_drain in [true, false] {
+        let partial = PriRequest {
+            last: false,
+            ..group(3)
+        };
+        assert_eq!(sm.page_request(partial), PriOutcome::Queued);
+        let d = u.drain_page_faults(&mut out).unwrap();
+        assert_eq!((d.reported, d.overflow), (1, false));
+        u.disable().unwrap();
+        if disabled_drain {
+            // The PRI queue is empty: nothing dropped.
+            let d = u.drain_page_faults(&mut out).unwrap();
+            assert!(
+                d.overflow,
+                "the dead partial group was not reported by the drain while disabled"
+            );
+            assert_eq!(d.reported, 0);
+            u.enable().unwrap();
+        } else {
+            u.enable().unwrap();
+            let d = u.drain_page_faults(&mut out).unwrap();
+            assert!(
+                d.overflow,
+                "the dead partial group was not reported by the drain after the enable"
+            );
+        }
+        assert!(
+            !u.drain_page_faults(&mut out).unwrap().overflow,
+            "reported once"
+        );
+    }
+    assert_eq!(u.faults_discarded(), 0);
+    assert!(sm.pri_responses().is_empty());
+}
