@@ -154,7 +154,8 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
             refuse_by(r, || Error::NoSuchDevice(device));
             return;
         };
-        let (unit, old, unsettled) = (dev.label.unit, dev.attached, dev.unsettled);
+        let (label, old, unsettled) = (dev.label, dev.attached, dev.unsettled);
+        let unit = label.unit;
         if let Some(previous) = unsettled {
             // Only the attach the unit did not confirm may complete it.
             if old != Some(ioasid) {
@@ -187,6 +188,10 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         };
         if self.switch_device(&mut st, device, ioasid, built, r) {
             if let Some(old) = old {
+                // Replaced: the faults of the old attachment are answered, as a detach's
+                // (iommufd's replace, `iommufd_auto_response_faults`); none is queued for it
+                // any more under the write lock.
+                self.answer_faults_of(label, None);
                 self.leave_after_attach(&mut st, old, unit, device);
             }
             *left = old;
@@ -354,7 +359,7 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     /// not a copy in a frame of its own over the unmaps and flushes.
     #[inline(always)]
     pub(crate) fn detach_into(&self, device: DeviceHandle, r: &mut Result<(), Error>) {
-        let (touched, label) = {
+        let touched = {
             let st = self.state.read();
             let dev = match st.device(device) {
                 Ok(dev) => dev,
@@ -364,10 +369,10 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
                 }
             };
             let [l0, l1] = dev.left_owing;
-            ([dev.attached, dev.unsettled.flatten(), l0, l1], dev.label)
+            [dev.attached, dev.unsettled.flatten(), l0, l1]
         };
-        // Its page faults are answered first (iommufd_auto_response_faults): nothing will.
-        self.answer_faults_of(label, None);
+        #[cfg(test)]
+        super::tests::copy_pause("detach looked");
         self.detach_locked(device, r);
         self.reclaim_after_detach(device, touched, r);
     }
@@ -444,6 +449,14 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
             }
             return;
         };
+        // Under the write lock no fault of the device is queued any more (`report_fault`
+        // holds the read lock): its faults are answered now (iommufd_auto_response_faults),
+        // nothing else will; a fault the unit takes from now on is no context's, answered by
+        // `dispatch_page_faults` (or ended by the unit's detach). Answered before the write
+        // lock, a fault reported in between stayed queued, its cookie answerable after the
+        // detach. Before the unit's detach, which ends a stall the VMM read otherwise
+        // (SMMUv3 `CMD_STALL_TERM`) rather than answering it, as `detach_pasid` does.
+        self.answer_faults_of(label, None);
         if !self.unit_detach_into(label, result) {
             return;
         }

@@ -9,9 +9,11 @@
 //! ([`IoasidCtx::respond_fault`]), which the unit sends to the device (VT-d page group
 //! response, SMMUv3 `CMD_PRI_RESP` / `CMD_RESUME`). Nothing is left unanswered: a fault no
 //! context takes (no owner, queue closed or full) is answered Invalid at once, and detaching a
-//! device or PASID first answers its faults with Invalid, as `iommufd_auto_response_faults`
-//! does.
+//! device or PASID (or attaching the device to another IOASID) answers its faults with
+//! Invalid, as `iommufd_auto_response_faults` does, under the context's write lock: no fault
+//! of it is queued once that returns, and an answer to one of its old cookies is refused.
 
+use super::ctx::State;
 use super::registry::{DeviceLabel, UnitId};
 use super::{Error, IoasidCtx};
 use crate::iommu::{Iommu, Pasid};
@@ -160,23 +162,7 @@ impl<A: PageAllocator> IoasidCtx<'_, '_, A> {
             device: fault.device,
             pasid: fault.pasid,
         });
-        let (slot, dev) = st
-            .devices
-            .iter()
-            .enumerate()
-            .find_map(|(i, d)| d.as_ref().filter(|d| d.label == label).map(|d| (i, d)))
-            .ok_or(not_routed)?;
-        let attached = match fault.pasid {
-            None => dev.attached.is_some(),
-            Some(p) => {
-                let handle = self.device_handle(slot as u16);
-                st.pasid_attachments
-                    .iter()
-                    .flatten()
-                    .any(|a| a.device == handle && a.pasid == p)
-            }
-        };
-        if !attached {
+        if !self.routes(&st, label, fault.pasid) {
             return Err(not_routed);
         }
         let mut q = self.faults.lock();
@@ -185,6 +171,30 @@ impl<A: PageAllocator> IoasidCtx<'_, '_, A> {
         }
         q.push(unit.0, fault)
             .map_err(|_| Error::Fault(FaultError::QueueFull))
+    }
+
+    /// Whether the faults of `label` (with `pasid`) are this context's: the device bound here
+    /// and attached (with a PASID: that PASID attached).
+    fn routes(&self, st: &State<'_, A>, label: DeviceLabel, pasid: Option<Pasid>) -> bool {
+        let Some(slot) = st
+            .devices
+            .iter()
+            .position(|d| d.as_ref().is_some_and(|d| d.label == label))
+        else {
+            return false;
+        };
+        match pasid {
+            None => st.devices[slot]
+                .as_ref()
+                .is_some_and(|d| d.attached.is_some()),
+            Some(p) => {
+                let handle = self.device_handle(slot as u16);
+                st.pasid_attachments
+                    .iter()
+                    .flatten()
+                    .any(|a| a.device == handle && a.pasid == p)
+            }
+        }
     }
 
     /// Moves up to `out.len()` readable faults, oldest first, into `out` and returns how many
@@ -207,6 +217,9 @@ impl<A: PageAllocator> IoasidCtx<'_, '_, A> {
     /// # Errors
     /// [`Error::Fault`] with [`FaultError::NotOutstanding`] (answered already, not read, or
     /// unknown) or [`FaultError::NotOwned`] (another context's cookie), nothing changed;
+    /// [`FaultError::NotRouted`]: the group's device (or PASID) is no longer attached here
+    /// (its detach answered it; after an unbind the device may be another context's): nothing
+    /// is sent, and the group leaves the queue;
     /// [`Error::Iommu`] if the unit did not take the response: the group stays outstanding
     /// (answer it again) when the unit says it still owes it
     /// ([`Iommu::page_response_owed`](crate::iommu::Iommu::page_response_owed): SMMUv3, whose
@@ -218,11 +231,24 @@ impl<A: PageAllocator> IoasidCtx<'_, '_, A> {
         cookie: crate::iopf::FaultCookie,
         code: ResponseCode,
     ) -> Result<(), Error> {
-        // The queue's lock is held over the unit's call (lock order: the fault queue, then
-        // the unit's), so a concurrent answer or detach sees the group either still owed or
-        // gone, never in between.
+        // The queue's lock is held over the unit's call (lock order: the state, the fault
+        // queue, then the unit's), so a concurrent answer or detach sees the group either
+        // still owed or gone, never in between; the state's read lock keeps the device
+        // attached until the answer is sent (a detach answers under the write lock).
+        let st = self.state.read();
         let mut faults = self.faults.lock();
         let (unit, response) = faults.outstanding(cookie, code).map_err(Error::Fault)?;
+        let label = DeviceLabel {
+            unit: UnitId(unit),
+            id: response.device,
+        };
+        if !self.routes(&st, label, response.pasid) {
+            let _ = faults.respond(cookie, code);
+            return Err(Error::Fault(FaultError::NotRouted {
+                device: response.device,
+                pasid: response.pasid,
+            }));
+        }
         let unit = match self.unit(UnitId(unit)) {
             Ok(u) => u,
             Err(e) => {

@@ -49,14 +49,17 @@ struct FakeUnit<'a> {
     /// A map at this IOVA panics before touching anything (a hosted embedder's unit whose
     /// call unwinds).
     panic_map_at: Mutex<Option<u64>>,
+    /// Every page response the unit sent to a device, in order.
+    responses: Mutex<Vec<crate::iopf::PageResponse>>,
 }
 
 /// Where a paused call meets the test (`.0`) and waits for it to go on (`.1`).
 type Pause = (Barrier, Barrier);
 
 std::thread_local! {
-    /// A pause the next `copy` on this thread makes at a named point where it holds no lock
-    /// of the context (`ioas.rs`: "between runs", "undo"): another thread's calls run there.
+    /// A pause the next `copy` (or `detach`) on this thread makes at a named point where it
+    /// holds no lock of the context (`ioas.rs`: "between runs", "undo"; `attach.rs`: "detach
+    /// looked"): another thread's calls run there.
     static COPY_PAUSE: core::cell::RefCell<Option<(&'static str, Arc<Pause>)>> =
         const { core::cell::RefCell::new(None) };
 }
@@ -118,6 +121,7 @@ impl<'a> FakeUnit<'a> {
             events: Mutex::new(Vec::new()),
             pause_map_at: Mutex::new(None),
             panic_map_at: Mutex::new(None),
+            responses: Mutex::new(Vec::new()),
         }
     }
 
@@ -369,6 +373,10 @@ impl Iommu for FakeUnit<'_> {
             return Err(IommuError::NotAttached(dev));
         }
         self.events.lock().unwrap().push(Event::Detach(dev, pasid));
+        Ok(())
+    }
+    fn page_response(&self, response: &crate::iopf::PageResponse) -> Result<(), IommuError> {
+        self.responses.lock().unwrap().push(*response);
         Ok(())
     }
 }
@@ -3023,4 +3031,125 @@ fn translate_never_reads_a_table_an_unmap_frees() {
     });
     assert_eq!(unmapped, 0x3000);
     assert_eq!(m, Ok(Some(PhysAddr::new(0x1000))));
+}
+
+/// A page request of device 1 of unit 0 (no PASID), the last of its group `group`.
+fn page_request(group: u16) -> crate::iopf::PageFault {
+    crate::iopf::PageFault {
+        device: DeviceId(1),
+        pasid: None,
+        addr: 0x1000,
+        perm: crate::iopf::FaultPerm::READ,
+        kind: crate::iopf::FaultKind::PageRequest { group, last: true },
+        generation: 0,
+    }
+}
+
+/// One unit with device 1 bound, attached to an IOASID, and the context's fault queue open:
+/// `f` gets the context, the device and the unit.
+fn with_a_faulting_device(
+    f: impl for<'a> FnOnce(&IoasidCtx<'_, 'a, TestAlloc>, DeviceHandle, &FakeUnit<'a>),
+) {
+    let alloc = test_alloc();
+    let u = FakeUnit::new(&alloc, true);
+    let pasids = PasidAllocator::new(20);
+    let reg = Registry::new(&[&u], &pasids).unwrap();
+    let ctx = IoasidCtx::new(&reg, &alloc, 1);
+    let dev = ctx.bind(label(0, 1), false).unwrap();
+    let io = ctx.alloc(IoasidFlags::empty()).unwrap();
+    ctx.attach(dev, io).unwrap();
+    ctx.fault_queue_alloc();
+    f(&ctx, dev, &u);
+}
+
+/// A fault reported while a detach had looked at the device but not yet taken the write lock
+/// (the device still attached) is the detach's to answer: before, the detach answered the
+/// device's faults first, outside the write lock, and this one stayed queued (the device
+/// waiting for its own time-out, the cookie still answerable after the detach).
+#[test]
+fn a_fault_reported_beside_a_detach_is_answered_by_it() {
+    with_a_faulting_device(|ctx, dev, u| {
+        let (detached, reported) = copy_paused_at(
+            "detach looked",
+            || ctx.detach(dev),
+            || ctx.report_fault(UnitId(0), page_request(3)),
+        );
+        assert_eq!(detached, Ok(()));
+        let cookie = reported.unwrap();
+        let mut out = [crate::iopf::QueuedFault {
+            unit: 0,
+            fault: crate::iopf::PageFault::EMPTY,
+            cookie,
+        }; 2];
+        assert_eq!(ctx.read_faults(&mut out), 0);
+        let invalid = page_request(3).response(crate::iopf::ResponseCode::Invalid);
+        assert_eq!(*u.responses.lock().unwrap(), [invalid]);
+        assert_eq!(
+            ctx.respond_fault(cookie, crate::iopf::ResponseCode::Success),
+            Err(Error::Fault(crate::iopf::FaultError::NotOutstanding(
+                cookie
+            )))
+        );
+        assert_eq!(u.responses.lock().unwrap().len(), 1);
+    });
+}
+
+/// A group the queue still holds for a device no longer attached here is not answered to the
+/// device (after an unbind the device may be bound in another context, whose faults the unit
+/// would take the answer for): refused, `NotRouted`, and dropped. Before, `respond_fault`
+/// looked at the queue only and sent it.
+#[test]
+fn respond_fault_refuses_a_group_of_a_device_no_longer_attached() {
+    with_a_faulting_device(|ctx, dev, u| {
+        ctx.detach(dev).unwrap();
+        // The state the race above left: the device detached, its group still outstanding.
+        ctx.faults.lock().push(0, page_request(5)).unwrap();
+        let mut out = [crate::iopf::QueuedFault {
+            unit: 0,
+            fault: crate::iopf::PageFault::EMPTY,
+            cookie: crate::iopf::FaultCookie(0),
+        }; 2];
+        assert_eq!(ctx.read_faults(&mut out), 1);
+        assert_eq!(
+            ctx.respond_fault(out[0].cookie, crate::iopf::ResponseCode::Success),
+            Err(Error::Fault(crate::iopf::FaultError::NotRouted {
+                device: DeviceId(1),
+                pasid: None
+            }))
+        );
+        assert_eq!(*u.responses.lock().unwrap(), []);
+        assert_eq!(ctx.faults.lock().len(), 0);
+    });
+}
+
+/// An attach that moves the device to another IOASID answers the faults it had while attached
+/// to the old one, as iommufd's replace does (`iommufd_auto_response_faults` for the old
+/// domain): their answer would have the device retry in an address space its owner no longer
+/// resolves them in. Before, they stayed queued and outstanding.
+#[test]
+fn an_attach_elsewhere_answers_the_device_s_faults() {
+    with_a_faulting_device(|ctx, dev, u| {
+        let cookie = ctx.report_fault(UnitId(0), page_request(7)).unwrap();
+        let mut out = [crate::iopf::QueuedFault {
+            unit: 0,
+            fault: crate::iopf::PageFault::EMPTY,
+            cookie,
+        }; 2];
+        assert_eq!(ctx.read_faults(&mut out), 1);
+        let other = ctx.alloc(IoasidFlags::empty()).unwrap();
+        ctx.attach(dev, other).unwrap();
+        let invalid = page_request(7).response(crate::iopf::ResponseCode::Invalid);
+        assert_eq!(*u.responses.lock().unwrap(), [invalid]);
+        assert_eq!(
+            ctx.respond_fault(cookie, crate::iopf::ResponseCode::Success),
+            Err(Error::Fault(crate::iopf::FaultError::NotOutstanding(
+                cookie
+            )))
+        );
+        // Attached again to the same IOASID: nothing to answer, nothing answered.
+        let again = ctx.report_fault(UnitId(0), page_request(8)).unwrap();
+        ctx.attach(dev, other).unwrap();
+        assert_eq!(ctx.read_faults(&mut out), 1);
+        assert_eq!(out[0].cookie, again);
+    });
 }
