@@ -19,7 +19,9 @@
  * a backstop, not a licence to use a destroyed handle.
  *
  * Threads: every function may be called from any CPU; map/unmap on disjoint ranges run
- * concurrently, configuration calls serialise on the library's spin locks. A handle must not be
+ * concurrently, configuration calls serialise on the library's spin locks. Calls on overlapping
+ * ranges of one IOASID (map, unmap, copy, dirty reads) take turns: the library spins
+ * until the other call is done, so callers need not order them. A handle must not be
  * used concurrently with, or after, its own destroy. The locks disable neither preemption nor
  * interrupts: on a preemptible kernel call with preemption disabled (Linux: preempt_disable()),
  * or a caller preempted holding a lock leaves every other CPU that wants it spinning.

@@ -2647,3 +2647,54 @@ fn unmap_with_three_failing_flushes_vs_a_copy_out_of_its_ioasid() {
         &["unmap pending", "unmap ok", "copy pending mapping 1"],
     );
 }
+
+/// (r) Two `UNMAP_ALL`s of B (mapping `B_PAGE`) at once. Both walks read the root entry whose
+/// table holds B's page; each clears it and releases the table it led to (a double free into
+/// the allocator), and the later walk descends into the table the other released: it failed
+/// with `a table walk reached 0x40009000, a freed page` (`Alloc::phys_to_virt`). Overlapping
+/// calls on one IOASID now take turns (`stripes.rs`): one unmaps the page, the other finds
+/// nothing.
+#[test]
+fn unmap_all_vs_unmap_all() {
+    run(
+        "unmap_all_vs_unmap_all",
+        Setup {
+            b_page: true,
+            ..Setup::NONE
+        },
+        &["unmap ok"],
+        &[
+            |t| {
+                t.run(Call::Unmap(B, 0, UNMAP_ALL));
+            },
+            |t| {
+                t.run(Call::Unmap(B, 0, UNMAP_ALL));
+            },
+        ],
+    );
+}
+
+/// (s) A map of a page next to `B_PAGE` (in the same record tables) beside an `UNMAP_ALL` of
+/// B: the map descended into a table the unmap unlinked and released, and wrote into the
+/// freed page; it failed with `no order of the calls one at a time gives what they answered
+/// and left` (the map's page lost). Now one waits for the other: the map's page is unmapped
+/// or stays mapped, as the order says.
+#[test]
+fn map_vs_unmap_all_over_it() {
+    run(
+        "map_vs_unmap_all_over_it",
+        Setup {
+            b_page: true,
+            ..Setup::NONE
+        },
+        &["map ok", "unmap ok"],
+        &[
+            |t| {
+                t.run(Call::Map(B, 0x3000, 0x70_0000, K4));
+            },
+            |t| {
+                t.run(Call::Unmap(B, 0, UNMAP_ALL));
+            },
+        ],
+    );
+}

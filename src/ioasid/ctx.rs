@@ -115,6 +115,9 @@ pub(super) struct Ioasid<'a, A: PageAllocator> {
     /// Written under the state's write lock (when the copy starts, with no map or unmap in
     /// flight, and when it ends), read under its read lock.
     pub(super) copying: [Option<IovaRange>; super::ioas::MAX_COPIES_PER_IOASID],
+    /// The IOVA stripes the calls in flight on the IOASID hold (`stripes.rs`): overlapping
+    /// maps, unmaps, copies' reads, runs and undos and dirty reads take turns.
+    pub(super) stripes: super::stripes::Stripes,
 }
 
 impl<'a, A: PageAllocator> Ioasid<'a, A> {
@@ -135,6 +138,7 @@ impl<'a, A: PageAllocator> Ioasid<'a, A> {
             dirty_off: false,
             copies: 0,
             copying: [None; super::ioas::MAX_COPIES_PER_IOASID],
+            stripes: super::stripes::Stripes::new(),
         }
     }
 

@@ -90,10 +90,12 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     /// [`DirtyReadFlags::NO_CLEAR`], flushing each unit once. A page written through two units
     /// is reported by each.
     ///
-    /// `sink` is called under the context's read lock: it must not call anything of the
-    /// context that takes the write lock ([`IoasidCtx::copy`], [`IoasidCtx::free`],
-    /// [`IoasidCtx::attach`], an allocation or reservation...), which would wait for this
-    /// call for ever (a self-deadlock); it should only record what it is given.
+    /// `sink` is called under the context's read lock, holding the range's IOVA stripes (see
+    /// the module's "Locking"): it must not call anything of the context that takes the write
+    /// lock ([`IoasidCtx::copy`], [`IoasidCtx::free`], [`IoasidCtx::attach`], an allocation
+    /// or reservation...), nor a map, unmap, translation or dirty read of the IOASID, any of
+    /// which could wait for this call for ever (a self-deadlock); it should only record what
+    /// it is given.
     ///
     /// # Errors
     /// [`Error::PageTable`] (`NoDirtyTracking` for an IOASID allocated without it; range
@@ -122,6 +124,9 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         if !io.tracking() {
             return Err(Error::DirtyTrackingOff(ioasid));
         }
+        // Overlapping calls take turns (`stripes.rs`): no unmap frees a table the read
+        // cleans entries of.
+        let _hold = io.stripes.take(iova.get(), len);
         self.settle(io)?;
         let how = if flags.contains(DirtyReadFlags::NO_CLEAR) {
             DirtyRead::NoClear

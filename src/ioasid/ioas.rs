@@ -266,8 +266,11 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
             return;
         };
         let mut out = Ok(());
+        // The runs' range, as the runs' maps took it (`stripes.rs`).
+        let hold = io.stripes.take(dst_iova.get(), done);
         // Every domain of `dst` took the runs.
         self.roll_back_map(io, MAX_UNITS, dst_iova, done, &mut out);
+        drop(hold);
         // In place of the refusal, not of the failed run's own undo's InvalidationPending
         // (met first), as the undo itself reports (`reachable`).
         if let Err(p) = out {
@@ -298,6 +301,9 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
         if let Some(r) = super::direct::direct_overlap(io, iova, end) {
             return Err(Error::Reserved(r));
         }
+        // The source's stripes while the run is read, released before it is mapped (into
+        // the destination's: never both held, even within one IOASID).
+        let _hold = io.stripes.take(iova, left);
         let mut run: Option<Run> = None;
         let mut at = iova;
         while at < end {

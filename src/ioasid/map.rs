@@ -117,6 +117,8 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         if let Some((last, ias, unit)) = beyond_width(io, iova.get(), len) {
             return Err(Error::BeyondInputWidth { last, ias, unit });
         }
+        // Overlapping calls take turns (`stripes.rs`), the rollback's unmap included.
+        let _hold = io.stripes.take(iova.get(), len);
         self.map_in(io, iova, pa, len, prot)
     }
 
@@ -336,7 +338,10 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     ) -> Result<u64, Error> {
         let st = self.state.read();
         let io = st.ioasid(ioasid)?;
+        // Overlapping calls take turns (`stripes.rs`): `UNMAP_ALL` takes every stripe.
+        let hold = io.stripes.take(iova.get(), len);
         let r = self.unmap_checked(io, ioasid, iova, len);
+        drop(hold);
         *reclaim_due = io.reclaim.note(iova, len);
         r
     }

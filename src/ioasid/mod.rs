@@ -77,8 +77,13 @@
 //! ## Locking
 //! [`IoasidCtx`] is `Sync`. Configuration (bind, alloc, attach, detach, free, PASIDs) takes the
 //! context's lock for writing and serialises. [`IoasidCtx::map`] and [`IoasidCtx::unmap`] take it
-//! for reading: any number may run at once on *disjoint* IOVA ranges of one IOASID; callers must
-//! not map or unmap overlapping ranges concurrently (the page-table engine's contract).
+//! for reading: any number may run at once on *disjoint* IOVA ranges of one IOASID. Calls on
+//! overlapping ranges of one IOASID (`map`, `unmap`, a `copy`'s reads, runs and undo, the dirty
+//! reads) take turns: each holds its range's IOVA stripes (64 of 1 GiB, modulo 64 GiB; a range
+//! over 64 GiB takes them all) for its duration, and a call whose stripe another holds spins
+//! until it is given back (bounded by that call, which only spins on bounded hardware waits).
+//! Disjoint ranges sharing a stripe wait too; the page-table engine's own contract (no
+//! overlapping calls at once) is kept whatever the callers do.
 //! [`IoasidCtx::translate`], [`IoasidCtx::alloc_iova`] and [`IoasidCtx::table_pages`] read the
 //! record beyond any range their caller owns, so they take the lock for writing: an unmap frees
 //! the record's tables at once. Every
@@ -103,6 +108,7 @@ mod pending;
 mod reclaim;
 mod record;
 mod registry;
+mod stripes;
 
 #[cfg(test)]
 pub(crate) mod tests;

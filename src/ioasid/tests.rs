@@ -3153,3 +3153,67 @@ fn an_attach_elsewhere_answers_the_device_s_faults() {
         assert_eq!(out[0].cookie, again);
     });
 }
+
+/// Overlapping calls on one IOASID take turns (`stripes.rs`): a map stopped in its unit (its
+/// page in the record, not yet in the domain) holds its range, so an unmap of the 2 MiB
+/// around it (a whole record table, which the unmap unlinks and frees) waits for it, while a
+/// map 2 GiB away (another stripe) goes on. Before, the unmap ran in the map's middle: it
+/// freed the record's table under the map and left the domain mapping a page the record did
+/// not (two such unmaps at once freed the table twice: loom `unmap_all_vs_unmap_all`).
+#[test]
+fn overlapping_calls_on_one_ioasid_take_turns() {
+    let alloc = test_alloc();
+    let u = FakeUnit::new(&alloc, true);
+    let pasids = PasidAllocator::new(20);
+    let reg = Registry::new(&[&u], &pasids).unwrap();
+    let ctx = IoasidCtx::new(&reg, &alloc, 0);
+    let io = ctx.alloc(IoasidFlags::empty()).unwrap();
+    ctx.attach(ctx.bind(label(0, 1), false).unwrap(), io)
+        .unwrap();
+    ctx.map(io, Iova::new(M2), PhysAddr::new(0x8000_0000), K4, RW)
+        .unwrap();
+    let paused = Iova::new(M2 + K4);
+    let pause = Arc::new((Barrier::new(2), Barrier::new(2)));
+    *u.pause_map_at.lock().unwrap() = Some((paused.get(), Arc::clone(&pause)));
+    let (unmapped, away) = (AtomicBool::new(false), AtomicBool::new(false));
+    std::thread::scope(|s| {
+        let map = s.spawn(|| ctx.map(io, paused, PhysAddr::new(0x8000_1000), K4, RW));
+        pause.0.wait();
+        let unmap = s.spawn(|| {
+            let r = ctx.unmap(io, Iova::new(M2), M2);
+            unmapped.store(true, Ordering::SeqCst);
+            r
+        });
+        let other = s.spawn(|| {
+            let r = ctx.map(io, Iova::new(2 * G1), PhysAddr::new(0x9000_0000), K4, RW);
+            away.store(true, Ordering::SeqCst);
+            r
+        });
+        // Long enough for the unmap to complete if nothing held it.
+        for _ in 0..200 {
+            if unmapped.load(Ordering::SeqCst) && away.load(Ordering::SeqCst) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let (overtook, went_on) = (unmapped.load(Ordering::SeqCst), away.load(Ordering::SeqCst));
+        // Resumed before any assertion: a panic here would leave the map waiting.
+        pause.1.wait();
+        let (mapped, unmapped, other) = (map.join(), unmap.join(), other.join());
+        assert!(
+            !overtook,
+            "an unmap returned in the middle of an overlapping map"
+        );
+        assert!(went_on, "a map of another stripe waited for the paused map");
+        assert_eq!(mapped.unwrap(), Ok(()));
+        assert_eq!(unmapped.unwrap(), Ok(2 * K4));
+        assert_eq!(other.unwrap(), Ok(()));
+    });
+    let d = u.domain_of(DeviceId(1)).unwrap();
+    for at in [Iova::new(M2), paused] {
+        assert_eq!(ctx.translate(io, at).unwrap(), None, "the record at {at:?}");
+        assert_eq!(u.query(d, at), None, "the domain at {at:?}");
+    }
+    ctx.audit(io).unwrap();
+    assert_eq!(alloc.bad_frees(), []);
+}
