@@ -26,7 +26,9 @@ impl<A: PageAllocator> IoasidCtx<'_, '_, A> {
     /// [`Error::NoSuchIoasid`]; [`Error::Mismatch`] naming the unit and an IOVA where they
     /// differ (a defect: please report it); unit errors.
     pub fn audit(&self, ioasid: IoasidId) -> Result<(), Error> {
-        let st = self.state.read();
+        // The write lock: the walks cover the whole IOASID, whose record tables an unmap (read
+        // lock, its own stripes) frees at once.
+        let st = self.state.write();
         let io = st.ioasid(ioasid)?;
         if io.nested.is_some() {
             // The guest's tables: nothing of the crate's to compare.

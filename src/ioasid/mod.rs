@@ -84,7 +84,8 @@
 //! until it is given back (bounded by that call, which only spins on bounded hardware waits).
 //! Disjoint ranges sharing a stripe wait too; the page-table engine's own contract (no
 //! overlapping calls at once) is kept whatever the callers do.
-//! [`IoasidCtx::translate`], [`IoasidCtx::alloc_iova`] and [`IoasidCtx::table_pages`] read the
+//! [`IoasidCtx::translate`], [`IoasidCtx::alloc_iova`], [`IoasidCtx::table_pages`] and
+//! [`IoasidCtx::audit`] read the
 //! record beyond any range their caller owns, so they take the lock for writing: an unmap frees
 //! the record's tables at once. Every
 //! [`RECLAIM_BATCH`] unmaps of an IOASID, the unmap that fills its log takes the lock for
