@@ -106,6 +106,16 @@ pub enum Error {
         /// Its `length`.
         length: u32,
     },
+    /// An `iommu-map` entry whose `rid-base` has bits `iommu-map-mask` clears: no masked
+    /// requester ID can start its range, so the map was not written for this mask.
+    MaskIgnoresRidBase {
+        /// The host bridge node.
+        node: usize,
+        /// The entry's `rid-base`.
+        rid_base: u32,
+        /// The `iommu-map-mask`.
+        mask: u32,
+    },
 }
 
 impl fmt::Display for Error {
@@ -162,6 +172,14 @@ impl fmt::Display for Error {
             } => write!(
                 f,
                 "DTB node at {node:#x}: iommu-map entry {rid_base:#x}+{length:#x} wraps"
+            ),
+            Error::MaskIgnoresRidBase {
+                node,
+                rid_base,
+                mask,
+            } => write!(
+                f,
+                "DTB node at {node:#x}: iommu-map-mask {mask:#x} ignores rid-base {rid_base:#x}"
             ),
         }
     }
@@ -417,8 +435,9 @@ impl<'a> Fdt<'a> {
     /// bridge has no `iommu-map` (its devices are not behind an IOMMU).
     ///
     /// # Errors
-    /// [`Error::NoMapping`] if the map exists and covers no such RID; [`Error::Cells`],
-    /// [`Error::RangeOverflow`], [`Error::NoPhandle`], [`Error::IommuCells`].
+    /// [`Error::NoMapping`] if the map exists and covers no such RID; [`Error::Cells`];
+    /// [`Error::RangeOverflow`] or [`Error::MaskIgnoresRidBase`] if any entry of the map is
+    /// malformed (whichever RID is asked); [`Error::NoPhandle`], [`Error::IommuCells`].
     pub fn map_rid(
         &self,
         bridge: &FdtNode<'a>,
@@ -445,25 +464,17 @@ impl<'a> Fdt<'a> {
                 })
             }
         };
-        let masked = rid & mask;
+        // Every entry is checked before any is matched, so the answer for one RID never
+        // depends on where in the map a malformed entry sits.
         for entry in map.chunks_exact(16) {
-            let cell = |i: usize| be32(entry, 4 * i).unwrap_or(0);
-            let (rid_base, phandle, out_base, length) = (cell(0), cell(1), cell(2), cell(3));
-            let overflow = Error::RangeOverflow {
-                node: bridge.offset,
-                rid_base,
-                length,
-            };
-            // An entry may end exactly at 2^32 (its last ID 0xffff_ffff): the ends are u64.
-            let top = 1u64 << 32;
-            let rid_end = u64::from(rid_base) + u64::from(length);
-            if rid_end > top || u64::from(out_base) + u64::from(length) > top {
-                return Err(overflow);
-            }
-            if masked < rid_base || u64::from(masked) >= rid_end {
+            MapEntry::decode(entry).check(bridge.offset, mask)?;
+        }
+        let masked = rid & mask;
+        for entry in map.chunks_exact(16).map(MapEntry::decode) {
+            let Some(sid) = entry.translate(masked) else {
                 continue;
-            }
-            let iommu = self.node_by_phandle(phandle)?;
+            };
+            let iommu = self.node_by_phandle(entry.phandle)?;
             let cells = iommu_cells(&iommu)?;
             if cells != 1 {
                 return Err(Error::IommuCells {
@@ -471,17 +482,68 @@ impl<'a> Fdt<'a> {
                     cells,
                 });
             }
-            // In range: masked - rid_base < length and out_base + length <= 2^32.
-            let sid = masked
-                .checked_sub(rid_base)
-                .and_then(|offset| out_base.checked_add(offset))
-                .ok_or(overflow)?;
             return Ok(Some((iommu, sid)));
         }
         Err(Error::NoMapping {
             node: bridge.offset,
             rid: masked,
         })
+    }
+}
+
+/// One `iommu-map` entry (pci-iommu.txt): RIDs `[rid_base, rid_base + length)` go to the IOMMU
+/// `phandle` as `rid - rid_base + out_base`.
+#[derive(Clone, Copy)]
+struct MapEntry {
+    rid_base: u32,
+    phandle: u32,
+    out_base: u32,
+    length: u32,
+}
+
+impl MapEntry {
+    fn decode(entry: &[u8]) -> Self {
+        let cell = |i: usize| be32(entry, 4 * i).unwrap_or(0);
+        MapEntry {
+            rid_base: cell(0),
+            phandle: cell(1),
+            out_base: cell(2),
+            length: cell(3),
+        }
+    }
+
+    /// Refuses an entry whose input or output range wraps (it may end exactly at 2^32, its
+    /// last ID 0xffff_ffff), and one whose `rid-base` has bits the mask clears: the mask is
+    /// applied before the lookup, so no masked RID can start that range (Linux `of_map_id`
+    /// refuses it too).
+    fn check(&self, node: usize, mask: u32) -> Result<(), Error> {
+        let top = 1u64 << 32;
+        let len = u64::from(self.length);
+        if u64::from(self.rid_base) + len > top || u64::from(self.out_base) + len > top {
+            return Err(Error::RangeOverflow {
+                node,
+                rid_base: self.rid_base,
+                length: self.length,
+            });
+        }
+        if self.rid_base & !mask != 0 {
+            return Err(Error::MaskIgnoresRidBase {
+                node,
+                rid_base: self.rid_base,
+                mask,
+            });
+        }
+        Ok(())
+    }
+
+    /// The output ID of (masked) `rid` if this entry covers it. Only for checked entries:
+    /// then `rid - rid_base < length` and `out_base + length <= 2^32`.
+    fn translate(&self, rid: u32) -> Option<u32> {
+        let offset = rid.checked_sub(self.rid_base)?;
+        if offset >= self.length {
+            return None;
+        }
+        self.out_base.checked_add(offset)
     }
 }
 

@@ -429,3 +429,49 @@ fn iommu_map_entries_may_end_at_the_top_of_the_id_space() {
         })
     );
 }
+
+/// An `iommu-map` entry whose `rid-base` has bits `iommu-map-mask` clears (pci-iommu.txt: the
+/// mask is applied to the RID *before* it is looked up) can never be the start of a masked RID
+/// range: the map was written without the mask in mind, so its offsets are wrong too. Linux's
+/// `of_map_id` refuses the lookup (`-EFAULT`, "mask ignores id-base"). Found by review: the
+/// entry below (base 0x101 under mask 0xfff8) matched masked RID 0x108 and gave StreamID
+/// 0x207, an ID no entry meant for it.
+#[test]
+fn iommu_map_entry_with_rid_base_outside_the_mask_is_refused() {
+    let mut d = Dtb::default();
+    d.begin("")
+        .begin("smmu")
+        .cells("phandle", &[1])
+        .cells("#iommu-cells", &[1])
+        .end()
+        .begin("pci")
+        .cells("iommu-map", &[0x101, 1, 0x200, 0x100])
+        .cells("iommu-map-mask", &[0xfff8])
+        .end()
+        // The bad entry after one that matches: refused all the same, so the answer for a RID
+        // does not depend on where the bad entry sits.
+        .begin("pci2")
+        .cells("iommu-map", &[0, 1, 0, 0x100, 0x8001, 1, 0x1000, 0x100])
+        .cells("iommu-map-mask", &[0xfff8])
+        .end()
+        // Without a mask every rid-base is inside it.
+        .begin("pci3")
+        .cells("iommu-map", &[0x101, 1, 0x200, 0x100])
+        .end()
+        .end();
+    let t = d.build();
+    let fdt = Fdt::parse(&t).unwrap();
+    let node = |p: &[u8]| fdt.node_by_path(p).unwrap().unwrap();
+    let sid = |p: &[u8], rid| fdt.map_rid(&node(p), rid).map(|r| r.map(|(_, s)| s));
+    let refused = |p: &[u8], rid_base| {
+        Err(Error::MaskIgnoresRidBase {
+            node: node(p).offset(),
+            rid_base,
+            mask: 0xfff8,
+        })
+    };
+    assert_eq!(sid(b"/pci", 0x108), refused(b"/pci", 0x101));
+    assert_eq!(sid(b"/pci", 0x10f), refused(b"/pci", 0x101));
+    assert_eq!(sid(b"/pci2", 0x20), refused(b"/pci2", 0x8001));
+    assert_eq!(sid(b"/pci3", 0x108), Ok(Some(0x207)));
+}
