@@ -9,8 +9,8 @@
 //!
 //! PASID attach and detach (GCR3 table; the first PASID of a device allocates the table, the
 //! last one frees it) and dirty tracking (`set_dirty_tracking` on and off, the dirty
-//! read-and-clear with its flush) run on a model whose EFR has `GTSup` with 16-bit PASIDs and
-//! `HDSup`; the other operations on QEMU's EFR. `DEV3`'s PASIDs are ATS attachments, so
+//! read-and-clear with its flush) run on a model whose EFR has `GTSup` and `GIoSup` with
+//! 16-bit PASIDs and `HDSup`; the other operations on QEMU's EFR. `DEV3`'s PASIDs are ATS attachments, so
 //! their detaches reach its IOTLB.
 //!
 //! After every cell, and again after the retry of a failed call with the fault cleared:
@@ -159,8 +159,8 @@ impl Op {
         matches!(self, Op::DirtyOn | Op::DirtyOff | Op::DirtyReadAndClear)
     }
 
-    /// The model: QEMU's EFR, with `GTSup`, 16-bit PASIDs and `HDSup` for the PASID and
-    /// dirty-tracking rows.
+    /// The model: QEMU's EFR, with `GTSup`, `GIoSup`, 16-bit PASIDs and `HDSup` for the PASID
+    /// and dirty-tracking rows.
     fn model_config(self) -> AmdViModelConfig {
         if matches!(self, Op::ReplaceAgainPerDevice) {
             AmdViModelConfig::qemu_default().with_iotlb_by_device()

@@ -5,8 +5,13 @@
 
 use iommu_engine::amdvi::event::EventCode;
 use iommu_engine::amdvi::{AmdViConfig, AmdViUnit, ATS_UNLIKE_THE_DEVICE};
-use iommu_engine::ioasid::{DeviceLabel, IoasidCtx, IoasidFlags, PasidAllocator, Registry, UnitId};
-use iommu_engine::iommu::{DeviceHints, DeviceId, DomainConfig, DomainHandle, Error, Iommu, Pasid};
+use iommu_engine::ioasid::{
+    DeviceLabel, Error as IoasidError, Incompatibility, IoasidCtx, IoasidFlags, PasidAllocator,
+    Registry, UnitId,
+};
+use iommu_engine::iommu::{
+    DeviceHints, DeviceId, DomainConfig, DomainHandle, Error, Iommu, Missing, Pasid,
+};
 use iommu_engine::mem::{Iova, Page, PageAllocator, PhysAddr};
 use iommu_engine::mmio::RegisterWindow;
 use iommu_engine::pgtable::{Gather, Prot};
@@ -568,6 +573,71 @@ fn pasid_attaches_need_gten() {
         Err(Error::Unsupported(_))
     ));
     assert!(u.device_entry(DEV2.0).unwrap().blocks_dma());
+}
+
+/// EFR `GIoSup` (bit 48): only a unit with guest I/O protection honours DTE `GIoV`, the bit
+/// that makes a PASID attach's entry (`Mode` 0, `IR`, `IW`, `GV`, `GIoV`) translate requests
+/// without PASID through PASID 0's (invalid) entry. QEMU's `amd-iommu` reports `GTSup` but not
+/// `GIoSup` and treats `Mode` 0 as no remapping with the entry's `IR`/`IW`: a PASID attach
+/// there would let the device read and write all memory without PASID. Guest tables are used
+/// only with `GTSup` and `GIoSup` (as Linux's `amd_iommu_v2_pgtbl_supported`): refused, typed,
+/// and the device stays blocked.
+#[test]
+fn no_pasid_attach_without_giosup() {
+    let mem = Arena::with_defaults().unwrap();
+    let model = AmdViModel::new(&mem, AmdViModelConfig::qemu_default());
+    let u = setup(&mem, &model);
+    let cfg = DomainConfig {
+        pasid: true,
+        ..DomainConfig::default()
+    };
+    let p1 = Pasid::new(1).unwrap();
+    let attached = u.domain_alloc(&cfg).and_then(|d| {
+        map_rw(&u, d, 0x10_0000, 0x8000_0000, 0x1000);
+        u.attach(DEV, Some(p1), d)
+    });
+    let dma = model.dma(DEV.0 as u16, 0x5000_0000, true);
+    assert!(
+        dma.is_err(),
+        "a request without PASID to an unmapped IOVA went through: {dma:?} (attach: {attached:?})"
+    );
+    assert_eq!(
+        attached,
+        Err(Error::Unsupported(Missing::Pasid { bits: 0 }))
+    );
+    assert_eq!(u.capabilities().pasid_bits, 0);
+    assert!(u.device_entry(DEV.0).unwrap().blocks_dma());
+    // The IOASID layer refuses the same attach with a typed reason.
+    let units: [&dyn Iommu; 1] = [&u];
+    static PASIDS: PasidAllocator = PasidAllocator::new(20);
+    let registry = Registry::new(&units, &PASIDS).unwrap();
+    let ctx = IoasidCtx::new(&registry, &mem, 8);
+    let dev = ctx
+        .bind(
+            DeviceLabel {
+                unit: UnitId(0),
+                id: DEV,
+            },
+            false,
+        )
+        .unwrap();
+    let ioasid = ctx.alloc(IoasidFlags::PASID).unwrap();
+    let pasid = ctx.alloc_pasid().unwrap();
+    assert_eq!(
+        ctx.attach_pasid(dev, pasid, ioasid),
+        Err(IoasidError::Incompatible {
+            device: dev,
+            reason: Incompatibility::Missing(Missing::Pasid { bits: 0 }),
+        })
+    );
+    assert!(model.dma(DEV.0 as u16, 0x5000_0000, true).is_err());
+    // On a unit with `GIoSup` the same attach is taken and requests without PASID fault.
+    let mem2 = Arena::with_defaults().unwrap();
+    let model2 = AmdViModel::new(&mem2, AmdViModelConfig::qemu_default().with_pasids(1));
+    let u2 = setup(&mem2, &model2);
+    let d = u2.domain_alloc(&cfg).unwrap();
+    u2.attach(DEV, Some(p1), d).unwrap();
+    assert!(model2.dma(DEV.0 as u16, 0x5000_0000, true).is_err());
 }
 
 /// A takeover on a unit without `IASup`: the previous owner's guest translations, cached

@@ -10,7 +10,8 @@
 //!
 //! A domain for PASIDs ([`Stage::First`], or [`DomainConfig::pasid`]) is a v2 table (§2.2.6
 //! "I/O Page Tables for Guest Translations", x86-64 4-level paging) where EFR `GTSup` says the
-//! unit walks them: devices reach it through their GCR3 table (`gcr3`), and its cached
+//! unit walks them and `GIoSup` that it honours `GIoV` (see [`guest_tables`]): devices reach
+//! it through their GCR3 table (`gcr3`), and its cached
 //! translations are tagged with each device's GCR3 domain ID and the PASID, not with the
 //! domain's own ID.
 
@@ -43,9 +44,15 @@ pub enum DomainFormat {
     V2(AmdV2Config),
 }
 
-/// Whether the unit walks guest (v2) tables through GCR3 tables (EFR `GTSup`).
+/// Whether this driver uses guest (v2) tables through GCR3 tables: EFR `GTSup` (the unit
+/// walks them) and `GIoSup` (it honours DTE `GIoV`). A PASID attach's entry is `Mode` 0 with
+/// `IR`/`IW`: only `GIoV` keeps the device's requests without PASID from passing untranslated,
+/// and a unit without `GIoSup` ignores it (QEMU's `amd-iommu` reports `GTSup` alone). Linux
+/// requires both too (`amd_iommu_v2_pgtbl_supported`).
 pub fn guest_tables(info: &UnitInfo) -> bool {
-    info.efr.flags().contains(EfrFlags::GT_SUP)
+    info.efr
+        .flags()
+        .contains(EfrFlags::GT_SUP | EfrFlags::GIO_SUP)
 }
 
 /// The configuration of a domain for `cfg`, or the capability that is missing.

@@ -25,7 +25,9 @@
 //! the wait; until then the domain cannot be freed. **Detach** writes the blocking entry the
 //! same way.
 //!
-//! **PASIDs** (§2.2.6, EFR `GTSup`): v2 domains, reached through each device's one-level GCR3
+//! **PASIDs** (§2.2.6, EFR `GTSup` and `GIoSup`: without `GIoSup` the unit ignores `GIoV` and
+//! the entry below would pass requests without PASID untranslated, so no PASID is offered):
+//! v2 domains, reached through each device's one-level GCR3
 //! table ([`gcr3`](super::gcr3)); the device's entry then has `Mode` 0, `GV` and `GIoV` and a
 //! `DomainID` of its own, which with the PASID tags the guest translations: a v2 domain's flush
 //! issues INVALIDATE_IOMMU_PAGES with `GN` per (device, PASID) attachment. A PASID beside a v1
@@ -797,8 +799,8 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> AmdViUni
         Ok(())
     }
 
-    /// PASID width of attachments: EFR `PASmax + 1` with `GTSup`, at most what one GCR3
-    /// level indexes.
+    /// PASID width of attachments: EFR `PASmax + 1` with `GTSup` and `GIoSup`
+    /// ([`domain::guest_tables`]), at most what one GCR3 level indexes; 0 otherwise.
     fn pasid_bits(&self) -> u32 {
         if domain::guest_tables(&self.info) {
             self.info.pasid_bits.min(gcr3::PASID_BITS)
@@ -852,7 +854,7 @@ where
                 oas: Source::Embedder("AmdViConfig::output_bits"),
                 page_sizes: Source::Embedder("AMD-Vi v1 table (2 MiB, 1 GiB leaves)"),
                 pasid_bits: Source::Register(
-                    "EFR.GTSup, EFR.PASmax (one GCR3 level: 9 bits at most)",
+                    "EFR.GTSup, EFR.GIoSup, EFR.PASmax (one GCR3 level: 9 bits at most)",
                 ),
                 enforce_snoop: V1_FC,
                 dirty_tracking: Source::Register("EFR.HDSup"),

@@ -125,7 +125,8 @@ pub struct UnitInfo {
     pub efr2: Efr2,
     /// Most levels of a host (v1) table (EFR `HATS`).
     pub host_levels: u32,
-    /// PASID width (EFR `PASmax` + 1 with `GTSup`, else 0).
+    /// EFR `PASmax` + 1 with `GTSup`, else 0: what the unit reports (attachments take PASIDs
+    /// only with `GIoSup` too, see `Iommu::capabilities`).
     pub pasid_bits: u32,
     /// Polls per wait.
     pub poll_budget: u32,

@@ -10,7 +10,7 @@
 //! The PASID rows (`attach_pasid` of a device's first PASID, which builds its GCR3 table, and
 //! of a second; `detach_pasid` of one of two and of the last, which frees the table) and the
 //! dirty-tracking rows (`set_dirty_tracking` on and off, `read_and_clear_dirty`) run on a
-//! model whose EFR has `GTSup` with 16-bit PASIDs and `HDSup`; their devices have ATS.
+//! model whose EFR has `GTSup` and `GIoSup` with 16-bit PASIDs and `HDSup`; their devices have ATS.
 //!
 //! After every cell:
 //! - `Ok` means the whole effect, checked by DMA through the model (its caches included, so a

@@ -114,6 +114,8 @@ pub const EFR_IA_SUP: u64 = 1 << 6;
 pub const EFR_GT_SUP: u64 = 1 << 4;
 /// EFR `HDSup`.
 pub const EFR_HD_SUP: u64 = 1 << 52;
+/// EFR `GIoSup`: guest I/O protection (DTE `GIoV` honoured).
+pub const EFR_GIO_SUP: u64 = 1 << 48;
 
 /// What the model reports and does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -132,7 +134,7 @@ pub struct AmdViModelConfig {
 impl AmdViModelConfig {
     /// What QEMU 10's `amd-iommu` reports in EFR (`hw/i386/amd_iommu.h`,
     /// `AMDVI_EXT_FEATURES`): `PreFSup`, `PPRSup`, `GTSup`, `IASup`, `GASup`, `HESup`, `HATS` =
-    /// 2 (6 levels), `GATS` = 2; EFR2 0.
+    /// 2 (6 levels), `GATS` = 2; EFR2 0. No `GIoSup`: DTE `GIoV` is ignored.
     pub const fn qemu_default() -> Self {
         Self {
             efr: 1 << 0 | 1 << 1 | EFR_GT_SUP | EFR_IA_SUP | 1 << 7 | 1 << 8 | 2 << 10 | 2 << 12,
@@ -148,11 +150,19 @@ impl AmdViModelConfig {
         self
     }
 
-    /// With EFR `GTSup` and `PASmax` = `bits - 1` (1..=20): PASIDs of `bits` bits.
+    /// With EFR `GTSup`, `GIoSup` and `PASmax` = `bits - 1` (1..=20): PASIDs of `bits` bits,
+    /// on a unit that also honours DTE `GIoV` (as every unit Linux uses v2 tables on).
     pub const fn with_pasids(mut self, bits: u32) -> Self {
         self.efr = (self.efr & !(0x1F << 32))
             | EFR_GT_SUP
+            | EFR_GIO_SUP
             | ((bits.saturating_sub(1) as u64) & 0x1F) << 32;
+        self
+    }
+
+    /// Without EFR `GIoSup`: DTE `GIoV` is ignored (QEMU's `amd-iommu`).
+    pub const fn without_guest_io_protection(mut self) -> Self {
+        self.efr &= !EFR_GIO_SUP;
         self
     }
 

@@ -19,14 +19,17 @@
 //! Guest translation (§2.2.6 "I/O Page Tables for Guest Translations"), only while Control
 //! `GTEn` is set (clear: `GV` and `GIoV` are taken as 0): a request with a PASID
 //! is refused (INVALID_DEVICE_REQUEST) unless the DTE has `GV`; one without a PASID is
-//! translated as PASID 0's when the DTE has `GV` and `GIoV`. The PASID's entry of the GCR3
-//! table (`GLX` 0 only: one 4 KiB level of 512 eight-byte entries; bit 0 valid, bits 51:12 the
-//! guest CR3) names a v2 table, walked by the reference walker [`crate::sim::walk::amdvi_v2`]
-//! (4 levels, NX) as user requests; with `Mode` 0 the output is a system physical address
-//! (nested translation through a host table, `Mode` 1..=6 with `GV`, is not modelled: such a
-//! DTE is refused as illegal). Guest translations are cached in the IOTLB tagged with the
-//! DTE's `DomainID` and the PASID: only INVALIDATE_IOMMU_PAGES with `GN` and that PASID (or
-//! INVALIDATE_IOMMU_ALL) removes them. GCR3 entries are not cached (read on every IOTLB miss).
+//! translated as PASID 0's when the DTE has `GV` and `GIoV` and EFR `GIoSup` (bit 48) is set:
+//! a unit without guest I/O protection ignores `GIoV` (QEMU's `amd-iommu` reports `GTSup`
+//! without `GIoSup` and knows no `GIoV`; Linux uses v2 tables only with both), so a guest
+//! entry's `Mode` 0 with `IR`/`IW` passes requests without PASID untranslated. The PASID's
+//! entry of the GCR3 table (`GLX` 0 only: one 4 KiB level of 512 eight-byte entries; bit 0
+//! valid, bits 51:12 the guest CR3) names a v2 table, walked by the reference walker
+//! [`crate::sim::walk::amdvi_v2`] (4 levels, NX) as user requests; with `Mode` 0 the output is a
+//! system physical address (nested translation through a host table, `Mode` 1..=6 with `GV`, is not
+//! modelled: such a DTE is refused as illegal). Guest translations are cached in the IOTLB tagged
+//! with the DTE's `DomainID` and the PASID: only INVALIDATE_IOMMU_PAGES with `GN` and that PASID
+//! (or INVALIDATE_IOMMU_ALL) removes them. GCR3 entries are not cached (read on every IOTLB miss).
 
 use super::{regs, AmdViModel, State};
 use crate::mem::{Iova, PhysAddr};
@@ -340,6 +343,9 @@ impl State<'_> {
         // lets requests without PASID through untranslated (the stricter for a driver).
         let q0 = if self.control & regs::CTRL_GT_EN == 0 {
             q0 & !(DTE_GV | DTE_GIOV)
+        } else if self.cfg.efr & super::EFR_GIO_SUP == 0 {
+            // No guest I/O protection: `GIoV` means nothing (see the module).
+            q0 & !DTE_GIOV
         } else {
             q0
         };
