@@ -68,14 +68,16 @@ pub enum IeFunctionKind {
     /// A function device scopes may name: looked up by its own RID (as ie_dmar_unit_for()).
     Traditional = 0,
     /// An ARI Extended Function (function number above 7): under the unit of its device's
-    /// function 0 (`bus:00.0`).
+    /// function 0 (`bus:00.0`). A `rid` numbered 7 or below is a traditional function and is
+    /// looked up by itself.
     AriExtended = 1,
     /// An SR-IOV Virtual Function: under the unit of its Physical Function
     /// `physical_function` (Linux: `pci_physfn()`, the RID given as
     /// `IeDeviceHints.physical_function` at bind).
     Virtual = 2,
     /// An SR-IOV Virtual Function whose Physical Function `physical_function` is itself an
-    /// ARI Extended Function: under the unit of the PF's function 0.
+    /// ARI Extended Function: under the unit of the PF's function 0 (of the PF itself if it is
+    /// numbered 7 or below).
     VirtualOfAriExtended = 3,
 }
 

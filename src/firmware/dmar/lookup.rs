@@ -58,7 +58,9 @@ pub enum FunctionKind {
     Traditional,
     /// An ARI Extended Function (function number above 7 of a device with ARI, §8.3.2): under
     /// the unit of its device's function 0, requester ID `bus:00.0` (with ARI the 8 bits below
-    /// the bus are the function number).
+    /// the bus are the function number). A requester ID whose function number is 7 or below
+    /// names a traditional function (PCIe ARI: only functions above 7 are Extended), which
+    /// scopes may name by itself: it is looked up as [`Traditional`](Self::Traditional).
     AriExtended,
     /// An SR-IOV Virtual Function (§8.3.3): under the unit of its Physical Function
     /// `physical_function`, which firmware is not required to list (nor could it: VFs appear
@@ -67,7 +69,8 @@ pub enum FunctionKind {
         /// The Physical Function's requester ID.
         physical_function: SourceId,
         /// The Physical Function is itself an ARI Extended Function (then its function 0's
-        /// unit).
+        /// unit; a PF numbered 7 or below is looked up by itself, as for
+        /// [`AriExtended`](FunctionKind::AriExtended)).
         physical_function_ari_extended: bool,
     },
 }
@@ -77,7 +80,7 @@ impl FunctionKind {
     pub const fn scoped_function(self, rid: SourceId) -> SourceId {
         match self {
             Self::Traditional => rid,
-            Self::AriExtended => function_0(rid),
+            Self::AriExtended => ari_scoped_function(rid),
             Self::Virtual {
                 physical_function,
                 physical_function_ari_extended: false,
@@ -85,14 +88,21 @@ impl FunctionKind {
             Self::Virtual {
                 physical_function,
                 physical_function_ari_extended: true,
-            } => function_0(physical_function),
+            } => ari_scoped_function(physical_function),
         }
     }
 }
 
-/// Function 0 of the ARI device `rid` is a function of: the same bus, function number 0.
-const fn function_0(rid: SourceId) -> SourceId {
-    SourceId::new(rid.get() & 0xff00)
+/// The function scopes name for the ARI function `rid`: function 0 of its device (the same
+/// bus, function number 0) if `rid` is an Extended Function (number above 7), else `rid`
+/// itself, a traditional function that scopes may name (a caller's "extended" label on it is
+/// not trusted over the number).
+const fn ari_scoped_function(rid: SourceId) -> SourceId {
+    if rid.get() & 0xff <= 7 {
+        rid
+    } else {
+        SourceId::new(rid.get() & 0xff00)
+    }
 }
 
 /// What the scopes of one structure say about a requester.

@@ -965,3 +965,45 @@ fn an_ari_extended_function_is_under_its_function_0s_unit() {
         "05:01.1 is named by no scope"
     );
 }
+
+/// Functions 0..=7 of an ARI device are traditional functions (PCIe ARI: an Extended Function
+/// is one numbered above 7; Linux tells Xen `is_extfn` only for `PCI_SLOT(devfn) != 0`), which
+/// device scopes may name one by one. Labelled `AriExtended` (or a VF's PF labelled so), such
+/// a function is looked up by itself, not by function 0: found by review, 05:00.3 was given
+/// function 0's unit A where firmware names it under C.
+#[test]
+fn an_ari_function_numbered_7_or_below_is_looked_up_as_itself() {
+    // A lists 05:00.0, C lists 05:00.3 (ARI function 3), B is the INCLUDE_PCI_ALL unit.
+    let bytes = dmar(
+        47,
+        0,
+        &[
+            drhd(0, 0, 0, 0xfed9_0000, &[scope(1, 0, 0, 5, &[(0, 0)])]),
+            drhd(0, 0, 0, 0xfed9_2000, &[scope(1, 0, 0, 5, &[(0, 3)])]),
+            drhd(1, 0, 0, 0xfed9_1000, &[]),
+        ],
+    );
+    let t = Dmar::parse(&bytes).unwrap();
+    let c = t.drhds().nth(1).unwrap();
+    let unit = |rid: u16, kind| {
+        t.unit_for_function(0, SourceId::new(rid), kind, &no_bridges)
+            .unwrap()
+            .unwrap()
+            .drhd
+    };
+    assert_eq!(unit(0x0503, FunctionKind::AriExtended), c);
+    assert_eq!(
+        FunctionKind::AriExtended.scoped_function(SourceId::new(0x0507)),
+        SourceId::new(0x0507)
+    );
+    assert_eq!(
+        FunctionKind::AriExtended.scoped_function(SourceId::new(0x0508)),
+        SourceId::new(0x0500)
+    );
+    // A VF whose PF 05:00.3 was labelled an Extended Function: the PF's own unit.
+    let vf_of_3 = FunctionKind::Virtual {
+        physical_function: SourceId::new(0x0503),
+        physical_function_ari_extended: true,
+    };
+    assert_eq!(unit(0x0680, vf_of_3), c);
+}
