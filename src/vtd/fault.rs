@@ -303,6 +303,11 @@ pub struct DrainSummary {
 /// after a partial one `FRI` stays frozen while `PPF` stays set, and hardware records new
 /// faults into the freed registers at its own next index (wrapping), so a newer fault may be
 /// reported before an older one. Sort by the record's content if order matters.
+///
+/// Two calls on one unit must not overlap (one could read a record's top half, the other clear
+/// it, hardware record a new fault there, and the first read the new bottom half): callers
+/// that may drain from two CPUs serialise the calls, as [`VtdUnit`](super::VtdUnit)'s drains
+/// do under its fault lock.
 pub fn drain_primary_faults<W: RegisterWindow + ?Sized>(
     regs: &W,
     cap: Cap,

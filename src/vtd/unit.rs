@@ -37,8 +37,9 @@
 //! Locking (always taken in this order, never the reverse): the configuration lock (root,
 //! context and PASID tables, attachments), then one domain's read-write lock (its page table:
 //! map and unmap take it shared, so maps on one domain run concurrently as the engine allows),
-//! then the invalidation lock (queue or registers). No lock is held across a call into the
-//! embedder other than the page allocator.
+//! then the invalidation lock (queue or registers). The fault lock (primary fault records) is
+//! a leaf, taken alone. No lock is held across a call into the embedder other than the page
+//! allocator and a fault drain's `report` (under the fault lock).
 
 use core::mem::MaybeUninit;
 use core::ptr::{addr_of_mut, NonNull};
@@ -562,6 +563,10 @@ pub struct VtdUnit<
     /// Page group responses whose descriptor never reached the invalidation queue, so still
     /// owed (`Iommu::page_response_owed`): a leaf lock, taken under `inval` or alone.
     unqueued: crate::sync::Mutex<page_requests::Unqueued>,
+    /// Held by a fault-record drain from its `FSTS` read to its last clear: two CPUs' drains
+    /// take turns, so that neither reads a record the other is clearing (a record reported
+    /// twice, or its halves from two faults). A leaf lock, taken alone.
+    faults: crate::sync::Mutex<()>,
 }
 
 impl<W: RegisterWindow, A: PageAllocator + Clone> VtdUnit<W, A> {
@@ -663,6 +668,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
             const UNQUEUED: crate::sync::Mutex<page_requests::Unqueued> =
                 crate::sync::Mutex::new(page_requests::Unqueued::EMPTY);
             addr_of_mut!((*p).unqueued).write(UNQUEUED);
+            addr_of_mut!((*p).faults).write(crate::sync::Mutex::new(()));
         }
         Ok(())
     }
@@ -829,7 +835,9 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
     }
 
     /// Reports and clears every pending primary fault record (§7), for the embedder's fault
-    /// interrupt handler or a poll loop. Bounded by `CAP.NFR + 1` records per call.
+    /// interrupt handler or a poll loop. Bounded by `CAP.NFR + 1` records per call. Callable
+    /// from any CPU: drains take turns (the unit's fault lock, held while `report` runs, so
+    /// `report` must not drain this unit again).
     pub fn drain_faults(&self, report: impl FnMut(u16, FaultRecord)) -> DrainSummary {
         self.drain_faults_at_most(usize::MAX, report)
     }
@@ -841,6 +849,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
         max: usize,
         report: impl FnMut(u16, FaultRecord),
     ) -> DrainSummary {
+        let _turn = self.faults.lock();
         drain_primary_faults(&self.regs, self.info.cap, max, report)
     }
 

@@ -1402,3 +1402,85 @@ fn a_device_attached_while_a_flush_runs_waits_for_its_iotlb_invalidation() {
     u.flush(d, &mut g).unwrap();
     assert!(!m.atc_holds(DEV2.0 as u16, None, 0x3000));
 }
+
+/// The model's window, which stops the first read of one register (after reading it) until
+/// another thread says go on (or a while passed): a second CPU's call placed in the middle of
+/// this one's.
+struct Pausing<'m> {
+    m: &'m Model,
+    at: usize,
+    armed: core::sync::atomic::AtomicBool,
+    reached: std::sync::mpsc::SyncSender<()>,
+    resume: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+}
+
+impl RegisterWindow for Pausing<'_> {
+    fn read32(&self, offset: usize) -> u32 {
+        self.m.read32(offset)
+    }
+    fn write32(&self, offset: usize, value: u32) {
+        self.m.write32(offset, value)
+    }
+    fn read64(&self, offset: usize) -> u64 {
+        let v = self.m.read64(offset);
+        if offset == self.at && self.armed.swap(false, Ordering::SeqCst) {
+            self.reached.send(()).unwrap();
+            // The other call either runs now (no lock keeps it out) or waits for this one.
+            let _ = self
+                .resume
+                .lock()
+                .unwrap()
+                .recv_timeout(std::time::Duration::from_millis(200));
+        }
+        v
+    }
+    fn write64(&self, offset: usize, value: u64) {
+        self.m.write64(offset, value)
+    }
+}
+
+#[test]
+fn concurrent_fault_drains_report_each_record_once_and_whole() {
+    let (m, a) = (legacy_model(), TestAlloc::default());
+    let (reached, reached_rx) = std::sync::mpsc::sync_channel(1);
+    let (resume_tx, resume) = std::sync::mpsc::channel();
+    let w = Pausing {
+        m: &m,
+        // Record 0's top half, which the drain reads first.
+        at: regs::frcd_reg(MODEL_FRO, 0) + 8,
+        armed: core::sync::atomic::AtomicBool::new(false),
+        reached,
+        resume: std::sync::Mutex::new(resume),
+    };
+    let cfg = VtdConfig {
+        poll_budget: 1000,
+        ..host_config(Mode::Legacy)
+    };
+    let u = VtdUnit::new(&w, &a, cfg).unwrap();
+    u.enable().unwrap();
+    const FIRST: (u64, u64) = (0x5000, 1 << 63 | 0x5 << 32 | 0x20);
+    const SECOND: (u64, u64) = (0x9000, 1 << 63 | 0x6 << 32 | 0x108);
+    m.inject_fault(0, FIRST.0, FIRST.1);
+    w.armed.store(true, Ordering::SeqCst);
+    let mut seen = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        let (u, seen, m) = (&u, &seen, &m);
+        s.spawn(move || {
+            // CPU B: drains while CPU A is between reading record 0's top and bottom halves,
+            // then the hardware records a new fault in the register B freed.
+            reached_rx.recv().unwrap();
+            u.drain_faults(|_, r| seen.lock().unwrap().push((r.lo, r.hi)));
+            m.inject_fault(0, SECOND.0, SECOND.1);
+            let _ = resume_tx.send(());
+        });
+        u.drain_faults(|_, r| seen.lock().unwrap().push((r.lo, r.hi)));
+    });
+    u.drain_faults(|_, r| seen.get_mut().unwrap().push((r.lo, r.hi)));
+    let mut seen = seen.into_inner().unwrap();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [FIRST, SECOND],
+        "each fault once, its halves together"
+    );
+}
