@@ -14,7 +14,9 @@ use std::vec::Vec;
 
 use crate::amdvi::AmdViConfig;
 use crate::firmware::acpi::checksum;
-use crate::firmware::ivrs::{AmdViUnitDefaults, Block, DeviceEntry, Error, IvmdDevices, Ivrs};
+use crate::firmware::ivrs::{
+    AmdViUnitDefaults, Block, DeviceEntry, Error, Ivhd, IvmdDevices, Ivrs,
+};
 
 /// Most device IDs looked up per unit.
 const LOOKUPS_PER_UNIT: usize = 64;
@@ -90,9 +92,12 @@ pub fn exercise(table: &[u8]) {
         );
         last = offset;
     }
-    let unit_type = ivrs.unit_type();
     for unit in ivrs.units() {
-        assert_eq!(Some(unit.block_type), unit_type);
+        // One block per IOMMU, of the highest type that describes it.
+        assert!(ivrs.units().filter(|u| same_iommu(u, &unit)).count() == 1);
+        assert!(ivrs
+            .ivhds()
+            .all(|h| !same_iommu(&h, &unit) || h.block_type <= unit.block_type));
         let mut at = unit.offset;
         for (offset, entry) in unit.device_entries() {
             assert!(
@@ -129,4 +134,8 @@ pub fn exercise(table: &[u8]) {
             assert!((32..=52).contains(&c.output_bits) && (32..=64).contains(&c.input_bits));
         }
     }
+}
+
+fn same_iommu(a: &Ivhd<'_>, b: &Ivhd<'_>) -> bool {
+    (a.segment, a.device_id) == (b.segment, b.device_id)
 }

@@ -19,8 +19,8 @@
 //! | 24 / 40 | - | device entries |
 //!
 //! A platform may describe one IOMMU with several IVHDs of different types (QEMU's IVRS has a
-//! 10h and an 11h block for its one unit); software uses the blocks of the highest type it
-//! knows ([`Ivrs::units`](super::Ivrs::units)). Type 40h also allows ACPI HID entries.
+//! 10h and an 11h block for its one unit); software uses, per IOMMU, the block of the highest
+//! type it knows ([`Ivrs::units`](super::Ivrs::units)). Type 40h also allows ACPI HID entries.
 
 use bitflags::bitflags;
 

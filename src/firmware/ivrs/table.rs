@@ -177,28 +177,29 @@ impl<'a> Ivrs<'a> {
         })
     }
 
-    /// The IVHD type software uses: the highest of 10h, 11h and 40h the table holds (each
-    /// type describes every unit again, the higher ones with more), as Linux's
-    /// `get_highest_supported_ivhd_type`. `None` without an IVHD.
-    pub fn unit_type(&self) -> Option<u8> {
-        self.ivhds()
-            .map(|h| h.block_type)
-            .filter(|t| matches!(t, 0x10 | 0x11 | 0x40))
-            .max()
-    }
-
-    /// One IVHD per IOMMU: the blocks of [`unit_type`](Self::unit_type), in table order.
+    /// One IVHD per IOMMU (an IOMMU is its PCI segment and IOMMU DeviceID), in table order:
+    /// of the blocks that describe it, the one of the highest type (10h < 11h < 40h: each type
+    /// describes the unit again, the higher ones with more), the last in table order among
+    /// blocks of that type. Per IOMMU, as FreeBSD's `ivhd_is_newer`: Linux takes one type for
+    /// the whole table (`get_highest_supported_ivhd_type`) and Xen the table's highest, which
+    /// agree whenever every IOMMU has the same types, but would drop an IOMMU described only
+    /// by a lower type, leaving its devices "behind no unit".
     pub fn units(&self) -> impl Iterator<Item = Ivhd<'a>> + 'a {
-        let want = self.unit_type();
-        self.ivhds().filter(move |h| Some(h.block_type) == want)
+        let table = *self;
+        self.ivhds()
+            .filter(move |h| !table.ivhds().any(|g| supersedes(&g, h)))
     }
 
     /// The unit that translates PCI `device_id` of `segment`, and the run of its entries that
-    /// names it (whose `requester` is the device ID the unit sees).
+    /// names it (whose `requester` is the device ID the unit sees). When several units name
+    /// the device, the last in table order: Linux (`rlookup_table`) and Xen
+    /// (`ivrs_mappings[].iommu`) fill their device-to-IOMMU tables block by block, a later
+    /// IVHD overwriting an earlier one, and firmware is tested against them.
     pub fn unit_for(&self, segment: u16, device_id: u16) -> Option<(Ivhd<'a>, super::DeviceRange)> {
         self.units()
             .filter(|h| h.segment == segment)
-            .find_map(|h| h.covering(device_id).map(|r| (h, r)))
+            .filter_map(|h| h.covering(device_id).map(|r| (h, r)))
+            .last()
     }
 
     /// The memory definitions that apply to `device_id` of PCI segment `segment`.
@@ -206,6 +207,13 @@ impl<'a> Ivrs<'a> {
         self.ivmds()
             .filter(move |m| m.applies_to(segment, device_id))
     }
+}
+
+/// Whether IVHD `g` is used instead of `h` for the same IOMMU: a higher type, or the same
+/// type later in the table.
+fn supersedes(g: &Ivhd<'_>, h: &Ivhd<'_>) -> bool {
+    (g.segment, g.device_id) == (h.segment, h.device_id)
+        && (g.block_type > h.block_type || (g.block_type == h.block_type && g.offset > h.offset))
 }
 
 /// One I/O virtualization definition block (§5.2.2).

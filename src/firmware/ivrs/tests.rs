@@ -28,7 +28,6 @@ fn q35_ivrs_decodes_as_qemu_builds_it() {
     // One unit, described twice: a type 10h and a type 11h block; software uses 11h.
     let types: Vec<u8> = t.ivhds().map(|h| h.block_type).collect();
     assert_eq!(types, [0x10, 0x11]);
-    assert_eq!(t.unit_type(), Some(0x11));
     assert_eq!(t.ivmds().count(), 0);
     let [unit] = t.units().collect::<Vec<_>>()[..] else {
         panic!("one unit")
@@ -107,10 +106,22 @@ fn block(block_type: u8, flags: u8, body: &[u8]) -> Vec<u8> {
     b
 }
 
-/// An IVHD of `block_type` at `base` on `segment` with `entries`.
+/// An IVHD of `block_type` at `base` on `segment` with `entries`, for the IOMMU 00:02.0.
 fn ivhd(block_type: u8, segment: u16, base: u64, efr: u64, entries: &[u8]) -> Vec<u8> {
+    ivhd_of(0x0010, block_type, segment, base, efr, entries)
+}
+
+/// An IVHD of `block_type` for the IOMMU whose own PCI function is `iommu`.
+fn ivhd_of(
+    iommu: u16,
+    block_type: u8,
+    segment: u16,
+    base: u64,
+    efr: u64,
+    entries: &[u8],
+) -> Vec<u8> {
     let mut body = Vec::new();
-    body.extend_from_slice(&0x0010u16.to_le_bytes()); // IOMMU DeviceID 00:02.0
+    body.extend_from_slice(&iommu.to_le_bytes()); // IOMMU DeviceID
     body.extend_from_slice(&0x40u16.to_le_bytes());
     body.extend_from_slice(&base.to_le_bytes());
     body.extend_from_slice(&segment.to_le_bytes());
@@ -211,9 +222,9 @@ fn every_entry_and_block_type() {
             ..
         })
     ));
-    assert_eq!(t.unit_type(), Some(0x40));
     let units: Vec<_> = t.units().collect();
     assert_eq!(units.len(), 2);
+    assert!(units.iter().all(|u| u.block_type == 0x40));
     let u = units[0];
     assert_eq!((u.msi_number(), u.unit_id(), u.efr2_image), (5, 3, Some(7)));
     let runs: Vec<_> = u.device_ranges().collect();
@@ -256,7 +267,7 @@ fn every_entry_and_block_type() {
         uid: b"ID0",
     }));
     assert_eq!(u.last_device_id(), Some(0x0610));
-    // Lookups: the first unit of the segment that names the device; segment 1's unit takes
+    // Lookups: the unit of the segment that names the device; segment 1's unit takes
     // every device ID of its segment.
     assert_eq!(
         t.unit_for(0, 0x0250).map(|(h, r)| (h.offset, r.first)),
@@ -722,4 +733,70 @@ fn entries_naming_no_pci_device_may_sit_between_a_range_start_and_its_end() {
             "{between:?}"
         );
     }
+}
+
+/// One IVHD per IOMMU, of the highest type that describes it: an IOMMU the table describes
+/// only by a type 10h block is a unit as well, beside one described by 10h and 11h (FreeBSD
+/// `ivhd_is_newer` keeps the newest block per IOMMU DeviceID; Linux and Xen agree whenever
+/// every IOMMU has the same types). Found by review: the table-wide highest type (11h) hid the
+/// 10h-only IOMMU, so its devices were "behind no unit".
+#[test]
+fn each_iommu_is_a_unit_of_its_own_highest_type() {
+    let t = ivrs(
+        0,
+        &[
+            ivhd_of(0x0010, 0x10, 0, 0xfeb8_0000, 0, &entry4(0x02, 0x0100, 0)),
+            ivhd_of(0x0018, 0x10, 0, 0xfeb9_0000, 0, &entry4(0x02, 0x0200, 0)),
+            ivhd_of(
+                0x0018,
+                0x11,
+                0,
+                0xfeb9_0000,
+                0x1234,
+                &entry4(0x02, 0x0200, 0),
+            ),
+            // The same DeviceID on another segment is another IOMMU.
+            ivhd_of(0x0010, 0x40, 1, 0xfeba_0000, 0x1234, &entry4(0x01, 0, 0)),
+        ],
+    );
+    let t = Ivrs::parse(&t).unwrap();
+    let units: Vec<_> = t
+        .units()
+        .map(|h| (h.segment, h.device_id, h.block_type))
+        .collect();
+    assert_eq!(
+        units,
+        [(0, 0x0010, 0x10), (0, 0x0018, 0x11), (1, 0x0010, 0x40)]
+    );
+    let found = |segment, id| {
+        t.unit_for(segment, id)
+            .map(|(h, _)| (h.device_id, h.block_type))
+    };
+    assert_eq!(found(0, 0x0100), Some((0x0010, 0x10)));
+    assert_eq!(found(0, 0x0200), Some((0x0018, 0x11)));
+    assert_eq!(found(1, 0x0100), Some((0x0010, 0x40)));
+}
+
+/// A device two units name is the last one's, in table order: Linux (`rlookup_table`) and Xen
+/// (`ivrs_mappings[].iommu`) fill their device-to-IOMMU tables block by block, a later IVHD
+/// overwriting an earlier one. Found by review: the first unit was answered.
+#[test]
+fn a_device_two_units_name_is_the_last_ones() {
+    let mut range = Vec::new();
+    range.extend_from_slice(&entry4(0x03, 0x0100, 0));
+    range.extend_from_slice(&entry4(0x04, 0x01ff, 0));
+    let t = ivrs(
+        0,
+        &[
+            ivhd_of(0x0010, 0x11, 0, 0xfeb8_0000, 0, &range),
+            ivhd_of(0x0018, 0x11, 0, 0xfeb9_0000, 0, &entry4(0x02, 0x0150, 0x01)),
+        ],
+    );
+    let t = Ivrs::parse(&t).unwrap();
+    let found = |id| {
+        t.unit_for(0, id)
+            .map(|(h, r)| (h.device_id, r.first, r.dte))
+    };
+    assert_eq!(found(0x0150), Some((0x0018, 0x0150, DteSetting::INIT_PASS)));
+    assert_eq!(found(0x0151), Some((0x0010, 0x0100, DteSetting::empty())));
 }

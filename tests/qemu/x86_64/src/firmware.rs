@@ -253,10 +253,10 @@ pub fn discover_amdvi(edu_bdf: Option<Bdf>) -> usize {
         }
     };
     println!(
-        "IVRS: IVinfo {:#x}, {} block(s), units of type {:#04x?}",
+        "IVRS: IVinfo {:#x}, {} block(s), first unit of type {:#04x?}",
         t.iv_info().0,
         t.blocks().count(),
-        t.unit_type()
+        t.units().next().map(|u| u.block_type)
     );
     let Some(bdf) = edu_bdf else {
         return t

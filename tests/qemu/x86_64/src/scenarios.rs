@@ -170,7 +170,8 @@ fn ivrs_q35(ctx: &mut Ctx) -> Result<(), Fail> {
         bytes.len(),
         Q35_IVRS.len()
     );
-    ensure!(t.unit_type() == Some(0x11), "unit type {:?}", t.unit_type());
+    let first_type = t.units().next().map(|u| u.block_type);
+    ensure!(first_type == Some(0x11), "unit type {first_type:?}");
     ensure!(t.units().count() == 1, "{} units", t.units().count());
     let edu = ctx.edu()?;
     let (id, unit) = firmware::amdvi_unit(edu.bdf)?;
