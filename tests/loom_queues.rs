@@ -5,7 +5,8 @@
 //! `tests/loom_queues/smmuv3.rs`) and the AMD-Vi command buffer (module `amdvi`,
 //! `tests/loom_queues/amdvi.rs`); each module says what its model unit does. Modules
 //! `vtd_enable` and `amdvi_enable` run the whole VT-d and AMD-Vi drivers instead: `enable`
-//! beside a flush, against a unit model that answers in the caller's thread.
+//! beside a flush, against a unit model that answers in the caller's thread; module
+//! `enable_model` holds what the two share (the race, the model's IOTLB, the checks).
 //!
 //! Built only with `--cfg loom`, which points the queue's ring and status word at loom's atomics
 //! (`inv_queue.rs`, `loom_words`), turns the `mmio` barriers into loom fences and makes
@@ -49,6 +50,8 @@
 mod amdvi;
 #[path = "loom_queues/amdvi_enable.rs"]
 mod amdvi_enable;
+#[path = "loom_queues/enable_model.rs"]
+mod enable_model;
 #[path = "loom_queues/smmuv3.rs"]
 mod smmuv3;
 #[path = "loom_queues/vtd_enable.rs"]

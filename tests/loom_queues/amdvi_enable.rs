@@ -21,7 +21,10 @@
 //! its gather kept, and then a retry returns `Ok`; a flush that returned `Ok` left nothing of
 //! the page cached (no invalidation lost); no deadlock (loom), every wait bounded.
 
-use super::vtd_enable::spawn;
+use super::enable_model::{
+    enable_beside_a_flush, enable_unit, on_a_thread, run_ring, unmapped_page, ModelCaches, Refusal,
+    Shared,
+};
 use super::*;
 use iommu_engine::amdvi::cmd::InvalidationRange;
 use iommu_engine::amdvi::regs::{
@@ -29,10 +32,6 @@ use iommu_engine::amdvi::regs::{
     EXT_FEATURE, EXT_FEATURE2,
 };
 use iommu_engine::amdvi::{AmdViConfig, AmdViUnit};
-use iommu_engine::iommu::{DomainConfig, Iommu};
-use iommu_engine::mem::Iova;
-use iommu_engine::pgtable::{Gather, Prot};
-use std::collections::BTreeSet;
 use std::sync::atomic::Ordering::Relaxed as StdRelaxed;
 
 const CMD_BUF_BASE: usize = iommu_engine::amdvi::regs::CMD_BUF_BASE;
@@ -47,8 +46,6 @@ const CMD_BUF_EN: u64 = 1 << 12;
 const EVENT_LOG_EN: u64 = 1 << 2;
 const CMD_BUF_RUN: u64 = 1 << 4;
 const EVENT_LOG_RUN: u64 = 1 << 3;
-/// The page unmapped before the threads start.
-const IOVA: u64 = 0x10_0000;
 /// The first domain slot's `DomainID` (slot + 1).
 const DOMAIN_ID: u16 = 1;
 
@@ -60,10 +57,8 @@ struct AmdRegs {
     cmd_head: StdU64,
     cmd_tail: StdU64,
     other: Mutex<BTreeMap<usize, u64>>,
-    /// (DomainID, 4 KiB page) translations cached.
-    iotlb: Mutex<BTreeSet<(u16, u64)>>,
-    /// Commands run, by opcode.
-    ran: Mutex<Vec<u64>>,
+    /// Translations cached (by DomainID), commands run (by opcode).
+    caches: ModelCaches,
 }
 
 #[derive(Clone)]
@@ -77,38 +72,29 @@ impl AmdWindow {
     fn run_buffer(&self, tail: u64) {
         let ring = self.regs.cmd_base.load(StdRelaxed) & 0x000f_ffff_ffff_f000;
         let size = 16u64 << ((self.regs.cmd_base.load(StdRelaxed) >> 56) & 0xf);
-        let mut head = self.regs.cmd_head.load(StdRelaxed);
-        // The tail write's release barrier published the commands.
-        fence(Ordering::Acquire);
-        while head != tail {
-            let w0 = self.pages.loom_word(ring + head).load(Ordering::Relaxed);
-            let w1 = self
-                .pages
-                .loom_word(ring + head + 8)
-                .load(Ordering::Relaxed);
-            self.execute(w0, w1);
-            head = (head + 16) % size;
-            self.regs.cmd_head.store(head, StdRelaxed);
-        }
+        let head = &self.regs.cmd_head;
+        run_ring(&self.pages.loom, ring, size, head, tail, |w0, w1| {
+            self.execute(w0, w1)
+        });
     }
 
     fn execute(&self, w0: u64, w1: u64) {
-        self.regs.ran.lock().unwrap().push(w0 >> 60);
+        self.regs.caches.ran.lock().unwrap().push(w0 >> 60);
         match w0 >> 60 {
             0x1 => {
                 assert_ne!(w0 & 1, 0, "a COMPLETION_WAIT of the buffer's without S");
                 let store = w0 & 0x000f_ffff_ffff_fff8;
-                self.pages.loom_word(store).store(w1, Ordering::Release);
+                self.pages.loom.at(store).store(w1, Ordering::Release);
             }
             0x3 => {
                 let did = (w0 >> 32) as u16;
                 let (base, size_log2) = InvalidationRange::decode(w1, w1 & 1 != 0);
-                let mut tlb = self.regs.iotlb.lock().unwrap();
+                let mut tlb = self.regs.caches.iotlb.lock().unwrap();
                 tlb.retain(|&(d, p)| {
                     d != did || (size_log2 < 64 && (p >> size_log2) != (base >> size_log2))
                 });
             }
-            0x8 => self.regs.iotlb.lock().unwrap().clear(),
+            0x8 => self.regs.caches.iotlb.lock().unwrap().clear(),
             // INVALIDATE_DEVTAB_ENTRY, INVALIDATE_INTERRUPT_TABLE: the model caches neither.
             0x2 | 0x5 => {}
             op => panic!("command of opcode {op:#x} ({w0:#x}, {w1:#x})"),
@@ -198,12 +184,6 @@ impl MixedPages {
             state: Mutex::new((0, Vec::new())),
         }
     }
-
-    /// The loom word at `pa` (in a loom page).
-    fn loom_word(&self, pa: u64) -> &AtomicU64 {
-        let page = ((pa - PAGE_BASE) >> 16) as usize;
-        self.loom.word(page, ((pa & 0xfff) / 8) as usize)
-    }
 }
 
 /// Plain pages are placed above the loom ones, 64 KiB apart too.
@@ -253,13 +233,6 @@ unsafe impl PageAllocator for MixedPages {
     }
 }
 
-fn amd_enable_beside_a_flush(t: &Tally) {
-    let t = t.clone();
-    spawn(move || amd_enable_beside_a_flush_on(&t))
-        .join()
-        .unwrap();
-}
-
 fn amd_enable_beside_a_flush_on(t: &Tally) {
     // Allocations: 0 the device table (plain); the domain's tables; in `enable`, the ring,
     // the completion page and the event log (plain, named below once the setup is done).
@@ -274,81 +247,40 @@ fn amd_enable_beside_a_flush_on(t: &Tally) {
     config.command_len_log2 = 8;
     config.event_len_log2 = 8;
     config.np_cache = false;
-    let unit: AmdViUnit<_, _> = AmdViUnit::new(window, MixedRef(pages.clone()), config).unwrap();
+    let unit: AmdViUnit<_, _> = AmdViUnit::new(window, Shared(pages.clone()), config).unwrap();
     let unit = Arc::new(unit);
-    let d = unit.domain_alloc(&DomainConfig::default()).unwrap();
-    let rw = Prot::READ | Prot::WRITE;
-    unit.map(d, Iova::new(IOVA), PhysAddr::new(0x8000_0000), 4096, rw)
-        .unwrap();
+    let unmapped = unmapped_page(&*unit);
     let made = pages.state.lock().unwrap().0;
     pages.plain.lock().unwrap().push(made + 2);
-    let mut gather = Gather::new();
-    assert_eq!(unit.unmap(d, Iova::new(IOVA), 4096, &mut gather), Ok(4096));
-    regs.iotlb.lock().unwrap().insert((DOMAIN_ID, IOVA));
-
-    let u = unit.clone();
-    let enabler = spawn(move || u.enable());
-    let u = unit.clone();
-    let flusher = spawn(move || {
-        let r = u.flush(d, &mut gather);
-        (r, gather)
-    });
-    let enabled = enabler.join().unwrap();
-    let (flushed, mut gather) = flusher.join().unwrap();
-    assert_eq!(enabled, Ok(()), "enable beside a flush");
-    assert!(unit.is_enabled());
-    let ran = regs.ran.lock().unwrap().clone();
-    let cached = regs.iotlb.lock().unwrap().contains(&(DOMAIN_ID, IOVA));
-    assert!(
-        !cached || flushed.is_err(),
-        "the translation cached before is still cached after enable and the flush returned \
-         Ok (commands run, by opcode: {ran:x?})"
+    let refusal = Refusal {
+        state: "Control.CmdBufEn",
+        when: "enable",
+    };
+    let caches = &regs.caches;
+    enable_beside_a_flush(
+        t,
+        unit,
+        unmapped,
+        caches,
+        DOMAIN_ID,
+        refusal,
+        |flushed, ran| {
+            match flushed {
+                Ok(()) => {
+                    // INVALIDATE_IOMMU_ALL and a COMPLETION_WAIT, then the flush's two.
+                    assert_eq!(ran, [0x8, 0x1, 0x3, 0x1], "commands run");
+                    "flush after enable"
+                }
+                Err(_) => {
+                    assert_eq!(ran, [0x8, 0x1], "commands run: enable's alone");
+                    "flush refused before enable"
+                }
+            }
+        },
     );
-    match flushed {
-        Ok(()) => {
-            // INVALIDATE_IOMMU_ALL and a COMPLETION_WAIT, then the flush's two.
-            assert_eq!(ran, [0x8, 0x1, 0x3, 0x1], "commands run");
-            t.note("flush after enable");
-        }
-        Err(e) => {
-            assert!(
-                matches!(
-                    e,
-                    iommu_engine::iommu::Error::Hardware { what, .. } if what.starts_with("Control.CmdBufEn")
-                ),
-                "the flush's error before enable: {e:?}"
-            );
-            assert_eq!(ran, [0x8, 0x1], "commands run: enable's alone");
-            assert!(!gather.is_empty(), "a failed flush keeps its gather");
-            t.note("flush refused before enable");
-            unit.flush(d, &mut gather)
-                .expect("the flush retried after enable");
-            let cached = regs.iotlb.lock().unwrap().contains(&(DOMAIN_ID, IOVA));
-            assert!(!cached, "the translation cached before, after the retry");
-        }
-    }
-    assert!(gather.is_empty(), "the flush's gather after Ok");
 }
 
-/// The allocator shared with the window (which reads the ring and completion pages).
-#[derive(Clone)]
-struct MixedRef(Arc<MixedPages>);
-
-// SAFETY: forwards to `MixedPages`, whose pages live as long as any `Arc` to it.
-unsafe impl PageAllocator for MixedRef {
-    fn alloc(&self, size_log2: u32) -> Option<Page> {
-        self.0.alloc(size_log2)
-    }
-
-    unsafe fn free(&self, page: Page, size_log2: u32) {
-        // SAFETY: per the caller.
-        unsafe { self.0.free(page, size_log2) }
-    }
-
-    fn phys_to_virt(&self, pa: PhysAddr) -> Option<NonNull<u8>> {
-        self.0.phys_to_virt(pa)
-    }
-}
+enable_unit!(AmdViUnit<AmdWindow, Shared<MixedPages>>, iommu_engine::amdvi::Error);
 
 /// A first `enable` beside a flush of a domain: the flush is refused before `enable` made the
 /// command buffer (`UnexpectedState`, its gather kept, the retry completes), or runs after
@@ -356,9 +288,7 @@ unsafe impl PageAllocator for MixedRef {
 #[test]
 fn amdvi_enable_beside_a_flush() {
     let outcomes = ["flush refused before enable", "flush after enable"];
-    run(
-        "amdvi_enable_beside_a_flush",
-        &outcomes,
-        amd_enable_beside_a_flush,
-    );
+    run("amdvi_enable_beside_a_flush", &outcomes, |t| {
+        on_a_thread(t, amd_enable_beside_a_flush_on)
+    });
 }
