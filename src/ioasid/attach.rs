@@ -37,7 +37,9 @@ fn refuse_incompatible(r: &mut Result<(), Error>, device: DeviceHandle, e: &iomm
 
 impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     /// Attaches a device to an IOASID. If the device is attached elsewhere, its unit switches it
-    /// to the new domain in one step where the hardware allows, and the old attachment ends.
+    /// to the new domain in one step where the hardware allows, and the old attachment ends:
+    /// its I/O page faults still queued, read or not, are answered Invalid (as a detach's), also
+    /// when the unit leaves the switch unsettled (below).
     ///
     /// The IOASID's hardware domain on the device's unit is reused; if there is none, one is
     /// built with the attributes the IOASID's flags fix, and the IOASID's mappings are copied
@@ -186,19 +188,26 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
             self.give_back_direct(&mut st, ioasid, device, r);
             return;
         };
-        if self.switch_device(&mut st, device, ioasid, built, r) {
-            if let Some(old) = old {
-                // Replaced: the faults of the old attachment are answered, as a detach's
-                // (iommufd's replace, `iommufd_auto_response_faults`); none is queued for it
-                // any more under the write lock.
-                self.answer_faults_of(label, None);
-                self.leave_after_attach(&mut st, old, unit, device);
-            }
-            *left = old;
-        } else if !st.device(device).is_ok_and(|d| d.attached == Some(ioasid)) {
+        let switched = self.switch_device(&mut st, device, ioasid, built, r);
+        if !switched && !st.device(device).is_ok_and(|d| d.attached == Some(ioasid)) {
             // Refused (the books do not name `ioasid`): what the attach took is given back,
             // from this frame.
             self.give_back_direct(&mut st, ioasid, device, r);
+            return;
+        }
+        if old.is_some() {
+            // Replaced in the books, confirmed or not (a unit fault leaves it unsettled): the
+            // faults of the old attachment are answered now, as a detach's (iommufd's
+            // replace, `iommufd_auto_response_faults`); none is queued for it any more under
+            // the write lock, and a fault reported from now on is the new attachment's (the
+            // retry that settles an unsettled one answers nothing).
+            self.answer_faults_of(label, None);
+        }
+        if switched {
+            if let Some(old) = old {
+                self.leave_after_attach(&mut st, old, unit, device);
+            }
+            *left = old;
         }
     }
 

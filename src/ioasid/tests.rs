@@ -12,6 +12,7 @@ use crate::iommu::{
     Capabilities, DeviceId, DomainConfig, DomainHandle, DomainPages, Error as IommuError, Iommu,
     ReclaimScope, Source, Sources, Stage,
 };
+use crate::iopf::FaultCookie;
 use crate::mem::{Iova, PhysAddr, WalkerCoherency};
 use crate::pgtable::testutil::{test_alloc, TestAlloc, G1, K4, M2, RW, VTD_SS_48};
 use crate::pgtable::vtd_ss::{VtdSs, VtdSsConfig};
@@ -51,6 +52,9 @@ struct FakeUnit<'a> {
     panic_map_at: Mutex<Option<u64>>,
     /// Every page response the unit sent to a device, in order.
     responses: Mutex<Vec<crate::iopf::PageResponse>>,
+    /// The next attach fails with a unit fault (`Timeout`) before changing anything: the
+    /// layer keeps the attachment unsettled.
+    fail_next_attach: AtomicBool,
 }
 
 /// Where a paused call meets the test (`.0`) and waits for it to go on (`.1`).
@@ -128,6 +132,7 @@ impl<'a> FakeUnit<'a> {
             pause_map_at: Mutex::new(None),
             panic_map_at: Mutex::new(None),
             responses: Mutex::new(Vec::new()),
+            fail_next_attach: AtomicBool::new(false),
         }
     }
 
@@ -365,6 +370,9 @@ impl Iommu for FakeUnit<'_> {
         pasid: Option<Pasid>,
         d: DomainHandle,
     ) -> Result<(), IommuError> {
+        if self.fail_next_attach.swap(false, Ordering::SeqCst) {
+            return Err(IommuError::Timeout { what: "attach" });
+        }
         self.with(d, |_| ())?;
         let mut at = self.attached.lock().unwrap();
         at.retain(|a| !(a.0 == dev && a.1 == pasid));
@@ -3168,6 +3176,73 @@ fn an_attach_elsewhere_answers_the_device_s_faults() {
         ctx.attach(dev, other).unwrap();
         assert_eq!(ctx.read_faults(&mut out), 1);
         assert_eq!(out[0].cookie, again);
+    });
+}
+
+/// Reports `fault` (of unit 0) and reads it: the cookie of its group, now outstanding.
+fn read_one(ctx: &IoasidCtx<'_, '_, TestAlloc>, fault: crate::iopf::PageFault) -> FaultCookie {
+    let cookie = ctx.report_fault(UnitId(0), fault).unwrap();
+    let mut out = [crate::iopf::QueuedFault {
+        unit: 0,
+        fault,
+        cookie,
+    }; 1];
+    assert_eq!(ctx.read_faults(&mut out), 1);
+    assert_eq!(out[0].cookie, cookie);
+    cookie
+}
+
+/// `fault`'s group was answered Invalid by the layer (the unit's last response), and its
+/// cookie no longer reaches the device.
+fn assert_answered_invalid(
+    ctx: &IoasidCtx<'_, '_, TestAlloc>,
+    u: &FakeUnit<'_>,
+    fault: crate::iopf::PageFault,
+    cookie: FaultCookie,
+) {
+    let invalid = fault.response(crate::iopf::ResponseCode::Invalid);
+    // Read before asserting: a failed assertion must not poison the lock the drop takes.
+    let last = u.responses.lock().unwrap().last().copied();
+    assert_eq!(last, Some(invalid));
+    assert_eq!(
+        ctx.respond_fault(cookie, crate::iopf::ResponseCode::Success),
+        Err(Error::Fault(crate::iopf::FaultError::NotOutstanding(
+            cookie
+        )))
+    );
+}
+
+/// A replacing attach the unit does not confirm (a unit fault: the device attached to the new
+/// IOASID in the books, unsettled) answers the old attachment's faults as a confirmed one
+/// does, when the books switch; the retry that settles it answers nothing more. Before, only
+/// the confirmed switch answered: after the failed attempt and its settling retry the group
+/// was still outstanding, and its cookie reached the device attached elsewhere.
+#[test]
+fn an_unsettled_attach_elsewhere_answers_the_device_s_faults() {
+    with_a_faulting_device(|ctx, dev, u| {
+        let old = ctx.attachment(dev, None).unwrap().unwrap().ioasid;
+        let cookie = read_one(ctx, page_request(7));
+        let other = ctx.alloc(IoasidFlags::empty()).unwrap();
+        u.fail_next_attach.store(true, Ordering::SeqCst);
+        assert_eq!(
+            ctx.attach(dev, other),
+            Err(Error::Iommu(IommuError::Timeout { what: "attach" }))
+        );
+        let unsettled = Attachment {
+            ioasid: other,
+            unsettled: Some(Some(old)),
+        };
+        assert_eq!(ctx.attachment(dev, None), Ok(Some(unsettled)));
+        assert_answered_invalid(ctx, u, page_request(7), cookie);
+        // A fault reported while unsettled is the new attachment's: the settling retry
+        // leaves it outstanding.
+        let new = read_one(ctx, page_request(8));
+        ctx.attach(dev, other).unwrap();
+        assert_eq!(u.responses.lock().unwrap().len(), 1);
+        assert_eq!(
+            ctx.respond_fault(new, crate::iopf::ResponseCode::Success),
+            Ok(())
+        );
     });
 }
 
