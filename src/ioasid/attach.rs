@@ -572,6 +572,10 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     /// Attaches a (device, PASID) pair to an IOASID allocated with [`IoasidFlags::PASID`]. The
     /// PASID must be held by this context.
     ///
+    /// A pair attached elsewhere moves: its I/O page faults still queued are answered Invalid
+    /// when the books switch (the unit confirming it or not), as [`IoasidCtx::attach`] answers
+    /// the RID's.
+    ///
     /// # Errors
     /// [`Error::PasidNotOwned`]; [`Error::Incompatible`] (not a PASID IOASID, PASID too wide for
     /// the unit, or as for [`IoasidCtx::attach`]); [`Error::Capacity`]. A unit fault leaves the
@@ -633,10 +637,21 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         let Some(built) = self.domain_for(&mut st, device, ioasid, unit, r) else {
             return;
         };
-        if !self.switch_pasid(&mut st, device, (pasid, slot), (ioasid, old), built, r) {
+        let switched = self.switch_pasid(&mut st, device, (pasid, slot), (ioasid, old), built, r);
+        let Some(old) = old else {
+            return;
+        };
+        let recorded = st.pasid_attachments.get(slot).copied().flatten();
+        if !recorded.is_some_and(|a| a.ioasid == ioasid) {
+            // Refused: the pair stays where it was, its faults with it.
             return;
         }
-        if let Some(old) = old {
+        // Moved in the books, confirmed or not: the pair's faults of the old attachment are
+        // answered now, as `attach` answers the RID's (and `detach_pasid` the pair's).
+        if let Ok(dev) = st.device(device) {
+            self.answer_faults_of(dev.label, Some(pasid));
+        }
+        if switched {
             self.release_domain(&mut st, old, unit);
         }
     }

@@ -9,8 +9,8 @@
 //! ([`IoasidCtx::respond_fault`]), which the unit sends to the device (VT-d page group
 //! response, SMMUv3 `CMD_PRI_RESP` / `CMD_RESUME`). Nothing is left unanswered: a fault no
 //! context takes (no owner, queue closed or full) is answered Invalid at once, and detaching a
-//! device or PASID (or attaching the device to another IOASID, when the books switch: the
-//! unit confirming it or leaving it unsettled) answers its faults with Invalid, as
+//! device or PASID (or attaching the device, or the PASID, to another IOASID, when the books
+//! switch: the unit confirming it or leaving it unsettled) answers its faults with Invalid, as
 //! `iommufd_auto_response_faults` does, under the context's write lock: no fault of it is
 //! queued once that returns, and an answer to one of its old cookies is refused.
 

@@ -3246,6 +3246,45 @@ fn an_unsettled_attach_elsewhere_answers_the_device_s_faults() {
     });
 }
 
+/// `attach_pasid` moving a (device, PASID) pair to another IOASID answers the pair's faults
+/// (and no other's), confirmed by the unit or not: as `attach` does for the RID. Before, it
+/// answered none: the PASID's old cookies stayed answerable after the switch.
+#[test]
+fn an_attach_pasid_elsewhere_answers_the_pasid_s_faults() {
+    with_a_faulting_device(|ctx, dev, u| {
+        let p = ctx.alloc_pasid().unwrap();
+        let of_pasid = |group| crate::iopf::PageFault {
+            pasid: Some(p),
+            ..page_request(group)
+        };
+        let [a, b, c] = [(); 3].map(|()| ctx.alloc(IoasidFlags::PASID).unwrap());
+        ctx.attach_pasid(dev, p, a).unwrap();
+        let rid = read_one(ctx, page_request(1));
+        let first = read_one(ctx, of_pasid(2));
+        ctx.attach_pasid(dev, p, b).unwrap();
+        assert_answered_invalid(ctx, u, of_pasid(2), first);
+        let second = read_one(ctx, of_pasid(3));
+        u.fail_next_attach.store(true, Ordering::SeqCst);
+        assert_eq!(
+            ctx.attach_pasid(dev, p, c),
+            Err(Error::Iommu(IommuError::Timeout { what: "attach" }))
+        );
+        let unsettled = Attachment {
+            ioasid: c,
+            unsettled: Some(Some(b)),
+        };
+        assert_eq!(ctx.attachment(dev, Some(p)), Ok(Some(unsettled)));
+        assert_answered_invalid(ctx, u, of_pasid(3), second);
+        ctx.attach_pasid(dev, p, c).unwrap();
+        assert_eq!(u.responses.lock().unwrap().len(), 2);
+        // The RID's group is not the PASID's: still outstanding.
+        assert_eq!(
+            ctx.respond_fault(rid, crate::iopf::ResponseCode::Success),
+            Ok(())
+        );
+    });
+}
+
 /// Overlapping calls on one IOASID take turns (`stripes.rs`): a map stopped in its unit (its
 /// page in the record, not yet in the domain) holds its range, so an unmap of the 2 MiB
 /// around it (a whole record table, which the unmap unlinks and frees) waits for it, while a
