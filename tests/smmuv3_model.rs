@@ -10,7 +10,7 @@ use iommu_engine::pgtable::{Gather, Prot};
 use iommu_engine::sim::arena::Arena;
 use iommu_engine::sim::smmuv3::{event, op, Injection, SmmuModel, SmmuModelConfig};
 use iommu_engine::sim::walk::Access;
-use iommu_engine::smmuv3::platform::CANWBS_NOT_DECLARED;
+use iommu_engine::smmuv3::platform::{CANWBS_NOT_DECLARED, USER_STAGE1_NOT_COHERENT};
 use iommu_engine::smmuv3::{DeviceFacts, Platform, SmmuConfig, SmmuError, SmmuUnit};
 
 const K4: u64 = 1 << 12;
@@ -983,4 +983,107 @@ fn an_ats_attach_while_disabled_owes_its_atc_invalidation_until_enable() {
         "the retried attach's own ATC_INV"
     );
     assert_eq!(u.audit().unwrap().unsettled, 0);
+}
+
+/// A user domain: the guest's CD table and stage 1, nested over `parent`, built by hand in
+/// guest memory (IPA 0x20_0000: the CD, 0x20_1000: a level-1 table) that `parent` maps. The
+/// guest's stage 1 maps VA 0..1 GiB to IPA 0x4000_0000 with a 1 GiB block of MAIR attribute 0,
+/// and its MAIR makes attribute 0 Normal Non-cacheable (0x44); `parent` maps IPA
+/// 0x4000_0000 (2 MiB) to 0x6000_0000.
+fn guest_non_cacheable_stage1(u: &Unit<'_>, mem: &Arena, parent: DomainHandle) -> DomainHandle {
+    use iommu_engine::iommu::UserStage1;
+    use iommu_engine::mem::PageAllocator;
+    let cd = mem.alloc(12).unwrap().pa.get();
+    let l1 = mem.alloc(12).unwrap().pa.get();
+    u.map(parent, Iova::new(0x20_0000), PhysAddr::new(cd), K4, RW)
+        .unwrap();
+    u.map(parent, Iova::new(0x20_1000), PhysAddr::new(l1), K4, RW)
+        .unwrap();
+    u.map(
+        parent,
+        Iova::new(0x4000_0000),
+        PhysAddr::new(0x6000_0000),
+        M2,
+        RW,
+    )
+    .unwrap();
+    // T0SZ 25, TG0 4K, IR0/OR0 write-back, SH0 inner, V, IPS 44 bits, AA64, ASID 1.
+    let dw0 = 25 | 1 << 8 | 1 << 10 | 3 << 12 | 1 << 31 | 0b100 << 32 | 1 << 41 | 1 << 48;
+    assert!(mem.write_u64(cd, dw0));
+    assert!(mem.write_u64(cd + 8, 0x20_1000));
+    assert!(mem.write_u64(cd + 24, 0x44));
+    // Block, AttrIndx 0, AP[1] (EL0 too), SH inner, AF.
+    assert!(mem.write_u64(l1, 0x4000_0000 | 1 << 10 | 3 << 8 | 1 << 6 | 0b01));
+    // V, Config = stage 1 translates (0b101), linear CD table at IPA 0x20_0000.
+    let vste = UserStage1::SmmuV3 {
+        ste: [1 | 0b101 << 1 | 0x20_0000, 0],
+    };
+    u.domain_alloc_user(parent, &vste).unwrap()
+}
+
+/// A guest's stage 1 must not make DMA Non-cacheable (it would read stale DRAM under dirty
+/// host lines): a nest parent on a unit with `IDR3.FWB` forces write-back (STE.S2FWB)
+/// whatever the guest's MAIR says; without FWB a user domain needs the device's `CANWBS`.
+#[test]
+fn a_guests_stage1_cannot_make_dma_non_cacheable() {
+    let nest = DomainConfig {
+        nest_parent: true,
+        ..s2()
+    };
+    let mem = arena();
+    let model = SmmuModel::new(&mem, SmmuModelConfig::qemu_like().with_fwb(true));
+    let u = unit(&model, &mem, cfg());
+    let parent = u.domain_alloc(&nest).unwrap();
+    let user = guest_non_cacheable_stage1(&u, &mem, parent);
+    u.attach(DeviceId(SID), None, user).unwrap();
+    let ok = model.translate(SID, None, 0x1040, Access::READ).unwrap();
+    assert_eq!(ok.pa, 0x6000_1040);
+    assert!(
+        ok.cacheable_wb,
+        "the guest's MAIR made the DMA Non-cacheable"
+    );
+    assert_eq!(ok.s2_memattr, Some(0b0110));
+
+    // No FWB, no CANWBS anywhere: the guest's stage 1 would decide; refused.
+    let mem = arena();
+    let model = SmmuModel::new(&mem, SmmuModelConfig::qemu_like());
+    let u = unit(&model, &mem, cfg());
+    let parent = u.domain_alloc(&nest).unwrap();
+    let vste = iommu_engine::iommu::UserStage1::SmmuV3 {
+        ste: [1 | 0b101 << 1 | 0x20_0000, 0],
+    };
+    assert_eq!(
+        u.domain_alloc_user(parent, &vste),
+        Err(Error::Unsupported(Missing::NotDeclared {
+            what: USER_STAGE1_NOT_COHERENT
+        }))
+    );
+
+    // No FWB, CANWBS for SID only: the user domain serves SID, not SID + 1.
+    let mem = arena();
+    let model = SmmuModel::new(&mem, SmmuModelConfig::qemu_like().with_canwbs(SID, SID));
+    let facts = DeviceFacts {
+        canwbs: true,
+        coherent_dma: None,
+        source: Source::Firmware("IORT root complex CANWBS"),
+    };
+    let platform = Platform::default()
+        .declare(
+            iommu_engine::smmuv3::StreamId(SID),
+            iommu_engine::smmuv3::StreamId(SID),
+            facts,
+        )
+        .unwrap();
+    let u = unit(&model, &mem, SmmuConfig { platform, ..cfg() });
+    let parent = u.domain_alloc(&nest).unwrap();
+    let user = guest_non_cacheable_stage1(&u, &mem, parent);
+    assert_eq!(
+        u.attach(DeviceId(SID + 1), None, user),
+        Err(Error::Unsupported(Missing::NotDeclared {
+            what: USER_STAGE1_NOT_COHERENT
+        }))
+    );
+    u.attach(DeviceId(SID), None, user).unwrap();
+    let ok = model.translate(SID, None, 0x1040, Access::READ).unwrap();
+    assert!(ok.coherent);
 }

@@ -34,7 +34,7 @@ use super::cd::CdTable;
 use super::cmd::Command;
 use super::cmdq::CommandQueue;
 use super::flush::invalidate_all;
-use super::platform::CANWBS_NOT_DECLARED;
+use super::platform::{CANWBS_NOT_DECLARED, USER_STAGE1_NOT_COHERENT};
 use super::ste::Ste;
 use super::stream::{DomainShape, Retiring, StreamState, MAX_PASIDS};
 use super::strtab::StreamTable;
@@ -262,13 +262,20 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
     /// domain's memory type must match the device's DMA coherency.
     fn check_platform(&self, d: DomainHandle, sid: StreamId) -> Result<(), Error> {
         // A user domain's device reaches memory through the parent's stage 2: its promises.
+        let user = self.user_domain(d).is_some();
         let d = self.user_domain(d).map_or(d, |u| u.parent);
-        let (enforce_snoop, coherent_dma) = {
+        let (enforce_snoop, coherent_dma, fwb) = {
             let slot = self.slot(d)?.read();
             let dom = slot.as_ref().ok_or(Error::InvalidDomain(d))?;
-            (dom.enforce_snoop, dom.coherent_dma)
+            (dom.enforce_snoop, dom.coherent_dma, dom.forces_write_back())
         };
         let facts = self.cfg.platform.facts(sid);
+        // Without FWB under it, a guest's stage 1 decides the memory type: CANWBS only.
+        if user && !fwb && !facts.canwbs {
+            return Err(Error::Unsupported(Missing::NotDeclared {
+                what: USER_STAGE1_NOT_COHERENT,
+            }));
+        }
         if enforce_snoop && !facts.canwbs {
             return Err(Error::Unsupported(Missing::NotDeclared {
                 what: CANWBS_NOT_DECLARED,

@@ -265,10 +265,11 @@ impl<A: PageAllocator> Domain<A> {
     ///
     /// Leaf attributes: write-back (MemAttr 0b1111), which leaves the device's (or stage 1's)
     /// own attributes in charge, since stage 2 combines with them and keeps the weaker. A
-    /// domain that enforces snooping on a unit with `IDR3.FWB` uses MemAttr 0b0110 with
-    /// `STE.S2FWB` instead: write-back whatever stage 1 asks, so that a guest's stage 1 cannot
-    /// make its memory non-cacheable. Coherency itself is the platform's (`CANWBS`, checked at
-    /// attach): FWB does not stop a PCIe No-Snoop transaction from bypassing the caches.
+    /// domain that enforces snooping or is a nest parent, on a unit with `IDR3.FWB`, uses
+    /// MemAttr 0b0110 with `STE.S2FWB` instead: write-back whatever stage 1 asks, so that a
+    /// guest's stage 1 cannot make its memory Non-cacheable (and read stale DRAM under dirty
+    /// host lines). Coherency itself is the platform's (`CANWBS`, checked at attach): FWB does
+    /// not stop a PCIe No-Snoop transaction from bypassing the caches.
     ///
     /// Built into `slot` (left as it was on error), in place: no copy of the domain passes
     /// through the stack (a kernel host's).
@@ -286,7 +287,7 @@ impl<A: PageAllocator> Domain<A> {
             ias,
             oas,
             blocks: true,
-            attributes: if cfg.enforce_snoop && p.fwb {
+            attributes: if p.fwb && (cfg.enforce_snoop || cfg.nest_parent) {
                 S2Attributes::ForcedWriteBack
             } else {
                 S2Attributes::WriteBack
@@ -348,6 +349,13 @@ impl<A: PageAllocator> Domain<A> {
     /// The geometry of the table.
     pub(crate) fn geometry(&self) -> &Geometry {
         with_table!(&self.table, t => t.geometry())
+    }
+
+    /// Whether the domain is stage 2 with forced write-back (`STE.S2FWB`): no stage 1 over it
+    /// can make its memory Non-cacheable.
+    pub(crate) fn forces_write_back(&self) -> bool {
+        matches!(&self.table, DomainTable::Stage2(t)
+            if t.format().config().attributes == S2Attributes::ForcedWriteBack)
     }
 
     /// Whether the domain is stage 2.

@@ -37,6 +37,7 @@ use core::sync::atomic::Ordering;
 
 use super::attach::Batch;
 use super::flush::TlbTag;
+use super::platform::USER_STAGE1_NOT_COHERENT;
 use super::regs::Shareability;
 use super::unit::SmmuUnit;
 use super::{StreamId, Vmid};
@@ -305,6 +306,12 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         else {
             return Err(Error::Unsupported(Missing::Nesting));
         };
+        // Without FWB the guest's stage 1 decides the memory type: only CANWBS devices.
+        if !p.forces_write_back() && !self.cfg.platform.any_canwbs() {
+            return Err(Error::Unsupported(Missing::NotDeclared {
+                what: USER_STAGE1_NOT_COHERENT,
+            }));
+        }
         // The guest owns the ASIDs under the parent's VMID: no crate-built stage 1 beside it.
         if self.children_of(parent) != 0 {
             return Err(Error::Busy);

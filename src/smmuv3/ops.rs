@@ -27,7 +27,8 @@
 //!   unprivileged ones never reach a `PRIV` page;
 //! - `dirty_tracking` with `IDR0.HTTU` = 2 (DBM leaves, STE.S2HD/CD.HD);
 //! - `nest_parent` on stage 2 of a unit with both stages; stage-1 domains nest on it through
-//!   [`SmmuUnit::domain_alloc_nested`];
+//!   [`SmmuUnit::domain_alloc_nested`]; with `IDR3.FWB` it forces write-back (STE.S2FWB), and
+//!   without it a user domain (a guest's stage 1) is only for `CANWBS` devices;
 //! - no stage 1 on a unit with `IDR0.STALL_MODEL` = 2 (CD.S would have to be 1, and this driver
 //!   does not resume stalled transactions).
 

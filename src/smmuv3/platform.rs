@@ -29,6 +29,13 @@ use crate::iommu::Source;
 pub const CANWBS_NOT_DECLARED: &str =
     "CANWBS (ACPI IORT memory access flags) for the device: its No-Snoop DMA is not known to be coherent";
 
+/// What [`Missing::NotDeclared`](crate::iommu::Missing::NotDeclared) names when a guest's stage
+/// 1 (a user domain) would decide its device's memory type: the unit has no `IDR3.FWB` to
+/// force write-back under it, and the device (or every device of the unit, at allocation) has
+/// no `CANWBS`.
+pub const USER_STAGE1_NOT_COHERENT: &str =
+    "CANWBS (ACPI IORT memory access flags) for the device: without IDR3.FWB a guest's stage 1 could make its DMA Non-cacheable";
+
 /// Most StreamID ranges a [`Platform`] declares facts for.
 pub const MAX_DECLARATIONS: usize = 8;
 

@@ -44,6 +44,12 @@ fn guest_leaf(g: &GuestRam<'_>, n: usize) {
     g.write(3, ((IOVA >> 12) & 0x1ff) * 8, g.ipa(n) | s1_rw | 3);
 }
 
+/// QEMU-like with `IDR3.FWB`: the nest parent forces write-back, so the guest's stage 1
+/// needs no `CANWBS`.
+fn fwb() -> SmmuSetup {
+    SmmuSetup::qemu(false).with_fwb()
+}
+
 /// The guest's STE words 0 and 1: V, Config = stage-1 translate, its CD table at IPA page 0
 /// (one CD), S1DSS = SUBSTREAM0, CD fetches write-back inner shareable.
 fn guest_ste(g: &GuestRam<'_>) -> UserStage1 {
@@ -58,7 +64,7 @@ fn tlbi_nh_va(vmid: u64, va: u64) -> [u64; 2] {
 
 #[test]
 fn hwpt_alloc_nested_over_nest_parent() {
-    with_rig(VtdSetup::scalable(), SmmuSetup::qemu(false), |r| {
+    with_rig(VtdSetup::scalable(), fwb(), |r| {
         let g = GuestRam::new(r.arena, 6);
         {
             let ctx = IoasidCtx::new(r.reg, r.arena, 0);
@@ -105,7 +111,7 @@ fn hwpt_alloc_nested_over_nest_parent() {
 
 #[test]
 fn hwpt_invalidate_rewrites_vmid_and_refuses_foreign_sid() {
-    with_rig(VtdSetup::scalable(), SmmuSetup::qemu(false), |r| {
+    with_rig(VtdSetup::scalable(), fwb(), |r| {
         let g = GuestRam::new(r.arena, 6);
         let ctx = IoasidCtx::new(r.reg, r.arena, 0);
         guest_smmu_tables(&g);
@@ -177,7 +183,7 @@ fn hwpt_invalidate_rewrites_vmid_and_refuses_foreign_sid() {
 fn a_device_with_direct_regions_is_not_attached_to_a_nested_child() {
     use iommu_engine::ioasid::DirectRegion;
     use iommu_engine::pgtable::IovaRange;
-    with_rig(VtdSetup::scalable(), SmmuSetup::qemu(false), |r| {
+    with_rig(VtdSetup::scalable(), fwb(), |r| {
         let g = GuestRam::new(r.arena, 6);
         let ctx = IoasidCtx::new(r.reg, r.arena, 0);
         guest_smmu_tables(&g);

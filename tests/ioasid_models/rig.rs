@@ -91,6 +91,13 @@ impl SmmuSetup {
         }
     }
 
+    /// With `IDR3.FWB` (nest parents force write-back, so a guest's stage 1 needs no
+    /// `CANWBS`).
+    pub fn with_fwb(mut self) -> Self {
+        self.model = self.model.with_fwb(true);
+        self
+    }
+
     /// With `2^bits` SubstreamIDs per stream.
     pub fn with_ssid_bits(mut self, bits: u8) -> Self {
         self.model = self.model.with_ssid_bits(bits);

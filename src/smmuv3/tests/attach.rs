@@ -888,7 +888,7 @@ fn a_cd_table_outlives_a_detach_that_timed_out() {
 #[test]
 fn user_domain_gets_the_guests_stage1_over_the_parent() {
     use crate::iommu::UserStage1;
-    let (m, alloc) = (model(IDR0, 0), VecAllocator::default());
+    let (m, alloc) = (model(IDR0, FWB), VecAllocator::default());
     let u = enabled(&m, &alloc);
     let parent = u
         .domain_alloc(&DomainConfig {
@@ -927,6 +927,8 @@ fn user_domain_gets_the_guests_stage1_over_the_parent() {
     u.attach(DeviceId(4), None, user).unwrap();
     let ste = ste_of(&u, 4);
     assert_eq!(ste.config_raw(), 0b111);
+    // FWB on the parent: the guest's stage 1 cannot make the DMA Non-cacheable.
+    assert_eq!(ste.words[1] & ste::S2FWB, ste::S2FWB);
     assert_eq!(ste.words[0] & ste::S1CONTEXTPTR.mask(), 0x4_0000);
     assert_eq!(ste::S1CDMAX.get(ste.words[0]), 2);
     assert_eq!(ste::S1DSS.get(ste.words[1]), 2);

@@ -10,12 +10,14 @@
 use iommu_engine::ioasid::{
     DeviceHandle, DeviceLabel, IoasidCtx, PasidAllocator, Registry, UnitId,
 };
-use iommu_engine::iommu::{DeviceId, Iommu};
+use iommu_engine::iommu::{DeviceId, Iommu, Source};
 use iommu_engine::mmio::{Mmio, RegisterWindow};
 use iommu_engine::smmuv3::idr::Idr0Flags;
 use iommu_engine::smmuv3::idr::Idr3Flags;
 use iommu_engine::smmuv3::regs;
-use iommu_engine::smmuv3::{DisabledTraffic, SmmuConfig, SmmuUnit, StreamId, StreamTableLayout};
+use iommu_engine::smmuv3::{
+    DeviceFacts, DisabledTraffic, Platform, SmmuConfig, SmmuUnit, StreamId, StreamTableLayout,
+};
 
 use crate::alloc::PageArena;
 use crate::dma::DmaBuf;
@@ -50,12 +52,18 @@ pub enum StreamTableFormat {
     /// [`StreamTableFormat::Linear`] with `DisabledTraffic::Bypass`: DMA passes untranslated
     /// while the unit is disabled.
     LinearBypass,
+    /// [`StreamTableFormat::Linear`] on a platform that declares `CANWBS` for every device:
+    /// true of QEMU, whose emulated DMA is coherent (it models no caches), and what a guest's
+    /// stage 1 needs on its SMMUv3 (no `IDR3.FWB`).
+    LinearCanwbs,
 }
 
 impl StreamTableFormat {
     fn split(self) -> Option<u32> {
         match self {
-            StreamTableFormat::Linear | StreamTableFormat::LinearBypass => None,
+            StreamTableFormat::Linear
+            | StreamTableFormat::LinearBypass
+            | StreamTableFormat::LinearCanwbs => None,
             StreamTableFormat::TwoLevel | StreamTableFormat::Default => Some(8),
             StreamTableFormat::TwoLevelSplit6 { .. } => Some(6),
         }
@@ -64,7 +72,9 @@ impl StreamTableFormat {
     /// Page frames of level-2 stream tables the unit keeps once devices were attached.
     fn kept_frames(self) -> usize {
         match self {
-            StreamTableFormat::Linear | StreamTableFormat::LinearBypass => 0,
+            StreamTableFormat::Linear
+            | StreamTableFormat::LinearBypass
+            | StreamTableFormat::LinearCanwbs => 0,
             StreamTableFormat::TwoLevel | StreamTableFormat::Default => (256 * 64) >> 12,
             // 64 STEs of 64 bytes: one 4 KiB page per span.
             StreamTableFormat::TwoLevelSplit6 { spans } => spans,
@@ -173,6 +183,15 @@ pub fn new_unit_granule(
                 DisabledTraffic::Bypass
             } else {
                 DisabledTraffic::Abort
+            },
+            platform: if format == StreamTableFormat::LinearCanwbs {
+                Platform::new(DeviceFacts {
+                    canwbs: true,
+                    coherent_dma: None,
+                    source: Source::Firmware("QEMU virt: coherent emulated DMA"),
+                })
+            } else {
+                Platform::default()
             },
             ..SmmuConfig::default()
         },

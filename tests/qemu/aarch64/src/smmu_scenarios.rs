@@ -2022,7 +2022,8 @@ fn guest_leaf(l3: &DmaBuf<'_>, iova: u64, gpa: u64, ro: bool) {
 /// through `invalidate_user` with the parent's VMID put in, reaches it; commands naming a
 /// VMID, another StreamID or stage 2 are refused before anything reaches the queue.
 pub fn smmu_nested_user(ctx: &mut Ctx) -> Result<(), Fail> {
-    linear(ctx, nested_user)
+    // No IDR3.FWB on QEMU: a guest's stage 1 needs the device's CANWBS.
+    run(ctx, StreamTableFormat::LinearCanwbs, nested_user)
 }
 
 fn nested_user(env: &Env<'_, '_, '_>) -> Result<(), Fail> {
