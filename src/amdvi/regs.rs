@@ -97,9 +97,23 @@ bitflags! {
         const GA_INT_EN = 1 << 29;
         /// `XTEn`: x2APIC interrupts.
         const XT_EN = 1 << 50;
-        /// Bits this driver never sets and keeps as it finds them.
+        /// `DevTblSegEn`, bits 36:34: device table segments (IDs outside segment 0 use the
+        /// Device Table Base registers at 0x100-0x130); never set by this driver.
+        const DEV_TBL_SEG_EN = 0x7 << 34;
+        /// Bits not interpreted here.
         const _ = !0;
     }
+}
+
+impl Control {
+    /// The bits `enable` keeps as it finds them: the four the ACPI IVHD flags define for the
+    /// platform (`HtTunEn`, `PassPW`, `ResPassPW`, `Isoc`), which this driver is not given
+    /// (clearing `HtTunEn` would stop translating the HyperTransport tunnel's requests).
+    /// Every other bit starts clear and only what this driver uses is set.
+    pub const KEPT: Self = Self::HT_TUN_EN
+        .union(Self::PASS_PW)
+        .union(Self::RES_PASS_PW)
+        .union(Self::ISOC);
 }
 
 /// `InvTimeout`, Control bits 7:5: how long the unit waits for an ATS device's invalidation

@@ -150,6 +150,32 @@ fn takeover_stops_the_firmware_state_and_replaces_it() {
     );
 }
 
+/// A takeover starts Control from a known value: a previous owner's bits this driver does not
+/// set stay off. `DevTblSegEn` (bits 36:34) above all: with it set the unit would take device
+/// IDs outside segment 0 from the previous owner's segment tables (Device Table Base
+/// registers 0x100-0x130), which `enable` never programs.
+#[test]
+fn takeover_clears_the_previous_owners_control_bits() {
+    let mem = Arena::with_defaults().unwrap();
+    let model = AmdViModel::new(&mem, AmdViModelConfig::qemu_default());
+    let fw = mem.alloc(12).unwrap();
+    model.firmware_state(fw.pa.get(), fw.pa.get() | 8 << 56, fw.pa.get() | 8 << 56);
+    // DevTblSegEn = 1 (two segments), XTEn, HADUpdate, GCR3TRPMode.
+    let foreign = 1 << 34 | 1 << 50 | 0b11 << 46 | 1 << 58;
+    model.write64(0x18, model.read64(0x18) | foreign);
+    let u = unit(&model, &mem, small());
+    u.enable().unwrap();
+    let ctrl = model.read64(0x18);
+    assert_eq!((ctrl >> 34) & 7, 0, "DevTblSegEn: {ctrl:#x}");
+    assert_eq!(ctrl & foreign, 0, "{ctrl:#x}");
+    // IommuEn, EventLogEn, CmdBufEn, Coherent, GTEn (QEMU's EFR has GTSup), InvTimeout 1 s.
+    assert_eq!(
+        ctrl,
+        1 | 1 << 2 | 1 << 12 | 1 << 10 | 1 << 16 | 4 << 5,
+        "{ctrl:#x}"
+    );
+}
+
 #[test]
 fn live_entry_translates_then_blocks_after_invalidation() {
     let mem = Arena::with_defaults().unwrap();

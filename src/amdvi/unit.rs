@@ -18,7 +18,10 @@
 //! INVALIDATE_IOMMU_PAGES (all pages, PDE) for every domain ID this unit uses (the domain
 //! slots' and the GCR3 tables'), as Linux's driver does without `IASup`; there the guest
 //! (PASID-tagged) entries of a GCR3 table's ID are invalidated, PASID by PASID, when the ID is
-//! first given out. It also clears the previous owner's PPR and guest APIC log enables. On a unit found enabled (`IommuEn` set by
+//! first given out. Control is written from a known value (the bits this driver sets, and the
+//! platform's IVHD bits `HtTunEn`, `PassPW`, `ResPassPW`, `Isoc` as found): nothing else a
+//! previous owner set survives (its PPR and guest APIC logs, `DevTblSegEn`, `XTEn`...). On a
+//! unit found enabled (`IommuEn` set by
 //! firmware or a previous kernel) the base registers may change only with `IommuEn` clear: the
 //! takeover stops the previous owner's command buffer and event log (bounded waits on their
 //! run bits), clears `IommuEn`, and programs and enables the unit again. Between the clear and
@@ -399,18 +402,12 @@ impl<W: RegisterWindow, A: PageAllocator, const DOMAINS: usize> AmdViUnit<W, A, 
             regs::STATUS,
             (Status::EVENT_OVERFLOW | Status::EVENT_LOG_INT | Status::COM_WAIT_INT).bits(),
         );
-        let mut ctrl = regs::control(&self.regs);
-        // The previous owner's PPR and guest APIC logs would go on writing memory that is
-        // not ours (as Linux's disable clears them); this driver uses neither.
-        ctrl.remove(
-            Control::EVENT_INT_EN
-                | Control::COM_WAIT_INT_EN
-                | Control::PPR_LOG_EN
-                | Control::PPR_INT_EN
-                | Control::PPR_EN
-                | Control::GA_LOG_EN
-                | Control::GA_INT_EN,
-        );
+        // Control starts from a known value, not from what a previous owner left: only the
+        // bits this driver sets, and the platform's four IVHD bits as found (see
+        // `Control::KEPT`). Anything else would go on doing the previous owner's work:
+        // `DevTblSegEn` (device IDs outside segment 0 taken from its segment tables at
+        // 0x100-0x130), its PPR and guest APIC logs (memory not ours), `XTEn`, `HADUpdate`...
+        let mut ctrl = regs::control(&self.regs) & Control::KEPT;
         ctrl.insert(Control::COHERENT);
         // §3.4 `GTEn`: with it clear the unit may ignore `GV`, and a PASID attach's entry
         // (`Mode` 0 with `IR`/`IW`) would pass requests without PASID untranslated. Set before
@@ -418,8 +415,7 @@ impl<W: RegisterWindow, A: PageAllocator, const DOMAINS: usize> AmdViUnit<W, A, 
         if self.info.efr.flags().contains(EfrFlags::GT_SUP) {
             ctrl.insert(Control::GT_EN);
         }
-        let ctrl = (ctrl.bits() & !regs::INV_TIMEOUT_MASK)
-            | regs::INV_TIMEOUT_1S << regs::INV_TIMEOUT_SHIFT;
+        let ctrl = ctrl.bits() | regs::INV_TIMEOUT_1S << regs::INV_TIMEOUT_SHIFT;
         self.regs.write64(regs::CONTROL, ctrl);
         regs::set_control(
             &self.regs,
