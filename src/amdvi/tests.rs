@@ -10,6 +10,7 @@ use super::{AmdViConfig, AmdViUnit, CommandErrorKind, Error, Wait};
 use crate::mem::{PageAllocator, PhysAddr};
 use crate::mmio::RegisterWindow;
 use crate::sim::amdvi::{AmdViModel, AmdViModelConfig, Injection};
+use crate::sim::arena::PhysMem;
 use crate::sim::Arena;
 
 const EDU: u32 = 0x20;
@@ -174,6 +175,51 @@ fn takeover_clears_the_previous_owners_control_bits() {
         1 | 1 << 2 | 1 << 12 | 1 << 10 | 1 << 16 | 4 << 5,
         "{ctrl:#x}"
     );
+}
+
+/// A takeover of a unit whose previous owner left `Status.EventLogInt` set: QEMU's
+/// `amd-iommu` ignores an Event Log Base Address write while that bit is set (the model's
+/// `event_base_kept_while_event_int`), so `enable` must clear Status (write 1 to clear)
+/// before it programs any base register. Else the unit keeps the previous owner's log and
+/// writes our events into memory that is not ours, and our drain sees none of them.
+#[test]
+fn takeover_clears_status_before_the_event_log_base() {
+    let mem = Arena::with_defaults().unwrap();
+    let model = AmdViModel::new(
+        &mem,
+        AmdViModelConfig::qemu_default().with_event_base_kept_while_event_int(),
+    );
+    let fw = mem.alloc(12).unwrap();
+    let fw_log = mem.alloc(12).unwrap();
+    model.firmware_state(
+        fw.pa.get(),
+        fw.pa.get() | 8 << 56,
+        fw_log.pa.get() | 8 << 56,
+    );
+    // The previous owner's last event, not acknowledged: EventLogInt set.
+    model.raise_event([0x2 << 60 | 0x10, 0x1000]);
+    assert_ne!(model.read64(0x2020) & 2, 0);
+    let before = [
+        mem.read_u64(fw_log.pa.get()),
+        mem.read_u64(fw_log.pa.get() + 8),
+    ];
+    let u = unit(&model, &mem, small());
+    u.enable().unwrap();
+    assert_eq!(model.stats().ignored_writes, 0, "every base write taken");
+    // A fault after the takeover lands in our log, not in the previous owner's.
+    assert!(model.dma(EDU as u16, 0x1000, false).is_err());
+    assert_eq!(
+        [
+            mem.read_u64(fw_log.pa.get()),
+            mem.read_u64(fw_log.pa.get() + 8)
+        ],
+        before,
+        "the previous owner's log was written"
+    );
+    let mut events = Vec::new();
+    u.drain_events(|e| events.push(e)).unwrap();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].code, EventCode::IoPageFault);
 }
 
 #[test]

@@ -24,7 +24,8 @@
 //! unit found enabled (`IommuEn` set by
 //! firmware or a previous kernel) the base registers may change only with `IommuEn` clear: the
 //! takeover stops the previous owner's command buffer and event log (bounded waits on their
-//! run bits), clears `IommuEn`, and programs and enables the unit again. Between the clear and
+//! run bits), clears `IommuEn`, clears Status (write 1 to clear: QEMU ignores an Event Log
+//! Base write while `EventLogInt` is set), and programs and enables the unit again. Between the clear and
 //! the set of `IommuEn` (a few register writes) DMA is not translated: accepted and documented
 //! (ARCHITECTURE.md, "Platform facts"); an embedder that cannot accept it stops bus mastering
 //! first. The previous owner's pages are never freed (they are not this unit's).
@@ -374,6 +375,18 @@ impl<W: RegisterWindow, A: PageAllocator, const DOMAINS: usize> AmdViUnit<W, A, 
             budget,
         )?;
         regs::set_control(&self.regs, Control::IOMMU_EN, false, budget)?;
+        // Status before any base register: QEMU's `amd-iommu` ignores an Event Log Base write
+        // while `EventLogInt` is set (a previous owner's unacknowledged event), and would keep
+        // logging into the previous owner's buffer. The log is stopped: nothing sets it again.
+        self.regs.write64(
+            regs::STATUS,
+            (Status::EVENT_OVERFLOW
+                | Status::EVENT_LOG_INT
+                | Status::COM_WAIT_INT
+                | Status::PPR_OVERFLOW
+                | Status::PPR_INT)
+                .bits(),
+        );
         self.regs.write64(regs::EXCLUSION_BASE, 0);
         self.regs.write64(regs::EXCLUSION_LIMIT, 0);
         self.regs
@@ -398,10 +411,6 @@ impl<W: RegisterWindow, A: PageAllocator, const DOMAINS: usize> AmdViUnit<W, A, 
         };
         c.program(&self.regs)?;
         log.program(&self.regs, &self.alloc)?;
-        self.regs.write64(
-            regs::STATUS,
-            (Status::EVENT_OVERFLOW | Status::EVENT_LOG_INT | Status::COM_WAIT_INT).bits(),
-        );
         // Control starts from a known value, not from what a previous owner left: only the
         // bits this driver sets, and the platform's four IVHD bits as found (see
         // `Control::KEPT`). Anything else would go on doing the previous owner's work:

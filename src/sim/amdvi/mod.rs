@@ -13,7 +13,8 @@
 //!
 //! What is modelled: every register the driver touches (base registers ignored while the
 //! unit may use them: `DevTabBase` with `IommuEn` set, the command buffer's with `CmdBufEn`
-//! set, the head pointer likewise); command execution when the tail moves or `CmdBufEn` is
+//! set, the head pointer likewise; optionally, as QEMU, the event log's while `EventLogInt` is
+//! set, [`AmdViModelConfig::event_base_kept_while_event_int`]); command execution when the tail moves or `CmdBufEn` is
 //! set, with the head stopping on an illegal or unreadable command (`CmdBufRun` clear) and the
 //! event logged; a device table cache and an IOTLB (with the page directory entries it
 //! passed: `PDE` drops them) that keep entries until invalidated; the event log with overflow
@@ -129,6 +130,11 @@ pub struct AmdViModelConfig {
     /// (`amdvi_iotlb_lookup` by `devid`); they still go with INVALIDATE_IOMMU_PAGES of the
     /// domain ID they were cached under. `false`: tagged and looked up by domain ID (the spec).
     pub iotlb_by_device: bool,
+    /// A write of the Event Log Base Address register is ignored while Status `EventLogInt`
+    /// is set, as QEMU's `amd-iommu` does (`amdvi_handle_evtbase_write`: "Do not reset if
+    /// eventlog interrupt bit is set"): the unit goes on logging into the log it had. `false`:
+    /// the write takes whenever `EventLogEn` is clear (the spec).
+    pub event_base_kept_while_event_int: bool,
 }
 
 impl AmdViModelConfig {
@@ -140,7 +146,15 @@ impl AmdViModelConfig {
             efr: 1 << 0 | 1 << 1 | EFR_GT_SUP | EFR_IA_SUP | 1 << 7 | 1 << 8 | 2 << 10 | 2 << 12,
             efr2: 0,
             iotlb_by_device: false,
+            event_base_kept_while_event_int: false,
         }
+    }
+
+    /// With QEMU's Event Log Base Address quirk
+    /// ([`event_base_kept_while_event_int`](Self::event_base_kept_while_event_int)).
+    pub const fn with_event_base_kept_while_event_int(mut self) -> Self {
+        self.event_base_kept_while_event_int = true;
+        self
     }
 
     /// With the IOTLB's host translations looked up by device ID, as QEMU's
@@ -718,6 +732,12 @@ impl State<'_> {
             regs::CMD_BUF_BASE => self.cmd_base = value,
             regs::CMD_HEAD => self.cmd_head = value & regs::POINTER_MASK,
             regs::EVENT_LOG_BASE if log_on => self.stats.ignored_writes += 1,
+            regs::EVENT_LOG_BASE
+                if self.cfg.event_base_kept_while_event_int
+                    && self.status & regs::ST_EVENT_LOG_INT != 0 =>
+            {
+                self.stats.ignored_writes += 1;
+            }
             regs::EVENT_LOG_BASE => self.event_base = value,
             regs::EXCLUSION_BASE => self.exclusion_base = value,
             regs::EXCLUSION_LIMIT => self.exclusion_limit = value,
