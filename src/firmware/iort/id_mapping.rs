@@ -6,6 +6,9 @@
 //! node at `Output reference`. With `Flags` bit 0 (*single mapping*) the mapping gives the one
 //! ID of the node itself (a named component's StreamID, an SMMU's or PMCG's own DeviceID for
 //! its MSIs): the input fields are then ignored and the output is `Output base`.
+//!
+//! Firmware that wrote the count itself in `Number of IDs` makes a range claim the first ID of
+//! the next one; the walk ([`resolve`](super::resolve)) lets the next range have it.
 
 use bitflags::bitflags;
 

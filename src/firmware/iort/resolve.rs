@@ -152,11 +152,18 @@ impl<'a> Iort<'a> {
     }
 
     /// The first mapping of `node` that takes `id`: where it leads and the output ID.
+    ///
+    /// A match on the last ID of a range (of more than one ID) is provisional: firmware that
+    /// wrote the count for `Number of IDs` (the count minus one) makes each range claim the
+    /// first ID of the next, so a later mapping that *starts* at `id` takes it instead; one
+    /// that merely covers it does not (a real conflict: the first match stands). Linux's
+    /// `iort_id_map` reads such tables the same way.
     fn step(&self, node: &Node<'a>, id: u32, first: bool) -> Result<(NodeRef, u32), Error> {
         let own = match node.node_type() {
             NodeType::SmmuV3 => SmmuV3::decode(*node)?.device_id_mapping_index(),
             _ => None,
         };
+        let mut provisional = None;
         for m in node.id_mappings()? {
             if Some(m.index) == own {
                 continue;
@@ -172,11 +179,19 @@ impl<'a> Iort<'a> {
                 }
                 continue;
             }
-            if let Some(out) = m.map_range(id)? {
-                return Ok((m.output_reference, out));
+            let Some(out) = m.map_range(id)? else {
+                continue;
+            };
+            if provisional.is_some() && id != m.input_base {
+                continue;
             }
+            if provisional.is_none() && m.id_count > 0 && id == m.input_last()? {
+                provisional = Some((m.output_reference, out));
+                continue;
+            }
+            return Ok((m.output_reference, out));
         }
-        Err(Error::NoMapping {
+        provisional.ok_or(Error::NoMapping {
             node: node.reference(),
             id,
         })

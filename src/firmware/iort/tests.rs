@@ -958,3 +958,47 @@ fn rmr_ranges_that_are_no_direct_region_are_refused() {
         .unwrap()
         .mmio());
 }
+
+/// Shipped firmware (QEMU's virt IORT before 2024, among others) wrote `Number of IDs` as the
+/// count, not the count minus one: each range then claims one ID more, the first ID of the
+/// next range. Linux (`iort_id_map`) takes a match on the last ID of a range as provisional:
+/// a later mapping that *starts* at that ID supersedes it; one that merely covers it does not.
+/// Found by review: RID 0x100 went to SMMU A as StreamID 0x100 where firmware meant SMMU B's
+/// StreamID 0, so the device's real stream would be left as SMMU B had it.
+#[test]
+fn a_range_that_ends_on_the_next_ranges_first_id_yields_it_to_that_range() {
+    let mut b = TableBuilder::new(REVISION_E_F);
+    let a = b.smmu_v3(SMMU_BASE, 0, [1, 2, 3, 4], 0, &[]);
+    let smmu_b = b.smmu_v3(SMMU_BASE + 0x2_0000, 0, [5, 6, 7, 8], 0, &[]);
+    let one_more = |input_base, count, output_base, output| Map {
+        input_base,
+        id_count: count, // the count, where the field wants count - 1
+        output_base,
+        output,
+        flags: 0,
+    };
+    let rc = b.root_complex(
+        INCOHERENT,
+        0,
+        0,
+        48,
+        &[
+            one_more(0, 0x100, 0, a),
+            one_more(0x100, 0x100, 0, smmu_b),
+            // A range that covers 0x1ff but does not start there: a real conflict, the
+            // earlier match stands.
+            one_more(0x1f0, 0x20, 0x800, a),
+        ],
+    );
+    let t = b.build();
+    let iort = Iort::parse(&t).unwrap();
+    let target = |id| iort.stream_target(rc, id);
+    let on = |smmu, stream_id| Ok(StreamTarget::Smmu { smmu, stream_id });
+    assert_eq!(target(0xff), on(a, 0xff));
+    assert_eq!(target(0x100), on(smmu_b, 0));
+    assert_eq!(target(0x101), on(smmu_b, 1));
+    // 0x200 is the last ID of B's range (as written) and starts no later range: B's.
+    assert_eq!(target(0x200), on(smmu_b, 0x100));
+    // 0x1ff: inside B's range, not its last ID: B's, the third mapping never consulted.
+    assert_eq!(target(0x1ff), on(smmu_b, 0xff));
+}
