@@ -51,6 +51,35 @@ fn group(g: u16) -> PriRequest {
     }
 }
 
+/// The device requests group `g` (its last request) and a drain hands it out (one fault
+/// reported); returns the answer `code` to it.
+fn handed_out(
+    sm: &SmmuModel<'_>,
+    u: &SmmuUnit<&SmmuModel<'_>, &Arena>,
+    g: u16,
+    code: ResponseCode,
+) -> PageResponse {
+    assert_eq!(sm.page_request(group(g)), PriOutcome::Queued);
+    let mut out = [PageFault::EMPTY; 4];
+    assert_eq!(u.drain_page_faults(&mut out).unwrap().reported, 1);
+    out[0].response(code)
+}
+
+/// What `page_response` answers for a record the book no longer holds.
+fn not_outstanding(response: &PageResponse) -> Result<(), Error> {
+    Err(Error::NotOutstanding {
+        device: DeviceId(SID),
+        pasid: None,
+        kind: response.kind,
+    })
+}
+
+/// No CMD_PRI_RESP was sent, nor queued and ignored.
+fn assert_nothing_sent(sm: &SmmuModel<'_>) {
+    assert!(sm.pri_responses().is_empty());
+    assert_eq!(sm.stats().ignored_commands, 0, "nothing was queued");
+}
+
 #[test]
 fn enable_never_holds_the_pri_queue_while_it_waits_for_the_book() {
     // drain_page_faults takes the book, then the PRI queue. enable took the PRI queue, then
@@ -108,10 +137,7 @@ fn an_answer_keeps_the_book_until_its_command_is_queued() {
     let arena = arena();
     let sm = SmmuModel::new(&arena, pri_model());
     let u = pri_unit(&sm, &arena);
-    assert_eq!(sm.page_request(group(3)), PriOutcome::Queued);
-    let mut out = [PageFault::EMPTY; 4];
-    assert_eq!(u.drain_page_faults(&mut out).unwrap().reported, 1);
-    let response = out[0].response(ResponseCode::Success);
+    let response = handed_out(&sm, &u, 3, ResponseCode::Success);
     assert_eq!(
         response.kind,
         FaultKind::PageRequest {
@@ -174,22 +200,11 @@ fn a_page_response_while_disabled_is_refused_and_sends_nothing() {
     let arena = arena();
     let sm = SmmuModel::new(&arena, pri_model());
     let u = pri_unit(&sm, &arena);
-    assert_eq!(sm.page_request(group(4)), PriOutcome::Queued);
-    let mut out = [PageFault::EMPTY; 4];
-    assert_eq!(u.drain_page_faults(&mut out).unwrap().reported, 1);
-    let response = out[0].response(ResponseCode::Success);
+    let response = handed_out(&sm, &u, 4, ResponseCode::Success);
     u.disable().unwrap();
-    assert_eq!(
-        u.page_response(&response),
-        Err(Error::NotOutstanding {
-            device: DeviceId(SID),
-            pasid: None,
-            kind: response.kind,
-        })
-    );
+    assert_eq!(u.page_response(&response), not_outstanding(&response));
     assert!(!u.page_response_owed(&response), "SMMUEN clear forgot it");
-    assert!(sm.pri_responses().is_empty());
-    assert_eq!(sm.stats().ignored_commands, 0, "nothing was queued");
+    assert_nothing_sent(&sm);
 }
 
 #[test]
@@ -200,10 +215,7 @@ fn a_page_response_after_an_unacknowledged_disable_keeps_its_record() {
     let arena = arena();
     let sm = SmmuModel::new(&arena, pri_model());
     let u = pri_unit(&sm, &arena);
-    assert_eq!(sm.page_request(group(4)), PriOutcome::Queued);
-    let mut out = [PageFault::EMPTY; 4];
-    assert_eq!(u.drain_page_faults(&mut out).unwrap().reported, 1);
-    let response = out[0].response(ResponseCode::Success);
+    let response = handed_out(&sm, &u, 4, ResponseCode::Success);
     sm.inject(Injection::Cr0AckStuck);
     assert!(matches!(u.disable(), Err(SmmuError::Cr0AckTimeout { .. })));
     assert_eq!(
@@ -211,8 +223,7 @@ fn a_page_response_after_an_unacknowledged_disable_keeps_its_record() {
         Err(Error::from(SmmuError::PriResponseIgnored { sid: SID }))
     );
     assert!(u.page_response_owed(&response), "the record is kept");
-    assert!(sm.pri_responses().is_empty());
-    assert_eq!(sm.stats().ignored_commands, 0, "nothing was queued");
+    assert_nothing_sent(&sm);
 }
 
 #[test]
@@ -224,25 +235,13 @@ fn an_answer_from_before_a_disable_is_refused_after_the_enable() {
     let arena = arena();
     let sm = SmmuModel::new(&arena, pri_model());
     let u = pri_unit(&sm, &arena);
-    assert_eq!(sm.page_request(group(3)), PriOutcome::Queued);
-    let mut out = [PageFault::EMPTY; 4];
-    assert_eq!(u.drain_page_faults(&mut out).unwrap().reported, 1);
-    let stale = out[0].response(ResponseCode::Success);
+    let stale = handed_out(&sm, &u, 3, ResponseCode::Success);
     u.disable().unwrap();
     u.enable().unwrap();
     // The re-initialised endpoint's new group 3, drained (handed out) before the late
     // answer: the book then holds a record of stream, PASID and index 3 again.
-    assert_eq!(sm.page_request(group(3)), PriOutcome::Queued);
-    assert_eq!(u.drain_page_faults(&mut out).unwrap().reported, 1);
-    let fresh = out[0].response(ResponseCode::Invalid);
-    assert_eq!(
-        u.page_response(&stale),
-        Err(Error::NotOutstanding {
-            device: DeviceId(SID),
-            pasid: None,
-            kind: stale.kind,
-        })
-    );
+    let fresh = handed_out(&sm, &u, 3, ResponseCode::Invalid);
+    assert_eq!(u.page_response(&stale), not_outstanding(&stale));
     assert!(
         sm.pri_responses().is_empty(),
         "a CMD_PRI_RESP from before the disable answered the new group: {:?}",
