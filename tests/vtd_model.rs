@@ -36,17 +36,61 @@ fn arena() -> Arena {
 }
 
 fn unit<'a>(m: &'a VtdModel<'a>, a: &'a Arena, mode: Mode) -> Unit<'a> {
+    let u = unit_keeping_stats(m, a, mode);
+    m.reset_stats();
+    u
+}
+
+/// As [`unit`], the model's counters kept.
+fn unit_keeping_stats<'a>(m: &'a VtdModel<'a>, a: &'a Arena, mode: Mode) -> Unit<'a> {
+    let u = unit_off(m, a, mode, 10_000);
+    u.enable().expect("enable");
+    u
+}
+
+/// A unit over the model, not enabled, that polls the model `poll_budget` times at most.
+fn unit_off<'a>(m: &'a VtdModel<'a>, a: &'a Arena, mode: Mode, poll_budget: u32) -> Unit<'a> {
     let cfg = VtdConfig {
         mode,
-        poll_budget: 10_000,
+        poll_budget,
         ..VtdConfig::legacy()
     }
     // What the model's DMAR would declare (QEMU reports HAW = aw-bits).
     .with_dmar_host_address_width((m.config().haw - 1) as u8);
-    let u = VtdUnit::new(m, a, cfg).expect("unit");
-    u.enable().expect("enable");
-    m.reset_stats();
-    u
+    VtdUnit::new(m, a, cfg).expect("unit")
+}
+
+/// The model of a unit in `mode`: QEMU's default (legacy) or scalable.
+fn model_config(mode: Mode) -> VtdModelConfig {
+    match mode {
+        Mode::Legacy => VtdModelConfig::qemu_default(),
+        Mode::Scalable => VtdModelConfig::scalable(),
+    }
+}
+
+/// Attach options with ATS on (the device's ATC caches translated requests).
+fn ats() -> AttachOptions {
+    AttachOptions {
+        ats: true,
+        ..AttachOptions::default()
+    }
+}
+
+/// A new domain of `u`, `DEV` attached to it with ATS through each of `pasids` in turn (`None`:
+/// requests without PASID), one page mapped at `x` and translated into the device's ATC
+/// through each.
+fn ats_translated(u: &Unit<'_>, m: &VtdModel<'_>, x: u64, pasids: &[Option<u32>]) -> DomainHandle {
+    let d = u.domain_alloc(&DomainConfig::default()).unwrap();
+    for &p in pasids {
+        let pasid = p.map(|p| Pasid::new(p).unwrap());
+        u.attach_with(DEV, pasid, d, ats()).unwrap();
+    }
+    u.map(d, Iova::new(x), PhysAddr::new(0x4000_0000), K4, RW)
+        .unwrap();
+    for &p in pasids {
+        ok(m.ats_translate(sid(DEV), p, x, Access::READ));
+    }
+    d
 }
 
 fn sid(d: DeviceId) -> u16 {
@@ -429,11 +473,7 @@ fn injected_errors_return_errors_and_the_unit_keeps_working() {
     assert_eq!(a.live_pages().len(), live - 1);
 
     // Device-TLB time-out (ATS device): ITE, then recovery.
-    let ats = AttachOptions {
-        ats: true,
-        ..AttachOptions::default()
-    };
-    u.attach_with(DeviceId(0x30), None, d, ats).unwrap();
+    u.attach_with(DeviceId(0x30), None, d, ats()).unwrap();
     map(0x3000);
     let mut g = Gather::new();
     u.unmap(d, Iova::new(0x3000), K4, &mut g).unwrap();
@@ -1222,12 +1262,8 @@ fn every_pasid_of_a_device_with_dte_gets_device_tlb_invalidations() {
     };
     let d5 = u.domain_alloc(&fs).unwrap();
     let d6 = u.domain_alloc(&fs).unwrap();
-    let ats = AttachOptions {
-        ats: true,
-        ..AttachOptions::default()
-    };
     let (p5, p6) = (Pasid::new(5).unwrap(), Pasid::new(6).unwrap());
-    u.attach_with(DEV, Some(p5), d5, ats).unwrap();
+    u.attach_with(DEV, Some(p5), d5, ats()).unwrap();
     u.attach_with(DEV, Some(p6), d6, AttachOptions::default())
         .unwrap();
     for d in [d5, d6] {
@@ -1262,10 +1298,6 @@ fn every_pasid_of_a_device_with_dte_gets_device_tlb_invalidations() {
 #[test]
 fn enable_invalidates_the_device_tlbs_of_an_unmap_while_disabled() {
     const X: u64 = 0x3000;
-    let ats = AttachOptions {
-        ats: true,
-        ..AttachOptions::default()
-    };
     let cases = [
         (Mode::Legacy, None),
         (Mode::Scalable, None),
@@ -1273,18 +1305,9 @@ fn enable_invalidates_the_device_tlbs_of_an_unmap_while_disabled() {
     ];
     for (mode, p) in cases {
         let a = arena();
-        let cfg = match mode {
-            Mode::Legacy => VtdModelConfig::qemu_default(),
-            Mode::Scalable => VtdModelConfig::scalable(),
-        };
-        let m = VtdModel::new(&a, cfg.with_dt(true));
+        let m = VtdModel::new(&a, model_config(mode).with_dt(true));
         let u = unit(&m, &a, mode);
-        let d = u.domain_alloc(&DomainConfig::default()).unwrap();
-        let pasid = p.map(|p| Pasid::new(p).unwrap());
-        u.attach_with(DEV, pasid, d, ats).unwrap();
-        u.map(d, Iova::new(X), PhysAddr::new(0x4000_0000), K4, RW)
-            .unwrap();
-        ok(m.ats_translate(sid(DEV), p, X, Access::READ));
+        let d = ats_translated(&u, &m, X, &[p]);
         u.disable().unwrap();
         unmap_and_flush(&u, d, X, K4);
         m.reset_stats();
@@ -1307,23 +1330,11 @@ fn enable_invalidates_the_device_tlbs_of_an_unmap_while_disabled() {
 #[test]
 fn enable_invalidates_the_device_tlb_of_a_device_detached_while_disabled() {
     const X: u64 = 0x3000;
-    let ats = AttachOptions {
-        ats: true,
-        ..AttachOptions::default()
-    };
     for mode in [Mode::Legacy, Mode::Scalable] {
         let a = arena();
-        let cfg = match mode {
-            Mode::Legacy => VtdModelConfig::qemu_default(),
-            Mode::Scalable => VtdModelConfig::scalable(),
-        };
-        let m = VtdModel::new(&a, cfg.with_dt(true));
+        let m = VtdModel::new(&a, model_config(mode).with_dt(true));
         let u = unit(&m, &a, mode);
-        let d = u.domain_alloc(&DomainConfig::default()).unwrap();
-        u.attach_with(DEV, None, d, ats).unwrap();
-        u.map(d, Iova::new(X), PhysAddr::new(0x4000_0000), K4, RW)
-            .unwrap();
-        ok(m.ats_translate(sid(DEV), None, X, Access::READ));
+        ats_translated(&u, &m, X, &[None]);
         u.disable().unwrap();
         u.detach(DEV, None).unwrap();
         u.enable().unwrap();
@@ -1347,37 +1358,22 @@ fn enable_invalidates_the_device_tlb_of_a_device_detached_while_disabled() {
 #[test]
 fn a_first_ats_attach_invalidates_the_whole_device_tlb() {
     const X: u64 = 0x3000;
-    let ats = AttachOptions {
-        ats: true,
-        ..AttachOptions::default()
-    };
     for (mode, p) in [
         (Mode::Legacy, None),
         (Mode::Scalable, None),
         (Mode::Scalable, Some(5u32)),
     ] {
         let a = arena();
-        let cfg = match mode {
-            Mode::Legacy => VtdModelConfig::qemu_default(),
-            Mode::Scalable => VtdModelConfig::scalable(),
-        };
-        let m = VtdModel::new(&a, cfg.with_dt(true));
+        let m = VtdModel::new(&a, model_config(mode).with_dt(true));
         let pasid = p.map(|p| Pasid::new(p).unwrap());
         // The previous owner: ATS on, X translated into the device's ATC, then gone without
         // a word (dropping a unit leaks its pages, which the hardware still walks).
-        {
-            let old = unit(&m, &a, mode);
-            let d = old.domain_alloc(&DomainConfig::default()).unwrap();
-            old.attach_with(DEV, pasid, d, ats).unwrap();
-            old.map(d, Iova::new(X), PhysAddr::new(0x4000_0000), K4, RW)
-                .unwrap();
-            ok(m.ats_translate(sid(DEV), p, X, Access::READ));
-        }
+        ats_translated(&unit(&m, &a, mode), &m, X, &[p]);
         let u = unit(&m, &a, mode);
         let d = u.domain_alloc(&DomainConfig::default()).unwrap();
         m.reset_stats();
         let before = m.descriptor_log().len();
-        u.attach_with(DEV, pasid, d, ats).unwrap();
+        u.attach_with(DEV, pasid, d, ats()).unwrap();
         let log = m.descriptor_log();
         let devtlb: Vec<_> = log[before..]
             .iter()
@@ -1414,7 +1410,7 @@ fn a_first_ats_attach_invalidates_the_whole_device_tlb() {
         // Moving the device to another domain does not invalidate it twice (tear-down does).
         let d2 = u.domain_alloc(&DomainConfig::default()).unwrap();
         m.reset_stats();
-        u.attach_with(DEV, pasid, d2, ats).unwrap();
+        u.attach_with(DEV, pasid, d2, ats()).unwrap();
         let s = m.stats();
         assert_eq!(s.device_tlb + s.pasid_device_tlb, 1, "{mode:?}");
     }
@@ -1428,28 +1424,14 @@ fn a_first_ats_attach_invalidates_the_whole_device_tlb() {
 #[test]
 fn a_first_ats_attach_invalidates_every_pasid_of_the_device_tlb() {
     const X: u64 = 0x3000;
-    let ats = AttachOptions {
-        ats: true,
-        ..AttachOptions::default()
-    };
-    let p7 = Pasid::new(7).unwrap();
     for p in [None, Some(5u32)] {
         let a = arena();
         let m = VtdModel::new(&a, VtdModelConfig::scalable().with_dt(true));
-        {
-            let old = unit(&m, &a, Mode::Scalable);
-            let d = old.domain_alloc(&DomainConfig::default()).unwrap();
-            old.attach_with(DEV, None, d, ats).unwrap();
-            old.attach_with(DEV, Some(p7), d, ats).unwrap();
-            old.map(d, Iova::new(X), PhysAddr::new(0x4000_0000), K4, RW)
-                .unwrap();
-            ok(m.ats_translate(sid(DEV), None, X, Access::READ));
-            ok(m.ats_translate(sid(DEV), Some(7), X, Access::READ));
-        }
+        ats_translated(&unit(&m, &a, Mode::Scalable), &m, X, &[None, Some(7)]);
         let u = unit(&m, &a, Mode::Scalable);
         let d = u.domain_alloc(&DomainConfig::default()).unwrap();
         let pasid = p.map(|p| Pasid::new(p).unwrap());
-        u.attach_with(DEV, pasid, d, ats).unwrap();
+        u.attach_with(DEV, pasid, d, ats()).unwrap();
         assert!(
             !m.atc_holds(sid(DEV), Some(7), X),
             "attach of PASID {p:?}: the previous owner's PASID 7 entry survives"
@@ -1467,31 +1449,17 @@ fn a_first_ats_attach_invalidates_every_pasid_of_the_device_tlb() {
 #[test]
 fn enable_invalidates_every_pasid_of_an_owed_device_tlb() {
     const X: u64 = 0x3000;
-    let ats = AttachOptions {
-        ats: true,
-        ..AttachOptions::default()
-    };
     let a = arena();
     let m = VtdModel::new(&a, VtdModelConfig::scalable().with_dt(true));
     {
         let old = unit(&m, &a, Mode::Scalable);
-        let d = old.domain_alloc(&DomainConfig::default()).unwrap();
-        old.attach_with(DEV, Some(Pasid::new(7).unwrap()), d, ats)
-            .unwrap();
-        old.map(d, Iova::new(X), PhysAddr::new(0x4000_0000), K4, RW)
-            .unwrap();
-        ok(m.ats_translate(sid(DEV), Some(7), X, Access::READ));
+        ats_translated(&old, &m, X, &[Some(7)]);
         old.disable().unwrap();
     }
-    let cfg = VtdConfig {
-        poll_budget: 10_000,
-        ..VtdConfig::scalable()
-    }
-    .with_dmar_host_address_width((m.config().haw - 1) as u8);
-    let u: Unit<'_> = VtdUnit::new(&m, &a, cfg).expect("unit");
+    let u = unit_off(&m, &a, Mode::Scalable, 10_000);
     let d = u.domain_alloc(&DomainConfig::default()).unwrap();
     // Off: the attach's own whole device-TLB invalidation is dropped, owed to `enable`.
-    u.attach_with(DEV, None, d, ats).unwrap();
+    u.attach_with(DEV, None, d, ats()).unwrap();
     assert!(m.atc_holds(sid(DEV), Some(7), X));
     u.enable().unwrap();
     assert!(
@@ -1529,19 +1497,6 @@ fn a_first_ats_attach_of_a_device_without_pasids_sends_no_pasid_form() {
     assert_eq!((s.device_tlb, s.pasid_device_tlb), (1, 0));
 }
 
-/// As [`unit`], the model's counters kept.
-fn unit_keeping_stats<'a>(m: &'a VtdModel<'a>, a: &'a Arena, mode: Mode) -> Unit<'a> {
-    let cfg = VtdConfig {
-        mode,
-        poll_budget: 10_000,
-        ..VtdConfig::legacy()
-    }
-    .with_dmar_host_address_width((m.config().haw - 1) as u8);
-    let u = VtdUnit::new(m, a, cfg).expect("unit");
-    u.enable().expect("enable");
-    u
-}
-
 /// Firmware (or tboot) programmed the protected memory regions and left `PMEN.EPM` set: a
 /// low region at 1 GiB and a high region at 8 GiB, 2 MiB each.
 fn firmware_protects(m: &VtdModel<'_>) {
@@ -1562,11 +1517,7 @@ fn firmware_protects(m: &VtdModel<'_>) {
 fn enable_turns_off_the_protected_memory_regions_firmware_left_on() {
     for mode in [Mode::Legacy, Mode::Scalable] {
         let a = arena();
-        let cfg = match mode {
-            Mode::Legacy => VtdModelConfig::qemu_default(),
-            Mode::Scalable => VtdModelConfig::scalable(),
-        };
-        let m = VtdModel::new(&a, cfg.with_protected_memory(true));
+        let m = VtdModel::new(&a, model_config(mode).with_protected_memory(true));
         firmware_protects(&m);
         // Translation off: the regions block DMA, unrecorded.
         let f = m.translate(sid(DEV), None, 0x4000_1000, Access::WRITE);
@@ -1612,12 +1563,7 @@ fn enable_times_out_when_pmen_does_not_answer() {
         VtdModelConfig::qemu_default().with_protected_memory(true),
     );
     firmware_protects(&m);
-    let cfg = VtdConfig {
-        poll_budget: 100,
-        ..VtdConfig::legacy()
-    }
-    .with_dmar_host_address_width((m.config().haw - 1) as u8);
-    let u: Unit<'_> = VtdUnit::new(&m, &a, cfg).expect("unit");
+    let u = unit_off(&m, &a, Mode::Legacy, 100);
     m.inject(Injection::IgnoreWrites(0x64));
     assert_eq!(
         u.enable(),
