@@ -576,8 +576,11 @@ fn capi_hwpt_alloc_nested_and_invalidate() {
     // throughout.
     unsafe {
         with_nest_parent(
+            // FWB: a guest's stage 1 is refused over a parent that cannot force write-back
+            // on a unit without CANWBS.
             Sim::Smmu(IeSimSmmuConfig {
                 cohacc: true,
+                fwb: true,
                 ..IeSimSmmuConfig::default()
             }),
             |ctx, parent| {
@@ -645,9 +648,11 @@ fn capi_invalidate_user_over_two_smmu_units() {
     use super::sim::smmu_model;
     use crate::sim::smmuv3::{op, Injection};
     let (arena, env) = arena();
+    // FWB: as capi_hwpt_alloc_nested_and_invalidate.
     let sim = || {
         Sim::Smmu(IeSimSmmuConfig {
             cohacc: true,
+            fwb: true,
             ..IeSimSmmuConfig::default()
         })
     };
