@@ -23,7 +23,7 @@
 //! an attach elsewhere then a free of the IOASID; an unmap whose flushes fail in the domains
 //! of two units beside an attach that builds the second, and beside the detaches and the free
 //! of an IOASID with a domain on each unit (one owing); a free of another IOASID holding a
-//! domain on the same unit.
+//! domain on the same unit; an `UNMAP_ALL` waiting in turn (IOVA stripes) beside narrow calls.
 //! Each thread records what it called, with the arguments it used (an IOASID number `alloc`
 //! returned, an IOVA `alloc_iova` returned), what came back, and when it started and returned
 //! (`ModelUnit::clock`). In every interleaving loom explores:
@@ -2694,6 +2694,34 @@ fn map_vs_unmap_all_over_it() {
             },
             |t| {
                 t.run(Call::Unmap(B, 0, UNMAP_ALL));
+            },
+        ],
+    );
+}
+
+/// (t) An `UNMAP_ALL` of B (mapping `B_PAGE`) beside a thread making two narrow calls in its
+/// first stripe, a map next to `B_PAGE` then an unmap of it. When the wide call finds the map
+/// holding the stripe it waits in turn (`stripes.rs`: served, its stripes in `wanted`), and the
+/// unmap coming then does not go in over it but waits in turn behind it; the turns must keep
+/// the calls apart as the single compare-and-swap did: every answer and the state left are
+/// those of some order of the calls, and no table walk reaches a freed page. (The same with
+/// the narrow calls on two threads did not finish within 16 minutes at load 9.)
+#[test]
+fn unmap_all_waiting_vs_narrow_calls() {
+    run(
+        "unmap_all_waiting_vs_narrow_calls",
+        Setup {
+            b_page: true,
+            ..Setup::NONE
+        },
+        &["map ok", "unmap ok"],
+        &[
+            |t| {
+                t.run(Call::Unmap(B, 0, UNMAP_ALL));
+            },
+            |t| {
+                t.run(Call::Map(B, 0x3000, 0x70_0000, K4));
+                t.run(Call::Unmap(B, B_PAGE.0, K4));
             },
         ],
     );

@@ -79,9 +79,13 @@
 //! context's lock for writing and serialises. [`IoasidCtx::map`] and [`IoasidCtx::unmap`] take it
 //! for reading: any number may run at once on *disjoint* IOVA ranges of one IOASID. Calls on
 //! overlapping ranges of one IOASID (`map`, `unmap`, a `copy`'s reads, runs and undo, the dirty
-//! reads) take turns: each holds its range's IOVA stripes (64 of 1 GiB, modulo 64 GiB; a range
-//! over 64 GiB takes them all) for its duration, and a call whose stripe another holds spins
+//! reads) take turns: each holds its range's IOVA stripes (32 of 1 GiB, modulo 32 GiB; a range
+//! over 32 GiB takes them all) for its duration, and a call whose stripe another holds spins
 //! until it is given back (bounded by that call, which only spins on bounded hardware waits).
+//! Waiting calls are served in turn: once one is served, later calls wanting any of its
+//! stripes wait behind it, so narrow calls taking and giving back single stripes cannot keep
+//! an `UNMAP_ALL` out; a call waits at most for the waiters ahead of it and, once served, the
+//! calls then holding its stripes.
 //! Disjoint ranges sharing a stripe wait too; the page-table engine's own contract (no
 //! overlapping calls at once) is kept whatever the callers do.
 //! [`IoasidCtx::translate`], [`IoasidCtx::alloc_iova`], [`IoasidCtx::table_pages`] and
