@@ -991,14 +991,26 @@ fn an_ats_attach_while_disabled_owes_its_atc_invalidation_until_enable() {
 /// and its MAIR makes attribute 0 Normal Non-cacheable (0x44); `parent` maps IPA
 /// 0x4000_0000 (2 MiB) to 0x6000_0000.
 fn guest_non_cacheable_stage1(u: &Unit<'_>, mem: &Arena, parent: DomainHandle) -> DomainHandle {
+    guest_stage1(u, mem, parent, RW)
+}
+
+/// [`guest_non_cacheable_stage1`] with the guest's level-1 table mapped by `parent` with
+/// `table_prot`.
+fn guest_stage1(u: &Unit<'_>, mem: &Arena, parent: DomainHandle, table_prot: Prot) -> DomainHandle {
     use iommu_engine::iommu::UserStage1;
     use iommu_engine::mem::PageAllocator;
     let cd = mem.alloc(12).unwrap().pa.get();
     let l1 = mem.alloc(12).unwrap().pa.get();
     u.map(parent, Iova::new(0x20_0000), PhysAddr::new(cd), K4, RW)
         .unwrap();
-    u.map(parent, Iova::new(0x20_1000), PhysAddr::new(l1), K4, RW)
-        .unwrap();
+    u.map(
+        parent,
+        Iova::new(0x20_1000),
+        PhysAddr::new(l1),
+        K4,
+        table_prot,
+    )
+    .unwrap();
     u.map(
         parent,
         Iova::new(0x4000_0000),
@@ -1086,4 +1098,26 @@ fn a_guests_stage1_cannot_make_dma_non_cacheable() {
     u.attach(DeviceId(SID), None, user).unwrap();
     let ok = model.translate(SID, None, 0x1040, Access::READ).unwrap();
     assert!(ok.coherent);
+}
+
+/// STE.S2PTW = 1 (IHI 0070 §5.2): a guest's stage-1 walk (or CD fetch) that lands on a page the
+/// parent maps as Device memory (MMIO) is a stage-2 Permission fault, not a read of the device.
+#[test]
+fn a_guests_table_walk_into_a_device_page_faults() {
+    let mem = arena();
+    let model = SmmuModel::new(&mem, SmmuModelConfig::qemu_like().with_fwb(true));
+    let u = unit(&model, &mem, cfg());
+    let parent = u
+        .domain_alloc(&DomainConfig {
+            nest_parent: true,
+            ..s2()
+        })
+        .unwrap();
+    let user = guest_stage1(&u, &mem, parent, RW | Prot::MMIO);
+    u.attach(DeviceId(SID), None, user).unwrap();
+    let f = model
+        .translate(SID, None, 0x1040, Access::READ)
+        .expect_err("the guest's walk read a Device-mapped page");
+    assert_eq!((f.event, f.stage2), (event::F_PERMISSION, true));
+    assert_eq!(f.addr2, 0x20_1000);
 }

@@ -402,7 +402,8 @@ impl<A: PageAllocator> Domain<A> {
             })? as u8,
             endi: false,
             affd: false,
-            ptw: false,
+            // CD fetches and stage-1 walks (a guest's included) never reach Device pages.
+            ptw: true,
             hd: c.dirty_tracking,
             ha: c.dirty_tracking,
             s: false,

@@ -232,7 +232,8 @@ pub struct Stage2 {
     pub endi: bool,
     /// S2AFFD.
     pub affd: bool,
-    /// S2PTW.
+    /// S2PTW: a CD fetch or stage-1 walk to a stage-2 Device page is a stage-2 Permission
+    /// fault (IGNORED unless both stages translate).
     pub ptw: bool,
     /// S2HD (with `IDR0.HTTU = 2`).
     pub hd: bool,
@@ -242,7 +243,8 @@ pub struct Stage2 {
     pub s: bool,
     /// S2R: record stage-2 faults.
     pub r: bool,
-    /// S2FWB (with `IDR3.FWB`): stage 2 forces write-back, the no-snoop blocker.
+    /// S2FWB (with `IDR3.FWB`): stage 2 forces write-back over stage 1's memory type. It does
+    /// not stop a PCIe No-Snoop transaction from bypassing the caches (that is `CANWBS`).
     pub fwb: bool,
     /// S2TTB: the stage-2 table, 16-byte aligned at least, 52 bits at most.
     pub ttb: PhysAddr,

@@ -288,7 +288,8 @@ pub(super) fn hw_update(env: &Env<'_>, u: DirtyUpdate) {
 /// Stage 2 of an IPA the SMMU reads (a CD or a stage-1 table): it must grant reads.
 pub(super) fn stage2_read(env: &Env<'_>, s2: &S2Context, ipa: u64) -> Result<u64, Inner> {
     let e = stage2(env, s2, ipa, false)?;
-    if !e.read {
+    // S2PTW (§5.2): table and CD fetches must not reach Device memory.
+    if !e.read || s2.ptw && e.mem == Mt::Device {
         return Err(Inner::Stage2 {
             event: F_PERMISSION,
             ipa,

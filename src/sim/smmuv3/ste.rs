@@ -24,6 +24,7 @@ const S2TTB: u64 = bits(51, 4);
 const S2AA64: u64 = 1 << 51;
 const S2ENDI: u64 = 1 << 52;
 const S2HD: u64 = 1 << 55;
+const S2PTW: u64 = 1 << 54;
 const S2HA: u64 = 1 << 56;
 const S2S: u64 = 1 << 57;
 const S2R: u64 = 1 << 58;
@@ -67,6 +68,9 @@ pub(crate) struct S2Context {
     pub record: bool,
     /// S2S: stall stage-2 faults.
     pub stall: bool,
+    /// S2PTW: a CD fetch or stage-1 walk to a stage-2 Device page is a stage-2 Permission
+    /// fault (with 0 it is allowed: `IDR3.PTWNNC` = 0 is modelled).
+    pub ptw: bool,
 }
 
 /// A decoded, legal STE.
@@ -214,5 +218,6 @@ fn s2_context(cfg: &SmmuModelConfig, dw1: u64, dw2: u64, dw3: u64) -> Result<S2C
         walk,
         record: dw2 & S2R != 0,
         stall: dw2 & S2S != 0,
+        ptw: dw2 & S2PTW != 0,
     })
 }

@@ -219,8 +219,17 @@ fn stage2_attach_writes_the_ste_and_detach_aborts_and_invalidates() {
     // V | Config 0b110.
     assert_eq!(ste.words[0], 0xd);
     // VMID 1; S2T0SZ 16 (64 - 48); 48 bits at 4K: start level 0 with a 512-entry root, SL0 2;
-    // IR0/OR0 WBWA (1); SH0 inner (3); TG 4K (0); PS 48 bits (5); S2AA64; S2R.
-    let w2 = 1 | 16 << 32 | 2 << 38 | 1 << 40 | 1 << 42 | 3 << 44 | 5 << 48 | 1 << 51 | 1 << 58;
+    // IR0/OR0 WBWA (1); SH0 inner (3); TG 4K (0); PS 48 bits (5); S2AA64; S2PTW; S2R.
+    let w2 = 1
+        | 16 << 32
+        | 2 << 38
+        | 1 << 40
+        | 1 << 42
+        | 3 << 44
+        | 5 << 48
+        | 1 << 51
+        | 1 << 54
+        | 1 << 58;
     assert_eq!(ste.words[2], w2);
     let root = u.domains[usize::from(d.0)]
         .read()
