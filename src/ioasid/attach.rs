@@ -353,7 +353,10 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     /// region stays mapped and reserved in the IOASID, without users -- the device records
     /// the IOASID, and `detach` called again settles it
     /// (reissues the invalidation, retries the unmap) and returns `Ok` once nothing is owed.
-    /// Any later call on the IOASID (map, unmap, free, ...) settles the invalidation too.
+    /// Any later call on the IOASID (map, unmap, free, ...) settles the invalidation too. No
+    /// such IOASID is forgotten: after detaches that left more than two (the device attached
+    /// and detached again while the unit kept failing), the retry settles every IOASID of the
+    /// context and returns `Ok` only once none owes anything.
     pub fn detach(&self, device: DeviceHandle) -> Result<(), Error> {
         // The one `Result` of the detach, which each step puts its errors into: the return
         // value itself, not a copy in a frame over the unmaps and flushes (the kernel-stack
@@ -423,7 +426,7 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         if let Ok(d) = st.device_mut(device) {
             // A device attached again (by another thread) settles it at its detach.
             if d.attached.is_none() {
-                note_left(&mut d.left_owing, io);
+                note_left(d, io);
                 keep_first(r, e);
             }
         }
@@ -522,7 +525,7 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         if failed {
             // The device is there: the caller holds the write lock it found it under.
             if let Ok(d) = st.device_mut(device) {
-                note_left(&mut d.left_owing, ioasid);
+                note_left(d, ioasid);
             }
         }
     }
@@ -541,8 +544,8 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         let Ok(dev) = st.device(device) else {
             return false;
         };
-        let left = dev.left_owing;
-        if left.iter().all(Option::is_none) {
+        let (left, more) = (dev.left_owing, dev.left_more);
+        if left.iter().all(Option::is_none) && !more {
             return false;
         }
         let mut still = [None; 2];
@@ -551,22 +554,52 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
             let Some(io) = io.filter(|io| st.ioasid(*io).is_ok()) else {
                 continue;
             };
-            // Its direct mappings left without users, then what it owes, errors into `result`.
-            let settled = match st.ioasid_mut(io) {
-                Ok(i) => !self.drop_unused_direct_into(i, result) && self.settle_into(i, result),
-                Err(e) => {
-                    keep_first(result, e);
-                    false
-                }
-            };
-            if !settled {
+            if !self.settle_left_in(st, io, result) {
                 *slot = Some(io);
             }
         }
+        // More were left than the slots hold: every IOASID of the context is settled, and the
+        // note kept until all of them owe nothing.
+        let more = more && !self.settle_every_left(st, result);
         if let Ok(d) = st.device_mut(device) {
             d.left_owing = still;
+            d.left_more = more;
         }
         true
+    }
+
+    /// Settles what a detach may have left owed in `io`: its direct mappings left without
+    /// users, then the invalidations it owes; errors into `result` (unless an earlier one is
+    /// there). `true` once nothing is left.
+    fn settle_left_in(
+        &self,
+        st: &mut State<'a, A>,
+        io: IoasidId,
+        result: &mut Result<(), Error>,
+    ) -> bool {
+        match st.ioasid_mut(io) {
+            Ok(i) => !self.drop_unused_direct_into(i, result) && self.settle_into(i, result),
+            Err(e) => {
+                keep_first(result, e);
+                false
+            }
+        }
+    }
+
+    /// [`Self::settle_left_in`] for every IOASID of the context (for a device whose detaches
+    /// left more owing than its slots note); `true` if every one settled. Bounded by the
+    /// context's IOASID slots; not inlined (see `detach_locked`).
+    #[cold]
+    #[inline(never)]
+    fn settle_every_left(&self, st: &mut State<'a, A>, result: &mut Result<(), Error>) -> bool {
+        let mut settled = true;
+        for i in 0..st.ioasids.len() {
+            let Some(io) = st.ioasids[i].as_mut() else {
+                continue;
+            };
+            settled &= !self.drop_unused_direct_into(io, result) && self.settle_into(io, result);
+        }
+        settled
     }
 
     /// Attaches a (device, PASID) pair to an IOASID allocated with [`IoasidFlags::PASID`]. The
@@ -1563,15 +1596,17 @@ fn put_error<T>(r: Result<T, Error>, out: &mut Result<(), Error>) -> Option<T> {
     }
 }
 
-/// Notes `io` among the IOASIDs a detach left something owed in (at most two: the one the
-/// device was attached to and the one an unsettled attach was leaving).
-fn note_left(left: &mut [Option<IoasidId>; 2], io: IoasidId) {
-    if left.contains(&Some(io)) {
+/// Notes `io` among the IOASIDs a detach of `d` left something owed in: in a free slot of
+/// `left_owing` (a detach leaves at most two, the IOASID the device was attached to and the
+/// one an unsettled attach was leaving), else in `left_more`, never over another note (an
+/// IOASID overwritten there was forgotten: the retry returned `Ok` with its invalidation still
+/// owed).
+fn note_left(d: &mut super::ctx::Device, io: IoasidId) {
+    if d.left_owing.contains(&Some(io)) {
         return;
     }
-    if let Some(slot) = left.iter_mut().find(|s| s.is_none()) {
-        *slot = Some(io);
-    } else {
-        left[1] = Some(io);
+    match d.left_owing.iter_mut().find(|s| s.is_none()) {
+        Some(slot) => *slot = Some(io),
+        None => d.left_more = true,
     }
 }

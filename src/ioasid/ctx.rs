@@ -69,6 +69,10 @@ pub(super) struct Device {
     /// device: an invalidation of its direct regions' unmap (or of the reclaim after it) not
     /// confirmed, or a region it could not unmap. `detach` retried settles them (`attach.rs`).
     pub(super) left_owing: [Option<IoasidId>; 2],
+    /// A detach left something owed in more IOASIDs than `left_owing` holds (a device attached
+    /// and detached again while the unit kept failing): none is forgotten, `detach` retried
+    /// settles every IOASID of the context and clears this once all of them owe nothing.
+    pub(super) left_more: bool,
     /// The ID the guest knows the device by (`nested.rs`).
     pub(super) virtual_id: Option<u32>,
 }
@@ -550,6 +554,7 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
             attached: None,
             unsettled: None,
             left_owing: [None; 2],
+            left_more: false,
             virtual_id: None,
             direct,
         });

@@ -1154,6 +1154,44 @@ fn a_detach_reports_its_first_failure_and_the_retry_completes_it() {
     assert_eq!(ctx.detach(dev), Err(Error::NotAttached(dev)));
 }
 
+/// A device whose detaches leave invalidations owed in three IOASIDs (each detach's unmap of
+/// its direct region not confirmed, the unit failing on) forgets none of them: a retry while
+/// the unit still fails keeps them all, and the retry once it answers settles every one
+/// before it returns `Ok`. Before, `Device::left_owing` held two and a third note overwrote
+/// the second: the retry returned `Ok` with that IOASID still owing the invalidation of the
+/// region's unmap (stale IOTLB entries for pages the caller may then reuse).
+#[test]
+fn a_device_leaving_three_ioasids_owing_forgets_none() {
+    with_two_attached_units(|ctx, _, u0, _| {
+        let region = DirectRegion::new(range(M2, M2 + K4), false).unwrap();
+        let dev = ctx
+            .bind_with_direct(label(0, 2), false, None, &[region])
+            .unwrap();
+        let owing = [(); 3].map(|()| ctx.alloc(IoasidFlags::empty()).unwrap());
+        *u0.fail_flush_at.lock().unwrap() = Some(M2);
+        let pending = Err(Error::InvalidationPending {
+            unit: UnitId(0),
+            error: IommuError::Timeout { what: "flush" },
+        });
+        for io in owing {
+            ctx.attach(dev, io).unwrap();
+            assert_eq!(ctx.detach(dev), pending);
+        }
+        assert_eq!(ctx.detach(dev), pending);
+        *u0.fail_flush_at.lock().unwrap() = None;
+        assert_eq!(ctx.detach(dev), Ok(()));
+        let owes = |io: IoasidId| ctx.state.read().ioasid(io).unwrap().pending.any();
+        for io in owing {
+            assert!(
+                !owes(io),
+                "IOASID {} still owes the region's invalidation",
+                io.0
+            );
+        }
+        assert_eq!(ctx.detach(dev), Err(Error::NotAttached(dev)));
+    });
+}
+
 /// A domain whose unmap fails partway (`EntryUnstable` after a prefix went) gets that prefix
 /// back too, as the domains before it get the whole range: after the error every domain maps
 /// what the record holds.
