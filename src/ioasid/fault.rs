@@ -220,7 +220,10 @@ impl<A: PageAllocator> IoasidCtx<'_, '_, A> {
     /// unknown) or [`FaultError::NotOwned`] (another context's cookie), nothing changed;
     /// [`FaultError::NotRouted`]: the group's device (or PASID) is no longer attached here
     /// (its detach answered it; after an unbind the device may be another context's): nothing
-    /// is sent, and the group leaves the queue;
+    /// is sent, the group leaves the queue and the unit is told it will not be sent
+    /// ([`Iommu::page_response_abandon`](crate::iommu::Iommu::page_response_abandon)). No call
+    /// of this crate leaves such a group (each that ends a routing answers the faults under
+    /// the write lock this call's read lock excludes): a defence, not a path;
     /// [`Error::Iommu`] if the unit did not take the response: the group stays outstanding
     /// (answer it again) when the unit says it still owes it
     /// ([`Iommu::page_response_owed`](crate::iommu::Iommu::page_response_owed): SMMUv3, whose
@@ -245,6 +248,11 @@ impl<A: PageAllocator> IoasidCtx<'_, '_, A> {
         };
         if !self.routes(&st, label, response.pasid) {
             let _ = faults.respond(cookie, code);
+            // Nobody sends it now: the unit must not keep owing it (an SMMUv3 record would
+            // hold a place of the stream's `STREAM_QUOTA` for the unit's life).
+            if let Ok(u) = self.unit(label.unit) {
+                u.page_response_abandon(&response);
+            }
             return Err(Error::Fault(FaultError::NotRouted {
                 device: response.device,
                 pasid: response.pasid,

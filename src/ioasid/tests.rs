@@ -52,6 +52,8 @@ struct FakeUnit<'a> {
     panic_map_at: Mutex<Option<u64>>,
     /// Every page response the unit sent to a device, in order.
     responses: Mutex<Vec<crate::iopf::PageResponse>>,
+    /// Every answer the layer gave up (`Iommu::page_response_abandon`), in order.
+    abandoned: Mutex<Vec<crate::iopf::PageResponse>>,
     /// The next attach fails with a unit fault (`Timeout`) before changing anything: the
     /// layer keeps the attachment unsettled.
     fail_next_attach: AtomicBool,
@@ -132,6 +134,7 @@ impl<'a> FakeUnit<'a> {
             pause_map_at: Mutex::new(None),
             panic_map_at: Mutex::new(None),
             responses: Mutex::new(Vec::new()),
+            abandoned: Mutex::new(Vec::new()),
             fail_next_attach: AtomicBool::new(false),
         }
     }
@@ -396,6 +399,9 @@ impl Iommu for FakeUnit<'_> {
     fn page_response(&self, response: &crate::iopf::PageResponse) -> Result<(), IommuError> {
         self.responses.lock().unwrap().push(*response);
         Ok(())
+    }
+    fn page_response_abandon(&self, response: &crate::iopf::PageResponse) {
+        self.abandoned.lock().unwrap().push(*response);
     }
 }
 
@@ -3159,8 +3165,10 @@ fn a_fault_reported_beside_a_detach_is_answered_by_it() {
 
 /// A group the queue still holds for a device no longer attached here is not answered to the
 /// device (after an unbind the device may be bound in another context, whose faults the unit
-/// would take the answer for): refused, `NotRouted`, and dropped. Before, `respond_fault`
-/// looked at the queue only and sent it.
+/// would take the answer for): refused, `NotRouted`, and dropped, the unit told it will not be
+/// sent (`page_response_abandon`: an SMMUv3 record of it would hold a place of the stream's
+/// `STREAM_QUOTA` for the unit's life). Before, `respond_fault` looked at the queue only and
+/// sent it; then it dropped it without telling the unit.
 #[test]
 fn respond_fault_refuses_a_group_of_a_device_no_longer_attached() {
     with_a_faulting_device(|ctx, dev, u| {
@@ -3182,6 +3190,9 @@ fn respond_fault_refuses_a_group_of_a_device_no_longer_attached() {
         );
         assert_eq!(*u.responses.lock().unwrap(), []);
         assert_eq!(ctx.faults.lock().len(), 0);
+        let dropped = page_request(5).response(crate::iopf::ResponseCode::Success);
+        let abandoned = u.abandoned.lock().unwrap().clone();
+        assert_eq!(abandoned, [dropped]);
     });
 }
 
