@@ -452,6 +452,62 @@ fn a_stale_entry_of_the_last_lap_is_not_taken_for_the_new_one() {
     assert_eq!(mem.live_pages().len(), live, "nothing freed");
 }
 
+/// A drain that gave up on an entry (not written within the poll budget) must not let the
+/// unit's late write of it pass for a later lap's event. Before, the drain cleared the slot
+/// and freed it at once; the late write landed after the clear, and one lap later, with the
+/// next entry there written after its tail moved (the erratum), the IOTLB_INV_TIMEOUT check
+/// read the stale event as the new one: the flush returned `Ok` and freed the pages while the
+/// device's ATC still held their translations.
+#[test]
+fn a_late_write_of_a_skipped_entry_is_not_taken_for_a_later_laps() {
+    let mem = Arena::with_defaults().unwrap();
+    let model = AmdViModel::new(&mem, AmdViModelConfig::qemu_default());
+    let u = setup(&mem, &model);
+    let ats = DeviceHints {
+        ats: true,
+        ..DeviceHints::default()
+    };
+    let (d, mut g, _) = used_then_unmapped(&u, &model, &ats);
+    model
+        .ats_translate(DEV.0 as u16, None, 0x20_0000, false)
+        .ok();
+    let fault =
+        iommu_engine::amdvi::event::Event::encode(EventCode::IoPageFault, 0x99, 1, 0, 0x5000);
+    const TAIL: usize = 0x2018;
+    let slot = model.read64(TAIL);
+    // Written 10 register reads after the drain's 10,000 polls gave up.
+    model.inject(Injection::DelayedEventWrite(10_010));
+    model.raise_event(fault);
+    let sum = u.drain_events(|_| {}).unwrap();
+    assert_eq!((sum.events, sum.unwritten), (0, 1));
+    for _ in 0..20 {
+        model.read64(0x2020);
+    }
+    // A lap of faults, drained as they come, until the tail is back at the skipped slot.
+    let mut reported = 0;
+    for _ in 0..600 {
+        model.raise_event(fault);
+        reported += u.drain_events(|_| {}).unwrap().events;
+        if model.read64(TAIL) == slot {
+            break;
+        }
+    }
+    assert_eq!(model.read64(TAIL), slot);
+    let live = mem.live_pages().len();
+    model.inject(Injection::IotlbTimeout);
+    model.inject(Injection::DelayedEventWrite(u32::MAX));
+    let r = u.flush(d, &mut g);
+    assert!(
+        r.is_err(),
+        "{r:?}: pages freed ({} -> {}) while the ATC holds {:?}",
+        live,
+        mem.live_pages().len(),
+        model.atc_translation(DEV.0 as u16, None, 0x20_0000)
+    );
+    assert_eq!(mem.live_pages().len(), live, "nothing freed");
+    assert_eq!(reported, 512, "every fault, the late one included");
+}
+
 /// A model whose EFR has `GTSup` and 16-bit PASIDs.
 fn pasid_model(mem: &Arena) -> AmdViModel<'_> {
     AmdViModel::new(mem, AmdViModelConfig::qemu_default().with_pasids(16))

@@ -17,13 +17,20 @@
 //! so that the previous lap's entry in a slot reads as "not written", never as a new event.
 //! A reader whose budget ran out does not know what the entry holds: [`EventLog::find_since`]
 //! fails with [`Error::Timeout`] (`Wait::EventEntry`). A drain gives up on it (Linux reports
-//! "no event written" and moves on the same way): clears it, moves the head past it and
-//! counts it in [`DrainSummary::unwritten`], so that one lost write cannot stop the log (every
-//! later drain waiting at it, the log filling and overflowing behind it). The skip is safe for
-//! the IOTLB_INV_TIMEOUT check: it reads from the tail at its call's start, under the lock
-//! that keeps drains out, so a skipped entry was logged before its window.
+//! "no event written" and moves on the same way), counts it in [`DrainSummary::unwritten`]
+//! and goes on with the entries after it, so that one lost write cannot stop the log (every
+//! later drain waiting at it, the log filling and overflowing behind it). But the write may
+//! still come: a skipped slot is neither cleared nor given back to the unit (the head
+//! register stays on it) until its write is seen (reported then, late:
+//! [`DrainSummary::late`]) or a later entry was read as written (the unit writes its entries
+//! in order, so a write not there by then never comes). Only then is it cleared and the head
+//! moved past it. Cleared at the skip, the late write would land after the clear and read as
+//! a new event when the unit's tail next passed the slot before writing it (an
+//! IOTLB_INV_TIMEOUT missed, a flush returning `Ok` while a device's ATC held translations).
+//! The IOTLB_INV_TIMEOUT check reads from the tail at its call's start, under the lock that
+//! keeps drains out, so a skipped entry was logged before its window.
 
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use super::event::Event;
 use super::regs::{self, Control, Status};
@@ -42,8 +49,10 @@ pub struct DrainSummary {
     /// The log had overflowed: events were lost; logging was restarted.
     pub overflow: bool,
     /// Entries the tail passed that were still not written after the poll budget: skipped
-    /// (cleared and consumed, see the module), their events lost.
+    /// (see the module); their events are reported late if their write comes.
     pub unwritten: u32,
+    /// Of the events reported, those an earlier skip had given up on (written late).
+    pub late: u32,
 }
 
 /// The event log's memory and geometry.
@@ -52,6 +61,9 @@ pub struct EventLog {
     ring: Page,
     len_log2: u32,
     coherency: WalkerCoherency,
+    /// Skipped entries from the head register on, neither cleared nor given back to the unit
+    /// until settled (see the module). Written only under the unit's event lock.
+    skipped: AtomicU32,
 }
 
 impl EventLog {
@@ -74,6 +86,7 @@ impl EventLog {
             ring,
             len_log2,
             coherency,
+            skipped: AtomicU32::new(0),
         })
     }
 
@@ -102,6 +115,7 @@ impl EventLog {
         );
         regs.write64(regs::EVENT_LOG_HEAD, 0);
         regs.write64(regs::EVENT_LOG_TAIL, 0);
+        self.skipped.store(0, Ordering::Relaxed);
         Ok(())
     }
 
@@ -258,8 +272,8 @@ impl EventLog {
     /// size): the head moves past the events reported and no further, so the rest stay for
     /// the next drain. Each entry is awaited until written ([`read_written`](Self::read_written));
     /// one still not written after the budget is skipped, not reported, and counted in
-    /// [`DrainSummary::unwritten`] (it counts against `max`); each consumed or skipped entry is
-    /// cleared. Acknowledges the event interrupt, and restarts logging after an
+    /// [`DrainSummary::unwritten`] (it counts against `max`; the head stays on it until it is
+    /// settled, see the module); each consumed entry is cleared. Acknowledges the event interrupt, and restarts logging after an
     /// overflow (see the module) whether or not events are left: the unit logs into the
     /// entries freed, from its tail (§3.4 `EventOverflow`: clear it and set `EventLogEn`).
     ///
@@ -280,9 +294,18 @@ impl EventLog {
     {
         let status = regs::status(regs);
         let mut summary = DrainSummary::default();
-        let mut head = self.pointer(regs, regs::EVENT_LOG_HEAD);
+        let mask = self.size() - 1;
+        // `freed`: the head register (what the unit may reuse ends there); the `skipped`
+        // entries from it on were given up on and are not settled; `head`: the next to read.
+        let mut freed = self.pointer(regs, regs::EVENT_LOG_HEAD);
+        let mut skipped = self.skipped.load(Ordering::Relaxed);
         let tail = self.pointer(regs, regs::EVENT_LOG_TAIL);
         dma_read_barrier();
+        // A late write seen now is reported before anything after it.
+        let n = self.settle(alloc, freed, skipped, false, &mut summary, &mut report);
+        freed = (freed + n * ENTRY_BYTES) & mask;
+        skipped -= n;
+        let mut head = (freed + skipped * ENTRY_BYTES) & mask;
         for _ in 0..(1usize << self.len_log2).min(max) {
             if head == tail {
                 break;
@@ -291,20 +314,25 @@ impl EventLog {
             // drain would stop the log for good and let it fill up behind it.
             match self.read_written(regs, alloc, head, budget) {
                 Ok(event) => {
+                    // Written in order: every skipped entry before this one is settled.
+                    self.settle(alloc, freed, skipped, true, &mut summary, &mut report);
+                    skipped = 0;
                     self.clear(alloc, head);
                     report(event);
                     summary.events += 1;
+                    freed = (head + ENTRY_BYTES) & mask;
                 }
                 Err(_) => {
-                    self.clear(alloc, head);
+                    skipped += 1;
                     summary.unwritten += 1;
                 }
             }
-            head = (head + ENTRY_BYTES) & (self.size() - 1);
+            head = (head + ENTRY_BYTES) & mask;
         }
+        self.skipped.store(skipped, Ordering::Relaxed);
         // The head frees the consumed slots for the unit: their clearing must reach memory
         // first, or the zero could land after the unit's next entry there (read as unwritten).
-        regs.doorbell64(regs::EVENT_LOG_HEAD, u64::from(head));
+        regs.doorbell64(regs::EVENT_LOG_HEAD, u64::from(freed));
         regs.write64(regs::STATUS, Status::EVENT_LOG_INT.bits());
         if status.contains(Status::EVENT_OVERFLOW) {
             summary.overflow = true;
@@ -313,6 +341,34 @@ impl EventLog {
             regs::set_control(regs, Control::EVENT_LOG_EN, true, budget)?;
         }
         Ok(summary)
+    }
+
+    /// Settles the `n` skipped entries from `from` (see the module), oldest first: one whose
+    /// write has come is reported (late) and cleared; one still not written is lost for good
+    /// when `all` (a later entry was read as written), else it and those after it stay
+    /// skipped. Returns how many were settled (a prefix).
+    fn settle<A: PageAllocator + ?Sized>(
+        &self,
+        alloc: &A,
+        from: u32,
+        n: u32,
+        all: bool,
+        summary: &mut DrainSummary,
+        report: &mut impl FnMut(Event),
+    ) -> u32 {
+        for i in 0..n {
+            let at = (from + i * ENTRY_BYTES) & (self.size() - 1);
+            let e = self.read(alloc, at);
+            if Self::written(&e) {
+                self.clear(alloc, at);
+                report(e);
+                summary.events += 1;
+                summary.late += 1;
+            } else if !all {
+                return i;
+            }
+        }
+        n
     }
 
     /// Gives the log's page back.

@@ -414,7 +414,7 @@ fn an_entry_never_written_is_skipped_and_reported_by_the_drain() {
     let u = unit(&model, &mem, small());
     u.enable().unwrap();
     let fault = |i: u64| super::event::Event::encode(EventCode::IoPageFault, 0x99, 1, 0, i << 12);
-    model.inject(Injection::DelayedEventWrite(u32::MAX));
+    model.inject(Injection::LostEventWrite);
     model.raise_event(fault(1));
     model.raise_event(fault(2));
     let mut seen = Vec::new();

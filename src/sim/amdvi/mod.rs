@@ -19,7 +19,8 @@
 //! event logged; a device table cache and an IOTLB (with the page directory entries it
 //! passed: `PDE` drops them) that keep entries until invalidated; the event log with overflow
 //! (`EventOverflow`, `EventLogRun` clear, events dropped; an entry written some register reads
-//! after its tail moved, [`Injection::DelayedEventWrite`]; `CmdBufRun` set some register reads
+//! after its tail moved but before any later entry, [`Injection::DelayedEventWrite`], or never,
+//! [`Injection::LostEventWrite`]; `CmdBufRun` set some register reads
 //! after `CmdBufEn`, [`Injection::SlowCmdBufRun`]); fault injection ([`Injection`]).
 //!
 //! Dirty tracking: `D` set in v1 leaves under DTE `HAD` (see `translate.rs`).
@@ -226,8 +227,12 @@ pub enum Injection {
     /// more register reads (or at [`AmdViModel::clear_injections`]): the tail visible before
     /// the entry, as the erratum Linux's event handling retries for (it re-reads an entry
     /// whose type is 0). Until then the slot holds what it held: zero, or the entry of the
-    /// previous lap if software did not clear it.
+    /// previous lap if software did not clear it. Writes stay in order: the entry is written
+    /// before any later event's.
     DelayedEventWrite(u32),
+    /// The next event logged moves the tail but its entry is never written (a lost write):
+    /// the slot keeps what it held.
+    LostEventWrite,
     /// Each time `CmdBufEn` is set, `CmdBufRun` sets (and fetching starts) only `n` register
     /// reads later, until [`AmdViModel::clear_injections`]: a unit slow to start its buffer.
     SlowCmdBufRun(u32),
@@ -242,6 +247,7 @@ struct Injections {
     iotlb_timeout: bool,
     stuck_run: bool,
     event_write_delay: u32,
+    lost_event_write: bool,
     slow_cmd_buf_run: u32,
 }
 
@@ -438,6 +444,7 @@ impl<'m> AmdViModel<'m> {
             Injection::IotlbTimeout => st.inj.iotlb_timeout = true,
             Injection::StuckRun => st.inj.stuck_run = true,
             Injection::DelayedEventWrite(n) => st.inj.event_write_delay = n.max(1),
+            Injection::LostEventWrite => st.inj.lost_event_write = true,
             Injection::SlowCmdBufRun(n) => st.inj.slow_cmd_buf_run = n.max(1),
         }
     }
@@ -654,9 +661,13 @@ impl State<'_> {
             return;
         }
         let at = Self::ring_addr(self.event_base) + self.event_tail;
-        if self.inj.event_write_delay != 0 {
+        // The unit's entry writes are ordered: a delayed one lands before any later one.
+        self.write_pending_event();
+        if self.inj.lost_event_write {
+            self.inj.lost_event_write = false;
+            self.stats.injections_fired += 1;
+        } else if self.inj.event_write_delay != 0 {
             // The tail moves now, the entry later (see `Injection::DelayedEventWrite`).
-            self.write_pending_event();
             self.pending_event = Some((at, raw, self.inj.event_write_delay));
             self.inj.event_write_delay = 0;
             self.stats.injections_fired += 1;
