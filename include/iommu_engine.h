@@ -131,7 +131,8 @@ typedef enum {
   IE_STATUS_NO_SPACE = 10,
   // The caller lacks the proof an operation needs, e.g. a device that is not no-snoop
   // capable asking for incoherent DMA, or a guest's invalidation names something the guest
-  // does not own (`-EPERM`).
+  // does not own; or an unmap would split a page a domain is configured never to split
+  // (`-EPERM`).
   IE_STATUS_NOT_PERMITTED = 11,
   // The unit lacks a capability the operation needs (`-EOPNOTSUPP`).
   IE_STATUS_UNSUPPORTED = 12,
@@ -1057,7 +1058,8 @@ int32_t ie_ctx_reserve_region(IeCtx *ctx, uint64_t start, uint64_t len);
 // unit's devices, and a second registry (or the same unit under a second number) would hand
 // the same device to another context, whose attach replaces the first one's context entry or
 // STE. `IE_STATUS_INVALID_ARGUMENT` for a handle listed twice, `IE_STATUS_BUSY` for a unit in
-// another live registry (free again once that registry is destroyed).
+// another live registry (free again once that registry is destroyed) or one an
+// ie_unit_disable() is turning off at that moment.
 //
 // # Safety
 // `env` is a valid `IeEnv`; `units` points to `n_units` live unit handles; `out` is writable.
@@ -1249,17 +1251,25 @@ int32_t ie_ctx_map(IeCtx *ctx,
 
 // Unmaps `[iova, iova + len)` from the IOASID and every domain behind it, invalidates the
 // IOTLBs (one completion wait per unit) and writes the bytes that were mapped to `*unmapped`
-// (if not NULL). `IE_STATUS_TIMEOUT` / `IE_STATUS_HARDWARE` / `IE_STATUS_COMMAND_ERROR`
-// after the range was unmapped: a unit did not confirm the invalidation, and devices may
+// (if not NULL). `*unmapped` is written after every return: the bytes this call unmapped, 0
+// when it unmapped nothing. `IE_STATUS_TIMEOUT` / `IE_STATUS_HARDWARE` /
+// `IE_STATUS_COMMAND_ERROR` after the range was unmapped (`*unmapped` its bytes): a unit did
+// not confirm the invalidation, and devices may
 // still reach the pages; call again (it reissues the invalidation and reports 0 bytes) until
 // `IE_STATUS_OK` before reusing them, or until ie_ctx_free() of the IOASID returns
 // `IE_STATUS_OK` (it settles everything owed before it frees any domain; a call after it
 // answers `IE_STATUS_NOT_FOUND`, or reaches an IOASID allocated since under the same
 // number: do not call again then). `iova` 0 with `len` `UINT64_MAX` unmaps everything but
 // attached devices' direct regions, whatever the address width (iommufd's `IOMMU_IOAS_UNMAP`
-// form). A range holding no mapping returns `IE_STATUS_OK` with 0 bytes. `IE_STATUS_BUSY`:
-// the range (`UINT64_MAX` too) touches the destination range of an ie_ctx_copy() into the
-// IOASID running on another thread; nothing was unmapped.
+// form; an error stops it with what lay below unmapped and counted: call again until
+// `IE_STATUS_OK`). A range holding no mapping returns `IE_STATUS_OK` with 0 bytes.
+// `IE_STATUS_BUSY`: the range (`UINT64_MAX` too) touches the destination range of an
+// ie_ctx_copy() into the IOASID running on another thread; nothing was unmapped: retry once
+// the copy returned. `IE_STATUS_UNSUPPORTED`: the range cuts a larger page (or a contiguous
+// run) that a unit's table format cannot split while devices use it (SMMUv3 without BBML2);
+// nothing was unmapped: unmap whole pages (ie_ctx_translate() gives a mapping's page size).
+// `IE_STATUS_NOT_PERMITTED`: the range cuts a larger page a domain is configured never to
+// split; nothing was unmapped. Neither succeeds if called again as it is.
 //
 // # Safety
 // `ctx` is a live context handle; `unmapped` is NULL or writable.
@@ -1332,15 +1342,16 @@ int32_t ie_ctx_set_virtual_id(IeCtx *ctx, uint32_t device_handle, bool has_id, u
 // `IOMMU_VIOMMU_INVALIDATE_DATA_ARM_SMMUV3`). A command naming a device (ATC_INV, CFGI_CD,
 // CFGI_CD_ALL) goes to the unit of the device attached to the child under that virtual ID,
 // a TLBI to every unit the child is on; every unit checks the whole batch before any is
-// given its part. A VT-d child takes ie_ctx_invalidate_user_vtd(). On success `*issued` (if
-// not NULL) is how many requests were consumed: `n` (0 while no device is attached). On
-// `IE_STATUS_NOT_PERMITTED` nothing of the batch was issued on any unit, `*issued` is not
-// written and `*refused` (if not NULL) names the first request refused and why; after every
-// other return its `why` is `IE_REFUSAL_NONE`. On `IE_STATUS_TIMEOUT`, `IE_STATUS_HARDWARE`
-// or `IE_STATUS_COMMAND_ERROR` the batch was accepted and a unit failed its part after the
-// units before it completed theirs: `*issued` is how many leading requests completed on
-// every unit they were for (iommufd's `entry_num` after a failure); the rest may have been
-// issued on some units and none is known complete: pass them again.
+// given its part. A VT-d child takes ie_ctx_invalidate_user_vtd(). `*issued` (if not NULL)
+// is written after every return: how many leading requests completed on every unit they were
+// for (iommufd's `entry_num`), 0 when none was issued. On success it is `n` (0 while no
+// device is attached). On `IE_STATUS_NOT_PERMITTED` nothing of the batch was issued on any
+// unit (`*issued` 0) and `*refused` (if not NULL) names the first request refused and why;
+// after every other return its `why` is `IE_REFUSAL_NONE`. On `IE_STATUS_TIMEOUT`,
+// `IE_STATUS_HARDWARE` or `IE_STATUS_COMMAND_ERROR` a unit failed: in its check of the batch
+// (nothing issued anywhere, `*issued` 0), or in its part after the units before it completed
+// theirs (`*issued` the leading requests complete); the rest may have been issued on some
+// units and none is known complete: pass them again.
 //
 // # Safety
 // `ctx` is a live context handle; `requests` is readable for `2 * n` words (or NULL with `n`
@@ -1357,11 +1368,14 @@ int32_t ie_ctx_invalidate_user(IeCtx *ctx,
 // `child` to its units: every entry is checked, then each becomes PASID-based IOTLB
 // invalidations under the child's own domain ID for every PASID attached to it (requests
 // without PASID: RID_PASID) and device-TLB invalidations for its ATS devices, with one wait.
-// `*processed` (if not NULL) is how many entries were processed. On
-// `IE_STATUS_NOT_PERMITTED` nothing was issued and `*refused` (if not NULL) names the first
-// entry refused (`request` = its `addr`, `npages`) and why (`IE_REFUSAL_RESERVED_BITS`,
-// `IE_REFUSAL_MISALIGNED`, `IE_REFUSAL_OUT_OF_WIDTH`); after every other return its `why`
-// is `IE_REFUSAL_NONE`.
+// `*processed` (if not NULL) is written after every return: how many entries were processed
+// (`n` on success), 0 when none is known complete. On `IE_STATUS_NOT_PERMITTED` nothing was
+// issued and `*refused` (if not NULL) names the first entry refused (`request` = its `addr`,
+// `npages`) and why (`IE_REFUSAL_RESERVED_BITS`, `IE_REFUSAL_MISALIGNED`,
+// `IE_REFUSAL_OUT_OF_WIDTH`); after every other return its `why` is `IE_REFUSAL_NONE`. On
+// `IE_STATUS_TIMEOUT`, `IE_STATUS_HARDWARE` or `IE_STATUS_COMMAND_ERROR` a unit failed: the
+// invalidations may have been issued, none is known complete (`*processed` 0): pass the
+// batch again.
 //
 // # Safety
 // `ctx` is a live context handle; `requests` is readable for `n` entries (or NULL with `n`
@@ -1522,8 +1536,10 @@ int32_t ie_amdvi_config_default(IeAmdViConfig *out);
 
 // Creates a VT-d unit on `regs` (not yet enabled: see ie_unit_enable()). Reads CAP/ECAP
 // and refuses a configuration the unit cannot run (`IE_STATUS_UNSUPPORTED`), or a mapped
-// window shorter than 4 KiB or whose base is not 8-byte aligned
-// (`IE_STATUS_INVALID_ARGUMENT`).
+// window shorter than 4 KiB, shorter than the registers CAP/ECAP place beyond the first page
+// (the fault recording registers at `CAP.FRO`, `CAP.NFR + 1` of them, the IOTLB registers at
+// `ECAP.IRO`: the DRHD's register set size covers them), or whose base is not 8-byte
+// aligned (`IE_STATUS_INVALID_ARGUMENT`).
 //
 // # Safety
 // `env` is a valid `IeEnv`; `regs` a valid `IeRegs` whose window stays mapped while the unit
@@ -1567,11 +1583,25 @@ int32_t ie_amdvi_create(const IeEnv *env,
 // `unit` is a live unit handle.
 int32_t ie_unit_enable(IeUnit *unit);
 
-// Turns translation off (an SMMUv3 then aborts or bypasses DMA per its configuration).
-// SMMUv3: clearing SMMUEN forgets every outstanding page request group and stall (a late
-// ie_ctx_respond_fault() to one is refused, nothing sent; the next dispatch drops the
-// contexts' partial groups of the unit); re-initialise the endpoints' PRI (PCIe Page Request
-// Control: Reset, then Enable) before ie_unit_enable(), as SMMUv3 §6.3.9.6 requires.
+// Turns translation off. What DMA meets then depends on the unit:
+// - VT-d (`GCMD.TE` cleared) and AMD-Vi (`Control.IommuEn` cleared): nothing is translated
+//   or checked any more; every device's DMA reaches the physical address it names (VT-d:
+//   except the protected memory regions, if the platform set them). The invalidation queue
+//   (command buffer, event log) is stopped and its pages returned; tables, domains and
+//   attachments stay for ie_unit_enable().
+// - SMMUv3 (`CR0.SMMUEN` cleared): DMA aborts (`GBPA.ABORT`), or with
+//   `IeSmmuConfig::bypass_when_disabled` passes untranslated. Clearing SMMUEN forgets every
+//   outstanding page request group and stall (a late ie_ctx_respond_fault() to one is
+//   refused, nothing sent; the next dispatch drops the contexts' partial groups of the
+//   unit); re-initialise the endpoints' PRI (PCIe Page Request Control: Reset, then Enable)
+//   before ie_unit_enable(), as SMMUv3 §6.3.9.6 requires.
+//
+// `IE_STATUS_BUSY`, nothing changed, where disabling would let DMA through untranslated
+// (VT-d, AMD-Vi, SMMUv3 with `bypass_when_disabled`) while a registry holds the unit (or an
+// ie_registry_create() naming it, or another ie_unit_disable() of it, is running): the
+// registry's devices would reach all of memory. Destroy the contexts and the registry first
+// (a context that fails to be destroyed may still have devices attached: leave the unit
+// enabled). ie_registry_create() returns `IE_STATUS_BUSY` while such a disable runs.
 //
 // # Safety
 // `unit` is a live unit handle.
@@ -1592,6 +1622,9 @@ int32_t ie_unit_disable(IeUnit *unit);
 //   `GERROR.EVENTQ_ABT_ERR`: the unit could not write a record; AMD-Vi: the event log
 //   overflowed, `Status.EventOverflow`). The overflow is
 //   acknowledged and the unit records again; what was lost cannot be read back.
+// - `IE_STATUS_TIMEOUT` (AMD-Vi): the event log overflowed (faults were lost) and its restart
+//   did not see `EventLogRun` clear; the records counted were consumed. Call again: the next
+//   call retries the restart while the overflow is pending.
 // - `IE_STATUS_BUSY` (VT-d): records are still pending after the drain (`FSTS.PPF`: more
 //   than `max`, faults arrived during it, or a record did not clear): call again. The unit
 //   raises no new fault event while records are pending.
@@ -1607,7 +1640,8 @@ int32_t ie_unit_drain_faults(IeUnit *unit, uint32_t max, uint32_t *count);
 // how many were seen (at most `max` records are cleared or consumed, the rest stay pending,
 // queued or logged for the next call). The status and the state of the
 // records are those of ie_unit_drain_faults() (`IE_STATUS_FAULTS_LOST`, `IE_STATUS_BUSY`,
-// `IE_STATUS_HARDWARE`); `out` and `*count` are written in those cases too. On VT-d the
+// `IE_STATUS_HARDWARE`, `IE_STATUS_TIMEOUT`); `out` and `*count` are written in those cases
+// too. On VT-d the
 // records come in fault recording register order from `FSTS.FRI`, not necessarily in fault
 // order: after a partial read FRI stays frozen while records are pending and the unit records
 // new faults into the freed registers, wrapping (SMMUv3 and AMD-Vi: oldest first).

@@ -423,9 +423,13 @@ static int run(struct pci_dev *pdev)
 destroy_ctx:
 	st = IE(ie_ctx_destroy(ctx));
 	STEP(st == IE_STATUS_OK, "ctx_destroy", "(status %d)", st);
+	if (st)
+		goto leave_enabled;
 destroy_registry:
 	st = IE(ie_registry_destroy(registry));
 	STEP(st == IE_STATUS_OK, "registry_destroy", "(status %d)", st);
+	if (st)
+		goto leave_enabled;
 disable:
 	st = IE(ie_unit_disable(unit));
 	STEP(st == IE_STATUS_OK, "disable", "(status %d)", st);
@@ -436,6 +440,15 @@ destroy_unit:
 	     live_pages(), syncs, st);
 unmap_regs:
 	iounmap(regs_va);
+	return 0;
+leave_enabled:
+	/*
+	 * A context or the registry is still alive, so a device may still be attached:
+	 * disabling (TE clear) would let its DMA reach all of memory. The unit stays on,
+	 * translating with its tables, and it, its pages and its register mapping are leaked.
+	 */
+	pr_warn("ie_edu: unit left enabled, its pages and registers leaked: a context or the registry could not be destroyed (status %d)\n",
+		st);
 	return 0;
 }
 

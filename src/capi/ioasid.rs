@@ -110,7 +110,8 @@ pub(super) fn put<T>(out: *mut T, v: T) -> Result<(), IeStatus> {
 /// unit's devices, and a second registry (or the same unit under a second number) would hand
 /// the same device to another context, whose attach replaces the first one's context entry or
 /// STE. `IE_STATUS_INVALID_ARGUMENT` for a handle listed twice, `IE_STATUS_BUSY` for a unit in
-/// another live registry (free again once that registry is destroyed).
+/// another live registry (free again once that registry is destroyed) or one an
+/// ie_unit_disable() is turning off at that moment.
 ///
 /// # Safety
 /// `env` is a valid `IeEnv`; `units` points to `n_units` live unit handles; `out` is writable.
@@ -1014,17 +1015,25 @@ pub unsafe extern "C" fn ie_ctx_map(
 
 /// Unmaps `[iova, iova + len)` from the IOASID and every domain behind it, invalidates the
 /// IOTLBs (one completion wait per unit) and writes the bytes that were mapped to `*unmapped`
-/// (if not NULL). `IE_STATUS_TIMEOUT` / `IE_STATUS_HARDWARE` / `IE_STATUS_COMMAND_ERROR`
-/// after the range was unmapped: a unit did not confirm the invalidation, and devices may
+/// (if not NULL). `*unmapped` is written after every return: the bytes this call unmapped, 0
+/// when it unmapped nothing. `IE_STATUS_TIMEOUT` / `IE_STATUS_HARDWARE` /
+/// `IE_STATUS_COMMAND_ERROR` after the range was unmapped (`*unmapped` its bytes): a unit did
+/// not confirm the invalidation, and devices may
 /// still reach the pages; call again (it reissues the invalidation and reports 0 bytes) until
 /// `IE_STATUS_OK` before reusing them, or until ie_ctx_free() of the IOASID returns
 /// `IE_STATUS_OK` (it settles everything owed before it frees any domain; a call after it
 /// answers `IE_STATUS_NOT_FOUND`, or reaches an IOASID allocated since under the same
 /// number: do not call again then). `iova` 0 with `len` `UINT64_MAX` unmaps everything but
 /// attached devices' direct regions, whatever the address width (iommufd's `IOMMU_IOAS_UNMAP`
-/// form). A range holding no mapping returns `IE_STATUS_OK` with 0 bytes. `IE_STATUS_BUSY`:
-/// the range (`UINT64_MAX` too) touches the destination range of an ie_ctx_copy() into the
-/// IOASID running on another thread; nothing was unmapped.
+/// form; an error stops it with what lay below unmapped and counted: call again until
+/// `IE_STATUS_OK`). A range holding no mapping returns `IE_STATUS_OK` with 0 bytes.
+/// `IE_STATUS_BUSY`: the range (`UINT64_MAX` too) touches the destination range of an
+/// ie_ctx_copy() into the IOASID running on another thread; nothing was unmapped: retry once
+/// the copy returned. `IE_STATUS_UNSUPPORTED`: the range cuts a larger page (or a contiguous
+/// run) that a unit's table format cannot split while devices use it (SMMUv3 without BBML2);
+/// nothing was unmapped: unmap whole pages (ie_ctx_translate() gives a mapping's page size).
+/// `IE_STATUS_NOT_PERMITTED`: the range cuts a larger page a domain is configured never to
+/// split; nothing was unmapped. Neither succeeds if called again as it is.
 ///
 /// # Safety
 /// `ctx` is a live context handle; `unmapped` is NULL or writable.
@@ -1036,18 +1045,19 @@ pub unsafe extern "C" fn ie_ctx_unmap(
     len: u64,
     unmapped: *mut u64,
 ) -> i32 {
-    code((|| {
+    let mut n = 0u64;
+    let r = (|| {
         let c = ctx_obj(ctx)?;
-        let n = c
-            .value
+        let id = self::ioasid(ioasid)?;
+        Ok(c.value
             .ctx
-            .unmap(self::ioasid(ioasid)?, Iova::new(iova), len)?;
-        // SAFETY: the C contract: NULL or writable.
-        if let Some(out) = unsafe { unmapped.as_mut() } {
-            *out = n;
-        }
-        Ok(())
-    })())
+            .unmap_counted(id, Iova::new(iova), len, &mut n)?)
+    })();
+    // SAFETY: the C contract: NULL or writable.
+    if let Some(out) = unsafe { unmapped.as_mut() } {
+        *out = n;
+    }
+    code(r)
 }
 
 /// Looks up `iova` in the IOASID: writes the physical address, or returns

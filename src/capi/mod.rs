@@ -41,6 +41,8 @@ mod ioas;
 mod ioasid;
 mod nested;
 mod object;
+#[cfg(all(test, feature = "sim"))]
+mod review_tests;
 #[cfg(feature = "sim")]
 mod sim;
 mod status;

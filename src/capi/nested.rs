@@ -160,15 +160,16 @@ pub unsafe extern "C" fn ie_ctx_set_virtual_id(
 /// `IOMMU_VIOMMU_INVALIDATE_DATA_ARM_SMMUV3`). A command naming a device (ATC_INV, CFGI_CD,
 /// CFGI_CD_ALL) goes to the unit of the device attached to the child under that virtual ID,
 /// a TLBI to every unit the child is on; every unit checks the whole batch before any is
-/// given its part. A VT-d child takes ie_ctx_invalidate_user_vtd(). On success `*issued` (if
-/// not NULL) is how many requests were consumed: `n` (0 while no device is attached). On
-/// `IE_STATUS_NOT_PERMITTED` nothing of the batch was issued on any unit, `*issued` is not
-/// written and `*refused` (if not NULL) names the first request refused and why; after every
-/// other return its `why` is `IE_REFUSAL_NONE`. On `IE_STATUS_TIMEOUT`, `IE_STATUS_HARDWARE`
-/// or `IE_STATUS_COMMAND_ERROR` the batch was accepted and a unit failed its part after the
-/// units before it completed theirs: `*issued` is how many leading requests completed on
-/// every unit they were for (iommufd's `entry_num` after a failure); the rest may have been
-/// issued on some units and none is known complete: pass them again.
+/// given its part. A VT-d child takes ie_ctx_invalidate_user_vtd(). `*issued` (if not NULL)
+/// is written after every return: how many leading requests completed on every unit they were
+/// for (iommufd's `entry_num`), 0 when none was issued. On success it is `n` (0 while no
+/// device is attached). On `IE_STATUS_NOT_PERMITTED` nothing of the batch was issued on any
+/// unit (`*issued` 0) and `*refused` (if not NULL) names the first request refused and why;
+/// after every other return its `why` is `IE_REFUSAL_NONE`. On `IE_STATUS_TIMEOUT`,
+/// `IE_STATUS_HARDWARE` or `IE_STATUS_COMMAND_ERROR` a unit failed: in its check of the batch
+/// (nothing issued anywhere, `*issued` 0), or in its part after the units before it completed
+/// theirs (`*issued` the leading requests complete); the rest may have been issued on some
+/// units and none is known complete: pass them again.
 ///
 /// # Safety
 /// `ctx` is a live context handle; `requests` is readable for `2 * n` words (or NULL with `n`
@@ -187,6 +188,8 @@ pub unsafe extern "C" fn ie_ctx_invalidate_user(
         why: IeRefusal::None as u32,
         request: [0; 2],
     };
+    // Nothing issued unless the call says otherwise.
+    let mut count = 0usize;
     let r = (|| {
         let c = ctx_obj(ctx)?;
         let reqs: &[[u64; 2]] = if n == 0 {
@@ -200,15 +203,11 @@ pub unsafe extern "C" fn ie_ctx_invalidate_user(
         };
         match c.value.ctx.invalidate_user(ioasid(child)?, reqs) {
             Ok(k) => {
-                if !issued.is_null() {
-                    put(issued, k)?;
-                }
+                count = k;
                 Ok(())
             }
             Err(e @ crate::ioasid::Error::UserInvalidationIncomplete { done, .. }) => {
-                if !issued.is_null() {
-                    put(issued, done as usize)?;
-                }
+                count = done as usize;
                 Err(e.into())
             }
             Err(crate::ioasid::Error::Iommu(iommu::Error::Refused {
@@ -226,9 +225,14 @@ pub unsafe extern "C" fn ie_ctx_invalidate_user(
             Err(e) => Err(e.into()),
         }
     })();
-    // SAFETY: the C contract: `refused` is NULL or writable.
-    if let Some(out) = unsafe { refused.as_mut() } {
-        *out = what;
+    // SAFETY: the C contract: `issued` and `refused` are NULL or writable.
+    unsafe {
+        if let Some(out) = issued.as_mut() {
+            *out = count;
+        }
+        if let Some(out) = refused.as_mut() {
+            *out = what;
+        }
     }
     code(r)
 }
@@ -253,11 +257,14 @@ pub struct IeVtdS1Invalidate {
 /// `child` to its units: every entry is checked, then each becomes PASID-based IOTLB
 /// invalidations under the child's own domain ID for every PASID attached to it (requests
 /// without PASID: RID_PASID) and device-TLB invalidations for its ATS devices, with one wait.
-/// `*processed` (if not NULL) is how many entries were processed. On
-/// `IE_STATUS_NOT_PERMITTED` nothing was issued and `*refused` (if not NULL) names the first
-/// entry refused (`request` = its `addr`, `npages`) and why (`IE_REFUSAL_RESERVED_BITS`,
-/// `IE_REFUSAL_MISALIGNED`, `IE_REFUSAL_OUT_OF_WIDTH`); after every other return its `why`
-/// is `IE_REFUSAL_NONE`.
+/// `*processed` (if not NULL) is written after every return: how many entries were processed
+/// (`n` on success), 0 when none is known complete. On `IE_STATUS_NOT_PERMITTED` nothing was
+/// issued and `*refused` (if not NULL) names the first entry refused (`request` = its `addr`,
+/// `npages`) and why (`IE_REFUSAL_RESERVED_BITS`, `IE_REFUSAL_MISALIGNED`,
+/// `IE_REFUSAL_OUT_OF_WIDTH`); after every other return its `why` is `IE_REFUSAL_NONE`. On
+/// `IE_STATUS_TIMEOUT`, `IE_STATUS_HARDWARE` or `IE_STATUS_COMMAND_ERROR` a unit failed: the
+/// invalidations may have been issued, none is known complete (`*processed` 0): pass the
+/// batch again.
 ///
 /// # Safety
 /// `ctx` is a live context handle; `requests` is readable for `n` entries (or NULL with `n`
@@ -276,6 +283,8 @@ pub unsafe extern "C" fn ie_ctx_invalidate_user_vtd(
         why: IeRefusal::None as u32,
         request: [0; 2],
     };
+    // None known complete unless the call says otherwise.
+    let mut count = 0usize;
     let r = (|| {
         let c = ctx_obj(ctx)?;
         let reqs: &[IeVtdS1Invalidate] = if n == 0 {
@@ -293,9 +302,7 @@ pub unsafe extern "C" fn ie_ctx_invalidate_user_vtd(
             unsafe { core::slice::from_raw_parts(reqs.as_ptr().cast(), reqs.len()) };
         match c.value.ctx.invalidate_user_vtd(ioasid(child)?, reqs) {
             Ok(k) => {
-                if !processed.is_null() {
-                    put(processed, k)?;
-                }
+                count = k;
                 Ok(())
             }
             Err(crate::ioasid::Error::Iommu(iommu::Error::Refused {
@@ -313,9 +320,14 @@ pub unsafe extern "C" fn ie_ctx_invalidate_user_vtd(
             Err(e) => Err(e.into()),
         }
     })();
-    // SAFETY: the C contract: `refused` is NULL or writable.
-    if let Some(out) = unsafe { refused.as_mut() } {
-        *out = what;
+    // SAFETY: the C contract: `processed` and `refused` are NULL or writable.
+    unsafe {
+        if let Some(out) = processed.as_mut() {
+            *out = count;
+        }
+        if let Some(out) = refused.as_mut() {
+            *out = what;
+        }
     }
     code(r)
 }

@@ -124,6 +124,15 @@ pub(super) fn smmu_model<'h>(m: *mut IeSimModel) -> &'h SmmuModel<'static> {
     }
 }
 
+/// The VT-d model behind a live model handle (tests: its injections).
+#[cfg(test)]
+pub(super) fn vtd_model<'h>(m: *mut IeSimModel) -> &'h VtdModel<'static> {
+    match model_obj(m).map(|b| &b.model) {
+        Ok(ModelObj::Vtd(v)) => v,
+        _ => panic!("not a VT-d model"),
+    }
+}
+
 /// Creates an arena of `bytes` (a multiple of 1 MiB) at physical address 2 GiB.
 ///
 /// # Safety

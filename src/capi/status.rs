@@ -47,7 +47,8 @@ pub enum IeStatus {
     NoSpace = 10,
     /// The caller lacks the proof an operation needs, e.g. a device that is not no-snoop
     /// capable asking for incoherent DMA, or a guest's invalidation names something the guest
-    /// does not own (`-EPERM`).
+    /// does not own; or an unmap would split a page a domain is configured never to split
+    /// (`-EPERM`).
     NotPermitted = 11,
     /// The unit lacks a capability the operation needs (`-EOPNOTSUPP`).
     Unsupported = 12,
@@ -189,7 +190,8 @@ impl From<pgtable::Error> for IeStatus {
             E::NoDirtyTracking | E::SplitUnsupported { .. } | E::UnsupportedProt { .. } => {
                 IeStatus::Unsupported
             }
-            E::SplitRefused { .. } => IeStatus::Busy,
+            // Not BUSY (which says "retry"): the same call is refused again.
+            E::SplitRefused { .. } => IeStatus::NotPermitted,
             E::UnknownTable { .. } | E::EntryUnstable { .. } => IeStatus::Hardware,
             _ => IeStatus::InvalidArgument,
         }

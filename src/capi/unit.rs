@@ -494,10 +494,27 @@ unsafe fn publish(
     Ok(())
 }
 
+/// The register window a VT-d unit needs, from its CAP and ECAP (in the first page): the
+/// fault recording registers (`CAP.FRO * 16`, `CAP.NFR + 1` of 16 bytes) and the IOTLB
+/// registers (`ECAP.IRO * 16`, two of 8 bytes) may lie beyond it. Beyond a mapped window
+/// reads are all-ones and writes dropped: fault records would never clear, IOTLB
+/// invalidations never complete.
+fn vtd_window_len(regs: &CRegs) -> usize {
+    use crate::mmio::RegisterWindow;
+    use crate::vtd::regs::{CAP_REG, ECAP_REG};
+    let cap = crate::vtd::cap::Cap(regs.read64(CAP_REG));
+    let ecap = crate::vtd::ecap::Ecap(regs.read64(ECAP_REG));
+    let faults = cap.fault_recording_offset() + usize::from(cap.fault_recording_count()) * 16;
+    let iotlb = ecap.iotlb_register_offset() + 16;
+    VTD_MIN_WINDOW.max(faults).max(iotlb)
+}
+
 /// Creates a VT-d unit on `regs` (not yet enabled: see ie_unit_enable()). Reads CAP/ECAP
 /// and refuses a configuration the unit cannot run (`IE_STATUS_UNSUPPORTED`), or a mapped
-/// window shorter than 4 KiB or whose base is not 8-byte aligned
-/// (`IE_STATUS_INVALID_ARGUMENT`).
+/// window shorter than 4 KiB, shorter than the registers CAP/ECAP place beyond the first page
+/// (the fault recording registers at `CAP.FRO`, `CAP.NFR + 1` of them, the IOTLB registers at
+/// `ECAP.IRO`: the DRHD's register set size covers them), or whose base is not 8-byte
+/// aligned (`IE_STATUS_INVALID_ARGUMENT`).
 ///
 /// # Safety
 /// `env` is a valid `IeEnv`; `regs` a valid `IeRegs` whose window stays mapped while the unit
@@ -512,6 +529,9 @@ pub unsafe extern "C" fn ie_vtd_create(
     code((|| {
         // SAFETY: the caller's contract.
         let (env, regs, config) = unsafe { unit_args(env, regs, VTD_MIN_WINDOW, config, out) }?;
+        if matches!(&regs, CRegs::Mmio(m) if m.len() < vtd_window_len(&regs)) {
+            return Err(IeStatus::InvalidArgument);
+        }
         let window = window_ctx(&regs);
         let init = |slot: NonNull<UnitObj>| {
             let slot = slot.cast::<VtdVariant>().as_ptr();
@@ -620,20 +640,49 @@ pub unsafe extern "C" fn ie_unit_enable(unit: *mut IeUnit) -> i32 {
     })())
 }
 
-/// Turns translation off (an SMMUv3 then aborts or bypasses DMA per its configuration).
-/// SMMUv3: clearing SMMUEN forgets every outstanding page request group and stall (a late
-/// ie_ctx_respond_fault() to one is refused, nothing sent; the next dispatch drops the
-/// contexts' partial groups of the unit); re-initialise the endpoints' PRI (PCIe Page Request
-/// Control: Reset, then Enable) before ie_unit_enable(), as SMMUv3 §6.3.9.6 requires.
+/// Turns translation off. What DMA meets then depends on the unit:
+/// - VT-d (`GCMD.TE` cleared) and AMD-Vi (`Control.IommuEn` cleared): nothing is translated
+///   or checked any more; every device's DMA reaches the physical address it names (VT-d:
+///   except the protected memory regions, if the platform set them). The invalidation queue
+///   (command buffer, event log) is stopped and its pages returned; tables, domains and
+///   attachments stay for ie_unit_enable().
+/// - SMMUv3 (`CR0.SMMUEN` cleared): DMA aborts (`GBPA.ABORT`), or with
+///   `IeSmmuConfig::bypass_when_disabled` passes untranslated. Clearing SMMUEN forgets every
+///   outstanding page request group and stall (a late ie_ctx_respond_fault() to one is
+///   refused, nothing sent; the next dispatch drops the contexts' partial groups of the
+///   unit); re-initialise the endpoints' PRI (PCIe Page Request Control: Reset, then Enable)
+///   before ie_unit_enable(), as SMMUv3 §6.3.9.6 requires.
+///
+/// `IE_STATUS_BUSY`, nothing changed, where disabling would let DMA through untranslated
+/// (VT-d, AMD-Vi, SMMUv3 with `bypass_when_disabled`) while a registry holds the unit (or an
+/// ie_registry_create() naming it, or another ie_unit_disable() of it, is running): the
+/// registry's devices would reach all of memory. Destroy the contexts and the registry first
+/// (a context that fails to be destroyed may still have devices attached: leave the unit
+/// enabled). ie_registry_create() returns `IE_STATUS_BUSY` while such a disable runs.
 ///
 /// # Safety
 /// `unit` is a live unit handle.
 #[no_mangle]
 pub unsafe extern "C" fn ie_unit_disable(unit: *mut IeUnit) -> i32 {
-    code((|| match &unit_obj(unit)?.value {
-        UnitObj::Vtd(u) => u.disable().map_err(status),
-        UnitObj::Smmu(u) => u.disable().map_err(status),
-        UnitObj::AmdVi(u) => u.disable().map_err(status),
+    code((|| {
+        let obj = unit_obj(unit)?;
+        let opens = match &obj.value {
+            UnitObj::Vtd(_) | UnitObj::AmdVi(_) => true,
+            UnitObj::Smmu(u) => matches!(u.cfg.when_disabled, DisabledTraffic::Bypass),
+        };
+        // The sole user for the call: no registry holds the unit, and none takes it meanwhile.
+        if opens && !obj.acquire_sole() {
+            return Err(IeStatus::Busy);
+        }
+        let r = match &obj.value {
+            UnitObj::Vtd(u) => u.disable().map_err(status),
+            UnitObj::Smmu(u) => u.disable().map_err(status),
+            UnitObj::AmdVi(u) => u.disable().map_err(status),
+        };
+        if opens {
+            obj.release();
+        }
+        r
     })())
 }
 
@@ -652,6 +701,9 @@ pub unsafe extern "C" fn ie_unit_disable(unit: *mut IeUnit) -> i32 {
 ///   `GERROR.EVENTQ_ABT_ERR`: the unit could not write a record; AMD-Vi: the event log
 ///   overflowed, `Status.EventOverflow`). The overflow is
 ///   acknowledged and the unit records again; what was lost cannot be read back.
+/// - `IE_STATUS_TIMEOUT` (AMD-Vi): the event log overflowed (faults were lost) and its restart
+///   did not see `EventLogRun` clear; the records counted were consumed. Call again: the next
+///   call retries the restart while the overflow is pending.
 /// - `IE_STATUS_BUSY` (VT-d): records are still pending after the drain (`FSTS.PPF`: more
 ///   than `max`, faults arrived during it, or a record did not clear): call again. The unit
 ///   raises no new fault event while records are pending.
@@ -705,6 +757,8 @@ fn read_records(
             let summary = u
                 .drain_events_at_most(max as usize, |e| report(IeFault::amdvi(&e)))
                 .map_err(status)?;
+            // An entry skipped unwritten is not lost: a later drain reports it when its
+            // write lands (`DrainSummary::late`).
             if summary.overflow {
                 Err(IeStatus::FaultsLost)
             } else {
@@ -780,7 +834,8 @@ impl IeFault {
 /// how many were seen (at most `max` records are cleared or consumed, the rest stay pending,
 /// queued or logged for the next call). The status and the state of the
 /// records are those of ie_unit_drain_faults() (`IE_STATUS_FAULTS_LOST`, `IE_STATUS_BUSY`,
-/// `IE_STATUS_HARDWARE`); `out` and `*count` are written in those cases too. On VT-d the
+/// `IE_STATUS_HARDWARE`, `IE_STATUS_TIMEOUT`); `out` and `*count` are written in those cases
+/// too. On VT-d the
 /// records come in fault recording register order from `FSTS.FRI`, not necessarily in fault
 /// order: after a partial read FRI stays frozen while records are pending and the unit records
 /// new faults into the freed registers, wrapping (SMMUv3 and AMD-Vi: oldest first).

@@ -315,8 +315,27 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     /// unmapped: retry until it returns `Ok`. A range holding no mapping returns `Ok(0)` (see
     /// the module documentation for why not iommufd's `ENOENT`).
     pub fn unmap(&self, ioasid: IoasidId, iova: Iova, len: u64) -> Result<u64, Error> {
+        let mut unmapped = 0;
+        self.unmap_counted(ioasid, iova, len, &mut unmapped)
+            .map(|()| unmapped)
+    }
+
+    /// As [`IoasidCtx::unmap`], adding to `*unmapped` the bytes it unmapped from the IOASID
+    /// however it ends: on [`Error::InvalidationPending`] the range's (it is unmapped, its
+    /// invalidation unconfirmed), after an [`UNMAP_ALL`](super::UNMAP_ALL) that an error
+    /// stopped what lay below, after a refusal 0.
+    ///
+    /// # Errors
+    /// As [`IoasidCtx::unmap`].
+    pub fn unmap_counted(
+        &self,
+        ioasid: IoasidId,
+        iova: Iova,
+        len: u64,
+        unmapped: &mut u64,
+    ) -> Result<(), Error> {
         let mut reclaim_due = false;
-        let r = self.unmap_everywhere(ioasid, iova, len, &mut reclaim_due);
+        let r = self.unmap_everywhere(ioasid, iova, len, unmapped, &mut reclaim_due);
         // Tables the unmap left empty are reclaimed every few unmaps (see `reclaim.rs`), with
         // the context lock released.
         if reclaim_due {
@@ -334,13 +353,14 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         ioasid: IoasidId,
         iova: Iova,
         len: u64,
+        unmapped: &mut u64,
         reclaim_due: &mut bool,
-    ) -> Result<u64, Error> {
+    ) -> Result<(), Error> {
         let st = self.state.read();
         let io = st.ioasid(ioasid)?;
         // Overlapping calls take turns (`stripes.rs`): `UNMAP_ALL` takes every stripe.
         let hold = io.stripes.take(iova.get(), len);
-        let r = self.unmap_checked(io, ioasid, iova, len);
+        let r = self.unmap_checked(io, ioasid, iova, len, unmapped);
         drop(hold);
         *reclaim_due = io.reclaim.note(iova, len);
         r
@@ -353,7 +373,8 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         ioasid: IoasidId,
         iova: Iova,
         len: u64,
-    ) -> Result<u64, Error> {
+        unmapped: &mut u64,
+    ) -> Result<(), Error> {
         if io.nested.is_some() {
             return Err(Error::UserOwned(ioasid));
         }
@@ -365,25 +386,25 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
             return Err(Error::Busy);
         }
         if iova.get() == 0 && len == UNMAP_ALL {
-            return self.unmap_all(io);
+            return self.unmap_all(io, unmapped);
         }
         // Attached devices' direct regions stay mapped (`direct.rs`).
         if let Some(r) = direct_overlap(io, iova.get(), iova.get().saturating_add(len)) {
             return Err(Error::Reserved(r));
         }
-        self.unmap_in(io, iova, len, &mut Gather::new())
+        self.unmap_in(io, iova, len, unmapped)
     }
 
     /// [`IoasidCtx::unmap`] of everything: every range of the IOASID's address space (the
     /// record's, narrowed to its domains' input widths: no mapping lies beyond) but the
     /// attached devices' direct mappings, in address order.
-    fn unmap_all(&self, io: &Ioasid<'a, A>) -> Result<u64, Error> {
+    fn unmap_all(&self, io: &Ioasid<'a, A>, unmapped: &mut u64) -> Result<(), Error> {
         let mut limit = 1u64 << RECORD_IAS;
         for d in io.domains.iter().flatten() {
             let (ias, _) = self.unit(d.unit)?.domain_geometry(d.handle)?;
             limit = limit.min(1u64.checked_shl(ias).unwrap_or(u64::MAX));
         }
-        let (mut at, mut bytes) = (0u64, 0u64);
+        let mut at = 0u64;
         // Each pass unmaps up to the lowest direct region above `at` and steps over it (at
         // most MAX_DIRECT_PER_IOASID + 1 passes; no sorted copy, to keep the stack small).
         loop {
@@ -397,50 +418,39 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
             let (start, end) = next.map_or((limit, limit), |r| (r.start.get(), r.end.get()));
             let gap_end = start.min(limit);
             if gap_end > at {
-                // A failure stops here: what lies below `at` stays unmapped.
-                let unmapped = self.unmap_in(io, iova(at), gap_end - at, &mut Gather::new())?;
-                bytes = bytes.saturating_add(unmapped);
+                // A failure stops here: what lies below `at` stays unmapped (and counted).
+                self.unmap_in(io, iova(at), gap_end - at, unmapped)?;
             }
             if end >= limit {
-                return Ok(bytes);
+                return Ok(());
             }
             at = end;
         }
     }
 
-    /// Unmaps from every domain of `io` and from the record (see [`IoasidCtx::unmap`]). Each
-    /// domain's leaves are gathered in `gather`, which the caller passes empty and gets back
-    /// empty: on the stack, or the context's `unmap_gather` under the write lock (a kernel
-    /// stack: it is then not in a frame under the units' unmaps and flushes).
-    pub(super) fn unmap_in(
+    /// Unmaps from every domain of `io` and from the record (see [`IoasidCtx::unmap`]) and
+    /// adds the bytes the record let go to `*unmapped`, also when it fails (the range's after
+    /// an unconfirmed invalidation, 0 after a refusal). The domains' leaves gather on the stack.
+    fn unmap_in(
         &self,
         io: &Ioasid<'a, A>,
         iova: Iova,
         len: u64,
-        gather: &mut Gather,
-    ) -> Result<u64, Error> {
+        unmapped: &mut u64,
+    ) -> Result<(), Error> {
         self.settle(io)?;
-        self.unmap_unsettled(io, iova, len, gather)
-    }
-
-    /// [`Self::unmap_in`] without settling what is owed first: the entries go even while a
-    /// unit still owes an invalidation (their flush carries the owed ranges along), for the
-    /// undo of a failed copy, which must not leave what it mapped behind because an earlier
-    /// invalidation is unconfirmed.
-    pub(super) fn unmap_unsettled(
-        &self,
-        io: &Ioasid<'a, A>,
-        iova: Iova,
-        len: u64,
-        gather: &mut Gather,
-    ) -> Result<u64, Error> {
         let mut out = Ok(());
-        let bytes = self.unmap_unsettled_into(io, iova, len, gather, &mut out);
-        out.map(|()| bytes)
+        let bytes = self.unmap_unsettled_into(io, iova, len, &mut Gather::new(), &mut out);
+        *unmapped = unmapped.saturating_add(bytes);
+        out
     }
 
-    /// [`Self::unmap_unsettled`] with its error in `out`, which the caller passes `Ok`; returns
-    /// the bytes unmapped (meaningful when `out` is still `Ok`). Every error goes straight into
+    /// Unmaps from every domain of `io` and from the record without settling what is owed
+    /// first: the entries go even while a unit still owes an invalidation (their flush carries
+    /// the owed ranges along), for the undo of a failed copy, which must not leave what it
+    /// mapped behind because an earlier invalidation is unconfirmed. Its error goes in `out`,
+    /// which the caller passes `Ok`; returns the bytes the record let go, whatever `out` says
+    /// (0 when a domain or the record refused: the domains got the range back). Every error goes straight into
     /// the caller's `out`, so that no `Result` of this layer is in this frame or the domains'
     /// (the kernel-stack bound of the C ABI: the frames over the units' unmaps and flushes).
     /// Always inlined: with the copy check in `unmap_checked` rustc stopped inlining it into
@@ -768,7 +778,7 @@ enum DomainUnmap {
     Refused,
 }
 
-/// Puts a domain's error `e` into `out` as [`IoasidCtx::unmap_unsettled`] reports it: an
+/// Puts a domain's error `e` into `out` as [`IoasidCtx::unmap_unsettled_into`] reports it: an
 /// invalidation left owed unless an earlier error is there, any other error in place of
 /// what was there. A failure's path, not inlined: `e` is built in this frame.
 #[cold]
