@@ -140,7 +140,10 @@ impl DeviceTableEntry {
     /// host table they would be guest physical addresses, translated again: nesting), and
     /// `GIoV`, so that requests without a PASID are translated through PASID 0's entry, which
     /// the driver leaves invalid: they fault instead of passing untranslated (`Mode` 0 with
-    /// `IR`/`IW` would let them through). `DomainID` tags the PASIDs' cached translations.
+    /// `IR`/`IW` would let them through). Only on a unit with EFR `GIoSup`: one without it
+    /// ignores `GIoV` and passes them untranslated, so the driver builds this entry only when
+    /// the unit reports both `GTSup` and `GIoSup`. `DomainID` tags the PASIDs' cached
+    /// translations.
     ///
     /// # Errors
     /// As [`with_gcr3`](Self::with_gcr3).

@@ -6,7 +6,8 @@
 //!
 //! One level (`GLX` = 0): one 4 KiB table of 512 64-bit entries, PASIDs 0..=511. An entry is
 //! the v2 table's root (bits 51:12) with bit 0 (valid) set, or zero; entry 0 stays zero, so
-//! that requests without a PASID (translated through it: the DTE sets `GIoV`) fault. Entry
+//! that requests without a PASID (translated through it: the DTE sets `GIoV`, honoured with EFR
+//! `GIoSup`, which the driver requires for PASIDs) fault. Entry
 //! layout checked against Linux `drivers/iommu/amd/` (`GCR3_VALID`, 512 eight-byte entries
 //! per level), facts only.
 //!

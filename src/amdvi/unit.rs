@@ -589,7 +589,10 @@ impl<W: RegisterWindow, A: PageAllocator, const DOMAINS: usize> AmdViUnit<W, A, 
     /// Reports and consumes every logged event (for the embedder's event interrupt or a poll
     /// loop), restarting the log after an overflow. Nothing while the unit is disabled. An
     /// entry the unit never wrote (within the poll budget) is skipped and counted in
-    /// [`DrainSummary::unwritten`].
+    /// [`DrainSummary::unwritten`], and reported late ([`DrainSummary::late`]) if its write
+    /// comes. Drains take turns under the unit's event lock, a spin lock that does not mask
+    /// interrupts and is held while `report` runs: not from a hard interrupt handler that can
+    /// interrupt a drain on the same CPU, and `report` calls nothing of this unit.
     ///
     /// # Errors
     /// [`Error::Timeout`] when the restart after an overflow did not see `EventLogRun` clear.

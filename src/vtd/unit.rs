@@ -835,9 +835,13 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
     }
 
     /// Reports and clears every pending primary fault record (§7), for the embedder's fault
-    /// interrupt handler or a poll loop. Bounded by `CAP.NFR + 1` records per call. Callable
-    /// from any CPU: drains take turns (the unit's fault lock, held while `report` runs, so
-    /// `report` must not drain this unit again).
+    /// interrupt handler (a threaded one: see below) or a poll loop. Bounded by `CAP.NFR + 1`
+    /// records per call. Callable from any CPU: drains take turns under the unit's fault lock,
+    /// a spin lock that does not mask interrupts and is held while `report` runs. So: do not
+    /// call it from a hard interrupt handler that can interrupt a drain on the same CPU (that
+    /// CPU would spin for ever); keep `report` short (other CPUs' drains spin meanwhile); and
+    /// let `report` call nothing of this unit (copy the records out and act, e.g. detach a
+    /// faulting device, after the call returns).
     pub fn drain_faults(&self, report: impl FnMut(u16, FaultRecord)) -> DrainSummary {
         self.drain_faults_at_most(usize::MAX, report)
     }

@@ -1468,7 +1468,9 @@ fn concurrent_fault_drains_report_each_record_once_and_whole() {
         s.spawn(move || {
             // CPU B: drains while CPU A is between reading record 0's top and bottom halves,
             // then the hardware records a new fault in the register B freed.
-            reached_rx.recv().unwrap();
+            reached_rx
+                .recv_timeout(std::time::Duration::from_secs(60))
+                .expect("the drain never read record 0's top half");
             u.drain_faults(|_, r| seen.lock().unwrap().push((r.lo, r.hi)));
             m.inject_fault(0, SECOND.0, SECOND.1);
             let _ = resume_tx.send(());
