@@ -192,6 +192,16 @@ fn used_then_unmapped(
     (d, g, freed)
 }
 
+/// [`used_then_unmapped`] with `DEV` attached as an ATS device (DTE `I`), so the flush also
+/// issues INVALIDATE_IOTLB_PAGES.
+fn ats_used_then_unmapped(u: &Unit<'_>, model: &AmdViModel<'_>) -> (DomainHandle, Gather, usize) {
+    let ats = DeviceHints {
+        ats: true,
+        ..DeviceHints::default()
+    };
+    used_then_unmapped(u, model, &ats)
+}
+
 #[test]
 fn a_failed_flush_owes_its_invalidation_and_frees_nothing() {
     let mem = Arena::with_defaults().unwrap();
@@ -341,11 +351,7 @@ fn iotlb_invalidation_timeout_fails_the_flush() {
     let mem = Arena::with_defaults().unwrap();
     let model = AmdViModel::new(&mem, AmdViModelConfig::qemu_default());
     let u = setup(&mem, &model);
-    let ats = DeviceHints {
-        ats: true,
-        ..DeviceHints::default()
-    };
-    let (d, mut g, freed) = used_then_unmapped(&u, &model, &ats);
+    let (d, mut g, freed) = ats_used_then_unmapped(&u, &model);
     let live = mem.live_pages().len();
     model.inject(Injection::IotlbTimeout);
     let before = model.stats();
@@ -385,11 +391,7 @@ fn a_flush_waits_for_an_iotlb_timeout_entry_written_after_the_tail() {
     let mem = Arena::with_defaults().unwrap();
     let model = AmdViModel::new(&mem, AmdViModelConfig::qemu_default());
     let u = setup(&mem, &model);
-    let ats = DeviceHints {
-        ats: true,
-        ..DeviceHints::default()
-    };
-    let (d, mut g, freed) = used_then_unmapped(&u, &model, &ats);
+    let (d, mut g, freed) = ats_used_then_unmapped(&u, &model);
     let live = mem.live_pages().len();
     model.inject(Injection::IotlbTimeout);
     model.inject(Injection::DelayedEventWrite(3));
@@ -426,11 +428,7 @@ fn a_stale_entry_of_the_last_lap_is_not_taken_for_the_new_one() {
     let mem = Arena::with_defaults().unwrap();
     let model = AmdViModel::new(&mem, AmdViModelConfig::qemu_default());
     let u = setup(&mem, &model);
-    let ats = DeviceHints {
-        ats: true,
-        ..DeviceHints::default()
-    };
-    let (d, mut g, _) = used_then_unmapped(&u, &model, &ats);
+    let (d, mut g, _) = ats_used_then_unmapped(&u, &model);
     // A lap of page faults (512 entries), drained as they come.
     let fault =
         iommu_engine::amdvi::event::Event::encode(EventCode::IoPageFault, 0x99, 1, 0, 0x5000);
@@ -463,11 +461,7 @@ fn a_late_write_of_a_skipped_entry_is_not_taken_for_a_later_laps() {
     let mem = Arena::with_defaults().unwrap();
     let model = AmdViModel::new(&mem, AmdViModelConfig::qemu_default());
     let u = setup(&mem, &model);
-    let ats = DeviceHints {
-        ats: true,
-        ..DeviceHints::default()
-    };
-    let (d, mut g, _) = used_then_unmapped(&u, &model, &ats);
+    let (d, mut g, _) = ats_used_then_unmapped(&u, &model);
     model
         .ats_translate(DEV.0 as u16, None, 0x20_0000, false)
         .ok();

@@ -221,17 +221,20 @@ fn stage1_translates_through_the_cd() {
     );
 }
 
+/// A stage-2 domain a guest's stage 1 may nest in.
+fn nest_parent() -> DomainConfig {
+    DomainConfig {
+        nest_parent: true,
+        ..s2()
+    }
+}
+
 #[test]
 fn nested_stage1_over_a_nest_parent() {
     let mem = arena();
     let model = SmmuModel::new(&mem, SmmuModelConfig::qemu_like());
     let u = unit(&model, &mem, cfg());
-    let parent = u
-        .domain_alloc(&DomainConfig {
-            nest_parent: true,
-            ..s2()
-        })
-        .unwrap();
+    let parent = u.domain_alloc(&nest_parent()).unwrap();
     // Stage 1 and its CD are walked as IPAs: the parent maps the arena at IPA = PA.
     let base = mem.base_pa();
     u.map(parent, Iova::new(base), PhysAddr::new(base), 64 << 20, RW)
@@ -705,6 +708,17 @@ fn privileged_pages_need_a_supervisor_stage_1_domain() {
     );
 }
 
+/// A platform that declares `facts` for StreamID `SID` alone.
+fn declared_for_sid(facts: DeviceFacts) -> Platform {
+    Platform::default()
+        .declare(
+            iommu_engine::smmuv3::StreamId(SID),
+            iommu_engine::smmuv3::StreamId(SID),
+            facts,
+        )
+        .unwrap()
+}
+
 /// A device the platform declares non-coherent (IORT CCA = 0) behind a coherent unit
 /// (`IDR0.COHACC`): its stage-1 leaves are Non-cacheable, and the capability report says its DMA
 /// is not coherent and that the IORT says so. Undeclared devices follow `IDR0.COHACC`, named.
@@ -718,13 +732,7 @@ fn non_coherent_device_is_reported_with_its_source() {
         coherent_dma: Some(false),
         source: cca0,
     };
-    let platform = Platform::default()
-        .declare(
-            iommu_engine::smmuv3::StreamId(SID),
-            iommu_engine::smmuv3::StreamId(SID),
-            facts,
-        )
-        .unwrap();
+    let platform = declared_for_sid(facts);
     let u = unit(&model, &mem, SmmuConfig { platform, ..cfg() });
     assert!(u.capabilities().coherent_walk);
     let caps = u.device_capabilities(DeviceId(SID));
@@ -1038,10 +1046,7 @@ fn guest_stage1(u: &Unit<'_>, mem: &Arena, parent: DomainHandle, table_prot: Pro
 /// whatever the guest's MAIR says; without FWB a user domain needs the device's `CANWBS`.
 #[test]
 fn a_guests_stage1_cannot_make_dma_non_cacheable() {
-    let nest = DomainConfig {
-        nest_parent: true,
-        ..s2()
-    };
+    let nest = nest_parent();
     let mem = arena();
     let model = SmmuModel::new(&mem, SmmuModelConfig::qemu_like().with_fwb(true));
     let u = unit(&model, &mem, cfg());
@@ -1079,13 +1084,7 @@ fn a_guests_stage1_cannot_make_dma_non_cacheable() {
         coherent_dma: None,
         source: Source::Firmware("IORT root complex CANWBS"),
     };
-    let platform = Platform::default()
-        .declare(
-            iommu_engine::smmuv3::StreamId(SID),
-            iommu_engine::smmuv3::StreamId(SID),
-            facts,
-        )
-        .unwrap();
+    let platform = declared_for_sid(facts);
     let u = unit(&model, &mem, SmmuConfig { platform, ..cfg() });
     let parent = u.domain_alloc(&nest).unwrap();
     let user = guest_non_cacheable_stage1(&u, &mem, parent);
@@ -1107,12 +1106,7 @@ fn a_guests_table_walk_into_a_device_page_faults() {
     let mem = arena();
     let model = SmmuModel::new(&mem, SmmuModelConfig::qemu_like().with_fwb(true));
     let u = unit(&model, &mem, cfg());
-    let parent = u
-        .domain_alloc(&DomainConfig {
-            nest_parent: true,
-            ..s2()
-        })
-        .unwrap();
+    let parent = u.domain_alloc(&nest_parent()).unwrap();
     let user = guest_stage1(&u, &mem, parent, RW | Prot::MMIO);
     u.attach(DeviceId(SID), None, user).unwrap();
     let f = model

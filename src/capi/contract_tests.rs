@@ -8,14 +8,13 @@ extern crate std;
 use core::mem::MaybeUninit;
 use core::ptr::null_mut;
 
-use super::env::IeRegs;
 use super::fault::ie_registry_dispatch_faults;
 use super::ioasid::{ie_ctx_create, ie_ctx_destroy, ie_registry_create, ie_registry_destroy};
 use super::sim::{
     ie_sim_arena_destroy, ie_sim_model_destroy, ie_sim_vtd_model_create, IeSimModel, IeSimVtdConfig,
 };
 use super::status::IeStatus;
-use super::tests::{arena, release_sim_unit, sim_unit, Sim};
+use super::tests::{arena, mapped_regs, release_sim_unit, sim_unit, Sim};
 use super::unit::{ie_unit_destroy, ie_unit_disable, ie_vtd_config_default, ie_vtd_create};
 
 const OK: i32 = IeStatus::Ok as i32;
@@ -82,19 +81,8 @@ fn a_misaligned_register_window_is_refused() {
     // SAFETY: writable.
     assert_eq!(unsafe { ie_vtd_config_default(cfg.as_mut_ptr()) }, OK);
     for misalign in [4usize, 2, 1] {
-        let regs = IeRegs {
-            base: window
-                .as_mut_ptr()
-                .cast::<u8>()
-                .wrapping_add(misalign)
-                .cast(),
-            len: 0x1000,
-            ctx: null_mut(),
-            read32: None,
-            write32: None,
-            read64: None,
-            write64: None,
-        };
+        let base = window.as_mut_ptr().cast::<u8>().wrapping_add(misalign);
+        let regs = mapped_regs(base.cast(), 0x1000);
         let mut unit = null_mut();
         // SAFETY: the window is readable memory of `len` bytes past `base`; `cfg` initialised.
         let st = unsafe { ie_vtd_create(&env, &regs, cfg.as_ptr(), &mut unit) };

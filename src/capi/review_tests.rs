@@ -8,8 +8,8 @@ extern crate std;
 use core::ptr::null_mut;
 
 use super::ioasid::{
-    ie_ctx_alloc, ie_ctx_attach, ie_ctx_bind, ie_ctx_create, ie_ctx_destroy, ie_ctx_detach,
-    ie_ctx_free, ie_ctx_map, ie_ctx_unmap, ie_registry_create, ie_registry_destroy, IeIoasidFlag,
+    ie_ctx_alloc, ie_ctx_attach, ie_ctx_bind, ie_ctx_detach, ie_ctx_free, ie_ctx_map, ie_ctx_unmap,
+    IeIoasidFlag,
 };
 use super::nested::{
     ie_ctx_alloc_nested, ie_ctx_invalidate_user, ie_ctx_invalidate_user_vtd, ie_ctx_set_virtual_id,
@@ -17,7 +17,10 @@ use super::nested::{
 };
 use super::sim::{vtd_model, IeSimSmmuConfig, IeSimVtdConfig};
 use super::status::IeStatus;
-use super::tests::{arena, release_sim_unit, sim_unit, Sim};
+use super::tests::{
+    arena, destroy_ctx_and_registry, mapped_regs, registry_and_ctx, release_sim_unit, sim_unit,
+    smmu_user_stage1, Sim,
+};
 use super::unit::{ie_unit_disable, ie_unit_enable, unit_obj, IeUnit, UnitObj};
 use crate::sim::vtd::Injection as VtdInjection;
 
@@ -42,14 +45,7 @@ fn disable_with_registry(sim: Sim, refused: bool) {
     // SAFETY: a live arena and its allocator; the handles are this test's alone.
     unsafe {
         let (model, unit, before) = sim_unit(arena, &env, sim);
-        let units = [unit];
-        let mut registry = null_mut();
-        assert_eq!(
-            ie_registry_create(&env, units.as_ptr(), 1, 20, &mut registry),
-            OK
-        );
-        let mut ctx = null_mut();
-        assert_eq!(ie_ctx_create(registry, 4, &mut ctx), OK);
+        let (registry, ctx) = registry_and_ctx(&env, unit);
         if refused {
             assert_eq!(ie_unit_disable(unit), BUSY, "disable while in a registry");
             assert!(enabled(unit), "a refused disable leaves translation on");
@@ -57,8 +53,7 @@ fn disable_with_registry(sim: Sim, refused: bool) {
             assert_eq!(ie_unit_disable(unit), OK);
             assert_eq!(ie_unit_enable(unit), OK);
         }
-        assert_eq!(ie_ctx_destroy(ctx), OK);
-        assert_eq!(ie_registry_destroy(registry), OK);
+        destroy_ctx_and_registry(registry, ctx);
         // Free of its registry: disabled (by `release_sim_unit`).
         release_sim_unit(arena, model, unit, before);
     }
@@ -115,16 +110,10 @@ unsafe fn with_nested_device(
     parent_map: bool,
     f: impl FnOnce(*mut super::IeCtx, u32),
 ) {
-    let units = [unit];
-    let (mut registry, mut ctx) = (null_mut(), null_mut());
     let (mut parent, mut child, mut dev) = (0u32, 0u32, 0u32);
     // SAFETY: live handles, readable inputs and writable outputs (the caller's contract).
     unsafe {
-        assert_eq!(
-            ie_registry_create(env, units.as_ptr(), 1, 20, &mut registry),
-            OK
-        );
-        assert_eq!(ie_ctx_create(registry, 4, &mut ctx), OK);
+        let (registry, ctx) = registry_and_ctx(env, unit);
         let nest = IeIoasidFlag::NestParent as u32;
         assert_eq!(ie_ctx_alloc(ctx, nest, &mut parent), OK);
         if parent_map {
@@ -142,8 +131,7 @@ unsafe fn with_nested_device(
         assert_eq!(ie_ctx_detach(ctx, dev), OK);
         assert_eq!(ie_ctx_free(ctx, child), OK);
         assert_eq!(ie_ctx_free(ctx, parent), OK);
-        assert_eq!(ie_ctx_destroy(ctx), OK);
-        assert_eq!(ie_registry_destroy(registry), OK);
+        destroy_ctx_and_registry(registry, ctx);
     }
 }
 
@@ -153,13 +141,7 @@ unsafe fn with_nested_device(
 #[test]
 fn smmu_user_invalidation_failing_its_check_writes_issued() {
     let (arena, env) = arena();
-    let stage1 = IeUserStage1 {
-        format: IeUserStage1Format::SmmuV3 as u32,
-        smmuv3_ste: [1 | 0b101 << 1 | 0x8_0000, 0],
-        vtd_flags: 0,
-        vtd_pgtbl_addr: 0,
-        vtd_addr_width: 0,
-    };
+    let stage1 = smmu_user_stage1();
     // SAFETY: a live arena and its allocator, then live handles, readable inputs and writable
     // outputs throughout.
     unsafe {
@@ -239,14 +221,8 @@ fn vtd_unmap_timing_out_writes_what_it_unmapped() {
             ..IeSimVtdConfig::default()
         });
         let (model, unit, before) = sim_unit(arena, &env, sim);
-        let units = [unit];
-        let (mut registry, mut ctx) = (null_mut(), null_mut());
+        let (registry, ctx) = registry_and_ctx(&env, unit);
         let (mut io, mut dev) = (0u32, 0u32);
-        assert_eq!(
-            ie_registry_create(&env, units.as_ptr(), 1, 20, &mut registry),
-            OK
-        );
-        assert_eq!(ie_ctx_create(registry, 4, &mut ctx), OK);
         assert_eq!(ie_ctx_alloc(ctx, 0, &mut io), OK);
         assert_eq!(ie_ctx_bind(ctx, 0, 0x20, false, &mut dev), OK);
         assert_eq!(ie_ctx_attach(ctx, dev, io, null_mut()), OK);
@@ -266,8 +242,7 @@ fn vtd_unmap_timing_out_writes_what_it_unmapped() {
         assert_eq!(unmapped, 0);
         assert_eq!(ie_ctx_detach(ctx, dev), OK);
         assert_eq!(ie_ctx_free(ctx, io), OK);
-        assert_eq!(ie_ctx_destroy(ctx), OK);
-        assert_eq!(ie_registry_destroy(registry), OK);
+        destroy_ctx_and_registry(registry, ctx);
         release_sim_unit(arena, model, unit, before);
     }
 }
@@ -294,7 +269,6 @@ fn a_refused_split_is_not_busy() {
 /// all-ones and never clear); the same window twice as long is accepted.
 #[test]
 fn vtd_window_shorter_than_its_fault_registers_is_refused() {
-    use super::env::IeRegs;
     use super::unit::{ie_unit_destroy, ie_vtd_config_default, ie_vtd_create};
     use core::mem::MaybeUninit;
     /// QEMU's CAP with FRO = 0x100 (offset 0x1000), NFR 0 (one record); IRO 0xf.
@@ -308,15 +282,7 @@ fn vtd_window_shorter_than_its_fault_registers_is_refused() {
     // SAFETY: writable.
     assert_eq!(unsafe { ie_vtd_config_default(cfg.as_mut_ptr()) }, OK);
     for (len, want) in [(0x1000, IeStatus::InvalidArgument as i32), (0x2000, OK)] {
-        let regs = IeRegs {
-            base: window.as_mut_ptr().cast(),
-            len,
-            ctx: null_mut(),
-            read32: None,
-            write32: None,
-            read64: None,
-            write64: None,
-        };
+        let regs = mapped_regs(window.as_mut_ptr().cast(), len);
         let mut unit = null_mut();
         // SAFETY: the window is readable and writable memory of `len` bytes; `cfg` initialised.
         let st = unsafe { ie_vtd_create(&env, &regs, cfg.as_ptr(), &mut unit) };

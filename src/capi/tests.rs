@@ -39,6 +39,66 @@ pub(super) fn arena() -> (*mut IeSimArena, IeEnv) {
     (arena, unsafe { env.assume_init() })
 }
 
+/// A registry over `unit` alone (20-bit PASIDs) and a context of it (a quota of 4 PASIDs),
+/// each call checked.
+///
+/// # Safety
+/// `env` is the arena's allocator, `unit` a live, enabled unit of it that no registry holds.
+pub(super) unsafe fn registry_and_ctx(
+    env: &IeEnv,
+    unit: *mut IeUnit,
+) -> (*mut IeRegistry, *mut IeCtx) {
+    let units = [unit];
+    let (mut registry, mut ctx) = (null_mut(), null_mut());
+    // SAFETY: valid arguments (the caller's contract); the outs are writable.
+    unsafe {
+        assert_eq!(
+            ie_registry_create(env, units.as_ptr(), 1, 20, &mut registry),
+            OK
+        );
+        assert_eq!(ie_ctx_create(registry, 4, &mut ctx), OK);
+    }
+    (registry, ctx)
+}
+
+/// Destroys what [`registry_and_ctx`] made, the context first (it holds the registry), each
+/// call checked.
+///
+/// # Safety
+/// Live handles that nothing else uses.
+pub(super) unsafe fn destroy_ctx_and_registry(registry: *mut IeRegistry, ctx: *mut IeCtx) {
+    // SAFETY: live handles (the caller's contract).
+    unsafe {
+        assert_eq!(ie_ctx_destroy(ctx), OK);
+        assert_eq!(ie_registry_destroy(registry), OK);
+    }
+}
+
+/// A guest's SMMUv3 STE as C passes it: V, Config = stage-1 translate, its CD table at IPA
+/// 0x8_0000.
+pub(super) fn smmu_user_stage1() -> super::nested::IeUserStage1 {
+    super::nested::IeUserStage1 {
+        format: super::nested::IeUserStage1Format::SmmuV3 as u32,
+        smmuv3_ste: [1 | 0b101 << 1 | 0x8_0000, 0],
+        vtd_flags: 0,
+        vtd_pgtbl_addr: 0,
+        vtd_addr_width: 0,
+    }
+}
+
+/// A register window mapped at `base`, `len` bytes, no accessor functions.
+pub(super) fn mapped_regs(base: *mut core::ffi::c_void, len: usize) -> IeRegs {
+    IeRegs {
+        base,
+        len,
+        ctx: null_mut(),
+        read32: None,
+        write32: None,
+        read64: None,
+        write64: None,
+    }
+}
+
 /// Registry and context over `unit`, then both destroyed.
 ///
 /// # Safety
@@ -526,25 +586,17 @@ fn dmar_reserved_regions_of_a_requester() {
 fn with_nest_parent(sim: Sim, f: impl FnOnce(*mut IeCtx, u32)) {
     use super::ioasid::{ie_ctx_alloc, ie_ctx_free, IeIoasidFlag};
     let (arena, env) = arena();
-    let mut registry: *mut IeRegistry = null_mut();
-    let mut ctx: *mut IeCtx = null_mut();
     let mut parent = 0u32;
     // SAFETY: a live arena and its allocator, then live handles, readable inputs and writable
     // outputs throughout.
     unsafe {
         let (model, unit, before) = sim_unit(arena, &env, sim);
-        let units = [unit];
-        assert_eq!(
-            ie_registry_create(&env, units.as_ptr(), 1, 20, &mut registry),
-            OK
-        );
-        assert_eq!(ie_ctx_create(registry, 4, &mut ctx), OK);
+        let (registry, ctx) = registry_and_ctx(&env, unit);
         let nest = IeIoasidFlag::NestParent as u32;
         assert_eq!(ie_ctx_alloc(ctx, nest, &mut parent), OK);
         f(ctx, parent);
         assert_eq!(ie_ctx_free(ctx, parent), OK);
-        assert_eq!(ie_ctx_destroy(ctx), OK);
-        assert_eq!(ie_registry_destroy(registry), OK);
+        destroy_ctx_and_registry(registry, ctx);
         release_sim_unit(arena, model, unit, before);
     }
 }
@@ -577,7 +629,6 @@ fn capi_hwpt_alloc_nested_and_invalidate() {
     use super::ioasid::{ie_ctx_attach, ie_ctx_bind, ie_ctx_detach, ie_ctx_free, ie_ctx_map};
     use super::nested::{
         ie_ctx_alloc_nested, ie_ctx_invalidate_user, ie_ctx_set_virtual_id, IeRefusal,
-        IeUserStage1, IeUserStage1Format,
     };
     // SAFETY: the closure's calls get live handles, readable inputs and writable outputs
     // throughout.
@@ -592,14 +643,7 @@ fn capi_hwpt_alloc_nested_and_invalidate() {
             }),
             |ctx, parent| {
                 let (mut child, mut dev) = (0u32, 0u32);
-                // The guest's STE: V, Config = stage-1 translate, its CD table at IPA 0x8_0000.
-                let stage1 = IeUserStage1 {
-                    format: IeUserStage1Format::SmmuV3 as u32,
-                    smmuv3_ste: [1 | 0b101 << 1 | 0x8_0000, 0],
-                    vtd_flags: 0,
-                    vtd_pgtbl_addr: 0,
-                    vtd_addr_width: 0,
-                };
+                let stage1 = smmu_user_stage1();
                 assert_eq!(ie_ctx_alloc_nested(ctx, parent, &stage1, &mut child), OK);
                 let invalid = IeStatus::InvalidArgument as i32;
                 assert_eq!(
@@ -650,7 +694,6 @@ fn capi_invalidate_user_over_two_smmu_units() {
     };
     use super::nested::{
         ie_ctx_alloc_nested, ie_ctx_invalidate_user, ie_ctx_set_virtual_id, IeRefusal,
-        IeUserStage1, IeUserStage1Format,
     };
     use super::sim::smmu_model;
     use crate::sim::smmuv3::{op, Injection};
@@ -680,13 +723,7 @@ fn capi_invalidate_user_over_two_smmu_units() {
         let (mut parent, mut child, mut a, mut b) = (0u32, 0u32, 0u32, 0u32);
         let nest = IeIoasidFlag::NestParent as u32;
         assert_eq!(ie_ctx_alloc(ctx, nest, &mut parent), OK);
-        let stage1 = IeUserStage1 {
-            format: IeUserStage1Format::SmmuV3 as u32,
-            smmuv3_ste: [1 | 0b101 << 1 | 0x8_0000, 0],
-            vtd_flags: 0,
-            vtd_pgtbl_addr: 0,
-            vtd_addr_width: 0,
-        };
+        let stage1 = smmu_user_stage1();
         assert_eq!(ie_ctx_alloc_nested(ctx, parent, &stage1, &mut child), OK);
         assert_eq!(ie_ctx_bind(ctx, 0, 0x20, false, &mut a), OK);
         assert_eq!(ie_ctx_bind(ctx, 1, 0x300, false, &mut b), OK);

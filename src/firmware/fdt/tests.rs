@@ -396,17 +396,24 @@ fn qemu_virt_dtb_puts_the_root_complex_behind_the_smmu() {
     ));
 }
 
-/// An `iommu-map` entry may end exactly at 2^32 (the last RID or StreamID 0xffff_ffff, inclusive):
-/// found by review, both were refused as `RangeOverflow`.
-#[test]
-fn iommu_map_entries_may_end_at_the_top_of_the_id_space() {
+/// A DTB opened at its root with an SMMU in it (phandle 1, one `#iommu-cells`): the caller adds
+/// the nodes that map through it, then closes the root.
+fn root_with_smmu() -> Dtb {
     let mut d = Dtb::default();
     d.begin("")
         .begin("smmu")
         .cells("phandle", &[1])
         .cells("#iommu-cells", &[1])
-        .end()
-        .begin("pci")
+        .end();
+    d
+}
+
+/// An `iommu-map` entry may end exactly at 2^32 (the last RID or StreamID 0xffff_ffff, inclusive):
+/// found by review, both were refused as `RangeOverflow`.
+#[test]
+fn iommu_map_entries_may_end_at_the_top_of_the_id_space() {
+    let mut d = root_with_smmu();
+    d.begin("pci")
         .cells(
             "iommu-map",
             &[0, 1, 0xffff_ff00, 0x100, 0xffff_ff00, 1, 0x100, 0x100],
@@ -438,13 +445,8 @@ fn iommu_map_entries_may_end_at_the_top_of_the_id_space() {
 /// 0x207, an ID no entry meant for it.
 #[test]
 fn iommu_map_entry_with_rid_base_outside_the_mask_is_refused() {
-    let mut d = Dtb::default();
-    d.begin("")
-        .begin("smmu")
-        .cells("phandle", &[1])
-        .cells("#iommu-cells", &[1])
-        .end()
-        .begin("pci")
+    let mut d = root_with_smmu();
+    d.begin("pci")
         .cells("iommu-map", &[0x101, 1, 0x200, 0x100])
         .cells("iommu-map-mask", &[0xfff8])
         .end()
