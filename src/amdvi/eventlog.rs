@@ -268,8 +268,8 @@ impl EventLog {
         None
     }
 
-    /// Reports and consumes the oldest logged events, at most `max` (and at most the log's
-    /// size): the head moves past the events reported and no further, so the rest stay for
+    /// Reports and consumes the oldest logged events, at most `max` (late ones included; and
+    /// at most the log's size): the head moves past the events reported and no further, so the rest stay for
     /// the next drain. Each entry is awaited until written ([`read_written`](Self::read_written));
     /// one still not written after the budget is skipped, not reported, and counted in
     /// [`DrainSummary::unwritten`] (it counts against `max`; the head stays on it until it is
@@ -301,24 +301,41 @@ impl EventLog {
         let mut skipped = self.skipped.load(Ordering::Relaxed);
         let tail = self.pointer(regs, regs::EVENT_LOG_TAIL);
         dma_read_barrier();
-        // A late write seen now is reported before anything after it.
-        let n = self.settle(alloc, freed, skipped, false, &mut summary, &mut report);
+        // Reports left: late ones count too (the caller has room for `max`).
+        let mut left = max;
+        // A late write seen now is reported before anything after it; written in order, it
+        // settles every skipped entry before it too.
+        let n = self.settle(
+            alloc,
+            freed,
+            self.written_prefix(alloc, freed, skipped),
+            &mut left,
+            &mut summary,
+            &mut report,
+        );
         freed = (freed + n * ENTRY_BYTES) & mask;
         skipped -= n;
         let mut head = (freed + skipped * ENTRY_BYTES) & mask;
         for _ in 0..(1usize << self.len_log2).min(max) {
-            if head == tail {
+            if head == tail || left == 0 {
                 break;
             }
             // Past the budget the entry is given up on (as Linux does): waiting at it on every
             // drain would stop the log for good and let it fill up behind it.
             match self.read_written(regs, alloc, head, budget) {
                 Ok(event) => {
-                    // Written in order: every skipped entry before this one is settled.
-                    self.settle(alloc, freed, skipped, true, &mut summary, &mut report);
-                    skipped = 0;
+                    // Written in order: every skipped entry before this one is settled, as
+                    // far as `left` has room; this one waits for the next drain if not all.
+                    let n =
+                        self.settle(alloc, freed, skipped, &mut left, &mut summary, &mut report);
+                    freed = (freed + n * ENTRY_BYTES) & mask;
+                    skipped -= n;
+                    if skipped != 0 || left == 0 {
+                        break;
+                    }
                     self.clear(alloc, head);
                     report(event);
+                    left -= 1;
                     summary.events += 1;
                     freed = (head + ENTRY_BYTES) & mask;
                 }
@@ -343,16 +360,27 @@ impl EventLog {
         Ok(summary)
     }
 
-    /// Settles the `n` skipped entries from `from` (see the module), oldest first: one whose
-    /// write has come is reported (late) and cleared; one still not written is lost for good
-    /// when `all` (a later entry was read as written), else it and those after it stay
-    /// skipped. Returns how many were settled (a prefix).
+    /// How many of the `n` skipped entries from `from` end with one written: up to and with
+    /// the last written (the unit writes in order, so the unwritten ones before it are lost).
+    fn written_prefix<A: PageAllocator + ?Sized>(&self, alloc: &A, from: u32, n: u32) -> u32 {
+        let at = |i: u32| (from + i * ENTRY_BYTES) & (self.size() - 1);
+        (0..n)
+            .rev()
+            .find(|&i| Self::written(&self.read(alloc, at(i))))
+            .map_or(0, |i| i + 1)
+    }
+
+    /// Settles the `n` skipped entries from `from` (see the module), oldest first, all known
+    /// final (a later entry was read as written): one whose write has come is reported (late)
+    /// and cleared, if `left` (reports left) allows; one not written is lost for good. Returns
+    /// how many were settled (a prefix: it stops at the first written one `left` has no room
+    /// for).
     fn settle<A: PageAllocator + ?Sized>(
         &self,
         alloc: &A,
         from: u32,
         n: u32,
-        all: bool,
+        left: &mut usize,
         summary: &mut DrainSummary,
         report: &mut impl FnMut(Event),
     ) -> u32 {
@@ -360,12 +388,14 @@ impl EventLog {
             let at = (from + i * ENTRY_BYTES) & (self.size() - 1);
             let e = self.read(alloc, at);
             if Self::written(&e) {
+                if *left == 0 {
+                    return i;
+                }
                 self.clear(alloc, at);
                 report(e);
+                *left -= 1;
                 summary.events += 1;
                 summary.late += 1;
-            } else if !all {
-                return i;
             }
         }
         n

@@ -433,6 +433,63 @@ fn an_entry_never_written_is_skipped_and_reported_by_the_drain() {
     assert_eq!(model.stats().events_dropped, 0);
 }
 
+/// A drain of at most `max` events reports at most `max`, late ones included: an entry
+/// skipped earlier and written since is reported first and counts against `max` (the C ABI
+/// fills a buffer of `max` records and says how many it wrote). Before, the late entry and
+/// the next written one were both reported to a drain of at most 1.
+#[test]
+fn a_drain_of_at_most_max_reports_at_most_max_late_ones_included() {
+    let mem = Arena::with_defaults().unwrap();
+    let model = AmdViModel::new(&mem, AmdViModelConfig::qemu_default());
+    let u = unit(&model, &mem, small());
+    u.enable().unwrap();
+    let fault = |i: u64| super::event::Event::encode(EventCode::IoPageFault, 0x99, 1, 0, i << 12);
+    // Written 10 register reads after the drain's 1,000 polls gave up.
+    model.inject(Injection::DelayedEventWrite(1_010));
+    model.raise_event(fault(1));
+    let sum = u.drain_events(|_| {}).unwrap();
+    assert_eq!((sum.events, sum.unwritten), (0, 1));
+    for _ in 0..20 {
+        model.read64(0x2020);
+    }
+    model.raise_event(fault(2));
+    model.raise_event(fault(3));
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let sum = u.drain_events_at_most(1, |e| seen.push(e.address)).unwrap();
+        assert!(sum.events <= 1, "a drain of at most 1 reported {seen:x?}");
+    }
+    assert_eq!(seen, [1 << 12, 2 << 12, 3 << 12]);
+    let sum = u.drain_events(|_| {}).unwrap();
+    assert_eq!((sum.events, sum.unwritten), (0, 0));
+}
+
+/// Entries are written in order: a skipped entry whose write came settles every skipped one
+/// before it, on an idle log too. Before, a drain settled skipped entries only up to the first
+/// still unwritten, so one written after a lost one stayed unreported until a new event came.
+#[test]
+fn a_late_entry_behind_a_lost_one_is_reported_on_an_idle_log() {
+    let mem = Arena::with_defaults().unwrap();
+    let model = AmdViModel::new(&mem, AmdViModelConfig::qemu_default());
+    let u = unit(&model, &mem, small());
+    u.enable().unwrap();
+    let fault = |i: u64| super::event::Event::encode(EventCode::IoPageFault, 0x99, 1, 0, i << 12);
+    model.inject(Injection::LostEventWrite);
+    model.raise_event(fault(1));
+    // Written 10 register reads after the drain's 1,000 polls of each entry gave up.
+    model.inject(Injection::DelayedEventWrite(2_010));
+    model.raise_event(fault(2));
+    let sum = u.drain_events(|_| {}).unwrap();
+    assert_eq!((sum.events, sum.unwritten), (0, 2));
+    for _ in 0..20 {
+        model.read64(0x2020);
+    }
+    let mut seen = Vec::new();
+    let sum = u.drain_events(|e| seen.push(e.address)).unwrap();
+    assert_eq!(seen, [2 << 12], "the late entry behind the lost one");
+    assert_eq!((sum.events, sum.late), (1, 1));
+}
+
 #[test]
 fn event_log_overflow_is_reported_and_logging_restarts() {
     let mem = Arena::with_defaults().unwrap();
