@@ -206,7 +206,8 @@ pub enum Missing {
     /// The device's DMA coherency is not the one the domain was built for: an SMMUv3 stage-1
     /// domain gives its leaves the memory type of the device it was built for (Normal
     /// Write-Back Inner Shareable for coherent DMA, Normal Non-cacheable otherwise), and a
-    /// device of the other kind cannot share it.
+    /// device of the other kind cannot share it; a stage 2 forcing write-back (`STE.S2FWB`),
+    /// and every domain nested on it, is for coherent DMA.
     DmaCoherency {
         /// Whether the domain's leaves are for coherent DMA.
         domain: bool,

@@ -1099,6 +1099,96 @@ fn a_guests_stage1_cannot_make_dma_non_cacheable() {
     assert!(ok.coherent);
 }
 
+/// A nest parent on a unit with `IDR3.FWB` forces Normal Write-Back under everything over it
+/// (`STE.S2FWB`, MemAttr 0b0110): a device the platform declares non-coherent (IORT CCA = 0)
+/// cannot be attached to it, nor to a crate-built stage 1 or a user domain nested on it, whose
+/// Non-cacheable leaves the parent would silently make Write-Back. The device keeps its domain.
+#[test]
+fn forced_write_back_parent_refuses_a_non_coherent_device() {
+    let nest = DomainConfig {
+        nest_parent: true,
+        ..s2()
+    };
+    let mem = arena();
+    let model = SmmuModel::new(&mem, SmmuModelConfig::qemu_like().with_fwb(true));
+    let cca0 = Source::Firmware("IORT named component CCA=0");
+    let facts = DeviceFacts {
+        canwbs: false,
+        coherent_dma: Some(false),
+        source: cca0,
+    };
+    let platform = Platform::default()
+        .declare(
+            iommu_engine::smmuv3::StreamId(SID),
+            iommu_engine::smmuv3::StreamId(SID),
+            facts,
+        )
+        .unwrap();
+    let u = unit(&model, &mem, SmmuConfig { platform, ..cfg() });
+    // The device's own (Non-cacheable) stage-1 domain first: a refusal must leave it there.
+    let own = u
+        .domain_alloc(&DomainConfig {
+            device: Some(DeviceId(SID)),
+            ..s1()
+        })
+        .unwrap();
+    u.map(own, Iova::new(K4), PhysAddr::new(0x4000_0000), K4, RW)
+        .unwrap();
+    u.attach(DeviceId(SID), None, own).unwrap();
+
+    let parent = u.domain_alloc(&nest).unwrap();
+    let base = mem.base_pa();
+    u.map(parent, Iova::new(base), PhysAddr::new(base), 64 << 20, RW)
+        .unwrap();
+    u.map(
+        parent,
+        Iova::new(0x1_0000_0000),
+        PhysAddr::new(0x2_0000_0000),
+        M2,
+        RW,
+    )
+    .unwrap();
+    let child = u
+        .domain_alloc_nested(
+            &DomainConfig {
+                device: Some(DeviceId(SID)),
+                ..s1()
+            },
+            parent,
+        )
+        .unwrap();
+    u.map(
+        child,
+        Iova::new(0x40_0000),
+        PhysAddr::new(0x1_0000_3000),
+        K4,
+        RW,
+    )
+    .unwrap();
+    let refused = Err(Error::Unsupported(Missing::DmaCoherency {
+        domain: true,
+        device: false,
+        source: cca0,
+    }));
+    assert_eq!(
+        u.attach(DeviceId(SID), None, child),
+        refused,
+        "the parent's S2FWB would make the non-coherent device's DMA Write-Back"
+    );
+    assert_eq!(u.attach(DeviceId(SID), None, parent), refused);
+    // A guest's stage 1 (its ASIDs) only once the crate's child is gone.
+    u.domain_free(child).unwrap();
+    let user = guest_non_cacheable_stage1(&u, &mem, parent);
+    assert_eq!(u.attach(DeviceId(SID), None, user), refused);
+
+    // Left as it was: still its own domain, Non-cacheable.
+    let ok = model.translate(SID, None, K4, Access::READ).unwrap();
+    assert_eq!(ok.pa, 0x4000_0000);
+    assert!(!ok.cacheable_wb);
+    // An undeclared (COHACC: coherent) device still attaches to both.
+    u.attach(DeviceId(SID + 1), None, parent).unwrap();
+}
+
 /// STE.S2PTW = 1 (IHI 0070 §5.2): a guest's stage-1 walk (or CD fetch) that lands on a page the
 /// parent maps as Device memory (MMIO) is a stage-2 Permission fault, not a read of the device.
 #[test]

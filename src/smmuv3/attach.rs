@@ -258,16 +258,28 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
     }
 
     /// Refuses to attach `sid` to `d` where the platform's declarations about the device do
-    /// not hold up the domain's promises: enforced snooping needs `CANWBS`; a stage-1
-    /// domain's memory type must match the device's DMA coherency.
+    /// not hold up the domain's promises: enforced snooping needs `CANWBS`; a domain's memory
+    /// type must match the device's DMA coherency, and a stage 2 that forces write-back
+    /// (`STE.S2FWB`) makes everything under it, nested stage 1 included, coherent DMA.
     fn check_platform(&self, d: DomainHandle, sid: StreamId) -> Result<(), Error> {
         // A user domain's device reaches memory through the parent's stage 2: its promises.
         let user = self.user_domain(d).is_some();
         let d = self.user_domain(d).map_or(d, |u| u.parent);
-        let (enforce_snoop, coherent_dma, fwb) = {
+        let (enforce_snoop, coherent_dma, fwb, parent) = {
             let slot = self.slot(d)?.read();
             let dom = slot.as_ref().ok_or(Error::InvalidDomain(d))?;
-            (dom.enforce_snoop, dom.coherent_dma, dom.forces_write_back())
+            let fwb = dom.forces_write_back();
+            (dom.enforce_snoop, dom.coherent_dma, fwb, dom.parent)
+        };
+        // A crate-built nested stage 1's leaves are combined with its parent's (S2FWB wins).
+        let fwb = match parent {
+            Some(p) => {
+                let slot = self.slot(p)?.read();
+                slot.as_ref()
+                    .ok_or(Error::InvalidDomain(p))?
+                    .forces_write_back()
+            }
+            None => fwb,
         };
         let facts = self.cfg.platform.facts(sid);
         // Without FWB under it, a guest's stage 1 decides the memory type: CANWBS only.
@@ -282,6 +294,8 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
             }));
         }
         let device = self.dma_coherent(&facts);
+        // Forced write-back is coherent DMA whatever the stage 1 says.
+        let coherent_dma = if fwb { Some(true) } else { coherent_dma };
         if let Some(domain) = coherent_dma.filter(|&c| c != device) {
             return Err(Error::Unsupported(Missing::DmaCoherency {
                 domain,

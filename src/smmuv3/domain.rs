@@ -269,7 +269,8 @@ impl<A: PageAllocator> Domain<A> {
     /// MemAttr 0b0110 with `STE.S2FWB` instead: write-back whatever stage 1 asks, so that a
     /// guest's stage 1 cannot make its memory Non-cacheable (and read stale DRAM under dirty
     /// host lines). Coherency itself is the platform's (`CANWBS`, checked at attach): FWB does
-    /// not stop a PCIe No-Snoop transaction from bypassing the caches.
+    /// not stop a PCIe No-Snoop transaction from bypassing the caches. Forced write-back makes a
+    /// non-coherent device's DMA cacheable: `attach` refuses one under it.
     ///
     /// Built into `slot` (left as it was on error), in place: no copy of the domain passes
     /// through the stack (a kernel host's).
