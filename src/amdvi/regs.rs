@@ -91,6 +91,10 @@ bitflags! {
         const GT_EN = 1 << 16;
         /// `GAEn`: guest virtual APIC.
         const GA_EN = 1 << 17;
+        /// `SmiFEn`: the SMI filter (its registers say which devices may raise SMIs).
+        const SMI_F_EN = 1 << 22;
+        /// `SmiFLogEn`: SMIs the filter passes are logged.
+        const SMI_F_LOG_EN = 1 << 24;
         /// `GALogEn`: guest virtual APIC log.
         const GA_LOG_EN = 1 << 28;
         /// `GAIntEn`: guest virtual APIC log interrupt.
@@ -108,12 +112,17 @@ bitflags! {
 impl Control {
     /// The bits `enable` keeps as it finds them: the four the ACPI IVHD flags define for the
     /// platform (`HtTunEn`, `PassPW`, `ResPassPW`, `Isoc`), which this driver is not given
-    /// (clearing `HtTunEn` would stop translating the HyperTransport tunnel's requests).
-    /// Every other bit starts clear and only what this driver uses is set.
+    /// (clearing `HtTunEn` would stop translating the HyperTransport tunnel's requests; on a
+    /// cold boot nobody set them, and they stay clear), and the firmware's SMI filter
+    /// (`SmiFEn`, `SmiFLogEn`: a platform control over which devices may raise SMIs, whose
+    /// registers this driver does not program). Every other bit starts clear and only what
+    /// this driver uses is set.
     pub const KEPT: Self = Self::HT_TUN_EN
         .union(Self::PASS_PW)
         .union(Self::RES_PASS_PW)
-        .union(Self::ISOC);
+        .union(Self::ISOC)
+        .union(Self::SMI_F_EN)
+        .union(Self::SMI_F_LOG_EN);
 }
 
 /// `InvTimeout`, Control bits 7:5: how long the unit waits for an ATS device's invalidation

@@ -169,6 +169,23 @@ fn takeover_clears_the_previous_owners_control_bits() {
     let ctrl = model.read64(0x18);
     assert_eq!((ctrl >> 34) & 7, 0, "DevTblSegEn: {ctrl:#x}");
     assert_eq!(ctrl & foreign, 0, "{ctrl:#x}");
+}
+
+/// The SMI filter (`SmiFEn`, `SmiFLogEn`) is the platform's: firmware sets it and its filter
+/// registers up as a control on which devices may raise SMIs, which this driver does not
+/// program. A takeover keeps it as found.
+#[test]
+fn takeover_keeps_the_firmware_s_smi_filter() {
+    let mem = Arena::with_defaults().unwrap();
+    let model = AmdViModel::new(&mem, AmdViModelConfig::qemu_default());
+    let fw = mem.alloc(12).unwrap();
+    model.firmware_state(fw.pa.get(), fw.pa.get() | 8 << 56, fw.pa.get() | 8 << 56);
+    let smi_filter = 1 << 22 | 1 << 24;
+    model.write64(0x18, model.read64(0x18) | smi_filter);
+    let u = unit(&model, &mem, small());
+    u.enable().unwrap();
+    let ctrl = model.read64(0x18);
+    assert_eq!(ctrl & smi_filter, smi_filter, "{ctrl:#x}");
     // IommuEn, EventLogEn, CmdBufEn, Coherent, GTEn (QEMU's EFR has GTSup), InvTimeout 1 s.
     assert_eq!(
         ctrl,
