@@ -169,7 +169,12 @@ fn takeover_clears_the_previous_owners_control_bits() {
     let ctrl = model.read64(0x18);
     assert_eq!((ctrl >> 34) & 7, 0, "DevTblSegEn: {ctrl:#x}");
     assert_eq!(ctrl & foreign, 0, "{ctrl:#x}");
+    assert_eq!(ctrl, OWN_CONTROL, "{ctrl:#x}");
 }
+
+/// What `enable` sets in Control on the QEMU model: `IommuEn`, `EventLogEn`, `CmdBufEn`,
+/// `Coherent`, `GTEn` (QEMU's EFR has `GTSup`), `InvTimeout` 1 s.
+const OWN_CONTROL: u64 = 1 | 1 << 2 | 1 << 12 | 1 << 10 | 1 << 16 | 4 << 5;
 
 /// The SMI filter (`SmiFEn`, `SmiFLogEn`) is the platform's: firmware sets it and its filter
 /// registers up as a control on which devices may raise SMIs, which this driver does not
@@ -185,13 +190,7 @@ fn takeover_keeps_the_firmware_s_smi_filter() {
     let u = unit(&model, &mem, small());
     u.enable().unwrap();
     let ctrl = model.read64(0x18);
-    assert_eq!(ctrl & smi_filter, smi_filter, "{ctrl:#x}");
-    // IommuEn, EventLogEn, CmdBufEn, Coherent, GTEn (QEMU's EFR has GTSup), InvTimeout 1 s.
-    assert_eq!(
-        ctrl,
-        1 | 1 << 2 | 1 << 12 | 1 << 10 | 1 << 16 | 4 << 5,
-        "{ctrl:#x}"
-    );
+    assert_eq!(ctrl, OWN_CONTROL | smi_filter, "{ctrl:#x}");
 }
 
 /// A takeover of a unit whose previous owner left `Status.EventLogInt` set: QEMU's
