@@ -1214,11 +1214,13 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     /// Drops one user of the IOASID's domain on `unit_id`; frees the domain with the last one,
     /// once it owes no invalidation. The unit invalidates the domain's tag before it can be
     /// reused. A domain that cannot be freed yet stays recorded, without users, and is freed
-    /// with the IOASID (`free_domains`).
+    /// with the IOASID (`free_domains`). So does one while the IOASID tracks dirty pages: its
+    /// tables hold what its devices wrote until a read takes it (`dirty.rs`).
     pub(super) fn release_domain(&self, st: &mut State<'a, A>, ioasid: IoasidId, unit_id: UnitId) {
         let Ok(io) = st.ioasid_mut(ioasid) else {
             return;
         };
+        let tracking = io.tracking();
         let Some(slot) = io
             .domains
             .iter()
@@ -1230,7 +1232,7 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
             return;
         };
         d.users = d.users.saturating_sub(1);
-        if d.users == 0 {
+        if d.users == 0 && !tracking {
             let _ = self.free_domain(io, slot);
         }
     }

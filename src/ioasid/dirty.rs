@@ -9,6 +9,12 @@
 //! starts with it off: see the module docs); turning it on cleans every page first, and reads
 //! are refused while it is off ([`Error::DirtyTrackingOff`]), since the hardware then records
 //! nothing.
+//!
+//! A unit's domain whose last device leaves (detach, a PASID's detach, an attach elsewhere)
+//! is kept, without users, while tracking is on: its tables hold the dirty state the
+//! hardware set, final once the leave's invalidation completed, and a VMM migrating a guest
+//! must still read it. It goes on taking the IOASID's maps and unmaps, is used again by the
+//! next attach on its unit, and is freed when tracking turns off or with the IOASID.
 
 use super::ctx::{Ioasid, IoasidCtx, UnitDomain};
 use super::map::domains;
@@ -59,6 +65,12 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
             self.unit(d.unit)?.set_dirty_tracking(d.handle, on)?;
         }
         io.dirty_off = !on;
+        if !on {
+            // Domains kept for their dirty state after their last device left (the leave's
+            // `release_domain`) are no longer needed: reads are refused until tracking is
+            // on again, which cleans every page. One that cannot be freed yet stays kept.
+            let _ = self.free_domains(io);
+        }
         Ok(())
     }
 

@@ -324,3 +324,80 @@ fn pasid_attach_to_dirty_tracking_hwpt_tracks_pasid_dma() {
         ctx.detach_pasid(sd, p).unwrap();
     });
 }
+
+/// Live migration: a device detached from a dirty-tracking IOASID (the guest unplugs it, or
+/// the VMM moves it) leaves what it wrote dirty until the VMM reads it. Before, the detach
+/// of the unit's last device freed the unit's domain, its page tables and the dirty state
+/// the hardware set in them: the next read reported nothing (`[]` for `[BASE + 3 * K4]`)
+/// and the migration lost the page. Now the domain stays while tracking is on (its
+/// dirty state is final: the detach's invalidation completed) and reads report it; turning
+/// tracking off (or freeing the IOASID) frees it. The same for a PASID detach.
+#[test]
+fn detach_of_the_last_device_keeps_its_dirty_pages() {
+    for on_smmu in [false, true] {
+        let (v, s) = setups();
+        with_rig(v, s, |r| {
+            let ctx = IoasidCtx::new(r.reg, r.arena, 4);
+            let (dev, unit): (_, &dyn iommu_engine::iommu::Iommu) = if on_smmu {
+                (smmu_dev(SID_A), r.smmu)
+            } else {
+                (vtd_dev(RID_A), r.vtd)
+            };
+            let d = ctx.bind(dev, false).unwrap();
+            let io = ctx.alloc(IoasidFlags::DIRTY_TRACKING).unwrap();
+            ctx.attach(d, io).unwrap();
+            ctx.map(io, Iova::new(BASE), PhysAddr::new(PA), 16 * K4, RW)
+                .unwrap();
+            let domains = r.domains(unit);
+            let ok = if on_smmu {
+                r.sm.translate(SID_A, None, BASE + 3 * K4, Access::WRITE)
+                    .is_ok()
+            } else {
+                r.vm.translate(RID_A as u16, None, BASE + 3 * K4, Access::WRITE)
+                    .is_ok()
+            };
+            assert!(ok, "smmu {on_smmu}: the DMA write faulted");
+            ctx.detach(d).unwrap();
+            assert_eq!(
+                dirty(&ctx, io, true),
+                [BASE + 3 * K4],
+                "smmu {on_smmu}: the detached device's write, NO_CLEAR"
+            );
+            assert_eq!(
+                dirty(&ctx, io, false),
+                [BASE + 3 * K4],
+                "smmu {on_smmu}: the detached device's write"
+            );
+            assert_eq!(dirty(&ctx, io, false), [0u64; 0], "smmu {on_smmu}: cleaned");
+            // Maps and unmaps meanwhile reach the kept domain; an attach uses it again.
+            ctx.unmap(io, Iova::new(BASE), K4).unwrap();
+            ctx.attach(d, io).unwrap();
+            assert_eq!(
+                r.domains(unit),
+                domains,
+                "smmu {on_smmu}: the kept domain reused"
+            );
+            ctx.detach(d).unwrap();
+            assert_eq!(
+                r.domains(unit),
+                domains,
+                "smmu {on_smmu}: kept while tracking"
+            );
+            ctx.set_dirty_tracking(io, false).unwrap();
+            assert_eq!(
+                r.domains(unit),
+                domains - 1,
+                "smmu {on_smmu}: freed once tracking is off"
+            );
+            ctx.set_dirty_tracking(io, true).unwrap();
+            ctx.attach(d, io).unwrap();
+            ctx.detach(d).unwrap();
+            ctx.free(io).unwrap();
+            assert_eq!(
+                r.domains(unit),
+                domains - 1,
+                "smmu {on_smmu}: freed with the IOASID"
+            );
+        });
+    }
+}
