@@ -113,6 +113,11 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     /// [`Error::PageTable`] (`NoDirtyTracking` for an IOASID allocated without it; range
     /// errors); [`Error::DirtyTrackingOff`] while tracking is off; [`Error::UserOwned`] for a
     /// nested child (its dirty state is its parent's); unit errors.
+    /// Range errors of any domain (narrower than the range, or of a larger granule) come
+    /// before any domain is read: nothing reported, nothing cleaned. An error a unit's walk
+    /// meets later (an entry hardware kept rewriting, a corrupt one, a unit fault) stops the
+    /// read there: what `sink` was given before it was cleaned, so keep it (the bitmap of
+    /// [`get_dirty_bitmap`](Self::get_dirty_bitmap) holds it) and read again.
     /// [`Error::InvalidationPending`]: the dirty state was reported and cleaned in every
     /// domain, but a unit did not confirm the invalidation, so writes through its stale caches
     /// may go unrecorded until a call on the IOASID returns `Ok`: treat every page of the
@@ -145,6 +150,12 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         } else {
             DirtyRead::Clear
         };
+        // Every domain's range checks first: a range one refuses (narrower, or of a larger
+        // granule) failed after the domains before it were read and cleaned, and a caller
+        // discarding what it was given on the error lost their pages.
+        for (_, d) in domains(io) {
+            self.check_dirty_range(&d, iova, len)?;
+        }
         let mut owed = Ok(());
         for (slot, d) in domains(io) {
             match self.read_domain_dirty(io, slot, &d, iova, len, how, sink) {
@@ -153,6 +164,14 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
             }
         }
         owed
+    }
+
+    /// The range checks a unit's walk of `d` makes before reading anything (the engine's
+    /// `check_iova_range`): non-empty, no overflow, aligned to the domain's granule, within
+    /// its input width. The same errors, before any domain is read.
+    fn check_dirty_range(&self, d: &UnitDomain, iova: Iova, len: u64) -> Result<(), Error> {
+        let (ias, sizes) = self.unit(d.unit)?.domain_geometry(d.handle)?;
+        Ok(walk_range(iova, len, ias, sizes.trailing_zeros())?)
     }
 
     /// [`read_dirty`](Self::read_dirty) of the domain in slot `slot`, with its unit's flush:
@@ -192,7 +211,8 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     /// [`Error::DirtyBitmapRange`] (checked first, nothing read) for a page size below
     /// [`DIRTY_BITMAP_MIN_PAGE_LOG2`] or above 2^63, an empty, misaligned or overflowing range;
     /// [`Error::DirtyBitmapTooSmall`] (nothing read) for a bitmap shorter than that; as
-    /// [`read_dirty`](Self::read_dirty).
+    /// [`read_dirty`](Self::read_dirty): after a walk's error the bits set are of pages
+    /// already cleaned, which only this bitmap now records.
     pub fn get_dirty_bitmap(
         &self,
         ioasid: IoasidId,
@@ -227,6 +247,28 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
             }
         })
     }
+}
+
+/// Whether a table of input width `ias` and granule `2^granule_log2` walks `[iova, iova +
+/// len)`, with the engine's errors in the engine's order.
+fn walk_range(iova: Iova, len: u64, ias: u32, granule_log2: u32) -> Result<(), pgtable::Error> {
+    if len == 0 {
+        return Err(pgtable::Error::ZeroLength);
+    }
+    let last = iova.checked_add(len - 1).ok_or(pgtable::Error::Overflow {
+        start: iova.get(),
+        len,
+    })?;
+    if !iova.is_aligned(granule_log2) {
+        return Err(pgtable::Error::MisalignedIova { iova, granule_log2 });
+    }
+    if len & ((1u64 << granule_log2.min(63)) - 1) != 0 {
+        return Err(pgtable::Error::MisalignedLength { len, granule_log2 });
+    }
+    if !last.fits_in(ias) {
+        return Err(pgtable::Error::IovaOutOfRange { last, ias });
+    }
+    Ok(())
 }
 
 /// The number of pages a dirty bitmap of `[iova, iova + len)` has, or why the range is refused.

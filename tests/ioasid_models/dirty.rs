@@ -401,3 +401,50 @@ fn detach_of_the_last_device_keeps_its_dirty_pages() {
         });
     }
 }
+
+/// A dirty read over two units' domains, one of which refuses the range (the SMMUv3 unit's
+/// 64 KiB granule; the read is 4 KiB-aligned). The refusal came from the second domain,
+/// after the first (VT-d) had been read and cleaned: a caller discarding the bitmap on the
+/// error (iommufd's callers do) lost the page the VT-d device wrote. Now every domain's
+/// range is checked before any is read: the error comes with nothing cleaned, and the next
+/// read reports the page.
+#[test]
+fn a_dirty_read_a_domain_refuses_cleans_nothing() {
+    let (v, mut s) = setups();
+    s.unit.granule_log2 = Some(16);
+    with_rig(v, s, |r| {
+        let ctx = IoasidCtx::new(r.reg, r.arena, 4);
+        let vd = ctx.bind(vtd_dev(RID_A), false).unwrap();
+        let sd = ctx.bind(smmu_dev(SID_A), false).unwrap();
+        let io = ctx.alloc(IoasidFlags::DIRTY_TRACKING).unwrap();
+        ctx.attach(vd, io).unwrap();
+        ctx.attach(sd, io).unwrap();
+        ctx.map(io, Iova::new(BASE), PhysAddr::new(PA), 16 * K4, RW)
+            .unwrap();
+        assert!(r
+            .vm
+            .translate(RID_A as u16, None, BASE + 3 * K4, Access::WRITE)
+            .is_ok());
+        let mut one = [0u64; 1];
+        let e = ctx.get_dirty_bitmap(
+            io,
+            Iova::new(BASE),
+            4 * K4,
+            12,
+            &mut one,
+            DirtyReadFlags::empty(),
+        );
+        assert!(
+            matches!(
+                e,
+                Err(Error::PageTable(pgtable::Error::MisalignedLength { .. }))
+            ),
+            "{e:?}"
+        );
+        assert_eq!(
+            dirty(&ctx, io, false),
+            [BASE + 3 * K4],
+            "the VT-d device's page after the refused read"
+        );
+    });
+}
