@@ -423,16 +423,28 @@ fn stalled_completion_wait_times_out_and_the_retry_completes() {
 /// skips it and says so (`DrainSummary::unwritten`), so later events are still reported and
 /// the log does not fill behind it. Before, every drain stopped at it and returned `Ok` with
 /// 0 events (the log filled and overflowed, failing every ATS flush after).
+/// An IO_PAGE_FAULT of device 0x99 at page `i`, as the unit logs it.
+fn page_fault(i: u64) -> [u64; 2] {
+    super::event::Event::encode(EventCode::IoPageFault, 0x99, 1, 0, i << 12)
+}
+
+/// Register reads enough for a [`Injection::DelayedEventWrite`] due 10 reads after a drain's
+/// polls gave up to land.
+fn let_delayed_write_land(model: &AmdViModel<'_>) {
+    for _ in 0..20 {
+        model.read64(0x2020);
+    }
+}
+
 #[test]
 fn an_entry_never_written_is_skipped_and_reported_by_the_drain() {
     let mem = Arena::with_defaults().unwrap();
     let model = AmdViModel::new(&mem, AmdViModelConfig::qemu_default());
     let u = unit(&model, &mem, small());
     u.enable().unwrap();
-    let fault = |i: u64| super::event::Event::encode(EventCode::IoPageFault, 0x99, 1, 0, i << 12);
     model.inject(Injection::LostEventWrite);
-    model.raise_event(fault(1));
-    model.raise_event(fault(2));
+    model.raise_event(page_fault(1));
+    model.raise_event(page_fault(2));
     let mut seen = Vec::new();
     let sum = u.drain_events(|e| seen.push(e.address)).unwrap();
     assert_eq!((sum.events, sum.unwritten, sum.overflow), (1, 1, false));
@@ -441,7 +453,7 @@ fn an_entry_never_written_is_skipped_and_reported_by_the_drain() {
     for round in 0..3u64 {
         seen.clear();
         for i in 0..100 {
-            model.raise_event(fault(10 + round * 100 + i));
+            model.raise_event(page_fault(10 + round * 100 + i));
         }
         let sum = u.drain_events(|e| seen.push(e.address)).unwrap();
         assert_eq!((sum.events, sum.unwritten, sum.overflow), (100, 0, false));
@@ -459,17 +471,14 @@ fn a_drain_of_at_most_max_reports_at_most_max_late_ones_included() {
     let model = AmdViModel::new(&mem, AmdViModelConfig::qemu_default());
     let u = unit(&model, &mem, small());
     u.enable().unwrap();
-    let fault = |i: u64| super::event::Event::encode(EventCode::IoPageFault, 0x99, 1, 0, i << 12);
     // Written 10 register reads after the drain's 1,000 polls gave up.
     model.inject(Injection::DelayedEventWrite(1_010));
-    model.raise_event(fault(1));
+    model.raise_event(page_fault(1));
     let sum = u.drain_events(|_| {}).unwrap();
     assert_eq!((sum.events, sum.unwritten), (0, 1));
-    for _ in 0..20 {
-        model.read64(0x2020);
-    }
-    model.raise_event(fault(2));
-    model.raise_event(fault(3));
+    let_delayed_write_land(&model);
+    model.raise_event(page_fault(2));
+    model.raise_event(page_fault(3));
     let mut seen = Vec::new();
     for _ in 0..3 {
         let sum = u.drain_events_at_most(1, |e| seen.push(e.address)).unwrap();
@@ -489,17 +498,14 @@ fn a_late_entry_behind_a_lost_one_is_reported_on_an_idle_log() {
     let model = AmdViModel::new(&mem, AmdViModelConfig::qemu_default());
     let u = unit(&model, &mem, small());
     u.enable().unwrap();
-    let fault = |i: u64| super::event::Event::encode(EventCode::IoPageFault, 0x99, 1, 0, i << 12);
     model.inject(Injection::LostEventWrite);
-    model.raise_event(fault(1));
+    model.raise_event(page_fault(1));
     // Written 10 register reads after the drain's 1,000 polls of each entry gave up.
     model.inject(Injection::DelayedEventWrite(2_010));
-    model.raise_event(fault(2));
+    model.raise_event(page_fault(2));
     let sum = u.drain_events(|_| {}).unwrap();
     assert_eq!((sum.events, sum.unwritten), (0, 2));
-    for _ in 0..20 {
-        model.read64(0x2020);
-    }
+    let_delayed_write_land(&model);
     let mut seen = Vec::new();
     let sum = u.drain_events(|e| seen.push(e.address)).unwrap();
     assert_eq!(seen, [2 << 12], "the late entry behind the lost one");
