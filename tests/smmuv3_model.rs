@@ -191,6 +191,29 @@ fn enforced_snoop_on_a_canwbs_platform_snoops_with_fwb_forcing_write_back() {
     assert_eq!(ok.s2_memattr, Some(0b1111));
 }
 
+/// CANWBS makes a stream's accesses coherent whatever their attributes: a device the platform
+/// declares so, with no coherency of its own declared, attaches to a stage 2 that forces
+/// write-back on a unit without `IDR0.COHACC` (a first version of the forced-write-back check
+/// took it for non-coherent and refused it).
+#[test]
+fn a_canwbs_device_attaches_to_forced_write_back_without_cohacc() {
+    let mem = arena();
+    let model = SmmuModel::new(
+        &mem,
+        SmmuModelConfig::qemu_like()
+            .with_fwb(true)
+            .with_cohacc(false)
+            .with_canwbs(SID, SID),
+    );
+    let u = unit(&model, &mem, canwbs());
+    let d = u.domain_alloc(&snoop()).unwrap();
+    u.map(d, Iova::new(0x20_0000), PhysAddr::new(0x6000_0000), M2, RW)
+        .unwrap();
+    u.attach(DeviceId(SID), None, d).unwrap();
+    let ok = model.translate(SID, None, 0x20_1000, Access::READ).unwrap();
+    assert!(ok.coherent && ok.cacheable_wb);
+}
+
 #[test]
 fn stage1_translates_through_the_cd() {
     let mem = arena();

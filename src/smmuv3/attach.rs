@@ -293,7 +293,10 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
                 what: CANWBS_NOT_DECLARED,
             }));
         }
-        let device = self.dma_coherent(&facts);
+        // CANWBS: the stream's accesses are coherent whatever their attributes, so a device
+        // with no coherency of its own declared is coherent under forced write-back.
+        let device =
+            self.dma_coherent(&facts) || (fwb && facts.canwbs && facts.coherent_dma.is_none());
         // Forced write-back is coherent DMA whatever the stage 1 says.
         let coherent_dma = if fwb { Some(true) } else { coherent_dma };
         if let Some(domain) = coherent_dma.filter(|&c| c != device) {
