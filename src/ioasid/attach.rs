@@ -283,7 +283,7 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
                 return Err(e.into());
             }
             if created {
-                self.release_domain(st, ioasid, label.unit);
+                self.drop_created_domain(st, ioasid, label.unit);
             }
             return Err(incompatible(device, e));
         }
@@ -824,7 +824,7 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
                 Err(e) if e.is_unit_fault() => Some(e),
                 Err(e) => {
                     if created {
-                        self.release_domain(st, ioasid, label.unit);
+                        self.drop_created_domain(st, ioasid, label.unit);
                     }
                     return Err(incompatible(device, e));
                 }
@@ -1233,6 +1233,22 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         };
         d.users = d.users.saturating_sub(1);
         if d.users == 0 && !tracking {
+            let _ = self.free_domain(io, slot);
+        }
+    }
+
+    /// Frees the domain an attach built on `unit_id` for `ioasid` when the unit refused the
+    /// attach: it never had a device, so it holds no dirty state to keep (unlike one its last
+    /// device left, [`Self::release_domain`]), whatever the IOASID's tracking.
+    fn drop_created_domain(&self, st: &mut State<'a, A>, ioasid: IoasidId, unit_id: UnitId) {
+        let Ok(io) = st.ioasid_mut(ioasid) else {
+            return;
+        };
+        let slot = io
+            .domains
+            .iter()
+            .position(|d| d.is_some_and(|d| d.unit == unit_id && d.users == 0));
+        if let Some(slot) = slot {
             let _ = self.free_domain(io, slot);
         }
     }

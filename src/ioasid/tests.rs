@@ -57,6 +57,8 @@ struct FakeUnit<'a> {
     /// The next attach fails with a unit fault (`Timeout`) before changing anything: the
     /// layer keeps the attachment unsettled.
     fail_next_attach: AtomicBool,
+    /// The next attach is refused (`Unsupported`, not a unit fault) before changing anything.
+    refuse_next_attach: AtomicBool,
 }
 
 /// Where a paused call meets the test (`.0`) and waits for it to go on (`.1`).
@@ -136,6 +138,7 @@ impl<'a> FakeUnit<'a> {
             responses: Mutex::new(Vec::new()),
             abandoned: Mutex::new(Vec::new()),
             fail_next_attach: AtomicBool::new(false),
+            refuse_next_attach: AtomicBool::new(false),
         }
     }
 
@@ -375,6 +378,9 @@ impl Iommu for FakeUnit<'_> {
     ) -> Result<(), IommuError> {
         if self.fail_next_attach.swap(false, Ordering::SeqCst) {
             return Err(IommuError::Timeout { what: "attach" });
+        }
+        if self.refuse_next_attach.swap(false, Ordering::SeqCst) {
+            return Err(IommuError::Unsupported(Missing::Pasid { bits: 0 }));
         }
         self.with(d, |_| ())?;
         let mut at = self.attached.lock().unwrap();
@@ -3405,4 +3411,32 @@ fn audits_never_walk_a_table_an_unmap_frees() {
     let (r, unmapped) = walk_beside_unmap_all(|ctx, io| ctx.audit(io));
     assert_eq!(unmapped, 0x3000);
     assert_eq!(r, Ok(()));
+}
+
+/// An attach the unit refuses after the layer built a domain for it, on an IOASID tracking
+/// dirty pages: the domain goes with the refusal. It never had a device, so it holds no dirty
+/// state; kept, it held a domain ID and tables, took one of the IOASID's unit slots, and was
+/// used again for the next device on that unit although built for the refused one.
+#[test]
+fn a_refused_attach_on_a_dirty_tracking_ioasid_keeps_no_domain() {
+    let alloc = test_alloc();
+    let mut unit = FakeUnit::new(&alloc, true);
+    unit.caps.dirty_tracking = true;
+    let pasids = PasidAllocator::new(20);
+    let reg = Registry::new(&[&unit], &pasids).unwrap();
+    let ctx = IoasidCtx::new(&reg, &alloc, 0);
+    let dev = ctx.bind(label(0, 0x42), true).unwrap();
+    let io = ctx.alloc(IoasidFlags::DIRTY_TRACKING).unwrap();
+    let live = alloc.stats().live_pages;
+    unit.refuse_next_attach.store(true, Ordering::SeqCst);
+    assert!(
+        matches!(ctx.attach(dev, io), Err(Error::Incompatible { .. })),
+        "refused"
+    );
+    assert_eq!(
+        unit.live_domains(),
+        0,
+        "the refused attach's domain was kept"
+    );
+    assert_eq!(alloc.stats().live_pages, live);
 }
