@@ -22,3 +22,21 @@ pub(crate) fn after_ats_read() {
         f();
     }
 }
+
+std::thread_local! {
+    static AFTER_DETACH_CHECK: RefCell<Option<Box<dyn FnOnce()>>> = const { RefCell::new(None) };
+}
+
+/// Sets what the next VT-d detach on this thread runs, once, right after it decided whether
+/// its device-TLB invalidation can be issued (translation on) or must be owed to the next
+/// `enable` (translation off), before its tear-down.
+pub(crate) fn set_after_detach_check(f: impl FnOnce() + 'static) {
+    AFTER_DETACH_CHECK.with(|h| *h.borrow_mut() = Some(Box::new(f)));
+}
+
+/// Runs the call [`set_after_detach_check`] left, if any.
+pub(crate) fn after_detach_check() {
+    if let Some(f) = AFTER_DETACH_CHECK.with(|h| h.borrow_mut().take()) {
+        f();
+    }
+}

@@ -269,6 +269,8 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
     /// the attachment recorded (unsettled): a retry of the detach completes it. While the
     /// unit is off, an ATS attachment's device TLB is owed to the next `enable`; with
     /// [`super::MAX_DEVTLB_OWED`] owed already, [`iommu::Error::NoMemory`] and nothing changed.
+    /// The invalidation lock is held from that check to the tear-down's wait, so that a
+    /// concurrent `disable` cannot turn the queue off in between and drop what is owed.
     pub(super) fn detach_impl(
         &self,
         device: DeviceId,
@@ -284,9 +286,13 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
             return Err(iommu::Error::NotAttached(device));
         };
         let old = self.old_of(&att);
+        // Held from this check to the tear-down's wait: a `disable` in between would turn the
+        // invalidator off after the check said on, and the tear-down's device-TLB invalidation
+        // would be dropped with nothing owed (the device's ATC then outlives the pages).
+        let mut inv = self.inval.lock();
         // Translation off: the tear-down's device-TLB invalidation is dropped, so `enable`
         // owes it (before anything is written: if the unit cannot keep it, nothing changes).
-        if att.ats && matches!(*self.inval.lock(), Invalidator::Off) {
+        if att.ats && matches!(*inv, Invalidator::Off) {
             cfg.owe_device_tlb(OwedDeviceTlb {
                 sid,
                 pasid,
@@ -294,6 +300,8 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
                 pasids: att.pasids,
             })?;
         }
+        #[cfg(test)]
+        crate::test_hooks::after_detach_check();
         let entry = match self.info.mode {
             Mode::Legacy => cfg
                 .root
@@ -308,7 +316,8 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
                 .map(|t| t.entry(sid.devfn())),
             Mode::Scalable => self.existing_pasid_entry(&cfg.root, sid, pasid)?,
         };
-        let torn_down = self.tear_down(entry, sid, pasid, old);
+        let torn_down = self.tear_down(&mut inv, entry, sid, pasid, old);
+        drop(inv);
         match torn_down {
             Ok(()) => cfg.set(index, None),
             Err(_) => {
@@ -418,7 +427,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
             })
         });
         if let Some(old) = old {
-            self.tear_down(Some(entry), sid, None, old)?;
+            self.tear_down(&mut self.inval.lock(), Some(entry), sid, None, old)?;
         }
         entry.publish(&new.words(), co, alloc)?;
         Ok(Published {
@@ -474,7 +483,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
             })
         });
         if let Some(old) = old {
-            self.tear_down(Some(entry), sid, pasid, old)?;
+            self.tear_down(&mut self.inval.lock(), Some(entry), sid, pasid, old)?;
         }
         entry.publish(&new.words(), co, alloc)?;
         Ok(Published {
@@ -600,10 +609,12 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
         }
     }
 
-    /// Clears `P` of `entry` (if any), invalidates what may be cached of the attachment `old`,
-    /// waits, then scrubs the entry's other words.
+    /// Clears `P` of `entry` (if any), invalidates what may be cached of the attachment `old`
+    /// through `inv` (the unit's invalidator, locked by the caller), waits, then scrubs the
+    /// entry's other words.
     fn tear_down(
         &self,
+        inv: &mut Invalidator,
         entry: Option<LiveEntry<'_>>,
         sid: SourceId,
         pasid: Option<Pasid>,
@@ -613,8 +624,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
         if let Some(e) = &entry {
             e.retire(0, co, alloc);
         }
-        let mut inv = self.inval.lock();
-        let mut b = self.batch(&mut inv);
+        let mut b = self.batch(inv);
         if self.info.scalable() {
             let p = pasid.unwrap_or(RID_PASID);
             b.push(Request::PasidCache(PasidCacheScope::Pasid(old.did, p)))?;
@@ -640,7 +650,6 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
             b.push(device_tlb(&a, Iova::ZERO, 64))?;
         }
         b.finish()?;
-        drop(inv);
         match entry {
             Some(e) => e.scrub(co, alloc),
             None => Ok(()),

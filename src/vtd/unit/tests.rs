@@ -1486,3 +1486,84 @@ fn concurrent_fault_drains_report_each_record_once_and_whole() {
         "each fault once, its halves together"
     );
 }
+
+/// The review of src/vtd, item 1: a detach of an ATS attachment decides whether its device-TLB
+/// invalidation can be issued (translation on) or must be owed to the next `enable`
+/// (translation off), then tears the entry down. Were a `disable` (another CPU) to land in
+/// between, the tear-down's invalidations would be dropped as "translation off", nothing owed,
+/// the detach `Ok`, and the device's ATC would keep translations of pages the embedder then
+/// frees, usable again once the unit is re-enabled. The test's hook starts the `disable` on
+/// another thread in that window; whichever way it lands, the ATC must be empty after the
+/// next `enable`.
+#[test]
+fn a_disable_racing_a_detach_never_loses_its_device_tlb_invalidation() {
+    use crate::sim::vtd::{VtdModel, VtdModelConfig};
+    use crate::sim::walk::Access;
+    use crate::sim::Arena;
+    use core::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    use std::boxed::Box;
+    use std::sync::{Arc, Mutex};
+
+    const X: u64 = 0x3000;
+    for mode in [Mode::Legacy, Mode::Scalable] {
+        let arena: &'static Arena = Box::leak(Box::new(Arena::with_defaults().unwrap()));
+        let cfg = match mode {
+            Mode::Legacy => VtdModelConfig::qemu_default(),
+            Mode::Scalable => VtdModelConfig::scalable(),
+        };
+        let m: &'static VtdModel<'static> =
+            Box::leak(Box::new(VtdModel::new(arena, cfg.with_dt(true))));
+        type SimUnit = VtdUnit<&'static VtdModel<'static>, &'static Arena>;
+        let config = VtdConfig {
+            mode,
+            ..VtdConfig::legacy()
+        };
+        let u: &'static SimUnit = Box::leak(Box::new(VtdUnit::new(m, arena, config).unwrap()));
+        u.enable().unwrap();
+        let d = u.domain_alloc(&DomainConfig::default()).unwrap();
+        let ats = AttachOptions {
+            ats: true,
+            ..AttachOptions::default()
+        };
+        u.attach_with(DEV, None, d, ats).unwrap();
+        u.map(d, Iova::new(X), PhysAddr::new(0x4000_0000), K4, RW)
+            .unwrap();
+        m.ats_translate(DEV.0 as u16, None, X, Access::READ)
+            .unwrap();
+        let disabler = Arc::new(Mutex::new(None));
+        let t = disabler.clone();
+        crate::test_hooks::set_after_detach_check(move || {
+            let (started, done) = (
+                Arc::new(AtomicBool::new(false)),
+                Arc::new(AtomicBool::new(false)),
+            );
+            let (s, dn) = (started.clone(), done.clone());
+            let thread = std::thread::spawn(move || {
+                s.store(true, SeqCst);
+                let r = u.disable();
+                dn.store(true, SeqCst);
+                r
+            });
+            while !started.load(SeqCst) {
+                std::thread::yield_now();
+            }
+            // A bound, not a timing: lets a disable that can run in the window finish there.
+            for _ in 0..1_000 {
+                if done.load(SeqCst) {
+                    break;
+                }
+                std::thread::yield_now();
+            }
+            *t.lock().unwrap() = Some(thread);
+        });
+        let detached = u.detach(DEV, None);
+        let thread = disabler.lock().unwrap().take().expect("the hook ran");
+        thread.join().unwrap().unwrap();
+        u.enable().unwrap();
+        assert!(
+            !m.atc_holds(DEV.0 as u16, None, X),
+            "{mode:?}: the ATC keeps a detached domain's page after a disable raced the detach \
+             (detach said {detached:?})"
+        );
+    }
+}
