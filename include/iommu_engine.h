@@ -1353,6 +1353,11 @@ int32_t ie_ctx_set_virtual_id(IeCtx *ctx, uint32_t device_handle, bool has_id, u
 // theirs (`*issued` the leading requests complete); the rest may have been issued on some
 // units and none is known complete: pass them again.
 //
+// The batch is read once, each request exactly once, into a page from the context's
+// `IeEnv` before anything is checked: `requests` may be memory the guest shares and
+// changes meanwhile, and what is checked is what is issued. At most 65536 requests (one
+// 1 MiB page; more is `IE_STATUS_INVALID_ARGUMENT`); `IE_STATUS_NO_MEMORY` without a page.
+//
 // # Safety
 // `ctx` is a live context handle; `requests` is readable for `2 * n` words (or NULL with `n`
 // 0); `issued` and `refused` are NULL or writable.
@@ -1375,7 +1380,8 @@ int32_t ie_ctx_invalidate_user(IeCtx *ctx,
 // `IE_REFUSAL_OUT_OF_WIDTH`); after every other return its `why` is `IE_REFUSAL_NONE`. On
 // `IE_STATUS_TIMEOUT`, `IE_STATUS_HARDWARE` or `IE_STATUS_COMMAND_ERROR` a unit failed: the
 // invalidations may have been issued, none is known complete (`*processed` 0): pass the
-// batch again.
+// batch again. The batch is read once, each entry exactly once, as by
+// ie_ctx_invalidate_user(): at most 43690 entries (one 1 MiB page).
 //
 // # Safety
 // `ctx` is a live context handle; `requests` is readable for `n` entries (or NULL with `n`

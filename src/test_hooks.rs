@@ -40,3 +40,21 @@ pub(crate) fn after_detach_check() {
         f();
     }
 }
+
+std::thread_local! {
+    static AFTER_USER_CHECK: RefCell<Option<Box<dyn FnOnce()>>> = const { RefCell::new(None) };
+}
+
+/// Sets what the next guest invalidation on this thread runs, once, after its batch was
+/// checked and before it is issued (SMMUv3: between the IOASID layer's check and issue passes;
+/// VT-d: between the unit's check and issue loops): a guest changing its buffer meanwhile.
+pub(crate) fn set_after_user_check(f: impl FnOnce() + 'static) {
+    AFTER_USER_CHECK.with(|h| *h.borrow_mut() = Some(Box::new(f)));
+}
+
+/// Runs the call [`set_after_user_check`] left, if any.
+pub(crate) fn after_user_check() {
+    if let Some(f) = AFTER_USER_CHECK.with(|h| h.borrow_mut().take()) {
+        f();
+    }
+}

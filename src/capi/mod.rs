@@ -30,6 +30,8 @@
 //!   `tests/linux_module.rs` measures and holds.
 
 #[cfg(all(test, feature = "sim"))]
+mod abi_review_tests;
+#[cfg(all(test, feature = "sim"))]
 mod contract_tests;
 #[cfg(all(test, feature = "sim"))]
 mod copy_tests;

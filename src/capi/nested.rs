@@ -3,10 +3,94 @@
 //! passed through (iommufd `IOMMU_HWPT_ALLOC` with a parent, `IOMMU_VDEVICE_ALLOC`,
 //! `IOMMU_HWPT_INVALIDATE`). See [`crate::ioasid::IoasidCtx::alloc_nested`].
 
-use crate::iommu::{self, Refusal, UserStage1, VtdS1Invalidate};
+use core::marker::PhantomData;
+use core::mem::size_of;
 
+use crate::iommu::{self, Refusal, UserStage1, VtdS1Invalidate};
+use crate::mem::{Page, PageAllocator};
+
+use super::env::CEnv;
 use super::ioasid::{ctx_obj, device, ioasid, put, IeCtx};
 use super::status::{code, IeStatus};
+
+/// Smallest and largest page a guest's batch is copied into (`IeEnv::alloc_page`'s range).
+const BATCH_MIN_LOG2: u32 = 12;
+const BATCH_MAX_LOG2: u32 = 20;
+
+/// A guest's invalidation batch, copied out of the caller's buffer once, each entry read
+/// exactly once, into a page of the context's allocator. The buffer may be shared with the
+/// guest, whose CPUs can change it while the call runs: the units check the whole batch,
+/// then issue it, and read it again for a failure's count, so they must read a copy that
+/// nobody else writes, or what they issue is not what they checked.
+struct GuestBatch<T> {
+    env: CEnv,
+    /// `None` for an empty batch, which takes no page.
+    page: Option<Page>,
+    size_log2: u32,
+    len: usize,
+    _entries: PhantomData<T>,
+}
+
+impl<T: Copy> GuestBatch<T> {
+    /// Copies `n` entries from `src` (8-byte aligned, not NULL: checked by the caller).
+    /// `IE_STATUS_INVALID_ARGUMENT` for a batch larger than the largest page (1 MiB),
+    /// `IE_STATUS_NO_MEMORY` without a page.
+    ///
+    /// # Safety
+    /// `src` is readable for `n` entries of `T`.
+    unsafe fn copy_in(env: CEnv, src: *const T, n: usize) -> Result<Self, IeStatus> {
+        let bytes = n
+            .checked_mul(size_of::<T>())
+            .ok_or(IeStatus::InvalidArgument)?;
+        let size_log2 = bytes
+            .checked_next_power_of_two()
+            .map_or(u32::MAX, usize::trailing_zeros)
+            .max(BATCH_MIN_LOG2);
+        if size_log2 > BATCH_MAX_LOG2 {
+            return Err(IeStatus::InvalidArgument);
+        }
+        let mut batch = Self {
+            env,
+            page: None,
+            size_log2,
+            len: 0,
+            _entries: PhantomData,
+        };
+        if n == 0 {
+            return Ok(batch);
+        }
+        let page = env.alloc(size_log2).ok_or(IeStatus::NoMemory)?;
+        let dst = page.va.cast::<T>().as_ptr();
+        for i in 0..n {
+            // SAFETY: `src` is readable for `n` entries (the caller's contract); the page is
+            // ours, aligned to at least 4 KiB and `bytes` long. A volatile read: each entry
+            // is read once, here, whatever the guest writes meanwhile.
+            unsafe { dst.add(i).write(src.add(i).read_volatile()) };
+        }
+        batch.page = Some(page);
+        batch.len = n;
+        Ok(batch)
+    }
+
+    /// The copied entries.
+    fn entries(&self) -> &[T] {
+        match self.page {
+            // SAFETY: `len` entries were written in `copy_in`; the page is ours until `drop`.
+            Some(p) => unsafe { core::slice::from_raw_parts(p.va.cast::<T>().as_ptr(), self.len) },
+            None => &[],
+        }
+    }
+}
+
+impl<T> Drop for GuestBatch<T> {
+    fn drop(&mut self) {
+        if let Some(page) = self.page {
+            // SAFETY: the page came from `env.alloc(size_log2)`; the slices `entries` lent
+            // are gone with the borrow of `self`.
+            unsafe { self.env.free(page, self.size_log2) };
+        }
+    }
+}
 
 /// The format of an [`IeUserStage1`].
 #[repr(C)]
@@ -171,6 +255,11 @@ pub unsafe extern "C" fn ie_ctx_set_virtual_id(
 /// theirs (`*issued` the leading requests complete); the rest may have been issued on some
 /// units and none is known complete: pass them again.
 ///
+/// The batch is read once, each request exactly once, into a page from the context's
+/// `IeEnv` before anything is checked: `requests` may be memory the guest shares and
+/// changes meanwhile, and what is checked is what is issued. At most 65536 requests (one
+/// 1 MiB page; more is `IE_STATUS_INVALID_ARGUMENT`); `IE_STATUS_NO_MEMORY` without a page.
+///
 /// # Safety
 /// `ctx` is a live context handle; `requests` is readable for `2 * n` words (or NULL with `n`
 /// 0); `issued` and `refused` are NULL or writable.
@@ -192,16 +281,14 @@ pub unsafe extern "C" fn ie_ctx_invalidate_user(
     let mut count = 0usize;
     let r = (|| {
         let c = ctx_obj(ctx)?;
-        let reqs: &[[u64; 2]] = if n == 0 {
-            &[]
-        } else if requests.is_null() || requests.align_offset(8) != 0 {
+        let child = ioasid(child)?;
+        if n != 0 && (requests.is_null() || requests.align_offset(8) != 0) {
             return Err(IeStatus::InvalidArgument);
-        } else {
-            // SAFETY: the C contract: `requests` is readable for `2 * n` aligned words, and
-            // `[u64; 2]` is two such words with no padding.
-            unsafe { core::slice::from_raw_parts(requests.cast::<[u64; 2]>(), n) }
-        };
-        match c.value.ctx.invalidate_user(ioasid(child)?, reqs) {
+        }
+        // SAFETY: the C contract: `requests` is readable for `2 * n` aligned words, and
+        // `[u64; 2]` is two such words with no padding.
+        let batch = unsafe { GuestBatch::copy_in(*c.env(), requests.cast::<[u64; 2]>(), n) }?;
+        match c.value.ctx.invalidate_user(child, batch.entries()) {
             Ok(k) => {
                 count = k;
                 Ok(())
@@ -264,7 +351,8 @@ pub struct IeVtdS1Invalidate {
 /// `IE_REFUSAL_OUT_OF_WIDTH`); after every other return its `why` is `IE_REFUSAL_NONE`. On
 /// `IE_STATUS_TIMEOUT`, `IE_STATUS_HARDWARE` or `IE_STATUS_COMMAND_ERROR` a unit failed: the
 /// invalidations may have been issued, none is known complete (`*processed` 0): pass the
-/// batch again.
+/// batch again. The batch is read once, each entry exactly once, as by
+/// ie_ctx_invalidate_user(): at most 43690 entries (one 1 MiB page).
 ///
 /// # Safety
 /// `ctx` is a live context handle; `requests` is readable for `n` entries (or NULL with `n`
@@ -287,20 +375,18 @@ pub unsafe extern "C" fn ie_ctx_invalidate_user_vtd(
     let mut count = 0usize;
     let r = (|| {
         let c = ctx_obj(ctx)?;
-        let reqs: &[IeVtdS1Invalidate] = if n == 0 {
-            &[]
-        } else if requests.is_null() || requests.align_offset(8) != 0 {
+        let child = ioasid(child)?;
+        if n != 0 && (requests.is_null() || requests.align_offset(8) != 0) {
             return Err(IeStatus::InvalidArgument);
-        } else {
-            // SAFETY: the C contract: `requests` is readable for `n` aligned entries.
-            unsafe { core::slice::from_raw_parts(requests, n) }
-        };
-        // The same layout (`repr(C)`, asserted below): no copy of the batch on the stack.
-        // SAFETY: `IeVtdS1Invalidate` and `VtdS1Invalidate` are `repr(C)` with the same
-        // fields in the same order, so a slice of one is a slice of the other.
-        let reqs: &[VtdS1Invalidate] =
-            unsafe { core::slice::from_raw_parts(reqs.as_ptr().cast(), reqs.len()) };
-        match c.value.ctx.invalidate_user_vtd(ioasid(child)?, reqs) {
+        }
+        // The same layout (`repr(C)`, asserted below): the entries are copied as the
+        // engine's type, once each, into a page (not the stack).
+        // SAFETY: the C contract: `requests` is readable for `n` aligned entries;
+        // `IeVtdS1Invalidate` and `VtdS1Invalidate` are `repr(C)` with the same fields in
+        // the same order, so an entry of one is an entry of the other.
+        let batch =
+            unsafe { GuestBatch::<VtdS1Invalidate>::copy_in(*c.env(), requests.cast(), n) }?;
+        match c.value.ctx.invalidate_user_vtd(child, batch.entries()) {
             Ok(k) => {
                 count = k;
                 Ok(())

@@ -103,7 +103,7 @@ fn smmu_disable_that_bypasses_is_refused_while_a_registry_holds_the_unit() {
 ///
 /// # Safety
 /// `env` is the arena's allocator, `unit` a live, enabled unit of it.
-unsafe fn with_nested_device(
+pub(super) unsafe fn with_nested_device(
     env: &super::IeEnv,
     unit: *mut IeUnit,
     stage1: &IeUserStage1,

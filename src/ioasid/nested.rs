@@ -162,6 +162,8 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         if !any {
             return Ok(0);
         }
+        #[cfg(test)]
+        crate::test_hooks::after_user_check();
         let mut completed = 0u8;
         for d in io.domains.iter().flatten() {
             let unit = self.unit_for_user(d.unit, ids, units)?;

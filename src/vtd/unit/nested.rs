@@ -330,6 +330,8 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
                 why,
             })?;
         }
+        #[cfg(test)]
+        crate::test_hooks::after_user_check();
         let slot = Self::user_slot(i);
         if requests.is_empty() || cfg.of_domain(slot).next().is_none() {
             // Nothing attached: nothing can be cached under the domain's ID.

@@ -1,0 +1,128 @@
+//! Defects of the C ABI found by a read-only review of `src/capi` (2026-12-07, the third):
+//! a guest's invalidation batch read more than once, so that a buffer the guest shares
+//! changes between the check and the use.
+
+extern crate std;
+
+use core::ptr::null_mut;
+
+use super::nested::{
+    ie_ctx_invalidate_user, ie_ctx_invalidate_user_vtd, IeUserStage1, IeUserStage1Format,
+    IeVtdS1Invalidate,
+};
+use super::review_tests::with_nested_device;
+use super::sim::{smmu_model, vtd_model, IeSimSmmuConfig, IeSimVtdConfig};
+use super::status::IeStatus;
+use super::tests::{arena, release_sim_unit, sim_unit, smmu_user_stage1, Sim};
+use crate::sim::smmuv3::op;
+
+const OK: i32 = IeStatus::Ok as i32;
+
+/// A guest's SMMUv3 batch whose buffer changes after it was checked (the guest's CPU writing
+/// its queue meanwhile): what is issued is what was checked. A CFGI_CD of the guest's
+/// StreamID 7 (device 0x20) becomes one of StreamID 9 (no device of the guest) after the
+/// check; the CFGI_CD of 0x20 is issued (it was not: the issue pass read the buffer again and
+/// refused the batch its check had accepted, `IE_STATUS_NOT_PERMITTED`).
+#[test]
+#[cfg_attr(miri, ignore = "as capi_hwpt_alloc_nested_and_invalidate: too slow")]
+fn smmu_user_invalidation_reads_the_guests_buffer_once() {
+    let (arena, env) = arena();
+    let stage1 = smmu_user_stage1();
+    // SAFETY: a live arena and its allocator, then live handles, readable inputs and writable
+    // outputs throughout; the hook writes the test's own buffer, on this thread.
+    unsafe {
+        let sim = Sim::Smmu(IeSimSmmuConfig {
+            cohacc: true,
+            fwb: true,
+            ..IeSimSmmuConfig::default()
+        });
+        let (model, unit, before) = sim_unit(arena, &env, sim);
+        let m = smmu_model(model);
+        with_nested_device(&env, unit, &stage1, false, |ctx, child| {
+            let cfgi_cd = |vsid: u64| [u64::from(op::CFGI_CD) | vsid << 32, 1];
+            let mut batch = std::boxed::Box::new(cfgi_cd(7));
+            let shared: *mut [u64; 2] = &mut *batch;
+            crate::test_hooks::set_after_user_check(move || {
+                // The test's buffer, alive until the call returns (the unsafe block above).
+                shared.write_volatile(cfgi_cd(9));
+            });
+            m.reset_stats();
+            let mut issued = usize::MAX;
+            let st = ie_ctx_invalidate_user(
+                ctx,
+                child,
+                shared.cast::<u64>(),
+                1,
+                &mut issued,
+                null_mut(),
+            );
+            let log: std::vec::Vec<(u8, u64)> = m
+                .command_log()
+                .iter()
+                .map(|c| (c[0] as u8, c[0] >> 32))
+                .collect();
+            assert_eq!((st, issued), (OK, 1));
+            assert_eq!(
+                log,
+                [(op::CFGI_CD, 0x20), (op::CMD_SYNC, 0)],
+                "the checked request is the issued one"
+            );
+            drop(batch);
+        });
+        release_sim_unit(arena, model, unit, before);
+    }
+}
+
+/// A VT-d guest's batch whose buffer changes after it was checked: the PASID-based IOTLB
+/// invalidation issued is the checked entry's (address 0x1234_5000), not the new one's
+/// (0x5678_9000; it was: the issue loop read the buffer again).
+#[test]
+#[cfg_attr(miri, ignore = "as capi_hwpt_alloc_nested_and_invalidate: too slow")]
+fn vtd_user_invalidation_reads_the_guests_buffer_once() {
+    let (arena, env) = arena();
+    let stage1 = IeUserStage1 {
+        format: IeUserStage1Format::Vtd as u32,
+        smmuv3_ste: [0, 0],
+        vtd_flags: 0,
+        vtd_pgtbl_addr: 0x10_0000,
+        vtd_addr_width: 48,
+    };
+    // SAFETY: as above.
+    unsafe {
+        let sim = Sim::Vtd(IeSimVtdConfig {
+            scalable: true,
+            snoop_control: true,
+            ..IeSimVtdConfig::default()
+        });
+        let (model, unit, before) = sim_unit(arena, &env, sim);
+        let m = vtd_model(model);
+        with_nested_device(&env, unit, &stage1, true, |ctx, child| {
+            let entry = |addr: u64| IeVtdS1Invalidate {
+                addr,
+                npages: 1,
+                flags: 1,
+                reserved: 0,
+            };
+            let mut batch = std::boxed::Box::new(entry(0x1234_5000));
+            let shared: *mut IeVtdS1Invalidate = &mut *batch;
+            crate::test_hooks::set_after_user_check(move || {
+                // The test's buffer, alive until the call returns (the unsafe block above).
+                shared.write_volatile(entry(0x5678_9000));
+            });
+            m.reset_stats();
+            let mut processed = usize::MAX;
+            let st = ie_ctx_invalidate_user_vtd(ctx, child, shared, 1, &mut processed, null_mut());
+            assert_eq!((st, processed), (OK, 1));
+            // PASID-based IOTLB invalidations (type 6) and their addresses (QW1 63:12).
+            let addrs: std::vec::Vec<u64> = m
+                .descriptor_log()
+                .iter()
+                .filter(|d| d[0] & 0xf == 6)
+                .map(|d| d[1] & !0xfff)
+                .collect();
+            assert_eq!(addrs, [0x1234_5000], "the checked entry is the issued one");
+            drop(batch);
+        });
+        release_sim_unit(arena, model, unit, before);
+    }
+}
