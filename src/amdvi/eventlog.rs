@@ -272,8 +272,11 @@ impl EventLog {
     /// at most the log's size): the head moves past the events reported and no further, so the rest stay for
     /// the next drain. Each entry is awaited until written ([`read_written`](Self::read_written));
     /// one still not written after the budget is skipped, not reported, and counted in
-    /// [`DrainSummary::unwritten`] (it counts against `max`; the head stays on it until it is
-    /// settled, see the module); each consumed entry is cleared. Acknowledges the event interrupt, and restarts logging after an
+    /// [`DrainSummary::unwritten`] (the head stays on it until it is settled, see the module);
+    /// each consumed entry is cleared. `max` bounds the reports, not the entries looked at: a
+    /// drain that reports fewer than `max` reached the tail, so a caller that drains until
+    /// then has seen every written event (skipped entries cost their poll budget each, at
+    /// most the log's size of them). Acknowledges the event interrupt, and restarts logging after an
     /// overflow (see the module) whether or not events are left: the unit logs into the
     /// entries freed, from its tail (§3.4 `EventOverflow`: clear it and set `EventLogEn`).
     ///
@@ -316,7 +319,10 @@ impl EventLog {
         freed = (freed + n * ENTRY_BYTES) & mask;
         skipped -= n;
         let mut head = (freed + skipped * ENTRY_BYTES) & mask;
-        for _ in 0..(1usize << self.len_log2).min(max) {
+        // Bounded by the log, not by `max`: skipped entries use up no report, and a drain that
+        // stopped at `max` of them would report fewer than `max` with a written entry left
+        // behind them, which a caller draining until then would not come back for.
+        for _ in 0..(1usize << self.len_log2) {
             if head == tail || left == 0 {
                 break;
             }

@@ -512,6 +512,49 @@ fn a_late_entry_behind_a_lost_one_is_reported_on_an_idle_log() {
     assert_eq!((sum.events, sum.late), (1, 1));
 }
 
+/// A drain's `max` bounds the events it reports, not the slots it looks at: entries skipped
+/// (never written) do not use it up. A caller that drains until a drain reports fewer than
+/// `max` (the C ABI's `ie_unit_read_faults` loop) must have seen every written event by then,
+/// on an idle log too. Before, a drain of at most 2 that met two unwritten entries stopped
+/// there and reported 0, leaving the written entry behind them until the next event.
+#[test]
+fn skipped_entries_do_not_use_up_a_drains_max() {
+    let mem = Arena::with_defaults().unwrap();
+    let model = AmdViModel::new(&mem, AmdViModelConfig::qemu_default());
+    let u = unit(&model, &mem, small());
+    u.enable().unwrap();
+    for i in 1..=2 {
+        model.inject(Injection::LostEventWrite);
+        model.raise_event(page_fault(i));
+    }
+    model.raise_event(page_fault(3));
+    let mut seen = Vec::new();
+    let sum = u.drain_events_at_most(2, |e| seen.push(e.address)).unwrap();
+    assert_eq!(
+        seen,
+        [3 << 12],
+        "the written entry behind two unwritten ones ({sum:?})"
+    );
+    assert_eq!((sum.events, sum.unwritten, sum.late), (1, 2, 0));
+    // Reports stay within `max`: behind two more unwritten entries, three written ones come
+    // out two, then one.
+    for i in 4..=5 {
+        model.inject(Injection::LostEventWrite);
+        model.raise_event(page_fault(i));
+    }
+    for i in 6..=8 {
+        model.raise_event(page_fault(i));
+    }
+    seen.clear();
+    let sum = u.drain_events_at_most(2, |e| seen.push(e.address)).unwrap();
+    assert_eq!((sum.events, sum.unwritten), (2, 2));
+    let sum = u.drain_events_at_most(2, |e| seen.push(e.address)).unwrap();
+    assert_eq!((sum.events, sum.unwritten), (1, 0));
+    assert_eq!(seen, [6 << 12, 7 << 12, 8 << 12]);
+    let sum = u.drain_events(|_| {}).unwrap();
+    assert_eq!((sum.events, sum.unwritten), (0, 0));
+}
+
 #[test]
 fn event_log_overflow_is_reported_and_logging_restarts() {
     let mem = Arena::with_defaults().unwrap();
