@@ -669,7 +669,9 @@ pub struct DeviceHints {
     /// `STE.S2S`) and reports each stalled transaction as an I/O page fault answered by
     /// `CMD_RESUME`; every other stream has `STE.S1STALLD` = 1 (a guest's CD cannot make it
     /// stall). Refused ([`Error::Unsupported`]) on an SMMUv3 whose `IDR0.STALL_MODEL` is
-    /// not 0b00; VT-d and AMD-Vi have no stall model and ignore it.
+    /// not 0b00, and with `ats` ([`Error::InvalidArgument`],
+    /// [`smmuv3::STALL_WITH_ATS`](crate::smmuv3::STALL_WITH_ATS): `STE.S2S` with `STE.EATS`
+    /// is ILLEGAL); VT-d and AMD-Vi have no stall model and ignore it.
     pub stall: bool,
 }
 

@@ -1228,3 +1228,64 @@ fn a_guests_table_walk_into_a_device_page_faults() {
     assert_eq!((f.event, f.stage2), (event::F_PERMISSION, true));
     assert_eq!(f.addr2, 0x20_1000);
 }
+
+/// A stream declared both able to stall (a platform device's fact: IORT "DMA stall supported",
+/// `dma-can-stall`) and ATS-capable (a PCIe device's): an STE with `S2S` = 1 and `EATS` != 0
+/// is ILLEGAL (IHI 0070 §5.2), so the unit would answer every transaction of the stream with
+/// C_BAD_STE. The attach is refused before anything is written, whichever order the stream
+/// met the two in; a stream declared one of them keeps working.
+#[test]
+fn a_stream_that_may_stall_is_refused_ats() {
+    let mem = arena();
+    let model = SmmuModel::new(
+        &mem,
+        SmmuModelConfig::qemu_like()
+            .with_ats(true)
+            .with_stall_model(0),
+    );
+    let u = unit(&model, &mem, cfg());
+    let d = u.domain_alloc(&s2()).unwrap();
+    u.map(d, Iova::new(K4), PhysAddr::new(0x4000_0000), K4, RW)
+        .unwrap();
+    let both = DeviceHints {
+        ats: true,
+        stall: true,
+        ..DeviceHints::default()
+    };
+    let r = u.attach_device(DeviceId(SID), None, d, &both);
+    if r.is_ok() {
+        let t = model.translate(SID, None, K4, Access::READ);
+        assert!(
+            t.is_ok(),
+            "the attach wrote an STE the unit rejects (event {:#x})",
+            t.unwrap_err().event
+        );
+    }
+    let refused = Err(Error::InvalidArgument {
+        what: iommu_engine::smmuv3::STALL_WITH_ATS,
+        value: u64::from(SID),
+    });
+    assert_eq!(r, refused);
+    // Nothing was written.
+    assert!(model.stats().commands.is_empty());
+    // Either alone works.
+    let stall = DeviceHints {
+        stall: true,
+        ..DeviceHints::default()
+    };
+    u.attach_device(DeviceId(SID), None, d, &stall).unwrap();
+    assert_eq!(
+        model.translate(SID, None, K4, Access::READ).unwrap().pa,
+        0x4000_0000
+    );
+    u.detach(DeviceId(SID), None).unwrap();
+    let ats = DeviceHints {
+        ats: true,
+        ..DeviceHints::default()
+    };
+    u.attach_device(DeviceId(SID), None, d, &ats).unwrap();
+    assert_eq!(
+        model.translate(SID, None, K4, Access::READ).unwrap().pa,
+        0x4000_0000
+    );
+}

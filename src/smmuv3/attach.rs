@@ -839,6 +839,9 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         device: DeviceId,
         hints: &crate::iommu::DeviceHints,
     ) -> Result<bool, Error> {
+        if hints.ats && hints.stall {
+            return Err(stall_with_ats(self.check_sid(device)?));
+        }
         let enabled = if hints.ats {
             self.ats_for_attach(device)?
         } else {
@@ -866,6 +869,8 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
     ///
     /// # Errors
     /// [`Error::Unsupported`] for a stall on a unit whose `IDR0.STALL_MODEL` is not 0b00;
+    /// [`Error::InvalidArgument`] ([`STALL_WITH_ATS`](super::STALL_WITH_ATS)) for a stall on
+    /// a stream with ATS;
     /// [`Error::Busy`] for an attached stream declared otherwise before.
     pub(crate) fn declare_for_attach(
         &self,
@@ -892,6 +897,9 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         };
         if (stream.stall, stream.ppar) == (stall, ppar) {
             return Ok(());
+        }
+        if stall && stream.ats {
+            return Err(stall_with_ats(sid));
         }
         // A termination still owed is sent by the attach, before the STE is valid again.
         if !stream.is_empty() || stream.unsettled || stream.retiring.is_some() {
@@ -1054,7 +1062,9 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
     ///
     /// # Errors
     ///
-    /// [`Error::Unsupported`] without `IDR0.ATS`; [`Error::Busy`] while attached or when the
+    /// [`Error::Unsupported`] without `IDR0.ATS`; [`Error::InvalidArgument`]
+    /// ([`STALL_WITH_ATS`](super::STALL_WITH_ATS)) for a stream declared able to stall;
+    /// [`Error::Busy`] while attached or when the
     /// unit tracks [`MAX_STREAMS`](super::MAX_STREAMS) streams already; [`Error::InvalidDevice`].
     pub fn set_ats(&self, device: DeviceId, enabled: bool) -> Result<(), Error> {
         self.usable()?;
@@ -1077,6 +1087,9 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         if !stream.is_idle() {
             return Err(Error::Busy);
         }
+        if enabled && stream.stall {
+            return Err(stall_with_ats(sid));
+        }
         stream.ats = enabled;
         // A CD table on an empty stream is one a failed detach left (the unit may still reach
         // it): keep the stream, and the table, until an attach and detach complete.
@@ -1086,6 +1099,15 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
             }
         }
         Ok(())
+    }
+}
+
+/// The refusal of a stream that would both stall and use ATS ([`super::STALL_WITH_ATS`]).
+#[cold]
+fn stall_with_ats(sid: StreamId) -> Error {
+    Error::InvalidArgument {
+        what: super::STALL_WITH_ATS,
+        value: u64::from(sid.0),
     }
 }
 

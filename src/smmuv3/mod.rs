@@ -52,6 +52,17 @@ pub use platform::{Declaration, DeviceFacts, Platform, MAX_DECLARATIONS};
 pub use stream::{MAX_PASIDS, MAX_STREAMS};
 pub use unit::{DisabledTraffic, EventReport, SmmuConfig, SmmuUnit, StreamTableLayout};
 
+/// What [`Error::InvalidArgument`](crate::iommu::Error::InvalidArgument) names (its `value`
+/// the StreamID) when one stream would be both able to stall and ATS-capable
+/// ([`DeviceHints::stall`](crate::iommu::DeviceHints::stall) with
+/// [`DeviceHints::ats`](crate::iommu::DeviceHints::ats), or [`SmmuUnit::set_ats`] on a stream
+/// declared able to stall): an STE with `S2S` = 1 and `EATS` != 0 is ILLEGAL (IHI 0070 §5.2),
+/// so the unit would abort every transaction of the stream (C_BAD_STE); stalls are for
+/// platform devices, ATS for PCIe ones, which must not stall (§3.12.1). Neither is dropped:
+/// the call is refused before anything is written.
+pub const STALL_WITH_ATS: &str =
+    "DeviceHints::stall with ATS on one stream (STE.S2S = 1 with STE.EATS != 0 is ILLEGAL)";
+
 /// A StreamID: the 32-bit identifier of a device's transactions (IHI 0070 G.b §3.2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct StreamId(pub u32);

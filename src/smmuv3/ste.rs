@@ -88,6 +88,10 @@ pub const WORD2_STAGE2: u64 = 0x07ff_ffff_0000_ffff;
 /// `STE[243:196]`, word 3 bits 51:4: stage-2 table base.
 pub const S2TTB: Field = Field::new("S2TTB", 51, 4);
 
+/// [`SmmuError::InvalidConfig`]'s reason for an STE with `S2S` = 1 and `EATS` != 0, which §5.2
+/// makes ILLEGAL (C_BAD_STE: every transaction of the stream aborts).
+pub const STAGE2_STALL_WITH_ATS: &str = "S2S = 1 with EATS != 0 is ILLEGAL (C_BAD_STE)";
+
 /// `Config` (`STE[3:1]`): what the stream gets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
@@ -372,7 +376,7 @@ impl SteBuilder {
     ///
     /// A field error for a misaligned or too wide table address, `S1CDMax > 20`,
     /// `S2T0SZ`/`S2SL0`/`S2PS` out of range; [`SmmuError::InvalidConfig`] for EATS on a
-    /// configuration that does not translate.
+    /// configuration that does not translate, or with `S2S` ([`STAGE2_STALL_WITH_ATS`]).
     pub fn build(&self) -> Result<Ste, SmmuError> {
         let mut w = [0u64; 8];
         w[0] = V | CONFIG.set_masked(0, self.config as u64);
@@ -383,6 +387,13 @@ impl SteBuilder {
         if self.eats != Eats::Abort && !translates {
             return Err(SmmuError::InvalidConfig {
                 reason: "EATS needs a translating Config",
+            });
+        }
+        // Stage-2 stall with ATS is ILLEGAL (§5.2, S2S and EATS): the unit would abort
+        // every transaction of the stream with C_BAD_STE. Refused for EATS 0b10 as well.
+        if self.eats != Eats::Abort && self.s2.is_some_and(|s2| s2.s) {
+            return Err(SmmuError::InvalidConfig {
+                reason: STAGE2_STALL_WITH_ATS,
             });
         }
         if self.config == Config::Bypass || (self.config as u8 & 0b110) == 0b110 {
@@ -569,5 +580,27 @@ pub(crate) mod tests {
         };
         assert!(SteBuilder::stage1(bad).build().is_err());
         assert!(SteBuilder::stage1(s1(0x4_0020)).build().is_err());
+    }
+
+    #[test]
+    fn stage2_stall_never_comes_with_ats() {
+        let stall = Stage2 {
+            s: true,
+            ..s2(0x8000, 3)
+        };
+        let refused = Err(SmmuError::InvalidConfig {
+            reason: STAGE2_STALL_WITH_ATS,
+        });
+        for eats in [Eats::Translate, Eats::S1Check] {
+            assert_eq!(SteBuilder::stage2(stall).eats(eats).build(), refused);
+            assert_eq!(
+                SteBuilder::nested(s1(0x4_0000), stall).eats(eats).build(),
+                refused
+            );
+        }
+        // Either alone builds.
+        assert!(SteBuilder::stage2(stall).build().is_ok());
+        let ats = SteBuilder::stage2(s2(0x8000, 3)).eats(Eats::Translate);
+        assert!(ats.build().is_ok());
     }
 }

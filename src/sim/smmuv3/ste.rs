@@ -131,6 +131,11 @@ pub(crate) fn decode(cfg: &SmmuModelConfig, w: &[u64; 8]) -> Result<Ste, ()> {
     } else {
         None
     };
+    // Stage-2 stall with ATS is ILLEGAL (§5.2, S2S and EATS): a Translation Request cannot be
+    // stalled. Read for any EATS but 0b00 (0b10 split-stage included, conservatively).
+    if s2.as_ref().is_some_and(|s| s.stall) && eats != 0 {
+        return Err(());
+    }
     Ok(Ste {
         config,
         s1,
