@@ -28,14 +28,23 @@ use crate::pgtable::{DirtyRead, Gather, Geometry, Leaf, Mapping, PageTable, Prot
 /// Most domains one unit holds at a time (the unit keeps them in a fixed array).
 pub const MAX_DOMAINS: usize = 64;
 
-/// A bitmap of tags 1..=255.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+/// A bitmap of tags 1..=255. Tag 0 is marked used from the start and never freed (see the
+/// module documentation): VMID 0 tags parentless stage-1 domains, ASID 0 is never used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TagAllocator {
     used: [u64; 4],
 }
 
+impl Default for TagAllocator {
+    /// [`TagAllocator::new`]: tag 0 reserved. (A derived `Default`, all zeroes, handed out
+    /// tag 0 first.)
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl TagAllocator {
-    /// No tag in use.
+    /// No tag in use; tag 0 reserved.
     pub const fn new() -> Self {
         Self { used: [1, 0, 0, 0] }
     }
@@ -61,7 +70,8 @@ impl TagAllocator {
 
     /// How many tags are in use, not counting 0.
     pub fn in_use(&self) -> u32 {
-        self.used.iter().map(|w| w.count_ones()).sum::<u32>() - 1
+        let reserved = (self.used[0] & 1) as u32;
+        self.used.iter().map(|w| w.count_ones()).sum::<u32>() - reserved
     }
 
     /// Returns `tag`; only after every TLB entry it tagged was invalidated.
@@ -583,5 +593,18 @@ mod tests {
         assert_eq!(t.alloc(), None);
         t.free(255);
         assert_eq!(t.alloc(), Some(255));
+    }
+
+    #[test]
+    fn the_default_allocator_never_hands_out_tag_0() {
+        assert_eq!(
+            TagAllocator::default().alloc(),
+            Some(1),
+            "tag 0 is reserved"
+        );
+        assert_eq!(TagAllocator::default().in_use(), 0);
+        let t = TagAllocator::default();
+        assert_eq!(t, TagAllocator::new());
+        assert!(t.is_used(0));
     }
 }
