@@ -9,6 +9,7 @@ use super::idr::{
     Httu, Idr, Idr0Flags, Idr1Flags, Idr3Flags, Idr5Granules, StLevel, StallModel, TtEndian, Ttf,
 };
 use super::platform::DeviceFacts;
+use super::SmmuError;
 use crate::iommu::{Capabilities, Source, Sources};
 use crate::mem::WalkerCoherency;
 
@@ -194,14 +195,22 @@ impl Features {
 
     /// Page sizes a domain of the `granule_log2` granule may use: the granule and the block
     /// sizes above it (2 MiB and 1 GiB with 4 KiB; 32 MiB with 16 KiB; 512 MiB with 64 KiB).
-    pub const fn page_sizes(granule_log2: u32) -> u64 {
-        let g = granule_log2;
-        let bits = g - 3;
-        let mut sizes = 1u64 << g | 1u64 << (g + bits);
-        if g == 12 {
-            sizes |= 1 << (g + 2 * bits);
+    ///
+    /// # Errors
+    ///
+    /// [`SmmuError::FieldOutOfRange`] (`value` the argument) for any other granule: VMSAv8-64
+    /// has only these three (before, another one computed shifts that overflowed, a panic in
+    /// debug builds).
+    pub const fn page_sizes(granule_log2: u32) -> Result<u64, SmmuError> {
+        match granule_log2 {
+            12 => Ok(1 << 12 | 1 << 21 | 1 << 30),
+            14 => Ok(1 << 14 | 1 << 25),
+            16 => Ok(1 << 16 | 1 << 29),
+            g => Err(SmmuError::FieldOutOfRange {
+                field: "granule_log2 (12, 14 or 16)",
+                value: g as u64,
+            }),
         }
-        sizes
     }
 
     /// What the unit reports through [`crate::iommu::Iommu::capabilities`] for devices of
@@ -233,7 +242,8 @@ impl Features {
                 self.s1_ias()
             },
             oas: self.oas_for(g),
-            page_sizes: Self::page_sizes(g),
+            // No page size for a granule the architecture lacks (the unit's own is checked).
+            page_sizes: Self::page_sizes(g).unwrap_or_default(),
             pasid_bits: if self.stage1_usable() { pasid_bits } else { 0 },
             enforce_snoop: facts.canwbs,
             dirty_tracking: self.dirty,
@@ -342,14 +352,27 @@ mod tests {
             (16, 8, 44, 12)
         );
         assert_eq!(f.s2_ias(12), 44);
-        assert_eq!(Features::page_sizes(12), 1 << 12 | 1 << 21 | 1 << 30);
-        assert_eq!(Features::page_sizes(14), 1 << 14 | 1 << 25);
-        assert_eq!(Features::page_sizes(16), 1 << 16 | 1 << 29);
+        assert_eq!(Features::page_sizes(12), Ok(1 << 12 | 1 << 21 | 1 << 30));
+        assert_eq!(Features::page_sizes(14), Ok(1 << 14 | 1 << 25));
+        assert_eq!(Features::page_sizes(16), Ok(1 << 16 | 1 << 29));
         let caps = f.capabilities(8, (12, Source::Register("IDR5")), &DeviceFacts::UNDECLARED);
         assert!(caps.nesting && caps.coherent_walk);
         assert_eq!(caps.sources.coherent_walk, Source::Register("IDR0.COHACC"));
         let no_coh = Features { cohacc: false, ..f };
         assert_eq!(no_coh.coherency(), WalkerCoherency::NonCoherent);
+    }
+
+    #[test]
+    fn page_sizes_of_a_granule_the_architecture_lacks_are_an_error() {
+        for g in [40, 2, 13, 0, u32::MAX] {
+            assert_eq!(
+                Features::page_sizes(g),
+                Err(SmmuError::FieldOutOfRange {
+                    field: "granule_log2 (12, 14 or 16)",
+                    value: u64::from(g),
+                })
+            );
+        }
     }
 
     #[test]

@@ -276,12 +276,20 @@ impl Iterator for TlbiCommands<'_> {
 ///
 /// # Errors
 ///
-/// A field error if an address does not fit its command (met in the dry run).
+/// A field error if an address does not fit its command (met in the dry run);
+/// [`SmmuError::FieldOutOfRange`] for a `policy.granule_log2` other than 12, 14 or 16 (the
+/// planner's shifts assume one of them).
 pub fn tlbi_commands<'g>(
     tag: TlbTag,
     gather: &'g Gather,
     policy: &FlushPolicy,
 ) -> Result<TlbiCommands<'g>, SmmuError> {
+    if !matches!(policy.granule_log2, 12 | 14 | 16) {
+        return Err(SmmuError::FieldOutOfRange {
+            field: "FlushPolicy::granule_log2 (12, 14 or 16)",
+            value: policy.granule_log2 as u64,
+        });
+    }
     let mut count = 0u32;
     let mut dry = TlbiCommands::ranges(tag, gather, policy);
     while let Some(c) = dry.next_in_ranges() {
@@ -303,7 +311,8 @@ pub fn tlbi_commands<'g>(
 ///
 /// # Errors
 ///
-/// The first error of `emit`; a field error if an address does not fit its command.
+/// The first error of `emit`; a field error if an address does not fit its command, or for a
+/// granule other than 12, 14 or 16 (see [`tlbi_commands`]).
 pub fn plan_tlbi(
     tag: TlbTag,
     gather: &Gather,
@@ -385,6 +394,27 @@ mod tests {
         vmid: Vmid(0),
         asid: Asid(7),
     };
+
+    #[test]
+    fn a_policy_granule_the_architecture_lacks_is_an_error() {
+        let g = gather(&[(0x10_0000, 16 * K4, 12)], &[]);
+        for granule_log2 in [64, 3, 2, 13, u32::MAX] {
+            for ril in [false, true] {
+                let policy = FlushPolicy {
+                    ril,
+                    granule_log2,
+                    threshold: DEFAULT_FLUSH_THRESHOLD,
+                };
+                assert_eq!(
+                    plan_tlbi(S2, &g, &policy, |_| Ok(())),
+                    Err(SmmuError::FieldOutOfRange {
+                        field: "FlushPolicy::granule_log2 (12, 14 or 16)",
+                        value: u64::from(granule_log2),
+                    })
+                );
+            }
+        }
+    }
 
     #[test]
     fn unmap_patterns_without_ril() {
