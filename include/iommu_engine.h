@@ -1051,8 +1051,10 @@ int32_t ie_ctx_iova_ranges(IeCtx *ctx, uint32_t ioasid, IeIovaRange *ranges, uin
 int32_t ie_ctx_reserve_region(IeCtx *ctx, uint64_t start, uint64_t len);
 
 // Creates a registry over `n_units` units (at most 8), each numbered by its position, with
-// PASIDs of `pasid_bits` bits (the narrowest of the system's units and devices). The units
-// cannot be destroyed while the registry exists.
+// PASIDs of `pasid_bits` bits (the narrowest of the system's units and devices): contexts
+// draw PASIDs 1 to `2^pasid_bits - 1`; 0 bits is a system without PASIDs (none is handed
+// out); more than 20 bits is `IE_STATUS_INVALID_ARGUMENT`, nothing created (it was clamped
+// to 20). The units cannot be destroyed while the registry exists.
 //
 // A unit appears once in one registry: the registry decides which context owns each of the
 // unit's devices, and a second registry (or the same unit under a second number) would hand

@@ -1,6 +1,6 @@
 //! Defects of the C ABI found by a read-only review of `src/capi` (2026-12-07, the third):
 //! a guest's invalidation batch read more than once, so that a buffer the guest shares
-//! changes between the check and the use.
+//! changes between the check and the use; a PASID width clamped without a word.
 
 extern crate std;
 
@@ -123,6 +123,46 @@ fn vtd_user_invalidation_reads_the_guests_buffer_once() {
             assert_eq!(addrs, [0x1234_5000], "the checked entry is the issued one");
             drop(batch);
         });
+        release_sim_unit(arena, model, unit, before);
+    }
+}
+
+/// `ie_registry_create` with a PASID width beyond 20 bits is refused, nothing created and the
+/// unit left free (it was clamped to 20 without a word); 0 bits is a system without PASIDs,
+/// whose contexts get none (it was clamped to 1: PASID 1 was handed out).
+#[test]
+fn registry_pasid_width_is_checked_not_clamped() {
+    use super::ioasid::{ie_ctx_alloc_pasid, ie_registry_create, IeRegistry};
+    use super::tests::destroy_ctx_and_registry;
+    let (arena, env) = arena();
+    // SAFETY: a live arena and its allocator, then live handles and writable outputs.
+    unsafe {
+        let sim = Sim::Vtd(IeSimVtdConfig {
+            snoop_control: true,
+            ..IeSimVtdConfig::default()
+        });
+        let (model, unit, before) = sim_unit(arena, &env, sim);
+        let units = [unit];
+        let mut registry: *mut IeRegistry = null_mut();
+        assert_eq!(
+            ie_registry_create(&env, units.as_ptr(), 1, 21, &mut registry),
+            IeStatus::InvalidArgument as i32,
+            "a 21-bit PASID space"
+        );
+        assert!(registry.is_null(), "nothing created");
+        assert_eq!(
+            ie_registry_create(&env, units.as_ptr(), 1, 0, &mut registry),
+            OK
+        );
+        let mut ctx = null_mut();
+        assert_eq!(super::ioasid::ie_ctx_create(registry, 4, &mut ctx), OK);
+        let mut pasid = u32::MAX;
+        assert_eq!(
+            ie_ctx_alloc_pasid(ctx, &mut pasid),
+            IeStatus::NoSpace as i32,
+            "no PASID in a 0-bit space (got PASID {pasid})"
+        );
+        destroy_ctx_and_registry(registry, ctx);
         release_sim_unit(arena, model, unit, before);
     }
 }

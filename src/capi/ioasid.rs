@@ -103,8 +103,10 @@ pub(super) fn put<T>(out: *mut T, v: T) -> Result<(), IeStatus> {
 }
 
 /// Creates a registry over `n_units` units (at most 8), each numbered by its position, with
-/// PASIDs of `pasid_bits` bits (the narrowest of the system's units and devices). The units
-/// cannot be destroyed while the registry exists.
+/// PASIDs of `pasid_bits` bits (the narrowest of the system's units and devices): contexts
+/// draw PASIDs 1 to `2^pasid_bits - 1`; 0 bits is a system without PASIDs (none is handed
+/// out); more than 20 bits is `IE_STATUS_INVALID_ARGUMENT`, nothing created (it was clamped
+/// to 20). The units cannot be destroyed while the registry exists.
 ///
 /// A unit appears once in one registry: the registry decides which context owns each of the
 /// unit's devices, and a second registry (or the same unit under a second number) would hand
@@ -127,6 +129,10 @@ pub unsafe extern "C" fn ie_registry_create(
         // SAFETY: the caller's contract.
         let env = unsafe { CEnv::from_raw(env) }?;
         if units.is_null() || n_units == 0 || n_units > MAX_UNITS || out.is_null() {
+            return Err(IeStatus::InvalidArgument);
+        }
+        // Refused, not clamped: a caller asking for more than PCIe's 20 bits has a bug.
+        if pasid_bits > Pasid::BITS {
             return Err(IeStatus::InvalidArgument);
         }
         let unit_at = |i: usize| -> Result<NonNull<Obj<UnitObj>>, IeStatus> {

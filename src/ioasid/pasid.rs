@@ -29,8 +29,9 @@ impl core::fmt::Debug for PasidAllocator {
 }
 
 impl PasidAllocator {
-    /// An allocator handing out PASIDs `1..(1 << bits)`; `bits` is clamped to 1..=20 (the
-    /// narrowest PASID width of the system's units and devices).
+    /// An allocator handing out PASIDs `1..(1 << bits)`, `bits` the narrowest PASID width of
+    /// the system's units and devices: 0 for a system without PASIDs (none is handed out);
+    /// above 20 clamped to 20 (the C ABI refuses it).
     ///
     /// The bitmap covers the whole 20-bit space (128 KiB): put the allocator in a `static`
     /// (`static PASIDS: PasidAllocator = PasidAllocator::new(20);` lands in `.bss`), or build it
@@ -55,11 +56,10 @@ impl PasidAllocator {
         unsafe { addr_of_mut!((*this.as_ptr()).limit).write(Self::limit_for(bits)) };
     }
 
-    /// One past the largest PASID of a `bits`-bit space, `bits` clamped to 1..=20.
+    /// One past the largest PASID of a `bits`-bit space, `bits` clamped to 20. 0 bits: 1,
+    /// PASID 0 alone, which is never handed out.
     const fn limit_for(bits: u32) -> u32 {
-        let bits = if bits == 0 {
-            1
-        } else if bits > Pasid::BITS {
+        let bits = if bits > Pasid::BITS {
             Pasid::BITS
         } else {
             bits
