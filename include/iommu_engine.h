@@ -154,6 +154,14 @@ typedef enum {
   // The caller's buffer is too small for the result; the call wrote how many entries it
   // needs (`-EMSGSIZE`, as iommufd's `IOMMU_IOAS_IOVA_RANGES`).
   IE_STATUS_BUFFER_TOO_SMALL = 17,
+  // The object was destroyed (its handle is gone: never use or destroy it again), but
+  // something it held was given up rather than freed, because a unit did not complete the
+  // invalidation or tear-down that would make freeing it safe: a context's devices left
+  // attached (stranded), hardware domains left allocated, table pages held for
+  // invalidations never confirmed (ie_registry_leaked() counts them); a VT-d unit's table
+  // pointing at memory its allocator did not hand out. The memory is gone until reboot:
+  // keep what those objects mapped, and reset the unit (`-EIO`).
+  IE_STATUS_LEAKED = 18,
 } IeStatus;
 
 // Which capability an `IE_STATUS_INCOMPATIBLE` attach lacked (`reason` out-parameters).
@@ -1098,11 +1106,13 @@ int32_t ie_ctx_create(IeRegistry *registry, uint32_t pasid_quota, IeCtx **out);
 
 // Destroys a context: revokes its grants, detaches every device and PASID, frees every IOASID
 // and hardware domain, returns its PASIDs and unbinds its devices. What a unit refuses to
-// undo (a detach whose invalidation fails) is leaked on purpose and stays unusable: see
-// ie_registry_leaked().
+// undo (a detach whose invalidation fails) is leaked on purpose and stays unusable: the
+// context is destroyed all the same and the call returns `IE_STATUS_LEAKED` (see
+// ie_registry_leaked() for what was given up).
 //
 // # Safety
-// `ctx` is NULL or a live context handle, not used again after success.
+// `ctx` is NULL or a live context handle, not used again after `IE_STATUS_OK` or
+// `IE_STATUS_LEAKED`.
 int32_t ie_ctx_destroy(IeCtx *ctx);
 
 // Binds device `device_id` (PCI RID on VT-d, StreamID on SMMUv3) behind unit number `unit`
@@ -1664,10 +1674,12 @@ int32_t ie_unit_read_faults(IeUnit *unit,
 
 // Destroys a disabled unit that no registry uses and returns every page it holds
 // (`IE_STATUS_BUSY` while it is enabled or in a registry: the hardware may still walk its
-// tables).
+// tables). `IE_STATUS_LEAKED`: destroyed, but a VT-d table pointed at memory the allocator
+// did not hand out, which could not be given back.
 //
 // # Safety
-// `unit` is NULL or a live unit handle, not used again after success.
+// `unit` is NULL or a live unit handle, not used again after `IE_STATUS_OK` or
+// `IE_STATUS_LEAKED`.
 int32_t ie_unit_destroy(IeUnit *unit);
 
 #ifdef __cplusplus

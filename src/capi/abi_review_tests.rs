@@ -166,3 +166,54 @@ fn registry_pasid_width_is_checked_not_clamped() {
         release_sim_unit(arena, model, unit, before);
     }
 }
+
+/// `ie_ctx_destroy` of a context whose device's detach never completes (the unit's waits
+/// stall): the context is destroyed, but its device stays stranded and its domain allocated,
+/// and the call says so with `IE_STATUS_LEAKED` (it returned `IE_STATUS_OK`).
+#[test]
+fn a_destroy_that_leaks_says_so() {
+    use super::ioasid::{
+        ie_ctx_alloc, ie_ctx_attach, ie_ctx_bind, ie_ctx_destroy, ie_ctx_map, ie_registry_destroy,
+        ie_registry_leaked,
+    };
+    use super::sim::{ie_sim_model_destroy, vtd_model};
+    use super::tests::registry_and_ctx;
+    use super::unit::{ie_unit_destroy, ie_unit_disable};
+    use crate::sim::vtd::Injection;
+    let (arena, env) = arena();
+    // SAFETY: a live arena and its allocator, then live handles and writable outputs.
+    unsafe {
+        let sim = Sim::Vtd(IeSimVtdConfig {
+            snoop_control: true,
+            ..IeSimVtdConfig::default()
+        });
+        let (model, unit, _) = sim_unit(arena, &env, sim);
+        let (registry, ctx) = registry_and_ctx(&env, unit);
+        let (mut io, mut dev) = (0u32, 0u32);
+        assert_eq!(ie_ctx_alloc(ctx, 0, &mut io), OK);
+        assert_eq!(ie_ctx_bind(ctx, 0, 0x20, false, &mut dev), OK);
+        assert_eq!(ie_ctx_attach(ctx, dev, io, null_mut()), OK);
+        assert_eq!(ie_ctx_map(ctx, io, 0x10_0000, 0x4000_0000, 0x2000, 3), OK);
+        vtd_model(model).inject(Injection::StallWaits);
+        assert_eq!(
+            ie_ctx_destroy(ctx),
+            IeStatus::Leaked as i32,
+            "the detach never completed"
+        );
+        vtd_model(model).clear_injections();
+        let (mut devices, mut domains, mut pages) = (0u64, 0u64, 0u64);
+        assert_eq!(
+            ie_registry_leaked(registry, &mut devices, &mut domains, &mut pages),
+            OK
+        );
+        assert!(devices + domains + pages > 0, "{devices} {domains} {pages}");
+        assert_eq!(ie_registry_destroy(registry), OK);
+        assert_eq!(ie_unit_disable(unit), OK);
+        let st = ie_unit_destroy(unit);
+        assert!(
+            st == OK || st == IeStatus::Leaked as i32,
+            "unit destroy: {st}"
+        );
+        assert_eq!(ie_sim_model_destroy(model), OK);
+    }
+}

@@ -4,8 +4,8 @@ use core::ptr::{addr_of_mut, NonNull};
 
 use crate::ioasid::{
     DeviceHandle, DeviceLabel, DirectRegion, IncoherentDmaGrant, IoasidCtx, IoasidFlags, IoasidId,
-    PasidAllocator, Registry, UnitId, MAX_DEVICES, MAX_DIRECT_REGIONS, MAX_PASID_ATTACHMENTS,
-    MAX_UNITS,
+    Leaked, PasidAllocator, Registry, UnitId, MAX_DEVICES, MAX_DIRECT_REGIONS,
+    MAX_PASID_ATTACHMENTS, MAX_UNITS,
 };
 use crate::iommu::{DeviceHints, DeviceId, Iommu, Pasid, Source};
 use crate::mem::{Iova, PhysAddr};
@@ -300,11 +300,13 @@ pub unsafe extern "C" fn ie_ctx_create(
 
 /// Destroys a context: revokes its grants, detaches every device and PASID, frees every IOASID
 /// and hardware domain, returns its PASIDs and unbinds its devices. What a unit refuses to
-/// undo (a detach whose invalidation fails) is leaked on purpose and stays unusable: see
-/// ie_registry_leaked().
+/// undo (a detach whose invalidation fails) is leaked on purpose and stays unusable: the
+/// context is destroyed all the same and the call returns `IE_STATUS_LEAKED` (see
+/// ie_registry_leaked() for what was given up).
 ///
 /// # Safety
-/// `ctx` is NULL or a live context handle, not used again after success.
+/// `ctx` is NULL or a live context handle, not used again after `IE_STATUS_OK` or
+/// `IE_STATUS_LEAKED`.
 #[no_mangle]
 pub unsafe extern "C" fn ie_ctx_destroy(ctx: *mut IeCtx) -> i32 {
     code((|| {
@@ -312,10 +314,24 @@ pub unsafe extern "C" fn ie_ctx_destroy(ctx: *mut IeCtx) -> i32 {
         let obj = unsafe { checked(ctx.cast::<Obj<CtxObj>>()) }?;
         // SAFETY: a live handle (the caller's contract).
         let registry = unsafe { obj.as_ref() }.value.registry;
-        // SAFETY: as above.
-        unsafe { Obj::destroy(obj) }?;
+        let mut leaked = Leaked::default();
+        // SAFETY: as above; `finish` consumes the value it is given, whole and unshared.
+        unsafe {
+            Obj::destroy_in_place(obj, |mut value| {
+                let v = value.as_mut();
+                // The grants borrow the context: revoked before it is torn down.
+                *v.grants.lock() = [const { None }; MAX_DEVICES];
+                leaked = v.ctx.tear_down();
+                // The context is empty now: its drop gives up nothing more.
+                value.as_ptr().drop_in_place();
+                Ok(())
+            })
+        }?;
         // SAFETY: the context held a user count, so the registry is live.
         unsafe { registry.as_ref() }.release();
+        if leaked != Leaked::default() {
+            return Err(IeStatus::Leaked);
+        }
         Ok(())
     })())
 }

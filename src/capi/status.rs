@@ -70,6 +70,14 @@ pub enum IeStatus {
     /// The caller's buffer is too small for the result; the call wrote how many entries it
     /// needs (`-EMSGSIZE`, as iommufd's `IOMMU_IOAS_IOVA_RANGES`).
     BufferTooSmall = 17,
+    /// The object was destroyed (its handle is gone: never use or destroy it again), but
+    /// something it held was given up rather than freed, because a unit did not complete the
+    /// invalidation or tear-down that would make freeing it safe: a context's devices left
+    /// attached (stranded), hardware domains left allocated, table pages held for
+    /// invalidations never confirmed (ie_registry_leaked() counts them); a VT-d unit's table
+    /// pointing at memory its allocator did not hand out. The memory is gone until reboot:
+    /// keep what those objects mapped, and reset the unit (`-EIO`).
+    Leaked = 18,
 }
 
 impl IeStatus {
@@ -89,7 +97,7 @@ impl IeStatus {
             IeStatus::NotPermitted => 1,                              // EPERM
             IeStatus::Unsupported => 95,                              // EOPNOTSUPP
             IeStatus::Timeout => 110,                                 // ETIMEDOUT
-            IeStatus::Hardware | IeStatus::CommandError => 5,         // EIO
+            IeStatus::Hardware | IeStatus::CommandError | IeStatus::Leaked => 5, // EIO
             IeStatus::FaultsLost => 75,                               // EOVERFLOW
             IeStatus::BufferTooSmall => 90,                           // EMSGSIZE
         }
@@ -282,7 +290,7 @@ pub extern "C" fn ie_status_errno(status: i32) -> i32 {
 impl IeStatus {
     /// The status with raw value `raw`.
     pub const fn from_raw(raw: i32) -> Option<Self> {
-        const ALL: [IeStatus; 18] = [
+        const ALL: [IeStatus; 19] = [
             IeStatus::Ok,
             IeStatus::InvalidArgument,
             IeStatus::Incompatible,
@@ -301,6 +309,7 @@ impl IeStatus {
             IeStatus::FaultsLost,
             IeStatus::CommandError,
             IeStatus::BufferTooSmall,
+            IeStatus::Leaked,
         ];
         if raw < 0 {
             return None;
@@ -376,7 +385,8 @@ mod tests {
         assert_eq!(IeStatus::CommandError.errno(), -5);
         assert_eq!(IeStatus::from_raw(16), Some(IeStatus::CommandError));
         assert_eq!(IeStatus::from_raw(17), Some(IeStatus::BufferTooSmall));
-        assert_eq!(IeStatus::from_raw(18), None);
+        assert_eq!(IeStatus::from_raw(18), Some(IeStatus::Leaked));
+        assert_eq!(IeStatus::from_raw(19), None);
     }
 
     /// A map beyond a domain's width (nothing changed) is OUT_OF_RANGE, not a unit fault

@@ -873,10 +873,12 @@ pub unsafe extern "C" fn ie_unit_read_faults(
 
 /// Destroys a disabled unit that no registry uses and returns every page it holds
 /// (`IE_STATUS_BUSY` while it is enabled or in a registry: the hardware may still walk its
-/// tables).
+/// tables). `IE_STATUS_LEAKED`: destroyed, but a VT-d table pointed at memory the allocator
+/// did not hand out, which could not be given back.
 ///
 /// # Safety
-/// `unit` is NULL or a live unit handle, not used again after success.
+/// `unit` is NULL or a live unit handle, not used again after `IE_STATUS_OK` or
+/// `IE_STATUS_LEAKED`.
 #[no_mangle]
 pub unsafe extern "C" fn ie_unit_destroy(unit: *mut IeUnit) -> i32 {
     code((|| {
@@ -901,7 +903,7 @@ pub unsafe extern "C" fn ie_unit_destroy(unit: *mut IeUnit) -> i32 {
             unsafe { release_vtd(obj) }
         };
         #[cfg(feature = "sim")]
-        if r.is_ok() {
+        if matches!(r, Ok(()) | Err(IeStatus::Leaked)) {
             super::sim::unit_destroyed(unit as usize);
         }
         r
@@ -913,14 +915,15 @@ pub unsafe extern "C" fn ie_unit_destroy(unit: *mut IeUnit) -> i32 {
 /// # Safety
 /// `obj` is a live unit handle, not used again after success.
 unsafe fn release_vtd(obj: NonNull<Obj<UnitObj>>) -> Result<(), IeStatus> {
+    let mut leaked = false;
     // SAFETY: the caller's contract; refused while a registry uses it.
     unsafe {
         Obj::destroy_in_place(obj, |mut value| match value.as_mut() {
             // A table that pointed outside the allocator (`leaked`) cannot be given back by
-            // anyone: the rest is freed and the handle is gone either way. The register
-            // window and allocator handed back need no drop.
+            // anyone: the rest is freed and the handle is gone either way (reported below).
+            // The register window and allocator handed back need no drop.
             UnitObj::Vtd(u) => VtdUnit::release_in_place(NonNull::from(u))
-                .map(drop)
+                .map(|r| leaked = r.leaked.is_some())
                 .map_err(|_| IeStatus::Busy),
             UnitObj::AmdVi(u) => {
                 AmdViUnit::release_in_place(NonNull::from(u)).map_err(|_| IeStatus::Busy)
@@ -930,5 +933,9 @@ unsafe fn release_vtd(obj: NonNull<Obj<UnitObj>>) -> Result<(), IeStatus> {
                 Ok(())
             }
         })
+    }?;
+    if leaked {
+        return Err(IeStatus::Leaked);
     }
+    Ok(())
 }

@@ -971,15 +971,23 @@ impl<A: PageAllocator> Drop for IoasidCtx<'_, '_, A> {
     /// and PASIDs stay allocated, and invalidations never confirmed keep their table pages;
     /// the registry counts what was given up ([`Registry::leaked`]).
     fn drop(&mut self) {
-        // Errors cannot be reported from drop: each step is still attempted. Each step in a
-        // frame of its own (the kernel-stack bound of the C ABI): the detaches' locals are not
-        // under the frees, nor the frees' under the detaches.
-        self.detach_all();
-        self.release_all();
+        // Errors cannot be reported from drop: each step is still attempted. What was given
+        // up is counted in the registry; `tear_down` also returns it.
+        self.tear_down();
     }
 }
 
 impl<A: PageAllocator> IoasidCtx<'_, '_, A> {
+    /// What the drop does, returning what this context gave up (also counted in
+    /// [`Registry::leaked`]); the context is left empty, and its drop then gives up nothing
+    /// more. For the C ABI, whose destroy reports it. Each step in a frame of its own (the
+    /// kernel-stack bound of the C ABI): the detaches' locals are not under the frees, nor
+    /// the frees' under the detaches.
+    pub(crate) fn tear_down(&mut self) -> Leaked {
+        self.detach_all();
+        self.release_all()
+    }
+
     /// The start of the context's drop: detaches every (device, PASID) pair and every device,
     /// whatever fails. Slot by slot, each read under a short lock, rather than from snapshots
     /// of the tables (1.5 KiB of stack): a detach clears only its own slot and binds nothing.
@@ -1005,7 +1013,7 @@ impl<A: PageAllocator> IoasidCtx<'_, '_, A> {
     /// frees what remains, releases the devices, counts what was given up. Not inlined: its
     /// locals are not in the frame that detaches (the kernel-stack bound of the C ABI).
     #[inline(never)]
-    fn release_all(&mut self) {
+    fn release_all(&mut self) -> Leaked {
         let mut guard = self.state.write();
         let st = &mut *guard;
         let mut leaked = Leaked::default();
@@ -1048,6 +1056,7 @@ impl<A: PageAllocator> IoasidCtx<'_, '_, A> {
             }
         }
         self.registry.count_leaked(leaked);
+        leaked
     }
 }
 
