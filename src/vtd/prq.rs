@@ -79,10 +79,22 @@ impl PageRequestDescriptor {
     /// Word 1, 63:12: the page address.
     pub const ADDR: Field = Field::new(63, 12);
 
-    /// The request as a [`PageFault`], or `None` for a descriptor of another type.
+    /// Whether this is a Stop Marker (PCIe PRI "Stop Marker Message", passed on by the unit
+    /// as a page request descriptor): with a PASID, `LPIG` set, neither read nor write
+    /// requested. It says the device stopped using that PASID; it asks for no page and no
+    /// page group response (Linux's VT-d driver drops them likewise).
+    pub const fn is_stop_marker(&self) -> bool {
+        let [w0, w1, _, _] = self.qw;
+        Self::TYPE.get(w0) == Self::PAGE_REQUEST
+            && w0 & Self::PP != 0
+            && w1 & (Self::LPIG | Self::RDR | Self::WRR) == Self::LPIG
+    }
+
+    /// The request as a [`PageFault`], or `None` for a descriptor of another type or a
+    /// [Stop Marker](Self::is_stop_marker) (no fault: nothing to answer).
     pub fn decode(&self) -> Option<PageFault> {
         let [w0, w1, _, _] = self.qw;
-        if Self::TYPE.get(w0) != Self::PAGE_REQUEST {
+        if Self::TYPE.get(w0) != Self::PAGE_REQUEST || self.is_stop_marker() {
             return None;
         }
         let pasid = if w0 & Self::PP != 0 {
@@ -172,6 +184,8 @@ pub struct PrqDrain {
     pub reported: usize,
     /// Descriptors of another type, skipped.
     pub skipped: usize,
+    /// Stop Markers consumed (not reported: they ask for no response).
+    pub stop_markers: usize,
     /// Requests remain (`out` was full).
     pub more: bool,
     /// `PRS.PRO` was set (cleared if the ring is empty now).
@@ -235,7 +249,7 @@ impl PageRequestQueue {
     /// Moves the requests between `PQH` and `PQT` into `out` (at most `out.len()`, and at most
     /// one ring's worth), moves `PQH` past them, and acknowledges `PPR` (before reading, so
     /// that a request queued meanwhile raises it again) and, once the ring is empty, `PRO`.
-    /// Descriptors of another type are skipped.
+    /// Descriptors of another type are skipped, Stop Markers consumed and counted.
     pub fn drain<W: RegisterWindow + ?Sized, A: PageAllocator + ?Sized>(
         &mut self,
         regs: &W,
@@ -257,11 +271,13 @@ impl PageRequestQueue {
             if slot.is_none() {
                 break;
             }
-            match (self.read(alloc, head).decode(), slot) {
+            let desc = self.read(alloc, head);
+            match (desc.decode(), slot) {
                 (Some(fault), Some(slot)) => {
                     *slot = fault;
                     d.reported += 1;
                 }
+                _ if desc.is_stop_marker() => d.stop_markers += 1,
                 _ => d.skipped += 1,
             }
             head = (head + DESCRIPTOR_BYTES) % size;
@@ -335,6 +351,23 @@ mod tests {
         );
         let other = PageRequestDescriptor { qw: [0x2, 0, 0, 0] };
         assert_eq!(other.decode(), None);
+        // A Stop Marker: PASID, LPIG, no read, no write.
+        let stop = PageRequestDescriptor {
+            qw: [
+                0x1 | PageRequestDescriptor::PP | 7u64 << 32,
+                PageRequestDescriptor::LPIG,
+                0,
+                0,
+            ],
+        };
+        assert!(stop.is_stop_marker());
+        assert_eq!(stop.decode(), None);
+        // Without a PASID the same bits are a request (answered, never silently dropped).
+        let no_pasid = PageRequestDescriptor {
+            qw: [0x1, PageRequestDescriptor::LPIG, 0, 0],
+        };
+        assert!(!no_pasid.is_stop_marker());
+        assert!(no_pasid.decode().is_some());
     }
 
     #[test]

@@ -19,7 +19,8 @@
 //! that RID, PASID and index: the model records the response and, for Success, retries the
 //! translation of every page of the group (what the device does next). A response that answers
 //! no outstanding group is recorded as unexpected (hardware would pass it on to a device that
-//! drops it; for a test it is a driver bug).
+//! drops it; for a test it is a driver bug). A Stop Marker (PASID, LPIG, neither read nor write)
+//! is queued like any request but opens no group: nothing answers it.
 
 use std::vec::Vec;
 
@@ -60,6 +61,14 @@ pub struct PageRequest {
     pub group: u16,
     /// Last page in group.
     pub last: bool,
+}
+
+impl PageRequest {
+    /// A Stop Marker (PCIe PRI): a PASID, `last`, neither read nor write. It asks for no
+    /// response.
+    pub const fn is_stop_marker(&self) -> bool {
+        self.pasid.is_some() && self.last && !self.access.read && !self.access.write
+    }
 }
 
 /// What became of a page request.
@@ -181,7 +190,7 @@ impl State<'_> {
         let next = (tail + 32) % size;
         if self.prq.prs & PRS_PRO != 0 || next == self.prq.pqh % size {
             self.prq.prs |= PRS_PRO;
-            if req.last {
+            if req.last && !req.is_stop_marker() {
                 self.prq.responses.push(GroupResponse {
                     sid: req.sid,
                     pasid: req.pasid,
@@ -221,7 +230,11 @@ impl State<'_> {
                 self.prq.events += 1;
             }
         }
-        self.prq.outstanding.push(req);
+        // A Stop Marker (PASID, LPIG, neither read nor write: PCIe PRI) opens no group: the
+        // device expects no response to it.
+        if !req.is_stop_marker() {
+            self.prq.outstanding.push(req);
+        }
         PageRequestOutcome::Queued
     }
 

@@ -1567,3 +1567,72 @@ fn a_disable_racing_a_detach_never_loses_its_device_tlb_invalidation() {
         );
     }
 }
+
+/// The review of src/vtd, item 2: a Stop Marker (a page request with a PASID, `LPIG` set,
+/// read and write not requested: PCIe PRI's "Stop Marker Message", which Linux's VT-d
+/// driver drops too) asks for no page and no response. The drain must consume it without
+/// reporting it as a page fault (a handler would answer a group the device never opened,
+/// possibly one a later request of that PASID reuses); the page request around it is
+/// reported as usual.
+#[test]
+fn a_stop_marker_is_consumed_not_reported() {
+    use crate::iopf::{FaultKind, PageFault};
+    use crate::sim::vtd::prq::{PageRequest, PageRequestOutcome};
+    use crate::sim::vtd::{VtdModel, VtdModelConfig};
+    use crate::sim::walk::Access;
+    use crate::sim::Arena;
+
+    let arena = Arena::with_defaults().unwrap();
+    let m = VtdModel::new(&arena, VtdModelConfig::scalable().with_prs(true));
+    let u = VtdUnit::new(&m, &arena, VtdConfig::scalable()).unwrap();
+    u.enable().unwrap();
+    u.enable_page_requests(0).unwrap();
+    let stop = PageRequest {
+        sid: DEV.0 as u16,
+        pasid: Some(5),
+        addr: 0,
+        access: Access {
+            read: false,
+            write: false,
+            exec: false,
+            privileged: false,
+        },
+        group: 0,
+        last: true,
+    };
+    let read = PageRequest {
+        addr: 0x5000,
+        access: Access::READ,
+        group: 1,
+        ..stop
+    };
+    for r in [read, stop, read] {
+        assert_eq!(m.page_request(r), PageRequestOutcome::Queued);
+    }
+    let mut out = [PageFault {
+        device: DEV,
+        pasid: None,
+        addr: 0,
+        perm: crate::iopf::FaultPerm::empty(),
+        kind: FaultKind::PageRequest {
+            group: 0,
+            last: false,
+        },
+        generation: 0,
+    }; 4];
+    let d = u.drain_page_requests(&mut out).unwrap();
+    let groups: Vec<_> = out[..d.reported].iter().map(|f| (f.addr, f.kind)).collect();
+    let g1 = FaultKind::PageRequest {
+        group: 1,
+        last: true,
+    };
+    assert_eq!(
+        groups,
+        [(0x5000, g1), (0x5000, g1)],
+        "a stop marker was reported as a page fault"
+    );
+    assert!(!d.more);
+    // Nothing left queued: the marker was consumed; only the read's group awaits an answer.
+    assert_eq!(u.drain_page_requests(&mut out).unwrap().reported, 0);
+    assert_eq!(m.outstanding_page_requests(), 2);
+}
