@@ -1589,3 +1589,39 @@ fn enable_leaves_pmen_alone_without_protected_memory_regions() {
     let _u = unit_keeping_stats(&m, &a, Mode::Legacy);
     assert_eq!(m.register_writes(0x60), 0, "PMEN_REG written");
 }
+
+/// The review of src/vtd, item 3: QEMU resumes its invalidation queue after an IQE only on an
+/// `IQT` write (its `FSTS` write handler fetches nothing; `vtd_handle_iqt_write` fetches when
+/// `QIE` is on and `IQE` clear), not when `IQE` is cleared as §6.5.2.10's hardware does. A
+/// recovery that neutralises the offending descriptor and clears `IQE` without writing `IQT`
+/// leaves the queue stopped at `IQH`: the next `disable` waits for a drain that never comes
+/// (a `Timeout`), and with it every later wait behind the stopped head. The model here resumes
+/// only on `IQT`, as QEMU; the unit must recover, then disable and re-enable cleanly.
+#[test]
+fn a_queue_error_recovery_rings_the_doorbell_again() {
+    for mode in [Mode::Legacy, Mode::Scalable] {
+        let a = arena();
+        let m = VtdModel::new(&a, model_config(mode).with_iqe_clear_resumes(false));
+        let u = unit(&m, &a, mode);
+        let d = u.domain_alloc(&DomainConfig::default()).unwrap();
+        u.attach(DEV, None, d).unwrap();
+        u.map(d, Iova::new(0x1000), PhysAddr::new(0x7000_0000), K4, RW)
+            .unwrap();
+        ok(m.translate(sid(DEV), None, 0x1000, Access::READ));
+        let mut g = Gather::new();
+        u.unmap(d, Iova::new(0x1000), K4, &mut g).unwrap();
+        m.inject(Injection::QueueError);
+        assert!(
+            matches!(u.flush(d, &mut g), Err(Error::CommandError { what, .. }) if what.contains("IQE")),
+            "{mode:?}"
+        );
+        assert_eq!(
+            u.disable(),
+            Ok(()),
+            "{mode:?}: disable after an IQE recovery (the queue must have resumed)"
+        );
+        u.enable().unwrap();
+        u.flush(d, &mut g).unwrap();
+        assert!(m.translate(sid(DEV), None, 0x1000, Access::READ).is_err());
+    }
+}

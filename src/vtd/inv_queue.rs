@@ -17,7 +17,8 @@
 //!   cleared so later submissions proceed. For IQE, §6.5.2.10: hardware stops at the offending
 //!   descriptor, leaves `IQH` on it, and fetches nothing until `IQE` is cleared; the queue
 //!   replaces that descriptor with a harmless wait (status write to a scratch word) before
-//!   clearing, so hardware resumes past it.
+//!   clearing, so hardware resumes past it, then writes `IQT` again (the same tail): QEMU
+//!   resumes only on an `IQT` write, not when `IQE` is cleared.
 //!
 //! The descriptor ring and the status words are plain memory the unit reads and writes directly;
 //! this module assumes those accesses are coherent with the CPU caches (`ECAP.C` covers the
@@ -658,10 +659,18 @@ impl QueueCore {
             return Ok(());
         };
         let head = self.head_index(regs)?;
-        if bit == Fsts::IQE && head != self.tail {
+        let stopped = bit == Fsts::IQE && head != self.tail;
+        if stopped {
             self.neutralise(head)?;
         }
         clear_fsts(regs, bit);
+        if stopped {
+            // §6.5.2.10's hardware resumes fetching at IQH once IQE is clear; QEMU resumes
+            // only on an IQT write (QEMU.md). The same tail again is a no-op for the former
+            // and restarts the latter, so the neutralised slot and what follows it run and
+            // later waits (a drain, `disable`) complete.
+            self.ring_doorbell(regs);
+        }
         Err(Error::QueueError { kind, head })
     }
 

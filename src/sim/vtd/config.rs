@@ -20,6 +20,11 @@ pub struct VtdModelConfig {
     /// model's PCI topology has them: under `ECAP.DIT` a device-TLB invalidation of a VF must
     /// carry the PF's source-id in `PFSID`, of any other device its own.
     pub virtual_functions: [Option<(u16, u16)>; MAX_VIRTUAL_FUNCTIONS],
+    /// Whether clearing `FSTS.IQE` resumes fetching at `IQH` (`true`, the default: §6.5.2.10's
+    /// hardware), or only the next `IQT` write does (`false`: QEMU 10, whose FSTS write
+    /// handler fetches nothing -- a FIXME in `vtd_handle_fsts_write` says so -- and whose
+    /// `vtd_handle_iqt_write` fetches when `QIE` is on and `IQE` clear).
+    pub iqe_clear_resumes: bool,
 }
 
 /// Virtual functions a [`VtdModelConfig`] can declare.
@@ -43,6 +48,7 @@ impl VtdModelConfig {
             ecap: QEMU_ECAP,
             haw: 48,
             virtual_functions: [None; MAX_VIRTUAL_FUNCTIONS],
+            iqe_clear_resumes: true,
         }
     }
 
@@ -70,6 +76,7 @@ impl VtdModelConfig {
                 | ECAP_FLTS,
             haw: 48,
             virtual_functions: [None; MAX_VIRTUAL_FUNCTIONS],
+            iqe_clear_resumes: true,
         }
     }
 
@@ -189,6 +196,12 @@ impl VtdModelConfig {
             i += 1;
         }
         sid
+    }
+    /// See [`iqe_clear_resumes`](Self::iqe_clear_resumes): `false` models QEMU, whose queue
+    /// stays stopped after `IQE` is cleared until software writes `IQT`.
+    pub const fn with_iqe_clear_resumes(mut self, on: bool) -> Self {
+        self.iqe_clear_resumes = on;
+        self
     }
     /// The host address width (32..=52).
     pub const fn with_haw(mut self, haw: u32) -> Self {

@@ -21,7 +21,8 @@
 //! | 0x8 | PASID-based device-TLB | 8:4 MIP, 15:12 PFSID[3:0], 31:16 SID, 51:32 PASID, 63:52 PFSID[15:4] / 0 G, 11 S, 63:12 ADDR |
 //!
 //! Rejected like hardware, with FSTS.IQE set, IQH left on the offending descriptor and processing
-//! stopped until software clears IQE: an unknown type, a reserved granularity, a reserved bit
+//! stopped until software clears IQE (or, with `VtdModelConfig::iqe_clear_resumes` off, as QEMU,
+//! until the next IQT write after that): an unknown type, a reserved granularity, a reserved bit
 //! set, a type the unit does not support (device-TLB without ECAP.DT, PASID-based types without
 //! ECAP.SMTS, interrupt-entry-cache without ECAP.IR), a PASID-based type (0x6-0x8) in a 128-bit
 //! queue (the model's reading: those types are defined only in the 256-bit form), an address

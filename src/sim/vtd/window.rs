@@ -188,7 +188,8 @@ impl State<'_> {
             FSTS => {
                 let clear = value & FSTS_RW1C & self.fsts;
                 self.fsts &= !clear;
-                if clear & (FSTS_IQE | FSTS_ITE) != 0 {
+                let resume_iqe = clear & FSTS_IQE != 0 && self.cfg.iqe_clear_resumes;
+                if resume_iqe || clear & FSTS_ITE != 0 {
                     self.process_queue();
                 }
             }
