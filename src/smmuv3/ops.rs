@@ -259,8 +259,20 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         Ok(handle)
     }
 
-    /// [`Iommu::domain_free`]. The whole-tag TLBI completes before anything changes: on failure
-    /// the domain is still in its slot with its table and tag, and a retry completes the free.
+    /// [`Iommu::domain_free`]. What holds after each error:
+    /// - refused (`Busy`, `InvalidDomain`, the unit unusable): nothing changed;
+    /// - the whole-tag TLBI or its CMD_SYNC failed (`Timeout`, `CommandError`, `Hardware`):
+    ///   nothing changed either: the domain keeps its slot, table and tag (whose
+    ///   invalidation is not known to have completed, so it is not reused) and its parent
+    ///   still counts it; a retry issues the TLBI again and completes the free;
+    /// - the TLBI completed and the table's tear-down failed (the allocator cannot translate
+    ///   a table page or a gathered one: an embedder bug): the domain is gone all the same.
+    ///   Its tag is free (its invalidation completed), its parent no longer counts it, every
+    ///   page the tear-down reached went back, and those it could not reach are leaked (no
+    ///   STE, CD or TLB entry leads to them). A retry is `InvalidDomain`.
+    ///
+    /// Before, that last case emptied the slot but returned before freeing the tag and
+    /// before the parent's count: both were lost for good (the parent `Busy` forever).
     fn free_domain(&self, d: DomainHandle) -> Result<(), Error> {
         self.usable()?;
         let mut config = self.config.lock();
@@ -274,34 +286,34 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         if self.has_cmdq() {
             self.with_cmdq(|q, r| q.submit_and_sync(r, &[invalidate_all(tag)]))?;
         }
-        self.destroy_domain(d)?;
+        let destroyed = self.destroy_domain(d);
         free_tag(&mut config, tag);
         if let Some(p) = parent {
             if let Some(pd) = self.slot(p)?.read().as_ref() {
                 pd.children.fetch_sub(1, Ordering::AcqRel);
             }
         }
-        Ok(())
+        destroyed
     }
 
     /// The table part of [`free_domain`](Self::free_domain), once the domain's whole tag is
     /// invalidated: the domain is destroyed where it lies (not moved out of its slot onto the
     /// stack, about 500 bytes in the frame above the table's walk), its pages and the tables a
-    /// failed reclaim left owed go back to the allocator, and its slot is emptied.
+    /// failed reclaim left owed go back to the allocator, and its slot is emptied, whatever
+    /// the result (a tear-down that failed part-way gives back what it gathered, and leaks
+    /// the rest).
     #[inline(never)]
     fn destroy_domain(&self, d: DomainHandle) -> Result<(), Error> {
         let mut slot = self.slot(d)?.write();
         let dom = slot.as_mut().ok_or(Error::InvalidDomain(d))?;
         // SAFETY: the slot is emptied below, whatever the result: the domain is only dropped.
         let (g, destroyed) = unsafe { dom.destroy_in_place() };
-        let released = destroyed.and_then(|()| {
-            // SAFETY: no STE or CD points at the table (the domain had no users), and the
-            // TLBI of its whole tag completed (or the unit never had a command queue, so never
-            // walked it).
-            Ok(g.release(&self.alloc, unsafe { InvalidationComplete::assume() })?)
-        });
+        // SAFETY: no STE or CD points at the table (the domain had no users), and the TLBI of
+        // its whole tag completed (or the unit never had a command queue, so never walked
+        // it): every page gathered, a failed walk's too, is unreachable.
+        let released = g.release(&self.alloc, unsafe { InvalidationComplete::assume() });
         *slot = None;
-        released
+        destroyed.and(released.map_err(Error::from))
     }
 
     fn with_domain<R>(

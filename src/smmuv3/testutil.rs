@@ -53,11 +53,19 @@ pub struct VecAllocator {
     pub frees: Cell<usize>,
     /// Every `sync_for_cpu` call, as (address, length), in order.
     pub cpu_syncs: RefCell<Vec<(usize, usize)>>,
+    /// A live page `phys_to_virt` pretends not to know (0: none), as an embedder's allocator
+    /// that lost track of it would.
+    pub unknown: Cell<usize>,
 }
 
 impl VecAllocator {
     pub fn live_pages(&self) -> usize {
         self.live.borrow().len()
+    }
+
+    /// The address of the page allocated last of those still live.
+    pub fn newest_page(&self) -> usize {
+        self.live.borrow().last().map_or(0, |&(a, _)| a)
     }
 }
 
@@ -102,7 +110,7 @@ unsafe impl PageAllocator for VecAllocator {
         let a = pa.get() as usize;
         let live = self.live.borrow();
         live.iter()
-            .find(|&&(b, s)| a >= b && a < b + s)
+            .find(|&&(b, s)| a >= b && a < b + s && b != self.unknown.get())
             .and_then(|_| NonNull::new(a as *mut u8))
     }
 

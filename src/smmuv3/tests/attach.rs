@@ -416,6 +416,69 @@ fn pasids_go_through_the_cd_table() {
     }
 }
 
+/// `domain_free`'s errors, each leaving a state a retry or a later call completes:
+/// - its whole-tag TLBI's CMD_SYNC times out: nothing changed (the domain keeps its slot, its
+///   table and its tag, whose invalidation did not complete; the parent still counts it);
+///   the retry frees it;
+/// - the tag's invalidation completed and the table's tear-down then fails (the allocator no
+///   longer knows a table page): the domain is gone whatever the error, so its tag is free
+///   (its invalidation completed) and its parent no longer counts it; the pages the
+///   tear-down reached go back, those below the unknown one are leaked.
+#[test]
+fn a_failed_domain_free_loses_neither_its_tag_nor_its_parents_count() {
+    let (m, alloc) = (model(IDR0, 0), VecAllocator::default());
+    let u = enabled(&m, &alloc);
+    let parent = u
+        .domain_alloc(&DomainConfig {
+            nest_parent: true,
+            ..s2()
+        })
+        .unwrap();
+    let child = u.domain_alloc_nested(&s1(), parent).unwrap();
+    // Two leaf tables; the tear-down reaches the first before the second.
+    for iova in [0x1000, 0x40_0000] {
+        u.map(child, Iova::new(iova), PhysAddr::new(0x8000_0000), K4, RW)
+            .unwrap();
+    }
+    let leaf_table = alloc.newest_page();
+    let asids = || u.tags_in_use().1.in_use();
+    assert_eq!(asids(), 1);
+
+    m.stalled.set(true);
+    assert_eq!(
+        u.domain_free(child),
+        Err(Error::Timeout { what: "CMD_SYNC" })
+    );
+    assert_eq!(asids(), 1, "an ASID whose TLBI did not complete is kept");
+    assert_eq!(
+        u.domain_free(parent),
+        Err(Error::Busy),
+        "the child is alive"
+    );
+    m.stalled.set(false);
+
+    alloc.unknown.set(leaf_table);
+    let live = alloc.live_pages();
+    assert_eq!(
+        u.domain_free(child),
+        Err(Error::PageTable(crate::pgtable::Error::UnknownTable {
+            pa: PhysAddr::new(leaf_table as u64)
+        }))
+    );
+    assert_eq!(asids(), 0, "the ASID's TLBI completed: free, not leaked");
+    assert_eq!(u.domain_free(child), Err(Error::InvalidDomain(child)));
+    assert_eq!(
+        alloc.live_pages(),
+        live - 1,
+        "the first leaf table goes back"
+    );
+    alloc.unknown.set(0);
+    u.domain_free(parent)
+        .expect("the parent no longer counts its destroyed child");
+    assert_eq!(u.tags_in_use().0.in_use(), 0);
+    assert!(u.audit().is_ok());
+}
+
 #[test]
 fn nested_domain_gets_a_nested_ste() {
     let (m, alloc) = (model(IDR0, 0), VecAllocator::default());
