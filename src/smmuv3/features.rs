@@ -10,6 +10,14 @@ use super::idr::{
 };
 use super::platform::DeviceFacts;
 use super::SmmuError;
+
+/// Where [`Capabilities::dirty_tracking`]'s `false` comes from on a unit with `IDR0.HTTU` = 2
+/// whose table walks are not coherent (`IDR0.COHACC` = 0, or declared so): the unit's dirty
+/// updates go to memory while the CPU may read a stale clean entry from its cache, and a
+/// read-and-clear would lose pages the device wrote. Linux requires both as well
+/// (`arm_smmu_dbm_capable`: FEAT_HD and FEAT_COHERENCY).
+pub const DIRTY_WITHOUT_COHERENT_WALK: &str =
+    "IDR0.HTTU = 2 without coherent table walks (IDR0.COHACC = 0 or declared so): dirty state not offered";
 use crate::iommu::{Capabilities, Source, Sources};
 use crate::mem::WalkerCoherency;
 
@@ -32,7 +40,8 @@ pub struct Features {
     pub fwb: bool,
     /// Range invalidation (`IDR3.RIL`).
     pub ril: bool,
-    /// Hardware dirty state (`IDR0.HTTU` = 2).
+    /// Hardware dirty state (`IDR0.HTTU` = 2); offered only with coherent walks
+    /// ([`dirty_usable`](Self::dirty_usable)).
     pub dirty: bool,
     /// ATS (`IDR0.ATS`).
     pub ats: bool,
@@ -168,6 +177,12 @@ impl Features {
         self.oas.min(max)
     }
 
+    /// Whether domains may track dirty state: hardware dirty updates (`IDR0.HTTU` = 2) and
+    /// coherent table walks (the effective `COHACC`; see [`DIRTY_WITHOUT_COHERENT_WALK`]).
+    pub const fn dirty_usable(&self) -> bool {
+        self.dirty && self.cohacc
+    }
+
     /// Whether the driver builds stage-1 contexts here (`IDR0.S1P`, and faults need not stall).
     pub const fn stage1_usable(&self) -> bool {
         self.s1p && !self.stall_forced
@@ -246,7 +261,7 @@ impl Features {
             page_sizes: Self::page_sizes(g).unwrap_or_default(),
             pasid_bits: if self.stage1_usable() { pasid_bits } else { 0 },
             enforce_snoop: facts.canwbs,
-            dirty_tracking: self.dirty,
+            dirty_tracking: self.dirty_usable(),
             nesting: self.stage1_usable() && self.s2p,
             coherent_walk: self.cohacc,
             coherent_dma: facts.coherent_dma.unwrap_or(self.cohacc),
@@ -266,7 +281,11 @@ impl Features {
                     Source::Register("IDR0.S1P, STALL_MODEL: stage 1 unusable")
                 },
                 enforce_snoop: facts.source,
-                dirty_tracking: Source::Register("IDR0.HTTU"),
+                dirty_tracking: if self.dirty && !self.cohacc {
+                    Source::Register(DIRTY_WITHOUT_COHERENT_WALK)
+                } else {
+                    Source::Register("IDR0.HTTU")
+                },
                 nesting: Source::Register("IDR0.S1P + S2P"),
                 coherent_walk: self.cohacc_source,
                 // Undeclared devices follow the SMMU's coherency: name its declaration if any.

@@ -70,7 +70,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         DomainParams {
             granule_log2,
             coherency: self.features.coherency(),
-            dirty: self.features.dirty,
+            dirty: self.features.dirty_usable(),
             bbml2: self.features.bbml2,
             fwb: self.features.fwb,
         }
@@ -106,7 +106,8 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
     }
 
     fn check_common(&self, cfg: &DomainConfig, ias: u32) -> Result<(), Error> {
-        if cfg.dirty_tracking && !self.features.dirty {
+        // Not without coherent walks either (`features::DIRTY_WITHOUT_COHERENT_WALK`).
+        if cfg.dirty_tracking && !self.features.dirty_usable() {
             return Err(Error::Unsupported(Missing::DirtyTracking));
         }
         if cfg.min_ias > ias {

@@ -756,6 +756,50 @@ fn dirty_tracking_sets_the_hardware_update_bits() {
     assert_eq!(take_ops(&m), [TLBI_S2_IPA, SYNC]);
 }
 
+/// Hardware dirty updates (`IDR0.HTTU` = 2) on a unit whose table walks do not snoop the CPU
+/// caches (`IDR0.COHACC` = 0): the unit writes the dirty state to memory while the CPU may read
+/// a stale clean copy from its cache, so a migration's read-and-clear loses pages the device
+/// wrote (Linux offers dirty tracking only with both: `arm_smmu_dbm_capable`). Neither the
+/// capability nor a domain asking for it is offered; the source says why.
+#[test]
+fn dirty_tracking_needs_coherent_table_walks() {
+    let idr0 = (IDR0 | 2 << 6) & !0x10;
+    let (m, alloc) = (model(idr0, 0), VecAllocator::default());
+    let u = enabled(&m, &alloc);
+    let caps = u.capabilities();
+    assert!(!caps.coherent_walk);
+    assert!(!caps.dirty_tracking, "offered without IDR0.COHACC");
+    assert_eq!(
+        caps.sources.dirty_tracking,
+        crate::iommu::Source::Register(crate::smmuv3::features::DIRTY_WITHOUT_COHERENT_WALK)
+    );
+    for stage in [Stage::First, Stage::Second] {
+        let dirty = DomainConfig {
+            dirty_tracking: true,
+            stage,
+            ..DomainConfig::default()
+        };
+        assert_eq!(
+            u.domain_alloc(&dirty),
+            Err(Error::Unsupported(Missing::DirtyTracking))
+        );
+    }
+    // A domain without it cannot turn it on.
+    let d = u.domain_alloc(&s2()).unwrap();
+    assert_eq!(
+        u.set_dirty_tracking(d, true),
+        Err(Error::Unsupported(Missing::DirtyTracking))
+    );
+    // Declared coherent by firmware (IORT COHACC Override): offered.
+    let declared = SmmuConfig {
+        coherent_access: Some((true, crate::iommu::Source::Firmware("IORT COHACC Override"))),
+        ..config()
+    };
+    let (m2, alloc2) = (model(idr0, 0), VecAllocator::default());
+    let u2 = SmmuUnit::new(&m2, &alloc2, declared).unwrap();
+    assert!(u2.capabilities().dirty_tracking);
+}
+
 /// Only a CMD_SYNC orders the completion of earlier commands (IHI 0070 G.b §4.7): a TLBI queued
 /// right after a CFGI_CD may complete first, and a transaction still using the cached CD
 /// (reachable while the STE keeps stage 1) would refill the TLB under the ASID that is about to
