@@ -276,7 +276,8 @@ impl EventLog {
     /// each consumed entry is cleared. `max` bounds the reports, not the entries looked at: a
     /// drain that reports fewer than `max` reached the tail, so a caller that drains until
     /// then has seen every written event (skipped entries cost their poll budget each, at
-    /// most the log's size of them). Acknowledges the event interrupt, and restarts logging after an
+    /// most the log's size of them). Acknowledges the event interrupt (`EventLogInt`, W1C)
+    /// before it reads the log, so an event logged during the drain leaves it set; restarts logging after an
     /// overflow (see the module) whether or not events are left: the unit logs into the
     /// entries freed, from its tail (§3.4 `EventOverflow`: clear it and set `EventLogEn`).
     ///
@@ -296,6 +297,11 @@ impl EventLog {
         A: PageAllocator + ?Sized,
     {
         let status = regs::status(regs);
+        // Acknowledged (W1C) before the log is read: an event logged from here on sets it
+        // again (with `EventIntEn`, a new interrupt), one logged before is read below.
+        // Acknowledged after, an event logged between the last read and the write would stay
+        // in the log with no interrupt coming for it on an idle log.
+        regs.write64(regs::STATUS, Status::EVENT_LOG_INT.bits());
         let mut summary = DrainSummary::default();
         let mask = self.size() - 1;
         // `freed`: the head register (what the unit may reuse ends there); the `skipped`
@@ -356,7 +362,6 @@ impl EventLog {
         // The head frees the consumed slots for the unit: their clearing must reach memory
         // first, or the zero could land after the unit's next entry there (read as unwritten).
         regs.doorbell64(regs::EVENT_LOG_HEAD, u64::from(freed));
-        regs.write64(regs::STATUS, Status::EVENT_LOG_INT.bits());
         if status.contains(Status::EVENT_OVERFLOW) {
             summary.overflow = true;
             regs::set_control(regs, Control::EVENT_LOG_EN, false, budget)?;
