@@ -11,7 +11,8 @@
 //! set), the command at the head is replaced by `INVALIDATE_DEVTAB_ENTRY` of device 0 (always
 //! legal, and an invalidation is never harmful), `CmdBufEn` is cleared and set again, and the
 //! unit fetches on from the head; the call fails with [`Error::CommandError`] naming the event
-//! the unit logged for it (read, not consumed, from the event log), so that the caller keeps
+//! the unit logged for it (read, not consumed, from the event log, among the events logged
+//! since `CmdBufEn` was last set: [`StopLog`]; an older one names a slot of an earlier lap), so that the caller keeps
 //! what the lost command covered and its retry issues it again -- the SMMUv3 driver replaces a
 //! `CERROR_ILL` command and the VT-d driver skips an IQE descriptor the same way. A command
 //! whose fetch failed (`COMMAND_HARDWARE_ERROR`) is replaced too: the retry writes it anew.
@@ -44,6 +45,25 @@ use crate::mmio::{dma_read_barrier, RegisterWindow};
 
 /// Bytes per command.
 pub const ENTRY_BYTES: u32 = 16;
+
+/// Where the command buffer learns why the unit stopped: the event the unit logged for the
+/// command it stopped on (the unit's event log; a closure for a bare buffer).
+pub trait StopLog {
+    /// The command error logged for the command at `pa` since `CmdBufEn` was last set, if any
+    /// (read, not consumed).
+    fn kind_of(&mut self, pa: PhysAddr) -> Option<CommandErrorKind>;
+
+    /// `CmdBufEn` is about to be set again by a recovery: what is logged so far is about stops
+    /// already recovered, which [`kind_of`](Self::kind_of) must no longer answer with (the
+    /// next lap of the buffer reuses their command slots).
+    fn restarted(&mut self) {}
+}
+
+impl<F: FnMut(PhysAddr) -> Option<CommandErrorKind>> StopLog for F {
+    fn kind_of(&mut self, pa: PhysAddr) -> Option<CommandErrorKind> {
+        self(pa)
+    }
+}
 
 /// Where the command buffer stands.
 #[derive(Debug)]
@@ -187,7 +207,7 @@ impl CommandBuffer {
         regs: &W,
         alloc: &A,
         cmds: impl IntoIterator<Item = Command>,
-        kind_of: &mut impl FnMut(PhysAddr) -> Option<CommandErrorKind>,
+        kind_of: &mut impl StopLog,
     ) -> Result<(), Error>
     where
         W: RegisterWindow + ?Sized,
@@ -221,7 +241,7 @@ impl CommandBuffer {
     fn wait_for_space<W: RegisterWindow + ?Sized>(
         &mut self,
         regs: &W,
-        kind_of: &mut impl FnMut(PhysAddr) -> Option<CommandErrorKind>,
+        kind_of: &mut impl StopLog,
     ) -> Result<(), Error> {
         for _ in 0..self.budget {
             if self.free_bytes(self.head(regs)) >= ENTRY_BYTES {
@@ -251,7 +271,7 @@ impl CommandBuffer {
         &mut self,
         regs: &W,
         alloc: &A,
-        kind_of: &mut impl FnMut(PhysAddr) -> Option<CommandErrorKind>,
+        kind_of: &mut impl StopLog,
     ) -> Result<(), Error>
     where
         W: RegisterWindow + ?Sized,
@@ -291,7 +311,7 @@ impl CommandBuffer {
     fn check_stopped<W: RegisterWindow + ?Sized>(
         &mut self,
         regs: &W,
-        kind_of: &mut impl FnMut(PhysAddr) -> Option<CommandErrorKind>,
+        kind_of: &mut impl StopLog,
     ) -> Option<Error> {
         // Known started before `Status` was read: only then is "running clear" a stop (a
         // start seen after it, by the head, is judged at the next poll).
@@ -311,7 +331,7 @@ impl CommandBuffer {
             return None;
         }
         let pa = self.ring.pa.checked_add(u64::from(head))?;
-        let logged = kind_of(pa);
+        let logged = kind_of.kind_of(pa);
         if !started && logged.is_none() {
             return None;
         }
@@ -331,6 +351,8 @@ impl CommandBuffer {
         self.started = false;
         self.enabled_head = head;
         self.replaced = true;
+        // The stop just recovered is logged before this: a later one is logged after.
+        kind_of.restarted();
         if let Err(e) = regs::set_control(regs, Control::CMD_BUF_EN, true, self.budget) {
             return Some(e);
         }

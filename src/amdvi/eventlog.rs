@@ -64,6 +64,12 @@ pub struct EventLog {
     /// Skipped entries from the head register on, neither cleared nor given back to the unit
     /// until settled (see the module). Written only under the unit's event lock.
     skipped: AtomicU32,
+    /// Where events of command-buffer stops are looked up from
+    /// ([`find_since_restart`](Self::find_since_restart)): the tail when `CmdBufEn` was last
+    /// set (0 at `program`; [`mark_command_restart`](Self::mark_command_restart) at a
+    /// recovery), moved along to the head by a drain that consumed past it. Written only
+    /// under the unit's event lock.
+    restart: AtomicU32,
 }
 
 impl EventLog {
@@ -87,6 +93,7 @@ impl EventLog {
             len_log2,
             coherency,
             skipped: AtomicU32::new(0),
+            restart: AtomicU32::new(0),
         })
     }
 
@@ -116,6 +123,7 @@ impl EventLog {
         regs.write64(regs::EVENT_LOG_HEAD, 0);
         regs.write64(regs::EVENT_LOG_TAIL, 0);
         self.skipped.store(0, Ordering::Relaxed);
+        self.restart.store(0, Ordering::Relaxed);
         Ok(())
     }
 
@@ -247,13 +255,65 @@ impl EventLog {
         &self,
         regs: &W,
         alloc: &A,
+        f: impl FnMut(&Event) -> Option<T>,
+    ) -> Option<T>
+    where
+        W: RegisterWindow + ?Sized,
+        A: PageAllocator + ?Sized,
+    {
+        let head = self.pointer(regs, regs::EVENT_LOG_HEAD);
+        self.find_from(regs, alloc, head, f)
+    }
+
+    /// Notes that `CmdBufEn` is being set again (a command buffer recovery): the events
+    /// logged so far are about stops already recovered, and
+    /// [`find_since_restart`](Self::find_since_restart) no longer reads them.
+    pub fn mark_command_restart<W: RegisterWindow + ?Sized>(&self, regs: &W) {
+        self.restart.store(self.tail(regs), Ordering::Relaxed);
+    }
+
+    /// As [`find`](Self::find), over the unconsumed events logged since `CmdBufEn` was last
+    /// set (by `program`'s caller or a recovery, [`mark_command_restart`](Self::mark_command_restart)):
+    /// only those can be about a stop not yet recovered. An older one names a command slot
+    /// that a later lap of the buffer reuses: read from the head, it would answer for a new
+    /// stop at that slot with its own (possibly other) error.
+    pub fn find_since_restart<W, A, T>(
+        &self,
+        regs: &W,
+        alloc: &A,
+        f: impl FnMut(&Event) -> Option<T>,
+    ) -> Option<T>
+    where
+        W: RegisterWindow + ?Sized,
+        A: PageAllocator + ?Sized,
+    {
+        let mask = self.size() - 1;
+        let head = self.pointer(regs, regs::EVENT_LOG_HEAD);
+        let tail = self.pointer(regs, regs::EVENT_LOG_TAIL);
+        let mark = self.restart.load(Ordering::Relaxed) & mask;
+        // Drains keep the mark between the head and the tail; a unit whose pointers say
+        // otherwise has every unconsumed event read.
+        let from = if mark.wrapping_sub(head) & mask <= tail.wrapping_sub(head) & mask {
+            mark
+        } else {
+            head
+        };
+        self.find_from(regs, alloc, from, f)
+    }
+
+    /// [`find`](Self::find) from byte offset `from` up to the tail.
+    fn find_from<W, A, T>(
+        &self,
+        regs: &W,
+        alloc: &A,
+        from: u32,
         mut f: impl FnMut(&Event) -> Option<T>,
     ) -> Option<T>
     where
         W: RegisterWindow + ?Sized,
         A: PageAllocator + ?Sized,
     {
-        let mut head = self.pointer(regs, regs::EVENT_LOG_HEAD);
+        let mut head = from & (self.size() - 1);
         let tail = self.pointer(regs, regs::EVENT_LOG_TAIL);
         dma_read_barrier();
         for _ in 0..(1u32 << self.len_log2) {
@@ -307,6 +367,7 @@ impl EventLog {
         // `freed`: the head register (what the unit may reuse ends there); the `skipped`
         // entries from it on were given up on and are not settled; `head`: the next to read.
         let mut freed = self.pointer(regs, regs::EVENT_LOG_HEAD);
+        let head_before = freed;
         let mut skipped = self.skipped.load(Ordering::Relaxed);
         let tail = self.pointer(regs, regs::EVENT_LOG_TAIL);
         dma_read_barrier();
@@ -359,6 +420,12 @@ impl EventLog {
             head = (head + ENTRY_BYTES) & mask;
         }
         self.skipped.store(skipped, Ordering::Relaxed);
+        // What is consumed is no longer looked up for command stops: the mark stays between
+        // the head and the tail (see `find_since_restart`).
+        let mark = self.restart.load(Ordering::Relaxed);
+        if mark.wrapping_sub(head_before) & mask < freed.wrapping_sub(head_before) & mask {
+            self.restart.store(freed, Ordering::Relaxed);
+        }
         // The head frees the consumed slots for the unit: their clearing must reach memory
         // first, or the zero could land after the unit's next entry there (read as unwritten).
         regs.doorbell64(regs::EVENT_LOG_HEAD, u64::from(freed));

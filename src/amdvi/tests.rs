@@ -400,6 +400,67 @@ fn a_buffer_slow_to_start_after_a_recovery_is_not_stopped_by_the_old_event() {
     assert_eq!(u.command_stats().recoveries, 2);
 }
 
+/// The unit logs a command error against the command's address, and the next lap of the
+/// buffer reuses that slot. A stop recovered stays logged until a drain (read, not consumed),
+/// so it must not answer for a later stop at the same slot: only events logged since
+/// `CmdBufEn` was last set are asked. Before, the log was read from its head: a
+/// COMMAND_HARDWARE_ERROR a lap after an ILLEGAL_COMMAND_ERROR at the same slot came back as
+/// `IllegalCommand`.
+#[test]
+fn a_stop_a_lap_later_is_not_answered_by_the_old_event_of_its_slot() {
+    let mem = Arena::with_defaults().unwrap();
+    let model = AmdViModel::new(&mem, AmdViModelConfig::qemu_default());
+    let u = unit(&model, &mem, small());
+    u.enable().unwrap();
+    let tail = || model.read64(0x2008);
+    let slot = tail();
+    model.inject(Injection::IllegalCommandAt(1));
+    let r = u.run(&[&[Command::invalidate_devtab_entry(1)]]);
+    assert!(
+        matches!(
+            r,
+            Err(Error::CommandError {
+                kind: CommandErrorKind::IllegalCommand,
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+    // A lap of the buffer (256 entries, two per call), the event still logged.
+    for _ in 0..200 {
+        u.run(&[&[Command::invalidate_devtab_entry(2)]]).unwrap();
+        if tail() == slot {
+            break;
+        }
+    }
+    assert_eq!(tail(), slot);
+    model.inject(Injection::CommandHardwareErrorAt(1));
+    let r = u.run(&[&[Command::invalidate_devtab_entry(3)]]);
+    assert!(
+        matches!(
+            r,
+            Err(Error::CommandError {
+                kind: CommandErrorKind::CommandHardware,
+                head,
+                ..
+            }) if u64::from(head) == slot
+        ),
+        "the second stop at slot {slot:#x}: {r:?}"
+    );
+    assert_eq!(u.command_stats().recoveries, 2);
+    u.run(&[&[Command::invalidate_devtab_entry(4)]]).unwrap();
+    // Both events are still there for the embedder.
+    let mut codes = Vec::new();
+    u.drain_events(|e| codes.push(e.code)).unwrap();
+    assert_eq!(
+        codes,
+        [
+            EventCode::IllegalCommandError,
+            EventCode::CommandHardwareError
+        ]
+    );
+}
+
 #[test]
 fn stalled_completion_wait_times_out_and_the_retry_completes() {
     let mem = Arena::with_defaults().unwrap();

@@ -34,7 +34,7 @@ use core::mem::MaybeUninit;
 use core::ptr::{addr_of_mut, NonNull};
 
 use super::cmd::{self, Command, InvalidationRange};
-use super::cmdbuf::CommandBuffer;
+use super::cmdbuf::{CommandBuffer, StopLog};
 use super::devtab::DeviceTable;
 use super::domain::{on_table, Domain};
 use super::dte::{self, DeviceTableEntry, Store128};
@@ -433,7 +433,11 @@ impl<W: RegisterWindow, A: PageAllocator, const DOMAINS: usize> AmdViUnit<W, A, 
             budget,
         )?;
         regs::set_control(&self.regs, Control::IOMMU_EN, true, budget)?;
-        let mut kind_of = |pa| command_error_kind(&self.regs, &self.alloc, log, pa);
+        let mut kind_of = LoggedStops {
+            regs: &self.regs,
+            alloc: &self.alloc,
+            log: Some(log),
+        };
         let ia = self.info.efr.flags().contains(EfrFlags::IA_SUP);
         if ia {
             c.submit(
@@ -644,10 +648,10 @@ impl<W: RegisterWindow, A: PageAllocator, const DOMAINS: usize> AmdViUnit<W, A, 
         // Events logged from here on are this call's: the command lock keeps every other
         // command out, the event lock keeps drains out until the check below.
         let since = events.as_ref().map(|log| log.tail(&self.regs));
-        let mut kind_of = |pa| {
-            events
-                .as_ref()
-                .and_then(|log| command_error_kind(&self.regs, &self.alloc, log, pa))
+        let mut kind_of = LoggedStops {
+            regs: &self.regs,
+            alloc: &self.alloc,
+            log: events.as_ref(),
         };
         let mut ats = false;
         let cmds = cmds.inspect(|command| {
@@ -923,7 +927,28 @@ where
     Ok(())
 }
 
-/// The command error the unit logged for the command at `pa` (read, not consumed).
+/// The unit's event log as the command buffer asks it why the unit stopped (see `cmdbuf`).
+struct LoggedStops<'a, W: ?Sized, A: ?Sized> {
+    regs: &'a W,
+    alloc: &'a A,
+    log: Option<&'a EventLog>,
+}
+
+impl<W: RegisterWindow + ?Sized, A: PageAllocator + ?Sized> StopLog for LoggedStops<'_, W, A> {
+    fn kind_of(&mut self, pa: PhysAddr) -> Option<CommandErrorKind> {
+        self.log
+            .and_then(|log| command_error_kind(self.regs, self.alloc, log, pa))
+    }
+
+    fn restarted(&mut self) {
+        if let Some(log) = self.log {
+            log.mark_command_restart(self.regs);
+        }
+    }
+}
+
+/// The command error the unit logged for the command at `pa` since `CmdBufEn` was last set
+/// (read, not consumed).
 fn command_error_kind<W, A>(
     regs: &W,
     alloc: &A,
@@ -934,7 +959,7 @@ where
     W: RegisterWindow + ?Sized,
     A: PageAllocator + ?Sized,
 {
-    log.find(regs, alloc, |e| match e.code {
+    log.find_since_restart(regs, alloc, |e| match e.code {
         EventCode::IllegalCommandError if e.address == pa.get() => {
             Some(CommandErrorKind::IllegalCommand)
         }

@@ -359,8 +359,13 @@ fn amd_setup_with(
     let mut b = CommandBuffer::new(&*pages, LEN_LOG2, WalkerCoherency::Coherent, PATIENT).unwrap();
     b.program(&window).unwrap();
     let queued: Vec<AmdCommand> = (0..fillers).map(|i| devtab(1000 + i)).collect();
-    b.submit(&window, &*pages, queued.iter().copied(), &mut |_| None)
-        .unwrap();
+    b.submit(
+        &window,
+        &*pages,
+        queued.iter().copied(),
+        &mut |_: PhysAddr| None,
+    )
+    .unwrap();
     let world = Arc::new(AmdWorld {
         pages,
         regs,
@@ -417,9 +422,9 @@ fn amdvi_full_buffer_wraps() {
         let t = t.clone();
         race(world, b, plan, "commands", move |w, b| {
             let window = w.window();
-            b.submit(&window, &*w.pages, [devtab(1)], &mut |_| None)
+            b.submit(&window, &*w.pages, [devtab(1)], &mut |_: PhysAddr| None)
                 .expect("the command, in the free entry");
-            b.wait(&window, &*w.pages, &mut |_| None)
+            b.wait(&window, &*w.pages, &mut |_: PhysAddr| None)
                 .expect("the COMPLETION_WAIT, with room to wait");
             let doorbells = w.regs.doorbells.load(std::sync::atomic::Ordering::Relaxed);
             let full = w.regs.full_reads.load(std::sync::atomic::Ordering::Relaxed);
@@ -465,7 +470,7 @@ fn amdvi_space_timeout_writes_nothing() {
             race(world, b, plan, "commands", move |w, b| {
                 let window = w.window();
                 b.set_budget(1);
-                let r = b.submit(&window, &*w.pages, [devtab(1)], &mut |_| None);
+                let r = b.submit(&window, &*w.pages, [devtab(1)], &mut |_: PhysAddr| None);
                 b.set_budget(PATIENT);
                 match r {
                     Ok(()) => t.note("ok"),
@@ -480,7 +485,7 @@ fn amdvi_space_timeout_writes_nothing() {
                         let tail = w.regs.tail.load(Ordering::Relaxed);
                         assert_eq!(tail, 16 * 255, "the tail pointer after a refusal");
                         assert_eq!(w.fetch(tail), [0, 0], "an entry written past the tail");
-                        b.submit(&window, &*w.pages, [devtab(1)], &mut |_| None)
+                        b.submit(&window, &*w.pages, [devtab(1)], &mut |_: PhysAddr| None)
                             .expect("the retry, with room to wait");
                     }
                 }
@@ -519,10 +524,10 @@ fn amdvi_wait_timeout_then_late_store() {
             let t = t.clone();
             race(world, b, plan, "commands", move |w, b| {
                 let window = w.window();
-                b.submit(&window, &*w.pages, [devtab(1)], &mut |_| None)
+                b.submit(&window, &*w.pages, [devtab(1)], &mut |_: PhysAddr| None)
                     .expect("the first command");
                 b.set_budget(2);
-                match b.wait(&window, &*w.pages, &mut |_| None) {
+                match b.wait(&window, &*w.pages, &mut |_: PhysAddr| None) {
                     Ok(()) => {
                         t.note("ok");
                         assert_eq!(w.executed(), 255, "the first wait returned early");
@@ -537,9 +542,9 @@ fn amdvi_wait_timeout_then_late_store() {
                     }
                 }
                 b.set_budget(PATIENT);
-                b.submit(&window, &*w.pages, [devtab(2)], &mut |_| None)
+                b.submit(&window, &*w.pages, [devtab(2)], &mut |_: PhysAddr| None)
                     .expect("the second command");
-                b.wait(&window, &*w.pages, &mut |_| None)
+                b.wait(&window, &*w.pages, &mut |_: PhysAddr| None)
                     .expect("the second wait");
                 assert_eq!(
                     w.executed(),
