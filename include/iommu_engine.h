@@ -522,6 +522,11 @@ typedef struct {
   // `STE.PPAR` for it (the SMMU's own answers to page requests lost in a PRI queue
   // overflow carry their PASID).
   bool pri_pasid_required;
+  // The device's ATS Invalidate Queue Depth as its PCIe ATS Capability register reports it
+  // (bits 4:0, 0 meaning 32; 0 by default): AMD-Vi programs the depth into `Maxpend` of
+  // every INVALIDATE_IOTLB_PAGES to the device; an ATS attach with a value above 31 fails
+  // with `IE_STATUS_INVALID_ARGUMENT`.
+  uint32_t ats_queue_depth;
 } IeDeviceHints;
 
 // Where one claim comes from.

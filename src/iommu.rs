@@ -642,6 +642,13 @@ pub struct DeviceHints {
     /// issues `CMD_ATC_INV` on every flush of its domains (needs `IDR0.ATS`). Without the
     /// capability the attach is refused ([`Error::Unsupported`]).
     pub ats: bool,
+    /// The device's ATS Invalidate Queue Depth as its PCIe ATS Capability register reports
+    /// it (bits 4:0: the invalidate requests it accepts before back-pressure; 0 means 32).
+    /// Default 0: 32, the most the field can say. AMD-Vi programs the depth into `Maxpend`
+    /// of every INVALIDATE_IOTLB_PAGES to the device (the invalidations the unit may keep
+    /// outstanding at it); an ATS attach with a value above 31 (not the 5-bit field) is
+    /// refused ([`Error::InvalidArgument`]). VT-d and SMMUv3 ignore it.
+    pub ats_queue_depth: u8,
     /// The requester ID of the device's SR-IOV physical function when the device is a
     /// virtual function (the PF's SR-IOV capability): VT-d with `ECAP.DIT` names it in
     /// `PFSID` of every device-TLB invalidation. `None`: the device is its own PF.

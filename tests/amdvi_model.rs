@@ -202,6 +202,66 @@ fn ats_used_then_unmapped(u: &Unit<'_>, model: &AmdViModel<'_>) -> (DomainHandle
     used_then_unmapped(u, model, &ats)
 }
 
+/// `Maxpend` (dword 0 bits 31:24) of every INVALIDATE_IOTLB_PAGES in `log` to `device`.
+fn maxpends(log: &[[u64; 2]], device: DeviceId) -> Vec<u64> {
+    log.iter()
+        .filter(|c| c[0] >> 60 == 4 && c[0] & 0xFFFF == u64::from(device.0))
+        .map(|c| (c[0] >> 24) & 0xFF)
+        .collect()
+}
+
+/// INVALIDATE_IOTLB_PAGES carries `Maxpend` (dword 0 bits 31:24): the invalidations the unit
+/// may keep outstanding at the device, its ATS Invalidate Queue Depth (PCIe ATS Capability
+/// bits 4:0, 0 meaning 32), as Linux (`ats_qdep`) and Xen program it. 0 is no depth: a unit
+/// could take it as no invalidation allowed in flight. Before, every command carried 0.
+#[test]
+fn iotlb_invalidations_carry_the_devices_ats_queue_depth() {
+    let mem = Arena::with_defaults().unwrap();
+    let model = AmdViModel::new(&mem, AmdViModelConfig::qemu_default());
+    let u = setup(&mem, &model);
+    model.record_commands(true);
+    // The default hint: the capability's 0, 32 invalidations.
+    let (d, mut g, _) = ats_used_then_unmapped(&u, &model);
+    u.flush(d, &mut g).unwrap();
+    let m = maxpends(&model.take_command_log(), DEV);
+    assert!(
+        m.len() >= 2 && m.iter().all(|&x| x == 32),
+        "the first ATS attach's and the flush's: {m:?}"
+    );
+    // A device that takes 4.
+    let four = DeviceHints {
+        ats: true,
+        ats_queue_depth: 4,
+        ..DeviceHints::default()
+    };
+    u.attach_device(DEV2, None, d, &four).unwrap();
+    map_rw(&u, d, 0x30_0000, 0x9000_0000, 0x1000);
+    let mut g = Gather::new();
+    u.unmap(d, Iova::new(0x30_0000), 0x1000, &mut g).unwrap();
+    u.flush(d, &mut g).unwrap();
+    u.detach(DEV2, None).unwrap();
+    let log = model.take_command_log();
+    let m = maxpends(&log, DEV2);
+    assert!(
+        m.len() >= 3 && m.iter().all(|&x| x == 4),
+        "DEV2's attach, flush and detach: {m:?}"
+    );
+    let m = maxpends(&log, DEV);
+    assert!(!m.is_empty() && m.iter().all(|&x| x == 32), "DEV's: {m:?}");
+    // Beyond the 5-bit field: refused before anything is written.
+    let wide = DeviceHints {
+        ats: true,
+        ats_queue_depth: 32,
+        ..DeviceHints::default()
+    };
+    let r = u.attach_device(DEV2, None, d, &wide);
+    assert!(
+        matches!(r, Err(Error::InvalidArgument { value: 32, .. })),
+        "{r:?}"
+    );
+    assert!(model.take_command_log().is_empty());
+}
+
 #[test]
 fn a_failed_flush_owes_its_invalidation_and_frees_nothing() {
     let mem = Arena::with_defaults().unwrap();

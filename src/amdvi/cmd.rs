@@ -200,6 +200,23 @@ const fn op(opcode: u8) -> u64 {
     (opcode as u64) << 60
 }
 
+/// `Maxpend` of INVALIDATE_IOTLB_PAGES (dword 0 bits 31:24, the invalidations the unit may
+/// have outstanding at the device) for a device whose PCIe ATS Capability reports Invalidate
+/// Queue Depth `field` (bits 4:0, 0 meaning 32): the depth itself, as Linux (`ats_qdep`) and
+/// Xen (`ats_queue_depth`) program it. 0 is not a depth: a unit could take it as no
+/// invalidation allowed in flight. `None` for a value the 5-bit field cannot hold.
+pub const fn maxpend(field: u8) -> Option<u8> {
+    match field {
+        0 => Some(32),
+        1..=31 => Some(field),
+        _ => None,
+    }
+}
+
+/// What a refused [`maxpend`] names.
+pub const ATS_QUEUE_DEPTH: &str =
+    "ATS Invalidate Queue Depth (DeviceHints::ats_queue_depth, 5 bits)";
+
 impl Command {
     /// The opcode, bits 63:60.
     pub const fn opcode(self) -> u8 {
@@ -255,7 +272,7 @@ impl Command {
     }
 
     /// `INVALIDATE_IOTLB_PAGES`: the ATS device `device_id`'s translation cache over `range`
-    /// (`max_pending`: its invalidate queue depth, `Maxpend`; `pasid`: `GN`).
+    /// (`max_pending`: its invalidate queue depth, `Maxpend`, see [`maxpend`]; `pasid`: `GN`).
     pub const fn invalidate_iotlb_pages(
         device_id: u16,
         max_pending: u8,

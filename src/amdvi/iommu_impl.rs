@@ -38,7 +38,7 @@
 //! refuse (the GCR3 page, the entry naming it) before it writes anything. See
 //! ARCHITECTURE.md, "Platform facts".
 
-use super::cmd::{fewest_blocks, Command, InvalidationRange};
+use super::cmd::{self, fewest_blocks, Command, InvalidationRange};
 use super::domain::{self, on_table, Domain, Table};
 use super::dte::{self, DeviceTableEntry};
 use super::efr::EfrFlags;
@@ -146,7 +146,8 @@ struct FlushCommands<'a> {
     block: usize,
     /// The current target: a v1 domain's ID, a (device's GCR3 domain ID, PASID) or an ATS
     /// device and its PASID; `None`: find the next one.
-    target: Option<(u16, Option<Pasid>)>,
+    /// The last: `Maxpend` of an ATS device's INVALIDATE_IOTLB_PAGES.
+    target: Option<(u16, Option<Pasid>, u8)>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -176,12 +177,12 @@ impl<'a> FlushCommands<'a> {
             },
             next_slot: 0,
             block: 0,
-            target: (!v2).then_some((dom.domain_id, None)),
+            target: (!v2).then_some((dom.domain_id, None, 0)),
         }
     }
 
     /// The next target of `phase` from `next_slot` on.
-    fn next_target(&mut self) -> Option<(u16, Option<Pasid>)> {
+    fn next_target(&mut self) -> Option<(u16, Option<Pasid>, u8)> {
         let cfg = self.cfg;
         let candidates = match self.phase {
             FlushPhase::Host => return None,
@@ -198,10 +199,10 @@ impl<'a> FlushCommands<'a> {
             };
             if self.phase == FlushPhase::Guest {
                 if let (Some(pasid), Some(tag)) = (a.pasid, cfg.gcr3_tag(a.device)) {
-                    return Some((tag, Some(pasid)));
+                    return Some((tag, Some(pasid), 0));
                 }
             } else if a.ats {
-                return Some((a.device, a.pasid));
+                return Some((a.device, a.pasid, a.maxpend));
             }
         }
         None
@@ -213,11 +214,13 @@ impl Iterator for FlushCommands<'_> {
 
     fn next(&mut self) -> Option<Command> {
         loop {
-            if let Some((tag, pasid)) = self.target {
+            if let Some((tag, pasid, maxpend)) = self.target {
                 if let Some(&b) = self.blocks.get(self.block) {
                     self.block += 1;
                     return Some(match self.phase {
-                        FlushPhase::Iotlb => Command::invalidate_iotlb_pages(tag, 0, pasid, b),
+                        FlushPhase::Iotlb => {
+                            Command::invalidate_iotlb_pages(tag, maxpend, pasid, b)
+                        }
                         _ => Command::invalidate_iommu_pages(tag, pasid, b, self.pde),
                     });
                 }
@@ -245,13 +248,28 @@ impl Iterator for FlushCommands<'_> {
     }
 }
 
+/// `Maxpend` for an attach with `hints` (see [`cmd::maxpend`]): refused for an ATS device
+/// whose queue depth the 5-bit field cannot hold; a device without ATS gets no
+/// INVALIDATE_IOTLB_PAGES of its own (32, unused).
+fn maxpend_of(hints: &DeviceHints) -> Result<u8, Error> {
+    match cmd::maxpend(hints.ats_queue_depth) {
+        Some(m) => Ok(m),
+        None if !hints.ats => Ok(32),
+        None => Err(Error::InvalidArgument {
+            what: cmd::ATS_QUEUE_DEPTH,
+            value: u64::from(hints.ats_queue_depth),
+        }),
+    }
+}
+
 /// What a new DTE for `device`, attached as `previous` and now going to domain slot `slot`
 /// (`usize::MAX`: detached), needs besides INVALIDATE_DEVTAB_ENTRY: when it leaves a domain,
 /// INVALIDATE_IOMMU_PAGES of everything tagged with the old domain ID (PDE set); when it was
 /// attached with ATS, or is now attached with ATS (`ats_now`) for the first time,
 /// INVALIDATE_IOTLB_PAGES of everything in its own cache: a device's first ATS attachment may
 /// find its IOTLB filled by a previous owner that left ATS enabled, and the command, behind
-/// the new DTE and its INVALIDATE_DEVTAB_ENTRY, leaves only what the new entry answers.
+/// the new DTE and its INVALIDATE_DEVTAB_ENTRY, leaves only what the new entry answers
+/// (`Maxpend` the new attachment's, `maxpend`, or with ATS only before, the previous one's).
 ///
 /// The specification tags IOMMU TLB entries with the domain ID, so a new DTE would miss the
 /// old domain's; but an IOMMU may cache translations per device as well: QEMU 10.0's
@@ -270,6 +288,7 @@ fn leave_commands(
     previous: Option<Attachment>,
     slot: usize,
     ats_now: bool,
+    maxpend: u8,
 ) -> ([Command; 3], usize) {
     let ids = |p: Attachment| [Some(p.slot), p.left].into_iter().flatten();
     let old_domains = previous
@@ -279,8 +298,12 @@ fn leave_commands(
         .map(|s| {
             Command::invalidate_iommu_pages(domain_id_of(s), None, InvalidationRange::All, true)
         });
+    let maxpend = match previous {
+        Some(p) if p.ats && !ats_now => p.maxpend,
+        _ => maxpend,
+    };
     let ats = (ats_now || previous.is_some_and(|p| p.ats))
-        .then(|| Command::invalidate_iotlb_pages(device, 0, None, InvalidationRange::All));
+        .then(|| Command::invalidate_iotlb_pages(device, maxpend, None, InvalidationRange::All));
     let mut cmds = [Command::invalidate_iommu_all(); 3];
     let n = cmds
         .iter_mut()
@@ -406,7 +429,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> AmdViUni
         }
     }
 
-    fn attach_impl(&self, device: u16, slot: usize, ats: bool) -> Result<(), Error> {
+    fn attach_impl(&self, device: u16, slot: usize, ats: bool, maxpend: u8) -> Result<(), Error> {
         let mut cfg = self.config.lock();
         in_device_table(&cfg, device)?;
         let guard = self.domains[slot].read();
@@ -454,11 +477,15 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> AmdViUni
             pasid: None,
             slot,
             ats: ats || previous.is_some_and(|p| p.ats),
+            maxpend: match previous {
+                Some(p) if p.ats && !ats => p.maxpend,
+                _ => maxpend,
+            },
             settled: false,
             left,
         };
         cfg.set(index, Some(attachment));
-        let (extra, n) = leave_commands(device, previous, slot, ats);
+        let (extra, n) = leave_commands(device, previous, slot, ats, maxpend);
         self.publish_attachment(
             &mut cfg,
             index,
@@ -467,6 +494,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> AmdViUni
             extra.get(..n).unwrap_or(&[]),
         )?;
         attachment.ats = ats;
+        attachment.maxpend = maxpend;
         attachment.settled = true;
         attachment.left = None;
         cfg.set(index, Some(attachment));
@@ -512,6 +540,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> AmdViUni
         pasid: Pasid,
         slot: usize,
         ats: bool,
+        maxpend: u8,
     ) -> Result<(), Error> {
         let mut cfg = self.config.lock();
         in_device_table(&cfg, device)?;
@@ -634,6 +663,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> AmdViUni
                 pasid: Some(pasid),
                 slot,
                 ats,
+                maxpend,
                 settled: false,
                 left: None,
             }),
@@ -643,7 +673,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> AmdViUni
         }
         let extra = [
             Command::invalidate_iommu_pages(tag, Some(pasid), InvalidationRange::All, true),
-            Command::invalidate_iotlb_pages(device, 0, Some(pasid), InvalidationRange::All),
+            Command::invalidate_iotlb_pages(device, maxpend, Some(pasid), InvalidationRange::All),
         ];
         let n = if ats { 2 } else { 1 };
         self.publish_attachment(
@@ -680,7 +710,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> AmdViUni
         let tag = g.domain_id;
         let extra = [
             Command::invalidate_iommu_pages(tag, Some(pasid), InvalidationRange::All, true),
-            Command::invalidate_iotlb_pages(device, 0, Some(pasid), InvalidationRange::All),
+            Command::invalidate_iotlb_pages(device, a.maxpend, Some(pasid), InvalidationRange::All),
         ];
         let extra = &extra[..if a.ats { 2 } else { 1 }];
         let last = !cfg
@@ -783,9 +813,9 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> AmdViUni
             InvalidationRange::All,
             false,
         )];
-        let iotlb = cfg
-            .ats_of_domain(slot)
-            .map(|a| Command::invalidate_iotlb_pages(a.device, 0, None, InvalidationRange::All));
+        let iotlb = cfg.ats_of_domain(slot).map(|a| {
+            Command::invalidate_iotlb_pages(a.device, a.maxpend, None, InvalidationRange::All)
+        });
         if let Err(e) = self.run_iter(devtab.chain(pages).chain(iotlb)) {
             // The next flush of the domain reissues the cleaned ranges' invalidation.
             dom.owed.lock().absorb(core::mem::take(cleaned));
@@ -820,7 +850,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> AmdViUni
         if let Some(a) = cfg.attachments[index].as_mut() {
             a.settled = false;
         }
-        let (extra, n) = leave_commands(device, Some(a), usize::MAX, false);
+        let (extra, n) = leave_commands(device, Some(a), usize::MAX, false, a.maxpend);
         self.set_device_entry_locked(
             &cfg.devtab,
             device.into(),
@@ -933,9 +963,9 @@ where
                 true,
             ))
         });
-        let atc = unsettled
-            .filter(|a| a.ats)
-            .map(|a| Command::invalidate_iotlb_pages(a.device, 0, a.pasid, InvalidationRange::All));
+        let atc = unsettled.filter(|a| a.ats).map(|a| {
+            Command::invalidate_iotlb_pages(a.device, a.maxpend, a.pasid, InvalidationRange::All)
+        });
         self.run_iter(dte.chain(core::iter::once(own)).chain(guest).chain(atc))?;
         // The slot's write lock is held until it is emptied: whatever takes the configuration
         // lock now (an attach) waits for the slot and then finds no domain.
@@ -1071,8 +1101,8 @@ where
                 let _ = p;
                 Err(Error::Unsupported(Missing::Pasid { bits: 0 }))
             }
-            Some(p) => self.attach_pasid_impl(id, p, slot, hints.ats),
-            None => self.attach_impl(id, slot, hints.ats),
+            Some(p) => self.attach_pasid_impl(id, p, slot, hints.ats, maxpend_of(hints)?),
+            None => self.attach_impl(id, slot, hints.ats, maxpend_of(hints)?),
         }
     }
 

@@ -728,6 +728,9 @@ pub(crate) struct Attachment {
     /// The device's ATC may hold translations: its hint, or, while unsettled, a hint it had
     /// before the move (until the move's INVALIDATE_IOTLB_PAGES is confirmed).
     pub ats: bool,
+    /// `Maxpend` of the device's INVALIDATE_IOTLB_PAGES: its ATS Invalidate Queue Depth
+    /// ([`cmd::maxpend`]), the hint's, or while unsettled the one the device had with ATS.
+    pub maxpend: u8,
     /// `false` while an attach or detach of the device failed half-way (its entry written,
     /// the invalidation not confirmed): the domain cannot be freed meanwhile.
     pub settled: bool,

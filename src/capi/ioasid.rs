@@ -419,6 +419,11 @@ pub struct IeDeviceHints {
     /// `STE.PPAR` for it (the SMMU's own answers to page requests lost in a PRI queue
     /// overflow carry their PASID).
     pub pri_pasid_required: bool,
+    /// The device's ATS Invalidate Queue Depth as its PCIe ATS Capability register reports it
+    /// (bits 4:0, 0 meaning 32; 0 by default): AMD-Vi programs the depth into `Maxpend` of
+    /// every INVALIDATE_IOTLB_PAGES to the device; an ATS attach with a value above 31 fails
+    /// with `IE_STATUS_INVALID_ARGUMENT`.
+    pub ats_queue_depth: u32,
 }
 
 impl IeDeviceHints {
@@ -426,6 +431,8 @@ impl IeDeviceHints {
     fn hints(&self) -> DeviceHints {
         DeviceHints {
             ats: self.ats,
+            // A value above the 5-bit field stays one (refused by an ATS attach).
+            ats_queue_depth: u8::try_from(self.ats_queue_depth).unwrap_or(u8::MAX),
             physical_function: self
                 .has_physical_function
                 .then_some(DeviceId(self.physical_function)),
