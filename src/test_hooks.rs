@@ -58,3 +58,21 @@ pub(crate) fn after_user_check() {
         f();
     }
 }
+
+std::thread_local! {
+    static IN_TABLE_COUNT: RefCell<Option<Box<dyn FnOnce()>>> = const { RefCell::new(None) };
+}
+
+/// Sets what the next table count (`PageTable::table_pages`) on this thread runs, once, when
+/// it has read a table pointer and before it reads that table: another CPU's call between the
+/// two.
+pub(crate) fn set_in_table_count(f: impl FnOnce() + 'static) {
+    IN_TABLE_COUNT.with(|h| *h.borrow_mut() = Some(Box::new(f)));
+}
+
+/// Runs the call [`set_in_table_count`] left, if any.
+pub(crate) fn in_table_count() {
+    if let Some(f) = IN_TABLE_COUNT.with(|h| h.borrow_mut().take()) {
+        f();
+    }
+}

@@ -748,9 +748,10 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> AmdViUni
     fn set_dirty_tracking_impl(&self, domain: DomainHandle, on: bool) -> Result<(), Error> {
         let slot = self.slot(domain)?;
         let cfg = self.config.lock();
-        let guard = self.domains[slot].read();
-        let dom = guard.as_ref().ok_or(Error::InvalidDomain(domain))?;
-        let Table::V1(table) = &dom.table else {
+        // The write lock: the walk writes into tables a concurrent unmap could free.
+        let mut guard = self.domains[slot].write();
+        let dom = guard.as_mut().ok_or(Error::InvalidDomain(domain))?;
+        let Table::V1(table) = &mut dom.table else {
             return Err(Error::Unsupported(Missing::DirtyTracking));
         };
         if !dom.dirty {
@@ -1032,12 +1033,15 @@ where
     }
 
     fn table_pages(&self, domain: DomainHandle) -> Result<DomainPages, Error> {
-        self.with_domain(domain, |d| {
-            Ok(DomainPages {
-                tables: on_table!(&d.table, t => t.table_pages())?,
-                unflushed: d.owed.lock().freed_pages(),
-            })
-        })?
+        // The write lock: an unmap and its flush (read lock) would free tables the walk reads.
+        let slot = self.slot(domain)?;
+        let mut guard = self.domains[slot].write();
+        let d = guard.as_mut().ok_or(Error::InvalidDomain(domain))?;
+        let pages = DomainPages {
+            tables: on_table!(&mut d.table, t => t.table_pages())?,
+            unflushed: d.owed.lock().freed_pages(),
+        };
+        Ok(pages)
     }
 
     fn query(&self, domain: DomainHandle, iova: Iova) -> Option<Mapping> {

@@ -170,8 +170,8 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     /// [`Error::NoSuchIoasid`]; [`Error::PageTable`] or unit errors for a corrupt table.
     pub fn table_pages(&self, ioasid: IoasidId) -> Result<IoasidPages, Error> {
         // The write lock: an unmap (read lock) frees tables the walks would read.
-        let st = self.state.write();
-        let io = st.ioasid(ioasid)?;
+        let mut st = self.state.write();
+        let io = st.ioasid_mut(ioasid)?;
         let mut out = IoasidPages {
             record: io.record.table_pages()?,
             domains: [None; MAX_UNITS],

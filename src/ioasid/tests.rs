@@ -159,6 +159,23 @@ impl<'a> FakeUnit<'a> {
         Ok(r)
     }
 
+    /// [`Self::with`] with the table mutable (the calls that take it exclusively).
+    fn with_mut<R>(
+        &self,
+        d: DomainHandle,
+        f: impl FnOnce(&mut Table<'a>) -> R,
+    ) -> Result<R, IommuError> {
+        let mut doms = self.domains.lock().unwrap();
+        let (t, _) = doms
+            .get_mut(usize::from(d.0))
+            .and_then(Option::as_mut)
+            .ok_or(IommuError::InvalidDomain(d))?;
+        IN_FAKE_UNIT.with(|c| c.set(c.get() + 1));
+        let r = f(t);
+        IN_FAKE_UNIT.with(|c| c.set(c.get() - 1));
+        Ok(r)
+    }
+
     fn live_domains(&self) -> usize {
         self.domains.lock().unwrap().iter().flatten().count()
     }
@@ -336,7 +353,7 @@ impl Iommu for FakeUnit<'_> {
     }
     fn table_pages(&self, d: DomainHandle) -> Result<DomainPages, IommuError> {
         Ok(DomainPages {
-            tables: self.with(d, |t| t.table_pages())??,
+            tables: self.with_mut(d, |t| t.table_pages())??,
             unflushed: 0,
         })
     }
@@ -367,7 +384,7 @@ impl Iommu for FakeUnit<'_> {
     }
     fn set_dirty_tracking(&self, d: DomainHandle, on: bool) -> Result<(), IommuError> {
         let mut g = Gather::new();
-        self.with(d, |t| t.set_dirty_tracking(on, &mut g))?
+        self.with_mut(d, |t| t.set_dirty_tracking(on, &mut g))?
             .map_err(Into::into)
     }
     fn attach(

@@ -32,12 +32,13 @@ impl TablePages {
 
 impl<F: Format, A: PageAllocator> PageTable<F, A> {
     /// Counts the tables linked from the root and the tables the present leaves need, in one
-    /// walk. Exact when no operation on the table runs concurrently; otherwise a count of some
-    /// state the table passed through per subtree.
+    /// walk. Takes the table exclusively: a concurrent unmap may unlink a table the walk is
+    /// inside, and its flush free it (review of 2026-12-07, F3: the units counted under the
+    /// domain lock their unmaps share, and read freed memory).
     ///
     /// # Errors
     /// [`Error::UnknownTable`] for a corrupt table.
-    pub fn table_pages(&self) -> Result<TablePages, Error> {
+    pub fn table_pages(&mut self) -> Result<TablePages, Error> {
         let top = self.geometry().top_level();
         let (linked, needed, _) = self.count_tables(self.root_table(), top)?;
         // The root is needed even with nothing mapped: the hardware points at it.
@@ -79,6 +80,8 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
                 }
                 if at > 0 && self.format().is_table(at, raw) {
                     let child = self.child(raw)?;
+                    #[cfg(test)]
+                    crate::test_hooks::in_table_count();
                     linked += 1;
                     depth += 1;
                     let Some(below) = path.get_mut(depth) else {
@@ -141,7 +144,7 @@ mod tests {
 
     #[test]
     fn linked_and_needed_tables_are_counted() {
-        let t = vtd_ss(false);
+        let mut t = vtd_ss(false);
         assert_eq!(
             t.table_pages().unwrap(),
             TablePages {

@@ -3041,15 +3041,16 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     /// hardware update on its next write, so the unit keeps that on (`HD`) for the table's
     /// life.
     ///
-    /// Not concurrent with maps: a map racing the switch may write its leaves either way
-    /// (run it under the same exclusion as configuration changes).
+    /// Takes the table exclusively: a map racing the switch may write its leaves either way,
+    /// and the walk compare-and-swaps into tables a concurrent unmap may unlink and free
+    /// (review of 2026-12-07, F3).
     ///
     /// # Errors
     /// [`Error::NoDirtyTracking`] when the format is configured without it;
     /// [`Error::EntryUnstable`] if hardware kept rewriting an entry: tracking is on and
     /// `gather` holds what was cleaned, as after a failed
     /// [`read_and_clear_dirty`](Self::read_and_clear_dirty).
-    pub fn set_dirty_tracking(&self, on: bool, gather: &mut Gather) -> Result<(), Error> {
+    pub fn set_dirty_tracking(&mut self, on: bool, gather: &mut Gather) -> Result<(), Error> {
         if !self.format.dirty_tracking() {
             return Err(Error::NoDirtyTracking);
         }

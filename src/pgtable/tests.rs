@@ -241,8 +241,8 @@ fn set_dirty_tracking_cleans_and_no_clear_keeps() {
         ..ARM_S2_4K
     })
     .unwrap();
-    let t = new_table(f);
-    let read = |how| {
+    let mut t = new_table(f);
+    let read = |t: &PageTable<ArmS2, _>, how| {
         let (mut seen, mut g) = (std::vec::Vec::new(), Gather::new());
         t.read_dirty(iova(0), 4 * K4, how, |i, _| seen.push(i.get()), &mut g)
             .unwrap();
@@ -261,13 +261,13 @@ fn set_dirty_tracking_cleans_and_no_clear_keeps() {
     );
     g.release(t.allocator(), done()).unwrap();
     t.map(iova(K4), pa(K4), K4, RW).unwrap();
-    assert_eq!(read(DirtyRead::Clear), (std::vec![], 0));
+    assert_eq!(read(&t, DirtyRead::Clear), (std::vec![], 0));
     t.set_dirty_tracking(false, &mut Gather::new()).unwrap();
     t.map(iova(2 * K4), pa(2 * K4), K4, RW).unwrap();
-    assert_eq!(read(DirtyRead::NoClear), (std::vec![2 * K4], 0));
-    assert_eq!(read(DirtyRead::NoClear), (std::vec![2 * K4], 0));
-    assert_eq!(read(DirtyRead::Clear), (std::vec![2 * K4], 1));
-    assert_eq!(read(DirtyRead::NoClear), (std::vec![], 0));
+    assert_eq!(read(&t, DirtyRead::NoClear), (std::vec![2 * K4], 0));
+    assert_eq!(read(&t, DirtyRead::NoClear), (std::vec![2 * K4], 0));
+    assert_eq!(read(&t, DirtyRead::Clear), (std::vec![2 * K4], 1));
+    assert_eq!(read(&t, DirtyRead::NoClear), (std::vec![], 0));
 }
 
 #[test]

@@ -213,7 +213,7 @@ impl Owed {
 /// A new domain built for dirty tracking starts with it on: its writable leaves are written
 /// clean. The table is empty, so there is nothing to clean or invalidate.
 fn start_tracking<F: crate::pgtable::Format, A: PageAllocator>(
-    table: &PageTable<F, A>,
+    table: &mut PageTable<F, A>,
 ) -> Result<(), Error> {
     match table.set_dirty_tracking(true, &mut Gather::new()) {
         Ok(()) | Err(crate::pgtable::Error::NoDirtyTracking) => Ok(()),
@@ -229,10 +229,10 @@ impl<A: PageAllocator> Domain<A> {
     /// built, not under it (the kernel-stack bound of the C ABI).
     #[inline(never)]
     pub(crate) fn start_tracking_in(slot: &mut Option<Self>) -> Result<(), Error> {
-        let Some(d) = slot.as_ref() else {
+        let Some(d) = slot.as_mut() else {
             return Ok(());
         };
-        let started = with_table!(&d.table, t => start_tracking(t));
+        let started = with_table!(&mut d.table, t => start_tracking(t));
         if started.is_err() {
             *slot = None;
         }
@@ -520,11 +520,15 @@ impl<A: PageAllocator> Domain<A> {
     /// leaf, so turning them off would need every clean leaf made dirty first and its TLB
     /// entries invalidated -- Linux's SMMUv3 driver likewise leaves HD set and only changes
     /// what a map writes and what a read cleans.
-    pub(crate) fn set_dirty_tracking(&self, on: bool, gather: &mut Gather) -> Result<(), Error> {
+    pub(crate) fn set_dirty_tracking(
+        &mut self,
+        on: bool,
+        gather: &mut Gather,
+    ) -> Result<(), Error> {
         if !self.tracks_dirty() {
             return Err(Error::Unsupported(crate::iommu::Missing::DirtyTracking));
         }
-        Ok(with_table!(&self.table, t => t.set_dirty_tracking(on, gather))?)
+        Ok(with_table!(&mut self.table, t => t.set_dirty_tracking(on, gather))?)
     }
 
     /// Whether the domain was built for dirty tracking (`HD` in its CD or STE).
@@ -545,9 +549,9 @@ impl<A: PageAllocator> Domain<A> {
     }
 
     /// The tables linked, needed and held after a failed invalidation.
-    pub(crate) fn table_pages(&self) -> Result<DomainPages, Error> {
+    pub(crate) fn table_pages(&mut self) -> Result<DomainPages, Error> {
         Ok(DomainPages {
-            tables: with_table!(&self.table, t => t.table_pages())?,
+            tables: with_table!(&mut self.table, t => t.table_pages())?,
             unflushed: self.owed.pages(),
         })
     }

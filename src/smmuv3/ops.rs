@@ -326,6 +326,17 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         f(slot.as_ref().ok_or(Error::InvalidDomain(d))?)
     }
 
+    /// [`Self::with_domain`] under the slot's write lock: for walks of the whole table that no
+    /// unmap may run beside (its flush frees the tables they read).
+    fn with_domain_mut<R>(
+        &self,
+        d: DomainHandle,
+        f: impl FnOnce(&mut Domain<A>) -> Result<R, Error>,
+    ) -> Result<R, Error> {
+        let mut slot = self.slot(d)?.write();
+        f(slot.as_mut().ok_or(Error::InvalidDomain(d))?)
+    }
+
     /// [`Iommu::flush`]: the commands of [`super::flush`], one CMD_SYNC (a second one before
     /// CMD_ATC_INV when the domain has ATS users: the ATC must not refill from a stale TLB),
     /// then the gathered pages go back to the allocator. A nest parent's flush always looks at
@@ -829,7 +840,8 @@ where
     }
 
     fn table_pages(&self, domain: DomainHandle) -> Result<DomainPages, Error> {
-        self.with_domain(domain, Domain::table_pages)
+        // The write lock: an unmap and its flush (read lock) would free tables the walk reads.
+        self.with_domain_mut(domain, Domain::table_pages)
     }
 
     fn query(&self, domain: DomainHandle, iova: Iova) -> Option<Mapping> {
@@ -864,7 +876,8 @@ where
     fn set_dirty_tracking(&self, domain: DomainHandle, on: bool) -> Result<(), Error> {
         self.usable()?;
         let mut cleaned = Gather::new();
-        let r = self.with_domain(domain, |d| d.set_dirty_tracking(on, &mut cleaned));
+        // The write lock: the walk writes into tables a concurrent unmap could free.
+        let r = self.with_domain_mut(domain, |d| d.set_dirty_tracking(on, &mut cleaned));
         // The leaves cleaned were writable-dirty, and may be cached so: a write through such
         // a TLB entry needs no hardware update and would go unrecorded. HD stays set (see
         // `Domain::set_dirty_tracking`), so nothing else changes in the STE or CD. A walk that

@@ -34,9 +34,10 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
     ) -> Result<(), iommu::Error> {
         let slot = self.slot(domain)?;
         let cfg = self.config.lock();
-        let guard = self.domain_lock(domain)?.read();
-        let dom = guard.as_ref().ok_or(iommu::Error::InvalidDomain(domain))?;
-        let DomainTable::Second(table) = &dom.table else {
+        // The write lock: the walk writes into tables a concurrent unmap could free.
+        let mut guard = self.domain_lock(domain)?.write();
+        let dom = guard.as_mut().ok_or(iommu::Error::InvalidDomain(domain))?;
+        let DomainTable::Second(table) = &mut dom.table else {
             return Err(iommu::Error::Unsupported(Missing::DirtyTracking));
         };
         if !dom.dirty {

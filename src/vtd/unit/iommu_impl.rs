@@ -266,12 +266,14 @@ where
     }
 
     fn table_pages(&self, domain: DomainHandle) -> Result<DomainPages, Error> {
-        self.with_domain(domain, |d| {
-            Ok(DomainPages {
-                tables: with_table!(&d.table, t => t.table_pages())?,
-                unflushed: d.owed.lock().freed_pages(),
-            })
-        })?
+        // The write lock: an unmap and its flush (read lock) would free tables the walk reads.
+        let mut guard = self.domain_lock(domain)?.write();
+        let d = guard.as_mut().ok_or(Error::InvalidDomain(domain))?;
+        let pages = DomainPages {
+            tables: with_table!(&mut d.table, t => t.table_pages())?,
+            unflushed: d.owed.lock().freed_pages(),
+        };
+        Ok(pages)
     }
 
     fn query(&self, domain: DomainHandle, iova: Iova) -> Option<Mapping> {

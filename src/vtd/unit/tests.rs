@@ -1636,3 +1636,73 @@ fn a_stop_marker_is_consumed_not_reported() {
     assert_eq!(u.drain_page_requests(&mut out).unwrap().reported, 0);
     assert_eq!(m.outstanding_page_requests(), 2);
 }
+
+/// Review of src/pgtable (2026-12-07, F3): `table_pages` walks the domain's tables. Under the
+/// domain's read lock, which an unmap and its flush also take, another CPU's unmap of the
+/// whole range unlinked the tables and its flush freed them (the arena fills freed pages with
+/// POISON) while the count was inside them: a read of freed memory. The test's hook starts
+/// that unmap on another thread when the count has read its first table pointer and lets it
+/// finish if it can; the count must see the tables whole (the root and one table on each of
+/// the three levels below it), never freed ones.
+#[test]
+fn a_table_count_never_walks_tables_an_unmap_frees() {
+    use crate::sim::vtd::{VtdModel, VtdModelConfig};
+    use crate::sim::Arena;
+    use core::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    use std::boxed::Box;
+    use std::sync::{Arc, Mutex};
+
+    let arena: &'static Arena = Box::leak(Box::new(Arena::with_defaults().unwrap()));
+    let m: &'static VtdModel<'static> = Box::leak(Box::new(VtdModel::new(
+        arena,
+        VtdModelConfig::qemu_default(),
+    )));
+    type SimUnit = VtdUnit<&'static VtdModel<'static>, &'static Arena>;
+    let u: &'static SimUnit = Box::leak(Box::new(
+        VtdUnit::new(m, arena, VtdConfig::legacy()).unwrap(),
+    ));
+    u.enable().unwrap();
+    let d = u.domain_alloc(&DomainConfig::default()).unwrap();
+    u.attach(DEV, None, d).unwrap();
+    u.map(d, Iova::new(0x1000), PhysAddr::new(0x4000_0000), 3 * K4, RW)
+        .unwrap();
+    let unmapper = Arc::new(Mutex::new(None));
+    let t = unmapper.clone();
+    crate::test_hooks::set_in_table_count(move || {
+        let (started, done) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let (s, dn) = (started.clone(), done.clone());
+        let thread = std::thread::spawn(move || {
+            s.store(true, SeqCst);
+            let mut g = Gather::new();
+            let r = u.unmap(d, Iova::ZERO, G1, &mut g).and_then(|n| {
+                u.flush(d, &mut g)?;
+                Ok(n)
+            });
+            dn.store(true, SeqCst);
+            r
+        });
+        while !started.load(SeqCst) {
+            std::thread::yield_now();
+        }
+        // A bound, not a timing: lets an unmap that can run in the window finish there.
+        for _ in 0..100_000 {
+            if done.load(SeqCst) {
+                break;
+            }
+            std::thread::yield_now();
+        }
+        *t.lock().unwrap() = Some(thread);
+    });
+    let pages = u.table_pages(d);
+    let thread = unmapper.lock().unwrap().take().expect("the hook ran");
+    assert_eq!(thread.join().unwrap(), Ok(3 * K4));
+    let pages = pages.expect("the count walked freed tables");
+    assert_eq!(
+        (pages.tables.linked, pages.tables.needed),
+        (4, 4),
+        "the count walked freed tables: {pages:?}"
+    );
+}
