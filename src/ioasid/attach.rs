@@ -920,12 +920,15 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
                 refuse_into(r, Error::NoSuchIoasid(plain));
                 return None;
             };
-            io.domains[slot] = Some(UnitDomain {
-                unit: unit_id,
-                handle,
-                users: 0,
-                ias,
-            });
+            io.set_domain(
+                slot,
+                Some(UnitDomain {
+                    unit: unit_id,
+                    handle,
+                    users: 0,
+                    ias,
+                }),
+            );
         }
         let Some(child_slot) = child_slot else {
             return Some((handle, slot.is_some()));
@@ -1160,13 +1163,16 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         let handle = unit
             .domain_alloc_user(parent, stage1)
             .map_err(|e| incompatible(device, e))?;
-        st.ioasid_mut(ioasid)?.domains[slot] = Some(UnitDomain {
-            unit: unit_id,
-            handle,
-            users: 0,
-            // A nested child maps nothing: no width of its own to keep its mappings below.
-            ias: 64,
-        });
+        st.ioasid_mut(ioasid)?.set_domain(
+            slot,
+            Some(UnitDomain {
+                unit: unit_id,
+                handle,
+                users: 0,
+                // A nested child maps nothing: no width of its own to keep its mappings below.
+                ias: 64,
+            }),
+        );
         Ok((handle, true))
     }
 
@@ -1271,7 +1277,7 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
             return settled;
         }
         self.unit(d.unit)?.domain_free(d.handle)?;
-        io.domains[slot] = None;
+        io.set_domain(slot, None);
         Ok(())
     }
 }

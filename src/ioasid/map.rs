@@ -757,6 +757,9 @@ pub(super) fn beyond_width<A: PageAllocator>(
     len: u64,
 ) -> Option<(Iova, u32, UnitId)> {
     let last = iova.checked_add(len.checked_sub(1)?)?;
+    if last & io.beyond_ias == 0 {
+        return None;
+    }
     let d = io
         .domains
         .iter()

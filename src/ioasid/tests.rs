@@ -2536,6 +2536,39 @@ fn unmap_all_leaves_nothing_of_a_map_straddling_the_narrowest_width() {
     ctx.audit(io).unwrap();
 }
 
+/// The width test follows the domains: a narrow domain refuses a map above its width while it
+/// is behind the IOASID, and once its last device left (the domain freed) the map goes
+/// through (`Ioasid::beyond_ias`, kept by `set_domain`).
+#[test]
+fn the_width_test_follows_the_domains_behind_the_ioasid() {
+    let alloc = test_alloc();
+    let wide = FakeUnit::new(&alloc, true);
+    let mut narrow = FakeUnit::new(&alloc, true);
+    narrow.geometry = Some((39, K4 | M2 | G1));
+    let pasids = PasidAllocator::new(20);
+    let reg = Registry::new(&[&wide, &narrow], &pasids).unwrap();
+    let ctx = IoasidCtx::new(&reg, &alloc, 0);
+    let io = ctx.alloc(IoasidFlags::empty()).unwrap();
+    let edge = 1u64 << 39;
+    ctx.attach(ctx.bind(label(0, 1), false).unwrap(), io)
+        .unwrap();
+    let dev = ctx.bind(label(1, 1), false).unwrap();
+    ctx.attach(dev, io).unwrap();
+    assert_eq!(
+        ctx.map(io, Iova::new(edge), PhysAddr::new(4 * M2), K4, RW),
+        Err(Error::BeyondInputWidth {
+            last: Iova::new(edge + K4 - 1),
+            ias: 39,
+            unit: UnitId(1)
+        })
+    );
+    ctx.detach(dev).unwrap();
+    ctx.map(io, Iova::new(edge), PhysAddr::new(4 * M2), K4, RW)
+        .unwrap();
+    assert!(unit_maps(&wide, edge).is_some());
+    ctx.audit(io).unwrap();
+}
+
 /// Review 19 finding 4: a copy releases the context's lock between its runs and before its
 /// undo, and an `IoasidId` is a slot number. Here the copy's second run is refused (`dst`'s
 /// record already maps it) and, before its undo, another thread frees `dst`, allocates an
