@@ -583,7 +583,8 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
 
     /// Releases a device with no outstanding grant, detaching it first from its PASIDs' IOASIDs
     /// and its own ([`IoasidCtx::detach_pasid`], [`IoasidCtx::detach`]), as iommufd's unbind
-    /// does.
+    /// does. What an earlier detach left owed (its `InvalidationPending`) is settled by that
+    /// detach's retry first: the unbind returns `Ok` only once nothing is.
     ///
     /// # Errors
     /// [`Error::Busy`] while it holds a grant (nothing changed), or if another call attached it
@@ -640,12 +641,14 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
             .map(|a| a.pasid)
     }
 
-    /// Whether `device` is attached, for [`IoasidCtx::unbind`]; `false` with the error in `r`
-    /// if it is gone.
+    /// Whether [`IoasidCtx::unbind`] must detach `device`: it is attached, or an earlier
+    /// detach left something owed that the detach's retry settles (dropped with the device,
+    /// the notes were lost and the unbind returned `Ok` with an invalidation owed); `false`
+    /// with the error in `r` if it is gone.
     #[inline(never)]
     fn attached_for_unbind(&self, device: DeviceHandle, r: &mut Result<(), Error>) -> bool {
         match self.state.read().device(device) {
-            Ok(dev) => dev.attached.is_some(),
+            Ok(dev) => dev.attached.is_some() || dev.left_owing != [None; 2] || dev.left_more,
             Err(e) => {
                 *r = Err(e);
                 false

@@ -1221,6 +1221,38 @@ fn a_device_leaving_three_ioasids_owing_forgets_none() {
     });
 }
 
+/// An unbind after a detach that left an invalidation owed settles it first (review of
+/// 2026-12-07, F2): while the unit still fails, the unbind fails with it and the device stays
+/// bound; once the unit answers, the unbind settles and releases. Before, the unbind saw no
+/// attachment, skipped the detach, and returned `Ok` with the IOASID still owing the
+/// invalidation of the direct region's unmap and the device's retry notes dropped.
+#[test]
+fn an_unbind_settles_what_a_detach_left_owed() {
+    with_two_attached_units(|ctx, _, u0, _| {
+        let region = DirectRegion::new(range(M2, M2 + K4), false).unwrap();
+        let dev = ctx
+            .bind_with_direct(label(0, 2), false, None, &[region])
+            .unwrap();
+        let io = ctx.alloc(IoasidFlags::empty()).unwrap();
+        ctx.attach(dev, io).unwrap();
+        *u0.fail_flush_at.lock().unwrap() = Some(M2);
+        let pending = Err(Error::InvalidationPending {
+            unit: UnitId(0),
+            error: IommuError::Timeout { what: "flush" },
+        });
+        assert_eq!(ctx.detach(dev), pending);
+        assert_eq!(ctx.unbind(dev), pending);
+        let owes = |io: IoasidId| ctx.state.read().ioasid(io).unwrap().pending.any();
+        assert!(owes(io), "the failed unbind settled nothing");
+        *u0.fail_flush_at.lock().unwrap() = None;
+        assert_eq!(ctx.unbind(dev), Ok(()));
+        assert!(
+            !owes(io),
+            "the unbind returned Ok with the invalidation owed"
+        );
+    });
+}
+
 /// A domain whose unmap fails partway (`EntryUnstable` after a prefix went) gets that prefix
 /// back too, as the domains before it get the whole range: after the error every domain maps
 /// what the record holds.
