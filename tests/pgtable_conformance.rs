@@ -2024,7 +2024,7 @@ fn maps_under_tracking_write_clean_leaves<C: Case>(case: &C) {
     for n in 1..=9u64 {
         for first in 0..=3u64 {
             let mem = arena(g.oas);
-            let t = table(case, &mem);
+            let mut t = table(case, &mem);
             let mut gather = Gather::new();
             t.set_dirty_tracking(true, &mut gather).unwrap();
             gather.release(&mem, done()).unwrap();
