@@ -834,10 +834,13 @@ pub trait Iommu: Sync {
         prot: Prot,
     ) -> Result<(), Error>;
 
-    /// Unmaps a range in a domain, recording what must be invalidated in `gather`.
+    /// Unmaps a range in a domain, recording what must be invalidated in `gather`. A gather
+    /// is the domain's from its first unmap (or dirty read) until a flush of it empties it:
+    /// flush it on this domain, never another.
     ///
     /// # Errors
-    /// [`Error::PageTable`], [`Error::InvalidDomain`]. A table error met during the walk
+    /// [`Error::PageTable`], [`Error::InvalidDomain`] (also, with nothing unmapped, for a
+    /// `gather` holding what another domain's call put there). A table error met during the walk
     /// (`EntryUnstable`, `UnknownTable`) leaves what was unmapped before it unmapped and
     /// recorded in `gather` (see [`crate::pgtable::PageTable::unmap`]): flush it then too.
     fn unmap(
@@ -859,7 +862,9 @@ pub trait Iommu: Sync {
     ///
     /// # Errors
     /// [`Error::Timeout`], [`Error::Hardware`]; on error the pages stay in the gather (retry
-    /// with it, or drop it and leak them: never free them yourself).
+    /// with it, or drop it and leak them: never free them yourself). [`Error::InvalidDomain`]
+    /// for a gather another domain's unmap or dirty read filled: nothing is issued or freed
+    /// (flush it on its own domain).
     fn flush(&self, domain: DomainHandle, gather: &mut Gather) -> Result<(), Error>;
 
     /// Unlinks the domain's tables that map nothing (those in `scope`), invalidates the
@@ -921,7 +926,8 @@ pub trait Iommu: Sync {
     /// again); see [`crate::pgtable::PageTable::read_dirty`].
     ///
     /// # Errors
-    /// [`Error::PageTable`] (`NoDirtyTracking`, range errors), [`Error::InvalidDomain`].
+    /// [`Error::PageTable`] (`NoDirtyTracking`, range errors), [`Error::InvalidDomain`] (also
+    /// for a `gather` another domain's call filled, as [`unmap`](Self::unmap)).
     fn read_dirty(
         &self,
         domain: DomainHandle,

@@ -162,6 +162,13 @@ pub struct Domain<A: PageAllocator> {
 }
 
 impl<A: PageAllocator> Domain<A> {
+    /// What names the domain to the gathers its calls fill (`Gather::claim`): its root
+    /// table's address, the table's for its life, whatever moves the unit (a unit's own
+    /// address, or its slot's, changes when the embedder moves the unit between calls).
+    pub(crate) fn gather_owner(&self) -> usize {
+        on_table!(&self.table, t => t.root()).get() as usize
+    }
+
     /// Builds the domain into `slot` (left as it was on error): no `Result` of a domain, nor
     /// a second copy of it, in the allocating frame (a kernel host's stack).
     ///

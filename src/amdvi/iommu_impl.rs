@@ -394,6 +394,9 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> AmdViUni
         let cfg = self.config.lock();
         let guard = self.domains[slot].read();
         let dom = guard.as_ref().ok_or(Error::InvalidDomain(domain))?;
+        if !gather.flushable_by(dom.gather_owner()) {
+            return Err(Error::InvalidDomain(domain));
+        }
         self.flush_locked(&cfg, slot, dom, gather)
     }
 
@@ -1005,6 +1008,9 @@ where
         gather: &mut Gather,
     ) -> Result<u64, Error> {
         self.with_domain(domain, |d| {
+            if !gather.claim(d.gather_owner()) {
+                return Err(Error::InvalidDomain(domain));
+            }
             on_table!(&d.table, t => t.unmap(iova, len, gather)).map_err(Error::from)
         })?
     }
@@ -1072,6 +1078,9 @@ where
         gather: &mut Gather,
     ) -> Result<(), Error> {
         self.with_domain(domain, |d| {
+            if !gather.claim(d.gather_owner()) {
+                return Err(Error::InvalidDomain(domain));
+            }
             on_table!(&d.table, t => t.read_dirty(iova, len, how, &mut *sink, gather))
                 .map_err(Error::from)
         })?

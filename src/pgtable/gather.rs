@@ -78,6 +78,9 @@ pub struct Gather {
     /// ends the chain, or 0: so that [`Gather::absorb`] can append a chain without walking it.
     freed_tail: usize,
     freed: usize,
+    /// The unit domain whose unmap or dirty read filled the gather (its root table's address), 0
+    /// for none: a unit flushes and fills only its own domain's gather ([`Gather::claim`]).
+    owner: usize,
 }
 
 impl Default for Gather {
@@ -109,6 +112,7 @@ impl Gather {
             freed_head: 0,
             freed_tail: 0,
             freed: 0,
+            owner: 0,
         }
     }
 
@@ -263,12 +267,37 @@ impl Gather {
         self.freed += 1;
     }
 
+    /// Notes that unit domain `owner` (its root table's address) is filling the gather; `false`,
+    /// nothing changed, if another domain's call filled what it holds. A unit calls it before
+    /// its table's unmap or dirty read fills the gather, and [`Gather::flushable_by`] before a
+    /// flush: flushed on another domain, the gather's ranges were invalidated in that
+    /// domain's tag and its pages freed while the caches of the domain they came from could
+    /// still lead to them (review of 2026-12-07, F2).
+    pub(crate) fn claim(&mut self, owner: usize) -> bool {
+        if !self.flushable_by(owner) {
+            return false;
+        }
+        self.owner = owner;
+        true
+    }
+
+    /// Whether a flush of unit domain `owner` may take the gather: empty, filled by that
+    /// domain's calls, or by none (the units' own gathers, such as a map's invalidation).
+    pub(crate) fn flushable_by(&self, owner: usize) -> bool {
+        self.owner == 0 || self.owner == owner || self.is_empty()
+    }
+
     /// Moves everything `other` holds into this gather: its ranges (widened as usual), page
     /// sizes and held pages (the chains are spliced: no page is touched but `other`'s last).
     /// For a caller that keeps one gather of invalidations still to confirm (a flush failed)
     /// and adds a later one that failed too; both must belong to the same table (one unit,
     /// one domain). Infallible; `core::mem::take` the source to move out of a `&mut Gather`.
-    pub fn absorb(&mut self, other: Gather) {
+    /// Crate-only, as [`Gather::clear_ranges`]: a caller mixing two domains' gathers, or
+    /// forgetting ranges, would have a flush free pages no invalidation covered.
+    pub(crate) fn absorb(&mut self, other: Gather) {
+        if self.is_empty() {
+            self.owner = other.owner;
+        }
         for r in other.ranges() {
             self.add_range(r.start.get(), r.end.get());
         }
@@ -317,11 +346,14 @@ impl Gather {
         self.nranges = 0;
         self.page_sizes = 0;
         self.tables_changed = false;
+        self.owner = 0;
         Ok(())
     }
 
     /// Forgets the recorded ranges after the caller invalidated them, keeping held pages.
-    pub fn clear_ranges(&mut self) {
+    /// Crate-only: a flush of a gather whose ranges were forgotten would free its pages with
+    /// no invalidation (review of 2026-12-07, F2).
+    pub(crate) fn clear_ranges(&mut self) {
         self.nranges = 0;
         self.page_sizes = 0;
         self.tables_changed = self.freed != 0;

@@ -222,6 +222,13 @@ fn start_tracking<F: crate::pgtable::Format, A: PageAllocator>(
 }
 
 impl<A: PageAllocator> Domain<A> {
+    /// What names the domain to the gathers its calls fill (`Gather::claim`): its root
+    /// table's address, the table's for its life, whatever moves the unit (a unit's own
+    /// address, or its slot's, changes when the embedder moves the unit between calls).
+    pub(crate) fn gather_owner(&self) -> usize {
+        with_table!(&self.table, t => t.root()).get() as usize
+    }
+
     /// The domain [`build_stage1`](Self::build_stage1) or [`build_stage2`](Self::build_stage2)
     /// just built into `slot` starts tracking if its table can (`start_tracking`); on an
     /// error the slot is emptied again. Called after the build returned, and not inlined: the

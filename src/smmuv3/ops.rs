@@ -350,6 +350,9 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
     fn flush_impl(&self, d: DomainHandle, gather: &mut Gather) -> Result<(), Error> {
         self.usable()?;
         let (tag, granule_log2, ats, owed) = self.with_domain(d, |dom| {
+            if !gather.flushable_by(dom.gather_owner()) {
+                return Err(Error::InvalidDomain(d));
+            }
             Ok((
                 dom.tag,
                 dom.geometry().granule_log2,
@@ -828,7 +831,12 @@ where
         gather: &mut Gather,
     ) -> Result<u64, Error> {
         self.usable()?;
-        self.with_domain(domain, |d| d.unmap(iova, len, gather))
+        self.with_domain(domain, |d| {
+            if !gather.claim(d.gather_owner()) {
+                return Err(Error::InvalidDomain(domain));
+            }
+            d.unmap(iova, len, gather)
+        })
     }
 
     fn flush(&self, domain: DomainHandle, gather: &mut Gather) -> Result<(), Error> {
@@ -870,7 +878,12 @@ where
         gather: &mut Gather,
     ) -> Result<(), Error> {
         self.usable()?;
-        self.with_domain(domain, |d| d.read_dirty(iova, len, how, sink, gather))
+        self.with_domain(domain, |d| {
+            if !gather.claim(d.gather_owner()) {
+                return Err(Error::InvalidDomain(domain));
+            }
+            d.read_dirty(iova, len, how, sink, gather)
+        })
     }
 
     fn set_dirty_tracking(&self, domain: DomainHandle, on: bool) -> Result<(), Error> {

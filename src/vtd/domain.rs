@@ -290,6 +290,13 @@ pub struct Domain<A: PageAllocator> {
 }
 
 impl<A: PageAllocator> Domain<A> {
+    /// What names the domain to the gathers its calls fill (`Gather::claim`): its root
+    /// table's address, the table's for its life, whatever moves the unit (a unit's own
+    /// address, or its slot's, changes when the embedder moves the unit between calls).
+    pub(crate) fn gather_owner(&self) -> usize {
+        with_table!(&self.table, t => t.root()).get() as usize
+    }
+
     /// Builds the table `choice` describes into `slot` (left as it was on error): in place,
     /// so that no copy of the domain passes through the stack (a kernel host's). A domain
     /// built for dirty tracking then starts it with [`Self::start_tracking`].

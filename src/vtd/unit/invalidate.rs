@@ -48,6 +48,9 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
         let cfg = self.config.lock();
         let guard = self.domain_lock(domain)?.read();
         let dom = guard.as_ref().ok_or(iommu::Error::InvalidDomain(domain))?;
+        if !gather.flushable_by(dom.gather_owner()) {
+            return Err(iommu::Error::InvalidDomain(domain));
+        }
         self.flush_locked(&cfg, slot, dom, gather, purpose)
     }
 

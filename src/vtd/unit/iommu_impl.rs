@@ -253,6 +253,9 @@ where
         gather: &mut Gather,
     ) -> Result<u64, Error> {
         self.with_domain(domain, |d| {
+            if !gather.claim(d.gather_owner()) {
+                return Err(Error::InvalidDomain(domain));
+            }
             with_table!(&d.table, t => t.unmap(iova, len, gather)).map_err(Error::from)
         })?
     }
@@ -304,6 +307,9 @@ where
         gather: &mut Gather,
     ) -> Result<(), Error> {
         self.with_domain(domain, |d| {
+            if !gather.claim(d.gather_owner()) {
+                return Err(Error::InvalidDomain(domain));
+            }
             with_table!(&d.table, t => t.read_dirty(iova, len, how, &mut *sink, gather))
                 .map_err(Error::from)
         })?

@@ -1706,3 +1706,47 @@ fn a_table_count_never_walks_tables_an_unmap_frees() {
         "the count walked freed tables: {pages:?}"
     );
 }
+
+/// Review of src/pgtable (2026-12-07, F2): a gather holds what one domain's unmap unlinked;
+/// flushed on another domain, the unit invalidated that domain's tag and freed the first
+/// domain's table pages, which its caches may still lead to. A flush now refuses a gather
+/// another domain's call filled (nothing issued, nothing freed), and so does an unmap into it.
+#[test]
+fn a_gather_is_flushed_only_on_the_domain_that_filled_it() {
+    let m = legacy_model();
+    let a = TestAlloc::default();
+    let u = unit(&m, &a, Mode::Legacy);
+    let da = u.domain_alloc(&DomainConfig::default()).unwrap();
+    let db = u.domain_alloc(&DomainConfig::default()).unwrap();
+    u.attach(DEV, None, da).unwrap();
+    u.attach(DEV2, None, db).unwrap();
+    u.map(da, Iova::new(M2), PhysAddr::new(0x4000_1000), M2, RW)
+        .unwrap();
+    u.map(db, Iova::new(M2), PhysAddr::new(0x4000_0000), K4, RW)
+        .unwrap();
+    let mut g = Gather::new();
+    // 4K pages at first (one leaf table), unmapped whole: the leaf table is unlinked.
+    u.unmap(da, Iova::new(M2), M2, &mut g).unwrap();
+    assert_eq!(g.freed_pages(), 1);
+    assert_eq!(
+        u.flush(db, &mut g),
+        Err(crate::iommu::Error::InvalidDomain(db))
+    );
+    assert_eq!(
+        g.freed_pages(),
+        1,
+        "a flush of the other domain freed the page"
+    );
+    assert_eq!(
+        u.unmap(db, Iova::new(M2), K4, &mut g),
+        Err(crate::iommu::Error::InvalidDomain(db))
+    );
+    assert!(
+        u.query(db, Iova::new(M2)).is_some(),
+        "the refused unmap changed db"
+    );
+    u.flush(da, &mut g).unwrap();
+    assert!(g.is_empty());
+    u.unmap(db, Iova::new(M2), K4, &mut g).unwrap();
+    u.flush(db, &mut g).unwrap();
+}
