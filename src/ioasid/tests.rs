@@ -453,6 +453,25 @@ fn with_two_attached_units(
     f(&ctx, io, &u0, &u1);
 }
 
+/// `f(ctx, io, wide)` on a context over two units, `wide` (48 bits) and a narrow one (39
+/// bits, unit 1), with a device of `wide`'s attached to `io`: the narrow unit's device
+/// (`label(1, 1)`) is the test's to bind and attach.
+fn with_wide_and_narrow(
+    f: impl for<'a> FnOnce(&IoasidCtx<'_, 'a, TestAlloc>, IoasidId, &FakeUnit<'a>),
+) {
+    let alloc = test_alloc();
+    let wide = FakeUnit::new(&alloc, true);
+    let mut narrow = FakeUnit::new(&alloc, true);
+    narrow.geometry = Some((39, K4 | M2 | G1));
+    let pasids = PasidAllocator::new(20);
+    let reg = Registry::new(&[&wide, &narrow], &pasids).unwrap();
+    let ctx = IoasidCtx::new(&reg, &alloc, 0);
+    let io = ctx.alloc(IoasidFlags::empty()).unwrap();
+    ctx.attach(ctx.bind(label(0, 1), false).unwrap(), io)
+        .unwrap();
+    f(&ctx, io, &wide);
+}
+
 /// `f(at)` on four threads at once, thread `t` taking the `per_thread` pages `at = (4i + t)`
 /// 4 KiB: the threads' pages interleave, so that they share every table.
 fn on_four_threads(per_thread: u64, f: impl Fn(u64) + Sync) {
@@ -2512,60 +2531,52 @@ fn a_map_inside_a_leftover_is_refused_before_any_domain_is_touched() {
 /// page above 2^39: the caller freed a page a device behind u0 could reach.
 #[test]
 fn unmap_all_leaves_nothing_of_a_map_straddling_the_narrowest_width() {
-    let alloc = test_alloc();
-    let wide = FakeUnit::new(&alloc, true);
-    let mut narrow = FakeUnit::new(&alloc, true);
-    narrow.geometry = Some((39, K4 | M2 | G1));
-    let pasids = PasidAllocator::new(20);
-    let reg = Registry::new(&[&wide, &narrow], &pasids).unwrap();
-    let ctx = IoasidCtx::new(&reg, &alloc, 0);
-    let io = ctx.alloc(IoasidFlags::empty()).unwrap();
-    ctx.attach(ctx.bind(label(0, 1), false).unwrap(), io)
-        .unwrap();
-    ctx.attach(ctx.bind(label(1, 1), false).unwrap(), io)
-        .unwrap();
-    let edge = 1u64 << 39;
-    let below = edge - K4;
-    *wide.fail_unmap_at.lock().unwrap() = Some(below);
-    let mapped = ctx.map(io, Iova::new(below), PhysAddr::new(4 * M2), 2 * K4, RW);
-    *wide.fail_unmap_at.lock().unwrap() = None;
-    let all = ctx.unmap(io, Iova::ZERO, UNMAP_ALL);
-    let beyond = unit_maps(&wide, edge).map(|m| m.pa);
-    assert!(
-        all.is_err() || beyond.is_none(),
-        "UNMAP_ALL returned {all:?} with the wide domain still mapping {beyond:?} at 2^39 \
+    with_wide_and_narrow(|ctx, io, wide| {
+        ctx.attach(ctx.bind(label(1, 1), false).unwrap(), io)
+            .unwrap();
+        let edge = 1u64 << 39;
+        let below = edge - K4;
+        *wide.fail_unmap_at.lock().unwrap() = Some(below);
+        let mapped = ctx.map(io, Iova::new(below), PhysAddr::new(4 * M2), 2 * K4, RW);
+        *wide.fail_unmap_at.lock().unwrap() = None;
+        let all = ctx.unmap(io, Iova::ZERO, UNMAP_ALL);
+        let beyond = unit_maps(wide, edge).map(|m| m.pa);
+        assert!(
+            all.is_err() || beyond.is_none(),
+            "UNMAP_ALL returned {all:?} with the wide domain still mapping {beyond:?} at 2^39 \
          (the map returned {mapped:?})"
-    );
-    assert_eq!(ctx.translate(io, Iova::new(edge)).unwrap(), None);
-    // Refused by the IOASID itself, naming the narrow domain, before anything was touched.
-    assert_eq!(
-        mapped,
-        Err(Error::BeyondInputWidth {
-            last: Iova::new(edge + K4 - 1),
-            ias: 39,
-            unit: UnitId(1)
-        })
-    );
-    assert_eq!(all, Ok(0));
-    assert_eq!(unit_maps(&wide, below), None);
-    ctx.audit(io).unwrap();
-    // So is a copy that would straddle it, before any run is mapped; and below the width
-    // both go through.
-    let src = two_runs(&ctx);
-    assert_eq!(
-        ctx.copy(src, Iova::new(SRC), io, Iova::new(below), 2 * K4),
-        Err(Error::BeyondInputWidth {
-            last: Iova::new(edge + K4 - 1),
-            ias: 39,
-            unit: UnitId(1)
-        })
-    );
-    assert_eq!(unit_maps(&wide, below), None);
-    ctx.copy(src, Iova::new(SRC), io, Iova::new(below - K4), 2 * K4)
-        .unwrap();
-    ctx.map(io, Iova::new(edge - 4 * K4), PhysAddr::new(4 * M2), K4, RW)
-        .unwrap();
-    ctx.audit(io).unwrap();
+        );
+        assert_eq!(ctx.translate(io, Iova::new(edge)).unwrap(), None);
+        // Refused by the IOASID itself, naming the narrow domain, before anything was touched.
+        assert_eq!(
+            mapped,
+            Err(Error::BeyondInputWidth {
+                last: Iova::new(edge + K4 - 1),
+                ias: 39,
+                unit: UnitId(1)
+            })
+        );
+        assert_eq!(all, Ok(0));
+        assert_eq!(unit_maps(wide, below), None);
+        ctx.audit(io).unwrap();
+        // So is a copy that would straddle it, before any run is mapped; and below the width
+        // both go through.
+        let src = two_runs(ctx);
+        assert_eq!(
+            ctx.copy(src, Iova::new(SRC), io, Iova::new(below), 2 * K4),
+            Err(Error::BeyondInputWidth {
+                last: Iova::new(edge + K4 - 1),
+                ias: 39,
+                unit: UnitId(1)
+            })
+        );
+        assert_eq!(unit_maps(wide, below), None);
+        ctx.copy(src, Iova::new(SRC), io, Iova::new(below - K4), 2 * K4)
+            .unwrap();
+        ctx.map(io, Iova::new(edge - 4 * K4), PhysAddr::new(4 * M2), K4, RW)
+            .unwrap();
+        ctx.audit(io).unwrap();
+    });
 }
 
 /// The width test follows the domains: a narrow domain refuses a map above its width while it
@@ -2573,32 +2584,24 @@ fn unmap_all_leaves_nothing_of_a_map_straddling_the_narrowest_width() {
 /// through (`Ioasid::beyond_ias`, kept by `set_domain`).
 #[test]
 fn the_width_test_follows_the_domains_behind_the_ioasid() {
-    let alloc = test_alloc();
-    let wide = FakeUnit::new(&alloc, true);
-    let mut narrow = FakeUnit::new(&alloc, true);
-    narrow.geometry = Some((39, K4 | M2 | G1));
-    let pasids = PasidAllocator::new(20);
-    let reg = Registry::new(&[&wide, &narrow], &pasids).unwrap();
-    let ctx = IoasidCtx::new(&reg, &alloc, 0);
-    let io = ctx.alloc(IoasidFlags::empty()).unwrap();
-    let edge = 1u64 << 39;
-    ctx.attach(ctx.bind(label(0, 1), false).unwrap(), io)
-        .unwrap();
-    let dev = ctx.bind(label(1, 1), false).unwrap();
-    ctx.attach(dev, io).unwrap();
-    assert_eq!(
-        ctx.map(io, Iova::new(edge), PhysAddr::new(4 * M2), K4, RW),
-        Err(Error::BeyondInputWidth {
-            last: Iova::new(edge + K4 - 1),
-            ias: 39,
-            unit: UnitId(1)
-        })
-    );
-    ctx.detach(dev).unwrap();
-    ctx.map(io, Iova::new(edge), PhysAddr::new(4 * M2), K4, RW)
-        .unwrap();
-    assert!(unit_maps(&wide, edge).is_some());
-    ctx.audit(io).unwrap();
+    with_wide_and_narrow(|ctx, io, wide| {
+        let edge = 1u64 << 39;
+        let dev = ctx.bind(label(1, 1), false).unwrap();
+        ctx.attach(dev, io).unwrap();
+        assert_eq!(
+            ctx.map(io, Iova::new(edge), PhysAddr::new(4 * M2), K4, RW),
+            Err(Error::BeyondInputWidth {
+                last: Iova::new(edge + K4 - 1),
+                ias: 39,
+                unit: UnitId(1)
+            })
+        );
+        ctx.detach(dev).unwrap();
+        ctx.map(io, Iova::new(edge), PhysAddr::new(4 * M2), K4, RW)
+            .unwrap();
+        assert!(unit_maps(wide, edge).is_some());
+        ctx.audit(io).unwrap();
+    });
 }
 
 /// Review 19 finding 4: a copy releases the context's lock between its runs and before its
