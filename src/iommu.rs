@@ -923,7 +923,10 @@ pub trait Iommu: Sync {
 
     /// Reports the dirty leaves of a range, and cleans them with [`DirtyRead::Clear`] (the
     /// cleaned ranges go into `gather`, to be flushed before the hardware reliably marks them
-    /// again); see [`crate::pgtable::PageTable::read_dirty`].
+    /// again); see [`crate::pgtable::PageTable::read_dirty`]. `sink` runs under the domain's
+    /// lock: it must not call [`table_pages`](Self::table_pages) or
+    /// [`set_dirty_tracking`](Self::set_dirty_tracking) of the domain (they take that lock
+    /// exclusively, and would wait for ever).
     ///
     /// # Errors
     /// [`Error::PageTable`] (`NoDirtyTracking`, range errors), [`Error::InvalidDomain`] (also

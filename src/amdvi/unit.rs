@@ -607,7 +607,9 @@ impl<W: RegisterWindow, A: PageAllocator, const DOMAINS: usize> AmdViUnit<W, A, 
     /// As [`drain_events`](Self::drain_events), for at most `max` events, the oldest: only
     /// those reported are consumed, the rest stay logged for the next call (an embedder with
     /// room for `max` records loses none). An overflow is acknowledged and logging restarted
-    /// whatever is left.
+    /// whatever is left. `Status.EventLogInt` is cleared before the log is read, for the
+    /// events left behind by `max` too: no interrupt comes for them, so call again until a
+    /// drain reports fewer than `max` (it then reached the tail).
     ///
     /// # Errors
     /// As [`drain_events`](Self::drain_events).
