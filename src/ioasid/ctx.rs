@@ -1042,7 +1042,11 @@ impl<A: PageAllocator> IoasidCtx<'_, '_, A> {
         let mut leaked = Leaked::default();
         // Domains of failed attaches that the unit would not free: once more, else leaked.
         let _ = self.free_parked(st);
-        leaked.domains += st.parked.iter().flatten().count() as u64;
+        // Counted once and given up: a second tear-down (the C ABI's destroy, then the
+        // context's drop) must not count them again.
+        for p in st.parked.iter_mut() {
+            leaked.domains += u64::from(p.take().is_some());
+        }
         // Nested children first: a unit keeps a parent's domain while a child's exists.
         for slot in st.ioasids.iter_mut() {
             if let Some(io) = slot.as_mut().filter(|io| io.nested.is_some()) {

@@ -3525,3 +3525,24 @@ fn a_refused_attach_on_a_dirty_tracking_ioasid_keeps_no_domain() {
     );
     assert_eq!(alloc.stats().live_pages, live);
 }
+
+/// Review of this morning's C ABI landing (5448251): `ie_ctx_destroy` tears the context down,
+/// then drops it, and the drop tore it down again, counting the domains the first pass could
+/// not free (a unit still owing an invalidation) a second time in `Registry::leaked`. What a
+/// context gives up is counted once, however many times its tear-down runs.
+#[test]
+fn a_torn_down_context_counts_what_it_leaked_once() {
+    let alloc = test_alloc();
+    let u = FakeUnit::new(&alloc, true);
+    let pasids = PasidAllocator::new(20);
+    let reg = Registry::new(&[&u], &pasids).unwrap();
+    let mut ctx = IoasidCtx::new(&reg, &alloc, 0);
+    // A parked domain the unit will not free (a device is still attached to it there).
+    let d = u.domain_alloc(&DomainConfig::default()).unwrap();
+    u.attach(DeviceId(9), None, d).unwrap();
+    ctx.state.write().parked[0] = Some((UnitId(0), d));
+    let first = ctx.tear_down();
+    assert_eq!(first.domains, 1, "{first:?}");
+    drop(ctx);
+    assert_eq!(reg.leaked(), first, "the drop counted it again");
+}
