@@ -164,6 +164,20 @@ enum FastUnmap {
     Unchecked,
 }
 
+/// Who descends (`descend`), which decides what the descent does besides reading.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Descent {
+    /// A map: cleans each entry on the way for a non-coherent walker (rule 2), tests no split
+    /// mark (a map records nothing in a gather).
+    Map,
+    /// An unmap for a coherent walker: returns the levels whose entry marks a split, cleans
+    /// nothing (the clean is a no-op there).
+    Unmap,
+    /// An unmap for a non-coherent walker: the same, and cleans each entry on the way (rule 2:
+    /// a split's linking entry may not be clean yet).
+    UnmapCleaning,
+}
+
 /// What `clear_dirty_entry` found in its slot.
 #[derive(Clone, Copy)]
 enum Dirty {
@@ -533,7 +547,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
             return PageMap::NotHere;
         }
         // A page never crosses a leaf table: no span to check.
-        match self.descend(0, iova.get(), true) {
+        match self.descend(0, iova.get(), Descent::Map) {
             Some((leaf, _)) => self.map_one(leaf, iova.get(), pa.get(), prot),
             None => PageMap::NotHere,
         }
@@ -553,7 +567,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         if !self.map_ranges_ok(iova, pa, len) || self.format.check_prot(prot).is_err() {
             return FastMap::Unchecked;
         }
-        if let Some((leaf, _)) = self.plain_leaf_table_for(iova, len, true) {
+        if let Some((leaf, _)) = self.plain_leaf_table_for(iova, len, Descent::Map) {
             // The general walk would descend the same existing tables and need no new one.
             // Once `first_present` found every entry empty, only a concurrent map of an
             // overlapping range, which the contract forbids, could fill one.
@@ -671,39 +685,59 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     /// Level-0 leaves under a contiguous hint are handled there too, run by run (see
     /// [`Self::hinted_runs`]).
     ///
-    /// `sync_path` is set by `map` and clear for `unmap`. With it, cleans every entry on the way
-    /// for a non-coherent walker: a map relies on them, and a concurrent map that linked one may
-    /// not have cleaned it yet. Without it (an unmap), also returns the levels (bit `l` for
-    /// level `l`) whose entry on the way is marked as made by a split ([`Self::split_made`]),
-    /// which the unmap's gather must cover; a map records nothing in a gather, so it gets 0
-    /// and does not pay for the test (issue 18, goal 3).
+    /// `how` is [`Descent::Map`] for `map`: it cleans every entry on the way for a
+    /// non-coherent walker (a map relies on them, and a concurrent map that linked one may not
+    /// have cleaned it yet), and gets 0 for the split levels (a map records nothing in a
+    /// gather, so it does not pay for the test: issue 18, goal 3). An unmap (see
+    /// [`Self::unmap_descend`]) gets the levels (bit `l` for level `l`) whose entry on the way
+    /// is marked as made by a split ([`Self::split_made`]), which its gather must cover.
     #[inline(always)]
-    fn plain_leaf_table_for(&self, iova: u64, len: u64, sync_path: bool) -> Option<(Table, u32)> {
-        self.table_for(0, iova, len, sync_path)
+    fn plain_leaf_table_for(&self, iova: u64, len: u64, how: Descent) -> Option<(Table, u32)> {
+        self.table_for(0, iova, len, how)
     }
 
     /// [`Self::plain_leaf_table_for`] for the existing table at `at` (0: a leaf table, 1: a
     /// table of level-1 entries, the fast path of block-sized maps and unmaps).
     #[inline(always)]
-    fn table_for(&self, at: u32, iova: u64, len: u64, sync_path: bool) -> Option<(Table, u32)> {
+    fn table_for(&self, at: u32, iova: u64, len: u64, how: Descent) -> Option<(Table, u32)> {
         let span_log2 = self.geo().level_shift(at + 1);
         if len >> span_log2 != 0 || iova >> span_log2 != (iova + (len - 1)) >> span_log2 {
             return None;
         }
-        self.descend(at, iova, sync_path)
+        self.descend(at, iova, how)
+    }
+
+    /// [`Self::descend`] for an unmap: for a non-coherent walker it also cleans every entry on
+    /// the way (rule 2: an unmap relies on them as a map does -- another thread's split may
+    /// have linked its table and not cleaned the link yet, and memory would still hold the
+    /// larger leaf over this unmap's pages after its invalidation). One test per call, outside
+    /// the descent: a coherent walker's descent is the one without cleans.
+    #[inline(always)]
+    fn unmap_descend(&self, at: u32, iova: u64) -> Option<(Table, u32)> {
+        if self.coherency == WalkerCoherency::NonCoherent {
+            return self.descend_cleaning(at, iova);
+        }
+        self.descend(at, iova, Descent::Unmap)
+    }
+
+    /// [`Self::unmap_descend`] for a non-coherent walker, out of line (the coherent unmap's
+    /// body does not grow by a second descent).
+    #[inline(never)]
+    fn descend_cleaning(&self, at: u32, iova: u64) -> Option<(Table, u32)> {
+        self.descend(at, iova, Descent::UnmapCleaning)
     }
 
     /// The descent of [`Self::table_for`] to the existing table at `at` whose span holds
     /// `iova` (an IOVA inside the input size), if every entry on the way is a table pointer.
     #[inline(always)]
-    fn descend(&self, at: u32, iova: u64, sync_path: bool) -> Option<(Table, u32)> {
+    fn descend(&self, at: u32, iova: u64, how: Descent) -> Option<(Table, u32)> {
         // Read once, and the descent compiled once per answer: the format's fields would be
         // reloaded after every entry's acquire load, and a test of the answer at each level
         // kept the compiler from folding the decode into the allocator's range test (Arm,
         // whose mask depends on the output size: issue 18, goal 3).
         match self.format.table_address_mask() {
-            Some(mask) => self.descend_with(at, iova, sync_path, |raw| PhysAddr::new(raw & mask)),
-            None => self.descend_with(at, iova, sync_path, |raw| self.format.table_address(raw)),
+            Some(mask) => self.descend_with(at, iova, how, |raw| PhysAddr::new(raw & mask)),
+            None => self.descend_with(at, iova, how, |raw| self.format.table_address(raw)),
         }
     }
 
@@ -713,13 +747,17 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         &self,
         at: u32,
         iova: u64,
-        sync_path: bool,
+        how: Descent,
         address: impl Fn(u64) -> PhysAddr,
     ) -> Option<(Table, u32)> {
         // A copy: the compiler would reload each field after every load of an entry (a
         // `PageTable` is not `Freeze`: its dirty-tracking flag is an atomic).
         let g = *self.geo();
-        let clean = sync_path && self.coherency == WalkerCoherency::NonCoherent;
+        let clean = match how {
+            Descent::Map => self.coherency == WalkerCoherency::NonCoherent,
+            Descent::Unmap => false,
+            Descent::UnmapCleaning => true,
+        };
         if g.levels < at + 2 {
             return None;
         }
@@ -736,7 +774,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
                 // SAFETY: as above.
                 self.sync(unsafe { t.entry_ptr(idx) }, 8);
             }
-            let split = !sync_path && self.split_made(level, raw);
+            let split = how != Descent::Map && self.split_made(level, raw);
             if at == 0 {
                 // The one-page and leaf-table unmaps: without a branch (a test and a jump per
                 // level kept the mask in memory, 12-14 instructions per call; issue 18, goal 2).
@@ -1384,7 +1422,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         {
             return None;
         }
-        let (t, _) = self.table_for(1, iova, len, true)?;
+        let (t, _) = self.table_for(1, iova, len, Descent::Map)?;
         let first = g.index(1, iova);
         // The range lies inside `t`'s span (`table_for`): the entries are `t`'s.
         let n = (len >> g.level_shift(1)) as usize;
@@ -1562,7 +1600,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         {
             return FastUnmap::Unchecked;
         }
-        let Some((leaf, split_levels)) = self.descend(0, iova.get(), false) else {
+        let Some((leaf, split_levels)) = self.unmap_descend(0, iova.get()) else {
             return FastUnmap::Unchecked;
         };
         let bytes = self.unmap_one(leaf, iova.get(), gather);
@@ -1605,7 +1643,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         if iova >> span_log2 != (end - 1) >> span_log2 {
             return FastUnmap::NotHere;
         }
-        let Some((leaf, split_levels)) = self.descend(0, iova, false) else {
+        let Some((leaf, split_levels)) = self.unmap_descend(0, iova) else {
             return FastUnmap::NotHere;
         };
         let bytes = self.unmap_leaves(leaf, iova, len, gather);
@@ -1928,10 +1966,15 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
                     gather.add_table_change(iova, size);
                     return Ok(Unmapped::Unlinked(child, raw));
                 }
+                // Rule 2: the walk relies on the link, which another thread's split may not
+                // have cleaned yet (a no-op for a coherent walker).
+                // SAFETY: `idx` indexes the live table `t`.
+                self.sync(unsafe { t.entry_ptr(idx) }, 8);
                 return Ok(Unmapped::Below(child, raw));
             }
             if chunk == size {
-                self.store_synced(t, idx, 0);
+                slot.store(0, Ordering::Release);
+                self.sync_cleared(t, level, idx, idx + 1);
                 gather.add_leaves(iova, size, shift);
                 return Ok(Unmapped::Bytes(size));
             }
@@ -2308,7 +2351,12 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
                 return None;
             }
         }
-        self.table_for(1, iova, len, false)
+        // `table_for`'s test, then the unmap's descent.
+        let span_log2 = g.level_shift(2);
+        if len >> span_log2 != 0 || iova >> span_log2 != (iova + (len - 1)) >> span_log2 {
+            return None;
+        }
+        self.unmap_descend(1, iova)
     }
 
     /// [`Self::unmap_blocks`] for the one level-1 entry at `iova` in `t` (per-page callers of
@@ -2616,8 +2664,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         gather: &mut Gather,
     ) {
         let shift = self.geo().level_shift(level);
-        // SAFETY: entries `first + start..first + end` lie in the live leaf table `t`.
-        self.sync(unsafe { t.entry_ptr(first + start) }, (end - start) * 8);
+        self.sync_cleared(t, level, first + start, first + end);
         let run_iova = iova + ((start as u64) << shift);
         gather.add_leaves(run_iova, ((end - start) as u64) << shift, shift);
     }
@@ -2639,10 +2686,40 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         gather: &mut Gather,
     ) {
         match broken {
-            // SAFETY: `idx` indexes the live table `t`.
-            true => self.sync(unsafe { t.entry_ptr(idx) }, 8),
+            true => self.sync_cleared(t, level, idx, idx + 1),
             false => self.cleared_run(t, level, idx, 0, 1, iova, gather),
         }
+    }
+
+    /// Cache maintenance of entries `from..to` of the live table `t` (at `level`) that this
+    /// call cleared, for a non-coherent walker (a no-op for a coherent one, tested here as
+    /// `sync` would). Where the format has runs at `level`, the aligned blocks of the largest
+    /// run around them are cleaned whole (rule 2): another thread's break of a run over them
+    /// may have rewritten the run's leaves and not cleaned them yet, and this call's search
+    /// then found the run broken; memory would keep the hint in the run's other cache lines,
+    /// whose walk may cache the whole run, these entries included, after this call's
+    /// invalidation.
+    #[inline(always)]
+    fn sync_cleared(&self, t: Table, level: u32, from: usize, to: usize) {
+        if self.coherency == WalkerCoherency::NonCoherent {
+            self.sync_cleared_blocks(t, level, from, to);
+        }
+    }
+
+    /// [`Self::sync_cleared`] for a non-coherent walker, out of line.
+    #[inline(never)]
+    fn sync_cleared_blocks(&self, t: Table, level: u32, from: usize, to: usize) {
+        let (mut from, mut to) = (from, to);
+        let runs = self.runs_at(level);
+        if runs != 0 {
+            // Runs are aligned blocks inside a table, whose entry count is a multiple of them.
+            let block = 1usize << Self::largest_run_log2(runs);
+            (from, to) = (from & !(block - 1), (to + block - 1) & !(block - 1));
+        }
+        // SAFETY: entries `from..to` lie in the live table `t` (the callers' entries, widened
+        // to whole run blocks of it).
+        self.alloc
+            .sync_for_device(unsafe { t.entry_ptr(from) }, (to - from) * 8);
     }
 
     #[inline]
@@ -3205,6 +3282,10 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
                 return Ok(Dirty::Leaf(false));
             }
             if level > 0 && self.format.is_table(level, raw) {
+                // Rule 2: cleaned before the walk below relies on it (a split's link may not
+                // be yet: the walker would still cache the dirty larger leaf after this call's
+                // invalidation, and writes through it go unrecorded).
+                self.sync(NonNull::from(slot).cast(), 8);
                 return Ok(Dirty::Table(raw));
             }
             if !self.format.leaf_is_dirty(raw) {
