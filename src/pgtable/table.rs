@@ -771,8 +771,9 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
                 return None;
             }
             if clean {
-                // SAFETY: as above.
-                self.sync(unsafe { t.entry_ptr(idx) }, 8);
+                // Its run block whole: another thread's break of a run over it may not be
+                // clean yet (`sync_cleared`).
+                self.sync_cleared(t, level, idx, idx + 1);
             }
             let split = how != Descent::Map && self.split_made(level, raw);
             if at == 0 {
@@ -1962,14 +1963,15 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
             if level > 0 && self.format.is_table(level, raw) {
                 let child = self.child(raw)?;
                 if chunk == size {
-                    self.store_synced(t, idx, 0);
+                    slot.store(0, Ordering::Release);
+                    self.sync_cleared(t, level, idx, idx + 1);
                     gather.add_table_change(iova, size);
                     return Ok(Unmapped::Unlinked(child, raw));
                 }
                 // Rule 2: the walk relies on the link, which another thread's split may not
-                // have cleaned yet (a no-op for a coherent walker).
-                // SAFETY: `idx` indexes the live table `t`.
-                self.sync(unsafe { t.entry_ptr(idx) }, 8);
+                // have cleaned yet, nor another's break of a run over it (a no-op for a
+                // coherent walker).
+                self.sync_cleared(t, level, idx, idx + 1);
                 return Ok(Unmapped::Below(child, raw));
             }
             if chunk == size {
@@ -2433,7 +2435,9 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
             if table {
                 let child = self.child(raw)?;
                 let at = iova + ((i as u64) << shift);
-                self.store_synced(t, first + i, 0);
+                // SAFETY: `first + i` indexes the live table `t`.
+                unsafe { t.slot(first + i) }.store(0, Ordering::Release);
+                self.sync_cleared(t, 1, first + i, first + i + 1);
                 gather.add_table_change(at, 1 << shift);
                 bytes += self.reap(child, 0, raw, gather)?;
             }
@@ -2692,7 +2696,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     }
 
     /// Cache maintenance of entries `from..to` of the live table `t` (at `level`) that this
-    /// call cleared, for a non-coherent walker (a no-op for a coherent one, tested here as
+    /// call cleared, linked or relies on, for a non-coherent walker (a no-op for a coherent one, tested here as
     /// `sync` would). Where the format has runs at `level`, the aligned blocks of the largest
     /// run around them are cleaned whole (rule 2): another thread's break of a run over them
     /// may have rewritten the run's leaves and not cleaned them yet, and this call's search
@@ -2873,8 +2877,9 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         crate::barrier::publish_table();
         match slot.compare_exchange(raw, table_entry, Ordering::Release, Ordering::Acquire) {
             Ok(_) => {
-                // SAFETY: `idx` indexes the live table `t`.
-                self.sync(unsafe { t.entry_ptr(idx) }, 8);
+                // The run block whole: another thread's break of a run over the leaf may not be
+                // clean yet (`sync_cleared`; review of 8b21902).
+                self.sync_cleared(t, level, idx, idx + 1);
                 let shift = self.geo().level_shift(level);
                 gather.add_table_change(iova & !((1u64 << shift) - 1), 1 << shift);
                 Ok(Ok(new))
