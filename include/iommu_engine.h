@@ -1124,6 +1124,13 @@ int32_t ie_ctx_destroy(IeCtx *ctx);
 // to the context; `no_snoop_capable` is the device's own declaration that it may issue
 // no-snoop transactions. Writes the device's handle to `*out`.
 //
+// A device handle (as an IOASID number, ie_ctx_alloc()) is a `uint32_t`: bits 15:0 the
+// device's slot in the context, bits 31:16 the slot's generation, which changes each time
+// the slot is emptied (ie_ctx_unbind(), wrapping after 65536). A handle kept after its
+// device was unbound is refused by every call with `IE_STATUS_NOT_FOUND`, also once the
+// slot holds another device, for the next 65535 reuses of the slot. The first device of
+// a slot has generation 0; treat handles as opaque.
+//
 // # Safety
 // `ctx` is a live context handle; `out` is writable.
 int32_t ie_ctx_bind(IeCtx *ctx,
@@ -1183,6 +1190,13 @@ int32_t ie_ctx_unbind(IeCtx *ctx, uint32_t device);
 int32_t ie_ctx_device_info(IeCtx *ctx, uint32_t device, IeDeviceInfo *out);
 
 // Allocates an IOASID with `flags` (`IE_IOASID_FLAG_*`), fixed for its life; writes its number.
+//
+// The number is a handle: bits 15:0 the IOASID's slot in the context, bits 31:16 the slot's
+// generation, which changes each time its IOASID is freed (ie_ctx_free(), wrapping after
+// 65536). A number kept after its IOASID was freed is refused by every call with
+// `IE_STATUS_NOT_FOUND`, also once the slot holds a new IOASID (for the next 65535 reuses
+// of the slot), rather than reaching it. The first IOASID of a slot has generation 0;
+// treat numbers as opaque.
 //
 // # Safety
 // `ctx` is a live context handle; `out` is writable.
@@ -1275,8 +1289,8 @@ int32_t ie_ctx_map(IeCtx *ctx,
 // still reach the pages; call again (it reissues the invalidation and reports 0 bytes) until
 // `IE_STATUS_OK` before reusing them, or until ie_ctx_free() of the IOASID returns
 // `IE_STATUS_OK` (it settles everything owed before it frees any domain; a call after it
-// answers `IE_STATUS_NOT_FOUND`, or reaches an IOASID allocated since under the same
-// number: do not call again then). `iova` 0 with `len` `UINT64_MAX` unmaps everything but
+// answers `IE_STATUS_NOT_FOUND`, also once an IOASID is allocated in the same slot: the
+// number carries the slot's generation). `iova` 0 with `len` `UINT64_MAX` unmaps everything but
 // attached devices' direct regions, whatever the address width (iommufd's `IOMMU_IOAS_UNMAP`
 // form; an error stops it with what lay below unmapped and counted: call again until
 // `IE_STATUS_OK`). A range holding no mapping returns `IE_STATUS_OK` with 0 bytes.

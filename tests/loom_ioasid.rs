@@ -676,7 +676,7 @@ impl World {
     fn observe(&self) -> Seen {
         let slots = (0..4)
             .map(|slot| {
-                let id = IoasidId(slot);
+                let id = self.ctx.ioasid_in_slot(slot);
                 let mut pages = Vec::new();
                 for p in WINDOW {
                     match self.ctx.translate(id, Iova::new(p)) {
@@ -698,7 +698,7 @@ impl World {
     fn held(&self) -> Vec<(usize, usize, usize)> {
         let mut held = Vec::new();
         for slot in 0..4 {
-            match self.ctx.table_pages(IoasidId(slot)) {
+            match self.ctx.table_pages(self.ctx.ioasid_in_slot(slot)) {
                 Err(Error::NoSuchIoasid(_)) => {}
                 Err(e) => panic!("table_pages({slot}): {e:?}"),
                 Ok(p) => held.extend((p.domains.iter().flatten()).map(|u| {
@@ -721,7 +721,7 @@ impl World {
                 !at.is_some_and(|a| a.unsettled.is_some()),
                 "attachment {at:?} unsettled: the model unit confirms every attach"
             );
-            at.map(|a| usize::from(a.ioasid.0))
+            at.map(|a| usize::from(a.ioasid.slot()))
         })
     }
 
@@ -732,7 +732,7 @@ impl World {
     /// that domain owes an invalidation: `Seen` says which IOASIDs hold one).
     fn audit(&self, histories: &[History]) {
         for slot in 0..4 {
-            match self.ctx.audit(IoasidId(slot)) {
+            match self.ctx.audit(self.ctx.ioasid_in_slot(slot)) {
                 Ok(()) | Err(Error::NoSuchIoasid(_)) => {}
                 Err(e) => panic!(
                     "audit of IOASID {slot}: {e:?}\ncalls per thread: {histories:x?}\n\
@@ -976,7 +976,11 @@ struct ModelDomain {
 /// the context's reserved regions.
 #[derive(Clone, PartialEq, Eq, Debug)]
 struct Model {
+    /// The four IOASID slots, then one never filled: where an ID of an earlier generation
+    /// (`Model::at`) points.
     slots: Vec<Option<ModelIoasid>>,
+    /// Each slot's generation: how many times its IOASID was freed (`IoasidId`).
+    gens: [u16; 4],
     /// The slot each device (unit 0's, unit 1's) is attached to.
     attached: [Option<usize>; 2],
     /// The IOASIDs' domains by (IOASID slot, position in `Ioasid::domains`, the order every
@@ -998,9 +1002,20 @@ fn overlap((s, e): (u64, u64), start: u64, end: u64) -> bool {
 }
 
 impl Model {
+    /// The slot `id` names: its own if of the slot's current generation, else the one that
+    /// never holds an IOASID.
+    fn at(&self, id: IoasidId) -> usize {
+        let slot = usize::from(id.slot());
+        if self.gens.get(slot) == Some(&id.generation()) {
+            slot
+        } else {
+            4
+        }
+    }
+
     fn new(s: Setup) -> Self {
         let a: Pages = SRC.iter().map(|&(i, p)| (i, (p, RW))).collect();
-        let mut slots = vec![None; 4];
+        let mut slots = vec![None; 5];
         slots[0] = Some(ModelIoasid {
             pages: a,
             iovas: Vec::new(),
@@ -1028,6 +1043,7 @@ impl Model {
         };
         Model {
             slots,
+            gens: [0; 4],
             attached: [s.device_on_b.then_some(1), s.second_on_b.then_some(1)],
             domains: (s.device_on_b.then_some(((1, 0), ModelDomain::default())))
                 .into_iter()
@@ -1138,7 +1154,7 @@ impl Model {
     /// meets the record's refusal after its first run settled: no scenario copies over a
     /// mapped page while an invalidation is owed.)
     fn map_pages(&mut self, id: IoasidId, pages: &Pages) -> Answer {
-        let slot = usize::from(id.0);
+        let slot = self.at(id);
         let refused = !self.domains_of(slot).is_empty() && self.unit_refuses(pages);
         let reserved = pages
             .keys()
@@ -1174,7 +1190,7 @@ impl Model {
     /// or holds `MAX_IOVA_RESERVATIONS` reservations (`Capacity`). It never runs out of space
     /// (`NoIovaSpace`): the scenarios map and reserve a few pages of a 48-bit space.
     fn alloc_iova_refusal(&self, id: IoasidId) -> Option<Answer> {
-        match &self.slots[usize::from(id.0)] {
+        match &self.slots[self.at(id)] {
             None => Some(Answer::NoSuchIoasid),
             Some(io) if io.iovas.len() >= MAX_IOVA_RESERVATIONS => Some(Answer::Refused),
             Some(_) => None,
@@ -1187,7 +1203,8 @@ impl Model {
     fn reserve_iova(&mut self, id: IoasidId, at: u64, size: u64) -> bool {
         let end = at + size;
         let reserved = self.reserved.iter().any(|&r| overlap(r, at, end));
-        let Some(io) = self.slots[usize::from(id.0)].as_mut() else {
+        let slot = self.at(id);
+        let Some(io) = self.slots[slot].as_mut() else {
             return false;
         };
         let free = at >= K4
@@ -1204,12 +1221,12 @@ impl Model {
     fn apply_one(&mut self, call: Call) -> Answer {
         match call {
             Call::Alloc => {
-                let slot = self.slots.iter().position(Option::is_none).unwrap();
+                let slot = self.slots[..4].iter().position(Option::is_none).unwrap();
                 self.slots[slot] = Some(ModelIoasid::default());
-                Answer::Ok(slot as u64)
+                Answer::Ok(u64::from(IoasidId::new(slot as u16, self.gens[slot]).0))
             }
             Call::Free(id) => {
-                let slot = usize::from(id.0);
+                let slot = self.at(id);
                 if self.slots[slot].is_none() {
                     return Answer::NoSuchIoasid;
                 }
@@ -1226,6 +1243,7 @@ impl Model {
                     return Answer::Pending;
                 }
                 self.slots[slot] = None;
+                self.gens[slot] = self.gens[slot].wrapping_add(1);
                 Answer::Ok(0)
             }
             Call::Map(id, iova, pa, len) => {
@@ -1233,7 +1251,7 @@ impl Model {
                 self.map_pages(id, &pages)
             }
             Call::Unmap(id, iova, len) => {
-                let slot = usize::from(id.0);
+                let slot = self.at(id);
                 if self.slots[slot].is_none() {
                     return Answer::NoSuchIoasid;
                 }
@@ -1274,10 +1292,10 @@ impl Model {
                 dst_iova,
                 len,
             } => {
-                if self.slots[usize::from(dst.0)].is_none() {
+                if self.slots[self.at(dst)].is_none() {
                     return Answer::NoSuchIoasid;
                 }
-                let Some(io) = &self.slots[usize::from(src.0)] else {
+                let Some(io) = &self.slots[self.at(src)] else {
                     return Answer::NoSuchIoasid;
                 };
                 let mut pages = BTreeMap::new();
@@ -1324,7 +1342,7 @@ impl Model {
     /// Attached elsewhere, the device switches (`attach`'s docs: an attach replaces), and the
     /// domain it left is released.
     fn attach(&mut self, unit: usize, id: IoasidId) -> Answer {
-        let slot = usize::from(id.0);
+        let slot = self.at(id);
         let Some(io) = &self.slots[slot] else {
             return Answer::NoSuchIoasid;
         };
@@ -1353,6 +1371,7 @@ impl Model {
         let slots = self
             .slots
             .iter()
+            .take(4)
             .map(|s| {
                 s.as_ref()
                     .map(|io| WINDOW.iter().map(|p| io.pages.get(p).copied()).collect())
@@ -1405,7 +1424,7 @@ fn serial(model: &Model, histories: &[History], next: &mut [usize], seen: &Seen)
         let undone = match (step.call, step.heard) {
             (Call::Copy { dst, .. }, Answer::Pending) if fits => {
                 let mut u = m.clone();
-                u.undo_flush(usize::from(dst.0));
+                u.undo_flush(dst.slot().into());
                 Some(u)
             }
             _ => None,
@@ -1668,7 +1687,7 @@ fn copy_vs_free_and_reuse_of_source_and_destination() {
             |t| {
                 if t.run(Call::Free(A)) == Answer::Ok(0) {
                     if let Answer::Ok(id) = t.run(Call::Alloc) {
-                        t.run(Call::Map(IoasidId(id as u16), 0x1000, 0x50_0000, 2 * K4));
+                        t.run(Call::Map(IoasidId(id as u32), 0x1000, 0x50_0000, 2 * K4));
                     }
                 }
             },
@@ -1704,7 +1723,7 @@ fn copy_undo_vs_free_and_reuse_of_its_destination() {
             |t| {
                 if t.run(Call::Free(B)) == Answer::Ok(0) {
                     if let Answer::Ok(id) = t.run(Call::Alloc) {
-                        t.run(Call::Map(IoasidId(id as u16), 0x1000, 0x70_0000, K4));
+                        t.run(Call::Map(IoasidId(id as u32), 0x1000, 0x70_0000, K4));
                     }
                 }
             },

@@ -1,6 +1,8 @@
 //! Defects of the C ABI found by a read-only review of `src/capi` (2026-12-07, the third):
 //! a guest's invalidation batch read more than once, so that a buffer the guest shares
-//! changes between the check and the use; a PASID width clamped without a word.
+//! changes between the check and the use; a PASID width clamped without a word; a destroy
+//! that leaked reported as a clean one; device and IOASID handles that a stale copy (a C
+//! caller's use after destroy) reuses to reach the object created since in the same slot.
 
 extern crate std;
 
@@ -215,5 +217,68 @@ fn a_destroy_that_leaks_says_so() {
             "unit destroy: {st}"
         );
         assert_eq!(ie_sim_model_destroy(model), OK);
+    }
+}
+
+/// Device and IOASID handles carry their slot's generation: a handle kept after its IOASID
+/// was freed (or its device unbound) is refused with `IE_STATUS_NOT_FOUND` once the slot
+/// holds a new one, rather than reaching it (it did: a handle was its slot number, so the
+/// stale IOASID handle mapped into the new IOASID and the stale device handle attached the
+/// new device).
+#[test]
+fn stale_handles_are_refused_after_their_slot_is_reused() {
+    use super::ioasid::{
+        ie_ctx_alloc, ie_ctx_allow_incoherent_dma, ie_ctx_attach, ie_ctx_bind, ie_ctx_detach,
+        ie_ctx_free, ie_ctx_map, ie_ctx_revoke_incoherent_dma, ie_ctx_translate, ie_ctx_unbind,
+        ie_ctx_unmap,
+    };
+    use super::tests::{destroy_ctx_and_registry, registry_and_ctx};
+    let not_found = IeStatus::NotFound as i32;
+    let (arena, env) = arena();
+    // SAFETY: a live arena and its allocator, then live handles and writable outputs.
+    unsafe {
+        let sim = Sim::Vtd(IeSimVtdConfig {
+            snoop_control: true,
+            ..IeSimVtdConfig::default()
+        });
+        let (model, unit, before) = sim_unit(arena, &env, sim);
+        let (registry, ctx) = registry_and_ctx(&env, unit);
+        let (mut old_io, mut new_io, mut old_dev, mut new_dev) = (0u32, 0u32, 0u32, 0u32);
+        assert_eq!(ie_ctx_alloc(ctx, 0, &mut old_io), OK);
+        assert_eq!(ie_ctx_free(ctx, old_io), OK);
+        assert_eq!(ie_ctx_alloc(ctx, 0, &mut new_io), OK);
+        assert_eq!(
+            ie_ctx_map(ctx, old_io, 0x10_0000, 0x4000_0000, 0x1000, 3),
+            not_found,
+            "a freed IOASID's handle ({old_io:#x}) maps into its slot's new IOASID ({new_io:#x})"
+        );
+        let mut pa = 0u64;
+        assert_eq!(ie_ctx_translate(ctx, new_io, 0x10_0000, &mut pa), not_found);
+        assert_eq!(ie_ctx_free(ctx, old_io), not_found);
+        assert_eq!(ie_ctx_bind(ctx, 0, 0x20, true, &mut old_dev), OK);
+        assert_eq!(ie_ctx_unbind(ctx, old_dev), OK);
+        assert_eq!(ie_ctx_bind(ctx, 0, 0x28, true, &mut new_dev), OK);
+        assert_eq!(
+            ie_ctx_attach(ctx, old_dev, new_io, null_mut()),
+            not_found,
+            "an unbound device's handle ({old_dev:#x}) attaches its slot's new device ({new_dev:#x})"
+        );
+        assert_eq!(ie_ctx_allow_incoherent_dma(ctx, new_dev), OK);
+        assert_eq!(ie_ctx_allow_incoherent_dma(ctx, old_dev), not_found);
+        assert_eq!(ie_ctx_revoke_incoherent_dma(ctx, old_dev), not_found);
+        assert_eq!(ie_ctx_revoke_incoherent_dma(ctx, new_dev), OK);
+        assert_eq!(ie_ctx_unbind(ctx, old_dev), not_found);
+        // The live handles work as ever.
+        assert_eq!(ie_ctx_attach(ctx, new_dev, new_io, null_mut()), OK);
+        assert_eq!(
+            ie_ctx_map(ctx, new_io, 0x10_0000, 0x4000_0000, 0x1000, 3),
+            OK
+        );
+        assert_eq!(ie_ctx_unmap(ctx, new_io, 0x10_0000, 0x1000, null_mut()), OK);
+        assert_eq!(ie_ctx_detach(ctx, new_dev), OK);
+        assert_eq!(ie_ctx_unbind(ctx, new_dev), OK);
+        assert_eq!(ie_ctx_free(ctx, new_io), OK);
+        destroy_ctx_and_registry(registry, ctx);
+        release_sim_unit(arena, model, unit, before);
     }
 }

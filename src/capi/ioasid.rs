@@ -319,8 +319,11 @@ pub unsafe extern "C" fn ie_ctx_destroy(ctx: *mut IeCtx) -> i32 {
         unsafe {
             Obj::destroy_in_place(obj, |mut value| {
                 let v = value.as_mut();
-                // The grants borrow the context: revoked before it is torn down.
-                *v.grants.lock() = [const { None }; MAX_DEVICES];
+                // The grants borrow the context: revoked before it is torn down (one by one:
+                // a whole empty table would be built on the stack, over the teardown).
+                for g in v.grants.lock().iter_mut() {
+                    *g = None;
+                }
                 leaked = v.ctx.tear_down();
                 // The context is empty now: its drop gives up nothing more.
                 value.as_ptr().drop_in_place();
@@ -337,14 +340,14 @@ pub unsafe extern "C" fn ie_ctx_destroy(ctx: *mut IeCtx) -> i32 {
 }
 
 pub(super) fn device(ctx: *mut IeCtx, d: u32) -> Result<DeviceHandle, IeStatus> {
-    let slot = u16::try_from(d).map_err(|_| IeStatus::NotFound)?;
-    Ok(ctx_obj(ctx)?.value.ctx.device_handle(slot))
+    // The slot and its generation (`DeviceHandle::raw`): a stale one is refused by every
+    // lookup of the context.
+    Ok(ctx_obj(ctx)?.value.ctx.device_handle(d))
 }
 
 pub(super) fn ioasid(i: u32) -> Result<IoasidId, IeStatus> {
-    u16::try_from(i)
-        .map(IoasidId)
-        .map_err(|_| IeStatus::NotFound)
+    // The slot and its generation: a stale one is refused by every lookup of the context.
+    Ok(IoasidId(i))
 }
 
 fn pasid(p: u32) -> Result<Pasid, IeStatus> {
@@ -354,6 +357,13 @@ fn pasid(p: u32) -> Result<Pasid, IeStatus> {
 /// Binds device `device_id` (PCI RID on VT-d, StreamID on SMMUv3) behind unit number `unit`
 /// to the context; `no_snoop_capable` is the device's own declaration that it may issue
 /// no-snoop transactions. Writes the device's handle to `*out`.
+///
+/// A device handle (as an IOASID number, ie_ctx_alloc()) is a `uint32_t`: bits 15:0 the
+/// device's slot in the context, bits 31:16 the slot's generation, which changes each time
+/// the slot is emptied (ie_ctx_unbind(), wrapping after 65536). A handle kept after its
+/// device was unbound is refused by every call with `IE_STATUS_NOT_FOUND`, also once the
+/// slot holds another device, for the next 65535 reuses of the slot. The first device of
+/// a slot has generation 0; treat handles as opaque.
 ///
 /// # Safety
 /// `ctx` is a live context handle; `out` is writable.
@@ -372,7 +382,7 @@ pub unsafe extern "C" fn ie_ctx_bind(
             return Err(IeStatus::InvalidArgument);
         }
         let h = c.value.ctx.bind(label, no_snoop_capable)?;
-        put(out, u32::from(h.slot()))
+        put(out, h.raw())
     })())
 }
 
@@ -470,7 +480,7 @@ pub unsafe extern "C" fn ie_ctx_bind_with(
             .value
             .ctx
             .bind_with(label, no_snoop_capable, hints.hints())?;
-        put(out, u32::from(h.slot()))
+        put(out, h.raw())
     })())
 }
 
@@ -564,7 +574,7 @@ pub unsafe extern "C" fn ie_ctx_bind_direct(
             .value
             .ctx
             .bind_with_direct(label, no_snoop_capable, hints, list)?;
-        put(out, u32::from(h.slot()))
+        put(out, h.raw())
     })())
 }
 
@@ -826,6 +836,13 @@ const _: () = assert!(
 
 /// Allocates an IOASID with `flags` (`IE_IOASID_FLAG_*`), fixed for its life; writes its number.
 ///
+/// The number is a handle: bits 15:0 the IOASID's slot in the context, bits 31:16 the slot's
+/// generation, which changes each time its IOASID is freed (ie_ctx_free(), wrapping after
+/// 65536). A number kept after its IOASID was freed is refused by every call with
+/// `IE_STATUS_NOT_FOUND`, also once the slot holds a new IOASID (for the next 65535 reuses
+/// of the slot), rather than reaching it. The first IOASID of a slot has generation 0;
+/// treat numbers as opaque.
+///
 /// # Safety
 /// `ctx` is a live context handle; `out` is writable.
 #[no_mangle]
@@ -837,7 +854,7 @@ pub unsafe extern "C" fn ie_ctx_alloc(ctx: *mut IeCtx, flags: u32, out: *mut u32
             return Err(IeStatus::InvalidArgument);
         }
         let id = c.value.ctx.alloc(flags)?;
-        put(out, u32::from(id.0))
+        put(out, id.0)
     })())
 }
 
@@ -1051,8 +1068,8 @@ pub unsafe extern "C" fn ie_ctx_map(
 /// still reach the pages; call again (it reissues the invalidation and reports 0 bytes) until
 /// `IE_STATUS_OK` before reusing them, or until ie_ctx_free() of the IOASID returns
 /// `IE_STATUS_OK` (it settles everything owed before it frees any domain; a call after it
-/// answers `IE_STATUS_NOT_FOUND`, or reaches an IOASID allocated since under the same
-/// number: do not call again then). `iova` 0 with `len` `UINT64_MAX` unmaps everything but
+/// answers `IE_STATUS_NOT_FOUND`, also once an IOASID is allocated in the same slot: the
+/// number carries the slot's generation). `iova` 0 with `len` `UINT64_MAX` unmaps everything but
 /// attached devices' direct regions, whatever the address width (iommufd's `IOMMU_IOAS_UNMAP`
 /// form; an error stops it with what lay below unmapped and counted: call again until
 /// `IE_STATUS_OK`). A range holding no mapping returns `IE_STATUS_OK` with 0 bytes.
@@ -1154,13 +1171,20 @@ pub unsafe extern "C" fn ie_ctx_allow_incoherent_dma(ctx: *mut IeCtx, device: u3
         let slot = grants
             .get_mut(usize::from(d.slot()))
             .ok_or(IeStatus::NotFound)?;
-        if slot.is_none() {
-            // SAFETY: the grant borrows the context, which lives in the same object and is
-            // dropped after `grants` (field order): `'static` stands for that.
-            let ctx: &'static IoasidCtx<'static, 'static, CEnv> =
-                unsafe { &*(&c.value.ctx as *const _) };
-            *slot = Some(ctx.allow_incoherent_dma(d)?);
+        if let Some(g) = slot {
+            // The slot's device cannot be unbound while it holds the grant: a handle of
+            // another generation names a device unbound since.
+            return if g.device() == d {
+                Ok(())
+            } else {
+                Err(IeStatus::NotFound)
+            };
         }
+        // SAFETY: the grant borrows the context, which lives in the same object and is
+        // dropped after `grants` (field order): `'static` stands for that.
+        let ctx: &'static IoasidCtx<'static, 'static, CEnv> =
+            unsafe { &*(&c.value.ctx as *const _) };
+        *slot = Some(ctx.allow_incoherent_dma(d)?);
         Ok(())
     })())
 }
@@ -1178,6 +1202,11 @@ pub unsafe extern "C" fn ie_ctx_revoke_incoherent_dma(ctx: *mut IeCtx, device: u
         let slot = grants
             .get_mut(usize::from(d.slot()))
             .ok_or(IeStatus::NotFound)?;
+        // Only the grant of this very device (its generation included), not of a device
+        // bound in the slot since.
+        if !slot.as_ref().is_some_and(|g| g.device() == d) {
+            return Err(IeStatus::NotFound);
+        }
         slot.take().map(drop).ok_or(IeStatus::NotFound)
     })())
 }

@@ -211,7 +211,7 @@ pub unsafe extern "C" fn ie_ctx_alloc_nested(
             return Err(IeStatus::InvalidArgument);
         }
         let id = c.value.ctx.alloc_nested(ioasid(parent)?, s1.to_rust()?)?;
-        put(out, u32::from(id.0))
+        put(out, id.0)
     })())
 }
 

@@ -147,15 +147,18 @@ impl<T: Tagged> Obj<T> {
         finish: impl FnOnce(NonNull<T>) -> Result<(), IeStatus>,
     ) -> Result<(), IeStatus> {
         // SAFETY: the caller guarantees `ptr` is a live object.
-        let obj = unsafe { ptr.as_ref() };
-        obj.claim()?;
-        let (env, page, size_log2) = (obj.env, obj.page, obj.size_log2);
+        unsafe { ptr.as_ref() }.claim()?;
         // SAFETY: `ptr` is live (the caller's contract); no reference to the value is held,
         // and the claim above keeps every other destroy away from it.
         let value =
             unsafe { NonNull::new_unchecked(core::ptr::addr_of_mut!((*ptr.as_ptr()).value)) };
         match finish(value) {
             Ok(()) => {
+                // The header is read only now, not kept in this frame over `finish` (a
+                // context's teardown runs there, on a kernel stack).
+                // SAFETY: `finish` consumed the value alone; the header is intact.
+                let obj = unsafe { ptr.as_ref() };
+                let (env, page, size_log2) = (obj.env, obj.page, obj.size_log2);
                 // SAFETY: the value was consumed, the other fields need no drop; the page is
                 // ours and unused now.
                 unsafe { env.free(page, size_log2) };

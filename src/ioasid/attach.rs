@@ -1450,8 +1450,13 @@ fn collect_runs<A: PageAllocator>(
     granule_log2: u32,
     r: &mut Result<(), Error>,
 ) -> Option<bool> {
+    let current = st.current_ioasid(ioasid);
     let State { ioasids, fill, .. } = st;
-    let Some(io) = ioasids.get(usize::from(ioasid.0)).and_then(Option::as_ref) else {
+    let Some(io) = ioasids
+        .get(usize::from(ioasid.slot()))
+        .filter(|_| current)
+        .and_then(Option::as_ref)
+    else {
         refuse_into(r, Error::NoSuchIoasid(ioasid));
         return None;
     };

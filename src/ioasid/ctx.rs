@@ -266,6 +266,11 @@ pub(super) struct State<'a, A: PageAllocator> {
     /// yet to map (`attach.rs`): here rather than on the stack, where they would be under the
     /// maps and their flushes. Used only under the write lock.
     pub(super) fill: FillRuns,
+    /// Per device slot, how many times it was emptied (wrapping): a handle of an earlier
+    /// generation names a device unbound since, and is refused.
+    pub(super) device_gen: [u16; MAX_DEVICES],
+    /// Per IOASID slot, how many times it was freed (wrapping): as `device_gen`.
+    pub(super) ioasid_gen: [u16; MAX_IOASIDS],
 }
 
 impl<'a, A: PageAllocator> State<'a, A> {
@@ -282,36 +287,66 @@ impl<'a, A: PageAllocator> State<'a, A> {
         reserved: [None; MAX_RESERVED],
         parked: [None; MAX_UNITS],
         fill: FillRuns::EMPTY,
+        device_gen: [0; MAX_DEVICES],
+        ioasid_gen: [0; MAX_IOASIDS],
     });
 
+    /// Whether `d` is of this context and of its slot's current generation.
+    fn current_device(&self, d: DeviceHandle) -> bool {
+        d.of(self.ctx) && self.device_gen.get(usize::from(d.slot())) == Some(&d.generation())
+    }
+
+    /// Whether `id` is of its slot's current generation.
+    pub(super) fn current_ioasid(&self, id: IoasidId) -> bool {
+        self.ioasid_gen.get(usize::from(id.slot())) == Some(&id.generation())
+    }
+
     pub(super) fn device(&self, d: DeviceHandle) -> Result<&Device, Error> {
+        let current = self.current_device(d);
         self.devices
             .get(usize::from(d.slot()))
-            .filter(|_| d.of(self.ctx))
+            .filter(|_| current)
             .and_then(Option::as_ref)
             .ok_or(Error::NoSuchDevice(d))
     }
 
     pub(super) fn device_mut(&mut self, d: DeviceHandle) -> Result<&mut Device, Error> {
+        let current = self.current_device(d);
         self.devices
             .get_mut(usize::from(d.slot()))
-            .filter(|_| d.of(self.ctx))
+            .filter(|_| current)
             .and_then(Option::as_mut)
             .ok_or(Error::NoSuchDevice(d))
     }
 
     pub(super) fn ioasid(&self, id: IoasidId) -> Result<&Ioasid<'a, A>, Error> {
+        let current = self.current_ioasid(id);
         self.ioasids
-            .get(usize::from(id.0))
+            .get(usize::from(id.slot()))
+            .filter(|_| current)
             .and_then(Option::as_ref)
             .ok_or(Error::NoSuchIoasid(id))
     }
 
     pub(super) fn ioasid_mut(&mut self, id: IoasidId) -> Result<&mut Ioasid<'a, A>, Error> {
+        let current = self.current_ioasid(id);
         self.ioasids
-            .get_mut(usize::from(id.0))
+            .get_mut(usize::from(id.slot()))
+            .filter(|_| current)
             .and_then(Option::as_mut)
             .ok_or(Error::NoSuchIoasid(id))
+    }
+
+    /// The handle of the device in `slot` (bound or not), of the slot's current generation.
+    pub(super) fn device_handle_at(&self, slot: usize) -> DeviceHandle {
+        let generation = self.device_gen.get(slot).copied().unwrap_or(0);
+        DeviceHandle::new(self.ctx, slot as u16, generation)
+    }
+
+    /// The ID of the IOASID in `slot`, of the slot's current generation.
+    pub(super) fn ioasid_at(&self, slot: usize) -> IoasidId {
+        let generation = self.ioasid_gen.get(slot).copied().unwrap_or(0);
+        IoasidId::new(slot as u16, generation)
     }
 
     /// Whether anything is attached to `id`.
@@ -457,8 +492,22 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
     /// The handle this context gives the device in `slot` ([`DeviceHandle::slot`]), for
     /// callers that carry slots across a boundary (the C ABI). Every call still checks that a
     /// device is bound there.
-    pub fn device_handle(&self, slot: u16) -> DeviceHandle {
-        DeviceHandle::new(self.id, slot)
+    pub fn device_handle(&self, raw: u32) -> DeviceHandle {
+        DeviceHandle::new(self.id, raw as u16, (raw >> 16) as u16)
+    }
+
+    /// The handle of the device in `slot`, of the slot's current generation: for the fuzzing
+    /// harness, whose shadow numbers devices by slot.
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn device_in_slot(&self, slot: u16) -> DeviceHandle {
+        self.state.read().device_handle_at(usize::from(slot))
+    }
+
+    /// The ID the IOASID in `slot` has, or the one the next IOASID allocated there will have
+    /// (the slot's current generation, [`IoasidId`]): for tests and harnesses that look at
+    /// the context slot by slot.
+    pub fn ioasid_in_slot(&self, slot: u16) -> IoasidId {
+        self.state.read().ioasid_at(usize::from(slot))
     }
 
     pub(super) fn unit(&self, id: UnitId) -> Result<&'a dyn Iommu, Error> {
@@ -578,7 +627,7 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
             virtual_id: None,
             direct,
         });
-        Ok(DeviceHandle::new(self.id, slot as u16))
+        Ok(st.device_handle_at(slot))
     }
 
     /// Releases a device with no outstanding grant, detaching it first from its PASIDs' IOASIDs
@@ -671,7 +720,10 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
             return Err(Error::Busy);
         }
         self.registry.release(dev.label, self.id);
-        st.devices[usize::from(device.slot())] = None;
+        let slot = usize::from(device.slot());
+        st.devices[slot] = None;
+        // Every handle of the device is stale from here on.
+        st.device_gen[slot] = st.device_gen[slot].wrapping_add(1);
         Ok(())
     }
 
@@ -735,7 +787,7 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
             crate::mem::WalkerCoherency::Coherent,
         )?;
         st.ioasids[slot] = Some(Ioasid::new(flags, record));
-        Ok(IoasidId(slot as u16))
+        Ok(st.ioasid_at(slot))
     }
 
     /// The flags an IOASID was allocated with.
@@ -774,7 +826,11 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
             return Err(Error::Busy);
         }
         self.free_domains(st.ioasid_mut(ioasid)?)?;
-        self.destroy_record(&mut st.ioasids[usize::from(ioasid.0)])
+        let slot = usize::from(ioasid.slot());
+        let r = self.destroy_record(&mut st.ioasids[slot]);
+        // The slot is empty whatever `r` says: every ID of the IOASID is stale from here on.
+        st.ioasid_gen[slot] = st.ioasid_gen[slot].wrapping_add(1);
+        r
     }
 
     /// Frees every unused domain of an IOASID (normally none remain: the last detach frees
@@ -845,14 +901,14 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
                 .find(|r| super::overlaps(&r.range(), start, end))
             {
                 return Ok(Some(InUse::DirectRegion {
-                    device: DeviceHandle::new(self.id, slot as u16),
+                    device: st.device_handle_at(slot),
                     region: r.range(),
                 }));
             }
         }
         for (slot, io) in st.ioasids.iter().enumerate() {
             let Some(io) = io else { continue };
-            let ioasid = IoasidId(slot as u16);
+            let ioasid = st.ioasid_at(slot);
             if let Some(range) = io.first_mapping_in(start, end)? {
                 return Ok(Some(InUse::Mapping { ioasid, range }));
             }
@@ -1023,11 +1079,14 @@ impl<A: PageAllocator> IoasidCtx<'_, '_, A> {
             }
         }
         for i in 0..MAX_DEVICES {
-            let bound = self.state.read().devices[i].is_some();
-            if bound {
+            let bound = {
+                let st = self.state.read();
+                st.devices[i].is_some().then(|| st.device_handle_at(i))
+            };
+            if let Some(handle) = bound {
                 // Into a `Result` of this frame, not one of `detach` over it.
                 let mut ignored = Ok(());
-                self.detach_into(DeviceHandle::new(self.id, i as u16), &mut ignored);
+                self.detach_into(handle, &mut ignored);
             }
         }
     }
@@ -1069,9 +1128,10 @@ impl<A: PageAllocator> IoasidCtx<'_, '_, A> {
                 self.registry.pasids().free(p);
             }
         }
+        let device_gen = st.device_gen;
         for (i, d) in st.devices.iter_mut().enumerate() {
             if let Some(d) = d.take() {
-                let handle = DeviceHandle::new(self.id, i as u16);
+                let handle = DeviceHandle::new(self.id, i as u16, device_gen[i]);
                 let attached = d.attached.is_some()
                     || attachments.iter().flatten().any(|a| a.device == handle);
                 if attached {

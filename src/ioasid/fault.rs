@@ -189,7 +189,7 @@ impl<A: PageAllocator> IoasidCtx<'_, '_, A> {
                 .as_ref()
                 .is_some_and(|d| d.attached.is_some()),
             Some(p) => {
-                let handle = self.device_handle(slot as u16);
+                let handle = st.device_handle_at(slot);
                 st.pasid_attachments
                     .iter()
                     .flatten()

@@ -182,21 +182,39 @@ bitflags::bitflags! {
 /// A bound device, as its context numbers it. It names the device only to the context that
 /// returned it: any other context refuses it with [`Error::NoSuchDevice`], so that one context
 /// cannot reach (or grant incoherent DMA to) another's device. Invalid after
-/// [`IoasidCtx::unbind`]; its slot may be reused.
+/// [`IoasidCtx::unbind`]: its slot may be reused, but the slot's generation changes with each
+/// unbind, and a handle of an earlier generation is refused ([`Error::NoSuchDevice`]) rather
+/// than naming the slot's new device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct DeviceHandle {
     ctx: u32,
     slot: u16,
+    generation: u16,
 }
 
 impl DeviceHandle {
-    pub(crate) const fn new(ctx: u32, slot: u16) -> Self {
-        Self { ctx, slot }
+    pub(crate) const fn new(ctx: u32, slot: u16, generation: u16) -> Self {
+        Self {
+            ctx,
+            slot,
+            generation,
+        }
     }
 
     /// The device's slot in its context.
     pub const fn slot(self) -> u16 {
         self.slot
+    }
+
+    /// How many times the slot had been emptied when the device was bound (wrapping).
+    pub const fn generation(self) -> u16 {
+        self.generation
+    }
+
+    /// The handle as one number: the generation in bits 31:16, the slot in bits 15:0 (the C
+    /// ABI's device handle; [`IoasidCtx::device_handle`] reads it back).
+    pub const fn raw(self) -> u32 {
+        (self.generation as u32) << 16 | self.slot as u32
     }
 
     /// Whether the handle was made by context `ctx`.
@@ -219,14 +237,28 @@ pub struct Attachment {
 }
 
 /// An IOASID, as its context numbers it: like a file descriptor, it names an IOASID of the
-/// context it is used with. Invalid after [`IoasidCtx::free`]; the number may be reused.
+/// context it is used with. Bits 15:0 are its slot, bits 31:16 the slot's generation: how
+/// many times the slot had been freed when the IOASID was allocated (wrapping at 65536).
+/// Invalid after [`IoasidCtx::free`]: the slot may be reused, under the next generation, and
+/// an ID of an earlier one is refused ([`Error::NoSuchIoasid`]) rather than naming the new
+/// IOASID. The first IOASID of a slot has generation 0, so its ID is its slot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct IoasidId(pub u16);
+pub struct IoasidId(pub u32);
 
 impl IoasidId {
+    /// The ID of the IOASID in `slot` allocated under `generation`.
+    pub const fn new(slot: u16, generation: u16) -> Self {
+        Self((generation as u32) << 16 | slot as u32)
+    }
+
     /// The IOASID's slot in its context.
     pub const fn slot(self) -> u16 {
-        self.0
+        self.0 as u16
+    }
+
+    /// The slot's generation the IOASID was allocated under.
+    pub const fn generation(self) -> u16 {
+        (self.0 >> 16) as u16
     }
 }
 

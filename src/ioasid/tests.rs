@@ -1039,9 +1039,9 @@ fn device_handles_of_another_context_are_refused() {
         Some(Error::NoSuchDevice(db))
     );
     // The context's own handle for that slot works.
-    assert_eq!(a.device_handle(db.slot()), da);
+    assert_eq!(a.device_handle(db.raw()), da);
     assert_eq!(
-        a.device_info(a.device_handle(db.slot())).unwrap().label,
+        a.device_info(a.device_handle(db.raw())).unwrap().label,
         label(0, 1)
     );
     assert!(unit.events().is_empty());

@@ -132,7 +132,7 @@ impl Harness<'_, '_> {
         if let Some((_, map)) = self.shadow[c].ios.get(&io) {
             for &a in &at {
                 let got = ctxs[c]
-                    .translate(IoasidId(io), Iova::new(a))
+                    .translate(ctxs[c].ioasid_in_slot(io), Iova::new(a))
                     .expect("IOASID exists");
                 let want = map.get(&a).map(|&(pa, prot)| (pa, prot));
                 assert_eq!(
@@ -237,7 +237,9 @@ impl Harness<'_, '_> {
         start: u64,
         end: u64,
     ) -> Vec<(u8, u64)> {
-        let domains = ctxs[c].domains_of(IoasidId(io)).expect("IOASID exists");
+        let domains = ctxs[c]
+            .domains_of(ctxs[c].ioasid_in_slot(io))
+            .expect("IOASID exists");
         let mut found = Vec::new();
         for &(unit, handle) in domains.iter().flatten() {
             let u = self.units[usize::from(unit.0)];

@@ -485,21 +485,21 @@ impl Harness<'_, '_> {
     fn handle(&self, ctxs: &[Ctx<'_, '_>], c: usize, dev: u8) -> (usize, DeviceHandle, u16) {
         let l = usize::from(dev) % LABELS.len();
         if let Some(slot) = self.shadow[c].handle_of(l) {
-            return (l, ctxs[c].device_handle(slot), slot);
+            return (l, ctxs[c].device_in_slot(slot), slot);
         }
         let foreign = self.owner[l].and_then(|o| Some((o, self.shadow[o].handle_of(l)?)));
         let h = match foreign {
-            Some((o, slot)) => ctxs[o].device_handle(slot),
-            None => ctxs[c].device_handle(31),
+            Some((o, slot)) => ctxs[o].device_in_slot(slot),
+            None => ctxs[c].device_in_slot(31),
         };
         (l, h, u16::MAX)
     }
 
     /// The context's `io % (n + 1)`-th IOASID, or one that does not exist.
-    fn ioasid(&self, c: usize, io: u8) -> IoasidId {
+    fn ioasid(&self, ctxs: &[Ctx<'_, '_>], c: usize, io: u8) -> IoasidId {
         let ids: Vec<u16> = self.shadow[c].ios.keys().copied().collect();
         let i = usize::from(io) % (ids.len() + 1);
-        IoasidId(ids.get(i).copied().unwrap_or(31))
+        ctxs[c].ioasid_in_slot(ids.get(i).copied().unwrap_or(31))
     }
 
     /// The context's `p % (n + 1)`-th PASID, or one it does not hold.

@@ -67,8 +67,10 @@ impl<'h, 'm> Harness<'h, 'm> {
         match ctxs[c].alloc(flags) {
             Ok(id) => {
                 assert_eq!(ctxs[c].flags(id), Ok(flags));
-                let prev = self.shadow[c].ios.insert(id.0, (flags, BTreeMap::new()));
-                assert!(prev.is_none(), "alloc reused live IOASID {}", id.0);
+                let prev = self.shadow[c]
+                    .ios
+                    .insert(id.slot(), (flags, BTreeMap::new()));
+                assert!(prev.is_none(), "alloc reused live IOASID {}", id.slot());
             }
             Err(Error::Capacity(_)) => {
                 assert_eq!(self.shadow[c].ios.len(), crate::ioasid::MAX_IOASIDS)
@@ -80,17 +82,17 @@ impl<'h, 'm> Harness<'h, 'm> {
 
     pub(super) fn free(&mut self, ctxs: &[Ctx<'_, '_>], ctx: u8, io: u8) -> Touched {
         let c = Self::ctx_index(ctx);
-        let id = self.ioasid(c, io);
+        let id = self.ioasid(ctxs, c, io);
         let s = &self.shadow[c];
         let r = ctxs[c].free(id);
         match r {
-            Err(Error::NoSuchIoasid(_)) if !s.ios.contains_key(&id.0) => {}
-            Err(Error::Busy) if s.in_use(id.0) => {}
-            Ok(()) if s.ios.contains_key(&id.0) && !s.in_use(id.0) => {
-                self.shadow[c].ios.remove(&id.0);
+            Err(Error::NoSuchIoasid(_)) if !s.ios.contains_key(&id.slot()) => {}
+            Err(Error::Busy) if s.in_use(id.slot()) => {}
+            Ok(()) if s.ios.contains_key(&id.slot()) && !s.in_use(id.slot()) => {
+                self.shadow[c].ios.remove(&id.slot());
                 assert_eq!(ctxs[c].flags(id), Err(Error::NoSuchIoasid(id)));
             }
-            r => panic!("free {} in {c}: {r:?}", id.0),
+            r => panic!("free {} in {c}: {r:?}", id.slot()),
         }
         Touched::Nothing
     }
@@ -114,19 +116,19 @@ impl<'h, 'm> Harness<'h, 'm> {
     pub(super) fn attach(&mut self, ctxs: &[Ctx<'_, '_>], ctx: u8, dev: u8, io: u8) -> Touched {
         let c = Self::ctx_index(ctx);
         let (l, h, k) = self.handle(ctxs, c, dev);
-        let id = self.ioasid(c, io);
+        let id = self.ioasid(ctxs, c, io);
         let r = ctxs[c].attach(h, id);
         let s = &self.shadow[c];
         let Some(&(_, _, old)) = s.devs.get(&k) else {
             assert_eq!(r, Err(Error::NoSuchDevice(h)));
             return Touched::Nothing;
         };
-        if !s.ios.contains_key(&id.0) {
+        if !s.ios.contains_key(&id.slot()) {
             assert_eq!(r, Err(Error::NoSuchIoasid(id)));
             return Touched::Nothing;
         }
-        let refuse = (old != Some(id.0))
-            .then(|| self.must_refuse(c, l, id.0))
+        let refuse = (old != Some(id.slot()))
+            .then(|| self.must_refuse(c, l, id.slot()))
             .flatten();
         match r {
             Ok(()) => {
@@ -135,11 +137,11 @@ impl<'h, 'm> Harness<'h, 'm> {
                     "attach of {l} succeeded despite {refuse:?}"
                 );
                 if let Some(d) = self.shadow[c].devs.get_mut(&k) {
-                    d.2 = Some(id.0);
+                    d.2 = Some(id.slot());
                 }
             }
             Err(e) => {
-                assert_ne!(old, Some(id.0), "attach to the same IOASID: {e:?}");
+                assert_ne!(old, Some(id.slot()), "attach to the same IOASID: {e:?}");
                 // Refused for the rules' reason, or for another the unit meets first (a
                 // capability it lacks, a recorded mapping whose permissions its format cannot
                 // express, an allocation that failed).
@@ -165,7 +167,7 @@ impl<'h, 'm> Harness<'h, 'm> {
     ) -> Touched {
         let c = Self::ctx_index(ctx);
         let (l, h, k) = self.handle(ctxs, c, dev);
-        let id = self.ioasid(c, io);
+        let id = self.ioasid(ctxs, c, io);
         let p = self.pasid(c, pasid);
         let r = ctxs[c].attach_pasid(h, p, id);
         let s = &self.shadow[c];
@@ -178,7 +180,7 @@ impl<'h, 'm> Harness<'h, 'm> {
             assert_eq!(r, Err(Error::NoSuchDevice(h)));
             return Touched::Nothing;
         }
-        let Some((flags, _)) = s.ios.get(&id.0) else {
+        let Some((flags, _)) = s.ios.get(&id.slot()) else {
             assert_eq!(r, Err(Error::NoSuchIoasid(id)));
             return Touched::Nothing;
         };
@@ -194,8 +196,8 @@ impl<'h, 'm> Harness<'h, 'm> {
             assert_eq!(r, Err(Error::Incompatible { device: h, reason }));
             return Touched::Nothing;
         }
-        let must = (old != Some(id.0))
-            .then(|| self.must_refuse(c, l, id.0))
+        let must = (old != Some(id.slot()))
+            .then(|| self.must_refuse(c, l, id.slot()))
             .flatten();
         match r {
             Ok(()) => {
@@ -203,9 +205,13 @@ impl<'h, 'm> Harness<'h, 'm> {
                     must.is_none(),
                     "attach_pasid of {l} succeeded despite {must:?}"
                 );
-                self.shadow[c].pasid_att.insert((k, p.get()), id.0);
+                self.shadow[c].pasid_att.insert((k, p.get()), id.slot());
             }
-            Err(e) => assert_ne!(old, Some(id.0), "attach_pasid to the same IOASID: {e:?}"),
+            Err(e) => assert_ne!(
+                old,
+                Some(id.slot()),
+                "attach_pasid to the same IOASID: {e:?}"
+            ),
         }
         Touched::Pairs(std::vec![(l, Some(p.get()))])
     }
@@ -305,7 +311,7 @@ impl<'h, 'm> Harness<'h, 'm> {
         prot: u8,
     ) -> Touched {
         let c = Self::ctx_index(ctx);
-        let id = self.ioasid(c, io);
+        let id = self.ioasid(ctxs, c, io);
         let (start, pages) = Self::range(region, first, count);
         // Bit 15: beyond the SMMUv3 model's 44-bit output size; bit 14: the same offset in a
         // 2 MiB page as the IOVA, so that 2 MiB leaves are possible.
@@ -332,13 +338,13 @@ impl<'h, 'm> Harness<'h, 'm> {
             pages * K4,
             prot,
         );
-        let Some(&(flags, ref map)) = self.shadow[c].ios.get(&id.0) else {
+        let Some(&(flags, ref map)) = self.shadow[c].ios.get(&id.slot()) else {
             assert_eq!(r, Err(Error::NoSuchIoasid(id)));
             return Touched::Nothing;
         };
         let end = start + pages * K4;
         let overlap = map.range(start..end).next().is_some();
-        let units = self.shadow[c].units_of(id.0);
+        let units = self.shadow[c].units_of(id.slot());
         let reserved = units[0] && start < MSI.1 && MSI.0 < end;
         // The narrowest input width of the IOASID's domains, if the range reaches beyond it:
         // every such map is refused for it, naming it, before anything is touched (review 20
@@ -366,10 +372,10 @@ impl<'h, 'm> Harness<'h, 'm> {
                     !prot.contains(Prot::PRIV) || flags.contains(IoasidFlags::SUPERVISOR),
                     "PRIV mapped outside a SUPERVISOR IOASID"
                 );
-                let map = &mut self.shadow[c].ios.get_mut(&id.0).expect("IOASID").1;
+                let map = &mut self.shadow[c].ios.get_mut(&id.slot()).expect("IOASID").1;
                 for i in 0..pages {
                     map.insert(start + i * K4, (pa_start + i * K4, prot));
-                    self.loose.remove(&(c, id.0, start + i * K4));
+                    self.loose.remove(&(c, id.slot(), start + i * K4));
                 }
             }
             Err(e) if prot.contains(Prot::PRIV) && !flags.contains(IoasidFlags::SUPERVISOR) => {
@@ -424,15 +430,15 @@ impl<'h, 'm> Harness<'h, 'm> {
                     // Kept only because a domain still maps some of it (`undo_left`): a
                     // range kept with nothing behind it could never be told from a mapping
                     // (review 19b F4; 19b's granule refusal was one).
-                    let held = self.domain_leaves(ctxs, c, id.0, start, end);
+                    let held = self.domain_leaves(ctxs, c, id.slot(), start, end);
                     assert!(
                         !held.is_empty(),
                         "map at {start:#x} kept in the record after {e:?}, no domain holds it"
                     );
-                    let map = &mut self.shadow[c].ios.get_mut(&id.0).expect("IOASID").1;
+                    let map = &mut self.shadow[c].ios.get_mut(&id.slot()).expect("IOASID").1;
                     for i in 0..pages {
                         map.insert(start + i * K4, (pa_start + i * K4, prot));
-                        self.loose.insert((c, id.0, start + i * K4));
+                        self.loose.insert((c, id.slot(), start + i * K4));
                     }
                 }
                 // A domain that mapped before another refused got the range back out, with
@@ -450,7 +456,7 @@ impl<'h, 'm> Harness<'h, 'm> {
         }
         Touched::Range {
             c,
-            io: id.0,
+            io: id.slot(),
             start,
             pages,
         }
@@ -479,7 +485,7 @@ impl<'h, 'm> Harness<'h, 'm> {
         count: u16,
     ) -> Touched {
         let c = Self::ctx_index(ctx);
-        let id = self.ioasid(c, io);
+        let id = self.ioasid(ctxs, c, io);
         let all = region == UNMAP_ALL_REGION;
         let (start, pages) = if all {
             (0, 0)
@@ -494,12 +500,12 @@ impl<'h, 'm> Harness<'h, 'm> {
             ctxs[c].unmap(id, Iova::new(start), pages * K4)
         };
         let after = self.completions();
-        let Some((_, map)) = self.shadow[c].ios.get(&id.0) else {
+        let Some((_, map)) = self.shadow[c].ios.get(&id.slot()) else {
             assert_eq!(r, Err(Error::NoSuchIoasid(id)));
             return Touched::Nothing;
         };
         let mapped = map.range(start..end).count() as u64;
-        let units = self.shadow[c].units_of(id.0);
+        let units = self.shadow[c].units_of(id.slot());
         match r {
             Ok(bytes) => {
                 assert_eq!(
@@ -520,16 +526,16 @@ impl<'h, 'm> Harness<'h, 'm> {
                 // `Ok` only once no domain of the IOASID maps anything in the range asked,
                 // walked in the tables (review 19b F2: `UNMAP_ALL` returned `Ok` with a page
                 // beyond the narrowest width still mapped in a wider domain).
-                let left = self.domain_leaves(ctxs, c, id.0, start, end);
+                let left = self.domain_leaves(ctxs, c, id.slot(), start, end);
                 assert!(
                     left.is_empty(),
                     "unmap of {start:#x}..{end:#x} returned Ok, domains still map {left:x?}"
                 );
-                let map = &mut self.shadow[c].ios.get_mut(&id.0).expect("IOASID").1;
+                let map = &mut self.shadow[c].ios.get_mut(&id.slot()).expect("IOASID").1;
                 let gone: Vec<u64> = map.range(start..end).map(|(&k, _)| k).collect();
                 for k in &gone {
                     map.remove(k);
-                    self.loose.remove(&(c, id.0, *k));
+                    self.loose.remove(&(c, id.slot(), *k));
                 }
                 if all {
                     // Probe a sample of what went, from each device of the IOASID.
@@ -538,7 +544,7 @@ impl<'h, 'm> Harness<'h, 'm> {
                     let pairs: Vec<_> = self.shadow[c]
                         .pairs()
                         .into_iter()
-                        .filter(|&(_, i)| i == id.0)
+                        .filter(|&(_, i)| i == id.slot())
                         .collect();
                     self.probe_pairs(&pairs, &at);
                 }
@@ -562,7 +568,7 @@ impl<'h, 'm> Harness<'h, 'm> {
         }
         Touched::Range {
             c,
-            io: id.0,
+            io: id.slot(),
             start,
             pages,
         }
