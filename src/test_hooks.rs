@@ -64,3 +64,30 @@ hook!(
     in_table_count,
     IN_TABLE_COUNT
 );
+
+/// Runs `f` on another thread, as another CPU's call from inside a hook: returns once the
+/// thread started and either finished or had `100_000` yields of this thread to (a bound, not a
+/// timing: a call that can run in the hook's window finishes there; one that must wait for
+/// this thread's call is still running). The caller joins the handle after its own call.
+pub(crate) fn run_beside<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    use core::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    use std::sync::Arc;
+    let started = Arc::new(AtomicBool::new(false));
+    let s = started.clone();
+    let thread = std::thread::spawn(move || {
+        s.store(true, SeqCst);
+        f()
+    });
+    while !started.load(SeqCst) {
+        std::thread::yield_now();
+    }
+    for _ in 0..100_000 {
+        if thread.is_finished() {
+            break;
+        }
+        std::thread::yield_now();
+    }
+    thread
+}

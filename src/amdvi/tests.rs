@@ -1294,29 +1294,15 @@ fn a_device_attached_while_a_flush_runs_waits_for_its_invalidation() {
     let attached_in_window = Arc::new(AtomicBool::new(false));
     let (t, w) = (attacher.clone(), attached_in_window.clone());
     crate::test_hooks::set_after_ats_read(move || {
-        let started = Arc::new(AtomicBool::new(false));
-        let attached = Arc::new(AtomicBool::new(false));
-        let (s, a) = (started.clone(), attached.clone());
-        let thread = std::thread::spawn(move || {
-            s.store(true, SeqCst);
+        // The attach cannot finish while the flush runs.
+        let thread = crate::test_hooks::run_beside(move || {
             let ats = DeviceHints {
                 ats: true,
                 ..DeviceHints::default()
             };
             u.attach_device(DeviceId(ATS_DEV), None, d, &ats).unwrap();
-            a.store(true, SeqCst);
         });
-        while !started.load(SeqCst) {
-            std::thread::yield_now();
-        }
-        // A bound, not a timing: the attach cannot finish while the flush runs.
-        for _ in 0..1_000 {
-            if attached.load(SeqCst) {
-                break;
-            }
-            std::thread::yield_now();
-        }
-        w.store(attached.load(SeqCst), SeqCst);
+        w.store(thread.is_finished(), SeqCst);
         // The device's driver enabled ATS: it asks for the page.
         let _ = model.ats_translate(ATS_DEV as u16, None, 0x1000, false);
         *t.lock().unwrap() = Some(thread);

@@ -1344,31 +1344,14 @@ fn a_device_attached_while_a_flush_runs_waits_for_its_iotlb_invalidation() {
     let attached_in_window = Arc::new(AtomicBool::new(false));
     let (t, w) = (attacher.clone(), attached_in_window.clone());
     crate::test_hooks::set_after_ats_read(move || {
-        let (started, attached) = (
-            Arc::new(AtomicBool::new(false)),
-            Arc::new(AtomicBool::new(false)),
-        );
-        let (s, a) = (started.clone(), attached.clone());
         let ats = AttachOptions {
             ats: true,
             ..AttachOptions::default()
         };
-        let thread = std::thread::spawn(move || {
-            s.store(true, SeqCst);
-            u.attach_with(DEV2, None, d, ats).unwrap();
-            a.store(true, SeqCst);
-        });
-        while !started.load(SeqCst) {
-            std::thread::yield_now();
-        }
-        // A bound, not a timing: the attach cannot finish while the flush runs.
-        for _ in 0..1_000 {
-            if attached.load(SeqCst) {
-                break;
-            }
-            std::thread::yield_now();
-        }
-        w.store(attached.load(SeqCst), SeqCst);
+        // The attach cannot finish while the flush runs.
+        let thread =
+            crate::test_hooks::run_beside(move || u.attach_with(DEV2, None, d, ats).unwrap());
+        w.store(thread.is_finished(), SeqCst);
         // DEV2's driver enabled ATS: it asks for the page.
         let _ = m.ats_translate(DEV2.0 as u16, None, 0x3000, Access::READ);
         *t.lock().unwrap() = Some(thread);
@@ -1500,7 +1483,6 @@ fn a_disable_racing_a_detach_never_loses_its_device_tlb_invalidation() {
     use crate::sim::vtd::{VtdModel, VtdModelConfig};
     use crate::sim::walk::Access;
     use crate::sim::Arena;
-    use core::sync::atomic::{AtomicBool, Ordering::SeqCst};
     use std::boxed::Box;
     use std::sync::{Arc, Mutex};
 
@@ -1533,27 +1515,7 @@ fn a_disable_racing_a_detach_never_loses_its_device_tlb_invalidation() {
         let disabler = Arc::new(Mutex::new(None));
         let t = disabler.clone();
         crate::test_hooks::set_after_detach_check(move || {
-            let (started, done) = (
-                Arc::new(AtomicBool::new(false)),
-                Arc::new(AtomicBool::new(false)),
-            );
-            let (s, dn) = (started.clone(), done.clone());
-            let thread = std::thread::spawn(move || {
-                s.store(true, SeqCst);
-                let r = u.disable();
-                dn.store(true, SeqCst);
-                r
-            });
-            while !started.load(SeqCst) {
-                std::thread::yield_now();
-            }
-            // A bound, not a timing: lets a disable that can run in the window finish there.
-            for _ in 0..1_000 {
-                if done.load(SeqCst) {
-                    break;
-                }
-                std::thread::yield_now();
-            }
+            let thread = crate::test_hooks::run_beside(move || u.disable());
             *t.lock().unwrap() = Some(thread);
         });
         let detached = u.detach(DEV, None);
@@ -1648,7 +1610,6 @@ fn a_stop_marker_is_consumed_not_reported() {
 fn a_table_count_never_walks_tables_an_unmap_frees() {
     use crate::sim::vtd::{VtdModel, VtdModelConfig};
     use crate::sim::Arena;
-    use core::sync::atomic::{AtomicBool, Ordering::SeqCst};
     use std::boxed::Box;
     use std::sync::{Arc, Mutex};
 
@@ -1669,31 +1630,13 @@ fn a_table_count_never_walks_tables_an_unmap_frees() {
     let unmapper = Arc::new(Mutex::new(None));
     let t = unmapper.clone();
     crate::test_hooks::set_in_table_count(move || {
-        let (started, done) = (
-            Arc::new(AtomicBool::new(false)),
-            Arc::new(AtomicBool::new(false)),
-        );
-        let (s, dn) = (started.clone(), done.clone());
-        let thread = std::thread::spawn(move || {
-            s.store(true, SeqCst);
+        let thread = crate::test_hooks::run_beside(move || {
             let mut g = Gather::new();
-            let r = u.unmap(d, Iova::ZERO, G1, &mut g).and_then(|n| {
+            u.unmap(d, Iova::ZERO, G1, &mut g).and_then(|n| {
                 u.flush(d, &mut g)?;
                 Ok(n)
-            });
-            dn.store(true, SeqCst);
-            r
+            })
         });
-        while !started.load(SeqCst) {
-            std::thread::yield_now();
-        }
-        // A bound, not a timing: lets an unmap that can run in the window finish there.
-        for _ in 0..100_000 {
-            if done.load(SeqCst) {
-                break;
-            }
-            std::thread::yield_now();
-        }
         *t.lock().unwrap() = Some(thread);
     });
     let pages = u.table_pages(d);
