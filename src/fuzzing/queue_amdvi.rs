@@ -433,8 +433,10 @@ fn run(mem: &Arena, wild: bool, budget: u32, script: &[u8], u: &mut Unstructured
             }
             Op::Drain(max) => {
                 // Each entry the drain passes may be awaited for a whole budget: one the tail
-                // passed but the unit has not written is polled, then skipped (bff862c).
-                n = u64::from(max % 300);
+                // passed but the unit has not written is polled, then skipped (bff862c). Since
+                // `max` counts events reported, not slots looked at (e430614), a drain may pass
+                // every entry of the log however small `max` is.
+                n = u64::from(max % 300).max(1 << LEN_LOG2);
                 drain(&model, &log, mem, budget, usize::from(max % 300));
                 Ok(())
             }
