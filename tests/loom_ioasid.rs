@@ -582,6 +582,9 @@ const B_PAGE: (u64, u64) = (0x2000, 0x90_0000);
 /// What C maps when `Setup::c_page` is set: (IOVA, PA).
 const C_PAGE: (u64, u64) = (0x3000, 0xb0_0000);
 
+/// The IOASID slots the model follows: A, B, C and the IOASIDs the tests allocate after them.
+const SLOTS: usize = 6;
+
 const A: IoasidId = IoasidId(0);
 const B: IoasidId = IoasidId(1);
 const C: IoasidId = IoasidId(2);
@@ -674,7 +677,7 @@ impl World {
     /// the model unit never faults, so no attach is left unsettled); the slots holding a
     /// domain.
     fn observe(&self) -> Seen {
-        let slots = (0..4)
+        let slots = (0..SLOTS as u16)
             .map(|slot| {
                 let id = self.ctx.ioasid_in_slot(slot);
                 let mut pages = Vec::new();
@@ -697,7 +700,7 @@ impl World {
     /// The domains the context holds: (IOASID slot, unit, domain) (`IoasidCtx::table_pages`).
     fn held(&self) -> Vec<(usize, usize, usize)> {
         let mut held = Vec::new();
-        for slot in 0..4 {
+        for slot in 0..SLOTS as u16 {
             match self.ctx.table_pages(self.ctx.ioasid_in_slot(slot)) {
                 Err(Error::NoSuchIoasid(_)) => {}
                 Err(e) => panic!("table_pages({slot}): {e:?}"),
@@ -731,7 +734,7 @@ impl World {
     /// to, else to none (a detach, or an attach elsewhere, frees the domain it left unless
     /// that domain owes an invalidation: `Seen` says which IOASIDs hold one).
     fn audit(&self, histories: &[History]) {
-        for slot in 0..4 {
+        for slot in 0..SLOTS as u16 {
             match self.ctx.audit(self.ctx.ioasid_in_slot(slot)) {
                 Ok(()) | Err(Error::NoSuchIoasid(_)) => {}
                 Err(e) => panic!(
@@ -976,11 +979,14 @@ struct ModelDomain {
 /// the context's reserved regions.
 #[derive(Clone, PartialEq, Eq, Debug)]
 struct Model {
-    /// The four IOASID slots, then one never filled: where an ID of an earlier generation
-    /// (`Model::at`) points.
+    /// The first [`SLOTS`] IOASID slots, then one never filled: where an ID of an earlier
+    /// generation (`Model::at`) points.
     slots: Vec<Option<ModelIoasid>>,
     /// Each slot's generation: how many times its IOASID was freed (`IoasidId`).
-    gens: [u16; 4],
+    gens: [u32; SLOTS],
+    /// The slot after the one allocated last: an alloc takes the first free slot from there
+    /// (`IoasidCtx::alloc`, round the table: no test allocates often enough to go round).
+    next: usize,
     /// The slot each device (unit 0's, unit 1's) is attached to.
     attached: [Option<usize>; 2],
     /// The IOASIDs' domains by (IOASID slot, position in `Ioasid::domains`, the order every
@@ -1009,13 +1015,13 @@ impl Model {
         if self.gens.get(slot) == Some(&id.generation()) {
             slot
         } else {
-            4
+            SLOTS
         }
     }
 
     fn new(s: Setup) -> Self {
         let a: Pages = SRC.iter().map(|&(i, p)| (i, (p, RW))).collect();
-        let mut slots = vec![None; 5];
+        let mut slots = vec![None; SLOTS + 1];
         slots[0] = Some(ModelIoasid {
             pages: a,
             iovas: Vec::new(),
@@ -1042,8 +1048,9 @@ impl Model {
             ..ModelDomain::default()
         };
         Model {
+            next: if s.c { 3 } else { 2 },
             slots,
-            gens: [0; 4],
+            gens: [0; SLOTS],
             attached: [s.device_on_b.then_some(1), s.second_on_b.then_some(1)],
             domains: (s.device_on_b.then_some(((1, 0), ModelDomain::default())))
                 .into_iter()
@@ -1221,7 +1228,10 @@ impl Model {
     fn apply_one(&mut self, call: Call) -> Answer {
         match call {
             Call::Alloc => {
-                let slot = self.slots[..4].iter().position(Option::is_none).unwrap();
+                let slot = (self.next..SLOTS)
+                    .find(|&i| self.slots[i].is_none())
+                    .expect("the model's slots, round the table");
+                self.next = slot + 1;
                 self.slots[slot] = Some(ModelIoasid::default());
                 Answer::Ok(u64::from(IoasidId::new(slot as u16, self.gens[slot]).0))
             }
@@ -1243,7 +1253,7 @@ impl Model {
                     return Answer::Pending;
                 }
                 self.slots[slot] = None;
-                self.gens[slot] = self.gens[slot].wrapping_add(1);
+                self.gens[slot] += 1;
                 Answer::Ok(0)
             }
             Call::Map(id, iova, pa, len) => {
@@ -1371,7 +1381,7 @@ impl Model {
         let slots = self
             .slots
             .iter()
-            .take(4)
+            .take(SLOTS)
             .map(|s| {
                 s.as_ref()
                     .map(|io| WINDOW.iter().map(|p| io.pages.get(p).copied()).collect())

@@ -282,3 +282,115 @@ fn stale_handles_are_refused_after_their_slot_is_reused() {
         release_sim_unit(arena, model, unit, before);
     }
 }
+
+/// A VMM that cycles short-lived IOASIDs and devices: after 65,536 frees of one slot, a
+/// handle kept from the first cycle is refused, never the name of the slot's new object (it
+/// was its name: slots were handed out lowest-free-first, so every cycle reused slot 0, and
+/// its 16-bit generation wrapped back to the stale handle's 0).
+#[test]
+#[cfg_attr(miri, ignore = "65,536 cycles")]
+fn stale_handles_stay_refused_past_a_generation_wrap() {
+    use super::ioasid::{
+        ie_ctx_alloc, ie_ctx_attach, ie_ctx_bind, ie_ctx_free, ie_ctx_map, ie_ctx_unbind,
+    };
+    use super::tests::{destroy_ctx_and_registry, registry_and_ctx};
+    const CYCLES: u32 = 1 << 16;
+    let not_found = IeStatus::NotFound as i32;
+    let (arena, env) = arena();
+    // SAFETY: a live arena and its allocator, then live handles and writable outputs.
+    unsafe {
+        let sim = Sim::Vtd(IeSimVtdConfig {
+            snoop_control: true,
+            ..IeSimVtdConfig::default()
+        });
+        let (model, unit, before) = sim_unit(arena, &env, sim);
+        let (registry, ctx) = registry_and_ctx(&env, unit);
+        let (mut old_io, mut io, mut old_dev, mut dev) = (0u32, 0u32, 0u32, 0u32);
+        assert_eq!(ie_ctx_alloc(ctx, 0, &mut old_io), OK);
+        assert_eq!(ie_ctx_free(ctx, old_io), OK);
+        for _ in 1..CYCLES {
+            assert_eq!(ie_ctx_alloc(ctx, 0, &mut io), OK);
+            assert_eq!(ie_ctx_free(ctx, io), OK);
+        }
+        assert_eq!(ie_ctx_alloc(ctx, 0, &mut io), OK);
+        assert_eq!(
+            ie_ctx_map(ctx, old_io, 0x10_0000, 0x4000_0000, 0x1000, 3),
+            not_found,
+            "the first cycle's IOASID ({old_io:#x}) maps into the new one ({io:#x})"
+        );
+        assert_eq!(ie_ctx_free(ctx, old_io), not_found);
+        assert_eq!(ie_ctx_bind(ctx, 0, 0x20, true, &mut old_dev), OK);
+        assert_eq!(ie_ctx_unbind(ctx, old_dev), OK);
+        for _ in 1..CYCLES {
+            assert_eq!(ie_ctx_bind(ctx, 0, 0x20, true, &mut dev), OK);
+            assert_eq!(ie_ctx_unbind(ctx, dev), OK);
+        }
+        assert_eq!(ie_ctx_bind(ctx, 0, 0x28, true, &mut dev), OK);
+        assert_eq!(
+            ie_ctx_attach(ctx, old_dev, io, null_mut()),
+            not_found,
+            "the first cycle's device ({old_dev:#x}) attaches the new one ({dev:#x})"
+        );
+        assert_eq!(ie_ctx_unbind(ctx, old_dev), not_found);
+        // The live handles work as ever.
+        assert_eq!(ie_ctx_unbind(ctx, dev), OK);
+        assert_eq!(ie_ctx_free(ctx, io), OK);
+        destroy_ctx_and_registry(registry, ctx);
+        release_sim_unit(arena, model, unit, before);
+    }
+}
+
+/// A slot emptied under its last generation is retired: never handed out again, counted by
+/// `ie_ctx_retired_slots`, and its last handles stay refused (the generation does not start
+/// over at 0, where they would name the slot's next objects).
+#[test]
+fn a_slot_at_its_last_generation_is_retired() {
+    use super::ioasid::{
+        ctx_obj, ie_ctx_alloc, ie_ctx_bind, ie_ctx_free, ie_ctx_map, ie_ctx_retired_slots,
+        ie_ctx_unbind,
+    };
+    use super::tests::{destroy_ctx_and_registry, registry_and_ctx};
+    use crate::ioasid::{MAX_GENERATION, MAX_IOASIDS};
+    let not_found = IeStatus::NotFound as i32;
+    let (arena, env) = arena();
+    // SAFETY: a live arena and its allocator, then live handles and writable outputs.
+    unsafe {
+        let sim = Sim::Vtd(IeSimVtdConfig {
+            snoop_control: true,
+            ..IeSimVtdConfig::default()
+        });
+        let (model, unit, before) = sim_unit(arena, &env, sim);
+        let (registry, ctx) = registry_and_ctx(&env, unit);
+        ctx_obj(ctx).unwrap().value.ctx.age_slots(MAX_GENERATION);
+        let (mut last_io, mut last_dev) = (0u32, 0u32);
+        assert_eq!(ie_ctx_alloc(ctx, 0, &mut last_io), OK);
+        assert_eq!(ie_ctx_free(ctx, last_io), OK);
+        assert_eq!(ie_ctx_bind(ctx, 0, 0x20, true, &mut last_dev), OK);
+        assert_eq!(ie_ctx_unbind(ctx, last_dev), OK);
+        let (mut devices, mut ioasids) = (u32::MAX, u32::MAX);
+        assert_eq!(ie_ctx_retired_slots(ctx, &mut devices, &mut ioasids), OK);
+        assert_eq!((devices, ioasids), (1, 1));
+        // Every other slot is handed out; the retired one is not.
+        let mut ios = [0u32; MAX_IOASIDS];
+        for io in &mut ios[1..] {
+            assert_eq!(ie_ctx_alloc(ctx, 0, io), OK);
+            assert_ne!(*io & 31, last_io & 31, "the retired slot");
+        }
+        let mut more = 0u32;
+        assert_eq!(
+            ie_ctx_alloc(ctx, 0, &mut more),
+            IeStatus::NoSpace as i32,
+            "the retired slot handed out as {more:#x}"
+        );
+        assert_eq!(
+            ie_ctx_map(ctx, last_io, 0x10_0000, 0x4000_0000, 0x1000, 3),
+            not_found
+        );
+        assert_eq!(ie_ctx_unbind(ctx, last_dev), not_found);
+        for io in &ios[1..] {
+            assert_eq!(ie_ctx_free(ctx, *io), OK);
+        }
+        destroy_ctx_and_registry(registry, ctx);
+        release_sim_unit(arena, model, unit, before);
+    }
+}

@@ -339,6 +339,10 @@ pub unsafe extern "C" fn ie_ctx_destroy(ctx: *mut IeCtx) -> i32 {
     })())
 }
 
+// The split of handles that ie_ctx_bind's and ie_ctx_alloc's docs give.
+const _: () =
+    assert!(crate::ioasid::HANDLE_SLOT_BITS == 5 && crate::ioasid::MAX_GENERATION == (1 << 27) - 1);
+
 pub(super) fn device(ctx: *mut IeCtx, d: u32) -> Result<DeviceHandle, IeStatus> {
     // The slot and its generation (`DeviceHandle::raw`): a stale one is refused by every
     // lookup of the context.
@@ -358,12 +362,14 @@ fn pasid(p: u32) -> Result<Pasid, IeStatus> {
 /// to the context; `no_snoop_capable` is the device's own declaration that it may issue
 /// no-snoop transactions. Writes the device's handle to `*out`.
 ///
-/// A device handle (as an IOASID number, ie_ctx_alloc()) is a `uint32_t`: bits 15:0 the
-/// device's slot in the context, bits 31:16 the slot's generation, which changes each time
-/// the slot is emptied (ie_ctx_unbind(), wrapping after 65536). A handle kept after its
-/// device was unbound is refused by every call with `IE_STATUS_NOT_FOUND`, also once the
-/// slot holds another device, for the next 65535 reuses of the slot. The first device of
-/// a slot has generation 0; treat handles as opaque.
+/// A device handle (as an IOASID number, ie_ctx_alloc()) is a `uint32_t`: bits 4:0 the
+/// device's slot in the context, bits 31:5 the slot's generation, which changes each time
+/// the slot is emptied (ie_ctx_unbind()). A handle kept after its device was unbound is
+/// refused by every call with `IE_STATUS_NOT_FOUND`, also once the slot holds another
+/// device: a bind takes the free slot after the one bound last (round the context's 32), so
+/// an emptied slot is taken again as late as can be, and a slot emptied under its last
+/// generation (2^27 - 1) is retired, never bound again (ie_ctx_retired_slots()), rather than
+/// starting over. The first device of a slot has generation 0; treat handles as opaque.
 ///
 /// # Safety
 /// `ctx` is a live context handle; `out` is writable.
@@ -836,12 +842,12 @@ const _: () = assert!(
 
 /// Allocates an IOASID with `flags` (`IE_IOASID_FLAG_*`), fixed for its life; writes its number.
 ///
-/// The number is a handle: bits 15:0 the IOASID's slot in the context, bits 31:16 the slot's
-/// generation, which changes each time its IOASID is freed (ie_ctx_free(), wrapping after
-/// 65536). A number kept after its IOASID was freed is refused by every call with
-/// `IE_STATUS_NOT_FOUND`, also once the slot holds a new IOASID (for the next 65535 reuses
-/// of the slot), rather than reaching it. The first IOASID of a slot has generation 0;
-/// treat numbers as opaque.
+/// The number is a handle: bits 4:0 the IOASID's slot in the context, bits 31:5 the slot's
+/// generation, which changes each time its IOASID is freed (ie_ctx_free()). A number kept
+/// after its IOASID was freed is refused by every call with `IE_STATUS_NOT_FOUND`, also once
+/// the slot holds a new IOASID, rather than reaching it: slots are taken round the table and
+/// retired at their last generation, as device handles' (ie_ctx_bind()). The first IOASID
+/// of a slot has generation 0; treat numbers as opaque.
 ///
 /// # Safety
 /// `ctx` is a live context handle; `out` is writable.
@@ -855,6 +861,31 @@ pub unsafe extern "C" fn ie_ctx_alloc(ctx: *mut IeCtx, flags: u32, out: *mut u32
         }
         let id = c.value.ctx.alloc(flags)?;
         put(out, id.0)
+    })())
+}
+
+/// How many device slots (`*devices`) and IOASID slots (`*ioasids`) of the context are
+/// retired: emptied under their last generation (after 2^27 - 1 unbinds or frees of the
+/// slot), never handed out again, so that no handle names two objects. Each is one place
+/// fewer of the context's 32 devices or IOASIDs; a context that retires many is one to
+/// destroy and create again. Each out-pointer is NULL or writable.
+///
+/// # Safety
+/// `ctx` is a live context handle.
+#[no_mangle]
+pub unsafe extern "C" fn ie_ctx_retired_slots(
+    ctx: *mut IeCtx,
+    devices: *mut u32,
+    ioasids: *mut u32,
+) -> i32 {
+    code((|| {
+        let r = ctx_obj(ctx)?.value.ctx.retired_slots();
+        for (out, n) in [(devices, r.devices), (ioasids, r.ioasids)] {
+            if !out.is_null() {
+                put(out, n)?;
+            }
+        }
+        Ok(())
     })())
 }
 

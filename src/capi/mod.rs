@@ -25,8 +25,9 @@
 //!   and a unit another live registry holds); a register window's base is 8-byte aligned.
 //! - Handles are checked: NULL, a handle of another type or a destroyed one (while its page
 //!   is not reused) is `IE_STATUS_INVALID_ARGUMENT`; enum values cross as integers. Device
-//!   handles and IOASID numbers carry their slot's generation in bits 31:16: one kept after
-//!   its unbind or free is `IE_STATUS_NOT_FOUND`, even once the slot is reused.
+//!   handles and IOASID numbers carry their slot's generation in bits 31:5: one kept after
+//!   its unbind or free is `IE_STATUS_NOT_FOUND`, even once the slot is reused (slots are
+//!   taken round the table and retired at their last generation, `ie_ctx_retired_slots`).
 //! - Stack: units, registries and contexts are built and released in their pages (tens of
 //!   KiB that never cross the stack); the header gives each call's deepest stack, which
 //!   `tests/linux_module.rs` measures and holds.

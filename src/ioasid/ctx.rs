@@ -12,6 +12,7 @@ use super::pending::Pending;
 use super::reclaim::ReclaimLog;
 use super::record::Record;
 use super::registry::{DeviceLabel, Leaked, Registry, UnitId};
+use super::slots::Generations;
 use super::MAX_FAULTS;
 use super::{
     DeviceHandle, Error, InUse, IoasidFlags, IoasidId, MAX_DEVICES, MAX_IOASIDS,
@@ -21,6 +22,15 @@ use crate::iommu::{Capabilities, DeviceHints, DomainHandle, Iommu, Pasid, Source
 use crate::iopf::FaultQueue;
 use crate::mem::{Iova, PageAllocator};
 use crate::pgtable::{Gather, InvalidationComplete, IovaRange, PageTable};
+
+/// What [`IoasidCtx::retired_slots`] reports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RetiredSlots {
+    /// Device slots retired.
+    pub devices: u32,
+    /// IOASID slots retired.
+    pub ioasids: u32,
+}
 
 /// What [`IoasidCtx::device_info`] reports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -266,11 +276,11 @@ pub(super) struct State<'a, A: PageAllocator> {
     /// yet to map (`attach.rs`): here rather than on the stack, where they would be under the
     /// maps and their flushes. Used only under the write lock.
     pub(super) fill: FillRuns,
-    /// Per device slot, how many times it was emptied (wrapping): a handle of an earlier
-    /// generation names a device unbound since, and is refused.
-    pub(super) device_gen: [u16; MAX_DEVICES],
-    /// Per IOASID slot, how many times it was freed (wrapping): as `device_gen`.
-    pub(super) ioasid_gen: [u16; MAX_IOASIDS],
+    /// Per device slot, how many times it was emptied: a handle of an earlier generation
+    /// names a device unbound since, and is refused. Which slot a bind takes.
+    pub(super) device_gen: Generations<MAX_DEVICES>,
+    /// Per IOASID slot, how many times it was freed: as `device_gen`.
+    pub(super) ioasid_gen: Generations<MAX_IOASIDS>,
 }
 
 impl<'a, A: PageAllocator> State<'a, A> {
@@ -287,18 +297,18 @@ impl<'a, A: PageAllocator> State<'a, A> {
         reserved: [None; MAX_RESERVED],
         parked: [None; MAX_UNITS],
         fill: FillRuns::EMPTY,
-        device_gen: [0; MAX_DEVICES],
-        ioasid_gen: [0; MAX_IOASIDS],
+        device_gen: Generations::NEW,
+        ioasid_gen: Generations::NEW,
     });
 
     /// Whether `d` is of this context and of its slot's current generation.
     fn current_device(&self, d: DeviceHandle) -> bool {
-        d.of(self.ctx) && self.device_gen.get(usize::from(d.slot())) == Some(&d.generation())
+        d.of(self.ctx) && self.device_gen.is_current(d.slot(), d.generation())
     }
 
     /// Whether `id` is of its slot's current generation.
     pub(super) fn current_ioasid(&self, id: IoasidId) -> bool {
-        self.ioasid_gen.get(usize::from(id.slot())) == Some(&id.generation())
+        self.ioasid_gen.is_current(id.slot(), id.generation())
     }
 
     pub(super) fn device(&self, d: DeviceHandle) -> Result<&Device, Error> {
@@ -339,14 +349,12 @@ impl<'a, A: PageAllocator> State<'a, A> {
 
     /// The handle of the device in `slot` (bound or not), of the slot's current generation.
     pub(super) fn device_handle_at(&self, slot: usize) -> DeviceHandle {
-        let generation = self.device_gen.get(slot).copied().unwrap_or(0);
-        DeviceHandle::new(self.ctx, slot as u16, generation)
+        DeviceHandle::new(self.ctx, slot as u16, self.device_gen.of(slot))
     }
 
     /// The ID of the IOASID in `slot`, of the slot's current generation.
     pub(super) fn ioasid_at(&self, slot: usize) -> IoasidId {
-        let generation = self.ioasid_gen.get(slot).copied().unwrap_or(0);
-        IoasidId::new(slot as u16, generation)
+        IoasidId::new(slot as u16, self.ioasid_gen.of(slot))
     }
 
     /// Whether anything is attached to `id`.
@@ -493,7 +501,8 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
     /// callers that carry slots across a boundary (the C ABI). Every call still checks that a
     /// device is bound there.
     pub fn device_handle(&self, raw: u32) -> DeviceHandle {
-        DeviceHandle::new(self.id, raw as u16, (raw >> 16) as u16)
+        let (slot, generation) = DeviceHandle::split(raw);
+        DeviceHandle::new(self.id, slot, generation)
     }
 
     /// The handle of the device in `slot`, of the slot's current generation: for the fuzzing
@@ -508,6 +517,26 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
     /// the context slot by slot.
     pub fn ioasid_in_slot(&self, slot: u16) -> IoasidId {
         self.state.read().ioasid_at(usize::from(slot))
+    }
+
+    /// How many device and IOASID slots the context retired: emptied under
+    /// [`MAX_GENERATION`](super::MAX_GENERATION), never handed out again, so that no handle
+    /// names two objects. Each takes one place of [`MAX_DEVICES`] or [`MAX_IOASIDS`] for the
+    /// context's life.
+    pub fn retired_slots(&self) -> RetiredSlots {
+        let st = self.state.read();
+        RetiredSlots {
+            devices: st.device_gen.retired(),
+            ioasids: st.ioasid_gen.retired(),
+        }
+    }
+
+    /// Puts every slot that is not retired at `generation`: for tests of the last one.
+    #[cfg(test)]
+    pub(crate) fn age_slots(&self, generation: u32) {
+        let mut st = self.state.write();
+        st.device_gen.age(generation);
+        st.ioasid_gen.age(generation);
     }
 
     pub(super) fn unit(&self, id: UnitId) -> Result<&'a dyn Iommu, Error> {
@@ -609,12 +638,11 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
     ) -> Result<DeviceHandle, Error> {
         let direct = device_regions(direct)?;
         let mut st = self.state.write();
-        let slot = st
-            .devices
-            .iter()
-            .position(Option::is_none)
+        let slot = (st.device_gen)
+            .free_slot(&st.devices)
             .ok_or(Error::Capacity("devices"))?;
         self.registry.claim(label, self.id)?;
+        st.device_gen.handed_out(slot);
         st.devices[slot] = Some(Device {
             label,
             no_snoop_capable,
@@ -723,7 +751,7 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
         let slot = usize::from(device.slot());
         st.devices[slot] = None;
         // Every handle of the device is stale from here on.
-        st.device_gen[slot] = st.device_gen[slot].wrapping_add(1);
+        st.device_gen.emptied(slot);
         Ok(())
     }
 
@@ -776,16 +804,15 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
         st: &mut State<'a, A>,
         flags: IoasidFlags,
     ) -> Result<IoasidId, Error> {
-        let slot = st
-            .ioasids
-            .iter()
-            .position(Option::is_none)
+        let slot = (st.ioasid_gen)
+            .free_slot(&st.ioasids)
             .ok_or(Error::Capacity("IOASIDs"))?;
         let record = PageTable::new(
             Record::new(),
             self.alloc,
             crate::mem::WalkerCoherency::Coherent,
         )?;
+        st.ioasid_gen.handed_out(slot);
         st.ioasids[slot] = Some(Ioasid::new(flags, record));
         Ok(st.ioasid_at(slot))
     }
@@ -829,7 +856,7 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
         let slot = usize::from(ioasid.slot());
         let r = self.destroy_record(&mut st.ioasids[slot]);
         // The slot is empty whatever `r` says: every ID of the IOASID is stale from here on.
-        st.ioasid_gen[slot] = st.ioasid_gen[slot].wrapping_add(1);
+        st.ioasid_gen.emptied(slot);
         r
     }
 
@@ -1128,10 +1155,10 @@ impl<A: PageAllocator> IoasidCtx<'_, '_, A> {
                 self.registry.pasids().free(p);
             }
         }
-        let device_gen = st.device_gen;
+        let device_gen = &st.device_gen;
         for (i, d) in st.devices.iter_mut().enumerate() {
             if let Some(d) = d.take() {
-                let handle = DeviceHandle::new(self.id, i as u16, device_gen[i]);
+                let handle = DeviceHandle::new(self.id, i as u16, device_gen.of(i));
                 let attached = d.attached.is_some()
                     || attachments.iter().flatten().any(|a| a.device == handle);
                 if attached {

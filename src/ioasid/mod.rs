@@ -113,12 +113,16 @@ mod pending;
 mod reclaim;
 mod record;
 mod registry;
+mod slots;
 mod stripes;
 
 #[cfg(test)]
 pub(crate) mod tests;
 
-pub use ctx::{DeviceInfo, IncoherentDmaGrant, IoasidCtx, BIND_HINTS, NO_HINTS, NO_SNOOP_DECLARED};
+pub use ctx::{
+    DeviceInfo, IncoherentDmaGrant, IoasidCtx, RetiredSlots, BIND_HINTS, NO_HINTS,
+    NO_SNOOP_DECLARED,
+};
 pub use direct::{DirectRegion, MAX_DIRECT_PER_IOASID, MAX_DIRECT_REGIONS};
 pub use dirty::{DirtyReadFlags, DIRTY_BITMAP_MIN_PAGE_LOG2};
 pub use fault::{dispatch_page_faults, dispatch_page_faults_with, Dispatched, MAX_FAULTS};
@@ -137,6 +141,26 @@ use crate::pgtable::{self, IovaRange};
 pub const MAX_DEVICES: usize = 32;
 /// Most IOASIDs one context can hold.
 pub const MAX_IOASIDS: usize = 32;
+/// The low bits of a device handle or IOASID number ([`DeviceHandle::raw`], [`IoasidId`])
+/// that hold its slot: as few as [`MAX_DEVICES`] and [`MAX_IOASIDS`] need, so that the
+/// generation above them, which names a slot's objects apart, has every other bit.
+pub const HANDLE_SLOT_BITS: u32 = slot_bits(if MAX_DEVICES > MAX_IOASIDS {
+    MAX_DEVICES
+} else {
+    MAX_IOASIDS
+});
+// `slot()` answers a `u16`.
+const _: () = assert!(HANDLE_SLOT_BITS <= u16::BITS);
+/// The last generation of a slot: a slot emptied under it is retired (never handed out
+/// again, [`IoasidCtx::retired_slots`]) rather than starting over at 0, where handles of its
+/// first objects would name its next ones.
+pub const MAX_GENERATION: u32 = u32::MAX >> HANDLE_SLOT_BITS;
+const SLOT_MASK: u32 = (1 << HANDLE_SLOT_BITS) - 1;
+
+/// How many bits number `n` slots.
+const fn slot_bits(n: usize) -> u32 {
+    usize::BITS - n.saturating_sub(1).leading_zeros()
+}
 /// Most units a registry can hold (and so hardware domains behind one IOASID).
 pub const MAX_UNITS: usize = 8;
 // `Error::UserInvalidationIncomplete::completed` holds one bit per unit.
@@ -189,11 +213,11 @@ bitflags::bitflags! {
 pub struct DeviceHandle {
     ctx: u32,
     slot: u16,
-    generation: u16,
+    generation: u32,
 }
 
 impl DeviceHandle {
-    pub(crate) const fn new(ctx: u32, slot: u16, generation: u16) -> Self {
+    pub(crate) const fn new(ctx: u32, slot: u16, generation: u32) -> Self {
         Self {
             ctx,
             slot,
@@ -206,15 +230,21 @@ impl DeviceHandle {
         self.slot
     }
 
-    /// How many times the slot had been emptied when the device was bound (wrapping).
-    pub const fn generation(self) -> u16 {
+    /// How many times the slot had been emptied when the device was bound (at most
+    /// [`MAX_GENERATION`]).
+    pub const fn generation(self) -> u32 {
         self.generation
     }
 
-    /// The handle as one number: the generation in bits 31:16, the slot in bits 15:0 (the C
+    /// The handle as one number: the generation above the slot's [`HANDLE_SLOT_BITS`] (the C
     /// ABI's device handle; [`IoasidCtx::device_handle`] reads it back).
     pub const fn raw(self) -> u32 {
-        (self.generation as u32) << 16 | self.slot as u32
+        self.generation << HANDLE_SLOT_BITS | self.slot as u32
+    }
+
+    /// The slot and generation of a raw handle ([`DeviceHandle::raw`]).
+    pub(crate) const fn split(raw: u32) -> (u16, u32) {
+        ((raw & SLOT_MASK) as u16, raw >> HANDLE_SLOT_BITS)
     }
 
     /// Whether the handle was made by context `ctx`.
@@ -237,28 +267,30 @@ pub struct Attachment {
 }
 
 /// An IOASID, as its context numbers it: like a file descriptor, it names an IOASID of the
-/// context it is used with. Bits 15:0 are its slot, bits 31:16 the slot's generation: how
-/// many times the slot had been freed when the IOASID was allocated (wrapping at 65536).
-/// Invalid after [`IoasidCtx::free`]: the slot may be reused, under the next generation, and
-/// an ID of an earlier one is refused ([`Error::NoSuchIoasid`]) rather than naming the new
-/// IOASID. The first IOASID of a slot has generation 0, so its ID is its slot.
+/// context it is used with. The low [`HANDLE_SLOT_BITS`] bits are its slot, the bits above
+/// them the slot's generation: how many times the slot had been freed when the IOASID was
+/// allocated. Invalid after [`IoasidCtx::free`]: the slot may be reused, under the next
+/// generation, and an ID of an earlier one is refused ([`Error::NoSuchIoasid`]) rather than
+/// naming the new IOASID; a slot freed under [`MAX_GENERATION`] is retired, so no ID ever
+/// names two IOASIDs. The first IOASID of a slot has generation 0, so its ID is its slot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct IoasidId(pub u32);
 
 impl IoasidId {
-    /// The ID of the IOASID in `slot` allocated under `generation`.
-    pub const fn new(slot: u16, generation: u16) -> Self {
-        Self((generation as u32) << 16 | slot as u32)
+    /// The ID of the IOASID in `slot` allocated under `generation` (bits of either beyond
+    /// their fields are dropped).
+    pub const fn new(slot: u16, generation: u32) -> Self {
+        Self(generation << HANDLE_SLOT_BITS | (slot as u32 & SLOT_MASK))
     }
 
     /// The IOASID's slot in its context.
     pub const fn slot(self) -> u16 {
-        self.0 as u16
+        (self.0 & SLOT_MASK) as u16
     }
 
     /// The slot's generation the IOASID was allocated under.
-    pub const fn generation(self) -> u16 {
-        (self.0 >> 16) as u16
+    pub const fn generation(self) -> u32 {
+        self.0 >> HANDLE_SLOT_BITS
     }
 }
 

@@ -466,6 +466,14 @@ enum Touched {
     Pairs(Vec<Pair>),
 }
 
+/// A slot that none of `live` (a shadow's keys) holds, so that its handle names nothing:
+/// slots are handed out round the table, so a fixed one (31) may be live.
+fn free_slot<'k>(live: impl Iterator<Item = &'k u16> + Clone) -> u16 {
+    (0..crate::ioasid::MAX_IOASIDS.min(crate::ioasid::MAX_DEVICES) as u16)
+        .find(|s| !live.clone().any(|l| l == s))
+        .unwrap_or(u16::MAX)
+}
+
 impl Harness<'_, '_> {
     fn rand(&mut self) -> u64 {
         self.seed ^= self.seed << 13;
@@ -490,7 +498,7 @@ impl Harness<'_, '_> {
         let foreign = self.owner[l].and_then(|o| Some((o, self.shadow[o].handle_of(l)?)));
         let h = match foreign {
             Some((o, slot)) => ctxs[o].device_in_slot(slot),
-            None => ctxs[c].device_in_slot(31),
+            None => ctxs[c].device_in_slot(free_slot(self.shadow[c].devs.keys())),
         };
         (l, h, u16::MAX)
     }
@@ -499,7 +507,8 @@ impl Harness<'_, '_> {
     fn ioasid(&self, ctxs: &[Ctx<'_, '_>], c: usize, io: u8) -> IoasidId {
         let ids: Vec<u16> = self.shadow[c].ios.keys().copied().collect();
         let i = usize::from(io) % (ids.len() + 1);
-        ctxs[c].ioasid_in_slot(ids.get(i).copied().unwrap_or(31))
+        let nothing = || free_slot(self.shadow[c].ios.keys());
+        ctxs[c].ioasid_in_slot(ids.get(i).copied().unwrap_or_else(nothing))
     }
 
     /// The context's `p % (n + 1)`-th PASID, or one it does not hold.
