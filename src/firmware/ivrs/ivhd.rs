@@ -24,7 +24,7 @@
 
 use bitflags::bitflags;
 
-use super::device_entry::{DeviceEntries, DeviceRange, DeviceRanges, EntryList};
+use super::device_entry::{DeviceEntries, DeviceRange, DeviceRanges, DteSetting, EntryList};
 use super::error::{Error, Structure};
 use crate::firmware::acpi::{read_u16, read_u32, read_u64, read_u8};
 use crate::mem::PhysAddr;
@@ -154,13 +154,41 @@ impl<'a> Ivhd<'a> {
         }
     }
 
-    /// The run that covers PCI `device_id`, if this unit translates it: the last one in table
-    /// order, since entries apply in order and a later one (an alias after an "All") overrides
-    /// an earlier one for the devices it names.
+    /// What this unit's entries say about PCI `device_id`, if any names it, as a run: the
+    /// devices around it that every entry treats alike (so `requester` holds for each).
+    ///
+    /// Entries accumulate, as Linux's IVHD walk (`init_iommu_from_acpi`) applies them: the DTE
+    /// settings of every entry naming the device are ORed; the alias is the last alias entry's
+    /// (42h, 43h), since only those write a device's alias and a later Select, Range or All
+    /// leaves it (the alias is a hardware fact: the bridge rewrites the requester ID). An
+    /// alias's source ID is named by the unit as well, with the entry's settings: its DTE is
+    /// the one the unit uses for the aliased devices.
     pub fn covering(&self, device_id: u16) -> Option<DeviceRange> {
-        self.device_ranges()
-            .filter(|r| r.contains(device_id))
-            .last()
+        let mut found: Option<DeviceRange> = None;
+        let (mut first, mut last) = (0, u16::MAX);
+        for r in self.device_ranges().flat_map(with_alias_source) {
+            if r.contains(device_id) {
+                first = first.max(r.first);
+                last = last.min(r.last);
+                let f = found.get_or_insert(DeviceRange {
+                    dte: DteSetting::empty(),
+                    alias: None,
+                    extended: None,
+                    ..r
+                });
+                f.dte |= r.dte;
+                f.alias = r.alias.or(f.alias);
+                f.extended = match (f.extended, r.extended) {
+                    (Some(a), Some(b)) => Some(a | b),
+                    (a, b) => a.or(b),
+                };
+            } else if r.last < device_id {
+                first = first.max(r.last + 1);
+            } else {
+                last = last.min(r.first - 1);
+            }
+        }
+        found.map(|f| DeviceRange { first, last, ..f })
     }
 
     /// The highest device ID any entry names (PCI devices, their aliases, special and ACPI
@@ -199,4 +227,16 @@ impl<'a> Ivhd<'a> {
         }
         Ok((PhysAddr::new(base), REGISTER_WINDOW))
     }
+}
+
+/// A run and, for an alias run, its source ID as a run of one with the same settings (Linux
+/// sets the source's DTE from the alias entry too).
+fn with_alias_source(r: DeviceRange) -> impl Iterator<Item = DeviceRange> {
+    let source = r.alias.map(|s| DeviceRange {
+        first: s,
+        last: s,
+        alias: None,
+        ..r
+    });
+    core::iter::once(r).chain(source)
 }

@@ -190,8 +190,10 @@ impl<'a> Ivrs<'a> {
             .filter(move |h| !table.ivhds().any(|g| supersedes(&g, h)))
     }
 
-    /// The unit that translates PCI `device_id` of `segment`, and the run of its entries that
-    /// names it (whose `requester` is the device ID the unit sees). When several units name
+    /// The unit that translates PCI `device_id` of `segment` (a device an entry names, or an
+    /// alias entry's source), and what its entries say about the device
+    /// ([`Ivhd::covering`]: accumulated settings, the last alias; `requester` is the device ID
+    /// the unit sees, its DTE's index). When several units name
     /// the device, the last in table order: Linux (`rlookup_table`) and Xen
     /// (`ivrs_mappings[].iommu`) fill their device-to-IOMMU tables block by block, a later
     /// IVHD overwriting an earlier one, and firmware is tested against them.

@@ -468,10 +468,10 @@ fn every_prefix_and_byte_flip_of_the_capture_fails_cleanly() {
     }
 }
 
-/// Within one IVHD a later device entry overrides an earlier one for the devices it names, as
-/// the entries are applied in table order (Linux's IVHD walk sets each device's settings and
-/// alias as it meets them): an alias entry after an "All" entry gives the alias, and the DTE
-/// index the unit sees is the alias's.
+/// Within one IVHD an alias entry after an "All" entry gives the alias for the devices it
+/// names, and the DTE index the unit sees is the alias's (Linux's IVHD walk writes a device's
+/// alias only from alias entries, whatever comes before or after them:
+/// `review_an_alias_survives_a_later_select_of_the_same_device`).
 #[test]
 fn a_later_device_entry_overrides_an_earlier_one() {
     let mut e = Vec::new();
@@ -799,4 +799,73 @@ fn a_device_two_units_name_is_the_last_ones() {
     };
     assert_eq!(found(0x0150), Some((0x0018, 0x0150, DteSetting::INIT_PASS)));
     assert_eq!(found(0x0151), Some((0x0010, 0x0100, DteSetting::empty())));
+}
+
+// ---- Review findings (branch fwrev): each test states what Linux's IVHD walk does. ----
+
+/// Linux `init_iommu_from_acpi`: only alias entries (42h, 43h..04h) write
+/// `pci_seg->alias_table[devid]`; a later Select/Range/All for the same device sets its DTE
+/// bits but leaves the alias in place (the alias is a hardware fact: the bridge rewrites the
+/// requester ID). Here the crate's `covering` takes the later Select as "the" run and forgets
+/// the alias, so the DTE index the unit really uses (0x0310) is not the one reported.
+#[test]
+fn review_an_alias_survives_a_later_select_of_the_same_device() {
+    let mut e = Vec::new();
+    e.extend_from_slice(&entry8(0x42, 0x0300, 0, [0, 0x10, 0x03, 0]));
+    e.extend_from_slice(&entry4(0x02, 0x0300, 0));
+    let t = ivrs(0, &[ivhd(0x40, 0, 0xfeb8_0000, 0, &e)]);
+    let t = Ivrs::parse(&t).unwrap();
+    let (_, run) = t.unit_for(0, 0x0300).unwrap();
+    assert_eq!(run.requester(0x0300), 0x0310, "alias lost");
+}
+
+/// The same with an alias range followed by a plain range over the same devices.
+#[test]
+fn review_an_alias_range_survives_a_later_range_over_the_same_devices() {
+    let mut e = Vec::new();
+    e.extend_from_slice(&entry8(0x43, 0x0300, 0, [0, 0x10, 0x03, 0]));
+    e.extend_from_slice(&entry4(0x04, 0x03ff, 0));
+    e.extend_from_slice(&entry4(0x03, 0x0000, 0));
+    e.extend_from_slice(&entry4(0x04, 0xffff, 0));
+    let t = ivrs(0, &[ivhd(0x40, 0, 0xfeb8_0000, 0, &e)]);
+    let t = Ivrs::parse(&t).unwrap();
+    let (_, run) = t.unit_for(0, 0x0305).unwrap();
+    assert_eq!(run.requester(0x0305), 0x0310, "alias lost");
+}
+
+/// Linux `init_iommu_from_acpi` calls `set_dev_entry_from_acpi(iommu, devid_to, ...)` for an
+/// alias's source ID too, which sets `rlookup_table[devid_to] = iommu`: the alias source is
+/// behind the unit. The crate answers "no unit" for it.
+#[test]
+fn review_an_alias_source_is_behind_the_unit() {
+    let mut e = Vec::new();
+    e.extend_from_slice(&entry8(0x42, 0x0300, 0, [0, 0x10, 0x03, 0]));
+    let t = ivrs(0, &[ivhd(0x40, 0, 0xfeb8_0000, 0, &e)]);
+    let t = Ivrs::parse(&t).unwrap();
+    assert!(
+        t.unit_for(0, 0x0310).is_some(),
+        "alias source behind no unit"
+    );
+}
+
+/// DTE settings accumulate over the entries naming a device (Linux's IVHD walk only sets DTE
+/// bits), and the run reported is the devices every entry treats alike: an "All" with
+/// `NMIPass`, then a Select of 0x0300 with `INITPass`, gives 0x0300 both, alone in its run.
+#[test]
+fn device_entry_settings_accumulate_and_the_run_is_what_they_share() {
+    let mut e = Vec::new();
+    e.extend_from_slice(&entry4(0x01, 0, DteSetting::NMI_PASS.bits()));
+    e.extend_from_slice(&entry4(0x02, 0x0300, DteSetting::INIT_PASS.bits()));
+    let t = ivrs(0, &[ivhd(0x40, 0, 0xfeb8_0000, 0, &e)]);
+    let t = Ivrs::parse(&t).unwrap();
+    let (_, run) = t.unit_for(0, 0x0300).unwrap();
+    assert_eq!(
+        (run.first, run.last, run.dte),
+        (0x0300, 0x0300, DteSetting::NMI_PASS | DteSetting::INIT_PASS)
+    );
+    let (_, run) = t.unit_for(0, 0x0301).unwrap();
+    assert_eq!(
+        (run.first, run.last, run.dte),
+        (0x0301, u16::MAX, DteSetting::NMI_PASS)
+    );
 }
