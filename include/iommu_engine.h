@@ -162,6 +162,11 @@ typedef enum {
   // pointing at memory its allocator did not hand out. The memory is gone until reboot:
   // keep what those objects mapped, and reset the unit (`-EIO`).
   IE_STATUS_LEAKED = 18,
+  // A struct the caller passed with its size (`IeDeviceHints.size`) is larger than this
+  // library's and sets bytes beyond it: fields of a newer header that this library does
+  // not know and cannot honour, or a size above 4096 (`-E2BIG`, as Linux's extensible
+  // structs). Nothing changed; build against this library's header.
+  IE_STATUS_TOO_BIG = 19,
 } IeStatus;
 
 // Which capability an `IE_STATUS_INCOMPATIBLE` attach lacked (`reason` out-parameters).
@@ -377,6 +382,15 @@ typedef enum {
   IE_FUNCTION_KIND_VIRTUAL_OF_ARI_EXTENDED = 3,
 } IeFunctionKind;
 
+// The sizes `IeDeviceHints` had, each header's `sizeof(IeDeviceHints)` (its `size`).
+typedef enum {
+  // `size` through `pri_pasid_required`: the first struct with a size, the smallest
+  // accepted.
+  IE_DEVICE_HINTS_SIZE_V1 = 24,
+  // With `ats_queue_depth`.
+  IE_DEVICE_HINTS_SIZE_V2 = 28,
+} IeDeviceHintsSize;
+
 // An IOASID context: what one process or VM holds.
 typedef struct IeCtx IeCtx;
 
@@ -492,7 +506,19 @@ typedef struct {
 } IeEnv;
 
 // What the embedder knows of a device from PCI enumeration (ie_ctx_bind_with()).
+//
+// Set `size` to `sizeof(IeDeviceHints)`: the struct grows at its end, and the size says which
+// fields the caller knows. The library reads `size` bytes at most; fields beyond them (a
+// module built against an older header) are their defaults (false, 0). A size below
+// `IE_DEVICE_HINTS_SIZE_V1` is `IE_STATUS_INVALID_ARGUMENT`; one above the library's own
+// (a newer header) is accepted if every byte beyond the library's struct is zero, else
+// `IE_STATUS_TOO_BIG`; above 4096, `IE_STATUS_TOO_BIG`. Nothing is bound after either.
+// Headers before `IE_DEVICE_HINTS_SIZE_V1` had no `size` (their struct started with `ats`):
+// modules built against them must be rebuilt.
 typedef struct {
+  // The size in bytes of the caller's struct: `sizeof(IeDeviceHints)` of its header (an
+  // `IE_DEVICE_HINTS_SIZE_*`).
+  uint32_t size;
   // ATS is enabled on the device: VT-d allows its device TLB, SMMUv3 sets `STE.EATS`, and
   // both invalidate its ATC on every flush (needs `ECAP.DT` / `IDR0.ATS`, else the attach
   // fails with `IE_STATUS_INCOMPATIBLE`, reason `IE_MISSING_MODE`).
@@ -1141,11 +1167,13 @@ int32_t ie_ctx_bind(IeCtx *ctx,
                     bool no_snoop_capable,
                     uint32_t *out);
 
-// As ie_ctx_bind(), with `*hints` (not NULL): the device's ATS and SR-IOV physical function,
-// handed to every attach of it and reported by ie_ctx_device_info().
+// As ie_ctx_bind(), with `*hints` (not NULL, its `size` set: see IeDeviceHints): the device's
+// ATS and SR-IOV physical function, handed to every attach of it and reported by
+// ie_ctx_device_info().
 //
 // # Safety
-// `ctx` is a live context handle; `hints` is readable; `out` is writable.
+// `ctx` is a live context handle; `hints` is readable for its `size` bytes; `out` is
+// writable.
 int32_t ie_ctx_bind_with(IeCtx *ctx,
                          uint32_t unit,
                          uint32_t device_id,
@@ -1165,7 +1193,8 @@ int32_t ie_ctx_bind_with(IeCtx *ctx,
 // `IE_STATUS_NO_SPACE` for more than 4. Nothing is bound after an error.
 //
 // # Safety
-// `ctx` is a live context handle; `hints` is NULL or readable; `regions` is readable for
+// `ctx` is a live context handle; `hints` is NULL or readable for its `size` bytes; `regions`
+// is readable for
 // `n_regions` elements (NULL if 0); `out` is writable.
 int32_t ie_ctx_bind_direct(IeCtx *ctx,
                            uint32_t unit,

@@ -6,8 +6,9 @@
 
 extern crate std;
 
-use core::ptr::null_mut;
+use core::ptr::{null, null_mut};
 
+use super::ioasid::{IeDeviceHints, IeDeviceHintsSize};
 use super::nested::{
     ie_ctx_invalidate_user, ie_ctx_invalidate_user_vtd, IeUserStage1, IeUserStage1Format,
     IeVtdS1Invalidate,
@@ -389,6 +390,151 @@ fn a_slot_at_its_last_generation_is_retired() {
         assert_eq!(ie_ctx_unbind(ctx, last_dev), not_found);
         for io in &ios[1..] {
             assert_eq!(ie_ctx_free(ctx, *io), OK);
+        }
+        destroy_ctx_and_registry(registry, ctx);
+        release_sim_unit(arena, model, unit, before);
+    }
+}
+
+/// A module built against an older header passes a shorter `IeDeviceHints`: the library
+/// reads no more than its `size` says, and takes the fields beyond as their defaults (it read
+/// `ats_queue_depth` from whatever followed the caller's struct: the struct had no size).
+#[test]
+fn device_hints_of_an_older_header_are_read_to_their_size() {
+    use super::ioasid::{ctx_obj, ie_ctx_bind_direct, ie_ctx_bind_with, ie_ctx_unbind};
+    use super::tests::{destroy_ctx_and_registry, registry_and_ctx};
+    /// The old struct (`IE_DEVICE_HINTS_SIZE_V1`, before `ats_queue_depth`) and what follows
+    /// it in the caller's frame.
+    #[repr(C)]
+    struct Frame {
+        size: u32,
+        ats: bool,
+        has_physical_function: bool,
+        physical_function: u32,
+        has_pasid_bits: bool,
+        pasid_bits: u32,
+        pri: bool,
+        stall: bool,
+        pri_pasid_required: bool,
+        next: u32,
+    }
+    assert_eq!(
+        core::mem::offset_of!(Frame, next),
+        IeDeviceHintsSize::V1 as usize
+    );
+    let (arena, env) = arena();
+    // SAFETY: a live arena and its allocator, then live handles, readable inputs and writable
+    // outputs.
+    unsafe {
+        let sim = Sim::Vtd(IeSimVtdConfig {
+            snoop_control: true,
+            ..IeSimVtdConfig::default()
+        });
+        let (model, unit, before) = sim_unit(arena, &env, sim);
+        let (registry, ctx) = registry_and_ctx(&env, unit);
+        let frame = Frame {
+            size: IeDeviceHintsSize::V1 as u32,
+            ats: true,
+            has_physical_function: false,
+            physical_function: 0,
+            has_pasid_bits: true,
+            pasid_bits: 8,
+            pri: true,
+            stall: false,
+            pri_pasid_required: false,
+            next: 0xaaaa_aaaa,
+        };
+        let old = core::ptr::addr_of!(frame).cast::<IeDeviceHints>();
+        let c = &ctx_obj(ctx).unwrap().value.ctx;
+        for direct in [false, true] {
+            let mut dev = 0u32;
+            let st = if direct {
+                ie_ctx_bind_direct(ctx, 0, 0x20, false, old, null(), 0, &mut dev)
+            } else {
+                ie_ctx_bind_with(ctx, 0, 0x20, false, old, &mut dev)
+            };
+            assert_eq!(st, OK);
+            let hints = c.device_info(c.device_handle(dev)).unwrap().hints;
+            assert_eq!(
+                (hints.ats, hints.pasid_bits, hints.pri),
+                (true, Some(8), true)
+            );
+            assert_eq!(
+                hints.ats_queue_depth, 0,
+                "read beyond the caller's struct (its next word is {:#x})",
+                frame.next
+            );
+            assert_eq!(ie_ctx_unbind(ctx, dev), OK);
+        }
+        destroy_ctx_and_registry(registry, ctx);
+        release_sim_unit(arena, model, unit, before);
+    }
+}
+
+/// `IeDeviceHints.size` below the first versioned struct's is `IE_STATUS_INVALID_ARGUMENT`
+/// (0 included: a caller that never set it); one above the library's is accepted while the
+/// bytes beyond the library's struct are zero, else `IE_STATUS_TOO_BIG` (a newer header's
+/// field this library cannot honour), as is a size above 4096. Nothing is bound after a
+/// refusal.
+#[test]
+fn device_hints_of_a_wrong_size_are_refused() {
+    use super::ioasid::{ctx_obj, ie_ctx_bind_direct, ie_ctx_bind_with, ie_ctx_unbind};
+    use super::tests::{destroy_ctx_and_registry, registry_and_ctx};
+    /// A newer header's struct: the library's and one more field.
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Newer {
+        hints: IeDeviceHints,
+        more: u32,
+    }
+    let current = IeDeviceHintsSize::V2 as u32;
+    let invalid = IeStatus::InvalidArgument as i32;
+    let too_big = IeStatus::TooBig as i32;
+    let (arena, env) = arena();
+    // SAFETY: a live arena and its allocator, then live handles, readable inputs (each
+    // struct at least as long as its `size`, but the one above 4096, which is refused
+    // unread) and writable outputs.
+    unsafe {
+        let sim = Sim::Vtd(IeSimVtdConfig {
+            snoop_control: true,
+            ..IeSimVtdConfig::default()
+        });
+        let (model, unit, before) = sim_unit(arena, &env, sim);
+        let (registry, ctx) = registry_and_ctx(&env, unit);
+        let c = &ctx_obj(ctx).unwrap().value.ctx;
+        let mut newer = Newer {
+            hints: IeDeviceHints {
+                ats: true,
+                ats_queue_depth: 4,
+                ..IeDeviceHints::default()
+            },
+            more: 0,
+        };
+        let p = core::ptr::addr_of!(newer).cast::<IeDeviceHints>();
+        let bind = |newer: &mut Newer, size: u32, more: u32| {
+            newer.hints.size = size;
+            newer.more = more;
+            let (mut a, mut b) = (u32::MAX, u32::MAX);
+            let with = ie_ctx_bind_with(ctx, 0, 0x20, false, p, &mut a);
+            let direct = ie_ctx_bind_direct(ctx, 0, 0x28, false, p, null(), 0, &mut b);
+            (with, direct, a, b)
+        };
+        let v1 = IeDeviceHintsSize::V1 as u32;
+        for size in [0, 4, v1 - 4, v1 - 1] {
+            let (with, direct, ..) = bind(&mut newer, size, 0);
+            assert_eq!((with, direct), (invalid, invalid), "size {size}");
+        }
+        for (size, more) in [(current + 4, 1), (current + 1, 0xff), (4097, 0)] {
+            let (with, direct, ..) = bind(&mut newer, size, more);
+            assert_eq!((with, direct), (too_big, too_big), "size {size}");
+        }
+        // Nothing was bound: both devices bind now, a newer struct's zero tail accepted.
+        let (with, direct, a, b) = bind(&mut newer, current + 4, 0);
+        assert_eq!((with, direct), (OK, OK));
+        for dev in [a, b] {
+            let hints = c.device_info(c.device_handle(dev)).unwrap().hints;
+            assert_eq!((hints.ats, hints.ats_queue_depth), (true, 4));
+            assert_eq!(ie_ctx_unbind(ctx, dev), OK);
         }
         destroy_ctx_and_registry(registry, ctx);
         release_sim_unit(arena, model, unit, before);

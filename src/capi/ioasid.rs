@@ -403,9 +403,21 @@ fn device_label(unit: u32, device_id: u32) -> Result<DeviceLabel, IeStatus> {
 }
 
 /// What the embedder knows of a device from PCI enumeration (ie_ctx_bind_with()).
+///
+/// Set `size` to `sizeof(IeDeviceHints)`: the struct grows at its end, and the size says which
+/// fields the caller knows. The library reads `size` bytes at most; fields beyond them (a
+/// module built against an older header) are their defaults (false, 0). A size below
+/// `IE_DEVICE_HINTS_SIZE_V1` is `IE_STATUS_INVALID_ARGUMENT`; one above the library's own
+/// (a newer header) is accepted if every byte beyond the library's struct is zero, else
+/// `IE_STATUS_TOO_BIG`; above 4096, `IE_STATUS_TOO_BIG`. Nothing is bound after either.
+/// Headers before `IE_DEVICE_HINTS_SIZE_V1` had no `size` (their struct started with `ats`):
+/// modules built against them must be rebuilt.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct IeDeviceHints {
+    /// The size in bytes of the caller's struct: `sizeof(IeDeviceHints)` of its header (an
+    /// `IE_DEVICE_HINTS_SIZE_*`).
+    pub size: u32,
     /// ATS is enabled on the device: VT-d allows its device TLB, SMMUv3 sets `STE.EATS`, and
     /// both invalidate its ATC on every flush (needs `ECAP.DT` / `IDR0.ATS`, else the attach
     /// fails with `IE_STATUS_INCOMPATIBLE`, reason `IE_MISSING_MODE`).
@@ -442,7 +454,41 @@ pub struct IeDeviceHints {
     pub ats_queue_depth: u32,
 }
 
+/// The sizes `IeDeviceHints` had, each header's `sizeof(IeDeviceHints)` (its `size`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IeDeviceHintsSize {
+    /// `size` through `pri_pasid_required`: the first struct with a size, the smallest
+    /// accepted.
+    V1 = 24,
+    /// With `ats_queue_depth`.
+    V2 = 28,
+}
+
+const _: () = assert!(
+    IeDeviceHintsSize::V1 as usize == core::mem::offset_of!(IeDeviceHints, ats_queue_depth)
+        && IeDeviceHintsSize::V2 as usize == core::mem::size_of::<IeDeviceHints>()
+);
+
 impl IeDeviceHints {
+    /// The caller's hints at `p`, of `(*p).size` bytes (`sized.rs`): fields beyond them at
+    /// their defaults.
+    ///
+    /// # Errors
+    /// `InvalidArgument` for a NULL `p` or a size below [`IeDeviceHintsSize::V1`]; `TooBig`
+    /// (see [`IeDeviceHints`]).
+    ///
+    /// # Safety
+    /// `p` is NULL or readable for its `size` bytes.
+    unsafe fn read(p: *const Self) -> Result<Self, IeStatus> {
+        if p.is_null() {
+            return Err(IeStatus::InvalidArgument);
+        }
+        // SAFETY: not NULL, readable for its size (the caller's contract); the struct starts
+        // with `size` and holds integers and C `bool`s.
+        unsafe { super::sized::read_sized(p, IeDeviceHintsSize::V1 as u32) }
+    }
+
     /// The hints as the IOASID layer takes them.
     fn hints(&self) -> DeviceHints {
         DeviceHints {
@@ -460,11 +506,13 @@ impl IeDeviceHints {
     }
 }
 
-/// As ie_ctx_bind(), with `*hints` (not NULL): the device's ATS and SR-IOV physical function,
-/// handed to every attach of it and reported by ie_ctx_device_info().
+/// As ie_ctx_bind(), with `*hints` (not NULL, its `size` set: see IeDeviceHints): the device's
+/// ATS and SR-IOV physical function, handed to every attach of it and reported by
+/// ie_ctx_device_info().
 ///
 /// # Safety
-/// `ctx` is a live context handle; `hints` is readable; `out` is writable.
+/// `ctx` is a live context handle; `hints` is readable for its `size` bytes; `out` is
+/// writable.
 #[no_mangle]
 pub unsafe extern "C" fn ie_ctx_bind_with(
     ctx: *mut IeCtx,
@@ -477,8 +525,8 @@ pub unsafe extern "C" fn ie_ctx_bind_with(
     code((|| {
         let c = ctx_obj(ctx)?;
         let label = device_label(unit, device_id)?;
-        // SAFETY: the C contract: NULL or readable.
-        let hints = unsafe { hints.as_ref() }.ok_or(IeStatus::InvalidArgument)?;
+        // SAFETY: the C contract: NULL or readable for its size.
+        let hints = unsafe { IeDeviceHints::read(hints) }?;
         if out.is_null() {
             return Err(IeStatus::InvalidArgument);
         }
@@ -518,7 +566,8 @@ pub struct IeDirectRegion {
 /// `IE_STATUS_NO_SPACE` for more than 4. Nothing is bound after an error.
 ///
 /// # Safety
-/// `ctx` is a live context handle; `hints` is NULL or readable; `regions` is readable for
+/// `ctx` is a live context handle; `hints` is NULL or readable for its `size` bytes; `regions`
+/// is readable for
 /// `n_regions` elements (NULL if 0); `out` is writable.
 #[no_mangle]
 pub unsafe extern "C" fn ie_ctx_bind_direct(
@@ -573,8 +622,12 @@ pub unsafe extern "C" fn ie_ctx_bind_direct(
                 region
             };
         }
-        // SAFETY: the C contract: NULL or readable.
-        let hints = unsafe { hints.as_ref() }.map(IeDeviceHints::hints);
+        let hints = if hints.is_null() {
+            None
+        } else {
+            // SAFETY: the C contract: NULL or readable for its size.
+            Some(unsafe { IeDeviceHints::read(hints) }?.hints())
+        };
         let list = list.get(..n).ok_or(IeStatus::InvalidArgument)?;
         let h = c
             .value

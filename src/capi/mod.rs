@@ -50,6 +50,7 @@ mod object;
 mod review_tests;
 #[cfg(feature = "sim")]
 mod sim;
+mod sized;
 mod status;
 #[cfg(all(test, feature = "sim"))]
 mod tests;

@@ -78,6 +78,11 @@ pub enum IeStatus {
     /// pointing at memory its allocator did not hand out. The memory is gone until reboot:
     /// keep what those objects mapped, and reset the unit (`-EIO`).
     Leaked = 18,
+    /// A struct the caller passed with its size (`IeDeviceHints.size`) is larger than this
+    /// library's and sets bytes beyond it: fields of a newer header that this library does
+    /// not know and cannot honour, or a size above 4096 (`-E2BIG`, as Linux's extensible
+    /// structs). Nothing changed; build against this library's header.
+    TooBig = 19,
 }
 
 impl IeStatus {
@@ -100,6 +105,7 @@ impl IeStatus {
             IeStatus::Hardware | IeStatus::CommandError | IeStatus::Leaked => 5, // EIO
             IeStatus::FaultsLost => 75,                               // EOVERFLOW
             IeStatus::BufferTooSmall => 90,                           // EMSGSIZE
+            IeStatus::TooBig => 7,                                    // E2BIG
         }
     }
 }
@@ -290,7 +296,7 @@ pub extern "C" fn ie_status_errno(status: i32) -> i32 {
 impl IeStatus {
     /// The status with raw value `raw`.
     pub const fn from_raw(raw: i32) -> Option<Self> {
-        const ALL: [IeStatus; 19] = [
+        const ALL: [IeStatus; 20] = [
             IeStatus::Ok,
             IeStatus::InvalidArgument,
             IeStatus::Incompatible,
@@ -310,6 +316,7 @@ impl IeStatus {
             IeStatus::CommandError,
             IeStatus::BufferTooSmall,
             IeStatus::Leaked,
+            IeStatus::TooBig,
         ];
         if raw < 0 {
             return None;
@@ -386,7 +393,9 @@ mod tests {
         assert_eq!(IeStatus::from_raw(16), Some(IeStatus::CommandError));
         assert_eq!(IeStatus::from_raw(17), Some(IeStatus::BufferTooSmall));
         assert_eq!(IeStatus::from_raw(18), Some(IeStatus::Leaked));
-        assert_eq!(IeStatus::from_raw(19), None);
+        assert_eq!(IeStatus::from_raw(19), Some(IeStatus::TooBig));
+        assert_eq!(IeStatus::TooBig.errno(), -7);
+        assert_eq!(IeStatus::from_raw(20), None);
     }
 
     /// A map beyond a domain's width (nothing changed) is OUT_OF_RANGE, not a unit fault

@@ -45,7 +45,8 @@ static void errno_mapping(void)
         { IE_STATUS_UNSUPPORTED, -95 }, { IE_STATUS_TIMEOUT, -110 },
         { IE_STATUS_HARDWARE, -5 },   { IE_STATUS_FAULTS_LOST, -75 },
         { IE_STATUS_COMMAND_ERROR, -5 }, { IE_STATUS_BUFFER_TOO_SMALL, -90 },
-        { IE_STATUS_LEAKED, -5 },     { 19, -22 },
+        { IE_STATUS_LEAKED, -5 },     { IE_STATUS_TOO_BIG, -7 },
+        { 20, -22 },
         { -1, -22 }, { INT32_MIN, -22 },
         { INT32_MAX, -22 },
     };

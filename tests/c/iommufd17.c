@@ -42,7 +42,8 @@ enum { KIB4 = 4096, MIB2 = 2 * 1024 * 1024 };
 static void device_caps(const char *name, IeCtx *ctx, uint32_t id, bool pasid_unit)
 {
     int32_t st;
-    IeDeviceHints hints = { .has_pasid_bits = true, .pasid_bits = 0, .pri = true };
+    IeDeviceHints hints = { .size = sizeof(IeDeviceHints), .has_pasid_bits = true,
+                            .pasid_bits = 0, .pri = true };
     uint32_t dev = 0, io = 0, pasid = 0, reason = 0;
     OK(ie_ctx_bind_with(ctx, 0, id, false, &hints, &dev));
     IeDeviceInfo info;

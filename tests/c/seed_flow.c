@@ -336,7 +336,7 @@ static void smmu_stall_flow(IeSimArena *arena, const IeEnv *env)
 {
     int32_t st;
     SmmuRig rig = smmu_rig(arena, env, (IeSimSmmuConfig){ .cohacc = true, .stall = true });
-    IeDeviceHints hints = { .stall = true };
+    IeDeviceHints hints = { .size = sizeof(IeDeviceHints), .stall = true };
     uint32_t dev = 0, ioasid = 0, reason = 0;
     OK(ie_ctx_bind_with(rig.ctx, 0, 0x40, false, &hints, &dev));
     OK(ie_ctx_alloc(rig.ctx, 0, &ioasid));
@@ -518,7 +518,8 @@ int main(void)
     CHECK(!info.has_physical_function && info.sources.hints.kind == IE_SOURCE_KIND_EMBEDDER,
           "gpu: bound without hints");
     /* An SR-IOV virtual function bound with its physical function (00:04.2 of 00:04.0). */
-    IeDeviceHints vf_hints = { .ats = false, .has_physical_function = true,
+    IeDeviceHints vf_hints = { .size = sizeof(IeDeviceHints), .ats = false,
+                               .has_physical_function = true,
                                .physical_function = 0x20 };
     uint32_t vf = 0;
     CHECK(ie_ctx_bind_with(ctx, 0, 0x22, false, NULL, &vf) == IE_STATUS_INVALID_ARGUMENT,
