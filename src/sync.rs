@@ -1,7 +1,8 @@
 //! The locks of the crate: one name for each, whatever the build.
 //!
-//! Normally `spin`'s: `const` construction (contexts, units and their in-place constructors
-//! copy locked values from constants), no allocator, no operating system. A `--cfg loom` build
+//! Normally `spin`'s `Mutex` and this crate's writer-first `RwLock` (`rwlock.rs`: `spin`'s lets
+//! readers that keep coming starve a writer): `const` construction (contexts, units and their
+//! in-place constructors copy locked values from constants), no allocator, no operating system. A `--cfg loom` build
 //! (model checking, `tests/loom.rs`, `tests/loom_ioasid.rs`) takes them from `loom_locks`, over
 //! [`loom`](https://docs.rs/loom/0.7)'s scheduled locks: a `spin` lock spins on `core` atomics
 //! loom does not see, so a thread waiting for one would spin for ever where loom must switch to
@@ -20,9 +21,13 @@
 
 #[cfg(not(loom))]
 #[allow(unused_imports)]
-pub(crate) use spin::{
-    Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockUpgradableGuard, RwLockWriteGuard,
-};
+pub(crate) use spin::{Mutex, MutexGuard};
+
+#[cfg(not(loom))]
+mod rwlock;
+#[cfg(not(loom))]
+#[allow(unused_imports)]
+pub(crate) use rwlock::{RwLock, RwLockReadGuard, RwLockUpgradableGuard, RwLockWriteGuard};
 
 /// The IOASID layer's atomics: `core`'s, or loom's under `--cfg loom` (see the module's
 /// documentation).
@@ -40,3 +45,6 @@ mod loom_locks;
 pub(crate) use loom_locks::{
     Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockUpgradableGuard, RwLockWriteGuard,
 };
+
+#[cfg(all(test, not(loom)))]
+mod tests;

@@ -91,10 +91,15 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
 
     /// A free domain slot, write-locked, and its handle: a new domain is built in it. Callers
     /// hold the configuration lock, so no other allocation races for a free slot; the read
-    /// check does not wait for maps in flight on other domains.
-    fn free_slot(&self) -> Result<(DomainHandle, SlotGuard<'_, A>), Error> {
+    /// check does not wait for maps in flight on other domains. `held`: a slot the caller
+    /// holds (a nest parent's), skipped: locking it again would wait behind a waiting writer
+    /// that waits for the caller (`sync/rwlock.rs`).
+    fn free_slot(
+        &self,
+        held: Option<DomainHandle>,
+    ) -> Result<(DomainHandle, SlotGuard<'_, A>), Error> {
         for (i, slot) in self.domains.iter().take(self.cfg.max_domains).enumerate() {
-            if slot.read().is_some() {
+            if held.is_some_and(|h| usize::from(h.0) == i) || slot.read().is_some() {
                 continue;
             }
             let s = slot.write();
@@ -154,7 +159,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         if self.has_user_children(parent) {
             return Err(Error::Busy);
         }
-        let (handle, mut slot) = self.free_slot()?;
+        let (handle, mut slot) = self.free_slot(Some(parent))?;
         let asid = config.asids.alloc().ok_or(Error::NoDomainIds)?;
         let child_cfg = DomainConfig {
             stage: Stage::First,
@@ -228,7 +233,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         let ias = if stage2 { f.s2_ias(g) } else { f.s1_ias() };
         self.check_common(cfg, ias)?;
         let mut config = self.config.lock();
-        let (handle, mut slot) = self.free_slot()?;
+        let (handle, mut slot) = self.free_slot(None)?;
         if stage2 {
             let vmid = config.vmids.alloc().ok_or(Error::NoDomainIds)?;
             Domain::build_stage2(
@@ -624,13 +629,16 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
     }
 
     /// The stage-1 domains nested on `parent`, as a bitmap of handles (`MAX_DOMAINS` ≤ 64).
+    /// The parent's own slot is not read: callers may hold it (a domain is never its own
+    /// child), and locking it again would wait behind a waiting writer (`sync/rwlock.rs`).
     pub(crate) fn children_of(&self, parent: DomainHandle) -> u64 {
         let mut mask = 0u64;
         for (i, slot) in self.domains.iter().enumerate().take(self.cfg.max_domains) {
-            if slot
-                .read()
-                .as_ref()
-                .is_some_and(|x| x.parent == Some(parent))
+            if i != usize::from(parent.0)
+                && slot
+                    .read()
+                    .as_ref()
+                    .is_some_and(|x| x.parent == Some(parent))
             {
                 mask |= 1u64.checked_shl(i as u32).unwrap_or(0);
             }
