@@ -434,7 +434,9 @@ typedef struct {
 
 // The embedder's bridge walk: `bridge_buses(ctx, segment, bridge_rid, &secondary,
 // &subordinate)` gives the bus numbers below a PCI-to-PCI bridge and returns true, or false if
-// `bridge_rid` is not a bridge. NULL: the embedder has no bridge walk.
+// `bridge_rid` is not a bridge (no function there, or one of another header type: a definite
+// answer, the walk knows every function). NULL: the embedder has no bridge walk, and no
+// function is known to be a bridge or not.
 typedef bool (*IeBridgeBusesFn)(void *ctx,
                                 uint16_t segment,
                                 uint16_t bridge,
@@ -957,12 +959,14 @@ int32_t ie_ctx_faults_overflowed(IeCtx *ctx, uint64_t *out);
 // returns it) the remapping unit that covers PCI requester `rid` on `segment`: the DRHD whose
 // device scope names it or a bridge above it, else the segment's INCLUDE_PCI_ALL DRHD.
 // `bridge_buses(ctx, segment, bridge_rid, &secondary, &subordinate)` gives the bus numbers of
-// a PCI-PCI bridge, false if none answers there; it resolves scope paths through bridges
-// (NULL: no bridge is known). `IE_STATUS_INVALID_ARGUMENT` for a malformed table, or when no
-// device scope names the requester but one that might goes through a function
-// `bridge_buses` does not report as a bridge (or `bridge_buses` is NULL and a scope's path
-// has more than one entry, or names a sub-hierarchy the requester is not the bridge of): the
-// unit would be a guess, so none is given. `IE_STATUS_NOT_FOUND` if no unit covers the
+// a PCI-PCI bridge, false if none answers there (then a scope through it names nothing, and
+// nothing is below it); it resolves scope paths through bridges and tells whether a scope's
+// function (endpoint or sub-hierarchy: firmware mislabels both) is a bridge the requester is
+// below. NULL: no bus walk, nothing is known. `IE_STATUS_INVALID_ARGUMENT` for a malformed
+// table, or when `bridge_buses` is NULL, no device scope names the requester, and one that
+// might needs the walk (a path of more than one entry, or a PCI scope naming a function on
+// another bus than the requester's, which may be a bridge above it): the unit would be a
+// guess, so none is given. `IE_STATUS_NOT_FOUND` if no unit covers the
 // requester (its DMA is not remapped). `rid` is looked up as itself: for an SR-IOV Virtual
 // Function or an ARI Extended Function, which firmware does not list, use
 // ie_dmar_unit_for_function().

@@ -4,7 +4,7 @@
 
 use core::ffi::c_void;
 
-use crate::firmware::dmar::device_scope::BusRange;
+use crate::firmware::dmar::device_scope::{BridgeAnswer, BusRange, PciBuses};
 use crate::firmware::dmar::lookup::FunctionKind;
 use crate::firmware::dmar::table::Dmar;
 use crate::vtd::SourceId;
@@ -32,7 +32,9 @@ pub struct IeDmarUnit {
 
 /// The embedder's bridge walk: `bridge_buses(ctx, segment, bridge_rid, &secondary,
 /// &subordinate)` gives the bus numbers below a PCI-to-PCI bridge and returns true, or false if
-/// `bridge_rid` is not a bridge. NULL: the embedder has no bridge walk.
+/// `bridge_rid` is not a bridge (no function there, or one of another header type: a definite
+/// answer, the walk knows every function). NULL: the embedder has no bridge walk, and no
+/// function is known to be a bridge or not.
 pub type IeBridgeBusesFn = Option<
     unsafe extern "C" fn(
         ctx: *mut c_void,
@@ -43,21 +45,43 @@ pub type IeBridgeBusesFn = Option<
     ) -> bool,
 >;
 
-/// Asks the embedder's `bridge_buses` (NULL: no walk) for the buses below `bridge`.
-fn bridge_bus_range(
+/// The embedder's `bridge_buses` and its `ctx`, as the lookups' bus walk: NULL answers
+/// [`BridgeAnswer::Unknown`] for every function, false [`BridgeAnswer::NotABridge`].
+struct CBusWalk {
     bridge_buses: IeBridgeBusesFn,
     ctx: *mut c_void,
-    segment: u16,
-    bridge: SourceId,
-) -> Option<BusRange> {
-    let f = bridge_buses?;
-    let (mut secondary, mut subordinate) = (0u8, 0u8);
-    // SAFETY: the C contract on `bridge_buses` and `ctx` (both C entry points' `# Safety`); the
-    // out-pointers are ours.
-    unsafe { f(ctx, segment, bridge.get(), &mut secondary, &mut subordinate) }.then_some(BusRange {
-        secondary,
-        subordinate,
-    })
+}
+
+impl PciBuses for CBusWalk {
+    fn bridge_buses(&self, segment: u16, bridge: SourceId) -> Option<BusRange> {
+        let f = self.bridge_buses?;
+        let (mut secondary, mut subordinate) = (0u8, 0u8);
+        // SAFETY: the C contract on `bridge_buses` and `ctx` (the C entry points' `# Safety`);
+        // the out-pointers are ours.
+        unsafe {
+            f(
+                self.ctx,
+                segment,
+                bridge.get(),
+                &mut secondary,
+                &mut subordinate,
+            )
+        }
+        .then_some(BusRange {
+            secondary,
+            subordinate,
+        })
+    }
+
+    fn bridge(&self, segment: u16, bridge: SourceId) -> BridgeAnswer {
+        if self.bridge_buses.is_none() {
+            return BridgeAnswer::Unknown;
+        }
+        match PciBuses::bridge_buses(self, segment, bridge) {
+            Some(range) => BridgeAnswer::Bridge(range),
+            None => BridgeAnswer::NotABridge,
+        }
+    }
 }
 
 /// What a PCI function is, for ie_dmar_unit_for_function() (VT-d 4.1 §8.3.2, §8.3.3): firmware
@@ -102,12 +126,14 @@ impl IeFunctionKind {
 /// returns it) the remapping unit that covers PCI requester `rid` on `segment`: the DRHD whose
 /// device scope names it or a bridge above it, else the segment's INCLUDE_PCI_ALL DRHD.
 /// `bridge_buses(ctx, segment, bridge_rid, &secondary, &subordinate)` gives the bus numbers of
-/// a PCI-PCI bridge, false if none answers there; it resolves scope paths through bridges
-/// (NULL: no bridge is known). `IE_STATUS_INVALID_ARGUMENT` for a malformed table, or when no
-/// device scope names the requester but one that might goes through a function
-/// `bridge_buses` does not report as a bridge (or `bridge_buses` is NULL and a scope's path
-/// has more than one entry, or names a sub-hierarchy the requester is not the bridge of): the
-/// unit would be a guess, so none is given. `IE_STATUS_NOT_FOUND` if no unit covers the
+/// a PCI-PCI bridge, false if none answers there (then a scope through it names nothing, and
+/// nothing is below it); it resolves scope paths through bridges and tells whether a scope's
+/// function (endpoint or sub-hierarchy: firmware mislabels both) is a bridge the requester is
+/// below. NULL: no bus walk, nothing is known. `IE_STATUS_INVALID_ARGUMENT` for a malformed
+/// table, or when `bridge_buses` is NULL, no device scope names the requester, and one that
+/// might needs the walk (a path of more than one entry, or a PCI scope naming a function on
+/// another bus than the requester's, which may be a bridge above it): the unit would be a
+/// guess, so none is given. `IE_STATUS_NOT_FOUND` if no unit covers the
 /// requester (its DMA is not remapped). `rid` is looked up as itself: for an SR-IOV Virtual
 /// Function or an ARI Extended Function, which firmware does not list, use
 /// ie_dmar_unit_for_function().
@@ -191,7 +217,7 @@ unsafe fn unit_for(
     // SAFETY: the C contract: `len` readable bytes at `table`.
     let bytes = unsafe { core::slice::from_raw_parts(table, len) };
     let dmar = Dmar::parse(bytes).map_err(|_| IeStatus::InvalidArgument)?;
-    let buses = |seg: u16, bridge: SourceId| bridge_bus_range(bridge_buses, ctx, seg, bridge);
+    let buses = CBusWalk { bridge_buses, ctx };
     let unit = dmar
         .unit_for_function(segment, SourceId::new(rid), kind, &buses)
         .map_err(|_| IeStatus::InvalidArgument)?
@@ -241,7 +267,7 @@ pub unsafe extern "C" fn ie_dmar_reserved_regions(
         // SAFETY: the C contract: `len` readable bytes at `table`.
         let bytes = unsafe { core::slice::from_raw_parts(table, len) };
         let dmar = Dmar::parse(bytes).map_err(|_| IeStatus::InvalidArgument)?;
-        let buses = |seg: u16, bridge: SourceId| bridge_bus_range(bridge_buses, ctx, seg, bridge);
+        let buses = CBusWalk { bridge_buses, ctx };
         let requester = SourceId::new(rid);
         // Checked whole first, so that nothing is written for a table with a bad region.
         for region in dmar.reserved_regions(segment, requester, &buses) {

@@ -98,16 +98,17 @@ pub fn dmar_table(bytes: &[u8]) {
     let mut last = None;
     let mut rids = Vec::new();
     for s in t.structures() {
-        let (offset, scopes) = match s {
-            RemappingStructure::Drhd(d) => (d.offset, Some(d.device_scopes())),
-            RemappingStructure::Rmrr(r) => (r.offset, Some(r.device_scopes())),
-            RemappingStructure::Atsr(a) => (a.offset, Some(a.device_scopes())),
-            RemappingStructure::Satc(s) => (s.offset, Some(s.device_scopes())),
-            RemappingStructure::Rhsa(r) => (r.offset, None),
-            RemappingStructure::Andd(a) => (a.offset, None),
+        // Paths are checked in DRHDs and RMRRs only: an ATSR's or SATC's bad path names nothing.
+        let (offset, scopes, checked) = match s {
+            RemappingStructure::Drhd(d) => (d.offset, Some(d.device_scopes()), true),
+            RemappingStructure::Rmrr(r) => (r.offset, Some(r.device_scopes()), true),
+            RemappingStructure::Atsr(a) => (a.offset, Some(a.device_scopes()), false),
+            RemappingStructure::Satc(s) => (s.offset, Some(s.device_scopes()), false),
+            RemappingStructure::Rhsa(r) => (r.offset, None, false),
+            RemappingStructure::Andd(a) => (a.offset, None, false),
             RemappingStructure::Other { offset, bytes, .. } => {
                 assert!(bytes.len() >= 4);
-                (offset, None)
+                (offset, None, false)
             }
         };
         assert!(
@@ -117,10 +118,13 @@ pub fn dmar_table(bytes: &[u8]) {
         last = Some(offset);
         for scope in scopes.into_iter().flatten() {
             assert!(!scope.path.is_empty() && scope.offset > offset && scope.offset < len);
-            assert!(scope
-                .path
-                .entries()
-                .all(|e| e.device < 32 && e.function < 8));
+            assert!(
+                !checked
+                    || scope
+                        .path
+                        .entries()
+                        .all(|e| e.device < 32 && e.function < 8)
+            );
             if let Ok(rid) = scope.requester_id(0, &buses) {
                 rids.push(rid);
             }

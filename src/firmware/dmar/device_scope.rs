@@ -94,12 +94,51 @@ impl BusRange {
     }
 }
 
+/// What the embedder's bus walk says about one function, as a possible bridge.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BridgeAnswer {
+    /// A PCI-PCI bridge, with the buses below it.
+    Bridge(BusRange),
+    /// No bridge answers there: no function, or a header type other than 1. A definite
+    /// answer: a path through it names no present device, and no bus is below it.
+    NotABridge,
+    /// The walk cannot tell (no bus walk at all): a scope whose answer depends on it is
+    /// unresolved ([`Error::NotABridge`]).
+    Unknown,
+}
+
 /// The embedder's PCI configuration access, used to follow device-scope paths through
-/// bridges. Any `Fn(u16, SourceId) -> Option<BusRange>` closure is one.
+/// bridges. Any `Fn(u16, SourceId) -> Option<BusRange>` closure is one (a complete walk:
+/// `None` is [`BridgeAnswer::NotABridge`]); [`NoBusWalk`] is the embedder without one.
 pub trait PciBuses {
     /// The bus numbers of the PCI-PCI bridge at `bridge` on `segment`, or `None` if no bridge
     /// answers there (no function, or a header type other than 1).
     fn bridge_buses(&self, segment: u16, bridge: SourceId) -> Option<BusRange>;
+
+    /// The three-way answer the lookups use: by default [`bridge_buses`](Self::bridge_buses)'s,
+    /// `None` being [`BridgeAnswer::NotABridge`]. A walk that may not know a function answers
+    /// [`BridgeAnswer::Unknown`] for it.
+    fn bridge(&self, segment: u16, bridge: SourceId) -> BridgeAnswer {
+        match self.bridge_buses(segment, bridge) {
+            Some(range) => BridgeAnswer::Bridge(range),
+            None => BridgeAnswer::NotABridge,
+        }
+    }
+}
+
+/// No bus walk at all (the C API's NULL `bridge_buses`): every bridge is
+/// [`BridgeAnswer::Unknown`], so only scopes that need no walk decide.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NoBusWalk;
+
+impl PciBuses for NoBusWalk {
+    fn bridge_buses(&self, _: u16, _: SourceId) -> Option<BusRange> {
+        None
+    }
+
+    fn bridge(&self, _: u16, _: SourceId) -> BridgeAnswer {
+        BridgeAnswer::Unknown
+    }
 }
 
 impl<F> PciBuses for F
@@ -111,8 +150,9 @@ where
     }
 }
 
-/// A device scope's path, checked: at least one entry, every device below 32 and every
-/// function below 8.
+/// A device scope's path, checked: at least one entry; in a DRHD or RMRR every device below
+/// 32 and every function below 8 (an ATSR's or SATC's may have others and then names
+/// nothing).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PciPath<'a> {
     bytes: &'a [u8],
@@ -157,8 +197,9 @@ pub struct DeviceScope<'a> {
 
 impl<'a> DeviceScope<'a> {
     /// Decodes the scope at the start of `bytes` (the rest of its container), `offset` being
-    /// where `bytes` starts in the table. Returns the scope and its length.
-    fn decode(bytes: &'a [u8], offset: usize) -> Result<(Self, usize), Error> {
+    /// where `bytes` starts in the table, checking its path's entries if `check_paths`.
+    /// Returns the scope and its length.
+    fn decode(bytes: &'a [u8], offset: usize, check_paths: bool) -> Result<(Self, usize), Error> {
         if bytes.len() < FIXED {
             return Err(Error::TooShort {
                 structure: Structure::DeviceScope,
@@ -181,7 +222,7 @@ impl<'a> DeviceScope<'a> {
             });
         };
         let path = scope.get(FIXED..).unwrap_or(&[]);
-        for (i, pair) in path.chunks_exact(2).enumerate() {
+        for (i, pair) in path.chunks_exact(2).enumerate().filter(|_| check_paths) {
             if let [device, function] = *pair {
                 if device >= 32 || function >= 8 {
                     let at = offset
@@ -212,20 +253,32 @@ impl<'a> DeviceScope<'a> {
     ///
     /// # Errors
     /// [`Error::NotABridge`] if the path goes through a function that `buses` does not report
-    /// as a bridge (it is absent, or the hierarchy is not what firmware described).
+    /// as a bridge (it is absent, or the hierarchy is not what firmware described);
+    /// [`Error::PathEntry`] for a path entry no function can have (an ATSR's or SATC's: the
+    /// other structures' paths are checked when the table is built).
     pub fn requester_id<B: PciBuses + ?Sized>(
         &self,
         segment: u16,
         buses: &B,
     ) -> Result<SourceId, Error> {
+        match self.resolve(segment, buses)? {
+            Resolved::At(rid) => Ok(rid),
+            Resolved::Absent { bridge } => Err(Error::NotABridge { segment, bridge }),
+        }
+    }
+
+    /// As [`requester_id`](Self::requester_id), telling a path through a function the walk
+    /// reports as no bridge (the scope names no present device) from one it cannot follow.
+    fn resolve<B: PciBuses + ?Sized>(&self, segment: u16, buses: &B) -> Result<Resolved, Error> {
         let mut bus = self.start_bus;
         let mut last = None;
         for entry in self.path.entries() {
             if let Some(bridge) = last {
-                bus = buses
-                    .bridge_buses(segment, bridge)
-                    .ok_or(Error::NotABridge { segment, bridge })?
-                    .secondary;
+                bus = match buses.bridge(segment, bridge) {
+                    BridgeAnswer::Bridge(range) => range.secondary,
+                    BridgeAnswer::NotABridge => return Ok(Resolved::Absent { bridge }),
+                    BridgeAnswer::Unknown => return Err(Error::NotABridge { segment, bridge }),
+                };
             }
             let rid = SourceId::from_bdf(bus, entry.device, entry.function).map_err(|_| {
                 Error::PathEntry {
@@ -237,57 +290,78 @@ impl<'a> DeviceScope<'a> {
             last = Some(rid);
         }
         // `decode` refused empty paths; an empty one resolves to nothing rather than panic.
-        last.ok_or(Error::ScopeLength {
+        last.map(Resolved::At).ok_or(Error::ScopeLength {
             offset: self.offset,
             length: FIXED as u8,
         })
     }
 
-    /// Whether this scope covers the requester `rid` on `segment`: a PCI endpoint scope the
-    /// function its path names, a PCI sub-hierarchy scope the bridge and every bus below it
-    /// (the bridge's secondary to subordinate bus). Other scope types cover no PCI requester.
+    /// Whether this scope covers the requester `rid` on `segment`. A PCI endpoint or PCI
+    /// sub-hierarchy scope covers the function its path names and, if that function is a
+    /// bridge, every bus below it (secondary to subordinate), whatever the type says: firmware
+    /// mislabels both ways, and Linux (`device_to_iommu`, `is_downstream_to_pci_bridge`)
+    /// follows the hardware. An ACPI name-space device scope (type 5, §8.3.1) covers the
+    /// requester ID its path gives the ANDD device's DMA. Other types cover no PCI requester,
+    /// nor does a path through a function the walk reports as no bridge.
     ///
     /// # Errors
-    /// Those of [`requester_id`](Self::requester_id); [`Error::NotABridge`] if a
-    /// sub-hierarchy scope's own bridge does not answer as a bridge.
+    /// [`Error::NotABridge`] when the answer depends on a function the walk cannot tell
+    /// ([`BridgeAnswer::Unknown`]: a bridge on the path, or whether the named function is a
+    /// bridge the requester is below).
     pub fn covers<B: PciBuses + ?Sized>(
         &self,
         segment: u16,
         rid: SourceId,
         buses: &B,
     ) -> Result<bool, Error> {
-        // The function a path ends at has the last entry's device and function whatever the
-        // buses: another device/function is not the endpoint (no walk needed).
-        let last_devfn = self
-            .path
-            .entries()
-            .last()
-            .map(|e| (e.device << 3) | e.function);
-        match self.scope_type {
-            ScopeType::PciEndpoint => {
-                if last_devfn != Some(rid.devfn()) {
-                    return Ok(false);
-                }
-                Ok(self.requester_id(segment, buses)? == rid)
-            }
-            ScopeType::PciSubHierarchy => {
-                let bridge = self.requester_id(segment, buses)?;
-                if bridge == rid {
-                    return Ok(true);
-                }
-                // A bridge's secondary bus is another bus than its own: a device on the
-                // bridge's bus is not below it.
-                if rid.bus() == bridge.bus() {
-                    return Ok(false);
-                }
-                let range = buses
-                    .bridge_buses(segment, bridge)
-                    .ok_or(Error::NotABridge { segment, bridge })?;
-                Ok(range.contains(rid.bus()))
-            }
-            _ => Ok(false),
+        let below = match self.scope_type {
+            ScopeType::PciEndpoint | ScopeType::PciSubHierarchy => true,
+            ScopeType::AcpiNamespaceDevice => false,
+            _ => return Ok(false),
+        };
+        // The path starts on the root bus of a host bridge (§8.3.1 `Start Bus Number`), which
+        // is below no bridge: a requester there is covered only as the function a one-entry
+        // path names (no walk needed).
+        if rid.bus() == self.start_bus {
+            let devfn = rid.devfn();
+            let mut entries = self.path.entries();
+            return Ok(match (entries.next(), entries.next()) {
+                (Some(e), None) => e.device == devfn >> 3 && e.function == devfn & 7,
+                _ => false,
+            });
+        }
+        let named = match self.resolve(segment, buses) {
+            Ok(Resolved::At(named)) => named,
+            // A function no path reaches, or one no function can have (an ATSR's or SATC's
+            // path, never checked: Linux does not either): the scope names nothing.
+            Ok(Resolved::Absent { .. }) | Err(Error::PathEntry { .. }) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        // A bridge's secondary bus is another bus than its own: a device on the named
+        // function's bus is not below it (no walk needed).
+        if named == rid || !below || rid.bus() == named.bus() {
+            return Ok(named == rid);
+        }
+        match buses.bridge(segment, named) {
+            BridgeAnswer::Bridge(range) => Ok(range.contains(rid.bus())),
+            BridgeAnswer::NotABridge => Ok(false),
+            BridgeAnswer::Unknown => Err(Error::NotABridge {
+                segment,
+                bridge: named,
+            }),
         }
     }
+}
+
+/// Where a scope's path leads.
+enum Resolved {
+    /// The function it names.
+    At(SourceId),
+    /// Nowhere: it goes through `bridge`, which the walk reports as no bridge.
+    Absent {
+        /// The function that is not a bridge.
+        bridge: SourceId,
+    },
 }
 
 /// The device scopes of one structure, in table order. Built only over bytes that
@@ -303,7 +377,7 @@ impl<'a> Iterator for DeviceScopes<'a> {
     type Item = DeviceScope<'a>;
 
     fn next(&mut self) -> Option<DeviceScope<'a>> {
-        let (scope, len) = DeviceScope::decode(self.bytes, self.offset).ok()?;
+        let (scope, len) = DeviceScope::decode(self.bytes, self.offset, false).ok()?;
         self.bytes = self.bytes.get(len..).unwrap_or(&[]);
         self.offset = self.offset.saturating_add(len);
         Some(scope)
@@ -341,9 +415,14 @@ impl<'a> ScopeList<'a> {
             })?,
             offset: offset.saturating_add(fixed),
         };
+        // A path entry no function can have (device 32 and up, function 8 and up) refuses the
+        // table in a DRHD or RMRR, which decide whose DMA goes where. In an ATSR or SATC it
+        // only makes the scope name nothing, as in Linux: refusing the whole table for it
+        // would take every unit away.
+        let check_paths = !matches!(structure, Structure::Atsr | Structure::Satc);
         let (mut rest, mut at) = (list.bytes, list.offset);
         while !rest.is_empty() {
-            let (_, len) = DeviceScope::decode(rest, at)?;
+            let (_, len) = DeviceScope::decode(rest, at, check_paths)?;
             rest = rest.get(len..).unwrap_or(&[]);
             at = at.saturating_add(len);
         }

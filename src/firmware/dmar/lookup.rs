@@ -3,20 +3,25 @@
 //! "Device Scope Structure", §8.3.2 ARI Extended Functions, §8.3.3 SR-IOV Virtual Functions,
 //! §8.4 "Reserved Memory Region Reporting").
 //!
-//! A PCI requester belongs to the DRHD whose device scopes name it (a PCI endpoint scope naming
-//! the function, or a PCI sub-hierarchy scope naming a bridge above it); failing that, to the
+//! A PCI requester belongs to the DRHD whose device scopes name it (a PCI endpoint or
+//! sub-hierarchy scope naming the function or a bridge above it, whatever the type says, as
+//! Linux's `device_to_iommu` follows the hardware; an ACPI name-space device scope naming the
+//! requester ID its ANDD device's DMA carries); failing that, to the
 //! DRHD of its segment with INCLUDE_PCI_ALL (§8.3: such a unit covers "all PCI compatible
 //! devices under the specified segment, except devices reported under the scope of other
 //! remapping hardware units"). Kernels decide so (Linux `dmar_find_matched_drhd_unit`, FreeBSD
 //! `dmar_find`); scope matches are tried first whatever the DRHDs' order in the table.
 //!
-//! A scope whose path does not resolve (it goes through a function that the embedder's bus walk
-//! does not report as a bridge: an empty hot-plug slot, a hierarchy the OS renumbered or
-//! firmware described wrongly, or no bus walk at all) might name the requester: when no other
-//! scope decides, the lookup fails with [`Error::ScopeUnresolved`] naming the scope, the
-//! requester and the bridge, rather than fall back to an INCLUDE_PCI_ALL unit (the wrong unit)
-//! or drop an RMRR (a broken device). A scope that does name the requester decides even when
-//! another does not resolve.
+//! The embedder's bus walk answers three ways ([`BridgeAnswer`](super::BridgeAnswer)). A
+//! function it reports as no bridge is a definite answer: a scope whose path goes through it
+//! (a root port disabled or hidden) names no present device, and a scope naming it has
+//! nothing below it (a sub-hierarchy scope naming an endpoint), as Linux matches only present
+//! devices. A scope whose answer depends on a function the walk cannot tell (no bus walk at
+//! all: [`NoBusWalk`](super::NoBusWalk), the C API's NULL `bridge_buses`) might name the
+//! requester: when no other scope decides, the lookup fails with [`Error::ScopeUnresolved`]
+//! naming the scope, the requester and the bridge, rather than fall back to an
+//! INCLUDE_PCI_ALL unit (maybe the wrong unit) or drop an RMRR (a broken device). A scope
+//! that does name the requester decides even when another does not resolve.
 //!
 //! Functions firmware does not list are under the unit of one it does: an SR-IOV Virtual
 //! Function under its Physical Function's (§8.3.3), an ARI Extended Function under its device's
@@ -221,7 +226,9 @@ impl<'a> Dmar<'a> {
     ///
     /// # Errors
     /// Each item is [`Error::RmrrRange`] for an RMRR naming the requester whose range is
-    /// malformed (the kernel decides: Linux warns and skips it), or
+    /// malformed, carrying its base and limit (the kernel decides; Linux's
+    /// `dmar_parse_one_rmrr` warns, taints the kernel and keeps it: the device may still
+    /// need it, so the error is not a reason to drop the region), or
     /// [`Error::ScopeUnresolved`] for an RMRR none of whose scopes names the requester but one
     /// of which could not be followed through `buses` (the region may be the device's).
     pub fn reserved_regions<'b, B: PciBuses + ?Sized>(

@@ -43,7 +43,8 @@ pub mod unit_config;
 pub use andd::Andd;
 pub use atsr::{Atsr, AtsrFlags};
 pub use device_scope::{
-    BusRange, DeviceScope, DeviceScopes, PathEntry, PciBuses, PciPath, ScopeFlags, ScopeType,
+    BridgeAnswer, BusRange, DeviceScope, DeviceScopes, NoBusWalk, PathEntry, PciBuses, PciPath,
+    ScopeFlags, ScopeType,
 };
 pub use drhd::{Drhd, DrhdFlags};
 pub use error::{Error, Structure};

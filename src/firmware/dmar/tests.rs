@@ -136,17 +136,15 @@ fn q35_device_behind_a_root_port_resolves_through_the_bridge() {
     // The port's own requests are the unit's too, with or without a bus walk.
     assert!(t.unit_for(0, rid(0, 6, 0), &buses).unwrap().is_some());
     assert!(t.unit_for(0, rid(0, 6, 0), &no_bridges).unwrap().is_some());
-    // Below a port that does not answer as a bridge, the unit is unknown: an error naming the
-    // scope, not "not remapped".
-    assert_eq!(
-        t.unit_for(0, rid(5, 0, 0), &no_bridges),
-        Err(Error::ScopeUnresolved {
-            scope: port.offset,
-            segment: 0,
-            requester: rid(5, 0, 0),
-            bridge: rid(0, 6, 0)
-        })
-    );
+    // Without a bus walk, the unit below the port is unknown: an error naming the scope, not
+    // "not remapped". A walk that answers "not a bridge" is definite: nothing is below it.
+    assert_eq!(t.unit_for(0, rid(5, 0, 0), &no_bridges), Ok(None));
+    // (The first scope that needs the walk is named: here the endpoint 00:00.0, which might
+    // be a bridge above bus 5 as far as the lookup can tell.)
+    assert!(matches!(
+        t.unit_for(0, rid(5, 0, 0), &NoBusWalk),
+        Err(Error::ScopeUnresolved { requester, .. }) if requester == rid(5, 0, 0)
+    ));
 }
 
 /// A table with every structure type, two DRHDs (the INCLUDE_PCI_ALL one first, which must not
@@ -803,8 +801,9 @@ fn a_laptop_dmar_puts_each_device_under_its_unit() {
 
 /// A scope the bus walk cannot follow decides nothing by itself: found by review, `unit_for`
 /// answered the INCLUDE_PCI_ALL unit for a device the listed unit's scope names through two
-/// bridges, and `reserved_regions` dropped the RMRR of a device below a bridge, when the walk
-/// (the C API's NULL `bridge_buses`) did not report the bridges.
+/// bridges, and `reserved_regions` dropped the RMRR of a device below a bridge, when there
+/// was no walk (`NoBusWalk`, the C API's NULL `bridge_buses`). A walk that answers "not a
+/// bridge" is definite (`review_a_scope_for_an_absent_root_port_does_not_poison_other_buses`).
 #[test]
 fn unresolved_scopes_are_errors_not_silence() {
     let bytes = every_structure();
@@ -812,7 +811,7 @@ fn unresolved_scopes_are_errors_not_silence() {
     let listed = t.drhds().nth(1).unwrap();
     let deep = listed.device_scopes().find(|s| s.path.len() == 3).unwrap();
     assert_eq!(
-        t.unit_for(0, rid(3, 3, 1), &no_bridges),
+        t.unit_for(0, rid(3, 3, 1), &NoBusWalk),
         Err(Error::ScopeUnresolved {
             scope: deep.offset,
             segment: 0,
@@ -823,34 +822,42 @@ fn unresolved_scopes_are_errors_not_silence() {
     );
     // A scope that names the requester decides although another one does not resolve.
     assert_eq!(
-        t.unit_for(0, rid(0, 0x1d, 0), &no_bridges)
+        t.unit_for(0, rid(0, 0x1d, 0), &NoBusWalk)
             .unwrap()
             .map(|c| c.drhd),
         Some(listed)
     );
-    // The RMRR of 00:1d.0's sub-hierarchy: unknown for a device on bus 8 without the walk.
-    let rmrr = t.rmrrs().nth(1).unwrap();
-    let sub = rmrr.device_scopes().next().unwrap();
-    assert_eq!(
-        t.reserved_regions(0, rid(8, 1, 0), &no_bridges)
-            .collect::<Vec<_>>(),
-        [Err(Error::ScopeUnresolved {
-            scope: sub.offset,
+    // The RMRR of 00:1d.0's sub-hierarchy, and that of the endpoint 00:14.0 (which may be a
+    // bridge: a mislabel covers the buses below it): unknown for a device on bus 8 without
+    // the walk.
+    let ep = t.rmrrs().next().unwrap().device_scopes().next().unwrap();
+    let sub = t.rmrrs().nth(1).unwrap().device_scopes().next().unwrap();
+    let unresolved = |scope: &DeviceScope<'_>, bridge| -> Result<IovaRange, Error> {
+        Err(Error::ScopeUnresolved {
+            scope: scope.offset,
             segment: 0,
             requester: rid(8, 1, 0),
-            bridge: rid(0, 0x1d, 0)
-        })]
+            bridge,
+        })
+    };
+    assert_eq!(
+        t.reserved_regions(0, rid(8, 1, 0), &NoBusWalk)
+            .collect::<Vec<_>>(),
+        [
+            unresolved(&ep, rid(0, 0x14, 0)),
+            unresolved(&sub, rid(0, 0x1d, 0))
+        ]
     );
     // The endpoint RMRR of 00:14.0 needs no walk.
     assert_eq!(
-        t.reserved_regions(0, rid(0, 0x14, 0), &no_bridges)
+        t.reserved_regions(0, rid(0, 0x14, 0), &NoBusWalk)
             .collect::<Vec<_>>(),
         [Ok(IovaRange {
             start: Iova::new(0x7a00_0000),
             end: Iova::new(0x7a10_0000)
         })]
     );
-    let shown = std::format!("{}", t.unit_for(0, rid(3, 3, 1), &no_bridges).unwrap_err());
+    let shown = std::format!("{}", t.unit_for(0, rid(3, 3, 1), &NoBusWalk).unwrap_err());
     assert!(
         shown.contains("0000:") && shown.contains("no bridge"),
         "{shown}"
@@ -1006,4 +1013,143 @@ fn an_ari_function_numbered_7_or_below_is_looked_up_as_itself() {
         physical_function_ari_extended: true,
     };
     assert_eq!(unit(0x0680, vf_of_3), c);
+}
+
+// ---- Review findings (branch fwrev). ----
+
+/// A DRHD's device scope of type 1 (PCI endpoint) that names a function which is in fact a
+/// PCI-PCI bridge (a firmware mislabel; VT-d §8.3.1 wants type 2 for bridges). Linux
+/// `device_to_iommu` (drivers/iommu/intel/iommu.c) treats any scope device with a subordinate
+/// bus as covering that bus range whatever the scope type (`ptmp->subordinate && ...
+/// goto got_pdev`), and `is_downstream_to_pci_bridge` does the same for RMRRs. The crate gives
+/// the devices below the bridge to the INCLUDE_PCI_ALL unit instead (another unit than the
+/// one the bridge's traffic goes through) and drops the RMRR.
+#[test]
+fn review_an_endpoint_scope_naming_a_bridge_covers_the_buses_below_it() {
+    let bridge = rid(0, 0x1c, 0);
+    let buses = move |_: u16, b: SourceId| {
+        (b == bridge).then_some(BusRange {
+            secondary: 2,
+            subordinate: 3,
+        })
+    };
+    let t = dmar(
+        47,
+        0,
+        &[
+            drhd(0, 0, 0, 0xfed9_0000, &[scope(1, 0, 0, 0, &[(0x1c, 0)])]),
+            drhd(1, 0, 0, 0xfed9_1000, &[]),
+            rmrr(
+                0,
+                0x7000_0000,
+                0x7000_0fff,
+                &[scope(1, 0, 0, 0, &[(0x1c, 0)])],
+            ),
+        ],
+    );
+    let t = Dmar::parse(&t).unwrap();
+    let below = rid(2, 0, 0);
+    let unit = t.unit_for(0, below, &buses).unwrap().unwrap();
+    assert_eq!(unit.drhd.register_base, 0xfed9_0000, "wrong unit");
+    assert_eq!(t.reserved_regions(0, below, &buses).count(), 1, "RMRR lost");
+}
+
+/// The converse mislabel (fwts `DevScopeTypeNoMatch`): the graphics DRHD's scope names the
+/// integrated GPU 00:02.0, an endpoint, with type 2 (sub-hierarchy). Linux matches 00:02.0
+/// itself and, as it has no subordinate bus, nothing else: every other device goes to the
+/// INCLUDE_PCI_ALL unit. The crate asks the bus walk for 00:02.0's bus range, gets "not a
+/// bridge", and refuses the lookup for every requester on any other bus of the segment
+/// (ScopeUnresolved): one mislabelled scope takes the whole segment's devices off the IOMMU.
+#[test]
+fn review_a_sub_hierarchy_scope_naming_an_endpoint_does_not_poison_other_buses() {
+    let t = dmar(
+        38,
+        0,
+        &[
+            drhd(0, 0, 0, 0xfed9_0000, &[scope(2, 0, 0, 0, &[(2, 0)])]),
+            drhd(1, 0, 0, 0xfed9_1000, &[]),
+        ],
+    );
+    let t = Dmar::parse(&t).unwrap();
+    let unit = t.unit_for(0, rid(3, 0, 0), &no_bridges);
+    assert!(
+        matches!(unit, Ok(Some(ref u)) if u.drhd.register_base == 0xfed9_1000),
+        "{unit:?}"
+    );
+}
+
+/// A device-scope path entry out of range (device 0x20) in an ATSR, a structure that says
+/// nothing about which unit translates whom, makes `Dmar::parse` refuse the whole table, so
+/// `unit_for`/`ie_dmar_unit_for` answer nothing for any device. Linux
+/// (`dmar_parse_one_atsr` -> `dmar_alloc_dev_scope`) does not check path values; such a scope
+/// simply never matches a device, and the DRHDs stay in force. (The IVRS parser's own module
+/// doc argues the same: refusing the whole table lets an embedder that reads "no table" as
+/// "no IOMMU" run every device untranslated.)
+#[test]
+fn review_a_bad_path_in_an_atsr_does_not_refuse_the_drhds() {
+    let t = dmar(
+        38,
+        0,
+        &[
+            drhd(1, 0, 0, 0xfed9_1000, &[]),
+            flags_segment_scopes(2, 0, 0, &[scope(2, 0, 0, 0, &[(0x20, 0)])]),
+        ],
+    );
+    let t = Dmar::parse(&t);
+    assert!(t.is_ok(), "{t:?}");
+}
+
+/// A sub-hierarchy scope for a root port that is not there (disabled in setup, hidden: old
+/// Linux printed "Device scope device [0000:00:1c.5] not found" and went on; today's
+/// `dmar_insert_dev_scope` only ever matches present devices). The embedder's bus walk is
+/// complete and knows the one real root port 00:1c.0 (bus 2). The crate refuses the lookup
+/// for 02:00.0 because 00:1c.5 "does not answer as a bridge", instead of giving it to the
+/// INCLUDE_PCI_ALL unit: every device off bus 0 loses its unit.
+#[test]
+fn review_a_scope_for_an_absent_root_port_does_not_poison_other_buses() {
+    let present = rid(0, 0x1c, 0);
+    let buses = move |_: u16, b: SourceId| {
+        (b == present).then_some(BusRange {
+            secondary: 2,
+            subordinate: 2,
+        })
+    };
+    let t = dmar(
+        38,
+        0,
+        &[
+            drhd(0, 0, 0, 0xfed9_0000, &[scope(2, 0, 0, 0, &[(0x1c, 5)])]),
+            drhd(1, 0, 0, 0xfed9_1000, &[]),
+        ],
+    );
+    let t = Dmar::parse(&t).unwrap();
+    let unit = t.unit_for(0, rid(2, 0, 0), &buses);
+    assert!(
+        matches!(unit, Ok(Some(ref u)) if u.drhd.register_base == 0xfed9_1000),
+        "{unit:?}"
+    );
+}
+
+/// A type-5 scope (ACPI name-space device, §8.3.1/§8.7) places the ANDD device behind its
+/// DRHD, and its path gives the requester ID the device's DMA carries (Linux
+/// `device_to_iommu` returns that DRHD and takes bus/devfn from the scope). `unit_for` on that
+/// requester ID ignores type-5 scopes and answers the INCLUDE_PCI_ALL unit; the crate has no
+/// other lookup for ANDD devices.
+#[test]
+fn review_an_acpi_namespace_device_scope_places_its_requester_behind_its_unit() {
+    let t = dmar(
+        38,
+        0,
+        &[
+            drhd(0, 0, 0, 0xfed9_0000, &[scope(5, 0, 1, 0, &[(0x15, 1)])]),
+            drhd(1, 0, 0, 0xfed9_1000, &[]),
+            andd(1, b"\\_SB.PCI0.I2C1\0"),
+        ],
+    );
+    let t = Dmar::parse(&t).unwrap();
+    let unit = t.unit_for(0, rid(0, 0x15, 1), &no_bridges);
+    assert!(
+        matches!(unit, Ok(Some(ref u)) if u.drhd.register_base == 0xfed9_0000),
+        "{unit:?}"
+    );
 }
