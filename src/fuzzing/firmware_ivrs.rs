@@ -118,7 +118,10 @@ pub fn exercise(table: &[u8]) {
         assert_eq!(unit.device_ranges().count(), opening);
         let last_id = unit.last_device_id();
         for range in unit.device_ranges().take(LOOKUPS_PER_UNIT) {
-            assert!(range.first <= range.last, "reversed range");
+            if range.is_empty() {
+                // An End below its start: a range of no device, kept (as Linux).
+                continue;
+            }
             assert!(last_id.is_some_and(|l| l >= range.last));
             for id in [range.first, range.last] {
                 let (found, run) = ivrs

@@ -10,7 +10,8 @@
 //! F1h-FFh are variable-length like F0h, of no known length: the entries after one cannot be
 //! found, and the IVHD is refused.
 //!
-//! A range start (03h, 43h, 47h) is closed by the next End of Range (04h). Entries that name
+//! A range start (03h, 43h, 47h) is closed by the next End of Range (04h); an End below its
+//! start closes an empty range, which names no device (Linux walks it zero times). Entries that name
 //! no PCI device (pads and reserved types, which are ignored; special devices 48h; ACPI
 //! devices F0h) may sit between them, as Linux and FreeBSD read the list (they keep the start
 //! across any entry); an entry that names PCI devices itself (01h, 02h, 42h, 46h, another start)
@@ -120,7 +121,9 @@ pub enum DeviceEntry<'a> {
         device_id: u16,
         /// `DTE Setting`.
         dte: DteSetting,
-        /// `Extended DTE Setting` (bit 31: ATS disallowed).
+        /// `Extended DTE Setting` (bit 31: ATS disabled for the device, as ACPICA's
+        /// `ACPI_IVHD_ATS_DISABLED` and coreboot's `IVHD_DEV_EXT_ATS_DISABLE`, from 48882,
+        /// read it; Linux's `ACPI_DEVFLAG_ATSDIS` tests bit 28, 0x1000_0000, instead).
         extended: u32,
     },
     /// 47h: a range (closed by the next [`End`](Self::End)) with an extended DTE setting.
@@ -266,7 +269,8 @@ pub(super) struct EntryList<'a> {
 
 impl<'a> EntryList<'a> {
     /// Checks every entry: its length, its fields, and that each range start is followed by
-    /// an end not below it, with only entries that name no PCI device in between.
+    /// an end, with only entries that name no PCI device in between. An end below its start
+    /// closes an empty range (see [`DeviceRange::is_empty`]).
     pub fn parse(bytes: &'a [u8], base: usize) -> Result<Self, Error> {
         let list = Self { bytes, base };
         let mut open: Option<(usize, u16)> = None;
@@ -280,15 +284,7 @@ impl<'a> EntryList<'a> {
                 continue;
             }
             match (open.take(), entry) {
-                (Some((o, start)), DeviceEntry::End { device_id }) => {
-                    if device_id < start {
-                        return Err(Error::Range {
-                            offset: o,
-                            start,
-                            end: device_id,
-                        });
-                    }
-                }
+                (Some(_), DeviceEntry::End { .. }) => {}
                 (Some((o, start)), _) => {
                     return Err(Error::Range {
                         offset: o,
@@ -378,6 +374,14 @@ pub struct DeviceRange {
 }
 
 impl DeviceRange {
+    /// Whether the run names no device: a range whose End (04h) is below its start. Linux
+    /// walks such a range zero times (and sets no alias for it); refusing the IVHD, and with
+    /// it the whole IVRS, would leave an embedder that takes "no IVRS" for "no IOMMU" with
+    /// every device untranslated.
+    pub const fn is_empty(&self) -> bool {
+        self.last < self.first
+    }
+
     /// Whether `device_id` is in the run.
     pub const fn contains(&self, device_id: u16) -> bool {
         self.first <= device_id && device_id <= self.last

@@ -166,7 +166,8 @@ impl<'a> Ivhd<'a> {
     pub fn covering(&self, device_id: u16) -> Option<DeviceRange> {
         let mut found: Option<DeviceRange> = None;
         let (mut first, mut last) = (0, u16::MAX);
-        for r in self.device_ranges().flat_map(with_alias_source) {
+        let runs = self.device_ranges().filter(|r| !r.is_empty());
+        for r in runs.flat_map(with_alias_source) {
             if r.contains(device_id) {
                 first = first.max(r.first);
                 last = last.min(r.last);
