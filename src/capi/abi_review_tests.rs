@@ -540,3 +540,76 @@ fn device_hints_of_a_wrong_size_are_refused() {
         release_sim_unit(arena, model, unit, before);
     }
 }
+
+/// `ie_unit_destroy` of an SMMUv3 unit whose CR0ACK never acknowledges the queues' disable:
+/// the unit may still read its queues and stream table, so it keeps (leaks) their pages, and
+/// the call says so with `IE_STATUS_LEAKED`, the unit destroyed all the same (it returned
+/// `IE_STATUS_OK`, the pages gone without a word).
+#[test]
+fn an_smmu_unit_destroy_that_leaks_says_so() {
+    use super::sim::{ie_sim_arena_live_pages, ie_sim_model_destroy};
+    use super::unit::{ie_unit_destroy, ie_unit_disable};
+    use crate::sim::smmuv3::Injection;
+    let (arena, env) = arena();
+    // SAFETY: a live arena and its allocator, then live handles.
+    unsafe {
+        let sim = Sim::Smmu(IeSimSmmuConfig {
+            cohacc: true,
+            ..IeSimSmmuConfig::default()
+        });
+        let (model, unit, before) = sim_unit(arena, &env, sim);
+        assert_eq!(ie_unit_disable(unit), OK);
+        smmu_model(model).inject(Injection::Cr0AckStuck);
+        assert_eq!(
+            ie_unit_destroy(unit),
+            IeStatus::Leaked as i32,
+            "CR0ACK never acknowledged the queues' disable"
+        );
+        assert!(
+            ie_sim_arena_live_pages(arena) > before,
+            "the queues and stream table are kept"
+        );
+        smmu_model(model).clear_injections();
+        assert_eq!(ie_sim_model_destroy(model), OK);
+    }
+}
+
+/// `ie_unit_destroy` of an SMMUv3 unit that still holds a domain (a context destroy whose
+/// detach never completed left it allocated): a drop frees no domain's page tables, and the
+/// call says so with `IE_STATUS_LEAKED` (it returned `IE_STATUS_OK`).
+#[test]
+fn an_smmu_unit_destroy_that_keeps_a_domain_says_so() {
+    use super::ioasid::{
+        ie_ctx_alloc, ie_ctx_attach, ie_ctx_bind, ie_ctx_destroy, ie_ctx_map, ie_registry_destroy,
+    };
+    use super::sim::ie_sim_model_destroy;
+    use super::tests::registry_and_ctx;
+    use super::unit::{ie_unit_destroy, ie_unit_disable};
+    use crate::sim::smmuv3::Injection;
+    let (arena, env) = arena();
+    // SAFETY: a live arena and its allocator, then live handles and writable outputs.
+    unsafe {
+        let sim = Sim::Smmu(IeSimSmmuConfig {
+            cohacc: true,
+            ..IeSimSmmuConfig::default()
+        });
+        let (model, unit, _) = sim_unit(arena, &env, sim);
+        let (registry, ctx) = registry_and_ctx(&env, unit);
+        let (mut io, mut dev) = (0u32, 0u32);
+        assert_eq!(ie_ctx_alloc(ctx, 0, &mut io), OK);
+        assert_eq!(ie_ctx_bind(ctx, 0, 0x20, false, &mut dev), OK);
+        assert_eq!(ie_ctx_attach(ctx, dev, io, null_mut()), OK);
+        assert_eq!(ie_ctx_map(ctx, io, 0x10_0000, 0x4000_0000, 0x2000, 3), OK);
+        smmu_model(model).inject(Injection::SyncStall);
+        assert_eq!(ie_ctx_destroy(ctx), IeStatus::Leaked as i32);
+        smmu_model(model).clear_injections();
+        assert_eq!(ie_registry_destroy(registry), OK);
+        assert_eq!(ie_unit_disable(unit), OK);
+        assert_eq!(
+            ie_unit_destroy(unit),
+            IeStatus::Leaked as i32,
+            "the unit held the context's domain"
+        );
+        assert_eq!(ie_sim_model_destroy(model), OK);
+    }
+}

@@ -873,8 +873,11 @@ pub unsafe extern "C" fn ie_unit_read_faults(
 
 /// Destroys a disabled unit that no registry uses and returns every page it holds
 /// (`IE_STATUS_BUSY` while it is enabled or in a registry: the hardware may still walk its
-/// tables). `IE_STATUS_LEAKED`: destroyed, but a VT-d table pointed at memory the allocator
-/// did not hand out, which could not be given back.
+/// tables). `IE_STATUS_LEAKED`: destroyed, but something could not be given back: a VT-d
+/// table pointed at memory the allocator did not hand out; an SMMUv3 unit did not
+/// acknowledge turning its queues off (CR0ACK), so its stream table, CD tables and queues
+/// are kept, or held domains (left by a context destroy that leaked), whose page tables are
+/// kept.
 ///
 /// # Safety
 /// `unit` is NULL or a live unit handle, not used again after `IE_STATUS_OK` or
@@ -885,23 +888,17 @@ pub unsafe extern "C" fn ie_unit_destroy(unit: *mut IeUnit) -> i32 {
         // SAFETY: the caller's contract: NULL or a handle.
         let obj = unsafe { checked(unit.cast::<Obj<UnitObj>>()) }?;
         // SAFETY: `checked` saw a live unit.
-        let (enabled, smmu) = match &unsafe { obj.as_ref() }.value {
-            UnitObj::Vtd(u) => (u.is_enabled(), false),
-            UnitObj::Smmu(u) => (u.is_enabled(), true),
-            UnitObj::AmdVi(u) => (u.is_enabled(), false),
+        let enabled = match &unsafe { obj.as_ref() }.value {
+            UnitObj::Vtd(u) => u.is_enabled(),
+            UnitObj::Smmu(u) => u.is_enabled(),
+            UnitObj::AmdVi(u) => u.is_enabled(),
         };
         if enabled {
             // Refused by reference: moving a unit (13-18 KiB) out and back costs kernel stack.
             return Err(IeStatus::Busy);
         }
-        let r = if smmu {
-            // Its stream table, CD tables and queues return their pages when dropped in place.
-            // SAFETY: a live handle (the caller's contract); refused while a registry uses it.
-            unsafe { Obj::destroy(obj) }
-        } else {
-            // SAFETY: as above.
-            unsafe { release_vtd(obj) }
-        };
+        // SAFETY: a live handle (the caller's contract); refused while a registry uses it.
+        let r = unsafe { release(obj) };
         #[cfg(feature = "sim")]
         if matches!(r, Ok(()) | Err(IeStatus::Leaked)) {
             super::sim::unit_destroyed(unit as usize);
@@ -910,11 +907,12 @@ pub unsafe extern "C" fn ie_unit_destroy(unit: *mut IeUnit) -> i32 {
     })())
 }
 
-/// Releases a disabled VT-d unit where it lies and returns its page.
+/// Releases a disabled unit where it lies and returns its page; `Leaked` if it gave
+/// something up.
 ///
 /// # Safety
 /// `obj` is a live unit handle, not used again after success.
-unsafe fn release_vtd(obj: NonNull<Obj<UnitObj>>) -> Result<(), IeStatus> {
+unsafe fn release(obj: NonNull<Obj<UnitObj>>) -> Result<(), IeStatus> {
     let mut leaked = false;
     // SAFETY: the caller's contract; refused while a registry uses it.
     unsafe {
@@ -928,7 +926,10 @@ unsafe fn release_vtd(obj: NonNull<Obj<UnitObj>>) -> Result<(), IeStatus> {
             UnitObj::AmdVi(u) => {
                 AmdViUnit::release_in_place(NonNull::from(u)).map_err(|_| IeStatus::Busy)
             }
-            UnitObj::Smmu(_) => {
+            // Its stream table, CD tables and queues return their pages when dropped in
+            // place, unless the unit would not turn off (reported below).
+            UnitObj::Smmu(u) => {
+                leaked = !u.tear_down().is_empty();
                 value.as_ptr().drop_in_place();
                 Ok(())
             }

@@ -50,7 +50,7 @@ pub use domain::{TagAllocator, MAX_DOMAINS};
 pub use error::{CommandErrorKind, SmmuError};
 pub use platform::{Declaration, DeviceFacts, Platform, MAX_DECLARATIONS};
 pub use stream::{MAX_PASIDS, MAX_STREAMS};
-pub use unit::{DisabledTraffic, EventReport, SmmuConfig, SmmuUnit, StreamTableLayout};
+pub use unit::{DisabledTraffic, EventReport, Kept, SmmuConfig, SmmuUnit, StreamTableLayout};
 
 /// What [`Error::InvalidArgument`](crate::iommu::Error::InvalidArgument) names (its `value`
 /// the StreamID) when one stream would be both able to stall and ATS-capable

@@ -964,33 +964,69 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
     }
 }
 
-impl<W: RegisterWindow, A: PageAllocator + Clone> Drop for SmmuUnit<W, A> {
-    /// Gives the stream table, the CD tables and the queues back to the allocator only once
-    /// CR0ACK reads 0: then the unit walks no table, reads no command and writes no event
-    /// record or CMD_SYNC MSI. A unit that was [`disable`](Self::disable)d (translation off,
-    /// queues still on) gets its queues turned off first, within the poll budget. A unit still
-    /// translating, or one whose queues do not acknowledge, keeps them: they are leaked, since
-    /// DMA into or out of freed pages is worse than lost memory. Domain page tables are never
-    /// freed by a drop: free the domains first.
-    fn drop(&mut self) {
+/// What dropping a unit gives up rather than frees ([`SmmuUnit::tear_down`]): memory lost
+/// until reboot, which the owner should report (the C ABI's `IE_STATUS_LEAKED`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Kept {
+    /// The stream table, CD tables and queues are kept: the unit did not acknowledge turning
+    /// off (CR0ACK), so it may still read or write them.
+    pub tables: bool,
+    /// Domains still allocated: a drop frees no domain's page tables.
+    pub domains: u32,
+}
+
+impl Kept {
+    /// Whether nothing is given up.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
+    /// Readies the unit for its drop and says what the drop will give up. The stream table,
+    /// the CD tables and the queues go back to the allocator (in the drop) only once CR0ACK
+    /// reads 0: then the unit walks no table, reads no command and writes no event record or
+    /// CMD_SYNC MSI. A unit that was [`disable`](Self::disable)d (translation off, queues
+    /// still on) gets its queues turned off here, within the poll budget. A unit still
+    /// translating, or one whose queues do not acknowledge, keeps them: they are leaked
+    /// ([`Kept::tables`]), since DMA into or out of freed pages is worse than lost memory.
+    /// Domain page tables are never freed by a drop ([`Kept::domains`]): free the domains
+    /// first. The drop calls it too; a second call finds nothing more to keep.
+    pub fn tear_down(&mut self) -> Kept {
+        let domains = (self.domains.iter_mut())
+            .filter_map(|d| d.get_mut().as_ref())
+            .count() as u32;
         let config = self.config.get_mut();
         if config.strtab.is_none() && self.cmdq.get_mut().is_none() {
-            return;
+            return Kept {
+                tables: false,
+                domains,
+            };
         }
         let ack = self.regs.read32(regs::CR0ACK);
         let quiet = ack == 0
             || (ack & Cr0::SMMUEN.bits() == 0
                 && regs::write_cr0(&self.regs, 0, self.cfg.budget).is_ok());
-        if quiet {
-            return;
+        if !quiet {
+            core::mem::forget(config.strtab.take());
+            for stream in config.streams.iter_mut().flatten() {
+                core::mem::forget(stream.cd.take());
+            }
+            core::mem::forget(self.cmdq.get_mut().take());
+            core::mem::forget(self.eventq.get_mut().take());
+            core::mem::forget(self.priq.get_mut().take());
         }
-        core::mem::forget(config.strtab.take());
-        for stream in config.streams.iter_mut().flatten() {
-            core::mem::forget(stream.cd.take());
+        Kept {
+            tables: !quiet,
+            domains,
         }
-        core::mem::forget(self.cmdq.get_mut().take());
-        core::mem::forget(self.eventq.get_mut().take());
-        core::mem::forget(self.priq.get_mut().take());
+    }
+}
+
+impl<W: RegisterWindow, A: PageAllocator + Clone> Drop for SmmuUnit<W, A> {
+    /// Frees what [`SmmuUnit::tear_down`] does not keep.
+    fn drop(&mut self) {
+        let _ = self.tear_down();
     }
 }
 
