@@ -9,7 +9,7 @@
 
 use core::fmt;
 
-use crate::iopf::{FaultDrain, PageFault, PageResponse};
+use crate::iopf::{FaultDrain, FaultSequence, PageFault, PageResponse};
 use crate::mem::{Iova, PageAllocator, PhysAddr};
 use crate::pgtable::{
     self, DirtyRead, Format, Gather, IovaRange, Leaf, Mapping, PageTable, Prot, TablePages,
@@ -1088,6 +1088,23 @@ pub trait Iommu: Sync {
         Err(Error::Unsupported(Missing::Mode {
             what: "I/O page faults (VT-d ECAP.PRS, SMMUv3 IDR0.PRI or stalls)",
         }))
+    }
+
+    /// The fence of a detach (or of a device's move to another domain): a position in the
+    /// unit's numbering of its faults ([`PageFault::sequence`]) at or above every fault already
+    /// raised, so that a fault the old attachment raised and a drain hands out later is known
+    /// for what it is. VT-d: with `ECAP.PDS`, first an invalidation wait with Page-request
+    /// Drain (`PD`), so that every page request the unit received before it is in the page
+    /// request queue (rev. 4.1 §6.5.2.8); then the count of requests consumed plus those
+    /// between `PQH` and `PQT`. Call it once the device's old attachment is gone from the
+    /// unit (its detach, with the device-TLB invalidation that pushes the device's earlier
+    /// requests ahead of it, completed). `None`: the unit hands out no faults (none enabled;
+    /// AMD-Vi, which drives no PPR log). Bounded: a wait on the unit times out.
+    ///
+    /// # Errors
+    /// Hardware errors of the wait ([`Error::Timeout`], a queue error): no fence is known.
+    fn page_fault_fence(&self) -> Result<Option<FaultSequence>, Error> {
+        Ok(None)
     }
 
     /// Sends `response` to the device (VT-d page group response descriptor, SMMUv3

@@ -78,6 +78,54 @@ pub struct PageFault {
     /// which a group index or STAG from before may name a new fault, and refuses an answer
     /// from an older generation. 0 where a unit has none (VT-d, AMD-Vi).
     pub generation: u32,
+    /// Where the unit's drain took it: the unit numbers the entries it consumes from its queue,
+    /// from 1, one count for page requests and one for stalls ([`FaultSequence`]), so that a
+    /// fence ([`Iommu::page_fault_fence`](crate::iommu::Iommu::page_fault_fence)) says which
+    /// faults were raised before it. 0: not numbered (a fault built by hand).
+    pub sequence: u64,
+}
+
+/// A position in a unit's fault queues: how many page requests, and how many stalls, it has
+/// numbered ([`PageFault::sequence`]). As a fence (`Iommu::page_fault_fence`): every fault
+/// already written to the unit's queues when it was taken has a sequence at or below it; as
+/// what a drain reached ([`FaultDrain::reached`]): every fault drained so far has one at or
+/// below it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FaultSequence {
+    /// Page request queue entries (VT-d page request descriptors, SMMUv3 PRI queue entries).
+    pub page_requests: u64,
+    /// Stall records (SMMUv3 events with `Stall` = 1).
+    pub stalls: u64,
+}
+
+impl FaultSequence {
+    /// A fence covering every fault, numbered or not: what stands in for a fence the unit
+    /// could not give (until it gives one).
+    pub const ALL: Self = Self {
+        page_requests: u64::MAX,
+        stalls: u64::MAX,
+    };
+
+    /// Whether `fault` was numbered at or below this fence (in its kind's count).
+    pub const fn covers(&self, fault: &PageFault) -> bool {
+        match fault.kind {
+            FaultKind::PageRequest { .. } => fault.sequence <= self.page_requests,
+            FaultKind::Stall { .. } => fault.sequence <= self.stalls,
+        }
+    }
+
+    /// Whether a drain that `reached` this far has taken everything this fence covers.
+    pub const fn passed_by(&self, reached: Self) -> bool {
+        reached.page_requests >= self.page_requests && reached.stalls >= self.stalls
+    }
+
+    /// The later of two fences, count by count.
+    pub fn max(self, other: Self) -> Self {
+        Self {
+            page_requests: self.page_requests.max(other.page_requests),
+            stalls: self.stalls.max(other.stalls),
+        }
+    }
 }
 
 impl PageFault {
@@ -89,6 +137,7 @@ impl PageFault {
         perm: FaultPerm::empty(),
         kind: FaultKind::Stall { stag: 0 },
         generation: 0,
+        sequence: 0,
     };
 
     /// Whether answering the fault's group goes through this record (the last request of a
@@ -169,6 +218,10 @@ pub struct FaultDrain {
     /// groups died with the endpoint's PRI, re-initialised before the unit is enabled again,
     /// even when the PRI queue was empty): drop the partial groups.
     pub overflow: bool,
+    /// How far the unit's numbering went with this drain ([`PageFault::sequence`]): every
+    /// fault numbered at or below it has been handed out (or dropped) by this or an earlier
+    /// drain. 0 where the unit numbers nothing.
+    pub reached: FaultSequence,
 }
 
 /// The name a fault group has in its context's queue (iommufd's `cookie`). The upper 8 bits
@@ -506,6 +559,7 @@ mod tests {
             perm: FaultPerm::READ | FaultPerm::WRITE,
             kind: FaultKind::PageRequest { group, last },
             generation: 0,
+            sequence: 0,
         }
     }
 
@@ -542,8 +596,9 @@ mod tests {
     #[test]
     fn the_generation_costs_a_fault_no_room() {
         // Handed out by the batch (drains fill caller slices, queues hold 64): the generation
-        // takes what was padding in a PageFault; a PageResponse grows by its 4 bytes.
-        assert_eq!(core::mem::size_of::<PageFault>(), 32);
+        // takes what was padding in a PageFault; a PageResponse grows by its 4 bytes. The
+        // sequence (the fence of a detach) costs 8 bytes a fault.
+        assert_eq!(core::mem::size_of::<PageFault>(), 40);
         assert_eq!(core::mem::size_of::<PageResponse>(), 24);
     }
 

@@ -94,6 +94,10 @@ use iommu_engine::iommu::{
     Capabilities, DeviceId, DomainConfig, DomainHandle, DomainPages, Error as IommuError, Iommu,
     Pasid, ReclaimScope, Source, Sources,
 };
+use iommu_engine::iopf::{
+    FaultDrain, FaultKind, FaultPerm, FaultSequence, PageFault, PageResponse, QueuedFault,
+    ResponseCode,
+};
 use iommu_engine::mem::{Iova, Page, PageAllocator, PhysAddr};
 use iommu_engine::pgtable::{
     DirtyRead, Gather, InvalidationComplete, IovaRange, Leaf, Mapping, Prot,
@@ -203,6 +207,12 @@ struct UnitState {
     unit_of: Vec<usize>,
     /// `Setup::failing_on_unit1`: unit 1's domains' failing flushes, if counted apart.
     failing1: Option<BTreeMap<u64, u32>>,
+    /// Page requests raised and not drained yet, oldest first.
+    faults: std::collections::VecDeque<PageFault>,
+    /// Page requests drained so far (the last one's sequence).
+    consumed: u64,
+    /// Every page response sent, in order.
+    responses: Vec<PageResponse>,
 }
 
 struct ModelUnit {
@@ -494,6 +504,38 @@ impl Iommu for ModelUnit {
         );
         st.attached.retain(|a| a.0 != dev);
         st.attached.push((dev, d));
+        Ok(())
+    }
+    fn drain_page_faults(&self, out: &mut [PageFault]) -> Result<FaultDrain, IommuError> {
+        let mut st = self.state.lock().unwrap();
+        let mut d = FaultDrain::default();
+        while d.reported < out.len() {
+            let Some(f) = st.faults.pop_front() else {
+                break;
+            };
+            st.consumed += 1;
+            out[d.reported] = PageFault {
+                sequence: st.consumed,
+                ..f
+            };
+            d.reported += 1;
+        }
+        d.more = !st.faults.is_empty();
+        d.reached = FaultSequence {
+            page_requests: st.consumed,
+            stalls: 0,
+        };
+        Ok(d)
+    }
+    fn page_fault_fence(&self) -> Result<Option<FaultSequence>, IommuError> {
+        let st = self.state.lock().unwrap();
+        Ok(Some(FaultSequence {
+            page_requests: st.consumed + st.faults.len() as u64,
+            stalls: 0,
+        }))
+    }
+    fn page_response(&self, response: &PageResponse) -> Result<(), IommuError> {
+        self.state.lock().unwrap().responses.push(*response);
         Ok(())
     }
     fn detach(&self, dev: DeviceId, _pasid: Option<Pasid>) -> Result<(), IommuError> {
@@ -2754,4 +2796,59 @@ fn unmap_all_waiting_vs_narrow_calls() {
             },
         ],
     );
+}
+
+/// (u) Review finding F1: a page request the device raised while attached to A, drained by
+/// the fault thread (`dispatch_page_faults`) beside a detach of the device and its attach to
+/// B. Whatever the order, the fault never reaches the context as B's: it is queued for A
+/// before the detach (which answers it Invalid) or refused (quarantined or not routed,
+/// answered Invalid); either way exactly one Invalid answer reaches the device, and the
+/// context's queue is empty at the end. Before the quarantine, the interleaving where the
+/// dispatcher drained the request before the detach and routed it after the attach queued
+/// it for B, and it stayed readable (`a fault raised for A reached B`).
+#[test]
+fn dispatch_vs_detach_and_attach_elsewhere() {
+    let mut interleavings = 0usize;
+    let counter = Arc::new(AtomicUsize::new(0));
+    let c = counter.clone();
+    model_builder().check(move || {
+        c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let w = Arc::new(World::new(Setup::NONE));
+        w.ctx.fault_queue_alloc();
+        w.ctx.attach(w.dev, A).unwrap();
+        w.unit.state.lock().unwrap().faults.push_back(PageFault {
+            device: DeviceId(1),
+            pasid: None,
+            addr: 0x1000,
+            perm: FaultPerm::WRITE,
+            kind: FaultKind::PageRequest {
+                group: 1,
+                last: true,
+            },
+            generation: 0,
+            sequence: 0,
+        });
+        let w2 = w.clone();
+        let dispatcher = loom::thread::spawn(move || {
+            let unit: &dyn Iommu = &*w2.unit;
+            iommu_engine::ioasid::dispatch_page_faults(UnitId(0), unit, &[&*w2.ctx]).unwrap();
+        });
+        w.ctx.detach(w.dev).unwrap();
+        w.ctx.attach(w.dev, B).unwrap();
+        dispatcher.join().unwrap();
+        let mut out = [QueuedFault {
+            unit: 0,
+            fault: PageFault::EMPTY,
+            cookie: iommu_engine::iopf::FaultCookie(0),
+        }; 2];
+        let n = w.ctx.read_faults(&mut out);
+        assert_eq!(n, 0, "a fault raised for A reached B: {:?}", out[0]);
+        let st = w.unit.state.lock().unwrap();
+        let codes: Vec<_> = st.responses.iter().map(|r| r.code).collect();
+        assert_eq!(codes, [ResponseCode::Invalid], "one Invalid answer");
+        drop(st);
+        w.ctx.detach(w.dev).unwrap();
+    });
+    interleavings += counter.load(std::sync::atomic::Ordering::Relaxed);
+    println!("dispatch_vs_detach_and_attach_elsewhere: {interleavings} interleavings");
 }

@@ -202,6 +202,9 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
             // the write lock, and a fault reported from now on is the new attachment's (the
             // retry that settles an unsettled one answers nothing).
             self.answer_faults_of(label, None);
+            // After the unit's switch: what the old attachment raised and nobody routed yet
+            // is no context's either.
+            self.quarantine_faults_of(label, None);
         }
         if switched {
             if let Some(old) = old {
@@ -472,6 +475,10 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         if !self.unit_detach_into(label, result) {
             return;
         }
+        // The unit no longer translates for it: what it raised before and nobody routed
+        // yet (still in the unit's queue, or in a dispatcher's batch) is no context's,
+        // whoever the device is attached in next (`quarantine.rs`).
+        self.quarantine_faults_of(label, None);
         let dev = match st.device_mut(device) {
             Ok(dev) => dev,
             Err(e) => {
@@ -682,7 +689,9 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         // Moved in the books, confirmed or not: the pair's faults of the old attachment are
         // answered now, as `attach` answers the RID's (and `detach_pasid` the pair's).
         if let Ok(dev) = st.device(device) {
-            self.answer_faults_of(dev.label, Some(pasid));
+            let label = dev.label;
+            self.answer_faults_of(label, Some(pasid));
+            self.quarantine_faults_of(label, Some(pasid));
         }
         if switched {
             self.release_domain(&mut st, old, unit);
@@ -860,6 +869,8 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
         let a = st.pasid_attachments[slot].ok_or(Error::NotAttached(device))?;
         self.answer_faults_of(label, Some(pasid));
         unit_detach(self.unit(label.unit)?, label.id, Some(pasid))?;
+        // As `detach`: the pair's faults not routed yet are no context's.
+        self.quarantine_faults_of(label, Some(pasid));
         st.pasid_attachments[slot] = None;
         self.release_domain(&mut st, a.ioasid, label.unit);
         if let Some(Some(previous)) = a.unsettled {

@@ -15,7 +15,7 @@
 //! queued once that returns, and an answer to one of its old cookies is refused.
 
 use super::ctx::State;
-use super::registry::{DeviceLabel, UnitId};
+use super::registry::{DeviceLabel, Registry, UnitId};
 use super::{Error, IoasidCtx};
 use crate::iommu::{Iommu, Pasid};
 use crate::iopf::{FaultDrain, FaultError, PageFault, QueuedFault, ResponseCode};
@@ -36,6 +36,9 @@ pub struct Dispatched {
     /// Answers to refused faults that the unit did not take (its queue failed): the device may
     /// wait until its own timeout.
     pub unanswered: u32,
+    /// Of `refused`: faults raised for an attachment a detach (or a move elsewhere) ended
+    /// before they were drained or routed (`quarantine.rs`), answered Invalid.
+    pub quarantined: u32,
     /// The unit reported that it lost requests before this drain (its own queue overflowed).
     pub unit_overflow: bool,
 }
@@ -68,7 +71,44 @@ pub fn dispatch_page_faults_with<'c, 'r: 'c, 'a: 'r, A: PageAllocator + 'a>(
     n: usize,
     context: impl Fn(usize) -> Option<&'c IoasidCtx<'r, 'a, A>>,
 ) -> Result<Dispatched, Error> {
+    // Every context of the unit shares one registry (`Registry::new`'s contract), which holds
+    // the quarantines of what detaches left behind.
+    let registry = (0..n).find_map(&context).map(|c| c.registry);
+    if let Some(reg) = registry {
+        if reg.dispatch_enter(unit_id) {
+            // A detach got no fence from the unit: one taken now is later, so it covers
+            // what the detach left (bounded wait; on failure everything of the pair is
+            // refused until a later dispatch gets one).
+            if let Ok(Some(fence)) = unit.page_fault_fence() {
+                reg.dispatch_fence(unit_id, fence);
+            }
+        }
+    }
     let mut d = Dispatched::default();
+    let r = dispatch_rounds(unit_id, unit, n, &context, registry, &mut d);
+    if let Some(reg) = registry {
+        reg.dispatch_leave(unit_id);
+    }
+    let overflow = r?;
+    d.unit_overflow = overflow;
+    if overflow {
+        for c in (0..n).filter_map(&context) {
+            c.faults.lock().discard_partial(unit_id.0);
+        }
+    }
+    Ok(d)
+}
+
+/// The drains of one dispatch, each batch routed before the next drain; returns whether the
+/// unit reported an overflow.
+fn dispatch_rounds<'c, 'r: 'c, 'a: 'r, A: PageAllocator + 'a>(
+    unit_id: UnitId,
+    unit: &dyn Iommu,
+    n: usize,
+    context: &impl Fn(usize) -> Option<&'c IoasidCtx<'r, 'a, A>>,
+    registry: Option<&Registry<'_>>,
+    d: &mut Dispatched,
+) -> Result<bool, Error> {
     let mut batch = [PageFault::EMPTY; DISPATCH_BATCH];
     let mut overflow = false;
     // Bounded: each round takes a batch; a unit's queue holds at most 2^19 entries, and the
@@ -77,19 +117,17 @@ pub fn dispatch_page_faults_with<'c, 'r: 'c, 'a: 'r, A: PageAllocator + 'a>(
         let drain = drain_once(unit, &mut batch)?;
         overflow |= drain.overflow;
         for fault in batch.iter().take(drain.reported) {
-            route(unit_id, unit, fault, n, &context, &mut d);
+            route(unit_id, unit, fault, n, context, registry, d);
+        }
+        // Only now, every fault drained so far routed: a quarantine the drain passed ends.
+        if let Some(reg) = registry {
+            reg.dispatch_passed(unit_id, drain.reached);
         }
         if !drain.more {
             break;
         }
     }
-    d.unit_overflow = overflow;
-    if overflow {
-        for c in (0..n).filter_map(&context) {
-            c.faults.lock().discard_partial(unit_id.0);
-        }
-    }
-    Ok(d)
+    Ok(overflow)
 }
 
 /// Faults taken from a unit per drain call.
@@ -114,16 +152,21 @@ fn route<'c, 'r: 'c, 'a: 'r, A: PageAllocator + 'a>(
     fault: &PageFault,
     n: usize,
     context: &impl Fn(usize) -> Option<&'c IoasidCtx<'r, 'a, A>>,
+    registry: Option<&Registry<'_>>,
     d: &mut Dispatched,
 ) {
-    if (0..n)
-        .filter_map(context)
-        .any(|c| c.report_fault(unit_id, *fault).is_ok())
+    // `report_fault` refuses it too; asked first to count it.
+    let quarantined = registry.is_some_and(|reg| reg.quarantined(unit_id, fault));
+    if !quarantined
+        && (0..n)
+            .filter_map(context)
+            .any(|c| c.report_fault(unit_id, *fault).is_ok())
     {
         d.queued += 1;
         return;
     }
     d.refused += 1;
+    d.quarantined += u32::from(quarantined);
     if fault.needs_response() {
         let response = fault.response(ResponseCode::Invalid);
         if unit.page_response(&response).is_err() {
@@ -163,7 +206,10 @@ impl<A: PageAllocator> IoasidCtx<'_, '_, A> {
             device: fault.device,
             pasid: fault.pasid,
         });
-        if !self.routes(&st, label, fault.pasid) {
+        // A fault raised for an attachment that is gone is no context's, the one the device
+        // is attached in now included (the detach quarantined it before any later attach,
+        // which this read lock orders before this check).
+        if !self.routes(&st, label, fault.pasid) || self.registry.quarantined(unit, &fault) {
             return Err(not_routed);
         }
         let mut q = self.faults.lock();
@@ -270,6 +316,24 @@ impl<A: PageAllocator> IoasidCtx<'_, '_, A> {
             let _ = faults.respond(cookie, code);
         }
         Ok(r?)
+    }
+
+    /// Quarantines the faults `label` (with `pasid`) raised before now, once its attachment
+    /// is gone from the unit (detached, or moved to another domain): those still in the
+    /// unit's queue or in a dispatcher's batch go to no context, the next owner's included,
+    /// and are answered Invalid (`quarantine.rs`). The unit's fence waits for the unit only
+    /// (bounded), never for a dispatcher; without one (the wait failed) the pair's faults are
+    /// refused until a dispatch gets one. Not inlined, as [`Self::answer_faults_of`].
+    #[inline(never)]
+    pub(super) fn quarantine_faults_of(&self, label: DeviceLabel, pasid: Option<Pasid>) {
+        let Ok(unit) = self.unit(label.unit) else {
+            return;
+        };
+        match unit.page_fault_fence() {
+            Ok(None) => {}
+            Ok(Some(fence)) => self.registry.quarantine(label, pasid, Some(fence)),
+            Err(_) => self.registry.quarantine(label, pasid, None),
+        }
     }
 
     /// Answers Invalid every fault of `label` (with `pasid`; `None`: the RID's own) the queue

@@ -4,8 +4,10 @@ use core::mem::MaybeUninit;
 use core::ptr::{addr_of_mut, NonNull};
 
 use super::pasid::PasidAllocator;
+use super::quarantine::Quarantines;
 use super::{Error, MAX_BOUND, MAX_UNITS};
-use crate::iommu::{DeviceId, Iommu};
+use crate::iommu::{DeviceId, Iommu, Pasid};
+use crate::iopf::{FaultSequence, PageFault};
 use crate::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 /// A unit, as the registry numbers it (its position in the slice given to [`Registry::new`]).
@@ -46,6 +48,9 @@ pub struct Registry<'a> {
     pasids: &'a PasidAllocator,
     next_ctx: AtomicU32,
     leaked: [AtomicU64; 3],
+    /// The faults of attachments that are gone, shared by every context (`quarantine.rs`).
+    /// A leaf lock.
+    quarantines: crate::sync::Mutex<Quarantines>,
 }
 
 impl core::fmt::Debug for Registry<'_> {
@@ -116,6 +121,10 @@ impl<'a> Registry<'a> {
         #[allow(clippy::declare_interior_mutable_const)]
         const NO_OWNERS: crate::sync::Mutex<[Option<(DeviceLabel, u32)>; MAX_BOUND]> =
             crate::sync::Mutex::new([None; MAX_BOUND]);
+        /// No quarantine; copied into place as `NO_OWNERS`.
+        #[allow(clippy::declare_interior_mutable_const)]
+        const NO_QUARANTINES: crate::sync::Mutex<Quarantines> =
+            crate::sync::Mutex::new(Quarantines::EMPTY);
         let p = slot.as_ptr();
         // SAFETY: the caller guarantees `slot` is writable and aligned; each field is written
         // exactly once.
@@ -124,6 +133,7 @@ impl<'a> Registry<'a> {
             addr_of_mut!((*p).owners).write(NO_OWNERS);
             addr_of_mut!((*p).pasids).write(pasids);
             addr_of_mut!((*p).next_ctx).write(AtomicU32::new(1));
+            addr_of_mut!((*p).quarantines).write(NO_QUARANTINES);
             #[cfg(not(loom))]
             addr_of_mut!((*p).leaked).write([const { AtomicU64::new(0) }; 3]);
             // loom's atomics have no `const` `new` (`sync.rs`).
@@ -222,6 +232,51 @@ impl<'a> Registry<'a> {
             }
         }
         released
+    }
+
+    /// Quarantines the faults `label` (with `pasid`) raised up to `fence` (`None`: the unit
+    /// gave none; every fault of the pair until one is known): its attachment is gone.
+    pub(super) fn quarantine(
+        &self,
+        label: DeviceLabel,
+        pasid: Option<Pasid>,
+        fence: Option<FaultSequence>,
+    ) {
+        self.quarantines.lock().add(label, pasid, fence);
+    }
+
+    /// Whether `fault`, from `unit`, was raised for an attachment that is gone: no context
+    /// may take it.
+    pub fn quarantined(&self, unit: UnitId, fault: &PageFault) -> bool {
+        self.quarantines.lock().holds(unit, fault)
+    }
+
+    /// Quarantines held: (device, PASID) pairs detached whose faults from before the detach
+    /// a dispatch has not drained yet (at most `MAX_QUARANTINES`, then one per unit).
+    pub fn quarantines(&self) -> usize {
+        self.quarantines.lock().len()
+    }
+
+    /// A dispatch of `unit` starts; `true` if a quarantine of it waits for a fence.
+    pub(super) fn dispatch_enter(&self, unit: UnitId) -> bool {
+        let mut q = self.quarantines.lock();
+        q.enter(unit);
+        q.fence_unknown(unit)
+    }
+
+    /// Gives `unit`'s quarantines without a fence the fence `fence`, taken now.
+    pub(super) fn dispatch_fence(&self, unit: UnitId, fence: FaultSequence) {
+        self.quarantines.lock().know_fence(unit, fence);
+    }
+
+    /// A dispatch of `unit` routed everything up to `reached`.
+    pub(super) fn dispatch_passed(&self, unit: UnitId, reached: FaultSequence) {
+        self.quarantines.lock().passed(unit, reached);
+    }
+
+    /// A dispatch of `unit` ends.
+    pub(super) fn dispatch_leave(&self, unit: UnitId) {
+        self.quarantines.lock().leave(unit);
     }
 
     pub(super) fn count_leaked(&self, l: Leaked) {

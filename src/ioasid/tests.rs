@@ -3202,6 +3202,7 @@ fn page_request(group: u16) -> crate::iopf::PageFault {
         perm: crate::iopf::FaultPerm::READ,
         kind: crate::iopf::FaultKind::PageRequest { group, last: true },
         generation: 0,
+        sequence: 0,
     }
 }
 

@@ -332,6 +332,7 @@ pub fn stall_fault(e: &Event) -> Option<PageFault> {
         kind: FaultKind::Stall { stag },
         // Given when the fault is handed out (`drain_page_faults`).
         generation: 0,
+        sequence: 0,
     })
 }
 

@@ -77,6 +77,7 @@ pub fn decode(dw0: u64, dw1: u64) -> Option<PageFault> {
         },
         // Given when the request is handed out (`drain_page_faults`).
         generation: 0,
+        sequence: 0,
     })
 }
 

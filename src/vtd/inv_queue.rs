@@ -434,13 +434,41 @@ impl QueueCore {
         descriptors: &[Descriptor],
         budget: u32,
     ) -> Result<(), (Error, bool)> {
+        self.submit_and_wait_flagged(regs, descriptors, budget, WaitFlags::default())
+    }
+
+    /// One invalidation wait with Page-request Drain (`PD`, and `FN`): its status is written
+    /// only once every page request the unit received before it is in the page request queue
+    /// (rev. 4.1 §6.5.2.8; the caller checks `ECAP.PDS`).
+    ///
+    /// # Errors
+    /// As [`wait`](Self::wait).
+    pub fn wait_draining_page_requests<W: RegisterWindow + ?Sized>(
+        &mut self,
+        regs: &W,
+        budget: u32,
+    ) -> Result<(), Error> {
+        let flags = WaitFlags {
+            fence: true,
+            page_request_drain: true,
+            ..WaitFlags::default()
+        };
+        self.submit_and_wait_flagged(regs, &[], budget, flags)
+            .map_err(|(e, _)| e)
+    }
+
+    /// [`submit_and_wait_noting`](Self::submit_and_wait_noting) with the wait's `flags`.
+    fn submit_and_wait_flagged<W: RegisterWindow + ?Sized>(
+        &mut self,
+        regs: &W,
+        descriptors: &[Descriptor],
+        budget: u32,
+        flags: WaitFlags,
+    ) -> Result<(), (Error, bool)> {
         self.check_batch(descriptors, 1).map_err(|e| (e, false))?;
         let sequence = self.sequence.wrapping_add(1);
-        let wait = Descriptor::wait(
-            WaitFlags::default(),
-            Some((sequence, self.status_pa(STATUS_OFFSET))),
-        )
-        .map_err(|e| (e, false))?;
+        let wait = Descriptor::wait(flags, Some((sequence, self.status_pa(STATUS_OFFSET))))
+            .map_err(|e| (e, false))?;
         self.reserve(regs, descriptors.len() as u32 + 1, budget)
             .map_err(|e| (e, false))?;
         for d in descriptors {

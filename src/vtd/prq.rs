@@ -117,6 +117,7 @@ impl PageRequestDescriptor {
                 last: w1 & Self::LPIG != 0,
             },
             generation: 0,
+            sequence: 0,
         })
     }
 }
@@ -190,6 +191,9 @@ pub struct PrqDrain {
     pub more: bool,
     /// `PRS.PRO` was set (cleared if the ring is empty now).
     pub overflow: bool,
+    /// Descriptors consumed since the queue was programmed, this drain's included: the
+    /// sequence of the last one ([`PageFault::sequence`]).
+    pub consumed: u64,
 }
 
 /// The ring a unit writes page requests into, and where software reads next.
@@ -197,6 +201,9 @@ pub struct PageRequestQueue {
     page: Page,
     pqs: u8,
     coherency: WalkerCoherency,
+    /// Descriptors consumed (moved past by `PQH`) since the queue was programmed: the n-th
+    /// has sequence n. 2^64 descriptors do not happen.
+    consumed: u64,
 }
 
 // SAFETY: the ring is memory the queue owns; every access to it goes through `&mut self`.
@@ -221,6 +228,7 @@ impl PageRequestQueue {
             page,
             pqs,
             coherency,
+            consumed: 0,
         }
     }
 
@@ -272,9 +280,13 @@ impl PageRequestQueue {
                 break;
             }
             let desc = self.read(alloc, head);
+            self.consumed = self.consumed.wrapping_add(1);
             match (desc.decode(), slot) {
                 (Some(fault), Some(slot)) => {
-                    *slot = fault;
+                    *slot = PageFault {
+                        sequence: self.consumed,
+                        ..fault
+                    };
                     d.reported += 1;
                 }
                 _ if desc.is_stop_marker() => d.stop_markers += 1,
@@ -283,12 +295,24 @@ impl PageRequestQueue {
             head = (head + DESCRIPTOR_BYTES) % size;
         }
         regs.write64(PQH_REG, head);
+        d.consumed = self.consumed;
         d.more = head != tail;
         d.overflow = regs.read32(PRS_REG) & PRS_PRO != 0;
         if d.overflow && head == regs.read64(PQT_REG) & PQ_OFFSET.mask() {
             regs.write32(PRS_REG, PRS_PRO);
         }
         d
+    }
+
+    /// The sequence the last descriptor the unit has written so far will have: those consumed
+    /// plus those between `PQH` and `PQT` (the unit moves `PQT` only past a whole descriptor).
+    /// Every request in the ring now is numbered at or below it when drained.
+    pub fn fence<W: RegisterWindow + ?Sized>(&self, regs: &W) -> u64 {
+        let size = self.bytes();
+        let tail = (regs.read64(PQT_REG) & PQ_OFFSET.mask()) % size;
+        let head = (regs.read64(PQH_REG) & PQ_OFFSET.mask()) % size;
+        let waiting = (tail + size - head) % size / DESCRIPTOR_BYTES;
+        self.consumed.wrapping_add(waiting)
     }
 
     fn read<A: PageAllocator + ?Sized>(&self, alloc: &A, offset: u64) -> PageRequestDescriptor {

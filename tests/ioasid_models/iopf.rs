@@ -174,6 +174,86 @@ fn detach_answers_outstanding_faults() {
     })
 }
 
+/// Review finding F1: a page request the device raised before its detach, still in the unit's
+/// page request queue when the device is attached in another context, must not reach that
+/// context (iommufd drains the hardware queue of the old attachment on detach: VT-d
+/// `intel_iommu_drain_pasid_prq`); it is answered Invalid.
+#[test]
+fn a_fault_raised_before_the_detach_never_reaches_the_next_owner() {
+    with_rig(prs(), SmmuSetup::qemu(true), |r| {
+        r.vtd.enable_page_requests(0).unwrap();
+        let (first, dev, _io) = attached(r);
+        assert_eq!(
+            r.vm.page_request(request(RID_A, 0x5000, 1, true)),
+            PageRequestOutcome::Queued
+        );
+        // Not drained yet: the request waits in the page request queue.
+        first.detach(dev).unwrap();
+        first.unbind(dev).unwrap();
+        let second = IoasidCtx::new(r.reg, r.arena, 0);
+        second.fault_queue_alloc();
+        let dev2 = second.bind(vtd_dev(RID_A), false).unwrap();
+        let io2 = second.alloc(IoasidFlags::empty()).unwrap();
+        second.attach(dev2, io2).unwrap();
+        let d = dispatch_page_faults(VTD, r.vtd, &[&first, &second]).unwrap();
+        let mut out = no_faults::<8>();
+        assert_eq!(
+            second.read_faults(&mut out),
+            0,
+            "the first owner's fault reached the second: {:?}",
+            out[0]
+        );
+        assert_eq!((d.queued, d.refused, d.quarantined), (0, 1, 1));
+        let responses = r.vm.page_responses();
+        assert_eq!(responses.len(), 1);
+        assert_eq!((responses[0].group, responses[0].code), (1, 1));
+        assert_eq!(
+            r.reg.quarantines(),
+            0,
+            "the drain passed the detach's fence"
+        );
+        // A request the device raises now is the second owner's.
+        r.vm.page_request(request(RID_A, 0x6000, 2, true));
+        let d = dispatch_page_faults(VTD, r.vtd, &[&first, &second]).unwrap();
+        assert_eq!((d.queued, d.refused), (1, 0));
+        assert_eq!(second.read_faults(&mut out), 1);
+        assert_eq!(out[0].fault.addr, 0x6000);
+        second.detach(dev2).unwrap();
+    })
+}
+
+/// With `ECAP.PDS` the detach's fence first asks the unit to drain the page requests it
+/// received (an invalidation wait with `PD`), so requests still in flight are fenced too.
+#[test]
+fn a_detach_drains_the_page_requests_in_flight_with_pds() {
+    let setup = VtdSetup {
+        model: VtdModelConfig::scalable().with_prs(true).with_pds(true),
+        mode: Mode::Scalable,
+    };
+    with_rig(setup, SmmuSetup::qemu(true), |r| {
+        r.vtd.enable_page_requests(0).unwrap();
+        let (first, dev, _io) = attached(r);
+        r.vm.page_request(request(RID_A, 0x5000, 1, true));
+        let pd_waits = |r: &Rig<'_, '_>| {
+            r.vm.descriptor_log()
+                .iter()
+                .filter(|d| d[0] & 0xf == 0x5 && d[0] & 1 << 7 != 0)
+                .count()
+        };
+        assert_eq!(pd_waits(r), 0);
+        first.detach(dev).unwrap();
+        assert_eq!(pd_waits(r), 1, "one page-request drain");
+        assert_eq!(r.reg.quarantines(), 1);
+        first
+            .attach(dev, first.alloc(IoasidFlags::empty()).unwrap())
+            .unwrap();
+        let d = dispatch_page_faults(VTD, r.vtd, &[&first]).unwrap();
+        assert_eq!((d.queued, d.quarantined), (0, 1));
+        assert_eq!(r.reg.quarantines(), 0);
+        first.detach(dev).unwrap();
+    })
+}
+
 #[test]
 fn fault_of_a_device_no_context_attached_is_answered_invalid() {
     with_rig(prs(), SmmuSetup::qemu(true), |r| {

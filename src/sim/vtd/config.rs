@@ -171,6 +171,11 @@ impl VtdModelConfig {
     pub const fn with_dit(self, on: bool) -> Self {
         self.with_ecap_bit(ECAP_DIT, on)
     }
+    /// ECAP.PDS: page-request drain (the model writes each request to the page request queue
+    /// at once, so a drain has nothing in flight to wait for; it is accepted and counted).
+    pub const fn with_pds(self, on: bool) -> Self {
+        self.with_ecap_bit(ECAP_PDS, on)
+    }
     /// Declares requester ID `vf` an SR-IOV virtual function of physical function `pf` (the
     /// first free of `MAX_VIRTUAL_FUNCTIONS` (4) slots; further ones are ignored).
     pub const fn with_virtual_function(mut self, vf: u16, pf: u16) -> Self {

@@ -139,6 +139,8 @@ pub const ECAP_PSS_SHIFT: u32 = 35;
 pub const ECAP_PASID: u64 = 1 << 40;
 /// ECAP 41 DIT: device-TLB invalidation throttle (`PFSID` in device-TLB invalidations).
 pub const ECAP_DIT: u64 = 1 << 41;
+/// ECAP 42 PDS: page-request drain (the `PD` flag of an invalidation wait).
+pub const ECAP_PDS: u64 = 1 << 42;
 /// ECAP 43 SMTS: scalable-mode translation.
 pub const ECAP_SMTS: u64 = 1 << 43;
 /// ECAP 45 SLADS (SSADS): second-stage accessed/dirty.

@@ -7,7 +7,7 @@ use crate::iommu::{
     Capabilities, DeviceHints, DeviceId, DomainConfig, DomainHandle, DomainPages, Error, Iommu,
     Pasid, ReclaimScope, Source, Sources, UserStage1, VtdS1Invalidate,
 };
-use crate::iopf::{FaultDrain, PageFault, PageResponse};
+use crate::iopf::{FaultDrain, FaultSequence, PageFault, PageResponse};
 use crate::mem::{Iova, PageAllocator, PhysAddr, WalkerCoherency};
 use crate::mmio::RegisterWindow;
 use crate::pgtable::{self, DirtyRead, Gather, IovaRange, Leaf, Mapping, Prot};
@@ -371,6 +371,10 @@ where
 
     fn page_response(&self, response: &PageResponse) -> Result<(), Error> {
         Ok(self.page_group_response(response)?)
+    }
+
+    fn page_fault_fence(&self) -> Result<Option<FaultSequence>, Error> {
+        Ok(self.page_request_fence()?)
     }
 
     fn page_response_owed(&self, response: &PageResponse) -> bool {

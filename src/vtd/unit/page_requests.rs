@@ -3,7 +3,7 @@
 //! invalidation queue). The queue's format is [`crate::vtd::prq`].
 
 use super::VtdUnit;
-use crate::iopf::{FaultDrain, PageFault, PageResponse};
+use crate::iopf::{FaultDrain, FaultSequence, PageFault, PageResponse};
 use crate::mem::PageAllocator;
 use crate::mmio::RegisterWindow;
 use crate::vtd::ecap::EcapFlags;
@@ -71,7 +71,40 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
             reported: d.reported,
             more: d.more,
             overflow: d.overflow,
+            reached: FaultSequence {
+                page_requests: d.consumed,
+                stalls: 0,
+            },
         })
+    }
+
+    /// The fence of a detach ([`Iommu::page_fault_fence`](crate::iommu::Iommu::page_fault_fence)):
+    /// with `ECAP.PDS`, an invalidation wait with Page-request Drain first (every request the
+    /// unit received is then in the queue), then the sequence the last request between `PQH`
+    /// and `PQT` will have. Without `ECAP.PDS` the fence covers what the unit has written to
+    /// the queue by then. `None` before [`enable_page_requests`](Self::enable_page_requests)
+    /// (no request is queued or handed out).
+    ///
+    /// # Errors
+    /// The drain wait's ([`Error::Timeout`], [`Error::QueueError`]).
+    pub fn page_request_fence(&self) -> Result<Option<FaultSequence>, Error> {
+        if self.prq.lock().is_none() {
+            return Ok(None);
+        }
+        if self.info.ecap.flags().contains(EcapFlags::PDS) {
+            // Not under the page request queue's lock: a drain's sink may answer (through
+            // `inval`) while holding it.
+            // Without the invalidation queue (translation off) nothing can be asked, nor is
+            // a request translated or answered meanwhile.
+            if let Invalidator::Queue(q) = &mut *self.inval.lock() {
+                q.wait_draining_page_requests(&self.regs, self.info.poll_budget)?;
+            }
+        }
+        let prq = self.prq.lock();
+        Ok(prq.as_ref().map(|q| FaultSequence {
+            page_requests: q.fence(&self.regs),
+            stalls: 0,
+        }))
     }
 
     /// Sends the page group response answering `response` on the invalidation queue and waits

@@ -1581,6 +1581,7 @@ fn a_stop_marker_is_consumed_not_reported() {
             last: false,
         },
         generation: 0,
+        sequence: 0,
     }; 4];
     let d = u.drain_page_requests(&mut out).unwrap();
     let groups: Vec<_> = out[..d.reported].iter().map(|f| (f.addr, f.kind)).collect();
