@@ -1096,8 +1096,10 @@ pub trait Iommu: Sync {
     /// for what it is. VT-d: with `ECAP.PDS`, first an invalidation wait with Page-request
     /// Drain (`PD`), so that every page request the unit received before it is in the page
     /// request queue (rev. 4.1 §6.5.2.8); then the count of requests consumed plus those
-    /// between `PQH` and `PQT`. Call it once the device's old attachment is gone from the
-    /// unit (its detach, with the device-TLB invalidation that pushes the device's earlier
+    /// between `PQH` and `PQT`. SMMUv3: the PRI queue's entries consumed plus those before
+    /// its `PROD`, and the event queue's records before its `PROD` (a stall's sequence is its
+    /// record's position plus one), nothing waited for. Call it once the device's old
+    /// attachment is gone from the unit (its detach, with the device-TLB invalidation that pushes the device's earlier
     /// requests ahead of it, completed). `None`: the unit hands out no faults (none enabled;
     /// AMD-Vi, which drives no PPR log). Bounded: a wait on the unit times out.
     ///

@@ -51,7 +51,7 @@ use crate::iommu::{
     Capabilities, DeviceHints, DeviceId, DomainConfig, DomainHandle, DomainPages, Error, Iommu,
     Missing, Pasid, ReclaimScope, Stage, UserPass, UserStage1, VirtualId,
 };
-use crate::iopf::{FaultDrain, PageFault, PageResponse};
+use crate::iopf::{FaultDrain, FaultSequence, PageFault, PageResponse};
 use crate::mem::{Iova, PageAllocator, PhysAddr};
 use crate::mmio::RegisterWindow;
 use crate::pgtable::{DirtyRead, Gather, InvalidationComplete, IovaRange, Leaf, Mapping, Prot};
@@ -970,6 +970,10 @@ where
 
     fn page_response_owed(&self, response: &PageResponse) -> bool {
         self.page_response_owed_impl(response)
+    }
+
+    fn page_fault_fence(&self) -> Result<Option<FaultSequence>, Error> {
+        self.page_fault_fence_impl()
     }
 
     fn page_response_abandon(&self, response: &PageResponse) {

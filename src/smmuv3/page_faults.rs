@@ -43,7 +43,9 @@ use super::cmd::{Command, PriResponse, ResumeAction};
 use super::event::{Event, EventFlags};
 use super::{SmmuError, SmmuUnit, StreamId, SubstreamId};
 use crate::iommu::{DeviceId, Error, Missing, Pasid};
-use crate::iopf::{FaultDrain, FaultKind, FaultPerm, PageFault, PageResponse, ResponseCode};
+use crate::iopf::{
+    FaultDrain, FaultKind, FaultPerm, FaultSequence, PageFault, PageResponse, ResponseCode,
+};
 use crate::mem::PageAllocator;
 use crate::mmio::RegisterWindow;
 
@@ -103,6 +105,10 @@ pub(crate) struct StallBook {
     /// it yet: the next one sets `overflow`, so that the caller drops the partial groups of
     /// the ended generation (whose last requests will never come).
     partials_ended: bool,
+    /// Event queue records `handle_events` has taken and filed (or seen not to be stalls),
+    /// as a position of the event queue (`EventQueue::read`): a stall's sequence is its
+    /// record's position plus one ([`PageFault::sequence`]).
+    processed: u64,
 }
 
 /// A fault handed out and not answered: what an answer must name.
@@ -164,7 +170,23 @@ impl StallBook {
             generation: 0,
             partials: false,
             partials_ended: false,
+            processed: 0,
         }
+    }
+
+    /// How far the stalls' numbering has been handed out: every stall numbered at or below
+    /// it was handed out, aborted or forgotten (the oldest filed one is next; with none filed,
+    /// every record `handle_events` took).
+    fn stalls_reached(&self) -> u64 {
+        match self.ring.get(self.head) {
+            Some(f) if self.len > 0 => f.sequence.saturating_sub(1),
+            _ => self.processed,
+        }
+    }
+
+    /// `handle_events` took the event queue's records before position `read`.
+    pub(crate) fn processed_until(&mut self, read: u64) {
+        self.processed = self.processed.max(read);
     }
 
     /// Notes that `f` is handed out, if it may be, and gives it the book's generation: `true`
@@ -370,6 +392,10 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         if book.fenced(e.stream_id, at) {
             return None;
         }
+        let f = PageFault {
+            sequence: at.wrapping_add(1),
+            ..f
+        };
         if book.push(f) {
             return None;
         }
@@ -509,6 +535,10 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
             d.more |= p.more;
             d.overflow = p.overflow;
         }
+        d.reached = FaultSequence {
+            page_requests: priq.as_ref().map_or(0, |q| q.consumed()),
+            stalls: book.stalls_reached(),
+        };
         drop(priq);
         if n_refused > 0 {
             book.refused = book.refused.saturating_add(n_refused as u64);
@@ -529,6 +559,33 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
             d.overflow = true;
         }
         Ok(d)
+    }
+
+    /// [`Iommu::page_fault_fence`](crate::iommu::Iommu::page_fault_fence): the PRI queue's
+    /// entries consumed plus those before `PROD`, and the event queue's records before its
+    /// `PROD` (a stall's sequence is its record's position plus one), read now, after the
+    /// detach's `CMD_SYNC` completed (its ATC invalidation's completion comes behind the
+    /// device's earlier page requests). Nothing is waited for. `None` when the unit has no
+    /// PRI queue and no stall model.
+    ///
+    /// # Errors
+    /// None today (reads only).
+    pub(crate) fn page_fault_fence_impl(&self) -> Result<Option<FaultSequence>, Error> {
+        // Lock order: event queue, book (not taken), PRI queue.
+        let eventq = self.eventq.lock();
+        let stalls = match eventq.as_ref() {
+            Some(q) if self.features.stall => q.written(&self.regs),
+            _ => 0,
+        };
+        let priq = self.priq.lock();
+        if priq.is_none() && !self.features.stall {
+            return Ok(None);
+        }
+        let page_requests = priq.as_ref().map_or(0, |q| q.fence(&self.regs));
+        Ok(Some(FaultSequence {
+            page_requests,
+            stalls,
+        }))
     }
 
     /// Faults the unit answered itself because their stream's share ([`STREAM_QUOTA`]) or

@@ -90,12 +90,18 @@ pub struct PriDrain {
     pub more: bool,
     /// An overflow condition was acknowledged with this drain: requests were lost before it.
     pub overflow: bool,
+    /// Entries consumed since the queue was made, this drain's included: the sequence of the
+    /// last one ([`PageFault::sequence`]).
+    pub consumed: u64,
 }
 
 /// The PRI queue of one unit. Crate-private for the reason [`EventQueue`](super::eventq) is:
 /// it frees its memory on `Drop`, which only the unit can know to be safe (`CR0.PRIQEN` off).
 pub(crate) struct PriQueue<A: PageAllocator> {
     q: QueueReader<A, PriQueueRegisters>,
+    /// Entries consumed since the queue was made (programming it again keeps the count): the
+    /// n-th has sequence n.
+    consumed: u64,
 }
 
 /// PRIQ_BASE, PRIQ_PROD, PRIQ_CONS.
@@ -134,6 +140,7 @@ impl<A: PageAllocator> PriQueue<A> {
         )?;
         Ok(Self {
             q: QueueReader::new(mem),
+            consumed: 0,
         })
     }
 
@@ -157,8 +164,12 @@ impl<A: PageAllocator> PriQueue<A> {
             let Some([dw0, dw1]) = self.q.pop::<2>(prod) else {
                 break;
             };
+            self.consumed = self.consumed.wrapping_add(1);
             if let (Some(fault), Some(slot)) = (decode(dw0, dw1), out.get_mut(reported)) {
-                *slot = fault;
+                *slot = PageFault {
+                    sequence: self.consumed,
+                    ..fault
+                };
                 reported += 1;
             }
         }
@@ -173,7 +184,21 @@ impl<A: PageAllocator> PriQueue<A> {
             reported,
             more: !drained,
             overflow,
+            consumed: self.consumed,
         }
+    }
+
+    /// Entries consumed since the queue was made.
+    pub fn consumed(&self) -> u64 {
+        self.consumed
+    }
+
+    /// The sequence the last entry the unit has written so far (PROD read now) will have:
+    /// every request in the queue now is numbered at or below it when drained.
+    pub fn fence<W: RegisterWindow + ?Sized>(&self, regs: &W) -> u64 {
+        let (prod, _) = self.q.read_prod(regs);
+        self.consumed
+            .wrapping_add(u64::from(prod.used_since(self.q.cons)))
     }
 }
 

@@ -904,6 +904,10 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
             for (sid, stag) in abort.iter().flatten().copied() {
                 let _ = self.abort_stall(sid, stag);
             }
+            // Every record before `at` is filed or not a stall: a drain that finds the book
+            // empty has handed out every stall numbered up to it (lock order: event queue,
+            // book).
+            self.stalls.lock().processed_until(at);
             drop(eventq);
             events.consumed += round.consumed;
             events.overflowed |= round.overflowed;

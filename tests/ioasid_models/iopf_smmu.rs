@@ -1057,3 +1057,85 @@ fn smmu_stalls_past_a_streams_share_are_aborted() {
         assert!(r.sm.stalled().is_empty());
     })
 }
+
+/// Review finding F1 on the PRI queue: a page request the device raised before its detach,
+/// still in the PRI queue when the device is attached in another context, never reaches that
+/// context; it is answered Invalid Request (`CMD_PRI_RESP`), and a request raised after the
+/// attach is the second context's.
+#[test]
+fn smmu_a_page_request_raised_before_the_detach_never_reaches_the_next_owner() {
+    with_rig(VtdSetup::scalable(), pri(7), |r| {
+        let (first, dev, _io) = attached(r);
+        assert_eq!(
+            r.sm.page_request(request(None, 0x5000, 3, true)),
+            PriOutcome::Queued
+        );
+        first.detach(dev).unwrap();
+        first.unbind(dev).unwrap();
+        let second = IoasidCtx::new(r.reg, r.arena, 1);
+        second.fault_queue_alloc();
+        let dev2 = second.bind(smmu_dev(SID_A), false).unwrap();
+        let io2 = second.alloc(IoasidFlags::empty()).unwrap();
+        second.attach(dev2, io2).unwrap();
+        let d = dispatch_page_faults(SMMU, r.smmu, &[&first, &second]).unwrap();
+        let mut out = empty();
+        assert_eq!(
+            second.read_faults(&mut out),
+            0,
+            "the first owner's request reached the second: {:?}",
+            out[0]
+        );
+        assert_eq!((d.queued, d.refused, d.quarantined), (0, 1, 1));
+        let responses = r.sm.pri_responses();
+        assert_eq!(responses.len(), 1);
+        assert_eq!((responses[0].group, responses[0].code), (3, 1));
+        assert_eq!(r.reg.quarantines(), 0, "the drain passed the fence");
+        r.sm.page_request(request(None, 0x6000, 4, true));
+        let d = dispatch_page_faults(SMMU, r.smmu, &[&first, &second]).unwrap();
+        assert_eq!((d.queued, d.refused), (1, 0));
+        assert_eq!(second.read_faults(&mut out), 1);
+        assert_eq!(out[0].fault.addr, 0x6000);
+        second.detach(dev2).unwrap();
+    })
+}
+
+/// Review finding F1 for stalls: a transaction that stalled while the device was attached to
+/// one IOASID, filed by the event interrupt, is not handed to the context as a fault of the
+/// IOASID the device is attached to now (a replace keeps the stream's stalls: only its last
+/// attachment leaving terminates them); it is aborted (`CMD_RESUME` Abort).
+#[test]
+fn smmu_a_stall_from_before_a_replace_never_reaches_the_new_attachment() {
+    with_rig(VtdSetup::scalable(), stalls(), |r| {
+        let (ctx, dev, _io) = attached_stall(r, true);
+        let f =
+            r.sm.translate(SID_A, None, 0x5000, Access::WRITE)
+                .unwrap_err();
+        let stag = f.stag.expect("the transaction stalls");
+        let _ = r.smmu.handle_events(usize::MAX, |_| {});
+        let io2 = ctx.alloc(IoasidFlags::empty()).unwrap();
+        ctx.attach(dev, io2).unwrap();
+        let d = dispatch_page_faults(SMMU, r.smmu, &[&ctx]).unwrap();
+        let mut out = empty();
+        assert_eq!(
+            ctx.read_faults(&mut out),
+            0,
+            "the old attachment's stall reached the new one: {:?}",
+            out[0]
+        );
+        assert_eq!((d.queued, d.refused, d.quarantined), (0, 1, 1));
+        let ends = r.sm.stall_outcomes();
+        assert_eq!(ends.len(), 1);
+        assert_eq!(
+            (ends[0].stalled.stag, ends[0].end),
+            (stag, StallEnd::Aborted)
+        );
+        assert_eq!(r.reg.quarantines(), 0, "the drain passed the fence");
+        // A transaction that stalls now is the new attachment's.
+        r.sm.translate(SID_A, None, 0x6000, Access::WRITE)
+            .unwrap_err();
+        assert_eq!(event_interrupt(r, &ctx), (1, 0));
+        assert_eq!(ctx.read_faults(&mut out), 1);
+        assert_eq!(out[0].fault.addr, 0x6000);
+        ctx.detach(dev).unwrap();
+    })
+}
