@@ -391,6 +391,13 @@ typedef enum {
   IE_DEVICE_HINTS_SIZE_V2 = 28,
 } IeDeviceHintsSize;
 
+// A position in a unit's fault queues: how many page requests, and how many stalls, it has
+// numbered ([`PageFault::sequence`]). As a fence (`Iommu::page_fault_fence`): every fault
+// already written to the unit's queues when it was taken has a sequence at or below it; as
+// what a drain reached ([`FaultDrain::reached`]): every fault drained so far has one at or
+// below it.
+typedef struct FaultSequence FaultSequence;
+
 // An IOASID context: what one process or VM holds.
 typedef struct IeCtx IeCtx;
 
