@@ -921,9 +921,10 @@ pub trait Iommu: Sync {
         self.read_dirty(domain, iova, len, DirtyRead::Clear, sink, gather)
     }
 
-    /// Reports the dirty leaves of a range, and cleans them with [`DirtyRead::Clear`] (the
-    /// cleaned ranges go into `gather`, to be flushed before the hardware reliably marks them
-    /// again); see [`crate::pgtable::PageTable::read_dirty`]. `sink` runs under the domain's
+    /// Reports the dirty leaves of a range, and cleans those entirely inside it with
+    /// [`DirtyRead::Clear`] (the cleaned ranges go into `gather`, to be flushed before the
+    /// hardware reliably marks them again; a leaf straddling an edge stays dirty); see
+    /// [`crate::pgtable::PageTable::read_dirty`]. `sink` runs under the domain's
     /// lock: it must not call [`table_pages`](Self::table_pages) or
     /// [`set_dirty_tracking`](Self::set_dirty_tracking) of the domain (they take that lock
     /// exclusively, and would wait for ever).

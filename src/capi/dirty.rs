@@ -43,15 +43,16 @@ pub unsafe extern "C" fn ie_ctx_set_dirty_tracking(
 }
 
 /// Sets in `bitmap` (`words` 64-bit words) bit `i` (word `i / 64`, bit `i % 64`) for every
-/// `page_size`-byte page at `iova + i * page_size` of `[iova, iova + length)` that a device
-/// wrote since the last clearing read, and cleans those pages (one invalidation per unit)
-/// unless `flags` has `IE_DIRTY_FLAG_NO_CLEAR`. Bits are set, never cleared: zero the bitmap
-/// first. `page_size` is a power of two of at least 4096; `iova` and `length` are multiples of
-/// it; `words` is at least `ceil(length / page_size / 64)`. `IE_STATUS_INVALID_ARGUMENT` for
-/// any of those (nothing read), an unknown flag, a NULL bitmap, or tracking turned off;
-/// `IE_STATUS_UNSUPPORTED` for an IOASID allocated without dirty tracking. A unit error after
-/// the read (`IE_STATUS_TIMEOUT`, ...): the bits are valid but writes through stale caches may
-/// go unrecorded: treat every page of the range as dirty and call again.
+/// `page_size`-byte page at `iova + i * page_size` of `[iova, iova + length)` that a device wrote
+/// since the last clearing read, and cleans those pages (one invalidation per unit) unless `flags`
+/// has `IE_DIRTY_FLAG_NO_CLEAR`; a large page straddling an edge of the range is reported and left
+/// dirty, for a later read of its other part. Bits are set, never cleared: zero the bitmap first.
+/// `page_size` is a power of two of at least 4096; `iova` and `length` are multiples of it; `words`
+/// is at least `ceil(length / page_size / 64)`. `IE_STATUS_INVALID_ARGUMENT` for any of those
+/// (nothing read), an unknown flag, a NULL bitmap, or tracking turned off; `IE_STATUS_UNSUPPORTED`
+/// for an IOASID allocated without dirty tracking. A unit error after the read
+/// (`IE_STATUS_TIMEOUT`, ...): the bits are valid but writes through stale caches may go
+/// unrecorded: treat every page of the range as dirty and call again.
 ///
 /// # Safety
 /// `ctx` is a live context handle; `bitmap` is NULL or valid for reads and writes of `words`

@@ -100,7 +100,9 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     /// Reports (to `sink`: IOVA and log2 size of each dirty leaf) the dirty pages of `[iova,
     /// iova + len)` in every domain of the IOASID; cleans them unless `flags` has
     /// [`DirtyReadFlags::NO_CLEAR`], flushing each unit once. A page written through two units
-    /// is reported by each.
+    /// is reported by each. A leaf only partly inside the range (a large page straddling an
+    /// edge) is reported and left dirty: a later read of its other part reports it again
+    /// (cleaning it would lose the writes there).
     ///
     /// `sink` is called under the context's read lock, holding the range's IOVA stripes (see
     /// the module's "Locking"): it must not call anything of the context that takes the write
@@ -201,11 +203,12 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     }
 
     /// Sets, in the caller's `bitmap`, the bit of every `2^page_log2`-byte page of
-    /// `[iova, iova + len)` that a dirty leaf touches (bit `i` for the page at `iova + i * 2^page_log2`:
-    /// word `i / 64`, bit `i % 64`), as iommufd's `IOMMU_HWPT_GET_DIRTY_BITMAP` does; cleans
-    /// them unless `flags` has [`DirtyReadFlags::NO_CLEAR`]. Bits are set, never cleared:
-    /// zero the bitmap first. Needs `ceil(len / 2^page_log2 / 64)` words; the range must be
-    /// aligned to the page size.
+    /// `[iova, iova + len)` that a dirty leaf touches (bit `i` for the page at
+    /// `iova + i * 2^page_log2`: word `i / 64`, bit `i % 64`), as iommufd's
+    /// `IOMMU_HWPT_GET_DIRTY_BITMAP` does; cleans them unless `flags` has [`DirtyReadFlags::NO_CLEAR`], except a large leaf straddling an edge of the
+    /// range, which stays dirty (see [`read_dirty`](Self::read_dirty)). Bits are set, never
+    /// cleared: zero the bitmap first. Needs `ceil(len / 2^page_log2 / 64)` words; the range must
+    /// be aligned to the page size.
     ///
     /// # Errors
     /// [`Error::DirtyBitmapRange`] (checked first, nothing read) for a page size below

@@ -3059,8 +3059,11 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     }
 
     /// Reports every dirty leaf intersecting `[iova, iova + len)` to `sink` (its IOVA and log2
-    /// size) and cleans it; the cleaned ranges go into `gather`, which must be flushed before
-    /// the hardware reliably marks them dirty again.
+    /// size) and cleans each that lies entirely inside the range; the cleaned ranges go into
+    /// `gather`, which must be flushed before the hardware reliably marks them dirty again. A
+    /// dirty leaf straddling an edge of the range (a large page the range covers only part of)
+    /// is reported and left dirty: a later read of its other part reports it again, where
+    /// cleaning it would lose the writes there.
     ///
     /// May run concurrently with maps and unmaps of other ranges, even ones that split a larger
     /// page this range shares: a leaf that became a table meanwhile is descended into (the
@@ -3083,7 +3086,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     }
 
     /// Reports every dirty leaf intersecting `[iova, iova + len)` to `sink` (its IOVA and log2
-    /// size); with [`DirtyRead::Clear`] also cleans it, as
+    /// size); with [`DirtyRead::Clear`] also cleans it if it lies entirely inside the range, as
     /// [`read_and_clear_dirty`](Self::read_and_clear_dirty) does, with
     /// [`DirtyRead::NoClear`] leaves it dirty and `gather` untouched (iommufd's
     /// `IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR`: a caller that reads twice sees the page again).
@@ -3198,11 +3201,19 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
             let size = 1u64 << self.geo().level_shift(at);
             let chunk = open.left.min(size - (open.iova & (size - 1)));
             let idx = self.geo().index(at, open.iova);
-            let found = match self.clear_dirty_entry(open.t, at, idx, open.iova, how, sink, gather)
-            {
-                Ok(found) => found,
-                Err(e) => return Err(self.clear_dirty_failed(e, &path, depth, level, gather)),
+            // A leaf straddling an edge of the range is reported but left dirty: cleaning it
+            // would lose writes to its part outside the range, which the caller's bitmap does
+            // not record (a later read of that part would report nothing).
+            let leaf_how = if chunk == size {
+                how
+            } else {
+                DirtyRead::NoClear
             };
+            let found =
+                match self.clear_dirty_entry(open.t, at, idx, open.iova, leaf_how, sink, gather) {
+                    Ok(found) => found,
+                    Err(e) => return Err(self.clear_dirty_failed(e, &path, depth, level, gather)),
+                };
             match found {
                 Dirty::Leaf(cleaned) => {
                     let open = &mut path[open_at(depth)];

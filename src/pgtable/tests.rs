@@ -231,6 +231,54 @@ fn dirty_bits_are_read_and_cleared() {
     g.release(t.allocator(), done()).unwrap();
 }
 
+/// A clearing read of part of a dirty 2 MiB leaf reports the leaf and leaves it dirty (its
+/// gather empty: nothing cleaned, nothing to invalidate); a read of the rest reports it again,
+/// and one covering it whole cleans it (its gather naming exactly the leaf).
+#[test]
+fn a_clearing_read_cleans_only_leaves_inside_its_range() {
+    let t = vtd(48);
+    t.map(iova(M2), pa(M2), M2, RW).unwrap();
+    assert_eq!(t.query(iova(M2)).unwrap().size_log2, 21);
+    let mut pt: Option<*const core::sync::atomic::AtomicU64> = None;
+    t.visit(t.root_table(), 3, M2, K4, &mut |slot, _, _| {
+        pt = Some(slot as *const _);
+        Ok(())
+    })
+    .unwrap();
+    // SAFETY: the slot belongs to the live table `t`.
+    unsafe { &*pt.unwrap() }.fetch_or(1 << 9, core::sync::atomic::Ordering::Relaxed);
+    let read = |at: u64, len: u64| {
+        let (mut seen, mut g) = (std::vec::Vec::new(), Gather::new());
+        t.read_and_clear_dirty(iova(at), len, |i, s| seen.push((i.get(), s)), &mut g)
+            .unwrap();
+        let ranges: std::vec::Vec<_> = g
+            .ranges()
+            .iter()
+            .map(|r| (r.start.get(), r.end.get()))
+            .collect();
+        g.release(t.allocator(), done()).unwrap();
+        (seen, ranges)
+    };
+    // Each edge: the first page, the last page, a range from below the leaf into it.
+    for (at, len) in [
+        (M2, K4),
+        (2 * M2 - K4, K4),
+        (M2 - K4, 2 * K4),
+        (M2 + K4, M2),
+    ] {
+        assert_eq!(
+            read(at, len),
+            (std::vec![(M2, 21)], std::vec![]),
+            "{at:#x}+{len:#x}"
+        );
+    }
+    assert_eq!(
+        read(M2 - K4, M2 + 2 * K4),
+        (std::vec![(M2, 21)], std::vec![(M2, 2 * M2)])
+    );
+    assert_eq!(read(M2, M2), (std::vec![], std::vec![]));
+}
+
 /// iommufd `SET_DIRTY_TRACKING` / `GET_DIRTY_BITMAP_NO_CLEAR` at the engine: while tracking
 /// is on an Arm stage-2 map writes writable-clean leaves (DBM, `S2AP[1]` clear), off
 /// writable-dirty ones; turning it on cleans them; `NoClear` reports without cleaning.

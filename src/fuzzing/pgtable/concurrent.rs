@@ -745,7 +745,9 @@ impl<S: Subject> Rig<'_, S> {
                      {reported:x?})"
                 );
             }
-            !(asked || reports(g))
+            // A granule outside the range stays dirty even if its leaf was reported: a leaf
+            // straddling an edge of the range is not cleaned.
+            !asked
         });
         self.rc_events.fetch_add(1, Ordering::SeqCst);
         w.own_events += 1;
