@@ -539,3 +539,67 @@ mod tests {
         assert!(parse_vste([w0 | S1FMT.set_masked(0, 1), w1], false, 8).is_err());
     }
 }
+
+/// Review (nestrev): guest commands whose field values the spec reserves, or that the crate
+/// itself never builds, are accepted and passed to the host's command queue. Linux refuses
+/// them in `arm_vsmmu_validate_user_cmd` / `arm_vsmmu_validate_range`
+/// (drivers/iommu/arm/arm-smmu-v3/arm-smmu-v3-iommufd.c) "so a guest cannot wedge the shared
+/// queue ... with a CERROR_ILL".
+#[cfg(test)]
+mod review_tests {
+    use super::*;
+    use crate::mem::Iova;
+    use crate::smmuv3::Asid;
+
+    const IDS: [VirtualId; 1] = [VirtualId {
+        virt: 0x10,
+        device: DeviceId(0x100),
+        local: true,
+    }];
+
+    fn check(words: [u64; 2]) -> Result<Option<Command>, Refusal> {
+        rewrite(words, Vmid(7), &IDS, |s: StreamId| s.0 == 0x100)
+    }
+
+    /// ATC_INV Size > 52: `Command::atc_inv` refuses it for the host's own commands
+    /// (FieldOutOfRange), Linux refuses it from a guest ("A Size above 52 (invalidate-all)
+    /// may raise a CERROR_ILL"); the guest path passes it through.
+    #[test]
+    fn guest_atc_inv_size_above_52_is_refused() {
+        assert!(Command::atc_inv(StreamId(0x100), None, Iova::ZERO, 63, false).is_err());
+        let guest = [u64::from(Opcode::AtcInv as u8) | 0x10 << 32, 63];
+        assert!(
+            check(guest).is_err(),
+            "ATC_INV Size 63 accepted and rewritten: {:?}",
+            check(guest)
+        );
+    }
+
+    /// TLBI_NH_VA with TG = 0 and NUM/SCALE/TTL non-zero: "NUM, SCALE and TTL are RES0 when
+    /// TG == 0" (IHI 0070 §4.4.1; Linux `arm_vsmmu_validate_range`). Accepted here.
+    #[test]
+    fn guest_tlbi_range_fields_without_tg_are_refused() {
+        let va = Command::tlbi_nh_va(Vmid(0), Asid(3), Iova::new(0x1234_5000), true, None)
+            .unwrap()
+            .words;
+        let num_without_tg = [TLBI_NUM.set_masked(va[0], 7), va[1]];
+        assert!(
+            check(num_without_tg).is_err(),
+            "TLBI_NH_VA with NUM = 7, TG = 0 accepted: {:?}",
+            check(num_without_tg)
+        );
+        let ttl_without_tg = [va[0], TLBI_TTL.set_masked(va[1], 2)];
+        assert!(
+            check(ttl_without_tg).is_err(),
+            "TLBI_NH_VA with TTL = 2, TG = 0 accepted: {:?}",
+            check(ttl_without_tg)
+        );
+        // TG != 0 with NUM = SCALE = TTL = 0: a reserved combination (Linux: -EIO).
+        let tg_alone = [va[0], TLBI_TG.set_masked(va[1], 1)];
+        assert!(
+            check(tg_alone).is_err(),
+            "TLBI_NH_VA with TG = 4K and NUM = SCALE = TTL = 0 accepted: {:?}",
+            check(tg_alone)
+        );
+    }
+}
