@@ -716,6 +716,8 @@ typedef struct {
   // a device bound declared able to stall (`IeDeviceHints::stall`) holds a faulting
   // transaction until it is answered (ie_sim_model_stall()).
   bool stall;
+  // IDR0.ATS: PCIe ATS (STE.EATS and a guest's CMD_ATC_INV accepted).
+  bool ats;
 } IeSimSmmuConfig;
 #endif
 

@@ -522,7 +522,8 @@ pub struct VtdS1Invalidate {
 #[non_exhaustive]
 pub enum Refusal {
     /// A command or descriptor type the user may not issue (SMMUv3: anything but
-    /// TLBI_NH_VA/VAA/ASID/ALL, ATC_INV, CFGI_CD/CFGI_CD_ALL, stage-2 commands included).
+    /// TLBI_NH_VA/VAA/ASID/ALL, ATC_INV, CFGI_CD/CFGI_CD_ALL, stage-2 commands included), or
+    /// one the unit lacks (SMMUv3: ATC_INV without `IDR0.ATS`).
     Type,
     /// A StreamID that names no device of the user attached to the domain.
     ForeignDevice,
@@ -531,12 +532,16 @@ pub enum Refusal {
     /// A PASID not attached to the domain (no request format produces it today: iommufd's
     /// VT-d invalidation, [`VtdS1Invalidate`], names no PASID).
     ForeignPasid,
-    /// Bits that are reserved, or that the format lets only the host set.
+    /// Bits that are reserved, or that the format lets only the host set; SMMUv3: also a field
+    /// value the spec reserves, or a field the unit's features leave RES0 (range fields
+    /// without `IDR3.RIL`, ASID bits 15:8 without `IDR0.ASID16`, a SubstreamID beyond
+    /// `IDR1.SSIDSIZE`), each CERROR_ILL on the host's shared command queue.
     ReservedBits,
     /// VT-d: an address not 4 KiB aligned, or `npages` `u64::MAX` (everything) with an
     /// address other than 0.
     Misaligned,
-    /// VT-d: a range that ends beyond the guest's first-stage input width (48 or 57 bits).
+    /// VT-d: a range outside both canonical halves of the guest's first-stage input width (48
+    /// or 57 bits): not below `2^width`, nor within the upper `2^(width - 1)` bytes.
     OutOfWidth,
 }
 

@@ -147,9 +147,11 @@ fn smmu_user_invalidation_failing_its_check_writes_issued() {
     unsafe {
         // FWB: a guest's stage 1 is refused over a parent that cannot force write-back on a
         // unit without CANWBS.
+        // ATS: else a guest's ATC_INV is refused before the unit's state is looked at.
         let sim = Sim::Smmu(IeSimSmmuConfig {
             cohacc: true,
             fwb: true,
+            ats: true,
             ..IeSimSmmuConfig::default()
         });
         let (model, unit, before) = sim_unit(arena, &env, sim);

@@ -285,6 +285,8 @@ pub struct IeSimSmmuConfig {
     /// a device bound declared able to stall (`IeDeviceHints::stall`) holds a faulting
     /// transaction until it is answered (ie_sim_model_stall()).
     pub stall: bool,
+    /// IDR0.ATS: PCIe ATS (STE.EATS and a guest's CMD_ATC_INV accepted).
+    pub ats: bool,
 }
 
 /// What became of a transaction the SMMUv3 model stalled (ie_sim_model_stall()).
@@ -393,7 +395,8 @@ pub unsafe extern "C" fn ie_sim_smmu_model_create(
             .with_cohacc(c.cohacc)
             .with_ril(c.ril)
             .with_httu(c.httu, c.httu)
-            .with_pri(c.pri, 19);
+            .with_pri(c.pri, 19)
+            .with_ats(c.ats);
         if c.stall {
             cfg = cfg.with_stall_model(0);
         }

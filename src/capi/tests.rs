@@ -263,6 +263,7 @@ fn smmu_platform_facts_and_granule_are_checked() {
         httu: false,
         pri: false,
         stall: false,
+        ats: false,
     };
     // SAFETY: a live arena, readable config, writable out.
     let st = unsafe { ie_sim_smmu_model_create(arena, &mcfg, &mut model) };

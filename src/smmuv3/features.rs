@@ -45,6 +45,8 @@ pub struct Features {
     pub dirty: bool,
     /// ATS (`IDR0.ATS`).
     pub ats: bool,
+    /// 16-bit ASIDs (`IDR0.ASID16`); else 8.
+    pub asid16: bool,
     /// EL2 stage-1 contexts (`IDR0.HYP`): `TLBI_EL2_ALL` at reset.
     pub hyp: bool,
     /// MSI completion of CMD_SYNC (`IDR0.MSI`).
@@ -117,6 +119,7 @@ impl Features {
             ril: f3.contains(Idr3Flags::RIL),
             dirty: idr.idr0.httu() == Httu::AccessDirty,
             ats: f0.contains(Idr0Flags::ATS),
+            asid16: f0.contains(Idr0Flags::ASID16),
             hyp: f0.contains(Idr0Flags::HYP),
             msi: f0.contains(Idr0Flags::MSI),
             sev: f0.contains(Idr0Flags::SEV),

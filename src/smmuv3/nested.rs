@@ -36,7 +36,9 @@ use super::ste::{
 use core::sync::atomic::Ordering;
 
 use super::attach::Batch;
+use super::features::Features;
 use super::flush::TlbTag;
+use super::idr::Idr5Granules;
 use super::platform::USER_STAGE1_NOT_COHERENT;
 use super::regs::Shareability;
 use super::unit::SmmuUnit;
@@ -193,15 +195,103 @@ fn host_sid(
     }
 }
 
-/// One guest command, checked and rewritten: the parent's `vmid` in TLBI_NH_*, the host
-/// StreamID in ATC_INV and CFGI_CD(_ALL). `None`: a command for a device behind another unit
-/// (see [`host_sid`]).
+/// What the unit's ID registers let a guest's command carry. A field the unit lacks is RES0,
+/// and a set RES0 field or a reserved value is CERROR_ILL (§7.1) on the host's command queue,
+/// shared by every device: consumption stops until recovery and the batch fails on each retry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct GuestCmdFeatures {
+    /// 16-bit ASIDs (`IDR0.ASID16`); without, TLBI ASID bits 15:8 are RES0.
+    pub(crate) asid16: bool,
+    /// Range invalidation (`IDR3.RIL`); without, NUM, SCALE, TG and TTL are RES0.
+    pub(crate) ril: bool,
+    /// ATS (`IDR0.ATS`); without, ATC_INV is no command of the unit.
+    pub(crate) ats: bool,
+    /// SubstreamID bits (`IDR1.SSIDSIZE`); 0: no substreams, SSV and SubstreamID are RES0.
+    pub(crate) ssid_bits: u32,
+    /// The granules the unit walks (`IDR5`): a range's TG must name one.
+    pub(crate) granules: Idr5Granules,
+}
+
+impl GuestCmdFeatures {
+    pub(crate) const fn of(f: &Features) -> Self {
+        Self {
+            asid16: f.asid16,
+            ril: f.ril,
+            ats: f.ats,
+            ssid_bits: f.ssid_bits,
+            granules: f.granules,
+        }
+    }
+
+    /// Whether TG (`0b01` 4 KiB, `0b10` 16 KiB, `0b11` 64 KiB) names a granule of the unit.
+    const fn has_tg(self, tg: u64) -> bool {
+        let g = match tg {
+            1 => Idr5Granules::GRAN4K,
+            2 => Idr5Granules::GRAN16K,
+            3 => Idr5Granules::GRAN64K,
+            _ => return false,
+        };
+        self.granules.contains(g)
+    }
+}
+
+/// Largest ATC_INV Size (§4.5.1: 52 covers every address; 53-63 are reserved).
+const ATC_SIZE_MAX: u64 = 52;
+
+/// The value checks of TLBI_NH_VA/VAA's range fields (§4.4.1.1). Without `IDR3.RIL` NUM,
+/// SCALE, TG and TTL are RES0; with it, TG = 0 (one address) makes NUM, SCALE and TTL RES0,
+/// and a TG with NUM = SCALE = TTL = 0 is refused as Linux refuses it
+/// (`arm_vsmmu_validate_range`).
+fn check_tlbi_range(w0: u64, w1: u64, f: GuestCmdFeatures) -> Result<(), Refusal> {
+    let tg = TLBI_TG.get(w1);
+    let rest = TLBI_NUM.get(w0) | TLBI_SCALE.get(w0) | TLBI_TTL.get(w1);
+    let ok = match (f.ril, tg) {
+        (false, _) | (true, 0) => tg | rest == 0,
+        (true, tg) => rest != 0 && f.has_tg(tg),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(Refusal::ReservedBits)
+    }
+}
+
+/// The value checks of the command `op` beyond its bit masks, against the unit's features.
+fn check_values(op: u64, w0: u64, w1: u64, f: GuestCmdFeatures) -> Result<(), Refusal> {
+    let by_asid = op == Opcode::TlbiNhAsid as u64 || op == Opcode::TlbiNhVa as u64;
+    if by_asid && !f.asid16 && TLBI_ASID.get(w0) > 0xff {
+        return Err(Refusal::ReservedBits);
+    }
+    if op == Opcode::TlbiNhVa as u64 || op == Opcode::TlbiNhVaa as u64 {
+        check_tlbi_range(w0, w1, f)?;
+    }
+    if op == Opcode::AtcInv as u64 {
+        if !f.ats {
+            return Err(Refusal::Type);
+        }
+        if ATC_SIZE.get(w1) > ATC_SIZE_MAX {
+            return Err(Refusal::ReservedBits);
+        }
+    }
+    let has_ssid = op == Opcode::AtcInv as u64 || op == Opcode::CfgiCd as u64;
+    // SubstreamID bits the unit lacks, SSV included when it has none.
+    if has_ssid && (SUBSTREAM_ID.get(w0) >> f.ssid_bits != 0 || (f.ssid_bits == 0 && w0 & SSV != 0))
+    {
+        return Err(Refusal::ReservedBits);
+    }
+    Ok(())
+}
+
+/// One guest command, checked (its bits, their values and the unit's features `feat`) and
+/// rewritten: the parent's `vmid` in TLBI_NH_*, the host StreamID in ATC_INV and
+/// CFGI_CD(_ALL). `None`: a command for a device behind another unit (see [`host_sid`]).
 ///
 /// # Errors
 /// The [`Refusal`].
 pub(crate) fn rewrite(
     cmd: [u64; 2],
     vmid: Vmid,
+    feat: GuestCmdFeatures,
     ids: &[VirtualId],
     attached: impl Fn(StreamId) -> bool,
 ) -> Result<Option<Command>, Refusal> {
@@ -211,7 +301,7 @@ pub(crate) fn rewrite(
         if w0 & !m0 != 0 || w1 & !m1 != 0 {
             Err(Refusal::ReservedBits)
         } else {
-            Ok(())
+            check_values(op, w0, w1, feat)
         }
     };
     let tlbi = |m0: u64, m1: u64| -> Result<Option<Command>, Refusal> {
@@ -375,9 +465,10 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
                 .flatten()
                 .any(|s| s.sid == sid && s.rid == Some(d))
         };
+        let feat = GuestCmdFeatures::of(&self.features);
         let mut mine = 0;
         for (index, r) in requests.iter().enumerate() {
-            let c = rewrite(*r, u.vmid, ids, attached).map_err(|why| Error::Refused {
+            let c = rewrite(*r, u.vmid, feat, ids, attached).map_err(|why| Error::Refused {
                 index: index as u32,
                 request: *r,
                 why,
@@ -398,7 +489,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         self.with_cmdq(|q, regs| {
             let mut b = Batch::new(q, regs, &self.cmd_staging);
             for r in requests {
-                if let Ok(Some(c)) = rewrite(*r, u.vmid, ids, attached) {
+                if let Ok(Some(c)) = rewrite(*r, u.vmid, feat, ids, attached) {
                     b.push(c)?;
                 }
             }
@@ -412,6 +503,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
 mod tests {
     use super::*;
     use crate::mem::Iova;
+    use crate::smmuv3::cmd::{RangeGranule, TlbiRange};
     use crate::smmuv3::{Asid, SubstreamId};
 
     /// 0x10 and 0x11 behind this unit, 0x12 behind another.
@@ -437,9 +529,113 @@ mod tests {
         s.0 == 0x100
     }
 
-    /// The command this unit issues for `c` (a command for another unit's device: a test bug).
+    /// A unit with every feature a guest command may use.
+    pub(super) const FULL: GuestCmdFeatures = GuestCmdFeatures {
+        asid16: true,
+        ril: true,
+        ats: true,
+        ssid_bits: 20,
+        granules: Idr5Granules::all(),
+    };
+
+    /// The command a unit with `f` issues for `c` (another unit's device: a test bug).
+    fn on(f: GuestCmdFeatures, c: Command) -> Result<Command, Refusal> {
+        rewrite(c.words, Vmid(7), f, &IDS, attached).map(|c| c.expect("this unit's command"))
+    }
+
+    /// The command this unit issues for `c`.
     fn ok(c: Command) -> Result<Command, Refusal> {
-        rewrite(c.words, Vmid(7), &IDS, attached).map(|c| c.expect("this unit's command"))
+        on(FULL, c)
+    }
+
+    fn range(num: u8, tg: RangeGranule) -> Option<TlbiRange> {
+        Some(TlbiRange {
+            num,
+            scale: 0,
+            tg,
+            ttl: 0,
+        })
+    }
+
+    /// Without `IDR3.RIL` NUM, SCALE, TG and TTL are RES0: a guest's range TLBI is refused
+    /// there, accepted on a unit with RIL; with RIL, a TG the unit does not walk is refused.
+    #[test]
+    fn a_range_tlbi_needs_ril_and_the_granule() {
+        let no_ril = GuestCmdFeatures { ril: false, ..FULL };
+        let va = |r| Command::tlbi_nh_va(Vmid(0), Asid(3), Iova::new(0x1234_5000), true, r);
+        let vaa = Command {
+            words: [
+                TLBI_NUM.set_masked(Opcode::TlbiNhVaa as u64, 3),
+                0x8000 | 1 << 10,
+            ],
+        };
+        for ranged in [va(range(3, RangeGranule::Size4K)).unwrap(), vaa] {
+            assert_eq!(on(no_ril, ranged), Err(Refusal::ReservedBits), "{ranged:?}");
+            assert!(on(FULL, ranged).is_ok(), "{ranged:?}");
+        }
+        // One address: no range field, fine without RIL.
+        assert!(on(no_ril, va(None).unwrap()).is_ok());
+        let no_16k = GuestCmdFeatures {
+            granules: Idr5Granules::GRAN4K | Idr5Granules::GRAN64K,
+            ..FULL
+        };
+        let ranged_16k = va(range(3, RangeGranule::Size16K)).unwrap();
+        assert_eq!(on(no_16k, ranged_16k), Err(Refusal::ReservedBits));
+        assert!(on(FULL, ranged_16k).is_ok());
+    }
+
+    /// Without `IDR0.ASID16` ASID bits 15:8 are RES0 in TLBI_NH_ASID and TLBI_NH_VA.
+    #[test]
+    fn a_16_bit_asid_needs_asid16() {
+        let asid8 = GuestCmdFeatures {
+            asid16: false,
+            ..FULL
+        };
+        let by_asid = Command::tlbi_nh_asid(Vmid(0), Asid(0x1ff));
+        let va = Command::tlbi_nh_va(Vmid(0), Asid(0x100), Iova::new(0x1000), false, None).unwrap();
+        for c in [by_asid, va] {
+            assert_eq!(on(asid8, c), Err(Refusal::ReservedBits), "{c:?}");
+            assert!(on(FULL, c).is_ok(), "{c:?}");
+        }
+        assert!(on(asid8, Command::tlbi_nh_asid(Vmid(0), Asid(0xff))).is_ok());
+    }
+
+    /// Without `IDR0.ATS` ATC_INV is no command of the unit.
+    #[test]
+    fn atc_inv_needs_ats() {
+        let no_ats = GuestCmdFeatures { ats: false, ..FULL };
+        let inv = Command::atc_inv(StreamId(0x10), None, Iova::ZERO, 52, false).unwrap();
+        assert_eq!(on(no_ats, inv), Err(Refusal::Type));
+        assert!(on(FULL, inv).is_ok());
+    }
+
+    /// Without substreams (`IDR1.SSIDSIZE` = 0) SSV and SubstreamID are RES0; with them, a
+    /// SubstreamID beyond SSIDSIZE is refused.
+    #[test]
+    fn a_substream_needs_the_units_substreams() {
+        let no_ss = GuestCmdFeatures {
+            ssid_bits: 0,
+            ..FULL
+        };
+        let ss8 = GuestCmdFeatures {
+            ssid_bits: 8,
+            ..FULL
+        };
+        let ssid = |v| SubstreamId::new(v).unwrap();
+        let inv = |s| Command::atc_inv(StreamId(0x10), Some(s), Iova::ZERO, 0, false).unwrap();
+        let cd = |s| Command::cfgi_cd(StreamId(0x10), s, true);
+        for c in [inv(ssid(0)), inv(ssid(1)), cd(ssid(1))] {
+            assert_eq!(on(no_ss, c), Err(Refusal::ReservedBits), "{c:?}");
+            assert!(on(FULL, c).is_ok(), "{c:?}");
+        }
+        for c in [inv(ssid(0x100)), cd(ssid(0x100))] {
+            assert_eq!(on(ss8, c), Err(Refusal::ReservedBits), "{c:?}");
+            assert!(on(FULL, c).is_ok(), "{c:?}");
+        }
+        // No substream named: fine everywhere.
+        let plain = Command::atc_inv(StreamId(0x10), None, Iova::ZERO, 0, false).unwrap();
+        assert!(on(no_ss, plain).is_ok());
+        assert!(on(no_ss, cd(ssid(0))).is_ok());
     }
 
     #[test]
@@ -503,7 +699,7 @@ mod tests {
             Err(Refusal::ForeignDevice)
         );
         // 0x12 names the guest's device behind another unit: that unit's, nothing here.
-        let elsewhere = |c: Command| rewrite(c.words, Vmid(7), &IDS, attached);
+        let elsewhere = |c: Command| rewrite(c.words, Vmid(7), FULL, &IDS, attached);
         assert_eq!(elsewhere(Command::cfgi_cd_all(StreamId(0x12))), Ok(None));
         assert_eq!(
             elsewhere(Command::cfgi_cd(StreamId(0x12), ssid, true)),
@@ -558,7 +754,9 @@ mod review_tests {
     }];
 
     fn check(words: [u64; 2]) -> Result<Option<Command>, Refusal> {
-        rewrite(words, Vmid(7), &IDS, |s: StreamId| s.0 == 0x100)
+        rewrite(words, Vmid(7), tests::FULL, &IDS, |s: StreamId| {
+            s.0 == 0x100
+        })
     }
 
     /// ATC_INV Size > 52: `Command::atc_inv` refuses it for the host's own commands

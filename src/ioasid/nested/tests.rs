@@ -57,8 +57,14 @@ fn with_child_on_two_units(
     })
     .unwrap();
     let models = [
-        SmmuModel::new(&arena, SmmuModelConfig::qemu_like().with_fwb(true)),
-        SmmuModel::new(&arena, SmmuModelConfig::qemu_like().with_fwb(true)),
+        SmmuModel::new(
+            &arena,
+            SmmuModelConfig::qemu_like().with_fwb(true).with_ats(true),
+        ),
+        SmmuModel::new(
+            &arena,
+            SmmuModelConfig::qemu_like().with_fwb(true).with_ats(true),
+        ),
     ];
     let cfg = SmmuConfig {
         poll_budget: 10_000,

@@ -93,8 +93,8 @@ const fn bad(what: &'static str, value: u64) -> iommu::Error {
 ///
 /// # Errors
 /// The [`Refusal`], as iommufd refuses the entry: unknown flags or reserved bits
-/// (`-EOPNOTSUPP`), an unaligned address or "everything" not at 0 (`-EINVAL`), and a range
-/// beyond the width or whose end overflows.
+/// (`-EOPNOTSUPP`), an unaligned address or "everything" not at 0 (`-EINVAL`); and a range
+/// outside both canonical halves of the width.
 pub(crate) fn check_request(
     r: &VtdS1Invalidate,
     input_bits: u32,
@@ -109,14 +109,15 @@ pub(crate) fn check_request(
     if r.npages == u64::MAX {
         return Ok((None, leaf));
     }
-    let end = r
-        .npages
-        .checked_mul(0x1000)
-        .and_then(|len| r.addr.checked_add(len))
-        .ok_or(Refusal::OutOfWidth)?;
-    if end > 1u64.checked_shl(input_bits).unwrap_or(u64::MAX) {
+    // In u128, no sum overflows: fewer than 2^64 pages of 4 KiB from below 2^64 end below 2^77.
+    let start = u128::from(r.addr);
+    let end = start + u128::from(r.npages) * 0x1000;
+    if !canonical_range(start, end, input_bits) {
         return Err(Refusal::OutOfWidth);
     }
+    // The upper half's last page ends at 2^64, past any u64: ending it at u64::MAX keeps that
+    // page in (invalidations cover whole pages: the plan's last page is (end - 1) >> 12).
+    let end = u64::try_from(end).unwrap_or(u64::MAX);
     Ok((
         Some(IovaRange {
             start: Iova::new(r.addr),
@@ -124,6 +125,17 @@ pub(crate) fn check_request(
         }),
         leaf,
     ))
+}
+
+/// Whether `start..end` lies in the first-stage input space of `input_bits` (48: 4-level,
+/// 57: 5-level paging): below `2^input_bits`, or in the upper canonical half (VT-d 4.1 §3.6:
+/// bits 63:`input_bits` copy the top bit), where a guest with SRE maps its supervisor
+/// addresses (Linux's `intel_nested_cache_invalidate_user` checks no width at all).
+fn canonical_range(start: u128, end: u128, input_bits: u32) -> bool {
+    let top = 1u128 << u64::BITS;
+    let lower_end = 1u128.checked_shl(input_bits).unwrap_or(top).min(top);
+    let upper_start = top - (lower_end >> 1);
+    end <= lower_end || (start >= upper_start && end <= top)
 }
 
 impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<W, A, DOMAINS> {
@@ -517,10 +529,6 @@ mod review_tests {
             flags: 0,
             reserved: 0,
         };
-        assert!(
-            check_request(&r, 48).is_ok(),
-            "{:?}",
-            check_request(&r, 48)
-        );
+        assert!(check_request(&r, 48).is_ok(), "{:?}", check_request(&r, 48));
     }
 }
