@@ -243,7 +243,9 @@ impl<A: PageAllocator> StreamState<A> {
         let builder = match guest {
             GuestConfig::Abort => return Ok(Ste::ABORT),
             GuestConfig::Bypass => SteBuilder::stage2(s2),
-            GuestConfig::Translate(s1) => SteBuilder::nested(s1, s2),
+            // MEV: a guest CD table that faults on every access must not flood the host's
+            // event queue (Linux sets it in nested STEs too, "for DoS mitigations").
+            GuestConfig::Translate(s1) => SteBuilder::nested(s1, s2).mev(true),
         };
         // A guest's CD with S = 1 must not make a stream stall that the platform does not
         // declare able to.

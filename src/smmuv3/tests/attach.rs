@@ -995,6 +995,31 @@ fn a_cd_table_outlives_a_detach_that_timed_out() {
     u.domain_free(d).unwrap();
 }
 
+/// A guest's nested STE merges events (`STE.MEV`, word 1 bit 19): a guest CD table that
+/// faults on every access would otherwise fill the host's event queue, shared by every device
+/// (Linux's nested STE sets it "for DoS mitigations on eventq").
+#[test]
+fn a_guests_nested_ste_merges_events() {
+    use crate::iommu::UserStage1;
+    let (m, alloc) = (model(IDR0, FWB), VecAllocator::default());
+    let u = enabled(&m, &alloc);
+    let parent = u
+        .domain_alloc(&DomainConfig {
+            nest_parent: true,
+            ..s2()
+        })
+        .unwrap();
+    let vste = UserStage1::SmmuV3 {
+        ste: [1 | 0b101 << 1 | 0x4_0000, 0],
+    };
+    let user = u.domain_alloc_user(parent, &vste).unwrap();
+    u.attach(DeviceId(4), None, user).unwrap();
+    let ste = ste_of(&u, 4);
+    assert_eq!(ste.config_raw(), 0b111);
+    assert_eq!(ste.words[1] & ste::MEV, ste::MEV, "{:#x?}", ste.words);
+    assert_eq!(ste::MEV, 1 << 19);
+}
+
 /// A user domain (the guest's vSTE over a nest parent): the stream's STE carries the guest's
 /// stage-1 fields over the parent's stage 2 and VMID; no crate PASID beside it; the parent
 /// cannot be freed under it; a crate-built stage-1 child cannot share the parent's VMID with

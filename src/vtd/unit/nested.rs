@@ -531,4 +531,52 @@ mod review_tests {
         };
         assert!(check_request(&r, 48).is_ok(), "{:?}", check_request(&r, 48));
     }
+
+    /// The upper half's last page ends at 2^64: it is invalidated (its end saturates, the
+    /// plan still covers the page), at 48 and 57 bits; a range past 2^64 or starting in the
+    /// non-canonical hole is not, and no sum overflows.
+    #[test]
+    fn the_top_page_is_invalidated_and_nothing_overflows() {
+        let req = |addr: u64, npages: u64| VtdS1Invalidate {
+            addr,
+            npages,
+            flags: 0,
+            reserved: 0,
+        };
+        let top = 0xffff_ffff_ffff_f000;
+        for bits in [48, 57] {
+            let (range, _) = check_request(&req(top, 1), bits).unwrap();
+            let range = range.unwrap();
+            assert_eq!(
+                (range.start, range.end),
+                (Iova::new(top), Iova::new(u64::MAX))
+            );
+            let mut plan = FlushPlan::Nothing;
+            let limits = PlanLimits {
+                page_selective: true,
+                mamv: 9,
+            };
+            flush::plan_into(&mut plan, &[range], false, limits);
+            assert_eq!(
+                plan.blocks(),
+                &[flush::Block {
+                    addr: Iova::new(top),
+                    am: 0
+                }]
+            );
+            assert_eq!(check_request(&req(top, 2), bits), Err(Refusal::OutOfWidth));
+            assert_eq!(
+                check_request(&req(top, u64::MAX - 1), bits),
+                Err(Refusal::OutOfWidth)
+            );
+        }
+        // 57-bit upper half starts at 0xff00_0000_0000_0000; the 48-bit one does not reach it.
+        assert!(check_request(&req(0xff00_0000_0000_0000, 1), 57).is_ok());
+        assert!(check_request(&req(0xff00_0000_0000_0000, 1), 48).is_err());
+        // The hole between the halves.
+        assert_eq!(
+            check_request(&req(0x8000_0000_0000_0000, 1), 48),
+            Err(Refusal::OutOfWidth)
+        );
+    }
 }
