@@ -897,7 +897,8 @@ pub trait Iommu: Sync {
     /// The translation of `iova` in a domain.
     fn query(&self, domain: DomainHandle, iova: Iova) -> Option<Mapping>;
 
-    /// Calls `f` for every leaf intersecting the range.
+    /// Calls `f` for every leaf intersecting the range. `f` runs under the domain's lock: it
+    /// must not call the unit (as [`read_dirty`](Self::read_dirty)'s sink).
     ///
     /// # Errors
     /// [`Error::PageTable`], [`Error::InvalidDomain`].
@@ -930,9 +931,9 @@ pub trait Iommu: Sync {
     /// [`DirtyRead::Clear`] (the cleaned ranges go into `gather`, to be flushed before the
     /// hardware reliably marks them again; a leaf straddling an edge stays dirty); see
     /// [`crate::pgtable::PageTable::read_dirty`]. `sink` runs under the domain's
-    /// lock: it must not call [`table_pages`](Self::table_pages) or
-    /// [`set_dirty_tracking`](Self::set_dirty_tracking) of the domain (they take that lock
-    /// exclusively, and would wait for ever).
+    /// lock: it must not call the unit at all (the lock is writer-first: even a second read of
+    /// it waits behind a writer, such as [`table_pages`](Self::table_pages) or
+    /// [`set_dirty_tracking`](Self::set_dirty_tracking), that waits for this call).
     ///
     /// # Errors
     /// [`Error::PageTable`] (`NoDirtyTracking`, range errors), [`Error::InvalidDomain`] (also

@@ -105,11 +105,11 @@ impl<'a, A: PageAllocator> IoasidCtx<'_, 'a, A> {
     /// (cleaning it would lose the writes there).
     ///
     /// `sink` is called under the context's read lock, holding the range's IOVA stripes (see
-    /// the module's "Locking"): it must not call anything of the context that takes the write
-    /// lock ([`IoasidCtx::copy`], [`IoasidCtx::free`], [`IoasidCtx::attach`], an allocation
-    /// or reservation...), nor a map, unmap, translation or dirty read of the IOASID, any of
-    /// which could wait for this call for ever (a self-deadlock); it should only record what
-    /// it is given.
+    /// the module's "Locking"): it must not call the context at all, nor the units' domains,
+    /// not even for reading: the locks are writer-first, so a second read of a lock this call
+    /// holds waits behind any writer that waits for this call (a deadlock as soon as another
+    /// thread attaches, detaches, allocates or reclaims). It should only record what it is
+    /// given.
     ///
     /// # Errors
     /// [`Error::PageTable`] (`NoDirtyTracking` for an IOASID allocated without it; range

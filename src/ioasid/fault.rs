@@ -74,20 +74,22 @@ pub fn dispatch_page_faults_with<'c, 'r: 'c, 'a: 'r, A: PageAllocator + 'a>(
     // Every context of the unit shares one registry (`Registry::new`'s contract), which holds
     // the quarantines of what detaches left behind.
     let registry = (0..n).find_map(&context).map(|c| c.registry);
-    if let Some(reg) = registry {
-        if reg.dispatch_enter(unit_id) {
+    let ticket = registry.map(|reg| {
+        let (ticket, fence_unknown) = reg.dispatch_enter(unit_id);
+        if fence_unknown {
             // A detach got no fence from the unit: one taken now is later, so it covers
-            // what the detach left (bounded wait; on failure everything of the pair is
-            // refused until a later dispatch gets one).
+            // what the detaches before this dispatch entered left (bounded wait; on failure
+            // everything of the pair is refused until a later dispatch gets one).
             if let Ok(Some(fence)) = unit.page_fault_fence() {
-                reg.dispatch_fence(unit_id, fence);
+                reg.dispatch_fence(unit_id, fence, ticket);
             }
         }
-    }
+        ticket
+    });
     let mut d = Dispatched::default();
     let r = dispatch_rounds(unit_id, unit, n, &context, registry, &mut d);
-    if let Some(reg) = registry {
-        reg.dispatch_leave(unit_id);
+    if let (Some(reg), Some(ticket)) = (registry, ticket) {
+        reg.dispatch_leave(unit_id, ticket);
     }
     let overflow = r?;
     d.unit_overflow = overflow;

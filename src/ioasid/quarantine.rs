@@ -6,7 +6,15 @@
 //! it takes the unit's fence ([`Iommu::page_fault_fence`](crate::iommu::Iommu::page_fault_fence))
 //! and quarantines the (unit, device, PASID) up to it; a fault of it numbered at or below the
 //! fence is no context's (answered Invalid, as iommufd's auto-response), and the quarantine
-//! ends once a drain of the unit passed the fence with no other dispatch of the unit under way.
+//! ends once a drain of the unit passed the fence and every dispatch of the unit under way then
+//! (which may hold a batch drained below the fence) has left.
+//!
+//! Dispatches are counted in two generations per unit, as a grace period: a dispatch enters the
+//! unit's current generation; the generation moves on only when the one before it is empty. A
+//! quarantine passed in generation `g` ends when the generation is `g + 2`, or `g + 1` with no
+//! dispatch of `g` left: every dispatch that was under way when the drain passed the fence has
+//! then left. Overlapping dispatches cannot keep a quarantine alive for ever (each dispatch is
+//! bounded), as they could when only a dispatch running alone could end one.
 
 use super::registry::{DeviceLabel, UnitId};
 use super::MAX_UNITS;
@@ -23,6 +31,29 @@ struct Quarantine {
     pasid: Option<Pasid>,
     /// [`FaultSequence::ALL`] while the unit could give no fence.
     fence: FaultSequence,
+    /// When it was added (the registry's count of quarantines added, from 1): a fence a
+    /// dispatch took is given only to quarantines added before the dispatch entered.
+    added: u64,
+    /// The unit's dispatch generation when a drain passed the fence.
+    passed: Option<u64>,
+}
+
+/// A dispatch's place in the unit's books, from [`Quarantines::enter`] to
+/// [`Quarantines::leave`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct DispatchTicket {
+    generation: u64,
+    /// Quarantines added before the dispatch entered.
+    added_before: u64,
+}
+
+/// The unit-wide fence of a unit whose pairs did not fit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct UnitWide {
+    fence: FaultSequence,
+    /// The last quarantine merged into it.
+    added: u64,
+    passed: Option<u64>,
 }
 
 /// The registry's quarantines (under its lock, a leaf).
@@ -31,17 +62,22 @@ pub(super) struct Quarantines {
     entries: [Option<Quarantine>; MAX_QUARANTINES],
     /// Per unit: when the entries were full, the fence every fault of the unit is refused up
     /// to (conservative: other devices' faults already queued are refused too).
-    unit_wide: [Option<FaultSequence>; MAX_UNITS],
-    /// Per unit: dispatches under way. A quarantine ends only in a dispatch that is alone: a
-    /// batch another dispatch drained earlier may still hold faults below the fence.
-    dispatching: [u32; MAX_UNITS],
+    unit_wide: [Option<UnitWide>; MAX_UNITS],
+    /// Quarantines added so far.
+    adds: u64,
+    /// Per unit: the dispatch generation (module docs).
+    generation: [u64; MAX_UNITS],
+    /// Per unit: dispatches under way, by generation parity.
+    active: [[u32; 2]; MAX_UNITS],
 }
 
 impl Quarantines {
     pub(super) const EMPTY: Self = Self {
         entries: [None; MAX_QUARANTINES],
         unit_wide: [None; MAX_UNITS],
-        dispatching: [0; MAX_UNITS],
+        adds: 0,
+        generation: [0; MAX_UNITS],
+        active: [[0; 2]; MAX_UNITS],
     };
 
     /// Quarantines `label`'s faults with `pasid` up to `fence` (`None`: unknown, every fault
@@ -54,6 +90,8 @@ impl Quarantines {
         fence: Option<FaultSequence>,
     ) {
         let fence = fence.unwrap_or(FaultSequence::ALL);
+        self.adds = self.adds.saturating_add(1);
+        let added = self.adds;
         let same = |q: &Option<Quarantine>| q.is_some_and(|q| q.label == label && q.pasid == pasid);
         let slot = match self.entries.iter().position(same) {
             Some(i) => Some(i),
@@ -65,11 +103,17 @@ impl Quarantines {
                     label,
                     pasid,
                     fence,
+                    added,
+                    passed: None,
                 })
             }
             None => {
                 if let Some(w) = self.unit_wide.get_mut(usize::from(label.unit.0)) {
-                    *w = Some(w.map_or(fence, |w| w.max(fence)));
+                    *w = Some(UnitWide {
+                        fence: w.map_or(fence, |w| w.fence.max(fence)),
+                        added,
+                        passed: None,
+                    });
                 }
             }
         }
@@ -82,7 +126,7 @@ impl Quarantines {
             .get(usize::from(unit.0))
             .copied()
             .flatten()
-            .is_some_and(|w| w.covers(fault));
+            .is_some_and(|w| w.fence.covers(fault));
         wide || self.entries.iter().flatten().any(|q| {
             q.label.unit == unit
                 && q.label.id == fault.device
@@ -98,7 +142,7 @@ impl Quarantines {
             .get(usize::from(unit.0))
             .copied()
             .flatten()
-            .is_some_and(|w| unknown(&w))
+            .is_some_and(|w| unknown(&w.fence))
             || self
                 .entries
                 .iter()
@@ -106,50 +150,114 @@ impl Quarantines {
                 .any(|q| q.label.unit == unit && unknown(&q.fence))
     }
 
-    /// Gives `unit`'s unknown fences `fence`, taken now: later than the detach, so it covers
-    /// what the old attachment raised (and, conservatively, what the new one raised since).
-    pub(super) fn know_fence(&mut self, unit: UnitId, fence: FaultSequence) {
+    /// Gives `unit`'s unknown fences `fence`, taken by the dispatch of `ticket` after it
+    /// entered: later than the detaches of the quarantines added before that, so it covers what
+    /// their old attachments raised (and, conservatively, what the new ones raised since). A
+    /// quarantine added after the dispatch entered may have been added after the fence was
+    /// taken: it keeps waiting for a fence of its own.
+    pub(super) fn know_fence(
+        &mut self,
+        unit: UnitId,
+        fence: FaultSequence,
+        ticket: DispatchTicket,
+    ) {
+        let fills =
+            |f: FaultSequence, added: u64| f == FaultSequence::ALL && added <= ticket.added_before;
         for q in self.entries.iter_mut().flatten() {
-            if q.label.unit == unit && q.fence == FaultSequence::ALL {
+            if q.label.unit == unit && fills(q.fence, q.added) {
                 q.fence = fence;
             }
         }
-        if let Some(w) = self.unit_wide.get_mut(usize::from(unit.0)) {
-            if *w == Some(FaultSequence::ALL) {
-                *w = Some(fence);
+        if let Some(Some(w)) = self.unit_wide.get_mut(usize::from(unit.0)) {
+            if fills(w.fence, w.added) {
+                w.fence = fence;
             }
         }
     }
 
-    /// A dispatch of `unit` starts.
-    pub(super) fn enter(&mut self, unit: UnitId) {
-        if let Some(n) = self.dispatching.get_mut(usize::from(unit.0)) {
+    /// A dispatch of `unit` starts: its ticket, for [`leave`](Self::leave) and
+    /// [`know_fence`](Self::know_fence).
+    pub(super) fn enter(&mut self, unit: UnitId) -> DispatchTicket {
+        let u = usize::from(unit.0);
+        self.advance(u);
+        let generation = self.generation.get(u).copied().unwrap_or(0);
+        if let Some(n) = self
+            .active
+            .get_mut(u)
+            .and_then(|a| a.get_mut(parity(generation)))
+        {
             *n = n.saturating_add(1);
+        }
+        DispatchTicket {
+            generation,
+            added_before: self.adds,
         }
     }
 
     /// A dispatch of `unit` routed everything it drained, up to `reached`: the quarantines it
-    /// passed end if it is the unit's only dispatch.
+    /// passed end once every dispatch under way now has left.
     pub(super) fn passed(&mut self, unit: UnitId, reached: FaultSequence) {
-        if self.dispatching.get(usize::from(unit.0)).copied() != Some(1) {
-            return;
-        }
-        for e in &mut self.entries {
-            if e.is_some_and(|q| q.label.unit == unit && q.fence.passed_by(reached)) {
-                *e = None;
+        let u = usize::from(unit.0);
+        let now = self.generation.get(u).copied().unwrap_or(0);
+        for q in self.entries.iter_mut().flatten() {
+            if q.label.unit == unit && q.passed.is_none() && q.fence.passed_by(reached) {
+                q.passed = Some(now);
             }
         }
-        if let Some(w) = self.unit_wide.get_mut(usize::from(unit.0)) {
-            if w.is_some_and(|f| f.passed_by(reached)) {
-                *w = None;
+        if let Some(Some(w)) = self.unit_wide.get_mut(u) {
+            if w.passed.is_none() && w.fence.passed_by(reached) {
+                w.passed = Some(now);
             }
         }
+        self.advance(u);
+        self.sweep(unit);
     }
 
     /// A dispatch of `unit` ends.
-    pub(super) fn leave(&mut self, unit: UnitId) {
-        if let Some(n) = self.dispatching.get_mut(usize::from(unit.0)) {
+    pub(super) fn leave(&mut self, unit: UnitId, ticket: DispatchTicket) {
+        let u = usize::from(unit.0);
+        if let Some(n) = self
+            .active
+            .get_mut(u)
+            .and_then(|a| a.get_mut(parity(ticket.generation)))
+        {
             *n = n.saturating_sub(1);
+        }
+        self.advance(u);
+        self.sweep(unit);
+    }
+
+    /// Moves unit `u`'s generation on if no dispatch of the one before it is under way.
+    fn advance(&mut self, u: usize) {
+        let (Some(g), Some(a)) = (self.generation.get_mut(u), self.active.get(u)) else {
+            return;
+        };
+        if a[parity(g.wrapping_sub(1))] == 0 {
+            *g = g.wrapping_add(1);
+        }
+    }
+
+    /// Ends `unit`'s quarantines passed before every dispatch under way now entered.
+    fn sweep(&mut self, unit: UnitId) {
+        let u = usize::from(unit.0);
+        let (Some(&now), Some(&active)) = (self.generation.get(u), self.active.get(u)) else {
+            return;
+        };
+        let over = |passed: Option<u64>| {
+            passed.is_some_and(|g| {
+                let later = now.wrapping_sub(g);
+                later >= 2 || (later == 1 && active[parity(g)] == 0)
+            })
+        };
+        for e in &mut self.entries {
+            if e.is_some_and(|q| q.label.unit == unit && over(q.passed)) {
+                *e = None;
+            }
+        }
+        if let Some(w) = self.unit_wide.get_mut(u) {
+            if w.is_some_and(|w| over(w.passed)) {
+                *w = None;
+            }
         }
     }
 
@@ -157,6 +265,10 @@ impl Quarantines {
     pub(super) fn len(&self) -> usize {
         self.entries.iter().flatten().count() + self.unit_wide.iter().flatten().count()
     }
+}
+
+fn parity(generation: u64) -> usize {
+    (generation & 1) as usize
 }
 
 #[cfg(test)]
@@ -195,31 +307,78 @@ mod tests {
     }
 
     #[test]
-    fn a_quarantine_holds_up_to_its_fence_and_ends_once_a_lone_dispatch_passed_it() {
+    fn a_quarantine_holds_up_to_its_fence_and_ends_once_the_dispatches_under_way_left() {
+        let u = UnitId(0);
         let mut q = Quarantines::EMPTY;
         q.add(label(1), None, Some(at(5)));
-        assert!(q.holds(UnitId(0), &request(1, 5)));
-        assert!(
-            !q.holds(UnitId(0), &request(1, 6)),
-            "raised after the fence"
-        );
-        assert!(!q.holds(UnitId(0), &request(2, 5)), "another device");
+        assert!(q.holds(u, &request(1, 5)));
+        assert!(!q.holds(u, &request(1, 6)), "raised after the fence");
+        assert!(!q.holds(u, &request(2, 5)), "another device");
         assert!(!q.holds(UnitId(1), &request(1, 5)), "another unit");
         // Two dispatches under way: the one that passed the fence is not alone.
-        q.enter(UnitId(0));
-        q.enter(UnitId(0));
-        q.passed(UnitId(0), at(9));
+        let a = q.enter(u);
+        let b = q.enter(u);
+        q.passed(u, at(4));
+        q.leave(u, a);
+        assert_eq!(q.len(), 1, "not passed yet");
+        q.passed(u, at(9));
+        assert_eq!(q.len(), 1, "this dispatch has not left");
+        // One entering now may share the pass's generation: it is waited for too.
+        let c = q.enter(u);
+        q.leave(u, b);
+        q.leave(u, c);
+        assert_eq!(q.len(), 0, "every dispatch under way at the pass has left");
+    }
+
+    /// Review of 2026-12-07 (14:50), finding 2: a quarantine ended only in a dispatch running
+    /// alone, so fault threads that always overlap never ended one (the table filled, and
+    /// every later detach refused the unit's whole queue).
+    #[test]
+    fn dispatches_that_always_overlap_still_end_a_quarantine() {
+        let u = UnitId(0);
+        let mut q = Quarantines::EMPTY;
+        q.add(label(1), None, Some(at(5)));
+        let mut older = q.enter(u);
+        for round in 0..4 {
+            let newer = q.enter(u);
+            q.passed(u, at(10 + round));
+            q.leave(u, older);
+            older = newer;
+        }
         assert_eq!(
             q.len(),
-            1,
-            "the other dispatch may hold a batch below the fence"
+            0,
+            "a quarantine outlived every dispatch under way at its pass"
         );
-        q.leave(UnitId(0));
-        q.passed(UnitId(0), at(4));
-        assert_eq!(q.len(), 1, "not passed yet");
-        q.passed(UnitId(0), at(5));
-        assert_eq!(q.len(), 0);
-        q.leave(UnitId(0));
+        q.leave(u, older);
+    }
+
+    /// Review of 2026-12-07 (14:50), finding 1: a fence a dispatch took was given to a
+    /// quarantine a detach added after the dispatch entered: it may predate that detach.
+    #[test]
+    fn a_dispatch_s_fence_is_not_given_to_a_later_detach() {
+        let u = UnitId(0);
+        let mut q = Quarantines::EMPTY;
+        q.add(label(1), None, None);
+        let d = q.enter(u);
+        // The dispatch takes its fence (10) here; a detach that got no fence comes after.
+        q.add(label(2), None, None);
+        q.know_fence(u, at(10), d);
+        assert!(
+            !q.holds(u, &request(1, 11)),
+            "the earlier detach's fence is known"
+        );
+        assert!(
+            q.holds(u, &request(2, 11)),
+            "the later detach's device raised 11 before its detach: still refused"
+        );
+        assert!(q.fence_unknown(u));
+        q.leave(u, d);
+        let e = q.enter(u);
+        q.know_fence(u, at(20), e);
+        assert!(!q.fence_unknown(u));
+        assert!(!q.holds(u, &request(2, 21)));
+        q.leave(u, e);
     }
 
     #[test]
@@ -236,9 +395,9 @@ mod tests {
             "conservative: any device"
         );
         assert!(!q.holds(UnitId(0), &request(100, 8)));
-        q.enter(UnitId(0));
+        let d = q.enter(UnitId(0));
         q.passed(UnitId(0), at(7));
-        q.leave(UnitId(0));
+        q.leave(UnitId(0), d);
         assert_eq!(q.len(), 0);
     }
 
@@ -248,14 +407,14 @@ mod tests {
         q.add(label(1), None, None);
         assert!(q.fence_unknown(UnitId(0)));
         assert!(q.holds(UnitId(0), &request(1, u64::MAX)));
-        q.enter(UnitId(0));
+        let d = q.enter(UnitId(0));
         q.passed(UnitId(0), at(1000));
         assert_eq!(q.len(), 1, "no drain passes an unknown fence");
-        q.know_fence(UnitId(0), at(10));
+        q.know_fence(UnitId(0), at(10), d);
         assert!(!q.fence_unknown(UnitId(0)));
         assert!(!q.holds(UnitId(0), &request(1, 11)));
         q.passed(UnitId(0), at(10));
-        q.leave(UnitId(0));
+        q.leave(UnitId(0), d);
         assert_eq!(q.len(), 0);
     }
 }

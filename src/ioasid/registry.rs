@@ -4,7 +4,7 @@ use core::mem::MaybeUninit;
 use core::ptr::{addr_of_mut, NonNull};
 
 use super::pasid::PasidAllocator;
-use super::quarantine::Quarantines;
+use super::quarantine::{DispatchTicket, Quarantines};
 use super::{Error, MAX_BOUND, MAX_UNITS};
 use crate::iommu::{DeviceId, Iommu, Pasid};
 use crate::iopf::{FaultSequence, PageFault};
@@ -257,16 +257,23 @@ impl<'a> Registry<'a> {
         self.quarantines.lock().len()
     }
 
-    /// A dispatch of `unit` starts; `true` if a quarantine of it waits for a fence.
-    pub(super) fn dispatch_enter(&self, unit: UnitId) -> bool {
+    /// A dispatch of `unit` starts: its ticket, and `true` if a quarantine of it waits for a
+    /// fence.
+    pub(super) fn dispatch_enter(&self, unit: UnitId) -> (DispatchTicket, bool) {
         let mut q = self.quarantines.lock();
-        q.enter(unit);
-        q.fence_unknown(unit)
+        let ticket = q.enter(unit);
+        (ticket, q.fence_unknown(unit))
     }
 
-    /// Gives `unit`'s quarantines without a fence the fence `fence`, taken now.
-    pub(super) fn dispatch_fence(&self, unit: UnitId, fence: FaultSequence) {
-        self.quarantines.lock().know_fence(unit, fence);
+    /// Gives `unit`'s quarantines without a fence, added before the dispatch of `ticket`
+    /// entered, the fence `fence` it took since.
+    pub(super) fn dispatch_fence(
+        &self,
+        unit: UnitId,
+        fence: FaultSequence,
+        ticket: DispatchTicket,
+    ) {
+        self.quarantines.lock().know_fence(unit, fence, ticket);
     }
 
     /// A dispatch of `unit` routed everything up to `reached`.
@@ -275,8 +282,8 @@ impl<'a> Registry<'a> {
     }
 
     /// A dispatch of `unit` ends.
-    pub(super) fn dispatch_leave(&self, unit: UnitId) {
-        self.quarantines.lock().leave(unit);
+    pub(super) fn dispatch_leave(&self, unit: UnitId, ticket: DispatchTicket) {
+        self.quarantines.lock().leave(unit, ticket);
     }
 
     pub(super) fn count_leaked(&self, l: Leaked) {
