@@ -258,7 +258,9 @@ impl<'a> Registry<'a> {
     }
 
     /// A dispatch of `unit` starts: its ticket, and `true` if a quarantine of it waits for a
-    /// fence.
+    /// fence. These four are not inlined: their frames then sit beside the dispatch's drains,
+    /// not under them (the C ABI's stack bound, `tests/linux_module.rs`).
+    #[inline(never)]
     pub(super) fn dispatch_enter(&self, unit: UnitId) -> (DispatchTicket, bool) {
         let mut q = self.quarantines.lock();
         let ticket = q.enter(unit);
@@ -267,6 +269,7 @@ impl<'a> Registry<'a> {
 
     /// Gives `unit`'s quarantines without a fence, added before the dispatch of `ticket`
     /// entered, the fence `fence` it took since.
+    #[inline(never)]
     pub(super) fn dispatch_fence(
         &self,
         unit: UnitId,
@@ -277,11 +280,13 @@ impl<'a> Registry<'a> {
     }
 
     /// A dispatch of `unit` routed everything up to `reached`.
+    #[inline(never)]
     pub(super) fn dispatch_passed(&self, unit: UnitId, reached: FaultSequence) {
         self.quarantines.lock().passed(unit, reached);
     }
 
     /// A dispatch of `unit` ends.
+    #[inline(never)]
     pub(super) fn dispatch_leave(&self, unit: UnitId, ticket: DispatchTicket) {
         self.quarantines.lock().leave(unit, ticket);
     }
