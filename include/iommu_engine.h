@@ -4,7 +4,7 @@
  * Results: every function returns an IeStatus as int32_t (0 = IE_STATUS_OK); ie_status_errno()
  * maps it to the negative errno a Linux module would return. Enum values (IeStatus, IeMissing,
  * IeIoasidFlag, IeDirtyFlag, IeProt, IeStreamTable, IeUserStage1Format, IeRefusal,
- * IeFunctionKind) always cross the boundary as int32_t / uint32_t, never as the enum type, so
+ * IeFunctionKind, IeAtsPermission) always cross the boundary as int32_t / uint32_t, never as the enum type, so
  * that any integer a caller passes is checked, not undefined. bool is C99 _Bool (one byte, 0
  * or 1), the same as Rust's bool.
  *
@@ -389,7 +389,23 @@ typedef enum {
   IE_DEVICE_HINTS_SIZE_V1 = 24,
   // With `ats_queue_depth`.
   IE_DEVICE_HINTS_SIZE_V2 = 28,
+  // With `ats_permission`.
+  IE_DEVICE_HINTS_SIZE_V3 = 32,
 } IeDeviceHintsSize;
+
+// What platform firmware says about a device's PCIe ATS (`IeDeviceHints.ats_permission`).
+typedef enum {
+  // No table was consulted: the embedder decides alone.
+  IE_ATS_PERMISSION_UNDECLARED = 0,
+  // Firmware allows ATS for the device.
+  IE_ATS_PERMISSION_ALLOWED = 1,
+  // Firmware forbids it: an attach with `IeDeviceHints.ats` fails with
+  // `IE_STATUS_NOT_PERMITTED`.
+  IE_ATS_PERMISSION_FORBIDDEN = 2,
+  // A DMAR SATC with ATC_REQUIRED names the device: it needs its ATC enabled (allowed; Linux
+  // enables it in scalable mode only, the hardware does in legacy mode).
+  IE_ATS_PERMISSION_REQUIRED = 3,
+} IeAtsPermission;
 
 // A position in a unit's fault queues: how many page requests, and how many stalls, it has
 // numbered ([`PageFault::sequence`]). As a fence (`Iommu::page_fault_fence`): every fault
@@ -562,6 +578,12 @@ typedef struct {
   // every INVALIDATE_IOTLB_PAGES to the device; an ATS attach with a value above 31 fails
   // with `IE_STATUS_INVALID_ARGUMENT`.
   uint32_t ats_queue_depth;
+  // What firmware says about the device's ATS (an `IeAtsPermission` value; 0
+  // `IE_ATS_PERMISSION_UNDECLARED` by default): with
+  // `IE_ATS_PERMISSION_FORBIDDEN`, an attach with `ats` fails with `IE_STATUS_NOT_PERMITTED`
+  // (a translated request bypasses the unit's translation). Another value is
+  // `IE_STATUS_INVALID_ARGUMENT` at bind.
+  uint32_t ats_permission;
 } IeDeviceHints;
 
 // Where one claim comes from.

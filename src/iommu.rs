@@ -369,6 +369,12 @@ pub enum Error {
         /// The group or stall tag it named.
         kind: crate::iopf::FaultKind,
     },
+    /// [`DeviceHints::ats`] for a device whose firmware forbids PCIe ATS
+    /// ([`DeviceHints::ats_permission`] is [`AtsPermission::Forbidden`]: no DMAR ATSR or SATC
+    /// allows it, its IORT root complex lacks the ATS attribute, its IVRS entry disables it).
+    /// A translated request bypasses the unit's translation, so the attach is refused before
+    /// anything is written (as Linux enables ATS only where firmware allows it).
+    AtsForbidden(DeviceId),
     /// A user's (guest's) invalidation request ([`Iommu::invalidate_user`]) names something
     /// the user does not own or may not ask for: nothing of the batch was issued.
     Refused {
@@ -442,6 +448,13 @@ impl fmt::Display for Error {
                     }
                     crate::iopf::FaultKind::Stall { stag } => write!(f, " with STAG {stag:#x}"),
                 }
+            }
+            Error::AtsForbidden(d) => {
+                write!(
+                    f,
+                    "device {:#x}: ATS enabled where firmware forbids it",
+                    d.0
+                )
             }
             Error::Refused {
                 index,
@@ -685,6 +698,57 @@ pub struct DeviceHints {
     /// [`smmuv3::STALL_WITH_ATS`](crate::smmuv3::STALL_WITH_ATS): `STE.S2S` with `STE.EATS`
     /// is ILLEGAL); VT-d and AMD-Vi have no stall model and ignore it.
     pub stall: bool,
+    /// What platform firmware says about the device's use of ATS, from the firmware lookups
+    /// (`Dmar::ats_permission`, `iort::platform::device_hints`, `Ivrs::ats_permission`). An
+    /// attach with `ats` where it is [`AtsPermission::Forbidden`] is refused
+    /// ([`Error::AtsForbidden`]): a translated request bypasses the unit's translation.
+    /// Default [`AtsPermission::Undeclared`]: the embedder consulted no table.
+    pub ats_permission: AtsPermission,
+}
+
+impl DeviceHints {
+    /// Refuses [`ats`](Self::ats) where firmware forbids it
+    /// ([`ats_permission`](Self::ats_permission)); every unit's
+    /// [`Iommu::attach_device`] checks it first.
+    ///
+    /// # Errors
+    /// [`Error::AtsForbidden`] carrying `device`.
+    pub const fn check_ats(&self, device: DeviceId) -> Result<(), Error> {
+        if self.ats && matches!(self.ats_permission, AtsPermission::Forbidden) {
+            Err(Error::AtsForbidden(device))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// What platform firmware says about a PCIe device's use of ATS (Address Translation
+/// Services): whether the device may send translated requests, which the IOMMU lets through
+/// untranslated. Each firmware table answers per device: the DMAR's ATSR and SATC (VT-d 4.1
+/// §8.5, §8.8), the IORT root complex's `ATS Attribute` (DEN 0049 E.f), the IVRS's
+/// extended device entries (AMD 48882 §5.2.2.2).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum AtsPermission {
+    /// No table was consulted (the default): the embedder decides alone.
+    #[default]
+    Undeclared,
+    /// Firmware allows ATS for the device (its root port is in an ATSR, or the segment's
+    /// ATSR has ALL_PORTS; an integrated device; a root complex with the ATS attribute; an
+    /// IVRS that does not disable it).
+    Allowed,
+    /// Firmware forbids it: the device must not use ATS.
+    Forbidden,
+    /// A DMAR SATC with ATC_REQUIRED names the device (VT-d 4.1 §8.8): it needs its ATC
+    /// enabled to work (allowed, and expected). Linux enables ATS for it only in scalable
+    /// mode: in legacy mode the hardware enables it, and the OS leaves the device's ATS off.
+    Required,
+}
+
+impl AtsPermission {
+    /// Whether firmware lets the device use ATS (not [`Forbidden`](Self::Forbidden)).
+    pub const fn permits(self) -> bool {
+        !matches!(self, Self::Forbidden)
+    }
 }
 
 /// Which tables [`Iommu::reclaim`] looks at for being empty.
@@ -992,8 +1056,10 @@ pub trait Iommu: Sync {
     /// that use none of [`DeviceHints`] keep this default, which ignores them.
     ///
     /// # Errors
-    /// As [`attach`](Self::attach); VT-d: [`Error::Unsupported`] for `ats` without
-    /// `ECAP.DT`, [`Error::InvalidDevice`] for a physical function that is no requester ID.
+    /// As [`attach`](Self::attach); [`Error::AtsForbidden`] for `ats` where firmware forbids
+    /// it ([`DeviceHints::check_ats`], every unit); VT-d: [`Error::Unsupported`] for `ats`
+    /// without `ECAP.DT`, [`Error::InvalidDevice`] for a physical function that is no
+    /// requester ID.
     fn attach_device(
         &self,
         device: DeviceId,
@@ -1001,7 +1067,7 @@ pub trait Iommu: Sync {
         domain: DomainHandle,
         hints: &DeviceHints,
     ) -> Result<(), Error> {
-        let _ = hints;
+        hints.check_ats(device)?;
         self.attach(device, pasid, domain)
     }
 

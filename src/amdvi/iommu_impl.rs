@@ -1106,6 +1106,7 @@ where
         domain: DomainHandle,
         hints: &DeviceHints,
     ) -> Result<(), Error> {
+        hints.check_ats(device)?;
         let slot = self.slot(domain)?;
         // AMD-Vi device IDs are 16 bits (bus, device, function): no device table has more.
         let id = u16::try_from(device.0).map_err(|_| Error::InvalidDevice(device))?;

@@ -487,7 +487,7 @@ fn device_hints_of_a_wrong_size_are_refused() {
         hints: IeDeviceHints,
         more: u32,
     }
-    let current = IeDeviceHintsSize::V2 as u32;
+    let current = IeDeviceHintsSize::V3 as u32;
     let invalid = IeStatus::InvalidArgument as i32;
     let too_big = IeStatus::TooBig as i32;
     let (arena, env) = arena();
@@ -611,5 +611,56 @@ fn an_smmu_unit_destroy_that_keeps_a_domain_says_so() {
             "the unit held the context's domain"
         );
         assert_eq!(ie_sim_model_destroy(model), OK);
+    }
+}
+
+/// `IeDeviceHints.ats_permission`: firmware's `IE_ATS_PERMISSION_FORBIDDEN` with `ats` makes
+/// the attach `IE_STATUS_NOT_PERMITTED` (nothing attached); without `ats` the device attaches;
+/// a value that is no `IeAtsPermission` is refused at bind.
+#[test]
+fn device_hints_ats_forbidden_by_firmware_refuse_the_attach() {
+    use super::firmware::IeAtsPermission;
+    use super::ioasid::{ctx_obj, ie_ctx_alloc, ie_ctx_attach, ie_ctx_bind_with, ie_ctx_unbind};
+    use super::tests::{destroy_ctx_and_registry, registry_and_ctx};
+    use crate::iommu::AtsPermission;
+    let (arena, env) = arena();
+    // SAFETY: a live arena and its allocator, then live handles, readable inputs and writable
+    // outputs.
+    unsafe {
+        let sim = Sim::Vtd(IeSimVtdConfig {
+            snoop_control: true,
+            ..IeSimVtdConfig::default()
+        });
+        let (model, unit, before) = sim_unit(arena, &env, sim);
+        let (registry, ctx) = registry_and_ctx(&env, unit);
+        let mut io = 0u32;
+        assert_eq!(ie_ctx_alloc(ctx, 0, &mut io), OK);
+        let mut hints = IeDeviceHints {
+            size: IeDeviceHintsSize::V3 as u32,
+            ats: true,
+            ats_permission: IeAtsPermission::Forbidden as u32,
+            ..IeDeviceHints::default()
+        };
+        let mut dev = 0u32;
+        assert_eq!(ie_ctx_bind_with(ctx, 0, 0x20, false, &hints, &mut dev), OK);
+        assert_eq!(
+            ie_ctx_attach(ctx, dev, io, null_mut()),
+            IeStatus::NotPermitted as i32
+        );
+        let c = &ctx_obj(ctx).unwrap().value.ctx;
+        let info = c.device_info(c.device_handle(dev)).unwrap();
+        assert_eq!(info.hints.ats_permission, AtsPermission::Forbidden);
+        assert_eq!(ie_ctx_unbind(ctx, dev), OK);
+        hints.ats = false;
+        assert_eq!(ie_ctx_bind_with(ctx, 0, 0x20, false, &hints, &mut dev), OK);
+        assert_eq!(ie_ctx_attach(ctx, dev, io, null_mut()), OK);
+        assert_eq!(ie_ctx_unbind(ctx, dev), OK);
+        hints.ats_permission = 4;
+        assert_eq!(
+            ie_ctx_bind_with(ctx, 0, 0x28, false, &hints, &mut dev),
+            IeStatus::InvalidArgument as i32
+        );
+        destroy_ctx_and_registry(registry, ctx);
+        release_sim_unit(arena, model, unit, before);
     }
 }

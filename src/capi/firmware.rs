@@ -7,10 +7,55 @@ use core::ffi::c_void;
 use crate::firmware::dmar::device_scope::{BridgeAnswer, BusRange, PciBuses};
 use crate::firmware::dmar::lookup::FunctionKind;
 use crate::firmware::dmar::table::Dmar;
+use crate::iommu::AtsPermission;
 use crate::vtd::SourceId;
 
 use super::ioasid::IeDirectRegion;
 use super::status::{code, IeStatus};
+
+/// What platform firmware says about a device's PCIe ATS (`IeDeviceHints.ats_permission`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IeAtsPermission {
+    /// No table was consulted: the embedder decides alone.
+    Undeclared = 0,
+    /// Firmware allows ATS for the device.
+    Allowed = 1,
+    /// Firmware forbids it: an attach with `IeDeviceHints.ats` fails with
+    /// `IE_STATUS_NOT_PERMITTED`.
+    Forbidden = 2,
+    /// A DMAR SATC with ATC_REQUIRED names the device: it needs its ATC enabled (allowed; Linux
+    /// enables it in scalable mode only, the hardware does in legacy mode).
+    Required = 3,
+}
+
+impl IeAtsPermission {
+    /// The C value of `p`.
+    pub(crate) const fn to_c(p: AtsPermission) -> u32 {
+        match p {
+            AtsPermission::Undeclared => Self::Undeclared as u32,
+            AtsPermission::Allowed => Self::Allowed as u32,
+            AtsPermission::Forbidden => Self::Forbidden as u32,
+            AtsPermission::Required => Self::Required as u32,
+        }
+    }
+
+    /// The crate's value for the C value `raw`.
+    ///
+    /// # Errors
+    /// `InvalidArgument` for a value that is no `IeAtsPermission`.
+    pub(crate) fn from_c(raw: u32) -> Result<AtsPermission, IeStatus> {
+        [
+            AtsPermission::Undeclared,
+            AtsPermission::Allowed,
+            AtsPermission::Forbidden,
+            AtsPermission::Required,
+        ]
+        .into_iter()
+        .find(|p| Self::to_c(*p) == raw)
+        .ok_or(IeStatus::InvalidArgument)
+    }
+}
 
 /// The remapping unit ie_dmar_unit_for() found.
 #[repr(C)]

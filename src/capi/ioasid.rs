@@ -12,6 +12,7 @@ use crate::mem::{Iova, PhysAddr};
 use crate::pgtable::{IovaRange, Prot};
 
 use super::env::CEnv;
+use super::firmware::IeAtsPermission;
 use super::object::{checked, handle, Obj, PasidPage, Tagged};
 use super::status::{code, IeMissing, IeStatus};
 use super::unit::{IeUnit, UnitObj};
@@ -452,6 +453,12 @@ pub struct IeDeviceHints {
     /// every INVALIDATE_IOTLB_PAGES to the device; an ATS attach with a value above 31 fails
     /// with `IE_STATUS_INVALID_ARGUMENT`.
     pub ats_queue_depth: u32,
+    /// What firmware says about the device's ATS (an `IeAtsPermission` value; 0
+    /// `IE_ATS_PERMISSION_UNDECLARED` by default): with
+    /// `IE_ATS_PERMISSION_FORBIDDEN`, an attach with `ats` fails with `IE_STATUS_NOT_PERMITTED`
+    /// (a translated request bypasses the unit's translation). Another value is
+    /// `IE_STATUS_INVALID_ARGUMENT` at bind.
+    pub ats_permission: u32,
 }
 
 /// The sizes `IeDeviceHints` had, each header's `sizeof(IeDeviceHints)` (its `size`).
@@ -463,11 +470,14 @@ pub enum IeDeviceHintsSize {
     V1 = 24,
     /// With `ats_queue_depth`.
     V2 = 28,
+    /// With `ats_permission`.
+    V3 = 32,
 }
 
 const _: () = assert!(
     IeDeviceHintsSize::V1 as usize == core::mem::offset_of!(IeDeviceHints, ats_queue_depth)
-        && IeDeviceHintsSize::V2 as usize == core::mem::size_of::<IeDeviceHints>()
+        && IeDeviceHintsSize::V2 as usize == core::mem::offset_of!(IeDeviceHints, ats_permission)
+        && IeDeviceHintsSize::V3 as usize == core::mem::size_of::<IeDeviceHints>()
 );
 
 impl IeDeviceHints {
@@ -490,8 +500,12 @@ impl IeDeviceHints {
     }
 
     /// The hints as the IOASID layer takes them.
-    fn hints(&self) -> DeviceHints {
-        DeviceHints {
+    ///
+    /// # Errors
+    /// `InvalidArgument` for an `ats_permission` that is no `IeAtsPermission`.
+    fn hints(&self) -> Result<DeviceHints, IeStatus> {
+        Ok(DeviceHints {
+            ats_permission: IeAtsPermission::from_c(self.ats_permission)?,
             ats: self.ats,
             // A value above the 5-bit field stays one (refused by an ATS attach).
             ats_queue_depth: u8::try_from(self.ats_queue_depth).unwrap_or(u8::MAX),
@@ -502,7 +516,7 @@ impl IeDeviceHints {
             pri: self.pri,
             pri_pasid_required: self.pri_pasid_required,
             stall: self.stall,
-        }
+        })
     }
 }
 
@@ -533,7 +547,7 @@ pub unsafe extern "C" fn ie_ctx_bind_with(
         let h = c
             .value
             .ctx
-            .bind_with(label, no_snoop_capable, hints.hints())?;
+            .bind_with(label, no_snoop_capable, hints.hints()?)?;
         put(out, h.raw())
     })())
 }
@@ -626,7 +640,7 @@ pub unsafe extern "C" fn ie_ctx_bind_direct(
             None
         } else {
             // SAFETY: the C contract: NULL or readable for its size.
-            Some(unsafe { IeDeviceHints::read(hints) }?.hints())
+            Some(unsafe { IeDeviceHints::read(hints) }?.hints()?)
         };
         let list = list.get(..n).ok_or(IeStatus::InvalidArgument)?;
         let h = c

@@ -233,6 +233,8 @@ impl From<iommu::Error> for IeStatus {
             // A guest's invalidation naming what it does not own (the request is in
             // `ie_ctx_invalidate_user`'s out-parameters).
             E::Refused { .. } => IeStatus::NotPermitted,
+            // ATS the platform's firmware forbids for the device (IeDeviceHints.ats_permission).
+            E::AtsForbidden(_) => IeStatus::NotPermitted,
             // An answer for a fault the unit does not have outstanding (a stall it
             // terminated): "no such group" to ie_ctx_respond_fault's caller, as one the
             // context's queue does not hold (iommufd's -EINVAL).

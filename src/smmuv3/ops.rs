@@ -929,6 +929,7 @@ where
         domain: DomainHandle,
         hints: &DeviceHints,
     ) -> Result<(), Error> {
+        hints.check_ats(device)?;
         let enabled = self.hints_for_attach(device, hints)?;
         let r = self.attach_impl(device, pasid, domain);
         if enabled && matches!(&r, Err(e) if !e.is_unit_fault()) {

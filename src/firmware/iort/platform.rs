@@ -7,7 +7,8 @@
 //! - [`Iort::smmu_platform`]: a unit's [`Platform`] for [`SmmuConfig::platform`]: one
 //!   declaration per StreamID range a root complex or named component maps to the SMMU.
 //! - [`device_hints`]: the [`DeviceHints`] the table declares for a device: a named
-//!   component's `Node Flags` bit 0 (the device can be stalled) as [`DeviceHints::stall`].
+//!   component's `Node Flags` bit 0 (the device can be stalled) as [`DeviceHints::stall`], a
+//!   root complex's `ATS Attribute` bit 0 as [`DeviceHints::ats_permission`].
 //! - [`unit_facts`]: the SMMU's own facts (COHACC and HTTU overrides).
 //! - [`Iort::reserved_regions`]: every (SMMU, StreamID range, memory range) an RMR node
 //!   declares, as values the IOASID layer takes ([`MemoryRange::identity`] is an
@@ -20,11 +21,11 @@ use super::named_component::{NamedComponent, NamedComponentFlags};
 use super::node::{Node, NodeRef, NodeType};
 use super::resolve::StreamTarget;
 use super::rmr::{MemoryRange, Rmr, RmrFlags};
-use super::root_complex::RootComplex;
+use super::root_complex::{AtsAttribute, RootComplex};
 use super::smmu_v3::{HttuOverride, SmmuV3};
 use super::table::{Iort, Nodes, REVISION_E_D};
 use super::Error;
-use crate::iommu::{DeviceHints, Source};
+use crate::iommu::{AtsPermission, DeviceHints, Source};
 use crate::smmuv3::{DeviceFacts, Platform, StreamId, MAX_DECLARATIONS};
 
 /// [`Source`] of the facts of a device behind a root complex.
@@ -63,26 +64,42 @@ pub fn device_facts(node: Node<'_>) -> Result<DeviceFacts, Error> {
 /// describes, for [`IoasidCtx::bind_with`](crate::ioasid::IoasidCtx::bind_with): a named
 /// component's `Node Flags` bit 0 ("the device can be stalled") is
 /// [`DeviceHints::stall`] (what Linux turns into the `dma-can-stall` property); a root
-/// complex's devices are PCIe, which never stall (IHI 0070 §3.12.1). ATS, PRI and a PCIe
-/// device's PASID width are the device's own capabilities (its configuration space), which
-/// the IORT does not give per device: those hints stay unset.
+/// complex's devices are PCIe, which never stall (IHI 0070 §3.12.1).
+///
+/// [`DeviceHints::ats_permission`]: a root complex's `ATS Attribute` bit 0 (the root complex
+/// supports ATS) allows ATS, its absence forbids it (Linux `iort_pci_rc_supports_ats`, which
+/// the SMMUv3 driver checks before it enables ATS); a named component is no PCIe device and
+/// has no ATS: forbidden. Whether ATS is on ([`DeviceHints::ats`]), PRI and a PCIe device's
+/// PASID width are the device's own capabilities (its configuration space), which the IORT
+/// does not give per device: the embedder sets them, and an attach with `ats` where this
+/// forbids it is refused ([`crate::iommu::Error::AtsForbidden`]).
 ///
 /// # Errors
 /// [`Error::WrongNodeType`] for another node type; the node's decoding errors.
 pub fn device_hints(node: Node<'_>) -> Result<DeviceHints, Error> {
-    let stall = match node.node_type() {
-        NodeType::NamedComponent => NamedComponent::decode(node)?
-            .flags
-            .contains(NamedComponentFlags::STALL_SUPPORTED),
-        _ => {
-            RootComplex::decode(node)?;
-            false
-        }
+    let (stall, ats_permission) = match node.node_type() {
+        NodeType::NamedComponent => (
+            NamedComponent::decode(node)?
+                .flags
+                .contains(NamedComponentFlags::STALL_SUPPORTED),
+            AtsPermission::Forbidden,
+        ),
+        _ => (false, root_complex_ats(&RootComplex::decode(node)?)),
     };
     Ok(DeviceHints {
         stall,
+        ats_permission,
         ..DeviceHints::default()
     })
+}
+
+/// What a root complex's `ATS Attribute` says of its devices' ATS: bit 0 set allows it.
+pub fn root_complex_ats(rc: &RootComplex<'_>) -> AtsPermission {
+    if rc.ats.contains(AtsAttribute::ATS_SUPPORTED) {
+        AtsPermission::Allowed
+    } else {
+        AtsPermission::Forbidden
+    }
 }
 
 /// What firmware says about an SMMUv3 itself.

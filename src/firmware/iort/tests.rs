@@ -9,7 +9,7 @@ use super::smmu_v3::{HttuOverride, SmmuV3Flags, SmmuV3Model};
 use super::table::REVISION_E_F;
 use super::*;
 use crate::firmware::acpi;
-use crate::iommu::{DeviceHints, Source};
+use crate::iommu::{AtsPermission, DeviceHints, Source};
 use crate::mem::Iova;
 use crate::pgtable::IovaRange;
 use crate::smmuv3::{DeviceFacts, StreamId};
@@ -301,7 +301,15 @@ fn named_component_stall_flag_is_the_stall_hint() {
     let hints = |n| platform::device_hints(iort.node(n).unwrap());
     // The platform's DMA engine declares STALL_SUPPORTED (and a substream width of 5).
     assert!(hints(p.nc).unwrap().stall);
-    assert_eq!(hints(p.rc), Ok(DeviceHints::default()), "PCIe never stalls");
+    // The root complex declares ATS_SUPPORTED.
+    assert_eq!(
+        hints(p.rc),
+        Ok(DeviceHints {
+            ats_permission: AtsPermission::Allowed,
+            ..DeviceHints::default()
+        }),
+        "PCIe never stalls"
+    );
     assert!(matches!(hints(p.smmu), Err(Error::WrongNodeType { .. })));
     let mut b = TableBuilder::new(REVISION_E_F);
     let plain = b.named_component(5 << 1, INCOHERENT, 32, b"X", &[]);
@@ -309,9 +317,42 @@ fn named_component_stall_flag_is_the_stall_hint() {
     let iort = Iort::parse(&t).unwrap();
     assert_eq!(
         platform::device_hints(iort.node(plain).unwrap()),
-        Ok(DeviceHints::default()),
-        "a named component without the flag"
+        Ok(DeviceHints {
+            ats_permission: AtsPermission::Forbidden,
+            ..DeviceHints::default()
+        }),
+        "a named component without the flag, and without ATS (no PCIe device)"
     );
+}
+
+/// A root complex's `ATS Attribute` bit 0 is the ATS permission of its devices; the other
+/// bits (PRI, PASID forwarding) do not allow ATS.
+#[test]
+fn root_complex_ats_attribute_is_the_ats_permission() {
+    let mut b = TableBuilder::new(REVISION_E_F);
+    let with = b.root_complex(
+        COHERENT_CANWBS,
+        AtsAttribute::ATS_SUPPORTED.bits(),
+        0,
+        48,
+        &[],
+    );
+    let without = b.root_complex(
+        COHERENT_CANWBS,
+        (AtsAttribute::PRI_SUPPORTED | AtsAttribute::PASID_FORWARDING_SUPPORTED).bits(),
+        1,
+        48,
+        &[],
+    );
+    let t = b.build();
+    let iort = Iort::parse(&t).unwrap();
+    let permission = |n| {
+        platform::device_hints(iort.node(n).unwrap())
+            .unwrap()
+            .ats_permission
+    };
+    assert_eq!(permission(with), AtsPermission::Allowed);
+    assert_eq!(permission(without), AtsPermission::Forbidden);
 }
 
 #[test]

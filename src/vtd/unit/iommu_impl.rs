@@ -335,6 +335,7 @@ where
         domain: DomainHandle,
         hints: &DeviceHints,
     ) -> Result<(), Error> {
+        hints.check_ats(device)?;
         let opts = super::AttachOptions {
             ats: hints.ats,
             physical_function: hints.physical_function,
