@@ -17,9 +17,10 @@
 //! field 0, the StreamID one of the guest's devices attached to the domain) and rewritten with
 //! the parent's VMID and the real StreamID. The guest's domain may span units (its devices
 //! behind several): a command naming a device behind another unit is that unit's, skipped
-//! here; a TLBI is every unit's. Stage-2 and global commands (TLBI_S2_IPA,
-//! TLBI_S12_VMALL, TLBI_NSNH_ALL, CFGI_STE, CFGI_ALL...), prefetches and CMD_SYNC are
-//! refused: the host adds its own CMD_SYNC.
+//! here; a TLBI is every unit's. TLBI_NSNH_ALL (a Linux guest's reset issues it) becomes
+//! TLBI_NH_ALL under the parent's VMID, as Linux's iommufd does. Stage-2 and other global
+//! commands (TLBI_S2_IPA, TLBI_S12_VMALL, CFGI_STE, CFGI_ALL...), prefetches and CMD_SYNC
+//! are refused: the host adds its own CMD_SYNC.
 //!
 //! ASIDs under the parent's VMID belong to the guest: a parent with user domains takes no
 //! crate-built stage-1 child (`SmmuUnit::domain_alloc_nested`) and the other way round, or a
@@ -326,6 +327,12 @@ pub(crate) fn rewrite(
     };
     match op {
         x if x == Opcode::TlbiNhAll as u64 => tlbi(W0_TLBI_NH_ALL, 0),
+        // A guest's whole non-hypervisor TLB is its stage 1 under the parent's VMID: never
+        // the unit-wide command, which would drop every other tenant's entries too.
+        x if x == Opcode::TlbiNsnhAll as u64 => {
+            allowed(OPCODE.mask(), 0)?;
+            Ok(Some(Command::tlbi_nh_all(vmid)))
+        }
         x if x == Opcode::TlbiNhAsid as u64 => tlbi(W0_TLBI_NH_ASID, 0),
         x if x == Opcode::TlbiNhVa as u64 => tlbi(W0_TLBI_NH_VA, W1_TLBI_VA),
         x if x == Opcode::TlbiNhVaa as u64 => tlbi(W0_TLBI_NH_VAA, W1_TLBI_VA),
@@ -657,6 +664,27 @@ mod tests {
         assert_eq!(ok(vaa), Ok(want));
     }
 
+    /// A Linux guest's SMMUv3 driver issues CMD_TLBI_NSNH_ALL at reset. The guest's whole
+    /// non-hypervisor TLB is its stage 1 under the parent's VMID: TLBI_NH_ALL under that VMID
+    /// (what Linux's iommufd turns it into), never the unit-wide command.
+    #[test]
+    fn tlbi_nsnh_all_becomes_nh_all_under_the_vmid() {
+        assert_eq!(
+            ok(Command::tlbi_nsnh_all()),
+            Ok(Command::tlbi_nh_all(Vmid(7)))
+        );
+        let mut c = Command::tlbi_nsnh_all();
+        c.words[0] |= TLBI_VMID.set_masked(0, 3);
+        assert_eq!(
+            ok(c),
+            Err(Refusal::ReservedBits),
+            "NSNH_ALL has no VMID field"
+        );
+        let mut c = Command::tlbi_nsnh_all();
+        c.words[1] = 1;
+        assert_eq!(ok(c), Err(Refusal::ReservedBits));
+    }
+
     #[test]
     fn a_vmid_a_stage2_command_or_reserved_bits_are_refused() {
         assert_eq!(
@@ -664,7 +692,6 @@ mod tests {
             Err(Refusal::Vmid)
         );
         assert_eq!(ok(Command::tlbi_s12_vmall(Vmid(0))), Err(Refusal::Type));
-        assert_eq!(ok(Command::tlbi_nsnh_all()), Err(Refusal::Type));
         assert_eq!(
             ok(Command::cfgi_ste(StreamId(0x10), false)),
             Err(Refusal::Type)
