@@ -709,10 +709,11 @@ impl<'a> Rig<'a> {
                 .map_err(|e| format!("teardown free: {e}"))?;
         }
         u.disable().map_err(|e| format!("disable: {e}"))?;
-        self.unit
-            .release()
-            .map_err(|(_, e)| format!("release: {e}"))?;
-        Ok(())
+        match self.unit.release() {
+            Ok(None) => Ok(()),
+            Ok(Some(e)) => Err(format!("release leaked: {e}")),
+            Err((_, e)) => Err(format!("release: {e}")),
+        }
     }
 }
 

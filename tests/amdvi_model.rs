@@ -168,7 +168,7 @@ fn replace_detach_and_free() {
         Err(Error::InvalidDomain(_)) | Err(Error::InvalidDevice(_))
     ));
     u.disable().unwrap();
-    u.release().map_err(|(_, e)| e).unwrap();
+    assert_eq!(u.release().map_err(|(_, e)| e).unwrap(), None);
     assert!(mem.bad_frees().is_empty());
 }
 

@@ -839,7 +839,7 @@ fn disable_and_release_return_every_page() {
         model.dma(EDU as u16, 0x1000, false).is_ok(),
         "off: untranslated"
     );
-    u.release().map_err(|(_, e)| e).unwrap();
+    assert_eq!(u.release().map_err(|(_, e)| e).unwrap(), None);
     assert_eq!(mem.live_pages().len(), base);
     assert!(mem.bad_frees().is_empty());
 }
@@ -1342,4 +1342,41 @@ fn a_device_attached_while_a_flush_runs_waits_for_its_invalidation() {
     u.unmap(d, Iova::new(0x1000), 0x1000, &mut g).unwrap();
     u.flush(d, &mut g).unwrap();
     assert_eq!(model.atc_translation(ATS_DEV as u16, None, 0x1000), None);
+}
+
+/// A release whose domain's table points at memory the allocator never handed out cannot
+/// give that memory back: it says so (`Ok(Some(error))`), as VT-d's `Released::leaked` does,
+/// instead of returning `Ok(())` with the pages gone without a word (the C ABI's
+/// `ie_unit_destroy` then answers `IE_STATUS_LEAKED`).
+#[test]
+fn a_release_that_leaks_a_table_says_so() {
+    use crate::iommu::{DeviceId, DomainConfig, Iommu};
+    use crate::mem::Iova;
+    use crate::pgtable::Prot;
+    let mem = Arena::with_defaults().unwrap();
+    let model = AmdViModel::new(&mem, AmdViModelConfig::qemu_default());
+    let u = unit(&model, &mem, small());
+    u.enable().unwrap();
+    let d = u.domain_alloc(&DomainConfig::default()).unwrap();
+    u.attach(DeviceId(EDU), None, d).unwrap();
+    u.map(
+        d,
+        Iova::new(0),
+        PhysAddr::new(0x10_0000),
+        0x1000,
+        Prot::READ,
+    )
+    .unwrap();
+    let dte = u.config.lock().devtab.entry(EDU).unwrap().load();
+    u.detach(DeviceId(EDU), None).unwrap();
+    u.disable().unwrap();
+    // The root's second entry (unused): a next-level table far outside the arena
+    // (`phys_to_virt` knows nothing of it).
+    let stray = 1u64 << 45 | u64::from(dte.mode() - 1) << 9 | PR | IR | IW;
+    assert!(mem.write_u64(dte.root().get() + 8, stray));
+    let leaked = u.release().map_err(|(_, e)| e).unwrap();
+    assert!(
+        leaked.is_some(),
+        "the stray table was leaked without a word"
+    );
 }

@@ -518,19 +518,21 @@ impl<W: RegisterWindow, A: PageAllocator, const DOMAINS: usize> AmdViUnit<W, A, 
     }
 
     /// Gives every page back: the device table and every domain's table (a disabled unit walks
-    /// none of them).
+    /// none of them). `Ok(Some(error))`: released, but a domain's table pointed at memory the
+    /// allocator did not hand out (a corrupt entry), which nobody can give back: leaked, the
+    /// rest freed (VT-d's [`Released::leaked`](crate::vtd::unit::Released)).
     ///
     /// # Errors
     /// [`Error::UnexpectedState`] (`Control`) while the unit is enabled: the unit is given
     /// back unchanged.
     // The error hands the unit itself back (no allocator to box it in), as VT-d's release.
     #[allow(clippy::result_large_err)]
-    pub fn release(self) -> Result<(), (Self, Error)> {
+    pub fn release(self) -> Result<Option<Error>, (Self, Error)> {
         let mut slot = MaybeUninit::new(self);
         // SAFETY: `slot` holds a live unit nothing else references; on `Ok` it was consumed
         // and is never read again, on `Err` it is untouched and handed back.
         match unsafe { Self::release_in_place(NonNull::from(&mut slot).cast()) } {
-            Ok(()) => Ok(()),
+            Ok(leaked) => Ok(leaked),
             // SAFETY: as above: the unit is whole.
             Err(e) => Err((unsafe { slot.assume_init() }, e)),
         }
@@ -546,7 +548,7 @@ impl<W: RegisterWindow, A: PageAllocator, const DOMAINS: usize> AmdViUnit<W, A, 
     /// # Safety
     /// `this` points to a live unit that nothing else references for the duration of the
     /// call; after `Ok` it is treated as uninitialised (neither used nor dropped again).
-    pub unsafe fn release_in_place(this: NonNull<Self>) -> Result<(), Error> {
+    pub unsafe fn release_in_place(this: NonNull<Self>) -> Result<Option<Error>, Error> {
         let p = this.as_ptr();
         // SAFETY: the caller guarantees a live, unshared unit.
         let unit = unsafe { &mut *p };
@@ -559,15 +561,21 @@ impl<W: RegisterWindow, A: PageAllocator, const DOMAINS: usize> AmdViUnit<W, A, 
                 value: ctrl.bits(),
             });
         }
-        for lock in unit.domains.iter_mut() {
+        let mut leaked = None;
+        for (slot, lock) in unit.domains.iter_mut().enumerate() {
             if let Some(dom) = lock.get_mut().take() {
                 let mut gather = dom.owed.into_inner();
                 // A corrupt table leaks what it could not walk; the rest goes back.
-                let _ = on_table!(dom.table, t => t.destroy(&mut gather));
+                let destroyed = on_table!(dom.table, t => t.destroy(&mut gather));
                 // SAFETY: IommuEn is clear: the unit walks no table, and a later enable would
                 // point it at another device table (this one is freed below).
                 let done = unsafe { crate::pgtable::InvalidationComplete::assume() };
-                let _ = gather.release(&unit.alloc, done);
+                if destroyed.and(gather.release(&unit.alloc, done)).is_err() {
+                    leaked = Some(Error::UnexpectedState {
+                        register: "domain page table (pages unknown to the allocator)",
+                        value: slot as u64,
+                    });
+                }
             }
         }
         for g in unit.config.get_mut().gcr3.iter_mut() {
@@ -587,7 +595,7 @@ impl<W: RegisterWindow, A: PageAllocator, const DOMAINS: usize> AmdViUnit<W, A, 
             core::ptr::drop_in_place(addr_of_mut!((*p).regs));
             core::ptr::drop_in_place(addr_of_mut!((*p).alloc));
         }
-        Ok(())
+        Ok(leaked)
     }
 
     /// Reports and consumes every logged event (for the embedder's event interrupt or a poll

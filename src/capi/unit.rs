@@ -874,7 +874,7 @@ pub unsafe extern "C" fn ie_unit_read_faults(
 /// Destroys a disabled unit that no registry uses and returns every page it holds
 /// (`IE_STATUS_BUSY` while it is enabled or in a registry: the hardware may still walk its
 /// tables). `IE_STATUS_LEAKED`: destroyed, but something could not be given back: a VT-d
-/// table pointed at memory the allocator did not hand out; an SMMUv3 unit did not
+/// or AMD-Vi table pointed at memory the allocator did not hand out; an SMMUv3 unit did not
 /// acknowledge turning its queues off (CR0ACK), so its stream table, CD tables and queues
 /// are kept, or held domains (left by a context destroy that leaked), whose page tables are
 /// kept.
@@ -923,9 +923,9 @@ unsafe fn release(obj: NonNull<Obj<UnitObj>>) -> Result<(), IeStatus> {
             UnitObj::Vtd(u) => VtdUnit::release_in_place(NonNull::from(u))
                 .map(|r| leaked = r.leaked.is_some())
                 .map_err(|_| IeStatus::Busy),
-            UnitObj::AmdVi(u) => {
-                AmdViUnit::release_in_place(NonNull::from(u)).map_err(|_| IeStatus::Busy)
-            }
+            UnitObj::AmdVi(u) => AmdViUnit::release_in_place(NonNull::from(u))
+                .map(|r| leaked = r.is_some())
+                .map_err(|_| IeStatus::Busy),
             // Its stream table, CD tables and queues return their pages when dropped in
             // place, unless the unit would not turn off (reported below).
             UnitObj::Smmu(u) => {

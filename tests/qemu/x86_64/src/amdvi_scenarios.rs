@@ -199,7 +199,8 @@ pub fn create(g: &Ctx) -> Result<Unit, Fail> {
 pub fn destroy(unit: Unit) -> Result<(), Fail> {
     unit.disable().or_fail("AmdViUnit::disable")?;
     match unit.release() {
-        Ok(()) => Ok(()),
+        Ok(None) => Ok(()),
+        Ok(Some(e)) => bail!("AmdViUnit::release leaked: {e}"),
         Err((_unit, e)) => bail!("AmdViUnit::release: {e}"),
     }
 }
