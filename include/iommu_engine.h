@@ -1771,7 +1771,7 @@ int32_t ie_unit_read_faults(IeUnit *unit,
 // Destroys a disabled unit that no registry uses and returns every page it holds
 // (`IE_STATUS_BUSY` while it is enabled or in a registry: the hardware may still walk its
 // tables). `IE_STATUS_LEAKED`: destroyed, but something could not be given back: a VT-d
-// table pointed at memory the allocator did not hand out; an SMMUv3 unit did not
+// or AMD-Vi table pointed at memory the allocator did not hand out; an SMMUv3 unit did not
 // acknowledge turning its queues off (CR0ACK), so its stream table, CD tables and queues
 // are kept, or held domains (left by a context destroy that leaked), whose page tables are
 // kept.
