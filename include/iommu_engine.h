@@ -913,14 +913,14 @@ int32_t ie_ctx_set_dirty_tracking(IeCtx *ctx, uint32_t ioasid, bool enable);
 // dirty, for a later read of its other part. Bits are set, never cleared: zero the bitmap first.
 // `page_size` is a power of two of at least 4096; `iova` and `length` are multiples of it; `words`
 // is at least `ceil(length / page_size / 64)`. `IE_STATUS_INVALID_ARGUMENT` for any of those
-// (nothing read), an unknown flag, a NULL bitmap, or tracking turned off; `IE_STATUS_UNSUPPORTED`
-// for an IOASID allocated without dirty tracking. A unit error after the read
-// (`IE_STATUS_TIMEOUT`, ...): the bits are valid but writes through stale caches may go
-// unrecorded: treat every page of the range as dirty and call again.
+// (nothing read), an unknown flag, a NULL or not 8-byte aligned bitmap, or tracking turned off;
+// `IE_STATUS_UNSUPPORTED` for an IOASID allocated without dirty tracking. A unit error after
+// the read (`IE_STATUS_TIMEOUT`, ...): the bits are valid but writes through stale caches may
+// go unrecorded: treat every page of the range as dirty and call again.
 //
 // # Safety
-// `ctx` is a live context handle; `bitmap` is NULL or valid for reads and writes of `words`
-// words.
+// `ctx` is a live context handle; `bitmap` is NULL, not 8-byte aligned (refused), or valid
+// for reads and writes of `words` words.
 int32_t ie_ctx_get_dirty_bitmap(IeCtx *ctx,
                                 uint32_t ioasid,
                                 uint64_t iova,
@@ -1203,13 +1203,13 @@ int32_t ie_ctx_bind(IeCtx *ctx,
                     bool no_snoop_capable,
                     uint32_t *out);
 
-// As ie_ctx_bind(), with `*hints` (not NULL, its `size` set: see IeDeviceHints): the device's
-// ATS and SR-IOV physical function, handed to every attach of it and reported by
-// ie_ctx_device_info().
+// As ie_ctx_bind(), with `*hints` (not NULL, aligned, its `size` set: see IeDeviceHints):
+// the device's ATS and SR-IOV physical function, handed to every attach of it and reported by
+// ie_ctx_device_info(). `IE_STATUS_INVALID_ARGUMENT` for a NULL or misaligned `hints`.
 //
 // # Safety
-// `ctx` is a live context handle; `hints` is readable for its `size` bytes; `out` is
-// writable.
+// `ctx` is a live context handle; `hints` is misaligned (refused) or readable for its `size`
+// bytes; `out` is writable.
 int32_t ie_ctx_bind_with(IeCtx *ctx,
                          uint32_t unit,
                          uint32_t device_id,
@@ -1225,13 +1225,14 @@ int32_t ie_ctx_bind_with(IeCtx *ctx,
 // reservation, reserved region or unequal direct region of another device fails with
 // `IE_STATUS_INCOMPATIBLE` and `IE_MISSING_DIRECT_REGION`, changing nothing. The last
 // detach of its users unmaps it. `IE_STATUS_INVALID_ARGUMENT` for a region that is empty,
-// not 4 KiB aligned, beyond 57 bits, wrapping, or overlapping another of the device's;
-// `IE_STATUS_NO_SPACE` for more than 4. Nothing is bound after an error.
+// not 4 KiB aligned, beyond 57 bits, wrapping, or overlapping another of the device's, and
+// for a misaligned `hints` or `regions` array; `IE_STATUS_NO_SPACE` for more than 4. Nothing
+// is bound after an error.
 //
 // # Safety
-// `ctx` is a live context handle; `hints` is NULL or readable for its `size` bytes; `regions`
-// is readable for
-// `n_regions` elements (NULL if 0); `out` is writable.
+// `ctx` is a live context handle; `hints` is NULL, misaligned (refused) or readable for its
+// `size` bytes; `regions` is misaligned (refused) or readable for `n_regions` elements (NULL
+// if 0); `out` is writable.
 int32_t ie_ctx_bind_direct(IeCtx *ctx,
                            uint32_t unit,
                            uint32_t device_id,

@@ -3,6 +3,8 @@
 //! changes between the check and the use; a PASID width clamped without a word; a destroy
 //! that leaked reported as a clean one; device and IOASID handles that a stale copy (a C
 //! caller's use after destroy) reuses to reach the object created since in the same slot.
+//! And of the dirty-tracking review (2026-12-07): caller buffers made a slice or read as a
+//! struct without checking their alignment.
 
 extern crate std;
 
@@ -660,6 +662,131 @@ fn device_hints_ats_forbidden_by_firmware_refuse_the_attach() {
             ie_ctx_bind_with(ctx, 0, 0x28, false, &hints, &mut dev),
             IeStatus::InvalidArgument as i32
         );
+        destroy_ctx_and_registry(registry, ctx);
+        release_sim_unit(arena, model, unit, before);
+    }
+}
+
+/// A dirty bitmap that is not 8-byte aligned cannot be made a `&mut [u64]`: building the
+/// slice was undefined behaviour (a debug build's precondition check aborted the process from
+/// inside `extern "C"`). Refused with `INVALID_ARGUMENT`, nothing written; the same call with
+/// the aligned bitmap succeeds.
+#[test]
+fn a_misaligned_dirty_bitmap_is_refused() {
+    use super::dirty::ie_ctx_get_dirty_bitmap;
+    use super::ioasid::{ie_ctx_alloc, ie_ctx_free, IeIoasidFlag};
+    use super::tests::{destroy_ctx_and_registry, registry_and_ctx};
+    const INVALID: i32 = IeStatus::InvalidArgument as i32;
+    const PAGE: u64 = 0x1000;
+    let (arena, env) = arena();
+    // SAFETY: a live arena and its allocator, then live handles; every pointer passed is
+    // readable and writable for what the call may touch (one word past a misaligned start
+    // stays inside `words`).
+    unsafe {
+        let (model, unit, before) = sim_unit(arena, &env, Sim::Vtd(IeSimVtdConfig::default()));
+        let (registry, ctx) = registry_and_ctx(&env, unit);
+        let mut io = 0u32;
+        let dirty = IeIoasidFlag::DirtyTracking as u32;
+        assert_eq!(ie_ctx_alloc(ctx, dirty, &mut io), OK);
+        let mut words = [0u64; 2];
+        for misalign in [4usize, 2, 1] {
+            let bitmap = words
+                .as_mut_ptr()
+                .cast::<u8>()
+                .wrapping_add(misalign)
+                .cast::<u64>();
+            let st = ie_ctx_get_dirty_bitmap(ctx, io, 0, 64 * PAGE, PAGE, bitmap, 1, 0);
+            assert_eq!(st, INVALID, "bitmap misaligned by {misalign}");
+        }
+        assert_eq!(words, [0; 2]);
+        let aligned = words.as_mut_ptr();
+        let st = ie_ctx_get_dirty_bitmap(ctx, io, 0, 64 * PAGE, PAGE, aligned, 1, 0);
+        assert_eq!(st, OK);
+        assert_eq!(ie_ctx_free(ctx, io), OK);
+        destroy_ctx_and_registry(registry, ctx);
+        release_sim_unit(arena, model, unit, before);
+    }
+}
+
+/// Device hints that are not 4-byte aligned cannot be read as an `IeDeviceHints` (reading
+/// its `size` was undefined behaviour; a debug build's precondition check aborted from inside
+/// `extern "C"`). `ie_ctx_bind_with` and `ie_ctx_bind_direct` refuse them with
+/// `INVALID_ARGUMENT`, nothing bound; the same bytes aligned bind.
+#[test]
+fn misaligned_device_hints_are_refused() {
+    use super::ioasid::{ie_ctx_bind_direct, ie_ctx_bind_with, ie_ctx_unbind};
+    use super::tests::{destroy_ctx_and_registry, registry_and_ctx};
+    const INVALID: i32 = IeStatus::InvalidArgument as i32;
+    let (arena, env) = arena();
+    // SAFETY: a live arena and its allocator, then live handles; each hints pointer is
+    // readable for its `size` bytes (inside `buf`), the outputs writable.
+    unsafe {
+        let (model, unit, before) = sim_unit(arena, &env, Sim::Vtd(IeSimVtdConfig::default()));
+        let (registry, ctx) = registry_and_ctx(&env, unit);
+        let hints = IeDeviceHints {
+            size: IeDeviceHintsSize::V2 as u32,
+            ats: true,
+            ats_queue_depth: 4,
+            ..IeDeviceHints::default()
+        };
+        let mut buf = [0u64; 1 + size_of::<IeDeviceHints>() / 8 + 1];
+        for misalign in [1usize, 2, 3] {
+            let p = buf.as_mut_ptr().cast::<u8>().wrapping_add(misalign);
+            p.cast::<IeDeviceHints>().write_unaligned(hints);
+            let p = p.cast::<IeDeviceHints>().cast_const();
+            let (mut a, mut b) = (u32::MAX, u32::MAX);
+            let with = ie_ctx_bind_with(ctx, 0, 0x20, false, p, &mut a);
+            let direct = ie_ctx_bind_direct(ctx, 0, 0x28, false, p, null(), 0, &mut b);
+            assert_eq!(
+                (with, direct),
+                (INVALID, INVALID),
+                "misaligned by {misalign}"
+            );
+            assert_eq!((a, b), (u32::MAX, u32::MAX), "nothing bound");
+        }
+        let mut a = u32::MAX;
+        assert_eq!(ie_ctx_bind_with(ctx, 0, 0x20, false, &hints, &mut a), OK);
+        assert_eq!(ie_ctx_unbind(ctx, a), OK);
+        destroy_ctx_and_registry(registry, ctx);
+        release_sim_unit(arena, model, unit, before);
+    }
+}
+
+/// Direct regions that are not 8-byte aligned cannot be made a `&[IeDirectRegion]`
+/// (undefined behaviour; a debug build's precondition check aborted from inside
+/// `extern "C"`). `ie_ctx_bind_direct` refuses them with `INVALID_ARGUMENT`, nothing bound;
+/// the same region aligned binds.
+#[test]
+fn misaligned_direct_regions_are_refused() {
+    use super::ioasid::{ie_ctx_bind_direct, ie_ctx_unbind, IeDirectRegion};
+    use super::tests::{destroy_ctx_and_registry, registry_and_ctx};
+    const INVALID: i32 = IeStatus::InvalidArgument as i32;
+    let (arena, env) = arena();
+    // SAFETY: a live arena and its allocator, then live handles; each regions pointer is
+    // readable for one region (inside `buf`), the outputs writable.
+    unsafe {
+        let (model, unit, before) = sim_unit(arena, &env, Sim::Vtd(IeSimVtdConfig::default()));
+        let (registry, ctx) = registry_and_ctx(&env, unit);
+        let region = IeDirectRegion {
+            start: 0x10_0000,
+            length: 0x1000,
+            ..IeDirectRegion::default()
+        };
+        let mut buf = [0u64; 1 + size_of::<IeDirectRegion>() / 8 + 1];
+        for misalign in [4usize, 2, 1] {
+            let p = buf.as_mut_ptr().cast::<u8>().wrapping_add(misalign);
+            p.cast::<IeDirectRegion>().write_unaligned(region);
+            let p = p.cast::<IeDirectRegion>().cast_const();
+            let mut b = u32::MAX;
+            let st = ie_ctx_bind_direct(ctx, 0, 0x28, false, null(), p, 1, &mut b);
+            assert_eq!((st, b), (INVALID, u32::MAX), "misaligned by {misalign}");
+        }
+        let mut b = u32::MAX;
+        assert_eq!(
+            ie_ctx_bind_direct(ctx, 0, 0x28, false, null(), &region, 1, &mut b),
+            OK
+        );
+        assert_eq!(ie_ctx_unbind(ctx, b), OK);
         destroy_ctx_and_registry(registry, ctx);
         release_sim_unit(arena, model, unit, before);
     }

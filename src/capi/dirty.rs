@@ -49,14 +49,14 @@ pub unsafe extern "C" fn ie_ctx_set_dirty_tracking(
 /// dirty, for a later read of its other part. Bits are set, never cleared: zero the bitmap first.
 /// `page_size` is a power of two of at least 4096; `iova` and `length` are multiples of it; `words`
 /// is at least `ceil(length / page_size / 64)`. `IE_STATUS_INVALID_ARGUMENT` for any of those
-/// (nothing read), an unknown flag, a NULL bitmap, or tracking turned off; `IE_STATUS_UNSUPPORTED`
-/// for an IOASID allocated without dirty tracking. A unit error after the read
-/// (`IE_STATUS_TIMEOUT`, ...): the bits are valid but writes through stale caches may go
-/// unrecorded: treat every page of the range as dirty and call again.
+/// (nothing read), an unknown flag, a NULL or not 8-byte aligned bitmap, or tracking turned off;
+/// `IE_STATUS_UNSUPPORTED` for an IOASID allocated without dirty tracking. A unit error after
+/// the read (`IE_STATUS_TIMEOUT`, ...): the bits are valid but writes through stale caches may
+/// go unrecorded: treat every page of the range as dirty and call again.
 ///
 /// # Safety
-/// `ctx` is a live context handle; `bitmap` is NULL or valid for reads and writes of `words`
-/// words.
+/// `ctx` is a live context handle; `bitmap` is NULL, not 8-byte aligned (refused), or valid
+/// for reads and writes of `words` words.
 #[no_mangle]
 pub unsafe extern "C" fn ie_ctx_get_dirty_bitmap(
     ctx: *mut IeCtx,
@@ -71,11 +71,14 @@ pub unsafe extern "C" fn ie_ctx_get_dirty_bitmap(
     code((|| {
         let c = ctx_obj(ctx)?;
         let flags = DirtyReadFlags::from_bits(flags).ok_or(IeStatus::InvalidArgument)?;
-        if !page_size.is_power_of_two() || bitmap.is_null() {
+        // A misaligned `bitmap` cannot become a `&mut [u64]` (undefined behaviour; a debug
+        // build's check would panic across `extern "C"`).
+        if !page_size.is_power_of_two() || bitmap.is_null() || !bitmap.is_aligned() {
             return Err(IeStatus::InvalidArgument);
         }
-        // SAFETY: the C contract: `bitmap` is valid for reads and writes of `words` words, and
-        // nothing else accesses them during the call.
+        // SAFETY: `bitmap` is non-null and 8-byte aligned (checked); the C contract: it is
+        // valid for reads and writes of `words` words, and nothing else accesses them during
+        // the call.
         let bitmap = unsafe { core::slice::from_raw_parts_mut(bitmap, words) };
         Ok(c.value.ctx.get_dirty_bitmap(
             self::ioasid(ioasid)?,

@@ -485,17 +485,18 @@ impl IeDeviceHints {
     /// their defaults.
     ///
     /// # Errors
-    /// `InvalidArgument` for a NULL `p` or a size below [`IeDeviceHintsSize::V1`]; `TooBig`
-    /// (see [`IeDeviceHints`]).
+    /// `InvalidArgument` for a NULL or misaligned `p` or a size below
+    /// [`IeDeviceHintsSize::V1`]; `TooBig` (see [`IeDeviceHints`]).
     ///
     /// # Safety
-    /// `p` is NULL or readable for its `size` bytes.
+    /// `p` is NULL, misaligned (refused), or readable for its `size` bytes.
     unsafe fn read(p: *const Self) -> Result<Self, IeStatus> {
-        if p.is_null() {
+        // A misaligned `p` cannot be read as a `u32` `size` (undefined behaviour).
+        if p.is_null() || !p.is_aligned() {
             return Err(IeStatus::InvalidArgument);
         }
-        // SAFETY: not NULL, readable for its size (the caller's contract); the struct starts
-        // with `size` and holds integers and C `bool`s.
+        // SAFETY: not NULL and aligned (checked), readable for its size (the caller's
+        // contract); the struct starts with `size` and holds integers and C `bool`s.
         unsafe { super::sized::read_sized(p, IeDeviceHintsSize::V1 as u32) }
     }
 
@@ -520,13 +521,13 @@ impl IeDeviceHints {
     }
 }
 
-/// As ie_ctx_bind(), with `*hints` (not NULL, its `size` set: see IeDeviceHints): the device's
-/// ATS and SR-IOV physical function, handed to every attach of it and reported by
-/// ie_ctx_device_info().
+/// As ie_ctx_bind(), with `*hints` (not NULL, aligned, its `size` set: see IeDeviceHints):
+/// the device's ATS and SR-IOV physical function, handed to every attach of it and reported by
+/// ie_ctx_device_info(). `IE_STATUS_INVALID_ARGUMENT` for a NULL or misaligned `hints`.
 ///
 /// # Safety
-/// `ctx` is a live context handle; `hints` is readable for its `size` bytes; `out` is
-/// writable.
+/// `ctx` is a live context handle; `hints` is misaligned (refused) or readable for its `size`
+/// bytes; `out` is writable.
 #[no_mangle]
 pub unsafe extern "C" fn ie_ctx_bind_with(
     ctx: *mut IeCtx,
@@ -576,13 +577,14 @@ pub struct IeDirectRegion {
 /// reservation, reserved region or unequal direct region of another device fails with
 /// `IE_STATUS_INCOMPATIBLE` and `IE_MISSING_DIRECT_REGION`, changing nothing. The last
 /// detach of its users unmaps it. `IE_STATUS_INVALID_ARGUMENT` for a region that is empty,
-/// not 4 KiB aligned, beyond 57 bits, wrapping, or overlapping another of the device's;
-/// `IE_STATUS_NO_SPACE` for more than 4. Nothing is bound after an error.
+/// not 4 KiB aligned, beyond 57 bits, wrapping, or overlapping another of the device's, and
+/// for a misaligned `hints` or `regions` array; `IE_STATUS_NO_SPACE` for more than 4. Nothing
+/// is bound after an error.
 ///
 /// # Safety
-/// `ctx` is a live context handle; `hints` is NULL or readable for its `size` bytes; `regions`
-/// is readable for
-/// `n_regions` elements (NULL if 0); `out` is writable.
+/// `ctx` is a live context handle; `hints` is NULL, misaligned (refused) or readable for its
+/// `size` bytes; `regions` is misaligned (refused) or readable for `n_regions` elements (NULL
+/// if 0); `out` is writable.
 #[no_mangle]
 pub unsafe extern "C" fn ie_ctx_bind_direct(
     ctx: *mut IeCtx,
@@ -597,7 +599,8 @@ pub unsafe extern "C" fn ie_ctx_bind_direct(
     code((|| {
         let c = ctx_obj(ctx)?;
         let label = device_label(unit, device_id)?;
-        if out.is_null() || (regions.is_null() && n_regions != 0) {
+        // A misaligned `regions` cannot become a `&[IeDirectRegion]` (undefined behaviour).
+        if out.is_null() || (n_regions != 0 && (regions.is_null() || !regions.is_aligned())) {
             return Err(IeStatus::InvalidArgument);
         }
         let n = n_regions as usize;
@@ -607,7 +610,8 @@ pub unsafe extern "C" fn ie_ctx_bind_direct(
         let slice: &[IeDirectRegion] = if n == 0 {
             &[]
         } else {
-            // SAFETY: the C contract: `n_regions` readable elements at `regions` (not NULL).
+            // SAFETY: not NULL and aligned (checked); the C contract: `n_regions` readable
+            // elements at `regions`.
             unsafe { core::slice::from_raw_parts(regions, n) }
         };
         // No allocator: the regions are converted into a fixed array, of which the first `n`

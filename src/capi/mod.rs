@@ -23,6 +23,9 @@
 //!   call back into the library (the locks are not re-entrant).
 //! - A unit belongs to one registry, once (`ie_registry_create` refuses a duplicate handle
 //!   and a unit another live registry holds); a register window's base is 8-byte aligned.
+//! - A caller's buffer made a slice or read as a struct (a dirty bitmap, device hints, direct
+//!   regions, a guest's invalidation batch) is aligned to its type, else
+//!   `IE_STATUS_INVALID_ARGUMENT`.
 //! - Handles are checked: NULL, a handle of another type or a destroyed one (while its page
 //!   is not reused) is `IE_STATUS_INVALID_ARGUMENT`; enum values cross as integers. Device
 //!   handles and IOASID numbers carry their slot's generation in bits 31:5: one kept after
