@@ -65,6 +65,16 @@ hook!(
     IN_TABLE_COUNT
 );
 
+hook!(
+    /// Sets what the AMD-Vi model's next dirty update on this thread runs, once, after it read
+    /// the leaf and before it writes `D`: the driver's unmap or clearing dirty read on another
+    /// CPU meanwhile.
+    #[cfg_attr(not(feature = "sim"), allow(dead_code))]
+    set_in_dirty_update,
+    in_dirty_update,
+    IN_DIRTY_UPDATE
+);
+
 /// Runs `f` on another thread, as another CPU's call from inside a hook: returns once the
 /// thread started and either finished or had `100_000` yields of this thread to (a bound, not a
 /// timing: a call that can run in the hook's window finishes there; one that must wait for

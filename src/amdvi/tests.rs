@@ -1380,3 +1380,47 @@ fn a_release_that_leaks_a_table_says_so() {
         "the stray table was leaked without a word"
     );
 }
+
+/// The model sets a leaf's `D` as the unit does (Host Dirty, HAD), with one atomic
+/// read-modify-write: a driver's change of the leaf between the model's read of it and its
+/// write of `D` (here an unmap on another CPU, played by a hook at that point) is kept. It was
+/// a read then a plain write: the write put the unmapped leaf back (with `D`), and after the
+/// unmap's flush the device still reached the page the driver had taken back.
+#[test]
+fn a_dirty_update_racing_an_unmap_does_not_bring_the_leaf_back() {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    use crate::iommu::{DeviceId, DomainConfig, Iommu};
+    use crate::mem::Iova;
+    use crate::pgtable::{Gather, Prot};
+    let mem = Arena::with_defaults().unwrap();
+    let model = AmdViModel::new(&mem, AmdViModelConfig::qemu_default().with_dirty_tracking());
+    let u = unit(&model, &mem, small());
+    u.enable().unwrap();
+    let dirty = DomainConfig {
+        dirty_tracking: true,
+        ..DomainConfig::default()
+    };
+    let d = u.domain_alloc(&dirty).unwrap();
+    u.attach(DeviceId(EDU), None, d).unwrap();
+    let rw = Prot::READ.union(Prot::WRITE);
+    u.map(d, Iova::new(0x5000), PhysAddr::new(0x7000_0000), 0x1000, rw)
+        .unwrap();
+    let gather = Rc::new(RefCell::new(Gather::new()));
+    let (g, at) = (gather.clone(), core::ptr::addr_of!(u) as usize);
+    crate::test_hooks::set_in_dirty_update(move || {
+        // SAFETY: `u` lives until the end of the test, and the hook runs inside the DMA
+        // below, on this thread; the unmap touches the table only, not the model.
+        let u = unsafe { &*(at as *const Unit<'_>) };
+        let unmapped = u.unmap(d, Iova::new(0x5000), 0x1000, &mut g.borrow_mut());
+        assert_eq!(unmapped.unwrap(), 0x1000);
+    });
+    let ok = model.dma(EDU as u16, 0x5008, true).unwrap();
+    assert_eq!(ok.pa, 0x7000_0008, "translated before the unmap");
+    u.flush(d, &mut gather.borrow_mut()).unwrap();
+    assert!(
+        model.dma(EDU as u16, 0x5008, false).is_err(),
+        "the unmapped page is not reachable after the unmap's flush"
+    );
+}

@@ -618,10 +618,24 @@ impl State<'_> {
         })
     }
 
-    /// Sets `D` in the leaf at `at` (a locked read-modify-write, as the unit's).
-    fn set_dirty(&mut self, at: u64) {
-        if let Some(v) = self.mem.read_u64(at) {
-            let _ = self.mem.write_u64(at, v | PTE_D);
+    /// Sets `D` in the leaf at `at` as the unit does (Host Dirty): an atomic read-modify-write,
+    /// here a compare-and-swap loop, so that a driver's change of the leaf meanwhile (an unmap,
+    /// a clearing dirty read) is never lost: a read then a plain write put an unmapped leaf
+    /// back. A leaf no longer present is left alone (nothing to mark), a dirty one unchanged.
+    fn set_dirty(&self, at: u64) {
+        loop {
+            let Some(v) = self.mem.read_u64(at) else {
+                return;
+            };
+            if v & PTE_PR == 0 || v & PTE_D != 0 {
+                return;
+            }
+            #[cfg(test)]
+            crate::test_hooks::in_dirty_update();
+            match self.mem.compare_exchange_u64(at, v, v | PTE_D) {
+                Some(Err(_)) => continue,
+                _ => return,
+            }
         }
     }
 
