@@ -4,8 +4,8 @@
  * Results: every function returns an IeStatus as int32_t (0 = IE_STATUS_OK); ie_status_errno()
  * maps it to the negative errno a Linux module would return. Enum values (IeStatus, IeMissing,
  * IeIoasidFlag, IeDirtyFlag, IeProt, IeStreamTable, IeUserStage1Format, IeRefusal,
- * IeFunctionKind, IeAtsPermission) always cross the boundary as int32_t / uint32_t, never as the enum type, so
- * that any integer a caller passes is checked, not undefined. bool is C99 _Bool (one byte, 0
+ * IeFunctionKind, IeAtsPermission, IeUpstream) always cross the boundary as int32_t /
+ * uint32_t, never as the enum type, so that any integer a caller passes is checked, not undefined. bool is C99 _Bool (one byte, 0
  * or 1), the same as Rust's bool.
  *
  * Symbols: the library needs none from the embedder; its services come in as the function
@@ -393,7 +393,8 @@ typedef enum {
   IE_DEVICE_HINTS_SIZE_V3 = 32,
 } IeDeviceHintsSize;
 
-// What platform firmware says about a device's PCIe ATS (`IeDeviceHints.ats_permission`).
+// What platform firmware says about a device's PCIe ATS (`IeDeviceHints.ats_permission`,
+// ie_dmar_ats_permission()).
 typedef enum {
   // No table was consulted: the embedder decides alone.
   IE_ATS_PERMISSION_UNDECLARED = 0,
@@ -406,6 +407,17 @@ typedef enum {
   // enables it in scalable mode only, the hardware does in legacy mode).
   IE_ATS_PERMISSION_REQUIRED = 3,
 } IeAtsPermission;
+
+// Where a PCI function sits below its host bridge, for ie_dmar_ats_permission() (what the
+// embedder's enumeration found walking up from the function).
+typedef enum {
+  // On a root bus, no bridge above it (a Root Complex Integrated Endpoint).
+  IE_UPSTREAM_INTEGRATED = 0,
+  // Below the PCIe root port `upstream_rid`, through PCIe switch ports only.
+  IE_UPSTREAM_ROOT_PORT = 1,
+  // A conventional PCI bridge (PCI-PCI, PCIe-to-PCI/PCI-X) at `upstream_rid` is on the way.
+  IE_UPSTREAM_CONVENTIONAL_BRIDGE = 2,
+} IeUpstream;
 
 // A position in a unit's fault queues: how many page requests, and how many stalls, it has
 // numbered ([`PageFault::sequence`]). As a fence (`Iommu::page_fault_fence`): every fault
@@ -578,8 +590,8 @@ typedef struct {
   // every INVALIDATE_IOTLB_PAGES to the device; an ATS attach with a value above 31 fails
   // with `IE_STATUS_INVALID_ARGUMENT`.
   uint32_t ats_queue_depth;
-  // What firmware says about the device's ATS (an `IeAtsPermission` value; 0
-  // `IE_ATS_PERMISSION_UNDECLARED` by default): with
+  // What firmware says about the device's ATS (an `IeAtsPermission` value, as
+  // ie_dmar_ats_permission() answers; 0 `IE_ATS_PERMISSION_UNDECLARED` by default): with
   // `IE_ATS_PERMISSION_FORBIDDEN`, an attach with `ats` fails with `IE_STATUS_NOT_PERMITTED`
   // (a translated request bypasses the unit's translation). Another value is
   // `IE_STATUS_INVALID_ARGUMENT` at bind.
@@ -1053,6 +1065,31 @@ int32_t ie_dmar_reserved_regions(const uint8_t *table,
                                  IeDirectRegion *out,
                                  uint32_t max,
                                  uint32_t *count);
+
+// What the ACPI DMAR table `table` (`len` bytes) says about PCI function `function` on
+// `segment` using ATS (VT-d 4.1 §8.5 ATSR, §8.8 SATC), as Linux's `dmar_ats_supported`
+// decides: `*out` gets an `IeAtsPermission` for `IeDeviceHints.ats_permission`. A SATC naming
+// the function: `IE_ATS_PERMISSION_REQUIRED` with ATC_REQUIRED, else `ALLOWED`; otherwise by
+// `upstream` (an `IeUpstream` value) and `upstream_rid`: an integrated device is allowed, a
+// conventional PCI bridge on the way forbids, and below a root port an ATSR of the segment
+// with ALL_PORTS or naming the port allows, else `IE_ATS_PERMISSION_FORBIDDEN`. `function`
+// is the function firmware may list (a Virtual Function's Physical Function). `bridge_buses`
+// and `ctx` are as for ie_dmar_unit_for(). `IE_STATUS_INVALID_ARGUMENT` for a malformed
+// table, an unknown `upstream`, or a scope that might decide but that `bridge_buses` cannot
+// follow (nothing is written then).
+//
+// # Safety
+// `table` points to `len` readable bytes; `out` is writable; `bridge_buses` is NULL or safe
+// to call with `ctx`.
+int32_t ie_dmar_ats_permission(const uint8_t *table,
+                               size_t len,
+                               uint16_t segment,
+                               uint16_t function,
+                               uint32_t upstream,
+                               uint16_t upstream_rid,
+                               IeBridgeBusesFn bridge_buses,
+                               void *ctx,
+                               uint32_t *out);
 
 // iommufd `IOMMU_OPTION_HUGE_PAGES`: `enabled` false limits every hardware domain of the
 // IOASID to 4 KiB pages (a unit whose granule is larger uses its granule), true (the

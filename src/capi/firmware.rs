@@ -4,6 +4,7 @@
 
 use core::ffi::c_void;
 
+use crate::firmware::dmar::ats::Upstream;
 use crate::firmware::dmar::device_scope::{BridgeAnswer, BusRange, PciBuses};
 use crate::firmware::dmar::lookup::FunctionKind;
 use crate::firmware::dmar::table::Dmar;
@@ -13,7 +14,8 @@ use crate::vtd::SourceId;
 use super::ioasid::IeDirectRegion;
 use super::status::{code, IeStatus};
 
-/// What platform firmware says about a device's PCIe ATS (`IeDeviceHints.ats_permission`).
+/// What platform firmware says about a device's PCIe ATS (`IeDeviceHints.ats_permission`,
+/// ie_dmar_ats_permission()).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IeAtsPermission {
@@ -334,6 +336,78 @@ pub unsafe extern "C" fn ie_dmar_reserved_regions(
         }
         // SAFETY: the C contract: `count` is writable.
         unsafe { count.write(n) };
+        Ok(())
+    })())
+}
+
+/// Where a PCI function sits below its host bridge, for ie_dmar_ats_permission() (what the
+/// embedder's enumeration found walking up from the function).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IeUpstream {
+    /// On a root bus, no bridge above it (a Root Complex Integrated Endpoint).
+    Integrated = 0,
+    /// Below the PCIe root port `upstream_rid`, through PCIe switch ports only.
+    RootPort = 1,
+    /// A conventional PCI bridge (PCI-PCI, PCIe-to-PCI/PCI-X) at `upstream_rid` is on the way.
+    ConventionalBridge = 2,
+}
+
+impl IeUpstream {
+    /// The crate's value for the C `kind` and `rid`.
+    fn from_c(kind: u32, rid: u16) -> Result<Upstream, IeStatus> {
+        let rid = SourceId::new(rid);
+        match kind {
+            k if k == Self::Integrated as u32 => Ok(Upstream::Integrated),
+            k if k == Self::RootPort as u32 => Ok(Upstream::RootPort(rid)),
+            k if k == Self::ConventionalBridge as u32 => Ok(Upstream::ConventionalBridge(rid)),
+            _ => Err(IeStatus::InvalidArgument),
+        }
+    }
+}
+
+/// What the ACPI DMAR table `table` (`len` bytes) says about PCI function `function` on
+/// `segment` using ATS (VT-d 4.1 §8.5 ATSR, §8.8 SATC), as Linux's `dmar_ats_supported`
+/// decides: `*out` gets an `IeAtsPermission` for `IeDeviceHints.ats_permission`. A SATC naming
+/// the function: `IE_ATS_PERMISSION_REQUIRED` with ATC_REQUIRED, else `ALLOWED`; otherwise by
+/// `upstream` (an `IeUpstream` value) and `upstream_rid`: an integrated device is allowed, a
+/// conventional PCI bridge on the way forbids, and below a root port an ATSR of the segment
+/// with ALL_PORTS or naming the port allows, else `IE_ATS_PERMISSION_FORBIDDEN`. `function`
+/// is the function firmware may list (a Virtual Function's Physical Function). `bridge_buses`
+/// and `ctx` are as for ie_dmar_unit_for(). `IE_STATUS_INVALID_ARGUMENT` for a malformed
+/// table, an unknown `upstream`, or a scope that might decide but that `bridge_buses` cannot
+/// follow (nothing is written then).
+///
+/// # Safety
+/// `table` points to `len` readable bytes; `out` is writable; `bridge_buses` is NULL or safe
+/// to call with `ctx`.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn ie_dmar_ats_permission(
+    table: *const u8,
+    len: usize,
+    segment: u16,
+    function: u16,
+    upstream: u32,
+    upstream_rid: u16,
+    bridge_buses: IeBridgeBusesFn,
+    ctx: *mut c_void,
+    out: *mut u32,
+) -> i32 {
+    code((|| {
+        if table.is_null() || out.is_null() {
+            return Err(IeStatus::InvalidArgument);
+        }
+        let upstream = IeUpstream::from_c(upstream, upstream_rid)?;
+        // SAFETY: the C contract: `len` readable bytes at `table`.
+        let bytes = unsafe { core::slice::from_raw_parts(table, len) };
+        let dmar = Dmar::parse(bytes).map_err(|_| IeStatus::InvalidArgument)?;
+        let buses = CBusWalk { bridge_buses, ctx };
+        let permission = dmar
+            .ats_permission(segment, SourceId::new(function), upstream, &buses)
+            .map_err(|_| IeStatus::InvalidArgument)?;
+        // SAFETY: the C contract: `out` is writable.
+        unsafe { out.write(IeAtsPermission::to_c(permission)) };
         Ok(())
     })())
 }

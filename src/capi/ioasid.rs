@@ -453,8 +453,8 @@ pub struct IeDeviceHints {
     /// every INVALIDATE_IOTLB_PAGES to the device; an ATS attach with a value above 31 fails
     /// with `IE_STATUS_INVALID_ARGUMENT`.
     pub ats_queue_depth: u32,
-    /// What firmware says about the device's ATS (an `IeAtsPermission` value; 0
-    /// `IE_ATS_PERMISSION_UNDECLARED` by default): with
+    /// What firmware says about the device's ATS (an `IeAtsPermission` value, as
+    /// ie_dmar_ats_permission() answers; 0 `IE_ATS_PERMISSION_UNDECLARED` by default): with
     /// `IE_ATS_PERMISSION_FORBIDDEN`, an attach with `ats` fails with `IE_STATUS_NOT_PERMITTED`
     /// (a translated request bypasses the unit's translation). Another value is
     /// `IE_STATUS_INVALID_ARGUMENT` at bind.

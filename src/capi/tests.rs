@@ -906,3 +906,63 @@ fn a_kept_range_reaches_c_as_a_unit_fault() {
         "kept range reported to C as {st:?}"
     );
 }
+
+/// ie_dmar_ats_permission: the ATSR naming root port 00:1c.0 allows ATS below it, another
+/// root port is forbidden, an integrated device allowed, a conventional bridge forbids, a SATC
+/// with ATC_REQUIRED is required; an unknown `upstream` and a malformed table are refused.
+#[test]
+fn dmar_ats_permission_of_a_function() {
+    use super::firmware::{ie_dmar_ats_permission, IeAtsPermission, IeUpstream};
+    use crate::firmware::testutil::{dmar, drhd, flags_segment_scopes, scope};
+    let t = dmar(
+        47,
+        0,
+        &[
+            drhd(1, 0, 0, 0xfed9_0000, &[]),
+            flags_segment_scopes(2, 0, 0, &[scope(2, 0, 0, 0, &[(0x1c, 0)])]),
+            flags_segment_scopes(5, 1, 0, &[scope(1, 0, 0, 0, &[(0x02, 0)])]),
+        ],
+    );
+    let ask = |t: &[u8], function: u16, upstream: u32, upstream_rid: u16| {
+        let mut out = u32::MAX;
+        // SAFETY: `t` is readable; `out` is writable; no bus walk.
+        let st = unsafe {
+            ie_dmar_ats_permission(
+                t.as_ptr(),
+                t.len(),
+                0,
+                function,
+                upstream,
+                upstream_rid,
+                None,
+                core::ptr::null_mut(),
+                &mut out,
+            )
+        };
+        (st, out)
+    };
+    let ok = IeStatus::Ok as i32;
+    let (allowed, forbidden, required) = (
+        IeAtsPermission::Allowed as u32,
+        IeAtsPermission::Forbidden as u32,
+        IeAtsPermission::Required as u32,
+    );
+    let root_port = IeUpstream::RootPort as u32;
+    assert_eq!(ask(&t, 0x0200, root_port, 0x00e0), (ok, allowed));
+    assert_eq!(ask(&t, 0x0300, root_port, 0x00e8), (ok, forbidden));
+    assert_eq!(
+        ask(&t, 0x0020, IeUpstream::Integrated as u32, 0),
+        (ok, allowed)
+    );
+    assert_eq!(
+        ask(&t, 0x0300, IeUpstream::ConventionalBridge as u32, 0x0200),
+        (ok, forbidden)
+    );
+    assert_eq!(ask(&t, 0x0010, root_port, 0x00e8), (ok, required));
+    let invalid = IeStatus::InvalidArgument as i32;
+    assert_eq!(ask(&t, 0x0200, 3, 0x00e0), (invalid, u32::MAX));
+    assert_eq!(
+        ask(&t[..t.len() - 1], 0x0200, root_port, 0x00e0),
+        (invalid, u32::MAX)
+    );
+}

@@ -296,6 +296,33 @@ impl<'a> DeviceScope<'a> {
         })
     }
 
+    /// Whether this PCI endpoint or sub-hierarchy scope's path names `rid` itself (not a
+    /// device below it): how an ATSR names its root ports and a SATC its devices (Linux
+    /// matches the scope's device exactly). A path through a function the walk reports as no
+    /// bridge, or a path entry no function can have, names nothing.
+    ///
+    /// # Errors
+    /// [`Error::NotABridge`] when the path goes through a function the walk cannot tell
+    /// ([`BridgeAnswer::Unknown`]).
+    pub fn names<B: PciBuses + ?Sized>(
+        &self,
+        segment: u16,
+        rid: SourceId,
+        buses: &B,
+    ) -> Result<bool, Error> {
+        if !matches!(
+            self.scope_type,
+            ScopeType::PciEndpoint | ScopeType::PciSubHierarchy
+        ) {
+            return Ok(false);
+        }
+        match self.resolve(segment, buses) {
+            Ok(Resolved::At(named)) => Ok(named == rid),
+            Ok(Resolved::Absent { .. }) | Err(Error::PathEntry { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Whether this scope covers the requester `rid` on `segment`. A PCI endpoint or PCI
     /// sub-hierarchy scope covers the function its path names and, if that function is a
     /// bridge, every bus below it (secondary to subordinate), whatever the type says: firmware

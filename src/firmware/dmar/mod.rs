@@ -5,8 +5,8 @@
 //! One file per structure: [`table`] (§8.1 the table, §8.2 structure types), [`drhd`] (§8.3),
 //! [`device_scope`] (§8.3.1), [`rmrr`] (§8.4), [`atsr`] (§8.5), [`rhsa`] (§8.6), [`andd`]
 //! (§8.7), [`satc`] (§8.8); [`lookup`] answers "which unit covers this requester" and "which
-//! regions must it reach", [`unit_config`] turns a DRHD into [`crate::vtd::unit::VtdConfig`]
-//! defaults.
+//! regions must it reach", [`ats`] "may it use ATS" (ATSR, SATC), [`unit_config`] turns a
+//! DRHD into [`crate::vtd::unit::VtdConfig`] defaults.
 //!
 //! ```
 //! use iommu_engine::firmware::dmar::{BusRange, Dmar};
@@ -29,6 +29,7 @@
 //! ```
 
 pub mod andd;
+pub mod ats;
 pub mod atsr;
 pub mod device_scope;
 pub mod drhd;
@@ -41,6 +42,7 @@ pub mod table;
 pub mod unit_config;
 
 pub use andd::Andd;
+pub use ats::Upstream;
 pub use atsr::{Atsr, AtsrFlags};
 pub use device_scope::{
     BridgeAnswer, BusRange, DeviceScope, DeviceScopes, NoBusWalk, PathEntry, PciBuses, PciPath,

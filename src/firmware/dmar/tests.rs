@@ -1153,3 +1153,140 @@ fn review_an_acpi_namespace_device_scope_places_its_requester_behind_its_unit() 
         "{unit:?}"
     );
 }
+
+/// ATS permission (VT-d 4.1 §8.5 ATSR, §8.8 SATC; Linux `dmar_ats_supported`): a table with
+/// an ATSR naming root port 00:1c.0 (segment 0), an ATSR with ALL_PORTS on segment 1, and two
+/// SATCs (segment 0): 00:02.0 with ATC_REQUIRED, 00:0a.0 without.
+fn ats_table() -> Vec<u8> {
+    dmar(
+        45,
+        0,
+        &[
+            drhd(1, 0, 0, 0xfed9_0000, &[]),
+            drhd(1, 0, 1, 0xfed9_1000, &[]),
+            flags_segment_scopes(2, 0, 0, &[scope(2, 0, 0, 0, &[(0x1c, 0)])]),
+            flags_segment_scopes(2, AtsrFlags::ALL_PORTS.bits(), 1, &[]),
+            flags_segment_scopes(5, 1, 0, &[scope(1, 0, 0, 0, &[(0x02, 0)])]),
+            flags_segment_scopes(5, 0, 0, &[scope(1, 0, 0, 0, &[(0x0a, 0)])]),
+        ],
+    )
+}
+
+#[test]
+fn ats_permission_follows_the_atsrs_and_satcs() {
+    use crate::iommu::AtsPermission::{Allowed, Forbidden, Required};
+    let t = ats_table();
+    let t = Dmar::parse(&t).unwrap();
+    let ats =
+        |segment, function, upstream| t.ats_permission(segment, function, upstream, &NoBusWalk);
+    let port = rid(0, 0x1c, 0);
+    let other_port = rid(0, 0x1d, 0);
+    // Below the root port the ATSR names (through switches or not): allowed.
+    assert_eq!(ats(0, rid(2, 0, 0), Upstream::RootPort(port)), Ok(Allowed));
+    // Below a root port no ATSR names: forbidden.
+    assert_eq!(
+        ats(0, rid(3, 0, 0), Upstream::RootPort(other_port)),
+        Ok(Forbidden)
+    );
+    // ALL_PORTS on segment 1: every root port.
+    assert_eq!(
+        ats(1, rid(3, 0, 0), Upstream::RootPort(other_port)),
+        Ok(Allowed)
+    );
+    // An integrated device: allowed whatever the ATSRs say.
+    assert_eq!(ats(0, rid(0, 5, 0), Upstream::Integrated), Ok(Allowed));
+    // A conventional PCI bridge on the way: forbidden, even under ALL_PORTS.
+    let pci_bridge = Upstream::ConventionalBridge(rid(2, 0, 0));
+    assert_eq!(ats(0, rid(3, 0, 0), pci_bridge), Ok(Forbidden));
+    assert_eq!(ats(1, rid(3, 0, 0), pci_bridge), Ok(Forbidden));
+    // SATC: ATC_REQUIRED is Required, without it Allowed, before any walk (even behind a
+    // conventional bridge, as Linux looks the SATC up first); only on its segment.
+    assert_eq!(ats(0, rid(0, 2, 0), pci_bridge), Ok(Required));
+    assert_eq!(
+        ats(0, rid(0, 0x0a, 0), Upstream::RootPort(other_port)),
+        Ok(Allowed)
+    );
+    assert_eq!(
+        ats(1, rid(0, 2, 0), Upstream::RootPort(other_port)),
+        Ok(Allowed)
+    );
+    assert_eq!(
+        ats(0, rid(0, 2, 1), Upstream::RootPort(other_port)),
+        Ok(Forbidden)
+    );
+    // A table without ATSR or SATC: only integrated devices.
+    let none = dmar(45, 0, &[drhd(1, 0, 0, 0xfed9_0000, &[])]);
+    let none = Dmar::parse(&none).unwrap();
+    assert_eq!(
+        none.ats_permission(0, rid(2, 0, 0), Upstream::RootPort(port), &NoBusWalk),
+        Ok(Forbidden)
+    );
+    assert_eq!(
+        none.ats_permission(0, rid(0, 3, 0), Upstream::Integrated, &NoBusWalk),
+        Ok(Allowed)
+    );
+}
+
+/// QEMU's q35 with `device-iotlb=on` declares an ATSR with ALL_PORTS: edu behind the root port
+/// 00:06.0 may use ATS.
+#[test]
+fn q35_device_iotlb_allows_ats_below_every_root_port() {
+    let t = Dmar::parse(Q35_ROOT_PORT).unwrap();
+    let port = rid(0, 6, 0);
+    assert_eq!(
+        t.ats_permission(0, rid(1, 0, 0), Upstream::RootPort(port), &NoBusWalk),
+        Ok(crate::iommu::AtsPermission::Allowed)
+    );
+    // The plain q35 table has no ATSR: forbidden below a root port.
+    let t = Dmar::parse(Q35).unwrap();
+    assert_eq!(
+        t.ats_permission(0, rid(1, 0, 0), Upstream::RootPort(port), &NoBusWalk),
+        Ok(crate::iommu::AtsPermission::Forbidden)
+    );
+}
+
+/// An ATSR scope naming a root port below a bridge (a two-entry path) needs the bus walk:
+/// without one, and with no other ATSR deciding, the answer is an error naming the scope,
+/// not a guess; with the walk it is exact.
+#[test]
+fn ats_permission_through_an_unknown_walk_is_an_error() {
+    let t = dmar(
+        45,
+        0,
+        &[
+            drhd(1, 0, 0, 0xfed9_0000, &[]),
+            flags_segment_scopes(2, 0, 0, &[scope(2, 0, 0, 0, &[(0x1c, 0), (0, 0)])]),
+        ],
+    );
+    let t = Dmar::parse(&t).unwrap();
+    let port = rid(2, 0, 0);
+    assert!(matches!(
+        t.ats_permission(0, rid(3, 0, 0), Upstream::RootPort(port), &NoBusWalk),
+        Err(Error::ScopeUnresolved { segment: 0, requester, bridge, .. })
+            if requester == port && bridge == rid(0, 0x1c, 0)
+    ));
+    let reads = Cell::new(0);
+    assert_eq!(
+        t.ats_permission(
+            0,
+            rid(3, 0, 0),
+            Upstream::RootPort(port),
+            &board_buses(&reads)
+        ),
+        Ok(crate::iommu::AtsPermission::Allowed)
+    );
+    assert_eq!(
+        t.ats_permission(
+            0,
+            rid(9, 0, 0),
+            Upstream::RootPort(rid(8, 0, 0)),
+            &board_buses(&reads)
+        ),
+        Ok(crate::iommu::AtsPermission::Forbidden)
+    );
+    // An integrated device needs no walk.
+    assert_eq!(
+        t.ats_permission(0, rid(0, 4, 0), Upstream::Integrated, &NoBusWalk),
+        Ok(crate::iommu::AtsPermission::Allowed)
+    );
+}
