@@ -36,6 +36,10 @@ use bitflags::bitflags;
 use super::error::{Error, Structure};
 use crate::firmware::acpi::{read_bytes, read_u16, read_u32, read_u8};
 
+/// `Extended DTE Setting` bit 31 of an extended entry (46h, 47h): ATS disabled for the
+/// devices it names ([`Ivrs::ats_permission`](super::Ivrs::ats_permission)).
+pub const EXT_ATS_DISABLED: u32 = 1 << 31;
+
 bitflags! {
     /// `DTE Setting` of a device entry: what firmware asks the OS to set in the DTE (the
     /// interrupt pass-through bits, `SysMgt`); bits not named here are kept.
@@ -121,9 +125,9 @@ pub enum DeviceEntry<'a> {
         device_id: u16,
         /// `DTE Setting`.
         dte: DteSetting,
-        /// `Extended DTE Setting` (bit 31: ATS disabled for the device, as ACPICA's
-        /// `ACPI_IVHD_ATS_DISABLED` and coreboot's `IVHD_DEV_EXT_ATS_DISABLE`, from 48882,
-        /// read it; Linux's `ACPI_DEVFLAG_ATSDIS` tests bit 28, 0x1000_0000, instead).
+        /// `Extended DTE Setting` (bit 31, [`EXT_ATS_DISABLED`]: ATS disabled for the device,
+        /// as ACPICA's `ACPI_IVHD_ATS_DISABLED` and coreboot's `IVHD_DEV_EXT_ATS_DISABLE`, from
+        /// 48882, read it; Linux's `ACPI_DEVFLAG_ATSDIS` names bit 28, 0x1000_0000, instead).
         extended: u32,
     },
     /// 47h: a range (closed by the next [`End`](Self::End)) with an extended DTE setting.

@@ -4,7 +4,8 @@
 //!
 //! One file per structure: [`table`] (§5.2.1 the table and `IVinfo`, §5.2.2 the definition
 //! blocks), [`ivhd`] (§5.2.2.1-5.2.2.2, types 10h, 11h, 40h), [`device_entry`] (§5.2.2.3),
-//! [`ivmd`] (§5.2.2.4, types 20h-22h); [`unit_config`] turns an IVHD into
+//! [`ivmd`] (§5.2.2.4, types 20h-22h); [`Ivrs::ats_permission`] answers whether a device may
+//! use ATS; [`unit_config`] turns an IVHD into
 //! [`crate::amdvi::AmdViConfig`] settings. Facts checked against Linux
 //! `drivers/iommu/amd/init.c` and QEMU `hw/i386/acpi-build.c` (`build_amd_iommu`), facts only.
 //!
@@ -32,6 +33,7 @@ pub mod unit_config;
 
 pub use device_entry::{
     DeviceEntries, DeviceEntry, DeviceRange, DeviceRanges, DteSetting, SpecialVariety,
+    EXT_ATS_DISABLED,
 };
 pub use error::{Error, Structure};
 pub use ivhd::{Ivhd, IvhdFlags};

@@ -24,9 +24,10 @@
 //! [`Ivmd::range`]).
 
 use super::error::{Error, Structure};
-use super::ivhd::Ivhd;
+use super::ivhd::{Ivhd, IvhdFlags};
 use super::ivmd::Ivmd;
 use crate::firmware::acpi::{self, read_u16, read_u32, read_u8, PhysMemory, Sdt, Signature};
+use crate::iommu::AtsPermission;
 
 /// Offset of the first definition block.
 const BLOCKS: usize = 48;
@@ -202,6 +203,34 @@ impl<'a> Ivrs<'a> {
             .filter(|h| h.segment == segment)
             .filter_map(|h| h.covering(device_id).map(|r| (h, r)))
             .last()
+    }
+
+    /// What the IVRS says about PCI `device_id` of `segment` using ATS, for
+    /// [`DeviceHints::ats_permission`](crate::iommu::DeviceHints::ats_permission):
+    /// [`AtsPermission::Forbidden`] when an extended entry (46h, 47h) naming the device sets
+    /// `Extended DTE Setting` bit 31, "ATS disabled" ([`EXT_ATS_DISABLED`](super::EXT_ATS_DISABLED),
+    /// AMD 48882 §5.2.2.2 as ACPICA and coreboot read it), or when its unit is described by a
+    /// type 10h IVHD whose `IotlbSup` flag is clear (the IOMMU takes no ATS translation
+    /// requests; types 11h and 40h report it in the registers, and their flag bit is reserved);
+    /// else [`AtsPermission::Allowed`]: the IVRS names no root-port ATS support, so only its
+    /// refusals are facts. [`AtsPermission::Undeclared`] when no unit translates the device.
+    ///
+    /// Linux reads neither (it defines `ACPI_DEVFLAG_ATSDIS` as bit 28 and does not use it,
+    /// and gates ATS on every IOMMU's capability-header `IOTLBSup`): where firmware marks a
+    /// device's ATS disabled, this keeps it off.
+    pub fn ats_permission(&self, segment: u16, device_id: u16) -> AtsPermission {
+        let Some((unit, run)) = self.unit_for(segment, device_id) else {
+            return AtsPermission::Undeclared;
+        };
+        let disabled = run
+            .extended
+            .is_some_and(|e| e & super::EXT_ATS_DISABLED != 0);
+        let no_iotlb = unit.block_type == 0x10 && !unit.flags.contains(IvhdFlags::IOTLB_SUP);
+        if disabled || no_iotlb {
+            AtsPermission::Forbidden
+        } else {
+            AtsPermission::Allowed
+        }
     }
 
     /// The memory definitions that apply to `device_id` of PCI segment `segment`.

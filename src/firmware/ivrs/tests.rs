@@ -879,3 +879,48 @@ fn review_an_empty_range_does_not_refuse_the_whole_ivrs() {
     let t = Ivrs::parse(&t);
     assert!(t.is_ok(), "{t:?}");
 }
+
+/// ATS permission: an extended entry with `Extended DTE Setting` bit 31 (ATS disabled)
+/// forbids the device it names and no other; a type 10h IVHD without `IotlbSup` forbids
+/// every device of its unit, with it allows; bit 28 (Linux's unused define) is no refusal;
+/// a device no unit translates is undeclared.
+#[test]
+fn ats_permission_follows_the_extended_entries_and_iotlb_sup() {
+    use crate::iommu::AtsPermission::{Allowed, Forbidden, Undeclared};
+    let mut e = Vec::new();
+    e.extend_from_slice(&entry4(0x03, 0x0100, 0));
+    e.extend_from_slice(&entry4(0x04, 0x01ff, 0));
+    e.extend_from_slice(&entry8(0x46, 0x0200, 0, EXT_ATS_DISABLED.to_le_bytes()));
+    e.extend_from_slice(&entry8(0x46, 0x0208, 0, (1u32 << 28).to_le_bytes()));
+    let t = ivrs(0, &[ivhd(0x40, 0, 0xfeb8_0000, 0, &e)]);
+    let t = Ivrs::parse(&t).unwrap();
+    assert_eq!(t.ats_permission(0, 0x0200), Forbidden);
+    assert_eq!(t.ats_permission(0, 0x0208), Allowed);
+    assert_eq!(t.ats_permission(0, 0x0100), Allowed);
+    assert_eq!(
+        t.ats_permission(0, 0x0300),
+        Undeclared,
+        "no unit translates it"
+    );
+    assert_eq!(t.ats_permission(1, 0x0100), Undeclared);
+
+    let mut e = Vec::new();
+    e.extend_from_slice(&entry4(0x01, 0, 0));
+    let mut without = ivhd(0x10, 0, 0xfeb8_0000, 0, &e);
+    without[1] = IvhdFlags::COHERENT.bits();
+    let t = ivrs(0, &[without.clone()]);
+    let t = Ivrs::parse(&t).unwrap();
+    assert_eq!(
+        t.ats_permission(0, 0x0100),
+        Forbidden,
+        "10h without IotlbSup"
+    );
+    let mut with = without;
+    with[1] |= IvhdFlags::IOTLB_SUP.bits();
+    let t = ivrs(0, &[with]);
+    let t = Ivrs::parse(&t).unwrap();
+    assert_eq!(t.ats_permission(0, 0x0100), Allowed, "10h with IotlbSup");
+    // QEMU's q35: edu (00:04.0) behind the 11h unit, no extended entry.
+    let q35 = Ivrs::parse(Q35).unwrap();
+    assert_eq!(q35.ats_permission(0, 0x0020), Allowed);
+}
