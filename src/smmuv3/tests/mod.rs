@@ -108,4 +108,5 @@ mod enable;
 mod faults;
 mod flush;
 mod gerror;
+mod guest_cds;
 mod in_place;
