@@ -21,7 +21,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use super::ste::{
     Config, Ste, ATTR_OVERRIDES, CONFIG, EATS, MEV, S1CDMAX, S1CIR, S1CONTEXTPTR, S1COR, S1CSH,
-    S1DSS, S1FMT, S1STALLD, S2FWB, S2TTB, S2VMID, STRW, V, WORD2_STAGE2,
+    PPAR, S1DSS, S1FMT, S1STALLD, S2FWB, S2TTB, S2VMID, STRW, V, WORD2_STAGE2,
 };
 
 /// One step of an update.
@@ -127,7 +127,7 @@ pub fn used_bits(ste: &[u64; 8]) -> [u64; 8] {
     if stage1 {
         used[0] |= S1FMT.mask() | S1CONTEXTPTR.mask() | S1CDMAX.mask();
         used[1] |= S1DSS.mask() | S1CIR.mask() | S1COR.mask() | S1CSH.mask() | S1STALLD;
-        used[1] |= EATS.mask() | STRW.mask() | MEV;
+        used[1] |= EATS.mask() | STRW.mask() | MEV | PPAR;
         if S1DSS.get(ste[1]) == 1 {
             used[1] |= ATTR_OVERRIDES;
         }
@@ -137,7 +137,7 @@ pub fn used_bits(ste: &[u64; 8]) -> [u64; 8] {
         }
     }
     if stage2 {
-        used[1] |= EATS.mask() | STRW.mask() | MEV | S2FWB | ATTR_OVERRIDES;
+        used[1] |= EATS.mask() | STRW.mask() | MEV | PPAR | S2FWB | ATTR_OVERRIDES;
         used[2] |= WORD2_STAGE2;
         used[3] |= S2TTB.mask();
     }
@@ -377,6 +377,29 @@ mod tests {
         assert_eq!(syncs(abort, abort), 0);
         // From an invalid STE everything but word 0 is unused: prepare, then enable.
         assert_eq!(syncs(Ste::INVALID, nested), 2);
+    }
+
+    /// `PPAR` is read once the STE translates (the SMMU's own answers to the page requests a
+    /// PRI queue overflow discards): written before the Config that makes it live, not in a
+    /// clean-up group after (it was not among the used bits).
+    #[test]
+    fn ppar_is_in_place_when_the_stream_goes_live() {
+        let abort = SteBuilder::abort().build().unwrap();
+        for target in [
+            SteBuilder::stage1(s1(0x4_0000)).ppar(true),
+            SteBuilder::nested(s1(0x8_0000), s2(0x10_0000, 1)).ppar(true),
+        ] {
+            let target = target.build().unwrap();
+            let mut state = abort.words;
+            for step in plan_update(&abort, &target).steps() {
+                if let UpdateStep::Write { word, value } = *step {
+                    state[word as usize] = value;
+                    if CONFIG.get(state[0]) & 0b100 != 0 {
+                        assert_ne!(state[1] & PPAR, 0, "live without PPAR: {state:x?}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]
