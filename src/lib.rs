@@ -148,4 +148,14 @@ pub mod smmuv3;
 mod sync;
 #[cfg(test)]
 mod test_hooks;
+/// The crate's writer-first `RwLock` (`sync/rwlock.rs`) over loom's atomics, for
+/// `tests/loom_lock.rs` only: under `--cfg loom` every other lock of the crate is loom's own,
+/// so only there is this lock's algorithm model-checked. No API: `--cfg loom` builds only.
+#[cfg(loom)]
+#[doc(hidden)]
+pub mod loom_rwlock {
+    pub use crate::sync::rwlock::{
+        RwLock, RwLockReadGuard, RwLockUpgradableGuard, RwLockWriteGuard,
+    };
+}
 pub mod vtd;

@@ -14,6 +14,9 @@
 //! locks'. loom's have no `const` `new` and no `get_mut`: the few places that need either say so
 //! with `cfg(loom)`, and normal builds keep `core`'s own code.
 //!
+//! The crate's own `RwLock` is built under loom too, beside loom's, for the scenarios of its
+//! algorithm alone (`tests/loom_lock.rs`).
+//!
 //! The API is the part of `spin`'s the crate uses: `Mutex::{new, lock, try_lock, get_mut,
 //! into_inner}`, `RwLock::{new, read, write, try_write, upgradeable_read, get_mut}`,
 //! `RwLockUpgradableGuard::upgrade` and the guards. Everything else takes these names, never
@@ -28,6 +31,11 @@ mod rwlock;
 #[cfg(not(loom))]
 #[allow(unused_imports)]
 pub(crate) use rwlock::{RwLock, RwLockReadGuard, RwLockUpgradableGuard, RwLockWriteGuard};
+/// The crate's own `RwLock` over loom's atomics, reached only by `tests/loom_lock.rs` (through
+/// `crate::loom_rwlock`): the crate's other locks stay loom's own under `--cfg loom`, as the
+/// spinning lock would multiply their interleavings.
+#[cfg(loom)]
+pub(crate) mod rwlock;
 
 /// The IOASID layer's atomics: `core`'s, or loom's under `--cfg loom` (see the module's
 /// documentation).

@@ -16,11 +16,20 @@
 //! The lock word, one `AtomicUsize`: bit 0 a writer holds it, bit 1 an upgradeable reader holds
 //! it, bits 15:2 the writers (and upgrading readers) waiting, the bits above the readers inside.
 //! Same API as the part of `spin`'s the crate used, so `sync.rs` swaps one for the other.
+//!
+//! Under `--cfg loom` the word is loom's `AtomicUsize` and a waiter's spin is loom's
+//! `spin_loop` (a yield: loom switches to the holder), so `tests/loom_lock.rs` model-checks
+//! this algorithm; the crate's other locks are loom's own there (`sync.rs`). Normal builds keep
+//! `core`'s atomic and spin hint: the same code as before.
 
 use core::cell::UnsafeCell;
+#[cfg(not(loom))]
 use core::hint::spin_loop;
 use core::ops::{Deref, DerefMut};
+#[cfg(not(loom))]
 use core::sync::atomic::{AtomicUsize, Ordering};
+#[cfg(loom)]
+use loom::sync::atomic::{AtomicUsize, Ordering};
 
 const WRITER: usize = 1;
 const UPGRADED: usize = 1 << 1;
@@ -33,7 +42,7 @@ const READER: usize = 1 << 16;
 const NO_READERS: usize = WRITER | UPGRADED | WAITERS;
 
 /// A reader-writer spin lock; see the module documentation.
-pub(crate) struct RwLock<T: ?Sized> {
+pub struct RwLock<T: ?Sized> {
     word: AtomicUsize,
     data: UnsafeCell<T>,
 }
@@ -46,7 +55,17 @@ unsafe impl<T: ?Sized + Send> Send for RwLock<T> {}
 
 impl<T> RwLock<T> {
     /// An unlocked lock holding `data`.
-    pub(crate) const fn new(data: T) -> Self {
+    #[cfg(not(loom))]
+    pub const fn new(data: T) -> Self {
+        Self {
+            word: AtomicUsize::new(0),
+            data: UnsafeCell::new(data),
+        }
+    }
+
+    /// An unlocked lock holding `data` (loom's atomics have no `const` `new`).
+    #[cfg(loom)]
+    pub fn new(data: T) -> Self {
         Self {
             word: AtomicUsize::new(0),
             data: UnsafeCell::new(data),
@@ -56,7 +75,7 @@ impl<T> RwLock<T> {
 
 impl<T: ?Sized> RwLock<T> {
     /// Shared access, beside other readers; after every writer already waiting.
-    pub(crate) fn read(&self) -> RwLockReadGuard<'_, T> {
+    pub fn read(&self) -> RwLockReadGuard<'_, T> {
         held::acquire(self.addr());
         loop {
             // One locked instruction when nobody writes, as `spin`'s: count in, then look.
@@ -71,7 +90,7 @@ impl<T: ?Sized> RwLock<T> {
     }
 
     /// Exclusive access, once the readers inside have left; readers arriving meanwhile wait.
-    pub(crate) fn write(&self) -> RwLockWriteGuard<'_, T> {
+    pub fn write(&self) -> RwLockWriteGuard<'_, T> {
         held::acquire(self.addr());
         self.word.fetch_add(WAITER, Ordering::Relaxed);
         self.take_write(WAITER);
@@ -79,7 +98,7 @@ impl<T: ?Sized> RwLock<T> {
     }
 
     /// Exclusive access if nobody holds the lock, else `None` at once.
-    pub(crate) fn try_write(&self) -> Option<RwLockWriteGuard<'_, T>> {
+    pub fn try_write(&self) -> Option<RwLockWriteGuard<'_, T>> {
         let word = self.word.load(Ordering::Relaxed);
         if !Self::free_for_writer(word) {
             return None;
@@ -93,7 +112,7 @@ impl<T: ?Sized> RwLock<T> {
 
     /// Read access that can become exclusive ([`RwLockUpgradableGuard::upgrade`]): beside
     /// readers already inside, one at a time, after every writer already waiting.
-    pub(crate) fn upgradeable_read(&self) -> RwLockUpgradableGuard<'_, T> {
+    pub fn upgradeable_read(&self) -> RwLockUpgradableGuard<'_, T> {
         held::acquire(self.addr());
         loop {
             let word = self.word.load(Ordering::Relaxed);
@@ -115,7 +134,7 @@ impl<T: ?Sized> RwLock<T> {
     }
 
     /// The data, through the exclusive borrow of the lock.
-    pub(crate) fn get_mut(&mut self) -> &mut T {
+    pub fn get_mut(&mut self) -> &mut T {
         self.data.get_mut()
     }
 
@@ -150,30 +169,31 @@ impl<T: ?Sized> RwLock<T> {
         (self as *const Self).cast::<u8>() as usize
     }
 
-    #[cfg(test)]
-    pub(crate) fn waiting_writers(&self) -> usize {
+    /// How many writers (and upgrading readers) wait: a test's view of the lock word.
+    #[cfg(any(test, loom))]
+    pub fn waiting_writers(&self) -> usize {
         (self.word.load(Ordering::Relaxed) & WAITERS) / WAITER
     }
 }
 
 /// Shared access; the lock is released on drop.
-pub(crate) struct RwLockReadGuard<'a, T: ?Sized> {
+pub struct RwLockReadGuard<'a, T: ?Sized> {
     lock: &'a RwLock<T>,
 }
 
 /// Exclusive access; the lock is released on drop.
-pub(crate) struct RwLockWriteGuard<'a, T: ?Sized> {
+pub struct RwLockWriteGuard<'a, T: ?Sized> {
     lock: &'a RwLock<T>,
 }
 
 /// Read access that [`upgrade`](Self::upgrade) makes exclusive; released on drop.
-pub(crate) struct RwLockUpgradableGuard<'a, T: ?Sized> {
+pub struct RwLockUpgradableGuard<'a, T: ?Sized> {
     lock: &'a RwLock<T>,
 }
 
 impl<'a, T: ?Sized> RwLockUpgradableGuard<'a, T> {
     /// Exclusive access, once the readers inside have left; readers arriving meanwhile wait.
-    pub(crate) fn upgrade(self) -> RwLockWriteGuard<'a, T> {
+    pub fn upgrade(self) -> RwLockWriteGuard<'a, T> {
         let lock = self.lock;
         core::mem::forget(self);
         lock.word.fetch_add(WAITER, Ordering::Relaxed);
@@ -234,10 +254,32 @@ impl<T: ?Sized> DerefMut for RwLockWriteGuard<'_, T> {
     }
 }
 
+/// A waiter's pause under loom: a yield, so loom runs another thread (the holder). loom also
+/// explores schedules no CPU runs, where waiters only yield to one another for ever while the
+/// holder never runs: after `LOOM_PAUSES` pauses of one thread in one execution, the rest of that
+/// execution is not explored (`loom::skip_branch`) and takes loom's default schedule, which runs
+/// the thread that yielded least. A waiter that nothing will let in still spins for ever there,
+/// and loom fails the scenario (its branch bound): a guard that did not release is still caught.
+#[cfg(loom)]
+fn spin_loop() {
+    const LOOM_PAUSES: u32 = 4;
+    loom::thread_local! {
+        static PAUSES: core::cell::Cell<u32> = core::cell::Cell::new(0);
+    }
+    if PAUSES.with(|p| {
+        p.set(p.get() + 1);
+        p.get() > LOOM_PAUSES
+    }) {
+        loom::skip_branch();
+    }
+    loom::hint::spin_loop();
+}
+
 /// Debug builds with `std` (the crate's tests, the host models') record, per thread, the locks
 /// it holds, and fail an acquisition of a lock the thread already holds: with writers first,
-/// such a CPU would wait for a writer that waits for it. Other builds record nothing.
-#[cfg(all(feature = "std", debug_assertions))]
+/// such a CPU would wait for a writer that waits for it. Other builds record nothing, and so
+/// does loom's (its threads share one thread-local).
+#[cfg(all(feature = "std", debug_assertions, not(loom)))]
 mod held {
     use std::cell::RefCell;
     use std::vec::Vec;
@@ -267,7 +309,7 @@ mod held {
     }
 }
 
-#[cfg(not(all(feature = "std", debug_assertions)))]
+#[cfg(not(all(feature = "std", debug_assertions, not(loom))))]
 mod held {
     #[inline(always)]
     pub(super) fn acquire(_lock: usize) {}
