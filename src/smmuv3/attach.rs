@@ -444,9 +444,6 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         // frame, not one under another (the kernel-stack bound of the C ABI).
         let mut r = self.settle(strtab, stream, false);
         if r.is_ok() {
-            r = self.leave_user_domain(strtab, stream, ssid, d);
-        }
-        if r.is_ok() {
             r = match self.attach_locked(strtab, stream, ssid, d, stage2) {
                 Ok(Some(Change { target, previous })) => self
                     .apply_attach(strtab, stream, target, previous)
@@ -595,10 +592,8 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
     #[inline(never)]
     fn invalidate_stream(&self, stream: &StreamState<A>) -> Result<(), SmmuError> {
         let sid = stream.sid;
+        let has_cd = stream.cd.is_some();
         let retiring = stream.retiring;
-        // The stream's own CDs, or a retiring user domain's (the guest's, see `detach_settled`).
-        let has_cd =
-            stream.cd.is_some() || retiring.is_some_and(|x| self.user_domain(x.domain).is_some());
         self.with_cmdq(|q, r| {
             let mut b = Batch::new(q, r, &self.cmd_staging);
             b.push(Command::cfgi_ste(sid, false))?;
@@ -957,26 +952,6 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         r
     }
 
-    /// For an attach of the RID to `d` on a settled stream: a user domain there leaves the
-    /// stream as by a detach, through an aborting STE and CMD_CFGI_CD_ALL, before anything
-    /// else is installed. The unit may cache the guest's CDs under any SubstreamID, and a
-    /// stage-1 STE over a stale guest CD would read its TTB0 as a physical address. Not
-    /// inlined: its frame is not under the attach's (the kernel-stack bound of the C ABI).
-    #[inline(never)]
-    fn leave_user_domain(
-        &self,
-        strtab: &mut StreamTable<A>,
-        stream: &mut StreamState<A>,
-        ssid: Option<SubstreamId>,
-        d: DomainHandle,
-    ) -> Result<(), Error> {
-        let user = |p: DomainHandle| p != d && self.user_domain(p).is_some();
-        if ssid.is_none() && stream.rid.is_some_and(user) {
-            self.detach_settled(strtab, stream, None)?;
-        }
-        Ok(())
-    }
-
     fn detach_locked(
         &self,
         strtab: &mut StreamTable<A>,
@@ -990,16 +965,6 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
             Some(s) => stream.pasid_domain(s).is_some(),
         };
         self.settle(strtab, stream, attached)?;
-        self.detach_settled(strtab, stream, ssid)
-    }
-
-    /// [`detach_locked`](Self::detach_locked) of a settled stream.
-    fn detach_settled(
-        &self,
-        strtab: &mut StreamTable<A>,
-        stream: &mut StreamState<A>,
-        ssid: Option<SubstreamId>,
-    ) -> Result<(), Error> {
         let sid = stream.sid;
         let d = match ssid {
             None => stream.rid.take(),
@@ -1032,11 +997,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
             }
         }
         let empty = stream.is_empty();
-        // The stream's own CD table going, or a guest's (a user domain's STE pointed the unit
-        // at it): its CDs may be cached under any SubstreamID. The STE aborts now, so none is
-        // fetched again.
-        let guests = self.user_domain(d).is_some();
-        let all = (empty && stream.cd.is_some() || guests).then(|| Command::cfgi_cd_all(sid));
+        let all = (empty && stream.cd.is_some()).then(|| Command::cfgi_cd_all(sid));
         self.retire(strtab, sid, [cfgi, all], (d, ssid, ats))?;
         self.settled(stream);
         if empty {

@@ -224,7 +224,7 @@ fn plan_steps(current: &Ste, target: &Ste, mut step: impl FnMut(UpdateStep)) {
         .filter(|&i| (prepared(i, state[i]) ^ tgt[i]) & tgt_used[i] != 0)
         .count();
 
-    if critical <= 1 {
+    if critical <= 1 && !new_cd_table(current, target) {
         group(&mut state, &mut step, prepared);
         // The one word still different in used bits switches the configuration atomically.
         group(&mut state, &mut step, |i, now| {
@@ -252,6 +252,19 @@ fn plan_steps(current: &Ste, target: &Ste, mut step: impl FnMut(UpdateStep)) {
     }
     // Last: word 0 if still pending, and bits neither configuration uses.
     group(&mut state, &mut step, |i, _| tgt[i]);
+}
+
+/// Whether both STEs use CDs (valid, Config 0b1x1) from different CD tables. Such a change
+/// breaks (goes through abort): the CMD_CFGI_STE of the aborting STE drops the CDs cached
+/// through the StreamID (§4.3.1) before the new STE is live. Switched in one store, the new
+/// STE could be read while the old table's CDs are still cached, and a CD cache may be
+/// indexed by StreamID and SubstreamID alone (§4.3.3): a guest's CD under a host stage-1 STE
+/// has its TTB0 read as a physical address.
+fn new_cd_table(current: &Ste, target: &Ste) -> bool {
+    let uses_cds = |w: u64| w & V != 0 && CONFIG.get(w) & 0b101 == 0b101;
+    let (cur, tgt) = (current.words[0], target.words[0]);
+    let table = S1CONTEXTPTR.mask() | S1FMT.mask();
+    uses_cds(cur) && uses_cds(tgt) && (cur ^ tgt) & table != 0
 }
 
 /// Hands `step` the writes that turn each word `i` of `state` into `to(i, state[i])`, then a
@@ -400,6 +413,39 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// An STE whose CD table changes (a guest's user domain replaced by a host stage-1
+    /// domain, or the other way round, or another table) passes through abort, with a sync,
+    /// before the new table's STE is live: that sync's CMD_CFGI_STE drops the old table's
+    /// cached CDs. Before, nested -> stage 1 was one store of word 0.
+    #[test]
+    fn a_new_cd_table_goes_through_abort() {
+        let st1 = SteBuilder::stage1(s1(0x4_0000)).build().unwrap();
+        let other = SteBuilder::stage1(s1(0x6_0000)).build().unwrap();
+        let nested = SteBuilder::nested(s1(0x8_0000), s2(0x10_0000, 1))
+            .build()
+            .unwrap();
+        let same_table = SteBuilder::nested(s1(0x4_0000), s2(0x10_0000, 0))
+            .build()
+            .unwrap();
+        let through_abort = |a: Ste, b: Ste| {
+            let mut state = a.words;
+            let mut aborted = false;
+            for step in plan_update(&a, &b).steps() {
+                match *step {
+                    UpdateStep::Write { word, value } => state[word as usize] = value,
+                    UpdateStep::Sync => aborted |= view(&state) == view(&Ste::ABORT.words),
+                }
+            }
+            aborted
+        };
+        for (a, b) in [(nested, st1), (st1, nested), (st1, other), (nested, other)] {
+            assert!(through_abort(a, b), "{a:x?} -> {b:x?} in one store");
+            assert!(syncs(a, b) >= 2);
+        }
+        // The same CD table: hitless as before.
+        assert!(!through_abort(st1, same_table));
     }
 
     #[test]

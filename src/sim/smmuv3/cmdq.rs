@@ -187,6 +187,7 @@ fn execute(
                 // Leaf = 0: the level-1 descriptor locating the STE goes too.
                 drop_l1std(state, u64::from(sid), 1);
             }
+            drop_cds(state, u64::from(sid), 1);
             Outcome::Done
         }
         op::CFGI_STE_RANGE => {
@@ -201,13 +202,8 @@ fn execute(
                 .retain(|&s, _| !(first..first.saturating_add(span)).contains(&u64::from(s)));
             state.stats.ste_invalidated += before - state.caches.ste.len();
             drop_l1std(state, first, span);
-            if range == 31 {
-                // CFGI_ALL: every configuration structure, CDs included.
-                state.stats.cd_invalidated += state.caches.cd.len();
-                state.stats.l1_invalidated += state.caches.l1cd.len();
-                state.caches.cd.clear();
-                state.caches.l1cd.clear();
-            }
+            // CFGI_ALL (Range = 31) covers every StreamID: every CD too.
+            drop_cds(state, first, span);
             Outcome::Done
         }
         op::CFGI_CD => {
@@ -401,6 +397,19 @@ fn tlbi_range(cfg: &SmmuModelConfig, dw0: u64, dw1: u64, mask: u64) -> Result<Ad
 }
 
 /// Drops the cached level-1 stream table descriptors locating any of `first .. first + count`.
+/// The CDs and L1CDs cached through StreamIDs `first..first + count`: CMD_CFGI_STE and
+/// CMD_CFGI_STE_RANGE invalidate them, whatever Leaf says (§4.3.1, §4.3.2: "all Context
+/// Descriptors (including L1CD) that were cached using the given StreamID").
+fn drop_cds(state: &mut State, first: u64, count: u64) {
+    let through = |s: u32| (first..first.saturating_add(count)).contains(&u64::from(s));
+    let before = state.caches.cd.len();
+    state.caches.cd.retain(|&(s, _), _| !through(s));
+    state.stats.cd_invalidated += before - state.caches.cd.len();
+    let before = state.caches.l1cd.len();
+    state.caches.l1cd.retain(|&(s, _), _| !through(s));
+    state.stats.l1_invalidated += before - state.caches.l1cd.len();
+}
+
 fn drop_l1std(state: &mut State, first: u64, count: u64) {
     let before = state.caches.l1std.len();
     state.caches.l1std.retain(|_, e| !e.overlaps(first, count));

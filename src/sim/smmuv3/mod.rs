@@ -20,7 +20,9 @@
 //! - Caches never evict. Invalid or illegal STEs/CDs are not cached. A cached CD is used only
 //!   while the STE still points at the same CD table. Valid level-1 stream-table and CD-table
 //!   descriptors are cached (by address) until CFGI_STE / CFGI_CD with Leaf = 0,
-//!   CFGI_STE_RANGE, CFGI_CD_ALL or CFGI_ALL covers them.
+//!   CFGI_STE_RANGE, CFGI_CD_ALL or CFGI_ALL covers them. CFGI_STE and CFGI_STE_RANGE drop
+//!   the CDs and L1CDs cached through their StreamIDs whatever Leaf says (§4.3.1, §4.3.2; QEMU
+//!   drops its per-device configuration, CD included; until 2026-12-07 the model kept them).
 //! - TLBI_S2_IPA removes stage-2-only entries; combined (nested) entries need TLBI_NH_* or
 //!   TLBI_S12_VMALL. TLBI_NH_ASID leaves global (nG = 0) entries. A range TLBI removes only
 //!   entries of the TG granule and, with a TTL hint, of that leaf level.
