@@ -7,13 +7,19 @@
 //! RSDP at address 0 (the RSDP / RSDT / XSDT walk). Nothing may panic; a table that parses
 //! must be consistent: structures in order inside the table, every scope with a path, every
 //! "covering unit" answer justified by the rule it claims, every reserved region a non-empty
-//! 4 KiB-aligned range.
+//! 4 KiB-aligned range, every ATS answer the one its upstream and the SATCs allow. The bus walk
+//! answers "bridge", "not a bridge" and "unknown" (a walk that may not know a function), so the
+//! lookups' unresolved-scope errors are reached too.
 
 use std::format;
 use std::vec::Vec;
 
 use crate::firmware::acpi::{self, checksum, Rsdp};
-use crate::firmware::dmar::{BusRange, Coverage, Dmar, RemappingStructure};
+use crate::firmware::dmar::satc::SatcFlags;
+use crate::firmware::dmar::{
+    BridgeAnswer, BusRange, Coverage, Dmar, PciBuses, RemappingStructure, Upstream,
+};
+use crate::iommu::AtsPermission;
 use crate::vtd::SourceId;
 
 /// The body of fuzz target `firmware_dmar`.
@@ -73,17 +79,32 @@ fn physical_memory(memory: &[u8]) {
 }
 
 /// A bus walk that depends on the requester only: some functions are bridges, with assorted
-/// (sometimes empty or inverted) bus ranges, so paths resolve, fail and loop.
-fn buses(segment: u16, bridge: SourceId) -> Option<BusRange> {
-    let raw = bridge.get() ^ segment;
-    if raw % 3 == 0 {
-        return None;
+/// (sometimes empty or inverted) bus ranges, so paths resolve, fail and loop; some it does
+/// not know.
+struct Walk;
+
+impl PciBuses for Walk {
+    fn bridge_buses(&self, segment: u16, bridge: SourceId) -> Option<BusRange> {
+        let raw = bridge.get() ^ segment;
+        if raw % 3 == 0 {
+            return None;
+        }
+        let secondary = (raw >> 3) as u8 ^ 0x5a;
+        Some(BusRange {
+            secondary,
+            subordinate: secondary.wrapping_add((raw % 5) as u8),
+        })
     }
-    let secondary = (raw >> 3) as u8 ^ 0x5a;
-    Some(BusRange {
-        secondary,
-        subordinate: secondary.wrapping_add((raw % 5) as u8),
-    })
+
+    fn bridge(&self, segment: u16, bridge: SourceId) -> BridgeAnswer {
+        if (bridge.get() ^ segment) % 7 == 1 {
+            return BridgeAnswer::Unknown;
+        }
+        match self.bridge_buses(segment, bridge) {
+            Some(range) => BridgeAnswer::Bridge(range),
+            None => BridgeAnswer::NotABridge,
+        }
+    }
 }
 
 /// Parses `bytes` as a DMAR table and, if it parses, checks that everything it answers is
@@ -125,7 +146,7 @@ pub fn dmar_table(bytes: &[u8]) {
                         .entries()
                         .all(|e| e.device < 32 && e.function < 8)
             );
-            if let Ok(rid) = scope.requester_id(0, &buses) {
+            if let Ok(rid) = scope.requester_id(0, &Walk) {
                 rids.push(rid);
             }
         }
@@ -148,19 +169,19 @@ pub fn dmar_table(bytes: &[u8]) {
 fn check_lookups(t: &Dmar<'_>, segment: u16, rid: SourceId) {
     let listed = |d: &crate::firmware::dmar::Drhd<'_>| {
         d.device_scopes()
-            .any(|s| s.covers(segment, rid, &buses) == Ok(true))
+            .any(|s| s.covers(segment, rid, &Walk) == Ok(true))
     };
     let unresolved = |d: &crate::firmware::dmar::Drhd<'_>| {
         d.device_scopes()
-            .any(|s| s.covers(segment, rid, &buses).is_err())
+            .any(|s| s.covers(segment, rid, &Walk).is_err())
     };
-    match t.unit_for(segment, rid, &buses) {
+    match t.unit_for(segment, rid, &Walk) {
         Ok(Some(unit)) => {
             assert_eq!(unit.drhd.segment, segment);
             match unit.coverage {
                 Coverage::Scope(scope) => {
                     assert!(!unit.drhd.include_pci_all());
-                    assert_eq!(scope.covers(segment, rid, &buses), Ok(true));
+                    assert_eq!(scope.covers(segment, rid, &Walk), Ok(true));
                 }
                 Coverage::IncludePciAll => {
                     assert!(unit.drhd.include_pci_all());
@@ -197,16 +218,51 @@ fn check_lookups(t: &Dmar<'_>, segment: u16, rid: SourceId) {
         physical_function_ari_extended: false,
     };
     assert_eq!(
-        t.unit_for_function(segment, vf, kind, &buses),
-        t.unit_for(segment, rid, &buses)
+        t.unit_for_function(segment, vf, kind, &Walk),
+        t.unit_for(segment, rid, &Walk)
     );
-    for region in t.reserved_regions(segment, rid, &buses) {
+    check_ats(t, segment, rid);
+    for region in t.reserved_regions(segment, rid, &Walk) {
         match region {
             Ok(r) => {
                 assert!(r.start.get() % 4096 == 0 && r.end.get() % 4096 == 0);
                 assert!(r.end.get() > r.start.get());
             }
             Err(e) => drop(format!("{e}")),
+        }
+    }
+}
+
+/// `ats_permission` for `rid` below each kind of upstream, checked against its rules: a SATC
+/// naming the function decides first (Required only with ATC_REQUIRED); without one, an
+/// integrated function is allowed and one behind a conventional bridge forbidden; an error is
+/// an unresolved scope naming `rid` as the requester looked up (or its root port).
+fn check_ats(t: &Dmar<'_>, segment: u16, rid: SourceId) {
+    let satcs = t.satcs().filter(|s| s.segment == segment).count();
+    let required = t
+        .satcs()
+        .any(|s| s.segment == segment && s.flags.contains(SatcFlags::ATC_REQUIRED));
+    let port = SourceId::new(rid.get() & 0xff00);
+    for up in [
+        Upstream::Integrated,
+        Upstream::ConventionalBridge(port),
+        Upstream::RootPort(port),
+    ] {
+        match t.ats_permission(segment, rid, up, &Walk) {
+            Ok(AtsPermission::Required) => assert!(required),
+            Ok(p) if satcs == 0 => match up {
+                Upstream::Integrated => assert_eq!(p, AtsPermission::Allowed),
+                Upstream::ConventionalBridge(_) => assert_eq!(p, AtsPermission::Forbidden),
+                Upstream::RootPort(_) => assert_ne!(p, AtsPermission::Undeclared),
+            },
+            Ok(p) => assert_ne!(p, AtsPermission::Undeclared),
+            Err(e) => {
+                assert!(
+                    matches!(e, crate::firmware::dmar::Error::ScopeUnresolved { requester, .. } if requester == rid || requester == port),
+                    "{e}"
+                );
+                drop(format!("{e}"));
+            }
         }
     }
 }
