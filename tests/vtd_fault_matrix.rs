@@ -53,6 +53,7 @@ const ATS: AttachOptions = AttachOptions {
     physical_function: None,
     pri: false,
     no_pasid: false,
+    ats_forbidden: false,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

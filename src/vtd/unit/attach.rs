@@ -74,6 +74,11 @@ pub struct AttachOptions {
     /// support is never sent an Invalidate Request carrying a PASID. Ignored for a PASID
     /// attachment.
     pub no_pasid: bool,
+    /// Firmware forbids ATS for the device ([`iommu::AtsPermission::Forbidden`]). Scalable
+    /// mode: an attach whose context entry already allows the device TLB (`DTE`, kept from an
+    /// earlier attachment with `ats`, for the unit's life) is refused with
+    /// [`iommu::Error::AtsForbidden`], nothing changed.
+    pub ats_forbidden: bool,
 }
 
 /// What writing an attachment's entry did.
@@ -147,6 +152,14 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
             Some(i) => i,
             None => cfg.free_index().ok_or(iommu::Error::NoMemory)?,
         };
+        // Firmware forbids ATS, but the device's context entry kept `DTE` from an earlier
+        // attachment with ATS: refused before anything changes.
+        if opts.ats_forbidden
+            && self.info.mode == Mode::Scalable
+            && self.context_allows_device_tlb(&cfg.root, sid)?
+        {
+            return Err(iommu::Error::AtsForbidden(device));
+        }
         let recorded = cfg.get(index);
         let old = recorded.map(|a| self.old_of(&a));
         // Scalable mode: the device's context entry was made present by an attach whose
@@ -535,6 +548,18 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
         let pdts = ScalableContextEntry::PDTS.get(w0) as u8;
         let va = resolve(&self.alloc, pa, "scalable-mode context entry")?;
         Ok(PasidDirectory::new(va, pdts))
+    }
+
+    /// Whether `sid`'s scalable-mode context entry is present with `DTE` (no allocation).
+    fn context_allows_device_tlb(&self, root: &RootTable, sid: SourceId) -> Result<bool, Error> {
+        let (co, alloc) = (self.info.coherency, &self.alloc);
+        let slot = RootSlot::for_devfn(sid.devfn());
+        let Some(table) = root.context_table(sid.bus(), slot, alloc, co, self.info.haw, false)?
+        else {
+            return Ok(false);
+        };
+        let ctx = table.entry(sid.devfn());
+        Ok(ctx.is_present() && ctx.word(0).unwrap_or(0) & ScalableContextEntry::DTE != 0)
     }
 
     /// The PASID entry of (`sid`, `pasid`) if its tables exist (no allocation).

@@ -341,6 +341,7 @@ where
             physical_function: hints.physical_function,
             pri: hints.pri,
             no_pasid: hints.pasid_bits == Some(0),
+            ats_forbidden: hints.ats_permission == crate::iommu::AtsPermission::Forbidden,
             ..super::AttachOptions::default()
         };
         self.attach_with(device, pasid, domain, opts)

@@ -1694,3 +1694,36 @@ fn a_gather_is_flushed_only_on_the_domain_that_filled_it() {
     u.unmap(db, Iova::new(M2), K4, &mut g).unwrap();
     u.flush(db, &mut g).unwrap();
 }
+
+/// Scalable mode keeps a device's `DTE` from its first attachment with ATS. A later attach
+/// whose firmware forbids ATS was let through, and the context entry still allowed the
+/// device TLB (translated requests) (review of 17:58: `DTE` 4, want 0). Now refused with
+/// `AtsForbidden`, nothing changed; an attach without the prohibition still goes.
+#[test]
+fn a_forbidden_ats_attach_does_not_inherit_dte() {
+    use crate::iommu::{AtsPermission, DeviceHints};
+    let (m, a) = (scalable_model(), TestAlloc::default());
+    let u = unit(&m, &a, Mode::Scalable);
+    let d1 = u.domain_alloc(&DomainConfig::default()).unwrap();
+    let d2 = u.domain_alloc(&DomainConfig::default()).unwrap();
+    let with = DeviceHints {
+        ats: true,
+        ..DeviceHints::default()
+    };
+    u.attach_device(DEV, None, d1, &with).unwrap();
+    assert_eq!(scalable_entries(&m, 0x20, 0).0[0] & 1 << 2, 1 << 2, "DTE");
+    u.detach(DEV, None).unwrap();
+    let forbidden = DeviceHints {
+        ats_permission: AtsPermission::Forbidden,
+        ..DeviceHints::default()
+    };
+    let before = scalable_entries(&m, 0x20, 0);
+    assert_eq!(
+        u.attach_device(DEV, None, d2, &forbidden),
+        Err(crate::iommu::Error::AtsForbidden(DEV)),
+        "firmware forbids ATS, yet the context entry allows the device TLB (DTE)"
+    );
+    assert_eq!(scalable_entries(&m, 0x20, 0), before, "nothing changed");
+    u.attach_device(DEV, None, d2, &DeviceHints::default())
+        .unwrap();
+}
