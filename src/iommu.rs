@@ -658,7 +658,10 @@ pub struct DeviceHints {
     /// allow the device TLB (legacy `TT` = 01b, scalable `DTE`) and invalidates it on every
     /// flush (needs `ECAP.DT`); SMMUv3 sets `STE.EATS` for its stream at its first attach and
     /// issues `CMD_ATC_INV` on every flush of its domains (needs `IDR0.ATS`). Without the
-    /// capability the attach is refused ([`Error::Unsupported`]).
+    /// capability the attach is refused ([`Error::Unsupported`]). Set it only where firmware
+    /// allows ATS, and pass the firmware's answer in
+    /// [`ats_permission`](Self::ats_permission): only `Forbidden` refuses, and the default,
+    /// `Undeclared`, refuses nothing (a translated request bypasses translation).
     pub ats: bool,
     /// The device's ATS Invalidate Queue Depth as its PCIe ATS Capability register reports
     /// it (bits 4:0: the invalidate requests it accepts before back-pressure; 0 means 32).

@@ -532,7 +532,7 @@ impl<'r, 'a, A: PageAllocator> IoasidCtx<'r, 'a, A> {
     }
 
     /// Puts every slot that is not retired at `generation`: for tests of the last one.
-    #[cfg(test)]
+    #[cfg(all(test, feature = "capi"))]
     pub(crate) fn age_slots(&self, generation: u32) {
         let mut st = self.state.write();
         st.device_gen.age(generation);

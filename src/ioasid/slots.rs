@@ -75,7 +75,7 @@ impl<const N: usize> Generations<N> {
 
     /// Puts every slot that is not retired at `generation`, as if emptied that many times:
     /// for tests of what happens at [`MAX_GENERATION`].
-    #[cfg(test)]
+    #[cfg(all(test, feature = "capi"))]
     pub(super) fn age(&mut self, generation: u32) {
         for g in self.generation.iter_mut().filter(|g| **g != RETIRED) {
             *g = generation.min(MAX_GENERATION);

@@ -219,3 +219,67 @@ fn a_unit_failing_after_another_completed_says_what_was_issued() {
         assert_eq!(log(m0).len(), 3);
     });
 }
+
+/// A replace of a device's nested child by a host IOASID that the unit refuses (the new CD
+/// table cannot be allocated) changes nothing: the books still name the child, and the unit
+/// still gives the device the guest's nested STE. (9e4d142 took the device off the guest's
+/// domain first: the STE aborted while the books named the child; review of 17:58.)
+#[test]
+fn a_refused_replace_of_a_nested_child_keeps_books_and_unit_agreeing() {
+    use crate::mem::PageAllocator;
+    let arena = Arena::new(ArenaConfig {
+        base_pa: 0x1_0000_0000,
+        capacity: 32 << 20,
+    })
+    .unwrap();
+    let m = SmmuModel::new(&arena, SmmuModelConfig::qemu_like().with_fwb(true));
+    let cfg = SmmuConfig {
+        poll_budget: 10_000,
+        ..SmmuConfig::default()
+    };
+    let u0 = SmmuUnit::new(&m, &arena, cfg).unwrap();
+    u0.enable().unwrap();
+    let pasids = PasidAllocator::new(20);
+    let units: [&dyn Iommu; 1] = [&u0];
+    let reg = Registry::new(&units, &pasids).unwrap();
+    let ctx = IoasidCtx::new(&reg, &arena, 0);
+    let parent = ctx.alloc(IoasidFlags::NEST_PARENT).unwrap();
+    let child = ctx.alloc_nested(parent, GUEST_STE).unwrap();
+    let host = ctx.alloc(IoasidFlags::PASID).unwrap();
+    let label = |sid| DeviceLabel {
+        unit: UnitId(0),
+        id: DeviceId(sid),
+    };
+    let a = ctx.bind(label(SID_A), false).unwrap();
+    let other = ctx.bind(label(0x40), false).unwrap();
+    ctx.attach(a, child).unwrap();
+    // The host IOASID's domain is built (another device uses it).
+    ctx.attach(other, host).unwrap();
+    let live = |sid: u32| {
+        let c = u0.config.lock();
+        c.strtab
+            .as_ref()
+            .unwrap()
+            .read(crate::smmuv3::StreamId(sid))
+            .unwrap()
+    };
+    assert!(
+        live(SID_A).valid() && live(SID_A).config_raw() == 0b111,
+        "nested"
+    );
+    let mut hog = Vec::new();
+    while let Some(p) = arena.alloc(12) {
+        hog.push(p);
+    }
+    let r = ctx.attach(a, host);
+    assert!(r.is_err(), "{r:?}: STE {:#b}", live(SID_A).config_raw());
+    // The books did not move (a refusal): the device is still the child's...
+    ctx.attach(a, child).unwrap();
+    // ...so the unit must still give it the guest's nested STE.
+    assert_eq!(
+        live(SID_A).config_raw(),
+        0b111,
+        "books say child, the STE says {:#b} (refused replace: {r:?})",
+        live(SID_A).config_raw()
+    );
+}

@@ -253,3 +253,58 @@ fn a_replace_whose_leaving_sync_times_out_is_settled_by_the_retry() {
     u.detach(DeviceId(SID), None).unwrap();
     u.domain_free(host).unwrap();
 }
+
+/// A replace of a user domain by a host stage-1 domain that is refused (the stream's new CD
+/// table cannot be allocated: NoMemory, no unit fault) leaves the user domain attached, as
+/// every refusal does (9e4d142's leave-first replace left the stream detached from it).
+#[test]
+fn a_refused_replace_keeps_the_user_domain() {
+    use crate::iommu::Error;
+    let arena = Arena::new(ArenaConfig {
+        base_pa: 0x1_0000_0000,
+        capacity: 32 << 20,
+    })
+    .unwrap();
+    let m = SmmuModel::new(&arena, SmmuModelConfig::qemu_like().with_fwb(true));
+    let u = SmmuUnit::new(
+        &m,
+        &arena,
+        SmmuConfig {
+            poll_budget: 10_000,
+            ..SmmuConfig::default()
+        },
+    )
+    .unwrap();
+    u.enable().unwrap();
+    let parent = u
+        .domain_alloc(&DomainConfig {
+            nest_parent: true,
+            stage: Stage::Second,
+            ..DomainConfig::default()
+        })
+        .unwrap();
+    let vste = UserStage1::SmmuV3 {
+        ste: [1 | 0b101 << 1 | GUEST_CD_IPA, 0],
+    };
+    let user = u.domain_alloc_user(parent, &vste).unwrap();
+    u.attach(DeviceId(SID), None, user).unwrap();
+    let host = u
+        .domain_alloc(&DomainConfig {
+            stage: Stage::First,
+            ..DomainConfig::default()
+        })
+        .unwrap();
+    // Nothing left to allocate: the host stage-1 attach needs a CD table for the stream.
+    let mut hog = Vec::new();
+    while let Some(p) = arena.alloc(12) {
+        hog.push(p);
+    }
+    let r = u.attach(DeviceId(SID), None, host);
+    assert_eq!(r, Err(Error::NoMemory));
+    // Refused: the user domain is still attached, so it cannot be freed...
+    assert_eq!(
+        u.domain_free(user),
+        Err(Error::Busy),
+        "the refused replace left the stream detached from its user domain (STE aborts)"
+    );
+}
