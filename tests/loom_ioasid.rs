@@ -213,6 +213,8 @@ struct UnitState {
     consumed: u64,
     /// Every page response sent, in order.
     responses: Vec<PageResponse>,
+    /// Each drain hands out at most one fault, so that two dispatchers may each take one.
+    drain_one: bool,
 }
 
 struct ModelUnit {
@@ -509,7 +511,8 @@ impl Iommu for ModelUnit {
     fn drain_page_faults(&self, out: &mut [PageFault]) -> Result<FaultDrain, IommuError> {
         let mut st = self.state.lock().unwrap();
         let mut d = FaultDrain::default();
-        while d.reported < out.len() {
+        let most = if st.drain_one { 1 } else { out.len() };
+        while d.reported < most.min(out.len()) {
             let Some(f) = st.faults.pop_front() else {
                 break;
             };
@@ -2816,18 +2819,12 @@ fn dispatch_vs_detach_and_attach_elsewhere() {
         let w = Arc::new(World::new(Setup::NONE));
         w.ctx.fault_queue_alloc();
         w.ctx.attach(w.dev, A).unwrap();
-        w.unit.state.lock().unwrap().faults.push_back(PageFault {
-            device: DeviceId(1),
-            pasid: None,
-            addr: 0x1000,
-            perm: FaultPerm::WRITE,
-            kind: FaultKind::PageRequest {
-                group: 1,
-                last: true,
-            },
-            generation: 0,
-            sequence: 0,
-        });
+        w.unit
+            .state
+            .lock()
+            .unwrap()
+            .faults
+            .push_back(page_request(1, 0));
         let w2 = w.clone();
         let dispatcher = loom::thread::spawn(move || {
             let unit: &dyn Iommu = &*w2.unit;
@@ -2836,12 +2833,7 @@ fn dispatch_vs_detach_and_attach_elsewhere() {
         w.ctx.detach(w.dev).unwrap();
         w.ctx.attach(w.dev, B).unwrap();
         dispatcher.join().unwrap();
-        let mut out = [QueuedFault {
-            unit: 0,
-            fault: PageFault::EMPTY,
-            cookie: iommu_engine::iopf::FaultCookie(0),
-        }; 2];
-        let n = w.ctx.read_faults(&mut out);
+        let (n, out) = read_two(&w.ctx);
         assert_eq!(n, 0, "a fault raised for A reached B: {:?}", out[0]);
         let st = w.unit.state.lock().unwrap();
         let codes: Vec<_> = st.responses.iter().map(|r| r.code).collect();
@@ -2853,11 +2845,35 @@ fn dispatch_vs_detach_and_attach_elsewhere() {
     println!("dispatch_vs_detach_and_attach_elsewhere: {interleavings} interleavings");
 }
 
+/// A last page request of `group` from device 1 (no PASID), the unit's `sequence`-th.
+fn page_request(group: u16, sequence: u64) -> PageFault {
+    PageFault {
+        device: DeviceId(1),
+        pasid: None,
+        addr: 0x1000 * (u64::from(group) + 1),
+        perm: FaultPerm::WRITE,
+        kind: FaultKind::PageRequest { group, last: true },
+        generation: 0,
+        sequence,
+    }
+}
+
+/// Up to two faults queued for `ctx`'s reader, and how many there were.
+fn read_two(ctx: &IoasidCtx<'static, 'static, Alloc>) -> (usize, [QueuedFault; 2]) {
+    let mut out = [QueuedFault {
+        unit: 0,
+        fault: PageFault::EMPTY,
+        cookie: iommu_engine::iopf::FaultCookie(0),
+    }; 2];
+    (ctx.read_faults(&mut out), out)
+}
+
 /// Two dispatchers of one unit (two fault threads, as an embedder with one per CPU has) each
 /// drain the unit's queue while the device is detached from A and attached to B: the
 /// quarantine's two generations per unit must hold whichever dispatcher took which fault and
-/// whichever of them overlaps the detach. Both requests were raised for A: neither reaches B,
-/// each is answered Invalid exactly once, and the context's queue is empty at the end.
+/// whichever of them overlaps the detach (the unit hands out one request per drain here, so
+/// each dispatcher may take one). Both requests were raised for A: neither reaches B, each is
+/// answered Invalid exactly once, and the context's queue is empty at the end.
 #[test]
 fn two_dispatchers_vs_detach_and_attach_elsewhere() {
     let counter = Arc::new(AtomicUsize::new(0));
@@ -2867,16 +2883,10 @@ fn two_dispatchers_vs_detach_and_attach_elsewhere() {
         let w = Arc::new(World::new(Setup::NONE));
         w.ctx.fault_queue_alloc();
         w.ctx.attach(w.dev, A).unwrap();
-        for (group, sequence) in [(1, 0), (2, 1)] {
-            w.unit.state.lock().unwrap().faults.push_back(PageFault {
-                device: DeviceId(1),
-                pasid: None,
-                addr: 0x1000 * (u64::from(group) + 1),
-                perm: FaultPerm::WRITE,
-                kind: FaultKind::PageRequest { group, last: true },
-                generation: 0,
-                sequence,
-            });
+        {
+            let mut st = w.unit.state.lock().unwrap();
+            st.drain_one = true;
+            st.faults.extend([page_request(1, 0), page_request(2, 1)]);
         }
         let dispatchers: Vec<_> = (0..2)
             .map(|_| {
@@ -2893,12 +2903,7 @@ fn two_dispatchers_vs_detach_and_attach_elsewhere() {
         for d in dispatchers {
             d.join().unwrap();
         }
-        let mut out = [QueuedFault {
-            unit: 0,
-            fault: PageFault::EMPTY,
-            cookie: iommu_engine::iopf::FaultCookie(0),
-        }; 2];
-        let n = w.ctx.read_faults(&mut out);
+        let (n, out) = read_two(&w.ctx);
         assert_eq!(n, 0, "a fault raised for A reached B: {:?}", &out[..n]);
         let st = w.unit.state.lock().unwrap();
         let group = |k: FaultKind| match k {

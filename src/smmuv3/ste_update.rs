@@ -254,7 +254,9 @@ fn plan_steps(current: &Ste, target: &Ste, mut step: impl FnMut(UpdateStep)) {
     group(&mut state, &mut step, |i, _| tgt[i]);
 }
 
-/// Whether both STEs use CDs (valid, Config 0b1x1) from different CD tables. Such a change
+/// Whether both STEs use CDs (valid, Config 0b1x1) from different CD tables: another
+/// S1ContextPtr or S1Fmt, or another Config (a nested STE's pointer is an IPA, a stage-1
+/// STE's a PA: the same bits name different tables). Such a change
 /// breaks (goes through abort): the CMD_CFGI_STE of the aborting STE drops the CDs cached
 /// through the StreamID (§4.3.1) before the new STE is live. Switched in one store, the new
 /// STE could be read while the old table's CDs are still cached, and a CD cache may be
@@ -263,7 +265,7 @@ fn plan_steps(current: &Ste, target: &Ste, mut step: impl FnMut(UpdateStep)) {
 fn new_cd_table(current: &Ste, target: &Ste) -> bool {
     let uses_cds = |w: u64| w & V != 0 && CONFIG.get(w) & 0b101 == 0b101;
     let (cur, tgt) = (current.words[0], target.words[0]);
-    let table = S1CONTEXTPTR.mask() | S1FMT.mask();
+    let table = S1CONTEXTPTR.mask() | S1FMT.mask() | CONFIG.mask();
     uses_cds(cur) && uses_cds(tgt) && (cur ^ tgt) & table != 0
 }
 
@@ -379,8 +381,9 @@ mod tests {
         // S2 (VMID 1) -> S1 (S2VMID 0 tags its TLB entries): word 0 and word 2 both change in
         // used bits, so the update breaks.
         assert_eq!(syncs(s2a, st1), 3);
-        // S1 -> nested: stage-2 words are unused by S1 and prepared; word 0 switches.
-        assert_eq!(syncs(st1, nested), 2);
+        // S1 -> nested on the same pointer bits: a PA becomes an IPA, another CD table, so
+        // the update breaks (`new_cd_table`).
+        assert_eq!(syncs(st1, nested), 3);
         // Anything -> abort: word 0 first, then the rest is cleaned.
         for from in [bypass, s2a, st1, nested] {
             let plan = plan_update(&from, &abort);
@@ -444,8 +447,16 @@ mod tests {
             assert!(through_abort(a, b), "{a:x?} -> {b:x?} in one store");
             assert!(syncs(a, b) >= 2);
         }
-        // The same CD table: hitless as before.
-        assert!(!through_abort(st1, same_table));
+        // The same bits under another Config: a nested STE's pointer is an IPA (review of
+        // 18:00: this was hitless).
+        assert!(through_abort(st1, same_table));
+        assert!(through_abort(same_table, st1));
+        // The same CD table, another word 1: hitless as before.
+        let ats = SteBuilder::stage1(s1(0x4_0000))
+            .eats(crate::smmuv3::ste::Eats::Translate)
+            .build()
+            .unwrap();
+        assert!(!through_abort(st1, ats));
     }
 
     #[test]

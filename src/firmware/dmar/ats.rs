@@ -19,6 +19,7 @@
 
 use super::device_scope::{DeviceScope, PciBuses};
 use super::error::Error;
+use super::lookup::first_scope;
 use super::satc::SatcFlags;
 use super::table::Dmar;
 use super::AtsrFlags;
@@ -47,25 +48,7 @@ fn named_by<'a, B: PciBuses + ?Sized>(
     rid: SourceId,
     buses: &B,
 ) -> Result<bool, Error> {
-    let mut unresolved = None;
-    for scope in scopes {
-        match scope.names(segment, rid, buses) {
-            Ok(true) => return Ok(true),
-            Ok(false) => {}
-            Err(e) => {
-                unresolved.get_or_insert(match e {
-                    Error::NotABridge { segment, bridge } => Error::ScopeUnresolved {
-                        scope: scope.offset,
-                        segment,
-                        requester: rid,
-                        bridge,
-                    },
-                    other => other,
-                });
-            }
-        }
-    }
-    unresolved.map_or(Ok(false), Err)
+    first_scope(scopes, rid, |s| s.names(segment, rid, buses)).map(|s| s.is_some())
 }
 
 impl Dmar<'_> {

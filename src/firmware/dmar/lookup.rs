@@ -128,10 +128,25 @@ fn matching_scope<'a, B: PciBuses + ?Sized>(
     rid: SourceId,
     buses: &B,
 ) -> Match<'a> {
+    match first_scope(scopes, rid, |s| s.covers(segment, rid, buses)) {
+        Ok(Some(scope)) => Match::Covered(scope),
+        Ok(None) => Match::NotCovered,
+        Err(e) => Match::Unresolved(e),
+    }
+}
+
+/// The first scope of `scopes` for which `test` (about requester `rid`) answers yes: one that
+/// does decides, even when another could not be followed; else the first scope that could
+/// not (`NotABridge` made [`Error::ScopeUnresolved`], naming the scope and `rid`).
+pub(super) fn first_scope<'a>(
+    scopes: impl Iterator<Item = DeviceScope<'a>>,
+    rid: SourceId,
+    test: impl Fn(&DeviceScope<'a>) -> Result<bool, Error>,
+) -> Result<Option<DeviceScope<'a>>, Error> {
     let mut unresolved = None;
     for scope in scopes {
-        match scope.covers(segment, rid, buses) {
-            Ok(true) => return Match::Covered(scope),
+        match test(&scope) {
+            Ok(true) => return Ok(Some(scope)),
             Ok(false) => {}
             Err(e) => {
                 unresolved.get_or_insert(match e {
@@ -146,7 +161,7 @@ fn matching_scope<'a, B: PciBuses + ?Sized>(
             }
         }
     }
-    unresolved.map_or(Match::NotCovered, Match::Unresolved)
+    unresolved.map_or(Ok(None), Err)
 }
 
 impl<'a> Dmar<'a> {

@@ -396,8 +396,7 @@ fn tlbi_range(cfg: &SmmuModelConfig, dw0: u64, dw1: u64, mask: u64) -> Result<Ad
     })
 }
 
-/// Drops the cached level-1 stream table descriptors locating any of `first .. first + count`.
-/// The CDs and L1CDs cached through StreamIDs `first..first + count`: CMD_CFGI_STE and
+/// Drops the CDs and L1CDs cached through StreamIDs `first..first + count`: CMD_CFGI_STE and
 /// CMD_CFGI_STE_RANGE invalidate them, whatever Leaf says (§4.3.1, §4.3.2: "all Context
 /// Descriptors (including L1CD) that were cached using the given StreamID").
 fn drop_cds(state: &mut State, first: u64, count: u64) {
@@ -410,6 +409,7 @@ fn drop_cds(state: &mut State, first: u64, count: u64) {
     state.stats.l1_invalidated += before - state.caches.l1cd.len();
 }
 
+/// Drops the cached level-1 stream table descriptors locating any of `first .. first + count`.
 fn drop_l1std(state: &mut State, first: u64, count: u64) {
     let before = state.caches.l1std.len();
     state.caches.l1std.retain(|_, e| !e.overlaps(first, count));

@@ -152,11 +152,12 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
             Some(i) => i,
             None => cfg.free_index().ok_or(iommu::Error::NoMemory)?,
         };
-        // Firmware forbids ATS, but the device's context entry kept `DTE` from an earlier
-        // attachment with ATS: refused before anything changes.
+        // Firmware forbids ATS: refused before anything changes if this attach asks for it,
+        // or if the device's context entry kept `DTE` from an earlier attachment with ATS.
         if opts.ats_forbidden
-            && self.info.mode == Mode::Scalable
-            && self.context_allows_device_tlb(&cfg.root, sid)?
+            && (opts.ats
+                || self.info.mode == Mode::Scalable
+                    && self.context_allows_device_tlb(&cfg.root, sid)?)
         {
             return Err(iommu::Error::AtsForbidden(device));
         }
@@ -550,16 +551,26 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
         Ok(PasidDirectory::new(va, pdts))
     }
 
-    /// Whether `sid`'s scalable-mode context entry is present with `DTE` (no allocation).
-    fn context_allows_device_tlb(&self, root: &RootTable, sid: SourceId) -> Result<bool, Error> {
+    /// `sid`'s scalable-mode context entry if it is present (no allocation).
+    fn existing_context<'r>(
+        &self,
+        root: &'r RootTable,
+        sid: SourceId,
+    ) -> Result<Option<LiveEntry<'r>>, Error> {
         let (co, alloc) = (self.info.coherency, &self.alloc);
         let slot = RootSlot::for_devfn(sid.devfn());
         let Some(table) = root.context_table(sid.bus(), slot, alloc, co, self.info.haw, false)?
         else {
-            return Ok(false);
+            return Ok(None);
         };
         let ctx = table.entry(sid.devfn());
-        Ok(ctx.is_present() && ctx.word(0).unwrap_or(0) & ScalableContextEntry::DTE != 0)
+        Ok(ctx.is_present().then_some(ctx))
+    }
+
+    /// Whether `sid`'s scalable-mode context entry is present with `DTE` (no allocation).
+    fn context_allows_device_tlb(&self, root: &RootTable, sid: SourceId) -> Result<bool, Error> {
+        let ctx = self.existing_context(root, sid)?;
+        Ok(ctx.is_some_and(|c| c.word(0).unwrap_or(0) & ScalableContextEntry::DTE != 0))
     }
 
     /// The PASID entry of (`sid`, `pasid`) if its tables exist (no allocation).
@@ -569,16 +580,10 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
         sid: SourceId,
         pasid: Option<Pasid>,
     ) -> Result<Option<LiveEntry<'r>>, Error> {
-        let (co, alloc) = (self.info.coherency, &self.alloc);
-        let slot = RootSlot::for_devfn(sid.devfn());
-        let Some(table) = root.context_table(sid.bus(), slot, alloc, co, self.info.haw, false)?
-        else {
+        let Some(ctx) = self.existing_context(root, sid)? else {
             return Ok(None);
         };
-        let ctx = table.entry(sid.devfn());
-        if !ctx.is_present() {
-            return Ok(None);
-        }
+        let (co, alloc) = (self.info.coherency, &self.alloc);
         self.directory(&ctx)?
             .entry(pasid.unwrap_or(RID_PASID), alloc, co, self.info.haw, false)
     }

@@ -1727,3 +1727,23 @@ fn a_forbidden_ats_attach_does_not_inherit_dte() {
     u.attach_device(DEV, None, d2, &DeviceHints::default())
         .unwrap();
 }
+
+/// `attach_with` itself refuses `ats` where firmware forbids it (review of 18:00: a direct
+/// call with both set made the device's context entry with `DTE`).
+#[test]
+fn attach_with_refuses_ats_that_firmware_forbids() {
+    let (m, a) = (scalable_model(), TestAlloc::default());
+    let u = unit(&m, &a, Mode::Scalable);
+    let d = u.domain_alloc(&DomainConfig::default()).unwrap();
+    let both = AttachOptions {
+        ats: true,
+        ats_forbidden: true,
+        ..AttachOptions::default()
+    };
+    assert_eq!(
+        u.attach_with(DEV, None, d, both),
+        Err(crate::iommu::Error::AtsForbidden(DEV))
+    );
+    u.attach(DEV, None, d).unwrap();
+    assert_eq!(scalable_entries(&m, 0x20, 0).0[0] & 1 << 2, 0, "no DTE");
+}
