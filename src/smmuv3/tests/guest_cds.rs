@@ -8,7 +8,7 @@
 extern crate std;
 use std::vec::Vec;
 
-use crate::iommu::{DeviceId, DomainConfig, Iommu, Stage, UserStage1};
+use crate::iommu::{DeviceId, DomainConfig, DomainHandle, Iommu, Stage, UserStage1};
 use crate::mem::{Iova, PageAllocator, PhysAddr};
 use crate::pgtable::Prot;
 use crate::sim::smmuv3::{SmmuModel, SmmuModelConfig};
@@ -18,18 +18,30 @@ use crate::smmuv3::{SmmuConfig, SmmuUnit};
 
 const SID: u32 = 0x20;
 const GUEST_CD_IPA: u64 = 0x8_0000;
+fn stage1() -> DomainConfig {
+    DomainConfig {
+        stage: Stage::First,
+        ..DomainConfig::default()
+    }
+}
 
-#[test]
-fn a_guests_cds_are_invalidated_when_its_domain_leaves_the_stream() {
-    let arena = Arena::new(ArenaConfig {
+fn arena() -> Arena {
+    Arena::new(ArenaConfig {
         base_pa: 0x1_0000_0000,
         capacity: 32 << 20,
     })
-    .unwrap();
-    let m = SmmuModel::new(&arena, SmmuModelConfig::qemu_like().with_fwb(true));
+    .unwrap()
+}
+
+fn model(arena: &Arena) -> SmmuModel<'_> {
+    SmmuModel::new(arena, SmmuModelConfig::qemu_like().with_fwb(true))
+}
+
+/// An enabled unit over `m`.
+fn unit<'a>(m: &'a SmmuModel<'a>, arena: &'a Arena) -> SmmuUnit<&'a SmmuModel<'a>, &'a Arena> {
     let u = SmmuUnit::new(
-        &m,
-        &arena,
+        m,
+        arena,
         SmmuConfig {
             poll_budget: 10_000,
             ..SmmuConfig::default()
@@ -37,6 +49,29 @@ fn a_guests_cds_are_invalidated_when_its_domain_leaves_the_stream() {
     )
     .unwrap();
     u.enable().unwrap();
+    u
+}
+
+/// A nest parent and a user domain over it whose vSTE names a CD table at `GUEST_CD_IPA`.
+fn user_domain(u: &SmmuUnit<&SmmuModel<'_>, &Arena>) -> (DomainHandle, DomainHandle) {
+    let parent = u
+        .domain_alloc(&DomainConfig {
+            nest_parent: true,
+            stage: Stage::Second,
+            ..DomainConfig::default()
+        })
+        .unwrap();
+    let vste = UserStage1::SmmuV3 {
+        ste: [1 | 0b101 << 1 | GUEST_CD_IPA, 0],
+    };
+    (parent, u.domain_alloc_user(parent, &vste).unwrap())
+}
+
+#[test]
+fn a_guests_cds_are_invalidated_when_its_domain_leaves_the_stream() {
+    let arena = arena();
+    let m = model(&arena);
+    let u = unit(&m, &arena);
     let rw = Prot::READ.union(Prot::WRITE);
     // A host stage-1 domain, only to borrow a well-formed CD for the guest to copy.
     let template = u
@@ -78,12 +113,7 @@ fn a_guests_cds_are_invalidated_when_its_domain_leaves_the_stream() {
     m.reset_stats();
     // The VM lets the device go; the host gives it a stage-1 (DMA API) domain.
     u.detach(DeviceId(SID), None).unwrap();
-    let host = u
-        .domain_alloc(&DomainConfig {
-            stage: Stage::First,
-            ..DomainConfig::default()
-        })
-        .unwrap();
+    let host = u.domain_alloc(&stage1()).unwrap();
     u.map(
         host,
         Iova::new(0x1000),
@@ -110,22 +140,9 @@ fn a_guests_cds_are_invalidated_when_its_domain_leaves_the_stream() {
 /// guest's TTB0 read as a physical address under a stage-1-only STE.
 #[test]
 fn host_dma_is_never_translated_by_a_stale_guest_cd() {
-    let arena = Arena::new(ArenaConfig {
-        base_pa: 0x1_0000_0000,
-        capacity: 32 << 20,
-    })
-    .unwrap();
-    let m = SmmuModel::new(&arena, SmmuModelConfig::qemu_like().with_fwb(true));
-    let u = SmmuUnit::new(
-        &m,
-        &arena,
-        SmmuConfig {
-            poll_budget: 10_000,
-            ..SmmuConfig::default()
-        },
-    )
-    .unwrap();
-    u.enable().unwrap();
+    let arena = arena();
+    let m = model(&arena);
+    let u = unit(&m, &arena);
     let rw = Prot::READ.union(Prot::WRITE);
     let s1 = DomainConfig {
         stage: Stage::First,
@@ -207,40 +224,12 @@ fn host_dma_is_never_translated_by_a_stale_guest_cd() {
 fn a_replace_whose_leaving_sync_times_out_is_settled_by_the_retry() {
     use crate::iommu::Error;
     use crate::sim::smmuv3::Injection;
-    let arena = Arena::new(ArenaConfig {
-        base_pa: 0x1_0000_0000,
-        capacity: 32 << 20,
-    })
-    .unwrap();
-    let m = SmmuModel::new(&arena, SmmuModelConfig::qemu_like().with_fwb(true));
-    let u = SmmuUnit::new(
-        &m,
-        &arena,
-        SmmuConfig {
-            poll_budget: 10_000,
-            ..SmmuConfig::default()
-        },
-    )
-    .unwrap();
-    u.enable().unwrap();
-    let parent = u
-        .domain_alloc(&DomainConfig {
-            nest_parent: true,
-            stage: Stage::Second,
-            ..DomainConfig::default()
-        })
-        .unwrap();
-    let vste = UserStage1::SmmuV3 {
-        ste: [1 | 0b101 << 1 | GUEST_CD_IPA, 0],
-    };
-    let user = u.domain_alloc_user(parent, &vste).unwrap();
+    let arena = arena();
+    let m = model(&arena);
+    let u = unit(&m, &arena);
+    let (_, user) = user_domain(&u);
     u.attach(DeviceId(SID), None, user).unwrap();
-    let host = u
-        .domain_alloc(&DomainConfig {
-            stage: Stage::First,
-            ..DomainConfig::default()
-        })
-        .unwrap();
+    let host = u.domain_alloc(&stage1()).unwrap();
     m.inject(Injection::SyncStall);
     assert!(matches!(
         u.attach(DeviceId(SID), None, host),
@@ -260,40 +249,12 @@ fn a_replace_whose_leaving_sync_times_out_is_settled_by_the_retry() {
 #[test]
 fn a_refused_replace_keeps_the_user_domain() {
     use crate::iommu::Error;
-    let arena = Arena::new(ArenaConfig {
-        base_pa: 0x1_0000_0000,
-        capacity: 32 << 20,
-    })
-    .unwrap();
-    let m = SmmuModel::new(&arena, SmmuModelConfig::qemu_like().with_fwb(true));
-    let u = SmmuUnit::new(
-        &m,
-        &arena,
-        SmmuConfig {
-            poll_budget: 10_000,
-            ..SmmuConfig::default()
-        },
-    )
-    .unwrap();
-    u.enable().unwrap();
-    let parent = u
-        .domain_alloc(&DomainConfig {
-            nest_parent: true,
-            stage: Stage::Second,
-            ..DomainConfig::default()
-        })
-        .unwrap();
-    let vste = UserStage1::SmmuV3 {
-        ste: [1 | 0b101 << 1 | GUEST_CD_IPA, 0],
-    };
-    let user = u.domain_alloc_user(parent, &vste).unwrap();
+    let arena = arena();
+    let m = model(&arena);
+    let u = unit(&m, &arena);
+    let (_, user) = user_domain(&u);
     u.attach(DeviceId(SID), None, user).unwrap();
-    let host = u
-        .domain_alloc(&DomainConfig {
-            stage: Stage::First,
-            ..DomainConfig::default()
-        })
-        .unwrap();
+    let host = u.domain_alloc(&stage1()).unwrap();
     // Nothing left to allocate: the host stage-1 attach needs a CD table for the stream.
     let mut hog = Vec::new();
     while let Some(p) = arena.alloc(12) {
