@@ -1,5 +1,6 @@
 //! Map and unmap throughput of the engine (VT-d second stage, Arm stage 2 with the 4 KiB
-//! granule, AMD-Vi v1; the first-stage formats VT-d first stage, Arm stage 1 and AMD-Vi v2)
+//! granule and, on the same workloads counted in entries, the 16 KiB and 64 KiB granules,
+//! AMD-Vi v1; the first-stage formats VT-d first stage, Arm stage 1 and AMD-Vi v2)
 //! against two peers doing the same work over the same host memory pool, and a memset
 //! of the same number of PTE bytes as the lower bound.
 //!
@@ -40,7 +41,7 @@ const G1: u64 = 1 << 30;
 /// Physical address of the pool's first byte (fake, != its host address).
 const POOL_PA: u64 = 0x4000_0000;
 /// Pool size: tables for 1 GiB of 4 KiB pages (2 MiB of leaf tables) many times over.
-const POOL_BYTES: usize = 64 << 20;
+const POOL_BYTES: usize = 128 << 20;
 /// Where the mapped output addresses start (never dereferenced).
 const TARGET_PA: u64 = 0x80_0000_0000;
 /// Where each workload's IOVAs start: 1 GiB aligned, past the 4-level tables' first entries.
@@ -49,11 +50,22 @@ const IOVA_BASE: u64 = 0x40_0000_0000;
 // ---------------------------------------------------------------------------------------------
 // the shared table-page pool
 
-/// A bump allocator with a free list of 4 KiB pages over one zeroed host buffer.
+/// A bump allocator with a free list per page size (4, 16 and 64 KiB: the granules' table
+/// pages) over one zeroed host buffer.
 struct HostPool {
     base: NonNull<u8>,
     next: Cell<usize>,
-    free: RefCell<Vec<usize>>,
+    free: RefCell<[Vec<usize>; 3]>,
+}
+
+/// The free list of pages of `1 << size_log2` bytes, if the pool keeps one.
+fn free_list(size_log2: u32) -> Option<usize> {
+    match size_log2 {
+        12 => Some(0),
+        14 => Some(1),
+        16 => Some(2),
+        _ => None,
+    }
 }
 
 impl HostPool {
@@ -64,20 +76,21 @@ impl HostPool {
         Self {
             base,
             next: Cell::new(0),
-            free: RefCell::new(Vec::new()),
+            free: RefCell::new([Vec::new(), Vec::new(), Vec::new()]),
         }
     }
 
-    /// A zeroed 4 KiB page: (offset in the pool, host pointer).
-    fn take_4k(&self) -> Option<(usize, NonNull<u8>)> {
-        if let Some(off) = self.free.borrow_mut().pop() {
-            // SAFETY: `off` is a freed 4 KiB page inside the pool.
+    /// A zeroed page of `1 << size_log2` bytes: (offset in the pool, host pointer).
+    fn take(&self, size_log2: u32) -> Option<(usize, NonNull<u8>)> {
+        let reused = free_list(size_log2).and_then(|l| self.free.borrow_mut()[l].pop());
+        if let Some(off) = reused {
+            // SAFETY: `off` is a freed page of this size inside the pool.
             let p = unsafe { self.base.add(off) };
             // SAFETY: the page is ours again; zero it as a real allocator must.
-            unsafe { p.as_ptr().write_bytes(0, K4 as usize) };
+            unsafe { p.as_ptr().write_bytes(0, 1 << size_log2) };
             return Some((off, p));
         }
-        self.bump(12)
+        self.bump(size_log2)
     }
 
     fn bump(&self, size_log2: u32) -> Option<(usize, NonNull<u8>)> {
@@ -91,8 +104,10 @@ impl HostPool {
         Some((off, unsafe { self.base.add(off) }))
     }
 
-    fn give_back(&self, off: usize) {
-        self.free.borrow_mut().push(off);
+    fn give_back(&self, off: usize, size_log2: u32) {
+        if let Some(l) = free_list(size_log2) {
+            self.free.borrow_mut()[l].push(off);
+        }
     }
 
     fn offset_of(&self, va: NonNull<u8>) -> usize {
@@ -106,11 +121,7 @@ impl HostPool {
 unsafe impl PageAllocator for HostPool {
     #[inline]
     fn alloc(&self, size_log2: u32) -> Option<Page> {
-        let (off, va) = if size_log2 == 12 {
-            self.take_4k()?
-        } else {
-            self.bump(size_log2)?
-        };
+        let (off, va) = self.take(size_log2)?;
         Some(Page {
             pa: PhysAddr::new(POOL_PA + off as u64),
             va,
@@ -119,9 +130,7 @@ unsafe impl PageAllocator for HostPool {
 
     #[inline]
     unsafe fn free(&self, page: Page, size_log2: u32) {
-        if size_log2 == 12 {
-            self.give_back(self.offset_of(page.va));
-        }
+        self.give_back(self.offset_of(page.va), size_log2);
     }
 
     #[inline]
@@ -222,8 +231,17 @@ fn amdvi_v1(pool: &HostPool) -> Engine<'_, AmdV1> {
 }
 
 fn arm_s2(pool: &HostPool) -> Engine<'_, ArmS2> {
+    arm_s2_granule(pool, 12, "engine-arm-s2")
+}
+
+/// The Arm stage-2 format at a granule of `1 << granule_log2` bytes, as `arm_s2` otherwise.
+fn arm_s2_granule<'a>(
+    pool: &'a HostPool,
+    granule_log2: u32,
+    name: &'static str,
+) -> Engine<'a, ArmS2> {
     let cfg = ArmS2Config {
-        granule_log2: 12,
+        granule_log2,
         ias: 48,
         oas: 48,
         blocks: true,
@@ -233,7 +251,7 @@ fn arm_s2(pool: &HostPool) -> Engine<'_, ArmS2> {
     };
     let f = ArmS2::new(cfg).expect("format");
     Engine {
-        name: "engine-arm-s2",
+        name,
         table: PageTable::new(f, pool, WalkerCoherency::Coherent).expect("table"),
         pool,
     }
@@ -423,7 +441,7 @@ mod arm_peer {
             (page.va.cast(), PhysicalAddress(page.pa.get() as usize))
         }
         unsafe fn deallocate_table(&mut self, table: NonNull<APageTable<Stage2Attributes>>) {
-            self.0.give_back(self.0.offset_of(table.cast()));
+            self.0.give_back(self.0.offset_of(table.cast()), 12);
         }
         fn physical_to_virtual(
             &self,
@@ -514,7 +532,7 @@ mod multiarch_peer {
         }
         fn dealloc_frames(paddr: MPhys, num: usize) {
             assert_eq!(num, 1);
-            pool().give_back(paddr.as_usize() - POOL_PA as usize);
+            pool().give_back(paddr.as_usize() - POOL_PA as usize, 12);
         }
         fn phys_to_virt(paddr: MPhys) -> MVirt {
             let va = pool()
@@ -567,13 +585,22 @@ mod multiarch_peer {
 #[derive(Clone, Copy)]
 struct Work {
     name: &'static str,
-    /// Offset from a 1 GiB boundary of both IOVA and PA (makes the range start with 4 KiB
-    /// pages up to the next 2 MiB boundary).
+    /// Offset from a block (or 1 GiB) boundary of both IOVA and PA (makes the range start with
+    /// pages up to the next block boundary).
     offset: u64,
     len: u64,
     /// Page size of a per-page call, if the workload is also run one page per call.
     per_page: Option<u64>,
+    /// Pages only: the output is misaligned by one page, so no larger page fits.
+    pages_only: bool,
+    /// First IOVA of the workload's region: each workload has its own, because peers keep
+    /// emptied tables linked (a block cannot go where a page's table was left).
+    region: u64,
+    /// The page (`pages_only`) or block size that a packed layout aligns each range to.
+    unit: u64,
 }
+
+const G128: u64 = 128 * G1;
 
 const WORK: &[Work] = &[
     Work {
@@ -581,12 +608,18 @@ const WORK: &[Work] = &[
         offset: 0,
         len: K4,
         per_page: None,
+        pages_only: true,
+        region: IOVA_BASE,
+        unit: K4,
     },
     Work {
         name: "256x4K",
         offset: 0,
         len: 256 * K4,
         per_page: Some(K4),
+        pages_only: true,
+        region: IOVA_BASE + G128,
+        unit: K4,
     },
     Work {
         name: "262144x4K",
@@ -594,12 +627,18 @@ const WORK: &[Work] = &[
         offset: 0,
         len: G1,
         per_page: None,
+        pages_only: true,
+        region: IOVA_BASE + 2 * G128,
+        unit: K4,
     },
     Work {
         name: "256x2M",
         offset: 0,
         len: 256 * M2,
         per_page: Some(M2),
+        pages_only: false,
+        region: IOVA_BASE + 3 * G128,
+        unit: M2,
     },
     Work {
         // 16 x 4K up to a 2 MiB boundary, 15 x 2M, 16 x 4K.
@@ -607,23 +646,70 @@ const WORK: &[Work] = &[
         offset: M2 - 16 * K4,
         len: 16 * K4 + 15 * M2 + 16 * K4,
         per_page: None,
+        pages_only: false,
+        region: IOVA_BASE + 4 * G128,
+        unit: M2,
     },
 ];
 
-/// Output address for a workload: 4 KiB pages only where the name says so.
+/// `WORK` for a granule of `1 << granule_log2` bytes (issue 18, goal 1: the Arm format's 16 KiB
+/// and 64 KiB granules), counted in entries: each workload writes as many leaves (pages of the
+/// granule, level-2 blocks of `granule << (granule_log2 - 3)` bytes) as its 4 KiB original, so
+/// its rows compare with the 4 KiB rows and the store limits of the same entry counts. The
+/// names say the sizes (`256x16K`, `256x32M`, ...; `mixed-16K` is 16 pages up to a block
+/// boundary, 15 blocks, 16 pages); each workload has 4 TiB of its own from `base`.
+fn scaled_work(granule_log2: u32, base: u64) -> Vec<Work> {
+    let page = 1u64 << granule_log2;
+    let block = page << (granule_log2 - 3);
+    let size = |bytes: u64| match bytes.trailing_zeros() {
+        b @ 30.. => format!("{}G", 1u64 << (b - 30)),
+        b @ 20.. => format!("{}M", 1u64 << (b - 20)),
+        b => format!("{}K", 1u64 << (b - 10)),
+    };
+    let name = |n: &str| -> &'static str { Box::leak(n.to_owned().into_boxed_str()) };
+    WORK.iter()
+        .enumerate()
+        .map(|(i, w)| {
+            let region = base + ((i as u64) << 42);
+            let (len, offset, per_page, unit) = match w.name {
+                "mixed" => (32 * page + 15 * block, block - 16 * page, None, block),
+                _ if w.pages_only => (w.len / K4 * page, 0, w.per_page.map(|_| page), page),
+                _ => (w.len / M2 * block, 0, w.per_page.map(|_| block), block),
+            };
+            let unit_name = if w.pages_only {
+                size(page)
+            } else {
+                size(block)
+            };
+            let label = match w.name {
+                "mixed" => format!("mixed-{}", size(page)),
+                _ => format!("{}x{}", len / unit, unit_name),
+            };
+            Work {
+                name: name(&label),
+                offset,
+                len,
+                per_page,
+                pages_only: w.pages_only,
+                region,
+                unit,
+            }
+        })
+        .collect()
+}
+
+/// Output address for a workload: only pages where it says so.
 fn target_pa(w: &Work) -> u64 {
-    if w.name.ends_with("x4K") {
-        TARGET_PA + K4
+    if w.pages_only {
+        TARGET_PA + w.unit
     } else {
         TARGET_PA
     }
 }
 
-/// First IOVA of workload `w`'s region: each workload has its own, because peers keep emptied
-/// tables linked (a 2 MiB page cannot go where a 4 KiB page's table was left).
-fn region(w: &Work) -> u64 {
-    let index = WORK.iter().position(|x| x.name == w.name).unwrap_or(0) as u64;
-    IOVA_BASE + index * (128 * G1)
+/// The one-call rows over 262,144 entries (1 GiB of 4 KiB pages).
+fn whole_table_row(w: &Work) -> bool {
+    w.pages_only && w.len / w.unit >= 262_144
 }
 
 /// How many distinct ranges a timed batch maps before the untimed unmap: 64 pages' worth, and
@@ -632,23 +718,23 @@ fn region(w: &Work) -> u64 {
 /// criterion's loop spreads it over many iterations of the store limit; a 1 GiB call takes
 /// 100 µs or more.
 fn batch(w: &Work) -> u64 {
-    if w.len >= G1 {
+    if whole_table_row(w) {
         1
     } else {
-        (64 * K4 / w.len).clamp(16, 64)
+        (64 * w.unit / w.len).clamp(16, 64)
     }
 }
 
 /// Distance between the ranges of a timed batch. By default each range starts its own 1 GiB
-/// (the layout every row of BENCHMARKS.md uses: a 256 x 4K batch fills entries 0-255 of 16 leaf
-/// tables, whose lines share L1 sets). `IE_BENCH_LAYOUT=packed`, a diagnostic of that layout's
-/// cost: back to back (4K workloads) or 2 MiB apart (the others, for their page sizes), as a
-/// VMM maps guest memory or an IOVA allocator hands out ranges.
+/// (or its own multiple of 1 GiB: the layout every row of BENCHMARKS.md uses: a 256 x 4K batch
+/// fills entries 0-255 of 16 leaf tables, whose lines share L1 sets).
+/// `IE_BENCH_LAYOUT=packed`, a diagnostic of that layout's cost: back to back (page workloads)
+/// or one block apart (the others, for their page sizes), as a VMM maps guest memory or an
+/// IOVA allocator hands out ranges.
 fn stride(w: &Work) -> u64 {
     let packed = std::env::var("IE_BENCH_LAYOUT").is_ok_and(|v| v == "packed");
-    if packed && w.len < G1 {
-        w.len
-            .next_multiple_of(if w.name.ends_with("x4K") { K4 } else { M2 })
+    if packed && !whole_table_row(w) {
+        w.len.next_multiple_of(w.unit)
     } else {
         w.len.next_multiple_of(G1).max(G1)
     }
@@ -664,7 +750,7 @@ fn time_map<C: Contender>(c: &mut C, w: &Work, per_page: bool, iters: u64) -> Du
         let k = left.min(n);
         let start = Instant::now();
         for i in 0..k {
-            let (iova, pa) = (region(w) + i * stride + w.offset, target_pa(w) + w.offset);
+            let (iova, pa) = (w.region + i * stride + w.offset, target_pa(w) + w.offset);
             match (per_page, w.per_page) {
                 (true, Some(p)) => c.map_pages(iova, pa, w.len, p),
                 _ => c.map(black_box(iova), pa, w.len),
@@ -672,7 +758,7 @@ fn time_map<C: Contender>(c: &mut C, w: &Work, per_page: bool, iters: u64) -> Du
         }
         total += start.elapsed();
         for i in 0..k {
-            c.unmap(region(w) + i * stride + w.offset, w.len);
+            c.unmap(w.region + i * stride + w.offset, w.len);
         }
         left -= k;
     }
@@ -689,14 +775,14 @@ fn time_unmap<C: Contender>(c: &mut C, w: &Work, per_page: bool, iters: u64) -> 
         let k = left.min(n);
         for i in 0..k {
             c.map(
-                region(w) + i * stride + w.offset,
+                w.region + i * stride + w.offset,
                 target_pa(w) + w.offset,
                 w.len,
             );
         }
         let start = Instant::now();
         for i in 0..k {
-            let iova = region(w) + i * stride + w.offset;
+            let iova = w.region + i * stride + w.offset;
             match (per_page, w.per_page) {
                 (true, Some(p)) => c.unmap_pages(iova, w.len, p),
                 _ => c.unmap(black_box(iova), w.len),
@@ -999,6 +1085,16 @@ fn map_unmap(c: &mut Criterion) {
         bench_one(c, &mut x86, w);
         bench_one(c, &mut a64, w);
         bench_one(c, &mut multi, w);
+    }
+    // Goal 1's other granules, on the same workloads counted in entries (`scaled_work`).
+    for (granule_log2, base, name) in [
+        (14, 1u64 << 44, "engine-arm-s2-16k"),
+        (16, 1u64 << 46, "engine-arm-s2-64k"),
+    ] {
+        let mut arm = arm_s2_granule(&pool, granule_log2, name);
+        for w in &scaled_work(granule_log2, base) {
+            bench_one(c, &mut arm, w);
+        }
     }
     memset_bound(c);
     // Unit-level benches (gather flush through the VT-d / SMMUv3 model queues with the number
