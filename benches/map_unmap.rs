@@ -861,6 +861,41 @@ fn memset_bound(c: &mut Criterion) {
     }
     g.finish();
     all_or_nothing_limits(c);
+    break_limits(c);
+}
+
+/// What breaking one contiguous run costs at least (issue 18, goal 1: Arm's per-page unmaps of
+/// hinted blocks, the one row above 1.2x VT-d): the first unmap in a run of 16 clears the hint
+/// of all 16 leaves before it clears its own, each with an atomic read-modify-write, since
+/// another CPU may be clearing its own leaf of the run at the same time and a plain store of
+/// the value read before would bring that leaf back (rule 4 of ARCHITECTURE.md).
+/// `break-limit/16-rmw`: those 16 `fetch_and`s (a locked `AND` each on x86-64, each a full
+/// barrier); `break-limit/16-load-store`: the same bits cleared by a load and a store per leaf,
+/// what the break would cost without concurrent unmaps.
+fn break_limits(c: &mut Criterion) {
+    #[repr(align(128))]
+    struct Run([AtomicU64; 16]);
+    const HINT: u64 = 1 << 52;
+    let run = Run(std::array::from_fn(|i| {
+        AtomicU64::new(0x5000_0403 | HINT | (i as u64) << 21)
+    }));
+    let mut g = c.benchmark_group("break-limit");
+    g.bench_function("16-rmw", |b| {
+        b.iter(|| {
+            for e in &black_box(&run).0 {
+                e.fetch_and(!HINT, Ordering::AcqRel);
+            }
+        })
+    });
+    g.bench_function("16-load-store", |b| {
+        b.iter(|| {
+            for e in &black_box(&run).0 {
+                let v = e.load(Ordering::Acquire);
+                e.store(v & !HINT, Ordering::Release);
+            }
+        })
+    });
+    g.finish();
 }
 
 /// A bit no entry of the limits' tables ever has: their emptiness checks always pass.
