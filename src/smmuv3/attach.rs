@@ -40,7 +40,7 @@ use super::stream::{DomainShape, Retiring, StreamState, MAX_PASIDS};
 use super::strtab::StreamTable;
 use super::unit::{ConfigState, SmmuUnit};
 use super::{SmmuError, StreamId, SubstreamId};
-use crate::iommu::{DeviceId, DomainHandle, Error, Missing, Pasid};
+use crate::iommu::{AtsPermission, DeviceId, DomainHandle, Error, Missing, Pasid};
 use crate::mem::{Iova, PageAllocator};
 use crate::mmio::RegisterWindow;
 
@@ -239,6 +239,10 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         SubstreamId::new(pasid.get()).map_err(|_| Error::InvalidPasid(pasid))
     }
 
+    /// The slot of `sid`'s record; with `create`, a new record if it has none: in a free slot,
+    /// else in place of a record that only remembers its device's forbidden ATS (which
+    /// [`ConfigState::ats_forgotten`] then records: records holding nothing else are dropped
+    /// at once). `None` when every slot holds more.
     fn stream_index(config: &mut ConfigState<A>, sid: StreamId, create: bool) -> Option<usize> {
         if let Some(i) = config
             .streams
@@ -250,7 +254,18 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         if !create {
             return None;
         }
-        let i = config.streams.iter().position(Option::is_none)?;
+        let i = match config.streams.iter().position(Option::is_none) {
+            Some(i) => i,
+            // Not one that declares a stall or PPAR for an attach under way.
+            None => {
+                let i = config.streams.iter().position(|s| {
+                    s.as_ref()
+                        .is_some_and(|s| s.is_spare() && !s.stall && !s.ppar)
+                })?;
+                config.ats_forgotten = true;
+                i
+            }
+        };
         if let Some(slot) = config.streams.get_mut(i) {
             *slot = Some(StreamState::new(sid));
         }
@@ -454,7 +469,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         }
         // A stream that is unsettled, or still holds a CD table, stays: the unit may still
         // reach the table, and the retry needs the record.
-        if stream.is_idle() && !stream.ats && stream.cd.is_none() {
+        if stream.is_forgettable() {
             if let Some(slot) = config.streams.get_mut(i) {
                 *slot = None;
             }
@@ -848,15 +863,47 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
             self.no_ats_for_attach(device)?;
             false
         };
+        self.remember_ats_permission(device, hints)?;
         self.declare_for_attach(device, hints)?;
         Ok(enabled)
+    }
+
+    /// Records on `device`'s stream whether firmware forbids it ATS, as `hints` (an
+    /// `attach_device`'s) say, for [`set_ats`](Self::set_ats): a device whose firmware forbids
+    /// ATS gets a record (kept after its last detach); any other answer clears the mark of a
+    /// record it has. After the ATS switch of the attach: `hints` decide it, not the mark of
+    /// an earlier attach.
+    ///
+    /// # Errors
+    /// [`Error::Busy`] when every stream slot holds more than such a mark.
+    fn remember_ats_permission(
+        &self,
+        device: DeviceId,
+        hints: &crate::iommu::DeviceHints,
+    ) -> Result<(), Error> {
+        let forbidden = matches!(hints.ats_permission, AtsPermission::Forbidden);
+        let sid = self.check_sid(device)?;
+        let mut guard = self.config.lock();
+        let config = &mut *guard;
+        let Some(i) = Self::stream_index(config, sid, forbidden) else {
+            return if forbidden { Err(Error::Busy) } else { Ok(()) };
+        };
+        if let Some(Some(stream)) = config.streams.get_mut(i) {
+            stream.ats_forbidden = forbidden;
+            if stream.is_forgettable() {
+                if let Some(slot) = config.streams.get_mut(i) {
+                    *slot = None;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Disables the ATS an attach refused before anything was written had enabled.
     #[cold]
     #[inline(never)]
     pub(crate) fn undo_ats(&self, device: DeviceId) {
-        let _ = self.set_ats(device, false);
+        let _ = self.switch_ats(device, false, true);
     }
 
     /// Declares what the device's hints say about its stream for an attach: whether it may
@@ -944,7 +991,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
             r = self.terminate_stalls(sid);
             stream.stalls_owed = r.is_err();
         }
-        if stream.is_idle() && !stream.ats && stream.cd.is_none() {
+        if stream.is_forgettable() {
             if let Some(slot) = config.streams.get_mut(i) {
                 *slot = None;
             }
@@ -1029,7 +1076,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         if has {
             return Ok(false);
         }
-        self.set_ats(device, true)?;
+        self.switch_ats(device, true, true)?;
         Ok(true)
     }
 
@@ -1052,7 +1099,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
                 .any(|s| s.sid == sid && s.ats)
         };
         if has {
-            self.set_ats(device, false)?;
+            self.switch_ats(device, false, true)?;
         }
         Ok(())
     }
@@ -1065,8 +1112,19 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
     /// [`Error::Unsupported`] without `IDR0.ATS`; [`Error::InvalidArgument`]
     /// ([`STALL_WITH_ATS`](super::STALL_WITH_ATS)) for a stream declared able to stall;
     /// [`Error::Busy`] while attached or when the
-    /// unit tracks [`MAX_STREAMS`](super::MAX_STREAMS) streams already; [`Error::InvalidDevice`].
+    /// unit tracks [`MAX_STREAMS`](super::MAX_STREAMS) streams already; [`Error::InvalidDevice`];
+    /// [`Error::AtsForbidden`] to enable it for a device whose last
+    /// [`attach_device`](crate::iommu::Iommu::attach_device) said firmware forbids it ATS
+    /// ([`DeviceHints::ats_permission`](crate::iommu::DeviceHints::ats_permission)), attached
+    /// or not, and for a device the unit keeps no record of once it had to drop such a mark to
+    /// make room for another stream (it can no longer tell).
     pub fn set_ats(&self, device: DeviceId, enabled: bool) -> Result<(), Error> {
+        self.switch_ats(device, enabled, false)
+    }
+
+    /// [`set_ats`](Self::set_ats); `hinted`: for an `attach_device` whose hints passed
+    /// [`check_ats`](crate::iommu::DeviceHints::check_ats) (they decide, not a stream's mark).
+    fn switch_ats(&self, device: DeviceId, enabled: bool, hinted: bool) -> Result<(), Error> {
         self.usable()?;
         if !self.features.ats {
             return Err(Error::Unsupported(Missing::Mode {
@@ -1076,14 +1134,24 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         let sid = self.check_sid(device)?;
         let mut guard = self.config.lock();
         let config = &mut *guard;
-        let i = Self::stream_index(config, sid, enabled).ok_or(if enabled {
-            Error::Busy
-        } else {
-            Error::NotAttached(device)
-        })?;
+        let known = Self::stream_index(config, sid, false);
+        if enabled && !hinted && known.is_none() && config.ats_forgotten {
+            return Err(Error::AtsForbidden(device));
+        }
+        let i = match known {
+            Some(i) => i,
+            None => Self::stream_index(config, sid, enabled).ok_or(if enabled {
+                Error::Busy
+            } else {
+                Error::NotAttached(device)
+            })?,
+        };
         let Some(Some(stream)) = config.streams.get_mut(i) else {
             return Err(Error::Busy);
         };
+        if enabled && !hinted && stream.ats_forbidden {
+            return Err(Error::AtsForbidden(device));
+        }
         if !stream.is_idle() {
             return Err(Error::Busy);
         }
@@ -1093,7 +1161,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone> SmmuUnit<W, A> {
         stream.ats = enabled;
         // A CD table on an empty stream is one a failed detach left (the unit may still reach
         // it): keep the stream, and the table, until an attach and detach complete.
-        if !enabled && stream.cd.is_none() {
+        if stream.is_forgettable() {
             if let Some(slot) = config.streams.get_mut(i) {
                 *slot = None;
             }

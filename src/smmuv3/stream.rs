@@ -65,6 +65,12 @@ pub(crate) struct StreamState<A: PageAllocator> {
     /// requests may now use. Set before that STE write, cleared when the invalidation
     /// completed or an STE write turned `EATS` off again; while set, the stream is unsettled.
     pub(crate) atc_owed: bool,
+    /// Firmware forbids the device ATS: the `DeviceHints::ats_permission` of its last
+    /// `attach_device` was `Forbidden`. `set_ats(true)` is then refused
+    /// (`Error::AtsForbidden`), and the record is kept after the last detach (until its room
+    /// is needed, see `SmmuUnit::stream_index`), so that ATS cannot come back through
+    /// `set_ats` and a later `attach` without hints.
+    pub(crate) ats_forbidden: bool,
 }
 
 /// A domain an unfinished attach or detach took off a stream.
@@ -103,7 +109,19 @@ impl<A: PageAllocator> StreamState<A> {
             unsettled: false,
             retiring: None,
             atc_owed: false,
+            ats_forbidden: false,
         }
+    }
+
+    /// Whether the record holds nothing the unit needs: nothing attached or owed, no ATS, no
+    /// CD table. It may still remember `ats_forbidden`.
+    pub(crate) fn is_spare(&self) -> bool {
+        self.is_idle() && !self.ats && self.cd.is_none()
+    }
+
+    /// Whether the record may be dropped now: spare, and remembering nothing.
+    pub(crate) fn is_forgettable(&self) -> bool {
+        self.is_spare() && !self.ats_forbidden
     }
 
     /// Whether nothing is attached.

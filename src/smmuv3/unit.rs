@@ -324,6 +324,10 @@ pub(crate) struct ConfigState<A: PageAllocator> {
     pub(crate) streams: [Option<StreamState<A>>; MAX_STREAMS],
     pub(crate) vmids: TagAllocator,
     pub(crate) asids: TagAllocator,
+    /// A stream record that remembered only that firmware forbids its device ATS was dropped
+    /// to make room for another stream (`SmmuUnit::stream_index`): from then on `set_ats(true)`
+    /// for a stream without a record is refused, since the unit can no longer tell.
+    pub(crate) ats_forgotten: bool,
     /// Stream slots the flushes looked at (tests: a flush does no work proportional to the
     /// unit's streams unless the domain has ATS users, issue 18).
     #[cfg(test)]
@@ -340,6 +344,7 @@ impl<A: PageAllocator> ConfigState<A> {
         streams: [const { None }; MAX_STREAMS],
         vmids: TagAllocator::new(),
         asids: TagAllocator::new(),
+        ats_forgotten: false,
         #[cfg(test)]
         flush_stream_reads: core::sync::atomic::AtomicUsize::new(0),
     });

@@ -520,6 +520,92 @@ fn nested_domain_gets_a_nested_ste() {
     u.domain_free(parent).unwrap();
 }
 
+/// A device attached with hints whose firmware forbids ATS must not get it later through
+/// `set_ats`, attached or after its detach: a plain `attach` would then write `STE.EATS` = 1,
+/// and its translated requests would bypass the tables. The hints of a later `attach_device`
+/// decide again; another device is not concerned.
+#[test]
+fn set_ats_refuses_a_device_whose_firmware_forbids_ats() {
+    use crate::iommu::{AtsPermission, DeviceHints};
+    let (m, alloc) = (model(IDR0, 0), VecAllocator::default());
+    let u = enabled(&m, &alloc);
+    let d = u.domain_alloc(&s2()).unwrap();
+    let forbidden = DeviceHints {
+        ats_permission: AtsPermission::Forbidden,
+        ..DeviceHints::default()
+    };
+    let dev = DeviceId(4);
+    u.attach_device(dev, None, d, &forbidden).unwrap();
+    u.detach(dev, None).unwrap();
+    assert_eq!(u.set_ats(dev, true), Err(Error::AtsForbidden(dev)));
+    u.attach(dev, None, d).unwrap();
+    assert_eq!(
+        (ste_of(&u, 4).words[1] >> 28) & 3,
+        0,
+        "EATS of a forbidden device"
+    );
+    assert_eq!(u.set_ats(dev, true), Err(Error::AtsForbidden(dev)));
+    u.detach(dev, None).unwrap();
+    // Firmware allows it in the next attach's hints: they decide.
+    let allowed = DeviceHints {
+        ats: true,
+        ats_permission: AtsPermission::Allowed,
+        ..DeviceHints::default()
+    };
+    u.attach_device(dev, None, d, &allowed).unwrap();
+    assert_eq!((ste_of(&u, 4).words[1] >> 28) & 3, 1);
+    u.detach(dev, None).unwrap();
+    u.set_ats(dev, false).unwrap();
+    // Another device is not concerned.
+    u.set_ats(DeviceId(5), true).unwrap();
+    u.set_ats(DeviceId(5), false).unwrap();
+    u.domain_free(d).unwrap();
+}
+
+/// The mark of a forbidden device is kept in its stream record after its detach, and such a
+/// record gives way when every slot is taken: the unit then refuses `set_ats(true)` for any
+/// stream it has no record of (fail closed) rather than let the forgotten device have ATS.
+#[test]
+fn a_forgotten_forbidden_mark_refuses_set_ats_for_unknown_streams() {
+    use crate::iommu::{AtsPermission, DeviceHints};
+    let (m, alloc) = (model(IDR0, 0), VecAllocator::default());
+    let u = enabled(&m, &alloc);
+    let d = u.domain_alloc(&s2()).unwrap();
+    let forbidden = DeviceHints {
+        ats_permission: AtsPermission::Forbidden,
+        ..DeviceHints::default()
+    };
+    let n = u32::try_from(MAX_STREAMS).unwrap();
+    for sid in 0..n {
+        u.attach_device(DeviceId(sid), None, d, &forbidden).unwrap();
+        u.detach(DeviceId(sid), None).unwrap();
+    }
+    // Every slot holds a mark: a new stream takes the first one's slot.
+    u.attach(DeviceId(n), None, d).unwrap();
+    assert_eq!(
+        u.set_ats(DeviceId(0), true),
+        Err(Error::AtsForbidden(DeviceId(0)))
+    );
+    assert_eq!(
+        u.set_ats(DeviceId(n + 1), true),
+        Err(Error::AtsForbidden(DeviceId(n + 1)))
+    );
+    // A device still marked is refused as before; an attach with ATS allowed still goes.
+    assert_eq!(
+        u.set_ats(DeviceId(1), true),
+        Err(Error::AtsForbidden(DeviceId(1)))
+    );
+    u.detach(DeviceId(n), None).unwrap();
+    let allowed = DeviceHints {
+        ats: true,
+        ats_permission: AtsPermission::Allowed,
+        ..DeviceHints::default()
+    };
+    u.attach_device(DeviceId(n + 2), None, d, &allowed).unwrap();
+    assert_eq!((ste_of(&u, n + 2).words[1] >> 28) & 3, 1);
+    u.detach(DeviceId(n + 2), None).unwrap();
+}
+
 #[test]
 fn ats_streams_get_atc_invalidations_after_the_tlbi_completes() {
     let (m, alloc) = (model(IDR0, 0), VecAllocator::default());
