@@ -16,6 +16,9 @@
 //!
 //! Each group of writes is followed by a sync point (CMD_CFGI_STE + CMD_SYNC): the unit may
 //! have cached the STE and must see one state before the next group.
+//!
+//! `tests/loom_ste.rs` model-checks [`apply_update`] (through [`SteWord`], loom's atomics
+//! under `--cfg loom`) against a walker that reads the words in any mix between syncs.
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
@@ -23,6 +26,36 @@ use super::ste::{
     Config, Ste, ATTR_OVERRIDES, CONFIG, EATS, MEV, PPAR, S1CDMAX, S1CIR, S1CONTEXTPTR, S1COR,
     S1CSH, S1DSS, S1FMT, S1STALLD, S2FWB, S2TTB, S2VMID, STRW, V, WORD2_STAGE2,
 };
+
+/// A 64-bit word of a live STE, as [`apply_update`] writes it: one single-copy-atomic store
+/// with release ordering. `core`'s `AtomicU64` (the stream table's memory); under
+/// `--cfg loom` loom's too, so that `tests/loom_ste.rs` runs the real update against a walker
+/// thread that reads the words as the unit does. Sealed: no other word type exists.
+pub trait SteWord: sealed::Sealed {
+    /// Stores `value` with release ordering.
+    fn store_release(&self, value: u64);
+}
+
+mod sealed {
+    /// Implemented by the atomic word types only.
+    pub trait Sealed {}
+    impl Sealed for core::sync::atomic::AtomicU64 {}
+    #[cfg(loom)]
+    impl Sealed for loom::sync::atomic::AtomicU64 {}
+}
+
+impl SteWord for AtomicU64 {
+    fn store_release(&self, value: u64) {
+        self.store(value, Ordering::Release);
+    }
+}
+
+#[cfg(loom)]
+impl SteWord for loom::sync::atomic::AtomicU64 {
+    fn store_release(&self, value: u64) {
+        self.store(value, Ordering::Release);
+    }
+}
 
 /// One step of an update.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -163,10 +196,10 @@ pub fn plan_update(current: &Ste, target: &Ste) -> UpdatePlan {
 /// # Errors
 ///
 /// The first error `sync` returns, as [`UpdatePlan::apply`].
-pub fn apply_update<E>(
+pub fn apply_update<W: SteWord, E>(
     current: &Ste,
     target: &Ste,
-    entry: &[AtomicU64; 8],
+    entry: &[W; 8],
     mut sync: impl FnMut() -> Result<(), E>,
 ) -> Result<usize, E> {
     let mut syncs = 0;
@@ -183,7 +216,7 @@ pub fn apply_update<E>(
 /// `g`-th sync point, up to the next) into `entry`; whether the plan has such a group. The
 /// plan is made again for each group: it depends on `current` and `target` only.
 #[inline(never)]
-fn write_group(current: &Ste, target: &Ste, entry: &[AtomicU64; 8], g: usize) -> bool {
+fn write_group<W: SteWord>(current: &Ste, target: &Ste, entry: &[W; 8], g: usize) -> bool {
     let mut seen = 0;
     let mut exists = false;
     plan_steps(current, target, |step| {
@@ -197,7 +230,7 @@ fn write_group(current: &Ste, target: &Ste, entry: &[AtomicU64; 8], g: usize) ->
             UpdateStep::Write { word, value } => {
                 exists = true;
                 if let Some(w) = entry.get(word as usize) {
-                    w.store(value, Ordering::Release);
+                    w.store_release(value);
                 }
             }
             UpdateStep::Sync => seen += 1,
