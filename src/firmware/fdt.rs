@@ -2,7 +2,8 @@
 //! chapter 5 "Flattened Devicetree (DTB) Format" (§5.2 header, §5.4 structure block, §5.5
 //! strings block), and the bindings that place devices behind an IOMMU: `iommus` with the
 //! IOMMU's `#iommu-cells` (Linux `Documentation/devicetree/bindings/iommu/iommu.txt`), a PCI
-//! host bridge's `iommu-map` / `iommu-map-mask` (`.../pci/pci-iommu.txt`), and `dma-coherent` /
+//! host bridge's `iommu-map` / `iommu-map-mask` (`.../pci/pci-iommu.txt`) and `ats-supported`
+//! (`.../pci/host-generic-pci.yaml`: its root complex handles PCIe ATS), and `dma-coherent` /
 //! `dma-noncoherent` (§2.3 standard properties; inherited from the nearest ancestor that says).
 //!
 //! The blob is borrowed; nothing is allocated. Every token, name, property and cell array is
@@ -385,17 +386,53 @@ impl<'a> Fdt<'a> {
 
     /// The [`DeviceHints`](crate::iommu::DeviceHints) the tree declares for the device at
     /// `node`: `dma-can-stall` on the node itself (the SMMUv3 binding: the device tolerates
-    /// stalled transactions; not inherited) is [`DeviceHints::stall`]. ATS, PRI and the
-    /// PASID width of a PCIe device are its own capabilities, not in the tree: unset.
+    /// stalled transactions; not inherited) is [`DeviceHints::stall`]. For a PCI host bridge
+    /// behind an IOMMU (a node with `iommu-map`, as [`map_rid`](Self::map_rid) reads it), the
+    /// hints of the PCIe devices below it, as `iort::platform::device_hints` gives those of a
+    /// root complex: no stall (PCIe never stalls, IHI 0070 §3.12.1), and
+    /// [`DeviceHints::ats_permission`] from [`root_complex_ats`](Self::root_complex_ats). Any
+    /// other node's ATS permission is left `Undeclared` (the tree has no ATS binding for it).
+    /// Whether ATS is on, PRI and the PASID width of a PCIe device are its own capabilities,
+    /// not in the tree: unset.
     ///
     /// [`DeviceHints::stall`]: crate::iommu::DeviceHints::stall
+    /// [`DeviceHints::ats_permission`]: crate::iommu::DeviceHints::ats_permission
     ///
     /// # Errors
     /// The errors of reading the node's properties.
     pub fn device_hints(&self, node: &FdtNode<'a>) -> Result<crate::iommu::DeviceHints, Error> {
+        if node.property(b"iommu-map")?.is_some() {
+            return Ok(crate::iommu::DeviceHints {
+                ats_permission: self.root_complex_ats(node)?,
+                ..crate::iommu::DeviceHints::default()
+            });
+        }
         Ok(crate::iommu::DeviceHints {
             stall: node.property(b"dma-can-stall")?.is_some(),
             ..crate::iommu::DeviceHints::default()
+        })
+    }
+
+    /// What the PCI host bridge `bridge` (the node whose `iommu-map` places its devices, see
+    /// [`map_rid`](Self::map_rid)) says of its devices' PCIe ATS: the boolean `ats-supported`
+    /// (Linux `bindings/pci/host-generic-pci.yaml`, 2024: the root complex handles
+    /// Translation Requests and translated Memory Requests) allows it, its absence forbids
+    /// it: a root complex that ignores the Address Type would forward a translated request as
+    /// an untranslated one. As Linux, which gives ATS to no device below a host bridge
+    /// without the property (`IOMMU_FWSPEC_PCI_RC_ATS`, checked by the SMMUv3 driver), and as
+    /// `iort::platform::root_complex_ats` reads an IORT root complex's `ATS Attribute`. A
+    /// property with a value counts as present (as Linux's `of_property_read_bool`).
+    ///
+    /// # Errors
+    /// The errors of reading the node's properties.
+    pub fn root_complex_ats(
+        &self,
+        bridge: &FdtNode<'a>,
+    ) -> Result<crate::iommu::AtsPermission, Error> {
+        Ok(if bridge.property(b"ats-supported")?.is_some() {
+            crate::iommu::AtsPermission::Allowed
+        } else {
+            crate::iommu::AtsPermission::Forbidden
         })
     }
 

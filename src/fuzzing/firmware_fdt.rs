@@ -1,9 +1,11 @@
 //! Fuzz target `firmware_fdt`: the device-tree decoders ([`crate::firmware::fdt`]) on
 //! arbitrary bytes. Never a panic; every node the walk returns is found again by its path's
 //! last step and its depth is bounded; `iommus` and `iommu-map` answers name nodes with a
-//! usable `#iommu-cells`.
+//! usable `#iommu-cells`; a host bridge's ATS permission is `ats-supported`'s, and the hints of
+//! a node with `iommu-map` carry it (no stall), those of any other node `Undeclared`.
 
-use crate::firmware::fdt::{Fdt, MAX_DEPTH};
+use crate::firmware::fdt::{Fdt, FdtNode, MAX_DEPTH};
+use crate::iommu::AtsPermission;
 
 /// Nodes looked at closely (`dma_coherent` walks the tree again for each).
 const MAX_NODES: usize = 64;
@@ -35,5 +37,33 @@ pub fn fdt(data: &[u8]) {
                 assert!(iommu.property(b"#iommu-cells").ok().flatten().is_some());
             }
         }
+        check_ats(&fdt, &node);
+    }
+}
+
+/// `root_complex_ats` is `ats-supported`'s presence; `device_hints` carries it for a node with
+/// `iommu-map` (and no stall there), `Undeclared` for any other.
+fn check_ats(fdt: &Fdt<'_>, node: &FdtNode<'_>) {
+    let has = |name: &[u8]| node.property(name).map(|v| v.is_some());
+    let Ok(permission) = fdt.root_complex_ats(node) else {
+        return;
+    };
+    let supported = has(b"ats-supported").expect("a property read once reads again");
+    assert_eq!(
+        permission,
+        if supported {
+            AtsPermission::Allowed
+        } else {
+            AtsPermission::Forbidden
+        }
+    );
+    let (Ok(hints), Ok(bridge)) = (fdt.device_hints(node), has(b"iommu-map")) else {
+        return;
+    };
+    if bridge {
+        assert_eq!(hints.ats_permission, permission);
+        assert!(!hints.stall, "a PCIe host bridge's devices never stall");
+    } else {
+        assert_eq!(hints.ats_permission, AtsPermission::Undeclared);
     }
 }

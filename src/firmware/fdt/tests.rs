@@ -211,6 +211,62 @@ fn dma_can_stall_is_the_stall_hint() {
     assert!(!stall(b"/pcie@40000000"));
 }
 
+/// Two host bridges behind one SMMU, one with `ats-supported`: only its devices may use ATS
+/// (Linux gives none to a device below a bridge without it); a platform device's permission
+/// is not the tree's to say.
+fn ats_tree() -> Vec<u8> {
+    let mut d = root_with_smmu();
+    d.begin("pcie@10000000")
+        .prop("ats-supported", &[])
+        .cells("iommu-map", &[0, 1, 0, 0x10000])
+        .end()
+        .begin("pcie@20000000")
+        .cells("iommu-map", &[0, 1, 0x10000, 0x10000])
+        .end()
+        .begin("dma@1000")
+        .prop("dma-can-stall", &[])
+        .cells("iommus", &[1, 5])
+        .end()
+        .end();
+    d.build()
+}
+
+#[test]
+fn a_host_bridge_without_ats_supported_forbids_its_devices_ats() {
+    use crate::iommu::AtsPermission;
+    let t = ats_tree();
+    let fdt = Fdt::parse(&t).unwrap();
+    let hints = |p: &[u8]| {
+        fdt.device_hints(&fdt.node_by_path(p).unwrap().unwrap())
+            .unwrap()
+    };
+    assert_eq!(
+        hints(b"/pcie@20000000").ats_permission,
+        AtsPermission::Forbidden
+    );
+    let allowed = hints(b"/pcie@10000000");
+    assert_eq!(allowed.ats_permission, AtsPermission::Allowed);
+    assert!(!allowed.stall);
+    let dma = hints(b"/dma@1000");
+    assert_eq!(dma.ats_permission, AtsPermission::Undeclared);
+    assert!(dma.stall);
+}
+
+#[test]
+fn root_complex_ats_is_the_ats_supported_property() {
+    use crate::iommu::AtsPermission;
+    let t = ats_tree();
+    let fdt = Fdt::parse(&t).unwrap();
+    let ats = |p: &[u8]| fdt.root_complex_ats(&fdt.node_by_path(p).unwrap().unwrap());
+    assert_eq!(ats(b"/pcie@10000000"), Ok(AtsPermission::Allowed));
+    assert_eq!(ats(b"/pcie@20000000"), Ok(AtsPermission::Forbidden));
+    // QEMU 10.0.2's `virt` declares no ATS for its host bridge (nor does its IORT).
+    let blob = include_bytes!("../../../tests/data/fdt/qemu-virt-smmuv3.dtb");
+    let fdt = Fdt::parse(blob).unwrap();
+    let pcie = fdt.node_by_path(b"/pcie@10000000").unwrap().unwrap();
+    assert_eq!(fdt.root_complex_ats(&pcie), Ok(AtsPermission::Forbidden));
+}
+
 #[test]
 fn malformed_bindings_are_errors() {
     let mut d = Dtb::default();
