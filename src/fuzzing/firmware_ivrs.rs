@@ -3,7 +3,9 @@
 //! device range is well formed and found again by the lookup; every unit's register window is
 //! 16 KiB aligned when it is accepted; every memory range accepted is aligned and non-empty;
 //! a block refused alone (the table kept) is an IVMD whose device range is reversed, and no
-//! IVMD the table yields is one.
+//! IVMD the table yields is one. `Ivrs::ats_permission`, for device IDs taken from the input
+//! and for those the units name, is `Undeclared` exactly where no unit translates the device,
+//! and `Forbidden` for every device of a type 10h unit without `IotlbSup`.
 //!
 //! The first input byte chooses the mode: bit 0 clear, the rest is the table as is (the
 //! header and checksum checks see everything); bit 0 set, the rest is the body after a
@@ -15,11 +17,15 @@ use std::vec::Vec;
 use crate::amdvi::AmdViConfig;
 use crate::firmware::acpi::checksum;
 use crate::firmware::ivrs::{
-    AmdViUnitDefaults, Block, DeviceEntry, Error, Ivhd, IvmdDevices, Ivrs,
+    AmdViUnitDefaults, Block, DeviceEntry, Error, Ivhd, IvhdFlags, IvmdDevices, Ivrs,
 };
+use crate::iommu::AtsPermission;
 
 /// Most device IDs looked up per unit.
 const LOOKUPS_PER_UNIT: usize = 64;
+
+/// Device IDs taken from the input for the ATS lookups.
+const ATS_LOOKUPS: usize = 32;
 
 /// The target's body.
 pub fn ivrs(data: &[u8]) {
@@ -128,6 +134,7 @@ pub fn exercise(table: &[u8]) {
                     .unit_for(unit.segment, id)
                     .expect("a device a unit names is found");
                 assert!(run.contains(id) && found.segment == unit.segment);
+                check_ats(&ivrs, unit.segment, id);
             }
         }
         if let Ok(d) = AmdViUnitDefaults::of(&ivrs, &unit) {
@@ -135,6 +142,39 @@ pub fn exercise(table: &[u8]) {
             assert!((1..=0x1_0000).contains(&d.device_ids));
             let c = d.apply(AmdViConfig::new());
             assert!((32..=52).contains(&c.output_bits) && (32..=64).contains(&c.input_bits));
+        }
+    }
+    // Device IDs (and segments) from the input's own bytes, read as little-endian pairs:
+    // devices no unit names, and, for small tables, devices some do.
+    let segments: Vec<u16> = ivrs.units().map(|u| u.segment).take(4).collect();
+    let ids = table
+        .chunks_exact(2)
+        .take(ATS_LOOKUPS)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]));
+    for id in ids {
+        check_ats(&ivrs, id, id);
+        for &segment in &segments {
+            check_ats(&ivrs, segment, id);
+        }
+    }
+}
+
+/// `Ivrs::ats_permission` for `device_id` of `segment`: `Undeclared` exactly where no unit
+/// translates the device; `Forbidden` where its unit is a type 10h IVHD without `IotlbSup`.
+fn check_ats(ivrs: &Ivrs<'_>, segment: u16, device_id: u16) {
+    let answer = ivrs.ats_permission(segment, device_id);
+    match ivrs.unit_for(segment, device_id) {
+        None => assert_eq!(answer, AtsPermission::Undeclared, "no unit, yet an answer"),
+        Some((unit, _)) => {
+            assert_ne!(answer, AtsPermission::Undeclared, "a unit, yet no answer");
+            assert_ne!(
+                answer,
+                AtsPermission::Required,
+                "the IVRS never requires ATS"
+            );
+            if unit.block_type == 0x10 && !unit.flags.contains(IvhdFlags::IOTLB_SUP) {
+                assert_eq!(answer, AtsPermission::Forbidden, "ATS without IotlbSup");
+            }
         }
     }
 }
