@@ -15,7 +15,7 @@ use iommu_engine::iommu::{
 use iommu_engine::mem::{Iova, Page, PageAllocator, PhysAddr};
 use iommu_engine::mmio::RegisterWindow;
 use iommu_engine::pgtable::{Gather, Prot};
-use iommu_engine::sim::amdvi::{AmdViModel, AmdViModelConfig, Injection};
+use iommu_engine::sim::amdvi::{AmdViModel, AmdViModelConfig, BusyRequest, Injection};
 use iommu_engine::sim::vtd::{VtdModel, VtdModelConfig};
 use iommu_engine::sim::{walk, Arena, ArenaConfig};
 use iommu_engine::vtd::{VtdConfig, VtdUnit};
@@ -1300,4 +1300,231 @@ fn a_first_ats_attach_invalidates_the_whole_device_iotlb() {
     let before = model.stats();
     u.attach_device(DEV, None, d2, &ats).unwrap();
     assert_eq!(model.stats().invalidate_iotlb - before.invalidate_iotlb, 1);
+}
+
+/// A unit whose INVALIDATE_DEVTAB_ENTRY takes effect only at the next COMPLETION_WAIT (the
+/// latest §2.4 allows, `AmdViModelConfig::devtab_invalidation_at_wait`).
+fn late_devtab_model(mem: &Arena) -> AmdViModel<'_> {
+    AmdViModel::new(
+        mem,
+        AmdViModelConfig::qemu_default().with_devtab_invalidation_at_wait(),
+    )
+}
+
+/// `device` asking for `iova` (an ATS translation request when `ats`) after every command
+/// the unit runs.
+fn busy(model: &AmdViModel<'_>, device: DeviceId, iova: u64, ats: bool) {
+    model.request_during_commands(Some(BusyRequest {
+        device: device.0 as u16,
+        pasid: None,
+        iova,
+        write: false,
+        ats,
+    }));
+}
+
+/// A detach's commands were one run: INVALIDATE_DEVTAB_ENTRY, INVALIDATE_IOMMU_PAGES of the
+/// domain, INVALIDATE_IOTLB_PAGES of the ATS device, one wait. §2.4 orders commands only
+/// through COMPLETION_WAIT, so the entry's invalidation may take effect after the IOTLB
+/// invalidation; an ATS request of the device in between is answered through the entry still
+/// cached and its answer survives in the device's ATC. The detached device then holds a
+/// translation of the domain that no later flush of the domain reaches (it is not attached):
+/// the page can be unmapped and freed under it. Failed before the fix (the ATC held
+/// 0xA000_0000 after the detach returned); the detach now waits for the entry's invalidation
+/// before it invalidates the domain and the device's IOTLB.
+#[test]
+fn a_detach_leaves_no_atc_translation_when_the_entry_is_invalidated_last() {
+    let mem = Arena::with_defaults().unwrap();
+    let model = late_devtab_model(&mem);
+    let u = setup(&mem, &model);
+    let ats = DeviceHints {
+        ats: true,
+        ..DeviceHints::default()
+    };
+    let d = u.domain_alloc(&DomainConfig::default()).unwrap();
+    u.attach_device(DEV, None, d, &ats).unwrap();
+    map_rw(&u, d, 0x1000, 0xA000_0000, 0x1000);
+    model
+        .ats_translate(DEV.0 as u16, None, 0x1000, false)
+        .unwrap();
+    busy(&model, DEV, 0x1000, true);
+    u.detach(DEV, None).unwrap();
+    model.request_during_commands(None);
+    assert_eq!(
+        model.atc_translation(DEV.0 as u16, None, 0x1000),
+        None,
+        "the detached device keeps the domain's translation in its ATC"
+    );
+    assert!(model.dma(DEV.0 as u16, 0x1000, false).is_err());
+}
+
+/// As the detach above, for a move of an ATS device from `a` to `b`: an ATS request between
+/// the IOTLB invalidation and the entry's invalidation (which may take effect last) is
+/// answered from `a`, and `a`'s page stays in the device's ATC once it is `b`'s. Failed
+/// before the fix (the ATC held `a`'s 0xA000_0000 at 0x5000, which `b` does not map).
+#[test]
+fn a_move_leaves_no_atc_translation_of_the_old_domain_when_the_entry_is_invalidated_last() {
+    let mem = Arena::with_defaults().unwrap();
+    let model = late_devtab_model(&mem);
+    let u = setup(&mem, &model);
+    let ats = DeviceHints {
+        ats: true,
+        ..DeviceHints::default()
+    };
+    let a = u.domain_alloc(&DomainConfig::default()).unwrap();
+    let b = u.domain_alloc(&DomainConfig::default()).unwrap();
+    map_rw(&u, a, 0x5000, 0xA000_0000, 0x1000);
+    u.attach_device(DEV, None, a, &ats).unwrap();
+    model
+        .ats_translate(DEV.0 as u16, None, 0x5000, false)
+        .unwrap();
+    busy(&model, DEV, 0x5000, true);
+    u.attach_device(DEV, None, b, &ats).unwrap();
+    model.request_during_commands(None);
+    assert_eq!(
+        model.atc_translation(DEV.0 as u16, None, 0x5000),
+        None,
+        "the moved device keeps the old domain's translation in its ATC"
+    );
+}
+
+/// `domain_free` of a domain that an unsettled move left (the move's INVALIDATE_DEVTAB_ENTRY
+/// was refused: the device's entry may still be cached naming the domain) invalidated, in one
+/// run, the device's entry, the domain's IOTLB and page directory entries, one wait, then
+/// freed the tables. With the entry's invalidation taking effect last, a request of the
+/// device in between walks the domain's tables again through the cached entry: the page
+/// directory cache then names table pages that were freed, and the IOTLB holds translations
+/// tagged with the ID the next domain of the slot gets. Failed before the fix (a freed table
+/// reachable, the new domain's device translating through the old domain's page); the free
+/// now waits for the entries' invalidation before it invalidates the domain.
+#[test]
+fn a_domain_free_after_an_unsettled_move_leaves_no_walk_of_its_tables() {
+    let mem = Arena::with_defaults().unwrap();
+    let model = late_devtab_model(&mem);
+    let u = setup(&mem, &model);
+    let a = u.domain_alloc(&DomainConfig::default()).unwrap();
+    let b = u.domain_alloc(&DomainConfig::default()).unwrap();
+    map_rw(&u, a, 0x20_0000, 0xA000_0000, 0x1000);
+    u.attach(DEV, None, a).unwrap();
+    assert_eq!(
+        model.dma(DEV.0 as u16, 0x20_0000, false).unwrap().pa,
+        0xA000_0000
+    );
+    // The move's first command (INVALIDATE_DEVTAB_ENTRY) is refused: unsettled.
+    model.inject(Injection::IllegalCommandAt(1));
+    assert!(u.attach(DEV, None, b).is_err());
+    model.clear_injections();
+    busy(&model, DEV, 0x20_0000, false);
+    u.domain_free(a).unwrap();
+    model.request_during_commands(None);
+    let live = mem.live_pages();
+    let freed: Vec<u64> = model
+        .reachable_tables()
+        .into_iter()
+        .filter(|t| !live.iter().any(|(pa, _)| pa.get() == *t))
+        .collect();
+    assert!(
+        freed.is_empty(),
+        "the unit can still walk freed table pages {freed:x?}"
+    );
+    // The slot's next domain gets the freed one's ID.
+    let c = u.domain_alloc(&DomainConfig::default()).unwrap();
+    assert_eq!(c, a, "the slot (and its domain ID) is reused");
+    map_rw(&u, c, 0x20_0000, 0xC000_0000, 0x1000);
+    u.attach(DEV2, None, c).unwrap();
+    assert_eq!(
+        model.dma(DEV2.0 as u16, 0x20_0000, false).unwrap().pa,
+        0xC000_0000,
+        "the reused domain ID inherits the freed domain's translation"
+    );
+}
+
+/// A takeover on a unit without `IASup` invalidated, in one run, every device table entry and
+/// interrupt table, then every domain ID this unit will use, one wait. With the entries'
+/// invalidation taking effect last, a request of a device still running for the previous
+/// owner, between the invalidation of an ID and its entry's, walks the previous owner's
+/// tables through its cached entry and caches them under that ID: the first domain of ours
+/// given the ID then answers the previous owner's translations to its own devices. Failed
+/// before the fix (a device of our domain read 0xA000_0000 at an IOVA the domain never
+/// mapped); `enable` now waits for the entries' invalidation before it invalidates the IDs.
+#[test]
+fn a_takeover_leaves_no_earlier_translation_under_our_ids_when_entries_are_invalidated_last() {
+    let mem = Arena::with_defaults().unwrap();
+    let model = AmdViModel::new(
+        &mem,
+        AmdViModelConfig::qemu_default()
+            .without_invalidate_all()
+            .with_devtab_invalidation_at_wait(),
+    );
+    // The previous owner: DEV translating 0x1000 through its domain of ID 1, then gone
+    // without a word, DEV still running.
+    {
+        let old = setup(&mem, &model);
+        let d = old.domain_alloc(&DomainConfig::default()).unwrap();
+        old.attach(DEV, None, d).unwrap();
+        map_rw(&old, d, 0x1000, 0xA000_0000, 0x1000);
+        model.dma(DEV.0 as u16, 0x1000, false).unwrap();
+    }
+    busy(&model, DEV, 0x1000, false);
+    let u = setup(&mem, &model);
+    model.request_during_commands(None);
+    let c = u.domain_alloc(&DomainConfig::default()).unwrap();
+    map_rw(&u, c, 0x8000, 0xC000_0000, 0x1000);
+    u.attach(DEV2, None, c).unwrap();
+    let r = model.dma(DEV2.0 as u16, 0x1000, false);
+    assert!(
+        r.is_err(),
+        "our domain answers the previous owner's translation of an IOVA it never mapped: {r:?}"
+    );
+}
+
+/// COMPLETION_WAITs per call since the entry's invalidation is waited for before the IOTLB
+/// invalidations of an entry that translated through a domain (`amdvi::unit::After`): a
+/// first attach, a first ATS attach, a PASID attach and a PASID's detach keep one run and one
+/// wait (the entry replaced reaches nothing those commands cover); a move and a detach take
+/// two; a `domain_free` with nothing unsettled keeps one.
+#[test]
+fn waits_per_attach_detach_and_free() {
+    let mem = Arena::with_defaults().unwrap();
+    let model = pasid_model(&mem);
+    let u = setup(&mem, &model);
+    let waits = |f: &dyn Fn()| {
+        let before = model.stats().completion_waits;
+        f();
+        model.stats().completion_waits - before
+    };
+    let ats = DeviceHints {
+        ats: true,
+        ..DeviceHints::default()
+    };
+    let a = u.domain_alloc(&DomainConfig::default()).unwrap();
+    let b = u.domain_alloc(&DomainConfig::default()).unwrap();
+    assert_eq!(
+        waits(&|| u.attach(DEV, None, a).unwrap()),
+        1,
+        "first attach"
+    );
+    assert_eq!(
+        waits(&|| u.attach_device(DEV2, None, a, &ats).unwrap()),
+        1,
+        "first ATS attach"
+    );
+    assert_eq!(waits(&|| u.attach(DEV, None, b).unwrap()), 2, "move");
+    assert_eq!(waits(&|| u.detach(DEV, None).unwrap()), 2, "detach");
+    assert_eq!(waits(&|| u.detach(DEV2, None).unwrap()), 2, "ATS detach");
+    assert_eq!(waits(&|| u.domain_free(a).unwrap()), 1, "domain_free");
+    let v2 = DomainConfig {
+        pasid: true,
+        ..DomainConfig::default()
+    };
+    let p = u.domain_alloc(&v2).unwrap();
+    let p5 = Pasid::new(5);
+    // The first PASID of a device also cleans its GCR3 table's tag on a unit without IASup;
+    // this one has it.
+    assert_eq!(waits(&|| u.attach(DEV, p5, p).unwrap()), 1, "PASID attach");
+    assert_eq!(
+        waits(&|| u.detach(DEV, p5).unwrap()),
+        1,
+        "last PASID's detach"
+    );
 }

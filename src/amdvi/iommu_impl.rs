@@ -25,6 +25,17 @@
 //! the wait; until then the domain cannot be freed. **Detach** writes the blocking entry the
 //! same way.
 //!
+//! **Order of a teardown.** §2.4 orders commands only through COMPLETION_WAIT (it completes
+//! once every earlier command has completed), and the unit translates while it runs them. An
+//! INVALIDATE_DEVTAB_ENTRY may so take effect after a later INVALIDATE_IOMMU_PAGES or
+//! INVALIDATE_IOTLB_PAGES of the same run, and a request in between, translated through the
+//! entry still cached, refills what they emptied. So where the entry replaced translated
+//! through a domain (a move, a detach; `domain_free` of a domain an unsettled move left; the
+//! takeover in `enable`), the entry's invalidation and a wait come first, then the IOTLB
+//! invalidations and a second wait ([`After::Waited`]): Linux's detach likewise waits for
+//! the DTE flush (`dev_update_dte`) before it flushes the domain. An entry that was blocking,
+//! and a PASID's (whose GCR3 entry is written before the run), keep one run ([`After`]).
+//!
 //! **PASIDs** (§2.2.6, EFR `GTSup` and `GIoSup`: without `GIoSup` the unit ignores `GIoV` and
 //! the entry below would pass requests without PASID untranslated, so no PASID is offered):
 //! v2 domains, reached through each device's one-level GCR3
@@ -45,7 +56,8 @@ use super::efr::EfrFlags;
 use super::gcr3::{self, Gcr3Table};
 use super::regs::{self, Control};
 use super::unit::{
-    domain_id_of, Attachment, ConfigState, GCR3_DOMAIN_ID_BASE, MAX_ATTACHMENTS, MAX_GCR3_TABLES,
+    domain_id_of, After, Attachment, ConfigState, GCR3_DOMAIN_ID_BASE, MAX_ATTACHMENTS,
+    MAX_GCR3_TABLES,
 };
 use super::AmdViUnit;
 use crate::iommu::{
@@ -432,6 +444,9 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> AmdViUni
         }
     }
 
+    /// Not inlined: its frame lies beside a PASID attach's (`attach_pasid_impl`), not in the
+    /// `attach_device` frame above both.
+    #[inline(never)]
     fn attach_impl(&self, device: u16, slot: usize, ats: bool, maxpend: u8) -> Result<(), Error> {
         let mut cfg = self.config.lock();
         in_device_table(&cfg, device)?;
@@ -489,13 +504,21 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> AmdViUni
         };
         cfg.set(index, Some(attachment));
         let (extra, n) = leave_commands(device, previous, slot, ats, maxpend);
-        self.publish_attachment(
-            &mut cfg,
-            index,
-            device,
-            &entry,
-            extra.get(..n).unwrap_or(&[]),
-        )?;
+        let extra = extra.get(..n).unwrap_or(&[]);
+        // The entry replaced translated through a domain (or may still be cached so, when
+        // unsettled): the old domain's IOTLB entries and the device's ATC are emptied only
+        // once nothing can refill them through it. Without a previous attachment the entry
+        // replaced is blocking, every earlier change of it confirmed.
+        let after = if previous.is_some() {
+            After::Waited(extra)
+        } else {
+            After::Batched(extra)
+        };
+        let (now, later) = after.split();
+        self.publish_attachment(&mut cfg, index, device, &entry, now)?;
+        // Not settled until the old domain's invalidations (`later`) completed too.
+        cfg.set(index, Some(attachment));
+        self.run_after(later)?;
         attachment.ats = ats;
         attachment.maxpend = maxpend;
         attachment.settled = true;
@@ -504,7 +527,8 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> AmdViUni
         Ok(())
     }
 
-    /// Writes `device`'s new entry and runs its invalidations (then `extra`), and marks the
+    /// Writes `device`'s new entry and runs its invalidations and `extra` in one run (an
+    /// entry replaced that reaches nothing they cover: [`After::Batched`]), and marks the
     /// attachment recorded at `index` settled once they completed.
     fn publish_attachment(
         &self,
@@ -679,6 +703,8 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> AmdViUni
             Command::invalidate_iotlb_pages(device, maxpend, Some(pasid), InvalidationRange::All),
         ];
         let n = if ats { 2 } else { 1 };
+        // One run: the GCR3 entry is written before it, so a walk through the device's old
+        // entry reads the new one (or, at the first PASID, the old entry blocks).
         self.publish_attachment(
             &mut cfg,
             index,
@@ -722,6 +748,9 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> AmdViUni
             .flatten()
             .any(|o| o.device == device && o.pasid.is_some() && o.pasid != Some(pasid));
         if last {
+            // One run: the PASID's GCR3 entry is cleared above (and every other PASID's by
+            // its own detach), so a walk through the device's old entry, still cached while
+            // the run goes on, finds no table: nothing refills what the run empties.
             self.set_device_entry_locked(
                 &cfg.devtab,
                 device.into(),
@@ -855,12 +884,11 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> AmdViUni
             a.settled = false;
         }
         let (extra, n) = leave_commands(device, Some(a), usize::MAX, false, a.maxpend);
-        self.set_device_entry_locked(
-            &cfg.devtab,
-            device.into(),
-            &DeviceTableEntry::BLOCKED,
-            extra.get(..n).unwrap_or(&[]),
-        )?;
+        // The domain's IOTLB entries and the device's ATC are emptied once the blocking entry
+        // is confirmed: in the entry's run a request through the old entry, still cached,
+        // could refill them after their invalidation (see `After`).
+        self.set_device_entry_locked(&cfg.devtab, device.into(), &DeviceTableEntry::BLOCKED, &[])?;
+        self.run_after(extra.get(..n).unwrap_or(&[]))?;
         cfg.set(index, None);
         Ok(())
     }
@@ -955,6 +983,7 @@ where
         // fails nothing changed.
         let own = Command::invalidate_iommu_pages(id, None, InvalidationRange::All, true);
         let unsettled = cfg.recorded().iter().flatten().filter(|a| !a.settled);
+        let any_unsettled = unsettled.clone().next().is_some();
         let dte = unsettled
             .clone()
             .map(|a| Command::invalidate_devtab_entry(a.device));
@@ -970,7 +999,14 @@ where
         let atc = unsettled.filter(|a| a.ats).map(|a| {
             Command::invalidate_iotlb_pages(a.device, a.maxpend, a.pasid, InvalidationRange::All)
         });
-        self.run_iter(dte.chain(core::iter::once(own)).chain(guest).chain(atc))?;
+        // The entries first, in a run of their own: with their invalidation in the same run
+        // it may take effect last, and a request through an entry still cached would walk
+        // the tables again after the domain's invalidation, refilling the IOTLB under the ID
+        // and the page directory cache with pages about to be freed (see `After`).
+        if any_unsettled {
+            self.run_iter(dte)?;
+        }
+        self.run_iter(core::iter::once(own).chain(guest).chain(atc))?;
         // The slot's write lock is held until it is emptied: whatever takes the configuration
         // lock now (an attach) waits for the slot and then finds no domain.
         drop(cfg);

@@ -459,6 +459,10 @@ impl<W: RegisterWindow, A: PageAllocator, const DOMAINS: usize> AmdViUnit<W, A, 
                     &mut kind_of,
                 )?;
             }
+            // The entries' invalidation completes first: in the same run it could take
+            // effect after an ID's, and a device still running for the previous owner would
+            // refill that ID through its cached entry (see `After`).
+            c.wait(&self.regs, &self.alloc, &mut kind_of)?;
             // The previous owner may have cached translations under the IDs this unit's
             // domains will use.
             for slot in 0..DOMAINS {
@@ -678,15 +682,18 @@ impl<W: RegisterWindow, A: PageAllocator, const DOMAINS: usize> AmdViUnit<W, A, 
     }
 
     /// Writes `entry` into the live DTE of `device_id` in the spec's order
-    /// ([`dte::write_live`]), then INVALIDATE_DEVTAB_ENTRY, the `extra` commands (the IOTLB
-    /// invalidations the change needs) and one completion wait. The unit's raw interface: the
-    /// caller keeps whatever `entry` points at alive until another entry replaced it and that
-    /// call returned `Ok`.
+    /// ([`dte::write_live`]), then INVALIDATE_DEVTAB_ENTRY and a completion wait, then the
+    /// `extra` commands (the IOTLB invalidations the change needs) and a second wait (none
+    /// without `extra`): §2.4 orders commands only through COMPLETION_WAIT, so an IOTLB
+    /// invalidation in the entry's run could take effect before the entry's and a request
+    /// through the entry still cached would refill what it emptied (`After::Waited`). The
+    /// unit's raw interface: the caller keeps whatever `entry` points at alive until another
+    /// entry replaced it and that call returned `Ok`.
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] for a device the table does not cover (nothing written); the
     /// command errors of [`run`](Self::run) (the entry is written, or blocking when its upper
-    /// half changes too; its invalidation not confirmed: call again).
+    /// half changes too; its invalidation, or that of `extra`, not confirmed: call again).
     pub fn set_device_entry(
         &self,
         device_id: u32,
@@ -694,10 +701,23 @@ impl<W: RegisterWindow, A: PageAllocator, const DOMAINS: usize> AmdViUnit<W, A, 
         extra: &[Command],
     ) -> Result<(), Error> {
         let cfg = self.config.lock();
-        self.set_device_entry_locked(&cfg.devtab, device_id, entry, extra)
+        self.set_device_entry_locked(&cfg.devtab, device_id, entry, &[])?;
+        self.run_after(extra)
     }
 
-    /// [`Self::set_device_entry`] under the configuration lock.
+    /// The commands of [`After::Waited`], once the entry's run completed: a run of their own
+    /// and its wait (nothing without commands). Not inlined: its frame lies beside the
+    /// entry's write, not under it.
+    #[inline(never)]
+    pub(crate) fn run_after(&self, later: &[Command]) -> Result<(), Error> {
+        if later.is_empty() {
+            return Ok(());
+        }
+        self.run(&[later])
+    }
+
+    /// Writes `entry` as [`Self::set_device_entry`] does, then runs INVALIDATE_DEVTAB_ENTRY
+    /// and `extra` in one run, one wait (see [`After`] for when `extra` may share the run).
     pub(crate) fn set_device_entry_locked(
         &self,
         devtab: &DeviceTable,
@@ -725,6 +745,37 @@ impl<W: RegisterWindow, A: PageAllocator, const DOMAINS: usize> AmdViUnit<W, A, 
     /// The live entry of `device_id`, as the unit reads it now.
     pub fn device_entry(&self, device_id: u32) -> Option<DeviceTableEntry> {
         self.config.lock().devtab.read(device_id)
+    }
+}
+
+/// Where the commands a device table entry change needs besides its INVALIDATE_DEVTAB_ENTRY
+/// (the IOTLB invalidations) go.
+///
+/// §2.4 orders commands only through COMPLETION_WAIT: it completes once every earlier command
+/// has completed, and nothing there says that one command of a run has taken effect before a
+/// later one starts. The unit translates requests while it runs commands, so with the
+/// entry's invalidation taking effect last a request between an IOTLB (or device IOTLB)
+/// invalidation and it is translated through the old entry still cached, and what it caches
+/// survives the wait (model option `devtab_invalidation_at_wait`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum After<'a> {
+    /// In the entry's run, one wait: for an entry replaced that translated nothing those
+    /// commands cover (a blocking one; a PASID's GCR3 entry, cleared or rewritten in memory
+    /// before the run, so that a walk through the old DTE reads the new one).
+    Batched(&'a [Command]),
+    /// In a run of their own once the entry's invalidation completed (two waits; one without
+    /// commands): for an entry replaced that translated through a domain, whose IOTLB entries
+    /// (or the device's ATC) the commands empty for good.
+    Waited(&'a [Command]),
+}
+
+impl<'a> After<'a> {
+    /// The commands for the entry's run, and those for a run after it.
+    pub(crate) fn split(self) -> (&'a [Command], &'a [Command]) {
+        match self {
+            After::Batched(extra) => (extra, &[]),
+            After::Waited(extra) => (&[], extra),
+        }
     }
 }
 

@@ -2,6 +2,15 @@
 //! head is not the tail; an illegal opcode or reserved bit, or an unreadable entry, stops the
 //! buffer with the head on the command (`CmdBufRun` clear) and logs ILLEGAL_COMMAND_ERROR (5)
 //! or COMMAND_HARDWARE_ERROR (6) with the command's address.
+//!
+//! Order (§2.4, COMPLETION_WAIT): a COMPLETION_WAIT completes once every command before it
+//! has completed; that is the only order software can rely on. By default each command takes
+//! effect as it is fetched (QEMU's order); with
+//! [`devtab_invalidation_at_wait`](super::AmdViModelConfig::devtab_invalidation_at_wait) an
+//! INVALIDATE_DEVTAB_ENTRY takes effect only when the next COMPLETION_WAIT completes, after
+//! the commands issued between them. A device's request set with
+//! [`request_during_commands`](super::AmdViModel::request_during_commands) is translated after
+//! every command executed, as a unit translates while it runs commands.
 
 use super::{countdown, regs, State, EFR_IA_SUP};
 use crate::sim::arena::PhysMem;
@@ -77,6 +86,7 @@ impl State<'_> {
                         log.push(c);
                     }
                     self.cmd_head = (self.cmd_head + 16) % size;
+                    self.busy_request();
                 }
                 Outcome::Stall => return,
                 Outcome::Illegal => {
@@ -108,6 +118,10 @@ impl State<'_> {
                     self.stats.injections_fired += 1;
                     return Outcome::Stall;
                 }
+                // Every earlier command has completed: the entries invalidated are gone now.
+                for device in core::mem::take(&mut self.pending_devtab) {
+                    self.dte_cache.remove(&device);
+                }
                 if c[0] & 1 != 0 {
                     let addr = c[0] & 0x000F_FFFF_FFFF_FFF8;
                     if !self.mem.write_u64(addr, c[1]) {
@@ -127,7 +141,11 @@ impl State<'_> {
                 if c[0] & 0x0FFF_FFFF_FFFF_0000 != 0 || c[1] != 0 {
                     return Outcome::Illegal;
                 }
-                self.dte_cache.remove(&(c[0] as u16));
+                if self.cfg.devtab_invalidation_at_wait {
+                    self.pending_devtab.push(c[0] as u16);
+                } else {
+                    self.dte_cache.remove(&(c[0] as u16));
+                }
                 self.stats.invalidate_devtab += 1;
             }
             0x3 => {
@@ -182,6 +200,20 @@ impl State<'_> {
             _ => return Outcome::Illegal,
         }
         Outcome::Done
+    }
+
+    /// The request of [`request_during_commands`](super::AmdViModel::request_during_commands),
+    /// once; its answer matters only through what it caches.
+    fn busy_request(&mut self) {
+        let Some(r) = self.busy else {
+            return;
+        };
+        let _ = if r.ats {
+            self.ats_request(r.device, r.pasid, r.iova, r.write)
+        } else {
+            self.stats.translations += 1;
+            self.translate(r.device, r.pasid.map(|p| p & 0xF_FFFF), r.iova, r.write)
+        };
     }
 
     fn invalidate_pages(

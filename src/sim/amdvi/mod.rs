@@ -21,7 +21,11 @@
 //! (`EventOverflow`, `EventLogRun` clear, events dropped; an entry written some register reads
 //! after its tail moved but before any later entry, [`Injection::DelayedEventWrite`], or never,
 //! [`Injection::LostEventWrite`]; `CmdBufRun` set some register reads
-//! after `CmdBufEn`, [`Injection::SlowCmdBufRun`]); fault injection ([`Injection`]).
+//! after `CmdBufEn`, [`Injection::SlowCmdBufRun`]); fault injection ([`Injection`]);
+//! optionally, INVALIDATE_DEVTAB_ENTRY taking effect only at the next COMPLETION_WAIT, the
+//! latest §2.4 allows ([`AmdViModelConfig::devtab_invalidation_at_wait`]), and a device's
+//! request translated after every command ([`AmdViModel::request_during_commands`]: the unit
+//! translates while it runs commands).
 //!
 //! Dirty tracking: `D` set in v1 leaves under DTE `HAD` (see `translate.rs`).
 //!
@@ -136,6 +140,16 @@ pub struct AmdViModelConfig {
     /// eventlog interrupt bit is set"): the unit goes on logging into the log it had. `false`:
     /// the write takes whenever `EventLogEn` is clear (the spec).
     pub event_base_kept_while_event_int: bool,
+    /// An INVALIDATE_DEVTAB_ENTRY takes effect only when the next COMPLETION_WAIT completes,
+    /// after every other command issued between the two: the latest the spec allows. §2.4
+    /// orders commands only through COMPLETION_WAIT (it completes once every earlier command
+    /// has completed; nothing there says that one invalidation has taken effect before a
+    /// later one of the same run starts), and the unit translates requests while it runs
+    /// commands ([`AmdViModel::request_during_commands`]): a request between an
+    /// INVALIDATE_IOMMU_PAGES and the entry's invalidation is translated through the entry
+    /// still cached and refills what the page invalidation emptied. `false`: each command
+    /// takes effect as it is fetched, in order (QEMU's `amd-iommu`).
+    pub devtab_invalidation_at_wait: bool,
 }
 
 impl AmdViModelConfig {
@@ -148,7 +162,15 @@ impl AmdViModelConfig {
             efr2: 0,
             iotlb_by_device: false,
             event_base_kept_while_event_int: false,
+            devtab_invalidation_at_wait: false,
         }
+    }
+
+    /// With INVALIDATE_DEVTAB_ENTRY taking effect only at the next COMPLETION_WAIT
+    /// ([`devtab_invalidation_at_wait`](Self::devtab_invalidation_at_wait)).
+    pub const fn with_devtab_invalidation_at_wait(mut self) -> Self {
+        self.devtab_invalidation_at_wait = true;
+        self
     }
 
     /// With QEMU's Event Log Base Address quirk
@@ -236,6 +258,24 @@ pub enum Injection {
     /// Each time `CmdBufEn` is set, `CmdBufRun` sets (and fetching starts) only `n` register
     /// reads later, until [`AmdViModel::clear_injections`]: a unit slow to start its buffer.
     SlowCmdBufRun(u32),
+}
+
+/// A device's request that the unit translates once after every command it executes (a
+/// device that keeps its DMA or its ATS translation requests going while software's commands
+/// run), see [`AmdViModel::request_during_commands`]. Its answers are not kept anywhere but
+/// in the unit's caches (and, for an ATS request, in the device's ATC); its faults are logged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BusyRequest {
+    /// The requester.
+    pub device: u16,
+    /// The PASID of the request, if any.
+    pub pasid: Option<u32>,
+    /// The address.
+    pub iova: u64,
+    /// A write (or an ATS request asking for write permission).
+    pub write: bool,
+    /// An ATS translation request (answered into the device's ATC) rather than a DMA.
+    pub ats: bool,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -364,6 +404,11 @@ struct State<'m> {
     pending_event: Option<(u64, [u64; 2], u32)>,
     /// Register reads left before `CmdBufRun` sets (see [`Injection::SlowCmdBufRun`]).
     pending_run: Option<u32>,
+    /// Device table entries invalidated but still cached until the next COMPLETION_WAIT
+    /// completes ([`AmdViModelConfig::devtab_invalidation_at_wait`]).
+    pending_devtab: Vec<u16>,
+    /// The request made after every command executed.
+    busy: Option<BusyRequest>,
     stats: AmdViModelStats,
     /// Every command executed since [`AmdViModel::take_command_log`] while
     /// [`AmdViModel::record_commands`] is on (COMPLETION_WAITs included; a command the unit
@@ -401,6 +446,8 @@ impl<'m> AmdViModel<'m> {
                 inj: Injections::default(),
                 pending_event: None,
                 pending_run: None,
+                pending_devtab: Vec::new(),
+                busy: None,
                 stats: AmdViModelStats::default(),
                 log: None,
             }),
@@ -431,6 +478,13 @@ impl<'m> AmdViModel<'m> {
             .as_mut()
             .map(core::mem::take)
             .unwrap_or_default()
+    }
+
+    /// Makes `request` once after every command the unit executes from now on (`None`: stop):
+    /// a device whose DMA (or ATS translation requests) goes on while commands run, as the
+    /// unit translates requests and executes commands at the same time.
+    pub fn request_during_commands(&self, request: Option<BusyRequest>) {
+        self.lock().busy = request;
     }
 
     /// Arms a fault.

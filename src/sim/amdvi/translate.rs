@@ -190,44 +190,7 @@ impl AmdViModel<'_> {
         write: bool,
     ) -> Result<DmaOk, DmaFault> {
         let mut st = self.lock();
-        st.stats.translations += 1;
-        let pasid = pasid.map(|p| p & 0xF_FFFF);
-        let dte = if st.control & regs::CTRL_IOMMU_EN != 0 {
-            st.dte(device_id)
-        } else {
-            None
-        };
-        if !dte.is_some_and(|d| d[0] & 3 == 3 && d[1] & DTE_I != 0) {
-            st.stats.ats_refused += 1;
-            let rw = if write { FLAG_RW } else { 0 };
-            let domain = dte.map_or(0, |d| d[1] as u16);
-            return st.fault(
-                EVENT_INVALID_DEVICE_REQUEST,
-                device_id,
-                domain,
-                rw | FLAG_TR,
-                iova,
-            );
-        }
-        match st.translate(device_id, pasid, iova, write) {
-            Ok(t) => {
-                let size_log2 = t.page_size_log2;
-                let base = iova >> size_log2 << size_log2;
-                st.atc.push(AtcEntry {
-                    device: device_id,
-                    pasid,
-                    iova: base,
-                    size_log2,
-                    pa: t.pa - (iova - base),
-                });
-                st.stats.ats_translations += 1;
-                Ok(t)
-            }
-            Err(f) => {
-                st.stats.ats_refused += 1;
-                Err(f)
-            }
-        }
+        st.ats_request(device_id, pasid, iova, write)
     }
 
     /// What `device_id`'s ATC holds for `iova` of `pasid` (`None`: without PASID): the output
@@ -248,6 +211,54 @@ impl AmdViModel<'_> {
 }
 
 impl State<'_> {
+    /// [`AmdViModel::ats_translate`].
+    pub(super) fn ats_request(
+        &mut self,
+        device_id: u16,
+        pasid: Option<u32>,
+        iova: u64,
+        write: bool,
+    ) -> Result<DmaOk, DmaFault> {
+        self.stats.translations += 1;
+        let pasid = pasid.map(|p| p & 0xF_FFFF);
+        let dte = if self.control & regs::CTRL_IOMMU_EN != 0 {
+            self.dte(device_id)
+        } else {
+            None
+        };
+        if !dte.is_some_and(|d| d[0] & 3 == 3 && d[1] & DTE_I != 0) {
+            self.stats.ats_refused += 1;
+            let rw = if write { FLAG_RW } else { 0 };
+            let domain = dte.map_or(0, |d| d[1] as u16);
+            return self.fault(
+                EVENT_INVALID_DEVICE_REQUEST,
+                device_id,
+                domain,
+                rw | FLAG_TR,
+                iova,
+            );
+        }
+        match self.translate(device_id, pasid, iova, write) {
+            Ok(t) => {
+                let size_log2 = t.page_size_log2;
+                let base = iova >> size_log2 << size_log2;
+                self.atc.push(AtcEntry {
+                    device: device_id,
+                    pasid,
+                    iova: base,
+                    size_log2,
+                    pa: t.pa - (iova - base),
+                });
+                self.stats.ats_translations += 1;
+                Ok(t)
+            }
+            Err(f) => {
+                self.stats.ats_refused += 1;
+                Err(f)
+            }
+        }
+    }
+
     fn untranslated(&mut self, iova: u64) -> Result<DmaOk, DmaFault> {
         self.stats.untranslated += 1;
         Ok(DmaOk {
