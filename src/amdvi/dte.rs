@@ -50,7 +50,10 @@
 //!   entry (INVALIDATE_DEVTAB_ENTRY and a completion wait: no read of the old lower half is in
 //!   flight after it), then the upper half is stored and the unit made to forget again (no
 //!   read of the old upper half in flight), then the new lower half. A read pairing halves
-//!   of two different entries so always has a blocking lower half.
+//!   of two different entries so always has a blocking lower half. If that second forget
+//!   fails, the old upper half is put back before the error is returned: a retry would
+//!   otherwise find the new upper half in place and publish the lower half behind no
+//!   confirmed forget.
 //!
 //! Each change is followed by INVALIDATE_DEVTAB_ENTRY and a completion wait (the unit caches
 //! entries), which the caller issues.
@@ -350,7 +353,8 @@ unsafe fn cmpxchg16b(dst: *mut u128, old: u128, new: u128) -> u128 {
 /// Returns the number of stores.
 ///
 /// # Errors
-/// `forget`'s error, with the entry blocking (its lower half): call again.
+/// `forget`'s error, with the entry blocking (its lower half) and its upper half the old one
+/// (so that a call again stores the new upper half and forgets behind it): call again.
 pub fn write_live<E>(
     cx16: Store128,
     slot: &DteSlot,
@@ -366,13 +370,21 @@ pub fn write_live<E>(
         n += 1;
     };
     if old[2..] != new.0[2..] {
+        let old_hi = [old[2], old[3]];
         if !DeviceTableEntry(old).blocks_dma() {
             let b = DeviceTableEntry::BLOCKED.0;
             put(0, b[0], b[1]);
         }
         forget()?;
         put(1, new.0[2], new.0[3]);
-        forget()?;
+        if let Err(e) = forget() {
+            // Not confirmed: a read of the old upper half may still be under way. A retry
+            // would find the new upper half in place and publish the lower half with no
+            // forget behind it, so the old upper half goes back (the lower half blocks):
+            // the retry stores the new one again and forgets after it.
+            put(1, old_hi[0], old_hi[1]);
+            return Err(e);
+        }
     }
     if slot.load().0[..2] != new.0[..2] {
         put(0, new.0[0], new.0[1]);
@@ -462,6 +474,63 @@ mod tests {
         odd.0[2] = 0;
         assert_eq!(check_order(odd, b), 3);
         assert_eq!(check_order(DeviceTableEntry::BLOCKED, odd), 2);
+    }
+
+    /// A change of the upper half whose second forget (behind the new upper half) fails, then
+    /// is called again: a forget that failed is not confirmed, so it ends no epoch (the unit
+    /// may still be reading). Every pair of halves the unit can read over both calls is the
+    /// old entry, the new one, or blocking; the retry forgets after the new upper half before
+    /// it publishes the lower half.
+    ///
+    /// Failed before the fix: the retry found the new upper half in place, skipped both
+    /// forgets and stored the lower half, so a read of the old upper half begun before the
+    /// failed forget could pair with the new lower half (the new translation with the old
+    /// interrupt fields).
+    #[test]
+    fn a_retry_after_a_failed_forget_behind_the_upper_half_forgets_again() {
+        let a = DeviceTableEntry::translated(1, PhysAddr::new(0x10_0000), 4, false).unwrap();
+        let b = DeviceTableEntry::translated(2, PhysAddr::new(0x20_0000), 3, true).unwrap();
+        let mut odd = a;
+        odd.0[2] = 0;
+        let s = DteSlot::new(odd);
+        let epochs = RefCell::new(std::vec![std::vec![odd.0]]);
+        let forgets = RefCell::new(0u32);
+        let fail_at = RefCell::new(Some(2u32));
+        let call = || {
+            write_live(
+                cx16(),
+                &s,
+                &b,
+                |_| epochs.borrow_mut().last_mut().unwrap().push(s.load().0),
+                || {
+                    *forgets.borrow_mut() += 1;
+                    let n = *forgets.borrow();
+                    if *fail_at.borrow() == Some(n) {
+                        *fail_at.borrow_mut() = None;
+                        // Not confirmed: the unit may still be reading, no new epoch.
+                        return Err(());
+                    }
+                    epochs.borrow_mut().push(std::vec![s.load().0]);
+                    Ok(())
+                },
+            )
+        };
+        assert_eq!(call(), Err(()), "the second forget fails");
+        assert!(s.load().blocks_dma(), "left blocking");
+        assert!(call().is_ok());
+        assert_eq!(s.load(), b);
+        let epochs = epochs.into_inner();
+        for epoch in &epochs {
+            for lo in epoch {
+                for hi in epoch {
+                    let seen = [lo[0], lo[1], hi[2], hi[3]];
+                    assert!(
+                        seen == odd.0 || seen == b.0 || DeviceTableEntry(seen).blocks_dma(),
+                        "unsafe read {seen:x?} across the retry: {epochs:x?}"
+                    );
+                }
+            }
+        }
     }
 
     /// iommufd's replace on AMD: a device moved between two translating domains never passes
