@@ -1625,3 +1625,104 @@ fn a_queue_error_recovery_rings_the_doorbell_again() {
         assert!(m.translate(sid(DEV), None, 0x1000, Access::READ).is_err());
     }
 }
+
+/// A user (nested) domain's second-stage caching outlives the detach of its last device unless
+/// the tear-down invalidates its domain-ID. Nested walks cache the nest parent's second-stage
+/// entries tagged with the user domain's DID alone, which a PASID-based IOTLB invalidation
+/// does not drop (VT-d rev 4.1 §6.5.2.4, Table 21; the model's `cache.rs`); the parent's flush
+/// reaches only the DIDs of user domains with an attachment (`push_user_children`). So: `DEV`
+/// walks the guest's first stage through the parent P; `DEV` detaches; P unmaps the guest's
+/// memory and frees the table that mapped it; nothing may still reach that table, and `DEV`
+/// re-attached to the same user domain (after P mapped the memory again) must translate
+/// through P's new table, with and without caching mode. Failed before the tear-down of a
+/// nested entry used a domain-selective IOTLB invalidation: the PD entry cached for the user
+/// domain's DID still pointed at the freed table.
+#[test]
+fn a_user_domain_detach_drops_its_nested_second_stage_caching() {
+    use iommu_engine::iommu::UserStage1;
+    use iommu_engine::mem::PageAllocator;
+    use iommu_engine::sim::arena::PhysMem;
+    const PA_A: u64 = 0x4000_0000;
+    const IOVA: u64 = 0x3000;
+    /// Guest-physical address of the guest's page `i`: its PML4, PDPT, PD, PT (0-3), and its
+    /// data page (4), which P maps to `PA_A`.
+    const fn gpa(i: u64) -> u64 {
+        0x10_0000 + i * K4
+    }
+    // First-stage entries (VT-d §9.7): P, R/W, U/S, A for a table; D too for a leaf.
+    const FS_TABLE: u64 = 0x27;
+    const FS_LEAF: u64 = 0x67;
+    for cm in [false, true] {
+        let a = arena();
+        let m = VtdModel::new(&a, VtdModelConfig::scalable().with_caching_mode(cm));
+        let u = unit(&m, &a, Mode::Scalable);
+        let parent = u
+            .domain_alloc(&DomainConfig {
+                nest_parent: true,
+                ..DomainConfig::default()
+            })
+            .unwrap();
+        let tables: Vec<u64> = (0..4).map(|_| a.alloc(12).unwrap().pa.get()).collect();
+        let map_guest = || {
+            for (i, &pa) in tables.iter().enumerate() {
+                u.map(parent, Iova::new(gpa(i as u64)), PhysAddr::new(pa), K4, RW)
+                    .unwrap();
+            }
+            u.map(parent, Iova::new(gpa(4)), PhysAddr::new(PA_A), K4, RW)
+                .unwrap();
+        };
+        map_guest();
+        let index = |shift: u32| ((IOVA >> shift) & 0x1ff) * 8;
+        for (level, shift) in [39, 30, 21].into_iter().enumerate() {
+            let next = gpa(level as u64 + 1) | FS_TABLE;
+            assert!(a.write_u64(tables[level] + index(shift), next));
+        }
+        assert!(a.write_u64(tables[3] + index(12), gpa(4) | FS_LEAF));
+        let stage1 = UserStage1::Vtd {
+            flags: 0,
+            pgtbl_addr: gpa(0),
+            addr_width: 48,
+        };
+        let child = u.domain_alloc_user(parent, &stage1).unwrap();
+        u.attach(DEV, None, child).unwrap();
+        let t = ok(m.translate(sid(DEV), None, IOVA, Access::READ));
+        assert_eq!(t.pa, PA_A, "cm {cm}: setup, the nested translation");
+        m.reset_stats();
+        u.detach(DEV, None).unwrap();
+        // PASID-cache (type 7) and domain-selective IOTLB (type 2, G = 10b) invalidations of
+        // the user domain's DID (31:16 in both), then the wait: as many as before, the
+        // PASID-based IOTLB invalidation (type 6) replaced.
+        let log = m.descriptor_log();
+        let types: Vec<u64> = log.iter().map(|d| d[0] & 0xf).collect();
+        assert_eq!(types, [7, 2, 5], "cm {cm}: the detach's descriptors");
+        assert_eq!((log[1][0] >> 4) & 3, 2, "cm {cm}: domain-selective");
+        assert_eq!(
+            log[1][0] >> 16 & 0xffff,
+            log[0][0] >> 16 & 0xffff,
+            "cm {cm}: its DID"
+        );
+        // P unmaps the guest's memory: the 2 MiB of its last-level table, which is freed.
+        let mut g = Gather::new();
+        assert_eq!(u.unmap(parent, Iova::ZERO, M2, &mut g), Ok(5 * K4));
+        let (live, freed) = (a.live_pages().len(), g.freed_pages());
+        assert!(freed > 0, "cm {cm}: P's table freed");
+        u.flush(parent, &mut g).unwrap();
+        assert_eq!(a.live_pages().len(), live - freed);
+        for pa in m.reachable() {
+            assert!(
+                a.read_u64(pa).is_some(),
+                "cm {cm}: the unit can reach freed page {pa:#x} (cached for the user domain)"
+            );
+        }
+        // The pages P freed go to another owner first (zeroed), P's new table elsewhere.
+        let _other: Vec<_> = (0..freed).map(|_| a.alloc(12).unwrap()).collect();
+        map_guest();
+        u.attach(DEV, None, child).unwrap();
+        let t = m.translate(sid(DEV), None, IOVA, Access::READ);
+        assert_eq!(
+            t.map(|t| t.pa),
+            Ok(PA_A),
+            "cm {cm}: re-attached, DEV walks P's new table"
+        );
+    }
+}

@@ -24,7 +24,18 @@
 //!   so a table freed or replaced without an invalidation that covers it is walked stale (and a
 //!   freed table reads nothing: an access-error fault). Page-selective invalidations remove the
 //!   overlapping entries unless IH is set; domain-selective, PASID-selective and global ones
-//!   remove them all. Nested walks are not cached here.
+//!   remove them all.
+//! - Nested walks: their first-stage entries are not cached; the non-leaf entries of each
+//!   successful second-stage walk they make (to read a first-stage table, or to translate the
+//!   output) are, keyed by (DID, no PASID tag, address of the entry) with the guest-physical
+//!   range each maps, as second-stage entries: second-stage caching is tagged with the
+//!   domain-ID, not the PASID (§6.2). An IOTLB invalidation (type 2) of the DID removes them
+//!   (page-selective: those over the guest-physical range, unless IH), a global one too; a
+//!   PASID-based IOTLB invalidation (type 6) does not (§6.5.2.4, Table 21: it invalidates first-stage
+//!   and nested mappings of the PASID and first-stage paging-structure caching; software
+//!   invalidates second-stage caching with the IOTLB descriptor, §6.5.2.3 and Table 25
+//!   "Guidance to Software for Invalidations"). Only scalable mode nests, so these keys never
+//!   meet a legacy walk's.
 //!
 //! - ATC: what ATS devices cached ([`VtdModel::ats_translate`](super::VtdModel::ats_translate)),
 //!   keyed by (source-id, PASID, page base) with the page size; removed by completed device-TLB

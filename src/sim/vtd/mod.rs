@@ -22,7 +22,8 @@
 //!
 //! What is modelled: every register a driver touches; queued and register-based invalidation
 //! with every granularity; caches that keep entries until invalidated (negative entries under
-//! CAP.CM), including a paging-structure cache that IH spares; legacy and scalable
+//! CAP.CM), including a paging-structure cache that IH spares (and that nested walks fill with
+//! the parent's second-stage entries, tagged with the DID alone); legacy and scalable
 //! translation with FPD; accessed and dirty flags set by a walk (first stage always, §3.6.2;
 //! second stage under the scalable-mode PASID entry's SSADE, §3.7.2; not in nested walks nor the
 //! extended-accessed flag); fault recording with overflow; fault injection ([`Injection`]).

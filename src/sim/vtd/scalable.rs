@@ -21,43 +21,91 @@
 //!
 //! Nested: the first-stage walk reads its tables, and its output, through the second stage; a
 //! second-stage fault while reading a first-stage table is reported as a first-stage access
-//! error (0x70), one on the final output address with the second-stage codes.
+//! error (0x70), one on the final output address with the second-stage codes. The non-leaf
+//! entries of each successful second-stage walk a nested walk makes are cached, tagged with
+//! the DID alone (no PASID: second-stage caching is per domain, §6.2), keyed as the
+//! paging-structure cache keys a legacy walk's (`cache.rs`): an IOTLB invalidation (type 2) of
+//! the DID drops them, a PASID-based one (type 6) does not.
 
 use super::arena::PhysMem;
-use super::cache::{CachedContext, EntryKind, IotlbEntry, PasidEntry, Pgtt, ScalableContext};
+use super::cache::{
+    CachedContext, EntryKind, IotlbEntry, PasidEntry, Pgtt, PscEntry, PscKey, ScalableContext,
+};
 use super::fault::*;
 use super::regs::*;
 use super::translate::{walk_fail, Fail, Lookup, FS_AD, SCALABLE_FS, SCALABLE_SS, SS_AD};
 use super::walk::{vtd_fs, vtd_ss, Access, Perms};
 use super::{bits, DmaOk, RootMode, State};
 use crate::mem::{Iova, PhysAddr};
+use crate::sim::walk::Translation;
+use std::collections::BTreeMap;
 use std::vec::Vec;
 
 /// Memory as a nested first-stage walk sees it: guest-physical addresses translated by the
 /// second stage.
 struct NestedMem<'a, M: PhysMem> {
-    mem: &'a M,
-    ss: vtd_ss::VtdSsConfig,
+    ss: &'a NestedSs<'a, M>,
 }
 
-/// Memory that records every word a walk read, in order (the leaf last).
-struct Recorded<'a, M: PhysMem> {
+/// The second stage of a nested walk: the nest parent's tables as the walk sees them (entries
+/// the paging-structure cache holds for the DID first, then memory), each successful walk's
+/// reads logged, by guest-physical input, for that cache.
+struct NestedSs<'a, M: PhysMem> {
     mem: &'a M,
+    psc: &'a BTreeMap<PscKey, PscEntry>,
+    did: u16,
+    cfg: vtd_ss::VtdSsConfig,
+    walks: &'a core::cell::RefCell<Vec<SsWalk>>,
+}
+
+/// A successful second-stage walk of a nested walk: its input, the words it read (leaf last).
+type SsWalk = (u64, Vec<(u64, u64)>);
+
+/// A second-stage translation and the words its walk read (leaf last).
+type SsTranslation = (Translation<vtd_ss::VtdSsAttrs>, Vec<(u64, u64)>);
+
+/// Table memory of one second-stage walk: cached entries of the DID first, reads recorded.
+struct SsRead<'a, M: PhysMem> {
+    mem: &'a M,
+    psc: &'a BTreeMap<PscKey, PscEntry>,
+    did: u16,
     reads: core::cell::RefCell<Vec<(u64, u64)>>,
 }
 
-impl<M: PhysMem> PhysMem for Recorded<'_, M> {
+impl<M: PhysMem> PhysMem for SsRead<'_, M> {
     fn read_u64(&self, pa: u64) -> Option<u64> {
-        let v = self.mem.read_u64(pa)?;
-        self.reads.borrow_mut().push((pa, v));
-        Some(v)
+        let value = match self.psc.get(&(self.did, None, pa)) {
+            Some(e) => e.value,
+            None => self.mem.read_u64(pa)?,
+        };
+        self.reads.borrow_mut().push((pa, value));
+        Some(value)
+    }
+}
+
+impl<M: PhysMem> NestedSs<'_, M> {
+    /// Translates guest-physical `gpa`; returns the translation and the words the walk read.
+    fn translate(&self, gpa: u64) -> Result<SsTranslation, crate::sim::walk::Fault> {
+        let mem = SsRead {
+            mem: self.mem,
+            psc: self.psc,
+            did: self.did,
+            reads: core::cell::RefCell::new(Vec::new()),
+        };
+        let t = vtd_ss::translate(&mem, &self.cfg, Iova::new(gpa), Access::default())?;
+        let reads = mem.reads.into_inner();
+        self.walks.borrow_mut().push((gpa, reads.clone()));
+        Ok((t, reads))
     }
 }
 
 impl<M: PhysMem> PhysMem for NestedMem<'_, M> {
     fn read_u64(&self, gpa: u64) -> Option<u64> {
-        let t = vtd_ss::translate(self.mem, &self.ss, Iova::new(gpa), Access::READ).ok()?;
-        self.mem.read_u64(t.pa.get())
+        let (t, _) = self.ss.translate(gpa).ok()?;
+        if !t.read {
+            return None;
+        }
+        self.ss.mem.read_u64(t.pa.get())
     }
 }
 
@@ -281,34 +329,37 @@ impl State<'_> {
         };
         let pgsnp = pe.pgsnp;
         let ss_ad = (nested.is_some() && pe.ssade).then_some(SS_AD);
-        // Nested walks bypass the paging-structure cache (their reads mix both stages).
+        // The first-stage entries of a nested walk are not cached (only its second-stage
+        // walks' entries are, below).
         let levels = if nested.is_some() { 0 } else { pe.fs_levels };
-        self.through_iotlb(look, iova, access, (kind, levels), |st, mem| {
+        let walks = core::cell::RefCell::new(Vec::new());
+        let r = self.through_iotlb(look, iova, access, (kind, levels), |st, mem| {
+            let ss = nested.map(|cfg| NestedSs {
+                mem: &st.mem,
+                psc: &st.caches.psc,
+                did: look.did,
+                cfg,
+                walks: &walks,
+            });
             let fs_fail = |f| walk_fail(f, access, &SCALABLE_FS, look.fpd);
             let input = Iova::new(iova);
-            let t = match nested {
+            let t = match &ss {
                 None => vtd_fs::translate(mem, &cfg, input, Access::default()),
-                Some(ss) => {
-                    let mem = NestedMem { mem: &st.mem, ss };
-                    vtd_fs::translate(&mem, &cfg, input, Access::default())
-                }
+                Some(ss) => vtd_fs::translate(&NestedMem { ss }, &cfg, input, Access::default()),
             }
             .map_err(fs_fail)?;
             let mut size = t.page_size_log2;
             let (mut user, mut supervisor) = (t.attrs.user, t.attrs.supervisor);
             let (mut pa, mut snoop) = (t.pa.get(), pgsnp);
             let mut dirty_at = None;
-            if let Some(ss) = nested {
-                let rec = Recorded {
-                    mem: &st.mem,
-                    reads: core::cell::RefCell::new(Vec::new()),
-                };
-                let s = vtd_ss::translate(&rec, &ss, Iova::new(pa), Access::default())
+            if let Some(ss) = &ss {
+                let (s, reads) = ss
+                    .translate(pa)
                     .map_err(|f| walk_fail(f, access, &SCALABLE_SS, look.fpd))?;
                 // SSADE: the second-stage walk of the output sets A, and the first write D
                 // in its leaf (§3.8 with §3.7.2; the flags of the walks of the first-stage
                 // tables themselves are not modelled).
-                dirty_at = st.set_flags(ss_ad, &rec.reads.into_inner());
+                dirty_at = st.set_flags(ss_ad, &reads);
                 size = size.min(s.page_size_log2);
                 pa = s.pa.get();
                 snoop |= s.attrs.snoop;
@@ -330,6 +381,12 @@ impl State<'_> {
                 dirty_at,
             };
             Ok((size, entry))
-        })
+        });
+        // Whatever the nested walk's outcome, its successful second-stage walks are cached.
+        let ss_look = Lookup { tag: None, ..look };
+        for (gpa, reads) in walks.into_inner() {
+            self.cache_walk(ss_look, gpa, EntryKind::SecondStage, pe.ss_levels, &reads);
+        }
+        r
     }
 }

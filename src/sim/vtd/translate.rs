@@ -532,7 +532,7 @@ impl State<'_> {
     }
 
     /// Keeps the non-leaf entries of a successful walk (all reads but the last).
-    fn cache_walk(
+    pub(super) fn cache_walk(
         &mut self,
         look: Lookup,
         iova: u64,

@@ -96,6 +96,8 @@ struct Published {
 #[derive(Clone, Copy, Debug)]
 struct Old {
     did: DomainId,
+    /// First-stage only: everything cached for it is tagged (DID, PASID). Not for a nested
+    /// entry, whose second-stage caching is tagged with the DID alone.
     first_stage: bool,
     ats: bool,
     pfsid: SourceId,
@@ -359,10 +361,13 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
     }
 
     /// The tear-down facts of an existing attachment. A user domain's (slot past the table
-    /// domains') entries are nested: tagged (DID, PASID) like first-stage ones.
+    /// domains') entries are nested: their walks cache the parent's second-stage entries
+    /// tagged with the user domain's DID alone, which only an IOTLB invalidation of the DID
+    /// drops (§6.5.2.4, Table 21; `iotlb_of`). Its tear-down must drop them: the parent's
+    /// flushes reach only user domains with an attachment (`push_user_children`).
     fn old_of(&self, a: &Attachment) -> Old {
-        let first_stage = a.slot >= DOMAINS
-            || self
+        let first_stage = a.slot < DOMAINS
+            && self
                 .domains
                 .get(a.slot)
                 .and_then(|l| l.read().as_ref().map(Domain::is_first_stage))
@@ -490,7 +495,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
         let old = old.or_else(|| {
             current.present().then(|| Old {
                 did: current.did(),
-                first_stage: matches!(current.pgtt(), Ok(Pgtt::FirstStage | Pgtt::Nested)),
+                first_stage: matches!(current.pgtt(), Ok(Pgtt::FirstStage)),
                 ats,
                 // Checked by `attach_with`.
                 pfsid: self.pfsid(sid, opts).unwrap_or(sid),
@@ -702,8 +707,10 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
     }
 }
 
-/// The IOTLB invalidation of everything a domain cached for PASID `p`: domain-selective for a
-/// second-stage domain, PASID-selective for a first-stage one.
+/// The IOTLB invalidation of everything a domain cached for PASID `p`: PASID-selective for a
+/// first-stage-only entry; domain-selective for a second-stage or nested one (a PASID-based
+/// invalidation leaves the second-stage paging-structure caching of the DID, §6.5.2.4 Table
+/// 21; a domain-selective one drops nested IOTLB entries too, §6.5.2.3).
 fn iotlb_of(did: DomainId, p: Pasid, first_stage: bool) -> Request {
     if first_stage {
         Request::PasidIotlb {
