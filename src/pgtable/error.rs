@@ -112,6 +112,12 @@ pub enum Error {
         /// Log2 of the page size offered.
         offered_log2: u32,
     },
+    /// The gather holds what another table's calls recorded: one gather, one table, so that
+    /// the invalidation that releases it is that table's.
+    GatherOfAnotherTable {
+        /// Root table address of the table that filled the gather.
+        root: u64,
+    },
 }
 
 impl fmt::Display for Error {
@@ -176,6 +182,9 @@ impl fmt::Display for Error {
                 f,
                 "gather holds 2^{held_log2}-byte pages, offered 2^{offered_log2}"
             ),
+            Error::GatherOfAnotherTable { root } => {
+                write!(f, "gather filled by the table with root {root:#x}")
+            }
         }
     }
 }

@@ -281,6 +281,11 @@ impl Gather {
         true
     }
 
+    /// The owner [`Gather::claim`] recorded, 0 for none.
+    pub(crate) fn owner(&self) -> usize {
+        self.owner
+    }
+
     /// Whether a flush of unit domain `owner` may take the gather: empty, filled by that
     /// domain's calls, or by none (the units' own gathers, such as a map's invalidation).
     pub(crate) fn flushable_by(&self, owner: usize) -> bool {

@@ -27,8 +27,11 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     /// `&mut self`, as for `reclaim_empty`: no other operation may be in flight.
     ///
     /// # Errors
-    /// [`Error::UnknownTable`] for a corrupt table (nothing was unlinked).
+    /// [`Error::UnknownTable`] for a corrupt table (nothing was unlinked);
+    /// [`Error::GatherOfAnotherTable`] if another table's calls filled `gather` (nothing
+    /// changed).
     pub fn reclaim_at(&mut self, iova: Iova, gather: &mut Gather) -> Result<usize, Error> {
+        self.claim_gather(gather)?;
         let g = *self.geometry();
         if !iova.fits_in(g.ias) {
             return Ok(0);

@@ -296,6 +296,26 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         self.root.pa
     }
 
+    /// The owner a gather this table fills records ([`Gather::claim`]): the root's address
+    /// with bit 0 set (a root is page-aligned, so never 0, which names no table), the value a
+    /// unit's domain claims its gathers with.
+    pub(crate) fn gather_owner(&self) -> usize {
+        self.root.pa.get() as usize | 1
+    }
+
+    /// Claims `gather` for this table: one gather holds one table's changes, so that a unit's
+    /// flush, which takes only its own domain's gathers, never releases pages its
+    /// invalidation did not cover (review of 2026-12-07 19:50, D1: a bare table's gather
+    /// flushed on any domain freed its unlinked page while the table's own caches could
+    /// still lead to it).
+    #[inline(always)]
+    pub(super) fn claim_gather(&self, gather: &mut Gather) -> Result<(), Error> {
+        match gather.claim(self.gather_owner()) {
+            true => Ok(()),
+            false => Err(gather_of_another_table(gather)),
+        }
+    }
+
     /// The format and its configuration.
     pub fn format(&self) -> &F {
         &self.format
@@ -1550,7 +1570,8 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     /// [`SplitPolicy::Refuse`], the call fails).
     ///
     /// # Errors
-    /// Refusals, with nothing changed: range and alignment errors; [`Error::SplitRefused`],
+    /// Refusals, with nothing changed: [`Error::GatherOfAnotherTable`] (another table's
+    /// calls filled `gather`: one gather, one table); range and alignment errors; [`Error::SplitRefused`],
     /// [`Error::SplitUnsupported`]; [`Error::NoMemory`] or [`Error::TableOutOfRange`] for the
     /// tables a split needs (reserved before anything changes). Met during the walk, which
     /// stops there: [`Error::EntryUnstable`] (hardware kept rewriting an entry to be split),
@@ -1559,6 +1580,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     /// above it (ARCHITECTURE.md "Concurrency", rule 5): flush `gather` on an error too.
     #[inline]
     pub fn unmap(&self, iova: Iova, len: u64, gather: &mut Gather) -> Result<u64, Error> {
+        self.claim_gather(gather)?;
         let fast = self.unmap_fast_or_page(iova, len, gather);
         match fast {
             FastUnmap::Unmapped(bytes) => Ok(bytes),
@@ -3072,6 +3094,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     ///
     /// # Errors
     /// [`Error::NoDirtyTracking`] when the format is configured without it; range errors;
+    /// [`Error::GatherOfAnotherTable`] (another table's calls filled `gather`: nothing read);
     /// [`Error::EntryUnstable`] if hardware kept rewriting an entry, [`Error::UnknownTable`]
     /// for a corrupt entry: the walk stops there, and `gather` holds what it cleaned before,
     /// with the larger page of every split table above it (flush it on an error too).
@@ -3105,6 +3128,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
             return Err(Error::NoDirtyTracking);
         }
         self.check_iova_range(iova, len)?;
+        self.claim_gather(gather)?;
         let top = self.geo().top_level();
         let root = self.root_table();
         self.clear_dirty_level(root, top, iova.get(), len, how, &mut sink, gather)?;
@@ -3132,6 +3156,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     ///
     /// # Errors
     /// [`Error::NoDirtyTracking`] when the format is configured without it;
+    /// [`Error::GatherOfAnotherTable`] (another table's calls filled `gather`: nothing changed);
     /// [`Error::EntryUnstable`] if hardware kept rewriting an entry: tracking is on and
     /// `gather` holds what was cleaned, as after a failed
     /// [`read_and_clear_dirty`](Self::read_and_clear_dirty).
@@ -3139,6 +3164,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
         if !self.format.dirty_tracking() {
             return Err(Error::NoDirtyTracking);
         }
+        self.claim_gather(gather)?;
         self.tracking
             .store(on, core::sync::atomic::Ordering::Release);
         if on {
@@ -3339,8 +3365,10 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     /// that a concurrent map could be filling safe; `unmap` alone never does it for that reason.
     ///
     /// # Errors
-    /// [`Error::UnknownTable`] for a corrupt table.
+    /// [`Error::UnknownTable`] for a corrupt table; [`Error::GatherOfAnotherTable`] if another
+    /// table's calls filled `gather` (nothing changed).
     pub fn reclaim_empty(&mut self, gather: &mut Gather) -> Result<usize, Error> {
+        self.claim_gather(gather)?;
         self.reclaim_range(0, u64::MAX, gather)
     }
 
@@ -3462,7 +3490,10 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     /// STE or CD points at the table any more; release the gather after the invalidation.
     ///
     /// # Errors
-    /// [`Error::UnknownTable`] for a corrupt table (the pages found so far are in `gather`).
+    /// [`Error::UnknownTable`] for a corrupt table (the pages found so far are in `gather`);
+    /// [`Error::GatherOfAnotherTable`] if another table's calls filled `gather`: nothing is
+    /// in it then, and the table's pages stay allocated (leaked: a gather flushed for the
+    /// other table would have freed them under that table's invalidation).
     pub fn destroy(mut self, gather: &mut Gather) -> Result<(), Error> {
         // SAFETY: `self` is consumed: nothing uses the table afterwards.
         unsafe { self.destroy_in_place(gather) }
@@ -3477,6 +3508,7 @@ impl<F: Format, A: PageAllocator> PageTable<F, A> {
     /// # Safety
     /// The table is not used again, except to be dropped: its pages are in `gather`.
     pub(crate) unsafe fn destroy_in_place(&mut self, gather: &mut Gather) -> Result<(), Error> {
+        self.claim_gather(gather)?;
         let g = *self.geo();
         gather.add_everything(g.ias);
         let root = self.root_table();
@@ -3507,6 +3539,16 @@ pub(super) struct Leaves {
     pub(super) prot: Prot,
     pub(super) run_log2: u32,
     pub(super) tracking: bool,
+}
+
+/// [`Error::GatherOfAnotherTable`] for `gather`, which another table's calls filled. Cold and
+/// out of line: the hot paths keep one test and branch.
+#[cold]
+#[inline(never)]
+fn gather_of_another_table(gather: &Gather) -> Error {
+    Error::GatherOfAnotherTable {
+        root: (gather.owner() & !1) as u64,
+    }
 }
 
 /// The leaf loop of every map path: writes entries `first + from .. first + to` of the live

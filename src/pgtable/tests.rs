@@ -1331,3 +1331,46 @@ fn address_bits_cover_every_address_of_a_stretch() {
         }
     }
 }
+
+/// One gather, one table (review of 2026-12-07 19:50, D1: a bare table's gather was flushed
+/// by a unit on an unrelated domain). Every call of another table that would fill the gather
+/// refuses it with `GatherOfAnotherTable`, naming the table that filled it, and changes
+/// nothing; that table goes on filling it, and once released the gather is anyone's.
+#[test]
+fn a_gather_takes_one_tables_changes() {
+    let arena = test_alloc();
+    let table = || {
+        let f = VtdSs::new(VtdSsConfig {
+            dirty_tracking: true,
+            ..VTD_SS_48
+        });
+        PageTable::new(f.unwrap(), &arena, WalkerCoherency::Coherent).unwrap()
+    };
+    let (a, mut b) = (table(), table());
+    a.map(iova(M2), pa(G1), K4, RW).unwrap();
+    b.map(iova(M2), pa(G1), K4, RW).unwrap();
+    let mut g = Gather::new();
+    assert_eq!(a.unmap(iova(M2), K4, &mut g), Ok(K4));
+    let theirs = Err(Error::GatherOfAnotherTable {
+        root: a.root().get(),
+    });
+    assert_eq!(b.unmap(iova(M2), K4, &mut g).map(|_| ()), theirs);
+    assert_eq!(
+        b.read_and_clear_dirty(iova(0), G1, |_, _| {}, &mut g),
+        theirs
+    );
+    assert_eq!(b.set_dirty_tracking(true, &mut g), theirs);
+    assert_eq!(b.reclaim_empty(&mut g).map(|_| ()), theirs);
+    assert_eq!(b.reclaim_at(iova(M2), &mut g).map(|_| ()), theirs);
+    assert!(
+        b.query(iova(M2)).is_some(),
+        "a refused call changed the other table"
+    );
+    // The table that filled the gather goes on: its emptied tables (all but the root) join it.
+    let mut a = a;
+    assert_eq!(a.reclaim_at(iova(M2), &mut g), Ok(3));
+    assert_eq!(g.freed_pages(), 3);
+    g.release(&arena, done()).unwrap();
+    assert_eq!(b.unmap(iova(M2), K4, &mut g), Ok(K4));
+    g.release(&arena, done()).unwrap();
+}

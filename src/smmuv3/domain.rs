@@ -226,8 +226,7 @@ impl<A: PageAllocator> Domain<A> {
     /// table's address, the table's for its life, whatever moves the unit (a unit's own
     /// address, or its slot's, changes when the embedder moves the unit between calls).
     pub(crate) fn gather_owner(&self) -> usize {
-        // Bit 0 set (a root is page-aligned): never 0, which names no domain.
-        with_table!(&self.table, t => t.root()).get() as usize | 1
+        with_table!(&self.table, t => t.gather_owner())
     }
 
     /// The domain [`build_stage1`](Self::build_stage1) or [`build_stage2`](Self::build_stage2)

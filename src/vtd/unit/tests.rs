@@ -1695,6 +1695,71 @@ fn a_gather_is_flushed_only_on_the_domain_that_filled_it() {
     u.flush(db, &mut g).unwrap();
 }
 
+/// A bare `PageTable` (an embedder's, or a guest's first stage the crate built) filled a
+/// gather that no unit call claimed, and a unit's flush of any domain took it: it invalidated
+/// that domain's tag and gave the other table's unlinked page back to the allocator, while the
+/// caches of the table it came from could still lead to it (review of 2026-12-07 19:50, D1:
+/// "pages held 16 -> 15" on a nested set-up). Now the table's own calls claim the gather for
+/// it: the unit refuses it with `InvalidDomain`, and a bare table's unmap into a unit
+/// domain's gather is refused too (`GatherOfAnotherTable`), nothing changed.
+#[test]
+fn a_bare_tables_gather_is_not_flushed_by_a_unit() {
+    use crate::mem::WalkerCoherency;
+    use crate::pgtable::vtd_ss::{VtdSs, VtdSsConfig};
+    use crate::pgtable::PageTable;
+    let m = legacy_model();
+    let a = TestAlloc::default();
+    let u = unit(&m, &a, Mode::Legacy);
+    let d = u.domain_alloc(&DomainConfig::default()).unwrap();
+    u.attach(DEV, None, d).unwrap();
+    let f = VtdSs::new(VtdSsConfig {
+        agaw: 48,
+        haw: 48,
+        page_2m: true,
+        page_1g: true,
+        snoop: false,
+        dirty_tracking: false,
+    })
+    .unwrap();
+    let bare = PageTable::new(f, &a, WalkerCoherency::Coherent).unwrap();
+    bare.map(Iova::new(M2), PhysAddr::new(0x4000_0000), K4, RW)
+        .unwrap();
+    let mut g = Gather::new();
+    // The leaf table is covered whole: unlinked into the gather.
+    assert_eq!(bare.unmap(Iova::new(M2), M2, &mut g), Ok(K4));
+    assert_eq!(g.freed_pages(), 1);
+    assert_eq!(
+        u.flush(d, &mut g),
+        Err(crate::iommu::Error::InvalidDomain(d))
+    );
+    assert_eq!(
+        g.freed_pages(),
+        1,
+        "a unit's flush freed a bare table's page"
+    );
+    // SAFETY: nothing walks the bare table.
+    g.release(&a, unsafe {
+        crate::pgtable::InvalidationComplete::assume()
+    })
+    .unwrap();
+    // A unit domain's gather, then a bare table's unmap into it.
+    u.map(d, Iova::new(M2), PhysAddr::new(0x4000_1000), K4, RW)
+        .unwrap();
+    bare.map(Iova::new(M2), PhysAddr::new(0x4000_0000), K4, RW)
+        .unwrap();
+    let mut g = Gather::new();
+    u.unmap(d, Iova::new(M2), K4, &mut g).unwrap();
+    assert!(matches!(
+        bare.unmap(Iova::new(M2), M2, &mut g),
+        Err(crate::pgtable::Error::GatherOfAnotherTable { .. })
+    ));
+    assert!(
+        bare.query(Iova::new(M2)).is_some(),
+        "the refused unmap changed the bare table"
+    );
+    u.flush(d, &mut g).unwrap();
+}
+
 /// Scalable mode keeps a device's `DTE` from its first attachment with ATS. A later attach
 /// whose firmware forbids ATS was let through, and the context entry still allowed the
 /// device TLB (translated requests) (review of 17:58: `DTE` 4, want 0). Now refused with
