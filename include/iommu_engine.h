@@ -1091,6 +1091,36 @@ int32_t ie_dmar_ats_permission(const uint8_t *table,
                                void *ctx,
                                uint32_t *out);
 
+// What the ACPI IORT `table` (`len` bytes, header included) says about the PCIe devices of PCI
+// segment `segment` using ATS: the segment's root complex node's `ATS Attribute` bit 0 (Arm
+// DEN 0049 E.f; Linux `iort_pci_rc_supports_ats`, which its SMMUv3 driver requires). `*out`
+// gets an `IeAtsPermission` for `IeDeviceHints.ats_permission`: `IE_ATS_PERMISSION_ALLOWED`
+// with the bit, `IE_ATS_PERMISSION_FORBIDDEN` without, `IE_ATS_PERMISSION_UNDECLARED` when
+// the table has no root complex for the segment. `IE_STATUS_INVALID_ARGUMENT` for a NULL
+// `table`, a NULL or misaligned `out`, or a malformed table (nothing is written then).
+//
+// # Safety
+// `table` is NULL (refused) or points to `len` readable bytes; `out` is NULL or misaligned
+// (refused), or writable.
+int32_t ie_iort_ats_permission(const uint8_t *table, size_t len, uint32_t segment, uint32_t *out);
+
+// What the ACPI IVRS `table` (`len` bytes, header included) says about PCI device `device_id`
+// (bus, device, function) of `segment` using ATS (AMD 48882 §5.2.2.2): `*out` gets an
+// `IeAtsPermission` for `IeDeviceHints.ats_permission`: `IE_ATS_PERMISSION_FORBIDDEN` when
+// an extended device entry naming the device sets "ATS disabled" (`Extended DTE Setting`
+// bit 31) or its unit is a type 10h IVHD without `IotlbSup`, `IE_ATS_PERMISSION_UNDECLARED`
+// when no unit translates the device, else `IE_ATS_PERMISSION_ALLOWED`.
+// `IE_STATUS_INVALID_ARGUMENT` for a NULL `table`, a NULL or misaligned `out`, or a malformed
+// table (nothing is written then).
+//
+// # Safety
+// As ie_iort_ats_permission().
+int32_t ie_ivrs_ats_permission(const uint8_t *table,
+                               size_t len,
+                               uint16_t segment,
+                               uint16_t device_id,
+                               uint32_t *out);
+
 // iommufd `IOMMU_OPTION_HUGE_PAGES`: `enabled` false limits every hardware domain of the
 // IOASID to 4 KiB pages (a unit whose granule is larger uses its granule), true (the
 // default) lifts the limit. `IE_STATUS_BUSY` if the IOASID has both a hardware domain (an

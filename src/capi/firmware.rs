@@ -1,6 +1,8 @@
 //! ACPI DMAR over C: which remapping unit covers a PCI requester, and its register window and
 //! host address width (Intel VT-d specification rev. 4.1, §8.1 DMAR, §8.3 DRHD, §8.3.1 Device
-//! Scope), through the crate's parser ([`crate::firmware::dmar`]).
+//! Scope), through the crate's parser ([`crate::firmware::dmar`]); and what the DMAR, the IORT
+//! (Arm DEN 0049 E.f root complex `ATS Attribute`) and the IVRS (AMD 48882 §5.2.2) say about a
+//! device's PCIe ATS.
 
 use core::ffi::c_void;
 
@@ -8,6 +10,8 @@ use crate::firmware::dmar::ats::Upstream;
 use crate::firmware::dmar::device_scope::{BridgeAnswer, BusRange, PciBuses};
 use crate::firmware::dmar::lookup::FunctionKind;
 use crate::firmware::dmar::table::Dmar;
+use crate::firmware::iort::{platform, Iort};
+use crate::firmware::ivrs::Ivrs;
 use crate::iommu::AtsPermission;
 use crate::vtd::SourceId;
 
@@ -407,6 +411,76 @@ pub unsafe extern "C" fn ie_dmar_ats_permission(
             .ats_permission(segment, SourceId::new(function), upstream, &buses)
             .map_err(|_| IeStatus::InvalidArgument)?;
         // SAFETY: the C contract: `out` is writable.
+        unsafe { out.write(IeAtsPermission::to_c(permission)) };
+        Ok(())
+    })())
+}
+
+/// What the ACPI IORT `table` (`len` bytes, header included) says about the PCIe devices of PCI
+/// segment `segment` using ATS: the segment's root complex node's `ATS Attribute` bit 0 (Arm
+/// DEN 0049 E.f; Linux `iort_pci_rc_supports_ats`, which its SMMUv3 driver requires). `*out`
+/// gets an `IeAtsPermission` for `IeDeviceHints.ats_permission`: `IE_ATS_PERMISSION_ALLOWED`
+/// with the bit, `IE_ATS_PERMISSION_FORBIDDEN` without, `IE_ATS_PERMISSION_UNDECLARED` when
+/// the table has no root complex for the segment. `IE_STATUS_INVALID_ARGUMENT` for a NULL
+/// `table`, a NULL or misaligned `out`, or a malformed table (nothing is written then).
+///
+/// # Safety
+/// `table` is NULL (refused) or points to `len` readable bytes; `out` is NULL or misaligned
+/// (refused), or writable.
+#[no_mangle]
+pub unsafe extern "C" fn ie_iort_ats_permission(
+    table: *const u8,
+    len: usize,
+    segment: u32,
+    out: *mut u32,
+) -> i32 {
+    code((|| {
+        if table.is_null() || out.is_null() || !out.is_aligned() {
+            return Err(IeStatus::InvalidArgument);
+        }
+        // SAFETY: the C contract: `len` readable bytes at `table`.
+        let bytes = unsafe { core::slice::from_raw_parts(table, len) };
+        let iort = Iort::parse(bytes).map_err(|_| IeStatus::InvalidArgument)?;
+        let permission = iort
+            .root_complex(segment)
+            .map_err(|_| IeStatus::InvalidArgument)?
+            .map_or(AtsPermission::Undeclared, |rc| {
+                platform::root_complex_ats(&rc)
+            });
+        // SAFETY: not NULL and aligned (checked); the C contract: `out` is writable.
+        unsafe { out.write(IeAtsPermission::to_c(permission)) };
+        Ok(())
+    })())
+}
+
+/// What the ACPI IVRS `table` (`len` bytes, header included) says about PCI device `device_id`
+/// (bus, device, function) of `segment` using ATS (AMD 48882 §5.2.2.2): `*out` gets an
+/// `IeAtsPermission` for `IeDeviceHints.ats_permission`: `IE_ATS_PERMISSION_FORBIDDEN` when
+/// an extended device entry naming the device sets "ATS disabled" (`Extended DTE Setting`
+/// bit 31) or its unit is a type 10h IVHD without `IotlbSup`, `IE_ATS_PERMISSION_UNDECLARED`
+/// when no unit translates the device, else `IE_ATS_PERMISSION_ALLOWED`.
+/// `IE_STATUS_INVALID_ARGUMENT` for a NULL `table`, a NULL or misaligned `out`, or a malformed
+/// table (nothing is written then).
+///
+/// # Safety
+/// As ie_iort_ats_permission().
+#[no_mangle]
+pub unsafe extern "C" fn ie_ivrs_ats_permission(
+    table: *const u8,
+    len: usize,
+    segment: u16,
+    device_id: u16,
+    out: *mut u32,
+) -> i32 {
+    code((|| {
+        if table.is_null() || out.is_null() || !out.is_aligned() {
+            return Err(IeStatus::InvalidArgument);
+        }
+        // SAFETY: the C contract: `len` readable bytes at `table`.
+        let bytes = unsafe { core::slice::from_raw_parts(table, len) };
+        let ivrs = Ivrs::parse(bytes).map_err(|_| IeStatus::InvalidArgument)?;
+        let permission = ivrs.ats_permission(segment, device_id);
+        // SAFETY: not NULL and aligned (checked); the C contract: `out` is writable.
         unsafe { out.write(IeAtsPermission::to_c(permission)) };
         Ok(())
     })())

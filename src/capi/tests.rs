@@ -966,3 +966,93 @@ fn dmar_ats_permission_of_a_function() {
         (invalid, u32::MAX)
     );
 }
+
+/// ie_iort_ats_permission: QEMU `virt`'s root complex (segment 0) has no ATS attribute:
+/// forbidden; one built with it: allowed; a segment without a root complex: undeclared. A
+/// malformed table, a NULL table, a NULL or misaligned `out` are refused, nothing written.
+#[test]
+fn iort_ats_permission_of_a_segment() {
+    use super::firmware::{ie_iort_ats_permission, IeAtsPermission};
+    use crate::firmware::iort::build::{seal, TableBuilder};
+    use crate::firmware::iort::root_complex::AtsAttribute;
+    use crate::firmware::iort::table::REVISION_E_F;
+    let qemu: &[u8] = include_bytes!("../../tests/data/acpi/iort/qemu-virt-smmuv3.iort");
+    let mut b = TableBuilder::new(REVISION_E_F);
+    b.root_complex((1, 0, 0), AtsAttribute::ATS_SUPPORTED.bits(), 3, 48, &[]);
+    let mut built = b.build();
+    seal(&mut built);
+    let ask = |t: &[u8], segment: u32| {
+        let mut out = u32::MAX;
+        // SAFETY: `t` is readable; `out` is writable and aligned.
+        let st = unsafe { ie_iort_ats_permission(t.as_ptr(), t.len(), segment, &mut out) };
+        (st, out)
+    };
+    let ok = IeStatus::Ok as i32;
+    assert_eq!(ask(qemu, 0), (ok, IeAtsPermission::Forbidden as u32));
+    assert_eq!(ask(&built, 3), (ok, IeAtsPermission::Allowed as u32));
+    assert_eq!(ask(qemu, 1), (ok, IeAtsPermission::Undeclared as u32));
+    let invalid = IeStatus::InvalidArgument as i32;
+    assert_eq!(ask(&qemu[..qemu.len() - 1], 0), (invalid, u32::MAX));
+    let mut words = [u32::MAX; 2];
+    // SAFETY: NULL table and NULL `out` are refused before any access; the misaligned `out`
+    // is refused before it is written.
+    unsafe {
+        assert_eq!(
+            ie_iort_ats_permission(core::ptr::null(), 0, 0, &mut words[0]),
+            invalid
+        );
+        assert_eq!(
+            ie_iort_ats_permission(qemu.as_ptr(), qemu.len(), 0, core::ptr::null_mut()),
+            invalid
+        );
+        let misaligned = words.as_mut_ptr().cast::<u8>().add(1).cast::<u32>();
+        assert_eq!(
+            ie_iort_ats_permission(qemu.as_ptr(), qemu.len(), 0, misaligned),
+            invalid
+        );
+    }
+    assert_eq!(words, [u32::MAX; 2]);
+}
+
+/// ie_ivrs_ats_permission: QEMU q35's IVRS answers for a device its unit translates and none
+/// for another segment; the same refusals as ie_iort_ats_permission.
+#[test]
+fn ivrs_ats_permission_of_a_device() {
+    use super::firmware::{ie_ivrs_ats_permission, IeAtsPermission};
+    use crate::firmware::ivrs::Ivrs;
+    let t: &[u8] = include_bytes!("../../tests/data/acpi/q35-amd-iommu.ivrs");
+    let ask = |t: &[u8], segment: u16, device_id: u16| {
+        let mut out = u32::MAX;
+        // SAFETY: `t` is readable; `out` is writable and aligned.
+        let st =
+            unsafe { ie_ivrs_ats_permission(t.as_ptr(), t.len(), segment, device_id, &mut out) };
+        (st, out)
+    };
+    let ok = IeStatus::Ok as i32;
+    let ivrs = Ivrs::parse(t).unwrap();
+    // edu at 00:04.0, as the QEMU scenarios place it.
+    let rust = IeAtsPermission::to_c(ivrs.ats_permission(0, 0x20));
+    assert_ne!(rust, IeAtsPermission::Undeclared as u32);
+    assert_eq!(ask(t, 0, 0x20), (ok, rust));
+    assert_eq!(ask(t, 1, 0x20), (ok, IeAtsPermission::Undeclared as u32));
+    let invalid = IeStatus::InvalidArgument as i32;
+    assert_eq!(ask(&t[..t.len() - 1], 0, 0x20), (invalid, u32::MAX));
+    let mut words = [u32::MAX; 2];
+    // SAFETY: as in iort_ats_permission_of_a_segment.
+    unsafe {
+        assert_eq!(
+            ie_ivrs_ats_permission(core::ptr::null(), 0, 0, 0x20, &mut words[0]),
+            invalid
+        );
+        assert_eq!(
+            ie_ivrs_ats_permission(t.as_ptr(), t.len(), 0, 0x20, core::ptr::null_mut()),
+            invalid
+        );
+        let misaligned = words.as_mut_ptr().cast::<u8>().add(1).cast::<u32>();
+        assert_eq!(
+            ie_ivrs_ats_permission(t.as_ptr(), t.len(), 0, 0x20, misaligned),
+            invalid
+        );
+    }
+    assert_eq!(words, [u32::MAX; 2]);
+}
