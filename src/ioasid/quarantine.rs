@@ -15,6 +15,11 @@
 //! dispatch of `g` left: every dispatch that was under way when the drain passed the fence has
 //! then left. Overlapping dispatches cannot keep a quarantine alive for ever (each dispatch is
 //! bounded), as they could when only a dispatch running alone could end one.
+//!
+//! A stranded device (a dropped context's detach the unit refused) has no detach of the layer
+//! after its unit's: [`Registry::release_stranded`](super::Registry::release_stranded)
+//! quarantines it instead, every PASID of it (the registry does not know which the dead
+//! context attached), up to the unit's fence taken once the embedder blocked the device.
 
 use super::registry::{DeviceLabel, UnitId};
 use super::MAX_UNITS;
@@ -25,10 +30,29 @@ use crate::iopf::{FaultSequence, PageFault};
 /// fence are refused whatever their device (one unit-wide fence per unit).
 pub const MAX_QUARANTINES: usize = 16;
 
+/// Which of a device's faults a quarantine holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Scope {
+    /// Those without a PASID (`None`) or of one PASID: a detach's.
+    Pasid(Option<Pasid>),
+    /// Every one, whatever its PASID: a stranded device's release, when the registry does not
+    /// know which PASIDs the dead context had attached.
+    Device,
+}
+
+impl Scope {
+    fn covers(self, pasid: Option<Pasid>) -> bool {
+        match self {
+            Self::Pasid(p) => p == pasid,
+            Self::Device => true,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Quarantine {
     label: DeviceLabel,
-    pasid: Option<Pasid>,
+    scope: Scope,
     /// [`FaultSequence::ALL`] while the unit could give no fence.
     fence: FaultSequence,
     /// When it was added (the registry's count of quarantines added, from 1): a fence a
@@ -89,10 +113,19 @@ impl Quarantines {
         pasid: Option<Pasid>,
         fence: Option<FaultSequence>,
     ) {
+        self.add_scope(label, Scope::Pasid(pasid), fence);
+    }
+
+    /// As [`add`](Self::add), for every fault of `label` whatever its PASID.
+    pub(super) fn add_device(&mut self, label: DeviceLabel, fence: Option<FaultSequence>) {
+        self.add_scope(label, Scope::Device, fence);
+    }
+
+    fn add_scope(&mut self, label: DeviceLabel, scope: Scope, fence: Option<FaultSequence>) {
         let fence = fence.unwrap_or(FaultSequence::ALL);
         self.adds = self.adds.saturating_add(1);
         let added = self.adds;
-        let same = |q: &Option<Quarantine>| q.is_some_and(|q| q.label == label && q.pasid == pasid);
+        let same = |q: &Option<Quarantine>| q.is_some_and(|q| q.label == label && q.scope == scope);
         let slot = match self.entries.iter().position(same) {
             Some(i) => Some(i),
             None => self.entries.iter().position(Option::is_none),
@@ -101,7 +134,7 @@ impl Quarantines {
             Some(e) => {
                 *e = Some(Quarantine {
                     label,
-                    pasid,
+                    scope,
                     fence,
                     added,
                     passed: None,
@@ -130,7 +163,7 @@ impl Quarantines {
         wide || self.entries.iter().flatten().any(|q| {
             q.label.unit == unit
                 && q.label.id == fault.device
-                && q.pasid == fault.pasid
+                && q.scope.covers(fault.pasid)
                 && q.fence.covers(fault)
         })
     }
@@ -397,6 +430,27 @@ mod tests {
         assert!(!q.holds(UnitId(0), &request(100, 8)));
         let d = q.enter(UnitId(0));
         q.passed(UnitId(0), at(7));
+        q.leave(UnitId(0), d);
+        assert_eq!(q.len(), 0);
+    }
+
+    /// A stranded device's release (D3, review of 2026-12-07): the registry does not know
+    /// which PASIDs the dead context attached, so the quarantine holds every one.
+    #[test]
+    fn a_device_wide_quarantine_holds_the_rid_and_every_pasid_up_to_its_fence() {
+        let mut q = Quarantines::EMPTY;
+        q.add_device(label(1), Some(at(5)));
+        let with = |pasid: u32, sequence: u64| PageFault {
+            pasid: Pasid::new(pasid),
+            ..request(1, sequence)
+        };
+        assert!(q.holds(UnitId(0), &request(1, 5)));
+        assert!(q.holds(UnitId(0), &with(1, 4)));
+        assert!(q.holds(UnitId(0), &with(0xfffff, 5)));
+        assert!(!q.holds(UnitId(0), &with(1, 6)), "raised after the fence");
+        assert!(!q.holds(UnitId(0), &request(2, 5)), "another device");
+        let d = q.enter(UnitId(0));
+        q.passed(UnitId(0), at(5));
         q.leave(UnitId(0), d);
         assert_eq!(q.len(), 0);
     }

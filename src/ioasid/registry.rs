@@ -221,9 +221,28 @@ impl<'a> Registry<'a> {
     }
 
     /// Makes a stranded device bindable again. Call it only once its DMA is blocked by other
-    /// means (the unit was reset or disabled, or `Iommu::detach` succeeded on the unit):
-    /// `false` if the device was not stranded.
+    /// means (the unit was reset or disabled, or `Iommu::detach` succeeded on the unit, for
+    /// the device and each PASID the dead context had attached): `false` if the device was
+    /// not stranded.
+    ///
+    /// The faults the device raised before now (page requests or stalls still in the unit's
+    /// queue, or in a dispatcher's batch) were raised for the dead context's attachments:
+    /// they are quarantined first, whatever their PASID, up to the unit's fence taken now
+    /// (`quarantine.rs`; bounded wait; if it fails, every fault of the device until a
+    /// dispatch gets one), so that none reaches the device's next owner.
     pub fn release_stranded(&self, label: DeviceLabel) -> bool {
+        if !self.is_stranded(label) {
+            return false;
+        }
+        // Before the release: no context can bind the device, and route its faults, until
+        // the quarantine holds them. The fence waits for the unit only, not under the lock.
+        if let Ok(unit) = self.unit(label.unit) {
+            match unit.page_fault_fence() {
+                Ok(None) => {}
+                Ok(Some(fence)) => self.quarantines.lock().add_device(label, Some(fence)),
+                Err(_) => self.quarantines.lock().add_device(label, None),
+            }
+        }
         let mut released = false;
         for o in self.owners.lock().iter_mut() {
             if *o == Some((label, STRANDED)) {

@@ -7,12 +7,13 @@
 use iommu_engine::ioasid::{
     dispatch_page_faults, DeviceHandle, Error, IoasidCtx, IoasidFlags, IoasidId, MAX_FAULTS,
 };
+use iommu_engine::iommu::{DeviceId, Iommu};
 use iommu_engine::iopf::{FaultCookie, FaultError, FaultKind, FaultPerm, ResponseCode};
 use iommu_engine::mem::{Iova, PhysAddr};
 use iommu_engine::pgtable::Prot;
 use iommu_engine::sim::arena::Arena;
 use iommu_engine::sim::vtd::prq::{PageRequest, PageRequestOutcome};
-use iommu_engine::sim::vtd::VtdModelConfig;
+use iommu_engine::sim::vtd::{self, VtdModelConfig};
 use iommu_engine::sim::walk::Access;
 use iommu_engine::vtd::Mode;
 
@@ -451,5 +452,81 @@ fn vtd_response_the_unit_could_not_queue_stays_outstanding() {
         assert_eq!(answers(r, RID_A, 5), 1);
         assert_eq!(r.vm.outstanding_page_requests(), 0);
         ctx.detach(dev).unwrap();
+    })
+}
+
+/// Review of 2026-12-07 (D3): a context dropped while its unit refused the detach strands the
+/// device; the embedder recovers as `Registry::release_stranded` says (the unit works again,
+/// `Iommu::detach` on the unit, then release) and a second context binds and attaches the
+/// device, its PASID too (the embedder gave the leaked PASID back to the allocator). Page
+/// requests the device raised under the dead context's attachments, still in the page request
+/// queue, reached the second context, which answered the first owner's address Success: no
+/// detach of the layer had quarantined them. `release_stranded` now quarantines every fault of
+/// the device up to the unit's fence.
+#[test]
+fn a_request_from_before_a_stranding_never_reaches_the_device_s_next_owner() {
+    let setup = VtdSetup {
+        model: VtdModelConfig::scalable().with_prs(true).with_pds(true),
+        mode: Mode::Scalable,
+    };
+    with_rig(setup, SmmuSetup::qemu(true), |r| {
+        r.vtd.enable_page_requests(0).unwrap();
+        let first = IoasidCtx::new(r.reg, r.arena, 1);
+        first.fault_queue_alloc();
+        let dev = first.bind(vtd_dev(RID_A), false).unwrap();
+        let io = first.alloc(IoasidFlags::empty()).unwrap();
+        first.attach(dev, io).unwrap();
+        let pio = first.alloc(IoasidFlags::PASID).unwrap();
+        let p = first.alloc_pasid().unwrap();
+        first.attach_pasid(dev, p, pio).unwrap();
+        // The first owner's device asks for pages; nobody has dispatched them yet.
+        let with_pasid = PageRequest {
+            pasid: Some(p.get()),
+            ..request(RID_A, 0x7000, 2, true)
+        };
+        for req in [request(RID_A, 0x5000, 1, true), with_pasid] {
+            assert_eq!(r.vm.page_request(req), PageRequestOutcome::Queued);
+        }
+        r.vm.inject(vtd::Injection::StallWaits);
+        drop(first);
+        assert!(r.reg.is_stranded(vtd_dev(RID_A)));
+        // Recovery as documented; the PASID the drop leaked is given back too.
+        r.vm.clear_injections();
+        r.drain();
+        r.vtd.detach(DeviceId(RID_A), Some(p)).unwrap();
+        r.vtd.detach(DeviceId(RID_A), None).unwrap();
+        assert!(r.reg.pasids().free(p));
+        assert!(r.reg.release_stranded(vtd_dev(RID_A)));
+        let second = IoasidCtx::new(r.reg, r.arena, 1);
+        second.fault_queue_alloc();
+        let dev2 = second.bind(vtd_dev(RID_A), false).unwrap();
+        let io2 = second.alloc(IoasidFlags::empty()).unwrap();
+        second.attach(dev2, io2).unwrap();
+        let pio2 = second.alloc(IoasidFlags::PASID).unwrap();
+        assert_eq!(second.alloc_pasid(), Ok(p), "the same PASID again");
+        second.attach_pasid(dev2, p, pio2).unwrap();
+        let d = dispatch_page_faults(VTD, r.vtd, &[&second]).unwrap();
+        let mut out = no_faults::<8>();
+        let n = second.read_faults(&mut out);
+        assert_eq!(
+            n,
+            0,
+            "the dead owner's page requests reached the next owner: {:?}",
+            &out[..n]
+        );
+        assert_eq!((d.queued, d.refused, d.quarantined), (0, 2, 2));
+        let answered: Vec<_> =
+            r.vm.page_responses()
+                .iter()
+                .map(|g| (g.group, g.code))
+                .collect();
+        assert_eq!(answered, [(1, 1), (2, 1)], "each answered Invalid, once");
+        assert_eq!(
+            r.reg.quarantines(),
+            0,
+            "the drain passed the release's fence"
+        );
+        second.detach_pasid(dev2, p).unwrap();
+        second.detach(dev2).unwrap();
     })
 }
