@@ -5,12 +5,13 @@
 use iommu_engine::iommu::{
     DeviceHints, DeviceId, DomainConfig, DomainHandle, Error, Iommu, Missing, Pasid, Stage,
 };
-use iommu_engine::mem::{Iova, PhysAddr};
+use iommu_engine::mem::{Iova, PageAllocator, PhysAddr};
 use iommu_engine::mmio::RegisterWindow;
 use iommu_engine::pgtable::{Gather, Prot};
+use iommu_engine::sim::vtd::prq::{PageRequest, PageRequestOutcome};
 use iommu_engine::sim::vtd::{DmaOk, Injection, VtdModel, VtdModelConfig};
 use iommu_engine::sim::walk::Access;
-use iommu_engine::sim::{Arena, ArenaConfig};
+use iommu_engine::sim::{Arena, ArenaConfig, PhysMem};
 use iommu_engine::vtd::{self, AttachOptions, Mode, VtdConfig, VtdUnit};
 
 #[path = "support/pages.rs"]
@@ -1723,6 +1724,149 @@ fn a_user_domain_detach_drops_its_nested_second_stage_caching() {
             t.map(|t| t.pa),
             Ok(PA_A),
             "cm {cm}: re-attached, DEV walks P's new table"
+        );
+    }
+}
+
+/// A model with page requests that, as hardware, queues only those of devices whose
+/// scalable-mode context entry has `PRE`.
+fn pri_model() -> VtdModelConfig {
+    VtdModelConfig::scalable()
+        .with_prs(true)
+        .with_pre_checked(true)
+}
+
+/// Device hints of a PRI device (ATS, which PRI needs).
+fn pri_hints() -> DeviceHints {
+    DeviceHints {
+        ats: true,
+        pri: true,
+        ..DeviceHints::default()
+    }
+}
+
+/// Word 0 of `dev`'s scalable-mode context entry (0 while its root entry half is absent).
+fn context_word0(m: &VtdModel<'_>, a: &Arena, dev: DeviceId) -> u64 {
+    let sid = sid(dev);
+    let half = u64::from(sid & 0x80 != 0);
+    let root = m.read64(vtd::regs::RTADDR_REG) & !0xfff;
+    let re = a
+        .read_u64(root + u64::from(sid >> 8) * 16 + half * 8)
+        .unwrap();
+    if re & 1 == 0 {
+        return 0;
+    }
+    a.read_u64((re & !0xfff) + u64::from(sid & 0x7f) * 32)
+        .unwrap()
+}
+
+/// A write page request of `dev`, the last of group 1.
+fn page_request(dev: DeviceId) -> PageRequest {
+    PageRequest {
+        sid: sid(dev),
+        pasid: None,
+        addr: 0x5000,
+        access: Access::WRITE,
+        group: 1,
+        last: true,
+    }
+}
+
+const PRE: u64 = 1 << 4;
+
+/// Review of the page request paths: a PRI attach set the context entry's `PRE` while the
+/// unit had no page request queue of this crate's (`PQA` 0, its reset value: hardware would
+/// write the device's page requests at physical address 0; rev. 4.1 §11.4 PQA: software
+/// programs it before enabling page requests in any context entry). The attach is refused
+/// until `enable_page_requests`, then sets `PRE` over the crate's queue.
+#[test]
+fn a_pri_attach_waits_for_the_page_request_queue() {
+    let a = arena();
+    let m = VtdModel::new(&a, pri_model());
+    let u = unit(&m, &a, Mode::Scalable);
+    let d = u.domain_alloc(&DomainConfig::default()).unwrap();
+    let r = u.attach_device(DEV, None, d, &pri_hints());
+    let (pre, pqa) = (
+        context_word0(&m, &a, DEV) & PRE != 0,
+        m.read64(vtd::regs::PQA_REG),
+    );
+    assert!(
+        !pre,
+        "PRE set while PQA = {pqa:#x} (no page request queue programmed)"
+    );
+    assert!(
+        matches!(r, Err(Error::Unsupported(Missing::Mode { .. }))),
+        "a PRI attach without a page request queue: {r:?}"
+    );
+    u.enable_page_requests(0).unwrap();
+    u.attach_device(DEV, None, d, &pri_hints()).unwrap();
+    assert_ne!(context_word0(&m, &a, DEV) & PRE, 0);
+    assert_ne!(m.read64(vtd::regs::PQA_REG) & !0xfff, 0);
+    assert_eq!(
+        m.page_request(page_request(DEV)),
+        PageRequestOutcome::Queued
+    );
+    // Disabled, the unit still holds its queue; `release` gives it back only with
+    // translation off (no context entry with `PRE` is walked any more).
+    u.disable().unwrap();
+    assert!(u.release().is_ok());
+    assert_eq!(m.read64(vtd::regs::PQA_REG), 0);
+}
+
+/// Review of the page request paths: a previous owner (firmware, a kernel before kexec) left
+/// `PQA` naming its queue, a page this kernel now uses. A device attached with PRI before
+/// this crate programmed its own queue got `PRE`, and the unit wrote its page requests into
+/// that page. Now the PRI attach is refused; attached without PRI, the device's request is
+/// answered "Invalid Request" by the unit and written nowhere; once the crate has its queue,
+/// requests go there.
+#[test]
+fn a_previous_owner_s_page_request_queue_is_never_written() {
+    let a = arena();
+    let m = VtdModel::new(&a, pri_model());
+    let data = a.alloc(12).expect("page").pa.get();
+    for i in 0..512u64 {
+        assert!(a.write_u64(data + 8 * i, 0x5a5a_5a5a_5a5a_5a5a));
+    }
+    m.write64(vtd::regs::PQA_REG, data); // the previous owner's PQA (PQS 0)
+    let u = unit(&m, &a, Mode::Scalable);
+    let d = u.domain_alloc(&DomainConfig::default()).unwrap();
+    let r = u.attach_device(DEV, None, d, &pri_hints());
+    assert!(
+        matches!(r, Err(Error::Unsupported(Missing::Mode { .. }))),
+        "a PRI attach over the previous owner's queue: {r:?}"
+    );
+    let no_pri = DeviceHints {
+        pri: false,
+        ..pri_hints()
+    };
+    u.attach_device(DEV, None, d, &no_pri).unwrap();
+    assert_eq!(context_word0(&m, &a, DEV) & PRE, 0);
+    assert_eq!(
+        m.page_request(page_request(DEV)),
+        PageRequestOutcome::Refused
+    );
+    let answered = m.page_responses();
+    assert_eq!(
+        answered
+            .iter()
+            .map(|g| (g.code, g.automatic))
+            .collect::<Vec<_>>(),
+        [(0x1, true)],
+        "the unit answers a request without PRE itself, Invalid Request"
+    );
+    u.enable_page_requests(0).unwrap();
+    assert_ne!(m.read64(vtd::regs::PQA_REG) & !0xfff, data);
+    // `PRE` is set when a context entry is made present: another device.
+    u.attach_device(DEV_HI, None, d, &pri_hints()).unwrap();
+    assert_eq!(
+        m.page_request(page_request(DEV_HI)),
+        PageRequestOutcome::Queued
+    );
+    for i in 0..512u64 {
+        assert_eq!(
+            a.read_u64(data + 8 * i),
+            Some(0x5a5a_5a5a_5a5a_5a5a),
+            "a page request overwrote the kernel's page (word {i})"
         );
     }
 }

@@ -86,6 +86,8 @@ pub(crate) struct LegacyContext {
 pub(crate) struct ScalableContext {
     pub fpd: bool,
     pub paside: bool,
+    /// Page Request Enable.
+    pub pre: bool,
     pub pasid_dir: u64,
     pub pdts: u8,
     pub rid_pasid: u32,

@@ -25,6 +25,13 @@ pub struct VtdModelConfig {
     /// handler fetches nothing -- a FIXME in `vtd_handle_fsts_write` says so -- and whose
     /// `vtd_handle_iqt_write` fetches when `QIE` is on and `IQE` clear).
     pub iqe_clear_resumes: bool,
+    /// Whether a device's page request is taken only when its scalable-mode context entry is
+    /// present with `PRE` (Page Request Enable, rev. 4.1 §9.4), as hardware does; otherwise
+    /// the unit writes nothing to the page request queue and answers a request with LPIG
+    /// itself, "Invalid Request" (see `prq.rs`). `false` (the default) takes requests from
+    /// any device, as the model did before: most of the suite raises page requests for
+    /// devices it never attached with PRI.
+    pub pre_checked: bool,
 }
 
 /// Virtual functions a [`VtdModelConfig`] can declare.
@@ -49,6 +56,7 @@ impl VtdModelConfig {
             haw: 48,
             virtual_functions: [None; MAX_VIRTUAL_FUNCTIONS],
             iqe_clear_resumes: true,
+            pre_checked: false,
         }
     }
 
@@ -77,6 +85,7 @@ impl VtdModelConfig {
             haw: 48,
             virtual_functions: [None; MAX_VIRTUAL_FUNCTIONS],
             iqe_clear_resumes: true,
+            pre_checked: false,
         }
     }
 
@@ -201,6 +210,11 @@ impl VtdModelConfig {
             i += 1;
         }
         sid
+    }
+    /// See [`pre_checked`](Self::pre_checked).
+    pub const fn with_pre_checked(mut self, on: bool) -> Self {
+        self.pre_checked = on;
+        self
     }
     /// See [`iqe_clear_resumes`](Self::iqe_clear_resumes): `false` models QEMU, whose queue
     /// stays stopped after `IQE` is cleared until software writes `IQT`.

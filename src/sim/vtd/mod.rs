@@ -32,8 +32,10 @@
 //! device-TLB invalidations empty (not timed-out ones, nor ones answered with ICE).
 //!
 //! What is not: interrupt remapping (IRTA is latched, interrupt-entry-cache descriptors only
-//! counted), ATS translation-request checks (TT / DTE), the scalable-mode context entry's PRE bit (page requests are taken from any device), advanced fault logging,
-//! performance monitoring. Interrupts are counted in [`VtdModelStats`] instead of being delivered.
+//! counted), ATS translation-request checks (TT / DTE), the scalable-mode context entry's PRE
+//! bit unless [`VtdModelConfig::pre_checked`] (page requests are otherwise taken from any
+//! device), advanced fault logging, performance monitoring. Interrupts are counted in
+//! [`VtdModelStats`] instead of being delivered.
 
 mod cache;
 mod config;

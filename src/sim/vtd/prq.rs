@@ -21,12 +21,19 @@
 //! no outstanding group is recorded as unexpected (hardware would pass it on to a device that
 //! drops it; for a test it is a driver bug). A Stop Marker (PASID, LPIG, neither read nor write)
 //! is queued like any request but opens no group: nothing answers it.
+//!
+//! With [`VtdModelConfig::pre_checked`](super::VtdModelConfig::pre_checked), a request is
+//! queued only from a device whose scalable-mode context entry (translation on) is present
+//! with `PRE` (§9.4 "Page Request Enable"; §11.4 PQA: software programs the queue before it
+//! enables page requests in any context entry). Any other request is not written: the unit
+//! answers one with LPIG itself, "Invalid Request" (the model's reading of chapter 7's page
+//! request handling; the device's PRI then stops asking), and drops one without.
 
 use std::vec::Vec;
 
 use super::bits;
-use super::regs::ECAP_PRS;
-use super::State;
+use super::regs::{ECAP_PRS, G_TE};
+use super::{RootMode, State};
 use crate::sim::walk::Access;
 
 /// PQA 63:12 base, 2:0 PQS.
@@ -39,6 +46,8 @@ pub const PQ_OFFSET: u64 = bits(18, 5);
 pub const PRS_PPR: u32 = 1 << 0;
 /// PRS 1: page request overflow.
 pub const PRS_PRO: u32 = 1 << 1;
+/// Page group response code "Invalid Request" (PCIe PRI).
+pub const INVALID_REQUEST: u8 = 0x1;
 /// The page group response descriptor's type.
 pub const TYPE_PAGE_GROUP_RESPONSE: u8 = 0x9;
 /// Reserved bits of a page group response, word 0 (11:5 and 63:52).
@@ -79,7 +88,9 @@ pub enum PageRequestOutcome {
     /// The queue was full (or PRO set): PRO set, the request dropped; with LPIG the unit
     /// answered Success itself.
     Overflow,
-    /// The unit has no page requests (`ECAP.PRS` clear) or no queue is programmed.
+    /// The unit has no page requests (`ECAP.PRS` clear), no queue is programmed, or (with
+    /// `pre_checked`) the device's context entry does not enable them (with LPIG, answered
+    /// "Invalid Request" by the unit).
     Refused,
 }
 
@@ -177,12 +188,40 @@ impl State<'_> {
         true
     }
 
+    /// Whether `sid`'s page requests may go to the queue: translation on, a scalable-mode root
+    /// table, and the device's context entry present with `PRE` (§9.4; legacy context entries
+    /// have no `PRE`: no page requests).
+    fn page_requests_enabled(&mut self, sid: u16) -> bool {
+        match self.root {
+            Some(r) if self.gsts & G_TE != 0 && r.mode == RootMode::Scalable => {
+                self.scalable_context(r.addr, sid).is_ok_and(|c| c.pre)
+            }
+            _ => false,
+        }
+    }
+
     fn prq_bytes(&self) -> u64 {
         4096 << (self.prq.pqa & PQA_PQS)
     }
 
     pub(crate) fn page_request(&mut self, req: PageRequest) -> PageRequestOutcome {
-        if !self.prs_supported() || self.prq.pqa & PQA_BASE == 0 {
+        if !self.prs_supported() {
+            return PageRequestOutcome::Refused;
+        }
+        if self.cfg.pre_checked && !self.page_requests_enabled(req.sid) {
+            if req.last && !req.is_stop_marker() {
+                self.prq.responses.push(GroupResponse {
+                    sid: req.sid,
+                    pasid: req.pasid,
+                    group: req.group,
+                    code: INVALID_REQUEST,
+                    automatic: true,
+                    expected: true,
+                });
+            }
+            return PageRequestOutcome::Refused;
+        }
+        if self.prq.pqa & PQA_BASE == 0 {
             return PageRequestOutcome::Refused;
         }
         let size = self.prq_bytes();

@@ -157,7 +157,11 @@ impl State<'_> {
         }
     }
 
-    fn scalable_context(&mut self, root: u64, sid: u16) -> Result<ScalableContext, Fail> {
+    pub(crate) fn scalable_context(
+        &mut self,
+        root: u64,
+        sid: u16,
+    ) -> Result<ScalableContext, Fail> {
         match self.caches.context.get(&sid) {
             Some(CachedContext::Scalable(c)) => return Ok(*c),
             Some(CachedContext::NotPresent { fpd, reason }) => {
@@ -208,6 +212,7 @@ impl State<'_> {
         let ctx = ScalableContext {
             fpd,
             paside,
+            pre: q[0] & 0x10 != 0,
             pasid_dir: q[0] & bits(63, 12),
             pdts: ((q[0] >> 9) & 7) as u8,
             rid_pasid: (q[1] & bits(19, 0)) as u32,

@@ -63,7 +63,9 @@ pub struct AttachOptions {
     /// The device has PCIe PRI enabled: on a unit with `ECAP.PRS`, its scalable-mode context
     /// entry gets `PRE` (Page Request Enable, rev. 4.1 §9.4), set like `DTE` when the entry is
     /// first made present, so that the unit reports its page requests to the page request
-    /// queue. Ignored in legacy mode (no page requests) and without `ECAP.PRS`.
+    /// queue. Ignored in legacy mode (no page requests) and without `ECAP.PRS`; otherwise
+    /// the attach is refused ([`iommu::Error::Unsupported`]) until
+    /// [`enable_page_requests`](VtdUnit::enable_page_requests) gave the unit its queue.
     pub pri: bool,
     /// The device is known not to use PASIDs (no PCIe PASID capability, or it is disabled:
     /// [`iommu::DeviceHints::pasid_bits`] of `Some(0)`). A device's first ATS attachment
@@ -117,9 +119,10 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
     /// # Errors
     /// [`iommu::Error::InvalidDevice`], [`iommu::Error::InvalidPasid`],
     /// [`iommu::Error::InvalidDomain`], [`iommu::Error::Unsupported`] (a PASID in legacy mode,
-    /// ATS without `ECAP.DT`), [`iommu::Error::Busy`] (`exclusive` and attached elsewhere),
-    /// [`iommu::Error::NoMemory`] (tables, or all [`super::MAX_ATTACHMENTS`] in use),
-    /// hardware errors. An error of the whole device-TLB invalidation of a new ATS attachment
+    /// ATS without `ECAP.DT`, PRI before [`enable_page_requests`](Self::enable_page_requests)
+    /// on a scalable-mode unit with `ECAP.PRS`), [`iommu::Error::Busy`] (`exclusive` and
+    /// attached elsewhere), [`iommu::Error::NoMemory`] (tables, or all
+    /// [`super::MAX_ATTACHMENTS`] in use), hardware errors. An error of the whole device-TLB invalidation of a new ATS attachment
     /// leaves the entry present and the attachment recorded, unsettled: a retry issues it
     /// again.
     pub fn attach_with(
@@ -144,6 +147,7 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
                 what: "device-TLB invalidation (ECAP.DT and ECAP.QI)",
             }));
         }
+        self.check_page_requests(opts)?;
         let user = super::nested::user_index(domain);
         let slot = match user {
             Some(i) => Self::user_slot(i),
@@ -453,6 +457,24 @@ impl<W: RegisterWindow, A: PageAllocator + Clone, const DOMAINS: usize> VtdUnit<
             changed: true,
             ..same
         })
+    }
+
+    /// A PRI attach on a scalable-mode unit with `ECAP.PRS` needs this crate's page request
+    /// queue first: `PRE` sends the device's page requests wherever `PQA` points (§11.4 PQA:
+    /// programmed before page requests are enabled in any context entry), which is address 0
+    /// at reset or a previous owner's queue, memory the kernel now uses otherwise. Refused
+    /// rather than attached without `PRE`: the caller asked for page requests. The queue is
+    /// never freed while the unit is live (only by `release`, translation off), so the check
+    /// cannot go stale.
+    #[inline(never)]
+    fn check_page_requests(&self, opts: AttachOptions) -> Result<(), iommu::Error> {
+        let prs = self.info.ecap.flags().contains(EcapFlags::PRS);
+        if opts.pri && prs && self.info.mode == Mode::Scalable && self.prq.lock().is_none() {
+            return Err(iommu::Error::Unsupported(Missing::Mode {
+                what: "page requests (enable_page_requests first)",
+            }));
+        }
+        Ok(())
     }
 
     /// Whether the device's TLB must be invalidated for this attachment: asked for, or already

@@ -1206,6 +1206,17 @@ fn pri_device_gets_the_context_entry_pre() {
             pri,
             ..AttachOptions::default()
         };
+        if ecap & PRS != 0 {
+            // PRE only over this crate's page request queue.
+            let missing = Missing::Mode {
+                what: "page requests (enable_page_requests first)",
+            };
+            assert_eq!(
+                u.attach_with(DEV, None, d, opts).err(),
+                pri.then_some(crate::iommu::Error::Unsupported(missing))
+            );
+            u.enable_page_requests(0).unwrap();
+        }
         u.attach_with(DEV, None, d, opts).unwrap();
         let lo = scalable_entries(&m, 0x20, 0).0[0];
         assert_eq!(lo & 1 << 4 != 0, pre, "PRE, ECAP {ecap:#x}, pri {pri}");
