@@ -8,6 +8,13 @@
  * uint32_t, never as the enum type, so that any integer a caller passes is checked, not undefined. bool is C99 _Bool (one byte, 0
  * or 1), the same as Rust's bool.
  *
+ * Pointers: every pointer a function reads or writes through (an input struct, an output, an
+ * array, a handle) must be aligned to its type. A misaligned one is refused with
+ * IE_STATUS_INVALID_ARGUMENT even where NULL is accepted (an optional output that is misaligned
+ * is refused, not skipped); a required one that is NULL as well; an array may be NULL only with
+ * a count of 0. Every pointer is checked before the call changes anything, outputs included: a
+ * call refused for a pointer wrote nothing and changed nothing.
+ *
  * Symbols: the library needs none from the embedder; its services come in as the function
  * pointers of IeEnv (memory) and IeRegs (registers).
  *
@@ -1700,20 +1707,20 @@ int32_t ie_status_errno(int32_t status);
 // Fills `*out` with the default VT-d configuration (legacy mode).
 //
 // # Safety
-// `out` is NULL or writable.
+// `out` is NULL, misaligned (both refused) or writable.
 int32_t ie_vtd_config_default(IeVtdConfig *out);
 
 // Fills `*out` with the default SMMUv3 configuration.
 //
 // # Safety
-// `out` is NULL or writable.
+// `out` is NULL, misaligned (both refused) or writable.
 int32_t ie_smmu_config_default(IeSmmuConfig *out);
 
 // Fills `*out` with the default AMD-Vi configuration (bus 0's 256 device IDs, 512-entry
 // command buffer and event log, 48-bit output, `np_cache` on).
 //
 // # Safety
-// `out` is NULL or writable.
+// `out` is NULL, misaligned (both refused) or writable.
 int32_t ie_amdvi_config_default(IeAmdViConfig *out);
 
 // Creates a VT-d unit on `regs` (not yet enabled: see ie_unit_enable()). Reads CAP/ECAP

@@ -71,15 +71,12 @@ pub unsafe extern "C" fn ie_ctx_get_dirty_bitmap(
     code((|| {
         let c = ctx_obj(ctx)?;
         let flags = DirtyReadFlags::from_bits(flags).ok_or(IeStatus::InvalidArgument)?;
-        // A misaligned `bitmap` cannot become a `&mut [u64]` (undefined behaviour; a debug
-        // build's check would panic across `extern "C"`).
-        if !page_size.is_power_of_two() || bitmap.is_null() || !bitmap.is_aligned() {
+        if !page_size.is_power_of_two() || bitmap.is_null() {
             return Err(IeStatus::InvalidArgument);
         }
-        // SAFETY: `bitmap` is non-null and 8-byte aligned (checked); the C contract: it is
-        // valid for reads and writes of `words` words, and nothing else accesses them during
-        // the call.
-        let bitmap = unsafe { core::slice::from_raw_parts_mut(bitmap, words) };
+        // SAFETY: the C contract: `bitmap` is misaligned (refused) or valid for reads and
+        // writes of `words` words, and nothing else accesses them during the call.
+        let bitmap = unsafe { super::output_slice(bitmap, words) }?;
         Ok(c.value.ctx.get_dirty_bitmap(
             self::ioasid(ioasid)?,
             Iova::new(iova),

@@ -73,11 +73,11 @@ impl CEnv {
     ///
     /// # Safety
     ///
-    /// `env` points to a readable `IeEnv` whose functions honour the contract in the header
-    /// (the one of [`PageAllocator`]).
+    /// `env` is NULL, misaligned (both refused), or points to a readable `IeEnv` whose
+    /// functions honour the contract in the header (the one of [`PageAllocator`]).
     pub unsafe fn from_raw(env: *const IeEnv) -> Result<Self, IeStatus> {
-        // SAFETY: the caller guarantees `env` is null or readable.
-        let env = unsafe { env.as_ref() }.ok_or(IeStatus::InvalidArgument)?;
+        // SAFETY: the caller guarantees `env` is NULL, misaligned or readable.
+        let env = unsafe { super::input(env) }?;
         match (env.alloc_page, env.free_page, env.phys_to_virt) {
             (Some(alloc_page), Some(free_page), Some(phys_to_virt)) => Ok(Self {
                 ctx: env.ctx,
@@ -216,12 +216,12 @@ impl CRegs {
     ///
     /// # Safety
     ///
-    /// `regs` points to a readable `IeRegs`; a non-NULL `base` maps `len` bytes of one unit's
-    /// registers as device memory for the life of the unit; accessor functions are callable
-    /// from any thread.
+    /// `regs` is NULL, misaligned (both refused), or points to a readable `IeRegs`; a
+    /// non-NULL `base` maps `len` bytes of one unit's registers as device memory for the life
+    /// of the unit; accessor functions are callable from any thread.
     pub unsafe fn from_raw(regs: *const IeRegs) -> Result<Self, IeStatus> {
-        // SAFETY: the caller guarantees `regs` is null or readable.
-        let r = unsafe { regs.as_ref() }.ok_or(IeStatus::InvalidArgument)?;
+        // SAFETY: the caller guarantees `regs` is NULL, misaligned or readable.
+        let r = unsafe { super::input(regs) }?;
         if let Some(base) = NonNull::new(r.base.cast::<u8>()) {
             // Registers sit at offsets aligned to their size (`Mmio` checks): on an aligned
             // base every access is aligned. A misaligned one is undefined behaviour, and an

@@ -158,27 +158,29 @@ pub unsafe extern "C" fn ie_registry_dispatch_faults(
 ) -> i32 {
     code((|| {
         let reg = registry_obj(registry)?;
-        if ctxs.is_null() && n_ctxs != 0 {
-            return Err(IeStatus::InvalidArgument);
-        }
+        // SAFETY: the C contract: `ctxs` is NULL (with `n_ctxs` 0), misaligned (refused) or
+        // has `n_ctxs` readable entries; `queued` is NULL, misaligned (refused) or writable.
+        let (ctxs, queued) = unsafe {
+            (
+                super::input_slice(ctxs, n_ctxs as usize)?,
+                super::optional_output(queued)?,
+            )
+        };
         let id = UnitId(u8::try_from(unit).map_err(|_| IeStatus::InvalidArgument)?);
         let iommu = reg.value.registry().unit(id)?;
-        let entry = |i: usize| {
-            // SAFETY: `ctxs` has `n_ctxs` readable entries (the caller's contract).
-            unsafe { *ctxs.add(i) }
-        };
         // Before anything is drained: a context of another registry would be handed faults
         // of a device this registry's owner table gave to someone else.
-        for i in 0..n_ctxs as usize {
-            let c = entry(i);
+        for &c in ctxs {
             if !c.is_null() && !ctx_obj(c)?.value.belongs_to(reg) {
                 return Err(IeStatus::InvalidArgument);
             }
         }
-        let context = |i: usize| ctx_obj(entry(i)).ok().map(|o| o.value.ctx());
-        let d = dispatch_page_faults_with(id, iommu, n_ctxs as usize, context)?;
-        // SAFETY: the C contract: NULL or writable.
-        if let Some(q) = unsafe { queued.as_mut() } {
+        let context = |i: usize| {
+            let c = *ctxs.get(i)?;
+            ctx_obj(c).ok().map(|o| o.value.ctx())
+        };
+        let d = dispatch_page_faults_with(id, iommu, ctxs.len(), context)?;
+        if let Some(q) = queued {
             *q = d.queued;
         }
         if d.unit_overflow {
@@ -204,22 +206,28 @@ pub unsafe extern "C" fn ie_ctx_read_faults(
 ) -> i32 {
     code((|| {
         let c = ctx_obj(ctx)?.value.ctx();
-        if (out.is_null() && max != 0) || count.is_null() {
-            return Err(IeStatus::InvalidArgument);
-        }
+        // SAFETY: the C contract: `out` is NULL (with `max` 0), misaligned (refused) or
+        // writable for `max` entries; `count` is NULL, misaligned (both refused) or writable.
+        let (out, count) = unsafe {
+            (
+                super::output_slice(out, max as usize)?,
+                super::output(count)?,
+            )
+        };
         let mut n = 0u32;
         let mut one = [QueuedFault {
             unit: 0,
             fault: PageFault::EMPTY,
             cookie: FaultCookie(0),
         }];
-        while n < max && c.read_faults(&mut one) == 1 {
-            // SAFETY: `out` is writable for `max` entries (the caller's contract), n < max.
-            unsafe { out.add(n as usize).write(IePageFault::new(&one[0])) };
+        for slot in out.iter_mut() {
+            if c.read_faults(&mut one) != 1 {
+                break;
+            }
+            *slot = IePageFault::new(&one[0]);
             n += 1;
         }
-        // SAFETY: checked non-NULL above; writable (the caller's contract).
-        unsafe { count.write(n) };
+        *count = n;
         Ok(())
     })())
 }
@@ -260,10 +268,10 @@ pub unsafe extern "C" fn ie_ctx_respond_fault(ctx: *mut IeCtx, cookie: u32, resp
 #[no_mangle]
 pub unsafe extern "C" fn ie_ctx_faults_overflowed(ctx: *mut IeCtx, out: *mut u64) -> i32 {
     code((|| {
-        let n = ctx_obj(ctx)?.value.ctx().faults_overflowed();
-        // SAFETY: the C contract: NULL or writable.
-        let o = unsafe { out.as_mut() }.ok_or(IeStatus::InvalidArgument)?;
-        *o = n;
+        let c = ctx_obj(ctx)?.value.ctx();
+        // SAFETY: the C contract: NULL, misaligned (both refused) or writable.
+        let o = unsafe { super::output(out) }?;
+        *o = c.faults_overflowed();
         Ok(())
     })())
 }

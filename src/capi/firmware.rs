@@ -262,11 +262,12 @@ unsafe fn unit_for(
     ctx: *mut c_void,
     out: *mut IeDmarUnit,
 ) -> Result<(), IeStatus> {
-    if table.is_null() || out.is_null() {
+    if table.is_null() {
         return Err(IeStatus::InvalidArgument);
     }
-    // SAFETY: the C contract: `len` readable bytes at `table`.
-    let bytes = unsafe { core::slice::from_raw_parts(table, len) };
+    // SAFETY: the C contract: `len` readable bytes at `table`; `out` is NULL, misaligned
+    // (both refused) or writable.
+    let (bytes, out) = unsafe { (super::input_slice(table, len)?, super::output(out)?) };
     let dmar = Dmar::parse(bytes).map_err(|_| IeStatus::InvalidArgument)?;
     let buses = CBusWalk { bridge_buses, ctx };
     let unit = dmar
@@ -276,15 +277,13 @@ unsafe fn unit_for(
     let d = dmar
         .unit_defaults(&unit.drhd)
         .map_err(|_| IeStatus::InvalidArgument)?;
-    let found = IeDmarUnit {
+    *out = IeDmarUnit {
         register_base: d.register_base.get(),
         register_len: d.register_len,
         host_address_width: u32::from(d.host_address_width_field) + 1,
         segment: d.segment,
         include_pci_all: d.include_pci_all,
     };
-    // SAFETY: the C contract: `out` is writable.
-    unsafe { out.write(found) };
     Ok(())
 }
 
@@ -312,11 +311,19 @@ pub unsafe extern "C" fn ie_dmar_reserved_regions(
     count: *mut u32,
 ) -> i32 {
     code((|| {
-        if table.is_null() || count.is_null() || (out.is_null() && max != 0) {
+        if table.is_null() {
             return Err(IeStatus::InvalidArgument);
         }
-        // SAFETY: the C contract: `len` readable bytes at `table`.
-        let bytes = unsafe { core::slice::from_raw_parts(table, len) };
+        // SAFETY: the C contract: `len` readable bytes at `table`; `out` is NULL (with `max`
+        // 0), misaligned (refused) or writable for `max` elements; `count` is NULL, misaligned
+        // (both refused) or writable.
+        let (bytes, out, count) = unsafe {
+            (
+                super::input_slice(table, len)?,
+                super::output_slice(out, max as usize)?,
+                super::output(count)?,
+            )
+        };
         let dmar = Dmar::parse(bytes).map_err(|_| IeStatus::InvalidArgument)?;
         let buses = CBusWalk { bridge_buses, ctx };
         let requester = SourceId::new(rid);
@@ -326,20 +333,17 @@ pub unsafe extern "C" fn ie_dmar_reserved_regions(
         }
         let mut n = 0u32;
         for range in dmar.reserved_regions(segment, requester, &buses).flatten() {
-            if n < max {
-                let region = IeDirectRegion {
+            if let Some(slot) = out.get_mut(n as usize) {
+                *slot = IeDirectRegion {
                     start: range.start.get(),
                     length: range.end.get().saturating_sub(range.start.get()),
                     mmio: false,
                     relaxable: false,
                 };
-                // SAFETY: the C contract: `out` holds `max` writable elements.
-                unsafe { out.add(n as usize).write(region) };
             }
             n = n.saturating_add(1);
         }
-        // SAFETY: the C contract: `count` is writable.
-        unsafe { count.write(n) };
+        *count = n;
         Ok(())
     })())
 }
@@ -399,19 +403,19 @@ pub unsafe extern "C" fn ie_dmar_ats_permission(
     out: *mut u32,
 ) -> i32 {
     code((|| {
-        if table.is_null() || out.is_null() {
+        if table.is_null() {
             return Err(IeStatus::InvalidArgument);
         }
+        // SAFETY: the C contract: `len` readable bytes at `table`; `out` is NULL, misaligned
+        // (both refused) or writable.
+        let (bytes, out) = unsafe { (super::input_slice(table, len)?, super::output(out)?) };
         let upstream = IeUpstream::from_c(upstream, upstream_rid)?;
-        // SAFETY: the C contract: `len` readable bytes at `table`.
-        let bytes = unsafe { core::slice::from_raw_parts(table, len) };
         let dmar = Dmar::parse(bytes).map_err(|_| IeStatus::InvalidArgument)?;
         let buses = CBusWalk { bridge_buses, ctx };
         let permission = dmar
             .ats_permission(segment, SourceId::new(function), upstream, &buses)
             .map_err(|_| IeStatus::InvalidArgument)?;
-        // SAFETY: the C contract: `out` is writable.
-        unsafe { out.write(IeAtsPermission::to_c(permission)) };
+        *out = IeAtsPermission::to_c(permission);
         Ok(())
     })())
 }

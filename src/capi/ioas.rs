@@ -2,7 +2,7 @@
 //! (`IOMMU_OPTION_HUGE_PAGES`), copying mappings (`IOMMU_IOAS_COPY`) and the usable IOVA
 //! ranges (`IOMMU_IOAS_IOVA_RANGES`), with the semantics of [`crate::ioasid::IoasidCtx`].
 
-use super::ioasid::{ctx_obj, ioasid, put, IeCtx};
+use super::ioasid::{ctx_obj, ioasid, IeCtx};
 use super::status::{code, IeStatus};
 use crate::mem::Iova;
 use crate::pgtable::IovaRange;
@@ -37,11 +37,11 @@ pub unsafe extern "C" fn ie_ctx_max_page_log2(
 ) -> i32 {
     code((|| {
         let c = ctx_obj(ctx)?;
-        if max_log2.is_null() {
-            return Err(IeStatus::InvalidArgument);
-        }
+        // SAFETY: the C contract: NULL, misaligned (both refused) or writable.
+        let out = unsafe { super::output(max_log2) }?;
         let max = c.value.ctx.max_page_log2(self::ioasid(ioasid)?)?;
-        put(max_log2, max.unwrap_or(64))
+        *out = max.unwrap_or(64);
+        Ok(())
     })())
 }
 
@@ -119,30 +119,27 @@ pub unsafe extern "C" fn ie_ctx_iova_ranges(
 ) -> i32 {
     code((|| {
         let c = ctx_obj(ctx)?;
-        // SAFETY: the C contract: `num` is readable and writable.
-        let num = unsafe { num.as_mut() }.ok_or(IeStatus::InvalidArgument)?;
-        let cap = *num as usize;
-        if ranges.is_null() && cap != 0 {
-            return Err(IeStatus::InvalidArgument);
-        }
+        // SAFETY: the C contract: `num` is NULL, misaligned (both refused) or readable and
+        // writable.
+        let num = unsafe { super::output(num) }?;
+        // SAFETY: the C contract: `ranges` is NULL (with `*num` 0), misaligned (refused) or
+        // writable for `*num` entries.
+        let ranges = unsafe { super::output_slice(ranges, *num as usize) }?;
         let mut i = 0usize;
         let n = c
             .value
             .ctx
             .for_each_iova_range(self::ioasid(ioasid)?, |r| {
-                if i < cap {
-                    let out = IeIovaRange {
+                if let Some(slot) = ranges.get_mut(i) {
+                    *slot = IeIovaRange {
                         start: r.start.get(),
                         last: r.end.get().saturating_sub(1),
                     };
-                    // SAFETY: `i < *num`: `ranges` is writable for `*num` entries (the caller's
-                    // contract).
-                    unsafe { ranges.add(i).write(out) };
                 }
                 i += 1;
             })?;
         *num = u32::try_from(n).unwrap_or(u32::MAX);
-        if n > cap {
+        if n > ranges.len() {
             return Err(IeStatus::BufferTooSmall);
         }
         Ok(())

@@ -95,14 +95,6 @@ pub(super) fn ctx_obj<'h>(c: *mut IeCtx) -> Result<&'h Obj<CtxObj>, IeStatus> {
     unsafe { handle(c.cast::<Obj<CtxObj>>()) }
 }
 
-/// Writes `v` through a C out-pointer.
-pub(super) fn put<T>(out: *mut T, v: T) -> Result<(), IeStatus> {
-    // SAFETY: the C contract: `out` is NULL or valid for a write of `T`.
-    let out = unsafe { out.as_mut() }.ok_or(IeStatus::InvalidArgument)?;
-    *out = v;
-    Ok(())
-}
-
 /// Creates a registry over `n_units` units (at most 8), each numbered by its position, with
 /// PASIDs of `pasid_bits` bits (the narrowest of the system's units and devices): contexts
 /// draw PASIDs 1 to `2^pasid_bits - 1`; 0 bits is a system without PASIDs (none is handed
@@ -129,17 +121,20 @@ pub unsafe extern "C" fn ie_registry_create(
     code((|| {
         // SAFETY: the caller's contract.
         let env = unsafe { CEnv::from_raw(env) }?;
-        if units.is_null() || n_units == 0 || n_units > MAX_UNITS || out.is_null() {
+        if units.is_null() || n_units == 0 || n_units > MAX_UNITS {
             return Err(IeStatus::InvalidArgument);
         }
+        // SAFETY: the caller's contract: `units` is misaligned (refused) or has `n_units`
+        // readable entries; `out` is NULL, misaligned (both refused) or writable.
+        let (units, out) = unsafe { (super::input_slice(units, n_units)?, super::output(out)?) };
         // Refused, not clamped: a caller asking for more than PCIe's 20 bits has a bug.
         if pasid_bits > Pasid::BITS {
             return Err(IeStatus::InvalidArgument);
         }
         let unit_at = |i: usize| -> Result<NonNull<Obj<UnitObj>>, IeStatus> {
-            // SAFETY: `units` has `n_units` readable entries, each NULL or a handle (the
-            // caller's contract).
-            unsafe { checked((*units.add(i)).cast::<Obj<UnitObj>>()) }
+            let u = *units.get(i).ok_or(IeStatus::InvalidArgument)?;
+            // SAFETY: each entry is NULL or a handle (the caller's contract).
+            unsafe { checked(u.cast::<Obj<UnitObj>>()) }
         };
         // SAFETY (for the `'static` below): a live unit; the registry holds a user count on
         // it, so the unit outlives the registry.
@@ -181,7 +176,10 @@ pub unsafe extern "C" fn ie_registry_create(
             })
         })();
         match made {
-            Ok(obj) => put(out, obj.as_ptr().cast()),
+            Ok(obj) => {
+                *out = obj.as_ptr().cast();
+                Ok(())
+            }
             Err(e) => {
                 release_units(&objs);
                 Err(e)
@@ -245,14 +243,20 @@ pub unsafe extern "C" fn ie_registry_leaked(
     table_pages: *mut u64,
 ) -> i32 {
     code((|| {
-        let l = registry_obj(registry)?.value.registry.leaked();
-        for (out, n) in [
-            (devices, l.devices),
-            (domains, l.domains),
-            (table_pages, l.table_pages),
-        ] {
-            if !out.is_null() {
-                put(out, n)?;
+        let r = registry_obj(registry)?;
+        // SAFETY: the C contract: each is NULL, misaligned (refused) or writable; all checked
+        // before any is written.
+        let outs = unsafe {
+            [
+                super::optional_output(devices)?,
+                super::optional_output(domains)?,
+                super::optional_output(table_pages)?,
+            ]
+        };
+        let l = r.value.registry.leaked();
+        for (out, n) in outs.into_iter().zip([l.devices, l.domains, l.table_pages]) {
+            if let Some(out) = out {
+                *out = n;
             }
         }
         Ok(())
@@ -272,7 +276,9 @@ pub unsafe extern "C" fn ie_ctx_create(
 ) -> i32 {
     code((|| {
         let reg = registry_obj(registry)?;
-        if out.is_null() || pasid_quota > MAX_PASID_ATTACHMENTS as u32 {
+        // SAFETY: the C contract: NULL, misaligned (both refused) or writable.
+        let out = unsafe { super::output(out) }?;
+        if pasid_quota > MAX_PASID_ATTACHMENTS as u32 {
             return Err(IeStatus::InvalidArgument);
         }
         // SAFETY: the context holds a user count on the registry, which therefore outlives it:
@@ -295,7 +301,8 @@ pub unsafe extern "C" fn ie_ctx_create(
             Ok(())
         })?;
         reg.acquire();
-        put(out, obj.as_ptr().cast())
+        *out = obj.as_ptr().cast();
+        Ok(())
     })())
 }
 
@@ -385,11 +392,10 @@ pub unsafe extern "C" fn ie_ctx_bind(
     code((|| {
         let c = ctx_obj(ctx)?;
         let label = device_label(unit, device_id)?;
-        if out.is_null() {
-            return Err(IeStatus::InvalidArgument);
-        }
-        let h = c.value.ctx.bind(label, no_snoop_capable)?;
-        put(out, h.raw())
+        // SAFETY: the C contract: NULL, misaligned (both refused) or writable.
+        let out = unsafe { super::output(out) }?;
+        *out = c.value.ctx.bind(label, no_snoop_capable)?.raw();
+        Ok(())
     })())
 }
 
@@ -491,13 +497,11 @@ impl IeDeviceHints {
     /// # Safety
     /// `p` is NULL, misaligned (refused), or readable for its `size` bytes.
     unsafe fn read(p: *const Self) -> Result<Self, IeStatus> {
-        // A misaligned `p` cannot be read as a `u32` `size` (undefined behaviour).
-        if p.is_null() || !p.is_aligned() {
-            return Err(IeStatus::InvalidArgument);
-        }
+        // Not made a reference: an older caller's struct is shorter than `Self`.
+        let p = super::checked_ptr(p)?;
         // SAFETY: not NULL and aligned (checked), readable for its size (the caller's
         // contract); the struct starts with `size` and holds integers and C `bool`s.
-        unsafe { super::sized::read_sized(p, IeDeviceHintsSize::V1 as u32) }
+        unsafe { super::sized::read_sized(p.as_ptr(), IeDeviceHintsSize::V1 as u32) }
     }
 
     /// The hints as the IOASID layer takes them.
@@ -540,16 +544,16 @@ pub unsafe extern "C" fn ie_ctx_bind_with(
     code((|| {
         let c = ctx_obj(ctx)?;
         let label = device_label(unit, device_id)?;
-        // SAFETY: the C contract: NULL or readable for its size.
+        // SAFETY: the C contract: NULL, misaligned or readable for its size.
         let hints = unsafe { IeDeviceHints::read(hints) }?;
-        if out.is_null() {
-            return Err(IeStatus::InvalidArgument);
-        }
+        // SAFETY: the C contract: NULL, misaligned (both refused) or writable.
+        let out = unsafe { super::output(out) }?;
         let h = c
             .value
             .ctx
             .bind_with(label, no_snoop_capable, hints.hints()?)?;
-        put(out, h.raw())
+        *out = h.raw();
+        Ok(())
     })())
 }
 
@@ -599,21 +603,14 @@ pub unsafe extern "C" fn ie_ctx_bind_direct(
     code((|| {
         let c = ctx_obj(ctx)?;
         let label = device_label(unit, device_id)?;
-        // A misaligned `regions` cannot become a `&[IeDirectRegion]` (undefined behaviour).
-        if out.is_null() || (n_regions != 0 && (regions.is_null() || !regions.is_aligned())) {
-            return Err(IeStatus::InvalidArgument);
-        }
         let n = n_regions as usize;
+        // SAFETY: the C contract: `out` is NULL, misaligned (both refused) or writable;
+        // `regions` is NULL (with `n_regions` 0), misaligned (refused) or has `n_regions`
+        // readable elements.
+        let (out, slice) = unsafe { (super::output(out)?, super::input_slice(regions, n)?) };
         if n > MAX_DIRECT_REGIONS {
             return Err(IeStatus::NoSpace);
         }
-        let slice: &[IeDirectRegion] = if n == 0 {
-            &[]
-        } else {
-            // SAFETY: not NULL and aligned (checked); the C contract: `n_regions` readable
-            // elements at `regions`.
-            unsafe { core::slice::from_raw_parts(regions, n) }
-        };
         // No allocator: the regions are converted into a fixed array, of which the first `n`
         // are used (the page filler is never read).
         let filler = DirectRegion::new(
@@ -643,7 +640,7 @@ pub unsafe extern "C" fn ie_ctx_bind_direct(
         let hints = if hints.is_null() {
             None
         } else {
-            // SAFETY: the C contract: NULL or readable for its size.
+            // SAFETY: the C contract: misaligned or readable for its size.
             Some(unsafe { IeDeviceHints::read(hints) }?.hints()?)
         };
         let list = list.get(..n).ok_or(IeStatus::InvalidArgument)?;
@@ -651,7 +648,8 @@ pub unsafe extern "C" fn ie_ctx_bind_direct(
             .value
             .ctx
             .bind_with_direct(label, no_snoop_capable, hints, list)?;
-        put(out, h.raw())
+        *out = h.raw();
+        Ok(())
     })())
 }
 
@@ -840,13 +838,12 @@ pub unsafe extern "C" fn ie_ctx_device_info(
     out: *mut IeDeviceInfo,
 ) -> i32 {
     code((|| {
-        let info = ctx_obj(ctx)?
-            .value
-            .ctx
-            .device_info(self::device(ctx, device)?)?;
+        let cx = ctx_obj(ctx)?;
+        // SAFETY: the C contract: `out` is NULL, misaligned (both refused) or valid for a
+        // write of an `IeDeviceInfo`.
+        let o = unsafe { super::output(out) }?;
+        let info = cx.value.ctx.device_info(self::device(ctx, device)?)?;
         let c = info.capabilities;
-        // SAFETY: the C contract: `out` is NULL or valid for a write of an `IeDeviceInfo`.
-        let o = unsafe { out.as_mut() }.ok_or(IeStatus::InvalidArgument)?;
         // Field by field, in place: a whole `IeDeviceInfo` (and its 12 sources) built on the
         // stack and copied would cost a kernel caller over 2.5 KiB of stack.
         o.unit = u32::from(info.label.unit.0);
@@ -927,11 +924,10 @@ pub unsafe extern "C" fn ie_ctx_alloc(ctx: *mut IeCtx, flags: u32, out: *mut u32
     code((|| {
         let c = ctx_obj(ctx)?;
         let flags = IoasidFlags::from_bits(flags).ok_or(IeStatus::InvalidArgument)?;
-        if out.is_null() {
-            return Err(IeStatus::InvalidArgument);
-        }
-        let id = c.value.ctx.alloc(flags)?;
-        put(out, id.0)
+        // SAFETY: the C contract: NULL, misaligned (both refused) or writable.
+        let out = unsafe { super::output(out) }?;
+        *out = c.value.ctx.alloc(flags)?.0;
+        Ok(())
     })())
 }
 
@@ -950,10 +946,19 @@ pub unsafe extern "C" fn ie_ctx_retired_slots(
     ioasids: *mut u32,
 ) -> i32 {
     code((|| {
-        let r = ctx_obj(ctx)?.value.ctx.retired_slots();
-        for (out, n) in [(devices, r.devices), (ioasids, r.ioasids)] {
-            if !out.is_null() {
-                put(out, n)?;
+        let c = ctx_obj(ctx)?;
+        // SAFETY: the C contract: each is NULL, misaligned (refused) or writable; both
+        // checked before either is written.
+        let outs = unsafe {
+            [
+                super::optional_output(devices)?,
+                super::optional_output(ioasids)?,
+            ]
+        };
+        let r = c.value.ctx.retired_slots();
+        for (out, n) in outs.into_iter().zip([r.devices, r.ioasids]) {
+            if let Some(out) = out {
+                *out = n;
             }
         }
         Ok(())
@@ -975,22 +980,20 @@ pub unsafe extern "C" fn ie_ctx_free(ctx: *mut IeCtx, ioasid: u32) -> i32 {
 
 /// An attach refused before it reached the context: `*reason` (if not NULL) is
 /// `IeMissing::None`, as after every call that did not fail with `IE_STATUS_INCOMPATIBLE`.
-fn refused(e: IeStatus, reason: *mut u32) -> i32 {
-    // SAFETY: the C contract: `reason` is NULL or writable.
-    if let Some(out) = unsafe { reason.as_mut() } {
+fn refused(e: IeStatus, reason: Option<&mut u32>) -> i32 {
+    if let Some(out) = reason {
         *out = IeMissing::None as u32;
     }
     e as i32
 }
 
 /// Writes why an attach failed to `reason` (if not NULL) and returns the status.
-fn attach_result(r: Result<(), crate::ioasid::Error>, reason: *mut u32) -> i32 {
+fn attach_result(r: Result<(), crate::ioasid::Error>, reason: Option<&mut u32>) -> i32 {
     let missing = match r {
         Err(crate::ioasid::Error::Incompatible { reason, .. }) => IeMissing::from(reason),
         _ => IeMissing::None,
     };
-    // SAFETY: the C contract: `reason` is NULL or writable.
-    if let Some(out) = unsafe { reason.as_mut() } {
+    if let Some(out) = reason {
         *out = missing as u32;
     }
     code(r.map_err(IeStatus::from))
@@ -1024,6 +1027,11 @@ pub unsafe extern "C" fn ie_ctx_attach(
     ioasid: u32,
     reason: *mut u32,
 ) -> i32 {
+    // SAFETY: the C contract: NULL, misaligned (refused, nothing attached) or writable.
+    let reason = match unsafe { super::optional_output(reason) } {
+        Ok(reason) => reason,
+        Err(e) => return e as i32,
+    };
     let r = ctx_obj(ctx).and_then(|c| Ok((c, self::device(ctx, device)?, self::ioasid(ioasid)?)));
     let (c, d, i) = match r {
         Ok(v) => v,
@@ -1050,6 +1058,11 @@ pub unsafe extern "C" fn ie_ctx_attach_pasid(
     ioasid: u32,
     reason: *mut u32,
 ) -> i32 {
+    // SAFETY: the C contract: NULL, misaligned (refused, nothing attached) or writable.
+    let reason = match unsafe { super::optional_output(reason) } {
+        Ok(reason) => reason,
+        Err(e) => return e as i32,
+    };
     let r = ctx_obj(ctx).and_then(|c| {
         Ok((
             c,
@@ -1193,6 +1206,11 @@ pub unsafe extern "C" fn ie_ctx_unmap(
     len: u64,
     unmapped: *mut u64,
 ) -> i32 {
+    // SAFETY: the C contract: NULL, misaligned (refused, nothing unmapped) or writable.
+    let unmapped = match unsafe { super::optional_output(unmapped) } {
+        Ok(unmapped) => unmapped,
+        Err(e) => return e as i32,
+    };
     let mut n = 0u64;
     let r = (|| {
         let c = ctx_obj(ctx)?;
@@ -1201,8 +1219,7 @@ pub unsafe extern "C" fn ie_ctx_unmap(
             .ctx
             .unmap_counted(id, Iova::new(iova), len, &mut n)?)
     })();
-    // SAFETY: the C contract: NULL or writable.
-    if let Some(out) = unsafe { unmapped.as_mut() } {
+    if let Some(out) = unmapped {
         *out = n;
     }
     code(r)
@@ -1222,14 +1239,14 @@ pub unsafe extern "C" fn ie_ctx_translate(
 ) -> i32 {
     code((|| {
         let c = ctx_obj(ctx)?;
-        if pa.is_null() {
-            return Err(IeStatus::InvalidArgument);
-        }
+        // SAFETY: the C contract: NULL, misaligned (both refused) or writable.
+        let pa = unsafe { super::output(pa) }?;
         let m = c
             .value
             .ctx
             .translate(self::ioasid(ioasid)?, Iova::new(iova))?;
-        put(pa, m.ok_or(IeStatus::NotFound)?.pa.get())
+        *pa = m.ok_or(IeStatus::NotFound)?.pa.get();
+        Ok(())
     })())
 }
 
@@ -1241,10 +1258,10 @@ pub unsafe extern "C" fn ie_ctx_translate(
 pub unsafe extern "C" fn ie_ctx_alloc_pasid(ctx: *mut IeCtx, out: *mut u32) -> i32 {
     code((|| {
         let c = ctx_obj(ctx)?;
-        if out.is_null() {
-            return Err(IeStatus::InvalidArgument);
-        }
-        put(out, c.value.ctx.alloc_pasid()?.get())
+        // SAFETY: the C contract: NULL, misaligned (both refused) or writable.
+        let out = unsafe { super::output(out) }?;
+        *out = c.value.ctx.alloc_pasid()?.get();
+        Ok(())
     })())
 }
 

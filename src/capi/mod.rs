@@ -23,9 +23,14 @@
 //!   call back into the library (the locks are not re-entrant).
 //! - A unit belongs to one registry, once (`ie_registry_create` refuses a duplicate handle
 //!   and a unit another live registry holds); a register window's base is 8-byte aligned.
-//! - A caller's buffer made a slice or read as a struct (a dirty bitmap, device hints, direct
-//!   regions, a guest's invalidation batch) is aligned to its type, else
-//!   `IE_STATUS_INVALID_ARGUMENT`.
+//! - Every pointer a call reads or writes through (an input struct, an output, an array, a
+//!   handle) is aligned to its type. A misaligned one is `IE_STATUS_INVALID_ARGUMENT`, where
+//!   NULL would be accepted too (an optional output is refused, not skipped); a required one
+//!   that is NULL as well; an array may be NULL only when it is empty. Every pointer is checked
+//!   before the call changes anything, outputs included: a refused call wrote nothing and
+//!   changed nothing. (A Rust reference made from a misaligned pointer is undefined behaviour
+//!   even if never used: `input`, `output`, `optional_output`, `input_slice` and
+//!   `output_slice` in this module are the only ways the C ABI makes one.)
 //! - Handles are checked: NULL, a handle of another type or a destroyed one (while its page
 //!   is not reused) is `IE_STATUS_INVALID_ARGUMENT`; enum values cross as integers. Device
 //!   handles and IOASID numbers carry their slot's generation in bits 31:5: one kept after
@@ -50,6 +55,8 @@ mod ioasid;
 mod nested;
 mod object;
 #[cfg(all(test, feature = "sim"))]
+mod pointer_tests;
+#[cfg(all(test, feature = "sim"))]
 mod review_tests;
 #[cfg(feature = "sim")]
 mod sim;
@@ -70,3 +77,96 @@ pub use nested::*;
 pub use sim::*;
 pub use status::{ie_status_errno, IeMissing, IeStatus};
 pub use unit::*;
+
+use core::ptr::NonNull;
+
+/// A caller's pointer that is neither NULL nor misaligned for `T`: the only kind a Rust
+/// reference, or a typed read or write, may be made from (anything else is undefined
+/// behaviour even if never read). Nothing is read; `InvalidArgument` otherwise.
+#[inline(always)]
+fn checked_ptr<T>(p: *const T) -> Result<NonNull<T>, IeStatus> {
+    match NonNull::new(p.cast_mut()) {
+        Some(nn) if p.is_aligned() => Ok(nn),
+        _ => Err(IeStatus::InvalidArgument),
+    }
+}
+
+/// A caller's array of `n` `T`s: `None` for NULL with `n` 0 (nothing to access), else
+/// [`checked_ptr`] (a misaligned pointer is refused even with `n` 0).
+#[inline(always)]
+fn checked_array<T>(p: *const T, n: usize) -> Result<Option<NonNull<T>>, IeStatus> {
+    if p.is_null() && n == 0 {
+        return Ok(None);
+    }
+    checked_ptr(p).map(Some)
+}
+
+/// The caller's input struct at `p`, refused (`InvalidArgument`) if NULL or misaligned.
+///
+/// # Safety
+/// `p` is NULL, misaligned, or valid for reads of a `T` for `'a`, with nothing writing it.
+#[inline(always)]
+unsafe fn input<'a, T>(p: *const T) -> Result<&'a T, IeStatus> {
+    let p = checked_ptr(p)?;
+    // SAFETY: not NULL and aligned (checked); readable for `'a` (the caller's contract).
+    Ok(unsafe { p.as_ref() })
+}
+
+/// The caller's output at `p`, refused (`InvalidArgument`) if NULL or misaligned.
+///
+/// # Safety
+/// `p` is NULL, misaligned, or valid for reads and writes of a `T` for `'a`, with nothing
+/// else accessing it.
+#[inline(always)]
+unsafe fn output<'a, T>(p: *mut T) -> Result<&'a mut T, IeStatus> {
+    let mut p = checked_ptr(p)?;
+    // SAFETY: not NULL and aligned (checked); writable for `'a`, unshared (the caller's
+    // contract).
+    Ok(unsafe { p.as_mut() })
+}
+
+/// The caller's optional output at `p`: `None` for NULL (not written), refused
+/// (`InvalidArgument`) if misaligned rather than skipped.
+///
+/// # Safety
+/// As for [`output`].
+#[inline(always)]
+unsafe fn optional_output<'a, T>(p: *mut T) -> Result<Option<&'a mut T>, IeStatus> {
+    if p.is_null() {
+        return Ok(None);
+    }
+    // SAFETY: the caller's contract, the same.
+    unsafe { output(p) }.map(Some)
+}
+
+/// The caller's input array of `n` `T`s at `p` (NULL with `n` 0: empty), refused
+/// (`InvalidArgument`) if NULL with `n` above 0, or misaligned.
+///
+/// # Safety
+/// `p` is NULL, misaligned, or valid for reads of `n` `T`s for `'a`, with nothing writing
+/// them.
+#[inline(always)]
+unsafe fn input_slice<'a, T>(p: *const T, n: usize) -> Result<&'a [T], IeStatus> {
+    Ok(match checked_array(p, n)? {
+        None => &[],
+        // SAFETY: not NULL and aligned (checked); `n` readable elements for `'a` (the
+        // caller's contract).
+        Some(p) => unsafe { core::slice::from_raw_parts(p.as_ptr(), n) },
+    })
+}
+
+/// The caller's output array of `n` `T`s at `p` (NULL with `n` 0: empty), refused
+/// (`InvalidArgument`) if NULL with `n` above 0, or misaligned.
+///
+/// # Safety
+/// `p` is NULL, misaligned, or valid for reads and writes of `n` `T`s for `'a`, with
+/// nothing else accessing them.
+#[inline(always)]
+unsafe fn output_slice<'a, T>(p: *mut T, n: usize) -> Result<&'a mut [T], IeStatus> {
+    Ok(match checked_array(p, n)? {
+        None => &mut [],
+        // SAFETY: not NULL and aligned (checked); `n` writable elements for `'a`, unshared
+        // (the caller's contract).
+        Some(p) => unsafe { core::slice::from_raw_parts_mut(p.as_ptr(), n) },
+    })
+}

@@ -10,7 +10,7 @@ use crate::iommu::{self, Refusal, UserStage1, VtdS1Invalidate};
 use crate::mem::{Page, PageAllocator};
 
 use super::env::CEnv;
-use super::ioasid::{ctx_obj, device, ioasid, put, IeCtx};
+use super::ioasid::{ctx_obj, device, ioasid, IeCtx};
 use super::status::{code, IeStatus};
 
 /// Smallest and largest page a guest's batch is copied into (`IeEnv::alloc_page`'s range).
@@ -89,6 +89,24 @@ impl<T> Drop for GuestBatch<T> {
             // are gone with the borrow of `self`.
             unsafe { self.env.free(page, self.size_log2) };
         }
+    }
+}
+
+/// A user invalidation's two optional outputs (the count and the refused request), both
+/// checked before the call reads or issues anything.
+///
+/// # Safety
+/// Each pointer is NULL, misaligned or writable for the call, unshared.
+unsafe fn optional_outputs<'a>(
+    count: *mut usize,
+    refused: *mut IeRefusedRequest,
+) -> Result<(Option<&'a mut usize>, Option<&'a mut IeRefusedRequest>), IeStatus> {
+    // SAFETY: the caller's contract.
+    unsafe {
+        Ok((
+            super::optional_output(count)?,
+            super::optional_output(refused)?,
+        ))
     }
 }
 
@@ -205,13 +223,11 @@ pub unsafe extern "C" fn ie_ctx_alloc_nested(
 ) -> i32 {
     code((|| {
         let c = ctx_obj(ctx)?;
-        // SAFETY: the C contract: `stage1` is NULL or readable.
-        let s1 = unsafe { stage1.as_ref() }.ok_or(IeStatus::InvalidArgument)?;
-        if out.is_null() {
-            return Err(IeStatus::InvalidArgument);
-        }
-        let id = c.value.ctx.alloc_nested(ioasid(parent)?, s1.to_rust()?)?;
-        put(out, id.0)
+        // SAFETY: the C contract: `stage1` is NULL, misaligned (both refused) or readable;
+        // `out` is NULL, misaligned (both refused) or writable.
+        let (s1, out) = unsafe { (super::input(stage1)?, super::output(out)?) };
+        *out = c.value.ctx.alloc_nested(ioasid(parent)?, s1.to_rust()?)?.0;
+        Ok(())
     })())
 }
 
@@ -272,6 +288,12 @@ pub unsafe extern "C" fn ie_ctx_invalidate_user(
     issued: *mut usize,
     refused: *mut IeRefusedRequest,
 ) -> i32 {
+    // SAFETY: the C contract: each is NULL, misaligned (refused before anything is read or
+    // issued) or writable.
+    let (issued, refused) = match unsafe { optional_outputs(issued, refused) } {
+        Ok(outs) => outs,
+        Err(e) => return e as i32,
+    };
     let mut what = IeRefusedRequest {
         index: 0,
         why: IeRefusal::None as u32,
@@ -282,9 +304,8 @@ pub unsafe extern "C" fn ie_ctx_invalidate_user(
     let r = (|| {
         let c = ctx_obj(ctx)?;
         let child = ioasid(child)?;
-        if n != 0 && (requests.is_null() || requests.align_offset(8) != 0) {
-            return Err(IeStatus::InvalidArgument);
-        }
+        // Read entry by entry (volatile), never made a slice: checked as one would be.
+        super::checked_array(requests, n)?;
         // SAFETY: the C contract: `requests` is readable for `2 * n` aligned words, and
         // `[u64; 2]` is two such words with no padding.
         let batch = unsafe { GuestBatch::copy_in(*c.env(), requests.cast::<[u64; 2]>(), n) }?;
@@ -312,14 +333,11 @@ pub unsafe extern "C" fn ie_ctx_invalidate_user(
             Err(e) => Err(e.into()),
         }
     })();
-    // SAFETY: the C contract: `issued` and `refused` are NULL or writable.
-    unsafe {
-        if let Some(out) = issued.as_mut() {
-            *out = count;
-        }
-        if let Some(out) = refused.as_mut() {
-            *out = what;
-        }
+    if let Some(out) = issued {
+        *out = count;
+    }
+    if let Some(out) = refused {
+        *out = what;
     }
     code(r)
 }
@@ -366,6 +384,12 @@ pub unsafe extern "C" fn ie_ctx_invalidate_user_vtd(
     processed: *mut usize,
     refused: *mut IeRefusedRequest,
 ) -> i32 {
+    // SAFETY: the C contract: each is NULL, misaligned (refused before anything is read or
+    // issued) or writable.
+    let (processed, refused) = match unsafe { optional_outputs(processed, refused) } {
+        Ok(outs) => outs,
+        Err(e) => return e as i32,
+    };
     let mut what = IeRefusedRequest {
         index: 0,
         why: IeRefusal::None as u32,
@@ -376,9 +400,8 @@ pub unsafe extern "C" fn ie_ctx_invalidate_user_vtd(
     let r = (|| {
         let c = ctx_obj(ctx)?;
         let child = ioasid(child)?;
-        if n != 0 && (requests.is_null() || requests.align_offset(8) != 0) {
-            return Err(IeStatus::InvalidArgument);
-        }
+        // Read entry by entry (volatile), never made a slice: checked as one would be.
+        super::checked_array(requests, n)?;
         // The same layout (`repr(C)`, asserted below): the entries are copied as the
         // engine's type, once each, into a page (not the stack).
         // SAFETY: the C contract: `requests` is readable for `n` aligned entries;
@@ -406,14 +429,11 @@ pub unsafe extern "C" fn ie_ctx_invalidate_user_vtd(
             Err(e) => Err(e.into()),
         }
     })();
-    // SAFETY: the C contract: `processed` and `refused` are NULL or writable.
-    unsafe {
-        if let Some(out) = processed.as_mut() {
-            *out = count;
-        }
-        if let Some(out) = refused.as_mut() {
-            *out = what;
-        }
+    if let Some(out) = processed {
+        *out = count;
+    }
+    if let Some(out) = refused {
+        *out = what;
     }
     code(r)
 }

@@ -191,15 +191,17 @@ pub(super) const fn page_log2_for<T>() -> Option<u32> {
     None
 }
 
-/// Checks a C handle: not NULL, and tagged as a live `T`.
+/// Checks a C handle: not NULL, aligned (every handle is: it starts its page), and tagged as
+/// a live `T`.
 ///
 /// # Safety
 ///
-/// `ptr` is NULL or a live handle the crate returned (of any type: the tag tells them apart).
+/// `ptr` is NULL, misaligned, or a live handle the crate returned (of any type: the tag tells
+/// them apart).
 pub(super) unsafe fn checked<T: Tagged>(ptr: *mut Obj<T>) -> Result<NonNull<Obj<T>>, IeStatus> {
-    let ptr = NonNull::new(ptr).ok_or(IeStatus::InvalidArgument)?;
-    // SAFETY: every handle starts with the tag (`repr(C)`, first field), whatever its type; only
-    // the tag is read before it has been checked.
+    let ptr = super::checked_ptr(ptr)?;
+    // SAFETY: not NULL and aligned (checked); every handle starts with the tag (`repr(C)`,
+    // first field), whatever its type; only the tag is read before it has been checked.
     let tag = unsafe { &*core::ptr::addr_of!((*ptr.as_ptr()).tag) };
     if tag.load(Ordering::Acquire) != T::TAG {
         return Err(IeStatus::InvalidArgument);

@@ -140,8 +140,8 @@ pub(super) fn vtd_model<'h>(m: *mut IeSimModel) -> &'h VtdModel<'static> {
 #[no_mangle]
 pub unsafe extern "C" fn ie_sim_arena_create(bytes: u64, out: *mut *mut IeSimArena) -> i32 {
     code((|| {
-        // SAFETY: the C contract.
-        let out = unsafe { out.as_mut() }.ok_or(IeStatus::InvalidArgument)?;
+        // SAFETY: the C contract: NULL, misaligned (both refused) or writable.
+        let out = unsafe { super::output(out) }?;
         let capacity = usize::try_from(bytes).map_err(|_| IeStatus::InvalidArgument)?;
         let arena = Arena::new(ArenaConfig {
             capacity,
@@ -233,8 +233,8 @@ unsafe extern "C" fn arena_phys_to_virt(ctx: *mut c_void, pa: u64) -> *mut c_voi
 pub unsafe extern "C" fn ie_sim_arena_env(arena: *mut IeSimArena, env: *mut IeEnv) -> i32 {
     code((|| {
         arena_obj(arena)?;
-        // SAFETY: the C contract.
-        let env = unsafe { env.as_mut() }.ok_or(IeStatus::InvalidArgument)?;
+        // SAFETY: the C contract: NULL, misaligned (both refused) or writable.
+        let env = unsafe { super::output(env) }?;
         *env = IeEnv {
             ctx: arena.cast(),
             alloc_page: Some(arena_alloc),
@@ -315,8 +315,8 @@ fn new_model(
     make: impl FnOnce(&'static Arena) -> ModelObj,
 ) -> Result<(), IeStatus> {
     let a = arena_obj(arena)?;
-    // SAFETY: the C contract.
-    let out = unsafe { out.as_mut() }.ok_or(IeStatus::InvalidArgument)?;
+    // SAFETY: the C contract: NULL, misaligned (both refused) or writable.
+    let out = unsafe { super::output(out) }?;
     // SAFETY: the model holds a count on the arena, which therefore outlives it: `'static`
     // stands for that.
     let arena_static: &'static Arena = unsafe { &*(&a.arena as *const Arena) };
@@ -341,8 +341,8 @@ pub unsafe extern "C" fn ie_sim_vtd_model_create(
     out: *mut *mut IeSimModel,
 ) -> i32 {
     code((|| {
-        // SAFETY: the C contract.
-        let c = *unsafe { config.as_ref() }.ok_or(IeStatus::InvalidArgument)?;
+        // SAFETY: the C contract: NULL, misaligned (both refused) or readable.
+        let c = *unsafe { super::input(config) }?;
         let base = if c.scalable {
             VtdModelConfig::scalable()
         } else {
@@ -388,8 +388,8 @@ pub unsafe extern "C" fn ie_sim_smmu_model_create(
     out: *mut *mut IeSimModel,
 ) -> i32 {
     code((|| {
-        // SAFETY: the C contract.
-        let c = *unsafe { config.as_ref() }.ok_or(IeStatus::InvalidArgument)?;
+        // SAFETY: the C contract: NULL, misaligned (both refused) or readable.
+        let c = *unsafe { super::input(config) }?;
         let mut cfg = SmmuModelConfig::qemu_like()
             .with_fwb(c.fwb)
             .with_cohacc(c.cohacc)
@@ -467,8 +467,8 @@ unsafe extern "C" fn model_write64(ctx: *mut c_void, off: usize, v: u64) {
 pub unsafe extern "C" fn ie_sim_model_regs(model: *mut IeSimModel, regs: *mut IeRegs) -> i32 {
     code((|| {
         model_obj(model)?;
-        // SAFETY: the C contract.
-        let regs = unsafe { regs.as_mut() }.ok_or(IeStatus::InvalidArgument)?;
+        // SAFETY: the C contract: NULL, misaligned (both refused) or writable.
+        let regs = unsafe { super::output(regs) }?;
         *regs = IeRegs {
             base: core::ptr::null_mut(),
             len: 0,
@@ -574,8 +574,9 @@ pub unsafe extern "C" fn ie_sim_model_stall(
     use crate::sim::smmuv3::stall::StallEnd;
     code((|| {
         let m = model_obj(model)?;
-        // SAFETY: the C contract.
-        let end = unsafe { end.as_mut() }.ok_or(IeStatus::InvalidArgument)?;
+        // SAFETY: the C contract: `end` is NULL, misaligned (both refused) or writable; `pa`
+        // NULL, misaligned (refused) or writable.
+        let (end, pa) = unsafe { (super::output(end)?, super::optional_output(pa)?) };
         let ModelObj::Smmu(s) = &m.model else {
             return Err(IeStatus::Unsupported);
         };
@@ -599,8 +600,7 @@ pub unsafe extern "C" fn ie_sim_model_stall(
             }
         };
         *end = e;
-        // SAFETY: the C contract.
-        if let Some(p) = unsafe { pa.as_mut() } {
+        if let Some(p) = pa {
             *p = at;
         }
         Ok(())
@@ -622,6 +622,8 @@ pub unsafe extern "C" fn ie_sim_model_translate(
 ) -> i32 {
     code((|| {
         let m = model_obj(model)?;
+        // SAFETY: the C contract: NULL, misaligned (both refused) or writable.
+        let out = unsafe { super::output(out) }?;
         let access = if write { Access::WRITE } else { Access::READ };
         let dma = match &m.model {
             ModelObj::Vtd(v) => {
@@ -650,8 +652,7 @@ pub unsafe extern "C" fn ie_sim_model_translate(
                     .map_err(|_| IeStatus::NotFound)?
             }
         };
-        // SAFETY: the C contract.
-        *unsafe { out.as_mut() }.ok_or(IeStatus::InvalidArgument)? = dma;
+        *out = dma;
         Ok(())
     })())
 }

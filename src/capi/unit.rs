@@ -150,13 +150,13 @@ impl From<IeVtdConfig> for VtdConfig {
 /// Fills `*out` with the default VT-d configuration (legacy mode).
 ///
 /// # Safety
-/// `out` is NULL or writable.
+/// `out` is NULL, misaligned (both refused) or writable.
 #[no_mangle]
 pub unsafe extern "C" fn ie_vtd_config_default(out: *mut IeVtdConfig) -> i32 {
     let d = VtdConfig::legacy();
-    // SAFETY: the C contract.
-    match unsafe { out.as_mut() } {
-        Some(out) => {
+    // SAFETY: the C contract: `out` is NULL, misaligned (both refused) or writable.
+    match unsafe { super::output(out) } {
+        Ok(out) => {
             *out = IeVtdConfig {
                 scalable: false,
                 poll_budget: d.poll_budget,
@@ -167,7 +167,7 @@ pub unsafe extern "C" fn ie_vtd_config_default(out: *mut IeVtdConfig) -> i32 {
             };
             IeStatus::Ok as i32
         }
-        None => IeStatus::InvalidArgument as i32,
+        Err(e) => e as i32,
     }
 }
 
@@ -331,13 +331,13 @@ pub(crate) fn smmu_config(c: &IeSmmuConfig) -> Result<SmmuConfig, IeStatus> {
 /// Fills `*out` with the default SMMUv3 configuration.
 ///
 /// # Safety
-/// `out` is NULL or writable.
+/// `out` is NULL, misaligned (both refused) or writable.
 #[no_mangle]
 pub unsafe extern "C" fn ie_smmu_config_default(out: *mut IeSmmuConfig) -> i32 {
     let d = SmmuConfig::default();
-    // SAFETY: the C contract.
-    match unsafe { out.as_mut() } {
-        Some(out) => {
+    // SAFETY: the C contract: `out` is NULL, misaligned (both refused) or writable.
+    match unsafe { super::output(out) } {
+        Ok(out) => {
             *out = IeSmmuConfig {
                 stream_table: IeStreamTable::Auto as u32,
                 sid_bits: 0,
@@ -354,7 +354,7 @@ pub unsafe extern "C" fn ie_smmu_config_default(out: *mut IeSmmuConfig) -> i32 {
             };
             IeStatus::Ok as i32
         }
-        None => IeStatus::InvalidArgument as i32,
+        Err(e) => e as i32,
     }
 }
 
@@ -397,13 +397,13 @@ impl From<IeAmdViConfig> for AmdViConfig {
 /// command buffer and event log, 48-bit output, `np_cache` on).
 ///
 /// # Safety
-/// `out` is NULL or writable.
+/// `out` is NULL, misaligned (both refused) or writable.
 #[no_mangle]
 pub unsafe extern "C" fn ie_amdvi_config_default(out: *mut IeAmdViConfig) -> i32 {
     let d = AmdViConfig::new();
-    // SAFETY: the C contract.
-    match unsafe { out.as_mut() } {
-        Some(out) => {
+    // SAFETY: the C contract: `out` is NULL, misaligned (both refused) or writable.
+    match unsafe { super::output(out) } {
+        Ok(out) => {
             *out = IeAmdViConfig {
                 poll_budget: d.poll_budget,
                 device_ids: d.device_ids,
@@ -414,7 +414,7 @@ pub unsafe extern "C" fn ie_amdvi_config_default(out: *mut IeAmdViConfig) -> i32
             };
             IeStatus::Ok as i32
         }
-        None => IeStatus::InvalidArgument as i32,
+        Err(e) => e as i32,
     }
 }
 
@@ -438,7 +438,7 @@ unsafe fn unit_args<'c, C>(
     min_window: usize,
     config: *const C,
     out: *mut *mut IeUnit,
-) -> Result<(CEnv, CRegs, &'c C), IeStatus> {
+) -> Result<(CEnv, CRegs, &'c C, &'c mut *mut IeUnit), IeStatus> {
     // SAFETY: the caller's contract.
     let env = unsafe { CEnv::from_raw(env) }?;
     // SAFETY: the caller's contract.
@@ -451,11 +451,10 @@ unsafe fn unit_args<'c, C>(
     // Borrowed, not copied: an `IeSmmuConfig` is large, and the caller's stays readable for
     // the call.
     // SAFETY: the caller's contract.
-    let config = unsafe { config.as_ref() }.ok_or(IeStatus::InvalidArgument)?;
-    if out.is_null() {
-        return Err(IeStatus::InvalidArgument);
-    }
-    Ok((env, regs, config))
+    let config = unsafe { super::input(config) }?;
+    // SAFETY: the caller's contract.
+    let out = unsafe { super::output(out) }?;
+    Ok((env, regs, config, out))
 }
 
 /// What an accessor window passes its functions (a sim model's handle, for one), NULL for
@@ -473,12 +472,11 @@ fn window_ctx(regs: &CRegs) -> *mut core::ffi::c_void {
 /// # Safety
 /// `init` is given a writable, aligned, uninitialised `UnitObj` slot and, when it returns
 /// `Ok`, has made it a whole `UnitObj`; when it fails it wrote nothing that needs a drop.
-/// `out` is writable.
 unsafe fn publish(
     env: CEnv,
     window: *mut core::ffi::c_void,
     init: impl FnOnce(NonNull<UnitObj>) -> Result<(), IeStatus>,
-    out: *mut *mut IeUnit,
+    out: &mut *mut IeUnit,
 ) -> Result<(), IeStatus> {
     let obj = Obj::create_with(env, |slot: *mut UnitObj| {
         // SAFETY: `create_with` hands out a slot in its page: never null.
@@ -489,8 +487,7 @@ unsafe fn publish(
     super::sim::unit_created(obj.as_ptr() as usize, window);
     #[cfg(not(feature = "sim"))]
     let _ = window;
-    // SAFETY: checked non-null and writable by the caller's contract.
-    unsafe { *out = obj.as_ptr().cast() };
+    *out = obj.as_ptr().cast();
     Ok(())
 }
 
@@ -528,7 +525,8 @@ pub unsafe extern "C" fn ie_vtd_create(
 ) -> i32 {
     code((|| {
         // SAFETY: the caller's contract.
-        let (env, regs, config) = unsafe { unit_args(env, regs, VTD_MIN_WINDOW, config, out) }?;
+        let (env, regs, config, out) =
+            unsafe { unit_args(env, regs, VTD_MIN_WINDOW, config, out) }?;
         if matches!(&regs, CRegs::Mmio(m) if m.len() < vtd_window_len(&regs)) {
             return Err(IeStatus::InvalidArgument);
         }
@@ -545,7 +543,7 @@ pub unsafe extern "C" fn ie_vtd_create(
             }
             Ok(())
         };
-        // SAFETY: `init` keeps `publish`'s contract; `out` was checked by `unit_args`.
+        // SAFETY: `init` keeps `publish`'s contract.
         unsafe { publish(env, window, init, out) }
     })())
 }
@@ -566,7 +564,7 @@ pub unsafe extern "C" fn ie_smmu_create(
 ) -> i32 {
     code((|| {
         // SAFETY: the caller's contract.
-        let (env, regs, config) = unsafe { unit_args(env, regs, SMMU_WINDOW, config, out) }?;
+        let (env, regs, config, out) = unsafe { unit_args(env, regs, SMMU_WINDOW, config, out) }?;
         let window = window_ctx(&regs);
         let config = smmu_config(config)?;
         let config = &config;
@@ -580,7 +578,7 @@ pub unsafe extern "C" fn ie_smmu_create(
             }
             Ok(())
         };
-        // SAFETY: `init` keeps `publish`'s contract; `out` was checked by `unit_args`.
+        // SAFETY: `init` keeps `publish`'s contract.
         unsafe { publish(env, window, init, out) }
     })())
 }
@@ -601,7 +599,7 @@ pub unsafe extern "C" fn ie_amdvi_create(
 ) -> i32 {
     code((|| {
         // SAFETY: the caller's contract.
-        let (env, regs, config) = unsafe { unit_args(env, regs, AMDVI_WINDOW, config, out) }?;
+        let (env, regs, config, out) = unsafe { unit_args(env, regs, AMDVI_WINDOW, config, out) }?;
         let window = window_ctx(&regs);
         let init = |slot: NonNull<UnitObj>| {
             let slot = slot.cast::<AmdViVariant>().as_ptr();
@@ -613,7 +611,7 @@ pub unsafe extern "C" fn ie_amdvi_create(
             }
             Ok(())
         };
-        // SAFETY: `init` keeps `publish`'s contract; `out` was checked by `unit_args`.
+        // SAFETY: `init` keeps `publish`'s contract.
         unsafe { publish(env, window, init, out) }
     })())
 }
@@ -715,10 +713,11 @@ pub unsafe extern "C" fn ie_unit_disable(unit: *mut IeUnit) -> i32 {
 #[no_mangle]
 pub unsafe extern "C" fn ie_unit_drain_faults(unit: *mut IeUnit, max: u32, count: *mut u32) -> i32 {
     code((|| {
+        // SAFETY: the C contract: NULL, misaligned (refused) or writable.
+        let count = unsafe { super::optional_output(count) }?;
         let mut n = 0u32;
         let state = read_records(unit_obj(unit)?, max, |_| n = n.saturating_add(1));
-        // SAFETY: the C contract.
-        if let Some(c) = unsafe { count.as_mut() } {
+        if let Some(c) = count {
             *c = n;
         }
         state
@@ -851,20 +850,23 @@ pub unsafe extern "C" fn ie_unit_read_faults(
     count: *mut u32,
 ) -> i32 {
     code((|| {
-        if out.is_null() && max != 0 {
-            return Err(IeStatus::InvalidArgument);
-        }
+        // SAFETY: the C contract: `out` is NULL (with `max` 0), misaligned (refused) or holds
+        // `max` writable records; `count` is NULL, misaligned (refused) or writable.
+        let (out, count) = unsafe {
+            (
+                super::output_slice(out, max as usize)?,
+                super::optional_output(count)?,
+            )
+        };
         let mut n = 0u32;
         let put = |f: IeFault| {
-            if n < max {
-                // SAFETY: the C contract: `out` holds `max` writable records.
-                unsafe { out.add(n as usize).write(f) };
+            if let Some(slot) = out.get_mut(n as usize) {
+                *slot = f;
             }
             n = n.saturating_add(1);
         };
         let state = read_records(unit_obj(unit)?, max, put);
-        // SAFETY: the C contract.
-        if let Some(c) = unsafe { count.as_mut() } {
+        if let Some(c) = count {
             *c = n;
         }
         state
